@@ -1,0 +1,17 @@
+"""dynamodb-replicator: keeps DynamoDB tables in other regions and accounts in step with a
+source table, reading its change stream.
+
+The data path, one module per stage::
+
+    records.py  a daemon record (RawRecord) and a decoded change (Change)
+    decode.py   stage 1: record -> Change (DynamoDB Streams adapter or Kinesis format)
+    filters.py  stage 2: loop prevention and TTL policy decide what is sent on
+    buffer.py   stage 3: squash per key, one write per key in flight, safe checkpoint
+    rules/      stage 4: conflict rules -> conditional PutItem/DeleteItem
+    writers/    stage 5: one writer per destination, retries, dead letters
+    checkpoint.py stage 6: checkpoints through the daemon
+    pipeline.py runs stages 3-5 for one shard with bounded parallelism
+    processor.py the amazon-kclpy record processor that ties them together
+"""
+
+__version__ = "0.1.0"

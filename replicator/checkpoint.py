@@ -1,0 +1,101 @@
+"""Stage 6: checkpoints through the daemon, with its errors handled as the KCL documents them.
+
+The daemon answers each checkpoint request with the error the KCL raised, if any:
+
+* ``ThrottlingException`` / ``KinesisClientLibDependencyException``: the lease table is
+  busy or unreachable; retry a few times, then leave it to the next batch (a later
+  checkpoint covers this one; nothing is lost by waiting).
+* ``ShutdownException``: the lease is gone to another worker; stop without checkpointing.
+* ``InvalidStateException`` or anything unknown: the daemon's state is broken; stop
+  the process so the work resumes from the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import structlog
+
+from replicator.exceptions import CheckpointFailed, LeaseLost
+from replicator.metrics import Metrics
+from replicator.writers.backoff import Backoff
+
+log = structlog.get_logger(__name__)
+
+_RETRYABLE = frozenset({"ThrottlingException", "KinesisClientLibDependencyException"})
+_LEASE_GONE = frozenset({"ShutdownException"})
+
+
+class DaemonCheckpointer(Protocol):
+    """amazon-kclpy's ``Checkpointer`` (it raises CheckpointError with ``.value``)."""
+
+    def checkpoint(
+        self, sequence_number: str | None = None, sub_sequence_number: int | None = None
+    ) -> None: ...
+
+
+class Checkpoints:
+    def __init__(
+        self,
+        metrics: Metrics,
+        shard_id: str,
+        attempts: int = 5,
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.metrics = metrics
+        self.shard_id = shard_id
+        self.attempts = attempts
+        self.backoff = backoff or Backoff(base_s=0.2, cap_s=5.0)
+        self.sleep = sleep
+        self.last: str | None = None
+
+    def advance(self, checkpointer: DaemonCheckpointer, sequence_number: str | None) -> bool:
+        """Checkpoint at ``sequence_number`` if it is past the last one; True when written."""
+        if sequence_number is None or sequence_number == self.last:
+            return False
+        if self.last is not None and int(sequence_number) < int(self.last):
+            return False
+        return self.write(checkpointer, sequence_number, required=False)
+
+    def write(
+        self, checkpointer: DaemonCheckpointer, sequence_number: str | None, *, required: bool
+    ) -> bool:
+        """Checkpoint (``None`` = at shard end). ``required`` retries until it succeeds."""
+        attempt = 0
+        while True:
+            try:
+                checkpointer.checkpoint(sequence_number)
+            except Exception as error:  # noqa: BLE001  # amazon-kclpy raises CheckpointError(Exception)
+                value = str(getattr(error, "value", error))
+                if value in _LEASE_GONE:
+                    raise LeaseLost(
+                        f"shard {self.shard_id}: lease lost while checkpointing"
+                    ) from None
+                if value not in _RETRYABLE:
+                    raise CheckpointFailed(
+                        f"shard {self.shard_id}: the daemon refused checkpoint "
+                        f"{sequence_number or 'SHARD_END'}: {value}"
+                    ) from None
+                attempt += 1
+                if not required and attempt >= self.attempts:
+                    log.warning(
+                        "checkpoint deferred to the next batch",
+                        shard=self.shard_id,
+                        sequence_number=sequence_number,
+                        error=value,
+                    )
+                    return False
+                self.sleep(self.backoff.delay(attempt))
+                continue
+            self.last = sequence_number
+            self.metrics.checkpoints.inc()
+            self.metrics.last_checkpoint.labels(self.shard_id).set(time.time())
+            log.debug("checkpointed", shard=self.shard_id, sequence_number=sequence_number)
+            return True
+
+
+def checkpoint_error_value(error: Any) -> str:
+    return str(getattr(error, "value", error))

@@ -1,0 +1,146 @@
+"""The ``replicator`` command.
+
+Expected failures (a bad job file, a missing table, no credentials) print one clear
+message and exit non-zero without a traceback; the exit codes are listed in the README.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import click
+
+from replicator.config import load_job
+from replicator.config.model import ResolvedJob
+from replicator.exceptions import OperatorError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+CONFIG_OPTION = click.option(
+    "--config",
+    "-c",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="REPLICATOR_CONFIG",
+    help="The job file (YAML). Also $REPLICATOR_CONFIG.",
+)
+
+
+def _operator_errors(function: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except OperatorError as error:
+            click.echo(f"replicator: {error}", err=True)
+            sys.exit(error.exit_code)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dynamodb-replicator")
+def cli() -> None:
+    """Replicate a DynamoDB table to other regions and accounts through its stream."""
+
+
+@cli.command()
+@CONFIG_OPTION
+@_operator_errors
+def validate(config_path: Path) -> None:
+    """Check a job file and print the job as it resolves (exit 0), or every problem (exit 2)."""
+    resolved = load_job(config_path)
+    click.echo(describe(resolved))
+
+
+def describe(resolved: ResolvedJob) -> str:
+    job = resolved.job
+    source = job.source
+    lines = [
+        f"job file:    {resolved.path}",
+        f"runtime:     {job.runtime.value}",
+        f"task name:   {resolved.task_name}",
+        f"lease table: {resolved.lease_table} (in {source.region})",
+        f"source:      {source.region}/{source.table} via {source.stream.kind.value}"
+        + (
+            f" {source.stream.arn or source.stream.name}"
+            if source.stream.arn or source.stream.name
+            else ""
+        )
+        + (f" at {source.endpoint_url}" if source.endpoint_url else ""),
+        "destinations:",
+    ]
+    for destination in job.destinations:
+        conflict = job.conflict_for(destination)
+        attribute = conflict.timestamp_attribute or conflict.version_attribute or conflict.resolver
+        lines.append(
+            f"  - {destination.label}: {destination.region}/{destination.table}"
+            + (f" at {destination.endpoint_url}" if destination.endpoint_url else "")
+            + (f" as {destination.role_arn}" if destination.role_arn else "")
+            + f", policy {conflict.policy.value}"
+            + (f" on {attribute}" if attribute else "")
+        )
+    origin = job.loop_prevention.origin_attribute
+    lines += [
+        "loop prevention: "
+        + (f"skip puts whose {origin} is not {job.origin_value!r}" if origin else "off"),
+        f"ttl deletes: {job.ttl_deletes.value}",
+        f"dead letters: {job.dead_letter.kind.value} "
+        + (job.dead_letter.queue_url or job.dead_letter.path.format(task_name=resolved.task_name)),
+        "metrics: "
+        + (
+            f"http://{job.metrics.host}:{job.metrics.port}/metrics"
+            if job.metrics.enabled
+            else "off"
+        ),
+    ]
+    return "\n".join(lines)
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--worker-id", default=None, help="workerId to write (default: the job's or host).")
+@_operator_errors
+def properties(config_path: Path, worker_id: str | None) -> None:
+    """Print the KCL MultiLangDaemon properties for the job."""
+    from replicator.runtime.kcl.properties import render_properties
+
+    resolved = load_job(config_path)
+    click.echo(render_properties(resolved, worker_id=worker_id), nl=False)
+
+
+@cli.command()
+@CONFIG_OPTION
+@_operator_errors
+def processor(config_path: Path) -> None:
+    """Run as the KCL MultiLangDaemon's record processor (speaks the protocol on stdin/stdout)."""
+    from replicator.processor import serve_daemon
+
+    sys.exit(serve_daemon(load_job(config_path.resolve())))
+
+
+@cli.command()
+@CONFIG_OPTION
+@_operator_errors
+def run(config_path: Path) -> None:
+    """Run the job with the runtime its file names (local or kcl) until stopped."""
+    from replicator.config.model import RuntimeKind
+
+    resolved = load_job(config_path.resolve())
+    if resolved.job.runtime is RuntimeKind.KCL:
+        from replicator.runtime.kcl.launcher import run_kcl
+
+        sys.exit(run_kcl(resolved))
+    from replicator.runtime.local.runtime import run_local
+
+    sys.exit(run_local(resolved))
+
+
+def main(argv: list[str] | None = None) -> Any:
+    return cli.main(args=argv, prog_name="replicator")

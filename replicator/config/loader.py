@@ -1,0 +1,176 @@
+"""Reads a job file: YAML with ``${VAR}`` expansion, validated, every error reported at once.
+
+Operators fix job files under pressure, so an error names the file, the key path
+(``destinations[1].region``), the line, and what was expected, and all problems are
+listed in one go rather than one per attempt.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from replicator.config.model import JobConfig, ResolvedJob, cross_checks
+from replicator.config.task_name import default_task_name
+from replicator.exceptions import ConfigError
+
+_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+KeyPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class _Problem:
+    path: KeyPath
+    message: str
+
+
+def format_path(path: KeyPath) -> str:
+    """``('destinations', 1, 'region')`` -> ``destinations[1].region``."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else part
+    return text or "(top level)"
+
+
+class _Document:
+    """A YAML document as plain values, remembering the line of every key path."""
+
+    def __init__(self, source: str, file: Path) -> None:
+        self.file = file
+        self.lines: dict[KeyPath, int] = {}
+        self.problems: list[_Problem] = []
+        self._constructor = yaml.constructor.SafeConstructor()
+        try:
+            node = yaml.compose(source, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as error:
+            mark = error.problem_mark or error.context_mark
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
+            raise ConfigError(
+                f"{file}: YAML syntax error at {where}: {error.problem or error}"
+            ) from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{file}: YAML error: {error}") from None
+        self.value: Any = {} if node is None else self._build(node, ())
+
+    def _build(self, node: yaml.Node, path: KeyPath) -> Any:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            result: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = self._scalar(key_node, path)
+                if not isinstance(key, str):
+                    key = str(key)
+                if key in result:
+                    self.problems.append(_Problem((*path, key), "key appears twice"))
+                result[key] = self._build(value_node, (*path, key))
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [self._build(item, (*path, index)) for index, item in enumerate(node.value)]
+        value = self._scalar(node, path)
+        if isinstance(value, str):
+            return self._expand(value, path)
+        return value
+
+    def _scalar(self, node: yaml.Node, path: KeyPath) -> Any:
+        return self._constructor.construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+
+    def _expand(self, text: str, path: KeyPath) -> str:
+        def replace(match: re.Match[str]) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            name, default = match.group(1), match.group(2)
+            value = os.environ.get(name)
+            if value is None or (value == "" and default is not None):
+                if default is not None:
+                    return default
+                self.problems.append(
+                    _Problem(path, f"environment variable {name} is not set (and has no default)")
+                )
+                return ""
+            return value
+
+        return _VARIABLE.sub(replace, text)
+
+    def line_of(self, path: KeyPath) -> int | None:
+        """The line of the deepest part of ``path`` that the file actually contains."""
+        for end in range(len(path), -1, -1):
+            line = self.lines.get(path[:end])
+            if line is not None:
+                return line
+        return None
+
+
+def _pydantic_problems(error: ValidationError) -> list[_Problem]:
+    problems = []
+    for item in error.errors(include_url=False):
+        path: KeyPath = tuple(
+            part for part in item["loc"] if isinstance(part, int | str) and not _is_tag(part)
+        )
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            message = "unknown key"
+        elif kind == "missing":
+            message = "required key is missing"
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            if "input" in item and kind not in {"value_error", "assertion_error"}:
+                message += f" (got {item['input']!r})"
+        problems.append(_Problem(path, message))
+    return problems
+
+
+def _is_tag(part: int | str) -> bool:
+    # pydantic inserts model/union tags such as 'function-after[...]' into locations.
+    return isinstance(part, str) and ("[" in part or part.startswith("function-"))
+
+
+def load_job(path: str | os.PathLike[str]) -> ResolvedJob:
+    """Load, expand and validate a job file, or raise ConfigError listing every problem."""
+    file = Path(path)
+    try:
+        source = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: job file not found") from None
+    except OSError as error:
+        raise ConfigError(f"{file}: cannot read job file: {error.strerror}") from None
+    return parse_job(source, file)
+
+
+def parse_job(source: str, file: Path) -> ResolvedJob:
+    document = _Document(source, file)
+    problems = list(document.problems)
+    job: JobConfig | None = None
+    if not isinstance(document.value, Mapping):
+        problems.append(_Problem((), "expected a mapping of keys (runtime, source, ...)"))
+    else:
+        try:
+            job = JobConfig.model_validate(document.value)
+        except ValidationError as error:
+            # A key whose ${VAR} did not expand has already been reported once.
+            unexpanded = {problem.path for problem in document.problems}
+            problems.extend(p for p in _pydantic_problems(error) if p.path not in unexpanded)
+        else:
+            problems.extend(_Problem(path, message) for path, message in cross_checks(job))
+    if problems or job is None:
+        lines = []
+        for problem in problems:
+            line = document.line_of(problem.path)
+            where = f" (line {line})" if line else ""
+            lines.append(f"  {format_path(problem.path)}{where}: {problem.message}")
+        count = len(problems)
+        raise ConfigError(
+            f"{file}: {count} problem{'s' if count != 1 else ''} in the job file:\n"
+            + "\n".join(lines)
+        )
+    return ResolvedJob(job=job, path=file, task_name=job.task_name or default_task_name(job))

@@ -1,0 +1,339 @@
+"""The job file's schema: one replication job, validated once at start-up.
+
+Every key that a job file may hold is declared here, with its default, so that the
+README's configuration reference and the validator cannot drift apart. Unknown keys
+are errors: a misspelt ``timestamp_atribute`` must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+_TABLE = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
+_TASK_NAME = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
+_DOTTED_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class Strict(BaseModel):
+    """Base for every section: unknown keys are errors, values are frozen after loading."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_region(value: str) -> str:
+    if not _REGION.match(value):
+        raise ValueError(f"expected an AWS region name such as us-east-1, got {value!r}")
+    return value
+
+
+def _check_table(value: str) -> str:
+    if not _TABLE.match(value):
+        raise ValueError(
+            "expected a DynamoDB table name (3-255 characters of letters, digits, _ . -), "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _check_role(value: str | None) -> str | None:
+    if value is not None and not _ROLE_ARN.match(value):
+        raise ValueError(
+            f"expected an IAM role ARN such as arn:aws:iam::123456789012:role/name, got {value!r}"
+        )
+    return value
+
+
+class RuntimeKind(StrEnum):
+    LOCAL = "local"
+    KCL = "kcl"
+
+
+class StreamKind(StrEnum):
+    DYNAMODB_STREAMS = "dynamodb-streams"
+    KINESIS = "kinesis"
+
+
+class ConflictPolicyName(StrEnum):
+    OVERWRITE = "overwrite"
+    LAST_WRITER_WINS = "last_writer_wins"
+    VERSION = "version"
+    CUSTOM = "custom"
+
+
+class TtlDeletes(StrEnum):
+    REPLICATE = "replicate"
+    SKIP = "skip"
+
+
+class OnTrimmedData(StrEnum):
+    FAIL = "fail"
+    RESTART_FROM_TRIM_HORIZON = "restart_from_trim_horizon"
+
+
+class InitialPosition(StrEnum):
+    TRIM_HORIZON = "TRIM_HORIZON"
+    LATEST = "LATEST"
+
+
+class StreamConfig(Strict):
+    """Which change stream carries the source table's changes."""
+
+    kind: StreamKind = StreamKind.DYNAMODB_STREAMS
+    arn: str | None = Field(
+        default=None,
+        description="DynamoDB stream ARN or Kinesis stream ARN; default: the table's latest "
+        "DynamoDB stream (dynamodb-streams only).",
+    )
+    name: str | None = Field(default=None, description="Kinesis stream name (kinesis only).")
+
+    @model_validator(mode="after")
+    def _kinesis_needs_a_stream(self) -> Self:
+        if self.kind is StreamKind.KINESIS and not (self.arn or self.name):
+            raise ValueError("a kinesis stream needs 'name' or 'arn'")
+        if self.kind is StreamKind.DYNAMODB_STREAMS and self.name:
+            raise ValueError("'name' is for kinesis streams; a DynamoDB stream is named by 'arn'")
+        return self
+
+
+class SourceConfig(Strict):
+    region: str
+    table: str
+    endpoint_url: str | None = None
+    role_arn: str | None = None
+    external_id: str | None = None
+    stream: StreamConfig = StreamConfig()
+    on_trimmed_data: OnTrimmedData = OnTrimmedData.FAIL
+
+    _region = field_validator("region")(_check_region)
+    _table = field_validator("table")(_check_table)
+    _role = field_validator("role_arn")(_check_role)
+
+
+class ConflictConfig(Strict):
+    """How a change and the item already at a destination are reconciled."""
+
+    policy: ConflictPolicyName = ConflictPolicyName.OVERWRITE
+    timestamp_attribute: str | None = None
+    version_attribute: str | None = None
+    resolver: str | None = Field(
+        default=None, description="module.path:function for the custom policy."
+    )
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 10
+
+    @model_validator(mode="after")
+    def _policy_needs_its_attribute(self) -> Self:
+        if self.policy is ConflictPolicyName.LAST_WRITER_WINS and not self.timestamp_attribute:
+            raise ValueError("policy last_writer_wins needs 'timestamp_attribute'")
+        if self.policy is ConflictPolicyName.VERSION and not self.version_attribute:
+            raise ValueError("policy version needs 'version_attribute'")
+        if self.policy is ConflictPolicyName.CUSTOM:
+            if not self.resolver:
+                raise ValueError("policy custom needs 'resolver' (module.path:function)")
+            if not _DOTTED_CALLABLE.match(self.resolver):
+                raise ValueError(
+                    f"resolver must look like module.path:function, got {self.resolver!r}"
+                )
+        return self
+
+
+class DestinationConfig(Strict):
+    region: str
+    table: str
+    name: str | None = Field(
+        default=None, description="Label in metrics and logs; default '<region>/<table>'."
+    )
+    endpoint_url: str | None = None
+    role_arn: str | None = None
+    external_id: str | None = None
+    conflict: ConflictConfig | None = Field(
+        default=None, description="Overrides the job's conflict section for this destination."
+    )
+
+    _region = field_validator("region")(_check_region)
+    _table = field_validator("table")(_check_table)
+    _role = field_validator("role_arn")(_check_role)
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.region}/{self.table}"
+
+
+class LoopPreventionConfig(Strict):
+    origin_attribute: str | None = None
+    origin_value: str | None = Field(
+        default=None,
+        description="The value the source's application stamps; default: source.region.",
+    )
+
+
+class RetryConfig(Strict):
+    base_delay_ms: Annotated[int, Field(ge=1)] = 50
+    max_delay_ms: Annotated[int, Field(ge=1)] = 20_000
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.max_delay_ms < self.base_delay_ms:
+            raise ValueError("max_delay_ms must be >= base_delay_ms")
+        return self
+
+
+class WriterConfig(Strict):
+    max_in_flight: Annotated[int, Field(ge=1, le=1024)] = 128
+    max_buffered_changes: Annotated[int, Field(ge=1)] = 20_000
+    retry: RetryConfig = RetryConfig()
+    access_denied_limit: Annotated[int, Field(ge=1)] = 20
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    read_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+
+
+class DeadLetterKind(StrEnum):
+    FILE = "file"
+    SQS = "sqs"
+
+
+class DeadLetterConfig(Strict):
+    """Where changes that no retry can apply are kept, so that nothing is lost."""
+
+    kind: DeadLetterKind = DeadLetterKind.FILE
+    path: str = "dead-letters/{task_name}.jsonl"
+    queue_url: str | None = None
+    region: str | None = None
+    endpoint_url: str | None = None
+    role_arn: str | None = None
+
+    @model_validator(mode="after")
+    def _sqs_needs_a_queue(self) -> Self:
+        if self.kind is DeadLetterKind.SQS and not self.queue_url:
+            raise ValueError("a dead-letter queue of kind sqs needs 'queue_url'")
+        return self
+
+
+class KclConfig(Strict):
+    initial_position: InitialPosition = InitialPosition.TRIM_HORIZON
+    max_records: Annotated[int, Field(ge=1, le=10_000)] = 1000
+    idle_time_between_reads_ms: Annotated[int, Field(ge=0)] = 500
+    failover_time_ms: Annotated[int, Field(ge=1000)] = 60_000
+    worker_id: str | None = None
+    java: str = "java"
+    jars_dir: str | None = Field(
+        default=None, description="Directory of KCL jars; default $REPLICATOR_KCL_JARS."
+    )
+    extra_properties: dict[str, str] = Field(default_factory=dict)
+
+
+class MetricsConfig(Strict):
+    enabled: bool = True
+    host: str = "0.0.0.0"  # noqa: S104  # a container must be scrapeable from outside
+    port: Annotated[int, Field(ge=0, le=65535)] = 9400
+    stall_after_s: Annotated[float, Field(gt=0)] = 300.0
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class LoggingConfig(Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: LogFormat = LogFormat.AUTO
+
+
+class JobConfig(Strict):
+    """One replication job: one source table, one or more destinations."""
+
+    runtime: RuntimeKind = RuntimeKind.LOCAL
+    task_name: str | None = None
+    source: SourceConfig
+    destinations: Annotated[list[DestinationConfig], Field(min_length=1)]
+    conflict: ConflictConfig = ConflictConfig()
+    loop_prevention: LoopPreventionConfig = LoopPreventionConfig()
+    ttl_deletes: TtlDeletes = TtlDeletes.REPLICATE
+    writer: WriterConfig = WriterConfig()
+    dead_letter: DeadLetterConfig = DeadLetterConfig()
+    kcl: KclConfig = KclConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("task_name")
+    @classmethod
+    def _task_name(cls, value: str | None) -> str | None:
+        if value is not None and not _TASK_NAME.match(value):
+            raise ValueError(
+                "task_name names the lease table: 3-255 characters of letters, digits, _ . -"
+            )
+        return value
+
+    def conflict_for(self, destination: DestinationConfig) -> ConflictConfig:
+        return destination.conflict or self.conflict
+
+    @property
+    def origin_value(self) -> str:
+        return self.loop_prevention.origin_value or self.source.region
+
+
+class ResolvedJob(BaseModel):
+    """A validated job plus what is derived from it (task name, file location)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job: JobConfig
+    path: Path
+    task_name: str
+
+    @property
+    def lease_table(self) -> str:
+        return self.task_name
+
+    def dead_letter_path(self) -> Path:
+        path = Path(self.job.dead_letter.path.format(task_name=self.task_name))
+        return path
+
+
+def cross_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """Rules that span sections, each reported at the key path it concerns."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    source = (job.source.region, job.source.table, job.source.endpoint_url)
+    seen: dict[tuple[str, str, str | None], int] = {}
+    labels: dict[str, int] = {}
+    for index, destination in enumerate(job.destinations):
+        where = (destination.region, destination.table, destination.endpoint_url)
+        if where == source:
+            problems.append((("destinations", index), "is the source table itself"))
+        elif where in seen:
+            problems.append((("destinations", index), f"repeats destinations[{seen[where]}]"))
+        seen.setdefault(where, index)
+        if destination.label in labels:
+            problems.append(
+                (
+                    ("destinations", index, "name"),
+                    f"{destination.label!r} is already the name of "
+                    f"destinations[{labels[destination.label]}]",
+                )
+            )
+        labels.setdefault(destination.label, index)
+    if job.source.stream.kind is StreamKind.KINESIS:
+        if job.conflict.policy is ConflictPolicyName.OVERWRITE:
+            problems.append(
+                (
+                    ("conflict", "policy"),
+                    "a kinesis stream may deliver an item's changes out of order; "
+                    "use last_writer_wins or version (overwrite could keep an older image)",
+                )
+            )
+        for index, destination in enumerate(job.destinations):
+            if destination.conflict and destination.conflict.policy is ConflictPolicyName.OVERWRITE:
+                problems.append(
+                    (
+                        ("destinations", index, "conflict", "policy"),
+                        "a kinesis stream needs last_writer_wins or version, not overwrite",
+                    )
+                )
+    return problems

@@ -1,0 +1,101 @@
+"""Dead letters in a JSON-lines file: one letter per line, appended under a lock, fsynced.
+
+Several processor processes (one per shard) append to the same file; an exclusive
+``flock`` around each append keeps lines whole. A replay first renames the file aside
+(new failures start a fresh file meanwhile), replays the letters, and appends the ones
+that fail again to the live file. A replay that is interrupted leaves its aside file,
+which the next replay picks up first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import structlog
+
+from replicator.deadletter.base import Claimed
+from replicator.deadletter.entry import DeadLetter
+from replicator.exceptions import DeadLetterUnavailable
+
+log = structlog.get_logger(__name__)
+_ASIDE = ".redrive-"
+
+
+class FileDeadLetters:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.description = f"file {path}"
+
+    def put(self, letter: DeadLetter) -> None:
+        self._append(letter.to_json())
+
+    def _append(self, line: str) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as file:
+                fcntl.flock(file, fcntl.LOCK_EX)
+                try:
+                    file.write(line + "\n")
+                    file.flush()
+                    os.fsync(file.fileno())
+                finally:
+                    fcntl.flock(file, fcntl.LOCK_UN)
+        except OSError as error:
+            raise DeadLetterUnavailable(
+                f"cannot append to dead-letter file {self.path}: {error.strerror or error}"
+            ) from error
+
+    def count(self) -> int:
+        """Letters stored now (live file and any interrupted replay's aside file)."""
+        total = 0
+        for file in [*self._aside_files(), self.path]:
+            if file.exists():
+                with file.open(encoding="utf-8") as lines:
+                    total += sum(1 for line in lines if line.strip())
+        return total
+
+    def letters(self) -> list[DeadLetter]:
+        """Every letter in the live file, for inspection; does not remove them."""
+        if not self.path.exists():
+            return []
+        with self.path.open(encoding="utf-8") as lines:
+            return [DeadLetter.from_json(line) for line in lines if line.strip()]
+
+    def _aside_files(self) -> list[Path]:
+        return sorted(self.path.parent.glob(self.path.name + _ASIDE + "*"))
+
+    def claim_all(self) -> Iterator[Claimed]:
+        if self.path.exists():
+            aside = self.path.with_name(f"{self.path.name}{_ASIDE}{time.time_ns()}")
+            with self.path.open("a", encoding="utf-8") as file:
+                fcntl.flock(file, fcntl.LOCK_EX)
+                try:
+                    self.path.rename(aside)
+                finally:
+                    fcntl.flock(file, fcntl.LOCK_UN)
+        for file in self._aside_files():
+            with file.open(encoding="utf-8") as lines:
+                for number, line in enumerate(lines, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        letter = DeadLetter.from_json(line)
+                    except (ValueError, TypeError) as error:
+                        log.error(
+                            "unreadable dead letter kept as it is",
+                            file=str(file),
+                            line=number,
+                            error=str(error),
+                        )
+                        self._append(line.rstrip("\n"))
+                        continue
+                    yield Claimed(letter, receipt=f"{file}:{number}")
+            file.unlink()
+
+    def settle(self, claimed: Claimed, *, replayed: bool) -> None:
+        if not replayed:
+            self.put(claimed.letter)

@@ -1,0 +1,61 @@
+"""Stage 2: which decoded changes are sent on at all.
+
+Two rules decide, both without I/O:
+
+* Loop prevention (active-active): the application stamps every item it writes with
+  its own region in ``origin_attribute``. A put whose new image carries another
+  region's stamp was written here by a replicator, so sending it on would echo it
+  back; it is skipped. Deletes carry no stamp of who deleted, so they are always sent
+  on: an echoed delete finds the item already gone (or newer, and the conflict rule
+  keeps it), and a delete of nothing writes no stream record, so the echo ends there.
+* TTL deletes (a REMOVE by the DynamoDB service principal) are replicated or skipped,
+  as the job says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from replicator.config.model import JobConfig, TtlDeletes
+from replicator.records import Change, Event
+
+
+class Route(StrEnum):
+    REPLICATE = "replicate"
+    LOOP_SKIPPED = "loop_skipped"
+    FILTERED = "filtered"
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeFilter:
+    origin_attribute: str | None
+    origin_value: str
+    skip_ttl_deletes: bool
+
+    @classmethod
+    def for_job(cls, job: JobConfig) -> ChangeFilter:
+        return cls(
+            origin_attribute=job.loop_prevention.origin_attribute,
+            origin_value=job.origin_value,
+            skip_ttl_deletes=job.ttl_deletes is TtlDeletes.SKIP,
+        )
+
+    def route(self, change: Change) -> Route:
+        if change.ttl_delete and self.skip_ttl_deletes:
+            return Route.FILTERED
+        if self.origin_attribute and change.event is not Event.REMOVE:
+            origin = self.origin_of(change)
+            if origin is not None and origin != self.origin_value:
+                return Route.LOOP_SKIPPED
+        return Route.REPLICATE
+
+    def origin_of(self, change: Change) -> str | None:
+        """The origin stamp of a put's new image, or None when the item has none."""
+        if not self.origin_attribute or change.new_image is None:
+            return None
+        value = change.new_image.get(self.origin_attribute)
+        if value is None:
+            return None
+        text = value.get("S")
+        return text if isinstance(text, str) else None

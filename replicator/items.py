@@ -1,0 +1,121 @@
+"""DynamoDB attribute values in the two shapes the replicator meets.
+
+Stream records carry attribute values as JSON ("wire" form: ``B``/``BS`` base64 text);
+boto3's low-level client takes and returns them with ``B``/``BS`` as ``bytes``.
+Everything inside the replicator uses the boto3 shape, converted once at the edge,
+so that binary attributes survive byte for byte and numbers stay the exact strings
+the source sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+AttributeValue = dict[str, Any]
+Item = dict[str, AttributeValue]
+KeyId = tuple[tuple[str, str, object], ...]
+
+_TYPES = frozenset({"S", "N", "B", "SS", "NS", "BS", "M", "L", "NULL", "BOOL"})
+
+
+class AttributeFormatError(ValueError):
+    """An attribute value is not a well-formed DynamoDB attribute value."""
+
+
+def item_from_wire(image: Mapping[str, Any], *, has_binary: bool = True) -> Item:
+    """Convert a stream image (base64 binaries) to boto3 form (bytes binaries).
+
+    ``has_binary=False`` lets the caller skip the walk when the raw JSON holds no
+    ``"B"``/``"BS"`` key at all, which is the common case and saves most of the work.
+    """
+    if not isinstance(image, Mapping):
+        raise AttributeFormatError(f"expected a map of attributes, got {type(image).__name__}")
+    if not has_binary:
+        return dict(image)
+    return {name: _value_from_wire(value, name) for name, value in image.items()}
+
+
+def _value_from_wire(value: Any, path: str) -> AttributeValue:
+    if not isinstance(value, Mapping) or len(value) != 1:
+        raise AttributeFormatError(f"attribute {path}: expected one type key, got {value!r}")
+    ((kind, inner),) = value.items()
+    try:
+        if kind == "B":
+            return {"B": base64.b64decode(inner, validate=True)}
+        if kind == "BS":
+            return {"BS": [base64.b64decode(part, validate=True) for part in inner]}
+    except (binascii.Error, TypeError) as error:
+        raise AttributeFormatError(f"attribute {path}: {kind} is not valid base64") from error
+    if kind == "M":
+        if not isinstance(inner, Mapping):
+            raise AttributeFormatError(f"attribute {path}: M must hold a map")
+        return {"M": {k: _value_from_wire(v, f"{path}.{k}") for k, v in inner.items()}}
+    if kind == "L":
+        if not isinstance(inner, list):
+            raise AttributeFormatError(f"attribute {path}: L must hold a list")
+        return {"L": [_value_from_wire(v, f"{path}[{i}]") for i, v in enumerate(inner)]}
+    if kind not in _TYPES:
+        raise AttributeFormatError(f"attribute {path}: unknown type {kind!r}")
+    return {kind: inner}
+
+
+def item_to_wire(item: Mapping[str, AttributeValue]) -> dict[str, Any]:
+    """boto3 form -> JSON-safe form (base64 binaries), for dead letters and reports."""
+    return {name: _value_to_wire(value) for name, value in item.items()}
+
+
+def _value_to_wire(value: AttributeValue) -> Any:
+    ((kind, inner),) = value.items()
+    if kind == "B":
+        return {"B": base64.b64encode(inner).decode("ascii")}
+    if kind == "BS":
+        return {"BS": [base64.b64encode(part).decode("ascii") for part in inner]}
+    if kind == "M":
+        return {"M": {k: _value_to_wire(v) for k, v in inner.items()}}
+    if kind == "L":
+        return {"L": [_value_to_wire(v) for v in inner]}
+    return {kind: inner}
+
+
+def key_id(keys: Mapping[str, AttributeValue]) -> KeyId:
+    """A hashable identity of a primary key, equal for equal keys.
+
+    Numbers are normalised (``1`` and ``1.0`` name the same item in DynamoDB); the
+    attribute names are part of the identity so hash and range keys never mix.
+    """
+    parts = []
+    for name in sorted(keys):
+        value = keys[name]
+        if len(value) != 1:
+            raise AttributeFormatError(f"key attribute {name}: expected one type key")
+        ((kind, inner),) = value.items()
+        if kind == "N":
+            try:
+                inner = Decimal(inner).normalize()
+            except (InvalidOperation, TypeError) as error:
+                raise AttributeFormatError(f"key attribute {name}: bad number {inner!r}") from error
+        elif kind not in ("S", "B"):
+            raise AttributeFormatError(f"key attribute {name}: type {kind} cannot be a key")
+        parts.append((name, kind, inner))
+    if not parts:
+        raise AttributeFormatError("the record has no key attributes")
+    return tuple(parts)
+
+
+def describe_key(keys: Mapping[str, AttributeValue]) -> str:
+    """A short human-readable key for logs: ``pk=S:order-1 sk=N:3``."""
+    parts = []
+    for name in sorted(keys):
+        ((kind, inner),) = keys[name].items()
+        shown = base64.b64encode(inner).decode("ascii") if kind == "B" else inner
+        parts.append(f"{name}={kind}:{shown}")
+    return " ".join(parts)
+
+
+def project(item: Mapping[str, AttributeValue], names: list[str]) -> Item:
+    """The key attributes of an item, given the key schema's attribute names."""
+    return {name: item[name] for name in names if name in item}

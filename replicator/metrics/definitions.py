@@ -1,0 +1,117 @@
+"""Every metric the replicator exposes. The names are part of its interface.
+
+The processor runs as one process per shard, so metrics use prometheus-client's
+multiprocess mode when ``PROMETHEUS_MULTIPROC_DIR`` is set (the runtimes set it for
+their children): each process writes its samples to files there, and the runtime's
+HTTP server adds them up. Gauges say how: ``livemax`` keeps the largest value among
+live processes (every series here carries a shard or destination label, so this is
+per-series), ``livesum`` adds the live processes' values.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+DELAY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+FLUSH_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """The metric objects, created once per process.
+
+    ``registry=None`` creates unregistered metrics, which is what a multiprocess child
+    wants (its values go to files, not to a registry); tests pass a fresh registry.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = registry
+        self.replication_lag = Gauge(
+            "replicator_replication_lag_seconds",
+            "Seconds between now and the creation of the newest change applied at the "
+            "destination; 0 when everything read has been applied and the stream is caught up.",
+            ["destination", "shard"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.apply_delay = Histogram(
+            "replicator_apply_delay_seconds",
+            "Seconds from a change's creation at the source to its write at the destination.",
+            ["destination"],
+            buckets=DELAY_BUCKETS,
+            registry=r,
+        )
+        self.millis_behind_latest = Gauge(
+            "replicator_millis_behind_latest",
+            "How far the last batch read was behind the tip of the shard, as the daemon reports.",
+            ["shard"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.records_received = Counter(
+            "replicator_records_received",
+            "Stream records received, by event (INSERT, MODIFY, REMOVE, undecodable).",
+            ["event"],
+            registry=r,
+        )
+        self.writes = Counter(
+            "replicator_writes",
+            "Changes handled per destination, by operation and outcome (applied, "
+            "conflict_lost, loop_skipped, filtered, dead_lettered).",
+            ["destination", "op", "outcome"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "replicator_retries",
+            "Write attempts retried, by reason (throttled, server_error, network, "
+            "access_denied, not_found, optimistic_conflict).",
+            ["destination", "reason"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "replicator_dead_letters",
+            "Changes written to the dead-letter target, by reason.",
+            ["destination", "reason"],
+            registry=r,
+        )
+        self.checkpoints = Counter(
+            "replicator_checkpoints", "Checkpoints written to the lease table.", registry=r
+        )
+        self.squashed = Counter(
+            "replicator_squashed",
+            "Changes not written because a newer change to the same key replaced them.",
+            registry=r,
+        )
+        self.batch_flush = Histogram(
+            "replicator_batch_flush_seconds",
+            "Seconds from receiving a batch until all of it was applied at every destination.",
+            buckets=FLUSH_BUCKETS,
+            registry=r,
+        )
+        self.in_flight_writes = Gauge(
+            "replicator_in_flight_writes",
+            "Writes currently in flight, per destination.",
+            ["destination"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.buffered_changes = Gauge(
+            "replicator_buffered_changes",
+            "Changes received and not yet applied everywhere.",
+            ["shard"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.last_checkpoint = Gauge(
+            "replicator_last_checkpoint_timestamp_seconds",
+            "Unix time of the last checkpoint.",
+            ["shard"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.last_record = Gauge(
+            "replicator_last_record_received_timestamp_seconds",
+            "Unix time the last non-empty batch arrived.",
+            ["shard"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )

@@ -1,0 +1,82 @@
+"""The data that flows through the pipeline: a daemon record in, a decoded change out.
+
+``RawRecord`` is exactly what the MultiLangDaemon hands the processor for one record.
+It is kept beside every decoded change so that a change that cannot be applied is
+dead-lettered with the bytes that arrived, not with our interpretation of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypedDict
+
+from replicator.items import Item, KeyId
+
+
+class RawRecord(TypedDict):
+    """One record of a ``processRecords`` message (KCL MultiLang protocol)."""
+
+    data: str
+    sequenceNumber: str
+    subSequenceNumber: int | None
+    partitionKey: str | None
+    approximateArrivalTimestamp: int
+
+
+class Event(StrEnum):
+    INSERT = "INSERT"
+    MODIFY = "MODIFY"
+    REMOVE = "REMOVE"
+
+    @property
+    def op(self) -> str:
+        """The destination operation: ``put`` for inserts and updates, ``delete`` for removals."""
+        return "delete" if self is Event.REMOVE else "put"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One change to one item, decoded from a stream record.
+
+    ``position`` orders changes within a shard (the stream sequence number as an int);
+    ``created_us`` is when the source table made the change, in microseconds, used for
+    lag and, on Kinesis streams where order is not guaranteed, for ordering.
+    """
+
+    sequence_number: str
+    position: int
+    event: Event
+    key: KeyId
+    keys: Item
+    new_image: Item | None
+    old_image: Item | None
+    created_us: int
+    region: str
+    ttl_delete: bool
+    raw: RawRecord = field(repr=False, compare=False)
+
+    @property
+    def created_s(self) -> float:
+        return self.created_us / 1_000_000
+
+    @property
+    def op_is_delete(self) -> bool:
+        return self.event is Event.REMOVE
+
+    @property
+    def image(self) -> Item | None:
+        """The image that decides conflicts: the new one for puts, the old one for deletes."""
+        return self.old_image if self.event is Event.REMOVE else self.new_image
+
+
+def raw_record_from(record: Any) -> RawRecord:
+    """Copy the fields we keep out of an amazon-kclpy ``messages.Record`` (or a plain dict)."""
+    get = record.get
+    return RawRecord(
+        data=get("data"),
+        sequenceNumber=get("sequenceNumber"),
+        subSequenceNumber=get("subSequenceNumber"),
+        partitionKey=get("partitionKey"),
+        approximateArrivalTimestamp=get("approximateArrivalTimestamp"),
+    )

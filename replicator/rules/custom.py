@@ -1,0 +1,105 @@
+"""``custom``: the user's own function decides, with optimistic concurrency.
+
+The writer reads the destination's item (strongly consistent), calls the function
+with the incoming change and that item, and writes the outcome on the condition that
+the item is still exactly what was read. If another writer got there first, the
+condition fails and the writer reads and decides again, up to ``max_attempts`` times.
+
+The function is named in the job file as ``module.path:function`` and must be
+importable by the worker. It receives the :class:`~replicator.records.Change` and the
+existing item (``None`` when there is none), both in boto3's attribute-value form,
+and returns:
+
+* ``True``: write the change as it is (put the new image, or delete);
+* ``False``: keep the destination's item (counted as a lost conflict);
+* an item (a dict of attribute values, key attributes included): put that item.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import cast
+
+from replicator.items import AttributeValue, Item
+from replicator.records import Change, Event
+from replicator.rules.requests import PlanError, Skip, WriteRequest
+
+Resolver = Callable[[Change, Item | None], bool | Item]
+_MAX_EXPRESSION = 4096
+
+
+def load_resolver(dotted: str) -> Resolver:
+    """Import ``module.path:function``; errors name the path and what went wrong."""
+    module_name, _, attribute = dotted.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise PlanError(
+            f"custom resolver {dotted!r}: cannot import {module_name}: {error}"
+        ) from None
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        raise PlanError(f"custom resolver {dotted!r}: {module_name} has no function {attribute}")
+    return cast(Resolver, function)
+
+
+class CustomRule:
+    name = "custom"
+    reads_existing = True
+
+    def __init__(self, resolver: Resolver, key_names: list[str] | None = None) -> None:
+        self.resolver = resolver
+        self.key_names = key_names
+
+    def plan(self, change: Change, existing: Item | None = None) -> WriteRequest | Skip:
+        decision = self.resolver(change, existing)
+        condition, names, values = _unchanged_since_read(change, existing)
+        if decision is True:
+            if change.event is Event.REMOVE:
+                return WriteRequest(
+                    op="delete", key=change.keys, condition=condition, names=names, values=values
+                )
+            return WriteRequest(
+                op="put", item=change.new_image, condition=condition, names=names, values=values
+            )
+        if decision is False:
+            return Skip("the custom resolver kept the destination's item")
+        if isinstance(decision, dict):
+            missing = [name for name in change.keys if name not in decision]
+            if missing:
+                raise PlanError(
+                    f"custom resolver returned an item without key attributes {missing}"
+                )
+            return WriteRequest(
+                op="put", item=decision, condition=condition, names=names, values=values
+            )
+        raise PlanError(
+            f"custom resolver returned {type(decision).__name__}; expected True, False or an item"
+        )
+
+    def explain_loss(self, change: Change, existing: Item | None) -> str:
+        return "the custom resolver kept the destination's item"
+
+
+def _unchanged_since_read(
+    change: Change, existing: Item | None
+) -> tuple[str, dict[str, str], dict[str, AttributeValue]]:
+    """A condition that holds only while the destination item is what we read."""
+    if existing is None:
+        name = next(iter(change.keys))
+        return "attribute_not_exists(#k)", {"#k": name}, {}
+    names: dict[str, str] = {}
+    values: dict[str, AttributeValue] = {}
+    clauses = []
+    for index, (name, value) in enumerate(sorted(existing.items())):
+        names[f"#a{index}"] = name
+        values[f":a{index}"] = value
+        clauses.append(f"#a{index} = :a{index}")
+    expression = " AND ".join(clauses)
+    if len(expression) > _MAX_EXPRESSION:
+        raise PlanError(
+            f"the destination item has {len(existing)} attributes: too many to guard in one "
+            "condition expression (4 KB)"
+        )
+    return expression, names, values

@@ -1,0 +1,47 @@
+"""What a conflict rule produces: one conditional write, or a decision not to write."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from replicator.items import AttributeValue, Item
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    """A PutItem (``item`` set) or DeleteItem (``key`` set), with its condition if any."""
+
+    op: str
+    item: Item | None = None
+    key: Item | None = None
+    condition: str | None = None
+    names: dict[str, str] = field(default_factory=dict)
+    values: dict[str, AttributeValue] = field(default_factory=dict)
+
+    def to_kwargs(self, table: str) -> dict[str, Any]:
+        """boto3 keyword arguments for ``put_item``/``delete_item`` on ``table``."""
+        kwargs: dict[str, Any] = {"TableName": table}
+        if self.op == "put":
+            kwargs["Item"] = self.item
+        else:
+            kwargs["Key"] = self.key
+        if self.condition:
+            kwargs["ConditionExpression"] = self.condition
+            kwargs["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+            if self.names:
+                kwargs["ExpressionAttributeNames"] = self.names
+            if self.values:
+                kwargs["ExpressionAttributeValues"] = self.values
+        return kwargs
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """The rule decided, without writing, that the destination keeps its item."""
+
+    reason: str
+
+
+class PlanError(ValueError):
+    """The change cannot be expressed as a safe write under this rule (goes to dead letters)."""

@@ -1,0 +1,103 @@
+"""Builds one shard's pipeline from a job: clients, rules, writers, dead letters, buffer.
+
+The only place that turns configuration into live objects, so that the pipeline stages
+themselves take plain collaborators and test without AWS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from replicator import aws
+from replicator.buffer import ChangeBuffer
+from replicator.config.model import DeadLetterKind, ResolvedJob, StreamKind
+from replicator.deadletter import DeadLetterTarget, FileDeadLetters, SqsDeadLetters
+from replicator.filters import ChangeFilter
+from replicator.metrics import Metrics
+from replicator.pipeline import ShardPipeline
+from replicator.rules import rule_for, squash_order
+from replicator.writers.backoff import Backoff
+from replicator.writers.destination import DestinationWriter
+
+
+def dead_letter_target(resolved: ResolvedJob, run_id: str | None = None) -> DeadLetterTarget:
+    settings = resolved.job.dead_letter
+    if settings.kind is DeadLetterKind.SQS:
+        assert settings.queue_url
+        region = settings.region or resolved.job.source.region
+        client = aws.client(
+            "sqs", region, endpoint_url=settings.endpoint_url, role_arn=settings.role_arn
+        )
+        return SqsDeadLetters(client, settings.queue_url, run_id=run_id)
+    path = Path(settings.path.format(task_name=resolved.task_name))
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    return FileDeadLetters(path)
+
+
+def destination_writers(
+    resolved: ResolvedJob,
+    metrics: Metrics,
+    shard_id: str,
+    dead_letters: DeadLetterTarget,
+) -> dict[str, DestinationWriter]:
+    job = resolved.job
+    settings = job.writer
+    backoff = Backoff(settings.retry.base_delay_ms / 1000, settings.retry.max_delay_ms / 1000)
+    writers = {}
+    for destination in job.destinations:
+        conflict = job.conflict_for(destination)
+        client = aws.client(
+            "dynamodb",
+            destination.region,
+            endpoint_url=destination.endpoint_url,
+            role_arn=destination.role_arn,
+            external_id=destination.external_id,
+            max_pool_connections=settings.max_in_flight,
+            connect_timeout=settings.connect_timeout_s,
+            read_timeout=settings.read_timeout_s,
+            sdk_retries=False,
+        )
+        writers[destination.label] = DestinationWriter(
+            label=destination.label,
+            table=destination.table,
+            region=destination.region,
+            client=client,
+            rule=rule_for(conflict, job.loop_prevention.origin_attribute),
+            dead_letters=dead_letters,
+            metrics=metrics,
+            task_name=resolved.task_name,
+            shard_id=shard_id,
+            backoff=backoff,
+            refusal_limit=settings.access_denied_limit,
+            max_optimistic_attempts=conflict.max_attempts,
+        )
+    return writers
+
+
+def shard_pipeline(
+    resolved: ResolvedJob,
+    shard_id: str,
+    metrics: Metrics,
+    dead_letters: DeadLetterTarget,
+    on_fatal: Callable[[BaseException], None] | None = None,
+) -> ShardPipeline:
+    job = resolved.job
+    writers = destination_writers(resolved, metrics, shard_id, dead_letters)
+    job_rule = rule_for(job.conflict, job.loop_prevention.origin_attribute)
+    ordered = job.source.stream.kind is StreamKind.DYNAMODB_STREAMS
+    buffer = ChangeBuffer(list(writers), squash_order(job_rule, ordered_stream=ordered))
+    return ShardPipeline(
+        writers,
+        buffer,
+        metrics,
+        shard_id,
+        max_in_flight=job.writer.max_in_flight,
+        max_buffered=job.writer.max_buffered_changes,
+        on_fatal=on_fatal,
+    )
+
+
+def change_filter(resolved: ResolvedJob) -> ChangeFilter:
+    return ChangeFilter.for_job(resolved.job)

@@ -1,0 +1,108 @@
+"""Sorting AWS errors by what the replicator must do about them.
+
+* THROTTLED / RETRY: the request may succeed later (throttling, 5xx, a dropped
+  connection, an expired token about to be refreshed). Retried without a time limit:
+  lag grows, nothing is dropped.
+* CONDITION_FAILED: the destination holds a newer item; a normal outcome.
+* REJECTED: this change can never be applied as it is (validation, item too large,
+  a key of the wrong type). It goes to the dead letters and the shard moves on.
+* DENIED / NOT_FOUND: access denied, or the table is missing. One item may be denied
+  by a fine-grained policy (dead-letter it); a whole destination that keeps refusing
+  stops the worker.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+    ParamValidationError,
+    ReadTimeoutError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
+
+
+class ErrorKind(StrEnum):
+    THROTTLED = "throttled"
+    RETRY = "retry"
+    CONDITION_FAILED = "condition_failed"
+    REJECTED = "rejected"
+    DENIED = "denied"
+    NOT_FOUND = "not_found"
+
+
+_THROTTLING = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "Throttling",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "LimitExceededException",
+        "RequestThrottled",
+    }
+)
+_TRANSIENT = frozenset(
+    {
+        "InternalServerError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "TransactionConflictException",
+        "TransactionInProgressException",
+        "ExpiredTokenException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
+    }
+)
+_DENIED = frozenset(
+    {
+        "AccessDeniedException",
+        "AccessDenied",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "AWS.SimpleQueueService.NonExistentQueue",
+        "QueueDoesNotExist",
+    }
+)
+
+
+def error_code(error: BaseException) -> str:
+    if isinstance(error, ClientError):
+        return str(error.response.get("Error", {}).get("Code", "Unknown"))
+    return type(error).__name__
+
+
+def classify(error: BaseException) -> ErrorKind:
+    if isinstance(error, ClientError):
+        code = error_code(error)
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if code == "ConditionalCheckFailedException":
+            return ErrorKind.CONDITION_FAILED
+        if code in _THROTTLING:
+            return ErrorKind.THROTTLED
+        if code in _TRANSIENT or status >= 500:
+            return ErrorKind.RETRY
+        if code in _DENIED:
+            return ErrorKind.DENIED
+        if code == "ResourceNotFoundException":
+            return ErrorKind.NOT_FOUND
+        return ErrorKind.REJECTED
+    if isinstance(error, ParamValidationError):
+        return ErrorKind.REJECTED
+    if isinstance(error, NoCredentialsError):
+        return ErrorKind.DENIED
+    if isinstance(error, BotoConnectionError | HTTPClientError | ReadTimeoutError):
+        return ErrorKind.RETRY
+    if isinstance(error, BotoCoreError):
+        return ErrorKind.RETRY
+    if isinstance(error, ConnectionError | TimeoutError):
+        return ErrorKind.RETRY
+    return ErrorKind.REJECTED
