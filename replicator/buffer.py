@@ -133,6 +133,8 @@ class ChangeBuffer:
         for destination in self.destinations:
             self._ready[destination].clear()
             self._waiting[destination].clear()
+            for entry in self._in_flight[destination].values():
+                entry.superseded = True  # its completion must not settle a forgotten slot
         self._latest.clear()
         self._order.clear()
         self._open_slots = 0

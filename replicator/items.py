@@ -35,8 +35,29 @@ def item_from_wire(image: Mapping[str, Any], *, has_binary: bool = True) -> Item
     if not isinstance(image, Mapping):
         raise AttributeFormatError(f"expected a map of attributes, got {type(image).__name__}")
     if not has_binary:
+        for name, value in image.items():
+            _check(value, name)
         return dict(image)
     return {name: _value_from_wire(value, name) for name, value in image.items()}
+
+
+def _check(value: Any, path: str) -> None:
+    """Validate an attribute value that needs no conversion (no binaries inside)."""
+    if type(value) is not dict or len(value) != 1:
+        raise AttributeFormatError(f"attribute {path}: expected one type key, got {value!r}")
+    for kind, inner in value.items():
+        if kind == "M":
+            if type(inner) is not dict:
+                raise AttributeFormatError(f"attribute {path}: M must hold a map")
+            for name, nested in inner.items():
+                _check(nested, f"{path}.{name}")
+        elif kind == "L":
+            if type(inner) is not list:
+                raise AttributeFormatError(f"attribute {path}: L must hold a list")
+            for index, nested in enumerate(inner):
+                _check(nested, f"{path}[{index}]")
+        elif kind not in _TYPES:
+            raise AttributeFormatError(f"attribute {path}: unknown type {kind!r}")
 
 
 def _value_from_wire(value: Any, path: str) -> AttributeValue:

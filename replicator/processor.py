@@ -108,7 +108,8 @@ class ReplicationProcessor:
         logs.bind_everywhere(shard=shard_id)
         self.work = self._build(shard_id)
         self.checkpoints = Checkpoints(self.metrics, shard_id)
-        self.checkpoints.last = initialize_input.sequence_number
+        start = initialize_input.sequence_number
+        self.checkpoints.last = start if isinstance(start, str) and start.isdigit() else None
         log.info(
             "processor started",
             from_sequence_number=initialize_input.sequence_number,
@@ -246,7 +247,14 @@ class ReplicationProcessor:
         return new
 
     def _report_loop(self) -> None:
+        parent = os.getppid()
         while not self._stop.wait(self._report_interval_s):
+            if os.getppid() != parent:
+                # The daemon died without closing our input; nothing would read our
+                # checkpoints any more, so stop rather than write on unsupervised.
+                log.error("the daemon is gone; exiting")
+                self._exit(1)
+                return
             work = self.work
             if work is None or self._lease_lost:
                 continue

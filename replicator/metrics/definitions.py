@@ -24,6 +24,7 @@ class Metrics:
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry
         r = registry
         self.replication_lag = Gauge(
             "replicator_replication_lag_seconds",

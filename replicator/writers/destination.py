@@ -164,7 +164,7 @@ class DestinationWriter:
             "conflict lost",
             destination=self.label,
             key=describe_key(change.keys),
-            event=change.event.value,
+            stream_event=change.event.value,
             sequence_number=change.sequence_number,
             why=why,
         )

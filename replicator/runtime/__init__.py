@@ -1,0 +1,1 @@
+"""Runtimes that feed the record processor: ``local`` (one host, pure Python) and ``kcl``."""

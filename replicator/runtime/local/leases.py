@@ -1,0 +1,205 @@
+"""The job's lease table, in the KCL's schema, so the KCL runtime can take over and back.
+
+One item per shard, keyed by ``leaseKey`` (the shard id), with the attributes the KCL
+reads and writes: ``leaseOwner``, ``leaseCounter``, ``checkpoint`` (a sequence number or
+one of TRIM_HORIZON, LATEST, SHARD_END), ``checkpointSubSequenceNumber``,
+``ownerSwitchesSinceCheckpoint`` and ``parentShardId`` (a string set). Every update is
+conditional on the counter we last saw, as the KCL's are: an owner that has lost its
+lease finds out on its next write and never overwrites the new owner's checkpoint.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from botocore.exceptions import ClientError
+
+from replicator.exceptions import EnvironmentProblem, LeaseLost
+from replicator.writers.errors import error_code
+
+log = structlog.get_logger(__name__)
+
+TRIM_HORIZON = "TRIM_HORIZON"
+LATEST = "LATEST"
+SHARD_END = "SHARD_END"
+SENTINELS = frozenset({TRIM_HORIZON, LATEST, SHARD_END})
+
+
+@dataclass
+class Lease:
+    shard_id: str
+    owner: str | None
+    counter: int
+    checkpoint: str
+    sub_sequence_number: int = 0
+    owner_switches: int = 0
+    parents: list[str] = field(default_factory=list)
+
+    @property
+    def ended(self) -> bool:
+        return self.checkpoint == SHARD_END
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Lease:
+        return cls(
+            shard_id=item["leaseKey"]["S"],
+            owner=item.get("leaseOwner", {}).get("S"),
+            counter=int(item.get("leaseCounter", {}).get("N", "0")),
+            checkpoint=item.get("checkpoint", {}).get("S", TRIM_HORIZON),
+            sub_sequence_number=int(item.get("checkpointSubSequenceNumber", {}).get("N", "0")),
+            owner_switches=int(item.get("ownerSwitchesSinceCheckpoint", {}).get("N", "0")),
+            parents=sorted(item.get("parentShardId", {}).get("SS", [])),
+        )
+
+
+class LeaseTable:
+    def __init__(self, client: Any, table: str, owner: str) -> None:
+        self.client = client
+        self.table = table
+        self.owner = owner
+        self._lock = threading.Lock()  # one conditional update per lease at a time
+
+    def ensure_exists(self, wait_s: float = 60.0) -> None:
+        try:
+            self.client.create_table(
+                TableName=self.table,
+                KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
+                AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
+                BillingMode="PAY_PER_REQUEST",
+            )
+            log.info("created lease table", table=self.table)
+        except ClientError as error:
+            if error_code(error) != "ResourceInUseException":
+                raise EnvironmentProblem(
+                    f"cannot create lease table {self.table}: {error}"
+                ) from error
+        deadline = time.monotonic() + wait_s
+        while True:
+            status = self.client.describe_table(TableName=self.table)["Table"]["TableStatus"]
+            if status == "ACTIVE":
+                return
+            if time.monotonic() > deadline:
+                raise EnvironmentProblem(f"lease table {self.table} is still {status}")
+            time.sleep(1.0)
+
+    def all(self) -> dict[str, Lease]:
+        leases: dict[str, Lease] = {}
+        kwargs: dict[str, Any] = {"TableName": self.table, "ConsistentRead": True}
+        while True:
+            page = self.client.scan(**kwargs)
+            for item in page.get("Items", []):
+                lease = Lease.from_item(item)
+                leases[lease.shard_id] = lease
+            if "LastEvaluatedKey" not in page:
+                return leases
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def get(self, shard_id: str) -> Lease | None:
+        item = self.client.get_item(
+            TableName=self.table, Key={"leaseKey": {"S": shard_id}}, ConsistentRead=True
+        ).get("Item")
+        return Lease.from_item(item) if item else None
+
+    def create(self, shard_id: str, checkpoint: str, parents: list[str]) -> Lease | None:
+        """Create a lease if none exists; None when another creator won the race."""
+        item: dict[str, Any] = {
+            "leaseKey": {"S": shard_id},
+            "leaseCounter": {"N": "0"},
+            "checkpoint": {"S": checkpoint},
+            "checkpointSubSequenceNumber": {"N": "0"},
+            "ownerSwitchesSinceCheckpoint": {"N": "0"},
+        }
+        if parents:
+            item["parentShardId"] = {"SS": sorted(parents)}
+        try:
+            self.client.put_item(
+                TableName=self.table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(leaseKey)",
+            )
+        except ClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                return None
+            raise
+        return Lease(shard_id, None, 0, checkpoint, 0, 0, sorted(parents))
+
+    def take(self, lease: Lease) -> Lease:
+        """Become the lease's owner, if it is still as we last saw it."""
+        switches = lease.owner_switches + (0 if lease.owner == self.owner else 1)
+        return self._update(
+            lease,
+            "SET leaseOwner = :me, leaseCounter = :next, ownerSwitchesSinceCheckpoint = :sw",
+            {":sw": {"N": str(switches)}},
+            owned=False,
+            changes={"owner": self.owner, "owner_switches": switches},
+        )
+
+    def renew(self, lease: Lease) -> Lease:
+        return self._update(lease, "SET leaseCounter = :next", {}, owned=True, changes={})
+
+    def checkpoint(self, lease: Lease, checkpoint: str, sub: int = 0) -> Lease:
+        return self._update(
+            lease,
+            "SET checkpoint = :cp, checkpointSubSequenceNumber = :sub, "
+            "ownerSwitchesSinceCheckpoint = :zero, leaseCounter = :next",
+            {":cp": {"S": checkpoint}, ":sub": {"N": str(sub)}, ":zero": {"N": "0"}},
+            owned=True,
+            changes={"checkpoint": checkpoint, "sub_sequence_number": sub, "owner_switches": 0},
+        )
+
+    def release(self, lease: Lease) -> None:
+        """Give the lease up (on a clean stop) so that any worker may take it at once."""
+        try:
+            self._update(
+                lease,
+                "REMOVE leaseOwner SET leaseCounter = :next",
+                {},
+                owned=True,
+                changes={"owner": None},
+            )
+        except LeaseLost:
+            pass
+
+    def _update(
+        self,
+        lease: Lease,
+        expression: str,
+        values: dict[str, Any],
+        *,
+        owned: bool,
+        changes: dict[str, Any],
+    ) -> Lease:
+        condition = "leaseCounter = :seen"
+        all_values = {
+            ":seen": {"N": str(lease.counter)},
+            ":next": {"N": str(lease.counter + 1)},
+            **values,
+        }
+        if owned:
+            condition += " AND leaseOwner = :me"
+            all_values[":me"] = {"S": self.owner}
+        elif ":me" in expression:
+            all_values[":me"] = {"S": self.owner}
+        with self._lock:
+            try:
+                self.client.update_item(
+                    TableName=self.table,
+                    Key={"leaseKey": {"S": lease.shard_id}},
+                    UpdateExpression=expression,
+                    ConditionExpression=condition,
+                    ExpressionAttributeValues=all_values,
+                )
+            except ClientError as error:
+                if error_code(error) == "ConditionalCheckFailedException":
+                    raise LeaseLost(
+                        f"lease on shard {lease.shard_id} changed under us (another worker?)"
+                    ) from None
+                raise
+            lease.counter += 1
+            for name, value in changes.items():
+                setattr(lease, name, value)
+        return lease

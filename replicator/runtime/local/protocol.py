@@ -1,0 +1,208 @@
+"""The daemon's side of the KCL MultiLang protocol, for one processor child process.
+
+This is what the Java MultiLangDaemon does for each shard: write one JSON action per
+line to the child's stdin, serve the child's ``checkpoint`` requests while the action
+runs, and wait for ``{"action": "status", "responseFor": <action>}``. A wrong or
+missing status is a protocol failure, as it is for the daemon: the child is killed.
+The child's stderr is passed through to ours (its structured logs).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+# Called for each checkpoint request: (sequence number or None, sub-sequence number);
+# returns None on success or the KCL exception name the child should see.
+CheckpointHandler = Callable[[str | None, int | None], str | None]
+
+_EOF = object()
+
+
+class ChildFailed(Exception):
+    """The child exited, closed its output, broke the protocol, or did not answer in time."""
+
+
+class ProcessorChild:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        on_checkpoint: CheckpointHandler,
+        name: str,
+    ) -> None:
+        self.argv = list(argv)
+        self.env = dict(env)
+        self.on_checkpoint = on_checkpoint
+        self.name = name
+        self._process: subprocess.Popen[str] | None = None
+        self._lines: queue.Queue[object] = queue.Queue()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(  # noqa: S603  # argv is our own processor command
+            self.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            env=self.env,
+            text=True,
+            bufsize=1,
+            # Ctrl-C at a terminal reaches only the runtime, which then shuts the
+            # children down in order instead of having them die mid-batch.
+            start_new_session=True,
+        )
+        assert self._process.stdout is not None
+        threading.Thread(
+            target=self._read_output,
+            args=(self._process.stdout,),
+            daemon=True,
+            name=f"child-out-{self.name}",
+        ).start()
+
+    def _read_output(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._lines.put(line)
+        self._lines.put(_EOF)
+
+    # -- actions --------------------------------------------------------------------------
+
+    def initialize(self, shard_id: str, sequence_number: str | None, sub: int | None) -> None:
+        self.send(
+            {
+                "action": "initialize",
+                "shardId": shard_id,
+                "sequenceNumber": sequence_number,
+                "subSequenceNumber": sub,
+            }
+        )
+
+    def process_records(self, records: list[dict[str, Any]], millis_behind: int) -> None:
+        self.send(
+            {"action": "processRecords", "records": records, "millisBehindLatest": millis_behind}
+        )
+
+    def shard_ended(self) -> None:
+        self.send({"action": "shardEnded"})
+
+    def shutdown_requested(self, timeout: float | None = None) -> None:
+        self.send({"action": "shutdownRequested"}, timeout=timeout)
+
+    def lease_lost(self, timeout: float | None = None) -> None:
+        self.send({"action": "leaseLost"}, timeout=timeout)
+
+    def send(self, message: dict[str, Any], timeout: float | None = None) -> None:
+        """Send one action and serve the child until it reports the action done."""
+        process = self._require()
+        action = message["action"]
+        try:
+            assert process.stdin is not None
+            process.stdin.write(json.dumps(message, separators=(",", ":")) + "\n")
+            process.stdin.flush()
+        except (BrokenPipeError, OSError) as error:
+            raise ChildFailed(f"{self.name}: cannot send {action}: {error}") from None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            reply = self._next_message(action, deadline)
+            kind = reply.get("action")
+            if kind == "checkpoint":
+                self._serve_checkpoint(reply)
+                continue
+            if kind == "status":
+                if reply.get("responseFor") != action:
+                    self.kill()
+                    raise ChildFailed(
+                        f"{self.name}: status for {reply.get('responseFor')!r} while "
+                        f"waiting for {action!r}"
+                    )
+                return
+            self.kill()
+            raise ChildFailed(f"{self.name}: unexpected message {reply!r} during {action}")
+
+    def _next_message(self, action: str, deadline: float | None) -> dict[str, Any]:
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                line = self._lines.get(timeout=wait)
+            except queue.Empty:
+                self.kill()
+                raise ChildFailed(f"{self.name}: no answer to {action} in time") from None
+            if line is _EOF:
+                code = self._require().wait()
+                raise ChildFailed(f"{self.name}: exited with status {code} during {action}")
+            assert isinstance(line, str)
+            text = line.strip()
+            if not text:
+                continue  # amazon-kclpy surrounds its lines with blank lines
+            try:
+                message = json.loads(text)
+            except json.JSONDecodeError:
+                self.kill()
+                raise ChildFailed(
+                    f"{self.name}: wrote non-protocol output {text[:200]!r}"
+                ) from None
+            if not isinstance(message, dict):
+                self.kill()
+                raise ChildFailed(f"{self.name}: wrote non-protocol output {text[:200]!r}")
+            return message
+
+    def _serve_checkpoint(self, request: dict[str, Any]) -> None:
+        sequence_number = request.get("sequenceNumber")
+        sub = request.get("subSequenceNumber")
+        error = self.on_checkpoint(sequence_number, sub)
+        reply = {
+            "action": "checkpoint",
+            "sequenceNumber": sequence_number,
+            "subSequenceNumber": sub,
+            "error": error,
+        }
+        process = self._require()
+        assert process.stdin is not None
+        try:
+            process.stdin.write(json.dumps(reply) + "\n")
+            process.stdin.flush()
+        except (BrokenPipeError, OSError) as error_:
+            raise ChildFailed(f"{self.name}: cannot answer checkpoint: {error_}") from None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def close(self, timeout: float = 10.0) -> int | None:
+        """Close the child's input (it exits when it reads EOF) and wait for it."""
+        process = self._process
+        if process is None:
+            return None
+        try:
+            if process.stdin:
+                process.stdin.close()
+        except OSError:
+            pass
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("processor child did not exit; killing it", child=self.name)
+            self.kill()
+            return process.wait()
+
+    def kill(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+
+    def poll(self) -> int | None:
+        return self._require().poll()
+
+    def _require(self) -> subprocess.Popen[str]:
+        if self._process is None:
+            raise ChildFailed(f"{self.name}: not started")
+        return self._process

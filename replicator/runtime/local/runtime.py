@@ -1,0 +1,341 @@
+"""The local runtime: one host, one worker per task name, the same processor as the KCL.
+
+It does for a DynamoDB stream what the MultiLangDaemon does, minus balancing leases
+between hosts: it lists the stream's shards, starts a processor child per open shard
+(parents finished before children), keeps the shards' leases in the task-named lease
+table in the KCL's schema, renews them, and stops cleanly on SIGTERM or SIGINT:
+``shutdownRequested`` to every child, final checkpoints, leases released, exit 0.
+
+It refuses to start while another worker holds the task's leases: it watches their
+counters for the failover time, as the KCL does, and takes them only if they stand
+still. Multi-host operation is the KCL runtime's job.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from replicator import aws, logs
+from replicator.config.model import InitialPosition, ResolvedJob, StreamKind
+from replicator.exceptions import EnvironmentProblem, LeaseHeld, OperatorError, ReplicatorError
+from replicator.metrics import multiprocess
+from replicator.metrics.server import MetricsServer
+from replicator.runtime import preflight
+from replicator.runtime.local.leases import LATEST, SHARD_END, TRIM_HORIZON, Lease, LeaseTable
+from replicator.runtime.local.protocol import CheckpointHandler, ProcessorChild
+from replicator.runtime.local.shard_worker import ShardProgress, ShardSettings, ShardWorker
+from replicator.runtime.local.stream import Shard, list_shards
+
+log = structlog.get_logger(__name__)
+
+SHARD_SYNC_INTERVAL_S = 10.0
+
+
+def processor_command(config_path: Path) -> list[str]:
+    """The command that runs the record processor for this job (local and KCL runtimes)."""
+    return [sys.executable, "-m", "replicator", "processor", "--config", str(config_path)]
+
+
+class LocalRuntime:
+    def __init__(
+        self,
+        resolved: ResolvedJob,
+        *,
+        worker_id: str | None = None,
+        shard_sync_interval_s: float = SHARD_SYNC_INTERVAL_S,
+    ) -> None:
+        self.resolved = resolved
+        self.job = resolved.job
+        self.worker_id = worker_id or self.job.kcl.worker_id or socket.gethostname()
+        self.shard_sync_interval_s = shard_sync_interval_s
+        self.stopping = threading.Event()
+        self.started = threading.Event()
+        self.workers: dict[str, ShardWorker] = {}
+        self.ended: set[str] = set()
+        self.failure: BaseException | None = None
+        self.metrics_port: int | None = None
+        self._server: MetricsServer | None = None
+        self._lock_file: IO[str] | None = None
+        source = self.job.source
+        self._ddb = aws.client(
+            "dynamodb",
+            source.region,
+            endpoint_url=source.endpoint_url,
+            role_arn=source.role_arn,
+            external_id=source.external_id,
+        )
+        self._streams = aws.client(
+            "dynamodbstreams",
+            source.region,
+            endpoint_url=source.endpoint_url,
+            role_arn=source.role_arn,
+            external_id=source.external_id,
+        )
+        self.leases = LeaseTable(self._ddb, resolved.lease_table, self.worker_id)
+        self.stream_arn = ""
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> int:
+        if self.job.source.stream.kind is StreamKind.KINESIS:
+            raise EnvironmentProblem(
+                "the local runtime reads DynamoDB Streams; a kinesis source needs runtime: kcl"
+            )
+        info = preflight.check(self.resolved)
+        self.stream_arn = info.stream_arn
+        self._hold_host_lock()
+        self.leases.ensure_exists()
+        metrics_dir = multiprocess.prepare()
+        try:
+            if self.job.metrics.enabled:
+                self._server = MetricsServer(
+                    self.job.metrics.host,
+                    self.job.metrics.port,
+                    metrics_dir,
+                    problems=self.problems,
+                    stall_after_s=self.job.metrics.stall_after_s,
+                    extra=[_RuntimeCollector(self)],
+                )
+                self.metrics_port = self._server.port
+                self._server.start()
+            self._claim_leases_held_elsewhere()
+            log.info(
+                "local runtime started",
+                worker_id=self.worker_id,
+                lease_table=self.resolved.lease_table,
+                stream=self.stream_arn,
+            )
+            self.started.set()
+            self._loop()
+        finally:
+            self._shut_down()
+            if self._server is not None:
+                self._server.stop()
+        if self.failure is not None:
+            if isinstance(self.failure, OperatorError):
+                raise self.failure
+            log.error("local runtime stopped on an error", error=str(self.failure))
+            return 1
+        log.info("local runtime stopped cleanly")
+        return 0
+
+    def _loop(self) -> None:
+        last_sync = 0.0
+        last_renew = time.monotonic()
+        renew_every = self.job.kcl.failover_time_ms / 3000
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            if now - last_sync >= self.shard_sync_interval_s:
+                self._sync_shards()
+                last_sync = now
+            if now - last_renew >= renew_every:
+                self._renew()
+                last_renew = now
+            for shard_id, worker in list(self.workers.items()):
+                if worker.is_alive():
+                    continue
+                del self.workers[shard_id]
+                if worker.error is not None:
+                    self.failure = worker.error
+                    self.stopping.set()
+                elif worker.progress.ended:
+                    self.ended.add(shard_id)
+                    last_sync = 0.0  # its children may start now
+            self.stopping.wait(0.5)
+
+    def _shut_down(self) -> None:
+        self.stopping.set()
+        deadline = time.monotonic() + 35.0
+        for worker in list(self.workers.values()):
+            worker.join(timeout=max(0.1, deadline - time.monotonic()))
+        for worker in self.workers.values():
+            if worker.is_alive() and worker.child is not None:
+                log.warning(
+                    "shard did not stop in time; killing its processor", shard=worker.shard_id
+                )
+                worker.child.kill()
+        if self._lock_file is not None:
+            self._lock_file.close()
+
+    # -- shards and leases ----------------------------------------------------------------
+
+    def _sync_shards(self) -> None:
+        _, shards = list_shards(self._streams, self.stream_arn)
+        leases = self.leases.all()
+        fresh_job = not leases
+        known = {shard.shard_id for shard in shards}
+        for shard in shards:
+            lease = leases.get(shard.shard_id) or self._create_lease(shard, fresh_job)
+            if lease is None:
+                continue
+            leases[shard.shard_id] = lease
+        for shard in shards:
+            lease = leases[shard.shard_id]
+            if lease.ended:
+                self.ended.add(shard.shard_id)
+                continue
+            if shard.shard_id in self.workers:
+                continue
+            parent = shard.parent_id
+            if parent and parent in known and parent not in self.ended:
+                continue  # the parent's changes come first
+            self._start(lease)
+
+    def _create_lease(self, shard: Shard, fresh_job: bool) -> Lease | None:
+        position = TRIM_HORIZON
+        if fresh_job and self.job.kcl.initial_position is InitialPosition.LATEST:
+            position = SHARD_END if shard.closed else LATEST
+        parents = [shard.parent_id] if shard.parent_id else []
+        created = self.leases.create(shard.shard_id, position, parents)
+        return created or self.leases.get(shard.shard_id)
+
+    def _start(self, lease: Lease) -> None:
+        if lease.owner not in (None, self.worker_id):
+            raise LeaseHeld(
+                f"shard {lease.shard_id} of task {self.resolved.task_name} is held by worker "
+                f"{lease.owner}; the local runtime runs one worker per task name (use runtime: "
+                "kcl to share shards between hosts)"
+            )
+        self.leases.take(lease)
+        settings = ShardSettings(
+            stream_arn=self.stream_arn,
+            max_records=self.job.kcl.max_records,
+            idle_s=self.job.kcl.idle_time_between_reads_ms / 1000,
+            on_trimmed=self.job.source.on_trimmed_data,
+        )
+        worker = ShardWorker(
+            lease, self.leases, self._streams, settings, self._new_child, self.stopping
+        )
+        self.workers[lease.shard_id] = worker
+        log.info("shard started", shard=lease.shard_id, checkpoint=lease.checkpoint)
+        worker.start()
+
+    def _new_child(self, shard_id: str, on_checkpoint: CheckpointHandler) -> ProcessorChild:
+        env = dict(os.environ)
+        env[multiprocess.ENV] = os.environ[multiprocess.ENV]
+        return ProcessorChild(
+            processor_command(self.resolved.path), env, on_checkpoint, name=f"processor-{shard_id}"
+        )
+
+    def _claim_leases_held_elsewhere(self) -> None:
+        """Wait the failover time on leases another worker owns; refuse if they move."""
+        foreign = {
+            shard_id: lease
+            for shard_id, lease in self.leases.all().items()
+            if lease.owner not in (None, self.worker_id) and not lease.ended
+        }
+        if not foreign:
+            return
+        wait_s = self.job.kcl.failover_time_ms / 1000
+        owners = sorted({str(lease.owner) for lease in foreign.values()})
+        log.warning(
+            "leases are owned by another worker; checking whether it is alive",
+            owners=owners,
+            wait_s=wait_s,
+        )
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            for shard_id, lease in foreign.items():
+                now = self.leases.get(shard_id)
+                if now is not None and (now.counter != lease.counter or now.owner != lease.owner):
+                    raise LeaseHeld(
+                        f"task {self.resolved.task_name} is being run by worker {now.owner} "
+                        f"(its lease on shard {shard_id} is renewed); stop that worker first, "
+                        "or use runtime: kcl to share the shards"
+                    )
+            self.stopping.wait(min(2.0, wait_s / 5))
+        for lease in foreign.values():
+            log.warning(
+                "taking over an expired lease", shard=lease.shard_id, previous_owner=lease.owner
+            )
+
+    def _renew(self) -> None:
+        for worker in list(self.workers.values()):
+            try:
+                self.leases.renew(worker.lease)
+            except ReplicatorError as error:
+                self.failure = LeaseHeld(
+                    f"shard {worker.shard_id}: our lease was taken by another worker ({error}); "
+                    "the local runtime runs one worker per task name"
+                )
+                self.stopping.set()
+
+    def _hold_host_lock(self) -> None:
+        """Two local runtimes of one task on one host would share a worker id: refuse."""
+        path = Path(tempfile.gettempdir()) / f"replicator-{self.resolved.task_name}.lock"
+        handle = path.open("w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise LeaseHeld(
+                f"another local runtime for task {self.resolved.task_name} runs on this host "
+                f"(lock {path})"
+            ) from None
+        self._lock_file = handle
+
+    # -- reporting ------------------------------------------------------------------------
+
+    def progress(self) -> list[ShardProgress]:
+        return [worker.progress for worker in list(self.workers.values())]
+
+    def problems(self) -> list[str]:
+        problems = []
+        if self.failure is not None:
+            problems.append(f"stopped: {self.failure}")
+        for worker in list(self.workers.values()):
+            if worker.error is not None:
+                problems.append(f"shard {worker.shard_id}: {worker.error}")
+            elif not worker.is_alive() and not worker.progress.ended:
+                problems.append(f"shard {worker.shard_id}: worker not running")
+        return problems
+
+
+class _RuntimeCollector(Collector):
+    def __init__(self, runtime: LocalRuntime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        progress = self.runtime.progress()
+        owned = GaugeMetricFamily("replicator_shards_owned", "Shards this worker processes now.")
+        owned.add_metric([], len(progress))
+        yield owned
+        restarts = CounterMetricFamily(
+            "replicator_processor_restarts", "Processor children started again after failing."
+        )
+        restarts.add_metric([], sum(p.restarts for p in progress))
+        yield restarts
+
+
+def run_local(resolved: ResolvedJob, ready: Callable[[LocalRuntime], Any] | None = None) -> int:
+    """``replicator run`` with the local runtime: run until SIGTERM/SIGINT."""
+    logs.configure(resolved.job.logging.level, resolved.job.logging.format.value)
+    logs.bind_everywhere(task=resolved.task_name, runtime="local")
+    runtime = LocalRuntime(resolved)
+
+    def on_signal(signum: int, _: Any) -> None:
+        log.info("stop requested", signal=signal.Signals(signum).name)
+        runtime.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if ready is not None:
+        threading.Thread(target=ready, args=(runtime,), daemon=True).start()
+    return runtime.run()

@@ -1,0 +1,302 @@
+"""One shard in the local runtime: read it, feed a processor child, store its checkpoints.
+
+The worker reads with GetShardIterator/GetRecords, hands every batch to the child as a
+``processRecords`` action (an empty batch too, when idle, so the child can checkpoint
+writes that finished in the meantime), and answers the child's checkpoint requests by
+updating the shard's lease. A child that dies is started again from the lease's
+checkpoint; one that keeps dying stops the runtime.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+
+from replicator.config.model import OnTrimmedData
+from replicator.exceptions import LeaseLost, ReplicatorError, TrimmedData
+from replicator.runtime.local.leases import (
+    LATEST,
+    SENTINELS,
+    SHARD_END,
+    TRIM_HORIZON,
+    Lease,
+    LeaseTable,
+)
+from replicator.runtime.local.protocol import ChildFailed, ProcessorChild
+from replicator.runtime.local.stream import created_ms_of, to_daemon_record
+from replicator.writers.backoff import Backoff
+from replicator.writers.errors import ErrorKind, classify, error_code
+
+log = structlog.get_logger(__name__)
+
+
+class ChildKeepsFailing(ReplicatorError):
+    """A shard's processor child died too often in a short time."""
+
+
+@dataclass
+class ShardProgress:
+    """What the runtime shows and judges health by, per shard."""
+
+    shard_id: str
+    records_delivered: int = 0
+    checkpoint: str | None = None
+    last_checkpoint_at: float | None = None
+    last_records_at: float | None = None
+    restarts: int = 0
+    child_pid: int | None = None
+    ended: bool = False
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    stream_arn: str
+    max_records: int
+    idle_s: float
+    on_trimmed: OnTrimmedData
+    restart_limit: int = 5
+    restart_window_s: float = 300.0
+    shutdown_timeout_s: float = 25.0
+
+
+class ShardWorker(threading.Thread):
+    def __init__(
+        self,
+        lease: Lease,
+        leases: LeaseTable,
+        streams: Any,
+        settings: ShardSettings,
+        new_child: Callable[[str, Callable[[str | None, int | None], str | None]], ProcessorChild],
+        stopping: threading.Event,
+    ) -> None:
+        super().__init__(name=f"shard-{lease.shard_id}", daemon=True)
+        self.lease = lease
+        self.leases = leases
+        self.streams = streams
+        self.settings = settings
+        self.new_child = new_child
+        self.stopping = stopping
+        self.progress = ShardProgress(lease.shard_id, checkpoint=lease.checkpoint)
+        self.error: BaseException | None = None
+        self.child: ProcessorChild | None = None
+        self._last_delivered: str | None = None
+        self._shard_ending = False
+        self._backoff = Backoff(0.2, 10.0)
+
+    @property
+    def shard_id(self) -> str:
+        return self.lease.shard_id
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as error:  # noqa: BLE001  # reported to the runtime, which stops
+            self.error = error
+            log.error(
+                "shard worker stopped",
+                shard=self.shard_id,
+                error=str(error),
+                error_type=type(error).__name__,
+            )
+        finally:
+            if self.child is not None:
+                self.child.kill()
+
+    # -- main loop ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        failures: deque[float] = deque()
+        while not self.stopping.is_set():
+            child = self.new_child(self.shard_id, self._checkpoint)
+            self.child = child
+            try:
+                child.start()
+                self.progress.child_pid = child.pid
+                self._last_delivered = None
+                child.initialize(
+                    self.shard_id, self.lease.checkpoint, self.lease.sub_sequence_number
+                )
+                if self._pump(child):
+                    self.progress.ended = True
+                    child.close()
+                    return
+                self._shut_down(child)
+                return
+            except ChildFailed as error:
+                child.kill()
+                if self.stopping.is_set():
+                    return
+                now = time.monotonic()
+                failures.append(now)
+                while failures and now - failures[0] > self.settings.restart_window_s:
+                    failures.popleft()
+                self.progress.restarts += 1
+                if len(failures) > self.settings.restart_limit:
+                    raise ChildKeepsFailing(
+                        f"shard {self.shard_id}: the processor failed {len(failures)} times in "
+                        f"{self.settings.restart_window_s:.0f}s; last: {error}"
+                    ) from None
+                log.warning(
+                    "processor child failed; restarting from the checkpoint",
+                    shard=self.shard_id,
+                    error=str(error),
+                    restarts=self.progress.restarts,
+                )
+                fresh = self.leases.get(self.shard_id)
+                if fresh is None or fresh.owner != self.leases.owner:
+                    raise LeaseLost(f"shard {self.shard_id}: lease gone while restarting") from None
+                self.lease.checkpoint = fresh.checkpoint
+                self.lease.sub_sequence_number = fresh.sub_sequence_number
+                self.stopping.wait(min(5.0, 0.5 * len(failures)))
+
+    def _pump(self, child: ProcessorChild) -> bool:
+        """Feed the child until the shard ends (True) or the runtime stops (False)."""
+        iterator = self._iterator(self.lease.checkpoint)
+        attempt = 0
+        while not self.stopping.is_set():
+            try:
+                response = self.streams.get_records(
+                    ShardIterator=iterator, Limit=self.settings.max_records
+                )
+            except (ClientError, BotoCoreError) as error:
+                code = error_code(error)
+                if code == "ExpiredIteratorException":
+                    iterator = self._iterator(self._last_delivered or self.lease.checkpoint)
+                    continue
+                if code == "TrimmedDataAccessException":
+                    iterator = self._trimmed(self._last_delivered or self.lease.checkpoint)
+                    continue
+                self._wait_and_retry(error, attempt)
+                attempt += 1
+                if attempt % 3 == 0:
+                    # An iterator can go bad in ways the service reports only as a 500;
+                    # a fresh one from the last record delivered is always safe.
+                    iterator = self._iterator(self._last_delivered or self.lease.checkpoint)
+                continue
+            attempt = 0
+            records = response.get("Records", [])
+            batch = [to_daemon_record(record) for record in records]
+            millis_behind = 0
+            if records:
+                millis_behind = max(0, int(time.time() * 1000) - created_ms_of(records[-1]))
+                self._last_delivered = batch[-1]["sequenceNumber"]
+            child.process_records(batch, millis_behind)
+            if batch:
+                self.progress.records_delivered += len(batch)
+                self.progress.last_records_at = time.time()
+            next_iterator = response.get("NextShardIterator")
+            if next_iterator is None:
+                self._shard_ending = True
+                child.shard_ended()
+                if self.lease.checkpoint != SHARD_END:
+                    raise ChildFailed(
+                        f"shard {self.shard_id}: child did not checkpoint the shard end"
+                    )
+                return True
+            iterator = next_iterator
+            if not records:
+                self.stopping.wait(self.settings.idle_s)
+        return False
+
+    def _shut_down(self, child: ProcessorChild) -> None:
+        try:
+            child.shutdown_requested(timeout=self.settings.shutdown_timeout_s)
+        except ChildFailed as error:
+            log.warning(
+                "processor did not finish its shutdown", shard=self.shard_id, error=str(error)
+            )
+        child.close(timeout=5.0)
+        self.leases.release(self.lease)
+
+    # -- iterators ------------------------------------------------------------------------
+
+    def _iterator(self, position: str) -> str:
+        kwargs: dict[str, Any] = {"StreamArn": self.settings.stream_arn, "ShardId": self.shard_id}
+        if position in (TRIM_HORIZON, LATEST):
+            kwargs["ShardIteratorType"] = position
+        elif position in SENTINELS:
+            raise ChildFailed(f"shard {self.shard_id}: cannot read from {position}")
+        else:
+            kwargs["ShardIteratorType"] = "AFTER_SEQUENCE_NUMBER"
+            kwargs["SequenceNumber"] = position
+        attempt = 0
+        while True:
+            try:
+                iterator: str = self.streams.get_shard_iterator(**kwargs)["ShardIterator"]
+                return iterator
+            except (ClientError, BotoCoreError) as error:
+                if error_code(error) == "TrimmedDataAccessException":
+                    return self._trimmed(position)
+                self._wait_and_retry(error, attempt)
+                attempt += 1
+
+    def _trimmed(self, position: str) -> str:
+        message = (
+            f"shard {self.shard_id}: the stream no longer holds the data after {position} "
+            "(older than its 24-hour retention); changes in between were never replicated"
+        )
+        if self.settings.on_trimmed is OnTrimmedData.FAIL:
+            raise TrimmedData(
+                message + ". Run `replicator backfill` to copy the table again, then restart "
+                "with source.on_trimmed_data: restart_from_trim_horizon."
+            )
+        log.error(
+            message + "; continuing from the oldest record the stream holds",
+            shard=self.shard_id,
+            policy=self.settings.on_trimmed.value,
+        )
+        return self._iterator(TRIM_HORIZON)
+
+    def _wait_and_retry(self, error: BaseException, attempt: int) -> None:
+        kind = classify(error)
+        if kind in (ErrorKind.DENIED, ErrorKind.NOT_FOUND, ErrorKind.REJECTED):
+            raise ReplicatorError(
+                f"shard {self.shard_id}: reading the stream failed: {error}"
+            ) from error
+        delay = self._backoff.delay(attempt)
+        log.warning(
+            "reading the stream failed; retrying",
+            shard=self.shard_id,
+            error=str(error),
+            delay_s=round(delay, 2),
+        )
+        self.stopping.wait(delay)
+
+    # -- checkpoints (called from the child protocol, on this thread) ---------------------
+
+    def _checkpoint(self, sequence_number: str | None, sub: int | None) -> str | None:
+        if sequence_number is None:
+            target = SHARD_END if self._shard_ending else self._last_delivered
+            if target is None:
+                return None
+        else:
+            if not sequence_number.isdigit():
+                return "InvalidStateException"
+            if self._last_delivered is None or int(sequence_number) > int(self._last_delivered):
+                log.error(
+                    "child asked to checkpoint past the last record it was given",
+                    shard=self.shard_id,
+                    sequence_number=sequence_number,
+                    last_delivered=self._last_delivered,
+                )
+                return "InvalidStateException"
+            target = sequence_number
+        try:
+            self.leases.checkpoint(self.lease, target, sub or 0)
+        except LeaseLost:
+            return "ShutdownException"
+        except (ClientError, BotoCoreError) as error:
+            if classify(error) is ErrorKind.THROTTLED:
+                return "ThrottlingException"
+            log.warning("checkpoint write failed", shard=self.shard_id, error=str(error))
+            return "KinesisClientLibDependencyException"
+        self.progress.checkpoint = target
+        self.progress.last_checkpoint_at = time.time()
+        return None

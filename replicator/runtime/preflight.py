@@ -1,0 +1,160 @@
+"""Checks made before a runtime starts, so a misconfigured job fails with one clear line.
+
+A missing table, a disabled stream, a wrong region, absent credentials or an endpoint
+that does not answer are the operator's to fix; each becomes an EnvironmentProblem
+naming the resource and what to do, instead of a retry loop or a traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+
+from replicator import aws
+from replicator.config.model import ConflictPolicyName, ResolvedJob, StreamKind
+from replicator.exceptions import EnvironmentProblem
+from replicator.writers.errors import error_code
+
+_ORDERED = (ConflictPolicyName.LAST_WRITER_WINS, ConflictPolicyName.VERSION)
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    stream_arn: str
+    view_type: str | None
+    key_schema: dict[str, str]
+
+
+def explain(error: BaseException, what: str, where: str) -> EnvironmentProblem:
+    """Turn an AWS error met while checking ``what`` (at ``where``) into one clear sentence."""
+    if isinstance(error, NoCredentialsError | PartialCredentialsError):
+        return EnvironmentProblem(
+            f"{what}: no AWS credentials found. Provide them through the default chain "
+            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance or "
+            "container role)."
+        )
+    if isinstance(error, EndpointConnectionError):
+        return EnvironmentProblem(f"{what}: cannot reach {where}: {error}")
+    if isinstance(error, ClientError):
+        code = error_code(error)
+        message = error.response.get("Error", {}).get("Message", "")
+        if code == "ResourceNotFoundException":
+            return EnvironmentProblem(f"{what}: not found at {where} ({message})")
+        if code in (
+            "UnrecognizedClientException",
+            "InvalidSignatureException",
+            "AccessDeniedException",
+            "ExpiredTokenException",
+        ):
+            return EnvironmentProblem(f"{what}: access denied at {where}: {code}: {message}")
+        return EnvironmentProblem(f"{what}: {code}: {message} (at {where})")
+    if isinstance(error, BotoCoreError):
+        return EnvironmentProblem(f"{what}: cannot reach {where}: {error}")
+    return EnvironmentProblem(f"{what}: {error}")
+
+
+def _where(region: str, endpoint: str | None) -> str:
+    return f"{endpoint} ({region})" if endpoint else f"region {region}"
+
+
+def _key_schema(table: dict[str, Any]) -> dict[str, str]:
+    types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
+    return {
+        k["AttributeName"]: f"{k['KeyType']}:{types[k['AttributeName']]}"
+        for k in table["KeySchema"]
+    }
+
+
+def check_source(resolved: ResolvedJob) -> SourceInfo:
+    job = resolved.job
+    source = job.source
+    where = _where(source.region, source.endpoint_url)
+    what = f"source table {source.table}"
+    ddb = aws.client(
+        "dynamodb",
+        source.region,
+        endpoint_url=source.endpoint_url,
+        role_arn=source.role_arn,
+        external_id=source.external_id,
+    )
+    try:
+        table = ddb.describe_table(TableName=source.table)["Table"]
+    except (ClientError, BotoCoreError) as error:
+        raise explain(error, what, where) from None
+    key_schema = _key_schema(table)
+    if source.stream.kind is StreamKind.KINESIS:
+        return SourceInfo(
+            stream_arn=source.stream.arn or source.stream.name or "",
+            view_type=None,
+            key_schema=key_schema,
+        )
+    stream_arn = source.stream.arn or table.get("LatestStreamArn")
+    spec = table.get("StreamSpecification") or {}
+    if not stream_arn or (not source.stream.arn and not spec.get("StreamEnabled")):
+        raise EnvironmentProblem(
+            f"{what} at {where} has no DynamoDB stream enabled; enable one with view type "
+            "NEW_AND_OLD_IMAGES (aws dynamodb update-table --stream-specification "
+            "StreamEnabled=true,StreamViewType=NEW_AND_OLD_IMAGES)"
+        )
+    streams = aws.client(
+        "dynamodbstreams",
+        source.region,
+        endpoint_url=source.endpoint_url,
+        role_arn=source.role_arn,
+        external_id=source.external_id,
+    )
+    try:
+        description = streams.describe_stream(StreamArn=stream_arn, Limit=1)["StreamDescription"]
+    except (ClientError, BotoCoreError) as error:
+        raise explain(error, f"stream {stream_arn}", where) from None
+    view_type = description.get("StreamViewType")
+    if view_type not in ("NEW_IMAGE", "NEW_AND_OLD_IMAGES"):
+        raise EnvironmentProblem(
+            f"stream {stream_arn} has view type {view_type}; the replicator needs the new "
+            "image of every change (NEW_AND_OLD_IMAGES, or NEW_IMAGE for overwrite)"
+        )
+    ordered = {job.conflict.policy} | {
+        d.conflict.policy for d in job.destinations if d.conflict is not None
+    }
+    if view_type != "NEW_AND_OLD_IMAGES" and ordered & set(_ORDERED):
+        raise EnvironmentProblem(
+            f"stream {stream_arn} has view type {view_type}; last_writer_wins and version "
+            "check deletes against the deleted image, which needs NEW_AND_OLD_IMAGES"
+        )
+    return SourceInfo(stream_arn=stream_arn, view_type=view_type, key_schema=key_schema)
+
+
+def check_destinations(resolved: ResolvedJob, source_keys: dict[str, str]) -> None:
+    for index, destination in enumerate(resolved.job.destinations):
+        where = _where(destination.region, destination.endpoint_url)
+        what = f"destinations[{index}] table {destination.table}"
+        ddb = aws.client(
+            "dynamodb",
+            destination.region,
+            endpoint_url=destination.endpoint_url,
+            role_arn=destination.role_arn,
+            external_id=destination.external_id,
+        )
+        try:
+            table = ddb.describe_table(TableName=destination.table)["Table"]
+        except (ClientError, BotoCoreError) as error:
+            raise explain(error, what, where) from None
+        keys = _key_schema(table)
+        if keys != source_keys:
+            raise EnvironmentProblem(
+                f"{what} at {where} has key schema {keys}, but the source has {source_keys}"
+            )
+
+
+def check(resolved: ResolvedJob) -> SourceInfo:
+    info = check_source(resolved)
+    check_destinations(resolved, info.key_schema)
+    return info

@@ -1,0 +1,169 @@
+"""Stage 3: squash per key, one write per key in flight, and the safe checkpoint."""
+
+from __future__ import annotations
+
+import random
+
+from replicator.buffer import ChangeBuffer, Entry
+from replicator.decode import decode
+from replicator.records import Change
+from replicator.rules import OrderedRule, in_stream_order, squash_order
+from tests.records import daemon_record, kinesis_record, put
+
+
+def change(pk: str, seq: int, **attributes: object) -> Change:
+    return decode(put(pk, seq, **attributes))
+
+
+def drain(buffer: ChangeBuffer, destination: str) -> list[Entry]:
+    taken = buffer.take_ready(destination, 1000)
+    for entry in taken:
+        buffer.complete(destination, entry)
+    return taken
+
+
+def test_only_the_newest_change_per_key_is_written() -> None:
+    buffer = ChangeBuffer(["d"], in_stream_order)
+    for seq, value in [(1, "a"), (2, "b"), (3, "c")]:
+        buffer.add(change("k", seq, v=value))
+    buffer.add(change("other", 4))
+    written = drain(buffer, "d")
+    assert [e.change.sequence_number for e in written] == ["3", "4"]
+    assert buffer.squashed == 2
+    assert buffer.checkpointable() == "4"
+    assert buffer.idle
+
+
+def test_a_key_in_flight_is_not_written_again_until_it_completes() -> None:
+    buffer = ChangeBuffer(["d"], in_stream_order)
+    buffer.add(change("k", 1))
+    (first,) = buffer.take_ready("d", 10)
+    buffer.add(change("k", 2))
+    buffer.add(change("j", 3))
+    assert [e.change.sequence_number for e in buffer.take_ready("d", 10)] == ["3"]
+    buffer.complete("d", first)
+    (second,) = buffer.take_ready("d", 10)
+    assert second.change.sequence_number == "2"
+
+
+def test_checkpoint_never_passes_an_unapplied_change() -> None:
+    buffer = ChangeBuffer(["d"], in_stream_order)
+    for seq, pk in [(1, "a"), (2, "b"), (3, "c")]:
+        buffer.add(change(pk, seq))
+    a, b, c = buffer.take_ready("d", 10)
+    buffer.complete("d", c)
+    buffer.complete("d", b)
+    assert buffer.checkpointable() is None
+    buffer.complete("d", a)
+    assert buffer.checkpointable() == "3"
+
+
+def test_every_destination_must_apply_before_the_checkpoint_moves() -> None:
+    buffer = ChangeBuffer(["eu", "ap"], in_stream_order)
+    buffer.add(change("a", 1))
+    drain(buffer, "eu")
+    assert buffer.checkpointable() is None
+    assert buffer.outstanding("ap") == 1 and buffer.outstanding("eu") == 0
+    drain(buffer, "ap")
+    assert buffer.checkpointable() == "1"
+
+
+def test_a_superseded_change_in_flight_does_not_hold_the_checkpoint() -> None:
+    buffer = ChangeBuffer(["d"], in_stream_order)
+    buffer.add(change("k", 1))
+    (old,) = buffer.take_ready("d", 10)
+    buffer.add(change("k", 2))
+    assert buffer.checkpointable() == "1"  # record 1 is replaced by record 2, still open
+    buffer.complete("d", old)
+    assert buffer.checkpointable() == "1"
+    drain(buffer, "d")
+    assert buffer.checkpointable() == "2"
+
+
+def test_loop_skipped_change_replaces_an_older_queued_one() -> None:
+    buffer = ChangeBuffer(["d"], in_stream_order)
+    buffer.add(change("k", 1))
+    buffer.add_skipped(change("k", 2), replaces_older=True)
+    assert buffer.take_ready("d", 10) == []
+    assert buffer.checkpointable() == "2"
+
+
+def test_filtered_change_does_not_replace_an_older_one() -> None:
+    buffer = ChangeBuffer(["d"], in_stream_order)
+    buffer.add(change("k", 1))
+    buffer.add_skipped(change("k", 2), replaces_older=False)
+    assert [e.change.sequence_number for e in drain(buffer, "d")] == ["1"]
+    assert buffer.checkpointable() == "2"
+
+
+def test_kinesis_order_keeps_the_newer_image_even_when_it_arrives_first() -> None:
+    rule = OrderedRule("last_writer_wins", "ts", None, numeric_only=False)
+    buffer = ChangeBuffer(["d"], squash_order(rule, ordered_stream=False))
+    newer = kinesis_record("MODIFY", {"pk": {"S": "k"}}, {"pk": {"S": "k"}, "ts": {"N": "20"}})
+    older = kinesis_record("MODIFY", {"pk": {"S": "k"}}, {"pk": {"S": "k"}, "ts": {"N": "10"}})
+    assert buffer.add(decode(daemon_record(newer, 100)))
+    assert not buffer.add(decode(daemon_record(older, 101)))
+    (written,) = drain(buffer, "d")
+    assert written.change.new_image["ts"] == {"N": "20"}  # type: ignore[index]
+    assert buffer.checkpointable() == "101"
+
+
+def test_abandon_forgets_everything_unwritten() -> None:
+    buffer = ChangeBuffer(["d"], in_stream_order)
+    buffer.add(change("a", 1))
+    (in_flight,) = buffer.take_ready("d", 10)
+    buffer.add(change("b", 2))
+    buffer.abandon()
+    buffer.complete("d", in_flight)
+    assert buffer.take_ready("d", 10) == []
+    assert buffer.open_changes == 0
+
+
+def test_random_interleavings_keep_the_invariants() -> None:
+    """Model check: arbitrary arrival/completion orders over two destinations."""
+    for seed in range(300):
+        rng = random.Random(seed)
+        buffer = ChangeBuffer(["x", "y"], in_stream_order)
+        applied: dict[str, dict[str, int]] = {"x": {}, "y": {}}
+        latest: dict[str, int] = {}
+        in_flight: dict[str, list[Entry]] = {"x": [], "y": []}
+        seq = 0
+        for _ in range(rng.randint(5, 60)):
+            action = rng.random()
+            if action < 0.45:
+                seq += 1
+                key = rng.choice("abcd")
+                buffer.add(change(key, seq))
+                latest[key] = seq
+            else:
+                destination = rng.choice("xy")
+                if action < 0.7:
+                    in_flight[destination] += buffer.take_ready(destination, rng.randint(1, 3))
+                elif in_flight[destination]:
+                    entry = in_flight[destination].pop(rng.randrange(len(in_flight[destination])))
+                    key = entry.change.keys["pk"]["S"]
+                    # writes to one key at one destination arrive in stream order
+                    assert applied[destination].get(key, 0) < entry.change.position
+                    applied[destination][key] = entry.change.position
+                    buffer.complete(destination, entry)
+            done = buffer.checkpointable()
+            if done is not None:
+                # everything at or before the checkpoint is applied or replaced by a
+                # later change that is not yet checkpointed
+                for key, newest in latest.items():
+                    for destination in "xy":
+                        if newest <= int(done):
+                            assert applied[destination].get(key) == newest, (seed, key)
+        for destination in "xy":
+            while True:
+                batch = in_flight[destination] + buffer.take_ready(destination, 100)
+                in_flight[destination] = []
+                if not batch:
+                    break
+                for entry in batch:
+                    applied[destination][entry.change.keys["pk"]["S"]] = entry.change.position
+                    buffer.complete(destination, entry)
+        assert buffer.idle
+        assert buffer.checkpointable() == (str(seq) if seq else None)
+        for destination in "xy":
+            assert applied[destination] == latest, seed

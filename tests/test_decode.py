@@ -1,0 +1,152 @@
+"""Stage 1: decoding both record formats exactly."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from replicator.decode import decode
+from replicator.exceptions import RecordDecodeError
+from replicator.records import Event, RawRecord
+from tests.records import daemon_record, kinesis_record, stream_record
+
+SAMPLES = Path(__file__).parent / "samples" / "adapter-2.x-records.jsonl"
+
+
+def sample_records() -> list[RawRecord]:
+    lines = SAMPLES.read_text().splitlines()
+    return [
+        daemon_record(json.loads(line), int(json.loads(line)["dynamodb"]["SequenceNumber"]))
+        for line in lines
+    ]
+
+
+def test_real_adapter_sample_insert_keeps_every_type_exactly() -> None:
+    insert = decode(sample_records()[0])
+    assert insert.event is Event.INSERT
+    assert insert.sequence_number == "111100000000000000000001"
+    assert insert.created_us == 1_700_000_123_000_000
+    assert insert.old_image is None  # adapter 2.x writes a missing image as {}
+    image = insert.new_image
+    assert image is not None
+    assert image["num"] == {"N": "123.4500"}  # digits exactly as sent
+    assert image["bin"] == {"B": b"\x01\x02\x03"}
+    assert image["bs"] == {"BS": [b"\x01", b"\x02"]}
+    assert image["ss"] == {"SS": ["x", "y"]}
+    assert image["ns"] == {"NS": ["1", "2.5"]}
+    assert image["nul"] == {"NULL": True}
+    assert image["b"] == {"BOOL": False}
+    assert image["el"] == {"L": []}
+    assert image["em"] == {"M": {}}
+    assert image["l"] == {"L": [{"S": "v"}, {"N": "7"}]}
+    assert image["m"] == {"M": {"k": {"S": "v"}}}
+    assert insert.keys == {"sk": {"N": "1"}, "pk": {"S": "a"}}
+    assert not insert.ttl_delete
+
+
+def test_real_adapter_sample_ttl_remove() -> None:
+    removal = decode(sample_records()[1])
+    assert removal.event is Event.REMOVE
+    assert removal.ttl_delete
+    assert removal.new_image is None
+    assert removal.old_image == {"sk": {"N": "1"}, "pk": {"S": "a"}}
+
+
+def test_nested_binary_survives_byte_for_byte() -> None:
+    blob = bytes(range(256))
+    encoded = base64.b64encode(blob).decode()
+    image = {
+        "pk": {"B": encoded},
+        "deep": {"M": {"l": {"L": [{"B": encoded}, {"BS": [encoded]}, {"M": {"x": {"B": ""}}}]}}},
+    }
+    change = decode(daemon_record(stream_record("INSERT", {"pk": {"B": encoded}}, image, seq=5), 5))
+    assert change.keys == {"pk": {"B": blob}}
+    deep = change.new_image["deep"]["M"]["l"]["L"]  # type: ignore[index]
+    assert deep == [{"B": blob}, {"BS": [blob]}, {"M": {"x": {"B": b""}}}]
+
+
+def test_adapter_1x_record_omits_images_and_partition_key() -> None:
+    payload = stream_record(
+        "REMOVE", {"pk": {"S": "a"}}, None, {"pk": {"S": "a"}}, seq=9, adapter=1
+    )
+    record = daemon_record(payload, 9, adapter=1)
+    assert record["partitionKey"] is None and record["subSequenceNumber"] is None
+    change = decode(record)
+    assert change.event is Event.REMOVE and change.old_image == {"pk": {"S": "a"}}
+
+
+def test_kinesis_data_streams_format_uses_microseconds_and_kinesis_sequence() -> None:
+    payload = kinesis_record(
+        "MODIFY",
+        {"pk": {"S": "k"}},
+        {"pk": {"S": "k"}, "v": {"N": "1"}},
+        created_us=1_700_000_000_123_456,
+    )
+    change = decode(daemon_record(payload, 49_590_000_000_000_000_000_000_001))
+    assert change.created_us == 1_700_000_000_123_456
+    assert change.position == 49_590_000_000_000_000_000_000_001
+    assert change.event is Event.MODIFY
+
+
+def test_seconds_timestamps_are_recognised() -> None:
+    payload = stream_record(
+        "INSERT", {"pk": {"S": "a"}}, {"pk": {"S": "a"}}, seq=1, created_ms=1_700_000_000
+    )  # seconds, as some serializers write
+    assert decode(daemon_record(payload, 1)).created_us == 1_700_000_000_000_000
+
+
+def test_number_keys_that_differ_only_in_form_are_the_same_item() -> None:
+    a = decode(
+        daemon_record(stream_record("INSERT", {"n": {"N": "1"}}, {"n": {"N": "1"}}, seq=1), 1)
+    )
+    b = decode(
+        daemon_record(stream_record("INSERT", {"n": {"N": "1.0"}}, {"n": {"N": "1.0"}}, seq=2), 2)
+    )
+    assert a.key == b.key
+
+
+BAD = {
+    "not base64": (b"", "not base64"),
+    "not json": (b"{nope", "not JSON"),
+    "json list": (b"[1]", "not an object"),
+    "bad event": (json.dumps({"eventName": "UPSERT", "dynamodb": {}}).encode(), "eventName"),
+    "no keys": (
+        json.dumps({"eventName": "INSERT", "dynamodb": {"NewImage": {}}}).encode(),
+        "no Keys",
+    ),
+    "insert without image": (
+        json.dumps(stream_record("INSERT", {"pk": {"S": "a"}}, None, seq=1)).encode(),
+        "without NewImage",
+    ),
+    "bad binary": (
+        json.dumps(
+            stream_record("INSERT", {"pk": {"S": "a"}}, {"pk": {"S": "a"}, "b": {"B": "%%"}}, seq=1)
+        ).encode(),
+        "not valid base64",
+    ),
+    "unknown type": (
+        json.dumps(
+            stream_record("INSERT", {"pk": {"S": "a"}}, {"pk": {"S": "a"}, "x": {"Q": 1}}, seq=1)
+        ).encode(),
+        "unknown type",
+    ),
+    "map key type": (
+        json.dumps(stream_record("INSERT", {"pk": {"M": {}}}, {"pk": {"M": {}}}, seq=1)).encode(),
+        "cannot be a key",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_undecodable_records_raise_with_the_record_named(name: str) -> None:
+    payload, reason = BAD[name]
+    record = daemon_record(payload, 77)
+    if name == "not base64":
+        record["data"] = "@@not-base64@@"
+    with pytest.raises(RecordDecodeError) as caught:
+        decode(record)
+    assert "record 77" in str(caught.value)
+    assert reason in str(caught.value)
