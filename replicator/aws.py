@@ -37,7 +37,7 @@ def session_for(
     )
     assumed = botocore.session.Session()
     assumed.set_config_variable("region", region)
-    assumed._credentials = DeferredRefreshableCredentials(
+    assumed._credentials = DeferredRefreshableCredentials(  # type: ignore[attr-defined]
         method="assume-role", refresh_using=fetcher.fetch_credentials
     )
     return boto3.Session(botocore_session=assumed, region_name=region)

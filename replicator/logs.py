@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -22,7 +23,7 @@ _LEVELS = {
 }
 
 
-def _add_global_fields(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _add_global_fields(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
     for key, value in _GLOBAL_FIELDS.items():
         event.setdefault(key, value)
     return event

@@ -24,7 +24,7 @@ import structlog
 from replicator.buffer import ChangeBuffer, Entry
 from replicator.metrics import Metrics
 from replicator.records import Change
-from replicator.writers.destination import DestinationWriter
+from replicator.writers.destination import DestinationWriter, WriteCancelled
 
 log = structlog.get_logger(__name__)
 
@@ -132,6 +132,8 @@ class ShardPipeline:
         """Stop accepting work; writes in flight are left to finish or die with the process."""
         with self._cond:
             self._closed = True
+        for writer in self.writers.values():
+            writer.cancelled.set()
         for executor in self._executors.values():
             executor.shutdown(wait=False, cancel_futures=True)
 
@@ -177,6 +179,8 @@ class ShardPipeline:
     def _write(self, label: str, entry: Entry) -> None:
         try:
             self.writers[label].write(entry.change)
+        except WriteCancelled:
+            return
         except BaseException as error:  # noqa: BLE001  # any writer failure stops the shard
             self._fail(error, label)
             return

@@ -73,7 +73,7 @@ def _fail_fast(
             self._die(error, method.__name__)
             return None
 
-    return guarded
+    return guarded  # type: ignore[return-value]
 
 
 class ReplicationProcessor:

@@ -15,6 +15,7 @@ from replicator.decode import decode
 from replicator.exceptions import DestinationRefused
 from replicator.metrics import Metrics
 from replicator.rules import rule_for
+from replicator.writers.backoff import Backoff
 from replicator.writers.destination import DestinationWriter, Outcome
 from tests.conftest import client, create_table, sample
 from tests.records import daemon_record, put, remove, stream_record
@@ -41,7 +42,7 @@ class Destination:
             metrics=self.metrics,
             task_name="task",
             shard_id="shard-1",
-            sleep=lambda _: None,
+            backoff=Backoff(0.0001, 0.001),
         )
 
     def seed(self, pk: str, **attributes: Any) -> None:

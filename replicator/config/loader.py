@@ -83,7 +83,7 @@ class _Document:
         return value
 
     def _scalar(self, node: yaml.Node, path: KeyPath) -> Any:
-        return self._constructor.construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+        return self._constructor.construct_object(node, deep=True)
 
     def _expand(self, text: str, path: KeyPath) -> str:
         def replace(match: re.Match[str]) -> str:

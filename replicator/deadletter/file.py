@@ -77,8 +77,8 @@ class FileDeadLetters:
                     self.path.rename(aside)
                 finally:
                     fcntl.flock(file, fcntl.LOCK_UN)
-        for file in self._aside_files():
-            with file.open(encoding="utf-8") as lines:
+        for aside_file in self._aside_files():
+            with aside_file.open(encoding="utf-8") as lines:
                 for number, line in enumerate(lines, start=1):
                     if not line.strip():
                         continue
@@ -87,14 +87,14 @@ class FileDeadLetters:
                     except (ValueError, TypeError) as error:
                         log.error(
                             "unreadable dead letter kept as it is",
-                            file=str(file),
+                            file=str(aside_file),
                             line=number,
                             error=str(error),
                         )
                         self._append(line.rstrip("\n"))
                         continue
-                    yield Claimed(letter, receipt=f"{file}:{number}")
-            file.unlink()
+                    yield Claimed(letter, receipt=f"{aside_file}:{number}")
+            aside_file.unlink()
 
     def settle(self, claimed: Claimed, *, replayed: bool) -> None:
         if not replayed:

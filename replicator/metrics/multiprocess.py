@@ -43,7 +43,7 @@ def reap_dead(path: Path) -> list[int]:
     reaped = []
     for pid in pids_with_files(path):
         if not _alive(pid):
-            multiprocess.mark_process_dead(pid, str(path))
+            multiprocess.mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]
             reaped.append(pid)
     return reaped
 

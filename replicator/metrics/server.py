@@ -66,7 +66,7 @@ class MetricsServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 return
 
         self._httpd = ThreadingHTTPServer((host, port), Handler)
@@ -79,7 +79,7 @@ class MetricsServer:
     def registry(self) -> CollectorRegistry:
         reap_dead(self.directory)
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=str(self.directory))
+        MultiProcessCollector(registry, path=str(self.directory))  # type: ignore[no-untyped-call]
         for collector in self.extra:
             registry.register(collector)
         return registry
@@ -103,7 +103,8 @@ class MetricsServer:
     def start(self) -> None:
         self._thread.start()
         log.info(
-            "serving metrics", url=f"http://{self._httpd.server_address[0]}:{self.port}/metrics"
+            "serving metrics",
+            url=f"http://{self._httpd.server_address[0]!s}:{self.port}/metrics",
         )
 
     def stop(self) -> None:

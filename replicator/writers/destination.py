@@ -36,6 +36,10 @@ log = structlog.get_logger(__name__)
 _ITEM_DENIALS_BEFORE_DEAD_LETTER = 3
 
 
+class WriteCancelled(Exception):
+    """The pipeline was closed while this write was still being retried."""
+
+
 class Outcome(StrEnum):
     APPLIED = "applied"
     CONFLICT_LOST = "conflict_lost"
@@ -64,8 +68,8 @@ class DestinationWriter:
     backoff: Backoff = field(default_factory=Backoff)
     refusal_limit: int = 20
     max_optimistic_attempts: int = 10
-    sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.time
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -79,6 +83,8 @@ class DestinationWriter:
         denials = 0
         successes_at_first_denial: int | None = None
         while True:
+            if self.cancelled.is_set():
+                raise WriteCancelled(f"write to {self.label} cancelled")
             existing: Item | None = None
             try:
                 if self.rule.reads_existing:
@@ -95,7 +101,9 @@ class DestinationWriter:
                 if kind is ErrorKind.CONDITION_FAILED:
                     self._note_success()
                     if not self.rule.reads_existing:
-                        old = error.response.get("Item") if isinstance(error, ClientError) else None
+                        old: Item | None = None
+                        if isinstance(error, ClientError):
+                            old = error.response.get("Item")  # type: ignore[assignment]
                         self._lost(change, old, self.rule.explain_loss(change, old))
                         return self._count(op, Outcome.CONFLICT_LOST)
                     optimistic_conflicts += 1
@@ -139,7 +147,7 @@ class DestinationWriter:
                     attempt=attempt,
                     delay_s=round(delay, 3),
                 )
-                self.sleep(delay)
+                self.cancelled.wait(delay)
                 continue
             self._note_success()
             self.metrics.apply_delay.labels(self.label).observe(

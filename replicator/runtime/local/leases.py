@@ -10,6 +10,7 @@ lease finds out on its next write and never overwrites the new owner's checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -153,7 +154,7 @@ class LeaseTable:
 
     def release(self, lease: Lease) -> None:
         """Give the lease up (on a clean stop) so that any worker may take it at once."""
-        try:
+        with contextlib.suppress(LeaseLost):
             self._update(
                 lease,
                 "REMOVE leaseOwner SET leaseCounter = :next",
@@ -161,8 +162,6 @@ class LeaseTable:
                 owned=True,
                 changes={"owner": None},
             )
-        except LeaseLost:
-            pass
 
     def _update(
         self,

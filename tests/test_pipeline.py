@@ -1,0 +1,133 @@
+"""One shard's pipeline in process: parallel destinations, throttling, backpressure."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from replicator.buffer import ChangeBuffer
+from replicator.deadletter import FileDeadLetters
+from replicator.decode import decode
+from replicator.metrics import Metrics
+from replicator.pipeline import ShardPipeline
+from replicator.rules import OrderedRule, in_stream_order
+from replicator.writers.backoff import Backoff
+from replicator.writers.destination import DestinationWriter
+from tests.conftest import client, create_table, sample
+from tests.records import put
+
+
+class ThrottlingClient:
+    """Wraps a real client; answers ProvisionedThroughputExceeded until released."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.released = threading.Event()
+        self.throttled = 0
+        self.lock = threading.Lock()
+
+    def put_item(self, **kwargs: Any) -> Any:
+        if not self.released.is_set():
+            with self.lock:
+                self.throttled += 1
+            raise ClientError(
+                {
+                    "Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow"},
+                    "ResponseMetadata": {"HTTPStatusCode": 400},
+                },
+                "PutItem",
+            )
+        return self.real.put_item(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def build(
+    endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, throttle: set[str]
+) -> tuple[ShardPipeline, dict[str, Any], dict[str, ThrottlingClient]]:
+    tables: dict[str, Any] = {}
+    wrappers: dict[str, ThrottlingClient] = {}
+    writers = {}
+    for label, region in (("eu", "eu-west-1"), ("ap", "ap-southeast-2")):
+        ddb = client("dynamodb", region, endpoint)
+        table = unique(label)
+        create_table(ddb, table, stream=None)
+        tables[label] = (ddb, table)
+        wrapped: Any = ddb
+        if label in throttle:
+            wrapped = wrappers[label] = ThrottlingClient(ddb)
+        writers[label] = DestinationWriter(
+            label=label,
+            table=table,
+            region=region,
+            client=wrapped,
+            rule=OrderedRule("last_writer_wins", "ts", None, numeric_only=False),
+            dead_letters=FileDeadLetters(tmp_path / "dead.jsonl"),
+            metrics=metrics,
+            task_name="t",
+            shard_id="s",
+            backoff=Backoff(0.001, 0.01),
+        )
+    buffer = ChangeBuffer(list(writers), in_stream_order)
+    pipeline = ShardPipeline(writers, buffer, metrics, "s", max_in_flight=8, max_buffered=1000)
+    return pipeline, tables, wrappers
+
+
+@pytest.fixture
+def closing() -> Any:
+    pipelines: list[ShardPipeline] = []
+    yield pipelines.append
+    for pipeline in pipelines:
+        pipeline.close()
+
+
+def test_a_throttled_destination_loses_nothing_and_holds_the_checkpoint(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, closing: Any
+) -> None:
+    pipeline, tables, wrappers = build(moto_endpoint, unique, tmp_path, metrics, throttle={"ap"})
+    closing(pipeline)
+    for seq in range(1, 41):
+        pipeline.submit(decode(put(f"k{seq % 25}", seq, ts=seq)))
+    # the unthrottled destination finishes; the checkpoint must wait for the throttled one
+    eu_ddb, eu_table = tables["eu"]
+    assert pipeline.flush(timeout=0.5) is False
+    # Records 1-15 are replaced by 26-40 (same keys), so they no longer hold the
+    # checkpoint; record 16 is the first one still unapplied at "ap".
+    while wrappers["ap"].throttled < 50:
+        assert pipeline.checkpointable() == "15"
+        threading.Event().wait(0.01)
+    assert pipeline.checkpointable() == "15"
+    assert eu_ddb.scan(TableName=eu_table)["Count"] == 25
+    wrappers["ap"].released.set()
+    assert pipeline.flush(timeout=30)
+    assert pipeline.checkpointable() == "40"
+    for label in ("eu", "ap"):
+        ddb, table = tables[label]
+        found = {i["pk"]["S"]: i["ts"]["N"] for i in ddb.scan(TableName=table)["Items"]}
+        expected = {f"k{k}": str(max(s for s in range(1, 41) if s % 25 == k)) for k in range(25)}
+        assert found == expected, label
+    assert sample(metrics, "replicator_retries_total", destination="ap", reason="throttled") >= 50
+    pipeline.close()
+
+
+def test_lag_is_zero_when_caught_up_and_grows_while_a_destination_waits(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, closing: Any
+) -> None:
+    pipeline, _, wrappers = build(moto_endpoint, unique, tmp_path, metrics, throttle={"ap"})
+    closing(pipeline)
+    assert pipeline.lag_seconds("eu") == 0.0
+    change = decode(put("k", 1, ts=1))  # created at 1_700_000_000 s
+    pipeline.submit(change)
+    while pipeline.buffer.outstanding("eu"):
+        threading.Event().wait(0.01)
+    assert pipeline.lag_seconds("eu", now=change.created_s + 100) == 0.0
+    assert pipeline.lag_seconds("ap", now=change.created_s + 100) == 100.0
+    wrappers["ap"].released.set()
+    assert pipeline.flush(timeout=30)
+    assert pipeline.lag_seconds("ap", now=change.created_s + 200) == 0.0
+    pipeline.close()

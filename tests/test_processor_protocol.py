@@ -1,0 +1,284 @@
+"""The processor child driven over the MultiLang protocol, as the daemon drives it:
+JSON lines on stdin, status and checkpoint messages on stdout."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import client, create_table
+from tests.records import daemon_record, put, remove, stream_record
+
+REGION = "eu-west-1"
+
+
+class RawDaemon:
+    """Just enough of the MultiLangDaemon to drive one child, recording every line."""
+
+    def __init__(self, config: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "replicator", "processor", "--config", str(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.checkpoints: list[Any] = []
+        self.stderr: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+        threading.Thread(target=self._errors, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout
+        for line in self.process.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def _errors(self) -> None:
+        assert self.process.stderr
+        for line in self.process.stderr:
+            self.stderr.append(line)
+
+    def write(self, message: dict[str, Any]) -> None:
+        assert self.process.stdin
+        self.process.stdin.write(json.dumps(message) + "\n")
+        self.process.stdin.flush()
+
+    def read(self, timeout: float = 30.0) -> dict[str, Any] | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            if line is None:
+                return None
+            if line.strip():
+                message: dict[str, Any] = json.loads(line)
+                return message
+
+    def act(self, message: dict[str, Any], checkpoint_error: str | None = None) -> list[Any]:
+        """Send an action, answer checkpoints, return the checkpoints asked for."""
+        self.write(message)
+        asked = []
+        while True:
+            reply = self.read()
+            assert reply is not None, "child exited:\n" + "".join(self.stderr[-20:])
+            if reply["action"] == "checkpoint":
+                asked.append(reply["sequenceNumber"])
+                self.checkpoints.append(reply["sequenceNumber"])
+                self.write(
+                    {
+                        "action": "checkpoint",
+                        "sequenceNumber": reply["sequenceNumber"],
+                        "subSequenceNumber": reply.get("subSequenceNumber"),
+                        "error": checkpoint_error,
+                    }
+                )
+                continue
+            assert reply == {"action": "status", "responseFor": message["action"]}, reply
+            return asked
+
+    def records(self, records: list[Any], millis_behind: int = 0) -> list[Any]:
+        return self.act(
+            {
+                "action": "processRecords",
+                "millisBehindLatest": millis_behind,
+                "records": [{"action": "record", **r} for r in records],
+            }
+        )
+
+    def until_checkpoint(self, sequence_number: str, timeout: float = 30.0) -> None:
+        """Send empty batches, as an idle daemon does, until the child checkpoints there."""
+        deadline = time.monotonic() + timeout
+        while sequence_number not in self.checkpoints:
+            assert time.monotonic() < deadline, f"no checkpoint at {sequence_number}"
+            self.records([])
+            time.sleep(0.05)
+
+    def finish(self, timeout: float = 30.0) -> int:
+        assert self.process.stdin
+        self.process.stdin.close()
+        return self.process.wait(timeout)
+
+
+@pytest.fixture
+def job(moto_endpoint: str, unique: Any, tmp_path: Path) -> dict[str, Any]:
+    table = unique("proto")
+    ddb = client("dynamodb", REGION, moto_endpoint)
+    create_table(ddb, table, stream=None)
+    dead = tmp_path / "dead.jsonl"
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        f"task_name: proto-test\n"
+        f"source: {{region: us-east-1, table: source-table}}\n"
+        f"destinations:\n  - {{region: {REGION}, table: {table}, endpoint_url: '{moto_endpoint}'}}\n"
+        f"conflict: {{policy: last_writer_wins, timestamp_attribute: ts}}\n"
+        f"dead_letter: {{kind: file, path: '{dead}'}}\n"
+        f"metrics: {{enabled: false}}\n"
+    )
+    return {"config": config, "ddb": ddb, "table": table, "dead": dead}
+
+
+def items(job: dict[str, Any]) -> dict[str, Any]:
+    scanned = job["ddb"].scan(TableName=job["table"], ConsistentRead=True)["Items"]
+    return {item["pk"]["S"]: item for item in scanned}
+
+
+def test_a_batch_with_bad_records_applies_the_good_and_checkpoints_past_all(
+    job: dict[str, Any],
+) -> None:
+    daemon = RawDaemon(job["config"])
+    assert (
+        daemon.act(
+            {
+                "action": "initialize",
+                "shardId": "shardId-1",
+                "sequenceNumber": "TRIM_HORIZON",
+                "subSequenceNumber": 0,
+            }
+        )
+        == []
+    )
+    undecodable = daemon_record(b"\x00 not json", 102)
+    rejected = daemon_record(
+        stream_record("INSERT", {"pk": {"N": "7"}}, {"pk": {"N": "7"}, "ts": {"N": "1"}}, seq=103),
+        103,
+    )
+    batch = [
+        put("a", 101, ts=1, v="first"),
+        undecodable,
+        rejected,
+        put("b", 104, ts=1),
+        put("a", 105, ts=2, v="second"),
+        remove("gone", 106, ts=1),
+    ]
+    daemon.records(batch)
+    daemon.until_checkpoint("106")
+    assert items(job)["a"]["v"] == {"S": "second"}
+    assert set(items(job)) == {"a", "b"}
+    letters = [json.loads(line) for line in job["dead"].read_text().splitlines()]
+    assert sorted((letter["reason"], letter["record"]["sequenceNumber"]) for letter in letters) == [
+        ("rejected", "103"),
+        ("undecodable", "102"),
+    ]
+    assert all(letter["error"] for letter in letters)
+    # checkpoints only ever move forward, never past what was applied
+    numeric = [int(s) for s in daemon.checkpoints]
+    assert numeric == sorted(numeric) and numeric[-1] == 106
+    assert daemon.act({"action": "shutdownRequested"}) == []  # nothing new to checkpoint
+    assert daemon.finish() == 0
+
+
+def test_shutdown_requested_flushes_and_checkpoints(job: dict[str, Any]) -> None:
+    daemon = RawDaemon(job["config"])
+    daemon.act(
+        {"action": "initialize", "shardId": "s", "sequenceNumber": None, "subSequenceNumber": None}
+    )
+    daemon.records([put(f"k{i}", 200 + i, ts=1) for i in range(20)])
+    asked = daemon.act({"action": "shutdownRequested"})
+    assert (daemon.checkpoints or asked)[-1] == "219"
+    assert len(items(job)) == 20
+    assert daemon.finish() == 0
+
+
+def test_shard_ended_checkpoints_with_no_sequence_number(job: dict[str, Any]) -> None:
+    daemon = RawDaemon(job["config"])
+    daemon.act(
+        {
+            "action": "initialize",
+            "shardId": "s",
+            "sequenceNumber": "TRIM_HORIZON",
+            "subSequenceNumber": 0,
+        }
+    )
+    daemon.records([put("end", 300, ts=1)])
+    assert daemon.act({"action": "shardEnded"}) == [None]
+    assert "end" in items(job)
+    assert daemon.finish() == 0
+
+
+def test_lease_lost_drops_the_buffer_and_never_checkpoints(job: dict[str, Any]) -> None:
+    daemon = RawDaemon(job["config"])
+    daemon.act(
+        {
+            "action": "initialize",
+            "shardId": "s",
+            "sequenceNumber": "TRIM_HORIZON",
+            "subSequenceNumber": 0,
+        }
+    )
+    assert daemon.act({"action": "leaseLost"}) == []
+    assert daemon.records([put("late", 400, ts=1)]) == []
+    assert daemon.finish() == 0
+    assert daemon.checkpoints == []
+
+
+def test_checkpoint_refused_as_shutdown_means_lease_gone(job: dict[str, Any]) -> None:
+    daemon = RawDaemon(job["config"])
+    daemon.act(
+        {
+            "action": "initialize",
+            "shardId": "s",
+            "sequenceNumber": "TRIM_HORIZON",
+            "subSequenceNumber": 0,
+        }
+    )
+    daemon.records([put("x", 500, ts=1)])
+    deadline = time.monotonic() + 30
+    while not daemon.checkpoints:
+        assert time.monotonic() < deadline
+        daemon.act(
+            {"action": "processRecords", "millisBehindLatest": 0, "records": []},
+            checkpoint_error="ShutdownException",
+        )
+    count = len(daemon.checkpoints)
+    daemon.records([])
+    assert len(daemon.checkpoints) == count  # no checkpoint after the lease is gone
+    assert daemon.finish() == 0
+
+
+def test_checkpoint_invalid_state_ends_the_process_nonzero(job: dict[str, Any]) -> None:
+    daemon = RawDaemon(job["config"])
+    daemon.act(
+        {
+            "action": "initialize",
+            "shardId": "s",
+            "sequenceNumber": "TRIM_HORIZON",
+            "subSequenceNumber": 0,
+        }
+    )
+    daemon.records([put("x", 600, ts=1)])
+    daemon.write({"action": "processRecords", "millisBehindLatest": 0, "records": []})
+    deadline = time.monotonic() + 30
+    while True:
+        reply = daemon.read()
+        if reply is None:
+            break
+        if reply["action"] == "checkpoint":
+            daemon.write(
+                {
+                    "action": "checkpoint",
+                    "sequenceNumber": reply["sequenceNumber"],
+                    "subSequenceNumber": None,
+                    "error": "InvalidStateException",
+                }
+            )
+        elif time.monotonic() < deadline:
+            daemon.write({"action": "processRecords", "millisBehindLatest": 0, "records": []})
+    assert daemon.process.wait(30) == 1
+    assert any("InvalidStateException" in line for line in daemon.stderr)
+
+
+def test_an_unexpected_error_ends_the_process_nonzero(job: dict[str, Any]) -> None:
+    daemon = RawDaemon(job["config"])
+    daemon.write({"action": "processRecords", "millisBehindLatest": 0, "records": []})
+    assert daemon.read() is None  # no status: the child died instead of carrying on
+    assert daemon.process.wait(30) == 1
+    assert any("before initialize" in line for line in daemon.stderr)
