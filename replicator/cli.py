@@ -144,3 +144,33 @@ def run(config_path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> Any:
     return cli.main(args=argv, prog_name="replicator")
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "-c",
+    "config_path",
+    default=Path("config/demo.yaml"),
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The demo job file.",
+)
+@click.option("--duration", default=20.0, show_default=True, help="Seconds of source writes.")
+@click.option("--rate", default=40.0, show_default=True, help="Source changes per second.")
+@click.option("--keys", default=200, show_default=True, help="Distinct items the workload touches.")
+@click.option(
+    "--settle-timeout",
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for convergence after the writes stop.",
+)
+@_operator_errors
+def demo(config_path: Path, duration: float, rate: float, keys: int, settle_timeout: float) -> None:
+    """Run the embedded demo: local endpoint, demo tables, live progress, convergence check."""
+    from replicator.demo.run import DemoOptions, run_demo
+
+    options = DemoOptions(
+        duration_s=duration, rate=rate, keys=keys, settle_timeout_s=settle_timeout
+    )
+    sys.exit(run_demo(config_path, options))

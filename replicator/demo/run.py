@@ -1,0 +1,248 @@
+"""``replicator demo`` (``make run``): the whole product on one machine in under a minute.
+
+It starts a DynamoDB-compatible endpoint on 127.0.0.1, creates the job's source table
+(with a stream) and destination tables, writes a steady mix of changes, runs the local
+runtime with the very processor a production job runs, shows live progress, and ends
+by comparing every item of every destination with the source. It exits 0 only if all
+destinations equal the source.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from replicator import logs
+from replicator.config import load_job
+from replicator.config.model import ResolvedJob
+from replicator.demo import tables
+from replicator.demo.endpoint import EmbeddedEndpoint
+from replicator.demo.workload import Workload
+from replicator.runtime.local.runtime import LocalRuntime
+from replicator.tools.compare import compare, describe
+
+ENDPOINT_ENV = "REPLICATOR_DEMO_ENDPOINT"
+KEY_NAMES = ["pk", "sk"]
+
+
+@dataclass
+class DemoOptions:
+    duration_s: float = 20.0
+    rate: float = 40.0
+    keys: int = 200
+    settle_timeout_s: float = 60.0
+
+
+def _client(region: str, endpoint: str) -> Any:
+    return boto3.client("dynamodb", region_name=region, endpoint_url=endpoint)
+
+
+def run_demo(config_path: Path, options: DemoOptions, console: Console | None = None) -> int:
+    console = console or Console()
+    endpoint = EmbeddedEndpoint()
+    url = endpoint.start()
+    os.environ[ENDPOINT_ENV] = url
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ.setdefault(name, "demo")
+    try:
+        resolved = load_job(config_path.resolve())
+        logs.configure(resolved.job.logging.level, resolved.job.logging.format.value)
+        return _Demo(resolved, url, options, console).run()
+    finally:
+        endpoint.stop()
+
+
+class _Demo:
+    def __init__(
+        self, resolved: ResolvedJob, url: str, options: DemoOptions, console: Console
+    ) -> None:
+        self.resolved = resolved
+        self.job = resolved.job
+        self.url = url
+        self.options = options
+        self.console = console
+        self.source = _client(self.job.source.region, url)
+        self.destinations = {
+            d.label: (_client(d.region, url), d.table) for d in self.job.destinations
+        }
+
+    def run(self) -> int:
+        console = self.console
+        console.print(f"[bold]dynamodb-replicator demo[/] - endpoint {self.url}")
+        tables.create(self.source, self.job.source.table, stream=True)
+        for ddb, table in self.destinations.values():
+            tables.create(ddb, table, stream=False)
+        console.print(
+            f"source {self.job.source.region}/{self.job.source.table} -> "
+            + ", ".join(self.destinations)
+            + f"; task {self.resolved.task_name}"
+        )
+        runtime = LocalRuntime(self.resolved, shard_sync_interval_s=2.0)
+        failure: list[BaseException] = []
+
+        def run_runtime() -> None:
+            try:
+                runtime.run()
+            except BaseException as error:  # noqa: BLE001  # shown below
+                failure.append(error)
+                runtime.started.set()
+
+        thread = threading.Thread(target=run_runtime, name="runtime", daemon=True)
+        thread.start()
+        runtime.started.wait(60)
+        if failure:
+            console.print(f"[red]the replicator did not start: {failure[0]}[/]")
+            return 1
+        workload = Workload(
+            self.source,
+            self.job.source.table,
+            self.options.rate,
+            self.options.duration_s,
+            self.options.keys,
+            origin=self.job.origin_value,
+        )
+        started = time.monotonic()
+        workload.start()
+        converged = self._watch(runtime, workload, started)
+        runtime.stop()
+        thread.join(60)
+        if workload.error is not None:
+            console.print(f"[red]the workload failed: {workload.error}[/]")
+            return 1
+        if failure:
+            console.print(f"[red]the replicator stopped: {failure[0]}[/]")
+            return 1
+        return 0 if self._report(converged, workload) else 1
+
+    def _watch(self, runtime: LocalRuntime, workload: Workload, started: float) -> bool:
+        """Show progress until the workload is done and the destinations match (or time out)."""
+        settle_deadline: float | None = None
+        converged = False
+        live = (
+            Live(console=self.console, refresh_per_second=4, transient=False)
+            if self.console.is_terminal
+            else None
+        )
+        last_line = 0.0
+        if live:
+            live.start()
+        try:
+            while True:
+                view = self._view(runtime, workload, started)
+                if live:
+                    live.update(view)
+                elif time.monotonic() - last_line >= 5:
+                    self.console.print(self._line(runtime, workload, started))
+                    last_line = time.monotonic()
+                if runtime.failure is not None:
+                    return False
+                if not workload.is_alive():
+                    if settle_deadline is None:
+                        settle_deadline = time.monotonic() + self.options.settle_timeout_s
+                    if self._caught_up(runtime) and not self._differences():
+                        converged = True
+                        break
+                    if time.monotonic() > settle_deadline:
+                        break
+                time.sleep(0.5)
+        finally:
+            if live:
+                live.update(self._view(runtime, workload, started))
+                live.stop()
+        return converged
+
+    def _samples(self, runtime: LocalRuntime) -> list[tuple[str, dict[str, str], float]]:
+        server = runtime._server  # noqa: SLF001  # the demo reads its own runtime's metrics
+        return server.samples() if server is not None else []
+
+    def _per_destination(self, runtime: LocalRuntime) -> dict[str, dict[str, float]]:
+        stats: dict[str, dict[str, float]] = {label: {} for label in self.destinations}
+        for name, labels, value in self._samples(runtime):
+            label = labels.get("destination")
+            if label not in stats:
+                continue
+            if name == "replicator_writes_total":
+                key = labels["outcome"]
+                stats[label][key] = stats[label].get(key, 0) + value
+            elif name == "replicator_replication_lag_seconds":
+                stats[label]["lag"] = max(stats[label].get("lag", 0.0), value)
+        return stats
+
+    def _view(self, runtime: LocalRuntime, workload: Workload, started: float) -> Table:
+        progress = runtime.progress()
+        read = sum(p.records_delivered for p in progress)
+        title = (
+            f"{time.monotonic() - started:5.1f}s  source changes {workload.stats.total}  "
+            f"stream records read {read}  shards {len(progress)}"
+        )
+        table = Table(title=title, title_justify="left")
+        for column in ("destination", "applied", "lost conflict", "dead-lettered", "lag (s)"):
+            table.add_column(column, justify="right" if column != "destination" else "left")
+        for label, stats in self._per_destination(runtime).items():
+            table.add_row(
+                label,
+                str(int(stats.get("applied", 0))),
+                str(int(stats.get("conflict_lost", 0))),
+                str(int(stats.get("dead_lettered", 0))),
+                f"{stats.get('lag', 0.0):.2f}",
+            )
+        return table
+
+    def _line(self, runtime: LocalRuntime, workload: Workload, started: float) -> str:
+        progress = runtime.progress()
+        parts = [
+            f"{time.monotonic() - started:5.1f}s",
+            f"source changes {workload.stats.total}",
+            f"read {sum(p.records_delivered for p in progress)}",
+        ]
+        for label, stats in self._per_destination(runtime).items():
+            parts.append(
+                f"{label}: applied {int(stats.get('applied', 0))} lag {stats.get('lag', 0.0):.2f}s"
+            )
+        return "  ".join(parts)
+
+    def _caught_up(self, runtime: LocalRuntime) -> bool:
+        stats = self._per_destination(runtime)
+        return all(s.get("lag", 0.0) == 0.0 for s in stats.values())
+
+    def _differences(self) -> dict[str, list[Any]]:
+        source_items = tables.scan_all(self.source, self.job.source.table)
+        found = {}
+        for label, (ddb, table) in self.destinations.items():
+            differences = compare(source_items, tables.scan_all(ddb, table), KEY_NAMES)
+            if differences:
+                found[label] = differences
+        return found
+
+    def _report(self, converged: bool, workload: Workload) -> bool:
+        source_items = tables.scan_all(self.source, self.job.source.table)
+        stats = workload.stats
+        self.console.print(
+            f"\n[bold]convergence check[/]: {len(source_items)} items in the source after "
+            f"{stats.puts} puts, {stats.updates} updates, {stats.deletes} deletes"
+        )
+        all_equal = True
+        for label, (ddb, table) in self.destinations.items():
+            differences = compare(source_items, tables.scan_all(ddb, table), KEY_NAMES)
+            if not differences:
+                self.console.print(f"  [green]{label}: equal[/] (every item compared)")
+                continue
+            all_equal = False
+            self.console.print(f"  [red]{label}: {len(differences)} differences[/]")
+            for difference in differences[:10]:
+                detail = f" ({', '.join(difference.attributes)})" if difference.attributes else ""
+                self.console.print(f"    {difference.kind} {describe(difference.key)}{detail}")
+        if all_equal:
+            self.console.print("[bold green]converged: every destination equals the source[/]")
+        elif not converged:
+            self.console.print("[bold red]not converged within the settle time[/]")
+        return all_equal

@@ -1,0 +1,1 @@
+"""Operator tools: backfill, verify (and repair), redrive dead letters."""
