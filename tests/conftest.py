@@ -31,8 +31,11 @@ _names = itertools.count(1)
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

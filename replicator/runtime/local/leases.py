@@ -172,18 +172,18 @@ class LeaseTable:
         owned: bool,
         changes: dict[str, Any],
     ) -> Lease:
-        condition = "leaseCounter = :seen"
-        all_values = {
-            ":seen": {"N": str(lease.counter)},
-            ":next": {"N": str(lease.counter + 1)},
-            **values,
-        }
-        if owned:
-            condition += " AND leaseOwner = :me"
-            all_values[":me"] = {"S": self.owner}
-        elif ":me" in expression:
-            all_values[":me"] = {"S": self.owner}
         with self._lock:
+            condition = "leaseCounter = :seen"
+            all_values = {
+                ":seen": {"N": str(lease.counter)},
+                ":next": {"N": str(lease.counter + 1)},
+                **values,
+            }
+            if owned:
+                condition += " AND leaseOwner = :me"
+                all_values[":me"] = {"S": self.owner}
+            elif ":me" in expression:
+                all_values[":me"] = {"S": self.owner}
             try:
                 self.client.update_item(
                     TableName=self.table,
@@ -194,8 +194,24 @@ class LeaseTable:
                 )
             except ClientError as error:
                 if error_code(error) == "ConditionalCheckFailedException":
+                    now = self.get(lease.shard_id)
+                    retried = error.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+                    if (
+                        retried
+                        and now is not None
+                        and now.counter == lease.counter + 1
+                        and now.owner == (self.owner if owned else changes.get("owner", now.owner))
+                    ):
+                        # A retried request whose first attempt had already landed.
+                        lease.counter += 1
+                        for name, value in changes.items():
+                            setattr(lease, name, value)
+                        return lease
+                    found = f"owner {now.owner}, counter {now.counter}" if now else "no lease"
                     raise LeaseLost(
-                        f"lease on shard {lease.shard_id} changed under us (another worker?)"
+                        f"lease on shard {lease.shard_id} changed under us: expected owner "
+                        f"{self.owner if owned else lease.owner}, counter {lease.counter}; "
+                        f"found {found}"
                     ) from None
                 raise
             lease.counter += 1

@@ -290,7 +290,12 @@ class ShardWorker(threading.Thread):
             target = sequence_number
         try:
             self.leases.checkpoint(self.lease, target, sub or 0)
-        except LeaseLost:
+        except LeaseLost as error:
+            log.error(
+                "checkpoint refused: the lease is no longer ours",
+                shard=self.shard_id,
+                error=str(error),
+            )
             return "ShutdownException"
         except (ClientError, BotoCoreError) as error:
             if classify(error) is ErrorKind.THROTTLED:
