@@ -118,7 +118,8 @@ def job(moto_endpoint: str, unique: Any, tmp_path: Path) -> dict[str, Any]:
     config.write_text(
         f"task_name: proto-test\n"
         f"source: {{region: us-east-1, table: source-table}}\n"
-        f"destinations:\n  - {{region: {REGION}, table: {table}, endpoint_url: '{moto_endpoint}'}}\n"
+        f"destinations:\n"
+        f"  - {{region: {REGION}, table: {table}, endpoint_url: '{moto_endpoint}'}}\n"
         f"conflict: {{policy: last_writer_wins, timestamp_attribute: ts}}\n"
         f"dead_letter: {{kind: file, path: '{dead}'}}\n"
         f"metrics: {{enabled: false}}\n"

@@ -1,0 +1,5 @@
+"""Benchmarks (``make bench``)."""
+
+import sys
+
+print("benchmarks are not written yet", file=sys.stderr)
