@@ -66,8 +66,12 @@ class ShardPipeline:
     # -- intake (processor thread) --------------------------------------------------------
 
     def submit(self, change: Change) -> None:
+        """Queue a change; it is written after ``dispatch``, so a batch squashes first."""
         with self._cond:
             self.buffer.add(change)
+
+    def dispatch(self) -> None:
+        """Start writes for everything queued, up to each destination's in-flight limit."""
         for label in self.writers:
             self._dispatch(label)
 

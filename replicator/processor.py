@@ -147,6 +147,7 @@ class ReplicationProcessor:
             pipeline.skip(change, replaces_older=route is Route.LOOP_SKIPPED)
             for label in pipeline.writers:
                 self.metrics.writes.labels(label, change.event.op, route.value).inc()
+        pipeline.dispatch()
         if last_sequence_number is not None:
             pipeline.batch_received(last_sequence_number, millis_behind)
             self.metrics.last_record.labels(work.shard_id).set(time.time())

@@ -93,6 +93,7 @@ def test_a_throttled_destination_loses_nothing_and_holds_the_checkpoint(
     closing(pipeline)
     for seq in range(1, 41):
         pipeline.submit(decode(put(f"k{seq % 25}", seq, ts=seq)))
+    pipeline.dispatch()
     # the unthrottled destination finishes; the checkpoint must wait for the throttled one
     eu_ddb, eu_table = tables["eu"]
     assert pipeline.flush(timeout=0.5) is False
@@ -123,6 +124,7 @@ def test_lag_is_zero_when_caught_up_and_grows_while_a_destination_waits(
     assert pipeline.lag_seconds("eu") == 0.0
     change = decode(put("k", 1, ts=1))  # created at 1_700_000_000 s
     pipeline.submit(change)
+    pipeline.dispatch()
     while pipeline.buffer.outstanding("eu"):
         threading.Event().wait(0.01)
     assert pipeline.lag_seconds("eu", now=change.created_s + 100) == 0.0

@@ -101,19 +101,18 @@ class OrderedRule:
         return (2, str(value), origin)
 
     def explain_loss(self, change: Change, existing: Item | None) -> str:
-        shown = _shown(existing, self.attribute)
-        incoming = _shown(change.image, self.attribute)
         verb = "delete" if change.event is Event.REMOVE else "put"
         return (
-            f"{self.name}: destination {self.attribute}={shown} is newer than the "
-            f"{verb}'s {self.attribute}={incoming}"
+            f"{self.name}: the destination's item ({self._shown(existing)}) ranks above the "
+            f"{verb}'s image ({self._shown(change.image)})"
         )
 
-
-def _shown(image: Item | None, attribute: str) -> str:
-    if image is None:
-        return "(no item)"
-    value = image.get(attribute)
-    if value is None:
-        return "(absent)"
-    return str(next(iter(value.values())))
+    def _shown(self, image: Item | None) -> str:
+        if image is None:
+            return "no item"
+        names = [self.attribute] + ([self.origin_attribute] if self.origin_attribute else [])
+        parts = []
+        for name in names:
+            value = image.get(name)
+            parts.append(f"{name}={next(iter(value.values())) if value else '(absent)'}")
+        return ", ".join(parts)
