@@ -23,6 +23,7 @@ from replicator.exceptions import DeadLetterUnavailable
 
 log = structlog.get_logger(__name__)
 _ASIDE = ".redrive-"
+_SETTLED = ".settled"
 
 
 class FileDeadLetters:
@@ -50,12 +51,19 @@ class FileDeadLetters:
             ) from error
 
     def count(self) -> int:
-        """Letters stored now (live file and any interrupted replay's aside file)."""
+        """Letters stored now (live file, and what an interrupted replay has not settled)."""
         total = 0
-        for file in [*self._aside_files(), self.path]:
-            if file.exists():
-                with file.open(encoding="utf-8") as lines:
-                    total += sum(1 for line in lines if line.strip())
+        if self.path.exists():
+            with self.path.open(encoding="utf-8") as lines:
+                total += sum(1 for line in lines if line.strip())
+        for aside_file in self._aside_files():
+            settled = _settled(aside_file)
+            with aside_file.open(encoding="utf-8") as lines:
+                total += sum(
+                    1
+                    for number, line in enumerate(lines, start=1)
+                    if line.strip() and number not in settled
+                )
         return total
 
     def letters(self) -> list[DeadLetter]:
@@ -66,7 +74,11 @@ class FileDeadLetters:
             return [DeadLetter.from_json(line) for line in lines if line.strip()]
 
     def _aside_files(self) -> list[Path]:
-        return sorted(self.path.parent.glob(self.path.name + _ASIDE + "*"))
+        return sorted(
+            p
+            for p in self.path.parent.glob(self.path.name + _ASIDE + "*")
+            if not p.name.endswith(_SETTLED)
+        )
 
     def claim_all(self) -> Iterator[Claimed]:
         if self.path.exists():
@@ -78,9 +90,10 @@ class FileDeadLetters:
                 finally:
                     fcntl.flock(file, fcntl.LOCK_UN)
         for aside_file in self._aside_files():
+            settled = _settled(aside_file)
             with aside_file.open(encoding="utf-8") as lines:
                 for number, line in enumerate(lines, start=1):
-                    if not line.strip():
+                    if not line.strip() or number in settled:
                         continue
                     try:
                         letter = DeadLetter.from_json(line)
@@ -95,7 +108,23 @@ class FileDeadLetters:
                         continue
                     yield Claimed(letter, receipt=f"{aside_file}:{number}")
             aside_file.unlink()
+            aside_file.with_name(aside_file.name + _SETTLED).unlink(missing_ok=True)
 
     def settle(self, claimed: Claimed, *, replayed: bool) -> None:
+        """Put a failed letter back in the live file, then note its line as settled."""
         if not replayed:
             self.put(claimed.letter)
+        aside, _, number = claimed.receipt.rpartition(":")
+        marker = Path(aside + _SETTLED)
+        with marker.open("a", encoding="utf-8") as file:
+            file.write(number + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+
+
+def _settled(aside_file: Path) -> set[int]:
+    """Line numbers of an aside file already replayed or put back (survives interruption)."""
+    marker = aside_file.with_name(aside_file.name + _SETTLED)
+    if not marker.exists():
+        return set()
+    return {int(n) for n in marker.read_text(encoding="utf-8").split() if n.isdigit()}
