@@ -50,6 +50,19 @@ def processor_command(config_path: Path) -> list[str]:
     return [sys.executable, "-m", "replicator", "processor", "--config", str(config_path)]
 
 
+def startable(shards: list[Shard], ended: set[str], running: set[str]) -> list[str]:
+    """Shards to start now: not ended, not running, and whose parent (if the stream still
+    lists it) has ended, so that an item's older changes are always applied first."""
+    listed = {shard.shard_id for shard in shards}
+    return [
+        shard.shard_id
+        for shard in shards
+        if shard.shard_id not in ended
+        and shard.shard_id not in running
+        and not (shard.parent_id and shard.parent_id in listed and shard.parent_id not in ended)
+    ]
+
+
 class LocalRuntime:
     def __init__(
         self,
@@ -180,23 +193,15 @@ class LocalRuntime:
         _, shards = list_shards(self._streams, self.stream_arn)
         leases = self.leases.all()
         fresh_job = not leases
-        known = {shard.shard_id for shard in shards}
         for shard in shards:
             lease = leases.get(shard.shard_id) or self._create_lease(shard, fresh_job)
-            if lease is None:
-                continue
-            leases[shard.shard_id] = lease
-        for shard in shards:
-            lease = leases[shard.shard_id]
-            if lease.ended:
-                self.ended.add(shard.shard_id)
-                continue
-            if shard.shard_id in self.workers:
-                continue
-            parent = shard.parent_id
-            if parent and parent in known and parent not in self.ended:
-                continue  # the parent's changes come first
-            self._start(lease)
+            if lease is not None:
+                leases[shard.shard_id] = lease
+                if lease.ended:
+                    self.ended.add(shard.shard_id)
+        for shard_id in startable(shards, self.ended, set(self.workers)):
+            if shard_id in leases:
+                self._start(leases[shard_id])
 
     def _create_lease(self, shard: Shard, fresh_job: bool) -> Lease | None:
         position = TRIM_HORIZON
