@@ -102,6 +102,9 @@ class _Demo:
         if failure:
             console.print(f"[red]the replicator did not start: {failure[0]}[/]")
             return 1
+        if runtime.metrics_port is not None:
+            base = f"http://{self.job.metrics.host}:{runtime.metrics_port}"
+            console.print(f"metrics: {base}/metrics  health: {base}/healthz")
         workload = Workload(
             self.source,
             self.job.source.table,

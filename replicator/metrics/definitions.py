@@ -5,7 +5,12 @@ multiprocess mode when ``PROMETHEUS_MULTIPROC_DIR`` is set (the runtimes set it 
 their children): each process writes its samples to files there, and the runtime's
 HTTP server adds them up. Gauges say how: ``livemax`` keeps the largest value among
 live processes (every series here carries a shard or destination label, so this is
-per-series), ``livesum`` adds the live processes' values.
+per-series), ``livesum`` adds the live processes' values. The runtime deletes a dead
+process's ``live*`` files, so a stopped or restarted shard does not report its last
+lag forever; counters and histograms of dead processes stay, so totals never drop.
+``replicator_last_checkpoint_timestamp_seconds`` uses ``max`` (dead processes count):
+a restarted shard keeps the time of its last checkpoint instead of losing it until the
+new process checkpoints, which health and alerts rely on.
 """
 
 from __future__ import annotations
@@ -28,15 +33,18 @@ class Metrics:
         r = registry
         self.replication_lag = Gauge(
             "replicator_replication_lag_seconds",
-            "Seconds between now and the creation of the newest change applied at the "
-            "destination; 0 when everything read has been applied and the stream is caught up.",
+            "How far the destination is behind the source, in seconds: 0 when every change "
+            "read has been applied there and the reader is at the tip of the shard; else the "
+            "age of the oldest change read but not yet applied there, or the reader's "
+            "millisBehindLatest when that is larger.",
             ["destination", "shard"],
             multiprocess_mode="livemax",
             registry=r,
         )
         self.apply_delay = Histogram(
             "replicator_apply_delay_seconds",
-            "Seconds from a change's creation at the source to its write at the destination.",
+            "Seconds from a change's creation at the source until the destination accepted it "
+            "(changes with outcome applied).",
             ["destination"],
             buckets=DELAY_BUCKETS,
             registry=r,
@@ -84,13 +92,14 @@ class Metrics:
         )
         self.batch_flush = Histogram(
             "replicator_batch_flush_seconds",
-            "Seconds from receiving a batch until all of it was applied at every destination.",
+            "Seconds from receiving a batch until every destination settled all of it (applied, "
+            "lost a conflict or dead-lettered).",
             buckets=FLUSH_BUCKETS,
             registry=r,
         )
         self.in_flight_writes = Gauge(
             "replicator_in_flight_writes",
-            "Writes currently in flight, per destination.",
+            "Writes currently in flight per destination, summed over the shards.",
             ["destination"],
             multiprocess_mode="livesum",
             registry=r,
@@ -104,14 +113,15 @@ class Metrics:
         )
         self.last_checkpoint = Gauge(
             "replicator_last_checkpoint_timestamp_seconds",
-            "Unix time of the last checkpoint.",
+            "Unix time of the last checkpoint written for the shard (by any of its "
+            "processes since the runtime started).",
             ["shard"],
-            multiprocess_mode="livemax",
+            multiprocess_mode="max",
             registry=r,
         )
         self.last_record = Gauge(
             "replicator_last_record_received_timestamp_seconds",
-            "Unix time the last non-empty batch arrived.",
+            "Unix time the last non-empty batch arrived (shards with a live process).",
             ["shard"],
             multiprocess_mode="livemax",
             registry=r,

@@ -1,10 +1,12 @@
 """What ``/healthz`` answers: healthy while the workers live and checkpoints advance.
 
-A replicator is unhealthy when it is not making progress that it should be making: a
-destination has changes waiting for longer than ``stall_after_s`` while no checkpoint
-has been written for as long. An idle stream (nothing waiting) is healthy however old
-its last checkpoint; a backlog being worked off (checkpoints advancing) is healthy
-however large its lag.
+A replicator is unhealthy when the runtime reports a problem (it is stopping on an
+error, a shard's worker died) or when it is not making progress it should be making:
+a destination has been behind by more than ``stall_after_s`` on a shard that has not
+checkpointed for as long. An idle stream (nothing waiting) is healthy however old its
+last checkpoint; a backlog being worked off (checkpoints advancing) is healthy however
+large its lag. A shard that has never checkpointed counts from ``started_at``, so a
+runtime that has just started is given ``stall_after_s`` to catch up.
 """
 
 from __future__ import annotations
@@ -38,34 +40,51 @@ def evaluate(
     started_at: float,
     problems: Iterable[str] = (),
 ) -> Health:
-    """Judge health from metric samples (name, labels, value) and known problems."""
+    """Judge health from metric samples (name, labels, value) and the runtime's problems."""
     reasons = list(problems)
-    lag_by_shard: dict[str, float] = {}
-    checkpoint_by_shard: dict[str, float] = {}
+    lag: dict[str, dict[str, float]] = {}  # shard -> destination -> seconds
+    checkpoint_at: dict[str, float] = {}
     for name, labels, value in samples:
         shard = labels.get("shard", "")
         if name == LAG:
-            lag_by_shard[shard] = max(lag_by_shard.get(shard, 0.0), value)
+            per_destination = lag.setdefault(shard, {})
+            destination = labels.get("destination", "")
+            per_destination[destination] = max(per_destination.get(destination, 0.0), value)
         elif name == LAST_CHECKPOINT:
-            checkpoint_by_shard[shard] = max(checkpoint_by_shard.get(shard, 0.0), value)
-    for shard, lag in sorted(lag_by_shard.items()):
-        if lag <= stall_after_s:
+            checkpoint_at[shard] = max(checkpoint_at.get(shard, 0.0), value)
+    for shard in sorted(lag):
+        since_checkpoint = now - checkpoint_at.get(shard, started_at)
+        if since_checkpoint <= stall_after_s:
             continue
-        last = checkpoint_by_shard.get(shard, started_at)
-        if now - last > stall_after_s:
-            reasons.append(
-                f"shard {shard}: changes waiting {lag:.0f}s and no checkpoint for {now - last:.0f}s"
-            )
+        for destination, seconds in sorted(lag[shard].items()):
+            if seconds > stall_after_s:
+                reasons.append(
+                    f"destination {destination} is stalled on shard {shard}: "
+                    f"{seconds:.0f}s behind and no checkpoint for {since_checkpoint:.0f}s "
+                    f"(limit {stall_after_s:g}s)"
+                )
+    destinations: dict[str, float] = {}
+    for per_destination in lag.values():
+        for destination, seconds in per_destination.items():
+            destinations[destination] = max(destinations.get(destination, 0.0), seconds)
     return Health(
         healthy=not reasons,
         reasons=reasons,
         details={
+            "stall_after_s": stall_after_s,
+            "destinations": {
+                destination: {"lag_seconds": round(seconds, 3)}
+                for destination, seconds in sorted(destinations.items())
+            },
             "shards": {
                 shard: {
-                    "lag_seconds": round(lag_by_shard.get(shard, 0.0), 3),
-                    "last_checkpoint": checkpoint_by_shard.get(shard),
+                    "lag_seconds": {
+                        destination: round(seconds, 3)
+                        for destination, seconds in sorted(lag.get(shard, {}).items())
+                    },
+                    "last_checkpoint": checkpoint_at.get(shard),
                 }
-                for shard in sorted(set(lag_by_shard) | set(checkpoint_by_shard))
-            }
+                for shard in sorted(set(lag) | set(checkpoint_at))
+            },
         },
     )

@@ -2,7 +2,13 @@
 
 Each child writes memory-mapped files named after its pid. When a child dies, its
 ``live*`` gauge files must go (otherwise a dead shard's last lag would be reported
-forever); its counters stay, since totals must not drop when a process restarts.
+forever); its counters and histograms stay, since totals must not drop when a process
+restarts.
+
+The directory must start empty for every run (samples of an earlier run would be added
+to this run's totals). An operator may choose it with ``PROMETHEUS_MULTIPROC_DIR``
+(for example a tmpfs in a container); otherwise a temporary directory is used and
+removed when the runtime stops.
 """
 
 from __future__ import annotations
@@ -11,28 +17,54 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import multiprocess
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
-_PID = re.compile(r"_(\d+)\.db$")
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
 
 
-def prepare(directory: str | None = None) -> Path:
-    """A fresh, empty directory for this run's samples, exported to child processes."""
-    path = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="replicator-metrics-"))
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    os.environ[ENV] = str(path)
-    return path
+@dataclass(frozen=True)
+class SamplesDirectory:
+    path: Path
+    owned: bool
+    """True when the directory was created here (and is removed by ``discard``)."""
 
 
-def pids_with_files(path: Path) -> set[int]:
+def prepare(directory: str | Path | None = None) -> SamplesDirectory:
+    """An empty directory for this run's samples.
+
+    The caller hands ``path`` to the processes it starts as ``$PROMETHEUS_MULTIPROC_DIR``;
+    this process's own environment is left alone, so a second runtime in one process
+    gets a directory of its own. ``directory`` (or the operator's
+    ``$PROMETHEUS_MULTIPROC_DIR``) is emptied of sample files only, never removed: it
+    may be a mount point.
+    """
+    chosen = directory or os.environ.get(ENV)
+    if chosen:
+        path = Path(chosen)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        owned = False
+    else:
+        path = Path(tempfile.mkdtemp(prefix="replicator-metrics-"))
+        owned = True
+    return SamplesDirectory(path, owned)
+
+
+def discard(directory: SamplesDirectory) -> None:
+    """Remove a directory ``prepare`` created (one the operator chose is left in place)."""
+    if directory.owned:
+        shutil.rmtree(directory.path, ignore_errors=True)
+
+
+def pids_with_live_gauges(path: Path) -> set[int]:
     pids = set()
-    for file in path.glob("*.db"):
-        match = _PID.search(file.name)
+    for file in path.glob("gauge_live*.db"):
+        match = _LIVE_GAUGE_FILE.match(file.name)
         if match:
             pids.add(int(match.group(1)))
     return pids
@@ -41,7 +73,7 @@ def pids_with_files(path: Path) -> set[int]:
 def reap_dead(path: Path) -> list[int]:
     """Remove the live-gauge files of processes that no longer exist; returns their pids."""
     reaped = []
-    for pid in pids_with_files(path):
+    for pid in sorted(pids_with_live_gauges(path)):
         if not _alive(pid):
             multiprocess.mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]
             reaped.append(pid)

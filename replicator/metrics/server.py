@@ -3,6 +3,11 @@
 The processor children cannot serve HTTP themselves (there is one per shard, and they
 come and go), so the runtime that starts them serves the samples they leave in the
 multiprocess directory, plus its own collector.
+
+Every request first deletes the live-gauge files of children that have died, then reads
+the directory. Requests are served one collection at a time: a Prometheus scrape and a
+health probe arriving together must not both delete the same file, nor read a file the
+other has just deleted.
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from replicator.exceptions import EnvironmentProblem
 from replicator.metrics import health as health_rules
 from replicator.metrics.multiprocess import reap_dead
 
 log = structlog.get_logger(__name__)
+
+Sample = tuple[str, dict[str, str], float]
 
 
 class MetricsServer:
@@ -41,23 +49,27 @@ class MetricsServer:
         self.stall_after_s = stall_after_s
         self.started_at = time.time()
         self.extra = list(extra)
+        self._collecting = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    body = generate_latest(server.registry())
-                    self._reply(200, CONTENT_TYPE_LATEST, body)
-                elif path in ("/healthz", "/health"):
-                    result = server.health()
-                    self._reply(
-                        200 if result.healthy else 503,
-                        "application/json",
-                        json.dumps(result.as_dict()).encode(),
-                    )
-                else:
-                    self._reply(404, "text/plain", b"not found\n")
+                try:
+                    if path == "/metrics":
+                        self._reply(200, CONTENT_TYPE_LATEST, server.exposition())
+                    elif path in ("/healthz", "/health"):
+                        result = server.health()
+                        self._reply(
+                            200 if result.healthy else 503,
+                            "application/json",
+                            json.dumps(result.as_dict()).encode(),
+                        )
+                    else:
+                        self._reply(404, "text/plain", b"not found: try /metrics or /healthz\n")
+                except Exception as error:  # noqa: BLE001  # answered, logged, server lives on
+                    log.error("metrics request failed", path=path, error=str(error))
+                    self._reply(500, "text/plain", f"{type(error).__name__}: {error}\n".encode())
 
             def _reply(self, status: int, content_type: str, body: bytes) -> None:
                 self.send_response(status)
@@ -69,14 +81,25 @@ class MetricsServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._httpd = ThreadingHTTPServer((host, port), Handler)
+        except OSError as error:
+            raise EnvironmentProblem(
+                f"metrics: cannot listen on {host}:{port} ({error.strerror or error}); "
+                "choose another metrics.port (0 picks a free one) or set metrics.enabled: false"
+            ) from None
         self._httpd.daemon_threads = True
-        self.port = self._httpd.server_address[1]
+        self.host = host
+        self.port: int = self._httpd.server_address[1]
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="metrics-http", daemon=True
         )
 
-    def registry(self) -> CollectorRegistry:
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/metrics"
+
+    def _registry(self) -> CollectorRegistry:
         reap_dead(self.directory)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(self.directory))  # type: ignore[no-untyped-call]
@@ -84,12 +107,20 @@ class MetricsServer:
             registry.register(collector)
         return registry
 
-    def samples(self) -> list[tuple[str, dict[str, str], float]]:
-        out = []
-        for family in self.registry().collect():
-            for sample in family.samples:
-                out.append((sample.name, dict(sample.labels), float(sample.value)))
-        return out
+    def exposition(self) -> bytes:
+        """The text a Prometheus scrape receives."""
+        with self._collecting:
+            return generate_latest(self._registry())
+
+    def samples(self) -> list[Sample]:
+        """Every sample (name, labels, value) as ``/metrics`` would show it now."""
+        with self._collecting:
+            families = list(self._registry().collect())
+        return [
+            (sample.name, dict(sample.labels), float(sample.value))
+            for family in families
+            for sample in family.samples
+        ]
 
     def health(self) -> health_rules.Health:
         return health_rules.evaluate(
@@ -104,9 +135,12 @@ class MetricsServer:
         self._thread.start()
         log.info(
             "serving metrics",
-            url=f"http://{self._httpd.server_address[0]!s}:{self.port}/metrics",
+            url=self.url,
+            health=f"http://{self.host}:{self.port}/healthz",
+            port=self.port,
         )
 
     def stop(self) -> None:
-        self._httpd.shutdown()
+        if self._thread.is_alive():
+            self._httpd.shutdown()  # waits for serve_forever, so only once it runs
         self._httpd.server_close()

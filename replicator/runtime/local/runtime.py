@@ -82,6 +82,7 @@ class LocalRuntime:
         self.failure: BaseException | None = None
         self.metrics_port: int | None = None
         self._server: MetricsServer | None = None
+        self._samples: multiprocess.SamplesDirectory | None = None
         self._lock_file: IO[str] | None = None
         source = self.job.source
         self._ddb = aws.client(
@@ -115,13 +116,13 @@ class LocalRuntime:
         self.stream_arn = info.stream_arn
         self._hold_host_lock()
         self.leases.ensure_exists()
-        metrics_dir = multiprocess.prepare()
+        self._samples = metrics_dir = multiprocess.prepare()
         try:
             if self.job.metrics.enabled:
                 self._server = MetricsServer(
                     self.job.metrics.host,
                     self.job.metrics.port,
-                    metrics_dir,
+                    metrics_dir.path,
                     problems=self.problems,
                     stall_after_s=self.job.metrics.stall_after_s,
                     extra=[_RuntimeCollector(self)],
@@ -141,6 +142,7 @@ class LocalRuntime:
             self._shut_down()
             if self._server is not None:
                 self._server.stop()
+            multiprocess.discard(metrics_dir)
         if self.failure is not None:
             if isinstance(self.failure, OperatorError):
                 raise self.failure
@@ -234,7 +236,9 @@ class LocalRuntime:
 
     def _new_child(self, shard_id: str, on_checkpoint: CheckpointHandler) -> ProcessorChild:
         env = dict(os.environ)
-        env[multiprocess.ENV] = os.environ[multiprocess.ENV]
+        if self._samples is None:
+            raise RuntimeError("processor started before the metrics directory was prepared")
+        env[multiprocess.ENV] = str(self._samples.path)
         return ProcessorChild(
             processor_command(self.resolved.path), env, on_checkpoint, name=f"processor-{shard_id}"
         )
