@@ -17,6 +17,7 @@ run: setup
 
 ## make test: lint, then the whole test suite (unit, moto end to end, real KCL, Prometheus, reliability)
 test: setup lint
+	scripts/ensure-prometheus.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## make unit: the fast tests only
