@@ -115,7 +115,6 @@ class LocalRuntime:
         info = preflight.check(self.resolved)
         self.stream_arn = info.stream_arn
         self._hold_host_lock()
-        self.leases.ensure_exists()
         self._samples = metrics_dir = multiprocess.prepare()
         try:
             if self.job.metrics.enabled:
@@ -129,6 +128,8 @@ class LocalRuntime:
                 )
                 self.metrics_port = self._server.port
                 self._server.start()
+            # After the metrics port is bound: a port in use fails before anything is created.
+            self.leases.ensure_exists()
             self._claim_leases_held_elsewhere()
             log.info(
                 "local runtime started",
