@@ -1,0 +1,91 @@
+"""Scenario 1: the processor's CPU work per record, without any I/O.
+
+Each batch goes through the same functions, in the same order, as a batch handed to
+the processor: ``raw_record_from`` -> ``decode`` -> ``ChangeFilter.route`` ->
+``ChangeBuffer.add`` (squash); then for every change the buffer releases, the
+destination's conflict rule plans the conditional write and builds boto3's keyword
+arguments (``WriteRequest.to_kwargs``); the write is taken as applied at once
+(``ChangeBuffer.complete``) and the checkpoint position is computed. Only the network
+round trip and boto3 are left out, which scenario 2 measures.
+
+Runs in its own process (``python -m bench.core``), on one core, and prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+from bench.workload import Workload, WorkloadSpec
+from replicator.buffer import ChangeBuffer
+from replicator.config.model import ConflictConfig, ConflictPolicyName
+from replicator.decode import decode
+from replicator.filters import ChangeFilter, Route
+from replicator.records import raw_record_from
+from replicator.rules import Skip, rule_for, squash_order
+
+DESTINATION = "eu-west-1/bench-destination"
+BATCH = 1000
+
+
+def conflict_config(policy: str) -> ConflictConfig:
+    if policy == "last_writer_wins":
+        return ConflictConfig(
+            policy=ConflictPolicyName.LAST_WRITER_WINS, timestamp_attribute="updated_at"
+        )
+    return ConflictConfig(policy=ConflictPolicyName(policy))
+
+
+def run_core(policy: str, records: int, spec: WorkloadSpec) -> dict[str, Any]:
+    workload = Workload(spec)
+    batches = [workload.batch(BATCH)[0] for _ in range(max(1, records // BATCH))]
+    rule = rule_for(conflict_config(policy), None)
+    change_filter = ChangeFilter(origin_attribute=None, origin_value="", skip_ttl_deletes=False)
+    buffer = ChangeBuffer([DESTINATION], squash_order(rule, ordered_stream=True))
+    planned = 0
+    cpu_start = time.process_time()
+    wall_start = time.perf_counter()
+    for batch in batches:
+        for record in batch:
+            change = decode(raw_record_from(record))
+            route = change_filter.route(change)
+            if route is Route.REPLICATE:
+                buffer.add(change)
+            else:
+                buffer.add_skipped(change, replaces_older=route is Route.LOOP_SKIPPED)
+        for entry in buffer.take_ready(DESTINATION, BATCH):
+            plan = rule.plan(entry.change)
+            if not isinstance(plan, Skip):
+                plan.to_kwargs("bench-destination")
+                planned += 1
+            buffer.complete(DESTINATION, entry)
+        buffer.checkpointable()
+    wall = time.perf_counter() - wall_start
+    cpu = time.process_time() - cpu_start
+    count = len(batches) * BATCH
+    assert buffer.idle, "every change must be settled"
+    return {
+        "policy": policy,
+        "records": count,
+        "writes_planned": planned,
+        "records_per_s": count / wall,
+        "cpu_us_per_record": cpu / count * 1e6,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="core-only benchmark (no I/O)")
+    parser.add_argument("--policy", default="last_writer_wins")
+    parser.add_argument("--records", type=int, default=50_000)
+    parser.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
+    args = parser.parse_args(argv)
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    print(json.dumps(run_core(args.policy, args.records, WorkloadSpec())))
+
+
+if __name__ == "__main__":
+    main()

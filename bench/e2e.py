@@ -1,0 +1,299 @@
+"""Scenarios 2 and 3: a real processor child, fed over the MultiLang protocol, writing
+to the fake endpoint.
+
+The child is ``python -m replicator processor --config <job>``, the very command the
+KCL MultiLangDaemon and the local runtime start, driven here by the local runtime's
+own daemon side (:class:`~replicator.runtime.local.protocol.ProcessorChild`). Records
+are in the adapter 2.x format. Two ways to feed it:
+
+* ``saturated``: batches of ``batch_size`` records, each sent as soon as the child
+  accepts the previous one (it holds back while its buffer is full), which is how a
+  shard that is far behind is read. Gives throughput.
+* ``paced``: ``rate`` records a second, created evenly in time and delivered every
+  ``interval_s`` as a KCL reader would deliver them. Gives the delay percentiles.
+
+The run ends when the child has checkpointed the last record, which it does only once
+every change is applied; the fake endpoint's log then says when each write arrived.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.analysis import apply_delays
+from bench.fake_endpoint import EndpointControl, process_cpu_seconds
+from bench.workload import Generated, Workload, WorkloadSpec
+from replicator.runtime.local.protocol import ProcessorChild
+
+SHARD_ID = "shardId-00000001700000000000-bench"
+DRAIN_POLL_S = 0.02
+
+
+@dataclass(frozen=True)
+class E2ESpec:
+    policy: str
+    latency_ms: float
+    mode: str = "saturated"  # or "paced"
+    records: int = 10_000
+    batch_size: int = 1000
+    rate: float = 1000.0
+    interval_s: float = 0.5
+    workload: WorkloadSpec = field(default_factory=WorkloadSpec)
+    max_in_flight: int | None = None
+    throttle_rate: float = 0.0
+    drain_timeout_s: float = 300.0
+
+
+def job_text(spec: E2ESpec, endpoint_url: str, directory: Path) -> str:
+    conflict = "{policy: overwrite}"
+    if spec.policy == "last_writer_wins":
+        conflict = "{policy: last_writer_wins, timestamp_attribute: updated_at}"
+    writer = f"writer: {{max_in_flight: {spec.max_in_flight}}}\n" if spec.max_in_flight else ""
+    return (
+        f"runtime: local\n"
+        f"task_name: bench-{spec.policy.replace('_', '-')}\n"
+        f"source: {{region: us-east-1, table: bench-source}}\n"
+        f"destinations:\n"
+        f"  - {{region: eu-west-1, table: bench-destination, endpoint_url: '{endpoint_url}'}}\n"
+        f"conflict: {conflict}\n"
+        f"{writer}"
+        f"dead_letter: {{kind: file, path: '{directory}/dead-letters.jsonl'}}\n"
+        f"metrics: {{enabled: false}}\n"
+        f"logging: {{level: warning, format: json}}\n"
+    )
+
+
+def child_environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.update(
+        {
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+    )
+    return env
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """VmHWM (peak resident set) and VmRSS of a process, in kB, from /proc."""
+    values: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            name, _, rest = line.partition(":")
+            if name in ("VmHWM", "VmRSS"):
+                values[name] = int(rest.split()[0])
+    return values
+
+
+class Profiler:
+    """Samples the processor child with py-spy while it works (``--profile``): a
+    file of collapsed stacks per run
+    (what flamegraph.pl and speedscope read), idle frames left out."""
+
+    def __init__(self, directory: Path, py_spy: str = "py-spy") -> None:
+        self.directory = directory
+        self.py_spy = py_spy
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def attach(self, pid: int, spec: E2ESpec) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"{spec.policy}-{spec.latency_ms:g}ms-{spec.mode}-{pid}.collapsed.txt"
+        self.process = subprocess.Popen(
+            [
+                self.py_spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--format",
+                "raw",
+                "--threads",
+                "--gil",
+                "--nonblocking",
+                "--rate",
+                "200",
+                "--output",
+                str(self.directory / name),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def detach(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+
+class _Checkpoints:
+    def __init__(self) -> None:
+        self.last: str | None = None
+        self.count = 0
+
+    def __call__(self, sequence_number: str | None, sub: int | None) -> str | None:
+        self.last = sequence_number
+        self.count += 1
+        return None
+
+
+def run_e2e(
+    spec: E2ESpec, endpoint: EndpointControl, profiler: Profiler | None = None
+) -> dict[str, Any]:
+    endpoint.configure(
+        latency_ms=spec.latency_ms, throttle_rate=spec.throttle_rate, condition_fail_rate=0.0
+    )
+    endpoint.reset()
+    workload = Workload(spec.workload)
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as scratch:
+        directory = Path(scratch)
+        config = directory / "job.yaml"
+        config.write_text(job_text(spec, endpoint.url, directory))
+        checkpoints = _Checkpoints()
+        child = ProcessorChild(
+            [sys.executable, "-m", "replicator", "processor", "--config", str(config)],
+            child_environment(),
+            checkpoints,
+            name="bench-processor",
+        )
+        child.start()
+        assert child.pid is not None
+        pid = child.pid
+        try:
+            child.initialize(SHARD_ID, "TRIM_HORIZON", None)
+            if profiler is not None:
+                profiler.attach(pid, spec)
+            cpu_before = process_cpu_seconds(pid)
+            started = time.time()
+            if spec.mode == "paced":
+                generated, last = _feed_paced(child, workload, spec)
+            else:
+                generated, last = _feed_saturated(child, workload, spec)
+            fed = time.time()
+            deadline = time.monotonic() + spec.drain_timeout_s
+            while checkpoints.last != last:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the processor did not checkpoint {last} within "
+                        f"{spec.drain_timeout_s} s (last checkpoint {checkpoints.last})"
+                    )
+                time.sleep(DRAIN_POLL_S)
+                child.process_records([], 0)
+            drained = time.time()
+            cpu = process_cpu_seconds(pid) - cpu_before
+            memory = memory_kb(pid)
+        finally:
+            if profiler is not None:
+                profiler.detach()
+            code = child.close(timeout=30)
+        if code != 0:
+            raise RuntimeError(f"the processor exited with status {code}")
+        dead_letters = directory / "dead-letters.jsonl"
+        if dead_letters.exists() and dead_letters.stat().st_size:
+            raise RuntimeError(f"the processor dead-lettered changes: {dead_letters.read_text()}")
+    requests, log = endpoint.log()
+    return _summarize(spec, generated, log, requests, started, fed, drained, cpu, memory)
+
+
+def _feed_saturated(
+    child: ProcessorChild, workload: Workload, spec: E2ESpec
+) -> tuple[list[Generated], str]:
+    generated: list[Generated] = []
+    last = ""
+    remaining = spec.records
+    while remaining > 0:
+        count = min(spec.batch_size, remaining)
+        records, remembered = workload.batch(count)
+        child.process_records(records, 0)
+        generated.extend(remembered)
+        last = records[-1]["sequenceNumber"]
+        remaining -= count
+    return generated, last
+
+
+def _feed_paced(
+    child: ProcessorChild, workload: Workload, spec: E2ESpec
+) -> tuple[list[Generated], str]:
+    """Deliver ``rate`` records a second; a late delivery carries more records, created
+    over the time it was late, so the offered rate holds whatever the child does."""
+    generated: list[Generated] = []
+    last = ""
+    sent = 0
+    start = time.time()
+    previous = start
+    tick = 0
+    while sent < spec.records:
+        tick += 1
+        pause = start + tick * spec.interval_s - time.time()
+        if pause > 0:
+            time.sleep(pause)
+        now = time.time()
+        due = min(spec.records, round((now - start) * spec.rate)) - sent
+        if due <= 0:
+            continue
+        records, remembered = workload.batch(
+            due, created_us=int(now * 1e6), spread_us=int((now - previous) * 1e6)
+        )
+        previous = now
+        child.process_records(records, 0)
+        generated.extend(remembered)
+        last = records[-1]["sequenceNumber"]
+        sent += due
+    return generated, last
+
+
+def _summarize(
+    spec: E2ESpec,
+    generated: list[Generated],
+    log: list[Any],
+    requests: int,
+    started: float,
+    fed: float,
+    drained: float,
+    cpu: float,
+    memory: dict[str, int],
+) -> dict[str, Any]:
+    ack_s = spec.latency_ms / 1000.0
+    ok = [entry for entry in log if entry[4] == "ok"]
+    last_ack = max((entry[0] for entry in ok), default=started) + ack_s
+    elapsed = max(last_ack - started, 1e-9)
+    delays = apply_delays(generated, log, ack_s)
+    if delays.unapplied:
+        raise RuntimeError(f"{delays.unapplied} put records were never written")
+    changes = len(generated)
+    keys = {entry[2] for entry in ok}
+    return {
+        "policy": spec.policy,
+        "latency_ms": spec.latency_ms,
+        "mode": spec.mode,
+        "changes": changes,
+        "writes": len(ok),
+        "requests": requests,
+        "distinct_keys_written": len(keys),
+        "seconds": elapsed,
+        "feed_seconds": fed - started,
+        "drain_seconds": drained - started,
+        "changes_per_s": changes / elapsed,
+        "writes_per_s": len(ok) / elapsed,
+        "p50_delay_s": delays.p50_s,
+        "p99_delay_s": delays.p99_s,
+        "max_delay_s": delays.max_s,
+        "cpu_us_per_change": cpu / changes * 1e6 if changes else math.nan,
+        "cpu_share": cpu / max(drained - started, 1e-9),
+        "rss_peak_mb": memory.get("VmHWM", 0) / 1024,
+        "rss_end_mb": memory.get("VmRSS", 0) / 1024,
+    }

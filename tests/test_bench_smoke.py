@@ -1,0 +1,123 @@
+"""The benchmark's fake endpoint answers boto3 the way DynamoDB does, so that a benchmark
+can never be measuring error responses; and its delay accounting credits squashed
+changes to the write that applied them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from bench.analysis import apply_delays
+from bench.fake_endpoint import EndpointControl
+from bench.workload import Generated, Workload, WorkloadSpec
+from replicator import aws
+from replicator.decode import decode
+from replicator.records import raw_record_from
+from replicator.writers.errors import ErrorKind, classify
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[EndpointControl]:
+    with EndpointControl.start() as control:
+        yield control
+
+
+@pytest.fixture
+def dynamodb(endpoint: EndpointControl) -> Any:
+    endpoint.configure(latency_ms=0.0, throttle_rate=0.0, condition_fail_rate=0.0)
+    endpoint.reset()
+    return aws.client("dynamodb", "eu-west-1", endpoint_url=endpoint.url, sdk_retries=False)
+
+
+def test_writes_are_answered_and_logged_with_key_and_stamp(
+    endpoint: EndpointControl, dynamodb: Any
+) -> None:
+    put = dynamodb.put_item(
+        TableName="t",
+        Item={"pk": {"S": "a"}, "updated_at": {"N": "1700000000000001"}},
+        ConditionExpression="attribute_not_exists(#c) OR #c <= :c",
+        ExpressionAttributeNames={"#c": "updated_at"},
+        ExpressionAttributeValues={":c": {"N": "1700000000000001"}},
+    )
+    assert put["ResponseMetadata"]["HTTPStatusCode"] == 200
+    dynamodb.delete_item(TableName="t", Key={"pk": {"S": "b"}})
+    batch = dynamodb.batch_write_item(
+        RequestItems={
+            "t": [
+                {"PutRequest": {"Item": {"pk": {"S": "c"}, "updated_at": {"N": "7"}}}},
+                {"DeleteRequest": {"Key": {"pk": {"S": "d"}}}},
+            ]
+        }
+    )
+    assert batch["UnprocessedItems"] == {}
+    requests, log = endpoint.log()
+    assert requests == 3
+    assert [(op, key, stamp, outcome) for _, op, key, stamp, outcome in log] == [
+        ("put", "a", 1700000000000001, "ok"),
+        ("delete", "b", -1, "ok"),
+        ("put", "c", 7, "ok"),
+        ("delete", "d", -1, "ok"),
+    ]
+
+
+def test_a_simulated_lost_condition_returns_the_item_as_dynamodb_does(
+    endpoint: EndpointControl, dynamodb: Any
+) -> None:
+    endpoint.configure(condition_fail_rate=1.0)
+    item = {"pk": {"S": "a"}, "updated_at": {"N": "5"}}
+    with pytest.raises(ClientError) as caught:
+        dynamodb.put_item(
+            TableName="t",
+            Item=item,
+            ConditionExpression="attribute_not_exists(#c)",
+            ExpressionAttributeNames={"#c": "updated_at"},
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        )
+    assert classify(caught.value) is ErrorKind.CONDITION_FAILED
+    assert caught.value.response.get("Item") == item
+    dynamodb.put_item(TableName="t", Item=item)  # unconditional writes never lose
+    assert [entry[4] for entry in endpoint.log()[1]] == ["condition_failed", "ok"]
+
+
+def test_simulated_throttling_is_what_the_writer_retries(
+    endpoint: EndpointControl, dynamodb: Any
+) -> None:
+    endpoint.configure(throttle_rate=1.0)
+    with pytest.raises(ClientError) as caught:
+        dynamodb.delete_item(TableName="t", Key={"pk": {"S": "a"}})
+    assert caught.value.response["Error"]["Code"] == "ProvisionedThroughputExceededException"
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert classify(caught.value) is ErrorKind.THROTTLED
+
+
+def test_operations_it_does_not_serve_are_refused(dynamodb: Any) -> None:
+    with pytest.raises(ClientError) as caught:
+        dynamodb.get_item(TableName="t", Key={"pk": {"S": "a"}})
+    assert caught.value.response["Error"]["Code"] == "UnknownOperationException"
+
+
+def test_workload_records_decode_as_the_processor_decodes_them() -> None:
+    records, generated = Workload(WorkloadSpec(keys=50)).batch(200, created_us=10**15)
+    changes = [decode(raw_record_from(record)) for record in records]
+    assert {change.event.value for change in changes} == {"INSERT", "MODIFY", "REMOVE"}
+    for change, remembered in zip(changes, generated, strict=True):
+        assert change.keys == {"pk": {"S": remembered.key}}
+        if remembered.is_put:
+            assert change.new_image is not None
+            assert change.new_image["updated_at"] == {"N": str(remembered.stamp_us)}
+
+
+def test_a_squashed_change_is_applied_by_the_later_write_of_its_item() -> None:
+    generated = [Generated("k", 1_000_000, True), Generated("k", 2_000_000, True)]
+    # Only the newer image was written, arriving at t = 3 s; acknowledged 0.1 s later.
+    delays = apply_delays(generated, [(3.0, "put", "k", 2_000_000, "ok")], ack_s=0.1)
+    assert delays.unapplied == 0
+    assert delays.timed == 2
+    assert delays.max_s == pytest.approx(2.1)
+    assert delays.p50_s == pytest.approx(1.1)
+    # A write of an older image, before the change was even made, does not apply it.
+    never = apply_delays([Generated("x", 5_000_000, True)], [(1.0, "put", "x", 0, "ok")], 0)
+    assert never.unapplied == 1
