@@ -55,13 +55,18 @@ def client(
     read_timeout: float = 10.0,
     sdk_retries: bool = True,
 ) -> Any:
-    """A low-level client. ``sdk_retries=False`` leaves every retry to the caller."""
+    """A low-level client. ``sdk_retries=False`` leaves every retry to the caller.
+
+    botocore reads ``retries["max_attempts"]`` as retries *after* the first attempt, so
+    the limit is given as ``total_max_attempts`` (first attempt included): 1 means the
+    SDK never retries, and every failure reaches the caller and its metrics.
+    """
     config = Config(
         region_name=region,
         max_pool_connections=max_pool_connections,
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
-        retries={"mode": "standard", "max_attempts": 3 if sdk_retries else 1},
+        retries={"mode": "standard", "total_max_attempts": 3 if sdk_retries else 1},
         tcp_keepalive=True,
     )
     session = session_for(region, role_arn, external_id)
