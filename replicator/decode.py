@@ -16,7 +16,6 @@ names the record; the caller dead-letters it with the raw payload and moves on.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -39,7 +38,7 @@ def decode(raw: RawRecord) -> Change:
     where = f"record {sequence_number}"
     try:
         text = base64.b64decode(raw["data"], validate=True).decode("utf-8")
-    except (KeyError, TypeError, binascii.Error, UnicodeDecodeError) as error:
+    except (KeyError, TypeError, ValueError) as error:  # binascii and Unicode errors too
         raise RecordDecodeError(f"{where}: data is not base64 of UTF-8 text ({error})") from None
     try:
         document = json.loads(text)

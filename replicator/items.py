@@ -19,8 +19,6 @@ AttributeValue = dict[str, Any]
 Item = dict[str, AttributeValue]
 KeyId = tuple[tuple[str, str, object], ...]
 
-_TYPES = frozenset({"S", "N", "B", "SS", "NS", "BS", "M", "L", "NULL", "BOOL"})
-
 
 class AttributeFormatError(ValueError):
     """An attribute value is not a well-formed DynamoDB attribute value."""
@@ -29,48 +27,87 @@ class AttributeFormatError(ValueError):
 def item_from_wire(image: Mapping[str, Any], *, has_binary: bool = True) -> Item:
     """Convert a stream image (base64 binaries) to boto3 form (bytes binaries).
 
-    ``has_binary=False`` lets the caller skip the walk when the raw JSON holds no
+    Every attribute value is checked down to its scalars (an ``S`` holds a string, an
+    ``SS`` a list of strings, ...), so that a decoded item is one boto3 can send as it is.
+    ``has_binary=False`` lets the caller skip the conversion when the raw JSON holds no
     ``"B"``/``"BS"`` key at all, which is the common case and saves most of the work.
     """
     if not isinstance(image, Mapping):
         raise AttributeFormatError(f"expected a map of attributes, got {type(image).__name__}")
     if not has_binary:
-        for name, value in image.items():
-            _check(value, name)
-        return dict(image)
+        try:
+            _check_map(image, "")
+            return dict(image)
+        except _BinaryFound:
+            pass  # a binary the caller's scan missed (an escaped key): convert after all
     return {name: _value_from_wire(value, name) for name, value in image.items()}
+
+
+class _BinaryFound(Exception):
+    """A binary value met on the path that does not convert binaries."""
+
+
+_STRINGS = frozenset({"S", "N"})
+_SETS = frozenset({"SS", "NS", "BS"})
+_BINARIES = frozenset({"B", "BS"})
+
+
+def _check_map(attributes: Mapping[str, Any], prefix: str) -> None:
+    """Check the attribute values of a map; a string or number, by far the most common
+    value, is checked inline and its path is only spelt out when it is wrong."""
+    for name, value in attributes.items():
+        if type(value) is dict and len(value) == 1:
+            (kind,) = value
+            if kind in _STRINGS and type(value[kind]) is str:
+                continue
+        _check(value, f"{prefix}{name}")
 
 
 def _check(value: Any, path: str) -> None:
     """Validate an attribute value that needs no conversion (no binaries inside)."""
     if type(value) is not dict or len(value) != 1:
         raise AttributeFormatError(f"attribute {path}: expected one type key, got {value!r}")
-    for kind, inner in value.items():
-        if kind == "M":
-            if type(inner) is not dict:
-                raise AttributeFormatError(f"attribute {path}: M must hold a map")
-            for name, nested in inner.items():
-                _check(nested, f"{path}.{name}")
-        elif kind == "L":
-            if type(inner) is not list:
-                raise AttributeFormatError(f"attribute {path}: L must hold a list")
-            for index, nested in enumerate(inner):
-                _check(nested, f"{path}[{index}]")
-        elif kind not in _TYPES:
-            raise AttributeFormatError(f"attribute {path}: unknown type {kind!r}")
+    ((kind, inner),) = value.items()
+    if kind == "M":
+        if type(inner) is not dict:
+            raise AttributeFormatError(f"attribute {path}: M must hold a map")
+        _check_map(inner, f"{path}.")
+    elif kind == "L":
+        if type(inner) is not list:
+            raise AttributeFormatError(f"attribute {path}: L must hold a list")
+        for index, nested in enumerate(inner):
+            if type(nested) is dict and len(nested) == 1:
+                (nested_kind,) = nested
+                if nested_kind in _STRINGS and type(nested[nested_kind]) is str:
+                    continue
+            _check(nested, f"{path}[{index}]")
+    elif kind in _BINARIES:
+        raise _BinaryFound
+    else:
+        _check_scalar(kind, inner, path)
+
+
+def _check_scalar(kind: Any, inner: Any, path: str) -> None:
+    if kind in _STRINGS or kind == "B":
+        if type(inner) is not str:
+            raise AttributeFormatError(f"attribute {path}: {kind} must hold a string")
+    elif kind in _SETS:
+        if type(inner) is not list or any(type(member) is not str for member in inner):
+            raise AttributeFormatError(f"attribute {path}: {kind} must hold a list of strings")
+    elif kind == "BOOL":
+        if type(inner) is not bool:
+            raise AttributeFormatError(f"attribute {path}: BOOL must hold true or false")
+    elif kind == "NULL":
+        if inner is not True:
+            raise AttributeFormatError(f"attribute {path}: NULL must hold true")
+    else:
+        raise AttributeFormatError(f"attribute {path}: unknown type {kind!r}")
 
 
 def _value_from_wire(value: Any, path: str) -> AttributeValue:
     if not isinstance(value, Mapping) or len(value) != 1:
         raise AttributeFormatError(f"attribute {path}: expected one type key, got {value!r}")
     ((kind, inner),) = value.items()
-    try:
-        if kind == "B":
-            return {"B": base64.b64decode(inner, validate=True)}
-        if kind == "BS":
-            return {"BS": [base64.b64decode(part, validate=True) for part in inner]}
-    except (binascii.Error, TypeError) as error:
-        raise AttributeFormatError(f"attribute {path}: {kind} is not valid base64") from error
     if kind == "M":
         if not isinstance(inner, Mapping):
             raise AttributeFormatError(f"attribute {path}: M must hold a map")
@@ -79,8 +116,14 @@ def _value_from_wire(value: Any, path: str) -> AttributeValue:
         if not isinstance(inner, list):
             raise AttributeFormatError(f"attribute {path}: L must hold a list")
         return {"L": [_value_from_wire(v, f"{path}[{i}]") for i, v in enumerate(inner)]}
-    if kind not in _TYPES:
-        raise AttributeFormatError(f"attribute {path}: unknown type {kind!r}")
+    _check_scalar(kind, inner, path)
+    try:
+        if kind == "B":
+            return {"B": base64.b64decode(inner, validate=True)}
+        if kind == "BS":
+            return {"BS": [base64.b64decode(part, validate=True) for part in inner]}
+    except (binascii.Error, TypeError) as error:
+        raise AttributeFormatError(f"attribute {path}: {kind} is not valid base64") from error
     return {kind: inner}
 
 

@@ -150,3 +150,35 @@ def test_undecodable_records_raise_with_the_record_named(name: str) -> None:
         decode(record)
     assert "record 77" in str(caught.value)
     assert reason in str(caught.value)
+
+
+def test_data_that_is_not_even_ascii_is_a_decode_error_not_a_crash() -> None:
+    record = daemon_record(b"{}", 78)
+    record["data"] = "ézé"
+    with pytest.raises(RecordDecodeError, match="record 78: data is not base64"):
+        decode(record)
+
+
+MALFORMED_VALUES = {
+    "string holding a number": ({"S": 5}, "S must hold a string"),
+    "number holding a number": ({"N": 5}, "N must hold a string"),
+    "set holding a string": ({"SS": "abc"}, "SS must hold a list of strings"),
+    "number set holding numbers": ({"NS": [1, 2]}, "NS must hold a list of strings"),
+    "null holding false": ({"NULL": False}, "NULL must hold true"),
+    "bool holding a string": ({"BOOL": "true"}, "BOOL must hold true or false"),
+    "nested in a map": ({"M": {"inner": {"S": None}}}, "attribute x.inner: S must hold"),
+    "nested in a list": ({"L": [{"S": "ok"}, {"N": []}]}, "attribute x[1]: N must hold"),
+    "binary holding a number": ({"B": 7}, "B must hold a string"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED_VALUES))
+def test_malformed_attribute_values_are_refused_down_to_their_scalars(name: str) -> None:
+    """Writers send decoded images without botocore's client-side check, so nothing
+    malformed may get past decode (boto3 would send a string as a one-letter set)."""
+    value, reason = MALFORMED_VALUES[name]
+    payload = stream_record("INSERT", {"pk": {"S": "a"}}, {"pk": {"S": "a"}, "x": value}, seq=9)
+    with pytest.raises(RecordDecodeError) as caught:
+        decode(daemon_record(payload, 9))
+    assert "record 9" in str(caught.value)
+    assert reason in str(caught.value)
