@@ -48,6 +48,7 @@ def destination_writers(
     writers = {}
     for destination in job.destinations:
         conflict = job.conflict_for(destination)
+        rule = rule_for(conflict, job.loop_prevention.origin_attribute)
         client = aws.client(
             "dynamodb",
             destination.region,
@@ -58,13 +59,16 @@ def destination_writers(
             connect_timeout=settings.connect_timeout_s,
             read_timeout=settings.read_timeout_s,
             sdk_retries=False,
+            # Items are decoded stream images, already checked attribute by attribute;
+            # only a custom resolver's own items get botocore's client-side check.
+            validate_parameters=rule.reads_existing,
         )
         writers[destination.label] = DestinationWriter(
             label=destination.label,
             table=destination.table,
             region=destination.region,
             client=client,
-            rule=rule_for(conflict, job.loop_prevention.origin_attribute),
+            rule=rule,
             dead_letters=dead_letters,
             metrics=metrics,
             task_name=resolved.task_name,
