@@ -1,0 +1,1 @@
+"""Fault injection for the reliability suite (test code only)."""

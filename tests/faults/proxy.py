@@ -1,0 +1,402 @@
+"""A fault-injecting HTTP/1.1 proxy on 127.0.0.1, in front of one endpoint (the moto server).
+
+One proxy stands for one destination: a job's ``endpoint_url`` for that destination
+points here, so faults hit that destination alone while the source, its stream and the
+lease table are read straight from the upstream server. The fault is switched at run
+time from the test (:meth:`FaultProxy.set`) and applies to the next request:
+
+* ``PASS``: forward as is.
+* ``THROTTLE``: answer a fraction of requests with HTTP 400 and DynamoDB's JSON error body
+  (``ProvisionedThroughputExceededException`` or ``ThrottlingException``), unforwarded.
+* ``SERVER_ERROR``: answer a fraction with HTTP 500 ``InternalServerError``; with
+  ``after_forward`` the request reaches the server first, so the write happened but the
+  client cannot know it (the ambiguous outcome retries must survive).
+* ``RESET``: reset the connection (RST) on a fraction of requests, before or after forwarding.
+* ``BLACK_HOLE``: read the request and never answer (the client's read timeout fires).
+* ``REFUSE``: stop listening, so connections are refused, and drop open keep-alive
+  connections; leaving this fault listens again on the same port.
+
+``latency_s`` delays every request, in any fault. Every request is counted by operation
+(the ``X-Amz-Target`` action, such as ``PutItem``) and outcome, so scenarios can report
+how many requests were throttled, failed or forwarded (``upstream_<status>``).
+
+Threads, not asyncio: each client connection gets a thread that reads one request at a
+time (boto3 keeps connections alive; bodies carry a Content-Length), and each forwarded
+request uses a fresh upstream connection, so a proxy fault never leaves a half-used
+upstream connection behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import random
+import select
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import IO
+from urllib.parse import urlsplit
+
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-length",
+    }
+)
+_MAX_LINE = 65_536
+
+
+class Fault(StrEnum):
+    PASS = "pass"
+    THROTTLE = "throttle"
+    SERVER_ERROR = "server_error"
+    RESET = "reset"
+    BLACK_HOLE = "black_hole"
+    REFUSE = "refuse"
+
+
+THROTTLE_TYPES = {
+    "ProvisionedThroughputExceededException": (
+        "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException"
+    ),
+    "ThrottlingException": "com.amazon.coral.availability#ThrottlingException",
+}
+
+
+@dataclass(frozen=True)
+class Mode:
+    fault: Fault = Fault.PASS
+    fraction: float = 1.0
+    latency_s: float = 0.0
+    throttle_code: str = "ProvisionedThroughputExceededException"
+    after_forward: bool = False
+
+
+@dataclass(frozen=True)
+class _Request:
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    @property
+    def operation(self) -> str:
+        for name, value in self.headers:
+            if name.lower() == "x-amz-target":
+                return value.rpartition(".")[2]
+        return self.method
+
+    @property
+    def wants_close(self) -> bool:
+        return any(
+            name.lower() == "connection" and value.lower() == "close"
+            for name, value in self.headers
+        )
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+class FaultProxy:
+    def __init__(self, upstream: str, seed: int = 0) -> None:
+        parts = urlsplit(upstream)
+        if parts.hostname is None or parts.port is None:
+            raise ValueError(f"upstream must be http://host:port, got {upstream!r}")
+        self.upstream_host = parts.hostname
+        self.upstream_port = parts.port
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._mode = Mode()
+        self._mode_changed = threading.Condition(self._lock)
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._connections: set[socket.socket] = set()
+        self._stopped = threading.Event()
+        self._listening = threading.Event()
+        self._refusing = threading.Event()
+        self._listener: socket.socket | None = self._bind(0)
+        self.port: int = self._listener.getsockname()[1]
+        self._acceptor = threading.Thread(
+            target=self._accept_loop, name="proxy-accept", daemon=True
+        )
+
+    # -- control (test thread) ------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FaultProxy:
+        self._acceptor.start()
+        self._listening.wait(5)
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with self._mode_changed:
+            self._mode_changed.notify_all()
+        self._acceptor.join(5)
+        self._drop_connections()
+
+    def set(self, mode: Mode) -> None:
+        """Switch the fault; returns once it is in force (listening or not, as it says)."""
+        with self._mode_changed:
+            self._mode = mode
+            self._mode_changed.notify_all()
+        if mode.fault is Fault.REFUSE:
+            self._drop_connections()
+            if not self._refusing.wait(5):
+                raise RuntimeError("proxy did not stop listening")
+        elif not self._listening.wait(5):
+            raise RuntimeError(f"proxy could not listen on port {self.port} again")
+
+    def pass_through(self, latency_s: float = 0.0) -> None:
+        self.set(Mode(latency_s=latency_s))
+
+    def throttle(
+        self, fraction: float, code: str = "ProvisionedThroughputExceededException"
+    ) -> None:
+        self.set(Mode(Fault.THROTTLE, fraction, throttle_code=code))
+
+    def server_errors(self, fraction: float = 1.0, after_forward: bool = False) -> None:
+        self.set(Mode(Fault.SERVER_ERROR, fraction, after_forward=after_forward))
+
+    def resets(self, fraction: float, after_forward: bool = False, latency_s: float = 0.0) -> None:
+        self.set(Mode(Fault.RESET, fraction, latency_s=latency_s, after_forward=after_forward))
+
+    def black_hole(self) -> None:
+        self.set(Mode(Fault.BLACK_HOLE))
+
+    def refuse(self) -> None:
+        self.set(Mode(Fault.REFUSE))
+
+    @property
+    def mode(self) -> Mode:
+        with self._lock:
+            return self._mode
+
+    def counts(self, operation: str | None = None) -> Counter[str]:
+        """Requests by outcome, for one operation (such as PutItem) or all of them."""
+        with self._lock:
+            totals: Counter[str] = Counter()
+            for (op, outcome), count in self._counts.items():
+                if operation is None or op == operation:
+                    totals[outcome] += count
+            return totals
+
+    def _count(self, request: _Request, outcome: str) -> None:
+        with self._lock:
+            self._counts[(request.operation, outcome)] += 1
+
+    # -- listening ------------------------------------------------------------------------
+
+    def _bind(self, port: int) -> socket.socket:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(128)
+        return listener
+
+    def _accept_loop(self) -> None:
+        """The only thread that opens and closes the listener, so select never races close."""
+        try:
+            while not self._stopped.is_set():
+                refusing = self.mode.fault is Fault.REFUSE
+                if refusing and self._listener is not None:
+                    self._listener.close()
+                    self._listener = None
+                    self._listening.clear()
+                    self._refusing.set()
+                elif not refusing and self._listener is None:
+                    self._listener = self._rebind()
+                    self._refusing.clear()
+                if self._listener is None:
+                    with self._mode_changed:
+                        self._mode_changed.wait(0.05)
+                    continue
+                self._listening.set()
+                ready, _, _ = select.select([self._listener], [], [], 0.05)
+                if not ready:
+                    continue
+                try:
+                    connection, _ = self._listener.accept()
+                except OSError:
+                    continue
+                with self._lock:
+                    self._connections.add(connection)
+                threading.Thread(
+                    target=self._serve, args=(connection,), name="proxy-conn", daemon=True
+                ).start()
+        finally:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+
+    def _rebind(self) -> socket.socket | None:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                return self._bind(self.port)
+            except OSError:
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(0.05)
+
+    def _drop_connections(self) -> None:
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    # -- one client connection ------------------------------------------------------------
+
+    def _serve(self, connection: socket.socket) -> None:
+        reader = connection.makefile("rb")
+        try:
+            while not self._stopped.is_set():
+                try:
+                    request = _read_request(reader)
+                except (OSError, ValueError):
+                    return
+                if request is None:
+                    return
+                if not self._handle(connection, request) or request.wants_close:
+                    return
+        finally:
+            with self._lock:
+                self._connections.discard(connection)
+            with contextlib.suppress(OSError):
+                reader.close()
+                connection.close()
+
+    def _handle(self, connection: socket.socket, request: _Request) -> bool:
+        """Answer one request as the current fault says; False once the connection is gone."""
+        mode = self.mode
+        if mode.latency_s > 0:
+            self._stopped.wait(mode.latency_s)
+        with self._lock:
+            hit = self._rng.random() < mode.fraction
+        fault = mode.fault if hit else Fault.PASS
+        if fault is Fault.REFUSE:
+            # Switched to refusing after this request was read: drop it unanswered.
+            self._count(request, "dropped")
+            return False
+        if fault is Fault.BLACK_HOLE:
+            self._count(request, "black_holed")
+            with self._mode_changed:
+                while self._mode.fault is Fault.BLACK_HOLE and not self._stopped.is_set():
+                    self._mode_changed.wait(0.5)
+            return False
+        if fault is Fault.THROTTLE:
+            self._count(request, "throttled")
+            kind = THROTTLE_TYPES.get(mode.throttle_code, mode.throttle_code)
+            return self._send(connection, _error(400, kind, "Rate of requests exceeds capacity"))
+        if fault in (Fault.SERVER_ERROR, Fault.RESET) and mode.after_forward:
+            forwarded = self._forward(request)
+            self._count(request, f"upstream_{forwarded.status}")
+        if fault is Fault.SERVER_ERROR:
+            self._count(
+                request, "server_error_after_forward" if mode.after_forward else "server_error"
+            )
+            body = _error(500, "com.amazonaws.dynamodb.v20120810#InternalServerError", "Injected")
+            return self._send(connection, body)
+        if fault is Fault.RESET:
+            self._count(request, "reset_after_forward" if mode.after_forward else "reset")
+            _reset(connection)
+            return False
+        response = self._forward(request)
+        self._count(request, f"upstream_{response.status}")
+        return self._send(connection, response)
+
+    def _forward(self, request: _Request) -> _Response:
+        upstream = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=60)
+        try:
+            upstream.putrequest(
+                request.method, request.target, skip_host=True, skip_accept_encoding=True
+            )
+            for name, value in request.headers:
+                if name.lower() not in _HOP_BY_HOP:
+                    upstream.putheader(name, value)
+            upstream.putheader("Content-Length", str(len(request.body)))
+            upstream.endheaders(request.body)
+            answer = upstream.getresponse()
+            body = answer.read()
+            return _Response(answer.status, answer.reason, answer.getheaders(), body)
+        except (OSError, http.client.HTTPException) as error:
+            return _error(502, "ProxyUpstreamError", f"{type(error).__name__}: {error}")
+        finally:
+            upstream.close()
+
+    def _send(self, connection: socket.socket, response: _Response) -> bool:
+        head = [f"HTTP/1.1 {response.status} {response.reason}"]
+        head += [
+            f"{name}: {value}"
+            for name, value in response.headers
+            if name.lower() not in _HOP_BY_HOP
+        ]
+        head += [f"Content-Length: {len(response.body)}", "Connection: keep-alive"]
+        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body
+        try:
+            connection.sendall(data)
+        except OSError:
+            return False
+        return True
+
+
+def _read_request(reader: IO[bytes]) -> _Request | None:
+    """One request from a keep-alive connection; None at a clean end of the connection."""
+    line = reader.readline(_MAX_LINE)
+    while line in (b"\r\n", b"\n"):
+        line = reader.readline(_MAX_LINE)
+    if not line:
+        return None
+    method, target, _version = line.decode("latin-1").split(maxsplit=2)
+    headers: list[tuple[str, str]] = []
+    while True:
+        header = reader.readline(_MAX_LINE)
+        if header in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = header.decode("latin-1").partition(":")
+        headers.append((name.strip(), value.strip()))
+    fields = {name.lower(): value for name, value in headers}
+    if "chunked" in fields.get("transfer-encoding", "").lower():
+        raise ValueError("chunked request bodies are not supported")
+    length = int(fields.get("content-length", "0"))
+    body = reader.read(length) if length else b""
+    if len(body) < length:
+        return None
+    return _Request(method, target, headers, body)
+
+
+def _error(status: int, kind: str, message: str) -> _Response:
+    body = json.dumps({"__type": kind, "message": message}).encode()
+    headers = [
+        ("Content-Type", "application/x-amz-json-1.0"),
+        ("x-amzn-RequestId", f"fault-{time.monotonic_ns()}"),
+    ]
+    reason = {400: "Bad Request", 500: "Internal Server Error", 502: "Bad Gateway"}[status]
+    return _Response(status, reason, headers, body)
+
+
+def _reset(connection: socket.socket) -> None:
+    """Close with SO_LINGER 0, which sends a TCP RST instead of a FIN."""
+    with contextlib.suppress(OSError):
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.close()
