@@ -14,6 +14,7 @@ still. Multi-host operation is the KCL runtime's job.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import signal
 import socket
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import structlog
+from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -39,10 +41,13 @@ from replicator.runtime.local.leases import LATEST, SHARD_END, TRIM_HORIZON, Lea
 from replicator.runtime.local.protocol import CheckpointHandler, ProcessorChild
 from replicator.runtime.local.shard_worker import ShardProgress, ShardSettings, ShardWorker
 from replicator.runtime.local.stream import Shard, list_shards
+from replicator.writers.errors import ErrorKind, classify
 
 log = structlog.get_logger(__name__)
 
 SHARD_SYNC_INTERVAL_S = 10.0
+# A shard sync that failed on a transient AWS error is tried again this much later.
+_HOUSEKEEPING_RETRY_S = 2.0
 
 
 def processor_command(config_path: Path) -> list[str]:
@@ -159,8 +164,9 @@ class LocalRuntime:
         while not self.stopping.is_set():
             now = time.monotonic()
             if now - last_sync >= self.shard_sync_interval_s:
-                self._sync_shards()
                 last_sync = now
+                if not self._tolerating_outages(self._sync_shards, "syncing shards and leases"):
+                    last_sync = now - self.shard_sync_interval_s + _HOUSEKEEPING_RETRY_S
             if now - last_renew >= renew_every:
                 self._renew()
                 last_renew = now
@@ -276,10 +282,30 @@ class LocalRuntime:
                 "taking over an expired lease", shard=lease.shard_id, previous_owner=lease.owner
             )
 
+    def _tolerating_outages(self, step: Callable[[], object], what: str) -> bool:
+        """Run a housekeeping step; False when AWS failed it in a way worth retrying.
+
+        Throttling, 5xx and dropped connections on the stream or the lease table are
+        retried on a later turn of the loop, as the shard workers retry their reads;
+        anything else (access denied, the stream or lease table gone) stops the runtime.
+        """
+        try:
+            step()
+        except (ClientError, BotoCoreError) as error:
+            if classify(error) in (ErrorKind.THROTTLED, ErrorKind.RETRY):
+                log.warning("housekeeping failed; retrying", step=what, error=str(error))
+                return False
+            self.failure = EnvironmentProblem(f"{what}: {error}")
+            self.stopping.set()
+        return True
+
     def _renew(self) -> None:
         for worker in list(self.workers.values()):
             try:
-                self.leases.renew(worker.lease)
+                self._tolerating_outages(
+                    functools.partial(self.leases.renew, worker.lease),
+                    f"renewing the lease on shard {worker.shard_id}",
+                )
             except ReplicatorError as error:
                 self.failure = LeaseHeld(
                     f"shard {worker.shard_id}: our lease was taken by another worker ({error}); "
