@@ -123,10 +123,16 @@ class ProxiedJob(Job):
 
     endpoints: dict[str, str] = field(default_factory=dict)
     writer: str = "writer: {max_in_flight: 16}"
+    source_endpoint: str | None = None
 
     def write(self, **overrides: str) -> None:
         super().write(**overrides)
         text = self.path.read_text()
+        if self.source_endpoint:
+            text = text.replace(
+                f"table: {self.source_table}, endpoint_url: '{self.endpoint}'",
+                f"table: {self.source_table}, endpoint_url: '{self.source_endpoint}'",
+            )
         for table, url in self.endpoints.items():
             text = text.replace(
                 f"table: {table}, endpoint_url: '{self.endpoint}'",
@@ -266,6 +272,64 @@ def test_a_destination_throttled_half_the_time_for_20s_loses_nothing(
     resets = sum(flaky.counts(op)["reset_after_forward"] for op in writes)
     assert resets > 0
     assert figures.details["ap retries counted as network"] == resets
+
+
+def test_the_source_stream_and_lease_table_throttled_for_15s_loses_nothing(
+    moto_endpoint: str, unique: Any, tmp_path: Path, proxies: list[FaultProxy]
+) -> None:
+    source_proxy = proxies[0]
+    name = unique("srcthrottle")
+    job = ProxiedJob(moto_endpoint, name, tmp_path, source_endpoint=source_proxy.url)
+    samples = Samples(tmp_path / "metrics")
+    workload = Workload(
+        job.source, job.source_table, rate=30, duration_s=20, keys=160, origin="us-east-1"
+    )
+    runtime = job.start(env=samples.env)
+    try:
+        wait_started(job, runtime)
+        workload.start()
+        during(3, workload)
+        # Stream reads, shard syncs, lease renewals and checkpoints: a third of them
+        # throttled, and for 5 s all of them (longer than the SDK's own retries last).
+        source_proxy.throttle(0.33, "ThrottlingException")
+        during(7, workload)
+        source_proxy.throttle(1.0, "ProvisionedThroughputExceededException")
+        during(5, workload)
+        source_proxy.throttle(0.33, "ThrottlingException")
+        during(3, workload)
+        source_proxy.pass_through()
+        workload.join(60)
+        assert workload.error is None
+        lost = settle(job.differences, SETTLE_S)
+        checkpoint_reaches_the_end(job)
+        assert runtime.poll() is None, log_tail(job)
+    finally:
+        assert stop(runtime) == 0
+    figures = Figures(
+        "1b. source stream and lease table throttled for 15 s (33%, 5 s of it 100%)",
+        sent=workload.stats.total,
+        lost=lost,
+    )
+    housekeeping = log_tail(job, 100_000).count("housekeeping failed; retrying")
+    samples.fill(figures)
+    figures.details = {
+        "throttled by operation": {
+            operation: source_proxy.counts(operation)["throttled"]
+            for operation in (
+                "GetRecords",
+                "GetShardIterator",
+                "DescribeStream",
+                "Scan",
+                "UpdateItem",
+            )
+        },
+        "housekeeping steps failed and retried by the runtime": housekeeping,
+    }
+    figures.report()
+    assert figures.lost == 0
+    assert figures.dead_lettered == 0
+    assert source_proxy.counts("UpdateItem")["throttled"] > 0
+    assert housekeeping > 0  # lease renewals failed, and the runtime carried on
 
 
 # -- 2. a destination down --------------------------------------------------------------------
