@@ -139,6 +139,9 @@ class ProxiedJob(Job):
                 f"table: {table}, endpoint_url: '{url}'",
             )
         text = text.replace("writer: {max_in_flight: 16}", self.writer)
+        # A fault that missed its endpoint would let a scenario pass without its fault.
+        for url in [*self.endpoints.values(), self.source_endpoint, self.writer]:
+            assert url is None or url in text, f"{url} is not in the job file:\n{text}"
         self.path.write_text(text)
 
     def label(self, index: int) -> str:
@@ -194,9 +197,13 @@ def wait_started(job: Job, runtime: subprocess.Popen[bytes], timeout: float = 30
     wait_until(owned, timeout, "the runtime to own its lease")
 
 
-def log_tail(job: Job, lines: int = 30) -> str:
+def log_text(job: Job) -> str:
     path = job.directory / "runtime.log"
-    return "\n".join(path.read_text().splitlines()[-lines:]) if path.exists() else ""
+    return path.read_text() if path.exists() else ""
+
+
+def log_tail(job: Job, lines: int = 30) -> str:
+    return "\n".join(log_text(job).splitlines()[-lines:])
 
 
 def dead_letters(path: Path) -> list[dict[str, Any]]:
@@ -310,7 +317,7 @@ def test_the_source_stream_and_lease_table_throttled_for_15s_loses_nothing(
         sent=workload.stats.total,
         lost=lost,
     )
-    housekeeping = log_tail(job, 100_000).count("housekeeping failed; retrying")
+    housekeeping = log_text(job).count("housekeeping failed; retrying")
     samples.fill(figures)
     figures.details = {
         "throttled by operation": {
@@ -489,7 +496,7 @@ def test_kill_9_of_a_processor_child_three_times_in_a_row_loses_nothing(
     samples.fill(figures)
     received = samples.total("replicator_records_received_total")
     records = len(stream_records(job))
-    restarts = log_tail(job, 100_000).count("restarting from the checkpoint")
+    restarts = log_text(job).count("restarting from the checkpoint")
     figures.details = {
         "seed (RELIABILITY_SEED)": seed,
         "kills": ", ".join(kills),
