@@ -186,7 +186,11 @@ class RetryConfig(Strict):
 
 class WriterConfig(Strict):
     max_in_flight: Annotated[int, Field(ge=1, le=1024)] = 128
-    max_buffered_changes: Annotated[int, Field(ge=1)] = 20_000
+    # A buffered change of a 1 KB item (both images) holds about 20 KB of Python objects,
+    # and a shard read behind its tip keeps the buffer full: 2,000 (plus the batch that
+    # arrives on top) is about 140 MB per shard process and two seconds of writes at
+    # 1,000 changes/s, far more than max_in_flight needs to stay busy.
+    max_buffered_changes: Annotated[int, Field(ge=1)] = 2_000
     retry: RetryConfig = RetryConfig()
     access_denied_limit: Annotated[int, Field(ge=1)] = 20
     connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
