@@ -4,10 +4,11 @@ Options (also as environment variables, for ``make bench``):
 
   --quick          (BENCH_QUICK=1)   one run of each, smaller workloads (about 2 minutes)
   --runs N         (BENCH_RUNS)      runs per measurement (default 3)
-  --only a,b       (BENCH_ONLY)      scenarios: ceiling, core, e2e, paced, hot, naive
+  --only a,b       (BENCH_ONLY)      scenarios: ceiling, core, e2e, paced, memory, hot, naive
   --latencies ...  (BENCH_LATENCIES) e.g. 100 or 0,20,100
   --policies ...   (BENCH_POLICIES)  last_writer_wins, overwrite
   --max-in-flight  (BENCH_MAX_IN_FLIGHT) override writer.max_in_flight in the job
+  --max-buffered   (BENCH_MAX_BUFFERED) override writer.max_buffered_changes in the job
   --profile DIR    (BENCH_PROFILE)   sample each processor run with py-spy into DIR
   --output FILE    (BENCH_OUTPUT)    default bench/results.json
 """
@@ -40,6 +41,7 @@ def parse(argv: list[str] | None) -> tuple[Plan, Path]:
     parser.add_argument("--latencies", default=_env("BENCH_LATENCIES"))
     parser.add_argument("--policies", default=_env("BENCH_POLICIES"))
     parser.add_argument("--max-in-flight", type=int, default=_env("BENCH_MAX_IN_FLIGHT"))
+    parser.add_argument("--max-buffered", type=int, default=_env("BENCH_MAX_BUFFERED"))
     parser.add_argument("--profile", type=Path, default=_env("BENCH_PROFILE"))
     parser.add_argument(
         "--output",
@@ -59,6 +61,8 @@ def parse(argv: list[str] | None) -> tuple[Plan, Path]:
         changes["policies"] = tuple(part.strip() for part in args.policies.split(","))
     if args.max_in_flight:
         changes["max_in_flight"] = int(args.max_in_flight)
+    if args.max_buffered:
+        changes["max_buffered"] = int(args.max_buffered)
     if args.profile:
         changes["profile_dir"] = Path(args.profile)
     return replace(plan, **changes), args.output

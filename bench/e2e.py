@@ -32,9 +32,12 @@ from typing import Any
 from bench.analysis import apply_delays
 from bench.fake_endpoint import EndpointControl, process_cpu_seconds
 from bench.workload import Generated, Workload, WorkloadSpec
+from replicator.config.model import WriterConfig
 from replicator.runtime.local.protocol import ProcessorChild
 
 SHARD_ID = "shardId-00000001700000000000-bench"
+FULL_BATCHES = 2  # batches sent after the child's buffer is first seen full
+FILL_LATENCY_MS = 500.0  # while filling the buffer: writes drain slower than records arrive
 DRAIN_POLL_S = 0.02
 
 
@@ -49,6 +52,8 @@ class E2ESpec:
     interval_s: float = 0.5
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
     max_in_flight: int | None = None
+    max_buffered: int | None = None
+    fill_buffer: bool = False
     throttle_rate: float = 0.0
     drain_timeout_s: float = 300.0
 
@@ -57,7 +62,12 @@ def job_text(spec: E2ESpec, endpoint_url: str, directory: Path) -> str:
     conflict = "{policy: overwrite}"
     if spec.policy == "last_writer_wins":
         conflict = "{policy: last_writer_wins, timestamp_attribute: updated_at}"
-    writer = f"writer: {{max_in_flight: {spec.max_in_flight}}}\n" if spec.max_in_flight else ""
+    settings = []
+    if spec.max_in_flight:
+        settings.append(f"max_in_flight: {spec.max_in_flight}")
+    if spec.max_buffered:
+        settings.append(f"max_buffered_changes: {spec.max_buffered}")
+    writer = f"writer: {{{', '.join(settings)}}}\n" if settings else ""
     return (
         f"runtime: local\n"
         f"task_name: bench-{spec.policy.replace('_', '-')}\n"
@@ -182,7 +192,7 @@ def run_e2e(
             if spec.mode == "paced":
                 generated, last = _feed_paced(child, workload, spec)
             else:
-                generated, last = _feed_saturated(child, workload, spec)
+                generated, last = _feed_saturated(child, workload, spec, endpoint)
             fed = time.time()
             deadline = time.monotonic() + spec.drain_timeout_s
             while checkpoints.last != last:
@@ -209,19 +219,44 @@ def run_e2e(
     return _summarize(spec, generated, log, requests, started, fed, drained, cpu, memory)
 
 
+def buffer_limit(spec: E2ESpec) -> int:
+    """The job's writer.max_buffered_changes (the schema's default unless overridden)."""
+    return spec.max_buffered or WriterConfig().max_buffered_changes
+
+
 def _feed_saturated(
-    child: ProcessorChild, workload: Workload, spec: E2ESpec
+    child: ProcessorChild, workload: Workload, spec: E2ESpec, endpoint: EndpointControl
 ) -> tuple[list[Generated], str]:
+    """Send ``records`` records as fast as the child takes them.
+
+    With ``fill_buffer`` the destination first answers in ``FILL_LATENCY_MS``, so that the
+    child's buffer fills up (it holds back once ``max_buffered_changes`` are unapplied)
+    within seconds rather than minutes, a few more batches are sent into the full
+    buffer, and then the latency returns to ``latency_ms`` for the drain. That is the
+    steady state of a shard read far behind its tip, whose memory the run measures.
+    """
     generated: list[Generated] = []
     last = ""
-    remaining = spec.records
-    while remaining > 0:
-        count = min(spec.batch_size, remaining)
+
+    def send(count: int) -> None:
+        nonlocal last
         records, remembered = workload.batch(count)
         child.process_records(records, 0)
         generated.extend(remembered)
         last = records[-1]["sequenceNumber"]
-        remaining -= count
+
+    if spec.fill_buffer:
+        endpoint.configure(latency_ms=FILL_LATENCY_MS)
+        limit = buffer_limit(spec)
+        while len(generated) - endpoint.stats()["writes"] < limit - spec.batch_size:
+            if len(generated) > 2 * limit + 10 * spec.batch_size:
+                raise RuntimeError(f"the processor's buffer never filled up to {limit}")
+            send(spec.batch_size)
+        for _ in range(FULL_BATCHES):
+            send(spec.batch_size)
+        endpoint.configure(latency_ms=spec.latency_ms)
+    while len(generated) < spec.records:
+        send(min(spec.batch_size, spec.records - len(generated)))
     return generated, last
 
 

@@ -92,6 +92,13 @@ def summarize(runs: dict[str, Any]) -> dict[str, float]:
     if runs.get("ceiling"):
         out["endpoint_ceiling_requests_per_s"] = _median_of(runs["ceiling"], "requests_per_s")
         out["endpoint_ceiling_cpu_share"] = _median_of(runs["ceiling"], "endpoint_cpu_share")
+        # Requests answered per second of the endpoint's own CPU: its ceiling on one core,
+        # whether or not the load generator managed to saturate it.
+        out["endpoint_requests_per_cpu_s"] = median(
+            run["requests_per_s"] / run["endpoint_cpu_share"]
+            for run in runs["ceiling"]
+            if run["endpoint_cpu_share"] > 0
+        )
         out["endpoint_100ms_requests_per_s_256_connections"] = _median_of(
             runs["ceiling"], "latency_100ms_requests_per_s"
         )
@@ -117,9 +124,14 @@ def summarize(runs: dict[str, Any]) -> dict[str, float]:
                 out[f"{prefix}_p99_delay_s"] = _median_of(group, "p99_delay_s")
                 out[f"{prefix}_paced_changes_per_s"] = _median_of(group, "changes_per_s")
                 out[f"{prefix}_paced_rss_mb"] = max(float(r["rss_peak_mb"]) for r in group)
+    if runs.get("memory"):
+        out["e2e_100ms_lww_full_buffer_rss_mb"] = max(
+            float(run["rss_peak_mb"]) for run in runs["memory"]
+        )
+        out["max_buffered_changes"] = float(runs["memory"][0]["max_buffered_changes"])
     peaks = [
         float(run["rss_peak_mb"])
-        for mode in ("e2e", "paced")
+        for mode in ("e2e", "paced", "memory")
         for run in _select(runs.get(mode, []), latency_ms=100.0, policy="last_writer_wins")
     ]
     if peaks:
@@ -181,7 +193,8 @@ def table(summary: dict[str, float], rows: list[dict[str, Any]], runs: int) -> s
     lines = [f"Medians over {runs} run(s) (peak RSS: the largest of the runs).", ""]
     lines.append(
         f"fake endpoint ceiling: {_fmt(get('endpoint_ceiling_requests_per_s'))} requests/s "
-        f"at 0 ms (endpoint CPU {get('endpoint_ceiling_cpu_share'):.0%}); "
+        f"at 0 ms with its process at {get('endpoint_ceiling_cpu_share'):.0%} of a core "
+        f"({_fmt(get('endpoint_requests_per_cpu_s'))} requests per CPU second); "
         f"{_fmt(get('endpoint_100ms_requests_per_s_256_connections'))} requests/s at 100 ms "
         "over 256 connections"
     )
@@ -217,6 +230,11 @@ def table(summary: dict[str, float], rows: list[dict[str, Any]], runs: int) -> s
                 f"{_fmt(get(f'ratio_vs_naive_{latency:g}ms{suffix}')):>8}"
             )
     lines.append("  (changes/s, writes/s, CPU: saturated runs; p50/p99: 1,000 changes/s offered)")
+    if "e2e_100ms_lww_full_buffer_rss_mb" in summary:
+        lines.append(
+            f"  peak RSS with a full buffer ({_fmt(get('max_buffered_changes'))} changes), "
+            f"100 ms lww: {_fmt(get('e2e_100ms_lww_full_buffer_rss_mb'))} MB"
+        )
     lines.append("")
     lines.append(
         f"hot keys (10 keys, 10,000 updates, 100 ms): writes per key per batch of 1,000: "

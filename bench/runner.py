@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench.e2e import E2ESpec, Profiler, run_e2e
+from bench.e2e import E2ESpec, Profiler, buffer_limit, run_e2e
 from bench.fake_endpoint import EndpointControl
 from bench.loadgen import generate
 from bench.workload import WorkloadSpec
@@ -34,7 +34,7 @@ class Plan:
     runs: int = 3
     policies: tuple[str, ...] = POLICIES
     latencies_ms: tuple[float, ...] = LATENCIES_MS
-    scenarios: tuple[str, ...] = ("ceiling", "core", "e2e", "paced", "hot", "naive")
+    scenarios: tuple[str, ...] = ("ceiling", "core", "e2e", "paced", "memory", "hot", "naive")
     core_records: int = 50_000
     saturated_records: int = 10_000
     paced_seconds: float = 6.0
@@ -48,6 +48,7 @@ class Plan:
     ceiling_seconds: float = 2.0
     ceiling_connections: int = 32
     max_in_flight: int | None = None
+    max_buffered: int | None = None
     profile_dir: Path | None = None
 
     @classmethod
@@ -150,6 +151,7 @@ def end_to_end(
                     rate=plan.paced_rate,
                     interval_s=plan.paced_interval_s,
                     max_in_flight=plan.max_in_flight,
+                    max_buffered=plan.max_buffered,
                 )
                 result = run_e2e(spec, endpoint, profiler)
                 say(
@@ -162,6 +164,29 @@ def end_to_end(
                 )
                 results.append(result)
     return results
+
+
+def full_buffer(plan: Plan, endpoint: EndpointControl, say: Progress) -> list[dict[str, Any]]:
+    """Peak RSS of a processor whose buffer is full (a shard read far behind its tip),
+    last_writer_wins at 100 ms: the memory a saturated shard settles at. One run: the
+    figure depends on the buffer limit and the items, not on timing."""
+    spec = E2ESpec(
+        policy="last_writer_wins",
+        latency_ms=100.0,
+        mode="saturated",
+        records=0,
+        fill_buffer=True,
+        max_in_flight=plan.max_in_flight,
+        max_buffered=plan.max_buffered,
+    )
+    result = run_e2e(spec, endpoint)
+    result["mode"] = "full_buffer"
+    result["max_buffered_changes"] = buffer_limit(spec)
+    say(
+        f"full buffer ({result['max_buffered_changes']:,} changes) 100 ms last_writer_wins: "
+        f"peak RSS {result['rss_peak_mb']:.0f} MB after {result['changes']:,} changes"
+    )
+    return [result]
 
 
 def hot_keys(plan: Plan, endpoint: EndpointControl, say: Progress) -> list[dict[str, Any]]:
@@ -179,6 +204,7 @@ def hot_keys(plan: Plan, endpoint: EndpointControl, say: Progress) -> list[dict[
                 records=plan.hot_updates,
                 workload=workload,
                 max_in_flight=plan.max_in_flight,
+                max_buffered=plan.max_buffered,
             )
             result = run_e2e(spec, endpoint)
             result["keys"] = plan.hot_keys
@@ -250,6 +276,8 @@ def run_all(plan: Plan, say: Progress) -> dict[str, Any]:
             runs["e2e"] = end_to_end(plan, endpoint, "saturated", say)
         if "paced" in plan.scenarios:
             runs["paced"] = end_to_end(plan, endpoint, "paced", say)
+        if "memory" in plan.scenarios:
+            runs["memory"] = full_buffer(plan, endpoint, say)
         if "hot" in plan.scenarios:
             runs["hot"] = hot_keys(plan, endpoint, say)
             if "naive" in plan.scenarios:
