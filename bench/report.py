@@ -103,10 +103,17 @@ def summarize(runs: dict[str, Any]) -> dict[str, float]:
             runs["ceiling"], "latency_100ms_requests_per_s"
         )
     for run_policy, short in SHORT.items():
-        core = _select(runs.get("core", []), policy=run_policy)
+        core = _select(runs.get("core", []), policy=run_policy, shape="order")
         if core:
             out[f"core_{short}_records_per_s"] = _median_of(core, "records_per_s")
             out[f"core_{short}_cpu_us_per_record"] = _median_of(core, "cpu_us_per_record")
+    small = _select(runs.get("core", []), policy="last_writer_wins", shape="small")
+    if small:
+        out["core_small_items_lww_records_per_s"] = _median_of(small, "records_per_s")
+        out["core_small_items_lww_cpu_us_per_record"] = _median_of(small, "cpu_us_per_record")
+    for run in runs.get("core", []):
+        for step, micros in run.get("breakdown_us", {}).items():
+            out[f"core_step_{step}_us"] = float(micros)
     if "core_lww_records_per_s" in out:
         out["core_records_per_s"] = out["core_lww_records_per_s"]
         out["core_cpu_us_per_record"] = out["core_lww_cpu_us_per_record"]
@@ -191,19 +198,34 @@ def _fmt(value: float) -> str:
 def table(summary: dict[str, float], rows: list[dict[str, Any]], runs: int) -> str:
     get: Callable[[str], float] = lambda key: summary.get(key, math.nan)  # noqa: E731
     lines = [f"Medians over {runs} run(s) (peak RSS: the largest of the runs).", ""]
-    lines.append(
-        f"fake endpoint ceiling: {_fmt(get('endpoint_ceiling_requests_per_s'))} requests/s "
-        f"at 0 ms with its process at {get('endpoint_ceiling_cpu_share'):.0%} of a core "
-        f"({_fmt(get('endpoint_requests_per_cpu_s'))} requests per CPU second); "
-        f"{_fmt(get('endpoint_100ms_requests_per_s_256_connections'))} requests/s at 100 ms "
-        "over 256 connections"
-    )
+    if "endpoint_ceiling_requests_per_s" in summary:
+        lines.append(
+            f"fake endpoint ceiling: {_fmt(get('endpoint_ceiling_requests_per_s'))} requests/s "
+            f"at 0 ms with its process at {get('endpoint_ceiling_cpu_share'):.0%} of a core "
+            f"({_fmt(get('endpoint_requests_per_cpu_s'))} requests per CPU second); "
+            f"{_fmt(get('endpoint_100ms_requests_per_s_256_connections'))} requests/s at "
+            "100 ms over 256 connections"
+        )
     lines.append("")
     lines.append(f"{'core (no I/O)':<34}{'records/s':>12}{'CPU us/record':>15}")
     for short in SHORT.values():
         lines.append(
             f"  {short:<32}{_fmt(get(f'core_{short}_records_per_s')):>12}"
             f"{_fmt(get(f'core_{short}_cpu_us_per_record')):>15}"
+        )
+    lines.append(
+        f"  {'lww, small items':<32}{_fmt(get('core_small_items_lww_records_per_s')):>12}"
+        f"{_fmt(get('core_small_items_lww_cpu_us_per_record')):>15}"
+    )
+    steps = sorted(
+        (key[len("core_step_") : -len("_us")], value)
+        for key, value in summary.items()
+        if key.startswith("core_step_") and key != "core_step_decode_whole_us"
+    )
+    if steps:
+        lines.append(
+            "  where it goes (us/record, lww): "
+            + ", ".join(f"{name} {value:.1f}" for name, value in steps)
         )
     lines.append("")
     header = (

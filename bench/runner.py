@@ -119,12 +119,21 @@ def endpoint_ceiling(plan: Plan, endpoint: EndpointControl, say: Progress) -> li
 
 
 def core(plan: Plan, say: Progress) -> list[dict[str, Any]]:
+    """Every policy on the order workload, then last_writer_wins on small items; the
+    first last_writer_wins run also times each step apart (where the time goes)."""
     results = []
-    for policy in plan.policies:
+    cases = [(policy, "order") for policy in plan.policies]
+    if "last_writer_wins" in plan.policies:
+        cases.append(("last_writer_wins", "small"))
+    for policy, shape in cases:
         for run in range(plan.runs):
-            result = _python("bench.core", "--policy", policy, "--records", str(plan.core_records))
+            args = ["--policy", policy, "--records", str(plan.core_records), "--shape", shape]
+            if run == 0 and policy == "last_writer_wins" and shape == "order":
+                args.append("--breakdown")
+            result = _python("bench.core", *args)
             say(
-                f"core {policy} run {run + 1}: {result['records_per_s']:,.0f} records/s, "
+                f"core {policy} ({shape} items) run {run + 1}: "
+                f"{result['records_per_s']:,.0f} records/s, "
                 f"{result['cpu_us_per_record']:.1f} us CPU/record"
             )
             results.append(result)

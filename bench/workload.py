@@ -9,7 +9,8 @@ what ``last_writer_wins`` orders by, and what the fake endpoint logs to time the
 from a record's creation to its application.
 
 The mix is 10 % INSERT, 85 % MODIFY (both with NEW_AND_OLD_IMAGES) and 5 % REMOVE;
-one item in ten carries a binary attribute, which takes decode's slower path.
+one item in ten carries a binary attribute, which takes decode's slower path. The
+``small`` shape (four attributes, no binary) shows how the costs scale with item size.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class WorkloadSpec:
     insert_share: float = 0.10
     remove_share: float = 0.05
     binary_share: float = 0.10
+    shape: str = "order"  # or "small": four attributes, about 150 bytes an image
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,13 @@ class Workload:
 
     def _image(self, key: str, stamp_us: int, binary: bool) -> dict[str, Any]:
         rng = self.rng
+        if self.spec.shape == "small":
+            return {
+                "pk": {"S": key},
+                "updated_at": {"N": str(stamp_us)},
+                "status": {"S": rng.choice(STATUSES)},
+                "count": {"N": str(rng.randrange(1_000_000))},
+            }
         lines = [
             {
                 "M": {
