@@ -35,9 +35,9 @@ class Plan:
     policies: tuple[str, ...] = POLICIES
     latencies_ms: tuple[float, ...] = LATENCIES_MS
     scenarios: tuple[str, ...] = ("ceiling", "core", "e2e", "paced", "memory", "hot", "naive")
-    core_records: int = 50_000
-    saturated_records: int = 10_000
-    paced_seconds: float = 6.0
+    core_records: int = 30_000
+    saturated_records: int = 6_000
+    paced_seconds: float = 5.0
     paced_rate: float = 1000.0
     paced_interval_s: float = 0.5
     hot_keys: int = 10
