@@ -174,3 +174,52 @@ def demo(config_path: Path, duration: float, rate: float, keys: int, settle_time
         duration_s=duration, rate=rate, keys=keys, settle_timeout_s=settle_timeout
     )
     sys.exit(run_demo(config_path, options))
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option(
+    "--segments",
+    type=click.IntRange(1, 1_000_000),
+    default=None,
+    help="Parallel Scan segments [default: the interrupted run's, else 4].",
+)
+@click.option(
+    "--read-rate",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Source items read per second, scans and re-reads together; 0 = unlimited.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 512),
+    default=8,
+    show_default=True,
+    help="Concurrent writes; also the most segments scanned at once.",
+)
+@click.option(
+    "--page-size",
+    type=click.IntRange(1, 10_000),
+    default=100,
+    show_default=True,
+    help="Items per Scan page; progress is saved after each page.",
+)
+@click.option(
+    "--max-items",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after about this many items (progress kept; run again to continue).",
+)
+@click.option("--restart", is_flag=True, help="Forget saved progress and copy from the start.")
+@click.option(
+    "--skip-handoff-check",
+    is_flag=True,
+    help="Copy even if the replicator's start position could leave a gap (one-off copies).",
+)
+@_operator_errors
+def backfill(config_path: Path, **options: Any) -> None:
+    """Copy the source table to every destination through the conflict policy (resumable)."""
+    from replicator.tools import commands
+
+    sys.exit(commands.backfill(config_path, **options))

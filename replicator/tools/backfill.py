@@ -1,0 +1,431 @@
+"""``replicator backfill``: copy the source table to every destination, safely alongside
+live replication.
+
+A parallel Scan (``segments``, under a read rate) reads the source; every item becomes
+a synthetic change written by the job's own writers through the conflict policy
+(:mod:`replicator.tools.snapshot`), so an item the replicator has already updated is
+never set back to the older image the scan read. After each page's writes the source
+is read again to undo copies of items deleted meanwhile. Progress is saved per
+segment after each page (:mod:`replicator.tools.backfill_state`), and the command
+refuses to start when the replicator's position would leave a gap
+(:mod:`replicator.tools.handoff`).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+from prometheus_client import CollectorRegistry
+
+from replicator import wiring
+from replicator.config.model import ResolvedJob, StreamKind
+from replicator.exceptions import DeadLetterUnavailable, DestinationRefused, EnvironmentProblem
+from replicator.items import Item, project
+from replicator.metrics import Metrics
+from replicator.records import Change
+from replicator.runtime import preflight
+from replicator.tools.backfill_state import BackfillState, Plan, SegmentProgress, state_table_name
+from replicator.tools.handoff import Handoff, check_handoff
+from replicator.tools.progress import ProgressReport
+from replicator.tools.scan import ReadRate, scan_pages
+from replicator.tools.snapshot import (
+    BACKFILL,
+    ResurrectionGuard,
+    snapshot_writers,
+    synthetic_change,
+    writer_tables,
+)
+from replicator.tools.tables import TableRef, TableShape, check_same_keys, source_ref
+from replicator.writers.destination import DestinationWriter, Outcome, WriteCancelled
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_SEGMENTS = 4
+
+
+@dataclass(frozen=True)
+class BackfillOptions:
+    segments: int | None = None  # None: the stored run's count, or DEFAULT_SEGMENTS
+    read_rate: float = 0.0  # source items per second, scans and re-reads; 0: unlimited
+    threads: int = 8  # concurrent writes; also the most segments scanned at once
+    page_size: int = 100  # items per Scan page, and per saved step of progress
+    max_items: int | None = None  # stop (progress kept) once about this many are done
+    restart: bool = False
+    skip_handoff_check: bool = False
+    progress_interval_s: float = 10.0
+
+
+@dataclass
+class BackfillHooks:
+    """Seams for tests, called with the segment number and the page's items: after the
+    page is read, and after its writes (before the source is read again)."""
+
+    page_scanned: Callable[[int, list[Item]], None] | None = None
+    page_written: Callable[[int, list[Item]], None] | None = None
+
+
+@dataclass
+class Tally:
+    scanned: int = 0
+    applied: int = 0
+    kept: int = 0
+    dead_lettered: int = 0
+    undone: int = 0
+
+    def add(self, other: Tally) -> None:
+        for name in ("scanned", "applied", "kept", "dead_lettered", "undone"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "applied": self.applied,
+            "kept": self.kept,
+            "dead_lettered": self.dead_lettered,
+            "undone": self.undone,
+        }
+
+
+@dataclass
+class BackfillResult:
+    task_name: str
+    source: str
+    destinations: list[str]
+    state_table: str
+    total_segments: int
+    resumed: bool
+    already_complete: bool
+    complete: bool
+    stopped: str | None  # why this run ended before the copy was complete
+    this_run: Tally
+    overall: Tally
+    dead_letters: str
+    handoff: str | None = None
+    segments_done_before: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        if self.already_complete:
+            return 0
+        return 0 if self.complete and self.overall.dead_lettered == 0 else 1
+
+    def summary(self) -> str:
+        if self.already_complete:
+            state = "already complete; nothing to do (--restart copies again)"
+        elif self.complete:
+            state = "complete"
+        else:
+            state = f"stopped before the end ({self.stopped}); run it again to continue"
+        lines = [
+            f"backfill of {self.source} to {', '.join(self.destinations)}: {state}",
+        ]
+        if self.resumed and not self.already_complete:
+            lines.append(
+                f"  resumed: {self.segments_done_before} of {self.total_segments} segments "
+                "were already done"
+            )
+        lines += [
+            f"  items scanned:      {self.overall.scanned} ({self.this_run.scanned} this run)",
+            f"  writes applied:     {self.overall.applied}",
+            f"  kept by the policy: {self.overall.kept} (the destination had a newer item)",
+            f"  copies undone:      {self.overall.undone} (deleted at the source meanwhile)",
+            f"  dead-lettered:      {self.overall.dead_lettered}",
+            f"  progress table:     {self.state_table} ({self.total_segments} segments)",
+        ]
+        if self.overall.dead_lettered:
+            lines.append(
+                f"  {self.overall.dead_lettered} writes were dead-lettered to "
+                f"{self.dead_letters}: fix the cause, then run `replicator redrive`"
+            )
+        return "\n".join(lines)
+
+
+class Backfill:
+    def __init__(
+        self,
+        resolved: ResolvedJob,
+        options: BackfillOptions,
+        *,
+        hooks: BackfillHooks | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.resolved = resolved
+        self.options = options
+        self.hooks = hooks or BackfillHooks()
+        self.metrics = metrics or Metrics(CollectorRegistry())
+        self.stop = threading.Event()
+        self.stopped: str | None = None
+        self.run_id = uuid.uuid4().hex[:12]
+        self._writers: dict[str, DestinationWriter] = {}
+        self._lock = threading.Lock()
+        self._this_run = Tally()
+
+    def interrupt(self) -> None:
+        """First call: finish the pages being copied, then stop. Second: stop writing now."""
+        if self.stop.is_set():
+            for writer in self._writers.values():
+                writer.cancelled.set()
+            return
+        self._stop_because("interrupted")
+
+    def _stop_because(self, reason: str) -> None:
+        with self._lock:
+            if self.stopped is None:
+                self.stopped = reason
+        self.stop.set()
+
+    def run(self) -> BackfillResult:
+        resolved = self.resolved
+        job = resolved.job
+        source = source_ref(resolved, connections=2 * self.options.threads + 4)
+        dead_letters = wiring.dead_letter_target(resolved)
+        self._writers = snapshot_writers(resolved, self.metrics, dead_letters, BACKFILL)
+        shape = check_same_keys(source, writer_tables(resolved, self._writers))
+        handoff: Handoff | None = None
+        if self.options.skip_handoff_check:
+            log.warning("hand-off check skipped: changes made during the scan may be missed")
+        else:
+            handoff = check_handoff(resolved, _stream_of(resolved, shape), source.client)
+            log.info("hand-off checked", positions=handoff.positions, note=handoff.note)
+        state_ref = replace(
+            source, table=state_table_name(resolved.task_name), label="backfill progress"
+        )
+        state = BackfillState(state_ref, owner=self.run_id)
+        state.ensure_exists()
+        labels = [d.label for d in job.destinations]
+        source_name = f"{source.region}/{source.table}"
+        plan = state.begin(
+            source=source_name,
+            destinations=labels,
+            segments=self.options.segments,
+            default_segments=DEFAULT_SEGMENTS,
+            restart=self.options.restart,
+        )
+        result = BackfillResult(
+            task_name=resolved.task_name,
+            source=source_name,
+            destinations=labels,
+            state_table=state.table,
+            total_segments=plan.total_segments,
+            resumed=plan.resumed,
+            already_complete=plan.complete,
+            complete=plan.complete,
+            stopped=None,
+            this_run=self._this_run,
+            overall=Tally(),
+            dead_letters=dead_letters.description,
+            handoff=handoff.note if handoff else None,
+            segments_done_before=sum(1 for s in plan.segments if s.done),
+        )
+        if plan.complete:
+            state.finish(complete=True)
+            result.overall = _overall(plan)
+            return result
+        log.info(
+            "backfill started",
+            source=source_name,
+            destinations=labels,
+            segments=plan.total_segments,
+            resumed=plan.resumed,
+            state_table=state.table,
+            read_rate=self.options.read_rate or "unlimited",
+        )
+        complete = False
+        try:
+            self._copy(plan, source, shape.key_names, shape.item_count, state)
+            complete = plan.complete
+        finally:
+            try:
+                state.finish(complete=complete)
+            except (ClientError, BotoCoreError) as error:
+                log.warning("could not release the backfill run", error=str(error))
+        result.complete = complete
+        result.stopped = None if complete else (self.stopped or "stopped")
+        result.overall = _overall(plan)
+        log.info("backfill ended", complete=complete, **result.overall.as_dict())
+        return result
+
+    def _copy(
+        self,
+        plan: Plan,
+        source: TableRef,
+        key_names: list[str],
+        item_count: int,
+        state: BackfillState,
+    ) -> None:
+        options = self.options
+        rate = ReadRate(options.read_rate)
+        guard = ResurrectionGuard(source, key_names, self._writers, rate, BACKFILL)
+        pending = [segment for segment in plan.segments if not segment.done]
+        already = sum(segment.scanned for segment in plan.segments)
+        report = ProgressReport(
+            f"backfill {source.region}/{source.table}",
+            item_count,
+            details=self._this_run.as_dict,
+            interval_s=options.progress_interval_s,
+            done=already,
+        )
+        copy = _SegmentCopy(self, plan, source, key_names, rate, guard, state, report)
+        with (
+            report,
+            ThreadPoolExecutor(options.threads, thread_name_prefix="write") as write_pool,
+            ThreadPoolExecutor(
+                min(len(pending), options.threads), thread_name_prefix="scan"
+            ) as scan_pool,
+        ):
+            copy.write_pool = write_pool
+            futures = [scan_pool.submit(copy.run, segment) for segment in pending]
+            _wait_all(futures, on_error=lambda: self._stop_because("failed"))
+        errors = [e for e in (f.exception() for f in futures) if e is not None]
+        real = [e for e in errors if not isinstance(e, WriteCancelled)]
+        if real:
+            raise _operator_error(real[0], source)
+
+    def count_page(self, tally: Tally) -> None:
+        with self._lock:
+            self._this_run.add(tally)
+            scanned = self._this_run.scanned
+        limit = self.options.max_items
+        if limit is not None and scanned >= limit:
+            self._stop_because(f"--max-items {limit} reached")
+
+
+@dataclass
+class _SegmentCopy:
+    """Copies segments page by page; one instance shared by the scan threads."""
+
+    backfill: Backfill
+    plan: Plan
+    source: TableRef
+    key_names: list[str]
+    rate: ReadRate
+    guard: ResurrectionGuard
+    state: BackfillState
+    report: ProgressReport
+    write_pool: ThreadPoolExecutor | None = field(default=None)
+
+    def run(self, progress: SegmentProgress) -> None:
+        backfill = self.backfill
+        hooks = backfill.hooks
+        pages = scan_pages(
+            self.source,
+            progress.segment,
+            self.plan.total_segments,
+            self.rate,
+            start_key=progress.last_key,
+            page_size=backfill.options.page_size,
+        )
+        for page in pages:
+            if backfill.stop.is_set():
+                return  # this page is not saved: a resumed run reads it again
+            if hooks.page_scanned:
+                hooks.page_scanned(progress.segment, page.items)
+            tally = self._write(progress.segment, page.items)
+            progress.last_key = page.next_key
+            progress.done = page.next_key is None
+            progress.scanned += tally.scanned
+            progress.applied += tally.applied
+            progress.kept += tally.kept
+            progress.dead_lettered += tally.dead_lettered
+            progress.undone += tally.undone
+            self.state.save(progress)
+            self.report.advance(tally.scanned)
+            backfill.count_page(tally)
+            if progress.done:
+                log.info("segment done", segment=progress.segment, scanned=progress.scanned)
+
+    def _write(self, segment: int, items: list[Item]) -> Tally:
+        assert self.write_pool is not None
+        writers = self.backfill._writers
+        region = self.source.region
+        changes = [
+            synthetic_change(
+                BACKFILL,
+                project(item, self.key_names),
+                region,
+                new_image=item,
+                expected=None,
+            )
+            for item in items
+        ]
+        futures: list[tuple[Change, str, Future[Outcome]]] = [
+            (change, label, self.write_pool.submit(writer.write, change))
+            for change in changes
+            for label, writer in writers.items()
+        ]
+        tally = Tally(scanned=len(items))
+        applied: dict[int, tuple[Change, list[str]]] = {}
+        for change, label, future in futures:
+            outcome = future.result()
+            if outcome is Outcome.APPLIED:
+                tally.applied += 1
+                applied.setdefault(id(change), (change, []))[1].append(label)
+            elif outcome is Outcome.CONFLICT_LOST:
+                tally.kept += 1
+            else:
+                tally.dead_lettered += 1
+        if self.backfill.hooks.page_written:
+            self.backfill.hooks.page_written(segment, items)
+        guarded = self.guard.check(list(applied.values()))
+        tally.undone += guarded.undone
+        tally.dead_lettered += guarded.dead_lettered
+        if guarded.undone:
+            log.info("undid copies of items deleted during the scan", count=guarded.undone)
+        return tally
+
+
+def _wait_all(futures: list[Future[None]], on_error: Callable[[], None]) -> None:
+    """Wait in short steps, so the main thread still takes signals (Ctrl-C)."""
+    remaining = set(futures)
+    while remaining:
+        done, _ = wait(remaining, timeout=0.5)
+        for future in done:
+            remaining.discard(future)
+            if future.exception() is not None:
+                on_error()
+
+
+def _stream_of(resolved: ResolvedJob, shape: TableShape) -> str:
+    stream = resolved.job.source.stream
+    if stream.kind is StreamKind.KINESIS:
+        return stream.arn or stream.name or ""
+    arn = stream.arn or shape.stream_arn
+    if not arn:
+        raise EnvironmentProblem(
+            f"source table {resolved.job.source.table} has no DynamoDB stream enabled, so the "
+            "replicator cannot take over after the backfill. Enable it (view type "
+            "NEW_AND_OLD_IMAGES) and start the replicator first, or copy once with "
+            "--skip-handoff-check."
+        )
+    return arn
+
+
+def _overall(plan: Plan) -> Tally:
+    tally = Tally()
+    for segment in plan.segments:
+        tally.add(
+            Tally(
+                segment.scanned,
+                segment.applied,
+                segment.kept,
+                segment.dead_lettered,
+                segment.undone,
+            )
+        )
+    return tally
+
+
+def _operator_error(error: BaseException, source: TableRef) -> BaseException:
+    """Expected failures become one clear message; progress so far is kept."""
+    suffix = "; progress is saved: fix it and run the backfill again to continue"
+    if isinstance(error, DestinationRefused | DeadLetterUnavailable):
+        return EnvironmentProblem(f"{error}{suffix}")
+    if isinstance(error, ClientError | BotoCoreError):
+        problem = preflight.explain(error, "backfill", source.where)
+        return EnvironmentProblem(f"{problem}{suffix}")
+    return error

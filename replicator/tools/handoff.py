@@ -1,0 +1,171 @@
+"""Is it safe to backfill now? The gap-free hand-off between a scan and the stream.
+
+A change made while the scan runs must be either in the scan or in the stream after
+the position the replicator continues from. That holds when, for every open shard of
+the source's stream, the replicator's position is fixed at or before the moment the
+scan starts:
+
+* a lease whose checkpoint is a sequence number (or TRIM_HORIZON / SHARD_END): the
+  replicator is or was running and resumes from there;
+* no lease yet, and the job starts from TRIM_HORIZON (``kcl.initial_position``), or the
+  shard's parent has a lease (runtimes start a child shard from its beginning): when
+  the replicator starts, it reads the shard from its oldest record, which includes the
+  scan's period as long as it starts within the stream's 24 hours.
+
+A lease still at LATEST, or no lease under ``initial_position: LATEST``, means the
+replicator will begin wherever the stream's tip is when it gets there, which can be
+after changes the scan missed: the backfill refuses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from replicator import aws
+from replicator.config.model import InitialPosition, ResolvedJob, StreamKind
+from replicator.exceptions import EnvironmentProblem
+from replicator.runtime.local.leases import LATEST, SENTINELS, Lease, LeaseTable
+from replicator.runtime.local.stream import Shard, list_shards
+from replicator.runtime.preflight import explain
+from replicator.writers.errors import error_code
+
+PROCEDURE = (
+    "Start the replicator first (`replicator run --config FILE`) and wait until it has "
+    "checkpointed on every shard (after its first record), then run the backfill while it "
+    "runs; or set kcl.initial_position: TRIM_HORIZON and start the replicator within 24 "
+    "hours of the backfill's start. See docs/operator-tools.md. "
+    "(--skip-handoff-check copies without this guarantee.)"
+)
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """Where the replicator will continue from, per open shard, for the log."""
+
+    positions: dict[str, str]
+    note: str
+
+
+def check_handoff(resolved: ResolvedJob, stream_arn: str, ddb: Any) -> Handoff:
+    """Refuse (EnvironmentProblem) unless the hand-off is gap-free; ``ddb``: the source's."""
+    job = resolved.job
+    source = job.source
+    where = f"{source.endpoint_url} ({source.region})" if source.endpoint_url else source.region
+    kinesis = source.stream.kind is StreamKind.KINESIS
+    streams = aws.client(
+        "kinesis" if kinesis else "dynamodbstreams",
+        source.region,
+        endpoint_url=source.endpoint_url,
+        role_arn=source.role_arn,
+        external_id=source.external_id,
+    )
+    leases = _leases(LeaseTable(ddb, resolved.lease_table, owner="backfill"), where)
+    shards = _open_shards(streams, kinesis, stream_arn, where)
+    trim_horizon = job.kcl.initial_position is InitialPosition.TRIM_HORIZON
+    positions: dict[str, str] = {}
+    problems: list[str] = []
+    for shard in shards:
+        lease = leases.get(shard.shard_id)
+        if lease is not None:
+            if lease.checkpoint == LATEST:
+                problems.append(
+                    f"shard {shard.shard_id}: the lease's checkpoint is still LATEST (the "
+                    "replicator has not checkpointed a position yet)"
+                )
+            positions[shard.shard_id] = lease.checkpoint
+        elif trim_horizon or (shard.parent_id is not None and shard.parent_id in leases):
+            positions[shard.shard_id] = "TRIM_HORIZON (no lease yet)"
+        else:
+            problems.append(
+                f"shard {shard.shard_id}: no lease, and the job starts from LATEST "
+                "(kcl.initial_position)"
+            )
+    if problems:
+        raise EnvironmentProblem(
+            f"backfill refused: the replicator of task {resolved.task_name} (lease table "
+            f"{resolved.lease_table}) has no fixed starting position, so changes made during "
+            "the scan could be missed:\n  " + "\n  ".join(problems) + "\n" + PROCEDURE
+        )
+    if not kinesis:
+        _check_not_trimmed(streams, stream_arn, leases, positions, where)
+    if all(p.endswith("(no lease yet)") for p in positions.values()):
+        note = (
+            "no leases yet: the job will start from TRIM_HORIZON; start the replicator "
+            "within 24 hours of this backfill's start"
+        )
+    else:
+        note = "the replicator's leases fix where it continues"
+    return Handoff(positions, note)
+
+
+def _leases(table: LeaseTable, where: str) -> dict[str, Lease]:
+    try:
+        return table.all()
+    except (ClientError, BotoCoreError) as error:
+        if error_code(error) == "ResourceNotFoundException":
+            return {}
+        raise explain(error, f"lease table {table.table}", where) from None
+
+
+def _open_shards(client: Any, kinesis: bool, stream_arn: str, where: str) -> list[Shard]:
+    try:
+        shards = (
+            _kinesis_shards(client, stream_arn) if kinesis else list_shards(client, stream_arn)[1]
+        )
+    except (ClientError, BotoCoreError) as error:
+        raise explain(error, f"stream {stream_arn}", where) from None
+    return [shard for shard in shards if not shard.closed]
+
+
+def _kinesis_shards(client: Any, stream: str) -> list[Shard]:
+    kwargs: dict[str, Any] = (
+        {"StreamARN": stream} if stream.startswith("arn:") else {"StreamName": stream}
+    )
+    shards: list[Shard] = []
+    while True:
+        page = client.list_shards(**kwargs)
+        for shard in page.get("Shards", []):
+            shards.append(
+                Shard(
+                    shard_id=shard["ShardId"],
+                    parent_id=shard.get("ParentShardId"),
+                    closed="EndingSequenceNumber" in shard.get("SequenceNumberRange", {}),
+                )
+            )
+        token = page.get("NextToken")
+        if not token:
+            return shards
+        kwargs = {"NextToken": token}
+
+
+def _check_not_trimmed(
+    streams: Any,
+    stream_arn: str,
+    leases: dict[str, Lease],
+    positions: dict[str, str],
+    where: str,
+) -> None:
+    """A checkpoint older than the stream's retention cannot be resumed from at all."""
+    for shard_id in positions:
+        lease = leases.get(shard_id)
+        if lease is None or lease.checkpoint in SENTINELS:
+            continue
+        try:
+            streams.get_shard_iterator(
+                StreamArn=stream_arn,
+                ShardId=shard_id,
+                ShardIteratorType="AFTER_SEQUENCE_NUMBER",
+                SequenceNumber=lease.checkpoint,
+            )
+        except (ClientError, BotoCoreError) as error:
+            if error_code(error) == "TrimmedDataAccessException":
+                raise EnvironmentProblem(
+                    f"backfill refused: shard {shard_id}'s checkpoint {lease.checkpoint} is "
+                    "older than the stream's 24-hour retention, so the replicator cannot "
+                    "continue from it. Set source.on_trimmed_data: restart_from_trim_horizon, "
+                    "start the replicator, then run the backfill while it runs."
+                ) from None
+            raise explain(error, f"stream {stream_arn}", where) from None

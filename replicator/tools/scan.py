@@ -1,0 +1,170 @@
+"""Reading tables for the operator tools: segmented scans under a read rate, and
+strongly consistent batched reads by key.
+
+DynamoDB splits a Scan into ``TotalSegments`` independent segments that can be read in
+parallel, each resuming from its own LastEvaluatedKey: that is what makes a long copy
+both fast and resumable. The read rate counts items, which is what an operator sizes
+against a table's read capacity, and is shared by every thread reading one table.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+
+from replicator.items import Item, KeyId, key_id, project
+from replicator.tools.tables import TableRef
+from replicator.writers.backoff import Backoff
+from replicator.writers.errors import ErrorKind, classify
+
+log = structlog.get_logger(__name__)
+
+# Throttling and 5xx are waited out this many times (about three minutes of continuous
+# failure with the cap below) before the command stops with the error; anything else
+# stops it at once. A stopped backfill resumes where it was.
+MAX_ATTEMPTS = 14
+_BACKOFF = Backoff(base_s=0.1, cap_s=20.0)
+BATCH_GET_LIMIT = 100
+
+
+def call(operation: Callable[..., Any], what: str, **kwargs: Any) -> Any:
+    """Call ``operation``, retrying throttling and transient failures with backoff."""
+    attempt = 0
+    while True:
+        try:
+            return operation(**kwargs)
+        except (ClientError, BotoCoreError) as error:
+            if classify(error) not in (ErrorKind.THROTTLED, ErrorKind.RETRY):
+                raise
+            if attempt + 1 >= MAX_ATTEMPTS:
+                raise
+            delay = _BACKOFF.delay(attempt)
+            attempt += 1
+            log.info("read failed, retrying", what=what, error=str(error), delay_s=round(delay, 2))
+            time.sleep(delay)
+
+
+class ReadRate:
+    """A shared budget of items per second; ``0`` means unlimited.
+
+    A page's size is known only once it has arrived, so reads are charged afterwards and
+    the reader then waits off any debt: over time the rate holds, whatever the page sizes.
+    """
+
+    def __init__(
+        self,
+        per_second: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.per_second = per_second
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._available = 0.0
+        self._last = clock()
+
+    @property
+    def limited(self) -> bool:
+        return self.per_second > 0
+
+    def page_limit(self, page_size: int) -> int:
+        """A page size that keeps one page within about a second of the budget."""
+        if not self.limited:
+            return page_size
+        return max(1, min(page_size, int(self.per_second)))
+
+    def charge(self, items: int) -> None:
+        if not self.limited or items <= 0:
+            return
+        with self._lock:
+            now = self._clock()
+            refill = (now - self._last) * self.per_second
+            self._available = min(self.per_second, self._available + refill)
+            self._last = now
+            self._available -= items
+            wait = -self._available / self.per_second if self._available < 0 else 0.0
+        if wait > 0:
+            self._sleep(wait)
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Item]
+    next_key: Item | None  # where the segment continues; None at its end
+
+
+def scan_pages(
+    ref: TableRef,
+    segment: int,
+    total_segments: int,
+    rate: ReadRate,
+    *,
+    start_key: Item | None = None,
+    page_size: int = 1000,
+    key_names: list[str] | None = None,
+) -> Generator[Page, None, None]:
+    """The pages of one scan segment from ``start_key``; only the keys if ``key_names``."""
+    kwargs: dict[str, Any] = {"TableName": ref.table, "Limit": rate.page_limit(page_size)}
+    if total_segments > 1:
+        kwargs["Segment"] = segment
+        kwargs["TotalSegments"] = total_segments
+    if key_names:
+        kwargs.update(_projection(key_names))
+    if start_key:
+        kwargs["ExclusiveStartKey"] = start_key
+    while True:
+        page = call(ref.client.scan, f"scan {ref.label} segment {segment}", **kwargs)
+        items: list[Item] = page.get("Items", [])
+        rate.charge(max(len(items), 1))
+        next_key: Item | None = page.get("LastEvaluatedKey")
+        yield Page(items, next_key)
+        if not next_key:
+            return
+        kwargs["ExclusiveStartKey"] = next_key
+
+
+def batch_get(
+    ref: TableRef, keys: list[Item], key_names: list[str], rate: ReadRate
+) -> dict[KeyId, Item]:
+    """The items at ``keys`` that exist, read strongly consistently, by key identity."""
+    unique: dict[KeyId, Item] = {}
+    for key in keys:
+        unique.setdefault(key_id(key), key)
+    found: dict[KeyId, Item] = {}
+    pending = list(unique.values())
+    for start in range(0, len(pending), BATCH_GET_LIMIT):
+        request: dict[str, Any] = {
+            ref.table: {"Keys": pending[start : start + BATCH_GET_LIMIT], "ConsistentRead": True}
+        }
+        attempt = 0
+        while request:
+            response = call(ref.client.batch_get_item, f"read {ref.label}", RequestItems=request)
+            items = response.get("Responses", {}).get(ref.table, [])
+            rate.charge(len(items))
+            for item in items:
+                found[key_id(project(item, key_names))] = item
+            request = response.get("UnprocessedKeys") or {}
+            if request:  # throttled in part: DynamoDB asks for the rest later
+                time.sleep(_BACKOFF.delay(attempt))
+                attempt += 1
+    return found
+
+
+def get_item(ref: TableRef, key: Item) -> Item | None:
+    response = call(
+        ref.client.get_item, f"read {ref.label}", TableName=ref.table, Key=key, ConsistentRead=True
+    )
+    item: Item | None = response.get("Item")
+    return item
+
+
+def _projection(key_names: list[str]) -> dict[str, Any]:
+    names = {f"#k{index}": name for index, name in enumerate(key_names)}
+    return {"ProjectionExpression": ", ".join(names), "ExpressionAttributeNames": names}

@@ -1,0 +1,300 @@
+"""Writing items read from a table (not from the stream) through the job's conflict policy.
+
+``backfill``, ``verify --repair`` and ``redrive`` (of their dead letters) write images
+they read from the source table while the replicator may be writing the same items.
+A read image can be older than what the replicator has already applied, so it is
+turned into a *synthetic change* and written by the job's own DestinationWriter with a
+:class:`SnapshotRule` that keeps it from overwriting newer data:
+
+* ``last_writer_wins`` / ``version``, image carrying the ordering attribute: the
+  policy's own condition (an older image never overwrites a newer item);
+* ``custom``: the resolver decides, but only while the destination still holds the
+  item the command expected (nothing, for a backfill);
+* ``overwrite``, or an image without the ordering attribute: written only while the
+  destination still holds exactly the expected item. A backfill expects nothing, so it
+  only inserts missing items; a repair expects what it read at the destination.
+* deletes (of an extra item, or of a copy that brought a deleted item back): only
+  while the destination still holds exactly the item the command expects to delete.
+
+Synthetic changes are ordinary stream records in the adapter's format, so a dead letter
+of one replays like any other. Their conventions:
+
+* sequence number ``0``, below every real DynamoDB Streams or Kinesis sequence number,
+  so a synthetic change never counts as newer than a stream change;
+* ``eventSource`` ``replicator:backfill`` or ``replicator:repair``;
+* ``eventName`` MODIFY with the read image as ``NewImage``, or REMOVE;
+* ``OldImage`` is the destination item the write expects to replace or delete (absent
+  when it expects no item), not the source's previous image;
+* ``ApproximateCreationDateTime`` is when the image was read.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from replicator import wiring
+from replicator.config.model import ResolvedJob
+from replicator.deadletter import DeadLetterTarget
+from replicator.decode import decode
+from replicator.items import AttributeValue, Item, item_to_wire
+from replicator.metrics import Metrics
+from replicator.records import Change, Event, RawRecord
+from replicator.rules import ConflictRule, CustomRule, OrderedRule, PlanError, Skip, WriteRequest
+from replicator.tools.compare import differing_attributes
+from replicator.tools.scan import ReadRate, batch_get
+from replicator.tools.tables import TableRef
+from replicator.writers.destination import DestinationWriter, Outcome
+
+SYNTHETIC_SEQUENCE_NUMBER = "0"
+SOURCE_PREFIX = "replicator:"
+BACKFILL = "backfill"
+REPAIR = "repair"
+_MAX_EXPRESSION = 4096
+
+
+def synthetic_change(
+    purpose: str,
+    keys: Item,
+    region: str,
+    *,
+    new_image: Item | None,
+    expected: Item | None,
+    read_ms: int | None = None,
+) -> Change:
+    """A synthetic change: a put of ``new_image``, or a delete when it is None."""
+    read_ms = read_ms if read_ms is not None else int(time.time() * 1000)
+    body: dict[str, Any] = {
+        "ApproximateCreationDateTime": read_ms,
+        "Keys": item_to_wire(keys),
+        "NewImage": item_to_wire(new_image) if new_image is not None else {},
+        "OldImage": item_to_wire(expected) if expected is not None else {},
+        "SequenceNumber": SYNTHETIC_SEQUENCE_NUMBER,
+        "SizeBytes": 0,
+        "StreamViewType": "NEW_AND_OLD_IMAGES",
+    }
+    document = {
+        "eventID": f"{purpose}-{read_ms}",
+        "eventName": "MODIFY" if new_image is not None else "REMOVE",
+        "eventVersion": "1.1",
+        "eventSource": SOURCE_PREFIX + purpose,
+        "awsRegion": region,
+        "dynamodb": body,
+    }
+    data = json.dumps(document, separators=(",", ":")).encode("utf-8")
+    raw = RawRecord(
+        data=base64.b64encode(data).decode("ascii"),
+        sequenceNumber=SYNTHETIC_SEQUENCE_NUMBER,
+        subSequenceNumber=0,
+        partitionKey=SYNTHETIC_SEQUENCE_NUMBER,
+        approximateArrivalTimestamp=read_ms,
+    )
+    # Decoding what was built is what a redrive of its dead letter will do.
+    return decode(raw)
+
+
+def synthetic_purpose(raw: Mapping[str, Any]) -> str | None:
+    """``backfill`` or ``repair`` for a synthetic record, None for a stream record."""
+    if raw.get("sequenceNumber") != SYNTHETIC_SEQUENCE_NUMBER:
+        return None
+    try:
+        document = json.loads(base64.b64decode(str(raw.get("data")), validate=True))
+    except (ValueError, binascii.Error):
+        return None
+    source = document.get("eventSource") if isinstance(document, dict) else None
+    if isinstance(source, str) and source.startswith(SOURCE_PREFIX):
+        return source[len(SOURCE_PREFIX) :]
+    return None
+
+
+def same_item(left: Item | None, right: Item | None) -> bool:
+    if left is None or right is None:
+        return left is None and right is None
+    return not differing_attributes(left, right)
+
+
+class SnapshotRule:
+    """The job's policy for a destination, applied to synthetic changes (module docstring)."""
+
+    def __init__(self, policy: ConflictRule) -> None:
+        self.policy = policy
+        self.name = policy.name
+        self.reads_existing = policy.reads_existing
+
+    def plan(self, change: Change, existing: Item | None = None) -> WriteRequest | Skip:
+        expected = change.old_image
+        if self.reads_existing and not same_item(existing, expected):
+            return Skip(self._changed(expected))
+        if change.event is Event.REMOVE:
+            return expected_request("delete", change, expected)
+        if self._ordered(change):
+            return self.policy.plan(change)
+        if isinstance(self.policy, CustomRule):
+            return self.policy.plan(change, existing)
+        return expected_request("put", change, expected)
+
+    def explain_loss(self, change: Change, existing: Item | None) -> str:
+        if change.event is not Event.REMOVE and self._ordered(change):
+            return self.policy.explain_loss(change, existing)
+        return self._changed(change.old_image)
+
+    def _ordered(self, change: Change) -> bool:
+        return (
+            isinstance(self.policy, OrderedRule)
+            and change.new_image is not None
+            and self.policy.attribute in change.new_image
+        )
+
+    def _changed(self, expected: Item | None) -> str:
+        if expected is None:
+            return (
+                f"the destination already has this item; under {self.name} an image read "
+                "from the source is only inserted where the item is missing"
+            )
+        return "the destination's item changed since it was read"
+
+
+def expected_request(op: str, change: Change, expected: Item | None) -> WriteRequest:
+    """A put or delete that applies only while the destination holds exactly ``expected``."""
+    condition: str
+    names: dict[str, str]
+    values: dict[str, AttributeValue]
+    if expected is None:
+        name = next(iter(change.keys))
+        condition, names, values = "attribute_not_exists(#k)", {"#k": name}, {}
+    else:
+        condition, names, values = equals_condition(expected)
+    if op == "delete":
+        return WriteRequest(
+            op="delete", key=change.keys, condition=condition, names=names, values=values
+        )
+    return WriteRequest(
+        op="put", item=change.new_image, condition=condition, names=names, values=values
+    )
+
+
+def equals_condition(
+    expected: Item,
+) -> tuple[str, dict[str, str], dict[str, AttributeValue]]:
+    """True while every attribute of ``expected`` holds its value at the destination.
+
+    A condition expression cannot say "and no other attribute", so an item that gained
+    attributes but kept all of these values also passes.
+    """
+    names: dict[str, str] = {}
+    values: dict[str, AttributeValue] = {}
+    clauses = []
+    for index, (name, value) in enumerate(sorted(expected.items())):
+        names[f"#a{index}"] = name
+        values[f":a{index}"] = value
+        clauses.append(f"#a{index} = :a{index}")
+    expression = " AND ".join(clauses)
+    if len(expression) > _MAX_EXPRESSION:
+        raise PlanError(
+            f"the item has {len(expected)} attributes: too many to compare in one condition "
+            "expression (4 KB)"
+        )
+    return expression, names, values
+
+
+def snapshot_writers(
+    resolved: ResolvedJob, metrics: Metrics, dead_letters: DeadLetterTarget, shard_id: str
+) -> dict[str, DestinationWriter]:
+    """The job's writers, one per destination, with their rules made safe for read images.
+
+    ``shard_id`` names the command in dead letters (``backfill``, ``repair``, ``redrive``).
+    """
+    return with_snapshot_rules(
+        wiring.destination_writers(resolved, metrics, shard_id, dead_letters)
+    )
+
+
+def with_snapshot_rules(writers: Mapping[str, DestinationWriter]) -> dict[str, DestinationWriter]:
+    """Copies of ``writers`` (same clients, same dead-letter target) with snapshot rules."""
+    return {
+        label: replace(writer, rule=SnapshotRule(writer.rule)) for label, writer in writers.items()
+    }
+
+
+def writer_tables(
+    resolved: ResolvedJob, writers: Mapping[str, DestinationWriter]
+) -> list[TableRef]:
+    """The job's destinations as tables to describe or read, through the writers' clients."""
+    return [
+        TableRef(
+            label=destination.label,
+            region=destination.region,
+            table=destination.table,
+            endpoint_url=destination.endpoint_url,
+            client=writers[destination.label].client,
+        )
+        for destination in resolved.job.destinations
+    ]
+
+
+@dataclass
+class GuardTally:
+    undone: int = 0  # copies of deleted items removed again
+    kept: int = 0  # the destination had changed since: left alone
+    dead_lettered: int = 0
+    keys: list[Item] = field(default_factory=list)  # the keys of the undone copies
+
+
+class ResurrectionGuard:
+    """Undoes copies that brought back an item deleted at the source meanwhile.
+
+    A command reads item X, the source deletes X, the replicator deletes X at the
+    destination, and then the command writes X there: X is back, and no stream record
+    will ever remove it. So after writes that were applied, the source is read again
+    (strongly consistent); for every item it no longer holds, the destination's copy is
+    deleted, but only while it is still exactly the image that was written, so that a
+    newer item the replicator wrote in between is never removed. If the source still
+    holds the item, any later delete comes after the copy in the stream and the
+    replicator applies it.
+    """
+
+    def __init__(
+        self,
+        source: TableRef,
+        key_names: list[str],
+        writers: Mapping[str, DestinationWriter],
+        rate: ReadRate,
+        purpose: str,
+    ) -> None:
+        self.source = source
+        self.key_names = key_names
+        self.writers = writers
+        self.rate = rate
+        self.purpose = purpose
+
+    def check(self, applied: list[tuple[Change, list[str]]]) -> GuardTally:
+        """``applied``: synthetic puts, each with the destinations where it was applied."""
+        tally = GuardTally()
+        if not applied:
+            return tally
+        present = batch_get(self.source, [c.keys for c, _ in applied], self.key_names, self.rate)
+        for change, labels in applied:
+            if change.key in present or change.new_image is None:
+                continue
+            removal = synthetic_change(
+                self.purpose,
+                change.keys,
+                self.source.region,
+                new_image=None,
+                expected=change.new_image,
+            )
+            for label in labels:
+                outcome = self.writers[label].write(removal)
+                if outcome is Outcome.APPLIED:
+                    tally.undone += 1
+                    tally.keys.append(change.keys)
+                elif outcome is Outcome.CONFLICT_LOST:
+                    tally.kept += 1
+                else:
+                    tally.dead_lettered += 1
+        return tally
