@@ -223,3 +223,57 @@ def backfill(config_path: Path, **options: Any) -> None:
     from replicator.tools import commands
 
     sys.exit(commands.backfill(config_path, **options))
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option(
+    "--segments",
+    type=click.IntRange(1, 1_000_000),
+    default=4,
+    show_default=True,
+    help="Parallel Scan segments per table.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 512),
+    default=8,
+    show_default=True,
+    help="Concurrent reads (and repair writes).",
+)
+@click.option(
+    "--read-rate",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Items read per second from each table; 0 = unlimited.",
+)
+@click.option(
+    "--sample",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Check N items from random segments of each table instead of every item.",
+)
+@click.option(
+    "--recheck",
+    type=click.IntRange(1, 100),
+    default=3,
+    show_default=True,
+    help="Consistent reads of a difference before it is reported.",
+)
+@click.option(
+    "--recheck-pause",
+    "recheck_pause_s",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="Seconds between those reads.",
+)
+@click.option("--repair", is_flag=True, help="Rewrite differences through the conflict policy.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_operator_errors
+def verify(config_path: Path, as_json: bool, **options: Any) -> None:
+    """Compare every destination with the source: exit 0 when equal, 1 when not."""
+    from replicator.tools import commands
+
+    sys.exit(commands.verify(config_path, as_json, **options))

@@ -62,3 +62,34 @@ def backfill(config_path: Path, **options: Any) -> int:
         result = runner.run()
     click.echo(result.summary())
     return result.exit_code
+
+
+def verify(config_path: Path, as_json: bool, **options: Any) -> int:
+    from replicator.tools.verify import Verify, VerifyOptions
+
+    resolved = load(config_path)
+    runner = Verify(resolved, VerifyOptions(**options))
+    with aws_failures(f"verify {resolved.task_name}"):
+        report = runner.run()
+    click.echo(report.as_json() if as_json else report.text())
+    return report.exit_code
+
+
+@contextmanager
+def aws_failures(what: str) -> Iterator[None]:
+    """AWS errors that outlasted the retries, and refusing destinations, as one clear line."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from replicator.exceptions import (
+        DeadLetterUnavailable,
+        DestinationRefused,
+        EnvironmentProblem,
+    )
+    from replicator.runtime.preflight import explain
+
+    try:
+        yield
+    except (DestinationRefused, DeadLetterUnavailable) as error:
+        raise EnvironmentProblem(f"{what}: {error}") from None
+    except (ClientError, BotoCoreError) as error:
+        raise explain(error, what, "its AWS endpoint") from None

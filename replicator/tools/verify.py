@@ -1,0 +1,496 @@
+"""``replicator verify``: does every destination hold exactly the source's items?
+
+The source and every destination are scanned in parallel segments, each item reduced to
+a digest of its normalised attributes (so "equal" means what :mod:`compare` says:
+same attributes, types and values, numbers as numbers, sets as sets). Keys whose
+digests differ are *candidates*: replication lag makes many differences transient,
+so each candidate is read again, strongly consistently on both sides (destination
+first, then source), a few times with a pause, and only what still differs is reported.
+
+``--sample N`` checks N items from random scan segments of the source, and N from each
+destination (which is how extra items are found), by consistent reads instead of
+whole scans.
+
+``--repair`` writes every reported difference through the job's policy with the same
+machinery as a backfill (:mod:`replicator.tools.snapshot`), expecting the destination
+item it read: a put of the source's item (last_writer_wins/version: the policy's own
+condition; custom: the resolver; overwrite: only if the destination is unchanged since
+read), or a delete of an extra item (only if unchanged since read). It then reads both
+sides again and reports each difference as repaired, refused by the policy, or still
+different.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from replicator import wiring
+from replicator.config.model import ResolvedJob
+from replicator.items import Item, KeyId, describe_key, item_to_wire, key_id, project
+from replicator.metrics import Metrics
+from replicator.records import Change
+from replicator.tools.compare import differing_attributes, normalised
+from replicator.tools.progress import ProgressReport
+from replicator.tools.scan import ReadRate, batch_get, scan_pages
+from replicator.tools.snapshot import REPAIR, ResurrectionGuard, snapshot_writers, synthetic_change
+from replicator.tools.tables import (
+    TableRef,
+    TableShape,
+    check_same_keys,
+    describe,
+    destination_refs,
+    source_ref,
+)
+from replicator.writers.destination import DestinationWriter, Outcome
+
+log = structlog.get_logger(__name__)
+
+MISSING = "missing"
+EXTRA = "extra"
+DIFFERENT = "different"
+# --sample: segments sized to hold about this many items each, by the table's estimate.
+_ITEMS_PER_SAMPLE_SEGMENT = 10
+_MAX_SEGMENTS = 1_000_000
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    segments: int = 4
+    threads: int = 8
+    read_rate: float = 0.0  # items per second per table; 0: unlimited
+    sample: int | None = None
+    recheck: int = 3  # consistent reads of a difference before it is reported
+    recheck_pause_s: float = 2.0
+    repair: bool = False
+    page_size: int = 1000
+    progress_interval_s: float = 10.0
+
+
+@dataclass
+class Finding:
+    destination: str
+    kind: str  # missing | extra | different
+    keys: Item
+    attributes: list[str] = field(default_factory=list)
+    repair: str | None = None  # repaired | resolved | refused | dead_lettered | unresolved
+    detail: str | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self.repair in ("repaired", "resolved")
+
+    def line(self) -> str:
+        text = f"  {self.kind:<9} {describe_key(self.keys)}"
+        if self.attributes:
+            text += f"  attributes: {', '.join(self.attributes)}"
+        if self.repair:
+            text += f"  -> {self.repair}"
+            if self.detail:
+                text += f": {self.detail}"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"kind": self.kind, "key": item_to_wire(self.keys)}
+        if self.attributes:
+            body["attributes"] = self.attributes
+        if self.repair:
+            body["repair"] = self.repair
+            if self.detail:
+                body["detail"] = self.detail
+        return body
+
+
+@dataclass
+class VerifyReport:
+    source: str
+    destinations: list[str]
+    sampled: bool
+    source_items: int
+    destination_items: dict[str, int]
+    rechecked: int
+    findings: list[Finding]
+    repaired: bool = False
+
+    @property
+    def equal(self) -> bool:
+        return all(finding.settled for finding in self.findings)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.equal else 1
+
+    def text(self) -> str:
+        scope = "sampled" if self.sampled else "scanned"
+        outstanding = [f for f in self.findings if not f.settled]
+        verdict = "equal" if self.equal else _differences(len(outstanding))
+        lines = [
+            f"verify {self.source}: {verdict} ({scope} {self.source_items} source items; "
+            f"{self.rechecked} re-checked)"
+        ]
+        for label in self.destinations:
+            mine = [f for f in self.findings if f.destination == label]
+            left = [f for f in mine if not f.settled]
+            state = "equal" if not left else _differences(len(left))
+            if mine and not left:
+                state = f"equal after repair ({len(mine)} repaired)"
+            lines.append(f"{label}: {scope} {self.destination_items.get(label, 0)} items, {state}")
+            lines.extend(finding.line() for finding in mine)
+        return "\n".join(lines)
+
+    def as_json(self) -> str:
+        body = {
+            "source": self.source,
+            "equal": self.equal,
+            "sampled": self.sampled,
+            "source_items": self.source_items,
+            "rechecked": self.rechecked,
+            "repair": self.repaired,
+            "destinations": {
+                label: {
+                    "items": self.destination_items.get(label, 0),
+                    "equal": all(f.settled for f in self.findings if f.destination == label),
+                    "differences": [f.as_dict() for f in self.findings if f.destination == label],
+                }
+                for label in self.destinations
+            },
+        }
+        return json.dumps(body, indent=2, sort_keys=True, default=str)
+
+
+@dataclass
+class _State:
+    """One candidate key at one destination, as last read on both sides."""
+
+    kind: str | None  # None: equal now
+    source_item: Item | None
+    destination_item: Item | None
+    attributes: list[str]
+
+
+@dataclass
+class VerifyHooks:
+    """Seam for tests: called after the scans, before the first re-check."""
+
+    scanned: Callable[[], None] | None = None
+
+
+class Verify:
+    def __init__(
+        self,
+        resolved: ResolvedJob,
+        options: VerifyOptions,
+        *,
+        hooks: VerifyHooks | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.resolved = resolved
+        self.options = options
+        self.hooks = hooks or VerifyHooks()
+        self.metrics = metrics or Metrics(CollectorRegistry())
+        connections = options.threads + 4
+        self.source = source_ref(resolved, connections)
+        self.destinations = destination_refs(resolved, connections)
+        self.by_label = {ref.label: ref for ref in self.destinations}
+        self._rates: dict[str, ReadRate] = {}
+
+    def _rate(self, ref: TableRef) -> ReadRate:
+        return self._rates.setdefault(ref.label, ReadRate(self.options.read_rate))
+
+    def run(self) -> VerifyReport:
+        shape = check_same_keys(self.source, self.destinations)
+        key_names = shape.key_names
+        if self.options.sample:
+            counts, candidates = self._sample(shape)
+        else:
+            counts, candidates = self._scan(key_names)
+        if self.hooks.scanned:
+            self.hooks.scanned()
+        rechecked = sum(len(keys) for keys in candidates.values())
+        states = self._settle(candidates, key_names)
+        findings = [
+            Finding(label, state.kind, key_item(key, key_names), state.attributes)
+            for label, per_key in states.items()
+            for key, state in per_key.items()
+            if state.kind is not None
+        ]
+        findings.sort(key=lambda f: (f.destination, f.kind, describe_key(f.keys)))
+        report = VerifyReport(
+            source=f"{self.source.region}/{self.source.table}",
+            destinations=[ref.label for ref in self.destinations],
+            sampled=bool(self.options.sample),
+            source_items=counts.get(self.source.label, 0),
+            destination_items={ref.label: counts.get(ref.label, 0) for ref in self.destinations},
+            rechecked=rechecked,
+            findings=findings,
+            repaired=self.options.repair,
+        )
+        if self.options.repair and findings:
+            self._repair(findings, states, key_names)
+        log.info(
+            "verify done",
+            equal=report.equal,
+            differences=len(findings),
+            outstanding=sum(1 for f in findings if not f.settled),
+        )
+        return report
+
+    # -- finding candidates ---------------------------------------------------------------
+
+    def _scan(self, key_names: list[str]) -> tuple[dict[str, int], dict[str, set[KeyId]]]:
+        """Digest every item of every table; the keys whose digests differ, per destination."""
+        tables = [self.source, *self.destinations]
+        estimate = sum(describe(ref).item_count for ref in tables)
+        digests: dict[str, dict[KeyId, bytes]] = {ref.label: {} for ref in tables}
+        lock = threading.Lock()
+        report = ProgressReport(
+            "verify scan", estimate, interval_s=self.options.progress_interval_s
+        )
+
+        def scan_segment(ref: TableRef, segment: int) -> None:
+            found: dict[KeyId, bytes] = {}
+            for page in scan_pages(
+                ref,
+                segment,
+                self.options.segments,
+                self._rate(ref),
+                page_size=self.options.page_size,
+            ):
+                for item in page.items:
+                    found[key_id(project(item, key_names))] = item_digest(item)
+                report.advance(len(page.items))
+            with lock:
+                digests[ref.label].update(found)
+
+        with report, ThreadPoolExecutor(self.options.threads, thread_name_prefix="scan") as pool:
+            futures = [
+                pool.submit(scan_segment, ref, segment)
+                for ref in tables
+                for segment in range(self.options.segments)
+            ]
+            for future in futures:
+                future.result()
+        source = digests[self.source.label]
+        candidates: dict[str, set[KeyId]] = {}
+        for ref in self.destinations:
+            theirs = digests[ref.label]
+            differing = {key for key, digest in source.items() if theirs.get(key) != digest}
+            differing |= {key for key in theirs if key not in source}
+            candidates[ref.label] = differing
+        counts = {label: len(found) for label, found in digests.items()}
+        return counts, candidates
+
+    def _sample(self, shape: TableShape) -> tuple[dict[str, int], dict[str, set[KeyId]]]:
+        assert self.options.sample
+        count = self.options.sample
+        key_names = shape.key_names
+        source_keys = self._sample_keys(self.source, shape.item_count, count, key_names)
+        counts = {self.source.label: len(source_keys)}
+        candidates: dict[str, set[KeyId]] = {}
+        for ref in self.destinations:
+            theirs = self._sample_keys(ref, describe(ref).item_count, count, key_names)
+            counts[ref.label] = len(theirs)
+            candidates[ref.label] = set(source_keys) | set(theirs)
+        return counts, candidates
+
+    def _sample_keys(
+        self, ref: TableRef, estimate: int, count: int, key_names: list[str]
+    ) -> list[KeyId]:
+        """Up to ``count`` keys from random segments spread over the whole table."""
+        total = max(
+            1, min(_MAX_SEGMENTS, math.ceil(max(estimate, count) / _ITEMS_PER_SAMPLE_SEGMENT))
+        )
+        # Twice what an even spread needs, so that sparse segments do not leave the sample
+        # short; a random subset of what was read is kept.
+        take = max(1, math.ceil(2 * count / total))
+        order = random.sample(range(total), total)
+        found: dict[KeyId, None] = {}
+        rate = self._rate(ref)
+
+        def first_keys(segment: int) -> list[KeyId]:
+            pages = scan_pages(ref, segment, total, rate, page_size=take, key_names=key_names)
+            page = next(pages)
+            pages.close()
+            return [key_id(project(item, key_names)) for item in page.items]
+
+        with ThreadPoolExecutor(self.options.threads, thread_name_prefix="sample") as pool:
+            for start in range(0, total, self.options.threads):
+                batch = order[start : start + self.options.threads]
+                for keys in pool.map(first_keys, batch):
+                    found.update(dict.fromkeys(keys))
+                if len(found) >= count:
+                    break
+        keys = list(found)
+        return keys if len(keys) <= count else random.sample(keys, count)
+
+    # -- re-checking ----------------------------------------------------------------------
+
+    def _settle(
+        self, candidates: dict[str, set[KeyId]], key_names: list[str]
+    ) -> dict[str, dict[KeyId, _State]]:
+        """Read candidates again until they are equal or ``recheck`` reads say they differ."""
+        pending = {label: set(keys) for label, keys in candidates.items() if keys}
+        final: dict[str, dict[KeyId, _State]] = {label: {} for label in candidates}
+        for attempt in range(max(1, self.options.recheck)):
+            if not pending:
+                break
+            if attempt:
+                time.sleep(self.options.recheck_pause_s)
+            states = self._read_states(pending, key_names)
+            pending = {}
+            for label, per_key in states.items():
+                for key, state in per_key.items():
+                    final[label][key] = state
+                    if state.kind is not None:
+                        pending.setdefault(label, set()).add(key)
+        return final
+
+    def _read_states(
+        self, keys: dict[str, set[KeyId]], key_names: list[str]
+    ) -> dict[str, dict[KeyId, _State]]:
+        # Destinations first, then the source: a source image read after the destination's
+        # is at least as new as anything the replicator could have written there by then.
+        destination_items = {
+            label: batch_get(
+                self.by_label[label],
+                [key_item(key, key_names) for key in wanted],
+                key_names,
+                self._rate(self.by_label[label]),
+            )
+            for label, wanted in keys.items()
+        }
+        everything = union(keys.values())
+        source_items = batch_get(
+            self.source,
+            [key_item(key, key_names) for key in everything],
+            key_names,
+            self._rate(self.source),
+        )
+        states: dict[str, dict[KeyId, _State]] = {}
+        for label, wanted in keys.items():
+            theirs = destination_items[label]
+            states[label] = {key: _state(source_items.get(key), theirs.get(key)) for key in wanted}
+        return states
+
+    # -- repair ---------------------------------------------------------------------------
+
+    def _repair(
+        self,
+        findings: list[Finding],
+        states: dict[str, dict[KeyId, _State]],
+        key_names: list[str],
+    ) -> None:
+        dead_letters = wiring.dead_letter_target(self.resolved)
+        writers = snapshot_writers(self.resolved, self.metrics, dead_letters, REPAIR)
+        region = self.source.region
+        jobs: list[tuple[Finding, _State, Change, DestinationWriter]] = []
+        for finding in findings:
+            state = states[finding.destination][key_id(finding.keys)]
+            new_image = None if finding.kind == EXTRA else state.source_item
+            change = synthetic_change(
+                REPAIR,
+                finding.keys,
+                region,
+                new_image=new_image,
+                expected=state.destination_item,
+            )
+            jobs.append((finding, state, change, writers[finding.destination]))
+
+        def apply(job: tuple[Finding, _State, Change, DestinationWriter]) -> Outcome:
+            _, _, change, writer = job
+            return writer.write(change)
+
+        with ThreadPoolExecutor(self.options.threads, thread_name_prefix="repair") as pool:
+            outcomes = list(pool.map(apply, jobs))
+        applied_puts: dict[int, tuple[Change, list[str]]] = {}
+        for (finding, state, change, writer), outcome in zip(jobs, outcomes, strict=True):
+            if outcome is Outcome.APPLIED:
+                finding.repair = "repaired"
+                if change.new_image is not None:
+                    applied_puts.setdefault(id(change), (change, []))[1].append(finding.destination)
+            elif outcome is Outcome.CONFLICT_LOST:
+                finding.repair = "refused"
+                finding.detail = writer.rule.explain_loss(change, state.destination_item)
+            else:
+                finding.repair = "dead_lettered"
+                finding.detail = f"stored in {dead_letters.description}"
+        guard = ResurrectionGuard(self.source, key_names, writers, self._rate(self.source), REPAIR)
+        guard.check(list(applied_puts.values()))
+        # Read both sides again: what is equal now is settled, whatever did it.
+        confirm: dict[str, set[KeyId]] = {}
+        for finding in findings:
+            confirm.setdefault(finding.destination, set()).add(key_id(finding.keys))
+        after = self._settle(confirm, key_names)
+        for finding in findings:
+            state = after[finding.destination][key_id(finding.keys)]
+            if state.kind is None:
+                if finding.repair != "repaired":
+                    finding.repair, finding.detail = "resolved", "equal when read again"
+            elif finding.repair == "repaired":
+                finding.repair = "unresolved"
+                finding.detail = f"still {state.kind} when read again"
+                if state.attributes:
+                    finding.detail += f" ({', '.join(state.attributes)})"
+
+
+def _differences(count: int) -> str:
+    return f"{count} difference{'s' if count != 1 else ''}"
+
+
+def _state(source_item: Item | None, destination_item: Item | None) -> _State:
+    if source_item is None and destination_item is None:
+        return _State(None, None, None, [])
+    if destination_item is None:
+        return _State(MISSING, source_item, None, [])
+    if source_item is None:
+        return _State(EXTRA, None, destination_item, [])
+    attributes = differing_attributes(source_item, destination_item)
+    return _State(DIFFERENT if attributes else None, source_item, destination_item, attributes)
+
+
+def key_item(key: KeyId, key_names: list[str]) -> Item:
+    """The key attributes of a key identity, in boto3 form (numbers without exponents)."""
+    item: Item = {}
+    for name, kind, value in key:
+        if kind == "N" and isinstance(value, Decimal):
+            item[name] = {"N": format(value, "f")}
+        else:
+            item[name] = {kind: value}
+    return {name: item[name] for name in key_names if name in item}
+
+
+def item_digest(item: Item) -> bytes:
+    """A digest equal for items that compare equal (see :mod:`replicator.tools.compare`)."""
+    text = _encode(tuple(sorted((name, normalised(value)) for name, value in item.items())))
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+def _encode(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "(" + ",".join(_encode(part) for part in value) + ")"
+    if isinstance(value, frozenset):
+        return "{" + ",".join(sorted(_encode(part) for part in value)) + "}"
+    if isinstance(value, bytes):
+        return "b" + value.hex()
+    if isinstance(value, Decimal):
+        return "d" + str(value)
+    return repr(value)
+
+
+def union(sets: Iterable[set[KeyId]]) -> set[KeyId]:
+    result: set[KeyId] = set()
+    for keys in sets:
+        result |= keys
+    return result
