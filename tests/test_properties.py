@@ -38,14 +38,24 @@ def test_kinesis_job_names_task_stream_and_processor() -> None:
     assert props["initialPositionInStream"] == "TRIM_HORIZON"
     assert props["failoverTimeMillis"] == "30000"
     assert props["callProcessRecordsEvenForEmptyRecordList"] == "true"
-    assert props["AWSCredentialsProvider"] == "DefaultCredentialsProvider"
+    # KCL 3 loads the SDK v2 name, KCL 2.x the SDK v1 name; each skips the other.
+    assert props["AWSCredentialsProvider"] == (
+        "DefaultCredentialsProvider,DefaultAWSCredentialsProviderChain"
+    )
+    # SIGTERM reaches the processors only if the daemon waits longer than the failover time.
+    assert int(props["shutdownGraceMillis"]) > int(props["failoverTimeMillis"])
+    # Keys the KCL reads nowhere are not written (it would ignore them silently).
+    assert "validateSequenceNumberBeforeCheckpointing" not in props
 
 
 def test_dynamodb_streams_job_names_the_table_or_arn(tmp_path: Path) -> None:
     props = properties(ROOT / "config" / "two-destinations.yaml")
     assert props["applicationName"] == "orders-fanout"
-    assert props["sourceTableName"] == "orders"
-    assert "streamArn" not in props  # looked up from the table at start
+    assert props["streamName"] == "orders"  # the KCL insists on one; it names the table
+    assert "dynamoDBStreamArn" not in props  # looked up from the table at start
+    assert props["AWSCredentialsProvider"] == "DefaultCredentialsProvider"  # KCL 3 only
+    assert props["skipRecordsBehavior"] == "KCL_RETRY"  # on_trimmed_data: fail
+    assert int(props["shutdownGraceMillis"]) > int(props["failoverTimeMillis"])
     job = tmp_path / "arn.yaml"
     arn = "arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/2026-01-01T00:00:00.000"
     job.write_text(
@@ -55,7 +65,9 @@ def test_dynamodb_streams_job_names_the_table_or_arn(tmp_path: Path) -> None:
         "kcl: {worker_id: host-a, extra_properties: {shardSyncIntervalMillis: '5000'}}\n"
     )
     props = properties(job)
-    assert props["streamArn"] == arn
+    # KCL 3 rejects a DynamoDB stream ARN as streamArn; the launcher reads this key.
+    assert props["dynamoDBStreamArn"] == arn
+    assert "streamArn" not in props
     assert props["applicationName"].startswith("DynamoDBCrossRegionReplication")
     assert props["workerId"] == "host-a"
     assert props["kinesisEndpoint"] == props["dynamoDBEndpoint"] == "http://127.0.0.1:4566"

@@ -14,10 +14,29 @@ import sys
 from pathlib import Path
 from string import Template
 
-from replicator.config.model import ResolvedJob, StreamKind
+from replicator.config.model import JobConfig, OnTrimmedData, ResolvedJob, StreamKind
 from replicator.exceptions import KclUnavailable
 
 TEMPLATE_ENV = "REPLICATOR_PROPERTIES_DIR"
+# How much longer than the failover time a graceful stop may take (KCL 2.x spends about
+# the failover time in it: it waits for the leases it held to be given up).
+SHUTDOWN_GRACE_MARGIN_MS = 10_000
+
+
+def shutdown_grace_ms(job: JobConfig) -> int:
+    """The daemon's shutdownGraceMillis: ``kcl.extra_properties`` may set it explicitly."""
+    explicit = job.kcl.extra_properties.get("shutdownGraceMillis")
+    if explicit is not None and explicit.strip().isdigit():
+        return int(explicit)
+    return job.kcl.failover_time_ms + SHUTDOWN_GRACE_MARGIN_MS
+
+
+def has_endpoint_override(job: JobConfig) -> bool:
+    """True when the KCL talks to an endpoint other than AWS's (a local emulator)."""
+    extra = job.kcl.extra_properties
+    return (
+        bool(job.source.endpoint_url) or "kinesisEndpoint" in extra or "dynamoDBEndpoint" in extra
+    )
 
 
 def templates_dir() -> Path:
@@ -79,9 +98,10 @@ def render_properties(
         "executable": processor_executable(resolved.path.resolve()),
         "stream_name": stream_name(resolved),
         "stream_line": (
-            f"streamArn = {stream_arn or source.stream.arn}"
+            f"dynamoDBStreamArn = {stream_arn or source.stream.arn}"
             if stream_arn or source.stream.arn
-            else f"# streamArn: the latest stream of table {source.table}, looked up at start"
+            else f"# dynamoDBStreamArn: the latest stream of table {source.table}, "
+            "looked up by `replicator run`"
         ),
         "table": source.table,
         "task_name": resolved.task_name,
@@ -91,6 +111,12 @@ def render_properties(
         "max_records": str(job.kcl.max_records),
         "idle_time_between_reads_ms": str(job.kcl.idle_time_between_reads_ms),
         "failover_time_ms": str(job.kcl.failover_time_ms),
+        "shutdown_grace_ms": str(shutdown_grace_ms(job)),
+        "skip_records_behavior": (
+            "SKIP_RECORDS_TO_TRIM_HORIZON"
+            if source.on_trimmed_data is OnTrimmedData.RESTART_FROM_TRIM_HORIZON
+            else "KCL_RETRY"
+        ),
         "endpoint_lines": endpoint_lines,
         "extra_lines": extra_lines,
     }
