@@ -92,7 +92,7 @@ def check_source(resolved: ResolvedJob) -> SourceInfo:
     key_schema = _key_schema(table)
     if source.stream.kind is StreamKind.KINESIS:
         return SourceInfo(
-            stream_arn=source.stream.arn or source.stream.name or "",
+            stream_arn=check_kinesis_stream(resolved, where),
             view_type=None,
             key_schema=key_schema,
         )
@@ -130,6 +130,31 @@ def check_source(resolved: ResolvedJob) -> SourceInfo:
             "check deletes against the deleted image, which needs NEW_AND_OLD_IMAGES"
         )
     return SourceInfo(stream_arn=stream_arn, view_type=view_type, key_schema=key_schema)
+
+
+def check_kinesis_stream(resolved: ResolvedJob, where: str) -> str:
+    """The Kinesis data stream's ARN, once it is known to exist and be readable."""
+    source = resolved.job.source
+    stream = source.stream
+    named = {"StreamARN": stream.arn} if stream.arn else {"StreamName": stream.name or ""}
+    kinesis = aws.client(
+        "kinesis",
+        source.region,
+        endpoint_url=source.endpoint_url,
+        role_arn=source.role_arn,
+        external_id=source.external_id,
+    )
+    what = f"kinesis stream {stream.arn or stream.name}"
+    try:
+        summary = kinesis.describe_stream_summary(**named)["StreamDescriptionSummary"]
+    except (ClientError, BotoCoreError) as error:
+        raise explain(error, what, where) from None
+    status = summary.get("StreamStatus")
+    if status not in ("ACTIVE", "UPDATING"):
+        raise EnvironmentProblem(
+            f"{what} at {where} is {status}; the KCL reads only an ACTIVE stream"
+        )
+    return str(summary["StreamARN"])
 
 
 def check_destinations(resolved: ResolvedJob, source_keys: dict[str, str]) -> None:

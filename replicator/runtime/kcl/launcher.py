@@ -1,12 +1,349 @@
-"""Starts the Java KCL MultiLangDaemon for a job (runtime: kcl)."""
+"""``replicator run`` with ``runtime: kcl``: the Java daemon under a small supervisor.
+
+The daemon (the stock MultiLangDaemon for a Kinesis source, the replicator's DynamoDB
+Streams launcher otherwise) balances shards between every worker of the task name and
+runs one processor child per shard it holds. This process prepares its properties and
+metrics directory, serves ``/metrics`` and ``/healthz`` for all of them, and owns the
+daemon's lifetime:
+
+* SIGTERM/SIGINT are passed to the daemon alone, whose shutdown hook asks each child to
+  checkpoint and stop; a second signal, or a daemon still alive well after its grace
+  time, gets the daemon's whole process group killed.
+* The daemon runs in a process group of its own; when it has exited, whatever is left
+  in that group (a child that did not notice) is given a moment and then killed, so no
+  processor runs on unsupervised.
+* If this process dies without cleaning up (kill -9), the kernel kills the daemon too
+  (Linux parent-death signal), and the children, whose input closes, follow.
+* The exit status is the daemon's (128 + N when a signal N ended it). The daemon exits
+  1 when a child fails; it does not start a new one, so run the replicator under a
+  restart policy.
+"""
 
 from __future__ import annotations
 
-from replicator.config.model import ResolvedJob
+import ctypes
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from replicator import logs
+from replicator.config.model import ResolvedJob, StreamKind
 from replicator.exceptions import KclUnavailable
+from replicator.metrics import multiprocess
+from replicator.metrics.server import MetricsServer
+from replicator.runtime import preflight
+from replicator.runtime.kcl import java
+from replicator.runtime.kcl.properties import render_properties, shutdown_grace_ms
+
+log = structlog.get_logger(__name__)
+
+# After the daemon has exited, how long its children get to notice and exit by themselves.
+CHILDREN_EXIT_S = 5.0
+# After the grace time the daemon was given on SIGTERM, how much longer before SIGKILL.
+STOP_MARGIN_S = 15.0
+_POLL_S = 0.2
+_PR_SET_PDEATHSIG = 1
+# Lines of daemon output that mean the classpath, not the job, is at fault.
+_CLASSPATH_FAILURE = re.compile(
+    r"Could not find or load main class|NoClassDefFoundError|UnsupportedClassVersionError"
+    r"|Invalid or corrupt jarfile|ClassFormatError"
+)
 
 
-def run_kcl(resolved: ResolvedJob) -> int:
-    raise KclUnavailable(
-        f"{resolved.path}: runtime kcl is not available in this build yet; use runtime: local"
+@dataclass(frozen=True)
+class PreparedRun:
+    argv: list[str]
+    properties: Path
+    jars_dir: Path
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A preexec_fn arming SIGKILL for when the process that started the child dies.
+
+    libc is looked up here, in the parent: between fork and exec the child should do
+    as little as possible.
+    """
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return arm
+
+
+class DaemonProcess:
+    """The daemon in its own process group, with its output copied to our stderr."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        env: Mapping[str, str],
+        grace_s: float,
+        output: IO[str] | None = None,
+    ) -> None:
+        self.argv = argv
+        self.env = dict(env)
+        self.grace_s = grace_s
+        self.output = output or sys.stderr
+        self.classpath_failure: str | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._pump: threading.Thread | None = None
+        self._stop_requests = 0
+        self._stop_deadline: float | None = None
+        self._stop_sent = 0
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("the daemon has not been started")
+        return self._process.pid
+
+    def start(self) -> None:
+        """Start the daemon; call before any other thread exists (preexec_fn runs in the fork)."""
+        self._process = subprocess.Popen(  # noqa: S603  # argv built from the checked job
+            self.argv,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_parent_death_signal(),  # noqa: PLW1509  # nothing else runs yet
+        )
+        self._pump = threading.Thread(target=self._copy_output, name="kcl-output", daemon=True)
+        self._pump.start()
+        log.info("KCL daemon started", pid=self._process.pid, command=" ".join(self.argv))
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def problems(self) -> list[str]:
+        """What ``/healthz`` reports about the daemon."""
+        return [] if self.running() else ["the daemon is not running"]
+
+    def request_stop(self) -> None:
+        """Called from a signal handler: only counts; the wait loop acts on it."""
+        self._stop_requests += 1
+
+    def wait(self) -> int:
+        """Wait for the daemon to exit (forwarding stop requests); its exit status."""
+        process = self._process
+        if process is None:
+            raise RuntimeError("the daemon has not been started")
+        while process.poll() is None:
+            self._act_on_stop_requests()
+            time.sleep(_POLL_S)
+        status = process.returncode
+        return 128 - status if status < 0 else status
+
+    def _act_on_stop_requests(self) -> None:
+        requests = self._stop_requests
+        if requests > self._stop_sent:
+            self._stop_sent = requests
+            if requests == 1:
+                log.info("stop requested; asking the daemon to shut down", grace_s=self.grace_s)
+                self._signal(signal.SIGTERM, group=False)
+                self._stop_deadline = time.monotonic() + self.grace_s + STOP_MARGIN_S
+            else:
+                log.warning("second stop request; killing the daemon and its processors")
+                self._signal(signal.SIGKILL, group=True)
+        if self._stop_deadline is not None and time.monotonic() > self._stop_deadline:
+            log.error("the daemon did not stop in time; killing it and its processors")
+            self._stop_deadline = None
+            self._signal(signal.SIGKILL, group=True)
+
+    def _signal(self, signum: int, *, group: bool) -> None:
+        try:
+            if group:
+                os.killpg(self.pid, signum)
+            else:
+                os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def clean_up(self, wait_s: float = CHILDREN_EXIT_S) -> list[int]:
+        """After the daemon has gone: kill what is left of its group; the pids killed.
+
+        The daemon's output is read to its end only then, as a child may hold it open.
+        """
+        if self._process is None:
+            return []
+        if self._process.poll() is None:
+            self._signal(signal.SIGKILL, group=True)
+            self._process.wait()
+        deadline = time.monotonic() + wait_s
+        while group_members(self.pid) and time.monotonic() < deadline:
+            _reap_orphans()
+            time.sleep(_POLL_S)
+        left = group_members(self.pid)
+        if left:
+            log.warning("processors outlived the daemon; killing them", pids=left)
+            self._signal(signal.SIGKILL, group=True)
+            deadline = time.monotonic() + wait_s
+            while group_members(self.pid) and time.monotonic() < deadline:
+                _reap_orphans()
+                time.sleep(_POLL_S)
+        if self._pump is not None:
+            self._pump.join(timeout=wait_s)
+        return left
+
+    def processor_count(self) -> int:
+        """Live children of the daemon: one processor per shard it holds."""
+        if not self.running():
+            return 0
+        return len(children_of(self.pid))
+
+    def _copy_output(self) -> None:
+        process = self._process
+        if process is None or process.stdout is None:
+            return
+        for raw in process.stdout:
+            line = raw.decode("utf-8", errors="replace")
+            if self.classpath_failure is None and _CLASSPATH_FAILURE.search(line):
+                self.classpath_failure = line.strip()
+            self.output.write(line)
+            self.output.flush()
+
+
+def _proc_stats() -> Iterator[tuple[int, str, int, int]]:
+    """(pid, state, parent pid, process group) of every process, from /proc."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        yield int(entry.name), fields[0], int(fields[1]), int(fields[2])
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group ``pgid``."""
+    return [pid for pid, state, _, group in _proc_stats() if group == pgid and state != "Z"]
+
+
+def children_of(pid: int) -> list[int]:
+    return [child for child, state, parent, _ in _proc_stats() if parent == pid and state != "Z"]
+
+
+def _reap_orphans() -> None:
+    """As PID 1 in a container, orphaned processors become our children: reap them.
+
+    Only then: elsewhere orphans go to init, and waiting on any child here could take
+    an exit status that belongs to someone else's subprocess.
+    """
+    if os.getpid() != 1:
+        return
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+class _DaemonCollector(Collector):
+    def __init__(self, daemon: DaemonProcess) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterator[Metric]:
+        owned = GaugeMetricFamily(
+            "replicator_shards_owned", "Shards this worker processes now (processor children)."
+        )
+        owned.add_metric([], self.daemon.processor_count())
+        yield owned
+
+
+def prepare_run(
+    resolved: ResolvedJob, directory: Path, environ: Mapping[str, str] = os.environ
+) -> PreparedRun:
+    """Check java, jars and AWS, and write the properties file into ``directory``.
+
+    The local checks come first: they are cheap and need no network.
+    """
+    installation = java.locate(resolved, environ)
+    info = preflight.check(resolved)
+    job = resolved.job
+    worker_id = job.kcl.worker_id or socket.gethostname()
+    stream_arn = info.stream_arn if job.source.stream.kind is StreamKind.DYNAMODB_STREAMS else None
+    properties = directory / f"{resolved.task_name}.properties"
+    properties.write_text(
+        render_properties(resolved, worker_id=worker_id, stream_arn=stream_arn), encoding="utf-8"
     )
+    argv = java.daemon_command(resolved, installation, properties, environ)
+    return PreparedRun(argv=argv, properties=properties, jars_dir=installation.jars_dir)
+
+
+def run_kcl(
+    resolved: ResolvedJob, ready: Callable[[DaemonProcess, MetricsServer | None], Any] | None = None
+) -> int:
+    """Run the job on the KCL daemon until it exits; the daemon's exit status."""
+    job = resolved.job
+    logs.configure(job.logging.level, job.logging.format.value)
+    logs.bind_everywhere(task=resolved.task_name, runtime="kcl")
+    with tempfile.TemporaryDirectory(prefix="replicator-kcl-") as workdir:
+        prepared = prepare_run(resolved, Path(workdir))
+        samples = multiprocess.prepare()
+        env = {**os.environ, multiprocess.ENV: str(samples.path)}
+        daemon = DaemonProcess(prepared.argv, env, grace_s=shutdown_grace_ms(job) / 1000)
+        server: MetricsServer | None = None
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            if job.metrics.enabled:
+                # Bound before the daemon starts, so a port in use fails first.
+                server = MetricsServer(
+                    job.metrics.host,
+                    job.metrics.port,
+                    samples.path,
+                    problems=daemon.problems,
+                    stall_after_s=job.metrics.stall_after_s,
+                    extra=[_DaemonCollector(daemon)],
+                )
+            for sig in previous:
+                signal.signal(sig, lambda signum, _: daemon.request_stop())
+            daemon.start()
+            if server is not None:
+                server.start()
+            log.info(
+                "KCL runtime started",
+                worker_id=job.kcl.worker_id or socket.gethostname(),
+                lease_table=resolved.lease_table,
+                properties=str(prepared.properties),
+            )
+            if ready is not None:
+                threading.Thread(target=ready, args=(daemon, server), daemon=True).start()
+            status = daemon.wait()
+        finally:
+            daemon.clean_up()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if server is not None:
+                server.stop()
+            multiprocess.discard(samples)
+    if status != 0 and daemon.classpath_failure:
+        raise KclUnavailable(
+            f"the KCL daemon could not start from {prepared.jars_dir}: "
+            f"{daemon.classpath_failure}; the jars there do not form a working KCL "
+            "classpath for this java (see docs/kcl-and-docker.md for the pinned set)"
+        )
+    log.info("KCL daemon exited", status=status)
+    return status
