@@ -277,3 +277,13 @@ def verify(config_path: Path, as_json: bool, **options: Any) -> None:
     from replicator.tools import commands
 
     sys.exit(commands.verify(config_path, as_json, **options))
+
+
+@cli.command()
+@CONFIG_OPTION
+@_operator_errors
+def redrive(config_path: Path) -> None:
+    """Replay the job's dead letters through the writers; failures stay (exit 1 if any)."""
+    from replicator.tools import commands
+
+    sys.exit(commands.redrive(config_path))

@@ -93,3 +93,14 @@ def aws_failures(what: str) -> Iterator[None]:
         raise EnvironmentProblem(f"{what}: {error}") from None
     except (ClientError, BotoCoreError) as error:
         raise explain(error, what, "its AWS endpoint") from None
+
+
+def redrive(config_path: Path) -> int:
+    from replicator.tools.redrive import Redrive
+
+    resolved = load(config_path)
+    runner = Redrive(resolved)
+    with interrupts(runner.interrupt), aws_failures(f"redrive {resolved.task_name}"):
+        report = runner.run()
+    click.echo(report.text())
+    return report.exit_code

@@ -1,0 +1,285 @@
+"""``replicator redrive``: replay dead letters through the writers once their cause is fixed.
+
+Every letter is claimed from the job's dead-letter target (file or SQS), decoded again
+(with whatever fix is deployed) and written by the job's writers:
+
+* a letter for one destination goes to that destination only;
+* a letter for ``*`` (it could not be decoded, so it never reached any destination)
+  passes the job's filters and then goes to every destination;
+* a synthetic letter of a backfill or repair is written with the same safeguards as
+  when it was first tried (:mod:`replicator.tools.snapshot`).
+
+A write the conflict policy declines counts as replayed: the destination holds a newer
+item, which is what the policy is for. A letter that fails again stays in the target
+with ``attempts`` incremented and the new error; a ``*`` letter that now fails at some
+destinations only stays as one letter per failing destination. Letters are replayed
+one at a time, in the order the target returns them (a file keeps the order in which
+they were written). A destination that refuses three writes in a row (missing table,
+access denied) fails its remaining letters at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from replicator import wiring
+from replicator.config.model import ResolvedJob
+from replicator.deadletter import ALL_DESTINATIONS, Claimed, DeadLetter, DeadLetterTarget
+from replicator.decode import decode
+from replicator.exceptions import DestinationRefused, RecordDecodeError
+from replicator.filters import ChangeFilter, Route
+from replicator.items import describe_key, item_from_wire
+from replicator.metrics import Metrics
+from replicator.records import Change, Event
+from replicator.tools.scan import ReadRate
+from replicator.tools.snapshot import ResurrectionGuard, synthetic_purpose, with_snapshot_rules
+from replicator.tools.tables import describe, source_ref
+from replicator.writers.destination import DestinationWriter, Outcome, WriteCancelled
+
+log = structlog.get_logger(__name__)
+
+REFUSALS_BEFORE_GIVING_UP = 3
+
+
+@dataclass(frozen=True)
+class Failure:
+    destination: str
+    reason: str
+    error: str
+
+
+@dataclass
+class Replay:
+    """What became of one claimed letter."""
+
+    letter: DeadLetter
+    failures: list[Failure]
+    note: str = ""
+
+    @property
+    def replayed(self) -> bool:
+        return not self.failures
+
+    def line(self) -> str:
+        letter = self.letter
+        what = f"{letter.event or '?'} {_key_text(letter)} (sequence {_sequence(letter)})"
+        if self.replayed:
+            return f"  replayed      {letter.destination}: {what}" + (
+                f" {self.note}" if self.note else ""
+            )
+        return "\n".join(
+            f"  failed again  {failure.destination}: {what}: {failure.reason}: {failure.error}"
+            for failure in self.failures
+        )
+
+
+@dataclass
+class RedriveReport:
+    target: str
+    replays: list[Replay] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def replayed(self) -> int:
+        return sum(1 for replay in self.replays if replay.replayed)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for replay in self.replays if not replay.replayed)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.failed == 0 and not self.interrupted else 1
+
+    def text(self) -> str:
+        if not self.replays:
+            return f"redrive: no dead letters in {self.target}"
+        lines = [
+            f"redrive of {self.target}: {len(self.replays)} letters, {self.replayed} replayed, "
+            f"{self.failed} failed again (kept in the target)"
+            + ("; interrupted: the rest are still in the target" if self.interrupted else "")
+        ]
+        lines.extend(replay.line() for replay in self.replays)
+        return "\n".join(lines)
+
+
+class _Kept:
+    """A dead-letter sink that keeps, in memory, what a writer would have dead-lettered.
+
+    The redrive decides itself what goes back to the real target, so that a letter that
+    fails again is stored once, as the same letter with one more attempt.
+    """
+
+    description = "redrive"
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def take(self) -> DeadLetter | None:
+        letter: DeadLetter | None = getattr(self._local, "letter", None)
+        self._local.letter = None
+        return letter
+
+    def put(self, letter: DeadLetter) -> None:
+        self._local.letter = letter
+
+    def claim_all(self) -> Iterator[Claimed]:
+        return iter(())
+
+    def settle(self, claimed: Claimed, *, replayed: bool) -> None:
+        raise NotImplementedError("the redrive sink holds no letters to settle")
+
+
+class Redrive:
+    def __init__(self, resolved: ResolvedJob, *, metrics: Metrics | None = None) -> None:
+        self.resolved = resolved
+        self.metrics = metrics or Metrics(CollectorRegistry())
+        self.run_id = uuid.uuid4().hex[:12]
+        self.stop = threading.Event()
+        self._kept = _Kept()
+        self._writers: dict[str, DestinationWriter] = {}
+        self._snapshot_writers: dict[str, DestinationWriter] = {}
+        self._filter = ChangeFilter.for_job(resolved.job)
+        self._guard: ResurrectionGuard | None = None
+        self._target: DeadLetterTarget | None = None
+
+    def interrupt(self) -> None:
+        """First call: stop after the letter in hand. Second: stop retrying it."""
+        if self.stop.is_set():
+            for writer in [*self._writers.values(), *self._snapshot_writers.values()]:
+                writer.cancelled.set()
+        self.stop.set()
+
+    def run(self, target: DeadLetterTarget | None = None) -> RedriveReport:
+        target = target or wiring.dead_letter_target(self.resolved, run_id=self.run_id)
+        self._writers = wiring.destination_writers(
+            self.resolved, self.metrics, "redrive", self._kept
+        )
+        self._snapshot_writers = with_snapshot_rules(self._writers)
+        for writer in [*self._writers.values(), *self._snapshot_writers.values()]:
+            writer.refusal_limit = min(writer.refusal_limit, REFUSALS_BEFORE_GIVING_UP)
+        self._target = target
+        report = RedriveReport(target.description)
+        for claimed in target.claim_all():
+            try:
+                replay = self._replay(claimed.letter)
+            except WriteCancelled:
+                # Not settled: a file keeps it for the next redrive, a queue shows it again
+                # after its visibility timeout.
+                report.interrupted = True
+                break
+            report.replays.append(replay)
+            self._settle(target, claimed, replay)
+            if self.stop.is_set():
+                report.interrupted = True
+                break
+        log.info("redrive done", replayed=report.replayed, failed_again=report.failed)
+        return report
+
+    def _settle(self, target: DeadLetterTarget, claimed: Claimed, replay: Replay) -> None:
+        letter = claimed.letter
+        failures = replay.failures
+        if not failures:
+            target.settle(claimed, replayed=True)
+            return
+        if len(failures) == 1 and failures[0].destination == letter.destination:
+            failure = failures[0]
+            again = letter.retried(failure.error, failure.reason, self.run_id)
+            target.settle(Claimed(again, claimed.receipt), replayed=False)
+            return
+        # A letter for every destination that now fails at some of them only: one letter
+        # per failing destination, stored before the original is removed.
+        for failure in failures:
+            again = replace(
+                letter.retried(failure.error, failure.reason, self.run_id),
+                destination=failure.destination,
+            )
+            target.put(again)
+        target.settle(claimed, replayed=True)
+
+    def _replay(self, letter: DeadLetter) -> Replay:
+        try:
+            change = decode(letter.record)
+        except RecordDecodeError as error:
+            return Replay(letter, [Failure(letter.destination, "undecodable", str(error))])
+        synthetic = synthetic_purpose(letter.record) is not None
+        writers = self._snapshot_writers if synthetic else self._writers
+        if letter.destination == ALL_DESTINATIONS:
+            route = self._filter.route(change)
+            if route is not Route.REPLICATE:
+                return Replay(letter, [], note=f"({route.value}: nothing to write)")
+            labels = list(writers)
+        elif letter.destination in writers:
+            labels = [letter.destination]
+        else:
+            return Replay(
+                letter,
+                [
+                    Failure(
+                        letter.destination,
+                        "unknown_destination",
+                        f"the job file {self.resolved.path} has no destination named "
+                        f"{letter.destination!r} (destinations: {', '.join(writers)})",
+                    )
+                ],
+            )
+        failures: list[Failure] = []
+        applied: list[str] = []
+        for label in labels:
+            failure = self._write(writers[label], change)
+            if failure is None:
+                applied.append(label)
+            else:
+                failures.append(failure)
+        if synthetic and applied and change.event is not Event.REMOVE:
+            self._undo_resurrections(change, applied)
+        return Replay(letter, failures)
+
+    def _write(self, writer: DestinationWriter, change: Change) -> Failure | None:
+        self._kept.take()
+        try:
+            outcome = writer.write(change)
+        except DestinationRefused as refused:
+            return Failure(writer.label, "refused", str(refused))
+        if outcome is Outcome.DEAD_LETTERED:
+            kept = self._kept.take()
+            if kept is None:
+                return Failure(writer.label, "failed", "the write failed again")
+            return Failure(writer.label, kept.reason, kept.error)
+        return None
+
+    def _undo_resurrections(self, change: Change, labels: list[str]) -> None:
+        """A replayed copy of a read image is checked against the source like a backfill's."""
+        if self._guard is None:
+            assert self._target is not None
+            source = source_ref(self.resolved)
+            # Its deletes dead-letter to the real target: nothing it does is held back.
+            removers = {
+                label: replace(writer, dead_letters=self._target)
+                for label, writer in self._snapshot_writers.items()
+            }
+            self._guard = ResurrectionGuard(
+                source, describe(source).key_names, removers, ReadRate(0), "redrive"
+            )
+        tally = self._guard.check([(change, labels)])
+        if tally.undone:
+            log.info("the source no longer holds a replayed item; its copy was removed")
+
+
+def _key_text(letter: DeadLetter) -> str:
+    if not letter.keys:
+        return "(key unknown)"
+    try:
+        return describe_key(item_from_wire(letter.keys))
+    except (ValueError, TypeError):
+        return str(letter.keys)
+
+
+def _sequence(letter: DeadLetter) -> str:
+    return str(letter.record.get("sequenceNumber"))
