@@ -4,6 +4,7 @@ safeguards, the hand-off check, resuming, and running beside the live replicator
 from __future__ import annotations
 
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +13,15 @@ from typing import Any
 import pytest
 
 from replicator.config import load_job
+from replicator.config.model import ConflictConfig
 from replicator.demo import tables
 from replicator.demo.workload import Workload, demo_item
 from replicator.exceptions import EnvironmentProblem
 from replicator.items import Item
+from replicator.rules import CustomRule, Skip, rule_for
 from replicator.runtime.local.leases import LeaseTable
 from replicator.tools.backfill import Backfill, BackfillHooks, BackfillOptions, BackfillResult
+from replicator.tools.snapshot import SnapshotRule, synthetic_change
 from tests.e2e import Job, stop, wait_until
 
 LWW = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}"
@@ -290,3 +294,86 @@ def _shard(job: Job, stream_arn: str) -> str:
         "ShardId"
     ]
     return shard_id
+
+
+def _plan(
+    rule: Any, new_image: Item | None, expected: Item | None, existing: Item | None = None
+) -> Any:
+    change = synthetic_change(
+        "backfill", key("A", 1), "us-east-1", new_image=new_image, expected=expected
+    )
+    return SnapshotRule(rule).plan(change, existing)
+
+
+def test_snapshot_rule_keeps_read_images_from_overwriting_newer_items() -> None:
+    overwrite = rule_for(ConflictConfig(), None)
+    lww = rule_for(
+        ConflictConfig(policy="last_writer_wins", timestamp_attribute="updated_at"), None
+    )
+    scanned, at_destination = item("A", 1, 100), item("A", 1, 50, note="old")
+
+    insert = _plan(overwrite, scanned, None)
+    assert (insert.op, insert.condition, insert.names) == (
+        "put",
+        "attribute_not_exists(#k)",
+        {"#k": "pk"},
+    )
+    replace = _plan(overwrite, scanned, at_destination)
+    assert replace.condition == "#a0 = :a0 AND #a1 = :a1 AND #a2 = :a2 AND #a3 = :a3"
+    assert replace.values[":a0"] == {"S": "old"}  # note, pk, sk, updated_at: as read
+
+    ordered = _plan(lww, scanned, None)
+    assert ordered.condition == "attribute_not_exists(#c) OR #c <= :c"
+    unordered = _plan(lww, {"pk": {"S": "A"}, "sk": {"N": "1"}}, None)
+    assert unordered.condition == "attribute_not_exists(#k)"  # no timestamp: insert only
+
+    delete = _plan(lww, None, at_destination)
+    assert delete.op == "delete" and delete.key == key("A", 1)
+    assert delete.condition is not None and delete.condition.count("=") == 4
+
+    calls: list[Item | None] = []
+
+    def resolver(change: Any, existing: Item | None) -> bool:
+        calls.append(existing)
+        return True
+
+    custom = CustomRule(resolver)
+    assert isinstance(_plan(custom, scanned, None, existing=at_destination), Skip)
+    assert isinstance(_plan(custom, scanned, scanned, existing=at_destination), Skip)
+    assert calls == []  # the resolver never sees an item the command did not expect
+    guarded = _plan(custom, scanned, at_destination, existing=at_destination)
+    assert guarded.op == "put" and calls == [at_destination]
+    assert _plan(custom, scanned, None, existing=None).condition == "attribute_not_exists(#k)"
+
+
+def test_ctrl_c_stops_after_the_pages_in_hand_and_the_run_resumes(job: Job) -> None:
+    populate(job, 150)
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "replicator", "backfill", "--config", str(job.path)),
+            *("--segments", "2", "--page-size", "5", "--read-rate", "40"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(lambda: _scanned(job) >= 20, 30, "the backfill to save progress", interval=0.1)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 1, err
+    assert "stopped before the end (interrupted)" in out
+    stopped_at = _scanned(job)
+    assert stopped_at < 150
+
+    resumed = cli(job, "backfill")
+    assert resumed.returncode == 0, resumed.stderr
+    assert _scanned(job) == 150
+    assert job.converged()
+
+
+def _scanned(job: Job) -> int:
+    try:
+        rows = state_rows(job)
+    except job.source.exceptions.ResourceNotFoundException:
+        return 0
+    return sum(int(row.get("scanned", {}).get("N", "0")) for n, row in rows.items() if n >= 0)

@@ -62,10 +62,10 @@ class ProgressReport:
         if self._stream.isatty():
             self._bar = Progress(
                 TextColumn("{task.description}"),
-                BarColumn(),
+                BarColumn(bar_width=24),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[details]}"),
                 TimeElapsedColumn(),
+                TextColumn("{task.fields[details]}"),
                 console=Console(file=self._stream),
                 transient=False,
             )
