@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -70,6 +71,9 @@ def parse(argv: list[str] | None) -> tuple[Plan, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     plan, output = parse(argv)
+    if plan.profile_dir is not None and shutil.which("py-spy") is None:
+        print("--profile needs py-spy on PATH (pip install py-spy)", file=sys.stderr)
+        return 2
     before = machine()
 
     def say(line: str) -> None:
