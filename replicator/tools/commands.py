@@ -58,7 +58,7 @@ def backfill(config_path: Path, **options: Any) -> int:
 
     resolved = load(config_path)
     runner = Backfill(resolved, BackfillOptions(**options))
-    with interrupts(runner.interrupt):
+    with interrupts(runner.interrupt), aws_failures(f"backfill {resolved.task_name}"):
         result = runner.run()
     click.echo(result.summary())
     return result.exit_code
@@ -69,7 +69,7 @@ def verify(config_path: Path, as_json: bool, **options: Any) -> int:
 
     resolved = load(config_path)
     runner = Verify(resolved, VerifyOptions(**options))
-    with aws_failures(f"verify {resolved.task_name}"):
+    with interrupts(runner.stop.set), aws_failures(f"verify {resolved.task_name}"):
         report = runner.run()
     click.echo(report.as_json() if as_json else report.text())
     return report.exit_code

@@ -157,14 +157,6 @@ def batch_get(
     return found
 
 
-def get_item(ref: TableRef, key: Item) -> Item | None:
-    response = call(
-        ref.client.get_item, f"read {ref.label}", TableName=ref.table, Key=key, ConsistentRead=True
-    )
-    item: Item | None = response.get("Item")
-    return item
-
-
 def _projection(key_names: list[str]) -> dict[str, Any]:
     names = {f"#k{index}": name for index, name in enumerate(key_names)}
     return {"ProjectionExpression": ", ".join(names), "ExpressionAttributeNames": names}

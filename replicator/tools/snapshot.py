@@ -35,7 +35,7 @@ import binascii
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from replicator import wiring
@@ -242,7 +242,6 @@ class GuardTally:
     undone: int = 0  # copies of deleted items removed again
     kept: int = 0  # the destination had changed since: left alone
     dead_lettered: int = 0
-    keys: list[Item] = field(default_factory=list)  # the keys of the undone copies
 
 
 class ResurrectionGuard:
@@ -292,7 +291,6 @@ class ResurrectionGuard:
                 outcome = self.writers[label].write(removal)
                 if outcome is Outcome.APPLIED:
                     tally.undone += 1
-                    tally.keys.append(change.keys)
                 elif outcome is Outcome.CONFLICT_LOST:
                     tally.kept += 1
                 else:

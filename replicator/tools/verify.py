@@ -27,7 +27,6 @@ import json
 import math
 import random
 import threading
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from prometheus_client import CollectorRegistry
 
 from replicator import wiring
 from replicator.config.model import ResolvedJob
+from replicator.exceptions import OperatorError
 from replicator.items import Item, KeyId, describe_key, item_to_wire, key_id, project
 from replicator.metrics import Metrics
 from replicator.records import Change
@@ -205,6 +205,11 @@ class Verify:
         self.destinations = destination_refs(resolved, connections)
         self.by_label = {ref.label: ref for ref in self.destinations}
         self._rates: dict[str, ReadRate] = {}
+        self.stop = threading.Event()  # set: give up, reporting nothing
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise OperatorError("verify interrupted before it finished; no report")
 
     def _rate(self, ref: TableRef) -> ReadRate:
         return self._rates.setdefault(ref.label, ReadRate(self.options.read_rate))
@@ -268,6 +273,7 @@ class Verify:
                 self._rate(ref),
                 page_size=self.options.page_size,
             ):
+                self._check_stop()
                 for item in page.items:
                     found[key_id(project(item, key_names))] = item_digest(item)
                 report.advance(len(page.items))
@@ -320,6 +326,7 @@ class Verify:
         rate = self._rate(ref)
 
         def first_keys(segment: int) -> list[KeyId]:
+            self._check_stop()
             pages = scan_pages(ref, segment, total, rate, page_size=take, key_names=key_names)
             page = next(pages)
             pages.close()
@@ -346,8 +353,10 @@ class Verify:
         for attempt in range(max(1, self.options.recheck)):
             if not pending:
                 break
+            self._check_stop()
             if attempt:
-                time.sleep(self.options.recheck_pause_s)
+                self.stop.wait(self.options.recheck_pause_s)
+                self._check_stop()
             states = self._read_states(pending, key_names)
             pending = {}
             for label, per_key in states.items():
