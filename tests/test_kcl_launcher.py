@@ -197,6 +197,15 @@ def test_dynamodb_streams_without_the_launcher_says_how_to_build_it(tmp_path: Pa
     assert java.STREAMS_ADAPTER in message
 
 
+def test_a_source_role_is_refused_since_the_daemon_would_not_use_it(tmp_path: Path) -> None:
+    job = write_job(tmp_path / "job.yaml", kcl=f", java: {sys.executable}")
+    text = job.read_text().replace(
+        "source: {", "source: {role_arn: 'arn:aws:iam::123456789012:role/reader', "
+    )
+    job.write_text(text)
+    assert_refused(run_cli(job), 4, "source.role_arn", "runtime: local")
+
+
 # -- against AWS (moto): preflight, and a classpath that cannot start ---------------------
 
 
@@ -353,6 +362,8 @@ def test_sigterm_reaches_the_daemon_and_its_status_is_the_exit_status(stand_in: 
         "two processors counted as owned shards",
     )
 
+    assert healthcheck(port).returncode == 0  # the image's HEALTHCHECK
+
     run.process.send_signal(signal.SIGTERM)
     assert run.process.wait(30) == 143
     assert Path(str(run.record_path) + ".sigterm").exists()  # forwarded, not a kill
@@ -362,6 +373,20 @@ def test_sigterm_reaches_the_daemon_and_its_status_is_the_exit_status(stand_in: 
         "the daemon and its children to be gone",
     )
     assert not Path(record["samples_dir"]).exists()
+    probe = healthcheck(port)
+    assert probe.returncode == 1
+    assert "unreachable" in probe.stderr
+
+
+def healthcheck(port: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "replicator.runtime.healthcheck"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "REPLICATOR_METRICS_PORT": str(port)},
+    )
 
 
 def test_a_daemon_that_fails_is_reported_and_its_leftover_children_are_killed(
