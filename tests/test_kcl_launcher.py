@@ -277,7 +277,9 @@ os.replace(os.environ["STAND_IN_RECORD"] + ".tmp", os.environ["STAND_IN_RECORD"]
 if mode == "stubborn-child":
     time.sleep(0.5)
     sys.exit(1)  # a processor failed: the daemon exits 1 and leaves its children behind
-while not stopping:
+while not stopping or mode == "deaf":
+    if stopping and not os.path.exists(os.environ["STAND_IN_RECORD"] + ".sigterm"):
+        open(os.environ["STAND_IN_RECORD"] + ".sigterm", "w").close()
     time.sleep(0.05)
 open(os.environ["STAND_IN_RECORD"] + ".sigterm", "w").close()
 sys.exit(143)
@@ -400,6 +402,19 @@ def test_a_daemon_that_fails_is_reported_and_its_leftover_children_are_killed(
     log = run.log.read_text()
     assert "processors outlived the daemon; killing them" in log
     assert '"status": 1' in log
+
+
+def test_a_second_stop_request_kills_a_daemon_that_does_not_stop(stand_in: Any) -> None:
+    run = stand_in("deaf")
+    record = run.record()
+    run.process.send_signal(signal.SIGTERM)
+    sigterm = Path(str(run.record_path) + ".sigterm")
+    wait_until(sigterm.exists, 10, "the daemon to get the first SIGTERM")
+    assert run.process.poll() is None  # still waiting for its graceful stop
+    run.process.send_signal(signal.SIGINT)
+    assert run.process.wait(30) == 128 + signal.SIGKILL
+    assert not group_members(record["pgid"])
+    assert "second stop request" in run.log.read_text()
 
 
 def test_killing_the_supervisor_takes_the_daemon_with_it(stand_in: Any) -> None:
