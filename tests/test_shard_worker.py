@@ -12,7 +12,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from replicator.config.model import OnTrimmedData
-from replicator.exceptions import TrimmedData
+from replicator.exceptions import EnvironmentProblem, TrimmedData
 from replicator.runtime.local.leases import SHARD_END, LeaseTable
 from replicator.runtime.local.protocol import ChildFailed
 from replicator.runtime.local.runtime import startable
@@ -80,6 +80,7 @@ class StandInChild:
     def __init__(
         self, on_checkpoint: Callable[[str | None, int | None], str | None], fail: bool = False
     ) -> None:
+        """``fail``: die during initialize, as a processor that cannot start does."""
         self.on_checkpoint = on_checkpoint
         self.fail = fail
         self.pid = 4242
@@ -117,12 +118,37 @@ def leases(moto_endpoint: str, unique: Any) -> LeaseTable:
     return table
 
 
+class FlakyLeases:
+    """A lease table whose reads and releases are throttled a given number of times."""
+
+    def __init__(self, table: LeaseTable, get_throttles: int, release_throttles: int) -> None:
+        self.table = table
+        self.get_throttles = get_throttles
+        self.release_throttles = release_throttles
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.table, name)
+
+    def get(self, shard_id: str) -> Any:
+        if self.get_throttles:
+            self.get_throttles -= 1
+            raise error("ProvisionedThroughputExceededException")
+        return self.table.get(shard_id)
+
+    def release(self, lease: Any) -> None:
+        if self.release_throttles:
+            self.release_throttles -= 1
+            raise error("ThrottlingException")
+        self.table.release(lease)
+
+
 def run_worker(
-    leases: LeaseTable,
+    leases: Any,
     script: list[Any],
     on_trimmed: OnTrimmedData = OnTrimmedData.FAIL,
-    fail: bool = False,
+    fail: bool | int = False,
 ) -> tuple[ShardWorker, ScriptedStream, list[StandInChild]]:
+    """``fail``: True makes every child fail, a number makes that many children fail."""
     created = leases.create("shard-1", "TRIM_HORIZON", [])
     assert created is not None
     lease = leases.take(created)
@@ -131,7 +157,8 @@ def run_worker(
     children: list[StandInChild] = []
 
     def new_child(shard_id: str, on_checkpoint: Any) -> Any:
-        children.append(StandInChild(on_checkpoint, fail=fail))
+        failing = fail is True or (fail is not False and len(children) < fail)
+        children.append(StandInChild(on_checkpoint, fail=failing))
         return children[-1]
 
     settings = ShardSettings("arn", 100, 0.0, on_trimmed, restart_limit=2, restart_window_s=60)
@@ -186,3 +213,25 @@ def test_a_child_that_keeps_failing_stops_the_shard(leases: LeaseTable) -> None:
     worker, _, children = run_worker(leases, [], fail=True)
     assert isinstance(worker.error, ChildKeepsFailing)
     assert len(children) == 3  # the first start and two restarts
+
+
+def test_a_stream_that_refuses_access_stops_the_shard_as_an_environment_problem(
+    leases: LeaseTable,
+) -> None:
+    worker, _, _ = run_worker(leases, [error("AccessDeniedException")])
+    assert isinstance(worker.error, EnvironmentProblem)
+    assert worker.error.exit_code == 3
+    assert "shard shard-1: reading the stream failed" in str(worker.error)
+
+
+def test_throttled_lease_reads_and_releases_do_not_stop_a_restart_or_a_clean_stop(
+    leases: LeaseTable,
+) -> None:
+    flaky = FlakyLeases(leases, get_throttles=2, release_throttles=2)
+    script = [{"Records": [record(1), record(2)], "NextShardIterator": "x"}]
+    worker, _, children = run_worker(flaky, script, fail=1)
+    assert worker.error is None
+    assert len(children) == 2 and children[1].batches[0][-1]["sequenceNumber"] == "2"
+    assert flaky.get_throttles == 0 and flaky.release_throttles == 0
+    stored = leases.get("shard-1")
+    assert stored is not None and stored.checkpoint == "2" and stored.owner is None

@@ -20,7 +20,7 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.config.model import OnTrimmedData
-from replicator.exceptions import LeaseLost, ReplicatorError, TrimmedData
+from replicator.exceptions import EnvironmentProblem, LeaseLost, ReplicatorError, TrimmedData
 from replicator.runtime.local.leases import (
     LATEST,
     SENTINELS,
@@ -149,7 +149,7 @@ class ShardWorker(threading.Thread):
                     error=str(error),
                     restarts=self.progress.restarts,
                 )
-                fresh = self.leases.get(self.shard_id)
+                fresh = self._read_lease()
                 if fresh is None or fresh.owner != self.leases.owner:
                     raise LeaseLost(f"shard {self.shard_id}: lease gone while restarting") from None
                 self.lease.checkpoint = fresh.checkpoint
@@ -213,7 +213,42 @@ class ShardWorker(threading.Thread):
                 "processor did not finish its shutdown", shard=self.shard_id, error=str(error)
             )
         child.close(timeout=5.0)
-        self.leases.release(self.lease)
+        self._release_lease()
+
+    # -- the lease, read and given up on the way through outages ---------------------------
+
+    def _read_lease(self) -> Lease | None:
+        """The lease as stored, retried through throttling so a restart is not lost to it."""
+        attempt = 0
+        while True:
+            try:
+                return self.leases.get(self.shard_id)
+            except (ClientError, BotoCoreError) as error:
+                if self.stopping.is_set():
+                    raise
+                self._wait_and_retry(error, attempt, what="reading the shard's lease")
+                attempt += 1
+
+    def _release_lease(self) -> None:
+        """Give the lease up at a clean stop; a few attempts, then leave it to expire.
+
+        Releasing only lets another worker take the shard before the failover time; the
+        checkpoint is already stored, so failing here must not turn a clean stop into an
+        error.
+        """
+        for attempt in range(4):
+            try:
+                self.leases.release(self.lease)
+                return
+            except (ClientError, BotoCoreError) as error:
+                if classify(error) not in (ErrorKind.THROTTLED, ErrorKind.RETRY) or attempt == 3:
+                    log.warning(
+                        "could not release the lease; it expires after the failover time",
+                        shard=self.shard_id,
+                        error=str(error),
+                    )
+                    return
+                time.sleep(self._backoff.delay(attempt))
 
     # -- iterators ------------------------------------------------------------------------
 
@@ -254,15 +289,17 @@ class ShardWorker(threading.Thread):
         )
         return self._iterator(TRIM_HORIZON)
 
-    def _wait_and_retry(self, error: BaseException, attempt: int) -> None:
+    def _wait_and_retry(
+        self, error: BaseException, attempt: int, what: str = "reading the stream"
+    ) -> None:
         kind = classify(error)
         if kind in (ErrorKind.DENIED, ErrorKind.NOT_FOUND, ErrorKind.REJECTED):
-            raise ReplicatorError(
-                f"shard {self.shard_id}: reading the stream failed: {error}"
-            ) from error
+            # No retry fixes these (permissions changed, stream or table gone): the
+            # environment is not as the job says, which the CLI reports as exit 3.
+            raise EnvironmentProblem(f"shard {self.shard_id}: {what} failed: {error}") from error
         delay = self._backoff.delay(attempt)
         log.warning(
-            "reading the stream failed; retrying",
+            f"{what} failed; retrying",
             shard=self.shard_id,
             error=str(error),
             delay_s=round(delay, 2),
