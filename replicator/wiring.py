@@ -19,6 +19,7 @@ from replicator.pipeline import ShardPipeline
 from replicator.rules import rule_for, squash_order
 from replicator.writers.backoff import Backoff
 from replicator.writers.destination import DestinationWriter
+from replicator.writers.wire import WireWriteClient
 
 
 def dead_letter_target(resolved: ResolvedJob, run_id: str | None = None) -> DeadLetterTarget:
@@ -63,6 +64,13 @@ def destination_writers(
             # only a custom resolver's own items get botocore's client-side check.
             validate_parameters=rule.reads_existing,
         )
+        if not rule.reads_existing and not settings.send_with_botocore:
+            client = WireWriteClient(
+                client,
+                max_connections=settings.max_in_flight,
+                connect_timeout=settings.connect_timeout_s,
+                read_timeout=settings.read_timeout_s,
+            )
         writers[destination.label] = DestinationWriter(
             label=destination.label,
             table=destination.table,

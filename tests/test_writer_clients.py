@@ -17,6 +17,7 @@ from replicator.items import Item
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.writers.destination import Outcome
+from replicator.writers.wire import WireWriteClient
 from tests.conftest import client, create_table
 from tests.records import put
 
@@ -50,9 +51,12 @@ def test_writer_clients(moto_endpoint: str, unique: Any, tmp_path: Path, metrics
     writers = wiring.destination_writers(resolved, metrics, "shard-1", dead_letters)
     lww, resolver = writers[f"{REGION}/{plain}"], writers[f"{REGION}/{custom}"]
 
+    # Conditional puts and deletes go out directly; the custom resolver's reads and
+    # writes go through botocore, whose serializer is wrapped in the client-side check.
+    assert isinstance(lww.client, WireWriteClient)
     assert lww.client.meta.config.user_agent.startswith(aws.USER_AGENT)
-    # botocore wraps its serializer in the client-side check when it is on.
     assert not isinstance(lww.client._serializer, ParamValidationDecorator)
+    assert not isinstance(resolver.client, WireWriteClient)
     assert isinstance(resolver.client._serializer, ParamValidationDecorator)
 
     change = decode(put("a", 1, ts=5, tags={"SS": ["x", "y"]}))
@@ -65,3 +69,26 @@ def test_writer_clients(moto_endpoint: str, unique: Any, tmp_path: Path, metrics
     (letter,) = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
     assert letter["reason"] == "rejected"
     assert "ParamValidationError" in letter["error"]
+
+
+def test_send_with_botocore_keeps_botocores_pipeline(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    ddb = client("dynamodb", REGION, moto_endpoint)
+    table = unique("plain")
+    create_table(ddb, table, stream=None)
+    job = (
+        "source: {region: us-east-1, table: source-table}\n"
+        f"destinations: [{{region: {REGION}, table: {table}, endpoint_url: '{moto_endpoint}'}}]\n"
+        "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+        "writer: {send_with_botocore: true}\n"
+        f"dead_letter: {{kind: file, path: '{tmp_path}/dead.jsonl'}}\n"
+    )
+    resolved = parse_job(job, tmp_path / "job.yaml")
+    writers = wiring.destination_writers(
+        resolved, metrics, "shard-1", wiring.dead_letter_target(resolved)
+    )
+    (writer,) = writers.values()
+    assert not isinstance(writer.client, WireWriteClient)
+    assert writer.write(decode(put("a", 1, ts=5))) is Outcome.APPLIED
+    assert ddb.get_item(TableName=table, Key={"pk": {"S": "a"}})["Item"]["ts"] == {"N": "5"}

@@ -195,6 +195,9 @@ class WriterConfig(Strict):
     access_denied_limit: Annotated[int, Field(ge=1)] = 20
     connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     read_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    # PutItem/DeleteItem are sent over DynamoDB's JSON protocol directly (writers/wire.py),
+    # which halves their CPU; true sends them through botocore's full request pipeline.
+    send_with_botocore: bool = False
 
 
 class DeadLetterKind(StrEnum):

@@ -1,0 +1,182 @@
+"""PutItem and DeleteItem over DynamoDB's JSON protocol, without botocore's request pipeline.
+
+Why: a writer spends most of its CPU in botocore, not in the network: about three
+quarters of a processor's time at 1,000 changes/s goes to botocore's event hooks,
+serializer, endpoint resolution and parser around each request (see the benchmarks).
+These two operations are all the stream path sends, their wire format is small and
+stable (JSON, attribute values as DynamoDB JSON), so they are sent here directly:
+the body serialized with :mod:`json`, signed with SigV4 (:mod:`.sigv4`) using botocore's
+credentials (so the default chain and assumed roles refresh as usual), over a urllib3
+connection pool.
+
+What stays botocore's: credentials, endpoint resolution (taken from a botocore client
+built for the destination), and the exception types. Every failure is raised
+as the :class:`~botocore.exceptions.ClientError` or
+:class:`~botocore.exceptions.BotoCoreError` botocore would have raised, with the same
+error code and HTTP status, so :func:`replicator.writers.errors.classify` (retries,
+refusals, dead letters) works unchanged. Everything else (``get_item`` for the custom
+rule) is delegated to the botocore client.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from typing import Any
+
+import urllib3
+from botocore.exceptions import (
+    ChecksumError,
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+
+from replicator.writers.sigv4 import DynamoDBSigner, host_of
+
+_TARGET = "DynamoDB_20120810."
+_CONTENT_TYPE = "application/x-amz-json-1.0"
+
+
+def _encode_binary(value: object) -> str:
+    """``json.dumps`` hook: binaries travel as base64 strings in DynamoDB JSON."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"{type(value).__name__} is not a DynamoDB attribute value")
+
+
+def _binaries_to_bytes(value: Any) -> Any:
+    """An attribute value from the wire, in boto3's form (``B``/``BS`` as bytes)."""
+    if isinstance(value, dict):
+        if len(value) == 1:
+            ((kind, inner),) = value.items()
+            if kind == "B":
+                return {"B": base64.b64decode(inner)}
+            if kind == "BS":
+                return {"BS": [base64.b64decode(part) for part in inner]}
+            if kind == "M":
+                return {"M": {k: _binaries_to_bytes(v) for k, v in inner.items()}}
+            if kind == "L":
+                return {"L": [_binaries_to_bytes(v) for v in inner]}
+        return value
+    return value
+
+
+class WireWriteClient:
+    """``put_item``/``delete_item`` as a boto3 DynamoDB client has them, sent directly.
+
+    ``botocore_client`` supplies the endpoint, region, credentials and User-Agent, and
+    answers every other call.
+    """
+
+    def __init__(
+        self,
+        botocore_client: Any,
+        *,
+        max_connections: int,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> None:
+        self._client = botocore_client
+        meta = botocore_client.meta
+        self.endpoint_url: str = meta.endpoint_url
+        self._region: str = meta.region_name
+        self._credentials = botocore_client._request_signer._credentials
+        self._user_agent: str = meta.config.user_agent or "dynamodb-replicator"
+        self._signer = DynamoDBSigner(self._region, host_of(self.endpoint_url))
+        self._pool = urllib3.PoolManager(
+            num_pools=2,
+            maxsize=max_connections,
+            block=False,
+            retries=False,
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def put_item(self, **params: Any) -> dict[str, Any]:
+        return self._call("PutItem", params)
+
+    def delete_item(self, **params: Any) -> dict[str, Any]:
+        return self._call("DeleteItem", params)
+
+    def _call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        body = json.dumps(params, default=_encode_binary, separators=(",", ":")).encode()
+        headers = self._signed_headers(operation, body)
+        try:
+            response = self._pool.urlopen(
+                "POST",
+                self.endpoint_url + "/",
+                body=body,
+                headers=headers,
+                redirect=False,
+                preload_content=True,
+            )
+        except urllib3.exceptions.ReadTimeoutError as error:
+            raise ReadTimeoutError(endpoint_url=self.endpoint_url, error=error) from error
+        except (
+            urllib3.exceptions.NewConnectionError,
+            urllib3.exceptions.ConnectTimeoutError,
+        ) as error:
+            raise EndpointConnectionError(endpoint_url=self.endpoint_url, error=error) from error
+        except urllib3.exceptions.HTTPError as error:
+            # Reset, closed mid-response, protocol errors: the write may or may not have
+            # happened, which a conditional (or in-order) write tolerates on retry.
+            raise ConnectionClosedError(endpoint_url=self.endpoint_url, error=error) from error
+        data: bytes = response.data
+        expected_crc = response.headers.get("x-amz-crc32")
+        if expected_crc is not None and int(expected_crc) != zlib.crc32(data):
+            raise ChecksumError(
+                checksum_type="crc32",
+                expected_checksum=expected_crc,
+                actual_checksum=str(zlib.crc32(data)),
+            )
+        parsed = _parse(data)
+        if response.status == 200:
+            return parsed
+        raise ClientError(
+            _error_response(response.status, parsed, data),  # type: ignore[arg-type]
+            operation,
+        )
+
+    def _signed_headers(self, operation: str, body: bytes) -> dict[str, str]:
+        credentials = self._credentials
+        if credentials is None:
+            raise NoCredentialsError()
+        # Frozen per request: a refreshable (assumed-role, container) credential renews
+        # itself here before it expires.
+        headers = self._signer.headers(
+            credentials.get_frozen_credentials(), _TARGET + operation, _CONTENT_TYPE, body
+        )
+        headers["User-Agent"] = self._user_agent
+        return headers
+
+
+def _parse(data: bytes) -> dict[str, Any]:
+    if not data:
+        return {}
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _error_response(status: int, parsed: dict[str, Any], data: bytes) -> dict[str, Any]:
+    """The ``response`` botocore's ClientError carries, built from DynamoDB's error body."""
+    kind = str(parsed.get("__type", ""))
+    code = kind.rsplit("#", 1)[-1] if kind else str(status)
+    message = parsed.get("message") or parsed.get("Message")
+    if message is None:
+        message = data[:200].decode("utf-8", "replace") if not parsed else ""
+    response: dict[str, Any] = {
+        "Error": {"Code": code, "Message": str(message)},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    if isinstance(parsed.get("Item"), dict):
+        response["Item"] = {k: _binaries_to_bytes(v) for k, v in parsed["Item"].items()}
+    return response
