@@ -10,6 +10,7 @@ destinations equal the source.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -47,7 +48,10 @@ def _client(region: str, endpoint: str) -> Any:
 
 
 def run_demo(config_path: Path, options: DemoOptions, console: Console | None = None) -> int:
-    console = console or Console()
+    if console is None:
+        # Off a terminal (CI logs, a pipe) one progress line per interval, not wrapped at
+        # rich's default 80 columns, so that each line can be grepped whole.
+        console = Console() if sys.stdout.isatty() else Console(width=200, soft_wrap=True)
     endpoint = EmbeddedEndpoint()
     url = endpoint.start()
     os.environ[ENDPOINT_ENV] = url
