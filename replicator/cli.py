@@ -165,13 +165,31 @@ def main(argv: list[str] | None = None) -> Any:
     show_default=True,
     help="Seconds to wait for convergence after the writes stop.",
 )
+@click.option(
+    "--linger",
+    default=0.0,
+    show_default=True,
+    help="Seconds to keep the replicator and its metrics running after the check "
+    "(Ctrl-C ends it early).",
+)
 @_operator_errors
-def demo(config_path: Path, duration: float, rate: float, keys: int, settle_timeout: float) -> None:
+def demo(
+    config_path: Path,
+    duration: float,
+    rate: float,
+    keys: int,
+    settle_timeout: float,
+    linger: float,
+) -> None:
     """Run the embedded demo: local endpoint, demo tables, live progress, convergence check."""
     from replicator.demo.run import DemoOptions, run_demo
 
     options = DemoOptions(
-        duration_s=duration, rate=rate, keys=keys, settle_timeout_s=settle_timeout
+        duration_s=duration,
+        rate=rate,
+        keys=keys,
+        settle_timeout_s=settle_timeout,
+        linger_s=linger,
     )
     sys.exit(run_demo(config_path, options))
 

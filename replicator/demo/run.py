@@ -41,6 +41,7 @@ class DemoOptions:
     rate: float = 40.0
     keys: int = 200
     settle_timeout_s: float = 60.0
+    linger_s: float = 0.0
 
 
 def _client(region: str, endpoint: str) -> Any:
@@ -100,15 +101,6 @@ class _Demo:
                 failure.append(error)
                 runtime.started.set()
 
-        thread = threading.Thread(target=run_runtime, name="runtime", daemon=True)
-        thread.start()
-        runtime.started.wait(60)
-        if failure:
-            console.print(f"[red]the replicator did not start: {failure[0]}[/]")
-            return 1
-        if runtime.metrics_port is not None:
-            base = f"http://{self.job.metrics.host}:{runtime.metrics_port}"
-            console.print(f"metrics: {base}/metrics  health: {base}/healthz")
         workload = Workload(
             self.source,
             self.job.source.table,
@@ -117,18 +109,62 @@ class _Demo:
             self.options.keys,
             origin=self.job.origin_value,
         )
-        started = time.monotonic()
-        workload.start()
-        converged = self._watch(runtime, workload, started)
+        thread = threading.Thread(target=run_runtime, name="runtime", daemon=True)
+        thread.start()
+        try:
+            equal = self._replicate(runtime, workload, failure)
+        except KeyboardInterrupt:
+            console.print("\ninterrupted: stopping the replicator")
+            workload.stop_event.set()
+            runtime.stop()
+            thread.join(60)
+            return 130
         runtime.stop()
         thread.join(60)
         if workload.error is not None:
             console.print(f"[red]the workload failed: {workload.error}[/]")
             return 1
         if failure:
-            console.print(f"[red]the replicator stopped: {failure[0]}[/]")
+            verb = "stopped" if runtime.started.is_set() and workload.ident else "did not start"
+            console.print(f"[red]the replicator {verb}: {failure[0]}[/]")
             return 1
-        return 0 if self._report(converged, workload) else 1
+        return 0 if equal else 1
+
+    def _replicate(
+        self, runtime: LocalRuntime, workload: Workload, failure: list[BaseException]
+    ) -> bool:
+        """Write, watch, check; True when every destination equals the source."""
+        runtime.started.wait(60)
+        if failure:
+            return False
+        if runtime.metrics_port is not None:
+            base = f"http://{self.job.metrics.host}:{runtime.metrics_port}"
+            self.console.print(f"metrics: {base}/metrics  health: {base}/healthz")
+        started = time.monotonic()
+        workload.start()
+        converged = self._watch(runtime, workload, started)
+        if runtime.failure is not None and not failure:
+            self.console.print(f"[red]the replicator stopped on an error: {runtime.failure}[/]")
+        if workload.error is not None or failure or runtime.failure is not None:
+            return False
+        # Checked while the replicator still runs, so that its metrics can be read
+        # against the result (--linger).
+        equal = self._report(converged, workload)
+        if equal and self.options.linger_s > 0:
+            self._linger(runtime)
+        return equal
+
+    def _linger(self, runtime: LocalRuntime) -> None:
+        where = ""
+        if runtime.metrics_port is not None:
+            where = f": curl http://{self.job.metrics.host}:{runtime.metrics_port}/metrics"
+        self.console.print(
+            f"the replicator keeps running for {self.options.linger_s:g}s{where} (Ctrl-C to stop)"
+        )
+        try:
+            time.sleep(self.options.linger_s)
+        except KeyboardInterrupt:
+            self.console.print("stopping")
 
     def _watch(self, runtime: LocalRuntime, workload: Workload, started: float) -> bool:
         """Show progress until the workload is done and the destinations match (or time out)."""
