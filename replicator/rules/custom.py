@@ -89,17 +89,28 @@ def _unchanged_since_read(
     if existing is None:
         name = next(iter(change.keys))
         return "attribute_not_exists(#k)", {"#k": name}, {}
+    return equals_condition(existing)
+
+
+def equals_condition(
+    expected: Item,
+) -> tuple[str, dict[str, str], dict[str, AttributeValue]]:
+    """True while every attribute of ``expected`` holds its value at the destination.
+
+    A condition expression cannot say "and no other attribute", so an item that gained
+    attributes but kept all of these values also passes.
+    """
     names: dict[str, str] = {}
     values: dict[str, AttributeValue] = {}
     clauses = []
-    for index, (name, value) in enumerate(sorted(existing.items())):
+    for index, (name, value) in enumerate(sorted(expected.items())):
         names[f"#a{index}"] = name
         values[f":a{index}"] = value
         clauses.append(f"#a{index} = :a{index}")
     expression = " AND ".join(clauses)
     if len(expression) > _MAX_EXPRESSION:
         raise PlanError(
-            f"the destination item has {len(existing)} attributes: too many to guard in one "
-            "condition expression (4 KB)"
+            f"the item has {len(expected)} attributes: too many to compare in one condition "
+            "expression (4 KB)"
         )
     return expression, names, values

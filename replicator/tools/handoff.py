@@ -128,13 +128,7 @@ def _kinesis_shards(client: Any, stream: str) -> list[Shard]:
     while True:
         page = client.list_shards(**kwargs)
         for shard in page.get("Shards", []):
-            shards.append(
-                Shard(
-                    shard_id=shard["ShardId"],
-                    parent_id=shard.get("ParentShardId"),
-                    closed="EndingSequenceNumber" in shard.get("SequenceNumberRange", {}),
-                )
-            )
+            shards.append(Shard.from_description(shard))
         token = page.get("NextToken")
         if not token:
             return shards

@@ -45,7 +45,8 @@ from replicator.decode import decode
 from replicator.items import AttributeValue, Item, item_to_wire
 from replicator.metrics import Metrics
 from replicator.records import Change, Event, RawRecord
-from replicator.rules import ConflictRule, CustomRule, OrderedRule, PlanError, Skip, WriteRequest
+from replicator.rules import ConflictRule, CustomRule, OrderedRule, Skip, WriteRequest
+from replicator.rules.custom import equals_condition
 from replicator.tools.compare import differing_attributes
 from replicator.tools.scan import ReadRate, batch_get
 from replicator.tools.tables import TableRef
@@ -55,7 +56,6 @@ SYNTHETIC_SEQUENCE_NUMBER = "0"
 SOURCE_PREFIX = "replicator:"
 BACKFILL = "backfill"
 REPAIR = "repair"
-_MAX_EXPRESSION = 4096
 
 
 def synthetic_change(
@@ -176,30 +176,6 @@ def expected_request(op: str, change: Change, expected: Item | None) -> WriteReq
     return WriteRequest(
         op="put", item=change.new_image, condition=condition, names=names, values=values
     )
-
-
-def equals_condition(
-    expected: Item,
-) -> tuple[str, dict[str, str], dict[str, AttributeValue]]:
-    """True while every attribute of ``expected`` holds its value at the destination.
-
-    A condition expression cannot say "and no other attribute", so an item that gained
-    attributes but kept all of these values also passes.
-    """
-    names: dict[str, str] = {}
-    values: dict[str, AttributeValue] = {}
-    clauses = []
-    for index, (name, value) in enumerate(sorted(expected.items())):
-        names[f"#a{index}"] = name
-        values[f":a{index}"] = value
-        clauses.append(f"#a{index} = :a{index}")
-    expression = " AND ".join(clauses)
-    if len(expression) > _MAX_EXPRESSION:
-        raise PlanError(
-            f"the item has {len(expected)} attributes: too many to compare in one condition "
-            "expression (4 KB)"
-        )
-    return expression, names, values
 
 
 def snapshot_writers(

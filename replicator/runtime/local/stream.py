@@ -22,6 +22,15 @@ class Shard:
     parent_id: str | None
     closed: bool
 
+    @classmethod
+    def from_description(cls, shard: dict[str, Any]) -> Shard:
+        """From a shard as DescribeStream (DynamoDB Streams) or ListShards (Kinesis) give it."""
+        return cls(
+            shard_id=shard["ShardId"],
+            parent_id=shard.get("ParentShardId"),
+            closed="EndingSequenceNumber" in shard.get("SequenceNumberRange", {}),
+        )
+
 
 def list_shards(streams: Any, stream_arn: str) -> tuple[dict[str, Any], list[Shard]]:
     """The stream's description (without shards) and all its shards, every page of them."""
@@ -32,13 +41,7 @@ def list_shards(streams: Any, stream_arn: str) -> tuple[dict[str, Any], list[Sha
         page = streams.describe_stream(**kwargs)["StreamDescription"]
         description = {k: v for k, v in page.items() if k != "Shards"}
         for shard in page.get("Shards", []):
-            shards.append(
-                Shard(
-                    shard_id=shard["ShardId"],
-                    parent_id=shard.get("ParentShardId"),
-                    closed="EndingSequenceNumber" in shard.get("SequenceNumberRange", {}),
-                )
-            )
+            shards.append(Shard.from_description(shard))
         last = page.get("LastEvaluatedShardId")
         if not last:
             return description, shards
