@@ -19,7 +19,7 @@ from replicator.pipeline import ShardPipeline
 from replicator.rules import rule_for, squash_order
 from replicator.writers.backoff import Backoff
 from replicator.writers.destination import DestinationWriter
-from replicator.writers.wire import WireWriteClient
+from replicator.writers.wire import direct_write_client
 
 
 def dead_letter_target(resolved: ResolvedJob, run_id: str | None = None) -> DeadLetterTarget:
@@ -65,7 +65,7 @@ def destination_writers(
             validate_parameters=rule.reads_existing,
         )
         if not rule.reads_existing and not settings.send_with_botocore:
-            client = WireWriteClient(
+            client = direct_write_client(
                 client,
                 max_connections=settings.max_in_flight,
                 connect_timeout=settings.connect_timeout_s,

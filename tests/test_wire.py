@@ -20,7 +20,7 @@ from botocore.exceptions import BotoCoreError, ChecksumError, ClientError
 from replicator import aws
 from replicator.writers.errors import ErrorKind, classify, error_code
 from replicator.writers.sigv4 import DynamoDBSigner, host_of
-from replicator.writers.wire import WireWriteClient, _error_response
+from replicator.writers.wire import WireWriteClient, _error_response, direct_write_client
 from tests.conftest import client, create_table
 from tests.faults.proxy import FaultProxy
 
@@ -222,3 +222,41 @@ def test_an_error_body_without_json_keeps_its_status() -> None:
     plain = _error_response(502, {}, b"<html>Bad Gateway</html>")
     assert plain["Error"] == {"Code": "502", "Message": "<html>Bad Gateway</html>"}
     assert classify(ClientError(plain, "PutItem")) is ErrorKind.RETRY
+
+
+def test_a_destination_behind_an_http_proxy_keeps_botocores_pipeline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    proxied = aws.client("dynamodb", REGION, sdk_retries=False)  # https://dynamodb...
+    assert (
+        direct_write_client(proxied, max_connections=4, connect_timeout=1.0, read_timeout=1.0)
+        is proxied
+    )
+
+    monkeypatch.delenv("HTTPS_PROXY")
+    direct = aws.client("dynamodb", REGION, sdk_retries=False)
+    chosen = direct_write_client(direct, max_connections=4, connect_timeout=1.0, read_timeout=1.0)
+    assert isinstance(chosen, WireWriteClient)
+
+
+def test_tls_is_verified_against_the_bundle_botocore_resolved(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    bundle = tmp_path / "corporate-ca.pem"
+    bundle.write_text("")
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(bundle))
+    botocore_client = aws.client("dynamodb", REGION, sdk_retries=False)
+    chosen = direct_write_client(
+        botocore_client, max_connections=4, connect_timeout=1.0, read_timeout=1.0
+    )
+    assert isinstance(chosen, WireWriteClient)
+    settings = chosen._pool.connection_pool_kw
+    assert settings["cert_reqs"] == "CERT_REQUIRED" and settings["ca_certs"] == str(bundle)
+
+    unverified = WireWriteClient(
+        botocore_client, max_connections=1, connect_timeout=1, read_timeout=1, verify=False
+    )
+    assert unverified._pool.connection_pool_kw["cert_reqs"] == "CERT_NONE"

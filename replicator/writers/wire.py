@@ -25,6 +25,7 @@ import json
 import zlib
 from typing import Any
 
+import structlog
 import urllib3
 from botocore.exceptions import (
     ChecksumError,
@@ -34,8 +35,11 @@ from botocore.exceptions import (
     NoCredentialsError,
     ReadTimeoutError,
 )
+from botocore.httpsession import get_cert_path
 
 from replicator.writers.sigv4 import DynamoDBSigner, host_of
+
+log = structlog.get_logger(__name__)
 
 _TARGET = "DynamoDB_20120810."
 _CONTENT_TYPE = "application/x-amz-json-1.0"
@@ -65,6 +69,31 @@ def _binaries_to_bytes(value: Any) -> Any:
     return value
 
 
+def direct_write_client(
+    botocore_client: Any, *, max_connections: int, connect_timeout: float, read_timeout: float
+) -> Any:
+    """A :class:`WireWriteClient` reaching the endpoint as botocore would, else botocore's.
+
+    The direct path verifies TLS against the CA bundle botocore resolved
+    (``AWS_CA_BUNDLE``, ``ca_bundle``, or its default). It does not speak to HTTP proxies:
+    where botocore would send the destination's requests through one (``HTTPS_PROXY``,
+    the client's ``proxies``), the writer keeps botocore's pipeline instead.
+    """
+    endpoint_url: str = botocore_client.meta.endpoint_url
+    session = botocore_client._endpoint.http_session
+    proxy_config = getattr(session, "_proxy_config", None)
+    if proxy_config is None or proxy_config.proxy_url_for(endpoint_url):
+        log.info("writes go through botocore: an HTTP proxy is configured", endpoint=endpoint_url)
+        return botocore_client
+    return WireWriteClient(
+        botocore_client,
+        max_connections=max_connections,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        verify=getattr(session, "_verify", True),
+    )
+
+
 class WireWriteClient:
     """``put_item``/``delete_item`` as a boto3 DynamoDB client has them, sent directly.
 
@@ -79,7 +108,9 @@ class WireWriteClient:
         max_connections: int,
         connect_timeout: float,
         read_timeout: float,
+        verify: bool | str = True,
     ) -> None:
+        """``verify``: False skips TLS verification, a string names a CA bundle."""
         self._client = botocore_client
         meta = botocore_client.meta
         self.endpoint_url: str = meta.endpoint_url
@@ -93,6 +124,7 @@ class WireWriteClient:
             block=False,
             retries=False,
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            **_tls(verify),
         )
 
     def __getattr__(self, name: str) -> Any:
@@ -154,6 +186,13 @@ class WireWriteClient:
         )
         headers["User-Agent"] = self._user_agent
         return headers
+
+
+def _tls(verify: bool | str) -> dict[str, Any]:
+    if verify is False:
+        return {"cert_reqs": "CERT_NONE"}
+    bundle = verify if isinstance(verify, str) else get_cert_path(True)
+    return {"cert_reqs": "CERT_REQUIRED", "ca_certs": bundle}
 
 
 def _parse(data: bytes) -> dict[str, Any]:
