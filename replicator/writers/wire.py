@@ -82,8 +82,14 @@ def direct_write_client(
     endpoint_url: str = botocore_client.meta.endpoint_url
     session = botocore_client._endpoint.http_session
     proxy_config = getattr(session, "_proxy_config", None)
-    if proxy_config is None or proxy_config.proxy_url_for(endpoint_url):
-        log.info("writes go through botocore: an HTTP proxy is configured", endpoint=endpoint_url)
+    if proxy_config is None:  # a botocore whose HTTP session this module does not know
+        log.info("writes go through botocore's request pipeline", endpoint=endpoint_url)
+        return botocore_client
+    if proxy_config.proxy_url_for(endpoint_url):
+        log.info(
+            "writes go through botocore's request pipeline: an HTTP proxy applies",
+            endpoint=endpoint_url,
+        )
         return botocore_client
     return WireWriteClient(
         botocore_client,
