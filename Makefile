@@ -32,7 +32,9 @@ lint: setup
 bench: setup
 	$(PY) -m bench
 
+## make image: the Docker image (needs a Docker engine, and Maven Central for the jars)
 image:
+	@docker info >/dev/null 2>&1 || { echo "make image: needs docker on PATH and a running Docker engine (the build also downloads the KCL jars from Maven Central)" >&2; exit 1; }
 	docker build -f docker/Dockerfile -t $(IMAGE) .
 
 clean:
