@@ -185,7 +185,7 @@ def test_an_expired_iterator_is_replaced_after_the_last_record_delivered(
 def test_trimmed_data_fails_loudly_by_default(leases: LeaseTable) -> None:
     worker, _, _ = run_worker(leases, [error("TrimmedDataAccessException")])
     assert isinstance(worker.error, TrimmedData)
-    assert "backfill" in str(worker.error)
+    assert "backfill" in str(worker.error) and "restart_from_trim_horizon" in str(worker.error)
 
 
 def test_trimmed_data_can_restart_from_the_oldest_record(leases: LeaseTable) -> None:

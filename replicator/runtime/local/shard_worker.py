@@ -279,8 +279,9 @@ class ShardWorker(threading.Thread):
         )
         if self.settings.on_trimmed is OnTrimmedData.FAIL:
             raise TrimmedData(
-                message + ". Run `replicator backfill` to copy the table again, then restart "
-                "with source.on_trimmed_data: restart_from_trim_horizon."
+                message + ". Set source.on_trimmed_data: restart_from_trim_horizon, start the "
+                "replicator, then run `replicator backfill` while it runs to copy what was "
+                "missed."
             )
         log.error(
             message + "; continuing from the oldest record the stream holds",
