@@ -66,6 +66,18 @@ def wire(moto_endpoint: str) -> WireWriteClient:
     return direct_client(moto_endpoint)
 
 
+@pytest.fixture
+def ddb(moto_endpoint: str) -> Any:
+    return client("dynamodb", REGION, moto_endpoint)
+
+
+@pytest.fixture
+def table(ddb: Any, unique: Any) -> str:
+    name: str = unique("wire")
+    create_table(ddb, name, stream=None)
+    return name
+
+
 def direct_client(endpoint: str, read_timeout: float = 10.0) -> WireWriteClient:
     botocore_client = aws.client("dynamodb", REGION, endpoint_url=endpoint, sdk_retries=False)
     return WireWriteClient(
@@ -85,12 +97,7 @@ EVERY_TYPE: dict[str, Any] = {
 }
 
 
-def test_every_attribute_type_round_trips(
-    wire: WireWriteClient, moto_endpoint: str, unique: Any
-) -> None:
-    ddb = client("dynamodb", REGION, moto_endpoint)
-    table = unique("wire")
-    create_table(ddb, table, stream=None)
+def test_every_attribute_type_round_trips(wire: WireWriteClient, ddb: Any, table: str) -> None:
     wire.put_item(TableName=table, Item=EVERY_TYPE)
     stored = ddb.get_item(TableName=table, Key={"pk": EVERY_TYPE["pk"]}, ConsistentRead=True)
     assert stored["Item"] == EVERY_TYPE
@@ -106,11 +113,8 @@ def test_every_attribute_type_round_trips(
 
 
 def test_a_lost_condition_carries_the_destination_item_in_boto3_form(
-    wire: WireWriteClient, moto_endpoint: str, unique: Any
+    wire: WireWriteClient, ddb: Any, table: str
 ) -> None:
-    ddb = client("dynamodb", REGION, moto_endpoint)
-    table = unique("wire")
-    create_table(ddb, table, stream=None)
     ddb.put_item(TableName=table, Item=EVERY_TYPE)
     with pytest.raises(ClientError) as raised:
         wire.put_item(
@@ -125,16 +129,13 @@ def test_a_lost_condition_carries_the_destination_item_in_boto3_form(
 
 
 def test_a_missing_table_and_a_rejected_item_are_classified_as_botocore_errors(
-    wire: WireWriteClient, moto_endpoint: str, unique: Any
+    wire: WireWriteClient, table: str, unique: Any
 ) -> None:
     with pytest.raises(ClientError) as missing:
         wire.put_item(TableName=unique("absent"), Item={"pk": {"S": "a"}})
     assert error_code(missing.value) == "ResourceNotFoundException"
     assert classify(missing.value) is ErrorKind.NOT_FOUND
 
-    ddb = client("dynamodb", REGION, moto_endpoint)
-    table = unique("wire")
-    create_table(ddb, table, stream=None)
     with pytest.raises(ClientError) as rejected:
         wire.put_item(TableName=table, Item={"pk": {"N": "1"}})  # the key is a string
     assert error_code(rejected.value) == "ValidationException"
@@ -160,11 +161,8 @@ def proxy(moto_endpoint: str) -> Iterator[FaultProxy]:
     ],
 )
 def test_faults_surface_as_retryable_errors_and_the_client_recovers(
-    proxy: FaultProxy, moto_endpoint: str, unique: Any, fault: str, expected: ErrorKind
+    proxy: FaultProxy, ddb: Any, table: str, fault: str, expected: ErrorKind
 ) -> None:
-    ddb = client("dynamodb", REGION, moto_endpoint)
-    table = unique("wire")
-    create_table(ddb, table, stream=None)
     # Only the black hole needs a short read timeout to end; elsewhere a generous one keeps
     # a slow moment of the shared moto server from failing the recovery step.
     wire = direct_client(proxy.url, read_timeout=2.0 if fault == "black_hole" else 10.0)

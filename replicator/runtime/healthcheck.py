@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
     port = int(argv[0]) if argv else int(os.environ.get(PORT_ENV) or DEFAULT_PORT)
     healthy, body = probe(port)
     if not healthy:
-        print(body, file=sys.stderr)
+        print(body, file=sys.stderr)  # stdout-ok: stderr of the container's health probe
     return 0 if healthy else 1
 
 
