@@ -23,10 +23,9 @@ from typing import cast
 
 from replicator.items import AttributeValue, Item
 from replicator.records import Change, Event
-from replicator.rules.requests import PlanError, Skip, WriteRequest
+from replicator.rules.requests import PlanError, Skip, WriteRequest, equals_condition
 
 Resolver = Callable[[Change, Item | None], bool | Item]
-_MAX_EXPRESSION = 4096
 
 
 def load_resolver(dotted: str) -> Resolver:
@@ -90,27 +89,3 @@ def _unchanged_since_read(
         name = next(iter(change.keys))
         return "attribute_not_exists(#k)", {"#k": name}, {}
     return equals_condition(existing)
-
-
-def equals_condition(
-    expected: Item,
-) -> tuple[str, dict[str, str], dict[str, AttributeValue]]:
-    """True while every attribute of ``expected`` holds its value at the destination.
-
-    A condition expression cannot say "and no other attribute", so an item that gained
-    attributes but kept all of these values also passes.
-    """
-    names: dict[str, str] = {}
-    values: dict[str, AttributeValue] = {}
-    clauses = []
-    for index, (name, value) in enumerate(sorted(expected.items())):
-        names[f"#a{index}"] = name
-        values[f":a{index}"] = value
-        clauses.append(f"#a{index} = :a{index}")
-    expression = " AND ".join(clauses)
-    if len(expression) > _MAX_EXPRESSION:
-        raise PlanError(
-            f"the item has {len(expected)} attributes: too many to compare in one condition "
-            "expression (4 KB)"
-        )
-    return expression, names, values

@@ -45,3 +45,31 @@ class Skip:
 
 class PlanError(ValueError):
     """The change cannot be expressed as a safe write under this rule (goes to dead letters)."""
+
+
+# DynamoDB's limit on the length of one condition expression.
+_MAX_EXPRESSION = 4096
+
+
+def equals_condition(
+    expected: Item,
+) -> tuple[str, dict[str, str], dict[str, AttributeValue]]:
+    """True while every attribute of ``expected`` holds its value at the destination.
+
+    A condition expression cannot say "and no other attribute", so an item that gained
+    attributes but kept all of these values also passes.
+    """
+    names: dict[str, str] = {}
+    values: dict[str, AttributeValue] = {}
+    clauses = []
+    for index, (name, value) in enumerate(sorted(expected.items())):
+        names[f"#a{index}"] = name
+        values[f":a{index}"] = value
+        clauses.append(f"#a{index} = :a{index}")
+    expression = " AND ".join(clauses)
+    if len(expression) > _MAX_EXPRESSION:
+        raise PlanError(
+            f"the item has {len(expected)} attributes: too many to compare in one condition "
+            "expression (4 KB)"
+        )
+    return expression, names, values

@@ -46,7 +46,7 @@ from replicator.items import AttributeValue, Item, item_to_wire
 from replicator.metrics import Metrics
 from replicator.records import Change, Event, RawRecord
 from replicator.rules import ConflictRule, CustomRule, OrderedRule, Skip, WriteRequest
-from replicator.rules.custom import equals_condition
+from replicator.rules.requests import equals_condition
 from replicator.tools.compare import differing_attributes
 from replicator.tools.scan import ReadRate, batch_get
 from replicator.tools.tables import TableRef
