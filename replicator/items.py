@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal
 from typing import Any
 
 AttributeValue = dict[str, Any]
@@ -148,8 +149,9 @@ def _value_to_wire(value: AttributeValue) -> Any:
 def key_id(keys: Mapping[str, AttributeValue]) -> KeyId:
     """A hashable identity of a primary key, equal for equal keys.
 
-    Numbers are normalised (``1`` and ``1.0`` name the same item in DynamoDB); the
-    attribute names are part of the identity so hash and range keys never mix.
+    Numbers are canonicalized exactly (``1`` and ``1.0`` name the same item in DynamoDB,
+    two 38-digit numbers that differ in their last digit do not); the attribute names are
+    part of the identity so hash and range keys never mix.
     """
     parts = []
     for name in sorted(keys):
@@ -159,15 +161,55 @@ def key_id(keys: Mapping[str, AttributeValue]) -> KeyId:
         ((kind, inner),) = value.items()
         if kind == "N":
             try:
-                inner = Decimal(inner).normalize()
-            except (InvalidOperation, TypeError) as error:
-                raise AttributeFormatError(f"key attribute {name}: bad number {inner!r}") from error
+                inner = canonical_number(inner)
+            except ValueError as error:
+                raise AttributeFormatError(f"key attribute {name}: {error}") from error
         elif kind not in ("S", "B"):
             raise AttributeFormatError(f"key attribute {name}: type {kind} cannot be a key")
         parts.append((name, kind, inner))
     if not parts:
         raise AttributeFormatError("the record has no key attributes")
     return tuple(parts)
+
+
+# The spellings of a number DynamoDB takes; ASCII digits only (Decimal would also read
+# other scripts' digits, underscores and surrounding blanks).
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,9})?")
+# DynamoDB's number range: magnitudes from 1E-130 to below 1E+126, and zero.
+_MIN_ADJUSTED_EXPONENT = -130
+_MAX_ADJUSTED_EXPONENT = 125
+_MAX_SIGNIFICANT_DIGITS = 38
+
+
+def canonical_number(text: Any) -> str:
+    """The one spelling of a DynamoDB number: equal numbers give equal text, never rounded.
+
+    ``Decimal(text)`` is exact, but ``normalize()`` in the default context rounds to 28
+    digits, which makes 38-digit numbers that differ in their last digits equal. The
+    canonical form is plain notation without leading or trailing zeros, exponent or sign
+    on zero (``"1.50"``, ``"15E-1"`` and ``"+1.5"`` all give ``"1.5"``). Raises
+    ValueError, naming the text, for anything that is not a number in DynamoDB's range.
+    """
+    if type(text) is not str:
+        raise ValueError(f"bad number {text!r}: not a string")
+    if (
+        0 < len(text) <= _MAX_SIGNIFICANT_DIGITS
+        and text.isdigit()
+        and text.isascii()
+        and (text[0] != "0" or text == "0")
+    ):
+        return text  # the common case: a plain integer is its own canonical form
+    if not _NUMBER.fullmatch(text):
+        raise ValueError(f"bad number {text!r}")
+    number = Decimal(text)
+    if number.is_zero():
+        return "0"
+    adjusted = number.adjusted()
+    if not _MIN_ADJUSTED_EXPONENT <= adjusted <= _MAX_ADJUSTED_EXPONENT:
+        raise ValueError(f"bad number {text!r}: outside DynamoDB's range (1E-130 to 1E+126)")
+    # A precision of all its digits: normalize() then only drops trailing zeros.
+    exact = Context(prec=max(1, len(number.as_tuple().digits)))
+    return format(number.normalize(exact), "f")
 
 
 def describe_key(keys: Mapping[str, AttributeValue]) -> str:

@@ -8,7 +8,11 @@ from replicator.buffer import ChangeBuffer, Entry
 from replicator.decode import decode
 from replicator.records import Change
 from replicator.rules import OrderedRule, in_stream_order, squash_order
-from tests.records import daemon_record, kinesis_record, put
+from tests.records import daemon_record, kinesis_record, put, stream_record
+
+# Two DynamoDB numbers of 38 significant digits that differ only in the last one.
+BIG_1 = "1" + "0" * 36 + "1"
+BIG_2 = "1" + "0" * 36 + "2"
 
 
 def change(pk: str, seq: int, **attributes: object) -> Change:
@@ -32,6 +36,17 @@ def test_only_the_newest_change_per_key_is_written() -> None:
     assert buffer.squashed == 2
     assert buffer.checkpointable() == "4"
     assert buffer.idle
+
+
+def test_38_digit_keys_that_differ_in_the_last_digit_are_both_written() -> None:
+    buffer = ChangeBuffer(["d"], in_stream_order)
+    for seq, number in ((1, BIG_1), (2, BIG_2)):
+        keys = {"pk": {"N": number}}
+        assert buffer.add(decode(daemon_record(stream_record("INSERT", keys, keys, seq=seq), seq)))
+    written = drain(buffer, "d")
+    assert sorted(entry.change.keys["pk"]["N"] for entry in written) == [BIG_1, BIG_2]
+    assert buffer.squashed == 0
+    assert buffer.checkpointable() == "2"
 
 
 def test_a_key_in_flight_is_not_written_again_until_it_completes() -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from replicator.decode import decode
 from replicator.exceptions import RecordDecodeError
+from replicator.items import canonical_number
 from replicator.records import Event, RawRecord
 from tests.records import daemon_record, kinesis_record, stream_record
 
@@ -106,6 +107,44 @@ def test_number_keys_that_differ_only_in_form_are_the_same_item() -> None:
         daemon_record(stream_record("INSERT", {"n": {"N": "1.0"}}, {"n": {"N": "1.0"}}, seq=2), 2)
     )
     assert a.key == b.key
+
+
+def test_38_digit_number_keys_that_differ_in_the_last_digit_are_different_items() -> None:
+    """DynamoDB numbers have 38 significant digits; a 28-digit context would merge these."""
+    first, second = "1" + "0" * 36 + "1", "1" + "0" * 36 + "2"
+    a = decode(
+        daemon_record(stream_record("INSERT", {"n": {"N": first}}, {"n": {"N": first}}, seq=1), 1)
+    )
+    b = decode(
+        daemon_record(stream_record("INSERT", {"n": {"N": second}}, {"n": {"N": second}}, seq=2), 2)
+    )
+    assert a.key != b.key
+    assert a.key == (("n", "N", first),)
+
+
+@pytest.mark.parametrize(
+    ("spellings", "canonical"),
+    [
+        (["1", "1.0", "1.000", "10E-1", "+1", "001"], "1"),
+        (["0", "-0", "0.000", "0E+5", "-0.0"], "0"),
+        (["100", "1E+2", "1.00E2", "100.0"], "100"),
+        (["-7.5", "-007.50", "-75e-1"], "-7.5"),
+        (
+            ["9.9999999999999999999999999999999999999E+125"],
+            "99999999999999999999999999999999999999" + "0" * 88,
+        ),
+        (["1E-130"], "0." + "0" * 129 + "1"),
+    ],
+)
+def test_numbers_are_canonicalized_exactly(spellings: list[str], canonical: str) -> None:
+    assert {canonical_number(text) for text in spellings} == {canonical}
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "1_0", " 1", "\u0661", "", "1E+126", "1E-131"])
+def test_a_number_key_dynamodb_could_not_hold_is_a_decode_error(text: str) -> None:
+    payload = stream_record("INSERT", {"n": {"N": text}}, {"n": {"N": text}}, seq=5)
+    with pytest.raises(RecordDecodeError, match=r"record 5: .*bad number"):
+        decode(daemon_record(payload, 5))
 
 
 BAD = {

@@ -14,11 +14,11 @@ from replicator.deadletter import FileDeadLetters
 from replicator.decode import decode
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
-from replicator.rules import OrderedRule, in_stream_order
+from replicator.rules import ConflictRule, OrderedRule, in_stream_order
 from replicator.writers.backoff import Backoff
 from replicator.writers.destination import DestinationWriter
 from tests.conftest import client, create_table, sample
-from tests.records import put
+from tests.records import daemon_record, put, stream_record
 
 
 class ThrottlingClient:
@@ -133,3 +133,54 @@ def test_lag_is_zero_when_caught_up_and_grows_while_a_destination_waits(
     assert pipeline.flush(timeout=30)
     assert pipeline.lag_seconds("ap", now=change.created_s + 200) == 0.0
     pipeline.close()
+
+
+def one_destination(
+    endpoint: str,
+    unique: Any,
+    tmp_path: Path,
+    metrics: Metrics,
+    rule: ConflictRule,
+    hash_type: str = "S",
+) -> tuple[ShardPipeline, Any, str]:
+    """A pipeline writing to one moto table under ``rule``."""
+    ddb = client("dynamodb", "eu-west-1", endpoint)
+    table = unique("one")
+    create_table(ddb, table, hash_type=hash_type, stream=None)
+    writer = DestinationWriter(
+        label="eu",
+        table=table,
+        region="eu-west-1",
+        client=ddb,
+        rule=rule,
+        dead_letters=FileDeadLetters(tmp_path / "dead.jsonl"),
+        metrics=metrics,
+        task_name="t",
+        shard_id="s",
+        backoff=Backoff(0.001, 0.01),
+    )
+    buffer = ChangeBuffer(["eu"], in_stream_order)
+    pipeline = ShardPipeline(
+        {"eu": writer}, buffer, metrics, "s", max_in_flight=8, max_buffered=100
+    )
+    return pipeline, ddb, table
+
+
+def test_38_digit_keys_that_differ_in_the_last_digit_both_reach_the_destination(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, closing: Any
+) -> None:
+    rule = OrderedRule("version", "v", None, numeric_only=True)
+    pipeline, ddb, table = one_destination(
+        moto_endpoint, unique, tmp_path, metrics, rule, hash_type="N"
+    )
+    closing(pipeline)
+    numbers = ["1" + "0" * 36 + "1", "1" + "0" * 36 + "2"]
+    for seq, number in enumerate(numbers, start=1):
+        image = {"pk": {"N": number}, "v": {"N": "1"}}
+        record = stream_record("INSERT", {"pk": {"N": number}}, image, seq=seq)
+        pipeline.submit(decode(daemon_record(record, seq)))
+    pipeline.dispatch()
+    assert pipeline.flush(timeout=30)
+    assert pipeline.checkpointable() == "2"
+    items = ddb.scan(TableName=table, ConsistentRead=True)["Items"]
+    assert sorted(item["pk"]["N"] for item in items) == numbers

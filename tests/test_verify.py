@@ -15,6 +15,7 @@ import pytest
 from replicator.config import load_job
 from replicator.demo.workload import demo_item
 from replicator.items import Item
+from replicator.tools.compare import compare
 from replicator.tools.verify import Verify, VerifyHooks, VerifyOptions, VerifyReport
 from tests.e2e import Job
 
@@ -214,3 +215,49 @@ def test_exit_codes_for_a_bad_job_file_and_a_missing_table(job: Job, tmp_path: P
     assert missing.returncode == 3
     assert f"table eu-west-1/{eu_table}" in missing.stderr
     assert "not found" in missing.stderr
+
+
+BIG_1 = "1" + "0" * 36 + "1"  # 38 significant digits
+BIG_2 = "1" + "0" * 36 + "2"  # the same but for the 38th digit
+
+
+def test_compare_tells_apart_numbers_that_differ_in_the_38th_digit() -> None:
+    first = {"pk": {"S": "a"}, "sk": {"N": BIG_1}, "amount": {"N": BIG_1}}
+    second = {"pk": {"S": "a"}, "sk": {"N": BIG_2}, "amount": {"N": BIG_1}}
+    changed = {**first, "amount": {"N": BIG_2}}
+    differences = compare([first, second], [changed], ["pk", "sk"])
+    assert sorted((d.kind, d.key, d.attributes) for d in differences) == [
+        ("different", (("pk", "S", "a"), ("sk", "N", BIG_1)), ["amount"]),
+        ("missing", (("pk", "S", "a"), ("sk", "N", BIG_2)), []),
+    ]
+    # equal numbers in other spellings are still equal
+    respelt = {**first, "sk": {"N": BIG_1 + ".000"}, "amount": {"N": "1.0" + "0" * 35 + "1E37"}}
+    assert compare([first], [respelt], ["pk", "sk"]) == []
+
+
+def test_verify_finds_a_missing_38_digit_key_and_a_38th_digit_difference(job: Job) -> None:
+    items = [
+        {"pk": {"S": "big"}, "sk": {"N": number}, "amount": {"N": BIG_1}}
+        for number in (BIG_1, BIG_2)
+    ]
+    destinations = job.destination_clients()
+    for item in items:
+        job.source.put_item(TableName=job.source_table, Item=item)
+        for ddb, table in destinations:
+            ddb.put_item(TableName=table, Item=item)
+    (eu, eu_table), (ap, ap_table) = destinations
+    eu.delete_item(TableName=eu_table, Key=key(items[1]))
+    ap.put_item(TableName=ap_table, Item={**items[0], "amount": {"N": BIG_2}})
+
+    report = verify(job, recheck=1)
+
+    eu_label, ap_label = report.destinations
+    assert report.source_items == 2
+    found = sorted(
+        (f.destination, f.kind, f.keys["sk"]["N"], f.attributes) for f in report.findings
+    )
+    assert found == [
+        (ap_label, "different", BIG_1, ["amount"]),
+        (eu_label, "missing", BIG_2, []),
+    ]
+    assert report.exit_code == 1

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from replicator.items import Item, KeyId, key_id
+from replicator.items import Item, KeyId, canonical_number, key_id
 
 
 @dataclass
@@ -39,10 +38,11 @@ def normalised(value: Mapping[str, Any]) -> Any:
 
 
 def _number(text: str) -> Any:
+    """Exact: numbers of up to 38 digits that differ in the last one stay different."""
     try:
-        return Decimal(text).normalize()
-    except (InvalidOperation, TypeError):
-        return text
+        return canonical_number(text)
+    except ValueError:
+        return ("not a number", text)
 
 
 def differing_attributes(left: Item, right: Item) -> list[str]:

@@ -30,7 +30,6 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import structlog
@@ -470,13 +469,9 @@ def _state(source_item: Item | None, destination_item: Item | None) -> _State:
 
 
 def key_item(key: KeyId, key_names: list[str]) -> Item:
-    """The key attributes of a key identity, in boto3 form (numbers without exponents)."""
-    item: Item = {}
-    for name, kind, value in key:
-        if kind == "N" and isinstance(value, Decimal):
-            item[name] = {"N": format(value, "f")}
-        else:
-            item[name] = {kind: value}
+    """The key attributes of a key identity, in boto3 form (numbers in their canonical,
+    plain spelling: see :func:`replicator.items.canonical_number`)."""
+    item: Item = {name: {kind: value} for name, kind, value in key}
     return {name: item[name] for name in key_names if name in item}
 
 
@@ -493,8 +488,6 @@ def _encode(value: Any) -> str:
         return "{" + ",".join(sorted(_encode(part) for part in value)) + "}"
     if isinstance(value, bytes):
         return "b" + value.hex()
-    if isinstance(value, Decimal):
-        return "d" + str(value)
     return repr(value)
 
 
