@@ -48,7 +48,7 @@ def run_core(policy: str, records: int, spec: WorkloadSpec) -> dict[str, Any]:
     batches = [workload.batch(BATCH)[0] for _ in range(max(1, records // BATCH))]
     rule = rule_for(conflict_config(policy), None)
     change_filter = ChangeFilter(origin_attribute=None, origin_value="", skip_ttl_deletes=False)
-    buffer = ChangeBuffer([DESTINATION], squash_order(rule, ordered_stream=True))
+    buffer = ChangeBuffer([DESTINATION], squash_order([rule], ordered_stream=True))
     planned = 0
     cpu_start = time.process_time()
     wall_start = time.perf_counter()
@@ -104,7 +104,7 @@ def breakdown(policy: str, records: int, spec: WorkloadSpec) -> dict[str, float]
     count = len(batches) * BATCH
     rule = rule_for(conflict_config(policy), None)
     change_filter = ChangeFilter(origin_attribute=None, origin_value="", skip_ttl_deletes=False)
-    buffer = ChangeBuffer([DESTINATION], squash_order(rule, ordered_stream=True))
+    buffer = ChangeBuffer([DESTINATION], squash_order([rule], ordered_stream=True))
     watch = _Stopwatch()
     for raws in batches:
         with watch.step("base64_utf8"):

@@ -3,17 +3,22 @@
 It is pure bookkeeping (no I/O, no threads, no clock) so that its guarantees can be
 tested directly:
 
-* **Squash.** Only the newest change per primary key is written. A change that arrives
-  while an older one for the same key is still waiting replaces it; the older one is
-  never sent.
+* **Squash, without changing the outcome.** A change that arrives while an older one for
+  the same key is still queued is compared with it (:class:`SquashOrder`, built from the
+  destinations' conflict rules): the new change *replaces* the queued one when it alone
+  leaves every destination as both would, it is *dropped* when it can change nothing
+  after the queued one, and otherwise *both* are sent, the older first. So a destination
+  always ends up as if every record had been applied one at a time, in the order the
+  shard delivered them.
 * **One write per key at a time, per destination.** A change whose key is being written
   waits until that write finishes, so writes to one item never overlap and arrive in order.
 * **Safe checkpoint.** Every record has a slot in stream order. A slot is done when each
   destination has applied (or dead-lettered) its change, or when a newer change to the
   same key replaced it (that newer change lies later in the stream, so a restart from a
-  checkpoint past the old one still writes the new one). ``checkpointable`` is the
-  sequence number of the last slot of the longest done prefix: nothing at or before it is
-  unapplied.
+  checkpoint past the old one still writes the new one), or when it was dropped because
+  an older queued change makes it a no-op (that older change's slot comes first and is
+  still open). ``checkpointable`` is the sequence number of the last slot of the longest
+  done prefix: nothing at or before it is unapplied.
 """
 
 from __future__ import annotations
@@ -21,11 +26,33 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 from replicator.items import KeyId
 from replicator.records import Change
 
 Supersedes = Callable[[Change, Change], bool]
+
+
+class Squash(Enum):
+    """What becomes of a change that arrives while an older one to its item is queued."""
+
+    REPLACE = "replace"  # the new change alone ends where both would: the queued one is not sent
+    DROP = "drop"  # after the queued change the new one changes nothing: it is not sent
+    BOTH = "both"  # neither holds: both are sent, the queued one first
+
+
+@dataclass(frozen=True, slots=True)
+class SquashOrder:
+    """How the buffer compares two changes to one item.
+
+    ``merge(queued, incoming)`` decides a squash. ``newer(skipped, queued)`` is for a
+    loop-skipped change (the destination already holds its image): it retires the queued
+    changes it is newer than, which the destination must not receive after it.
+    """
+
+    merge: Callable[[Change, Change], Squash]
+    newer: Supersedes
 
 
 @dataclass(slots=True, eq=False)
@@ -47,18 +74,19 @@ class Entry:
 
 
 class ChangeBuffer:
-    def __init__(
-        self, destinations: Sequence[str], supersedes: Callable[[Change, Change], bool]
-    ) -> None:
+    def __init__(self, destinations: Sequence[str], order: SquashOrder) -> None:
         if not destinations:
             raise ValueError("a buffer needs at least one destination")
         self.destinations = tuple(destinations)
-        self._supersedes = supersedes
+        self._squash = order
         self._order: deque[Slot] = deque()
         self._open_slots = 0
-        self._latest: dict[KeyId, Entry] = {}
-        self._ready: dict[str, dict[KeyId, Entry]] = {d: {} for d in self.destinations}
-        self._waiting: dict[str, dict[KeyId, Entry]] = {d: {} for d in self.destinations}
+        # Per key, the changes not yet settled everywhere and not replaced, in stream order.
+        self._chains: dict[KeyId, list[Entry]] = {}
+        # Per destination and key, the changes not yet taken, in the order to send them.
+        self._queued: dict[str, dict[KeyId, deque[Entry]]] = {d: {} for d in self.destinations}
+        # Per destination, the keys with a queued change and no write in flight (FIFO).
+        self._ready: dict[str, dict[KeyId, None]] = {d: {} for d in self.destinations}
         self._in_flight: dict[str, dict[KeyId, Entry]] = {d: {} for d in self.destinations}
         self._done_through: str | None = None
         self.squashed = 0
@@ -66,22 +94,28 @@ class ChangeBuffer:
     # -- intake ---------------------------------------------------------------------------
 
     def add(self, change: Change) -> bool:
-        """Queue ``change`` for every destination; False if an already queued change is newer."""
+        """Queue ``change`` for every destination; False if it is dropped by the squash."""
         slot = self._new_slot(change.sequence_number, len(self.destinations))
-        previous = self._latest.get(change.key)
-        if previous is not None:
-            if not self._supersedes(change, previous.change):
+        key = change.key
+        chain = self._chains.get(key)
+        while chain:
+            decision = self._squash.merge(chain[-1].change, change)
+            if decision is Squash.REPLACE:
+                self._retire(chain.pop())
+            elif decision is Squash.DROP:
                 self._close(slot)
                 self.squashed += 1
                 return False
-            self._retire(previous)
-        entry = Entry(change, slot, pending=set(self.destinations))
-        self._latest[change.key] = entry
-        for destination in self.destinations:
-            if change.key in self._in_flight[destination]:
-                self._waiting[destination][change.key] = entry
             else:
-                self._ready[destination][change.key] = entry
+                break
+        if chain is None:
+            chain = self._chains[key] = []
+        entry = Entry(change, slot, pending=set(self.destinations))
+        chain.append(entry)
+        for destination in self.destinations:
+            self._queued[destination].setdefault(key, deque()).append(entry)
+            if key not in self._in_flight[destination]:
+                self._ready[destination][key] = None
         return True
 
     def add_skipped(self, change: Change, *, replaces_older: bool) -> None:
@@ -92,10 +126,11 @@ class ChangeBuffer:
         """
         self._new_slot(change.sequence_number, 0)
         if replaces_older:
-            previous = self._latest.get(change.key)
-            if previous is not None and self._supersedes(change, previous.change):
-                self._retire(previous)
-                del self._latest[change.key]
+            chain = self._chains.get(change.key)
+            while chain and self._squash.newer(change, chain[-1].change):
+                self._retire(chain.pop())
+            if chain is not None and not chain:
+                del self._chains[change.key]
 
     def add_done(self, sequence_number: str) -> None:
         """Record a record that needs no write (for example one already dead-lettered)."""
@@ -106,11 +141,16 @@ class ChangeBuffer:
     def take_ready(self, destination: str, limit: int) -> list[Entry]:
         """Up to ``limit`` changes for ``destination`` whose key has no write in flight."""
         ready = self._ready[destination]
+        queued = self._queued[destination]
         in_flight = self._in_flight[destination]
         taken: list[Entry] = []
         while ready and len(taken) < limit:
             key = next(iter(ready))
-            entry = ready.pop(key)
+            del ready[key]
+            queue = queued[key]
+            entry = queue.popleft()
+            if not queue:
+                del queued[key]
             in_flight[key] = entry
             taken.append(entry)
         return taken
@@ -122,20 +162,22 @@ class ChangeBuffer:
         entry.pending.discard(destination)
         if not entry.superseded:
             self._settle(entry.slot)
-            if not entry.pending and self._latest.get(key) is entry:
-                del self._latest[key]
-        waiting = self._waiting[destination].pop(key, None)
-        if waiting is not None:
-            self._ready[destination][key] = waiting
+            if not entry.pending:
+                chain = self._chains[key]
+                chain.remove(entry)
+                if not chain:
+                    del self._chains[key]
+        if key in self._queued[destination]:
+            self._ready[destination][key] = None
 
     def abandon(self) -> None:
         """Forget everything not yet written (the lease is gone; another worker will redo it)."""
         for destination in self.destinations:
             self._ready[destination].clear()
-            self._waiting[destination].clear()
+            self._queued[destination].clear()
             for entry in self._in_flight[destination].values():
                 entry.superseded = True  # its completion must not settle a forgotten slot
-        self._latest.clear()
+        self._chains.clear()
         self._order.clear()
         self._open_slots = 0
 
@@ -163,22 +205,19 @@ class ChangeBuffer:
 
     def outstanding(self, destination: str) -> int:
         """Changes for ``destination`` waiting or being written."""
-        return (
-            len(self._ready[destination])
-            + len(self._waiting[destination])
-            + len(self._in_flight[destination])
-        )
+        queued = sum(len(queue) for queue in self._queued[destination].values())
+        return queued + len(self._in_flight[destination])
 
     def oldest_outstanding_us(self, destination: str) -> int | None:
         """Creation time of the oldest change still to be applied at ``destination``."""
         oldest: int | None = None
-        for queue in (self._ready, self._waiting, self._in_flight):
-            for entry in queue[destination].values():
-                if entry.superseded:
-                    continue
-                created = entry.change.created_us
-                if oldest is None or created < oldest:
-                    oldest = created
+        waiting = [entry for queue in self._queued[destination].values() for entry in queue]
+        for entry in (*waiting, *self._in_flight[destination].values()):
+            if entry.superseded:
+                continue
+            created = entry.change.created_us
+            if oldest is None or created < oldest:
+                oldest = created
         return oldest
 
     @property
@@ -207,13 +246,20 @@ class ChangeBuffer:
                 self._open_slots -= 1
 
     def _retire(self, previous: Entry) -> None:
-        """``previous`` is replaced by a newer change: drop its unsent writes, close its slot."""
+        """``previous`` is replaced by a newer change: drop its unsent writes, close its slot.
+
+        A write of it already in flight finishes (it lands before the newer change's write
+        to that destination, which waits for it) but no longer settles anything.
+        """
         previous.superseded = True
         self._close(previous.slot)
         key = previous.change.key
         for destination in self.destinations:
-            if self._ready[destination].get(key) is previous:
-                del self._ready[destination][key]
-            if self._waiting[destination].get(key) is previous:
-                del self._waiting[destination][key]
+            queued = self._queued[destination]
+            queue = queued.get(key)
+            if queue is not None and previous in queue:
+                queue.remove(previous)
+                if not queue:
+                    del queued[key]
+                    self._ready[destination].pop(key, None)
         self.squashed += 1

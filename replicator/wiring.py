@@ -97,9 +97,9 @@ def shard_pipeline(
 ) -> ShardPipeline:
     job = resolved.job
     writers = destination_writers(resolved, metrics, shard_id, dead_letters)
-    job_rule = rule_for(job.conflict, job.loop_prevention.origin_attribute)
     ordered = job.source.stream.kind is StreamKind.DYNAMODB_STREAMS
-    buffer = ChangeBuffer(list(writers), squash_order(job_rule, ordered_stream=ordered))
+    rules = [writer.rule for writer in writers.values()]
+    buffer = ChangeBuffer(list(writers), squash_order(rules, ordered_stream=ordered))
     return ShardPipeline(
         writers,
         buffer,

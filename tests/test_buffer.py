@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from replicator.buffer import ChangeBuffer, Entry
 from replicator.decode import decode
 from replicator.records import Change
-from replicator.rules import OrderedRule, in_stream_order, squash_order
+from replicator.rules import IN_STREAM_ORDER, OrderedRule, OverwriteRule, squash_order
 from tests.records import daemon_record, kinesis_record, put, stream_record
 
 # Two DynamoDB numbers of 38 significant digits that differ only in the last one.
@@ -27,7 +29,7 @@ def drain(buffer: ChangeBuffer, destination: str) -> list[Entry]:
 
 
 def test_only_the_newest_change_per_key_is_written() -> None:
-    buffer = ChangeBuffer(["d"], in_stream_order)
+    buffer = ChangeBuffer(["d"], IN_STREAM_ORDER)
     for seq, value in [(1, "a"), (2, "b"), (3, "c")]:
         buffer.add(change("k", seq, v=value))
     buffer.add(change("other", 4))
@@ -39,7 +41,7 @@ def test_only_the_newest_change_per_key_is_written() -> None:
 
 
 def test_38_digit_keys_that_differ_in_the_last_digit_are_both_written() -> None:
-    buffer = ChangeBuffer(["d"], in_stream_order)
+    buffer = ChangeBuffer(["d"], IN_STREAM_ORDER)
     for seq, number in ((1, BIG_1), (2, BIG_2)):
         keys = {"pk": {"N": number}}
         assert buffer.add(decode(daemon_record(stream_record("INSERT", keys, keys, seq=seq), seq)))
@@ -50,7 +52,7 @@ def test_38_digit_keys_that_differ_in_the_last_digit_are_both_written() -> None:
 
 
 def test_a_key_in_flight_is_not_written_again_until_it_completes() -> None:
-    buffer = ChangeBuffer(["d"], in_stream_order)
+    buffer = ChangeBuffer(["d"], IN_STREAM_ORDER)
     buffer.add(change("k", 1))
     (first,) = buffer.take_ready("d", 10)
     buffer.add(change("k", 2))
@@ -62,7 +64,7 @@ def test_a_key_in_flight_is_not_written_again_until_it_completes() -> None:
 
 
 def test_checkpoint_never_passes_an_unapplied_change() -> None:
-    buffer = ChangeBuffer(["d"], in_stream_order)
+    buffer = ChangeBuffer(["d"], IN_STREAM_ORDER)
     for seq, pk in [(1, "a"), (2, "b"), (3, "c")]:
         buffer.add(change(pk, seq))
     a, b, c = buffer.take_ready("d", 10)
@@ -74,7 +76,7 @@ def test_checkpoint_never_passes_an_unapplied_change() -> None:
 
 
 def test_every_destination_must_apply_before_the_checkpoint_moves() -> None:
-    buffer = ChangeBuffer(["eu", "ap"], in_stream_order)
+    buffer = ChangeBuffer(["eu", "ap"], IN_STREAM_ORDER)
     buffer.add(change("a", 1))
     drain(buffer, "eu")
     assert buffer.checkpointable() is None
@@ -84,7 +86,7 @@ def test_every_destination_must_apply_before_the_checkpoint_moves() -> None:
 
 
 def test_a_superseded_change_in_flight_does_not_hold_the_checkpoint() -> None:
-    buffer = ChangeBuffer(["d"], in_stream_order)
+    buffer = ChangeBuffer(["d"], IN_STREAM_ORDER)
     buffer.add(change("k", 1))
     (old,) = buffer.take_ready("d", 10)
     buffer.add(change("k", 2))
@@ -96,7 +98,7 @@ def test_a_superseded_change_in_flight_does_not_hold_the_checkpoint() -> None:
 
 
 def test_loop_skipped_change_replaces_an_older_queued_one() -> None:
-    buffer = ChangeBuffer(["d"], in_stream_order)
+    buffer = ChangeBuffer(["d"], IN_STREAM_ORDER)
     buffer.add(change("k", 1))
     buffer.add_skipped(change("k", 2), replaces_older=True)
     assert buffer.take_ready("d", 10) == []
@@ -104,7 +106,7 @@ def test_loop_skipped_change_replaces_an_older_queued_one() -> None:
 
 
 def test_filtered_change_does_not_replace_an_older_one() -> None:
-    buffer = ChangeBuffer(["d"], in_stream_order)
+    buffer = ChangeBuffer(["d"], IN_STREAM_ORDER)
     buffer.add(change("k", 1))
     buffer.add_skipped(change("k", 2), replaces_older=False)
     assert [e.change.sequence_number for e in drain(buffer, "d")] == ["1"]
@@ -113,7 +115,7 @@ def test_filtered_change_does_not_replace_an_older_one() -> None:
 
 def test_kinesis_order_keeps_the_newer_image_even_when_it_arrives_first() -> None:
     rule = OrderedRule("last_writer_wins", "ts", None, numeric_only=False)
-    buffer = ChangeBuffer(["d"], squash_order(rule, ordered_stream=False))
+    buffer = ChangeBuffer(["d"], squash_order([rule], ordered_stream=False))
     newer = kinesis_record("MODIFY", {"pk": {"S": "k"}}, {"pk": {"S": "k"}, "ts": {"N": "20"}})
     older = kinesis_record("MODIFY", {"pk": {"S": "k"}}, {"pk": {"S": "k"}, "ts": {"N": "10"}})
     assert buffer.add(decode(daemon_record(newer, 100)))
@@ -124,7 +126,7 @@ def test_kinesis_order_keeps_the_newer_image_even_when_it_arrives_first() -> Non
 
 
 def test_abandon_forgets_everything_unwritten() -> None:
-    buffer = ChangeBuffer(["d"], in_stream_order)
+    buffer = ChangeBuffer(["d"], IN_STREAM_ORDER)
     buffer.add(change("a", 1))
     (in_flight,) = buffer.take_ready("d", 10)
     buffer.add(change("b", 2))
@@ -138,7 +140,7 @@ def test_random_interleavings_keep_the_invariants() -> None:
     """Model check: arbitrary arrival/completion orders over two destinations."""
     for seed in range(300):
         rng = random.Random(seed)
-        buffer = ChangeBuffer(["x", "y"], in_stream_order)
+        buffer = ChangeBuffer(["x", "y"], IN_STREAM_ORDER)
         applied: dict[str, dict[str, int]] = {"x": {}, "y": {}}
         latest: dict[str, int] = {}
         in_flight: dict[str, list[Entry]] = {"x": [], "y": []}
@@ -182,3 +184,79 @@ def test_random_interleavings_keep_the_invariants() -> None:
         assert buffer.checkpointable() == (str(seq) if seq else None)
         for destination in "xy":
             assert applied[destination] == latest, seed
+
+
+VERSION = OrderedRule("version", "v", None, numeric_only=True)
+
+
+def versioned(event: str, seq: int, version: int, *, kinesis: bool = False) -> Change:
+    keys = {"pk": {"S": "k"}}
+    image = {"pk": {"S": "k"}, "v": {"N": str(version)}}
+    new, old = (None, image) if event == "REMOVE" else (image, None)
+    if kinesis:
+        payload = kinesis_record(event, keys, new, old, created_us=1_700_000_000_000_000 + seq)
+    else:
+        payload = stream_record(event, keys, new, old, seq=seq)
+    return decode(daemon_record(payload, seq))
+
+
+def sent_in_order(buffer: ChangeBuffer, destination: str) -> list[tuple[str, str]]:
+    """Write everything one at a time as the pipeline does; (event, version) per write."""
+    sent = []
+    while taken := buffer.take_ready(destination, 1000):
+        for entry in taken:
+            assert entry.change.image is not None
+            sent.append((entry.change.event.value, entry.change.image["v"]["N"]))
+            buffer.complete(destination, entry)
+    return sent
+
+
+@pytest.mark.parametrize("kinesis", [False, True], ids=["dynamodb-streams", "kinesis"])
+def test_a_recreate_at_a_lower_version_is_sent_after_the_delete_it_follows(kinesis: bool) -> None:
+    """Delete at version 5, create again at version 1: the put alone would lose to the
+    version-5 item still at the destination; the delete must go first, then the put."""
+    buffer = ChangeBuffer(["eu", "ap"], squash_order([VERSION], ordered_stream=not kinesis))
+    assert buffer.add(versioned("REMOVE", 1, 5, kinesis=kinesis))
+    assert buffer.add(versioned("INSERT", 2, 1, kinesis=kinesis))
+    assert buffer.squashed == 0
+    assert buffer.checkpointable() is None
+    for destination in ("eu", "ap"):
+        assert sent_in_order(buffer, destination) == [("REMOVE", "5"), ("INSERT", "1")]
+    assert buffer.idle
+    assert buffer.checkpointable() == "2"
+
+
+def test_a_delete_before_a_recreate_holds_the_checkpoint_until_written() -> None:
+    buffer = ChangeBuffer(["d"], squash_order([VERSION], ordered_stream=True))
+    buffer.add(versioned("REMOVE", 1, 5))
+    buffer.add(versioned("INSERT", 2, 1))
+    (delete,) = buffer.take_ready("d", 10)
+    assert buffer.take_ready("d", 10) == []  # the put waits for the delete
+    assert buffer.checkpointable() is None
+    buffer.complete("d", delete)
+    assert buffer.checkpointable() == "1"
+    (insert,) = buffer.take_ready("d", 10)
+    buffer.complete("d", insert)
+    assert buffer.checkpointable() == "2"
+
+
+def test_a_put_ranked_below_a_queued_put_is_dropped_not_sent_in_its_place() -> None:
+    """Applied in turn, version 3 after version 5 loses: the destination keeps version 5.
+    Sending version 3 alone would leave version 3."""
+    buffer = ChangeBuffer(["d"], squash_order([VERSION], ordered_stream=True))
+    buffer.add(versioned("MODIFY", 1, 5))
+    assert not buffer.add(versioned("MODIFY", 2, 3))
+    assert sent_in_order(buffer, "d") == [("MODIFY", "5")]
+    assert buffer.checkpointable() == "2"
+
+
+def test_a_squash_holds_under_every_destinations_rule() -> None:
+    """One destination overwrites, the other checks versions: what is right for both is
+    sent (overwrite alone would keep only the put)."""
+    buffer = ChangeBuffer(
+        ["eu", "ap"], squash_order([OverwriteRule(), VERSION], ordered_stream=True)
+    )
+    buffer.add(versioned("REMOVE", 1, 5))
+    buffer.add(versioned("INSERT", 2, 1))
+    for destination in ("eu", "ap"):
+        assert sent_in_order(buffer, destination) == [("REMOVE", "5"), ("INSERT", "1")]

@@ -14,11 +14,11 @@ from replicator.deadletter import FileDeadLetters
 from replicator.decode import decode
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
-from replicator.rules import ConflictRule, OrderedRule, in_stream_order
+from replicator.rules import IN_STREAM_ORDER, ConflictRule, OrderedRule, squash_order
 from replicator.writers.backoff import Backoff
 from replicator.writers.destination import DestinationWriter
 from tests.conftest import client, create_table, sample
-from tests.records import daemon_record, put, stream_record
+from tests.records import daemon_record, kinesis_record, put, stream_record
 
 
 class ThrottlingClient:
@@ -73,7 +73,7 @@ def build(
             shard_id="s",
             backoff=Backoff(0.001, 0.01),
         )
-    buffer = ChangeBuffer(list(writers), in_stream_order)
+    buffer = ChangeBuffer(list(writers), IN_STREAM_ORDER)
     pipeline = ShardPipeline(writers, buffer, metrics, "s", max_in_flight=8, max_buffered=1000)
     return pipeline, tables, wrappers
 
@@ -142,6 +142,7 @@ def one_destination(
     metrics: Metrics,
     rule: ConflictRule,
     hash_type: str = "S",
+    ordered_stream: bool = True,
 ) -> tuple[ShardPipeline, Any, str]:
     """A pipeline writing to one moto table under ``rule``."""
     ddb = client("dynamodb", "eu-west-1", endpoint)
@@ -159,7 +160,7 @@ def one_destination(
         shard_id="s",
         backoff=Backoff(0.001, 0.01),
     )
-    buffer = ChangeBuffer(["eu"], in_stream_order)
+    buffer = ChangeBuffer(["eu"], squash_order([rule], ordered_stream=ordered_stream))
     pipeline = ShardPipeline(
         {"eu": writer}, buffer, metrics, "s", max_in_flight=8, max_buffered=100
     )
@@ -184,3 +185,53 @@ def test_38_digit_keys_that_differ_in_the_last_digit_both_reach_the_destination(
     assert pipeline.checkpointable() == "2"
     items = ddb.scan(TableName=table, ConsistentRead=True)["Items"]
     assert sorted(item["pk"]["N"] for item in items) == numbers
+
+
+@pytest.mark.parametrize("ordered_stream", [True, False], ids=["dynamodb-streams", "kinesis"])
+@pytest.mark.parametrize("policy", ["version", "last_writer_wins"])
+def test_delete_then_recreate_at_a_lower_rank_in_one_batch_leaves_the_new_item(
+    moto_endpoint: str,
+    unique: Any,
+    tmp_path: Path,
+    metrics: Metrics,
+    closing: Any,
+    policy: str,
+    ordered_stream: bool,
+) -> None:
+    """The source deletes the item at version 5 and creates it again at version 1 (what
+    DynamoDBMapper's versioning does); both records arrive in one batch. Applied one at a
+    time the delete clears version 5 and the insert lands: so must the squashed batch."""
+    rule = OrderedRule(policy, "v", None, numeric_only=policy == "version")
+    pipeline, ddb, table = one_destination(
+        moto_endpoint, unique, tmp_path, metrics, rule, ordered_stream=ordered_stream
+    )
+    closing(pipeline)
+    keys = {"pk": {"S": "k"}}
+    old = {"pk": {"S": "k"}, "v": {"N": "5"}, "state": {"S": "before"}}
+    new = {"pk": {"S": "k"}, "v": {"N": "1"}, "state": {"S": "after"}}
+    ddb.put_item(TableName=table, Item=old)  # replicated earlier
+    if ordered_stream:
+        payloads = [
+            stream_record("REMOVE", keys, None, old, seq=1),
+            stream_record("INSERT", keys, new, None, seq=2),
+        ]
+    else:
+        payloads = [
+            kinesis_record("REMOVE", keys, None, old, created_us=1_700_000_000_000_000),
+            kinesis_record("INSERT", keys, new, None, created_us=1_700_000_000_000_001),
+        ]
+    for seq, payload in enumerate(payloads, start=1):
+        pipeline.submit(decode(daemon_record(payload, seq)))
+    pipeline.dispatch()
+    assert pipeline.flush(timeout=30)
+    assert pipeline.checkpointable() == "2"
+    item = ddb.get_item(TableName=table, Key=keys, ConsistentRead=True).get("Item")
+    assert item == new
+    assert (
+        sample(metrics, "replicator_writes_total", destination="eu", op="delete", outcome="applied")
+        == 1
+    )
+    assert (
+        sample(metrics, "replicator_writes_total", destination="eu", op="put", outcome="applied")
+        == 1
+    )

@@ -1,13 +1,14 @@
 """Stage 4: conflict rules, which turn a change into a conditional write.
 
-``rule_for`` builds the rule a destination uses; ``squash_order`` tells the buffer
-which of two changes to one item is the newer one.
+``rule_for`` builds the rule a destination uses; ``squash_order`` tells the buffer how
+two changes to one item squash without changing what the destinations end up holding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from replicator.buffer import Squash, SquashOrder, Supersedes
 from replicator.config.model import ConflictConfig, ConflictPolicyName
 from replicator.records import Change
 from replicator.rules.base import ConflictRule
@@ -17,18 +18,20 @@ from replicator.rules.overwrite import OverwriteRule
 from replicator.rules.requests import PlanError, Skip, WriteRequest
 
 __all__ = [
+    "BY_CREATION_TIME",
+    "IN_STREAM_ORDER",
     "ConflictRule",
     "CustomRule",
     "OrderedRule",
     "OverwriteRule",
     "PlanError",
     "Skip",
+    "Squash",
+    "SquashOrder",
     "WriteRequest",
     "rule_for",
     "squash_order",
 ]
-
-Supersedes = Callable[[Change, Change], bool]
 
 
 def rule_for(conflict: ConflictConfig, origin_attribute: str | None) -> ConflictRule:
@@ -47,34 +50,115 @@ def rule_for(conflict: ConflictConfig, origin_attribute: str | None) -> Conflict
     return OverwriteRule()
 
 
-def in_stream_order(newer: Change, older: Change) -> bool:
-    """DynamoDB Streams deliver each item's changes in order: a later record always wins."""
+def squash_order(rules: Sequence[ConflictRule], ordered_stream: bool) -> SquashOrder:
+    """How the buffer squashes changes to one item written under ``rules`` (one per
+    destination; the buffer is shared, so a squash must hold under each of them).
+
+    The order that counts is the order in which the shard delivers the records: a squash
+    never leaves a destination other than applying the records one at a time in that
+    order would. On a DynamoDB stream that is the order of the changes at the source; on
+    Kinesis Data Streams for DynamoDB an item's changes may arrive out of order or twice,
+    and each record is applied as it arrives, with the rule's condition deciding.
+
+    * ``overwrite`` on a DynamoDB stream: the later change replaces the earlier one
+      (unconditional writes: the last one decides).
+    * ``last_writer_wins`` and ``version``: by the rule's order, see :func:`_by_rank`.
+    * ``custom`` (and ``overwrite`` on Kinesis, which the configuration refuses): the later
+      change replaces the earlier one on a DynamoDB stream; on Kinesis the change created
+      later wins. The resolver sees only the change that remains.
+    """
+    orders = [_order_for(rule, ordered_stream) for rule in rules]
+    if not orders:
+        raise ValueError("a squash order needs the rule of at least one destination")
+    if len(orders) == 1:
+        return orders[0]
+
+    def merge(queued: Change, incoming: Change) -> Squash:
+        decisions = {order.merge(queued, incoming) for order in orders}
+        return decisions.pop() if len(decisions) == 1 else Squash.BOTH
+
+    def newer(skipped: Change, queued: Change) -> bool:
+        return all(order.newer(skipped, queued) for order in orders)
+
+    return SquashOrder(merge, newer)
+
+
+def _order_for(rule: ConflictRule, ordered_stream: bool) -> SquashOrder:
+    if isinstance(rule, OrderedRule):
+        return SquashOrder(_by_rank(rule), _later if ordered_stream else _newer_by_rank(rule))
+    if ordered_stream:
+        return IN_STREAM_ORDER
+    return BY_CREATION_TIME
+
+
+def _later(newer: Change, older: Change) -> bool:
+    """DynamoDB Streams deliver each item's changes in order: a later record is newer."""
     return True
 
 
-def squash_order(rule: ConflictRule, ordered_stream: bool) -> Supersedes:
-    """How the buffer picks the newest of two changes to one key.
+def _replace(queued: Change, incoming: Change) -> Squash:
+    return Squash.REPLACE
 
-    On a DynamoDB stream the later record is the newer change. Kinesis Data Streams for
-    DynamoDB may deliver an item's changes out of order, so there the rule's own order
-    decides (a delete ranks just above the image it deleted), then creation time.
+
+def _created_later(newer: Change, older: Change) -> bool:
+    return (newer.created_us, newer.position) >= (older.created_us, older.position)
+
+
+def _replace_if_created_later(queued: Change, incoming: Change) -> Squash:
+    return Squash.REPLACE if _created_later(incoming, queued) else Squash.DROP
+
+
+IN_STREAM_ORDER = SquashOrder(_replace, _later)
+BY_CREATION_TIME = SquashOrder(_replace_if_created_later, _created_later)
+
+
+def _by_rank(rule: OrderedRule) -> Callable[[Change, Change], Squash]:
+    """Squash under a conditional rule so that the outcome is that of both writes in turn.
+
+    With ``r`` the rank of a change's image (the new image of a put, the old image of a
+    delete), and a put or delete applying when the destination's item ranks at or below
+    its image:
+
+    * the incoming change replaces the queued one when ``r(incoming) >= r(queued)``: any
+      item the queued write would have overwritten or deleted, the incoming one does too;
+    * a put or delete that ranks below a queued put, or a delete that ranks below a queued
+      delete, changes nothing after it and is dropped;
+    * a put that ranks below a queued delete is sent after it (delete then re-create at a
+      lower version or timestamp): the delete clears items the put alone could not
+      overwrite, and the put then lands on nothing.
+
+    Changes whose rank is unknown (no write can be planned for them) or of two ordering
+    types are both sent, in order.
     """
-    if ordered_stream:
-        return in_stream_order
-    if isinstance(rule, OrderedRule):
-        ordered = rule
 
-        def by_rule(newer: Change, older: Change) -> bool:
-            return _rank(ordered, newer) >= _rank(ordered, older)
+    def merge(queued: Change, incoming: Change) -> Squash:
+        old = rule.rank(queued.image)
+        new = rule.rank(incoming.image)
+        if old is None or new is None or (old[0] and new[0] and old[0] != new[0]):
+            return Squash.BOTH
+        if new >= old:
+            return Squash.REPLACE
+        if queued.op_is_delete and not incoming.op_is_delete:
+            return Squash.BOTH
+        return Squash.DROP
 
-        return by_rule
-
-    def by_creation_time(newer: Change, older: Change) -> bool:
-        return (newer.created_us, newer.position) >= (older.created_us, older.position)
-
-    return by_creation_time
+    return merge
 
 
-def _rank(rule: OrderedRule, change: Change) -> tuple[tuple[int, object, str], int, int, int]:
-    deleted = 1 if change.op_is_delete else 0
-    return (rule.rank(change.image), deleted, change.created_us, change.position)
+def _newer_by_rank(rule: OrderedRule) -> Supersedes:
+    """Kinesis: a loop-skipped change is newer than a queued one that ranks below it (a
+    delete just above the image it deleted), then by creation time."""
+
+    def newer(skipped: Change, queued: Change) -> bool:
+        mine = rule.rank(skipped.image)
+        theirs = rule.rank(queued.image)
+        if mine is None or theirs is None or (mine[0] and theirs[0] and mine[0] != theirs[0]):
+            return _created_later(skipped, queued)
+        return (mine, skipped.op_is_delete, skipped.created_us, skipped.position) >= (
+            theirs,
+            queued.op_is_delete,
+            queued.created_us,
+            queued.position,
+        )
+
+    return newer

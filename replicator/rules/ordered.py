@@ -20,13 +20,16 @@ a delete never removes a newer item written elsewhere.
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
-from replicator.items import AttributeValue, Item
+from replicator.items import AttributeValue, Item, canonical_number
 from replicator.records import Change, Event
 from replicator.rules.requests import PlanError, Skip, WriteRequest
 
 _COMPARABLE = ("N", "S")
+
+# An image's place in a rule's order (see OrderedRule.rank).
+Rank = tuple[object, ...]
 
 
 class OrderedRule:
@@ -82,23 +85,40 @@ class OrderedRule:
             tie = "(attribute_not_exists(#o) OR #o <= :o)"
         return f"attribute_not_exists(#c) OR #c < :c OR (#c = :c AND {tie})", names, values
 
-    def rank(self, image: Item | None) -> tuple[int, object, str]:
-        """The order key of an image in Python, mirroring the condition (for squash and logs)."""
+    def rank(self, image: Item | None) -> Rank | None:
+        """The image's place in the order, exactly as the condition compares it.
+
+        ``rank(a) <= rank(b)`` holds when the condition planned for ``b`` passes against
+        ``a`` at the destination, for ranks of the same ordering type (``rank[0]``: 0 no
+        ordering attribute, 1 a number, 2 a string); DynamoDB compares no number with a
+        string, so ranks of two types (both non-zero) are not comparable. None when no
+        write can be planned or sent for the image (no image, an ordering attribute of the
+        wrong type, a number DynamoDB would refuse): such a change is dead-lettered, not
+        compared. Numbers compare exactly (Decimal comparison never rounds).
+        """
         if image is None:
-            return (0, 0, "")
+            return None
         ordering = image.get(self.attribute)
-        origin = ""
-        if self.origin_attribute and (stamp := image.get(self.origin_attribute)) is not None:
-            origin = str(stamp.get("S", ""))
         if ordering is None:
-            return (0, 0, origin)
+            return (0,)  # the condition then ignores the origin: attribute_not_exists(#c)
         kind, value = next(iter(ordering.items()))
+        if kind not in self._types or type(value) is not str:
+            return None
+        tie: tuple[object, ...] = ()
+        if self.origin_attribute:
+            stamp = image.get(self.origin_attribute)
+            if stamp is None:
+                tie = (0,)  # attribute_not_exists(#o): below any origin, even ""
+            elif type(stamp.get("S")) is str:
+                tie = (1, stamp["S"])
+            else:
+                return None  # a stamp that is not a string orders by no documented rule
         if kind == "N":
             try:
-                return (1, Decimal(value), origin)
-            except (InvalidOperation, TypeError):
-                return (1, Decimal(0), origin)
-        return (2, str(value), origin)
+                return (1, Decimal(canonical_number(value)), *tie)
+            except ValueError:
+                return None
+        return (2, value, *tie)
 
     def explain_loss(self, change: Change, existing: Item | None) -> str:
         verb = "delete" if change.event is Event.REMOVE else "put"
