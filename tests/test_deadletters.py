@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import multiprocessing
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +71,60 @@ def test_file_replay_keeps_failures_and_resumes_an_interrupted_replay(tmp_path: 
     assert target.count() == 4
     replayed = [c.letter.record["sequenceNumber"] for c in target.claim_all()]
     assert sorted(replayed) == ["2", "3", "4", "5"]
+
+
+def test_a_letter_written_while_a_redrive_renames_the_file_is_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard process opens the live file; before it takes the lock, a redrive renames
+    that file aside, replays it and deletes it. The letter must land in the live file."""
+    path = tmp_path / "letters.jsonl"
+    FileDeadLetters(path).put(letter(1))
+    real_flock = fcntl.flock
+    replayed: list[str] = []
+
+    def flock_after_a_redrive(file: Any, operation: int) -> None:
+        if operation == fcntl.LOCK_EX and not replayed:
+            replayed.append("running")  # the redrive's own locking goes straight through
+            redrive = FileDeadLetters(path)
+            for claimed in redrive.claim_all():
+                replayed.append(claimed.letter.record["sequenceNumber"])
+                redrive.settle(claimed, replayed=True)
+        real_flock(file, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_redrive)
+    FileDeadLetters(path).put(letter(2))
+    monkeypatch.undo()
+
+    assert replayed == ["running", "1"]
+    assert [stored.record["sequenceNumber"] for stored in FileDeadLetters(path).letters()] == ["2"]
+    assert FileDeadLetters(path).count() == 1
+
+
+def test_creating_and_renaming_the_file_are_fsynced_in_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An fsynced line in a file whose directory entry is not durable can vanish in a
+    crash; so can a rename that the replay then relies on."""
+    real_fsync = os.fsync
+    directories: list[str] = []
+
+    def fsync(descriptor: int) -> None:
+        if stat.S_ISDIR(os.fstat(descriptor).st_mode):
+            directories.append("fsync")
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    target = FileDeadLetters(tmp_path / "letters.jsonl")
+    target.put(letter(1))
+    assert directories == ["fsync"]  # the file was created
+    target.put(letter(2))
+    assert directories == ["fsync"]  # an append to an existing file needs none
+    claimed = target.claim_all()
+    first = next(claimed)
+    assert len(directories) == 2  # renamed aside
+    target.settle(first, replayed=True)
+    assert len(directories) == 3  # its settled marker was created
 
 
 def test_an_unwritable_file_is_reported_not_ignored(tmp_path: Path) -> None:

@@ -2,9 +2,14 @@
 
 Several processor processes (one per shard) append to the same file; an exclusive
 ``flock`` around each append keeps lines whole. A replay first renames the file aside
-(new failures start a fresh file meanwhile), replays the letters, and appends the ones
-that fail again to the live file. A replay that is interrupted leaves its aside file,
-which the next replay picks up first.
+under that lock (new failures start a fresh file meanwhile), replays the letters, and
+appends the ones that fail again to the live file. A replay that is interrupted leaves
+its aside file, which the next replay picks up first.
+
+A process that opened the live file just before a replay renamed it holds the renamed
+file: once it has the lock it checks that its file is still the one at the path, and
+opens the path again if not, so that no letter is appended to a file already replayed.
+Creating and renaming a file are made durable with an fsync of the directory.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import fcntl
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 import structlog
 
@@ -37,14 +44,14 @@ class FileDeadLetters:
     def _append(self, line: str) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as file:
-                fcntl.flock(file, fcntl.LOCK_EX)
-                try:
-                    file.write(line + "\n")
-                    file.flush()
-                    os.fsync(file.fileno())
-                finally:
-                    fcntl.flock(file, fcntl.LOCK_UN)
+            with _locked(self.path, create=True) as file:
+                assert file is not None
+                created = os.fstat(file.fileno()).st_size == 0  # files are never truncated
+                file.write(line + "\n")
+                file.flush()
+                os.fsync(file.fileno())
+                if created:
+                    _fsync_directory(self.path.parent)
         except OSError as error:
             raise DeadLetterUnavailable(
                 f"cannot append to dead-letter file {self.path}: {error.strerror or error}"
@@ -81,14 +88,11 @@ class FileDeadLetters:
         )
 
     def claim_all(self) -> Iterator[Claimed]:
-        if self.path.exists():
-            aside = self.path.with_name(f"{self.path.name}{_ASIDE}{time.time_ns()}")
-            with self.path.open("a", encoding="utf-8") as file:
-                fcntl.flock(file, fcntl.LOCK_EX)
-                try:
-                    self.path.rename(aside)
-                finally:
-                    fcntl.flock(file, fcntl.LOCK_UN)
+        with _locked(self.path, create=False) as file:
+            if file is not None:
+                aside = self.path.with_name(f"{self.path.name}{_ASIDE}{time.time_ns()}")
+                self.path.rename(aside)
+                _fsync_directory(self.path.parent)
         for aside_file in self._aside_files():
             settled = _settled(aside_file)
             with aside_file.open(encoding="utf-8") as lines:
@@ -117,9 +121,12 @@ class FileDeadLetters:
         aside, _, number = claimed.receipt.rpartition(":")
         marker = Path(aside + _SETTLED)
         with marker.open("a", encoding="utf-8") as file:
+            created = os.fstat(file.fileno()).st_size == 0
             file.write(number + "\n")
             file.flush()
             os.fsync(file.fileno())
+        if created:
+            _fsync_directory(marker.parent)
 
 
 def _settled(aside_file: Path) -> set[int]:
@@ -128,3 +135,48 @@ def _settled(aside_file: Path) -> set[int]:
     if not marker.exists():
         return set()
     return {int(n) for n in marker.read_text(encoding="utf-8").split() if n.isdigit()}
+
+
+@contextmanager
+def _locked(path: Path, *, create: bool) -> Iterator[TextIO | None]:
+    """The file at ``path`` under an exclusive lock: opened for appending, or, when
+    ``create`` is false, opened only to hold the lock (None if there is no file).
+
+    Locking an open file does not stop another process renaming or deleting its path
+    meanwhile (a replay does both), so once locked, the file must still be the one at
+    ``path``; otherwise it is let go and the path opened again.
+    """
+    while True:
+        try:
+            file = path.open("a" if create else "r", encoding="utf-8")
+        except FileNotFoundError:
+            if create:
+                raise
+            yield None
+            return
+        with file:
+            fcntl.flock(file, fcntl.LOCK_EX)
+            try:
+                if _same_file(file, path):
+                    yield file
+                    return
+            finally:
+                fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def _same_file(file: TextIO, path: Path) -> bool:
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(file.fileno())
+    return (opened.st_dev, opened.st_ino) == (current.st_dev, current.st_ino)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a file's creation or renaming in ``directory`` survive a crash."""
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
