@@ -456,9 +456,9 @@ def _grid() -> list[Item]:
     [lww(), lww("origin"), version()],
     ids=["last_writer_wins", "last_writer_wins-origin", "version"],
 )
-def test_rank_orders_images_exactly_as_the_rules_condition_does(rule: OrderedRule) -> None:
-    """The squash decides with ``rank``; DynamoDB decides with the condition. For every
-    destination item and every image: the condition holds exactly when the item's rank is
+def test_order_ranks_images_exactly_as_the_rules_condition_does(rule: OrderedRule) -> None:
+    """The squash decides with ``order``; DynamoDB decides with the condition. For every
+    destination item and every image: the condition holds exactly when the item's order is
     at or below the image's, and never for an item whose ordering type differs."""
     grid = _grid()
     for event in ("MODIFY", "REMOVE"):
@@ -467,7 +467,7 @@ def test_rank_orders_images_exactly_as_the_rules_condition_does(rule: OrderedRul
             change = decode(
                 daemon_record(stream_record(event, {"pk": {"S": "k"}}, new, old, seq=1), 1)
             )
-            mine = rule.rank(image)
+            mine = rule.order(image)
             if mine is None:
                 with pytest.raises(PlanError):
                     rule.plan(change)
@@ -476,7 +476,7 @@ def test_rank_orders_images_exactly_as_the_rules_condition_does(rule: OrderedRul
             assert isinstance(plan, WriteRequest)
             for existing in grid:
                 holds = Condition(plan).holds(existing)
-                theirs = rule.rank(existing)
+                theirs = rule.order(existing)
                 comparable = theirs is not None and (
                     not mine[0] or not theirs[0] or mine[0] == theirs[0]
                 )

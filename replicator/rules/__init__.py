@@ -115,9 +115,9 @@ BY_CREATION_TIME = SquashOrder(_replace_if_created_later, _created_later)
 def _by_rank(rule: OrderedRule) -> Callable[[Change, Change], Squash]:
     """Squash under a conditional rule so that the outcome is that of both writes in turn.
 
-    With ``r`` the rank of a change's image (the new image of a put, the old image of a
-    delete), and a put or delete applying when the destination's item ranks at or below
-    its image:
+    With ``r`` the rank of a change's image (:meth:`OrderedRule.order` of the new image of
+    a put, of the old image of a delete), and a put or delete applying when the
+    destination's item ranks at or below its image:
 
     * the incoming change replaces the queued one when ``r(incoming) >= r(queued)``: any
       item the queued write would have overwritten or deleted, the incoming one does too;
@@ -132,8 +132,8 @@ def _by_rank(rule: OrderedRule) -> Callable[[Change, Change], Squash]:
     """
 
     def merge(queued: Change, incoming: Change) -> Squash:
-        old = rule.rank(queued.image)
-        new = rule.rank(incoming.image)
+        old = rule.order(queued.image)
+        new = rule.order(incoming.image)
         if old is None or new is None or (old[0] and new[0] and old[0] != new[0]):
             return Squash.BOTH
         if new >= old:
@@ -150,8 +150,8 @@ def _newer_by_rank(rule: OrderedRule) -> Supersedes:
     delete just above the image it deleted), then by creation time."""
 
     def newer(skipped: Change, queued: Change) -> bool:
-        mine = rule.rank(skipped.image)
-        theirs = rule.rank(queued.image)
+        mine = rule.order(skipped.image)
+        theirs = rule.order(queued.image)
         if mine is None or theirs is None or (mine[0] and theirs[0] and mine[0] != theirs[0]):
             return _created_later(skipped, queued)
         return (mine, skipped.op_is_delete, skipped.created_us, skipped.position) >= (

@@ -20,7 +20,7 @@ a delete never removes a newer item written elsewhere.
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 from replicator.items import AttributeValue, Item, canonical_number
 from replicator.records import Change, Event
@@ -28,8 +28,8 @@ from replicator.rules.requests import PlanError, Skip, WriteRequest
 
 _COMPARABLE = ("N", "S")
 
-# An image's place in a rule's order (see OrderedRule.rank).
-Rank = tuple[object, ...]
+# An image's exact place in a rule's order (see OrderedRule.order).
+Order = tuple[object, ...]
 
 
 class OrderedRule:
@@ -85,13 +85,32 @@ class OrderedRule:
             tie = "(attribute_not_exists(#o) OR #o <= :o)"
         return f"attribute_not_exists(#c) OR #c < :c OR (#c = :c AND {tie})", names, values
 
-    def rank(self, image: Item | None) -> Rank | None:
+    def rank(self, image: Item | None) -> tuple[int, object, str]:
+        """A readable order key of an image (tier, ordering value, origin), for logs and
+        reports; :meth:`order` is the exact one the squash decides with."""
+        if image is None:
+            return (0, 0, "")
+        ordering = image.get(self.attribute)
+        origin = ""
+        if self.origin_attribute and (stamp := image.get(self.origin_attribute)) is not None:
+            origin = str(stamp.get("S", ""))
+        if ordering is None:
+            return (0, 0, origin)
+        kind, value = next(iter(ordering.items()))
+        if kind == "N":
+            try:
+                return (1, Decimal(value), origin)
+            except (InvalidOperation, TypeError):
+                return (1, Decimal(0), origin)
+        return (2, str(value), origin)
+
+    def order(self, image: Item | None) -> Order | None:
         """The image's place in the order, exactly as the condition compares it.
 
-        ``rank(a) <= rank(b)`` holds when the condition planned for ``b`` passes against
-        ``a`` at the destination, for ranks of the same ordering type (``rank[0]``: 0 no
+        ``order(a) <= order(b)`` holds when the condition planned for ``b`` passes against
+        ``a`` at the destination, for orders of the same ordering type (``order[0]``: 0 no
         ordering attribute, 1 a number, 2 a string); DynamoDB compares no number with a
-        string, so ranks of two types (both non-zero) are not comparable. None when no
+        string, so orders of two types (both non-zero) are not comparable. None when no
         write can be planned or sent for the image (no image, an ordering attribute of the
         wrong type, a number DynamoDB would refuse): such a change is dead-lettered, not
         compared. Numbers compare exactly (Decimal comparison never rounds).
