@@ -35,7 +35,7 @@ from replicator.runtime.local.runtime import processor_command
 from replicator.runtime.local.stream import to_daemon_record
 from replicator.tools.compare import compare
 from tests.conftest import client
-from tests.e2e import KEYS, Job, children_of, stop, wait_until
+from tests.e2e import KEYS, PATIENCE, Job, children_of, stop, wait_until
 from tests.faults.proxy import FaultProxy
 
 pytestmark = pytest.mark.reliability
@@ -175,7 +175,7 @@ def proxied_job(
 
 def settle(differences: Callable[[], dict[str, list[Any]]], timeout: float) -> int:
     """Poll until the destinations equal the source; the number of items still different."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * PATIENCE
     while True:
         found = differences()
         if not found or time.monotonic() > deadline:
@@ -778,7 +778,7 @@ def test_undecodable_records_are_dead_lettered_and_the_checkpoint_moves_past_the
             batch = records[start : start + 25]
             delivered[0] = int(batch[-1]["sequenceNumber"])
             child.process_records(batch, 0)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 30 * PATIENCE
         while last not in checkpoints:
             assert time.monotonic() < deadline, f"no checkpoint at {last}: {checkpoints[-3:]}"
             child.process_records([], 0)  # an idle daemon's empty batches
