@@ -60,6 +60,9 @@ def validate(config_path: Path) -> None:
 
 
 def describe(resolved: ResolvedJob) -> str:
+    from replicator.config.model import ConflictLogKind
+    from replicator.conflictlog.targets import conflict_log_target
+
     job = resolved.job
     source = job.source
     lines = [
@@ -93,6 +96,12 @@ def describe(resolved: ResolvedJob) -> str:
         f"ttl deletes: {job.ttl_deletes.value}",
         f"dead letters: {job.dead_letter.kind.value} "
         + (job.dead_letter.queue_url or job.dead_letter.path.format(task_name=resolved.task_name)),
+        f"conflict log: {conflict_log_target(resolved).description}"
+        + (
+            f", kept {job.conflict_log.retention_days} days"
+            if job.conflict_log.kind is ConflictLogKind.DYNAMODB
+            else ""
+        ),
         "metrics: "
         + (
             f"http://{job.metrics.host}:{job.metrics.port}/metrics"

@@ -432,3 +432,15 @@ def test_the_command_says_when_the_job_keeps_no_conflict_log(tmp_path: Path) -> 
     result = CliRunner().invoke(cli, ["conflicts", "-c", str(config)])
     assert result.exit_code == 2
     assert "conflict_log.kind is none" in result.output
+
+
+def test_a_conflict_log_directory_that_cannot_be_made_stops_the_start(tmp_path: Path) -> None:
+    from replicator.config import load_job
+    from replicator.conflictlog.targets import prepare
+    from replicator.exceptions import EnvironmentProblem
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    config = job_file(tmp_path, f"{{kind: file, path: '{blocker}/conflicts.jsonl'}}")
+    with pytest.raises(EnvironmentProblem, match="not-a-directory"):
+        prepare(load_job(config))

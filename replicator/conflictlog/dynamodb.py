@@ -58,7 +58,7 @@ class DynamoDbConflictLog:
         self.table = table
         self.retention_s = retention_days * _DAY_S
         self.where = where
-        self.description = f"DynamoDB table {table} at {where}"
+        self.description = f"DynamoDB table {table} ({where})"
         self._clock = clock
 
     # -- writing --------------------------------------------------------------------------

@@ -60,7 +60,7 @@ def _table_client(resolved: ResolvedJob, sdk_retries: bool) -> tuple[Any, str]:
         read_timeout=5.0,
         sdk_retries=sdk_retries,
     )
-    return client, f"{endpoint} ({region})" if endpoint else region
+    return client, f"{endpoint}, {region}" if endpoint else region
 
 
 def conflict_log_target(resolved: ResolvedJob, *, sdk_retries: bool = True) -> ConflictLogTarget:
