@@ -60,8 +60,7 @@ def validate(config_path: Path) -> None:
 
 
 def describe(resolved: ResolvedJob) -> str:
-    from replicator.config.model import ConflictLogKind
-    from replicator.conflictlog.targets import conflict_log_target
+    from replicator.conflictlog.targets import describe_target
 
     job = resolved.job
     source = job.source
@@ -96,12 +95,7 @@ def describe(resolved: ResolvedJob) -> str:
         f"ttl deletes: {job.ttl_deletes.value}",
         f"dead letters: {job.dead_letter.kind.value} "
         + (job.dead_letter.queue_url or job.dead_letter.path.format(task_name=resolved.task_name)),
-        f"conflict log: {conflict_log_target(resolved).description}"
-        + (
-            f", kept {job.conflict_log.retention_days} days"
-            if job.conflict_log.kind is ConflictLogKind.DYNAMODB
-            else ""
-        ),
+        f"conflict log: {describe_target(resolved)}",
         "metrics: "
         + (
             f"http://{job.metrics.host}:{job.metrics.port}/metrics"

@@ -44,12 +44,40 @@ def conflict_log_path(resolved: ResolvedJob) -> Path:
     return path if path.is_absolute() else Path.cwd() / path
 
 
-def _table_client(resolved: ResolvedJob, sdk_retries: bool) -> tuple[Any, str]:
+def _table_place(resolved: ResolvedJob) -> tuple[str, str | None, str | None]:
+    """Region, endpoint and role of the table: the source's unless the section says."""
     settings = resolved.job.conflict_log
     source = resolved.job.source
-    region = settings.region or source.region
-    endpoint = settings.endpoint_url or source.endpoint_url
-    role = settings.role_arn or source.role_arn
+    return (
+        settings.region or source.region,
+        settings.endpoint_url or source.endpoint_url,
+        settings.role_arn or source.role_arn,
+    )
+
+
+def _where(region: str, endpoint: str | None) -> str:
+    return f"{endpoint}, {region}" if endpoint else region
+
+
+def describe_target(resolved: ResolvedJob) -> str:
+    """The target as ``replicator validate`` shows it (no client is made)."""
+    settings = resolved.job.conflict_log
+    if settings.kind is ConflictLogKind.FILE:
+        return f"file {conflict_log_path(resolved)}"
+    if settings.kind is ConflictLogKind.SQS:
+        return f"SQS queue {settings.queue_url}"
+    if settings.kind is ConflictLogKind.DYNAMODB:
+        region, endpoint, _ = _table_place(resolved)
+        return (
+            f"DynamoDB table {conflict_table(resolved)} ({_where(region, endpoint)}), "
+            f"kept {settings.retention_days} days"
+        )
+    return NoConflictLog.description
+
+
+def _table_client(resolved: ResolvedJob, sdk_retries: bool) -> tuple[Any, str]:
+    source = resolved.job.source
+    region, endpoint, role = _table_place(resolved)
     client = aws.client(
         "dynamodb",
         region,
@@ -60,7 +88,7 @@ def _table_client(resolved: ResolvedJob, sdk_retries: bool) -> tuple[Any, str]:
         read_timeout=5.0,
         sdk_retries=sdk_retries,
     )
-    return client, f"{endpoint}, {region}" if endpoint else region
+    return client, _where(region, endpoint)
 
 
 def conflict_log_target(resolved: ResolvedJob, *, sdk_retries: bool = True) -> ConflictLogTarget:
@@ -76,7 +104,7 @@ def conflict_log_target(resolved: ResolvedJob, *, sdk_retries: bool = True) -> C
             endpoint_url=settings.endpoint_url,
             role_arn=settings.role_arn,
             connect_timeout=3.0,
-            read_timeout=5.0 if not sdk_retries else 10.0,
+            read_timeout=10.0,
             sdk_retries=sdk_retries,
         )
         return SqsConflictLog(client, settings.queue_url)
