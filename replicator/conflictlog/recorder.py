@@ -15,9 +15,10 @@ and returns; one background thread per processor builds each entry and stores it
 * the queue holds at most ``max_pending`` entries; a conflict that finds it full is
   dropped at once (reason ``backlog``), so memory stays bounded in a long outage;
 * at a clean stop the queue is drained for up to ``drain_s``; what is left is counted
-  (reason ``shutdown``). Entries still queued when a processor is killed (``kill -9``,
-  out of memory) are lost uncounted: at most the conflicts of the last moments, which
-  a healthy log stores within milliseconds.
+  (reason ``shutdown``), except an entry whose store attempt outlasts the stop. Entries
+  still queued when a processor is killed (``kill -9``, out of memory) are lost
+  uncounted: at most the conflicts of the last moments, which a healthy log stores
+  within milliseconds.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ from replicator.writers.backoff import Backoff
 
 log = structlog.get_logger(__name__)
 
+# A stopping processor waits this long for queued entries, then this long for the one
+# being sent: less together than the 5 s the local runtime gives a child to exit once its
+# input is closed, so that what is left is still counted.
+DRAIN_S = 2.5
+_JOIN_S = 2.0
 # Whole entries up to this size go into the log line of a dropped entry.
 _LOGGED_ENTRY_LIMIT = 16 * 1024
 
@@ -54,7 +60,7 @@ class BackgroundRecorder:
         *,
         max_pending: int = 1000,
         retry_for_s: float = 60.0,
-        drain_s: float = 10.0,
+        drain_s: float = DRAIN_S,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -117,12 +123,17 @@ class BackgroundRecorder:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        drained = self.flush(self.drain_s if timeout is None else timeout)
-        if not drained:
-            self._abandon.set()
-            with self._cond:
-                self._cond.notify_all()
-        self._thread.join(timeout=30.0)
+        if self.flush(self.drain_s if timeout is None else timeout):
+            return
+        self._abandon.set()
+        with self._cond:
+            left = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        for conflict, _ in left:
+            self._drop(conflict, None, "shutdown", "the processor stopped first")
+        # The entry being sent, if any, is counted by the thread when its attempt ends.
+        self._thread.join(timeout=_JOIN_S)
 
     @property
     def pending(self) -> int:
