@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
+from replicator.conflictlog.base import ConflictRecorder
 from replicator.deadletter import DeadLetter, DeadLetterTarget
 from replicator.exceptions import DestinationRefused
 from replicator.items import Item, describe_key, item_to_wire
@@ -71,6 +72,7 @@ class DestinationWriter:
     max_optimistic_attempts: int = 10
     clock: Callable[[], float] = time.time
     cancelled: threading.Event = field(default_factory=threading.Event)
+    conflict_log: ConflictRecorder | None = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -197,6 +199,8 @@ class DestinationWriter:
             sequence_number=change.sequence_number,
             why=why,
         )
+        if self.conflict_log is not None:
+            self.conflict_log.lost(self, change, existing, why)
 
     def _dead_letter(self, change: Change, reason: str, error: str) -> Outcome:
         letter = DeadLetter(
