@@ -41,6 +41,7 @@ from replicator.items import Item, describe_key
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.rules import Skip, WriteRequest
+from replicator.rules.requests import holds_outcome
 from replicator.tools.snapshot import expected_request, synthetic_change
 from replicator.writers.destination import Outcome
 
@@ -73,6 +74,9 @@ class RestoreRule:
                 return WriteRequest(op="delete", key=change.keys)
             return WriteRequest(op="put", item=change.new_image)
         return expected_request(op, change, change.old_image)
+
+    def shows_applied(self, change: Change, existing: Item | None) -> bool:
+        return holds_outcome(change, existing)
 
     def explain_loss(self, change: Change, existing: Item | None) -> str:
         return "the destination's item is no longer the image that won the conflict"

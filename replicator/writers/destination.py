@@ -107,7 +107,7 @@ class DestinationWriter:
                         old: Item | None = None
                         if isinstance(error, ClientError):
                             old = error.response.get("Item")  # type: ignore[assignment]
-                        if self.rule.shows_applied(change, old):
+                        if attempt > 0 and self.rule.shows_applied(change, old):
                             # An earlier attempt landed and its answer was lost (a read
                             # timeout, a dropped connection): the item is ours already.
                             self.metrics.retries.labels(self.label, "already_applied").inc()
