@@ -12,6 +12,7 @@ from pathlib import Path
 from replicator import aws
 from replicator.buffer import ChangeBuffer
 from replicator.config.model import DeadLetterKind, ResolvedJob, StreamKind
+from replicator.conflictlog.base import ConflictRecorder
 from replicator.deadletter import DeadLetterTarget, FileDeadLetters, SqsDeadLetters
 from replicator.filters import ChangeFilter
 from replicator.metrics import Metrics
@@ -42,6 +43,7 @@ def destination_writers(
     metrics: Metrics,
     shard_id: str,
     dead_letters: DeadLetterTarget,
+    conflict_log: ConflictRecorder | None = None,
 ) -> dict[str, DestinationWriter]:
     job = resolved.job
     settings = job.writer
@@ -84,6 +86,7 @@ def destination_writers(
             backoff=backoff,
             refusal_limit=settings.access_denied_limit,
             max_optimistic_attempts=conflict.max_attempts,
+            conflict_log=conflict_log,
         )
     return writers
 
@@ -94,9 +97,10 @@ def shard_pipeline(
     metrics: Metrics,
     dead_letters: DeadLetterTarget,
     on_fatal: Callable[[BaseException], None] | None = None,
+    conflict_log: ConflictRecorder | None = None,
 ) -> ShardPipeline:
     job = resolved.job
-    writers = destination_writers(resolved, metrics, shard_id, dead_letters)
+    writers = destination_writers(resolved, metrics, shard_id, dead_letters, conflict_log)
     ordered = job.source.stream.kind is StreamKind.DYNAMODB_STREAMS
     rules = [writer.rule for writer in writers.values()]
     buffer = ChangeBuffer(list(writers), squash_order(rules, ordered_stream=ordered))
