@@ -54,18 +54,20 @@ def squash_order(rules: Sequence[ConflictRule], ordered_stream: bool) -> SquashO
     """How the buffer squashes changes to one item written under ``rules`` (one per
     destination; the buffer is shared, so a squash must hold under each of them).
 
-    The order that counts is the order in which the shard delivers the records: a squash
-    never leaves a destination other than applying the records one at a time in that
-    order would. On a DynamoDB stream that is the order of the changes at the source; on
-    Kinesis Data Streams for DynamoDB an item's changes may arrive out of order or twice,
-    and each record is applied as it arrives, with the rule's condition deciding.
+    The order that counts is the order in which the shard delivers the records: under
+    ``overwrite``, ``last_writer_wins`` and ``version`` a squash never leaves a destination
+    other than applying the records one at a time in that order would. On a DynamoDB
+    stream that is the order of the changes at the source; on Kinesis Data Streams for
+    DynamoDB an item's changes may arrive out of order or twice, and each record is
+    applied as it arrives, with the rule's condition deciding.
 
     * ``overwrite`` on a DynamoDB stream: the later change replaces the earlier one
       (unconditional writes: the last one decides).
     * ``last_writer_wins`` and ``version``: by the rule's order, see :func:`_by_rank`.
     * ``custom`` (and ``overwrite`` on Kinesis, which the configuration refuses): the later
       change replaces the earlier one on a DynamoDB stream; on Kinesis the change created
-      later wins. The resolver sees only the change that remains.
+      later wins. The resolver sees only the change that remains, so this squash holds only
+      for a resolver that decides from the incoming change and the destination's item.
     """
     orders = [_order_for(rule, ordered_stream) for rule in rules]
     if not orders:
