@@ -368,3 +368,18 @@ def test_a_lost_lease_stops_the_writes_still_being_retried(
     assert scripted.errors
     assert outcomes(metrics, "applied") == 0
     assert pipeline.checkpointable() is None
+
+
+def test_a_retried_delete_that_finds_a_lower_ranked_item_is_applied(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    # The delete landed; before the retry an older image was rewritten: the delete did
+    # its work, and that older write is a later change of its own.
+    older = {"pk": {"S": "a"}, "ts": {"N": "5"}}
+    scripted = ScriptedClient(
+        ReadTimeoutError(endpoint_url="http://127.0.0.1:1"),
+        client_error("ConditionalCheckFailedException", "", older),
+    )
+    writer = writer_for(scripted, tmp_path, metrics, **LWW)
+    assert writer.write(decode(remove("a", 2, ts=10))) is Outcome.APPLIED
+    assert outcomes(metrics, "conflict_lost") == 0

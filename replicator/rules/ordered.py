@@ -145,7 +145,13 @@ class OrderedRule:
         higher rank, so the lower one can only be seen by a retry racing a rewrite)."""
         if holds_outcome(change, existing):
             return True
-        return change.op_is_delete and self.rank(existing) < self.rank(change.image)
+        if not change.op_is_delete:
+            return False
+        found, deleted = self.order(existing), self.order(change.image)
+        if found is None or deleted is None:
+            return False
+        comparable = found[0] == deleted[0] or found[0] == 0
+        return comparable and found < deleted
 
     def explain_loss(self, change: Change, existing: Item | None) -> str:
         verb = "delete" if change.event is Event.REMOVE else "put"
