@@ -97,7 +97,8 @@ class StatusTable:
         found: list[Part] = []
         kwargs: dict[str, Any] = {
             "TableName": self.name,
-            "KeyConditionExpression": "destination = :d",
+            "KeyConditionExpression": "#d = :d",
+            "ExpressionAttributeNames": {"#d": "destination"},
             "ExpressionAttributeValues": {":d": {"S": self.destination}},
             "ConsistentRead": True,
         }
@@ -150,7 +151,8 @@ class StatusTable:
             self.client.put_item(
                 TableName=self.name,
                 Item=item,
-                ConditionExpression="attribute_not_exists(shard)",
+                ConditionExpression="attribute_not_exists(#shard)",
+                ExpressionAttributeNames={"#shard": "shard"},
             )
         except ClientError as error:
             if error_code(error) == "ConditionalCheckFailedException":
@@ -165,7 +167,8 @@ class StatusTable:
                 TableName=self.name,
                 Key=self._key(shard),
                 UpdateExpression="ADD children :c",
-                ConditionExpression="attribute_exists(shard)",
+                ConditionExpression="attribute_exists(#shard)",
+                ExpressionAttributeNames={"#shard": "shard"},
                 ExpressionAttributeValues={":c": {"SS": sorted(children)}},
             )
         except ClientError as error:
@@ -179,7 +182,8 @@ class StatusTable:
                 TableName=self.name,
                 Key=self._key(shard),
                 UpdateExpression="SET ended = :t, expires_at = :e",
-                ConditionExpression="attribute_exists(shard)",
+                ConditionExpression="attribute_exists(#shard)",
+                ExpressionAttributeNames={"#shard": "shard"},
                 ExpressionAttributeValues={
                     ":t": {"BOOL": True},
                     ":e": {"N": str(int(time.time()) + ENDED_PARTS_KEPT_S)},
