@@ -303,7 +303,9 @@ def _run_rounds(
         current.returned_at = time.time()
         current.replicated = result.replicated
         got = reader.get_item(
-            TableName=table, Key={"pk": {"S": f"r{current.index}"}, "sk": {"N": "0"}}
+            TableName=table,
+            Key={"pk": {"S": f"r{current.index}"}, "sk": {"N": "0"}},
+            ConsistentRead=True,
         ).get("Item")
         current.found = got["payload"]["S"] if got else None
         return current
@@ -448,7 +450,9 @@ def test_the_published_watermark_never_decreases_across_kill_9_and_restarts(
             )
             if not result.reached:
                 continue
-            got = eu_client.get_item(TableName=eu, Key={"pk": {"S": key}, "sk": {"N": "0"}})
+            got = eu_client.get_item(
+                TableName=eu, Key={"pk": {"S": key}, "sk": {"N": "0"}}, ConsistentRead=True
+            )
             value = int(got["Item"]["updated_at"]["N"]) if "Item" in got else 0
             if value < counter:
                 stale.append((counter, value))

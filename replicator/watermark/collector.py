@@ -8,7 +8,7 @@ disagree, and every host of a KCL task shows the watermark of all the task's sha
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
@@ -27,18 +27,8 @@ _WARN_EVERY_S = 60.0
 
 
 class WatermarkCollector(Collector):
-    def __init__(self, resolved: ResolvedJob, max_age_s: float = 1.0) -> None:
-        self.readers = {
-            d.label: WatermarkReader(
-                StatusTable(
-                    wiring.status_client(resolved, d.label, read_timeout=3.0),
-                    resolved.watermark_table,
-                    d.label,
-                ),
-                min_interval_s=max_age_s,
-            )
-            for d in resolved.job.destinations
-        }
+    def __init__(self, readers: Mapping[str, WatermarkReader]) -> None:
+        self.readers = dict(readers)
         self._warned_at: dict[str, float] = {}
 
     def collect(self) -> Iterator[Metric]:
@@ -65,6 +55,19 @@ class WatermarkCollector(Collector):
         yield gauge
 
 
-def collectors(resolved: ResolvedJob) -> list[Collector]:
+def collectors(resolved: ResolvedJob, max_age_s: float = 1.0) -> list[Collector]:
     """What a runtime adds to its metrics server (nothing when no watermark is published)."""
-    return [WatermarkCollector(resolved)] if resolved.publishes_watermark else []
+    if not resolved.publishes_watermark:
+        return []
+    readers = {
+        d.label: WatermarkReader(
+            StatusTable(
+                wiring.status_client(resolved, d.label, read_timeout=3.0),
+                resolved.watermark_table,
+                d.label,
+            ),
+            min_interval_s=max_age_s,
+        )
+        for d in resolved.job.destinations
+    }
+    return [WatermarkCollector(readers)]

@@ -18,9 +18,10 @@ time from the test (:meth:`FaultProxy.set`) and applies to the next request:
 
 ``latency_s`` delays every request, in any fault. ``operations`` narrows a fault and its
 latency to those operations (such as PutItem and DeleteItem, to hold or slow a
-destination's writes while its status table is still answered); other requests pass. Every request is counted by operation
-(the ``X-Amz-Target`` action, such as ``PutItem``) and outcome, so scenarios can report
-how many requests were throttled, failed or forwarded (``upstream_<status>``).
+destination's writes while its status table is still answered); other requests pass.
+Every request is counted by operation (the ``X-Amz-Target`` action, such as ``PutItem``)
+and outcome, so scenarios can report how many requests were throttled, failed or
+forwarded (``upstream_<status>``).
 
 Threads, not asyncio: each client connection gets a thread that reads one request at a
 time (boto3 keeps connections alive; bodies carry a Content-Length), and each forwarded
