@@ -133,21 +133,20 @@ class ShardWatermark:
         tracker = self._tracker_or_fail()
         with self._publishing:
             self._warn_out_of_order(tracker)
-            shards: list[Sequence[ListedShard]] = []
+            listing: Sequence[ListedShard] | None = None
             for label, target in self._targets.items():
                 if time.monotonic() < target.retry_at:
                     continue
                 try:
                     if not target.ready:
                         target.table.ensure_exists()
-                        if not shards:
-                            shards.append(self._list_shards())
-                        self._register(target.table, shards[0], starting=self.shard_id)
+                        listing = listing if listing is not None else self._list_shards()
+                        self._register(target.table, listing, starting=self.shard_id)
                         target.ready = True
                     claim = tracker.claim(label)
                     if claim > target.published_us:
-                        target.table.raise_part(self.shard_id, claim, self._owner)
-                        target.published_us = claim
+                        stored = target.table.raise_part(self.shard_id, claim, self._owner)
+                        target.published_us = max(claim, stored)
                     taken = tracker.take_dead_letters(label)
                     if taken.count:
                         target.dead_letters = DeadLetters(
@@ -166,10 +165,12 @@ class ShardWatermark:
         final part, register the shard's children with its value, and mark it ended."""
         self.publish()
         with self._publishing:
+            listing: Sequence[ListedShard] | None = None
             for label, target in self._targets.items():
                 try:
                     target.table.ensure_exists()
-                    self._register(target.table, self._list_shards(), starting=None)
+                    listing = listing if listing is not None else self._list_shards()
+                    self._register(target.table, listing, starting=None)
                     target.table.mark_ended(self.shard_id)
                 except _FAILURES as error:
                     self._metrics.watermark_publish_failures.labels(label).inc()

@@ -117,8 +117,8 @@ class StatusTable:
 
     # -- writing ----------------------------------------------------------------------
 
-    def raise_part(self, shard: str, watermark_us: int, owner: str) -> bool:
-        """Set the shard's value if it is higher than the stored one; False if not."""
+    def raise_part(self, shard: str, watermark_us: int, owner: str) -> int:
+        """Set the shard's value if it is higher than the stored one; the stored value."""
         try:
             self.client.update_item(
                 TableName=self.name,
@@ -131,12 +131,15 @@ class StatusTable:
                     ":now": {"N": f"{time.time():.3f}"},
                     ":owner": {"S": owner},
                 },
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as error:
-            if error_code(error) == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+            if error_code(error) != "ConditionalCheckFailedException":
+                raise
+            old: dict[str, Any] = dict(error.response.get("Item") or {})  # type: ignore[call-overload]
+            stored = old.get("watermark_us", {}).get("N")
+            return int(stored) if stored else watermark_us
+        return watermark_us
 
     def add_placeholder(self, placeholder: Placeholder) -> bool:
         """Register a shard that has no part yet; False if it has one by now."""
