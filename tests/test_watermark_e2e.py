@@ -36,7 +36,7 @@ from tests.conftest import client
 from tests.e2e import Job, children_of, stop, wait_until
 from tests.faults.proxy import Fault, FaultProxy, Mode
 from tests.metrics_endpoint import logged_metrics_port, matching, scrape
-from tests.test_reliability import ProxiedJob
+from tests.test_reliability import ProxiedJob, _with_email_index
 
 FAST = "watermark: {publish_interval_ms: 100, caught_up_margin_ms: 0}\n"
 WRITES = frozenset({"PutItem", "DeleteItem"})
@@ -156,6 +156,46 @@ def test_wait_and_watermark_commands_status_tables_and_the_metric(job: Job) -> N
         )  # fmt: skip
         assert future.returncode == 1
         assert "timed out" in future.stderr
+    finally:
+        assert stop(runtime) == 0
+
+
+def test_a_dead_lettered_change_is_never_reported_replicated(job: Job) -> None:
+    (eu_region, eu), (ap_region, ap) = job.destinations
+    eu_client = client("dynamodb", eu_region, job.endpoint)
+    _with_email_index(eu_client, eu)  # eu refuses an empty email; the source takes it
+    runtime = job.start()
+    try:
+        poison = {**item("poison", 1, "P"), "email": {"S": ""}}
+        job.source.put_item(TableName=job.source_table, Item=poison)
+        written = time.time()
+        waited = replicator(
+            "wait", "--config", str(job.path), "--destination", eu,
+            "--until", f"{written:.6f}", "--timeout", "60",
+        )  # fmt: skip
+        assert waited.returncode == 4, waited
+        assert "dead-lettered" in waited.stderr
+        result = wait_until_replicated(
+            written,
+            destination=f"{eu_region}/{eu}",
+            status_table=f"{job.name}-watermark",
+            client=eu_client,
+            timeout=5,
+        )
+        assert result.reached and not result.replicated and result.dead_lettered
+        wait_for(job, ap_region, ap, written)  # applied there
+
+        # A later change waited for since after the dead letter: replicated.
+        since = time.time()
+        job.source.put_item(TableName=job.source_table, Item=item("good", 2, "G"))
+        later = time.time()
+        waited = replicator(
+            "wait", "--config", str(job.path), "--destination", eu, "--since",
+            f"{since:.6f}", "--until", f"{later:.6f}", "--timeout", "60",
+        )  # fmt: skip
+        assert waited.returncode == 0, waited
+        shown = json.loads(replicator("watermark", "-c", str(job.path), "-d", eu, "--json").stdout)
+        assert shown["dead_letters"] == 1
     finally:
         assert stop(runtime) == 0
 
