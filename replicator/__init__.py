@@ -12,6 +12,9 @@ The data path, one module per stage::
     checkpoint.py stage 6: checkpoints through the daemon
     pipeline.py runs stages 3-5 for one shard with bounded parallelism
     processor.py the amazon-kclpy record processor that ties them together
+
+Beside it: ``deadletter/`` (what no retry can apply), ``conflictlog/`` (the record of
+lost conflicts, written off the data path), ``metrics/``, ``runtime/`` and ``tools/``.
 """
 
 __version__ = "0.1.0"

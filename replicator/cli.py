@@ -60,6 +60,8 @@ def validate(config_path: Path) -> None:
 
 
 def describe(resolved: ResolvedJob) -> str:
+    from replicator.conflictlog.targets import describe_target
+
     job = resolved.job
     source = job.source
     lines = [
@@ -93,6 +95,7 @@ def describe(resolved: ResolvedJob) -> str:
         f"ttl deletes: {job.ttl_deletes.value}",
         f"dead letters: {job.dead_letter.kind.value} "
         + (job.dead_letter.queue_url or job.dead_letter.path.format(task_name=resolved.task_name)),
+        f"conflict log: {describe_target(resolved)}",
         "metrics: "
         + (
             f"http://{job.metrics.host}:{job.metrics.port}/metrics"
@@ -327,6 +330,28 @@ def _time_option(ctx: click.Context, param: click.Parameter, value: str | None) 
         raise click.BadParameter(str(error), ctx, param) from None
 
 
+def _key_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    from replicator.conflictlog.keys import KeySyntaxError, parse_key
+
+    if value is None:
+        return None
+    try:
+        return parse_key(value)
+    except KeySyntaxError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def _since_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from replicator.conflictlog.reader import SinceSyntaxError, parse_since
+
+    if value is None:
+        return None
+    try:
+        return parse_since(value)
+    except SinceSyntaxError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 @cli.command()
 @CONFIG_OPTION
 @click.option(
@@ -394,3 +419,60 @@ def wait(
 
     resolved = load_job(config_path)
     sys.exit(commands.wait(resolved, destination, until, timeout, since, poll_interval))
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option(
+    "--key",
+    callback=_key_option,
+    metavar="K",
+    help="Only this item: name=TYPE:value for every key attribute, as log lines show keys "
+    "(TYPE S, N or B with base64), e.g. 'pk=S:order-1 sk=N:3'; or a JSON object in "
+    'DynamoDB\'s form, e.g. \'{"pk": {"S": "order 1"}}\'.',
+)
+@click.option(
+    "--since",
+    callback=_since_option,
+    metavar="T",
+    help="Only what happened from T on: a duration before now (30m, 12h, 7d) or an "
+    "ISO-8601 date or time (UTC unless it says).",
+)
+@click.option(
+    "--destination",
+    metavar="D",
+    help="Only conflicts at this destination (its name, default <region>/<table>).",
+)
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="A summary and a table, or one JSON document.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="Entries listed, newest first (0: all); the summary counts every entry selected.",
+)
+@click.option(
+    "--restore",
+    "restore_id",
+    metavar="ENTRY",
+    help="Write entry ENTRY's losing image back to its destination, only while the "
+    "destination still holds the image that won; the restore is recorded in the log.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="With --restore: write the losing image even if the item changed since.",
+)
+@_operator_errors
+def conflicts(config_path: Path, **options: Any) -> None:
+    """List and summarize the job's lost conflicts, or restore one (exit 1 if not restored)."""
+    from replicator.tools import commands
+
+    sys.exit(commands.conflicts(config_path, **options))

@@ -183,3 +183,37 @@ def describe_key(keys: Mapping[str, AttributeValue]) -> str:
 def project(item: Mapping[str, AttributeValue], names: list[str]) -> Item:
     """The key attributes of an item, given the key schema's attribute names."""
     return {name: item[name] for name in names if name in item}
+
+
+def same_item(left: Mapping[str, AttributeValue], right: Mapping[str, AttributeValue]) -> bool:
+    """Whether two items hold the same values as DynamoDB compares them.
+
+    Numbers compare by value, exactly (``Decimal`` built from a string keeps every digit;
+    only arithmetic would round), and sets compare without regard to order.
+    """
+    if left.keys() != right.keys():
+        return False
+    return all(_same_value(left[name], right[name]) for name in left)
+
+
+def _same_value(left: AttributeValue, right: AttributeValue) -> bool:
+    if len(left) != 1 or len(right) != 1:
+        return False
+    ((kind, a),) = left.items()
+    ((other_kind, b),) = right.items()
+    if kind != other_kind:
+        return False
+    try:
+        if kind == "N":
+            return bool(Decimal(a) == Decimal(b))
+        if kind == "NS":
+            return {Decimal(x) for x in a} == {Decimal(x) for x in b}
+    except (InvalidOperation, TypeError):
+        return bool(a == b)
+    if kind in ("SS", "BS"):
+        return set(a) == set(b)
+    if kind == "M":
+        return isinstance(a, Mapping) and isinstance(b, Mapping) and same_item(a, b)
+    if kind == "L":
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)

@@ -155,6 +155,15 @@ class ShardPipeline:
             return self.buffer.checkpointable()
 
     def abandon(self) -> None:
+        """The lease is gone: forget unapplied changes and stop every write being retried.
+
+        Another worker now owns the shard and rewrites these changes from the last
+        checkpoint; a stale retry landing after its newer write would undo it (under
+        ``overwrite`` nothing else would stop it). A request already on the wire cannot
+        be called back: it lands, if at all, within the writer's read timeout.
+        """
+        for writer in self.writers.values():
+            writer.cancelled.set()
         with self._cond:
             self.buffer.abandon()
             self._batches.clear()

@@ -310,6 +310,7 @@ def serve_daemon(resolved: Any) -> int:
     from amazon_kclpy import kcl
 
     from replicator import wiring
+    from replicator.conflictlog.targets import recorder_for
 
     protocol_out = sys.stdout
     sys.stdout = sys.stderr
@@ -319,10 +320,16 @@ def serve_daemon(resolved: Any) -> int:
     metrics = Metrics()
     dead_letters = wiring.dead_letter_target(resolved)
     change_filter = wiring.change_filter(resolved)
+    conflict_log = recorder_for(resolved, metrics)
 
     def build(shard_id: str) -> ShardWork:
         pipeline = wiring.shard_pipeline(
-            resolved, shard_id, metrics, dead_letters, on_fatal=on_writer_failure
+            resolved,
+            shard_id,
+            metrics,
+            dead_letters,
+            on_fatal=on_writer_failure,
+            conflict_log=conflict_log,
         )
         return ShardWork(pipeline, change_filter, dead_letters, resolved.task_name, shard_id)
 
@@ -332,5 +339,7 @@ def serve_daemon(resolved: Any) -> int:
         processor, input_file=sys.stdin, output_file=protocol_out, error_file=sys.stderr
     ).run()
     processor.close()
+    if conflict_log is not None:
+        conflict_log.close()
     log.info("daemon closed the protocol; processor exiting")
     return 0

@@ -13,6 +13,7 @@ from typing import Any
 from replicator import aws
 from replicator.buffer import ChangeBuffer
 from replicator.config.model import DeadLetterKind, ResolvedJob, RuntimeKind, StreamKind
+from replicator.conflictlog.base import ConflictRecorder
 from replicator.deadletter import DeadLetterTarget, FileDeadLetters, SqsDeadLetters
 from replicator.exceptions import EnvironmentProblem
 from replicator.filters import ChangeFilter
@@ -47,6 +48,7 @@ def destination_writers(
     metrics: Metrics,
     shard_id: str,
     dead_letters: DeadLetterTarget,
+    conflict_log: ConflictRecorder | None = None,
 ) -> dict[str, DestinationWriter]:
     job = resolved.job
     settings = job.writer
@@ -89,6 +91,7 @@ def destination_writers(
             backoff=backoff,
             refusal_limit=settings.access_denied_limit,
             max_optimistic_attempts=conflict.max_attempts,
+            conflict_log=conflict_log,
         )
     return writers
 
@@ -99,9 +102,10 @@ def shard_pipeline(
     metrics: Metrics,
     dead_letters: DeadLetterTarget,
     on_fatal: Callable[[BaseException], None] | None = None,
+    conflict_log: ConflictRecorder | None = None,
 ) -> ShardPipeline:
     job = resolved.job
-    writers = destination_writers(resolved, metrics, shard_id, dead_letters)
+    writers = destination_writers(resolved, metrics, shard_id, dead_letters, conflict_log)
     job_rule = rule_for(job.conflict, job.loop_prevention.origin_attribute)
     ordered = job.source.stream.kind is StreamKind.DYNAMODB_STREAMS
     buffer = ChangeBuffer(list(writers), squash_order(job_rule, ordered_stream=ordered))

@@ -14,6 +14,7 @@ from replicator.config.model import ResolvedJob
 from replicator.metrics import Metrics
 from replicator.processor import ReplicationProcessor, ShardWork
 from replicator.records import RawRecord
+from tests.e2e import PATIENCE
 
 
 class RecordingCheckpointer:
@@ -81,7 +82,7 @@ class InProcessShard:
 
 
 def wait_for(predicate: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * PATIENCE
     while not predicate():
         assert time.monotonic() < deadline
         time.sleep(0.02)

@@ -56,6 +56,9 @@ DOCUMENTED = {
     "replicator_writes_total": {"destination", "op", "outcome"},
     "replicator_retries_total": {"destination", "reason"},
     "replicator_dead_letters_total": {"destination", "reason"},
+    "replicator_conflict_log_written_total": {"destination"},
+    "replicator_conflict_log_dropped_total": {"destination", "reason"},
+    "replicator_conflict_log_retries_total": set(),
     "replicator_checkpoints_total": set(),
     "replicator_squashed_total": set(),
     "replicator_batch_flush_seconds_bucket": {"le"},
@@ -105,6 +108,8 @@ def test_every_metric_the_dashboard_queries_is_exported() -> None:
         "replicator_in_flight_writes",
         "replicator_buffered_changes",
         "replicator_millis_behind_latest",
+        "replicator_conflict_log_written_total",
+        "replicator_conflict_log_dropped_total",
     } <= used
     titles = [panel.get("title") for panel in _panels(dashboard)]
     assert all(titles) and len(titles) == len(set(titles)), titles

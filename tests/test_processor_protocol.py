@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import client, create_table
+from tests.e2e import PATIENCE
 from tests.records import daemon_record, put, remove, stream_record
 
 REGION = "eu-west-1"
@@ -54,7 +55,7 @@ class RawDaemon:
         self.process.stdin.flush()
 
     def read(self, timeout: float = 30.0) -> dict[str, Any] | None:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * PATIENCE
         while True:
             line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
             if line is None:
@@ -96,7 +97,7 @@ class RawDaemon:
 
     def until_checkpoint(self, sequence_number: str, timeout: float = 30.0) -> None:
         """Send empty batches, as an idle daemon does, until the child checkpoints there."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * PATIENCE
         while sequence_number not in self.checkpoints:
             assert time.monotonic() < deadline, f"no checkpoint at {sequence_number}"
             self.records([])
@@ -232,7 +233,7 @@ def test_checkpoint_refused_as_shutdown_means_lease_gone(job: dict[str, Any]) ->
         }
     )
     daemon.records([put("x", 500, ts=1)])
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 30 * PATIENCE
     while not daemon.checkpoints:
         assert time.monotonic() < deadline
         daemon.act(
@@ -257,7 +258,7 @@ def test_checkpoint_invalid_state_ends_the_process_nonzero(job: dict[str, Any]) 
     )
     daemon.records([put("x", 600, ts=1)])
     daemon.write({"action": "processRecords", "millisBehindLatest": 0, "records": []})
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 30 * PATIENCE
     while True:
         reply = daemon.read()
         if reply is None:

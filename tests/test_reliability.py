@@ -29,13 +29,13 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from replicator.demo import tables
 from replicator.demo.workload import Workload, demo_item
-from replicator.items import Item, KeyId, key_id
+from replicator.items import Item, KeyId, item_to_wire, key_id
 from replicator.runtime.local.protocol import ProcessorChild
 from replicator.runtime.local.runtime import processor_command
 from replicator.runtime.local.stream import to_daemon_record
 from replicator.tools.compare import compare
 from tests.conftest import client
-from tests.e2e import KEYS, Job, children_of, stop, wait_until
+from tests.e2e import KEYS, PATIENCE, Job, children_of, stop, wait_until
 from tests.faults.proxy import FaultProxy
 
 pytestmark = pytest.mark.reliability
@@ -175,7 +175,7 @@ def proxied_job(
 
 def settle(differences: Callable[[], dict[str, list[Any]]], timeout: float) -> int:
     """Poll until the destinations equal the source; the number of items still different."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * PATIENCE
     while True:
         found = differences()
         if not found or time.monotonic() > deadline:
@@ -778,7 +778,7 @@ def test_undecodable_records_are_dead_lettered_and_the_checkpoint_moves_past_the
             batch = records[start : start + 25]
             delivered[0] = int(batch[-1]["sequenceNumber"])
             child.process_records(batch, 0)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 30 * PATIENCE
         while last not in checkpoints:
             assert time.monotonic() < deadline, f"no checkpoint at {last}: {checkpoints[-3:]}"
             child.process_records([], 0)  # an idle daemon's empty batches
@@ -1118,6 +1118,7 @@ def test_an_active_active_pair_under_concurrent_writes_converges_without_ping_po
             "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
             "loop_prevention: {origin_attribute: origin_region}\n"
             f"dead_letter: {{kind: file, path: '{tmp_path / region}-dead.jsonl'}}\n"
+            f"conflict_log: {{kind: file, path: '{tmp_path / region}-conflicts.jsonl'}}\n"
             "metrics: {host: 127.0.0.1, port: 0}\n"
             "kcl: {idle_time_between_reads_ms: 100, failover_time_ms: 6000}\n"
             "writer: {max_in_flight: 16}\n"
@@ -1219,3 +1220,17 @@ def test_an_active_active_pair_under_concurrent_writes_converges_without_ping_po
         # ...and each replicated write comes back once as an echo, which is skipped.
         assert skipped[other[region]] == applied[region]
     assert sum(conflicts.values()) > 0
+    # Every lost conflict is in the conflict log once, with both images as the application
+    # wrote them, the winner ranking above the loser.
+    written = {json.dumps(item_to_wire(item), sort_keys=True) for _, item in app.written}
+    for region in regions:
+        path = tmp_path / f"{region}-conflicts.jsonl"
+        entries = [json.loads(line) for line in path.read_text().splitlines()]
+        assert len(entries) == len({e["id"] for e in entries}) == conflicts[region]
+        for entry in entries:
+            images = [entry["losing_image"], entry["winning_image"]]
+            assert {json.dumps(image, sort_keys=True) for image in images} <= written
+            loser, winner = (
+                (int(image["updated_at"]["N"]), image["origin_region"]["S"]) for image in images
+            )
+            assert winner > loser, entry["id"]

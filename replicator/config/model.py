@@ -222,6 +222,44 @@ class DeadLetterConfig(Strict):
         return self
 
 
+class ConflictLogKind(StrEnum):
+    NONE = "none"
+    FILE = "file"
+    SQS = "sqs"
+    DYNAMODB = "dynamodb"
+
+
+class ConflictLogConfig(Strict):
+    """Where every lost conflict is recorded, so that a lost update can be found and restored.
+
+    Recording is off the checkpoint's critical path (see replicator/conflictlog): an
+    entry that cannot be stored within ``retry_for_s`` is counted as dropped, never
+    allowed to hold replication back.
+    """
+
+    kind: ConflictLogKind = ConflictLogKind.NONE
+    path: str = "conflicts/{task_name}.jsonl"
+    table: str = Field(
+        default="{task_name}-conflicts",
+        description="dynamodb: the table, created in the source region when missing.",
+    )
+    retention_days: Annotated[int, Field(ge=1, le=3650)] = 30
+    queue_url: str | None = None
+    region: str | None = None
+    endpoint_url: str | None = None
+    role_arn: str | None = None
+    max_pending: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    retry_for_s: Annotated[float, Field(gt=0)] = 60.0
+
+    _role = field_validator("role_arn")(_check_role)
+
+    @model_validator(mode="after")
+    def _sqs_needs_a_queue(self) -> Self:
+        if self.kind is ConflictLogKind.SQS and not self.queue_url:
+            raise ValueError("a conflict log of kind sqs needs 'queue_url'")
+        return self
+
+
 class KclConfig(Strict):
     initial_position: InitialPosition = InitialPosition.TRIM_HORIZON
     max_records: Annotated[int, Field(ge=1, le=10_000)] = 1000
@@ -278,6 +316,7 @@ class JobConfig(Strict):
     ttl_deletes: TtlDeletes = TtlDeletes.REPLICATE
     writer: WriterConfig = WriterConfig()
     dead_letter: DeadLetterConfig = DeadLetterConfig()
+    conflict_log: ConflictLogConfig = ConflictLogConfig()
     kcl: KclConfig = KclConfig()
     metrics: MetricsConfig = MetricsConfig()
     watermark: WatermarkConfig = WatermarkConfig()

@@ -82,6 +82,24 @@ class Metrics:
             ["destination", "reason"],
             registry=r,
         )
+        self.conflict_log_written = Counter(
+            "replicator_conflict_log_written",
+            "Lost conflicts stored in the conflict log, by destination.",
+            ["destination"],
+            registry=r,
+        )
+        self.conflict_log_dropped = Counter(
+            "replicator_conflict_log_dropped",
+            "Lost conflicts the conflict log could not store, a gap in the record, by "
+            "destination and reason (unavailable, rejected, backlog, shutdown).",
+            ["destination", "reason"],
+            registry=r,
+        )
+        self.conflict_log_retries = Counter(
+            "replicator_conflict_log_retries",
+            "Attempts to store a conflict-log entry that failed and were tried again.",
+            registry=r,
+        )
         self.checkpoints = Counter(
             "replicator_checkpoints", "Checkpoints written to the lease table.", registry=r
         )

@@ -25,6 +25,11 @@ class ConflictRule(Protocol):
         """The write for ``change`` (``existing`` is given only when ``reads_existing``)."""
         ...
 
+    def shows_applied(self, change: Change, existing: Item | None) -> bool:
+        """Whether ``existing``, the item a failed condition found, is this change's own
+        outcome: an earlier attempt landed although its answer never arrived."""
+        ...
+
     def explain_loss(self, change: Change, existing: Item | None) -> str:
         """Why the item at the destination won, for the record of lost conflicts."""
         ...

@@ -23,7 +23,14 @@ from typing import cast
 
 from replicator.items import AttributeValue, Item
 from replicator.records import Change, Event
-from replicator.rules.requests import PlanError, Skip, WriteRequest, equals_condition
+from replicator.rules.requests import (
+    PlanError,
+    ResolverFailed,
+    Skip,
+    WriteRequest,
+    equals_condition,
+    holds_outcome,
+)
 
 Resolver = Callable[[Change, Item | None], bool | Item]
 
@@ -52,7 +59,12 @@ class CustomRule:
         self.key_names = key_names
 
     def plan(self, change: Change, existing: Item | None = None) -> WriteRequest | Skip:
-        decision = self.resolver(change, existing)
+        try:
+            decision = self.resolver(change, existing)
+        except Exception as error:  # the user's code: dead-letter, go on
+            raise ResolverFailed(
+                f"custom resolver {_name_of(self.resolver)} raised {type(error).__name__}: {error}"
+            ) from error
         condition, names, values = _unchanged_since_read(change, existing)
         if decision is True:
             if change.event is Event.REMOVE:
@@ -77,8 +89,16 @@ class CustomRule:
             f"custom resolver returned {type(decision).__name__}; expected True, False or an item"
         )
 
+    def shows_applied(self, change: Change, existing: Item | None) -> bool:
+        return holds_outcome(change, existing)
+
     def explain_loss(self, change: Change, existing: Item | None) -> str:
         return "the custom resolver kept the destination's item"
+
+
+def _name_of(resolver: Resolver) -> str:
+    module = getattr(resolver, "__module__", None) or "?"
+    return f"{module}:{getattr(resolver, '__qualname__', repr(resolver))}"
 
 
 def _unchanged_since_read(

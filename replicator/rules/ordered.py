@@ -24,7 +24,7 @@ from decimal import Decimal, InvalidOperation
 
 from replicator.items import AttributeValue, Item
 from replicator.records import Change, Event
-from replicator.rules.requests import PlanError, Skip, WriteRequest
+from replicator.rules.requests import PlanError, Skip, WriteRequest, holds_outcome
 
 _COMPARABLE = ("N", "S")
 
@@ -99,6 +99,14 @@ class OrderedRule:
             except (InvalidOperation, TypeError):
                 return (1, Decimal(0), origin)
         return (2, str(value), origin)
+
+    def shows_applied(self, change: Change, existing: Item | None) -> bool:
+        """A put whose very image is there, or a delete that finds the item gone or ranked
+        below the image it deleted, has taken effect (a delete's condition fails only on a
+        higher rank, so the lower one can only be seen by a retry racing a rewrite)."""
+        if holds_outcome(change, existing):
+            return True
+        return change.op_is_delete and self.rank(existing) < self.rank(change.image)
 
     def explain_loss(self, change: Change, existing: Item | None) -> str:
         verb = "delete" if change.event is Event.REMOVE else "put"

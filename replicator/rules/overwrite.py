@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from replicator.items import Item
 from replicator.records import Change, Event
-from replicator.rules.requests import Skip, WriteRequest
+from replicator.rules.requests import Skip, WriteRequest, holds_outcome
 
 
 class OverwriteRule:
@@ -20,6 +20,9 @@ class OverwriteRule:
         if change.event is Event.REMOVE:
             return WriteRequest(op="delete", key=change.keys)
         return WriteRequest(op="put", item=change.new_image)
+
+    def shows_applied(self, change: Change, existing: Item | None) -> bool:
+        return holds_outcome(change, existing)
 
     def explain_loss(self, change: Change, existing: Item | None) -> str:
         return "overwrite writes unconditionally and never loses"

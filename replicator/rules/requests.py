@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from replicator.items import AttributeValue, Item
+from replicator.items import AttributeValue, Item, same_item
+from replicator.records import Change
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,26 @@ class Skip:
 
 class PlanError(ValueError):
     """The change cannot be expressed as a safe write under this rule (goes to dead letters)."""
+
+    reason = "unplannable"
+
+
+class ResolverFailed(PlanError):
+    """The user's custom resolver raised: that change is dead-lettered, the shard goes on."""
+
+    reason = "resolver_failed"
+
+
+def holds_outcome(change: Change, existing: Item | None) -> bool:
+    """Whether the destination's item is what applying ``change`` leaves there: its new
+    image after a put, nothing after a delete."""
+    if change.op_is_delete:
+        return existing is None
+    return (
+        existing is not None
+        and change.new_image is not None
+        and same_item(existing, change.new_image)
+    )
 
 
 # DynamoDB's limit on the length of one condition expression.

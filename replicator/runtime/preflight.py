@@ -20,6 +20,7 @@ from botocore.exceptions import (
 
 from replicator import aws
 from replicator.config.model import ConflictPolicyName, ResolvedJob, StreamKind
+from replicator.conflictlog.targets import prepare
 from replicator.exceptions import EnvironmentProblem
 from replicator.writers.errors import error_code
 
@@ -180,6 +181,9 @@ def check_destinations(resolved: ResolvedJob, source_keys: dict[str, str]) -> No
 
 
 def check(resolved: ResolvedJob) -> SourceInfo:
+    """Check the source and destinations, and make the job's conflict log ready (its
+    DynamoDB table is the replicator's own, created when missing like the lease table)."""
     info = check_source(resolved)
     check_destinations(resolved, info.key_schema)
+    prepare(resolved)
     return info

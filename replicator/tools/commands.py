@@ -104,3 +104,68 @@ def redrive(config_path: Path) -> int:
         report = runner.run()
     click.echo(report.text())
     return report.exit_code
+
+
+def conflicts(
+    config_path: Path,
+    key: Any,
+    since: str | None,
+    destination: str | None,
+    output: str,
+    limit: int,
+    restore_id: str | None,
+    force: bool,
+) -> int:
+    from replicator.config.model import ConflictLogKind
+    from replicator.conflictlog.base import Selection
+    from replicator.conflictlog.keys import canonical_key
+    from replicator.conflictlog.reader import Listing, read_entries
+    from replicator.conflictlog.restore import restore
+    from replicator.conflictlog.targets import conflict_log_target
+    from replicator.exceptions import ConfigError
+
+    resolved = load(config_path)
+    if force and restore_id is None:
+        raise click.UsageError("--force is for --restore")
+    if resolved.job.conflict_log.kind is ConflictLogKind.NONE:
+        raise ConfigError(
+            f"{resolved.path}: conflict_log.kind is none, so this job keeps no record of lost "
+            "conflicts; set conflict_log.kind to file, sqs or dynamodb"
+        )
+    labels = [d.label for d in resolved.job.destinations]
+    if destination is not None and destination not in labels:
+        raise click.BadParameter(
+            f"{destination!r} is not a destination of {resolved.path} "
+            f"(destinations: {', '.join(labels)})",
+            param_hint="'--destination'",
+        )
+    with aws_failures(f"conflicts {resolved.task_name}"):
+        if key is not None:
+            _check_key_names(resolved, key)
+        target = conflict_log_target(resolved)
+        if restore_id is not None:
+            result = restore(resolved, target, restore_id, key=key, force=force)
+            click.echo(result.message)
+            return result.exit_code
+        selection = Selection(
+            item=canonical_key(key) if key is not None else None,
+            since=since,
+            destination=destination,
+        )
+        listing = Listing(target.description, selection, read_entries(target, selection))
+    click.echo(listing.as_json(limit) if output == "json" else listing.text(limit))
+    return 0
+
+
+def _check_key_names(resolved: ResolvedJob, key: Any) -> None:
+    """A --key must name exactly the source table's key attributes."""
+    from replicator.items import describe_key
+    from replicator.tools.tables import describe, source_ref
+
+    names = describe(source_ref(resolved, connections=1)).key_names
+    if sorted(key) != sorted(names):
+        raise click.BadParameter(
+            f"{describe_key(key)!r} names {', '.join(sorted(key))}, but the key of "
+            f"{resolved.job.source.table} is {', '.join(names)}: give every key attribute",
+            param_hint="'--key'",
+        )

@@ -46,7 +46,7 @@ from replicator.items import AttributeValue, Item, item_to_wire
 from replicator.metrics import Metrics
 from replicator.records import Change, Event, RawRecord
 from replicator.rules import ConflictRule, CustomRule, OrderedRule, Skip, WriteRequest
-from replicator.rules.requests import equals_condition
+from replicator.rules.requests import equals_condition, holds_outcome
 from replicator.tools.compare import differing_attributes
 from replicator.tools.scan import ReadRate, batch_get
 from replicator.tools.tables import TableRef
@@ -137,6 +137,9 @@ class SnapshotRule:
         if isinstance(self.policy, CustomRule):
             return self.policy.plan(change, existing)
         return expected_request("put", change, expected)
+
+    def shows_applied(self, change: Change, existing: Item | None) -> bool:
+        return holds_outcome(change, existing)
 
     def explain_loss(self, change: Change, existing: Item | None) -> str:
         if change.event is not Event.REMOVE and self._ordered(change):

@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
+from replicator.conflictlog.base import ConflictRecorder
 from replicator.deadletter import DeadLetter, DeadLetterTarget
 from replicator.exceptions import DestinationRefused
 from replicator.items import Item, describe_key, item_to_wire
@@ -27,7 +28,7 @@ from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.rules import ConflictRule, PlanError, Skip, WriteRequest
 from replicator.writers.backoff import Backoff
-from replicator.writers.errors import ErrorKind, classify, error_code
+from replicator.writers.errors import CLOCK_SKEW, ErrorKind, classify, error_code
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +52,7 @@ _RETRY_REASON = {
     ErrorKind.RETRY: "server_error",
     ErrorKind.DENIED: "access_denied",
     ErrorKind.NOT_FOUND: "not_found",
+    ErrorKind.AUTH: "auth",
 }
 
 
@@ -70,6 +72,7 @@ class DestinationWriter:
     max_optimistic_attempts: int = 10
     clock: Callable[[], float] = time.time
     cancelled: threading.Event = field(default_factory=threading.Event)
+    conflict_log: ConflictRecorder | None = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -95,7 +98,7 @@ class DestinationWriter:
                     return self._count(op, Outcome.CONFLICT_LOST)
                 self._send(plan)
             except PlanError as error:
-                return self._dead_letter(change, "unplannable", str(error))
+                return self._dead_letter(change, error.reason, str(error))
             except (ClientError, BotoCoreError) as error:
                 kind = classify(error)
                 if kind is ErrorKind.CONDITION_FAILED:
@@ -104,6 +107,11 @@ class DestinationWriter:
                         old: Item | None = None
                         if isinstance(error, ClientError):
                             old = error.response.get("Item")  # type: ignore[assignment]
+                        if attempt > 0 and self.rule.shows_applied(change, old):
+                            # An earlier attempt landed and its answer was lost (a read
+                            # timeout, a dropped connection): the item is ours already.
+                            self.metrics.retries.labels(self.label, "already_applied").inc()
+                            return self._applied(change)
                         self._lost(change, old, self.rule.explain_loss(change, old))
                         return self._count(op, Outcome.CONFLICT_LOST)
                     optimistic_conflicts += 1
@@ -118,6 +126,16 @@ class DestinationWriter:
                     continue
                 if kind is ErrorKind.REJECTED:
                     return self._dead_letter(change, "rejected", _describe(error))
+                if kind is ErrorKind.AUTH:
+                    streak, _ = self._note_refusal()
+                    if streak >= self.refusal_limit:
+                        raise DestinationRefused(
+                            f"destination {self.label} ({self.region}/{self.table}) did not "
+                            f"accept the signature or credentials of {streak} writes in a "
+                            f"row: {_describe(error)}. Check this host's clock (NTP) and the "
+                            "credentials the worker runs with; nothing was dead-lettered and "
+                            "the checkpoint has not passed these changes"
+                        ) from error
                 if kind in (ErrorKind.DENIED, ErrorKind.NOT_FOUND):
                     streak, successes = self._note_refusal()
                     if streak >= self.refusal_limit:
@@ -134,7 +152,9 @@ class DestinationWriter:
                     ):
                         return self._dead_letter(change, "access_denied", _describe(error))
                 reason = _RETRY_REASON.get(kind, "server_error")
-                if isinstance(error, BotoCoreError):
+                if error_code(error) in CLOCK_SKEW:
+                    reason = "clock_skew"
+                elif isinstance(error, BotoCoreError) and kind is not ErrorKind.AUTH:
                     reason = "network"
                 self.metrics.retries.labels(self.label, reason).inc()
                 delay = self.backoff.delay(attempt)
@@ -149,11 +169,14 @@ class DestinationWriter:
                 )
                 self.cancelled.wait(delay)
                 continue
-            self._note_success()
-            self.metrics.apply_delay.labels(self.label).observe(
-                max(0.0, self.clock() - change.created_s)
-            )
-            return self._count(op, Outcome.APPLIED)
+            return self._applied(change)
+
+    def _applied(self, change: Change) -> Outcome:
+        self._note_success()
+        self.metrics.apply_delay.labels(self.label).observe(
+            max(0.0, self.clock() - change.created_s)
+        )
+        return self._count(change.event.op, Outcome.APPLIED)
 
     def _read(self, change: Change) -> Item | None:
         response = self.client.get_item(TableName=self.table, Key=change.keys, ConsistentRead=True)
@@ -176,6 +199,8 @@ class DestinationWriter:
             sequence_number=change.sequence_number,
             why=why,
         )
+        if self.conflict_log is not None:
+            self.conflict_log.lost(self, change, existing, why)
 
     def _dead_letter(self, change: Change, reason: str, error: str) -> Outcome:
         letter = DeadLetter(

@@ -9,6 +9,10 @@
 * DENIED / NOT_FOUND: access denied, or the table is missing. One item may be denied
   by a fine-grained policy (dead-letter it); a whole destination that keeps refusing
   stops the worker.
+* AUTH: the request's signature or credentials were not accepted (an expired
+  signature from a skewed clock, an unknown access key). That is never a property of
+  one change, so it is never dead-lettered: retried, and when it persists the worker
+  stops with a message that names the cause.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class ErrorKind(StrEnum):
     REJECTED = "rejected"
     DENIED = "denied"
     NOT_FOUND = "not_found"
+    AUTH = "auth"
 
 
 _THROTTLING = frozenset(
@@ -60,14 +65,36 @@ _TRANSIENT = frozenset(
         "RequestTimeout",
         "RequestTimeoutException",
         "PriorRequestNotComplete",
+        # Multi-Region strong consistency: another Region is writing the same item.
+        "ReplicatedWriteConflictException",
+        # Endpoint discovery: the cached endpoint moved; the next attempt resolves again.
+        "InvalidEndpointException",
+    }
+)
+# Signature and clock problems: the request was not looked at, whatever it held.
+CLOCK_SKEW = frozenset(
+    {
+        "InvalidSignatureException",
+        "RequestTimeTooSkewed",
+        "RequestExpired",
+        "RequestInTheFuture",
+        "SignatureDoesNotMatch",
+    }
+)
+_AUTH = CLOCK_SKEW | frozenset(
+    {
+        "IncompleteSignatureException",
+        "MissingAuthenticationTokenException",
+        "MissingAuthenticationToken",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "AuthFailure",
     }
 )
 _DENIED = frozenset(
     {
         "AccessDeniedException",
         "AccessDenied",
-        "UnrecognizedClientException",
-        "InvalidClientTokenId",
         "AWS.SimpleQueueService.NonExistentQueue",
         "QueueDoesNotExist",
     }
@@ -90,6 +117,8 @@ def classify(error: BaseException) -> ErrorKind:
             return ErrorKind.THROTTLED
         if code in _TRANSIENT or status >= 500:
             return ErrorKind.RETRY
+        if code in _AUTH:
+            return ErrorKind.AUTH
         if code in _DENIED:
             return ErrorKind.DENIED
         if code == "ResourceNotFoundException":
@@ -98,7 +127,7 @@ def classify(error: BaseException) -> ErrorKind:
     if isinstance(error, ParamValidationError):
         return ErrorKind.REJECTED
     if isinstance(error, NoCredentialsError):
-        return ErrorKind.DENIED
+        return ErrorKind.AUTH
     if isinstance(error, BotoConnectionError | HTTPClientError | ReadTimeoutError):
         return ErrorKind.RETRY
     if isinstance(error, BotoCoreError):

@@ -24,6 +24,8 @@ import base64
 import contextlib
 import json
 import zlib
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import structlog
@@ -39,6 +41,7 @@ from botocore.exceptions import (
 from botocore.httpsession import get_cert_path
 
 from replicator.items import AttributeFormatError, item_from_wire
+from replicator.writers.errors import CLOCK_SKEW
 from replicator.writers.sigv4 import DynamoDBSigner, host_of
 
 log = structlog.get_logger(__name__)
@@ -109,6 +112,9 @@ class WireWriteClient:
         self._credentials = botocore_client._request_signer._credentials
         self._user_agent: str = meta.config.user_agent or "dynamodb-replicator"
         self._signer = DynamoDBSigner(self._region, host_of(self.endpoint_url))
+        # Server time minus ours, learnt from a clock-skew refusal: requests are signed
+        # on the server's clock from then on, so a host whose clock drifted keeps writing.
+        self.clock_offset = timedelta(0)
         self._pool = urllib3.PoolManager(
             num_pools=2,
             maxsize=max_connections,
@@ -161,10 +167,28 @@ class WireWriteClient:
         parsed = _parse(data)
         if response.status == 200:
             return parsed
-        raise ClientError(
-            _error_response(response.status, parsed, data),  # type: ignore[arg-type]
-            operation,
+        failure = _error_response(response.status, parsed, data)
+        if failure["Error"]["Code"] in CLOCK_SKEW:
+            self._learn_clock_offset(response.headers.get("Date"))
+        raise ClientError(failure, operation)  # type: ignore[arg-type]
+
+    def _learn_clock_offset(self, date_header: str | None) -> None:
+        """Take the server's clock from the ``Date`` header of a clock-skew refusal."""
+        if not date_header:
+            return
+        try:
+            server_now = parsedate_to_datetime(date_header)
+        except (TypeError, ValueError):
+            return
+        if server_now.tzinfo is None:
+            server_now = server_now.replace(tzinfo=UTC)
+        offset = server_now - datetime.now(UTC)
+        log.warning(
+            "the destination's clock differs from this host's; signing on its clock",
+            endpoint=self.endpoint_url,
+            offset_s=round(offset.total_seconds(), 1),
         )
+        self.clock_offset = offset
 
     def _signed_headers(self, operation: str, body: bytes) -> dict[str, str]:
         credentials = self._credentials
@@ -172,8 +196,9 @@ class WireWriteClient:
             raise NoCredentialsError()
         # Frozen per request: a refreshable (assumed-role, container) credential renews
         # itself here before it expires.
+        now = datetime.now(UTC) + self.clock_offset if self.clock_offset else None
         headers = self._signer.headers(
-            credentials.get_frozen_credentials(), _TARGET + operation, _CONTENT_TYPE, body
+            credentials.get_frozen_credentials(), _TARGET + operation, _CONTENT_TYPE, body, now
         )
         headers["User-Agent"] = self._user_agent
         return headers

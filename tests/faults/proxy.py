@@ -13,6 +13,9 @@ time from the test (:meth:`FaultProxy.set`) and applies to the next request:
   client cannot know it (the ambiguous outcome retries must survive).
 * ``RESET``: reset the connection (RST) on a fraction of requests, before or after forwarding.
 * ``BLACK_HOLE``: read the request and never answer (the client's read timeout fires).
+* ``SLOW_ANSWER``: forward the next request, then hold its answer for ``latency_s``
+  before sending it, once: the write lands, the client's read timeout fires first, and
+  its retry meets its own write (then the proxy passes requests through again).
 * ``REFUSE``: stop listening, so connections are refused, and drop open keep-alive
   connections; leaving this fault listens again on the same port.
 
@@ -69,6 +72,7 @@ class Fault(StrEnum):
     RESET = "reset"
     BLACK_HOLE = "black_hole"
     REFUSE = "refuse"
+    SLOW_ANSWER = "slow_answer"
 
 
 THROTTLE_TYPES = {
@@ -193,6 +197,9 @@ class FaultProxy:
     def resets(self, fraction: float, after_forward: bool = False, latency_s: float = 0.0) -> None:
         self.set(Mode(Fault.RESET, fraction, latency_s=latency_s, after_forward=after_forward))
 
+    def slow_answer_once(self, delay_s: float) -> None:
+        self.set(Mode(Fault.SLOW_ANSWER, latency_s=delay_s))
+
     def black_hole(self) -> None:
         self.set(Mode(Fault.BLACK_HOLE))
 
@@ -301,9 +308,17 @@ class FaultProxy:
 
     def _handle(self, connection: socket.socket, request: _Request) -> bool:
         """Answer one request as the current fault says; False once the connection is gone."""
-        mode = self.mode
-        if mode.operations and request.operation not in mode.operations:
-            mode = Mode()
+        with self._lock:
+            mode = self._mode
+            if mode.operations and request.operation not in mode.operations:
+                mode = Mode()
+            elif mode.fault is Fault.SLOW_ANSWER:
+                self._mode = Mode()  # once
+        if mode.fault is Fault.SLOW_ANSWER:
+            response = self._forward(request)
+            self._count(request, f"slow_answer_{response.status}")
+            self._stopped.wait(mode.latency_s)
+            return self._send(connection, response)
         if mode.latency_s > 0:
             self._stopped.wait(mode.latency_s)
         with self._lock:

@@ -294,9 +294,10 @@ class ShardWorker(threading.Thread):
         self, error: BaseException, attempt: int, what: str = "reading the stream"
     ) -> None:
         kind = classify(error)
-        if kind in (ErrorKind.DENIED, ErrorKind.NOT_FOUND, ErrorKind.REJECTED):
-            # No retry fixes these (permissions changed, stream or table gone): the
-            # environment is not as the job says, which the CLI reports as exit 3.
+        if kind in (ErrorKind.DENIED, ErrorKind.AUTH, ErrorKind.NOT_FOUND, ErrorKind.REJECTED):
+            # No retry fixes these (permissions changed, credentials or this host's clock
+            # refused, stream or table gone): the environment is not as the job says,
+            # which the CLI reports as exit 3.
             raise EnvironmentProblem(f"shard {self.shard_id}: {what} failed: {error}") from error
         delay = self._backoff.delay(attempt)
         log.warning(

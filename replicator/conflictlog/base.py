@@ -1,0 +1,87 @@
+"""The ports of the conflict log: where entries are stored, and what a writer hands over."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from replicator.conflictlog.entry import ConflictEntry
+from replicator.items import Item
+from replicator.records import Change
+from replicator.rules.base import ConflictRule
+from replicator.writers.errors import ErrorKind, classify, error_code
+
+
+class ConflictLogUnavailable(Exception):
+    """The target could not store an entry now; a later attempt may succeed."""
+
+
+class ConflictLogRejected(Exception):
+    """The target refuses this entry as it is; retrying the same entry cannot help."""
+
+
+def storage_failure(error: ClientError | BotoCoreError, what: str) -> Exception:
+    """An AWS error met storing an entry, as ConflictLogRejected or ConflictLogUnavailable.
+
+    Only a request the service refuses as malformed is final; throttling, outages,
+    access denied and a missing table or queue may all be fixed while entries wait.
+    """
+    detail = f"{what}: {error_code(error)}: {error}"
+    if classify(error) is ErrorKind.REJECTED:
+        return ConflictLogRejected(detail)
+    return ConflictLogUnavailable(detail)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which entries a reader wants; every field narrows, None means any."""
+
+    item: str | None = None  # canonical key (keys.canonical_key)
+    since: str | None = None  # ISO time, compared with ConflictEntry.at
+    destination: str | None = None
+
+    def matches(self, entry: ConflictEntry) -> bool:
+        return (
+            (self.item is None or entry.item == self.item)
+            and (self.since is None or entry.at >= self.since)
+            and (self.destination is None or entry.destination == self.destination)
+        )
+
+
+class ConflictLogTarget(Protocol):
+    """Durable storage for conflict entries (a file, an SQS queue, a DynamoDB table).
+
+    ``put`` returns once the entry is stored; it raises ConflictLogUnavailable for what
+    may pass, ConflictLogRejected for an entry the target will never take. Storing the
+    same entry twice must be harmless (readers keep one per ``id``).
+    """
+
+    description: str
+
+    def put(self, entry: ConflictEntry) -> None: ...
+
+    def read(self, selection: Selection) -> Iterator[ConflictEntry]:
+        """The stored entries that match (possibly more: callers filter again)."""
+        ...
+
+
+class LosingWriter(Protocol):
+    """What a destination writer tells the conflict log about itself."""
+
+    label: str
+    table: str
+    region: str
+    rule: ConflictRule
+    task_name: str
+    shard_id: str
+
+
+class ConflictRecorder(Protocol):
+    """Takes a lost conflict from a writer's thread without making it wait for storage."""
+
+    def lost(
+        self, writer: LosingWriter, change: Change, existing: Item | None, why: str
+    ) -> None: ...

@@ -1,0 +1,199 @@
+"""The conflict log as a DynamoDB table, kept for a retention period by DynamoDB's TTL.
+
+The table (``<task_name>-conflicts`` by default, in the source region) is keyed so
+that every entry of one item is one Query away:
+
+* ``pk`` (S, partition key): the item's canonical key (:func:`keys.canonical_key`),
+  such as ``[["pk","S","order-1"],["sk","N","3"]]``; the conflict log belongs to one
+  job, so to one source table;
+* ``sk`` (S, sort key): ``<time>#<entry id>``, the time being the losing change's
+  creation (a restore: when it was made), ISO-8601 UTC, so a Query returns an item's
+  history in time order and ``--since`` is a key condition;
+* ``entry`` (B): the whole entry as gzip-compressed JSON, so images come back byte for
+  byte (numbers as sent, sets in their order, binaries as they were);
+* ``id``, ``kind``, ``destination``, ``at``, ``key_text``: for reading the table in
+  the console; ``expires_at`` (N, epoch seconds): the TTL attribute.
+
+An entry is written with PutItem on its own key, so writing it twice (a change replayed
+after a restart) leaves one item. One conflict costs one write of about 1 KB per KB of
+compressed entry, and its storage until DynamoDB's TTL removes it (within a few days
+after ``expires_at``; expired items are not returned by the reader).
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+
+from replicator.conflictlog.base import Selection, storage_failure
+from replicator.conflictlog.entry import ConflictEntry
+from replicator.exceptions import EnvironmentProblem
+from replicator.items import describe_key, item_from_wire
+from replicator.writers.errors import ErrorKind, classify, error_code
+
+log = structlog.get_logger(__name__)
+
+TTL_ATTRIBUTE = "expires_at"
+ITEM_LIMIT = 400 * 1024
+# Room for the other attributes of the item (keys, names, times) beside the entry blob.
+_ENVELOPE = 8 * 1024
+_DAY_S = 86_400
+
+
+class DynamoDbConflictLog:
+    def __init__(
+        self,
+        client: Any,
+        table: str,
+        retention_days: int,
+        where: str,
+        clock: Any = time.time,
+    ) -> None:
+        self.client = client
+        self.table = table
+        self.retention_s = retention_days * _DAY_S
+        self.where = where
+        self.description = f"DynamoDB table {table} ({where})"
+        self._clock = clock
+
+    # -- writing --------------------------------------------------------------------------
+
+    def put(self, entry: ConflictEntry) -> None:
+        try:
+            self.client.put_item(TableName=self.table, Item=self._item(entry))
+        except (ClientError, BotoCoreError) as error:
+            raise storage_failure(error, f"PutItem to {self.description}") from error
+
+    def _item(self, entry: ConflictEntry) -> dict[str, Any]:
+        blob = gzip.compress(entry.to_json().encode("utf-8"))
+        room = ITEM_LIMIT - _ENVELOPE - 2 * len(entry.item.encode("utf-8"))
+        if len(blob) > room:
+            log.warning(
+                "conflict entry too large for one DynamoDB item; images stored as their sha256",
+                id=entry.id,
+                destination=entry.destination,
+            )
+            entry = entry.fitted(room)
+            blob = gzip.compress(entry.to_json().encode("utf-8"))
+        return {
+            "pk": {"S": entry.item},
+            "sk": {"S": entry.sort_key},
+            "id": {"S": entry.id},
+            "kind": {"S": entry.kind},
+            "destination": {"S": entry.destination},
+            "at": {"S": entry.at},
+            "key_text": {"S": describe_key(item_from_wire(entry.key))},
+            TTL_ATTRIBUTE: {"N": str(int(self._clock()) + self.retention_s)},
+            "entry": {"B": blob},
+        }
+
+    # -- reading --------------------------------------------------------------------------
+
+    def read(self, selection: Selection) -> Iterator[ConflictEntry]:
+        kwargs: dict[str, Any] = {"TableName": self.table}
+        if selection.item is not None:
+            condition = "pk = :pk"
+            values: dict[str, Any] = {":pk": {"S": selection.item}}
+            if selection.since is not None:
+                condition += " AND sk >= :since"
+                values[":since"] = {"S": selection.since}
+            kwargs.update(KeyConditionExpression=condition, ExpressionAttributeValues=values)
+            operation = self.client.query
+        else:
+            operation = self.client.scan
+        now = int(self._clock())
+        while True:
+            page = operation(**kwargs)
+            for item in page.get("Items", []):
+                expires = item.get(TTL_ATTRIBUTE, {}).get("N")
+                if expires is not None and int(expires) < now:
+                    continue  # expired, not yet removed by DynamoDB
+                entry = ConflictEntry.from_json(gzip.decompress(item["entry"]["B"]))
+                if selection.matches(entry):
+                    yield entry
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    # -- the table ------------------------------------------------------------------------
+
+    def ensure_exists(self, wait_s: float = 120.0) -> None:
+        """Create the table and turn its TTL on, unless that is already done.
+
+        Raises EnvironmentProblem for what the operator must fix (access denied, a
+        name DynamoDB refuses); an outage (throttling, 5xx, an endpoint that does not
+        answer) propagates as the AWS error, for the caller to decide.
+        """
+        what = f"conflict-log table {self.table}"
+        try:
+            self.client.create_table(
+                TableName=self.table,
+                KeySchema=[
+                    {"AttributeName": "pk", "KeyType": "HASH"},
+                    {"AttributeName": "sk", "KeyType": "RANGE"},
+                ],
+                AttributeDefinitions=[
+                    {"AttributeName": "pk", "AttributeType": "S"},
+                    {"AttributeName": "sk", "AttributeType": "S"},
+                ],
+                BillingMode="PAY_PER_REQUEST",
+            )
+            log.info("created conflict-log table", table=self.table, where=self.where)
+        except ClientError as error:
+            if error_code(error) != "ResourceInUseException":
+                _refuse_if_final(error, what, self.where)
+                raise
+        deadline = time.monotonic() + wait_s
+        while True:
+            table = self.client.describe_table(TableName=self.table)["Table"]
+            if table["TableStatus"] == "ACTIVE":
+                break
+            if time.monotonic() > deadline:
+                raise EnvironmentProblem(f"{what} at {self.where} is still {table['TableStatus']}")
+            time.sleep(1.0)
+        keys = {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]}
+        if keys != {"pk": "HASH", "sk": "RANGE"}:
+            raise EnvironmentProblem(
+                f"{what} at {self.where} exists with key schema {keys}; the conflict log needs "
+                "pk (HASH, S) and sk (RANGE, S): name another table in conflict_log.table"
+            )
+        self._ensure_ttl(what)
+
+    def _ensure_ttl(self, what: str) -> None:
+        try:
+            described = self.client.describe_time_to_live(TableName=self.table)
+        except ClientError as error:
+            _refuse_if_final(error, what, self.where)
+            raise
+        ttl = described.get("TimeToLiveDescription", {})
+        status = ttl.get("TimeToLiveStatus")
+        if status in ("ENABLED", "ENABLING"):
+            if ttl.get("AttributeName") != TTL_ATTRIBUTE:
+                log.warning(
+                    "the conflict-log table's TTL is on another attribute; entries will not expire",
+                    table=self.table,
+                    attribute=ttl.get("AttributeName"),
+                )
+            return
+        try:
+            self.client.update_time_to_live(
+                TableName=self.table,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
+            )
+        except ClientError as error:
+            _refuse_if_final(error, what, self.where)
+            raise
+        log.info("conflict-log table expires entries", table=self.table, attribute=TTL_ATTRIBUTE)
+
+
+def _refuse_if_final(error: ClientError, what: str, where: str) -> None:
+    """An error that no wait can fix becomes one clear line for the operator."""
+    kind = classify(error)
+    if kind in (ErrorKind.DENIED, ErrorKind.REJECTED):
+        message = error.response.get("Error", {}).get("Message", "")
+        raise EnvironmentProblem(f"{what} at {where}: {error_code(error)}: {message}") from None

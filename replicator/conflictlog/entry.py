@@ -1,0 +1,211 @@
+"""One entry of the conflict log: a lost conflict, or the restore of one.
+
+A conflict entry holds both sides as they were at the moment of the conflict: the
+losing image (what the change would have written: its new image, or for a delete the
+image it deleted at the source) and the winning image (the destination's item from
+``ReturnValuesOnConditionCheckFailure=ALL_OLD``, or the item the custom resolver read),
+in DynamoDB's JSON form with binaries in base64 and numbers exactly as they were sent.
+
+Its ``id`` is derived from the destination, shard and sequence number, so a change
+replayed after a restart (and losing again) produces the same entry, not a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from replicator.conflictlog.keys import canonical_key
+from replicator.items import Item, item_from_wire, item_to_wire
+from replicator.records import Change
+from replicator.rules.base import ConflictRule
+from replicator.rules.custom import CustomRule
+from replicator.rules.ordered import OrderedRule
+
+CONFLICT = "conflict"
+RESTORE = "restore"
+IMAGES = ("losing", "winning")
+
+WireItem = dict[str, Any]
+
+
+def iso(seconds: float) -> str:
+    """UTC with milliseconds and a ``Z``: sorts as text in time order."""
+    text = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def image_digest(image: WireItem) -> str:
+    """sha256 of an image's JSON (keys sorted, no spaces): how a truncated image is named."""
+    text = json.dumps(image, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ConflictEntry:
+    id: str
+    kind: str
+    task_name: str
+    destination: str
+    table: str
+    region: str
+    key: WireItem
+    item: str
+    op: str
+    event: str
+    losing_image: WireItem | None
+    winning_image: WireItem | None
+    losing_rank: dict[str, Any] | None
+    winning_rank: dict[str, Any] | None
+    policy: str
+    rule: str
+    why: str
+    sequence_number: str
+    shard_id: str
+    created: str
+    recorded_at: str
+    write_back: bool = False
+    truncated: dict[str, dict[str, Any]] = field(default_factory=dict)
+    restored_entry: str | None = None
+    version: int = 1
+
+    @property
+    def at(self) -> str:
+        """When it happened: the losing change's creation, or the time of a restore."""
+        return self.created if self.kind == CONFLICT else self.recorded_at
+
+    @property
+    def sort_key(self) -> str:
+        return f"{self.at}#{self.id}"
+
+    def key_item(self) -> Item:
+        return item_from_wire(self.key)
+
+    def image(self, which: str) -> Item | None:
+        """An image in boto3 form (binaries as bytes), or None when there was none."""
+        wire = self.losing_image if which == "losing" else self.winning_image
+        return None if wire is None else item_from_wire(wire)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ConflictEntry:
+        body = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in body.items() if name in known})
+
+    def fitted(self, limit: int) -> ConflictEntry:
+        """This entry, with its largest images replaced by their digest until its JSON fits.
+
+        A truncated image keeps its size, its attribute names and its sha256
+        (:func:`image_digest`) under ``truncated``; the image itself is dropped from
+        the entry, never the entry.
+        """
+        entry = self
+        while len(entry.to_json().encode("utf-8")) > limit:
+            present = [
+                (len(json.dumps(image)), which)
+                for which, image in (
+                    ("losing", entry.losing_image),
+                    ("winning", entry.winning_image),
+                )
+                if image is not None
+            ]
+            if not present:
+                break
+            _, which = max(present)
+            image = entry.losing_image if which == "losing" else entry.winning_image
+            assert image is not None
+            summary = {
+                "sha256": image_digest(image),
+                "bytes": len(json.dumps(image, separators=(",", ":")).encode("utf-8")),
+                "attributes": sorted(image),
+            }
+            entry = replace(
+                entry,
+                truncated={**entry.truncated, which: summary},
+                **{f"{which}_image": None},  # type: ignore[arg-type]
+            )
+        return entry
+
+
+def rank_of(rule: ConflictRule, image: Item | None) -> dict[str, Any] | None:
+    """How the rule orders an image (its ordering attribute and origin), for the record."""
+    if not isinstance(rule, OrderedRule):
+        return None
+    value = image.get(rule.attribute) if image is not None else None
+    origin = None
+    if image is not None and rule.origin_attribute:
+        stamp = image.get(rule.origin_attribute)
+        origin = None if stamp is None else next(iter(item_to_wire({"o": stamp})["o"].values()))
+    tier, ordering, origin_text = rule.rank(image)
+    return {
+        "attribute": rule.attribute,
+        "value": None if value is None else item_to_wire({"v": value})["v"],
+        "origin_attribute": rule.origin_attribute,
+        "origin": origin,
+        "order": [tier, str(ordering), origin_text],
+    }
+
+
+def describe_rule(rule: ConflictRule) -> str:
+    if isinstance(rule, OrderedRule):
+        ties = f", ties by {rule.origin_attribute}" if rule.origin_attribute else ""
+        return f"{rule.name} on {rule.attribute}{ties}"
+    if isinstance(rule, CustomRule):
+        resolver = rule.resolver
+        module = getattr(resolver, "__module__", "?")
+        name = getattr(resolver, "__qualname__", getattr(resolver, "__name__", "?"))
+        return f"custom resolver {module}:{name}"
+    return rule.name
+
+
+def entry_id(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class LostConflict:
+    """What the writer knows when a change loses, captured cheaply on its thread."""
+
+    task_name: str
+    destination: str
+    table: str
+    region: str
+    shard_id: str
+    rule: ConflictRule
+    change: Change
+    existing: Item | None
+    why: str
+    recorded_s: float
+
+    def entry(self) -> ConflictEntry:
+        change = self.change
+        losing = change.image
+        return ConflictEntry(
+            id=entry_id(self.destination, self.shard_id, change.sequence_number),
+            kind=CONFLICT,
+            task_name=self.task_name,
+            destination=self.destination,
+            table=self.table,
+            region=self.region,
+            key=item_to_wire(change.keys),
+            item=canonical_key(change.keys),
+            op=change.event.op,
+            event=change.event.value,
+            losing_image=None if losing is None else item_to_wire(losing),
+            winning_image=None if self.existing is None else item_to_wire(self.existing),
+            losing_rank=rank_of(self.rule, losing),
+            winning_rank=rank_of(self.rule, self.existing),
+            policy=self.rule.name,
+            rule=describe_rule(self.rule),
+            why=self.why,
+            sequence_number=change.sequence_number,
+            shard_id=self.shard_id,
+            created=iso(change.created_s),
+            recorded_at=iso(self.recorded_s),
+        )

@@ -1,0 +1,128 @@
+"""Item keys as the conflict log stores them and as an operator types them.
+
+The log groups an item's entries under one canonical string, so that all conflicts of
+one item are one Query (DynamoDB) or one comparison (file, SQS) away whatever form the
+key arrived in: ``1``, ``1.0`` and ``10E-1`` name the same DynamoDB item, so numbers are
+canonicalized; names are sorted, so the order of a composite key does not matter.
+
+On the command line a key is written the way the replicator's log lines show it,
+``pk=S:order-1 sk=N:3`` (one ``name=TYPE:value`` per key attribute, TYPE ``S``, ``N``
+or ``B`` with base64 for binaries), or as a JSON object in DynamoDB's attribute-value
+form (``{"pk": {"S": "order 1"}}``) for values that hold spaces.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+
+from replicator.items import AttributeValue, Item
+
+_PAIR = re.compile(r"(?:^|\s)([^\s=]+)=(S|N|B):")
+_KEY_TYPES = ("S", "N", "B")
+
+
+class KeySyntaxError(ValueError):
+    """A key typed by an operator that cannot name an item; the message names it."""
+
+
+def canonical_number(text: str) -> str:
+    """A number's one spelling: no exponent, no trailing zeros, ``0`` for every zero."""
+    try:
+        number = Decimal(text)
+    except (InvalidOperation, TypeError) as error:
+        raise KeySyntaxError(f"{text!r} is not a number") from error
+    if not number.is_finite():
+        raise KeySyntaxError(f"{text!r} is not a number")
+    if number.is_zero():
+        return "0"
+    return format(number.normalize(), "f")
+
+
+def canonical_key(keys: Mapping[str, AttributeValue]) -> str:
+    """The string under which an item's entries are grouped (JSON, names sorted).
+
+    Binaries are base64, numbers canonical: ``[["pk","S","order-1"],["sk","N","3"]]``.
+    """
+    parts: list[list[str]] = []
+    for name in sorted(keys):
+        ((kind, value),) = keys[name].items()
+        if kind == "N":
+            shown = canonical_number(str(value))
+        elif kind == "B":
+            raw = value if isinstance(value, bytes | bytearray) else base64.b64decode(value)
+            shown = base64.b64encode(raw).decode("ascii")
+        elif kind == "S":
+            shown = str(value)
+        else:
+            raise KeySyntaxError(f"key attribute {name} has type {kind}; keys are S, N or B")
+        parts.append([name, kind, shown])
+    return json.dumps(parts, separators=(",", ":"), ensure_ascii=False)
+
+
+def parse_key(text: str) -> Item:
+    """An item key (boto3 form) from ``name=TYPE:value ...`` or a JSON attribute-value map."""
+    stripped = text.strip()
+    if not stripped:
+        raise KeySyntaxError("the key is empty; write it as name=TYPE:value, e.g. pk=S:order-1")
+    if stripped.startswith("{"):
+        return _from_json(text, stripped)
+    matches = list(_PAIR.finditer(stripped))
+    if not matches or matches[0].start() != 0:
+        raise KeySyntaxError(
+            f"{text!r} is not a key: write name=TYPE:value for each key attribute "
+            "(TYPE S, N or B), e.g. 'pk=S:order-1 sk=N:3', or a JSON object such as "
+            '\'{"pk": {"S": "order-1"}}\''
+        )
+    key: Item = {}
+    for index, match in enumerate(matches):
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(stripped)
+        name, kind = match.group(1), match.group(2)
+        value = stripped[match.end() : end].rstrip()
+        if name in key:
+            raise KeySyntaxError(f"{text!r} names key attribute {name!r} twice")
+        key[name] = _typed(text, name, kind, value)
+    return key
+
+
+def _from_json(text: str, stripped: str) -> Item:
+    try:
+        document = json.loads(stripped)
+    except json.JSONDecodeError as error:
+        raise KeySyntaxError(f"{text!r} is not valid JSON ({error.msg})") from None
+    key: Item = {}
+    for name, value in document.items():
+        if not (isinstance(value, dict) and len(value) == 1):
+            raise KeySyntaxError(
+                f'{text!r}: attribute {name!r} must be one typed value such as {{"S": "x"}}'
+            )
+        ((kind, inner),) = value.items()
+        if kind not in _KEY_TYPES or not isinstance(inner, str):
+            raise KeySyntaxError(
+                f"{text!r}: attribute {name!r} must be S, N or B (base64) holding a string"
+            )
+        key[name] = _typed(text, name, kind, inner)
+    if not key:
+        raise KeySyntaxError(f"{text!r} names no key attribute")
+    return key
+
+
+def _typed(text: str, name: str, kind: str, value: str) -> AttributeValue:
+    if value == "":
+        raise KeySyntaxError(f"{text!r}: key attribute {name!r} has an empty value")
+    if kind == "N":
+        try:
+            canonical_number(value)
+        except KeySyntaxError:
+            raise KeySyntaxError(f"{text!r}: {name}=N:{value} is not a number") from None
+        return {"N": value}
+    if kind == "B":
+        try:
+            return {"B": base64.b64decode(value, validate=True)}
+        except (binascii.Error, ValueError):
+            raise KeySyntaxError(f"{text!r}: {name}=B:{value} is not base64") from None
+    return {"S": value}

@@ -1,0 +1,179 @@
+"""Reading the conflict log for ``replicator conflicts``: select, list and summarize.
+
+Entries are kept once per ``id`` (a change replayed after a restart records the same
+entry again), listed newest first, and summarized over everything selected: counts
+per destination and per rule, the items that lose most often, and restores.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from replicator.conflictlog.base import ConflictLogTarget, Selection
+from replicator.conflictlog.entry import CONFLICT, RESTORE, ConflictEntry, iso
+from replicator.items import describe_key, item_from_wire
+
+_RELATIVE = re.compile(r"^(\d+)\s*([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+TOP_KEYS = 10
+
+
+class SinceSyntaxError(ValueError):
+    """A --since value that is neither a duration nor a date; the message names it."""
+
+
+def parse_since(text: str, now: datetime | None = None) -> str:
+    """``30m``, ``12h``, ``7d`` (before now) or an ISO-8601 date or time (UTC unless it says)."""
+    now = now or datetime.now(UTC)
+    value = text.strip()
+    relative = _RELATIVE.match(value)
+    if relative:
+        delta = timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
+        return iso((now - delta).timestamp())
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise SinceSyntaxError(
+            f"{text!r} is neither a duration (30m, 12h, 7d) nor an ISO-8601 date or time "
+            "(2026-12-01, 2026-12-01T10:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return iso(moment.timestamp())
+
+
+def key_text(entry: ConflictEntry) -> str:
+    return describe_key(item_from_wire(entry.key))
+
+
+def read_entries(target: ConflictLogTarget, selection: Selection) -> list[ConflictEntry]:
+    """The matching entries, once each, oldest first."""
+    unique: dict[str, ConflictEntry] = {}
+    for entry in target.read(selection):
+        if selection.matches(entry):
+            unique.setdefault(entry.id, entry)
+    return sorted(unique.values(), key=lambda e: e.sort_key)
+
+
+@dataclass
+class Listing:
+    target: str
+    selection: Selection
+    entries: list[ConflictEntry]
+    restores: dict[str, ConflictEntry] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.restores = {
+            e.restored_entry: e for e in self.entries if e.kind == RESTORE and e.restored_entry
+        }
+
+    @property
+    def conflicts(self) -> list[ConflictEntry]:
+        return [e for e in self.entries if e.kind == CONFLICT]
+
+    def summary(self) -> dict[str, Any]:
+        conflicts = self.conflicts
+        return {
+            "lost_conflicts": len(conflicts),
+            "restores": len(self.entries) - len(conflicts),
+            "first": conflicts[0].at if conflicts else None,
+            "last": conflicts[-1].at if conflicts else None,
+            "per_destination": dict(Counter(e.destination for e in conflicts).most_common()),
+            "per_rule": dict(Counter(e.rule for e in conflicts).most_common()),
+            "top_keys": [
+                {"key": key, "conflicts": count}
+                for key, count in Counter(key_text(e) for e in conflicts).most_common(TOP_KEYS)
+            ],
+        }
+
+    def newest(self, limit: int) -> list[ConflictEntry]:
+        ordered = list(reversed(self.entries))
+        return ordered if limit == 0 else ordered[:limit]
+
+    def as_json(self, limit: int) -> str:
+        entries = []
+        for entry in self.newest(limit):
+            body = asdict(entry)
+            restore = self.restores.get(entry.id)
+            body["restored_by"] = restore.id if restore else None
+            entries.append(body)
+        return json.dumps(
+            {
+                "target": self.target,
+                "selection": asdict(self.selection),
+                "summary": self.summary(),
+                "entries": entries,
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+
+    def text(self, limit: int) -> str:
+        summary = self.summary()
+        narrowed = ", ".join(
+            f"{name} {value}" for name, value in asdict(self.selection).items() if value
+        )
+        lines = [
+            f"conflict log: {self.target}"
+            + (f" ({narrowed})" if narrowed else "")
+            + f": {summary['lost_conflicts']} lost conflicts, {summary['restores']} restores"
+        ]
+        if summary["lost_conflicts"]:
+            lines.append(f"  from {summary['first']} to {summary['last']}")
+            lines.append("  per destination: " + _counts(summary["per_destination"]))
+            lines.append("  per rule: " + _counts(summary["per_rule"]))
+            lines.append("  top keys:")
+            lines += [f"    {top['conflicts']:>6}  {top['key']}" for top in summary["top_keys"]]
+        shown = self.newest(limit)
+        if not shown:
+            return "\n".join(lines)
+        lines.append(f"entries, newest first ({len(shown)} of {len(self.entries)}):")
+        rows: list[tuple[str, ...]] = [
+            ("ID", "TIME (UTC)", "DESTINATION", "KEY", "OP", "LOSER", "WINNER", "NOTE")
+        ]
+        rows += [self._row(entry) for entry in shown]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines += [
+            "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+            for row in rows
+        ]
+        return "\n".join(line.rstrip() for line in lines)
+
+    def _row(self, entry: ConflictEntry) -> tuple[str, ...]:
+        if entry.kind == RESTORE:
+            note = f"restore of {entry.restored_entry} ({entry.rule})"
+        else:
+            restore = self.restores.get(entry.id)
+            note = f"restored by {restore.id} at {restore.recorded_at}" if restore else ""
+            if entry.truncated:
+                note = (note + "; " if note else "") + "truncated: " + ", ".join(entry.truncated)
+        return (
+            entry.id,
+            entry.at,
+            entry.destination,
+            key_text(entry),
+            entry.op,
+            _rank(entry.losing_rank),
+            _rank(entry.winning_rank) if entry.winning_image or entry.winning_rank else "no item",
+            note,
+        )
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name}: {count}" for name, count in counts.items())
+
+
+def _rank(rank: dict[str, Any] | None) -> str:
+    if not rank:
+        return "-"
+    value = rank.get("value")
+    shown = "(absent)" if value is None else str(next(iter(value.values())))
+    text = f"{rank['attribute']}={shown}"
+    if rank.get("origin_attribute"):
+        text += f" {rank['origin_attribute']}={rank.get('origin') or '(absent)'}"
+    return text

@@ -1,0 +1,110 @@
+"""The conflict log as messages in an SQS queue, one entry per message.
+
+For a consumer of your own (archive them, page someone, feed a ticket): the queue keeps
+messages for its ``MessageRetentionPeriod`` (at most 14 days). SQS takes messages up to
+256 KiB: a larger entry is sent gzip-compressed (``{"entry_gzip_b64": ...}``), and one
+still too large is sent with its largest images replaced by their sha256
+(:meth:`ConflictEntry.fitted`).
+
+``replicator conflicts`` reads the queue without consuming it: it receives every
+message with a visibility timeout, then makes them visible again at once. While it
+reads, another consumer of the queue does not see those messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+
+from replicator.conflictlog.base import Selection, storage_failure
+from replicator.conflictlog.entry import ConflictEntry
+
+log = structlog.get_logger(__name__)
+SQS_LIMIT = 256 * 1024
+_PACKED = "entry_gzip_b64"
+_READ_VISIBILITY_S = 120
+
+
+def encode(entry: ConflictEntry) -> str:
+    body = entry.to_json()
+    if len(body.encode("utf-8")) <= SQS_LIMIT:
+        return body
+    packed = base64.b64encode(gzip.compress(body.encode("utf-8"))).decode("ascii")
+    compact = json.dumps({_PACKED: packed})
+    if len(compact) <= SQS_LIMIT:
+        return compact
+    log.warning(
+        "conflict entry too large for SQS even compressed; images stored as their sha256",
+        id=entry.id,
+        destination=entry.destination,
+    )
+    return entry.fitted(SQS_LIMIT).to_json()
+
+
+def decode(body: str) -> ConflictEntry:
+    document = json.loads(body)
+    if isinstance(document, dict) and set(document) == {_PACKED}:
+        return ConflictEntry.from_json(gzip.decompress(base64.b64decode(document[_PACKED])))
+    return ConflictEntry.from_json(body)
+
+
+class SqsConflictLog:
+    def __init__(self, client: Any, queue_url: str) -> None:
+        self.client = client
+        self.queue_url = queue_url
+        self.description = f"SQS queue {queue_url}"
+
+    def put(self, entry: ConflictEntry) -> None:
+        try:
+            self.client.send_message(QueueUrl=self.queue_url, MessageBody=encode(entry))
+        except (ClientError, BotoCoreError) as error:
+            raise storage_failure(error, f"SQS SendMessage to {self.queue_url}") from error
+
+    def read(self, selection: Selection) -> Iterator[ConflictEntry]:
+        seen: set[str] = set()
+        handles: list[str] = []
+        try:
+            while True:
+                response = self.client.receive_message(
+                    QueueUrl=self.queue_url,
+                    MaxNumberOfMessages=10,
+                    WaitTimeSeconds=1,
+                    VisibilityTimeout=_READ_VISIBILITY_S,
+                )
+                fresh = [m for m in response.get("Messages", []) if m["MessageId"] not in seen]
+                if not fresh:
+                    return
+                for message in fresh:
+                    seen.add(message["MessageId"])
+                    handles.append(message["ReceiptHandle"])
+                    try:
+                        entry = decode(message["Body"])
+                    except (ValueError, TypeError, OSError) as error:
+                        log.warning(
+                            "unreadable conflict-log message skipped",
+                            message_id=message["MessageId"],
+                            error=str(error),
+                        )
+                        continue
+                    if selection.matches(entry):
+                        yield entry
+        finally:
+            self._release(handles)
+
+    def _release(self, handles: list[str]) -> None:
+        """Make the messages read visible again, so the queue's consumers still get them."""
+        for start in range(0, len(handles), 10):
+            batch = handles[start : start + 10]
+            self.client.change_message_visibility_batch(
+                QueueUrl=self.queue_url,
+                Entries=[
+                    {"Id": str(index), "ReceiptHandle": handle, "VisibilityTimeout": 0}
+                    for index, handle in enumerate(batch)
+                ],
+            )

@@ -1,0 +1,160 @@
+"""From the job's ``conflict_log`` section to a target, a recorder, and a ready table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+
+from replicator import aws
+from replicator.config.model import ConflictLogKind, ResolvedJob
+from replicator.conflictlog.base import ConflictLogTarget, Selection
+from replicator.conflictlog.dynamodb import DynamoDbConflictLog
+from replicator.conflictlog.entry import ConflictEntry
+from replicator.conflictlog.file import FileConflictLog
+from replicator.conflictlog.recorder import BackgroundRecorder
+from replicator.conflictlog.sqs import SqsConflictLog
+from replicator.exceptions import EnvironmentProblem
+from replicator.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+
+class NoConflictLog:
+    """``kind: none``: lost conflicts are counted and logged at debug level only."""
+
+    description = "no conflict log (conflict_log.kind: none)"
+
+    def put(self, entry: ConflictEntry) -> None:
+        return None
+
+    def read(self, selection: Selection) -> Iterator[ConflictEntry]:
+        return iter(())
+
+
+def conflict_table(resolved: ResolvedJob) -> str:
+    return resolved.job.conflict_log.table.format(task_name=resolved.task_name)
+
+
+def conflict_log_path(resolved: ResolvedJob) -> Path:
+    path = Path(resolved.job.conflict_log.path.format(task_name=resolved.task_name))
+    return path if path.is_absolute() else Path.cwd() / path
+
+
+def _table_place(resolved: ResolvedJob) -> tuple[str, str | None, str | None]:
+    """Region, endpoint and role of the table: the source's unless the section says."""
+    settings = resolved.job.conflict_log
+    source = resolved.job.source
+    return (
+        settings.region or source.region,
+        settings.endpoint_url or source.endpoint_url,
+        settings.role_arn or source.role_arn,
+    )
+
+
+def _where(region: str, endpoint: str | None) -> str:
+    return f"{endpoint}, {region}" if endpoint else region
+
+
+def describe_target(resolved: ResolvedJob) -> str:
+    """The target as ``replicator validate`` shows it (no client is made)."""
+    settings = resolved.job.conflict_log
+    if settings.kind is ConflictLogKind.FILE:
+        return f"file {conflict_log_path(resolved)}"
+    if settings.kind is ConflictLogKind.SQS:
+        return f"SQS queue {settings.queue_url}"
+    if settings.kind is ConflictLogKind.DYNAMODB:
+        region, endpoint, _ = _table_place(resolved)
+        return (
+            f"DynamoDB table {conflict_table(resolved)} ({_where(region, endpoint)}), "
+            f"kept {settings.retention_days} days"
+        )
+    return NoConflictLog.description
+
+
+def _table_client(resolved: ResolvedJob, sdk_retries: bool) -> tuple[Any, str]:
+    source = resolved.job.source
+    region, endpoint, role = _table_place(resolved)
+    client = aws.client(
+        "dynamodb",
+        region,
+        endpoint_url=endpoint,
+        role_arn=role,
+        external_id=source.external_id if role == source.role_arn else None,
+        connect_timeout=3.0,
+        read_timeout=5.0,
+        sdk_retries=sdk_retries,
+    )
+    return client, _where(region, endpoint)
+
+
+def conflict_log_target(resolved: ResolvedJob, *, sdk_retries: bool = True) -> ConflictLogTarget:
+    """The job's target. The recorder retries by itself (``sdk_retries=False``)."""
+    settings = resolved.job.conflict_log
+    if settings.kind is ConflictLogKind.FILE:
+        return FileConflictLog(conflict_log_path(resolved))
+    if settings.kind is ConflictLogKind.SQS:
+        assert settings.queue_url
+        client = aws.client(
+            "sqs",
+            settings.region or resolved.job.source.region,
+            endpoint_url=settings.endpoint_url,
+            role_arn=settings.role_arn,
+            connect_timeout=3.0,
+            read_timeout=10.0,
+            sdk_retries=sdk_retries,
+        )
+        return SqsConflictLog(client, settings.queue_url)
+    if settings.kind is ConflictLogKind.DYNAMODB:
+        client, where = _table_client(resolved, sdk_retries)
+        return DynamoDbConflictLog(client, conflict_table(resolved), settings.retention_days, where)
+    return NoConflictLog()
+
+
+def recorder_for(resolved: ResolvedJob, metrics: Metrics) -> BackgroundRecorder | None:
+    """The processor's recorder, or None when the job keeps no conflict log."""
+    settings = resolved.job.conflict_log
+    if settings.kind is ConflictLogKind.NONE:
+        return None
+    return BackgroundRecorder(
+        conflict_log_target(resolved, sdk_retries=False),
+        metrics,
+        max_pending=settings.max_pending,
+        retry_for_s=settings.retry_for_s,
+    )
+
+
+def prepare(resolved: ResolvedJob) -> None:
+    """Make the conflict log ready before replication starts.
+
+    A DynamoDB table is created (with its TTL) when missing, and a file's directory;
+    what only the operator can fix (access denied, a name DynamoDB refuses, a
+    directory that cannot be created) stops the start with EnvironmentProblem. An
+    outage does not: replication starts, and entries are retried and counted.
+    """
+    settings = resolved.job.conflict_log
+    if settings.kind is ConflictLogKind.FILE:
+        path = conflict_log_path(resolved)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise EnvironmentProblem(
+                f"conflict log {path}: cannot create its directory: {error.strerror or error}"
+            ) from None
+        return
+    if settings.kind is not ConflictLogKind.DYNAMODB:
+        return
+    target = conflict_log_target(resolved)
+    assert isinstance(target, DynamoDbConflictLog)
+    try:
+        target.ensure_exists()
+    except (ClientError, BotoCoreError) as error:
+        log.error(
+            "conflict-log table not ready; replicating anyway, entries are retried and counted",
+            table=target.table,
+            where=target.where,
+            error=str(error),
+        )
