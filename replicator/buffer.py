@@ -118,6 +118,12 @@ class ChangeBuffer:
                 self._ready[destination][key] = None
         return True
 
+    def newest_queued(self, key: KeyId) -> Change | None:
+        """The newest change to ``key`` still queued or being written (the one a dropped
+        change sits behind)."""
+        chain = self._chains.get(key)
+        return chain[-1].change if chain else None
+
     def add_skipped(self, change: Change, *, replaces_older: bool) -> None:
         """Record a change that is not sent on (loop-skipped or filtered).
 

@@ -102,6 +102,14 @@ def describe(resolved: ResolvedJob) -> str:
             if job.metrics.enabled
             else "off"
         ),
+        "watermark: "
+        + (
+            f"status table {resolved.watermark_table} in each destination's region, "
+            f"at most one write per shard and destination every "
+            f"{job.watermark.publish_interval_ms} ms"
+            if resolved.publishes_watermark
+            else "off"
+        ),
     ]
     return "\n".join(lines)
 
@@ -310,6 +318,18 @@ def redrive(config_path: Path) -> None:
     sys.exit(commands.redrive(config_path))
 
 
+def _time_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """Epoch seconds (fractions allowed) or ISO 8601 with a zone."""
+    if value is None:
+        return None
+    from replicator.watermark.commands import parse_time
+
+    try:
+        return parse_time(value, param.opts[0])
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
+
+
 def _key_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     from replicator.conflictlog.keys import KeySyntaxError, parse_key
 
@@ -330,6 +350,75 @@ def _since_option(ctx: click.Context, param: click.Parameter, value: str | None)
         return parse_since(value)
     except SinceSyntaxError as error:
         raise click.BadParameter(str(error)) from None
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option(
+    "--destination", "-d", default=None, help="A destination's name or table [default: all]."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (with every shard's part).")
+@_operator_errors
+def watermark(config_path: Path, destination: str | None, as_json: bool) -> None:
+    """Print each destination's replication watermark (exit 1 if one has none yet)."""
+    from replicator.watermark import commands
+
+    sys.exit(commands.show(load_job(config_path), destination, as_json))
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option(
+    "--destination",
+    "-d",
+    required=True,
+    help="The destination's name, or its table name when only one destination has it.",
+)
+@click.option(
+    "--until",
+    required=True,
+    metavar="TIME",
+    callback=_time_option,
+    help="Wait until every change created by then is at the destination: epoch seconds "
+    "(1767225600.25) or ISO 8601 with a zone (2026-01-01T00:00:00.25Z).",
+)
+@click.option(
+    "--timeout",
+    required=True,
+    type=click.FloatRange(min=0),
+    help="Seconds to wait at most (exit 1 when they pass).",
+)
+@click.option(
+    "--since",
+    metavar="TIME",
+    callback=_time_option,
+    default=None,
+    help="Report dead-lettered changes created from then to --until (exit 4) "
+    "[default: --until minus 60 s].",
+)
+@click.option(
+    "--poll",
+    "poll_interval",
+    type=click.FloatRange(min=0.01),
+    default=0.25,
+    show_default=True,
+    help="Seconds between reads of the status table.",
+)
+@_operator_errors
+def wait(
+    config_path: Path,
+    destination: str,
+    until: float,
+    timeout: float,
+    since: float | None,
+    poll_interval: float,
+) -> None:
+    """Wait until DESTINATION's watermark passes --until: exit 0, 1 on timeout, 4 if a change
+    created from --since to --until was dead-lettered there."""
+    from replicator.watermark import commands
+
+    resolved = load_job(config_path)
+    sys.exit(commands.wait(resolved, destination, until, timeout, since, poll_interval))
 
 
 @cli.command()

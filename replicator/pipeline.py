@@ -24,7 +24,8 @@ import structlog
 from replicator.buffer import ChangeBuffer, Entry
 from replicator.metrics import Metrics
 from replicator.records import Change
-from replicator.writers.destination import DestinationWriter, WriteCancelled
+from replicator.watermark.publisher import ShardWatermark
+from replicator.writers.destination import DestinationWriter, Outcome, WriteCancelled
 
 log = structlog.get_logger(__name__)
 
@@ -44,8 +45,10 @@ class ShardPipeline:
         max_buffered: int,
         on_fatal: Callable[[BaseException], None] | None = None,
         clock: Callable[[], float] = time.time,
+        watermark: ShardWatermark | None = None,
     ) -> None:
         self.writers = dict(writers)
+        self.watermark = watermark
         self.buffer = buffer
         self.metrics = metrics
         self.shard_id = shard_id
@@ -67,8 +70,15 @@ class ShardPipeline:
 
     def submit(self, change: Change) -> None:
         """Queue a change; it is written after ``dispatch``, so a batch squashes first."""
-        with self._cond:
-            self.buffer.add(change)
+        with self._cond:  # held: no writer thread can take or settle it in between
+            queued = self.buffer.add(change)
+            if self.watermark is None:
+                return
+            behind = None if queued else self.buffer.newest_queued(change.key)
+            if behind is None:
+                self.watermark.received(change)
+            else:
+                self.watermark.dropped(change, behind=behind)
 
     def dispatch(self) -> None:
         """Start writes for everything queued, up to each destination's in-flight limit."""
@@ -78,10 +88,15 @@ class ShardPipeline:
     def skip(self, change: Change, *, replaces_older: bool) -> None:
         with self._cond:
             self.buffer.add_skipped(change, replaces_older=replaces_older)
+            if self.watermark is not None:
+                self.watermark.skipped(change, replaces_older=replaces_older)
 
-    def done(self, sequence_number: str) -> None:
+    def done(self, sequence_number: str, created_us: int | None = None) -> None:
+        """A record that needs no write: it was dead-lettered for every destination."""
         with self._cond:
             self.buffer.add_done(sequence_number)
+            if self.watermark is not None:
+                self.watermark.undecodable(int(sequence_number), created_us)
 
     def batch_received(self, last_sequence_number: str, millis_behind: int) -> None:
         """Remember when a batch arrived, to time it until it is applied everywhere."""
@@ -93,6 +108,28 @@ class ShardPipeline:
     def note_millis_behind(self, millis_behind: int) -> None:
         with self._cond:
             self._millis_behind = millis_behind
+
+    # -- the watermark (see replicator/watermark/) ----------------------------------------
+
+    def begin_watermark(self, *, resumed: bool) -> None:
+        if self.watermark is not None:
+            self.watermark.begin(resumed=resumed)
+
+    def note_empty_read(self, *, previous_answer_at: float, received_at: float) -> None:
+        """The reader is at the tip of the shard (an empty batch)."""
+        if self.watermark is not None:
+            self.watermark.empty_read(
+                previous_answer_at=previous_answer_at, received_at=received_at
+            )
+
+    def publish_watermark(self) -> None:
+        if self.watermark is not None:
+            self.watermark.publish()
+
+    def end_watermark(self) -> None:
+        """The shard was read to its end and all of it is settled."""
+        if self.watermark is not None:
+            self.watermark.end_shard()
 
     def wait_for_room(self) -> None:
         """Block while too many changes are unapplied (backpressure on the daemon)."""
@@ -136,6 +173,8 @@ class ShardPipeline:
             self.buffer.abandon()
             self._batches.clear()
             self._cond.notify_all()
+        if self.watermark is not None:
+            self.watermark.stop()
 
     def raise_if_failed(self) -> None:
         if self._fatal is not None:
@@ -145,6 +184,8 @@ class ShardPipeline:
         """Stop accepting work; writes in flight are left to finish or die with the process."""
         with self._cond:
             self._closed = True
+        if self.watermark is not None:
+            self.watermark.close()
         for writer in self.writers.values():
             writer.cancelled.set()
         for executor in self._executors.values():
@@ -191,12 +232,16 @@ class ShardPipeline:
 
     def _write(self, label: str, entry: Entry) -> None:
         try:
-            self.writers[label].write(entry.change)
+            outcome = self.writers[label].write(entry.change)
         except WriteCancelled:
             return
         except BaseException as error:  # noqa: BLE001  # any writer failure stops the shard
             self._fail(error, label)
             return
+        if self.watermark is not None:
+            self.watermark.settled(
+                label, entry.change, dead_lettered=outcome is Outcome.DEAD_LETTERED
+            )
         with self._cond:
             self.buffer.complete(label, entry)
             self._settle_batches()

@@ -100,6 +100,7 @@ class ReplicationProcessor:
         self._lease_lost = False
         self._stop = threading.Event()
         self._reporter: threading.Thread | None = None
+        self._answered_at = time.time()  # when the last action finished (see process_records)
 
     # -- the five actions -----------------------------------------------------------------
 
@@ -118,16 +119,23 @@ class ReplicationProcessor:
         )
         self._reporter = threading.Thread(target=self._report_loop, name="report", daemon=True)
         self._reporter.start()
+        self.work.pipeline.begin_watermark(resumed=self.checkpoints.last is not None)
+        self._answered_at = time.time()
 
     @_fail_fast
     def process_records(self, process_records_input: Any) -> None:
         work = self._require_work()
         if self._lease_lost:
             return
+        received_at = time.time()
         records = process_records_input.records
         millis_behind = int(process_records_input.millis_behind_latest or 0)
         self.metrics.millis_behind_latest.labels(work.shard_id).set(millis_behind)
         pipeline = work.pipeline
+        if not records:
+            # The local runtime reads again only after this process answered the previous
+            # action, so this empty read started after ``_answered_at``.
+            pipeline.note_empty_read(previous_answer_at=self._answered_at, received_at=received_at)
         last_sequence_number: str | None = None
         for record in records:
             raw = raw_record_from(record)
@@ -136,7 +144,7 @@ class ReplicationProcessor:
             except RecordDecodeError as error:
                 self._dead_letter_undecodable(work, raw, str(error))
                 if isinstance(raw.get("sequenceNumber"), str) and raw["sequenceNumber"].isdigit():
-                    pipeline.done(raw["sequenceNumber"])
+                    pipeline.done(raw["sequenceNumber"], _created_us(raw))
                     last_sequence_number = raw["sequenceNumber"]
                 continue
             last_sequence_number = change.sequence_number
@@ -157,6 +165,7 @@ class ReplicationProcessor:
         pipeline.wait_for_room()
         self._checkpoints().advance(process_records_input.checkpointer, pipeline.checkpointable())
         self.metrics.squashed.inc(self._take_squashed(pipeline))
+        self._answered_at = time.time()
 
     @_fail_fast
     def lease_lost(self, lease_lost_input: Any) -> None:
@@ -167,6 +176,8 @@ class ReplicationProcessor:
     def shard_ended(self, shard_ended_input: Any) -> None:
         work = self._require_work()
         work.pipeline.flush()
+        # Before the checkpoint: once it is written the shard is never read again.
+        work.pipeline.end_watermark()
         self._checkpoints().write(shard_ended_input.checkpointer, None, required=True)
         log.info("shard ended; checkpointed at its end")
 
@@ -176,6 +187,7 @@ class ReplicationProcessor:
         if self._lease_lost:
             return
         flushed = work.pipeline.flush(timeout=self._shutdown_flush_timeout_s)
+        work.pipeline.publish_watermark()
         position = work.pipeline.checkpointable()
         if position is not None and position != self._checkpoints().last:
             self._checkpoints().write(
@@ -264,6 +276,14 @@ class ReplicationProcessor:
                 work.pipeline.report()
             except Exception as error:  # noqa: BLE001  # reporting must never stop the worker
                 log.warning("metrics report failed", error=str(error))
+
+
+def _created_us(raw: Any) -> int | None:
+    """An undecodable record's creation time: the adapter's approximateArrivalTimestamp (ms)."""
+    arrival = raw.get("approximateArrivalTimestamp")
+    if isinstance(arrival, int | float) and not isinstance(arrival, bool) and arrival > 0:
+        return int(arrival) * 1000
+    return None
 
 
 def on_writer_failure(error: BaseException) -> None:

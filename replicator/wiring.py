@@ -6,18 +6,23 @@ themselves take plain collaborators and test without AWS.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from replicator import aws
 from replicator.buffer import ChangeBuffer
-from replicator.config.model import DeadLetterKind, ResolvedJob, StreamKind
+from replicator.config.model import DeadLetterKind, ResolvedJob, RuntimeKind, StreamKind
 from replicator.conflictlog.base import ConflictRecorder
 from replicator.deadletter import DeadLetterTarget, FileDeadLetters, SqsDeadLetters
+from replicator.exceptions import EnvironmentProblem
 from replicator.filters import ChangeFilter
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.rules import rule_for, squash_order
+from replicator.runtime.local.stream import Shard, list_shards
+from replicator.watermark.publisher import ShardWatermark
+from replicator.watermark.table import StatusTable
 from replicator.writers.backoff import Backoff
 from replicator.writers.destination import DestinationWriter
 from replicator.writers.wire import direct_write_client
@@ -104,6 +109,9 @@ def shard_pipeline(
     ordered = job.source.stream.kind is StreamKind.DYNAMODB_STREAMS
     rules = [writer.rule for writer in writers.values()]
     buffer = ChangeBuffer(list(writers), squash_order(rules, ordered_stream=ordered))
+    watermark = (
+        shard_watermark(resolved, shard_id, metrics) if resolved.publishes_watermark else None
+    )
     return ShardPipeline(
         writers,
         buffer,
@@ -112,7 +120,65 @@ def shard_pipeline(
         max_in_flight=job.writer.max_in_flight,
         max_buffered=job.writer.max_buffered_changes,
         on_fatal=on_fatal,
+        watermark=watermark,
     )
+
+
+def shard_watermark(resolved: ResolvedJob, shard_id: str, metrics: Metrics) -> ShardWatermark:
+    """The shard's watermark publisher: a status table per destination, the stream's shards."""
+    job = resolved.job
+    tables = {
+        destination.label: StatusTable(
+            status_client(resolved, destination.label), resolved.watermark_table, destination.label
+        )
+        for destination in job.destinations
+    }
+    return ShardWatermark(
+        shard_id,
+        tables,
+        stream_shards(resolved),
+        metrics,
+        interval_s=job.watermark.publish_interval_ms / 1000,
+        margin_s=job.watermark.caught_up_margin_ms / 1000,
+        reads_follow_answers=job.runtime is RuntimeKind.LOCAL,
+    )
+
+
+def status_client(resolved: ResolvedJob, label: str, read_timeout: float = 10.0) -> Any:
+    """A client for the status table of destination ``label`` (its region, endpoint, role)."""
+    destination = next(d for d in resolved.job.destinations if d.label == label)
+    return aws.client(
+        "dynamodb",
+        destination.region,
+        endpoint_url=destination.endpoint_url,
+        role_arn=destination.role_arn,
+        external_id=destination.external_id,
+        read_timeout=read_timeout,
+    )
+
+
+def stream_shards(resolved: ResolvedJob) -> Callable[[], Sequence[Shard]]:
+    """Lists the source stream's shards (the job's stream ARN, or the table's latest)."""
+    source = resolved.job.source
+    options: dict[str, Any] = {
+        "endpoint_url": source.endpoint_url,
+        "role_arn": source.role_arn,
+        "external_id": source.external_id,
+    }
+    streams = aws.client("dynamodbstreams", source.region, **options)
+    arn: list[str] = [source.stream.arn] if source.stream.arn else []
+
+    def shards() -> Sequence[Shard]:
+        if not arn:
+            table = aws.client("dynamodb", source.region, **options).describe_table(
+                TableName=source.table
+            )["Table"]
+            if not table.get("LatestStreamArn"):
+                raise EnvironmentProblem(f"source table {source.table} has no stream")
+            arn.append(table["LatestStreamArn"])
+        return list_shards(streams, arn[0])[1]
+
+    return shards
 
 
 def change_filter(resolved: ResolvedJob) -> ChangeFilter:

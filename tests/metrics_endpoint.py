@@ -15,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from replicator.metrics import Metrics
 from replicator.runtime.local.runtime import _RuntimeCollector
+from replicator.watermark.collector import WatermarkCollector
+from replicator.watermark.parts import Watermark
 from tests.e2e import wait_until
 
 Sample = tuple[str, dict[str, str], float]
@@ -76,6 +78,11 @@ class _NoShards:
         return []
 
 
+class _OneWatermark:
+    def read(self) -> Watermark:
+        return Watermark("x", 1)
+
+
 def exported_samples() -> dict[str, frozenset[str]]:
     """Every sample name ``/metrics`` can show, with its label names.
 
@@ -90,6 +97,7 @@ def exported_samples() -> dict[str, frozenset[str]]:
     assert metrics.registry is not None
     families = list(metrics.registry.collect())
     families += list(_RuntimeCollector(_NoShards()).collect())  # type: ignore[arg-type]
+    families += list(WatermarkCollector({"x": _OneWatermark()}).collect())  # type: ignore[dict-item]
     names: dict[str, frozenset[str]] = {}
     for family in families:
         for sample in family.samples:

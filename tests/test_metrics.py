@@ -70,6 +70,8 @@ DOCUMENTED = {
     "replicator_last_record_received_timestamp_seconds": {"shard"},
     "replicator_shards_owned": set(),
     "replicator_processor_restarts_total": set(),
+    "replicator_watermark_timestamp_seconds": {"destination"},
+    "replicator_watermark_publish_failures_total": {"destination"},
 }
 
 

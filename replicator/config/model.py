@@ -280,6 +280,19 @@ class MetricsConfig(Strict):
     stall_after_s: Annotated[float, Field(gt=0)] = 300.0
 
 
+class WatermarkConfig(Strict):
+    """The replication watermark each shard's processor publishes per destination."""
+
+    enabled: bool = True
+    # At most one status write per shard and destination per interval (and none while the
+    # shard's part has not changed): 86,400 writes a day per shard and destination at 1 s.
+    publish_interval_ms: Annotated[int, Field(ge=50, le=600_000)] = 1_000
+    # How much earlier than an empty read a caught-up shard claims: the time a stream
+    # record may take to become readable after its write, plus clock differences between
+    # the application, DynamoDB and the replicator's hosts.
+    caught_up_margin_ms: Annotated[int, Field(ge=0, le=600_000)] = 1_000
+
+
 class LogFormat(StrEnum):
     AUTO = "auto"
     JSON = "json"
@@ -306,6 +319,7 @@ class JobConfig(Strict):
     conflict_log: ConflictLogConfig = ConflictLogConfig()
     kcl: KclConfig = KclConfig()
     metrics: MetricsConfig = MetricsConfig()
+    watermark: WatermarkConfig = WatermarkConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @field_validator("task_name")
@@ -338,6 +352,20 @@ class ResolvedJob(BaseModel):
     def lease_table(self) -> str:
         return self.task_name
 
+    @property
+    def watermark_table(self) -> str:
+        """The status table, one per task, in each destination's region (and account)."""
+        return f"{self.task_name}-watermark"
+
+    @property
+    def publishes_watermark(self) -> bool:
+        """Only a DynamoDB stream keeps a shard's records in the order the table made them,
+        which the watermark relies on (see replicator/watermark/tracker.py)."""
+        return (
+            self.job.watermark.enabled
+            and self.job.source.stream.kind is StreamKind.DYNAMODB_STREAMS
+        )
+
     def dead_letter_path(self) -> Path:
         path = Path(self.job.dead_letter.path.format(task_name=self.task_name))
         return path
@@ -365,6 +393,14 @@ def cross_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
                 )
             )
         labels.setdefault(destination.label, index)
+    if job.watermark.enabled and job.task_name and len(job.task_name) > 245:
+        problems.append(
+            (
+                ("task_name",),
+                "names the watermark status table <task_name>-watermark, which may have at "
+                "most 255 characters: shorten it to 245, or set watermark.enabled: false",
+            )
+        )
     if job.source.stream.kind is StreamKind.KINESIS:
         if job.conflict.policy is ConflictPolicyName.OVERWRITE:
             problems.append(

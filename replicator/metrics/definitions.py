@@ -144,3 +144,10 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=r,
         )
+        self.watermark_publish_failures = Counter(
+            "replicator_watermark_publish_failures",
+            "Status table writes for the watermark that failed (retried later; replication "
+            "goes on and the published watermark stays where it was).",
+            ["destination"],
+            registry=r,
+        )

@@ -19,9 +19,12 @@ time from the test (:meth:`FaultProxy.set`) and applies to the next request:
 * ``REFUSE``: stop listening, so connections are refused, and drop open keep-alive
   connections; leaving this fault listens again on the same port.
 
-``latency_s`` delays every request, in any fault. Every request is counted by operation
-(the ``X-Amz-Target`` action, such as ``PutItem``) and outcome, so scenarios can report
-how many requests were throttled, failed or forwarded (``upstream_<status>``).
+``latency_s`` delays every request, in any fault. ``operations`` narrows a fault and its
+latency to those operations (such as PutItem and DeleteItem, to hold or slow a
+destination's writes while its status table is still answered); other requests pass.
+Every request is counted by operation (the ``X-Amz-Target`` action, such as ``PutItem``)
+and outcome, so scenarios can report how many requests were throttled, failed or
+forwarded (``upstream_<status>``).
 
 Threads, not asyncio: each client connection gets a thread that reads one request at a
 time (boto3 keeps connections alive; bodies carry a Content-Length), and each forwarded
@@ -41,6 +44,7 @@ import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import IO
@@ -86,6 +90,7 @@ class Mode:
     latency_s: float = 0.0
     throttle_code: str = "ProvisionedThroughputExceededException"
     after_forward: bool = False
+    operations: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -119,12 +124,20 @@ class _Response:
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, seed: int = 0) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        seed: int = 0,
+        observe: Callable[[str, bytes, int], None] | None = None,
+    ) -> None:
+        """``observe(operation, request body, status)`` is called for each forwarded
+        request once the upstream has answered, before the client gets the answer."""
         parts = urlsplit(upstream)
         if parts.hostname is None or parts.port is None:
             raise ValueError(f"upstream must be http://host:port, got {upstream!r}")
         self.upstream_host = parts.hostname
         self.upstream_port = parts.port
+        self._observe = observe
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._mode = Mode()
@@ -297,7 +310,9 @@ class FaultProxy:
         """Answer one request as the current fault says; False once the connection is gone."""
         with self._lock:
             mode = self._mode
-            if mode.fault is Fault.SLOW_ANSWER:
+            if mode.operations and request.operation not in mode.operations:
+                mode = Mode()
+            elif mode.fault is Fault.SLOW_ANSWER:
                 self._mode = Mode()  # once
         if mode.fault is Fault.SLOW_ANSWER:
             response = self._forward(request)
@@ -338,6 +353,8 @@ class FaultProxy:
             return False
         response = self._forward(request)
         self._count(request, f"upstream_{response.status}")
+        if self._observe is not None:
+            self._observe(request.operation, request.body, response.status)
         return self._send(connection, response)
 
     def _forward(self, request: _Request) -> _Response:

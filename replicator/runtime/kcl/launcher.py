@@ -48,6 +48,7 @@ from replicator.metrics.server import MetricsServer
 from replicator.runtime import preflight
 from replicator.runtime.kcl import java
 from replicator.runtime.kcl.properties import render_properties, shutdown_grace_ms
+from replicator.watermark import collector as watermark
 
 log = structlog.get_logger(__name__)
 
@@ -324,7 +325,7 @@ def run_kcl(
                     samples.path,
                     problems=daemon.problems,
                     stall_after_s=job.metrics.stall_after_s,
-                    extra=[_DaemonCollector(daemon)],
+                    extra=[_DaemonCollector(daemon), *watermark.collectors(resolved)],
                 )
             for sig in previous:
                 signal.signal(sig, lambda signum, _: daemon.request_stop())

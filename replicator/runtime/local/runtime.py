@@ -41,6 +41,7 @@ from replicator.runtime.local.leases import LATEST, SHARD_END, TRIM_HORIZON, Lea
 from replicator.runtime.local.protocol import CheckpointHandler, ProcessorChild
 from replicator.runtime.local.shard_worker import ShardProgress, ShardSettings, ShardWorker
 from replicator.runtime.local.stream import Shard, list_shards
+from replicator.watermark import collector as watermark
 from replicator.writers.errors import ErrorKind, classify
 
 log = structlog.get_logger(__name__)
@@ -129,7 +130,7 @@ class LocalRuntime:
                     metrics_dir.path,
                     problems=self.problems,
                     stall_after_s=self.job.metrics.stall_after_s,
-                    extra=[_RuntimeCollector(self)],
+                    extra=[_RuntimeCollector(self), *watermark.collectors(self.resolved)],
                 )
                 self.metrics_port = self._server.port
                 self._server.start()

@@ -1,0 +1,184 @@
+"""``replicator watermark`` and ``replicator wait``: the watermark from a job file.
+
+Both read only the status table in each destination's region, with the destination's
+own credentials (its endpoint and role), exactly as an application there would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import datetime
+
+import click
+from botocore.exceptions import BotoCoreError, ClientError
+
+from replicator import wiring
+from replicator.config.model import DestinationConfig, ResolvedJob, StreamKind
+from replicator.exceptions import ConfigError, EnvironmentProblem
+from replicator.runtime.preflight import explain
+from replicator.watermark.parts import Watermark, iso, seconds
+from replicator.watermark.wait import (
+    StatusTableMissing,
+    WaitResult,
+    read_watermark,
+    to_epoch_us,
+    wait_until_replicated,
+)
+
+EXIT_REPLICATED = 0
+EXIT_TIMEOUT = 1
+EXIT_DEAD_LETTERED = 4
+
+
+def parse_time(text: str, option: str) -> float:
+    """Epoch seconds (fractions allowed) or ISO 8601 with a zone; ValueError naming ``text``."""
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{option} {text!r}: not a time (epoch seconds must be >= 0)")
+        return value
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{option} {text!r}: expected epoch seconds (such as 1767225600.25) or an ISO 8601 "
+            "time with a zone (such as 2026-01-01T00:00:00.250Z)"
+        ) from None
+    if moment.tzinfo is None:
+        raise ValueError(
+            f"{option} {text!r}: an ISO 8601 time needs a zone (Z or +hh:mm); without one it "
+            "could be any of 24 hours"
+        )
+    return moment.timestamp()
+
+
+def resolve_destination(resolved: ResolvedJob, name: str) -> DestinationConfig:
+    """A destination by its label (``name`` or ``<region>/<table>``), or by its table
+    name when exactly one destination has that table."""
+    destinations = resolved.job.destinations
+    labels = ", ".join(d.label for d in destinations)
+    for destination in destinations:
+        if destination.label == name:
+            return destination
+    same_table = [d for d in destinations if d.table == name]
+    if len(same_table) == 1:
+        return same_table[0]
+    if same_table:
+        raise ConfigError(
+            f"--destination {name!r}: the table of several destinations "
+            f"({', '.join(d.label for d in same_table)}); name one of them"
+        )
+    raise ConfigError(
+        f"--destination {name!r}: no destination of {resolved.path} has that name or table; "
+        f"its destinations: {labels}"
+    )
+
+
+def _require_watermark(resolved: ResolvedJob) -> None:
+    if resolved.job.source.stream.kind is StreamKind.KINESIS:
+        raise ConfigError(
+            f"{resolved.path}: the watermark is published for DynamoDB Streams sources only "
+            "(a Kinesis stream may deliver a change after newer ones, so no time can be promised)"
+        )
+    if not resolved.job.watermark.enabled:
+        raise ConfigError(f"{resolved.path}: watermark.enabled is false; nothing is published")
+
+
+def _read(resolved: ResolvedJob, destination: DestinationConfig) -> Watermark | None:
+    try:
+        return read_watermark(
+            destination=destination.label,
+            status_table=resolved.watermark_table,
+            client=wiring.status_client(resolved, destination.label),
+        )
+    except StatusTableMissing:
+        return None
+    except (ClientError, BotoCoreError) as error:
+        raise _problem(resolved, destination, error) from None
+
+
+def _problem(
+    resolved: ResolvedJob, destination: DestinationConfig, error: BaseException
+) -> EnvironmentProblem:
+    where = destination.endpoint_url or f"region {destination.region}"
+    return explain(error, f"status table {resolved.watermark_table}", where)
+
+
+def show(resolved: ResolvedJob, name: str | None, as_json: bool) -> int:
+    """Print each destination's watermark; 1 if one has none yet."""
+    _require_watermark(resolved)
+    chosen = [resolve_destination(resolved, name)] if name else list(resolved.job.destinations)
+    now = time.time()
+    found = [(d, _read(resolved, d)) for d in chosen]
+    if as_json:
+        report = [
+            (mark.as_dict() if mark else {"destination": d.label, "watermark": None})
+            | {"status_table": resolved.watermark_table, "region": d.region}
+            for d, mark in found
+        ]
+        click.echo(json.dumps(report if name is None else report[0], indent=2))
+    else:
+        for destination, mark in found:
+            click.echo(_describe(resolved, destination, mark, now))
+    return 0 if all(mark and mark.watermark_us is not None for _, mark in found) else 1
+
+
+def _describe(
+    resolved: ResolvedJob, destination: DestinationConfig, mark: Watermark | None, now: float
+) -> str:
+    lines = [
+        f"{destination.label}: status table {resolved.watermark_table} in {destination.region}"
+    ]
+    if mark is None:
+        lines.append("  watermark: none (the status table does not exist yet)")
+        return "\n".join(lines)
+    if mark.watermark_us is None:
+        waiting = ", ".join(mark.unknown) or "no shard has published"
+        lines.append(f"  watermark: none yet (waiting for {waiting})")
+    else:
+        lines.append(
+            f"  watermark: {iso(mark.watermark_us)} ({seconds(mark.watermark_us):.6f}), "
+            f"{max(0.0, now - seconds(mark.watermark_us)):.1f}s ago"
+        )
+    lines.append(f"  shards: {len(mark.counted)} counted, {len(mark.retired)} ended")
+    if mark.dead_letters:
+        spans = ", ".join(f"{iso(lo)}..{iso(hi)}" for lo, hi in mark.dead_letter_ranges)
+        lines.append(f"  dead letters: {mark.dead_letters} (changes created in {spans})")
+    else:
+        lines.append("  dead letters: none")
+    return "\n".join(lines)
+
+
+def wait(
+    resolved: ResolvedJob,
+    name: str,
+    until: float,
+    timeout: float,
+    since: float | None,
+    poll_interval: float,
+) -> int:
+    """Wait until the destination's watermark passes ``until``: 0, 1 (timeout), 4 (dead letters)."""
+    _require_watermark(resolved)
+    destination = resolve_destination(resolved, name)
+    try:
+        result: WaitResult = wait_until_replicated(
+            until,
+            destination=destination.label,
+            status_table=resolved.watermark_table,
+            timeout=timeout,
+            since=since,
+            poll_interval=poll_interval,
+            client=wiring.status_client(resolved, destination.label),
+        )
+    except (ClientError, BotoCoreError) as error:
+        raise _problem(resolved, destination, error) from None
+    target = f"{destination.label} until {iso(to_epoch_us(until))}"
+    click.echo(f"{target}: {result.describe()}", err=not result.replicated)
+    if not result.reached:
+        return EXIT_TIMEOUT
+    return EXIT_DEAD_LETTERED if result.dead_lettered else EXIT_REPLICATED

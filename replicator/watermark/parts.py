@@ -1,0 +1,249 @@
+"""The parts of a destination's watermark, one per shard, and how readers combine them.
+
+Each shard's processor publishes its own part (see tracker.py); a reader combines the
+parts of one destination without knowing anything else about the stream:
+
+* The watermark is the **minimum** over the parts that count. A part of 0 means "nothing
+  known yet" (a shard registered before its processor published): while one counts,
+  there is no watermark.
+* A shard that has **ended** (it was read to its end, so its children hold the newer
+  changes) stops counting once each of its children has a part; until then it counts at
+  its last value, which holds the watermark where the children's changes begin.
+* Dead-lettered changes are collected from every part, counted or not.
+
+Shards are registered (a part of their parent's value, or 0) by the processor that
+lists the stream (see publisher.py), so a reader never combines a subset of the shards
+that exist: a new shard always enters with a value no higher than the current
+watermark, which is why the combined watermark never moves backwards.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from replicator.watermark.tracker import DeadLetterRange
+
+US = 1_000_000
+MAX_DEAD_LETTER_RANGES = 32
+
+
+@dataclass(frozen=True)
+class Part:
+    """One (destination, shard) item of the status table."""
+
+    destination: str
+    shard: str
+    watermark_us: int = 0
+    parents: frozenset[str] = frozenset()
+    children: frozenset[str] = frozenset()
+    ended: bool = False
+    dead_letters: int = 0
+    dead_letter_ranges: tuple[DeadLetterRange, ...] = ()
+    dead_letter_version: int = 0
+    updated_at: float | None = None
+    owner: str | None = None
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> Part:
+        def number(name: str) -> int:
+            return int(item[name]["N"]) if name in item else 0
+
+        ranges: tuple[DeadLetterRange, ...] = ()
+        if "dead_letter_ranges" in item:
+            ranges = tuple(
+                (int(lo), int(hi)) for lo, hi in json.loads(item["dead_letter_ranges"]["S"])
+            )
+        return cls(
+            destination=item["destination"]["S"],
+            shard=item["shard"]["S"],
+            watermark_us=number("watermark_us"),
+            parents=frozenset(item.get("parents", {}).get("SS", [])),
+            children=frozenset(item.get("children", {}).get("SS", [])),
+            ended=bool(item.get("ended", {}).get("BOOL", False)),
+            dead_letters=number("dead_letters"),
+            dead_letter_ranges=ranges,
+            dead_letter_version=number("dead_letter_version"),
+            updated_at=float(item["updated_at"]["N"]) if "updated_at" in item else None,
+            owner=item.get("owner", {}).get("S"),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "shard": self.shard,
+            "watermark": seconds(self.watermark_us),
+            "watermark_utc": iso(self.watermark_us),
+            "ended": self.ended,
+            "parents": sorted(self.parents),
+            "children": sorted(self.children),
+            "dead_letters": self.dead_letters,
+            "updated_at": self.updated_at,
+            "owner": self.owner,
+        }
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """A destination's combined watermark, as a reader sees it."""
+
+    destination: str
+    watermark_us: int | None
+    """Every change created at or before it is settled there; None: not known yet."""
+    counted: tuple[Part, ...] = ()
+    retired: tuple[Part, ...] = ()
+    unknown: tuple[str, ...] = ()
+    """Shards registered whose processor has not published yet (they hold it at None)."""
+    dead_letters: int = 0
+    dead_letter_ranges: tuple[DeadLetterRange, ...] = field(default=())
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.watermark_us is None else seconds(self.watermark_us)
+
+    def passes(self, until_us: int) -> bool:
+        return self.watermark_us is not None and self.watermark_us >= until_us
+
+    def dead_lettered_between(self, since_us: int, until_us: int) -> list[DeadLetterRange]:
+        """Dead-lettered changes that may have been created in [since, until]."""
+        return [(lo, hi) for lo, hi in self.dead_letter_ranges if lo <= until_us and hi >= since_us]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "destination": self.destination,
+            "watermark": self.seconds,
+            "watermark_utc": None if self.watermark_us is None else iso(self.watermark_us),
+            "waiting_for_shards": list(self.unknown),
+            "dead_letters": self.dead_letters,
+            "dead_letter_ranges": [
+                [seconds(lo), seconds(hi)] for lo, hi in self.dead_letter_ranges
+            ],
+            "shards": [part.as_dict() for part in self.counted],
+            "ended_shards": [part.as_dict() for part in self.retired],
+        }
+
+
+def combine(destination: str, parts: Iterable[Part]) -> Watermark:
+    every = {part.shard: part for part in parts}
+    counted: list[Part] = []
+    retired: list[Part] = []
+    for part in sorted(every.values(), key=lambda p: p.shard):
+        if part.ended and part.children and all(child in every for child in part.children):
+            retired.append(part)
+        else:
+            counted.append(part)
+    unknown = tuple(part.shard for part in counted if part.watermark_us <= 0)
+    value: int | None = None
+    if counted and not unknown:
+        value = min(part.watermark_us for part in counted)
+    ranges = merge_ranges([r for part in every.values() for r in part.dead_letter_ranges])
+    return Watermark(
+        destination=destination,
+        watermark_us=value,
+        counted=tuple(counted),
+        retired=tuple(retired),
+        unknown=unknown,
+        dead_letters=sum(part.dead_letters for part in every.values()),
+        dead_letter_ranges=tuple(ranges),
+    )
+
+
+def merge_ranges(
+    ranges: Iterable[DeadLetterRange], limit: int = MAX_DEAD_LETTER_RANGES
+) -> list[DeadLetterRange]:
+    """Overlapping ranges joined, then the closest neighbours joined until ``limit`` remain.
+
+    Joining only widens a range, so a reader may be told a change *may* have been
+    dead-lettered when it was not, never the reverse; and the item stays small however
+    many changes are dead-lettered.
+    """
+    merged: list[DeadLetterRange] = []
+    for lo, hi in sorted(ranges):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    while len(merged) > limit:
+        gaps = [merged[i + 1][0] - merged[i][1] for i in range(len(merged) - 1)]
+        i = gaps.index(min(gaps))
+        merged[i : i + 2] = [(merged[i][0], merged[i + 1][1])]
+    return merged
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    """A part to create for a shard that has none yet."""
+
+    shard: str
+    watermark_us: int
+    parents: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Registration:
+    placeholders: tuple[Placeholder, ...]
+    children: dict[str, frozenset[str]]
+    """Parent shard -> children to add to its part."""
+    ended: tuple[str, ...]
+    """Parents to mark ended: a child of theirs has started, so they were read to the end."""
+
+
+class ListedShard(Protocol):
+    """A shard as the stream lists it (runtime.local.stream.Shard is one)."""
+
+    @property
+    def shard_id(self) -> str: ...
+
+    @property
+    def parent_id(self) -> str | None: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+
+def plan_registration(
+    shards: Sequence[ListedShard], parts: Mapping[str, Part], starting: str | None = None
+) -> Registration:
+    """What to write so that every shard that will be read has a part.
+
+    Registered: every open shard (the leaves of the stream), and every shard whose parent
+    has a part (a child the runtime will read after its parent). A new part takes its
+    parent's value (the parent's changes all precede the child's), or 0 when its parent
+    has none, which happens only for shards that exist when the job first starts.
+    ``starting`` is the shard whose processor is starting: its parent has been read to
+    its end (runtimes start a child only then), so the parent is marked ended.
+    """
+    placeholders = []
+    children: dict[str, set[str]] = {}
+    for shard in shards:
+        parent = parts.get(shard.parent_id) if shard.parent_id else None
+        if shard.shard_id not in parts and (parent is not None or not shard.closed):
+            placeholders.append(
+                Placeholder(
+                    shard=shard.shard_id,
+                    watermark_us=parent.watermark_us if parent is not None else 0,
+                    parents=frozenset([shard.parent_id]) if shard.parent_id else frozenset(),
+                )
+            )
+        if parent is not None and shard.shard_id not in parent.children:
+            children.setdefault(parent.shard, set()).add(shard.shard_id)
+    ended: tuple[str, ...] = ()
+    if starting is not None:
+        me = next((shard for shard in shards if shard.shard_id == starting), None)
+        parent = parts.get(me.parent_id) if me is not None and me.parent_id else None
+        if parent is not None and not parent.ended:
+            ended = (parent.shard,)
+    return Registration(
+        tuple(placeholders), {parent: frozenset(c) for parent, c in children.items()}, ended
+    )
+
+
+def seconds(us: int) -> float:
+    return us / US
+
+
+def iso(us: int) -> str:
+    moment = datetime.fromtimestamp(us // US, tz=UTC).replace(microsecond=us % US)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")

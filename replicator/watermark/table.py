@@ -1,0 +1,238 @@
+"""The status table: one item per (destination, shard), in the destination's region.
+
+Keyed by ``destination`` (the destination's label) and ``shard``, so that one Query
+returns a destination's parts. One table per task (``<task_name>-watermark``), created
+by the replicator in each destination's region and account, on demand, with TTL on
+``expires_at`` so that the parts of ended shards go away two days after their end.
+
+Every write that sets a part's value is conditional on raising it: a restarted
+processor, or one on another host after a lease moved, may know less than the one
+before it, and its lower claim must not replace a higher one (both are true; the higher
+says more).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from replicator.exceptions import EnvironmentProblem
+from replicator.watermark.parts import MAX_DEAD_LETTER_RANGES, Part, Placeholder, merge_ranges
+from replicator.watermark.tracker import DeadLetters
+from replicator.writers.errors import error_code
+
+ENDED_PARTS_KEPT_S = 2 * 24 * 3600  # longer than the stream keeps records (24 h)
+SUFFIX = "-watermark"
+
+
+def table_name(task_name: str) -> str:
+    return f"{task_name}{SUFFIX}"
+
+
+class StatusTable:
+    def __init__(self, client: Any, name: str, destination: str) -> None:
+        self.client = client
+        self.name = name
+        self.destination = destination
+
+    def _key(self, shard: str) -> dict[str, Any]:
+        return {"destination": {"S": self.destination}, "shard": {"S": shard}}
+
+    # -- the table --------------------------------------------------------------------
+
+    def ensure_exists(self, wait_s: float = 60.0) -> None:
+        """Create the table if it does not exist, and wait until it is ACTIVE."""
+        created = False
+        try:
+            status = self._status()
+        except ClientError as error:
+            if error_code(error) != "ResourceNotFoundException":
+                raise
+            created = self._create()
+            status = self._status()
+        deadline = time.monotonic() + wait_s
+        while status != "ACTIVE":
+            if time.monotonic() > deadline:
+                raise EnvironmentProblem(f"status table {self.name} is still {status}")
+            time.sleep(1.0)
+            status = self._status()
+        if created:
+            self.client.update_time_to_live(
+                TableName=self.name,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"},
+            )
+
+    def _status(self) -> str:
+        status: str = self.client.describe_table(TableName=self.name)["Table"]["TableStatus"]
+        return status
+
+    def _create(self) -> bool:
+        """True if this call created the table (False: another processor did just now)."""
+        try:
+            self.client.create_table(
+                TableName=self.name,
+                KeySchema=[
+                    {"AttributeName": "destination", "KeyType": "HASH"},
+                    {"AttributeName": "shard", "KeyType": "RANGE"},
+                ],
+                AttributeDefinitions=[
+                    {"AttributeName": "destination", "AttributeType": "S"},
+                    {"AttributeName": "shard", "AttributeType": "S"},
+                ],
+                BillingMode="PAY_PER_REQUEST",
+            )
+        except ClientError as error:
+            if error_code(error) != "ResourceInUseException":
+                raise
+            return False
+        return True
+
+    # -- reading ----------------------------------------------------------------------
+
+    def parts(self) -> list[Part]:
+        """Every part of this destination (one strongly consistent Query, paged)."""
+        found: list[Part] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.name,
+            "KeyConditionExpression": "#d = :d",
+            "ExpressionAttributeNames": {"#d": "destination"},
+            "ExpressionAttributeValues": {":d": {"S": self.destination}},
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self.client.query(**kwargs)
+            found.extend(Part.from_item(item) for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return found
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def part(self, shard: str) -> Part | None:
+        item = self.client.get_item(
+            TableName=self.name, Key=self._key(shard), ConsistentRead=True
+        ).get("Item")
+        return Part.from_item(item) if item else None
+
+    # -- writing ----------------------------------------------------------------------
+
+    def raise_part(self, shard: str, watermark_us: int, owner: str) -> int:
+        """Set the shard's value if it is higher than the stored one; the stored value."""
+        try:
+            self.client.update_item(
+                TableName=self.name,
+                Key=self._key(shard),
+                UpdateExpression="SET watermark_us = :w, updated_at = :now, #owner = :owner",
+                ConditionExpression="attribute_not_exists(watermark_us) OR watermark_us < :w",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={
+                    ":w": {"N": str(watermark_us)},
+                    ":now": {"N": f"{time.time():.3f}"},
+                    ":owner": {"S": owner},
+                },
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as error:
+            if error_code(error) != "ConditionalCheckFailedException":
+                raise
+            old: dict[str, Any] = dict(error.response.get("Item") or {})  # type: ignore[call-overload]
+            stored = old.get("watermark_us", {}).get("N")
+            return int(stored) if stored else watermark_us
+        return watermark_us
+
+    def add_placeholder(self, placeholder: Placeholder) -> bool:
+        """Register a shard that has no part yet; False if it has one by now."""
+        item: dict[str, Any] = {
+            **self._key(placeholder.shard),
+            "watermark_us": {"N": str(placeholder.watermark_us)},
+            "updated_at": {"N": f"{time.time():.3f}"},
+        }
+        if placeholder.parents:
+            item["parents"] = {"SS": sorted(placeholder.parents)}
+        try:
+            self.client.put_item(
+                TableName=self.name,
+                Item=item,
+                ConditionExpression="attribute_not_exists(#shard)",
+                ExpressionAttributeNames={"#shard": "shard"},
+            )
+        except ClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def add_children(self, shard: str, children: frozenset[str]) -> None:
+        """Name a part's children (only on an existing part: a bare item would count as 0)."""
+        try:
+            self.client.update_item(
+                TableName=self.name,
+                Key=self._key(shard),
+                UpdateExpression="ADD children :c",
+                ConditionExpression="attribute_exists(#shard)",
+                ExpressionAttributeNames={"#shard": "shard"},
+                ExpressionAttributeValues={":c": {"SS": sorted(children)}},
+            )
+        except ClientError as error:
+            if error_code(error) != "ConditionalCheckFailedException":
+                raise
+
+    def mark_ended(self, shard: str) -> None:
+        """The shard was read to its end; once its children have parts it stops counting."""
+        try:
+            self.client.update_item(
+                TableName=self.name,
+                Key=self._key(shard),
+                UpdateExpression="SET ended = :t, expires_at = :e",
+                ConditionExpression="attribute_exists(#shard)",
+                ExpressionAttributeNames={"#shard": "shard"},
+                ExpressionAttributeValues={
+                    ":t": {"BOOL": True},
+                    ":e": {"N": str(int(time.time()) + ENDED_PARTS_KEPT_S)},
+                },
+            )
+        except ClientError as error:
+            if error_code(error) != "ConditionalCheckFailedException":
+                raise
+
+    def add_dead_letters(self, shard: str, dead_letters: DeadLetters, attempts: int = 5) -> None:
+        """Add dead letters to the part: a count, and ranges of creation times kept small.
+
+        Read, merge, write conditionally on the version read, so that two processes
+        writing one part (a lease on its way to another host) never drop each other's.
+        """
+        for _ in range(attempts):
+            current = self.part(shard)
+            version = current.dead_letter_version if current else 0
+            stored = current.dead_letter_ranges if current else ()
+            ranges = merge_ranges([*stored, *dead_letters.ranges], MAX_DEAD_LETTER_RANGES)
+            condition = (
+                "attribute_not_exists(dead_letter_version) OR dead_letter_version = :v"
+                if version == 0
+                else "dead_letter_version = :v"
+            )
+            try:
+                self.client.update_item(
+                    TableName=self.name,
+                    Key=self._key(shard),
+                    UpdateExpression=(
+                        "SET dead_letter_ranges = :r, dead_letter_version = :next "
+                        "ADD dead_letters :n"
+                    ),
+                    ConditionExpression=condition,
+                    ExpressionAttributeValues={
+                        ":r": {"S": json.dumps([list(r) for r in ranges])},
+                        ":v": {"N": str(version)},
+                        ":next": {"N": str(version + 1)},
+                        ":n": {"N": str(dead_letters.count)},
+                    },
+                )
+                return
+            except ClientError as error:
+                if error_code(error) != "ConditionalCheckFailedException":
+                    raise
+        raise EnvironmentProblem(
+            f"status table {self.name}: dead letters of shard {shard} could not be recorded "
+            f"after {attempts} attempts (the part kept changing)"
+        )

@@ -1,0 +1,255 @@
+"""One shard's part of the watermark: up to what creation time each destination is settled.
+
+Pure bookkeeping (no I/O, no clock of its own), fed by the pipeline and read by the
+publisher, so that the claim it makes can be tested directly. The claim for a
+destination is a time ``W`` (microseconds since the epoch) such that every change of
+this shard whose stream creation time is at or before ``W`` is *settled* there: applied,
+lost to a newer item under the conflict rule, not sent by policy (loop prevention, TTL
+filter), or dead-lettered. Dead-lettered changes are also reported on their own, so a
+reader can tell "replicated" from "given up on".
+
+The claim is ``min(delivered, oldest unsettled) - 1 us``:
+
+* **delivered**: every change of the shard created before this time has reached the
+  processor. DynamoDB Streams writes a shard's records in the order the table made the
+  changes, so after a record created at ``c`` every later record is created at ``c`` or
+  after: ``delivered`` is at least the creation time of the last record received. A read
+  that comes back empty (the reader is at the tip of the shard) moves it to the time that
+  read started, less ``margin_us`` (how long a record may take to become readable after
+  its write, and how far the clocks of the application, DynamoDB and this host may
+  differ).
+* **oldest unsettled**: the creation time of the oldest change received but not yet
+  settled at the destination. A change that the buffer replaced by a newer change to the
+  same item (squashed) is settled only when a write of that item at or after it settles,
+  because until then the destination does not hold its effect.
+
+**After a restart** from a checkpoint, a change before the checkpoint may have been
+squashed into a newer change after it that the previous process never wrote; this
+process never sees the older change. So a resumed tracker claims nothing until it has
+received everything the previous process could have received (a record created after
+this process started, or an empty read) and every change received up to then is
+settled. Whatever it publishes after that is true again; the status table only ever
+raises a part, so an earlier, higher claim stands.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from replicator.items import KeyId
+from replicator.records import Change
+
+DeadLetterRange = tuple[int, int]
+"""Creation times (us) of the oldest and newest change one dead-lettered write stood for."""
+
+
+@dataclass
+class _Destination:
+    unsettled: dict[int, int] = field(default_factory=dict)  # position -> created_us
+    by_created: list[tuple[int, int]] = field(default_factory=list)  # heap, lazily pruned
+    pending: dict[KeyId, deque[int]] = field(default_factory=dict)  # positions per item
+    # Dropped changes by the queued change they sit behind: settled when it settles.
+    followers: dict[int, list[int]] = field(default_factory=dict)
+    dead_letter_count: int = 0
+    dead_letter_ranges: list[DeadLetterRange] = field(default_factory=list)
+    guard_through: int | None = None  # resumed: positions up to here must settle first
+    guard_cleared: bool = False
+
+    def oldest_unsettled_us(self) -> int | None:
+        heap = self.by_created
+        while heap and heap[0][1] not in self.unsettled:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def lowest_unsettled_position(self) -> int | None:
+        return next(iter(self.unsettled), None)  # positions are received in stream order
+
+
+@dataclass(frozen=True)
+class DeadLetters:
+    """Dead letters recorded since they were last taken."""
+
+    count: int
+    ranges: tuple[DeadLetterRange, ...]
+
+
+class ShardTracker:
+    def __init__(
+        self,
+        destinations: Sequence[str],
+        *,
+        margin_us: int,
+        resumed_at_us: int | None = None,
+    ) -> None:
+        """``resumed_at_us``: when this process started, if it resumed from a checkpoint."""
+        self._lock = threading.Lock()
+        self._destinations = {label: _Destination() for label in destinations}
+        self._margin_us = margin_us
+        self._resumed_at_us = resumed_at_us
+        self._awaiting_replay = resumed_at_us is not None
+        self._delivered_us = 0  # from records: every change created before it was received
+        self._caught_up_us = 0  # from empty reads, less the margin
+        self._newest_created_us = 0
+        self._last_position: int | None = None
+        self.out_of_order = 0
+        self._stopped = False
+
+    # -- what the pipeline reports ------------------------------------------------------
+
+    def received(self, change: Change) -> None:
+        """A change handed to the buffer, to be written to every destination."""
+        with self._lock:
+            self._deliver(change.position, change.created_us)
+            for state in self._destinations.values():
+                state.unsettled[change.position] = change.created_us
+                heapq.heappush(state.by_created, (change.created_us, change.position))
+                state.pending.setdefault(change.key, deque()).append(change.position)
+
+    def dropped(self, change: Change, *, behind: Change) -> None:
+        """A change the buffer dropped because ``behind``, queued before it for the same
+        item, outranks it: it can change nothing, so it is settled wherever ``behind`` is."""
+        with self._lock:
+            self._deliver(change.position, change.created_us)
+            for state in self._destinations.values():
+                if behind.position not in state.unsettled:
+                    continue  # already settled there, and with it this change's effect
+                state.unsettled[change.position] = change.created_us
+                heapq.heappush(state.by_created, (change.created_us, change.position))
+                state.followers.setdefault(behind.position, []).append(change.position)
+
+    def skipped(self, change: Change, *, replaces_older: bool) -> None:
+        """A change not sent on (loop prevention, TTL filter); settled as it arrives.
+
+        ``replaces_older``: the destination already holds this newest state of the item
+        (it came from there), so older changes to the item still queued are settled too.
+        """
+        with self._lock:
+            self._deliver(change.position, change.created_us)
+            if replaces_older:
+                for state in self._destinations.values():
+                    self._settle(state, change.key, change.position, dead_lettered=False)
+
+    def dead_lettered_everywhere(self, position: int, created_us: int | None, now_us: int) -> None:
+        """A record that could not be decoded: dead-lettered for every destination.
+
+        Its creation time is the record's ``approximateArrivalTimestamp`` when it has
+        one; otherwise only bounds are known (after the record before it, before now).
+        """
+        with self._lock:
+            if created_us is None:
+                low, high = self._newest_created_us, now_us
+            else:
+                low = high = created_us
+                self._deliver(position, created_us)
+            self._last_position = position
+            for state in self._destinations.values():
+                state.dead_letter_count += 1
+                state.dead_letter_ranges.append((low, high))
+
+    def settled(self, destination: str, change: Change, *, dead_lettered: bool) -> None:
+        """A write of ``change`` to ``destination`` finished: applied, lost, or dead-lettered.
+
+        The destination now holds this change's state or a newer one, so every change to
+        the item up to this one is settled there.
+        """
+        with self._lock:
+            state = self._destinations[destination]
+            self._settle(state, change.key, change.position, dead_lettered=dead_lettered)
+
+    def caught_up(self, read_not_before_us: int) -> None:
+        """A read came back empty; it started at ``read_not_before_us`` or later."""
+        with self._lock:
+            self._caught_up_us = max(self._caught_up_us, read_not_before_us - self._margin_us)
+            resumed_at = self._resumed_at_us
+            if (
+                self._awaiting_replay
+                and resumed_at is not None
+                and read_not_before_us >= resumed_at
+            ):
+                self._replay_received()
+
+    def stop(self) -> None:
+        """The lease is gone: what this process knows no longer counts."""
+        with self._lock:
+            self._stopped = True
+
+    # -- what the publisher reads -------------------------------------------------------
+
+    def claim(self, destination: str) -> int:
+        """``W`` in microseconds: every change created at or before it is settled (0: none)."""
+        with self._lock:
+            if self._stopped:
+                return 0
+            state = self._destinations[destination]
+            if not state.guard_cleared:
+                if self._awaiting_replay:
+                    return 0
+                if state.guard_through is not None:
+                    lowest = state.lowest_unsettled_position()
+                    if lowest is not None and lowest <= state.guard_through:
+                        return 0
+                state.guard_cleared = True
+            bound = max(self._delivered_us, self._caught_up_us)
+            oldest = state.oldest_unsettled_us()
+            if oldest is not None:
+                bound = min(bound, oldest)
+            return max(0, bound - 1)
+
+    def take_dead_letters(self, destination: str) -> DeadLetters:
+        with self._lock:
+            state = self._destinations[destination]
+            taken = DeadLetters(state.dead_letter_count, tuple(state.dead_letter_ranges))
+            state.dead_letter_count = 0
+            state.dead_letter_ranges.clear()
+            return taken
+
+    @property
+    def destinations(self) -> list[str]:
+        return list(self._destinations)
+
+    # -- internals (lock held) ------------------------------------------------------------
+
+    def _deliver(self, position: int, created_us: int) -> None:
+        if created_us < self._newest_created_us:
+            self.out_of_order += 1  # the stream broke its order: the publisher says so
+        self._newest_created_us = max(self._newest_created_us, created_us)
+        self._delivered_us = max(self._delivered_us, created_us)
+        self._last_position = position
+        if (
+            self._awaiting_replay
+            and self._resumed_at_us is not None
+            and created_us >= self._resumed_at_us + self._margin_us
+        ):
+            self._replay_received()
+
+    def _replay_received(self) -> None:
+        """Everything the previous process could have received has now been received."""
+        self._awaiting_replay = False
+        for state in self._destinations.values():
+            state.guard_through = self._last_position
+
+    def _settle(
+        self, state: _Destination, key: KeyId, through: int, *, dead_lettered: bool
+    ) -> None:
+        positions = state.pending.get(key)
+        if not positions:
+            return
+        low: int | None = None
+        high = 0
+        while positions and positions[0] <= through:
+            position = positions.popleft()
+            settled = [state.unsettled.pop(position)]
+            for follower in state.followers.pop(position, ()):
+                if (created := state.unsettled.pop(follower, None)) is not None:
+                    settled.append(created)
+            low = min(settled) if low is None else min(low, *settled)
+            high = max(high, *settled)
+        if not positions:
+            del state.pending[key]
+        if dead_lettered and low is not None:
+            state.dead_letter_count += 1
+            state.dead_letter_ranges.append((low, high))

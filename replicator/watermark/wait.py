@@ -1,0 +1,200 @@
+"""Reading a destination's watermark, and waiting until it passes a time.
+
+Needs only boto3 and read access (``dynamodb:Query``) to the status table in the
+destination's region: an application there learns from one local Query whether a write
+it depends on has arrived. Many threads waiting on one destination share one reader,
+which asks at most once per poll interval.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+from replicator.watermark.parts import US, Watermark, combine, seconds
+from replicator.watermark.table import StatusTable
+from replicator.watermark.tracker import DeadLetterRange
+
+DEFAULT_POLL_INTERVAL_S = 0.25
+DEFAULT_DEAD_LETTER_WINDOW_S = 60.0
+
+
+class StatusTableMissing(Exception):
+    """The status table does not exist (yet): the replicator has not published."""
+
+
+def to_epoch_us(moment: float | datetime) -> int:
+    """Epoch seconds (or an aware datetime) to whole microseconds, rounded down."""
+    if isinstance(moment, datetime):
+        if moment.tzinfo is None:
+            raise ValueError(f"{moment.isoformat()} has no time zone; give one (such as Z)")
+        moment = moment.timestamp()
+    if not math.isfinite(moment):
+        raise ValueError(f"{moment!r} is not a time")
+    return math.floor(moment * US)
+
+
+class WatermarkReader:
+    """Reads one destination's parts; concurrent callers share one Query per interval."""
+
+    def __init__(self, table: StatusTable, min_interval_s: float = 0.0) -> None:
+        self.table = table
+        self.min_interval_s = min_interval_s
+        self._lock = threading.Lock()
+        self._last: Watermark | None = None
+        self._last_at = -math.inf
+
+    def read(self) -> Watermark:
+        with self._lock:
+            if self._last is not None and time.monotonic() - self._last_at < self.min_interval_s:
+                return self._last
+            try:
+                parts = self.table.parts()
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+                    raise StatusTableMissing(
+                        f"status table {self.table.name} does not exist: the replicator has "
+                        "not published a watermark there (is it running, with "
+                        "watermark.enabled?)"
+                    ) from None
+                raise
+            self._last = combine(self.table.destination, parts)
+            self._last_at = time.monotonic()
+            return self._last
+
+
+@dataclass(frozen=True)
+class WaitResult:
+    """What a wait found. ``replicated`` is the answer; the rest says why."""
+
+    reached: bool
+    """The watermark passed ``until``: every change created by then is settled there."""
+    watermark: Watermark | None
+    dead_lettered: tuple[DeadLetterRange, ...] = field(default=())
+    """Dead-lettered changes created in [since, until] (us): settled, but not applied."""
+    waited_s: float = 0.0
+    problem: str | None = None
+    """Why no watermark could be read, when that is why the wait timed out."""
+
+    @property
+    def replicated(self) -> bool:
+        return self.reached and not self.dead_lettered
+
+    def __bool__(self) -> bool:
+        return self.replicated
+
+    def describe(self) -> str:
+        if self.watermark is None or self.watermark.watermark_us is None:
+            why = self.problem or "no watermark published yet"
+            return f"no watermark after {self.waited_s:.2f}s: {why}"
+        mark = f"watermark {self.watermark.seconds:.6f}"
+        if not self.reached:
+            return f"timed out after {self.waited_s:.2f}s at {mark}"
+        if self.dead_lettered:
+            spans = ", ".join(
+                f"{seconds(lo):.6f}..{seconds(hi):.6f}" for lo, hi in self.dead_lettered
+            )
+            return (
+                f"{mark} passed, but changes created in {spans} were dead-lettered at this "
+                "destination (settled, not applied): see the dead letters, then redrive"
+            )
+        return f"replicated: {mark} passed after {self.waited_s:.2f}s"
+
+
+_clients: dict[tuple[str | None, str | None], Any] = {}
+_readers: dict[tuple[int, str, str], WatermarkReader] = {}
+_shared = threading.Lock()
+
+
+def _client(region: str | None, endpoint_url: str | None) -> Any:
+    with _shared:
+        key = (region, endpoint_url)
+        if key not in _clients:
+            _clients[key] = boto3.client("dynamodb", region_name=region, endpoint_url=endpoint_url)
+        return _clients[key]
+
+
+def shared_reader(
+    client: Any, status_table: str, destination: str, poll_s: float
+) -> WatermarkReader:
+    """One reader per (client, table, destination) in this process, shared by waiters."""
+    with _shared:
+        key = (id(client), status_table, destination)
+        reader = _readers.get(key)
+        if reader is None or reader.table.client is not client:
+            reader = WatermarkReader(StatusTable(client, status_table, destination), poll_s / 2)
+            _readers[key] = reader
+        reader.min_interval_s = min(reader.min_interval_s, poll_s / 2)
+        return reader
+
+
+def read_watermark(
+    *,
+    destination: str,
+    status_table: str,
+    region: str | None = None,
+    client: Any | None = None,
+    endpoint_url: str | None = None,
+) -> Watermark:
+    """The destination's watermark now (one Query). Raises StatusTableMissing."""
+    client = client or _client(region, endpoint_url)
+    return WatermarkReader(StatusTable(client, status_table, destination)).read()
+
+
+def wait_until_replicated(
+    until: float | datetime,
+    *,
+    destination: str,
+    status_table: str,
+    timeout: float,
+    region: str | None = None,
+    since: float | datetime | None = None,
+    poll_interval: float = DEFAULT_POLL_INTERVAL_S,
+    client: Any | None = None,
+    endpoint_url: str | None = None,
+) -> WaitResult:
+    """Wait until every source change created at or before ``until`` is settled at
+    ``destination``, or ``timeout`` seconds pass.
+
+    ``until``: epoch seconds (fractions allowed) or an aware datetime; take it after
+    the write you depend on returned. ``since`` (default ``until`` minus 60 s): dead
+    letters of changes created from then to ``until`` are reported in the result, and
+    make ``replicated`` false. ``destination`` is the destination's label in the job
+    (its ``name``, default ``<region>/<table>``); ``status_table`` is
+    ``<task_name>-watermark`` in the destination's region. Give ``client`` (a boto3
+    DynamoDB client for that region) or ``region``.
+    """
+    until_us = to_epoch_us(until)
+    since_us = (
+        to_epoch_us(since)
+        if since is not None
+        else until_us - int(DEFAULT_DEAD_LETTER_WINDOW_S * US)
+    )
+    if poll_interval <= 0:
+        raise ValueError(f"poll_interval must be positive, got {poll_interval!r}")
+    client = client or _client(region, endpoint_url)
+    reader = shared_reader(client, status_table, destination, poll_interval)
+    started = time.monotonic()
+    deadline = started + max(0.0, timeout)
+    watermark: Watermark | None = None
+    problem: str | None = None
+    while True:
+        try:
+            watermark = reader.read()
+            problem = None
+        except StatusTableMissing as missing:
+            problem = str(missing)
+        if watermark is not None and watermark.passes(until_us):
+            dead = tuple(watermark.dead_lettered_between(since_us, until_us))
+            return WaitResult(True, watermark, dead, time.monotonic() - started)
+        now = time.monotonic()
+        if now >= deadline:
+            return WaitResult(False, watermark, (), now - started, problem)
+        time.sleep(min(poll_interval, deadline - now))
