@@ -8,13 +8,12 @@ their size. The file only grows: rotate or prune it with the tools you use for l
 
 from __future__ import annotations
 
-import fcntl
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import structlog
 
+from replicator.appendfile import append_line
 from replicator.conflictlog.base import ConflictLogUnavailable, Selection
 from replicator.conflictlog.entry import ConflictEntry
 
@@ -27,17 +26,8 @@ class FileConflictLog:
         self.description = f"file {path}"
 
     def put(self, entry: ConflictEntry) -> None:
-        line = entry.to_json() + "\n"
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as file:
-                fcntl.flock(file, fcntl.LOCK_EX)
-                try:
-                    file.write(line)
-                    file.flush()
-                    os.fsync(file.fileno())
-                finally:
-                    fcntl.flock(file, fcntl.LOCK_UN)
+            append_line(self.path, entry.to_json())
         except OSError as error:
             raise ConflictLogUnavailable(
                 f"cannot append to conflict log {self.path}: {error.strerror or error}"

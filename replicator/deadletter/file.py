@@ -14,16 +14,14 @@ Creating and renaming a file are made durable with an fsync of the directory.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
 
 import structlog
 
+from replicator.appendfile import append_line, fsync_directory, locked_file
 from replicator.deadletter.base import Claimed
 from replicator.deadletter.entry import DeadLetter
 from replicator.exceptions import DeadLetterUnavailable
@@ -43,15 +41,7 @@ class FileDeadLetters:
 
     def _append(self, line: str) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with _locked(self.path, create=True) as file:
-                assert file is not None
-                created = os.fstat(file.fileno()).st_size == 0  # files are never truncated
-                file.write(line + "\n")
-                file.flush()
-                os.fsync(file.fileno())
-                if created:
-                    _fsync_directory(self.path.parent)
+            append_line(self.path, line)
         except OSError as error:
             raise DeadLetterUnavailable(
                 f"cannot append to dead-letter file {self.path}: {error.strerror or error}"
@@ -88,11 +78,11 @@ class FileDeadLetters:
         )
 
     def claim_all(self) -> Iterator[Claimed]:
-        with _locked(self.path, create=False) as file:
+        with locked_file(self.path, create=False) as file:
             if file is not None:
                 aside = self.path.with_name(f"{self.path.name}{_ASIDE}{time.time_ns()}")
                 self.path.rename(aside)
-                _fsync_directory(self.path.parent)
+                fsync_directory(self.path.parent)
         for aside_file in self._aside_files():
             settled = _settled(aside_file)
             with aside_file.open(encoding="utf-8") as lines:
@@ -126,7 +116,7 @@ class FileDeadLetters:
             file.flush()
             os.fsync(file.fileno())
         if created:
-            _fsync_directory(marker.parent)
+            fsync_directory(marker.parent)
 
 
 def _settled(aside_file: Path) -> set[int]:
@@ -135,48 +125,3 @@ def _settled(aside_file: Path) -> set[int]:
     if not marker.exists():
         return set()
     return {int(n) for n in marker.read_text(encoding="utf-8").split() if n.isdigit()}
-
-
-@contextmanager
-def _locked(path: Path, *, create: bool) -> Iterator[TextIO | None]:
-    """The file at ``path`` under an exclusive lock: opened for appending, or, when
-    ``create`` is false, opened only to hold the lock (None if there is no file).
-
-    Locking an open file does not stop another process renaming or deleting its path
-    meanwhile (a replay does both), so once locked, the file must still be the one at
-    ``path``; otherwise it is let go and the path opened again.
-    """
-    while True:
-        try:
-            file = path.open("a" if create else "r", encoding="utf-8")
-        except FileNotFoundError:
-            if create:
-                raise
-            yield None
-            return
-        with file:
-            fcntl.flock(file, fcntl.LOCK_EX)
-            try:
-                if _same_file(file, path):
-                    yield file
-                    return
-            finally:
-                fcntl.flock(file, fcntl.LOCK_UN)
-
-
-def _same_file(file: TextIO, path: Path) -> bool:
-    try:
-        current = os.stat(path)
-    except FileNotFoundError:
-        return False
-    opened = os.fstat(file.fileno())
-    return (opened.st_dev, opened.st_ino) == (current.st_dev, current.st_ino)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a file's creation or renaming in ``directory`` survive a crash."""
-    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -1,0 +1,75 @@
+"""Append-only JSON-lines files shared by several processes (dead letters, conflict log).
+
+Each append takes an exclusive ``flock``, so lines from different shard processes never
+interleave, and is fsynced before it counts as stored. A file can be renamed aside while
+another process holds it open (a dead-letter replay does that): a writer that gets the
+lock checks that its file is still the one at the path, and opens the path again if not.
+Creating a file is made durable with an fsync of its directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` to ``path`` (created with its directory if missing), durably."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with locked_file(path, create=True) as file:
+        assert file is not None
+        created = os.fstat(file.fileno()).st_size == 0  # files are never truncated
+        file.write(line + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+        if created:
+            fsync_directory(path.parent)
+
+
+@contextmanager
+def locked_file(path: Path, *, create: bool) -> Iterator[TextIO | None]:
+    """The file at ``path`` under an exclusive lock: opened for appending, or, when
+    ``create`` is false, opened only to hold the lock (None if there is no file).
+
+    Locking an open file does not stop another process renaming or deleting its path
+    meanwhile (a replay does both), so once locked, the file must still be the one at
+    ``path``; otherwise it is let go and the path opened again.
+    """
+    while True:
+        try:
+            file = path.open("a" if create else "r", encoding="utf-8")
+        except FileNotFoundError:
+            if create:
+                raise
+            yield None
+            return
+        with file:
+            fcntl.flock(file, fcntl.LOCK_EX)
+            try:
+                if same_file(file, path):
+                    yield file
+                    return
+            finally:
+                fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def same_file(file: TextIO, path: Path) -> bool:
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(file.fileno())
+    return (opened.st_dev, opened.st_ino) == (current.st_dev, current.st_ino)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a file's creation or renaming in ``directory`` survive a crash."""
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
