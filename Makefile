@@ -6,7 +6,7 @@ IMAGE ?= dynamodb-replicator:latest
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: setup run test unit lint bench image clean
+.PHONY: setup run test unit lint bench kcl-jars image clean
 
 setup:
 	@scripts/bootstrap.sh
@@ -16,8 +16,9 @@ run: setup
 	$(BIN)/replicator demo $(DEMO_ARGS)
 
 ## make test: lint, then the whole test suite (unit, moto end to end, real KCL, Prometheus, reliability)
-test: setup lint
+test: setup lint kcl-jars
 	scripts/ensure-prometheus.sh
+	scripts/ensure-debian-package.sh tini tini
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## make unit: the fast tests only
@@ -31,6 +32,10 @@ lint: setup
 
 bench: setup
 	$(PY) -m bench
+
+## make kcl-jars: the KCL 3 / DynamoDB Streams adapter jars and the launcher (Maven, once per pom and launcher change)
+kcl-jars:
+	@scripts/build-kcl.sh >/dev/null
 
 ## make image: the Docker image (needs a Docker engine, and Maven Central for the jars)
 image:

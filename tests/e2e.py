@@ -49,6 +49,7 @@ class Job:
     source_region: str = "us-east-1"
     destinations: list[tuple[str, str]] = field(default_factory=list)
     extra: str = ""
+    kcl: str = "{idle_time_between_reads_ms: 100, failover_time_ms: 6000}"
 
     def __post_init__(self) -> None:
         self.source = client("dynamodb", self.source_region, self.endpoint)
@@ -78,7 +79,7 @@ class Job:
             "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
             f"dead_letter: {{kind: file, path: '{self.dead_letters}'}}\n"
             "metrics: {host: 127.0.0.1, port: 0}\n"
-            "kcl: {idle_time_between_reads_ms: 100, failover_time_ms: 6000}\n"
+            f"kcl: {self.kcl}\n"
             "writer: {max_in_flight: 16}\n" + self.extra
         )
         for key, value in overrides.items():

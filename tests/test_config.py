@@ -146,6 +146,32 @@ BROKEN = {
         "module.path:function",
     ),
     "port-range": (MINIMAL + "metrics: {port: 70000}\n", "metrics.port", "65535"),
+    "kcl-at-timestamp": (
+        MINIMAL + "runtime: kcl\nkcl: {initial_position: AT_TIMESTAMP}\n",
+        "kcl.initial_position",
+        "DynamoDB Streams Kinesis Adapter",
+    ),
+    "kcl-at-timestamp-property": (
+        MINIMAL
+        + "runtime: kcl\nkcl: {extra_properties: {initialPositionInStream: AT_TIMESTAMP}}\n",
+        "kcl.extra_properties.initialPositionInStream",
+        "only at TRIM_HORIZON or LATEST",
+    ),
+    "kcl-start-time-property": (
+        MINIMAL
+        + "runtime: kcl\n"
+        + "kcl: {extra_properties: {initialPositionInStreamExtended: '1700000000'}}\n",
+        "kcl.extra_properties.initialPositionInStreamExtended",
+        "AT_TIMESTAMP is not supported for a DynamoDB stream",
+    ),
+    "kcl-cloudwatch-with-local-endpoint": (
+        "runtime: kcl\n"
+        "source: {region: us-east-1, table: aaa, endpoint_url: 'http://127.0.0.1:8000'}\n"
+        "destinations: [{region: eu-west-1, table: aaa}]\n"
+        "kcl: {extra_properties: {metricsLevel: SUMMARY}}\n",
+        "kcl.extra_properties.metricsLevel",
+        "CloudWatch in AWS",
+    ),
 }
 
 

@@ -22,6 +22,7 @@ import pytest
 
 from replicator.config import load_job
 from replicator.demo import tables
+from replicator.exceptions import KclUnavailable
 from replicator.runtime.kcl import java
 from replicator.runtime.kcl.launcher import DaemonProcess, group_members, prepare_run
 from replicator.runtime.kcl.properties import templates_dir
@@ -29,6 +30,7 @@ from tests.conftest import client
 from tests.e2e import wait_until
 from tests.metrics_endpoint import health, logged_metrics_port, matching, scrape
 
+ROOT = Path(__file__).resolve().parents[1]
 STREAMS_CLASSES = [java.STREAMS_LAUNCHER, java.STREAMS_ADAPTER, java.MULTILANG_CONFIG]
 
 
@@ -174,10 +176,84 @@ def test_missing_java_is_named_with_how_to_get_it(tmp_path: Path) -> None:
 
 def test_missing_jars_name_the_setting_and_where_to_get_them(tmp_path: Path) -> None:
     job = write_job(tmp_path / "job.yaml", kcl=f", java: {sys.executable}")
-    env = {"REPLICATOR_KCL_JARS": ""}
-    assert_refused(run_cli(job, env), 4, "kcl.jars_dir", "REPLICATOR_KCL_JARS", "docker/pom.xml")
     env = {"REPLICATOR_KCL_JARS": str(tmp_path / "nowhere")}
     assert_refused(run_cli(job, env), 4, str(tmp_path / "nowhere"), "not a directory of jars")
+
+
+def checkout(directory: Path) -> Path:
+    """A copy of what the build key covers: docker/pom.xml and docker/launcher."""
+    shutil.copytree(ROOT / "docker" / "launcher", directory / "docker" / "launcher")
+    shutil.copy(ROOT / "docker" / "pom.xml", directory / "docker" / "pom.xml")
+    return directory
+
+
+def test_without_a_setting_the_jars_of_the_checkouts_build_are_used(tmp_path: Path) -> None:
+    repository = checkout(tmp_path / "repo")
+    with pytest.raises(KclUnavailable, match=r"make kcl-jars.*kcl\.jars_dir.*REPLICATOR_KCL_JARS"):
+        java.find_jars_dir(None, {}, repository)
+    key = java.build_key(repository)
+    assert key is not None
+    built = fake_jars(repository / ".cache" / "kcl" / key, [java.MULTILANG_DAEMON])
+    (built / ".complete").touch()
+    assert java.find_jars_dir(None, {}, repository) == built
+    other = fake_jars(tmp_path / "other", [java.MULTILANG_DAEMON])
+    assert java.find_jars_dir(None, {"REPLICATOR_KCL_JARS": str(other)}, repository) == other
+
+    # A change to the launcher is a new build: the old one is not used.
+    (repository / "docker" / "launcher" / "NOTES").write_text("changed\n")
+    with pytest.raises(KclUnavailable, match=r"builds in \.cache/kcl are of another"):
+        java.find_jars_dir(None, {}, repository)
+
+
+def test_the_build_script_and_the_runtime_agree_on_where_the_jars_are(tmp_path: Path) -> None:
+    """scripts/build-kcl.sh names the directory without building when it is complete."""
+    repository = checkout(tmp_path / "repo")
+    (repository / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "build-kcl.sh", repository / "scripts" / "build-kcl.sh")
+    key = java.build_key(repository)
+    assert key is not None
+    built = repository / ".cache" / "kcl" / key
+    built.mkdir(parents=True)
+    (built / ".complete").touch()
+    result = subprocess.run(
+        [str(repository / "scripts" / "build-kcl.sh")],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.strip() == str(built)
+
+
+def test_building_the_jars_without_maven_or_java_says_so_in_one_line(tmp_path: Path) -> None:
+    repository = checkout(tmp_path / "repo")
+    (repository / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "build-kcl.sh", repository / "scripts" / "build-kcl.sh")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ["bash", "dirname", "find", "sort", "xargs", "sha256sum", "cut", "mkdir", "cat"]:
+        (tools / tool).symlink_to(shutil.which(tool) or tool)
+
+    def build() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(repository / "scripts" / "build-kcl.sh")],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PATH": str(tools)},
+        )
+
+    result = build()
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("build-kcl: mvn is not on PATH")
+    (tools / "mvn").symlink_to(shutil.which("mvn") or "/usr/bin/mvn")
+    result = build()
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("build-kcl: java is not on PATH")
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_jars_without_the_daemon_name_the_missing_class(tmp_path: Path) -> None:
@@ -193,7 +269,7 @@ def test_dynamodb_streams_without_the_launcher_says_how_to_build_it(tmp_path: Pa
         kind="dynamodb-streams",
         kcl=f", java: {sys.executable}, jars_dir: {jars}",
     )
-    message = assert_refused(run_cli(job), 4, java.STREAMS_LAUNCHER, "mvn -f docker/pom.xml")
+    message = assert_refused(run_cli(job), 4, java.STREAMS_LAUNCHER, "make kcl-jars")
     assert java.STREAMS_ADAPTER in message
 
 
@@ -347,7 +423,7 @@ def stand_in(kinesis_job: dict[str, Any], tmp_path: Path) -> Any:
         one.kill()
 
 
-def test_sigterm_reaches_the_daemon_and_its_status_is_the_exit_status(stand_in: Any) -> None:
+def test_sigterm_reaches_the_daemon_and_a_stop_it_answers_is_a_clean_exit(stand_in: Any) -> None:
     run = stand_in("graceful")
     record = run.record()
     assert record["pgid"] == record["pid"]  # a process group of its own
@@ -367,8 +443,9 @@ def test_sigterm_reaches_the_daemon_and_its_status_is_the_exit_status(stand_in: 
     assert healthcheck(port).returncode == 0  # the image's HEALTHCHECK
 
     run.process.send_signal(signal.SIGTERM)
-    assert run.process.wait(30) == 143
+    assert run.process.wait(30) == 0  # the daemon's 143 answers the SIGTERM it was sent
     assert Path(str(run.record_path) + ".sigterm").exists()  # forwarded, not a kill
+    assert "the daemon stopped as asked" in run.log.read_text()
     wait_until(
         lambda: not any(alive(pid) for pid in [record["pid"], *record["children"]]),
         10,

@@ -38,10 +38,7 @@ def test_kinesis_job_names_task_stream_and_processor() -> None:
     assert props["initialPositionInStream"] == "TRIM_HORIZON"
     assert props["failoverTimeMillis"] == "30000"
     assert props["callProcessRecordsEvenForEmptyRecordList"] == "true"
-    # KCL 3 loads the SDK v2 name, KCL 2.x the SDK v1 name; each skips the other.
-    assert props["AWSCredentialsProvider"] == (
-        "DefaultCredentialsProvider,DefaultAWSCredentialsProviderChain"
-    )
+    assert props["AWSCredentialsProvider"] == "DefaultCredentialsProvider"  # AWS SDK v2 (KCL 3)
     # SIGTERM reaches the processors only if the daemon waits longer than the failover time.
     assert int(props["shutdownGraceMillis"]) > int(props["failoverTimeMillis"])
     # Keys the KCL reads nowhere are not written (it would ignore them silently).
@@ -53,7 +50,7 @@ def test_dynamodb_streams_job_names_the_table_or_arn(tmp_path: Path) -> None:
     assert props["applicationName"] == "orders-fanout"
     assert props["streamName"] == "orders"  # the KCL insists on one; it names the table
     assert "dynamoDBStreamArn" not in props  # looked up from the table at start
-    assert props["AWSCredentialsProvider"] == "DefaultCredentialsProvider"  # KCL 3 only
+    assert props["AWSCredentialsProvider"] == "DefaultCredentialsProvider"
     assert props["skipRecordsBehavior"] == "KCL_RETRY"  # on_trimmed_data: fail
     assert int(props["shutdownGraceMillis"]) > int(props["failoverTimeMillis"])
     job = tmp_path / "arn.yaml"

@@ -18,6 +18,8 @@ _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _TABLE = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
 _TASK_NAME = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
+# KCL properties that point the KCL's clients at an endpoint other than AWS's.
+KCL_ENDPOINT_KEYS = ("kinesisEndpoint", "dynamoDBEndpoint")
 _DOTTED_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -272,6 +274,17 @@ class KclConfig(Strict):
     )
     extra_properties: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("initial_position", mode="before")
+    @classmethod
+    def _no_start_time(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().upper() == "AT_TIMESTAMP":
+            raise ValueError(
+                "AT_TIMESTAMP is not supported: a DynamoDB stream has no shard iterator at a "
+                "time (the DynamoDB Streams Kinesis Adapter that runtime kcl reads it through "
+                "starts new leases only at TRIM_HORIZON or LATEST); use TRIM_HORIZON or LATEST"
+            )
+        return value
+
 
 class MetricsConfig(Strict):
     enabled: bool = True
@@ -330,6 +343,11 @@ class JobConfig(Strict):
                 "task_name names the lease table: 3-255 characters of letters, digits, _ . -"
             )
         return value
+
+    def kcl_endpoint_override(self) -> bool:
+        """True when the KCL talks to an endpoint other than AWS's (a local emulator)."""
+        extra = self.kcl.extra_properties
+        return bool(self.source.endpoint_url) or any(key in extra for key in KCL_ENDPOINT_KEYS)
 
     def conflict_for(self, destination: DestinationConfig) -> ConflictConfig:
         return destination.conflict or self.conflict
@@ -401,6 +419,8 @@ def cross_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
                 "most 255 characters: shorten it to 245, or set watermark.enabled: false",
             )
         )
+    if job.runtime is RuntimeKind.KCL:
+        problems += _kcl_property_checks(job)
     if job.source.stream.kind is StreamKind.KINESIS:
         if job.conflict.policy is ConflictPolicyName.OVERWRITE:
             problems.append(
@@ -418,4 +438,34 @@ def cross_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
                         "a kinesis stream needs last_writer_wins or version, not overwrite",
                     )
                 )
+    return problems
+
+
+def _kcl_property_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """kcl.extra_properties that the KCL would take but the job cannot work with."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    extra = job.kcl.extra_properties
+    where = ("kcl", "extra_properties")
+    if job.source.stream.kind is StreamKind.DYNAMODB_STREAMS:
+        position = extra.get("initialPositionInStream", "").strip().upper()
+        if position == "AT_TIMESTAMP" or "initialPositionInStreamExtended" in extra:
+            key = "initialPositionInStream" if position else "initialPositionInStreamExtended"
+            problems.append(
+                (
+                    (*where, key),
+                    "AT_TIMESTAMP is not supported for a DynamoDB stream: the DynamoDB Streams "
+                    "Kinesis Adapter starts new leases only at TRIM_HORIZON or LATEST "
+                    "(kcl.initial_position)",
+                )
+            )
+    level = extra.get("metricsLevel", "NONE").strip().upper()
+    if level != "NONE" and job.kcl_endpoint_override():
+        problems.append(
+            (
+                (*where, "metricsLevel"),
+                f"{level} would make the KCL publish its metrics to CloudWatch in AWS while "
+                "the job reads a local endpoint (source.endpoint_url); leave metricsLevel at "
+                "NONE (the replicator serves its own metrics on /metrics)",
+            )
+        )
     return problems

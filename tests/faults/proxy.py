@@ -24,7 +24,9 @@ latency to those operations (such as PutItem and DeleteItem, to hold or slow a
 destination's writes while its status table is still answered); other requests pass.
 Every request is counted by operation (the ``X-Amz-Target`` action, such as ``PutItem``)
 and outcome, so scenarios can report how many requests were throttled, failed or
-forwarded (``upstream_<status>``).
+forwarded (``upstream_<status>``); the
+headers of the first requests are kept too (:meth:`FaultProxy.seen`), for what a client
+sends (its credentials' access key id, its retry settings).
 
 Threads, not asyncio: each client connection gets a thread that reads one request at a
 time (boto3 keeps connections alive; bodies carry a Content-Length), and each forwarded
@@ -63,6 +65,7 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _MAX_LINE = 65_536
+_KEPT_REQUESTS = 20_000
 
 
 class Fault(StrEnum):
@@ -102,10 +105,15 @@ class _Request:
 
     @property
     def operation(self) -> str:
+        return self.target_action.rpartition(".")[2] or self.method
+
+    @property
+    def target_action(self) -> str:
+        """The full ``X-Amz-Target`` (``DynamoDBStreams_20120810.GetRecords``), or ''."""
         for name, value in self.headers:
             if name.lower() == "x-amz-target":
-                return value.rpartition(".")[2]
-        return self.method
+                return value
+        return ""
 
     @property
     def wants_close(self) -> bool:
@@ -143,6 +151,7 @@ class FaultProxy:
         self._mode = Mode()
         self._mode_changed = threading.Condition(self._lock)
         self._counts: Counter[tuple[str, str]] = Counter()
+        self._seen: list[tuple[str, dict[str, str]]] = []
         self._connections: set[socket.socket] = set()
         self._stopped = threading.Event()
         self._listening = threading.Event()
@@ -220,9 +229,20 @@ class FaultProxy:
                     totals[outcome] += count
             return totals
 
+    def seen(self) -> list[tuple[str, dict[str, str]]]:
+        """(X-Amz-Target, headers with lower-case names) of the requests received so far."""
+        with self._lock:
+            return list(self._seen)
+
     def _count(self, request: _Request, outcome: str) -> None:
         with self._lock:
             self._counts[(request.operation, outcome)] += 1
+
+    def _keep(self, request: _Request) -> None:
+        with self._lock:
+            if len(self._seen) < _KEPT_REQUESTS:
+                headers = {name.lower(): value for name, value in request.headers}
+                self._seen.append((request.target_action, headers))
 
     # -- listening ------------------------------------------------------------------------
 
@@ -308,6 +328,7 @@ class FaultProxy:
 
     def _handle(self, connection: socket.socket, request: _Request) -> bool:
         """Answer one request as the current fault says; False once the connection is gone."""
+        self._keep(request)
         with self._lock:
             mode = self._mode
             if mode.operations and request.operation not in mode.operations:

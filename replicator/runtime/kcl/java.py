@@ -7,6 +7,7 @@ it, instead of a Java stack trace half a minute into a run.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import shutil
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from replicator.config.model import ResolvedJob, StreamKind
 from replicator.exceptions import KclUnavailable
-from replicator.runtime.kcl.properties import has_endpoint_override, templates_dir
+from replicator.runtime.kcl.properties import templates_dir
 
 JARS_ENV = "REPLICATOR_KCL_JARS"
 JVM_OPTIONS_ENV = "REPLICATOR_KCL_JVM_OPTIONS"
@@ -27,16 +28,17 @@ MULTILANG_CONFIG = "software.amazon.kinesis.multilang.MultiLangDaemonConfig"
 STREAMS_LAUNCHER = "replicator.kcl.DynamoDbStreamsMultiLangDaemon"
 STREAMS_ADAPTER = "com.amazonaws.services.dynamodbv2.streamsadapter.StreamsSchedulerFactory"
 
-_GET_STOCK_JARS = (
-    "the Docker image has them (make image); elsewhere build them with "
-    "`mvn -f docker/pom.xml package` (docker/target/jars), or install amazon-kclpy with "
-    "its jars (KCLPY_WITH_JARS=1 make setup) and use its amazon_kclpy/jars directory"
+# The repository this package runs from, when it runs from a checkout.
+REPOSITORY = Path(__file__).resolve().parents[3]
+
+_BUILD = (
+    "build them with `make kcl-jars` (scripts/build-kcl.sh: docker/pom.xml through Maven, "
+    "needs mvn and a JDK 17), which puts them where `replicator run` looks by default; "
+    "the Docker image has them"
 )
 _GET_LAUNCHER = (
     "a DynamoDB Streams source runs through the replicator's launcher and the DynamoDB "
-    "Streams Kinesis Adapter 2.x on KCL 3: the Docker image has them (make image); "
-    "elsewhere build them with `mvn -f docker/pom.xml package` and point "
-    f"kcl.jars_dir or ${JARS_ENV} at docker/target/jars"
+    f"Streams Kinesis Adapter 2.x on KCL 3: {_BUILD}"
 )
 
 
@@ -61,19 +63,59 @@ def find_java(configured: str) -> str:
     return found
 
 
-def find_jars_dir(configured: str | None, environ: Mapping[str, str]) -> Path:
+def build_key(repository: Path = REPOSITORY) -> str | None:
+    """The cache key scripts/build-kcl.sh builds under, computed the same way.
+
+    The first 16 hex digits of the sha256 of ``sha256sum``'s listing of docker/pom.xml and
+    every file under docker/launcher, sorted by path; None outside a checkout.
+    """
+    pom = repository / "docker" / "pom.xml"
+    launcher = repository / "docker" / "launcher"
+    if not pom.is_file():
+        return None
+    files = [pom, *(path for path in launcher.rglob("*") if path.is_file())]
+    names = sorted(str(path.relative_to(repository)) for path in files)
+    listing = "".join(
+        f"{hashlib.sha256((repository / name).read_bytes()).hexdigest()}  {name}\n"
+        for name in names
+    )
+    return hashlib.sha256(listing.encode()).hexdigest()[:16]
+
+
+def built_jars_dir(repository: Path = REPOSITORY) -> Path | None:
+    """The jars `make kcl-jars` built for this checkout's pom and launcher, if built."""
+    key = build_key(repository)
+    if key is None:
+        return None
+    directory = repository / ".cache" / "kcl" / key
+    return directory if (directory / ".complete").is_file() else None
+
+
+def find_jars_dir(
+    configured: str | None, environ: Mapping[str, str], repository: Path = REPOSITORY
+) -> Path:
+    """kcl.jars_dir, else $REPLICATOR_KCL_JARS, else the checkout's `make kcl-jars` build."""
     if configured:
         source, text = "kcl.jars_dir", configured
     elif environ.get(JARS_ENV):
         source, text = f"${JARS_ENV}", environ[JARS_ENV]
     else:
+        built = built_jars_dir(repository)
+        if built is not None:
+            return built
+        builds = repository / ".cache" / "kcl"
+        stale = (
+            " (the builds in .cache/kcl are of another docker/pom.xml or launcher)"
+            if (build_key(repository) is not None and any(builds.glob("*/.complete")))
+            else ""
+        )
         raise KclUnavailable(
-            f"the KCL runtime needs the KCL jars: set kcl.jars_dir in the job file or "
-            f"${JARS_ENV} to a directory of them; {_GET_STOCK_JARS}"
+            f"the KCL runtime needs the KCL jars{stale}: {_BUILD}, or set kcl.jars_dir in "
+            f"the job file or ${JARS_ENV} to a directory of them"
         )
     path = Path(text).expanduser()
     if not path.is_dir() or not any(path.glob("*.jar")):
-        raise KclUnavailable(f"{source}: {path} is not a directory of jars; {_GET_STOCK_JARS}")
+        raise KclUnavailable(f"{source}: {path} is not a directory of jars; {_BUILD}")
     return path
 
 
@@ -96,7 +138,7 @@ def classes_present(jars_dir: Path, class_names: list[str]) -> set[str]:
 def required_classes(kind: StreamKind) -> dict[str, str]:
     """The classes a source kind needs on the classpath, each with how to get it."""
     if kind is StreamKind.KINESIS:
-        return {MULTILANG_DAEMON: f"the KCL MultiLangDaemon; {_GET_STOCK_JARS}"}
+        return {MULTILANG_DAEMON: f"the KCL MultiLangDaemon; {_BUILD}"}
     return {
         STREAMS_LAUNCHER: f"the replicator's DynamoDB Streams launcher; {_GET_LAUNCHER}",
         STREAMS_ADAPTER: f"the DynamoDB Streams Kinesis Adapter 2.x; {_GET_LAUNCHER}",
@@ -134,7 +176,7 @@ def daemon_command(
 ) -> list[str]:
     """The daemon's argv; the operator's JVM options come after ours, so they win."""
     argv = [installation.java]
-    if has_endpoint_override(resolved.job):
+    if resolved.job.kcl_endpoint_override():
         # The AWS SDK for Java sends Kinesis requests as CBOR, which AWS reads but local
         # emulators (moto, LocalStack) do not; against AWS itself CBOR stays on, as it is
         # smaller and faster to parse.

@@ -14,9 +14,12 @@ daemon's lifetime:
   processor runs on unsupervised.
 * If this process dies without cleaning up (kill -9), the kernel kills the daemon too
   (Linux parent-death signal), and the children, whose input closes, follow.
-* The exit status is the daemon's (128 + N when a signal N ended it). The daemon exits
-  1 when a child fails; it does not start a new one, so run the replicator under a
-  restart policy.
+* The exit status is the daemon's (128 + N when a signal N ended it), except that a stop
+  this process asked for ends with 0 once the daemon has answered the SIGTERM it was sent
+  (the JVM's 143, after its shutdown hook let every processor checkpoint), so restart
+  policies and service managers see a clean stop. The daemon exits 1 when a child fails
+  or its graceful shutdown did not complete; it does not start a new child, so run the
+  replicator under a restart policy.
 """
 
 from __future__ import annotations
@@ -111,6 +114,7 @@ class DaemonProcess:
         self._stop_requests = 0
         self._stop_deadline: float | None = None
         self._stop_sent = 0
+        self._killed = False
 
     @property
     def pid(self) -> int:
@@ -153,7 +157,11 @@ class DaemonProcess:
             self._act_on_stop_requests()
             time.sleep(_POLL_S)
         status = process.returncode
-        return 128 - status if status < 0 else status
+        status = 128 - status if status < 0 else status
+        if status == 128 + signal.SIGTERM and self._stop_sent and not self._killed:
+            log.info("the daemon stopped as asked")
+            return 0
+        return status
 
     def _act_on_stop_requests(self) -> None:
         requests = self._stop_requests
@@ -172,6 +180,7 @@ class DaemonProcess:
             self._signal(signal.SIGKILL, group=True)
 
     def _signal(self, signum: int, *, group: bool) -> None:
+        self._killed = self._killed or signum == signal.SIGKILL
         try:
             if group:
                 os.killpg(self.pid, signum)

@@ -31,14 +31,6 @@ def shutdown_grace_ms(job: JobConfig) -> int:
     return job.kcl.failover_time_ms + SHUTDOWN_GRACE_MARGIN_MS
 
 
-def has_endpoint_override(job: JobConfig) -> bool:
-    """True when the KCL talks to an endpoint other than AWS's (a local emulator)."""
-    extra = job.kcl.extra_properties
-    return (
-        bool(job.source.endpoint_url) or "kinesisEndpoint" in extra or "dynamoDBEndpoint" in extra
-    )
-
-
 def templates_dir() -> Path:
     """``$REPLICATOR_PROPERTIES_DIR``, else the repository's or the installed copy."""
     candidates = []

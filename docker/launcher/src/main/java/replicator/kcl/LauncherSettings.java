@@ -9,17 +9,15 @@ import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.util.Locale;
 import java.util.Optional;
-import java.util.OptionalInt;
-import java.util.OptionalLong;
 import java.util.Properties;
-import software.amazon.kinesis.common.InitialPositionInStream;
-import software.amazon.kinesis.metrics.MetricsLevel;
 
 /**
- * The settings the launcher reads itself from the job's KCL properties file (the one
- * `replicator run` writes). The multilang module reads the same file for the processor
- * command; everything that decides which stream is read, where, and by whom is read here,
- * because KCL 3's multilang configuration can only describe a Kinesis stream.
+ * The few settings of the job's KCL properties file (the one `replicator run` writes) that
+ * KCL 3's multilang configuration has no place for: which DynamoDB stream is read, the region
+ * and endpoints the launcher's own clients use, and what the adapter does with trimmed
+ * records. Everything else in the file (lease, coordinator, polling, metrics and credentials
+ * settings) is read by the multilang module itself, exactly as the stock MultiLangDaemon
+ * reads it, and applied by {@link DynamoDbStreamsMultiLangDaemon}.
  */
 final class LauncherSettings {
     /** GetRecords on a DynamoDB stream returns at most this many records. */
@@ -61,14 +59,6 @@ final class LauncherSettings {
         return required("dynamoDBStreamArn");
     }
 
-    String applicationName() {
-        return required("applicationName");
-    }
-
-    String workerId() {
-        return required("workerId");
-    }
-
     String region() {
         return required("regionName");
     }
@@ -78,59 +68,51 @@ final class LauncherSettings {
         return optional("kinesisEndpoint").map(URI::create);
     }
 
-    /** Endpoint override for the lease table's DynamoDB client. */
+    /** Endpoint override for the lease tables' DynamoDB client. */
     Optional<URI> dynamoDbEndpoint() {
         return optional("dynamoDBEndpoint").map(URI::create);
     }
 
-    InitialPositionInStream initialPosition() {
-        String value = optional("initialPositionInStream").orElse("TRIM_HORIZON");
-        return InitialPositionInStream.valueOf(value.toUpperCase(Locale.ROOT));
+    /** True when the job reads a local emulator rather than AWS. */
+    boolean hasEndpointOverride() {
+        return streamsEndpoint().isPresent() || dynamoDbEndpoint().isPresent();
     }
 
-    int maxRecords() {
-        return Math.min(integer("maxRecords").orElse(MAX_RECORDS_LIMIT), MAX_RECORDS_LIMIT);
+    /** What the file says about credentials, for messages: the key is matched as the KCL matches it. */
+    String credentialsProviderSetting() {
+        for (String key : properties.stringPropertyNames()) {
+            if (key.toLowerCase(Locale.ROOT).equals("awscredentialsprovider")) {
+                return key + " = " + properties.getProperty(key).trim();
+            }
+        }
+        return "AWSCredentialsProvider (not set)";
     }
 
-    long idleTimeBetweenReadsMillis() {
-        return number("idleTimeBetweenReadsInMillis").orElse(1000L);
-    }
-
-    long failoverTimeMillis() {
-        return number("failoverTimeMillis").orElse(10_000L);
-    }
-
-    long shutdownGraceMillis() {
-        return number("shutdownGraceMillis").orElse(failoverTimeMillis() + 10_000L);
-    }
-
-    OptionalLong shardSyncIntervalMillis() {
-        return number("shardSyncIntervalMillis");
-    }
-
-    OptionalLong parentShardPollIntervalMillis() {
-        return number("parentShardPollIntervalMillis");
-    }
-
-    OptionalInt maxLeasesForWorker() {
-        return integer("maxLeasesForWorker");
-    }
-
-    OptionalInt maxLeasesToStealAtOneTime() {
-        return integer("maxLeasesToStealAtOneTime");
-    }
-
-    boolean callProcessRecordsEvenForEmptyRecordList() {
-        return Boolean.parseBoolean(optional("callProcessRecordsEvenForEmptyRecordList").orElse("false"));
-    }
-
-    MetricsLevel metricsLevel() {
-        return MetricsLevel.valueOf(optional("metricsLevel").orElse("NONE").toUpperCase(Locale.ROOT));
+    /**
+     * Refuses a start position the adapter cannot honour, before the multilang module
+     * parses the file (it would fail on AT_TIMESTAMP with a stack trace, or take a start
+     * time the adapter then rejects).
+     */
+    void checkInitialPosition() {
+        String position = optional("initialPositionInStream").orElse("TRIM_HORIZON").toUpperCase(Locale.ROOT);
+        boolean startTime = optional("initialPositionInStreamExtended").isPresent();
+        if (startTime || !(position.equals("TRIM_HORIZON") || position.equals("LATEST"))) {
+            throw new IllegalArgumentException(file + ": "
+                    + (startTime ? "initialPositionInStreamExtended (a start time, AT_TIMESTAMP)" : "initialPositionInStream = " + position)
+                    + " is not supported for a DynamoDB stream: the DynamoDB Streams Kinesis Adapter starts new"
+                    + " leases only at TRIM_HORIZON or LATEST");
+        }
     }
 
     /** KCL_RETRY unless the job lets trimmed records be skipped (source.on_trimmed_data). */
     SkipRecordsBehavior skipRecordsBehavior() {
-        return SkipRecordsBehavior.valueOf(optional("skipRecordsBehavior").orElse("KCL_RETRY"));
+        String value = optional("skipRecordsBehavior").orElse("KCL_RETRY");
+        try {
+            return SkipRecordsBehavior.valueOf(value);
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException(
+                    file + ": skipRecordsBehavior must be KCL_RETRY or SKIP_RECORDS_TO_TRIM_HORIZON, got " + value);
+        }
     }
 
     private String required(String key) {
@@ -141,22 +123,5 @@ final class LauncherSettings {
     private Optional<String> optional(String key) {
         String value = properties.getProperty(key);
         return value == null || value.trim().isEmpty() ? Optional.empty() : Optional.of(value.trim());
-    }
-
-    private OptionalLong number(String key) {
-        Optional<String> value = optional(key);
-        if (!value.isPresent()) {
-            return OptionalLong.empty();
-        }
-        try {
-            return OptionalLong.of(Long.parseLong(value.get()));
-        } catch (NumberFormatException e) {
-            throw new IllegalArgumentException(file + ": " + key + " must be a whole number, got " + value.get());
-        }
-    }
-
-    private OptionalInt integer(String key) {
-        OptionalLong value = number(key);
-        return value.isPresent() ? OptionalInt.of(Math.toIntExact(value.getAsLong())) : OptionalInt.empty();
     }
 }
