@@ -1,4 +1,5 @@
-"""The README's configuration reference names every key the job schema accepts."""
+"""The configuration reference names every key the job schema accepts; the README stays a
+screen-sized entry point that links every page of docs/."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from pydantic import BaseModel
 
 from replicator.config.model import JobConfig
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
 
 
 def _unwrap(annotation: object) -> tuple[object, bool]:
@@ -43,7 +46,27 @@ def key_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
     return paths
 
 
-def test_every_job_key_is_in_the_readme_reference() -> None:
-    documented = set(re.findall(r"^\| `([^`]+)` \|", README, flags=re.MULTILINE))
+def test_every_job_key_is_in_the_configuration_reference() -> None:
+    documented = set(re.findall(r"^\| `([^`]+)` \|", CONFIGURATION, flags=re.MULTILINE))
     missing = [path for path in key_paths(JobConfig) if path not in documented]
-    assert not missing, f"keys missing from the README configuration reference: {missing}"
+    assert not missing, f"keys missing from docs/configuration.md: {missing}"
+
+
+def test_the_readme_fits_on_a_screen_and_links_every_doc() -> None:
+    assert len(README.splitlines()) < 250
+    unlinked = [
+        page.name
+        for page in sorted((ROOT / "docs").glob("*.md"))
+        if f"(docs/{page.name}" not in README
+    ]
+    assert not unlinked, f"docs not linked from README.md: {unlinked}"
+
+
+def test_links_between_docs_name_pages_that_exist() -> None:
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+\.md)(?:#[^)]*)?\)", page.read_text()):
+            if not (page.parent / target).resolve().exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert not broken, broken
