@@ -46,6 +46,8 @@ import pytest
 from replicator.demo import tables
 from replicator.demo.workload import demo_item
 from replicator.runtime.kcl import java
+from replicator.watermark.parts import Watermark
+from replicator.watermark.wait import StatusTableMissing, read_watermark
 from tests.conftest import client
 from tests.e2e import Job, wait_until
 from tests.faults.proxy import FaultProxy
@@ -329,6 +331,26 @@ class StreamsScenario(Cluster):
             if "aws-sdk-java" in headers.get("user-agent", "")
         ]
 
+    def watermarks(self) -> dict[str, Watermark]:
+        """Each destination's combined watermark, read as an application there reads it."""
+        return {
+            f"{region}/{table}": read_watermark(
+                destination=f"{region}/{table}",
+                status_table=f"{self.task}-watermark",
+                client=client("dynamodb", region, self.endpoint),
+            )
+            for region, table in self.job.destinations
+        }
+
+    def watermarks_pass(self, moment: float) -> dict[str, Watermark] | None:
+        """The watermarks once every destination's has passed ``moment``, else None."""
+        try:
+            marks = self.watermarks()
+        except StatusTableMissing:
+            return None
+        passed = all(mark.seconds is not None and mark.seconds >= moment for mark in marks.values())
+        return marks if passed else None
+
     def assert_no_dead_letters(self) -> None:
         dead = self.job.dead_letters
         assert not dead.exists() or not dead.read_text().strip(), dead.read_text()
@@ -370,6 +392,9 @@ def test_a_dynamodb_stream_job_moves_between_hosts_on_kill_9_and_sigterm(
     wait_until(streams.converged, 60, "the first batch at both destinations")
     wait_until(streams.checkpointed_to_the_end, 30, "a checkpoint at the end of the stream")
     checkpoint = streams.checkpoint()
+    # The holder publishes the shard's part of the watermark in each destination's region.
+    written = time.time()
+    marks = [wait_until(lambda: streams.watermarks_pass(written), 60, "the watermark")]
 
     # kill -9 of the holder, mid-workload.
     holder = first[streams.holder()]
@@ -393,6 +418,8 @@ def test_a_dynamodb_stream_job_moves_between_hosts_on_kill_9_and_sigterm(
     wait_until(streams.checkpointed_to_the_end, 30, f"{other.name}'s checkpoint at the end")
     assert int(streams.checkpoint()) > int(checkpoint)
     checkpoint = streams.checkpoint()
+    written = time.time()
+    marks.append(wait_until(lambda: streams.watermarks_pass(written), 60, "the new holder's"))
     print(
         f"kill -9 of {holder.name} ({'leader' if holder_led else 'not the leader'}): "
         f"{other.name} took over after {takeover_s:.1f}s"
@@ -434,6 +461,15 @@ def test_a_dynamodb_stream_job_moves_between_hosts_on_kill_9_and_sigterm(
     assert int(streams.checkpoint()) > int(checkpoint)
     assert set(streams.leases()) and streams.ddb.describe_table(TableName=streams.task)
     streams.assert_no_dead_letters()
+    written = time.time()
+    marks.append(wait_until(lambda: streams.watermarks_pass(written), 60, "the last holder's"))
+    # Each holder published the shard's part in turn, and no reader ever saw it go back.
+    for destination in marks[0]:
+        seen = [mark[destination] for mark in marks]
+        assert [m.watermark_us for m in seen] == sorted(m.watermark_us or 0 for m in seen)
+        owners = [part.owner for m in seen for part in m.counted]
+        assert len(set(owners)) >= 2, owners
+        assert all(m.dead_letters == 0 for m in seen)
     print(f"SIGTERM of {stopping.name}: {remaining.name} took over after {handoff_s:.1f}s")
     assert remaining.stop(timeout=FAILOVER_S + 30) == 0
     assert remaining.checkpoints_at_stop() == 1, remaining.text()[-3000:]
