@@ -18,6 +18,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.e2e import PATIENCE
+
 ROOT = Path(__file__).resolve().parent.parent
 DESTINATIONS = ("eu-west-1/demo-orders-replica", "ap-southeast-2/demo-orders-replica")
 
@@ -29,8 +31,12 @@ def free_port() -> int:
         return port
 
 
-def start_demo(port: int, *args: str) -> tuple[subprocess.Popen[str], queue.Queue[str | None]]:
-    env = {**os.environ, "REPLICATOR_DEMO_METRICS_PORT": str(port)}
+def start_demo(
+    port: int, scratch: Path, *args: str
+) -> tuple[subprocess.Popen[str], queue.Queue[str | None]]:
+    # Its own temporary directory: the local runtime's per-task lock lives there, and
+    # another run of the suite on the same host must not hold this demo's lock.
+    env = {**os.environ, "REPLICATOR_DEMO_METRICS_PORT": str(port), "TMPDIR": str(scratch)}
     demo = subprocess.Popen(
         [sys.executable, "-m", "replicator", "demo", "--duration", "4", "--rate", "30", *args],
         cwd=ROOT,
@@ -63,6 +69,19 @@ def read_until(lines: queue.Queue[str | None], marker: str, seen: list[str]) -> 
     raise AssertionError(f"no {marker!r} within 180 s:\n{''.join(seen)}")
 
 
+def stopped(demo: subprocess.Popen[str], lines: queue.Queue[str | None], seen: list[str]) -> int:
+    """The demo's exit status once it stops; killed, and failing with its output, if it
+    does not stop in time (so it cannot outlive the test)."""
+    try:
+        return demo.wait(timeout=90 * PATIENCE)
+    except subprocess.TimeoutExpired:
+        demo.kill()
+        demo.wait()
+        while (line := lines.get(timeout=10)) is not None:
+            seen.append(line)
+        raise AssertionError("the demo did not stop after Ctrl-C:\n" + "".join(seen)) from None
+
+
 def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
@@ -77,9 +96,11 @@ def total(samples: list[tuple[dict[str, str], float]], **labels: str) -> float:
     return sum(v for have, v in samples if all(have.get(k) == w for k, w in labels.items()))
 
 
-def test_the_demo_converges_and_its_metrics_agree_with_what_was_replicated() -> None:
+def test_the_demo_converges_and_its_metrics_agree_with_what_was_replicated(
+    tmp_path: Path,
+) -> None:
     port = free_port()
-    demo, lines = start_demo(port, "--linger", "120")
+    demo, lines = start_demo(port, tmp_path, "--linger", "120")
     seen: list[str] = []
     try:
         read_until(lines, "keeps running", seen)
@@ -114,17 +135,17 @@ def test_the_demo_converges_and_its_metrics_agree_with_what_was_replicated() -> 
         assert total(samples["replicator_checkpoints_total"]) > 0
     finally:
         demo.send_signal(signal.SIGINT)
-        status = demo.wait(timeout=90)
+        status = stopped(demo, lines, seen)
     assert status == 0, "".join(seen)
 
 
-def test_the_demo_stops_cleanly_on_ctrl_c_while_it_replicates() -> None:
+def test_the_demo_stops_cleanly_on_ctrl_c_while_it_replicates(tmp_path: Path) -> None:
     port = free_port()
-    demo, lines = start_demo(port, "--duration", "60")
+    demo, lines = start_demo(port, tmp_path, "--duration", "60")
     seen: list[str] = []
     read_until(lines, "metrics:", seen)
     demo.send_signal(signal.SIGINT)
-    status = demo.wait(timeout=90)
+    status = stopped(demo, lines, seen)
     rest = []
     while (line := lines.get(timeout=10)) is not None:
         rest.append(line)
