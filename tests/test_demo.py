@@ -32,19 +32,26 @@ def free_port() -> int:
 
 
 def start_demo(
-    port: int, scratch: Path, *args: str
+    port: int, scratch: Path, *args: str, sigint_ignored: bool = False
 ) -> tuple[subprocess.Popen[str], queue.Queue[str | None]]:
     # Its own temporary directory: the local runtime's per-task lock lives there, and
     # another run of the suite on the same host must not hold this demo's lock.
     env = {**os.environ, "REPLICATOR_DEMO_METRICS_PORT": str(port), "TMPDIR": str(scratch)}
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "replicator", "demo", "--duration", "4", "--rate", "30", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    # Ignored SIGINT is inherited across exec, as by a background job of a non-interactive
+    # shell (nohup, CI): the demo must still stop on it.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if sigint_ignored else None
+    try:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "replicator", "demo", "--duration", "4", "--rate", "30", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     lines: queue.Queue[str | None] = queue.Queue()
 
     def pump() -> None:
@@ -141,7 +148,7 @@ def test_the_demo_converges_and_its_metrics_agree_with_what_was_replicated(
 
 def test_the_demo_stops_cleanly_on_ctrl_c_while_it_replicates(tmp_path: Path) -> None:
     port = free_port()
-    demo, lines = start_demo(port, tmp_path, "--duration", "60")
+    demo, lines = start_demo(port, tmp_path, "--duration", "60", sigint_ignored=True)
     seen: list[str] = []
     read_until(lines, "metrics:", seen)
     demo.send_signal(signal.SIGINT)

@@ -10,6 +10,7 @@ destinations equal the source.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -49,6 +50,10 @@ def _client(region: str, endpoint: str) -> Any:
 
 
 def run_demo(config_path: Path, options: DemoOptions, console: Console | None = None) -> int:
+    # Ctrl-C (SIGINT) stops the demo cleanly even where it was started with SIGINT ignored
+    # (a background job of a non-interactive shell inherits that, and Python then
+    # installs no handler of its own).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if console is None:
         # Off a terminal (CI logs, a pipe) one progress line per interval, not wrapped at
         # rich's default 80 columns, so that each line can be grepped whole.
