@@ -14,7 +14,7 @@ from replicator.rules.base import ConflictRule
 from replicator.rules.custom import CustomRule, load_resolver
 from replicator.rules.ordered import OrderedRule
 from replicator.rules.overwrite import OverwriteRule
-from replicator.rules.requests import PlanError, Skip, WriteRequest
+from replicator.rules.requests import PlanError, Skip, Verdict, WriteRequest
 
 __all__ = [
     "ConflictRule",
@@ -23,6 +23,7 @@ __all__ = [
     "OverwriteRule",
     "PlanError",
     "Skip",
+    "Verdict",
     "WriteRequest",
     "rule_for",
     "squash_order",
@@ -75,6 +76,6 @@ def squash_order(rule: ConflictRule, ordered_stream: bool) -> Supersedes:
     return by_creation_time
 
 
-def _rank(rule: OrderedRule, change: Change) -> tuple[tuple[int, object, str], int, int, int]:
+def _rank(rule: OrderedRule, change: Change) -> tuple[tuple[object, ...], int, int, int]:
     deleted = 1 if change.op_is_delete else 0
     return (rule.rank(change.image), deleted, change.created_us, change.position)

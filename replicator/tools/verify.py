@@ -429,6 +429,9 @@ class Verify:
                 finding.repair = "repaired"
                 if change.new_image is not None:
                     applied_puts.setdefault(id(change), (change, []))[1].append(finding.destination)
+            elif outcome is Outcome.UNCHANGED:
+                finding.repair = "resolved"
+                finding.detail = "the destination already held the source's item"
             elif outcome is Outcome.CONFLICT_LOST:
                 finding.repair = "refused"
                 finding.detail = writer.rule.explain_loss(change, state.destination_item)
