@@ -57,6 +57,7 @@ class ShardPipeline:
         source: SourceWriter | None = None,
     ) -> None:
         self.writers = dict(writers)
+        self.source = source
         # Every buffer destination: the destinations, and (active-active) the source
         # writer, which settles each change at the source like one more destination.
         self._targets: dict[str, ChangeWriter] = dict(self.writers)

@@ -148,7 +148,7 @@ class ReplicationProcessor:
             route = work.change_filter.route(change)
             replaces_older = route is Route.LOOP_SKIPPED
             if work.high_water is not None:
-                change, replaces_older = work.high_water.route(change, route)
+                change, route, replaces_older = work.high_water.route(change, route)
             if route is Route.REPLICATE:
                 pipeline.submit(change)
                 continue
@@ -324,7 +324,7 @@ def serve_daemon(resolved: Any) -> int:
             dead_letters,
             resolved.task_name,
             shard_id,
-            high_water=wiring.high_water(resolved),
+            high_water=wiring.high_water(resolved, pipeline),
         )
 
     processor = ReplicationProcessor(build, metrics)

@@ -208,14 +208,17 @@ def shard_pipeline(
     )
 
 
-def high_water(resolved: ResolvedJob) -> HighWater | None:
-    """The stage that turns stale local writes into corrections (active-active)."""
+def high_water(resolved: ResolvedJob, pipeline: ShardPipeline) -> HighWater | None:
+    """The stage that turns stale local writes into corrections (active-active); it
+    shares its notes with the pipeline's source writer."""
     job = resolved.job
-    if not job.writes_back:
+    if not job.writes_back or pipeline.source is None:
         return None
     rule = rule_for(job.conflict, job.loop_prevention.origin_attribute)
     assert isinstance(rule, OrderedRule)
-    return HighWater(rule, keep_echoes_apart=job.active_active.tombstones)
+    return HighWater(
+        rule, keep_echoes_apart=job.active_active.tombstones, notes=pipeline.source.notes
+    )
 
 
 def change_filter(resolved: ResolvedJob) -> ChangeFilter:

@@ -35,6 +35,7 @@ import structlog
 from replicator.conflictlog.base import ConflictRecorder
 from replicator.deadletter import DeadLetter
 from replicator.deadletter.base import Claimed
+from replicator.highwater import SharedNotes
 from replicator.items import Item, describe_key
 from replicator.metrics import Metrics
 from replicator.records import Change, Event
@@ -77,6 +78,7 @@ class SourceWriter:
     metrics: Metrics
     conflict_log: ConflictRecorder | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    notes: SharedNotes = field(default_factory=SharedNotes)
 
     def __post_init__(self) -> None:
         self.writer.cancelled = self.cancelled
@@ -91,9 +93,14 @@ class SourceWriter:
     def send(self, writer: DestinationWriter, change: Change, winner: Winner) -> bool:
         """Write the winner of ``change``'s lost conflict at ``writer`` to the source."""
         if winner.tombstone is not None:
-            written = self._apply_delete(change, winner.tombstone)
+            written = self.apply_delete(change, winner.tombstone)
         elif winner.item is not None:
+            ours = self._stamped_here(winner.item)
+            if ours:
+                self.notes.expect_echo(change.key, winner.item)
             written = self._put(change, winner.item) is Outcome.APPLIED
+            if ours and not written:
+                self.notes.forget_echo(change.key, winner.item)
         else:
             return False
         if written:
@@ -120,17 +127,31 @@ class SourceWriter:
             return Outcome.UNCHANGED
         image = change.new_image
         assert image is not None
+        inserted = self.notes.take_insert(change.key, change.position)
+        if change.old_image is not None and not inserted:
+            return Outcome.UNCHANGED  # an update of an item the source held: no delete between
 
         def check(_: int) -> Tombstone | None:
             return self.writer.undo_if_deleted(change.keys, image)
 
         undone: list[Tombstone | None] = []
         outcome = self.writer.retrying(change, lambda attempt: _keep(undone, check(attempt)))
+        log.debug(
+            "local insert checked against the tombstones",
+            key=describe_key(change.keys),
+            sequence_number=change.sequence_number,
+            deleted=bool(undone and undone[0]),
+        )
         if outcome is not Outcome.APPLIED or not undone or undone[0] is None:
             return Outcome.UNCHANGED
         tombstone = undone[0]
         self._record(change, None, tombstone, written=True)
         return Outcome.CONFLICT_LOST
+
+    def _stamped_here(self, image: Item) -> bool:
+        origin = self.rule.origin_attribute
+        stamp = image.get(origin) if origin else None
+        return stamp is not None and stamp.get("S") == self.writer.origin
 
     def _record_local_delete(self, change: Change) -> Outcome:
         self.writer.record_tombstone(change)
@@ -138,6 +159,7 @@ class SourceWriter:
 
     def _correct(self, change: Change, stale: Change) -> Outcome:
         """Write the higher state ``change`` carries in place of the local ``stale``."""
+        self.notes.take_insert(change.key, change.position)
         outcome = self.writer.write(change)
         written = outcome is Outcome.APPLIED
         if change.op_is_delete:
@@ -206,7 +228,7 @@ class SourceWriter:
         )
         return self.writer.write(put)
 
-    def _apply_delete(self, change: Change, tombstone: Tombstone) -> bool:
+    def apply_delete(self, change: Change, tombstone: Tombstone) -> bool:
         """Record ``tombstone`` in the source and remove its item while it ranks at or
         below it (``change``'s image, the write that lost, is such an item)."""
         copy = replace(tombstone, written_by=self.writer.origin)
