@@ -148,7 +148,7 @@ def rank_of(rule: ConflictRule, image: Item | None) -> dict[str, Any] | None:
         "value": None if value is None else item_to_wire({"v": value})["v"],
         "origin_attribute": rule.origin_attribute,
         "origin": origin,
-        "order": [tier, str(ordering), origin_text, digest],
+        "order": [tier, str(ordering), origin_text, str(digest)],
     }
 
 

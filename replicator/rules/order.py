@@ -28,6 +28,7 @@ digest, so their conditions cover all four fields.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import re
@@ -38,12 +39,52 @@ from typing import Any
 from replicator.items import AttributeValue, Item
 
 # (tier, value, (has origin, origin), digest)
-Rank = tuple[int, Any, tuple[int, str], str]
+Rank = tuple[int, Any, tuple[int, str], "Digest"]
 # An operation: (rank of its image, 1 for a delete of that image else 0).
 OpRank = tuple[Rank, int]
 Condition = tuple[str, dict[str, str], dict[str, AttributeValue]]
 
-NO_ITEM: Rank = (-1, 0, (0, ""), "")
+
+@functools.total_ordering
+class Digest:
+    """An image's digest, computed only when a comparison reaches it: two images rarely
+    tie on (value, origin), and hashing a large image costs more than the rest of a
+    comparison."""
+
+    __slots__ = ("_image", "_text")
+
+    def __init__(self, image: Item | None = None, text: str | None = None) -> None:
+        self._image = image
+        self._text = text
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = image_digest(self._image) if self._image is not None else ""
+            self._image = None
+        return self._text
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Digest):
+            return self.text == other.text
+        return NotImplemented
+
+    def __lt__(self, other: object) -> bool:
+        if isinstance(other, Digest):
+            return self.text < other.text
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"Digest({self.text[:12]})"
+
+
+NO_ITEM: Rank = (-1, 0, (0, ""), Digest(text=""))
 _TIERS = {"N": 1, "S": 2}
 
 
@@ -136,10 +177,10 @@ class RankFields:
         tier, value = ordering_rank(item.get(self.value))
         origin = origin_rank(item.get(self.origin)) if self.origin else (0, "")
         if self.digest is None:
-            digest = image_digest(item)
+            digest = Digest(image=item)
         else:
             stored = item.get(self.digest, {}).get("S")
-            digest = stored if isinstance(stored, str) else ""
+            digest = Digest(text=stored if isinstance(stored, str) else "")
         return (tier, value, origin, digest)
 
 

@@ -58,6 +58,7 @@ class OrderedRule:
         self.origin_attribute = origin_attribute
         self._types = ("N",) if numeric_only else _COMPARABLE
         self.fields = RankFields(attribute, origin_attribute)
+        self._keyed: dict[str, RankFields] = {}
 
     # -- the order ------------------------------------------------------------------------
 
@@ -91,13 +92,20 @@ class OrderedRule:
         """True when the destination holds no item, or one ranking below ``image`` on
         (value, origin)."""
         self._check_type(image)
-        fields = replace(self.fields, key=next(iter(keys)))
         return below(
-            fields,
+            self.keyed_fields(keys),
             image.get(self.attribute),
             image.get(self.origin_attribute) if self.origin_attribute else None,
             None,
         )
+
+    def keyed_fields(self, keys: Item) -> RankFields:
+        """The rank fields, with a key attribute to say "no item" by."""
+        name = next(iter(keys))
+        fields = self._keyed.get(name)
+        if fields is None:
+            fields = self._keyed[name] = replace(self.fields, key=name)
+        return fields
 
     def not_above(self, image: Item, keys: Item) -> Condition:
         """True when the destination holds no item, one ranking below ``image`` on (value,

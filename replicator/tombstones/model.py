@@ -23,7 +23,7 @@ from typing import Any
 
 from replicator.conflictlog.keys import canonical_key
 from replicator.items import AttributeValue, Item
-from replicator.rules.order import OpRank, Rank, RankFields, ordering_rank, origin_rank
+from replicator.rules.order import Digest, OpRank, Rank, RankFields, ordering_rank, origin_rank
 
 PARTITION_KEY = "pk"
 TTL_ATTRIBUTE = "expires_at"
@@ -54,7 +54,7 @@ class Tombstone:
     def rank(self) -> Rank:
         """The deleted image's rank (the delete itself ranks just above it)."""
         tier, value = ordering_rank(self.ordering)
-        return (tier, value, origin_rank(self.origin), self.digest)
+        return (tier, value, origin_rank(self.origin), Digest(text=self.digest))
 
     @property
     def op_rank(self) -> OpRank:
@@ -121,7 +121,7 @@ class Tombstone:
 
 def _order(rank: Rank) -> list[Any]:
     tier, value, (_, origin), digest = rank
-    return [tier, str(value), origin, digest]
+    return [tier, str(value), origin, str(digest)]
 
 
 def _text(item: Item, name: str) -> str:
@@ -148,7 +148,7 @@ def tombstone_of(
     expires_at: int,
 ) -> Tombstone:
     """The tombstone of a delete of ``deleted`` (the REMOVE's old image)."""
-    _, _, _, digest = fields.rank(deleted)
+    digest = str(fields.rank(deleted)[3])
     origin = deleted.get(fields.origin) if fields.origin else None
     if origin is not None and not isinstance(origin.get("S"), str):
         origin = None

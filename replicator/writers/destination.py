@@ -14,7 +14,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -320,7 +320,7 @@ class DestinationWriter:
         known to be below it, settles the ties DynamoDB cannot compare). Whether an item
         was deleted."""
         assert isinstance(self.rule, OrderedRule)
-        fields = replace(self.rule.fields, key=next(iter(keys)))
+        fields = self.rule.keyed_fields(keys)
         condition, names, values = below(fields, tombstone.ordering, tombstone.origin, None)
         if stale is not None:
             with contextlib.suppress(PlanError):
