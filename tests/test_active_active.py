@@ -7,7 +7,8 @@ stamped with their region and a client timestamp that is often behind (out of or
 Each operation's rank is known from what the application wrote (a put's image, an
 update's new image, a delete's old image), so the test knows the image every key must
 end with, or that it must be absent, and checks every region against it. See
-docs/active-active.md.
+docs/active-active.md. ``AA_DEBUG=1`` runs the runtimes with debug logs (each record's
+route, every lost conflict and write-back) in the test's directory.
 """
 
 from __future__ import annotations
