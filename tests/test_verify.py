@@ -16,11 +16,11 @@ import pytest
 from replicator.config import load_job
 from replicator.demo.workload import demo_item
 from replicator.items import Item
-from replicator.tools.compare import compare
 from replicator.rules import OrderedRule, rule_for
 from replicator.tombstones.model import tombstone_of
 from replicator.tombstones.setup import prepare as prepare_tombstones
 from replicator.tombstones.table import TombstoneTable
+from replicator.tools.compare import compare
 from replicator.tools.verify import Verify, VerifyHooks, VerifyOptions, VerifyReport
 from tests.e2e import Job
 

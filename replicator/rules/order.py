@@ -33,10 +33,10 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
-from replicator.items import AttributeValue, Item
+from replicator.items import AttributeValue, Item, canonical_number
 
 # (tier, value, (has origin, origin), digest)
 Rank = tuple[int, Any, tuple[int, str], "Digest"]
@@ -89,23 +89,12 @@ _TIERS = {"N": 1, "S": 2}
 
 
 def exact_number(text: str) -> str:
-    """One spelling per number value, without rounding: digits without trailing zeros and
-    an exponent (``1.50``, ``15E-1`` and ``0.15e1`` all give ``15E-1``)."""
+    """One spelling per number value, without rounding (:func:`canonical_number`); a text
+    DynamoDB would refuse keeps its own spelling, marked, so it never equals a number."""
     try:
-        number = Decimal(text)
-    except (InvalidOperation, TypeError, ValueError):
+        return canonical_number(text)
+    except ValueError:
         return f"?{text}"
-    if not number.is_finite():
-        return f"?{text}"
-    if number.is_zero():
-        return "0"
-    sign, digits, exponent = number.as_tuple()
-    assert isinstance(exponent, int)
-    kept = list(digits)
-    while kept and kept[-1] == 0:
-        kept.pop()
-        exponent += 1
-    return f"{'-' if sign else ''}{''.join(map(str, kept))}E{exponent}"
 
 
 def _canonical(value: AttributeValue) -> Any:
@@ -149,8 +138,8 @@ def ordering_rank(ordering: AttributeValue | None) -> tuple[int, Any]:
     tier = _TIERS.get(kind, 3)
     if kind == "N":
         try:
-            return (tier, Decimal(value))
-        except (InvalidOperation, TypeError, ValueError):
+            return (tier, Decimal(canonical_number(value)))
+        except ValueError:  # not a number DynamoDB holds (NaN, out of range): never stored
             return (tier, Decimal(0))
     return (tier, str(value))
 
