@@ -1,12 +1,12 @@
 """Scenario 1: the processor's CPU work per record, without any I/O.
 
-Each batch goes through the same functions, in the same order, as a batch handed to
-the processor: ``raw_record_from`` -> ``decode`` -> ``ChangeFilter.route`` ->
-``ChangeBuffer.add`` (squash); then for every change the buffer releases, the
-destination's conflict rule plans the conditional write and builds boto3's keyword
-arguments (``WriteRequest.to_kwargs``); the write is taken as applied at once
-(``ChangeBuffer.complete``) and the checkpoint position is computed. Only the network
-round trip and boto3 are left out, which scenario 2 measures.
+Each batch goes through the shard's own intake and pipeline, the code a batch handed to
+the processor runs (``ShardIntake.accept``: ``raw_record_from`` -> ``decode`` ->
+filters -> ``ChangeBuffer.add`` (squash) -> writer threads), to a destination that
+plans every conditional write with the conflict rule, builds boto3's keyword arguments
+(``WriteRequest.to_kwargs``) and takes it as applied at once; then the checkpoint
+position is computed. Only the network round trip and boto3 are left out, which
+scenario 2 measures.
 
 Runs in its own process (``python -m bench.core``), on one core, and prints JSON.
 """
@@ -17,22 +17,33 @@ import argparse
 import base64
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from bench.workload import Workload, WorkloadSpec
 from replicator.buffer import ChangeBuffer
 from replicator.config.model import ConflictConfig, ConflictPolicyName
+from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
-from replicator.filters import ChangeFilter, Route
+from replicator.filters import ChangeFilter
+from replicator.intake import Reader, ShardIntake
 from replicator.items import item_from_wire, key_id
-from replicator.records import raw_record_from
-from replicator.rules import Skip, rule_for, squash_order
+from replicator.metrics import Metrics
+from replicator.pipeline import ShardPipeline
+from replicator.records import Change, raw_record_from
+from replicator.rules import ConflictRule, Skip, rule_for, squash_order
+from replicator.writers.destination import APPLIED, WriteResult
 
 DESTINATION = "eu-west-1/bench-destination"
+TABLE = "bench-destination"
 BATCH = 1000
+# Writer threads: a destination without I/O keeps each one busy, so more would only
+# contend for the GIL (real writers wait on the network, and the job default is 128).
+MAX_IN_FLIGHT = 4
 
 
 def conflict_config(policy: str) -> ConflictConfig:
@@ -43,38 +54,82 @@ def conflict_config(policy: str) -> ConflictConfig:
     return ConflictConfig(policy=ConflictPolicyName(policy))
 
 
+@dataclass
+class PlanningDestination:
+    """A destination writer without the network: plans the conditional write and its
+    arguments, and takes it as applied."""
+
+    rule: ConflictRule
+    label: str = DESTINATION
+    table: str = TABLE
+    region: str = "eu-west-1"
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    planned: int = 0
+
+    def write(self, change: Change) -> WriteResult:
+        plan = self.rule.plan(change)
+        if not isinstance(plan, Skip):
+            plan.to_kwargs(self.table)
+            self.planned += 1  # one writer thread per key at a time; read after a flush
+        return APPLIED
+
+
+def shard(policy: str) -> tuple[ShardIntake, PlanningDestination]:
+    """One shard's intake and pipeline (job defaults), writing to a PlanningDestination."""
+    rule = rule_for(conflict_config(policy), None)
+    destination = PlanningDestination(rule)
+    metrics = Metrics(None)
+    pipeline = ShardPipeline(
+        {DESTINATION: destination},
+        ChangeBuffer([DESTINATION], squash_order([rule], ordered_stream=True)),
+        metrics,
+        "shardId-bench",
+        max_in_flight=MAX_IN_FLIGHT,
+        max_buffered=2_000,
+        dead_letters=DeadLetterer(_NoDeadLetters(), metrics, "bench", "shardId-bench"),
+    )
+    change_filter = ChangeFilter(origin_attribute=None, origin_value="", skip_ttl_deletes=False)
+    return ShardIntake(pipeline, Reader(change_filter)), destination
+
+
+class _NoDeadLetters:
+    """Nothing fails here (the planner applies everything); a letter would be a bug."""
+
+    description = "none"
+
+    def put(self, letter: Any) -> None:
+        raise AssertionError(f"the core benchmark dead-lettered a change: {letter}")
+
+    def claim_all(self) -> Iterator[Any]:
+        return iter(())
+
+    def settle(self, claimed: Any, *, replayed: bool) -> None:
+        raise AssertionError("the core benchmark keeps no dead letters")
+
+
 def run_core(policy: str, records: int, spec: WorkloadSpec) -> dict[str, Any]:
     workload = Workload(spec)
     batches = [workload.batch(BATCH)[0] for _ in range(max(1, records // BATCH))]
-    rule = rule_for(conflict_config(policy), None)
-    change_filter = ChangeFilter(origin_attribute=None, origin_value="", skip_ttl_deletes=False)
-    buffer = ChangeBuffer([DESTINATION], squash_order([rule], ordered_stream=True))
-    planned = 0
+    intake, destination = shard(policy)
+    pipeline = intake.pipeline
     cpu_start = time.process_time()
     wall_start = time.perf_counter()
     for batch in batches:
-        for record in batch:
-            change = decode(raw_record_from(record))
-            route = change_filter.route(change)
-            if route is Route.REPLICATE:
-                buffer.add(change)
-            else:
-                buffer.add_skipped(change, replaces_older=route is Route.LOOP_SKIPPED)
-        for entry in buffer.take_ready(DESTINATION, BATCH):
-            plan = rule.plan(entry.change)
-            if not isinstance(plan, Skip):
-                plan.to_kwargs("bench-destination")
-                planned += 1
-            buffer.complete(DESTINATION, entry)
-        buffer.checkpointable()
+        intake.accept(batch, 0)
+        pipeline.wait_for_room()
+        pipeline.checkpointable()
+    assert pipeline.flush(timeout=600), "every change must be settled"
+    checkpoint = pipeline.checkpointable()
     wall = time.perf_counter() - wall_start
     cpu = time.process_time() - cpu_start
+    pipeline.close()
     count = len(batches) * BATCH
-    assert buffer.idle, "every change must be settled"
+    last = raw_record_from(batches[-1][-1])["sequenceNumber"]
+    assert checkpoint == last, f"checkpointed at {checkpoint}, not at the last record {last}"
     return {
         "policy": policy,
         "records": count,
-        "writes_planned": planned,
+        "writes_planned": destination.planned,
         "records_per_s": count / wall,
         "cpu_us_per_record": cpu / count * 1e6,
     }
@@ -94,17 +149,18 @@ class _Stopwatch:
 
 
 def breakdown(policy: str, records: int, spec: WorkloadSpec) -> dict[str, float]:
-    """Microseconds per record of each step of the loop above, timed one step at a time
-    over each batch (so that, as in the loop, only one batch's objects are alive)."""
+    """Microseconds per record of each step, timed one step at a time over each batch (so
+    that, as in the loop above, only one batch's objects are alive): the parts of
+    ``decode``, ``decode`` whole, the intake (decode again, filters, squash, hand-off to
+    the writer threads) and the writes with the checkpoint position."""
     workload = Workload(spec)
     batches = [
         [raw_record_from(r) for r in workload.batch(BATCH)[0]]
         for _ in range(max(1, records // BATCH))
     ]
     count = len(batches) * BATCH
-    rule = rule_for(conflict_config(policy), None)
-    change_filter = ChangeFilter(origin_attribute=None, origin_value="", skip_ttl_deletes=False)
-    buffer = ChangeBuffer([DESTINATION], squash_order([rule], ordered_stream=True))
+    intake, _ = shard(policy)
+    pipeline = intake.pipeline
     watch = _Stopwatch()
     for raws in batches:
         with watch.step("base64_utf8"):
@@ -124,26 +180,19 @@ def breakdown(policy: str, records: int, spec: WorkloadSpec) -> dict[str, float]
                 key_id(document["dynamodb"]["Keys"])
         del texts, documents
         with watch.step("decode_whole"):
-            changes = [decode(raw) for raw in raws]
-        with watch.step("filter_and_squash"):
-            for change in changes:
-                change_filter.route(change)
-                buffer.add(change)
-        with watch.step("take_ready"):
-            entries = buffer.take_ready(DESTINATION, BATCH)
-        with watch.step("plan_and_kwargs"):
-            for entry in entries:
-                request = rule.plan(entry.change)
-                if not isinstance(request, Skip):
-                    request.to_kwargs("bench-destination")
-        with watch.step("complete_and_checkpoint"):
-            for entry in entries:
-                buffer.complete(DESTINATION, entry)
-            buffer.checkpointable()
-        del changes, entries
+            for raw in raws:
+                decode(raw)
+        with watch.step("intake"):
+            intake.accept(raws, 0)
+        with watch.step("writes_and_checkpoint"):
+            assert pipeline.flush(timeout=600), "every change must be settled"
+            pipeline.checkpointable()
+    pipeline.close()
     steps = {name: total / count * 1e6 for name, total in watch.totals.items()}
     parts = ("base64_utf8", "json", "binary_scan", "images", "key_id")
     steps["decode_rest"] = max(0.0, steps["decode_whole"] - sum(steps[p] for p in parts))
+    # What the intake adds to decode: filters, squash, hand-off to the writer threads.
+    steps["intake_rest"] = max(0.0, steps["intake"] - steps["decode_whole"])
     return steps
 
 

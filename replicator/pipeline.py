@@ -1,5 +1,10 @@
 """One shard's pipeline: buffer -> conflict rules -> writers, all destinations in parallel.
 
+Changes come in from the shard's intake (replicator/intake.py). A write that fails for
+good is stored as a dead letter here, before the buffer counts it settled, so the
+checkpoint never passes a change that was neither applied nor dead-lettered; a dead
+letter that cannot be stored stops the shard like any other writer failure.
+
 Writes run on a bounded thread pool per destination, so a slow destination neither
 stalls the others nor grows without limit: at most ``max_in_flight`` writes per
 destination are in flight, and intake blocks (backpressure) while ``max_buffered``
@@ -23,10 +28,12 @@ from typing import Protocol
 import structlog
 
 from replicator.buffer import ChangeBuffer, Entry
+from replicator.deadletter.failed import DeadLetterer
+from replicator.filters import Route
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.watermark.publisher import ShardWatermark
-from replicator.writers.destination import DestinationWriter, Outcome, WriteCancelled
+from replicator.writers.destination import WriteCancelled, WriteResult
 from replicator.writers.source import SourceWriter
 
 log = structlog.get_logger(__name__)
@@ -41,24 +48,34 @@ class ChangeWriter(Protocol):
 
     cancelled: threading.Event
 
-    def write(self, change: Change) -> Outcome: ...
+    def write(self, change: Change) -> WriteResult: ...
+
+
+class Destination(ChangeWriter, Protocol):
+    """A destination's writer: a failed write is dead-lettered under these names."""
+
+    label: str
+    table: str
+    region: str
 
 
 class ShardPipeline:
     def __init__(
         self,
-        writers: Mapping[str, DestinationWriter],
+        writers: Mapping[str, Destination],
         buffer: ChangeBuffer,
         metrics: Metrics,
         shard_id: str,
         max_in_flight: int,
         max_buffered: int,
+        *,
+        dead_letters: DeadLetterer,
         on_fatal: Callable[[BaseException], None] | None = None,
         clock: Callable[[], float] = time.time,
         watermark: ShardWatermark | None = None,
         source: SourceWriter | None = None,
     ) -> None:
-        self.writers = dict(writers)
+        self.writers: dict[str, Destination] = dict(writers)
         self.watermark = watermark
         self.source = source
         # Every buffer destination: the destinations, and (active-active) the source
@@ -67,6 +84,7 @@ class ShardPipeline:
         if source is not None:
             self._targets[source.label] = source
         self.buffer = buffer
+        self.dead_letters = dead_letters
         self.metrics = metrics
         self.shard_id = shard_id
         self.max_in_flight = max_in_flight
@@ -78,6 +96,7 @@ class ShardPipeline:
         self._closed = False
         self._batches: deque[tuple[int, float]] = deque()
         self._millis_behind = 0
+        self._squashed_counted = 0
         self._executors = {
             label: ThreadPoolExecutor(max_in_flight, thread_name_prefix=f"write-{label}")
             for label in self._targets
@@ -99,14 +118,21 @@ class ShardPipeline:
 
     def dispatch(self) -> None:
         """Start writes for everything queued, up to each destination's in-flight limit."""
+        with self._cond:
+            squashed = self.buffer.squashed
+        self.metrics.squashed.inc(squashed - self._squashed_counted)
+        self._squashed_counted = squashed
         for label in self._targets:
             self._dispatch(label)
 
-    def skip(self, change: Change, *, replaces_older: bool) -> None:
+    def skip(self, change: Change, route: Route, *, replaces_older: bool) -> None:
+        """A change not sent on (``route``: loop-skipped or filtered), counted per destination."""
         with self._cond:
             self.buffer.add_skipped(change, replaces_older=replaces_older)
             if self.watermark is not None:
                 self.watermark.skipped(change, replaces_older=replaces_older)
+        for label in self.writers:
+            self.metrics.writes.labels(label, change.event.op, route.value).inc()
 
     def done(self, sequence_number: str, created_us: int | None = None) -> None:
         """A record that needs no write: it was dead-lettered for every destination."""
@@ -249,16 +275,17 @@ class ShardPipeline:
 
     def _write(self, label: str, entry: Entry) -> None:
         try:
-            outcome = self._targets[label].write(entry.change)
+            result = self._targets[label].write(entry.change)
+            if result.failed:
+                # Stored before the buffer settles it: the checkpoint may then pass it.
+                self.dead_letters.store(self.writers[label], entry.change, result)
         except WriteCancelled:
             return
         except BaseException as error:  # noqa: BLE001  # any writer failure stops the shard
             self._fail(error, label)
             return
         if self.watermark is not None and label in self.writers:
-            self.watermark.settled(
-                label, entry.change, dead_lettered=outcome is Outcome.DEAD_LETTERED
-            )
+            self.watermark.settled(label, entry.change, dead_lettered=result.failed)
         with self._cond:
             self.buffer.complete(label, entry)
             self._settle_batches()

@@ -1,4 +1,5 @@
-"""Builds one shard's pipeline from a job: clients, rules, writers, dead letters, buffer.
+"""Builds one shard's intake and pipeline from a job: clients, rules, writers, dead
+letters, buffer.
 
 The only place that turns configuration into live objects, so that the pipeline stages
 themselves take plain collaborators and test without AWS.
@@ -14,10 +15,13 @@ from replicator import aws
 from replicator.buffer import ChangeBuffer
 from replicator.config.model import DeadLetterKind, ResolvedJob, RuntimeKind, StreamKind
 from replicator.conflictlog.base import ConflictRecorder
+from replicator.conflictlog.recorder import BackgroundRecorder
 from replicator.deadletter import DeadLetterTarget, FileDeadLetters, SqsDeadLetters
+from replicator.deadletter.failed import DeadLetterer
 from replicator.exceptions import EnvironmentProblem
 from replicator.filters import ChangeFilter
 from replicator.highwater import HighWater
+from replicator.intake import Reader, ShardIntake
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.rules import ConflictRule, OrderedRule, rule_for, squash_order
@@ -27,7 +31,7 @@ from replicator.watermark.publisher import ShardWatermark
 from replicator.watermark.table import StatusTable
 from replicator.writers.backoff import Backoff
 from replicator.writers.destination import DestinationWriter
-from replicator.writers.source import NotDeadLettered, SourceWriter
+from replicator.writers.source import SourceWriter
 from replicator.writers.wire import direct_write_client
 
 
@@ -101,7 +105,6 @@ def tombstone_table(
 def source_writer(
     resolved: ResolvedJob,
     metrics: Metrics,
-    shard_id: str,
     conflict_log: ConflictRecorder | None = None,
 ) -> SourceWriter | None:
     """The writer of the job's own source table, when the job writes back (active-active)."""
@@ -123,10 +126,7 @@ def source_writer(
         region=source.region,
         client=client,
         rule=rule,
-        dead_letters=NotDeadLettered(),
         metrics=metrics,
-        task_name=resolved.task_name,
-        shard_id=shard_id,
         backoff=_backoff(resolved),
         refusal_limit=job.writer.access_denied_limit,
         tombstones=table,
@@ -139,8 +139,6 @@ def source_writer(
 def destination_writers(
     resolved: ResolvedJob,
     metrics: Metrics,
-    shard_id: str,
-    dead_letters: DeadLetterTarget,
     conflict_log: ConflictRecorder | None = None,
     write_back: SourceWriter | None = None,
 ) -> dict[str, DestinationWriter]:
@@ -170,10 +168,7 @@ def destination_writers(
             region=destination.region,
             client=client,
             rule=rule,
-            dead_letters=dead_letters,
             metrics=metrics,
-            task_name=resolved.task_name,
-            shard_id=shard_id,
             backoff=backoff,
             refusal_limit=settings.access_denied_limit,
             max_optimistic_attempts=conflict.max_attempts,
@@ -185,17 +180,34 @@ def destination_writers(
     return writers
 
 
-def shard_pipeline(
+def shard_intake(
     resolved: ResolvedJob,
     shard_id: str,
     metrics: Metrics,
     dead_letters: DeadLetterTarget,
     on_fatal: Callable[[BaseException], None] | None = None,
+    conflict_log: BackgroundRecorder | None = None,
+) -> ShardIntake:
+    """One shard's intake and the pipeline behind it (the processor's ``build``)."""
+    letters = DeadLetterer(dead_letters, metrics, resolved.task_name, shard_id)
+    recorder = None
+    if conflict_log is not None:
+        recorder = conflict_log.for_shard(resolved.task_name, shard_id)
+    pipeline = shard_pipeline(resolved, shard_id, metrics, letters, on_fatal, recorder)
+    return ShardIntake(pipeline, Reader(change_filter(resolved), high_water(resolved, pipeline)))
+
+
+def shard_pipeline(
+    resolved: ResolvedJob,
+    shard_id: str,
+    metrics: Metrics,
+    dead_letters: DeadLetterer,
+    on_fatal: Callable[[BaseException], None] | None = None,
     conflict_log: ConflictRecorder | None = None,
 ) -> ShardPipeline:
     job = resolved.job
-    source = source_writer(resolved, metrics, shard_id, conflict_log)
-    writers = destination_writers(resolved, metrics, shard_id, dead_letters, conflict_log, source)
+    source = source_writer(resolved, metrics, conflict_log)
+    writers = destination_writers(resolved, metrics, conflict_log, source)
     ordered = job.source.stream.kind is StreamKind.DYNAMODB_STREAMS
     rules: list[ConflictRule] = [writer.rule for writer in writers.values()]
     labels = list(writers)
@@ -214,6 +226,7 @@ def shard_pipeline(
         shard_id,
         max_in_flight=job.writer.max_in_flight,
         max_buffered=job.writer.max_buffered_changes,
+        dead_letters=dead_letters,
         on_fatal=on_fatal,
         watermark=watermark,
         source=source,

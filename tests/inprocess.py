@@ -11,8 +11,9 @@ from amazon_kclpy import messages
 from replicator import wiring
 from replicator.config import parse_job
 from replicator.config.model import ResolvedJob
+from replicator.intake import ShardIntake
 from replicator.metrics import Metrics
-from replicator.processor import ReplicationProcessor, ShardWork
+from replicator.processor import ReplicationProcessor
 from replicator.records import RawRecord
 from tests.e2e import PATIENCE
 
@@ -40,15 +41,8 @@ class InProcessShard:
         dead_letters = wiring.dead_letter_target(self.resolved)
         self.dead_letters = dead_letters
 
-        def build(shard_id: str) -> ShardWork:
-            pipeline = wiring.shard_pipeline(self.resolved, shard_id, metrics, dead_letters)
-            return ShardWork(
-                pipeline,
-                wiring.change_filter(self.resolved),
-                dead_letters,
-                self.resolved.task_name,
-                shard_id,
-            )
+        def build(shard_id: str) -> ShardIntake:
+            return wiring.shard_intake(self.resolved, shard_id, metrics, dead_letters)
 
         self.processor = ReplicationProcessor(build, metrics, exit_process=self.exits.append)
         messages.InitializeInput(
@@ -72,8 +66,8 @@ class InProcessShard:
 
     def settle(self, timeout: float = 30.0) -> None:
         """Wait until everything sent is applied, then let the processor checkpoint."""
-        assert self.processor.work is not None
-        assert self.processor.work.pipeline.flush(timeout=timeout)
+        assert self.processor.intake is not None
+        assert self.processor.intake.pipeline.flush(timeout=timeout)
         self.send([])
         assert not self.exits
 

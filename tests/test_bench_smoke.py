@@ -11,6 +11,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from bench.analysis import apply_delays
+from bench.core import breakdown, run_core
 from bench.fake_endpoint import EndpointControl
 from bench.workload import Generated, Workload, WorkloadSpec
 from replicator import aws
@@ -121,3 +122,12 @@ def test_a_squashed_change_is_applied_by_the_later_write_of_its_item() -> None:
     # A write of an older image, before the change was even made, does not apply it.
     never = apply_delays([Generated("x", 5_000_000, True)], [(1.0, "put", "x", 0, "ok")], 0)
     assert never.unapplied == 1
+
+
+def test_the_core_scenario_runs_the_shard_intake_and_pipeline_to_the_last_record() -> None:
+    result = run_core("last_writer_wins", 2000, WorkloadSpec())
+    assert result["records"] == 2000
+    # Every record either planned a write or was squashed into a later one.
+    assert 0 < result["writes_planned"] <= 2000
+    steps = breakdown("overwrite", 1000, WorkloadSpec(shape="small"))
+    assert {"decode_whole", "intake", "writes_and_checkpoint", "intake_rest"} <= set(steps)

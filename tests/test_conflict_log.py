@@ -162,8 +162,6 @@ class FakeWriter:
     table = "orders"
     region = "eu-west-1"
     rule = RULE
-    task_name = "orders"
-    shard_id = "shardId-1"
 
 
 class FlakyTarget:
@@ -191,7 +189,9 @@ class FlakyTarget:
 
 
 def record(recorder: BackgroundRecorder, lost: LostConflict) -> None:
-    recorder.lost(FakeWriter(), lost.change, lost.existing, lost.why)
+    recorder.for_shard("orders", "shardId-1").lost(
+        FakeWriter(), lost.change, lost.existing, lost.why
+    )
 
 
 def recorder_for(target: FlakyTarget, metrics: Metrics, **options: Any) -> BackgroundRecorder:
@@ -289,13 +289,10 @@ def test_a_writer_that_loses_hands_the_destination_s_image_to_the_log(
         region="eu-west-1",
         client=ddb,
         rule=RULE,
-        dead_letters=None,  # type: ignore[arg-type]  # nothing here is dead-lettered
         metrics=metrics,
-        task_name="orders",
-        shard_id="shardId-1",
-        conflict_log=recorder,
+        conflict_log=recorder.for_shard("orders", "shardId-1"),
     )
-    assert writer.write(lost.change) is Outcome.CONFLICT_LOST
+    assert writer.write(lost.change).outcome is Outcome.CONFLICT_LOST
     recorder.close()
     (entry,) = read_entries(target, Selection())
     assert stored_bytes(entry.winning_image) == wire_bytes(lost.existing)

@@ -13,12 +13,15 @@ from typing import Any
 import pytest
 
 from replicator import aws
+from replicator.buffer import ChangeBuffer
 from replicator.config.model import ConflictConfig
 from replicator.deadletter import DeadLetter, FileDeadLetters, SqsDeadLetters
+from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
 from replicator.exceptions import DeadLetterUnavailable
 from replicator.metrics import Metrics
-from replicator.rules import rule_for
+from replicator.pipeline import ShardPipeline
+from replicator.rules import rule_for, squash_order
 from replicator.writers.destination import DestinationWriter
 from tests.conftest import client, create_table
 from tests.records import daemon_record, put, stream_record
@@ -135,7 +138,7 @@ def test_an_unwritable_file_is_reported_not_ignored(tmp_path: Path) -> None:
         target.put(letter(1))
 
 
-def test_a_writer_that_cannot_dead_letter_stops_instead_of_dropping(
+def test_a_shard_that_cannot_store_a_dead_letter_stops_before_the_checkpoint_passes_it(
     moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
 ) -> None:
     blocker = tmp_path / "file"
@@ -143,22 +146,33 @@ def test_a_writer_that_cannot_dead_letter_stops_instead_of_dropping(
     table = unique("reject")
     ddb = client("dynamodb", "eu-west-1", moto_endpoint)
     create_table(ddb, table, stream=None)
+    rule = rule_for(ConflictConfig(), None)
     writer = DestinationWriter(
-        label="eu",
-        table=table,
-        region="eu-west-1",
-        client=ddb,
-        rule=rule_for(ConflictConfig(), None),
-        dead_letters=FileDeadLetters(blocker / "x.jsonl"),
-        metrics=metrics,
-        task_name="t",
-        shard_id="s",
+        label="eu", table=table, region="eu-west-1", client=ddb, rule=rule, metrics=metrics
+    )
+    stopped: list[BaseException] = []
+    pipeline = ShardPipeline(
+        {"eu": writer},
+        ChangeBuffer(["eu"], squash_order([rule], ordered_stream=True)),
+        metrics,
+        "s",
+        max_in_flight=2,
+        max_buffered=10,
+        dead_letters=DeadLetterer(FileDeadLetters(blocker / "x.jsonl"), metrics, "t", "s"),
+        on_fatal=stopped.append,
     )
     bad = daemon_record(
         stream_record("INSERT", {"pk": {"S": "a"}}, {"pk": {"S": "a"}, "bad": {"NS": []}}, seq=1), 1
     )
-    with pytest.raises(DeadLetterUnavailable):
-        writer.write(decode(bad))
+    pipeline.submit(decode(bad))
+    pipeline.dispatch()
+    try:
+        with pytest.raises(DeadLetterUnavailable):
+            pipeline.flush(timeout=30)
+    finally:
+        pipeline.close()
+    assert len(stopped) == 1 and isinstance(stopped[0], DeadLetterUnavailable)
+    assert pipeline.checkpointable() is None  # never past a change neither applied nor kept
 
 
 def test_sqs_target_round_trip_and_large_records(moto_endpoint: str, unique: Any) -> None:

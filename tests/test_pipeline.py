@@ -11,6 +11,7 @@ from botocore.exceptions import ClientError
 
 from replicator.buffer import ChangeBuffer
 from replicator.deadletter import FileDeadLetters
+from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
@@ -67,15 +68,31 @@ def build(
             region=region,
             client=wrapped,
             rule=OrderedRule("last_writer_wins", "ts", None, numeric_only=False),
-            dead_letters=FileDeadLetters(tmp_path / "dead.jsonl"),
             metrics=metrics,
-            task_name="t",
-            shard_id="s",
             backoff=Backoff(0.001, 0.01),
         )
     buffer = ChangeBuffer(list(writers), IN_STREAM_ORDER)
-    pipeline = ShardPipeline(writers, buffer, metrics, "s", max_in_flight=8, max_buffered=1000)
-    return pipeline, tables, wrappers
+    return pipeline_of(writers, buffer, metrics, tmp_path, 1000), tables, wrappers
+
+
+def pipeline_of(
+    writers: dict[str, DestinationWriter],
+    buffer: ChangeBuffer,
+    metrics: Metrics,
+    tmp_path: Path,
+    max_buffered: int,
+) -> ShardPipeline:
+    """Shard "s" of task "t", dead-lettering to a file in ``tmp_path``."""
+    letters = DeadLetterer(FileDeadLetters(tmp_path / "dead.jsonl"), metrics, "t", "s")
+    return ShardPipeline(
+        writers,
+        buffer,
+        metrics,
+        "s",
+        max_in_flight=8,
+        max_buffered=max_buffered,
+        dead_letters=letters,
+    )
 
 
 @pytest.fixture
@@ -154,16 +171,11 @@ def one_destination(
         region="eu-west-1",
         client=ddb,
         rule=rule,
-        dead_letters=FileDeadLetters(tmp_path / "dead.jsonl"),
         metrics=metrics,
-        task_name="t",
-        shard_id="s",
         backoff=Backoff(0.001, 0.01),
     )
     buffer = ChangeBuffer(["eu"], squash_order([rule], ordered_stream=ordered_stream))
-    pipeline = ShardPipeline(
-        {"eu": writer}, buffer, metrics, "s", max_in_flight=8, max_buffered=100
-    )
+    pipeline = pipeline_of({"eu": writer}, buffer, metrics, tmp_path, 100)
     return pipeline, ddb, table
 
 

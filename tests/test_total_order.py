@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from replicator.config.model import ConflictConfig
-from replicator.deadletter import FileDeadLetters
 from replicator.decode import decode
 from replicator.items import Item
 from replicator.metrics import Metrics
@@ -88,10 +87,7 @@ def writer(ddb: Any, name: str, tmp: Path) -> DestinationWriter:
         region="eu-west-1",
         client=ddb,
         rule=RULE,
-        dead_letters=FileDeadLetters(tmp / "dead.jsonl"),
         metrics=Metrics(None),
-        task_name="task",
-        shard_id="shard",
         backoff=Backoff(0.0001, 0.001),
     )
 
@@ -110,7 +106,7 @@ def test_every_pair_of_images_ends_with_the_higher_one_at_the_destination(
     wrong = []
     for held, incoming in itertools.product(IMAGES, repeat=2):
         ddb.put_item(TableName=name, Item=held)
-        outcome = write.write(change("MODIFY", incoming))
+        outcome = write.write(change("MODIFY", incoming)).outcome
         found = ddb.get_item(TableName=name, Key={"pk": {"S": "k"}}, ConsistentRead=True)["Item"]
         expected = max(held, incoming, key=RULE.rank)
         if found != expected:

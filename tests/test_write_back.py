@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from replicator.conflictlog.base import LosingWriter
-from replicator.deadletter import FileDeadLetters
 from replicator.decode import decode
 from replicator.filters import Route
 from replicator.highwater import HighWater
@@ -25,7 +24,7 @@ from replicator.tombstones.model import tombstone_of
 from replicator.tombstones.table import TombstoneTable
 from replicator.writers.backoff import Backoff
 from replicator.writers.destination import DestinationWriter, Outcome
-from replicator.writers.source import NotDeadLettered, SourceWriter
+from replicator.writers.source import SourceWriter
 from tests.conftest import client, create_table, sample
 from tests.records import daemon_record, stream_record
 
@@ -87,8 +86,6 @@ class Pair:
             "table": name,
             "rule": RULE,
             "metrics": metrics,
-            "task_name": "task",
-            "shard_id": "shard",
             "backoff": Backoff(0.0001, 0.001),
             "origin": "us-east-1",
         }
@@ -97,7 +94,6 @@ class Pair:
                 label=f"us-east-1/{name}",
                 region="us-east-1",
                 client=self.a,
-                dead_letters=NotDeadLettered(),
                 tombstones=self.tombs_a,
                 counted=False,
                 **common,
@@ -110,7 +106,6 @@ class Pair:
             label="b",
             region="eu-west-1",
             client=self.b,
-            dead_letters=FileDeadLetters(tmp / "dead.jsonl"),
             tombstones=self.tombs_b,
             write_back=self.source,
             conflict_log=self.log,
@@ -133,13 +128,13 @@ def test_a_lost_put_writes_the_winner_back_to_the_source_once(pair: Pair) -> Non
     stale, winner = image(12, "us-east-1", "stale"), image(13, "eu-west-1", "newer")
     pair.a.put_item(TableName=pair.table, Item=stale)
     pair.b.put_item(TableName=pair.table, Item=winner)
-    assert pair.writer.write(change("MODIFY", stale)) is Outcome.CONFLICT_LOST
+    assert pair.writer.write(change("MODIFY", stale)).outcome is Outcome.CONFLICT_LOST
     assert pair.get(pair.a) == winner == pair.get(pair.b)
     assert sample(pair.metrics, "replicator_conflict_writebacks_total", destination="b") == 1
     assert [e["write_back"] for e in pair.log.entries] == [True]
     # The same change again (a replay): the source already holds the winner, so nothing
     # is written back; the conflict is lost and recorded again, its write-back false.
-    assert pair.writer.write(change("MODIFY", stale)) is Outcome.CONFLICT_LOST
+    assert pair.writer.write(change("MODIFY", stale)).outcome is Outcome.CONFLICT_LOST
     assert sample(pair.metrics, "replicator_conflict_writebacks_total", destination="b") == 1
     assert [e["write_back"] for e in pair.log.entries] == [True, False]
 
@@ -148,7 +143,9 @@ def test_a_write_back_never_replaces_a_newer_source_item(pair: Pair) -> None:
     newest = image(14, "us-east-1", "newest")
     pair.a.put_item(TableName=pair.table, Item=newest)
     pair.b.put_item(TableName=pair.table, Item=image(13, "eu-west-1"))
-    assert pair.writer.write(change("MODIFY", image(12, "us-east-1"))) is Outcome.CONFLICT_LOST
+    assert (
+        pair.writer.write(change("MODIFY", image(12, "us-east-1"))).outcome is Outcome.CONFLICT_LOST
+    )
     assert pair.get(pair.a) == newest
     assert sample(pair.metrics, "replicator_conflict_writebacks_total", destination="b") == 0
 
@@ -156,7 +153,7 @@ def test_a_write_back_never_replaces_a_newer_source_item(pair: Pair) -> None:
 def test_a_delete_leaves_a_tombstone_that_stops_a_lower_put_on_both_sides(pair: Pair) -> None:
     deleted = image(20, "eu-west-1", "deleted")
     pair.b.put_item(TableName=pair.table, Item=deleted)
-    assert pair.writer.write(change("REMOVE", None, deleted)) is Outcome.APPLIED
+    assert pair.writer.write(change("REMOVE", None, deleted)).outcome is Outcome.APPLIED
     assert pair.get(pair.b) is None
     tombstone = pair.tombs_b.get(KEY)
     assert tombstone is not None and tombstone.rank == RULE.rank(deleted)
@@ -164,12 +161,12 @@ def test_a_delete_leaves_a_tombstone_that_stops_a_lower_put_on_both_sides(pair: 
     # The same delete coming back (an echo from B's own stream, through another job):
     # the tombstone is already there, written by someone else; nothing to do.
     echo = replace(pair.writer, origin="ap-southeast-2")
-    assert echo.write(change("REMOVE", None, deleted)) is Outcome.UNCHANGED
+    assert echo.write(change("REMOVE", None, deleted)).outcome is Outcome.UNCHANGED
     # A stale put from A (stamped below the deleted image) reaches B: it is undone, and
     # the delete is written back to A, whose stale item goes.
     stale = image(19, "us-east-1", "stale")
     pair.a.put_item(TableName=pair.table, Item=stale)
-    assert pair.writer.write(change("MODIFY", stale, seq=2)) is Outcome.CONFLICT_LOST
+    assert pair.writer.write(change("MODIFY", stale, seq=2)).outcome is Outcome.CONFLICT_LOST
     assert pair.get(pair.b) is None and pair.get(pair.a) is None
     source_tomb = pair.tombs_a.get(KEY)
     assert source_tomb is not None and source_tomb.rank == tombstone.rank
@@ -178,7 +175,7 @@ def test_a_delete_leaves_a_tombstone_that_stops_a_lower_put_on_both_sides(pair: 
     assert entry["winning_rank"]["delete"] is True
     # A put that ranks above the delete brings the item back, as it should.
     newer = image(21, "us-east-1", "newer")
-    assert pair.writer.write(change("MODIFY", newer, seq=3)) is Outcome.APPLIED
+    assert pair.writer.write(change("MODIFY", newer, seq=3)).outcome is Outcome.APPLIED
     assert pair.get(pair.b) == newer
 
 
@@ -195,7 +192,7 @@ def test_a_put_past_the_tombstone_retention_is_applied_and_counted(pair: Pair) -
     )
     pair.b.put_item(TableName=f"{pair.table}-tombstones", Item=old.to_item())
     stale = image(19, "us-east-1")
-    assert pair.writer.write(change("MODIFY", stale)) is Outcome.APPLIED
+    assert pair.writer.write(change("MODIFY", stale)).outcome is Outcome.APPLIED
     assert pair.get(pair.b) == stale
     assert sample(pair.metrics, "replicator_tombstones_expired_total", destination="b") == 1
     # An expired tombstone is replaced by a new delete even if that one ranks lower.
@@ -217,11 +214,11 @@ def test_a_put_past_the_tombstone_retention_is_applied_and_counted(pair: Pair) -
 
 def test_the_source_writer_removes_a_local_insert_below_a_recorded_delete(pair: Pair) -> None:
     deleted = image(20, "us-east-1")
-    assert pair.source.write(change("REMOVE", None, deleted)) is Outcome.UNCHANGED
+    assert pair.source.write(change("REMOVE", None, deleted)).outcome is Outcome.UNCHANGED
     assert pair.tombs_a.get(KEY) is not None  # the local delete is recorded
     stale = image(18, "us-east-1", "stale")
     pair.a.put_item(TableName=pair.table, Item=stale)  # the application, unconditionally
-    assert pair.source.write(change("INSERT", stale, seq=2)) is Outcome.CONFLICT_LOST
+    assert pair.source.write(change("INSERT", stale, seq=2)).outcome is Outcome.CONFLICT_LOST
     assert pair.get(pair.a) is None
     label = f"us-east-1/{pair.table}"
     assert sample(pair.metrics, "replicator_conflict_writebacks_total", destination=label) == 1

@@ -20,6 +20,7 @@ from replicator import aws
 from replicator.buffer import ChangeBuffer
 from replicator.config.model import ConflictConfig
 from replicator.deadletter import FileDeadLetters
+from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
 from replicator.exceptions import DestinationRefused
 from replicator.metrics import Metrics
@@ -76,10 +77,7 @@ def writer_for(
         region=REGION,
         client=client,
         rule=rule_for(ConflictConfig(**(conflict or {"policy": "overwrite"})), "origin"),
-        dead_letters=FileDeadLetters(tmp_path / "dead.jsonl"),
         metrics=metrics,
-        task_name="task",
-        shard_id="shard-1",
         backoff=Backoff(0.0001, 0.001),
     )
 
@@ -122,18 +120,19 @@ def test_a_write_answered_after_the_read_timeout_is_applied_not_a_lost_conflict(
     writer = writer_for(direct, tmp_path, metrics, table, **conflict)
 
     proxy.slow_answer_once(3.0)
-    assert writer.write(decode(put("a", 1, ts=10, origin="us-east-1"))) is Outcome.APPLIED
+    assert writer.write(decode(put("a", 1, ts=10, origin="us-east-1"))).outcome is Outcome.APPLIED
     assert proxy.counts("PutItem")["slow_answer_200"] == 1
     assert sample(metrics, "replicator_retries_total", destination="dest", reason="network") >= 1
 
     proxy.slow_answer_once(3.0)
-    assert writer.write(decode(remove("a", 2, ts=10, origin="us-east-1"))) is Outcome.APPLIED
+    assert (
+        writer.write(decode(remove("a", 2, ts=10, origin="us-east-1"))).outcome is Outcome.APPLIED
+    )
     assert proxy.counts("DeleteItem")["slow_answer_200"] == 1
 
     assert outcomes(metrics, "applied") == 2
     assert outcomes(metrics, "conflict_lost") == 0
     assert "Item" not in ddb.get_item(TableName=table, Key={"pk": {"S": "a"}})
-    assert writer.dead_letters.letters() == []  # type: ignore[attr-defined]
 
 
 def test_a_lost_condition_that_finds_the_changes_own_image_is_applied(
@@ -149,7 +148,7 @@ def test_a_lost_condition_that_finds_the_changes_own_image_is_applied(
         client_error("ConditionalCheckFailedException", "The conditional request failed", landed),
     )
     writer = writer_for(scripted, tmp_path, metrics, **LWW)
-    assert writer.write(change) is Outcome.APPLIED
+    assert writer.write(change).outcome is Outcome.APPLIED
     assert outcomes(metrics, "conflict_lost") == 0
     assert (
         sample(metrics, "replicator_retries_total", destination="dest", reason="already_applied")
@@ -165,7 +164,7 @@ def test_a_lost_condition_that_finds_another_image_is_still_a_lost_conflict(
     newer = {**change.new_image, "ts": {"N": "11"}}
     scripted = ScriptedClient(client_error("ConditionalCheckFailedException", "", newer))
     writer = writer_for(scripted, tmp_path, metrics, **LWW)
-    assert writer.write(change) is Outcome.CONFLICT_LOST
+    assert writer.write(change).outcome is Outcome.CONFLICT_LOST
     assert outcomes(metrics, "applied") == 0
 
 
@@ -177,7 +176,7 @@ def test_a_retried_delete_that_finds_the_item_gone_is_applied(
         client_error("ConditionalCheckFailedException", "", None),
     )
     writer = writer_for(scripted, tmp_path, metrics, **LWW)
-    assert writer.write(decode(remove("a", 2, ts=10))) is Outcome.APPLIED
+    assert writer.write(decode(remove("a", 2, ts=10))).outcome is Outcome.APPLIED
     assert outcomes(metrics, "conflict_lost") == 0
 
 
@@ -199,9 +198,8 @@ def test_signature_and_credential_refusals_are_retried_never_dead_lettered(
     assert classify(client_error(code)) is ErrorKind.AUTH
     scripted = ScriptedClient(*[client_error(code, "Signature expired") for _ in range(3)])
     writer = writer_for(scripted, tmp_path, metrics)
-    assert writer.write(decode(put("a", 1))) is Outcome.APPLIED
+    assert writer.write(decode(put("a", 1))).outcome is Outcome.APPLIED
     assert scripted.calls == 4
-    assert writer.dead_letters.letters() == []  # type: ignore[attr-defined]
     reasons = ("clock_skew", "auth")
     retried = sum(
         sample(metrics, "replicator_retries_total", destination="dest", reason=reason)
@@ -220,7 +218,6 @@ def test_persistent_clock_skew_stops_the_worker_with_a_clear_message(
     writer = writer_for(ScriptedClient(*skewed), tmp_path, metrics)
     with pytest.raises(DestinationRefused, match=r"clock \(NTP\)"):
         writer.write(decode(put("a", 1)))
-    assert writer.dead_letters.letters() == []  # type: ignore[attr-defined]
     assert sample(metrics, "replicator_retries_total", destination="dest", reason="clock_skew") == (
         writer.refusal_limit - 1
     )
@@ -274,7 +271,7 @@ def test_the_direct_path_signs_on_the_servers_clock_after_a_skew_refusal(
             botocore_client, max_connections=2, connect_timeout=2.0, read_timeout=5.0
         )
         writer = writer_for(direct, tmp_path, metrics)
-        assert writer.write(decode(put("a", 1))) is Outcome.APPLIED
+        assert writer.write(decode(put("a", 1))).outcome is Outcome.APPLIED
         assert (
             sample(metrics, "replicator_retries_total", destination="dest", reason="clock_skew")
             == 1
@@ -295,8 +292,7 @@ def test_codes_that_a_later_attempt_can_succeed_are_retried(
 ) -> None:
     assert classify(client_error(code)) is ErrorKind.RETRY
     writer = writer_for(ScriptedClient(client_error(code)), tmp_path, metrics)
-    assert writer.write(decode(put("a", 1))) is Outcome.APPLIED
-    assert writer.dead_letters.letters() == []  # type: ignore[attr-defined]
+    assert writer.write(decode(put("a", 1))).outcome is Outcome.APPLIED
 
 
 # -- the user's resolver ----------------------------------------------------------------------
@@ -322,9 +318,11 @@ def test_an_exception_in_a_custom_resolver_dead_letters_that_change_and_goes_on(
         policy="custom",
         resolver="tests.test_write_outcomes:exploding_resolver",
     )
-    assert writer.write(decode(put("bad", 1))) is Outcome.DEAD_LETTERED
-    assert writer.write(decode(put("good", 2))) is Outcome.APPLIED
-    (letter,) = writer.dead_letters.letters()  # type: ignore[attr-defined]
+    target = FileDeadLetters(tmp_path / "dead.jsonl")
+    letters = DeadLetterer(target, metrics, "task", "shard-1")
+    assert letters.write(writer, decode(put("bad", 1))).outcome is Outcome.FAILED
+    assert letters.write(writer, decode(put("good", 2))).outcome is Outcome.APPLIED
+    (letter,) = target.letters()
     assert letter.reason == "resolver_failed"
     assert "exploding_resolver raised KeyError: 'price'" in letter.error
     assert "Item" not in ddb.get_item(TableName=table, Key={"pk": {"S": "bad"}})
@@ -353,6 +351,7 @@ def test_a_lost_lease_stops_the_writes_still_being_retried(
         "shard-1",
         max_in_flight=4,
         max_buffered=100,
+        dead_letters=DeadLetterer(FileDeadLetters(tmp_path / "dead.jsonl"), metrics, "t", "s"),
     )
     for sequence in range(1, 4):
         pipeline.submit(decode(put(f"k{sequence}", sequence)))
@@ -381,5 +380,5 @@ def test_a_retried_delete_that_finds_a_lower_ranked_item_is_applied(
         client_error("ConditionalCheckFailedException", "", older),
     )
     writer = writer_for(scripted, tmp_path, metrics, **LWW)
-    assert writer.write(decode(remove("a", 2, ts=10))) is Outcome.APPLIED
+    assert writer.write(decode(remove("a", 2, ts=10))).outcome is Outcome.APPLIED
     assert outcomes(metrics, "conflict_lost") == 0

@@ -12,6 +12,7 @@ from botocore.validate import ParamValidationDecorator
 
 from replicator import aws, wiring
 from replicator.config import parse_job
+from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
 from replicator.items import Item
 from replicator.metrics import Metrics
@@ -47,8 +48,8 @@ def test_writer_clients(moto_endpoint: str, unique: Any, tmp_path: Path, metrics
         f"dead_letter: {{kind: file, path: '{tmp_path}/dead.jsonl'}}\n"
     )
     resolved = parse_job(job, tmp_path / "job.yaml")
-    dead_letters = wiring.dead_letter_target(resolved)
-    writers = wiring.destination_writers(resolved, metrics, "shard-1", dead_letters)
+    letters = DeadLetterer(wiring.dead_letter_target(resolved), metrics, "task", "shard-1")
+    writers = wiring.destination_writers(resolved, metrics)
     lww, resolver = writers[f"{REGION}/{plain}"], writers[f"{REGION}/{custom}"]
 
     # Conditional puts and deletes go out directly; the custom resolver's reads and
@@ -60,11 +61,11 @@ def test_writer_clients(moto_endpoint: str, unique: Any, tmp_path: Path, metrics
     assert isinstance(resolver.client._serializer, ParamValidationDecorator)
 
     change = decode(put("a", 1, ts=5, tags={"SS": ["x", "y"]}))
-    assert lww.write(change) is Outcome.APPLIED
+    assert lww.write(change).outcome is Outcome.APPLIED
     item = ddb.get_item(TableName=plain, Key={"pk": {"S": "a"}}, ConsistentRead=True)["Item"]
     assert item["tags"] == {"SS": ["x", "y"]}
 
-    assert resolver.write(change) is Outcome.DEAD_LETTERED
+    assert letters.write(resolver, change).outcome is Outcome.FAILED
     assert "Item" not in ddb.get_item(TableName=custom, Key={"pk": {"S": "a"}})
     (letter,) = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
     assert letter["reason"] == "rejected"
@@ -85,10 +86,8 @@ def test_send_with_botocore_keeps_botocores_pipeline(
         f"dead_letter: {{kind: file, path: '{tmp_path}/dead.jsonl'}}\n"
     )
     resolved = parse_job(job, tmp_path / "job.yaml")
-    writers = wiring.destination_writers(
-        resolved, metrics, "shard-1", wiring.dead_letter_target(resolved)
-    )
+    writers = wiring.destination_writers(resolved, metrics)
     (writer,) = writers.values()
     assert not isinstance(writer.client, WireWriteClient)
-    assert writer.write(decode(put("a", 1, ts=5))) is Outcome.APPLIED
+    assert writer.write(decode(put("a", 1, ts=5))).outcome is Outcome.APPLIED
     assert ddb.get_item(TableName=table, Key={"pk": {"S": "a"}})["Item"]["ts"] == {"N": "5"}

@@ -11,6 +11,7 @@ import pytest
 
 from replicator.config.model import ConflictConfig
 from replicator.deadletter import FileDeadLetters
+from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
 from replicator.exceptions import DestinationRefused
 from replicator.metrics import Metrics
@@ -28,6 +29,8 @@ class Destination:
         self.ddb = client("dynamodb", REGION, endpoint)
         self.table = table
         self.dead_letters = FileDeadLetters(tmp / "dead.jsonl")
+        # What the pipeline does with a write that fails: stores it as a dead letter.
+        self.letters = DeadLetterer(self.dead_letters, metrics, "task", "shard-1")
         self.metrics = metrics
         create_table(self.ddb, table, stream=None)
 
@@ -38,10 +41,7 @@ class Destination:
             region=REGION,
             client=self.ddb,
             rule=rule_for(ConflictConfig(**conflict), origin),
-            dead_letters=self.dead_letters,
             metrics=self.metrics,
-            task_name="task",
-            shard_id="shard-1",
             backoff=Backoff(0.0001, 0.001),
         )
 
@@ -69,20 +69,20 @@ LWW = {"policy": "last_writer_wins", "timestamp_attribute": "ts"}
 def test_overwrite_writes_unconditionally(dest: Destination) -> None:
     dest.seed("a", ts=50, v="newer")
     writer = dest.writer(policy="overwrite")
-    assert writer.write(decode(put("a", 1, ts=10, v="older"))) is Outcome.APPLIED
+    assert writer.write(decode(put("a", 1, ts=10, v="older"))).outcome is Outcome.APPLIED
     assert dest.get("a")["v"] == {"S": "older"}  # type: ignore[index]
-    assert writer.write(decode(remove("a", 2))) is Outcome.APPLIED
+    assert writer.write(decode(remove("a", 2))).outcome is Outcome.APPLIED
     assert dest.get("a") is None
 
 
 def test_last_writer_wins_keeps_the_newer_item(dest: Destination) -> None:
     dest.seed("a", ts=50, v="dest")
     writer = dest.writer(**LWW)
-    assert writer.write(decode(put("a", 1, ts=40, v="old"))) is Outcome.CONFLICT_LOST
+    assert writer.write(decode(put("a", 1, ts=40, v="old"))).outcome is Outcome.CONFLICT_LOST
     assert dest.get("a")["v"] == {"S": "dest"}  # type: ignore[index]
-    assert writer.write(decode(put("a", 2, ts=60, v="new"))) is Outcome.APPLIED
+    assert writer.write(decode(put("a", 2, ts=60, v="new"))).outcome is Outcome.APPLIED
     assert dest.get("a")["v"] == {"S": "new"}  # type: ignore[index]
-    assert writer.write(decode(put("b", 3, ts=1, v="fresh"))) is Outcome.APPLIED
+    assert writer.write(decode(put("b", 3, ts=1, v="fresh"))).outcome is Outcome.APPLIED
     assert dest.get("b")["v"] == {"S": "fresh"}  # type: ignore[index]
     assert (
         sample(
@@ -107,8 +107,8 @@ def test_last_writer_wins_on_iso_string_timestamps(dest: Destination) -> None:
     writer = dest.writer(**LWW)
     older = put("a", 1, ts="2026-11-22T09:59:59Z", v="old")
     newer = put("a", 2, ts="2026-11-22T10:00:01Z", v="new")
-    assert writer.write(decode(older)) is Outcome.CONFLICT_LOST
-    assert writer.write(decode(newer)) is Outcome.APPLIED
+    assert writer.write(decode(older)).outcome is Outcome.CONFLICT_LOST
+    assert writer.write(decode(newer)).outcome is Outcome.APPLIED
     assert dest.get("a")["v"] == {"S": "new"}  # type: ignore[index]
 
 
@@ -126,7 +126,7 @@ def test_equal_timestamps_without_an_origin_have_one_winner_by_digest(dest: Dest
             dest.writer(**LWW).write(decode(record))
         assert dest.get("a")["v"] == winner["v"], pk  # type: ignore[index]
     again = dest.writer(**LWW).write(decode(first if winner == images[0] else second))
-    assert again is Outcome.UNCHANGED
+    assert again.outcome is Outcome.UNCHANGED
     assert (
         sample(
             dest.metrics,
@@ -144,11 +144,11 @@ def test_equal_timestamps_are_broken_by_origin_region(dest: Destination) -> None
     writer = dest.writer(origin="origin", **LWW)
     # eu-west-1 > us-east-1 is false lexically ("e" < "u"): the destination keeps its item
     lost = put("a", 1, ts=50, origin="eu-west-1", v="from-eu")
-    assert writer.write(decode(lost)) is Outcome.CONFLICT_LOST
+    assert writer.write(decode(lost)).outcome is Outcome.CONFLICT_LOST
     assert dest.get("a")["v"] == {"S": "from-us"}  # type: ignore[index]
     dest.seed("b", ts=50, origin="eu-west-1", v="from-eu")
     won = put("b", 2, ts=50, origin="us-east-1", v="from-us")
-    assert writer.write(decode(won)) is Outcome.APPLIED
+    assert writer.write(decode(won)).outcome is Outcome.APPLIED
     assert dest.get("b")["v"] == {"S": "from-us"}  # type: ignore[index]
 
 
@@ -156,9 +156,9 @@ def test_items_without_the_timestamp_rank_below_items_with_it(dest: Destination)
     dest.seed("has", ts=1, v="dest")
     dest.seed("lacks", v="dest")
     writer = dest.writer(**LWW)
-    assert writer.write(decode(put("has", 1, v="no-ts"))) is Outcome.CONFLICT_LOST
-    assert writer.write(decode(put("lacks", 2, v="no-ts"))) is Outcome.APPLIED
-    assert writer.write(decode(put("lacks", 3, ts=5, v="with-ts"))) is Outcome.APPLIED
+    assert writer.write(decode(put("has", 1, v="no-ts"))).outcome is Outcome.CONFLICT_LOST
+    assert writer.write(decode(put("lacks", 2, v="no-ts"))).outcome is Outcome.APPLIED
+    assert writer.write(decode(put("lacks", 3, ts=5, v="with-ts"))).outcome is Outcome.APPLIED
     assert dest.get("has")["v"] == {"S": "dest"}  # type: ignore[index]
     assert dest.get("lacks")["v"] == {"S": "with-ts"}  # type: ignore[index]
 
@@ -167,9 +167,9 @@ def test_delete_applies_only_when_the_destination_is_not_newer(dest: Destination
     dest.seed("old", ts=10)
     dest.seed("new", ts=99)
     writer = dest.writer(**LWW)
-    assert writer.write(decode(remove("old", 1, ts=10))) is Outcome.APPLIED
-    assert writer.write(decode(remove("new", 2, ts=10))) is Outcome.CONFLICT_LOST
-    assert writer.write(decode(remove("absent", 3, ts=10))) is Outcome.APPLIED
+    assert writer.write(decode(remove("old", 1, ts=10))).outcome is Outcome.APPLIED
+    assert writer.write(decode(remove("new", 2, ts=10))).outcome is Outcome.CONFLICT_LOST
+    assert writer.write(decode(remove("absent", 3, ts=10))).outcome is Outcome.APPLIED
     assert dest.get("old") is None
     assert dest.get("new") is not None
 
@@ -177,8 +177,8 @@ def test_delete_applies_only_when_the_destination_is_not_newer(dest: Destination
 def test_delete_without_old_image_is_dead_lettered_under_lww(dest: Destination) -> None:
     dest.seed("a", ts=10)
     payload = stream_record("REMOVE", {"pk": {"S": "a"}}, None, None, seq=7)
-    outcome = dest.writer(**LWW).write(decode(daemon_record(payload, 7)))
-    assert outcome is Outcome.DEAD_LETTERED
+    result = dest.letters.write(dest.writer(**LWW), decode(daemon_record(payload, 7)))
+    assert result.outcome is Outcome.FAILED and result.reason == "unplannable"
     (letter,) = dest.dead_letters.letters()
     assert letter.reason == "unplannable" and "NEW_AND_OLD_IMAGES" in letter.error
     assert dest.get("a") is not None
@@ -187,17 +187,18 @@ def test_delete_without_old_image_is_dead_lettered_under_lww(dest: Destination) 
 def test_version_policy_keeps_the_higher_version(dest: Destination) -> None:
     dest.seed("a", version=3, v="v3")
     writer = dest.writer(policy="version", version_attribute="version")
-    assert writer.write(decode(put("a", 1, version=2, v="v2"))) is Outcome.CONFLICT_LOST
-    assert writer.write(decode(put("a", 2, version=4, v="v4"))) is Outcome.APPLIED
+    assert writer.write(decode(put("a", 1, version=2, v="v2"))).outcome is Outcome.CONFLICT_LOST
+    assert writer.write(decode(put("a", 2, version=4, v="v4"))).outcome is Outcome.APPLIED
     assert dest.get("a")["v"] == {"S": "v4"}  # type: ignore[index]
-    assert writer.write(decode(remove("a", 3, version=3))) is Outcome.CONFLICT_LOST
-    assert writer.write(decode(remove("a", 4, version=4))) is Outcome.APPLIED
+    assert writer.write(decode(remove("a", 3, version=3))).outcome is Outcome.CONFLICT_LOST
+    assert writer.write(decode(remove("a", 4, version=4))).outcome is Outcome.APPLIED
     assert dest.get("a") is None
 
 
 def test_version_policy_rejects_a_string_version(dest: Destination) -> None:
     writer = dest.writer(policy="version", version_attribute="version")
-    assert writer.write(decode(put("a", 1, version="three"))) is Outcome.DEAD_LETTERED
+    result = dest.letters.write(writer, decode(put("a", 1, version="three")))
+    assert result.outcome is Outcome.FAILED
     assert "expected N" in dest.dead_letters.letters()[0].error
 
 
@@ -219,10 +220,10 @@ def merge_counts(incoming: Any, existing: Any) -> Any:
 def test_custom_resolver_decides_from_incoming_and_existing(dest: Destination) -> None:
     dest.seed("a", count=5)
     writer = dest.writer(policy="custom", resolver="tests.test_writers:merge_counts")
-    assert writer.write(decode(put("a", 1, count=3))) is Outcome.CONFLICT_LOST
-    assert writer.write(decode(put("a", 2, count=9))) is Outcome.APPLIED
+    assert writer.write(decode(put("a", 1, count=3))).outcome is Outcome.CONFLICT_LOST
+    assert writer.write(decode(put("a", 2, count=9))).outcome is Outcome.APPLIED
     assert dest.get("a") == {"pk": {"S": "a"}, "count": {"N": "9"}, "merged": {"BOOL": True}}
-    assert writer.write(decode(put("new", 3, count=1))) is Outcome.APPLIED
+    assert writer.write(decode(put("new", 3, count=1))).outcome is Outcome.APPLIED
 
 
 def test_custom_resolver_retries_when_the_item_changes_under_it(dest: Destination) -> None:
@@ -239,7 +240,7 @@ def test_custom_resolver_retries_when_the_item_changes_under_it(dest: Destinatio
         return request
 
     writer.rule.plan = plan_then_interfere  # type: ignore[method-assign]
-    assert writer.write(decode(put("a", 1, count=7))) is Outcome.APPLIED
+    assert writer.write(decode(put("a", 1, count=7))).outcome is Outcome.APPLIED
     assert dest.get("a")["count"] == {"N": "7"}  # type: ignore[index]
     assert (
         sample(
@@ -258,8 +259,8 @@ def test_custom_resolver_retries_when_the_item_changes_under_it(dest: Destinatio
 def test_item_the_destination_rejects_is_dead_lettered_whole(dest: Destination) -> None:
     wrong_key_type = stream_record("INSERT", {"pk": {"N": "1"}}, {"pk": {"N": "1"}}, seq=42)
     record = daemon_record(wrong_key_type, 42)
-    outcome = dest.writer(policy="overwrite").write(decode(record))
-    assert outcome is Outcome.DEAD_LETTERED
+    result = dest.letters.write(dest.writer(policy="overwrite"), decode(record))
+    assert result.outcome is Outcome.FAILED and result.reason == "rejected"
     lines = (dest.dead_letters.path).read_text().splitlines()
     entry = json.loads(lines[0])
     assert entry["reason"] == "rejected"

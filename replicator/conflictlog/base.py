@@ -69,14 +69,13 @@ class ConflictLogTarget(Protocol):
 
 
 class LosingWriter(Protocol):
-    """What a destination writer tells the conflict log about itself."""
+    """What a destination writer tells the conflict log about itself (the task and the
+    shard are the recorder's: :meth:`BackgroundRecorder.for_shard`)."""
 
     label: str
     table: str
     region: str
     rule: ConflictRule
-    task_name: str
-    shard_id: str
 
 
 class ConflictRecorder(Protocol):

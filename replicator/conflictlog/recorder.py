@@ -27,6 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -82,30 +83,12 @@ class BackgroundRecorder:
 
     # -- the writers' side ----------------------------------------------------------------
 
-    def lost(
-        self,
-        writer: LosingWriter,
-        change: Change,
-        existing: Item | None,
-        why: str,
-        *,
-        write_back: bool = False,
-        winning_rank: dict[str, Any] | None = None,
-    ) -> None:
-        conflict = LostConflict(
-            task_name=writer.task_name,
-            destination=writer.label,
-            table=writer.table,
-            region=writer.region,
-            shard_id=writer.shard_id,
-            rule=writer.rule,
-            change=change,
-            existing=existing,
-            why=why,
-            recorded_s=time.time(),
-            write_back=write_back,
-            winning_rank=winning_rank,
-        )
+    def for_shard(self, task_name: str, shard_id: str) -> ShardConflicts:
+        """What one shard's writers hand their lost conflicts to."""
+        return ShardConflicts(self, task_name, shard_id)
+
+    def record(self, conflict: LostConflict) -> None:
+        """Queue ``conflict`` for storage (or count it dropped), without waiting."""
         with self._cond:
             waiting = len(self._queue)
             refused = "shutdown" if self._closing else None
@@ -226,3 +209,39 @@ class BackgroundRecorder:
             if len(text) <= _LOGGED_ENTRY_LIMIT:
                 fields["entry"] = text
         log.error("lost conflict not recorded: the conflict log could not store it", **fields)
+
+
+@dataclass(frozen=True, slots=True)
+class ShardConflicts:
+    """A recorder bound to the job's task and one shard: the writers' ConflictRecorder."""
+
+    recorder: BackgroundRecorder
+    task_name: str
+    shard_id: str
+
+    def lost(
+        self,
+        writer: LosingWriter,
+        change: Change,
+        existing: Item | None,
+        why: str,
+        *,
+        write_back: bool = False,
+        winning_rank: dict[str, Any] | None = None,
+    ) -> None:
+        self.recorder.record(
+            LostConflict(
+                task_name=self.task_name,
+                destination=writer.label,
+                table=writer.table,
+                region=writer.region,
+                shard_id=self.shard_id,
+                rule=writer.rule,
+                change=change,
+                existing=existing,
+                why=why,
+                recorded_s=time.time(),
+                write_back=write_back,
+                winning_rank=winning_rank,
+            )
+        )

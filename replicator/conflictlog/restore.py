@@ -18,7 +18,6 @@ info-level log line ``conflict entry restored``.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import structlog
@@ -35,7 +34,6 @@ from replicator.conflictlog.base import (
 from replicator.conflictlog.entry import CONFLICT, RESTORE, ConflictEntry, entry_id, iso
 from replicator.conflictlog.keys import canonical_key
 from replicator.conflictlog.reader import key_text, read_entries
-from replicator.deadletter import Claimed, DeadLetter
 from replicator.exceptions import DestinationRefused, OperatorError
 from replicator.items import Item, describe_key
 from replicator.metrics import Metrics
@@ -83,24 +81,6 @@ class RestoreRule:
 
     def explain_loss(self, change: Change, existing: Item | None) -> str:
         return "the destination's item is no longer the image that won the conflict"
-
-
-class _Refusals:
-    """Keeps what the writer would have dead-lettered, to report it instead."""
-
-    description = "restore"
-
-    def __init__(self) -> None:
-        self.letter: DeadLetter | None = None
-
-    def put(self, letter: DeadLetter) -> None:
-        self.letter = letter
-
-    def claim_all(self) -> Iterator[Claimed]:
-        return iter(())
-
-    def settle(self, claimed: Claimed, *, replayed: bool) -> None:
-        raise NotImplementedError("a restore keeps no dead letters")
 
 
 @dataclass
@@ -162,9 +142,8 @@ def restore(
         )
     if entry.op == "put" and entry.losing_image is None:
         raise EntryNotFound(f"entry {entry.id}: the losing put has no image to write back")
-    refusals = _Refusals()
     metrics = Metrics(CollectorRegistry())
-    writers = wiring.destination_writers(resolved, metrics, RESTORE_PURPOSE, refusals)
+    writers = wiring.destination_writers(resolved, metrics)
     writer = replace(
         writers[entry.destination],
         rule=RestoreRule(force),
@@ -181,10 +160,10 @@ def restore(
         expected=entry.image("winning"),
     )
     try:
-        outcome = writer.write(change)
+        written = writer.write(change)
     except DestinationRefused as refused:
         return RestoreResult(entry, False, f"not restored: {refused}")
-    if outcome is Outcome.CONFLICT_LOST:
+    if written.outcome is Outcome.CONFLICT_LOST:
         return RestoreResult(
             entry,
             False,
@@ -192,9 +171,9 @@ def restore(
             "the conflict (it changed since); nothing was written. --force writes the losing "
             "image anyway",
         )
-    if outcome is Outcome.DEAD_LETTERED:
-        letter = refusals.letter
-        why = f"{letter.reason}: {letter.error}" if letter else "the write failed"
+    if written.failed:
+        # Reported, not dead-lettered: the operator is there to read it.
+        why = f"{written.reason}: {written.error}"
         return RestoreResult(entry, False, f"not restored: {entry.destination} refused it: {why}")
     audit = restore_entry(entry, force=force)
     log.info(

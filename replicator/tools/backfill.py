@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from replicator import wiring
 from replicator.config.model import ResolvedJob, StreamKind
+from replicator.deadletter.failed import DeadLetterer
 from replicator.exceptions import DeadLetterUnavailable, DestinationRefused, EnvironmentProblem
 from replicator.items import Item, project
 from replicator.metrics import Metrics
@@ -42,7 +43,7 @@ from replicator.tools.snapshot import (
     writer_tables,
 )
 from replicator.tools.tables import TableRef, TableShape, check_same_keys, source_ref
-from replicator.writers.destination import DestinationWriter, Outcome, WriteCancelled
+from replicator.writers.destination import DestinationWriter, Outcome, WriteCancelled, WriteResult
 
 log = structlog.get_logger(__name__)
 
@@ -184,7 +185,8 @@ class Backfill:
         job = resolved.job
         source = source_ref(resolved, connections=2 * self.options.threads + 4)
         dead_letters = wiring.dead_letter_target(resolved)
-        self._writers = snapshot_writers(resolved, self.metrics, dead_letters, BACKFILL)
+        self._letters = DeadLetterer(dead_letters, self.metrics, resolved.task_name, BACKFILL)
+        self._writers = snapshot_writers(resolved, self.metrics)
         shape = check_same_keys(source, writer_tables(resolved, self._writers))
         handoff: Handoff | None = None
         if self.options.skip_handoff_check:
@@ -260,7 +262,7 @@ class Backfill:
     ) -> None:
         options = self.options
         rate = ReadRate(options.read_rate)
-        guard = ResurrectionGuard(source, key_names, self._writers, rate, BACKFILL)
+        guard = ResurrectionGuard(source, key_names, self._writers, rate, self._letters)
         pending = [segment for segment in plan.segments if not segment.done]
         already = sum(segment.scanned for segment in plan.segments)
         report = ProgressReport(
@@ -342,6 +344,7 @@ class _SegmentCopy:
     def _write(self, segment: int, items: list[Item]) -> Tally:
         assert self.write_pool is not None
         writers = self.backfill._writers
+        letters = self.backfill._letters
         region = self.source.region
         changes = [
             synthetic_change(
@@ -353,15 +356,15 @@ class _SegmentCopy:
             )
             for item in items
         ]
-        futures: list[tuple[Change, str, Future[Outcome]]] = [
-            (change, label, self.write_pool.submit(writer.write, change))
+        futures: list[tuple[Change, str, Future[WriteResult]]] = [
+            (change, label, self.write_pool.submit(letters.write, writer, change))
             for change in changes
             for label, writer in writers.items()
         ]
         tally = Tally(scanned=len(items))
         applied: dict[int, tuple[Change, list[str]]] = {}
         for change, label, future in futures:
-            outcome = future.result()
+            outcome = future.result().outcome
             if outcome is Outcome.APPLIED:
                 tally.applied += 1
                 applied.setdefault(id(change), (change, []))[1].append(label)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -31,16 +30,17 @@ from prometheus_client import CollectorRegistry
 from replicator import wiring
 from replicator.config.model import ResolvedJob
 from replicator.deadletter import ALL_DESTINATIONS, Claimed, DeadLetter, DeadLetterTarget
-from replicator.decode import decode
+from replicator.deadletter.failed import DeadLetterer
 from replicator.exceptions import DestinationRefused, RecordDecodeError
 from replicator.filters import ChangeFilter, Route
+from replicator.intake import Reader
 from replicator.items import describe_key, item_from_wire
 from replicator.metrics import Metrics
 from replicator.records import Change, Event
 from replicator.tools.scan import ReadRate
 from replicator.tools.snapshot import ResurrectionGuard, synthetic_purpose, with_snapshot_rules
 from replicator.tools.tables import describe, source_ref
-from replicator.writers.destination import DestinationWriter, Outcome, WriteCancelled
+from replicator.writers.destination import DestinationWriter, WriteCancelled
 
 log = structlog.get_logger(__name__)
 
@@ -109,43 +109,17 @@ class RedriveReport:
         return "\n".join(lines)
 
 
-class _Kept:
-    """A dead-letter sink that keeps, in memory, what a writer would have dead-lettered.
-
-    The redrive decides itself what goes back to the real target, so that a letter that
-    fails again is stored once, as the same letter with one more attempt.
-    """
-
-    description = "redrive"
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    def take(self) -> DeadLetter | None:
-        letter: DeadLetter | None = getattr(self._local, "letter", None)
-        self._local.letter = None
-        return letter
-
-    def put(self, letter: DeadLetter) -> None:
-        self._local.letter = letter
-
-    def claim_all(self) -> Iterator[Claimed]:
-        return iter(())
-
-    def settle(self, claimed: Claimed, *, replayed: bool) -> None:
-        raise NotImplementedError("the redrive sink holds no letters to settle")
-
-
 class Redrive:
     def __init__(self, resolved: ResolvedJob, *, metrics: Metrics | None = None) -> None:
         self.resolved = resolved
         self.metrics = metrics or Metrics(CollectorRegistry())
         self.run_id = uuid.uuid4().hex[:12]
         self.stop = threading.Event()
-        self._kept = _Kept()
         self._writers: dict[str, DestinationWriter] = {}
         self._snapshot_writers: dict[str, DestinationWriter] = {}
-        self._filter = ChangeFilter.for_job(resolved.job)
+        # The shard's filters, without the high-water stage: a letter is one change, out
+        # of the stream's order.
+        self._reader = Reader(ChangeFilter.for_job(resolved.job))
         self._guard: ResurrectionGuard | None = None
         self._target: DeadLetterTarget | None = None
 
@@ -158,9 +132,9 @@ class Redrive:
 
     def run(self, target: DeadLetterTarget | None = None) -> RedriveReport:
         target = target or wiring.dead_letter_target(self.resolved, run_id=self.run_id)
-        self._writers = wiring.destination_writers(
-            self.resolved, self.metrics, "redrive", self._kept
-        )
+        # A letter that fails again goes back to the target as the same letter with one
+        # more attempt (``_settle``), so the writers' failures are not stored as new ones.
+        self._writers = wiring.destination_writers(self.resolved, self.metrics)
         self._snapshot_writers = with_snapshot_rules(self._writers)
         for writer in [*self._writers.values(), *self._snapshot_writers.values()]:
             writer.refusal_limit = min(writer.refusal_limit, REFUSALS_BEFORE_GIVING_UP)
@@ -205,15 +179,15 @@ class Redrive:
 
     def _replay(self, letter: DeadLetter) -> Replay:
         try:
-            change = decode(letter.record)
+            routed = self._reader.read(letter.record)
         except RecordDecodeError as error:
             return Replay(letter, [Failure(letter.destination, "undecodable", str(error))])
+        change = routed.change
         synthetic = synthetic_purpose(letter.record) is not None
         writers = self._snapshot_writers if synthetic else self._writers
         if letter.destination == ALL_DESTINATIONS:
-            route = self._filter.route(change)
-            if route is not Route.REPLICATE:
-                return Replay(letter, [], note=f"({route.value}: nothing to write)")
+            if routed.route is not Route.REPLICATE:
+                return Replay(letter, [], note=f"({routed.route.value}: nothing to write)")
             labels = list(writers)
         elif letter.destination in writers:
             labels = [letter.destination]
@@ -242,16 +216,12 @@ class Redrive:
         return Replay(letter, failures)
 
     def _write(self, writer: DestinationWriter, change: Change) -> Failure | None:
-        self._kept.take()
         try:
-            outcome = writer.write(change)
+            result = writer.write(change)
         except DestinationRefused as refused:
             return Failure(writer.label, "refused", str(refused))
-        if outcome is Outcome.DEAD_LETTERED:
-            kept = self._kept.take()
-            if kept is None:
-                return Failure(writer.label, "failed", "the write failed again")
-            return Failure(writer.label, kept.reason, kept.error)
+        if result.failed:
+            return Failure(writer.label, result.reason or "failed", result.error or "")
         return None
 
     def _undo_resurrections(self, change: Change, labels: list[str]) -> None:
@@ -260,12 +230,9 @@ class Redrive:
             assert self._target is not None
             source = source_ref(self.resolved)
             # Its deletes dead-letter to the real target: nothing it does is held back.
-            removers = {
-                label: replace(writer, dead_letters=self._target)
-                for label, writer in self._snapshot_writers.items()
-            }
+            letters = DeadLetterer(self._target, self.metrics, self.resolved.task_name, "redrive")
             self._guard = ResurrectionGuard(
-                source, describe(source).key_names, removers, ReadRate(0), "redrive"
+                source, describe(source).key_names, self._snapshot_writers, ReadRate(0), letters
             )
         tally = self._guard.check([(change, labels)])
         if tally.undone:

@@ -40,7 +40,7 @@ from typing import Any
 
 from replicator import wiring
 from replicator.config.model import ResolvedJob
-from replicator.deadletter import DeadLetterTarget
+from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
 from replicator.items import AttributeValue, Item, item_to_wire
 from replicator.metrics import Metrics
@@ -216,20 +216,13 @@ def expected_request(op: str, change: Change, expected: Item | None) -> WriteReq
     )
 
 
-def snapshot_writers(
-    resolved: ResolvedJob, metrics: Metrics, dead_letters: DeadLetterTarget, shard_id: str
-) -> dict[str, DestinationWriter]:
-    """The job's writers, one per destination, with their rules made safe for read images.
-
-    ``shard_id`` names the command in dead letters (``backfill``, ``repair``, ``redrive``).
-    """
-    return with_snapshot_rules(
-        wiring.destination_writers(resolved, metrics, shard_id, dead_letters)
-    )
+def snapshot_writers(resolved: ResolvedJob, metrics: Metrics) -> dict[str, DestinationWriter]:
+    """The job's writers, one per destination, with their rules made safe for read images."""
+    return with_snapshot_rules(wiring.destination_writers(resolved, metrics))
 
 
 def with_snapshot_rules(writers: Mapping[str, DestinationWriter]) -> dict[str, DestinationWriter]:
-    """Copies of ``writers`` (same clients, same dead-letter target) with snapshot rules."""
+    """Copies of ``writers`` (same clients) with snapshot rules."""
     return {
         # Read images are written as they are: no write-back to the source, and no
         # tombstone steps (verify reads the tombstones itself).
@@ -280,13 +273,16 @@ class ResurrectionGuard:
         key_names: list[str],
         writers: Mapping[str, DestinationWriter],
         rate: ReadRate,
-        purpose: str,
+        letters: DeadLetterer,
     ) -> None:
+        """``letters`` keeps a removal that fails; its ``shard_id`` names the command
+        (``backfill``, ``repair``, ``redrive``), which is the removals' purpose too."""
         self.source = source
         self.key_names = key_names
         self.writers = writers
         self.rate = rate
-        self.purpose = purpose
+        self.letters = letters
+        self.purpose = letters.shard_id
 
     def check(self, applied: list[tuple[Change, list[str]]]) -> GuardTally:
         """``applied``: synthetic puts, each with the destinations where it was applied."""
@@ -305,7 +301,7 @@ class ResurrectionGuard:
                 expected=change.new_image,
             )
             for label in labels:
-                outcome = self.writers[label].write(removal)
+                outcome = self.letters.write(self.writers[label], removal).outcome
                 if outcome is Outcome.APPLIED:
                     tally.undone += 1
                 elif outcome in (Outcome.CONFLICT_LOST, Outcome.UNCHANGED):

@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry
 from replicator import wiring
 from replicator.config.model import ResolvedJob
 from replicator.deadletter import DeadLetterTarget
+from replicator.deadletter.failed import DeadLetterer
 from replicator.exceptions import OperatorError
 from replicator.items import Item, KeyId, describe_key, item_to_wire, key_id, project
 from replicator.metrics import Metrics
@@ -450,7 +451,8 @@ class Verify:
         key_names: list[str],
     ) -> None:
         dead_letters = wiring.dead_letter_target(self.resolved)
-        writers = snapshot_writers(self.resolved, self.metrics, dead_letters, REPAIR)
+        letters = DeadLetterer(dead_letters, self.metrics, self.resolved.task_name, REPAIR)
+        writers = snapshot_writers(self.resolved, self.metrics)
         region = self.source.region
         jobs: list[tuple[Finding, _State, Change, DestinationWriter]] = []
         deleted = [f for f in findings if f.kind == DELETED]
@@ -472,7 +474,7 @@ class Verify:
 
         def apply(job: tuple[Finding, _State, Change, DestinationWriter]) -> Outcome:
             _, _, change, writer = job
-            return writer.write(change)
+            return letters.write(writer, change).outcome
 
         with ThreadPoolExecutor(self.options.threads, thread_name_prefix="repair") as pool:
             outcomes = list(pool.map(apply, jobs))
@@ -481,7 +483,7 @@ class Verify:
         for (finding, _, change, _), outcome in zip(jobs, outcomes, strict=True):
             if outcome is Outcome.APPLIED and change.new_image is not None:
                 applied_puts.setdefault(id(change), (change, []))[1].append(finding.destination)
-        guard = ResurrectionGuard(self.source, key_names, writers, self._rate(self.source), REPAIR)
+        guard = ResurrectionGuard(self.source, key_names, writers, self._rate(self.source), letters)
         guard.check(list(applied_puts.values()))
         self._confirm(findings, key_names)
 
@@ -508,7 +510,7 @@ class Verify:
         self, findings: list[Finding], states: dict[str, dict[KeyId, _State]]
     ) -> None:
         """Apply each destination's delete to the source, where the item is stale."""
-        source = wiring.source_writer(self.resolved, self.metrics, REPAIR)
+        source = wiring.source_writer(self.resolved, self.metrics)
         assert source is not None
         for finding in findings:
             state = states[finding.destination][key_id(finding.keys)]

@@ -1,9 +1,12 @@
-"""Stage 5: one destination's writer, which applies a change or dead-letters it.
+"""Stage 5: one destination's writer, which applies a change or says why it cannot.
 
-``write`` returns only when the change is settled at this destination: applied, lost
-to a newer item (a normal outcome of the conflict rules), or stored in the dead-letter
-target. Retryable failures are retried for as long as it takes; failures that no retry
-fixes are dead-lettered; a destination that refuses everything raises
+``write`` returns only when the change is settled at this destination as far as the
+writer can settle it: applied, unchanged, lost to a newer item (a normal outcome of the
+conflict rules), or failed in a way no retry fixes (a :class:`WriteResult` with a
+reason and the error). What becomes of a failed change is the caller's decision: the
+pipeline stores it as a dead letter before the checkpoint may pass it, a redrive keeps
+the letter it replayed, the source writer logs it. Retryable failures are retried for
+as long as it takes; a destination that refuses everything raises
 :class:`DestinationRefused`, which stops the worker before anything is checkpointed
 past the refused changes.
 """
@@ -22,9 +25,8 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.conflictlog.base import ConflictRecorder
-from replicator.deadletter import DeadLetter, DeadLetterTarget
 from replicator.exceptions import DestinationRefused
-from replicator.items import Item, describe_key, item_to_wire
+from replicator.items import Item, describe_key
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.rules import ConflictRule, OrderedRule, PlanError, Skip, Verdict, WriteRequest
@@ -37,7 +39,7 @@ from replicator.writers.errors import CLOCK_SKEW, ErrorKind, classify, error_cod
 log = structlog.get_logger(__name__)
 
 # An item denied this many times while other writes to the destination succeed is
-# refused by a fine-grained policy, not by an outage: it is dead-lettered.
+# refused by a fine-grained policy, not by an outage: it fails (and is dead-lettered).
 _ITEM_DENIALS_BEFORE_DEAD_LETTER = 3
 
 
@@ -49,7 +51,29 @@ class Outcome(StrEnum):
     APPLIED = "applied"
     UNCHANGED = "unchanged"
     CONFLICT_LOST = "conflict_lost"
-    DEAD_LETTERED = "dead_lettered"
+    # Not applied, and no retry would apply it as it is: the caller dead-letters it.
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """How a write settled; ``reason`` and ``error`` say why a FAILED one failed
+    (reasons: ``rejected``, ``access_denied``, ``unplannable``, ``resolver_failed``,
+    ``optimistic_conflicts``, ...)."""
+
+    outcome: Outcome
+    reason: str | None = None
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome is Outcome.FAILED
+
+
+APPLIED = WriteResult(Outcome.APPLIED)
+UNCHANGED = WriteResult(Outcome.UNCHANGED)
+CONFLICT_LOST = WriteResult(Outcome.CONFLICT_LOST)
+_SETTLED = {r.outcome: r for r in (APPLIED, UNCHANGED, CONFLICT_LOST)}
 
 
 _RETRY_REASON = {
@@ -61,7 +85,7 @@ _RETRY_REASON = {
 }
 
 # A rule that keeps sending a new write after each failed condition (the item keeps
-# changing under it) gives up after this many and dead-letters the change.
+# changing under it) gives up after this many: the change fails.
 _RECONSIDERED_LIMIT = 10
 
 
@@ -99,10 +123,7 @@ class DestinationWriter:
     region: str
     client: Any
     rule: ConflictRule
-    dead_letters: DeadLetterTarget
     metrics: Metrics
-    task_name: str
-    shard_id: str
     backoff: Backoff = field(default_factory=Backoff)
     refusal_limit: int = 20
     max_optimistic_attempts: int = 10
@@ -124,13 +145,13 @@ class DestinationWriter:
         self._refusal_streak = 0
         self._successes = 0
 
-    def write(self, change: Change) -> Outcome:
+    def write(self, change: Change) -> WriteResult:
         state = _Attempts()
         return self.retrying(change, lambda attempt: self._attempt(change, attempt, state))
 
-    def retrying(self, change: Change, attempt_once: Callable[[int], Outcome]) -> Outcome:
+    def retrying(self, change: Change, attempt_once: Callable[[int], WriteResult]) -> WriteResult:
         """Run ``attempt_once`` until it settles ``change``: retry what may pass (without a
-        limit in time), dead-letter what never will, stop on a destination that refuses
+        limit in time), fail what never will, stop on a destination that refuses
         everything."""
         attempt = 0
         denials = 0
@@ -141,11 +162,11 @@ class DestinationWriter:
             try:
                 return attempt_once(attempt)
             except PlanError as error:
-                return self._dead_letter(change, error.reason, str(error))
+                return WriteResult(Outcome.FAILED, error.reason, str(error))
             except (ClientError, BotoCoreError) as error:
                 kind = classify(error)
                 if kind is ErrorKind.REJECTED:
-                    return self._dead_letter(change, "rejected", _describe(error))
+                    return WriteResult(Outcome.FAILED, "rejected", _describe(error))
                 if kind is ErrorKind.AUTH:
                     streak, _ = self._note_refusal()
                     if streak >= self.refusal_limit:
@@ -170,7 +191,7 @@ class DestinationWriter:
                         successes > successes_at_first_denial
                         and denials >= _ITEM_DENIALS_BEFORE_DEAD_LETTER
                     ):
-                        return self._dead_letter(change, "access_denied", _describe(error))
+                        return WriteResult(Outcome.FAILED, "access_denied", _describe(error))
                 reason = _RETRY_REASON.get(kind, "server_error")
                 if error_code(error) in CLOCK_SKEW:
                     reason = "clock_skew"
@@ -189,7 +210,7 @@ class DestinationWriter:
                 )
                 self.cancelled.wait(delay)
 
-    def _attempt(self, change: Change, attempt: int, state: _Attempts) -> Outcome:
+    def _attempt(self, change: Change, attempt: int, state: _Attempts) -> WriteResult:
         """One try at settling ``change``; AWS errors other than a failed condition
         propagate to :meth:`retrying`."""
         op = change.event.op
@@ -227,15 +248,15 @@ class DestinationWriter:
 
     def _condition_failed(
         self, change: Change, error: ClientError, attempt: int, state: _Attempts
-    ) -> Outcome | None:
+    ) -> WriteResult | None:
         """What a failed condition settles; None to write again at once."""
         op = change.event.op
         if self.rule.reads_existing:
             state.optimistic_conflicts += 1
             self.metrics.retries.labels(self.label, "optimistic_conflict").inc()
             if state.optimistic_conflicts >= self.max_optimistic_attempts:
-                return self._dead_letter(
-                    change,
+                return WriteResult(
+                    Outcome.FAILED,
                     "optimistic_conflicts",
                     f"the item changed under the custom resolver "
                     f"{state.optimistic_conflicts} times in a row",
@@ -256,8 +277,8 @@ class DestinationWriter:
         if isinstance(decision, WriteRequest):
             state.reconsidered += 1
             if state.reconsidered > _RECONSIDERED_LIMIT:
-                return self._dead_letter(
-                    change,
+                return WriteResult(
+                    Outcome.FAILED,
                     "optimistic_conflicts",
                     f"the item changed under the write {state.reconsidered} times in a row",
                 )
@@ -343,7 +364,7 @@ class DestinationWriter:
         shown = tombstone.described(self.rule.attribute, self.rule.origin_attribute)
         return f"{self.rule.name}: {shown} (a tombstone) ranks at or above the put's image"
 
-    def _applied(self, change: Change) -> Outcome:
+    def _applied(self, change: Change) -> WriteResult:
         self._note_success()
         if self.counted:
             self.metrics.apply_delay.labels(self.label).observe(
@@ -394,36 +415,10 @@ class DestinationWriter:
             return None
         return winner.tombstone.rank_record(self.rule.attribute, self.rule.origin_attribute)
 
-    def _dead_letter(self, change: Change, reason: str, error: str) -> Outcome:
-        letter = DeadLetter(
-            record=change.raw,
-            destination=self.label,
-            reason=reason,
-            error=error,
-            task_name=self.task_name,
-            shard_id=self.shard_id,
-            table=self.table,
-            region=self.region,
-            event=change.event.value,
-            keys=item_to_wire(change.keys),
-        )
-        self.dead_letters.put(letter)
-        self.metrics.dead_letters.labels(self.label, reason).inc()
-        log.warning(
-            "change dead-lettered",
-            destination=self.label,
-            key=describe_key(change.keys),
-            sequence_number=change.sequence_number,
-            reason=reason,
-            error=error,
-            target=self.dead_letters.description,
-        )
-        return self._count(change.event.op, Outcome.DEAD_LETTERED)
-
-    def _count(self, op: str, outcome: Outcome) -> Outcome:
+    def _count(self, op: str, outcome: Outcome) -> WriteResult:
         if self.counted:
             self.metrics.writes.labels(self.label, op, outcome.value).inc()
-        return outcome
+        return _SETTLED[outcome]
 
     def _note_success(self) -> None:
         with self._lock:

@@ -21,54 +21,39 @@ holding something that ranks lower, so that it never replaces a newer write:
 The writer is a DestinationWriter for the source table (the same retries, refusals and
 conditions) whose writes are counted as write-backs, never as replicated writes. It
 takes part in the shard's buffer like a destination, so the checkpoint never passes a
-correction it has not made.
+correction it has not made. A write to the source that DynamoDB refuses as it is (never
+seen: the images come from the job's own tables) is logged and counted, not stored for
+a redrive: the change it belongs to is still settled at the destinations.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import structlog
 
 from replicator.conflictlog.base import ConflictRecorder
-from replicator.deadletter import DeadLetter
-from replicator.deadletter.base import Claimed
 from replicator.highwater import SharedNotes
 from replicator.items import Item, describe_key
 from replicator.metrics import Metrics
 from replicator.records import Change, Event
 from replicator.rules.ordered import OrderedRule
 from replicator.tombstones.model import Tombstone, tombstone_of
-from replicator.writers.destination import DestinationWriter, Outcome, Winner
+from replicator.writers.destination import (
+    APPLIED,
+    CONFLICT_LOST,
+    UNCHANGED,
+    DestinationWriter,
+    Outcome,
+    Winner,
+    WriteResult,
+)
 
 log = structlog.get_logger(__name__)
 
 SOURCE_PREFIX = "source:"
-
-
-class NotDeadLettered:
-    """A write to the source that DynamoDB refuses as it is (never seen: the images come
-    from the job's own tables) is logged and counted, not stored for a redrive: the change
-    it belongs to is still settled at the destinations."""
-
-    description = "not kept (writes to the source are not dead-lettered)"
-
-    def put(self, letter: DeadLetter) -> None:
-        log.error(
-            "write to the source refused; the source keeps its item",
-            destination=letter.destination,
-            key=letter.keys,
-            reason=letter.reason,
-            error=letter.error,
-        )
-
-    def claim_all(self) -> Iterator[Claimed]:
-        return iter(())
-
-    def settle(self, claimed: Claimed, *, replayed: bool) -> None:
-        raise NotImplementedError("writes to the source keep no dead letters")
 
 
 @dataclass
@@ -98,7 +83,7 @@ class SourceWriter:
             ours = self._stamped_here(winner.item)
             if ours:
                 self.notes.expect_echo(change.key, winner.item)
-            written = self._put(change, winner.item) is Outcome.APPLIED
+            written = self._put(change, winner.item).outcome is Outcome.APPLIED
             if ours and not written:
                 self.notes.forget_echo(change.key, winner.item)
         else:
@@ -115,27 +100,28 @@ class SourceWriter:
 
     # -- the source's own changes (a buffer destination) ----------------------------------
 
-    def write(self, change: Change) -> Outcome:
+    def write(self, change: Change) -> WriteResult:
+        """Settle ``change`` at the source; never FAILED (a refused write is logged)."""
         stale = change.corrects
         if stale is not None:
             return self._correct(change, stale)
         if self.writer.tombstones is None:
-            return Outcome.UNCHANGED
+            return UNCHANGED
         if change.op_is_delete:
             if change.image is not None:
-                self.writer.retrying(change, lambda _: self._record_local_delete(change))
-            return Outcome.UNCHANGED
+                self._retrying(change, lambda _: self._record_local_delete(change))
+            return UNCHANGED
         image = change.new_image
         assert image is not None
         inserted = self.notes.take_insert(change.key, change.position)
         if change.old_image is not None and not inserted:
-            return Outcome.UNCHANGED  # an update of an item the source held: no delete between
+            return UNCHANGED  # an update of an item the source held: no delete between
 
         def check(_: int) -> Tombstone | None:
             return self.writer.undo_if_deleted(change.keys, image)
 
         undone: list[Tombstone | None] = []
-        outcome = self.writer.retrying(change, lambda attempt: _keep(undone, check(attempt)))
+        outcome = self._retrying(change, lambda attempt: _keep(undone, check(attempt))).outcome
         log.debug(
             "local insert checked against the tombstones",
             key=describe_key(change.keys),
@@ -143,25 +129,24 @@ class SourceWriter:
             deleted=bool(undone and undone[0]),
         )
         if outcome is not Outcome.APPLIED or not undone or undone[0] is None:
-            return Outcome.UNCHANGED
+            return UNCHANGED
         tombstone = undone[0]
         self._record(change, None, tombstone, written=True)
-        return Outcome.CONFLICT_LOST
+        return CONFLICT_LOST
 
     def _stamped_here(self, image: Item) -> bool:
         origin = self.rule.origin_attribute
         stamp = image.get(origin) if origin else None
         return stamp is not None and stamp.get("S") == self.writer.origin
 
-    def _record_local_delete(self, change: Change) -> Outcome:
+    def _record_local_delete(self, change: Change) -> WriteResult:
         self.writer.record_tombstone(change)
-        return Outcome.APPLIED
+        return APPLIED
 
-    def _correct(self, change: Change, stale: Change) -> Outcome:
+    def _correct(self, change: Change, stale: Change) -> WriteResult:
         """Write the higher state ``change`` carries in place of the local ``stale``."""
         self.notes.take_insert(change.key, change.position)
-        outcome = self.writer.write(change)
-        written = outcome is Outcome.APPLIED
+        written = self._settled(change, self.writer.write(change)).outcome is Outcome.APPLIED
         if change.op_is_delete:
             assert change.old_image is not None
             tombstone = tombstone_of(
@@ -176,7 +161,7 @@ class SourceWriter:
             self._record(stale, None, tombstone, written=written)
         else:
             self._record(stale, change.new_image, None, written=written)
-        return Outcome.CONFLICT_LOST
+        return CONFLICT_LOST
 
     def _record(
         self,
@@ -216,7 +201,7 @@ class SourceWriter:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def _put(self, change: Change, image: Item) -> Outcome:
+    def _put(self, change: Change, image: Item) -> WriteResult:
         """Put ``image`` to the source while it holds something ranking lower."""
         put = replace(
             change,
@@ -226,7 +211,7 @@ class SourceWriter:
             ttl_delete=False,
             corrects=None,
         )
-        return self.writer.write(put)
+        return self._settled(put, self.writer.write(put))
 
     def apply_delete(self, change: Change, tombstone: Tombstone) -> bool:
         """Record ``tombstone`` in the source and remove its item while it ranks at or
@@ -235,7 +220,7 @@ class SourceWriter:
         stale = change.new_image if not change.op_is_delete else None
         result: list[bool] = []
 
-        def attempt(_: int) -> Outcome:
+        def attempt(_: int) -> WriteResult:
             table = self.writer.tombstones
             recorded = False
             if table is not None:
@@ -244,12 +229,31 @@ class SourceWriter:
                     self.metrics.tombstones_written.labels(self.source_label).inc()
             removed = self.writer.remove_below(change.keys, tombstone, stale)
             result.append(recorded or removed)
-            return Outcome.APPLIED
+            return APPLIED
 
-        self.writer.retrying(change, attempt)
+        self._retrying(change, attempt)
         return bool(result and result[-1])
 
+    def _retrying(self, change: Change, attempt_once: Callable[[int], WriteResult]) -> WriteResult:
+        return self._settled(change, self.writer.retrying(change, attempt_once))
 
-def _keep(box: list[Tombstone | None], value: Tombstone | None) -> Outcome:
+    def _settled(self, change: Change, result: WriteResult) -> WriteResult:
+        """A write the source refuses as it is: counted and logged, the source keeps its
+        item, and nothing is stored for a redrive."""
+        if result.failed:
+            label = self.writer.label
+            self.metrics.dead_letters.labels(label, result.reason or "failed").inc()
+            log.error(
+                "write to the source refused; the source keeps its item",
+                destination=label,
+                key=describe_key(change.keys),
+                sequence_number=change.sequence_number,
+                reason=result.reason,
+                error=result.error,
+            )
+        return result
+
+
+def _keep(box: list[Tombstone | None], value: Tombstone | None) -> WriteResult:
     box.append(value)
-    return Outcome.APPLIED
+    return APPLIED

@@ -1,0 +1,107 @@
+"""What replication and the tools do with a change that cannot be applied: a dead letter.
+
+A writer only says that a write failed for good and why (writers/destination.py). The
+letter needs what the writer does not know: the job's task, the shard (or the command
+that wrote), and where letters go. ``store`` returns only once the letter is stored;
+if the target cannot take it, the error propagates and the caller must not count the
+change as handled (the pipeline stops the shard, a tool stops).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from replicator.deadletter.base import DeadLetterTarget
+from replicator.deadletter.entry import ALL_DESTINATIONS, DeadLetter
+from replicator.items import describe_key, item_to_wire
+from replicator.metrics import Metrics
+from replicator.records import Change, RawRecord
+from replicator.writers.destination import WriteResult
+
+log = structlog.get_logger(__name__)
+
+# The ``outcome`` label of replicator_writes_total for a change stored as a dead letter.
+DEAD_LETTERED = "dead_lettered"
+
+
+class WrittenTable(Protocol):
+    """Where a failed write went (a DestinationWriter)."""
+
+    label: str
+    table: str
+    region: str
+
+
+class Writer(WrittenTable, Protocol):
+    def write(self, change: Change) -> WriteResult: ...
+
+
+@dataclass
+class DeadLetterer:
+    target: DeadLetterTarget
+    metrics: Metrics
+    task_name: str
+    shard_id: str  # the shard, or the command (``backfill``, ``repair``, ...)
+
+    @property
+    def description(self) -> str:
+        return self.target.description
+
+    def write(self, writer: Writer, change: Change) -> WriteResult:
+        """``writer.write(change)``; a failure is stored as a dead letter before it returns."""
+        result = writer.write(change)
+        if result.failed:
+            self.store(writer, change, result)
+        return result
+
+    def store(self, writer: WrittenTable, change: Change, result: WriteResult) -> None:
+        reason = result.reason or "failed"
+        error = result.error or ""
+        self.target.put(
+            DeadLetter(
+                record=change.raw,
+                destination=writer.label,
+                reason=reason,
+                error=error,
+                task_name=self.task_name,
+                shard_id=self.shard_id,
+                table=writer.table,
+                region=writer.region,
+                event=change.event.value,
+                keys=item_to_wire(change.keys),
+            )
+        )
+        self.metrics.dead_letters.labels(writer.label, reason).inc()
+        self.metrics.writes.labels(writer.label, change.event.op, DEAD_LETTERED).inc()
+        log.warning(
+            "change dead-lettered",
+            destination=writer.label,
+            key=describe_key(change.keys),
+            sequence_number=change.sequence_number,
+            reason=reason,
+            error=error,
+            target=self.target.description,
+        )
+
+    def undecodable(self, raw: RawRecord, error: str) -> None:
+        """A record that could not be decoded: one letter for every destination."""
+        self.target.put(
+            DeadLetter(
+                record=raw,
+                destination=ALL_DESTINATIONS,
+                reason="undecodable",
+                error=error,
+                task_name=self.task_name,
+                shard_id=self.shard_id,
+            )
+        )
+        self.metrics.records_received.labels("undecodable").inc()
+        self.metrics.dead_letters.labels(ALL_DESTINATIONS, "undecodable").inc()
+        log.warning(
+            "record could not be decoded; dead-lettered",
+            reason=error,
+            target=self.target.description,
+        )

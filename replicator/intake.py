@@ -1,0 +1,107 @@
+"""Stages 1-2 of one shard: stream records -> decode -> filters -> high-water -> buffer.
+
+The data path of a shard, in order:
+
+    stream record -> decode -> filters / high-water -> buffer -> rules -> writers -> checkpoint
+
+:class:`ShardIntake` owns the first half, up to the buffer of the shard's pipeline
+(replicator/pipeline.py); the record processor only adapts the KCL protocol to it, and
+the core benchmark drives the same intake. :class:`Reader` is the decode-and-route part
+alone, which a redrive uses to replay a dead letter the way the shard would have read it.
+
+A record that cannot be decoded is dead-lettered for every destination before its slot
+is marked done, so the checkpoint never passes it unstored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from replicator.decode import decode
+from replicator.exceptions import RecordDecodeError
+from replicator.filters import ChangeFilter, Route
+from replicator.highwater import HighWater
+from replicator.pipeline import ShardPipeline
+from replicator.records import Change, RawRecord, raw_record_from
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """A decoded change (possibly replaced by a correction) and where it goes."""
+
+    change: Change
+    route: Route
+    # For a change not sent on: whether it may replace an older queued change to its item.
+    replaces_older: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reader:
+    change_filter: ChangeFilter
+    # Active-active: turns local writes that rank below what the source held into
+    # corrections (replicator/highwater.py).
+    high_water: HighWater | None = None
+
+    def read(self, raw: RawRecord) -> Routed:
+        """Decode ``raw`` and route it; RecordDecodeError when it cannot be decoded."""
+        return self.route(decode(raw))
+
+    def route(self, change: Change) -> Routed:
+        route = self.change_filter.route(change)
+        replaces_older = route is Route.LOOP_SKIPPED
+        if self.high_water is not None:
+            change, route, replaces_older = self.high_water.route(change, route)
+        return Routed(change, route, replaces_older)
+
+
+@dataclass
+class ShardIntake:
+    pipeline: ShardPipeline
+    reader: Reader
+
+    @property
+    def shard_id(self) -> str:
+        return self.pipeline.shard_id
+
+    def accept(self, records: Iterable[Any], millis_behind: int) -> None:
+        """Take one batch of the daemon's records (amazon-kclpy Records or plain dicts)
+        into the pipeline and start its writes; returns without waiting for them."""
+        pipeline = self.pipeline
+        metrics = pipeline.metrics
+        metrics.millis_behind_latest.labels(self.shard_id).set(millis_behind)
+        last_sequence_number: str | None = None
+        for record in records:
+            raw = raw_record_from(record)
+            try:
+                change = decode(raw)
+            except RecordDecodeError as error:
+                pipeline.dead_letters.undecodable(raw, str(error))
+                sequence_number = raw.get("sequenceNumber")
+                if isinstance(sequence_number, str) and sequence_number.isdigit():
+                    pipeline.done(sequence_number, _created_us(raw))
+                    last_sequence_number = sequence_number
+                continue
+            last_sequence_number = change.sequence_number
+            metrics.records_received.labels(change.event.value).inc()
+            routed = self.reader.route(change)
+            if routed.route is Route.REPLICATE:
+                pipeline.submit(routed.change)
+            else:
+                pipeline.skip(routed.change, routed.route, replaces_older=routed.replaces_older)
+        pipeline.dispatch()
+        if last_sequence_number is not None:
+            pipeline.batch_received(last_sequence_number, millis_behind)
+            metrics.last_record.labels(self.shard_id).set(time.time())
+        else:
+            pipeline.note_millis_behind(millis_behind)
+
+
+def _created_us(raw: RawRecord) -> int | None:
+    """An undecodable record's creation time: the adapter's approximateArrivalTimestamp (ms)."""
+    arrival = raw.get("approximateArrivalTimestamp")
+    if isinstance(arrival, int | float) and not isinstance(arrival, bool) and arrival > 0:
+        return int(arrival) * 1000
+    return None
