@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from replicator import aws
+from replicator.aws import clients
+from replicator.aws.backoff import Backoff
+from replicator.aws.clients import Place, WriteClient
 from replicator.buffer import ChangeBuffer
 from replicator.config.model import DeadLetterKind, ResolvedJob, RuntimeKind, StreamKind
 from replicator.conflictlog.base import ConflictRecorder
@@ -23,9 +25,11 @@ from replicator.rules import rule_for, squash_order
 from replicator.runtime.local.stream import Shard, list_shards
 from replicator.watermark.publisher import ShardWatermark
 from replicator.watermark.table import StatusTable
-from replicator.writers.backoff import Backoff
 from replicator.writers.destination import DestinationWriter
 from replicator.writers.wire import direct_write_client
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 
 def dead_letter_target(resolved: ResolvedJob, run_id: str | None = None) -> DeadLetterTarget:
@@ -33,9 +37,7 @@ def dead_letter_target(resolved: ResolvedJob, run_id: str | None = None) -> Dead
     if settings.kind is DeadLetterKind.SQS:
         assert settings.queue_url
         region = settings.region or resolved.job.source.region
-        client = aws.client(
-            "sqs", region, endpoint_url=settings.endpoint_url, role_arn=settings.role_arn
-        )
+        client = clients.sqs(Place(region, settings.endpoint_url, settings.role_arn))
         return SqsDeadLetters(client, settings.queue_url, run_id=run_id)
     path = Path(settings.path.format(task_name=resolved.task_name))
     if not path.is_absolute():
@@ -57,12 +59,8 @@ def destination_writers(
     for destination in job.destinations:
         conflict = job.conflict_for(destination)
         rule = rule_for(conflict, job.loop_prevention.origin_attribute)
-        client = aws.client(
-            "dynamodb",
-            destination.region,
-            endpoint_url=destination.endpoint_url,
-            role_arn=destination.role_arn,
-            external_id=destination.external_id,
+        botocore_client = clients.dynamodb(
+            destination,
             max_pool_connections=settings.max_in_flight,
             connect_timeout=settings.connect_timeout_s,
             read_timeout=settings.read_timeout_s,
@@ -71,9 +69,10 @@ def destination_writers(
             # only a custom resolver's own items get botocore's client-side check.
             validate_parameters=rule.reads_existing,
         )
+        client: WriteClient = botocore_client
         if not rule.reads_existing and not settings.send_with_botocore:
             client = direct_write_client(
-                client,
+                botocore_client,
                 max_connections=settings.max_in_flight,
                 connect_timeout=settings.connect_timeout_s,
                 read_timeout=settings.read_timeout_s,
@@ -144,35 +143,21 @@ def shard_watermark(resolved: ResolvedJob, shard_id: str, metrics: Metrics) -> S
     )
 
 
-def status_client(resolved: ResolvedJob, label: str, read_timeout: float = 10.0) -> Any:
+def status_client(resolved: ResolvedJob, label: str, read_timeout: float = 10.0) -> DynamoDBClient:
     """A client for the status table of destination ``label`` (its region, endpoint, role)."""
     destination = next(d for d in resolved.job.destinations if d.label == label)
-    return aws.client(
-        "dynamodb",
-        destination.region,
-        endpoint_url=destination.endpoint_url,
-        role_arn=destination.role_arn,
-        external_id=destination.external_id,
-        read_timeout=read_timeout,
-    )
+    return clients.dynamodb(destination, read_timeout=read_timeout)
 
 
 def stream_shards(resolved: ResolvedJob) -> Callable[[], Sequence[Shard]]:
     """Lists the source stream's shards (the job's stream ARN, or the table's latest)."""
     source = resolved.job.source
-    options: dict[str, Any] = {
-        "endpoint_url": source.endpoint_url,
-        "role_arn": source.role_arn,
-        "external_id": source.external_id,
-    }
-    streams = aws.client("dynamodbstreams", source.region, **options)
+    streams = clients.dynamodb_streams(source)
     arn: list[str] = [source.stream.arn] if source.stream.arn else []
 
     def shards() -> Sequence[Shard]:
         if not arn:
-            table = aws.client("dynamodb", source.region, **options).describe_table(
-                TableName=source.table
-            )["Table"]
+            table = clients.dynamodb(source).describe_table(TableName=source.table)["Table"]
             if not table.get("LatestStreamArn"):
                 raise EnvironmentProblem(f"source table {source.table} has no stream")
             arn.append(table["LatestStreamArn"])

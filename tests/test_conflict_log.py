@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from replicator.aws.backoff import Backoff
 from replicator.cli import cli
 from replicator.conflictlog.base import (
     ConflictLogRejected,
@@ -30,7 +31,6 @@ from replicator.demo.workload import demo_item
 from replicator.items import Item, item_to_wire
 from replicator.metrics import Metrics
 from replicator.rules import OrderedRule
-from replicator.writers.backoff import Backoff
 from replicator.writers.destination import DestinationWriter, Outcome
 from tests.conftest import client, create_table, sample
 from tests.e2e import wait_until

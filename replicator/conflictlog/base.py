@@ -8,11 +8,11 @@ from typing import Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from replicator.aws.errors import ErrorKind, classify, error_code
 from replicator.conflictlog.entry import ConflictEntry
 from replicator.items import Item
 from replicator.records import Change
 from replicator.rules.base import ConflictRule
-from replicator.writers.errors import ErrorKind, classify, error_code
 
 
 class ConflictLogUnavailable(Exception):

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import structlog
 
+from replicator.aws.backoff import Backoff
 from replicator.conflictlog.base import (
     ConflictLogRejected,
     ConflictLogTarget,
@@ -39,7 +40,6 @@ from replicator.conflictlog.entry import ConflictEntry, LostConflict
 from replicator.items import Item, describe_key
 from replicator.metrics import Metrics
 from replicator.records import Change
-from replicator.writers.backoff import Backoff
 
 log = structlog.get_logger(__name__)
 

@@ -24,6 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CollectorRegistry
 
 from replicator import wiring
+from replicator.aws.tables import TableShape
 from replicator.config.model import ResolvedJob, StreamKind
 from replicator.exceptions import DeadLetterUnavailable, DestinationRefused, EnvironmentProblem
 from replicator.items import Item, project
@@ -41,7 +42,7 @@ from replicator.tools.snapshot import (
     synthetic_change,
     writer_tables,
 )
-from replicator.tools.tables import TableRef, TableShape, check_same_keys, source_ref
+from replicator.tools.tables import TableRef, check_same_keys, source_ref
 from replicator.writers.destination import DestinationWriter, Outcome, WriteCancelled
 
 log = structlog.get_logger(__name__)

@@ -36,6 +36,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from replicator import wiring
+from replicator.aws.tables import TableShape
 from replicator.config.model import ResolvedJob
 from replicator.exceptions import OperatorError
 from replicator.items import Item, KeyId, describe_key, item_to_wire, key_id, project
@@ -47,7 +48,6 @@ from replicator.tools.scan import ReadRate, batch_get, scan_pages
 from replicator.tools.snapshot import REPAIR, ResurrectionGuard, snapshot_writers, synthetic_change
 from replicator.tools.tables import (
     TableRef,
-    TableShape,
     check_same_keys,
     describe,
     destination_refs,

@@ -15,11 +15,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import cast
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
+from replicator.aws.backoff import Backoff
+from replicator.aws.clients import WriteClient
+from replicator.aws.errors import CLOCK_SKEW, ErrorKind, classify, error_code
 from replicator.conflictlog.base import ConflictRecorder
 from replicator.deadletter import DeadLetter, DeadLetterTarget
 from replicator.exceptions import DestinationRefused
@@ -27,8 +30,6 @@ from replicator.items import Item, describe_key, item_to_wire
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.rules import ConflictRule, PlanError, Skip, WriteRequest
-from replicator.writers.backoff import Backoff
-from replicator.writers.errors import CLOCK_SKEW, ErrorKind, classify, error_code
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +62,7 @@ class DestinationWriter:
     label: str
     table: str
     region: str
-    client: Any
+    client: WriteClient
     rule: ConflictRule
     dead_letters: DeadLetterTarget
     metrics: Metrics
@@ -180,8 +181,7 @@ class DestinationWriter:
 
     def _read(self, change: Change) -> Item | None:
         response = self.client.get_item(TableName=self.table, Key=change.keys, ConsistentRead=True)
-        item: Item | None = response.get("Item")
-        return item
+        return cast("Item | None", response.get("Item"))
 
     def _send(self, request: WriteRequest) -> None:
         kwargs = request.to_kwargs(self.table)
