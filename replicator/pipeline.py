@@ -22,10 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 import structlog
 
 from replicator.buffer import ChangeBuffer, Entry
+from replicator.exceptions import WriteCancelled
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.watermark.publisher import ShardWatermark
-from replicator.writers.destination import DestinationWriter, Outcome, WriteCancelled
+from replicator.writers.destination import DestinationWriter, Outcome
 
 log = structlog.get_logger(__name__)
 

@@ -10,17 +10,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.aws.errors import ErrorKind, classify, error_code
 from replicator.conflictlog.entry import ConflictEntry
+from replicator.exceptions import ConflictLogRejected, ConflictLogUnavailable
 from replicator.items import Item
 from replicator.records import Change
 from replicator.rules.base import ConflictRule
-
-
-class ConflictLogUnavailable(Exception):
-    """The target could not store an entry now; a later attempt may succeed."""
-
-
-class ConflictLogRejected(Exception):
-    """The target refuses this entry as it is; retrying the same entry cannot help."""
 
 
 def storage_failure(error: ClientError | BotoCoreError, what: str) -> Exception:

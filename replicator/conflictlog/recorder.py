@@ -31,12 +31,9 @@ from collections.abc import Callable
 import structlog
 
 from replicator.aws.backoff import Backoff
-from replicator.conflictlog.base import (
-    ConflictLogRejected,
-    ConflictLogTarget,
-    LosingWriter,
-)
+from replicator.conflictlog.base import ConflictLogTarget, LosingWriter
 from replicator.conflictlog.entry import ConflictEntry, LostConflict
+from replicator.exceptions import ConflictLogRejected
 from replicator.items import Item, describe_key
 from replicator.metrics import Metrics
 from replicator.records import Change

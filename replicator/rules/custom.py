@@ -21,16 +21,10 @@ import importlib
 from collections.abc import Callable
 from typing import cast
 
+from replicator.exceptions import PlanError, ResolverFailed
 from replicator.items import AttributeValue, Item
 from replicator.records import Change, Event
-from replicator.rules.requests import (
-    PlanError,
-    ResolverFailed,
-    Skip,
-    WriteRequest,
-    equals_condition,
-    holds_outcome,
-)
+from replicator.rules.requests import Skip, WriteRequest, equals_condition, holds_outcome
 
 Resolver = Callable[[Change, Item | None], bool | Item]
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 
+from replicator.exceptions import PlanError
 from replicator.items import AttributeValue, Item, canonical_number
 from replicator.records import Change, Event
-from replicator.rules.requests import PlanError, Skip, WriteRequest, holds_outcome
+from replicator.rules.requests import Skip, WriteRequest, holds_outcome
 
 _COMPARABLE = ("N", "S")
 

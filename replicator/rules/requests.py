@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from replicator.exceptions import PlanError
 from replicator.items import AttributeValue, Item, same_item
 from replicator.records import Change
 
@@ -42,18 +43,6 @@ class Skip:
     """The rule decided, without writing, that the destination keeps its item."""
 
     reason: str
-
-
-class PlanError(ValueError):
-    """The change cannot be expressed as a safe write under this rule (goes to dead letters)."""
-
-    reason = "unplannable"
-
-
-class ResolverFailed(PlanError):
-    """The user's custom resolver raised: that change is dead-lettered, the shard goes on."""
-
-    reason = "resolver_failed"
 
 
 def holds_outcome(change: Change, existing: Item | None) -> bool:

@@ -26,7 +26,12 @@ from prometheus_client import CollectorRegistry
 from replicator import wiring
 from replicator.aws.tables import TableShape
 from replicator.config.model import ResolvedJob, StreamKind
-from replicator.exceptions import DeadLetterUnavailable, DestinationRefused, EnvironmentProblem
+from replicator.exceptions import (
+    DeadLetterUnavailable,
+    DestinationRefused,
+    EnvironmentProblem,
+    WriteCancelled,
+)
 from replicator.items import Item, project
 from replicator.metrics import Metrics
 from replicator.records import Change
@@ -43,7 +48,7 @@ from replicator.tools.snapshot import (
     writer_tables,
 )
 from replicator.tools.tables import TableRef, check_same_keys, source_ref
-from replicator.writers.destination import DestinationWriter, Outcome, WriteCancelled
+from replicator.writers.destination import DestinationWriter, Outcome
 
 log = structlog.get_logger(__name__)
 

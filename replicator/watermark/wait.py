@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import ClientError
 
 from replicator.aws import clients
+from replicator.exceptions import StatusTableMissing
 from replicator.watermark.parts import US, Watermark, combine, seconds
 from replicator.watermark.table import StatusTable
 from replicator.watermark.tracker import DeadLetterRange
@@ -27,10 +28,6 @@ if TYPE_CHECKING:
 
 DEFAULT_POLL_INTERVAL_S = 0.25
 DEFAULT_DEAD_LETTER_WINDOW_S = 60.0
-
-
-class StatusTableMissing(Exception):
-    """The status table does not exist (yet): the replicator has not published."""
 
 
 def to_epoch_us(moment: float | datetime) -> int:

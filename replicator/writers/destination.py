@@ -25,21 +25,17 @@ from replicator.aws.clients import WriteClient
 from replicator.aws.errors import CLOCK_SKEW, ErrorKind, classify, error_code
 from replicator.conflictlog.base import ConflictRecorder
 from replicator.deadletter import DeadLetter, DeadLetterTarget
-from replicator.exceptions import DestinationRefused
+from replicator.exceptions import DestinationRefused, PlanError, WriteCancelled
 from replicator.items import Item, describe_key, item_to_wire
 from replicator.metrics import Metrics
 from replicator.records import Change
-from replicator.rules import ConflictRule, PlanError, Skip, WriteRequest
+from replicator.rules import ConflictRule, Skip, WriteRequest
 
 log = structlog.get_logger(__name__)
 
 # An item denied this many times while other writes to the destination succeed is
 # refused by a fine-grained policy, not by an outage: it is dead-lettered.
 _ITEM_DENIALS_BEFORE_DEAD_LETTER = 3
-
-
-class WriteCancelled(Exception):
-    """The pipeline was closed while this write was still being retried."""
 
 
 class Outcome(StrEnum):

@@ -42,7 +42,8 @@ from botocore.exceptions import (
 from botocore.httpsession import get_cert_path
 
 from replicator.aws.errors import CLOCK_SKEW
-from replicator.items import AttributeFormatError, item_from_wire
+from replicator.exceptions import AttributeFormatError
+from replicator.items import item_from_wire
 from replicator.writers.sigv4 import DynamoDBSigner, host_of
 
 if TYPE_CHECKING:

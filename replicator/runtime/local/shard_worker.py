@@ -22,7 +22,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from replicator.aws.backoff import Backoff
 from replicator.aws.errors import ErrorKind, classify, error_code
 from replicator.config.model import OnTrimmedData
-from replicator.exceptions import EnvironmentProblem, LeaseLost, ReplicatorError, TrimmedData
+from replicator.exceptions import (
+    ChildFailed,
+    ChildKeepsFailing,
+    EnvironmentProblem,
+    LeaseLost,
+    TrimmedData,
+)
 from replicator.runtime.local.leases import (
     LATEST,
     SENTINELS,
@@ -31,17 +37,13 @@ from replicator.runtime.local.leases import (
     Lease,
     LeaseTable,
 )
-from replicator.runtime.local.protocol import ChildFailed, ProcessorChild
+from replicator.runtime.local.protocol import ProcessorChild
 from replicator.runtime.local.stream import created_ms_of, to_daemon_record
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
 
 log = structlog.get_logger(__name__)
-
-
-class ChildKeepsFailing(ReplicatorError):
-    """A shard's processor child died too often in a short time."""
 
 
 @dataclass
