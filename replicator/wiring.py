@@ -12,20 +12,24 @@ from typing import TYPE_CHECKING
 
 from replicator.aws import clients
 from replicator.aws.backoff import Backoff
-from replicator.aws.clients import Place, WriteClient
+from replicator.aws.clients import Place, Reach, WriteClient
+from replicator.aws.tables import where
 from replicator.buffer import ChangeBuffer
 from replicator.config.model import DeadLetterKind, ResolvedJob, RuntimeKind, StreamKind
 from replicator.conflictlog.base import ConflictRecorder
 from replicator.deadletter import DeadLetterTarget, FileDeadLetters, SqsDeadLetters
 from replicator.exceptions import EnvironmentProblem
 from replicator.filters import ChangeFilter
+from replicator.highwater import HighWater
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
-from replicator.rules import rule_for, squash_order
+from replicator.rules import ConflictRule, OrderedRule, rule_for, squash_order
 from replicator.runtime.local.stream import Shard, list_shards
+from replicator.tombstones.table import TombstoneTable
 from replicator.watermark.publisher import ShardWatermark
 from replicator.watermark.table import StatusTable
 from replicator.writers.destination import DestinationWriter
+from replicator.writers.source import NotDeadLettered, SourceWriter
 from replicator.writers.wire import direct_write_client
 
 if TYPE_CHECKING:
@@ -45,37 +49,102 @@ def dead_letter_target(resolved: ResolvedJob, run_id: str | None = None) -> Dead
     return FileDeadLetters(path)
 
 
+def _write_client(resolved: ResolvedJob, place: Reach, rule: ConflictRule) -> WriteClient:
+    """A client for PutItem/DeleteItem to one table (the direct path unless it cannot)."""
+    settings = resolved.job.writer
+    client = clients.dynamodb(
+        place,
+        max_pool_connections=settings.max_in_flight,
+        connect_timeout=settings.connect_timeout_s,
+        read_timeout=settings.read_timeout_s,
+        sdk_retries=False,
+        # Items are decoded stream images, already checked attribute by attribute;
+        # only a custom resolver's own items get botocore's client-side check.
+        validate_parameters=rule.reads_existing,
+    )
+    if not rule.reads_existing and not settings.send_with_botocore:
+        return direct_write_client(
+            client,
+            max_connections=settings.max_in_flight,
+            connect_timeout=settings.connect_timeout_s,
+            read_timeout=settings.read_timeout_s,
+        )
+    return client
+
+
+def _backoff(resolved: ResolvedJob) -> Backoff:
+    retry = resolved.job.writer.retry
+    return Backoff(retry.base_delay_ms / 1000, retry.max_delay_ms / 1000)
+
+
+def tombstone_table(
+    resolved: ResolvedJob, client: WriteClient, table: str, region: str, endpoint_url: str | None
+) -> TombstoneTable:
+    job = resolved.job
+    return TombstoneTable(
+        client,
+        job.tombstone_table(table),
+        where(region, endpoint_url),
+        job.active_active.tombstone_retention_hours * 3600,
+    )
+
+
+def source_writer(
+    resolved: ResolvedJob,
+    metrics: Metrics,
+    shard_id: str,
+    conflict_log: ConflictRecorder | None = None,
+) -> SourceWriter | None:
+    """The writer of the job's own source table, when the job writes back (active-active)."""
+    job = resolved.job
+    if not job.writes_back:
+        return None
+    rule = rule_for(job.conflict, job.loop_prevention.origin_attribute)
+    assert isinstance(rule, OrderedRule)  # checked by the job's validation
+    source = job.source
+    client = _write_client(resolved, source, rule)
+    table = None
+    if job.active_active.tombstones:
+        table = tombstone_table(resolved, client, source.table, source.region, source.endpoint_url)
+    writer = DestinationWriter(
+        label=f"{source.region}/{source.table}",
+        table=source.table,
+        region=source.region,
+        client=client,
+        rule=rule,
+        dead_letters=NotDeadLettered(),
+        metrics=metrics,
+        task_name=resolved.task_name,
+        shard_id=shard_id,
+        backoff=_backoff(resolved),
+        refusal_limit=job.writer.access_denied_limit,
+        tombstones=table,
+        origin=job.origin_value,
+        counted=False,
+    )
+    return SourceWriter(writer, rule, metrics, conflict_log)
+
+
 def destination_writers(
     resolved: ResolvedJob,
     metrics: Metrics,
     shard_id: str,
     dead_letters: DeadLetterTarget,
     conflict_log: ConflictRecorder | None = None,
+    write_back: SourceWriter | None = None,
 ) -> dict[str, DestinationWriter]:
     job = resolved.job
     settings = job.writer
-    backoff = Backoff(settings.retry.base_delay_ms / 1000, settings.retry.max_delay_ms / 1000)
+    backoff = _backoff(resolved)
     writers = {}
     for destination in job.destinations:
         conflict = job.conflict_for(destination)
         rule = rule_for(conflict, job.loop_prevention.origin_attribute)
-        botocore_client = clients.dynamodb(
-            destination,
-            max_pool_connections=settings.max_in_flight,
-            connect_timeout=settings.connect_timeout_s,
-            read_timeout=settings.read_timeout_s,
-            sdk_retries=False,
-            # Items are decoded stream images, already checked attribute by attribute;
-            # only a custom resolver's own items get botocore's client-side check.
-            validate_parameters=rule.reads_existing,
-        )
-        client: WriteClient = botocore_client
-        if not rule.reads_existing and not settings.send_with_botocore:
-            client = direct_write_client(
-                botocore_client,
-                max_connections=settings.max_in_flight,
-                connect_timeout=settings.connect_timeout_s,
-                read_timeout=settings.read_timeout_s,
+        client = _write_client(resolved, destination, rule)
+        tombstones = None
+        if job.active_active.tombstones:
+            tombstones = tombstone_table(
+                resolved, client, destination.table, destination.region, destination.endpoint_url
             )
         writers[destination.label] = DestinationWriter(
             label=destination.label,
@@ -91,6 +160,9 @@ def destination_writers(
             refusal_limit=settings.access_denied_limit,
             max_optimistic_attempts=conflict.max_attempts,
             conflict_log=conflict_log,
+            tombstones=tombstones,
+            write_back=write_back,
+            origin=job.origin_value,
         )
     return writers
 
@@ -104,10 +176,16 @@ def shard_pipeline(
     conflict_log: ConflictRecorder | None = None,
 ) -> ShardPipeline:
     job = resolved.job
-    writers = destination_writers(resolved, metrics, shard_id, dead_letters, conflict_log)
+    source = source_writer(resolved, metrics, shard_id, conflict_log)
+    writers = destination_writers(resolved, metrics, shard_id, dead_letters, conflict_log, source)
     ordered = job.source.stream.kind is StreamKind.DYNAMODB_STREAMS
-    rules = [writer.rule for writer in writers.values()]
-    buffer = ChangeBuffer(list(writers), squash_order(rules, ordered_stream=ordered))
+    rules: list[ConflictRule] = [writer.rule for writer in writers.values()]
+    labels = list(writers)
+    if source is not None:
+        # The source writer settles every change too, under the job's own rule.
+        rules.append(source.rule)
+        labels.append(source.label)
+    buffer = ChangeBuffer(labels, squash_order(rules, ordered_stream=ordered))
     watermark = (
         shard_watermark(resolved, shard_id, metrics) if resolved.publishes_watermark else None
     )
@@ -120,6 +198,20 @@ def shard_pipeline(
         max_buffered=job.writer.max_buffered_changes,
         on_fatal=on_fatal,
         watermark=watermark,
+        source=source,
+    )
+
+
+def high_water(resolved: ResolvedJob, pipeline: ShardPipeline) -> HighWater | None:
+    """The stage that turns stale local writes into corrections (active-active); it
+    shares its notes with the pipeline's source writer."""
+    job = resolved.job
+    if not job.writes_back or pipeline.source is None:
+        return None
+    rule = rule_for(job.conflict, job.loop_prevention.origin_attribute)
+    assert isinstance(rule, OrderedRule)
+    return HighWater(
+        rule, keep_echoes_apart=job.active_active.tombstones, notes=pipeline.source.notes
     )
 
 

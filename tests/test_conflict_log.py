@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from replicator.aws.backoff import Backoff
 from replicator.cli import cli
-from replicator.conflictlog.base import Selection
+from replicator.conflictlog.base import Selection, lost_conflict
 from replicator.conflictlog.dynamodb import TTL_ATTRIBUTE, DynamoDbConflictLog
 from replicator.conflictlog.entry import ConflictEntry, LostConflict, image_digest
 from replicator.conflictlog.file import FileConflictLog
@@ -193,7 +193,7 @@ class FlakyTarget:
 
 
 def record(recorder: BackgroundRecorder, lost: LostConflict) -> None:
-    recorder.lost(FakeWriter(), lost.change, lost.existing, lost.why)
+    recorder.lost(lost_conflict(FakeWriter(), lost.change, lost.existing, lost.why))
 
 
 def recorder_for(target: FlakyTarget, metrics: Metrics, **options: Any) -> BackgroundRecorder:

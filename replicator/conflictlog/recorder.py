@@ -31,12 +31,11 @@ from collections.abc import Callable
 import structlog
 
 from replicator.aws.backoff import Backoff
-from replicator.conflictlog.base import ConflictLogTarget, LosingWriter
+from replicator.conflictlog.base import ConflictLogTarget
 from replicator.conflictlog.entry import ConflictEntry, LostConflict
 from replicator.exceptions import ConflictLogRejected
-from replicator.items import Item, describe_key
+from replicator.items import describe_key
 from replicator.metrics import Metrics
-from replicator.records import Change
 
 log = structlog.get_logger(__name__)
 
@@ -78,19 +77,7 @@ class BackgroundRecorder:
 
     # -- the writers' side ----------------------------------------------------------------
 
-    def lost(self, writer: LosingWriter, change: Change, existing: Item | None, why: str) -> None:
-        conflict = LostConflict(
-            task_name=writer.task_name,
-            destination=writer.label,
-            table=writer.table,
-            region=writer.region,
-            shard_id=writer.shard_id,
-            rule=writer.rule,
-            change=change,
-            existing=existing,
-            why=why,
-            recorded_s=time.time(),
-        )
+    def lost(self, conflict: LostConflict) -> None:
         with self._cond:
             waiting = len(self._queue)
             refused = "shutdown" if self._closing else None

@@ -11,6 +11,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.aws import clients
 from replicator.aws.clients import Place
+from replicator.aws.tables import where
 from replicator.config.model import ConflictLogKind, ResolvedJob
 from replicator.conflictlog.base import ConflictLogTarget, Selection
 from replicator.conflictlog.dynamodb import DynamoDbConflictLog
@@ -59,10 +60,6 @@ def _table_place(resolved: ResolvedJob) -> tuple[str, str | None, str | None]:
     )
 
 
-def _where(region: str, endpoint: str | None) -> str:
-    return f"{endpoint}, {region}" if endpoint else region
-
-
 def describe_target(resolved: ResolvedJob) -> str:
     """The target as ``replicator validate`` shows it (no client is made)."""
     settings = resolved.job.conflict_log
@@ -73,7 +70,7 @@ def describe_target(resolved: ResolvedJob) -> str:
     if settings.kind is ConflictLogKind.DYNAMODB:
         region, endpoint, _ = _table_place(resolved)
         return (
-            f"DynamoDB table {conflict_table(resolved)} ({_where(region, endpoint)}), "
+            f"DynamoDB table {conflict_table(resolved)} ({where(region, endpoint)}), "
             f"kept {settings.retention_days} days"
         )
     return NoConflictLog.description
@@ -88,7 +85,7 @@ def _table_client(resolved: ResolvedJob, sdk_retries: bool) -> tuple[DynamoDBCli
         read_timeout=5.0,
         sdk_retries=sdk_retries,
     )
-    return client, _where(region, endpoint)
+    return client, where(region, endpoint)
 
 
 def conflict_log_target(resolved: ResolvedJob, *, sdk_retries: bool = True) -> ConflictLogTarget:
@@ -110,8 +107,8 @@ def conflict_log_target(resolved: ResolvedJob, *, sdk_retries: bool = True) -> C
         )
         return SqsConflictLog(queue, settings.queue_url)
     if settings.kind is ConflictLogKind.DYNAMODB:
-        client, where = _table_client(resolved, sdk_retries)
-        return DynamoDbConflictLog(client, conflict_table(resolved), settings.retention_days, where)
+        client, place = _table_client(resolved, sdk_retries)
+        return DynamoDbConflictLog(client, conflict_table(resolved), settings.retention_days, place)
     return NoConflictLog()
 
 

@@ -24,7 +24,13 @@ from typing import cast
 from replicator.exceptions import PlanError, ResolverFailed
 from replicator.items import AttributeValue, Item
 from replicator.records import Change, Event
-from replicator.rules.requests import Skip, WriteRequest, equals_condition, holds_outcome
+from replicator.rules.requests import (
+    Skip,
+    Verdict,
+    WriteRequest,
+    equals_condition,
+    holds_outcome,
+)
 
 Resolver = Callable[[Change, Item | None], bool | Item]
 
@@ -85,6 +91,9 @@ class CustomRule:
 
     def shows_applied(self, change: Change, existing: Item | None) -> bool:
         return holds_outcome(change, existing)
+
+    def reconsider(self, change: Change, existing: Item | None) -> WriteRequest | Verdict:
+        return Verdict.LOST
 
     def explain_loss(self, change: Change, existing: Item | None) -> str:
         return "the custom resolver kept the destination's item"
