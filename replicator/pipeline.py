@@ -29,11 +29,12 @@ import structlog
 
 from replicator.buffer import ChangeBuffer, Entry
 from replicator.deadletter.failed import DeadLetterer
+from replicator.exceptions import WriteCancelled
 from replicator.filters import Route
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.watermark.publisher import ShardWatermark
-from replicator.writers.destination import WriteCancelled, WriteResult
+from replicator.writers.destination import WriteResult
 from replicator.writers.source import SourceWriter
 
 log = structlog.get_logger(__name__)

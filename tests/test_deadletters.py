@@ -7,12 +7,14 @@ import json
 import multiprocessing
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from replicator import aws
+from replicator.aws import clients
+from replicator.aws.clients import Place
 from replicator.buffer import ChangeBuffer
 from replicator.config.model import ConflictConfig
 from replicator.deadletter import DeadLetter, FileDeadLetters, SqsDeadLetters
@@ -151,6 +153,12 @@ def test_a_shard_that_cannot_store_a_dead_letter_stops_before_the_checkpoint_pas
         label="eu", table=table, region="eu-west-1", client=ddb, rule=rule, metrics=metrics
     )
     stopped: list[BaseException] = []
+    told = threading.Event()
+
+    def on_fatal(error: BaseException) -> None:
+        stopped.append(error)
+        told.set()
+
     pipeline = ShardPipeline(
         {"eu": writer},
         ChangeBuffer(["eu"], squash_order([rule], ordered_stream=True)),
@@ -159,7 +167,7 @@ def test_a_shard_that_cannot_store_a_dead_letter_stops_before_the_checkpoint_pas
         max_in_flight=2,
         max_buffered=10,
         dead_letters=DeadLetterer(FileDeadLetters(blocker / "x.jsonl"), metrics, "t", "s"),
-        on_fatal=stopped.append,
+        on_fatal=on_fatal,
     )
     bad = daemon_record(
         stream_record("INSERT", {"pk": {"S": "a"}}, {"pk": {"S": "a"}, "bad": {"NS": []}}, seq=1), 1
@@ -171,6 +179,7 @@ def test_a_shard_that_cannot_store_a_dead_letter_stops_before_the_checkpoint_pas
             pipeline.flush(timeout=30)
     finally:
         pipeline.close()
+    assert told.wait(30), "the processor was not told to stop"
     assert len(stopped) == 1 and isinstance(stopped[0], DeadLetterUnavailable)
     assert pipeline.checkpointable() is None  # never past a change neither applied nor kept
 
@@ -218,12 +227,13 @@ def test_writes_through_an_assumed_role(
         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
         BillingMode="PAY_PER_REQUEST",
     )
-    ddb = aws.client(
-        "dynamodb",
-        "eu-west-1",
-        endpoint_url=moto_endpoint,
-        role_arn="arn:aws:iam::123456789012:role/replicator-writer",
-        external_id="ext-1",
+    ddb = clients.dynamodb(
+        Place(
+            "eu-west-1",
+            endpoint_url=moto_endpoint,
+            role_arn="arn:aws:iam::123456789012:role/replicator-writer",
+            external_id="ext-1",
+        )
     )
     ddb.put_item(TableName=table, Item={"pk": {"S": "via-role"}})
     credentials = ddb._request_signer._credentials.get_frozen_credentials()

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from replicator.aws.backoff import Backoff
 from replicator.buffer import ChangeBuffer
 from replicator.deadletter import FileDeadLetters
 from replicator.deadletter.failed import DeadLetterer
@@ -16,7 +17,6 @@ from replicator.decode import decode
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.rules import IN_STREAM_ORDER, ConflictRule, OrderedRule, squash_order
-from replicator.writers.backoff import Backoff
 from replicator.writers.destination import DestinationWriter
 from tests.conftest import client, create_table, sample
 from tests.records import daemon_record, kinesis_record, put, stream_record

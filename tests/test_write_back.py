@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from replicator.conflictlog.base import LosingWriter
+from replicator.aws.backoff import Backoff
+from replicator.conflictlog.entry import LostConflict
+from replicator.conflictlog.recorder import ShardConflicts
 from replicator.decode import decode
 from replicator.filters import Route
 from replicator.highwater import HighWater
@@ -22,7 +24,6 @@ from replicator.records import Change, Event
 from replicator.rules import OrderedRule
 from replicator.tombstones.model import tombstone_of
 from replicator.tombstones.table import TombstoneTable
-from replicator.writers.backoff import Backoff
 from replicator.writers.destination import DestinationWriter, Outcome
 from replicator.writers.source import SourceWriter
 from tests.conftest import client, create_table, sample
@@ -46,23 +47,14 @@ class Recorded:
 
     entries: list[dict[str, Any]] = field(default_factory=list)
 
-    def lost(
-        self,
-        writer: LosingWriter,
-        change: Change,
-        existing: Item | None,
-        why: str,
-        *,
-        write_back: bool = False,
-        winning_rank: dict[str, Any] | None = None,
-    ) -> None:
+    def lost(self, conflict: LostConflict) -> None:
         self.entries.append(
             {
-                "where": writer.label,
-                "loser": change.image,
-                "winner": existing,
-                "write_back": write_back,
-                "winning_rank": winning_rank,
+                "where": conflict.destination,
+                "loser": conflict.change.image,
+                "winner": conflict.existing,
+                "write_back": conflict.write_back,
+                "winning_rank": conflict.winning_rank,
             }
         )
 
@@ -76,6 +68,7 @@ class Pair:
         self.table = name
         self.metrics = metrics
         self.log = Recorded()
+        recorder = ShardConflicts(self.log, "task", "shard")
         for ddb in (self.a, self.b):
             create_table(ddb, name, stream=None)
         self.tombs_a = TombstoneTable(self.a, f"{name}-tombstones", "us-east-1", 3600)
@@ -100,7 +93,7 @@ class Pair:
             ),
             RULE,
             metrics,
-            self.log,
+            recorder,
         )
         self.writer = DestinationWriter(
             label="b",
@@ -108,7 +101,7 @@ class Pair:
             client=self.b,
             tombstones=self.tombs_b,
             write_back=self.source,
-            conflict_log=self.log,
+            conflict_log=recorder,
             **common,
         )
 

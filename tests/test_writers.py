@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from replicator.aws.backoff import Backoff
 from replicator.config.model import ConflictConfig
 from replicator.deadletter import FileDeadLetters
 from replicator.deadletter.failed import DeadLetterer
@@ -16,7 +17,6 @@ from replicator.decode import decode
 from replicator.exceptions import DestinationRefused
 from replicator.metrics import Metrics
 from replicator.rules import rule_for
-from replicator.writers.backoff import Backoff
 from replicator.writers.destination import DestinationWriter, Outcome
 from tests.conftest import client, create_table, sample
 from tests.records import daemon_record, put, remove, stream_record

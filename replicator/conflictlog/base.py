@@ -8,19 +8,12 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from replicator.aws.errors import ErrorKind, classify, error_code
 from replicator.conflictlog.entry import ConflictEntry
+from replicator.exceptions import ConflictLogRejected, ConflictLogUnavailable
 from replicator.items import Item
 from replicator.records import Change
 from replicator.rules.base import ConflictRule
-from replicator.writers.errors import ErrorKind, classify, error_code
-
-
-class ConflictLogUnavailable(Exception):
-    """The target could not store an entry now; a later attempt may succeed."""
-
-
-class ConflictLogRejected(Exception):
-    """The target refuses this entry as it is; retrying the same entry cannot help."""
 
 
 def storage_failure(error: ClientError | BotoCoreError, what: str) -> Exception:
@@ -79,7 +72,9 @@ class LosingWriter(Protocol):
 
 
 class ConflictRecorder(Protocol):
-    """Takes a lost conflict from a writer's thread without making it wait for storage."""
+    """Takes a lost conflict from a writer's thread without making it wait for storage
+    (a :class:`~replicator.conflictlog.recorder.ShardConflicts`, which knows the task
+    and the shard)."""
 
     def lost(
         self,
@@ -90,7 +85,4 @@ class ConflictRecorder(Protocol):
         *,
         write_back: bool = False,
         winning_rank: dict[str, Any] | None = None,
-    ) -> None:
-        """``write_back``: the winner was written to the source too; ``winning_rank``:
-        the winner's rank when it is not an item (a delete kept as a tombstone)."""
-        ...
+    ) -> None: ...

@@ -28,20 +28,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
-from replicator.conflictlog.base import (
-    ConflictLogRejected,
-    ConflictLogTarget,
-    LosingWriter,
-)
+from replicator.aws.backoff import Backoff
+from replicator.conflictlog.base import ConflictLogTarget, LosingWriter
 from replicator.conflictlog.entry import ConflictEntry, LostConflict
+from replicator.exceptions import ConflictLogRejected
 from replicator.items import Item, describe_key
 from replicator.metrics import Metrics
 from replicator.records import Change
-from replicator.writers.backoff import Backoff
 
 log = structlog.get_logger(__name__)
 
@@ -87,7 +84,7 @@ class BackgroundRecorder:
         """What one shard's writers hand their lost conflicts to."""
         return ShardConflicts(self, task_name, shard_id)
 
-    def record(self, conflict: LostConflict) -> None:
+    def lost(self, conflict: LostConflict) -> None:
         """Queue ``conflict`` for storage (or count it dropped), without waiting."""
         with self._cond:
             waiting = len(self._queue)
@@ -211,11 +208,17 @@ class BackgroundRecorder:
         log.error("lost conflict not recorded: the conflict log could not store it", **fields)
 
 
+class ConflictQueue(Protocol):
+    """Where whole lost conflicts go (a BackgroundRecorder)."""
+
+    def lost(self, conflict: LostConflict) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ShardConflicts:
     """A recorder bound to the job's task and one shard: the writers' ConflictRecorder."""
 
-    recorder: BackgroundRecorder
+    recorder: ConflictQueue
     task_name: str
     shard_id: str
 
@@ -229,7 +232,11 @@ class ShardConflicts:
         write_back: bool = False,
         winning_rank: dict[str, Any] | None = None,
     ) -> None:
-        self.recorder.record(
+        """What the writer knows when ``change`` loses to ``existing``, captured now and
+        cheaply. ``write_back``: the winner was written to the source too;
+        ``winning_rank``: the winner's rank when it is not an item (a delete kept as a
+        tombstone)."""
+        self.recorder.lost(
             LostConflict(
                 task_name=self.task_name,
                 destination=writer.label,
