@@ -124,9 +124,7 @@ class ShardTracker:
                     continue
                 state.unsettled[change.position] = change.created_us
                 heapq.heappush(state.by_created, (change.created_us, change.position))
-                state.followers.setdefault(behind.position, []).extend(
-                    [*replaced, change.position]
-                )
+                state.followers.setdefault(behind.position, []).extend([*replaced, change.position])
 
     @staticmethod
     def _take_pending_after(state: _Destination, key: KeyId, position: int) -> list[int]:
