@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
+from replicator.config.model import SOURCE_LABEL_PREFIX
 from replicator.conflictlog.base import ConflictRecorder
 from replicator.highwater import SharedNotes
 from replicator.items import Item, describe_key
@@ -53,8 +54,6 @@ from replicator.writers.destination import (
 
 log = structlog.get_logger(__name__)
 
-SOURCE_PREFIX = "source:"
-
 
 @dataclass
 class SourceWriter:
@@ -67,7 +66,7 @@ class SourceWriter:
 
     def __post_init__(self) -> None:
         self.writer.cancelled = self.cancelled
-        self.label = SOURCE_PREFIX + self.writer.label
+        self.label = SOURCE_LABEL_PREFIX + self.writer.label
 
     @property
     def source_label(self) -> str:
