@@ -34,9 +34,9 @@ from replicator.runtime.local.protocol import ProcessorChild
 from replicator.runtime.local.runtime import processor_command
 from replicator.runtime.local.stream import to_daemon_record
 from replicator.tools.compare import compare
-from tests.conftest import client
-from tests.e2e import KEYS, PATIENCE, Job, children_of, stop, wait_until
-from tests.faults.proxy import FaultProxy
+from tests.support.aws import client
+from tests.support.e2e import KEYS, PATIENCE, Job, children_of, stop, wait_until
+from tests.support.faults.proxy import FaultProxy
 
 pytestmark = pytest.mark.reliability
 
