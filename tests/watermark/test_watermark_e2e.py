@@ -36,7 +36,7 @@ from tests.support.aws import client
 from tests.support.e2e import Job, children_of, stop, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
 from tests.support.metrics import logged_metrics_port, matching, scrape
-from tests.test_reliability import ProxiedJob, _with_email_index
+from tests.support.reliability import ProxiedJob, with_email_index
 
 FAST = "watermark: {publish_interval_ms: 100, caught_up_margin_ms: 0}\n"
 WRITES = frozenset({"PutItem", "DeleteItem"})
@@ -163,7 +163,7 @@ def test_wait_and_watermark_commands_status_tables_and_the_metric(job: Job) -> N
 def test_a_dead_lettered_change_is_never_reported_replicated(job: Job) -> None:
     (eu_region, eu), (ap_region, ap) = job.destinations
     eu_client = client("dynamodb", eu_region, job.endpoint)
-    _with_email_index(eu_client, eu)  # eu refuses an empty email; the source takes it
+    with_email_index(eu_client, eu)  # eu refuses an empty email; the source takes it
     runtime = job.start()
     try:
         poison = {**item("poison", 1, "P"), "email": {"S": ""}}
