@@ -50,6 +50,20 @@ def cli() -> None:
     """Replicate a DynamoDB table to other regions and accounts through its stream."""
 
 
+def _active_active(resolved: ResolvedJob) -> str:
+    job = resolved.job
+    if not job.writes_back:
+        return "off (no write-back to the source, no tombstones)"
+    text = "write-back of lost conflicts and corrections to the source"
+    if job.active_active.tombstones:
+        tables = [job.tombstone_table(job.source.table)] + [
+            job.tombstone_table(d.table) for d in job.destinations
+        ]
+        hours = job.active_active.tombstone_retention_hours
+        text += f"; tombstones in {', '.join(sorted(set(tables)))}, kept {hours} h"
+    return text
+
+
 @cli.command()
 @CONFIG_OPTION
 @_operator_errors
@@ -96,6 +110,7 @@ def describe(resolved: ResolvedJob) -> str:
         f"dead letters: {job.dead_letter.kind.value} "
         + (job.dead_letter.queue_url or job.dead_letter.path.format(task_name=resolved.task_name)),
         f"conflict log: {describe_target(resolved)}",
+        "active-active: " + _active_active(resolved),
         "metrics: "
         + (
             f"http://{job.metrics.host}:{job.metrics.port}/metrics"

@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import structlog
 
@@ -26,12 +27,21 @@ from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.watermark.publisher import ShardWatermark
 from replicator.writers.destination import DestinationWriter, Outcome, WriteCancelled
+from replicator.writers.source import SourceWriter
 
 log = structlog.get_logger(__name__)
 
 # Done records held only for checkpoint order, behind one that is still open, are
 # cheap but not free: past this multiple of max_buffered, intake waits as well.
 _TRACKED_FACTOR = 10
+
+
+class ChangeWriter(Protocol):
+    """What the pipeline needs of a destination's writer (or of the source writer)."""
+
+    cancelled: threading.Event
+
+    def write(self, change: Change) -> Outcome: ...
 
 
 class ShardPipeline:
@@ -46,9 +56,16 @@ class ShardPipeline:
         on_fatal: Callable[[BaseException], None] | None = None,
         clock: Callable[[], float] = time.time,
         watermark: ShardWatermark | None = None,
+        source: SourceWriter | None = None,
     ) -> None:
         self.writers = dict(writers)
         self.watermark = watermark
+        self.source = source
+        # Every buffer destination: the destinations, and (active-active) the source
+        # writer, which settles each change at the source like one more destination.
+        self._targets: dict[str, ChangeWriter] = dict(self.writers)
+        if source is not None:
+            self._targets[source.label] = source
         self.buffer = buffer
         self.metrics = metrics
         self.shard_id = shard_id
@@ -63,7 +80,7 @@ class ShardPipeline:
         self._millis_behind = 0
         self._executors = {
             label: ThreadPoolExecutor(max_in_flight, thread_name_prefix=f"write-{label}")
-            for label in self.writers
+            for label in self._targets
         }
 
     # -- intake (processor thread) --------------------------------------------------------
@@ -82,7 +99,7 @@ class ShardPipeline:
 
     def dispatch(self) -> None:
         """Start writes for everything queued, up to each destination's in-flight limit."""
-        for label in self.writers:
+        for label in self._targets:
             self._dispatch(label)
 
     def skip(self, change: Change, *, replaces_older: bool) -> None:
@@ -167,7 +184,7 @@ class ShardPipeline:
         ``overwrite`` nothing else would stop it). A request already on the wire cannot
         be called back: it lands, if at all, within the writer's read timeout.
         """
-        for writer in self.writers.values():
+        for writer in self._targets.values():
             writer.cancelled.set()
         with self._cond:
             self.buffer.abandon()
@@ -186,7 +203,7 @@ class ShardPipeline:
             self._closed = True
         if self.watermark is not None:
             self.watermark.close()
-        for writer in self.writers.values():
+        for writer in self._targets.values():
             writer.cancelled.set()
         for executor in self._executors.values():
             executor.shutdown(wait=False, cancel_futures=True)
@@ -232,13 +249,13 @@ class ShardPipeline:
 
     def _write(self, label: str, entry: Entry) -> None:
         try:
-            outcome = self.writers[label].write(entry.change)
+            outcome = self._targets[label].write(entry.change)
         except WriteCancelled:
             return
         except BaseException as error:  # noqa: BLE001  # any writer failure stops the shard
             self._fail(error, label)
             return
-        if self.watermark is not None:
+        if self.watermark is not None and label in self.writers:
             self.watermark.settled(
                 label, entry.change, dead_lettered=outcome is Outcome.DEAD_LETTERED
             )

@@ -33,6 +33,7 @@ from replicator.deadletter import ALL_DESTINATIONS, DeadLetter, DeadLetterTarget
 from replicator.decode import decode
 from replicator.exceptions import LeaseLost, RecordDecodeError
 from replicator.filters import ChangeFilter, Route
+from replicator.highwater import HighWater
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.records import raw_record_from
@@ -52,6 +53,9 @@ class ShardWork:
     dead_letters: DeadLetterTarget
     task_name: str
     shard_id: str
+    # Active-active: turns local writes that rank below what the source held into
+    # corrections (replicator/highwater.py).
+    high_water: HighWater | None = None
 
 
 def _hard_exit(status: int) -> None:
@@ -150,10 +154,13 @@ class ReplicationProcessor:
             last_sequence_number = change.sequence_number
             self.metrics.records_received.labels(change.event.value).inc()
             route = work.change_filter.route(change)
+            replaces_older = route is Route.LOOP_SKIPPED
+            if work.high_water is not None:
+                change, route, replaces_older = work.high_water.route(change, route)
             if route is Route.REPLICATE:
                 pipeline.submit(change)
                 continue
-            pipeline.skip(change, replaces_older=route is Route.LOOP_SKIPPED)
+            pipeline.skip(change, replaces_older=replaces_older)
             for label in pipeline.writers:
                 self.metrics.writes.labels(label, change.event.op, route.value).inc()
         pipeline.dispatch()
@@ -331,7 +338,14 @@ def serve_daemon(resolved: Any) -> int:
             on_fatal=on_writer_failure,
             conflict_log=conflict_log,
         )
-        return ShardWork(pipeline, change_filter, dead_letters, resolved.task_name, shard_id)
+        return ShardWork(
+            pipeline,
+            change_filter,
+            dead_letters,
+            resolved.task_name,
+            shard_id,
+            high_water=wiring.high_water(resolved, pipeline),
+        )
 
     processor = ReplicationProcessor(build, metrics)
     gc.set_threshold(*GC_THRESHOLDS)

@@ -55,6 +55,10 @@ class Change:
     region: str
     ttl_delete: bool
     raw: RawRecord = field(repr=False, compare=False)
+    # Set on a change made by the active-active stage (replicator/highwater.py): this
+    # change carries the item's highest-ranked state, written in place of ``corrects``,
+    # a local write to the source that ranks below it.
+    corrects: Change | None = field(default=None, repr=False, compare=False)
 
     @property
     def created_s(self) -> float:

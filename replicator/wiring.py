@@ -17,14 +17,17 @@ from replicator.conflictlog.base import ConflictRecorder
 from replicator.deadletter import DeadLetterTarget, FileDeadLetters, SqsDeadLetters
 from replicator.exceptions import EnvironmentProblem
 from replicator.filters import ChangeFilter
+from replicator.highwater import HighWater
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
-from replicator.rules import rule_for, squash_order
+from replicator.rules import ConflictRule, OrderedRule, rule_for, squash_order
 from replicator.runtime.local.stream import Shard, list_shards
+from replicator.tombstones.table import TombstoneTable
 from replicator.watermark.publisher import ShardWatermark
 from replicator.watermark.table import StatusTable
 from replicator.writers.backoff import Backoff
 from replicator.writers.destination import DestinationWriter
+from replicator.writers.source import NotDeadLettered, SourceWriter
 from replicator.writers.wire import direct_write_client
 
 
@@ -43,40 +46,123 @@ def dead_letter_target(resolved: ResolvedJob, run_id: str | None = None) -> Dead
     return FileDeadLetters(path)
 
 
+def _write_client(
+    resolved: ResolvedJob,
+    region: str,
+    endpoint_url: str | None,
+    role_arn: str | None,
+    external_id: str | None,
+    rule: ConflictRule,
+) -> Any:
+    """A client for PutItem/DeleteItem to one table (the direct path unless it cannot)."""
+    settings = resolved.job.writer
+    client = aws.client(
+        "dynamodb",
+        region,
+        endpoint_url=endpoint_url,
+        role_arn=role_arn,
+        external_id=external_id,
+        max_pool_connections=settings.max_in_flight,
+        connect_timeout=settings.connect_timeout_s,
+        read_timeout=settings.read_timeout_s,
+        sdk_retries=False,
+        # Items are decoded stream images, already checked attribute by attribute;
+        # only a custom resolver's own items get botocore's client-side check.
+        validate_parameters=rule.reads_existing,
+    )
+    if not rule.reads_existing and not settings.send_with_botocore:
+        client = direct_write_client(
+            client,
+            max_connections=settings.max_in_flight,
+            connect_timeout=settings.connect_timeout_s,
+            read_timeout=settings.read_timeout_s,
+        )
+    return client
+
+
+def _backoff(resolved: ResolvedJob) -> Backoff:
+    retry = resolved.job.writer.retry
+    return Backoff(retry.base_delay_ms / 1000, retry.max_delay_ms / 1000)
+
+
+def tombstone_table(
+    resolved: ResolvedJob, client: Any, table: str, region: str, endpoint_url: str | None
+) -> TombstoneTable:
+    job = resolved.job
+    where = f"{endpoint_url}, {region}" if endpoint_url else region
+    return TombstoneTable(
+        client,
+        job.tombstone_table(table),
+        where,
+        job.active_active.tombstone_retention_hours * 3600,
+    )
+
+
+def source_writer(
+    resolved: ResolvedJob,
+    metrics: Metrics,
+    shard_id: str,
+    conflict_log: ConflictRecorder | None = None,
+) -> SourceWriter | None:
+    """The writer of the job's own source table, when the job writes back (active-active)."""
+    job = resolved.job
+    if not job.writes_back:
+        return None
+    rule = rule_for(job.conflict, job.loop_prevention.origin_attribute)
+    assert isinstance(rule, OrderedRule)  # checked by the job's validation
+    source = job.source
+    client = _write_client(
+        resolved, source.region, source.endpoint_url, source.role_arn, source.external_id, rule
+    )
+    table = None
+    if job.active_active.tombstones:
+        table = tombstone_table(resolved, client, source.table, source.region, source.endpoint_url)
+    writer = DestinationWriter(
+        label=f"{source.region}/{source.table}",
+        table=source.table,
+        region=source.region,
+        client=client,
+        rule=rule,
+        dead_letters=NotDeadLettered(),
+        metrics=metrics,
+        task_name=resolved.task_name,
+        shard_id=shard_id,
+        backoff=_backoff(resolved),
+        refusal_limit=job.writer.access_denied_limit,
+        tombstones=table,
+        origin=job.origin_value,
+        counted=False,
+    )
+    return SourceWriter(writer, rule, metrics, conflict_log)
+
+
 def destination_writers(
     resolved: ResolvedJob,
     metrics: Metrics,
     shard_id: str,
     dead_letters: DeadLetterTarget,
     conflict_log: ConflictRecorder | None = None,
+    write_back: SourceWriter | None = None,
 ) -> dict[str, DestinationWriter]:
     job = resolved.job
     settings = job.writer
-    backoff = Backoff(settings.retry.base_delay_ms / 1000, settings.retry.max_delay_ms / 1000)
+    backoff = _backoff(resolved)
     writers = {}
     for destination in job.destinations:
         conflict = job.conflict_for(destination)
         rule = rule_for(conflict, job.loop_prevention.origin_attribute)
-        client = aws.client(
-            "dynamodb",
+        client = _write_client(
+            resolved,
             destination.region,
-            endpoint_url=destination.endpoint_url,
-            role_arn=destination.role_arn,
-            external_id=destination.external_id,
-            max_pool_connections=settings.max_in_flight,
-            connect_timeout=settings.connect_timeout_s,
-            read_timeout=settings.read_timeout_s,
-            sdk_retries=False,
-            # Items are decoded stream images, already checked attribute by attribute;
-            # only a custom resolver's own items get botocore's client-side check.
-            validate_parameters=rule.reads_existing,
+            destination.endpoint_url,
+            destination.role_arn,
+            destination.external_id,
+            rule,
         )
-        if not rule.reads_existing and not settings.send_with_botocore:
-            client = direct_write_client(
-                client,
-                max_connections=settings.max_in_flight,
-                connect_timeout=settings.connect_timeout_s,
-                read_timeout=settings.read_timeout_s,
+        tombstones = None
+        if job.active_active.tombstones:
+            tombstones = tombstone_table(
+                resolved, client, destination.table, destination.region, destination.endpoint_url
             )
         writers[destination.label] = DestinationWriter(
             label=destination.label,
@@ -92,6 +178,9 @@ def destination_writers(
             refusal_limit=settings.access_denied_limit,
             max_optimistic_attempts=conflict.max_attempts,
             conflict_log=conflict_log,
+            tombstones=tombstones,
+            write_back=write_back,
+            origin=job.origin_value,
         )
     return writers
 
@@ -105,10 +194,16 @@ def shard_pipeline(
     conflict_log: ConflictRecorder | None = None,
 ) -> ShardPipeline:
     job = resolved.job
-    writers = destination_writers(resolved, metrics, shard_id, dead_letters, conflict_log)
+    source = source_writer(resolved, metrics, shard_id, conflict_log)
+    writers = destination_writers(resolved, metrics, shard_id, dead_letters, conflict_log, source)
     ordered = job.source.stream.kind is StreamKind.DYNAMODB_STREAMS
-    rules = [writer.rule for writer in writers.values()]
-    buffer = ChangeBuffer(list(writers), squash_order(rules, ordered_stream=ordered))
+    rules: list[ConflictRule] = [writer.rule for writer in writers.values()]
+    labels = list(writers)
+    if source is not None:
+        # The source writer settles every change too, under the job's own rule.
+        rules.append(source.rule)
+        labels.append(source.label)
+    buffer = ChangeBuffer(labels, squash_order(rules, ordered_stream=ordered))
     watermark = (
         shard_watermark(resolved, shard_id, metrics) if resolved.publishes_watermark else None
     )
@@ -121,6 +216,20 @@ def shard_pipeline(
         max_buffered=job.writer.max_buffered_changes,
         on_fatal=on_fatal,
         watermark=watermark,
+        source=source,
+    )
+
+
+def high_water(resolved: ResolvedJob, pipeline: ShardPipeline) -> HighWater | None:
+    """The stage that turns stale local writes into corrections (active-active); it
+    shares its notes with the pipeline's source writer."""
+    job = resolved.job
+    if not job.writes_back or pipeline.source is None:
+        return None
+    rule = rule_for(job.conflict, job.loop_prevention.origin_attribute)
+    assert isinstance(rule, OrderedRule)
+    return HighWater(
+        rule, keep_echoes_apart=job.active_active.tombstones, notes=pipeline.source.notes
     )
 
 

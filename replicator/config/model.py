@@ -69,6 +69,9 @@ class ConflictPolicyName(StrEnum):
     CUSTOM = "custom"
 
 
+_ORDERED = (ConflictPolicyName.LAST_WRITER_WINS, ConflictPolicyName.VERSION)
+
+
 class TtlDeletes(StrEnum):
     REPLICATE = "replicate"
     SKIP = "skip"
@@ -173,6 +176,41 @@ class LoopPreventionConfig(Strict):
         default=None,
         description="The value the source's application stamps; default: source.region.",
     )
+
+
+class ActiveActiveConfig(Strict):
+    """What makes a mesh of jobs (one per region) converge on one image per item.
+
+    ``write_back``: when a replicated write loses to an item that ranks above it, that
+    item is written to the source too, and a local write that ranks below the item it
+    replaced is corrected in the source. ``tombstones``: every delete is kept, with its
+    rank, in a small table beside each region's table, so that a put ranking below a
+    delete never brings the item back. See docs/active-active.md.
+    """
+
+    write_back: bool | None = Field(
+        default=None,
+        description="Default: on when loop_prevention.origin_attribute is set and the "
+        "policy is last_writer_wins or version.",
+    )
+    tombstones: bool = False
+    tombstone_table: str = Field(
+        default="{table}-tombstones",
+        description="Name of each region's tombstone table; {table} is that region's table.",
+    )
+    tombstone_retention_hours: Annotated[int, Field(ge=1, le=87_600)] = 168
+
+    @field_validator("tombstone_table")
+    @classmethod
+    def _table_pattern(cls, value: str) -> str:
+        try:
+            name = value.format(table="orders")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(
+                f"tombstone_table may use only {{table}}: {value!r} ({error})"
+            ) from None
+        _check_table(name)
+        return value
 
 
 class RetryConfig(Strict):
@@ -330,6 +368,7 @@ class JobConfig(Strict):
     writer: WriterConfig = WriterConfig()
     dead_letter: DeadLetterConfig = DeadLetterConfig()
     conflict_log: ConflictLogConfig = ConflictLogConfig()
+    active_active: ActiveActiveConfig = ActiveActiveConfig()
     kcl: KclConfig = KclConfig()
     metrics: MetricsConfig = MetricsConfig()
     watermark: WatermarkConfig = WatermarkConfig()
@@ -355,6 +394,25 @@ class JobConfig(Strict):
     @property
     def origin_value(self) -> str:
         return self.loop_prevention.origin_value or self.source.region
+
+    @property
+    def ordered_everywhere(self) -> bool:
+        """Whether the job and every destination use last_writer_wins or version."""
+        return all(self.conflict_for(d).policy in _ORDERED for d in self.destinations) and (
+            self.conflict.policy in _ORDERED
+        )
+
+    @property
+    def writes_back(self) -> bool:
+        """Whether lost conflicts are written back and stale local writes corrected."""
+        chosen = self.active_active.write_back
+        if chosen is not None:
+            return chosen
+        return bool(self.loop_prevention.origin_attribute) and self.ordered_everywhere
+
+    def tombstone_table(self, table: str) -> str:
+        """The tombstone table beside the user table ``table`` (in its region)."""
+        return self.active_active.tombstone_table.format(table=table)
 
 
 class ResolvedJob(BaseModel):
@@ -417,6 +475,33 @@ def cross_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
                 ("task_name",),
                 "names the watermark status table <task_name>-watermark, which may have at "
                 "most 255 characters: shorten it to 245, or set watermark.enabled: false",
+            )
+        )
+    active = job.active_active
+    if active.write_back or active.tombstones:
+        what = "write_back" if active.write_back else "tombstones"
+        if not job.loop_prevention.origin_attribute:
+            problems.append(
+                (
+                    ("active_active", what),
+                    "needs loop_prevention.origin_attribute (an active-active job stamps "
+                    "its origin, or the source's own corrections would be sent on)",
+                )
+            )
+        if not job.ordered_everywhere:
+            problems.append(
+                (
+                    ("active_active", what),
+                    "needs the last_writer_wins or version policy for the job and every "
+                    "destination (they rank images and deletes)",
+                )
+            )
+    if active.tombstones and active.write_back is False:
+        problems.append(
+            (
+                ("active_active", "tombstones"),
+                "needs write_back (a stale local put after a delete is corrected in the "
+                "source by the same machinery)",
             )
         )
     if job.runtime is RuntimeKind.KCL:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -83,5 +83,15 @@ class ConflictRecorder(Protocol):
     """Takes a lost conflict from a writer's thread without making it wait for storage."""
 
     def lost(
-        self, writer: LosingWriter, change: Change, existing: Item | None, why: str
-    ) -> None: ...
+        self,
+        writer: LosingWriter,
+        change: Change,
+        existing: Item | None,
+        why: str,
+        *,
+        write_back: bool = False,
+        winning_rank: dict[str, Any] | None = None,
+    ) -> None:
+        """``write_back``: the winner was written to the source too; ``winning_rank``:
+        the winner's rank when it is not an item (a delete kept as a tombstone)."""
+        ...

@@ -32,9 +32,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.conflictlog.base import Selection, storage_failure
 from replicator.conflictlog.entry import ConflictEntry
-from replicator.exceptions import EnvironmentProblem
 from replicator.items import describe_key, item_from_wire
-from replicator.writers.errors import ErrorKind, classify, error_code
+from replicator.owned_tables import ensure_table
 
 log = structlog.get_logger(__name__)
 
@@ -129,71 +128,14 @@ class DynamoDbConflictLog:
         name DynamoDB refuses); an outage (throttling, 5xx, an endpoint that does not
         answer) propagates as the AWS error, for the caller to decide.
         """
-        what = f"conflict-log table {self.table}"
-        try:
-            self.client.create_table(
-                TableName=self.table,
-                KeySchema=[
-                    {"AttributeName": "pk", "KeyType": "HASH"},
-                    {"AttributeName": "sk", "KeyType": "RANGE"},
-                ],
-                AttributeDefinitions=[
-                    {"AttributeName": "pk", "AttributeType": "S"},
-                    {"AttributeName": "sk", "AttributeType": "S"},
-                ],
-                BillingMode="PAY_PER_REQUEST",
-            )
-            log.info("created conflict-log table", table=self.table, where=self.where)
-        except ClientError as error:
-            if error_code(error) != "ResourceInUseException":
-                _refuse_if_final(error, what, self.where)
-                raise
-        deadline = time.monotonic() + wait_s
-        while True:
-            table = self.client.describe_table(TableName=self.table)["Table"]
-            if table["TableStatus"] == "ACTIVE":
-                break
-            if time.monotonic() > deadline:
-                raise EnvironmentProblem(f"{what} at {self.where} is still {table['TableStatus']}")
-            time.sleep(1.0)
-        keys = {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]}
-        if keys != {"pk": "HASH", "sk": "RANGE"}:
-            raise EnvironmentProblem(
-                f"{what} at {self.where} exists with key schema {keys}; the conflict log needs "
-                "pk (HASH, S) and sk (RANGE, S): name another table in conflict_log.table"
-            )
-        self._ensure_ttl(what)
-
-    def _ensure_ttl(self, what: str) -> None:
-        try:
-            described = self.client.describe_time_to_live(TableName=self.table)
-        except ClientError as error:
-            _refuse_if_final(error, what, self.where)
-            raise
-        ttl = described.get("TimeToLiveDescription", {})
-        status = ttl.get("TimeToLiveStatus")
-        if status in ("ENABLED", "ENABLING"):
-            if ttl.get("AttributeName") != TTL_ATTRIBUTE:
-                log.warning(
-                    "the conflict-log table's TTL is on another attribute; entries will not expire",
-                    table=self.table,
-                    attribute=ttl.get("AttributeName"),
-                )
-            return
-        try:
-            self.client.update_time_to_live(
-                TableName=self.table,
-                TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
-            )
-        except ClientError as error:
-            _refuse_if_final(error, what, self.where)
-            raise
-        log.info("conflict-log table expires entries", table=self.table, attribute=TTL_ATTRIBUTE)
-
-
-def _refuse_if_final(error: ClientError, what: str, where: str) -> None:
-    """An error that no wait can fix becomes one clear line for the operator."""
-    kind = classify(error)
-    if kind in (ErrorKind.DENIED, ErrorKind.REJECTED):
-        message = error.response.get("Error", {}).get("Message", "")
-        raise EnvironmentProblem(f"{what} at {where}: {error_code(error)}: {message}") from None
+        ensure_table(
+            self.client,
+            self.table,
+            {"pk": "HASH", "sk": "RANGE"},
+            TTL_ATTRIBUTE,
+            f"conflict-log table {self.table}",
+            self.where,
+            "the conflict log needs pk (HASH, S) and sk (RANGE, S): name another table in "
+            "conflict_log.table",
+            wait_s,
+        )

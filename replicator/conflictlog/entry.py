@@ -142,13 +142,13 @@ def rank_of(rule: ConflictRule, image: Item | None) -> dict[str, Any] | None:
     if image is not None and rule.origin_attribute:
         stamp = image.get(rule.origin_attribute)
         origin = None if stamp is None else next(iter(item_to_wire({"o": stamp})["o"].values()))
-    tier, ordering, origin_text = rule.rank(image)
+    tier, ordering, (_, origin_text), digest = rule.rank(image)
     return {
         "attribute": rule.attribute,
         "value": None if value is None else item_to_wire({"v": value})["v"],
         "origin_attribute": rule.origin_attribute,
         "origin": origin,
-        "order": [tier, str(ordering), origin_text],
+        "order": [tier, str(ordering), origin_text, str(digest)],
     }
 
 
@@ -182,6 +182,8 @@ class LostConflict:
     existing: Item | None
     why: str
     recorded_s: float
+    write_back: bool = False
+    winning_rank: dict[str, Any] | None = None  # a winner that is not an item (a delete)
 
     def entry(self) -> ConflictEntry:
         change = self.change
@@ -200,7 +202,11 @@ class LostConflict:
             losing_image=None if losing is None else item_to_wire(losing),
             winning_image=None if self.existing is None else item_to_wire(self.existing),
             losing_rank=rank_of(self.rule, losing),
-            winning_rank=rank_of(self.rule, self.existing),
+            winning_rank=(
+                _wire_rank(self.winning_rank)
+                if self.winning_rank is not None
+                else rank_of(self.rule, self.existing)
+            ),
             policy=self.rule.name,
             rule=describe_rule(self.rule),
             why=self.why,
@@ -208,4 +214,10 @@ class LostConflict:
             shard_id=self.shard_id,
             created=iso(change.created_s),
             recorded_at=iso(self.recorded_s),
+            write_back=self.write_back,
         )
+
+
+def _wire_rank(rank: dict[str, Any]) -> dict[str, Any]:
+    value = rank.get("value")
+    return {**rank, "value": None if value is None else item_to_wire({"v": value})["v"]}

@@ -27,6 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -81,7 +82,16 @@ class BackgroundRecorder:
 
     # -- the writers' side ----------------------------------------------------------------
 
-    def lost(self, writer: LosingWriter, change: Change, existing: Item | None, why: str) -> None:
+    def lost(
+        self,
+        writer: LosingWriter,
+        change: Change,
+        existing: Item | None,
+        why: str,
+        *,
+        write_back: bool = False,
+        winning_rank: dict[str, Any] | None = None,
+    ) -> None:
         conflict = LostConflict(
             task_name=writer.task_name,
             destination=writer.label,
@@ -93,6 +103,8 @@ class BackgroundRecorder:
             existing=existing,
             why=why,
             recorded_s=time.time(),
+            write_back=write_back,
+            winning_rank=winning_rank,
         )
         with self._cond:
             waiting = len(self._queue)

@@ -40,7 +40,7 @@ from replicator.exceptions import DestinationRefused, OperatorError
 from replicator.items import Item, describe_key
 from replicator.metrics import Metrics
 from replicator.records import Change
-from replicator.rules import Skip, WriteRequest
+from replicator.rules import Skip, Verdict, WriteRequest
 from replicator.rules.requests import holds_outcome
 from replicator.tools.snapshot import expected_request, synthetic_change
 from replicator.writers.destination import Outcome
@@ -77,6 +77,9 @@ class RestoreRule:
 
     def shows_applied(self, change: Change, existing: Item | None) -> bool:
         return holds_outcome(change, existing)
+
+    def reconsider(self, change: Change, existing: Item | None) -> WriteRequest | Verdict:
+        return Verdict.LOST
 
     def explain_loss(self, change: Change, existing: Item | None) -> str:
         return "the destination's item is no longer the image that won the conflict"
@@ -162,7 +165,13 @@ def restore(
     refusals = _Refusals()
     metrics = Metrics(CollectorRegistry())
     writers = wiring.destination_writers(resolved, metrics, RESTORE_PURPOSE, refusals)
-    writer = replace(writers[entry.destination], rule=RestoreRule(force), conflict_log=None)
+    writer = replace(
+        writers[entry.destination],
+        rule=RestoreRule(force),
+        conflict_log=None,
+        tombstones=None,
+        write_back=None,
+    )
     writer.refusal_limit = min(writer.refusal_limit, 3)
     change = synthetic_change(
         RESTORE_PURPOSE,

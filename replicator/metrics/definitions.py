@@ -64,7 +64,7 @@ class Metrics:
         )
         self.writes = Counter(
             "replicator_writes",
-            "Changes handled per destination, by operation and outcome (applied, "
+            "Changes handled per destination, by operation and outcome (applied, unchanged, "
             "conflict_lost, loop_skipped, filtered, dead_lettered).",
             ["destination", "op", "outcome"],
             registry=r,
@@ -98,6 +98,28 @@ class Metrics:
         self.conflict_log_retries = Counter(
             "replicator_conflict_log_retries",
             "Attempts to store a conflict-log entry that failed and were tried again.",
+            registry=r,
+        )
+        self.conflict_writebacks = Counter(
+            "replicator_conflict_writebacks",
+            "Winners of lost conflicts written to the source table (active-active write-back), "
+            "by the destination where the conflict was lost (the source's own label for a "
+            "local write corrected in the source).",
+            ["destination"],
+            registry=r,
+        )
+        self.tombstones_written = Counter(
+            "replicator_tombstones_written",
+            "Delete tombstones written, by the table they guard (a destination's name, or "
+            "the source's <region>/<table>).",
+            ["destination"],
+            registry=r,
+        )
+        self.tombstones_expired = Counter(
+            "replicator_tombstones_expired",
+            "Tombstones found past their retention by a put they would have stopped: the put "
+            "was applied (raise active_active.tombstone_retention_hours if this grows).",
+            ["destination"],
             registry=r,
         )
         self.checkpoints = Counter(

@@ -15,7 +15,7 @@ from replicator.rules.base import ConflictRule
 from replicator.rules.custom import CustomRule, load_resolver
 from replicator.rules.ordered import OrderedRule
 from replicator.rules.overwrite import OverwriteRule
-from replicator.rules.requests import PlanError, Skip, WriteRequest
+from replicator.rules.requests import PlanError, Skip, Verdict, WriteRequest
 
 __all__ = [
     "BY_CREATION_TIME",
@@ -28,6 +28,7 @@ __all__ = [
     "Skip",
     "Squash",
     "SquashOrder",
+    "Verdict",
     "WriteRequest",
     "rule_for",
     "squash_order",
@@ -121,13 +122,14 @@ def _by_rank(rule: OrderedRule) -> Callable[[Change, Change], Squash]:
     a put, of the old image of a delete), and a put or delete applying when the
     destination's item ranks at or below its image:
 
-    * the incoming change replaces the queued one when ``r(incoming) >= r(queued)``: any
-      item the queued write would have overwritten or deleted, the incoming one does too;
+    * a put after a queued delete is sent after it (delete then re-create): the delete
+      clears items the put alone could not overwrite, and with ``active_active.tombstones``
+      the delete's tombstone decides whether the re-create may land;
+    * otherwise the incoming change replaces the queued one when ``r(incoming) >=
+      r(queued)``: any item the queued write would have overwritten or deleted, the
+      incoming one does too;
     * a put or delete that ranks below a queued put, or a delete that ranks below a queued
-      delete, changes nothing after it and is dropped;
-    * a put that ranks below a queued delete is sent after it (delete then re-create at a
-      lower version or timestamp): the delete clears items the put alone could not
-      overwrite, and the put then lands on nothing.
+      delete, changes nothing after it and is dropped.
 
     Changes whose rank is unknown (no write can be planned for them) or of two ordering
     types are both sent, in order.
@@ -138,11 +140,9 @@ def _by_rank(rule: OrderedRule) -> Callable[[Change, Change], Squash]:
         new = rule.order(incoming.image)
         if old is None or new is None or (old[0] and new[0] and old[0] != new[0]):
             return Squash.BOTH
-        if new >= old:
-            return Squash.REPLACE
         if queued.op_is_delete and not incoming.op_is_delete:
             return Squash.BOTH
-        return Squash.DROP
+        return Squash.REPLACE if new >= old else Squash.DROP
 
     return merge
 

@@ -6,7 +6,7 @@ from typing import Protocol
 
 from replicator.items import Item
 from replicator.records import Change
-from replicator.rules.requests import Skip, WriteRequest
+from replicator.rules.requests import Skip, Verdict, WriteRequest
 
 
 class ConflictRule(Protocol):
@@ -28,6 +28,12 @@ class ConflictRule(Protocol):
     def shows_applied(self, change: Change, existing: Item | None) -> bool:
         """Whether ``existing``, the item a failed condition found, is this change's own
         outcome: an earlier attempt landed although its answer never arrived."""
+        ...
+
+    def reconsider(self, change: Change, existing: Item | None) -> WriteRequest | Verdict:
+        """After a failed condition: the change lost to ``existing``, or the destination
+        already holds it, or a write to send instead (a condition can be stricter than
+        the rule's order, which only the item that came back can settle)."""
         ...
 
     def explain_loss(self, change: Change, existing: Item | None) -> str:

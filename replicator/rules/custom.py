@@ -27,6 +27,7 @@ from replicator.rules.requests import (
     PlanError,
     ResolverFailed,
     Skip,
+    Verdict,
     WriteRequest,
     equals_condition,
     holds_outcome,
@@ -91,6 +92,9 @@ class CustomRule:
 
     def shows_applied(self, change: Change, existing: Item | None) -> bool:
         return holds_outcome(change, existing)
+
+    def reconsider(self, change: Change, existing: Item | None) -> WriteRequest | Verdict:
+        return Verdict.LOST
 
     def explain_loss(self, change: Change, existing: Item | None) -> str:
         return "the custom resolver kept the destination's item"

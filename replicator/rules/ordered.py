@@ -1,35 +1,50 @@
-"""``last_writer_wins`` and ``version``: the item with the greater ordering value wins.
+"""``last_writer_wins`` and ``version``: the item that ranks higher wins.
 
 Both rules order items by one attribute the application maintains (a timestamp or a
-version number) and break ties with the origin attribute when loop prevention names
-one, so two regions that wrote the same timestamp still converge on the same image.
-The comparison runs inside DynamoDB as a ConditionExpression, so a concurrent write
-at the destination can never be overwritten by an older one.
+version number), then by the origin stamp when loop prevention names one, then by the
+image's digest: the total order of :mod:`replicator.rules.order`, the same in
+:meth:`OrderedRule.rank`, in every condition the writers send, in the squash of
+out-of-order streams and in the tools. The comparison runs inside DynamoDB as a
+ConditionExpression, so a concurrent write at the destination can never be replaced by
+a lower-ranked one.
 
-The total order, from lowest to highest, is:
-
-1. items without the ordering attribute (older than any item that has it);
-2. items with it, by its value (numbers numerically, strings lexically);
-3. on equal values, items without an origin, then by origin value.
-
-A put applies when the incoming image is not lower than the destination's item; an
-equal image applies again, which makes replays harmless. A delete applies when the
-destination's item is not higher than the deleted image (the REMOVE's old image), so
-a delete never removes a newer item written elsewhere.
+* A put applies onto no item, or onto an item that ranks below its image on (value,
+  origin); when the condition fails, :meth:`OrderedRule.reconsider` looks at the item
+  that came back: the same image means the destination already holds the change
+  (``unchanged``), an item ranking below it only by the digest (or by a value of
+  another type, which DynamoDB does not compare) is replaced on the condition that it
+  is still exactly that item, and anything else won.
+* A delete ranks just above the image it deleted (the REMOVE's old image): it applies
+  onto no item, an item ranking below that image, or that very image, and never
+  removes an item that ranks above it.
 """
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from dataclasses import replace
 
-from replicator.items import AttributeValue, Item, canonical_number
+from replicator.items import Item, canonical_number, same_item
 from replicator.records import Change, Event
-from replicator.rules.requests import PlanError, Skip, WriteRequest, holds_outcome
+from replicator.rules.order import (
+    Condition,
+    OpRank,
+    Rank,
+    RankFields,
+    any_of,
+    below,
+    image_digest,
+    pruned,
+)
+from replicator.rules.requests import (
+    PlanError,
+    Skip,
+    Verdict,
+    WriteRequest,
+    equals_condition,
+    holds_outcome,
+)
 
 _COMPARABLE = ("N", "S")
-
-# An image's exact place in a rule's order (see OrderedRule.order).
-Order = tuple[object, ...]
 
 
 class OrderedRule:
@@ -42,6 +57,46 @@ class OrderedRule:
         self.attribute = attribute
         self.origin_attribute = origin_attribute
         self._types = ("N",) if numeric_only else _COMPARABLE
+        self.fields = RankFields(attribute, origin_attribute)
+        self._keyed: dict[str, RankFields] = {}
+
+    # -- the order ------------------------------------------------------------------------
+
+    def rank(self, image: Item | None) -> Rank:
+        """The image's place in the total order (``NO_ITEM`` for no item)."""
+        return self.fields.rank(image)
+
+    def order(self, image: Item | None) -> Rank | None:
+        """The image's rank when a write can be planned and sent for it; None otherwise.
+
+        None for no image, an ordering attribute of the wrong type, a number DynamoDB would
+        refuse, or an origin stamp that is not a string: such a change is dead-lettered or
+        written on its own, never compared by the squash. Numbers compare exactly (Decimal
+        comparison never rounds).
+        """
+        if image is None:
+            return None
+        ordering = image.get(self.attribute)
+        if ordering is not None:
+            kind, value = next(iter(ordering.items()))
+            if kind not in self._types or type(value) is not str:
+                return None
+            if kind == "N":
+                try:
+                    canonical_number(value)
+                except ValueError:
+                    return None
+        if self.origin_attribute:
+            stamp = image.get(self.origin_attribute)
+            if stamp is not None and type(stamp.get("S")) is not str:
+                return None
+        return self.rank(image)
+
+    def op_rank(self, change: Change) -> OpRank:
+        """A change's place among operations: a delete just above the image it deleted."""
+        return (self.rank(change.image), 1 if change.op_is_delete else 0)
+
+    # -- conditions -----------------------------------------------------------------------
 
     def plan(self, change: Change, existing: Item | None = None) -> WriteRequest | Skip:
         image = change.image
@@ -51,93 +106,112 @@ class OrderedRule:
                     f"REMOVE without OldImage cannot be checked under {self.name}; "
                     "the stream view type must be NEW_AND_OLD_IMAGES"
                 )
-            condition, names, values = self._not_higher_than(image)
+            condition, names, values = self.not_above(image, change.keys)
             return WriteRequest(
                 op="delete", key=change.keys, condition=condition, names=names, values=values
             )
         assert image is not None  # decode guarantees a NewImage for puts
-        condition, names, values = self._not_higher_than(image)
+        condition, names, values = self.below(image, change.keys)
         return WriteRequest(op="put", item=image, condition=condition, names=names, values=values)
 
-    def _not_higher_than(
-        self, image: Item
-    ) -> tuple[str, dict[str, str], dict[str, AttributeValue]]:
-        """A condition true when the destination's item ranks at or below ``image``."""
-        names = {"#c": self.attribute}
+    def below(self, image: Item, keys: Item) -> Condition:
+        """True when the destination holds no item, or one ranking below ``image`` on
+        (value, origin)."""
+        self._check_type(image)
+        return below(
+            self.keyed_fields(keys),
+            image.get(self.attribute),
+            image.get(self.origin_attribute) if self.origin_attribute else None,
+            None,
+        )
+
+    def keyed_fields(self, keys: Item) -> RankFields:
+        """The rank fields, with a key attribute to say "no item" by."""
+        name = next(iter(keys))
+        fields = self._keyed.get(name)
+        if fields is None:
+            fields = self._keyed[name] = replace(self.fields, key=name)
+        return fields
+
+    def not_above(self, image: Item, keys: Item) -> Condition:
+        """True when the destination holds no item, one ranking below ``image`` on (value,
+        origin), or ``image`` itself: where a delete of ``image`` applies.
+
+        Items with so many attributes that "is ``image`` itself" does not fit in a
+        condition (4 KB) fall back to "not above on (value, origin)", which also deletes
+        a different image that ties on both and ranks above only by its digest."""
+        condition, names, values = self.below(image, keys)
+        try:
+            same, same_names, same_values = self.exactly(image)
+        except PlanError:
+            return self._not_above_without_digest(image, keys)
+        return any_of(condition, same), {**names, **same_names}, {**values, **same_values}
+
+    def exactly(self, item: Item) -> Condition:
+        """True while the destination holds ``item``: every attribute of it with its value,
+        and no ranking field that it lacks (a condition cannot exclude every other
+        attribute, so an item that only gained attributes that do not rank it passes)."""
+        same, names, values = equals_condition(item)
+        for placeholder, name in (("#ra", self.attribute), ("#ro", self.origin_attribute)):
+            if name and name not in item:
+                same += f" AND attribute_not_exists({placeholder})"
+                names[placeholder] = name
+        return same, names, values
+
+    def _not_above_without_digest(self, image: Item, keys: Item) -> Condition:
+        condition, names, values = self.below(image, keys)
+        names, values = {**names, "#c": self.attribute}, dict(values)
         ordering = image.get(self.attribute)
         if ordering is None:
-            return "attribute_not_exists(#c)", names, {}
+            equal = "attribute_not_exists(#c)"
+        else:
+            equal, values[":c"] = "#c = :c", ordering
+        if self.origin_attribute:
+            names["#o"] = self.origin_attribute
+            origin = image.get(self.origin_attribute)
+            if origin is not None and isinstance(origin.get("S"), str):
+                equal, values[":o"] = equal + " AND #o = :o", origin
+            else:
+                equal += " AND attribute_not_exists(#o)"
+        return pruned(any_of(condition, equal), names, values)
+
+    def _check_type(self, image: Item) -> None:
+        ordering = image.get(self.attribute)
+        if ordering is None:
+            return
         kind = next(iter(ordering))
         if kind not in self._types:
             raise PlanError(
                 f"{self.name}: attribute {self.attribute!r} is of type {kind}; "
                 f"expected {' or '.join(self._types)}"
             )
-        values: dict[str, AttributeValue] = {":c": ordering}
-        if not self.origin_attribute:
-            return "attribute_not_exists(#c) OR #c <= :c", names, values
-        names["#o"] = self.origin_attribute
-        origin = image.get(self.origin_attribute)
-        if origin is None:
-            tie = "attribute_not_exists(#o)"
+
+    # -- after a failed condition ---------------------------------------------------------
+
+    def reconsider(self, change: Change, existing: Item | None) -> WriteRequest | Verdict:
+        """What a failed condition means, from the item that made it fail."""
+        image = change.image
+        if image is None:
+            return Verdict.LOST
+        if change.op_is_delete:
+            if existing is None:
+                return Verdict.UNCHANGED
+            if self.rank(existing) > self.rank(image):
+                return Verdict.LOST
+            condition, names, values = self.exactly(existing)
+            return WriteRequest(
+                op="delete", key=change.keys, condition=condition, names=names, values=values
+            )
+        if existing is not None and same_item(existing, image):
+            return Verdict.UNCHANGED
+        if self.rank(existing) >= self.rank(image):
+            return Verdict.LOST
+        if existing is None:
+            name = next(iter(change.keys))
+            condition, names, values = "attribute_not_exists(#k)", {"#k": name}, {}
         else:
-            values[":o"] = origin
-            tie = "(attribute_not_exists(#o) OR #o <= :o)"
-        return f"attribute_not_exists(#c) OR #c < :c OR (#c = :c AND {tie})", names, values
-
-    def rank(self, image: Item | None) -> tuple[int, object, str]:
-        """A readable order key of an image (tier, ordering value, origin), for logs and
-        reports; :meth:`order` is the exact one the squash decides with."""
-        if image is None:
-            return (0, 0, "")
-        ordering = image.get(self.attribute)
-        origin = ""
-        if self.origin_attribute and (stamp := image.get(self.origin_attribute)) is not None:
-            origin = str(stamp.get("S", ""))
-        if ordering is None:
-            return (0, 0, origin)
-        kind, value = next(iter(ordering.items()))
-        if kind == "N":
-            try:
-                return (1, Decimal(value), origin)
-            except (InvalidOperation, TypeError):
-                return (1, Decimal(0), origin)
-        return (2, str(value), origin)
-
-    def order(self, image: Item | None) -> Order | None:
-        """The image's place in the order, exactly as the condition compares it.
-
-        ``order(a) <= order(b)`` holds when the condition planned for ``b`` passes against
-        ``a`` at the destination, for orders of the same ordering type (``order[0]``: 0 no
-        ordering attribute, 1 a number, 2 a string); DynamoDB compares no number with a
-        string, so orders of two types (both non-zero) are not comparable. None when no
-        write can be planned or sent for the image (no image, an ordering attribute of the
-        wrong type, a number DynamoDB would refuse): such a change is dead-lettered, not
-        compared. Numbers compare exactly (Decimal comparison never rounds).
-        """
-        if image is None:
-            return None
-        ordering = image.get(self.attribute)
-        if ordering is None:
-            return (0,)  # the condition then ignores the origin: attribute_not_exists(#c)
-        kind, value = next(iter(ordering.items()))
-        if kind not in self._types or type(value) is not str:
-            return None
-        tie: tuple[object, ...] = ()
-        if self.origin_attribute:
-            stamp = image.get(self.origin_attribute)
-            if stamp is None:
-                tie = (0,)  # attribute_not_exists(#o): below any origin, even ""
-            elif type(stamp.get("S")) is str:
-                tie = (1, stamp["S"])
-            else:
-                return None  # a stamp that is not a string orders by no documented rule
-        if kind == "N":
-            try:
-                return (1, Decimal(canonical_number(value)), *tie)
-            except ValueError:
-                return None
-        return (2, value, *tie)
+            condition, names, values = self.exactly(existing)
+        return WriteRequest(op="put", item=image, condition=condition, names=names, values=values)
 
     def shows_applied(self, change: Change, existing: Item | None) -> bool:
         """A put whose very image is there, or a delete that finds the item gone or ranked
@@ -153,14 +227,22 @@ class OrderedRule:
         comparable = found[0] == deleted[0] or found[0] == 0
         return comparable and found < deleted
 
+    # -- explanations ---------------------------------------------------------------------
+
     def explain_loss(self, change: Change, existing: Item | None) -> str:
         verb = "delete" if change.event is Event.REMOVE else "put"
+        tie = (
+            existing is not None
+            and change.image is not None
+            and self.rank(existing)[:3] == self.rank(change.image)[:3]
+        )
         return (
-            f"{self.name}: the destination's item ({self._shown(existing)}) ranks above the "
-            f"{verb}'s image ({self._shown(change.image)})"
+            f"{self.name}: the destination's item ({self.shown(existing, tie)}) ranks above "
+            f"the {verb}'s image ({self.shown(change.image, tie)})"
         )
 
-    def _shown(self, image: Item | None) -> str:
+    def shown(self, image: Item | None, with_digest: bool = False) -> str:
+        """The fields that rank ``image``, as log lines and conflict entries show them."""
         if image is None:
             return "no item"
         names = [self.attribute] + ([self.origin_attribute] if self.origin_attribute else [])
@@ -168,4 +250,6 @@ class OrderedRule:
         for name in names:
             value = image.get(name)
             parts.append(f"{name}={next(iter(value.values())) if value else '(absent)'}")
+        if with_digest:
+            parts.append(f"digest={image_digest(image)[:12]}")
         return ", ".join(parts)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from replicator.items import Item
 from replicator.records import Change, Event
-from replicator.rules.requests import Skip, WriteRequest, holds_outcome
+from replicator.rules.requests import Skip, Verdict, WriteRequest, holds_outcome
 
 
 class OverwriteRule:
@@ -23,6 +23,9 @@ class OverwriteRule:
 
     def shows_applied(self, change: Change, existing: Item | None) -> bool:
         return holds_outcome(change, existing)
+
+    def reconsider(self, change: Change, existing: Item | None) -> WriteRequest | Verdict:
+        return Verdict.LOST
 
     def explain_loss(self, change: Change, existing: Item | None) -> str:
         return "overwrite writes unconditionally and never loses"

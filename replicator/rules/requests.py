@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from replicator.items import AttributeValue, Item, same_item
@@ -42,6 +43,13 @@ class Skip:
     """The rule decided, without writing, that the destination keeps its item."""
 
     reason: str
+
+
+class Verdict(StrEnum):
+    """What a failed condition meant, when the rule does not write again."""
+
+    LOST = "lost"  # the destination's item ranks above the change: it stays
+    UNCHANGED = "unchanged"  # the destination already holds the change's outcome
 
 
 class PlanError(ValueError):

@@ -22,6 +22,7 @@ from replicator import aws
 from replicator.config.model import ConflictPolicyName, ResolvedJob, StreamKind
 from replicator.conflictlog.targets import prepare
 from replicator.exceptions import EnvironmentProblem
+from replicator.tombstones.setup import prepare as prepare_tombstones
 from replicator.writers.errors import error_code
 
 _ORDERED = (ConflictPolicyName.LAST_WRITER_WINS, ConflictPolicyName.VERSION)
@@ -181,9 +182,10 @@ def check_destinations(resolved: ResolvedJob, source_keys: dict[str, str]) -> No
 
 
 def check(resolved: ResolvedJob) -> SourceInfo:
-    """Check the source and destinations, and make the job's conflict log ready (its
-    DynamoDB table is the replicator's own, created when missing like the lease table)."""
+    """Check the source and destinations, and make the job's conflict log and tombstone
+    tables ready (the replicator's own, created when missing like the lease table)."""
     info = check_source(resolved)
     check_destinations(resolved, info.key_schema)
     prepare(resolved)
+    prepare_tombstones(resolved)
     return info

@@ -365,8 +365,8 @@ class _SegmentCopy:
             if outcome is Outcome.APPLIED:
                 tally.applied += 1
                 applied.setdefault(id(change), (change, []))[1].append(label)
-            elif outcome is Outcome.CONFLICT_LOST:
-                tally.kept += 1
+            elif outcome in (Outcome.CONFLICT_LOST, Outcome.UNCHANGED):
+                tally.kept += 1  # a newer item, or this very image, is there already
             else:
                 tally.dead_lettered += 1
         if self.backfill.hooks.page_written:

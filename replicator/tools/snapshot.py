@@ -45,7 +45,14 @@ from replicator.decode import decode
 from replicator.items import AttributeValue, Item, item_to_wire
 from replicator.metrics import Metrics
 from replicator.records import Change, Event, RawRecord
-from replicator.rules import ConflictRule, CustomRule, OrderedRule, Skip, WriteRequest
+from replicator.rules import (
+    ConflictRule,
+    CustomRule,
+    OrderedRule,
+    Skip,
+    Verdict,
+    WriteRequest,
+)
 from replicator.rules.requests import equals_condition, holds_outcome
 from replicator.tools.compare import differing_attributes
 from replicator.tools.scan import ReadRate, batch_get
@@ -141,6 +148,34 @@ class SnapshotRule:
     def shows_applied(self, change: Change, existing: Item | None) -> bool:
         return holds_outcome(change, existing)
 
+    def reconsider(self, change: Change, existing: Item | None) -> WriteRequest | Verdict:
+        """An ordered put settles what its condition could not compare (a tie, the same
+        image); a write on "exactly the expected item" has nothing left to decide.
+
+        One exception, for ``verify --repair`` (the change expects the destination item
+        it read): a destination item that still is what was read and ties the source's
+        image on (value, origin) is replaced by the source's. Replication settles a tie
+        between regions by the digest in every region, so a tie that verify still finds
+        after its re-checks was not made by concurrent writes (an item edited in place,
+        its timestamp kept); the source's image is the one to keep."""
+        if change.event is Event.REMOVE or not self._ordered(change):
+            return Verdict.LOST
+        assert isinstance(self.policy, OrderedRule) and change.new_image is not None
+        decision = self.policy.reconsider(change, existing)
+        expected = change.old_image
+        if (
+            decision is Verdict.LOST
+            and existing is not None
+            and expected is not None
+            and same_item(existing, expected)
+            and self.policy.rank(existing)[:3] == self.policy.rank(change.new_image)[:3]
+        ):
+            condition, names, values = equals_condition(existing)
+            return WriteRequest(
+                op="put", item=change.new_image, condition=condition, names=names, values=values
+            )
+        return decision
+
     def explain_loss(self, change: Change, existing: Item | None) -> str:
         if change.event is not Event.REMOVE and self._ordered(change):
             return self.policy.explain_loss(change, existing)
@@ -196,7 +231,10 @@ def snapshot_writers(
 def with_snapshot_rules(writers: Mapping[str, DestinationWriter]) -> dict[str, DestinationWriter]:
     """Copies of ``writers`` (same clients, same dead-letter target) with snapshot rules."""
     return {
-        label: replace(writer, rule=SnapshotRule(writer.rule)) for label, writer in writers.items()
+        # Read images are written as they are: no write-back to the source, and no
+        # tombstone steps (verify reads the tombstones itself).
+        label: replace(writer, rule=SnapshotRule(writer.rule), tombstones=None, write_back=None)
+        for label, writer in writers.items()
     }
 
 
@@ -270,7 +308,7 @@ class ResurrectionGuard:
                 outcome = self.writers[label].write(removal)
                 if outcome is Outcome.APPLIED:
                     tally.undone += 1
-                elif outcome is Outcome.CONFLICT_LOST:
+                elif outcome in (Outcome.CONFLICT_LOST, Outcome.UNCHANGED):
                     tally.kept += 1
                 else:
                     tally.dead_lettered += 1

@@ -27,6 +27,7 @@ import json
 import math
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,10 +38,14 @@ from prometheus_client import CollectorRegistry
 
 from replicator import wiring
 from replicator.config.model import ResolvedJob
+from replicator.deadletter import DeadLetterTarget
 from replicator.exceptions import OperatorError
 from replicator.items import Item, KeyId, describe_key, item_to_wire, key_id, project
 from replicator.metrics import Metrics
 from replicator.records import Change
+from replicator.rules import OrderedRule, rule_for
+from replicator.tombstones.model import Tombstone
+from replicator.tombstones.table import TombstoneTable
 from replicator.tools.compare import differing_attributes, normalised
 from replicator.tools.progress import ProgressReport
 from replicator.tools.scan import ReadRate, batch_get, scan_pages
@@ -60,6 +65,9 @@ log = structlog.get_logger(__name__)
 MISSING = "missing"
 EXTRA = "extra"
 DIFFERENT = "different"
+# Missing at the destination because a delete there ranks above the source's item (the
+# destination's tombstone says so): the source is behind, not the destination.
+DELETED = "deleted"
 # --sample: segments sized to hold about this many items each, by the table's estimate.
 _ITEMS_PER_SAMPLE_SEGMENT = 10
 _MAX_SEGMENTS = 1_000_000
@@ -86,6 +94,7 @@ class Finding:
     attributes: list[str] = field(default_factory=list)
     repair: str | None = None  # repaired | resolved | refused | dead_lettered | unresolved
     detail: str | None = None
+    tombstone: Tombstone | None = field(default=None, repr=False)
 
     @property
     def settled(self) -> bool:
@@ -230,6 +239,7 @@ class Verify:
             for key, state in per_key.items()
             if state.kind is not None
         ]
+        self._read_tombstones(findings, states)
         findings.sort(key=lambda f: (f.destination, f.kind, describe_key(f.keys)))
         report = VerifyReport(
             source=f"{self.source.region}/{self.source.table}",
@@ -392,6 +402,45 @@ class Verify:
             states[label] = {key: _state(source_items.get(key), theirs.get(key)) for key in wanted}
         return states
 
+    # -- tombstones (active_active.tombstones) --------------------------------------------
+
+    def _read_tombstones(
+        self, findings: list[Finding], states: dict[str, dict[KeyId, _State]]
+    ) -> None:
+        """An item the source holds and a destination lacks because a delete there ranks
+        above it is reported as ``deleted``, and repaired by deleting it at the source
+        (copying it would bring back a deleted item); an extra item that a delete at the
+        source ranks above is reported as ``extra`` with that delete named."""
+        rule = self._rule()
+        if rule is None:
+            return
+        now = time.time()
+        for finding in findings:
+            state = states[finding.destination][key_id(finding.keys)]
+            if finding.kind == MISSING and state.source_item is not None:
+                ref = self.by_label[finding.destination]
+                tombstone = self._tombstone(ref, finding.keys)
+                rank = rule.rank(state.source_item)
+                if tombstone and tombstone.blocks(rank) and not tombstone.expired(now):
+                    finding.kind = DELETED
+                    finding.tombstone = tombstone
+            elif finding.kind == EXTRA and state.destination_item is not None:
+                tombstone = self._tombstone(self.source, finding.keys)
+                if tombstone and tombstone.blocks(rule.rank(state.destination_item)):
+                    finding.detail = tombstone.described(rule.attribute, rule.origin_attribute)
+
+    def _rule(self) -> OrderedRule | None:
+        job = self.resolved.job
+        if not job.active_active.tombstones:
+            return None
+        rule = rule_for(job.conflict, job.loop_prevention.origin_attribute)
+        return rule if isinstance(rule, OrderedRule) else None
+
+    def _tombstone(self, ref: TableRef, keys: Item) -> Tombstone | None:
+        job = self.resolved.job
+        table = TombstoneTable(ref.client, job.tombstone_table(ref.table), ref.where, 0)
+        return table.get(keys)
+
     # -- repair ---------------------------------------------------------------------------
 
     def _repair(
@@ -404,7 +453,12 @@ class Verify:
         writers = snapshot_writers(self.resolved, self.metrics, dead_letters, REPAIR)
         region = self.source.region
         jobs: list[tuple[Finding, _State, Change, DestinationWriter]] = []
+        deleted = [f for f in findings if f.kind == DELETED]
+        if deleted:
+            self._delete_at_source(deleted, states)
         for finding in findings:
+            if finding.kind == DELETED:
+                continue
             state = states[finding.destination][key_id(finding.keys)]
             new_image = None if finding.kind == EXTRA else state.source_item
             change = synthetic_change(
@@ -422,20 +476,58 @@ class Verify:
 
         with ThreadPoolExecutor(self.options.threads, thread_name_prefix="repair") as pool:
             outcomes = list(pool.map(apply, jobs))
+        self._judge(jobs, outcomes, dead_letters)
         applied_puts: dict[int, tuple[Change, list[str]]] = {}
+        for (finding, _, change, _), outcome in zip(jobs, outcomes, strict=True):
+            if outcome is Outcome.APPLIED and change.new_image is not None:
+                applied_puts.setdefault(id(change), (change, []))[1].append(finding.destination)
+        guard = ResurrectionGuard(self.source, key_names, writers, self._rate(self.source), REPAIR)
+        guard.check(list(applied_puts.values()))
+        self._confirm(findings, key_names)
+
+    def _judge(
+        self,
+        jobs: list[tuple[Finding, _State, Change, DestinationWriter]],
+        outcomes: list[Outcome],
+        dead_letters: DeadLetterTarget,
+    ) -> None:
         for (finding, state, change, writer), outcome in zip(jobs, outcomes, strict=True):
             if outcome is Outcome.APPLIED:
                 finding.repair = "repaired"
-                if change.new_image is not None:
-                    applied_puts.setdefault(id(change), (change, []))[1].append(finding.destination)
+            elif outcome is Outcome.UNCHANGED:
+                finding.repair = "resolved"
+                finding.detail = "the destination already held the source's item"
             elif outcome is Outcome.CONFLICT_LOST:
                 finding.repair = "refused"
                 finding.detail = writer.rule.explain_loss(change, state.destination_item)
             else:
                 finding.repair = "dead_lettered"
                 finding.detail = f"stored in {dead_letters.description}"
-        guard = ResurrectionGuard(self.source, key_names, writers, self._rate(self.source), REPAIR)
-        guard.check(list(applied_puts.values()))
+
+    def _delete_at_source(
+        self, findings: list[Finding], states: dict[str, dict[KeyId, _State]]
+    ) -> None:
+        """Apply each destination's delete to the source, where the item is stale."""
+        source = wiring.source_writer(self.resolved, self.metrics, REPAIR)
+        assert source is not None
+        for finding in findings:
+            state = states[finding.destination][key_id(finding.keys)]
+            assert finding.tombstone is not None and state.source_item is not None
+            change = synthetic_change(
+                REPAIR,
+                finding.keys,
+                self.source.region,
+                new_image=state.source_item,
+                expected=None,
+            )
+            if source.apply_delete(change, finding.tombstone):
+                finding.repair = "repaired"
+                finding.detail = "deleted at the source"
+            else:
+                finding.repair = "refused"
+                finding.detail = "the source's item changed since it was read"
+
+    def _confirm(self, findings: list[Finding], key_names: list[str]) -> None:
         # Read both sides again: what is equal now is settled, whatever did it.
         confirm: dict[str, set[KeyId]] = {}
         for finding in findings:

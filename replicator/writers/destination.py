@@ -10,12 +10,13 @@ past the refused changes.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
@@ -26,7 +27,10 @@ from replicator.exceptions import DestinationRefused
 from replicator.items import Item, describe_key, item_to_wire
 from replicator.metrics import Metrics
 from replicator.records import Change
-from replicator.rules import ConflictRule, PlanError, Skip, WriteRequest
+from replicator.rules import ConflictRule, OrderedRule, PlanError, Skip, Verdict, WriteRequest
+from replicator.rules.order import any_of, below
+from replicator.tombstones.model import Tombstone, tombstone_of
+from replicator.tombstones.table import TombstoneTable
 from replicator.writers.backoff import Backoff
 from replicator.writers.errors import CLOCK_SKEW, ErrorKind, classify, error_code
 
@@ -43,6 +47,7 @@ class WriteCancelled(Exception):
 
 class Outcome(StrEnum):
     APPLIED = "applied"
+    UNCHANGED = "unchanged"
     CONFLICT_LOST = "conflict_lost"
     DEAD_LETTERED = "dead_lettered"
 
@@ -54,6 +59,37 @@ _RETRY_REASON = {
     ErrorKind.NOT_FOUND: "not_found",
     ErrorKind.AUTH: "auth",
 }
+
+# A rule that keeps sending a new write after each failed condition (the item keeps
+# changing under it) gives up after this many and dead-letters the change.
+_RECONSIDERED_LIMIT = 10
+
+
+class WriteBack(Protocol):
+    """Where a lost conflict's winner goes: the source table (writers/source.py)."""
+
+    def send(self, writer: DestinationWriter, change: Change, winner: Winner) -> bool:
+        """Write ``winner`` to the source if it still holds something lower; whether it
+        was written."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Winner:
+    """What a change lost to: the destination's item, or a delete kept as a tombstone."""
+
+    item: Item | None = None
+    tombstone: Tombstone | None = None
+
+
+@dataclass
+class _Attempts:
+    """What one change's write has learnt so far, across retries."""
+
+    request: WriteRequest | None = None  # a write the rule asked for after a failed condition
+    reconsidered: int = 0
+    optimistic_conflicts: int = 0
+    tombstone_done: bool = False
 
 
 @dataclass
@@ -73,6 +109,15 @@ class DestinationWriter:
     clock: Callable[[], float] = time.time
     cancelled: threading.Event = field(default_factory=threading.Event)
     conflict_log: ConflictRecorder | None = None
+    # Active-active (both need an ordered rule): the destination's tombstone table, and
+    # where the winner of a lost conflict is written back. ``origin`` is the value the
+    # job's own region stamps (it marks the tombstones this job writes).
+    tombstones: TombstoneTable | None = None
+    write_back: WriteBack | None = None
+    origin: str = ""
+    # False for the source's own writer (write-backs, corrections): its writes are
+    # counted as write-backs, not as replicated writes.
+    counted: bool = True
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -80,50 +125,25 @@ class DestinationWriter:
         self._successes = 0
 
     def write(self, change: Change) -> Outcome:
-        op = change.event.op
+        state = _Attempts()
+        return self.retrying(change, lambda attempt: self._attempt(change, attempt, state))
+
+    def retrying(self, change: Change, attempt_once: Callable[[int], Outcome]) -> Outcome:
+        """Run ``attempt_once`` until it settles ``change``: retry what may pass (without a
+        limit in time), dead-letter what never will, stop on a destination that refuses
+        everything."""
         attempt = 0
-        optimistic_conflicts = 0
         denials = 0
         successes_at_first_denial: int | None = None
         while True:
             if self.cancelled.is_set():
                 raise WriteCancelled(f"write to {self.label} cancelled")
-            existing: Item | None = None
             try:
-                if self.rule.reads_existing:
-                    existing = self._read(change)
-                plan = self.rule.plan(change, existing)
-                if isinstance(plan, Skip):
-                    self._lost(change, existing, plan.reason)
-                    return self._count(op, Outcome.CONFLICT_LOST)
-                self._send(plan)
+                return attempt_once(attempt)
             except PlanError as error:
                 return self._dead_letter(change, error.reason, str(error))
             except (ClientError, BotoCoreError) as error:
                 kind = classify(error)
-                if kind is ErrorKind.CONDITION_FAILED:
-                    self._note_success()
-                    if not self.rule.reads_existing:
-                        old: Item | None = None
-                        if isinstance(error, ClientError):
-                            old = error.response.get("Item")  # type: ignore[assignment]
-                        if attempt > 0 and self.rule.shows_applied(change, old):
-                            # An earlier attempt landed and its answer was lost (a read
-                            # timeout, a dropped connection): the item is ours already.
-                            self.metrics.retries.labels(self.label, "already_applied").inc()
-                            return self._applied(change)
-                        self._lost(change, old, self.rule.explain_loss(change, old))
-                        return self._count(op, Outcome.CONFLICT_LOST)
-                    optimistic_conflicts += 1
-                    self.metrics.retries.labels(self.label, "optimistic_conflict").inc()
-                    if optimistic_conflicts >= self.max_optimistic_attempts:
-                        return self._dead_letter(
-                            change,
-                            "optimistic_conflicts",
-                            f"the item changed under the custom resolver "
-                            f"{optimistic_conflicts} times in a row",
-                        )
-                    continue
                 if kind is ErrorKind.REJECTED:
                     return self._dead_letter(change, "rejected", _describe(error))
                 if kind is ErrorKind.AUTH:
@@ -168,14 +188,167 @@ class DestinationWriter:
                     delay_s=round(delay, 3),
                 )
                 self.cancelled.wait(delay)
-                continue
+
+    def _attempt(self, change: Change, attempt: int, state: _Attempts) -> Outcome:
+        """One try at settling ``change``; AWS errors other than a failed condition
+        propagate to :meth:`retrying`."""
+        op = change.event.op
+        if self.tombstones is not None and change.op_is_delete and not state.tombstone_done:
+            covered = self.record_tombstone(change)
+            state.tombstone_done = True
+            if covered:
+                return self._count(op, Outcome.UNCHANGED)
+        while True:
+            existing: Item | None = None
+            if self.rule.reads_existing:
+                existing = self._read(change)
+            plan = state.request or self.rule.plan(change, existing)
+            if isinstance(plan, Skip):
+                self._lost(change, Winner(item=existing), plan.reason)
+                return self._count(op, Outcome.CONFLICT_LOST)
+            try:
+                response = self._send(plan)
+            except ClientError as error:
+                if classify(error) is not ErrorKind.CONDITION_FAILED:
+                    raise
+                self._note_success()
+                outcome = self._condition_failed(change, error, attempt, state)
+                if outcome is None:
+                    continue
+                return outcome
+            if self.tombstones is not None and plan.op == "put" and change.new_image is not None:
+                created = not response.get("Attributes")
+                if created or attempt > 0 or state.reconsidered:
+                    undone = self.undo_if_deleted(change.keys, change.new_image)
+                    if undone is not None:
+                        self._lost(change, Winner(tombstone=undone), self._tombstone_won(undone))
+                        return self._count(op, Outcome.CONFLICT_LOST)
             return self._applied(change)
+
+    def _condition_failed(
+        self, change: Change, error: ClientError, attempt: int, state: _Attempts
+    ) -> Outcome | None:
+        """What a failed condition settles; None to write again at once."""
+        op = change.event.op
+        if self.rule.reads_existing:
+            state.optimistic_conflicts += 1
+            self.metrics.retries.labels(self.label, "optimistic_conflict").inc()
+            if state.optimistic_conflicts >= self.max_optimistic_attempts:
+                return self._dead_letter(
+                    change,
+                    "optimistic_conflicts",
+                    f"the item changed under the custom resolver "
+                    f"{state.optimistic_conflicts} times in a row",
+                )
+            return None
+        old: Item | None = error.response.get("Item")  # type: ignore[assignment]
+        if attempt > 0 and self.rule.shows_applied(change, old):
+            # An earlier attempt landed and its answer was lost (a read timeout, a
+            # dropped connection): the item is ours already.
+            self.metrics.retries.labels(self.label, "already_applied").inc()
+            if self.tombstones is not None and change.new_image is not None:
+                undone = self.undo_if_deleted(change.keys, change.new_image)
+                if undone is not None:
+                    self._lost(change, Winner(tombstone=undone), self._tombstone_won(undone))
+                    return self._count(op, Outcome.CONFLICT_LOST)
+            return self._applied(change)
+        decision = self.rule.reconsider(change, old)
+        if isinstance(decision, WriteRequest):
+            state.reconsidered += 1
+            if state.reconsidered > _RECONSIDERED_LIMIT:
+                return self._dead_letter(
+                    change,
+                    "optimistic_conflicts",
+                    f"the item changed under the write {state.reconsidered} times in a row",
+                )
+            state.request = decision
+            return None
+        if decision is Verdict.UNCHANGED:
+            return self._count(op, Outcome.UNCHANGED)
+        self._lost(change, Winner(item=old), self.rule.explain_loss(change, old))
+        return self._count(op, Outcome.CONFLICT_LOST)
+
+    # -- tombstones -----------------------------------------------------------------------
+
+    def record_tombstone(self, change: Change) -> bool:
+        """Write the delete's tombstone before the item goes; True when a tombstone that
+        another job wrote already covers it (an echo, or a higher delete): then whoever
+        wrote that one removes the item, and nothing is left to do here."""
+        assert self.tombstones is not None and isinstance(self.rule, OrderedRule)
+        deleted = change.image
+        if deleted is None:
+            return False
+        tombstone = tombstone_of(
+            deleted,
+            change.keys,
+            self.rule.fields,
+            deleted_in=self.origin,
+            written_by=self.origin,
+            deleted_at_ms=change.created_us // 1000,
+            expires_at=self.tombstones.expiry(),
+        )
+        held = self.tombstones.record(tombstone)
+        if held is None:
+            self.metrics.tombstones_written.labels(self.label).inc()
+            return False
+        if change.corrects is not None:
+            return False  # a correction removes a stale item: always try
+        return held.rank > tombstone.rank or held.written_by != self.origin
+
+    def undo_if_deleted(self, keys: Item, image: Item) -> Tombstone | None:
+        """After a put created an item: if a live tombstone ranks at or above the image,
+        remove the item again (while it ranks at or below that tombstone) and return the
+        tombstone."""
+        assert self.tombstones is not None and isinstance(self.rule, OrderedRule)
+        tombstone = self.tombstones.get(keys)
+        if tombstone is None or not tombstone.blocks(self.rule.rank(image)):
+            return None
+        if tombstone.expired(self.tombstones.now()):
+            self.metrics.tombstones_expired.labels(self.label).inc()
+            log.warning(
+                "a put ranked below a delete older than the tombstone retention was applied",
+                destination=self.label,
+                key=describe_key(keys),
+                delete=tombstone.described(self.rule.attribute, self.rule.origin_attribute),
+            )
+            return None
+        self.remove_below(keys, tombstone, image)
+        return tombstone
+
+    def remove_below(self, keys: Item, tombstone: Tombstone, stale: Item | None) -> bool:
+        """Delete the item while it ranks at or below ``tombstone`` (``stale``, an image
+        known to be below it, settles the ties DynamoDB cannot compare). Whether an item
+        was deleted."""
+        assert isinstance(self.rule, OrderedRule)
+        fields = self.rule.keyed_fields(keys)
+        condition, names, values = below(fields, tombstone.ordering, tombstone.origin, None)
+        if stale is not None:
+            with contextlib.suppress(PlanError):
+                same, same_names, same_values = self.rule.exactly(stale)
+                condition = any_of(condition, same)
+                names, values = {**names, **same_names}, {**values, **same_values}
+        request = WriteRequest(
+            op="delete", key=keys, condition=condition, names=names, values=values
+        )
+        try:
+            self._send(request)
+        except ClientError as error:
+            if classify(error) is ErrorKind.CONDITION_FAILED:
+                return False  # something ranking above the delete is there now: it stays
+            raise
+        return True
+
+    def _tombstone_won(self, tombstone: Tombstone) -> str:
+        assert isinstance(self.rule, OrderedRule)
+        shown = tombstone.described(self.rule.attribute, self.rule.origin_attribute)
+        return f"{self.rule.name}: {shown} (a tombstone) ranks at or above the put's image"
 
     def _applied(self, change: Change) -> Outcome:
         self._note_success()
-        self.metrics.apply_delay.labels(self.label).observe(
-            max(0.0, self.clock() - change.created_s)
-        )
+        if self.counted:
+            self.metrics.apply_delay.labels(self.label).observe(
+                max(0.0, self.clock() - change.created_s)
+            )
         return self._count(change.event.op, Outcome.APPLIED)
 
     def _read(self, change: Change) -> Item | None:
@@ -183,14 +356,20 @@ class DestinationWriter:
         item: Item | None = response.get("Item")
         return item
 
-    def _send(self, request: WriteRequest) -> None:
+    def _send(self, request: WriteRequest) -> dict[str, Any]:
         kwargs = request.to_kwargs(self.table)
         if request.op == "put":
-            self.client.put_item(**kwargs)
+            if self.tombstones is not None:
+                kwargs["ReturnValues"] = "ALL_OLD"  # no extra capacity: did it create the item?
+            response: dict[str, Any] = self.client.put_item(**kwargs)
         else:
-            self.client.delete_item(**kwargs)
+            response = self.client.delete_item(**kwargs)
+        return response if isinstance(response, dict) else {}
 
-    def _lost(self, change: Change, existing: Item | None, why: str) -> None:
+    def _lost(self, change: Change, winner: Winner, why: str) -> None:
+        written_back = False
+        if self.write_back is not None and (winner.item is not None or winner.tombstone):
+            written_back = self.write_back.send(self, change, winner)
         log.debug(
             "conflict lost",
             destination=self.label,
@@ -198,9 +377,22 @@ class DestinationWriter:
             stream_event=change.event.value,
             sequence_number=change.sequence_number,
             why=why,
+            written_back=written_back,
         )
         if self.conflict_log is not None:
-            self.conflict_log.lost(self, change, existing, why)
+            self.conflict_log.lost(
+                self,
+                change,
+                winner.item,
+                why,
+                write_back=written_back,
+                winning_rank=self._winning_rank(winner),
+            )
+
+    def _winning_rank(self, winner: Winner) -> dict[str, Any] | None:
+        if winner.tombstone is None or not isinstance(self.rule, OrderedRule):
+            return None
+        return winner.tombstone.rank_record(self.rule.attribute, self.rule.origin_attribute)
 
     def _dead_letter(self, change: Change, reason: str, error: str) -> Outcome:
         letter = DeadLetter(
@@ -229,7 +421,8 @@ class DestinationWriter:
         return self._count(change.event.op, Outcome.DEAD_LETTERED)
 
     def _count(self, op: str, outcome: Outcome) -> Outcome:
-        self.metrics.writes.labels(self.label, op, outcome.value).inc()
+        if self.counted:
+            self.metrics.writes.labels(self.label, op, outcome.value).inc()
         return outcome
 
     def _note_success(self) -> None:

@@ -1,5 +1,6 @@
 """An active-active pair under concurrent writes on both sides converges, without ping-pong:
-each replicated write comes back once as an echo, which is skipped."""
+each write a runtime makes comes back once as an echo, which is skipped, and every lost
+conflict is in the conflict log once. The meshes with deletes are test_active_active.py."""
 
 from __future__ import annotations
 
@@ -190,6 +191,11 @@ def test_an_active_active_pair_under_concurrent_writes_converges_without_ping_po
         region: samples[region].total("replicator_writes_total", outcome="conflict_lost")
         for region in regions
     }
+    # Winners written back to each runtime's own source (write-back is on by default for
+    # an active-active job: origin_attribute and last_writer_wins).
+    written_back = {
+        region: samples[region].total("replicator_conflict_writebacks_total") for region in regions
+    }
     figures = Figures(
         "6. active-active, concurrent writes on both sides",
         sent=len(app.written),
@@ -201,7 +207,8 @@ def test_an_active_active_pair_under_concurrent_writes_converges_without_ping_po
     other = {"us-east-1": "eu-west-1", "eu-west-1": "us-east-1"}
     figures.details = {
         f"from {region}": f"app writes {app.count(region)}, replicated {applied[region]:.0f}, "
-        f"conflicts lost {conflicts[region]:.0f}, echoes skipped {skipped[region]:.0f}, "
+        f"conflicts lost {conflicts[region]:.0f}, written back {written_back[region]:.0f}, "
+        f"echoes skipped {skipped[region]:.0f}, "
         f"PutItem requests reaching {other[region]} {puts_seen[other[region]]}"
         for region in regions
     }
@@ -213,8 +220,13 @@ def test_an_active_active_pair_under_concurrent_writes_converges_without_ping_po
         # Bounded: a region's writes reach the other side at most once each...
         assert applied[region] <= app.count(region)
         assert puts_seen[other[region]] <= app.count(region)
-        # ...and each replicated write comes back once as an echo, which is skipped.
-        assert skipped[other[region]] == applied[region]
+        # ...and each write into a region by a runtime comes back once as an echo in that
+        # region's stream, which is skipped: the other runtime's replicated writes, and
+        # this region's own write-backs (the winner of a lost conflict, stamped with the
+        # other region's origin). A write-back is made at most once per lost conflict and
+        # only where the source still held something lower, so it starts nothing more.
+        assert written_back[region] <= conflicts[region]
+        assert skipped[other[region]] == applied[region] + written_back[other[region]]
     assert sum(conflicts.values()) > 0
     # Every lost conflict is in the conflict log once, with both images as the application
     # wrote them, the winner ranking above the loser.
@@ -223,6 +235,7 @@ def test_an_active_active_pair_under_concurrent_writes_converges_without_ping_po
         path = tmp_path / f"{region}-conflicts.jsonl"
         entries = [json.loads(line) for line in path.read_text().splitlines()]
         assert len(entries) == len({e["id"] for e in entries}) == conflicts[region]
+        assert sum(1 for e in entries if e["write_back"]) == written_back[region]
         for entry in entries:
             images = [entry["losing_image"], entry["winning_image"]]
             assert {json.dumps(image, sort_keys=True) for image in images} <= written

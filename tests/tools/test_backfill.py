@@ -323,7 +323,7 @@ def test_snapshot_rule_keeps_read_images_from_overwriting_newer_items() -> None:
     assert replace.values[":a0"] == {"S": "old"}  # note, pk, sk, updated_at: as read
 
     ordered = _plan(lww, scanned, None)
-    assert ordered.condition == "attribute_not_exists(#c) OR #c <= :c"
+    assert ordered.condition == "attribute_not_exists(#c) OR #c < :c"  # ties: reconsider()
     unordered = _plan(lww, {"pk": {"S": "A"}, "sk": {"N": "1"}}, None)
     assert unordered.condition == "attribute_not_exists(#k)"  # no timestamp: insert only
 

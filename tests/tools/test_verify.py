@@ -7,6 +7,7 @@ import json
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,10 @@ import pytest
 from replicator.config import load_job
 from replicator.demo.workload import demo_item
 from replicator.items import Item
+from replicator.rules import OrderedRule, rule_for
+from replicator.tombstones.model import tombstone_of
+from replicator.tombstones.setup import prepare as prepare_tombstones
+from replicator.tombstones.table import TombstoneTable
 from replicator.tools.compare import compare
 from replicator.tools.verify import Verify, VerifyHooks, VerifyOptions, VerifyReport
 from tests.support.e2e import Job
@@ -261,3 +266,59 @@ def test_verify_finds_a_missing_38_digit_key_and_a_38th_digit_difference(job: Jo
         (eu_label, "missing", BIG_2, []),
     ]
     assert report.exit_code == 1
+
+
+def test_with_tombstones_an_item_deleted_at_the_destination_is_deleted_at_the_source(
+    job: Job,
+) -> None:
+    """Active-active with tombstones: an item absent at a destination because a delete
+    there ranks above the source's copy is not copied back (that would resurrect it): it
+    is reported as ``deleted`` and repaired by deleting it at the source. An item the
+    source deleted (a tombstone there outranks the destination's copy) stays ``extra``,
+    the delete named, and is deleted at the destination."""
+    job.extra = (
+        "loop_prevention: {origin_attribute: origin_region}\nactive_active: {tombstones: true}\n"
+    )
+    job.write()
+    resolved = load_job(job.path)
+    prepare_tombstones(resolved)
+    items = replicated(job, 6)
+    rule = rule_for(resolved.job.conflict, "origin_region")
+    assert isinstance(rule, OrderedRule)
+
+    def delete_with_tombstone(ddb: Any, table: str, item: Item, region: str) -> None:
+        ddb.delete_item(TableName=table, Key=key(item))
+        tombstone = tombstone_of(
+            item,
+            key(item),
+            rule.fields,
+            deleted_in=region,
+            written_by=region,
+            deleted_at_ms=1,
+            expires_at=int(time.time()) + 3600,
+        )
+        TombstoneTable(ddb, f"{table}-tombstones", region, 3600).record(tombstone)
+
+    for ddb, table in job.destination_clients():  # deleted in both other regions
+        delete_with_tombstone(ddb, table, items[0], "eu-west-1")
+    delete_with_tombstone(job.source, job.source_table, items[1], "us-east-1")
+
+    report = verify(job)
+    kinds = sorted((f.kind, f.keys["sk"]["N"], f.detail or "") for f in report.findings)
+    assert [(kind, sk) for kind, sk, _ in kinds] == [
+        ("deleted", "0"),
+        ("deleted", "0"),
+        ("extra", "1"),
+        ("extra", "1"),
+    ]
+    assert all("a delete in us-east-1" in detail for kind, _, detail in kinds if kind == "extra")
+    assert "  deleted   pk=S:c0 sk=N:0" in report.text().splitlines()
+
+    repaired = verify(job, repair=True)
+    assert repaired.equal, repaired.text()
+    gone = key(items[0])
+    assert "Item" not in job.source.get_item(TableName=job.source_table, Key=gone)
+    for ddb, table in job.destination_clients():
+        assert "Item" not in ddb.get_item(TableName=table, Key=gone)
+        assert "Item" not in ddb.get_item(TableName=table, Key=key(items[1]))
+    assert verify(job).equal

@@ -113,11 +113,31 @@ def test_last_writer_wins_on_iso_string_timestamps(dest: Destination) -> None:
     assert dest.get("a")["v"] == {"S": "new"}  # type: ignore[index]
 
 
-def test_equal_timestamps_apply_again_without_an_origin(dest: Destination) -> None:
-    dest.seed("a", ts=50, v="dest")
-    writer = dest.writer(**LWW)
-    assert writer.write(decode(put("a", 1, ts=50, v="replay"))) is Outcome.APPLIED
-    assert dest.get("a")["v"] == {"S": "replay"}  # type: ignore[index]
+def test_equal_timestamps_without_an_origin_have_one_winner_by_digest(dest: Destination) -> None:
+    """Two regions writing the same timestamp without a stamp must not swap their images:
+    the image with the higher digest wins, whichever arrives first, and the same image
+    arriving again is left alone (outcome unchanged)."""
+    rule = dest.writer(**LWW).rule
+    first, second = put("a", 1, ts=50, v="one"), put("a", 2, ts=50, v="two")
+    images = [decode(first).new_image, decode(second).new_image]
+    winner = max(images, key=rule.rank)  # type: ignore[attr-defined]
+    for pk, order in (("a", (first, second)), ("b", (second, first))):
+        dest.ddb.delete_item(TableName=dest.table, Key={"pk": {"S": "a"}})
+        for record in order:
+            dest.writer(**LWW).write(decode(record))
+        assert dest.get("a")["v"] == winner["v"], pk  # type: ignore[index]
+    again = dest.writer(**LWW).write(decode(first if winner == images[0] else second))
+    assert again is Outcome.UNCHANGED
+    assert (
+        sample(
+            dest.metrics,
+            "replicator_writes_total",
+            destination="dest",
+            op="put",
+            outcome="unchanged",
+        )
+        == 1
+    )
 
 
 def test_equal_timestamps_are_broken_by_origin_region(dest: Destination) -> None:

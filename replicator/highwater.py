@@ -1,0 +1,228 @@
+"""Stage 2b (active-active): a local write that ranks below what the source held.
+
+Applications write without conditions, so a region can overwrite an item with an image
+that ranks *below* the one it replaced (a client clock behind, an update that raced a
+replicated one), or put an item back below a delete it has already seen. Under one total
+order the higher state must win everywhere, the source included, so such a write is not
+sent on as it is: it is replaced by a *correction*, a change carrying the item's
+highest-ranked state, written to the source (by the source writer, conditionally) and to
+every destination (where it is usually already there).
+
+The highest state is known from the stream itself: each record's old image is what the
+source held before the write, and a delete ranks just above the image it deleted. The
+buffer keeps only the last change to a key (a delete followed by an insert leaves the
+insert), so the highest state seen is kept here, per key, for the keys seen last: at
+most ``MAX_KEYS`` keys and about ``MAX_BYTES`` of records. Nothing here is needed for
+durability: a restart reads the records again from the checkpoint, their old images
+carry the state forward, and a forgotten delete is in the tombstone table, which the
+source writer reads for every local insert.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+import structlog
+
+from replicator.filters import Route
+from replicator.items import Item, KeyId, describe_key, same_item
+from replicator.records import Change, Event
+from replicator.rules.order import NO_ITEM, OpRank, image_digest
+from replicator.rules.ordered import OrderedRule
+
+log = structlog.get_logger(__name__)
+
+# Keys remembered at most, and about this many bytes of records (an image can hold
+# 400 KB); the key seen longest ago is forgotten first.
+MAX_KEYS = 10_000
+MAX_BYTES = 64 * 1024 * 1024
+
+
+class SharedNotes:
+    """What the source writer's threads and this stage tell each other, per key.
+
+    * ``inserts``: the position of the latest local insert admitted. The squash may
+      replace an insert by a later update of the same item before the source writer
+      sees it, and only an insert can bring back an item a delete removed: the source
+      writer checks the tombstone for a put at or after a pending insert.
+    * ``echoes``: images the source writer has written back that carry this region's
+      own stamp; their records are already everywhere, so they are not sent again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inserts: dict[KeyId, int] = {}
+        self._echoes: OrderedDict[tuple[KeyId, str], None] = OrderedDict()
+
+    def mark_insert(self, key: KeyId, position: int) -> None:
+        with self._lock:
+            self._inserts[key] = position
+            while len(self._inserts) > MAX_KEYS:
+                self._inserts.pop(next(iter(self._inserts)))
+
+    def take_insert(self, key: KeyId, position: int) -> bool:
+        """Whether an insert at or before ``position`` is pending (and forget it)."""
+        with self._lock:
+            pending = self._inserts.get(key)
+            if pending is None or pending > position:
+                return False
+            del self._inserts[key]
+            return True
+
+    def expect_echo(self, key: KeyId, image: Item) -> None:
+        with self._lock:
+            self._echoes[(key, image_digest(image))] = None
+            while len(self._echoes) > MAX_KEYS:
+                self._echoes.popitem(last=False)
+
+    def forget_echo(self, key: KeyId, image: Item) -> None:
+        with self._lock:
+            self._echoes.pop((key, image_digest(image)), None)
+
+    def is_echo(self, key: KeyId, image: Item) -> bool:
+        with self._lock:
+            if not self._echoes:
+                return False
+            return self._echoes.pop((key, image_digest(image)), False) is None
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    """A state an item has had: an image, or the delete of an image."""
+
+    rank: OpRank
+    image: Item
+    deleted: bool
+    size: int  # of the record that showed it (its base64 text): what keeping it costs
+
+
+class HighWater:
+    def __init__(
+        self,
+        rule: OrderedRule,
+        *,
+        keep_echoes_apart: bool = False,
+        notes: SharedNotes | None = None,
+    ) -> None:
+        """``keep_echoes_apart``: a loop-skipped record never replaces a queued change
+        (with tombstones, the queued change may be a stale insert the source writer
+        must still check)."""
+        self.rule = rule
+        self.keep_echoes_apart = keep_echoes_apart
+        self.notes = notes or SharedNotes()
+        self._highest: OrderedDict[KeyId, _State] = OrderedDict()
+        self._bytes = 0
+        self.corrections = 0
+
+    def route(self, change: Change, route: Route) -> tuple[Change, Route, bool]:
+        """The change to go on with, its route (a correction's or a write-back's own
+        record, already everywhere, becomes LOOP_SKIPPED) and, for a skipped change,
+        whether it may replace an older queued change to its item."""
+        decided = self._route(change, route)
+        log.debug(
+            "routed",
+            key=describe_key(change.keys),
+            stream_event=change.event.value,
+            sequence_number=change.sequence_number,
+            route=decided[1].value,
+            correction=decided[0].corrects is not None,
+            replaces_older=decided[2],
+        )
+        return decided
+
+    def _route(self, change: Change, route: Route) -> tuple[Change, Route, bool]:
+        if route is Route.REPLICATE:
+            image = change.new_image
+            if image is not None and self._already_everywhere(change, image):
+                self._observe(change, self._outcome(change))
+                return change, Route.LOOP_SKIPPED, False
+            if image is not None and change.old_image is None:
+                self.notes.mark_insert(change.key, change.position)
+            return self.admit(change), route, False
+        if route is Route.FILTERED:
+            self._forget(change.key)  # a TTL delete the job does not follow
+            return change, route, False
+        highest = self._highest.get(change.key)
+        outcome = self._outcome(change)
+        replaces = not self.keep_echoes_apart and (highest is None or outcome.rank >= highest.rank)
+        self._observe(change, outcome)
+        return change, route, replaces
+
+    def _already_everywhere(self, change: Change, image: Item) -> bool:
+        """A local-looking put that is this job's own correction or write-back landing in
+        the source: the correction was sent to every destination, and a written-back
+        image stamped here was replicated when this region wrote it."""
+        highest = self._highest.get(change.key)
+        if highest is not None and not highest.deleted and same_item(highest.image, image):
+            return True
+        return self.notes.is_echo(change.key, image)
+
+    def admit(self, change: Change) -> Change:
+        """``change``, or a correction that carries a state ranking above it."""
+        outcome = self._outcome(change)
+        highest = self._observe(change, outcome)
+        if highest is None or outcome.rank >= highest.rank:
+            return change
+        self.corrections += 1
+        if highest.deleted:
+            return replace(
+                change,
+                event=Event.REMOVE,
+                new_image=None,
+                old_image=highest.image,
+                ttl_delete=False,
+                corrects=change,
+            )
+        return replace(
+            change,
+            event=Event.MODIFY,
+            new_image=highest.image,
+            old_image=change.new_image,
+            ttl_delete=False,
+            corrects=change,
+        )
+
+    def _outcome(self, change: Change) -> _State:
+        image = change.image
+        size = len(change.raw.get("data") or "") if change.raw else 0
+        if image is None:  # a REMOVE without an old image: dead-lettered by the rule
+            return _State((NO_ITEM, 1), {}, True, size)
+        return _State(self.rule.op_rank(change), image, change.op_is_delete, size)
+
+    def _observe(self, change: Change, outcome: _State) -> _State | None:
+        """Take what ``change`` shows; the highest state when the source's newest state
+        (``outcome``) is below it, else None."""
+        key = change.key
+        highest = self._highest.get(key)
+        if change.event is not Event.REMOVE and change.old_image is not None:
+            before = _State(
+                (self.rule.rank(change.old_image), 0), change.old_image, False, outcome.size
+            )
+            if highest is None or before.rank > highest.rank:
+                highest = before
+        if highest is None or outcome.rank >= highest.rank:
+            if outcome.image:
+                self._remember(key, outcome)
+            else:
+                self._forget(key)
+            return None
+        self._remember(key, highest)
+        return highest
+
+    def _remember(self, key: KeyId, state: _State) -> None:
+        self._forget(key)
+        self._highest[key] = state
+        self._bytes += state.size
+        while len(self._highest) > MAX_KEYS or self._bytes > MAX_BYTES:
+            _, dropped = self._highest.popitem(last=False)
+            self._bytes -= dropped.size
+
+    def _forget(self, key: KeyId) -> None:
+        dropped = self._highest.pop(key, None)
+        if dropped is not None:
+            self._bytes -= dropped.size
+
+    def __len__(self) -> int:
+        return len(self._highest)

@@ -1,0 +1,94 @@
+"""Tables the replicator keeps for itself: created when missing, with a TTL attribute.
+
+The conflict log's table and the tombstone tables are the replicator's own, like the
+lease table: a job creates them at start (on-demand capacity) and turns their TTL on, so
+that an operator needs no extra step. What only the operator can fix (access denied, a
+name DynamoDB refuses, an existing table with other keys) is one clear line
+(EnvironmentProblem); an outage propagates as the AWS error, for the caller to decide.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+from botocore.exceptions import ClientError
+
+from replicator.exceptions import EnvironmentProblem
+from replicator.writers.errors import ErrorKind, classify, error_code
+
+log = structlog.get_logger(__name__)
+
+
+def ensure_table(
+    client: Any,
+    table: str,
+    keys: dict[str, str],
+    ttl_attribute: str,
+    what: str,
+    where: str,
+    hint: str,
+    wait_s: float = 120.0,
+) -> None:
+    """Create ``table`` with string ``keys`` (name: HASH or RANGE) and turn its TTL on,
+    unless that is already done. ``hint`` tells the operator what to do when an existing
+    table has other keys."""
+    try:
+        client.create_table(
+            TableName=table,
+            KeySchema=[{"AttributeName": name, "KeyType": kind} for name, kind in keys.items()],
+            AttributeDefinitions=[{"AttributeName": name, "AttributeType": "S"} for name in keys],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        log.info(f"created {what}", table=table, where=where)
+    except ClientError as error:
+        if error_code(error) != "ResourceInUseException":
+            refuse_if_final(error, what, where)
+            raise
+    deadline = time.monotonic() + wait_s
+    while True:
+        described = client.describe_table(TableName=table)["Table"]
+        if described["TableStatus"] == "ACTIVE":
+            break
+        if time.monotonic() > deadline:
+            raise EnvironmentProblem(f"{what} at {where} is still {described['TableStatus']}")
+        time.sleep(1.0)
+    found = {k["AttributeName"]: k["KeyType"] for k in described["KeySchema"]}
+    if found != keys:
+        raise EnvironmentProblem(f"{what} at {where} exists with key schema {found}; {hint}")
+    _ensure_ttl(client, table, ttl_attribute, what, where)
+
+
+def _ensure_ttl(client: Any, table: str, attribute: str, what: str, where: str) -> None:
+    try:
+        described = client.describe_time_to_live(TableName=table)
+    except ClientError as error:
+        refuse_if_final(error, what, where)
+        raise
+    ttl = described.get("TimeToLiveDescription", {})
+    if ttl.get("TimeToLiveStatus") in ("ENABLED", "ENABLING"):
+        if ttl.get("AttributeName") != attribute:
+            log.warning(
+                f"the {what}'s TTL is on another attribute; its items will not expire",
+                table=table,
+                attribute=ttl.get("AttributeName"),
+            )
+        return
+    try:
+        client.update_time_to_live(
+            TableName=table,
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": attribute},
+        )
+    except ClientError as error:
+        refuse_if_final(error, what, where)
+        raise
+    log.info(f"{what} expires items", table=table, attribute=attribute)
+
+
+def refuse_if_final(error: ClientError, what: str, where: str) -> None:
+    """An error that no wait can fix becomes one clear line for the operator."""
+    kind = classify(error)
+    if kind in (ErrorKind.DENIED, ErrorKind.REJECTED):
+        message = error.response.get("Error", {}).get("Message", "")
+        raise EnvironmentProblem(f"{what} at {where}: {error_code(error)}: {message}") from None

@@ -1,0 +1,131 @@
+"""The tombstone table of one region: where deletes and their ranks are kept.
+
+One table per user table and region (``active_active.tombstone_table``, by default
+``<table>-tombstones``), shared by every job that writes that region: the job reading
+the region's stream and each job replicating into it. It is created at start when
+missing (partition key ``pk``, on-demand capacity, TTL on ``expires_at``). A row is
+written with a condition, so it only ever moves up the total order: a lower or equal
+delete of the same item leaves it as it is.
+
+All reads are strongly consistent: a put checks for a tombstone *after* it created an
+item and a delete writes its tombstone *before* it removes the item, so whichever of
+the two runs second sees the other (see docs/active-active.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from replicator.conflictlog.keys import canonical_key
+from replicator.items import Item
+from replicator.owned_tables import ensure_table
+from replicator.rules.order import any_of, below, equal_rank, pruned
+from replicator.tombstones.model import PARTITION_KEY, TOMBSTONE_FIELDS, TTL_ATTRIBUTE, Tombstone
+from replicator.writers.errors import ErrorKind, classify
+
+# Conditional writes of one row before it is left to whoever keeps changing it.
+_ATTEMPTS = 5
+
+
+class TombstoneTable:
+    """Reads and conditional writes of one region's tombstone table.
+
+    ``client`` is the destination writer's own (same region, endpoint and role as the
+    user's table). Errors propagate as botocore raises them, for the writer's retries.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        table: str,
+        where: str,
+        retention_s: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.table = table
+        self.where = where
+        self.retention_s = retention_s
+        self.description = f"tombstone table {table} ({where})"
+        self._clock = clock
+
+    def now(self) -> float:
+        return self._clock()
+
+    def expiry(self) -> int:
+        """``expires_at`` of a tombstone written now."""
+        return int(self._clock()) + self.retention_s
+
+    def record(self, tombstone: Tombstone) -> Tombstone | None:
+        """Write ``tombstone`` unless the table holds, for the same item, a live
+        tombstone that ranks at or above it. None when written; otherwise that one."""
+        condition, names, values = below(
+            TOMBSTONE_FIELDS, tombstone.ordering, tombstone.origin, tombstone.digest, prefix="t"
+        )
+        names = {**names, "#tk": PARTITION_KEY, "#tx": TTL_ATTRIBUTE}
+        values = {**values, ":tnow": {"N": str(int(self._clock()))}}
+        request = pruned(
+            any_of("attribute_not_exists(#tk)", "#tx <= :tnow", condition), names, values
+        )
+        for _ in range(_ATTEMPTS):
+            held = self._put(tombstone, request)
+            if held is None:
+                return None
+            if held.expired(self._clock()) or held.rank < tombstone.rank:
+                # Below ours in the total order where DynamoDB could not compare (values
+                # of another type): replace it while it is still that very row.
+                request = equal_rank(
+                    TOMBSTONE_FIELDS, held.ordering, held.origin, held.digest, prefix="t"
+                )
+                continue
+            return held
+        return tombstone  # it kept changing under us: someone else is recording deletes
+
+    def _put(
+        self, tombstone: Tombstone, request: tuple[str, dict[str, str], dict[str, Any]]
+    ) -> Tombstone | None:
+        expression, names, values = request
+        try:
+            self.client.put_item(
+                TableName=self.table,
+                Item=tombstone.to_item(),
+                ConditionExpression=expression,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as error:
+            if classify(error) is not ErrorKind.CONDITION_FAILED:
+                raise
+            held = error.response.get("Item")
+            if not isinstance(held, dict):
+                return tombstone  # a refusal without the row: as if ours were there
+            return Tombstone.from_item(held)
+        return None
+
+    def get(self, keys: Item) -> Tombstone | None:
+        """The item's tombstone, read strongly consistently (expired ones included)."""
+        response = self.client.get_item(
+            TableName=self.table,
+            Key={PARTITION_KEY: {"S": canonical_key(keys)}},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return None if not item else Tombstone.from_item(item)
+
+    def ensure_exists(self, wait_s: float = 120.0) -> None:
+        ensure_table(
+            self.client,
+            self.table,
+            {PARTITION_KEY: "HASH"},
+            TTL_ATTRIBUTE,
+            f"tombstone table {self.table}",
+            self.where,
+            "tombstones need a table keyed by pk (HASH, S) alone: name another table in "
+            "active_active.tombstone_table",
+            wait_s,
+        )

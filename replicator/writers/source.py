@@ -1,0 +1,255 @@
+"""The source writer (active-active): what a job writes to its *own* source table.
+
+A job normally only reads its source. With ``active_active.write_back`` it also writes
+there, through this writer, for three reasons, each conditional on the source still
+holding something that ranks lower, so that it never replaces a newer write:
+
+* **write-back**: a replicated write lost its conflict at a destination, so the
+  destination holds an item (or a delete) that ranks above the source's. That winner is
+  written to the source: at most one extra write per lost conflict. Its stream record
+  carries the winner's origin stamp, another region's, so this job skips it as an echo
+  (and the other jobs never see it: it is in this region's stream only). When the winner
+  is this region's own image (out-of-order timestamps in one region), the record is sent
+  on once and every destination finds it already there (outcome ``unchanged``); nothing
+  is written, so nothing follows.
+* **corrections**: a local write that ranks below what the source held (stage
+  :mod:`replicator.highwater`) is replaced by the higher state, here and everywhere.
+* **tombstones** (``active_active.tombstones``): a local delete is recorded in the
+  source's tombstone table, and a local put that ranks at or below a recorded delete is
+  removed again.
+
+The writer is a DestinationWriter for the source table (the same retries, refusals and
+conditions) whose writes are counted as write-backs, never as replicated writes. It
+takes part in the shard's buffer like a destination, so the checkpoint never passes a
+correction it has not made.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+import structlog
+
+from replicator.conflictlog.base import ConflictRecorder
+from replicator.deadletter import DeadLetter
+from replicator.deadletter.base import Claimed
+from replicator.highwater import SharedNotes
+from replicator.items import Item, describe_key
+from replicator.metrics import Metrics
+from replicator.records import Change, Event
+from replicator.rules.ordered import OrderedRule
+from replicator.tombstones.model import Tombstone, tombstone_of
+from replicator.writers.destination import DestinationWriter, Outcome, Winner
+
+log = structlog.get_logger(__name__)
+
+SOURCE_PREFIX = "source:"
+
+
+class NotDeadLettered:
+    """A write to the source that DynamoDB refuses as it is (never seen: the images come
+    from the job's own tables) is logged and counted, not stored for a redrive: the change
+    it belongs to is still settled at the destinations."""
+
+    description = "not kept (writes to the source are not dead-lettered)"
+
+    def put(self, letter: DeadLetter) -> None:
+        log.error(
+            "write to the source refused; the source keeps its item",
+            destination=letter.destination,
+            key=letter.keys,
+            reason=letter.reason,
+            error=letter.error,
+        )
+
+    def claim_all(self) -> Iterator[Claimed]:
+        return iter(())
+
+    def settle(self, claimed: Claimed, *, replayed: bool) -> None:
+        raise NotImplementedError("writes to the source keep no dead letters")
+
+
+@dataclass
+class SourceWriter:
+    writer: DestinationWriter  # for the source table: counted=False, no write-back
+    rule: OrderedRule
+    metrics: Metrics
+    conflict_log: ConflictRecorder | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    notes: SharedNotes = field(default_factory=SharedNotes)
+
+    def __post_init__(self) -> None:
+        self.writer.cancelled = self.cancelled
+        self.label = SOURCE_PREFIX + self.writer.label
+
+    @property
+    def source_label(self) -> str:
+        return self.writer.label
+
+    # -- write-back (from a destination writer's thread) ----------------------------------
+
+    def send(self, writer: DestinationWriter, change: Change, winner: Winner) -> bool:
+        """Write the winner of ``change``'s lost conflict at ``writer`` to the source."""
+        if winner.tombstone is not None:
+            written = self.apply_delete(change, winner.tombstone)
+        elif winner.item is not None:
+            ours = self._stamped_here(winner.item)
+            if ours:
+                self.notes.expect_echo(change.key, winner.item)
+            written = self._put(change, winner.item) is Outcome.APPLIED
+            if ours and not written:
+                self.notes.forget_echo(change.key, winner.item)
+        else:
+            return False
+        if written:
+            self.metrics.conflict_writebacks.labels(writer.label).inc()
+        log.debug(
+            "write-back",
+            destination=writer.label,
+            key=describe_key(change.keys),
+            written=written,
+        )
+        return written
+
+    # -- the source's own changes (a buffer destination) ----------------------------------
+
+    def write(self, change: Change) -> Outcome:
+        stale = change.corrects
+        if stale is not None:
+            return self._correct(change, stale)
+        if self.writer.tombstones is None:
+            return Outcome.UNCHANGED
+        if change.op_is_delete:
+            if change.image is not None:
+                self.writer.retrying(change, lambda _: self._record_local_delete(change))
+            return Outcome.UNCHANGED
+        image = change.new_image
+        assert image is not None
+        inserted = self.notes.take_insert(change.key, change.position)
+        if change.old_image is not None and not inserted:
+            return Outcome.UNCHANGED  # an update of an item the source held: no delete between
+
+        def check(_: int) -> Tombstone | None:
+            return self.writer.undo_if_deleted(change.keys, image)
+
+        undone: list[Tombstone | None] = []
+        outcome = self.writer.retrying(change, lambda attempt: _keep(undone, check(attempt)))
+        log.debug(
+            "local insert checked against the tombstones",
+            key=describe_key(change.keys),
+            sequence_number=change.sequence_number,
+            deleted=bool(undone and undone[0]),
+        )
+        if outcome is not Outcome.APPLIED or not undone or undone[0] is None:
+            return Outcome.UNCHANGED
+        tombstone = undone[0]
+        self._record(change, None, tombstone, written=True)
+        return Outcome.CONFLICT_LOST
+
+    def _stamped_here(self, image: Item) -> bool:
+        origin = self.rule.origin_attribute
+        stamp = image.get(origin) if origin else None
+        return stamp is not None and stamp.get("S") == self.writer.origin
+
+    def _record_local_delete(self, change: Change) -> Outcome:
+        self.writer.record_tombstone(change)
+        return Outcome.APPLIED
+
+    def _correct(self, change: Change, stale: Change) -> Outcome:
+        """Write the higher state ``change`` carries in place of the local ``stale``."""
+        self.notes.take_insert(change.key, change.position)
+        outcome = self.writer.write(change)
+        written = outcome is Outcome.APPLIED
+        if change.op_is_delete:
+            assert change.old_image is not None
+            tombstone = tombstone_of(
+                change.old_image,
+                change.keys,
+                self.rule.fields,
+                deleted_in=self.writer.origin,
+                written_by=self.writer.origin,
+                deleted_at_ms=change.created_us // 1000,
+                expires_at=0,
+            )
+            self._record(stale, None, tombstone, written=written)
+        else:
+            self._record(stale, change.new_image, None, written=written)
+        return Outcome.CONFLICT_LOST
+
+    def _record(
+        self,
+        stale: Change,
+        winner: Item | None,
+        tombstone: Tombstone | None,
+        *,
+        written: bool,
+    ) -> None:
+        """A local write that lost to a higher state: counted and logged like a lost
+        conflict at the source."""
+        label = self.source_label
+        if written:
+            self.metrics.conflict_writebacks.labels(label).inc()
+        self.metrics.writes.labels(label, stale.event.op, Outcome.CONFLICT_LOST.value).inc()
+        if tombstone is not None:
+            shown = tombstone.described(self.rule.attribute, self.rule.origin_attribute)
+            why = f"{self.rule.name}: {shown} ranks at or above this local write"
+            rank = tombstone.rank_record(self.rule.attribute, self.rule.origin_attribute)
+        else:
+            why = (
+                f"{self.rule.name}: the source held an image ({self.rule.shown(winner)}) that "
+                f"ranks above this local write ({self.rule.shown(stale.image)})"
+            )
+            rank = None
+        log.info(
+            "local write corrected in the source",
+            key=describe_key(stale.keys),
+            sequence_number=stale.sequence_number,
+            why=why,
+            written=written,
+        )
+        if self.conflict_log is not None:
+            self.conflict_log.lost(
+                self.writer, stale, winner, why, write_back=written, winning_rank=rank
+            )
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def _put(self, change: Change, image: Item) -> Outcome:
+        """Put ``image`` to the source while it holds something ranking lower."""
+        put = replace(
+            change,
+            event=Event.MODIFY,
+            new_image=image,
+            old_image=None,
+            ttl_delete=False,
+            corrects=None,
+        )
+        return self.writer.write(put)
+
+    def apply_delete(self, change: Change, tombstone: Tombstone) -> bool:
+        """Record ``tombstone`` in the source and remove its item while it ranks at or
+        below it (``change``'s image, the write that lost, is such an item)."""
+        copy = replace(tombstone, written_by=self.writer.origin)
+        stale = change.new_image if not change.op_is_delete else None
+        result: list[bool] = []
+
+        def attempt(_: int) -> Outcome:
+            table = self.writer.tombstones
+            recorded = False
+            if table is not None:
+                recorded = table.record(copy) is None
+                if recorded:
+                    self.metrics.tombstones_written.labels(self.source_label).inc()
+            removed = self.writer.remove_below(change.keys, tombstone, stale)
+            result.append(recorded or removed)
+            return Outcome.APPLIED
+
+        self.writer.retrying(change, attempt)
+        return bool(result and result[-1])
+
+
+def _keep(box: list[Tombstone | None], value: Tombstone | None) -> Outcome:
+    box.append(value)
+    return Outcome.APPLIED
