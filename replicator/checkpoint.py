@@ -18,9 +18,9 @@ from typing import Any, Protocol
 
 import structlog
 
+from replicator.aws.backoff import Backoff
 from replicator.exceptions import CheckpointFailed, LeaseLost
 from replicator.metrics import Metrics
-from replicator.writers.backoff import Backoff
 
 log = structlog.get_logger(__name__)
 

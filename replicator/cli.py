@@ -16,7 +16,7 @@ import click
 
 from replicator.config import load_job
 from replicator.config.model import ResolvedJob
-from replicator.exceptions import OperatorError
+from replicator.exceptions import KeySyntaxError, OperatorError, SinceSyntaxError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -346,7 +346,7 @@ def _time_option(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 def _key_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-    from replicator.conflictlog.keys import KeySyntaxError, parse_key
+    from replicator.conflictlog.keys import parse_key
 
     if value is None:
         return None
@@ -357,7 +357,7 @@ def _key_option(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 def _since_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    from replicator.conflictlog.reader import SinceSyntaxError, parse_since
+    from replicator.conflictlog.reader import parse_since
 
     if value is None:
         return None

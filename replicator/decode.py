@@ -20,8 +20,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from replicator.exceptions import RecordDecodeError
-from replicator.items import AttributeFormatError, Item, item_from_wire, key_id
+from replicator.exceptions import AttributeFormatError, RecordDecodeError
+from replicator.items import Item, item_from_wire, key_id
 from replicator.records import Change, Event, RawRecord
 
 _EVENTS = {"INSERT": Event.INSERT, "MODIFY": Event.MODIFY, "REMOVE": Event.REMOVE}

@@ -1,9 +1,12 @@
-"""What can go wrong, named for what happened.
+"""What can go wrong, named for what happened: every exception the package defines.
 
-Errors that an operator is expected to meet (a bad job file, a missing table, no
-credentials) derive from :class:`OperatorError`: the CLI prints their message and exits
-with their ``exit_code``, without a traceback. Anything else is a bug or an outage we
-did not foresee, and ends the process loudly so that work resumes from the last checkpoint.
+All derive from :class:`ReplicatorError`. Errors that an operator is expected to meet (a
+bad job file, a missing table, no credentials) derive from :class:`OperatorError`: the
+CLI prints their message and exits with their ``exit_code``, without a traceback. Errors
+about one piece of bad input (an attribute value, a key or a time typed at the CLI, a
+change no rule can write) are also :class:`ValueError`, as the standard library's parsers'
+are. Anything else is a bug or an outage we did not foresee, and ends the process loudly
+so that work resumes from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ class TrimmedData(OperatorError):
     exit_code = 6
 
 
+class EntryNotFound(OperatorError):
+    """No conflict-log entry (or more than one) answers to the id given."""
+
+    exit_code = 1
+
+
 class LeaseLost(ReplicatorError):
     """Our lease on a shard was taken by another worker; stop without checkpointing."""
 
@@ -67,3 +76,66 @@ class DeadLetterUnavailable(ReplicatorError):
 
 class CheckpointFailed(ReplicatorError):
     """The daemon refused a checkpoint for a reason retrying cannot fix."""
+
+
+# -- bad input: one value, key, time or change ------------------------------------------
+
+
+class AttributeFormatError(ReplicatorError, ValueError):
+    """An attribute value is not a well-formed DynamoDB attribute value."""
+
+
+class BinaryValueFound(ReplicatorError):
+    """A binary value met on the path that does not convert binaries (``items.py`` then
+    converts the image after all); never escapes that module."""
+
+
+class KeySyntaxError(ReplicatorError, ValueError):
+    """A key typed by an operator that cannot name an item; the message names it."""
+
+
+class SinceSyntaxError(ReplicatorError, ValueError):
+    """A --since value that is neither a duration nor a date; the message names it."""
+
+
+class PlanError(ReplicatorError, ValueError):
+    """The change cannot be expressed as a safe write under this rule (goes to dead letters)."""
+
+    reason = "unplannable"
+
+
+class ResolverFailed(PlanError):
+    """The user's custom resolver raised: that change is dead-lettered, the shard goes on."""
+
+    reason = "resolver_failed"
+
+
+# -- the data path and its side outputs -------------------------------------------------
+
+
+class WriteCancelled(ReplicatorError):
+    """The pipeline was closed while this write was still being retried."""
+
+
+class ConflictLogUnavailable(ReplicatorError):
+    """The conflict log could not store an entry now; a later attempt may succeed."""
+
+
+class ConflictLogRejected(ReplicatorError):
+    """The conflict log refuses this entry as it is; retrying the same entry cannot help."""
+
+
+class StatusTableMissing(ReplicatorError):
+    """The status table does not exist (yet): the replicator has not published."""
+
+
+# -- the local runtime's processor children ---------------------------------------------
+
+
+class ChildFailed(ReplicatorError):
+    """A processor child exited, closed its output, broke the protocol, or did not answer
+    in time."""
+
+
+class ChildKeepsFailing(ReplicatorError):
+    """A shard's processor child died too often in a short time."""

@@ -16,13 +16,11 @@ from collections.abc import Mapping
 from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
+from replicator.exceptions import AttributeFormatError, BinaryValueFound
+
 AttributeValue = dict[str, Any]
 Item = dict[str, AttributeValue]
 KeyId = tuple[tuple[str, str, object], ...]
-
-
-class AttributeFormatError(ValueError):
-    """An attribute value is not a well-formed DynamoDB attribute value."""
 
 
 def item_from_wire(image: Mapping[str, Any], *, has_binary: bool = True) -> Item:
@@ -39,13 +37,9 @@ def item_from_wire(image: Mapping[str, Any], *, has_binary: bool = True) -> Item
         try:
             _check_map(image, "")
             return dict(image)
-        except _BinaryFound:
+        except BinaryValueFound:
             pass  # a binary the caller's scan missed (an escaped key): convert after all
     return {name: _value_from_wire(value, name) for name, value in image.items()}
-
-
-class _BinaryFound(Exception):
-    """A binary value met on the path that does not convert binaries."""
 
 
 _STRINGS = frozenset({"S", "N"})
@@ -83,7 +77,7 @@ def _check(value: Any, path: str) -> None:
                     continue
             _check(nested, f"{path}[{index}]")
     elif kind in _BINARIES:
-        raise _BinaryFound
+        raise BinaryValueFound
     else:
         _check_scalar(kind, inner, path)
 

@@ -10,21 +10,25 @@ name DynamoDB refuses, an existing table with other keys) is one clear line
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import structlog
 from botocore.exceptions import ClientError
 
 from replicator.exceptions import EnvironmentProblem
-from replicator.writers.errors import ErrorKind, classify, error_code
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.literals import KeyTypeType
+from replicator.aws.errors import ErrorKind, classify, error_code
 
 log = structlog.get_logger(__name__)
 
 
 def ensure_table(
-    client: Any,
+    client: DynamoDBClient,
     table: str,
-    keys: dict[str, str],
+    keys: dict[str, KeyTypeType],
     ttl_attribute: str,
     what: str,
     where: str,
@@ -60,7 +64,7 @@ def ensure_table(
     _ensure_ttl(client, table, ttl_attribute, what, where)
 
 
-def _ensure_ttl(client: Any, table: str, attribute: str, what: str, where: str) -> None:
+def _ensure_ttl(client: DynamoDBClient, table: str, attribute: str, what: str, where: str) -> None:
     try:
         described = client.describe_time_to_live(TableName=table)
     except ClientError as error:

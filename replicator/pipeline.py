@@ -23,10 +23,11 @@ from typing import Protocol
 import structlog
 
 from replicator.buffer import ChangeBuffer, Entry
+from replicator.exceptions import WriteCancelled
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.watermark.publisher import ShardWatermark
-from replicator.writers.destination import DestinationWriter, Outcome, WriteCancelled
+from replicator.writers.destination import DestinationWriter, Outcome
 from replicator.writers.source import SourceWriter
 
 log = structlog.get_logger(__name__)

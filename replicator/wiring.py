@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from replicator import aws
+from replicator.aws import clients
+from replicator.aws.backoff import Backoff
+from replicator.aws.clients import Place, Reach, WriteClient
+from replicator.aws.tables import where
 from replicator.buffer import ChangeBuffer
 from replicator.config.model import DeadLetterKind, ResolvedJob, RuntimeKind, StreamKind
 from replicator.conflictlog.base import ConflictRecorder
@@ -25,10 +28,12 @@ from replicator.runtime.local.stream import Shard, list_shards
 from replicator.tombstones.table import TombstoneTable
 from replicator.watermark.publisher import ShardWatermark
 from replicator.watermark.table import StatusTable
-from replicator.writers.backoff import Backoff
 from replicator.writers.destination import DestinationWriter
 from replicator.writers.source import NotDeadLettered, SourceWriter
 from replicator.writers.wire import direct_write_client
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 
 def dead_letter_target(resolved: ResolvedJob, run_id: str | None = None) -> DeadLetterTarget:
@@ -36,9 +41,7 @@ def dead_letter_target(resolved: ResolvedJob, run_id: str | None = None) -> Dead
     if settings.kind is DeadLetterKind.SQS:
         assert settings.queue_url
         region = settings.region or resolved.job.source.region
-        client = aws.client(
-            "sqs", region, endpoint_url=settings.endpoint_url, role_arn=settings.role_arn
-        )
+        client = clients.sqs(Place(region, settings.endpoint_url, settings.role_arn))
         return SqsDeadLetters(client, settings.queue_url, run_id=run_id)
     path = Path(settings.path.format(task_name=resolved.task_name))
     if not path.is_absolute():
@@ -46,22 +49,11 @@ def dead_letter_target(resolved: ResolvedJob, run_id: str | None = None) -> Dead
     return FileDeadLetters(path)
 
 
-def _write_client(
-    resolved: ResolvedJob,
-    region: str,
-    endpoint_url: str | None,
-    role_arn: str | None,
-    external_id: str | None,
-    rule: ConflictRule,
-) -> Any:
+def _write_client(resolved: ResolvedJob, place: Reach, rule: ConflictRule) -> WriteClient:
     """A client for PutItem/DeleteItem to one table (the direct path unless it cannot)."""
     settings = resolved.job.writer
-    client = aws.client(
-        "dynamodb",
-        region,
-        endpoint_url=endpoint_url,
-        role_arn=role_arn,
-        external_id=external_id,
+    client = clients.dynamodb(
+        place,
         max_pool_connections=settings.max_in_flight,
         connect_timeout=settings.connect_timeout_s,
         read_timeout=settings.read_timeout_s,
@@ -71,7 +63,7 @@ def _write_client(
         validate_parameters=rule.reads_existing,
     )
     if not rule.reads_existing and not settings.send_with_botocore:
-        client = direct_write_client(
+        return direct_write_client(
             client,
             max_connections=settings.max_in_flight,
             connect_timeout=settings.connect_timeout_s,
@@ -86,14 +78,13 @@ def _backoff(resolved: ResolvedJob) -> Backoff:
 
 
 def tombstone_table(
-    resolved: ResolvedJob, client: Any, table: str, region: str, endpoint_url: str | None
+    resolved: ResolvedJob, client: WriteClient, table: str, region: str, endpoint_url: str | None
 ) -> TombstoneTable:
     job = resolved.job
-    where = f"{endpoint_url}, {region}" if endpoint_url else region
     return TombstoneTable(
         client,
         job.tombstone_table(table),
-        where,
+        where(region, endpoint_url),
         job.active_active.tombstone_retention_hours * 3600,
     )
 
@@ -111,9 +102,7 @@ def source_writer(
     rule = rule_for(job.conflict, job.loop_prevention.origin_attribute)
     assert isinstance(rule, OrderedRule)  # checked by the job's validation
     source = job.source
-    client = _write_client(
-        resolved, source.region, source.endpoint_url, source.role_arn, source.external_id, rule
-    )
+    client = _write_client(resolved, source, rule)
     table = None
     if job.active_active.tombstones:
         table = tombstone_table(resolved, client, source.table, source.region, source.endpoint_url)
@@ -151,14 +140,7 @@ def destination_writers(
     for destination in job.destinations:
         conflict = job.conflict_for(destination)
         rule = rule_for(conflict, job.loop_prevention.origin_attribute)
-        client = _write_client(
-            resolved,
-            destination.region,
-            destination.endpoint_url,
-            destination.role_arn,
-            destination.external_id,
-            rule,
-        )
+        client = _write_client(resolved, destination, rule)
         tombstones = None
         if job.active_active.tombstones:
             tombstones = tombstone_table(
@@ -253,35 +235,21 @@ def shard_watermark(resolved: ResolvedJob, shard_id: str, metrics: Metrics) -> S
     )
 
 
-def status_client(resolved: ResolvedJob, label: str, read_timeout: float = 10.0) -> Any:
+def status_client(resolved: ResolvedJob, label: str, read_timeout: float = 10.0) -> DynamoDBClient:
     """A client for the status table of destination ``label`` (its region, endpoint, role)."""
     destination = next(d for d in resolved.job.destinations if d.label == label)
-    return aws.client(
-        "dynamodb",
-        destination.region,
-        endpoint_url=destination.endpoint_url,
-        role_arn=destination.role_arn,
-        external_id=destination.external_id,
-        read_timeout=read_timeout,
-    )
+    return clients.dynamodb(destination, read_timeout=read_timeout)
 
 
 def stream_shards(resolved: ResolvedJob) -> Callable[[], Sequence[Shard]]:
     """Lists the source stream's shards (the job's stream ARN, or the table's latest)."""
     source = resolved.job.source
-    options: dict[str, Any] = {
-        "endpoint_url": source.endpoint_url,
-        "role_arn": source.role_arn,
-        "external_id": source.external_id,
-    }
-    streams = aws.client("dynamodbstreams", source.region, **options)
+    streams = clients.dynamodb_streams(source)
     arn: list[str] = [source.stream.arn] if source.stream.arn else []
 
     def shards() -> Sequence[Shard]:
         if not arn:
-            table = aws.client("dynamodb", source.region, **options).describe_table(
-                TableName=source.table
-            )["Table"]
+            table = clients.dynamodb(source).describe_table(TableName=source.table)["Table"]
             if not table.get("LatestStreamArn"):
                 raise EnvironmentProblem(f"source table {source.table} has no stream")
             arn.append(table["LatestStreamArn"])

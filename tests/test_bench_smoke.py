@@ -13,10 +13,11 @@ from botocore.exceptions import ClientError
 from bench.analysis import apply_delays
 from bench.fake_endpoint import EndpointControl
 from bench.workload import Generated, Workload, WorkloadSpec
-from replicator import aws
+from replicator.aws import clients
+from replicator.aws.clients import Place
+from replicator.aws.errors import ErrorKind, classify
 from replicator.decode import decode
 from replicator.records import raw_record_from
-from replicator.writers.errors import ErrorKind, classify
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def endpoint() -> Iterator[EndpointControl]:
 def dynamodb(endpoint: EndpointControl) -> Any:
     endpoint.configure(latency_ms=0.0, throttle_rate=0.0, condition_fail_rate=0.0)
     endpoint.reset()
-    return aws.client("dynamodb", "eu-west-1", endpoint_url=endpoint.url, sdk_retries=False)
+    return clients.dynamodb(Place("eu-west-1", endpoint.url), sdk_retries=False)
 
 
 def test_writes_are_answered_and_logged_with_key_and_stamp(

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from replicator.aws.backoff import Backoff
 from replicator.buffer import ChangeBuffer
 from replicator.deadletter import FileDeadLetters
 from replicator.decode import decode
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.rules import IN_STREAM_ORDER, ConflictRule, OrderedRule, squash_order
-from replicator.writers.backoff import Backoff
 from replicator.writers.destination import DestinationWriter
 from tests.support.aws import client, create_table
 from tests.support.metrics import sample

@@ -24,13 +24,13 @@ from hypothesis import strategies as st
 
 from replicator.buffer import ChangeBuffer, Entry
 from replicator.decode import decode
+from replicator.exceptions import PlanError
 from replicator.items import Item, same_item
 from replicator.records import Change
 from replicator.rules import (
     ConflictRule,
     OrderedRule,
     OverwriteRule,
-    PlanError,
     Skip,
     Verdict,
     WriteRequest,

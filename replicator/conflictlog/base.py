@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from replicator.conflictlog.entry import ConflictEntry
+from replicator.aws.errors import ErrorKind, classify, error_code
+from replicator.conflictlog.entry import ConflictEntry, LostConflict
+from replicator.exceptions import ConflictLogRejected, ConflictLogUnavailable
 from replicator.items import Item
 from replicator.records import Change
 from replicator.rules.base import ConflictRule
-from replicator.writers.errors import ErrorKind, classify, error_code
-
-
-class ConflictLogUnavailable(Exception):
-    """The target could not store an entry now; a later attempt may succeed."""
-
-
-class ConflictLogRejected(Exception):
-    """The target refuses this entry as it is; retrying the same entry cannot help."""
 
 
 def storage_failure(error: ClientError | BotoCoreError, what: str) -> Exception:
@@ -82,16 +76,36 @@ class LosingWriter(Protocol):
 class ConflictRecorder(Protocol):
     """Takes a lost conflict from a writer's thread without making it wait for storage."""
 
-    def lost(
-        self,
-        writer: LosingWriter,
-        change: Change,
-        existing: Item | None,
-        why: str,
-        *,
-        write_back: bool = False,
-        winning_rank: dict[str, Any] | None = None,
-    ) -> None:
-        """``write_back``: the winner was written to the source too; ``winning_rank``:
-        the winner's rank when it is not an item (a delete kept as a tombstone)."""
+    def lost(self, conflict: LostConflict) -> None:
+        """Take ``conflict`` (made on the writer's thread by :func:`lost_conflict`)."""
         ...
+
+
+def lost_conflict(
+    writer: LosingWriter,
+    change: Change,
+    existing: Item | None,
+    why: str,
+    *,
+    write_back: bool = False,
+    winning_rank: dict[str, Any] | None = None,
+) -> LostConflict:
+    """What ``writer`` knows when ``change`` loses to ``existing``, captured now and cheaply.
+
+    ``write_back``: the winner was written to the source too; ``winning_rank``: the
+    winner's rank when it is not an item (a delete kept as a tombstone).
+    """
+    return LostConflict(
+        task_name=writer.task_name,
+        destination=writer.label,
+        table=writer.table,
+        region=writer.region,
+        shard_id=writer.shard_id,
+        rule=writer.rule,
+        change=change,
+        existing=existing,
+        why=why,
+        recorded_s=time.time(),
+        write_back=write_back,
+        winning_rank=winning_rank,
+    )

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import gzip
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
@@ -34,6 +34,10 @@ from replicator.conflictlog.base import Selection, storage_failure
 from replicator.conflictlog.entry import ConflictEntry
 from replicator.items import describe_key, item_from_wire
 from replicator.owned_tables import ensure_table
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import QueryOutputTypeDef, ScanOutputTypeDef
 
 log = structlog.get_logger(__name__)
 
@@ -47,7 +51,7 @@ _DAY_S = 86_400
 class DynamoDbConflictLog:
     def __init__(
         self,
-        client: Any,
+        client: DynamoDBClient,
         table: str,
         retention_days: int,
         where: str,
@@ -95,6 +99,7 @@ class DynamoDbConflictLog:
 
     def read(self, selection: Selection) -> Iterator[ConflictEntry]:
         kwargs: dict[str, Any] = {"TableName": self.table}
+        operation: Callable[..., QueryOutputTypeDef | ScanOutputTypeDef]
         if selection.item is not None:
             condition = "pk = :pk"
             values: dict[str, Any] = {":pk": {"S": selection.item}}

@@ -14,8 +14,9 @@ from pathlib import Path
 import structlog
 
 from replicator.appendfile import append_line
-from replicator.conflictlog.base import ConflictLogUnavailable, Selection
+from replicator.conflictlog.base import Selection
 from replicator.conflictlog.entry import ConflictEntry
+from replicator.exceptions import ConflictLogUnavailable
 
 log = structlog.get_logger(__name__)
 

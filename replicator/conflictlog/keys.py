@@ -20,14 +20,11 @@ import re
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 
+from replicator.exceptions import KeySyntaxError
 from replicator.items import AttributeValue, Item
 
 _PAIR = re.compile(r"(?:^|\s)([^\s=]+)=(S|N|B):")
 _KEY_TYPES = ("S", "N", "B")
-
-
-class KeySyntaxError(ValueError):
-    """A key typed by an operator that cannot name an item; the message names it."""
 
 
 def canonical_number(text: str) -> str:

@@ -16,15 +16,12 @@ from typing import Any
 
 from replicator.conflictlog.base import ConflictLogTarget, Selection
 from replicator.conflictlog.entry import CONFLICT, RESTORE, ConflictEntry, iso
+from replicator.exceptions import SinceSyntaxError
 from replicator.items import describe_key, item_from_wire
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 TOP_KEYS = 10
-
-
-class SinceSyntaxError(ValueError):
-    """A --since value that is neither a duration nor a date; the message names it."""
 
 
 def parse_since(text: str, now: datetime | None = None) -> str:

@@ -27,20 +27,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 
-from replicator.conflictlog.base import (
-    ConflictLogRejected,
-    ConflictLogTarget,
-    LosingWriter,
-)
+from replicator.aws.backoff import Backoff
+from replicator.conflictlog.base import ConflictLogTarget
 from replicator.conflictlog.entry import ConflictEntry, LostConflict
-from replicator.items import Item, describe_key
+from replicator.exceptions import ConflictLogRejected
+from replicator.items import describe_key
 from replicator.metrics import Metrics
-from replicator.records import Change
-from replicator.writers.backoff import Backoff
 
 log = structlog.get_logger(__name__)
 
@@ -82,30 +77,7 @@ class BackgroundRecorder:
 
     # -- the writers' side ----------------------------------------------------------------
 
-    def lost(
-        self,
-        writer: LosingWriter,
-        change: Change,
-        existing: Item | None,
-        why: str,
-        *,
-        write_back: bool = False,
-        winning_rank: dict[str, Any] | None = None,
-    ) -> None:
-        conflict = LostConflict(
-            task_name=writer.task_name,
-            destination=writer.label,
-            table=writer.table,
-            region=writer.region,
-            shard_id=writer.shard_id,
-            rule=writer.rule,
-            change=change,
-            existing=existing,
-            why=why,
-            recorded_s=time.time(),
-            write_back=write_back,
-            winning_rank=winning_rank,
-        )
+    def lost(self, conflict: LostConflict) -> None:
         with self._cond:
             waiting = len(self._queue)
             refused = "shutdown" if self._closing else None

@@ -26,17 +26,17 @@ from prometheus_client import CollectorRegistry
 
 from replicator import wiring
 from replicator.config.model import ResolvedJob
-from replicator.conflictlog.base import (
-    ConflictLogRejected,
-    ConflictLogTarget,
-    ConflictLogUnavailable,
-    Selection,
-)
+from replicator.conflictlog.base import ConflictLogTarget, Selection
 from replicator.conflictlog.entry import CONFLICT, RESTORE, ConflictEntry, entry_id, iso
 from replicator.conflictlog.keys import canonical_key
 from replicator.conflictlog.reader import key_text, read_entries
 from replicator.deadletter import Claimed, DeadLetter
-from replicator.exceptions import DestinationRefused, OperatorError
+from replicator.exceptions import (
+    ConflictLogRejected,
+    ConflictLogUnavailable,
+    DestinationRefused,
+    EntryNotFound,
+)
 from replicator.items import Item, describe_key
 from replicator.metrics import Metrics
 from replicator.records import Change
@@ -50,12 +50,6 @@ log = structlog.get_logger(__name__)
 RESTORE_PURPOSE = "restore"
 CONDITIONAL = "only while the destination holds the image that won"
 FORCED = "unconditional (--force)"
-
-
-class EntryNotFound(OperatorError):
-    """No entry (or more than one) answers to the id given."""
-
-    exit_code = 1
 
 
 class RestoreRule:

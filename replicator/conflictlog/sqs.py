@@ -17,13 +17,16 @@ import base64
 import gzip
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.conflictlog.base import Selection, storage_failure
 from replicator.conflictlog.entry import ConflictEntry
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
 
 log = structlog.get_logger(__name__)
 SQS_LIMIT = 256 * 1024
@@ -55,7 +58,7 @@ def decode(body: str) -> ConflictEntry:
 
 
 class SqsConflictLog:
-    def __init__(self, client: Any, queue_url: str) -> None:
+    def __init__(self, client: SQSClient, queue_url: str) -> None:
         self.client = client
         self.queue_url = queue_url
         self.description = f"SQS queue {queue_url}"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from replicator import aws
+from replicator.aws import clients
+from replicator.aws.clients import Place
+from replicator.aws.tables import where
 from replicator.config.model import ConflictLogKind, ResolvedJob
 from replicator.conflictlog.base import ConflictLogTarget, Selection
 from replicator.conflictlog.dynamodb import DynamoDbConflictLog
@@ -19,6 +21,9 @@ from replicator.conflictlog.recorder import BackgroundRecorder
 from replicator.conflictlog.sqs import SqsConflictLog
 from replicator.exceptions import EnvironmentProblem
 from replicator.metrics import Metrics
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 log = structlog.get_logger(__name__)
 
@@ -55,10 +60,6 @@ def _table_place(resolved: ResolvedJob) -> tuple[str, str | None, str | None]:
     )
 
 
-def _where(region: str, endpoint: str | None) -> str:
-    return f"{endpoint}, {region}" if endpoint else region
-
-
 def describe_target(resolved: ResolvedJob) -> str:
     """The target as ``replicator validate`` shows it (no client is made)."""
     settings = resolved.job.conflict_log
@@ -69,26 +70,22 @@ def describe_target(resolved: ResolvedJob) -> str:
     if settings.kind is ConflictLogKind.DYNAMODB:
         region, endpoint, _ = _table_place(resolved)
         return (
-            f"DynamoDB table {conflict_table(resolved)} ({_where(region, endpoint)}), "
+            f"DynamoDB table {conflict_table(resolved)} ({where(region, endpoint)}), "
             f"kept {settings.retention_days} days"
         )
     return NoConflictLog.description
 
 
-def _table_client(resolved: ResolvedJob, sdk_retries: bool) -> tuple[Any, str]:
+def _table_client(resolved: ResolvedJob, sdk_retries: bool) -> tuple[DynamoDBClient, str]:
     source = resolved.job.source
     region, endpoint, role = _table_place(resolved)
-    client = aws.client(
-        "dynamodb",
-        region,
-        endpoint_url=endpoint,
-        role_arn=role,
-        external_id=source.external_id if role == source.role_arn else None,
+    client = clients.dynamodb(
+        Place(region, endpoint, role, source.external_id if role == source.role_arn else None),
         connect_timeout=3.0,
         read_timeout=5.0,
         sdk_retries=sdk_retries,
     )
-    return client, _where(region, endpoint)
+    return client, where(region, endpoint)
 
 
 def conflict_log_target(resolved: ResolvedJob, *, sdk_retries: bool = True) -> ConflictLogTarget:
@@ -98,19 +95,20 @@ def conflict_log_target(resolved: ResolvedJob, *, sdk_retries: bool = True) -> C
         return FileConflictLog(conflict_log_path(resolved))
     if settings.kind is ConflictLogKind.SQS:
         assert settings.queue_url
-        client = aws.client(
-            "sqs",
-            settings.region or resolved.job.source.region,
-            endpoint_url=settings.endpoint_url,
-            role_arn=settings.role_arn,
+        queue = clients.sqs(
+            Place(
+                settings.region or resolved.job.source.region,
+                settings.endpoint_url,
+                settings.role_arn,
+            ),
             connect_timeout=3.0,
             read_timeout=10.0,
             sdk_retries=sdk_retries,
         )
-        return SqsConflictLog(client, settings.queue_url)
+        return SqsConflictLog(queue, settings.queue_url)
     if settings.kind is ConflictLogKind.DYNAMODB:
-        client, where = _table_client(resolved, sdk_retries)
-        return DynamoDbConflictLog(client, conflict_table(resolved), settings.retention_days, where)
+        client, place = _table_client(resolved, sdk_retries)
+        return DynamoDbConflictLog(client, conflict_table(resolved), settings.retention_days, place)
     return NoConflictLog()
 
 

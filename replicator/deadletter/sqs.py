@@ -12,15 +12,18 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
+from replicator.aws.errors import ErrorKind, classify
 from replicator.deadletter.base import Claimed
 from replicator.deadletter.entry import DeadLetter
 from replicator.exceptions import DeadLetterUnavailable
-from replicator.writers.errors import ErrorKind, classify
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
 
 log = structlog.get_logger(__name__)
 _SQS_LIMIT = 256 * 1024
@@ -28,7 +31,7 @@ _MAX_BACKOFF_S = 20.0
 
 
 class SqsDeadLetters:
-    def __init__(self, client: Any, queue_url: str, run_id: str | None = None) -> None:
+    def __init__(self, client: SQSClient, queue_url: str, run_id: str | None = None) -> None:
         self.client = client
         self.queue_url = queue_url
         self.run_id = run_id

@@ -16,14 +16,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import boto3
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from replicator import logs
+from replicator.aws import clients
 from replicator.config import load_job
 from replicator.config.model import ResolvedJob
 from replicator.demo import tables
@@ -31,6 +31,9 @@ from replicator.demo.endpoint import EmbeddedEndpoint
 from replicator.demo.workload import Workload
 from replicator.runtime.local.runtime import LocalRuntime
 from replicator.tools.compare import compare, describe
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 ENDPOINT_ENV = "REPLICATOR_DEMO_ENDPOINT"
 KEY_NAMES = ["pk", "sk"]
@@ -45,8 +48,8 @@ class DemoOptions:
     linger_s: float = 0.0
 
 
-def _client(region: str, endpoint: str) -> Any:
-    return boto3.client("dynamodb", region_name=region, endpoint_url=endpoint)
+def _client(region: str, endpoint: str) -> DynamoDBClient:
+    return clients.default_dynamodb(region, endpoint)
 
 
 def run_demo(config_path: Path, options: DemoOptions, console: Console | None = None) -> int:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from replicator.items import Item
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 KEY_SCHEMA = [
     {"AttributeName": "pk", "KeyType": "HASH"},
@@ -16,7 +19,7 @@ ATTRIBUTES = [
 ]
 
 
-def create(ddb: Any, table: str, *, stream: bool) -> None:
+def create(ddb: DynamoDBClient, table: str, *, stream: bool) -> None:
     kwargs: dict[str, Any] = {
         "TableName": table,
         "KeySchema": KEY_SCHEMA,
@@ -31,12 +34,12 @@ def create(ddb: Any, table: str, *, stream: bool) -> None:
     ddb.create_table(**kwargs)
 
 
-def scan_all(ddb: Any, table: str) -> list[Item]:
+def scan_all(ddb: DynamoDBClient, table: str) -> list[Item]:
     items: list[Item] = []
     kwargs: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
     while True:
         page = ddb.scan(**kwargs)
-        items.extend(page.get("Items", []))
+        items.extend(cast("list[Item]", page.get("Items", [])))
         if "LastEvaluatedKey" not in page:
             return items
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

@@ -10,7 +10,10 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 
 @dataclass
@@ -53,7 +56,7 @@ def demo_item(rng: random.Random, pk: str, sk: int, origin: str) -> dict[str, An
 class Workload(threading.Thread):
     def __init__(
         self,
-        ddb: Any,
+        ddb: DynamoDBClient,
         table: str,
         rate: float,
         duration_s: float,

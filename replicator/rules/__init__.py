@@ -15,7 +15,7 @@ from replicator.rules.base import ConflictRule
 from replicator.rules.custom import CustomRule, load_resolver
 from replicator.rules.ordered import OrderedRule
 from replicator.rules.overwrite import OverwriteRule
-from replicator.rules.requests import PlanError, Skip, Verdict, WriteRequest
+from replicator.rules.requests import Skip, Verdict, WriteRequest
 
 __all__ = [
     "BY_CREATION_TIME",
@@ -24,7 +24,6 @@ __all__ = [
     "CustomRule",
     "OrderedRule",
     "OverwriteRule",
-    "PlanError",
     "Skip",
     "Squash",
     "SquashOrder",

@@ -21,11 +21,10 @@ import importlib
 from collections.abc import Callable
 from typing import cast
 
+from replicator.exceptions import PlanError, ResolverFailed
 from replicator.items import AttributeValue, Item
 from replicator.records import Change, Event
 from replicator.rules.requests import (
-    PlanError,
-    ResolverFailed,
     Skip,
     Verdict,
     WriteRequest,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from replicator.exceptions import PlanError
 from replicator.items import Item, canonical_number, same_item
 from replicator.records import Change, Event
 from replicator.rules.order import (
@@ -36,7 +37,6 @@ from replicator.rules.order import (
     pruned,
 )
 from replicator.rules.requests import (
-    PlanError,
     Skip,
     Verdict,
     WriteRequest,

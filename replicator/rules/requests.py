@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from replicator.exceptions import PlanError
 from replicator.items import AttributeValue, Item, same_item
 from replicator.records import Change
 
@@ -50,18 +51,6 @@ class Verdict(StrEnum):
 
     LOST = "lost"  # the destination's item ranks above the change: it stays
     UNCHANGED = "unchanged"  # the destination already holds the change's outcome
-
-
-class PlanError(ValueError):
-    """The change cannot be expressed as a safe write under this rule (goes to dead letters)."""
-
-    reason = "unplannable"
-
-
-class ResolverFailed(PlanError):
-    """The user's custom resolver raised: that change is dead-lettered, the shard goes on."""
-
-    reason = "resolver_failed"
 
 
 def holds_outcome(change: Change, existing: Item | None) -> bool:

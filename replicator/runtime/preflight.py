@@ -8,7 +8,6 @@ naming the resource and what to do, instead of a retry loop or a traceback.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -18,12 +17,12 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from replicator import aws
+from replicator.aws import clients, tables
+from replicator.aws.errors import error_code
 from replicator.config.model import ConflictPolicyName, ResolvedJob, StreamKind
 from replicator.conflictlog.targets import prepare
 from replicator.exceptions import EnvironmentProblem
 from replicator.tombstones.setup import prepare as prepare_tombstones
-from replicator.writers.errors import error_code
 
 _ORDERED = (ConflictPolicyName.LAST_WRITER_WINS, ConflictPolicyName.VERSION)
 
@@ -63,35 +62,17 @@ def explain(error: BaseException, what: str, where: str) -> EnvironmentProblem:
     return EnvironmentProblem(f"{what}: {error}")
 
 
-def _where(region: str, endpoint: str | None) -> str:
-    return f"{endpoint} ({region})" if endpoint else f"region {region}"
-
-
-def _key_schema(table: dict[str, Any]) -> dict[str, str]:
-    types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
-    return {
-        k["AttributeName"]: f"{k['KeyType']}:{types[k['AttributeName']]}"
-        for k in table["KeySchema"]
-    }
-
-
 def check_source(resolved: ResolvedJob) -> SourceInfo:
     job = resolved.job
     source = job.source
-    where = _where(source.region, source.endpoint_url)
+    where = tables.where(source.region, source.endpoint_url)
     what = f"source table {source.table}"
-    ddb = aws.client(
-        "dynamodb",
-        source.region,
-        endpoint_url=source.endpoint_url,
-        role_arn=source.role_arn,
-        external_id=source.external_id,
-    )
+    ddb = clients.dynamodb(source)
     try:
         table = ddb.describe_table(TableName=source.table)["Table"]
     except (ClientError, BotoCoreError) as error:
         raise explain(error, what, where) from None
-    key_schema = _key_schema(table)
+    key_schema = tables.shape_of(table).key_schema
     if source.stream.kind is StreamKind.KINESIS:
         return SourceInfo(
             stream_arn=check_kinesis_stream(resolved, where),
@@ -99,20 +80,13 @@ def check_source(resolved: ResolvedJob) -> SourceInfo:
             key_schema=key_schema,
         )
     stream_arn = source.stream.arn or table.get("LatestStreamArn")
-    spec = table.get("StreamSpecification") or {}
-    if not stream_arn or (not source.stream.arn and not spec.get("StreamEnabled")):
+    if not stream_arn or (not source.stream.arn and not tables.stream_enabled(table)):
         raise EnvironmentProblem(
             f"{what} at {where} has no DynamoDB stream enabled; enable one with view type "
             "NEW_AND_OLD_IMAGES (aws dynamodb update-table --stream-specification "
             "StreamEnabled=true,StreamViewType=NEW_AND_OLD_IMAGES)"
         )
-    streams = aws.client(
-        "dynamodbstreams",
-        source.region,
-        endpoint_url=source.endpoint_url,
-        role_arn=source.role_arn,
-        external_id=source.external_id,
-    )
+    streams = clients.dynamodb_streams(source)
     try:
         description = streams.describe_stream(StreamArn=stream_arn, Limit=1)["StreamDescription"]
     except (ClientError, BotoCoreError) as error:
@@ -139,13 +113,7 @@ def check_kinesis_stream(resolved: ResolvedJob, where: str) -> str:
     source = resolved.job.source
     stream = source.stream
     named = {"StreamARN": stream.arn} if stream.arn else {"StreamName": stream.name or ""}
-    kinesis = aws.client(
-        "kinesis",
-        source.region,
-        endpoint_url=source.endpoint_url,
-        role_arn=source.role_arn,
-        external_id=source.external_id,
-    )
+    kinesis = clients.kinesis(source)
     what = f"kinesis stream {stream.arn or stream.name}"
     try:
         summary = kinesis.describe_stream_summary(**named)["StreamDescriptionSummary"]
@@ -161,20 +129,14 @@ def check_kinesis_stream(resolved: ResolvedJob, where: str) -> str:
 
 def check_destinations(resolved: ResolvedJob, source_keys: dict[str, str]) -> None:
     for index, destination in enumerate(resolved.job.destinations):
-        where = _where(destination.region, destination.endpoint_url)
+        where = tables.where(destination.region, destination.endpoint_url)
         what = f"destinations[{index}] table {destination.table}"
-        ddb = aws.client(
-            "dynamodb",
-            destination.region,
-            endpoint_url=destination.endpoint_url,
-            role_arn=destination.role_arn,
-            external_id=destination.external_id,
-        )
+        ddb = clients.dynamodb(destination)
         try:
             table = ddb.describe_table(TableName=destination.table)["Table"]
         except (ClientError, BotoCoreError) as error:
             raise explain(error, what, where) from None
-        keys = _key_schema(table)
+        keys = tables.shape_of(table).key_schema
         if keys != source_keys:
             raise EnvironmentProblem(
                 f"{what} at {where} has key schema {keys}, but the source has {source_keys}"

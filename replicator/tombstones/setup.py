@@ -10,8 +10,9 @@ from __future__ import annotations
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from replicator import aws
-from replicator.config.model import ResolvedJob
+from replicator.aws import clients
+from replicator.aws.tables import where
+from replicator.config.model import DestinationConfig, ResolvedJob, SourceConfig
 from replicator.tombstones.table import TombstoneTable
 
 log = structlog.get_logger(__name__)
@@ -22,24 +23,17 @@ def tombstone_tables(resolved: ResolvedJob) -> list[TombstoneTable]:
     job = resolved.job
     if not job.active_active.tombstones:
         return []
-    places = [
-        (
-            job.source.region,
-            job.source.table,
-            job.source.endpoint_url,
-            job.source.role_arn,
-            job.source.external_id,
-        )
-    ] + [(d.region, d.table, d.endpoint_url, d.role_arn, d.external_id) for d in job.destinations]
-    tables = []
+    places: list[SourceConfig | DestinationConfig] = [job.source, *job.destinations]
     retention_s = job.active_active.tombstone_retention_hours * 3600
-    for region, table, endpoint, role, external_id in places:
-        client = aws.client(
-            "dynamodb", region, endpoint_url=endpoint, role_arn=role, external_id=external_id
+    return [
+        TombstoneTable(
+            clients.dynamodb(place),
+            job.tombstone_table(place.table),
+            where(place.region, place.endpoint_url),
+            retention_s,
         )
-        where = f"{endpoint}, {region}" if endpoint else region
-        tables.append(TombstoneTable(client, job.tombstone_table(table), where, retention_s))
-    return tables
+        for place in places
+    ]
 
 
 def prepare(resolved: ResolvedJob) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from botocore.exceptions import ClientError
 
@@ -25,7 +25,11 @@ from replicator.items import Item
 from replicator.owned_tables import ensure_table
 from replicator.rules.order import any_of, below, equal_rank, pruned
 from replicator.tombstones.model import PARTITION_KEY, TOMBSTONE_FIELDS, TTL_ATTRIBUTE, Tombstone
-from replicator.writers.errors import ErrorKind, classify
+from replicator.writers.wire import botocore_client_of
+
+if TYPE_CHECKING:
+    from replicator.aws.clients import WriteClient
+from replicator.aws.errors import ErrorKind, classify
 
 # Conditional writes of one row before it is left to whoever keeps changing it.
 _ATTEMPTS = 5
@@ -40,7 +44,7 @@ class TombstoneTable:
 
     def __init__(
         self,
-        client: Any,
+        client: WriteClient,
         table: str,
         where: str,
         retention_s: int,
@@ -114,12 +118,12 @@ class TombstoneTable:
             Key={PARTITION_KEY: {"S": canonical_key(keys)}},
             ConsistentRead=True,
         )
-        item = response.get("Item")
+        item = cast("Item | None", response.get("Item"))
         return None if not item else Tombstone.from_item(item)
 
     def ensure_exists(self, wait_s: float = 120.0) -> None:
         ensure_table(
-            self.client,
+            botocore_client_of(self.client),
             self.table,
             {PARTITION_KEY: "HASH"},
             TTL_ATTRIBUTE,

@@ -29,12 +29,12 @@ from typing import Any
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
+from replicator.aws.errors import error_code
 from replicator.exceptions import EnvironmentProblem
 from replicator.items import Item, item_from_wire, item_to_wire
 from replicator.runtime.preflight import explain
 from replicator.tools.scan import call
 from replicator.tools.tables import TableRef
-from replicator.writers.errors import error_code
 
 log = structlog.get_logger(__name__)
 

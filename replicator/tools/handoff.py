@@ -19,18 +19,25 @@ after changes the scan missed: the backfill refuses.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from replicator import aws
+from replicator.aws import clients, tables
+from replicator.aws.errors import error_code
 from replicator.config.model import InitialPosition, ResolvedJob, StreamKind
 from replicator.exceptions import EnvironmentProblem
 from replicator.runtime.local.leases import LATEST, SENTINELS, Lease, LeaseTable
 from replicator.runtime.local.stream import Shard, list_shards
 from replicator.runtime.preflight import explain
-from replicator.writers.errors import error_code
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
+    from mypy_boto3_kinesis import KinesisClient
 
 PROCEDURE = (
     "Start the replicator first (`replicator run --config FILE`) and wait until it has "
@@ -49,21 +56,20 @@ class Handoff:
     note: str
 
 
-def check_handoff(resolved: ResolvedJob, stream_arn: str, ddb: Any) -> Handoff:
+def check_handoff(resolved: ResolvedJob, stream_arn: str, ddb: DynamoDBClient) -> Handoff:
     """Refuse (EnvironmentProblem) unless the hand-off is gap-free; ``ddb``: the source's."""
     job = resolved.job
     source = job.source
-    where = f"{source.endpoint_url} ({source.region})" if source.endpoint_url else source.region
-    kinesis = source.stream.kind is StreamKind.KINESIS
-    streams = aws.client(
-        "kinesis" if kinesis else "dynamodbstreams",
-        source.region,
-        endpoint_url=source.endpoint_url,
-        role_arn=source.role_arn,
-        external_id=source.external_id,
-    )
+    where = tables.where(source.region, source.endpoint_url)
+    streams: DynamoDBStreamsClient | None = None
+    listing: Callable[[], list[Shard]]
+    if source.stream.kind is StreamKind.KINESIS:
+        listing = functools.partial(_kinesis_shards, clients.kinesis(source), stream_arn)
+    else:
+        streams = clients.dynamodb_streams(source)
+        listing = functools.partial(_stream_shards, streams, stream_arn)
     leases = _leases(LeaseTable(ddb, resolved.lease_table, owner="backfill"), where)
-    shards = _open_shards(streams, kinesis, stream_arn, where)
+    shards = _open_shards(listing, stream_arn, where)
     trim_horizon = job.kcl.initial_position is InitialPosition.TRIM_HORIZON
     positions: dict[str, str] = {}
     problems: list[str] = []
@@ -89,7 +95,7 @@ def check_handoff(resolved: ResolvedJob, stream_arn: str, ddb: Any) -> Handoff:
             f"{resolved.lease_table}) has no fixed starting position, so changes made during "
             "the scan could be missed:\n  " + "\n  ".join(problems) + "\n" + PROCEDURE
         )
-    if not kinesis:
+    if streams is not None:
         _check_not_trimmed(streams, stream_arn, leases, positions, where)
     if all(p.endswith("(no lease yet)") for p in positions.values()):
         note = (
@@ -110,17 +116,19 @@ def _leases(table: LeaseTable, where: str) -> dict[str, Lease]:
         raise explain(error, f"lease table {table.table}", where) from None
 
 
-def _open_shards(client: Any, kinesis: bool, stream_arn: str, where: str) -> list[Shard]:
+def _open_shards(listing: Callable[[], list[Shard]], stream_arn: str, where: str) -> list[Shard]:
     try:
-        shards = (
-            _kinesis_shards(client, stream_arn) if kinesis else list_shards(client, stream_arn)[1]
-        )
+        shards = listing()
     except (ClientError, BotoCoreError) as error:
         raise explain(error, f"stream {stream_arn}", where) from None
     return [shard for shard in shards if not shard.closed]
 
 
-def _kinesis_shards(client: Any, stream: str) -> list[Shard]:
+def _stream_shards(streams: DynamoDBStreamsClient, stream_arn: str) -> list[Shard]:
+    return list_shards(streams, stream_arn)[1]
+
+
+def _kinesis_shards(client: KinesisClient, stream: str) -> list[Shard]:
     kwargs: dict[str, Any] = (
         {"StreamARN": stream} if stream.startswith("arn:") else {"StreamName": stream}
     )
@@ -136,7 +144,7 @@ def _kinesis_shards(client: Any, stream: str) -> list[Shard]:
 
 
 def _check_not_trimmed(
-    streams: Any,
+    streams: DynamoDBStreamsClient,
     stream_arn: str,
     leases: dict[str, Lease],
     positions: dict[str, str],

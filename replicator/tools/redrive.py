@@ -32,7 +32,7 @@ from replicator import wiring
 from replicator.config.model import ResolvedJob
 from replicator.deadletter import ALL_DESTINATIONS, Claimed, DeadLetter, DeadLetterTarget
 from replicator.decode import decode
-from replicator.exceptions import DestinationRefused, RecordDecodeError
+from replicator.exceptions import DestinationRefused, RecordDecodeError, WriteCancelled
 from replicator.filters import ChangeFilter, Route
 from replicator.items import describe_key, item_from_wire
 from replicator.metrics import Metrics
@@ -40,7 +40,7 @@ from replicator.records import Change, Event
 from replicator.tools.scan import ReadRate
 from replicator.tools.snapshot import ResurrectionGuard, synthetic_purpose, with_snapshot_rules
 from replicator.tools.tables import describe, source_ref
-from replicator.writers.destination import DestinationWriter, Outcome, WriteCancelled
+from replicator.writers.destination import DestinationWriter, Outcome
 
 log = structlog.get_logger(__name__)
 

@@ -18,10 +18,10 @@ from typing import Any
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
+from replicator.aws.backoff import Backoff
+from replicator.aws.errors import ErrorKind, classify
 from replicator.items import Item, KeyId, key_id, project
 from replicator.tools.tables import TableRef
-from replicator.writers.backoff import Backoff
-from replicator.writers.errors import ErrorKind, classify
 
 log = structlog.get_logger(__name__)
 

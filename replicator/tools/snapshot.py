@@ -58,6 +58,7 @@ from replicator.tools.compare import differing_attributes
 from replicator.tools.scan import ReadRate, batch_get
 from replicator.tools.tables import TableRef
 from replicator.writers.destination import DestinationWriter, Outcome
+from replicator.writers.wire import botocore_client_of
 
 SYNTHETIC_SEQUENCE_NUMBER = "0"
 SOURCE_PREFIX = "replicator:"
@@ -248,7 +249,7 @@ def writer_tables(
             region=destination.region,
             table=destination.table,
             endpoint_url=destination.endpoint_url,
-            client=writers[destination.label].client,
+            client=botocore_client_of(writers[destination.label].client),
         )
         for destination in resolved.job.destinations
     ]

@@ -9,14 +9,18 @@ the SDK's three attempts would.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from replicator import aws
+from replicator.aws import clients, tables
+from replicator.aws.tables import TableShape
 from replicator.config.model import DestinationConfig, ResolvedJob
 from replicator.exceptions import EnvironmentProblem
 from replicator.runtime.preflight import explain
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 
 @dataclass(frozen=True)
@@ -27,35 +31,16 @@ class TableRef:
     region: str
     table: str
     endpoint_url: str | None
-    client: Any
+    client: DynamoDBClient
 
     @property
     def where(self) -> str:
-        place = f"{self.endpoint_url} ({self.region})" if self.endpoint_url else self.region
-        return f"{self.table} at {place}"
-
-
-@dataclass(frozen=True)
-class TableShape:
-    """What DescribeTable says about a table that the commands use."""
-
-    key_names: list[str]  # the hash key first, then the range key if any
-    key_schema: dict[str, str]  # name -> "HASH:S", comparable between tables
-    item_count: int  # DynamoDB's estimate, refreshed about every six hours
-    stream_arn: str | None = None  # the table's enabled DynamoDB stream
+        return f"{self.table} at {tables.where(self.region, self.endpoint_url)}"
 
 
 def source_ref(resolved: ResolvedJob, connections: int = 16) -> TableRef:
     source = resolved.job.source
-    client = aws.client(
-        "dynamodb",
-        source.region,
-        endpoint_url=source.endpoint_url,
-        role_arn=source.role_arn,
-        external_id=source.external_id,
-        max_pool_connections=connections,
-        sdk_retries=False,
-    )
+    client = clients.dynamodb(source, max_pool_connections=connections, sdk_retries=False)
     return TableRef(
         label=f"source {source.region}/{source.table}",
         region=source.region,
@@ -66,15 +51,7 @@ def source_ref(resolved: ResolvedJob, connections: int = 16) -> TableRef:
 
 
 def destination_ref(destination: DestinationConfig, connections: int = 16) -> TableRef:
-    client = aws.client(
-        "dynamodb",
-        destination.region,
-        endpoint_url=destination.endpoint_url,
-        role_arn=destination.role_arn,
-        external_id=destination.external_id,
-        max_pool_connections=connections,
-        sdk_retries=False,
-    )
+    client = clients.dynamodb(destination, max_pool_connections=connections, sdk_retries=False)
     return TableRef(
         label=destination.label,
         region=destination.region,
@@ -94,18 +71,7 @@ def describe(ref: TableRef) -> TableShape:
         table = ref.client.describe_table(TableName=ref.table)["Table"]
     except (ClientError, BotoCoreError) as error:
         raise explain(error, f"table {ref.label}", ref.where) from None
-    types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
-    ordered = sorted(table["KeySchema"], key=lambda k: 0 if k["KeyType"] == "HASH" else 1)
-    return TableShape(
-        key_names=[k["AttributeName"] for k in ordered],
-        key_schema={
-            k["AttributeName"]: f"{k['KeyType']}:{types[k['AttributeName']]}" for k in ordered
-        },
-        item_count=int(table.get("ItemCount") or 0),
-        stream_arn=table.get("LatestStreamArn")
-        if (table.get("StreamSpecification") or {}).get("StreamEnabled")
-        else None,
-    )
+    return tables.shape_of(table)
 
 
 def check_same_keys(source: TableRef, destinations: list[TableRef]) -> TableShape:

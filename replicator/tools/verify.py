@@ -37,6 +37,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from replicator import wiring
+from replicator.aws.tables import TableShape
 from replicator.config.model import ResolvedJob
 from replicator.deadletter import DeadLetterTarget
 from replicator.exceptions import OperatorError
@@ -52,7 +53,6 @@ from replicator.tools.scan import ReadRate, batch_get, scan_pages
 from replicator.tools.snapshot import REPAIR, ResurrectionGuard, snapshot_writers, synthetic_change
 from replicator.tools.tables import (
     TableRef,
-    TableShape,
     check_same_keys,
     describe,
     destination_refs,

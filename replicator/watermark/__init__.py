@@ -18,13 +18,11 @@ which needs only boto3 and the destination region's status table::
         ...                                         # Event A is readable in eu-west-1
 """
 
+# StatusTableMissing belongs to replicator.exceptions; an application waiting on the
+# watermark imports everything it needs from here.
+from replicator.exceptions import StatusTableMissing
 from replicator.watermark.parts import Watermark
-from replicator.watermark.wait import (
-    StatusTableMissing,
-    WaitResult,
-    read_watermark,
-    wait_until_replicated,
-)
+from replicator.watermark.wait import WaitResult, read_watermark, wait_until_replicated
 
 __all__ = [
     "StatusTableMissing",

@@ -17,8 +17,9 @@ from prometheus_client.registry import Collector
 
 from replicator import wiring
 from replicator.config.model import ResolvedJob
+from replicator.exceptions import StatusTableMissing
 from replicator.watermark.table import StatusTable
-from replicator.watermark.wait import StatusTableMissing, WatermarkReader
+from replicator.watermark.wait import WatermarkReader
 
 log = structlog.get_logger(__name__)
 

@@ -16,16 +16,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator import wiring
 from replicator.config.model import DestinationConfig, ResolvedJob, StreamKind
-from replicator.exceptions import ConfigError, EnvironmentProblem
+from replicator.exceptions import ConfigError, EnvironmentProblem, StatusTableMissing
 from replicator.runtime.preflight import explain
 from replicator.watermark.parts import Watermark, iso, seconds
-from replicator.watermark.wait import (
-    StatusTableMissing,
-    WaitResult,
-    read_watermark,
-    to_epoch_us,
-    wait_until_replicated,
-)
+from replicator.watermark.wait import WaitResult, read_watermark, to_epoch_us, wait_until_replicated
 
 EXIT_REPLICATED = 0
 EXIT_TIMEOUT = 1

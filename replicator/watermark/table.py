@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from replicator.aws.errors import error_code
 from replicator.exceptions import EnvironmentProblem
 from replicator.watermark.parts import MAX_DEAD_LETTER_RANGES, Part, Placeholder, merge_ranges
 from replicator.watermark.tracker import DeadLetters
-from replicator.writers.errors import error_code
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 ENDED_PARTS_KEPT_S = 2 * 24 * 3600  # longer than the stream keeps records (24 h)
 SUFFIX = "-watermark"
@@ -33,7 +36,7 @@ def table_name(task_name: str) -> str:
 
 
 class StatusTable:
-    def __init__(self, client: Any, name: str, destination: str) -> None:
+    def __init__(self, client: DynamoDBClient, name: str, destination: str) -> None:
         self.client = client
         self.name = name
         self.destination = destination

@@ -13,21 +13,21 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
-import boto3
 from botocore.exceptions import ClientError
 
+from replicator.aws import clients
+from replicator.exceptions import StatusTableMissing
 from replicator.watermark.parts import US, Watermark, combine, seconds
 from replicator.watermark.table import StatusTable
 from replicator.watermark.tracker import DeadLetterRange
 
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
 DEFAULT_POLL_INTERVAL_S = 0.25
 DEFAULT_DEAD_LETTER_WINDOW_S = 60.0
-
-
-class StatusTableMissing(Exception):
-    """The status table does not exist (yet): the replicator has not published."""
 
 
 def to_epoch_us(moment: float | datetime) -> int:
@@ -108,21 +108,21 @@ class WaitResult:
         return f"replicated: {mark} passed after {self.waited_s:.2f}s"
 
 
-_clients: dict[tuple[str | None, str | None], Any] = {}
+_clients: dict[tuple[str | None, str | None], DynamoDBClient] = {}
 _readers: dict[tuple[int, str, str], WatermarkReader] = {}
 _shared = threading.Lock()
 
 
-def _client(region: str | None, endpoint_url: str | None) -> Any:
+def _client(region: str | None, endpoint_url: str | None) -> DynamoDBClient:
     with _shared:
         key = (region, endpoint_url)
         if key not in _clients:
-            _clients[key] = boto3.client("dynamodb", region_name=region, endpoint_url=endpoint_url)
+            _clients[key] = clients.default_dynamodb(region, endpoint_url)
         return _clients[key]
 
 
 def shared_reader(
-    client: Any, status_table: str, destination: str, poll_s: float
+    client: DynamoDBClient, status_table: str, destination: str, poll_s: float
 ) -> WatermarkReader:
     """One reader per (client, table, destination) in this process, shared by waiters."""
     with _shared:
@@ -140,7 +140,7 @@ def read_watermark(
     destination: str,
     status_table: str,
     region: str | None = None,
-    client: Any | None = None,
+    client: DynamoDBClient | None = None,
     endpoint_url: str | None = None,
 ) -> Watermark:
     """The destination's watermark now (one Query). Raises StatusTableMissing."""
@@ -157,7 +157,7 @@ def wait_until_replicated(
     region: str | None = None,
     since: float | datetime | None = None,
     poll_interval: float = DEFAULT_POLL_INTERVAL_S,
-    client: Any | None = None,
+    client: DynamoDBClient | None = None,
     endpoint_url: str | None = None,
 ) -> WaitResult:
     """Wait until every source change created at or before ``until`` is settled at

@@ -13,36 +13,33 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from replicator.conflictlog.base import ConflictRecorder
+from replicator.aws.backoff import Backoff
+from replicator.aws.clients import WriteClient
+from replicator.aws.errors import CLOCK_SKEW, ErrorKind, classify, error_code
+from replicator.conflictlog.base import ConflictRecorder, lost_conflict
 from replicator.deadletter import DeadLetter, DeadLetterTarget
-from replicator.exceptions import DestinationRefused
+from replicator.exceptions import DestinationRefused, PlanError, WriteCancelled
 from replicator.items import Item, describe_key, item_to_wire
 from replicator.metrics import Metrics
 from replicator.records import Change
-from replicator.rules import ConflictRule, OrderedRule, PlanError, Skip, Verdict, WriteRequest
+from replicator.rules import ConflictRule, OrderedRule, Skip, Verdict, WriteRequest
 from replicator.rules.order import any_of, below
 from replicator.tombstones.model import Tombstone, tombstone_of
 from replicator.tombstones.table import TombstoneTable
-from replicator.writers.backoff import Backoff
-from replicator.writers.errors import CLOCK_SKEW, ErrorKind, classify, error_code
 
 log = structlog.get_logger(__name__)
 
 # An item denied this many times while other writes to the destination succeed is
 # refused by a fine-grained policy, not by an outage: it is dead-lettered.
 _ITEM_DENIALS_BEFORE_DEAD_LETTER = 3
-
-
-class WriteCancelled(Exception):
-    """The pipeline was closed while this write was still being retried."""
 
 
 class Outcome(StrEnum):
@@ -97,7 +94,7 @@ class DestinationWriter:
     label: str
     table: str
     region: str
-    client: Any
+    client: WriteClient
     rule: ConflictRule
     dead_letters: DeadLetterTarget
     metrics: Metrics
@@ -353,15 +350,14 @@ class DestinationWriter:
 
     def _read(self, change: Change) -> Item | None:
         response = self.client.get_item(TableName=self.table, Key=change.keys, ConsistentRead=True)
-        item: Item | None = response.get("Item")
-        return item
+        return cast("Item | None", response.get("Item"))
 
     def _send(self, request: WriteRequest) -> dict[str, Any]:
         kwargs = request.to_kwargs(self.table)
         if request.op == "put":
             if self.tombstones is not None:
                 kwargs["ReturnValues"] = "ALL_OLD"  # no extra capacity: did it create the item?
-            response: dict[str, Any] = self.client.put_item(**kwargs)
+            response: Mapping[str, Any] = self.client.put_item(**kwargs)
         else:
             response = self.client.delete_item(**kwargs)
         return response if isinstance(response, dict) else {}
@@ -381,12 +377,14 @@ class DestinationWriter:
         )
         if self.conflict_log is not None:
             self.conflict_log.lost(
-                self,
-                change,
-                winner.item,
-                why,
-                write_back=written_back,
-                winning_rank=self._winning_rank(winner),
+                lost_conflict(
+                    self,
+                    change,
+                    winner.item,
+                    why,
+                    write_back=written_back,
+                    winning_rank=self._winning_rank(winner),
+                )
             )
 
     def _winning_rank(self, winner: Winner) -> dict[str, Any] | None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
-from replicator.conflictlog.base import ConflictRecorder
+from replicator.conflictlog.base import ConflictRecorder, lost_conflict
 from replicator.deadletter import DeadLetter
 from replicator.deadletter.base import Claimed
 from replicator.highwater import SharedNotes
@@ -211,7 +211,9 @@ class SourceWriter:
         )
         if self.conflict_log is not None:
             self.conflict_log.lost(
-                self.writer, stale, winner, why, write_back=written, winning_rank=rank
+                lost_conflict(
+                    self.writer, stale, winner, why, write_back=written, winning_rank=rank
+                )
             )
 
     # -- writes ---------------------------------------------------------------------------

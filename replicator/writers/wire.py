@@ -13,9 +13,9 @@ What stays botocore's: credentials, endpoint resolution (taken from a botocore c
 built for the destination), and the exception types. Every failure is raised
 as the :class:`~botocore.exceptions.ClientError` or
 :class:`~botocore.exceptions.BotoCoreError` botocore would have raised, with the same
-error code and HTTP status, so :func:`replicator.writers.errors.classify` (retries,
-refusals, dead letters) works unchanged. Everything else (``get_item`` for the custom
-rule) is delegated to the botocore client.
+error code and HTTP status, so :func:`replicator.aws.errors.classify` (retries,
+refusals, dead letters) works unchanged. ``get_item``, the rest of
+:class:`~replicator.aws.clients.WriteClient`, is the botocore client's.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import base64
 import contextlib
 import json
 import zlib
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 import urllib3
@@ -40,9 +41,17 @@ from botocore.exceptions import (
 )
 from botocore.httpsession import get_cert_path
 
-from replicator.items import AttributeFormatError, item_from_wire
-from replicator.writers.errors import CLOCK_SKEW
+from replicator.aws.errors import CLOCK_SKEW
+from replicator.exceptions import AttributeFormatError
+from replicator.items import item_from_wire
 from replicator.writers.sigv4 import DynamoDBSigner, host_of
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb import type_defs as wire
+    from typing_extensions import Unpack
+
+    from replicator.aws.clients import WriteClient
 
 log = structlog.get_logger(__name__)
 
@@ -58,8 +67,12 @@ def _encode_binary(value: object) -> str:
 
 
 def direct_write_client(
-    botocore_client: Any, *, max_connections: int, connect_timeout: float, read_timeout: float
-) -> Any:
+    botocore_client: DynamoDBClient,
+    *,
+    max_connections: int,
+    connect_timeout: float,
+    read_timeout: float,
+) -> WriteClient:
     """A :class:`WireWriteClient` reaching the endpoint as botocore would, else botocore's.
 
     The direct path verifies TLS against the CA bundle botocore resolved
@@ -68,7 +81,7 @@ def direct_write_client(
     the client's ``proxies``), the writer keeps botocore's pipeline instead.
     """
     endpoint_url: str = botocore_client.meta.endpoint_url
-    session = botocore_client._endpoint.http_session
+    session = botocore_client._endpoint.http_session  # type: ignore[attr-defined]
     proxy_config = getattr(session, "_proxy_config", None)
     if proxy_config is None:  # a botocore whose HTTP session this module does not know
         log.info("writes go through botocore's request pipeline", endpoint=endpoint_url)
@@ -88,16 +101,25 @@ def direct_write_client(
     )
 
 
+def botocore_client_of(client: WriteClient) -> DynamoDBClient:
+    """The botocore client behind a writer's client, for what writers never send
+    (DescribeTable, Scan): the direct client's, or the client itself."""
+    if isinstance(client, WireWriteClient):
+        return client.botocore_client
+    return cast("DynamoDBClient", client)
+
+
 class WireWriteClient:
     """``put_item``/``delete_item`` as a boto3 DynamoDB client has them, sent directly.
 
     ``botocore_client`` supplies the endpoint, region, credentials and User-Agent, and
-    answers every other call.
+    answers ``get_item``; nothing else is forwarded to it, so what the writers may call
+    is :class:`~replicator.aws.clients.WriteClient` and no more.
     """
 
     def __init__(
         self,
-        botocore_client: Any,
+        botocore_client: DynamoDBClient,
         *,
         max_connections: int,
         connect_timeout: float,
@@ -105,12 +127,12 @@ class WireWriteClient:
         verify: bool | str = True,
     ) -> None:
         """``verify``: False skips TLS verification, a string names a CA bundle."""
-        self._client = botocore_client
+        self.botocore_client = botocore_client
         meta = botocore_client.meta
         self.endpoint_url: str = meta.endpoint_url
         self._region: str = meta.region_name
-        self._credentials = botocore_client._request_signer._credentials
-        self._user_agent: str = meta.config.user_agent or "dynamodb-replicator"
+        self._credentials = botocore_client._request_signer._credentials  # type: ignore[attr-defined]
+        self._user_agent: str = meta.config.user_agent or "dynamodb-replicator"  # type: ignore[attr-defined]
         self._signer = DynamoDBSigner(self._region, host_of(self.endpoint_url))
         # Server time minus ours, learnt from a clock-skew refusal: requests are signed
         # on the server's clock from then on, so a host whose clock drifted keeps writing.
@@ -124,16 +146,20 @@ class WireWriteClient:
             **_tls(verify),
         )
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
+    def put_item(self, **kwargs: Unpack[wire.PutItemInputTypeDef]) -> wire.PutItemOutputTypeDef:
+        return cast("wire.PutItemOutputTypeDef", self._call("PutItem", kwargs))
 
-    def put_item(self, **params: Any) -> dict[str, Any]:
-        return self._call("PutItem", params)
+    def delete_item(
+        self, **kwargs: Unpack[wire.DeleteItemInputTypeDef]
+    ) -> wire.DeleteItemOutputTypeDef:
+        return cast("wire.DeleteItemOutputTypeDef", self._call("DeleteItem", kwargs))
 
-    def delete_item(self, **params: Any) -> dict[str, Any]:
-        return self._call("DeleteItem", params)
+    def get_item(self, **kwargs: Unpack[wire.GetItemInputTypeDef]) -> wire.GetItemOutputTypeDef:
+        """Only a rule that reads the destination's item calls this; wiring gives such a
+        rule botocore's client, so this answers through botocore as well."""
+        return self.botocore_client.get_item(**kwargs)
 
-    def _call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+    def _call(self, operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
         body = json.dumps(params, default=_encode_binary, separators=(",", ":")).encode()
         headers = self._signed_headers(operation, body)
         try:

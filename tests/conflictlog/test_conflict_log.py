@@ -12,25 +12,27 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from replicator.aws.backoff import Backoff
 from replicator.cli import cli
-from replicator.conflictlog.base import (
-    ConflictLogRejected,
-    ConflictLogUnavailable,
-    Selection,
-)
+from replicator.conflictlog.base import Selection, lost_conflict
 from replicator.conflictlog.dynamodb import TTL_ATTRIBUTE, DynamoDbConflictLog
 from replicator.conflictlog.entry import ConflictEntry, LostConflict, image_digest
 from replicator.conflictlog.file import FileConflictLog
-from replicator.conflictlog.keys import KeySyntaxError, canonical_key, parse_key
-from replicator.conflictlog.reader import Listing, SinceSyntaxError, parse_since, read_entries
+from replicator.conflictlog.keys import canonical_key, parse_key
+from replicator.conflictlog.reader import Listing, parse_since, read_entries
 from replicator.conflictlog.recorder import BackgroundRecorder
 from replicator.conflictlog.sqs import SQS_LIMIT, SqsConflictLog
 from replicator.decode import decode
 from replicator.demo.workload import demo_item
+from replicator.exceptions import (
+    ConflictLogRejected,
+    ConflictLogUnavailable,
+    KeySyntaxError,
+    SinceSyntaxError,
+)
 from replicator.items import Item, item_to_wire
 from replicator.metrics import Metrics
 from replicator.rules import OrderedRule
-from replicator.writers.backoff import Backoff
 from replicator.writers.destination import DestinationWriter, Outcome
 from tests.support.aws import client, create_table
 from tests.support.e2e import wait_until
@@ -192,7 +194,7 @@ class FlakyTarget:
 
 
 def record(recorder: BackgroundRecorder, lost: LostConflict) -> None:
-    recorder.lost(FakeWriter(), lost.change, lost.existing, lost.why)
+    recorder.lost(lost_conflict(FakeWriter(), lost.change, lost.existing, lost.why))
 
 
 def recorder_for(target: FlakyTarget, metrics: Metrics, **options: Any) -> BackgroundRecorder:

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from replicator import aws
+from replicator.aws import clients
+from replicator.aws.clients import Place
 from replicator.config.model import ConflictConfig
 from replicator.deadletter import DeadLetter, FileDeadLetters, SqsDeadLetters
 from replicator.decode import decode
@@ -204,12 +205,13 @@ def test_writes_through_an_assumed_role(
         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
         BillingMode="PAY_PER_REQUEST",
     )
-    ddb = aws.client(
-        "dynamodb",
-        "eu-west-1",
-        endpoint_url=moto_endpoint,
-        role_arn="arn:aws:iam::123456789012:role/replicator-writer",
-        external_id="ext-1",
+    ddb = clients.dynamodb(
+        Place(
+            "eu-west-1",
+            endpoint_url=moto_endpoint,
+            role_arn="arn:aws:iam::123456789012:role/replicator-writer",
+            external_id="ext-1",
+        )
     )
     ddb.put_item(TableName=table, Item={"pk": {"S": "via-role"}})
     credentials = ddb._request_signer._credentials.get_frozen_credentials()

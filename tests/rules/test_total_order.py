@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from replicator.aws.backoff import Backoff
 from replicator.config.model import ConflictConfig
 from replicator.deadletter import FileDeadLetters
 from replicator.decode import decode
@@ -18,7 +19,6 @@ from replicator.rules import OrderedRule, rule_for
 from replicator.rules.order import NO_ITEM, exact_number, image_digest
 from replicator.tombstones.model import tombstone_of
 from replicator.tombstones.table import TombstoneTable
-from replicator.writers.backoff import Backoff
 from replicator.writers.destination import DestinationWriter, Outcome
 from tests.support.aws import client, create_table
 from tests.support.records import daemon_record, stream_record

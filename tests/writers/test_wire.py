@@ -17,8 +17,9 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import BotoCoreError, ChecksumError, ClientError
 
-from replicator import aws
-from replicator.writers.errors import ErrorKind, classify, error_code
+from replicator.aws import clients
+from replicator.aws.clients import Place
+from replicator.aws.errors import ErrorKind, classify, error_code
 from replicator.writers.sigv4 import DynamoDBSigner, host_of
 from replicator.writers.wire import WireWriteClient, _error_response, direct_write_client
 from tests.support.aws import client, create_table
@@ -79,7 +80,7 @@ def table(ddb: Any, unique: Any) -> str:
 
 
 def direct_client(endpoint: str, read_timeout: float = 10.0) -> WireWriteClient:
-    botocore_client = aws.client("dynamodb", REGION, endpoint_url=endpoint, sdk_retries=False)
+    botocore_client = clients.dynamodb(Place(REGION, endpoint), sdk_retries=False)
     return WireWriteClient(
         botocore_client, max_connections=4, connect_timeout=2.0, read_timeout=read_timeout
     )
@@ -230,14 +231,14 @@ def test_a_destination_behind_an_http_proxy_keeps_botocores_pipeline(
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
-    proxied = aws.client("dynamodb", REGION, sdk_retries=False)  # https://dynamodb...
+    proxied = clients.dynamodb(Place(REGION), sdk_retries=False)  # https://dynamodb...
     assert (
         direct_write_client(proxied, max_connections=4, connect_timeout=1.0, read_timeout=1.0)
         is proxied
     )
 
     monkeypatch.delenv("HTTPS_PROXY")
-    direct = aws.client("dynamodb", REGION, sdk_retries=False)
+    direct = clients.dynamodb(Place(REGION), sdk_retries=False)
     chosen = direct_write_client(direct, max_connections=4, connect_timeout=1.0, read_timeout=1.0)
     assert isinstance(chosen, WireWriteClient)
 
@@ -248,7 +249,7 @@ def test_tls_is_verified_against_the_bundle_botocore_resolved(
     bundle = tmp_path / "corporate-ca.pem"
     bundle.write_text("")
     monkeypatch.setenv("AWS_CA_BUNDLE", str(bundle))
-    botocore_client = aws.client("dynamodb", REGION, sdk_retries=False)
+    botocore_client = clients.dynamodb(Place(REGION), sdk_retries=False)
     chosen = direct_write_client(
         botocore_client, max_connections=4, connect_timeout=1.0, read_timeout=1.0
     )

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from replicator.conflictlog.base import LosingWriter
+from replicator.aws.backoff import Backoff
+from replicator.conflictlog.entry import LostConflict
 from replicator.deadletter import FileDeadLetters
 from replicator.decode import decode
 from replicator.filters import Route
@@ -23,7 +24,6 @@ from replicator.records import Change, Event
 from replicator.rules import OrderedRule
 from replicator.tombstones.model import tombstone_of
 from replicator.tombstones.table import TombstoneTable
-from replicator.writers.backoff import Backoff
 from replicator.writers.destination import DestinationWriter, Outcome
 from replicator.writers.source import NotDeadLettered, SourceWriter
 from tests.support.aws import client, create_table
@@ -48,23 +48,14 @@ class Recorded:
 
     entries: list[dict[str, Any]] = field(default_factory=list)
 
-    def lost(
-        self,
-        writer: LosingWriter,
-        change: Change,
-        existing: Item | None,
-        why: str,
-        *,
-        write_back: bool = False,
-        winning_rank: dict[str, Any] | None = None,
-    ) -> None:
+    def lost(self, conflict: LostConflict) -> None:
         self.entries.append(
             {
-                "where": writer.label,
-                "loser": change.image,
-                "winner": existing,
-                "write_back": write_back,
-                "winning_rank": winning_rank,
+                "where": conflict.destination,
+                "loser": conflict.change.image,
+                "winner": conflict.existing,
+                "write_back": conflict.write_back,
+                "winning_rank": conflict.winning_rank,
             }
         )
 

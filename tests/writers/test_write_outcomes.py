@@ -16,7 +16,10 @@ from typing import Any, ClassVar
 import pytest
 from botocore.exceptions import ClientError, ReadTimeoutError
 
-from replicator import aws
+from replicator.aws import clients
+from replicator.aws.backoff import Backoff
+from replicator.aws.clients import Place
+from replicator.aws.errors import ErrorKind, classify
 from replicator.buffer import ChangeBuffer
 from replicator.config.model import ConflictConfig
 from replicator.deadletter import FileDeadLetters
@@ -25,9 +28,7 @@ from replicator.exceptions import DestinationRefused
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.rules import IN_STREAM_ORDER, rule_for
-from replicator.writers.backoff import Backoff
 from replicator.writers.destination import DestinationWriter, Outcome
-from replicator.writers.errors import ErrorKind, classify
 from replicator.writers.wire import WireWriteClient
 from tests.support.aws import client, create_table
 from tests.support.faults.proxy import FaultProxy
@@ -114,7 +115,7 @@ def test_a_write_answered_after_the_read_timeout_is_applied_not_a_lost_conflict(
     ddb = client("dynamodb", REGION, moto_endpoint)
     table = unique("late")
     create_table(ddb, table, stream=None)
-    botocore_client = aws.client("dynamodb", REGION, endpoint_url=proxy.url, sdk_retries=False)
+    botocore_client = clients.dynamodb(Place(REGION, proxy.url), sdk_retries=False)
     # The answer is held for 3 s against a 1 s read timeout; the retry (answered at once)
     # meets the write that already landed.
     direct = WireWriteClient(
@@ -270,7 +271,7 @@ def test_the_direct_path_signs_on_the_servers_clock_after_a_skew_refusal(
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        botocore_client = aws.client("dynamodb", REGION, endpoint_url=url, sdk_retries=False)
+        botocore_client = clients.dynamodb(Place(REGION, url), sdk_retries=False)
         direct = WireWriteClient(
             botocore_client, max_connections=2, connect_timeout=2.0, read_timeout=5.0
         )

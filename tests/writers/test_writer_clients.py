@@ -10,7 +10,8 @@ from typing import Any
 
 from botocore.validate import ParamValidationDecorator
 
-from replicator import aws, wiring
+from replicator import wiring
+from replicator.aws import clients
 from replicator.config import parse_job
 from replicator.decode import decode
 from replicator.items import Item
@@ -54,8 +55,8 @@ def test_writer_clients(moto_endpoint: str, unique: Any, tmp_path: Path, metrics
     # Conditional puts and deletes go out directly; the custom resolver's reads and
     # writes go through botocore, whose serializer is wrapped in the client-side check.
     assert isinstance(lww.client, WireWriteClient)
-    assert lww.client.meta.config.user_agent.startswith(aws.USER_AGENT)
-    assert not isinstance(lww.client._serializer, ParamValidationDecorator)
+    assert lww.client.botocore_client.meta.config.user_agent.startswith(clients.USER_AGENT)
+    assert not isinstance(lww.client.botocore_client._serializer, ParamValidationDecorator)
     assert not isinstance(resolver.client, WireWriteClient)
     assert isinstance(resolver.client._serializer, ParamValidationDecorator)
 

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
+from replicator.aws.backoff import Backoff
 from replicator.config.model import ConflictConfig
 from replicator.deadletter import FileDeadLetters
 from replicator.decode import decode
 from replicator.exceptions import DestinationRefused
 from replicator.metrics import Metrics
 from replicator.rules import rule_for
-from replicator.writers.backoff import Backoff
 from replicator.writers.destination import DestinationWriter, Outcome
 from tests.support.aws import client, create_table
 from tests.support.metrics import sample

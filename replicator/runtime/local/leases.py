@@ -14,13 +14,16 @@ import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from botocore.exceptions import ClientError
 
+from replicator.aws.errors import error_code
 from replicator.exceptions import EnvironmentProblem, LeaseLost
-from replicator.writers.errors import error_code
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 log = structlog.get_logger(__name__)
 
@@ -58,7 +61,7 @@ class Lease:
 
 
 class LeaseTable:
-    def __init__(self, client: Any, table: str, owner: str) -> None:
+    def __init__(self, client: DynamoDBClient, table: str, owner: str) -> None:
         self.client = client
         self.table = table
         self.owner = owner

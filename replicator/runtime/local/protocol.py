@@ -19,6 +19,8 @@ from typing import IO, Any
 
 import structlog
 
+from replicator.exceptions import ChildFailed
+
 log = structlog.get_logger(__name__)
 
 # Called for each checkpoint request: (sequence number or None, sub-sequence number);
@@ -26,10 +28,6 @@ log = structlog.get_logger(__name__)
 CheckpointHandler = Callable[[str | None, int | None], str | None]
 
 _EOF = object()
-
-
-class ChildFailed(Exception):
-    """The child exited, closed its output, broke the protocol, or did not answer in time."""
 
 
 class ProcessorChild:

@@ -31,7 +31,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from replicator import aws, logs
+from replicator import logs
+from replicator.aws import clients
+from replicator.aws.errors import ErrorKind, classify
 from replicator.config.model import InitialPosition, ResolvedJob, StreamKind
 from replicator.exceptions import EnvironmentProblem, LeaseHeld, OperatorError, ReplicatorError
 from replicator.metrics import multiprocess
@@ -42,7 +44,6 @@ from replicator.runtime.local.protocol import CheckpointHandler, ProcessorChild
 from replicator.runtime.local.shard_worker import ShardProgress, ShardSettings, ShardWorker
 from replicator.runtime.local.stream import Shard, list_shards
 from replicator.watermark import collector as watermark
-from replicator.writers.errors import ErrorKind, classify
 
 log = structlog.get_logger(__name__)
 
@@ -91,20 +92,8 @@ class LocalRuntime:
         self._samples: multiprocess.SamplesDirectory | None = None
         self._lock_file: IO[str] | None = None
         source = self.job.source
-        self._ddb = aws.client(
-            "dynamodb",
-            source.region,
-            endpoint_url=source.endpoint_url,
-            role_arn=source.role_arn,
-            external_id=source.external_id,
-        )
-        self._streams = aws.client(
-            "dynamodbstreams",
-            source.region,
-            endpoint_url=source.endpoint_url,
-            role_arn=source.role_arn,
-            external_id=source.external_id,
-        )
+        self._ddb = clients.dynamodb(source)
+        self._streams = clients.dynamodb_streams(source)
         self.leases = LeaseTable(self._ddb, resolved.lease_table, self.worker_id)
         self.stream_arn = ""
 

@@ -14,13 +14,21 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
+from replicator.aws.backoff import Backoff
+from replicator.aws.errors import ErrorKind, classify, error_code
 from replicator.config.model import OnTrimmedData
-from replicator.exceptions import EnvironmentProblem, LeaseLost, ReplicatorError, TrimmedData
+from replicator.exceptions import (
+    ChildFailed,
+    ChildKeepsFailing,
+    EnvironmentProblem,
+    LeaseLost,
+    TrimmedData,
+)
 from replicator.runtime.local.leases import (
     LATEST,
     SENTINELS,
@@ -29,16 +37,13 @@ from replicator.runtime.local.leases import (
     Lease,
     LeaseTable,
 )
-from replicator.runtime.local.protocol import ChildFailed, ProcessorChild
+from replicator.runtime.local.protocol import ProcessorChild
 from replicator.runtime.local.stream import created_ms_of, to_daemon_record
-from replicator.writers.backoff import Backoff
-from replicator.writers.errors import ErrorKind, classify, error_code
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
 
 log = structlog.get_logger(__name__)
-
-
-class ChildKeepsFailing(ReplicatorError):
-    """A shard's processor child died too often in a short time."""
 
 
 @dataclass
@@ -71,7 +76,7 @@ class ShardWorker(threading.Thread):
         self,
         lease: Lease,
         leases: LeaseTable,
-        streams: Any,
+        streams: DynamoDBStreamsClient,
         settings: ShardSettings,
         new_child: Callable[[str, Callable[[str | None, int | None], str | None]], ProcessorChild],
         stopping: threading.Event,
@@ -191,7 +196,8 @@ class ShardWorker(threading.Thread):
             if batch:
                 self.progress.records_delivered += len(batch)
                 self.progress.last_records_at = time.time()
-            next_iterator = response.get("NextShardIterator")
+            # The stubs call NextShardIterator always present; a closed shard's end has none.
+            next_iterator = cast("str | None", response.get("NextShardIterator"))
             if next_iterator is None:
                 self._shard_ending = True
                 child.shard_ended()

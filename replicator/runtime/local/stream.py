@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from replicator.items import item_to_wire
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,7 @@ class Shard:
     closed: bool
 
     @classmethod
-    def from_description(cls, shard: dict[str, Any]) -> Shard:
+    def from_description(cls, shard: Mapping[str, Any]) -> Shard:
         """From a shard as DescribeStream (DynamoDB Streams) or ListShards (Kinesis) give it."""
         return cls(
             shard_id=shard["ShardId"],
@@ -32,7 +36,9 @@ class Shard:
         )
 
 
-def list_shards(streams: Any, stream_arn: str) -> tuple[dict[str, Any], list[Shard]]:
+def list_shards(
+    streams: DynamoDBStreamsClient, stream_arn: str
+) -> tuple[dict[str, Any], list[Shard]]:
     """The stream's description (without shards) and all its shards, every page of them."""
     shards: list[Shard] = []
     kwargs: dict[str, Any] = {"StreamArn": stream_arn}
@@ -48,7 +54,7 @@ def list_shards(streams: Any, stream_arn: str) -> tuple[dict[str, Any], list[Sha
         kwargs["ExclusiveStartShardId"] = last
 
 
-def to_daemon_record(record: dict[str, Any]) -> dict[str, Any]:
+def to_daemon_record(record: Mapping[str, Any]) -> dict[str, Any]:
     """A GetRecords record (as boto3 parses it) -> the MultiLang ``record`` action."""
     body = record["dynamodb"]
     created = body.get("ApproximateCreationDateTime")
@@ -84,6 +90,6 @@ def to_daemon_record(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def created_ms_of(record: dict[str, Any]) -> int:
+def created_ms_of(record: Mapping[str, Any]) -> int:
     created = record["dynamodb"].get("ApproximateCreationDateTime")
     return int(created.timestamp() * 1000) if isinstance(created, datetime) else int(created or 0)

@@ -45,9 +45,10 @@ import pytest
 
 from replicator.demo import tables
 from replicator.demo.workload import demo_item
+from replicator.exceptions import StatusTableMissing
 from replicator.runtime.kcl import java
 from replicator.watermark.parts import Watermark
-from replicator.watermark.wait import StatusTableMissing, read_watermark
+from replicator.watermark.wait import read_watermark
 from tests.support import ROOT
 from tests.support.aws import client
 from tests.support.e2e import Job, wait_until

@@ -1,0 +1,181 @@
+"""AWS clients: credentials from the default chain, or from an assumed role that refreshes.
+
+The one place the package builds boto3 sessions and clients, so that every client gets
+the same User-Agent, timeouts and retry settings, and so that credentials are handled in
+one module. Credentials are never read, copied or logged here: boto3 resolves them
+(environment, shared config, container or instance role), and for a table in another
+account botocore's assume-role fetcher obtains temporary credentials and renews them
+before they expire.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+
+import boto3
+import botocore.session
+from botocore.config import Config
+from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
+
+from replicator import __version__
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import (
+        DeleteItemInputTypeDef,
+        DeleteItemOutputTypeDef,
+        GetItemInputTypeDef,
+        GetItemOutputTypeDef,
+        PutItemInputTypeDef,
+        PutItemOutputTypeDef,
+    )
+    from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
+    from mypy_boto3_kinesis import KinesisClient
+    from mypy_boto3_sqs import SQSClient
+    from typing_extensions import Unpack
+
+SESSION_NAME = "dynamodb-replicator"
+
+# A fixed User-Agent (botocore appends its own version). Without it botocore rebuilds and
+# sanitizes its composite header twice per request, about a tenth of the CPU of a PutItem;
+# and CloudTrail names the replicator.
+USER_AGENT = f"dynamodb-replicator/{__version__} Python/{platform.python_version()}"
+
+
+class Reach(Protocol):
+    """Where a service is reached and as whom: a job's source and destinations have these."""
+
+    @property
+    def region(self) -> str: ...
+
+    @property
+    def endpoint_url(self) -> str | None: ...
+
+    @property
+    def role_arn(self) -> str | None: ...
+
+    @property
+    def external_id(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Place:
+    """A :class:`Reach` for what the job file does not describe as a table of its own
+    (a dead-letter queue, the conflict-log table, a test's endpoint)."""
+
+    region: str
+    endpoint_url: str | None = None
+    role_arn: str | None = None
+    external_id: str | None = None
+
+
+class Tuning(TypedDict, total=False):
+    """How a client talks to its service; what is left out keeps the default.
+
+    ``max_pool_connections`` (10), ``connect_timeout`` (5 s), ``read_timeout`` (10 s);
+    ``sdk_retries=False`` leaves every retry to the caller; ``validate_parameters=False``
+    skips botocore's client-side walk of every argument, for callers whose arguments were
+    already checked (a decoded stream image): the service still validates, and answers
+    ValidationException for anything malformed.
+    """
+
+    max_pool_connections: int
+    connect_timeout: float
+    read_timeout: float
+    sdk_retries: bool
+    validate_parameters: bool
+
+
+class WriteClient(Protocol):
+    """What a destination writer calls: both botocore's DynamoDB client and the direct
+    JSON-protocol client (:class:`replicator.writers.wire.WireWriteClient`) have it."""
+
+    def put_item(self, **kwargs: Unpack[PutItemInputTypeDef]) -> PutItemOutputTypeDef: ...
+
+    def delete_item(self, **kwargs: Unpack[DeleteItemInputTypeDef]) -> DeleteItemOutputTypeDef: ...
+
+    def get_item(self, **kwargs: Unpack[GetItemInputTypeDef]) -> GetItemOutputTypeDef: ...
+
+
+def session_for(
+    region: str, role_arn: str | None = None, external_id: str | None = None
+) -> boto3.Session:
+    """A session in ``region``; with ``role_arn``, one that assumes that role."""
+    if role_arn is None:
+        return boto3.Session(region_name=region)
+    base = botocore.session.Session()
+    base.set_config_variable("region", region)
+    extra: dict[str, Any] = {"RoleSessionName": SESSION_NAME}
+    if external_id:
+        extra["ExternalId"] = external_id
+    fetcher = AssumeRoleCredentialFetcher(
+        client_creator=base.create_client,
+        source_credentials=base.get_credentials(),
+        role_arn=role_arn,
+        extra_args=extra,
+    )
+    assumed = botocore.session.Session()
+    assumed.set_config_variable("region", region)
+    assumed._credentials = DeferredRefreshableCredentials(  # type: ignore[attr-defined]
+        method="assume-role", refresh_using=fetcher.fetch_credentials
+    )
+    return boto3.Session(botocore_session=assumed, region_name=region)
+
+
+def _config(region: str, tuning: Tuning) -> Config:
+    """botocore reads ``retries["max_attempts"]`` as retries *after* the first attempt, so
+    the limit is given as ``total_max_attempts`` (first attempt included): 1 means the
+    SDK never retries, and every failure reaches the caller and its metrics."""
+    return Config(
+        region_name=region,
+        max_pool_connections=tuning.get("max_pool_connections", 10),
+        connect_timeout=tuning.get("connect_timeout", 5.0),
+        read_timeout=tuning.get("read_timeout", 10.0),
+        retries={
+            "mode": "standard",
+            "total_max_attempts": 3 if tuning.get("sdk_retries", True) else 1,
+        },
+        tcp_keepalive=True,
+        parameter_validation=tuning.get("validate_parameters", True),
+        user_agent=USER_AGENT,
+    )
+
+
+def _session(place: Reach) -> boto3.Session:
+    return session_for(place.region, place.role_arn, place.external_id)
+
+
+def dynamodb(place: Reach, **tuning: Unpack[Tuning]) -> DynamoDBClient:
+    """A low-level DynamoDB client for the table (or tables) at ``place``."""
+    return _session(place).client(
+        "dynamodb", endpoint_url=place.endpoint_url, config=_config(place.region, tuning)
+    )
+
+
+def dynamodb_streams(place: Reach, **tuning: Unpack[Tuning]) -> DynamoDBStreamsClient:
+    """A DynamoDB Streams client in the region (and account) of the source table."""
+    return _session(place).client(
+        "dynamodbstreams", endpoint_url=place.endpoint_url, config=_config(place.region, tuning)
+    )
+
+
+def kinesis(place: Reach, **tuning: Unpack[Tuning]) -> KinesisClient:
+    """A Kinesis Data Streams client, for a source whose changes go to a Kinesis stream."""
+    return _session(place).client(
+        "kinesis", endpoint_url=place.endpoint_url, config=_config(place.region, tuning)
+    )
+
+
+def sqs(place: Reach, **tuning: Unpack[Tuning]) -> SQSClient:
+    """An SQS client, for a dead-letter or conflict-log queue."""
+    return _session(place).client(
+        "sqs", endpoint_url=place.endpoint_url, config=_config(place.region, tuning)
+    )
+
+
+def default_dynamodb(region: str | None, endpoint_url: str | None = None) -> DynamoDBClient:
+    """A DynamoDB client with boto3's own defaults (its default session, retries and
+    timeouts), for code an application embeds (the watermark reader) and the demo."""
+    return boto3.client("dynamodb", region_name=region, endpoint_url=endpoint_url)

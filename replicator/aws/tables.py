@@ -1,0 +1,49 @@
+"""What DescribeTable says about a table, and how messages name where a table is.
+
+The source's and every destination's key schemas are compared before anything is written
+(preflight, backfill, verify): they are all read here, so the comparison means the same
+everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.type_defs import TableDescriptionTypeDef
+
+
+@dataclass(frozen=True)
+class TableShape:
+    """What DescribeTable says about a table that the replicator uses."""
+
+    key_names: list[str]  # the hash key first, then the range key if any
+    key_schema: dict[str, str]  # name -> "HASH:S", comparable between tables
+    item_count: int  # DynamoDB's estimate, refreshed about every six hours
+    stream_arn: str | None = None  # the table's enabled DynamoDB stream
+
+
+def shape_of(table: TableDescriptionTypeDef) -> TableShape:
+    """The shape of a DescribeTable answer's ``Table``."""
+    types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
+    ordered = sorted(table["KeySchema"], key=lambda k: 0 if k["KeyType"] == "HASH" else 1)
+    return TableShape(
+        key_names=[k["AttributeName"] for k in ordered],
+        key_schema={
+            k["AttributeName"]: f"{k['KeyType']}:{types[k['AttributeName']]}" for k in ordered
+        },
+        item_count=int(table.get("ItemCount") or 0),
+        stream_arn=table.get("LatestStreamArn") if stream_enabled(table) else None,
+    )
+
+
+def stream_enabled(table: TableDescriptionTypeDef) -> bool:
+    """Whether the table's DynamoDB stream is on (its latest may be a disabled one)."""
+    spec = table.get("StreamSpecification")
+    return bool(spec and spec.get("StreamEnabled"))
+
+
+def where(region: str, endpoint_url: str | None) -> str:
+    """Where a table is, for messages: ``eu-west-1``, or ``http://host:port (eu-west-1)``."""
+    return f"{endpoint_url} ({region})" if endpoint_url else region
