@@ -70,6 +70,8 @@ class ConflictPolicyName(StrEnum):
 
 
 _ORDERED = (ConflictPolicyName.LAST_WRITER_WINS, ConflictPolicyName.VERSION)
+# The active-active source writer's label is this prefix and the source's <region>/<table>.
+SOURCE_LABEL_PREFIX = "source:"
 
 
 class TtlDeletes(StrEnum):
@@ -165,6 +167,16 @@ class DestinationConfig(Strict):
     _table = field_validator("table")(_check_table)
     _role = field_validator("role_arn")(_check_role)
 
+    @field_validator("name")
+    @classmethod
+    def _name_not_reserved(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith(SOURCE_LABEL_PREFIX):
+            raise ValueError(
+                f"names starting with {SOURCE_LABEL_PREFIX!r} are reserved for the writer of "
+                f"the job's own source table (active-active), got {value!r}"
+            )
+        return value
+
     @property
     def label(self) -> str:
         return self.name or f"{self.region}/{self.table}"
@@ -203,6 +215,11 @@ class ActiveActiveConfig(Strict):
     @field_validator("tombstone_table")
     @classmethod
     def _table_pattern(cls, value: str) -> str:
+        if "{table}" not in value:
+            raise ValueError(
+                f"tombstone_table must contain {{table}}, so that every table has its own "
+                f"tombstone table beside it, got {value!r}"
+            )
         try:
             name = value.format(table="orders")
         except (KeyError, IndexError, ValueError) as error:
@@ -403,12 +420,24 @@ class JobConfig(Strict):
         )
 
     @property
+    def ranks_alike(self) -> bool:
+        """Whether every destination ranks items by the job's own policy and attribute
+        (write-back and tombstones compare ranks across regions)."""
+        return all(
+            _ranking(self.conflict_for(d)) == _ranking(self.conflict) for d in self.destinations
+        )
+
+    @property
     def writes_back(self) -> bool:
         """Whether lost conflicts are written back and stale local writes corrected."""
         chosen = self.active_active.write_back
         if chosen is not None:
             return chosen
-        return bool(self.loop_prevention.origin_attribute) and self.ordered_everywhere
+        return (
+            bool(self.loop_prevention.origin_attribute)
+            and self.ordered_everywhere
+            and self.ranks_alike
+        )
 
     def tombstone_table(self, table: str) -> str:
         """The tombstone table beside the user table ``table`` (in its region)."""
@@ -478,6 +507,7 @@ def cross_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
             )
         )
     active = job.active_active
+    problems += _tombstone_table_checks(job)
     if active.write_back or active.tombstones:
         what = "write_back" if active.write_back else "tombstones"
         if not job.loop_prevention.origin_attribute:
@@ -496,6 +526,18 @@ def cross_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
                     "destination (they rank images and deletes)",
                 )
             )
+        for index, destination in enumerate(job.destinations):
+            ranking = _ranking(job.conflict_for(destination))
+            if job.ordered_everywhere and ranking != _ranking(job.conflict):
+                problems.append(
+                    (
+                        ("destinations", index, "conflict"),
+                        f"ranks items by {_described(job.conflict_for(destination))} but the "
+                        f"job by {_described(job.conflict)}: active_active.{what} compares "
+                        "ranks across regions, so every destination must rank like the job "
+                        "(drop this override, or set active_active.write_back: false)",
+                    )
+                )
     if active.tombstones and active.write_back is False:
         problems.append(
             (
@@ -524,6 +566,37 @@ def cross_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
                     )
                 )
     return problems
+
+
+def _ranking(conflict: ConflictConfig) -> tuple[ConflictPolicyName, str | None]:
+    if conflict.policy is ConflictPolicyName.VERSION:
+        return conflict.policy, conflict.version_attribute
+    return conflict.policy, conflict.timestamp_attribute
+
+
+def _described(conflict: ConflictConfig) -> str:
+    policy, attribute = _ranking(conflict)
+    return f"{policy.value} on {attribute!r}"
+
+
+def _tombstone_table_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """A tombstone table must never be one of the job's own tables."""
+    if not job.active_active.tombstones:
+        return []
+    tables = [(job.source.region, job.source.table)] + [
+        (d.region, d.table) for d in job.destinations
+    ]
+    for region, table in tables:
+        tombstones = job.tombstone_table(table)
+        if (region, tombstones) in tables:
+            return [
+                (
+                    ("active_active", "tombstone_table"),
+                    f"gives {tombstones!r} in {region} for the table {table!r}, which is one "
+                    "of the job's own tables: choose a pattern that names a table of its own",
+                )
+            ]
+    return []
 
 
 def _kcl_property_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:

@@ -225,7 +225,9 @@ class OrderedRule:
         if found is None or deleted is None:
             return False
         comparable = found[0] == deleted[0] or found[0] == 0
-        return comparable and found < deleted
+        # Below on (value, origin), which the delete's condition compares: an item that
+        # ties there and ranks below only by its digest is for reconsider() to delete.
+        return comparable and found[:3] < deleted[:3]
 
     # -- explanations ---------------------------------------------------------------------
 

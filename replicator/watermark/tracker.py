@@ -115,11 +115,29 @@ class ShardTracker:
         with self._lock:
             self._deliver(change.position, change.created_us)
             for state in self._destinations.values():
+                # Changes to the item queued after ``behind`` were replaced by this one
+                # before it was dropped: their effect now stands or falls with ``behind``.
+                replaced = self._take_pending_after(state, change.key, behind.position)
                 if behind.position not in state.unsettled:
-                    continue  # already settled there, and with it this change's effect
+                    for position in replaced:  # already settled there, and their effect
+                        state.unsettled.pop(position, None)
+                    continue
                 state.unsettled[change.position] = change.created_us
                 heapq.heappush(state.by_created, (change.created_us, change.position))
-                state.followers.setdefault(behind.position, []).append(change.position)
+                state.followers.setdefault(behind.position, []).extend([*replaced, change.position])
+
+    @staticmethod
+    def _take_pending_after(state: _Destination, key: KeyId, position: int) -> list[int]:
+        positions = state.pending.get(key)
+        if not positions or positions[-1] <= position:
+            return []
+        kept = deque(p for p in positions if p <= position)
+        taken = [p for p in positions if p > position]
+        if kept:
+            state.pending[key] = kept
+        else:
+            del state.pending[key]
+        return taken
 
     def skipped(self, change: Change, *, replaces_older: bool) -> None:
         """A change not sent on (loop prevention, TTL filter); settled as it arrives.

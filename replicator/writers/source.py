@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
+from replicator.config.model import SOURCE_LABEL_PREFIX
 from replicator.conflictlog.base import ConflictRecorder, lost_conflict
 from replicator.deadletter import DeadLetter
 from replicator.deadletter.base import Claimed
@@ -44,8 +45,6 @@ from replicator.tombstones.model import Tombstone, tombstone_of
 from replicator.writers.destination import DestinationWriter, Outcome, Winner
 
 log = structlog.get_logger(__name__)
-
-SOURCE_PREFIX = "source:"
 
 
 class NotDeadLettered:
@@ -82,7 +81,7 @@ class SourceWriter:
 
     def __post_init__(self) -> None:
         self.writer.cancelled = self.cancelled
-        self.label = SOURCE_PREFIX + self.writer.label
+        self.label = SOURCE_LABEL_PREFIX + self.writer.label
 
     @property
     def source_label(self) -> str:

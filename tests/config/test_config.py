@@ -164,6 +164,36 @@ BROKEN = {
         "kcl.extra_properties.initialPositionInStreamExtended",
         "AT_TIMESTAMP is not supported for a DynamoDB stream",
     ),
+    "active-active-destination-ranks-otherwise": (
+        "source: {region: us-east-1, table: aaa}\n"
+        "destinations:\n"
+        "  - {region: eu-west-1, table: aaa, conflict: {policy: version, version_attribute: ver}}\n"
+        "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+        "loop_prevention: {origin_attribute: origin}\n"
+        "active_active: {tombstones: true}\n",
+        "destinations[0].conflict",
+        "every destination must rank like the job",
+    ),
+    "destination-name-reserved": (
+        "source: {region: us-east-1, table: aaa}\n"
+        "destinations: [{region: eu-west-1, table: aaa, name: 'source:us-east-1/aaa'}]\n",
+        "destinations[0].name",
+        "reserved for the writer of the job's own source table",
+    ),
+    "tombstone-table-without-table": (
+        MINIMAL + "active_active: {tombstone_table: tombstones}\n",
+        "active_active.tombstone_table",
+        "must contain {table}",
+    ),
+    "tombstone-table-is-a-job-table": (
+        "source: {region: us-east-1, table: aaa}\n"
+        "destinations: [{region: us-east-1, table: aaa-t}]\n"
+        "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+        "loop_prevention: {origin_attribute: origin}\n"
+        "active_active: {tombstones: true, tombstone_table: '{table}-t'}\n",
+        "active_active.tombstone_table",
+        "one of the job's own tables",
+    ),
     "kcl-cloudwatch-with-local-endpoint": (
         "runtime: kcl\n"
         "source: {region: us-east-1, table: aaa, endpoint_url: 'http://127.0.0.1:8000'}\n"
@@ -186,6 +216,23 @@ def test_broken_job_files_exit_2_naming_the_key(name: str, tmp_path: Path) -> No
     assert f"  {key_path} (line" in result.stderr or f"  {key_path}:" in result.stderr
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_active_active_job_whose_destination_ranks_otherwise_does_not_write_back() -> None:
+    """write_back is on by default only where every destination ranks like the job."""
+    text = (
+        "source: {region: us-east-1, table: orders}\n"
+        "destinations:\n"
+        "  - {region: eu-west-1, table: orders,\n"
+        "     conflict: {policy: version, version_attribute: v}}\n"
+        "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+        "loop_prevention: {origin_attribute: origin}\n"
+    )
+    assert not parse_job(text, Path("job.yaml")).job.writes_back
+    assert parse_job(
+        text.replace("version, version_attribute: v", "last_writer_wins, timestamp_attribute: ts"),
+        Path("job.yaml"),
+    ).job.writes_back
 
 
 def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:

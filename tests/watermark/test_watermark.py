@@ -349,8 +349,8 @@ def test_registration_leaves_existing_parts_alone() -> None:
 # -- a change the squash drops ------------------------------------------------------------
 
 
-def stamped(pk: str, seq: int, created_us: int, ts: int) -> Change:
-    image = {"pk": {"S": pk}, "ts": {"N": str(ts)}}
+def stamped(pk: str, seq: int, created_us: int, ts: int, attribute: str = "ts") -> Change:
+    image = {"pk": {"S": pk}, attribute: {"N": str(ts)}}
     payload = stream_record(
         "MODIFY", {"pk": {"S": pk}}, image, None, seq=seq, created_ms=created_us // 1000
     )
@@ -388,3 +388,39 @@ def test_a_dropped_change_settles_wherever_the_change_it_sits_behind_settles() -
     t.settled("ap", high, dead_lettered=False)
     buffer.complete("ap", entry)
     assert t.claim("ap") == T0 + 5 * S - 1
+
+
+def test_a_change_replaced_and_then_dropped_settles_with_the_change_it_sits_behind() -> None:
+    """Delete at v7, re-create at v1 (both kept: the re-create must land after the delete),
+    then a delete at v1: it replaces the re-create and is dropped behind the first delete.
+    The re-create's effect now stands with the first delete, and settles with it."""
+    rule = OrderedRule("version", "v", None, numeric_only=True)
+    buffer = ChangeBuffer(["d"], squash_order([rule], ordered_stream=True))
+    t = tracker("d")
+
+    def removal(seq: int, version: int) -> Change:
+        old = {"pk": {"S": "a"}, "v": {"N": str(version)}}
+        payload = stream_record(
+            "REMOVE", {"pk": {"S": "a"}}, None, old, seq=seq, created_ms=(T0 + seq * S) // 1000
+        )
+        return decode(daemon_record(payload, seq))
+
+    def submit(c: Change) -> bool:  # as ShardPipeline.submit feeds the tracker
+        queued = buffer.add(c)
+        behind = None if queued else buffer.newest_queued(c.key)
+        if behind is None:
+            t.received(c)
+        else:
+            t.dropped(c, behind=behind)
+        return queued
+
+    first = removal(1, 7)
+    assert submit(first)
+    assert submit(stamped("a", 2, T0 + 2 * S, ts=1, attribute="v"))  # sent after the delete
+    assert not submit(removal(3, 1))  # replaces the re-create, then dropped behind `first`
+    (entry,) = buffer.take_ready("d", 5)
+    t.settled("d", first, dead_lettered=False)
+    buffer.complete("d", entry)
+    assert buffer.idle
+    t.caught_up(T0 + 4 * S)
+    assert t.claim("d") == T0 + 4 * S - 1
