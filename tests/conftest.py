@@ -1,13 +1,12 @@
-"""Shared fixtures: a moto server over HTTP on 127.0.0.1, tables, fresh metrics."""
+"""Fixtures every test can use: a moto server over HTTP on 127.0.0.1, unique names, fresh
+metrics. Helpers that are not fixtures live in tests/support/."""
 
 from __future__ import annotations
 
 import itertools
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
 
-import boto3
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -54,42 +53,6 @@ def unique() -> Callable[[str], str]:
     return name
 
 
-def client(service: str, region: str, endpoint: str) -> Any:
-    return boto3.client(service, region_name=region, endpoint_url=endpoint)
-
-
-def create_table(
-    ddb: Any,
-    name: str,
-    *,
-    range_key: str | None = None,
-    hash_type: str = "S",
-    stream: str | None = "NEW_AND_OLD_IMAGES",
-) -> dict[str, Any]:
-    keys = [{"AttributeName": "pk", "KeyType": "HASH"}]
-    attributes = [{"AttributeName": "pk", "AttributeType": hash_type}]
-    if range_key:
-        keys.append({"AttributeName": range_key, "KeyType": "RANGE"})
-        attributes.append({"AttributeName": range_key, "AttributeType": "N"})
-    kwargs: dict[str, Any] = {
-        "TableName": name,
-        "KeySchema": keys,
-        "AttributeDefinitions": attributes,
-        "BillingMode": "PAY_PER_REQUEST",
-    }
-    if stream:
-        kwargs["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": stream}
-    table: dict[str, Any] = ddb.create_table(**kwargs)["TableDescription"]
-    return table
-
-
 @pytest.fixture
 def metrics() -> Metrics:
     return Metrics(CollectorRegistry())
-
-
-def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    """The current value of a metric sample in ``metrics``' registry (0 when absent)."""
-    assert metrics.registry is not None
-    value = metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else float(value)

@@ -10,7 +10,7 @@ from replicator.buffer import ChangeBuffer, Entry
 from replicator.decode import decode
 from replicator.records import Change
 from replicator.rules import IN_STREAM_ORDER, OrderedRule, OverwriteRule, squash_order
-from tests.records import daemon_record, kinesis_record, put, stream_record
+from tests.support.records import daemon_record, kinesis_record, put, stream_record
 
 # Two DynamoDB numbers of 38 significant digits that differ only in the last one.
 BIG_1 = "1" + "0" * 36 + "1"

@@ -12,7 +12,7 @@ from replicator.decode import decode
 from replicator.exceptions import RecordDecodeError
 from replicator.items import canonical_number
 from replicator.records import Event, RawRecord
-from tests.records import daemon_record, kinesis_record, stream_record
+from tests.support.records import daemon_record, kinesis_record, stream_record
 
 SAMPLES = Path(__file__).parent / "samples" / "adapter-2.x-records.jsonl"
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import re
 import types
 import typing
-from pathlib import Path
 
 from pydantic import BaseModel
 
 from replicator.config.model import JobConfig
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
 

@@ -18,8 +18,9 @@ from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.rules import IN_STREAM_ORDER, ConflictRule, OrderedRule, squash_order
 from replicator.writers.destination import DestinationWriter
-from tests.conftest import client, create_table, sample
-from tests.records import daemon_record, kinesis_record, put, stream_record
+from tests.support.aws import client, create_table
+from tests.support.metrics import sample
+from tests.support.records import daemon_record, kinesis_record, put, stream_record
 
 
 class ThrottlingClient:

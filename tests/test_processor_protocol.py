@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import client, create_table
-from tests.e2e import PATIENCE
-from tests.records import daemon_record, put, remove, stream_record
+from tests.support.aws import client, create_table
+from tests.support.e2e import PATIENCE
+from tests.support.records import daemon_record, put, remove, stream_record
 
 REGION = "eu-west-1"
 

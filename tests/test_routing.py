@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from replicator.metrics import Metrics
-from tests.conftest import client, create_table, sample
-from tests.inprocess import InProcessShard
-from tests.records import put, remove
+from tests.support.aws import client, create_table
+from tests.support.inprocess import InProcessShard
+from tests.support.metrics import sample
+from tests.support.records import put, remove
 
 
 class Setup:

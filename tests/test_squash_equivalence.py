@@ -36,7 +36,7 @@ from replicator.rules import (
     WriteRequest,
     squash_order,
 )
-from tests.records import daemon_record, kinesis_record, stream_record
+from tests.support.records import daemon_record, kinesis_record, stream_record
 
 BIG_1 = "1" + "0" * 36 + "1"  # 38 significant digits
 BIG_2 = "1" + "0" * 36 + "2"  # differs from BIG_1 in the 38th digit only

@@ -1,0 +1,264 @@
+"""Job files: every example validates; broken ones fail with the key path named."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from replicator.config import load_job, parse_job
+from replicator.config.task_name import PREFIX
+from replicator.exceptions import ConfigError
+from tests.support import ROOT
+
+EXAMPLES = sorted((ROOT / "config").glob("*.yaml"))
+
+MINIMAL = """
+source: {region: us-east-1, table: orders}
+destinations:
+  - {region: eu-west-1, table: orders}
+"""
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "replicator", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_examples_exist() -> None:
+    names = {path.name for path in EXAMPLES}
+    assert {
+        "one-way.yaml",
+        "two-destinations.yaml",
+        "active-active-us-east-1.yaml",
+        "active-active-eu-west-1.yaml",
+    } <= names
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_validates(path: Path) -> None:
+    result = run_cli("validate", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "task name:" in result.stdout
+
+
+def test_default_task_name_is_the_java_replicators_for_one_destination() -> None:
+    resolved = parse_job(MINIMAL, Path("job.yaml"))
+    digest = hashlib.md5(b"us-east-1orderseu-west-1orders").hexdigest()
+    assert resolved.task_name == PREFIX + digest
+    assert resolved.lease_table == resolved.task_name
+
+
+def test_task_name_for_several_destinations_ignores_their_order() -> None:
+    a = parse_job(MINIMAL + "  - {region: ap-south-1, table: t22}\n", Path("a.yaml"))
+    b = parse_job(
+        "source: {region: us-east-1, table: orders}\ndestinations:\n"
+        "  - {region: ap-south-1, table: t22}\n  - {region: eu-west-1, table: orders}\n",
+        Path("b.yaml"),
+    )
+    digest = hashlib.md5(b"us-east-1ordersap-south-1t22eu-west-1orders").hexdigest()
+    assert a.task_name == b.task_name == PREFIX + digest
+
+
+def test_explicit_task_name_wins() -> None:
+    resolved = parse_job("task_name: my-job\n" + MINIMAL, Path("job.yaml"))
+    assert resolved.task_name == "my-job"
+
+
+def test_environment_variables_expand_with_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SRC_TABLE", "from-env")
+    monkeypatch.delenv("PORT_UNSET", raising=False)
+    resolved = parse_job(
+        "source: {region: us-east-1, table: '${SRC_TABLE}'}\n"
+        "destinations: [{region: eu-west-1, table: 'x-${SRC_TABLE}'}]\n"
+        "metrics: {port: '${PORT_UNSET:-9555}'}\n",
+        Path("job.yaml"),
+    )
+    assert resolved.job.source.table == "from-env"
+    assert resolved.job.destinations[0].table == "x-from-env"
+    assert resolved.job.metrics.port == 9555
+
+
+BROKEN = {
+    "unknown-key": (MINIMAL + "conflcit: {policy: overwrite}\n", "conflcit", "unknown key"),
+    "bad-region": (
+        "source: {region: us-east-1, table: orders}\n"
+        "destinations:\n  - {region: eu-west-1, table: aaa}\n  - {region: Europe, table: bbb}\n",
+        "destinations[1].region",
+        "AWS region",
+    ),
+    "missing-table": (
+        "source: {region: us-east-1}\ndestinations: [{region: eu-west-1, table: aaa}]\n",
+        "source.table",
+        "required key is missing",
+    ),
+    "no-destinations": (
+        "source: {region: us-east-1, table: aaa}\ndestinations: []\n",
+        "destinations",
+        "at least 1",
+    ),
+    "lww-without-attribute": (
+        MINIMAL + "conflict: {policy: last_writer_wins}\n",
+        "conflict",
+        "timestamp_attribute",
+    ),
+    "bad-policy": (MINIMAL + "conflict: {policy: newest}\n", "conflict.policy", "overwrite"),
+    "destination-override": (
+        MINIMAL.replace("table: orders}", "table: orders, conflict: {policy: version}}"),
+        "destinations[0].conflict",
+        "version_attribute",
+    ),
+    "kinesis-overwrite": (
+        "source: {region: us-east-1, table: aaa, stream: {kind: kinesis, name: s}}\n"
+        "destinations: [{region: eu-west-1, table: aaa}]\n",
+        "conflict.policy",
+        "out of order",
+    ),
+    "same-as-source": (
+        "source: {region: us-east-1, table: aaa}\n"
+        "destinations: [{region: us-east-1, table: aaa}]\n",
+        "destinations[0]",
+        "source table itself",
+    ),
+    "unset-variable": (
+        MINIMAL + "metrics: {port: '${REPLICATOR_TEST_UNSET}'}\n",
+        "metrics.port",
+        "REPLICATOR_TEST_UNSET",
+    ),
+    "bad-role": (
+        "source: {region: us-east-1, table: aaa}\n"
+        "destinations: [{region: eu-west-1, table: aaa, role_arn: my-role}]\n",
+        "destinations[0].role_arn",
+        "role ARN",
+    ),
+    "bad-resolver": (
+        MINIMAL + "conflict: {policy: custom, resolver: 'not a path'}\n",
+        "conflict",
+        "module.path:function",
+    ),
+    "port-range": (MINIMAL + "metrics: {port: 70000}\n", "metrics.port", "65535"),
+    "kcl-at-timestamp": (
+        MINIMAL + "runtime: kcl\nkcl: {initial_position: AT_TIMESTAMP}\n",
+        "kcl.initial_position",
+        "DynamoDB Streams Kinesis Adapter",
+    ),
+    "kcl-at-timestamp-property": (
+        MINIMAL
+        + "runtime: kcl\nkcl: {extra_properties: {initialPositionInStream: AT_TIMESTAMP}}\n",
+        "kcl.extra_properties.initialPositionInStream",
+        "only at TRIM_HORIZON or LATEST",
+    ),
+    "kcl-start-time-property": (
+        MINIMAL
+        + "runtime: kcl\n"
+        + "kcl: {extra_properties: {initialPositionInStreamExtended: '1700000000'}}\n",
+        "kcl.extra_properties.initialPositionInStreamExtended",
+        "AT_TIMESTAMP is not supported for a DynamoDB stream",
+    ),
+    "active-active-destination-ranks-otherwise": (
+        "source: {region: us-east-1, table: aaa}\n"
+        "destinations:\n"
+        "  - {region: eu-west-1, table: aaa, conflict: {policy: version, version_attribute: ver}}\n"
+        "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+        "loop_prevention: {origin_attribute: origin}\n"
+        "active_active: {tombstones: true}\n",
+        "destinations[0].conflict",
+        "every destination must rank like the job",
+    ),
+    "destination-name-reserved": (
+        "source: {region: us-east-1, table: aaa}\n"
+        "destinations: [{region: eu-west-1, table: aaa, name: 'source:us-east-1/aaa'}]\n",
+        "destinations[0].name",
+        "reserved for the writer of the job's own source table",
+    ),
+    "tombstone-table-without-table": (
+        MINIMAL + "active_active: {tombstone_table: tombstones}\n",
+        "active_active.tombstone_table",
+        "must contain {table}",
+    ),
+    "tombstone-table-is-a-job-table": (
+        "source: {region: us-east-1, table: aaa}\n"
+        "destinations: [{region: us-east-1, table: aaa-t}]\n"
+        "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+        "loop_prevention: {origin_attribute: origin}\n"
+        "active_active: {tombstones: true, tombstone_table: '{table}-t'}\n",
+        "active_active.tombstone_table",
+        "one of the job's own tables",
+    ),
+    "kcl-cloudwatch-with-local-endpoint": (
+        "runtime: kcl\n"
+        "source: {region: us-east-1, table: aaa, endpoint_url: 'http://127.0.0.1:8000'}\n"
+        "destinations: [{region: eu-west-1, table: aaa}]\n"
+        "kcl: {extra_properties: {metricsLevel: SUMMARY}}\n",
+        "kcl.extra_properties.metricsLevel",
+        "CloudWatch in AWS",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_broken_job_files_exit_2_naming_the_key(name: str, tmp_path: Path) -> None:
+    text, key_path, expected = BROKEN[name]
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    result = run_cli("validate", "--config", str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert str(path) in result.stderr
+    assert f"  {key_path} (line" in result.stderr or f"  {key_path}:" in result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_active_active_job_whose_destination_ranks_otherwise_does_not_write_back() -> None:
+    """write_back is on by default only where every destination ranks like the job."""
+    text = (
+        "source: {region: us-east-1, table: orders}\n"
+        "destinations:\n"
+        "  - {region: eu-west-1, table: orders,\n"
+        "     conflict: {policy: version, version_attribute: v}}\n"
+        "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+        "loop_prevention: {origin_attribute: origin}\n"
+    )
+    assert not parse_job(text, Path("job.yaml")).job.writes_back
+    assert parse_job(
+        text.replace("version, version_attribute: v", "last_writer_wins, timestamp_attribute: ts"),
+        Path("job.yaml"),
+    ).job.writes_back
+
+
+def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "many.yaml"
+    path.write_text(
+        "runtime: lokal\nsource: {region: x, table: orders}\n"
+        "destinations: [{region: eu-west-1}]\nextra: 1\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_job(path)
+    message = str(caught.value)
+    for key in ("runtime", "source.region", "destinations[0].table", "extra"):
+        assert f"  {key} (line" in message
+    assert "4 problems" in message
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "syntax.yaml"
+    path.write_text("source:\n  region: us-east-1\n  table: [orders\ndestinations: []\n")
+    result = run_cli("validate", "--config", str(path))
+    assert result.returncode == 2
+    assert "YAML syntax error at line" in result.stderr
+    assert str(path) in result.stderr
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    result = run_cli("validate", "--config", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert "job file not found" in result.stderr

@@ -1,0 +1,263 @@
+"""End to end: a replicator run against moto records every lost conflict exactly once,
+``replicator conflicts`` finds them by key, ``--restore`` puts a loser back and records
+that, and a conflict-log outage neither stops replication nor goes uncounted."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from replicator.cli import cli
+from replicator.config import load_job
+from replicator.conflictlog.base import Selection
+from replicator.conflictlog.entry import ConflictEntry
+from replicator.conflictlog.reader import read_entries
+from replicator.conflictlog.targets import conflict_log_target
+from replicator.demo import tables
+from replicator.demo.workload import demo_item
+from replicator.items import Item, item_to_wire
+from tests.support.e2e import Job, stop, wait_until
+from tests.support.faults.proxy import FaultProxy
+from tests.support.metrics import logged_metrics_port, scrape, total
+
+LOSER_MS = 1_000_000_000_000  # what the source writes: older ...
+WINNER_MS = 2_000_000_000_000  # ... than what the destination already holds
+
+
+def exact(item: Item | dict[str, Any] | None, *, stored: bool = False) -> bytes:
+    """An image as bytes (attribute names, types and values), to compare byte for byte."""
+    assert item is not None
+    wire = item if stored else item_to_wire(item)  # type: ignore[arg-type]
+    return json.dumps(wire, sort_keys=True, ensure_ascii=False).encode()
+
+
+class Workload:
+    """Items written so that which change loses at the destination is known in advance."""
+
+    def __init__(self, job: Job, seed: int) -> None:
+        self.job = job
+        self.rng = random.Random(seed)
+        self.destination, self.table = job.destination_clients()[0]
+        self.losers: dict[str, Item] = {}
+        self.winners: dict[str, Item] = {}
+        self.applied: dict[str, Item] = {}
+
+    def item(self, pk: str, sk: int, origin: str, stamp: int) -> Item:
+        item: Item = demo_item(self.rng, pk, sk, origin)
+        item["updated_at"] = {"N": str(stamp)}
+        return item
+
+    def prepare_winners(self, prefix: str, count: int) -> None:
+        """Items the destination holds, newer than anything the source will write."""
+        for index in range(count):
+            winner = self.item(f"{prefix}-{index}", index, "eu-west-1", WINNER_MS + index)
+            self.destination.put_item(TableName=self.table, Item=winner)
+            self.winners[f"{prefix}-{index}"] = winner
+
+    def write_losers(self, prefix: str) -> None:
+        """One older put per prepared item: each loses its conflict."""
+        for pk, winner in self.winners.items():
+            if pk.startswith(prefix + "-") and pk not in self.losers:
+                sk = int(winner["sk"]["N"])
+                loser = self.item(pk, sk, "us-east-1", LOSER_MS + sk)
+                self.job.source.put_item(TableName=self.job.source_table, Item=loser)
+                self.losers[pk] = loser
+
+    def write_plain(self, prefix: str, count: int) -> None:
+        """Items only the source has: applied, no conflict."""
+        for index in range(count):
+            item = self.item(f"{prefix}-{index}", index, "us-east-1", LOSER_MS)
+            self.job.source.put_item(TableName=self.job.source_table, Item=item)
+            self.applied[f"{prefix}-{index}"] = item
+
+    def destination_as_expected(self) -> bool:
+        found = {item["pk"]["S"]: item for item in tables.scan_all(self.destination, self.table)}
+        expected = {**self.winners, **self.applied}
+        return {pk: exact(item) for pk, item in found.items()} == {
+            pk: exact(item) for pk, item in expected.items()
+        }
+
+
+def checkpoint_at_the_end(job: Job) -> bool:
+    rows = job.lease_rows()
+    last = job.last_stream_sequence()
+    return bool(rows) and rows[0].get("checkpoint", {}).get("S") == last
+
+
+def entries_of(job: Job) -> list[ConflictEntry]:
+    return read_entries(conflict_log_target(load_job(job.path)), Selection())
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def runtimes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+
+
+@pytest.mark.parametrize("kind", ["dynamodb", "file"])
+def test_every_lost_conflict_is_recorded_once_found_by_key_and_restorable(
+    moto_endpoint: str,
+    unique: Any,
+    tmp_path: Path,
+    runtimes: list[subprocess.Popen[bytes]],
+    kind: str,
+) -> None:
+    name = unique("audit")
+    log_file = tmp_path / "conflicts" / "log.jsonl"
+    settings = f"{{kind: file, path: '{log_file}'}}" if kind == "file" else "{kind: dynamodb}"
+    job = Job(
+        moto_endpoint,
+        name,
+        tmp_path,
+        destinations=[("eu-west-1", f"{name}-eu")],
+        extra=f"conflict_log: {settings}\n",
+    )
+    work = Workload(job, seed=19)
+    work.prepare_winners("c", 6)
+    work.prepare_winners("d", 1)
+    runtime = job.start()
+    runtimes.append(runtime)
+    port = logged_metrics_port(tmp_path / "runtime.log")
+    work.write_losers("c")
+    work.write_plain("n", 8)
+    work.write_losers("d")
+    # The put to d-0 has lost; now the source deletes d-0, and the delete loses as well.
+    wait_until(
+        lambda: any(e.key["pk"]["S"] == "d-0" for e in entries_of(job)), 60, "d-0's put to lose"
+    )
+    job.source.delete_item(TableName=job.source_table, Key={"pk": {"S": "d-0"}, "sk": {"N": "0"}})
+    expected = 6 + 2
+    wait_until(lambda: len(entries_of(job)) == expected, 60, f"{expected} conflict entries")
+    wait_until(work.destination_as_expected, 60, "the destination to keep its winners")
+    wait_until(lambda: checkpoint_at_the_end(job), 60, "the checkpoint to reach the end")
+    samples = scrape(port)
+    assert total(samples, "replicator_writes_total", outcome="conflict_lost") == expected
+    assert total(samples, "replicator_conflict_log_written_total") == expected
+    assert total(samples, "replicator_conflict_log_dropped_total") == 0
+    assert stop(runtime) == 0
+
+    entries = entries_of(job)
+    assert len(entries) == len({e.id for e in entries}) == expected
+    by_key: dict[str, list[ConflictEntry]] = {}
+    for entry in entries:
+        by_key.setdefault(entry.key["pk"]["S"], []).append(entry)
+    assert sorted(by_key) == sorted(work.winners)
+    for pk, found in by_key.items():
+        assert [e.op for e in sorted(found, key=lambda e: int(e.sequence_number))] == (
+            ["put", "delete"] if pk == "d-0" else ["put"]
+        )
+        for entry in found:
+            # A lost put's image is what it would have written; a lost delete's, what it
+            # deleted at the source: here the same losing put. Both byte for byte.
+            assert exact(entry.losing_image, stored=True) == exact(work.losers[pk]), pk
+            assert exact(entry.winning_image, stored=True) == exact(work.winners[pk]), pk
+            assert entry.winning_rank and entry.losing_rank
+            assert entry.losing_rank["value"] == work.losers[pk]["updated_at"]
+            assert entry.winning_rank["value"] == work.winners[pk]["updated_at"]
+            assert entry.destination == f"eu-west-1/{name}-eu"
+            assert entry.policy == "last_writer_wins" and entry.write_back is False
+
+    # replicator conflicts --key finds an item's whole history.
+    found = invoke("conflicts", "-c", str(job.path), "--key", "pk=S:d-0 sk=N:0", "--format", "json")
+    assert found.exit_code == 0, found.output
+    listed = json.loads(found.stdout)
+    assert sorted(e["op"] for e in listed["entries"]) == ["delete", "put"]
+    assert listed["summary"]["lost_conflicts"] == 2
+    table = invoke("conflicts", "-c", str(job.path))
+    assert table.exit_code == 0, table.output
+    assert f"{expected} lost conflicts, 0 restores" in table.stdout
+    assert f"eu-west-1/{name}-eu: {expected}" in table.stdout
+
+    # --restore writes the loser back where it lost, and records that it did.
+    (c0,) = by_key["c-0"]
+    restored = invoke("conflicts", "-c", str(job.path), "--restore", c0.id)
+    assert restored.exit_code == 0, restored.output
+    assert f"restored entry {c0.id}" in restored.stdout
+    held = work.destination.get_item(
+        TableName=work.table, Key={"pk": {"S": "c-0"}, "sk": {"N": "0"}}, ConsistentRead=True
+    )["Item"]
+    assert exact(held) == exact(work.losers["c-0"])
+    after = invoke("conflicts", "-c", str(job.path), "--key", "pk=S:c-0 sk=N:0", "--format", "json")
+    history = json.loads(after.stdout)["entries"]
+    (record,) = [e for e in history if e["kind"] == "restore"]
+    assert record["restored_entry"] == c0.id
+    assert exact(record["losing_image"], stored=True) == exact(work.losers["c-0"])
+    assert [e["restored_by"] for e in history if e["kind"] == "conflict"] == [record["id"]]
+    # Again: the destination no longer holds the winner, so nothing is overwritten.
+    again = invoke("conflicts", "-c", str(job.path), "--restore", c0.id)
+    assert again.exit_code == 1
+    assert "not restored" in again.stdout and "--force" in again.stdout
+    assert len(entries_of(job)) == expected + 1
+
+
+def test_a_conflict_log_outage_does_not_stop_replication_and_is_counted(
+    moto_endpoint: str,
+    unique: Any,
+    tmp_path: Path,
+    runtimes: list[subprocess.Popen[bytes]],
+) -> None:
+    proxy = FaultProxy(moto_endpoint).start()
+    try:
+        name = unique("outage")
+        job = Job(
+            moto_endpoint,
+            name,
+            tmp_path,
+            destinations=[("eu-west-1", f"{name}-eu")],
+            extra=(
+                f"conflict_log: {{kind: dynamodb, endpoint_url: '{proxy.url}', retry_for_s: 2}}\n"
+            ),
+        )
+        work = Workload(job, seed=20)
+        work.prepare_winners("down", 5)
+        work.prepare_winners("up", 3)
+        runtime = job.start()
+        runtimes.append(runtime)
+        port = logged_metrics_port(tmp_path / "runtime.log")  # the table exists by now
+        proxy.refuse()
+        work.write_losers("down")
+        work.write_plain("n", 10)
+        wait_until(work.destination_as_expected, 60, "replication to go on during the outage")
+        wait_until(lambda: checkpoint_at_the_end(job), 60, "the checkpoint to reach the end")
+
+        def dropped() -> float:
+            return total(
+                scrape(port), "replicator_conflict_log_dropped_total", reason="unavailable"
+            )
+
+        wait_until(lambda: dropped() == 5, 60, "the 5 unrecorded conflicts to be counted")
+        samples = scrape(port)
+        assert total(samples, "replicator_writes_total", outcome="conflict_lost") == 5
+        assert total(samples, "replicator_writes_total", outcome="applied") == 10
+        assert total(samples, "replicator_conflict_log_written_total") == 0
+        assert total(samples, "replicator_conflict_log_retries_total") >= 1
+        assert runtime.poll() is None
+
+        proxy.pass_through()
+        work.write_losers("up")
+
+        def written() -> float:
+            return total(scrape(port), "replicator_conflict_log_written_total")
+
+        wait_until(lambda: written() == 3, 60, "conflicts to be recorded again")
+        assert dropped() == 5
+        assert stop(runtime) == 0
+        recorded = sorted(e.key["pk"]["S"] for e in entries_of(job))  # through the proxy
+        assert recorded == ["up-0", "up-1", "up-2"]
+    finally:
+        proxy.stop()

@@ -1,0 +1,446 @@
+"""The conflict log's parts: keys, entries, the background recorder, and each target's
+write/read round trip against a moto server over HTTP (file, SQS, DynamoDB)."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from replicator.aws.backoff import Backoff
+from replicator.cli import cli
+from replicator.conflictlog.base import Selection
+from replicator.conflictlog.dynamodb import TTL_ATTRIBUTE, DynamoDbConflictLog
+from replicator.conflictlog.entry import ConflictEntry, LostConflict, image_digest
+from replicator.conflictlog.file import FileConflictLog
+from replicator.conflictlog.keys import canonical_key, parse_key
+from replicator.conflictlog.reader import Listing, parse_since, read_entries
+from replicator.conflictlog.recorder import BackgroundRecorder
+from replicator.conflictlog.sqs import SQS_LIMIT, SqsConflictLog
+from replicator.decode import decode
+from replicator.demo.workload import demo_item
+from replicator.exceptions import (
+    ConflictLogRejected,
+    ConflictLogUnavailable,
+    KeySyntaxError,
+    SinceSyntaxError,
+)
+from replicator.items import Item, item_to_wire
+from replicator.metrics import Metrics
+from replicator.rules import OrderedRule
+from replicator.writers.destination import DestinationWriter, Outcome
+from tests.support.aws import client, create_table
+from tests.support.e2e import wait_until
+from tests.support.metrics import sample
+from tests.support.records import daemon_record, stream_record
+
+RULE = OrderedRule("last_writer_wins", "updated_at", "origin_region", numeric_only=False)
+
+
+def wire_bytes(item: Item | None) -> bytes:
+    """An image as bytes: equal bytes mean the same attributes, types and values."""
+    assert item is not None
+    return json.dumps(item_to_wire(item), sort_keys=True).encode()
+
+
+def stored_bytes(image: dict[str, Any] | None) -> bytes:
+    assert image is not None
+    return json.dumps(image, sort_keys=True).encode()
+
+
+def conflict(seq: int, *, size: int = 0, pk: str = "order-1") -> LostConflict:
+    rng = random.Random(seq)
+    loser = demo_item(rng, pk, 3, "us-east-1") | {"updated_at": {"N": "100"}}
+    winner = demo_item(rng, pk, 3, "eu-west-1") | {"updated_at": {"N": "200"}}
+    if size:
+        loser["blob"] = {"B": rng.randbytes(size)}
+    keys = {"pk": loser["pk"], "sk": loser["sk"]}
+    record = daemon_record(
+        stream_record("MODIFY", item_to_wire(keys), item_to_wire(loser), seq=seq), seq
+    )
+    return LostConflict(
+        task_name="orders",
+        destination="eu",
+        table="orders",
+        region="eu-west-1",
+        shard_id="shardId-1",
+        rule=RULE,
+        change=decode(record),
+        existing=winner,
+        why=RULE.explain_loss(decode(record), winner),
+        recorded_s=1_800_000_000.0,
+    )
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+def test_a_key_typed_as_log_lines_show_it_or_as_json_names_one_canonical_item() -> None:
+    typed = parse_key("pk=S:order 1 sk=N:3.0")
+    assert typed == {"pk": {"S": "order 1"}, "sk": {"N": "3.0"}}
+    as_json = parse_key('{"sk": {"N": "3"}, "pk": {"S": "order 1"}}')
+    assert canonical_key(typed) == canonical_key(as_json) == '[["pk","S","order 1"],["sk","N","3"]]'
+    assert canonical_key({"n": {"N": "1E+2"}}) == canonical_key({"n": {"N": "100.00"}})
+    assert canonical_key({"b": {"B": b"\x00\xff"}}) == '[["b","B","AP8="]]'
+    assert parse_key("b=B:AP8=") == {"b": {"B": b"\x00\xff"}}
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("order-1", "'order-1'"),
+        ("pk=order-1", "'pk=order-1'"),
+        ("pk=X:order-1", "'pk=X:order-1'"),
+        ("sk=N:three", "sk=N:three is not a number"),
+        ("b=B:not base64!", "b=B:not base64! is not base64"),
+        ("pk=S:a pk=S:b", "names key attribute 'pk' twice"),
+        ('{"pk": "a"}', "attribute 'pk' must be one typed value"),
+        ('{"pk": {"S": "a"', "is not valid JSON"),
+        ("", "the key is empty"),
+    ],
+)
+def test_a_bad_key_is_refused_naming_the_value(text: str, named: str) -> None:
+    with pytest.raises(KeySyntaxError) as raised:
+        parse_key(text)
+    assert named in str(raised.value)
+
+
+def test_since_takes_durations_and_dates_and_names_a_bad_value() -> None:
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    assert parse_since("90m", now) == "2026-12-01T10:30:00.000Z"
+    assert parse_since("7d", now) == "2026-11-24T12:00:00.000Z"
+    assert parse_since("2026-11-30", now) == "2026-11-30T00:00:00.000Z"
+    assert parse_since("2026-11-30T10:00:00+02:00", now) == "2026-11-30T08:00:00.000Z"
+    with pytest.raises(SinceSyntaxError, match="'yesterday'"):
+        parse_since("yesterday", now)
+
+
+# -- entries ----------------------------------------------------------------------------------
+
+
+def test_an_entry_holds_both_images_exactly_and_both_ranks() -> None:
+    lost = conflict(7)
+    entry = lost.entry()
+    assert entry == ConflictEntry.from_json(entry.to_json())
+    assert stored_bytes(entry.losing_image) == wire_bytes(lost.change.new_image)
+    assert stored_bytes(entry.winning_image) == wire_bytes(lost.existing)
+    assert entry.image("winning") == lost.existing  # binaries back as bytes
+    assert entry.losing_rank is not None and entry.winning_rank is not None
+    assert entry.losing_rank["value"] == {"N": "100"}
+    assert entry.losing_rank["origin"] == "us-east-1"
+    assert entry.winning_rank["value"] == {"N": "200"}
+    assert entry.winning_rank["origin"] == "eu-west-1"
+    assert entry.policy == "last_writer_wins"
+    assert entry.rule == "last_writer_wins on updated_at, ties by origin_region"
+    assert entry.sequence_number == "7" and entry.write_back is False
+    assert entry.created == "2023-11-14T22:13:20.000Z"
+    assert entry.item == '[["pk","S","order-1"],["sk","N","3"]]'
+    # The same change losing again (a replay after a restart) is the same entry.
+    assert conflict(7).entry().id == entry.id != conflict(8).entry().id
+
+
+def test_an_entry_too_large_keeps_the_digest_of_what_it_leaves_out() -> None:
+    entry = conflict(9, size=300_000).entry()
+    fitted = entry.fitted(200_000)
+    assert len(fitted.to_json().encode()) <= 200_000
+    assert fitted.losing_image is None
+    assert fitted.winning_image == entry.winning_image
+    assert entry.losing_image is not None
+    assert fitted.truncated["losing"]["sha256"] == image_digest(entry.losing_image)
+    assert "blob" in fitted.truncated["losing"]["attributes"]
+
+
+# -- the recorder -----------------------------------------------------------------------------
+
+
+class FakeWriter:
+    label = "eu"
+    table = "orders"
+    region = "eu-west-1"
+    rule = RULE
+
+
+class FlakyTarget:
+    """Fails ``failures`` times with ``error``, then stores; ``gate`` holds every put."""
+
+    description = "fake target"
+
+    def __init__(self, failures: int = 0, error: Exception | None = None) -> None:
+        self.failures = failures
+        self.error = error or ConflictLogUnavailable("down")
+        self.stored: list[ConflictEntry] = []
+        self.attempts = 0
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def put(self, entry: ConflictEntry) -> None:
+        self.gate.wait(30)
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise self.error
+        self.stored.append(entry)
+
+    def read(self, selection: Selection) -> Any:
+        return iter(self.stored)
+
+
+def record(recorder: BackgroundRecorder, lost: LostConflict) -> None:
+    recorder.for_shard("orders", "shardId-1").lost(
+        FakeWriter(), lost.change, lost.existing, lost.why
+    )
+
+
+def recorder_for(target: FlakyTarget, metrics: Metrics, **options: Any) -> BackgroundRecorder:
+    return BackgroundRecorder(target, metrics, backoff=Backoff(0.001, 0.01), **options)
+
+
+def test_a_failed_store_is_retried_and_counted(metrics: Metrics) -> None:
+    target = FlakyTarget(failures=3)
+    recorder = recorder_for(target, metrics, retry_for_s=60)
+    record(recorder, conflict(1))
+    assert recorder.flush(30)
+    assert [e.sequence_number for e in target.stored] == ["1"]
+    assert sample(metrics, "replicator_conflict_log_retries_total") == 3
+    assert sample(metrics, "replicator_conflict_log_written_total", destination="eu") == 1
+    recorder.close()
+
+
+def test_an_entry_not_stored_within_the_bound_is_dropped_and_counted(metrics: Metrics) -> None:
+    target = FlakyTarget(failures=10**9)
+    recorder = recorder_for(target, metrics, retry_for_s=0.2)
+    record(recorder, conflict(1))
+    record(recorder, conflict(2))
+    assert recorder.flush(30)
+    dropped = sample(
+        metrics, "replicator_conflict_log_dropped_total", destination="eu", reason="unavailable"
+    )
+    assert dropped == 2
+    assert target.stored == []
+    assert sample(metrics, "replicator_conflict_log_retries_total") >= 1
+    recorder.close()
+
+
+def test_an_entry_the_target_refuses_is_dropped_at_once(metrics: Metrics) -> None:
+    target = FlakyTarget(failures=1, error=ConflictLogRejected("too large"))
+    recorder = recorder_for(target, metrics, retry_for_s=60)
+    record(recorder, conflict(1))
+    record(recorder, conflict(2))
+    assert recorder.flush(30)
+    assert sample(
+        metrics, "replicator_conflict_log_dropped_total", destination="eu", reason="rejected"
+    )
+    assert [e.sequence_number for e in target.stored] == ["2"]
+    assert sample(metrics, "replicator_conflict_log_retries_total") == 0
+    recorder.close()
+
+
+def test_a_full_backlog_drops_new_entries_instead_of_growing(metrics: Metrics) -> None:
+    target = FlakyTarget()
+    target.gate.clear()  # the first store hangs, as on a black-holed endpoint
+    recorder = recorder_for(target, metrics, max_pending=1, retry_for_s=60)
+    record(recorder, conflict(1))
+    wait_until(lambda: recorder.pending == 1 and not recorder._queue, 10, "the first store")
+    record(recorder, conflict(2))  # waits in the queue
+    record(recorder, conflict(3))  # finds it full
+    assert sample(
+        metrics, "replicator_conflict_log_dropped_total", destination="eu", reason="backlog"
+    )
+    target.gate.set()
+    assert recorder.flush(30)
+    assert [e.sequence_number for e in target.stored] == ["1", "2"]
+    recorder.close()
+
+
+def test_a_stop_drains_the_queue_and_counts_what_is_left(metrics: Metrics) -> None:
+    target = FlakyTarget(failures=10**9)
+    recorder = recorder_for(target, metrics, retry_for_s=600)
+    for seq in (1, 2, 3):
+        record(recorder, conflict(seq))
+    recorder.close(timeout=0.2)
+    shutdown = sample(
+        metrics, "replicator_conflict_log_dropped_total", destination="eu", reason="shutdown"
+    )
+    assert shutdown == 3
+    record(recorder, conflict(4))  # after the stop: counted, not queued
+    shutdown = sample(
+        metrics, "replicator_conflict_log_dropped_total", destination="eu", reason="shutdown"
+    )
+    assert shutdown == 4
+
+
+def test_a_writer_that_loses_hands_the_destination_s_image_to_the_log(
+    moto_endpoint: str, unique: Any, metrics: Metrics, tmp_path: Path
+) -> None:
+    ddb = client("dynamodb", "eu-west-1", moto_endpoint)
+    table = unique("dst")
+    create_table(ddb, table, range_key="sk", stream=None)
+    lost = conflict(11)
+    assert lost.existing is not None
+    ddb.put_item(TableName=table, Item=lost.existing)
+    target = FileConflictLog(tmp_path / "conflicts.jsonl")
+    recorder = BackgroundRecorder(target, metrics)
+    writer = DestinationWriter(
+        label="eu",
+        table=table,
+        region="eu-west-1",
+        client=ddb,
+        rule=RULE,
+        metrics=metrics,
+        conflict_log=recorder.for_shard("orders", "shardId-1"),
+    )
+    assert writer.write(lost.change).outcome is Outcome.CONFLICT_LOST
+    recorder.close()
+    (entry,) = read_entries(target, Selection())
+    assert stored_bytes(entry.winning_image) == wire_bytes(lost.existing)
+    assert stored_bytes(entry.losing_image) == wire_bytes(lost.change.new_image)
+    assert entry.destination == "eu" and entry.table == table
+
+
+# -- targets: write and read back -------------------------------------------------------------
+
+
+def test_file_round_trip(tmp_path: Path) -> None:
+    target = FileConflictLog(tmp_path / "log" / "conflicts.jsonl")
+    entries = [conflict(seq, pk=f"order-{seq % 2}").entry() for seq in range(1, 5)]
+    for entry in entries + entries[:1]:  # stored twice: read once
+        target.put(entry)
+    with target.path.open("a") as file:
+        file.write('{"not": "an entry"\n')
+    assert read_entries(target, Selection()) == sorted(entries, key=lambda e: e.sort_key)
+    only = Selection(item=canonical_key(parse_key("pk=S:order-1 sk=N:3")))
+    assert [e.sequence_number for e in read_entries(target, only)] == ["1", "3"]
+
+
+def test_dynamodb_round_trip_keyed_by_item_with_a_ttl(moto_endpoint: str, unique: Any) -> None:
+    ddb = client("dynamodb", "us-east-1", moto_endpoint)
+    table = unique("conflicts")
+    clock = [1_800_000_000.0]
+    target = DynamoDbConflictLog(
+        ddb, table, retention_days=30, where="moto", clock=lambda: clock[0]
+    )
+    target.ensure_exists()
+    target.ensure_exists()  # already there: nothing to do
+    ttl = ddb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+    assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", TTL_ATTRIBUTE)
+    entries = [conflict(seq, pk=f"order-{seq % 2}").entry() for seq in range(1, 5)]
+    big = conflict(5, size=600_000).entry()  # over an item's 400 KB even compressed
+    for entry in [*entries, entries[0], big]:
+        target.put(entry)
+    items = ddb.scan(TableName=table)["Items"]
+    assert len(items) == 5  # the entry stored twice is one item
+    assert {int(item[TTL_ATTRIBUTE]["N"]) for item in items} == {1_800_000_000 + 30 * 86_400}
+    got = {e.id: e for e in read_entries(target, Selection())}
+    assert {e.id: e for e in entries} == {k: v for k, v in got.items() if k != big.id}
+    assert got[big.id].losing_image is None
+    assert got[big.id].truncated["losing"]["sha256"] == image_digest(big.losing_image or {})
+    assert got[big.id].winning_image == big.winning_image
+    one = canonical_key(parse_key("pk=S:order-1 sk=N:3"))
+    found = read_entries(target, Selection(item=one))
+    assert sorted(e.sequence_number for e in found) == ["1", "3", "5"]
+    later = Selection(item=one, since="2100-01-01T00:00:00.000Z")
+    assert read_entries(target, later) == []
+    clock[0] += 31 * 86_400  # expired, whether or not DynamoDB removed them yet
+    assert read_entries(target, Selection()) == []
+
+
+def test_sqs_round_trip_without_consuming_the_queue(moto_endpoint: str, unique: Any) -> None:
+    sqs = client("sqs", "us-east-1", moto_endpoint)
+    url = sqs.create_queue(QueueName=unique("conflicts"))["QueueUrl"]
+    target = SqsConflictLog(sqs, url)
+    small = conflict(1).entry()
+    compressible = conflict(2).entry()
+    compressible = ConflictEntry.from_json(
+        compressible.to_json().replace('"name":{"S":"', '"name":{"S":"' + "z" * 300_000, 1)
+    )
+    incompressible = conflict(3, size=400_000).entry()
+    for entry in (small, compressible, incompressible):
+        target.put(entry)
+    got = {e.id: e for e in read_entries(target, Selection())}
+    assert got[small.id] == small
+    assert got[compressible.id] == compressible  # whole, sent gzip-compressed
+    assert len(compressible.to_json()) > SQS_LIMIT
+    assert got[incompressible.id].truncated["losing"]["sha256"] == image_digest(
+        incompressible.losing_image or {}
+    )
+    # Read again: the messages are still there for the queue's own consumers.
+    assert {e.id for e in read_entries(target, Selection())} == set(got)
+
+
+def test_the_listing_summarizes_and_marks_restores() -> None:
+    entries = [conflict(seq, pk=f"order-{seq % 3}").entry() for seq in range(1, 8)]
+    restore = ConflictEntry.from_json(entries[0].to_json())
+    from dataclasses import replace
+
+    restore = replace(
+        restore, id="r1", kind="restore", restored_entry=entries[0].id, policy="restore"
+    )
+    listing = Listing("fake", Selection(), sorted([*entries, restore], key=lambda e: e.sort_key))
+    summary = listing.summary()
+    assert summary["lost_conflicts"] == 7 and summary["restores"] == 1
+    assert summary["per_destination"] == {"eu": 7}
+    assert summary["top_keys"][0] == {"key": "pk=S:order-1 sk=N:3", "conflicts": 3}
+    text = listing.text(limit=3)
+    assert "7 lost conflicts, 1 restores" in text
+    assert "updated_at=100 origin_region=us-east-1" in text
+    document = json.loads(listing.as_json(limit=0))
+    marked = {e["id"]: e["restored_by"] for e in document["entries"]}
+    assert marked[entries[0].id] == "r1"
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def job_file(tmp_path: Path, conflict_log: str) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "task_name: orders-audit\n"
+        "source: {region: us-east-1, table: orders, endpoint_url: 'http://127.0.0.1:9'}\n"
+        "destinations:\n"
+        "  - {region: eu-west-1, table: orders, endpoint_url: 'http://127.0.0.1:9'}\n"
+        "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
+        f"conflict_log: {conflict_log}\n"
+    )
+    return path
+
+
+def test_the_command_names_a_bad_key_a_bad_time_and_an_unknown_destination(
+    tmp_path: Path,
+) -> None:
+    config = job_file(tmp_path, f"{{kind: file, path: '{tmp_path}/c.jsonl'}}")
+    runner = CliRunner()
+    bad_key = runner.invoke(cli, ["conflicts", "-c", str(config), "--key", "pk=order-1"])
+    assert bad_key.exit_code == 2
+    assert "'--key'" in bad_key.output and "'pk=order-1'" in bad_key.output
+    bad_since = runner.invoke(cli, ["conflicts", "-c", str(config), "--since", "last week"])
+    assert bad_since.exit_code == 2 and "'last week'" in bad_since.output
+    other = runner.invoke(cli, ["conflicts", "-c", str(config), "--destination", "mars"])
+    assert other.exit_code == 2 and "'mars' is not a destination" in other.output
+    empty = runner.invoke(cli, ["conflicts", "-c", str(config)])
+    assert empty.exit_code == 0, empty.output
+    assert "0 lost conflicts" in empty.output
+
+
+def test_the_command_says_when_the_job_keeps_no_conflict_log(tmp_path: Path) -> None:
+    config = job_file(tmp_path, "{kind: none}")
+    result = CliRunner().invoke(cli, ["conflicts", "-c", str(config)])
+    assert result.exit_code == 2
+    assert "conflict_log.kind is none" in result.output
+
+
+def test_a_conflict_log_directory_that_cannot_be_made_stops_the_start(tmp_path: Path) -> None:
+    from replicator.config import load_job
+    from replicator.conflictlog.targets import prepare
+    from replicator.exceptions import EnvironmentProblem
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    config = job_file(tmp_path, f"{{kind: file, path: '{blocker}/conflicts.jsonl'}}")
+    with pytest.raises(EnvironmentProblem, match="not-a-directory"):
+        prepare(load_job(config))

@@ -1,0 +1,246 @@
+"""Dead-letter targets: durable, whole, replayable (file and SQS over moto)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import multiprocessing
+import os
+import stat
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replicator.aws import clients
+from replicator.aws.clients import Place
+from replicator.buffer import ChangeBuffer
+from replicator.config.model import ConflictConfig
+from replicator.deadletter import DeadLetter, FileDeadLetters, SqsDeadLetters
+from replicator.deadletter.failed import DeadLetterer
+from replicator.decode import decode
+from replicator.exceptions import DeadLetterUnavailable
+from replicator.metrics import Metrics
+from replicator.pipeline import ShardPipeline
+from replicator.rules import rule_for, squash_order
+from replicator.writers.destination import DestinationWriter
+from tests.support.aws import client, create_table
+from tests.support.records import daemon_record, put, stream_record
+
+
+def letter(seq: int, size: int = 0) -> DeadLetter:
+    image = {"pk": {"S": f"k{seq}"}, "blob": {"S": "x" * size}}
+    record = daemon_record(stream_record("INSERT", {"pk": {"S": f"k{seq}"}}, image, seq=seq), seq)
+    return DeadLetter(
+        record=record,
+        destination="eu",
+        reason="rejected",
+        error="boom",
+        task_name="t",
+        shard_id="s",
+    )
+
+
+def _append_many(path: str, start: int) -> None:
+    target = FileDeadLetters(Path(path))
+    for seq in range(start, start + 150):
+        target.put(letter(seq, size=3000))
+
+
+def test_concurrent_processes_append_whole_lines(tmp_path: Path) -> None:
+    path = tmp_path / "dead" / "letters.jsonl"
+    workers = [
+        multiprocessing.Process(target=_append_many, args=(str(path), n * 1000)) for n in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    lines = path.read_text().splitlines()
+    assert len(lines) == 600
+    assert len({json.loads(line)["record"]["sequenceNumber"] for line in lines}) == 600
+
+
+def test_file_replay_keeps_failures_and_resumes_an_interrupted_replay(tmp_path: Path) -> None:
+    target = FileDeadLetters(tmp_path / "letters.jsonl")
+    for seq in range(1, 6):
+        target.put(letter(seq))
+    claimed = target.claim_all()
+    first = next(claimed)
+    target.settle(first, replayed=True)
+    second = next(claimed)
+    target.settle(second, replayed=False)  # failed again: back into the live file
+    del claimed  # interrupted: letters 3-5 stay in the aside file
+    assert target.count() == 4
+    replayed = [c.letter.record["sequenceNumber"] for c in target.claim_all()]
+    assert sorted(replayed) == ["2", "3", "4", "5"]
+
+
+def test_a_letter_written_while_a_redrive_renames_the_file_is_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard process opens the live file; before it takes the lock, a redrive renames
+    that file aside, replays it and deletes it. The letter must land in the live file."""
+    path = tmp_path / "letters.jsonl"
+    FileDeadLetters(path).put(letter(1))
+    real_flock = fcntl.flock
+    replayed: list[str] = []
+
+    def flock_after_a_redrive(file: Any, operation: int) -> None:
+        if operation == fcntl.LOCK_EX and not replayed:
+            replayed.append("running")  # the redrive's own locking goes straight through
+            redrive = FileDeadLetters(path)
+            for claimed in redrive.claim_all():
+                replayed.append(claimed.letter.record["sequenceNumber"])
+                redrive.settle(claimed, replayed=True)
+        real_flock(file, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_redrive)
+    FileDeadLetters(path).put(letter(2))
+    monkeypatch.undo()
+
+    assert replayed == ["running", "1"]
+    assert [stored.record["sequenceNumber"] for stored in FileDeadLetters(path).letters()] == ["2"]
+    assert FileDeadLetters(path).count() == 1
+
+
+def test_creating_and_renaming_the_file_are_fsynced_in_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An fsynced line in a file whose directory entry is not durable can vanish in a
+    crash; so can a rename that the replay then relies on."""
+    real_fsync = os.fsync
+    directories: list[str] = []
+
+    def fsync(descriptor: int) -> None:
+        if stat.S_ISDIR(os.fstat(descriptor).st_mode):
+            directories.append("fsync")
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    target = FileDeadLetters(tmp_path / "letters.jsonl")
+    target.put(letter(1))
+    assert directories == ["fsync"]  # the file was created
+    target.put(letter(2))
+    assert directories == ["fsync"]  # an append to an existing file needs none
+    claimed = target.claim_all()
+    first = next(claimed)
+    assert len(directories) == 2  # renamed aside
+    target.settle(first, replayed=True)
+    assert len(directories) == 3  # its settled marker was created
+
+
+def test_an_unwritable_file_is_reported_not_ignored(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    target = FileDeadLetters(blocker / "letters.jsonl")
+    with pytest.raises(DeadLetterUnavailable, match="cannot append"):
+        target.put(letter(1))
+
+
+def test_a_shard_that_cannot_store_a_dead_letter_stops_before_the_checkpoint_passes_it(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    table = unique("reject")
+    ddb = client("dynamodb", "eu-west-1", moto_endpoint)
+    create_table(ddb, table, stream=None)
+    rule = rule_for(ConflictConfig(), None)
+    writer = DestinationWriter(
+        label="eu", table=table, region="eu-west-1", client=ddb, rule=rule, metrics=metrics
+    )
+    stopped: list[BaseException] = []
+    told = threading.Event()
+
+    def on_fatal(error: BaseException) -> None:
+        stopped.append(error)
+        told.set()
+
+    pipeline = ShardPipeline(
+        {"eu": writer},
+        ChangeBuffer(["eu"], squash_order([rule], ordered_stream=True)),
+        metrics,
+        "s",
+        max_in_flight=2,
+        max_buffered=10,
+        dead_letters=DeadLetterer(FileDeadLetters(blocker / "x.jsonl"), metrics, "t", "s"),
+        on_fatal=on_fatal,
+    )
+    bad = daemon_record(
+        stream_record("INSERT", {"pk": {"S": "a"}}, {"pk": {"S": "a"}, "bad": {"NS": []}}, seq=1), 1
+    )
+    pipeline.submit(decode(bad))
+    pipeline.dispatch()
+    try:
+        with pytest.raises(DeadLetterUnavailable):
+            pipeline.flush(timeout=30)
+    finally:
+        pipeline.close()
+    assert told.wait(30), "the processor was not told to stop"
+    assert len(stopped) == 1 and isinstance(stopped[0], DeadLetterUnavailable)
+    assert pipeline.checkpointable() is None  # never past a change neither applied nor kept
+
+
+def test_sqs_target_round_trip_and_large_records(moto_endpoint: str, unique: Any) -> None:
+    sqs = client("sqs", "us-east-1", moto_endpoint)
+    url = sqs.create_queue(QueueName=unique("dlq"))["QueueUrl"]
+    target = SqsDeadLetters(sqs, url, run_id="run-1")
+    target.put(letter(1))
+    big = letter(2, size=400_000)  # larger than an SQS message: sent compressed
+    target.put(big)
+    claimed = {}
+    for item in target.claim_all():
+        claimed[item.letter.record["sequenceNumber"]] = item
+        # a replay that failed again puts the letter back, marked with its run
+        target.settle(
+            type(item)(item.letter.retried("e", "rejected", run="run-1"), item.receipt),
+            replayed=False,
+        )
+    assert set(claimed) == {"1", "2"}
+    assert claimed["2"].letter.record == big.record
+    replay = SqsDeadLetters(sqs, url, run_id="run-2")
+    seen = []
+    for item in replay.claim_all():
+        seen.append(item.letter.record["sequenceNumber"])
+        failed = item.letter.retried("still failing", "rejected", run="run-2")
+        replay.settle(
+            type(item)(failed, item.receipt), replayed=item.letter.record["sequenceNumber"] == "1"
+        )
+    assert sorted(seen) == ["1", "2"]  # the re-queued failure is not replayed twice
+    left = [c.letter for c in SqsDeadLetters(sqs, url, run_id="run-3").claim_all()]
+    assert [(x.record["sequenceNumber"], x.attempts, x.error) for x in left] == [
+        ("2", 3, "still failing")
+    ]
+
+
+def test_writes_through_an_assumed_role(
+    moto_endpoint: str, unique: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", moto_endpoint)
+    table = unique("assumed")
+    client("dynamodb", "eu-west-1", moto_endpoint).create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    ddb = clients.dynamodb(
+        Place(
+            "eu-west-1",
+            endpoint_url=moto_endpoint,
+            role_arn="arn:aws:iam::123456789012:role/replicator-writer",
+            external_id="ext-1",
+        )
+    )
+    ddb.put_item(TableName=table, Item={"pk": {"S": "via-role"}})
+    credentials = ddb._request_signer._credentials.get_frozen_credentials()
+    assert credentials.access_key != "testing"  # temporary credentials from STS, not ours
+    item = client("dynamodb", "eu-west-1", moto_endpoint).get_item(
+        TableName=table, Key={"pk": {"S": "via-role"}}
+    )
+    assert "Item" in item
+    writer_change = decode(put("x", 1))
+    assert writer_change.keys == {"pk": {"S": "x"}}

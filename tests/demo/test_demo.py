@@ -1,0 +1,161 @@
+"""The embedded demo as `make run` runs it: a subprocess that must end with a convergence
+report and exit 0, and whose /metrics, read while it lingers after the check, report lag
+and write outcomes per destination that agree with what was replicated."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import ROOT
+from tests.support.e2e import PATIENCE
+
+DESTINATIONS = ("eu-west-1/demo-orders-replica", "ap-southeast-2/demo-orders-replica")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def start_demo(
+    port: int, scratch: Path, *args: str, sigint_ignored: bool = False
+) -> tuple[subprocess.Popen[str], queue.Queue[str | None]]:
+    # Its own temporary directory: the local runtime's per-task lock lives there, and
+    # another run of the suite on the same host must not hold this demo's lock.
+    env = {**os.environ, "REPLICATOR_DEMO_METRICS_PORT": str(port), "TMPDIR": str(scratch)}
+    # Ignored SIGINT is inherited across exec, as by a background job of a non-interactive
+    # shell (nohup, CI): the demo must still stop on it.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if sigint_ignored else None
+    try:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "replicator", "demo", "--duration", "4", "--rate", "30", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return demo, lines
+
+
+def read_until(lines: queue.Queue[str | None], marker: str, seen: list[str]) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        if line is None:
+            raise AssertionError(f"the demo ended before {marker!r}:\n{''.join(seen)}")
+        seen.append(line)
+        if marker in line:
+            return
+    raise AssertionError(f"no {marker!r} within 180 s:\n{''.join(seen)}")
+
+
+def stopped(demo: subprocess.Popen[str], lines: queue.Queue[str | None], seen: list[str]) -> int:
+    """The demo's exit status once it stops; killed, and failing with its output, if it
+    does not stop in time (so it cannot outlive the test)."""
+    try:
+        return demo.wait(timeout=90 * PATIENCE)
+    except subprocess.TimeoutExpired:
+        demo.kill()
+        demo.wait()
+        while (line := lines.get(timeout=10)) is not None:
+            seen.append(line)
+        raise AssertionError("the demo did not stop after Ctrl-C:\n" + "".join(seen)) from None
+
+
+def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name].append((dict(sample.labels), sample.value))
+    return samples
+
+
+def total(samples: list[tuple[dict[str, str], float]], **labels: str) -> float:
+    return sum(v for have, v in samples if all(have.get(k) == w for k, w in labels.items()))
+
+
+def test_the_demo_converges_and_its_metrics_agree_with_what_was_replicated(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    demo, lines = start_demo(port, tmp_path, "--linger", "120")
+    seen: list[str] = []
+    try:
+        read_until(lines, "keeps running", seen)
+        output = "".join(seen)
+        assert "converged: every destination equals the source" in output
+        for destination in DESTINATIONS:
+            assert f"{destination}: equal (every item compared)" in output
+
+        samples = scrape(port)
+        received = total(samples["replicator_records_received_total"])
+        squashed = total(samples["replicator_squashed_total"])
+        assert received > 0
+        for destination in DESTINATIONS:
+            writes = samples["replicator_writes_total"]
+            applied = total(writes, destination=destination, outcome="applied")
+            settled = sum(
+                total(writes, destination=destination, outcome=outcome)
+                for outcome in ("applied", "unchanged", "conflict_lost", "loop_skipped", "filtered")
+            )
+            assert total(writes, destination=destination, outcome="dead_lettered") == 0
+            # Every change read was written there once or replaced by a newer change.
+            assert received - squashed <= settled <= received
+            # Each applied write was timed from its record's creation.
+            delays = samples["replicator_apply_delay_seconds_count"]
+            assert total(delays, destination=destination) == applied > 0
+            lag = [
+                v
+                for labels, v in samples["replicator_replication_lag_seconds"]
+                if labels["destination"] == destination
+            ]
+            assert lag and max(lag) == 0.0  # converged: nothing held back
+        assert total(samples["replicator_checkpoints_total"]) > 0
+    finally:
+        demo.send_signal(signal.SIGINT)
+        status = stopped(demo, lines, seen)
+    assert status == 0, "".join(seen)
+
+
+def test_the_demo_stops_cleanly_on_ctrl_c_while_it_replicates(tmp_path: Path) -> None:
+    port = free_port()
+    demo, lines = start_demo(port, tmp_path, "--duration", "60", sigint_ignored=True)
+    seen: list[str] = []
+    read_until(lines, "metrics:", seen)
+    demo.send_signal(signal.SIGINT)
+    status = stopped(demo, lines, seen)
+    rest = []
+    while (line := lines.get(timeout=10)) is not None:
+        rest.append(line)
+    assert status == 130, "".join(seen + rest)
+    assert "interrupted: stopping the replicator" in "".join(rest)
+    assert "Traceback" not in "".join(seen + rest)

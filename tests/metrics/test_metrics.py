@@ -1,0 +1,601 @@
+"""Metrics and health: the names and labels, gathering across processes, and the values a
+running replicator reports while it replicates, stalls on a destination and recovers."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replicator.demo.workload import demo_item
+from replicator.exceptions import EnvironmentProblem
+from replicator.metrics import health as health_rules
+from replicator.metrics import multiprocess
+from replicator.metrics.server import MetricsServer
+from tests.support import ROOT
+from tests.support.e2e import Job, stop, wait_until
+from tests.support.metrics import (
+    Sample,
+    exported_samples,
+    health,
+    logged_metrics_port,
+    matching,
+    metric_names_in,
+    scrape,
+    total,
+)
+
+LAG = "replicator_replication_lag_seconds"
+WRITES = "replicator_writes_total"
+
+# -- names and labels ---------------------------------------------------------------------
+
+# The interface the README documents: sample name -> label names.
+DOCUMENTED = {
+    "replicator_replication_lag_seconds": {"destination", "shard"},
+    "replicator_apply_delay_seconds_bucket": {"destination", "le"},
+    "replicator_apply_delay_seconds_sum": {"destination"},
+    "replicator_apply_delay_seconds_count": {"destination"},
+    "replicator_millis_behind_latest": {"shard"},
+    "replicator_records_received_total": {"event"},
+    "replicator_writes_total": {"destination", "op", "outcome"},
+    "replicator_retries_total": {"destination", "reason"},
+    "replicator_dead_letters_total": {"destination", "reason"},
+    "replicator_conflict_log_written_total": {"destination"},
+    "replicator_conflict_log_dropped_total": {"destination", "reason"},
+    "replicator_conflict_log_retries_total": set(),
+    "replicator_conflict_writebacks_total": {"destination"},
+    "replicator_tombstones_written_total": {"destination"},
+    "replicator_tombstones_expired_total": {"destination"},
+    "replicator_checkpoints_total": set(),
+    "replicator_squashed_total": set(),
+    "replicator_batch_flush_seconds_bucket": {"le"},
+    "replicator_batch_flush_seconds_sum": set(),
+    "replicator_batch_flush_seconds_count": set(),
+    "replicator_in_flight_writes": {"destination"},
+    "replicator_buffered_changes": {"shard"},
+    "replicator_last_checkpoint_timestamp_seconds": {"shard"},
+    "replicator_last_record_received_timestamp_seconds": {"shard"},
+    "replicator_shards_owned": set(),
+    "replicator_processor_restarts_total": set(),
+    "replicator_watermark_timestamp_seconds": {"destination"},
+    "replicator_watermark_publish_failures_total": {"destination"},
+}
+
+
+def test_every_documented_metric_is_exported_with_its_labels() -> None:
+    exported = exported_samples()
+    assert {name: set(labels) for name, labels in exported.items()} == DOCUMENTED
+
+
+def test_the_metrics_document_describes_every_metric() -> None:
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    families = {
+        name.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count")
+        for name in DOCUMENTED
+    }
+    missing = sorted(family for family in families if f"`{family}" not in text)
+    assert not missing, f"docs/metrics.md does not describe {missing}"
+
+
+def test_every_metric_the_dashboard_queries_is_exported() -> None:
+    dashboard = json.loads((ROOT / "docker" / "grafana" / "replicator-dashboard.json").read_text())
+    queries = list(_dashboard_queries(dashboard))
+    assert queries, "the dashboard has no queries"
+    exported = set(exported_samples())
+    used = {name for query in queries for name in metric_names_in(query)}
+    assert used <= exported, f"unknown metrics in the dashboard: {sorted(used - exported)}"
+    # The panels operators look at first.
+    assert {
+        LAG,
+        "replicator_apply_delay_seconds_bucket",
+        WRITES,
+        "replicator_retries_total",
+        "replicator_dead_letters_total",
+        "replicator_checkpoints_total",
+        "replicator_in_flight_writes",
+        "replicator_buffered_changes",
+        "replicator_millis_behind_latest",
+        "replicator_conflict_log_written_total",
+        "replicator_conflict_log_dropped_total",
+    } <= used
+    titles = [panel.get("title") for panel in _panels(dashboard)]
+    assert all(titles) and len(titles) == len(set(titles)), titles
+
+
+def _panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in dashboard["panels"]:
+        if panel.get("type") == "row":
+            yield from panel.get("panels", [])
+        else:
+            yield panel
+
+
+def _dashboard_queries(dashboard: dict[str, Any]) -> Iterator[str]:
+    for panel in _panels(dashboard):
+        for target in panel.get("targets", []):
+            yield target["expr"]
+    for variable in dashboard.get("templating", {}).get("list", []):
+        query = variable.get("query")
+        if isinstance(query, dict):
+            query = query.get("query")
+        if isinstance(query, str) and variable.get("type") == "query":
+            yield query
+
+
+# -- health rules -------------------------------------------------------------------------
+
+NOW = 10_000.0
+
+
+def lag(destination: str, shard: str, seconds: float) -> Sample:
+    return (LAG, {"destination": destination, "shard": shard}, seconds)
+
+
+def checkpoint(shard: str, at: float) -> Sample:
+    return ("replicator_last_checkpoint_timestamp_seconds", {"shard": shard}, at)
+
+
+def evaluate(samples: list[Sample], problems: tuple[str, ...] = ()) -> health_rules.Health:
+    return health_rules.evaluate(
+        samples, now=NOW, stall_after_s=60, started_at=NOW - 3600, problems=problems
+    )
+
+
+def test_an_idle_stream_is_healthy_however_old_its_last_checkpoint() -> None:
+    result = evaluate([lag("eu", "s1", 0.0), lag("ap", "s1", 0.0), checkpoint("s1", NOW - 3000)])
+    assert result.healthy
+    assert result.as_dict()["status"] == "ok"
+    assert result.as_dict()["shards"]["s1"] == {
+        "lag_seconds": {"ap": 0.0, "eu": 0.0},
+        "last_checkpoint": NOW - 3000,
+    }
+
+
+def test_a_backlog_being_worked_off_is_healthy_however_large_its_lag() -> None:
+    assert evaluate([lag("eu", "s1", 5000.0), checkpoint("s1", NOW - 5)]).healthy
+
+
+def test_a_destination_behind_with_no_checkpoint_for_the_stall_time_is_unhealthy() -> None:
+    result = evaluate(
+        [
+            lag("eu", "s1", 0.0),
+            lag("ap", "s1", 90.0),
+            checkpoint("s1", NOW - 100),
+            lag("eu", "s2", 0.0),
+            lag("ap", "s2", 0.0),
+            checkpoint("s2", NOW - 100),
+        ]
+    )
+    assert not result.healthy
+    assert result.reasons == [
+        "destination ap is stalled on shard s1: 90s behind and no checkpoint for 100s (limit 60s)"
+    ]
+    body = result.as_dict()
+    assert body["status"] == "unhealthy"
+    assert body["destinations"] == {"ap": {"lag_seconds": 90.0}, "eu": {"lag_seconds": 0.0}}
+
+
+def test_lag_just_at_the_limit_is_still_healthy() -> None:
+    assert evaluate([lag("ap", "s1", 60.0), checkpoint("s1", NOW - 500)]).healthy
+    assert evaluate([lag("ap", "s1", 500.0), checkpoint("s1", NOW - 60)]).healthy
+
+
+def test_a_shard_that_never_checkpointed_counts_from_the_runtime_start() -> None:
+    samples = [lag("ap", "s1", 120.0)]
+    assert not evaluate(samples).healthy  # started an hour ago
+    fresh = health_rules.evaluate(samples, now=NOW, stall_after_s=60, started_at=NOW - 30)
+    assert fresh.healthy
+
+
+def test_problems_the_runtime_reports_make_it_unhealthy() -> None:
+    result = evaluate([lag("eu", "s1", 0.0)], problems=("shard s1: worker not running",))
+    assert not result.healthy
+    assert result.reasons == ["shard s1: worker not running"]
+
+
+# -- the server and the samples directory -------------------------------------------------
+
+CHILD = """
+import sys
+from replicator.metrics import Metrics
+destination, shard, lag = sys.argv[1], sys.argv[2], float(sys.argv[3])
+metrics = Metrics()
+metrics.replication_lag.labels(destination, shard).set(lag)
+metrics.in_flight_writes.labels(destination).set(2)
+metrics.writes.labels(destination, "put", "applied").inc(5)
+metrics.apply_delay.labels(destination).observe(0.3)
+metrics.last_checkpoint.labels(shard).set(1000.0 + lag)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+class SampleWriter:
+    """A real process writing metrics into the samples directory, as a processor does."""
+
+    def __init__(self, directory: Path, destination: str, shard: str, lag: float) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", CHILD, destination, shard, str(lag)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, multiprocess.ENV: str(directory)},
+        )
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline() == b"ready\n"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+@pytest.fixture
+def samples_directory() -> Iterator[multiprocess.SamplesDirectory]:
+    directory = multiprocess.prepare()
+    yield directory
+    multiprocess.discard(directory)
+    assert not directory.path.exists()
+
+
+@pytest.fixture
+def server(samples_directory: multiprocess.SamplesDirectory) -> Iterator[MetricsServer]:
+    problems: list[str] = []
+    server = MetricsServer(
+        "127.0.0.1", 0, samples_directory.path, problems=lambda: problems, stall_after_s=60
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_a_killed_processor_s_live_gauges_are_reaped_and_its_totals_kept(
+    samples_directory: multiprocess.SamplesDirectory, server: MetricsServer
+) -> None:
+    directory = samples_directory.path
+    first = SampleWriter(directory, "ap", "s1", 7.0)
+    second = SampleWriter(directory, "ap", "s2", 3.0)
+    try:
+        samples = scrape(server.port)
+        assert matching(samples, LAG, shard="s1") == [7.0]
+        assert matching(samples, LAG, shard="s2") == [3.0]
+        assert matching(samples, "replicator_in_flight_writes", destination="ap") == [4.0]
+        assert total(samples, WRITES, destination="ap", outcome="applied") == 10
+
+        first.process.send_signal(signal.SIGKILL)
+        wait_until(
+            lambda: _state(first.pid) in ("Z", None), 10, "the killed child to exit"
+        )  # not waited for: a zombie, which counts as dead
+        samples = scrape(server.port)
+        assert matching(samples, LAG, shard="s1") == []
+        assert matching(samples, LAG, shard="s2") == [3.0]
+        assert matching(samples, "replicator_in_flight_writes", destination="ap") == [2.0]
+        assert total(samples, WRITES, destination="ap", outcome="applied") == 10
+        assert total(samples, "replicator_apply_delay_seconds_count", destination="ap") == 2
+        # The shard's last checkpoint time survives its process (mode max).
+        assert matching(samples, "replicator_last_checkpoint_timestamp_seconds", shard="s1") == [
+            1007.0
+        ]
+        files = {path.name for path in directory.iterdir()}
+        assert not {name for name in files if name.endswith(f"_{first.pid}.db") and "live" in name}
+        assert f"counter_{first.pid}.db" in files
+        assert f"gauge_livemax_{second.pid}.db" in files
+
+        assert second.process.stdin is not None
+        second.process.stdin.close()  # a clean exit is reaped as well
+        second.process.wait(10)
+        assert matching(scrape(server.port), LAG) == []
+        assert multiprocess.pids_with_live_gauges(directory) == set()
+    finally:
+        for writer in (first, second):
+            writer.process.kill()
+            writer.process.wait(10)
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def test_healthz_answers_503_with_the_reasons_and_unknown_paths_404(
+    samples_directory: multiprocess.SamplesDirectory,
+) -> None:
+    problems = ["shard s1: worker not running"]
+    server = MetricsServer(
+        "127.0.0.1", 0, samples_directory.path, problems=lambda: problems, stall_after_s=60
+    )
+    server.start()
+    try:
+        status, body = health(server.port)
+        assert (status, body["status"], body["reasons"]) == (503, "unhealthy", problems)
+        problems.clear()
+        status, body = health(server.port)
+        assert (status, body["status"], body["reasons"]) == (200, "ok", [])
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        connection.request("GET", "/nothing")
+        assert connection.getresponse().status == 404
+    finally:
+        server.stop()
+
+
+def test_the_configured_port_is_used_and_a_taken_port_is_a_clear_error(
+    samples_directory: multiprocess.SamplesDirectory,
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = MetricsServer(
+        "127.0.0.1", port, samples_directory.path, problems=list, stall_after_s=60
+    )
+    server.start()
+    try:
+        assert server.port == port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            assert response.status == 200
+        with pytest.raises(EnvironmentProblem, match=f"cannot listen on 127.0.0.1:{port}"):
+            MetricsServer(
+                "127.0.0.1", port, samples_directory.path, problems=list, stall_after_s=60
+            )
+    finally:
+        server.stop()
+
+
+def test_an_operator_chosen_directory_is_emptied_but_kept(tmp_path: Path) -> None:
+    chosen = tmp_path / "samples"
+    chosen.mkdir()
+    (chosen / "counter_123.db").write_bytes(b"old run")
+    (chosen / "README").write_text("not a sample file")
+    directory = multiprocess.prepare(chosen)
+    assert not directory.owned
+    assert [path.name for path in chosen.iterdir()] == ["README"]
+    multiprocess.discard(directory)
+    assert chosen.exists()
+
+
+# -- end to end ---------------------------------------------------------------------------
+
+
+class FailingWritesProxy:
+    """Sits in front of moto for one destination; while ``failing`` is set it answers
+    PutItem and DeleteItem with HTTP 500 InternalServerError, so that destination stalls
+    (the writer retries without end) while everything else keeps working."""
+
+    def __init__(self, upstream: str) -> None:
+        target = urllib.parse.urlsplit(upstream)
+        self.failing = threading.Event()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                operation = self.headers.get("X-Amz-Target", "").rsplit(".", 1)[-1]
+                if proxy.failing.is_set() and operation in ("PutItem", "DeleteItem"):
+                    self._send(
+                        500,
+                        {"Content-Type": "application/x-amz-json-1.0"},
+                        json.dumps(
+                            {
+                                "__type": "com.amazonaws.dynamodb.v20120810#InternalServerError",
+                                "message": "injected by the test",
+                            }
+                        ).encode(),
+                    )
+                    return
+                connection = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                headers = {
+                    key: value
+                    for key, value in self.headers.items()
+                    if key.lower() not in ("connection", "content-length")
+                }
+                connection.request("POST", self.path, body, headers)
+                response = connection.getresponse()
+                payload = response.read()
+                connection.close()
+                self._send(
+                    response.status,
+                    {
+                        key: value
+                        for key, value in response.getheaders()
+                        if key.lower()
+                        not in (
+                            "connection",
+                            "content-length",
+                            "transfer-encoding",
+                            "server",
+                            "date",
+                        )
+                    },
+                    payload,
+                )
+
+            def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FailingWritesProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def configure(job: Job, metrics: str, **destination_endpoints: str) -> None:
+    """Rewrite the job file: the metrics section, and endpoints of some destination tables."""
+    text = job.path.read_text().replace("metrics: {host: 127.0.0.1, port: 0}", metrics)
+    for table, endpoint in destination_endpoints.items():
+        text = text.replace(
+            f"table: {table}, endpoint_url: '{job.endpoint}'",
+            f"table: {table}, endpoint_url: '{endpoint}'",
+        )
+    # A short retry ceiling, so the stalled destination recovers promptly when released.
+    text = text.replace(
+        "writer: {max_in_flight: 16}", "writer: {max_in_flight: 16, retry: {max_delay_ms: 300}}"
+    )
+    job.path.write_text(text)
+
+
+def put_items(job: Job, keys: range) -> None:
+    rng = random.Random(keys.start)
+    for index in keys:
+        job.source.put_item(
+            TableName=job.source_table, Item=demo_item(rng, f"m{index}", index, "us-east-1")
+        )
+
+
+def test_metrics_follow_replication_and_health_reports_a_stalled_destination(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    changes = 40
+    with FailingWritesProxy(moto_endpoint) as proxy:
+        job = Job(moto_endpoint, unique("metrics"), tmp_path)
+        (_, eu_table), (_, ap_table) = job.destinations
+        eu, ap = f"eu-west-1/{eu_table}", f"ap-southeast-2/{ap_table}"
+        configure(
+            job,
+            "metrics: {host: 127.0.0.1, port: 0, stall_after_s: 3}",
+            **{ap_table: proxy.url},
+        )
+        runtime = job.start()
+        try:
+            port = logged_metrics_port(job.directory / "runtime.log")
+            wait_until(
+                lambda: (
+                    {labels["destination"] for _, labels, _ in _lag_series(scrape(port))}
+                    == {eu, ap}
+                ),
+                30,
+                "a lag series for each destination",
+            )
+            status, body = health(port)
+            assert (status, body["status"]) == (200, "ok"), body
+
+            put_items(job, range(changes))
+            wait_until(job.converged, 60, "destinations to equal the source")
+
+            def settled() -> list[Sample] | None:
+                samples = scrape(port)
+                done = all(
+                    total(samples, WRITES, destination=label, outcome="applied")
+                    + total(samples, WRITES, destination=label, outcome="conflict_lost")
+                    == changes
+                    and _lag(samples, label) == [0.0]
+                    for label in (eu, ap)
+                )
+                return samples if done else None
+
+            samples = wait_until(settled, 30, "write counts and lag to settle")
+            for label in (eu, ap):
+                assert total(samples, WRITES, destination=label, op="put", outcome="applied") == (
+                    changes
+                )
+                assert total(samples, WRITES, destination=label, outcome="dead_lettered") == 0
+                assert (
+                    total(samples, "replicator_apply_delay_seconds_count", destination=label)
+                    == changes
+                )
+                assert total(samples, "replicator_in_flight_writes", destination=label) == 0
+            assert total(samples, "replicator_records_received_total", event="INSERT") == changes
+            assert total(samples, "replicator_records_received_total") == changes
+            assert total(samples, "replicator_checkpoints_total") >= 1
+            (last_checkpoint,) = matching(samples, "replicator_last_checkpoint_timestamp_seconds")
+            assert time.time() - 60 < last_checkpoint <= time.time()
+            assert len(matching(samples, "replicator_millis_behind_latest")) == 1
+            assert matching(samples, "replicator_buffered_changes") == [0.0]
+            assert total(samples, "replicator_batch_flush_seconds_count") >= 1
+            assert matching(samples, "replicator_shards_owned") == [1.0]
+            status, body = health(port)
+            assert (status, body["status"]) == (200, "ok"), body
+
+            # The ap destination now fails every write: it falls behind, eu does not.
+            proxy.failing.set()
+            put_items(job, range(changes, changes + 1))
+            status, body = wait_until(
+                lambda: (result := health(port))[0] == 503 and result,
+                30,
+                "/healthz to report the stalled destination",
+            )
+            assert body["status"] == "unhealthy"
+            assert len(body["reasons"]) == 1, body
+            assert f"destination {ap} is stalled" in body["reasons"][0]
+            assert body["destinations"][eu] == {"lag_seconds": 0.0}
+            assert body["destinations"][ap]["lag_seconds"] > 3
+            samples = scrape(port)
+            assert _lag(samples, ap)[0] > 3
+            assert _lag(samples, eu) == [0.0]
+            assert total(samples, WRITES, destination=eu, outcome="applied") == changes + 1
+            assert total(samples, WRITES, destination=ap, outcome="applied") == changes
+            assert (
+                total(samples, "replicator_retries_total", destination=ap, reason="server_error")
+                > 0
+            )
+            assert total(samples, "replicator_retries_total", destination=eu) == 0
+
+            # Released, it catches up and health returns.
+            proxy.failing.clear()
+            wait_until(lambda: health(port)[0] == 200, 30, "/healthz to recover")
+            wait_until(
+                lambda: (
+                    total(scrape(port), WRITES, destination=ap, outcome="applied") == changes + 1
+                ),
+                30,
+                "the held-back write to be applied",
+            )
+            wait_until(job.converged, 30, "destinations to equal the source")
+        finally:
+            assert stop(runtime) == 0
+
+
+def _lag_series(samples: list[Sample]) -> list[Sample]:
+    return [sample for sample in samples if sample[0] == LAG]
+
+
+def _lag(samples: list[Sample], destination: str) -> list[float]:
+    return matching(samples, LAG, destination=destination)
+
+
+def test_metrics_can_be_turned_off(moto_endpoint: str, unique: Any, tmp_path: Path) -> None:
+    job = Job(moto_endpoint, unique("nometrics"), tmp_path)
+    configure(job, "metrics: {enabled: false}")
+    log = job.directory / "runtime.log"
+    runtime = job.start()
+    try:
+        wait_until(
+            lambda: log.exists() and "local runtime started" in log.read_text(),
+            30,
+            "the runtime to start",
+        )
+        put_items(job, range(3))
+        wait_until(job.converged, 30, "destinations to equal the source")
+    finally:
+        assert stop(runtime) == 0
+    assert "serving metrics" not in log.read_text()

@@ -1,0 +1,233 @@
+"""Bad job files and a bad environment: one clear error naming the problem, and exit 2
+(the file) or 3 (the environment), never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replicator.demo import tables
+from tests.support.aws import client
+from tests.support.faults.proxy import FaultProxy
+
+pytestmark = pytest.mark.reliability
+
+
+@dataclass
+class Case:
+    name: str
+    text: str | None  # None: there is no job file
+    fragment: str
+    exit_code: int
+    env: dict[str, str | None] = field(default_factory=dict)  # None removes a variable
+
+
+def _job_text(
+    endpoint: str,
+    source: str,
+    destination: str,
+    *,
+    source_region: str = "us-east-1",
+    source_endpoint: str | None = None,
+    destination_endpoint: str | None = None,
+) -> str:
+    return (
+        "task_name: bad-environment\n"
+        f"source: {{region: {source_region}, table: {source}, "
+        f"endpoint_url: '{source_endpoint or endpoint}'}}\n"
+        "destinations:\n"
+        f"  - {{region: eu-west-1, table: {destination}, "
+        f"endpoint_url: '{destination_endpoint or endpoint}'}}\n"
+        "metrics: {enabled: false}\n"
+    )
+
+
+def _run_cli(
+    command: str, config: Path, env: dict[str, str | None]
+) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ}
+    for name, value in env.items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
+    return subprocess.run(
+        [sys.executable, "-m", "replicator", command, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+        check=False,
+    )
+
+
+def _check_case(case: Case, config: Path, commands: tuple[str, ...]) -> list[str]:
+    """Run the case; the problems found (empty when it fails as it should) and a report line."""
+    problems: list[str] = []
+    codes = []
+    message = ""
+    for command in commands:
+        result = _run_cli(command, config, case.env)
+        codes.append(f"{command} exit {result.returncode}")
+        lines = result.stderr.splitlines()
+        errors = [line for line in lines if line.startswith("replicator: ")]
+        if errors:
+            message = " | ".join(lines[lines.index(errors[0]) :]).replace(f"{config.parent}/", "")
+        else:
+            message = result.stderr[-300:]
+        if result.returncode != case.exit_code:
+            problems.append(
+                f"{case.name}: {command} exited {result.returncode}, not {case.exit_code}"
+            )
+        if "Traceback" in result.stderr + result.stdout:
+            problems.append(f"{case.name}: {command} printed a traceback:\n{result.stderr}")
+        if len(errors) != 1:
+            problems.append(
+                f"{case.name}: {command} printed {len(errors)} errors:\n{result.stderr}"
+            )
+        if case.fragment not in result.stderr:
+            problems.append(
+                f"{case.name}: {command} did not say {case.fragment!r}:\n{result.stderr}"
+            )
+    print(f"[reliability]     {case.name}: {', '.join(codes)}: {message[:220]}")
+    return problems
+
+
+def test_bad_job_files_give_one_clear_error_and_exit_2(tmp_path: Path) -> None:
+    good = _job_text("http://127.0.0.1:1", "orders", "orders-copy")
+    cases = [
+        Case("YAML syntax error", good + "writer: {max_in_flight: 4\n", "YAML syntax error", 2),
+        Case(
+            "unknown key",
+            good.replace("table: orders-copy", "tabel: orders-copy"),
+            "destinations[0].tabel (line 4): unknown key",
+            2,
+        ),
+        Case(
+            "required key missing",
+            good.replace("table: orders, ", ""),
+            "source.table (line 2): required key is missing",
+            2,
+        ),
+        Case(
+            "invalid region",
+            good.replace("region: eu-west-1", "region: europe"),
+            "expected an AWS region name",
+            2,
+        ),
+        Case(
+            "unset variable",
+            good.replace("orders-copy", "'${REPLICATOR_TEST_NO_SUCH_VARIABLE}'"),
+            "environment variable REPLICATOR_TEST_NO_SUCH_VARIABLE is not set",
+            2,
+        ),
+        Case("no job file", None, "job file not found", 2),
+    ]
+    print("\n[reliability] 5a. bad job files (replicator validate and run)")
+    problems: list[str] = []
+    for index, case in enumerate(cases):
+        config = tmp_path / f"job-{index}.yaml"
+        if case.text is not None:
+            config.write_text(case.text)
+        problems += _check_case(case, config, ("validate", "run"))
+    assert not problems, "\n".join(problems)
+
+
+def test_a_bad_environment_gives_one_clear_error_and_exit_3(
+    moto_endpoint: str, unique: Any, tmp_path: Path, proxies: list[FaultProxy]
+) -> None:
+    name = unique("env")
+    us = client("dynamodb", "us-east-1", moto_endpoint)
+    eu = client("dynamodb", "eu-west-1", moto_endpoint)
+    tables.create(us, f"{name}-src", stream=True)
+    tables.create(us, f"{name}-nostream", stream=False)
+    tables.create(eu, f"{name}-dst", stream=False)
+    eu.create_table(
+        TableName=f"{name}-hashonly",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    unreachable = proxies[0]
+    unreachable.refuse()
+    src, dst = f"{name}-src", f"{name}-dst"
+
+    def job(**kwargs: Any) -> str:
+        return _job_text(
+            moto_endpoint, kwargs.pop("source", src), kwargs.pop("destination", dst), **kwargs
+        )
+
+    no_credentials: dict[str, str | None] = {
+        "AWS_ACCESS_KEY_ID": None,
+        "AWS_SECRET_ACCESS_KEY": None,
+        "AWS_SESSION_TOKEN": None,
+        "AWS_PROFILE": None,
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
+        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": None,
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI": None,
+        "AWS_WEB_IDENTITY_TOKEN_FILE": None,
+    }
+    cases = [
+        Case(
+            "missing source table",
+            job(source=f"{name}-nope"),
+            f"source table {name}-nope: not found",
+            3,
+        ),
+        Case(
+            "stream disabled",
+            job(source=f"{name}-nostream"),
+            "has no DynamoDB stream enabled",
+            3,
+        ),
+        Case(
+            "wrong region",
+            job(source_region="eu-central-1"),
+            f"source table {src}: not found at {moto_endpoint} (eu-central-1)",
+            3,
+        ),
+        Case(
+            "missing destination table",
+            job(destination=f"{name}-nope"),
+            f"destinations[0] table {name}-nope: not found",
+            3,
+        ),
+        Case(
+            "destination key schema differs",
+            job(destination=f"{name}-hashonly"),
+            "has key schema",
+            3,
+        ),
+        Case("no credentials", job(), "no AWS credentials found", 3, env=no_credentials),
+        Case(
+            "unreachable source endpoint",
+            job(source_endpoint=unreachable.url),
+            f"cannot reach {unreachable.url}",
+            3,
+        ),
+        Case(
+            "unreachable destination endpoint",
+            job(destination_endpoint=unreachable.url),
+            f"destinations[0] table {dst}: cannot reach {unreachable.url}",
+            3,
+        ),
+    ]
+    print("\n[reliability] 5b. a bad environment (replicator run; validate reads only the file)")
+    problems: list[str] = []
+    for index, case in enumerate(cases):
+        config = tmp_path / f"job-{index}.yaml"
+        assert case.text is not None
+        config.write_text(case.text)
+        problems += _check_case(case, config, ("run",))
+        validated = _run_cli("validate", config, case.env)
+        if validated.returncode != 0:
+            problems.append(f"{case.name}: validate exited {validated.returncode}")
+    assert not problems, "\n".join(problems)

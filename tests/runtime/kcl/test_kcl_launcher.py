@@ -1,0 +1,531 @@
+"""The KCL runtime's launcher: the daemon's command line, clear refusals, and its lifecycle.
+
+The command line and refusals are checked without a KCL; the lifecycle (signals, exit
+status, health, no orphaned processes) with a stand-in daemon: a small script given as
+``kcl.java`` that behaves like the daemon towards its supervisor. The real daemon is
+driven in tests/runtime/kcl/test_kcl.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replicator.config import load_job
+from replicator.demo import tables
+from replicator.exceptions import KclUnavailable
+from replicator.runtime.kcl import java
+from replicator.runtime.kcl.launcher import DaemonProcess, group_members, prepare_run
+from replicator.runtime.kcl.properties import templates_dir
+from tests.support import ROOT
+from tests.support.aws import client
+from tests.support.e2e import wait_until
+from tests.support.metrics import health, logged_metrics_port, matching, scrape
+
+STREAMS_CLASSES = [java.STREAMS_LAUNCHER, java.STREAMS_ADAPTER, java.MULTILANG_CONFIG]
+
+
+def fake_jars(directory: Path, classes: list[str], content: bytes = b"") -> Path:
+    """A jars directory whose one jar has entries named for ``classes``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(directory / "kcl.jar", "w") as jar:
+        for name in classes:
+            jar.writestr(name.replace(".", "/") + ".class", content)
+    return directory
+
+
+def write_job(
+    path: Path,
+    *,
+    kind: str = "kinesis",
+    endpoint: str | None = "http://127.0.0.1:9",
+    kcl: str = "",
+    table: str = "orders",
+    stream: str = "orders-changes",
+    destination: str = "orders",
+    task_name: str = "orders-kcl",
+) -> Path:
+    endpoint_key = f", endpoint_url: '{endpoint}'" if endpoint else ""
+    stream_spec = f"{{kind: kinesis, name: {stream}}}" if kind == "kinesis" else "{}"
+    path.write_text(
+        "runtime: kcl\n"
+        f"task_name: {task_name}\n"
+        f"source: {{region: us-east-1, table: {table}, stream: {stream_spec}{endpoint_key}}}\n"
+        f"destinations: [{{region: eu-west-1, table: {destination}{endpoint_key}}}]\n"
+        "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
+        f"dead_letter: {{kind: file, path: '{path.parent / 'dead.jsonl'}'}}\n"
+        "metrics: {host: 127.0.0.1, port: 0}\n"
+        f"kcl: {{failover_time_ms: 5000{kcl}}}\n"
+    )
+    return path
+
+
+def run_cli(job: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "replicator", "run", "--config", str(job)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("replicator: ")
+    for needle in needles:
+        assert needle in message
+    return message
+
+
+# -- the command line ---------------------------------------------------------------------
+
+
+def test_kinesis_source_runs_the_stock_daemon(tmp_path: Path) -> None:
+    jars = fake_jars(tmp_path / "jars", [java.MULTILANG_DAEMON])
+    job = write_job(tmp_path / "job.yaml", kcl=f", java: {sys.executable}, jars_dir: {jars}")
+    resolved = load_job(job)
+    installation = java.locate(resolved, environ={})
+    properties = tmp_path / "orders-kcl.properties"
+    argv = java.daemon_command(resolved, installation, properties, environ={})
+    assert argv == [
+        sys.executable,
+        "-Daws.cborEnabled=false",  # the job has an endpoint override
+        f"-Dlogback.configurationFile={templates_dir() / 'logback.xml'}",
+        "-cp",
+        f"{jars}/*",
+        "software.amazon.kinesis.multilang.MultiLangDaemon",
+        "--properties-file",
+        str(properties),
+    ]
+
+
+def test_dynamodb_streams_source_runs_the_launcher_with_the_operators_jvm_options(
+    tmp_path: Path,
+) -> None:
+    jars = fake_jars(tmp_path / "jars", STREAMS_CLASSES)
+    job = write_job(tmp_path / "job.yaml", kind="dynamodb-streams", endpoint=None)
+    resolved = load_job(job)
+    environ = {
+        "REPLICATOR_KCL_JARS": str(jars),
+        "REPLICATOR_KCL_JVM_OPTIONS": "-Xmx512m '-Dhttps.proxyHost=proxy.internal'",
+    }
+    installation = java.locate(resolved, environ=environ)
+    assert installation.jars_dir == jars
+    argv = java.daemon_command(resolved, installation, tmp_path / "p.properties", environ)
+    assert argv[0] == shutil.which("java")  # kcl.java defaults to the java on PATH
+    assert "-Daws.cborEnabled=false" not in argv  # AWS itself reads CBOR
+    assert argv[1:] == [
+        f"-Dlogback.configurationFile={templates_dir() / 'logback.xml'}",
+        "-Xmx512m",
+        "-Dhttps.proxyHost=proxy.internal",
+        "-cp",
+        f"{jars}/*",
+        "replicator.kcl.DynamoDbStreamsMultiLangDaemon",
+        "--properties-file",
+        str(tmp_path / "p.properties"),
+    ]
+
+
+def test_the_properties_name_the_stream_arn_preflight_resolved(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    table = unique("kcl-src")
+    tables.create(client("dynamodb", "us-east-1", moto_endpoint), table, stream=True)
+    tables.create(client("dynamodb", "eu-west-1", moto_endpoint), table, stream=False)
+    arn = client("dynamodb", "us-east-1", moto_endpoint).describe_table(TableName=table)["Table"][
+        "LatestStreamArn"
+    ]
+    jars = fake_jars(tmp_path / "jars", STREAMS_CLASSES)
+    job = write_job(
+        tmp_path / "job.yaml",
+        kind="dynamodb-streams",
+        endpoint=moto_endpoint,
+        table=table,
+        destination=table,
+        kcl=f", java: {sys.executable}, jars_dir: {jars}, worker_id: host-a",
+    )
+    prepared = prepare_run(load_job(job), tmp_path)
+    text = prepared.properties.read_text()
+    assert f"\ndynamoDBStreamArn = {arn}\n" in text
+    assert "\nworkerId = host-a\n" in text
+    assert "\nshutdownGraceMillis = 15000\n" in text  # failover 5000 + 10000
+    assert prepared.argv[-1] == str(prepared.properties)
+
+
+# -- clear refusals (exit 4, one line, no traceback) --------------------------------------
+
+
+def test_missing_java_is_named_with_how_to_get_it(tmp_path: Path) -> None:
+    job = write_job(tmp_path / "job.yaml", kcl=", java: /opt/no-such-jdk/bin/java")
+    message = assert_refused(run_cli(job), 4, "kcl.java", "/opt/no-such-jdk/bin/java")
+    assert "openjdk-17-jre-headless" in message
+
+
+def test_missing_jars_name_the_setting_and_where_to_get_them(tmp_path: Path) -> None:
+    job = write_job(tmp_path / "job.yaml", kcl=f", java: {sys.executable}")
+    env = {"REPLICATOR_KCL_JARS": str(tmp_path / "nowhere")}
+    assert_refused(run_cli(job, env), 4, str(tmp_path / "nowhere"), "not a directory of jars")
+
+
+def checkout(directory: Path) -> Path:
+    """A copy of what the build key covers: docker/pom.xml and docker/launcher."""
+    shutil.copytree(ROOT / "docker" / "launcher", directory / "docker" / "launcher")
+    shutil.copy(ROOT / "docker" / "pom.xml", directory / "docker" / "pom.xml")
+    return directory
+
+
+def test_without_a_setting_the_jars_of_the_checkouts_build_are_used(tmp_path: Path) -> None:
+    repository = checkout(tmp_path / "repo")
+    with pytest.raises(KclUnavailable, match=r"make kcl-jars.*kcl\.jars_dir.*REPLICATOR_KCL_JARS"):
+        java.find_jars_dir(None, {}, repository)
+    key = java.build_key(repository)
+    assert key is not None
+    built = fake_jars(repository / ".cache" / "kcl" / key, [java.MULTILANG_DAEMON])
+    (built / ".complete").touch()
+    assert java.find_jars_dir(None, {}, repository) == built
+    other = fake_jars(tmp_path / "other", [java.MULTILANG_DAEMON])
+    assert java.find_jars_dir(None, {"REPLICATOR_KCL_JARS": str(other)}, repository) == other
+
+    # A change to the launcher is a new build: the old one is not used.
+    (repository / "docker" / "launcher" / "NOTES").write_text("changed\n")
+    with pytest.raises(KclUnavailable, match=r"builds in \.cache/kcl are of another"):
+        java.find_jars_dir(None, {}, repository)
+
+
+def test_the_build_script_and_the_runtime_agree_on_where_the_jars_are(tmp_path: Path) -> None:
+    """scripts/build-kcl.sh names the directory without building when it is complete."""
+    repository = checkout(tmp_path / "repo")
+    (repository / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "build-kcl.sh", repository / "scripts" / "build-kcl.sh")
+    key = java.build_key(repository)
+    assert key is not None
+    built = repository / ".cache" / "kcl" / key
+    built.mkdir(parents=True)
+    (built / ".complete").touch()
+    result = subprocess.run(
+        [str(repository / "scripts" / "build-kcl.sh")],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.strip() == str(built)
+
+
+def test_building_the_jars_without_maven_or_java_says_so_in_one_line(tmp_path: Path) -> None:
+    repository = checkout(tmp_path / "repo")
+    (repository / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "build-kcl.sh", repository / "scripts" / "build-kcl.sh")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ["bash", "dirname", "find", "sort", "xargs", "sha256sum", "cut", "mkdir", "cat"]:
+        (tools / tool).symlink_to(shutil.which(tool) or tool)
+
+    def build() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(repository / "scripts" / "build-kcl.sh")],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PATH": str(tools)},
+        )
+
+    result = build()
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("build-kcl: mvn is not on PATH")
+    (tools / "mvn").symlink_to(shutil.which("mvn") or "/usr/bin/mvn")
+    result = build()
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("build-kcl: java is not on PATH")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_jars_without_the_daemon_name_the_missing_class(tmp_path: Path) -> None:
+    jars = fake_jars(tmp_path / "jars", ["org.example.Unrelated"])
+    job = write_job(tmp_path / "job.yaml", kcl=f", java: {sys.executable}, jars_dir: {jars}")
+    assert_refused(run_cli(job), 4, java.MULTILANG_DAEMON, str(jars))
+
+
+def test_dynamodb_streams_without_the_launcher_says_how_to_build_it(tmp_path: Path) -> None:
+    jars = fake_jars(tmp_path / "jars", [java.MULTILANG_DAEMON, java.MULTILANG_CONFIG])
+    job = write_job(
+        tmp_path / "job.yaml",
+        kind="dynamodb-streams",
+        kcl=f", java: {sys.executable}, jars_dir: {jars}",
+    )
+    message = assert_refused(run_cli(job), 4, java.STREAMS_LAUNCHER, "make kcl-jars")
+    assert java.STREAMS_ADAPTER in message
+
+
+def test_a_source_role_is_refused_since_the_daemon_would_not_use_it(tmp_path: Path) -> None:
+    job = write_job(tmp_path / "job.yaml", kcl=f", java: {sys.executable}")
+    text = job.read_text().replace(
+        "source: {", "source: {role_arn: 'arn:aws:iam::123456789012:role/reader', "
+    )
+    job.write_text(text)
+    assert_refused(run_cli(job), 4, "source.role_arn", "runtime: local")
+
+
+# -- against AWS (moto): preflight, and a classpath that cannot start ---------------------
+
+
+@pytest.fixture
+def kinesis_job(moto_endpoint: str, unique: Any, tmp_path: Path) -> dict[str, Any]:
+    """A source table, a two-shard Kinesis stream and a destination table on moto."""
+    table = unique("kcl-src")
+    stream = unique("kcl-changes")
+    tables.create(client("dynamodb", "us-east-1", moto_endpoint), table, stream=False)
+    tables.create(client("dynamodb", "eu-west-1", moto_endpoint), table, stream=False)
+    client("kinesis", "us-east-1", moto_endpoint).create_stream(StreamName=stream, ShardCount=2)
+    return {"endpoint": moto_endpoint, "table": table, "destination": table, "stream": stream}
+
+
+def test_a_missing_kinesis_stream_is_named(kinesis_job: dict[str, Any], tmp_path: Path) -> None:
+    jars = fake_jars(tmp_path / "jars", [java.MULTILANG_DAEMON])
+    job = write_job(
+        tmp_path / "job.yaml",
+        **{**kinesis_job, "stream": "no-such-stream"},
+        kcl=f", java: {sys.executable}, jars_dir: {jars}",
+    )
+    assert_refused(run_cli(job), 3, "kinesis stream no-such-stream", "not found")
+
+
+def test_a_classpath_that_cannot_start_is_a_clear_error(
+    kinesis_job: dict[str, Any], tmp_path: Path
+) -> None:
+    jars = fake_jars(tmp_path / "jars", [java.MULTILANG_DAEMON], content=b"not a class file")
+    job = write_job(tmp_path / "job.yaml", **kinesis_job, kcl=f", jars_dir: {jars}")
+    message = assert_refused(run_cli(job), 4, "could not start", str(jars), "ClassFormatError")
+    assert "working KCL classpath" in message
+
+
+# -- lifecycle, with a stand-in daemon ----------------------------------------------------
+
+STAND_IN_DAEMON = """\
+#!{python}
+# Behaves towards its supervisor like the KCL daemon: one child per "shard", SIGTERM
+# asks for a graceful stop, the exit status says how it ended.
+import json, os, signal, subprocess, sys, time
+
+argv = sys.argv
+properties = open(argv[argv.index("--properties-file") + 1]).read()
+mode = os.environ["STAND_IN_MODE"]
+child_code = (
+    "import signal, time\\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n"
+    "time.sleep(600)\\n"
+    if mode == "stubborn-child"
+    else "import os, sys, time\\n"
+    "while os.getppid() == int(sys.argv[1]): time.sleep(0.1)\\n"
+)
+children = [
+    subprocess.Popen([sys.executable, "-c", child_code, str(os.getpid())]) for _ in range(2)
+]
+stopping = []
+signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+record = {{
+    "argv": argv,
+    "pid": os.getpid(),
+    "pgid": os.getpgid(0),
+    "children": [child.pid for child in children],
+    "samples_dir": os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
+    "properties": properties,
+}}
+with open(os.environ["STAND_IN_RECORD"] + ".tmp", "w") as out:
+    json.dump(record, out)
+os.replace(os.environ["STAND_IN_RECORD"] + ".tmp", os.environ["STAND_IN_RECORD"])
+if mode == "stubborn-child":
+    time.sleep(0.5)
+    sys.exit(1)  # a processor failed: the daemon exits 1 and leaves its children behind
+while not stopping or mode == "deaf":
+    if stopping and not os.path.exists(os.environ["STAND_IN_RECORD"] + ".sigterm"):
+        open(os.environ["STAND_IN_RECORD"] + ".sigterm", "w").close()
+    time.sleep(0.05)
+open(os.environ["STAND_IN_RECORD"] + ".sigterm", "w").close()
+sys.exit(143)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class StandIn:
+    def __init__(self, kinesis_job: dict[str, Any], tmp_path: Path, mode: str) -> None:
+        script = tmp_path / "java"
+        script.write_text(STAND_IN_DAEMON.format(python=sys.executable))
+        script.chmod(0o755)
+        jars = fake_jars(tmp_path / "jars", [java.MULTILANG_DAEMON])
+        self.job = write_job(
+            tmp_path / "job.yaml",
+            **kinesis_job,
+            kcl=f", java: {script}, jars_dir: {jars}, worker_id: stand-in",
+        )
+        self.record_path = tmp_path / "record.json"
+        self.log = tmp_path / "run.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "replicator", "run", "--config", str(self.job)],
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={
+                **os.environ,
+                "STAND_IN_MODE": mode,
+                "STAND_IN_RECORD": str(self.record_path),
+            },
+        )
+
+    def record(self) -> dict[str, Any]:
+        wait_until(self.record_path.exists, 30, "the stand-in daemon to start")
+        record: dict[str, Any] = json.loads(self.record_path.read_text())
+        return record
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        if self.record_path.exists():
+            for pid in [self.record()["pid"], *self.record()["children"]]:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def stand_in(kinesis_job: dict[str, Any], tmp_path: Path) -> Any:
+    started: list[StandIn] = []
+
+    def start(mode: str) -> StandIn:
+        started.append(StandIn(kinesis_job, tmp_path, mode))
+        return started[-1]
+
+    yield start
+    for one in started:
+        one.kill()
+
+
+def test_sigterm_reaches_the_daemon_and_a_stop_it_answers_is_a_clean_exit(stand_in: Any) -> None:
+    run = stand_in("graceful")
+    record = run.record()
+    assert record["pgid"] == record["pid"]  # a process group of its own
+    assert record["pgid"] != os.getpgid(run.process.pid)
+    assert "\napplicationName = orders-kcl\n" in record["properties"]
+    assert "\nworkerId = stand-in\n" in record["properties"]
+    assert record["samples_dir"] and Path(record["samples_dir"]).is_dir()
+    port = logged_metrics_port(run.log)
+    status, body = health(port)
+    assert (status, body["status"]) == (200, "ok"), body
+    wait_until(
+        lambda: matching(scrape(port), "replicator_shards_owned") == [2.0],
+        10,
+        "two processors counted as owned shards",
+    )
+
+    assert healthcheck(port).returncode == 0  # the image's HEALTHCHECK
+
+    run.process.send_signal(signal.SIGTERM)
+    assert run.process.wait(30) == 0  # the daemon's 143 answers the SIGTERM it was sent
+    assert Path(str(run.record_path) + ".sigterm").exists()  # forwarded, not a kill
+    assert "the daemon stopped as asked" in run.log.read_text()
+    wait_until(
+        lambda: not any(alive(pid) for pid in [record["pid"], *record["children"]]),
+        10,
+        "the daemon and its children to be gone",
+    )
+    assert not Path(record["samples_dir"]).exists()
+    probe = healthcheck(port)
+    assert probe.returncode == 1
+    assert "unreachable" in probe.stderr
+
+
+def healthcheck(port: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "replicator.runtime.healthcheck"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "REPLICATOR_METRICS_PORT": str(port)},
+    )
+
+
+def test_a_daemon_that_fails_is_reported_and_its_leftover_children_are_killed(
+    stand_in: Any,
+) -> None:
+    run = stand_in("stubborn-child")
+    record = run.record()
+    assert run.process.wait(30) == 1
+    assert not group_members(record["pgid"])
+    assert not any(alive(pid) for pid in record["children"])
+    log = run.log.read_text()
+    assert "processors outlived the daemon; killing them" in log
+    assert '"status": 1' in log
+
+
+def test_a_second_stop_request_kills_a_daemon_that_does_not_stop(stand_in: Any) -> None:
+    run = stand_in("deaf")
+    record = run.record()
+    run.process.send_signal(signal.SIGTERM)
+    sigterm = Path(str(run.record_path) + ".sigterm")
+    wait_until(sigterm.exists, 10, "the daemon to get the first SIGTERM")
+    assert run.process.poll() is None  # still waiting for its graceful stop
+    run.process.send_signal(signal.SIGINT)
+    assert run.process.wait(30) == 128 + signal.SIGKILL
+    assert not group_members(record["pgid"])
+    assert "second stop request" in run.log.read_text()
+
+
+def test_killing_the_supervisor_takes_the_daemon_with_it(stand_in: Any) -> None:
+    run = stand_in("graceful")
+    record = run.record()
+    os.kill(run.process.pid, signal.SIGKILL)  # the supervisor alone, not its group
+    run.process.wait(10)
+    wait_until(
+        lambda: not any(alive(pid) for pid in [record["pid"], *record["children"]]),
+        15,
+        "the daemon (parent-death signal) and its children (parent gone) to exit",
+    )
+
+
+def test_health_names_a_daemon_that_is_not_running() -> None:
+    daemon = DaemonProcess(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], os.environ, grace_s=1
+    )
+    assert daemon.problems() == ["the daemon is not running"]  # not started yet
+    daemon.start()
+    try:
+        assert daemon.problems() == []
+        os.kill(daemon.pid, signal.SIGKILL)
+        assert daemon.wait() == 128 + signal.SIGKILL
+        assert daemon.problems() == ["the daemon is not running"]
+    finally:
+        daemon.clean_up()
+
+
+def test_the_daemon_logs_each_processor_line_once() -> None:
+    """The KCL copies each line a processor writes to stderr as is, and logs it again as
+    an ERROR; the logging configuration keeps only the copy."""
+    text = (templates_dir() / "logback.xml").read_text()
+    assert (
+        '<logger name="software.amazon.kinesis.multilang.DrainChildSTDERRTask" level="OFF"/>'
+        in text
+    )

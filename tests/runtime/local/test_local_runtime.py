@@ -1,0 +1,139 @@
+"""The local runtime end to end, as a real process against a moto server over HTTP."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replicator.demo.workload import Workload, demo_item
+from tests.support.e2e import Job, children_of, stop, wait_until
+
+
+@pytest.fixture
+def job(moto_endpoint: str, unique: Any, tmp_path: Path) -> Job:
+    return Job(moto_endpoint, unique("local"), tmp_path)
+
+
+def test_every_change_converges_and_the_lease_holds_the_last_checkpoint(job: Job) -> None:
+    rng = random.Random(1)
+    for index in range(60):
+        job.source.put_item(
+            TableName=job.source_table, Item=demo_item(rng, f"p{index % 7}", index, "us-east-1")
+        )
+    runtime = job.start()
+    try:
+        for index in range(0, 60, 3):  # updates and deletes while it runs
+            job.source.put_item(
+                TableName=job.source_table, Item=demo_item(rng, f"p{index % 7}", index, "us-east-1")
+            )
+        for index in range(1, 60, 4):
+            job.source.delete_item(
+                TableName=job.source_table,
+                Key={"pk": {"S": f"p{index % 7}"}, "sk": {"N": str(index)}},
+            )
+        wait_until(job.converged, 60, "destinations to equal the source")
+        last = job.last_stream_sequence()
+        wait_until(
+            lambda: job.lease_rows() and job.lease_rows()[0]["checkpoint"]["S"] == last,
+            30,
+            "the checkpoint to reach the last stream record",
+        )
+    finally:
+        assert stop(runtime) == 0
+    (row,) = job.lease_rows()
+    assert set(row) >= {
+        "leaseKey",
+        "leaseCounter",
+        "checkpoint",
+        "checkpointSubSequenceNumber",
+        "ownerSwitchesSinceCheckpoint",
+    }
+    assert row["leaseKey"]["S"].startswith("shardId-")
+    assert row["checkpoint"] == {"S": last}
+    assert row["checkpointSubSequenceNumber"] == {"N": "0"}
+    assert "leaseOwner" not in row  # released on a clean stop
+    assert int(row["leaseCounter"]["N"]) > 0
+
+
+def test_kill_9_of_the_runtime_mid_stream_then_restart_loses_nothing(job: Job) -> None:
+    workload = Workload(
+        job.source, job.source_table, rate=60, duration_s=12, keys=150, origin="us-east-1"
+    )
+    runtime = job.start()
+    workload.start()
+    wait_until(
+        lambda: any(row.get("checkpoint", {}).get("S", "").isdigit() for row in job.lease_rows()),
+        30,
+        "a first checkpoint",
+    )
+    runtime.send_signal(signal.SIGKILL)
+    runtime.wait(10)
+    for child in children_of(runtime.pid):
+        os.kill(child, signal.SIGKILL)
+    time.sleep(0.5)  # the workload keeps writing while nothing replicates
+    restarted = job.start()
+    try:
+        workload.join(60)
+        assert workload.error is None
+        wait_until(job.converged, 90, "destinations to equal the source after the restart")
+    finally:
+        assert stop(restarted) == 0
+
+
+def test_kill_9_of_a_processor_child_is_restarted_from_the_checkpoint(job: Job) -> None:
+    workload = Workload(
+        job.source, job.source_table, rate=60, duration_s=10, keys=150, origin="us-east-1"
+    )
+    runtime = job.start()
+    try:
+        workload.start()
+        child = wait_until(lambda: children_of(runtime.pid), 30, "a processor child")[0]
+        wait_until(
+            lambda: any(
+                row.get("checkpoint", {}).get("S", "").isdigit() for row in job.lease_rows()
+            ),
+            30,
+            "a first checkpoint",
+        )
+        os.kill(child, signal.SIGKILL)
+        wait_until(
+            lambda: [c for c in children_of(runtime.pid) if c != child], 30, "a new processor child"
+        )
+        workload.join(60)
+        wait_until(job.converged, 90, "destinations to equal the source")
+        assert runtime.poll() is None
+    finally:
+        assert stop(runtime) == 0
+    log = (job.directory / "runtime.log").read_text()
+    assert "restarting from the checkpoint" in log
+
+
+def test_a_second_worker_for_the_same_task_is_refused(job: Job, tmp_path: Path) -> None:
+    runtime = job.start()
+    try:
+        wait_until(
+            lambda: any(row.get("leaseOwner") for row in job.lease_rows()),
+            30,
+            "the first worker to own the lease",
+        )
+        other = Job.__new__(Job)
+        other.__dict__.update(job.__dict__)
+        other.path = tmp_path / "other.yaml"
+        other.write(**{})
+        text = other.path.read_text().replace("kcl: {", "kcl: {worker_id: other-host, ")
+        other.path.write_text(text)
+        second_dir = tmp_path / "second-tmp"
+        second_dir.mkdir()
+        second = other.start(log=tmp_path / "second.log", env={"TMPDIR": str(second_dir)})
+        assert second.wait(60) == 5
+        message = (tmp_path / "second.log").read_text()
+        assert "being run by worker" in message
+        assert "Traceback" not in message
+    finally:
+        assert stop(runtime) == 0

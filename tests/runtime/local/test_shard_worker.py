@@ -1,0 +1,236 @@
+"""The local runtime's shard reading: lineage, iterator expiry, trimmed data, shard end,
+and a child that keeps dying - with a scripted stream and a stand-in processor child."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from replicator.config.model import OnTrimmedData
+from replicator.exceptions import ChildFailed, ChildKeepsFailing, EnvironmentProblem, TrimmedData
+from replicator.runtime.local.leases import SHARD_END, LeaseTable
+from replicator.runtime.local.runtime import startable
+from replicator.runtime.local.shard_worker import ShardSettings, ShardWorker
+from replicator.runtime.local.stream import Shard
+from tests.support.aws import client
+
+
+def test_children_start_only_after_their_parents_end() -> None:
+    shards = [Shard("a", None, True), Shard("b", "a", False), Shard("c", "gone", False)]
+    assert startable(shards, ended=set(), running=set()) == ["a", "c"]
+    assert startable(shards, ended={"a"}, running={"c"}) == ["b"]
+
+
+def record(seq: int) -> dict[str, Any]:
+    return {
+        "eventID": str(seq),
+        "eventName": "INSERT",
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": "us-east-1",
+        "dynamodb": {
+            "ApproximateCreationDateTime": datetime.now(UTC),
+            "Keys": {"pk": {"S": str(seq)}},
+            "NewImage": {"pk": {"S": str(seq)}},
+            "SequenceNumber": str(seq),
+            "SizeBytes": 10,
+            "StreamViewType": "NEW_AND_OLD_IMAGES",
+        },
+    }
+
+
+def error(code: str) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": 400}},
+        "GetRecords",
+    )
+
+
+class ScriptedStream:
+    """GetRecords answers from a script; GetShardIterator calls are recorded."""
+
+    def __init__(self, script: list[Any], stop: threading.Event) -> None:
+        self.script = script
+        self.stop = stop
+        self.iterator_requests: list[tuple[str, str | None]] = []
+
+    def get_shard_iterator(self, **kwargs: Any) -> dict[str, str]:
+        self.iterator_requests.append((kwargs["ShardIteratorType"], kwargs.get("SequenceNumber")))
+        return {"ShardIterator": f"it-{len(self.iterator_requests)}"}
+
+    def get_records(self, **kwargs: Any) -> dict[str, Any]:
+        if not self.script:
+            self.stop.set()
+            return {"Records": [], "NextShardIterator": "idle"}
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return step  # type: ignore[no-any-return]
+
+
+class StandInChild:
+    """Acts as a processor child: checkpoints every batch it is given."""
+
+    def __init__(
+        self, on_checkpoint: Callable[[str | None, int | None], str | None], fail: bool = False
+    ) -> None:
+        """``fail``: die during initialize, as a processor that cannot start does."""
+        self.on_checkpoint = on_checkpoint
+        self.fail = fail
+        self.pid = 4242
+        self.batches: list[list[dict[str, Any]]] = []
+
+    def start(self) -> None:
+        pass
+
+    def initialize(self, shard_id: str, sequence_number: str | None, sub: int | None) -> None:
+        if self.fail:
+            raise ChildFailed("stand-in child exited with status 1 during initialize")
+
+    def process_records(self, records: list[dict[str, Any]], millis_behind: int) -> None:
+        self.batches.append(records)
+        if records:
+            assert self.on_checkpoint(records[-1]["sequenceNumber"], 0) is None
+
+    def shard_ended(self) -> None:
+        assert self.on_checkpoint(None, None) is None
+
+    def shutdown_requested(self, timeout: float | None = None) -> None:
+        pass
+
+    def close(self, timeout: float = 10.0) -> int:
+        return 0
+
+    def kill(self) -> None:
+        pass
+
+
+@pytest.fixture
+def leases(moto_endpoint: str, unique: Any) -> LeaseTable:
+    table = LeaseTable(client("dynamodb", "us-east-1", moto_endpoint), unique("leases"), "me")
+    table.ensure_exists()
+    return table
+
+
+class FlakyLeases:
+    """A lease table whose reads and releases are throttled a given number of times."""
+
+    def __init__(self, table: LeaseTable, get_throttles: int, release_throttles: int) -> None:
+        self.table = table
+        self.get_throttles = get_throttles
+        self.release_throttles = release_throttles
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.table, name)
+
+    def get(self, shard_id: str) -> Any:
+        if self.get_throttles:
+            self.get_throttles -= 1
+            raise error("ProvisionedThroughputExceededException")
+        return self.table.get(shard_id)
+
+    def release(self, lease: Any) -> None:
+        if self.release_throttles:
+            self.release_throttles -= 1
+            raise error("ThrottlingException")
+        self.table.release(lease)
+
+
+def run_worker(
+    leases: Any,
+    script: list[Any],
+    on_trimmed: OnTrimmedData = OnTrimmedData.FAIL,
+    fail: bool | int = False,
+) -> tuple[ShardWorker, ScriptedStream, list[StandInChild]]:
+    """``fail``: True makes every child fail, a number makes that many children fail."""
+    created = leases.create("shard-1", "TRIM_HORIZON", [])
+    assert created is not None
+    lease = leases.take(created)
+    stop = threading.Event()
+    stream = ScriptedStream(script, stop)
+    children: list[StandInChild] = []
+
+    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
+        failing = fail is True or (fail is not False and len(children) < fail)
+        children.append(StandInChild(on_checkpoint, fail=failing))
+        return children[-1]
+
+    settings = ShardSettings("arn", 100, 0.0, on_trimmed, restart_limit=2, restart_window_s=60)
+    worker = ShardWorker(lease, leases, stream, settings, new_child, stop)
+    worker.run()
+    return worker, stream, children
+
+
+def test_an_expired_iterator_is_replaced_after_the_last_record_delivered(
+    leases: LeaseTable,
+) -> None:
+    script = [
+        {"Records": [record(1), record(2)], "NextShardIterator": "x"},
+        error("ExpiredIteratorException"),
+        {"Records": [record(3)], "NextShardIterator": "y"},
+    ]
+    worker, stream, children = run_worker(leases, script)
+    assert worker.error is None
+    assert stream.iterator_requests == [("TRIM_HORIZON", None), ("AFTER_SEQUENCE_NUMBER", "2")]
+    assert [r["sequenceNumber"] for b in children[0].batches for r in b] == ["1", "2", "3"]
+    assert leases.get("shard-1").checkpoint == "3"  # type: ignore[union-attr]
+
+
+def test_trimmed_data_fails_loudly_by_default(leases: LeaseTable) -> None:
+    worker, _, _ = run_worker(leases, [error("TrimmedDataAccessException")])
+    assert isinstance(worker.error, TrimmedData)
+    assert "backfill" in str(worker.error) and "restart_from_trim_horizon" in str(worker.error)
+
+
+def test_trimmed_data_can_restart_from_the_oldest_record(leases: LeaseTable) -> None:
+    script = [
+        error("TrimmedDataAccessException"),
+        {"Records": [record(9)], "NextShardIterator": "z"},
+    ]
+    worker, stream, _ = run_worker(leases, script, OnTrimmedData.RESTART_FROM_TRIM_HORIZON)
+    assert worker.error is None
+    assert stream.iterator_requests[-1] == ("TRIM_HORIZON", None)
+    assert leases.get("shard-1").checkpoint == "9"  # type: ignore[union-attr]
+
+
+def test_the_end_of_a_shard_is_checkpointed_as_shard_end(leases: LeaseTable) -> None:
+    script = [
+        {"Records": [record(1)], "NextShardIterator": "a"},
+        {"Records": [record(2)]},
+    ]  # no next iterator: the shard is closed and read
+    worker, _, _ = run_worker(leases, script)
+    assert worker.error is None and worker.progress.ended
+    assert leases.get("shard-1").checkpoint == SHARD_END  # type: ignore[union-attr]
+
+
+def test_a_child_that_keeps_failing_stops_the_shard(leases: LeaseTable) -> None:
+    worker, _, children = run_worker(leases, [], fail=True)
+    assert isinstance(worker.error, ChildKeepsFailing)
+    assert len(children) == 3  # the first start and two restarts
+
+
+def test_a_stream_that_refuses_access_stops_the_shard_as_an_environment_problem(
+    leases: LeaseTable,
+) -> None:
+    worker, _, _ = run_worker(leases, [error("AccessDeniedException")])
+    assert isinstance(worker.error, EnvironmentProblem)
+    assert worker.error.exit_code == 3
+    assert "shard shard-1: reading the stream failed" in str(worker.error)
+
+
+def test_throttled_lease_reads_and_releases_do_not_stop_a_restart_or_a_clean_stop(
+    leases: LeaseTable,
+) -> None:
+    flaky = FlakyLeases(leases, get_throttles=2, release_throttles=2)
+    script = [{"Records": [record(1), record(2)], "NextShardIterator": "x"}]
+    worker, _, children = run_worker(flaky, script, fail=1)
+    assert worker.error is None
+    assert len(children) == 2 and children[1].batches[0][-1]["sequenceNumber"] == "2"
+    assert flaky.get_throttles == 0 and flaky.release_throttles == 0
+    stored = leases.get("shard-1")
+    assert stored is not None and stored.checkpoint == "2" and stored.owner is None

@@ -1,0 +1,157 @@
+"""Helpers for end-to-end tests: a job on moto, the runtime as a real process, waiting."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from replicator.demo import tables
+from replicator.tools.compare import compare
+from tests.support.aws import client
+
+KEYS = ["pk", "sk"]
+
+
+# Every deadline a test waits on is multiplied by this: a deadline only bounds how long a
+# failing test takes, so a generous one costs a passing test nothing, and the suite runs on
+# shared 2-core machines where one busy neighbour can double every step.
+PATIENCE = float(os.environ.get("TEST_PATIENCE", "3"))
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2
+) -> Any:
+    """Poll ``predicate`` until it is truthy; fail naming ``what`` after ``timeout`` (times
+    ``PATIENCE``)."""
+    timeout *= PATIENCE
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Job:
+    endpoint: str
+    name: str
+    directory: Path
+    source_region: str = "us-east-1"
+    destinations: list[tuple[str, str]] = field(default_factory=list)
+    extra: str = ""
+    kcl: str = "{idle_time_between_reads_ms: 100, failover_time_ms: 6000}"
+
+    def __post_init__(self) -> None:
+        self.source = client("dynamodb", self.source_region, self.endpoint)
+        self.source_table = f"{self.name}-src"
+        tables.create(self.source, self.source_table, stream=True)
+        if not self.destinations:
+            self.destinations = [
+                ("eu-west-1", f"{self.name}-eu"),
+                ("ap-southeast-2", f"{self.name}-ap"),
+            ]
+        for region, table in self.destinations:
+            tables.create(client("dynamodb", region, self.endpoint), table, stream=False)
+        self.dead_letters = self.directory / "dead.jsonl"
+        self.path = self.directory / f"{self.name}.yaml"
+        self.write()
+
+    def write(self, **overrides: str) -> None:
+        destinations = "".join(
+            f"  - {{region: {region}, table: {table}, endpoint_url: '{self.endpoint}'}}\n"
+            for region, table in self.destinations
+        )
+        text = (
+            f"task_name: {self.name}\n"
+            f"source: {{region: {self.source_region}, table: {self.source_table}, "
+            f"endpoint_url: '{self.endpoint}'}}\n"
+            f"destinations:\n{destinations}"
+            "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
+            f"dead_letter: {{kind: file, path: '{self.dead_letters}'}}\n"
+            "metrics: {host: 127.0.0.1, port: 0}\n"
+            f"kcl: {self.kcl}\n"
+            "writer: {max_in_flight: 16}\n" + self.extra
+        )
+        for key, value in overrides.items():
+            text += f"{key}: {value}\n"
+        self.path.write_text(text)
+
+    def start(
+        self, log: Path | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        output = (log or self.directory / "runtime.log").open("ab")
+        return subprocess.Popen(
+            [sys.executable, "-m", "replicator", "run", "--config", str(self.path)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    def destination_clients(self) -> list[tuple[Any, str]]:
+        return [
+            (client("dynamodb", region, self.endpoint), table)
+            for region, table in self.destinations
+        ]
+
+    def differences(self) -> dict[str, list[Any]]:
+        source_items = tables.scan_all(self.source, self.source_table)
+        found = {}
+        for ddb, table in self.destination_clients():
+            diff = compare(source_items, tables.scan_all(ddb, table), KEYS)
+            if diff:
+                found[table] = diff
+        return found
+
+    def converged(self) -> bool:
+        return not self.differences()
+
+    def lease_rows(self) -> list[dict[str, Any]]:
+        try:
+            return list(self.source.scan(TableName=self.name, ConsistentRead=True)["Items"])
+        except self.source.exceptions.ResourceNotFoundException:
+            return []
+
+    def last_stream_sequence(self) -> str:
+        streams = client("dynamodbstreams", self.source_region, self.endpoint)
+        arn = self.source.describe_table(TableName=self.source_table)["Table"]["LatestStreamArn"]
+        shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]
+        iterator = streams.get_shard_iterator(
+            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        last = ""
+        while True:
+            page = streams.get_records(ShardIterator=iterator, Limit=1000)
+            if not page["Records"]:
+                return last
+            last = page["Records"][-1]["dynamodb"]["SequenceNumber"]
+            iterator = page["NextShardIterator"]
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 60) -> int:
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout)
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found

@@ -1,0 +1,379 @@
+"""``replicator backfill`` against a moto server over HTTP: the copy, its conflict
+safeguards, the hand-off check, resuming, and running beside the live replicator."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replicator.config import load_job
+from replicator.config.model import ConflictConfig
+from replicator.demo import tables
+from replicator.demo.workload import Workload, demo_item
+from replicator.exceptions import EnvironmentProblem
+from replicator.items import Item
+from replicator.rules import CustomRule, Skip, rule_for
+from replicator.runtime.local.leases import LeaseTable
+from replicator.tools.backfill import Backfill, BackfillHooks, BackfillOptions, BackfillResult
+from replicator.tools.snapshot import SnapshotRule, synthetic_change
+from tests.support.e2e import Job, stop, wait_until
+
+LWW = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}"
+
+
+@pytest.fixture
+def job(moto_endpoint: str, unique: Any, tmp_path: Path) -> Job:
+    return Job(moto_endpoint, unique("backfill"), tmp_path)
+
+
+def configure(job: Job, *, policy: str | None = None, initial_position: str | None = None) -> None:
+    text = job.path.read_text()
+    if policy is not None:
+        text = text.replace(LWW, f"conflict: {{policy: {policy}}}")
+    if initial_position is not None:
+        text = text.replace("kcl: {", f"kcl: {{initial_position: {initial_position}, ")
+    job.path.write_text(text)
+
+
+def populate(job: Job, count: int, seed: int = 1) -> None:
+    rng = random.Random(seed)
+    for index in range(count):
+        pk, sk = f"customer-{index % 40:03d}", index // 40
+        job.source.put_item(TableName=job.source_table, Item=demo_item(rng, pk, sk, "us-east-1"))
+
+
+def cli(job: Job, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "replicator", command, "--config", str(job.path), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def backfill(job: Job, hooks: BackfillHooks | None = None, **options: Any) -> BackfillResult:
+    return Backfill(load_job(job.path), BackfillOptions(**options), hooks=hooks).run()
+
+
+def item(pk: str, sk: int, updated_at: int, **extra: str) -> Item:
+    found: Item = {"pk": {"S": pk}, "sk": {"N": str(sk)}, "updated_at": {"N": str(updated_at)}}
+    found.update({name: {"S": value} for name, value in extra.items()})
+    return found
+
+
+def key(pk: str, sk: int) -> Item:
+    return {"pk": {"S": pk}, "sk": {"N": str(sk)}}
+
+
+def get(ddb: Any, table: str, pk: str, sk: int) -> Item | None:
+    found: Item | None = ddb.get_item(TableName=table, Key=key(pk, sk), ConsistentRead=True).get(
+        "Item"
+    )
+    return found
+
+
+def state_rows(job: Job) -> dict[int, dict[str, Any]]:
+    rows = job.source.scan(TableName=f"{job.name}-backfill", ConsistentRead=True)["Items"]
+    return {int(row["segment"]["N"]): row for row in rows}
+
+
+def test_backfill_beside_the_running_replicator_and_live_writes_verifies_equal(job: Job) -> None:
+    """The documented procedure: replicator first (starting at LATEST), then the backfill
+    while the source keeps changing; afterwards `verify` finds nothing."""
+    configure(job, initial_position="LATEST")
+    populate(job, 200)
+    runtime = job.start()
+    workload = Workload(
+        job.source, job.source_table, rate=30, duration_s=60, keys=200, origin="us-east-1"
+    )
+    try:
+        workload.start()
+        wait_until(
+            lambda: any(row["checkpoint"]["S"].isdigit() for row in job.lease_rows()),
+            30,
+            "the replicator's first checkpoint",
+        )
+        before = workload.stats.total
+        copied = cli(job, "backfill", "--segments", "3", "--page-size", "25")
+        assert copied.returncode == 0, copied.stderr
+        assert "complete" in copied.stdout
+        assert workload.is_alive(), "the writes must continue during the whole backfill"
+        assert workload.stats.total > before + 30
+        workload.stop_event.set()
+        workload.join(30)
+        assert workload.error is None
+        assert workload.stats.deletes > 0 and workload.stats.updates > 0
+        wait_until(job.converged, 60, "destinations to equal the source")
+        verified = cli(job, "verify", "--recheck-pause", "0.5")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert "equal" in verified.stdout
+    finally:
+        assert stop(runtime) == 0
+    rows = state_rows(job)
+    assert all(rows[n]["done"]["BOOL"] for n in range(3))
+    assert sum(int(rows[n]["scanned"]["N"]) for n in range(3)) >= 150
+
+
+def test_an_interrupted_backfill_resumes_where_each_segment_stopped(job: Job) -> None:
+    populate(job, 120)
+    first = cli(job, "backfill", "--segments", "2", "--page-size", "10", "--max-items", "30")
+    assert first.returncode == 1, first.stderr
+    assert "--max-items 30 reached" in first.stdout
+    rows = state_rows(job)
+    assert rows[-1]["total_segments"] == {"N": "2"}
+    assert "owner" not in rows[-1]  # released on the way out
+    scanned_first = sum(int(rows[n]["scanned"]["N"]) for n in (0, 1))
+    assert 30 <= scanned_first < 120
+    assert not all(rows[n]["done"]["BOOL"] for n in (0, 1))
+    assert any("last_key" in rows[n] for n in (0, 1))
+    (eu, eu_table), _ = job.destination_clients()
+    assert len(tables.scan_all(eu, eu_table)) == scanned_first
+
+    second = cli(job, "backfill")  # no options: the stored run's 2 segments
+    assert second.returncode == 0, second.stderr
+    assert "resumed" in second.stdout
+    rows = state_rows(job)
+    assert all(rows[n]["done"]["BOOL"] for n in (0, 1))
+    # Every item was scanned exactly once over the two runs: nothing was read twice.
+    assert sum(int(rows[n]["scanned"]["N"]) for n in (0, 1)) == 120
+    assert f"items scanned:      120 ({120 - scanned_first} this run)" in second.stdout
+    assert job.converged()
+
+    again = cli(job, "backfill")
+    assert again.returncode == 0
+    assert "already complete" in again.stdout
+    changed = cli(job, "backfill", "--segments", "3")
+    assert changed.returncode == 3
+    assert "--restart" in changed.stderr
+
+
+def test_backfill_refuses_while_the_replicator_could_start_after_the_scan(job: Job) -> None:
+    configure(job, initial_position="LATEST")
+    populate(job, 5)
+    refused = cli(job, "backfill")
+    assert refused.returncode == 3
+    assert "no lease, and the job starts from LATEST" in refused.stderr
+    assert "Start the replicator first" in refused.stderr
+    assert "docs/operator-tools.md" in refused.stderr
+
+    streams = job.source.describe_table(TableName=job.source_table)["Table"]["LatestStreamArn"]
+    shard_id = _shard(job, streams)
+    leases = LeaseTable(job.source, job.name, owner="test")
+    leases.ensure_exists()
+    leases.create(shard_id, "LATEST", [])
+    with pytest.raises(EnvironmentProblem, match="checkpoint is still LATEST"):
+        backfill(job)
+    lease = leases.get(shard_id)
+    assert lease is not None
+    leases.take(lease)
+    leases.checkpoint(lease, job.last_stream_sequence())
+    result = backfill(job)
+    assert result.complete and result.exit_code == 0
+    assert job.converged()
+
+
+def test_skip_handoff_check_copies_without_the_guarantee(job: Job) -> None:
+    configure(job, initial_position="LATEST")
+    populate(job, 5)
+    result = backfill(job, skip_handoff_check=True)
+    assert result.complete and result.exit_code == 0
+    assert job.converged()
+
+
+@pytest.mark.parametrize(
+    ("policy", "eu_a", "eu_c", "kept"),
+    [
+        # overwrite only inserts: the newer A stays, and so does the stale C.
+        ("overwrite", "newer", "stale", 2),
+        # last_writer_wins keeps the newer A and replaces the older C.
+        ("last_writer_wins", "newer", "source", 1),
+    ],
+)
+def test_scanned_images_never_overwrite_newer_items(
+    job: Job, policy: str, eu_a: str, eu_c: str, kept: int
+) -> None:
+    if policy == "overwrite":
+        configure(job, policy="overwrite")
+    (eu, eu_table), (ap, ap_table) = job.destination_clients()
+    versions = {
+        "source": {"A": item("A", 1, 100), "B": item("B", 1, 100), "C": item("C", 1, 300)},
+        "newer": {"A": item("A", 1, 200, note="written by the replicator")},
+        "stale": {"C": item("C", 1, 100, note="older")},
+    }
+    for found in versions["source"].values():
+        job.source.put_item(TableName=job.source_table, Item=found)
+    eu.put_item(TableName=eu_table, Item=versions["newer"]["A"])
+    eu.put_item(TableName=eu_table, Item=versions["stale"]["C"])
+
+    result = backfill(job)
+
+    assert result.complete
+    assert result.overall.kept == kept
+    assert result.overall.applied == 6 - kept
+    assert get(eu, eu_table, "A", 1) == versions[eu_a]["A"]
+    assert get(eu, eu_table, "B", 1) == versions["source"]["B"]
+    assert get(eu, eu_table, "C", 1) == versions[eu_c]["C"]
+    for name in "ABC":
+        assert get(ap, ap_table, name, 1) == versions["source"][name]
+
+
+def test_a_copy_of_an_item_deleted_during_the_scan_is_undone(job: Job) -> None:
+    """Scan reads X; the source deletes X and the replicator deletes it at the destinations;
+    then the backfill writes X: it must not stay there."""
+    populate(job, 30)
+    deleted: list[Item] = []
+
+    def delete_one_meanwhile(segment: int, items: list[Item]) -> None:
+        if deleted or not items:
+            return
+        victim = {"pk": items[0]["pk"], "sk": items[0]["sk"]}
+        deleted.append(victim)
+        job.source.delete_item(TableName=job.source_table, Key=victim)
+        for ddb, table in job.destination_clients():
+            ddb.delete_item(TableName=table, Key=victim)
+
+    result = backfill(
+        job, BackfillHooks(page_scanned=delete_one_meanwhile), segments=1, page_size=10
+    )
+
+    assert result.complete
+    assert result.overall.undone == 2  # one copy per destination
+    for ddb, table in job.destination_clients():
+        assert (
+            ddb.get_item(TableName=table, Key=deleted[0], ConsistentRead=True).get("Item") is None
+        )
+    assert job.converged()
+
+
+def test_the_undo_never_removes_a_newer_item_at_the_destination(job: Job) -> None:
+    """The source deleted X after the scan read it, but the destination meanwhile holds
+    another image of X (the replicator's): the conditional delete leaves it alone."""
+    populate(job, 10)
+    newer: list[Item] = []
+
+    def delete_at_source(segment: int, items: list[Item]) -> None:
+        if not newer:
+            victim = dict(items[0])
+            newer.append(victim)
+            job.source.delete_item(
+                TableName=job.source_table, Key={"pk": victim["pk"], "sk": victim["sk"]}
+            )
+
+    def replicator_writes_newer(segment: int, items: list[Item]) -> None:
+        (eu, eu_table), _ = job.destination_clients()
+        changed = {**newer[0], "updated_at": {"N": "99999999999999"}, "name": {"S": "newer"}}
+        eu.put_item(TableName=eu_table, Item=changed)
+        newer[0] = changed
+
+    result = backfill(
+        job,
+        BackfillHooks(page_scanned=delete_at_source, page_written=replicator_writes_newer),
+        segments=1,
+        page_size=100,
+    )
+
+    assert result.overall.undone == 1  # only at ap, where the copy was still the written image
+    (eu, eu_table), (ap, ap_table) = job.destination_clients()
+    victim_key = {"pk": newer[0]["pk"], "sk": newer[0]["sk"]}
+    assert eu.get_item(TableName=eu_table, Key=victim_key, ConsistentRead=True)["Item"] == newer[0]
+    assert ap.get_item(TableName=ap_table, Key=victim_key, ConsistentRead=True).get("Item") is None
+
+
+def _shard(job: Job, stream_arn: str) -> str:
+    from tests.support.aws import client
+
+    streams = client("dynamodbstreams", job.source_region, job.endpoint)
+    shard_id: str = streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"][0][
+        "ShardId"
+    ]
+    return shard_id
+
+
+def _plan(
+    rule: Any, new_image: Item | None, expected: Item | None, existing: Item | None = None
+) -> Any:
+    change = synthetic_change(
+        "backfill", key("A", 1), "us-east-1", new_image=new_image, expected=expected
+    )
+    return SnapshotRule(rule).plan(change, existing)
+
+
+def test_snapshot_rule_keeps_read_images_from_overwriting_newer_items() -> None:
+    overwrite = rule_for(ConflictConfig(), None)
+    lww = rule_for(
+        ConflictConfig(policy="last_writer_wins", timestamp_attribute="updated_at"), None
+    )
+    scanned, at_destination = item("A", 1, 100), item("A", 1, 50, note="old")
+
+    insert = _plan(overwrite, scanned, None)
+    assert (insert.op, insert.condition, insert.names) == (
+        "put",
+        "attribute_not_exists(#k)",
+        {"#k": "pk"},
+    )
+    replace = _plan(overwrite, scanned, at_destination)
+    assert replace.condition == "#a0 = :a0 AND #a1 = :a1 AND #a2 = :a2 AND #a3 = :a3"
+    assert replace.values[":a0"] == {"S": "old"}  # note, pk, sk, updated_at: as read
+
+    ordered = _plan(lww, scanned, None)
+    assert ordered.condition == "attribute_not_exists(#c) OR #c < :c"  # ties: reconsider()
+    unordered = _plan(lww, {"pk": {"S": "A"}, "sk": {"N": "1"}}, None)
+    assert unordered.condition == "attribute_not_exists(#k)"  # no timestamp: insert only
+
+    delete = _plan(lww, None, at_destination)
+    assert delete.op == "delete" and delete.key == key("A", 1)
+    assert delete.condition is not None and delete.condition.count("=") == 4
+
+    calls: list[Item | None] = []
+
+    def resolver(change: Any, existing: Item | None) -> bool:
+        calls.append(existing)
+        return True
+
+    custom = CustomRule(resolver)
+    assert isinstance(_plan(custom, scanned, None, existing=at_destination), Skip)
+    assert isinstance(_plan(custom, scanned, scanned, existing=at_destination), Skip)
+    assert calls == []  # the resolver never sees an item the command did not expect
+    guarded = _plan(custom, scanned, at_destination, existing=at_destination)
+    assert guarded.op == "put" and calls == [at_destination]
+    assert _plan(custom, scanned, None, existing=None).condition == "attribute_not_exists(#k)"
+
+
+def test_ctrl_c_stops_after_the_pages_in_hand_and_the_run_resumes(job: Job) -> None:
+    populate(job, 150)
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "replicator", "backfill", "--config", str(job.path)),
+            *("--segments", "2", "--page-size", "5", "--read-rate", "40"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(lambda: _scanned(job) >= 20, 30, "the backfill to save progress", interval=0.1)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 1, err
+    assert "stopped before the end (interrupted)" in out
+    stopped_at = _scanned(job)
+    assert stopped_at < 150
+
+    resumed = cli(job, "backfill")
+    assert resumed.returncode == 0, resumed.stderr
+    assert _scanned(job) == 150
+    assert job.converged()
+
+
+def _scanned(job: Job) -> int:
+    try:
+        rows = state_rows(job)
+    except job.source.exceptions.ResourceNotFoundException:
+        return 0
+    return sum(int(row.get("scanned", {}).get("N", "0")) for n, row in rows.items() if n >= 0)

@@ -1,0 +1,324 @@
+"""``replicator verify`` against a moto server over HTTP: each kind of difference, re-checks,
+sampling, repair through the conflict policy, and the exit codes."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replicator.config import load_job
+from replicator.demo.workload import demo_item
+from replicator.items import Item
+from replicator.rules import OrderedRule, rule_for
+from replicator.tombstones.model import tombstone_of
+from replicator.tombstones.setup import prepare as prepare_tombstones
+from replicator.tombstones.table import TombstoneTable
+from replicator.tools.compare import compare
+from replicator.tools.verify import Verify, VerifyHooks, VerifyOptions, VerifyReport
+from tests.support.e2e import Job
+
+LWW = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}"
+
+
+@pytest.fixture
+def job(moto_endpoint: str, unique: Any, tmp_path: Path) -> Job:
+    return Job(moto_endpoint, unique("verify"), tmp_path)
+
+
+def replicated(job: Job, count: int, *, to: tuple[int, ...] = (0, 1)) -> list[Item]:
+    """``count`` source items, copied as they are to the destinations numbered in ``to``."""
+    rng = random.Random(3)
+    items = [demo_item(rng, f"c{index % 9}", index, "us-east-1") for index in range(count)]
+    destinations = job.destination_clients()
+    for item in items:
+        job.source.put_item(TableName=job.source_table, Item=item)
+        for number in to:
+            ddb, table = destinations[number]
+            ddb.put_item(TableName=table, Item=item)
+    return items
+
+
+def key(item: Item) -> Item:
+    return {"pk": item["pk"], "sk": item["sk"]}
+
+
+def cli(job: Job, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "replicator", "verify", "--config", str(job.path), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def verify(job: Job, hooks: VerifyHooks | None = None, **options: Any) -> VerifyReport:
+    options.setdefault("recheck_pause_s", 0.1)
+    return Verify(load_job(job.path), VerifyOptions(**options), hooks=hooks).run()
+
+
+def test_hand_made_differences_are_reported_precisely_and_repair_brings_back_equality(
+    job: Job,
+) -> None:
+    items = replicated(job, 40)
+    (eu, eu_table), (ap, ap_table) = job.destination_clients()
+    eu.delete_item(TableName=eu_table, Key=key(items[1]))
+    eu.put_item(TableName=eu_table, Item={"pk": {"S": "zz"}, "sk": {"N": "7"}, "x": {"S": "?"}})
+    eu.update_item(
+        TableName=eu_table,
+        Key=key(items[2]),
+        UpdateExpression="SET #n = :n",
+        ExpressionAttributeNames={"#n": "name"},
+        ExpressionAttributeValues={":n": {"S": "mallory"}},
+    )
+    eu.update_item(
+        TableName=eu_table,
+        Key=key(items[3]),
+        UpdateExpression="SET price = :p REMOVE note",
+        ExpressionAttributeValues={":p": {"N": "0.01"}},
+    )
+    ap.update_item(
+        TableName=ap_table,
+        Key=key(items[4]),
+        UpdateExpression="SET tags = :t",
+        ExpressionAttributeValues={":t": {"SS": ["altered"]}},
+    )
+
+    found = cli(job, "--recheck-pause", "0.1")
+
+    assert found.returncode == 1, found.stderr
+    lines = found.stdout.splitlines()
+    assert lines[0].startswith(f"verify us-east-1/{job.source_table}: 5 differences")
+    assert f"eu-west-1/{job.name}-eu: scanned 40 items, 4 differences" in lines
+    assert f"ap-southeast-2/{job.name}-ap: scanned 40 items, 1 difference" in lines
+    assert "  missing   pk=S:c1 sk=N:1" in lines
+    assert "  extra     pk=S:zz sk=N:7" in lines
+    assert "  different pk=S:c2 sk=N:2  attributes: name" in lines
+    assert "  different pk=S:c3 sk=N:3  attributes: note, price" in lines
+    assert "  different pk=S:c4 sk=N:4  attributes: tags" in lines
+
+    as_json = cli(job, "--json", "--recheck", "1")
+    assert as_json.returncode == 1
+    report = json.loads(as_json.stdout)
+    assert report["equal"] is False
+    eu_report = report["destinations"][f"eu-west-1/{job.name}-eu"]
+    assert sorted(
+        (d["kind"], d["key"]["pk"]["S"], d.get("attributes", [])) for d in eu_report["differences"]
+    ) == [
+        ("different", "c2", ["name"]),
+        ("different", "c3", ["note", "price"]),
+        ("extra", "zz", []),
+        ("missing", "c1", []),
+    ]
+
+    repaired = cli(job, "--repair", "--recheck-pause", "0.1")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert repaired.stdout.count("-> repaired") == 5
+    assert f"eu-west-1/{job.name}-eu: scanned 40 items, equal after repair (4 repaired)" in (
+        repaired.stdout.splitlines()
+    )
+
+    again = cli(job)
+    assert again.returncode == 0, again.stdout
+    assert job.converged()
+
+
+def test_repair_goes_through_the_policy_and_reports_what_it_refused(job: Job) -> None:
+    items = replicated(job, 6)
+    (eu, eu_table), _ = job.destination_clients()
+    newer = {**items[0], "updated_at": {"N": "99999999999999"}, "name": {"S": "newer"}}
+    eu.put_item(TableName=eu_table, Item=newer)
+
+    report = verify(job, repair=True)
+
+    assert report.exit_code == 1
+    (finding,) = report.findings
+    assert (finding.kind, finding.attributes, finding.repair) == (
+        "different",
+        ["name", "updated_at"],
+        "refused",
+    )
+    assert finding.detail is not None
+    assert "ranks above" in finding.detail
+    assert eu.get_item(TableName=eu_table, Key=key(items[0]), ConsistentRead=True)["Item"] == newer
+
+
+def test_repair_under_overwrite_replaces_a_stale_item_and_deletes_an_extra_one(job: Job) -> None:
+    job.path.write_text(job.path.read_text().replace(LWW, "conflict: {policy: overwrite}"))
+    items = replicated(job, 6)
+    (eu, eu_table), _ = job.destination_clients()
+    stale = {**items[0], "name": {"S": "stale"}}
+    eu.put_item(TableName=eu_table, Item=stale)
+    extra = {"pk": {"S": "zz"}, "sk": {"N": "1"}}
+    eu.put_item(TableName=eu_table, Item=extra)
+
+    report = verify(job, repair=True)
+
+    assert report.exit_code == 0
+    assert sorted((f.kind, f.repair) for f in report.findings) == [
+        ("different", "repaired"),
+        ("extra", "repaired"),
+    ]
+    assert job.converged()
+
+
+def test_a_difference_that_replication_closes_meanwhile_is_not_reported(job: Job) -> None:
+    items = replicated(job, 10)
+    (eu, eu_table), _ = job.destination_clients()
+    eu.delete_item(TableName=eu_table, Key=key(items[5]))
+
+    def replicator_catches_up() -> None:
+        eu.put_item(TableName=eu_table, Item=items[5])
+
+    report = verify(job, VerifyHooks(scanned=replicator_catches_up))
+
+    assert report.rechecked == 1
+    assert report.findings == []
+    assert report.exit_code == 0
+
+
+def test_sample_checks_n_items_of_each_table(job: Job) -> None:
+    replicated(job, 60, to=(0,))
+    (_, _), (ap, ap_table) = job.destination_clients()
+    for index in range(60):  # the second destination holds only items the source lacks
+        ap.put_item(TableName=ap_table, Item={"pk": {"S": f"other{index}"}, "sk": {"N": "0"}})
+
+    report = verify(job, sample=10, recheck=1)
+
+    assert report.sampled
+    assert report.source_items == 10
+    eu_label, ap_label = report.destinations
+    assert report.destination_items == {eu_label: 10, ap_label: 10}
+    assert not [f for f in report.findings if f.destination == eu_label]
+    kinds = sorted(f.kind for f in report.findings if f.destination == ap_label)
+    assert kinds == ["extra"] * 10 + ["missing"] * 10
+    assert "sampled 10 source items" in report.text()
+
+
+def test_exit_codes_for_a_bad_job_file_and_a_missing_table(job: Job, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("source: {region: nowhere, table: t}\n")
+    invalid = subprocess.run(
+        [sys.executable, "-m", "replicator", "verify", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert invalid.returncode == 2
+    assert "region" in invalid.stderr
+
+    (eu, eu_table), _ = job.destination_clients()
+    eu.delete_table(TableName=eu_table)
+    missing = cli(job)
+    assert missing.returncode == 3
+    assert f"table eu-west-1/{eu_table}" in missing.stderr
+    assert "not found" in missing.stderr
+
+
+BIG_1 = "1" + "0" * 36 + "1"  # 38 significant digits
+BIG_2 = "1" + "0" * 36 + "2"  # the same but for the 38th digit
+
+
+def test_compare_tells_apart_numbers_that_differ_in_the_38th_digit() -> None:
+    first = {"pk": {"S": "a"}, "sk": {"N": BIG_1}, "amount": {"N": BIG_1}}
+    second = {"pk": {"S": "a"}, "sk": {"N": BIG_2}, "amount": {"N": BIG_1}}
+    changed = {**first, "amount": {"N": BIG_2}}
+    differences = compare([first, second], [changed], ["pk", "sk"])
+    assert sorted((d.kind, d.key, d.attributes) for d in differences) == [
+        ("different", (("pk", "S", "a"), ("sk", "N", BIG_1)), ["amount"]),
+        ("missing", (("pk", "S", "a"), ("sk", "N", BIG_2)), []),
+    ]
+    # equal numbers in other spellings are still equal
+    respelt = {**first, "sk": {"N": BIG_1 + ".000"}, "amount": {"N": "1.0" + "0" * 35 + "1E37"}}
+    assert compare([first], [respelt], ["pk", "sk"]) == []
+
+
+def test_verify_finds_a_missing_38_digit_key_and_a_38th_digit_difference(job: Job) -> None:
+    items = [
+        {"pk": {"S": "big"}, "sk": {"N": number}, "amount": {"N": BIG_1}}
+        for number in (BIG_1, BIG_2)
+    ]
+    destinations = job.destination_clients()
+    for item in items:
+        job.source.put_item(TableName=job.source_table, Item=item)
+        for ddb, table in destinations:
+            ddb.put_item(TableName=table, Item=item)
+    (eu, eu_table), (ap, ap_table) = destinations
+    eu.delete_item(TableName=eu_table, Key=key(items[1]))
+    ap.put_item(TableName=ap_table, Item={**items[0], "amount": {"N": BIG_2}})
+
+    report = verify(job, recheck=1)
+
+    eu_label, ap_label = report.destinations
+    assert report.source_items == 2
+    found = sorted(
+        (f.destination, f.kind, f.keys["sk"]["N"], f.attributes) for f in report.findings
+    )
+    assert found == [
+        (ap_label, "different", BIG_1, ["amount"]),
+        (eu_label, "missing", BIG_2, []),
+    ]
+    assert report.exit_code == 1
+
+
+def test_with_tombstones_an_item_deleted_at_the_destination_is_deleted_at_the_source(
+    job: Job,
+) -> None:
+    """Active-active with tombstones: an item absent at a destination because a delete
+    there ranks above the source's copy is not copied back (that would resurrect it): it
+    is reported as ``deleted`` and repaired by deleting it at the source. An item the
+    source deleted (a tombstone there outranks the destination's copy) stays ``extra``,
+    the delete named, and is deleted at the destination."""
+    job.extra = (
+        "loop_prevention: {origin_attribute: origin_region}\nactive_active: {tombstones: true}\n"
+    )
+    job.write()
+    resolved = load_job(job.path)
+    prepare_tombstones(resolved)
+    items = replicated(job, 6)
+    rule = rule_for(resolved.job.conflict, "origin_region")
+    assert isinstance(rule, OrderedRule)
+
+    def delete_with_tombstone(ddb: Any, table: str, item: Item, region: str) -> None:
+        ddb.delete_item(TableName=table, Key=key(item))
+        tombstone = tombstone_of(
+            item,
+            key(item),
+            rule.fields,
+            deleted_in=region,
+            written_by=region,
+            deleted_at_ms=1,
+            expires_at=int(time.time()) + 3600,
+        )
+        TombstoneTable(ddb, f"{table}-tombstones", region, 3600).record(tombstone)
+
+    for ddb, table in job.destination_clients():  # deleted in both other regions
+        delete_with_tombstone(ddb, table, items[0], "eu-west-1")
+    delete_with_tombstone(job.source, job.source_table, items[1], "us-east-1")
+
+    report = verify(job)
+    kinds = sorted((f.kind, f.keys["sk"]["N"], f.detail or "") for f in report.findings)
+    assert [(kind, sk) for kind, sk, _ in kinds] == [
+        ("deleted", "0"),
+        ("deleted", "0"),
+        ("extra", "1"),
+        ("extra", "1"),
+    ]
+    assert all("a delete in us-east-1" in detail for kind, _, detail in kinds if kind == "extra")
+    assert "  deleted   pk=S:c0 sk=N:0" in report.text().splitlines()
+
+    repaired = verify(job, repair=True)
+    assert repaired.equal, repaired.text()
+    gone = key(items[0])
+    assert "Item" not in job.source.get_item(TableName=job.source_table, Key=gone)
+    for ddb, table in job.destination_clients():
+        assert "Item" not in ddb.get_item(TableName=table, Key=gone)
+        assert "Item" not in ddb.get_item(TableName=table, Key=key(items[1]))
+    assert verify(job).equal

@@ -1,0 +1,426 @@
+"""The watermark's pure logic: one shard's claim, combining parts, registering shards."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from replicator.buffer import ChangeBuffer, Entry
+from replicator.decode import decode
+from replicator.records import Change
+from replicator.rules import IN_STREAM_ORDER, OrderedRule, squash_order
+from replicator.runtime.local.stream import Shard
+from replicator.watermark.parts import Part, combine, merge_ranges, plan_registration
+from replicator.watermark.tracker import ShardTracker
+from tests.support.records import daemon_record, stream_record
+
+S = 1_000_000
+T0 = 1_700_000_000 * S
+
+
+def change(pk: str, seq: int, created_us: int, event: str = "MODIFY") -> Change:
+    image = {"pk": {"S": pk}, "v": {"N": str(seq)}}
+    payload = stream_record(
+        event,
+        {"pk": {"S": pk}},
+        image if event != "REMOVE" else None,
+        image if event == "REMOVE" else None,
+        seq=seq,
+        created_ms=created_us // 1000,
+    )
+    return decode(daemon_record(payload, seq))
+
+
+def tracker(
+    *destinations: str, margin_us: int = 0, resumed_at_us: int | None = None
+) -> ShardTracker:
+    return ShardTracker(destinations or ("d",), margin_us=margin_us, resumed_at_us=resumed_at_us)
+
+
+# -- one shard's claim ----------------------------------------------------------------------
+
+
+def test_nothing_is_claimed_before_anything_is_known() -> None:
+    assert tracker().claim("d") == 0
+
+
+def test_a_settled_record_moves_the_claim_to_just_before_its_creation_time() -> None:
+    t = tracker()
+    a = change("a", 1, T0 + 1 * S)
+    t.received(a)
+    assert t.claim("d") == T0 + 1 * S - 1  # a itself is not settled yet
+    t.settled("d", a, dead_lettered=False)
+    # Every change created before a's time was received; a later one could share it.
+    assert t.claim("d") == T0 + 1 * S - 1
+    t.caught_up(T0 + 3 * S)
+    assert t.claim("d") == T0 + 3 * S - 1
+
+
+def test_an_empty_read_claims_its_start_less_the_margin() -> None:
+    t = tracker(margin_us=500_000)
+    t.caught_up(T0 + 10 * S)
+    assert t.claim("d") == T0 + 10 * S - 500_000 - 1
+
+
+def test_an_unsettled_change_holds_the_claim_below_it_whatever_is_read_later() -> None:
+    t = tracker("eu", "ap")
+    a = change("a", 1, T0 + 1 * S)
+    b = change("b", 2, T0 + 2 * S)
+    t.received(a)
+    t.received(b)
+    t.settled("ap", a, dead_lettered=False)
+    t.settled("ap", b, dead_lettered=False)
+    t.settled("eu", b, dead_lettered=False)
+    t.caught_up(T0 + 60 * S)
+    assert t.claim("ap") == T0 + 60 * S - 1
+    assert t.claim("eu") == T0 + 1 * S - 1  # a is not applied at eu
+    t.settled("eu", a, dead_lettered=False)
+    assert t.claim("eu") == T0 + 60 * S - 1
+
+
+def test_a_squashed_change_counts_until_a_write_of_its_item_at_or_after_it_settles() -> None:
+    t = tracker()
+    old = change("k", 1, T0 + 1 * S)
+    new = change("k", 2, T0 + 5 * S)
+    t.received(old)
+    t.received(new)  # the buffer never sends ``old``
+    t.caught_up(T0 + 9 * S)
+    assert t.claim("d") == T0 + 1 * S - 1
+    t.settled("d", new, dead_lettered=False)
+    assert t.claim("d") == T0 + 9 * S - 1
+
+
+def test_a_loop_skipped_change_settles_the_older_changes_of_its_item() -> None:
+    t = tracker()
+    old = change("k", 1, T0 + 1 * S)
+    t.received(old)
+    t.skipped(change("k", 2, T0 + 2 * S), replaces_older=True)
+    t.skipped(change("x", 3, T0 + 3 * S), replaces_older=False)
+    assert t.claim("d") == T0 + 3 * S - 1
+
+
+def test_dead_letters_are_recorded_with_the_creation_times_they_stand_for() -> None:
+    t = tracker("eu", "ap")
+    old = change("k", 1, T0 + 1 * S)
+    new = change("k", 2, T0 + 2 * S)
+    t.received(old)
+    t.received(new)
+    t.settled("eu", new, dead_lettered=True)
+    t.settled("ap", new, dead_lettered=False)
+    t.dead_lettered_everywhere(3, T0 + 3 * S, now_us=T0 + 4 * S)
+    t.dead_lettered_everywhere(4, None, now_us=T0 + 4 * S)
+    eu = t.take_dead_letters("eu")
+    assert eu.count == 3
+    assert eu.ranges == (
+        (T0 + 1 * S, T0 + 2 * S),
+        (T0 + 3 * S, T0 + 3 * S),
+        (T0 + 3 * S, T0 + 4 * S),
+    )
+    assert t.take_dead_letters("eu").count == 0
+    assert t.take_dead_letters("ap").count == 2
+    assert t.claim("eu") == T0 + 3 * S - 1  # dead-lettered changes are settled
+
+
+def test_a_resumed_shard_claims_nothing_until_it_has_replayed_what_its_predecessor_read() -> None:
+    started = T0 + 100 * S
+    t = tracker(resumed_at_us=started)
+    replayed = change("k", 10, T0 + 50 * S)
+    t.received(replayed)
+    t.settled("d", replayed, dead_lettered=False)
+    assert t.claim("d") == 0  # a change before the checkpoint may have been squashed into it
+    pending = change("j", 11, T0 + 60 * S)
+    t.received(pending)
+    t.caught_up(started + 1)  # at the tip: everything the predecessor read is here
+    assert t.claim("d") == 0  # ... and must settle first
+    later = change("m", 12, started + 2 * S)
+    t.received(later)
+    t.settled("d", pending, dead_lettered=False)
+    assert t.claim("d") == started + 2 * S - 1
+
+
+def test_a_stopped_tracker_claims_nothing() -> None:
+    t = tracker()
+    t.caught_up(T0)
+    t.stop()
+    assert t.claim("d") == 0
+
+
+# -- the claim against the real buffer, at random -------------------------------------------
+
+
+@dataclass
+class Destination:
+    holds: dict[str, int] = field(default_factory=dict)  # pk -> newest seq written or lost to
+    dead: set[int] = field(default_factory=set)  # seqs whose effect was dead-lettered
+
+    def settled(self, c: Change) -> bool:
+        return self.holds.get(pk_of(c), 0) >= c.position or c.position in self.dead
+
+
+def pk_of(c: Change) -> str:
+    return str(c.keys["pk"]["S"])
+
+
+def check_claims(
+    t: ShardTracker, stream: list[Change], destinations: dict[str, Destination]
+) -> int:
+    """Every change of the stream (received or not) created at or before a claim is
+    settled at that destination."""
+    checked = 0
+    for label, dest in destinations.items():
+        claim = t.claim(label)
+        for c in stream:  # in creation order
+            if c.created_us > claim:
+                break
+            checked += 1
+            assert dest.settled(c), f"{label}: claim {claim} passes unsettled {c.sequence_number}"
+    return checked
+
+
+def simulate(seed: int, crash: bool) -> int:
+    """One shard: hot keys (squashing), writes settling in any order, dead letters, empty
+    reads, and optionally a crash after some checkpoint and a resumed process; the claims
+    are checked after every step."""
+    rng = random.Random(seed)
+    labels = ["eu", "ap"]
+    destinations = {label: Destination() for label in labels}
+    stream: list[Change] = []
+    now = T0
+    for seq in range(1, 400):
+        now += rng.choice([0, 0, 1000, 250_000, 1 * S])
+        stream.append(change(f"k{rng.randrange(12)}", seq, now))
+    checked = 0
+    start = 0
+    resumed_at: int | None = None
+    for run in range(2 if crash else 1):
+        t = tracker(*labels, resumed_at_us=resumed_at)
+        buffer = ChangeBuffer(labels, IN_STREAM_ORDER)
+        in_flight: list[tuple[str, Entry]] = []
+        crashes = crash and run == 0
+        stop_at = rng.randrange(start + 50, len(stream)) if crashes else len(stream)
+        delivered = start
+        clock = 0  # the latest time this process has seen (empty reads)
+        while True:
+            step = rng.random()
+            if step < 0.45 and delivered < stop_at:
+                t.received(stream[delivered])
+                buffer.add(stream[delivered])
+                delivered += 1
+            elif step < 0.6:
+                for label in labels:
+                    taken = buffer.take_ready(label, rng.randrange(1, 4))
+                    in_flight += [(label, entry) for entry in taken]
+            elif step < 0.9 and in_flight:
+                label, entry = in_flight.pop(rng.randrange(len(in_flight)))
+                settle(destinations[label], stream, entry.change, dead=rng.random() < 0.05)
+                t.settled(
+                    label,
+                    entry.change,
+                    dead_lettered=entry.change.position in destinations[label].dead,
+                )
+                buffer.complete(label, entry)
+            elif delivered == stop_at and not in_flight and buffer.idle:
+                break
+            elif crashes and delivered == stop_at and rng.random() < 0.1:
+                break  # killed: writes in flight are lost
+            elif rng.random() < 0.3:
+                # An empty read: it started before the next record was created.
+                clock = stream[delivered].created_us if delivered < len(stream) else now + S
+                t.caught_up(clock)
+            checked += check_claims(t, stream, destinations)
+        if not crashes:  # all settled: an empty read now covers the whole shard
+            t.caught_up(now + S)
+            assert all(t.claim(label) == now + S - 1 for label in labels)
+        # The next process starts after this one read its last record (and last read).
+        resumed_at = max(clock, stream[delivered - 1].created_us) + 1
+        checkpoint = buffer.checkpointable()
+        start = int(checkpoint) if checkpoint else 0  # seq n is stream[n - 1]
+    return checked
+
+
+def settle(dest: Destination, stream: list[Change], c: Change, *, dead: bool) -> None:
+    if dead:  # the item's changes up to c that the destination does not hold are lost
+        dest.dead.update(
+            s.position
+            for s in stream[: c.position]
+            if s.key == c.key and dest.holds.get(pk_of(s), 0) < s.position
+        )
+    else:
+        dest.holds[pk_of(c)] = max(dest.holds.get(pk_of(c), 0), c.position)
+
+
+def test_claims_never_pass_an_unsettled_change_under_random_interleavings() -> None:
+    checked = sum(simulate(seed, crash=False) for seed in range(12))
+    assert checked > 10_000
+
+
+def test_claims_never_pass_an_unsettled_change_across_a_crash_and_resume() -> None:
+    checked = sum(simulate(seed, crash=True) for seed in range(12))
+    assert checked > 10_000
+
+
+# -- combining parts ----------------------------------------------------------------------
+
+
+def part(shard: str, value: int, **fields: object) -> Part:
+    return Part("eu", shard, value, **fields)  # type: ignore[arg-type]
+
+
+def test_the_watermark_is_the_lowest_part() -> None:
+    mark = combine("eu", [part("a", 30), part("b", 20), part("c", 40)])
+    assert mark.watermark_us == 20
+
+
+def test_no_watermark_while_a_registered_shard_has_not_published() -> None:
+    mark = combine("eu", [part("a", 30), part("b", 0)])
+    assert mark.watermark_us is None
+    assert mark.unknown == ("b",)
+    assert combine("eu", []).watermark_us is None
+
+
+def test_an_ended_parent_counts_until_every_child_has_a_part() -> None:
+    parent = part("p", 10, ended=True, children=frozenset({"c1", "c2"}))
+    assert combine("eu", [parent, part("x", 50)]).watermark_us == 10
+    assert combine("eu", [parent, part("c1", 12), part("x", 50)]).watermark_us == 10
+    both = combine("eu", [parent, part("c1", 12), part("c2", 15), part("x", 50)])
+    assert both.watermark_us == 12
+    assert [p.shard for p in both.retired] == ["p"]
+    # Ended with no known child: it keeps counting (its children are not registered yet).
+    assert combine("eu", [part("p", 10, ended=True), part("x", 50)]).watermark_us == 10
+
+
+def test_dead_letters_of_every_part_are_reported_and_found_by_time() -> None:
+    mark = combine(
+        "eu",
+        [
+            part("a", 30, dead_letters=2, dead_letter_ranges=((5, 6), (20, 22))),
+            part(
+                "p",
+                10,
+                ended=True,
+                children=frozenset({"a"}),
+                dead_letters=1,
+                dead_letter_ranges=((1, 1),),
+            ),
+        ],
+    )
+    assert mark.dead_letters == 3
+    assert mark.dead_lettered_between(6, 19) == [(5, 6)]
+    assert mark.dead_lettered_between(7, 19) == []
+    assert mark.dead_lettered_between(0, 100) == [(1, 1), (5, 6), (20, 22)]
+
+
+def test_dead_letter_ranges_stay_few_and_only_widen() -> None:
+    ranges = [(i * 10, i * 10 + 1) for i in range(100)] + [(5, 15)]
+    merged = merge_ranges(ranges, limit=8)
+    assert len(merged) == 8
+    for lo, hi in ranges:
+        assert any(a <= lo and hi <= b for a, b in merged)
+
+
+# -- registering shards -------------------------------------------------------------------
+
+
+def test_open_shards_are_registered_at_zero_when_nothing_is_known() -> None:
+    shards = [Shard("a", None, True), Shard("b", "a", False), Shard("c", None, False)]
+    plan = plan_registration(shards, {})
+    assert {(p.shard, p.watermark_us) for p in plan.placeholders} == {("b", 0), ("c", 0)}
+    assert plan.children == {}
+
+
+def test_children_take_their_parents_value_and_are_named_on_the_parent() -> None:
+    shards = [Shard("p", None, True), Shard("c1", "p", False), Shard("c2", "p", True)]
+    plan = plan_registration(shards, {"p": part("p", 70)}, starting="c1")
+    assert {(p.shard, p.watermark_us, p.parents) for p in plan.placeholders} == {
+        ("c1", 70, frozenset({"p"})),
+        ("c2", 70, frozenset({"p"})),
+    }
+    assert plan.children == {"p": frozenset({"c1", "c2"})}
+    assert plan.ended == ("p",)  # a child starts only once its parent was read to its end
+
+
+def test_registration_leaves_existing_parts_alone() -> None:
+    shards = [Shard("p", None, True), Shard("c", "p", False)]
+    parts = {"p": part("p", 70, children=frozenset({"c"}), ended=True), "c": part("c", 90)}
+    plan = plan_registration(shards, parts, starting="c")
+    assert plan.placeholders == () and plan.children == {} and plan.ended == ()
+
+
+# -- a change the squash drops ------------------------------------------------------------
+
+
+def stamped(pk: str, seq: int, created_us: int, ts: int, attribute: str = "ts") -> Change:
+    image = {"pk": {"S": pk}, attribute: {"N": str(ts)}}
+    payload = stream_record(
+        "MODIFY", {"pk": {"S": pk}}, image, None, seq=seq, created_ms=created_us // 1000
+    )
+    return decode(daemon_record(payload, seq))
+
+
+def test_a_dropped_change_settles_wherever_the_change_it_sits_behind_settles() -> None:
+    rule = OrderedRule("last_writer_wins", "ts", None, numeric_only=False)
+    buffer = ChangeBuffer(["eu", "ap"], squash_order([rule, rule], ordered_stream=True))
+    t = tracker("eu", "ap")
+
+    def submit(c: Change) -> bool:  # as ShardPipeline.submit feeds the tracker
+        queued = buffer.add(c)
+        behind = None if queued else buffer.newest_queued(c.key)
+        if behind is None:
+            t.received(c)
+        else:
+            t.dropped(c, behind=behind)
+        return queued
+
+    high = stamped("a", 1, T0 + 1 * S, ts=10)
+    assert submit(high)
+    assert not submit(stamped("a", 2, T0 + 2 * S, ts=5))  # ranks below: nothing to write
+    (entry,) = buffer.take_ready("eu", 5)
+    t.settled("eu", high, dead_lettered=False)
+    buffer.complete("eu", entry)
+    t.caught_up(T0 + 3 * S)
+    assert t.claim("eu") == T0 + 3 * S - 1  # the dropped change went with the write of a
+    assert t.claim("ap") == T0 + 1 * S - 1  # a is not written to ap yet
+    # Dropped again while a is settled at eu but not at ap: only ap waits for it.
+    assert not submit(stamped("a", 3, T0 + 4 * S, ts=1))
+    t.caught_up(T0 + 5 * S)
+    assert t.claim("eu") == T0 + 5 * S - 1
+    (entry,) = buffer.take_ready("ap", 5)
+    t.settled("ap", high, dead_lettered=False)
+    buffer.complete("ap", entry)
+    assert t.claim("ap") == T0 + 5 * S - 1
+
+
+def test_a_change_replaced_and_then_dropped_settles_with_the_change_it_sits_behind() -> None:
+    """Delete at v7, re-create at v1 (both kept: the re-create must land after the delete),
+    then a delete at v1: it replaces the re-create and is dropped behind the first delete.
+    The re-create's effect now stands with the first delete, and settles with it."""
+    rule = OrderedRule("version", "v", None, numeric_only=True)
+    buffer = ChangeBuffer(["d"], squash_order([rule], ordered_stream=True))
+    t = tracker("d")
+
+    def removal(seq: int, version: int) -> Change:
+        old = {"pk": {"S": "a"}, "v": {"N": str(version)}}
+        payload = stream_record(
+            "REMOVE", {"pk": {"S": "a"}}, None, old, seq=seq, created_ms=(T0 + seq * S) // 1000
+        )
+        return decode(daemon_record(payload, seq))
+
+    def submit(c: Change) -> bool:  # as ShardPipeline.submit feeds the tracker
+        queued = buffer.add(c)
+        behind = None if queued else buffer.newest_queued(c.key)
+        if behind is None:
+            t.received(c)
+        else:
+            t.dropped(c, behind=behind)
+        return queued
+
+    first = removal(1, 7)
+    assert submit(first)
+    assert submit(stamped("a", 2, T0 + 2 * S, ts=1, attribute="v"))  # sent after the delete
+    assert not submit(removal(3, 1))  # replaces the re-create, then dropped behind `first`
+    (entry,) = buffer.take_ready("d", 5)
+    t.settled("d", first, dead_lettered=False)
+    buffer.complete("d", entry)
+    assert buffer.idle
+    t.caught_up(T0 + 4 * S)
+    assert t.claim("d") == T0 + 4 * S - 1

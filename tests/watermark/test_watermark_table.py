@@ -1,0 +1,199 @@
+"""The status table against a moto server over HTTP, and shards' publishers handing the
+watermark over at a split (which moto's own streams never do, so the listing is given)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from replicator.metrics import Metrics
+from replicator.runtime.local.stream import Shard
+from replicator.watermark.parts import Part, Placeholder, combine
+from replicator.watermark.publisher import ShardWatermark
+from replicator.watermark.table import StatusTable
+from replicator.watermark.tracker import DeadLetters
+from tests.support.aws import client
+from tests.support.metrics import sample
+
+S = 1_000_000
+T0 = 1_700_000_000 * S
+
+
+@pytest.fixture
+def ddb(moto_endpoint: str) -> Any:
+    return client("dynamodb", "eu-west-1", moto_endpoint)
+
+
+@pytest.fixture
+def table(ddb: Any, unique: Callable[[str], str]) -> StatusTable:
+    status = StatusTable(ddb, unique("status"), "eu-west-1/replica")
+    status.ensure_exists()
+    status.ensure_exists()  # a second processor finds it there
+    return status
+
+
+def test_the_table_is_keyed_for_one_query_per_destination(ddb: Any, table: StatusTable) -> None:
+    described = ddb.describe_table(TableName=table.name)["Table"]
+    assert {k["AttributeName"]: k["KeyType"] for k in described["KeySchema"]} == {
+        "destination": "HASH",
+        "shard": "RANGE",
+    }
+    ttl = ddb.describe_time_to_live(TableName=table.name)["TimeToLiveDescription"]
+    assert ttl["AttributeName"] == "expires_at"
+    other = StatusTable(ddb, table.name, "ap-southeast-2/replica")
+    table.raise_part("s1", 5, "me")
+    other.raise_part("s1", 9, "me")
+    assert [(p.destination, p.watermark_us) for p in table.parts()] == [("eu-west-1/replica", 5)]
+
+
+def test_a_part_is_only_ever_raised(table: StatusTable) -> None:
+    assert table.raise_part("s1", T0 + 100, "a:1") == T0 + 100
+    assert table.raise_part("s1", T0 + 50, "b:2") == T0 + 100  # lower: refused, stored told
+    part = table.part("s1")
+    assert part is not None and part.watermark_us == T0 + 100 and part.owner == "a:1"
+    assert table.raise_part("s1", T0 + 150, "b:2") == T0 + 150
+    assert table.part("s1").watermark_us == T0 + 150  # type: ignore[union-attr]
+
+
+def test_placeholders_children_and_ends_never_create_or_replace_a_part(table: StatusTable) -> None:
+    table.raise_part("p", T0 + 10, "a:1")
+    assert not table.add_placeholder(Placeholder("p", 0, frozenset()))
+    assert table.add_placeholder(Placeholder("c", T0 + 10, frozenset({"p"})))
+    table.add_children("p", frozenset({"c"}))
+    table.add_children("ghost", frozenset({"x"}))  # no part: nothing is created
+    table.mark_ended("ghost")
+    table.mark_ended("p")
+    parts = {part.shard: part for part in table.parts()}
+    assert set(parts) == {"p", "c"}
+    assert parts["p"].watermark_us == T0 + 10 and parts["p"].ended
+    assert parts["p"].children == {"c"} and parts["c"].parents == {"p"}
+    assert combine(table.destination, parts.values()).watermark_us == T0 + 10
+
+
+def test_dead_letters_from_two_processes_on_one_part_add_up(table: StatusTable) -> None:
+    """A write that read the part before another process changed it is refused and
+    redone on the new part: neither process's dead letters are lost."""
+    other = StatusTable(table.client, table.name, table.destination)
+    other.add_dead_letters("s1", DeadLetters(2, ((T0, T0 + 1), (T0 + 5 * S, T0 + 5 * S))))
+
+    class Interrupted(StatusTable):
+        interrupted = False
+
+        def part(self, shard: str) -> Part | None:
+            read = super().part(shard)
+            if not self.interrupted:  # the other process writes between our read and write
+                self.interrupted = True
+                other.add_dead_letters(shard, DeadLetters(1, ((T0 + 9 * S, T0 + 9 * S),)))
+            return read
+
+    Interrupted(table.client, table.name, table.destination).add_dead_letters(
+        "s1", DeadLetters(1, ((T0 + 20 * S, T0 + 21 * S),))
+    )
+    part = table.part("s1")
+    assert part is not None
+    assert part.dead_letters == 4
+    assert part.dead_letter_ranges == (
+        (T0, T0 + 1),
+        (T0 + 5 * S, T0 + 5 * S),
+        (T0 + 9 * S, T0 + 9 * S),
+        (T0 + 20 * S, T0 + 21 * S),
+    )
+    assert part.dead_letter_version == 3
+    assert part.watermark_us == 0  # dead letters alone say nothing about the watermark
+
+
+# -- a split, handed over between publishers ------------------------------------------------
+
+
+class Stream:
+    """The stream's shards as DescribeStream lists them, changed by the test."""
+
+    def __init__(self, *shards: Shard) -> None:
+        self.shards = list(shards)
+
+    def __call__(self) -> list[Shard]:
+        return list(self.shards)
+
+
+def publisher(shard: str, table: StatusTable, stream: Stream, metrics: Metrics) -> ShardWatermark:
+    watermark = ShardWatermark(
+        shard,
+        {table.destination: table},
+        stream,
+        metrics,
+        interval_s=3600,  # published by the test
+        margin_s=0,
+        reads_follow_answers=True,
+    )
+    watermark.begin(resumed=False)
+    return watermark
+
+
+def test_a_split_hands_the_watermark_from_the_parent_to_both_children(
+    table: StatusTable, metrics: Metrics
+) -> None:
+    stream = Stream(Shard("p", None, False), Shard("other", None, False))
+    seen: list[int | None] = []
+
+    def watermark() -> int | None:
+        seen.append(combine(table.destination, table.parts()).watermark_us)
+        return seen[-1]
+
+    parent = publisher("p", table, stream, metrics)
+    parent.empty_read(previous_answer_at=(T0 + 10 * S) / S, received_at=0)
+    parent.publish()
+    assert watermark() is None  # "other" is registered and has not published
+    other = publisher("other", table, stream, metrics)
+    other.empty_read(previous_answer_at=(T0 + 90 * S) / S, received_at=0)
+    other.publish()
+    assert watermark() == T0 + 10 * S - 1
+
+    # The parent splits; it reads to its end (and the stream lists its children).
+    stream.shards = [Shard("p", None, True), Shard("c1", "p", False), Shard("c2", "p", False)]
+    stream.shards.append(Shard("other", None, False))
+    parent.empty_read(previous_answer_at=(T0 + 20 * S) / S, received_at=0)
+    parent.end_shard()
+    assert watermark() == T0 + 20 * S - 1  # the children hold it at the parent's end
+
+    first = publisher("c1", table, stream, metrics)
+    first.empty_read(previous_answer_at=(T0 + 60 * S) / S, received_at=0)
+    first.publish()
+    assert watermark() == T0 + 20 * S - 1  # c2 has not started: its changes are unread
+    second = publisher("c2", table, stream, metrics)
+    second.empty_read(previous_answer_at=(T0 + 50 * S) / S, received_at=0)
+    second.publish()
+    assert watermark() == T0 + 50 * S - 1
+    assert seen[1:] == sorted(seen[1:])
+    assert sample(metrics, "replicator_watermark_publish_failures_total") == 0
+
+
+def test_a_child_that_starts_marks_its_parent_ended_when_the_parent_could_not(
+    table: StatusTable, metrics: Metrics
+) -> None:
+    stream = Stream(Shard("p", None, False))
+    parent = publisher("p", table, stream, metrics)
+    parent.empty_read(previous_answer_at=(T0 + 10 * S) / S, received_at=0)
+    parent.publish()  # its processor dies before it can mark the end; the children appear
+    stream.shards = [Shard("p", None, True), Shard("c1", "p", False), Shard("c2", "p", False)]
+    first = publisher("c1", table, stream, metrics)
+    first.empty_read(previous_answer_at=(T0 + 60 * S) / S, received_at=0)
+    first.publish()
+    second = publisher("c2", table, stream, metrics)
+    second.empty_read(previous_answer_at=(T0 + 70 * S) / S, received_at=0)
+    second.publish()
+    mark = combine(table.destination, table.parts())
+    assert [part.shard for part in mark.retired] == ["p"]
+    assert mark.watermark_us == T0 + 60 * S - 1
+
+
+def test_a_destination_whose_status_table_cannot_be_written_is_counted_and_retried(
+    moto_endpoint: str, metrics: Metrics
+) -> None:
+    broken = StatusTable(client("dynamodb", "eu-west-1", "http://127.0.0.1:9"), "t", "eu")
+    watermark = publisher("p", broken, Stream(Shard("p", None, False)), metrics)
+    watermark.empty_read(previous_answer_at=T0 / S, received_at=0)
+    watermark.publish()
+    watermark.publish()  # within the retry delay: not tried again
+    assert sample(metrics, "replicator_watermark_publish_failures_total", destination="eu") == 1

@@ -1,0 +1,263 @@
+"""The direct PutItem/DeleteItem path: the signature equals botocore's, items round-trip
+byte for byte through a real moto server, and every failure is raised as botocore would
+raise it, so the writers classify it the same way (retry, condition lost, dead letter)."""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import ReadOnlyCredentials
+from botocore.exceptions import BotoCoreError, ChecksumError, ClientError
+
+from replicator.aws import clients
+from replicator.aws.clients import Place
+from replicator.aws.errors import ErrorKind, classify, error_code
+from replicator.writers.sigv4 import DynamoDBSigner, host_of
+from replicator.writers.wire import WireWriteClient, _error_response, direct_write_client
+from tests.support.aws import client, create_table
+from tests.support.faults.proxy import FaultProxy
+
+REGION = "eu-west-1"
+TARGET = "DynamoDB_20120810.PutItem"
+CONTENT_TYPE = "application/x-amz-json-1.0"
+
+
+@pytest.mark.parametrize(
+    ("url", "token"),
+    [
+        ("https://dynamodb.eu-west-1.amazonaws.com", None),
+        ("https://dynamodb.eu-west-1.amazonaws.com", "session-token/with+chars=="),
+        ("http://127.0.0.1:4566", "t"),
+        ("https://dynamodb.eu-west-1.amazonaws.com:443", None),
+    ],
+)
+def test_the_signature_is_botocores(url: str, token: str | None) -> None:
+    credentials = ReadOnlyCredentials(
+        "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token
+    )
+    body = b'{"TableName":"orders","Item":{"pk":{"S":"\xc3\xa9"}}}'
+    request = AWSRequest(
+        method="POST",
+        url=url + "/",
+        data=body,
+        headers={"Content-Type": CONTENT_TYPE, "X-Amz-Target": TARGET},
+    )
+    SigV4Auth(credentials, "dynamodb", REGION).add_auth(request)
+    moment = datetime.strptime(request.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+    signer = DynamoDBSigner(REGION, host_of(url))
+    ours = signer.headers(credentials, TARGET, CONTENT_TYPE, body, now=moment)
+    assert ours["Authorization"] == request.headers["Authorization"]
+    assert ours.get("X-Amz-Security-Token") == request.headers.get("X-Amz-Security-Token")
+    # The key is cached per day and secret: a second request signs the same way.
+    again = signer.headers(credentials, TARGET, CONTENT_TYPE, body, now=moment)
+    assert again["Authorization"] == ours["Authorization"]
+
+
+@pytest.fixture
+def wire(moto_endpoint: str) -> WireWriteClient:
+    return direct_client(moto_endpoint)
+
+
+@pytest.fixture
+def ddb(moto_endpoint: str) -> Any:
+    return client("dynamodb", REGION, moto_endpoint)
+
+
+@pytest.fixture
+def table(ddb: Any, unique: Any) -> str:
+    name: str = unique("wire")
+    create_table(ddb, name, stream=None)
+    return name
+
+
+def direct_client(endpoint: str, read_timeout: float = 10.0) -> WireWriteClient:
+    botocore_client = clients.dynamodb(Place(REGION, endpoint), sdk_retries=False)
+    return WireWriteClient(
+        botocore_client, max_connections=4, connect_timeout=2.0, read_timeout=read_timeout
+    )
+
+
+EVERY_TYPE: dict[str, Any] = {
+    "pk": {"S": "k-é-\u2603"},
+    "n": {"N": "-0.000000000000000000000000000000012345678901234567890123456789"},
+    "b": {"B": bytes(range(256))},
+    "ss": {"SS": ["a", "b"]},
+    "ns": {"NS": ["1", "2.5"]},
+    "bs": {"BS": [b"\x00", b"\xff\xfe"]},
+    "m": {"M": {"inner": {"L": [{"NULL": True}, {"BOOL": False}, {"B": b"\x01"}]}}},
+    "empty_s": {"S": ""},
+}
+
+
+def test_every_attribute_type_round_trips(wire: WireWriteClient, ddb: Any, table: str) -> None:
+    wire.put_item(TableName=table, Item=EVERY_TYPE)
+    stored = ddb.get_item(TableName=table, Key={"pk": EVERY_TYPE["pk"]}, ConsistentRead=True)
+    assert stored["Item"] == EVERY_TYPE
+
+    wire.delete_item(
+        TableName=table,
+        Key={"pk": EVERY_TYPE["pk"]},
+        ConditionExpression="#n = :n",
+        ExpressionAttributeNames={"#n": "n"},
+        ExpressionAttributeValues={":n": EVERY_TYPE["n"]},
+    )
+    assert "Item" not in ddb.get_item(TableName=table, Key={"pk": EVERY_TYPE["pk"]})
+
+
+def test_a_lost_condition_carries_the_destination_item_in_boto3_form(
+    wire: WireWriteClient, ddb: Any, table: str
+) -> None:
+    ddb.put_item(TableName=table, Item=EVERY_TYPE)
+    with pytest.raises(ClientError) as raised:
+        wire.put_item(
+            TableName=table,
+            Item={"pk": EVERY_TYPE["pk"]},
+            ConditionExpression="attribute_not_exists(pk)",
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        )
+    assert error_code(raised.value) == "ConditionalCheckFailedException"
+    assert classify(raised.value) is ErrorKind.CONDITION_FAILED
+    assert raised.value.response["Item"] == EVERY_TYPE
+
+
+def test_a_missing_table_and_a_rejected_item_are_classified_as_botocore_errors(
+    wire: WireWriteClient, table: str, unique: Any
+) -> None:
+    with pytest.raises(ClientError) as missing:
+        wire.put_item(TableName=unique("absent"), Item={"pk": {"S": "a"}})
+    assert error_code(missing.value) == "ResourceNotFoundException"
+    assert classify(missing.value) is ErrorKind.NOT_FOUND
+
+    with pytest.raises(ClientError) as rejected:
+        wire.put_item(TableName=table, Item={"pk": {"N": "1"}})  # the key is a string
+    assert error_code(rejected.value) == "ValidationException"
+    assert rejected.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert classify(rejected.value) is ErrorKind.REJECTED
+
+
+@pytest.fixture
+def proxy(moto_endpoint: str) -> Iterator[FaultProxy]:
+    running = FaultProxy(moto_endpoint).start()
+    yield running
+    running.stop()
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        ("throttle", ErrorKind.THROTTLED),
+        ("server_errors", ErrorKind.RETRY),
+        ("resets", ErrorKind.RETRY),
+        ("black_hole", ErrorKind.RETRY),
+        ("refuse", ErrorKind.RETRY),
+    ],
+)
+def test_faults_surface_as_retryable_errors_and_the_client_recovers(
+    proxy: FaultProxy, ddb: Any, table: str, fault: str, expected: ErrorKind
+) -> None:
+    # Only the black hole needs a short read timeout to end; elsewhere a generous one keeps
+    # a slow moment of the shared moto server from failing the recovery step.
+    wire = direct_client(proxy.url, read_timeout=2.0 if fault == "black_hole" else 10.0)
+    wire.put_item(TableName=table, Item={"pk": {"S": "before"}})  # a pooled connection
+
+    if fault == "throttle":
+        proxy.throttle(1.0)
+    elif fault == "resets":
+        proxy.resets(1.0)
+    else:
+        getattr(proxy, fault)()
+    with pytest.raises((ClientError, BotoCoreError)) as raised:
+        wire.put_item(TableName=table, Item={"pk": {"S": "during"}})
+    assert classify(raised.value) is expected
+    if fault in ("throttle", "server_errors"):
+        assert isinstance(raised.value, ClientError)
+    else:
+        assert isinstance(raised.value, BotoCoreError)  # counted as "network" by the writer
+
+    proxy.pass_through()
+    wire.put_item(TableName=table, Item={"pk": {"S": "after"}})
+    keys = {item["pk"]["S"] for item in ddb.scan(TableName=table)["Items"]}
+    assert {"before", "after"} <= keys
+
+
+class _CorruptingHandler(BaseHTTPRequestHandler):
+    """Answers 200 with a body whose x-amz-crc32 does not match, as a corrupted reply."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = b"{}"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("x-amz-crc32", str(zlib.crc32(body) ^ 1))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_corrupted_response_is_a_retryable_checksum_error() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _CorruptingHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        wire = direct_client(f"http://127.0.0.1:{server.server_address[1]}")
+        with pytest.raises(ChecksumError) as raised:
+            wire.put_item(TableName="t", Item={"pk": {"S": "a"}})
+        assert classify(raised.value) is ErrorKind.RETRY
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_error_body_without_json_keeps_its_status() -> None:
+    plain = _error_response(502, {}, b"<html>Bad Gateway</html>")
+    assert plain["Error"] == {"Code": "502", "Message": "<html>Bad Gateway</html>"}
+    assert classify(ClientError(plain, "PutItem")) is ErrorKind.RETRY
+
+
+def test_a_destination_behind_an_http_proxy_keeps_botocores_pipeline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    proxied = clients.dynamodb(Place(REGION), sdk_retries=False)  # https://dynamodb...
+    assert (
+        direct_write_client(proxied, max_connections=4, connect_timeout=1.0, read_timeout=1.0)
+        is proxied
+    )
+
+    monkeypatch.delenv("HTTPS_PROXY")
+    direct = clients.dynamodb(Place(REGION), sdk_retries=False)
+    chosen = direct_write_client(direct, max_connections=4, connect_timeout=1.0, read_timeout=1.0)
+    assert isinstance(chosen, WireWriteClient)
+
+
+def test_tls_is_verified_against_the_bundle_botocore_resolved(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    bundle = tmp_path / "corporate-ca.pem"
+    bundle.write_text("")
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(bundle))
+    botocore_client = clients.dynamodb(Place(REGION), sdk_retries=False)
+    chosen = direct_write_client(
+        botocore_client, max_connections=4, connect_timeout=1.0, read_timeout=1.0
+    )
+    assert isinstance(chosen, WireWriteClient)
+    settings = chosen._pool.connection_pool_kw
+    assert settings["cert_reqs"] == "CERT_REQUIRED" and settings["ca_certs"] == str(bundle)
+
+    unverified = WireWriteClient(
+        botocore_client, max_connections=1, connect_timeout=1, read_timeout=1, verify=False
+    )
+    assert unverified._pool.connection_pool_kw["cert_reqs"] == "CERT_NONE"

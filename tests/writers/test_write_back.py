@@ -1,0 +1,267 @@
+"""Write-back, tombstones and the stale-write stage, one mechanism at a time: a destination
+writer and the source writer against two tables of a moto server over HTTP, and the
+stage (replicator/highwater.py) on decoded changes. The meshes that use them all at once
+are in tests/reliability/test_active_active.py."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replicator.aws.backoff import Backoff
+from replicator.conflictlog.entry import LostConflict
+from replicator.conflictlog.recorder import ShardConflicts
+from replicator.decode import decode
+from replicator.filters import Route
+from replicator.highwater import HighWater
+from replicator.items import Item
+from replicator.metrics import Metrics
+from replicator.records import Change, Event
+from replicator.rules import OrderedRule
+from replicator.tombstones.model import tombstone_of
+from replicator.tombstones.table import TombstoneTable
+from replicator.writers.destination import DestinationWriter, Outcome
+from replicator.writers.source import SourceWriter
+from tests.support.aws import client, create_table
+from tests.support.metrics import sample
+from tests.support.records import daemon_record, stream_record
+
+RULE = OrderedRule("last_writer_wins", "ts", "origin", numeric_only=False)
+KEY = {"pk": {"S": "k"}}
+
+
+def image(ts: int, origin: str, v: str = "x") -> Item:
+    return {**KEY, "ts": {"N": str(ts)}, "origin": {"S": origin}, "v": {"S": v}}
+
+
+def change(event: str, new: Item | None = None, old: Item | None = None, seq: int = 1) -> Change:
+    return decode(daemon_record(stream_record(event, KEY, new, old, seq=seq), seq))
+
+
+@dataclass
+class Recorded:
+    """A conflict recorder that keeps what it is told."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    def lost(self, conflict: LostConflict) -> None:
+        self.entries.append(
+            {
+                "where": conflict.destination,
+                "loser": conflict.change.image,
+                "winner": conflict.existing,
+                "write_back": conflict.write_back,
+                "winning_rank": conflict.winning_rank,
+            }
+        )
+
+
+class Pair:
+    """Region A (the source) and region B (the destination), each with its tombstones."""
+
+    def __init__(self, endpoint: str, name: str, tmp: Path, metrics: Metrics) -> None:
+        self.a = client("dynamodb", "us-east-1", endpoint)
+        self.b = client("dynamodb", "eu-west-1", endpoint)
+        self.table = name
+        self.metrics = metrics
+        self.log = Recorded()
+        recorder = ShardConflicts(self.log, "task", "shard")
+        for ddb in (self.a, self.b):
+            create_table(ddb, name, stream=None)
+        self.tombs_a = TombstoneTable(self.a, f"{name}-tombstones", "us-east-1", 3600)
+        self.tombs_b = TombstoneTable(self.b, f"{name}-tombstones", "eu-west-1", 3600)
+        for tombs in (self.tombs_a, self.tombs_b):
+            tombs.ensure_exists()
+        common: dict[str, Any] = {
+            "table": name,
+            "rule": RULE,
+            "metrics": metrics,
+            "backoff": Backoff(0.0001, 0.001),
+            "origin": "us-east-1",
+        }
+        self.source = SourceWriter(
+            DestinationWriter(
+                label=f"us-east-1/{name}",
+                region="us-east-1",
+                client=self.a,
+                tombstones=self.tombs_a,
+                counted=False,
+                **common,
+            ),
+            RULE,
+            metrics,
+            recorder,
+        )
+        self.writer = DestinationWriter(
+            label="b",
+            region="eu-west-1",
+            client=self.b,
+            tombstones=self.tombs_b,
+            write_back=self.source,
+            conflict_log=recorder,
+            **common,
+        )
+
+    def get(self, ddb: Any) -> Item | None:
+        item: Item | None = ddb.get_item(TableName=self.table, Key=KEY, ConsistentRead=True).get(
+            "Item"
+        )
+        return item
+
+
+@pytest.fixture
+def pair(moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics) -> Pair:
+    return Pair(moto_endpoint, unique("wb"), tmp_path, metrics)
+
+
+def test_a_lost_put_writes_the_winner_back_to_the_source_once(pair: Pair) -> None:
+    stale, winner = image(12, "us-east-1", "stale"), image(13, "eu-west-1", "newer")
+    pair.a.put_item(TableName=pair.table, Item=stale)
+    pair.b.put_item(TableName=pair.table, Item=winner)
+    assert pair.writer.write(change("MODIFY", stale)).outcome is Outcome.CONFLICT_LOST
+    assert pair.get(pair.a) == winner == pair.get(pair.b)
+    assert sample(pair.metrics, "replicator_conflict_writebacks_total", destination="b") == 1
+    assert [e["write_back"] for e in pair.log.entries] == [True]
+    # The same change again (a replay): the source already holds the winner, so nothing
+    # is written back; the conflict is lost and recorded again, its write-back false.
+    assert pair.writer.write(change("MODIFY", stale)).outcome is Outcome.CONFLICT_LOST
+    assert sample(pair.metrics, "replicator_conflict_writebacks_total", destination="b") == 1
+    assert [e["write_back"] for e in pair.log.entries] == [True, False]
+
+
+def test_a_write_back_never_replaces_a_newer_source_item(pair: Pair) -> None:
+    newest = image(14, "us-east-1", "newest")
+    pair.a.put_item(TableName=pair.table, Item=newest)
+    pair.b.put_item(TableName=pair.table, Item=image(13, "eu-west-1"))
+    assert (
+        pair.writer.write(change("MODIFY", image(12, "us-east-1"))).outcome is Outcome.CONFLICT_LOST
+    )
+    assert pair.get(pair.a) == newest
+    assert sample(pair.metrics, "replicator_conflict_writebacks_total", destination="b") == 0
+
+
+def test_a_delete_leaves_a_tombstone_that_stops_a_lower_put_on_both_sides(pair: Pair) -> None:
+    deleted = image(20, "eu-west-1", "deleted")
+    pair.b.put_item(TableName=pair.table, Item=deleted)
+    assert pair.writer.write(change("REMOVE", None, deleted)).outcome is Outcome.APPLIED
+    assert pair.get(pair.b) is None
+    tombstone = pair.tombs_b.get(KEY)
+    assert tombstone is not None and tombstone.rank == RULE.rank(deleted)
+    assert sample(pair.metrics, "replicator_tombstones_written_total", destination="b") == 1
+    # The same delete coming back (an echo from B's own stream, through another job):
+    # the tombstone is already there, written by someone else; nothing to do.
+    echo = replace(pair.writer, origin="ap-southeast-2")
+    assert echo.write(change("REMOVE", None, deleted)).outcome is Outcome.UNCHANGED
+    # A stale put from A (stamped below the deleted image) reaches B: it is undone, and
+    # the delete is written back to A, whose stale item goes.
+    stale = image(19, "us-east-1", "stale")
+    pair.a.put_item(TableName=pair.table, Item=stale)
+    assert pair.writer.write(change("MODIFY", stale, seq=2)).outcome is Outcome.CONFLICT_LOST
+    assert pair.get(pair.b) is None and pair.get(pair.a) is None
+    source_tomb = pair.tombs_a.get(KEY)
+    assert source_tomb is not None and source_tomb.rank == tombstone.rank
+    (entry,) = pair.log.entries
+    assert entry["write_back"] and entry["winner"] is None
+    assert entry["winning_rank"]["delete"] is True
+    # A put that ranks above the delete brings the item back, as it should.
+    newer = image(21, "us-east-1", "newer")
+    assert pair.writer.write(change("MODIFY", newer, seq=3)).outcome is Outcome.APPLIED
+    assert pair.get(pair.b) == newer
+
+
+def test_a_put_past_the_tombstone_retention_is_applied_and_counted(pair: Pair) -> None:
+    deleted = image(20, "eu-west-1")
+    old = tombstone_of(
+        deleted,
+        KEY,
+        RULE.fields,
+        deleted_in="eu-west-1",
+        written_by="eu-west-1",
+        deleted_at_ms=1,
+        expires_at=int(time.time()) - 1,
+    )
+    pair.b.put_item(TableName=f"{pair.table}-tombstones", Item=old.to_item())
+    stale = image(19, "us-east-1")
+    assert pair.writer.write(change("MODIFY", stale)).outcome is Outcome.APPLIED
+    assert pair.get(pair.b) == stale
+    assert sample(pair.metrics, "replicator_tombstones_expired_total", destination="b") == 1
+    # An expired tombstone is replaced by a new delete even if that one ranks lower.
+    assert (
+        pair.tombs_b.record(
+            tombstone_of(
+                stale,
+                KEY,
+                RULE.fields,
+                deleted_in="x",
+                written_by="x",
+                deleted_at_ms=2,
+                expires_at=pair.tombs_b.expiry(),
+            )
+        )
+        is None
+    )
+
+
+def test_the_source_writer_removes_a_local_insert_below_a_recorded_delete(pair: Pair) -> None:
+    deleted = image(20, "us-east-1")
+    assert pair.source.write(change("REMOVE", None, deleted)).outcome is Outcome.UNCHANGED
+    assert pair.tombs_a.get(KEY) is not None  # the local delete is recorded
+    stale = image(18, "us-east-1", "stale")
+    pair.a.put_item(TableName=pair.table, Item=stale)  # the application, unconditionally
+    assert pair.source.write(change("INSERT", stale, seq=2)).outcome is Outcome.CONFLICT_LOST
+    assert pair.get(pair.a) is None
+    label = f"us-east-1/{pair.table}"
+    assert sample(pair.metrics, "replicator_conflict_writebacks_total", destination=label) == 1
+    assert (
+        sample(
+            pair.metrics,
+            "replicator_writes_total",
+            destination=label,
+            op="put",
+            outcome="conflict_lost",
+        )
+        == 1
+    )
+
+
+# -- the stage ----------------------------------------------------------------------------
+
+
+def test_a_local_write_below_the_image_it_replaced_becomes_a_correction() -> None:
+    stage = HighWater(RULE)
+    newer, stale = image(13, "eu-west-1"), image(12, "us-east-1")
+    submitted, route, _ = stage.route(change("MODIFY", stale, newer), Route.REPLICATE)
+    assert route is Route.REPLICATE
+    assert submitted.corrects is not None and submitted.new_image == newer
+    # The correction landing in the source is not sent again (it went everywhere).
+    landed = change("MODIFY", newer, stale, seq=2)
+    assert stage.route(landed, Route.REPLICATE)[1] is Route.LOOP_SKIPPED
+
+
+def test_a_delete_then_a_lower_insert_in_one_batch_stays_a_delete() -> None:
+    """The buffer keeps only the last change to a key: an insert below a delete would
+    replace the delete and bring the item back everywhere. The stage turns it into the
+    delete, which then replaces the queued one."""
+    stage = HighWater(RULE)
+    deleted = image(20, "us-east-1")
+    assert stage.route(change("REMOVE", None, deleted), Route.REPLICATE)[0].corrects is None
+    submitted, _, _ = stage.route(change("INSERT", image(19, "us-east-1"), seq=2), Route.REPLICATE)
+    assert submitted.event is Event.REMOVE and submitted.old_image == deleted
+    assert submitted.corrects is not None
+    # A higher insert is a real change.
+    higher = change("INSERT", image(21, "us-east-1"), seq=3)
+    assert stage.route(higher, Route.REPLICATE)[0] is higher
+
+
+def test_a_replicated_write_below_a_pending_correction_does_not_replace_it() -> None:
+    stage = HighWater(RULE)
+    top = image(30, "us-east-1")
+    stage.route(change("MODIFY", image(10, "us-east-1"), top), Route.REPLICATE)
+    lower_echo = change("MODIFY", image(20, "eu-west-1"), image(10, "us-east-1"), seq=2)
+    assert stage.route(lower_echo, Route.LOOP_SKIPPED)[2] is False
+    higher_echo = change("MODIFY", image(31, "eu-west-1"), image(20, "eu-west-1"), seq=3)
+    assert stage.route(higher_echo, Route.LOOP_SKIPPED)[2] is True

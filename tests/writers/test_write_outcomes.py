@@ -1,0 +1,386 @@
+"""What a write's outcome is when the answer is late, the clock is off, the user's resolver
+raises, or the lease is gone: applied, retried, dead-lettered or cancelled, never
+misfiled, and never a dead letter for a problem that is not the change's own."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from botocore.exceptions import ClientError, ReadTimeoutError
+
+from replicator.aws import clients
+from replicator.aws.backoff import Backoff
+from replicator.aws.clients import Place
+from replicator.aws.errors import ErrorKind, classify
+from replicator.buffer import ChangeBuffer
+from replicator.config.model import ConflictConfig
+from replicator.deadletter import FileDeadLetters
+from replicator.deadletter.failed import DeadLetterer
+from replicator.decode import decode
+from replicator.exceptions import DestinationRefused
+from replicator.metrics import Metrics
+from replicator.pipeline import ShardPipeline
+from replicator.rules import IN_STREAM_ORDER, rule_for
+from replicator.writers.destination import DestinationWriter, Outcome
+from replicator.writers.wire import WireWriteClient
+from tests.support.aws import client, create_table
+from tests.support.faults.proxy import FaultProxy
+from tests.support.metrics import sample
+from tests.support.records import put, remove
+
+REGION = "eu-west-1"
+LWW = {"policy": "last_writer_wins", "timestamp_attribute": "ts"}
+VERSION = {"policy": "version", "version_attribute": "ts"}
+
+
+def client_error(code: str, message: str = "", item: dict[str, Any] | None = None) -> ClientError:
+    response: dict[str, Any] = {
+        "Error": {"Code": code, "Message": message},
+        "ResponseMetadata": {"HTTPStatusCode": 400},
+    }
+    if item is not None:
+        response["Item"] = item
+    return ClientError(response, "PutItem")  # type: ignore[arg-type]
+
+
+class ScriptedClient:
+    """Raises the scripted errors in turn, then answers every call with success."""
+
+    def __init__(self, *errors: BaseException) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def _answer(self, **kwargs: Any) -> dict[str, Any]:
+        with self.lock:
+            self.calls += 1
+            if self.errors:
+                raise self.errors.pop(0)
+        return {}
+
+    put_item = _answer
+    delete_item = _answer
+
+
+def writer_for(
+    client: Any, tmp_path: Path, metrics: Metrics, table: str = "t", **conflict: Any
+) -> DestinationWriter:
+    return DestinationWriter(
+        label="dest",
+        table=table,
+        region=REGION,
+        client=client,
+        rule=rule_for(ConflictConfig(**(conflict or {"policy": "overwrite"})), "origin"),
+        metrics=metrics,
+        backoff=Backoff(0.0001, 0.001),
+    )
+
+
+def outcomes(metrics: Metrics, outcome: str) -> float:
+    return sum(
+        sample(metrics, "replicator_writes_total", destination="dest", op=op, outcome=outcome)
+        for op in ("put", "delete")
+    )
+
+
+# -- a write whose answer was lost ------------------------------------------------------------
+
+
+@pytest.fixture
+def proxy(moto_endpoint: str) -> Iterator[FaultProxy]:
+    running = FaultProxy(moto_endpoint).start()
+    yield running
+    running.stop()
+
+
+@pytest.mark.parametrize("conflict", [LWW, VERSION, {"policy": "overwrite"}])
+def test_a_write_answered_after_the_read_timeout_is_applied_not_a_lost_conflict(
+    proxy: FaultProxy,
+    moto_endpoint: str,
+    unique: Any,
+    tmp_path: Path,
+    metrics: Metrics,
+    conflict: dict[str, str],
+) -> None:
+    ddb = client("dynamodb", REGION, moto_endpoint)
+    table = unique("late")
+    create_table(ddb, table, stream=None)
+    botocore_client = clients.dynamodb(Place(REGION, proxy.url), sdk_retries=False)
+    # The answer is held for 3 s against a 1 s read timeout; the retry (answered at once)
+    # meets the write that already landed.
+    direct = WireWriteClient(
+        botocore_client, max_connections=2, connect_timeout=2.0, read_timeout=1.0
+    )
+    writer = writer_for(direct, tmp_path, metrics, table, **conflict)
+
+    proxy.slow_answer_once(3.0)
+    assert writer.write(decode(put("a", 1, ts=10, origin="us-east-1"))).outcome is Outcome.APPLIED
+    assert proxy.counts("PutItem")["slow_answer_200"] == 1
+    assert sample(metrics, "replicator_retries_total", destination="dest", reason="network") >= 1
+
+    proxy.slow_answer_once(3.0)
+    assert (
+        writer.write(decode(remove("a", 2, ts=10, origin="us-east-1"))).outcome is Outcome.APPLIED
+    )
+    assert proxy.counts("DeleteItem")["slow_answer_200"] == 1
+
+    assert outcomes(metrics, "applied") == 2
+    assert outcomes(metrics, "conflict_lost") == 0
+    assert "Item" not in ddb.get_item(TableName=table, Key={"pk": {"S": "a"}})
+
+
+def test_a_lost_condition_that_finds_the_changes_own_image_is_applied(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    change = decode(put("a", 1, ts=10, origin="us-east-1", n={"N": "1.50"}))
+    assert change.new_image is not None
+    # What the destination holds is the change's image, written as DynamoDB stores it
+    # (a number in another spelling): the first attempt landed, its answer was lost.
+    landed = {**change.new_image, "n": {"N": "1.5"}}
+    scripted = ScriptedClient(
+        ReadTimeoutError(endpoint_url="http://127.0.0.1:1"),
+        client_error("ConditionalCheckFailedException", "The conditional request failed", landed),
+    )
+    writer = writer_for(scripted, tmp_path, metrics, **LWW)
+    assert writer.write(change).outcome is Outcome.APPLIED
+    assert outcomes(metrics, "conflict_lost") == 0
+    assert (
+        sample(metrics, "replicator_retries_total", destination="dest", reason="already_applied")
+        == 1
+    )
+
+
+def test_a_lost_condition_that_finds_another_image_is_still_a_lost_conflict(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    change = decode(put("a", 1, ts=10, origin="us-east-1"))
+    assert change.new_image is not None
+    newer = {**change.new_image, "ts": {"N": "11"}}
+    scripted = ScriptedClient(client_error("ConditionalCheckFailedException", "", newer))
+    writer = writer_for(scripted, tmp_path, metrics, **LWW)
+    assert writer.write(change).outcome is Outcome.CONFLICT_LOST
+    assert outcomes(metrics, "applied") == 0
+
+
+def test_a_retried_delete_that_finds_the_item_gone_is_applied(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    scripted = ScriptedClient(
+        ReadTimeoutError(endpoint_url="http://127.0.0.1:1"),
+        client_error("ConditionalCheckFailedException", "", None),
+    )
+    writer = writer_for(scripted, tmp_path, metrics, **LWW)
+    assert writer.write(decode(remove("a", 2, ts=10))).outcome is Outcome.APPLIED
+    assert outcomes(metrics, "conflict_lost") == 0
+
+
+# -- clock skew and authentication ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "InvalidSignatureException",
+        "IncompleteSignatureException",
+        "MissingAuthenticationTokenException",
+        "UnrecognizedClientException",
+    ],
+)
+def test_signature_and_credential_refusals_are_retried_never_dead_lettered(
+    tmp_path: Path, metrics: Metrics, code: str
+) -> None:
+    assert classify(client_error(code)) is ErrorKind.AUTH
+    scripted = ScriptedClient(*[client_error(code, "Signature expired") for _ in range(3)])
+    writer = writer_for(scripted, tmp_path, metrics)
+    assert writer.write(decode(put("a", 1))).outcome is Outcome.APPLIED
+    assert scripted.calls == 4
+    reasons = ("clock_skew", "auth")
+    retried = sum(
+        sample(metrics, "replicator_retries_total", destination="dest", reason=reason)
+        for reason in reasons
+    )
+    assert retried == 3
+
+
+def test_persistent_clock_skew_stops_the_worker_with_a_clear_message(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    skewed = [
+        client_error("InvalidSignatureException", "Signature expired: 20261130T101010Z")
+        for _ in range(100)
+    ]
+    writer = writer_for(ScriptedClient(*skewed), tmp_path, metrics)
+    with pytest.raises(DestinationRefused, match=r"clock \(NTP\)"):
+        writer.write(decode(put("a", 1)))
+    assert sample(metrics, "replicator_retries_total", destination="dest", reason="clock_skew") == (
+        writer.refusal_limit - 1
+    )
+
+
+class _SkewCheckingHandler(BaseHTTPRequestHandler):
+    """A DynamoDB stand-in whose clock runs an hour ahead: it refuses a request signed
+    more than 5 minutes from its own time, as DynamoDB does, and names its time in Date."""
+
+    offset = timedelta(hours=1)
+    accepted: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        server_now = datetime.now(UTC) + self.offset
+        signed_at = datetime.strptime(self.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(
+            tzinfo=UTC
+        )
+        if abs(server_now - signed_at) > timedelta(minutes=5):
+            status, body = (
+                400,
+                {
+                    "__type": "com.amazon.coral.service#InvalidSignatureException",
+                    "message": "Signature expired",
+                },
+            )
+        else:
+            status, body = 200, {}
+            self.accepted.append(self.headers["X-Amz-Date"])
+        data = json.dumps(body).encode()
+        self.send_response_only(status)  # no Date of the local clock
+        self.send_header("Date", format_datetime(server_now, usegmt=True))
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_the_direct_path_signs_on_the_servers_clock_after_a_skew_refusal(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SkewCheckingHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        botocore_client = clients.dynamodb(Place(REGION, url), sdk_retries=False)
+        direct = WireWriteClient(
+            botocore_client, max_connections=2, connect_timeout=2.0, read_timeout=5.0
+        )
+        writer = writer_for(direct, tmp_path, metrics)
+        assert writer.write(decode(put("a", 1))).outcome is Outcome.APPLIED
+        assert (
+            sample(metrics, "replicator_retries_total", destination="dest", reason="clock_skew")
+            == 1
+        )
+        assert abs(direct.clock_offset - timedelta(hours=1)) < timedelta(minutes=1)
+        assert len(_SkewCheckingHandler.accepted) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# -- retryable codes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", ["ReplicatedWriteConflictException", "InvalidEndpointException"])
+def test_codes_that_a_later_attempt_can_succeed_are_retried(
+    tmp_path: Path, metrics: Metrics, code: str
+) -> None:
+    assert classify(client_error(code)) is ErrorKind.RETRY
+    writer = writer_for(ScriptedClient(client_error(code)), tmp_path, metrics)
+    assert writer.write(decode(put("a", 1))).outcome is Outcome.APPLIED
+
+
+# -- the user's resolver ----------------------------------------------------------------------
+
+
+def exploding_resolver(incoming: Any, existing: Any) -> bool:
+    if incoming.keys["pk"]["S"] == "bad":
+        raise KeyError("price")
+    return True
+
+
+def test_an_exception_in_a_custom_resolver_dead_letters_that_change_and_goes_on(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    ddb = client("dynamodb", REGION, moto_endpoint)
+    table = unique("resolver")
+    create_table(ddb, table, stream=None)
+    writer = writer_for(
+        ddb,
+        tmp_path,
+        metrics,
+        table,
+        policy="custom",
+        resolver="tests.writers.test_write_outcomes:exploding_resolver",
+    )
+    target = FileDeadLetters(tmp_path / "dead.jsonl")
+    letters = DeadLetterer(target, metrics, "task", "shard-1")
+    assert letters.write(writer, decode(put("bad", 1))).outcome is Outcome.FAILED
+    assert letters.write(writer, decode(put("good", 2))).outcome is Outcome.APPLIED
+    (letter,) = target.letters()
+    assert letter.reason == "resolver_failed"
+    assert "exploding_resolver raised KeyError: 'price'" in letter.error
+    assert "Item" not in ddb.get_item(TableName=table, Key={"pk": {"S": "bad"}})
+    assert "Item" in ddb.get_item(TableName=table, Key={"pk": {"S": "good"}})
+    assert (
+        sample(
+            metrics, "replicator_dead_letters_total", destination="dest", reason="resolver_failed"
+        )
+        == 1
+    )
+
+
+# -- a lost lease -----------------------------------------------------------------------------
+
+
+def test_a_lost_lease_stops_the_writes_still_being_retried(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    throttled = [client_error("ProvisionedThroughputExceededException") for _ in range(10_000)]
+    scripted = ScriptedClient(*throttled)
+    writer = writer_for(scripted, tmp_path, metrics)
+    pipeline = ShardPipeline(
+        {"dest": writer},
+        ChangeBuffer(["dest"], IN_STREAM_ORDER),
+        metrics,
+        "shard-1",
+        max_in_flight=4,
+        max_buffered=100,
+        dead_letters=DeadLetterer(FileDeadLetters(tmp_path / "dead.jsonl"), metrics, "t", "s"),
+    )
+    for sequence in range(1, 4):
+        pipeline.submit(decode(put(f"k{sequence}", sequence)))
+    pipeline.dispatch()
+    deadline = threading.Event()
+    while scripted.calls < 10 and not deadline.wait(0.01):
+        pass
+    pipeline.abandon()
+    for executor in pipeline._executors.values():
+        executor.shutdown(wait=True)  # every write has returned
+    # The writes gave up while throttled: had they gone on, they would have outlasted the
+    # scripted throttling and applied stale changes over the new owner's writes.
+    assert scripted.errors
+    assert outcomes(metrics, "applied") == 0
+    assert pipeline.checkpointable() is None
+
+
+def test_a_retried_delete_that_finds_a_lower_ranked_item_is_applied(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    # The delete landed; before the retry an older image was rewritten: the delete did
+    # its work, and that older write is a later change of its own.
+    older = {"pk": {"S": "a"}, "ts": {"N": "5"}}
+    scripted = ScriptedClient(
+        ReadTimeoutError(endpoint_url="http://127.0.0.1:1"),
+        client_error("ConditionalCheckFailedException", "", older),
+    )
+    writer = writer_for(scripted, tmp_path, metrics, **LWW)
+    assert writer.write(decode(remove("a", 2, ts=10))).outcome is Outcome.APPLIED
+    assert outcomes(metrics, "conflict_lost") == 0
