@@ -146,11 +146,10 @@ class ShardWatermark:
                         listing = listing if listing is not None else self._list_shards()
                         self._register(target.table, listing, starting=self.shard_id)
                         target.ready = True
-                    claim = tracker.claim(label)
-                    if claim > target.published_us:
-                        stored = target.table.raise_part(self.shard_id, claim, self._owner)
-                        target.published_us = max(claim, stored)
-                    taken = tracker.take_dead_letters(label)
+                    # Dead letters are stored before the claim that covers them is raised
+                    # (and the claim is not raised while they cannot be stored), so a
+                    # reader never sees W pass a dead-lettered change without its range.
+                    claim, taken = tracker.claim_and_dead_letters(label)
                     if taken.count:
                         target.dead_letters = DeadLetters(
                             target.dead_letters.count + taken.count,
@@ -159,6 +158,9 @@ class ShardWatermark:
                     if target.dead_letters.count:
                         target.table.add_dead_letters(self.shard_id, target.dead_letters)
                         target.dead_letters = DeadLetters(0, ())
+                    if claim > target.published_us:
+                        stored = target.table.raise_part(self.shard_id, claim, self._owner)
+                        target.published_us = max(claim, stored)
                     target.failures = 0
                 except _FAILURES as error:
                     self._failed(label, target, error)

@@ -200,36 +200,49 @@ class ShardTracker:
     def claim(self, destination: str) -> int:
         """``W`` in microseconds: every change created at or before it is settled (0: none)."""
         with self._lock:
-            if self._stopped:
-                return 0
-            state = self._destinations[destination]
-            if not state.guard_cleared:
-                if self._awaiting_replay:
-                    return 0
-                if state.guard_through is not None:
-                    lowest = state.lowest_unsettled_position()
-                    if lowest is not None and lowest <= state.guard_through:
-                        return 0
-                state.guard_cleared = True
-            bound = max(self._delivered_us, self._caught_up_us)
-            oldest = state.oldest_unsettled_us()
-            if oldest is not None:
-                bound = min(bound, oldest)
-            return max(0, bound - 1)
+            return self._claim(destination)
 
     def take_dead_letters(self, destination: str) -> DeadLetters:
         with self._lock:
-            state = self._destinations[destination]
-            taken = DeadLetters(state.dead_letter_count, tuple(state.dead_letter_ranges))
-            state.dead_letter_count = 0
-            state.dead_letter_ranges.clear()
-            return taken
+            return self._take_dead_letters(destination)
+
+    def claim_and_dead_letters(self, destination: str) -> tuple[int, DeadLetters]:
+        """``W`` and every dead letter it covers, taken at one instant: a publisher that
+        stores the dead letters before it raises ``W`` never shows a reader a watermark
+        past a dead-lettered change without that dead letter."""
+        with self._lock:
+            return self._claim(destination), self._take_dead_letters(destination)
 
     @property
     def destinations(self) -> list[str]:
         return list(self._destinations)
 
     # -- internals (lock held) ------------------------------------------------------------
+
+    def _claim(self, destination: str) -> int:
+        if self._stopped:
+            return 0
+        state = self._destinations[destination]
+        if not state.guard_cleared:
+            if self._awaiting_replay:
+                return 0
+            if state.guard_through is not None:
+                lowest = state.lowest_unsettled_position()
+                if lowest is not None and lowest <= state.guard_through:
+                    return 0
+            state.guard_cleared = True
+        bound = max(self._delivered_us, self._caught_up_us)
+        oldest = state.oldest_unsettled_us()
+        if oldest is not None:
+            bound = min(bound, oldest)
+        return max(0, bound - 1)
+
+    def _take_dead_letters(self, destination: str) -> DeadLetters:
+        state = self._destinations[destination]
+        taken = DeadLetters(state.dead_letter_count, tuple(state.dead_letter_ranges))
+        state.dead_letter_count = 0
+        state.dead_letter_ranges.clear()
+        return taken
 
     def _deliver(self, position: int, created_us: int) -> None:
         if created_us < self._newest_created_us:

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from replicator.decode import decode
 from replicator.metrics import Metrics
+from replicator.records import Change
 from replicator.runtime.local.stream import Shard
 from replicator.watermark.parts import Part, Placeholder, combine
 from replicator.watermark.publisher import ShardWatermark
@@ -16,6 +18,7 @@ from replicator.watermark.table import StatusTable
 from replicator.watermark.tracker import DeadLetters
 from tests.support.aws import client
 from tests.support.metrics import sample
+from tests.support.records import daemon_record, stream_record
 
 S = 1_000_000
 T0 = 1_700_000_000 * S
@@ -197,3 +200,52 @@ def test_a_destination_whose_status_table_cannot_be_written_is_counted_and_retri
     watermark.publish()
     watermark.publish()  # within the retry delay: not tried again
     assert sample(metrics, "replicator_watermark_publish_failures_total", destination="eu") == 1
+
+
+def change_at(pk: str, seq: int, created_us: int) -> Change:
+    image = {"pk": {"S": pk}}
+    payload = stream_record(
+        "INSERT", {"pk": {"S": pk}}, image, None, seq=seq, created_ms=created_us // 1000
+    )
+    return decode(daemon_record(payload, seq))
+
+
+class RecordingTable(StatusTable):
+    """The status table, noting what a reader would see each time a part is raised."""
+
+    def __init__(self, table: StatusTable, fail_dead_letters: bool = False) -> None:
+        super().__init__(table.client, table.name, table.destination)
+        self.seen_at_raise: list[tuple[int | None, int]] = []
+        self.fail_dead_letters = fail_dead_letters
+
+    def raise_part(self, shard: str, watermark_us: int, owner: str) -> int:
+        stored = super().raise_part(shard, watermark_us, owner)
+        whole = combine(self.destination, self.parts())
+        self.seen_at_raise.append((whole.watermark_us, whole.dead_letters))
+        return stored
+
+    def add_dead_letters(self, shard: str, dead_letters: DeadLetters, attempts: int = 5) -> None:
+        if self.fail_dead_letters:
+            raise ConnectionError("status table unreachable")
+        super().add_dead_letters(shard, dead_letters, attempts)
+
+
+def test_a_watermark_past_a_dead_letter_is_never_shown_without_it(
+    table: StatusTable, metrics: Metrics
+) -> None:
+    """The dead letter is stored before the claim that covers it is raised; while it cannot
+    be stored, the claim is not raised."""
+    poison = change_at("poison", 1, T0 + 5 * S)
+    recording = RecordingTable(table, fail_dead_letters=True)
+    watermark = publisher("s", recording, Stream(Shard("s", None, False)), metrics)
+    watermark.received(poison)
+    watermark.settled(recording.destination, poison, dead_lettered=True)
+    watermark.empty_read(previous_answer_at=(T0 + 10 * S) / S, received_at=0)
+    watermark.publish()  # the dead letter cannot be stored: nothing is raised
+    assert recording.seen_at_raise == []
+    assert combine(recording.destination, recording.parts()).watermark_us in (None, 0)
+    recording.fail_dead_letters = False
+    for target in watermark._targets.values():  # skip the back-off after the failure
+        target.retry_at = 0.0
+    watermark.publish()
+    assert recording.seen_at_raise == [(T0 + 10 * S - 1, 1)]
