@@ -80,7 +80,11 @@ def test_a_destination_throttled_half_the_time_for_20s_loses_nothing(
     proxy_throttles = sum(throttled.counts(op)["throttled"] for op in writes)
     assert proxy_throttles > 50
     # Every throttled request was retried by the writer itself (none hidden in the SDK).
-    assert figures.details["eu retries counted as throttled"] == proxy_throttles
+    # On a loaded machine the writer can give up on a request (read timeout) before the
+    # proxy's throttle answer reaches it: that retry is counted as a network one.
+    counted = figures.details["eu retries counted as throttled"]
+    eu_network = samples.total("replicator_retries_total", destination=eu, reason="network")
+    assert counted <= proxy_throttles <= counted + eu_network
     resets = sum(flaky.counts(op)["reset_after_forward"] for op in writes)
     assert resets > 0
     assert figures.details["ap retries counted as network"] == resets
