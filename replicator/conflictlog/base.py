@@ -71,18 +71,23 @@ class LosingWriter(Protocol):
     rule: ConflictRule
 
 
+@dataclass(frozen=True, slots=True)
+class Loss:
+    """What a writer knows when ``change`` loses to ``existing``. ``write_back``: the
+    winner was written to the source too; ``winning_rank``: the winner's rank when it is
+    not an item (a delete kept as a tombstone)."""
+
+    writer: LosingWriter
+    change: Change
+    existing: Item | None
+    why: str
+    write_back: bool = False
+    winning_rank: dict[str, Any] | None = None
+
+
 class ConflictRecorder(Protocol):
     """Takes a lost conflict from a writer's thread without making it wait for storage
     (a :class:`~replicator.conflictlog.recorder.ShardConflicts`, which knows the task
     and the shard)."""
 
-    def lost(
-        self,
-        writer: LosingWriter,
-        change: Change,
-        existing: Item | None,
-        why: str,
-        *,
-        write_back: bool = False,
-        winning_rank: dict[str, Any] | None = None,
-    ) -> None: ...
+    def lost(self, loss: Loss) -> None: ...

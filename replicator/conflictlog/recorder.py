@@ -28,17 +28,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 
 from replicator.aws.backoff import Backoff
-from replicator.conflictlog.base import ConflictLogTarget, LosingWriter
+from replicator.conflictlog.base import ConflictLogTarget, Loss
 from replicator.conflictlog.entry import ConflictEntry, LostConflict
 from replicator.exceptions import ConflictLogRejected
-from replicator.items import Item, describe_key
+from replicator.items import describe_key
 from replicator.metrics import Metrics
-from replicator.records import Change
 
 log = structlog.get_logger(__name__)
 
@@ -222,20 +221,9 @@ class ShardConflicts:
     task_name: str
     shard_id: str
 
-    def lost(
-        self,
-        writer: LosingWriter,
-        change: Change,
-        existing: Item | None,
-        why: str,
-        *,
-        write_back: bool = False,
-        winning_rank: dict[str, Any] | None = None,
-    ) -> None:
-        """What the writer knows when ``change`` loses to ``existing``, captured now and
-        cheaply. ``write_back``: the winner was written to the source too;
-        ``winning_rank``: the winner's rank when it is not an item (a delete kept as a
-        tombstone)."""
+    def lost(self, loss: Loss) -> None:
+        """Captured now and cheaply, stored in the background."""
+        writer = loss.writer
         self.recorder.lost(
             LostConflict(
                 task_name=self.task_name,
@@ -244,11 +232,11 @@ class ShardConflicts:
                 region=writer.region,
                 shard_id=self.shard_id,
                 rule=writer.rule,
-                change=change,
-                existing=existing,
-                why=why,
+                change=loss.change,
+                existing=loss.existing,
+                why=loss.why,
                 recorded_s=time.time(),
-                write_back=write_back,
-                winning_rank=winning_rank,
+                write_back=loss.write_back,
+                winning_rank=loss.winning_rank,
             )
         )

@@ -27,7 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from replicator.aws.backoff import Backoff
 from replicator.aws.clients import WriteClient
 from replicator.aws.errors import CLOCK_SKEW, ErrorKind, classify, error_code
-from replicator.conflictlog.base import ConflictRecorder
+from replicator.conflictlog.base import ConflictRecorder, Loss
 from replicator.exceptions import DestinationRefused, PlanError, WriteCancelled
 from replicator.items import Item, describe_key
 from replicator.metrics import Metrics
@@ -398,12 +398,14 @@ class DestinationWriter:
         )
         if self.conflict_log is not None:
             self.conflict_log.lost(
-                self,
-                change,
-                winner.item,
-                why,
-                write_back=written_back,
-                winning_rank=self._winning_rank(winner),
+                Loss(
+                    self,
+                    change,
+                    winner.item,
+                    why,
+                    write_back=written_back,
+                    winning_rank=self._winning_rank(winner),
+                )
             )
 
     def _winning_rank(self, winner: Winner) -> dict[str, Any] | None:

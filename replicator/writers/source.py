@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from replicator.config.model import SOURCE_LABEL_PREFIX
-from replicator.conflictlog.base import ConflictRecorder
+from replicator.conflictlog.base import ConflictRecorder, Loss
 from replicator.highwater import SharedNotes
 from replicator.items import Item, describe_key
 from replicator.metrics import Metrics
@@ -195,7 +195,7 @@ class SourceWriter:
         )
         if self.conflict_log is not None:
             self.conflict_log.lost(
-                self.writer, stale, winner, why, write_back=written, winning_rank=rank
+                Loss(self.writer, stale, winner, why, write_back=written, winning_rank=rank)
             )
 
     # -- writes ---------------------------------------------------------------------------

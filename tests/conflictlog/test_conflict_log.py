@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from replicator.aws.backoff import Backoff
 from replicator.cli import cli
-from replicator.conflictlog.base import Selection
+from replicator.conflictlog.base import Loss, Selection
 from replicator.conflictlog.dynamodb import TTL_ATTRIBUTE, DynamoDbConflictLog
 from replicator.conflictlog.entry import ConflictEntry, LostConflict, image_digest
 from replicator.conflictlog.file import FileConflictLog
@@ -193,7 +193,7 @@ class FlakyTarget:
 
 def record(recorder: BackgroundRecorder, lost: LostConflict) -> None:
     recorder.for_shard("orders", "shardId-1").lost(
-        FakeWriter(), lost.change, lost.existing, lost.why
+        Loss(FakeWriter(), lost.change, lost.existing, lost.why)
     )
 
 
