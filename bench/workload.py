@@ -1,5 +1,5 @@
 """Synthetic stream records, in the exact form the DynamoDB Streams adapter 2.x hands
-to a MultiLang processor (the same bytes ``runtime.local.stream.to_daemon_record``
+to a MultiLang processor (the same bytes ``shards.stream.to_daemon_record``
 produces from a real GetRecords answer).
 
 Items look like a modest order record (about 20 attributes of every common type, some

@@ -28,7 +28,7 @@ from replicator.intake import Reader, ShardIntake
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.rules import ConflictRule, OrderedRule, rule_for, squash_order
-from replicator.runtime.local.stream import Shard, list_shards
+from replicator.shards.stream import Shard, list_shards
 from replicator.tombstones.table import TombstoneTable
 from replicator.watermark.publisher import ShardWatermark
 from replicator.watermark.table import StatusTable

@@ -30,9 +30,9 @@ from replicator.aws import clients, tables
 from replicator.aws.errors import error_code
 from replicator.config.model import InitialPosition, ResolvedJob, StreamKind
 from replicator.exceptions import EnvironmentProblem
-from replicator.runtime.local.leases import LATEST, SENTINELS, Lease, LeaseTable
-from replicator.runtime.local.stream import Shard, list_shards
 from replicator.runtime.preflight import explain
+from replicator.shards.leases import LATEST, SENTINELS, Lease, LeaseTable
+from replicator.shards.stream import Shard, list_shards
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

@@ -191,7 +191,7 @@ class Registration:
 
 
 class ListedShard(Protocol):
-    """A shard as the stream lists it (runtime.local.stream.Shard is one)."""
+    """A shard as the stream lists it (shards.stream.Shard is one)."""
 
     @property
     def shard_id(self) -> str: ...

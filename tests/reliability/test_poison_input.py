@@ -17,7 +17,7 @@ from replicator.demo.workload import Workload, demo_item
 from replicator.items import Item, key_id
 from replicator.runtime.local.protocol import ProcessorChild
 from replicator.runtime.local.runtime import processor_command
-from replicator.runtime.local.stream import to_daemon_record
+from replicator.shards.stream import to_daemon_record
 from tests.support.aws import client
 from tests.support.e2e import PATIENCE, stop, wait_until
 from tests.support.reliability import (

@@ -19,7 +19,7 @@ from replicator.demo.workload import Workload, demo_item
 from replicator.exceptions import EnvironmentProblem
 from replicator.items import Item
 from replicator.rules import CustomRule, Skip, rule_for
-from replicator.runtime.local.leases import LeaseTable
+from replicator.shards.leases import LeaseTable
 from replicator.tools.backfill import Backfill, BackfillHooks, BackfillOptions, BackfillResult
 from replicator.tools.snapshot import SnapshotRule, synthetic_change
 from tests.support.e2e import Job, stop, wait_until

@@ -9,7 +9,7 @@ from replicator.buffer import ChangeBuffer, Entry
 from replicator.decode import decode
 from replicator.records import Change
 from replicator.rules import IN_STREAM_ORDER, OrderedRule, squash_order
-from replicator.runtime.local.stream import Shard
+from replicator.shards.stream import Shard
 from replicator.watermark.parts import Part, combine, merge_ranges, plan_registration
 from replicator.watermark.tracker import ShardTracker
 from tests.support.records import daemon_record, stream_record

@@ -11,7 +11,7 @@ import pytest
 from replicator.decode import decode
 from replicator.metrics import Metrics
 from replicator.records import Change
-from replicator.runtime.local.stream import Shard
+from replicator.shards.stream import Shard
 from replicator.watermark.parts import Part, Placeholder, combine
 from replicator.watermark.publisher import ShardWatermark
 from replicator.watermark.table import StatusTable

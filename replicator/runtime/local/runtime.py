@@ -39,10 +39,10 @@ from replicator.exceptions import EnvironmentProblem, LeaseHeld, OperatorError, 
 from replicator.metrics import multiprocess
 from replicator.metrics.server import MetricsServer
 from replicator.runtime import preflight
-from replicator.runtime.local.leases import LATEST, SHARD_END, TRIM_HORIZON, Lease, LeaseTable
 from replicator.runtime.local.protocol import CheckpointHandler, ProcessorChild
 from replicator.runtime.local.shard_worker import ShardProgress, ShardSettings, ShardWorker
-from replicator.runtime.local.stream import Shard, list_shards
+from replicator.shards.leases import LATEST, SHARD_END, TRIM_HORIZON, Lease, LeaseTable
+from replicator.shards.stream import Shard, list_shards
 from replicator.watermark import collector as watermark
 
 log = structlog.get_logger(__name__)

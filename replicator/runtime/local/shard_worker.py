@@ -29,7 +29,8 @@ from replicator.exceptions import (
     LeaseLost,
     TrimmedData,
 )
-from replicator.runtime.local.leases import (
+from replicator.runtime.local.protocol import ProcessorChild
+from replicator.shards.leases import (
     LATEST,
     SENTINELS,
     SHARD_END,
@@ -37,8 +38,7 @@ from replicator.runtime.local.leases import (
     Lease,
     LeaseTable,
 )
-from replicator.runtime.local.protocol import ProcessorChild
-from replicator.runtime.local.stream import created_ms_of, to_daemon_record
+from replicator.shards.stream import created_ms_of, to_daemon_record
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient

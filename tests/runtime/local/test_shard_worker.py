@@ -13,10 +13,10 @@ from botocore.exceptions import ClientError
 
 from replicator.config.model import OnTrimmedData
 from replicator.exceptions import ChildFailed, ChildKeepsFailing, EnvironmentProblem, TrimmedData
-from replicator.runtime.local.leases import SHARD_END, LeaseTable
 from replicator.runtime.local.runtime import startable
 from replicator.runtime.local.shard_worker import ShardSettings, ShardWorker
-from replicator.runtime.local.stream import Shard
+from replicator.shards.leases import SHARD_END, LeaseTable
+from replicator.shards.stream import Shard
 from tests.support.aws import client
 
 
