@@ -78,6 +78,7 @@ def job_text(spec: E2ESpec, endpoint_url: str, directory: Path) -> str:
         f"{writer}"
         f"dead_letter: {{kind: file, path: '{directory}/dead-letters.jsonl'}}\n"
         f"metrics: {{enabled: false}}\n"
+        f"watermark: {{enabled: false}}\n"  # the fake endpoint serves only the write path
         f"logging: {{level: warning, format: json}}\n"
     )
 
