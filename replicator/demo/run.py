@@ -212,7 +212,7 @@ class _Demo:
         return converged
 
     def _samples(self, runtime: LocalRuntime) -> list[tuple[str, dict[str, str], float]]:
-        server = runtime._server  # the demo reads its own runtime's metrics
+        server = runtime.metrics_server  # the demo reads its own runtime's metrics
         return server.samples() if server is not None else []
 
     def _per_destination(self, runtime: LocalRuntime) -> dict[str, dict[str, float]]:

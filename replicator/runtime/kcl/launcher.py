@@ -43,15 +43,13 @@ import structlog
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from replicator import logs
 from replicator.config.model import ResolvedJob, StreamKind
 from replicator.exceptions import KclUnavailable
 from replicator.metrics import multiprocess
 from replicator.metrics.server import MetricsServer
-from replicator.runtime import preflight
+from replicator.runtime import preflight, supervisor
 from replicator.runtime.kcl import java
 from replicator.runtime.kcl.properties import render_properties, shutdown_grace_ms
-from replicator.watermark import collector as watermark
 
 log = structlog.get_logger(__name__)
 
@@ -272,14 +270,15 @@ def _reap_orphans() -> None:
 
 
 class _DaemonCollector(Collector):
-    def __init__(self, daemon: DaemonProcess) -> None:
+    def __init__(self, daemon: Callable[[], DaemonProcess | None]) -> None:
         self.daemon = daemon
 
     def collect(self) -> Iterator[Metric]:
         owned = GaugeMetricFamily(
             "replicator_shards_owned", "Shards this worker processes now (processor children)."
         )
-        owned.add_metric([], self.daemon.processor_count())
+        daemon = self.daemon()
+        owned.add_metric([], daemon.processor_count() if daemon is not None else 0)
         yield owned
 
 
@@ -316,47 +315,37 @@ def run_kcl(
 ) -> int:
     """Run the job on the KCL daemon until it exits; the daemon's exit status."""
     job = resolved.job
-    logs.configure(job.logging.level, job.logging.format.value)
-    logs.bind_everywhere(task=resolved.task_name, runtime="kcl")
+    supervisor.begin(resolved, "kcl")
     with tempfile.TemporaryDirectory(prefix="replicator-kcl-") as workdir:
         prepared = prepare_run(resolved, Path(workdir))
-        samples = multiprocess.prepare()
-        env = {**os.environ, multiprocess.ENV: str(samples.path)}
-        daemon = DaemonProcess(prepared.argv, env, grace_s=shutdown_grace_ms(job) / 1000)
-        server: MetricsServer | None = None
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            if job.metrics.enabled:
-                # Bound before the daemon starts, so a port in use fails first.
-                server = MetricsServer(
-                    job.metrics.host,
-                    job.metrics.port,
-                    samples.path,
-                    problems=daemon.problems,
-                    stall_after_s=job.metrics.stall_after_s,
-                    extra=[_DaemonCollector(daemon), *watermark.collectors(resolved)],
-                )
-            for sig in previous:
-                signal.signal(sig, lambda signum, _: daemon.request_stop())
-            daemon.start()
-            if server is not None:
-                server.start()
-            log.info(
-                "KCL runtime started",
-                worker_id=job.kcl.worker_id or socket.gethostname(),
-                lease_table=resolved.lease_table,
-                properties=str(prepared.properties),
-            )
-            if ready is not None:
-                threading.Thread(target=ready, args=(daemon, server), daemon=True).start()
-            status = daemon.wait()
-        finally:
-            daemon.clean_up()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            if server is not None:
-                server.stop()
-            multiprocess.discard(samples)
+        daemon: DaemonProcess | None = None
+
+        def problems() -> list[str]:
+            return daemon.problems() if daemon is not None else []
+
+        # The metrics port is bound before the daemon starts, so a port in use fails first.
+        with supervisor.metrics_served(
+            resolved, problems, [_DaemonCollector(lambda: daemon)]
+        ) as served:
+            env = {**os.environ, multiprocess.ENV: str(served.samples.path)}
+            daemon = DaemonProcess(prepared.argv, env, grace_s=shutdown_grace_ms(job) / 1000)
+            try:
+                with supervisor.stop_signals(daemon.request_stop):
+                    daemon.start()
+                    served.start()
+                    log.info(
+                        "KCL runtime started",
+                        worker_id=job.kcl.worker_id or socket.gethostname(),
+                        lease_table=resolved.lease_table,
+                        properties=str(prepared.properties),
+                    )
+                    if ready is not None:
+                        threading.Thread(
+                            target=ready, args=(daemon, served.server), daemon=True
+                        ).start()
+                    status = daemon.wait()
+            finally:
+                daemon.clean_up()
     if status != 0 and daemon.classpath_failure:
         raise KclUnavailable(
             f"the KCL daemon could not start from {prepared.jars_dir}: "

@@ -16,7 +16,6 @@ from __future__ import annotations
 import fcntl
 import functools
 import os
-import signal
 import socket
 import sys
 import tempfile
@@ -31,19 +30,17 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from replicator import logs
 from replicator.aws import clients
 from replicator.aws.errors import ErrorKind, classify
 from replicator.config.model import InitialPosition, ResolvedJob, StreamKind
 from replicator.exceptions import EnvironmentProblem, LeaseHeld, OperatorError, ReplicatorError
 from replicator.metrics import multiprocess
 from replicator.metrics.server import MetricsServer
-from replicator.runtime import preflight
+from replicator.runtime import preflight, supervisor
 from replicator.runtime.local.protocol import CheckpointHandler, ProcessorChild
 from replicator.runtime.local.shard_worker import ShardProgress, ShardSettings, ShardWorker
 from replicator.shards.leases import LATEST, SHARD_END, TRIM_HORIZON, Lease, LeaseTable
 from replicator.shards.stream import Shard, list_shards
-from replicator.watermark import collector as watermark
 
 log = structlog.get_logger(__name__)
 
@@ -88,7 +85,7 @@ class LocalRuntime:
         self.ended: set[str] = set()
         self.failure: BaseException | None = None
         self.metrics_port: int | None = None
-        self._server: MetricsServer | None = None
+        self.metrics_server: MetricsServer | None = None  # while running, if metrics are on
         self._samples: multiprocess.SamplesDirectory | None = None
         self._lock_file: IO[str] | None = None
         source = self.job.source
@@ -110,35 +107,27 @@ class LocalRuntime:
         info = preflight.check(self.resolved)
         self.stream_arn = info.stream_arn
         self._hold_host_lock()
-        self._samples = metrics_dir = multiprocess.prepare()
-        try:
-            if self.job.metrics.enabled:
-                self._server = MetricsServer(
-                    self.job.metrics.host,
-                    self.job.metrics.port,
-                    metrics_dir.path,
-                    problems=self.problems,
-                    stall_after_s=self.job.metrics.stall_after_s,
-                    extra=[_RuntimeCollector(self), *watermark.collectors(self.resolved)],
+        with supervisor.metrics_served(
+            self.resolved, self.problems, [_RuntimeCollector(self)]
+        ) as served:
+            self._samples = served.samples
+            self.metrics_server = served.server
+            try:
+                self.metrics_port = served.start()
+                # After the metrics port is bound: a port in use fails before anything
+                # is created.
+                self.leases.ensure_exists()
+                self._claim_leases_held_elsewhere()
+                log.info(
+                    "local runtime started",
+                    worker_id=self.worker_id,
+                    lease_table=self.resolved.lease_table,
+                    stream=self.stream_arn,
                 )
-                self.metrics_port = self._server.port
-                self._server.start()
-            # After the metrics port is bound: a port in use fails before anything is created.
-            self.leases.ensure_exists()
-            self._claim_leases_held_elsewhere()
-            log.info(
-                "local runtime started",
-                worker_id=self.worker_id,
-                lease_table=self.resolved.lease_table,
-                stream=self.stream_arn,
-            )
-            self.started.set()
-            self._loop()
-        finally:
-            self._shut_down()
-            if self._server is not None:
-                self._server.stop()
-            multiprocess.discard(metrics_dir)
+                self.started.set()
+                self._loop()
+            finally:
+                self._shut_down()
         if self.failure is not None:
             if isinstance(self.failure, OperatorError):
                 raise self.failure
@@ -352,16 +341,9 @@ class _RuntimeCollector(Collector):
 
 def run_local(resolved: ResolvedJob, ready: Callable[[LocalRuntime], Any] | None = None) -> int:
     """``replicator run`` with the local runtime: run until SIGTERM/SIGINT."""
-    logs.configure(resolved.job.logging.level, resolved.job.logging.format.value)
-    logs.bind_everywhere(task=resolved.task_name, runtime="local")
+    supervisor.begin(resolved, "local")
     runtime = LocalRuntime(resolved)
-
-    def on_signal(signum: int, _: Any) -> None:
-        log.info("stop requested", signal=signal.Signals(signum).name)
-        runtime.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    if ready is not None:
-        threading.Thread(target=ready, args=(runtime,), daemon=True).start()
-    return runtime.run()
+    with supervisor.stop_signals(runtime.stop):
+        if ready is not None:
+            threading.Thread(target=ready, args=(runtime,), daemon=True).start()
+        return runtime.run()

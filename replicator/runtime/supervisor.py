@@ -1,0 +1,96 @@
+"""What both runtimes do around their work, written once: logs bound to the task, the
+metrics directory shared with the processor children and the server that reads it, and
+stop signals.
+
+The local runtime and the KCL launcher differ in what they run (shard workers, or the
+Java daemon) and in when the server starts serving (after the leases are ready, or after
+the daemon started); the scaffold around them is this module's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from prometheus_client.registry import Collector
+
+from replicator import logs
+from replicator.config.model import ResolvedJob
+from replicator.metrics import multiprocess
+from replicator.metrics.server import MetricsServer
+from replicator.watermark import collector as watermark
+
+log = structlog.get_logger(__name__)
+
+
+def begin(resolved: ResolvedJob, runtime: str) -> None:
+    """Logs as the job asks, every line naming the task and the runtime."""
+    logs.configure(resolved.job.logging.level, resolved.job.logging.format.value)
+    logs.bind_everywhere(task=resolved.task_name, runtime=runtime)
+
+
+@dataclass
+class Served:
+    """The metrics directory the children write to, and the server (None when metrics are
+    off): bound to its port already, serving once ``start`` is called."""
+
+    samples: multiprocess.SamplesDirectory
+    server: MetricsServer | None
+
+    def start(self) -> int | None:
+        """Serve; the port (useful when the job asked for port 0)."""
+        if self.server is None:
+            return None
+        self.server.start()
+        return self.server.port
+
+
+@contextlib.contextmanager
+def metrics_served(
+    resolved: ResolvedJob, problems: Callable[[], list[str]], extra: Sequence[Collector]
+) -> Iterator[Served]:
+    """The metrics directory and server, removed and stopped however the run ends. The
+    port is bound on entry, so a port in use fails before anything else is started."""
+    job = resolved.job
+    samples = multiprocess.prepare()
+    server: MetricsServer | None = None
+    try:
+        if job.metrics.enabled:
+            server = MetricsServer(
+                job.metrics.host,
+                job.metrics.port,
+                samples.path,
+                problems=problems,
+                stall_after_s=job.metrics.stall_after_s,
+                extra=[*extra, *watermark.collectors(resolved)],
+            )
+        yield Served(samples, server)
+    finally:
+        if server is not None:
+            server.stop()
+        multiprocess.discard(samples)
+
+
+@contextlib.contextmanager
+def stop_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """SIGTERM and SIGINT ask ``stop`` for a clean stop; the previous handlers are back
+    afterwards."""
+    previous: dict[signal.Signals, Any] = {
+        sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+
+    def on_signal(signum: int, _: Any) -> None:
+        log.info("stop requested", signal=signal.Signals(signum).name)
+        stop()
+
+    for sig in previous:
+        signal.signal(sig, on_signal)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
