@@ -292,11 +292,25 @@ class DestinationWriter:
         """Write the delete's tombstone before the item goes; True when a tombstone that
         another job wrote already covers it (an echo, or a higher delete): then whoever
         wrote that one removes the item, and nothing is left to do here."""
+        tombstone = self.tombstone_for(change)
+        if tombstone is None:
+            return False
+        assert self.tombstones is not None
+        held = self.tombstones.record(tombstone)
+        if held is None:
+            self.metrics.tombstones_written.labels(self.label).inc()
+            return False
+        if change.corrects is not None:
+            return False  # a correction removes a stale item: always try
+        return held.rank > tombstone.rank or held.written_by != self.origin
+
+    def tombstone_for(self, change: Change) -> Tombstone | None:
+        """The tombstone a delete leaves (None for a delete without its old image)."""
         assert self.tombstones is not None and isinstance(self.rule, OrderedRule)
         deleted = change.image
         if deleted is None:
-            return False
-        tombstone = tombstone_of(
+            return None
+        return tombstone_of(
             deleted,
             change.keys,
             self.rule.fields,
@@ -305,13 +319,14 @@ class DestinationWriter:
             deleted_at_ms=change.created_us // 1000,
             expires_at=self.tombstones.expiry(),
         )
-        held = self.tombstones.record(tombstone)
-        if held is None:
-            self.metrics.tombstones_written.labels(self.label).inc()
+
+    def remove_held_below(self, change: Change, tombstone: Tombstone) -> bool:
+        """Read the item, and delete it while it ranks at or below ``tombstone``: a read
+        first, since the item is almost always gone and a failed conditional delete costs
+        a write."""
+        if self._read(change) is None:
             return False
-        if change.corrects is not None:
-            return False  # a correction removes a stale item: always try
-        return held.rank > tombstone.rank or held.written_by != self.origin
+        return self.remove_below(change.keys, tombstone, change.image)
 
     def undo_if_deleted(self, keys: Item, image: Item) -> Tombstone | None:
         """After a put created an item: if a live tombstone ranks at or above the image,

@@ -140,6 +140,12 @@ class SourceWriter:
 
     def _record_local_delete(self, change: Change) -> WriteResult:
         self.writer.record_tombstone(change)
+        # A write-back from another region's job may have put an item ranking at or
+        # below this delete into the source after the application's delete and before
+        # this record (its tombstone check found nothing yet): remove it now.
+        tombstone = self.writer.tombstone_for(change)
+        if tombstone is not None:
+            self.writer.remove_held_below(change, tombstone)
         return APPLIED
 
     def _correct(self, change: Change, stale: Change) -> WriteResult:

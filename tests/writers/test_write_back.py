@@ -228,6 +228,27 @@ def test_the_source_writer_removes_a_local_insert_below_a_recorded_delete(pair: 
     )
 
 
+def test_a_write_back_landing_before_a_local_delete_is_recorded_is_removed_with_it(
+    pair: Pair,
+) -> None:
+    """The application deletes an item in A; before A's job records that delete, a
+    write-back from another region's job puts the image back (its tombstone check finds
+    nothing yet). Recording the local delete removes what ranks at or below it."""
+    deleted = image(20, "us-east-1")
+    pair.a.put_item(TableName=pair.table, Item=deleted)  # the write-back, landed first
+    assert pair.source.write(change("REMOVE", None, deleted)).outcome is Outcome.UNCHANGED
+    assert pair.tombs_a.get(KEY) is not None
+    assert pair.get(pair.a) is None
+    lower = image(19, "eu-west-1")
+    pair.a.put_item(TableName=pair.table, Item=lower)
+    assert pair.source.write(change("REMOVE", None, deleted, seq=2)).outcome is Outcome.UNCHANGED
+    assert pair.get(pair.a) is None
+    higher = image(21, "eu-west-1")
+    pair.a.put_item(TableName=pair.table, Item=higher)  # a newer write stays
+    assert pair.source.write(change("REMOVE", None, deleted, seq=3)).outcome is Outcome.UNCHANGED
+    assert pair.get(pair.a) == higher
+
+
 # -- the stage ----------------------------------------------------------------------------
 
 
