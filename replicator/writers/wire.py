@@ -160,7 +160,7 @@ class WireWriteClient:
         return self.botocore_client.get_item(**kwargs)
 
     def _call(self, operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        body = json.dumps(params, default=_encode_binary, separators=(",", ":")).encode()
+        body = request_body(params)
         headers = self._signed_headers(operation, body)
         try:
             response = self._pool.urlopen(
@@ -228,6 +228,11 @@ class WireWriteClient:
         )
         headers["User-Agent"] = self._user_agent
         return headers
+
+
+def request_body(params: Mapping[str, Any]) -> bytes:
+    """The JSON body of a PutItem/DeleteItem request with these boto3-style parameters."""
+    return json.dumps(params, default=_encode_binary, separators=(",", ":")).encode()
 
 
 def _tls(verify: bool | str) -> dict[str, Any]:
