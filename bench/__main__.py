@@ -4,7 +4,7 @@ Options (also as environment variables, for ``make bench``):
 
   --quick          (BENCH_QUICK=1)   one run of each, smaller workloads (about 2 minutes)
   --runs N         (BENCH_RUNS)      runs per measurement (default 3)
-  --only a,b       (BENCH_ONLY)      scenarios: ceiling, core, e2e, paced, memory, hot, naive
+  --only a,b       (BENCH_ONLY)      scenarios: ceiling, core, e2e, paced, memory, hot, naive, host
   --latencies ...  (BENCH_LATENCIES) e.g. 100 or 0,20,100
   --policies ...   (BENCH_POLICIES)  last_writer_wins, overwrite
   --max-in-flight  (BENCH_MAX_IN_FLIGHT) override writer.max_in_flight in the job

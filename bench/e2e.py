@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,10 @@ from replicator.runtime.local.protocol import ProcessorChild
 
 SHARD_ID = "shardId-00000001700000000000-bench"
 FULL_BATCHES = 2  # batches sent after the child's buffer is first seen full
+# A full buffer counts as held while the changes sent and not yet written at the
+# endpoint stay at or above this share of max_buffered_changes.
+HELD_FULL_SHARE = 0.5
+HOLD_BATCH = 250  # records per batch while the buffer is held full: a sample each
 FILL_LATENCY_MS = 500.0  # while filling the buffer: writes drain slower than records arrive
 DRAIN_POLL_S = 0.02
 
@@ -54,6 +60,7 @@ class E2ESpec:
     max_in_flight: int | None = None
     max_buffered: int | None = None
     fill_buffer: bool = False
+    hold_batches: int = 0  # with fill_buffer: batches of HOLD_BATCH fed into the full buffer
     throttle_rate: float = 0.0
     drain_timeout_s: float = 300.0
 
@@ -162,6 +169,62 @@ class _Checkpoints:
         return None
 
 
+@dataclass
+class RunningProcessor:
+    """A processor child started on one shard, and the checkpoints it has asked for."""
+
+    child: ProcessorChild
+    pid: int
+    checkpoints: _Checkpoints
+
+    def drain(self, last: str, timeout_s: float) -> None:
+        """Wait until the child has checkpointed ``last``, which it does only once every
+        change up to it is applied; empty batches give it the chance to checkpoint."""
+        deadline = time.monotonic() + timeout_s
+        while self.checkpoints.last != last:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the processor did not checkpoint {last} within {timeout_s} s "
+                    f"(last checkpoint {self.checkpoints.last})"
+                )
+            time.sleep(DRAIN_POLL_S)
+            self.child.process_records([], 0)
+
+
+@contextmanager
+def processor(
+    spec: E2ESpec, endpoint_url: str, shard_id: str = SHARD_ID
+) -> Iterator[RunningProcessor]:
+    """The real processor child (``python -m replicator processor --config <job>``),
+    initialized on ``shard_id``; on a normal exit it must stop with status 0 and have
+    dead-lettered nothing."""
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as scratch:
+        directory = Path(scratch)
+        config = directory / "job.yaml"
+        config.write_text(job_text(spec, endpoint_url, directory))
+        checkpoints = _Checkpoints()
+        child = ProcessorChild(
+            [sys.executable, "-m", "replicator", "processor", "--config", str(config)],
+            child_environment(),
+            checkpoints,
+            name=f"bench-processor-{shard_id[-8:]}",
+        )
+        child.start()
+        assert child.pid is not None
+        try:
+            child.initialize(shard_id, "TRIM_HORIZON", None)
+            yield RunningProcessor(child, child.pid, checkpoints)
+        except BaseException:
+            child.close(timeout=30)
+            raise
+        code = child.close(timeout=30)
+        if code != 0:
+            raise RuntimeError(f"the processor exited with status {code}")
+        dead_letters = directory / "dead-letters.jsonl"
+        if dead_letters.exists() and dead_letters.stat().st_size:
+            raise RuntimeError(f"the processor dead-lettered changes: {dead_letters.read_text()}")
+
+
 def run_e2e(
     spec: E2ESpec, endpoint: EndpointControl, profiler: Profiler | None = None
 ) -> dict[str, Any]:
@@ -170,54 +233,59 @@ def run_e2e(
     )
     endpoint.reset()
     workload = Workload(spec.workload)
-    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as scratch:
-        directory = Path(scratch)
-        config = directory / "job.yaml"
-        config.write_text(job_text(spec, endpoint.url, directory))
-        checkpoints = _Checkpoints()
-        child = ProcessorChild(
-            [sys.executable, "-m", "replicator", "processor", "--config", str(config)],
-            child_environment(),
-            checkpoints,
-            name="bench-processor",
-        )
-        child.start()
-        assert child.pid is not None
-        pid = child.pid
+    held: list[dict[str, float]] = []
+    with processor(spec, endpoint.url) as running:
+        pid = running.pid
+        if profiler is not None:
+            profiler.attach(pid, spec)
         try:
-            child.initialize(SHARD_ID, "TRIM_HORIZON", None)
-            if profiler is not None:
-                profiler.attach(pid, spec)
             cpu_before = process_cpu_seconds(pid)
+            endpoint_cpu_before = endpoint.cpu_seconds()
             started = time.time()
             if spec.mode == "paced":
-                generated, last = _feed_paced(child, workload, spec)
+                generated, last = _feed_paced(running.child, workload, spec)
             else:
-                generated, last = _feed_saturated(child, workload, spec, endpoint)
+                generated, last = _feed_saturated(running, workload, spec, endpoint, held)
             fed = time.time()
-            deadline = time.monotonic() + spec.drain_timeout_s
-            while checkpoints.last != last:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"the processor did not checkpoint {last} within "
-                        f"{spec.drain_timeout_s} s (last checkpoint {checkpoints.last})"
-                    )
-                time.sleep(DRAIN_POLL_S)
-                child.process_records([], 0)
+            running.drain(last, spec.drain_timeout_s)
             drained = time.time()
             cpu = process_cpu_seconds(pid) - cpu_before
+            endpoint_cpu = endpoint.cpu_seconds() - endpoint_cpu_before
             memory = memory_kb(pid)
         finally:
             if profiler is not None:
                 profiler.detach()
-            code = child.close(timeout=30)
-        if code != 0:
-            raise RuntimeError(f"the processor exited with status {code}")
-        dead_letters = directory / "dead-letters.jsonl"
-        if dead_letters.exists() and dead_letters.stat().st_size:
-            raise RuntimeError(f"the processor dead-lettered changes: {dead_letters.read_text()}")
     requests, log = endpoint.log()
-    return _summarize(spec, generated, log, requests, started, fed, drained, cpu, memory)
+    result = summarize_run(spec, generated, log, requests, started, fed, drained, cpu, memory)
+    result["endpoint_cpu_s"] = endpoint_cpu
+    result["endpoint_cpu_us_per_request"] = endpoint_cpu / requests * 1e6 if requests else math.nan
+    if spec.fill_buffer:
+        result.update(hold_summary(held, buffer_limit(spec)))
+    return result
+
+
+def hold_summary(samples: list[dict[str, float]], limit: int) -> dict[str, Any]:
+    """Whether the processor's memory grew while its buffer was held full: the largest
+    resident set in the second half of the hold against the largest in the first half
+    (a leak per change, or per batch, shows as growth; the collector's ups and downs
+    within a half do not)."""
+    if len(samples) < 2:
+        return {"hold_samples": samples, "held_full": False}
+    half = len(samples) // 2
+    first = max(sample["rss_mb"] for sample in samples[:half])
+    second = max(sample["rss_mb"] for sample in samples[half:])
+    min_fill = min(sample["unapplied"] for sample in samples) / limit
+    return {
+        "hold_samples": samples,
+        "hold_seconds": samples[-1]["at_s"] - samples[0]["at_s"],
+        "hold_changes": samples[-1]["sent"] - samples[0]["sent"],
+        "hold_rss_first_half_mb": first,
+        "hold_rss_second_half_mb": second,
+        "rss_growth_mb": second - first,
+        "rss_growth_pct": (second - first) / first * 100 if first else math.nan,
+        "hold_min_fill": min_fill,
+        "held_full": min_fill >= HELD_FULL_SHARE,
+    }
 
 
 def buffer_limit(spec: E2ESpec) -> int:
@@ -226,22 +294,30 @@ def buffer_limit(spec: E2ESpec) -> int:
 
 
 def _feed_saturated(
-    child: ProcessorChild, workload: Workload, spec: E2ESpec, endpoint: EndpointControl
+    running: RunningProcessor,
+    workload: Workload,
+    spec: E2ESpec,
+    endpoint: EndpointControl,
+    held: list[dict[str, float]],
 ) -> tuple[list[Generated], str]:
     """Send ``records`` records as fast as the child takes them.
 
     With ``fill_buffer`` the destination first answers in ``FILL_LATENCY_MS``, so that the
     child's buffer fills up (it holds back once ``max_buffered_changes`` are unapplied)
-    within seconds rather than minutes, a few more batches are sent into the full
-    buffer, and then the latency returns to ``latency_ms`` for the drain. That is the
-    steady state of a shard read far behind its tip, whose memory the run measures.
+    within seconds rather than minutes, and a few more batches are sent into the full
+    buffer. ``hold_batches`` batches of ``HOLD_BATCH`` records then keep it full, still
+    at that latency, so that the writes and not the processor's CPU set the pace; after
+    each one is accepted, the child's resident set and the changes sent but not yet
+    written at the endpoint go to ``held``. Then the latency returns to ``latency_ms``
+    for the drain. That is the steady state of a shard read far behind its tip, whose
+    memory the run measures.
     """
+    child = running.child
     generated: list[Generated] = []
     last = ""
 
-    def send(count: int) -> None:
+    def send(records: list[dict[str, Any]], remembered: list[Generated]) -> None:
         nonlocal last
-        records, remembered = workload.batch(count)
         child.process_records(records, 0)
         generated.extend(remembered)
         last = records[-1]["sequenceNumber"]
@@ -252,12 +328,25 @@ def _feed_saturated(
         while len(generated) - endpoint.stats()["writes"] < limit - spec.batch_size:
             if len(generated) > 2 * limit + 10 * spec.batch_size:
                 raise RuntimeError(f"the processor's buffer never filled up to {limit}")
-            send(spec.batch_size)
+            send(*workload.batch(spec.batch_size))
         for _ in range(FULL_BATCHES):
-            send(spec.batch_size)
+            send(*workload.batch(spec.batch_size))
+        started = time.monotonic()
+        for _ in range(spec.hold_batches):
+            batch = workload.batch(HOLD_BATCH)
+            send(*batch)
+            written = endpoint.stats()["writes"]
+            held.append(
+                {
+                    "at_s": time.monotonic() - started,
+                    "sent": len(generated),
+                    "unapplied": len(generated) - written,
+                    "rss_mb": memory_kb(running.pid)["VmRSS"] / 1024,
+                }
+            )
         endpoint.configure(latency_ms=spec.latency_ms)
     while len(generated) < spec.records:
-        send(min(spec.batch_size, spec.records - len(generated)))
+        send(*workload.batch(min(spec.batch_size, spec.records - len(generated))))
     return generated, last
 
 
@@ -292,7 +381,7 @@ def _feed_paced(
     return generated, last
 
 
-def _summarize(
+def summarize_run(
     spec: E2ESpec,
     generated: list[Generated],
     log: list[Any],

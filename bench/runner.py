@@ -19,6 +19,7 @@ from typing import Any
 
 from bench.e2e import E2ESpec, Profiler, buffer_limit, run_e2e
 from bench.fake_endpoint import EndpointControl
+from bench.host import HostSpec, run_host
 from bench.loadgen import generate
 from bench.workload import WorkloadSpec
 
@@ -34,7 +35,16 @@ class Plan:
     runs: int = 3
     policies: tuple[str, ...] = POLICIES
     latencies_ms: tuple[float, ...] = LATENCIES_MS
-    scenarios: tuple[str, ...] = ("ceiling", "core", "e2e", "paced", "memory", "hot", "naive")
+    scenarios: tuple[str, ...] = (
+        "ceiling",
+        "core",
+        "e2e",
+        "paced",
+        "memory",
+        "hot",
+        "naive",
+        "host",
+    )
     core_records: int = 30_000
     saturated_records: int = 6_000
     paced_seconds: float = 5.0
@@ -42,6 +52,9 @@ class Plan:
     paced_interval_s: float = 0.5
     hot_keys: int = 10
     hot_updates: int = 10_000
+    memory_hold_batches: int = 24
+    host_shards: int = 4
+    host_records: int = 6_000  # per shard
     naive_records: dict[float, int] = field(
         default_factory=lambda: {0.0: 1000, 20.0: 100, 100.0: 40}
     )
@@ -59,6 +72,8 @@ class Plan:
             saturated_records=3_000,
             paced_seconds=3.0,
             hot_updates=10_000,
+            memory_hold_batches=12,
+            host_records=2_000,
             naive_records={0.0: 300, 20.0: 50, 100.0: 15},
             ceiling_seconds=1.0,
         )
@@ -176,15 +191,18 @@ def end_to_end(
 
 
 def full_buffer(plan: Plan, endpoint: EndpointControl, say: Progress) -> list[dict[str, Any]]:
-    """Peak RSS of a processor whose buffer is full (a shard read far behind its tip),
-    last_writer_wins at 100 ms: the memory a saturated shard settles at. One run: the
-    figure depends on the buffer limit and the items, not on timing."""
+    """A processor whose buffer is full (a shard read far behind its tip), last_writer_wins,
+    filled and held full against a slow destination, then drained at 100 ms: its peak
+    RSS, the memory a saturated shard settles at, and whether its resident set grows
+    while the buffer is held full for ``memory_hold_batches`` batches. One run: the
+    figures depend on the buffer limit and the items, not on timing."""
     spec = E2ESpec(
         policy="last_writer_wins",
         latency_ms=100.0,
         mode="saturated",
         records=0,
         fill_buffer=True,
+        hold_batches=plan.memory_hold_batches,
         max_in_flight=plan.max_in_flight,
         max_buffered=plan.max_buffered,
     )
@@ -193,9 +211,36 @@ def full_buffer(plan: Plan, endpoint: EndpointControl, say: Progress) -> list[di
     result["max_buffered_changes"] = buffer_limit(spec)
     say(
         f"full buffer ({result['max_buffered_changes']:,} changes) 100 ms last_writer_wins: "
-        f"peak RSS {result['rss_peak_mb']:.0f} MB after {result['changes']:,} changes"
+        f"peak RSS {result['rss_peak_mb']:.0f} MB after {result['changes']:,} changes; "
+        f"held full ({result.get('hold_min_fill', 0):.0%} or more) for "
+        f"{result.get('hold_changes', 0):,} changes: RSS "
+        f"{result.get('hold_rss_first_half_mb', 0):.0f} -> "
+        f"{result.get('hold_rss_second_half_mb', 0):.0f} MB"
     )
     return [result]
+
+
+def host(plan: Plan, endpoint: EndpointControl, say: Progress) -> list[dict[str, Any]]:
+    """``host_shards`` processors on one host at 0 ms, saturated, fed at once."""
+    results = []
+    for run in range(plan.runs):
+        spec = HostSpec(
+            shards=plan.host_shards,
+            records=plan.host_records,
+            max_in_flight=plan.max_in_flight,
+            max_buffered=plan.max_buffered,
+        )
+        result = run_host(spec, endpoint)
+        say(
+            f"host, {spec.shards} shards at 0 ms run {run + 1}: "
+            f"{result['changes_per_s']:,.0f} changes/s in all, "
+            f"{result['cpu_us_per_change']:.0f} us processor CPU/change "
+            f"({result['shards_per_core']:.2f} saturated shards per core); endpoint at "
+            f"{result['endpoint_cpu_share']:.0%} of a core, benchmark process at "
+            f"{result['bench_cpu_share']:.0%}"
+        )
+        results.append(result)
+    return results
 
 
 def hot_keys(plan: Plan, endpoint: EndpointControl, say: Progress) -> list[dict[str, Any]]:
@@ -293,5 +338,7 @@ def run_all(plan: Plan, say: Progress) -> dict[str, Any]:
                 runs["naive_hot"] = naive_hot_keys(plan, endpoint, say)
         if "naive" in plan.scenarios:
             runs["naive"] = naive(plan, endpoint, say)
+        if "host" in plan.scenarios:
+            runs["host"] = host(plan, endpoint, say)
     runs["duration_s"] = time.time() - started
     return runs

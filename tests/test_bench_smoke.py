@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 from bench.analysis import apply_delays
 from bench.core import breakdown, run_core
 from bench.fake_endpoint import EndpointControl
+from bench.host import HostSpec, run_host, shards_per_core
 from bench.workload import Generated, Workload, WorkloadSpec
 from replicator.aws import clients
 from replicator.aws.clients import Place
@@ -132,3 +133,19 @@ def test_the_core_scenario_runs_the_shard_intake_and_pipeline_to_the_last_record
     assert 0 < result["writes_planned"] <= 2000
     steps = breakdown("overwrite", 1000, WorkloadSpec(shape="small"))
     assert {"decode_whole", "intake", "writes_and_checkpoint", "intake_rest"} <= set(steps)
+
+
+def test_the_host_scenario_drives_every_shards_processor_to_its_last_record(
+    endpoint: EndpointControl,
+) -> None:
+    result = run_host(HostSpec(shards=2, records=300, batch_size=100), endpoint)
+    assert result["shards"] == 2
+    assert result["changes"] == 600
+    # Each change is written or squashed into a later write of its item; the endpoint saw
+    # every request the processors sent.
+    assert 0 < result["writes"] <= 600
+    assert result["requests"] >= result["writes"]
+    assert len(result["cpu_share_by_shard"]) == 2
+    assert result["cpu_us_per_change"] > 0
+    assert result["shards_per_core"] == shards_per_core(result["cpu_us_per_change"])
+    assert result["endpoint_cpu_s"] > 0
