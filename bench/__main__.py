@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.report import machine, summarize, table, verdicts
+from bench.report import REQUIRED_KEYS, machine, summarize, table, verdicts
 from bench.runner import Plan, run_all
 
 
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = verdicts(summary)
     after = machine()
     results: dict[str, Any] = {
+        **{key: None for key in REQUIRED_KEYS},
         **summary,
         "targets": rows,
         "targets_met": sum(1 for row in rows if row["met"]),

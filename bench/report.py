@@ -40,6 +40,23 @@ class Target:
 
 ENDPOINT_RATIO_BOUND = 4.0
 
+# Keys results.json always has at its top level (null when the run did not measure them).
+REQUIRED_KEYS = (
+    "e2e_0ms_lww_cpu_us_per_change",
+    "e2e_100ms_lww_cpu_us_per_change",
+    "endpoint_cpu_us_per_request",
+    "cpu_ratio_vs_endpoint_0ms",
+    "cpu_ratio_vs_endpoint_100ms",
+    "core_cpu_us_per_record",
+    "json_loads_us_per_record",
+    "core_ratio_vs_json_loads",
+    "e2e_100ms_lww_changes_per_s",
+    "e2e_100ms_lww_p99_delay_s",
+    "e2e_100ms_rss_mb",
+    "ratio_vs_naive_100ms",
+    "host_4_shards_changes_per_s",
+)
+
 
 def _endpoint_ratio(latency: int, short: str) -> Target:
     policy = "last_writer_wins" if short == "lww" else "overwrite"
