@@ -307,6 +307,11 @@ def _endpoint_cost(saturated: list[dict[str, Any]], out: dict[str, float]) -> di
             if cpu is not None and endpoint > 0:
                 suffix = "" if short == "lww" else "_overwrite"
                 result[f"cpu_ratio_vs_endpoint_{latency:g}ms{suffix}"] = cpu / endpoint
+                # The same against the endpoint at its ceiling (small requests back to
+                # back): a stricter yardstick, shown beside the target, never instead.
+                ceiling = out.get("endpoint_ceiling_cpu_us_per_request")
+                if ceiling:
+                    result[f"cpu_ratio_vs_endpoint_ceiling_{latency:g}ms{suffix}"] = cpu / ceiling
     return result
 
 
