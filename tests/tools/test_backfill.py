@@ -90,8 +90,9 @@ def test_backfill_beside_the_running_replicator_and_live_writes_verifies_equal(j
     configure(job, initial_position="LATEST")
     populate(job, 200)
     runtime = job.start()
+    # Runs until stopped below, however long the backfill takes on a loaded machine.
     workload = Workload(
-        job.source, job.source_table, rate=30, duration_s=60, keys=200, origin="us-east-1"
+        job.source, job.source_table, rate=30, duration_s=3600, keys=200, origin="us-east-1"
     )
     try:
         workload.start()
@@ -105,7 +106,8 @@ def test_backfill_beside_the_running_replicator_and_live_writes_verifies_equal(j
         assert copied.returncode == 0, copied.stderr
         assert "complete" in copied.stdout
         assert workload.is_alive(), "the writes must continue during the whole backfill"
-        assert workload.stats.total > before + 30
+        assert workload.error is None
+        assert workload.stats.total > before + 30, "writes while the backfill ran"
         workload.stop_event.set()
         workload.join(30)
         assert workload.error is None
