@@ -4,6 +4,9 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 IMAGE ?= dynamodb-replicator:latest
 PYTEST_ARGS ?=
+# Test processes: most end-to-end tests wait on servers, daemons and leases, not on CPU,
+# so three share two cores well; each test file runs whole in one process.
+TEST_WORKERS ?= 3
 DEMO_ARGS ?=
 
 .PHONY: setup run test unit lint bench kcl-jars image clean
@@ -19,7 +22,7 @@ run: setup
 test: setup lint kcl-jars
 	scripts/ensure-prometheus.sh
 	scripts/ensure-debian-package.sh tini tini
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## make unit: the fast tests only
 unit: setup
