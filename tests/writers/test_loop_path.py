@@ -4,7 +4,9 @@ had sent that request itself (a late answer is applied, not a lost conflict)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from tests.support.aws import client, create_table
 from tests.support.faults.proxy import FaultProxy
 from tests.support.metrics import sample
 from tests.support.records import put, remove
+from tests.writers.test_write_outcomes import _SkewCheckingHandler
 
 REGION = "eu-west-1"
 LWW = {"policy": "last_writer_wins", "timestamp_attribute": "ts"}
@@ -161,3 +164,31 @@ def test_an_answer_later_than_the_read_timeout_on_the_loop_is_applied_not_a_lost
     assert sample(metrics, "replicator_retries_total", destination="dest", reason="network") == 2
     assert sample(metrics, "replicator_dead_letters_total", destination="dest") == 0
     assert "Item" not in ddb.get_item(TableName=table, Key={"pk": {"S": "a"}})
+
+
+def test_a_clock_skew_refusal_on_the_loop_is_retried_on_the_servers_clock(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SkewCheckingHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    accepted = len(_SkewCheckingHandler.accepted)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        pipeline = loop_pipeline(url, "t", tmp_path, metrics, OVERWRITE)
+        try:
+            pipeline.submit(decode(put("a", 1)))
+            pipeline.dispatch()
+            assert pipeline.flush(timeout=60)
+            # The next write is signed on the learnt clock from its first request on.
+            pipeline.submit(decode(put("b", 2)))
+            pipeline.dispatch()
+            assert pipeline.flush(timeout=60)
+        finally:
+            pipeline.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert outcomes(metrics, "applied") == 2
+    assert sample(metrics, "replicator_retries_total", destination="dest", reason="clock_skew") == 1
+    assert len(_SkewCheckingHandler.accepted) - accepted == 2
