@@ -118,6 +118,7 @@ class ShardPipeline:
         # Applied writes settled on the loop, counted into the metrics at ``report``.
         self._applied: Counter[tuple[str, str]] = Counter()
         self._delays: dict[str, list[float]] = {}
+        self._applied_here: list[tuple[DestinationWriter, Entry]] = []  # loop thread only
         self._loop: EventLoopThread | None = None
         self._wires: dict[str, LoopWire] = {}
         direct = {
@@ -336,10 +337,13 @@ class ShardPipeline:
 
     def _take(self, label: str) -> list[Entry]:
         with self._cond:
-            if self._closed or self._fatal is not None:
-                return []
-            room = self.max_in_flight - self.buffer.in_flight(label)
-            return self.buffer.take_ready(label, room) if room > 0 else []
+            return self._take_locked(label)
+
+    def _take_locked(self, label: str) -> list[Entry]:
+        if self._closed or self._fatal is not None:
+            return []
+        room = self.max_in_flight - self.buffer.in_flight(label)
+        return self.buffer.take_ready(label, room) if room > 0 else []
 
     def _dispatch(self, label: str) -> None:
         entries = self._take(label)
@@ -395,24 +399,39 @@ class ShardPipeline:
         response: dict[str, Any] | None,
         error: BaseException | None,
     ) -> None:
-        label = writer.label
         if writer.cancelled.is_set():
             return
         if error is not None or not writer.settled_by_success:
-            self._submit(label, (entry,), FirstAnswer(request, response, error))
+            self._submit(writer.label, (entry,), FirstAnswer(request, response, error))
             return
+        # Settled together with the other answers of this turn of the loop: one lock, one
+        # wake-up and one dispatch for all of them.
+        self._applied_here.append((writer, entry))
+        if len(self._applied_here) == 1 and self._loop is not None:
+            self._loop.loop.call_soon(self._settle_applied)
+
+    def _settle_applied(self) -> None:
+        settled, self._applied_here = self._applied_here, []
+        label = ""
         try:
-            change = entry.change
-            delay = writer.applied_elsewhere(change)
-            if self.watermark is not None:
-                self.watermark.settled(label, change, dead_lettered=False)
+            delays = []
+            for writer, entry in settled:
+                label = writer.label
+                delays.append(writer.applied_elsewhere(entry.change))
+                if self.watermark is not None:
+                    self.watermark.settled(label, entry.change, dead_lettered=False)
+            labels = {writer.label for writer, _ in settled}
             with self._cond:
-                self._applied[label, change.event.op] += 1
-                self._delays.setdefault(label, []).append(delay)
-                self.buffer.complete(label, entry)
+                for (writer, entry), delay in zip(settled, delays, strict=True):
+                    self._applied[writer.label, entry.change.event.op] += 1
+                    self._delays.setdefault(writer.label, []).append(delay)
+                    self.buffer.complete(writer.label, entry)
                 self._settle_batches()
-                self._cond.notify_all()
-            self._dispatch(label)
+                self._wake()
+                taken = [(label, self._take_locked(label)) for label in labels]
+            for label, entries in taken:
+                if entries:
+                    self._send(label, entries)
         except BaseException as failure:  # noqa: BLE001  # any failure stops the shard
             self._fail(failure, label)
 
@@ -439,8 +458,19 @@ class ShardPipeline:
         with self._cond:
             self.buffer.complete(label, entry)
             self._settle_batches()
-            self._cond.notify_all()
+            self._wake()
         self._dispatch(label)
+
+    def _wake(self) -> None:
+        """Wake the processor if what it waits for may now hold (lock held): room in the
+        buffer, or everything settled. Not on every write: a processor waiting for room
+        would wake for nothing once per write while the buffer stays full."""
+        buffer = self.buffer
+        if buffer.idle or (
+            buffer.open_changes < self.max_buffered
+            and buffer.tracked_records < self.max_buffered * _TRACKED_FACTOR
+        ):
+            self._cond.notify_all()
 
     def _settle_batches(self) -> None:
         """Observe the flush time of every batch now wholly applied (lock held)."""
