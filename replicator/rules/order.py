@@ -43,6 +43,7 @@ Rank = tuple[int, Any, tuple[int, str], "Digest"]
 # An operation: (rank of its image, 1 for a delete of that image else 0).
 OpRank = tuple[Rank, int]
 Condition = tuple[str, dict[str, str], dict[str, AttributeValue]]
+Value = AttributeValue | None
 
 
 @functools.total_ordering
@@ -238,18 +239,13 @@ def _below_shape(
         {"N": "0"} if ordered else None,
         {"S": ""} if stamped else None,
         "" if digested else None,
-        prefix=prefix,
+        prefix,
     )
     return expression, names, tuple(values)
 
 
 def _below(
-    fields: RankFields,
-    ordering: AttributeValue | None,
-    origin: AttributeValue | None,
-    digest: str | None,
-    *,
-    prefix: str = "",
+    fields: RankFields, ordering: Value, origin: Value, digest: str | None, prefix: str
 ) -> Condition:
     names: dict[str, str] = {}
     values: dict[str, AttributeValue] = {}
