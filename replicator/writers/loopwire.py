@@ -117,6 +117,11 @@ class LoopWire:
         self._waiting: deque[tuple[str, Mapping[str, Any], Answered]] = deque()
         self._connecting: set[asyncio.Task[None]] = set()
         self._closed = False
+        # Read timeouts: one sweep of the connections awaiting an answer every tick (while
+        # there are any) instead of a timer per request, which costs more than the sweep.
+        self._busy: set[_Connection] = set()
+        self._tick = min(0.1, self.read_timeout / 10)
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def send(self, operation: str, params: Mapping[str, Any], answered: Answered) -> None:
         """Send one request; ``answered`` is called once with its outcome."""
@@ -134,6 +139,10 @@ class LoopWire:
         """Drop every connection; answers still to come are never delivered."""
         self._closed = True
         self._waiting.clear()
+        self._busy.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for task in list(self._connecting):
             task.cancel()
         for connection in list(self._open):
@@ -206,8 +215,8 @@ class LoopWire:
             self._release(connection)
             answered(None, error)
             return
-        head = self._host_line + "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        head += f"Content-Length: {len(body)}\r\n\r\n"
+        lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
+        head = f"{self._host_line}{''.join(lines)}Content-Length: {len(body)}\r\n\r\n"
         connection.send(head.encode("latin-1") + body, operation, answered)
 
     def _release(self, connection: _Connection) -> None:
@@ -225,6 +234,18 @@ class LoopWire:
         self._open.discard(connection)
         self._idle.pop(connection, None)
         self._pump()
+
+    def _awaiting(self, connection: _Connection) -> None:
+        self._busy.add(connection)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self._tick, self._sweep)
+
+    def _sweep(self) -> None:
+        """Fail the requests whose answer is overdue (within a tick of the read timeout)."""
+        now = self.loop.time()
+        for connection in [c for c in self._busy if c.deadline <= now]:
+            connection.timed_out()
+        self._sweeper = self.loop.call_later(self._tick, self._sweep) if self._busy else None
 
     def _pump(self) -> None:
         """Open connections for queued requests while there is room."""
@@ -245,7 +266,7 @@ class _Connection(asyncio.Protocol):
         self.buffer = bytearray()
         self.answered: Answered | None = None
         self.operation = ""
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # when the answer is overdue (loop time)
         self.head: _Head | None = None
         self.lost = False
 
@@ -257,12 +278,14 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.answered = answered
         self.operation = operation
-        self.timer = self.pool.loop.call_later(self.pool.read_timeout, self._timed_out)
+        pool = self.pool
+        self.deadline = pool.loop.time() + pool.read_timeout
+        pool._awaiting(self)
         self.transport.write(payload)
 
     def abandon(self) -> None:
         self.answered = None
-        self._stop_timer()
+        self._done_waiting()
         if self.transport is not None:
             self.transport.abort()
 
@@ -282,13 +305,13 @@ class _Connection(asyncio.Protocol):
             if self.head is None:
                 self.head = _parse_head(buffer)
                 if self.head is None:
-                    return self._extend_timer()
+                    return self._extend_deadline()
             body = self.head.body(buffer)
         except ValueError as error:
             self._fail(ConnectionClosedError(endpoint_url=self.pool.wire.endpoint_url, error=error))
             return
         if body is None:
-            return self._extend_timer()
+            return self._extend_deadline()
         self._finish(self.head, body)
 
     def eof_received(self) -> bool:
@@ -299,7 +322,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self._stop_timer()
+        self._done_waiting()
         if self.answered is not None:
             closed = exc or ConnectionResetError("the connection closed before the answer")
             self._answer(None, ConnectionClosedError(endpoint_url=self._url, error=closed))
@@ -312,7 +335,7 @@ class _Connection(asyncio.Protocol):
         return self.pool.wire.endpoint_url
 
     def _finish(self, head: _Head, body: bytes) -> None:
-        self._stop_timer()
+        self._done_waiting()
         answered = self.answered
         operation = self.operation
         self.answered = None
@@ -331,8 +354,7 @@ class _Connection(asyncio.Protocol):
             return
         answered(result, None)
 
-    def _timed_out(self) -> None:
-        self.timer = None
+    def timed_out(self) -> None:
         self._fail(
             ReadTimeoutError(
                 endpoint_url=self._url,
@@ -341,7 +363,7 @@ class _Connection(asyncio.Protocol):
         )
 
     def _fail(self, error: BaseException) -> None:
-        self._stop_timer()
+        self._done_waiting()
         self._answer(None, error)
         self._close()
 
@@ -355,15 +377,12 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _extend_timer(self) -> None:
+    def _extend_deadline(self) -> None:
         """More of the answer arrived: the read timeout counts from now (as a socket's)."""
-        self._stop_timer()
-        self.timer = self.pool.loop.call_later(self.pool.read_timeout, self._timed_out)
+        self.deadline = self.pool.loop.time() + self.pool.read_timeout
 
-    def _stop_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+    def _done_waiting(self) -> None:
+        self.pool._busy.discard(self)
 
 
 class _Head:
