@@ -173,16 +173,14 @@ class LoopWire:
         error: BaseException | None = None
         connection: _Connection | None = None
         try:
-            _, connection = await asyncio.wait_for(
-                self.loop.create_connection(
+            async with asyncio.timeout(self.connect_timeout):
+                _, connection = await self.loop.create_connection(
                     partial(_Connection, self),
                     self.host,
                     self.port,
                     ssl=self.ssl,
                     server_hostname=self.host if self.ssl is not None else None,
-                ),
-                self.connect_timeout,
-            )
+                )
         except TimeoutError as timeout:
             error = EndpointConnectionError(endpoint_url=self.wire.endpoint_url, error=timeout)
         except ssl.SSLError as failure:  # before OSError, of which it is one
