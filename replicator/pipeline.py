@@ -277,6 +277,8 @@ class ShardPipeline:
     def close(self) -> None:
         """Stop accepting work; writes in flight are left to finish or die with the process."""
         with self._cond:
+            if self._closed:
+                return
             self._closed = True
         if self.watermark is not None:
             self.watermark.close()
@@ -371,7 +373,11 @@ class ShardPipeline:
 
     def _send_batch(self, batch: list[tuple[str, list[Entry]]]) -> None:
         for label, entries in batch:
-            self._send(label, entries)
+            try:
+                self._send(label, entries)
+            except BaseException as failure:  # noqa: BLE001  # else the writes hang unsettled
+                self._fail(failure, label)
+                return
 
     def _send(self, label: str, entries: list[Entry]) -> None:
         """Send the first request of each write; what needs more than one goes to a thread."""
