@@ -193,6 +193,9 @@ class LoopWire:
             if connection is not None:
                 connection.abandon()
             return
+        if error is None and (connection is None or not connection.usable):
+            closed = ConnectionResetError("the connection closed as it was opened")
+            error = ConnectionClosedError(endpoint_url=self.wire.endpoint_url, error=closed)
         if connection is None or error is not None:
             answered(None, error)
             self._pump()
