@@ -5,12 +5,18 @@ good is stored as a dead letter here, before the buffer counts it settled, so th
 checkpoint never passes a change that was neither applied nor dead-lettered; a dead
 letter that cannot be stored stops the shard like any other writer failure.
 
-Writes run on a bounded thread pool per destination, so a slow destination neither
-stalls the others nor grows without limit: at most ``max_in_flight`` writes per
-destination are in flight, and intake blocks (backpressure) while ``max_buffered``
-changes are not yet applied everywhere. The processor hands a batch over and returns
-to the daemon at once; the writes overlap with reading the next batch, and the
-checkpoint follows the buffer's safe position.
+At most ``max_in_flight`` writes per destination are in flight, so a slow destination
+neither stalls the others nor grows without limit, and intake blocks (backpressure)
+while ``max_buffered`` changes are not yet applied everywhere. A destination written
+over the direct path (writers/wire.py) sends each write's first request from one event
+loop (writers/loopwire.py): a plain 200 settles the change right there, on the loop
+thread, so the common case costs no thread hop; anything else (a failed condition, an
+error, a timeout, a writer with more to do after a 200) goes to the destination's
+thread pool with that answer, where the writer goes on exactly as if it had sent the
+request itself (retries, refusals, conflicts, dead letters live in that one code). Other
+writers (botocore's pipeline, the source writer) run wholly on their thread pool. The
+processor hands a batch over and returns to the daemon at once; the writes overlap with
+reading the next batch, and the checkpoint follows the buffer's safe position.
 
 All shared state is guarded by one condition variable; a writer that fails in a way
 no retry can fix records the error and wakes the processor, which ends the process.
@@ -20,10 +26,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from functools import partial
+from typing import Any, Protocol
 
 import structlog
 
@@ -33,15 +40,23 @@ from replicator.exceptions import WriteCancelled
 from replicator.filters import Route
 from replicator.metrics import Metrics
 from replicator.records import Change
+from replicator.rules import WriteRequest
 from replicator.watermark.publisher import ShardWatermark
-from replicator.writers.destination import WriteResult
+from replicator.writers.destination import DestinationWriter, FirstAnswer, WriteResult
+from replicator.writers.loopwire import EventLoopThread, LoopWire
 from replicator.writers.source import SourceWriter
+from replicator.writers.wire import WireWriteClient
 
 log = structlog.get_logger(__name__)
 
 # Done records held only for checkpoint order, behind one that is still open, are
 # cheap but not free: past this multiple of max_buffered, intake waits as well.
 _TRACKED_FACTOR = 10
+
+# Threads per destination for the writes that leave the event loop (retries, conflicts,
+# timeouts): they are few while the destination answers, and backing off under throttling
+# does not need hundreds.
+_SLOW_PATH_THREADS = 32
 
 
 class ChangeWriter(Protocol):
@@ -75,7 +90,9 @@ class ShardPipeline:
         clock: Callable[[], float] = time.time,
         watermark: ShardWatermark | None = None,
         source: SourceWriter | None = None,
+        event_loop: bool = True,
     ) -> None:
+        """``event_loop``: False keeps every write on the thread pools."""
         self.writers: dict[str, Destination] = dict(writers)
         self.watermark = watermark
         self.source = source
@@ -98,8 +115,27 @@ class ShardPipeline:
         self._batches: deque[tuple[int, float]] = deque()
         self._millis_behind = 0
         self._squashed_counted = 0
+        # Applied writes settled on the loop, counted into the metrics at ``report``.
+        self._applied: Counter[tuple[str, str]] = Counter()
+        self._delays: dict[str, list[float]] = {}
+        self._applied_here: list[tuple[DestinationWriter, Entry]] = []  # loop thread only
+        self._loop: EventLoopThread | None = None
+        self._wires: dict[str, LoopWire] = {}
+        direct = {
+            label: client
+            for label, writer in self.writers.items()
+            if event_loop and (client := _direct_client(writer)) is not None
+        }
+        if direct:
+            self._loop = EventLoopThread(f"write-loop-{shard_id}")
+            self._wires = {
+                label: LoopWire(client, self._loop.loop) for label, client in direct.items()
+            }
         self._executors = {
-            label: ThreadPoolExecutor(max_in_flight, thread_name_prefix=f"write-{label}")
+            label: ThreadPoolExecutor(
+                min(max_in_flight, _SLOW_PATH_THREADS) if label in self._wires else max_in_flight,
+                thread_name_prefix=f"write-{label}",
+            )
             for label in self._targets
         }
 
@@ -123,8 +159,17 @@ class ShardPipeline:
             squashed = self.buffer.squashed
         self.metrics.squashed.inc(squashed - self._squashed_counted)
         self._squashed_counted = squashed
+        batch: list[tuple[str, list[Entry]]] = []
         for label in self._targets:
-            self._dispatch(label)
+            entries = self._take(label)
+            if not entries:
+                continue
+            if label in self._wires:
+                batch.append((label, entries))
+            else:
+                self._submit(label, entries)
+        if batch and self._loop is not None:  # one hand-over to the loop for all of them
+            self._loop.call(self._send_batch, batch)
 
     def skip(self, change: Change, route: Route, *, replaces_older: bool) -> None:
         """A change not sent on (``route``: loop-skipped or filtered), counted per destination."""
@@ -187,17 +232,21 @@ class ShardPipeline:
             self.raise_if_failed()
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every change received is settled everywhere; False on timeout."""
+        """Wait until every change received is settled everywhere; False on timeout.
+        The write metrics are exact when it returns."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while not self.buffer.idle:
+        try:
+            with self._cond:
+                while not self.buffer.idle:
+                    self.raise_if_failed()
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cond.wait(timeout=1.0 if remaining is None else min(1.0, remaining))
                 self.raise_if_failed()
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(timeout=1.0 if remaining is None else min(1.0, remaining))
-            self.raise_if_failed()
-            return True
+                return True
+        finally:
+            self.count_applied()
 
     def checkpointable(self) -> str | None:
         with self._cond:
@@ -219,6 +268,7 @@ class ShardPipeline:
             self._cond.notify_all()
         if self.watermark is not None:
             self.watermark.stop()
+        self.count_applied()
 
     def raise_if_failed(self) -> None:
         if self._fatal is not None:
@@ -227,13 +277,20 @@ class ShardPipeline:
     def close(self) -> None:
         """Stop accepting work; writes in flight are left to finish or die with the process."""
         with self._cond:
+            if self._closed:
+                return
             self._closed = True
         if self.watermark is not None:
             self.watermark.close()
         for writer in self._targets.values():
             writer.cancelled.set()
+        if self._loop is not None:
+            for wire in self._wires.values():
+                self._loop.call(wire.close)
+            self._loop.stop()
         for executor in self._executors.values():
             executor.shutdown(wait=False, cancel_futures=True)
+        self.count_applied()
 
     # -- reporting ------------------------------------------------------------------------
 
@@ -249,7 +306,9 @@ class ShardPipeline:
         return max(behind_s, now - oldest / 1_000_000)
 
     def report(self) -> None:
-        """Refresh the gauges that change with time (called about once a second)."""
+        """Refresh the gauges that change with time, and count the writes applied on the
+        event loop since the last report (called about once a second)."""
+        self.count_applied()
         now = self._clock()
         for label in self.writers:
             self.metrics.replication_lag.labels(label, self.shard_id).set(
@@ -262,21 +321,136 @@ class ShardPipeline:
             open_changes = self.buffer.open_changes
         self.metrics.buffered_changes.labels(self.shard_id).set(open_changes)
 
-    # -- writers (pool threads) -----------------------------------------------------------
+    def count_applied(self) -> None:
+        """Add the writes applied on the event loop to the metrics: counted in plain
+        numbers as they settle, since prometheus' labels and locks per write would cost
+        as much as the rest of the write."""
+        with self._cond:
+            applied, self._applied = self._applied, Counter()
+            delays, self._delays = self._delays, {}
+        for (label, op), count in applied.items():
+            self.metrics.writes.labels(label, op, "applied").inc(count)
+        for label, observed in delays.items():
+            histogram = self.metrics.apply_delay.labels(label)
+            for delay in observed:
+                histogram.observe(delay)
+
+    # -- writers --------------------------------------------------------------------------
+
+    def _take(self, label: str) -> list[Entry]:
+        with self._cond:
+            return self._take_locked(label)
+
+    def _take_locked(self, label: str) -> list[Entry]:
+        if self._closed or self._fatal is not None:
+            return []
+        room = self.max_in_flight - self.buffer.in_flight(label)
+        return self.buffer.take_ready(label, room) if room > 0 else []
 
     def _dispatch(self, label: str) -> None:
-        with self._cond:
-            if self._closed or self._fatal is not None:
-                return
-            room = self.max_in_flight - self.buffer.in_flight(label)
-            entries = self.buffer.take_ready(label, room) if room > 0 else []
-        executor = self._executors[label]
-        for entry in entries:
-            executor.submit(self._write, label, entry)
+        entries = self._take(label)
+        if not entries:
+            return
+        if label not in self._wires:
+            self._submit(label, entries)
+        elif self._loop is not None and self._loop.in_loop():
+            self._send(label, entries)
+        elif self._loop is not None:
+            self._loop.call(self._send_batch, [(label, entries)])
 
-    def _write(self, label: str, entry: Entry) -> None:
+    def _submit(
+        self, label: str, entries: Sequence[Entry], first: FirstAnswer | None = None
+    ) -> None:
+        executor = self._executors[label]
         try:
-            result = self._targets[label].write(entry.change)
+            for entry in entries:
+                executor.submit(self._write, label, entry, first)
+        except RuntimeError:  # the pool is shut down: closed since these were taken
+            if not self._closed:
+                raise
+
+    # -- the event loop (loop thread) -----------------------------------------------------
+
+    def _send_batch(self, batch: list[tuple[str, list[Entry]]]) -> None:
+        for label, entries in batch:
+            try:
+                self._send(label, entries)
+            except BaseException as failure:  # noqa: BLE001  # else the writes hang unsettled
+                self._fail(failure, label)
+                return
+
+    def _send(self, label: str, entries: list[Entry]) -> None:
+        """Send the first request of each write; what needs more than one goes to a thread."""
+        writer = self.writers[label]
+        assert isinstance(writer, DestinationWriter)
+        wire = self._wires[label]
+        for entry in entries:
+            if writer.cancelled.is_set():
+                return  # as a cancelled write on a thread: left in flight, never settled
+            try:
+                request = writer.first_request(entry.change)
+            except Exception:  # noqa: BLE001  # the thread's write meets it again and says so
+                request = None
+            if request is None:
+                self._submit(label, (entry,))
+                continue
+            operation, params = writer.call_of(request)
+            wire.send(operation, params, partial(self._answered, writer, entry, request))
+
+    def _answered(
+        self,
+        writer: DestinationWriter,
+        entry: Entry,
+        request: WriteRequest,
+        response: dict[str, Any] | None,
+        error: BaseException | None,
+    ) -> None:
+        if writer.cancelled.is_set():
+            return
+        if error is not None or not writer.settled_by_success:
+            self._submit(writer.label, (entry,), FirstAnswer(request, response, error))
+            return
+        # Settled together with the other answers of this turn of the loop: one lock, one
+        # wake-up and one dispatch for all of them.
+        self._applied_here.append((writer, entry))
+        if len(self._applied_here) == 1 and self._loop is not None:
+            self._loop.loop.call_soon(self._settle_applied)
+
+    def _settle_applied(self) -> None:
+        settled, self._applied_here = self._applied_here, []
+        label = ""
+        try:
+            delays = []
+            for writer, entry in settled:
+                label = writer.label
+                delays.append(writer.applied_elsewhere(entry.change))
+                if self.watermark is not None:
+                    self.watermark.settled(label, entry.change, dead_lettered=False)
+            labels = {writer.label for writer, _ in settled}
+            with self._cond:
+                for (writer, entry), delay in zip(settled, delays, strict=True):
+                    self._applied[writer.label, entry.change.event.op] += 1
+                    self._delays.setdefault(writer.label, []).append(delay)
+                    self.buffer.complete(writer.label, entry)
+                self._settle_batches()
+                self._wake()
+                taken = [(label, self._take_locked(label)) for label in labels]
+            for label, entries in taken:
+                if entries:
+                    self._send(label, entries)
+        except BaseException as failure:  # noqa: BLE001  # any failure stops the shard
+            self._fail(failure, label)
+
+    # -- writers (pool threads) -----------------------------------------------------------
+
+    def _write(self, label: str, entry: Entry, first: FirstAnswer | None = None) -> None:
+        try:
+            writer = self._targets[label]
+            if first is None:
+                result = writer.write(entry.change)
+            else:
+                assert isinstance(writer, DestinationWriter)
+                result = writer.write(entry.change, first)
             if result.failed:
                 # Stored before the buffer settles it: the checkpoint may then pass it.
                 self.dead_letters.store(self.writers[label], entry.change, result)
@@ -290,8 +464,19 @@ class ShardPipeline:
         with self._cond:
             self.buffer.complete(label, entry)
             self._settle_batches()
-            self._cond.notify_all()
+            self._wake()
         self._dispatch(label)
+
+    def _wake(self) -> None:
+        """Wake the processor if what it waits for may now hold (lock held): room in the
+        buffer, or everything settled. Not on every write: a processor waiting for room
+        would wake for nothing once per write while the buffer stays full."""
+        buffer = self.buffer
+        if buffer.idle or (
+            buffer.open_changes < self.max_buffered
+            and buffer.tracked_records < self.max_buffered * _TRACKED_FACTOR
+        ):
+            self._cond.notify_all()
 
     def _settle_batches(self) -> None:
         """Observe the flush time of every batch now wholly applied (lock held)."""
@@ -318,3 +503,16 @@ class ShardPipeline:
         )
         if self._on_fatal is not None:
             self._on_fatal(error)
+
+
+def _direct_client(writer: Destination) -> WireWriteClient | None:
+    """The direct client of a writer whose first requests can go out on the event loop
+    (a rule that does not read the destination's item first), else None."""
+    if (
+        isinstance(writer, DestinationWriter)
+        and writer.counted
+        and isinstance(writer.client, WireWriteClient)
+        and not writer.rule.reads_existing
+    ):
+        return writer.client
+    return None

@@ -242,7 +242,7 @@ class RetryConfig(Strict):
 
 
 class WriterConfig(Strict):
-    max_in_flight: Annotated[int, Field(ge=1, le=1024)] = 128
+    max_in_flight: Annotated[int, Field(ge=1, le=1024)] = 512
     # A buffered change of a 1 KB item (both images) holds about 20 KB of Python objects,
     # and a shard read behind its tip keeps the buffer full: 2,000 (plus the batch that
     # arrives on top) is about 140 MB per shard process and two seconds of writes at

@@ -43,6 +43,7 @@ Rank = tuple[int, Any, tuple[int, str], "Digest"]
 # An operation: (rank of its image, 1 for a delete of that image else 0).
 OpRank = tuple[Rank, int]
 Condition = tuple[str, dict[str, str], dict[str, AttributeValue]]
+Value = AttributeValue | None
 
 
 @functools.total_ordering
@@ -175,14 +176,11 @@ class RankFields:
 
 def _top_level(text: str, operator: str) -> bool:
     """Whether ``operator`` (`` OR `` or `` AND ``) joins terms outside any parentheses."""
-    depth = 0
-    for index, char in enumerate(text):
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        elif depth == 0 and text.startswith(operator, index):
+    index = text.find(operator)
+    while index >= 0:
+        if text.count("(", 0, index) == text.count(")", 0, index):
             return True
+        index = text.find(operator, index + 1)
     return False
 
 
@@ -208,7 +206,47 @@ def below(
 ) -> Condition:
     """A condition true when the stored item ranks strictly below the given rank fields,
     or when there is no item. ``digest`` is compared only when ``fields.digest`` names
-    an attribute; otherwise equal (value, origin) counts as not below."""
+    an attribute; otherwise equal (value, origin) counts as not below.
+
+    The expression and its names depend only on which fields are there, so they are
+    built once per such shape (every put of a job has the same one); only the values
+    are the write's own."""
+    stamped = origin is not None and isinstance(origin.get("S"), str)
+    expression, names, used = _below_shape(
+        fields, ordering is not None, stamped, digest is not None, prefix
+    )
+    given: dict[str, AttributeValue | None] = {
+        f":{prefix}c": ordering,
+        f":{prefix}o": origin,
+        f":{prefix}d": None if digest is None else {"S": digest},
+    }
+    values: dict[str, AttributeValue] = {}
+    for placeholder in used:
+        value = given[placeholder]
+        assert value is not None
+        values[placeholder] = value
+    return expression, dict(names), values
+
+
+@functools.lru_cache(maxsize=256)
+def _below_shape(
+    fields: RankFields, ordered: bool, stamped: bool, digested: bool, prefix: str
+) -> tuple[str, dict[str, str], tuple[str, ...]]:
+    """:func:`below`'s expression, names and value placeholders for one shape of fields
+    (the callers copy the names: the cached dict is never handed out)."""
+    expression, names, values = _below(
+        fields,
+        {"N": "0"} if ordered else None,
+        {"S": ""} if stamped else None,
+        "" if digested else None,
+        prefix,
+    )
+    return expression, names, tuple(values)
+
+
+def _below(
+    fields: RankFields, ordering: Value, origin: Value, digest: str | None, prefix: str
+) -> Condition:
     names: dict[str, str] = {}
     values: dict[str, AttributeValue] = {}
     c, o, d, k = f"#{prefix}c", f"#{prefix}o", f"#{prefix}d", f"#{prefix}k"

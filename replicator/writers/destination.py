@@ -103,11 +103,23 @@ class Winner:
     tombstone: Tombstone | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class FirstAnswer:
+    """How a write's first request, sent by another transport (the pipeline's event
+    loop), was answered: the output of a 200 or the error it raised. :meth:`write` takes
+    it as its first attempt's answer instead of sending that request itself."""
+
+    request: WriteRequest
+    response: dict[str, Any] | None = None
+    error: BaseException | None = None
+
+
 @dataclass
 class _Attempts:
     """What one change's write has learnt so far, across retries."""
 
     request: WriteRequest | None = None  # a write the rule asked for after a failed condition
+    first: FirstAnswer | None = None  # the first request's answer, already there
     reconsidered: int = 0
     optimistic_conflicts: int = 0
     tombstone_done: bool = False
@@ -142,9 +154,47 @@ class DestinationWriter:
         self._refusal_streak = 0
         self._successes = 0
 
-    def write(self, change: Change) -> WriteResult:
-        state = _Attempts()
+    def write(self, change: Change, first: FirstAnswer | None = None) -> WriteResult:
+        """Settle ``change``; ``first``: its first request was sent already (by
+        :meth:`first_request`), and this is how it was answered."""
+        state = _Attempts(first=first)
         return self.retrying(change, lambda attempt: self._attempt(change, attempt, state))
+
+    # -- a first request sent elsewhere ---------------------------------------------------
+
+    def first_request(self, change: Change) -> WriteRequest | None:
+        """The request ``change``'s first attempt sends, when nothing comes before it (no
+        read of the destination's item, no tombstone); None when :meth:`write` must do
+        the whole of it (also when the rule writes nothing or cannot plan the change)."""
+        if self.rule.reads_existing or (self.tombstones is not None and change.op_is_delete):
+            return None
+        try:
+            plan = self.rule.plan(change, None)
+        except PlanError:
+            return None
+        return plan if isinstance(plan, WriteRequest) else None
+
+    def call_of(self, request: WriteRequest) -> tuple[str, dict[str, Any]]:
+        """The operation and parameters that send ``request`` to this destination."""
+        kwargs = request.to_kwargs(self.table)
+        if request.op == "put":
+            if self.tombstones is not None:
+                kwargs["ReturnValues"] = "ALL_OLD"  # no extra capacity: did it create the item?
+            return "PutItem", kwargs
+        return "DeleteItem", kwargs
+
+    @property
+    def settled_by_success(self) -> bool:
+        """Whether a 200 to the first request applies the change with nothing more to do
+        (a tombstone-keeping writer checks a put's outcome after it)."""
+        return self.tombstones is None and not self.rule.reads_existing
+
+    def applied_elsewhere(self, change: Change) -> float:
+        """The first request, sent elsewhere, applied ``change`` (:attr:`settled_by_success`):
+        note the success and return the apply delay; the caller counts the write and
+        observes the delay (in batches)."""
+        self._note_success()
+        return max(0.0, self.clock() - change.created_s)
 
     def retrying(self, change: Change, attempt_once: Callable[[int], WriteResult]) -> WriteResult:
         """Run ``attempt_once`` until it settles ``change``: retry what may pass (without a
@@ -220,12 +270,13 @@ class DestinationWriter:
             existing: Item | None = None
             if self.rule.reads_existing:
                 existing = self._read(change)
-            plan = state.request or self.rule.plan(change, existing)
+            first, state.first = state.first, None
+            plan = first.request if first else state.request or self.rule.plan(change, existing)
             if isinstance(plan, Skip):
                 self._lost(change, Winner(item=existing), plan.reason)
                 return self._count(op, Outcome.CONFLICT_LOST)
             try:
-                response = self._send(plan)
+                response = self._send(plan) if first is None else _answer_of(first)
             except ClientError as error:
                 if classify(error) is not ErrorKind.CONDITION_FAILED:
                     raise
@@ -389,10 +440,8 @@ class DestinationWriter:
         return cast("Item | None", response.get("Item"))
 
     def _send(self, request: WriteRequest) -> dict[str, Any]:
-        kwargs = request.to_kwargs(self.table)
-        if request.op == "put":
-            if self.tombstones is not None:
-                kwargs["ReturnValues"] = "ALL_OLD"  # no extra capacity: did it create the item?
+        operation, kwargs = self.call_of(request)
+        if operation == "PutItem":
             response: Mapping[str, Any] = self.client.put_item(**kwargs)
         else:
             response = self.client.delete_item(**kwargs)
@@ -442,6 +491,13 @@ class DestinationWriter:
         with self._lock:
             self._refusal_streak += 1
             return self._refusal_streak, self._successes
+
+
+def _answer_of(first: FirstAnswer) -> dict[str, Any]:
+    """The first request's answer as :meth:`DestinationWriter._send` would give it."""
+    if first.error is not None:
+        raise first.error
+    return first.response if first.response is not None else {}
 
 
 def _describe(error: BaseException) -> str:

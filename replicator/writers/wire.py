@@ -128,6 +128,10 @@ class WireWriteClient:
     ) -> None:
         """``verify``: False skips TLS verification, a string names a CA bundle."""
         self.botocore_client = botocore_client
+        self.max_connections = max_connections
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.verify = verify
         meta = botocore_client.meta
         self.endpoint_url: str = meta.endpoint_url
         self._region: str = meta.region_name
@@ -160,8 +164,7 @@ class WireWriteClient:
         return self.botocore_client.get_item(**kwargs)
 
     def _call(self, operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        body = request_body(params)
-        headers = self._signed_headers(operation, body)
+        body, headers = self.request(operation, params)
         try:
             response = self._pool.urlopen(
                 "POST",
@@ -182,20 +185,44 @@ class WireWriteClient:
             # Reset, closed mid-response, protocol errors: the write may or may not have
             # happened, which a conditional (or in-order) write tolerates on retry.
             raise ConnectionClosedError(endpoint_url=self.endpoint_url, error=error) from error
-        data: bytes = response.data
-        expected_crc = response.headers.get("x-amz-crc32")
-        if expected_crc is not None and int(expected_crc) != zlib.crc32(data):
+        return self.answer(
+            operation,
+            response.status,
+            response.data,
+            response.headers.get("x-amz-crc32"),
+            response.headers.get("Date"),
+        )
+
+    def request(self, operation: str, params: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
+        """The body and signed headers of one request (``Host`` and ``Content-Length``
+        are the transport's); every transport sends exactly these."""
+        body = request_body(params)
+        return body, self._signed_headers(operation, body)
+
+    def answer(
+        self,
+        operation: str,
+        status: int,
+        data: bytes,
+        crc32: str | None,
+        date: str | None,
+    ) -> dict[str, Any]:
+        """What an HTTP answer means, as botocore would say it: the parsed output of a
+        200, else the :class:`ClientError` raised; a body that fails its ``x-amz-crc32``
+        raises :class:`ChecksumError`. Every transport hands its answers here, so the
+        writers classify them the same way whichever sent the request."""
+        if crc32 is not None and int(crc32) != zlib.crc32(data):
             raise ChecksumError(
                 checksum_type="crc32",
-                expected_checksum=expected_crc,
+                expected_checksum=crc32,
                 actual_checksum=str(zlib.crc32(data)),
             )
         parsed = _parse(data)
-        if response.status == 200:
+        if status == 200:
             return parsed
-        failure = _error_response(response.status, parsed, data)
+        failure = _error_response(status, parsed, data)
         if failure["Error"]["Code"] in CLOCK_SKEW:
-            self._learn_clock_offset(response.headers.get("Date"))
+            self._learn_clock_offset(date)
         raise ClientError(failure, operation)  # type: ignore[arg-type]
 
     def _learn_clock_offset(self, date_header: str | None) -> None:
@@ -235,10 +262,18 @@ def request_body(params: Mapping[str, Any]) -> bytes:
     return json.dumps(params, default=_encode_binary, separators=(",", ":")).encode()
 
 
-def _tls(verify: bool | str) -> dict[str, Any]:
+def ca_bundle(verify: bool | str) -> str | None:
+    """The CA bundle TLS is verified against (None: not verified), as botocore resolves
+    ``verify``: False skips verification, a string names a bundle, True is botocore's."""
     if verify is False:
+        return None
+    return verify if isinstance(verify, str) else cast("str", get_cert_path(True))
+
+
+def _tls(verify: bool | str) -> dict[str, Any]:
+    bundle = ca_bundle(verify)
+    if bundle is None:
         return {"cert_reqs": "CERT_NONE"}
-    bundle = verify if isinstance(verify, str) else get_cert_path(True)
     return {"cert_reqs": "CERT_REQUIRED", "ca_certs": bundle}
 
 

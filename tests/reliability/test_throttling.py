@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from replicator.demo.workload import Workload
-from tests.support.e2e import stop
+from tests.support.aws import client
+from tests.support.e2e import stop, wait_until
 from tests.support.faults.proxy import FaultProxy
 from tests.support.reliability import (
     SETTLE_S,
@@ -28,6 +30,25 @@ from tests.support.reliability import (
 pytestmark = pytest.mark.reliability
 
 
+def wait_watermark_registered(job: ProxiedJob) -> None:
+    """Wait until the watermark publisher has made its status tables and registered the
+    shard: its requests go through the destinations' proxies too, and a fault injected
+    while they are still under way throttles PutItems that no writer sent (and retries)."""
+
+    def registered() -> bool:
+        for index, (region, _) in enumerate(job.destinations):
+            ddb = client("dynamodb", region, job.endpoint)
+            try:
+                items = ddb.scan(TableName=f"{job.name}-watermark", ConsistentRead=True)["Items"]
+            except ClientError:
+                return False
+            if not any(item["destination"]["S"] == job.label(index) for item in items):
+                return False
+        return True
+
+    wait_until(registered, 30, "the watermark publisher to register the shard")
+
+
 def test_a_destination_throttled_half_the_time_for_20s_loses_nothing(
     moto_endpoint: str, unique: Any, tmp_path: Path, proxies: list[FaultProxy]
 ) -> None:
@@ -40,6 +61,7 @@ def test_a_destination_throttled_half_the_time_for_20s_loses_nothing(
     runtime = job.start(env=samples.env)
     try:
         wait_started(job, runtime)
+        wait_watermark_registered(job)
         workload.start()
         during(3, workload)
         # eu: half the requests throttled, with both error codes DynamoDB uses;

@@ -1,21 +1,37 @@
 """The direct PutItem/DeleteItem path: the signature equals botocore's, items round-trip
 byte for byte through a real moto server, and every failure is raised as botocore would
-raise it, so the writers classify it the same way (retry, condition lost, dead letter)."""
+raise it, so the writers classify it the same way (retry, condition lost, dead letter).
+Both transports (the blocking urllib3 one and the event loop's) get the same requests and
+must give the same answers and errors."""
 
 from __future__ import annotations
 
+import ipaddress
+import ssl
 import threading
 import zlib
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
-from botocore.exceptions import BotoCoreError, ChecksumError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ChecksumError,
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from replicator.aws import clients
 from replicator.aws.clients import Place
@@ -24,6 +40,7 @@ from replicator.writers.sigv4 import DynamoDBSigner, host_of
 from replicator.writers.wire import WireWriteClient, _error_response, direct_write_client
 from tests.support.aws import client, create_table
 from tests.support.faults.proxy import FaultProxy
+from tests.support.loop import LoopClient
 
 REGION = "eu-west-1"
 TARGET = "DynamoDB_20120810.PutItem"
@@ -62,9 +79,29 @@ def test_the_signature_is_botocores(url: str, token: str | None) -> None:
     assert again["Authorization"] == ours["Authorization"]
 
 
+Connect = Callable[..., Any]
+
+
+@pytest.fixture(params=["urllib3", "loop"])
+def connect(request: pytest.FixtureRequest) -> Iterator[Connect]:
+    """Makes direct clients sending over one transport (closed after the test)."""
+    loops: list[LoopClient] = []
+
+    def make(endpoint: str, read_timeout: float = 10.0, verify: bool | str = True) -> Any:
+        direct = direct_client(endpoint, read_timeout, verify)
+        if request.param == "urllib3":
+            return direct
+        loops.append(LoopClient(direct))
+        return loops[-1]
+
+    yield make
+    for loop in loops:
+        loop.close()
+
+
 @pytest.fixture
-def wire(moto_endpoint: str) -> WireWriteClient:
-    return direct_client(moto_endpoint)
+def wire(moto_endpoint: str, connect: Connect) -> Any:
+    return connect(moto_endpoint)
 
 
 @pytest.fixture
@@ -79,10 +116,16 @@ def table(ddb: Any, unique: Any) -> str:
     return name
 
 
-def direct_client(endpoint: str, read_timeout: float = 10.0) -> WireWriteClient:
+def direct_client(
+    endpoint: str, read_timeout: float = 10.0, verify: bool | str = True
+) -> WireWriteClient:
     botocore_client = clients.dynamodb(Place(REGION, endpoint), sdk_retries=False)
     return WireWriteClient(
-        botocore_client, max_connections=4, connect_timeout=2.0, read_timeout=read_timeout
+        botocore_client,
+        max_connections=4,
+        connect_timeout=2.0,
+        read_timeout=read_timeout,
+        verify=verify,
     )
 
 
@@ -98,7 +141,7 @@ EVERY_TYPE: dict[str, Any] = {
 }
 
 
-def test_every_attribute_type_round_trips(wire: WireWriteClient, ddb: Any, table: str) -> None:
+def test_every_attribute_type_round_trips(wire: Any, ddb: Any, table: str) -> None:
     wire.put_item(TableName=table, Item=EVERY_TYPE)
     stored = ddb.get_item(TableName=table, Key={"pk": EVERY_TYPE["pk"]}, ConsistentRead=True)
     assert stored["Item"] == EVERY_TYPE
@@ -114,7 +157,7 @@ def test_every_attribute_type_round_trips(wire: WireWriteClient, ddb: Any, table
 
 
 def test_a_lost_condition_carries_the_destination_item_in_boto3_form(
-    wire: WireWriteClient, ddb: Any, table: str
+    wire: Any, ddb: Any, table: str
 ) -> None:
     ddb.put_item(TableName=table, Item=EVERY_TYPE)
     with pytest.raises(ClientError) as raised:
@@ -130,7 +173,7 @@ def test_a_lost_condition_carries_the_destination_item_in_boto3_form(
 
 
 def test_a_missing_table_and_a_rejected_item_are_classified_as_botocore_errors(
-    wire: WireWriteClient, table: str, unique: Any
+    wire: Any, table: str, unique: Any
 ) -> None:
     with pytest.raises(ClientError) as missing:
         wire.put_item(TableName=unique("absent"), Item={"pk": {"S": "a"}})
@@ -152,21 +195,27 @@ def proxy(moto_endpoint: str) -> Iterator[FaultProxy]:
 
 
 @pytest.mark.parametrize(
-    ("fault", "expected"),
+    ("fault", "expected", "raised_as"),
     [
-        ("throttle", ErrorKind.THROTTLED),
-        ("server_errors", ErrorKind.RETRY),
-        ("resets", ErrorKind.RETRY),
-        ("black_hole", ErrorKind.RETRY),
-        ("refuse", ErrorKind.RETRY),
+        ("throttle", ErrorKind.THROTTLED, ClientError),
+        ("server_errors", ErrorKind.RETRY, ClientError),
+        ("resets", ErrorKind.RETRY, ConnectionClosedError),
+        ("black_hole", ErrorKind.RETRY, ReadTimeoutError),
+        ("refuse", ErrorKind.RETRY, EndpointConnectionError),
     ],
 )
 def test_faults_surface_as_retryable_errors_and_the_client_recovers(
-    proxy: FaultProxy, ddb: Any, table: str, fault: str, expected: ErrorKind
+    proxy: FaultProxy,
+    ddb: Any,
+    table: str,
+    fault: str,
+    expected: ErrorKind,
+    raised_as: type[Exception],
+    connect: Connect,
 ) -> None:
     # Only the black hole needs a short read timeout to end; elsewhere a generous one keeps
     # a slow moment of the shared moto server from failing the recovery step.
-    wire = direct_client(proxy.url, read_timeout=2.0 if fault == "black_hole" else 10.0)
+    wire = connect(proxy.url, read_timeout=2.0 if fault == "black_hole" else 10.0)
     wire.put_item(TableName=table, Item={"pk": {"S": "before"}})  # a pooled connection
 
     if fault == "throttle":
@@ -178,6 +227,7 @@ def test_faults_surface_as_retryable_errors_and_the_client_recovers(
     with pytest.raises((ClientError, BotoCoreError)) as raised:
         wire.put_item(TableName=table, Item={"pk": {"S": "during"}})
     assert classify(raised.value) is expected
+    assert type(raised.value) is raised_as
     if fault in ("throttle", "server_errors"):
         assert isinstance(raised.value, ClientError)
     else:
@@ -205,12 +255,12 @@ class _CorruptingHandler(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_corrupted_response_is_a_retryable_checksum_error() -> None:
+def test_a_corrupted_response_is_a_retryable_checksum_error(connect: Connect) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _CorruptingHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        wire = direct_client(f"http://127.0.0.1:{server.server_address[1]}")
+        wire = connect(f"http://127.0.0.1:{server.server_address[1]}")
         with pytest.raises(ChecksumError) as raised:
             wire.put_item(TableName="t", Item={"pk": {"S": "a"}})
         assert classify(raised.value) is ErrorKind.RETRY
@@ -261,3 +311,73 @@ def test_tls_is_verified_against_the_bundle_botocore_resolved(
         botocore_client, max_connections=1, connect_timeout=1, read_timeout=1, verify=False
     )
     assert unverified._pool.connection_pool_kw["cert_reqs"] == "CERT_NONE"
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, signed by itself (its own CA bundle)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+class _EmptyAnswerHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_tls_is_verified_against_the_ca_bundle_by_both_transports(
+    tmp_path: Path, connect: Connect
+) -> None:
+    cert, key = _self_signed(tmp_path)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EmptyAnswerHandler)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}"
+        assert connect(url, verify=str(cert)).put_item(TableName="t", Item={"pk": {"S": "a"}}) == {}
+        assert connect(url, verify=False).put_item(TableName="t", Item={"pk": {"S": "a"}}) == {}
+        # botocore's own bundle does not know this certificate: refused, and retried.
+        with pytest.raises(ConnectionClosedError) as refused:
+            connect(url).put_item(TableName="t", Item={"pk": {"S": "a"}})
+        assert classify(refused.value) is ErrorKind.RETRY
+    finally:
+        server.shutdown()
+        server.server_close()

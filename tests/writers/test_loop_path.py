@@ -1,0 +1,199 @@
+"""The pipeline's event-loop path: a write's first request goes out on the loop, a plain
+200 settles it there, and anything else continues on a thread exactly as if the writer
+had sent that request itself (a late answer is applied, not a lost conflict)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from replicator.aws import clients
+from replicator.aws.backoff import Backoff
+from replicator.aws.clients import Place
+from replicator.buffer import ChangeBuffer
+from replicator.config.model import ConflictConfig
+from replicator.deadletter import FileDeadLetters
+from replicator.deadletter.failed import DeadLetterer
+from replicator.decode import decode
+from replicator.metrics import Metrics
+from replicator.pipeline import ShardPipeline
+from replicator.rules import rule_for, squash_order
+from replicator.writers.destination import DestinationWriter
+from replicator.writers.wire import WireWriteClient
+from tests.support.aws import client, create_table
+from tests.support.faults.proxy import FaultProxy
+from tests.support.metrics import sample
+from tests.support.records import put, remove
+from tests.writers.test_write_outcomes import _SkewCheckingHandler
+
+REGION = "eu-west-1"
+LWW = {"policy": "last_writer_wins", "timestamp_attribute": "ts"}
+VERSION = {"policy": "version", "version_attribute": "ts"}
+OVERWRITE = {"policy": "overwrite"}
+
+
+def loop_pipeline(
+    endpoint: str,
+    table: str,
+    tmp_path: Path,
+    metrics: Metrics,
+    conflict: dict[str, str],
+    read_timeout: float = 10.0,
+) -> ShardPipeline:
+    botocore_client = clients.dynamodb(Place(REGION, endpoint), sdk_retries=False)
+    direct = WireWriteClient(
+        botocore_client, max_connections=8, connect_timeout=2.0, read_timeout=read_timeout
+    )
+    rule = rule_for(ConflictConfig(**conflict), "origin")
+    writer = DestinationWriter(
+        label="dest",
+        table=table,
+        region=REGION,
+        client=direct,
+        rule=rule,
+        metrics=metrics,
+        backoff=Backoff(0.001, 0.01),
+    )
+    pipeline = ShardPipeline(
+        {"dest": writer},
+        ChangeBuffer(["dest"], squash_order([rule], ordered_stream=True)),
+        metrics,
+        "shard-1",
+        max_in_flight=8,
+        max_buffered=1000,
+        dead_letters=DeadLetterer(FileDeadLetters(tmp_path / "dead.jsonl"), metrics, "t", "s"),
+    )
+    assert "dest" in pipeline._wires  # the direct path goes out on the event loop
+    return pipeline
+
+
+def outcomes(metrics: Metrics, outcome: str) -> float:
+    return sum(
+        sample(metrics, "replicator_writes_total", destination="dest", op=op, outcome=outcome)
+        for op in ("put", "delete")
+    )
+
+
+@pytest.mark.parametrize("conflict", [LWW, OVERWRITE])
+def test_plain_puts_and_deletes_are_applied_on_the_loop_without_a_thread(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, conflict: dict[str, str]
+) -> None:
+    ddb = client("dynamodb", REGION, moto_endpoint)
+    table = unique("loop")
+    create_table(ddb, table, stream=None)
+    pipeline = loop_pipeline(moto_endpoint, table, tmp_path, metrics, conflict)
+    try:
+        sequence = 0
+        for index in range(40):
+            sequence += 1
+            pipeline.submit(decode(put(f"k{index}", sequence, ts=10, n={"N": str(index)})))
+        pipeline.dispatch()
+        assert pipeline.flush(timeout=60)
+        for index in range(0, 40, 4):
+            sequence += 1
+            pipeline.submit(decode(remove(f"k{index}", sequence, ts=20)))
+        pipeline.dispatch()
+        assert pipeline.flush(timeout=60)
+        assert pipeline.checkpointable() == str(sequence)
+    finally:
+        pipeline.close()
+
+    items = ddb.scan(TableName=table, ConsistentRead=True)["Items"]
+    assert {item["pk"]["S"] for item in items} == {f"k{i}" for i in range(40) if i % 4}
+    assert all(item["n"]["N"] == item["pk"]["S"][1:] for item in items)
+    assert (
+        sample(metrics, "replicator_writes_total", destination="dest", op="put", outcome="applied")
+        == 40
+    )
+    assert (
+        sample(
+            metrics, "replicator_writes_total", destination="dest", op="delete", outcome="applied"
+        )
+        == 10
+    )
+    assert sample(metrics, "replicator_apply_delay_seconds_count", destination="dest") == 50
+    # Every write settled on the loop: the destination's thread pool never started a thread.
+    assert not pipeline._executors["dest"]._threads
+
+
+@pytest.fixture
+def proxy(moto_endpoint: str) -> Iterator[FaultProxy]:
+    running = FaultProxy(moto_endpoint).start()
+    yield running
+    running.stop()
+
+
+@pytest.mark.parametrize("conflict", [LWW, VERSION, OVERWRITE])
+def test_an_answer_later_than_the_read_timeout_on_the_loop_is_applied_not_a_lost_conflict(
+    proxy: FaultProxy,
+    moto_endpoint: str,
+    unique: Any,
+    tmp_path: Path,
+    metrics: Metrics,
+    conflict: dict[str, str],
+) -> None:
+    ddb = client("dynamodb", REGION, moto_endpoint)
+    table = unique("late")
+    create_table(ddb, table, stream=None)
+    # The answer is held for 3 s against a 1 s read timeout: the first request (on the
+    # loop) times out, the retry (on a thread, answered at once) meets the landed write.
+    pipeline = loop_pipeline(proxy.url, table, tmp_path, metrics, conflict, read_timeout=1.0)
+    try:
+        proxy.slow_answer_once(3.0)
+        pipeline.submit(decode(put("a", 1, ts=10, origin="us-east-1")))
+        pipeline.dispatch()
+        assert pipeline.flush(timeout=60)
+        assert proxy.counts("PutItem")["slow_answer_200"] == 1
+
+        proxy.slow_answer_once(3.0)
+        pipeline.submit(decode(remove("a", 2, ts=10, origin="us-east-1")))
+        pipeline.dispatch()
+        assert pipeline.flush(timeout=60)
+        assert proxy.counts("DeleteItem")["slow_answer_200"] == 1
+        assert pipeline.checkpointable() == "2"
+    finally:
+        pipeline.close()
+
+    assert outcomes(metrics, "applied") == 2
+    assert outcomes(metrics, "conflict_lost") == 0
+    assert sample(metrics, "replicator_retries_total", destination="dest", reason="network") == 2
+    assert sample(metrics, "replicator_dead_letters_total", destination="dest") == 0
+    assert "Item" not in ddb.get_item(TableName=table, Key={"pk": {"S": "a"}})
+
+
+class _SkewedServer(_SkewCheckingHandler):
+    """A server an hour ahead, with a list of accepted requests of its own."""
+
+    accepted: ClassVar[list[str]] = []
+
+
+def test_a_clock_skew_refusal_on_the_loop_is_retried_on_the_servers_clock(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SkewedServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        pipeline = loop_pipeline(url, "t", tmp_path, metrics, OVERWRITE)
+        try:
+            pipeline.submit(decode(put("a", 1)))
+            pipeline.dispatch()
+            assert pipeline.flush(timeout=60)
+            # The next write is signed on the learnt clock from its first request on.
+            pipeline.submit(decode(put("b", 2)))
+            pipeline.dispatch()
+            assert pipeline.flush(timeout=60)
+        finally:
+            pipeline.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert outcomes(metrics, "applied") == 2
+    assert sample(metrics, "replicator_retries_total", destination="dest", reason="clock_skew") == 1
+    assert len(_SkewedServer.accepted) == 2
