@@ -11,17 +11,26 @@ Two payloads arrive here, told apart per record:
 
 Anything that does not decode raises :class:`RecordDecodeError` with a reason that
 names the record; the caller dead-letters it with the raw payload and moves on.
+
+Only what the pipeline needs is decoded here (msgspec, straight into typed structs):
+the event, the keys, the times, the region and the identity. The images stay the
+record's JSON (:class:`~replicator.images.Image`), checked only for being JSON objects;
+what a rule reads of them is decoded when it reads it, and a put forwards the bytes.
+``check_images`` decodes and checks both images whole, for the stages that read them
+whole at intake (active-active's high-water stage).
 """
 
 from __future__ import annotations
 
-import base64
-import json
+import binascii
 from collections.abc import Mapping
 from typing import Any
 
-from replicator.exceptions import AttributeFormatError, RecordDecodeError
-from replicator.items import Item, item_from_wire, key_id
+import msgspec
+
+from replicator.exceptions import AttributeFormatError, MalformedImage, RecordDecodeError
+from replicator.images import stream_image
+from replicator.items import item_from_wire, key_id
 from replicator.records import Change, Event, RawRecord
 
 _EVENTS = {"INSERT": Event.INSERT, "MODIFY": Event.MODIFY, "REMOVE": Event.REMOVE}
@@ -30,55 +39,91 @@ _TTL_PRINCIPAL = "dynamodb.amazonaws.com"
 _SECONDS_CEILING = 100_000_000_000
 
 
-def decode(raw: RawRecord) -> Change:
+class _Body(msgspec.Struct, rename="pascal"):
+    """The record's ``dynamodb`` section: what decode reads of it. Scalars stay ``Any``
+    so that a value of an unexpected type gets the same answer as a missing one."""
+
+    keys: Any = None
+    new_image: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+    old_image: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+    approximate_creation_date_time: Any = None
+    approximate_creation_date_time_precision: Any = None
+
+
+class _Record(msgspec.Struct, rename="camel"):
+    event_name: Any = None
+    dynamodb: _Body | None = None
+    aws_region: Any = None
+    user_identity: Any = None
+
+
+_RECORD = msgspec.json.Decoder(_Record)
+_ANY = msgspec.json.Decoder()
+
+
+def decode(raw: RawRecord, *, check_images: bool = False) -> Change:
     """Decode one record or raise RecordDecodeError saying why."""
     sequence_number = raw.get("sequenceNumber")
     if not isinstance(sequence_number, str) or not sequence_number.isdigit():
         raise RecordDecodeError(f"record has no usable sequenceNumber ({sequence_number!r})")
     where = f"record {sequence_number}"
     try:
-        text = base64.b64decode(raw["data"], validate=True).decode("utf-8")
+        data = binascii.a2b_base64(raw["data"], strict_mode=True)
+        if not data.isascii():
+            data.decode("utf-8")  # JSON skipped inside an image is not checked for UTF-8
     except (KeyError, TypeError, ValueError) as error:  # binascii and Unicode errors too
         raise RecordDecodeError(f"{where}: data is not base64 of UTF-8 text ({error})") from None
     try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
+        document = _RECORD.decode(data)
+    except msgspec.ValidationError as error:
+        raise _explained(data, where, error) from None
+    except msgspec.DecodeError as error:
         raise RecordDecodeError(f"{where}: data is not JSON ({error})") from None
-    if not isinstance(document, Mapping):
-        raise RecordDecodeError(f"{where}: data is JSON but not an object")
-    has_binary = '"B"' in text or '"BS"' in text
     try:
-        return _change(document, raw, sequence_number, has_binary)
-    except AttributeFormatError as error:
+        change = _change(document, raw, sequence_number)
+        if check_images:
+            for image in (change.new, change.old):
+                if image is not None:
+                    image.item  # noqa: B018 (decoded and checked now, kept for later)
+        return change
+    except (AttributeFormatError, MalformedImage) as error:
         raise RecordDecodeError(f"{where}: {error}") from None
     except (KeyError, TypeError, ValueError) as error:
         raise RecordDecodeError(f"{where}: malformed stream record ({error!r})") from None
 
 
-def _change(
-    document: Mapping[str, Any], raw: RawRecord, sequence_number: str, has_binary: bool
-) -> Change:
+def _explained(data: bytes, where: str, error: msgspec.ValidationError) -> RecordDecodeError:
+    """Why a record that is JSON does not have the shape of a stream record."""
+    document = _ANY.decode(data)
+    if not isinstance(document, Mapping):
+        return RecordDecodeError(f"{where}: data is JSON but not an object")
+    if not isinstance(document.get("dynamodb"), Mapping):
+        return RecordDecodeError(f"{where}: no 'dynamodb' section")
+    return RecordDecodeError(f"{where}: malformed stream record ({error})")
+
+
+def _change(document: _Record, raw: RawRecord, sequence_number: str) -> Change:
     where = f"record {sequence_number}"
-    event = _EVENTS.get(document.get("eventName", ""))
+    event = _EVENTS.get(document.event_name)
     if event is None:
         raise RecordDecodeError(
-            f"{where}: eventName {document.get('eventName')!r} is not INSERT, MODIFY or REMOVE"
+            f"{where}: eventName {document.event_name!r} is not INSERT, MODIFY or REMOVE"
         )
-    body = document.get("dynamodb")
-    if not isinstance(body, Mapping):
+    body = document.dynamodb
+    if body is None:
         raise RecordDecodeError(f"{where}: no 'dynamodb' section")
-    keys_wire = body.get("Keys")
+    keys_wire = body.keys
     if not isinstance(keys_wire, Mapping) or not keys_wire:
         raise RecordDecodeError(f"{where}: no Keys")
-    keys = item_from_wire(keys_wire, has_binary=has_binary)
-    new_image = _image(body.get("NewImage"), has_binary)
-    old_image = _image(body.get("OldImage"), has_binary)
-    if event is not Event.REMOVE and new_image is None:
+    keys = item_from_wire(keys_wire)
+    new = stream_image(body.new_image)
+    old = stream_image(body.old_image)
+    if event is not Event.REMOVE and new is None:
         raise RecordDecodeError(
             f"{where}: {event.value} without NewImage; the stream view type must be "
             "NEW_IMAGE or NEW_AND_OLD_IMAGES"
         )
-    identity = document.get("userIdentity") or {}
+    identity = document.user_identity or {}
     ttl_delete = (
         event is Event.REMOVE
         and isinstance(identity, Mapping)
@@ -91,26 +136,19 @@ def _change(
         event=event,
         key=key_id(keys),
         keys=keys,
-        new_image=new_image,
-        old_image=old_image,
+        new=new,
+        old=old,
         created_us=_created_us(body, raw),
-        region=str(document.get("awsRegion") or ""),
+        region=str(document.aws_region or ""),
         ttl_delete=ttl_delete,
         raw=raw,
     )
 
 
-def _image(value: Any, has_binary: bool) -> Item | None:
-    # Adapter 2.x writes an absent image as {}; adapter 1.x and Kinesis omit it.
-    if value is None or value == {}:
-        return None
-    return item_from_wire(value, has_binary=has_binary)
-
-
-def _created_us(body: Mapping[str, Any], raw: RawRecord) -> int:
-    value = body.get("ApproximateCreationDateTime")
+def _created_us(body: _Body, raw: RawRecord) -> int:
+    value = body.approximate_creation_date_time
     if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        precision = body.get("ApproximateCreationDateTimePrecision")
+        precision = body.approximate_creation_date_time_precision
         if precision == "MICROSECOND":
             return int(value)
         if value < _SECONDS_CEILING:

@@ -104,6 +104,14 @@ class PlanError(ReplicatorError, ValueError):
     reason = "unplannable"
 
 
+class MalformedImage(PlanError):
+    """A stream image, decoded after the record was accepted, is not well-formed
+    DynamoDB JSON: the change can never be written as it is (goes to dead letters, as
+    DynamoDB's own refusal of it would)."""
+
+    reason = "rejected"
+
+
 class ResolverFailed(PlanError):
     """The user's custom resolver raised: that change is dead-lettered, the shard goes on."""
 

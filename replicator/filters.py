@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from replicator.config.model import JobConfig, TtlDeletes
+from replicator.exceptions import MalformedImage
 from replicator.records import Change, Event
 
 
@@ -52,9 +53,12 @@ class ChangeFilter:
 
     def origin_of(self, change: Change) -> str | None:
         """The origin stamp of a put's new image, or None when the item has none."""
-        if not self.origin_attribute or change.new_image is None:
+        if not self.origin_attribute or change.new is None:
             return None
-        value = change.new_image.get(self.origin_attribute)
+        try:
+            value = change.new.get(self.origin_attribute)
+        except MalformedImage:
+            return None  # not a stamp: replicated, and refused where it is written
         if value is None:
             return None
         text = value.get("S")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 import structlog
 
 from replicator.filters import Route
+from replicator.images import Image
 from replicator.items import Item, KeyId, describe_key, same_item
 from replicator.records import Change, Event
 from replicator.rules.order import NO_ITEM, OpRank, image_digest
@@ -170,16 +171,16 @@ class HighWater:
             return replace(
                 change,
                 event=Event.REMOVE,
-                new_image=None,
-                old_image=highest.image,
+                new=None,
+                old=Image.of(highest.image),
                 ttl_delete=False,
                 corrects=change,
             )
         return replace(
             change,
             event=Event.MODIFY,
-            new_image=highest.image,
-            old_image=change.new_image,
+            new=Image.of(highest.image),
+            old=change.new,
             ttl_delete=False,
             corrects=change,
         )

@@ -45,9 +45,14 @@ class Reader:
     # corrections (replicator/highwater.py).
     high_water: HighWater | None = None
 
+    def decode(self, raw: RawRecord) -> Change:
+        """Decode ``raw``; RecordDecodeError when it cannot be decoded. The high-water
+        stage reads whole images, so with it both images are checked here."""
+        return decode(raw, check_images=self.high_water is not None)
+
     def read(self, raw: RawRecord) -> Routed:
         """Decode ``raw`` and route it; RecordDecodeError when it cannot be decoded."""
-        return self.route(decode(raw))
+        return self.route(self.decode(raw))
 
     def route(self, change: Change) -> Routed:
         route = self.change_filter.route(change)
@@ -73,10 +78,11 @@ class ShardIntake:
         metrics = pipeline.metrics
         metrics.millis_behind_latest.labels(self.shard_id).set(millis_behind)
         last_sequence_number: str | None = None
+        reader = self.reader
         for record in records:
             raw = raw_record_from(record)
             try:
-                change = decode(raw)
+                change = reader.decode(raw)
             except RecordDecodeError as error:
                 pipeline.dead_letters.undecodable(raw, str(error))
                 sequence_number = raw.get("sequenceNumber")
@@ -86,7 +92,7 @@ class ShardIntake:
                 continue
             last_sequence_number = change.sequence_number
             metrics.records_received.labels(change.event.value).inc()
-            routed = self.reader.route(change)
+            routed = reader.route(change)
             if routed.route is Route.REPLICATE:
                 pipeline.submit(routed.change)
             else:

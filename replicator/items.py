@@ -20,6 +20,9 @@ from replicator.exceptions import AttributeFormatError, BinaryValueFound
 
 AttributeValue = dict[str, Any]
 Item = dict[str, AttributeValue]
+# What reads an item without changing it takes: an Item, or a stream image
+# (replicator.images.Image) that decodes only what is read.
+ItemView = Mapping[str, AttributeValue]
 KeyId = tuple[tuple[str, str, object], ...]
 
 
@@ -39,7 +42,7 @@ def item_from_wire(image: Mapping[str, Any], *, has_binary: bool = True) -> Item
             return dict(image)
         except BinaryValueFound:
             pass  # a binary the caller's scan missed (an escaped key): convert after all
-    return {name: _value_from_wire(value, name) for name, value in image.items()}
+    return {name: value_from_wire(value, name) for name, value in image.items()}
 
 
 _STRINGS = frozenset({"S", "N"})
@@ -99,18 +102,20 @@ def _check_scalar(kind: Any, inner: Any, path: str) -> None:
         raise AttributeFormatError(f"attribute {path}: unknown type {kind!r}")
 
 
-def _value_from_wire(value: Any, path: str) -> AttributeValue:
+def value_from_wire(value: Any, path: str) -> AttributeValue:
+    """One attribute value, stream form -> boto3 form, checked down to its scalars
+    (``path`` names it in the error)."""
     if not isinstance(value, Mapping) or len(value) != 1:
         raise AttributeFormatError(f"attribute {path}: expected one type key, got {value!r}")
     ((kind, inner),) = value.items()
     if kind == "M":
         if not isinstance(inner, Mapping):
             raise AttributeFormatError(f"attribute {path}: M must hold a map")
-        return {"M": {k: _value_from_wire(v, f"{path}.{k}") for k, v in inner.items()}}
+        return {"M": {k: value_from_wire(v, f"{path}.{k}") for k, v in inner.items()}}
     if kind == "L":
         if not isinstance(inner, list):
             raise AttributeFormatError(f"attribute {path}: L must hold a list")
-        return {"L": [_value_from_wire(v, f"{path}[{i}]") for i, v in enumerate(inner)]}
+        return {"L": [value_from_wire(v, f"{path}[{i}]") for i, v in enumerate(inner)]}
     _check_scalar(kind, inner, path)
     try:
         if kind == "B":

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypedDict
 
+from replicator.images import Image
 from replicator.items import Item, KeyId
 
 
@@ -49,8 +50,9 @@ class Change:
     event: Event
     key: KeyId
     keys: Item
-    new_image: Item | None
-    old_image: Item | None
+    # The images as the record carried them, decoded only as far as they are read.
+    new: Image | None
+    old: Image | None
     created_us: int
     region: str
     ttl_delete: bool
@@ -69,9 +71,25 @@ class Change:
         return self.event is Event.REMOVE
 
     @property
+    def new_image(self) -> Item | None:
+        """The new image as an item (decoded on first use; MalformedImage if it is not
+        well-formed)."""
+        return None if self.new is None else self.new.item
+
+    @property
+    def old_image(self) -> Item | None:
+        return None if self.old is None else self.old.item
+
+    @property
     def image(self) -> Item | None:
         """The image that decides conflicts: the new one for puts, the old one for deletes."""
         return self.old_image if self.event is Event.REMOVE else self.new_image
+
+    @property
+    def ranked(self) -> Image | None:
+        """:attr:`image` undecoded: what a rule reads a few attributes of (ranks,
+        conditions, origin stamps) without building the whole item."""
+        return self.old if self.event is Event.REMOVE else self.new
 
 
 def raw_record_from(record: Any) -> RawRecord:

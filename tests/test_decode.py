@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from replicator.decode import decode
-from replicator.exceptions import RecordDecodeError
+from replicator.exceptions import MalformedImage, RecordDecodeError
 from replicator.items import canonical_number
 from replicator.records import Event, RawRecord
+from replicator.rules import WriteRequest
 from tests.support.records import daemon_record, kinesis_record, stream_record
 
 SAMPLES = Path(__file__).parent / "samples" / "adapter-2.x-records.jsonl"
@@ -160,18 +162,6 @@ BAD = {
         json.dumps(stream_record("INSERT", {"pk": {"S": "a"}}, None, seq=1)).encode(),
         "without NewImage",
     ),
-    "bad binary": (
-        json.dumps(
-            stream_record("INSERT", {"pk": {"S": "a"}}, {"pk": {"S": "a"}, "b": {"B": "%%"}}, seq=1)
-        ).encode(),
-        "not valid base64",
-    ),
-    "unknown type": (
-        json.dumps(
-            stream_record("INSERT", {"pk": {"S": "a"}}, {"pk": {"S": "a"}, "x": {"Q": 1}}, seq=1)
-        ).encode(),
-        "unknown type",
-    ),
     "map key type": (
         json.dumps(stream_record("INSERT", {"pk": {"M": {}}}, {"pk": {"M": {}}}, seq=1)).encode(),
         "cannot be a key",
@@ -208,16 +198,30 @@ MALFORMED_VALUES = {
     "nested in a map": ({"M": {"inner": {"S": None}}}, "attribute x.inner: S must hold"),
     "nested in a list": ({"L": [{"S": "ok"}, {"N": []}]}, "attribute x[1]: N must hold"),
     "binary holding a number": ({"B": 7}, "B must hold a string"),
+    "binary not base64": ({"B": "%%"}, "not valid base64"),
+    "unknown type": ({"Q": 1}, "unknown type"),
+    "two type keys": ({"S": "a", "N": "1"}, "expected one type key"),
+    "no type key": ({}, "expected one type key"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(MALFORMED_VALUES))
 def test_malformed_attribute_values_are_refused_down_to_their_scalars(name: str) -> None:
-    """Writers send decoded images without botocore's client-side check, so nothing
-    malformed may get past decode (boto3 would send a string as a one-letter set)."""
+    """An image is checked whole when it is decoded whole: at once for a reader that
+    asks (the active-active intake), else on first use, where MalformedImage (a
+    PlanError) dead-letters the change. Nothing malformed reaches botocore's serializer
+    (which would send a string as a one-letter set)."""
     value, reason = MALFORMED_VALUES[name]
     payload = stream_record("INSERT", {"pk": {"S": "a"}}, {"pk": {"S": "a"}, "x": value}, seq=9)
     with pytest.raises(RecordDecodeError) as caught:
-        decode(daemon_record(payload, 9))
+        decode(daemon_record(payload, 9), check_images=True)
     assert "record 9" in str(caught.value)
     assert reason in str(caught.value)
+    change = decode(daemon_record(payload, 9))
+    assert change.new is not None
+    with pytest.raises(MalformedImage) as lazily:
+        change.new_image  # noqa: B018
+    assert reason in str(lazily.value)
+    assert lazily.value.reason == "rejected"
+    with pytest.raises(MalformedImage, match=re.escape(reason)):
+        WriteRequest(op="put", item=change.new).to_kwargs("t")

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from replicator.buffer import Squash, SquashOrder, Supersedes
 from replicator.config.model import ConflictConfig, ConflictPolicyName
+from replicator.exceptions import MalformedImage
 from replicator.records import Change
 from replicator.rules.base import ConflictRule
 from replicator.rules.custom import CustomRule, load_resolver
@@ -135,13 +136,16 @@ def _by_rank(rule: OrderedRule) -> Callable[[Change, Change], Squash]:
     """
 
     def merge(queued: Change, incoming: Change) -> Squash:
-        old = rule.order(queued.image)
-        new = rule.order(incoming.image)
+        old = rule.order(queued.ranked)
+        new = rule.order(incoming.ranked)
         if old is None or new is None or (old[0] and new[0] and old[0] != new[0]):
             return Squash.BOTH
         if queued.op_is_delete and not incoming.op_is_delete:
             return Squash.BOTH
-        return Squash.REPLACE if new >= old else Squash.DROP
+        try:
+            return Squash.REPLACE if new >= old else Squash.DROP
+        except MalformedImage:  # a tie broken by the digest of an image that is not one
+            return Squash.BOTH
 
     return merge
 
@@ -151,15 +155,18 @@ def _newer_by_rank(rule: OrderedRule) -> Supersedes:
     delete just above the image it deleted), then by creation time."""
 
     def newer(skipped: Change, queued: Change) -> bool:
-        mine = rule.order(skipped.image)
-        theirs = rule.order(queued.image)
+        mine = rule.order(skipped.ranked)
+        theirs = rule.order(queued.ranked)
         if mine is None or theirs is None or (mine[0] and theirs[0] and mine[0] != theirs[0]):
             return _created_later(skipped, queued)
-        return (mine, skipped.op_is_delete, skipped.created_us, skipped.position) >= (
-            theirs,
-            queued.op_is_delete,
-            queued.created_us,
-            queued.position,
-        )
+        try:
+            return (mine, skipped.op_is_delete, skipped.created_us, skipped.position) >= (
+                theirs,
+                queued.op_is_delete,
+                queued.created_us,
+                queued.position,
+            )
+        except MalformedImage:  # a tie broken by the digest of an image that is not one
+            return _created_later(skipped, queued)
 
     return newer

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from replicator.items import AttributeValue, Item, canonical_number
+from replicator.items import AttributeValue, ItemView, canonical_number
 
 # (tier, value, (has origin, origin), digest)
 Rank = tuple[int, Any, tuple[int, str], "Digest"]
@@ -54,7 +54,7 @@ class Digest:
 
     __slots__ = ("_image", "_text")
 
-    def __init__(self, image: Item | None = None, text: str | None = None) -> None:
+    def __init__(self, image: ItemView | None = None, text: str | None = None) -> None:
         self._image = image
         self._text = text
 
@@ -123,7 +123,7 @@ def _b64(value: Any) -> str:
     return str(value)
 
 
-def image_digest(image: Item) -> str:
+def image_digest(image: ItemView) -> str:
     """sha256 (hex) of the image in a canonical form: equal for images DynamoDB holds as
     the same item (numbers by value, sets in any order, binaries as bytes or base64)."""
     canonical = [[name, _canonical(value)] for name, value in sorted(image.items())]
@@ -159,7 +159,7 @@ class RankFields:
     digest: str | None = None
     key: str | None = None  # an attribute every existing item has (for "no item")
 
-    def rank(self, item: Item | None) -> Rank:
+    def rank(self, item: ItemView | None) -> Rank:
         """The rank of an item whose fields are stored under these names. Without a
         digest attribute the digest is computed from the whole item."""
         if item is None:

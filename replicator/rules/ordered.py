@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from replicator.exceptions import PlanError
-from replicator.items import Item, canonical_number, same_item
+from replicator.exceptions import MalformedImage, PlanError
+from replicator.items import Item, ItemView, canonical_number, same_item
 from replicator.records import Change, Event
 from replicator.rules.order import (
     Condition,
@@ -62,20 +62,27 @@ class OrderedRule:
 
     # -- the order ------------------------------------------------------------------------
 
-    def rank(self, image: Item | None) -> Rank:
+    def rank(self, image: ItemView | None) -> Rank:
         """The image's place in the total order (``NO_ITEM`` for no item)."""
         return self.fields.rank(image)
 
-    def order(self, image: Item | None) -> Rank | None:
+    def order(self, image: ItemView | None) -> Rank | None:
         """The image's rank when a write can be planned and sent for it; None otherwise.
 
         None for no image, an ordering attribute of the wrong type, a number DynamoDB would
         refuse, or an origin stamp that is not a string: such a change is dead-lettered or
         written on its own, never compared by the squash. Numbers compare exactly (Decimal
-        comparison never rounds).
+        comparison never rounds). None too for an image whose ranking attributes are
+        malformed (it is dead-lettered when written).
         """
         if image is None:
             return None
+        try:
+            return self._order(image)
+        except MalformedImage:
+            return None
+
+    def _order(self, image: ItemView) -> Rank | None:
         ordering = image.get(self.attribute)
         if ordering is not None:
             kind, value = next(iter(ordering.items()))
@@ -94,12 +101,12 @@ class OrderedRule:
 
     def op_rank(self, change: Change) -> OpRank:
         """A change's place among operations: a delete just above the image it deleted."""
-        return (self.rank(change.image), 1 if change.op_is_delete else 0)
+        return (self.rank(change.ranked), 1 if change.op_is_delete else 0)
 
     # -- conditions -----------------------------------------------------------------------
 
     def plan(self, change: Change, existing: Item | None = None) -> WriteRequest | Skip:
-        image = change.image
+        image = change.ranked
         if change.event is Event.REMOVE:
             if image is None:
                 raise PlanError(
@@ -114,7 +121,7 @@ class OrderedRule:
         condition, names, values = self.below(image, change.keys)
         return WriteRequest(op="put", item=image, condition=condition, names=names, values=values)
 
-    def below(self, image: Item, keys: Item) -> Condition:
+    def below(self, image: ItemView, keys: Item) -> Condition:
         """True when the destination holds no item, or one ranking below ``image`` on
         (value, origin)."""
         self._check_type(image)
@@ -133,7 +140,7 @@ class OrderedRule:
             fields = self._keyed[name] = replace(self.fields, key=name)
         return fields
 
-    def not_above(self, image: Item, keys: Item) -> Condition:
+    def not_above(self, image: ItemView, keys: Item) -> Condition:
         """True when the destination holds no item, one ranking below ``image`` on (value,
         origin), or ``image`` itself: where a delete of ``image`` applies.
 
@@ -147,7 +154,7 @@ class OrderedRule:
             return self._not_above_without_digest(image, keys)
         return any_of(condition, same), {**names, **same_names}, {**values, **same_values}
 
-    def exactly(self, item: Item) -> Condition:
+    def exactly(self, item: ItemView) -> Condition:
         """True while the destination holds ``item``: every attribute of it with its value,
         and no ranking field that it lacks (a condition cannot exclude every other
         attribute, so an item that only gained attributes that do not rank it passes)."""
@@ -158,7 +165,7 @@ class OrderedRule:
                 names[placeholder] = name
         return same, names, values
 
-    def _not_above_without_digest(self, image: Item, keys: Item) -> Condition:
+    def _not_above_without_digest(self, image: ItemView, keys: Item) -> Condition:
         condition, names, values = self.below(image, keys)
         names, values = {**names, "#c": self.attribute}, dict(values)
         ordering = image.get(self.attribute)
@@ -175,7 +182,7 @@ class OrderedRule:
                 equal += " AND attribute_not_exists(#o)"
         return pruned(any_of(condition, equal), names, values)
 
-    def _check_type(self, image: Item) -> None:
+    def _check_type(self, image: ItemView) -> None:
         ordering = image.get(self.attribute)
         if ordering is None:
             return
@@ -190,7 +197,7 @@ class OrderedRule:
 
     def reconsider(self, change: Change, existing: Item | None) -> WriteRequest | Verdict:
         """What a failed condition means, from the item that made it fail."""
-        image = change.image
+        image = change.ranked
         if image is None:
             return Verdict.LOST
         if change.op_is_delete:
@@ -243,7 +250,7 @@ class OrderedRule:
             f"the {verb}'s image ({self.shown(change.image, tie)})"
         )
 
-    def shown(self, image: Item | None, with_digest: bool = False) -> str:
+    def shown(self, image: ItemView | None, with_digest: bool = False) -> str:
         """The fields that rank ``image``, as log lines and conflict entries show them."""
         if image is None:
             return "no item"

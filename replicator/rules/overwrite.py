@@ -19,7 +19,7 @@ class OverwriteRule:
     def plan(self, change: Change, existing: Item | None = None) -> WriteRequest | Skip:
         if change.event is Event.REMOVE:
             return WriteRequest(op="delete", key=change.keys)
-        return WriteRequest(op="put", item=change.new_image)
+        return WriteRequest(op="put", item=change.new)
 
     def shows_applied(self, change: Change, existing: Item | None) -> bool:
         return holds_outcome(change, existing)

@@ -7,26 +7,38 @@ from enum import StrEnum
 from typing import Any
 
 from replicator.exceptions import PlanError
-from replicator.items import AttributeValue, Item, same_item
+from replicator.images import Image
+from replicator.items import AttributeValue, Item, ItemView, same_item
 from replicator.records import Change
 
 
 @dataclass(frozen=True, slots=True)
 class WriteRequest:
-    """A PutItem (``item`` set) or DeleteItem (``key`` set), with its condition if any."""
+    """A PutItem (``item`` set) or DeleteItem (``key`` set), with its condition if any.
+
+    ``item`` is a stream :class:`~replicator.images.Image` when the put writes a change's
+    image as the record carried it: the direct path then sends the record's bytes."""
 
     op: str
-    item: Item | None = None
+    item: Item | Image | None = None
     key: Item | None = None
     condition: str | None = None
     names: dict[str, str] = field(default_factory=dict)
     values: dict[str, AttributeValue] = field(default_factory=dict)
 
-    def to_kwargs(self, table: str) -> dict[str, Any]:
-        """boto3 keyword arguments for ``put_item``/``delete_item`` on ``table``."""
+    def to_kwargs(self, table: str, *, stream_images: bool = False) -> dict[str, Any]:
+        """boto3 keyword arguments for ``put_item``/``delete_item`` on ``table``.
+
+        ``stream_images``: the client takes an :class:`~replicator.images.Image` as the
+        ``Item`` (the direct path, :func:`replicator.writers.wire.request_body`); otherwise
+        a stream image is decoded into an item here (MalformedImage, a PlanError, when it
+        is not well-formed)."""
         kwargs: dict[str, Any] = {"TableName": table}
         if self.op == "put":
-            kwargs["Item"] = self.item
+            item = self.item
+            if isinstance(item, Image) and not stream_images:
+                item = item.item
+            kwargs["Item"] = item
         else:
             kwargs["Key"] = self.key
         if self.condition:
@@ -70,7 +82,7 @@ _MAX_EXPRESSION = 4096
 
 
 def equals_condition(
-    expected: Item,
+    expected: ItemView,
 ) -> tuple[str, dict[str, str], dict[str, AttributeValue]]:
     """True while every attribute of ``expected`` holds its value at the destination.
 

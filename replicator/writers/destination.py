@@ -36,6 +36,7 @@ from replicator.rules import ConflictRule, OrderedRule, Skip, Verdict, WriteRequ
 from replicator.rules.order import any_of, below
 from replicator.tombstones.model import Tombstone, tombstone_of
 from replicator.tombstones.table import TombstoneTable
+from replicator.writers.wire import WireWriteClient
 
 log = structlog.get_logger(__name__)
 
@@ -175,8 +176,11 @@ class DestinationWriter:
         return plan if isinstance(plan, WriteRequest) else None
 
     def call_of(self, request: WriteRequest) -> tuple[str, dict[str, Any]]:
-        """The operation and parameters that send ``request`` to this destination."""
-        kwargs = request.to_kwargs(self.table)
+        """The operation and parameters that send ``request`` to this destination (the
+        direct path sends a stream image as the record's bytes; botocore takes items)."""
+        kwargs = request.to_kwargs(
+            self.table, stream_images=isinstance(self.client, WireWriteClient)
+        )
         if request.op == "put":
             if self.tombstones is not None:
                 kwargs["ReturnValues"] = "ALL_OLD"  # no extra capacity: did it create the item?

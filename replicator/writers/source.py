@@ -37,6 +37,7 @@ import structlog
 from replicator.config.model import SOURCE_LABEL_PREFIX
 from replicator.conflictlog.base import ConflictRecorder, Loss
 from replicator.highwater import SharedNotes
+from replicator.images import Image
 from replicator.items import Item, describe_key
 from replicator.metrics import Metrics
 from replicator.records import Change, Event
@@ -211,8 +212,8 @@ class SourceWriter:
         put = replace(
             change,
             event=Event.MODIFY,
-            new_image=image,
-            old_image=None,
+            new=Image.of(image),
+            old=None,
             ttl_delete=False,
             corrects=None,
         )

@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, cast
 
+import msgspec
 import structlog
 import urllib3
 from botocore.exceptions import (
@@ -43,6 +44,7 @@ from botocore.httpsession import get_cert_path
 
 from replicator.aws.errors import CLOCK_SKEW
 from replicator.exceptions import AttributeFormatError
+from replicator.images import Image
 from replicator.items import item_from_wire
 from replicator.writers.sigv4 import DynamoDBSigner, host_of
 
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+_ENCODER = msgspec.json.Encoder()
 _TARGET = "DynamoDB_20120810."
 _CONTENT_TYPE = "application/x-amz-json-1.0"
 
@@ -258,8 +261,23 @@ class WireWriteClient:
 
 
 def request_body(params: Mapping[str, Any]) -> bytes:
-    """The JSON body of a PutItem/DeleteItem request with these boto3-style parameters."""
-    return json.dumps(params, default=_encode_binary, separators=(",", ":")).encode()
+    """The JSON body of a PutItem/DeleteItem request with these boto3-style parameters.
+
+    An ``Item`` that is a stream :class:`~replicator.images.Image` (the put writes a
+    change's image as the record carried it) goes out as the record's bytes: DynamoDB
+    JSON is the form PutItem takes (binaries as base64 text, numbers as their exact
+    strings), so it is neither decoded nor encoded again. Any other item (a write-back,
+    a correction, a resolver's) is encoded from its boto3 form, binaries as base64.
+    """
+    item = params.get("Item")
+    if isinstance(item, Image):
+        wire = item.wire
+        params = {**params, "Item": msgspec.Raw(wire) if wire is not None else item.item}
+    try:
+        return _ENCODER.encode(params)
+    except TypeError:
+        # Not a DynamoDB attribute value (a set, a float): say which, as json would.
+        return json.dumps(params, default=_encode_binary, separators=(",", ":")).encode()
 
 
 def ca_bundle(verify: bool | str) -> str | None:

@@ -1,0 +1,153 @@
+"""An item image as a stream record carried it, decoded only as far as it is read.
+
+Most images are only forwarded: the put that replicates a change sends the very
+DynamoDB JSON the stream record held. Decoding such an image into an
+:data:`~replicator.items.Item` and encoding it again costs more than everything else
+the processor does for the change, so an :class:`Image` keeps the record's bytes
+(``wire``) and decodes:
+
+* one attribute at a time for :meth:`Image.get` (what a conflict rule ranks by, the
+  origin stamp of loop prevention), skipping the rest of the JSON;
+* the whole item, checked down to its scalars, the first time anything else reads it
+  (:attr:`Image.item`, or the image as a mapping).
+
+The write path splices ``wire`` into the PutItem body unchanged
+(:func:`replicator.writers.wire.request_body`); DynamoDB checks it as it checks any
+request, and refuses a malformed one (the change is then dead-lettered with its answer).
+An image found malformed here raises :class:`~replicator.exceptions.MalformedImage`,
+which dead-letters the change as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, TypeVar, overload
+
+import msgspec
+
+from replicator.exceptions import AttributeFormatError, MalformedImage
+from replicator.items import AttributeValue, Item, item_from_wire, value_from_wire
+
+_T = TypeVar("_T")
+_ANY = msgspec.json.Decoder()
+_decoders: dict[str, msgspec.json.Decoder[Any]] = {}
+_MISSING: Any = object()
+
+
+def _one_attribute(name: str) -> msgspec.json.Decoder[Any]:
+    """A decoder that reads attribute ``name`` of an image and skips the others."""
+    decoder = _decoders.get(name)
+    if decoder is None:
+        struct = msgspec.defstruct(
+            "OneAttribute",
+            [("value", msgspec.Raw, msgspec.field(default_factory=msgspec.Raw))],
+            rename={"value": name},
+        )
+        decoder = _decoders[name] = msgspec.json.Decoder(struct)
+    return decoder
+
+
+class Image(Mapping[str, AttributeValue]):
+    """One item image: the stream record's JSON (``wire``) or an item built elsewhere."""
+
+    __slots__ = ("_item", "_read", "wire")
+
+    def __init__(self, wire: msgspec.Raw | bytes | None = None, item: Item | None = None) -> None:
+        """``wire``: the image's DynamoDB JSON text, a JSON object (a stream image);
+        ``item``: an item already in boto3 form (write-backs, corrections, tools)."""
+        self.wire = wire
+        self._item = item
+        self._read: dict[str, AttributeValue | None] | None = None
+
+    @classmethod
+    def of(cls, item: Item | None) -> Image | None:
+        """An image of ``item`` (None for no item)."""
+        return None if item is None else cls(item=item)
+
+    @property
+    def item(self) -> Item:
+        """The whole item in boto3 form (binaries as bytes), decoded and checked once."""
+        item = self._item
+        if item is None:
+            assert self.wire is not None
+            try:
+                item = item_from_wire(_ANY.decode(self.wire))
+            except AttributeFormatError as error:
+                raise MalformedImage(str(error)) from None
+            except msgspec.DecodeError as error:  # decode checked the JSON: a bug if seen
+                raise MalformedImage(f"the image is not JSON ({error})") from None
+            self._item = item
+            self._read = None
+        return item
+
+    @overload
+    def get(self, key: str, /) -> AttributeValue | None: ...
+
+    @overload
+    def get(self, key: str, /, default: AttributeValue | _T) -> AttributeValue | _T: ...
+
+    def get(self, key: str, /, default: Any = None) -> Any:
+        """One attribute's value, without decoding the others."""
+        if self._item is not None:
+            return self._item.get(key, default)
+        read = self._read
+        if read is None:
+            read = self._read = {}
+        value = read.get(key, _MISSING)
+        if value is _MISSING:
+            value = read[key] = self._decode_one(key)
+        return default if value is None else value
+
+    def _decode_one(self, name: str) -> AttributeValue | None:
+        assert self.wire is not None
+        raw = _one_attribute(name).decode(self.wire).value
+        if not raw:
+            return None
+        try:
+            return value_from_wire(_ANY.decode(raw), name)
+        except AttributeFormatError as error:
+            raise MalformedImage(str(error)) from None
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
+
+    def __getitem__(self, key: str) -> AttributeValue:
+        return self.item[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.item)
+
+    def __len__(self) -> int:
+        return len(self.item)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Image):
+            return self.item == other.item
+        if isinstance(other, Mapping):
+            return self.item == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        if self._item is not None:
+            return f"Image({self._item!r})"
+        return f"Image(wire={bytes(self.wire or b'')!r})"
+
+
+def stream_image(wire: msgspec.Raw) -> Image | None:
+    """The image a record's ``NewImage``/``OldImage`` holds, or None for none: absent,
+    null, or ``{}`` (adapter 2.x writes a missing image as ``{}``). Raises
+    AttributeFormatError when it is not a JSON object."""
+    if not wire:
+        return None
+    view = memoryview(wire)
+    first = view[0]
+    if first == 0x7B:  # "{"
+        if len(view) <= 16 and bytes(view[1:]).strip() == b"}":
+            return None
+        return Image(wire)
+    if bytes(view) == b"null":
+        return None
+    kind = type(_ANY.decode(wire)).__name__
+    raise AttributeFormatError(f"expected a map of attributes, got {kind}")
