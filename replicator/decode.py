@@ -113,9 +113,9 @@ def _change(document: _Record, raw: RawRecord, sequence_number: str) -> Change:
     if body is None:
         raise RecordDecodeError(f"{where}: no 'dynamodb' section")
     keys_wire = body.keys
-    if not isinstance(keys_wire, Mapping) or not keys_wire:
+    if type(keys_wire) is not dict or not keys_wire:
         raise RecordDecodeError(f"{where}: no Keys")
-    keys = item_from_wire(keys_wire)
+    keys = item_from_wire(keys_wire, has_binary=False)  # converts a binary key after all
     new = stream_image(body.new_image)
     old = stream_image(body.old_image)
     if event is not Event.REMOVE and new is None:

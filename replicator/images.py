@@ -30,6 +30,7 @@ from replicator.items import AttributeValue, Item, item_from_wire, value_from_wi
 
 _T = TypeVar("_T")
 _ANY = msgspec.json.Decoder()
+_STRINGS = frozenset({"S", "N"})
 _decoders: dict[str, msgspec.json.Decoder[Any]] = {}
 _MISSING: Any = object()
 
@@ -71,7 +72,7 @@ class Image(Mapping[str, AttributeValue]):
         if item is None:
             assert self.wire is not None
             try:
-                item = item_from_wire(_ANY.decode(self.wire))
+                item = item_from_wire(_ANY.decode(self.wire), has_binary=False)
             except AttributeFormatError as error:
                 raise MalformedImage(str(error)) from None
             except msgspec.DecodeError as error:  # decode checked the JSON: a bug if seen
@@ -103,8 +104,13 @@ class Image(Mapping[str, AttributeValue]):
         raw = _one_attribute(name).decode(self.wire).value
         if not raw:
             return None
+        value = _ANY.decode(raw)
+        if type(value) is dict and len(value) == 1:
+            ((kind, inner),) = value.items()
+            if kind in _STRINGS and type(inner) is str:
+                return value  # what rules read: a string or a number, already boto3's form
         try:
-            return value_from_wire(_ANY.decode(raw), name)
+            return value_from_wire(value, name)
         except AttributeFormatError as error:
             raise MalformedImage(str(error)) from None
 

@@ -36,7 +36,7 @@ class WriteRequest:
         kwargs: dict[str, Any] = {"TableName": table}
         if self.op == "put":
             item = self.item
-            if isinstance(item, Image) and not stream_images:
+            if type(item) is Image and not stream_images:
                 item = item.item
             kwargs["Item"] = item
         else:

@@ -270,7 +270,7 @@ def request_body(params: Mapping[str, Any]) -> bytes:
     a correction, a resolver's) is encoded from its boto3 form, binaries as base64.
     """
     item = params.get("Item")
-    if isinstance(item, Image):
+    if type(item) is Image:
         wire = item.wire
         params = {**params, "Item": msgspec.Raw(wire) if wire is not None else item.item}
     try:
