@@ -131,8 +131,24 @@ def test_the_core_scenario_runs_the_shard_intake_and_pipeline_to_the_last_record
     assert result["records"] == 2000
     # Every record either planned a write or was squashed into a later one.
     assert 0 < result["writes_planned"] <= 2000
+    # The yardstick of the core target, measured in the same run on the same records.
+    assert result["json_loads_us_per_record"] > 0
+    assert result["core_cpu_us_per_record"] == result["cpu_us_per_record"]
+    assert result["core_ratio_vs_json_loads"] == pytest.approx(
+        result["cpu_us_per_record"] / result["json_loads_us_per_record"]
+    )
     steps = breakdown("overwrite", 1000, WorkloadSpec(shape="small"))
-    assert {"decode_whole", "intake", "writes_and_checkpoint", "intake_rest"} <= set(steps)
+    assert {
+        "decode_whole",
+        "route",
+        "squash",
+        "plan_kwargs_body",
+        "intake",
+        "writes_and_checkpoint",
+        "intake_rest",
+        "intake_steps",
+        "json_loads",
+    } <= set(steps)
 
 
 def test_the_host_scenario_drives_every_shards_processor_to_its_last_record(
