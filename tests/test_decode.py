@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.workload import Workload, WorkloadSpec
 from replicator.decode import decode
 from replicator.exceptions import MalformedImage, RecordDecodeError
-from replicator.items import canonical_number
-from replicator.records import Event, RawRecord
+from replicator.items import Item, canonical_number, item_from_wire
+from replicator.records import Event, RawRecord, raw_record_from
 from replicator.rules import WriteRequest
 from tests.support.records import daemon_record, kinesis_record, stream_record
 
@@ -225,3 +226,139 @@ def test_malformed_attribute_values_are_refused_down_to_their_scalars(name: str)
     assert lazily.value.reason == "rejected"
     with pytest.raises(MalformedImage, match=re.escape(reason)):
         WriteRequest(op="put", item=change.new).to_kwargs("t")
+
+
+# -- images are kept as the record's JSON ----------------------------------------------
+
+
+def _legacy_images(record: RawRecord) -> tuple[Item | None, Item | None]:
+    """The images as a full decode reads them: json.loads, then every value converted."""
+    body = json.loads(base64.b64decode(record["data"]))["dynamodb"]
+    images = []
+    for name in ("NewImage", "OldImage"):
+        image = body.get(name)
+        images.append(item_from_wire(image) if image else None)
+    return images[0], images[1]
+
+
+def workload_records() -> list[RawRecord]:
+    return [raw_record_from(r) for r in Workload(WorkloadSpec(binary_share=0.5)).batch(300)[0]]
+
+
+@pytest.mark.parametrize("source", ["samples", "workload"])
+def test_images_decoded_on_use_equal_a_full_decode_of_the_record(source: str) -> None:
+    records = sample_records() if source == "samples" else workload_records()
+    for record in records:
+        change = decode(record)
+        assert (change.new_image, change.old_image) == _legacy_images(record)
+
+
+def test_an_image_is_the_records_own_bytes_and_is_not_decoded_until_read() -> None:
+    record = sample_records()[0]
+    text = base64.b64decode(record["data"])
+    change = decode(record)
+    assert change.new is not None and change.new.wire is not None
+    wire = bytes(change.new.wire)
+    assert wire in text and json.loads(wire) == json.loads(text)["dynamodb"]["NewImage"]
+    # One attribute at a time: a number keeps its spelling, a binary becomes bytes.
+    assert change.new.get("num") == {"N": "123.4500"}
+    assert change.new.get("bin") == {"B": b"\x01\x02\x03"}
+    assert change.new.get("absent") is None
+    assert "ns" in change.new and "absent" not in change.new
+    assert change.new._item is None  # nothing else was decoded
+    assert change.new["bs"] == {"BS": [b"\x01", b"\x02"]}  # reading it as a mapping does
+    assert change.new._item is not None
+
+
+def test_a_malformed_attribute_is_refused_when_it_is_read() -> None:
+    image = {"pk": {"S": "a"}, "ts": {"N": 5}, "ok": {"S": "fine"}}
+    change = decode(daemon_record(stream_record("INSERT", {"pk": {"S": "a"}}, image, seq=3), 3))
+    assert change.new is not None
+    assert change.new.get("ok") == {"S": "fine"}
+    with pytest.raises(MalformedImage, match="attribute ts: N must hold a string"):
+        change.new.get("ts")
+
+
+@pytest.mark.parametrize("adapter", [1, 2])
+def test_absent_images_of_either_adapter_are_none(adapter: int) -> None:
+    insert = stream_record("INSERT", {"pk": {"S": "a"}}, {"pk": {"S": "a"}}, seq=4, adapter=adapter)
+    change = decode(daemon_record(insert, 4, adapter=adapter))
+    assert change.old is None and change.old_image is None
+    assert change.new_image == {"pk": {"S": "a"}}
+    removal = stream_record(
+        "REMOVE", {"pk": {"S": "a"}}, None, {"pk": {"S": "a"}}, seq=5, adapter=adapter
+    )
+    change = decode(daemon_record(removal, 5, adapter=adapter))
+    assert change.new is None and change.image == {"pk": {"S": "a"}}
+
+
+def test_a_null_image_is_absent() -> None:
+    payload = stream_record("REMOVE", {"pk": {"S": "a"}}, None, {"pk": {"S": "a"}}, seq=6)
+    payload["dynamodb"]["NewImage"] = None
+    assert decode(daemon_record(payload, 6)).new is None
+
+
+def test_a_kinesis_ttl_remove_and_a_kinesis_record_without_identity() -> None:
+    ttl = kinesis_record("REMOVE", {"pk": {"S": "k"}}, None, {"pk": {"S": "k"}})
+    ttl["userIdentity"] = {"type": "Service", "principalId": "dynamodb.amazonaws.com"}
+    change = decode(daemon_record(ttl, 49_590_000_000_000_000_000_000_002))
+    assert change.ttl_delete and change.old_image == {"pk": {"S": "k"}}
+    plain = kinesis_record("INSERT", {"pk": {"S": "k"}}, {"pk": {"S": "k"}, "b": {"B": "AQ=="}})
+    assert plain["userIdentity"] is None
+    change = decode(daemon_record(plain, 49_590_000_000_000_000_000_000_003))
+    assert not change.ttl_delete and change.new_image == {"pk": {"S": "k"}, "b": {"B": b"\x01"}}
+
+
+def _with_data(data: bytes, seq: int) -> RawRecord:
+    return daemon_record(data, seq)
+
+
+IMAGE_BAD = {
+    "modify without image": (
+        json.dumps(stream_record("MODIFY", {"pk": {"S": "a"}}, None, seq=1)).encode(),
+        "MODIFY without NewImage",
+    ),
+    "image is a list": (
+        json.dumps(
+            {"eventName": "INSERT", "dynamodb": {"Keys": {"pk": {"S": "a"}}, "NewImage": [1]}}
+        ).encode(),
+        "expected a map of attributes, got list",
+    ),
+    "image is a string": (
+        json.dumps(
+            {"eventName": "INSERT", "dynamodb": {"Keys": {"pk": {"S": "a"}}, "NewImage": "x"}}
+        ).encode(),
+        "expected a map of attributes, got str",
+    ),
+    "broken JSON inside an image": (
+        b'{"eventName": "INSERT", "dynamodb": {"Keys": {"pk": {"S": "a"}}, '
+        b'"NewImage": {"pk": {"S": "a"},}}}',
+        "not JSON",
+    ),
+    "bad UTF-8 inside an image": (
+        b'{"eventName": "INSERT", "dynamodb": {"Keys": {"pk": {"S": "a"}}, '
+        b'"NewImage": {"pk": {"S": "\xff"}}}}',
+        "not base64 of UTF-8",
+    ),
+    "keys not a map": (
+        json.dumps({"eventName": "INSERT", "dynamodb": {"Keys": [1], "NewImage": {}}}).encode(),
+        "no Keys",
+    ),
+    "dynamodb not a map": (
+        json.dumps({"eventName": "INSERT", "dynamodb": [1]}).encode(),
+        "no 'dynamodb' section",
+    ),
+    "key value malformed": (
+        json.dumps(stream_record("INSERT", {"pk": {"S": 1}}, {"pk": {"S": "a"}}, seq=1)).encode(),
+        "S must hold a string",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(IMAGE_BAD))
+def test_records_whose_images_or_keys_are_unusable_are_decode_errors(name: str) -> None:
+    payload, reason = IMAGE_BAD[name]
+    with pytest.raises(RecordDecodeError) as caught:
+        decode(_with_data(payload, 79))
+    assert "record 79" in str(caught.value)
+    assert reason in str(caught.value)
