@@ -24,21 +24,15 @@ from replicator.writers.destination import DestinationWriter, Outcome
 from replicator.writers.wire import WireWriteClient, request_body
 from tests.support.aws import client, create_table
 from tests.support.records import daemon_record, stream_record
+from tests.writers.test_wire import EVERY_TYPE
 
 REGION = "eu-west-1"
 
 ITEM: dict[str, Any] = {
-    "pk": {"S": "k-é-\u2603"},
+    **EVERY_TYPE,
     "ts": {"N": "1700000000000123"},
-    "n": {"N": "-0.000000000000000000000000000000012345678901234567890123456789"},
     "big": {"N": "12345678901234567890123456789012345678"},
-    "b": {"B": bytes(range(256))},
-    "ss": {"SS": ["a", "b"]},
-    "ns": {"NS": ["1", "2.50"]},
-    "bs": {"BS": [b"\x00", b"\xff\xfe"]},
-    "m": {"M": {"inner": {"L": [{"NULL": True}, {"BOOL": False}, {"B": b"\x01"}]}}},
     "deep": {"M": {"a": {"M": {"b": {"M": {"c": {"S": 'quote " and \\ backslash'}}}}}}},
-    "empty_s": {"S": ""},
 }
 
 POLICIES = [
