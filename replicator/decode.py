@@ -22,11 +22,11 @@ whole at intake (active-active's high-water stage).
 
 from __future__ import annotations
 
-import binascii
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
+import pybase64
 
 from replicator.exceptions import AttributeFormatError, MalformedImage, RecordDecodeError
 from replicator.images import stream_image
@@ -68,7 +68,7 @@ def decode(raw: RawRecord, *, check_images: bool = False) -> Change:
         raise RecordDecodeError(f"record has no usable sequenceNumber ({sequence_number!r})")
     where = f"record {sequence_number}"
     try:
-        data = binascii.a2b_base64(raw["data"], strict_mode=True)
+        data = pybase64.b64decode(raw["data"], validate=True)
         if not data.isascii():
             data.decode("utf-8")  # JSON skipped inside an image is not checked for UTF-8
     except (KeyError, TypeError, ValueError) as error:  # binascii and Unicode errors too

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
+import msgspec
 import structlog
 
 from replicator.filters import Route
@@ -168,7 +169,7 @@ class HighWater:
             return change
         self.corrections += 1
         if highest.deleted:
-            return replace(
+            return msgspec.structs.replace(
                 change,
                 event=Event.REMOVE,
                 new=None,
@@ -176,7 +177,7 @@ class HighWater:
                 ttl_delete=False,
                 corrects=change,
             )
-        return replace(
+        return msgspec.structs.replace(
             change,
             event=Event.MODIFY,
             new=Image.of(highest.image),

@@ -40,9 +40,7 @@ def _one_attribute(name: str) -> msgspec.json.Decoder[Any]:
     decoder = _decoders.get(name)
     if decoder is None:
         struct = msgspec.defstruct(
-            "OneAttribute",
-            [("value", msgspec.Raw, msgspec.field(default_factory=msgspec.Raw))],
-            rename={"value": name},
+            "OneAttribute", [("value", Any, msgspec.UNSET)], rename={"value": name}
         )
         decoder = _decoders[name] = msgspec.json.Decoder(struct)
     return decoder
@@ -101,10 +99,9 @@ class Image(Mapping[str, AttributeValue]):
 
     def _decode_one(self, name: str) -> AttributeValue | None:
         assert self.wire is not None
-        raw = _one_attribute(name).decode(self.wire).value
-        if not raw:
+        value = _one_attribute(name).decode(self.wire).value
+        if value is msgspec.UNSET:
             return None
-        value = _ANY.decode(raw)
         if type(value) is dict and len(value) == 1:
             ((kind, inner),) = value.items()
             if kind in _STRINGS and type(inner) is str:

@@ -32,6 +32,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+import msgspec
 import structlog
 
 from replicator.config.model import SOURCE_LABEL_PREFIX
@@ -209,7 +210,7 @@ class SourceWriter:
 
     def _put(self, change: Change, image: Item) -> WriteResult:
         """Put ``image`` to the source while it holds something ranking lower."""
-        put = replace(
+        put = msgspec.structs.replace(
             change,
             event=Event.MODIFY,
             new=Image.of(image),
