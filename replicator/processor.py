@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+import msgspec
 import structlog
 
 from replicator import logs
@@ -224,6 +225,41 @@ def on_writer_failure(error: BaseException) -> None:
 GC_THRESHOLDS = (50_000, 10, 10)
 
 
+_LINE = msgspec.json.Decoder()
+
+
+def read_records_fast(process: Any) -> None:
+    """Parse the daemon's ``processRecords`` lines with msgspec, into plain dicts.
+
+    amazon-kclpy parses every line with :mod:`json` and builds an object per record, which
+    costs about a fifth of what ``json.loads`` of the records' own data costs; msgspec
+    into dicts (which :func:`~replicator.records.raw_record_from` reads alike) about a
+    twentieth. Every other line, and a line msgspec does not read, takes amazon-kclpy's
+    own path; an amazon-kclpy without that seam keeps its own parsing throughout.
+    """
+    from amazon_kclpy import dispatch
+
+    handler = getattr(process, "io_handler", None)
+    stock = getattr(handler, "load_action", None)
+    if handler is None or stock is None:
+        return
+
+    def load_action(line: str) -> Any:
+        try:
+            message = _LINE.decode(line)
+        except msgspec.DecodeError:
+            return stock(line)
+        if (
+            type(message) is dict
+            and message.get("action") == "processRecords"
+            and type(message.get("records")) is list
+        ):
+            return dispatch.message_decode(message)
+        return stock(line)
+
+    handler.load_action = load_action
+
+
 def serve_daemon(resolved: Any) -> int:
     """Run as the daemon's child: the protocol on stdin/stdout, logs on stderr.
 
@@ -256,9 +292,11 @@ def serve_daemon(resolved: Any) -> int:
 
     processor = ReplicationProcessor(build, metrics)
     gc.set_threshold(*GC_THRESHOLDS)
-    kcl.KCLProcess(
+    process = kcl.KCLProcess(
         processor, input_file=sys.stdin, output_file=protocol_out, error_file=sys.stderr
-    ).run()
+    )
+    read_records_fast(process)
+    process.run()
     processor.close()
     if conflict_log is not None:
         conflict_log.close()

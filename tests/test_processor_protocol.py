@@ -284,3 +284,45 @@ def test_an_unexpected_error_ends_the_process_nonzero(job: dict[str, Any]) -> No
     assert daemon.read() is None  # no status: the child died instead of carrying on
     assert daemon.process.wait(30) == 1
     assert any("before initialize" in line for line in daemon.stderr)
+
+
+def test_process_records_lines_are_read_fast_into_the_same_records() -> None:
+    """The child parses processRecords lines with msgspec; the records it hands the
+    intake are those amazon-kclpy's own parsing gives, and every other line still goes
+    through amazon-kclpy."""
+    import io
+
+    from amazon_kclpy import kcl, messages
+
+    from replicator.processor import read_records_fast
+    from replicator.records import raw_record_from
+
+    class Processor:
+        version = 3
+
+    process = kcl.KCLProcess(
+        Processor(), input_file=io.StringIO(), output_file=io.StringIO(), error_file=io.StringIO()
+    )
+    stock = process.io_handler.load_action
+    read_records_fast(process)
+    records = [
+        {"action": "record", **put("a", 11, v="x")},
+        {"action": "record", **daemon_record(b"{nope", 12, adapter=1)},
+    ]
+    line = json.dumps({"action": "processRecords", "records": records, "millisBehindLatest": 7})
+    fast, slow = process.io_handler.load_action(line), stock(line)
+    assert isinstance(fast, messages.ProcessRecordsInput)
+    assert fast.millis_behind_latest == slow.millis_behind_latest == 7
+    assert [raw_record_from(r) for r in fast.records] == [raw_record_from(r) for r in slow.records]
+    for other in (
+        {"action": "initialize", "shardId": "s-1", "sequenceNumber": "5", "subSequenceNumber": 0},
+        {
+            "action": "checkpoint",
+            "sequenceNumber": "5",
+            "subSequenceNumber": 0,
+            "error": "ThrottlingException",
+        },
+        {"action": "shutdownRequested"},
+    ):
+        text = json.dumps(other)
+        assert type(process.io_handler.load_action(text)) is type(stock(text))
