@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import json
 import os
 import threading
@@ -39,6 +40,7 @@ from replicator.filters import ChangeFilter
 from replicator.intake import Reader, ShardIntake
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
+from replicator.processor import GC_THRESHOLDS
 from replicator.records import Change, raw_record_from
 from replicator.rules import ConflictRule, Skip, rule_for, squash_order
 from replicator.writers.destination import APPLIED, WriteResult
@@ -252,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
+    gc.set_threshold(*GC_THRESHOLDS)  # as the processor child runs
     spec = WorkloadSpec(shape=args.shape)
     result = run_core(args.policy, args.records, spec)
     result["shape"] = args.shape
