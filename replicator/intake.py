@@ -48,9 +48,13 @@ class Reader:
     high_water: HighWater | None = None
 
     def decode(self, raw: RawRecord) -> Change:
-        """Decode ``raw``; RecordDecodeError when it cannot be decoded. The high-water
-        stage reads whole images, so with it both images are checked here."""
-        return decode(raw, check_images=self.high_water is not None)
+        """Decode ``raw``; RecordDecodeError when it cannot be decoded. Both images are
+        checked here, whole: an image that is not well-formed DynamoDB JSON is a record
+        that does not decode (dead-lettered as ``undecodable``, naming the record), not a
+        request for the destination to refuse. Not every endpoint refuses one: moto
+        stores some malformed values altered and answers others with a 500 that would be
+        retried for ever."""
+        return decode(raw, check_images=True)
 
     def read(self, raw: RawRecord) -> Routed:
         """Decode ``raw`` and route it; RecordDecodeError when it cannot be decoded."""

@@ -12,6 +12,8 @@ import pytest
 from bench.workload import Workload, WorkloadSpec
 from replicator.decode import decode
 from replicator.exceptions import MalformedImage, RecordDecodeError
+from replicator.filters import ChangeFilter
+from replicator.intake import Reader
 from replicator.items import Item, canonical_number, item_from_wire
 from replicator.records import Event, RawRecord, raw_record_from
 from replicator.rules import WriteRequest
@@ -208,16 +210,19 @@ MALFORMED_VALUES = {
 
 @pytest.mark.parametrize("name", sorted(MALFORMED_VALUES))
 def test_malformed_attribute_values_are_refused_down_to_their_scalars(name: str) -> None:
-    """An image is checked whole when it is decoded whole: at once for a reader that
-    asks (the active-active intake), else on first use, where MalformedImage (a
-    PlanError) dead-letters the change. Nothing malformed reaches botocore's serializer
-    (which would send a string as a one-letter set)."""
+    """An image is checked whole when it is decoded whole: at once by the intake every
+    processor reads with (a decode error naming the record), else on first use, where
+    MalformedImage (a PlanError) dead-letters the change. Nothing malformed reaches a
+    destination (moto would store some of these altered, or answer 500 for ever) nor
+    botocore's serializer (which would send a string as a one-letter set)."""
     value, reason = MALFORMED_VALUES[name]
     payload = stream_record("INSERT", {"pk": {"S": "a"}}, {"pk": {"S": "a"}, "x": value}, seq=9)
     with pytest.raises(RecordDecodeError) as caught:
         decode(daemon_record(payload, 9), check_images=True)
     assert "record 9" in str(caught.value)
     assert reason in str(caught.value)
+    with pytest.raises(RecordDecodeError, match=re.escape(reason)):
+        Reader(ChangeFilter(None, "", skip_ttl_deletes=False)).read(daemon_record(payload, 9))
     change = decode(daemon_record(payload, 9))
     assert change.new is not None
     with pytest.raises(MalformedImage) as lazily:
