@@ -57,6 +57,11 @@ _TRACKED_FACTOR = 10
 # timeouts): they are few while the destination answers, and backing off under throttling
 # does not need hundreds.
 _SLOW_PATH_THREADS = 32
+# Threads per destination whose writes all run on threads (botocore's pipeline, custom
+# rules, the source writer) or whose every write goes on after its 200 (active-active
+# tombstones): one per write in flight, but never the hundreds ``max_in_flight`` allows
+# on the event loop; further writes wait in the pool's queue, still counted in flight.
+_THREADED_WRITES = 128
 
 
 class ChangeWriter(Protocol):
@@ -133,11 +138,18 @@ class ShardPipeline:
             }
         self._executors = {
             label: ThreadPoolExecutor(
-                min(max_in_flight, _SLOW_PATH_THREADS) if label in self._wires else max_in_flight,
+                min(max_in_flight, self._threads_for(label)),
                 thread_name_prefix=f"write-{label}",
             )
             for label in self._targets
         }
+
+    def _threads_for(self, label: str) -> int:
+        writer = self._targets[label]
+        on_loop = label in self._wires
+        if on_loop and isinstance(writer, DestinationWriter) and writer.settled_by_success:
+            return _SLOW_PATH_THREADS
+        return _THREADED_WRITES
 
     # -- intake (processor thread) --------------------------------------------------------
 
@@ -262,6 +274,9 @@ class ShardPipeline:
         """
         for writer in self._targets.values():
             writer.cancelled.set()
+        if self._loop is not None:  # requests not yet on the wire are never sent
+            for wire in self._wires.values():
+                self._loop.call(wire.drop_waiting)
         with self._cond:
             self.buffer.abandon()
             self._batches.clear()
@@ -384,6 +399,11 @@ class ShardPipeline:
         writer = self.writers[label]
         assert isinstance(writer, DestinationWriter)
         wire = self._wires[label]
+        if wire.wire.signing_may_block():
+            # The credentials are due for a refresh (STS, a credential endpoint): the
+            # writes go to threads until it is done, so the loop never waits on it.
+            self._submit(label, entries)
+            return
         for entry in entries:
             if writer.cancelled.is_set():
                 return  # as a cancelled write on a thread: left in flight, never settled
@@ -501,6 +521,7 @@ class ShardPipeline:
             error=str(error),
             error_type=type(error).__name__,
         )
+        self.count_applied()  # before on_fatal, which may end the process at once
         if self._on_fatal is not None:
             self._on_fatal(error)
 

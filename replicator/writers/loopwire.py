@@ -135,6 +135,13 @@ class LoopWire:
         else:
             self._waiting.append((operation, params, answered))
 
+    def drop_waiting(self) -> None:
+        """Never send the requests not yet written (the lease is gone): those queued for a
+        connection and those whose connection is being opened. They are never answered."""
+        self._waiting.clear()
+        for task in list(self._connecting):
+            task.cancel()
+
     def close(self) -> None:
         """Drop every connection; answers still to come are never delivered."""
         self._closed = True
@@ -197,8 +204,10 @@ class LoopWire:
             closed = ConnectionResetError("the connection closed as it was opened")
             error = ConnectionClosedError(endpoint_url=self.wire.endpoint_url, error=closed)
         if connection is None or error is not None:
-            answered(None, error)
-            self._pump()
+            try:
+                answered(None, error)
+            finally:
+                self._pump()
             return
         self._open.add(connection)
         self._write(connection, operation, params, answered)
@@ -216,9 +225,16 @@ class LoopWire:
             self._release(connection)
             answered(None, error)
             return
-        lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
-        head = f"{self._host_line}{''.join(lines)}Content-Length: {len(body)}\r\n\r\n"
-        connection.send(head.encode("latin-1") + body, operation, answered)
+        try:
+            lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
+            head = f"{self._host_line}{''.join(lines)}Content-Length: {len(body)}\r\n\r\n"
+            connection.send(head.encode("latin-1") + body, operation, answered)
+        except Exception as error:  # noqa: BLE001  # answered, never lost on the loop
+            # Whatever went wrong, this connection's state is unknown: drop it, and let
+            # the writer judge the error (one it does not know stops the shard).
+            connection.abandon()
+            self._forget(connection)
+            answered(None, error)
 
     def _release(self, connection: _Connection) -> None:
         """A connection whose answer is complete: reuse it, or forget it if it closed."""
@@ -244,9 +260,11 @@ class LoopWire:
     def _sweep(self) -> None:
         """Fail the requests whose answer is overdue (within a tick of the read timeout)."""
         now = self.loop.time()
-        for connection in [c for c in self._busy if c.deadline <= now]:
-            connection.timed_out()
-        self._sweeper = self.loop.call_later(self._tick, self._sweep) if self._busy else None
+        try:
+            for connection in [c for c in self._busy if c.deadline <= now]:
+                connection.timed_out()
+        finally:  # re-armed whatever a callback raised: timeouts never stop
+            self._sweeper = self.loop.call_later(self._tick, self._sweep) if self._busy else None
 
     def _pump(self) -> None:
         """Open connections for queued requests while there is room."""
@@ -342,18 +360,20 @@ class _Connection(asyncio.Protocol):
         self.answered = None
         self.head = None
         del self.buffer[:]
-        if head.keep_alive and not head.until_close:
-            self.pool._release(self)
-        else:
-            self._close()
-        if answered is None:
-            return
         try:
-            result = self.pool.wire.answer(operation, head.status, body, head.crc32, head.date)
-        except Exception as error:  # noqa: BLE001  # the botocore error, for the writer
-            answered(None, error)
-            return
-        answered(result, None)
+            if answered is None:
+                return
+            try:
+                result = self.pool.wire.answer(operation, head.status, body, head.crc32, head.date)
+            except Exception as error:  # noqa: BLE001  # the botocore error, for the writer
+                answered(None, error)
+                return
+            answered(result, None)
+        finally:  # this answer first, then the connection takes the next request
+            if head.keep_alive and not head.until_close:
+                self.pool._release(self)
+            else:
+                self._close()
 
     def timed_out(self) -> None:
         self._fail(
@@ -440,14 +460,14 @@ def _parse_head(buffer: bytearray) -> _Head | None:
             name, _, value = line.partition(b":")
             name = name.strip().lower()
             if name == b"content-length":
-                head.length = int(value)
+                head.length = _digits(value.strip(), 10)
             elif name == b"transfer-encoding":
                 head.chunked = b"chunked" in value.lower()
             elif name == b"connection":
-                token = value.strip().lower()
-                if token == b"close":
+                tokens = {token.strip() for token in value.lower().split(b",")}
+                if b"close" in tokens:
                     head.keep_alive = False
-                elif token == b"keep-alive":
+                elif b"keep-alive" in tokens:
                     head.keep_alive = True
             elif name == b"x-amz-crc32":
                 head.crc32 = value.strip().decode("latin-1")
@@ -466,7 +486,7 @@ def _dechunk(buffer: bytearray, start: int) -> bytes | None:
         line_end = buffer.find(b"\r\n", position)
         if line_end < 0:
             return None
-        size = int(bytes(buffer[position:line_end]).split(b";", 1)[0], 16)
+        size = _digits(bytes(buffer[position:line_end]).split(b";", 1)[0].strip(), 16)
         position = line_end + 2
         if size == 0:
             trailer_end = buffer.find(b"\r\n\r\n", position - 2)
@@ -477,3 +497,14 @@ def _dechunk(buffer: bytearray, start: int) -> bytes | None:
             return None
         parts.append(bytes(buffer[position : position + size]))
         position += size + 2
+
+
+_DIGITS = {10: frozenset(b"0123456789"), 16: frozenset(b"0123456789abcdefABCDEF")}
+
+
+def _digits(text: bytes, base: int) -> int:
+    """A length or chunk size: digits only (``int`` would take a sign, ``_`` and spaces,
+    and a negative chunk size would read the same chunk for ever); ValueError else."""
+    if not text or not set(text) <= _DIGITS[base] or len(text) > 16:
+        raise ValueError(f"not a length: {text[:20]!r}")
+    return int(text, base)

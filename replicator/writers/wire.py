@@ -196,6 +196,14 @@ class WireWriteClient:
             response.headers.get("Date"),
         )
 
+    def signing_may_block(self) -> bool:
+        """Whether signing now may refresh the credentials first: a call to STS, or to the
+        container or instance credential endpoint, that can take seconds. The event loop
+        leaves such writes to a thread, so that one destination's refresh never stalls
+        the others' writes."""
+        refresh_needed = getattr(self._credentials, "refresh_needed", None)
+        return bool(refresh_needed()) if callable(refresh_needed) else False
+
     def request(self, operation: str, params: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
         """The body and signed headers of one request (``Host`` and ``Content-Length``
         are the transport's); every transport sends exactly these."""

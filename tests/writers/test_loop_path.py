@@ -197,3 +197,95 @@ def test_a_clock_skew_refusal_on_the_loop_is_retried_on_the_servers_clock(
     assert outcomes(metrics, "applied") == 2
     assert sample(metrics, "replicator_retries_total", destination="dest", reason="clock_skew") == 1
     assert len(_SkewedServer.accepted) == 2
+
+
+class _DueCredentials:
+    """Credentials whose refresh is due: signing them may call STS first."""
+
+    def __init__(self, frozen: Any) -> None:
+        self.frozen = frozen
+        self.refresh_threads: list[str] = []
+
+    def refresh_needed(self) -> bool:
+        return True
+
+    def get_frozen_credentials(self) -> Any:
+        self.refresh_threads.append(threading.current_thread().name)
+        return self.frozen
+
+
+def test_writes_whose_credentials_are_due_for_a_refresh_are_signed_on_a_thread(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """A refresh (STS, a credential endpoint) can take seconds: it never runs on the loop
+    that carries every destination's writes."""
+    ddb = client("dynamodb", REGION, moto_endpoint)
+    table = unique("loop")
+    create_table(ddb, table, stream=None)
+    pipeline = loop_pipeline(moto_endpoint, table, tmp_path, metrics, OVERWRITE)
+    writer = pipeline.writers["dest"]
+    assert isinstance(writer, DestinationWriter) and isinstance(writer.client, WireWriteClient)
+    direct = writer.client
+    due = _DueCredentials(direct._credentials.get_frozen_credentials())
+    direct._credentials = due
+    try:
+        assert direct.signing_may_block()
+        for index in range(10):
+            pipeline.submit(decode(put(f"k{index}", index + 1, ts=10)))
+        pipeline.dispatch()
+        assert pipeline.flush(timeout=60)
+    finally:
+        pipeline.close()
+    assert len(ddb.scan(TableName=table, ConsistentRead=True)["Items"]) == 10
+    assert outcomes(metrics, "applied") == 10
+    assert due.refresh_threads and all(n.startswith("write-dest") for n in due.refresh_threads)
+
+
+def test_answer_heads_with_lengths_that_are_not_digits_are_refused_not_looped_on() -> None:
+    """A negative chunk size would read the same chunk for ever on the loop thread; a
+    signed or spaced Content-Length is not HTTP either. Both fail the connection (a
+    ConnectionClosedError for the writer, which retries)."""
+    from replicator.writers.loopwire import _dechunk, _parse_head
+
+    with pytest.raises(ValueError, match="not a length"):
+        _dechunk(bytearray(b"-6\r\n{}\r\n0\r\n\r\n"), 0)
+    with pytest.raises(ValueError, match="not a length"):
+        _dechunk(bytearray(b"+2\r\n{}\r\n0\r\n\r\n"), 0)
+    assert _dechunk(bytearray(b"2\r\n{}\r\n0\r\n\r\n"), 0) == b"{}"
+    for length in (b"-5", b"1_0", b"+3", b""):
+        with pytest.raises(ValueError, match="not a length"):
+            _parse_head(bytearray(b"HTTP/1.1 200 OK\r\nContent-Length: " + length + b"\r\n\r\n"))
+    head = _parse_head(bytearray(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"))
+    assert head is not None and head.length == 2 and head.keep_alive
+
+
+def test_connection_close_among_other_tokens_is_not_reused() -> None:
+    from replicator.writers.loopwire import _parse_head
+
+    head = _parse_head(
+        bytearray(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n")
+    )
+    assert head is not None and not head.keep_alive
+
+
+def test_an_unexpected_error_on_the_loop_stops_the_shard_instead_of_hanging(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """Nothing raised on the loop thread is left to asyncio's log: the write is answered
+    with the error, which the writer does not know, so the shard stops with it and the
+    checkpoint stays where it was."""
+    ddb = client("dynamodb", REGION, moto_endpoint)
+    table = unique("loop")
+    create_table(ddb, table, stream=None)
+    pipeline = loop_pipeline(moto_endpoint, table, tmp_path, metrics, OVERWRITE)
+    writer = pipeline.writers["dest"]
+    assert isinstance(writer, DestinationWriter) and isinstance(writer.client, WireWriteClient)
+    writer.client._user_agent = "replicator \u2603"  # not latin-1: the head cannot be encoded
+    try:
+        pipeline.submit(decode(put("k1", 1, ts=10)))
+        pipeline.dispatch()
+        with pytest.raises(UnicodeEncodeError):
+            pipeline.flush(timeout=60)
+        assert pipeline.checkpointable() is None
+    finally:
+        pipeline.close()
