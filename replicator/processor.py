@@ -17,6 +17,7 @@ status instead, and the shard resumes from the last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import os
@@ -260,6 +261,30 @@ def read_records_fast(process: Any) -> None:
     handler.load_action = load_action
 
 
+def _raise_open_file_limit(sockets: int) -> None:
+    """Let the shard hold its writes' connections: up to ``writer.max_in_flight`` sockets
+    per destination, more than a common soft limit of 1,024 open files, past which every
+    open in the process fails (a dead-letter file included). The soft limit is raised to
+    the hard one; a warning says so when even that leaves too little room."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # An unlimited hard limit still caps the soft one at the kernel's nr_open.
+    target = hard if hard != resource.RLIM_INFINITY else 1_048_576
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    needed = sockets + 256  # logs, metrics files, the daemon's pipes, clients
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "the open-file limit is below what the writes in flight may need; lower "
+            "writer.max_in_flight or raise the limit (ulimit -n, docker run --ulimit nofile)",
+            open_file_limit=soft,
+            needed=needed,
+        )
+
+
 def serve_daemon(resolved: Any) -> int:
     """Run as the daemon's child: the protocol on stdin/stdout, logs on stderr.
 
@@ -276,6 +301,7 @@ def serve_daemon(resolved: Any) -> int:
     job = resolved.job
     logs.configure(job.logging.level, job.logging.format.value)
     logs.bind_everywhere(job=str(resolved.path), task=resolved.task_name, pid=os.getpid())
+    _raise_open_file_limit(job.writer.max_in_flight * len(job.destinations))
     metrics = Metrics()
     dead_letters = wiring.dead_letter_target(resolved)
     conflict_log = recorder_for(resolved, metrics)

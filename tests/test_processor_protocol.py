@@ -326,3 +326,24 @@ def test_process_records_lines_are_read_fast_into_the_same_records() -> None:
     ):
         text = json.dumps(other)
         assert type(process.io_handler.load_action(text)) is type(stock(text))
+
+
+def test_the_processor_raises_its_open_file_soft_limit_for_the_writes_in_flight() -> None:
+    """512 writes in flight per destination are 512 sockets: a soft limit of 1,024 open
+    files would fail every open in the process, a dead-letter file's included."""
+    import resource
+    import subprocess
+    import sys
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    script = (
+        "import resource\n"
+        "from replicator.processor import _raise_open_file_limit\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, (256, {hard}))\n"
+        "_raise_open_file_limit(2 * 512)\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert int(shown.stdout.split()[-1]) == hard
