@@ -166,14 +166,24 @@ def test_an_active_active_pair_under_concurrent_writes_converges_without_ping_po
                 30,
                 f"the {region} checkpoint to reach its stream's end",
             )
-        puts_seen = {region: sum(proxy_of[region].counts("PutItem").values()) for region in regions}
+        # PutItem requests on each region's replicated table (its tombstone table's are
+        # not replicated writes: a delete may record its tombstone in two puts).
+        puts_seen = {
+            region: proxy_of[region].by_table("PutItem")[table_of[region]] for region in regions
+        }
+        # PutItems whose condition failed (HTTP 400): after one, a rule may write again
+        # once with the exact condition the item it found calls for (an equal timestamp
+        # and origin, settled by the image digest), with no retry counted.
+        refused_puts = {
+            region: proxy_of[region].counts("PutItem")["upstream_400"] for region in regions
+        }
         # Quiet: with the application stopped, no stream record and no write may appear
         # any more. (This wait gives an echo loop time to show itself; it cannot make the
         # test pass.)
         time.sleep(3)
         assert {region: last_sequence(region) for region in regions} == ends
         assert {
-            region: sum(proxy_of[region].counts("PutItem").values()) for region in regions
+            region: proxy_of[region].by_table("PutItem")[table_of[region]] for region in regions
         } == puts_seen
     finally:
         for region in regions:
@@ -219,7 +229,7 @@ def test_an_active_active_pair_under_concurrent_writes_converges_without_ping_po
     for region in regions:
         # Bounded: a region's writes reach the other side at most once each...
         assert applied[region] <= app.count(region)
-        assert puts_seen[other[region]] <= app.count(region)
+        assert puts_seen[other[region]] <= app.count(region) + refused_puts[other[region]]
         # ...and each write into a region by a runtime comes back once as an echo in that
         # region's stream, which is skipped: the other runtime's replicated writes, and
         # this region's own write-backs (the winner of a lost conflict, stamped with the
@@ -233,7 +243,9 @@ def test_an_active_active_pair_under_concurrent_writes_converges_without_ping_po
     written = {json.dumps(item_to_wire(item), sort_keys=True) for _, item in app.written}
     for region in regions:
         path = tmp_path / f"{region}-conflicts.jsonl"
-        entries = [json.loads(line) for line in path.read_text().splitlines()]
+        # The file is created with a region's first lost conflict; a run may have none.
+        lines = path.read_text().splitlines() if path.exists() else []
+        entries = [json.loads(line) for line in lines]
         assert len(entries) == len({e["id"] for e in entries}) == conflicts[region]
         assert sum(1 for e in entries if e["write_back"]) == written_back[region]
         for entry in entries:

@@ -151,6 +151,7 @@ class FaultProxy:
         self._mode = Mode()
         self._mode_changed = threading.Condition(self._lock)
         self._counts: Counter[tuple[str, str]] = Counter()
+        self._table_counts: Counter[tuple[str, str]] = Counter()
         self._seen: list[tuple[str, dict[str, str]]] = []
         self._connections: set[socket.socket] = set()
         self._stopped = threading.Event()
@@ -234,9 +235,22 @@ class FaultProxy:
         with self._lock:
             return list(self._seen)
 
+    def by_table(self, operation: str) -> Counter[str]:
+        """Requests of one operation by the table they name (``TableName``), whatever
+        their outcome: a job's writes to its destination table apart from its tombstone
+        table's."""
+        with self._lock:
+            return Counter(
+                {table: n for (op, table), n in self._table_counts.items() if op == operation}
+            )
+
     def _count(self, request: _Request, outcome: str) -> None:
+        table = ""
+        with contextlib.suppress(ValueError, AttributeError):
+            table = str(json.loads(request.body).get("TableName", ""))
         with self._lock:
             self._counts[(request.operation, outcome)] += 1
+            self._table_counts[(request.operation, table)] += 1
 
     def _keep(self, request: _Request) -> None:
         with self._lock:
