@@ -1,12 +1,13 @@
 """Scenario 1: the processor's CPU work per record, without any I/O.
 
-Each batch goes through the shard's own intake and pipeline, the code a batch handed to
-the processor runs (``ShardIntake.accept``: ``raw_record_from`` -> ``decode`` ->
-filters -> ``ChangeBuffer.add`` (squash) -> writer threads), to a destination that
-plans every conditional write with the conflict rule, builds boto3's keyword arguments
-(``WriteRequest.to_kwargs``) and the direct path's request body (``request_body``), and
-takes it as applied at once; then the checkpoint position is computed. Only signing,
-the network round trip and the answer are left out, which scenario 2 measures.
+Each batch goes through the shard's own intake and pipeline, built by the processor's
+wiring from a job with the defaults (``ShardIntake.accept``: ``raw_record_from`` ->
+``decode`` -> filters -> ``ChangeBuffer.add`` (squash) -> the event loop, where the
+destination's writer plans each conditional write with the conflict rule and its
+request body is built), to a transport that answers 200 at once (:class:`PlanningWire`),
+so that each write settles on the loop as a real one does; then the checkpoint position
+is computed. Only signing, the network round trip and parsing the answer are left out,
+which scenario 2 measures.
 
 The yardstick, measured in the same process on the same records: CPython's
 ``json.loads`` of each record's data (the stream record's JSON text), which is what a
@@ -18,86 +19,102 @@ Runs in its own process (``python -m bench.core``), on one core, and prints JSON
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import gc
 import json
 import os
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pybase64
 
 from bench.workload import Workload, WorkloadSpec
 from replicator.buffer import ChangeBuffer
-from replicator.config.model import ConflictConfig, ConflictPolicyName
+from replicator.config.loader import parse_job
+from replicator.config.model import ResolvedJob
 from replicator.deadletter.failed import DeadLetterer
-from replicator.decode import decode
-from replicator.filters import ChangeFilter
-from replicator.intake import Reader, ShardIntake
+from replicator.intake import ShardIntake
 from replicator.metrics import Metrics
-from replicator.pipeline import ShardPipeline
 from replicator.processor import GC_THRESHOLDS
-from replicator.records import Change, raw_record_from
-from replicator.rules import ConflictRule, Skip, rule_for, squash_order
-from replicator.writers.destination import APPLIED, WriteResult
-from replicator.writers.wire import request_body
+from replicator.records import raw_record_from
+from replicator.rules import squash_order
+from replicator.wiring import reader, shard_pipeline
+from replicator.writers.destination import DestinationWriter
+from replicator.writers.loopwire import Answered
+from replicator.writers.wire import WireWriteClient, request_body
 
-DESTINATION = "eu-west-1/bench-destination"
+TASK = "bench-core"
 TABLE = "bench-destination"
+DESTINATION = f"eu-west-1/{TABLE}"
 BATCH = 1000
-# Writer threads: a destination without I/O keeps each one busy, so more would only
-# contend for the GIL (real writers wait on the network, and the job default is 128).
-MAX_IN_FLIGHT = 4
+# The job the scenario runs: job defaults, one destination written over the direct path
+# (its endpoint is never contacted: PlanningWire answers in its place). The watermark
+# is tracked for every record as the processor does; its status writes, which are I/O
+# once a second, are left out (the first would be due after ten minutes).
+JOB = f"""
+runtime: local
+task_name: {TASK}
+source: {{region: us-east-1, table: bench-source}}
+destinations:
+  - {{region: eu-west-1, table: {TABLE}, endpoint_url: "http://127.0.0.1:9"}}
+watermark: {{publish_interval_ms: 600000}}
+"""
+CONFLICT = {
+    "last_writer_wins": "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}",
+    "overwrite": "conflict: {policy: overwrite}",
+    "version": "conflict: {policy: version, version_attribute: version}",
+}
 
 
-def conflict_config(policy: str) -> ConflictConfig:
-    if policy == "last_writer_wins":
-        return ConflictConfig(
-            policy=ConflictPolicyName.LAST_WRITER_WINS, timestamp_attribute="updated_at"
-        )
-    return ConflictConfig(policy=ConflictPolicyName(policy))
+class PlanningWire:
+    """A destination's transport on the pipeline's event loop, without the network: it
+    builds each request's body as :class:`~replicator.writers.loopwire.LoopWire` does
+    and answers 200 at once, so that the write settles on the loop as a real one does."""
+
+    def __init__(self, wire: WireWriteClient, loop: asyncio.AbstractEventLoop) -> None:
+        self.wire = wire
+        self.sent = 0  # read after a flush
+
+    def send(self, operation: str, params: Mapping[str, Any], answered: Answered) -> None:
+        request_body(params)
+        self.sent += 1
+        answered({}, None)
+
+    def drop_waiting(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
-@dataclass
-class PlanningDestination:
-    """A destination writer without the network: plans the conditional write and its
-    arguments, and takes it as applied."""
-
-    rule: ConflictRule
-    label: str = DESTINATION
-    table: str = TABLE
-    region: str = "eu-west-1"
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    planned: int = 0
-
-    def write(self, change: Change) -> WriteResult:
-        plan = self.rule.plan(change)
-        if not isinstance(plan, Skip):
-            request_body(plan.to_kwargs(self.table, stream_images=True))
-            self.planned += 1  # one writer thread per key at a time; read after a flush
-        return APPLIED
+def job(policy: str) -> ResolvedJob:
+    return parse_job(f"{JOB}{CONFLICT[policy]}\n", Path("bench/core.py"))
 
 
-def shard(policy: str) -> tuple[ShardIntake, PlanningDestination]:
-    """One shard's intake and pipeline (job defaults), writing to a PlanningDestination."""
-    rule = rule_for(conflict_config(policy), None)
-    destination = PlanningDestination(rule)
+def shard(policy: str) -> tuple[ShardIntake, list[PlanningWire]]:
+    """One shard's intake and pipeline, built by the processor's own wiring from a job
+    with the defaults, writing to a PlanningWire."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ.setdefault(name, "bench")  # signing is never reached; the client wants them
+    resolved = job(policy)
     metrics = Metrics(None)
-    pipeline = ShardPipeline(
-        {DESTINATION: destination},
-        ChangeBuffer([DESTINATION], squash_order([rule], ordered_stream=True)),
-        metrics,
-        "shardId-bench",
-        max_in_flight=MAX_IN_FLIGHT,
-        max_buffered=2_000,
-        dead_letters=DeadLetterer(_NoDeadLetters(), metrics, "bench", "shardId-bench"),
+    wires: list[PlanningWire] = []
+
+    def planning_wire(wire: WireWriteClient, loop: asyncio.AbstractEventLoop) -> PlanningWire:
+        wires.append(PlanningWire(wire, loop))
+        return wires[-1]
+
+    letters = DeadLetterer(_NoDeadLetters(), metrics, TASK, "shardId-bench")
+    pipeline = shard_pipeline(
+        resolved, "shardId-bench", metrics, letters, wire_factory=planning_wire
     )
-    change_filter = ChangeFilter(origin_attribute=None, origin_value="", skip_ttl_deletes=False)
-    return ShardIntake(pipeline, Reader(change_filter)), destination
+    assert len(wires) == 1, "the destination must be written over the event loop"
+    pipeline.begin_watermark(resumed=False)
+    return ShardIntake(pipeline, reader(resolved, pipeline)), wires
 
 
 class _NoDeadLetters:
@@ -132,7 +149,7 @@ def run_core(policy: str, records: int, spec: WorkloadSpec) -> dict[str, Any]:
     workload = Workload(spec)
     batches = [workload.batch(BATCH)[0] for _ in range(max(1, records // BATCH))]
     loads_before = json_loads_us(batches)
-    intake, destination = shard(policy)
+    intake, wires = shard(policy)
     pipeline = intake.pipeline
     cpu_start = time.process_time()
     wall_start = time.perf_counter()
@@ -155,7 +172,7 @@ def run_core(policy: str, records: int, spec: WorkloadSpec) -> dict[str, Any]:
     return {
         "policy": policy,
         "records": count,
-        "writes_planned": destination.planned,
+        "writes_planned": sum(wire.sent for wire in wires),
         "records_per_s": count / wall,
         "cpu_us_per_record": cpu_us,
         "core_cpu_us_per_record": cpu_us,
@@ -181,16 +198,17 @@ def breakdown(policy: str, records: int, spec: WorkloadSpec) -> dict[str, float]
     """Microseconds per record of each step, timed one step at a time over each batch (so
     that, as in the loop above, only one batch's objects are alive):
 
-    * ``base64``, then ``decode_whole`` (``decode``, base64 included) and ``decode_rest``;
+    * ``base64``, then ``decode_whole`` (the intake's decode, base64 included) and
+      ``decode_rest``;
     * ``route``: the filters (``Reader.route``);
-    * ``plan_kwargs_body``: the rule's plan, boto3's arguments and the request body, called
-      directly (what each writer thread does per change);
+    * ``plan_kwargs_body``: the writer's first request (the rule's plan), its parameters
+      and the request body, called directly (what the event loop does per change);
     * ``intake``: ``ShardIntake.accept`` (decode again, filters, squash, the hand-off to the
-      writer threads), ``intake_rest`` what it adds to decode and route;
-    * ``writes_and_checkpoint``: waiting for the writer threads (they plan and build the
-      bodies again) and the checkpoint position;
+      event loop), ``intake_rest`` what it adds to decode and route;
+    * ``writes_and_checkpoint``: waiting for the event loop (it plans and builds the
+      bodies again, and settles each write) and the checkpoint position;
     * ``intake_steps``: decode + route + squash + plan/kwargs/body, the work per record
-      without the threads (``intake_rest`` counts the squash and the hand-off, so the
+      without the loop (``intake_rest`` counts the squash and the hand-off, so the
       squash is taken from it as measured on the buffer alone: ``squash``);
     * ``json_loads``: the yardstick on the same records.
     """
@@ -200,10 +218,12 @@ def breakdown(policy: str, records: int, spec: WorkloadSpec) -> dict[str, float]
         for _ in range(max(1, records // BATCH))
     ]
     count = len(batches) * BATCH
-    intake, destination = shard(policy)
+    intake, _ = shard(policy)
     reader = intake.reader
-    order = squash_order([destination.rule], ordered_stream=True)
     pipeline = intake.pipeline
+    writer = pipeline.writers[DESTINATION]
+    assert isinstance(writer, DestinationWriter)
+    order = squash_order([writer.rule], ordered_stream=True)
     watch = _Stopwatch()
     for raws in batches:
         with watch.step("json_loads"):
@@ -213,7 +233,7 @@ def breakdown(policy: str, records: int, spec: WorkloadSpec) -> dict[str, float]
             for raw in raws:
                 pybase64.b64decode(raw["data"], validate=True)
         with watch.step("decode_whole"):
-            changes = [decode(raw) for raw in raws]
+            changes = [reader.decode(raw) for raw in raws]
         with watch.step("route"):
             for change in changes:
                 reader.route(change)
@@ -224,9 +244,9 @@ def breakdown(policy: str, records: int, spec: WorkloadSpec) -> dict[str, float]
         del buffer
         with watch.step("plan_kwargs_body"):
             for change in changes:
-                plan = destination.rule.plan(change)
-                if not isinstance(plan, Skip):
-                    request_body(plan.to_kwargs(TABLE, stream_images=True))
+                request = writer.first_request(change)
+                if request is not None:
+                    request_body(writer.call_of(request)[1])
         del changes
         with watch.step("intake"):
             intake.accept(raws, 0)

@@ -43,7 +43,7 @@ from replicator.records import Change
 from replicator.rules import WriteRequest
 from replicator.watermark.publisher import ShardWatermark
 from replicator.writers.destination import DestinationWriter, FirstAnswer, WriteResult
-from replicator.writers.loopwire import EventLoopThread, LoopWire
+from replicator.writers.loopwire import EventLoopThread, LoopWire, RequestWire, WireFactory
 from replicator.writers.source import SourceWriter
 from replicator.writers.wire import WireWriteClient
 
@@ -96,8 +96,10 @@ class ShardPipeline:
         watermark: ShardWatermark | None = None,
         source: SourceWriter | None = None,
         event_loop: bool = True,
+        wire_factory: WireFactory = LoopWire,
     ) -> None:
-        """``event_loop``: False keeps every write on the thread pools."""
+        """``event_loop``: False keeps every write on the thread pools; ``wire_factory``
+        builds each direct destination's transport on the loop."""
         self.writers: dict[str, Destination] = dict(writers)
         self.watermark = watermark
         self.source = source
@@ -125,7 +127,7 @@ class ShardPipeline:
         self._delays: dict[str, list[float]] = {}
         self._applied_here: list[tuple[DestinationWriter, Entry]] = []  # loop thread only
         self._loop: EventLoopThread | None = None
-        self._wires: dict[str, LoopWire] = {}
+        self._wires: dict[str, RequestWire] = {}
         direct = {
             label: client
             for label, writer in self.writers.items()
@@ -134,7 +136,7 @@ class ShardPipeline:
         if direct:
             self._loop = EventLoopThread(f"write-loop-{shard_id}")
             self._wires = {
-                label: LoopWire(client, self._loop.loop) for label, client in direct.items()
+                label: wire_factory(client, self._loop.loop) for label, client in direct.items()
             }
         self._executors = {
             label: ThreadPoolExecutor(

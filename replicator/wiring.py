@@ -33,6 +33,7 @@ from replicator.tombstones.table import TombstoneTable
 from replicator.watermark.publisher import ShardWatermark
 from replicator.watermark.table import StatusTable
 from replicator.writers.destination import DestinationWriter
+from replicator.writers.loopwire import LoopWire, WireFactory
 from replicator.writers.source import SourceWriter
 from replicator.writers.wire import direct_write_client
 
@@ -176,7 +177,13 @@ def shard_intake(
     if conflict_log is not None:
         recorder = conflict_log.for_shard(resolved.task_name, shard_id)
     pipeline = shard_pipeline(resolved, shard_id, metrics, letters, on_fatal, recorder)
-    return ShardIntake(pipeline, Reader(change_filter(resolved), high_water(resolved, pipeline)))
+    return ShardIntake(pipeline, reader(resolved, pipeline))
+
+
+def reader(resolved: ResolvedJob, pipeline: ShardPipeline) -> Reader:
+    """How the shard reads its records: the job's filters and active-active's high-water
+    stage (the core benchmark reads through the same)."""
+    return Reader(change_filter(resolved), high_water(resolved, pipeline))
 
 
 def shard_pipeline(
@@ -186,7 +193,10 @@ def shard_pipeline(
     dead_letters: DeadLetterer,
     on_fatal: Callable[[BaseException], None] | None = None,
     conflict_log: ConflictRecorder | None = None,
+    wire_factory: WireFactory = LoopWire,
 ) -> ShardPipeline:
+    """``wire_factory``: the direct destinations' transport on the event loop (the core
+    benchmark's answers without a network)."""
     job = resolved.job
     source = source_writer(resolved, metrics, conflict_log)
     writers = destination_writers(resolved, metrics, conflict_log, source)
@@ -212,6 +222,7 @@ def shard_pipeline(
         on_fatal=on_fatal,
         watermark=watermark,
         source=source,
+        wire_factory=wire_factory,
     )
 
 

@@ -28,7 +28,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
@@ -41,6 +41,23 @@ from replicator.writers.wire import WireWriteClient, ca_bundle
 Answered = Callable[[dict[str, Any] | None, BaseException | None], None]
 
 _MAX_HEAD = 64 * 1024
+
+
+class RequestWire(Protocol):
+    """What the pipeline's event loop needs of one destination's transport: a
+    :class:`LoopWire`, or (the core benchmark) one that answers without a network."""
+
+    wire: WireWriteClient
+
+    def send(self, operation: str, params: Mapping[str, Any], answered: Answered) -> None: ...
+
+    def drop_waiting(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# Builds a destination's transport on the pipeline's loop (LoopWire itself by default).
+WireFactory = Callable[[WireWriteClient, asyncio.AbstractEventLoop], RequestWire]
 
 
 class EventLoopThread:
