@@ -16,10 +16,10 @@ Only what the pipeline needs is decoded here (msgspec, straight into typed struc
 the event, the keys, the times, the region and the identity. The images stay the
 record's JSON (:class:`~replicator.images.Image`), checked only for being JSON objects;
 what a rule reads of them is decoded when it reads it, and a put forwards the bytes.
-``check_images`` decodes and checks both images whole; the intake always asks for it
-(replicator/intake.py), so a malformed image is a decode error naming the record. The
-decoded item is kept for the stages that read it; a put still forwards the record's
-bytes.
+``check_images`` checks both images whole (without building the items:
+:meth:`~replicator.images.Image.check`); the intake always asks for it
+(replicator/intake.py), so a malformed image is a decode error naming the record. A put
+still forwards the record's bytes.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def decode(raw: RawRecord, *, check_images: bool = False) -> Change:
         if check_images:
             for image in (change.new, change.old):
                 if image is not None:
-                    image.item  # noqa: B018 (decoded and checked now, kept for later)
+                    image.check()
         return change
     except (AttributeFormatError, MalformedImage) as error:
         raise RecordDecodeError(f"{where}: {error}") from None

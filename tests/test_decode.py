@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +15,7 @@ from bench.workload import Workload, WorkloadSpec
 from replicator.decode import decode
 from replicator.exceptions import MalformedImage, RecordDecodeError
 from replicator.filters import ChangeFilter
+from replicator.images import Image
 from replicator.intake import Reader
 from replicator.items import Item, canonical_number, item_from_wire
 from replicator.records import Event, RawRecord, raw_record_from
@@ -231,6 +234,81 @@ def test_malformed_attribute_values_are_refused_down_to_their_scalars(name: str)
     assert lazily.value.reason == "rejected"
     with pytest.raises(MalformedImage, match=re.escape(reason)):
         WriteRequest(op="put", item=change.new).to_kwargs("t")
+
+
+def _value(rng: random.Random, depth: int, malformed: float) -> Any:
+    """A random attribute value in stream form, well-formed or (at rate ``malformed``)
+    not: a wrong scalar, an unknown or missing type key, two type keys."""
+    if rng.random() < malformed:
+        return rng.choice(
+            [
+                {"S": rng.choice([5, None, True, ["a"]])},
+                {"N": 1.5},
+                {"B": rng.choice(["%%", "QQ", "QQ=", 7])},
+                {"BS": ["QQ==", "Q"]},
+                {"SS": "abc"},
+                {"NS": [1]},
+                {"NULL": rng.choice([False, "true", None])},
+                {"BOOL": rng.choice(["true", 1, None])},
+                {"M": rng.choice([[], "m", None])},
+                {"L": rng.choice([{}, "l"])},
+                {"Q": "1"},
+                {},
+                {"S": "a", "N": "1"},
+                {"M": {}, "L": []},
+                "bare",
+                None,
+            ]
+        )
+    kinds = ["S", "N", "B", "SS", "NS", "BS", "NULL", "BOOL"] + (["M", "L"] * 3 if depth else [])
+    kind = rng.choice(kinds)
+    if kind == "M":
+        return {"M": {f"m{i}": _value(rng, depth - 1, malformed) for i in range(rng.randint(0, 3))}}
+    if kind == "L":
+        return {"L": [_value(rng, depth - 1, malformed) for _ in range(rng.randint(0, 3))]}
+    return {
+        "S": {
+            "S": rng.choice(["", "x", "ü{}", '"S":']),
+        },
+        "N": {"N": rng.choice(["1", "-0.5", "1E+3"])},
+        "B": {"B": rng.choice(["", "QQ==", "QUI=", "QUJD"])},
+        "SS": {"SS": ["a", "b"]},
+        "NS": {"NS": ["1", "2"]},
+        "BS": {"BS": ["QQ==", "QUJD"]},
+        "NULL": {"NULL": True},
+        "BOOL": {"BOOL": rng.choice([True, False])},
+    }[kind]
+
+
+def test_the_intakes_image_check_agrees_with_the_full_decode_on_every_value() -> None:
+    """Image.check (two typed decodes in msgspec) refuses exactly what item_from_wire
+    refuses, for images nested deeper than its one-key check follows too, and builds no
+    item for a well-formed one."""
+    rng = random.Random(16)
+    refused = 0
+    for case in range(3000):
+        depth = rng.choice([0, 1, 2, 3, 12])
+        image = {f"a{i}": _value(rng, depth, rng.choice([0.0, 0.02, 0.2])) for i in range(4)}
+        wire = json.dumps(image).encode()
+        try:
+            item_from_wire(json.loads(wire))
+            expected = None
+        except ValueError as error:
+            expected = str(error)
+        checked = Image(wire)
+        if expected is None:
+            checked.check()
+            assert checked._item is None or depth > 8, case
+        else:
+            refused += 1
+            with pytest.raises(MalformedImage) as caught:
+                checked.check()
+            assert str(caught.value) == expected, case
+    assert 500 < refused < 2500  # both verdicts are well represented
+    deep: Any = {"S": "deepest"}
+    for _ in range(12):
+        deep = {"L": [{"M": {"d": deep}}]}
+    Image(json.dumps({"pk": {"S": "a"}, "deep": deep}).encode()).check()
 
 
 # -- images are kept as the record's JSON ----------------------------------------------
