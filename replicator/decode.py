@@ -16,10 +16,10 @@ Only what the pipeline needs is decoded here (msgspec, straight into typed struc
 the event, the keys, the times, the region and the identity. The images stay the
 record's JSON (:class:`~replicator.images.Image`), checked only for being JSON objects;
 what a rule reads of them is decoded when it reads it, and a put forwards the bytes.
-``check_images`` checks both images whole (without building the items:
-:meth:`~replicator.images.Image.check`); the intake always asks for it
-(replicator/intake.py), so a malformed image is a decode error naming the record. A put
-still forwards the record's bytes.
+``check_new_image`` and ``check_old_image`` check an image whole (without building the
+item: :meth:`~replicator.images.Image.check`), so that a malformed one is a decode error
+naming the record; the intake says which (replicator/intake.py). A put still forwards
+the record's bytes.
 """
 
 from __future__ import annotations
@@ -63,8 +63,11 @@ _RECORD = msgspec.json.Decoder(_Record)
 _ANY = msgspec.json.Decoder()
 
 
-def decode(raw: RawRecord, *, check_images: bool = False) -> Change:
-    """Decode one record or raise RecordDecodeError saying why."""
+def decode(
+    raw: RawRecord, *, check_new_image: bool = False, check_old_image: bool = False
+) -> Change:
+    """Decode one record or raise RecordDecodeError saying why (also for an image asked
+    to be checked that is not well-formed)."""
     sequence_number = raw.get("sequenceNumber")
     if not isinstance(sequence_number, str) or not sequence_number.isdigit():
         raise RecordDecodeError(f"record has no usable sequenceNumber ({sequence_number!r})")
@@ -83,10 +86,10 @@ def decode(raw: RawRecord, *, check_images: bool = False) -> Change:
         raise RecordDecodeError(f"{where}: data is not JSON ({error})") from None
     try:
         change = _change(document, raw, sequence_number)
-        if check_images:
-            for image in (change.new, change.old):
-                if image is not None:
-                    image.check()
+        if check_new_image and change.new is not None:
+            change.new.check()
+        if check_old_image and change.old is not None:
+            change.old.check()
         return change
     except (AttributeFormatError, MalformedImage) as error:
         raise RecordDecodeError(f"{where}: {error}") from None

@@ -34,11 +34,12 @@ _T = TypeVar("_T")
 # -- checking an image whole, in msgspec's C decoder ---------------------------------------
 #
 # Two typed decodes together say what ``item_from_wire`` says of an image, at about half
-# its cost (they build no item): ``_Value`` checks what each type key holds (a string, a list of strings,
-# base64 for a binary, true for NULL, maps and lists of values) and refuses unknown
-# keys; ``_OneKey`` checks that every value has exactly one type key. Only when either
-# refuses does the reference check run, to name the attribute at fault (or to pass an
-# image nested deeper than ``_ONE_KEY_DEPTH``, which ``_OneKey`` does not follow).
+# its cost (they build no item): ``_Value`` checks what each type key holds (a string,
+# a list of strings, base64 for a binary, true for NULL, maps and lists of values) and
+# refuses unknown keys; ``_OneKey`` checks that every value has exactly one type key.
+# Only when either refuses does the reference check run, to name the attribute at fault
+# (or to pass an image nested deeper than ``_ONE_KEY_DEPTH``, which ``_OneKey`` does
+# not follow).
 _BASE64 = Annotated[
     str, Meta(pattern=r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")
 ]

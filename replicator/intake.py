@@ -48,13 +48,18 @@ class Reader:
     high_water: HighWater | None = None
 
     def decode(self, raw: RawRecord) -> Change:
-        """Decode ``raw``; RecordDecodeError when it cannot be decoded. Both images are
-        checked here, whole: an image that is not well-formed DynamoDB JSON is a record
-        that does not decode (dead-lettered as ``undecodable``, naming the record), not a
-        request for the destination to refuse. Not every endpoint refuses one: moto
-        stores some malformed values altered and answers others with a 500 that would be
-        retried for ever."""
-        return decode(raw, check_images=True)
+        """Decode ``raw``; RecordDecodeError when it cannot be decoded.
+
+        The new image is checked here, whole: a put forwards it as the record carried it,
+        so one that is not well-formed DynamoDB JSON is a record that does not decode
+        (dead-lettered as ``undecodable``, naming the record), not a request for the
+        destination to refuse. Not every endpoint refuses one: moto stores some
+        malformed values altered and answers others with a 500 that would be retried for
+        ever. The old image is never forwarded; a rule that reads it whole (the
+        condition of a delete under ``last_writer_wins`` or ``version``) checks it then,
+        and a malformed one dead-letters that change (``rejected``). Active-active reads
+        it whole here, as the record is routed, so there it is checked at once too."""
+        return decode(raw, check_new_image=True, check_old_image=self.high_water is not None)
 
     def read(self, raw: RawRecord) -> Routed:
         """Decode ``raw`` and route it; RecordDecodeError when it cannot be decoded."""

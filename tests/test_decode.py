@@ -15,11 +15,12 @@ from bench.workload import Workload, WorkloadSpec
 from replicator.decode import decode
 from replicator.exceptions import MalformedImage, RecordDecodeError
 from replicator.filters import ChangeFilter
+from replicator.highwater import HighWater
 from replicator.images import Image
 from replicator.intake import Reader
 from replicator.items import Item, canonical_number, item_from_wire
 from replicator.records import Event, RawRecord, raw_record_from
-from replicator.rules import WriteRequest
+from replicator.rules import OrderedRule, WriteRequest
 from tests.support.records import daemon_record, kinesis_record, stream_record
 
 SAMPLES = Path(__file__).parent / "samples" / "adapter-2.x-records.jsonl"
@@ -221,7 +222,7 @@ def test_malformed_attribute_values_are_refused_down_to_their_scalars(name: str)
     value, reason = MALFORMED_VALUES[name]
     payload = stream_record("INSERT", {"pk": {"S": "a"}}, {"pk": {"S": "a"}, "x": value}, seq=9)
     with pytest.raises(RecordDecodeError) as caught:
-        decode(daemon_record(payload, 9), check_images=True)
+        decode(daemon_record(payload, 9), check_new_image=True)
     assert "record 9" in str(caught.value)
     assert reason in str(caught.value)
     with pytest.raises(RecordDecodeError, match=re.escape(reason)):
@@ -309,6 +310,30 @@ def test_the_intakes_image_check_agrees_with_the_full_decode_on_every_value() ->
     for _ in range(12):
         deep = {"L": [{"M": {"d": deep}}]}
     Image(json.dumps({"pk": {"S": "a"}, "deep": deep}).encode()).check()
+
+
+def test_a_malformed_old_image_is_checked_where_it_is_read_whole() -> None:
+    """The old image is never forwarded: the intake leaves it to what reads it whole,
+    except for active-active, which reads it as the record is routed. A delete under
+    last_writer_wins compares the old image whole when it can; with a malformed
+    attribute it falls back to the ranking attribute alone, and nothing malformed is
+    sent."""
+    old = {"pk": {"S": "a"}, "ts": {"N": "5"}, "x": {"S": "a", "N": "1"}}
+    payload = stream_record("REMOVE", {"pk": {"S": "a"}}, None, old, seq=9)
+    plain = Reader(ChangeFilter(None, "", skip_ttl_deletes=False))
+    change = plain.read(daemon_record(payload, 9)).change
+    rule = OrderedRule("last_writer_wins", "ts", None, numeric_only=False)
+    with pytest.raises(MalformedImage, match="attribute x: expected one type key") as caught:
+        change.old_image  # noqa: B018
+    assert caught.value.reason == "rejected"
+    delete = rule.plan(change)
+    assert isinstance(delete, WriteRequest) and delete.op == "delete"
+    kwargs = delete.to_kwargs("t")
+    assert set(kwargs["ExpressionAttributeNames"].values()) == {"ts"}  # not x
+    assert {"S": "a", "N": "1"} not in kwargs["ExpressionAttributeValues"].values()
+    active_active = Reader(ChangeFilter(None, "", skip_ttl_deletes=False), HighWater(rule))
+    with pytest.raises(RecordDecodeError, match="record 9: attribute x: expected one type key"):
+        active_active.read(daemon_record(payload, 9))
 
 
 # -- images are kept as the record's JSON ----------------------------------------------
