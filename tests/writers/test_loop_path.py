@@ -5,7 +5,6 @@ had sent that request itself (a late answer is applied, not a lost conflict)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -119,13 +118,6 @@ def test_plain_puts_and_deletes_are_applied_on_the_loop_without_a_thread(
     assert sample(metrics, "replicator_apply_delay_seconds_count", destination="dest") == 50
     # Every write settled on the loop: the destination's thread pool never started a thread.
     assert not pipeline._executors["dest"]._threads
-
-
-@pytest.fixture
-def proxy(moto_endpoint: str) -> Iterator[FaultProxy]:
-    running = FaultProxy(moto_endpoint).start()
-    yield running
-    running.stop()
 
 
 @pytest.mark.parametrize("conflict", [LWW, VERSION, OVERWRITE])

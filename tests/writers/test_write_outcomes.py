@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -92,13 +91,6 @@ def outcomes(metrics: Metrics, outcome: str) -> float:
 
 
 # -- a write whose answer was lost ------------------------------------------------------------
-
-
-@pytest.fixture
-def proxy(moto_endpoint: str) -> Iterator[FaultProxy]:
-    running = FaultProxy(moto_endpoint).start()
-    yield running
-    running.stop()
 
 
 @pytest.mark.parametrize("conflict", [LWW, VERSION, {"policy": "overwrite"}])
