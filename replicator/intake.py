@@ -93,12 +93,17 @@ class ShardIntake:
         # Counted once per batch and event: a labelled counter update costs more than
         # a record's filters.
         received = dict.fromkeys(Event, 0)
+        # Changes to replicate, queued together up to the next record that is not one
+        # (so that every record still reaches the buffer in the shard's order).
+        replicate: list[Change] = []
         try:
             for record in records:
                 raw = raw_record_from(record)
                 try:
                     change = reader.decode(raw)
                 except RecordDecodeError as error:
+                    pipeline.submit_all(replicate)
+                    replicate.clear()
                     pipeline.dead_letters.undecodable(raw, str(error))
                     sequence_number = raw.get("sequenceNumber")
                     if isinstance(sequence_number, str) and sequence_number.isdigit():
@@ -109,9 +114,12 @@ class ShardIntake:
                 received[change.event] += 1
                 routed = reader.route(change)
                 if routed.route is Route.REPLICATE:
-                    pipeline.submit(routed.change)
+                    replicate.append(routed.change)
                 else:
+                    pipeline.submit_all(replicate)
+                    replicate.clear()
                     pipeline.skip(routed.change, routed.route, replaces_older=routed.replaces_older)
+            pipeline.submit_all(replicate)
         finally:
             for event, count in received.items():
                 if count:

@@ -157,15 +157,24 @@ class ShardPipeline:
 
     def submit(self, change: Change) -> None:
         """Queue a change; it is written after ``dispatch``, so a batch squashes first."""
-        with self._cond:  # held: no writer thread can take or settle it in between
-            queued = self.buffer.add(change)
-            if self.watermark is None:
-                return
-            behind = None if queued else self.buffer.newest_queued(change.key)
-            if behind is None:
-                self.watermark.received(change)
-            else:
-                self.watermark.dropped(change, behind=behind)
+        self.submit_all((change,))
+
+    def submit_all(self, changes: Sequence[Change]) -> None:
+        """Queue changes in their order, under one hold of the lock: the event loop
+        settles writes under the same lock, and taking it once per change would hand
+        it (and the GIL) back and forth between the two threads once per change."""
+        with self._cond:  # held: no writer thread can take or settle them in between
+            buffer = self.buffer
+            watermark = self.watermark
+            for change in changes:
+                queued = buffer.add(change)
+                if watermark is None:
+                    continue
+                behind = None if queued else buffer.newest_queued(change.key)
+                if behind is None:
+                    watermark.received(change)
+                else:
+                    watermark.dropped(change, behind=behind)
 
     def dispatch(self) -> None:
         """Start writes for everything queued, up to each destination's in-flight limit."""
