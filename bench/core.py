@@ -256,7 +256,7 @@ def breakdown(policy: str, records: int, spec: WorkloadSpec) -> dict[str, float]
     pipeline.close()
     steps = {name: total / count * 1e6 for name, total in watch.totals.items()}
     steps["decode_rest"] = max(0.0, steps["decode_whole"] - steps["base64"])
-    # What the intake adds to decode and route: squash, hand-off to the writer threads.
+    # What the intake adds to decode and route: squash, the hand-off to the event loop.
     steps["intake_rest"] = max(0.0, steps["intake"] - steps["decode_whole"] - steps["route"])
     steps["intake_steps"] = (
         steps["decode_whole"] + steps["route"] + steps["squash"] + steps["plan_kwargs_body"]
