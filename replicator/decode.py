@@ -84,6 +84,8 @@ def decode(
         raise _explained(data, where, error) from None
     except msgspec.DecodeError as error:
         raise RecordDecodeError(f"{where}: data is not JSON ({error})") from None
+    except RecursionError:  # DynamoDB nests at most 32 levels: a hand-made record
+        raise RecordDecodeError(f"{where}: data is nested too deeply to read") from None
     try:
         change = _change(document, raw, sequence_number)
         if check_new_image and change.new is not None:

@@ -55,10 +55,11 @@ class Reader:
         (dead-lettered as ``undecodable``, naming the record), not a request for the
         destination to refuse. Not every endpoint refuses one: moto stores some
         malformed values altered and answers others with a 500 that would be retried for
-        ever. The old image is never forwarded; a rule that reads it whole (the
-        condition of a delete under ``last_writer_wins`` or ``version``) checks it then,
-        and a malformed one dead-letters that change (``rejected``). Active-active reads
-        it whole here, as the record is routed, so there it is checked at once too."""
+        ever. The old image is never forwarded, and what reads it whole checks it then
+        (see docs/reliability.md: a delete's condition falls back to the ranking
+        attribute, anything else dead-letters the change as ``rejected``).
+        Active-active reads it whole here, as the record is routed, so there it is
+        checked at once too."""
         return decode(raw, check_new_image=True, check_old_image=self.high_water is not None)
 
     def read(self, raw: RawRecord) -> Routed:
@@ -102,8 +103,9 @@ class ShardIntake:
                 try:
                     change = reader.decode(raw)
                 except RecordDecodeError as error:
-                    pipeline.submit_all(replicate)
-                    replicate.clear()
+                    if replicate:
+                        pipeline.submit_all(replicate)
+                        replicate.clear()
                     pipeline.dead_letters.undecodable(raw, str(error))
                     sequence_number = raw.get("sequenceNumber")
                     if isinstance(sequence_number, str) and sequence_number.isdigit():
@@ -116,10 +118,12 @@ class ShardIntake:
                 if routed.route is Route.REPLICATE:
                     replicate.append(routed.change)
                 else:
-                    pipeline.submit_all(replicate)
-                    replicate.clear()
+                    if replicate:
+                        pipeline.submit_all(replicate)
+                        replicate.clear()
                     pipeline.skip(routed.change, routed.route, replaces_older=routed.replaces_older)
-            pipeline.submit_all(replicate)
+            if replicate:
+                pipeline.submit_all(replicate)
         finally:
             for event, count in received.items():
                 if count:

@@ -10,7 +10,6 @@ the source sent.
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from collections.abc import Mapping
 from decimal import Context, Decimal, InvalidOperation
@@ -122,7 +121,7 @@ def value_from_wire(value: Any, path: str) -> AttributeValue:
             return {"B": base64.b64decode(inner, validate=True)}
         if kind == "BS":
             return {"BS": [base64.b64decode(part, validate=True) for part in inner]}
-    except (binascii.Error, TypeError) as error:
+    except (ValueError, TypeError) as error:  # binascii.Error, and text that is not ASCII
         raise AttributeFormatError(f"attribute {path}: {kind} is not valid base64") from error
     return {kind: inner}
 

@@ -245,8 +245,8 @@ def _value(rng: random.Random, depth: int, malformed: float) -> Any:
             [
                 {"S": rng.choice([5, None, True, ["a"]])},
                 {"N": 1.5},
-                {"B": rng.choice(["%%", "QQ", "QQ=", 7])},
-                {"BS": ["QQ==", "Q"]},
+                {"B": rng.choice(["%%", "QQ", "QQ=", 7, "QUJD\n", "\n", "é", " QQ==", "QQ==\r\n"])},
+                {"BS": ["QQ==", rng.choice(["Q", "QUJD\n", "é"])]},
                 {"SS": "abc"},
                 {"NS": [1]},
                 {"NULL": rng.choice([False, "true", None])},
@@ -312,27 +312,50 @@ def test_the_intakes_image_check_agrees_with_the_full_decode_on_every_value() ->
     Image(json.dumps({"pk": {"S": "a"}, "deep": deep}).encode()).check()
 
 
-def test_a_malformed_old_image_is_checked_where_it_is_read_whole() -> None:
+def test_a_record_nested_deeper_than_can_be_read_is_a_decode_error_not_a_crash() -> None:
+    """DynamoDB nests at most 32 levels; a hand-made record may nest thousands."""
+    image = '{"pk":{"S":"a"},"deep":' + '{"L":[' * 5000 + '{"S":"x"}' + "]}" * 5000 + "}"
+    data = (
+        '{"eventName":"INSERT","dynamodb":{"Keys":{"pk":{"S":"a"}},'
+        f'"ApproximateCreationDateTime":1700000000000,"NewImage":{image}}}}}'
+    )
+    record = daemon_record(data.encode(), 12)
+    with pytest.raises(RecordDecodeError, match="record 12: data is nested too deeply to read"):
+        Reader(ChangeFilter(None, "", skip_ttl_deletes=False)).read(record)
+    with pytest.raises(MalformedImage, match="nested too deeply"):
+        Image(image.encode()).item  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ({"S": "a", "N": "1"}, "attribute x: expected one type key"),
+        ({"B": "é"}, "attribute x: B is not valid base64"),
+    ],
+)
+def test_a_malformed_old_image_is_checked_where_it_is_read_whole(
+    value: dict[str, Any], reason: str
+) -> None:
     """The old image is never forwarded: the intake leaves it to what reads it whole,
     except for active-active, which reads it as the record is routed. A delete under
     last_writer_wins compares the old image whole when it can; with a malformed
     attribute it falls back to the ranking attribute alone, and nothing malformed is
     sent."""
-    old = {"pk": {"S": "a"}, "ts": {"N": "5"}, "x": {"S": "a", "N": "1"}}
+    old = {"pk": {"S": "a"}, "ts": {"N": "5"}, "x": value}
     payload = stream_record("REMOVE", {"pk": {"S": "a"}}, None, old, seq=9)
     plain = Reader(ChangeFilter(None, "", skip_ttl_deletes=False))
     change = plain.read(daemon_record(payload, 9)).change
     rule = OrderedRule("last_writer_wins", "ts", None, numeric_only=False)
-    with pytest.raises(MalformedImage, match="attribute x: expected one type key") as caught:
+    with pytest.raises(MalformedImage, match=re.escape(reason)) as caught:
         change.old_image  # noqa: B018
     assert caught.value.reason == "rejected"
     delete = rule.plan(change)
     assert isinstance(delete, WriteRequest) and delete.op == "delete"
     kwargs = delete.to_kwargs("t")
     assert set(kwargs["ExpressionAttributeNames"].values()) == {"ts"}  # not x
-    assert {"S": "a", "N": "1"} not in kwargs["ExpressionAttributeValues"].values()
+    assert value not in kwargs["ExpressionAttributeValues"].values()
     active_active = Reader(ChangeFilter(None, "", skip_ttl_deletes=False), HighWater(rule))
-    with pytest.raises(RecordDecodeError, match="record 9: attribute x: expected one type key"):
+    with pytest.raises(RecordDecodeError, match=re.escape(f"record 9: {reason}")):
         active_active.read(daemon_record(payload, 9))
 
 
