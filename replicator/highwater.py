@@ -49,14 +49,20 @@ class SharedNotes:
       replace an insert by a later update of the same item before the source writer
       sees it, and only an insert can bring back an item a delete removed: the source
       writer checks the tombstone for a put at or after a pending insert.
-    * ``echoes``: images the source writer has written back that carry this region's
-      own stamp; their records are already everywhere, so they are not sent again.
+    * ``echoes``: images the source writer writes back that carry this region's own
+      stamp; the record of such a write is already everywhere, so it is not sent again.
+      A note is taken before the write (its record may be read before the writer hears
+      the answer) and settled after it. The application's own record of the same image
+      can be read in between (the write-back then finds that image in the source and
+      writes nothing): that record must be sent on, so a record that matches a note
+      still in flight waits for the write's outcome.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)
         self._inserts: dict[KeyId, int] = {}
-        self._echoes: OrderedDict[tuple[KeyId, str], None] = OrderedDict()
+        self._echoes: OrderedDict[tuple[KeyId, str], _Echo] = OrderedDict()
 
     def mark_insert(self, key: KeyId, position: int) -> None:
         with self._lock:
@@ -74,20 +80,53 @@ class SharedNotes:
             return True
 
     def expect_echo(self, key: KeyId, image: Item) -> None:
+        """A write-back of ``image`` (stamped here) is about to be sent."""
         with self._lock:
-            self._echoes[(key, image_digest(image))] = None
+            note = self._echoes.setdefault((key, image_digest(image)), _Echo())
+            note.in_flight += 1
             while len(self._echoes) > MAX_KEYS:
                 self._echoes.popitem(last=False)
+            self._settled.notify_all()  # an evicted note's waiters read it as no echo
 
-    def forget_echo(self, key: KeyId, image: Item) -> None:
+    def settle_echo(self, key: KeyId, image: Item, *, written: bool) -> None:
+        """The write-back of ``image`` was answered: ``written``, its record is an echo;
+        else it wrote nothing and no record of it will come."""
         with self._lock:
-            self._echoes.pop((key, image_digest(image)), None)
+            entry = (key, image_digest(image))
+            note = self._echoes.get(entry)
+            if note is not None:
+                note.in_flight -= 1
+                note.written += written
+                if not note.in_flight and not note.written:
+                    del self._echoes[entry]
+            self._settled.notify_all()
 
     def is_echo(self, key: KeyId, image: Item) -> bool:
+        """Whether a record of ``image`` is a write-back's (and forget that one); waits
+        while a write-back of that image is in flight and none has been written yet."""
         with self._lock:
             if not self._echoes:
                 return False
-            return self._echoes.pop((key, image_digest(image)), False) is None
+            entry = (key, image_digest(image))
+            while True:
+                note = self._echoes.get(entry)
+                if note is None:
+                    return False
+                if note.written:
+                    note.written -= 1
+                    if not note.in_flight and not note.written:
+                        del self._echoes[entry]
+                    return True
+                self._settled.wait()
+
+
+@dataclass(slots=True)
+class _Echo:
+    """Write-backs of one image stamped here: how many are in flight, and how many were
+    written whose records have not been read yet."""
+
+    in_flight: int = 0
+    written: int = 0
 
 
 @dataclass(frozen=True, slots=True)

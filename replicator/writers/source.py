@@ -84,9 +84,12 @@ class SourceWriter:
             ours = self._stamped_here(winner.item)
             if ours:
                 self.notes.expect_echo(change.key, winner.item)
-            written = self._put(change, winner.item).outcome is Outcome.APPLIED
-            if ours and not written:
-                self.notes.forget_echo(change.key, winner.item)
+            written = False
+            try:
+                written = self._put(change, winner.item).outcome is Outcome.APPLIED
+            finally:  # also when cancelled or refused: a record waiting on it goes on
+                if ours:
+                    self.notes.settle_echo(change.key, winner.item, written=written)
         else:
             return False
         if written:

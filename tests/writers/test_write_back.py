@@ -5,6 +5,8 @@ are in tests/reliability/test_active_active.py."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +29,8 @@ from replicator.tombstones.table import TombstoneTable
 from replicator.writers.destination import DestinationWriter, Outcome
 from replicator.writers.source import SourceWriter
 from tests.support.aws import client, create_table
+from tests.support.e2e import wait_until
+from tests.support.faults.proxy import FaultProxy
 from tests.support.metrics import sample
 from tests.support.records import daemon_record, stream_record
 
@@ -247,6 +251,85 @@ def test_a_write_back_landing_before_a_local_delete_is_recorded_is_removed_with_
     pair.a.put_item(TableName=pair.table, Item=higher)  # a newer write stays
     assert pair.source.write(change("REMOVE", None, deleted, seq=3)).outcome is Outcome.UNCHANGED
     assert pair.get(pair.a) == higher
+
+
+def test_the_record_of_a_write_back_stamped_here_is_not_sent_again(pair: Pair) -> None:
+    """A's item lost at B to A's own newer image (written back to A): the write-back's
+    record in A's stream is an echo, skipped once."""
+    older, newer = image(10, "us-east-1", "older"), image(12, "us-east-1", "newer")
+    pair.a.put_item(TableName=pair.table, Item=older)
+    pair.b.put_item(TableName=pair.table, Item=newer)
+    stage = HighWater(RULE, notes=pair.source.notes)
+    stage.route(change("INSERT", older), Route.REPLICATE)
+    assert pair.writer.write(change("INSERT", older)).outcome is Outcome.CONFLICT_LOST
+    assert pair.get(pair.a) == newer
+    assert sample(pair.metrics, "replicator_conflict_writebacks_total", destination="b") == 1
+    written_back = change("MODIFY", newer, older, seq=2)
+    assert stage.route(written_back, Route.REPLICATE)[1] is Route.LOOP_SKIPPED
+
+
+class _Watched(threading.Condition):
+    """A condition that says when someone waits on it."""
+
+    def __init__(self, lock: Any) -> None:
+        super().__init__(lock)
+        self.waited = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waited.set()
+        return super().wait(timeout)
+
+
+def test_a_local_record_read_while_a_write_back_of_its_image_is_in_flight_is_sent_on(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """A wrote ``older`` then ``newer``; B already holds ``newer`` (another job wrote it
+    back there). A's job writes ``older`` to B and loses to ``newer``, stamped with A's
+    own region, and writes it back to A, which holds it already: nothing is written. The
+    application's own record of ``newer`` is read while that write-back is on the wire;
+    it must be sent on (to every destination), not taken for the write-back's echo."""
+    pair = Pair(moto_endpoint, unique("wb"), tmp_path, metrics)
+    older, newer = image(10, "us-east-1", "older"), image(12, "us-east-1", "newer")
+    for item in (older, newer):
+        pair.a.put_item(TableName=pair.table, Item=item)  # the application
+    pair.b.put_item(TableName=pair.table, Item=newer)
+    notes = pair.source.notes
+    watched = _Watched(notes._lock)
+    notes._settled = watched  # to see the stage wait, instead of guessing how long
+    stage = HighWater(RULE, notes=notes)
+    stage.route(change("INSERT", older), Route.REPLICATE)
+    local = change("MODIFY", newer, older, seq=2)  # the application's record of newer
+    routed: list[Route] = []
+    problems: list[BaseException] = []
+
+    def route() -> None:
+        routed.append(stage.route(local, Route.REPLICATE)[1])
+
+    reader = threading.Thread(target=route, name="intake")
+
+    def observe(operation: str, body: bytes, status: int) -> None:
+        # The write-back reached A and was answered; the writer has not heard it yet.
+        if operation != "PutItem" or json.loads(body)["TableName"] != pair.table:
+            return
+        if reader.is_alive() or routed:
+            return
+        try:
+            reader.start()
+            wait_until(lambda: routed or watched.waited.is_set(), 30, "the record routed")
+        except BaseException as error:  # reported by the test
+            problems.append(error)
+
+    proxy = FaultProxy(moto_endpoint, observe=observe).start()
+    try:
+        pair.source.writer.client = client("dynamodb", "us-east-1", proxy.url)
+        assert pair.writer.write(change("INSERT", older)).outcome is Outcome.CONFLICT_LOST
+        reader.join(30)
+    finally:
+        proxy.stop()
+    assert not problems, problems
+    assert proxy.counts("PutItem")["upstream_400"] == 1  # the write-back found newer there
+    assert sample(pair.metrics, "replicator_conflict_writebacks_total", destination="b") == 0
+    assert routed == [Route.REPLICATE]
 
 
 # -- the stage ----------------------------------------------------------------------------
