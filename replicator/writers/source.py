@@ -9,9 +9,11 @@ holding something that ranks lower, so that it never replaces a newer write:
   written to the source: at most one extra write per lost conflict. Its stream record
   carries the winner's origin stamp, another region's, so this job skips it as an echo
   (and the other jobs never see it: it is in this region's stream only). When the winner
-  is this region's own image (out-of-order timestamps in one region), the record is sent
-  on once and every destination finds it already there (outcome ``unchanged``); nothing
-  is written, so nothing follows.
+  is this region's own image (out-of-order timestamps in one region), the job notes it
+  before the write and skips the write-back's record as an echo too (that image was
+  replicated when the region wrote it); a record of the same image read while the
+  write-back is on the wire waits for its answer, and is sent on if the write-back
+  wrote nothing (the application's own record, see :class:`~replicator.highwater.SharedNotes`).
 * **corrections**: a local write that ranks below what the source held (stage
   :mod:`replicator.highwater`) is replaced by the higher state, here and everywhere.
 * **tombstones** (``active_active.tombstones``): a local delete is recorded in the
