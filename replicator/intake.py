@@ -103,9 +103,8 @@ class ShardIntake:
                 try:
                     change = reader.decode(raw)
                 except RecordDecodeError as error:
-                    if replicate:
-                        pipeline.submit_all(replicate)
-                        replicate.clear()
+                    pipeline.submit_all(replicate)
+                    replicate.clear()
                     pipeline.dead_letters.undecodable(raw, str(error))
                     sequence_number = raw.get("sequenceNumber")
                     if isinstance(sequence_number, str) and sequence_number.isdigit():
@@ -118,12 +117,10 @@ class ShardIntake:
                 if routed.route is Route.REPLICATE:
                     replicate.append(routed.change)
                 else:
-                    if replicate:
-                        pipeline.submit_all(replicate)
-                        replicate.clear()
+                    pipeline.submit_all(replicate)
+                    replicate.clear()
                     pipeline.skip(routed.change, routed.route, replaces_older=routed.replaces_older)
-            if replicate:
-                pipeline.submit_all(replicate)
+            pipeline.submit_all(replicate)
         finally:
             for event, count in received.items():
                 if count:

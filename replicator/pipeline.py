@@ -163,6 +163,8 @@ class ShardPipeline:
         """Queue changes in their order, under one hold of the lock: the event loop
         settles writes under the same lock, and taking it once per change would hand
         it (and the GIL) back and forth between the two threads once per change."""
+        if not changes:
+            return
         with self._cond:  # held: no writer thread can take or settle them in between
             buffer = self.buffer
             watermark = self.watermark

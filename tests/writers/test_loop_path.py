@@ -206,17 +206,25 @@ class _DueCredentials:
         return self.frozen
 
 
-def test_writes_whose_credentials_are_due_for_a_refresh_are_signed_on_a_thread(
+def _direct_pipeline(
     moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
-) -> None:
-    """A refresh (STS, a credential endpoint) can take seconds: it never runs on the loop
-    that carries every destination's writes."""
+) -> tuple[Any, str, ShardPipeline, DestinationWriter]:
+    """A new table, and a pipeline writing to it over the event loop (overwrite)."""
     ddb = client("dynamodb", REGION, moto_endpoint)
     table = unique("loop")
     create_table(ddb, table, stream=None)
     pipeline = loop_pipeline(moto_endpoint, table, tmp_path, metrics, OVERWRITE)
     writer = pipeline.writers["dest"]
     assert isinstance(writer, DestinationWriter) and isinstance(writer.client, WireWriteClient)
+    return ddb, table, pipeline, writer
+
+
+def test_writes_whose_credentials_are_due_for_a_refresh_are_signed_on_a_thread(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """A refresh (STS, a credential endpoint) can take seconds: it never runs on the loop
+    that carries every destination's writes."""
+    ddb, table, pipeline, writer = _direct_pipeline(moto_endpoint, unique, tmp_path, metrics)
     direct = writer.client
     due = _DueCredentials(direct._credentials.get_frozen_credentials())
     direct._credentials = due
@@ -266,12 +274,7 @@ def test_an_unexpected_error_on_the_loop_stops_the_shard_instead_of_hanging(
     """Nothing raised on the loop thread is left to asyncio's log: the write is answered
     with the error, which the writer does not know, so the shard stops with it and the
     checkpoint stays where it was."""
-    ddb = client("dynamodb", REGION, moto_endpoint)
-    table = unique("loop")
-    create_table(ddb, table, stream=None)
-    pipeline = loop_pipeline(moto_endpoint, table, tmp_path, metrics, OVERWRITE)
-    writer = pipeline.writers["dest"]
-    assert isinstance(writer, DestinationWriter) and isinstance(writer.client, WireWriteClient)
+    _, _, pipeline, writer = _direct_pipeline(moto_endpoint, unique, tmp_path, metrics)
     writer.client._user_agent = "replicator \u2603"  # not latin-1: the head cannot be encoded
     try:
         pipeline.submit(decode(put("k1", 1, ts=10)))
