@@ -16,9 +16,9 @@ is marked done, so the checkpoint never passes it unstored.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -28,6 +28,8 @@ from replicator.filters import ChangeFilter, Route
 from replicator.highwater import HighWater
 from replicator.pipeline import ShardPipeline
 from replicator.records import Change, Event, RawRecord, raw_record_from
+
+_T = TypeVar("_T")
 
 
 class Routed(msgspec.Struct, frozen=True):
@@ -85,52 +87,83 @@ class ShardIntake:
 
     def accept(self, records: Iterable[Any], millis_behind: int) -> None:
         """Take one batch of the daemon's records (amazon-kclpy Records or plain dicts)
-        into the pipeline and start its writes; returns without waiting for them."""
+        into the pipeline and start its writes; returns without waiting for them.
+
+        The records are read (decoded, filtered, queued in the buffer) on the pipeline's
+        event loop thread (:meth:`ShardPipeline.run_reading`), except under
+        active-active, where reading a record may wait for a write-back's answer
+        (replicator/highwater.py), which the loop must never do. A record that does not
+        decode is dead-lettered here, between two runs of the reading: storing it is I/O."""
         pipeline = self.pipeline
         metrics = pipeline.metrics
         metrics.millis_behind_latest.labels(self.shard_id).set(millis_behind)
-        last_sequence_number: str | None = None
-        reader = self.reader
-        # Counted once per batch and event: a labelled counter update costs more than
-        # a record's filters.
-        received = dict.fromkeys(Event, 0)
-        # Changes to replicate, queued together up to the next record that is not one
-        # (so that every record still reaches the buffer in the shard's order).
-        replicate: list[Change] = []
+        batch = _Batch(list(records))
+        read = pipeline.run_reading if self.reader.high_water is None else _here
         try:
-            for record in records:
-                raw = raw_record_from(record)
-                try:
-                    change = reader.decode(raw)
-                except RecordDecodeError as error:
-                    pipeline.submit_all(replicate)
-                    replicate.clear()
-                    pipeline.dead_letters.undecodable(raw, str(error))
-                    sequence_number = raw.get("sequenceNumber")
-                    if isinstance(sequence_number, str) and sequence_number.isdigit():
-                        pipeline.done(sequence_number, _created_us(raw))
-                        last_sequence_number = sequence_number
-                    continue
-                last_sequence_number = change.sequence_number
-                received[change.event] += 1
-                routed = reader.route(change)
-                if routed.route is Route.REPLICATE:
-                    replicate.append(routed.change)
-                else:
-                    pipeline.submit_all(replicate)
-                    replicate.clear()
-                    pipeline.skip(routed.change, routed.route, replaces_older=routed.replaces_older)
-            pipeline.submit_all(replicate)
+            while (undecodable := read(self._read, batch)) is not None:
+                raw, reason = undecodable
+                pipeline.dead_letters.undecodable(raw, reason)
+                sequence_number = raw.get("sequenceNumber")
+                if isinstance(sequence_number, str) and sequence_number.isdigit():
+                    pipeline.done(sequence_number, _created_us(raw))
+                    batch.last_sequence_number = sequence_number
         finally:
-            for event, count in received.items():
+            # Counted once per batch and event: a labelled counter update costs more than
+            # a record's filters.
+            for event, count in batch.received.items():
                 if count:
                     metrics.records_received.labels(event.value).inc(count)
         pipeline.dispatch()
-        if last_sequence_number is not None:
-            pipeline.batch_received(last_sequence_number, millis_behind)
+        if batch.last_sequence_number is not None:
+            pipeline.batch_received(batch.last_sequence_number, millis_behind)
             metrics.last_record.labels(self.shard_id).set(time.time())
         else:
             pipeline.note_millis_behind(millis_behind)
+
+    def _read(self, batch: _Batch) -> tuple[RawRecord, str] | None:
+        """Read ``batch`` on from ``batch.next`` into the pipeline, up to its end (None) or
+        to the first record that does not decode (returned with why, not yet stored)."""
+        pipeline = self.pipeline
+        reader = self.reader
+        received = batch.received
+        records = batch.records
+        # Changes to replicate, queued together up to the next record that is not one
+        # (so that every record still reaches the buffer in the shard's order).
+        replicate: list[Change] = []
+        for index in range(batch.next, len(records)):
+            raw = raw_record_from(records[index])
+            try:
+                change = reader.decode(raw)
+            except RecordDecodeError as error:
+                pipeline.submit_all(replicate)
+                batch.next = index + 1
+                return raw, str(error)
+            batch.last_sequence_number = change.sequence_number
+            received[change.event] += 1
+            routed = reader.route(change)
+            if routed.route is Route.REPLICATE:
+                replicate.append(routed.change)
+            else:
+                pipeline.submit_all(replicate)
+                replicate.clear()
+                pipeline.skip(routed.change, routed.route, replaces_older=routed.replaces_older)
+        pipeline.submit_all(replicate)
+        batch.next = len(records)
+        return None
+
+
+@dataclass(slots=True)
+class _Batch:
+    """How far the intake has read one batch."""
+
+    records: list[Any]
+    next: int = 0
+    last_sequence_number: str | None = None
+    received: dict[Event, int] = field(default_factory=lambda: dict.fromkeys(Event, 0))
+
+
+def _here(function: Callable[..., _T], *args: Any) -> _T:
+    return function(*args)
 
 
 def _created_us(raw: RawRecord) -> int | None:

@@ -30,7 +30,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -48,6 +48,7 @@ from replicator.writers.source import SourceWriter
 from replicator.writers.wire import WireWriteClient
 
 log = structlog.get_logger(__name__)
+_T = TypeVar("_T")
 
 # Done records held only for checkpoint order, behind one that is still open, are
 # cheap but not free: past this multiple of max_buffered, intake waits as well.
@@ -154,6 +155,20 @@ class ShardPipeline:
         return _THREADED_WRITES
 
     # -- intake (processor thread) --------------------------------------------------------
+
+    def run_reading(self, function: Callable[..., _T], *args: Any) -> _T:
+        """Run ``function(*args)``, a part of the intake that never waits, on the event
+        loop's thread when there is one (else here) and return its result.
+
+        Why: the loop plans and settles the writes, and reading the records there as well
+        keeps one thread busy instead of two. With two, the intake thread and the loop
+        thread hand the GIL and this pipeline's lock to each other all through a batch,
+        which cost more CPU than the reading itself (docs/benchmarks.md). The loop
+        answers no write while it reads a batch, as it answered none while it waited for
+        the GIL."""
+        if self._loop is None:
+            return function(*args)
+        return self._loop.run(function, *args)
 
     def submit(self, change: Change) -> None:
         """Queue a change; it is written after ``dispatch``, so a batch squashes first."""

@@ -27,8 +27,10 @@ import ssl
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import CancelledError, Future
+from contextlib import suppress
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
@@ -41,6 +43,7 @@ from replicator.writers.wire import WireWriteClient, ca_bundle
 Answered = Callable[[dict[str, Any] | None, BaseException | None], None]
 
 _MAX_HEAD = 64 * 1024
+_T = TypeVar("_T")
 
 
 class RequestWire(Protocol):
@@ -66,16 +69,57 @@ class EventLoopThread:
     def __init__(self, name: str = "write-loop") -> None:
         self.loop = asyncio.new_event_loop()
         self._stopped = False
+        self._ended = False
+        self._lock = threading.Lock()
+        self._pending: set[Future[Any]] = set()  # calls of ``run`` not started yet
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        finally:
+            with self._lock:
+                self._ended = True
+                pending, self._pending = self._pending, set()
+            for future in pending:  # never to run there: ``run`` runs them on its caller
+                future.cancel()
 
     def call(self, function: Callable[..., object], *args: Any) -> None:
         """Run ``function(*args)`` on the loop thread, soon (from any thread)."""
         self.loop.call_soon_threadsafe(function, *args)
+
+    def run(self, function: Callable[..., _T], *args: Any) -> _T:
+        """Run ``function(*args)`` on the loop thread and wait for its result (or raise
+        its exception). Once the loop has ended, it runs on the calling thread instead:
+        what it does is then no one else's to do."""
+        if self.in_loop():
+            return function(*args)
+        future: Future[_T] = Future()
+
+        def started() -> None:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(function(*args))
+                except BaseException as error:  # noqa: BLE001  # raised again by the caller
+                    future.set_exception(error)
+
+        with self._lock:
+            ended = self._ended
+            if not ended:
+                self._pending.add(future)
+        if ended:
+            return function(*args)
+        with suppress(RuntimeError):  # closed after it ended: the future was cancelled then
+            self.loop.call_soon_threadsafe(started)
+        try:
+            return future.result()
+        except CancelledError:
+            return function(*args)
+        finally:
+            with self._lock:
+                self._pending.discard(future)
 
     def in_loop(self) -> bool:
         return threading.get_ident() == self._thread.ident

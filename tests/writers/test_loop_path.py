@@ -5,6 +5,7 @@ had sent that request itself (a late answer is applied, not a lost conflict)."""
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,17 +18,22 @@ from replicator.aws.clients import Place
 from replicator.buffer import ChangeBuffer
 from replicator.config.model import ConflictConfig
 from replicator.deadletter import FileDeadLetters
+from replicator.deadletter.entry import DeadLetter
 from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
+from replicator.filters import ChangeFilter, Route
+from replicator.intake import Reader, ShardIntake
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
+from replicator.records import Change
 from replicator.rules import rule_for, squash_order
 from replicator.writers.destination import DestinationWriter
+from replicator.writers.loopwire import EventLoopThread
 from replicator.writers.wire import WireWriteClient
 from tests.support.aws import client, create_table
 from tests.support.faults.proxy import FaultProxy
 from tests.support.metrics import sample
-from tests.support.records import put, remove
+from tests.support.records import daemon_record, put, remove
 from tests.writers.test_write_outcomes import _SkewCheckingHandler
 
 REGION = "eu-west-1"
@@ -284,3 +290,77 @@ def test_an_unexpected_error_on_the_loop_stops_the_shard_instead_of_hanging(
         assert pipeline.checkpointable() is None
     finally:
         pipeline.close()
+
+
+class _ThreadNotingLetters:
+    """A dead-letter target that keeps each letter with the thread that stored it."""
+
+    description = "memory"
+
+    def __init__(self) -> None:
+        self.stored: list[tuple[str, str]] = []
+
+    def put(self, letter: DeadLetter) -> None:
+        self.stored.append((letter.record["sequenceNumber"], threading.current_thread().name))
+
+    def claim_all(self) -> Any:
+        return iter(())
+
+    def settle(self, claimed: Any, *, replayed: bool) -> None:
+        raise AssertionError("nothing is replayed here")
+
+
+@dataclass(frozen=True, slots=True)
+class _ThreadNotingFilter(ChangeFilter):
+    """The job's filters, noting the thread each record is read on."""
+
+    read_on: list[str] = field(default_factory=list)
+
+    def route(self, change: Change) -> Route:
+        self.read_on.append(threading.current_thread().name)
+        return ChangeFilter.route(self, change)
+
+
+def test_a_batch_is_read_on_the_loop_thread_and_its_undecodable_records_stored_off_it(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """Reading runs on the loop, which plans and settles the writes too (one busy thread,
+    not two); storing a dead letter is I/O, which the loop never waits on."""
+    ddb = client("dynamodb", REGION, moto_endpoint)
+    table = unique("loop")
+    create_table(ddb, table, stream=None)
+    pipeline = loop_pipeline(moto_endpoint, table, tmp_path, metrics, LWW)
+    letters = _ThreadNotingLetters()
+    pipeline.dead_letters = DeadLetterer(letters, metrics, "t", "shard-1")
+    change_filter = _ThreadNotingFilter(None, "", skip_ttl_deletes=False)
+    intake = ShardIntake(pipeline, Reader(change_filter))
+    batch = [
+        put("a", 1, ts=1, v="first"),
+        daemon_record(b"\x00 not json", 2),
+        put("b", 3, ts=1),
+        daemon_record({"eventName": "MODIFY"}, 4),
+        put("a", 5, ts=2, v="second"),
+    ]
+    try:
+        intake.accept(batch, 0)
+        assert pipeline.flush(timeout=60)
+        assert pipeline.checkpointable() == "5"
+    finally:
+        pipeline.close()
+
+    items = {item["pk"]["S"]: item for item in ddb.scan(TableName=table)["Items"]}
+    assert set(items) == {"a", "b"} and items["a"]["v"] == {"S": "second"}
+    here = threading.current_thread().name
+    assert letters.stored == [("2", here), ("4", here)]
+    assert change_filter.read_on == ["write-loop-shard-1"] * 3
+
+
+def test_run_on_the_loop_returns_raises_and_after_the_loop_ends_runs_on_the_caller() -> None:
+    thread = EventLoopThread("run-test")
+    try:
+        assert thread.run(lambda: threading.current_thread().name) == "run-test"
+        with pytest.raises(KeyError, match="missing"):
+            thread.run({}.__getitem__, "missing")
+    finally:
+        thread.stop()
+    assert thread.run(lambda: threading.current_thread().name) == threading.current_thread().name
