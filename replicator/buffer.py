@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from itertools import islice
 
 from replicator.items import KeyId
 from replicator.records import Change
@@ -113,7 +114,12 @@ class ChangeBuffer:
         entry = Entry(change, slot, pending=set(self.destinations))
         chain.append(entry)
         for destination in self.destinations:
-            self._queued[destination].setdefault(key, deque()).append(entry)
+            queued = self._queued[destination]
+            queue = queued.get(key)
+            if queue is None:
+                queued[key] = deque((entry,))
+            else:
+                queue.append(entry)
             if key not in self._in_flight[destination]:
                 self._ready[destination][key] = None
         return True
@@ -150,9 +156,16 @@ class ChangeBuffer:
         queued = self._queued[destination]
         in_flight = self._in_flight[destination]
         taken: list[Entry] = []
-        while ready and len(taken) < limit:
-            key = next(iter(ready))
-            del ready[key]
+        # The keys are taken in one pass over ``ready``: looking for its first key once per
+        # key would walk past every slot deleted from its front each time (quadratic).
+        if len(ready) <= max(limit, 0):
+            keys = list(ready)
+            ready.clear()
+        else:
+            keys = list(islice(ready, max(limit, 0)))
+            for key in keys:
+                del ready[key]
+        for key in keys:
             queue = queued[key]
             entry = queue.popleft()
             if not queue:
