@@ -32,7 +32,7 @@ import pybase64
 
 from replicator.exceptions import AttributeFormatError, MalformedImage, RecordDecodeError
 from replicator.images import stream_image
-from replicator.items import item_from_wire, key_id
+from replicator.items import Item, KeyId, item_from_wire, key_id
 from replicator.records import Change, Event, RawRecord
 
 _EVENTS = {"INSERT": Event.INSERT, "MODIFY": Event.MODIFY, "REMOVE": Event.REMOVE}
@@ -122,7 +122,7 @@ def _change(document: _Record, raw: RawRecord, sequence_number: str) -> Change:
     keys_wire = body.keys
     if type(keys_wire) is not dict or not keys_wire:
         raise RecordDecodeError(f"{where}: no Keys")
-    keys = item_from_wire(keys_wire, has_binary=False)  # converts a binary key after all
+    keys, key = _keys(keys_wire)
     new = stream_image(body.new_image)
     old = stream_image(body.old_image)
     if event is not Event.REMOVE and new is None:
@@ -141,7 +141,7 @@ def _change(document: _Record, raw: RawRecord, sequence_number: str) -> Change:
         sequence_number=sequence_number,
         position=int(sequence_number),
         event=event,
-        key=key_id(keys),
+        key=key,
         keys=keys,
         new=new,
         old=old,
@@ -150,6 +150,20 @@ def _change(document: _Record, raw: RawRecord, sequence_number: str) -> Change:
         ttl_delete=ttl_delete,
         raw=raw,
     )
+
+
+def _keys(keys_wire: dict[str, Any]) -> tuple[Item, KeyId]:
+    """The record's keys in boto3 form and their identity. Keys that are all strings,
+    the common case, need neither a conversion nor a canonical number: their JSON,
+    freshly decoded and owned by this record, is already both."""
+    parts = []
+    for name, value in keys_wire.items():
+        if type(value) is not dict or len(value) != 1 or type(value.get("S")) is not str:
+            keys = item_from_wire(keys_wire, has_binary=False)  # converts a binary key
+            return keys, key_id(keys)
+        parts.append((name, "S", value["S"]))
+    parts.sort()
+    return keys_wire, tuple(parts)
 
 
 def _created_us(body: _Body, raw: RawRecord) -> int:

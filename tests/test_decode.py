@@ -18,7 +18,7 @@ from replicator.filters import ChangeFilter
 from replicator.highwater import HighWater
 from replicator.images import Image
 from replicator.intake import Reader
-from replicator.items import Item, canonical_number, item_from_wire
+from replicator.items import Item, canonical_number, item_from_wire, key_id
 from replicator.records import Event, RawRecord, raw_record_from
 from replicator.rules import OrderedRule, WriteRequest
 from tests.support.records import daemon_record, kinesis_record, stream_record
@@ -116,6 +116,25 @@ def test_number_keys_that_differ_only_in_form_are_the_same_item() -> None:
         daemon_record(stream_record("INSERT", {"n": {"N": "1.0"}}, {"n": {"N": "1.0"}}, seq=2), 2)
     )
     assert a.key == b.key
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"pk": {"S": "a"}},
+        {"sk": {"S": "2"}, "pk": {"S": "1"}},
+        {"pk": {"S": "a"}, "n": {"N": "1.50"}},
+        {"pk": {"B": "AAE="}},
+        {"pk": {"S": "a"}, "sk": {"B": "AAE="}},
+    ],
+)
+def test_a_records_keys_and_their_identity_are_those_of_the_full_decode(
+    keys: dict[str, Any],
+) -> None:
+    """String keys take a shorter way than numbers and binaries; all end the same."""
+    change = decode(daemon_record(stream_record("INSERT", keys, keys, seq=1), 1))
+    assert change.keys == item_from_wire(keys)
+    assert change.key == key_id(item_from_wire(keys))
 
 
 def test_38_digit_number_keys_that_differ_in_the_last_digit_are_different_items() -> None:
