@@ -126,7 +126,8 @@ class ShardPipeline:
         # Applied writes settled on the loop, counted into the metrics at ``report``.
         self._applied: Counter[tuple[str, str]] = Counter()
         self._delays: dict[str, list[float]] = {}
-        self._applied_here: list[tuple[DestinationWriter, Entry]] = []  # loop thread only
+        # Writes applied on the loop in this turn, per destination (loop thread only).
+        self._applied_here: dict[str, list[Entry]] = {}
         self._loop: EventLoopThread | None = None
         self._wires: dict[str, RequestWire] = {}
         direct = {
@@ -460,29 +461,38 @@ class ShardPipeline:
             return
         # Settled together with the other answers of this turn of the loop: one lock, one
         # wake-up and one dispatch for all of them.
-        self._applied_here.append((writer, entry))
-        if len(self._applied_here) == 1 and self._loop is not None:
+        applied_here = self._applied_here
+        if not applied_here and self._loop is not None:
             self._loop.loop.call_soon(self._settle_applied)
+        entries = applied_here.get(writer.label)
+        if entries is None:
+            applied_here[writer.label] = [entry]
+        else:
+            entries.append(entry)
 
     def _settle_applied(self) -> None:
-        settled, self._applied_here = self._applied_here, []
+        settled, self._applied_here = self._applied_here, {}
         label = ""
         try:
-            delays = []
-            for writer, entry in settled:
-                label = writer.label
-                delays.append(writer.applied_elsewhere(entry.change))
+            delays: dict[str, list[float]] = {}
+            for label, entries in settled.items():
+                writer = self.writers[label]
+                assert isinstance(writer, DestinationWriter)
+                changes = [entry.change for entry in entries]
+                delays[label] = writer.applied_elsewhere(changes)
                 if self.watermark is not None:
-                    self.watermark.settled(label, entry.change, dead_lettered=False)
-            labels = {writer.label for writer, _ in settled}
+                    self.watermark.applied(label, changes)
             with self._cond:
-                for (writer, entry), delay in zip(settled, delays, strict=True):
-                    self._applied[writer.label, entry.change.event.op] += 1
-                    self._delays.setdefault(writer.label, []).append(delay)
-                    self.buffer.complete(writer.label, entry)
+                applied = self._applied
+                complete = self.buffer.complete
+                for label, entries in settled.items():
+                    for entry in entries:
+                        applied[label, entry.change.event.op] += 1
+                        complete(label, entry)
+                    self._delays.setdefault(label, []).extend(delays[label])
                 self._settle_batches()
                 self._wake()
-                taken = [(label, self._take_locked(label)) for label in labels]
+                taken = [(label, self._take_locked(label)) for label in settled]
             for label, entries in taken:
                 if entries:
                     self._send(label, entries)

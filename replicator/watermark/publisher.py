@@ -120,6 +120,9 @@ class ShardWatermark:
     def settled(self, destination: str, change: Change, *, dead_lettered: bool) -> None:
         self._tracker_or_fail().settled(destination, change, dead_lettered=dead_lettered)
 
+    def applied(self, destination: str, changes: Sequence[Change]) -> None:
+        self._tracker_or_fail().applied(destination, changes)
+
     def undecodable(self, position: int, created_us: int | None) -> None:
         self._tracker_or_fail().dead_lettered_everywhere(
             position, created_us, int(self._clock() * US)

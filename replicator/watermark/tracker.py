@@ -178,6 +178,13 @@ class ShardTracker:
             state = self._destinations[destination]
             self._settle(state, change.key, change.position, dead_lettered=dead_lettered)
 
+    def applied(self, destination: str, changes: Sequence[Change]) -> None:
+        """:meth:`settled` for writes of ``changes`` applied at ``destination``, together."""
+        with self._lock:
+            state = self._destinations[destination]
+            for change in changes:
+                self._settle(state, change.key, change.position, dead_lettered=False)
+
     def caught_up(self, read_not_before_us: int) -> None:
         """A read came back empty; it started at ``read_not_before_us`` or later."""
         with self._lock:

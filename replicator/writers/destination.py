@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, cast
@@ -193,12 +193,15 @@ class DestinationWriter:
         (a tombstone-keeping writer checks a put's outcome after it)."""
         return self.tombstones is None and not self.rule.reads_existing
 
-    def applied_elsewhere(self, change: Change) -> float:
-        """The first request, sent elsewhere, applied ``change`` (:attr:`settled_by_success`):
-        note the success and return the apply delay; the caller counts the write and
-        observes the delay (in batches)."""
-        self._note_success()
-        return max(0.0, self.clock() - change.created_s)
+    def applied_elsewhere(self, changes: Sequence[Change]) -> list[float]:
+        """The first requests, sent elsewhere, applied ``changes`` (:attr:`settled_by_success`):
+        note the successes and return the apply delays; the caller counts the writes and
+        observes the delays (in batches)."""
+        with self._lock:
+            self._refusal_streak = 0
+            self._successes += len(changes)
+        now = self.clock()
+        return [max(0.0, now - change.created_us / 1_000_000) for change in changes]
 
     def retrying(self, change: Change, attempt_once: Callable[[int], WriteResult]) -> WriteResult:
         """Run ``attempt_once`` until it settles ``change``: retry what may pass (without a
