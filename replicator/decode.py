@@ -24,7 +24,7 @@ the record's bytes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -64,10 +64,15 @@ _ANY = msgspec.json.Decoder()
 
 
 def decode(
-    raw: RawRecord, *, check_new_image: bool = False, check_old_image: bool = False
+    raw: RawRecord,
+    *,
+    check_new_image: bool = False,
+    check_old_image: bool = False,
+    read_ahead: Sequence[str] = (),
 ) -> Change:
     """Decode one record or raise RecordDecodeError saying why (also for an image asked
-    to be checked that is not well-formed)."""
+    to be checked that is not well-formed). ``read_ahead``: the attributes the rules
+    read of an image, kept from its check (:meth:`~replicator.images.Image.check`)."""
     sequence_number = raw.get("sequenceNumber")
     if not isinstance(sequence_number, str) or not sequence_number.isdigit():
         raise RecordDecodeError(f"record has no usable sequenceNumber ({sequence_number!r})")
@@ -89,9 +94,9 @@ def decode(
     try:
         change = _change(document, raw, sequence_number)
         if check_new_image and change.new is not None:
-            change.new.check()
+            change.new.check(read_ahead)
         if check_old_image and change.old is not None:
-            change.old.check()
+            change.old.check(read_ahead)
         return change
     except (AttributeFormatError, MalformedImage) as error:
         raise RecordDecodeError(f"{where}: {error}") from None

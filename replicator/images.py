@@ -20,7 +20,7 @@ which dead-letters the change as well.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Annotated, Any, Literal, TypeVar, overload
 
 import msgspec
@@ -126,17 +126,35 @@ class Image(Mapping[str, AttributeValue]):
             self._read = None
         return item
 
-    def check(self) -> None:
+    def check(self, read_ahead: Sequence[str] = ()) -> None:
         """Check the whole image as :attr:`item` would, without building the item (the
         intake checks every image as its record is read, most of them only forwarded);
-        MalformedImage says which attribute is at fault."""
+        MalformedImage says which attribute is at fault.
+
+        ``read_ahead``: attributes the rules will :meth:`get` (what they rank by, origin
+        stamps). A string or number among them is kept from the check's decode, so that
+        reading it does not scan the image once more."""
         if self._item is not None or self.wire is None:
             return
         try:
-            _VALUES.decode(self.wire)
+            values = _VALUES.decode(self.wire)
             _ONE_KEYS.decode(self.wire)
         except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
             self.item  # noqa: B018 (the reference check: raises naming the attribute, or passes)
+            return
+        if not read_ahead:
+            return
+        read = self._read
+        if read is None:
+            read = self._read = {}
+        for name in read_ahead:
+            value = values.get(name)
+            if value is None:
+                read[name] = None
+            elif type(value.S) is str:  # checked: the value's one type key
+                read[name] = {"S": value.S}
+            elif type(value.N) is str:
+                read[name] = {"N": value.N}
 
     @overload
     def get(self, key: str, /) -> AttributeValue | None: ...

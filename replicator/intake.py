@@ -48,6 +48,9 @@ class Reader:
     # Active-active: turns local writes that rank below what the source held into
     # corrections (replicator/highwater.py).
     high_water: HighWater | None = None
+    # The attributes the filters and rules read of an image one at a time (what they rank
+    # by, origin stamps): kept as the image is checked, rather than looked up in it again.
+    read_ahead: tuple[str, ...] = ()
 
     def decode(self, raw: RawRecord) -> Change:
         """Decode ``raw``; RecordDecodeError when it cannot be decoded.
@@ -62,7 +65,12 @@ class Reader:
         attribute, anything else dead-letters the change as ``rejected``).
         Active-active reads it whole here, as the record is routed, so there it is
         checked at once too."""
-        return decode(raw, check_new_image=True, check_old_image=self.high_water is not None)
+        return decode(
+            raw,
+            check_new_image=True,
+            check_old_image=self.high_water is not None,
+            read_ahead=self.read_ahead,
+        )
 
     def read(self, raw: RawRecord) -> Routed:
         """Decode ``raw`` and route it; RecordDecodeError when it cannot be decoded."""

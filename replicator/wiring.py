@@ -183,7 +183,14 @@ def shard_intake(
 def reader(resolved: ResolvedJob, pipeline: ShardPipeline) -> Reader:
     """How the shard reads its records: the job's filters and active-active's high-water
     stage (the core benchmark reads through the same)."""
-    return Reader(change_filter(resolved), high_water(resolved, pipeline))
+    filters = change_filter(resolved)
+    read: list[str | None] = [filters.origin_attribute]
+    for writer in pipeline.writers.values():
+        rule = writer.rule if isinstance(writer, DestinationWriter) else None
+        if isinstance(rule, OrderedRule):
+            read += (rule.attribute, rule.origin_attribute)
+    read_ahead = tuple(dict.fromkeys(name for name in read if name))
+    return Reader(filters, high_water(resolved, pipeline), read_ahead=read_ahead)
 
 
 def shard_pipeline(

@@ -403,6 +403,29 @@ def test_images_decoded_on_use_equal_a_full_decode_of_the_record(source: str) ->
         assert (change.new_image, change.old_image) == _legacy_images(record)
 
 
+@pytest.mark.parametrize("source", ["samples", "workload"])
+def test_attributes_read_ahead_as_an_image_is_checked_equal_those_read_on_use(
+    source: str,
+) -> None:
+    """Strings and numbers are kept from the check; other types are still read on use."""
+    records = sample_records() if source == "samples" else workload_records()
+    names = set()
+    for record in records:
+        for image in (decode(record).new, decode(record).old):
+            names |= set(image.item) if image is not None else set()
+    read_ahead = (*sorted(names), "absent")
+    for record in records:
+        ahead = decode(record, check_new_image=True, check_old_image=True, read_ahead=read_ahead)
+        on_use = decode(record)
+        for image, plain in ((ahead.new, on_use.new), (ahead.old, on_use.old)):
+            assert (image is None) == (plain is None)
+            if image is None or plain is None:
+                continue
+            for name in read_ahead:
+                assert image.get(name) == plain.get(name), (record["sequenceNumber"], name)
+            assert image._item is None  # the check built no item
+
+
 def test_an_image_is_the_records_own_bytes_and_is_not_decoded_until_read() -> None:
     record = sample_records()[0]
     text = base64.b64decode(record["data"])
