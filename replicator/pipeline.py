@@ -15,8 +15,11 @@ error, a timeout, a writer with more to do after a 200) goes to the destination'
 thread pool with that answer, where the writer goes on exactly as if it had sent the
 request itself (retries, refusals, conflicts, dead letters live in that one code). Other
 writers (botocore's pipeline, the source writer) run wholly on their thread pool. The
-processor hands a batch over and returns to the daemon at once; the writes overlap with
-reading the next batch, and the checkpoint follows the buffer's safe position.
+intake reads a batch's records into the buffer on that same loop thread when there is
+one (``run_reading``), so that one thread, not two, is busy with the shard's records.
+The processor hands a batch over and returns to the daemon once it is read; the writes
+overlap with reading the next batch, and the checkpoint follows the buffer's safe
+position.
 
 All shared state is guarded by one condition variable; a writer that fails in a way
 no retry can fix records the error and wakes the processor, which ends the process.
