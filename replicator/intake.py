@@ -106,7 +106,9 @@ class ShardIntake:
         metrics = pipeline.metrics
         metrics.millis_behind_latest.labels(self.shard_id).set(millis_behind)
         batch = _Batch(list(records))
-        read = pipeline.run_reading if self.reader.high_water is None else _here
+        # An empty batch (a read at the tip of the shard) has nothing to hand the loop.
+        on_loop = batch.records and self.reader.high_water is None
+        read = pipeline.run_reading if on_loop else _here
         try:
             while (undecodable := read(self._read, batch)) is not None:
                 raw, reason = undecodable

@@ -116,6 +116,8 @@ class EventLoopThread:
         try:
             return future.result()
         except CancelledError:
+            if not future.cancelled():
+                raise  # raised by the function itself, which ran
             return function(*args)
         finally:
             with self._lock:

@@ -5,6 +5,7 @@ had sent that request itself (a late answer is applied, not a lost conflict)."""
 from __future__ import annotations
 
 import threading
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -364,3 +365,19 @@ def test_run_on_the_loop_returns_raises_and_after_the_loop_ends_runs_on_the_call
     finally:
         thread.stop()
     assert thread.run(lambda: threading.current_thread().name) == threading.current_thread().name
+
+
+def test_a_cancelled_error_raised_on_the_loop_is_raised_again_not_run_twice() -> None:
+    thread = EventLoopThread("run-test")
+    calls: list[str] = []
+
+    def cancelled() -> None:
+        calls.append(threading.current_thread().name)
+        raise CancelledError
+
+    try:
+        with pytest.raises(CancelledError):
+            thread.run(cancelled)
+    finally:
+        thread.stop()
+    assert calls == ["run-test"]
