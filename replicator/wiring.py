@@ -184,9 +184,11 @@ def reader(resolved: ResolvedJob, pipeline: ShardPipeline) -> Reader:
     """How the shard reads its records: the job's filters and active-active's high-water
     stage (the core benchmark reads through the same)."""
     filters = change_filter(resolved)
+    rules = [w.rule for w in pipeline.writers.values() if isinstance(w, DestinationWriter)]
+    if pipeline.source is not None:  # active-active: the job's own rule ranks at the source
+        rules.append(pipeline.source.rule)
     read: list[str | None] = [filters.origin_attribute]
-    for writer in pipeline.writers.values():
-        rule = writer.rule if isinstance(writer, DestinationWriter) else None
+    for rule in rules:
         if isinstance(rule, OrderedRule):
             read += (rule.attribute, rule.origin_attribute)
     read_ahead = tuple(dict.fromkeys(name for name in read if name))
