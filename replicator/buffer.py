@@ -158,11 +158,12 @@ class ChangeBuffer:
         taken: list[Entry] = []
         # The keys are taken in one pass over ``ready``: looking for its first key once per
         # key would walk past every slot deleted from its front each time (quadratic).
-        if len(ready) <= max(limit, 0):
+        limit = max(limit, 0)
+        if len(ready) <= limit:
             keys = list(ready)
             ready.clear()
         else:
-            keys = list(islice(ready, max(limit, 0)))
+            keys = list(islice(ready, limit))
             for key in keys:
                 del ready[key]
         for key in keys:

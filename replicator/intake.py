@@ -16,9 +16,9 @@ is marked done, so the checkpoint never passes it unstored.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
@@ -28,8 +28,6 @@ from replicator.filters import ChangeFilter, Route
 from replicator.highwater import HighWater
 from replicator.pipeline import ShardPipeline
 from replicator.records import Change, Event, RawRecord, raw_record_from
-
-_T = TypeVar("_T")
 
 
 class Routed(msgspec.Struct, frozen=True):
@@ -107,10 +105,15 @@ class ShardIntake:
         metrics.millis_behind_latest.labels(self.shard_id).set(millis_behind)
         batch = _Batch(list(records))
         # An empty batch (a read at the tip of the shard) has nothing to hand the loop.
-        on_loop = batch.records and self.reader.high_water is None
-        read = pipeline.run_reading if on_loop else _here
+        on_loop = bool(batch.records) and self.reader.high_water is None
         try:
-            while (undecodable := read(self._read, batch)) is not None:
+            while True:
+                if on_loop:
+                    undecodable = pipeline.run_reading(self._read, batch)
+                else:
+                    undecodable = self._read(batch)
+                if undecodable is None:
+                    break
                 raw, reason = undecodable
                 pipeline.dead_letters.undecodable(raw, reason)
                 sequence_number = raw.get("sequenceNumber")
@@ -170,10 +173,6 @@ class _Batch:
     next: int = 0
     last_sequence_number: str | None = None
     received: dict[Event, int] = field(default_factory=lambda: dict.fromkeys(Event, 0))
-
-
-def _here(function: Callable[..., _T], *args: Any) -> _T:
-    return function(*args)
 
 
 def _created_us(raw: RawRecord) -> int | None:

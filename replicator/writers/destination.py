@@ -197,11 +197,9 @@ class DestinationWriter:
         """The first requests, sent elsewhere, applied ``changes`` (:attr:`settled_by_success`):
         note the successes and return the apply delays; the caller counts the writes and
         observes the delays (in batches)."""
-        with self._lock:
-            self._refusal_streak = 0
-            self._successes += len(changes)
+        self._note_success(len(changes))
         now = self.clock()
-        return [max(0.0, now - change.created_us / 1_000_000) for change in changes]
+        return [max(0.0, now - change.created_s) for change in changes]
 
     def retrying(self, change: Change, attempt_once: Callable[[int], WriteResult]) -> WriteResult:
         """Run ``attempt_once`` until it settles ``change``: retry what may pass (without a
@@ -489,10 +487,10 @@ class DestinationWriter:
             self.metrics.writes.labels(self.label, op, outcome.value).inc()
         return _SETTLED[outcome]
 
-    def _note_success(self) -> None:
+    def _note_success(self, count: int = 1) -> None:
         with self._lock:
             self._refusal_streak = 0
-            self._successes += 1
+            self._successes += count
 
     def _note_refusal(self) -> tuple[int, int]:
         with self._lock:
