@@ -5,6 +5,10 @@ interleave, and is fsynced before it counts as stored. A file can be renamed asi
 another process holds it open (a dead-letter replay does that): a writer that gets the
 lock checks that its file is still the one at the path, and opens the path again if not.
 Creating a file is made durable with an fsync of its directory.
+
+A line cut short (a crash or a full disk in the middle of a write) leaves the file
+without its final newline. The next append starts a new line first, so that only the
+torn line is unreadable, not the whole line that follows it as well.
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ from typing import TextIO
 
 
 def append_line(path: Path, line: str) -> None:
-    """Append ``line`` to ``path`` (created with its directory if missing), durably."""
+    """Append ``line`` to ``path`` (created with its directory if missing), durably,
+    on a line of its own even when the file ends in a torn line (module docstring)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with locked_file(path, create=True) as file:
         assert file is not None
-        created = os.fstat(file.fileno()).st_size == 0  # files are never truncated
-        file.write(line + "\n")
+        descriptor = file.fileno()
+        size = os.fstat(descriptor).st_size
+        created = size == 0  # files are never truncated
+        torn = not created and os.pread(descriptor, 1, size - 1) != b"\n"
+        file.write(("\n" if torn else "") + line + "\n")
         file.flush()
         os.fsync(file.fileno())
         if created:
@@ -32,8 +40,9 @@ def append_line(path: Path, line: str) -> None:
 
 @contextmanager
 def locked_file(path: Path, *, create: bool) -> Iterator[TextIO | None]:
-    """The file at ``path`` under an exclusive lock: opened for appending, or, when
-    ``create`` is false, opened only to hold the lock (None if there is no file).
+    """The file at ``path`` under an exclusive lock: opened for appending (and reading,
+    so that its last byte can be checked), or, when ``create`` is false, opened only to
+    hold the lock (None if there is no file).
 
     Locking an open file does not stop another process renaming or deleting its path
     meanwhile (a replay does both), so once locked, the file must still be the one at
@@ -41,7 +50,7 @@ def locked_file(path: Path, *, create: bool) -> Iterator[TextIO | None]:
     """
     while True:
         try:
-            file = path.open("a" if create else "r", encoding="utf-8")
+            file = path.open("a+" if create else "r", encoding="utf-8")
         except FileNotFoundError:
             if create:
                 raise

@@ -318,6 +318,16 @@ def test_file_round_trip(tmp_path: Path) -> None:
     assert [e.sequence_number for e in read_entries(target, only)] == ["1", "3"]
 
 
+def test_an_entry_appended_after_a_torn_line_is_read_back(tmp_path: Path) -> None:
+    target = FileConflictLog(tmp_path / "conflicts.jsonl")
+    first, torn, last = (conflict(seq).entry() for seq in (1, 2, 3))
+    target.put(first)
+    with target.path.open("a", encoding="utf-8") as file:
+        file.write(torn.to_json()[:100])  # a crash in the middle of an append
+    target.put(last)
+    assert read_entries(target, Selection()) == [first, last]
+
+
 def test_dynamodb_round_trip_keyed_by_item_with_a_ttl(moto_endpoint: str, unique: Any) -> None:
     ddb = client("dynamodb", "us-east-1", moto_endpoint)
     table = unique("conflicts")

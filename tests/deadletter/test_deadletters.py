@@ -132,6 +132,25 @@ def test_creating_and_renaming_the_file_are_fsynced_in_its_directory(
     assert len(directories) == 3  # its settled marker was created
 
 
+def test_a_letter_appended_after_a_torn_line_is_read_back(tmp_path: Path) -> None:
+    """A crash mid-append leaves a line without its newline; the next letter must not be
+    glued to it (and lost with it)."""
+    path = tmp_path / "letters.jsonl"
+    target = FileDeadLetters(path)
+    target.put(letter(1))
+    torn = letter(2).to_json()
+    with path.open("a", encoding="utf-8") as file:
+        file.write(torn[: len(torn) // 2])
+    target.put(letter(3))
+    replayed = []
+    for claimed in target.claim_all():
+        replayed.append(claimed.letter.record["sequenceNumber"])
+        target.settle(claimed, replayed=True)
+    assert replayed == ["1", "3"]
+    # The torn line is kept as it is, on a line of its own, for someone to look at.
+    assert path.read_text(encoding="utf-8") == torn[: len(torn) // 2] + "\n"
+
+
 def test_an_unwritable_file_is_reported_not_ignored(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
