@@ -98,6 +98,11 @@ class SinceSyntaxError(ReplicatorError, ValueError):
     """A --since value that is neither a duration nor a date; the message names it."""
 
 
+class EntryFormatError(ReplicatorError, ValueError):
+    """A stored conflict-log entry that does not read as one (corrupt, cut short, or
+    written by something else); readers skip it with a warning that says where it is."""
+
+
 class PlanError(ReplicatorError, ValueError):
     """The change cannot be expressed as a safe write under this rule (goes to dead letters)."""
 

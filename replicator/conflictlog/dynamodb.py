@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gzip
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.conflictlog.base import Selection, storage_failure
 from replicator.conflictlog.entry import ConflictEntry
+from replicator.exceptions import EntryFormatError
 from replicator.items import describe_key, item_from_wire
 from replicator.owned_tables import ensure_table
 
@@ -115,9 +117,19 @@ class DynamoDbConflictLog:
             page = operation(**kwargs)
             for item in page.get("Items", []):
                 expires = item.get(TTL_ATTRIBUTE, {}).get("N")
-                if expires is not None and int(expires) < now:
+                if expires is not None and float(expires) < now:
                     continue  # expired, not yet removed by DynamoDB
-                entry = ConflictEntry.from_json(gzip.decompress(item["entry"]["B"]))
+                try:
+                    entry = ConflictEntry.from_json(_unpacked(item))
+                except EntryFormatError as error:
+                    log.warning(
+                        "unreadable conflict-log entry skipped",
+                        table=self.table,
+                        pk=item.get("pk", {}).get("S"),
+                        sk=item.get("sk", {}).get("S"),
+                        error=str(error),
+                    )
+                    continue
                 if selection.matches(entry):
                     yield entry
             if "LastEvaluatedKey" not in page:
@@ -144,3 +156,15 @@ class DynamoDbConflictLog:
             "conflict_log.table",
             wait_s,
         )
+
+
+def _unpacked(item: dict[str, Any]) -> bytes:
+    """The entry's JSON from an item; EntryFormatError when ``entry`` is missing or is not
+    gzip (an item written by something else, or damaged)."""
+    blob = item.get("entry", {}).get("B")
+    if not isinstance(blob, bytes):
+        raise EntryFormatError("the item has no binary attribute entry")
+    try:
+        return gzip.decompress(blob)
+    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+        raise EntryFormatError(f"entry is not gzip-compressed JSON: {error}") from None

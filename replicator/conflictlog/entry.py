@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from replicator.conflictlog.keys import canonical_key
-from replicator.items import Item, item_from_wire, item_to_wire
+from replicator.exceptions import AttributeFormatError, EntryFormatError
+from replicator.items import Item, item_from_wire, item_to_wire, key_id, value_from_wire
 from replicator.records import Change
 from replicator.rules.base import ConflictRule
 from replicator.rules.custom import CustomRule
@@ -94,9 +95,23 @@ class ConflictEntry:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ConflictEntry:
-        body = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        return cls(**{name: value for name, value in body.items() if name in known})
+        """An entry read back from a log. Logs are files and queues that anything can
+        write to or cut short, so whatever is not an entry (bytes that are not UTF-8,
+        JSON that is not an object, a field missing or of the wrong type) raises
+        EntryFormatError, and a reader can skip it and read on: nothing later trips
+        over it (the listing, --restore)."""
+        try:
+            body = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+        except (ValueError, RecursionError) as error:  # also UnicodeDecodeError
+            raise EntryFormatError(f"not JSON: {error}") from None
+        if not isinstance(body, dict):
+            raise EntryFormatError(f"a JSON {type(body).__name__}, not an object")
+        values = {name: value for name, value in body.items() if name in _FIELDS}
+        missing = [name for name in _REQUIRED if name not in values]
+        if missing:
+            raise EntryFormatError("no " + ", ".join(missing))
+        _check_fields(values)
+        return cls(**values)
 
     def fitted(self, limit: int) -> ConflictEntry:
         """This entry, with its largest images replaced by their digest until its JSON fits.
@@ -131,6 +146,75 @@ class ConflictEntry:
                 **{f"{which}_image": None},  # type: ignore[arg-type]
             )
         return entry
+
+
+_FIELDS = {f.name for f in fields(ConflictEntry)}
+_REQUIRED = [
+    f.name for f in fields(ConflictEntry) if f.default is MISSING and f.default_factory is MISSING
+]
+_TEXT = (
+    *("id", "kind", "task_name", "destination", "table", "region", "item", "op", "event"),
+    *("policy", "rule", "why", "sequence_number", "shard_id", "created", "recorded_at"),
+)
+_OPS = ("put", "delete")
+
+
+def _check_fields(values: dict[str, Any]) -> None:
+    """Raise EntryFormatError, naming the field, unless ``values`` make an entry that
+    reads (its key, images and ranks as the listing and a restore use them)."""
+    for name in _TEXT:
+        if not isinstance(values[name], str):
+            raise EntryFormatError(f"{name} is {_json_type(values[name])}, not a string")
+    if values["kind"] not in (CONFLICT, RESTORE):
+        raise EntryFormatError(f"kind is {values['kind']!r}, not {CONFLICT} or {RESTORE}")
+    if values["op"] not in _OPS:
+        raise EntryFormatError(f"op is {values['op']!r}, not put or delete")
+    try:
+        key_id(item_from_wire(values["key"]))
+    except AttributeFormatError as error:
+        raise EntryFormatError(f"key: {error}") from None
+    for which in IMAGES:
+        image = values[f"{which}_image"]
+        if image is not None:
+            try:
+                item_from_wire(image)
+            except AttributeFormatError as error:
+                raise EntryFormatError(f"{which}_image: {error}") from None
+        rank = values[f"{which}_rank"]
+        if rank is not None:
+            _check_rank(f"{which}_rank", rank)
+    if not isinstance(values.get("write_back", False), bool):
+        raise EntryFormatError(f"write_back is {_json_type(values['write_back'])}, not a boolean")
+    if not isinstance(values.get("restored_entry"), str | None):
+        raise EntryFormatError(f"restored_entry is {_json_type(values['restored_entry'])}")
+    if type(values.get("version", 1)) is not int:
+        raise EntryFormatError(f"version is {_json_type(values['version'])}, not an integer")
+    if not isinstance(values.get("truncated", {}), dict):
+        raise EntryFormatError(f"truncated is {_json_type(values['truncated'])}, not an object")
+    for which, summary in values.get("truncated", {}).items():
+        if which not in IMAGES or not isinstance(summary, dict):
+            raise EntryFormatError(f"truncated.{which} is not the summary of an image")
+
+
+def _check_rank(name: str, rank: Any) -> None:
+    if not isinstance(rank, dict):
+        raise EntryFormatError(f"{name} is {_json_type(rank)}, not an object")
+    if not isinstance(rank.get("attribute"), str):
+        raise EntryFormatError(f"{name}.attribute is {_json_type(rank.get('attribute'))}")
+    if rank.get("value") is not None:
+        try:
+            value_from_wire(rank["value"], f"{name}.value")
+        except AttributeFormatError as error:
+            raise EntryFormatError(str(error)) from None
+    if not isinstance(rank.get("origin_attribute"), str | None):
+        raise EntryFormatError(f"{name}.origin_attribute is {_json_type(rank['origin_attribute'])}")
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    return names.get(type(value), "a list" if isinstance(value, list) else "an object")
 
 
 def rank_of(rule: ConflictRule, image: Item | None) -> dict[str, Any] | None:

@@ -16,7 +16,12 @@ import structlog
 from replicator.appendfile import append_line
 from replicator.conflictlog.base import Selection
 from replicator.conflictlog.entry import ConflictEntry
-from replicator.exceptions import ConflictLogUnavailable
+from replicator.exceptions import (
+    ConfigError,
+    ConflictLogUnavailable,
+    EntryFormatError,
+    EnvironmentProblem,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -35,17 +40,34 @@ class FileConflictLog:
             ) from error
 
     def read(self, selection: Selection) -> Iterator[ConflictEntry]:
-        if not self.path.exists():
+        """The file's entries, skipping with a warning each line that is not one.
+
+        Lines are read as bytes and decoded one by one, so that a line cut inside a
+        multi-byte character is one unreadable line, not the end of the reading. A path
+        that is a directory is the job file's mistake (ConfigError); a file that cannot
+        be read is the host's (EnvironmentProblem).
+        """
+        try:
+            lines = self.path.open("rb")
+        except FileNotFoundError:
             return
-        with self.path.open(encoding="utf-8") as lines:
+        except IsADirectoryError:
+            raise ConfigError(
+                f"conflict log {self.path} is a directory: conflict_log.path must name a file"
+            ) from None
+        except OSError as error:
+            raise EnvironmentProblem(
+                f"cannot read conflict log {self.path}: {error.strerror or error}"
+            ) from None
+        with lines:
             for number, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue
                 try:
                     entry = ConflictEntry.from_json(line)
-                except (ValueError, TypeError) as error:
+                except EntryFormatError as error:
                     log.warning(
-                        "unreadable conflict-log line skipped",
+                        "unreadable conflict-log entry skipped",
                         file=str(self.path),
                         line=number,
                         error=str(error),

@@ -122,7 +122,7 @@ def restore(
     where = target.description + (f" under key {describe_key(key)}" if key else "")
     entry = find_entry(read_entries(target, selection_for(key)), wanted, where)
     if "losing" in entry.truncated:
-        digest = entry.truncated["losing"]["sha256"]
+        digest = entry.truncated["losing"].get("sha256", "unknown")
         raise EntryNotFound(
             f"entry {entry.id}: its losing image was too large for the conflict log and was "
             f"stored as its sha256 ({digest}); it cannot be restored from the log"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.conflictlog.base import Selection, storage_failure
 from replicator.conflictlog.entry import ConflictEntry
+from replicator.exceptions import EntryFormatError
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -51,9 +53,17 @@ def encode(entry: ConflictEntry) -> str:
 
 
 def decode(body: str) -> ConflictEntry:
-    document = json.loads(body)
+    """The entry a message holds; EntryFormatError for a message that does not hold one."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as error:
+        raise EntryFormatError(f"not JSON: {error}") from None
     if isinstance(document, dict) and set(document) == {_PACKED}:
-        return ConflictEntry.from_json(gzip.decompress(base64.b64decode(document[_PACKED])))
+        try:
+            unpacked = gzip.decompress(base64.b64decode(document[_PACKED], validate=True))
+        except (ValueError, TypeError, OSError, EOFError, zlib.error) as error:
+            raise EntryFormatError(f"{_PACKED} is not base64 of gzip: {error}") from None
+        return ConflictEntry.from_json(unpacked)
     return ConflictEntry.from_json(body)
 
 
@@ -88,9 +98,10 @@ class SqsConflictLog:
                     handles.append(message["ReceiptHandle"])
                     try:
                         entry = decode(message["Body"])
-                    except (ValueError, TypeError, OSError) as error:
+                    except EntryFormatError as error:
                         log.warning(
-                            "unreadable conflict-log message skipped",
+                            "unreadable conflict-log entry skipped",
+                            queue=self.queue_url,
                             message_id=message["MessageId"],
                             error=str(error),
                         )

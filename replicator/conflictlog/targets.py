@@ -19,7 +19,7 @@ from replicator.conflictlog.entry import ConflictEntry
 from replicator.conflictlog.file import FileConflictLog
 from replicator.conflictlog.recorder import BackgroundRecorder
 from replicator.conflictlog.sqs import SqsConflictLog
-from replicator.exceptions import EnvironmentProblem
+from replicator.exceptions import ConfigError, EnvironmentProblem
 from replicator.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -130,12 +130,17 @@ def prepare(resolved: ResolvedJob) -> None:
 
     A DynamoDB table is created (with its TTL) when missing, and a file's directory;
     what only the operator can fix (access denied, a name DynamoDB refuses, a
-    directory that cannot be created) stops the start with EnvironmentProblem. An
-    outage does not: replication starts, and entries are retried and counted.
+    directory that cannot be created) stops the start with EnvironmentProblem, and a
+    file path that names a directory with ConfigError. An outage does not:
+    replication starts, and entries are retried and counted.
     """
     settings = resolved.job.conflict_log
     if settings.kind is ConflictLogKind.FILE:
         path = conflict_log_path(resolved)
+        if path.is_dir():
+            raise ConfigError(
+                f"conflict log {path} is a directory: conflict_log.path must name a file"
+            )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:

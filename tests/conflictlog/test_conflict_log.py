@@ -454,3 +454,14 @@ def test_a_conflict_log_directory_that_cannot_be_made_stops_the_start(tmp_path: 
     config = job_file(tmp_path, f"{{kind: file, path: '{blocker}/conflicts.jsonl'}}")
     with pytest.raises(EnvironmentProblem, match="not-a-directory"):
         prepare(load_job(config))
+
+
+def test_a_conflict_log_path_that_is_a_directory_stops_the_start(tmp_path: Path) -> None:
+    """Every entry would fail to be stored; the job file names a directory, so say so."""
+    from replicator.config import load_job
+    from replicator.conflictlog.targets import prepare
+    from replicator.exceptions import ConfigError
+
+    config = job_file(tmp_path, f"{{kind: file, path: '{tmp_path}'}}")
+    with pytest.raises(ConfigError, match=f"conflict log {tmp_path} is a directory"):
+        prepare(load_job(config))

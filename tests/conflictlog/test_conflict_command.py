@@ -1,0 +1,192 @@
+"""``replicator conflicts`` as an operator meets it: corrupt logs, bad options and
+out-of-range values give one clear line (or a warning and the rest of the log), never
+a traceback; against a moto server over HTTP where AWS is involved."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from replicator.cli import cli
+from replicator.conflictlog.dynamodb import DynamoDbConflictLog
+from replicator.conflictlog.entry import ConflictEntry
+from replicator.conflictlog.file import FileConflictLog
+from replicator.conflictlog.sqs import SqsConflictLog
+from tests.conflictlog.test_conflict_log import conflict, job_file
+from tests.support.aws import client
+
+SKIPPED = "unreadable conflict-log entry skipped"
+
+
+def invoke(config: Path, *args: str) -> Result:
+    return CliRunner().invoke(cli, ["conflicts", "-c", str(config), *args])
+
+
+def warnings(result: Result, event: str = SKIPPED) -> list[dict[str, Any]]:
+    """The command's JSON log lines (stderr) with this event."""
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("event") == event]
+
+
+def listed_ids(result: Result) -> list[str]:
+    assert result.exit_code == 0, result.output
+    return sorted(entry["id"] for entry in json.loads(result.stdout)["entries"])
+
+
+def no_traceback(result: Result) -> None:
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+
+
+def two_entries() -> tuple[ConflictEntry, ConflictEntry]:
+    # Destination "eu" is not in job_file's job: a --restore that finds one of them says
+    # so, without reaching any destination.
+    return conflict(1).entry(), conflict(2, pk="order-2").entry()
+
+
+def cut_inside_a_character() -> bytes:
+    text = replace(conflict(3).entry(), why="la mise à jour a perdu").to_json().encode("utf-8")
+    return text[: text.index("à".encode()) + 1]
+
+
+def with_field(name: str, value: Any) -> bytes:
+    body = json.loads(conflict(4).entry().to_json())
+    body[name] = value
+    return json.dumps(body).encode()
+
+
+CORRUPT_LINES: dict[str, Callable[[], bytes]] = {
+    "cut in a UTF-8 character": cut_inside_a_character,
+    "a JSON list": lambda: b"[1,2]",
+    "a JSON string": lambda: b'"str"',
+    "JSON null": lambda: b"null",
+    "created a number": lambda: with_field("created", 5),
+    "key a string": lambda: with_field("key", "oops"),
+    "a rank without its attribute": lambda: with_field("losing_rank", {"x": 1}),
+    "an image that is not one": lambda: with_field("winning_image", {"a": {"S": 1}}),
+    "a required field missing": lambda: with_field("id", None).replace(b'"id": null, ', b""),
+}
+
+
+@pytest.mark.parametrize("corrupt", CORRUPT_LINES.values(), ids=CORRUPT_LINES.keys())
+def test_a_corrupt_line_in_a_file_log_is_skipped_naming_its_line(
+    tmp_path: Path, corrupt: Callable[[], bytes]
+) -> None:
+    path = tmp_path / "conflicts.jsonl"
+    config = job_file(tmp_path, f"{{kind: file, path: '{path}'}}")
+    first, last = two_entries()
+    target = FileConflictLog(path)
+    target.put(first)
+    with path.open("ab") as file:
+        file.write(corrupt() + b"\n")
+    target.put(last)
+
+    listing = invoke(config, "--format", "json")
+    assert listed_ids(listing) == sorted([first.id, last.id])
+    (warning,) = warnings(listing)
+    assert (warning["file"], warning["line"]) == (str(path), 2)
+
+    found = invoke(config, "--restore", last.id)
+    no_traceback(found)
+    assert found.exit_code == 1
+    assert f"entry {last.id} is for destination 'eu'" in found.output
+    assert len(warnings(found)) == 1
+
+
+def test_a_file_log_path_that_is_a_directory_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    config = job_file(tmp_path, f"{{kind: file, path: '{tmp_path}'}}")
+    result = invoke(config)
+    no_traceback(result)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"replicator: conflict log {tmp_path} is a directory: conflict_log.path must name a file\n"
+    )
+
+
+def not_gzip(entry: ConflictEntry) -> bytes:
+    return b"not gzip at all"
+
+
+def gzip_of_a_list(entry: ConflictEntry) -> bytes:
+    return gzip.compress(b"[1, 2]")
+
+
+def gzip_of_a_wrong_type(entry: ConflictEntry) -> bytes:
+    body = json.loads(entry.to_json())
+    body["losing_rank"] = {"attribute": "updated_at", "value": "100"}
+    return gzip.compress(json.dumps(body).encode())
+
+
+@pytest.mark.parametrize("blob", [not_gzip, gzip_of_a_list, gzip_of_a_wrong_type])
+def test_a_corrupt_item_in_a_dynamodb_log_is_skipped_naming_its_key(
+    moto_endpoint: str,
+    unique: Any,
+    tmp_path: Path,
+    blob: Callable[[ConflictEntry], bytes],
+) -> None:
+    ddb = client("dynamodb", "us-east-1", moto_endpoint)
+    table = unique("conflicts")
+    target = DynamoDbConflictLog(ddb, table, retention_days=30, where="moto")
+    target.ensure_exists()
+    first, last = two_entries()
+    target.put(first)
+    target.put(last)
+    broken = conflict(5, pk="order-5").entry()
+    item = target._item(broken)
+    item["entry"] = {"B": blob(broken)}
+    ddb.put_item(TableName=table, Item=item)
+    config = job_file(
+        tmp_path, f"{{kind: dynamodb, table: {table}, endpoint_url: '{moto_endpoint}'}}"
+    )
+
+    listing = invoke(config, "--format", "json")
+    assert listed_ids(listing) == sorted([first.id, last.id])
+    (warning,) = warnings(listing)
+    assert (warning["table"], warning["pk"], warning["sk"]) == (
+        table,
+        broken.item,
+        broken.sort_key,
+    )
+
+    found = invoke(config, "--restore", last.id)
+    no_traceback(found)
+    assert found.exit_code == 1
+    assert f"entry {last.id} is for destination 'eu'" in found.output
+    assert len(warnings(found)) == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "not json",
+        "[1, 2]",
+        '{"entry_gzip_b64": "not base64!"}',
+        json.dumps({"entry_gzip_b64": "bm90IGd6aXA="}),  # base64 of "not gzip"
+        with_field("key", "oops").decode(),
+    ],
+)
+def test_a_corrupt_message_in_an_sqs_log_is_skipped_naming_its_id(
+    moto_endpoint: str, unique: Any, tmp_path: Path, body: str
+) -> None:
+    sqs = client("sqs", "us-east-1", moto_endpoint)
+    url = sqs.create_queue(QueueName=unique("conflicts"))["QueueUrl"]
+    target = SqsConflictLog(sqs, url)
+    first, last = two_entries()
+    target.put(first)
+    broken = sqs.send_message(QueueUrl=url, MessageBody=body)["MessageId"]
+    target.put(last)
+    config = job_file(
+        tmp_path, f"{{kind: sqs, queue_url: '{url}', endpoint_url: '{moto_endpoint}'}}"
+    )
+
+    listing = invoke(config, "--format", "json")
+    assert listed_ids(listing) == sorted([first.id, last.id])
+    (warning,) = warnings(listing)
+    assert (warning["queue"], warning["message_id"]) == (url, broken)
