@@ -18,8 +18,8 @@ import binascii
 import json
 import re
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
 
+from replicator import items
 from replicator.exceptions import KeySyntaxError
 from replicator.items import AttributeValue, Item
 
@@ -27,17 +27,32 @@ _PAIR = re.compile(r"(?:^|\s)([^\s=]+)=(S|N|B):")
 _KEY_TYPES = ("S", "N", "B")
 
 
+_MAX_SIGNIFICANT_DIGITS = 38
+
+
 def canonical_number(text: str) -> str:
-    """A number's one spelling: no exponent, no trailing zeros, ``0`` for every zero."""
+    """A number's one spelling (:func:`replicator.items.canonical_number`: exact, no
+    exponent, no trailing zeros, ``0`` for every zero).
+
+    Only what DynamoDB stores as a number is one: at most 38 significant digits, a
+    magnitude from 1E-130 to below 1E+126. Anything else could never be an item's key,
+    so it is refused (KeySyntaxError) rather than looked for; and no spelling is
+    rounded, so that two keys that differ in their 38th digit stay two items.
+    """
     try:
-        number = Decimal(text)
-    except (InvalidOperation, TypeError) as error:
-        raise KeySyntaxError(f"{text!r} is not a number") from error
-    if not number.is_finite():
-        raise KeySyntaxError(f"{text!r} is not a number")
-    if number.is_zero():
-        return "0"
-    return format(number.normalize(), "f")
+        canonical = items.canonical_number(text)
+    except ValueError:
+        raise KeySyntaxError(
+            f"{text!r} is not a DynamoDB number (digits with an optional sign, point and "
+            "exponent; a magnitude from 1E-130 to below 1E+126)"
+        ) from None
+    significant = canonical.lstrip("-").replace(".", "").strip("0")
+    if len(significant) > _MAX_SIGNIFICANT_DIGITS:
+        raise KeySyntaxError(
+            f"{text!r} has {len(significant)} significant digits; a DynamoDB number has at "
+            f"most {_MAX_SIGNIFICANT_DIGITS}"
+        )
+    return canonical
 
 
 def canonical_key(keys: Mapping[str, AttributeValue]) -> str:
@@ -114,8 +129,8 @@ def _typed(text: str, name: str, kind: str, value: str) -> AttributeValue:
     if kind == "N":
         try:
             canonical_number(value)
-        except KeySyntaxError:
-            raise KeySyntaxError(f"{text!r}: {name}=N:{value} is not a number") from None
+        except KeySyntaxError as error:
+            raise KeySyntaxError(f"{text!r}: key attribute {name}: {error}") from None
         return {"N": value}
     if kind == "B":
         try:

@@ -25,13 +25,20 @@ TOP_KEYS = 10
 
 
 def parse_since(text: str, now: datetime | None = None) -> str:
-    """``30m``, ``12h``, ``7d`` (before now) or an ISO-8601 date or time (UTC unless it says)."""
+    """``30m``, ``12h``, ``7d`` (before now) or an ISO-8601 date or time (UTC unless it says).
+
+    Times are compared as UTC text between the years 1 and 9999: a duration or an
+    offset that lands outside them is refused naming the value, not left to overflow.
+    """
     now = now or datetime.now(UTC)
     value = text.strip()
     relative = _RELATIVE.match(value)
     if relative:
-        delta = timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
-        return iso((now - delta).timestamp())
+        try:
+            delta = timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
+            return iso((now - delta).timestamp())
+        except (OverflowError, ValueError, OSError):
+            raise _out_of_range(text) from None
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -41,7 +48,16 @@ def parse_since(text: str, now: datetime | None = None) -> str:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return iso(moment.timestamp())
+    try:
+        return iso(moment.timestamp())
+    except (OverflowError, ValueError, OSError):
+        raise _out_of_range(text) from None
+
+
+def _out_of_range(text: str) -> SinceSyntaxError:
+    return SinceSyntaxError(
+        f"{text!r} is outside the times this command compares (UTC years 1 to 9999)"
+    )
 
 
 def key_text(entry: ConflictEntry) -> str:

@@ -190,3 +190,25 @@ def test_a_corrupt_message_in_an_sqs_log_is_skipped_naming_its_id(
     assert listed_ids(listing) == sorted([first.id, last.id])
     (warning,) = warnings(listing)
     assert (warning["queue"], warning["message_id"]) == (url, broken)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("--key", "pk=N:1e999999999999", "key attribute pk: '1e999999999999' is not a DynamoDB"),
+        ("--key", '{"pk":{"N":"1e400000000"}}', "key attribute pk: '1e400000000' is not a"),
+        ("--key", "pk=N:" + "7" * 39, "has 39 significant digits"),
+        ("--since", "800000d", "'800000d' is outside the times"),
+        ("--since", "99999999999d", "'99999999999d' is outside the times"),
+        ("--since", "0001-01-01T00:00:00+01:00", "'0001-01-01T00:00:00+01:00' is outside"),
+        ("--since", "9999-12-31T23:59:59-01:00", "'9999-12-31T23:59:59-01:00' is outside"),
+    ],
+)
+def test_an_out_of_range_key_or_time_is_one_line_and_exit_2(
+    tmp_path: Path, option: str, value: str, said: str
+) -> None:
+    config = job_file(tmp_path, f"{{kind: file, path: '{tmp_path}/c.jsonl'}}")
+    result = invoke(config, option, value)
+    no_traceback(result)
+    assert result.exit_code == 2, result.output
+    assert f"'{option}'" in result.stderr and said in " ".join(result.stderr.split())

@@ -88,6 +88,11 @@ def test_a_key_typed_as_log_lines_show_it_or_as_json_names_one_canonical_item() 
     assert canonical_key({"n": {"N": "1E+2"}}) == canonical_key({"n": {"N": "100.00"}})
     assert canonical_key({"b": {"B": b"\x00\xff"}}) == '[["b","B","AP8="]]'
     assert parse_key("b=B:AP8=") == {"b": {"B": b"\x00\xff"}}
+    # DynamoDB's whole range, exactly: 38 digits that differ in the last are two items.
+    widest = "9" * 37
+    assert canonical_key({"n": {"N": widest + "8"}}) != canonical_key({"n": {"N": widest + "9"}})
+    assert canonical_key(parse_key("n=N:1E+125")) == '[["n","N","1' + "0" * 125 + '"]]'
+    assert canonical_key(parse_key("n=N:-1e-130")) == '[["n","N","-0.' + "0" * 129 + '1"]]'
 
 
 @pytest.mark.parametrize(
@@ -96,7 +101,13 @@ def test_a_key_typed_as_log_lines_show_it_or_as_json_names_one_canonical_item() 
         ("order-1", "'order-1'"),
         ("pk=order-1", "'pk=order-1'"),
         ("pk=X:order-1", "'pk=X:order-1'"),
-        ("sk=N:three", "sk=N:three is not a number"),
+        ("sk=N:three", "key attribute sk: 'three' is not a DynamoDB number"),
+        ("pk=N:1e999999999999", "key attribute pk: '1e999999999999' is not a DynamoDB number"),
+        ('{"pk":{"N":"1e400000000"}}', "key attribute pk: '1e400000000' is not a DynamoDB"),
+        ("pk=N:1e126", "below 1E+126"),
+        ("pk=N:1e-131", "from 1E-130"),
+        ("pk=N:" + "1" * 39, "key attribute pk: '" + "1" * 39 + "' has 39 significant digits"),
+        ("pk=N:1_000", "'1_000' is not a DynamoDB number"),
         ("b=B:not base64!", "b=B:not base64! is not base64"),
         ("pk=S:a pk=S:b", "names key attribute 'pk' twice"),
         ('{"pk": "a"}', "attribute 'pk' must be one typed value"),
