@@ -158,14 +158,26 @@ def conflicts(
 
 
 def _check_key_names(resolved: ResolvedJob, key: Any) -> None:
-    """A --key must name exactly the source table's key attributes."""
+    """A --key must name exactly the source table's key attributes, each with the type
+    the table gives it: ``pk=S:7`` can never name an item whose key pk is a number, and
+    looking for it would only print "0 lost conflicts"."""
     from replicator.items import describe_key
     from replicator.tools.tables import describe, source_ref
 
-    names = describe(source_ref(resolved, connections=1)).key_names
-    if sorted(key) != sorted(names):
+    shape = describe(source_ref(resolved, connections=1))
+    table = resolved.job.source.table
+    if sorted(key) != sorted(shape.key_names):
         raise click.BadParameter(
             f"{describe_key(key)!r} names {', '.join(sorted(key))}, but the key of "
-            f"{resolved.job.source.table} is {', '.join(names)}: give every key attribute",
+            f"{table} is {', '.join(shape.key_names)}: give every key attribute",
             param_hint="'--key'",
         )
+    for name in shape.key_names:
+        wanted = shape.key_schema[name].partition(":")[2]
+        (given,) = key[name]
+        if given != wanted:
+            raise click.BadParameter(
+                f"{describe_key(key)!r} gives {name} as type {given}, but in {table} the key "
+                f"attribute {name} is of type {wanted}: write {name}={wanted}:...",
+                param_hint="'--key'",
+            )

@@ -20,7 +20,7 @@ from replicator.conflictlog.entry import ConflictEntry
 from replicator.conflictlog.file import FileConflictLog
 from replicator.conflictlog.sqs import SqsConflictLog
 from tests.conflictlog.test_conflict_log import conflict, job_file
-from tests.support.aws import client
+from tests.support.aws import client, create_table
 
 SKIPPED = "unreadable conflict-log entry skipped"
 
@@ -43,6 +43,22 @@ def listed_ids(result: Result) -> list[str]:
 def no_traceback(result: Result) -> None:
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert "Traceback" not in result.output
+
+
+def moto_job(
+    tmp_path: Path, endpoint: str, source: str, destination: str, conflict_log: str
+) -> Path:
+    """A job file whose source and destination tables are at the moto server."""
+    path = tmp_path / "moto-job.yaml"
+    path.write_text(
+        "task_name: orders-audit\n"
+        f"source: {{region: us-east-1, table: {source}, endpoint_url: '{endpoint}'}}\n"
+        "destinations:\n"
+        f"  - {{name: eu, region: eu-west-1, table: {destination}, endpoint_url: '{endpoint}'}}\n"
+        "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
+        f"conflict_log: {conflict_log}\n"
+    )
+    return path
 
 
 def two_entries() -> tuple[ConflictEntry, ConflictEntry]:
@@ -212,3 +228,23 @@ def test_an_out_of_range_key_or_time_is_one_line_and_exit_2(
     no_traceback(result)
     assert result.exit_code == 2, result.output
     assert f"'{option}'" in result.stderr and said in " ".join(result.stderr.split())
+
+
+def test_a_key_of_the_wrong_type_for_the_table_is_refused_naming_both_types(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    source = unique("numbered")
+    create_table(client("dynamodb", "us-east-1", moto_endpoint), source, hash_type="N")
+    config = moto_job(
+        tmp_path, moto_endpoint, source, "unused", f"{{kind: file, path: '{tmp_path}/c.jsonl'}}"
+    )
+    wrong = invoke(config, "--key", "pk=S:7")
+    no_traceback(wrong)
+    assert wrong.exit_code == 2, wrong.output
+    assert (
+        f"'pk=S:7' gives pk as type S, but in {source} the key attribute pk is of type N"
+        in " ".join(wrong.stderr.split())
+    )
+    right = invoke(config, "--key", "pk=N:7")
+    assert right.exit_code == 0, right.output
+    assert "0 lost conflicts" in right.stdout
