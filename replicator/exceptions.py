@@ -70,6 +70,11 @@ class DestinationRefused(ReplicatorError):
     """A whole destination keeps refusing our writes (access denied, missing table)."""
 
 
+class DestinationUnavailable(ReplicatorError):
+    """A destination did not take a write within the bound an operator command sets
+    (replication itself retries without one)."""
+
+
 class DeadLetterUnavailable(ReplicatorError):
     """A change could be neither applied nor dead-lettered; nothing may be checkpointed past it."""
 

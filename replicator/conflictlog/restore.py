@@ -3,16 +3,25 @@
 The losing image is written to the destination where it lost, by the job's own
 DestinationWriter for that destination (same client, credentials, retries), as a
 synthetic change (:mod:`replicator.tools.snapshot`, event source
-``replicator:restore``). The write is conditional: it applies only while the
-destination still holds exactly the image that won the conflict (every attribute of
-it equal; no item at all when none won), so a restore never overwrites an update made
-since. ``--force`` writes unconditionally. A lost delete is restored by deleting the
-item, under the same condition.
+``replicator:restore``). A restore never overwrites an update made since the conflict:
+the item is first read with a consistent GetItem and compared whole with the image that
+won (no item when none won), because a condition expression can only check the
+attributes it names, and an attribute added since would pass it. Only when the item is
+exactly that image is the write sent, and it is still conditional on every attribute of
+the winner, so that a change or removal between the read and the write stops it; an
+attribute added in those milliseconds is the one change neither sees. ``--force``
+writes unconditionally, without reading. A lost delete is restored by deleting the
+item, under the same checks.
+
+The writer retries as it does in replication, but for ``RETRY_FOR_S`` only: an operator
+waits for the answer, so a destination that does not answer is reported
+(EnvironmentProblem, exit 3) instead of retried until it does.
 
 Every restore that is applied is itself recorded: an entry of kind ``restore`` in the
 same conflict log (``restored_entry`` names the conflict, ``losing_image`` is what was
 written, ``winning_image`` what it replaced when the condition held) and an
-info-level log line ``conflict entry restored``.
+info-level log line ``conflict entry restored``. Restoring an entry again finds the
+item already holding its losing image, writes nothing and says so.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from replicator import wiring
+from replicator.aws.tables import where
 from replicator.config.model import ResolvedJob
 from replicator.conflictlog.base import ConflictLogTarget, Selection
 from replicator.conflictlog.entry import CONFLICT, RESTORE, ConflictEntry, entry_id, iso
@@ -33,38 +43,54 @@ from replicator.exceptions import (
     ConflictLogRejected,
     ConflictLogUnavailable,
     DestinationRefused,
+    DestinationUnavailable,
     EntryNotFound,
+    EnvironmentProblem,
 )
 from replicator.items import Item, describe_key
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.rules import Skip, Verdict, WriteRequest
 from replicator.rules.requests import holds_outcome
-from replicator.tools.snapshot import expected_request, synthetic_change
+from replicator.tools.snapshot import expected_request, same_item, synthetic_change
 from replicator.writers.destination import Outcome
 
 log = structlog.get_logger(__name__)
 
 RESTORE_PURPOSE = "restore"
+# How long a restore retries a destination that does not answer (or throttles) before
+# it reports it: the command's operator is waiting.
+RETRY_FOR_S = 60.0
 CONDITIONAL = "only while the destination holds the image that won"
 FORCED = "unconditional (--force)"
 
 
 class RestoreRule:
-    """Writes the synthetic restore change, conditionally on the recorded winner."""
+    """Writes the synthetic restore change: unforced, only after a read shows the
+    destination holds exactly the recorded winner (module docstring).
+
+    What it read and whether it planned a write are kept, for :func:`restore` to tell
+    an item that changed from one that already holds the restored image."""
 
     name = "restore"
-    reads_existing = False
 
     def __init__(self, force: bool) -> None:
         self.force = force
+        self.reads_existing = not force
+        self.held: Item | None = None  # the destination's item, as last read
+        self.wrote = False  # a write was planned (and sent, or about to be)
 
     def plan(self, change: Change, existing: Item | None = None) -> WriteRequest | Skip:
         op = change.event.op
         if self.force:
+            self.wrote = True
             if op == "delete":
                 return WriteRequest(op="delete", key=change.keys)
             return WriteRequest(op="put", item=change.new_image)
+        self.held = existing
+        if not same_item(existing, change.old_image):
+            return Skip(self.explain_loss(change, existing))
+        self.wrote = True
         return expected_request(op, change, change.old_image)
 
     def shows_applied(self, change: Change, existing: Item | None) -> bool:
@@ -114,13 +140,16 @@ def restore(
     *,
     key: Item | None = None,
     force: bool = False,
+    retry_for_s: float | None = None,
 ) -> RestoreResult:
     """Write the losing image of entry ``wanted`` back, and record that in ``target``.
 
-    ``key`` (the item's key) lets a DynamoDB log find the entry with one Query.
+    ``key`` (the item's key) lets a DynamoDB log find the entry with one Query;
+    ``retry_for_s`` bounds the retries at the destination (default ``RETRY_FOR_S``).
     """
-    where = target.description + (f" under key {describe_key(key)}" if key else "")
-    entry = find_entry(read_entries(target, selection_for(key)), wanted, where)
+    searched = target.description + (f" under key {describe_key(key)}" if key else "")
+    entries = read_entries(target, selection_for(key))
+    entry = find_entry(entries, wanted, searched)
     if "losing" in entry.truncated:
         digest = entry.truncated["losing"].get("sha256", "unknown")
         raise EntryNotFound(
@@ -138,12 +167,14 @@ def restore(
         raise EntryNotFound(f"entry {entry.id}: the losing put has no image to write back")
     metrics = Metrics(CollectorRegistry())
     writers = wiring.destination_writers(resolved, metrics)
+    rule = RestoreRule(force)
     writer = replace(
         writers[entry.destination],
-        rule=RestoreRule(force),
+        rule=rule,
         conflict_log=None,
         tombstones=None,
         write_back=None,
+        retry_for_s=RETRY_FOR_S if retry_for_s is None else retry_for_s,
     )
     writer.refusal_limit = min(writer.refusal_limit, 3)
     change = synthetic_change(
@@ -157,15 +188,31 @@ def restore(
         written = writer.write(change)
     except DestinationRefused as refused:
         return RestoreResult(entry, False, f"not restored: {refused}")
+    except DestinationUnavailable as error:
+        place = where(destination.region, destination.endpoint_url)
+        raise EnvironmentProblem(
+            f"entry {entry.id} not restored at {place}: {error}; "
+            + (
+                "a write was sent without an answer: run the command again to see whether "
+                "it applied"
+                if rule.wrote
+                else "nothing was written"
+            )
+        ) from None
     if written.outcome is Outcome.CONFLICT_LOST:
-        return RestoreResult(
-            entry,
-            False,
-            f"not restored: the item at {entry.destination} is no longer the image that won "
-            "the conflict (it changed since); nothing was written. --force writes the losing "
-            "image anyway",
-        )
-    if written.failed:
+        if not holds_outcome(change, rule.held):
+            return RestoreResult(
+                entry,
+                False,
+                f"not restored: the item at {entry.destination} is no longer the image that "
+                "won the conflict (it changed since); nothing was written. --force writes the "
+                "losing image anyway",
+            )
+        if not rule.wrote:
+            return already_restored(entry, entries)
+        # Else a write of ours landed and its answer was lost (a timeout): the retry read
+        # the restored item. It is this restore's, and is recorded as such.
+    elif written.failed:
         # Reported, not dead-lettered: the operator is there to read it.
         why = f"{written.reason}: {written.error}"
         return RestoreResult(entry, False, f"not restored: {entry.destination} refused it: {why}")
@@ -192,6 +239,32 @@ def restore(
     except (ConflictLogUnavailable, ConflictLogRejected) as error:
         result.message += f"; but the restore could not be recorded: {error}"
     return result
+
+
+def already_restored(conflict: ConflictEntry, entries: list[ConflictEntry]) -> RestoreResult:
+    """The destination holds the losing image already: nothing to write. Restored and
+    recorded (exit 0) when the log has a restore of this entry; otherwise the image got
+    there some other way, or by a restore whose record was not stored, and the command
+    says that it did not restore it (exit 1)."""
+    records = [e for e in entries if e.kind == RESTORE and e.restored_entry == conflict.id]
+    holds = f"the item at {conflict.destination} already holds this entry's losing image"
+    if conflict.op == "delete":
+        holds = f"the item at {conflict.destination} is already deleted"
+    if records:
+        last = records[-1]
+        return RestoreResult(
+            conflict,
+            True,
+            f"already restored: {holds}, restored by entry {last.id} at {last.recorded_at}; "
+            "nothing was written",
+            recorded=True,
+        )
+    return RestoreResult(
+        conflict,
+        False,
+        f"not restored: {holds}, but no restore of it is recorded in the log (something "
+        "else wrote it, or a restore whose record could not be stored); nothing was written",
+    )
 
 
 def restore_entry(conflict: ConflictEntry, *, force: bool) -> ConflictEntry:

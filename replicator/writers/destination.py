@@ -6,9 +6,10 @@ conflict rules), or failed in a way no retry fixes (a :class:`WriteResult` with 
 reason and the error). What becomes of a failed change is the caller's decision: the
 pipeline stores it as a dead letter before the checkpoint may pass it, a redrive keeps
 the letter it replayed, the source writer logs it. Retryable failures are retried for
-as long as it takes; a destination that refuses everything raises
-:class:`DestinationRefused`, which stops the worker before anything is checkpointed
-past the refused changes.
+as long as it takes (unless ``retry_for_s`` bounds it: an operator at a terminal wants
+an answer, :class:`DestinationUnavailable`); a destination that refuses everything
+raises :class:`DestinationRefused`, which stops the worker before anything is
+checkpointed past the refused changes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ from replicator.aws.backoff import Backoff
 from replicator.aws.clients import WriteClient
 from replicator.aws.errors import CLOCK_SKEW, ErrorKind, classify, error_code
 from replicator.conflictlog.base import ConflictRecorder, Loss
-from replicator.exceptions import DestinationRefused, PlanError, WriteCancelled
+from replicator.exceptions import (
+    DestinationRefused,
+    DestinationUnavailable,
+    PlanError,
+    WriteCancelled,
+)
 from replicator.items import Item, describe_key
 from replicator.metrics import Metrics
 from replicator.records import Change
@@ -149,6 +155,9 @@ class DestinationWriter:
     # False for the source's own writer (write-backs, corrections): its writes are
     # counted as write-backs, not as replicated writes.
     counted: bool = True
+    # Seconds a write is retried before DestinationUnavailable; None (replication): no
+    # limit, lag grows and nothing is dropped.
+    retry_for_s: float | None = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -202,9 +211,10 @@ class DestinationWriter:
         return [max(0.0, now - change.created_s) for change in changes]
 
     def retrying(self, change: Change, attempt_once: Callable[[int], WriteResult]) -> WriteResult:
-        """Run ``attempt_once`` until it settles ``change``: retry what may pass (without a
-        limit in time), fail what never will, stop on a destination that refuses
-        everything."""
+        """Run ``attempt_once`` until it settles ``change``: retry what may pass (for
+        ``retry_for_s``, or without a limit in time), fail what never will, stop on a
+        destination that refuses everything."""
+        started = time.monotonic()
         attempt = 0
         denials = 0
         successes_at_first_denial: int | None = None
@@ -249,8 +259,17 @@ class DestinationWriter:
                     reason = "clock_skew"
                 elif isinstance(error, BotoCoreError) and kind is not ErrorKind.AUTH:
                     reason = "network"
-                self.metrics.retries.labels(self.label, reason).inc()
                 delay = self.backoff.delay(attempt)
+                if self.retry_for_s is not None:
+                    left = self.retry_for_s - (time.monotonic() - started)
+                    if left <= 0:
+                        raise DestinationUnavailable(
+                            f"destination {self.label} ({self.region}/{self.table}) did not "
+                            f"take the write in {self.retry_for_s:g} s ({attempt + 1} "
+                            f"attempts); last error: {_describe(error)}"
+                        ) from error
+                    delay = min(delay, left)
+                self.metrics.retries.labels(self.label, reason).inc()
                 attempt += 1
                 log.info(
                     "write failed, retrying",

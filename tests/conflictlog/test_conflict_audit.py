@@ -198,10 +198,23 @@ def test_every_lost_conflict_is_recorded_once_found_by_key_and_restorable(
     assert record["restored_entry"] == c0.id
     assert exact(record["losing_image"], stored=True) == exact(work.losers["c-0"])
     assert [e["restored_by"] for e in history if e["kind"] == "conflict"] == [record["id"]]
-    # Again: the destination no longer holds the winner, so nothing is overwritten.
+    # Again: the destination holds the loser already; nothing is written or recorded.
     again = invoke("conflicts", "-c", str(job.path), "--restore", c0.id)
-    assert again.exit_code == 1
-    assert "not restored" in again.stdout and "--force" in again.stdout
+    assert again.exit_code == 0, again.output
+    assert f"already restored: the item at eu-west-1/{name}-eu already holds" in again.stdout
+    assert f"restored by entry {record['id']}" in again.stdout
+    assert len(entries_of(job)) == expected + 1
+    # The loser of another item, after the application wrote that item again: refused.
+    (c1,) = by_key["c-1"]
+    work.destination.update_item(
+        TableName=work.table,
+        Key={"pk": {"S": "c-1"}, "sk": {"N": "1"}},
+        UpdateExpression="SET shipped = :yes",
+        ExpressionAttributeValues={":yes": {"BOOL": True}},
+    )
+    changed = invoke("conflicts", "-c", str(job.path), "--restore", c1.id)
+    assert changed.exit_code == 1
+    assert "not restored" in changed.stdout and "--force" in changed.stdout
     assert len(entries_of(job)) == expected + 1
 
 

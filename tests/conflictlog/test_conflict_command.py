@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -15,10 +17,14 @@ import pytest
 from click.testing import CliRunner, Result
 
 from replicator.cli import cli
+from replicator.conflictlog import restore as restore_module
+from replicator.conflictlog.base import Selection
 from replicator.conflictlog.dynamodb import DynamoDbConflictLog
 from replicator.conflictlog.entry import ConflictEntry
 from replicator.conflictlog.file import FileConflictLog
+from replicator.conflictlog.reader import read_entries
 from replicator.conflictlog.sqs import SqsConflictLog
+from replicator.writers.destination import DestinationWriter
 from tests.conflictlog.test_conflict_log import conflict, job_file
 from tests.support.aws import client, create_table
 
@@ -248,3 +254,167 @@ def test_a_key_of_the_wrong_type_for_the_table_is_refused_naming_both_types(
     right = invoke(config, "--key", "pk=N:7")
     assert right.exit_code == 0, right.output
     assert "0 lost conflicts" in right.stdout
+
+
+# -- --restore ---------------------------------------------------------------------------------
+
+
+class Restorable:
+    """One recorded conflict whose winner the destination (at moto) holds."""
+
+    def __init__(self, moto_endpoint: str, unique: Any, tmp_path: Path, seq: int = 21) -> None:
+        self.ddb = client("dynamodb", "eu-west-1", moto_endpoint)
+        self.table = unique("restore-dst")
+        create_table(self.ddb, self.table, range_key="sk", stream=None)
+        self.lost = conflict(seq)
+        self.entry = self.lost.entry()
+        assert self.lost.existing is not None and self.lost.change.new_image is not None
+        self.winner = self.lost.existing
+        self.loser = self.lost.change.new_image
+        self.key = self.lost.change.keys
+        self.ddb.put_item(TableName=self.table, Item=self.winner)
+        self.log = FileConflictLog(tmp_path / "conflicts.jsonl")
+        self.log.put(self.entry)
+        self.config = moto_job(
+            tmp_path,
+            moto_endpoint,
+            "unused",
+            self.table,
+            f"{{kind: file, path: '{self.log.path}'}}",
+        )
+
+    def held(self) -> Any:
+        response = self.ddb.get_item(TableName=self.table, Key=self.key, ConsistentRead=True)
+        return response.get("Item")
+
+    def restores(self) -> list[ConflictEntry]:
+        return [e for e in read_entries(self.log, Selection()) if e.kind == "restore"]
+
+
+CHANGES_SINCE = {
+    "an attribute added": ("SET shipped = :v", {":v": {"BOOL": True}}),
+    "an attribute removed": ("REMOVE #n", {}),
+    "an attribute changed": ("SET #n = :v", {":v": {"S": "changed"}}),
+}
+
+
+@pytest.mark.parametrize("update", CHANGES_SINCE.values(), ids=CHANGES_SINCE.keys())
+def test_a_restore_never_overwrites_an_update_made_since_the_conflict(
+    moto_endpoint: str, unique: Any, tmp_path: Path, update: tuple[str, dict[str, Any]]
+) -> None:
+    case = Restorable(moto_endpoint, unique, tmp_path)
+    expression, values = update
+    names = {"#n": "name"} if "#n" in expression else {}
+    case.ddb.update_item(
+        TableName=case.table,
+        Key=case.key,
+        UpdateExpression=expression,
+        **({"ExpressionAttributeNames": names} if names else {}),
+        **({"ExpressionAttributeValues": values} if values else {}),
+    )
+    updated = case.held()
+
+    result = invoke(case.config, "--restore", case.entry.id)
+    assert result.exit_code == 1, result.output
+    assert "not restored" in result.stdout and "changed since" in result.stdout
+    assert case.held() == updated
+    assert case.restores() == []
+
+
+def test_a_restore_writes_the_loser_once_and_again_says_it_is_already_restored(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    case = Restorable(moto_endpoint, unique, tmp_path)
+    first = invoke(case.config, "--restore", case.entry.id)
+    assert first.exit_code == 0, first.output
+    assert case.held() == case.loser
+    (record,) = case.restores()
+
+    again = invoke(case.config, "--restore", case.entry.id)
+    assert again.exit_code == 0, again.output
+    assert again.stdout == (
+        f"already restored: the item at eu already holds this entry's losing image, restored "
+        f"by entry {record.id} at {record.recorded_at}; nothing was written\n"
+    )
+    assert case.held() == case.loser
+    assert len(case.restores()) == 1
+
+
+def test_a_losing_image_that_got_there_without_a_recorded_restore_is_said_so(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    case = Restorable(moto_endpoint, unique, tmp_path)
+    case.ddb.put_item(TableName=case.table, Item=case.loser)
+    result = invoke(case.config, "--restore", case.entry.id)
+    assert result.exit_code == 1, result.output
+    assert "already holds this entry's losing image, but no restore of it is recorded" in (
+        result.stdout
+    )
+    assert case.restores() == []
+
+
+def test_the_write_stays_conditional_for_a_change_between_the_read_and_the_write(
+    moto_endpoint: str, unique: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read finds the winner; before the write, the item's timestamp changes. The
+    condition on the winner's attributes stops the write."""
+    case = Restorable(moto_endpoint, unique, tmp_path)
+    real_read = DestinationWriter._read
+    changed: list[Any] = []
+
+    def read_then_someone_writes(writer: DestinationWriter, change: Any) -> Any:
+        item = real_read(writer, change)
+        if not changed:
+            case.ddb.update_item(
+                TableName=case.table,
+                Key=case.key,
+                UpdateExpression="SET updated_at = :t",
+                ExpressionAttributeValues={":t": {"N": "300"}},
+            )
+            changed.append(case.held())
+        return item
+
+    monkeypatch.setattr(DestinationWriter, "_read", read_then_someone_writes)
+    result = invoke(case.config, "--restore", case.entry.id)
+    assert result.exit_code == 1, result.output
+    assert "changed since" in result.stdout
+    assert case.held() == changed[0]
+
+
+def finished_within(seconds: float, function: Callable[[], Any]) -> Any:
+    """Run ``function`` on a daemon thread; fail if it has not returned in ``seconds``
+    (a command that never ends must fail the test, not hang the suite)."""
+    outcome: list[Any] = []
+    thread = threading.Thread(target=lambda: outcome.append(function()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still running after {seconds} s"
+    return outcome[0]
+
+
+def test_a_restore_to_a_destination_that_does_not_answer_ends_with_exit_3(
+    moto_endpoint: str, unique: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        nowhere = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        case = Restorable(moto_endpoint, unique, tmp_path)
+        config = tmp_path / "unreachable.yaml"
+        text = case.config.read_text()
+        head, _, tail = text.partition("destinations:\n")
+        config.write_text(head + "destinations:\n" + tail.replace(moto_endpoint, nowhere, 1))
+        monkeypatch.setattr(restore_module, "RETRY_FOR_S", 0.5)
+
+        result = finished_within(60, lambda: invoke(config, "--restore", case.entry.id))
+    no_traceback(result)
+    assert result.exit_code == 3, result.output
+    # Retries are logged as they happen (JSON lines); the outcome is one line.
+    (line,) = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert line.startswith(
+        f"replicator: entry {case.entry.id} not restored at {nowhere} (eu-west-1): "
+        f"destination eu (eu-west-1/{case.table}) "
+    )
+    assert "did not take the write in 0.5 s" in line
+    assert "last error: EndpointConnectionError" in line and nowhere in line
+    assert line.endswith("nothing was written")
+    assert case.held() == case.winner
