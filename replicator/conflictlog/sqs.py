@@ -8,7 +8,10 @@ still too large is sent with its largest images replaced by their sha256
 
 ``replicator conflicts`` reads the queue without consuming it: it receives every
 message with a visibility timeout, then makes them visible again at once. While it
-reads, another consumer of the queue does not see those messages.
+reads, another consumer of the queue does not see those messages. Every such read
+counts as a receive, though: on a queue with a redrive policy, SQS moves the entries to
+its dead-letter queue after ``maxReceiveCount`` readings, so the command and the start
+of a run warn about such a queue (:meth:`SqsConflictLog.redrive_warning`).
 """
 
 from __future__ import annotations
@@ -78,6 +81,29 @@ class SqsConflictLog:
             self.client.send_message(QueueUrl=self.queue_url, MessageBody=encode(entry))
         except (ClientError, BotoCoreError) as error:
             raise storage_failure(error, f"SQS SendMessage to {self.queue_url}") from error
+
+    def redrive_warning(self) -> str | None:
+        """What to tell the operator about the queue's redrive policy, if it has one.
+
+        Raises the AWS error when the queue's attributes cannot be read."""
+        attributes = self.client.get_queue_attributes(
+            QueueUrl=self.queue_url, AttributeNames=["RedrivePolicy"]
+        ).get("Attributes", {})
+        if "RedrivePolicy" not in attributes:
+            return None
+        try:
+            policy = json.loads(attributes["RedrivePolicy"])
+            count = policy["maxReceiveCount"]
+            dead_letters = str(policy["deadLetterTargetArn"]).rpartition(":")[2]
+        except (ValueError, TypeError, KeyError):
+            count, dead_letters = "maxReceiveCount", "its dead-letter queue"
+        return (
+            f"the conflict log's queue {self.queue_url} has a redrive policy: every listing "
+            "of the log (and every --restore lookup) receives each entry once, and after "
+            f"{count} receives SQS moves an entry to the dead-letter queue {dead_letters}, out "
+            "of the log; give the log a queue without a redrive policy, or use the dynamodb "
+            "or file kind"
+        )
 
     def read(self, selection: Selection) -> Iterator[ConflictEntry]:
         seen: set[str] = set()

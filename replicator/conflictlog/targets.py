@@ -128,7 +128,8 @@ def recorder_for(resolved: ResolvedJob, metrics: Metrics) -> BackgroundRecorder 
 def prepare(resolved: ResolvedJob) -> None:
     """Make the conflict log ready before replication starts.
 
-    A DynamoDB table is created (with its TTL) when missing, and a file's directory;
+    A DynamoDB table is created (with its TTL) when missing, and a file's directory; a
+    queue with a redrive policy is warned about (listings move its entries away);
     what only the operator can fix (access denied, a name DynamoDB refuses, a
     directory that cannot be created) stops the start with EnvironmentProblem, and a
     file path that names a directory with ConfigError. An outage does not:
@@ -147,6 +148,17 @@ def prepare(resolved: ResolvedJob) -> None:
             raise EnvironmentProblem(
                 f"conflict log {path}: cannot create its directory: {error.strerror or error}"
             ) from None
+        return
+    if settings.kind is ConflictLogKind.SQS:
+        queue = conflict_log_target(resolved, sdk_retries=False)  # one try: only a warning
+        assert isinstance(queue, SqsConflictLog)
+        try:
+            warning = queue.redrive_warning()
+        except (ClientError, BotoCoreError) as error:
+            log.info("conflict-log queue's redrive policy not checked", error=str(error))
+            return
+        if warning:
+            log.warning(warning)
         return
     if settings.kind is not ConflictLogKind.DYNAMODB:
         return

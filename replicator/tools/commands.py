@@ -11,13 +11,16 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from replicator import logs
 from replicator.config import load_job
 from replicator.config.model import ResolvedJob
+
+if TYPE_CHECKING:
+    from replicator.conflictlog.sqs import SqsConflictLog
 
 
 def load(config_path: Path) -> ResolvedJob:
@@ -117,6 +120,7 @@ def conflicts(
     force: bool,
 ) -> int:
     from replicator.config.model import ConflictLogKind
+    from replicator.conflictlog import sqs
     from replicator.conflictlog.base import Selection
     from replicator.conflictlog.keys import canonical_key
     from replicator.conflictlog.reader import Listing, read_entries
@@ -143,6 +147,8 @@ def conflicts(
         if key is not None:
             _check_key_names(resolved, key)
         target = conflict_log_target(resolved)
+        if isinstance(target, sqs.SqsConflictLog):
+            _warn_about_redrive(target)
         if restore_id is not None:
             result = restore(resolved, target, restore_id, key=key, force=force)
             click.echo(result.message)
@@ -155,6 +161,19 @@ def conflicts(
         listing = Listing(target.description, selection, read_entries(target, selection))
     click.echo(listing.as_json(limit) if output == "json" else listing.text(limit))
     return 0
+
+
+def _warn_about_redrive(target: SqsConflictLog) -> None:
+    """Reading the queue counts as a receive of every entry; say so when that moves them
+    to a dead-letter queue. Not being allowed to look is no reason to stop."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        warning = target.redrive_warning()
+    except (ClientError, BotoCoreError) as error:
+        warning = f"the queue's redrive policy could not be read ({error})"
+    if warning:
+        click.echo(f"replicator: warning: {warning}", err=True)
 
 
 def _check_key_names(resolved: ResolvedJob, key: Any) -> None:

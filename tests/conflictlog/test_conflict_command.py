@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 from click.testing import CliRunner, Result
 
 from replicator.cli import cli
@@ -418,3 +419,68 @@ def test_a_restore_to_a_destination_that_does_not_answer_ends_with_exit_3(
     assert "last error: EndpointConnectionError" in line and nowhere in line
     assert line.endswith("nothing was written")
     assert case.held() == case.winner
+
+
+# -- an SQS log with a redrive policy -----------------------------------------------------------
+
+
+def queue_with_redrive(sqs: Any, unique: Any, max_receives: int) -> tuple[str, str]:
+    """A queue whose redrive policy moves a message to a new dead-letter queue after
+    ``max_receives`` receives: its URL and the dead-letter queue's name."""
+    dead_letters = unique("conflicts-dlq")
+    dlq_url = sqs.create_queue(QueueName=dead_letters)["QueueUrl"]
+    attributes = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
+    policy = {"deadLetterTargetArn": attributes["Attributes"]["QueueArn"]}
+    policy["maxReceiveCount"] = max_receives
+    url = sqs.create_queue(
+        QueueName=unique("conflicts"), Attributes={"RedrivePolicy": json.dumps(policy)}
+    )["QueueUrl"]
+    return url, dead_letters
+
+
+def test_listing_an_sqs_log_with_a_redrive_policy_warns_that_listings_move_its_entries(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    sqs = client("sqs", "us-east-1", moto_endpoint)
+    url, dead_letters = queue_with_redrive(sqs, unique, 2)
+    plain = sqs.create_queue(QueueName=unique("conflicts-plain"))["QueueUrl"]
+    first, last = two_entries()
+    for queue in (url, plain):
+        SqsConflictLog(sqs, queue).put(first)
+        SqsConflictLog(sqs, queue).put(last)
+
+    def listing(queue: str) -> Result:
+        config = job_file(
+            tmp_path, f"{{kind: sqs, queue_url: '{queue}', endpoint_url: '{moto_endpoint}'}}"
+        )
+        return invoke(config, "--format", "json")
+
+    warned = listing(url)
+    assert listed_ids(warned) == sorted([first.id, last.id])
+    (line,) = [line for line in warned.stderr.splitlines() if not line.startswith("{")]
+    assert line.startswith(f"replicator: warning: the conflict log's queue {url} has a redrive")
+    assert f"after 2 receives SQS moves an entry to the dead-letter queue {dead_letters}" in line
+    # What it warns about: the second listing was the last.
+    assert listed_ids(listing(url)) == sorted([first.id, last.id])
+    assert listed_ids(listing(url)) == []
+
+    quiet = listing(plain)
+    assert listed_ids(quiet) == sorted([first.id, last.id])
+    assert "warning" not in quiet.stderr
+
+
+def test_a_run_warns_about_a_conflict_log_queue_with_a_redrive_policy(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    from replicator.config import load_job
+    from replicator.conflictlog.targets import prepare
+
+    sqs = client("sqs", "us-east-1", moto_endpoint)
+    url, dead_letters = queue_with_redrive(sqs, unique, 5)
+    config = job_file(
+        tmp_path, f"{{kind: sqs, queue_url: '{url}', endpoint_url: '{moto_endpoint}'}}"
+    )
+    with structlog.testing.capture_logs() as logs:
+        prepare(load_job(config))
+    (warning,) = [line["event"] for line in logs if line["log_level"] == "warning"]
+    assert f"after 5 receives SQS moves an entry to the dead-letter queue {dead_letters}" in warning
