@@ -28,6 +28,15 @@ def storage_failure(error: ClientError | BotoCoreError, what: str) -> Exception:
     return ConflictLogUnavailable(detail)
 
 
+def read_failure(error: ClientError | BotoCoreError, what: str, where: str) -> Exception:
+    """An AWS error met reading the log (``replicator conflicts``), as one line that names
+    the table or queue and where it is: ``conflict-log table T: not found at REGION``."""
+    # Imported here: the runtime's preflight imports the conflict log's targets.
+    from replicator.runtime.preflight import explain
+
+    return explain(error, what, where)
+
+
 @dataclass(frozen=True, slots=True)
 class Selection:
     """Which entries a reader wants; every field narrows, None means any."""

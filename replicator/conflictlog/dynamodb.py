@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from replicator.conflictlog.base import Selection, storage_failure
+from replicator.conflictlog.base import Selection, read_failure, storage_failure
 from replicator.conflictlog.entry import ConflictEntry
 from replicator.exceptions import EntryFormatError
 from replicator.items import describe_key, item_from_wire
@@ -114,7 +114,10 @@ class DynamoDbConflictLog:
             operation = self.client.scan
         now = int(self._clock())
         while True:
-            page = operation(**kwargs)
+            try:
+                page = operation(**kwargs)
+            except (ClientError, BotoCoreError) as error:
+                raise read_failure(error, f"conflict-log table {self.table}", self.where) from None
             for item in page.get("Items", []):
                 expires = item.get(TTL_ATTRIBUTE, {}).get("N")
                 if expires is not None and float(expires) < now:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from replicator.conflictlog.base import Selection, storage_failure
+from replicator.conflictlog.base import Selection, read_failure, storage_failure
 from replicator.conflictlog.entry import ConflictEntry
 from replicator.exceptions import EntryFormatError
 
@@ -110,12 +110,17 @@ class SqsConflictLog:
         handles: list[str] = []
         try:
             while True:
-                response = self.client.receive_message(
-                    QueueUrl=self.queue_url,
-                    MaxNumberOfMessages=10,
-                    WaitTimeSeconds=1,
-                    VisibilityTimeout=_READ_VISIBILITY_S,
-                )
+                try:
+                    response = self.client.receive_message(
+                        QueueUrl=self.queue_url,
+                        MaxNumberOfMessages=10,
+                        WaitTimeSeconds=1,
+                        VisibilityTimeout=_READ_VISIBILITY_S,
+                    )
+                except (ClientError, BotoCoreError) as error:
+                    raise read_failure(
+                        error, f"conflict-log queue {self.queue_url}", self.client.meta.region_name
+                    ) from None
                 fresh = [m for m in response.get("Messages", []) if m["MessageId"] not in seen]
                 if not fresh:
                     return

@@ -484,3 +484,23 @@ def test_a_run_warns_about_a_conflict_log_queue_with_a_redrive_policy(
         prepare(load_job(config))
     (warning,) = [line["event"] for line in logs if line["log_level"] == "warning"]
     assert f"after 5 receives SQS moves an entry to the dead-letter queue {dead_letters}" in warning
+
+
+# -- small things ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [(), ("--restore", "0123abcd")])
+def test_a_missing_conflict_log_table_is_named_with_its_region(
+    moto_endpoint: str, unique: Any, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    table = unique("missing")
+    config = job_file(
+        tmp_path, f"{{kind: dynamodb, table: {table}, endpoint_url: '{moto_endpoint}'}}"
+    )
+    result = invoke(config, *args)
+    no_traceback(result)
+    assert result.exit_code == 3, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(
+        f"replicator: conflict-log table {table}: not found at {moto_endpoint} (us-east-1)"
+    )
