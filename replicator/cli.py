@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from replicator.config import load_job
 from replicator.config.model import ResolvedJob
@@ -490,4 +491,28 @@ def conflicts(config_path: Path, **options: Any) -> None:
     """List and summarize the job's lost conflicts, or restore one (exit 1 if not restored)."""
     from replicator.tools import commands
 
+    if options["restore_id"] is not None:
+        _refuse_listing_options_with_restore()
     sys.exit(commands.conflicts(config_path, **options))
+
+
+def _refuse_listing_options_with_restore() -> None:
+    """--restore writes one entry back and prints one line: the options that shape a
+    listing would be ignored, and an operator who typed one expects it to count."""
+    context = click.get_current_context()
+    listing = [
+        ("destination", "--destination"),
+        ("since", "--since"),
+        ("output", "--format"),
+        ("limit", "--limit"),
+    ]
+    given = [
+        flag
+        for name, flag in listing
+        if context.get_parameter_source(name) is not ParameterSource.DEFAULT
+    ]
+    if given:
+        raise click.UsageError(
+            f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for listing, not for "
+            "--restore, which takes the entry's id, and --key to find it with one Query"
+        )

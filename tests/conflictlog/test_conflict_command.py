@@ -504,3 +504,25 @@ def test_a_missing_conflict_log_table_is_named_with_its_region(
     assert line.startswith(
         f"replicator: conflict-log table {table}: not found at {moto_endpoint} (us-east-1)"
     )
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        ("--destination", "eu-west-1/orders"),
+        ("--since", "1h"),
+        ("--limit", "5"),
+        ("--format", "json"),
+        ("--format", "table", "--limit", "50"),
+    ],
+)
+def test_listing_options_are_refused_with_restore(tmp_path: Path, given: tuple[str, ...]) -> None:
+    config = job_file(tmp_path, f"{{kind: file, path: '{tmp_path}/c.jsonl'}}")
+    result = invoke(config, "--restore", "0123abcd", *given)
+    no_traceback(result)
+    assert result.exit_code == 2, result.output
+    flags = ", ".join(arg for arg in given if arg.startswith("--"))
+    assert f"Error: {flags} " in result.stderr
+    assert "for listing, not for --restore" in result.stderr
+    # Alone, the same options list the log.
+    assert invoke(config, *given).exit_code == 0
