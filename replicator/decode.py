@@ -139,8 +139,8 @@ def _change(document: _Record, raw: RawRecord, sequence_number: str) -> Change:
     ttl_delete = (
         event is Event.REMOVE
         and isinstance(identity, Mapping)
-        and identity.get("type") == "Service"
-        and identity.get("principalId") == _TTL_PRINCIPAL
+        and identity.get("type", identity.get("Type")) == "Service"
+        and identity.get("principalId", identity.get("PrincipalId")) == _TTL_PRINCIPAL
     )
     return Change(
         sequence_number=sequence_number,

@@ -535,3 +535,37 @@ def test_records_whose_images_or_keys_are_unusable_are_decode_errors(name: str) 
         decode(_with_data(payload, 79))
     assert "record 79" in str(caught.value)
     assert reason in str(caught.value)
+
+
+def test_a_ttl_remove_read_by_the_local_runtime_is_a_ttl_delete() -> None:
+    """boto3 parses a GetRecords record's identity as {"PrincipalId", "Type"}; the local
+    runtime hands the processor the adapter's spelling, and either decodes as TTL."""
+    from datetime import UTC, datetime
+
+    from replicator.shards.stream import to_daemon_record
+
+    boto3_record = {
+        "eventID": "e1",
+        "eventName": "REMOVE",
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": "us-east-1",
+        "dynamodb": {
+            "ApproximateCreationDateTime": datetime(2026, 12, 1, tzinfo=UTC),
+            "Keys": {"pk": {"S": "k"}},
+            "OldImage": {"pk": {"S": "k"}, "expires": {"N": "1"}},
+            "SequenceNumber": "300",
+            "SizeBytes": 20,
+            "StreamViewType": "NEW_AND_OLD_IMAGES",
+        },
+        "userIdentity": {"PrincipalId": "dynamodb.amazonaws.com", "Type": "Service"},
+    }
+    record = to_daemon_record(boto3_record)
+    document = json.loads(base64.b64decode(record["data"]))
+    assert document["userIdentity"] == {"principalId": "dynamodb.amazonaws.com", "type": "Service"}
+    assert decode(record).ttl_delete
+    user = dict(boto3_record, userIdentity={"PrincipalId": "someone", "Type": "Service"})
+    assert not decode(to_daemon_record(user)).ttl_delete
+    # A record that reached the processor in boto3's spelling is read the same way.
+    document["userIdentity"] = {"PrincipalId": "dynamodb.amazonaws.com", "Type": "Service"}
+    assert decode(daemon_record(document, 300)).ttl_delete

@@ -76,8 +76,14 @@ def to_daemon_record(record: Mapping[str, Any]) -> dict[str, Any]:
         "awsRegion": record.get("awsRegion"),
         "dynamodb": serialized,
     }
-    if record.get("userIdentity"):
-        document["userIdentity"] = record["userIdentity"]
+    identity = record.get("userIdentity")
+    if identity:
+        # boto3 spells it {"PrincipalId", "Type"}; the adapter's JSON, which the
+        # processor reads, {"principalId", "type"} (a TTL delete is told by it).
+        document["userIdentity"] = {
+            "principalId": identity.get("PrincipalId", identity.get("principalId")),
+            "type": identity.get("Type", identity.get("type")),
+        }
     data = json.dumps(document, separators=(",", ":")).encode("utf-8")
     sequence_number = body["SequenceNumber"]
     return {
