@@ -58,9 +58,15 @@ def ensure_table(
         if time.monotonic() > deadline:
             raise EnvironmentProblem(f"{what} at {where} is still {described['TableStatus']}")
         time.sleep(1.0)
-    found = {k["AttributeName"]: k["KeyType"] for k in described["KeySchema"]}
-    if found != keys:
-        raise EnvironmentProblem(f"{what} at {where} exists with key schema {found}; {hint}")
+    # Names, roles and types: a key of another type takes no item this code writes.
+    types = {d["AttributeName"]: d["AttributeType"] for d in described["AttributeDefinitions"]}
+    found = {
+        k["AttributeName"]: (k["KeyType"], types.get(k["AttributeName"]))
+        for k in described["KeySchema"]
+    }
+    if found != {name: (kind, "S") for name, kind in keys.items()}:
+        schema = ", ".join(f"{name} ({kind}, {type_})" for name, (kind, type_) in found.items())
+        raise EnvironmentProblem(f"{what} at {where} exists with key schema {schema}; {hint}")
     _ensure_ttl(client, table, ttl_attribute, what, where)
 
 

@@ -369,3 +369,23 @@ def test_a_replicated_write_below_a_pending_correction_does_not_replace_it() -> 
     assert stage.route(lower_echo, Route.LOOP_SKIPPED)[2] is False
     higher_echo = change("MODIFY", image(31, "eu-west-1"), image(20, "eu-west-1"), seq=3)
     assert stage.route(higher_echo, Route.LOOP_SKIPPED)[2] is True
+
+
+@pytest.mark.parametrize("key_type", ["N", "B"])
+def test_a_tombstone_table_keyed_by_another_type_is_refused_at_start(
+    moto_endpoint: str, unique: Any, key_type: str
+) -> None:
+    """Every tombstone is keyed by a string: a table keyed by a number or a binary would
+    refuse each one, dead-lettering every replicated delete. It is refused up front."""
+    from replicator.exceptions import EnvironmentProblem
+
+    ddb = client("dynamodb", "eu-west-1", moto_endpoint)
+    name = unique("tomb-type")
+    ddb.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": key_type}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    with pytest.raises(EnvironmentProblem, match=rf"key schema pk \(HASH, {key_type}\)"):
+        TombstoneTable(ddb, name, "eu-west-1", 3600).ensure_exists(wait_s=5)
