@@ -4,8 +4,9 @@ The table (``<task_name>-conflicts`` by default, in the source region) is keyed 
 that every entry of one item is one Query away:
 
 * ``pk`` (S, partition key): the item's canonical key (:func:`keys.canonical_key`),
-  such as ``[["pk","S","order-1"],["sk","N","3"]]``; the conflict log belongs to one
-  job, so to one source table;
+  such as ``[["pk","S","order-1"],["sk","N","3"]]``, or ``sha256:<digest>`` of it when
+  it is longer than a partition key may be (:func:`keys.partition_key`); the conflict
+  log belongs to one job, so to one source table;
 * ``sk`` (S, sort key): ``<time>#<entry id>``, the time being the losing change's
   creation (a restore: when it was made), ISO-8601 UTC, so a Query returns an item's
   history in time order and ``--since`` is a key condition;
@@ -33,6 +34,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.conflictlog.base import Selection, read_failure, storage_failure
 from replicator.conflictlog.entry import ConflictEntry
+from replicator.conflictlog.keys import partition_key
 from replicator.exceptions import EntryFormatError
 from replicator.items import describe_key, item_from_wire
 from replicator.owned_tables import ensure_table
@@ -86,7 +88,7 @@ class DynamoDbConflictLog:
             entry = entry.fitted(room)
             blob = gzip.compress(entry.to_json().encode("utf-8"))
         return {
-            "pk": {"S": entry.item},
+            "pk": {"S": partition_key(entry.item)},
             "sk": {"S": entry.sort_key},
             "id": {"S": entry.id},
             "kind": {"S": entry.kind},
@@ -104,7 +106,7 @@ class DynamoDbConflictLog:
         operation: Callable[..., QueryOutputTypeDef | ScanOutputTypeDef]
         if selection.item is not None:
             condition = "pk = :pk"
-            values: dict[str, Any] = {":pk": {"S": selection.item}}
+            values: dict[str, Any] = {":pk": {"S": partition_key(selection.item)}}
             if selection.since is not None:
                 condition += " AND sk >= :since"
                 values[":since"] = {"S": selection.since}

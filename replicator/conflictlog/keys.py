@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -74,6 +75,22 @@ def canonical_key(keys: Mapping[str, AttributeValue]) -> str:
             raise KeySyntaxError(f"key attribute {name} has type {kind}; keys are S, N or B")
         parts.append([name, kind, shown])
     return json.dumps(parts, separators=(",", ":"), ensure_ascii=False)
+
+
+# DynamoDB's limit on a partition key value (UTF-8 bytes).
+_PARTITION_KEY_LIMIT = 2048
+
+
+def partition_key(canonical: str) -> str:
+    """The partition key under which a table of the replicator's own (tombstones, the
+    conflict log) keeps an item's rows: its canonical key, or, when that is longer than
+    DynamoDB takes (a legal item key near 2 KB grows with the names, types and base64
+    around it), ``sha256:`` and the key's digest. Every region computes the same, and no
+    canonical key starts with ``sha256:`` (it is a JSON list)."""
+    encoded = canonical.encode("utf-8")
+    if len(encoded) <= _PARTITION_KEY_LIMIT:
+        return canonical
+    return "sha256:" + hashlib.sha256(encoded).hexdigest()
 
 
 def parse_key(text: str) -> Item:

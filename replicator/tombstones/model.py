@@ -10,10 +10,11 @@ stores the deleted image's rank (ordering value, origin, digest), and a put whos
 image ranks at or below it must not bring the item back.
 
 Tombstones live in a small table per region beside the user's table (never inside the
-user's items), keyed by the item's canonical key, one row per item: a higher delete of
-the same item replaces a lower one, and a row expires ``retention`` after it was
-written (DynamoDB's TTL on ``expires_at``; the replicator ignores a row past that time
-even before DynamoDB removes it).
+user's items), keyed by the item's canonical key (its sha256 when the key is too long
+for a partition key: :func:`~replicator.conflictlog.keys.partition_key`), one row per
+item: a higher delete of the same item replaces a lower one, and a row expires
+``retention`` after it was written (DynamoDB's TTL on ``expires_at``; the replicator
+ignores a row past that time even before DynamoDB removes it).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from replicator.conflictlog.keys import canonical_key
+from replicator.conflictlog.keys import canonical_key, partition_key
 from replicator.items import AttributeValue, Item
 from replicator.rules.order import Digest, OpRank, Rank, RankFields, ordering_rank, origin_rank
 
@@ -48,7 +49,7 @@ class Tombstone:
 
     @property
     def pk(self) -> str:
-        return canonical_key(self.keys)
+        return partition_key(canonical_key(self.keys))
 
     @property
     def rank(self) -> Rank:

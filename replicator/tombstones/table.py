@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from botocore.exceptions import ClientError
 
-from replicator.conflictlog.keys import canonical_key
+from replicator.conflictlog.keys import canonical_key, partition_key
 from replicator.items import Item
 from replicator.owned_tables import ensure_table
 from replicator.rules.order import any_of, below, equal_rank, pruned
@@ -115,7 +115,7 @@ class TombstoneTable:
         """The item's tombstone, read strongly consistently (expired ones included)."""
         response = self.client.get_item(
             TableName=self.table,
-            Key={PARTITION_KEY: {"S": canonical_key(keys)}},
+            Key={PARTITION_KEY: {"S": partition_key(canonical_key(keys))}},
             ConsistentRead=True,
         )
         item = cast("Item | None", response.get("Item"))

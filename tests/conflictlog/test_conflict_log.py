@@ -476,3 +476,17 @@ def test_a_conflict_log_path_that_is_a_directory_stops_the_start(tmp_path: Path)
     config = job_file(tmp_path, f"{{kind: file, path: '{tmp_path}'}}")
     with pytest.raises(ConfigError, match=f"conflict log {tmp_path} is a directory"):
         prepare(load_job(config))
+
+
+def test_dynamodb_log_keeps_an_item_whose_key_is_near_2_kb(moto_endpoint: str, unique: Any) -> None:
+    """The canonical key of a legal item key near 2 KB is longer than a partition key
+    may be: the entry is stored under the key's digest and found by the key."""
+    ddb = client("dynamodb", "us-east-1", moto_endpoint)
+    target = DynamoDbConflictLog(ddb, unique("conflicts"), retention_days=30, where="moto")
+    target.ensure_exists()
+    entry = conflict(1, pk="L" * 2030).entry()
+    target.put(entry)
+    found = read_entries(
+        target, Selection(item=canonical_key(parse_key(f"pk=S:{'L' * 2030} sk=N:3")))
+    )
+    assert [e.id for e in found] == [entry.id]

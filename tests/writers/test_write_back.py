@@ -389,3 +389,25 @@ def test_a_tombstone_table_keyed_by_another_type_is_refused_at_start(
     )
     with pytest.raises(EnvironmentProblem, match=rf"key schema pk \(HASH, {key_type}\)"):
         TombstoneTable(ddb, name, "eu-west-1", 3600).ensure_exists(wait_s=5)
+
+
+def test_a_delete_of_an_item_whose_key_is_near_2_kb_leaves_its_tombstone(pair: Pair) -> None:
+    """An item key may take 2,048 bytes; its canonical form (names, types, brackets)
+    is longer than a partition key may be. The tombstone is kept under the key's
+    digest, and the delete replicates and blocks a lower put as for any item."""
+    long_key = {"pk": {"S": "L" * 2040}}
+    deleted = {**long_key, "ts": {"N": "20"}, "origin": {"S": "eu-west-1"}}
+    pair.b.put_item(TableName=pair.table, Item=deleted)
+
+    def long_change(event: str, new: Item | None, old: Item | None, seq: int) -> Change:
+        return decode(daemon_record(stream_record(event, long_key, new, old, seq=seq), seq))
+
+    assert pair.writer.write(long_change("REMOVE", None, deleted, 1)).outcome is Outcome.APPLIED
+    assert "Item" not in pair.b.get_item(TableName=pair.table, Key=long_key, ConsistentRead=True)
+    tombstone = pair.tombs_b.get(long_key)
+    assert tombstone is not None and tombstone.rank == RULE.rank(deleted)
+    assert tombstone.pk.startswith("sha256:")
+    stale = {**long_key, "ts": {"N": "19"}, "origin": {"S": "us-east-1"}}
+    outcome = pair.writer.write(long_change("MODIFY", stale, None, 2)).outcome
+    assert outcome is Outcome.CONFLICT_LOST
+    assert "Item" not in pair.b.get_item(TableName=pair.table, Key=long_key, ConsistentRead=True)
