@@ -7,7 +7,6 @@ own credentials (its endpoint and role), exactly as an application there would.
 from __future__ import annotations
 
 import json
-import math
 import time
 from datetime import datetime
 
@@ -19,7 +18,13 @@ from replicator.config.model import DestinationConfig, ResolvedJob, StreamKind
 from replicator.exceptions import ConfigError, EnvironmentProblem, StatusTableMissing
 from replicator.runtime.preflight import explain
 from replicator.watermark.parts import Watermark, iso, seconds
-from replicator.watermark.wait import WaitResult, read_watermark, to_epoch_us, wait_until_replicated
+from replicator.watermark.wait import (
+    WaitResult,
+    checked_seconds,
+    read_watermark,
+    to_epoch_us,
+    wait_until_replicated,
+)
 
 EXIT_REPLICATED = 0
 EXIT_TIMEOUT = 1
@@ -27,28 +32,28 @@ EXIT_DEAD_LETTERED = 4
 
 
 def parse_time(text: str, option: str) -> float:
-    """Epoch seconds (fractions allowed) or ISO 8601 with a zone; ValueError naming ``text``."""
+    """Epoch seconds (fractions allowed) or ISO 8601 with a zone, from 1970 to before
+    ``SECONDS_CEILING``; ValueError naming ``option`` and ``text``."""
+    shown = f"{option} {text!r}"
     try:
         value = float(text)
     except ValueError:
         pass
     else:
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{option} {text!r}: not a time (epoch seconds must be >= 0)")
-        return value
+        return checked_seconds(value, shown, typed_as_number=True)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(
-            f"{option} {text!r}: expected epoch seconds (such as 1767225600.25) or an ISO 8601 "
+            f"{shown}: expected epoch seconds (such as 1767225600.25) or an ISO 8601 "
             "time with a zone (such as 2026-01-01T00:00:00.250Z)"
         ) from None
     if moment.tzinfo is None:
         raise ValueError(
-            f"{option} {text!r}: an ISO 8601 time needs a zone (Z or +hh:mm); without one it "
+            f"{shown}: an ISO 8601 time needs a zone (Z or +hh:mm); without one it "
             "could be any of 24 hours"
         )
-    return moment.timestamp()
+    return checked_seconds(moment.timestamp(), shown, typed_as_number=False)
 
 
 def resolve_destination(resolved: ResolvedJob, name: str) -> DestinationConfig:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import ClientError
 
 from replicator.aws import clients
+from replicator.epoch import SECONDS_CEILING, finer_unit
 from replicator.exceptions import StatusTableMissing
 from replicator.watermark.parts import US, Watermark, combine, seconds
 from replicator.watermark.table import StatusTable
@@ -30,15 +31,56 @@ DEFAULT_POLL_INTERVAL_S = 0.25
 DEFAULT_DEAD_LETTER_WINDOW_S = 60.0
 
 
-def to_epoch_us(moment: float | datetime) -> int:
-    """Epoch seconds (or an aware datetime) to whole microseconds, rounded down."""
+_LATEST = "5138-11-16T09:46:40Z"  # SECONDS_CEILING
+
+
+def checked_seconds(value: float, shown: str, *, typed_as_number: bool) -> float:
+    """``value`` (epoch seconds) if a wait can use it as a time; else ValueError
+    ``"<shown>: <why>"``.
+
+    A time is from 1970 (the epoch) to before ``SECONDS_CEILING``: within what a
+    datetime can show, and the same line the package draws between seconds and
+    milliseconds elsewhere, so that epoch milliseconds typed by mistake are named as
+    such at once, rather than waited for until the timeout. ``typed_as_number``: the
+    value was given as a number (the unit hint applies), not as a datetime.
+    """
+    if not math.isfinite(value):
+        raise ValueError(f"{shown}: not a time")
+    if value < 0:
+        if typed_as_number:
+            raise ValueError(f"{shown}: not a time (epoch seconds must be >= 0)")
+        raise ValueError(f"{shown}: before 1970: a time must be from 1970-01-01T00:00:00Z on")
+    if value >= SECONDS_CEILING:
+        unit = finer_unit(value) if typed_as_number else None
+        if unit is not None:
+            name, per_second = unit
+            given = f"{value / per_second:.6f}".rstrip("0").rstrip(".")
+            raise ValueError(f"{shown}: looks like epoch {name}: give seconds, e.g. {given}")
+        raise ValueError(
+            f"{shown}: out of range: a time must be before {_LATEST} "
+            f"(epoch seconds below {SECONDS_CEILING})"
+        )
+    return value
+
+
+def to_epoch_us(moment: float | datetime, name: str = "until") -> int:
+    """Epoch seconds (or an aware datetime) to whole microseconds, rounded down;
+    ValueError naming ``name`` and the value when it is not a time a wait can use."""
     if isinstance(moment, datetime):
         if moment.tzinfo is None:
-            raise ValueError(f"{moment.isoformat()} has no time zone; give one (such as Z)")
-        moment = moment.timestamp()
-    if not math.isfinite(moment):
-        raise ValueError(f"{moment!r} is not a time")
-    return math.floor(moment * US)
+            raise ValueError(
+                f"{name} {moment.isoformat()}: has no time zone; give one (such as UTC)"
+            )
+        value = checked_seconds(
+            moment.timestamp(), f"{name} {moment.isoformat()}", typed_as_number=False
+        )
+    elif isinstance(moment, int | float) and not isinstance(moment, bool):
+        value = checked_seconds(float(moment), f"{name} {moment!r}", typed_as_number=True)
+    else:
+        raise ValueError(
+            f"{name} {moment!r}: expected epoch seconds (a number) or an aware datetime"
+        )
+    return math.floor(value * US)
 
 
 class WatermarkReader:
@@ -170,10 +212,13 @@ def wait_until_replicated(
     (its ``name``, default ``<region>/<table>``); ``status_table`` is
     ``<task_name>-watermark`` in the destination's region. Give ``client`` (a boto3
     DynamoDB client for that region) or ``region``.
+
+    Raises ValueError, before reading anything, for a time that is not from 1970 to
+    before ``SECONDS_CEILING`` (epoch milliseconds given for seconds are named as such).
     """
-    until_us = to_epoch_us(until)
+    until_us = to_epoch_us(until, "until")
     since_us = (
-        to_epoch_us(since)
+        to_epoch_us(since, "since")
         if since is not None
         else until_us - int(DEFAULT_DEAD_LETTER_WINDOW_S * US)
     )
