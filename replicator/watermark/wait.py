@@ -213,8 +213,12 @@ def wait_until_replicated(
     ``<task_name>-watermark`` in the destination's region. Give ``client`` (a boto3
     DynamoDB client for that region) or ``region``.
 
+    ``timeout`` may be ``math.inf`` (no limit; a negative one is 0: read once).
+
     Raises ValueError, before reading anything, for a time that is not from 1970 to
-    before ``SECONDS_CEILING`` (epoch milliseconds given for seconds are named as such).
+    before ``SECONDS_CEILING`` (epoch milliseconds given for seconds are named as such),
+    ``since`` after ``until``, a NaN timeout, or a poll interval that is not a positive
+    number.
     """
     until_us = to_epoch_us(until, "until")
     since_us = (
@@ -222,8 +226,12 @@ def wait_until_replicated(
         if since is not None
         else until_us - int(DEFAULT_DEAD_LETTER_WINDOW_S * US)
     )
-    if poll_interval <= 0:
-        raise ValueError(f"poll_interval must be positive, got {poll_interval!r}")
+    if since_us > until_us:
+        raise ValueError(f"since {since!r} is after until {until!r}: the window is inverted")
+    if not (math.isfinite(poll_interval) and poll_interval > 0):
+        raise ValueError(f"poll_interval {poll_interval!r}: must be a positive number of seconds")
+    if math.isnan(timeout):
+        raise ValueError(f"timeout {timeout!r}: not a number of seconds")
     client = client or _client(region, endpoint_url)
     reader = shared_reader(client, status_table, destination, poll_interval)
     started = time.monotonic()

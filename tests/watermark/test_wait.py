@@ -3,6 +3,7 @@ anything, and how long it may take when the status table does not answer."""
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -42,4 +43,26 @@ def test_a_time_it_cannot_wait_for_is_refused_before_waiting(
             status_table="wm-times-watermark",
             client=client("dynamodb", "eu-west-1", moto_endpoint),
             timeout=1,
+        )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"until": 1e9, "since": 1e9 + 100}, "since 1000000100.0 is after until 1000000000.0"),
+        ({"until": 1e9, "poll_interval": math.nan}, "poll_interval nan: must be a positive"),
+        ({"until": 1e9, "poll_interval": math.inf}, "poll_interval inf: must be a positive"),
+        ({"until": 1e9, "poll_interval": 0}, "poll_interval 0: must be a positive"),
+        ({"until": 1e9, "timeout": math.nan}, "timeout nan: not a number of seconds"),
+    ],
+)
+def test_an_inverted_window_or_a_poll_or_timeout_that_is_no_number_is_refused(
+    moto_endpoint: str, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        wait_until_replicated(
+            **{"timeout": 1, **options},
+            destination="eu-west-1/replica",
+            status_table="wm-options-watermark",
+            client=client("dynamodb", "eu-west-1", moto_endpoint),
         )
