@@ -161,7 +161,9 @@ def wait(
     since: float | None,
     poll_interval: float,
 ) -> int:
-    """Wait until the destination's watermark passes ``until``: 0, 1 (timeout), 4 (dead letters)."""
+    """Wait until the destination's watermark passes ``until``: 0, 1 (timeout), 4 (dead
+    letters); EnvironmentProblem (3) when the status table cannot be read, or answers no
+    read before the timeout."""
     _require_watermark(resolved)
     destination = resolve_destination(resolved, name)
     try:
@@ -176,6 +178,12 @@ def wait(
         )
     except (ClientError, BotoCoreError) as error:
         raise _problem(resolved, destination, error) from None
+    if result.unanswered:  # nothing is known: the table could not be read, as when refused
+        where = destination.endpoint_url or f"region {destination.region}"
+        raise EnvironmentProblem(
+            f"status table {resolved.watermark_table} did not answer at {where} in "
+            f"{result.waited_s:.1f}s: the endpoint hangs, or is slower than --timeout"
+        )
     target = f"{destination.label} until {iso(to_epoch_us(until))}"
     click.echo(f"{target}: {result.describe()}", err=not result.replicated)
     if not result.reached:

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from replicator.aws import clients
 from replicator.epoch import SECONDS_CEILING, finer_unit
-from replicator.exceptions import StatusTableMissing
+from replicator.exceptions import StatusTableMissing, StatusTableSilent
 from replicator.watermark.parts import US, Watermark, combine, seconds
 from replicator.watermark.table import StatusTable
 from replicator.watermark.tracker import DeadLetterRange
@@ -83,8 +84,41 @@ def to_epoch_us(moment: float | datetime, name: str = "until") -> int:
     return math.floor(value * US)
 
 
+MIN_READ_S = 2.0
+"""How long a wait gives a read even when less of its timeout is left (so that a timeout
+of 0 still reads once): a wait returns within its timeout plus this, however long the
+status table takes to answer, or if it never does."""
+READ_PATIENCE_S = 5.0
+"""How long a read is waited for at most before a later one is started beside it: an
+endpoint that stopped answering is asked again rather than waited on for good."""
+
+# For the clients this module builds: a read no waiter waits for any more is abandoned,
+# not cancelled, so its thread must end by itself soon.
+_READ_CONFIG = Config(
+    connect_timeout=READ_PATIENCE_S,
+    read_timeout=READ_PATIENCE_S,
+    retries={"mode": "standard", "total_max_attempts": 2},
+)
+
+
+@dataclass
+class _Read:
+    """One Query of the status table, run on its own thread, and its outcome."""
+
+    started: float
+    done: threading.Event = field(default_factory=threading.Event)
+    watermark: Watermark | None = None
+    error: Exception | None = None
+
+
 class WatermarkReader:
-    """Reads one destination's parts; concurrent callers share one Query per interval."""
+    """Reads one destination's parts; concurrent callers share one Query per interval.
+
+    The Query runs on a thread of its own and callers wait for its answer each for as
+    long as they have, so no caller waits on a Query beyond its own timeout, whatever
+    the client's timeouts and retries are (an application's client may retry a silent
+    endpoint for minutes). The lock guards only this object's fields, never a Query.
+    """
 
     def __init__(self, table: StatusTable, min_interval_s: float = 0.0) -> None:
         self.table = table
@@ -92,24 +126,58 @@ class WatermarkReader:
         self._lock = threading.Lock()
         self._last: Watermark | None = None
         self._last_at = -math.inf
+        self._last_started = -math.inf
+        self._reading: _Read | None = None
 
-    def read(self) -> Watermark:
+    def read(self, timeout: float | None = None) -> Watermark:
+        """The last watermark read if it is younger than ``min_interval_s``, else the
+        answer of a Query (the one in flight, unless it has been in flight for longer
+        than ``READ_PATIENCE_S``). ``timeout``: seconds to wait for it (None: as long as
+        the client takes). Raises StatusTableSilent when it has not come by then,
+        StatusTableMissing, or the client's error."""
         with self._lock:
-            if self._last is not None and time.monotonic() - self._last_at < self.min_interval_s:
+            now = time.monotonic()
+            if self._last is not None and now - self._last_at < self.min_interval_s:
                 return self._last
-            try:
-                parts = self.table.parts()
-            except ClientError as error:
-                if error.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
-                    raise StatusTableMissing(
-                        f"status table {self.table.name} does not exist: the replicator has "
-                        "not published a watermark there (is it running, with "
-                        "watermark.enabled?)"
-                    ) from None
-                raise
-            self._last = combine(self.table.destination, parts)
-            self._last_at = time.monotonic()
-            return self._last
+            pending = self._reading
+            if pending is None or now - pending.started > READ_PATIENCE_S:
+                pending = self._reading = _Read(now)
+                threading.Thread(
+                    target=self._query, args=(pending,), name="watermark-read", daemon=True
+                ).start()
+        if not pending.done.wait(timeout):
+            raise StatusTableSilent(
+                f"status table {self.table.name} did not answer within "
+                f"{timeout if timeout is not None else 0:.1f}s"
+            )
+        if pending.error is not None:
+            raise pending.error
+        assert pending.watermark is not None
+        return pending.watermark
+
+    def _query(self, pending: _Read) -> None:
+        try:
+            pending.watermark = combine(self.table.destination, self.table.parts())
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+                pending.error = StatusTableMissing(
+                    f"status table {self.table.name} does not exist: the replicator has "
+                    "not published a watermark there (is it running, with "
+                    "watermark.enabled?)"
+                )
+            else:
+                pending.error = error
+        except Exception as error:  # noqa: BLE001  # raised again by each caller waiting
+            pending.error = error
+        finally:
+            with self._lock:
+                if self._reading is pending:
+                    self._reading = None
+                # A read overtaken by a later one does not replace that one's answer.
+                if pending.watermark is not None and pending.started >= self._last_started:
+                    self._last, self._last_started = pending.watermark, pending.started
+                    self._last_at = time.monotonic()
+            pending.done.set()
 
 
 @dataclass(frozen=True)
@@ -124,6 +192,9 @@ class WaitResult:
     waited_s: float = 0.0
     problem: str | None = None
     """Why no watermark could be read, when that is why the wait timed out."""
+    unanswered: bool = False
+    """No read of the status table was answered during the wait (its endpoint hangs, or
+    answers slower than the timeout): nothing is known, not even that it is behind."""
 
     @property
     def replicated(self) -> bool:
@@ -138,7 +209,8 @@ class WaitResult:
             return f"no watermark after {self.waited_s:.2f}s: {why}"
         mark = f"watermark {self.watermark.seconds:.6f}"
         if not self.reached:
-            return f"timed out after {self.waited_s:.2f}s at {mark}"
+            why = f" ({self.problem})" if self.problem else ""
+            return f"timed out after {self.waited_s:.2f}s at {mark}{why}"
         if self.dead_lettered:
             spans = ", ".join(
                 f"{seconds(lo):.6f}..{seconds(hi):.6f}" for lo, hi in self.dead_lettered
@@ -159,7 +231,7 @@ def _client(region: str | None, endpoint_url: str | None) -> DynamoDBClient:
     with _shared:
         key = (region, endpoint_url)
         if key not in _clients:
-            _clients[key] = clients.default_dynamodb(region, endpoint_url)
+            _clients[key] = clients.default_dynamodb(region, endpoint_url, _READ_CONFIG)
         return _clients[key]
 
 
@@ -238,16 +310,25 @@ def wait_until_replicated(
     deadline = started + max(0.0, timeout)
     watermark: Watermark | None = None
     problem: str | None = None
+    answered = False
     while True:
+        patience = max(deadline - time.monotonic(), MIN_READ_S)
         try:
-            watermark = reader.read()
-            problem = None
+            watermark = reader.read(min(patience, READ_PATIENCE_S))
+            answered, problem = True, None
         except StatusTableMissing as missing:
-            problem = str(missing)
+            answered, problem = True, str(missing)
+        except StatusTableSilent as silent:
+            problem = str(silent)  # the watermark read before, if any, still holds
         if watermark is not None and watermark.passes(until_us):
             dead = tuple(watermark.dead_lettered_between(since_us, until_us))
             return WaitResult(True, watermark, dead, time.monotonic() - started)
         now = time.monotonic()
         if now >= deadline:
-            return WaitResult(False, watermark, (), now - started, problem)
+            if not answered:
+                problem = (
+                    f"status table {status_table} did not answer in {now - started:.2f}s "
+                    "(its endpoint hangs, or is slower than the timeout)"
+                )
+            return WaitResult(False, watermark, (), now - started, problem, not answered)
         time.sleep(min(poll_interval, deadline - now))
