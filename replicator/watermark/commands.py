@@ -57,25 +57,30 @@ def parse_time(text: str, option: str) -> float:
 
 
 def resolve_destination(resolved: ResolvedJob, name: str) -> DestinationConfig:
-    """A destination by its label (``name`` or ``<region>/<table>``), or by its table
-    name when exactly one destination has that table."""
+    """A destination by its label (``name``, default ``<region>/<table>``) or its table
+    name; failing both, by its ``<region>/<table>``. Refused when more than one fits: a
+    name that is also another destination's table would otherwise pick one silently,
+    and the ``<region>/<table>`` of a named destination is then how to choose it."""
     destinations = resolved.job.destinations
-    labels = ", ".join(d.label for d in destinations)
-    for destination in destinations:
-        if destination.label == name:
-            return destination
-    same_table = [d for d in destinations if d.table == name]
-    if len(same_table) == 1:
-        return same_table[0]
-    if same_table:
+    fits = [d for d in destinations if name in (d.label, d.table)]
+    if not fits:
+        fits = [d for d in destinations if name == f"{d.region}/{d.table}"]
+    if len(fits) == 1:
+        return fits[0]
+    if fits:
         raise ConfigError(
-            f"--destination {name!r}: the table of several destinations "
-            f"({', '.join(d.label for d in same_table)}); name one of them"
+            f"--destination {name!r} fits several destinations "
+            f"({', '.join(_spelled(d) for d in fits)}); give one's name or <region>/<table>"
         )
     raise ConfigError(
         f"--destination {name!r}: no destination of {resolved.path} has that name or table; "
-        f"its destinations: {labels}"
+        f"its destinations: {', '.join(_spelled(d) for d in destinations)}"
     )
+
+
+def _spelled(destination: DestinationConfig) -> str:
+    where = f"{destination.region}/{destination.table}"
+    return where if destination.label == where else f"{destination.label} ({where})"
 
 
 def _require_watermark(resolved: ResolvedJob) -> None:

@@ -273,6 +273,36 @@ def test_a_table_name_names_a_destination_only_when_unambiguous(
     assert "does not exist" in named.stderr
 
 
+def test_a_name_that_is_also_another_destinations_table_is_refused_as_ambiguous(
+    moto_endpoint: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "task_name: wm-named\n"
+        f"source: {{region: us-east-1, table: src, endpoint_url: '{moto_endpoint}'}}\n"
+        "destinations:\n"
+        "  - {name: orders, region: eu-west-1, table: orders-eu, "
+        f"endpoint_url: '{moto_endpoint}'}}\n"
+        f"  - {{region: us-west-2, table: orders, endpoint_url: '{moto_endpoint}'}}\n"
+    )
+
+    def wait(destination: str) -> subprocess.CompletedProcess[str]:
+        return replicator(
+            "wait", "--config", str(path), "--destination", destination, "--until", "1",
+            "--timeout", "0",
+        )  # fmt: skip
+
+    ambiguous = wait("orders")
+    assert ambiguous.returncode == 2, ambiguous
+    assert "orders (eu-west-1/orders-eu), us-west-2/orders" in ambiguous.stderr
+    assert len(ambiguous.stderr.strip().splitlines()) == 1, ambiguous.stderr
+    # Each can still be chosen: the named one by its <region>/<table>, the other by its label.
+    for destination in ("eu-west-1/orders-eu", "us-west-2/orders"):
+        found = wait(destination)
+        assert found.returncode == 1, found.stderr  # found; nothing published yet
+        assert "does not exist" in found.stderr
+
+
 # -- 1,000 rounds of write, wait, read --------------------------------------------------------
 
 
