@@ -330,5 +330,26 @@ def wait_until_replicated(
                     f"status table {status_table} did not answer in {now - started:.2f}s "
                     "(its endpoint hangs, or is slower than the timeout)"
                 )
+            elif problem is None and watermark is not None:
+                problem = _unpublished(watermark, status_table)
             return WaitResult(False, watermark, (), now - started, problem, not answered)
         time.sleep(min(poll_interval, deadline - now))
+
+
+def _unpublished(watermark: Watermark, status_table: str) -> str | None:
+    """Why there is no watermark yet, from what the status table holds for the destination.
+
+    No part at all looks the same for a destination whose processors have not published
+    yet and for a label that no job publishes (the Query sees one destination only, and
+    an application may Query nothing else), so both are named.
+    """
+    if watermark.watermark_us is not None:
+        return None
+    if not watermark.counted and not watermark.retired:
+        return (
+            f"status table {status_table} has no part for destination "
+            f"{watermark.destination!r}: its replicator has not published yet, or that is "
+            "not the destination's label in the job (its name, default <region>/<table>; "
+            "check the spelling)"
+        )
+    return f"shards {', '.join(watermark.unknown)} have not published yet"

@@ -284,3 +284,32 @@ def test_a_waiter_from_inside_a_dead_letters_second_is_told_of_it(
         timeout=10,
     )
     assert later.replicated, later.describe()
+
+
+def test_a_wait_on_a_destination_with_no_part_names_it_and_suggests_its_spelling(
+    table: StatusTable,
+) -> None:
+    table.raise_part("s", T0, "me")  # another destination has published
+    result = wait_until_replicated(
+        T0 / S,
+        destination="eu-west-1/nope",
+        status_table=table.name,
+        client=table.client,
+        timeout=0,
+    )
+    assert not result.reached
+    reason = result.describe()
+    assert f"status table {table.name} has no part for destination 'eu-west-1/nope'" in reason
+    assert "check the spelling" in reason
+    # A destination with a registered shard that has not published is told apart.
+    StatusTable(table.client, table.name, "eu-west-1/later").add_placeholder(
+        Placeholder("s1", 0, frozenset())
+    )
+    waiting = wait_until_replicated(
+        T0 / S,
+        destination="eu-west-1/later",
+        status_table=table.name,
+        client=table.client,
+        timeout=0,
+    )
+    assert "shards s1 have not published yet" in waiting.describe()
