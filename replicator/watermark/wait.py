@@ -64,19 +64,21 @@ def checked_seconds(value: float, shown: str, *, typed_as_number: bool) -> float
     return value
 
 
+def _shown(moment: float | datetime | None) -> str:
+    return moment.isoformat() if isinstance(moment, datetime) else repr(moment)
+
+
 def to_epoch_us(moment: float | datetime, name: str = "until") -> int:
     """Epoch seconds (or an aware datetime) to whole microseconds, rounded down;
     ValueError naming ``name`` and the value when it is not a time a wait can use."""
     if isinstance(moment, datetime):
         if moment.tzinfo is None:
-            raise ValueError(
-                f"{name} {moment.isoformat()}: has no time zone; give one (such as UTC)"
-            )
+            raise ValueError(f"{name} {_shown(moment)}: has no time zone; give one (such as UTC)")
         value = checked_seconds(
-            moment.timestamp(), f"{name} {moment.isoformat()}", typed_as_number=False
+            moment.timestamp(), f"{name} {_shown(moment)}", typed_as_number=False
         )
     elif isinstance(moment, int | float) and not isinstance(moment, bool):
-        value = checked_seconds(float(moment), f"{name} {moment!r}", typed_as_number=True)
+        value = checked_seconds(float(moment), f"{name} {_shown(moment)}", typed_as_number=True)
     else:
         raise ValueError(
             f"{name} {moment!r}: expected epoch seconds (a number) or an aware datetime"
@@ -299,7 +301,9 @@ def wait_until_replicated(
         else until_us - int(DEFAULT_DEAD_LETTER_WINDOW_S * US)
     )
     if since_us > until_us:
-        raise ValueError(f"since {since!r} is after until {until!r}: the window is inverted")
+        raise ValueError(
+            f"since {_shown(since)} is after until {_shown(until)}: the window is inverted"
+        )
     if not (math.isfinite(poll_interval) and poll_interval > 0):
         raise ValueError(f"poll_interval {poll_interval!r}: must be a positive number of seconds")
     if math.isnan(timeout):

@@ -59,6 +59,10 @@ def test_a_time_it_cannot_wait_for_is_refused_before_waiting(
     ("options", "message"),
     [
         ({"until": 1e9, "since": 1e9 + 100}, "since 1000000100.0 is after until 1000000000.0"),
+        (
+            {"until": datetime(2026, 1, 1, tzinfo=UTC), "since": datetime(2026, 1, 2, tzinfo=UTC)},
+            "since 2026-01-02T00:00:00+00:00 is after until 2026-01-01T00:00:00+00:00",
+        ),
         ({"until": 1e9, "poll_interval": math.nan}, "poll_interval nan: must be a positive"),
         ({"until": 1e9, "poll_interval": math.inf}, "poll_interval inf: must be a positive"),
         ({"until": 1e9, "poll_interval": 0}, "poll_interval 0: must be a positive"),
