@@ -7,6 +7,7 @@ message and exit non-zero without a traceback; the exit codes are listed in the 
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -346,6 +347,16 @@ def _time_option(ctx: click.Context, param: click.Parameter, value: str | None) 
         raise click.BadParameter(str(error), ctx, param) from None
 
 
+def _finite_seconds(
+    ctx: click.Context, param: click.Parameter, value: float | None
+) -> float | None:
+    """A number of seconds that is a number: click's FloatRange lets NaN through (it
+    compares False with every bound), and infinity only for --timeout (wait without end)."""
+    if value is None or math.isfinite(value) or (math.isinf(value) and param.name == "timeout"):
+        return value
+    raise click.BadParameter(f"{value!r} is not a number of seconds", ctx, param)
+
+
 def _key_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     from replicator.conflictlog.keys import parse_key
 
@@ -402,7 +413,8 @@ def watermark(config_path: Path, destination: str | None, as_json: bool) -> None
     "--timeout",
     required=True,
     type=click.FloatRange(min=0),
-    help="Seconds to wait at most (exit 1 when they pass).",
+    callback=_finite_seconds,
+    help="Seconds to wait at most (exit 1 when they pass; inf: no limit).",
 )
 @click.option(
     "--since",
@@ -416,6 +428,7 @@ def watermark(config_path: Path, destination: str | None, as_json: bool) -> None
     "--poll",
     "poll_interval",
     type=click.FloatRange(min=0.01),
+    callback=_finite_seconds,
     default=0.25,
     show_default=True,
     help="Seconds between reads of the status table.",
@@ -432,7 +445,15 @@ def wait(
     """Wait until DESTINATION's watermark passes --until: exit 0, 1 on timeout, 4 if a change
     created from --since to --until was dead-lettered there."""
     from replicator.watermark import commands
+    from replicator.watermark.parts import iso
+    from replicator.watermark.wait import to_epoch_us
 
+    if since is not None and to_epoch_us(since) > to_epoch_us(until):
+        raise click.BadParameter(
+            f"{iso(to_epoch_us(since))} is after --until {iso(to_epoch_us(until))}: "
+            "the window from --since to --until is inverted",
+            param_hint="'--since'",
+        )
     resolved = load_job(config_path)
     sys.exit(commands.wait(resolved, destination, until, timeout, since, poll_interval))
 

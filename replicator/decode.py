@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 import pybase64
 
+from replicator.epoch import SECONDS_CEILING
 from replicator.exceptions import AttributeFormatError, MalformedImage, RecordDecodeError
 from replicator.images import stream_image
 from replicator.items import Item, KeyId, item_from_wire, key_id
@@ -37,8 +38,6 @@ from replicator.records import Change, Event, RawRecord
 
 _EVENTS = {"INSERT": Event.INSERT, "MODIFY": Event.MODIFY, "REMOVE": Event.REMOVE}
 _TTL_PRINCIPAL = "dynamodb.amazonaws.com"
-# Below this an epoch value cannot be milliseconds of any date after 1973: it is seconds.
-_SECONDS_CEILING = 100_000_000_000
 
 
 class _Body(msgspec.Struct, rename="pascal"):
@@ -177,7 +176,7 @@ def _created_us(body: _Body, raw: RawRecord) -> int:
         precision = body.approximate_creation_date_time_precision
         if precision == "MICROSECOND":
             return int(value)
-        if value < _SECONDS_CEILING:
+        if value < SECONDS_CEILING:  # milliseconds of no date after 1973: seconds
             return int(value * 1_000_000)
         return int(value * 1000)
     arrival = raw.get("approximateArrivalTimestamp")

@@ -147,6 +147,10 @@ class StatusTableMissing(ReplicatorError):
     """The status table does not exist (yet): the replicator has not published."""
 
 
+class StatusTableSilent(ReplicatorError):
+    """A read of the status table was not answered in the time a waiter had for it."""
+
+
 # -- the local runtime's processor children ---------------------------------------------
 
 

@@ -175,7 +175,10 @@ def sqs(place: Reach, **tuning: Unpack[Tuning]) -> SQSClient:
     )
 
 
-def default_dynamodb(region: str | None, endpoint_url: str | None = None) -> DynamoDBClient:
-    """A DynamoDB client with boto3's own defaults (its default session, retries and
-    timeouts), for code an application embeds (the watermark reader) and the demo."""
-    return boto3.client("dynamodb", region_name=region, endpoint_url=endpoint_url)
+def default_dynamodb(
+    region: str | None, endpoint_url: str | None = None, config: Config | None = None
+) -> DynamoDBClient:
+    """A DynamoDB client with boto3's own defaults (its default session, and retries and
+    timeouts unless ``config`` says otherwise), for code an application embeds (the
+    watermark reader) and the demo."""
+    return boto3.client("dynamodb", region_name=region, endpoint_url=endpoint_url, config=config)

@@ -7,7 +7,6 @@ own credentials (its endpoint and role), exactly as an application there would.
 from __future__ import annotations
 
 import json
-import math
 import time
 from datetime import datetime
 
@@ -19,7 +18,13 @@ from replicator.config.model import DestinationConfig, ResolvedJob, StreamKind
 from replicator.exceptions import ConfigError, EnvironmentProblem, StatusTableMissing
 from replicator.runtime.preflight import explain
 from replicator.watermark.parts import Watermark, iso, seconds
-from replicator.watermark.wait import WaitResult, read_watermark, to_epoch_us, wait_until_replicated
+from replicator.watermark.wait import (
+    WaitResult,
+    checked_seconds,
+    read_watermark,
+    to_epoch_us,
+    wait_until_replicated,
+)
 
 EXIT_REPLICATED = 0
 EXIT_TIMEOUT = 1
@@ -27,50 +32,55 @@ EXIT_DEAD_LETTERED = 4
 
 
 def parse_time(text: str, option: str) -> float:
-    """Epoch seconds (fractions allowed) or ISO 8601 with a zone; ValueError naming ``text``."""
+    """Epoch seconds (fractions allowed) or ISO 8601 with a zone, from 1970 to before
+    ``SECONDS_CEILING``; ValueError naming ``option`` and ``text``."""
+    shown = f"{option} {text!r}"
     try:
         value = float(text)
     except ValueError:
         pass
     else:
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{option} {text!r}: not a time (epoch seconds must be >= 0)")
-        return value
+        return checked_seconds(value, shown, typed_as_number=True)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(
-            f"{option} {text!r}: expected epoch seconds (such as 1767225600.25) or an ISO 8601 "
+            f"{shown}: expected epoch seconds (such as 1767225600.25) or an ISO 8601 "
             "time with a zone (such as 2026-01-01T00:00:00.250Z)"
         ) from None
     if moment.tzinfo is None:
         raise ValueError(
-            f"{option} {text!r}: an ISO 8601 time needs a zone (Z or +hh:mm); without one it "
+            f"{shown}: an ISO 8601 time needs a zone (Z or +hh:mm); without one it "
             "could be any of 24 hours"
         )
-    return moment.timestamp()
+    return checked_seconds(moment.timestamp(), shown, typed_as_number=False)
 
 
 def resolve_destination(resolved: ResolvedJob, name: str) -> DestinationConfig:
-    """A destination by its label (``name`` or ``<region>/<table>``), or by its table
-    name when exactly one destination has that table."""
+    """A destination by its label (``name``, default ``<region>/<table>``) or its table
+    name; failing both, by its ``<region>/<table>``. Refused when more than one fits: a
+    name that is also another destination's table would otherwise pick one silently,
+    and the ``<region>/<table>`` of a named destination is then how to choose it."""
     destinations = resolved.job.destinations
-    labels = ", ".join(d.label for d in destinations)
-    for destination in destinations:
-        if destination.label == name:
-            return destination
-    same_table = [d for d in destinations if d.table == name]
-    if len(same_table) == 1:
-        return same_table[0]
-    if same_table:
+    fits = [d for d in destinations if name in (d.label, d.table)]
+    if not fits:
+        fits = [d for d in destinations if name == f"{d.region}/{d.table}"]
+    if len(fits) == 1:
+        return fits[0]
+    if fits:
         raise ConfigError(
-            f"--destination {name!r}: the table of several destinations "
-            f"({', '.join(d.label for d in same_table)}); name one of them"
+            f"--destination {name!r} fits several destinations "
+            f"({', '.join(_spelled(d) for d in fits)}); give one's name or <region>/<table>"
         )
     raise ConfigError(
         f"--destination {name!r}: no destination of {resolved.path} has that name or table; "
-        f"its destinations: {labels}"
+        f"its destinations: {', '.join(_spelled(d) for d in destinations)}"
     )
+
+
+def _spelled(destination: DestinationConfig) -> str:
+    where = f"{destination.region}/{destination.table}"
+    return where if destination.label == where else f"{destination.label} ({where})"
 
 
 def _require_watermark(resolved: ResolvedJob) -> None:
@@ -156,7 +166,9 @@ def wait(
     since: float | None,
     poll_interval: float,
 ) -> int:
-    """Wait until the destination's watermark passes ``until``: 0, 1 (timeout), 4 (dead letters)."""
+    """Wait until the destination's watermark passes ``until``: 0, 1 (timeout), 4 (dead
+    letters); EnvironmentProblem (3) when the status table cannot be read, or answers no
+    read before the timeout."""
     _require_watermark(resolved)
     destination = resolve_destination(resolved, name)
     try:
@@ -171,6 +183,12 @@ def wait(
         )
     except (ClientError, BotoCoreError) as error:
         raise _problem(resolved, destination, error) from None
+    if result.unanswered:  # nothing is known: the table could not be read, as when refused
+        where = destination.endpoint_url or f"region {destination.region}"
+        raise EnvironmentProblem(
+            f"status table {resolved.watermark_table} did not answer at {where} in "
+            f"{result.waited_s:.1f}s: the endpoint hangs, or is slower than --timeout"
+        )
     target = f"{destination.label} until {iso(to_epoch_us(until))}"
     click.echo(f"{target}: {result.describe()}", err=not result.replicated)
     if not result.reached:

@@ -23,6 +23,14 @@ The claim is ``min(delivered, oldest unsettled) - 1 us``:
   same item (squashed) is settled only when a write of that item at or after it settles,
   because until then the destination does not hold its effect.
 
+**Creation times are whole seconds.** DynamoDB Streams rounds a record's
+``ApproximateCreationDateTime`` down to the second, so a change recorded at ``t`` was
+made at some time in ``[t, t + 1 s)``. Rounding down keeps the claim true (a change not
+yet settled, or not yet received, holds it below ``t``, so below the change's real
+time), but a dead letter must be reported for every time its change may have had: its
+range reaches to ``t + 1 s - 1 us``, or a waiter whose ``since`` falls inside that second
+(after ``t``, before or at the change) would be told a change it depends on was applied.
+
 **After a restart** from a checkpoint, a change before the checkpoint may have been
 squashed into a newer change after it that the previous process never wrote; this
 process never sees the older change. So a resumed tracker claims nothing until it has
@@ -44,7 +52,11 @@ from replicator.items import KeyId
 from replicator.records import Change
 
 DeadLetterRange = tuple[int, int]
-"""Creation times (us) of the oldest and newest change one dead-lettered write stood for."""
+"""Creation times (us) of the oldest and newest change one dead-lettered write stood for,
+the newest widened to the end of its precision: every time the changes may have had."""
+
+STREAM_TIME_PRECISION_US = 1_000_000
+"""DynamoDB Streams' ``ApproximateCreationDateTime`` is rounded down to the second."""
 
 
 @dataclass
@@ -84,9 +96,13 @@ class ShardTracker:
         *,
         margin_us: int,
         resumed_at_us: int | None = None,
+        created_precision_us: int = STREAM_TIME_PRECISION_US,
     ) -> None:
-        """``resumed_at_us``: when this process started, if it resumed from a checkpoint."""
+        """``resumed_at_us``: when this process started, if it resumed from a checkpoint.
+        ``created_precision_us``: a change's creation time is known to this much (it was
+        made in ``[created_us, created_us + created_precision_us)``)."""
         self._lock = threading.Lock()
+        self._precision_us = created_precision_us
         self._destinations = {label: _Destination() for label in destinations}
         self._margin_us = margin_us
         self._resumed_at_us = resumed_at_us
@@ -155,13 +171,14 @@ class ShardTracker:
         """A record that could not be decoded: dead-lettered for every destination.
 
         Its creation time is the record's ``approximateArrivalTimestamp`` when it has
-        one; otherwise only bounds are known (after the record before it, before now).
+        one (the stream record's creation time, as precise); otherwise only bounds are
+        known (after the record before it, before now).
         """
         with self._lock:
             if created_us is None:
                 low, high = self._newest_created_us, now_us
             else:
-                low = high = created_us
+                low, high = created_us, created_us + self._precision_us - 1
                 self._deliver(position, created_us)
             self._last_position = position
             for state in self._destinations.values():
@@ -290,4 +307,4 @@ class ShardTracker:
             del state.pending[key]
         if dead_lettered and low is not None:
             state.dead_letter_count += 1
-            state.dead_letter_ranges.append((low, high))
+            state.dead_letter_ranges.append((low, high + self._precision_us - 1))

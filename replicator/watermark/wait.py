@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from replicator.aws import clients
-from replicator.exceptions import StatusTableMissing
+from replicator.epoch import SECONDS_CEILING, finer_unit
+from replicator.exceptions import StatusTableMissing, StatusTableSilent
 from replicator.watermark.parts import US, Watermark, combine, seconds
 from replicator.watermark.table import StatusTable
 from replicator.watermark.tracker import DeadLetterRange
@@ -30,19 +32,95 @@ DEFAULT_POLL_INTERVAL_S = 0.25
 DEFAULT_DEAD_LETTER_WINDOW_S = 60.0
 
 
-def to_epoch_us(moment: float | datetime) -> int:
-    """Epoch seconds (or an aware datetime) to whole microseconds, rounded down."""
+_LATEST = "5138-11-16T09:46:40Z"  # SECONDS_CEILING
+
+
+def checked_seconds(value: float, shown: str, *, typed_as_number: bool) -> float:
+    """``value`` (epoch seconds) if a wait can use it as a time; else ValueError
+    ``"<shown>: <why>"``.
+
+    A time is from 1970 (the epoch) to before ``SECONDS_CEILING``: within what a
+    datetime can show, and the same line the package draws between seconds and
+    milliseconds elsewhere, so that epoch milliseconds typed by mistake are named as
+    such at once, rather than waited for until the timeout. ``typed_as_number``: the
+    value was given as a number (the unit hint applies), not as a datetime.
+    """
+    if not math.isfinite(value):
+        raise ValueError(f"{shown}: not a time")
+    if value < 0:
+        if typed_as_number:
+            raise ValueError(f"{shown}: not a time (epoch seconds must be >= 0)")
+        raise ValueError(f"{shown}: before 1970: a time must be from 1970-01-01T00:00:00Z on")
+    if value >= SECONDS_CEILING:
+        unit = finer_unit(value) if typed_as_number else None
+        if unit is not None:
+            name, per_second = unit
+            given = f"{value / per_second:.6f}".rstrip("0").rstrip(".")
+            raise ValueError(f"{shown}: looks like epoch {name}: give seconds, e.g. {given}")
+        raise ValueError(
+            f"{shown}: out of range: a time must be before {_LATEST} "
+            f"(epoch seconds below {SECONDS_CEILING})"
+        )
+    return value
+
+
+def _shown(moment: float | datetime | None) -> str:
+    return moment.isoformat() if isinstance(moment, datetime) else repr(moment)
+
+
+def to_epoch_us(moment: float | datetime, name: str = "until") -> int:
+    """Epoch seconds (or an aware datetime) to whole microseconds, rounded down;
+    ValueError naming ``name`` and the value when it is not a time a wait can use."""
     if isinstance(moment, datetime):
         if moment.tzinfo is None:
-            raise ValueError(f"{moment.isoformat()} has no time zone; give one (such as Z)")
-        moment = moment.timestamp()
-    if not math.isfinite(moment):
-        raise ValueError(f"{moment!r} is not a time")
-    return math.floor(moment * US)
+            raise ValueError(f"{name} {_shown(moment)}: has no time zone; give one (such as UTC)")
+        value = checked_seconds(
+            moment.timestamp(), f"{name} {_shown(moment)}", typed_as_number=False
+        )
+    elif isinstance(moment, int | float) and not isinstance(moment, bool):
+        value = checked_seconds(float(moment), f"{name} {_shown(moment)}", typed_as_number=True)
+    else:
+        raise ValueError(
+            f"{name} {moment!r}: expected epoch seconds (a number) or an aware datetime"
+        )
+    return math.floor(value * US)
+
+
+MIN_READ_S = 2.0
+"""How long a wait gives a read even when less of its timeout is left (so that a timeout
+of 0 still reads once): a wait returns within its timeout plus this, however long the
+status table takes to answer, or if it never does."""
+READ_PATIENCE_S = 5.0
+"""How long a read is waited for at most before a later one is started beside it: an
+endpoint that stopped answering is asked again rather than waited on for good."""
+
+# For the clients this module builds: a read no waiter waits for any more is abandoned,
+# not cancelled, so its thread must end by itself soon.
+_READ_CONFIG = Config(
+    connect_timeout=READ_PATIENCE_S,
+    read_timeout=READ_PATIENCE_S,
+    retries={"mode": "standard", "total_max_attempts": 2},
+)
+
+
+@dataclass
+class _Read:
+    """One Query of the status table, run on its own thread, and its outcome."""
+
+    started: float
+    done: threading.Event = field(default_factory=threading.Event)
+    watermark: Watermark | None = None
+    error: Exception | None = None
 
 
 class WatermarkReader:
-    """Reads one destination's parts; concurrent callers share one Query per interval."""
+    """Reads one destination's parts; concurrent callers share one Query per interval.
+
+    The Query runs on a thread of its own and callers wait for its answer each for as
+    long as they have, so no caller waits on a Query beyond its own timeout, whatever
+    the client's timeouts and retries are (an application's client may retry a silent
+    endpoint for minutes). The lock guards only this object's fields, never a Query.
+    """
 
     def __init__(self, table: StatusTable, min_interval_s: float = 0.0) -> None:
         self.table = table
@@ -50,24 +128,58 @@ class WatermarkReader:
         self._lock = threading.Lock()
         self._last: Watermark | None = None
         self._last_at = -math.inf
+        self._last_started = -math.inf
+        self._reading: _Read | None = None
 
-    def read(self) -> Watermark:
+    def read(self, timeout: float | None = None) -> Watermark:
+        """The last watermark read if it is younger than ``min_interval_s``, else the
+        answer of a Query (the one in flight, unless it has been in flight for longer
+        than ``READ_PATIENCE_S``). ``timeout``: seconds to wait for it (None: as long as
+        the client takes). Raises StatusTableSilent when it has not come by then,
+        StatusTableMissing, or the client's error."""
         with self._lock:
-            if self._last is not None and time.monotonic() - self._last_at < self.min_interval_s:
+            now = time.monotonic()
+            if self._last is not None and now - self._last_at < self.min_interval_s:
                 return self._last
-            try:
-                parts = self.table.parts()
-            except ClientError as error:
-                if error.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
-                    raise StatusTableMissing(
-                        f"status table {self.table.name} does not exist: the replicator has "
-                        "not published a watermark there (is it running, with "
-                        "watermark.enabled?)"
-                    ) from None
-                raise
-            self._last = combine(self.table.destination, parts)
-            self._last_at = time.monotonic()
-            return self._last
+            pending = self._reading
+            if pending is None or now - pending.started > READ_PATIENCE_S:
+                pending = self._reading = _Read(now)
+                threading.Thread(
+                    target=self._query, args=(pending,), name="watermark-read", daemon=True
+                ).start()
+        if not pending.done.wait(timeout):
+            raise StatusTableSilent(
+                f"status table {self.table.name} did not answer within "
+                f"{timeout if timeout is not None else 0:.1f}s"
+            )
+        if pending.error is not None:
+            raise pending.error
+        assert pending.watermark is not None
+        return pending.watermark
+
+    def _query(self, pending: _Read) -> None:
+        try:
+            pending.watermark = combine(self.table.destination, self.table.parts())
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+                pending.error = StatusTableMissing(
+                    f"status table {self.table.name} does not exist: the replicator has "
+                    "not published a watermark there (is it running, with "
+                    "watermark.enabled?)"
+                )
+            else:
+                pending.error = error
+        except Exception as error:  # noqa: BLE001  # raised again by each caller waiting
+            pending.error = error
+        finally:
+            with self._lock:
+                if self._reading is pending:
+                    self._reading = None
+                # A read overtaken by a later one does not replace that one's answer.
+                if pending.watermark is not None and pending.started >= self._last_started:
+                    self._last, self._last_started = pending.watermark, pending.started
+                    self._last_at = time.monotonic()
+            pending.done.set()
 
 
 @dataclass(frozen=True)
@@ -82,6 +194,9 @@ class WaitResult:
     waited_s: float = 0.0
     problem: str | None = None
     """Why no watermark could be read, when that is why the wait timed out."""
+    unanswered: bool = False
+    """No read of the status table was answered during the wait (its endpoint hangs, or
+    answers slower than the timeout): nothing is known, not even that it is behind."""
 
     @property
     def replicated(self) -> bool:
@@ -96,7 +211,8 @@ class WaitResult:
             return f"no watermark after {self.waited_s:.2f}s: {why}"
         mark = f"watermark {self.watermark.seconds:.6f}"
         if not self.reached:
-            return f"timed out after {self.waited_s:.2f}s at {mark}"
+            why = f" ({self.problem})" if self.problem else ""
+            return f"timed out after {self.waited_s:.2f}s at {mark}{why}"
         if self.dead_lettered:
             spans = ", ".join(
                 f"{seconds(lo):.6f}..{seconds(hi):.6f}" for lo, hi in self.dead_lettered
@@ -117,7 +233,7 @@ def _client(region: str | None, endpoint_url: str | None) -> DynamoDBClient:
     with _shared:
         key = (region, endpoint_url)
         if key not in _clients:
-            _clients[key] = clients.default_dynamodb(region, endpoint_url)
+            _clients[key] = clients.default_dynamodb(region, endpoint_url, _READ_CONFIG)
         return _clients[key]
 
 
@@ -170,31 +286,74 @@ def wait_until_replicated(
     (its ``name``, default ``<region>/<table>``); ``status_table`` is
     ``<task_name>-watermark`` in the destination's region. Give ``client`` (a boto3
     DynamoDB client for that region) or ``region``.
+
+    ``timeout`` may be ``math.inf`` (no limit; a negative one is 0: read once).
+
+    Raises ValueError, before reading anything, for a time that is not from 1970 to
+    before ``SECONDS_CEILING`` (epoch milliseconds given for seconds are named as such),
+    ``since`` after ``until``, a NaN timeout, or a poll interval that is not a positive
+    number.
     """
-    until_us = to_epoch_us(until)
+    until_us = to_epoch_us(until, "until")
     since_us = (
-        to_epoch_us(since)
+        to_epoch_us(since, "since")
         if since is not None
         else until_us - int(DEFAULT_DEAD_LETTER_WINDOW_S * US)
     )
-    if poll_interval <= 0:
-        raise ValueError(f"poll_interval must be positive, got {poll_interval!r}")
+    if since_us > until_us:
+        raise ValueError(
+            f"since {_shown(since)} is after until {_shown(until)}: the window is inverted"
+        )
+    if not (math.isfinite(poll_interval) and poll_interval > 0):
+        raise ValueError(f"poll_interval {poll_interval!r}: must be a positive number of seconds")
+    if math.isnan(timeout):
+        raise ValueError(f"timeout {timeout!r}: not a number of seconds")
     client = client or _client(region, endpoint_url)
     reader = shared_reader(client, status_table, destination, poll_interval)
     started = time.monotonic()
     deadline = started + max(0.0, timeout)
     watermark: Watermark | None = None
     problem: str | None = None
+    answered = False
     while True:
+        patience = max(deadline - time.monotonic(), MIN_READ_S)
         try:
-            watermark = reader.read()
-            problem = None
+            watermark = reader.read(min(patience, READ_PATIENCE_S))
+            answered, problem = True, None
         except StatusTableMissing as missing:
-            problem = str(missing)
+            answered, problem = True, str(missing)
+        except StatusTableSilent as silent:
+            problem = str(silent)  # the watermark read before, if any, still holds
         if watermark is not None and watermark.passes(until_us):
             dead = tuple(watermark.dead_lettered_between(since_us, until_us))
             return WaitResult(True, watermark, dead, time.monotonic() - started)
         now = time.monotonic()
         if now >= deadline:
-            return WaitResult(False, watermark, (), now - started, problem)
+            if not answered:
+                problem = (
+                    f"status table {status_table} did not answer in {now - started:.2f}s "
+                    "(its endpoint hangs, or is slower than the timeout)"
+                )
+            elif problem is None and watermark is not None:
+                problem = _unpublished(watermark, status_table)
+            return WaitResult(False, watermark, (), now - started, problem, not answered)
         time.sleep(min(poll_interval, deadline - now))
+
+
+def _unpublished(watermark: Watermark, status_table: str) -> str | None:
+    """Why there is no watermark yet, from what the status table holds for the destination.
+
+    No part at all looks the same for a destination whose processors have not published
+    yet and for a label that no job publishes (the Query sees one destination only, and
+    an application may Query nothing else), so both are named.
+    """
+    if watermark.watermark_us is not None:
+        return None
+    if not watermark.counted and not watermark.retired:
+        return (
+            f"status table {status_table} has no part for destination "
+            f"{watermark.destination!r}: its replicator has not published yet, or that is "
+            "not the destination's label in the job (its name, default <region>/<table>; "
+            "check the spelling)"
+        )
+    return f"shards {', '.join(watermark.unknown)} have not published yet"

@@ -111,14 +111,40 @@ def test_dead_letters_are_recorded_with_the_creation_times_they_stand_for() -> N
     t.dead_lettered_everywhere(4, None, now_us=T0 + 4 * S)
     eu = t.take_dead_letters("eu")
     assert eu.count == 3
-    assert eu.ranges == (
-        (T0 + 1 * S, T0 + 2 * S),
-        (T0 + 3 * S, T0 + 3 * S),
-        (T0 + 3 * S, T0 + 4 * S),
+    assert eu.ranges == (  # stream times are whole seconds: each reaches to its second's end
+        (T0 + 1 * S, T0 + 3 * S - 1),
+        (T0 + 3 * S, T0 + 4 * S - 1),
+        (T0 + 3 * S, T0 + 4 * S),  # unknown: after the record before it, before now
     )
     assert t.take_dead_letters("eu").count == 0
     assert t.take_dead_letters("ap").count == 2
     assert t.claim("eu") == T0 + 3 * S - 1  # dead-lettered changes are settled
+
+
+def test_a_dead_letter_is_found_by_a_since_inside_the_second_its_creation_time_names() -> None:
+    """DynamoDB Streams rounds creation times down to the second: a change dead-lettered
+    at 10.5 s is recorded at 10 s, and a waiter from 10.4 s must still be told of it."""
+    t = tracker("eu")
+    poison = change("k", 1, T0 + 10 * S)
+    t.received(poison)
+    t.settled("eu", poison, dead_lettered=True)
+    t.caught_up(T0 + 20 * S)
+    claim, taken = t.claim_and_dead_letters("eu")
+    mark = combine("eu", [part("s", claim, dead_letters=1, dead_letter_ranges=taken.ranges)])
+    assert mark.passes(T0 + 10 * S + S // 2)
+    assert mark.dead_lettered_between(T0 + 10 * S + 4 * S // 10, T0 + 12 * S) == [
+        (T0 + 10 * S, T0 + 11 * S - 1)
+    ]
+    assert mark.dead_lettered_between(T0 + 11 * S, T0 + 12 * S) == []  # the next second
+
+
+def test_an_unsettled_change_holds_the_claim_below_the_second_its_creation_time_names() -> None:
+    """The claim needs no widening: a change recorded at t was made at t or later."""
+    t = tracker("eu")
+    pending = change("k", 1, T0 + 10 * S)
+    t.received(pending)
+    t.caught_up(T0 + 20 * S)
+    assert t.claim("eu") == T0 + 10 * S - 1
 
 
 def test_a_resumed_shard_claims_nothing_until_it_has_replayed_what_its_predecessor_read() -> None:

@@ -185,7 +185,11 @@ def test_a_dead_lettered_change_is_never_reported_replicated(job: Job) -> None:
         assert result.reached and not result.replicated and result.dead_lettered
         wait_for(job, ap_region, ap, written)  # applied there
 
-        # A later change waited for since after the dead letter: replicated.
+        # A later change waited for since after the dead letter: replicated. A stream
+        # creation time names only its second (DynamoDB Streams rounds it down), so the
+        # dead letter covers the rest of that second: "since" is after it.
+        poisoned_at = creation_times(job)["poison"][0]
+        wait_until(lambda: time.time() >= poisoned_at + 1, 5, "the dead letter's second to end")
         since = time.time()
         job.source.put_item(TableName=job.source_table, Item=item("good", 2, "G"))
         later = time.time()
@@ -206,7 +210,19 @@ def test_a_dead_lettered_change_is_never_reported_replicated(job: Job) -> None:
         (["--until", "yesterday"], "--until 'yesterday': expected epoch seconds"),
         (["--until", "2026-01-01T00:00:00"], "needs a zone"),
         (["--until", "nan"], "not a time"),
+        (
+            ["--until", "1796097900000"],
+            "--until '1796097900000': looks like epoch milliseconds: give seconds, e.g. 1796097900",
+        ),
+        (["--until", "1e20"], "--until '1e20': out of range"),
+        (["--until", "0001-01-01T00:00:00+01:00"], "before 1970"),
+        (["--until", "9999-12-31T23:59:59-01:00"], "out of range"),
+        (["--until", "1", "--since", "1960-01-01T00:00:00Z"], "--since '1960-01-01T00:00:00Z'"),
         (["--until", "1", "--since", "soon"], "--since 'soon'"),
+        (["--until", "200", "--since", "300"], "is after --until 1970-01-01T00:03:20.000000Z"),
+        (["--until", "1", "--poll", "nan"], "'--poll': nan is not a number of seconds"),
+        (["--until", "1", "--poll", "inf"], "'--poll': inf is not a number of seconds"),
+        (["--until", "1", "--timeout", "nan"], "'--timeout': nan is not a number of seconds"),
         (["--until", "1", "--destination", "nowhere"], "--destination 'nowhere'"),
         (["--until", "1", "--timeout", "-3"], "--timeout"),
     ],
@@ -255,6 +271,36 @@ def test_a_table_name_names_a_destination_only_when_unambiguous(
     )  # fmt: skip
     assert named.returncode == 1, named.stderr
     assert "does not exist" in named.stderr
+
+
+def test_a_name_that_is_also_another_destinations_table_is_refused_as_ambiguous(
+    moto_endpoint: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "task_name: wm-named\n"
+        f"source: {{region: us-east-1, table: src, endpoint_url: '{moto_endpoint}'}}\n"
+        "destinations:\n"
+        "  - {name: orders, region: eu-west-1, table: orders-eu, "
+        f"endpoint_url: '{moto_endpoint}'}}\n"
+        f"  - {{region: us-west-2, table: orders, endpoint_url: '{moto_endpoint}'}}\n"
+    )
+
+    def wait(destination: str) -> subprocess.CompletedProcess[str]:
+        return replicator(
+            "wait", "--config", str(path), "--destination", destination, "--until", "1",
+            "--timeout", "0",
+        )  # fmt: skip
+
+    ambiguous = wait("orders")
+    assert ambiguous.returncode == 2, ambiguous
+    assert "orders (eu-west-1/orders-eu), us-west-2/orders" in ambiguous.stderr
+    assert len(ambiguous.stderr.strip().splitlines()) == 1, ambiguous.stderr
+    # Each can still be chosen: the named one by its <region>/<table>, the other by its label.
+    for destination in ("eu-west-1/orders-eu", "us-west-2/orders"):
+        found = wait(destination)
+        assert found.returncode == 1, found.stderr  # found; nothing published yet
+        assert "does not exist" in found.stderr
 
 
 # -- 1,000 rounds of write, wait, read --------------------------------------------------------

@@ -16,6 +16,7 @@ from replicator.watermark.parts import Part, Placeholder, combine
 from replicator.watermark.publisher import ShardWatermark
 from replicator.watermark.table import StatusTable
 from replicator.watermark.tracker import DeadLetters
+from replicator.watermark.wait import wait_until_replicated
 from tests.support.aws import client
 from tests.support.metrics import sample
 from tests.support.records import daemon_record, stream_record
@@ -249,3 +250,66 @@ def test_a_watermark_past_a_dead_letter_is_never_shown_without_it(
         target.retry_at = 0.0
     watermark.publish()
     assert recording.seen_at_raise == [(T0 + 10 * S - 1, 1)]
+
+
+def test_a_waiter_from_inside_a_dead_letters_second_is_told_of_it(
+    table: StatusTable, metrics: Metrics
+) -> None:
+    """Stream creation times are whole seconds: a change dead-lettered at 10.5 s is
+    recorded at 10 s. Published to the status table and waited for through it, with
+    ``since`` 10.4 s, it is reported, not called replicated."""
+    poison = change_at("poison", 1, T0 + 10 * S)
+    watermark = publisher("s", table, Stream(Shard("s", None, False)), metrics)
+    watermark.received(poison)
+    watermark.settled(table.destination, poison, dead_lettered=True)
+    watermark.empty_read(previous_answer_at=(T0 + 20 * S) / S, received_at=0)
+    watermark.publish()
+    result = wait_until_replicated(
+        (T0 + 10 * S + 900_000) / S,
+        since=(T0 + 10 * S + 400_000) / S,
+        destination=table.destination,
+        status_table=table.name,
+        client=table.client,
+        timeout=10,
+    )
+    assert result.reached, result.describe()
+    assert not result.replicated
+    assert result.dead_lettered == ((T0 + 10 * S, T0 + 11 * S - 1),)
+    later = wait_until_replicated(
+        (T0 + 12 * S) / S,
+        since=(T0 + 11 * S) / S,
+        destination=table.destination,
+        status_table=table.name,
+        client=table.client,
+        timeout=10,
+    )
+    assert later.replicated, later.describe()
+
+
+def test_a_wait_on_a_destination_with_no_part_names_it_and_suggests_its_spelling(
+    table: StatusTable,
+) -> None:
+    table.raise_part("s", T0, "me")  # another destination has published
+    result = wait_until_replicated(
+        T0 / S,
+        destination="eu-west-1/nope",
+        status_table=table.name,
+        client=table.client,
+        timeout=0,
+    )
+    assert not result.reached
+    reason = result.describe()
+    assert f"status table {table.name} has no part for destination 'eu-west-1/nope'" in reason
+    assert "check the spelling" in reason
+    # A destination with a registered shard that has not published is told apart.
+    StatusTable(table.client, table.name, "eu-west-1/later").add_placeholder(
+        Placeholder("s1", 0, frozenset())
+    )
+    waiting = wait_until_replicated(
+        T0 / S,
+        destination="eu-west-1/later",
+        status_table=table.name,
+        client=table.client,
+        timeout=0,
+    )
+    assert "shards s1 have not published yet" in waiting.describe()

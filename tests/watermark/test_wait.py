@@ -1,0 +1,200 @@
+"""``wait_until_replicated`` and ``replicator wait`` as an application or a script calls
+them: what they refuse before reading anything, and how long they take when the status
+table's endpoint accepts connections and never answers."""
+
+from __future__ import annotations
+
+import math
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from replicator.watermark import WaitResult, wait_until_replicated
+from tests.support.aws import client
+
+PLUS_ONE = timezone(timedelta(hours=1))
+MINUS_ONE = timezone(timedelta(hours=-1))
+
+
+@pytest.mark.parametrize(
+    ("times", "message"),
+    [
+        (
+            {"until": 1796097900000},
+            "until 1796097900000: looks like epoch milliseconds: give seconds, e.g. 1796097900",
+        ),
+        ({"until": 1796097900123456}, "looks like epoch microseconds"),
+        ({"until": 1e20}, "until 1e+20: out of range"),
+        ({"until": datetime(1, 1, 1, tzinfo=PLUS_ONE)}, "until 0001-01-01T00:00:00+01:00: before"),
+        ({"until": datetime(9999, 12, 31, 23, 59, 59, tzinfo=MINUS_ONE)}, "out of range"),
+        ({"until": 1e9, "since": datetime(1960, 1, 1, tzinfo=UTC)}, "since 1960-01-01"),
+        ({"until": -1.0}, "until -1.0: not a time"),
+        ({"until": datetime(2026, 1, 1)}, "has no time zone"),
+    ],
+)
+def test_a_time_it_cannot_wait_for_is_refused_before_waiting(
+    moto_endpoint: str, times: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        wait_until_replicated(
+            **times,
+            destination="eu-west-1/replica",
+            status_table="wm-times-watermark",
+            client=client("dynamodb", "eu-west-1", moto_endpoint),
+            timeout=1,
+        )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"until": 1e9, "since": 1e9 + 100}, "since 1000000100.0 is after until 1000000000.0"),
+        (
+            {"until": datetime(2026, 1, 1, tzinfo=UTC), "since": datetime(2026, 1, 2, tzinfo=UTC)},
+            "since 2026-01-02T00:00:00+00:00 is after until 2026-01-01T00:00:00+00:00",
+        ),
+        ({"until": 1e9, "poll_interval": math.nan}, "poll_interval nan: must be a positive"),
+        ({"until": 1e9, "poll_interval": math.inf}, "poll_interval inf: must be a positive"),
+        ({"until": 1e9, "poll_interval": 0}, "poll_interval 0: must be a positive"),
+        ({"until": 1e9, "timeout": math.nan}, "timeout nan: not a number of seconds"),
+    ],
+)
+def test_an_inverted_window_or_a_poll_or_timeout_that_is_no_number_is_refused(
+    moto_endpoint: str, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        wait_until_replicated(
+            **{"timeout": 1, **options},
+            destination="eu-west-1/replica",
+            status_table="wm-options-watermark",
+            client=client("dynamodb", "eu-west-1", moto_endpoint),
+        )
+
+
+# -- a status table whose endpoint never answers ----------------------------------------------
+
+# Before each read was bounded a 2 s wait took 31 s (the CLI) and 240 s (the Python API):
+# the bound asserted is far above what a bounded wait takes on a loaded machine, and far
+# below what an unbounded one took.
+SLACK_S = 15.0
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[str]:
+    """An HTTP endpoint that accepts every connection and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.2)
+    held: list[socket.socket] = []
+    closing = threading.Event()
+
+    def accept() -> None:
+        while not closing.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    acceptor = threading.Thread(target=accept, name="silent-endpoint", daemon=True)
+    acceptor.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    closing.set()
+    acceptor.join()
+    listener.close()
+    for connection in held:
+        connection.close()
+
+
+def wait_on(endpoint: str, timeout: float, **options: Any) -> tuple[WaitResult, float]:
+    started = time.monotonic()
+    result = wait_until_replicated(
+        time.time(),
+        destination="eu-west-1/replica",
+        status_table="wm-silent-watermark",
+        timeout=timeout,
+        **options,
+    )
+    return result, time.monotonic() - started
+
+
+def test_a_wait_returns_by_its_timeout_when_the_status_table_never_answers(
+    silent_endpoint: str,
+) -> None:
+    result, took = wait_on(silent_endpoint, 2, region="eu-west-1", endpoint_url=silent_endpoint)
+    assert took < 2 + SLACK_S
+    assert not result.reached and not result.replicated
+    assert result.unanswered
+    assert "did not answer" in result.describe(), result.describe()
+
+
+def test_a_client_of_the_applications_own_with_long_timeouts_is_bounded_too(
+    silent_endpoint: str,
+) -> None:
+    patient = boto3.client("dynamodb", region_name="eu-west-1", endpoint_url=silent_endpoint)
+    result, took = wait_on(silent_endpoint, 2, client=patient)  # botocore: 60 s reads, 5 tries
+    assert took < 2 + SLACK_S
+    assert not result.reached and result.unanswered
+
+
+def test_a_waiter_does_not_queue_behind_another_waiters_unanswered_read(
+    silent_endpoint: str,
+) -> None:
+    """Waiters on one destination share its reader; one with a short timeout returns by
+    it while another, with a longer one, is still waiting on the same silent table."""
+    patient = boto3.client("dynamodb", region_name="eu-west-1", endpoint_url=silent_endpoint)
+    long_timeout = 10.0
+    long_wait: list[float] = []
+
+    def wait_long() -> None:
+        long_wait.append(wait_on(silent_endpoint, long_timeout, client=patient)[1])
+
+    first = threading.Thread(target=wait_long)
+    first.start()
+    try:
+        result, took = wait_on(silent_endpoint, 2, client=patient)
+        assert took < long_timeout
+        assert not result.reached and result.unanswered
+        assert not long_wait, "the short wait outlasted the long one"
+    finally:
+        first.join()
+    assert long_wait and long_wait[0] < long_timeout + SLACK_S
+
+
+def test_the_wait_command_exits_3_by_its_timeout_when_the_status_table_never_answers(
+    silent_endpoint: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "task_name: wm-silent\n"
+        f"source: {{region: us-east-1, table: src, endpoint_url: '{silent_endpoint}'}}\n"
+        "destinations:\n"
+        f"  - {{region: eu-west-1, table: replica, endpoint_url: '{silent_endpoint}'}}\n"
+    )
+    started = time.monotonic()
+    waited = subprocess.run(
+        [
+            *(sys.executable, "-m", "replicator", "wait", "--config", str(path)),
+            *("--destination", "replica", "--until", f"{time.time():.6f}", "--timeout", "2"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    took = time.monotonic() - started
+    assert waited.returncode == 3, waited
+    assert took < 2 + SLACK_S
+    assert waited.stderr.startswith("replicator: status table wm-silent-watermark"), waited
+    assert "did not answer" in waited.stderr and "Traceback" not in waited.stderr
+    assert len(waited.stderr.strip().splitlines()) == 1, waited.stderr
