@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import stat
 import threading
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,16 @@ from replicator.aws.clients import Place
 from replicator.buffer import ChangeBuffer
 from replicator.config.model import ConflictConfig
 from replicator.deadletter import DeadLetter, FileDeadLetters, SqsDeadLetters
+from replicator.deadletter.entry import _TYPES
 from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
-from replicator.exceptions import DeadLetterUnavailable
+from replicator.exceptions import DeadLetterFormatError, DeadLetterUnavailable
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.rules import rule_for, squash_order
 from replicator.writers.destination import DestinationWriter
 from tests.support.aws import client, create_table
+from tests.support.deadletters import malformed
 from tests.support.records import daemon_record, put, stream_record
 
 
@@ -40,6 +43,31 @@ def letter(seq: int, size: int = 0) -> DeadLetter:
         task_name="t",
         shard_id="s",
     )
+
+
+@pytest.mark.parametrize("what", sorted(malformed(letter(1))))
+def test_what_is_not_a_letter_reads_as_a_format_error(what: str) -> None:
+    """Whatever a file or queue holds, reading it raises the one error readers keep aside."""
+    with pytest.raises(DeadLetterFormatError):
+        DeadLetter.from_json(malformed(letter(1))[what])
+
+
+def test_a_letter_with_fields_it_does_not_know_reads_and_keeps_them() -> None:
+    """A letter written by a newer version replays here; stored again, it loses nothing."""
+    body = json.loads(letter(1).to_json())
+    body.update(priority="high", origin={"region": "eu-west-1"}, version=2)
+    newer = DeadLetter.from_json(json.dumps(body))
+    assert newer.record == letter(1).record
+    assert newer.version == 2
+    again = newer.retried("still failing", "rejected", run="r")
+    for stored in (again.to_json(), again.to_compact_json()):
+        reread = json.loads(stored)
+        assert (reread["priority"], reread["origin"]) == ("high", {"region": "eu-west-1"})
+        assert DeadLetter.from_json(stored) == again
+
+
+def test_every_field_of_a_letter_is_checked_when_read() -> None:
+    assert set(_TYPES) == {f.name for f in fields(DeadLetter)} - {"other_fields"}
 
 
 def _append_many(path: str, start: int) -> None:
