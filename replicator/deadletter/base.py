@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,6 +17,19 @@ class Claimed:
     receipt: str
 
 
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """Something stored in the target that does not read as a dead letter.
+
+    The target has already kept it exactly as it was: nobody can replay it, and only a
+    person can tell what it was meant to be. ``where`` names it (the file and line, or
+    the queue's message id); ``error`` says what is wrong with it.
+    """
+
+    where: str
+    error: str
+
+
 class DeadLetterTarget(Protocol):
     """Durable storage for failed changes.
 
@@ -29,8 +42,10 @@ class DeadLetterTarget(Protocol):
 
     def put(self, letter: DeadLetter) -> None: ...
 
-    def claim_all(self) -> Iterator[Claimed]:
-        """Take every stored letter out for a replay, one at a time."""
+    def claim_all(self) -> Generator[Claimed | Unreadable, None, None]:
+        """Take every stored letter out for a replay, one at a time; what does not read
+        as a letter is kept where it is and reported as Unreadable. Closing the iterator
+        early leaves the letters not yet claimed where they are."""
         ...
 
     def settle(self, claimed: Claimed, *, replayed: bool) -> None:

@@ -16,12 +16,17 @@ destinations only stays as one letter per failing destination. Letters are repla
 one at a time, in the order the target returns them (a file keeps the order in which
 they were written). A destination that refuses three writes in a row (missing table,
 access denied) fails its remaining letters at once.
+
+What does not read as a letter stays in the target as it is (the target says where);
+it counts as not replayed, so the exit status is 0 only when nothing is left for the
+job.
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -29,7 +34,13 @@ from prometheus_client import CollectorRegistry
 
 from replicator import wiring
 from replicator.config.model import ResolvedJob
-from replicator.deadletter import ALL_DESTINATIONS, Claimed, DeadLetter, DeadLetterTarget
+from replicator.deadletter import (
+    ALL_DESTINATIONS,
+    Claimed,
+    DeadLetter,
+    DeadLetterTarget,
+    Unreadable,
+)
 from replicator.deadletter.failed import DeadLetterer
 from replicator.exceptions import DestinationRefused, RecordDecodeError, WriteCancelled
 from replicator.filters import ChangeFilter, Route
@@ -83,6 +94,7 @@ class Replay:
 class RedriveReport:
     target: str
     replays: list[Replay] = field(default_factory=list)
+    unreadable: list[Unreadable] = field(default_factory=list)
     interrupted: bool = False
 
     @property
@@ -95,17 +107,24 @@ class RedriveReport:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.failed == 0 and not self.interrupted else 1
+        """0 only if nothing is left: an unreadable letter is one not replayed."""
+        return 0 if self.failed == 0 and not self.unreadable and not self.interrupted else 1
 
     def text(self) -> str:
-        if not self.replays:
-            return f"redrive: no dead letters in {self.target}"
+        if not self.replays and not self.unreadable:
+            return f"redrive: no dead letters in {self.target}" + (
+                " (interrupted)" if self.interrupted else ""
+            )
+        total = len(self.replays) + len(self.unreadable)
         lines = [
-            f"redrive of {self.target}: {len(self.replays)} letters, {self.replayed} replayed, "
+            f"redrive of {self.target}: {total} letter{'' if total == 1 else 's'}, "
+            f"{self.replayed} replayed, "
             f"{self.failed} failed again (kept in the target)"
+            + (f", {len(self.unreadable)} unreadable (kept as they are)" if self.unreadable else "")
             + ("; interrupted: the rest are still in the target" if self.interrupted else "")
         ]
         lines.extend(replay.line() for replay in self.replays)
+        lines.extend(f"  unreadable    {item.where}: {item.error}" for item in self.unreadable)
         return "\n".join(lines)
 
 
@@ -140,20 +159,30 @@ class Redrive:
             writer.refusal_limit = min(writer.refusal_limit, REFUSALS_BEFORE_GIVING_UP)
         self._target = target
         report = RedriveReport(target.description)
-        for claimed in target.claim_all():
-            try:
-                replay = self._replay(claimed.letter)
-            except WriteCancelled:
-                # Not settled: a file keeps it for the next redrive, a queue shows it again
-                # after its visibility timeout.
-                report.interrupted = True
-                break
-            report.replays.append(replay)
-            self._settle(target, claimed, replay)
-            if self.stop.is_set():
-                report.interrupted = True
-                break
-        log.info("redrive done", replayed=report.replayed, failed_again=report.failed)
+        # Closed on the way out, so that a target lets go at once of what it holds.
+        with closing(target.claim_all()) as claims:
+            for claimed in claims:
+                if isinstance(claimed, Unreadable):
+                    report.unreadable.append(claimed)  # the target has kept it as it is
+                else:
+                    try:
+                        replay = self._replay(claimed.letter)
+                    except WriteCancelled:
+                        # Not settled: a file keeps it for the next redrive, a queue shows
+                        # it again after its visibility timeout.
+                        report.interrupted = True
+                        break
+                    report.replays.append(replay)
+                    self._settle(target, claimed, replay)
+                if self.stop.is_set():
+                    report.interrupted = True
+                    break
+        log.info(
+            "redrive done",
+            replayed=report.replayed,
+            failed_again=report.failed,
+            unreadable=len(report.unreadable),
+        )
         return report
 
     def _settle(self, target: DeadLetterTarget, claimed: Claimed, replay: Replay) -> None:

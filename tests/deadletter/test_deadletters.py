@@ -18,7 +18,7 @@ from replicator.aws import clients
 from replicator.aws.clients import Place
 from replicator.buffer import ChangeBuffer
 from replicator.config.model import ConflictConfig
-from replicator.deadletter import DeadLetter, FileDeadLetters, SqsDeadLetters
+from replicator.deadletter import Claimed, DeadLetter, FileDeadLetters, SqsDeadLetters, Unreadable
 from replicator.deadletter.entry import _TYPES
 from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
@@ -170,13 +170,60 @@ def test_a_letter_appended_after_a_torn_line_is_read_back(tmp_path: Path) -> Non
     with path.open("a", encoding="utf-8") as file:
         file.write(torn[: len(torn) // 2])
     target.put(letter(3))
-    replayed = []
-    for claimed in target.claim_all():
-        replayed.append(claimed.letter.record["sequenceNumber"])
-        target.settle(claimed, replayed=True)
-    assert replayed == ["1", "3"]
+    assert claim_everything(target) == ["1", "unreadable", "3"]
     # The torn line is kept as it is, on a line of its own, for someone to look at.
     assert path.read_text(encoding="utf-8") == torn[: len(torn) // 2] + "\n"
+
+
+def claim_everything(target: FileDeadLetters | SqsDeadLetters) -> list[str]:
+    """One full replay in which every letter is replayed: what it met, in order."""
+    met = []
+    for claimed in target.claim_all():
+        if isinstance(claimed, Unreadable):
+            met.append("unreadable")
+        else:
+            met.append(claimed.letter.record["sequenceNumber"])
+            target.settle(claimed, replayed=True)
+    return met
+
+
+@pytest.mark.parametrize("what", sorted(malformed(letter(1))))
+def test_a_line_that_is_not_a_letter_is_kept_once_and_the_replay_goes_on(
+    tmp_path: Path, what: str
+) -> None:
+    path = tmp_path / "letters.jsonl"
+    target = FileDeadLetters(path)
+    bad = malformed(letter(2))[what]
+    target.put(letter(1))
+    with path.open("ab") as file:
+        file.write(bad + b"\n")
+    target.put(letter(3))
+
+    assert claim_everything(target) == ["1", "unreadable", "3"]
+    assert path.read_bytes() == bad + b"\n"  # kept byte for byte, for a person
+    assert claim_everything(target) == ["unreadable"]  # and every replay goes past it
+    assert path.read_bytes() == bad + b"\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["letters.jsonl"]
+
+
+def test_an_unreadable_line_is_kept_once_across_an_interrupted_replay(tmp_path: Path) -> None:
+    """The interrupted replay has moved the bad line to the live file already; the next
+    replay resumes the aside file after it, so it must not move it a second time."""
+    path = tmp_path / "letters.jsonl"
+    target = FileDeadLetters(path)
+    target.put(letter(1))
+    with path.open("ab") as file:
+        file.write(b'{"torn\n')
+    target.put(letter(3))
+    claims = target.claim_all()
+    first = next(claims)
+    assert isinstance(first, Claimed)
+    target.settle(first, replayed=True)
+    assert isinstance(next(claims), Unreadable)
+    claims.close()  # interrupted before letter 3
+
+    assert claim_everything(target) == ["3", "unreadable"]
+    assert path.read_bytes() == b'{"torn\n'
 
 
 def test_an_unwritable_file_is_reported_not_ignored(tmp_path: Path) -> None:
@@ -261,6 +308,40 @@ def test_sqs_target_round_trip_and_large_records(moto_endpoint: str, unique: Any
     assert [(x.record["sequenceNumber"], x.attempts, x.error) for x in left] == [
         ("2", 3, "still failing")
     ]
+
+
+@pytest.mark.parametrize("what", sorted(set(malformed(letter(1))) - {"not UTF-8"}))
+def test_an_unreadable_message_stays_in_the_queue_and_the_replay_goes_on(
+    moto_endpoint: str, unique: Any, what: str
+) -> None:
+    sqs = client("sqs", "us-east-1", moto_endpoint)
+    url = sqs.create_queue(QueueName=unique("dlq"))["QueueUrl"]
+    bad = malformed(letter(2))[what].decode()
+    bad_id = sqs.send_message(QueueUrl=url, MessageBody=bad)["MessageId"]
+    target = SqsDeadLetters(sqs, url, run_id="run-1")
+    for seq in (1, 3):
+        target.put(letter(seq))
+
+    met = [
+        claimed.where
+        if isinstance(claimed, Unreadable)
+        else claimed.letter.record["sequenceNumber"]
+        for claimed in _replaying(target)
+    ]
+
+    assert sorted(met) == ["1", "3", f"message {bad_id}"]
+    # Visible again at once, not after the visibility timeout, exactly as it was sent.
+    left = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+    assert [(m["MessageId"], m["Body"]) for m in left["Messages"]] == [(bad_id, bad)]
+
+
+def _replaying(target: SqsDeadLetters) -> list[Claimed | Unreadable]:
+    met: list[Claimed | Unreadable] = []
+    for claimed in target.claim_all():
+        met.append(claimed)
+        if isinstance(claimed, Claimed):
+            target.settle(claimed, replayed=True)
+    return met
 
 
 def test_writes_through_an_assumed_role(
