@@ -11,10 +11,12 @@ from replicator.deadletter.entry import DeadLetter
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """A dead letter taken out for a replay, with what the target needs to settle it."""
+    """A dead letter taken out for a replay, with what the target needs to settle it;
+    ``raw`` is the letter exactly as stored, for a target to put it back unchanged."""
 
     letter: DeadLetter
     receipt: str
+    raw: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,4 +52,9 @@ class DeadLetterTarget(Protocol):
 
     def settle(self, claimed: Claimed, *, replayed: bool) -> None:
         """Remove a replayed letter for good, or keep a failed one (put it back)."""
+        ...
+
+    def release(self, claimed: Claimed) -> None:
+        """Leave a letter that is not this replay's to take (another task's) in the
+        target exactly as it was stored."""
         ...

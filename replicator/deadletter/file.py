@@ -113,7 +113,7 @@ class FileDeadLetters:
                     except DeadLetterFormatError as error:
                         yield self._keep_unreadable(aside_file, number, line, str(error))
                         continue
-                    yield Claimed(letter, receipt=f"{aside_file}:{number}")
+                    yield Claimed(letter, receipt=f"{aside_file}:{number}", raw=line)
             aside_file.unlink()
             aside_file.with_name(aside_file.name + _SETTLED).unlink(missing_ok=True)
 
@@ -136,6 +136,12 @@ class FileDeadLetters:
         """Put a failed letter back in the live file, then note its line as settled."""
         if not replayed:
             self.put(claimed.letter)
+        aside, _, number = claimed.receipt.rpartition(":")
+        _note_settled(Path(aside), int(number))
+
+    def release(self, claimed: Claimed) -> None:
+        """Put a letter back in the live file byte for byte, then note its line as settled."""
+        self._append(claimed.raw)
         aside, _, number = claimed.receipt.rpartition(":")
         _note_settled(Path(aside), int(number))
 

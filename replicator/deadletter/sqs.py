@@ -6,11 +6,12 @@ rather than being dropped. A replay receives messages, and for each one that fai
 again sends an updated letter marked with the replay's run id before deleting the old
 message; meeting its own marked letters tells the replay it has gone round the queue.
 
-A message that does not read as a letter is left in the queue untouched, with a warning
-naming the queue and the message id. The replay keeps it hidden until it has gone round
-the queue (so that it is received once, and cannot end the replay before the letters
-behind it), then makes it visible again at once rather than after the visibility
-timeout: it is still there for the next redrive and for whoever looks at the queue.
+A message that does not read as a letter, and a letter the replay releases (another
+task's), are left in the queue untouched; an unreadable one gets a warning naming the
+queue and the message id. The replay keeps them hidden until it has gone round the
+queue (so that each is received once, and cannot end the replay before the letters
+behind it), then makes them visible again at once rather than after the visibility
+timeout: they are there for the next redrive, another job's, and whoever looks.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class SqsDeadLetters:
         self.description = f"SQS queue {queue_url}"
         # Messages left as they are during a replay: message id -> latest receipt handle.
         self._held: dict[str, str] = {}
+        self._claimed: dict[str, str] = {}  # receipt handle -> message id, until settled
 
     def put(self, letter: DeadLetter) -> None:
         body = letter.to_json()
@@ -77,7 +79,7 @@ class SqsDeadLetters:
                 time.sleep(delay)
 
     def claim_all(self) -> Generator[Claimed | Unreadable, None, None]:
-        self._held = {}
+        self._held, self._claimed = {}, {}
         try:
             while True:
                 response = self._call(
@@ -115,7 +117,8 @@ class SqsDeadLetters:
                         )
                         continue
                     fresh += 1
-                    yield Claimed(letter, receipt=receipt)
+                    self._claimed[receipt] = message_id
+                    yield Claimed(letter, receipt=receipt, raw=message["Body"].encode("utf-8"))
                 if not fresh:
                     return
         finally:
@@ -124,7 +127,7 @@ class SqsDeadLetters:
     def _let_go(self) -> None:
         """Make the messages left alone visible again now, not after the visibility
         timeout. If that fails they reappear after it anyway: only a warning."""
-        held, self._held = list(self._held.values()), {}
+        held, self._held, self._claimed = list(self._held.values()), {}, {}
         for start in range(0, len(held), 10):
             entries = [
                 {"Id": str(n), "ReceiptHandle": receipt, "VisibilityTimeout": 0}
@@ -150,3 +153,8 @@ class SqsDeadLetters:
         if not replayed:
             self.put(claimed.letter)
         self._call("delete_message", QueueUrl=self.queue_url, ReceiptHandle=claimed.receipt)
+        self._claimed.pop(claimed.receipt, None)
+
+    def release(self, claimed: Claimed) -> None:
+        """Leave the message as it is: visible again once the replay has gone round."""
+        self._held[self._claimed.pop(claimed.receipt)] = claimed.receipt

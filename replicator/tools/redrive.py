@@ -17,15 +17,20 @@ one at a time, in the order the target returns them (a file keeps the order in w
 they were written). A destination that refuses three writes in a row (missing table,
 access denied) fails its remaining letters at once.
 
-What does not read as a letter stays in the target as it is (the target says where);
-it counts as not replayed, so the exit status is 0 only when nothing is left for the
-job.
+Only the job's own letters are replayed (their ``task_name`` is the job's task name):
+several jobs may share a dead-letter file or queue, and another job's letter is about
+its own tables even when its destination label matches one of ours. Those letters are
+left exactly as they are (not retried, no attempt added) and only counted, and they do
+not count against this job's exit status. What does not read as a letter stays in the
+target as it is (the target says where); nobody can tell whose it is, so it counts as
+not replayed: the exit status is 0 only when nothing is left for the job.
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
+from collections import Counter
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 
@@ -93,8 +98,10 @@ class Replay:
 @dataclass
 class RedriveReport:
     target: str
+    task: str = ""
     replays: list[Replay] = field(default_factory=list)
     unreadable: list[Unreadable] = field(default_factory=list)
+    other_tasks: Counter[str] = field(default_factory=Counter)  # letters left, by task
     interrupted: bool = False
 
     @property
@@ -112,8 +119,13 @@ class RedriveReport:
 
     def text(self) -> str:
         if not self.replays and not self.unreadable:
-            return f"redrive: no dead letters in {self.target}" + (
-                " (interrupted)" if self.interrupted else ""
+            mine = f" of task {_printable(self.task)}" if self.other_tasks else ""
+            return "\n".join(
+                [
+                    f"redrive: no dead letters{mine} in {self.target}"
+                    + (" (interrupted)" if self.interrupted else ""),
+                    *self._left(),
+                ]
             )
         total = len(self.replays) + len(self.unreadable)
         lines = [
@@ -125,7 +137,25 @@ class RedriveReport:
         ]
         lines.extend(replay.line() for replay in self.replays)
         lines.extend(f"  unreadable    {item.where}: {item.error}" for item in self.unreadable)
+        lines.extend(self._left())
         return "\n".join(lines)
+
+    def _left(self) -> list[str]:
+        """One line for the letters of other tasks that were left as they are."""
+        if not self.other_tasks:
+            return []
+        total = sum(self.other_tasks.values())
+        tasks = ", ".join(
+            f"{_printable(name)}: {count}" for name, count in sorted(self.other_tasks.items())
+        )
+        return [
+            f"left as they are: {total} letter{'' if total == 1 else 's'} of other tasks ({tasks})"
+        ]
+
+
+def _printable(name: str) -> str:
+    """A task name read from a letter, quoted if it would break the line it is in."""
+    return name if name.isprintable() and name.strip() == name and name else repr(name)
 
 
 class Redrive:
@@ -158,12 +188,16 @@ class Redrive:
         for writer in [*self._writers.values(), *self._snapshot_writers.values()]:
             writer.refusal_limit = min(writer.refusal_limit, REFUSALS_BEFORE_GIVING_UP)
         self._target = target
-        report = RedriveReport(target.description)
+        task = self.resolved.task_name
+        report = RedriveReport(target.description, task)
         # Closed on the way out, so that a target lets go at once of what it holds.
         with closing(target.claim_all()) as claims:
             for claimed in claims:
                 if isinstance(claimed, Unreadable):
                     report.unreadable.append(claimed)  # the target has kept it as it is
+                elif claimed.letter.task_name != task:
+                    target.release(claimed)
+                    report.other_tasks[claimed.letter.task_name] += 1
                 else:
                     try:
                         replay = self._replay(claimed.letter)
@@ -182,6 +216,7 @@ class Redrive:
             replayed=report.replayed,
             failed_again=report.failed,
             unreadable=len(report.unreadable),
+            other_tasks_left=sum(report.other_tasks.values()),
         )
         return report
 
@@ -194,7 +229,7 @@ class Redrive:
         if len(failures) == 1 and failures[0].destination == letter.destination:
             failure = failures[0]
             again = letter.retried(failure.error, failure.reason, self.run_id)
-            target.settle(Claimed(again, claimed.receipt), replayed=False)
+            target.settle(replace(claimed, letter=again), replayed=False)
             return
         # A letter for every destination that now fails at some of them only: one letter
         # per failing destination, stored before the original is removed.

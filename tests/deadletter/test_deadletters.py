@@ -8,7 +8,7 @@ import multiprocessing
 import os
 import stat
 import threading
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -290,7 +290,7 @@ def test_sqs_target_round_trip_and_large_records(moto_endpoint: str, unique: Any
         claimed[item.letter.record["sequenceNumber"]] = item
         # a replay that failed again puts the letter back, marked with its run
         target.settle(
-            type(item)(item.letter.retried("e", "rejected", run="run-1"), item.receipt),
+            replace(item, letter=item.letter.retried("e", "rejected", run="run-1")),
             replayed=False,
         )
     assert set(claimed) == {"1", "2"}
@@ -301,7 +301,7 @@ def test_sqs_target_round_trip_and_large_records(moto_endpoint: str, unique: Any
         seen.append(item.letter.record["sequenceNumber"])
         failed = item.letter.retried("still failing", "rejected", run="run-2")
         replay.settle(
-            type(item)(failed, item.receipt), replayed=item.letter.record["sequenceNumber"] == "1"
+            replace(item, letter=failed), replayed=item.letter.record["sequenceNumber"] == "1"
         )
     assert sorted(seen) == ["1", "2"]  # the re-queued failure is not replayed twice
     left = [c.letter for c in SqsDeadLetters(sqs, url, run_id="run-3").claim_all()]

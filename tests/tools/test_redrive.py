@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -272,3 +273,83 @@ def test_an_unreadable_message_does_not_hold_up_the_letters_in_the_queue(job: Jo
     assert get(job, 0, x) == x
     left = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=0)
     assert [(m["MessageId"], m["Body"]) for m in left["Messages"]] == [(bad_id, '{"truncated')]
+
+
+def other_jobs_letters(job: Job) -> list[DeadLetter]:
+    """Letters another job wrote to a shared target, for tables with this job's labels."""
+    eu_label, ap_label = ("/".join(place) for place in job.destinations)
+    y = image("y", name="the other job's item")
+    w = image("w", name="the other job's backfill copy")
+    backfill = synthetic_change(BACKFILL, keys_of(w), "us-east-1", new_image=w, expected=None)
+    return [
+        replace(stream_letter(job, eu_label, y, 31, "rejected", "e"), task_name="orders-eu"),
+        replace(
+            _letter(job, ap_label, backfill.raw, "rejected", "throttled", keys_of(w)),
+            task_name="orders-eu",
+            shard_id=BACKFILL,
+        ),
+        replace(
+            stream_letter(job, "us-west-2/elsewhere", y, 32, "rejected", "e"),
+            task_name="payments",
+        ),
+    ]
+
+
+def test_letters_of_other_tasks_in_a_shared_file_are_left_exactly_as_they_are(job: Job) -> None:
+    eu_label = "/".join(job.destinations[0])
+    target = FileDeadLetters(job.dead_letters)
+    theirs = other_jobs_letters(job)
+    x = image("x", name="ours")
+    target.put(theirs[0])
+    target.put(stream_letter(job, eu_label, x, 11, "rejected", "a transient refusal"))
+    for letter in theirs[1:]:
+        target.put(letter)
+    stored = b"".join(letter.to_json().encode() + b"\n" for letter in theirs)
+
+    for _ in range(2):  # and again: they are not retried, and do not fail this job
+        result = redrive(job)
+
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "left as they are: 3 letters of other tasks (orders-eu: 2, payments: 1)" in (
+            result.stdout
+        )
+        assert job.dead_letters.read_bytes() == stored
+    assert get(job, 0, x) == x
+    (y, w) = (image("y"), image("w"))
+    assert (get(job, 0, y), get(job, 1, w)) == (None, None)  # nothing of theirs written here
+
+
+def test_letters_of_other_tasks_in_a_shared_queue_stay_visible_and_unchanged(job: Job) -> None:
+    sqs, queue = use_queue(job)
+    eu_label = "/".join(job.destinations[0])
+    target = SqsDeadLetters(sqs, queue)
+    x = image("x", name="ours")
+    target.put(stream_letter(job, eu_label, x, 11, "rejected", "a transient refusal"))
+    theirs = {letter.to_json() for letter in other_jobs_letters(job)}
+    for body in theirs:
+        sqs.send_message(QueueUrl=queue, MessageBody=body)
+
+    report = Redrive(load_job(job.path)).run()
+
+    assert (report.replayed, report.exit_code) == (1, 0)
+    assert report.other_tasks == {"orders-eu": 2, "payments": 1}
+    assert report.text().endswith(
+        "\nleft as they are: 3 letters of other tasks (orders-eu: 2, payments: 1)"
+    )
+    assert get(job, 0, x) == x
+    assert get(job, 0, image("y")) is None
+    left = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+    assert {m["Body"] for m in left["Messages"]} == theirs  # visible at once, as sent
+
+
+def test_a_target_holding_only_other_tasks_letters_says_so(job: Job) -> None:
+    target = FileDeadLetters(job.dead_letters)
+    target.put(other_jobs_letters(job)[2])
+
+    report = Redrive(load_job(job.path)).run()
+
+    assert report.exit_code == 0
+    assert report.text() == (
+        f"redrive: no dead letters of task {job.name} in file {job.dead_letters}\n"
+        "left as they are: 1 letter of other tasks (payments: 1)"
+    )
