@@ -49,9 +49,7 @@ class FileDeadLetters:
         try:
             append_line(self.path, line)
         except OSError as error:
-            raise DeadLetterUnavailable(
-                f"cannot append to dead-letter file {self.path}: {error.strerror or error}"
-            ) from error
+            raise _unavailable("append to", self.path, error) from error
 
     def count(self) -> int:
         """Lines stored now (live file, and what an interrupted replay has not settled),
@@ -96,6 +94,15 @@ class FileDeadLetters:
         )
 
     def claim_all(self) -> Generator[Claimed | Unreadable, None, None]:
+        """The letters of the aside files, oldest first (module docstring). A file that
+        cannot be renamed, read or removed (the path is a directory, permissions) raises
+        DeadLetterUnavailable, like one that cannot be appended to."""
+        try:
+            yield from self._claim_all()
+        except OSError as error:
+            raise _unavailable("read", Path(error.filename or self.path), error) from error
+
+    def _claim_all(self) -> Generator[Claimed | Unreadable, None, None]:
         with locked_file(self.path, create=False) as file:
             if file is not None:
                 aside = self.path.with_name(f"{self.path.name}{_ASIDE}{time.time_ns()}")
@@ -151,7 +158,18 @@ def _note_settled(aside_file: Path, number: int) -> None:
 
     Appended like a letter (locked, fsynced), so that a number cut short by a crash is
     followed by a new line rather than joined to the next number."""
-    append_line(aside_file.with_name(aside_file.name + _SETTLED), str(number))
+    marker = aside_file.with_name(aside_file.name + _SETTLED)
+    try:
+        append_line(marker, str(number))
+    except OSError as error:
+        raise _unavailable("append to", marker, error) from error
+
+
+def _unavailable(what: str, path: Path, error: OSError) -> DeadLetterUnavailable:
+    """One line naming the file and the system's reason (``Is a directory``)."""
+    return DeadLetterUnavailable(
+        f"cannot {what} dead-letter file {path}: {error.strerror or error}"
+    )
 
 
 def _settled(aside_file: Path) -> set[int]:

@@ -353,3 +353,18 @@ def test_a_target_holding_only_other_tasks_letters_says_so(job: Job) -> None:
         f"redrive: no dead letters of task {job.name} in file {job.dead_letters}\n"
         "left as they are: 1 letter of other tasks (payments: 1)"
     )
+
+
+def test_a_dead_letter_path_that_is_a_directory_is_one_line_and_exit_3(job: Job) -> None:
+    """As for backfill and verify --repair, which append to it: the environment is not as
+    the job says."""
+    job.dead_letters.mkdir()
+
+    result = redrive(job)
+
+    assert result.returncode == 3, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert line == (
+        f"replicator: redrive {job.name}: cannot read dead-letter file {job.dead_letters}: "
+        "Is a directory"
+    )
