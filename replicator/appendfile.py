@@ -21,9 +21,13 @@ from pathlib import Path
 from typing import TextIO
 
 
-def append_line(path: Path, line: str) -> None:
+def append_line(path: Path, line: str | bytes) -> None:
     """Append ``line`` to ``path`` (created with its directory if missing), durably,
-    on a line of its own even when the file ends in a torn line (module docstring)."""
+    on a line of its own even when the file ends in a torn line (module docstring).
+
+    ``line`` may be bytes, so that a line read back that is not UTF-8 can be kept as it
+    was, byte for byte."""
+    data = line.encode("utf-8") if isinstance(line, str) else line
     path.parent.mkdir(parents=True, exist_ok=True)
     with locked_file(path, create=True) as file:
         assert file is not None
@@ -31,8 +35,8 @@ def append_line(path: Path, line: str) -> None:
         size = os.fstat(descriptor).st_size
         created = size == 0  # files are never truncated
         torn = not created and os.pread(descriptor, 1, size - 1) != b"\n"
-        file.write(("\n" if torn else "") + line + "\n")
-        file.flush()
+        file.buffer.write((b"\n" if torn else b"") + data + b"\n")
+        file.buffer.flush()
         os.fsync(file.fileno())
         if created:
             fsync_directory(path.parent)

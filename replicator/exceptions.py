@@ -108,6 +108,11 @@ class EntryFormatError(ReplicatorError, ValueError):
     written by something else); readers skip it with a warning that says where it is."""
 
 
+class DeadLetterFormatError(ReplicatorError, ValueError):
+    """A stored dead letter that does not read as one (cut short, not a letter, a field
+    missing or of the wrong type); a redrive keeps it as it is for someone to look at."""
+
+
 class PlanError(ReplicatorError, ValueError):
     """The change cannot be expressed as a safe write under this rule (goes to dead letters)."""
 

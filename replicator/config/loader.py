@@ -139,11 +139,20 @@ def load_job(path: str | os.PathLike[str]) -> ResolvedJob:
     """Load, expand and validate a job file, or raise ConfigError listing every problem."""
     file = Path(path)
     try:
-        source = file.read_text(encoding="utf-8")
+        data = file.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{file}: job file not found") from None
     except OSError as error:
         raise ConfigError(f"{file}: cannot read job file: {error.strerror}") from None
+    try:
+        source = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        # Named by offset and line: an editor or `od -c` finds it there.
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError(
+            f"{file}: not UTF-8 text: byte 0x{data[error.start]:02x} at offset {error.start} "
+            f"(line {line}); job files are UTF-8"
+        ) from None
     return parse_job(source, file)
 
 

@@ -1,6 +1,6 @@
 """Dead-letter targets: where changes that no retry can apply are kept for a replay."""
 
-from replicator.deadletter.base import Claimed, DeadLetterTarget
+from replicator.deadletter.base import Claimed, DeadLetterTarget, Unreadable
 from replicator.deadletter.entry import ALL_DESTINATIONS, DeadLetter
 from replicator.deadletter.file import FileDeadLetters
 from replicator.deadletter.sqs import SqsDeadLetters
@@ -12,4 +12,5 @@ __all__ = [
     "DeadLetterTarget",
     "FileDeadLetters",
     "SqsDeadLetters",
+    "Unreadable",
 ]

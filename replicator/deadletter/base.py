@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -11,10 +11,25 @@ from replicator.deadletter.entry import DeadLetter
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """A dead letter taken out for a replay, with what the target needs to settle it."""
+    """A dead letter taken out for a replay, with what the target needs to settle it;
+    ``raw`` is the letter exactly as stored, for a target to put it back unchanged."""
 
     letter: DeadLetter
     receipt: str
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """Something stored in the target that does not read as a dead letter.
+
+    The target has already kept it exactly as it was: nobody can replay it, and only a
+    person can tell what it was meant to be. ``where`` names it (the file and line, or
+    the queue's message id); ``error`` says what is wrong with it.
+    """
+
+    where: str
+    error: str
 
 
 class DeadLetterTarget(Protocol):
@@ -29,10 +44,17 @@ class DeadLetterTarget(Protocol):
 
     def put(self, letter: DeadLetter) -> None: ...
 
-    def claim_all(self) -> Iterator[Claimed]:
-        """Take every stored letter out for a replay, one at a time."""
+    def claim_all(self) -> Generator[Claimed | Unreadable, None, None]:
+        """Take every stored letter out for a replay, one at a time; what does not read
+        as a letter is kept where it is and reported as Unreadable. Closing the iterator
+        early leaves the letters not yet claimed where they are."""
         ...
 
     def settle(self, claimed: Claimed, *, replayed: bool) -> None:
         """Remove a replayed letter for good, or keep a failed one (put it back)."""
+        ...
+
+    def release(self, claimed: Claimed) -> None:
+        """Leave a letter that is not this replay's to take (another task's) in the
+        target exactly as it was stored."""
         ...

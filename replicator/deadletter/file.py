@@ -4,7 +4,14 @@ Several processor processes (one per shard) append to the same file; an exclusiv
 ``flock`` around each append keeps lines whole. A replay first renames the file aside
 under that lock (new failures start a fresh file meanwhile), replays the letters, and
 appends the ones that fail again to the live file. A replay that is interrupted leaves
-its aside file, which the next replay picks up first.
+its aside file, which the next replay picks up first. Each line of an aside file that
+is done with (replayed, put back, or kept as it is) is noted in its ``.settled`` file,
+so that a replay resumed after an interruption does not take it up a second time.
+
+A line that is not a letter (torn by a crash, edited by hand, written by something
+else) is moved to the live file byte for byte, with a warning naming the file and line
+it was read from: it stays until a person looks at it, and a replay goes on past it.
+Lines are read as bytes, so that one that is not UTF-8 is one unreadable line too.
 
 A process that opened the live file just before a replay renamed it holds the renamed
 file: once it has the lock it checks that its file is still the one at the path, and
@@ -14,17 +21,16 @@ Creating and renaming a file are made durable with an fsync of the directory.
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 import structlog
 
 from replicator.appendfile import append_line, fsync_directory, locked_file
-from replicator.deadletter.base import Claimed
+from replicator.deadletter.base import Claimed, Unreadable
 from replicator.deadletter.entry import DeadLetter
-from replicator.exceptions import DeadLetterUnavailable
+from replicator.exceptions import DeadLetterFormatError, DeadLetterUnavailable
 
 log = structlog.get_logger(__name__)
 _ASIDE = ".redrive-"
@@ -39,23 +45,22 @@ class FileDeadLetters:
     def put(self, letter: DeadLetter) -> None:
         self._append(letter.to_json())
 
-    def _append(self, line: str) -> None:
+    def _append(self, line: str | bytes) -> None:
         try:
             append_line(self.path, line)
         except OSError as error:
-            raise DeadLetterUnavailable(
-                f"cannot append to dead-letter file {self.path}: {error.strerror or error}"
-            ) from error
+            raise _unavailable("append to", self.path, error) from error
 
     def count(self) -> int:
-        """Letters stored now (live file, and what an interrupted replay has not settled)."""
+        """Lines stored now (live file, and what an interrupted replay has not settled),
+        unreadable ones included."""
         total = 0
         if self.path.exists():
-            with self.path.open(encoding="utf-8") as lines:
+            with self.path.open("rb") as lines:
                 total += sum(1 for line in lines if line.strip())
         for aside_file in self._aside_files():
             settled = _settled(aside_file)
-            with aside_file.open(encoding="utf-8") as lines:
+            with aside_file.open("rb") as lines:
                 total += sum(
                     1
                     for number, line in enumerate(lines, start=1)
@@ -64,11 +69,22 @@ class FileDeadLetters:
         return total
 
     def letters(self) -> list[DeadLetter]:
-        """Every letter in the live file, for inspection; does not remove them."""
+        """Every letter in the live file, for inspection; does not remove them, and
+        leaves out (with a warning) the lines that are not letters."""
         if not self.path.exists():
             return []
-        with self.path.open(encoding="utf-8") as lines:
-            return [DeadLetter.from_json(line) for line in lines if line.strip()]
+        found = []
+        with self.path.open("rb") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    found.append(DeadLetter.from_json(line))
+                except DeadLetterFormatError as error:
+                    log.warning(
+                        "unreadable dead letter", file=str(self.path), line=number, error=str(error)
+                    )
+        return found
 
     def _aside_files(self) -> list[Path]:
         return sorted(
@@ -77,7 +93,16 @@ class FileDeadLetters:
             if not p.name.endswith(_SETTLED)
         )
 
-    def claim_all(self) -> Iterator[Claimed]:
+    def claim_all(self) -> Generator[Claimed | Unreadable, None, None]:
+        """The letters of the aside files, oldest first (module docstring). A file that
+        cannot be renamed, read or removed (the path is a directory, permissions) raises
+        DeadLetterUnavailable, like one that cannot be appended to."""
+        try:
+            yield from self._claim_all()
+        except OSError as error:
+            raise _unavailable("read", Path(error.filename or self.path), error) from error
+
+    def _claim_all(self) -> Generator[Claimed | Unreadable, None, None]:
         with locked_file(self.path, create=False) as file:
             if file is not None:
                 aside = self.path.with_name(f"{self.path.name}{_ASIDE}{time.time_ns()}")
@@ -85,38 +110,66 @@ class FileDeadLetters:
                 fsync_directory(self.path.parent)
         for aside_file in self._aside_files():
             settled = _settled(aside_file)
-            with aside_file.open(encoding="utf-8") as lines:
-                for number, line in enumerate(lines, start=1):
-                    if not line.strip() or number in settled:
+            with aside_file.open("rb") as lines:
+                for number, stored in enumerate(lines, start=1):
+                    if not stored.strip() or number in settled:
                         continue
+                    line = stored.removesuffix(b"\n")
                     try:
                         letter = DeadLetter.from_json(line)
-                    except (ValueError, TypeError) as error:
-                        log.error(
-                            "unreadable dead letter kept as it is",
-                            file=str(aside_file),
-                            line=number,
-                            error=str(error),
-                        )
-                        self._append(line.rstrip("\n"))
+                    except DeadLetterFormatError as error:
+                        yield self._keep_unreadable(aside_file, number, line, str(error))
                         continue
-                    yield Claimed(letter, receipt=f"{aside_file}:{number}")
+                    yield Claimed(letter, receipt=f"{aside_file}:{number}", raw=line)
             aside_file.unlink()
             aside_file.with_name(aside_file.name + _SETTLED).unlink(missing_ok=True)
+
+    def _keep_unreadable(
+        self, aside_file: Path, number: int, line: bytes, error: str
+    ) -> Unreadable:
+        """Move a line that is not a letter to the live file as it is, once."""
+        log.warning(
+            "unreadable dead letter kept as it is",
+            file=str(aside_file),
+            line=number,
+            error=error,
+            kept_in=str(self.path),
+        )
+        self._append(line)
+        _note_settled(aside_file, number)
+        return Unreadable(f"{aside_file} line {number}", error)
 
     def settle(self, claimed: Claimed, *, replayed: bool) -> None:
         """Put a failed letter back in the live file, then note its line as settled."""
         if not replayed:
             self.put(claimed.letter)
         aside, _, number = claimed.receipt.rpartition(":")
-        marker = Path(aside + _SETTLED)
-        with marker.open("a", encoding="utf-8") as file:
-            created = os.fstat(file.fileno()).st_size == 0
-            file.write(number + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        if created:
-            fsync_directory(marker.parent)
+        _note_settled(Path(aside), int(number))
+
+    def release(self, claimed: Claimed) -> None:
+        """Put a letter back in the live file byte for byte, then note its line as settled."""
+        self._append(claimed.raw)
+        aside, _, number = claimed.receipt.rpartition(":")
+        _note_settled(Path(aside), int(number))
+
+
+def _note_settled(aside_file: Path, number: int) -> None:
+    """Note line ``number`` of an aside file as done with (it survives an interruption).
+
+    Appended like a letter (locked, fsynced), so that a number cut short by a crash is
+    followed by a new line rather than joined to the next number."""
+    marker = aside_file.with_name(aside_file.name + _SETTLED)
+    try:
+        append_line(marker, str(number))
+    except OSError as error:
+        raise _unavailable("append to", marker, error) from error
+
+
+def _unavailable(what: str, path: Path, error: OSError) -> DeadLetterUnavailable:
+    """One line naming the file and the system's reason (``Is a directory``)."""
+    return DeadLetterUnavailable(
+        f"cannot {what} dead-letter file {path}: {error.strerror or error}"
+    )
 
 
 def _settled(aside_file: Path) -> set[int]:
@@ -124,4 +177,4 @@ def _settled(aside_file: Path) -> set[int]:
     marker = aside_file.with_name(aside_file.name + _SETTLED)
     if not marker.exists():
         return set()
-    return {int(n) for n in marker.read_text(encoding="utf-8").split() if n.isdigit()}
+    return {int(n) for n in marker.read_bytes().split() if n.isdigit()}

@@ -5,22 +5,29 @@ is sent with the record gzip-compressed, and one still too large stops the worke
 rather than being dropped. A replay receives messages, and for each one that fails
 again sends an updated letter marked with the replay's run id before deleting the old
 message; meeting its own marked letters tells the replay it has gone round the queue.
+
+A message that does not read as a letter, and a letter the replay releases (another
+task's), are left in the queue untouched; an unreadable one gets a warning naming the
+queue and the message id. The replay keeps them hidden until it has gone round the
+queue (so that each is received once, and cannot end the replay before the letters
+behind it), then makes them visible again at once rather than after the visibility
+timeout: they are there for the next redrive, another job's, and whoever looks.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.aws.errors import ErrorKind, classify
-from replicator.deadletter.base import Claimed
+from replicator.deadletter.base import Claimed, Unreadable
 from replicator.deadletter.entry import DeadLetter
-from replicator.exceptions import DeadLetterUnavailable
+from replicator.exceptions import DeadLetterFormatError, DeadLetterUnavailable
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -36,6 +43,9 @@ class SqsDeadLetters:
         self.queue_url = queue_url
         self.run_id = run_id
         self.description = f"SQS queue {queue_url}"
+        # Messages left as they are during a replay: message id -> latest receipt handle.
+        self._held: dict[str, str] = {}
+        self._claimed: dict[str, str] = {}  # receipt handle -> message id, until settled
 
     def put(self, letter: DeadLetter) -> None:
         body = letter.to_json()
@@ -68,33 +78,83 @@ class SqsDeadLetters:
                 attempt += 1
                 time.sleep(delay)
 
-    def claim_all(self) -> Iterator[Claimed]:
-        while True:
-            response = self._call(
-                "receive_message",
-                QueueUrl=self.queue_url,
-                MaxNumberOfMessages=10,
-                WaitTimeSeconds=1,
-                VisibilityTimeout=900,
-            )
-            messages = response.get("Messages", [])
-            fresh = 0
-            for message in messages:
-                letter = DeadLetter.from_json(message["Body"])
-                if self.run_id is not None and letter.redrive_run == self.run_id:
-                    self._call(
-                        "change_message_visibility",
-                        QueueUrl=self.queue_url,
-                        ReceiptHandle=message["ReceiptHandle"],
-                        VisibilityTimeout=0,
-                    )
-                    continue
-                fresh += 1
-                yield Claimed(letter, receipt=message["ReceiptHandle"])
-            if not fresh:
-                return
+    def claim_all(self) -> Generator[Claimed | Unreadable, None, None]:
+        self._held, self._claimed = {}, {}
+        try:
+            while True:
+                response = self._call(
+                    "receive_message",
+                    QueueUrl=self.queue_url,
+                    MaxNumberOfMessages=10,
+                    WaitTimeSeconds=1,
+                    VisibilityTimeout=900,
+                )
+                fresh = 0
+                for message in response.get("Messages", []):
+                    message_id, receipt = message["MessageId"], message["ReceiptHandle"]
+                    if message_id in self._held:  # its visibility ran out: still left alone
+                        self._held[message_id] = receipt
+                        continue
+                    try:
+                        letter = DeadLetter.from_json(message["Body"])
+                    except DeadLetterFormatError as error:
+                        log.warning(
+                            "unreadable dead letter left in the queue",
+                            queue=self.queue_url,
+                            message_id=message_id,
+                            error=str(error),
+                        )
+                        self._held[message_id] = receipt
+                        fresh += 1
+                        yield Unreadable(f"message {message_id}", str(error))
+                        continue
+                    if self.run_id is not None and letter.redrive_run == self.run_id:
+                        self._call(
+                            "change_message_visibility",
+                            QueueUrl=self.queue_url,
+                            ReceiptHandle=receipt,
+                            VisibilityTimeout=0,
+                        )
+                        continue
+                    fresh += 1
+                    self._claimed[receipt] = message_id
+                    yield Claimed(letter, receipt=receipt, raw=message["Body"].encode("utf-8"))
+                if not fresh:
+                    return
+        finally:
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """Make the messages left alone visible again now, not after the visibility
+        timeout. If that fails they reappear after it anyway: only a warning."""
+        held, self._held, self._claimed = list(self._held.values()), {}, {}
+        for start in range(0, len(held), 10):
+            entries = [
+                {"Id": str(n), "ReceiptHandle": receipt, "VisibilityTimeout": 0}
+                for n, receipt in enumerate(held[start : start + 10])
+            ]
+            try:
+                answer = self._call(
+                    "change_message_visibility_batch", QueueUrl=self.queue_url, Entries=entries
+                )
+            except DeadLetterUnavailable as error:
+                failed = [str(error)]
+            else:
+                failed = [f"{f.get('Code')}: {f.get('Message')}" for f in answer.get("Failed", [])]
+            if failed:
+                log.warning(
+                    "messages left in the dead-letter queue stay hidden until their "
+                    "visibility timeout ends",
+                    queue=self.queue_url,
+                    errors=failed,
+                )
 
     def settle(self, claimed: Claimed, *, replayed: bool) -> None:
         if not replayed:
             self.put(claimed.letter)
         self._call("delete_message", QueueUrl=self.queue_url, ReceiptHandle=claimed.receipt)
+        self._claimed.pop(claimed.receipt, None)
+
+    def release(self, claimed: Claimed) -> None:
+        """Leave the message as it is: visible again once the replay has gone round."""
+        self._held[self._claimed.pop(claimed.receipt)] = claimed.receipt

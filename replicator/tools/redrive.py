@@ -16,12 +16,22 @@ destinations only stays as one letter per failing destination. Letters are repla
 one at a time, in the order the target returns them (a file keeps the order in which
 they were written). A destination that refuses three writes in a row (missing table,
 access denied) fails its remaining letters at once.
+
+Only the job's own letters are replayed (their ``task_name`` is the job's task name):
+several jobs may share a dead-letter file or queue, and another job's letter is about
+its own tables even when its destination label matches one of ours. Those letters are
+left exactly as they are (not retried, no attempt added) and only counted, and they do
+not count against this job's exit status. What does not read as a letter stays in the
+target as it is (the target says where); nobody can tell whose it is, so it counts as
+not replayed: the exit status is 0 only when nothing is left for the job.
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
+from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -29,7 +39,13 @@ from prometheus_client import CollectorRegistry
 
 from replicator import wiring
 from replicator.config.model import ResolvedJob
-from replicator.deadletter import ALL_DESTINATIONS, Claimed, DeadLetter, DeadLetterTarget
+from replicator.deadletter import (
+    ALL_DESTINATIONS,
+    Claimed,
+    DeadLetter,
+    DeadLetterTarget,
+    Unreadable,
+)
 from replicator.deadletter.failed import DeadLetterer
 from replicator.exceptions import DestinationRefused, RecordDecodeError, WriteCancelled
 from replicator.filters import ChangeFilter, Route
@@ -82,7 +98,10 @@ class Replay:
 @dataclass
 class RedriveReport:
     target: str
+    task: str = ""
     replays: list[Replay] = field(default_factory=list)
+    unreadable: list[Unreadable] = field(default_factory=list)
+    other_tasks: Counter[str] = field(default_factory=Counter)  # letters left, by task
     interrupted: bool = False
 
     @property
@@ -95,18 +114,48 @@ class RedriveReport:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.failed == 0 and not self.interrupted else 1
+        """0 only if nothing is left: an unreadable letter is one not replayed."""
+        return 0 if self.failed == 0 and not self.unreadable and not self.interrupted else 1
 
     def text(self) -> str:
-        if not self.replays:
-            return f"redrive: no dead letters in {self.target}"
+        if not self.replays and not self.unreadable:
+            mine = f" of task {_printable(self.task)}" if self.other_tasks else ""
+            return "\n".join(
+                [
+                    f"redrive: no dead letters{mine} in {self.target}"
+                    + (" (interrupted)" if self.interrupted else ""),
+                    *self._left(),
+                ]
+            )
+        total = len(self.replays) + len(self.unreadable)
         lines = [
-            f"redrive of {self.target}: {len(self.replays)} letters, {self.replayed} replayed, "
+            f"redrive of {self.target}: {total} letter{'' if total == 1 else 's'}, "
+            f"{self.replayed} replayed, "
             f"{self.failed} failed again (kept in the target)"
+            + (f", {len(self.unreadable)} unreadable (kept as they are)" if self.unreadable else "")
             + ("; interrupted: the rest are still in the target" if self.interrupted else "")
         ]
         lines.extend(replay.line() for replay in self.replays)
+        lines.extend(f"  unreadable    {item.where}: {item.error}" for item in self.unreadable)
+        lines.extend(self._left())
         return "\n".join(lines)
+
+    def _left(self) -> list[str]:
+        """One line for the letters of other tasks that were left as they are."""
+        if not self.other_tasks:
+            return []
+        total = sum(self.other_tasks.values())
+        tasks = ", ".join(
+            f"{_printable(name)}: {count}" for name, count in sorted(self.other_tasks.items())
+        )
+        return [
+            f"left as they are: {total} letter{'' if total == 1 else 's'} of other tasks ({tasks})"
+        ]
+
+
+def _printable(name: str) -> str:
+    """A task name read from a letter, quoted if it would break the line it is in."""
+    return name if name.isprintable() and name.strip() == name and name else repr(name)
 
 
 class Redrive:
@@ -139,21 +188,36 @@ class Redrive:
         for writer in [*self._writers.values(), *self._snapshot_writers.values()]:
             writer.refusal_limit = min(writer.refusal_limit, REFUSALS_BEFORE_GIVING_UP)
         self._target = target
-        report = RedriveReport(target.description)
-        for claimed in target.claim_all():
-            try:
-                replay = self._replay(claimed.letter)
-            except WriteCancelled:
-                # Not settled: a file keeps it for the next redrive, a queue shows it again
-                # after its visibility timeout.
-                report.interrupted = True
-                break
-            report.replays.append(replay)
-            self._settle(target, claimed, replay)
-            if self.stop.is_set():
-                report.interrupted = True
-                break
-        log.info("redrive done", replayed=report.replayed, failed_again=report.failed)
+        task = self.resolved.task_name
+        report = RedriveReport(target.description, task)
+        # Closed on the way out, so that a target lets go at once of what it holds.
+        with closing(target.claim_all()) as claims:
+            for claimed in claims:
+                if isinstance(claimed, Unreadable):
+                    report.unreadable.append(claimed)  # the target has kept it as it is
+                elif claimed.letter.task_name != task:
+                    target.release(claimed)
+                    report.other_tasks[claimed.letter.task_name] += 1
+                else:
+                    try:
+                        replay = self._replay(claimed.letter)
+                    except WriteCancelled:
+                        # Not settled: a file keeps it for the next redrive, a queue shows
+                        # it again after its visibility timeout.
+                        report.interrupted = True
+                        break
+                    report.replays.append(replay)
+                    self._settle(target, claimed, replay)
+                if self.stop.is_set():
+                    report.interrupted = True
+                    break
+        log.info(
+            "redrive done",
+            replayed=report.replayed,
+            failed_again=report.failed,
+            unreadable=len(report.unreadable),
+            other_tasks_left=sum(report.other_tasks.values()),
+        )
         return report
 
     def _settle(self, target: DeadLetterTarget, claimed: Claimed, replay: Replay) -> None:
@@ -165,7 +229,7 @@ class Redrive:
         if len(failures) == 1 and failures[0].destination == letter.destination:
             failure = failures[0]
             again = letter.retried(failure.error, failure.reason, self.run_id)
-            target.settle(Claimed(again, claimed.receipt), replayed=False)
+            target.settle(replace(claimed, letter=again), replayed=False)
             return
         # A letter for every destination that now fails at some of them only: one letter
         # per failing destination, stored before the original is removed.

@@ -262,3 +262,23 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     result = run_cli("validate", "--config", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2
     assert "job file not found" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "byte", "offset", "line"),
+    [
+        (b"\xff\xfe bad\n", "0xff", 0, 1),  # UTF-16's byte order mark
+        (MINIMAL.encode() + b"# caf\xe9, in Latin-1\n", "0xe9", len(MINIMAL) + 5, 5),
+    ],
+)
+def test_a_job_file_that_is_not_utf8_is_one_line_naming_the_byte(
+    tmp_path: Path, content: bytes, byte: str, offset: int, line: int
+) -> None:
+    path = tmp_path / "j.yaml"
+    path.write_bytes(content)
+    result = run_cli("validate", "--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"replicator: {path}: not UTF-8 text: byte {byte} at offset {offset} (line {line}); "
+        "job files are UTF-8\n"
+    )

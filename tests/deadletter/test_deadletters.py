@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import stat
 import threading
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,17 @@ from replicator.aws import clients
 from replicator.aws.clients import Place
 from replicator.buffer import ChangeBuffer
 from replicator.config.model import ConflictConfig
-from replicator.deadletter import DeadLetter, FileDeadLetters, SqsDeadLetters
+from replicator.deadletter import Claimed, DeadLetter, FileDeadLetters, SqsDeadLetters, Unreadable
+from replicator.deadletter.entry import _TYPES
 from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
-from replicator.exceptions import DeadLetterUnavailable
+from replicator.exceptions import DeadLetterFormatError, DeadLetterUnavailable
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.rules import rule_for, squash_order
 from replicator.writers.destination import DestinationWriter
 from tests.support.aws import client, create_table
+from tests.support.deadletters import malformed
 from tests.support.records import daemon_record, put, stream_record
 
 
@@ -40,6 +43,31 @@ def letter(seq: int, size: int = 0) -> DeadLetter:
         task_name="t",
         shard_id="s",
     )
+
+
+@pytest.mark.parametrize("what", sorted(malformed(letter(1))))
+def test_what_is_not_a_letter_reads_as_a_format_error(what: str) -> None:
+    """Whatever a file or queue holds, reading it raises the one error readers keep aside."""
+    with pytest.raises(DeadLetterFormatError):
+        DeadLetter.from_json(malformed(letter(1))[what])
+
+
+def test_a_letter_with_fields_it_does_not_know_reads_and_keeps_them() -> None:
+    """A letter written by a newer version replays here; stored again, it loses nothing."""
+    body = json.loads(letter(1).to_json())
+    body.update(priority="high", origin={"region": "eu-west-1"}, version=2)
+    newer = DeadLetter.from_json(json.dumps(body))
+    assert newer.record == letter(1).record
+    assert newer.version == 2
+    again = newer.retried("still failing", "rejected", run="r")
+    for stored in (again.to_json(), again.to_compact_json()):
+        reread = json.loads(stored)
+        assert (reread["priority"], reread["origin"]) == ("high", {"region": "eu-west-1"})
+        assert DeadLetter.from_json(stored) == again
+
+
+def test_every_field_of_a_letter_is_checked_when_read() -> None:
+    assert set(_TYPES) == {f.name for f in fields(DeadLetter)} - {"other_fields"}
 
 
 def _append_many(path: str, start: int) -> None:
@@ -142,13 +170,60 @@ def test_a_letter_appended_after_a_torn_line_is_read_back(tmp_path: Path) -> Non
     with path.open("a", encoding="utf-8") as file:
         file.write(torn[: len(torn) // 2])
     target.put(letter(3))
-    replayed = []
-    for claimed in target.claim_all():
-        replayed.append(claimed.letter.record["sequenceNumber"])
-        target.settle(claimed, replayed=True)
-    assert replayed == ["1", "3"]
+    assert claim_everything(target) == ["1", "unreadable", "3"]
     # The torn line is kept as it is, on a line of its own, for someone to look at.
     assert path.read_text(encoding="utf-8") == torn[: len(torn) // 2] + "\n"
+
+
+def claim_everything(target: FileDeadLetters | SqsDeadLetters) -> list[str]:
+    """One full replay in which every letter is replayed: what it met, in order."""
+    met = []
+    for claimed in target.claim_all():
+        if isinstance(claimed, Unreadable):
+            met.append("unreadable")
+        else:
+            met.append(claimed.letter.record["sequenceNumber"])
+            target.settle(claimed, replayed=True)
+    return met
+
+
+@pytest.mark.parametrize("what", sorted(malformed(letter(1))))
+def test_a_line_that_is_not_a_letter_is_kept_once_and_the_replay_goes_on(
+    tmp_path: Path, what: str
+) -> None:
+    path = tmp_path / "letters.jsonl"
+    target = FileDeadLetters(path)
+    bad = malformed(letter(2))[what]
+    target.put(letter(1))
+    with path.open("ab") as file:
+        file.write(bad + b"\n")
+    target.put(letter(3))
+
+    assert claim_everything(target) == ["1", "unreadable", "3"]
+    assert path.read_bytes() == bad + b"\n"  # kept byte for byte, for a person
+    assert claim_everything(target) == ["unreadable"]  # and every replay goes past it
+    assert path.read_bytes() == bad + b"\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["letters.jsonl"]
+
+
+def test_an_unreadable_line_is_kept_once_across_an_interrupted_replay(tmp_path: Path) -> None:
+    """The interrupted replay has moved the bad line to the live file already; the next
+    replay resumes the aside file after it, so it must not move it a second time."""
+    path = tmp_path / "letters.jsonl"
+    target = FileDeadLetters(path)
+    target.put(letter(1))
+    with path.open("ab") as file:
+        file.write(b'{"torn\n')
+    target.put(letter(3))
+    claims = target.claim_all()
+    first = next(claims)
+    assert isinstance(first, Claimed)
+    target.settle(first, replayed=True)
+    assert isinstance(next(claims), Unreadable)
+    claims.close()  # interrupted before letter 3
+
+    assert claim_everything(target) == ["3", "unreadable"]
+    assert path.read_bytes() == b'{"torn\n'
 
 
 def test_an_unwritable_file_is_reported_not_ignored(tmp_path: Path) -> None:
@@ -215,7 +290,7 @@ def test_sqs_target_round_trip_and_large_records(moto_endpoint: str, unique: Any
         claimed[item.letter.record["sequenceNumber"]] = item
         # a replay that failed again puts the letter back, marked with its run
         target.settle(
-            type(item)(item.letter.retried("e", "rejected", run="run-1"), item.receipt),
+            replace(item, letter=item.letter.retried("e", "rejected", run="run-1")),
             replayed=False,
         )
     assert set(claimed) == {"1", "2"}
@@ -226,13 +301,47 @@ def test_sqs_target_round_trip_and_large_records(moto_endpoint: str, unique: Any
         seen.append(item.letter.record["sequenceNumber"])
         failed = item.letter.retried("still failing", "rejected", run="run-2")
         replay.settle(
-            type(item)(failed, item.receipt), replayed=item.letter.record["sequenceNumber"] == "1"
+            replace(item, letter=failed), replayed=item.letter.record["sequenceNumber"] == "1"
         )
     assert sorted(seen) == ["1", "2"]  # the re-queued failure is not replayed twice
     left = [c.letter for c in SqsDeadLetters(sqs, url, run_id="run-3").claim_all()]
     assert [(x.record["sequenceNumber"], x.attempts, x.error) for x in left] == [
         ("2", 3, "still failing")
     ]
+
+
+@pytest.mark.parametrize("what", sorted(set(malformed(letter(1))) - {"not UTF-8"}))
+def test_an_unreadable_message_stays_in_the_queue_and_the_replay_goes_on(
+    moto_endpoint: str, unique: Any, what: str
+) -> None:
+    sqs = client("sqs", "us-east-1", moto_endpoint)
+    url = sqs.create_queue(QueueName=unique("dlq"))["QueueUrl"]
+    bad = malformed(letter(2))[what].decode()
+    bad_id = sqs.send_message(QueueUrl=url, MessageBody=bad)["MessageId"]
+    target = SqsDeadLetters(sqs, url, run_id="run-1")
+    for seq in (1, 3):
+        target.put(letter(seq))
+
+    met = [
+        claimed.where
+        if isinstance(claimed, Unreadable)
+        else claimed.letter.record["sequenceNumber"]
+        for claimed in _replaying(target)
+    ]
+
+    assert sorted(met) == ["1", "3", f"message {bad_id}"]
+    # Visible again at once, not after the visibility timeout, exactly as it was sent.
+    left = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+    assert [(m["MessageId"], m["Body"]) for m in left["Messages"]] == [(bad_id, bad)]
+
+
+def _replaying(target: SqsDeadLetters) -> list[Claimed | Unreadable]:
+    met: list[Claimed | Unreadable] = []
+    for claimed in target.claim_all():
+        met.append(claimed)
+        if isinstance(claimed, Claimed):
+            target.settle(claimed, replayed=True)
+    return met
 
 
 def test_writes_through_an_assumed_role(

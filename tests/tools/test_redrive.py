@@ -3,8 +3,11 @@ leave the target, failing ones stay with one more attempt (file and SQS targets)
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from replicator.records import RawRecord
 from replicator.tools.redrive import Redrive
 from replicator.tools.snapshot import BACKFILL, synthetic_change
 from tests.support.aws import client
+from tests.support.deadletters import malformed
 from tests.support.e2e import Job
 from tests.support.records import daemon_record, stream_record
 
@@ -126,15 +130,31 @@ def test_letters_whose_cause_is_fixed_are_applied_and_failing_ones_stay(job: Job
     assert target.count() == 2
 
 
-def test_sqs_letters_replay_with_the_safeguards_of_their_origin(job: Job) -> None:
+def use_queue(job: Job, conflict: str = LWW) -> tuple[Any, str]:
+    """Point the job's dead letters at a new SQS queue: its client and URL."""
     sqs = client("sqs", "us-east-1", job.endpoint)
     queue = sqs.create_queue(QueueName=f"{job.name}-dlq")["QueueUrl"]
-    text = job.path.read_text().replace(LWW, "conflict: {policy: overwrite}")
+    text = job.path.read_text().replace(LWW, conflict)
     text = text.replace(
         f"dead_letter: {{kind: file, path: '{job.dead_letters}'}}",
         f"dead_letter: {{kind: sqs, queue_url: '{queue}', endpoint_url: '{job.endpoint}'}}",
     )
     job.path.write_text(text)
+    return sqs, queue
+
+
+def append_raw(path: Path, line: bytes) -> None:
+    with path.open("ab") as file:
+        file.write(line + b"\n")
+
+
+def warnings_in(stderr: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("level") == "warning"]
+
+
+def test_sqs_letters_replay_with_the_safeguards_of_their_origin(job: Job) -> None:
+    sqs, queue = use_queue(job, "conflict: {policy: overwrite}")
     eu_label, ap_label = (f"{region}/{table}" for region, table in job.destinations)
     (eu, eu_table), (ap, ap_table) = job.destination_clients()
     target = SqsDeadLetters(sqs, queue)
@@ -173,3 +193,178 @@ def test_nothing_to_redrive_exits_0(job: Job) -> None:
     report = Redrive(load_job(job.path)).run()
     assert report.exit_code == 0
     assert report.text() == f"redrive: no dead letters in file {job.dead_letters}"
+
+
+SAMPLE = malformed(DeadLetter({}, "d", "r", "e", "t", "s"))  # the shapes, by name
+
+
+@pytest.mark.parametrize("what", sorted(SAMPLE))
+def test_a_letter_that_does_not_read_stays_and_the_others_are_replayed(job: Job, what: str) -> None:
+    eu_label = "/".join(job.destinations[0])
+    target = FileDeadLetters(job.dead_letters)
+    x, z = image("x"), image("z")
+    target.put(stream_letter(job, eu_label, x, 11, "rejected", "a transient refusal"))
+    bad = malformed(stream_letter(job, eu_label, image("y"), 12, "rejected", "e"))[what]
+    append_raw(job.dead_letters, bad)
+    target.put(stream_letter(job, eu_label, z, 13, "rejected", "a transient refusal"))
+
+    first = Redrive(load_job(job.path)).run()
+
+    assert (first.replayed, first.failed, len(first.unreadable), first.exit_code) == (2, 0, 1, 1)
+    assert (get(job, 0, x), get(job, 0, z)) == (x, z)
+    assert job.dead_letters.read_bytes() == bad + b"\n"
+    assert sorted(p.name for p in job.directory.glob("dead.jsonl*")) == ["dead.jsonl"]
+
+    again = Redrive(load_job(job.path)).run()  # the next redrive is not stuck on it either
+
+    assert (again.replayed, again.failed, len(again.unreadable), again.exit_code) == (0, 0, 1, 1)
+    assert job.dead_letters.read_bytes() == bad + b"\n"
+
+
+def test_a_file_holding_only_an_unreadable_letter_is_not_reported_empty(job: Job) -> None:
+    """Exit 0 says nothing is left to replay; a letter kept unreadable is left."""
+    torn = stream_letter(job, "eu", image("x"), 11, "rejected", "e").to_json()[:60]
+    append_raw(job.dead_letters, torn.encode())
+
+    result = redrive(job)
+
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "1 letter, 0 replayed, 0 failed again (kept in the target), 1 unreadable" in (
+        result.stdout
+    )
+    (warning,) = warnings_in(result.stderr)
+    assert warning["event"] == "unreadable dead letter kept as it is"
+    # Read from the file as the redrive renamed it aside, kept in the live file.
+    assert re.fullmatch(re.escape(str(job.dead_letters)) + r"\.redrive-\d+", warning["file"])
+    assert (warning["line"], warning["kept_in"]) == (1, str(job.dead_letters))
+    assert f"  unreadable    {warning['file']} line 1: not JSON" in result.stdout
+    assert job.dead_letters.read_text() == torn + "\n"
+
+
+def test_a_letter_with_a_field_this_version_does_not_know_is_replayed(job: Job) -> None:
+    eu_label = "/".join(job.destinations[0])
+    x = image("x")
+    body = json.loads(stream_letter(job, eu_label, x, 11, "rejected", "e").to_json())
+    body.update(version=2, written_by="a newer replicator")
+    append_raw(job.dead_letters, json.dumps(body).encode())
+
+    report = Redrive(load_job(job.path)).run()
+
+    assert (report.replayed, report.exit_code) == (1, 0)
+    assert get(job, 0, x) == x
+    assert FileDeadLetters(job.dead_letters).count() == 0
+
+
+def test_an_unreadable_message_does_not_hold_up_the_letters_in_the_queue(job: Job) -> None:
+    sqs, queue = use_queue(job)
+    eu_label = "/".join(job.destinations[0])
+    bad_id = sqs.send_message(QueueUrl=queue, MessageBody='{"truncated')["MessageId"]
+    x = image("x")
+    SqsDeadLetters(sqs, queue).put(stream_letter(job, eu_label, x, 11, "rejected", "e"))
+
+    result = redrive(job)
+
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"  unreadable    message {bad_id}: not JSON" in result.stdout
+    (warning,) = warnings_in(result.stderr)
+    assert (warning["queue"], warning["message_id"]) == (queue, bad_id)
+    assert get(job, 0, x) == x
+    left = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+    assert [(m["MessageId"], m["Body"]) for m in left["Messages"]] == [(bad_id, '{"truncated')]
+
+
+def other_jobs_letters(job: Job) -> list[DeadLetter]:
+    """Letters another job wrote to a shared target, for tables with this job's labels."""
+    eu_label, ap_label = ("/".join(place) for place in job.destinations)
+    y = image("y", name="the other job's item")
+    w = image("w", name="the other job's backfill copy")
+    backfill = synthetic_change(BACKFILL, keys_of(w), "us-east-1", new_image=w, expected=None)
+    return [
+        replace(stream_letter(job, eu_label, y, 31, "rejected", "e"), task_name="orders-eu"),
+        replace(
+            _letter(job, ap_label, backfill.raw, "rejected", "throttled", keys_of(w)),
+            task_name="orders-eu",
+            shard_id=BACKFILL,
+        ),
+        replace(
+            stream_letter(job, "us-west-2/elsewhere", y, 32, "rejected", "e"),
+            task_name="payments",
+        ),
+    ]
+
+
+def test_letters_of_other_tasks_in_a_shared_file_are_left_exactly_as_they_are(job: Job) -> None:
+    eu_label = "/".join(job.destinations[0])
+    target = FileDeadLetters(job.dead_letters)
+    theirs = other_jobs_letters(job)
+    x = image("x", name="ours")
+    target.put(theirs[0])
+    target.put(stream_letter(job, eu_label, x, 11, "rejected", "a transient refusal"))
+    for letter in theirs[1:]:
+        target.put(letter)
+    stored = b"".join(letter.to_json().encode() + b"\n" for letter in theirs)
+
+    for _ in range(2):  # and again: they are not retried, and do not fail this job
+        result = redrive(job)
+
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "left as they are: 3 letters of other tasks (orders-eu: 2, payments: 1)" in (
+            result.stdout
+        )
+        assert job.dead_letters.read_bytes() == stored
+    assert get(job, 0, x) == x
+    (y, w) = (image("y"), image("w"))
+    assert (get(job, 0, y), get(job, 1, w)) == (None, None)  # nothing of theirs written here
+
+
+def test_letters_of_other_tasks_in_a_shared_queue_stay_visible_and_unchanged(job: Job) -> None:
+    sqs, queue = use_queue(job)
+    eu_label = "/".join(job.destinations[0])
+    target = SqsDeadLetters(sqs, queue)
+    x = image("x", name="ours")
+    target.put(stream_letter(job, eu_label, x, 11, "rejected", "a transient refusal"))
+    theirs = {letter.to_json() for letter in other_jobs_letters(job)}
+    for body in theirs:
+        sqs.send_message(QueueUrl=queue, MessageBody=body)
+
+    report = Redrive(load_job(job.path)).run()
+
+    assert (report.replayed, report.exit_code) == (1, 0)
+    assert report.other_tasks == {"orders-eu": 2, "payments": 1}
+    assert report.text().endswith(
+        "\nleft as they are: 3 letters of other tasks (orders-eu: 2, payments: 1)"
+    )
+    assert get(job, 0, x) == x
+    assert get(job, 0, image("y")) is None
+    left = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+    assert {m["Body"] for m in left["Messages"]} == theirs  # visible at once, as sent
+
+
+def test_a_target_holding_only_other_tasks_letters_says_so(job: Job) -> None:
+    target = FileDeadLetters(job.dead_letters)
+    target.put(other_jobs_letters(job)[2])
+
+    report = Redrive(load_job(job.path)).run()
+
+    assert report.exit_code == 0
+    assert report.text() == (
+        f"redrive: no dead letters of task {job.name} in file {job.dead_letters}\n"
+        "left as they are: 1 letter of other tasks (payments: 1)"
+    )
+
+
+def test_a_dead_letter_path_that_is_a_directory_is_one_line_and_exit_3(job: Job) -> None:
+    """As for backfill and verify --repair, which append to it: the environment is not as
+    the job says."""
+    job.dead_letters.mkdir()
+
+    result = redrive(job)
+
+    assert result.returncode == 3, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert line == (
+        f"replicator: redrive {job.name}: cannot read dead-letter file {job.dead_letters}: "
+        "Is a directory"
+    )
