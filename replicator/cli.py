@@ -73,6 +73,8 @@ def validate(config_path: Path) -> None:
     """Check a job file and print the job as it resolves (exit 0), or every problem (exit 2)."""
     resolved = load_job(config_path)
     click.echo(describe(resolved))
+    for caution in resolved.job.cautions:
+        click.echo(f"warning: {caution}")
 
 
 def describe(resolved: ResolvedJob) -> str:

@@ -413,6 +413,21 @@ class JobConfig(Strict):
         return self.loop_prevention.origin_value or self.source.region
 
     @property
+    def cautions(self) -> list[str]:
+        """Settings that are valid but rarely what an operator means: ``validate`` prints
+        them and ``run`` logs them as warnings at start."""
+        if not self.loop_prevention.origin_attribute or self.ordered_everywhere:
+            return []
+        policies = {self.conflict_for(d).policy for d in self.destinations}
+        unordered = sorted(p.value for p in policies | {self.conflict.policy} if p not in _ORDERED)
+        return [
+            f"loop_prevention with the {' and '.join(unordered)} policy: an item written in "
+            "two regions at nearly the same time can end with each region holding the "
+            "other's image, for good (that policy gives the regions no order to agree on). "
+            "For an active-active pair use last_writer_wins or version, which converge"
+        ]
+
+    @property
     def ordered_everywhere(self) -> bool:
         """Whether the job and every destination use last_writer_wins or version."""
         return all(self.conflict_for(d).policy in _ORDERED for d in self.destinations) and (

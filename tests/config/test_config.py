@@ -282,3 +282,22 @@ def test_a_job_file_that_is_not_utf8_is_one_line_naming_the_byte(
         f"replicator: {path}: not UTF-8 text: byte {byte} at offset {offset} (line {line}); "
         "job files are UTF-8\n"
     )
+
+
+def test_loop_prevention_under_overwrite_is_valid_but_warned(tmp_path: Path) -> None:
+    """A pair under overwrite can swap items for good; validate says so, and an ordered
+    policy, or no loop prevention, gets no warning."""
+    loop = "loop_prevention: {origin_attribute: origin_region}\n"
+    job = tmp_path / "job.yaml"
+    job.write_text(MINIMAL + loop)
+    result = run_cli("validate", "--config", str(job))
+    assert result.returncode == 0, result.stderr
+    (warning,) = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert "loop_prevention with the overwrite policy" in warning
+    assert "last_writer_wins or version" in warning
+    lww = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
+    assert parse_job(MINIMAL + loop + lww, job).job.cautions == []
+    assert parse_job(MINIMAL, job).job.cautions == []
+    override = MINIMAL + "  - {region: ap-south-1, table: t22, conflict: {policy: overwrite}}\n"
+    (caution,) = parse_job(override + loop + lww, job).job.cautions
+    assert "the overwrite policy" in caution
