@@ -71,7 +71,10 @@ def _active_active(resolved: ResolvedJob) -> str:
 @_operator_errors
 def validate(config_path: Path) -> None:
     """Check a job file and print the job as it resolves (exit 0), or every problem (exit 2)."""
+    from replicator.wiring import check_resolvers
+
     resolved = load_job(config_path)
+    check_resolvers(resolved)
     click.echo(describe(resolved))
     for caution in resolved.job.cautions:
         click.echo(f"warning: {caution}")
@@ -161,8 +164,10 @@ def processor(config_path: Path) -> None:
 def run(config_path: Path) -> None:
     """Run the job with the runtime its file names (local or kcl) until stopped."""
     from replicator.config.model import RuntimeKind
+    from replicator.wiring import check_resolvers
 
     resolved = load_job(config_path.resolve())
+    check_resolvers(resolved)
     if resolved.job.runtime is RuntimeKind.KCL:
         from replicator.runtime.kcl.launcher import run_kcl
 

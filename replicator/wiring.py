@@ -16,18 +16,25 @@ from replicator.aws.backoff import Backoff
 from replicator.aws.clients import Place, Reach, WriteClient
 from replicator.aws.tables import where
 from replicator.buffer import ChangeBuffer
-from replicator.config.model import DeadLetterKind, ResolvedJob, RuntimeKind, StreamKind
+from replicator.config.model import (
+    ConflictPolicyName,
+    DeadLetterKind,
+    ResolvedJob,
+    RuntimeKind,
+    StreamKind,
+)
 from replicator.conflictlog.base import ConflictRecorder
 from replicator.conflictlog.recorder import BackgroundRecorder
 from replicator.deadletter import DeadLetterTarget, FileDeadLetters, SqsDeadLetters
 from replicator.deadletter.failed import DeadLetterer
-from replicator.exceptions import EnvironmentProblem
+from replicator.exceptions import ConfigError, EnvironmentProblem, PlanError
 from replicator.filters import ChangeFilter
 from replicator.highwater import HighWater
 from replicator.intake import Reader, ShardIntake
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.rules import ConflictRule, OrderedRule, rule_for, squash_order
+from replicator.rules.custom import load_resolver
 from replicator.shards.stream import Shard, list_shards
 from replicator.tombstones.table import TombstoneTable
 from replicator.watermark.publisher import ShardWatermark
@@ -92,6 +99,24 @@ def tombstone_table(
         where(region, endpoint_url),
         job.active_active.tombstone_retention_hours * 3600,
     )
+
+
+def check_resolvers(resolved: ResolvedJob) -> None:
+    """Import every custom resolver the job names, before anything starts: one that does
+    not load is a ConfigError naming the job file and key (exit 2), not a processor that
+    fails at each start, nor a traceback from a tool."""
+    job = resolved.job
+    places = [("conflict", job.conflict)] + [
+        (f"destinations[{index}].conflict", destination.conflict)
+        for index, destination in enumerate(job.destinations)
+        if destination.conflict is not None
+    ]
+    for place, conflict in places:
+        if conflict.policy is ConflictPolicyName.CUSTOM and conflict.resolver:
+            try:
+                load_resolver(conflict.resolver)
+            except PlanError as error:
+                raise ConfigError(f"{resolved.path}: {place}.resolver: {error}") from None
 
 
 def source_writer(

@@ -22,12 +22,13 @@ from collections.abc import Callable
 from typing import cast
 
 from replicator.exceptions import PlanError, ResolverFailed
-from replicator.items import AttributeValue, Item
+from replicator.items import AttributeValue, Item, describe_key, same_item
 from replicator.records import Change, Event
 from replicator.rules.requests import (
     Skip,
     Verdict,
     WriteRequest,
+    as_much_as_fits,
     equals_condition,
     holds_outcome,
 )
@@ -40,13 +41,24 @@ def load_resolver(dotted: str) -> Resolver:
     module_name, _, attribute = dotted.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
+    except Exception as error:  # noqa: BLE001 (the user's module: a SyntaxError, its own error)
+        hint = ""
+        if module_name.endswith(".py"):
+            hint = " (give the module's dotted name, not a file: the worker imports it)"
+        elif isinstance(error, ImportError):
+            hint = " (is it installed, or on PYTHONPATH, where the worker runs?)"
         raise PlanError(
-            f"custom resolver {dotted!r}: cannot import {module_name}: {error}"
+            f"custom resolver {dotted!r}: cannot import {module_name}: "
+            f"{type(error).__name__}: {error}{hint}"
         ) from None
     function = getattr(module, attribute, None)
-    if not callable(function):
+    if function is None:
         raise PlanError(f"custom resolver {dotted!r}: {module_name} has no function {attribute}")
+    if not callable(function):
+        raise PlanError(
+            f"custom resolver {dotted!r}: {module_name}.{attribute} is a "
+            f"{type(function).__name__}, not a function"
+        )
     return cast(Resolver, function)
 
 
@@ -82,6 +94,17 @@ class CustomRule:
                 raise PlanError(
                     f"custom resolver returned an item without key attributes {missing}"
                 )
+            # A put under another key would write another item and leave this one as it
+            # was, counted as applied: the change's own key or nothing.
+            moved = [
+                name for name, value in change.keys.items() if not _same_key(decision[name], value)
+            ]
+            if moved:
+                raise PlanError(
+                    f"custom resolver returned an item whose key attributes {moved} differ "
+                    f"from the change's ({describe_key(change.keys)}): it may only decide "
+                    "what this item holds"
+                )
             return WriteRequest(
                 op="put", item=decision, condition=condition, names=names, values=values
             )
@@ -99,6 +122,15 @@ class CustomRule:
         return "the custom resolver kept the destination's item"
 
 
+def _same_key(returned: object, value: AttributeValue) -> bool:
+    """Whether a key attribute the resolver returned is the change's (a value of another
+    shape is not, and is said to be so rather than raising here)."""
+    try:
+        return isinstance(returned, dict) and same_item({"k": returned}, {"k": value})
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
 def _name_of(resolver: Resolver) -> str:
     module = getattr(resolver, "__module__", None) or "?"
     return f"{module}:{getattr(resolver, '__qualname__', repr(resolver))}"
@@ -107,8 +139,13 @@ def _name_of(resolver: Resolver) -> str:
 def _unchanged_since_read(
     change: Change, existing: Item | None
 ) -> tuple[str, dict[str, str], dict[str, AttributeValue]]:
-    """A condition that holds only while the destination item is what we read."""
+    """A condition that holds only while the destination item is what we read: every
+    attribute equal, or, for an item with more attributes than one condition expression
+    holds, its key and as many others as fit (docs/conflict-rules.md)."""
     if existing is None:
         name = next(iter(change.keys))
         return "attribute_not_exists(#k)", {"#k": name}, {}
-    return equals_condition(existing)
+    try:
+        return equals_condition(existing)
+    except PlanError:
+        return as_much_as_fits(existing, change.keys)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -105,4 +106,26 @@ def equals_condition(
             f"the item has {len(expected)} attributes: too many to compare in one condition "
             "expression (4 KB)"
         )
+    return expression, names, values
+
+
+def as_much_as_fits(
+    expected: ItemView, first: Iterable[str]
+) -> tuple[str, dict[str, str], dict[str, AttributeValue]]:
+    """:func:`equals_condition` on the attributes ``first`` (the key), then on as many
+    others, by name, as one condition expression holds (about 240 in all): an item with
+    more attributes is compared on those only."""
+    ordered = [name for name in first if name in expected]
+    ordered += sorted(name for name in expected if name not in ordered)
+    names: dict[str, str] = {}
+    values: dict[str, AttributeValue] = {}
+    expression = ""
+    for index, name in enumerate(ordered):
+        clause = f"#a{index} = :a{index}"
+        longer = f"{expression} AND {clause}" if expression else clause
+        if len(longer) > _MAX_EXPRESSION:
+            break
+        expression = longer
+        names[f"#a{index}"] = name
+        values[f":a{index}"] = expected[name]
     return expression, names, values

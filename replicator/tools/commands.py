@@ -23,8 +23,14 @@ if TYPE_CHECKING:
     from replicator.conflictlog.sqs import SqsConflictLog
 
 
-def load(config_path: Path) -> ResolvedJob:
+def load(config_path: Path, *, writes: bool = True) -> ResolvedJob:
+    """The job, logging as it asks; ``writes``: the command plans writes, so its custom
+    resolvers must load (a ConfigError, exit 2, when one does not)."""
+    from replicator.wiring import check_resolvers
+
     resolved = load_job(config_path.resolve())
+    if writes:
+        check_resolvers(resolved)
     logs.configure(resolved.job.logging.level, resolved.job.logging.format.value)
     logs.bind_everywhere(task=resolved.task_name)
     return resolved
@@ -128,7 +134,7 @@ def conflicts(
     from replicator.conflictlog.targets import conflict_log_target
     from replicator.exceptions import ConfigError
 
-    resolved = load(config_path)
+    resolved = load(config_path, writes=restore_id is not None)
     if force and restore_id is None:
         raise click.UsageError("--force is for --restore")
     if resolved.job.conflict_log.kind is ConflictLogKind.NONE:

@@ -301,3 +301,49 @@ def test_loop_prevention_under_overwrite_is_valid_but_warned(tmp_path: Path) -> 
     override = MINIMAL + "  - {region: ap-south-1, table: t22, conflict: {policy: overwrite}}\n"
     (caution,) = parse_job(override + loop + lww, job).job.cautions
     assert "the overwrite policy" in caution
+
+
+@pytest.mark.parametrize(
+    ("resolver", "says"),
+    [
+        ("nomod:f", "cannot import nomod: ModuleNotFoundError"),
+        ("goodres:missing", "goodres has no function missing"),
+        ("goodres:not_callable", "goodres.not_callable is a int, not a function"),
+        ("raises_at_import:f", "cannot import raises_at_import: RuntimeError: boom"),
+        ("bad_syntax:f", "cannot import bad_syntax: SyntaxError"),
+        ("goodres.py:f", "not a file"),
+    ],
+)
+@pytest.mark.parametrize("command", ["validate", "run", "verify", "redrive"])
+def test_a_custom_resolver_that_does_not_load_is_one_line_and_exit_2(
+    tmp_path: Path, resolver: str, says: str, command: str
+) -> None:
+    """Before anything starts (no processor failing at each start, no traceback)."""
+    (tmp_path / "goodres.py").write_text(
+        "not_callable = 5\ndef f(change, existing):\n    return True\n"
+    )
+    (tmp_path / "raises_at_import.py").write_text("raise RuntimeError('boom')\n")
+    (tmp_path / "bad_syntax.py").write_text("def f(:\n")
+    job = tmp_path / "job.yaml"
+    job.write_text(MINIMAL + f"conflict: {{policy: custom, resolver: '{resolver}'}}\n")
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    result = run_cli(command, "--config", str(job), env=env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "resolver" in line]
+    assert f"{job}: conflict.resolver: custom resolver '{resolver}'" in line
+    assert says in line
+
+
+def test_a_custom_resolver_that_loads_passes_validate(tmp_path: Path) -> None:
+    (tmp_path / "goodres.py").write_text("def f(change, existing):\n    return True\n")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        MINIMAL
+        + "  - {region: ap-south-1, table: t22,\n"
+        + "     conflict: {policy: custom, resolver: 'goodres:f'}}\n"
+    )
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    result = run_cli("validate", "--config", str(job), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "policy custom on goodres:f" in result.stdout

@@ -254,6 +254,35 @@ def test_custom_resolver_retries_when_the_item_changes_under_it(dest: Destinatio
     )
 
 
+def test_custom_resolver_updates_an_item_with_more_attributes_than_one_condition_holds(
+    dest: Destination,
+) -> None:
+    """300 attributes do not fit in one condition comparing them all: the item is still
+    updated, on a condition over its key and as many attributes as fit."""
+    many = {f"attr{index:03}": index for index in range(300)}
+    dest.seed("a", count=1, **many)
+    writer = dest.writer(policy="custom", resolver="tests.writers.test_writers:merge_counts")
+    assert writer.write(decode(put("a", 1, count=7, **many))).outcome is Outcome.APPLIED
+    item = dest.get("a")
+    assert item is not None and item["count"] == {"N": "7"} and len(item) == 303
+
+
+def move_to_another_key(incoming: Any, existing: Any) -> Any:
+    """Test resolver: returns the image under another key (not allowed)."""
+    return {**incoming.new_image, "pk": {"S": "elsewhere-" + incoming.keys["pk"]["S"]}}
+
+
+def test_a_custom_resolver_returning_another_key_is_dead_lettered_not_written(
+    dest: Destination,
+) -> None:
+    writer = dest.writer(policy="custom", resolver="tests.writers.test_writers:move_to_another_key")
+    result = dest.letters.write(writer, decode(put("a", 1, count=3)))
+    assert result.outcome is Outcome.FAILED
+    assert dest.get("a") is None and dest.get("elsewhere-a") is None
+    (letter,) = dest.dead_letters.letters()
+    assert "key attributes ['pk'] differ" in letter.error
+
+
 # -- dead letters and refusals ------------------------------------------------------------
 
 
