@@ -9,17 +9,22 @@ The child's stderr is passed through to ours (its structured logs).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import queue
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 import structlog
 
 from replicator.exceptions import ChildFailed
+from replicator.processor import LAST_WORDS_ENV
 
 log = structlog.get_logger(__name__)
 
@@ -44,18 +49,22 @@ class ProcessorChild:
         self.name = name
         self._process: subprocess.Popen[str] | None = None
         self._lines: queue.Queue[object] = queue.Queue()
+        self._last_words: Path | None = None  # where the child leaves why it exits
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
     def start(self) -> None:
+        descriptor, path = tempfile.mkstemp(prefix="replicator-child-", suffix=".why")
+        os.close(descriptor)
+        self._last_words = Path(path)
         self._process = subprocess.Popen(  # noqa: S603  # argv is our own processor command
             self.argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,
-            env=self.env,
+            env={**self.env, LAST_WORDS_ENV: path},
             text=True,
             bufsize=1,
             # Ctrl-C at a terminal reaches only the runtime, which then shuts the
@@ -110,7 +119,7 @@ class ProcessorChild:
             process.stdin.write(json.dumps(message, separators=(",", ":")) + "\n")
             process.stdin.flush()
         except (BrokenPipeError, OSError) as error:
-            raise ChildFailed(f"{self.name}: cannot send {action}: {error}") from None
+            raise ChildFailed(self._why(f"cannot send {action}: {error}")) from None
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             reply = self._next_message(action, deadline)
@@ -139,7 +148,7 @@ class ProcessorChild:
                 raise ChildFailed(f"{self.name}: no answer to {action} in time") from None
             if line is _EOF:
                 code = self._require().wait()
-                raise ChildFailed(f"{self.name}: exited with status {code} during {action}")
+                raise ChildFailed(self._why(f"exited with status {code} during {action}"))
             assert isinstance(line, str)
             text = line.strip()
             if not text:
@@ -192,13 +201,30 @@ class ProcessorChild:
             log.warning("processor child did not exit; killing it", child=self.name)
             self.kill()
             return process.wait()
+        finally:
+            self._forget_last_words()
 
     def kill(self) -> None:
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
+        self._forget_last_words()
 
     def poll(self) -> int | None:
         return self._require().poll()
+
+    def _why(self, what: str) -> str:
+        """``what`` the runtime saw of a failed child, and the reason the child gave."""
+        said = ""
+        if self._last_words is not None:
+            with contextlib.suppress(OSError):
+                said = self._last_words.read_text(encoding="utf-8", errors="replace").strip()
+        return f"{self.name}: {said} ({what})" if said else f"{self.name}: {what}"
+
+    def _forget_last_words(self) -> None:
+        if self._last_words is not None:
+            with contextlib.suppress(OSError):
+                self._last_words.unlink()
+            self._last_words = None
 
     def _require(self) -> subprocess.Popen[str]:
         if self._process is None:

@@ -3,6 +3,8 @@ and a child that keeps dying - with a scripted stream and a stand-in processor c
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -234,3 +236,26 @@ def test_throttled_lease_reads_and_releases_do_not_stop_a_restart_or_a_clean_sto
     assert flaky.get_throttles == 0 and flaky.release_throttles == 0
     stored = leases.get("shard-1")
     assert stored is not None and stored.checkpoint == "2" and stored.owner is None
+
+
+def test_a_child_that_exits_leaves_its_reason_in_the_runtimes_error() -> None:
+    """A processor that stops (a destination refusing every write) says why, and the
+    runtime's error names that, not only the broken pipe or the exit status it saw."""
+    from replicator.runtime.local.protocol import ProcessorChild
+
+    script = (
+        "import os, sys\n"
+        "sys.stdin.readline()\n"
+        "from replicator.processor import _last_words\n"
+        "_last_words('destination eu (eu-west-1/orders) refused 20 writes in a row: "
+        "ResourceNotFoundException: Requested resource not found')\n"
+        "os._exit(1)\n"
+    )
+    child = ProcessorChild([sys.executable, "-c", script], dict(os.environ), lambda *_: None, "c1")
+    child.start()
+    with pytest.raises(ChildFailed) as failed:
+        child.initialize("shard-1", None, None)
+    child.kill()
+    message = str(failed.value)
+    assert "refused 20 writes in a row: ResourceNotFoundException" in message
+    assert "during initialize" in message or "cannot send initialize" in message
