@@ -101,7 +101,7 @@ def describe(resolved: ResolvedJob) -> str:
     ]
     for destination in job.destinations:
         conflict = job.conflict_for(destination)
-        attribute = conflict.timestamp_attribute or conflict.version_attribute or conflict.resolver
+        attribute = conflict.ranked_by
         lines.append(
             f"  - {destination.label}: {destination.region}/{destination.table}"
             + (f" at {destination.endpoint_url}" if destination.endpoint_url else "")

@@ -134,6 +134,26 @@ class ConflictConfig(Strict):
     )
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 10
 
+    @property
+    def ranked_by(self) -> str | None:
+        """The attribute (or function) the policy decides by; None for overwrite."""
+        return {
+            ConflictPolicyName.LAST_WRITER_WINS: self.timestamp_attribute,
+            ConflictPolicyName.VERSION: self.version_attribute,
+            ConflictPolicyName.CUSTOM: self.resolver,
+        }.get(self.policy)
+
+    @property
+    def unused(self) -> list[str]:
+        """Settings given that the policy does not read (a likely mix-up)."""
+        used = {
+            ConflictPolicyName.LAST_WRITER_WINS: "timestamp_attribute",
+            ConflictPolicyName.VERSION: "version_attribute",
+            ConflictPolicyName.CUSTOM: "resolver",
+        }.get(self.policy)
+        given = ("timestamp_attribute", "version_attribute", "resolver")
+        return [name for name in given if name != used and getattr(self, name) is not None]
+
     @model_validator(mode="after")
     def _policy_needs_its_attribute(self) -> Self:
         if self.policy is ConflictPolicyName.LAST_WRITER_WINS and not self.timestamp_attribute:
@@ -416,16 +436,29 @@ class JobConfig(Strict):
     def cautions(self) -> list[str]:
         """Settings that are valid but rarely what an operator means: ``validate`` prints
         them and ``run`` logs them as warnings at start."""
+        cautions = []
+        places = [("conflict", self.conflict)] + [
+            (f"destinations[{index}].conflict", d.conflict)
+            for index, d in enumerate(self.destinations)
+            if d.conflict is not None
+        ]
+        for place, conflict in places:
+            for name in conflict.unused:
+                cautions.append(
+                    f"{place}.{name} is not read by policy {conflict.policy.value}"
+                    + (f" (it decides by {conflict.ranked_by})" if conflict.ranked_by else "")
+                )
         if not self.loop_prevention.origin_attribute or self.ordered_everywhere:
-            return []
+            return cautions
         policies = {self.conflict_for(d).policy for d in self.destinations}
         unordered = sorted(p.value for p in policies | {self.conflict.policy} if p not in _ORDERED)
-        return [
+        cautions.append(
             f"loop_prevention with the {' and '.join(unordered)} policy: an item written in "
             "two regions at nearly the same time can end with each region holding the "
             "other's image, for good (that policy gives the regions no order to agree on). "
             "For an active-active pair use last_writer_wins or version, which converge"
-        ]
+        )
+        return cautions
 
     @property
     def ordered_everywhere(self) -> bool:

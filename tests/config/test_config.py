@@ -347,3 +347,21 @@ def test_a_custom_resolver_that_loads_passes_validate(tmp_path: Path) -> None:
     result = run_cli("validate", "--config", str(job), env=env)
     assert result.returncode == 0, result.stderr
     assert "policy custom on goodres:f" in result.stdout
+
+
+def test_validate_shows_the_attribute_the_policy_reads_and_warns_of_the_others(
+    tmp_path: Path,
+) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        MINIMAL + "conflict: {policy: version, version_attribute: v, timestamp_attribute: ts}\n"
+    )
+    result = run_cli("validate", "--config", str(job))
+    assert result.returncode == 0, result.stderr
+    assert "policy version on v" in result.stdout
+    assert (
+        "warning: conflict.timestamp_attribute is not read by policy version (it decides by v)"
+        in result.stdout
+    )
+    plain = parse_job(MINIMAL + "conflict: {policy: overwrite, resolver: 'a:b'}\n", job)
+    assert plain.job.cautions == ["conflict.resolver is not read by policy overwrite"]
