@@ -19,6 +19,7 @@ from click.core import ParameterSource
 from replicator.config import load_job
 from replicator.config.model import ResolvedJob
 from replicator.exceptions import KeySyntaxError, OperatorError, SinceSyntaxError
+from replicator.logs import redact
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -40,7 +41,7 @@ def _operator_errors(function: Callable[P, R]) -> Callable[P, R]:
         try:
             return function(*args, **kwargs)
         except OperatorError as error:
-            click.echo(f"replicator: {error}", err=True)
+            click.echo(redact(f"replicator: {error}"), err=True)
             sys.exit(error.exit_code)
 
     return wrapper

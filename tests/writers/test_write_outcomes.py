@@ -376,3 +376,37 @@ def test_a_retried_delete_that_finds_a_lower_ranked_item_is_applied(
     writer = writer_for(scripted, tmp_path, metrics, **LWW)
     assert writer.write(decode(remove("a", 2, ts=10))).outcome is Outcome.APPLIED
     assert outcomes(metrics, "conflict_lost") == 0
+
+
+def test_a_session_token_quoted_by_an_error_is_never_logged(
+    tmp_path: Path, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AWS answers a bad signature with the canonical request it expected, the session
+    token header included: every log line says <redacted> in its place."""
+    import io
+    import logging
+
+    from replicator import logs
+
+    token = "TOKENqqqTOKENqqq456"
+    monkeypatch.setenv("AWS_SESSION_TOKEN", token)
+    quoted = (
+        "The request signature we calculated does not match. The Canonical String for this "
+        f"request should have been 'POST\n/\n\nhost:127.0.0.1\nx-amz-security-token:{token}\n'"
+    )
+    captured = io.StringIO()
+    logs.configure("info", "json", captured)
+    try:
+        scripted = ScriptedClient(
+            *[client_error("InvalidSignatureException", quoted) for _ in range(2)]
+        )
+        writer = writer_for(scripted, tmp_path, metrics)
+        assert writer.write(decode(put("a", 1))).outcome is Outcome.APPLIED
+        logging.getLogger("botocore.test").warning("failed with %s", f"token {token}")
+    finally:
+        logs.configure("info", "json")
+    text = captured.getvalue()
+    assert text.count("write failed, retrying") == 2
+    assert token not in text
+    assert "x-amz-security-token:<redacted>" in text
+    assert '"logger": "botocore.test"' in text and "token <redacted>" in text
