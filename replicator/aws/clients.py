@@ -11,6 +11,8 @@ before they expire.
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
@@ -18,8 +20,10 @@ import boto3
 import botocore.session
 from botocore.config import Config
 from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
+from botocore.exceptions import CredentialRetrievalError, InvalidConfigError, ProfileNotFound
 
 from replicator import __version__
+from replicator.exceptions import EnvironmentProblem
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -143,36 +147,54 @@ def _config(region: str, tuning: Tuning) -> Config:
     )
 
 
+@contextmanager
+def _loading_credentials(place: Reach) -> Iterator[None]:
+    """A client resolves its credentials when it is made: a profile that does not exist,
+    or a credential process that fails, is the operator's to fix (one line, exit 3)."""
+    try:
+        yield
+    except (ProfileNotFound, CredentialRetrievalError, InvalidConfigError) as error:
+        whose = f" to assume {place.role_arn}" if place.role_arn else ""
+        raise EnvironmentProblem(
+            f"AWS credentials{whose} for {place.region} could not be loaded: {error}. "
+            "Check AWS_PROFILE and the shared config and credentials files"
+        ) from None
+
+
 def _session(place: Reach) -> boto3.Session:
     return session_for(place.region, place.role_arn, place.external_id)
 
 
 def dynamodb(place: Reach, **tuning: Unpack[Tuning]) -> DynamoDBClient:
     """A low-level DynamoDB client for the table (or tables) at ``place``."""
-    return _session(place).client(
-        "dynamodb", endpoint_url=place.endpoint_url, config=_config(place.region, tuning)
-    )
+    with _loading_credentials(place):
+        return _session(place).client(
+            "dynamodb", endpoint_url=place.endpoint_url, config=_config(place.region, tuning)
+        )
 
 
 def dynamodb_streams(place: Reach, **tuning: Unpack[Tuning]) -> DynamoDBStreamsClient:
     """A DynamoDB Streams client in the region (and account) of the source table."""
-    return _session(place).client(
-        "dynamodbstreams", endpoint_url=place.endpoint_url, config=_config(place.region, tuning)
-    )
+    with _loading_credentials(place):
+        return _session(place).client(
+            "dynamodbstreams", endpoint_url=place.endpoint_url, config=_config(place.region, tuning)
+        )
 
 
 def kinesis(place: Reach, **tuning: Unpack[Tuning]) -> KinesisClient:
     """A Kinesis Data Streams client, for a source whose changes go to a Kinesis stream."""
-    return _session(place).client(
-        "kinesis", endpoint_url=place.endpoint_url, config=_config(place.region, tuning)
-    )
+    with _loading_credentials(place):
+        return _session(place).client(
+            "kinesis", endpoint_url=place.endpoint_url, config=_config(place.region, tuning)
+        )
 
 
 def sqs(place: Reach, **tuning: Unpack[Tuning]) -> SQSClient:
     """An SQS client, for a dead-letter or conflict-log queue."""
-    return _session(place).client(
-        "sqs", endpoint_url=place.endpoint_url, config=_config(place.region, tuning)
-    )
+    with _loading_credentials(place):
+        return _session(place).client(
+            "sqs", endpoint_url=place.endpoint_url, config=_config(place.region, tuning)
+        )
 
 
 def default_dynamodb(

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    CredentialRetrievalError,
     EndpointConnectionError,
     NoCredentialsError,
     PartialCredentialsError,
+    ProfileNotFound,
 )
 
 from replicator.aws import clients, tables
@@ -42,6 +44,8 @@ def explain(error: BaseException, what: str, where: str) -> EnvironmentProblem:
             "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance or "
             "container role)."
         )
+    if isinstance(error, CredentialRetrievalError | ProfileNotFound):
+        return EnvironmentProblem(f"{what}: AWS credentials could not be loaded: {error}")
     if isinstance(error, EndpointConnectionError):
         return EnvironmentProblem(f"{what}: cannot reach {where}: {error}")
     if isinstance(error, ClientError):

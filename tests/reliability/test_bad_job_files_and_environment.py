@@ -175,6 +175,8 @@ def test_a_bad_environment_gives_one_clear_error_and_exit_3(
         "AWS_CONTAINER_CREDENTIALS_FULL_URI": None,
         "AWS_WEB_IDENTITY_TOKEN_FILE": None,
     }
+    failing = tmp_path / "failing-config"
+    failing.write_text("[profile failing]\ncredential_process = /bin/false\n")
     cases = [
         Case(
             "missing source table",
@@ -207,6 +209,20 @@ def test_a_bad_environment_gives_one_clear_error_and_exit_3(
             3,
         ),
         Case("no credentials", job(), "no AWS credentials found", 3, env=no_credentials),
+        Case(
+            "a profile that does not exist",
+            job(),
+            "could not be loaded: The config profile (no-such-profile) could not be found",
+            3,
+            env={**no_credentials, "AWS_PROFILE": "no-such-profile"},
+        ),
+        Case(
+            "a credential process that fails",
+            job(),
+            "could not be loaded: Error when retrieving credentials from custom-process",
+            3,
+            env={**no_credentials, "AWS_PROFILE": "failing", "AWS_CONFIG_FILE": str(failing)},
+        ),
         Case(
             "unreachable source endpoint",
             job(source_endpoint=unreachable.url),
