@@ -178,6 +178,14 @@ def run(config_path: Path) -> None:
     sys.exit(run_local(resolved))
 
 
+def _finite(context: click.Context, parameter: click.Parameter, value: float) -> float:
+    """A range check passes NaN (every comparison with it is false): refuse it, and
+    infinity, as a usage error."""
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
+
+
 def main(argv: list[str] | None = None) -> Any:
     return cli.main(args=argv, prog_name="replicator")
 
@@ -192,19 +200,43 @@ def main(argv: list[str] | None = None) -> Any:
     type=click.Path(dir_okay=False, path_type=Path),
     help="The demo job file.",
 )
-@click.option("--duration", default=20.0, show_default=True, help="Seconds of source writes.")
-@click.option("--rate", default=40.0, show_default=True, help="Source changes per second.")
-@click.option("--keys", default=200, show_default=True, help="Distinct items the workload touches.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=20.0,
+    show_default=True,
+    callback=_finite,
+    help="Seconds of source writes.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=40.0,
+    show_default=True,
+    callback=_finite,
+    help="Source changes per second.",
+)
+@click.option(
+    "--keys",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Distinct items the workload touches.",
+)
 @click.option(
     "--settle-timeout",
+    type=click.FloatRange(min=0),
     default=60.0,
     show_default=True,
+    callback=_finite,
     help="Seconds to wait for convergence after the writes stop.",
 )
 @click.option(
     "--linger",
+    type=click.FloatRange(min=0),
     default=0.0,
     show_default=True,
+    callback=_finite,
     help="Seconds to keep the replicator and its metrics running after the check "
     "(Ctrl-C ends it early).",
 )

@@ -69,4 +69,5 @@ class EmbeddedEndpoint:
         return self.url
 
     def stop(self) -> None:
-        self._server.stop()
+        if self.url:  # started (a Ctrl-C can come before)
+            self._server.stop()

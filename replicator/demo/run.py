@@ -62,14 +62,17 @@ def run_demo(config_path: Path, options: DemoOptions, console: Console | None = 
         # rich's default 80 columns, so that each line can be grepped whole.
         console = Console() if sys.stdout.isatty() else Console(width=200, soft_wrap=True)
     endpoint = EmbeddedEndpoint()
-    url = endpoint.start()
-    os.environ[ENDPOINT_ENV] = url
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        os.environ.setdefault(name, "demo")
     try:
+        url = endpoint.start()
+        os.environ[ENDPOINT_ENV] = url
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            os.environ.setdefault(name, "demo")
         resolved = load_job(config_path.resolve())
         logs.configure(resolved.job.logging.level, resolved.job.logging.format.value)
         return _Demo(resolved, url, options, console).run()
+    except KeyboardInterrupt:  # while setting up; the replication phase handles its own
+        console.print("\ninterrupted")
+        return 130
     finally:
         endpoint.stop()
 

@@ -16,6 +16,7 @@ import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import ROOT
@@ -159,3 +160,35 @@ def test_the_demo_stops_cleanly_on_ctrl_c_while_it_replicates(tmp_path: Path) ->
     assert status == 130, "".join(seen + rest)
     assert "interrupted: stopping the replicator" in "".join(rest)
     assert "Traceback" not in "".join(seen + rest)
+
+
+def test_demo_options_out_of_range_are_usage_errors() -> None:
+    for option, value in [
+        ("--rate", "0"),
+        ("--rate", "nan"),
+        ("--keys", "0"),
+        ("--duration", "-5"),
+        ("--duration", "inf"),
+        ("--settle-timeout", "-1"),
+        ("--linger", "nan"),
+    ]:
+        result = subprocess.run(
+            [sys.executable, "-m", "replicator", "demo", option, value],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=ROOT,
+        )
+        assert result.returncode == 2, (option, value, result.stderr)
+        assert f"Invalid value for '{option}'" in result.stderr
+
+
+def test_ctrl_c_while_the_demo_sets_up_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the replication phase (the endpoint, the tables), Ctrl-C is still 130."""
+    from replicator.demo import run
+
+    def interrupted(self: object) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run.EmbeddedEndpoint, "start", interrupted)
+    assert run.run_demo(ROOT / "config" / "demo.yaml", run.DemoOptions()) == 130
