@@ -30,7 +30,7 @@ log = structlog.get_logger(__name__)
 def begin(resolved: ResolvedJob, runtime: str) -> None:
     """Logs as the job asks, every line naming the task and the runtime."""
     logs.configure(resolved.job.logging.level, resolved.job.logging.format.value)
-    logs.bind_everywhere(task=resolved.task_name, runtime=runtime)
+    logs.bind_everywhere(job=str(resolved.path), task=resolved.task_name, runtime=runtime)
     for caution in resolved.job.cautions:
         log.warning(caution)
 

@@ -32,7 +32,7 @@ def load(config_path: Path, *, writes: bool = True) -> ResolvedJob:
     if writes:
         check_resolvers(resolved)
     logs.configure(resolved.job.logging.level, resolved.job.logging.format.value)
-    logs.bind_everywhere(task=resolved.task_name)
+    logs.bind_everywhere(job=str(resolved.path), task=resolved.task_name)
     return resolved
 
 

@@ -1,0 +1,37 @@
+"""Log lines: JSON with the job and task on every line of the runtime's own process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import structlog
+
+from replicator import logs
+from replicator.config import parse_job
+from replicator.runtime import supervisor
+
+JOB = """
+source: {region: us-east-1, table: orders}
+destinations:
+  - {region: eu-west-1, table: orders}
+task_name: orders-sync
+logging: {format: json}
+"""
+
+
+def test_the_runtimes_own_lines_name_the_job_and_task(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    resolved = parse_job(JOB, tmp_path / "job.yaml")
+    try:
+        supervisor.begin(resolved, "local")
+        structlog.get_logger("test").info("local runtime started")
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+    finally:
+        logs._GLOBAL_FIELDS.clear()
+        logs.configure("info", "json")
+    fields = json.loads(line)
+    assert fields["job"] == str(tmp_path / "job.yaml")
+    assert (fields["task"], fields["runtime"]) == ("orders-sync", "local")
