@@ -13,6 +13,7 @@ removed when the runtime stops.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import multiprocess
+
+from replicator.exceptions import EnvironmentProblem
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 _LIVE_GAUGE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
@@ -31,6 +34,8 @@ class SamplesDirectory:
     path: Path
     owned: bool
     """True when the directory was created here (and is removed by ``discard``)."""
+    lock: int | None = None
+    """An operator's directory is held (flock) while the run uses it (``discard`` lets go)."""
 
 
 def prepare(directory: str | Path | None = None) -> SamplesDirectory:
@@ -43,20 +48,31 @@ def prepare(directory: str | Path | None = None) -> SamplesDirectory:
     may be a mount point.
     """
     chosen = directory or os.environ.get(ENV)
-    if chosen:
-        path = Path(chosen)
-        path.mkdir(parents=True, exist_ok=True)
-        for stale in path.glob("*.db"):
-            stale.unlink()
-        owned = False
-    else:
-        path = Path(tempfile.mkdtemp(prefix="replicator-metrics-"))
-        owned = True
-    return SamplesDirectory(path, owned)
+    if not chosen:
+        return SamplesDirectory(Path(tempfile.mkdtemp(prefix="replicator-metrics-")), True)
+    path = Path(chosen)
+    path.mkdir(parents=True, exist_ok=True)
+    # Two runs sharing the directory would delete each other's samples and report each
+    # other's series: the second is refused while the first holds it.
+    lock = os.open(path / ".replicator.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        raise EnvironmentProblem(
+            f"{ENV} {path} is in use by another running replicator: give each job a "
+            "directory of its own (or leave it unset for a temporary one)"
+        ) from None
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    return SamplesDirectory(path, False, lock)
 
 
 def discard(directory: SamplesDirectory) -> None:
-    """Remove a directory ``prepare`` created (one the operator chose is left in place)."""
+    """Remove a directory ``prepare`` created (one the operator chose is left in place,
+    and let go of)."""
+    if directory.lock is not None:
+        os.close(directory.lock)
     if directory.owned:
         shutil.rmtree(directory.path, ignore_errors=True)
 

@@ -363,9 +363,23 @@ def test_an_operator_chosen_directory_is_emptied_but_kept(tmp_path: Path) -> Non
     (chosen / "README").write_text("not a sample file")
     directory = multiprocess.prepare(chosen)
     assert not directory.owned
-    assert [path.name for path in chosen.iterdir()] == ["README"]
+    assert sorted(path.name for path in chosen.iterdir()) == [".replicator.lock", "README"]
     multiprocess.discard(directory)
     assert chosen.exists()
+
+
+def test_an_operator_chosen_directory_is_not_shared_by_two_runs(tmp_path: Path) -> None:
+    """A second run in the same directory would delete the first's samples and report
+    its series as its own: it is refused while the first holds the directory."""
+    from replicator.exceptions import EnvironmentProblem
+
+    first = multiprocess.prepare(tmp_path)
+    (tmp_path / "counter_1.db").write_bytes(b"the first run's samples")
+    with pytest.raises(EnvironmentProblem, match="in use by another running replicator"):
+        multiprocess.prepare(tmp_path)
+    assert (tmp_path / "counter_1.db").exists()
+    multiprocess.discard(first)
+    multiprocess.discard(multiprocess.prepare(tmp_path))  # free again once let go
 
 
 # -- end to end ---------------------------------------------------------------------------
