@@ -9,7 +9,8 @@ scrape made every ``/metrics`` as slow as the slowest destination's endpoint (ab
 for one that accepts connections and never answers), and the scrapes and health probes
 arriving meanwhile queued behind it. A destination whose reads fail keeps showing the
 last watermark read, and the failure is logged when it starts and when it ends, not on
-every read.
+every read; ``replicator_watermark_read_timestamp_seconds`` says when the value shown was
+read.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from replicator.watermark.wait import READ_PATIENCE_S, WatermarkReader
 log = structlog.get_logger(__name__)
 
 NAME = "replicator_watermark_timestamp_seconds"
+READ_NAME = "replicator_watermark_read_timestamp_seconds"
 READ_EVERY_S = 1.0
 # One attempt, each step bounded: a status table that does not answer fails a read within
 # a few seconds, and the next read (a second later) is the retry. The SDK's own retries
@@ -51,6 +53,8 @@ class _Known:
 
     seconds: float | None = None
     """The watermark last read (None: none yet, or the status table does not exist)."""
+    read_at: float | None = None
+    """Unix time of the last read the status table answered (None: none yet)."""
     failing: str | None = None
     """The kind of error the reads fail with now; None while they are answered."""
 
@@ -117,7 +121,7 @@ class WatermarkCollector(Collector):
             return
         with self._lock:
             before = self._known[label]
-            self._known[label] = _Known(mark)
+            self._known[label] = _Known(mark, time.time())
         if before.failing is not None:
             log.info("the watermark is read again", destination=label)
 
@@ -143,10 +147,19 @@ class WatermarkCollector(Collector):
             "has published).",
             labels=["destination"],
         )
+        read = GaugeMetricFamily(
+            READ_NAME,
+            "Unix time the destination's status table last answered the runtime's read of "
+            "the watermark shown (absent until it has answered once).",
+            labels=["destination"],
+        )
         for label, state in known.items():
             if state.seconds is not None:
                 gauge.add_metric([label], state.seconds)
+            if state.read_at is not None:
+                read.add_metric([label], state.read_at)
         yield gauge
+        yield read
 
 
 def collectors(resolved: ResolvedJob) -> list[WatermarkCollector]:

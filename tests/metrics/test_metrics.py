@@ -76,6 +76,7 @@ DOCUMENTED = {
     "replicator_shards_owned": set(),
     "replicator_processor_restarts_total": set(),
     "replicator_watermark_timestamp_seconds": {"destination"},
+    "replicator_watermark_read_timestamp_seconds": {"destination"},
     "replicator_watermark_publish_failures_total": {"destination"},
 }
 

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from replicator.config.loader import load_job
 from replicator.exceptions import StatusTableMissing
 from replicator.runtime import supervisor
-from replicator.watermark.collector import NAME, WatermarkCollector
+from replicator.watermark.collector import NAME, READ_NAME, WatermarkCollector
 from replicator.watermark.parts import Watermark
 from tests.support.e2e import wait_until
 from tests.support.metrics import health, matching, scrape
@@ -55,9 +55,10 @@ class StandIn:
         return answer
 
 
-def shown(collector: WatermarkCollector) -> dict[str, float]:
-    """What a scrape shows now. Collected on a thread of its own, so that a collect that
-    waits on a held read fails the test instead of hanging it."""
+def shown(collector: WatermarkCollector, name: str = NAME) -> dict[str, float]:
+    """What a scrape shows now (the watermark, or another of the collector's metrics).
+    Collected on a thread of its own, so that a collect that waits on a held read fails
+    the test instead of hanging it."""
     result: list[dict[str, float]] = []
 
     def collect() -> None:
@@ -66,7 +67,7 @@ def shown(collector: WatermarkCollector) -> dict[str, float]:
                 sample.labels["destination"]: sample.value
                 for family in collector.collect()
                 for sample in family.samples
-                if sample.name == NAME
+                if sample.name == name
             }
         )
 
@@ -101,7 +102,8 @@ def test_a_scrape_does_not_wait_on_a_read_that_is_not_answered() -> None:
             10,
             "the other destination's next watermark",
         )
-        assert not held.calls > 1, "the held read was answered"
+        assert held.calls == 1, "the held read was answered"
+        assert set(shown(collector, READ_NAME)) == {"answering"}
 
         held.answer(mark(50.0))
         wait_until(
@@ -109,6 +111,7 @@ def test_a_scrape_does_not_wait_on_a_read_that_is_not_answered() -> None:
             10,
             "the held destination's watermark once its table answers",
         )
+        assert set(shown(collector, READ_NAME)) == {"answering", "held"}
     finally:
         held.answer(mark(0.0))
         collector.stop()
@@ -127,12 +130,16 @@ def test_a_destination_whose_reads_fail_keeps_its_last_value_and_is_logged_once(
             )
             wait_until(calls_grow(table, 20), 10, "twenty failed reads")
             assert shown(collector) == {"d": 100.0}
+            last_read = shown(collector, READ_NAME)["d"]
+            assert last_read <= time.time()
             table.answer(TimeoutError("read timed out"))
             wait_until(calls_grow(table, 20), 10, "twenty reads failing otherwise")
             assert shown(collector) == {"d": 100.0}
+            assert shown(collector, READ_NAME) == {"d": last_read}, "no read was answered"
 
             table.answer(mark(200.0))
             wait_until(lambda: shown(collector) == {"d": 200.0}, 10, "the next watermark")
+            assert shown(collector, READ_NAME)["d"] > last_read
             wait_until(calls_grow(table, 20), 10, "twenty reads answered again")
         finally:
             collector.stop()
@@ -158,6 +165,7 @@ def test_a_status_table_that_does_not_exist_shows_no_watermark_and_is_no_failure
             wait_until(lambda: shown(collector) == {}, 10, "the watermark to be gone")
             wait_until(calls_grow(table, 20), 10, "twenty reads")
             assert shown(collector) == {}
+            assert set(shown(collector, READ_NAME)) == {"d"}, "the table answered"
         finally:
             collector.stop()
     assert logs == []
@@ -235,6 +243,7 @@ def test_scrapes_and_health_probes_answer_at_once_while_a_status_table_hangs(
         for name, answer in answers.items():
             if name.startswith("metrics"):
                 assert matching(answer, NAME) == [], "a watermark from a table that never answered"
+                assert matching(answer, READ_NAME) == []
             elif name.startswith("healthz"):
                 assert answer[0] == 200 and answer[1]["status"] == "ok", answer
         # The hung read gives up by the client's timeouts, and says so once.
