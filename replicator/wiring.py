@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Unpack
 
 from replicator.aws import clients
 from replicator.aws.backoff import Backoff
@@ -293,10 +293,12 @@ def shard_watermark(resolved: ResolvedJob, shard_id: str, metrics: Metrics) -> S
     )
 
 
-def status_client(resolved: ResolvedJob, label: str, read_timeout: float = 10.0) -> DynamoDBClient:
+def status_client(
+    resolved: ResolvedJob, label: str, **tuning: Unpack[clients.Tuning]
+) -> DynamoDBClient:
     """A client for the status table of destination ``label`` (its region, endpoint, role)."""
     destination = next(d for d in resolved.job.destinations if d.label == label)
-    return clients.dynamodb(destination, read_timeout=read_timeout)
+    return clients.dynamodb(destination, **tuning)
 
 
 def stream_shards(resolved: ResolvedJob) -> Callable[[], Sequence[Shard]]:

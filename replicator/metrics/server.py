@@ -5,9 +5,12 @@ come and go), so the runtime that starts them serves the samples they leave in t
 multiprocess directory, plus its own collector.
 
 Every request first deletes the live-gauge files of children that have died, then reads
-the directory. Requests are served one collection at a time: a Prometheus scrape and a
+the directory. The directory is read by one request at a time: a Prometheus scrape and a
 health probe arriving together must not both delete the same file, nor read a file the
-other has just deleted.
+other has just deleted. Nothing else is done under that lock, and ``/healthz`` reads the
+directory only (health is judged from the processes' lag and checkpoint samples), so a
+collector that is slow to answer a scrape never holds up a health probe: the container's
+HEALTHCHECK gives up after a few seconds, and would restart a replicator that is healthy.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -99,32 +103,35 @@ class MetricsServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/metrics"
 
+    def _from_files(self) -> list[Metric]:
+        """The processes' samples, read from the directory after reaping dead processes'
+        live gauges (one request at a time)."""
+        with self._collecting:
+            reap_dead(self.directory)
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=str(self.directory))  # type: ignore[no-untyped-call]
+            return list(registry.collect())
+
     def _registry(self) -> CollectorRegistry:
-        reap_dead(self.directory)
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=str(self.directory))  # type: ignore[no-untyped-call]
+        registry.register(_Collected(self._from_files()))
         for collector in self.extra:
             registry.register(collector)
         return registry
 
     def exposition(self) -> bytes:
         """The text a Prometheus scrape receives."""
-        with self._collecting:
-            return generate_latest(self._registry())
+        return generate_latest(self._registry())
 
     def samples(self) -> list[Sample]:
         """Every sample (name, labels, value) as ``/metrics`` would show it now."""
-        with self._collecting:
-            families = list(self._registry().collect())
-        return [
-            (sample.name, dict(sample.labels), float(sample.value))
-            for family in families
-            for sample in family.samples
-        ]
+        return _flat(self._registry().collect())
 
     def health(self) -> health_rules.Health:
+        """Judged from the sample files alone: the health rules read only the processes'
+        lag and checkpoint times, and the other collectors may wait on the network."""
         return health_rules.evaluate(
-            self.samples(),
+            _flat(self._from_files()),
             now=time.time(),
             stall_after_s=self.stall_after_s,
             started_at=self.started_at,
@@ -144,3 +151,21 @@ class MetricsServer:
         if self._thread.is_alive():
             self._httpd.shutdown()  # waits for serve_forever, so only once it runs
         self._httpd.server_close()
+
+
+class _Collected(Collector):
+    """Families collected already, registered beside the other collectors of a request."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def _flat(families: Iterable[Metric]) -> list[Sample]:
+    return [
+        (sample.name, dict(sample.labels), float(sample.value))
+        for family in families
+        for sample in family.samples
+    ]

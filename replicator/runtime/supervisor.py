@@ -60,18 +60,24 @@ def metrics_served(
     job = resolved.job
     samples = multiprocess.prepare()
     server: MetricsServer | None = None
+    marks: list[watermark.WatermarkCollector] = []
     try:
         if job.metrics.enabled:
+            marks = watermark.collectors(resolved)
             server = MetricsServer(
                 job.metrics.host,
                 job.metrics.port,
                 samples.path,
                 problems=problems,
                 stall_after_s=job.metrics.stall_after_s,
-                extra=[*extra, *watermark.collectors(resolved)],
+                extra=[*extra, *marks],
             )
+            for mark in marks:
+                mark.start()  # read in the background: a scrape shows what was read
         yield Served(samples, server)
     finally:
+        for mark in marks:
+            mark.stop()
         if server is not None:
             server.stop()
         multiprocess.discard(samples)

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from replicator.demo.workload import demo_item
 from replicator.exceptions import EnvironmentProblem
@@ -74,6 +76,7 @@ DOCUMENTED = {
     "replicator_shards_owned": set(),
     "replicator_processor_restarts_total": set(),
     "replicator_watermark_timestamp_seconds": {"destination"},
+    "replicator_watermark_read_timestamp_seconds": {"destination"},
     "replicator_watermark_publish_failures_total": {"destination"},
 }
 
@@ -332,6 +335,58 @@ def test_healthz_answers_503_with_the_reasons_and_unknown_paths_404(
         assert connection.getresponse().status == 404
     finally:
         server.stop()
+
+
+class BlockedCollector(Collector):
+    """An extra collector stuck in ``collect`` until released, as one waiting on a network
+    read would be."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def collect(self) -> Iterator[Metric]:
+        self.entered.set()
+        self.release.wait()
+        yield GaugeMetricFamily("replicator_blocked", "Answered once released.", value=1.0)
+
+
+def test_healthz_answers_while_a_scrape_waits_on_a_slow_collector(
+    samples_directory: multiprocess.SamplesDirectory,
+) -> None:
+    """/healthz judges from the processes' sample files only: a scrape stuck in another
+    collector (a status table that never answers) must not hold up the health probe, or
+    the container's HEALTHCHECK times out and ``stall_after_s`` means nothing."""
+    blocked = BlockedCollector()
+    writer = SampleWriter(samples_directory.path, "ap", "s1", 7.0)
+    server = MetricsServer(
+        "127.0.0.1",
+        0,
+        samples_directory.path,
+        problems=list,
+        stall_after_s=60,
+        extra=[blocked],
+    )
+    server.start()
+    scraped: list[list[Sample]] = []
+    scraper = threading.Thread(target=lambda: scraped.append(scrape(server.port)), daemon=True)
+    try:
+        scraper.start()
+        assert blocked.entered.wait(30), "the scrape never reached the collector"
+        for _ in range(3):
+            status, body = health(server.port)
+            assert (status, body["status"]) == (200, "ok"), body
+            assert body["shards"]["s1"]["lag_seconds"] == {"ap": 7.0}
+        assert not scraped, "the scrape finished although its collector was held"
+    finally:
+        blocked.release.set()
+        scraper.join(30)
+        server.stop()
+        writer.process.kill()
+        writer.process.wait(10)
+    (samples,) = scraped
+    assert matching(samples, "replicator_blocked") == [1.0]
+    assert matching(samples, LAG, shard="s1") == [7.0]
 
 
 def test_the_configured_port_is_used_and_a_taken_port_is_a_clear_error(

@@ -80,7 +80,7 @@ class _NoShards:
 
 
 class _OneWatermark:
-    def read(self) -> Watermark:
+    def read(self, timeout: float | None = None) -> Watermark:
         return Watermark("x", 1)
 
 
@@ -98,7 +98,9 @@ def exported_samples() -> dict[str, frozenset[str]]:
     assert metrics.registry is not None
     families = list(metrics.registry.collect())
     families += list(_RuntimeCollector(_NoShards()).collect())  # type: ignore[arg-type]
-    families += list(WatermarkCollector({"x": _OneWatermark()}).collect())  # type: ignore[dict-item]
+    watermarks = WatermarkCollector({"x": _OneWatermark()})
+    watermarks.refresh()
+    families += list(watermarks.collect())
     names: dict[str, frozenset[str]] = {}
     for family in families:
         for sample in family.samples:

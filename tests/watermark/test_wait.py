@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import math
 import re
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -87,33 +85,6 @@ def test_an_inverted_window_or_a_poll_or_timeout_that_is_no_number_is_refused(
 # the bound asserted is far above what a bounded wait takes on a loaded machine, and far
 # below what an unbounded one took.
 SLACK_S = 15.0
-
-
-@pytest.fixture
-def silent_endpoint() -> Iterator[str]:
-    """An HTTP endpoint that accepts every connection and never answers."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    listener.settimeout(0.2)
-    held: list[socket.socket] = []
-    closing = threading.Event()
-
-    def accept() -> None:
-        while not closing.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except TimeoutError:
-                continue
-
-    acceptor = threading.Thread(target=accept, name="silent-endpoint", daemon=True)
-    acceptor.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    closing.set()
-    acceptor.join()
-    listener.close()
-    for connection in held:
-        connection.close()
 
 
 def wait_on(endpoint: str, timeout: float, **options: Any) -> tuple[WaitResult, float]:

@@ -40,6 +40,7 @@ from tests.support.reliability import ProxiedJob, with_email_index
 
 FAST = "watermark: {publish_interval_ms: 100, caught_up_margin_ms: 0}\n"
 WRITES = frozenset({"PutItem", "DeleteItem"})
+WATERMARK = "replicator_watermark_timestamp_seconds"
 
 
 def replicator(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -142,13 +143,16 @@ def test_wait_and_watermark_commands_status_tables_and_the_metric(job: Job) -> N
             ]
             assert len(rows) == 1 and rows[0]["destination"]["S"].startswith(region)
 
+        # The runtime reads the status tables in the background, about once a second: a
+        # scrape shows the last read, which may predate the wait's.
         port = logged_metrics_port(job.directory / "runtime.log")
-        samples = scrape(port)
-        for label in marks:
-            (value,) = matching(
-                samples, "replicator_watermark_timestamp_seconds", destination=label
-            )
-            assert value >= written
+
+        def shown_passed() -> bool:
+            samples = scrape(port)
+            shown = [matching(samples, WATERMARK, destination=label) for label in marks]
+            return all(len(values) == 1 and values[0] >= written for values in shown)
+
+        wait_until(shown_passed, 10, "/metrics to show each destination's watermark")
 
         future = replicator(
             "wait", "--config", str(job.path), "--destination", f"{eu_region}/{eu}",

@@ -1,0 +1,46 @@
+"""An HTTP endpoint that accepts every connection and never answers: a hung service, as a
+client sees it (connected, then nothing)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from types import TracebackType
+
+
+class SilentEndpoint:
+    def __init__(self) -> None:
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self._listener.settimeout(0.2)
+        self._held: list[socket.socket] = []
+        self._closing = threading.Event()
+        self.connected = threading.Event()
+        """Set at the first connection accepted: a client is waiting on it from then on."""
+        self._acceptor = threading.Thread(target=self._accept, name="silent-endpoint", daemon=True)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                self._held.append(self._listener.accept()[0])
+            except TimeoutError:
+                continue
+            self.connected.set()
+
+    def __enter__(self) -> SilentEndpoint:
+        self._acceptor.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._closing.set()
+        self._acceptor.join()
+        self._listener.close()
+        for connection in self._held:
+            connection.close()
