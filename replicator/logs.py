@@ -34,8 +34,8 @@ def _add_global_fields(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapp
 # AWS answers a bad signature with the canonical request it expected, session token
 # header included; botocore's errors can quote request headers or URLs the same way.
 _TOKEN_IN_TEXT = re.compile(
-    r"((?:x-amz-security-token|X-Amz-Security-Token|aws_session_token|aws_secret_access_key)"
-    r"\s*[:=]\s*)[^\s,;&'\"]+",
+    r"((?:x-amz-security-token|aws_session_token|aws_secret_access_key|secretaccesskey|"
+    r"sessiontoken)['\"]?\s*[:=]\s*['\"]?)[^\s,;&'\"}]+",
     re.IGNORECASE,
 )
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
@@ -54,13 +54,36 @@ def redact(text: str) -> str:
     return text
 
 
+def _redacted(value: Any) -> Any:
+    """A log field without credentials, at any depth (a list of errors, a dict of them)."""
+    if type(value) is str:
+        return redact(value)
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {key: _redacted(inner) for key, inner in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redacted(inner) for inner in value]
+    if isinstance(value, BaseException):
+        return redact(str(value))
+    return redact(repr(value) if not isinstance(value, str) else value)
+
+
 def _redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
     for key, value in event.items():
-        if type(value) is str:
-            event[key] = redact(value)
-        elif isinstance(value, BaseException):
-            event[key] = redact(str(value))
+        if key not in {"_record", "_from_structlog"}:
+            event[key] = _redacted(value)
     return event
+
+
+class _WithoutTraceback(logging.Filter):
+    """Keeps a record, drops its traceback: botocore warns of a failed credential refresh
+    with one, and the failure itself is what the operator needs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        return True
 
 
 def bind_everywhere(**fields: Any) -> None:
@@ -108,7 +131,8 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         )
     )
     logging.basicConfig(handlers=[handler], level=logging.WARNING, force=True)
-    # botocore warns, with a traceback, when refreshing credentials fails; the command
-    # reports that failure itself, in one line (exit 3), so the warning would only repeat
-    # it as a traceback.
-    logging.getLogger("botocore.credentials").setLevel(logging.ERROR)
+    # botocore warns, with a traceback, when refreshing credentials fails (and goes on
+    # with the old ones for a while): the warning stays, as one line.
+    credentials = logging.getLogger("botocore.credentials")
+    if not any(isinstance(f, _WithoutTraceback) for f in credentials.filters):
+        credentials.addFilter(_WithoutTraceback())

@@ -7,6 +7,8 @@ themselves take plain collaborators and test without AWS.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Unpack
@@ -111,12 +113,22 @@ def check_resolvers(resolved: ResolvedJob) -> None:
         for index, destination in enumerate(job.destinations)
         if destination.conflict is not None
     ]
-    for place, conflict in places:
-        if conflict.policy is ConflictPolicyName.CUSTOM and conflict.resolver:
-            try:
-                load_resolver(conflict.resolver)
-            except PlanError as error:
-                raise ConfigError(f"{resolved.path}: {place}.resolver: {error}") from None
+    # The processors run as ``python -m``, which puts the working directory first on the
+    # import path; the console script does not. Import from where they will.
+    here = os.getcwd()
+    added = here not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, here)
+    try:
+        for place, conflict in places:
+            if conflict.policy is ConflictPolicyName.CUSTOM and conflict.resolver:
+                try:
+                    load_resolver(conflict.resolver)
+                except PlanError as error:
+                    raise ConfigError(f"{resolved.path}: {place}.resolver: {error}") from None
+    finally:
+        if added:
+            sys.path.remove(here)
 
 
 def source_writer(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,16 +24,19 @@ logging: {format: json}
 
 
 def test_the_runtimes_own_lines_name_the_job_and_task(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     resolved = parse_job(JOB, tmp_path / "job.yaml")
+    original = sys.stderr  # logging is pointed back at it: the buffer goes with the test
+    captured = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", captured)
     try:
         supervisor.begin(resolved, "local")
         structlog.get_logger("test").info("local runtime started")
-        line = capsys.readouterr().err.strip().splitlines()[-1]
+        line = captured.getvalue().strip().splitlines()[-1]
     finally:
         logs._GLOBAL_FIELDS.clear()
-        logs.configure("info", "json")
+        logs.configure("info", "json", original)
     fields = json.loads(line)
     assert fields["job"] == str(tmp_path / "job.yaml")
     assert (fields["task"], fields["runtime"]) == ("orders-sync", "local")

@@ -76,7 +76,7 @@ def backfill(config_path: Path, **options: Any) -> int:
 def verify(config_path: Path, as_json: bool, **options: Any) -> int:
     from replicator.tools.verify import Verify, VerifyOptions
 
-    resolved = load(config_path)
+    resolved = load(config_path, writes=bool(options.get("repair")))
     runner = Verify(resolved, VerifyOptions(**options))
     with interrupts(runner.stop.set), aws_failures(f"verify {resolved.task_name}"):
         report = runner.run()

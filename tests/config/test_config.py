@@ -314,7 +314,7 @@ def test_loop_prevention_under_overwrite_is_valid_but_warned(tmp_path: Path) -> 
         ("goodres.py:f", "not a file"),
     ],
 )
-@pytest.mark.parametrize("command", ["validate", "run", "verify", "redrive"])
+@pytest.mark.parametrize("command", ["validate", "run", "verify --repair", "redrive"])
 def test_a_custom_resolver_that_does_not_load_is_one_line_and_exit_2(
     tmp_path: Path, resolver: str, says: str, command: str
 ) -> None:
@@ -327,7 +327,7 @@ def test_a_custom_resolver_that_does_not_load_is_one_line_and_exit_2(
     job = tmp_path / "job.yaml"
     job.write_text(MINIMAL + f"conflict: {{policy: custom, resolver: '{resolver}'}}\n")
     env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
-    result = run_cli(command, "--config", str(job), env=env)
+    result = run_cli(*command.split(), "--config", str(job), env=env)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if "resolver" in line]
@@ -365,3 +365,31 @@ def test_validate_shows_the_attribute_the_policy_reads_and_warns_of_the_others(
     )
     plain = parse_job(MINIMAL + "conflict: {policy: overwrite, resolver: 'a:b'}\n", job)
     assert plain.job.cautions == ["conflict.resolver is not read by policy overwrite"]
+
+
+def test_verify_without_repair_does_not_need_the_resolver(tmp_path: Path) -> None:
+    """A read-only comparison plans no write: it runs where the resolver is not installed."""
+    job = tmp_path / "job.yaml"
+    job.write_text(MINIMAL + "conflict: {policy: custom, resolver: 'nomod:f'}\n")
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}  # nothing listens: exit 3, not 2
+    result = run_cli("verify", "--config", str(job), env=env)
+    assert result.returncode == 3, result.stderr
+    assert "resolver" not in result.stderr
+
+
+def test_a_resolver_in_the_working_directory_loads_as_the_processors_load_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The processors run as ``python -m``, with the working directory on the import path;
+    the check in the console script's process finds the module there too."""
+    from replicator.wiring import check_resolvers
+
+    (tmp_path / "cwd_resolver.py").write_text("def f(change, existing):\n    return True\n")
+    monkeypatch.chdir(tmp_path)
+    without_cwd = [p for p in sys.path if p not in ("", str(tmp_path))]
+    monkeypatch.setattr(sys, "path", without_cwd)
+    resolved = parse_job(
+        MINIMAL + "conflict: {policy: custom, resolver: 'cwd_resolver:f'}\n", tmp_path / "job.yaml"
+    )
+    check_resolvers(resolved)
+    assert str(tmp_path) not in sys.path

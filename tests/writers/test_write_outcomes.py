@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+import structlog
 from botocore.exceptions import ClientError, ReadTimeoutError
 
 from replicator.aws import clients
@@ -388,8 +389,11 @@ def test_a_session_token_quoted_by_an_error_is_never_logged(
 
     from replicator import logs
 
-    token = "TOKENqqqTOKENqqq456"
-    monkeypatch.setenv("AWS_SESSION_TOKEN", token)
+    # The token in use is an assumed role's (not in the environment); the environment's
+    # own is redacted wherever it shows.
+    token = "ROLEqqqTOKENqqq789"
+    environment_token = "ENVqqqTOKENqqq456"
+    monkeypatch.setenv("AWS_SESSION_TOKEN", environment_token)
     quoted = (
         "The request signature we calculated does not match. The Canonical String for this "
         f"request should have been 'POST\n/\n\nhost:127.0.0.1\nx-amz-security-token:{token}\n'"
@@ -402,11 +406,20 @@ def test_a_session_token_quoted_by_an_error_is_never_logged(
         )
         writer = writer_for(scripted, tmp_path, metrics)
         assert writer.write(decode(put("a", 1))).outcome is Outcome.APPLIED
-        logging.getLogger("botocore.test").warning("failed with %s", f"token {token}")
+        logging.getLogger("botocore.test").warning("failed with %s", f"token {environment_token}")
+        structlog.get_logger("test").warning(
+            "nested", errors=[{"message": f"'X-Amz-Security-Token': '{token}'"}]
+        )
+        try:
+            raise RuntimeError("the credential refresh failed")
+        except RuntimeError:  # botocore warns of it with the traceback: one line stays
+            logging.getLogger("botocore.credentials").warning("refresh failed", exc_info=True)
     finally:
         logs.configure("info", "json")
     text = captured.getvalue()
     assert text.count("write failed, retrying") == 2
-    assert token not in text
+    assert token not in text and environment_token not in text
     assert "x-amz-security-token:<redacted>" in text
     assert '"logger": "botocore.test"' in text and "token <redacted>" in text
+    assert "X-Amz-Security-Token': '<redacted>" in text
+    assert '"logger": "botocore.credentials"' in text and "Traceback" not in text

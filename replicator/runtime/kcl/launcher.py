@@ -43,6 +43,7 @@ import structlog
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from replicator import logs
 from replicator.config.model import ResolvedJob, StreamKind
 from replicator.exceptions import KclUnavailable
 from replicator.metrics import multiprocess
@@ -227,7 +228,7 @@ class DaemonProcess:
             line = raw.decode("utf-8", errors="replace")
             if self.classpath_failure is None and _CLASSPATH_FAILURE.search(line):
                 self.classpath_failure = line.strip()
-            self.output.write(line)
+            self.output.write(logs.redact(line))  # the Java SDK quotes requests too
             self.output.flush()
 
 

@@ -215,16 +215,17 @@ class ProcessorChild:
     def _why(self, what: str) -> str:
         """``what`` the runtime saw of a failed child, and the reason the child gave."""
         said = ""
-        if self._last_words is not None:
+        path = self._last_words  # kill() on another thread may let go of it meanwhile
+        if path is not None:
             with contextlib.suppress(OSError):
-                said = self._last_words.read_text(encoding="utf-8", errors="replace").strip()
+                said = path.read_text(encoding="utf-8", errors="replace").strip()
         return f"{self.name}: {said} ({what})" if said else f"{self.name}: {what}"
 
     def _forget_last_words(self) -> None:
-        if self._last_words is not None:
+        path, self._last_words = self._last_words, None
+        if path is not None:
             with contextlib.suppress(OSError):
-                self._last_words.unlink()
-            self._last_words = None
+                path.unlink()
 
     def _require(self) -> subprocess.Popen[str]:
         if self._process is None:
