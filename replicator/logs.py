@@ -56,7 +56,7 @@ def redact(text: str) -> str:
 
 def _redacted(value: Any) -> Any:
     """A log field without credentials, at any depth (a list of errors, a dict of them)."""
-    if type(value) is str:
+    if isinstance(value, str):
         return redact(value)
     if isinstance(value, int | float | bool) or value is None:
         return value
@@ -66,7 +66,7 @@ def _redacted(value: Any) -> Any:
         return [_redacted(inner) for inner in value]
     if isinstance(value, BaseException):
         return redact(str(value))
-    return redact(repr(value) if not isinstance(value, str) else value)
+    return redact(repr(value))
 
 
 def _redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:

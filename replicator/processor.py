@@ -30,7 +30,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import msgspec
 import structlog
 
-from replicator import logs
+from replicator import lastwords, logs
 from replicator.checkpoint import Checkpoints
 from replicator.exceptions import LeaseLost
 from replicator.intake import ShardIntake
@@ -40,22 +40,6 @@ log = structlog.get_logger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-# Where the local runtime asks a processor to leave the reason it exits with, so that the
-# runtime's own error (a processor that keeps failing) names the cause, not a broken pipe.
-LAST_WORDS_ENV = "REPLICATOR_LAST_WORDS"
-
-
-def _last_words(reason: str) -> None:
-    path = os.environ.get(LAST_WORDS_ENV)
-    if not path:
-        return
-    try:
-        with open(path, "w", encoding="utf-8") as file:
-            file.write(reason[:2000])
-    except OSError:
-        pass  # only an explanation: the exit itself must happen
 
 
 def _hard_exit(status: int) -> None:
@@ -207,7 +191,7 @@ class ReplicationProcessor:
             exc_info=not isinstance(error, OSError | RuntimeError),
         )
         self._stop.set()
-        _last_words(f"{action} failed: {type(error).__name__}: {error}")
+        lastwords.leave(f"{action} failed: {type(error).__name__}: {error}")
         self._exit(1)
 
     def _report_loop(self) -> None:
@@ -231,7 +215,7 @@ class ReplicationProcessor:
 def on_writer_failure(error: BaseException) -> None:
     """A writer thread hit an error no retry fixes: end the process now, checkpoint untouched."""
     log.error("stopping: a destination cannot be written", error=str(error))
-    _last_words(str(error))
+    lastwords.leave(str(error))
     _hard_exit(1)
 
 

@@ -107,12 +107,6 @@ def check_resolvers(resolved: ResolvedJob) -> None:
     """Import every custom resolver the job names, before anything starts: one that does
     not load is a ConfigError naming the job file and key (exit 2), not a processor that
     fails at each start, nor a traceback from a tool."""
-    job = resolved.job
-    places = [("conflict", job.conflict)] + [
-        (f"destinations[{index}].conflict", destination.conflict)
-        for index, destination in enumerate(job.destinations)
-        if destination.conflict is not None
-    ]
     # The processors run as ``python -m``, which puts the working directory first on the
     # import path; the console script does not. Import from where they will.
     here = os.getcwd()
@@ -120,7 +114,7 @@ def check_resolvers(resolved: ResolvedJob) -> None:
     if added:
         sys.path.insert(0, here)
     try:
-        for place, conflict in places:
+        for place, conflict in resolved.job.conflict_settings:
             if conflict.policy is ConflictPolicyName.CUSTOM and conflict.resolver:
                 try:
                     load_resolver(conflict.resolver)

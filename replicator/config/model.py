@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal, Self, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -123,6 +123,14 @@ class SourceConfig(Strict):
     _role = field_validator("role_arn")(_check_role)
 
 
+# The setting each policy decides by (overwrite reads none).
+_DECIDED_BY = {
+    ConflictPolicyName.LAST_WRITER_WINS: "timestamp_attribute",
+    ConflictPolicyName.VERSION: "version_attribute",
+    ConflictPolicyName.CUSTOM: "resolver",
+}
+
+
 class ConflictConfig(Strict):
     """How a change and the item already at a destination are reconciled."""
 
@@ -137,22 +145,18 @@ class ConflictConfig(Strict):
     @property
     def ranked_by(self) -> str | None:
         """The attribute (or function) the policy decides by; None for overwrite."""
-        return {
-            ConflictPolicyName.LAST_WRITER_WINS: self.timestamp_attribute,
-            ConflictPolicyName.VERSION: self.version_attribute,
-            ConflictPolicyName.CUSTOM: self.resolver,
-        }.get(self.policy)
+        setting = _DECIDED_BY.get(self.policy)
+        return None if setting is None else cast("str | None", getattr(self, setting))
 
     @property
     def unused(self) -> list[str]:
         """Settings given that the policy does not read (a likely mix-up)."""
-        used = {
-            ConflictPolicyName.LAST_WRITER_WINS: "timestamp_attribute",
-            ConflictPolicyName.VERSION: "version_attribute",
-            ConflictPolicyName.CUSTOM: "resolver",
-        }.get(self.policy)
-        given = ("timestamp_attribute", "version_attribute", "resolver")
-        return [name for name in given if name != used and getattr(self, name) is not None]
+        used = _DECIDED_BY.get(self.policy)
+        return [
+            name
+            for name in _DECIDED_BY.values()
+            if name != used and getattr(self, name) is not None
+        ]
 
     @model_validator(mode="after")
     def _policy_needs_its_attribute(self) -> Self:
@@ -433,16 +437,20 @@ class JobConfig(Strict):
         return self.loop_prevention.origin_value or self.source.region
 
     @property
+    def conflict_settings(self) -> list[tuple[str, ConflictConfig]]:
+        """The job's conflict section and each destination's own, with where each is."""
+        return [("conflict", self.conflict)] + [
+            (f"destinations[{index}].conflict", destination.conflict)
+            for index, destination in enumerate(self.destinations)
+            if destination.conflict is not None
+        ]
+
+    @property
     def cautions(self) -> list[str]:
         """Settings that are valid but rarely what an operator means: ``validate`` prints
         them and ``run`` logs them as warnings at start."""
         cautions = []
-        places = [("conflict", self.conflict)] + [
-            (f"destinations[{index}].conflict", d.conflict)
-            for index, d in enumerate(self.destinations)
-            if d.conflict is not None
-        ]
-        for place, conflict in places:
+        for place, conflict in self.conflict_settings:
             for name in conflict.unused:
                 cautions.append(
                     f"{place}.{name} is not read by policy {conflict.policy.value}"

@@ -34,6 +34,11 @@ TOMBSTONE_FIELDS = RankFields(
 )
 
 
+def row_key(keys: Item) -> str:
+    """The tombstone row's ``pk`` for the user item with these key attributes."""
+    return partition_key(canonical_key(keys))
+
+
 @dataclass(frozen=True, slots=True)
 class Tombstone:
     """The delete of an image whose rank is (``ordering``, ``origin``, ``digest``)."""
@@ -49,7 +54,7 @@ class Tombstone:
 
     @property
     def pk(self) -> str:
-        return partition_key(canonical_key(self.keys))
+        return row_key(self.keys)
 
     @property
     def rank(self) -> Rank:

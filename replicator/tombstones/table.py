@@ -20,11 +20,16 @@ from typing import TYPE_CHECKING, Any, cast
 
 from botocore.exceptions import ClientError
 
-from replicator.conflictlog.keys import canonical_key, partition_key
 from replicator.items import Item
 from replicator.owned_tables import ensure_table
 from replicator.rules.order import any_of, below, equal_rank, pruned
-from replicator.tombstones.model import PARTITION_KEY, TOMBSTONE_FIELDS, TTL_ATTRIBUTE, Tombstone
+from replicator.tombstones.model import (
+    PARTITION_KEY,
+    TOMBSTONE_FIELDS,
+    TTL_ATTRIBUTE,
+    Tombstone,
+    row_key,
+)
 from replicator.writers.wire import botocore_client_of
 
 if TYPE_CHECKING:
@@ -115,7 +120,7 @@ class TombstoneTable:
         """The item's tombstone, read strongly consistently (expired ones included)."""
         response = self.client.get_item(
             TableName=self.table,
-            Key={PARTITION_KEY: {"S": partition_key(canonical_key(keys))}},
+            Key={PARTITION_KEY: {"S": row_key(keys)}},
             ConsistentRead=True,
         )
         item = cast("Item | None", response.get("Item"))

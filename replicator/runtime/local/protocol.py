@@ -23,8 +23,8 @@ from typing import IO, Any
 
 import structlog
 
+from replicator import lastwords
 from replicator.exceptions import ChildFailed
-from replicator.processor import LAST_WORDS_ENV
 
 log = structlog.get_logger(__name__)
 
@@ -64,7 +64,7 @@ class ProcessorChild:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,
-            env={**self.env, LAST_WORDS_ENV: path},
+            env={**self.env, lastwords.ENV: path},
             text=True,
             bufsize=1,
             # Ctrl-C at a terminal reaches only the runtime, which then shuts the

@@ -246,8 +246,8 @@ def test_a_child_that_exits_leaves_its_reason_in_the_runtimes_error() -> None:
     script = (
         "import os, sys\n"
         "sys.stdin.readline()\n"
-        "from replicator.processor import _last_words\n"
-        "_last_words('destination eu (eu-west-1/orders) refused 20 writes in a row: "
+        "from replicator.lastwords import leave\n"
+        "leave('destination eu (eu-west-1/orders) refused 20 writes in a row: "
         "ResourceNotFoundException: Requested resource not found')\n"
         "os._exit(1)\n"
     )
