@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.support.active_active import Mesh
 from tests.support.faults.proxy import FaultProxy
 
 
@@ -15,3 +17,19 @@ def proxies(moto_endpoint: str) -> Iterator[list[FaultProxy]]:
     yield started
     for proxy in started:
         proxy.stop()
+
+
+@pytest.fixture
+def mesh_of(
+    moto_endpoint: str, unique: Callable[[str], str], tmp_path: Path
+) -> Iterator[Callable[[tuple[str, ...]], Mesh]]:
+    made: list[Mesh] = []
+
+    def make(regions: tuple[str, ...]) -> Mesh:
+        mesh = Mesh(moto_endpoint, unique("aa"), regions, tmp_path)
+        made.append(mesh)
+        return mesh
+
+    yield make
+    for mesh in made:
+        assert set(mesh.stop().values()) <= {0}

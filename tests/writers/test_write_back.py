@@ -1,7 +1,7 @@
 """Write-back, tombstones and the stale-write stage, one mechanism at a time: a destination
 writer and the source writer against two tables of a moto server over HTTP, and the
 stage (replicator/highwater.py) on decoded changes. The meshes that use them all at once
-are in tests/reliability/test_active_active.py."""
+are in tests/reliability/test_active_active.py and test_active_active_mesh.py."""
 
 from __future__ import annotations
 

@@ -1,0 +1,314 @@
+"""Active-active meshes for the reliability scenarios: one table and one real ``replicator
+run`` per region against a moto server, applications writing in every region at once,
+and the check that every region ends with each key's highest-ranked operation
+(docs/active-active.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from replicator.demo import tables
+from replicator.items import Item, KeyId, key_id, same_item
+from replicator.rules.order import OpRank
+from replicator.rules.ordered import OrderedRule
+from tests.support.aws import client
+from tests.support.e2e import KEYS, PATIENCE, Job, stop, wait_until
+from tests.support.reliability import Samples
+
+RULE = OrderedRule("last_writer_wins", "updated_at", "origin_region", numeric_only=False)
+
+# How many writes the applications make. moto serves about 340 writes/s on an idle 2-core
+# machine and a third of that on a loaded one, and each application write costs the
+# mesh about four requests (the write, its replication, tombstone checks, echoes), plus
+# the runtimes' reads and checkpoints: 2,000 writes over a pair take about 45 s idle and
+# 100 s loaded. The pair runs the full 2,000; the three-region mesh, whose every write
+# costs half as much again, runs 900 by default (AA_MESH_WRITES=2000 for the full size,
+# docs/active-active.md).
+PAIR_WRITES = int(os.environ.get("AA_PAIR_WRITES", "2000"))
+THREE_REGION_WRITES = int(os.environ.get("AA_MESH_WRITES", "900"))
+
+
+class Mesh:
+    """One table per region and one runtime per region, each replicating to all others."""
+
+    def __init__(self, endpoint: str, name: str, regions: tuple[str, ...], directory: Path) -> None:
+        self.endpoint = endpoint
+        self.regions = regions
+        self.directory = directory
+        self.table = {region: f"{name}-{region}" for region in regions}
+        self.task = {region: f"{name}-from-{region}" for region in regions}
+        self.ddb = {region: client("dynamodb", region, endpoint) for region in regions}
+        self.samples = {r: Samples(directory / f"metrics-{r}") for r in regions}
+        self.runtimes: dict[str, subprocess.Popen[bytes]] = {}
+        for region in regions:
+            tables.create(self.ddb[region], self.table[region], stream=True)
+            self.config(region).write_text(self._job(region))
+
+    def config(self, region: str) -> Path:
+        return self.directory / f"{region}.yaml"
+
+    def _job(self, region: str) -> str:
+        destinations = "".join(
+            f"  - {{region: {other}, table: {self.table[other]}, "
+            f"endpoint_url: '{self.endpoint}'}}\n"
+            for other in self.regions
+            if other != region
+        )
+        where = self.directory / region
+        return (
+            f"task_name: {self.task[region]}\n"
+            f"source: {{region: {region}, table: {self.table[region]}, "
+            f"endpoint_url: '{self.endpoint}'}}\n"
+            f"destinations:\n{destinations}"
+            "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
+            "loop_prevention: {origin_attribute: origin_region}\n"
+            "active_active: {tombstones: true}\n"
+            f"dead_letter: {{kind: file, path: '{where}-dead.jsonl'}}\n"
+            f"conflict_log: {{kind: file, path: '{where}-conflicts.jsonl'}}\n"
+            "metrics: {host: 127.0.0.1, port: 0}\n"
+            "kcl: {idle_time_between_reads_ms: 100, failover_time_ms: 6000}\n"
+            "writer: {max_in_flight: 16}\n"
+            + ("logging: {level: debug}\n" if os.environ.get("AA_DEBUG") else "")
+        )
+
+    def start(self) -> None:
+        for region in self.regions:
+            log = (self.directory / f"{region}.log").open("ab")
+            self.runtimes[region] = subprocess.Popen(
+                [sys.executable, "-m", "replicator", "run", "--config", str(self.config(region))],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.samples[region].env},
+            )
+        for region in self.regions:
+            wait_until(lambda r=region: self.lease(r).get("leaseOwner"), 30, f"{region} runtime")
+
+    def stop(self) -> dict[str, int]:
+        return {region: stop(process) for region, process in self.runtimes.items()}
+
+    def lease(self, region: str) -> dict[str, Any]:
+        ddb = self.ddb[region]
+        try:
+            rows = ddb.scan(TableName=self.task[region], ConsistentRead=True)["Items"]
+        except ddb.exceptions.ResourceNotFoundException:
+            return {}
+        assert self.runtimes.get(region) is None or self.runtimes[region].poll() is None, (
+            f"the {region} runtime exited:\n" + self.log_tail(region)
+        )
+        return rows[0] if rows else {}
+
+    def log_tail(self, region: str) -> str:
+        return (self.directory / f"{region}.log").read_text()[-4000:]
+
+    def stream_end(self, region: str) -> str:
+        job = Job.__new__(Job)
+        job.endpoint, job.source_region = self.endpoint, region
+        job.source, job.source_table = self.ddb[region], self.table[region]
+        return job.last_stream_sequence()
+
+    def items(self, region: str) -> dict[KeyId, Item]:
+        found = tables.scan_all(self.ddb[region], self.table[region])
+        return {key_id({k: item[k] for k in KEYS}): item for item in found}
+
+    def quiet(self) -> None:
+        """Every runtime has checkpointed its stream's end, and nothing more happens: no
+        new stream record anywhere (an echo or write-back loop would make them)."""
+        ends = {region: self.stream_end(region) for region in self.regions}
+        for region in self.regions:
+            wait_until(
+                lambda r=region: self.lease(r).get("checkpoint", {}).get("S") == ends[r],
+                30,
+                f"the {region} checkpoint to reach its stream's end",
+            )
+        time.sleep(3)  # gives a loop time to show itself; it cannot make the test pass
+        assert {region: self.stream_end(region) for region in self.regions} == ends
+
+    def total(self, name: str, **labels: str) -> float:
+        return sum(self.samples[region].total(name, **labels) for region in self.regions)
+
+    def conflict_entries(self) -> list[dict[str, Any]]:
+        entries = []
+        for region in self.regions:
+            path = self.directory / f"{region}-conflicts.jsonl"
+            if path.exists():
+                entries += [json.loads(line) for line in path.read_text().splitlines()]
+        return entries
+
+
+class Operations:
+    """What the applications did, each operation with its rank in the total order."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.best: dict[KeyId, tuple[OpRank, Item | None]] = {}
+        self.count: dict[str, int] = {}
+        self.errors: list[BaseException] = []
+
+    def record(self, kind: str, keys: Item, rank: OpRank, image: Item | None) -> None:
+        with self.lock:
+            self.count[kind] = self.count.get(kind, 0) + 1
+            key = key_id(keys)
+            held = self.best.get(key)
+            if held is None or rank > held[0]:
+                self.best[key] = (rank, image)
+
+    def differences(self, mesh: Mesh) -> dict[str, list[str]]:
+        """Per region, the keys that do not hold their highest-ranked operation."""
+        found: dict[str, list[str]] = {}
+        for region in mesh.regions:
+            items = mesh.items(region)
+            wrong = []
+            for key, (_, image) in self.best.items():
+                held = items.pop(key, None)
+                if image is None and held is not None:
+                    wrong.append(f"{key}: deleted, found {held}")
+                elif image is not None and (held is None or not same_item(held, image)):
+                    wrong.append(f"{key}: expected {image}, found {held}")
+            wrong += [f"{key}: never written, found {item}" for key, item in items.items()]
+            if wrong:
+                found[region] = wrong
+        return found
+
+
+def app_item(keys: Item, stamp: int, region: str, rng: random.Random) -> Item:
+    return {
+        **keys,
+        "updated_at": {"N": str(stamp)},
+        "origin_region": {"S": region},
+        "v": {"S": f"{region}-{rng.randrange(10**6)}"},
+        "n": {"N": str(rng.randrange(1000))},
+    }
+
+
+class Application:
+    """Unconditional puts, updates and deletes over ``keys`` keys, as a region's
+    application makes them, with client clocks up to ``skew_ms`` behind."""
+
+    def __init__(
+        self, mesh: Mesh, region: str, ops: Operations, keys: int, skew_ms: int, seed: int
+    ) -> None:
+        self.mesh = mesh
+        self.region = region
+        self.ops = ops
+        self.keys = keys
+        self.skew_ms = skew_ms
+        self.rng = random.Random(seed)
+        self.ddb = client("dynamodb", region, mesh.endpoint)
+        self.table = mesh.table[region]
+
+    def key(self) -> Item:
+        index = self.rng.randrange(self.keys)
+        return {"pk": {"S": f"k{index % 25}"}, "sk": {"N": str(index // 25)}}
+
+    def stamp(self) -> int:
+        return int(time.time() * 1000) - self.rng.randrange(self.skew_ms) + self.skew_ms // 4
+
+    def write_one(self) -> None:
+        keys, roll, region = self.key(), self.rng.random(), self.region
+        with self.ops.lock:
+            self.ops.count["writes"] = self.ops.count.get("writes", 0) + 1
+        if roll < 0.5:
+            item = app_item(keys, self.stamp(), region, self.rng)
+            self.ddb.put_item(TableName=self.table, Item=item)
+            self.ops.record("put", keys, (RULE.rank(item), 0), item)
+        elif roll < 0.8:
+            new = self.ddb.update_item(
+                TableName=self.table,
+                Key=keys,
+                UpdateExpression="SET updated_at = :t, origin_region = :o, n = :n",
+                ExpressionAttributeValues={
+                    ":t": {"N": str(self.stamp())},
+                    ":o": {"S": region},
+                    ":n": {"N": str(self.rng.randrange(1000))},
+                },
+                ReturnValues="ALL_NEW",
+            )["Attributes"]
+            self.ops.record("update", keys, (RULE.rank(new), 0), new)
+        else:
+            old = self.ddb.delete_item(TableName=self.table, Key=keys, ReturnValues="ALL_OLD")
+            if old.get("Attributes"):  # a delete of nothing is no operation at all
+                self.ops.record("delete", keys, (RULE.rank(old["Attributes"]), 1), None)
+
+    def run(self, writes: int) -> threading.Thread:
+        def loop() -> None:
+            try:
+                for _ in range(writes):
+                    self.write_one()
+                    # Random pauses: mostly none to a few milliseconds, now and then a
+                    # quarter second (the workload's shape, not a wait for anything).
+                    pause = 0.25 if self.rng.random() < 0.01 else self.rng.uniform(0, 0.006)
+                    time.sleep(pause)
+            except BaseException as error:  # reported by the test
+                self.ops.errors.append(error)
+
+        thread = threading.Thread(target=loop, name=f"app-{self.region}", daemon=True)
+        thread.start()
+        return thread
+
+
+def converge(ops: Operations, mesh: Mesh, timeout: float) -> dict[str, list[str]]:
+    deadline = time.monotonic() + timeout * PATIENCE
+    while True:
+        found = ops.differences(mesh)
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def run_workload(mesh: Mesh, writes: int, keys: int = 50, skew_ms: int = 3000) -> Operations:
+    ops = Operations()
+    per_region = writes // len(mesh.regions)
+    apps = [
+        Application(mesh, region, ops, keys, skew_ms, seed=index)
+        for index, region in enumerate(mesh.regions)
+    ]
+    threads = [app.run(per_region) for app in apps]
+    for thread in threads:
+        thread.join(300)
+    assert not ops.errors, ops.errors
+    return ops
+
+
+def report(mesh: Mesh, ops: Operations, started: float, left: dict[str, list[str]]) -> None:
+    figures = {
+        "operations": dict(sorted(ops.count.items())),
+        "replicated": mesh.total("replicator_writes_total", outcome="applied"),
+        "unchanged": mesh.total("replicator_writes_total", outcome="unchanged"),
+        "conflicts lost": mesh.total("replicator_writes_total", outcome="conflict_lost"),
+        "echoes skipped": mesh.total("replicator_writes_total", outcome="loop_skipped"),
+        "written back": mesh.total("replicator_conflict_writebacks_total"),
+        "tombstones written": mesh.total("replicator_tombstones_written_total"),
+        "dead letters": mesh.total("replicator_dead_letters_total"),
+        "keys": len(ops.best),
+        "deleted keys": sum(1 for _, image in ops.best.values() if image is None),
+        "seconds": round(time.monotonic() - started, 1),
+        "keys still wrong": {region: len(keys) for region, keys in left.items()},
+    }
+    print(f"\n[active-active] {len(mesh.regions)} regions: {json.dumps(figures)}")
+
+
+def check_converged(mesh: Mesh, ops: Operations, started: float) -> None:
+    left = converge(ops, mesh, 90)
+    report(mesh, ops, started, left)
+    assert not left, {region: keys[:5] for region, keys in left.items()}
+    mesh.quiet()
+    assert mesh.total("replicator_dead_letters_total") == 0
+    # Bounded: at most one write-back per lost conflict (a corrected local write is
+    # counted as a conflict lost at the source and is its own write-back).
+    assert mesh.total("replicator_conflict_writebacks_total") <= mesh.total(
+        "replicator_writes_total", outcome="conflict_lost"
+    )
+    # Every lost conflict is in the conflict log, its write-back recorded with it.
+    entries = mesh.conflict_entries()
+    assert len(entries) == mesh.total("replicator_writes_total", outcome="conflict_lost")
+    assert sum(1 for e in entries if e["write_back"]) == mesh.total(
+        "replicator_conflict_writebacks_total"
+    )
