@@ -33,7 +33,13 @@ from prometheus_client.registry import Collector
 from replicator.aws import clients
 from replicator.aws.errors import ErrorKind, classify
 from replicator.config.model import InitialPosition, ResolvedJob, StreamKind
-from replicator.exceptions import EnvironmentProblem, LeaseHeld, OperatorError, ReplicatorError
+from replicator.exceptions import (
+    EnvironmentProblem,
+    LeaseHeld,
+    LeaseLost,
+    OperatorError,
+    ReplicatorError,
+)
 from replicator.metrics import multiprocess
 from replicator.metrics.server import MetricsServer
 from replicator.runtime import preflight, supervisor
@@ -206,7 +212,16 @@ class LocalRuntime:
                 f"{lease.owner}; the local runtime runs one worker per task name (use runtime: "
                 "kcl to share shards between hosts)"
             )
-        self.leases.take(lease)
+        try:
+            self.leases.take(lease)
+        except LeaseLost as error:
+            # Another worker took the lease between our read of it and our take: two
+            # workers started the task at once.
+            raise LeaseHeld(
+                f"shard {lease.shard_id} of task {self.resolved.task_name} was taken by "
+                f"another worker while this one started ({error}); the local runtime runs "
+                "one worker per task name (use runtime: kcl to share shards between hosts)"
+            ) from None
         settings = ShardSettings(
             stream_arn=self.stream_arn,
             max_records=self.job.kcl.max_records,

@@ -137,3 +137,31 @@ def test_a_second_worker_for_the_same_task_is_refused(job: Job, tmp_path: Path) 
         assert "Traceback" not in message
     finally:
         assert stop(runtime) == 0
+
+
+def test_a_lease_taken_by_another_worker_starting_at_the_same_time_is_exit_5(job: Job) -> None:
+    """Two hosts start one task at once: the other takes the lease between this worker's
+    read of it and its take. That is the task held elsewhere (exit 5, one line), not a
+    crash."""
+    from replicator.config import load_job
+    from replicator.exceptions import LeaseHeld
+    from replicator.runtime.local.runtime import LocalRuntime
+    from replicator.shards.leases import Lease, LeaseTable
+
+    runtime = LocalRuntime(load_job(job.path), worker_id="host-a")
+    other = LeaseTable(runtime.leases.client, runtime.leases.table, "host-b")
+    take = runtime.leases.take
+
+    def take_after_the_other_host(lease: Lease) -> Lease:
+        stored = other.get(lease.shard_id)
+        assert stored is not None
+        other.take(stored)  # host-b wins the race
+        return take(lease)
+
+    runtime.leases.take = take_after_the_other_host  # type: ignore[method-assign]
+    with pytest.raises(LeaseHeld) as held:
+        runtime.run()
+    assert held.value.exit_code == 5
+    assert "taken by another worker while this one started" in str(held.value)
+    (row,) = job.lease_rows()
+    assert row["leaseOwner"] == {"S": "host-b"}
