@@ -110,6 +110,9 @@ class LocalRuntime:
             raise EnvironmentProblem(
                 "the local runtime reads DynamoDB Streams; a kinesis source needs runtime: kcl"
             )
+        if self.stopping.is_set():
+            log.info("local runtime stopped before it started")
+            return 0
         info = preflight.check(self.resolved)
         self.stream_arn = info.stream_arn
         self._hold_host_lock()

@@ -165,3 +165,27 @@ def test_a_lease_taken_by_another_worker_starting_at_the_same_time_is_exit_5(job
     assert "taken by another worker while this one started" in str(held.value)
     (row,) = job.lease_rows()
     assert row["leaseOwner"] == {"S": "host-b"}
+
+
+def _catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (its SigCgt mask in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_while_run_is_still_starting_exits_0_without_a_traceback(
+    job: Job, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """The signal arrives as soon as the command holds it, while it is still importing
+    its modules and reading the job: exit 0, as a stop at any other time."""
+    log = tmp_path / f"early-{sig.name}.log"
+    runtime = job.start(log=log)
+    wait_until(lambda: _catches(runtime.pid, signal.SIGTERM), 10, "the stop signals held", 0.005)
+    runtime.send_signal(sig)
+    assert runtime.wait(60) == 0
+    output = log.read_text()
+    assert "Traceback" not in output and "Aborted" not in output
+    assert "stop requested" in output
