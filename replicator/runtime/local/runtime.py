@@ -51,6 +51,8 @@ from replicator.shards.stream import Shard, list_shards
 log = structlog.get_logger(__name__)
 
 SHARD_SYNC_INTERVAL_S = 10.0
+# A processor child that fails more often than this in 300 s stops the runtime.
+PROCESSOR_RESTART_LIMIT = 5
 # A shard sync that failed on a transient AWS error is tried again this much later.
 _HOUSEKEEPING_RETRY_S = 2.0
 
@@ -80,11 +82,13 @@ class LocalRuntime:
         *,
         worker_id: str | None = None,
         shard_sync_interval_s: float = SHARD_SYNC_INTERVAL_S,
+        restart_limit: int = PROCESSOR_RESTART_LIMIT,
     ) -> None:
         self.resolved = resolved
         self.job = resolved.job
         self.worker_id = worker_id or self.job.kcl.worker_id or socket.gethostname()
         self.shard_sync_interval_s = shard_sync_interval_s
+        self.restart_limit = restart_limit
         self.stopping = threading.Event()
         self.started = threading.Event()
         self.workers: dict[str, ShardWorker] = {}
@@ -230,6 +234,7 @@ class LocalRuntime:
             max_records=self.job.kcl.max_records,
             idle_s=self.job.kcl.idle_time_between_reads_ms / 1000,
             on_trimmed=self.job.source.on_trimmed_data,
+            restart_limit=self.restart_limit,
         )
         worker = ShardWorker(
             lease, self.leases, self._streams, settings, self._new_child, self.stopping
@@ -333,11 +338,15 @@ class LocalRuntime:
         problems = []
         if self.failure is not None:
             problems.append(f"stopped: {self.failure}")
+        now = time.time()
         for worker in list(self.workers.values()):
+            trouble = worker.trouble(now)
             if worker.error is not None:
                 problems.append(f"shard {worker.shard_id}: {worker.error}")
             elif not worker.is_alive() and not worker.progress.ended:
                 problems.append(f"shard {worker.shard_id}: worker not running")
+            elif trouble is not None:
+                problems.append(f"shard {worker.shard_id}: {trouble}")
         return problems
 
 

@@ -58,6 +58,11 @@ class ShardProgress:
     restarts: int = 0
     child_pid: int | None = None
     ended: bool = False
+    # Since when the current child has run (None between a failure and its restart), and
+    # the last failure: /healthz reports a shard whose processor is down or crash-looping.
+    child_up_since: float | None = None
+    failed_at: float | None = None
+    last_failure: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,9 @@ class ShardSettings:
     restart_limit: int = 5
     restart_window_s: float = 300.0
     shutdown_timeout_s: float = 25.0
+    # A restarted processor counts as recovered once it has checkpointed, or has run
+    # this long without failing (an idle stream gives it nothing to checkpoint).
+    recovered_after_s: float = 60.0
 
 
 class ShardWorker(threading.Thread):
@@ -99,6 +107,26 @@ class ShardWorker(threading.Thread):
     def shard_id(self) -> str:
         return self.lease.shard_id
 
+    def trouble(self, now: float) -> str | None:
+        """Why this shard is not being replicated now, if it is not: its processor failed
+        and is not running yet, or was restarted and has neither checkpointed nor run for
+        ``recovered_after_s`` since (crash-looping, as a deleted destination makes it)."""
+        progress = self.progress
+        if progress.failed_at is None or progress.ended:
+            return None
+        if progress.child_up_since is None:
+            return (
+                f"processor not running (restart {progress.restarts}); last failure: "
+                f"{progress.last_failure}"
+            )
+        checkpointed = (progress.last_checkpoint_at or 0.0) > progress.failed_at
+        if checkpointed or now - progress.child_up_since >= self.settings.recovered_after_s:
+            return None
+        return (
+            f"processor restarted {progress.restarts} times and not recovered; last "
+            f"failure: {progress.last_failure}"
+        )
+
     def run(self) -> None:
         try:
             self._run()
@@ -113,6 +141,10 @@ class ShardWorker(threading.Thread):
         finally:
             if self.child is not None:
                 self.child.kill()
+            if self.error is not None and not isinstance(self.error, LeaseLost):
+                # The child is gone and the checkpoint is the last one it stored: let
+                # another worker take the shard at once rather than after the failover.
+                self._release_lease()
 
     # -- main loop ------------------------------------------------------------------------
 
@@ -128,6 +160,7 @@ class ShardWorker(threading.Thread):
                 child.initialize(
                     self.shard_id, self.lease.checkpoint, self.lease.sub_sequence_number
                 )
+                self.progress.child_up_since = time.time()
                 if self._pump(child):
                     self.progress.ended = True
                     child.close()
@@ -143,7 +176,19 @@ class ShardWorker(threading.Thread):
                 while failures and now - failures[0] > self.settings.restart_window_s:
                     failures.popleft()
                 self.progress.restarts += 1
+                self.progress.child_up_since = None
+                self.progress.failed_at = time.time()
+                self.progress.last_failure = str(error)
                 if len(failures) > self.settings.restart_limit:
+                    if error.exit_code == EnvironmentProblem.exit_code and error.reason:
+                        # A destination refusing every write: one line and exit 3, as a
+                        # missing destination table is at start-up.
+                        raise EnvironmentProblem(
+                            f"{error.reason} (shard {self.shard_id}: the processor stopped "
+                            f"on this {len(failures)} times in "
+                            f"{self.settings.restart_window_s:.0f}s; nothing was checkpointed "
+                            "past the changes it could not write)"
+                        ) from None
                     raise ChildKeepsFailing(
                         f"shard {self.shard_id}: the processor failed {len(failures)} times in "
                         f"{self.settings.restart_window_s:.0f}s; last: {error}"

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import signal
+import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from replicator.demo.workload import Workload, demo_item
-from tests.support.e2e import Job, children_of, stop, wait_until
+from tests.support.e2e import PATIENCE, Job, children_of, stop, wait_until
 
 
 @pytest.fixture
@@ -189,3 +194,68 @@ def test_a_stop_signal_while_run_is_still_starting_exits_0_without_a_traceback(
     output = log.read_text()
     assert "Traceback" not in output and "Aborted" not in output
     assert "stop requested" in output
+
+
+def _health(port: int) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_a_destination_deleted_while_running_is_unhealthy_then_exit_3_and_the_lease_freed(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """The processor stops on the refusals and is restarted; /healthz answers 503 while
+    it is down or crash-looping (its own gauges are gone with it), and when it keeps
+    failing the runtime ends as a missing destination does at start-up: exit 3, one line
+    naming the destination and the error, the lease given up."""
+    from replicator.config import load_job
+    from replicator.exceptions import EnvironmentProblem
+    from replicator.runtime.local.runtime import LocalRuntime
+
+    name = unique("gone")
+    job = Job(moto_endpoint, name, tmp_path, destinations=[("eu-west-1", f"{name}-eu")])
+    fast_retries = "writer: {max_in_flight: 16, retry: {base_delay_ms: 1, max_delay_ms: 20}}"
+    job.path.write_text(job.path.read_text().replace("writer: {max_in_flight: 16}", fast_retries))
+    runtime = LocalRuntime(load_job(job.path), restart_limit=1)
+    outcome: list[BaseException | int] = []
+
+    def run() -> None:
+        try:
+            outcome.append(runtime.run())
+        except BaseException as error:  # the test looks at it
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    wait_until(lambda: any(p.child_up_since for p in runtime.progress()), 30, "a running processor")
+    assert runtime.metrics_port is not None
+    assert _health(runtime.metrics_port)[0] == 200
+    ((ddb, table),) = job.destination_clients()
+    ddb.delete_table(TableName=table)
+    job.source.put_item(TableName=job.source_table, Item={"pk": {"S": "a"}, "sk": {"N": "1"}})
+    answers: list[tuple[int, dict[str, Any]]] = []
+
+    def unhealthy() -> bool:
+        if not thread.is_alive():
+            return True
+        with contextlib.suppress(OSError):
+            answers.append(_health(runtime.metrics_port or 0))
+        return bool(answers) and answers[-1][0] == 503
+
+    wait_until(unhealthy, 60, "/healthz to report the failing processor", interval=0.05)
+    thread.join(60 * PATIENCE)
+    unhealthy_answers = [body for status, body in answers if status == 503]
+    assert unhealthy_answers, answers
+    assert "processor" in unhealthy_answers[0]["reasons"][0]
+    assert "ResourceNotFoundException" in unhealthy_answers[0]["reasons"][0]
+    (error,) = outcome
+    assert isinstance(error, EnvironmentProblem) and error.exit_code == 3
+    message = str(error)
+    assert f"destination eu-west-1/{table}" in message and "ResourceNotFoundException" in message
+    assert "\n" not in message
+    (row,) = job.lease_rows()
+    assert "leaseOwner" not in row  # given up: another worker may start at once
+    assert not row["checkpoint"]["S"].isdigit()  # never past the change it could not write

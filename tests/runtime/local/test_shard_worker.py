@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -79,11 +80,16 @@ class StandInChild:
     """Acts as a processor child: checkpoints every batch it is given."""
 
     def __init__(
-        self, on_checkpoint: Callable[[str | None, int | None], str | None], fail: bool = False
+        self,
+        on_checkpoint: Callable[[str | None, int | None], str | None],
+        fail: bool = False,
+        reason: tuple[str, int] | None = None,
     ) -> None:
-        """``fail``: die during initialize, as a processor that cannot start does."""
+        """``fail``: die during initialize, as a processor that cannot start does, saying
+        ``reason`` (its words and exit code) if given."""
         self.on_checkpoint = on_checkpoint
         self.fail = fail
+        self.reason = reason
         self.pid = 4242
         self.batches: list[list[dict[str, Any]]] = []
 
@@ -92,7 +98,12 @@ class StandInChild:
 
     def initialize(self, shard_id: str, sequence_number: str | None, sub: int | None) -> None:
         if self.fail:
-            raise ChildFailed("stand-in child exited with status 1 during initialize")
+            said, code = self.reason or (None, None)
+            raise ChildFailed(
+                "stand-in child exited with status 1 during initialize",
+                reason=said,
+                exit_code=code,
+            )
 
     def process_records(self, records: list[dict[str, Any]], millis_behind: int) -> None:
         self.batches.append(records)
@@ -148,6 +159,7 @@ def run_worker(
     script: list[Any],
     on_trimmed: OnTrimmedData = OnTrimmedData.FAIL,
     fail: bool | int = False,
+    reason: tuple[str, int] | None = None,
 ) -> tuple[ShardWorker, ScriptedStream, list[StandInChild]]:
     """``fail``: True makes every child fail, a number makes that many children fail."""
     created = leases.create("shard-1", "TRIM_HORIZON", [])
@@ -159,7 +171,7 @@ def run_worker(
 
     def new_child(shard_id: str, on_checkpoint: Any) -> Any:
         failing = fail is True or (fail is not False and len(children) < fail)
-        children.append(StandInChild(on_checkpoint, fail=failing))
+        children.append(StandInChild(on_checkpoint, fail=failing, reason=reason))
         return children[-1]
 
     settings = ShardSettings("arn", 100, 0.0, on_trimmed, restart_limit=2, restart_window_s=60)
@@ -214,6 +226,32 @@ def test_a_child_that_keeps_failing_stops_the_shard(leases: LeaseTable) -> None:
     worker, _, children = run_worker(leases, [], fail=True)
     assert isinstance(worker.error, ChildKeepsFailing)
     assert len(children) == 3  # the first start and two restarts
+
+
+def test_a_child_that_keeps_failing_on_a_destination_fault_is_exit_3_and_frees_the_lease(
+    leases: LeaseTable,
+) -> None:
+    said = "destination eu (eu-west-1/orders) refused 20 writes in a row: ResourceNotFound"
+    worker, _, children = run_worker(leases, [], fail=True, reason=(said, 3))
+    assert isinstance(worker.error, EnvironmentProblem) and worker.error.exit_code == 3
+    assert str(worker.error).startswith(said + " (shard shard-1: the processor stopped")
+    assert len(children) == 3
+    stored = leases.get("shard-1")
+    assert stored is not None and stored.owner is None
+
+
+def test_a_restarted_child_is_reported_until_it_checkpoints(leases: LeaseTable) -> None:
+    script = [{"Records": [record(1)], "NextShardIterator": "x"}]
+    worker, _, _ = run_worker(leases, script, fail=1)
+    assert worker.error is None and worker.progress.restarts == 1
+    # The second child checkpointed record 1 after the first one failed: recovered.
+    assert worker.trouble(time.time()) is None
+    worker.progress.last_checkpoint_at = None  # as if it had not
+    trouble = worker.trouble(time.time())
+    assert trouble is not None and "restarted 1 times and not recovered" in trouble
+    assert "during initialize" in trouble
+    worker.progress.child_up_since = None  # and as if it were not running yet
+    assert "processor not running" in (worker.trouble(time.time()) or "")
 
 
 def test_a_stream_that_refuses_access_stops_the_shard_as_an_environment_problem(
