@@ -239,6 +239,9 @@ class LocalRuntime:
         worker = ShardWorker(
             lease, self.leases, self._streams, settings, self._new_child, self.stopping
         )
+        # Before "shard started": a change made after that line is read, whatever the
+        # child's start-up takes.
+        worker.pin_latest()
         self.workers[lease.shard_id] = worker
         log.info("shard started", shard=lease.shard_id, checkpoint=lease.checkpoint)
         worker.start()

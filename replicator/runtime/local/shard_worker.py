@@ -100,12 +100,30 @@ class ShardWorker(threading.Thread):
         self.error: BaseException | None = None
         self.child: ProcessorChild | None = None
         self._last_delivered: str | None = None
+        # While the lease's checkpoint is LATEST (nothing checkpointed yet), that position
+        # is pinned once, for as long as this worker runs: the iterator taken when the
+        # shard started, moved on by every empty read, and once records arrived the first
+        # of them. A restarted child, or a refreshed iterator, reads from there rather
+        # than from a new LATEST, which would skip what was written in between.
+        self._latest_iterator: str | None = None
+        self._first_delivered: str | None = None
         self._shard_ending = False
         self._backoff = Backoff(0.2, 10.0)
 
     @property
     def shard_id(self) -> str:
         return self.lease.shard_id
+
+    def pin_latest(self) -> None:
+        """Take the shard's LATEST iterator now, if that is where it starts, so that every
+        change made from now on is read. One attempt: an error is the caller's (the
+        runtime tries the shard again on a later sync)."""
+        if self.lease.checkpoint == LATEST and self._latest_iterator is None:
+            self._latest_iterator = self.streams.get_shard_iterator(
+                StreamArn=self.settings.stream_arn,
+                ShardId=self.shard_id,
+                ShardIteratorType="LATEST",
+            )["ShardIterator"]
 
     def trouble(self, now: float) -> str | None:
         """Why this shard is not being replicated now, if it is not: its processor failed
@@ -208,7 +226,7 @@ class ShardWorker(threading.Thread):
 
     def _pump(self, child: ProcessorChild) -> bool:
         """Feed the child until the shard ends (True) or the runtime stops (False)."""
-        iterator = self._iterator(self.lease.checkpoint)
+        iterator = self._resume_iterator()
         attempt = 0
         while not self.stopping.is_set():
             try:
@@ -218,7 +236,15 @@ class ShardWorker(threading.Thread):
             except (ClientError, BotoCoreError) as error:
                 code = error_code(error)
                 if code == "ExpiredIteratorException":
-                    iterator = self._iterator(self._last_delivered or self.lease.checkpoint)
+                    if self._reading_pinned_latest():
+                        log.warning(
+                            "the shard's LATEST position, held since it started, expired "
+                            "before any record arrived; reading on from the stream's tip: "
+                            "changes made in between may not be replicated",
+                            shard=self.shard_id,
+                        )
+                        self._latest_iterator = self._iterator(LATEST)
+                    iterator = self._resume_iterator()
                     continue
                 if code == "TrimmedDataAccessException":
                     iterator = self._trimmed(self._last_delivered or self.lease.checkpoint)
@@ -228,7 +254,7 @@ class ShardWorker(threading.Thread):
                 if attempt % 3 == 0:
                     # An iterator can go bad in ways the service reports only as a 500;
                     # a fresh one from the last record delivered is always safe.
-                    iterator = self._iterator(self._last_delivered or self.lease.checkpoint)
+                    iterator = self._resume_iterator()
                 continue
             attempt = 0
             records = response.get("Records", [])
@@ -237,6 +263,8 @@ class ShardWorker(threading.Thread):
             if records:
                 millis_behind = max(0, int(time.time() * 1000) - created_ms_of(records[-1]))
                 self._last_delivered = batch[-1]["sequenceNumber"]
+                if self.lease.checkpoint == LATEST and self._first_delivered is None:
+                    self._first_delivered = batch[0]["sequenceNumber"]
             child.process_records(batch, millis_behind)
             if batch:
                 self.progress.records_delivered += len(batch)
@@ -252,6 +280,8 @@ class ShardWorker(threading.Thread):
                     )
                 return True
             iterator = next_iterator
+            if self._reading_pinned_latest():
+                self._latest_iterator = iterator  # kept fresh: iterators live 15 minutes
             if not records:
                 self.stopping.wait(self.settings.idle_s)
         return False
@@ -303,14 +333,36 @@ class ShardWorker(threading.Thread):
 
     # -- iterators ------------------------------------------------------------------------
 
-    def _iterator(self, position: str) -> str:
+    def _reading_pinned_latest(self) -> bool:
+        """Whether the shard still starts at its pinned LATEST and no record has come."""
+        return (
+            self.lease.checkpoint == LATEST
+            and self._first_delivered is None
+            and self._last_delivered is None
+        )
+
+    def _resume_iterator(self) -> str:
+        """Where reading goes on: after the last record this child was given, else from
+        the lease's checkpoint; a LATEST checkpoint is the position pinned for it."""
+        if self._last_delivered is not None:
+            return self._iterator(self._last_delivered)
+        if self.lease.checkpoint != LATEST:
+            return self._iterator(self.lease.checkpoint)
+        if self._first_delivered is not None:
+            return self._iterator(self._first_delivered, at=True)
+        if self._latest_iterator is None:
+            self._latest_iterator = self._iterator(LATEST)
+        return self._latest_iterator
+
+    def _iterator(self, position: str, at: bool = False) -> str:
+        """An iterator at TRIM_HORIZON or LATEST, or after (``at``: at) a sequence number."""
         kwargs: dict[str, Any] = {"StreamArn": self.settings.stream_arn, "ShardId": self.shard_id}
         if position in (TRIM_HORIZON, LATEST):
             kwargs["ShardIteratorType"] = position
         elif position in SENTINELS:
             raise ChildFailed(f"shard {self.shard_id}: cannot read from {position}")
         else:
-            kwargs["ShardIteratorType"] = "AFTER_SEQUENCE_NUMBER"
+            kwargs["ShardIteratorType"] = "AT_SEQUENCE_NUMBER" if at else "AFTER_SEQUENCE_NUMBER"
             kwargs["SequenceNumber"] = position
         attempt = 0
         while True:

@@ -259,3 +259,44 @@ def test_a_destination_deleted_while_running_is_unhealthy_then_exit_3_and_the_le
     (row,) = job.lease_rows()
     assert "leaseOwner" not in row  # given up: another worker may start at once
     assert not row["checkpoint"]["S"].isdigit()  # never past the change it could not write
+
+
+def test_latest_kill_9_of_the_processor_before_the_first_record_loses_nothing(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """initial_position LATEST: the position is pinned when the shard starts, so a change
+    made as soon as the log says "shard started" is read, and so are changes made while
+    a killed processor is started again (not a new LATEST after them)."""
+    name = unique("latest")
+    job = Job(
+        moto_endpoint,
+        name,
+        tmp_path,
+        destinations=[("eu-west-1", f"{name}-eu")],
+        kcl="{idle_time_between_reads_ms: 100, failover_time_ms: 6000, initial_position: LATEST}",
+    )
+    job.source.put_item(  # before the job: not replicated under LATEST
+        TableName=job.source_table, Item={"pk": {"S": "before"}, "sk": {"N": "0"}}
+    )
+    log = tmp_path / "runtime.log"
+    runtime = job.start(log=log)
+    try:
+        wait_until(lambda: "shard started" in log.read_text(), 30, "the shard to start")
+        child = wait_until(lambda: children_of(runtime.pid), 30, "a processor child")[0]
+        os.kill(child, signal.SIGKILL)
+        for index in range(3):  # while the processor is started again
+            job.source.put_item(
+                TableName=job.source_table, Item={"pk": {"S": f"k{index}"}, "sk": {"N": "1"}}
+            )
+        ((ddb, table),) = job.destination_clients()
+
+        def replicated() -> list[str]:
+            return sorted(item["pk"]["S"] for item in ddb.scan(TableName=table)["Items"])
+
+        wait_until(lambda: replicated() == ["k0", "k1", "k2"], 60, "the changes to arrive")
+        assert runtime.poll() is None
+    finally:
+        assert stop(runtime) == 0
+    assert "restarting from the checkpoint" in log.read_text()
+    (row,) = job.lease_rows()
+    assert row["checkpoint"]["S"] == job.last_stream_sequence()

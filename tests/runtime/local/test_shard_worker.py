@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import structlog.testing
 from botocore.exceptions import ClientError
 
 from replicator.config.model import OnTrimmedData
@@ -61,12 +62,14 @@ class ScriptedStream:
         self.script = script
         self.stop = stop
         self.iterator_requests: list[tuple[str, str | None]] = []
+        self.reads: list[str] = []  # the iterator of each GetRecords
 
     def get_shard_iterator(self, **kwargs: Any) -> dict[str, str]:
         self.iterator_requests.append((kwargs["ShardIteratorType"], kwargs.get("SequenceNumber")))
         return {"ShardIterator": f"it-{len(self.iterator_requests)}"}
 
     def get_records(self, **kwargs: Any) -> dict[str, Any]:
+        self.reads.append(kwargs["ShardIterator"])
         if not self.script:
             self.stop.set()
             return {"Records": [], "NextShardIterator": "idle"}
@@ -160,9 +163,11 @@ def run_worker(
     on_trimmed: OnTrimmedData = OnTrimmedData.FAIL,
     fail: bool | int = False,
     reason: tuple[str, int] | None = None,
+    position: str = "TRIM_HORIZON",
 ) -> tuple[ShardWorker, ScriptedStream, list[StandInChild]]:
-    """``fail``: True makes every child fail, a number makes that many children fail."""
-    created = leases.create("shard-1", "TRIM_HORIZON", [])
+    """``fail``: True makes every child fail, a number makes that many children fail.
+    ``position``: the lease's checkpoint; LATEST is pinned first, as the runtime does."""
+    created = leases.create("shard-1", position, [])
     assert created is not None
     lease = leases.take(created)
     stop = threading.Event()
@@ -176,6 +181,7 @@ def run_worker(
 
     settings = ShardSettings("arn", 100, 0.0, on_trimmed, restart_limit=2, restart_window_s=60)
     worker = ShardWorker(lease, leases, stream, settings, new_child, stop)
+    worker.pin_latest()
     worker.run()
     return worker, stream, children
 
@@ -297,3 +303,32 @@ def test_a_child_that_exits_leaves_its_reason_in_the_runtimes_error() -> None:
     message = str(failed.value)
     assert "refused 20 writes in a row: ResourceNotFoundException" in message
     assert "during initialize" in message or "cannot send initialize" in message
+
+
+def test_latest_is_pinned_once_a_restarted_child_reads_on_from_it(leases: LeaseTable) -> None:
+    """Nothing checkpointed yet: the restarted child reads from where the first one was
+    (the pinned iterator, moved on by empty reads), never from a new LATEST."""
+    script = [
+        {"Records": [], "NextShardIterator": "after-empty"},
+        {"Records": [record(7)], "NextShardIterator": "after-7"},
+    ]
+    worker, stream, children = run_worker(leases, script, fail=1, position="LATEST")
+    assert worker.error is None and len(children) == 2
+    assert stream.iterator_requests == [("LATEST", None)]  # the pin, before any child
+    assert stream.reads[:2] == ["it-1", "after-empty"]
+    assert leases.get("shard-1").checkpoint == "7"  # type: ignore[union-attr]
+
+
+def test_latest_is_pinned_across_refreshes_after_failed_reads(leases: LeaseTable) -> None:
+    errors = [error("InternalServerError") for _ in range(3)]
+    script = [*errors, error("ExpiredIteratorException"), {"Records": [record(3)]}]
+    script[-1]["NextShardIterator"] = "x"
+    with structlog.testing.capture_logs() as logged:
+        worker, stream, _ = run_worker(leases, script, position="LATEST")
+    assert worker.error is None
+    # The pinned iterator expired with nothing read: a new LATEST, said in a warning.
+    assert stream.iterator_requests == [("LATEST", None), ("LATEST", None)]
+    (expired,) = [line for line in logged if "expired before any record" in line["event"]]
+    assert expired["log_level"] == "warning"
+    assert stream.reads[:4] == ["it-1"] * 4  # refreshed after 3 failures: the same position
+    assert leases.get("shard-1").checkpoint == "3"  # type: ignore[union-attr]
