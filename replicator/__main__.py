@@ -1,6 +1,6 @@
 """``python -m replicator``: the same CLI as the ``replicator`` command."""
 
-from replicator.cli import main
+from replicator.entry import main
 
 if __name__ == "__main__":
     main()

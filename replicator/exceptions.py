@@ -161,7 +161,15 @@ class StatusTableSilent(ReplicatorError):
 
 class ChildFailed(ReplicatorError):
     """A processor child exited, closed its output, broke the protocol, or did not answer
-    in time."""
+    in time. ``reason``: what the child said before it exited; ``exit_code``: the CLI's
+    code for that reason, when the child gave one."""
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, exit_code: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.exit_code = exit_code
 
 
 class ChildKeepsFailing(ReplicatorError):

@@ -4,23 +4,57 @@ A processor that stops on an error no retry fixes (a destination refusing every 
 logs it and exits; the local runtime only sees a closed pipe or an exit status. The
 runtime names a file in ``REPLICATOR_LAST_WORDS`` for each child it starts, the child
 writes its reason there before it exits, and the runtime's error for a processor that
-keeps failing gives that reason. Both sides import only this module.
+keeps failing gives that reason. With the reason goes the exit code the CLI gives such a
+failure (3 for a destination not as the job says), when the child knows it: the runtime
+ends with that code if the processor keeps failing so. Both sides import only this
+module.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+from pathlib import Path
 
 ENV = "REPLICATOR_LAST_WORDS"
 
+_lock = threading.Lock()
+_left: list[str] = []
 
-def leave(reason: str) -> None:
-    """Write ``reason`` where the runtime asked (nothing when it did not ask)."""
+
+def leave(reason: str, exit_code: int | None = None) -> None:
+    """Write ``reason`` (and the CLI's ``exit_code`` for it) where the runtime asked
+    (nothing when it did not ask)."""
     path = os.environ.get(ENV)
     if not path:
         return
+    # Several writer threads may fail at once, each about to end the process: the first
+    # one's words are kept whole (written aside, then renamed into place), and the others
+    # wait for them rather than cut them short.
+    with _lock:
+        if _left:
+            return
+        _left.append(reason)
+        try:
+            with open(path + ".tmp", "w", encoding="utf-8") as file:
+                file.write(json.dumps({"reason": reason[:2000], "exit_code": exit_code}))
+            os.replace(path + ".tmp", path)
+        except OSError:
+            pass  # only an explanation: the exit itself must happen
+
+
+def read(path: Path) -> tuple[str, int | None]:
+    """What a child left at ``path``: its reason ("" when none) and exit code."""
     try:
-        with open(path, "w", encoding="utf-8") as file:
-            file.write(reason[:2000])
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
     except OSError:
-        pass  # only an explanation: the exit itself must happen
+        return "", None
+    try:
+        said = json.loads(text)
+    except json.JSONDecodeError:
+        return text, None
+    if not isinstance(said, dict):
+        return text, None
+    code = said.get("exit_code")
+    return str(said.get("reason", "")).strip(), code if isinstance(code, int) else None

@@ -32,7 +32,7 @@ import structlog
 
 from replicator import lastwords, logs
 from replicator.checkpoint import Checkpoints
-from replicator.exceptions import LeaseLost
+from replicator.exceptions import DestinationRefused, EnvironmentProblem, LeaseLost
 from replicator.intake import ShardIntake
 from replicator.metrics import Metrics
 
@@ -215,7 +215,10 @@ class ReplicationProcessor:
 def on_writer_failure(error: BaseException) -> None:
     """A writer thread hit an error no retry fixes: end the process now, checkpoint untouched."""
     log.error("stopping: a destination cannot be written", error=str(error))
-    lastwords.leave(str(error))
+    # A destination that refuses every write is not as the job says: exit 3 in the CLI's
+    # terms, should the runtime give up on this processor.
+    exit_code = EnvironmentProblem.exit_code if isinstance(error, DestinationRefused) else None
+    lastwords.leave(str(error), exit_code)
     _hard_exit(1)
 
 

@@ -72,7 +72,7 @@ class Metrics:
         self.retries = Counter(
             "replicator_retries",
             "Write attempts retried, by reason (throttled, server_error, network, "
-            "access_denied, not_found, optimistic_conflict).",
+            "access_denied, not_found, key_schema, optimistic_conflict).",
             ["destination", "reason"],
             registry=r,
         )

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from prometheus_client.registry import Collector
 
-from replicator import logs
+from replicator import entry, logs
 from replicator.config.model import ResolvedJob
 from replicator.metrics import multiprocess
 from replicator.metrics.server import MetricsServer
@@ -86,7 +86,8 @@ def metrics_served(
 @contextlib.contextmanager
 def stop_signals(stop: Callable[[], None]) -> Iterator[None]:
     """SIGTERM and SIGINT ask ``stop`` for a clean stop; the previous handlers are back
-    afterwards."""
+    afterwards. A signal held since the command started (:mod:`replicator.entry`) asks
+    at once."""
     previous: dict[signal.Signals, Any] = {
         sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)
     }
@@ -97,6 +98,10 @@ def stop_signals(stop: Callable[[], None]) -> Iterator[None]:
 
     for sig in previous:
         signal.signal(sig, on_signal)
+    held = entry.take_held_signal()
+    if held is not None:  # it came while the command was starting
+        log.info("stop requested", signal=held.name, during="start-up")
+        stop()
     try:
         yield
     finally:

@@ -218,6 +218,7 @@ class DestinationWriter:
         attempt = 0
         denials = 0
         successes_at_first_denial: int | None = None
+        schema_refusals = 0
         while True:
             if self.cancelled.is_set():
                 raise WriteCancelled(f"write to {self.label} cancelled")
@@ -227,7 +228,21 @@ class DestinationWriter:
                 return WriteResult(Outcome.FAILED, error.reason, str(error))
             except (ClientError, BotoCoreError) as error:
                 kind = classify(error)
-                if kind is ErrorKind.REJECTED:
+                if kind is ErrorKind.REJECTED and key_schema_differs(error):
+                    # Not this change's fault: the table's key is not the source's (it was
+                    # re-created with another one). Retried like a missing table, never
+                    # dead-lettered; persisting, it stops the worker.
+                    streak, _ = self._note_refusal()
+                    schema_refusals += 1
+                    if max(streak, schema_refusals) >= self.refusal_limit:
+                        raise DestinationRefused(
+                            f"destination {self.label} ({self.region}/{self.table}) refused "
+                            f"{max(streak, schema_refusals)} writes in a row: "
+                            f"{_describe(error)}. Its key schema is not the source table's "
+                            "(was it re-created?); nothing was dead-lettered and the "
+                            "checkpoint has not passed these changes"
+                        ) from error
+                elif kind is ErrorKind.REJECTED:
                     return WriteResult(Outcome.FAILED, "rejected", _describe(error))
                 if kind is ErrorKind.AUTH:
                     streak, _ = self._note_refusal()
@@ -239,7 +254,7 @@ class DestinationWriter:
                             "credentials the worker runs with; nothing was dead-lettered and "
                             "the checkpoint has not passed these changes"
                         ) from error
-                if kind in (ErrorKind.DENIED, ErrorKind.NOT_FOUND):
+                elif kind in (ErrorKind.DENIED, ErrorKind.NOT_FOUND):
                     streak, successes = self._note_refusal()
                     if streak >= self.refusal_limit:
                         raise DestinationRefused(
@@ -255,7 +270,9 @@ class DestinationWriter:
                     ):
                         return WriteResult(Outcome.FAILED, "access_denied", _describe(error))
                 reason = _RETRY_REASON.get(kind, "server_error")
-                if error_code(error) in CLOCK_SKEW:
+                if kind is ErrorKind.REJECTED:  # only a key schema not the source's is retried
+                    reason = "key_schema"
+                elif error_code(error) in CLOCK_SKEW:
                     reason = "clock_skew"
                 elif isinstance(error, BotoCoreError) and kind is not ErrorKind.AUTH:
                     reason = "network"
@@ -515,6 +532,24 @@ class DestinationWriter:
         with self._lock:
             self._refusal_streak += 1
             return self._refusal_streak, self._successes
+
+
+# DynamoDB's answers to a write whose item or key lacks, or mistypes, an attribute of
+# the table's key. The replicator always writes the source's key with the source's
+# types, so at a destination these mean the table's key schema is not the source's.
+_KEY_SCHEMA_MESSAGES = (
+    "Missing the key ",
+    "The provided key element does not match the schema",
+)
+
+
+def key_schema_differs(error: BaseException) -> bool:
+    """Whether ``error`` is a ValidationException that says the table's key is not the
+    one the written item or key carries."""
+    if not isinstance(error, ClientError) or error_code(error) != "ValidationException":
+        return False
+    message = str(error.response.get("Error", {}).get("Message", ""))
+    return any(text in message for text in _KEY_SCHEMA_MESSAGES)
 
 
 def _answer_of(first: FirstAnswer) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from replicator.exceptions import DestinationRefused
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.rules import IN_STREAM_ORDER, rule_for
-from replicator.writers.destination import DestinationWriter, Outcome
+from replicator.writers.destination import DestinationWriter, Outcome, key_schema_differs
 from replicator.writers.wire import WireWriteClient
 from tests.support.aws import client, create_table
 from tests.support.faults.proxy import FaultProxy
@@ -423,3 +423,55 @@ def test_a_session_token_quoted_by_an_error_is_never_logged(
     assert '"logger": "botocore.test"' in text and "token <redacted>" in text
     assert "X-Amz-Security-Token': '<redacted>" in text
     assert '"logger": "botocore.credentials"' in text and "Traceback" not in text
+
+
+# -- a destination whose key schema is not the source's ---------------------------------------
+
+
+def test_only_the_answers_that_name_the_tables_key_mean_another_key_schema() -> None:
+    missing = "One or more parameter values were invalid: Missing the key id in the item"
+    mismatch = "The provided key element does not match the schema"
+    assert key_schema_differs(client_error("ValidationException", missing))
+    assert key_schema_differs(client_error("ValidationException", mismatch))
+    for other in (
+        "One or more parameter values were invalid: Type mismatch for key pk expected: S actual: N",
+        "Item size has exceeded the maximum allowed size",
+        "One or more parameter values were invalid: Type mismatch for Index Key email "
+        "Expected: S Actual: NULL IndexName: by-email",
+    ):
+        assert not key_schema_differs(client_error("ValidationException", other))
+        assert classify(client_error("ValidationException", other)) is ErrorKind.REJECTED
+    assert not key_schema_differs(client_error("ConditionalCheckFailedException", missing))
+    # The generic classification is unchanged; the writers decide what the answer means.
+    assert classify(client_error("ValidationException", missing)) is ErrorKind.REJECTED
+
+
+@pytest.mark.parametrize(
+    ("conflict", "change"),
+    [
+        ({"policy": "overwrite"}, put("a", 1)),
+        ({"policy": "overwrite"}, remove("a", 1)),
+        (LWW, put("a", 1, ts=5)),  # reads the destination's item first
+    ],
+)
+def test_a_destination_re_created_with_another_key_stops_the_worker_nothing_dead_lettered(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, conflict: Any, change: Any
+) -> None:
+    ddb = client("dynamodb", REGION, moto_endpoint)
+    table = unique("rekeyed")
+    ddb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    writer = writer_for(ddb, tmp_path, metrics, table, **conflict)
+    writer.refusal_limit = 3
+    target = FileDeadLetters(tmp_path / "dead.jsonl")
+    letters = DeadLetterer(target, metrics, "task", "shard-1")
+    with pytest.raises(DestinationRefused, match="key schema is not the source table's") as refused:
+        letters.write(writer, decode(change))
+    assert "ValidationException" in str(refused.value)
+    assert target.letters() == []
+    assert sample(metrics, "replicator_retries_total", destination="dest", reason="key_schema") == 2
+    assert ddb.scan(TableName=table)["Items"] == []

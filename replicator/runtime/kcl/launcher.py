@@ -143,6 +143,10 @@ class DaemonProcess:
         """What ``/healthz`` reports about the daemon."""
         return [] if self.running() else ["the daemon is not running"]
 
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requests > 0
+
     def request_stop(self) -> None:
         """Called from a signal handler: only counts; the wait loop acts on it."""
         self._stop_requests += 1
@@ -332,6 +336,9 @@ def run_kcl(
             daemon = DaemonProcess(prepared.argv, env, grace_s=shutdown_grace_ms(job) / 1000)
             try:
                 with supervisor.stop_signals(daemon.request_stop):
+                    if daemon.stop_requested:
+                        log.info("KCL runtime stopped before it started")
+                        return 0
                     daemon.start()
                     served.start()
                     log.info(

@@ -119,7 +119,7 @@ class ProcessorChild:
             process.stdin.write(json.dumps(message, separators=(",", ":")) + "\n")
             process.stdin.flush()
         except (BrokenPipeError, OSError) as error:
-            raise ChildFailed(self._why(f"cannot send {action}: {error}")) from None
+            raise self._failed(f"cannot send {action}: {error}") from None
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             reply = self._next_message(action, deadline)
@@ -148,7 +148,7 @@ class ProcessorChild:
                 raise ChildFailed(f"{self.name}: no answer to {action} in time") from None
             if line is _EOF:
                 code = self._require().wait()
-                raise ChildFailed(self._why(f"exited with status {code} during {action}"))
+                raise self._failed(f"exited with status {code} during {action}")
             assert isinstance(line, str)
             text = line.strip()
             if not text:
@@ -212,14 +212,14 @@ class ProcessorChild:
     def poll(self) -> int | None:
         return self._require().poll()
 
-    def _why(self, what: str) -> str:
-        """``what`` the runtime saw of a failed child, and the reason the child gave."""
-        said = ""
+    def _failed(self, what: str) -> ChildFailed:
+        """``what`` the runtime saw of a failed child, with the reason the child gave."""
+        said, exit_code = "", None
         path = self._last_words  # kill() on another thread may let go of it meanwhile
         if path is not None:
-            with contextlib.suppress(OSError):
-                said = path.read_text(encoding="utf-8", errors="replace").strip()
-        return f"{self.name}: {said} ({what})" if said else f"{self.name}: {what}"
+            said, exit_code = lastwords.read(path)
+        message = f"{self.name}: {said} ({what})" if said else f"{self.name}: {what}"
+        return ChildFailed(message, reason=said or None, exit_code=exit_code)
 
     def _forget_last_words(self) -> None:
         path, self._last_words = self._last_words, None

@@ -33,7 +33,13 @@ from prometheus_client.registry import Collector
 from replicator.aws import clients
 from replicator.aws.errors import ErrorKind, classify
 from replicator.config.model import InitialPosition, ResolvedJob, StreamKind
-from replicator.exceptions import EnvironmentProblem, LeaseHeld, OperatorError, ReplicatorError
+from replicator.exceptions import (
+    EnvironmentProblem,
+    LeaseHeld,
+    LeaseLost,
+    OperatorError,
+    ReplicatorError,
+)
 from replicator.metrics import multiprocess
 from replicator.metrics.server import MetricsServer
 from replicator.runtime import preflight, supervisor
@@ -45,6 +51,8 @@ from replicator.shards.stream import Shard, list_shards
 log = structlog.get_logger(__name__)
 
 SHARD_SYNC_INTERVAL_S = 10.0
+# A processor child that fails more often than this in 300 s stops the runtime.
+PROCESSOR_RESTART_LIMIT = 5
 # A shard sync that failed on a transient AWS error is tried again this much later.
 _HOUSEKEEPING_RETRY_S = 2.0
 
@@ -74,11 +82,13 @@ class LocalRuntime:
         *,
         worker_id: str | None = None,
         shard_sync_interval_s: float = SHARD_SYNC_INTERVAL_S,
+        restart_limit: int = PROCESSOR_RESTART_LIMIT,
     ) -> None:
         self.resolved = resolved
         self.job = resolved.job
         self.worker_id = worker_id or self.job.kcl.worker_id or socket.gethostname()
         self.shard_sync_interval_s = shard_sync_interval_s
+        self.restart_limit = restart_limit
         self.stopping = threading.Event()
         self.started = threading.Event()
         self.workers: dict[str, ShardWorker] = {}
@@ -104,6 +114,9 @@ class LocalRuntime:
             raise EnvironmentProblem(
                 "the local runtime reads DynamoDB Streams; a kinesis source needs runtime: kcl"
             )
+        if self.stopping.is_set():
+            log.info("local runtime stopped before it started")
+            return 0
         info = preflight.check(self.resolved)
         self.stream_arn = info.stream_arn
         self._hold_host_lock()
@@ -206,16 +219,29 @@ class LocalRuntime:
                 f"{lease.owner}; the local runtime runs one worker per task name (use runtime: "
                 "kcl to share shards between hosts)"
             )
-        self.leases.take(lease)
+        try:
+            self.leases.take(lease)
+        except LeaseLost as error:
+            # Another worker took the lease between our read of it and our take: two
+            # workers started the task at once.
+            raise LeaseHeld(
+                f"shard {lease.shard_id} of task {self.resolved.task_name} was taken by "
+                f"another worker while this one started ({error}); the local runtime runs "
+                "one worker per task name (use runtime: kcl to share shards between hosts)"
+            ) from None
         settings = ShardSettings(
             stream_arn=self.stream_arn,
             max_records=self.job.kcl.max_records,
             idle_s=self.job.kcl.idle_time_between_reads_ms / 1000,
             on_trimmed=self.job.source.on_trimmed_data,
+            restart_limit=self.restart_limit,
         )
         worker = ShardWorker(
             lease, self.leases, self._streams, settings, self._new_child, self.stopping
         )
+        # Before "shard started": a change made after that line is read, whatever the
+        # child's start-up takes.
+        worker.pin_latest()
         self.workers[lease.shard_id] = worker
         log.info("shard started", shard=lease.shard_id, checkpoint=lease.checkpoint)
         worker.start()
@@ -315,11 +341,15 @@ class LocalRuntime:
         problems = []
         if self.failure is not None:
             problems.append(f"stopped: {self.failure}")
+        now = time.time()
         for worker in list(self.workers.values()):
+            trouble = worker.trouble(now)
             if worker.error is not None:
                 problems.append(f"shard {worker.shard_id}: {worker.error}")
             elif not worker.is_alive() and not worker.progress.ended:
                 problems.append(f"shard {worker.shard_id}: worker not running")
+            elif trouble is not None:
+                problems.append(f"shard {worker.shard_id}: {trouble}")
         return problems
 
 

@@ -58,6 +58,11 @@ class ShardProgress:
     restarts: int = 0
     child_pid: int | None = None
     ended: bool = False
+    # Since when the current child has run (None between a failure and its restart), and
+    # the last failure: /healthz reports a shard whose processor is down or crash-looping.
+    child_up_since: float | None = None
+    failed_at: float | None = None
+    last_failure: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,9 @@ class ShardSettings:
     restart_limit: int = 5
     restart_window_s: float = 300.0
     shutdown_timeout_s: float = 25.0
+    # A restarted processor counts as recovered once it has checkpointed, or has run
+    # this long without failing (an idle stream gives it nothing to checkpoint).
+    recovered_after_s: float = 60.0
 
 
 class ShardWorker(threading.Thread):
@@ -92,12 +100,50 @@ class ShardWorker(threading.Thread):
         self.error: BaseException | None = None
         self.child: ProcessorChild | None = None
         self._last_delivered: str | None = None
+        # While the lease's checkpoint is LATEST (nothing checkpointed yet), that position
+        # is pinned once, for as long as this worker runs: the iterator taken when the
+        # shard started, moved on by every empty read, and once records arrived the first
+        # of them. A restarted child, or a refreshed iterator, reads from there rather
+        # than from a new LATEST, which would skip what was written in between.
+        self._latest_iterator: str | None = None
+        self._first_delivered: str | None = None
         self._shard_ending = False
         self._backoff = Backoff(0.2, 10.0)
 
     @property
     def shard_id(self) -> str:
         return self.lease.shard_id
+
+    def pin_latest(self) -> None:
+        """Take the shard's LATEST iterator now, if that is where it starts, so that every
+        change made from now on is read. One attempt: an error is the caller's (the
+        runtime tries the shard again on a later sync)."""
+        if self.lease.checkpoint == LATEST and self._latest_iterator is None:
+            self._latest_iterator = self.streams.get_shard_iterator(
+                StreamArn=self.settings.stream_arn,
+                ShardId=self.shard_id,
+                ShardIteratorType="LATEST",
+            )["ShardIterator"]
+
+    def trouble(self, now: float) -> str | None:
+        """Why this shard is not being replicated now, if it is not: its processor failed
+        and is not running yet, or was restarted and has neither checkpointed nor run for
+        ``recovered_after_s`` since (crash-looping, as a deleted destination makes it)."""
+        progress = self.progress
+        if progress.failed_at is None or progress.ended:
+            return None
+        if progress.child_up_since is None:
+            return (
+                f"processor not running (restart {progress.restarts}); last failure: "
+                f"{progress.last_failure}"
+            )
+        checkpointed = (progress.last_checkpoint_at or 0.0) > progress.failed_at
+        if checkpointed or now - progress.child_up_since >= self.settings.recovered_after_s:
+            return None
+        return (
+            f"processor restarted {progress.restarts} times and not recovered; last "
+            f"failure: {progress.last_failure}"
+        )
 
     def run(self) -> None:
         try:
@@ -113,6 +159,10 @@ class ShardWorker(threading.Thread):
         finally:
             if self.child is not None:
                 self.child.kill()
+            if self.error is not None and not isinstance(self.error, LeaseLost):
+                # The child is gone and the checkpoint is the last one it stored: let
+                # another worker take the shard at once rather than after the failover.
+                self._release_lease()
 
     # -- main loop ------------------------------------------------------------------------
 
@@ -128,6 +178,7 @@ class ShardWorker(threading.Thread):
                 child.initialize(
                     self.shard_id, self.lease.checkpoint, self.lease.sub_sequence_number
                 )
+                self.progress.child_up_since = time.time()
                 if self._pump(child):
                     self.progress.ended = True
                     child.close()
@@ -143,7 +194,19 @@ class ShardWorker(threading.Thread):
                 while failures and now - failures[0] > self.settings.restart_window_s:
                     failures.popleft()
                 self.progress.restarts += 1
+                self.progress.child_up_since = None
+                self.progress.failed_at = time.time()
+                self.progress.last_failure = str(error)
                 if len(failures) > self.settings.restart_limit:
+                    if error.exit_code == EnvironmentProblem.exit_code and error.reason:
+                        # A destination refusing every write: one line and exit 3, as a
+                        # missing destination table is at start-up.
+                        raise EnvironmentProblem(
+                            f"{error.reason} (shard {self.shard_id}: the processor stopped "
+                            f"on this {len(failures)} times in "
+                            f"{self.settings.restart_window_s:.0f}s; nothing was checkpointed "
+                            "past the changes it could not write)"
+                        ) from None
                     raise ChildKeepsFailing(
                         f"shard {self.shard_id}: the processor failed {len(failures)} times in "
                         f"{self.settings.restart_window_s:.0f}s; last: {error}"
@@ -163,7 +226,7 @@ class ShardWorker(threading.Thread):
 
     def _pump(self, child: ProcessorChild) -> bool:
         """Feed the child until the shard ends (True) or the runtime stops (False)."""
-        iterator = self._iterator(self.lease.checkpoint)
+        iterator = self._resume_iterator()
         attempt = 0
         while not self.stopping.is_set():
             try:
@@ -173,7 +236,15 @@ class ShardWorker(threading.Thread):
             except (ClientError, BotoCoreError) as error:
                 code = error_code(error)
                 if code == "ExpiredIteratorException":
-                    iterator = self._iterator(self._last_delivered or self.lease.checkpoint)
+                    if self._reading_pinned_latest():
+                        log.warning(
+                            "the shard's LATEST position, held since it started, expired "
+                            "before any record arrived; reading on from the stream's tip: "
+                            "changes made in between may not be replicated",
+                            shard=self.shard_id,
+                        )
+                        self._latest_iterator = self._iterator(LATEST)
+                    iterator = self._resume_iterator()
                     continue
                 if code == "TrimmedDataAccessException":
                     iterator = self._trimmed(self._last_delivered or self.lease.checkpoint)
@@ -183,7 +254,7 @@ class ShardWorker(threading.Thread):
                 if attempt % 3 == 0:
                     # An iterator can go bad in ways the service reports only as a 500;
                     # a fresh one from the last record delivered is always safe.
-                    iterator = self._iterator(self._last_delivered or self.lease.checkpoint)
+                    iterator = self._resume_iterator()
                 continue
             attempt = 0
             records = response.get("Records", [])
@@ -192,6 +263,8 @@ class ShardWorker(threading.Thread):
             if records:
                 millis_behind = max(0, int(time.time() * 1000) - created_ms_of(records[-1]))
                 self._last_delivered = batch[-1]["sequenceNumber"]
+                if self.lease.checkpoint == LATEST and self._first_delivered is None:
+                    self._first_delivered = batch[0]["sequenceNumber"]
             child.process_records(batch, millis_behind)
             if batch:
                 self.progress.records_delivered += len(batch)
@@ -207,6 +280,8 @@ class ShardWorker(threading.Thread):
                     )
                 return True
             iterator = next_iterator
+            if self._reading_pinned_latest():
+                self._latest_iterator = iterator  # kept fresh: iterators live 15 minutes
             if not records:
                 self.stopping.wait(self.settings.idle_s)
         return False
@@ -258,14 +333,36 @@ class ShardWorker(threading.Thread):
 
     # -- iterators ------------------------------------------------------------------------
 
-    def _iterator(self, position: str) -> str:
+    def _reading_pinned_latest(self) -> bool:
+        """Whether the shard still starts at its pinned LATEST and no record has come."""
+        return (
+            self.lease.checkpoint == LATEST
+            and self._first_delivered is None
+            and self._last_delivered is None
+        )
+
+    def _resume_iterator(self) -> str:
+        """Where reading goes on: after the last record this child was given, else from
+        the lease's checkpoint; a LATEST checkpoint is the position pinned for it."""
+        if self._last_delivered is not None:
+            return self._iterator(self._last_delivered)
+        if self.lease.checkpoint != LATEST:
+            return self._iterator(self.lease.checkpoint)
+        if self._first_delivered is not None:
+            return self._iterator(self._first_delivered, at=True)
+        if self._latest_iterator is None:
+            self._latest_iterator = self._iterator(LATEST)
+        return self._latest_iterator
+
+    def _iterator(self, position: str, at: bool = False) -> str:
+        """An iterator at TRIM_HORIZON or LATEST, or after (``at``: at) a sequence number."""
         kwargs: dict[str, Any] = {"StreamArn": self.settings.stream_arn, "ShardId": self.shard_id}
         if position in (TRIM_HORIZON, LATEST):
             kwargs["ShardIteratorType"] = position
         elif position in SENTINELS:
             raise ChildFailed(f"shard {self.shard_id}: cannot read from {position}")
         else:
-            kwargs["ShardIteratorType"] = "AFTER_SEQUENCE_NUMBER"
+            kwargs["ShardIteratorType"] = "AT_SEQUENCE_NUMBER" if at else "AFTER_SEQUENCE_NUMBER"
             kwargs["SequenceNumber"] = position
         attempt = 0
         while True:

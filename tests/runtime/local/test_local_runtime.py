@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import signal
+import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from replicator.demo.workload import Workload, demo_item
-from tests.support.e2e import Job, children_of, stop, wait_until
+from tests.support.e2e import PATIENCE, Job, children_of, stop, wait_until
 
 
 @pytest.fixture
@@ -137,3 +142,161 @@ def test_a_second_worker_for_the_same_task_is_refused(job: Job, tmp_path: Path) 
         assert "Traceback" not in message
     finally:
         assert stop(runtime) == 0
+
+
+def test_a_lease_taken_by_another_worker_starting_at_the_same_time_is_exit_5(job: Job) -> None:
+    """Two hosts start one task at once: the other takes the lease between this worker's
+    read of it and its take. That is the task held elsewhere (exit 5, one line), not a
+    crash."""
+    from replicator.config import load_job
+    from replicator.exceptions import LeaseHeld
+    from replicator.runtime.local.runtime import LocalRuntime
+    from replicator.shards.leases import Lease, LeaseTable
+
+    runtime = LocalRuntime(load_job(job.path), worker_id="host-a")
+    other = LeaseTable(runtime.leases.client, runtime.leases.table, "host-b")
+    take = runtime.leases.take
+
+    def take_after_the_other_host(lease: Lease) -> Lease:
+        stored = other.get(lease.shard_id)
+        assert stored is not None
+        other.take(stored)  # host-b wins the race
+        return take(lease)
+
+    runtime.leases.take = take_after_the_other_host  # type: ignore[method-assign]
+    with pytest.raises(LeaseHeld) as held:
+        runtime.run()
+    assert held.value.exit_code == 5
+    assert "taken by another worker while this one started" in str(held.value)
+    (row,) = job.lease_rows()
+    assert row["leaseOwner"] == {"S": "host-b"}
+
+
+def _catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (its SigCgt mask in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_while_run_is_still_starting_exits_0_without_a_traceback(
+    job: Job, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """The signal arrives as soon as the command holds it, while it is still importing
+    its modules and reading the job: exit 0, as a stop at any other time."""
+    log = tmp_path / f"early-{sig.name}.log"
+    runtime = job.start(log=log)
+    wait_until(lambda: _catches(runtime.pid, signal.SIGTERM), 10, "the stop signals held", 0.005)
+    runtime.send_signal(sig)
+    assert runtime.wait(60) == 0
+    output = log.read_text()
+    assert "Traceback" not in output and "Aborted" not in output
+    assert "stop requested" in output
+
+
+def _health(port: int) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_a_destination_deleted_while_running_is_unhealthy_then_exit_3_and_the_lease_freed(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """The processor stops on the refusals and is restarted; /healthz answers 503 while
+    it is down or crash-looping (its own gauges are gone with it), and when it keeps
+    failing the runtime ends as a missing destination does at start-up: exit 3, one line
+    naming the destination and the error, the lease given up."""
+    from replicator.config import load_job
+    from replicator.exceptions import EnvironmentProblem
+    from replicator.runtime.local.runtime import LocalRuntime
+
+    name = unique("gone")
+    job = Job(moto_endpoint, name, tmp_path, destinations=[("eu-west-1", f"{name}-eu")])
+    fast_retries = "writer: {max_in_flight: 16, retry: {base_delay_ms: 1, max_delay_ms: 20}}"
+    job.path.write_text(job.path.read_text().replace("writer: {max_in_flight: 16}", fast_retries))
+    runtime = LocalRuntime(load_job(job.path), restart_limit=1)
+    outcome: list[BaseException | int] = []
+
+    def run() -> None:
+        try:
+            outcome.append(runtime.run())
+        except BaseException as error:  # the test looks at it
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    wait_until(lambda: any(p.child_up_since for p in runtime.progress()), 30, "a running processor")
+    assert runtime.metrics_port is not None
+    assert _health(runtime.metrics_port)[0] == 200
+    ((ddb, table),) = job.destination_clients()
+    ddb.delete_table(TableName=table)
+    job.source.put_item(TableName=job.source_table, Item={"pk": {"S": "a"}, "sk": {"N": "1"}})
+    answers: list[tuple[int, dict[str, Any]]] = []
+
+    def unhealthy() -> bool:
+        if not thread.is_alive():
+            return True
+        with contextlib.suppress(OSError):
+            answers.append(_health(runtime.metrics_port or 0))
+        return bool(answers) and answers[-1][0] == 503
+
+    wait_until(unhealthy, 60, "/healthz to report the failing processor", interval=0.05)
+    thread.join(60 * PATIENCE)
+    unhealthy_answers = [body for status, body in answers if status == 503]
+    assert unhealthy_answers, answers
+    assert "processor" in unhealthy_answers[0]["reasons"][0]
+    assert "ResourceNotFoundException" in unhealthy_answers[0]["reasons"][0]
+    (error,) = outcome
+    assert isinstance(error, EnvironmentProblem) and error.exit_code == 3
+    message = str(error)
+    assert f"destination eu-west-1/{table}" in message and "ResourceNotFoundException" in message
+    assert "\n" not in message
+    (row,) = job.lease_rows()
+    assert "leaseOwner" not in row  # given up: another worker may start at once
+    assert not row["checkpoint"]["S"].isdigit()  # never past the change it could not write
+
+
+def test_latest_kill_9_of_the_processor_before_the_first_record_loses_nothing(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """initial_position LATEST: the position is pinned when the shard starts, so a change
+    made as soon as the log says "shard started" is read, and so are changes made while
+    a killed processor is started again (not a new LATEST after them)."""
+    name = unique("latest")
+    job = Job(
+        moto_endpoint,
+        name,
+        tmp_path,
+        destinations=[("eu-west-1", f"{name}-eu")],
+        kcl="{idle_time_between_reads_ms: 100, failover_time_ms: 6000, initial_position: LATEST}",
+    )
+    job.source.put_item(  # before the job: not replicated under LATEST
+        TableName=job.source_table, Item={"pk": {"S": "before"}, "sk": {"N": "0"}}
+    )
+    log = tmp_path / "runtime.log"
+    runtime = job.start(log=log)
+    try:
+        wait_until(lambda: "shard started" in log.read_text(), 30, "the shard to start")
+        child = wait_until(lambda: children_of(runtime.pid), 30, "a processor child")[0]
+        os.kill(child, signal.SIGKILL)
+        for index in range(3):  # while the processor is started again
+            job.source.put_item(
+                TableName=job.source_table, Item={"pk": {"S": f"k{index}"}, "sk": {"N": "1"}}
+            )
+        ((ddb, table),) = job.destination_clients()
+
+        def replicated() -> list[str]:
+            return sorted(item["pk"]["S"] for item in ddb.scan(TableName=table)["Items"])
+
+        wait_until(lambda: replicated() == ["k0", "k1", "k2"], 60, "the changes to arrive")
+        assert runtime.poll() is None
+    finally:
+        assert stop(runtime) == 0
+    assert "restarting from the checkpoint" in log.read_text()
+    (row,) = job.lease_rows()
+    assert row["checkpoint"]["S"] == job.last_stream_sequence()

@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import structlog.testing
 from botocore.exceptions import ClientError
 
 from replicator.config.model import OnTrimmedData
@@ -60,12 +62,14 @@ class ScriptedStream:
         self.script = script
         self.stop = stop
         self.iterator_requests: list[tuple[str, str | None]] = []
+        self.reads: list[str] = []  # the iterator of each GetRecords
 
     def get_shard_iterator(self, **kwargs: Any) -> dict[str, str]:
         self.iterator_requests.append((kwargs["ShardIteratorType"], kwargs.get("SequenceNumber")))
         return {"ShardIterator": f"it-{len(self.iterator_requests)}"}
 
     def get_records(self, **kwargs: Any) -> dict[str, Any]:
+        self.reads.append(kwargs["ShardIterator"])
         if not self.script:
             self.stop.set()
             return {"Records": [], "NextShardIterator": "idle"}
@@ -79,11 +83,16 @@ class StandInChild:
     """Acts as a processor child: checkpoints every batch it is given."""
 
     def __init__(
-        self, on_checkpoint: Callable[[str | None, int | None], str | None], fail: bool = False
+        self,
+        on_checkpoint: Callable[[str | None, int | None], str | None],
+        fail: bool = False,
+        reason: tuple[str, int] | None = None,
     ) -> None:
-        """``fail``: die during initialize, as a processor that cannot start does."""
+        """``fail``: die during initialize, as a processor that cannot start does, saying
+        ``reason`` (its words and exit code) if given."""
         self.on_checkpoint = on_checkpoint
         self.fail = fail
+        self.reason = reason
         self.pid = 4242
         self.batches: list[list[dict[str, Any]]] = []
 
@@ -92,7 +101,12 @@ class StandInChild:
 
     def initialize(self, shard_id: str, sequence_number: str | None, sub: int | None) -> None:
         if self.fail:
-            raise ChildFailed("stand-in child exited with status 1 during initialize")
+            said, code = self.reason or (None, None)
+            raise ChildFailed(
+                "stand-in child exited with status 1 during initialize",
+                reason=said,
+                exit_code=code,
+            )
 
     def process_records(self, records: list[dict[str, Any]], millis_behind: int) -> None:
         self.batches.append(records)
@@ -148,9 +162,12 @@ def run_worker(
     script: list[Any],
     on_trimmed: OnTrimmedData = OnTrimmedData.FAIL,
     fail: bool | int = False,
+    reason: tuple[str, int] | None = None,
+    position: str = "TRIM_HORIZON",
 ) -> tuple[ShardWorker, ScriptedStream, list[StandInChild]]:
-    """``fail``: True makes every child fail, a number makes that many children fail."""
-    created = leases.create("shard-1", "TRIM_HORIZON", [])
+    """``fail``: True makes every child fail, a number makes that many children fail.
+    ``position``: the lease's checkpoint; LATEST is pinned first, as the runtime does."""
+    created = leases.create("shard-1", position, [])
     assert created is not None
     lease = leases.take(created)
     stop = threading.Event()
@@ -159,11 +176,12 @@ def run_worker(
 
     def new_child(shard_id: str, on_checkpoint: Any) -> Any:
         failing = fail is True or (fail is not False and len(children) < fail)
-        children.append(StandInChild(on_checkpoint, fail=failing))
+        children.append(StandInChild(on_checkpoint, fail=failing, reason=reason))
         return children[-1]
 
     settings = ShardSettings("arn", 100, 0.0, on_trimmed, restart_limit=2, restart_window_s=60)
     worker = ShardWorker(lease, leases, stream, settings, new_child, stop)
+    worker.pin_latest()
     worker.run()
     return worker, stream, children
 
@@ -216,6 +234,32 @@ def test_a_child_that_keeps_failing_stops_the_shard(leases: LeaseTable) -> None:
     assert len(children) == 3  # the first start and two restarts
 
 
+def test_a_child_that_keeps_failing_on_a_destination_fault_is_exit_3_and_frees_the_lease(
+    leases: LeaseTable,
+) -> None:
+    said = "destination eu (eu-west-1/orders) refused 20 writes in a row: ResourceNotFound"
+    worker, _, children = run_worker(leases, [], fail=True, reason=(said, 3))
+    assert isinstance(worker.error, EnvironmentProblem) and worker.error.exit_code == 3
+    assert str(worker.error).startswith(said + " (shard shard-1: the processor stopped")
+    assert len(children) == 3
+    stored = leases.get("shard-1")
+    assert stored is not None and stored.owner is None
+
+
+def test_a_restarted_child_is_reported_until_it_checkpoints(leases: LeaseTable) -> None:
+    script = [{"Records": [record(1)], "NextShardIterator": "x"}]
+    worker, _, _ = run_worker(leases, script, fail=1)
+    assert worker.error is None and worker.progress.restarts == 1
+    # The second child checkpointed record 1 after the first one failed: recovered.
+    assert worker.trouble(time.time()) is None
+    worker.progress.last_checkpoint_at = None  # as if it had not
+    trouble = worker.trouble(time.time())
+    assert trouble is not None and "restarted 1 times and not recovered" in trouble
+    assert "during initialize" in trouble
+    worker.progress.child_up_since = None  # and as if it were not running yet
+    assert "processor not running" in (worker.trouble(time.time()) or "")
+
+
 def test_a_stream_that_refuses_access_stops_the_shard_as_an_environment_problem(
     leases: LeaseTable,
 ) -> None:
@@ -259,3 +303,32 @@ def test_a_child_that_exits_leaves_its_reason_in_the_runtimes_error() -> None:
     message = str(failed.value)
     assert "refused 20 writes in a row: ResourceNotFoundException" in message
     assert "during initialize" in message or "cannot send initialize" in message
+
+
+def test_latest_is_pinned_once_a_restarted_child_reads_on_from_it(leases: LeaseTable) -> None:
+    """Nothing checkpointed yet: the restarted child reads from where the first one was
+    (the pinned iterator, moved on by empty reads), never from a new LATEST."""
+    script = [
+        {"Records": [], "NextShardIterator": "after-empty"},
+        {"Records": [record(7)], "NextShardIterator": "after-7"},
+    ]
+    worker, stream, children = run_worker(leases, script, fail=1, position="LATEST")
+    assert worker.error is None and len(children) == 2
+    assert stream.iterator_requests == [("LATEST", None)]  # the pin, before any child
+    assert stream.reads[:2] == ["it-1", "after-empty"]
+    assert leases.get("shard-1").checkpoint == "7"  # type: ignore[union-attr]
+
+
+def test_latest_is_pinned_across_refreshes_after_failed_reads(leases: LeaseTable) -> None:
+    errors = [error("InternalServerError") for _ in range(3)]
+    script = [*errors, error("ExpiredIteratorException"), {"Records": [record(3)]}]
+    script[-1]["NextShardIterator"] = "x"
+    with structlog.testing.capture_logs() as logged:
+        worker, stream, _ = run_worker(leases, script, position="LATEST")
+    assert worker.error is None
+    # The pinned iterator expired with nothing read: a new LATEST, said in a warning.
+    assert stream.iterator_requests == [("LATEST", None), ("LATEST", None)]
+    (expired,) = [line for line in logged if "expired before any record" in line["event"]]
+    assert expired["log_level"] == "warning"
+    assert stream.reads[:4] == ["it-1"] * 4  # refreshed after 3 failures: the same position
+    assert leases.get("shard-1").checkpoint == "3"  # type: ignore[union-attr]

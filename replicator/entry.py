@@ -1,0 +1,44 @@
+"""The ``replicator`` command's entry point (and ``python -m replicator``'s).
+
+Importing the CLI and the job's modules takes about half a second. A SIGTERM or SIGINT
+that reaches ``replicator run`` in that time would end it with no output (SIGTERM's
+default) or a ``KeyboardInterrupt`` traceback. So for ``run`` both signals are held from
+the first moment, before anything heavy is imported; the runtime's own handlers
+(:func:`replicator.runtime.supervisor.stop_signals`) then act on a held one as on any
+other, and a stop during start-up exits 0 as a stop at any other time does.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any
+
+_held: list[int] = []
+
+
+def _hold(signum: int, _frame: Any) -> None:
+    _held.append(signum)
+
+
+def hold_stop_signals() -> None:
+    """Hold SIGTERM and SIGINT until :func:`take_held_signal` is asked."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _hold)
+
+
+def take_held_signal() -> signal.Signals | None:
+    """The first stop signal held since :func:`hold_stop_signals` (once), else None."""
+    if not _held:
+        return None
+    first = _held[0]
+    _held.clear()
+    return signal.Signals(first)
+
+
+def main() -> Any:
+    if sys.argv[1:2] == ["run"]:
+        hold_stop_signals()
+    from replicator.cli import main as cli_main
+
+    return cli_main()
