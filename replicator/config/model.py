@@ -14,6 +14,8 @@ from typing import Annotated, Literal, Self, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from replicator.config.endpoints import check_endpoint
+
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _TABLE = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
@@ -121,6 +123,7 @@ class SourceConfig(Strict):
     _region = field_validator("region")(_check_region)
     _table = field_validator("table")(_check_table)
     _role = field_validator("role_arn")(_check_role)
+    _endpoint = field_validator("endpoint_url")(check_endpoint)
 
 
 # The setting each policy decides by (overwrite reads none).
@@ -190,6 +193,7 @@ class DestinationConfig(Strict):
     _region = field_validator("region")(_check_region)
     _table = field_validator("table")(_check_table)
     _role = field_validator("role_arn")(_check_role)
+    _endpoint = field_validator("endpoint_url")(check_endpoint)
 
     @field_validator("name")
     @classmethod
@@ -296,6 +300,8 @@ class DeadLetterConfig(Strict):
     endpoint_url: str | None = None
     role_arn: str | None = None
 
+    _endpoint = field_validator("endpoint_url")(check_endpoint)
+
     @model_validator(mode="after")
     def _sqs_needs_a_queue(self) -> Self:
         if self.kind is DeadLetterKind.SQS and not self.queue_url:
@@ -333,6 +339,7 @@ class ConflictLogConfig(Strict):
     retry_for_s: Annotated[float, Field(gt=0)] = 60.0
 
     _role = field_validator("role_arn")(_check_role)
+    _endpoint = field_validator("endpoint_url")(check_endpoint)
 
     @model_validator(mode="after")
     def _sqs_needs_a_queue(self) -> Self:

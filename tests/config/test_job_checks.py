@@ -1,0 +1,112 @@
+"""Job-file checks found by walking through an operator's scenarios: what ``run`` would
+refuse or crash on is refused by ``validate`` first, naming the key (exit 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from replicator.config import parse_job
+from replicator.exceptions import ConfigError
+from tests.config.test_config import MINIMAL, run_cli
+
+TWO = MINIMAL + "  - {region: ap-south-1, table: t22}\n"
+
+
+def _refused(tmp_path: Path, text: str, key: str, *fragments: str) -> str:
+    """``validate`` exits 2 with the file and the key named; the line about the key."""
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    result = run_cli("validate", "--config", str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert str(path) in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith(f"  {key} (line")]
+    for fragment in fragments:
+        assert fragment in line
+    return line
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "says"),
+    [
+        (
+            MINIMAL.replace("table: orders}", "table: orders, endpoint_url: '127.0.0.1:5710'}", 1),
+            "source.endpoint_url",
+            "must start with http:// or https://",
+        ),
+        (
+            TWO.replace("table: t22}", "table: t22, endpoint_url: 'http://127.0.0.1:5710 '}"),
+            "destinations[1].endpoint_url",
+            "whitespace",
+        ),
+        (
+            TWO.replace("table: t22}", "table: t22, endpoint_url: 'http://127.0.0.1:57x0'}"),
+            "destinations[1].endpoint_url",
+            "port is not a number",
+        ),
+        (
+            MINIMAL + "dead_letter: {kind: sqs, queue_url: q, endpoint_url: 'localhost:4566'}\n",
+            "dead_letter.endpoint_url",
+            "must start with http:// or https://",
+        ),
+        (
+            MINIMAL + "conflict_log: {kind: dynamodb, endpoint_url: 'http://h:4566/x?y=1'}\n",
+            "conflict_log.endpoint_url",
+            "no path, query or fragment",
+        ),
+        (
+            MINIMAL.replace("table: orders}", "table: orders, endpoint_url: 'http://a_b:1'}", 1),
+            "source.endpoint_url",
+            "not a host name",
+        ),
+    ],
+)
+def test_an_endpoint_botocore_would_refuse_is_refused_naming_the_key(
+    tmp_path: Path, text: str, key: str, says: str
+) -> None:
+    """``validate`` passed these, and ``run`` then crashed (ValueError: Invalid endpoint,
+    Port could not be cast to integer)."""
+    _refused(tmp_path, text, key, says, "http://127.0.0.1:8000")
+
+
+def test_a_good_endpoint_passes_and_loses_a_trailing_slash() -> None:
+    job = parse_job(
+        MINIMAL.replace("table: orders}", "table: orders, endpoint_url: 'http://[::1]:8000/'}", 1),
+        Path("job.yaml"),
+    ).job
+    assert job.source.endpoint_url == "http://[::1]:8000"
+
+
+def test_an_endpoint_the_job_file_takes_from_a_variable_is_checked_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MY_ENDPOINT", "http://h:1 ")
+    text = MINIMAL.replace("table: orders}", "table: orders, endpoint_url: '${MY_ENDPOINT}'}", 1)
+    with pytest.raises(ConfigError, match=r"source\.endpoint_url \(line 2\): .*whitespace"):
+        parse_job(text, Path("job.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("AWS_ENDPOINT_URL", "127.0.0.1:5710", "must start with http:// or https://"),
+        ("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:5710 ", "whitespace"),
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:57x0", "port is not a number"),
+    ],
+)
+def test_a_bad_endpoint_in_botocores_environment_is_one_line_at_run(
+    tmp_path: Path, variable: str, value: str, says: str
+) -> None:
+    """botocore reads AWS_ENDPOINT_URL (and AWS_ENDPOINT_URL_<SERVICE>) itself: a bad one
+    was a traceback from the first client; now one line naming the variable, exit 3."""
+    path = tmp_path / "job.yaml"
+    path.write_text(MINIMAL + "metrics: {enabled: false}\n")
+    env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", variable: value}
+    result = run_cli("run", "--config", str(path), env=env)
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("replicator: ")]
+    assert f"endpoint {value!r} for us-east-1, from ${variable}, is not usable: " in line
+    assert says in line
