@@ -609,6 +609,7 @@ def cross_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
                 "source by the same machinery)",
             )
         )
+    problems += _runtime_checks(job)
     if job.runtime is RuntimeKind.KCL:
         problems += _kcl_property_checks(job)
     if job.source.stream.kind is StreamKind.KINESIS:
@@ -660,6 +661,31 @@ def _tombstone_table_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...],
                 )
             ]
     return []
+
+
+def _runtime_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """Settings that the job's runtime cannot work with (``run`` would refuse them)."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    if job.runtime is RuntimeKind.KCL and job.source.role_arn:
+        # The daemon reads the stream and keeps its lease table with the host's own
+        # credentials; only the processors (destinations) assume roles.
+        problems.append(
+            (
+                ("source", "role_arn"),
+                "is not supported by runtime kcl (the KCL reads the source with the host's "
+                "own credentials); run the workers with credentials of the source account "
+                "and drop source.role_arn, or use runtime: local",
+            )
+        )
+    if job.runtime is RuntimeKind.LOCAL and job.source.stream.kind is StreamKind.KINESIS:
+        problems.append(
+            (
+                ("source", "stream", "kind"),
+                "kinesis is not supported by runtime local, which reads DynamoDB Streams; "
+                "a kinesis source needs runtime: kcl",
+            )
+        )
+    return problems
 
 
 def _kcl_property_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:

@@ -110,3 +110,31 @@ def test_a_bad_endpoint_in_botocores_environment_is_one_line_at_run(
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("replicator: ")]
     assert f"endpoint {value!r} for us-east-1, from ${variable}, is not usable: " in line
     assert says in line
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "says"),
+    [
+        (
+            "runtime: kcl\n"
+            + MINIMAL.replace(
+                "table: orders}", "table: orders, role_arn: 'arn:aws:iam::123456789012:role/r'}", 1
+            ),
+            "source.role_arn",
+            "is not supported by runtime kcl",
+        ),
+        (
+            "source: {region: us-east-1, table: aaa, stream: {kind: kinesis, name: s}}\n"
+            "destinations: [{region: eu-west-1, table: aaa}]\n"
+            "conflict: {policy: version, version_attribute: v}\n",
+            "source.stream.kind",
+            "a kinesis source needs runtime: kcl",
+        ),
+    ],
+)
+def test_what_the_runtime_would_refuse_is_refused_by_validate(
+    tmp_path: Path, text: str, key: str, says: str
+) -> None:
+    """``validate`` passed these, and ``run`` then refused them (exit 4 for the KCL's
+    source role, 3 for a kinesis source under runtime local)."""
+    _refused(tmp_path, text, key, says)
