@@ -19,7 +19,19 @@ from replicator.config.endpoints import check_endpoint
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _TABLE = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
-_TASK_NAME = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
+_TASK_NAME = re.compile(r"^[a-zA-Z0-9_.-]{3,}$")
+# DynamoDB's longest table name.
+MAX_TABLE_NAME = 255
+# Tables named <task_name><suffix> beside the lease table (named the task itself), in the
+# source's region unless said: the watermark status table (in each destination's region,
+# replicator/watermark/table.py), a backfill's progress table
+# (replicator/tools/backfill_state.py), and the two that KCL 3 creates for its
+# applicationName (runtime kcl). Every suffix is of DynamoDB's table-name characters
+# (letters, digits, _ . -), so that a task name of those characters names valid tables.
+TASK_TABLE_SUFFIXES = ("-watermark", "-backfill", "-CoordinatorState", "-WorkerMetricStats")
+# The longest task name whose every table fits in MAX_TABLE_NAME (the longest suffix decides:
+# a job may move between runtimes, and keeps its task name when it does).
+MAX_TASK_NAME = MAX_TABLE_NAME - max(len(suffix) for suffix in TASK_TABLE_SUFFIXES)
 # KCL properties that point the KCL's clients at an endpoint other than AWS's.
 KCL_ENDPOINT_KEYS = ("kinesisEndpoint", "dynamoDBEndpoint")
 _DOTTED_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -425,9 +437,19 @@ class JobConfig(Strict):
     @field_validator("task_name")
     @classmethod
     def _task_name(cls, value: str | None) -> str | None:
-        if value is not None and not _TASK_NAME.match(value):
+        if value is None:
+            return value
+        if not _TASK_NAME.match(value):
             raise ValueError(
-                "task_name names the lease table: 3-255 characters of letters, digits, _ . -"
+                "names the lease table and the tables beside it: letters, digits, "
+                f"_ . - only (DynamoDB's table-name characters), got {value!r}"
+            )
+        if len(value) > MAX_TASK_NAME:
+            longest = max(TASK_TABLE_SUFFIXES, key=len)
+            raise ValueError(
+                f"may have at most {MAX_TASK_NAME} characters (it has {len(value)}): "
+                f"it names tables such as <task_name>{longest}, and a DynamoDB table name has "
+                f"at most {MAX_TABLE_NAME}"
             )
         return value
 
@@ -561,14 +583,7 @@ def cross_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
                 )
             )
         labels.setdefault(destination.label, index)
-    if job.watermark.enabled and job.task_name and len(job.task_name) > 245:
-        problems.append(
-            (
-                ("task_name",),
-                "names the watermark status table <task_name>-watermark, which may have at "
-                "most 255 characters: shorten it to 245, or set watermark.enabled: false",
-            )
-        )
+    problems += _task_pattern_checks(job)
     active = job.active_active
     problems += _tombstone_table_checks(job)
     if active.write_back or active.tombstones:
@@ -661,6 +676,39 @@ def _tombstone_table_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...],
                 )
             ]
     return []
+
+
+def _task_pattern_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """The names made from ``{task_name}`` patterns (the files and table the job uses)."""
+    from replicator.config.task_name import default_task_name
+
+    task = job.task_name or default_task_name(job)
+    patterns: list[tuple[tuple[str | int, ...], str, bool]] = []
+    if job.dead_letter.kind is DeadLetterKind.FILE:
+        patterns.append((("dead_letter", "path"), job.dead_letter.path, False))
+    if job.conflict_log.kind is ConflictLogKind.FILE:
+        patterns.append((("conflict_log", "path"), job.conflict_log.path, False))
+    if job.conflict_log.kind is ConflictLogKind.DYNAMODB:
+        patterns.append((("conflict_log", "table"), job.conflict_log.table, True))
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for where, pattern, is_table in patterns:
+        try:
+            name = pattern.format(task_name=task)
+        except (KeyError, IndexError, ValueError) as error:
+            what = f"not {{{error.args[0]}}}" if isinstance(error, KeyError) else str(error)
+            problems.append(
+                (where, f"may use only {{task_name}} (and {{{{ }}}} for a brace): {what}")
+            )
+            continue
+        if is_table and not _TABLE.match(name):
+            problems.append(
+                (
+                    where,
+                    f"gives {name!r} for task {task!r}, which is not a DynamoDB table name "
+                    "(3-255 characters of letters, digits, _ . -)",
+                )
+            )
+    return problems
 
 
 def _runtime_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:

@@ -3,11 +3,13 @@ refuse or crash on is refused by ``validate`` first, naming the key (exit 2)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from replicator.config import parse_job
+from replicator.config.model import MAX_TABLE_NAME, MAX_TASK_NAME, TASK_TABLE_SUFFIXES
 from replicator.exceptions import ConfigError
 from tests.config.test_config import MINIMAL, run_cli
 
@@ -138,3 +140,67 @@ def test_what_the_runtime_would_refuse_is_refused_by_validate(
     """``validate`` passed these, and ``run`` then refused them (exit 4 for the KCL's
     source role, 3 for a kinesis source under runtime local)."""
     _refused(tmp_path, text, key, says)
+
+
+def test_a_task_name_whose_longest_table_would_not_fit_is_refused_naming_the_limit(
+    tmp_path: Path,
+) -> None:
+    """KCL 3 names <task>-WorkerMetricStats (18 more characters): a task name of 240 passed
+    validate (only -watermark was counted) and DynamoDB then refused the KCL's table."""
+    assert MAX_TASK_NAME == MAX_TABLE_NAME - len("-WorkerMetricStats") == 237
+    longest = "t" * MAX_TASK_NAME
+    resolved = parse_job(f"task_name: {longest}\n" + MINIMAL, Path("job.yaml"))
+    for suffix in TASK_TABLE_SUFFIXES:
+        assert len(resolved.task_name + suffix) <= MAX_TABLE_NAME
+    _refused(
+        tmp_path,
+        f"task_name: {longest}x\n" + MINIMAL,
+        "task_name",
+        f"at most {MAX_TASK_NAME} characters (it has {MAX_TASK_NAME + 1})",
+        "<task_name>-WorkerMetricStats",
+        "255",
+    )
+
+
+def test_the_suffixes_are_the_ones_the_package_and_the_kcl_use() -> None:
+    from replicator.tools import backfill_state
+    from replicator.watermark import table
+
+    resolved = parse_job("task_name: t.1_x-Y\n" + MINIMAL, Path("job.yaml"))
+    assert table.SUFFIX in TASK_TABLE_SUFFIXES
+    assert resolved.watermark_table == table.table_name("t.1_x-Y")
+    assert backfill_state.state_table_name("t.1_x-Y") == "t.1_x-Y" + backfill_state.SUFFIX
+    assert backfill_state.SUFFIX in TASK_TABLE_SUFFIXES
+    assert {"-CoordinatorState", "-WorkerMetricStats"} <= set(TASK_TABLE_SUFFIXES)
+    for suffix in TASK_TABLE_SUFFIXES:  # every derived name is a valid table name
+        assert re.fullmatch(r"[a-zA-Z0-9_.-]+", suffix)
+
+
+@pytest.mark.parametrize("name", ["orders/eu", "orders eu", "ordérs", "ab"])
+def test_a_task_name_that_is_no_table_name_is_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match=r"task_name \(line 1\): "):
+        parse_job(f"task_name: '{name}'\n" + MINIMAL, tmp_path / "job.yaml")
+
+
+@pytest.mark.parametrize(
+    ("setting", "key", "says"),
+    [
+        ("dead_letter: {path: 'dead/{task}.jsonl'}", "dead_letter.path", "not {task}"),
+        (
+            "conflict_log: {kind: file, path: 'c/{task_name}{'}",
+            "conflict_log.path",
+            "Single '{'",
+        ),
+        (
+            "conflict_log: {kind: dynamodb, table: '{task_name}/conflicts'}",
+            "conflict_log.table",
+            "not a DynamoDB table name",
+        ),
+    ],
+)
+def test_a_task_name_pattern_that_gives_no_name_is_refused(
+    tmp_path: Path, setting: str, key: str, says: str
+) -> None:
+    """These passed (or crashed) validate and failed at run with a KeyError traceback or a
+    table DynamoDB refused."""
+    _refused(tmp_path, MINIMAL + setting + "\n", key, says)
