@@ -34,6 +34,10 @@ TASK_TABLE_SUFFIXES = ("-watermark", "-backfill", "-CoordinatorState", "-WorkerM
 MAX_TASK_NAME = MAX_TABLE_NAME - max(len(suffix) for suffix in TASK_TABLE_SUFFIXES)
 # KCL properties that point the KCL's clients at an endpoint other than AWS's.
 KCL_ENDPOINT_KEYS = ("kinesisEndpoint", "dynamoDBEndpoint")
+# arn:PARTITION:dynamodb:REGION:ACCOUNT:table/TABLE/stream/LABEL
+_DYNAMODB_STREAM_ARN = re.compile(
+    r"^arn:aws[a-z-]*:dynamodb:(?P<region>[^:]*):[^:]*:table/(?P<table>[^/]+)/stream/[^/]+$"
+)
 _DOTTED_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -625,6 +629,7 @@ def cross_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
             )
         )
     problems += _runtime_checks(job)
+    problems += _stream_arn_checks(job)
     if job.runtime is RuntimeKind.KCL:
         problems += _kcl_property_checks(job)
     if job.source.stream.kind is StreamKind.KINESIS:
@@ -708,6 +713,52 @@ def _task_pattern_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], st
                     "(3-255 characters of letters, digits, _ . -)",
                 )
             )
+    return problems
+
+
+def _stream_arn_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """A DynamoDB stream ARN names its table and region in its text: they must be the
+    source's (DescribeStream at run checks that the stream exists)."""
+    source = job.source
+    arn = source.stream.arn
+    if source.stream.kind is not StreamKind.DYNAMODB_STREAMS or not arn:
+        return []
+    where: tuple[str | int, ...] = ("source", "stream", "arn")
+    match = _DYNAMODB_STREAM_ARN.match(arn)
+    if match is None:
+        hint = (
+            "; for a Kinesis data stream set source.stream.kind: kinesis"
+            if ":kinesis:" in arn
+            else ""
+        )
+        return [
+            (
+                where,
+                "expected a DynamoDB stream ARN such as arn:aws:dynamodb:us-east-1:"
+                f"123456789012:table/{source.table}/stream/2026-01-01T00:00:00.000{hint}, "
+                f"got {arn!r}",
+            )
+        ]
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    table, region = match["table"], match["region"]
+    if table != source.table:
+        problems.append(
+            (
+                where,
+                f"is a stream of table {table!r}, but source.table is {source.table!r}: a "
+                "stream carries only its own table's changes; name the source table's "
+                "stream, or leave stream.arn out to use the table's latest",
+            )
+        )
+    # A local emulator's ARNs may carry a region of its own (DynamoDB Local: ddblocal).
+    if region != source.region and _REGION.match(region):
+        problems.append(
+            (
+                where,
+                f"is a stream in region {region}, but source.region is {source.region}: "
+                "the stream must be read in its table's region",
+            )
+        )
     return problems
 
 

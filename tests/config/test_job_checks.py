@@ -204,3 +204,55 @@ def test_a_task_name_pattern_that_gives_no_name_is_refused(
     """These passed (or crashed) validate and failed at run with a KeyError traceback or a
     table DynamoDB refused."""
     _refused(tmp_path, MINIMAL + setting + "\n", key, says)
+
+
+def _with_stream(arn: str, kind: str = "") -> str:
+    stream = f"{{{kind}arn: '{arn}'}}"
+    return MINIMAL.replace("table: orders}", f"table: orders, stream: {stream}}}", 1)
+
+
+ARN = "arn:aws:dynamodb:{region}:123456789012:table/{table}/stream/2026-01-01T00:00:00.000"
+
+
+@pytest.mark.parametrize(
+    ("arn", "says"),
+    [
+        (
+            ARN.format(region="us-east-1", table="customers"),
+            ("stream of table 'customers'", "source.table is 'orders'"),
+        ),
+        (
+            ARN.format(region="eu-west-1", table="orders"),
+            ("stream in region eu-west-1", "source.region is us-east-1"),
+        ),
+        (
+            "arn:aws:kinesis:us-east-1:123456789012:stream/orders-changes",
+            ("expected a DynamoDB stream ARN", "set source.stream.kind: kinesis"),
+        ),
+    ],
+)
+def test_a_stream_arn_of_another_table_or_region_is_refused_naming_both(
+    tmp_path: Path, arn: str, says: tuple[str, ...]
+) -> None:
+    """validate passed these; the replicator then read another table's changes (or
+    DescribeStream failed at run)."""
+    _refused(tmp_path, _with_stream(arn), "source.stream.arn", *says)
+
+
+@pytest.mark.parametrize(
+    "arn",
+    [
+        ARN.format(region="us-east-1", table="orders"),
+        ARN.format(region="ddblocal", table="orders"),  # DynamoDB Local's region
+        ARN.format(region="us-east-1", table="orders").replace("arn:aws:", "arn:aws-cn:"),
+    ],
+)
+def test_the_source_tables_own_stream_arn_passes(arn: str) -> None:
+    assert parse_job(_with_stream(arn), Path("job.yaml")).job.source.stream.arn == arn
+
+
+def test_a_kinesis_stream_arn_is_not_compared_with_the_table() -> None:
+    arn = "arn:aws:kinesis:eu-west-1:123456789012:stream/other-changes"
+    text = "runtime: kcl\nconflict: {policy: version, version_attribute: v}\n"
+    job = parse_job(text + _with_stream(arn, "kind: kinesis, "), Path("job.yaml")).job
+    assert job.source.stream.arn == arn
