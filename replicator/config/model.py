@@ -489,17 +489,38 @@ class JobConfig(Strict):
                     f"{place}.{name} is not read by policy {conflict.policy.value}"
                     + (f" (it decides by {conflict.ranked_by})" if conflict.ranked_by else "")
                 )
-        if not self.loop_prevention.origin_attribute or self.ordered_everywhere:
-            return cautions
-        policies = {self.conflict_for(d).policy for d in self.destinations}
-        unordered = sorted(p.value for p in policies | {self.conflict.policy} if p not in _ORDERED)
-        cautions.append(
-            f"loop_prevention with the {' and '.join(unordered)} policy: an item written in "
-            "two regions at nearly the same time can end with each region holding the "
-            "other's image, for good (that policy gives the regions no order to agree on). "
-            "For an active-active pair use last_writer_wins or version, which converge"
-        )
+        if self.loop_prevention.origin_attribute and not self.ordered_everywhere:
+            policies = {self.conflict_for(d).policy for d in self.destinations}
+            unordered = sorted(
+                p.value for p in policies | {self.conflict.policy} if p not in _ORDERED
+            )
+            cautions.append(
+                f"loop_prevention with the {' and '.join(unordered)} policy: an item written "
+                "in two regions at nearly the same time can end with each region holding the "
+                "other's image, for good (that policy gives the regions no order to agree "
+                "on). For an active-active pair use last_writer_wins or version, which converge"
+            )
+        if self.task_name is None:
+            cautions.append(self.derived_task_name_caution)
         return cautions
+
+    @property
+    def derived_task_name_caution(self) -> str:
+        """What a derived task name means when the destinations change, and how to pin it."""
+        from replicator.config.task_name import default_task_name
+
+        return (
+            "task_name is derived from the source and every destination, so adding or "
+            "removing a destination moves the job to a new lease table, where it starts "
+            f"over at kcl.initial_position ({self.kcl.initial_position.value}: "
+            + (
+                "changes made while it was stopped are lost for every destination"
+                if self.kcl.initial_position is InitialPosition.LATEST
+                else "up to 24 hours of changes are replayed to every destination"
+            )
+            + "; see 'The task name' in docs/configuration.md). To keep this lease table, "
+            f"add this line to the job file: task_name: {default_task_name(self)}"
+        )
 
     @property
     def ordered_everywhere(self) -> bool:

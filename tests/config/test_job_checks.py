@@ -256,3 +256,39 @@ def test_a_kinesis_stream_arn_is_not_compared_with_the_table() -> None:
     text = "runtime: kcl\nconflict: {policy: version, version_attribute: v}\n"
     job = parse_job(text + _with_stream(arn, "kind: kinesis, "), Path("job.yaml")).job
     assert job.source.stream.arn == arn
+
+
+def test_a_derived_task_name_is_cautioned_about_with_the_line_that_pins_it(
+    tmp_path: Path,
+) -> None:
+    """Adding a destination changes a derived task name, and with it the lease table: the
+    job starts over (LATEST loses what changed while it was stopped). validate says so and
+    prints the line that keeps the current lease table; a pinned name is not cautioned."""
+    path = tmp_path / "job.yaml"
+    path.write_text(MINIMAL + "kcl: {initial_position: LATEST}\n")
+    result = run_cli("validate", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    derived = parse_job(MINIMAL, path).task_name
+    (warning,) = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert warning.startswith("warning: task_name is derived from the source and every")
+    assert "adding or removing a destination moves the job to a new lease table" in warning
+    assert "LATEST: changes made while it was stopped are lost" in warning
+    assert warning.endswith(f"add this line to the job file: task_name: {derived}")
+    # The line it prints pins the same lease table, and then there is nothing to say.
+    pinned = parse_job(f"task_name: {derived}\n" + MINIMAL, path)
+    assert pinned.lease_table == derived
+    assert pinned.job.cautions == []
+    (caution,) = parse_job(MINIMAL, path).job.cautions
+    assert "TRIM_HORIZON: up to 24 hours of changes are replayed" in caution
+
+
+def test_run_logs_the_derived_task_name_caution_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(MINIMAL + "metrics: {enabled: false}\nlogging: {format: json}\n")
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}  # nothing listens: exit 3 after start
+    result = run_cli("run", "--config", str(path), env=env)
+    assert result.returncode == 3, result.stderr
+    derived = parse_job(MINIMAL, path).task_name
+    output = result.stdout + result.stderr
+    assert "task_name is derived from the source and every destination" in output
+    assert f"task_name: {derived}" in output
