@@ -53,6 +53,10 @@ def _check_region(value: str) -> str:
     return value
 
 
+def _check_optional_region(value: str | None) -> str | None:
+    return None if value is None else _check_region(value)
+
+
 def _check_table(value: str) -> str:
     if not _TABLE.match(value):
         raise ValueError(
@@ -317,6 +321,8 @@ class DeadLetterConfig(Strict):
     role_arn: str | None = None
 
     _endpoint = field_validator("endpoint_url")(check_endpoint)
+    _role = field_validator("role_arn")(_check_role)
+    _region = field_validator("region")(_check_optional_region)
 
     @model_validator(mode="after")
     def _sqs_needs_a_queue(self) -> Self:
@@ -356,6 +362,7 @@ class ConflictLogConfig(Strict):
 
     _role = field_validator("role_arn")(_check_role)
     _endpoint = field_validator("endpoint_url")(check_endpoint)
+    _region = field_validator("region")(_check_optional_region)
 
     @model_validator(mode="after")
     def _sqs_needs_a_queue(self) -> Self:

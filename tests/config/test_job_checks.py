@@ -292,3 +292,30 @@ def test_run_logs_the_derived_task_name_caution_at_start(tmp_path: Path) -> None
     output = result.stdout + result.stderr
     assert "task_name is derived from the source and every destination" in output
     assert f"task_name: {derived}" in output
+
+
+@pytest.mark.parametrize(
+    ("setting", "key", "says"),
+    [
+        (
+            "dead_letter: {kind: sqs, queue_url: q, region: 'eu west 1'}",
+            "dead_letter.region",
+            "AWS region",
+        ),
+        (
+            "conflict_log: {kind: sqs, queue_url: q, region: Europe}",
+            "conflict_log.region",
+            "AWS region",
+        ),
+        (
+            "dead_letter: {kind: sqs, queue_url: q, role_arn: my-role}",
+            "dead_letter.role_arn",
+            "role ARN",
+        ),
+    ],
+)
+def test_the_queues_region_and_role_are_checked_like_the_tables(
+    tmp_path: Path, setting: str, key: str, says: str
+) -> None:
+    """A region botocore refuses was a traceback at run (InvalidRegionError)."""
+    _refused(tmp_path, MINIMAL + setting + "\n", key, says)
