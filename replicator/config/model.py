@@ -19,6 +19,10 @@ from replicator.config.endpoints import check_endpoint
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _TABLE = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
+# arn:PARTITION:dynamodb:REGION:ACCOUNT:table/TABLE/stream/LABEL
+_DYNAMODB_STREAM_ARN = re.compile(
+    r"^arn:aws[a-z-]*:dynamodb:(?P<region>[^:]*):[^:]*:table/(?P<table>[^/]+)/stream/[^/]+$"
+)
 _TASK_NAME = re.compile(r"^[a-zA-Z0-9_.-]{3,}$")
 # DynamoDB's longest table name.
 MAX_TABLE_NAME = 255
@@ -34,10 +38,6 @@ TASK_TABLE_SUFFIXES = ("-watermark", "-backfill", "-CoordinatorState", "-WorkerM
 MAX_TASK_NAME = MAX_TABLE_NAME - max(len(suffix) for suffix in TASK_TABLE_SUFFIXES)
 # KCL properties that point the KCL's clients at an endpoint other than AWS's.
 KCL_ENDPOINT_KEYS = ("kinesisEndpoint", "dynamoDBEndpoint")
-# arn:PARTITION:dynamodb:REGION:ACCOUNT:table/TABLE/stream/LABEL
-_DYNAMODB_STREAM_ARN = re.compile(
-    r"^arn:aws[a-z-]*:dynamodb:(?P<region>[^:]*):[^:]*:table/(?P<table>[^/]+)/stream/[^/]+$"
-)
 _DOTTED_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -616,6 +616,8 @@ def cross_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
             )
         labels.setdefault(destination.label, index)
     problems += _task_pattern_checks(job)
+    problems += _runtime_checks(job)
+    problems += _stream_arn_checks(job)
     active = job.active_active
     problems += _tombstone_table_checks(job)
     if active.write_back or active.tombstones:
@@ -656,8 +658,6 @@ def cross_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
                 "source by the same machinery)",
             )
         )
-    problems += _runtime_checks(job)
-    problems += _stream_arn_checks(job)
     if job.runtime is RuntimeKind.KCL:
         problems += _kcl_property_checks(job)
     if job.source.stream.kind is StreamKind.KINESIS:
@@ -689,26 +689,6 @@ def _ranking(conflict: ConflictConfig) -> tuple[ConflictPolicyName, str | None]:
 def _described(conflict: ConflictConfig) -> str:
     policy, attribute = _ranking(conflict)
     return f"{policy.value} on {attribute!r}"
-
-
-def _tombstone_table_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
-    """A tombstone table must never be one of the job's own tables."""
-    if not job.active_active.tombstones:
-        return []
-    tables = [(job.source.region, job.source.table)] + [
-        (d.region, d.table) for d in job.destinations
-    ]
-    for region, table in tables:
-        tombstones = job.tombstone_table(table)
-        if (region, tombstones) in tables:
-            return [
-                (
-                    ("active_active", "tombstone_table"),
-                    f"gives {tombstones!r} in {region} for the table {table!r}, which is one "
-                    "of the job's own tables: choose a pattern that names a table of its own",
-                )
-            ]
-    return []
 
 
 def _task_pattern_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
@@ -813,6 +793,26 @@ def _runtime_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
             )
         )
     return problems
+
+
+def _tombstone_table_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """A tombstone table must never be one of the job's own tables."""
+    if not job.active_active.tombstones:
+        return []
+    tables = [(job.source.region, job.source.table)] + [
+        (d.region, d.table) for d in job.destinations
+    ]
+    for region, table in tables:
+        tombstones = job.tombstone_table(table)
+        if (region, tombstones) in tables:
+            return [
+                (
+                    ("active_active", "tombstone_table"),
+                    f"gives {tombstones!r} in {region} for the table {table!r}, which is one "
+                    "of the job's own tables: choose a pattern that names a table of its own",
+                )
+            ]
+    return []
 
 
 def _kcl_property_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
