@@ -10,8 +10,9 @@ before they expire.
 
 from __future__ import annotations
 
+import os
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
@@ -23,6 +24,7 @@ from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshabl
 from botocore.exceptions import CredentialRetrievalError, InvalidConfigError, ProfileNotFound
 
 from replicator import __version__
+from replicator.config.endpoints import endpoint_problem
 from replicator.exceptions import EnvironmentProblem
 
 if TYPE_CHECKING:
@@ -161,40 +163,92 @@ def _loading_credentials(place: Reach) -> Iterator[None]:
         ) from None
 
 
+# The part of botocore's per-service endpoint variable (AWS_ENDPOINT_URL_<ID>) for each
+# service the package makes clients for.
+_ENDPOINT_IDS = {
+    "dynamodb": "DYNAMODB",
+    "dynamodbstreams": "DYNAMODB_STREAMS",
+    "kinesis": "KINESIS",
+    "sqs": "SQS",
+}
+
+
+def _endpoint_origin(service: str, place: Reach) -> tuple[str, str | None]:
+    """Where botocore takes the endpoint of a ``service`` client at ``place`` from, and
+    the value there when it is a variable or the job file."""
+    if place.endpoint_url:
+        return "the job file", place.endpoint_url
+    names = [f"AWS_ENDPOINT_URL_{_ENDPOINT_IDS.get(service, service.upper())}", "AWS_ENDPOINT_URL"]
+    for name in names:
+        if os.environ.get(name):
+            return f"${name}", os.environ[name]
+    return "the AWS config file's endpoint_url", None
+
+
+def _client(service: str, place: Reach, tuning: Tuning) -> Any:
+    """A client of ``service`` at ``place``, made as :func:`_checked` says."""
+    with _loading_credentials(place):
+        return _checked(
+            service,
+            place,
+            lambda: _session(place).client(
+                service,  # type: ignore[call-overload]
+                endpoint_url=place.endpoint_url,
+                config=_config(place.region, tuning),
+            ),
+        )
+
+
+def _checked(service: str, place: Reach, make: Callable[[], Any]) -> Any:
+    """The client ``make`` returns; an endpoint botocore would refuse, or take and fail on
+    later (a URL without a scheme, a trailing space, a port that is not a number), from a
+    variable such as AWS_ENDPOINT_URL or the config file, is one line (exit 3)."""
+    origin, url = _endpoint_origin(service, place)
+    try:
+        client = make()
+    except ValueError as error:
+        if "endpoint" not in str(error).lower():
+            raise
+        problem = (url and endpoint_problem(url)) or str(error)
+    else:
+        url = client.meta.endpoint_url
+        checked = endpoint_problem(client.meta.endpoint_url)
+        if checked is None:
+            return client
+        problem = checked
+    shown = f" {url!r}" if url is not None else ""
+    raise EnvironmentProblem(
+        f"the {service} endpoint{shown} for {place.region}, from {origin}, is not usable: "
+        f"{problem} (an endpoint is http:// or https://, a host and an optional port)"
+    )
+
+
 def _session(place: Reach) -> boto3.Session:
     return session_for(place.region, place.role_arn, place.external_id)
 
 
 def dynamodb(place: Reach, **tuning: Unpack[Tuning]) -> DynamoDBClient:
     """A low-level DynamoDB client for the table (or tables) at ``place``."""
-    with _loading_credentials(place):
-        return _session(place).client(
-            "dynamodb", endpoint_url=place.endpoint_url, config=_config(place.region, tuning)
-        )
+    client: DynamoDBClient = _client("dynamodb", place, tuning)
+    return client
 
 
 def dynamodb_streams(place: Reach, **tuning: Unpack[Tuning]) -> DynamoDBStreamsClient:
     """A DynamoDB Streams client in the region (and account) of the source table."""
-    with _loading_credentials(place):
-        return _session(place).client(
-            "dynamodbstreams", endpoint_url=place.endpoint_url, config=_config(place.region, tuning)
-        )
+    client: DynamoDBStreamsClient = _client("dynamodbstreams", place, tuning)
+    return client
 
 
 def kinesis(place: Reach, **tuning: Unpack[Tuning]) -> KinesisClient:
     """A Kinesis Data Streams client, for a source whose changes go to a Kinesis stream."""
-    with _loading_credentials(place):
-        return _session(place).client(
-            "kinesis", endpoint_url=place.endpoint_url, config=_config(place.region, tuning)
-        )
+    client: KinesisClient = _client("kinesis", place, tuning)
+    return client
 
 
 def sqs(place: Reach, **tuning: Unpack[Tuning]) -> SQSClient:
     """An SQS client, for a dead-letter or conflict-log queue."""
-    with _loading_credentials(place):
-        return _session(place).client(
-            "sqs", endpoint_url=place.endpoint_url, config=_config(place.region, tuning)
-        )
+    client: SQSClient = _client("sqs", place, tuning)
+    return client
 
 
 def default_dynamodb(
@@ -203,4 +257,11 @@ def default_dynamodb(
     """A DynamoDB client with boto3's own defaults (its default session, and retries and
     timeouts unless ``config`` says otherwise), for code an application embeds (the
     watermark reader) and the demo."""
-    return boto3.client("dynamodb", region_name=region, endpoint_url=endpoint_url, config=config)
+    client: DynamoDBClient = _checked(
+        "dynamodb",
+        Place(region or "the default region", endpoint_url),
+        lambda: boto3.client(
+            "dynamodb", region_name=region, endpoint_url=endpoint_url, config=config
+        ),
+    )
+    return client

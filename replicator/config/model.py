@@ -14,10 +14,28 @@ from typing import Annotated, Literal, Self, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from replicator.config.endpoints import check_endpoint
+
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _TABLE = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
-_TASK_NAME = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
+# arn:PARTITION:dynamodb:REGION:ACCOUNT:table/TABLE/stream/LABEL
+_DYNAMODB_STREAM_ARN = re.compile(
+    r"^arn:aws[a-z-]*:dynamodb:(?P<region>[^:]*):[^:]*:table/(?P<table>[^/]+)/stream/[^/]+$"
+)
+_TASK_NAME = re.compile(r"^[a-zA-Z0-9_.-]{3,}$")
+# DynamoDB's longest table name.
+MAX_TABLE_NAME = 255
+# Tables named <task_name><suffix> beside the lease table (named the task itself), in the
+# source's region unless said: the watermark status table (in each destination's region,
+# replicator/watermark/table.py), a backfill's progress table
+# (replicator/tools/backfill_state.py), and the two that KCL 3 creates for its
+# applicationName (runtime kcl). Every suffix is of DynamoDB's table-name characters
+# (letters, digits, _ . -), so that a task name of those characters names valid tables.
+TASK_TABLE_SUFFIXES = ("-watermark", "-backfill", "-CoordinatorState", "-WorkerMetricStats")
+# The longest task name whose every table fits in MAX_TABLE_NAME (the longest suffix decides:
+# a job may move between runtimes, and keeps its task name when it does).
+MAX_TASK_NAME = MAX_TABLE_NAME - max(len(suffix) for suffix in TASK_TABLE_SUFFIXES)
 # KCL properties that point the KCL's clients at an endpoint other than AWS's.
 KCL_ENDPOINT_KEYS = ("kinesisEndpoint", "dynamoDBEndpoint")
 _DOTTED_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -33,6 +51,10 @@ def _check_region(value: str) -> str:
     if not _REGION.match(value):
         raise ValueError(f"expected an AWS region name such as us-east-1, got {value!r}")
     return value
+
+
+def _check_optional_region(value: str | None) -> str | None:
+    return None if value is None else _check_region(value)
 
 
 def _check_table(value: str) -> str:
@@ -121,6 +143,7 @@ class SourceConfig(Strict):
     _region = field_validator("region")(_check_region)
     _table = field_validator("table")(_check_table)
     _role = field_validator("role_arn")(_check_role)
+    _endpoint = field_validator("endpoint_url")(check_endpoint)
 
 
 # The setting each policy decides by (overwrite reads none).
@@ -190,6 +213,7 @@ class DestinationConfig(Strict):
     _region = field_validator("region")(_check_region)
     _table = field_validator("table")(_check_table)
     _role = field_validator("role_arn")(_check_role)
+    _endpoint = field_validator("endpoint_url")(check_endpoint)
 
     @field_validator("name")
     @classmethod
@@ -296,6 +320,10 @@ class DeadLetterConfig(Strict):
     endpoint_url: str | None = None
     role_arn: str | None = None
 
+    _endpoint = field_validator("endpoint_url")(check_endpoint)
+    _role = field_validator("role_arn")(_check_role)
+    _region = field_validator("region")(_check_optional_region)
+
     @model_validator(mode="after")
     def _sqs_needs_a_queue(self) -> Self:
         if self.kind is DeadLetterKind.SQS and not self.queue_url:
@@ -333,6 +361,8 @@ class ConflictLogConfig(Strict):
     retry_for_s: Annotated[float, Field(gt=0)] = 60.0
 
     _role = field_validator("role_arn")(_check_role)
+    _endpoint = field_validator("endpoint_url")(check_endpoint)
+    _region = field_validator("region")(_check_optional_region)
 
     @model_validator(mode="after")
     def _sqs_needs_a_queue(self) -> Self:
@@ -418,9 +448,19 @@ class JobConfig(Strict):
     @field_validator("task_name")
     @classmethod
     def _task_name(cls, value: str | None) -> str | None:
-        if value is not None and not _TASK_NAME.match(value):
+        if value is None:
+            return value
+        if not _TASK_NAME.match(value):
             raise ValueError(
-                "task_name names the lease table: 3-255 characters of letters, digits, _ . -"
+                "names the lease table and the tables beside it: letters, digits, "
+                f"_ . - only (DynamoDB's table-name characters), got {value!r}"
+            )
+        if len(value) > MAX_TASK_NAME:
+            longest = max(TASK_TABLE_SUFFIXES, key=len)
+            raise ValueError(
+                f"may have at most {MAX_TASK_NAME} characters (it has {len(value)}): "
+                f"it names tables such as <task_name>{longest}, and a DynamoDB table name has "
+                f"at most {MAX_TABLE_NAME}"
             )
         return value
 
@@ -456,17 +496,38 @@ class JobConfig(Strict):
                     f"{place}.{name} is not read by policy {conflict.policy.value}"
                     + (f" (it decides by {conflict.ranked_by})" if conflict.ranked_by else "")
                 )
-        if not self.loop_prevention.origin_attribute or self.ordered_everywhere:
-            return cautions
-        policies = {self.conflict_for(d).policy for d in self.destinations}
-        unordered = sorted(p.value for p in policies | {self.conflict.policy} if p not in _ORDERED)
-        cautions.append(
-            f"loop_prevention with the {' and '.join(unordered)} policy: an item written in "
-            "two regions at nearly the same time can end with each region holding the "
-            "other's image, for good (that policy gives the regions no order to agree on). "
-            "For an active-active pair use last_writer_wins or version, which converge"
-        )
+        if self.loop_prevention.origin_attribute and not self.ordered_everywhere:
+            policies = {self.conflict_for(d).policy for d in self.destinations}
+            unordered = sorted(
+                p.value for p in policies | {self.conflict.policy} if p not in _ORDERED
+            )
+            cautions.append(
+                f"loop_prevention with the {' and '.join(unordered)} policy: an item written "
+                "in two regions at nearly the same time can end with each region holding the "
+                "other's image, for good (that policy gives the regions no order to agree "
+                "on). For an active-active pair use last_writer_wins or version, which converge"
+            )
+        if self.task_name is None:
+            cautions.append(self.derived_task_name_caution)
         return cautions
+
+    @property
+    def derived_task_name_caution(self) -> str:
+        """What a derived task name means when the destinations change, and how to pin it."""
+        from replicator.config.task_name import default_task_name
+
+        return (
+            "task_name is derived from the source and every destination, so adding or "
+            "removing a destination moves the job to a new lease table, where it starts "
+            f"over at kcl.initial_position ({self.kcl.initial_position.value}: "
+            + (
+                "changes made while it was stopped are lost for every destination"
+                if self.kcl.initial_position is InitialPosition.LATEST
+                else "up to 24 hours of changes are replayed to every destination"
+            )
+            + "; see 'The task name' in docs/configuration.md). To keep this lease table, "
+            f"add this line to the job file: task_name: {default_task_name(self)}"
+        )
 
     @property
     def ordered_everywhere(self) -> bool:
@@ -554,14 +615,9 @@ def cross_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
                 )
             )
         labels.setdefault(destination.label, index)
-    if job.watermark.enabled and job.task_name and len(job.task_name) > 245:
-        problems.append(
-            (
-                ("task_name",),
-                "names the watermark status table <task_name>-watermark, which may have at "
-                "most 255 characters: shorten it to 245, or set watermark.enabled: false",
-            )
-        )
+    problems += _task_pattern_checks(job)
+    problems += _runtime_checks(job)
+    problems += _stream_arn_checks(job)
     active = job.active_active
     problems += _tombstone_table_checks(job)
     if active.write_back or active.tombstones:
@@ -633,6 +689,110 @@ def _ranking(conflict: ConflictConfig) -> tuple[ConflictPolicyName, str | None]:
 def _described(conflict: ConflictConfig) -> str:
     policy, attribute = _ranking(conflict)
     return f"{policy.value} on {attribute!r}"
+
+
+def _task_pattern_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """The names made from ``{task_name}`` patterns (the files and table the job uses)."""
+    from replicator.config.task_name import default_task_name
+
+    task = job.task_name or default_task_name(job)
+    patterns: list[tuple[tuple[str | int, ...], str, bool]] = []
+    if job.dead_letter.kind is DeadLetterKind.FILE:
+        patterns.append((("dead_letter", "path"), job.dead_letter.path, False))
+    if job.conflict_log.kind is ConflictLogKind.FILE:
+        patterns.append((("conflict_log", "path"), job.conflict_log.path, False))
+    if job.conflict_log.kind is ConflictLogKind.DYNAMODB:
+        patterns.append((("conflict_log", "table"), job.conflict_log.table, True))
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for where, pattern, is_table in patterns:
+        try:
+            name = pattern.format(task_name=task)
+        except (KeyError, IndexError, ValueError) as error:
+            what = f"not {{{error.args[0]}}}" if isinstance(error, KeyError) else str(error)
+            problems.append(
+                (where, f"may use only {{task_name}} (and {{{{ }}}} for a brace): {what}")
+            )
+            continue
+        if is_table and not _TABLE.match(name):
+            problems.append(
+                (
+                    where,
+                    f"gives {name!r} for task {task!r}, which is not a DynamoDB table name "
+                    "(3-255 characters of letters, digits, _ . -)",
+                )
+            )
+    return problems
+
+
+def _stream_arn_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """A DynamoDB stream ARN names its table and region in its text: they must be the
+    source's (DescribeStream at run checks that the stream exists)."""
+    source = job.source
+    arn = source.stream.arn
+    if source.stream.kind is not StreamKind.DYNAMODB_STREAMS or not arn:
+        return []
+    where: tuple[str | int, ...] = ("source", "stream", "arn")
+    match = _DYNAMODB_STREAM_ARN.match(arn)
+    if match is None:
+        hint = (
+            "; for a Kinesis data stream set source.stream.kind: kinesis"
+            if ":kinesis:" in arn
+            else ""
+        )
+        return [
+            (
+                where,
+                "expected a DynamoDB stream ARN such as arn:aws:dynamodb:us-east-1:"
+                f"123456789012:table/{source.table}/stream/2026-01-01T00:00:00.000{hint}, "
+                f"got {arn!r}",
+            )
+        ]
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    table, region = match["table"], match["region"]
+    if table != source.table:
+        problems.append(
+            (
+                where,
+                f"is a stream of table {table!r}, but source.table is {source.table!r}: a "
+                "stream carries only its own table's changes; name the source table's "
+                "stream, or leave stream.arn out to use the table's latest",
+            )
+        )
+    # A local emulator's ARNs may carry a region of its own (DynamoDB Local: ddblocal).
+    if region != source.region and _REGION.match(region):
+        problems.append(
+            (
+                where,
+                f"is a stream in region {region}, but source.region is {source.region}: "
+                "the stream must be read in its table's region",
+            )
+        )
+    return problems
+
+
+def _runtime_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """Settings that the job's runtime cannot work with (``run`` would refuse them)."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    if job.runtime is RuntimeKind.KCL and job.source.role_arn:
+        # The daemon reads the stream and keeps its lease table with the host's own
+        # credentials; only the processors (destinations) assume roles.
+        problems.append(
+            (
+                ("source", "role_arn"),
+                "is not supported by runtime kcl (the KCL reads the source with the host's "
+                "own credentials); run the workers with credentials of the source account "
+                "and drop source.role_arn, or use runtime: local",
+            )
+        )
+    if job.runtime is RuntimeKind.LOCAL and job.source.stream.kind is StreamKind.KINESIS:
+        problems.append(
+            (
+                ("source", "stream", "kind"),
+                "kinesis is not supported by runtime local, which reads DynamoDB Streams; "
+                "a kinesis source needs runtime: kcl",
+            )
+        )
+    return problems
 
 
 def _tombstone_table_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:

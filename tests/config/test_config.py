@@ -292,13 +292,15 @@ def test_loop_prevention_under_overwrite_is_valid_but_warned(tmp_path: Path) -> 
     job.write_text(MINIMAL + loop)
     result = run_cli("validate", "--config", str(job))
     assert result.returncode == 0, result.stderr
-    (warning,) = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    (warning,) = [line for line in warnings if "loop_prevention" in line]
     assert "loop_prevention with the overwrite policy" in warning
     assert "last_writer_wins or version" in warning
     lww = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
-    assert parse_job(MINIMAL + loop + lww, job).job.cautions == []
-    assert parse_job(MINIMAL, job).job.cautions == []
-    override = MINIMAL + "  - {region: ap-south-1, table: t22, conflict: {policy: overwrite}}\n"
+    pinned = "task_name: pinned\n" + MINIMAL  # a derived task name is cautioned about too
+    assert parse_job(pinned + loop + lww, job).job.cautions == []
+    assert parse_job(pinned, job).job.cautions == []
+    override = pinned + "  - {region: ap-south-1, table: t22, conflict: {policy: overwrite}}\n"
     (caution,) = parse_job(override + loop + lww, job).job.cautions
     assert "the overwrite policy" in caution
 
@@ -363,7 +365,9 @@ def test_validate_shows_the_attribute_the_policy_reads_and_warns_of_the_others(
         "warning: conflict.timestamp_attribute is not read by policy version (it decides by v)"
         in result.stdout
     )
-    plain = parse_job(MINIMAL + "conflict: {policy: overwrite, resolver: 'a:b'}\n", job)
+    plain = parse_job(
+        "task_name: pinned\n" + MINIMAL + "conflict: {policy: overwrite, resolver: 'a:b'}\n", job
+    )
     assert plain.job.cautions == ["conflict.resolver is not read by policy overwrite"]
 
 

@@ -294,14 +294,8 @@ def prepare_run(
 
     The local checks come first: they are cheap and need no network.
     """
-    if resolved.job.source.role_arn:
-        # The daemon reads the stream and keeps its lease table with the host's own
-        # credentials; only the processors (destinations) assume roles.
-        raise KclUnavailable(
-            f"{resolved.path}: source.role_arn is not supported by runtime kcl (the KCL "
-            "reads the source with the host's own credentials); run the workers with "
-            "credentials of the source account and drop source.role_arn, or use runtime: local"
-        )
+    # What the KCL cannot work with in the job file itself (source.role_arn) was refused
+    # when the job was loaded (replicator/config/model.py).
     installation = java.locate(resolved, environ)
     info = preflight.check(resolved)
     job = resolved.job

@@ -69,9 +69,11 @@ def write_job(
     return path
 
 
-def run_cli(job: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    job: Path, env: dict[str, str] | None = None, command: str = "run"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "replicator", "run", "--config", str(job)],
+        [sys.executable, "-m", "replicator", command, "--config", str(job)],
         check=False,
         capture_output=True,
         text=True,
@@ -279,7 +281,14 @@ def test_a_source_role_is_refused_since_the_daemon_would_not_use_it(tmp_path: Pa
         "source: {", "source: {role_arn: 'arn:aws:iam::123456789012:role/reader', "
     )
     job.write_text(text)
-    assert_refused(run_cli(job), 4, "source.role_arn", "runtime: local")
+    # A job-file problem: refused when the job is loaded, by validate as by run (exit 2).
+    for result in (run_cli(job), run_cli(job, command="validate")):
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        assert str(job) in result.stderr
+        (line,) = [line for line in result.stderr.splitlines() if "source.role_arn" in line]
+        assert line.startswith("  source.role_arn (line 3): is not supported by runtime kcl")
+        assert "runtime: local" in line
 
 
 # -- against AWS (moto): preflight, and a classpath that cannot start ---------------------

@@ -1,0 +1,53 @@
+"""Endpoint URLs: the form that botocore, the direct JSON-protocol writer and the KCL all take.
+
+botocore refuses a URL without a scheme (``ValueError: Invalid endpoint``) only when a
+client is made, and takes a trailing space, a port that is not a number, a path or a
+query, which then fail later (``Port could not be cast to integer``) or send requests
+somewhere else. A job file's endpoint, and one set for botocore in the environment
+(``AWS_ENDPOINT_URL``...), is checked against this one rule instead.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
+
+EXAMPLE = "http://127.0.0.1:8000"
+
+
+def endpoint_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as an endpoint (scheme, host, optional port), or None."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "it contains whitespace or a control character"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return "it must start with http:// or https://"
+    if "@" in parts.netloc:
+        return "it must not carry a user name or password"
+    if not parts.hostname:
+        return "it names no host"
+    try:
+        port = parts.port
+    except ValueError:
+        return "its port is not a number from 1 to 65535"
+    if port == 0:
+        return "its port is not a number from 1 to 65535"
+    if parts.path not in ("", "/") or parts.query or parts.fragment or url.endswith(("?", "#")):
+        return "it must be only a scheme, a host and a port (no path, query or fragment)"
+    if not (is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url)):
+        return f"{parts.hostname!r} is not a host name or IP address"
+    return None
+
+
+def check_endpoint(value: str | None) -> str | None:
+    """A pydantic validator: the endpoint, without a trailing slash, or ValueError."""
+    if value is None:
+        return None
+    problem = endpoint_problem(value)
+    if problem:
+        raise ValueError(
+            f"expected an endpoint URL such as {EXAMPLE} (http or https, a host, an "
+            f"optional port): {problem}, got {value!r}"
+        )
+    return value.removesuffix("/")

@@ -1,0 +1,321 @@
+"""Job-file checks found by walking through an operator's scenarios: what ``run`` would
+refuse or crash on is refused by ``validate`` first, naming the key (exit 2)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from replicator.config import parse_job
+from replicator.config.model import MAX_TABLE_NAME, MAX_TASK_NAME, TASK_TABLE_SUFFIXES
+from replicator.exceptions import ConfigError
+from tests.config.test_config import MINIMAL, run_cli
+
+TWO = MINIMAL + "  - {region: ap-south-1, table: t22}\n"
+
+
+def _refused(tmp_path: Path, text: str, key: str, *fragments: str) -> str:
+    """``validate`` exits 2 with the file and the key named; the line about the key."""
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    result = run_cli("validate", "--config", str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert str(path) in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith(f"  {key} (line")]
+    for fragment in fragments:
+        assert fragment in line
+    return line
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "says"),
+    [
+        (
+            MINIMAL.replace("table: orders}", "table: orders, endpoint_url: '127.0.0.1:5710'}", 1),
+            "source.endpoint_url",
+            "must start with http:// or https://",
+        ),
+        (
+            TWO.replace("table: t22}", "table: t22, endpoint_url: 'http://127.0.0.1:5710 '}"),
+            "destinations[1].endpoint_url",
+            "whitespace",
+        ),
+        (
+            TWO.replace("table: t22}", "table: t22, endpoint_url: 'http://127.0.0.1:57x0'}"),
+            "destinations[1].endpoint_url",
+            "port is not a number",
+        ),
+        (
+            MINIMAL + "dead_letter: {kind: sqs, queue_url: q, endpoint_url: 'localhost:4566'}\n",
+            "dead_letter.endpoint_url",
+            "must start with http:// or https://",
+        ),
+        (
+            MINIMAL + "conflict_log: {kind: dynamodb, endpoint_url: 'http://h:4566/x?y=1'}\n",
+            "conflict_log.endpoint_url",
+            "no path, query or fragment",
+        ),
+        (
+            MINIMAL.replace("table: orders}", "table: orders, endpoint_url: 'http://a_b:1'}", 1),
+            "source.endpoint_url",
+            "not a host name",
+        ),
+    ],
+)
+def test_an_endpoint_botocore_would_refuse_is_refused_naming_the_key(
+    tmp_path: Path, text: str, key: str, says: str
+) -> None:
+    """``validate`` passed these, and ``run`` then crashed (ValueError: Invalid endpoint,
+    Port could not be cast to integer)."""
+    _refused(tmp_path, text, key, says, "http://127.0.0.1:8000")
+
+
+def test_a_good_endpoint_passes_and_loses_a_trailing_slash() -> None:
+    job = parse_job(
+        MINIMAL.replace("table: orders}", "table: orders, endpoint_url: 'http://[::1]:8000/'}", 1),
+        Path("job.yaml"),
+    ).job
+    assert job.source.endpoint_url == "http://[::1]:8000"
+
+
+def test_an_endpoint_the_job_file_takes_from_a_variable_is_checked_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MY_ENDPOINT", "http://h:1 ")
+    text = MINIMAL.replace("table: orders}", "table: orders, endpoint_url: '${MY_ENDPOINT}'}", 1)
+    with pytest.raises(ConfigError, match=r"source\.endpoint_url \(line 2\): .*whitespace"):
+        parse_job(text, Path("job.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("AWS_ENDPOINT_URL", "127.0.0.1:5710", "must start with http:// or https://"),
+        ("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:5710 ", "whitespace"),
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:57x0", "port is not a number"),
+    ],
+)
+def test_a_bad_endpoint_in_botocores_environment_is_one_line_at_run(
+    tmp_path: Path, variable: str, value: str, says: str
+) -> None:
+    """botocore reads AWS_ENDPOINT_URL (and AWS_ENDPOINT_URL_<SERVICE>) itself: a bad one
+    was a traceback from the first client; now one line naming the variable, exit 3."""
+    path = tmp_path / "job.yaml"
+    path.write_text(MINIMAL + "metrics: {enabled: false}\n")
+    env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", variable: value}
+    result = run_cli("run", "--config", str(path), env=env)
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("replicator: ")]
+    assert f"endpoint {value!r} for us-east-1, from ${variable}, is not usable: " in line
+    assert says in line
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "says"),
+    [
+        (
+            "runtime: kcl\n"
+            + MINIMAL.replace(
+                "table: orders}", "table: orders, role_arn: 'arn:aws:iam::123456789012:role/r'}", 1
+            ),
+            "source.role_arn",
+            "is not supported by runtime kcl",
+        ),
+        (
+            "source: {region: us-east-1, table: aaa, stream: {kind: kinesis, name: s}}\n"
+            "destinations: [{region: eu-west-1, table: aaa}]\n"
+            "conflict: {policy: version, version_attribute: v}\n",
+            "source.stream.kind",
+            "a kinesis source needs runtime: kcl",
+        ),
+    ],
+)
+def test_what_the_runtime_would_refuse_is_refused_by_validate(
+    tmp_path: Path, text: str, key: str, says: str
+) -> None:
+    """``validate`` passed these, and ``run`` then refused them (exit 4 for the KCL's
+    source role, 3 for a kinesis source under runtime local)."""
+    _refused(tmp_path, text, key, says)
+
+
+def test_a_task_name_whose_longest_table_would_not_fit_is_refused_naming_the_limit(
+    tmp_path: Path,
+) -> None:
+    """KCL 3 names <task>-WorkerMetricStats (18 more characters): a task name of 240 passed
+    validate (only -watermark was counted) and DynamoDB then refused the KCL's table."""
+    assert MAX_TASK_NAME == MAX_TABLE_NAME - len("-WorkerMetricStats") == 237
+    longest = "t" * MAX_TASK_NAME
+    resolved = parse_job(f"task_name: {longest}\n" + MINIMAL, Path("job.yaml"))
+    for suffix in TASK_TABLE_SUFFIXES:
+        assert len(resolved.task_name + suffix) <= MAX_TABLE_NAME
+    _refused(
+        tmp_path,
+        f"task_name: {longest}x\n" + MINIMAL,
+        "task_name",
+        f"at most {MAX_TASK_NAME} characters (it has {MAX_TASK_NAME + 1})",
+        "<task_name>-WorkerMetricStats",
+        "255",
+    )
+
+
+def test_the_suffixes_are_the_ones_the_package_and_the_kcl_use() -> None:
+    from replicator.tools import backfill_state
+    from replicator.watermark import table
+
+    resolved = parse_job("task_name: t.1_x-Y\n" + MINIMAL, Path("job.yaml"))
+    assert table.SUFFIX in TASK_TABLE_SUFFIXES
+    assert resolved.watermark_table == table.table_name("t.1_x-Y")
+    assert backfill_state.state_table_name("t.1_x-Y") == "t.1_x-Y" + backfill_state.SUFFIX
+    assert backfill_state.SUFFIX in TASK_TABLE_SUFFIXES
+    assert {"-CoordinatorState", "-WorkerMetricStats"} <= set(TASK_TABLE_SUFFIXES)
+    for suffix in TASK_TABLE_SUFFIXES:  # every derived name is a valid table name
+        assert re.fullmatch(r"[a-zA-Z0-9_.-]+", suffix)
+
+
+@pytest.mark.parametrize("name", ["orders/eu", "orders eu", "ordérs", "ab"])
+def test_a_task_name_that_is_no_table_name_is_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match=r"task_name \(line 1\): "):
+        parse_job(f"task_name: '{name}'\n" + MINIMAL, tmp_path / "job.yaml")
+
+
+@pytest.mark.parametrize(
+    ("setting", "key", "says"),
+    [
+        ("dead_letter: {path: 'dead/{task}.jsonl'}", "dead_letter.path", "not {task}"),
+        (
+            "conflict_log: {kind: file, path: 'c/{task_name}{'}",
+            "conflict_log.path",
+            "Single '{'",
+        ),
+        (
+            "conflict_log: {kind: dynamodb, table: '{task_name}/conflicts'}",
+            "conflict_log.table",
+            "not a DynamoDB table name",
+        ),
+    ],
+)
+def test_a_task_name_pattern_that_gives_no_name_is_refused(
+    tmp_path: Path, setting: str, key: str, says: str
+) -> None:
+    """These passed (or crashed) validate and failed at run with a KeyError traceback or a
+    table DynamoDB refused."""
+    _refused(tmp_path, MINIMAL + setting + "\n", key, says)
+
+
+def _with_stream(arn: str, kind: str = "") -> str:
+    stream = f"{{{kind}arn: '{arn}'}}"
+    return MINIMAL.replace("table: orders}", f"table: orders, stream: {stream}}}", 1)
+
+
+ARN = "arn:aws:dynamodb:{region}:123456789012:table/{table}/stream/2026-01-01T00:00:00.000"
+
+
+@pytest.mark.parametrize(
+    ("arn", "says"),
+    [
+        (
+            ARN.format(region="us-east-1", table="customers"),
+            ("stream of table 'customers'", "source.table is 'orders'"),
+        ),
+        (
+            ARN.format(region="eu-west-1", table="orders"),
+            ("stream in region eu-west-1", "source.region is us-east-1"),
+        ),
+        (
+            "arn:aws:kinesis:us-east-1:123456789012:stream/orders-changes",
+            ("expected a DynamoDB stream ARN", "set source.stream.kind: kinesis"),
+        ),
+    ],
+)
+def test_a_stream_arn_of_another_table_or_region_is_refused_naming_both(
+    tmp_path: Path, arn: str, says: tuple[str, ...]
+) -> None:
+    """validate passed these; the replicator then read another table's changes (or
+    DescribeStream failed at run)."""
+    _refused(tmp_path, _with_stream(arn), "source.stream.arn", *says)
+
+
+@pytest.mark.parametrize(
+    "arn",
+    [
+        ARN.format(region="us-east-1", table="orders"),
+        ARN.format(region="ddblocal", table="orders"),  # DynamoDB Local's region
+        ARN.format(region="us-east-1", table="orders").replace("arn:aws:", "arn:aws-cn:"),
+    ],
+)
+def test_the_source_tables_own_stream_arn_passes(arn: str) -> None:
+    assert parse_job(_with_stream(arn), Path("job.yaml")).job.source.stream.arn == arn
+
+
+def test_a_kinesis_stream_arn_is_not_compared_with_the_table() -> None:
+    arn = "arn:aws:kinesis:eu-west-1:123456789012:stream/other-changes"
+    text = "runtime: kcl\nconflict: {policy: version, version_attribute: v}\n"
+    job = parse_job(text + _with_stream(arn, "kind: kinesis, "), Path("job.yaml")).job
+    assert job.source.stream.arn == arn
+
+
+def test_a_derived_task_name_is_cautioned_about_with_the_line_that_pins_it(
+    tmp_path: Path,
+) -> None:
+    """Adding a destination changes a derived task name, and with it the lease table: the
+    job starts over (LATEST loses what changed while it was stopped). validate says so and
+    prints the line that keeps the current lease table; a pinned name is not cautioned."""
+    path = tmp_path / "job.yaml"
+    path.write_text(MINIMAL + "kcl: {initial_position: LATEST}\n")
+    result = run_cli("validate", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    derived = parse_job(MINIMAL, path).task_name
+    (warning,) = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert warning.startswith("warning: task_name is derived from the source and every")
+    assert "adding or removing a destination moves the job to a new lease table" in warning
+    assert "LATEST: changes made while it was stopped are lost" in warning
+    assert warning.endswith(f"add this line to the job file: task_name: {derived}")
+    # The line it prints pins the same lease table, and then there is nothing to say.
+    pinned = parse_job(f"task_name: {derived}\n" + MINIMAL, path)
+    assert pinned.lease_table == derived
+    assert pinned.job.cautions == []
+    (caution,) = parse_job(MINIMAL, path).job.cautions
+    assert "TRIM_HORIZON: up to 24 hours of changes are replayed" in caution
+
+
+def test_run_logs_the_derived_task_name_caution_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(MINIMAL + "metrics: {enabled: false}\nlogging: {format: json}\n")
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}  # nothing listens: exit 3 after start
+    result = run_cli("run", "--config", str(path), env=env)
+    assert result.returncode == 3, result.stderr
+    derived = parse_job(MINIMAL, path).task_name
+    output = result.stdout + result.stderr
+    assert "task_name is derived from the source and every destination" in output
+    assert f"task_name: {derived}" in output
+
+
+@pytest.mark.parametrize(
+    ("setting", "key", "says"),
+    [
+        (
+            "dead_letter: {kind: sqs, queue_url: q, region: 'eu west 1'}",
+            "dead_letter.region",
+            "AWS region",
+        ),
+        (
+            "conflict_log: {kind: sqs, queue_url: q, region: Europe}",
+            "conflict_log.region",
+            "AWS region",
+        ),
+        (
+            "dead_letter: {kind: sqs, queue_url: q, role_arn: my-role}",
+            "dead_letter.role_arn",
+            "role ARN",
+        ),
+    ],
+)
+def test_the_queues_region_and_role_are_checked_like_the_tables(
+    tmp_path: Path, setting: str, key: str, says: str
+) -> None:
+    """A region botocore refuses was a traceback at run (InvalidRegionError)."""
+    _refused(tmp_path, MINIMAL + setting + "\n", key, says)
