@@ -122,7 +122,21 @@ class DaemonProcess:
         return self._process.pid
 
     def start(self) -> None:
-        """Start the daemon; call before any other thread exists (preexec_fn runs in the fork)."""
+        """Start the daemon in a session (and process group) of its own.
+
+        The parent-death signal is armed between fork and exec, which is safe only while
+        no other thread runs (a thread holding a lock at the fork leaves it held in the
+        child for good): ``run_kcl`` starts the daemon before any thread, and should one
+        be running all the same, the daemon starts without that signal, with a warning.
+        """
+        arm = _parent_death_signal()
+        if arm is not None and threading.active_count() > 1:
+            log.warning(
+                "threads run already; the daemon starts without the parent-death signal "
+                "(it is not killed with this process on kill -9)",
+                threads=[thread.name for thread in threading.enumerate()],
+            )
+            arm = None
         self._process = subprocess.Popen(  # noqa: S603  # argv built from the checked job
             self.argv,
             env=self.env,
@@ -130,7 +144,7 @@ class DaemonProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_parent_death_signal(),  # noqa: PLW1509  # nothing else runs yet
+            preexec_fn=arm,  # noqa: PLW1509  # only while this is the one thread
         )
         self._pump = threading.Thread(target=self._copy_output, name="kcl-output", daemon=True)
         self._pump.start()
