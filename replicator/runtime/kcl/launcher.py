@@ -65,6 +65,9 @@ _CLASSPATH_FAILURE = re.compile(
     r"Could not find or load main class|NoClassDefFoundError|UnsupportedClassVersionError"
     r"|Invalid or corrupt jarfile|ClassFormatError"
 )
+# The JVM refusing its own options (a heap size it cannot read, an unknown option): the
+# line before "Could not create the Java Virtual Machine" says which.
+_JVM_REFUSED = "Could not create the Java Virtual Machine"
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,8 @@ class DaemonProcess:
         self.grace_s = grace_s
         self.output = output or sys.stderr
         self.classpath_failure: str | None = None
+        self.jvm_refused: str | None = None
+        self._previous_line = ""
         self._process: subprocess.Popen[bytes] | None = None
         self._pump: threading.Thread | None = None
         self._stop_requests = 0
@@ -242,6 +247,9 @@ class DaemonProcess:
             line = raw.decode("utf-8", errors="replace")
             if self.classpath_failure is None and _CLASSPATH_FAILURE.search(line):
                 self.classpath_failure = line.strip()
+            if self.jvm_refused is None and _JVM_REFUSED in line:
+                self.jvm_refused = self._previous_line or line.strip()
+            self._previous_line = line.strip()
             self.output.write(logs.redact(line))  # the Java SDK quotes requests too
             self.output.flush()
 
@@ -361,6 +369,11 @@ def run_kcl(
                     status = daemon.wait()
             finally:
                 daemon.clean_up()
+    if status != 0 and daemon.jvm_refused:
+        raise KclUnavailable(
+            f"the JVM could not start: {daemon.jvm_refused}; check the options in "
+            f"${java.JVM_OPTIONS_ENV} ({os.environ.get(java.JVM_OPTIONS_ENV, '')!r})"
+        )
     if status != 0 and daemon.classpath_failure:
         raise KclUnavailable(
             f"the KCL daemon could not start from {prepared.jars_dir}: "

@@ -316,6 +316,24 @@ def test_a_classpath_that_cannot_start_is_a_clear_error(
     assert "working KCL classpath" in message
 
 
+@pytest.mark.parametrize(
+    ("options", "needles"),
+    [
+        ("-Xmx1g '-Dfoo", ["REPLICATOR_KCL_JVM_OPTIONS", "No closing quotation"]),
+        ("-Xmx1q", ["the JVM could not start", "Invalid maximum heap size: -Xmx1q"]),
+    ],
+)
+def test_jvm_options_the_jvm_cannot_take_are_one_line_and_exit_4(
+    kinesis_job: dict[str, Any], tmp_path: Path, options: str, needles: list[str]
+) -> None:
+    if shutil.which("java") is None:
+        pytest.skip("no java")
+    jars = fake_jars(tmp_path / "jars", [java.MULTILANG_DAEMON])
+    job = write_job(tmp_path / "job.yaml", **kinesis_job, kcl=f", jars_dir: {jars}")
+    result = run_cli(job, env={"REPLICATOR_KCL_JVM_OPTIONS": options})
+    assert_refused(result, 4, *needles)
+
+
 # -- lifecycle, with a stand-in daemon ----------------------------------------------------
 
 STAND_IN_DAEMON = """\
