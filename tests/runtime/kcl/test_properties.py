@@ -324,3 +324,21 @@ def test_the_graceful_stop_outlasts_the_processors_flush(tmp_path: Path, failove
     assert f"shutdownGraceMillis = {grace}\n" in render_properties(resolved)
     processor = ReplicationProcessor(lambda shard: None, None)  # type: ignore[arg-type,return-value]
     assert processor._shutdown_flush_timeout_s * 1000 == PROCESSOR_FLUSH_TIMEOUT_MS
+
+
+def test_an_installed_package_carries_the_templates_where_the_runtime_looks() -> None:
+    """pyproject's data-files install properties/ at sys.prefix/share/...; building a
+    wheel takes too long for a test, so the configuration is checked against the tree
+    and the runtime's lookup."""
+    import tomllib
+
+    from replicator.runtime.kcl import properties as module
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    data_files = config["tool"]["setuptools"]["data-files"]
+    target = "share/dynamodb-replicator/properties"
+    shipped = sorted(Path(name).name for name in data_files[target])
+    assert shipped == sorted(path.name for path in (ROOT / "properties").iterdir())
+    assert all((ROOT / name).is_file() for name in data_files[target])
+    source = Path(module.__file__).read_text()
+    assert '"share" / "dynamodb-replicator" / "properties"' in source
