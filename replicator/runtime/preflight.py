@@ -123,16 +123,29 @@ def check_source(resolved: ResolvedJob) -> SourceInfo:
 
 
 def check_kinesis_stream(resolved: ResolvedJob, where: str) -> str:
-    """The Kinesis data stream's ARN, once it is known to exist and be readable."""
+    """The Kinesis data stream's ARN, once it is known to exist and be readable.
+
+    The KCL's MultiLangDaemon reads a stream by name, in ``source.region`` and the
+    account of the host's credentials, whatever account and region an ARN names (KCL 3.1
+    takes only the name out of ``streamArn``): the stream is looked up the same way, and
+    an ARN that names another stream is refused rather than read in its place."""
     source = resolved.job.source
     stream = source.stream
-    named = {"StreamARN": stream.arn} if stream.arn else {"StreamName": stream.name or ""}
+    name = stream.name or (stream.arn or "").rsplit(":stream/", 1)[-1]
     kinesis = clients.kinesis(source)
     what = f"kinesis stream {stream.arn or stream.name}"
     try:
-        summary = kinesis.describe_stream_summary(**named)["StreamDescriptionSummary"]
+        summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
     except (ClientError, BotoCoreError) as error:
         raise explain(error, what, where) from None
+    found = str(summary["StreamARN"])
+    if stream.arn and found != stream.arn:
+        raise EnvironmentProblem(
+            f"{what} (source.stream.arn) is not the stream runtime kcl would read: the KCL "
+            f"reads a stream by name, in source.region with the host's account, which is "
+            f"{found}; run the workers in the stream's account and set source.region to "
+            "its region"
+        )
     status = summary.get("StreamStatus")
     if status not in ("ACTIVE", "UPDATING"):
         raise EnvironmentProblem(

@@ -121,3 +121,33 @@ def test_a_conflict_log_file_that_cannot_be_written_names_its_setting(
     message = str(raised.value)
     assert message.startswith("conflict_log.path: ")
     assert f"{tmp_path}/blocker is a file" in message
+
+
+def test_a_kinesis_arn_the_kcl_would_not_read_is_refused(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """The KCL reads a Kinesis stream by name in source.region: an ARN of a stream in
+    another region (or account) would be read as this region's stream of that name."""
+    table, name = unique("kin-src"), unique("kin-changes")
+    create_table(client("dynamodb", "us-east-1", moto_endpoint), table, stream=None)
+    kinesis = client("kinesis", "us-east-1", moto_endpoint)
+    kinesis.create_stream(StreamName=name, ShardCount=1)
+    arn = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]["StreamARN"]
+
+    def job(stream_arn: str) -> Any:
+        path = tmp_path / "kinesis.yaml"
+        path.write_text(
+            "runtime: kcl\n"
+            f"source: {{region: us-east-1, table: {table}, endpoint_url: '{moto_endpoint}', "
+            f"stream: {{kind: kinesis, arn: '{stream_arn}'}}}}\n"
+            f"destinations: [{{region: eu-west-1, table: {table}}}]\n"
+            "conflict: {policy: version, version_attribute: v}\n"
+        )
+        return load_job(path)
+
+    assert preflight.check_source(job(arn)).stream_arn == arn
+    elsewhere = arn.replace(":us-east-1:", ":us-west-2:")
+    with pytest.raises(EnvironmentProblem) as raised:
+        preflight.check_source(job(elsewhere))
+    assert elsewhere in str(raised.value)
+    assert arn in str(raised.value)
