@@ -342,3 +342,31 @@ def test_an_installed_package_carries_the_templates_where_the_runtime_looks() ->
     assert all((ROOT / name).is_file() for name in data_files[target])
     source = Path(module.__file__).read_text()
     assert '"share" / "dynamodb-replicator" / "properties"' in source
+
+
+@pytest.mark.parametrize(
+    ("runtime", "stream", "setting", "expected"),
+    [
+        ("local", "{}", "fail", "stop with exit 6"),
+        ("kcl", "{}", "fail", "KCL_RETRY"),
+        ("kcl", "{}", "restart_from_trim_horizon", "SKIP_RECORDS_TO_TRIM_HORIZON"),
+        ("kcl", "{kind: kinesis, name: s}", "fail", "no effect on a kinesis source"),
+    ],
+)
+def test_validate_says_what_on_trimmed_data_does_here(
+    tmp_path: Path, runtime: str, stream: str, setting: str, expected: str
+) -> None:
+    from replicator.cli import describe
+    from replicator.config.loader import parse_job
+
+    resolved = parse_job(
+        f"runtime: {runtime}\n"
+        f"source: {{region: us-east-1, table: orders, stream: {stream}, "
+        f"on_trimmed_data: {setting}}}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        "conflict: {policy: version, version_attribute: v}\n",
+        tmp_path / "job.yaml",
+    )
+    (line,) = [line for line in describe(resolved).splitlines() if line.startswith("trimmed")]
+    assert expected in line
+    assert ("exit 6" in line) == (runtime == "local" and setting == "fail") or "no exit 6" in line
