@@ -15,10 +15,46 @@ from __future__ import annotations
 
 import fcntl
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
+
+# Said after why a file cannot be written: the usual cause in a container.
+UNWRITABLE_HINT = (
+    "; the Docker image runs as uid 10001: chown 10001 the host directory of a bind "
+    "mount, or use a named volume (docs/kcl-and-docker.md)"
+)
+
+
+def why_not_appendable(path: Path) -> str | None:
+    """Why this process could not append to ``path`` (None: it can), found out at start
+    rather than at the first line to store: its directory is created when missing, and
+    the file opened for appending (a file created and removed at once beside it, when
+    there is none yet), so that nothing is left behind. A check by permission bits
+    (``os.access``) would say yes to root over a read-only mount."""
+    if path.is_dir():
+        return "it is a directory, not a file"
+    directory = path.parent
+    blocking = next((p for p in (directory, *directory.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        return f"{blocking} is a file, so the directory {directory} cannot be created"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return f"cannot create the directory {directory}: {error.strerror or error}"
+    try:
+        if path.exists():
+            with path.open("ab"):
+                pass
+        else:
+            descriptor, name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.")
+            os.close(descriptor)
+            os.unlink(name)
+    except OSError as error:
+        return f"cannot write in {directory}: {error.strerror or error}"
+    return None
 
 
 def append_line(path: Path, line: str | bytes) -> None:

@@ -81,6 +81,34 @@ def validate(config_path: Path) -> None:
         click.echo(f"warning: {caution}")
 
 
+def _trimmed_data(resolved: ResolvedJob) -> str:
+    """What source.on_trimmed_data does for this runtime and source (docs/configuration.md)."""
+    from replicator.config.model import OnTrimmedData, RuntimeKind, StreamKind
+
+    job = resolved.job
+    setting = job.source.on_trimmed_data
+    restart = setting is OnTrimmedData.RESTART_FROM_TRIM_HORIZON
+    if job.source.stream.kind is StreamKind.KINESIS:
+        return (
+            f"{setting.value} has no effect on a kinesis source (the KCL has no such "
+            "setting): keep the data stream's retention longer than any outage"
+        )
+    if job.runtime is RuntimeKind.LOCAL:
+        return (
+            "restart_from_trim_horizon: log an error and go on from the oldest record"
+            if restart
+            else "fail: stop with exit 6 when a checkpoint points at trimmed records"
+        )
+    return (
+        "restart_from_trim_horizon (skipRecordsBehavior SKIP_RECORDS_TO_TRIM_HORIZON): the "
+        "adapter logs a warning and goes on from the oldest record"
+        if restart
+        else "fail (skipRecordsBehavior KCL_RETRY): the adapter refuses the trimmed "
+        "position and the KCL retries that shard for ever; the shard stalls, nothing is "
+        "skipped, and the worker does not exit (no exit 6 under runtime kcl)"
+    )
+
+
 def describe(resolved: ResolvedJob) -> str:
     from replicator.conflictlog.targets import describe_target
 
@@ -119,6 +147,7 @@ def describe(resolved: ResolvedJob) -> str:
         + (job.dead_letter.queue_url or job.dead_letter.path.format(task_name=resolved.task_name)),
         f"conflict log: {describe_target(resolved)}",
         "active-active: " + _active_active(resolved),
+        "trimmed data: " + _trimmed_data(resolved),
         "metrics: "
         + (
             f"http://{job.metrics.host}:{job.metrics.port}/metrics"

@@ -56,6 +56,8 @@ class _Record(msgspec.Struct, rename="camel"):
     dynamodb: _Body | None = None
     aws_region: Any = None
     user_identity: Any = None
+    # Kinesis Data Streams for DynamoDB only: one data stream may carry several tables.
+    table_name: Any = None
 
 
 _RECORD = msgspec.json.Decoder(_Record)
@@ -68,10 +70,13 @@ def decode(
     check_new_image: bool = False,
     check_old_image: bool = False,
     read_ahead: Sequence[str] = (),
+    source_table: str | None = None,
 ) -> Change:
     """Decode one record or raise RecordDecodeError saying why (also for an image asked
     to be checked that is not well-formed). ``read_ahead``: the attributes the rules
-    read of an image, kept from its check (:meth:`~replicator.images.Image.check`)."""
+    read of an image, kept from its check (:meth:`~replicator.images.Image.check`).
+    ``source_table``: a record naming another table (``tableName``, Kinesis only) is
+    decoded without its images checked: it is another job's, skipped, never written."""
     sequence_number = raw.get("sequenceNumber")
     if not isinstance(sequence_number, str) or not sequence_number.isdigit():
         raise RecordDecodeError(f"record has no usable sequenceNumber ({sequence_number!r})")
@@ -92,6 +97,8 @@ def decode(
         raise RecordDecodeError(f"{where}: data is nested too deeply to read") from None
     try:
         change = _change(document, raw, sequence_number)
+        if source_table is not None and change.table not in (None, source_table):
+            return change
         if check_new_image and change.new is not None:
             change.new.check(read_ahead)
         if check_old_image and change.old is not None:
@@ -153,6 +160,7 @@ def _change(document: _Record, raw: RawRecord, sequence_number: str) -> Change:
         region=str(document.aws_region or ""),
         ttl_delete=ttl_delete,
         raw=raw,
+        table=document.table_name if isinstance(document.table_name, str) else None,
     )
 
 

@@ -10,6 +10,9 @@ Two rules decide, both without I/O:
   keeps it), and a delete of nothing writes no stream record, so the echo ends there.
 * TTL deletes (a REMOVE by the DynamoDB service principal) are replicated or skipped,
   as the job says.
+* A Kinesis data stream may carry several tables' changes (each record names its
+  ``tableName``): a record of another table belongs to another job and is skipped
+  (counted as ``other_table``, checkpointed past, never dead-lettered).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from replicator.config.model import JobConfig, TtlDeletes
+from replicator.config.model import JobConfig, StreamKind, TtlDeletes
 from replicator.exceptions import MalformedImage
 from replicator.records import Change, Event
 
@@ -26,6 +29,7 @@ class Route(StrEnum):
     REPLICATE = "replicate"
     LOOP_SKIPPED = "loop_skipped"
     FILTERED = "filtered"
+    OTHER_TABLE = "other_table"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,16 +37,26 @@ class ChangeFilter:
     origin_attribute: str | None
     origin_value: str
     skip_ttl_deletes: bool
+    # Kinesis sources: the only table whose records are replicated (None: every record).
+    source_table: str | None = None
 
     @classmethod
     def for_job(cls, job: JobConfig) -> ChangeFilter:
+        kinesis = job.source.stream.kind is StreamKind.KINESIS
         return cls(
             origin_attribute=job.loop_prevention.origin_attribute,
             origin_value=job.origin_value,
             skip_ttl_deletes=job.ttl_deletes is TtlDeletes.SKIP,
+            source_table=job.source.table if kinesis else None,
         )
 
     def route(self, change: Change) -> Route:
+        if (
+            self.source_table is not None
+            and change.table is not None
+            and change.table != self.source_table
+        ):
+            return Route.OTHER_TABLE
         if change.ttl_delete and self.skip_ttl_deletes:
             return Route.FILTERED
         if self.origin_attribute and change.event is not Event.REMOVE:

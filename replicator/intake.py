@@ -68,6 +68,7 @@ class Reader:
             check_new_image=True,
             check_old_image=self.high_water is not None,
             read_ahead=self.read_ahead,
+            source_table=self.change_filter.source_table,
         )
 
     def read(self, raw: RawRecord) -> Routed:
@@ -76,6 +77,8 @@ class Reader:
 
     def route(self, change: Change) -> Routed:
         route = self.change_filter.route(change)
+        if route is Route.OTHER_TABLE:  # another job's record: nothing here to rank
+            return Routed(change, route, False)
         replaces_older = route is Route.LOOP_SKIPPED
         if self.high_water is not None:
             change, route, replaces_older = self.high_water.route(change, route)

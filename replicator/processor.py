@@ -35,6 +35,7 @@ from replicator.checkpoint import Checkpoints
 from replicator.exceptions import DestinationRefused, EnvironmentProblem, LeaseLost
 from replicator.intake import ShardIntake
 from replicator.metrics import Metrics
+from replicator.runtime.kcl.properties import PROCESSOR_FLUSH_TIMEOUT_MS
 
 log = structlog.get_logger(__name__)
 
@@ -76,7 +77,7 @@ class ReplicationProcessor:
         metrics: Metrics,
         exit_process: Callable[[int], None] = _hard_exit,
         report_interval_s: float = 1.0,
-        shutdown_flush_timeout_s: float = 20.0,
+        shutdown_flush_timeout_s: float = PROCESSOR_FLUSH_TIMEOUT_MS / 1000,
     ) -> None:
         self._build = build
         self.metrics = metrics

@@ -65,6 +65,9 @@ class Change(msgspec.Struct, frozen=True, kw_only=True):
     # change carries the item's highest-ranked state, written in place of ``corrects``,
     # a local write to the source that ranks below it.
     corrects: Change | None = None
+    # The table a Kinesis Data Streams for DynamoDB record names (``tableName``); None for
+    # a DynamoDB stream's record, which is always its own table's.
+    table: str | None = None
 
     def __repr__(self) -> str:
         # Without the raw record (its base64 payload) and the corrected change.

@@ -14,6 +14,8 @@ from replicator.buffer import ChangeBuffer
 from replicator.deadletter import FileDeadLetters
 from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
+from replicator.filters import ChangeFilter
+from replicator.intake import Reader, ShardIntake
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.rules import IN_STREAM_ORDER, ConflictRule, OrderedRule, squash_order
@@ -248,3 +250,45 @@ def test_delete_then_recreate_at_a_lower_rank_in_one_batch_leaves_the_new_item(
         sample(metrics, "replicator_writes_total", destination="eu", op="put", outcome="applied")
         == 1
     )
+
+
+def test_a_kinesis_record_of_another_table_is_skipped_counted_and_checkpointed_past(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, closing: Any
+) -> None:
+    """A Kinesis data stream may carry several tables' changes: only the job's source
+    table's are written; another table's (even one whose image would not decode) are
+    counted as other_table, never dead-lettered, and the checkpoint moves past them."""
+    rule = OrderedRule("version", "v", None, numeric_only=True)
+    pipeline, ddb, table = one_destination(
+        moto_endpoint, unique, tmp_path, metrics, rule, ordered_stream=False
+    )
+    closing(pipeline)
+    keys = {"pk": {"S": "k"}}
+    ours = kinesis_record("INSERT", keys, {"pk": {"S": "k"}, "v": {"N": "1"}}, table="orders")
+    theirs = kinesis_record("INSERT", {"pk": {"S": "x"}}, {"pk": {"S": "x"}}, table="invoices")
+    broken = kinesis_record("INSERT", {"pk": {"S": "y"}}, {"pk": {"N": "nan?"}}, table="other")
+    reader = Reader(ChangeFilter.for_job(kinesis_job("orders")))
+    intake = ShardIntake(pipeline, reader)
+    records = [daemon_record(p, seq) for seq, p in enumerate([theirs, ours, broken], start=1)]
+    intake.accept(records, 0)
+    assert pipeline.flush(timeout=30)
+    assert pipeline.checkpointable() == "3"
+    items = ddb.scan(TableName=table, ConsistentRead=True)["Items"]
+    assert [item["pk"]["S"] for item in items] == ["k"]
+    other = sample(
+        metrics, "replicator_writes_total", destination="eu", op="put", outcome="other_table"
+    )
+    assert other == 2
+    dead = tmp_path / "dead.jsonl"
+    assert not dead.exists() or dead.read_text() == ""
+
+
+def kinesis_job(table: str) -> Any:
+    from replicator.config.loader import parse_job
+
+    text = (
+        f"source: {{region: us-east-1, table: {table}, stream: {{kind: kinesis, name: s}}}}\n"
+        f"destinations: [{{region: eu-west-1, table: {table}}}]\n"
+        "conflict: {policy: version, version_attribute: v}\n"
+    )
+    return parse_job(text, Path("job.yaml")).job

@@ -12,7 +12,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, Self, cast
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from replicator.config.endpoints import check_endpoint
 
@@ -371,6 +379,48 @@ class ConflictLogConfig(Strict):
         return self
 
 
+# KCL properties the rendered file sets from the job: each with the job setting to use
+# instead (a second value in kcl.extra_properties would silently replace the job's).
+RESERVED_KCL_PROPERTIES = {
+    "executableName": "nothing: the replicator runs its own processor with this job file",
+    "applicationName": "task_name (the KCL application and lease table)",
+    "streamName": "source.stream.name (kinesis) or source.table",
+    "streamArn": "source.stream.arn",
+    "dynamoDBStreamArn": "source.stream.arn",
+    "regionName": "source.region",
+    "workerId": "kcl.worker_id",
+    "initialPositionInStream": (
+        "kcl.initial_position (new leases start only at TRIM_HORIZON or LATEST)"
+    ),
+    "maxRecords": "kcl.max_records",
+    "idleTimeBetweenReadsInMillis": "kcl.idle_time_between_reads_ms",
+    "failoverTimeMillis": "kcl.failover_time_ms",
+    "shutdownGraceMillis": (
+        "kcl.failover_time_ms (the graceful-stop time is derived from it, and the "
+        "processors' flush time from that)"
+    ),
+    "skipRecordsBehavior": "source.on_trimmed_data",
+}
+
+
+def _unreserved_property(key: str) -> str:
+    instead = RESERVED_KCL_PROPERTIES.get(key)
+    if instead is not None:
+        raise ValueError(f"is written from the job file, set {instead} instead")
+    if not key:
+        raise ValueError("a property needs a name")
+    return key
+
+
+def _property_text(value: object) -> object:
+    """YAML's plain integers, numbers and booleans, as the KCL reads them: text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
 class KclConfig(Strict):
     initial_position: InitialPosition = InitialPosition.TRIM_HORIZON
     max_records: Annotated[int, Field(ge=1, le=10_000)] = 1000
@@ -381,7 +431,10 @@ class KclConfig(Strict):
     jars_dir: str | None = Field(
         default=None, description="Directory of KCL jars; default $REPLICATOR_KCL_JARS."
     )
-    extra_properties: dict[str, str] = Field(default_factory=dict)
+    extra_properties: dict[
+        Annotated[str, AfterValidator(_unreserved_property)],
+        Annotated[str, BeforeValidator(_property_text)],
+    ] = Field(default_factory=dict)
 
     @field_validator("initial_position", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
+from replicator.appendfile import UNWRITABLE_HINT, why_not_appendable
 from replicator.aws import clients
 from replicator.aws.clients import Place
 from replicator.aws.tables import where
@@ -142,12 +143,12 @@ def prepare(resolved: ResolvedJob) -> None:
             raise ConfigError(
                 f"conflict log {path} is a directory: conflict_log.path must name a file"
             )
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
+        problem = why_not_appendable(path)
+        if problem is not None:
             raise EnvironmentProblem(
-                f"conflict log {path}: cannot create its directory: {error.strerror or error}"
-            ) from None
+                f"conflict_log.path: the conflict log {path} cannot be written: {problem}"
+                f"{UNWRITABLE_HINT}"
+            )
         return
     if settings.kind is ConflictLogKind.SQS:
         queue = conflict_log_target(resolved, sdk_retries=False)  # one try: only a warning

@@ -65,7 +65,7 @@ class Metrics:
         self.writes = Counter(
             "replicator_writes",
             "Changes handled per destination, by operation and outcome (applied, unchanged, "
-            "conflict_lost, loop_skipped, filtered, dead_lettered).",
+            "conflict_lost, loop_skipped, filtered, other_table, dead_lettered).",
             ["destination", "op", "outcome"],
             registry=r,
         )

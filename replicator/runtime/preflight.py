@@ -8,6 +8,7 @@ naming the resource and what to do, instead of a retry loop or a traceback.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -19,9 +20,10 @@ from botocore.exceptions import (
     ProfileNotFound,
 )
 
+from replicator.appendfile import UNWRITABLE_HINT, why_not_appendable
 from replicator.aws import clients, tables
 from replicator.aws.errors import error_code
-from replicator.config.model import ConflictPolicyName, ResolvedJob, StreamKind
+from replicator.config.model import ConflictPolicyName, DeadLetterKind, ResolvedJob, StreamKind
 from replicator.conflictlog.targets import prepare
 from replicator.exceptions import EnvironmentProblem
 from replicator.tombstones.setup import prepare as prepare_tombstones
@@ -95,6 +97,14 @@ def check_source(resolved: ResolvedJob) -> SourceInfo:
         description = streams.describe_stream(StreamArn=stream_arn, Limit=1)["StreamDescription"]
     except (ClientError, BotoCoreError) as error:
         raise explain(error, f"stream {stream_arn}", where) from None
+    streamed = description.get("TableName")
+    if streamed and streamed != source.table:
+        raise EnvironmentProblem(
+            f"stream {stream_arn} (source.stream.arn) is the stream of table {streamed}, "
+            f"not of the source table {source.table}: its changes would be written into "
+            f"this job's destinations; give the ARN of {source.table}'s stream, or leave "
+            "source.stream.arn out to read its latest stream"
+        )
     view_type = description.get("StreamViewType")
     if view_type not in ("NEW_IMAGE", "NEW_AND_OLD_IMAGES"):
         raise EnvironmentProblem(
@@ -113,16 +123,29 @@ def check_source(resolved: ResolvedJob) -> SourceInfo:
 
 
 def check_kinesis_stream(resolved: ResolvedJob, where: str) -> str:
-    """The Kinesis data stream's ARN, once it is known to exist and be readable."""
+    """The Kinesis data stream's ARN, once it is known to exist and be readable.
+
+    The KCL's MultiLangDaemon reads a stream by name, in ``source.region`` and the
+    account of the host's credentials, whatever account and region an ARN names (KCL 3.1
+    takes only the name out of ``streamArn``): the stream is looked up the same way, and
+    an ARN that names another stream is refused rather than read in its place."""
     source = resolved.job.source
     stream = source.stream
-    named = {"StreamARN": stream.arn} if stream.arn else {"StreamName": stream.name or ""}
+    name = stream.name or (stream.arn or "").rsplit(":stream/", 1)[-1]
     kinesis = clients.kinesis(source)
     what = f"kinesis stream {stream.arn or stream.name}"
     try:
-        summary = kinesis.describe_stream_summary(**named)["StreamDescriptionSummary"]
+        summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
     except (ClientError, BotoCoreError) as error:
         raise explain(error, what, where) from None
+    found = str(summary["StreamARN"])
+    if stream.arn and found != stream.arn:
+        raise EnvironmentProblem(
+            f"{what} (source.stream.arn) is not the stream runtime kcl would read: the KCL "
+            f"reads a stream by name, in source.region with the host's account, which is "
+            f"{found}; run the workers in the stream's account and set source.region to "
+            "its region"
+        )
     status = summary.get("StreamStatus")
     if status not in ("ACTIVE", "UPDATING"):
         raise EnvironmentProblem(
@@ -147,9 +170,25 @@ def check_destinations(resolved: ResolvedJob, source_keys: dict[str, str]) -> No
             )
 
 
+def check_dead_letter_file(resolved: ResolvedJob) -> None:
+    """A dead-letter file that cannot be written would stop the first shard that needs
+    it, and every restart after: say so now, naming the setting and the path."""
+    if resolved.job.dead_letter.kind is not DeadLetterKind.FILE:
+        return
+    path = Path.cwd() / resolved.dead_letter_path()  # an absolute path stays as it is
+    problem = why_not_appendable(path)
+    if problem is not None:
+        raise EnvironmentProblem(
+            f"dead_letter.path: the dead-letter file {path} cannot be written: {problem}"
+            f"{UNWRITABLE_HINT}"
+        )
+
+
 def check(resolved: ResolvedJob) -> SourceInfo:
-    """Check the source and destinations, and make the job's conflict log and tombstone
-    tables ready (the replicator's own, created when missing like the lease table)."""
+    """Check the dead-letter file, the source and destinations, and make the job's
+    conflict log (a file's directory, checked writable) and tombstone tables ready (the
+    replicator's own, created when missing like the lease table)."""
+    check_dead_letter_file(resolved)
     info = check_source(resolved)
     check_destinations(resolved, info.key_schema)
     prepare(resolved)

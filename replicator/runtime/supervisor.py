@@ -42,9 +42,14 @@ class Served:
 
     samples: multiprocess.SamplesDirectory
     server: MetricsServer | None
+    marks: list[watermark.WatermarkCollector]
 
     def start(self) -> int | None:
-        """Serve; the port (useful when the job asked for port 0)."""
+        """Serve, and start reading the watermarks in the background; the port (useful
+        when the job asked for port 0). No thread runs before this: the KCL launcher
+        starts its daemon first (a fork while other threads run can inherit their locks)."""
+        for mark in self.marks:
+            mark.start()  # read in the background: a scrape shows what was read
         if self.server is None:
             return None
         self.server.start()
@@ -56,7 +61,8 @@ def metrics_served(
     resolved: ResolvedJob, problems: Callable[[], list[str]], extra: Sequence[Collector]
 ) -> Iterator[Served]:
     """The metrics directory and server, removed and stopped however the run ends. The
-    port is bound on entry, so a port in use fails before anything else is started."""
+    port is bound on entry, so a port in use fails before anything else is started; no
+    thread is started before ``Served.start``."""
     job = resolved.job
     samples = multiprocess.prepare()
     server: MetricsServer | None = None
@@ -72,9 +78,7 @@ def metrics_served(
                 stall_after_s=job.metrics.stall_after_s,
                 extra=[*extra, *marks],
             )
-            for mark in marks:
-                mark.start()  # read in the background: a scrape shows what was read
-        yield Served(samples, server)
+        yield Served(samples, server, marks)
     finally:
         for mark in marks:
             mark.stop()

@@ -164,8 +164,16 @@ def locate(resolved: ResolvedJob, environ: Mapping[str, str] = os.environ) -> Da
 
 
 def jvm_options(environ: Mapping[str, str]) -> list[str]:
-    """Operator JVM options (heap size, proxies) from ``$REPLICATOR_KCL_JVM_OPTIONS``."""
-    return shlex.split(environ.get(JVM_OPTIONS_ENV, ""))
+    """Operator JVM options (heap size, proxies) from ``$REPLICATOR_KCL_JVM_OPTIONS``,
+    split as a shell would (quotes group words)."""
+    text = environ.get(JVM_OPTIONS_ENV, "")
+    try:
+        return shlex.split(text)
+    except ValueError as error:
+        raise KclUnavailable(
+            f"${JVM_OPTIONS_ENV} cannot be split into JVM options ({error}): {text!r}; "
+            "close the quote, or quote the whole option ('-Dname=a value')"
+        ) from None
 
 
 def daemon_command(

@@ -65,6 +65,9 @@ _CLASSPATH_FAILURE = re.compile(
     r"Could not find or load main class|NoClassDefFoundError|UnsupportedClassVersionError"
     r"|Invalid or corrupt jarfile|ClassFormatError"
 )
+# The JVM refusing its own options (a heap size it cannot read, an unknown option): the
+# line before "Could not create the Java Virtual Machine" says which.
+_JVM_REFUSED = "Could not create the Java Virtual Machine"
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,8 @@ class DaemonProcess:
         self.grace_s = grace_s
         self.output = output or sys.stderr
         self.classpath_failure: str | None = None
+        self.jvm_refused: str | None = None
+        self._previous_line = ""
         self._process: subprocess.Popen[bytes] | None = None
         self._pump: threading.Thread | None = None
         self._stop_requests = 0
@@ -122,7 +127,21 @@ class DaemonProcess:
         return self._process.pid
 
     def start(self) -> None:
-        """Start the daemon; call before any other thread exists (preexec_fn runs in the fork)."""
+        """Start the daemon in a session (and process group) of its own.
+
+        The parent-death signal is armed between fork and exec, which is safe only while
+        no other thread runs (a thread holding a lock at the fork leaves it held in the
+        child for good): ``run_kcl`` starts the daemon before any thread, and should one
+        be running all the same, the daemon starts without that signal, with a warning.
+        """
+        arm = _parent_death_signal()
+        if arm is not None and threading.active_count() > 1:
+            log.warning(
+                "threads run already; the daemon starts without the parent-death signal "
+                "(it is not killed with this process on kill -9)",
+                threads=[thread.name for thread in threading.enumerate()],
+            )
+            arm = None
         self._process = subprocess.Popen(  # noqa: S603  # argv built from the checked job
             self.argv,
             env=self.env,
@@ -130,7 +149,7 @@ class DaemonProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_parent_death_signal(),  # noqa: PLW1509  # nothing else runs yet
+            preexec_fn=arm,  # noqa: PLW1509  # only while this is the one thread
         )
         self._pump = threading.Thread(target=self._copy_output, name="kcl-output", daemon=True)
         self._pump.start()
@@ -232,6 +251,9 @@ class DaemonProcess:
             line = raw.decode("utf-8", errors="replace")
             if self.classpath_failure is None and _CLASSPATH_FAILURE.search(line):
                 self.classpath_failure = line.strip()
+            if self.jvm_refused is None and _JVM_REFUSED in line:
+                self.jvm_refused = self._previous_line or line.strip()
+            self._previous_line = line.strip()
             self.output.write(logs.redact(line))  # the Java SDK quotes requests too
             self.output.flush()
 
@@ -348,6 +370,11 @@ def run_kcl(
                     status = daemon.wait()
             finally:
                 daemon.clean_up()
+    if status != 0 and daemon.jvm_refused:
+        raise KclUnavailable(
+            f"the JVM could not start: {daemon.jvm_refused}; check the options in "
+            f"${java.JVM_OPTIONS_ENV} ({os.environ.get(java.JVM_OPTIONS_ENV, '')!r})"
+        )
     if status != 0 and daemon.classpath_failure:
         raise KclUnavailable(
             f"the KCL daemon could not start from {prepared.jars_dir}: "

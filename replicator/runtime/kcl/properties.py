@@ -8,7 +8,6 @@ file, so that the daemon's children read exactly the job the operator validated.
 from __future__ import annotations
 
 import os
-import shlex
 import socket
 import sys
 from pathlib import Path
@@ -18,17 +17,21 @@ from replicator.config.model import JobConfig, OnTrimmedData, ResolvedJob, Strea
 from replicator.exceptions import KclUnavailable
 
 TEMPLATE_ENV = "REPLICATOR_PROPERTIES_DIR"
-# How much longer than the failover time a graceful stop may take (KCL 2.x spends about
-# the failover time in it: it waits for the leases it held to be given up).
+# How long a processor asked to stop (shutdownRequested) waits for its writes in flight
+# before it checkpoints what was applied (a destination that is down holds them back).
+PROCESSOR_FLUSH_TIMEOUT_MS = 20_000
+# How much longer than the longer of the failover time and the processors' flush a
+# graceful stop may take: the KCL's graceful shutdown lasts about the failover time (it
+# waits for the leases it held to be given up), and a processor answers within its flush
+# timeout, then checkpoints.
 SHUTDOWN_GRACE_MARGIN_MS = 10_000
 
 
 def shutdown_grace_ms(job: JobConfig) -> int:
-    """The daemon's shutdownGraceMillis: ``kcl.extra_properties`` may set it explicitly."""
-    explicit = job.kcl.extra_properties.get("shutdownGraceMillis")
-    if explicit is not None and explicit.strip().isdigit():
-        return int(explicit)
-    return job.kcl.failover_time_ms + SHUTDOWN_GRACE_MARGIN_MS
+    """The daemon's shutdownGraceMillis: max(failover time, the processors' flush
+    timeout) + 10 s, so that a processor stopping with a destination down still answers,
+    and checkpoints, before the daemon gives up on it."""
+    return max(job.kcl.failover_time_ms, PROCESSOR_FLUSH_TIMEOUT_MS) + SHUTDOWN_GRACE_MARGIN_MS
 
 
 def templates_dir() -> Path:
@@ -49,14 +52,65 @@ def templates_dir() -> Path:
 
 
 def processor_executable(job_file: Path) -> str:
-    """The daemon splits executableName on spaces, so the paths must not contain any."""
+    """The processor's command line as executableName: the daemon splits it on spaces and
+    runs the parts directly (no shell, so no quoting), passing each through the JVM's
+    file-name encoding. Paths with whitespace, control characters or non-ASCII
+    characters cannot pass intact, and are refused."""
     parts = [sys.executable, "-m", "replicator", "processor", "--config", str(job_file)]
     for part in parts:
         if any(c.isspace() for c in part):
             raise KclUnavailable(
-                f"the KCL cannot run a processor from a path with spaces: {part!r}"
+                f"the KCL cannot run a processor from a path with whitespace: {part!r} "
+                "(it splits its command on spaces); move the job file or Python to a path "
+                "without any"
             )
-    return " ".join(shlex.quote(p) if "'" in p else p for p in parts)
+        if not (part.isascii() and part.isprintable()):
+            raise KclUnavailable(
+                f"the KCL cannot run a processor from a path with control or non-ASCII "
+                f"characters: {part!r} (the JVM may not pass them intact); move the job "
+                "file or Python to a plain ASCII path"
+            )
+    return " ".join(parts)
+
+
+def escape_key(text: str) -> str:
+    """``text`` as a java.util.Properties key: read back exactly by Properties.load."""
+    return _escape(text, key=True)
+
+
+def escape_value(text: str) -> str:
+    """``text`` as a java.util.Properties value (after ``key = ``), read back exactly."""
+    return _escape(text, key=False)
+
+
+def property_line(key: str, value: str) -> str:
+    return f"{escape_key(key)} = {escape_value(value)}\n"
+
+
+_CONTROL_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\f": "\\f"}
+
+
+def _escape(text: str, *, key: bool) -> str:
+    """Properties.load reads ISO-8859-1 with backslash escapes: a backslash, line breaks,
+    tabs and form feeds are escaped everywhere; spaces and ``= : # !`` in a key (where
+    they would end it or start a comment); a leading space in a value (else trimmed);
+    anything outside printable ASCII as ``\\uXXXX`` (UTF-16, as Java strings are)."""
+    out = []
+    for index, char in enumerate(text):
+        code = ord(char)
+        if char in _CONTROL_ESCAPES:
+            out.append(_CONTROL_ESCAPES[char])
+        elif char == " " and (key or index == 0):
+            out.append("\\ ")
+        elif key and char in "=:#!":
+            out.append("\\" + char)
+        elif code < 0x20 or code > 0x7E:
+            units = char.encode("utf-16-be")
+            for at in range(0, len(units), 2):
+                out.append(f"\\u{int.from_bytes(units[at : at + 2], 'big'):04X}")
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def stream_name(resolved: ResolvedJob) -> str:
@@ -81,24 +135,27 @@ def render_properties(
     text = (templates_dir() / f"{template}.properties").read_text(encoding="utf-8")
     endpoint_lines = ""
     if source.endpoint_url:
-        endpoint_lines = (
-            f"kinesisEndpoint = {source.endpoint_url}\ndynamoDBEndpoint = {source.endpoint_url}\n"
+        endpoint_lines = property_line("kinesisEndpoint", source.endpoint_url) + property_line(
+            "dynamoDBEndpoint", source.endpoint_url
         )
-    extra_lines = "".join(f"{key} = {value}\n" for key, value in job.kcl.extra_properties.items())
+    extra_lines = "".join(
+        property_line(key, value) for key, value in job.kcl.extra_properties.items()
+    )
+    arn = stream_arn or source.stream.arn
     values = {
-        "job_file": str(resolved.path),
-        "executable": processor_executable(resolved.path.resolve()),
-        "stream_name": stream_name(resolved),
+        "job_file": escape_value(str(resolved.path)),
+        "executable": escape_value(processor_executable(resolved.path.resolve())),
+        "stream_name": escape_value(stream_name(resolved)),
         "stream_line": (
-            f"dynamoDBStreamArn = {stream_arn or source.stream.arn}"
-            if stream_arn or source.stream.arn
+            property_line("dynamoDBStreamArn", arn).rstrip("\n")
+            if arn
             else f"# dynamoDBStreamArn: the latest stream of table {source.table}, "
             "looked up by `replicator run`"
         ),
-        "table": source.table,
-        "task_name": resolved.task_name,
-        "region": source.region,
-        "worker_id": worker_id or job.kcl.worker_id or socket.gethostname(),
+        "table": escape_value(source.table),
+        "task_name": escape_value(resolved.task_name),
+        "region": escape_value(source.region),
+        "worker_id": escape_value(worker_id or job.kcl.worker_id or socket.gethostname()),
         "initial_position": job.kcl.initial_position.value,
         "max_records": str(job.kcl.max_records),
         "idle_time_between_reads_ms": str(job.kcl.idle_time_between_reads_ms),

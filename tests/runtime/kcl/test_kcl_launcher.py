@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -163,7 +164,7 @@ def test_the_properties_name_the_stream_arn_preflight_resolved(
     text = prepared.properties.read_text()
     assert f"\ndynamoDBStreamArn = {arn}\n" in text
     assert "\nworkerId = host-a\n" in text
-    assert "\nshutdownGraceMillis = 15000\n" in text  # failover 5000 + 10000
+    assert "\nshutdownGraceMillis = 30000\n" in text  # max(failover 5 s, flush 20 s) + 10 s
     assert prepared.argv[-1] == str(prepared.properties)
 
 
@@ -322,6 +323,24 @@ def test_a_classpath_that_cannot_start_is_a_clear_error(
     job = write_job(tmp_path / "job.yaml", **kinesis_job, kcl=f", jars_dir: {jars}")
     message = assert_refused(run_cli(job), 4, "could not start", str(jars), "ClassFormatError")
     assert "working KCL classpath" in message
+
+
+@pytest.mark.parametrize(
+    ("options", "needles"),
+    [
+        ("-Xmx1g '-Dfoo", ["REPLICATOR_KCL_JVM_OPTIONS", "No closing quotation"]),
+        ("-Xmx1q", ["the JVM could not start", "Invalid maximum heap size: -Xmx1q"]),
+    ],
+)
+def test_jvm_options_the_jvm_cannot_take_are_one_line_and_exit_4(
+    kinesis_job: dict[str, Any], tmp_path: Path, options: str, needles: list[str]
+) -> None:
+    if shutil.which("java") is None:
+        pytest.skip("no java")
+    jars = fake_jars(tmp_path / "jars", [java.MULTILANG_DAEMON])
+    job = write_job(tmp_path / "job.yaml", **kinesis_job, kcl=f", jars_dir: {jars}")
+    result = run_cli(job, env={"REPLICATOR_KCL_JVM_OPTIONS": options})
+    assert_refused(result, 4, *needles)
 
 
 # -- lifecycle, with a stand-in daemon ----------------------------------------------------
@@ -538,3 +557,51 @@ def test_the_daemon_logs_each_processor_line_once() -> None:
         '<logger name="software.amazon.kinesis.multilang.DrainChildSTDERRTask" level="OFF"/>'
         in text
     )
+
+
+def test_the_daemon_is_forked_with_its_parent_death_signal_only_while_no_thread_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fork while another thread holds a lock leaves that lock held in the child: the
+    parent-death signal (armed between fork and exec) is used only when this process is
+    its one thread, and the daemon always gets a session of its own."""
+    seen: list[dict[str, Any]] = []
+
+    class Recorded:
+        def __init__(self, argv: list[str], **kwargs: Any) -> None:
+            seen.append(kwargs)
+            self.pid, self.stdout = 1, None
+
+    monkeypatch.setattr(subprocess, "Popen", Recorded)
+    others = [
+        thread for thread in threading.enumerate() if thread is not threading.current_thread()
+    ]
+    release = threading.Event()
+    extra = threading.Thread(target=release.wait, daemon=True)
+    extra.start()
+    try:
+        DaemonProcess(["java"], {}, grace_s=1).start()
+    finally:
+        release.set()
+        extra.join()
+    assert seen[-1]["start_new_session"] is True
+    assert seen[-1]["preexec_fn"] is None
+    if not others and sys.platform == "linux":  # the test process itself has one thread
+        DaemonProcess(["java"], {}, grace_s=1).start()
+        assert seen[-1]["preexec_fn"] is not None
+
+
+def test_entering_the_metrics_scaffold_starts_no_thread(tmp_path: Path) -> None:
+    """run_kcl starts the daemon between entering it and Served.start: the watermark
+    readers (threads) start only then."""
+    from replicator.runtime import supervisor
+
+    job = write_job(tmp_path / "job.yaml", kind="dynamodb-streams")
+    resolved = load_job(job)
+    assert resolved.publishes_watermark
+    before = threading.active_count()
+    with supervisor.metrics_served(resolved, list, []) as served:
+        assert threading.active_count() == before
+        assert served.marks
+        served.start()
+        assert threading.active_count() > before

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,3 +91,282 @@ def test_properties_never_carry_credentials(monkeypatch: pytest.MonkeyPatch) -> 
     )
     assert "AKIAEXAMPLEKEYID0000" not in result.stdout
     assert "example-secret-value" not in result.stdout
+
+
+# -- what the KCL reads back: java.util.Properties escaping -------------------------------
+
+PROPERTIES_READER = """\
+import java.io.FileInputStream;
+import java.util.Properties;
+import java.util.TreeSet;
+
+public class ReadProperties {
+    public static void main(String[] args) throws Exception {
+        Properties properties = new Properties();
+        try (FileInputStream in = new FileInputStream(args[0])) {
+            properties.load(in);
+        }
+        StringBuilder out = new StringBuilder();
+        for (String key : new TreeSet<>(properties.stringPropertyNames())) {
+            out.append(escape(key)).append('\\t').append(escape(properties.getProperty(key)))
+                .append('\\n');
+        }
+        System.out.print(out);
+    }
+
+    static String escape(String text) {
+        StringBuilder out = new StringBuilder();
+        for (char c : text.toCharArray()) {
+            out.append(c < 0x20 || c > 0x7e || c == '%' ? String.format("%%%04x", (int) c) : c);
+        }
+        return out.toString();
+    }
+}
+"""
+
+
+def _unescape(text: str) -> str:
+    import re
+
+    pairs = re.sub(r"%([0-9a-f]{4})", lambda m: chr(int(m.group(1), 16)), text)
+    return pairs.encode("utf-16", "surrogatepass").decode("utf-16")
+
+
+@pytest.fixture(scope="module")
+def java_properties(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Parse a properties file with java.util.Properties itself, as the KCL does."""
+    javac, java = shutil.which("javac"), shutil.which("java")
+    if javac is None or java is None:
+        pytest.skip("no JDK (javac) to check the rendering against java.util.Properties")
+    directory = tmp_path_factory.mktemp("reader")
+    (directory / "ReadProperties.java").write_text(PROPERTIES_READER)
+    subprocess.run([javac, "ReadProperties.java"], cwd=directory, check=True, timeout=120)
+
+    def parse(text: str) -> dict[str, str]:
+        file = directory / "rendered.properties"
+        file.write_bytes(text.encode("ascii"))  # anything else must be escaped
+        result = subprocess.run(
+            [java, "-cp", str(directory), "ReadProperties", str(file)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        pairs = {}
+        for line in result.stdout.splitlines():
+            key, value = line.split("\t")
+            pairs[_unescape(key)] = _unescape(value)
+        return pairs
+
+    return parse
+
+
+NASTY = {
+    "injected": "x\napplicationName = hijacked",
+    "key with spaces": "value",
+    "key=with:separators#and!": "v",
+    "backslashes": "C:\\dir\\file",
+    "endsInBackslash": "trailing\\",
+    "next": "must survive the line above",
+    "leadingSpace": "  two spaces first",
+    "unicode": "caf\u00e9 \u2603 \U0001f600",
+    "tabs\tand\rreturns": "\t\r\f",
+    "#comment-like": "!also",
+}
+
+
+def test_extra_properties_and_worker_id_read_back_exactly(
+    tmp_path: Path, java_properties: Any
+) -> None:
+    from replicator.config.loader import parse_job
+    from replicator.runtime.kcl.properties import render_properties
+
+    resolved = parse_job(
+        "runtime: kcl\ntask_name: escapes\n"
+        "source: {region: us-east-1, table: orders, stream: {kind: kinesis, name: s}}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        "conflict: {policy: version, version_attribute: v}\n"
+        "kcl: {worker_id: placeholder}\n",
+        tmp_path / "job.yaml",
+    )
+    job = resolved.job.model_copy(
+        update={
+            "kcl": resolved.job.kcl.model_copy(
+                update={"worker_id": "host\nworkerId = other", "extra_properties": NASTY}
+            )
+        }
+    )
+    text = render_properties(resolved.model_copy(update={"job": job}))
+    assert text.isascii()
+    read = java_properties(text)
+    for key, value in NASTY.items():
+        assert read[key] == value, key
+    assert read["workerId"] == "host\nworkerId = other"
+    assert read["applicationName"] == "escapes"
+    assert read["streamName"] == "s"
+
+
+def test_escaping_follows_the_properties_format_without_a_jdk() -> None:
+    from replicator.runtime.kcl.properties import escape_key, escape_value, property_line
+
+    assert property_line("a b", "c\\") == "a\\ b = c\\\\\n"
+    assert escape_key("k=v:w#x!y") == "k\\=v\\:w\\#x\\!y"
+    assert escape_value(" lead and = : # ok") == "\\ lead and = : # ok"
+    assert escape_value("one\ntwo\r\t\f") == "one\\ntwo\\r\\t\\f"
+    assert escape_value("\u00e9\U0001f600") == "\\u00E9\\uD83D\\uDE00"
+
+
+def _validate(tmp_path: Path, kcl: str) -> subprocess.CompletedProcess[str]:
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "runtime: kcl\n"
+        "source: {region: us-east-1, table: orders}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        f"kcl: {kcl}\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "replicator", "validate", "--config", str(job)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "instead"),
+    [
+        ("applicationName", "task_name"),
+        ("workerId", "kcl.worker_id"),
+        ("failoverTimeMillis", "kcl.failover_time_ms"),
+        ("shutdownGraceMillis", "kcl.failover_time_ms"),
+        ("dynamoDBStreamArn", "source.stream.arn"),
+        ("skipRecordsBehavior", "source.on_trimmed_data"),
+    ],
+)
+def test_a_property_the_job_sets_is_refused_in_extra_properties(
+    tmp_path: Path, key: str, instead: str
+) -> None:
+    result = _validate(tmp_path, f"{{extra_properties: {{{key}: '1'}}}}")
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if f"kcl.extra_properties.{key}" in line]
+    assert len(lines) == 1
+    assert instead in lines[0]
+
+
+def test_plain_yaml_numbers_and_booleans_are_properties_as_text(tmp_path: Path) -> None:
+    from replicator.config import load_job
+
+    result = _validate(
+        tmp_path, "{extra_properties: {maxLeasesForWorker: 1, enablePriorityLeaseAssignment: true}}"
+    )
+    assert result.returncode == 0, result.stderr
+    extra = load_job(tmp_path / "job.yaml").job.kcl.extra_properties
+    assert extra == {"maxLeasesForWorker": "1", "enablePriorityLeaseAssignment": "true"}
+
+
+# -- the processor's command line -------------------------------------------------------
+
+
+def test_a_job_path_with_a_quote_is_passed_unquoted(tmp_path: Path) -> None:
+    """The KCL splits executableName on spaces and runs it without a shell."""
+    directory = tmp_path / "o'brien"
+    directory.mkdir()
+    job = directory / "job.yaml"
+    job.write_bytes((ROOT / "config" / "kinesis-source.yaml").read_bytes())
+    props = properties(job)
+    assert props["executableName"] == (
+        f"{sys.executable} -m replicator processor --config {job.resolve()}"
+    )
+
+
+@pytest.mark.parametrize("name", ["sp ace", "caf\u00e9", "tab\tbed"])
+def test_a_job_path_the_kcl_cannot_pass_is_refused_with_exit_4(tmp_path: Path, name: str) -> None:
+    directory = tmp_path / name
+    directory.mkdir()
+    job = directory / "job.yaml"
+    job.write_bytes((ROOT / "config" / "kinesis-source.yaml").read_bytes())
+    result = subprocess.run(
+        [sys.executable, "-m", "replicator", "properties", "--config", str(job)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 4, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("replicator: the KCL cannot run a processor from a path")
+
+
+# -- stopping: the daemon waits longer than a processor flushes ---------------------------
+
+
+@pytest.mark.parametrize("failover_ms", [1_000, 10_000, 60_000])
+def test_the_graceful_stop_outlasts_the_processors_flush(tmp_path: Path, failover_ms: int) -> None:
+    from replicator.config.loader import parse_job
+    from replicator.processor import ReplicationProcessor
+    from replicator.runtime.kcl.properties import (
+        PROCESSOR_FLUSH_TIMEOUT_MS,
+        render_properties,
+        shutdown_grace_ms,
+    )
+
+    resolved = parse_job(
+        "runtime: kcl\nsource: {region: us-east-1, table: orders}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        f"kcl: {{failover_time_ms: {failover_ms}}}\n",
+        tmp_path / "job.yaml",
+    )
+    grace = shutdown_grace_ms(resolved.job)
+    assert grace >= PROCESSOR_FLUSH_TIMEOUT_MS + 10_000
+    assert grace >= failover_ms + 10_000
+    assert f"shutdownGraceMillis = {grace}\n" in render_properties(resolved)
+    processor = ReplicationProcessor(lambda shard: None, None)  # type: ignore[arg-type,return-value]
+    assert processor._shutdown_flush_timeout_s * 1000 == PROCESSOR_FLUSH_TIMEOUT_MS
+
+
+def test_an_installed_package_carries_the_templates_where_the_runtime_looks() -> None:
+    """pyproject's data-files install properties/ at sys.prefix/share/...; building a
+    wheel takes too long for a test, so the configuration is checked against the tree
+    and the runtime's lookup."""
+    import tomllib
+
+    from replicator.runtime.kcl import properties as module
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    data_files = config["tool"]["setuptools"]["data-files"]
+    target = "share/dynamodb-replicator/properties"
+    shipped = sorted(Path(name).name for name in data_files[target])
+    assert shipped == sorted(path.name for path in (ROOT / "properties").iterdir())
+    assert all((ROOT / name).is_file() for name in data_files[target])
+    source = Path(module.__file__).read_text()
+    assert '"share" / "dynamodb-replicator" / "properties"' in source
+
+
+@pytest.mark.parametrize(
+    ("runtime", "stream", "setting", "expected"),
+    [
+        ("local", "{}", "fail", "stop with exit 6"),
+        ("kcl", "{}", "fail", "KCL_RETRY"),
+        ("kcl", "{}", "restart_from_trim_horizon", "SKIP_RECORDS_TO_TRIM_HORIZON"),
+        ("kcl", "{kind: kinesis, name: s}", "fail", "no effect on a kinesis source"),
+    ],
+)
+def test_validate_says_what_on_trimmed_data_does_here(
+    tmp_path: Path, runtime: str, stream: str, setting: str, expected: str
+) -> None:
+    from replicator.cli import describe
+    from replicator.config.loader import parse_job
+
+    resolved = parse_job(
+        f"runtime: {runtime}\n"
+        f"source: {{region: us-east-1, table: orders, stream: {stream}, "
+        f"on_trimmed_data: {setting}}}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        "conflict: {policy: version, version_attribute: v}\n",
+        tmp_path / "job.yaml",
+    )
+    (line,) = [line for line in describe(resolved).splitlines() if line.startswith("trimmed")]
+    assert expected in line
+    assert ("exit 6" in line) == (runtime == "local" and setting == "fail") or "no exit 6" in line
