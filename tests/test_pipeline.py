@@ -287,6 +287,7 @@ def kinesis_job(table: str) -> Any:
     from replicator.config.loader import parse_job
 
     text = (
+        "runtime: kcl\n"
         f"source: {{region: us-east-1, table: {table}, stream: {{kind: kinesis, name: s}}}}\n"
         f"destinations: [{{region: eu-west-1, table: {table}}}]\n"
         "conflict: {policy: version, version_attribute: v}\n"

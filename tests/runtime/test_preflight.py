@@ -46,15 +46,17 @@ def tables(moto_endpoint: str, unique: Any) -> dict[str, str]:
 def test_a_stream_arn_of_another_table_stops_the_start_naming_both_tables(
     moto_endpoint: str, tables: dict[str, str], tmp_path: Path
 ) -> None:
-    job = job_file(
-        tmp_path / "job.yaml",
-        moto_endpoint,
-        tables["ours"],
-        tables["dst"],
-        extra=f", stream: {{arn: '{tables['their_arn']}'}}",
+    """`validate` refuses an ARN whose text names another table (tests/config); this is the
+    check behind it, against the stream itself, reached here by setting the ARN after
+    validation."""
+    resolved = load_job(
+        job_file(tmp_path / "job.yaml", moto_endpoint, tables["ours"], tables["dst"])
     )
+    source = resolved.job.source
+    stream = source.stream.model_copy(update={"arn": tables["their_arn"]})
+    job = resolved.job.model_copy(update={"source": source.model_copy(update={"stream": stream})})
     with pytest.raises(EnvironmentProblem) as raised:
-        preflight.check(load_job(job))
+        preflight.check(resolved.model_copy(update={"job": job}))
     message = str(raised.value)
     assert "\n" not in message
     assert f"table {tables['theirs']}" in message
