@@ -32,10 +32,13 @@ def _add_global_fields(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapp
 
 
 # AWS answers a bad signature with the canonical request it expected, session token
-# header included; botocore's errors can quote request headers or URLs the same way.
+# header included; botocore's errors can quote request headers or URLs the same way. JVM
+# options (-Dhttps.proxyPassword=..., -Djavax.net.ssl.trustStorePassword=...) can appear
+# in the KCL daemon's output and in the launcher's errors.
 _TOKEN_IN_TEXT = re.compile(
     r"((?:x-amz-security-token|aws_session_token|aws_secret_access_key|secretaccesskey|"
-    r"sessiontoken)['\"]?\s*[:=]\s*['\"]?)[^\s,;&'\"}]+",
+    r"sessiontoken|-D[\w.-]*(?:password|secret|token)[\w.-]*)['\"]?\s*[:=]\s*['\"]?)"
+    r"(?:(?<=['\"])[^'\"]+|[^\s,;&'\"}]+)",
     re.IGNORECASE,
 )
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")

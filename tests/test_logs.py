@@ -40,3 +40,17 @@ def test_the_runtimes_own_lines_name_the_job_and_task(
     fields = json.loads(line)
     assert fields["job"] == str(tmp_path / "job.yaml")
     assert (fields["task"], fields["runtime"]) == ("orders-sync", "local")
+
+
+def test_jvm_password_options_are_redacted_wherever_they_show() -> None:
+    """$REPLICATOR_KCL_JVM_OPTIONS can carry proxy or trust-store passwords; the daemon's
+    output and the launcher's errors pass through redact()."""
+    from replicator.logs import REDACTED, redact
+
+    text = redact(
+        "java -Xmx1g -Dhttps.proxyPassword=hunter22 "
+        '-Djavax.net.ssl.trustStorePassword="two words" -Dhttp.proxyHost=proxy'
+    )
+    assert "hunter22" not in text and "two words" not in text and "words" not in text
+    assert f"-Dhttps.proxyPassword={REDACTED}" in text
+    assert "-Dhttp.proxyHost=proxy" in text and "-Xmx1g" in text

@@ -8,6 +8,7 @@ are errors: a misspelt ``timestamp_atribute`` must not silently fall back to a d
 from __future__ import annotations
 
 import re
+import string
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, Self, cast
@@ -24,7 +25,7 @@ from pydantic import (
 
 from replicator.config.endpoints import check_endpoint
 
-_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+_REGION = re.compile(r"^[a-z]{2,4}(-[a-z]+)+-\d+$")
 _TABLE = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
 # arn:PARTITION:dynamodb:REGION:ACCOUNT:table/TABLE/stream/LABEL
@@ -32,6 +33,25 @@ _DYNAMODB_STREAM_ARN = re.compile(
     r"^arn:aws[a-z-]*:dynamodb:(?P<region>[^:]*):[^:]*:table/(?P<table>[^/]+)/stream/[^/]+$"
 )
 _TASK_NAME = re.compile(r"^[a-zA-Z0-9_.-]{3,}$")
+
+
+def _pattern_problem(pattern: str, field: str) -> str | None:
+    """What is wrong with ``pattern`` as a ``str.format`` pattern of ``{field}`` alone.
+
+    ``format`` itself would also take ``{field.attr}``, ``{field[0]}``, ``{field!r}`` and
+    ``{field:>9}``, which raise other errors or give text that differs between processes
+    (``{task_name.upper}`` names a method object at its address)."""
+    try:
+        parsed = list(string.Formatter().parse(pattern))
+    except ValueError as error:
+        return str(error)
+    for _, name, spec, conversion in parsed:
+        if name is not None and (name != field or spec or conversion):
+            shown = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            return f"not {{{shown}}}"
+    return None
+
+
 # DynamoDB's longest table name.
 MAX_TABLE_NAME = 255
 # Tables named <task_name><suffix> beside the lease table (named the task itself), in the
@@ -276,13 +296,10 @@ class ActiveActiveConfig(Strict):
                 f"tombstone_table must contain {{table}}, so that every table has its own "
                 f"tombstone table beside it, got {value!r}"
             )
-        try:
-            name = value.format(table="orders")
-        except (KeyError, IndexError, ValueError) as error:
-            raise ValueError(
-                f"tombstone_table may use only {{table}}: {value!r} ({error})"
-            ) from None
-        _check_table(name)
+        problem = _pattern_problem(value, "table")
+        if problem:
+            raise ValueError(f"tombstone_table may use only {{table}}: {value!r} ({problem})")
+        _check_table(value.format(table="orders"))
         return value
 
 
@@ -758,14 +775,13 @@ def _task_pattern_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], st
         patterns.append((("conflict_log", "table"), job.conflict_log.table, True))
     problems: list[tuple[tuple[str | int, ...], str]] = []
     for where, pattern, is_table in patterns:
-        try:
-            name = pattern.format(task_name=task)
-        except (KeyError, IndexError, ValueError) as error:
-            what = f"not {{{error.args[0]}}}" if isinstance(error, KeyError) else str(error)
+        what = _pattern_problem(pattern, "task_name")
+        if what:
             problems.append(
                 (where, f"may use only {{task_name}} (and {{{{ }}}} for a brace): {what}")
             )
             continue
+        name = pattern.format(task_name=task)
         if is_table and not _TABLE.match(name):
             problems.append(
                 (

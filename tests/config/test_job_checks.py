@@ -196,6 +196,13 @@ def test_a_task_name_that_is_no_table_name_is_refused(tmp_path: Path, name: str)
             "conflict_log.table",
             "not a DynamoDB table name",
         ),
+        # format() would raise AttributeError or TypeError for these, or (for a method)
+        # give a name with an address in it, different in every process.
+        ("conflict_log: {kind: dynamodb, table: '{task_name.x}'}", "conflict_log.table", "not"),
+        ("dead_letter: {path: 'dl/{task_name[x]}.jsonl'}", "dead_letter.path", "not"),
+        ("dead_letter: {path: 'dl/{task_name.upper}.jsonl'}", "dead_letter.path", "not"),
+        ("dead_letter: {path: 'dl/{task_name!r}.jsonl'}", "dead_letter.path", "not"),
+        ("conflict_log: {kind: file, path: 'c/{task_name:>40}'}", "conflict_log.path", "not"),
     ],
 )
 def test_a_task_name_pattern_that_gives_no_name_is_refused(
@@ -319,3 +326,24 @@ def test_the_queues_region_and_role_are_checked_like_the_tables(
 ) -> None:
     """A region botocore refuses was a traceback at run (InvalidRegionError)."""
     _refused(tmp_path, MINIMAL + setting + "\n", key, says)
+
+
+@pytest.mark.parametrize(
+    "pattern", ["{table}-{table.x}", "{table}-{table[0]}", "{table}{table!r}", "{table}{table:>9}"]
+)
+def test_a_tombstone_table_pattern_with_more_than_table_is_refused(
+    tmp_path: Path, pattern: str
+) -> None:
+    _refused(
+        tmp_path,
+        MINIMAL + f"active_active: {{tombstones: true, tombstone_table: '{pattern}'}}\n",
+        "active_active.tombstone_table",
+        "may use only {table}",
+    )
+
+
+def test_a_region_of_a_four_letter_partition_prefix_is_accepted() -> None:
+    """The AWS European Sovereign Cloud's regions (eusc-de-east-1)."""
+    text = MINIMAL.replace("region: eu-west-1", "region: eusc-de-east-1")
+    job = parse_job(text, Path("job.yaml")).job
+    assert job.destinations[0].region == "eusc-de-east-1"

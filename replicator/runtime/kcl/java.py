@@ -171,7 +171,7 @@ def jvm_options(environ: Mapping[str, str]) -> list[str]:
         return shlex.split(text)
     except ValueError as error:
         raise KclUnavailable(
-            f"${JVM_OPTIONS_ENV} cannot be split into JVM options ({error}): {text!r}; "
+            f"${JVM_OPTIONS_ENV} cannot be split into JVM options ({error}); "
             "close the quote, or quote the whole option ('-Dname=a value')"
         ) from None
 

@@ -373,7 +373,7 @@ def run_kcl(
     if status != 0 and daemon.jvm_refused:
         raise KclUnavailable(
             f"the JVM could not start: {daemon.jvm_refused}; check the options in "
-            f"${java.JVM_OPTIONS_ENV} ({os.environ.get(java.JVM_OPTIONS_ENV, '')!r})"
+            f"${java.JVM_OPTIONS_ENV}"
         )
     if status != 0 and daemon.classpath_failure:
         raise KclUnavailable(

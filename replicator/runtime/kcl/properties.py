@@ -8,8 +8,10 @@ file, so that the daemon's children read exactly the job the operator validated.
 from __future__ import annotations
 
 import os
+import site
 import socket
 import sys
+import sysconfig
 from pathlib import Path
 from string import Template
 
@@ -40,7 +42,17 @@ def templates_dir() -> Path:
     if os.environ.get(TEMPLATE_ENV):
         candidates.append(Path(os.environ[TEMPLATE_ENV]))
     candidates.append(Path(__file__).resolve().parents[3] / "properties")
-    candidates.append(Path(sys.prefix) / "share" / "dynamodb-replicator" / "properties")
+    # Where pip put the package's data files: sys.prefix for a virtualenv or an image;
+    # the scheme's data path, which differs on distributions whose system pip installs
+    # under /usr/local; the user base for `pip install --user`.
+    data_roots = [sys.prefix, sysconfig.get_path("data"), site.getuserbase()]
+    for scheme in ("posix_prefix", "posix_local", "posix_user"):
+        if scheme in sysconfig.get_scheme_names():
+            data_roots.append(sysconfig.get_path("data", scheme))
+    for root in dict.fromkeys(data_roots):
+        installed = Path(root) / "share" / "dynamodb-replicator" / "properties"
+        if installed not in candidates:
+            candidates.append(installed)
     for candidate in candidates:
         if (candidate / "kinesis.properties").is_file():
             return candidate

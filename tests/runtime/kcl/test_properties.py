@@ -370,3 +370,30 @@ def test_validate_says_what_on_trimmed_data_does_here(
     (line,) = [line for line in describe(resolved).splitlines() if line.startswith("trimmed")]
     assert expected in line
     assert ("exit 6" in line) == (runtime == "local" and setting == "fail") or "no exit 6" in line
+
+
+@pytest.mark.parametrize("where", ["user base", "scheme data"])
+def test_templates_installed_with_pip_install_user_or_under_usr_local_are_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """`pip install --user` puts data files under the user base, Debian's system pip under
+    /usr/local while sys.prefix is /usr: neither is sys.prefix."""
+    from replicator.runtime.kcl import properties as module
+
+    installed = tmp_path / "root" / "share" / "dynamodb-replicator" / "properties"
+    installed.mkdir(parents=True)
+    (installed / "kinesis.properties").write_text("# template\n")
+    monkeypatch.delenv(module.TEMPLATE_ENV, raising=False)
+    monkeypatch.setattr(module, "__file__", str(tmp_path / "a" / "b" / "c" / "properties.py"))
+    monkeypatch.setattr(module.sys, "prefix", str(tmp_path / "elsewhere"))
+    root = str(tmp_path / "root")
+    if where == "user base":
+        monkeypatch.setattr(module.site, "getuserbase", lambda: root)
+    else:
+        real = module.sysconfig.get_path
+        monkeypatch.setattr(
+            module.sysconfig,
+            "get_path",
+            lambda name, *a, **k: root if name == "data" and not a else real(name, *a, **k),
+        )
+    assert module.templates_dir() == installed
