@@ -78,7 +78,7 @@ def verify(config_path: Path, as_json: bool, **options: Any) -> int:
 
     resolved = load(config_path, writes=bool(options.get("repair")))
     runner = Verify(resolved, VerifyOptions(**options))
-    with interrupts(runner.stop.set), aws_failures(f"verify {resolved.task_name}"):
+    with interrupts(runner.interrupt), aws_failures(f"verify {resolved.task_name}"):
         report = runner.run()
     click.echo(report.as_json() if as_json else report.text())
     return report.exit_code

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +23,8 @@ from replicator.tombstones.setup import prepare as prepare_tombstones
 from replicator.tombstones.table import TombstoneTable
 from replicator.tools.compare import compare
 from replicator.tools.verify import Verify, VerifyHooks, VerifyOptions, VerifyReport
-from tests.support.e2e import Job
+from tests.support.e2e import Job, wait_until
+from tests.support.faults.proxy import Fault, FaultProxy, Mode
 
 LWW = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}"
 
@@ -322,3 +324,61 @@ def test_with_tombstones_an_item_deleted_at_the_destination_is_deleted_at_the_so
         assert "Item" not in ddb.get_item(TableName=table, Key=gone)
         assert "Item" not in ddb.get_item(TableName=table, Key=key(items[1]))
     assert verify(job).equal
+
+
+def test_repair_stuck_on_a_throttled_destination_stops_on_the_second_signal(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    name = unique("verify")
+    job = Job(moto_endpoint, name, tmp_path, destinations=[("eu-west-1", f"{name}-eu")])
+    replicated(job, 3, to=())
+    proxy = FaultProxy(moto_endpoint).start()
+    try:
+        # Every repair write is throttled, and retried without end until interrupted.
+        proxy.set(Mode(Fault.THROTTLE, operations=frozenset({"PutItem"})))
+        job.path.write_text(
+            job.path.read_text().replace(
+                f"table: {job.name}-eu, endpoint_url: '{moto_endpoint}'",
+                f"table: {job.name}-eu, endpoint_url: '{proxy.url}'",
+            )
+        )
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "replicator", "verify", "--config", str(job.path)),
+                *("--repair", "--recheck", "1", "--recheck-pause", "0"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_until(lambda: proxy.counts("PutItem")["throttled"] >= 6, 30, "repair writes retried")
+        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        proxy.stop()
+    assert process.returncode == 1, err
+    assert "verify --repair interrupted: 0 of 3 repair writes made" in err
+    assert out == ""
+
+
+@pytest.mark.parametrize("command", ["backfill", "verify"])
+@pytest.mark.parametrize("rate", ["inf", "nan", "1e-300", "0.009"])
+def test_a_read_rate_that_is_not_a_usable_number_is_a_usage_error(
+    command: str, rate: str, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from replicator.cli import cli as main
+
+    result = CliRunner().invoke(
+        main, [command, "--config", str(tmp_path / "job.yaml"), "--read-rate", rate]
+    )
+    assert result.exit_code == 2, result.output
+    assert (
+        f"Invalid value for '--read-rate': {float(rate)} is not 0 (unlimited) or a finite "
+        "number of items per second of at least 0.01"
+    ) in result.output
