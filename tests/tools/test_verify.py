@@ -382,3 +382,42 @@ def test_a_read_rate_that_is_not_a_usable_number_is_a_usage_error(
         f"Invalid value for '--read-rate': {float(rate)} is not 0 (unlimited) or a finite "
         "number of items per second of at least 0.01"
     ) in result.output
+
+
+def test_an_error_page_in_place_of_an_aws_answer_is_one_short_line(job: Job) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    from botocore.exceptions import ClientError
+
+    from replicator.writers.destination import _describe
+
+    page = "<!doctype html>\n<html lang=en>\n<title>404 Not Found</title>\n<p>" + "x" * 500
+    error = ClientError({"Error": {"Code": "404", "Message": page}}, "PutItem")
+    assert _describe(error) == "404: 404 Not Found " + "x" * 185 + "\u2026"
+
+    class NotAws(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = page.encode()
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotAws)
+    Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        job.path.write_text(job.path.read_text().replace(job.endpoint, url, 1))
+        result = cli(job)
+    finally:
+        server.shutdown()
+    assert result.returncode == 3, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"replicator: table source us-east-1/{job.source_table}: 404: 404 ")
+    assert url in line and "<" not in line and len(line) < 400
