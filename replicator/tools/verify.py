@@ -336,17 +336,28 @@ class Verify:
         assert self.options.sample
         count = self.options.sample
         key_names = shape.key_names
-        source_keys = self._sample_keys(self.source, shape.item_count, count, key_names)
-        counts = {self.source.label: len(source_keys)}
-        candidates: dict[str, set[KeyId]] = {}
-        for ref in self.destinations:
-            theirs = self._sample_keys(ref, describe(ref).item_count, count, key_names)
-            counts[ref.label] = len(theirs)
-            candidates[ref.label] = set(source_keys) | set(theirs)
+        report = ProgressReport(
+            "verify sample",
+            count * (1 + len(self.destinations)),
+            interval_s=self.options.progress_interval_s,
+        )
+        with report:
+            source_keys = self._sample_keys(self.source, shape.item_count, count, key_names, report)
+            counts = {self.source.label: len(source_keys)}
+            candidates: dict[str, set[KeyId]] = {}
+            for ref in self.destinations:
+                theirs = self._sample_keys(ref, describe(ref).item_count, count, key_names, report)
+                counts[ref.label] = len(theirs)
+                candidates[ref.label] = set(source_keys) | set(theirs)
         return counts, candidates
 
     def _sample_keys(
-        self, ref: TableRef, estimate: int, count: int, key_names: list[str]
+        self,
+        ref: TableRef,
+        estimate: int,
+        count: int,
+        key_names: list[str],
+        report: ProgressReport,
     ) -> list[KeyId]:
         """Up to ``count`` keys from random segments spread over the whole table."""
         total = max(
@@ -369,8 +380,10 @@ class Verify:
         with ThreadPoolExecutor(self.options.threads, thread_name_prefix="sample") as pool:
             for start in range(0, total, self.options.threads):
                 batch = order[start : start + self.options.threads]
+                before = min(len(found), count)
                 for keys in results([pool.submit(first_keys, segment) for segment in batch]):
                     found.update(dict.fromkeys(keys))
+                report.advance(min(len(found), count) - before)
                 if len(found) >= count:
                     break
         keys = list(found)

@@ -421,3 +421,16 @@ def test_an_error_page_in_place_of_an_aws_answer_is_one_short_line(job: Job) -> 
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"replicator: table source us-east-1/{job.source_table}: 404: 404 ")
     assert url in line and "<" not in line and len(line) < 400
+
+
+def test_sample_logs_its_progress(job: Job) -> None:
+    from structlog.testing import capture_logs
+
+    replicated(job, 30)
+    with capture_logs() as logs:
+        report = verify(job, sample=5)
+
+    assert report.equal
+    lines = [line for line in logs if line["event"] == "verify sample"]
+    assert lines, logs
+    assert (lines[-1]["items"], lines[-1]["of_about"]) == (15, 15)  # 5 of each of 3 tables
