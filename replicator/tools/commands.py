@@ -67,7 +67,7 @@ def backfill(config_path: Path, **options: Any) -> int:
 
     resolved = load(config_path)
     runner = Backfill(resolved, BackfillOptions(**options))
-    with interrupts(runner.interrupt), aws_failures(f"backfill {resolved.task_name}"):
+    with interrupts(runner.interrupt), aws_failures(f"backfill {resolved.task_name}", resolved):
         result = runner.run()
     click.echo(result.summary())
     return result.exit_code

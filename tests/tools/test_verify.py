@@ -434,3 +434,18 @@ def test_sample_logs_its_progress(job: Job) -> None:
     lines = [line for line in logs if line["event"] == "verify sample"]
     assert lines, logs
     assert (lines[-1]["items"], lines[-1]["of_about"]) == (15, 15)  # 5 of each of 3 tables
+
+
+def test_an_aws_error_names_the_jobs_endpoints(job: Job) -> None:
+    from botocore.exceptions import ClientError
+
+    from replicator.exceptions import EnvironmentProblem
+    from replicator.tools.commands import aws_failures
+
+    error = ClientError({"Error": {"Code": "InternalServerError", "Message": "x"}}, "Scan")
+    with pytest.raises(EnvironmentProblem) as raised, aws_failures("verify t", load_job(job.path)):
+        raise error
+    assert str(raised.value) == (
+        f"verify t: InternalServerError: x (at {job.endpoint} (us-east-1) or {job.endpoint} "
+        f"(eu-west-1) or {job.endpoint} (ap-southeast-2))"
+    )
