@@ -215,6 +215,21 @@ def _finite(context: click.Context, parameter: click.Parameter, value: float) ->
     return value
 
 
+# The smallest --read-rate but 0 (unlimited): one item every 100 s. Below it a rate means
+# nothing useful, and its waits overflow what a sleep takes.
+MIN_READ_RATE = 0.01
+
+
+def _read_rate(context: click.Context, parameter: click.Parameter, value: float) -> float:
+    """Items per second: 0 (unlimited), or a finite number of at least MIN_READ_RATE."""
+    if not math.isfinite(value) or 0 < value < MIN_READ_RATE:
+        raise click.BadParameter(
+            f"{value} is not 0 (unlimited) or a finite number of items per second of at "
+            f"least {MIN_READ_RATE}"
+        )
+    return value
+
+
 def main(argv: list[str] | None = None) -> Any:
     return cli.main(args=argv, prog_name="replicator")
 
@@ -304,6 +319,7 @@ def demo(
     type=click.FloatRange(min=0),
     default=0.0,
     show_default=True,
+    callback=_read_rate,
     help="Source items read per second, scans and re-reads together; 0 = unlimited.",
 )
 @click.option(
@@ -361,6 +377,7 @@ def backfill(config_path: Path, **options: Any) -> None:
     type=click.FloatRange(min=0),
     default=0.0,
     show_default=True,
+    callback=_read_rate,
     help="Items read per second from each table; 0 = unlimited.",
 )
 @click.option(

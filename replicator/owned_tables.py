@@ -20,7 +20,7 @@ from replicator.exceptions import EnvironmentProblem
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_dynamodb.literals import KeyTypeType
-from replicator.aws.errors import ErrorKind, classify, error_code
+from replicator.aws.errors import ErrorKind, classify, error_code, error_message
 
 log = structlog.get_logger(__name__)
 
@@ -100,5 +100,5 @@ def refuse_if_final(error: ClientError, what: str, where: str) -> None:
     """An error that no wait can fix becomes one clear line for the operator."""
     kind = classify(error)
     if kind in (ErrorKind.DENIED, ErrorKind.REJECTED):
-        message = error.response.get("Error", {}).get("Message", "")
+        message = error_message(error)
         raise EnvironmentProblem(f"{what} at {where}: {error_code(error)}: {message}") from None

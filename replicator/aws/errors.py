@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 from botocore.exceptions import (
@@ -99,6 +100,26 @@ _DENIED = frozenset(
         "QueueDoesNotExist",
     }
 )
+
+
+# The most of a server's error text a one-line message quotes.
+EXCERPT_CHARS = 200
+_MARKUP = re.compile(r"<[^>]*>")
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """``text`` fit for a one-line message: an HTML or XML body (a proxy's or a web
+    server's error page where an AWS endpoint was meant) without its tags, every run of
+    whitespace and newlines one space, and at most ``limit`` characters."""
+    if text.lstrip().startswith("<"):
+        text = _MARKUP.sub(" ", text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def error_message(error: ClientError) -> str:
+    """The server's message of ``error``, as :func:`excerpt` makes it fit one line."""
+    return excerpt(str(error.response.get("Error", {}).get("Message", "")))
 
 
 def error_code(error: BaseException) -> str:

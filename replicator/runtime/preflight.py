@@ -22,7 +22,7 @@ from botocore.exceptions import (
 
 from replicator.appendfile import UNWRITABLE_HINT, why_not_appendable
 from replicator.aws import clients, tables
-from replicator.aws.errors import error_code
+from replicator.aws.errors import error_code, error_message, excerpt
 from replicator.config.model import ConflictPolicyName, DeadLetterKind, ResolvedJob, StreamKind
 from replicator.conflictlog.targets import prepare
 from replicator.exceptions import EnvironmentProblem
@@ -47,12 +47,14 @@ def explain(error: BaseException, what: str, where: str) -> EnvironmentProblem:
             "container role)."
         )
     if isinstance(error, CredentialRetrievalError | ProfileNotFound):
-        return EnvironmentProblem(f"{what}: AWS credentials could not be loaded: {error}")
+        return EnvironmentProblem(
+            f"{what}: AWS credentials could not be loaded: {excerpt(str(error))}"
+        )
     if isinstance(error, EndpointConnectionError):
-        return EnvironmentProblem(f"{what}: cannot reach {where}: {error}")
+        return EnvironmentProblem(f"{what}: cannot reach {where}: {excerpt(str(error))}")
     if isinstance(error, ClientError):
         code = error_code(error)
-        message = error.response.get("Error", {}).get("Message", "")
+        message = error_message(error)
         if code == "ResourceNotFoundException":
             return EnvironmentProblem(f"{what}: not found at {where} ({message})")
         if code in (
@@ -64,8 +66,8 @@ def explain(error: BaseException, what: str, where: str) -> EnvironmentProblem:
             return EnvironmentProblem(f"{what}: access denied at {where}: {code}: {message}")
         return EnvironmentProblem(f"{what}: {code}: {message} (at {where})")
     if isinstance(error, BotoCoreError):
-        return EnvironmentProblem(f"{what}: cannot reach {where}: {error}")
-    return EnvironmentProblem(f"{what}: {error}")
+        return EnvironmentProblem(f"{what}: cannot reach {where}: {excerpt(str(error))}")
+    return EnvironmentProblem(f"{what}: {excerpt(str(error))}")
 
 
 def check_source(resolved: ResolvedJob) -> SourceInfo:

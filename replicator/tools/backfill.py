@@ -274,7 +274,7 @@ class Backfill:
         report = ProgressReport(
             f"backfill {source.region}/{source.table}",
             item_count,
-            details=self._this_run.as_dict,
+            details=self._counts_this_run if already else self._this_run.as_dict,
             interval_s=options.progress_interval_s,
             done=already,
         )
@@ -293,6 +293,10 @@ class Backfill:
         real = [e for e in errors if not isinstance(e, WriteCancelled)]
         if real:
             raise _operator_error(real[0], source)
+
+    def _counts_this_run(self) -> dict[str, int]:
+        """A resumed run's counts, named as this run's beside the items of every run."""
+        return {f"{name}_this_run": count for name, count in self._this_run.as_dict().items()}
 
     def count_page(self, tally: Tally) -> None:
         with self._lock:

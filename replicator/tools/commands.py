@@ -67,7 +67,7 @@ def backfill(config_path: Path, **options: Any) -> int:
 
     resolved = load(config_path)
     runner = Backfill(resolved, BackfillOptions(**options))
-    with interrupts(runner.interrupt), aws_failures(f"backfill {resolved.task_name}"):
+    with interrupts(runner.interrupt), aws_failures(f"backfill {resolved.task_name}", resolved):
         result = runner.run()
     click.echo(result.summary())
     return result.exit_code
@@ -78,15 +78,27 @@ def verify(config_path: Path, as_json: bool, **options: Any) -> int:
 
     resolved = load(config_path, writes=bool(options.get("repair")))
     runner = Verify(resolved, VerifyOptions(**options))
-    with interrupts(runner.stop.set), aws_failures(f"verify {resolved.task_name}"):
+    with interrupts(runner.interrupt), aws_failures(f"verify {resolved.task_name}", resolved):
         report = runner.run()
     click.echo(report.as_json() if as_json else report.text())
     return report.exit_code
 
 
+def endpoints(resolved: ResolvedJob) -> str:
+    """Where the job's tables are, for a message about an AWS error that may come from
+    any of them: each region, with its endpoint_url when one is set."""
+    from replicator.aws.tables import where
+
+    job = resolved.job
+    places = [where(job.source.region, job.source.endpoint_url)]
+    places += [where(d.region, d.endpoint_url) for d in job.destinations]
+    return " or ".join(dict.fromkeys(places))
+
+
 @contextmanager
-def aws_failures(what: str) -> Iterator[None]:
-    """AWS errors that outlasted the retries, and refusing destinations, as one clear line."""
+def aws_failures(what: str, resolved: ResolvedJob | None = None) -> Iterator[None]:
+    """AWS errors that outlasted the retries, and refusing destinations, as one clear line
+    (naming the job's endpoints when ``resolved`` is given)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     from replicator.exceptions import (
@@ -101,7 +113,8 @@ def aws_failures(what: str) -> Iterator[None]:
     except (DestinationRefused, DeadLetterUnavailable) as error:
         raise EnvironmentProblem(f"{what}: {error}") from None
     except (ClientError, BotoCoreError) as error:
-        raise explain(error, what, "its AWS endpoint") from None
+        where = endpoints(resolved) if resolved is not None else "its AWS endpoint"
+        raise explain(error, what, where) from None
 
 
 def redrive(config_path: Path) -> int:
@@ -109,7 +122,7 @@ def redrive(config_path: Path) -> int:
 
     resolved = load(config_path)
     runner = Redrive(resolved)
-    with interrupts(runner.interrupt), aws_failures(f"redrive {resolved.task_name}"):
+    with interrupts(runner.interrupt), aws_failures(f"redrive {resolved.task_name}", resolved):
         report = runner.run()
     click.echo(report.text())
     return report.exit_code

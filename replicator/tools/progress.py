@@ -33,6 +33,10 @@ class ProgressReport:
 
     The total is DynamoDB's item-count estimate, which may be hours old: the bar can end
     short of it or pass it, and the log lines say "about".
+
+    ``done``: items done by earlier runs (a resumed command). A log line's ``items``
+    counts them too, towards ``of_about``; ``items_this_run``, ``elapsed_s`` and
+    ``items_per_s`` are this run's alone, so the rate is the one this run achieves.
     """
 
     def __init__(
@@ -48,6 +52,7 @@ class ProgressReport:
         self.title = title
         self.total = total or None
         self.done = done
+        self._before = done
         self._details = details or dict
         self._interval_s = interval_s
         self._stream = stream or sys.stderr
@@ -106,9 +111,13 @@ class ProgressReport:
 
     def _log_line(self) -> None:
         elapsed = max(time.monotonic() - self._started, 1e-6)
-        fields: dict[str, Any] = {"items": self.done, "elapsed_s": round(elapsed, 1)}
+        this_run = self.done - self._before
+        fields: dict[str, Any] = {"items": self.done}
         if self.total:
             fields["of_about"] = self.total
-        fields["items_per_s"] = round(self.done / elapsed, 1)
+        if self._before:
+            fields["items_this_run"] = this_run
+        fields["elapsed_s"] = round(elapsed, 1)
+        fields["items_per_s"] = round(this_run / elapsed, 1)
         fields.update(self._details())
         log.info(self.title, **fields)

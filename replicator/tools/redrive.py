@@ -15,7 +15,8 @@ with ``attempts`` incremented and the new error; a ``*`` letter that now fails a
 destinations only stays as one letter per failing destination. Letters are replayed
 one at a time, in the order the target returns them (a file keeps the order in which
 they were written). A destination that refuses three writes in a row (missing table,
-access denied) fails its remaining letters at once.
+access denied, no credentials) fails its remaining letters at once, and the exit status
+is 3, as for an environment not as the job says.
 
 Only the job's own letters are replayed (their ``task_name`` is the job's task name):
 several jobs may share a dead-letter file or queue, and another job's letter is about
@@ -47,6 +48,7 @@ from replicator.deadletter import (
     Unreadable,
 )
 from replicator.deadletter.failed import DeadLetterer
+from replicator.deadletter.file import FileDeadLetters
 from replicator.exceptions import DestinationRefused, RecordDecodeError, WriteCancelled
 from replicator.filters import ChangeFilter, Route
 from replicator.intake import Reader
@@ -56,7 +58,7 @@ from replicator.records import Change, Event
 from replicator.tools.scan import ReadRate
 from replicator.tools.snapshot import ResurrectionGuard, synthetic_purpose, with_snapshot_rules
 from replicator.tools.tables import describe, source_ref
-from replicator.writers.destination import DestinationWriter
+from replicator.writers.destination import NOT_PASSED, DestinationWriter
 
 log = structlog.get_logger(__name__)
 
@@ -103,6 +105,8 @@ class RedriveReport:
     unreadable: list[Unreadable] = field(default_factory=list)
     other_tasks: Counter[str] = field(default_factory=Counter)  # letters left, by task
     interrupted: bool = False
+    refused: bool = False  # a destination refused every write (missing table, credentials)
+    left: int | None = None  # letters in the target once interrupted, when it can count them
 
     @property
     def replayed(self) -> int:
@@ -114,10 +118,26 @@ class RedriveReport:
 
     @property
     def exit_code(self) -> int:
-        """0 only if nothing is left: an unreadable letter is one not replayed."""
+        """0 only if nothing is left: an unreadable letter is one not replayed; 3 when a
+        destination refused every write (its environment needs fixing first)."""
+        if self.refused:
+            return 3
         return 0 if self.failed == 0 and not self.unreadable and not self.interrupted else 1
 
     def text(self) -> str:
+        if self.interrupted and not self.replays and not self.unreadable:
+            return "\n".join(
+                [
+                    f"redrive of {self.target}: interrupted: "
+                    + (
+                        f"{self.left} letter{'' if self.left == 1 else 's'} not replayed"
+                        if self.left is not None
+                        else "no letter replayed"
+                    )
+                    + f", kept in {self.target} (the next redrive takes them up)",
+                    *self._left(),
+                ]
+            )
         if not self.replays and not self.unreadable:
             mine = f" of task {_printable(self.task)}" if self.other_tasks else ""
             return "\n".join(
@@ -133,12 +153,20 @@ class RedriveReport:
             f"{self.replayed} replayed, "
             f"{self.failed} failed again (kept in the target)"
             + (f", {len(self.unreadable)} unreadable (kept as they are)" if self.unreadable else "")
-            + ("; interrupted: the rest are still in the target" if self.interrupted else "")
+            + (f"; interrupted: {self._rest()}" if self.interrupted else "")
         ]
         lines.extend(replay.line() for replay in self.replays)
         lines.extend(f"  unreadable    {item.where}: {item.error}" for item in self.unreadable)
         lines.extend(self._left())
         return "\n".join(lines)
+
+    def _rest(self) -> str:
+        if self.left is None:
+            return "the rest are still in the target"
+        return (
+            f"{self.left} letter{'' if self.left == 1 else 's'} now in the target (the next "
+            "redrive takes them up)"
+        )
 
     def _left(self) -> list[str]:
         """One line for the letters of other tasks that were left as they are."""
@@ -171,6 +199,7 @@ class Redrive:
         self._reader = Reader(ChangeFilter.for_job(resolved.job))
         self._guard: ResurrectionGuard | None = None
         self._target: DeadLetterTarget | None = None
+        self.refused = False
 
     def interrupt(self) -> None:
         """First call: stop after the letter in hand. Second: stop retrying it."""
@@ -211,6 +240,9 @@ class Redrive:
                 if self.stop.is_set():
                     report.interrupted = True
                     break
+        report.refused = self.refused
+        if report.interrupted and isinstance(target, FileDeadLetters):
+            report.left = target.count()
         log.info(
             "redrive done",
             replayed=report.replayed,
@@ -283,7 +315,9 @@ class Redrive:
         try:
             result = writer.write(change)
         except DestinationRefused as refused:
-            return Failure(writer.label, "refused", str(refused))
+            self.refused = True
+            error = str(refused).replace(NOT_PASSED, "the letter is kept in the target")
+            return Failure(writer.label, "refused", error)
         if result.failed:
             return Failure(writer.label, result.reason or "failed", result.error or "")
         return None

@@ -29,9 +29,9 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -41,7 +41,7 @@ from replicator.aws.tables import TableShape
 from replicator.config.model import ResolvedJob
 from replicator.deadletter import DeadLetterTarget
 from replicator.deadletter.failed import DeadLetterer
-from replicator.exceptions import OperatorError
+from replicator.exceptions import OperatorError, WriteCancelled
 from replicator.items import Item, KeyId, describe_key, item_to_wire, key_id, project
 from replicator.metrics import Metrics
 from replicator.records import Change
@@ -60,6 +60,7 @@ from replicator.tools.tables import (
     source_ref,
 )
 from replicator.writers.destination import DestinationWriter, Outcome
+from replicator.writers.source import SourceWriter
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +73,9 @@ DELETED = "deleted"
 # --sample: segments sized to hold about this many items each, by the table's estimate.
 _ITEMS_PER_SAMPLE_SEGMENT = 10
 _MAX_SEGMENTS = 1_000_000
+
+WriterT = TypeVar("WriterT", DestinationWriter, SourceWriter)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,27 @@ class Verify:
         self.by_label = {ref.label: ref for ref in self.destinations}
         self._rates: dict[str, ReadRate] = {}
         self.stop = threading.Event()  # set: give up, reporting nothing
+        self._writers: list[DestinationWriter | SourceWriter] = []
+        self._writers_lock = threading.Lock()
+        self._cancelled = False
+
+    def interrupt(self) -> None:
+        """First call: start no more reads or repair writes, finish those in hand, then
+        stop with no report. Second: stop at once, a repair write being retried too."""
+        with self._writers_lock:
+            if self.stop.is_set():
+                self._cancelled = True
+                for writer in self._writers:
+                    writer.cancelled.set()
+        self.stop.set()
+
+    def _watch(self, writer: WriterT) -> WriterT:
+        """``writer``, cancelled by a second :meth:`interrupt` (and at once if that came)."""
+        with self._writers_lock:
+            self._writers.append(writer)
+            if self._cancelled:
+                writer.cancelled.set()
+        return writer
 
     def _check_stop(self) -> None:
         if self.stop.is_set():
@@ -296,8 +321,7 @@ class Verify:
                 for ref in tables
                 for segment in range(self.options.segments)
             ]
-            for future in futures:
-                future.result()
+            results(futures)
         source = digests[self.source.label]
         candidates: dict[str, set[KeyId]] = {}
         for ref in self.destinations:
@@ -312,17 +336,28 @@ class Verify:
         assert self.options.sample
         count = self.options.sample
         key_names = shape.key_names
-        source_keys = self._sample_keys(self.source, shape.item_count, count, key_names)
-        counts = {self.source.label: len(source_keys)}
-        candidates: dict[str, set[KeyId]] = {}
-        for ref in self.destinations:
-            theirs = self._sample_keys(ref, describe(ref).item_count, count, key_names)
-            counts[ref.label] = len(theirs)
-            candidates[ref.label] = set(source_keys) | set(theirs)
+        report = ProgressReport(
+            "verify sample",
+            count * (1 + len(self.destinations)),
+            interval_s=self.options.progress_interval_s,
+        )
+        with report:
+            source_keys = self._sample_keys(self.source, shape.item_count, count, key_names, report)
+            counts = {self.source.label: len(source_keys)}
+            candidates: dict[str, set[KeyId]] = {}
+            for ref in self.destinations:
+                theirs = self._sample_keys(ref, describe(ref).item_count, count, key_names, report)
+                counts[ref.label] = len(theirs)
+                candidates[ref.label] = set(source_keys) | set(theirs)
         return counts, candidates
 
     def _sample_keys(
-        self, ref: TableRef, estimate: int, count: int, key_names: list[str]
+        self,
+        ref: TableRef,
+        estimate: int,
+        count: int,
+        key_names: list[str],
+        report: ProgressReport,
     ) -> list[KeyId]:
         """Up to ``count`` keys from random segments spread over the whole table."""
         total = max(
@@ -345,8 +380,10 @@ class Verify:
         with ThreadPoolExecutor(self.options.threads, thread_name_prefix="sample") as pool:
             for start in range(0, total, self.options.threads):
                 batch = order[start : start + self.options.threads]
-                for keys in pool.map(first_keys, batch):
+                before = min(len(found), count)
+                for keys in results([pool.submit(first_keys, segment) for segment in batch]):
                     found.update(dict.fromkeys(keys))
+                report.advance(min(len(found), count) - before)
                 if len(found) >= count:
                     break
         keys = list(found)
@@ -452,7 +489,10 @@ class Verify:
     ) -> None:
         dead_letters = wiring.dead_letter_target(self.resolved)
         letters = DeadLetterer(dead_letters, self.metrics, self.resolved.task_name, REPAIR)
-        writers = snapshot_writers(self.resolved, self.metrics)
+        writers = {
+            label: self._watch(writer)
+            for label, writer in snapshot_writers(self.resolved, self.metrics).items()
+        }
         region = self.source.region
         jobs: list[tuple[Finding, _State, Change, DestinationWriter]] = []
         deleted = [f for f in findings if f.kind == DELETED]
@@ -472,12 +512,24 @@ class Verify:
             )
             jobs.append((finding, state, change, writers[finding.destination]))
 
-        def apply(job: tuple[Finding, _State, Change, DestinationWriter]) -> Outcome:
+        def apply(job: tuple[Finding, _State, Change, DestinationWriter]) -> Outcome | None:
             _, _, change, writer = job
-            return letters.write(writer, change).outcome
+            if self.stop.is_set():
+                return None  # interrupted: not started
+            try:
+                return letters.write(writer, change).outcome
+            except WriteCancelled:
+                return None  # interrupted again: given up while it was being retried
 
         with ThreadPoolExecutor(self.options.threads, thread_name_prefix="repair") as pool:
-            outcomes = list(pool.map(apply, jobs))
+            done = results([pool.submit(apply, job) for job in jobs])
+        if self.stop.is_set():
+            made = sum(1 for outcome in done if outcome is not None)
+            raise OperatorError(
+                f"verify --repair interrupted: {made} of {len(jobs)} repair writes made, "
+                "the rest not; no report (run verify again to see what differs)"
+            )
+        outcomes = [outcome for outcome in done if outcome is not None]
         self._judge(jobs, outcomes, dead_letters)
         applied_puts: dict[int, tuple[Change, list[str]]] = {}
         for (finding, _, change, _), outcome in zip(jobs, outcomes, strict=True):
@@ -512,7 +564,9 @@ class Verify:
         """Apply each destination's delete to the source, where the item is stale."""
         source = wiring.source_writer(self.resolved, self.metrics)
         assert source is not None
+        self._watch(source)
         for finding in findings:
+            self._check_stop()
             state = states[finding.destination][key_id(finding.keys)]
             assert finding.tombstone is not None and state.source_item is not None
             change = synthetic_change(
@@ -522,7 +576,14 @@ class Verify:
                 new_image=state.source_item,
                 expected=None,
             )
-            if source.apply_delete(change, finding.tombstone):
+            try:
+                deleted = source.apply_delete(change, finding.tombstone)
+            except WriteCancelled:
+                raise OperatorError(
+                    "verify --repair interrupted while deleting at the source; no report "
+                    "(run verify again to see what differs)"
+                ) from None
+            if deleted:
                 finding.repair = "repaired"
                 finding.detail = "deleted at the source"
             else:
@@ -583,6 +644,16 @@ def _encode(value: Any) -> str:
     if isinstance(value, bytes):
         return "b" + value.hex()
     return repr(value)
+
+
+def results(futures: list[Future[T]]) -> list[T]:
+    """The futures' results, in order, waited for in short steps: a signal delivered to
+    another thread reaches its handler only once the main thread runs again, and a
+    write retried without end would hold it in one long wait."""
+    pending = set(futures)
+    while pending:
+        _, pending = wait(pending, timeout=0.5)
+    return [future.result() for future in futures]
 
 
 def union(sets: Iterable[set[KeyId]]) -> set[KeyId]:

@@ -27,7 +27,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.aws.backoff import Backoff
 from replicator.aws.clients import WriteClient
-from replicator.aws.errors import CLOCK_SKEW, ErrorKind, classify, error_code
+from replicator.aws.errors import (
+    CLOCK_SKEW,
+    ErrorKind,
+    classify,
+    error_code,
+    error_message,
+    excerpt,
+)
 from replicator.conflictlog.base import ConflictRecorder, Loss
 from replicator.exceptions import (
     DestinationRefused,
@@ -45,6 +52,10 @@ from replicator.tombstones.table import TombstoneTable
 from replicator.writers.wire import WireWriteClient
 
 log = structlog.get_logger(__name__)
+
+# How a refusal that stops the worker ends: what it did not do. Commands that are not the
+# worker (``redrive``) say instead what became of their own work.
+NOT_PASSED = "nothing was dead-lettered and the checkpoint has not passed these changes"
 
 # An item denied this many times while other writes to the destination succeed is
 # refused by a fine-grained policy, not by an outage: it fails (and is dead-lettered).
@@ -239,8 +250,7 @@ class DestinationWriter:
                             f"destination {self.label} ({self.region}/{self.table}) refused "
                             f"{max(streak, schema_refusals)} writes in a row: "
                             f"{_describe(error)}. Its key schema is not the source table's "
-                            "(was it re-created?); nothing was dead-lettered and the "
-                            "checkpoint has not passed these changes"
+                            f"(was it re-created?); {NOT_PASSED}"
                         ) from error
                 elif kind is ErrorKind.REJECTED:
                     return WriteResult(Outcome.FAILED, "rejected", _describe(error))
@@ -251,8 +261,7 @@ class DestinationWriter:
                             f"destination {self.label} ({self.region}/{self.table}) did not "
                             f"accept the signature or credentials of {streak} writes in a "
                             f"row: {_describe(error)}. Check this host's clock (NTP) and the "
-                            "credentials the worker runs with; nothing was dead-lettered and "
-                            "the checkpoint has not passed these changes"
+                            f"credentials the worker runs with; {NOT_PASSED}"
                         ) from error
                 elif kind in (ErrorKind.DENIED, ErrorKind.NOT_FOUND):
                     streak, successes = self._note_refusal()
@@ -561,6 +570,5 @@ def _answer_of(first: FirstAnswer) -> dict[str, Any]:
 
 def _describe(error: BaseException) -> str:
     if isinstance(error, ClientError):
-        message = error.response.get("Error", {}).get("Message", "")
-        return f"{error_code(error)}: {message}"
-    return f"{type(error).__name__}: {error}"
+        return f"{error_code(error)}: {error_message(error)}"
+    return f"{type(error).__name__}: {excerpt(str(error))}"

@@ -379,3 +379,35 @@ def _scanned(job: Job) -> int:
     except job.source.exceptions.ResourceNotFoundException:
         return 0
     return sum(int(row.get("scanned", {}).get("N", "0")) for n, row in rows.items() if n >= 0)
+
+
+def test_a_resumed_runs_progress_line_gives_this_runs_rate_and_says_which_count_is_which(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+    from types import SimpleNamespace
+
+    from structlog.testing import capture_logs
+
+    from replicator.tools import progress
+
+    clock = iter([100.0, 110.0])
+    monkeypatch.setattr(progress, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    applied = {"applied_this_run": 50}
+    report = progress.ProgressReport(
+        "backfill t", 1200, details=lambda: applied, interval_s=3600, stream=io.StringIO(), done=800
+    )
+    with capture_logs() as logs, report:
+        report.advance(50)
+
+    (line,) = logs
+    assert line == {
+        "event": "backfill t",
+        "log_level": "info",
+        "items": 850,
+        "of_about": 1200,
+        "items_this_run": 50,
+        "elapsed_s": 10.0,
+        "items_per_s": 5.0,
+        "applied_this_run": 50,
+    }

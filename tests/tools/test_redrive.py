@@ -4,9 +4,11 @@ leave the target, failing ones stay with one more attempt (file and SQS targets)
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,8 @@ from replicator.tools.redrive import Redrive
 from replicator.tools.snapshot import BACKFILL, synthetic_change
 from tests.support.aws import client
 from tests.support.deadletters import malformed
-from tests.support.e2e import Job
+from tests.support.e2e import Job, wait_until
+from tests.support.faults.proxy import Fault, FaultProxy, Mode
 from tests.support.records import daemon_record, stream_record
 
 LWW = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}"
@@ -104,7 +107,7 @@ def test_letters_whose_cause_is_fixed_are_applied_and_failing_ones_stay(job: Job
 
     first = redrive(job)
 
-    assert first.returncode == 1, first.stderr
+    assert first.returncode == 3, first.stderr  # a table missing: exit 3, as documented
     assert "4 letters, 0 replayed, 4 failed again" in first.stdout
     assert get(job, 1, z) == z  # the * letter reached the destination that works
     kept = {
@@ -368,3 +371,72 @@ def test_a_dead_letter_path_that_is_a_directory_is_one_line_and_exit_3(job: Job)
         f"replicator: redrive {job.name}: cannot read dead-letter file {job.dead_letters}: "
         "Is a directory"
     )
+
+
+def test_an_interrupted_redrive_says_how_many_letters_it_kept_and_the_next_takes_them_up(
+    job: Job,
+) -> None:
+    eu_label = "/".join(job.destinations[0])
+    target = FileDeadLetters(job.dead_letters)
+    items = [image(f"i{n}") for n in range(3)]
+    for seq, item in enumerate(items, start=31):
+        target.put(stream_letter(job, eu_label, item, seq, "throttled", "e"))
+    proxy = FaultProxy(job.endpoint).start()
+    try:
+        # Every write to eu is throttled, so the first letter is retried until interrupted.
+        proxy.set(Mode(Fault.THROTTLE, operations=frozenset({"PutItem"})))
+        job.path.write_text(
+            job.path.read_text().replace(
+                f"table: {job.name}-eu, endpoint_url: '{job.endpoint}'",
+                f"table: {job.name}-eu, endpoint_url: '{proxy.url}'",
+            )
+        )
+        runner = Redrive(load_job(job.path))
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(runner.run)
+            wait_until(lambda: proxy.counts("PutItem")["throttled"] >= 2, 30, "retries")
+            runner.interrupt()
+            runner.interrupt()  # the second: the letter in hand is given up too
+            report = running.result(timeout=10)
+    finally:
+        proxy.stop()
+    job.write()  # eu straight at the server again
+
+    assert (report.replayed, report.exit_code) == (0, 1)
+    assert report.text() == (
+        f"redrive of file {job.dead_letters}: interrupted: 3 letters not replayed, kept in "
+        f"file {job.dead_letters} (the next redrive takes them up)"
+    )
+    assert get(job, 0, items[0]) is None
+    again = Redrive(load_job(job.path)).run()
+    assert (again.replayed, again.exit_code) == (3, 0)
+    assert [get(job, 0, item) for item in items] == items
+    assert target.count() == 0
+
+
+def test_without_credentials_redrive_exits_3_and_keeps_the_letters(job: Job) -> None:
+    eu_label = "/".join(job.destinations[0])
+    target = FileDeadLetters(job.dead_letters)
+    for seq, name in enumerate("abc", start=41):
+        target.put(stream_letter(job, eu_label, image(name), seq, "throttled", "e"))
+    env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+    env.update(
+        AWS_SHARED_CREDENTIALS_FILE="/dev/null",
+        AWS_CONFIG_FILE="/dev/null",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-m", "replicator", "redrive", "--config", str(job.path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "3 letters, 0 replayed, 3 failed again (kept in the target)" in result.stdout
+    assert "the letter is kept in the target" in result.stdout
+    assert "checkpoint" not in result.stdout
+    assert target.count() == 3

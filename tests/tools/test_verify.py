@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +23,8 @@ from replicator.tombstones.setup import prepare as prepare_tombstones
 from replicator.tombstones.table import TombstoneTable
 from replicator.tools.compare import compare
 from replicator.tools.verify import Verify, VerifyHooks, VerifyOptions, VerifyReport
-from tests.support.e2e import Job
+from tests.support.e2e import Job, wait_until
+from tests.support.faults.proxy import Fault, FaultProxy, Mode
 
 LWW = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}"
 
@@ -322,3 +324,128 @@ def test_with_tombstones_an_item_deleted_at_the_destination_is_deleted_at_the_so
         assert "Item" not in ddb.get_item(TableName=table, Key=gone)
         assert "Item" not in ddb.get_item(TableName=table, Key=key(items[1]))
     assert verify(job).equal
+
+
+def test_repair_stuck_on_a_throttled_destination_stops_on_the_second_signal(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    name = unique("verify")
+    job = Job(moto_endpoint, name, tmp_path, destinations=[("eu-west-1", f"{name}-eu")])
+    replicated(job, 3, to=())
+    proxy = FaultProxy(moto_endpoint).start()
+    try:
+        # Every repair write is throttled, and retried without end until interrupted.
+        proxy.set(Mode(Fault.THROTTLE, operations=frozenset({"PutItem"})))
+        job.path.write_text(
+            job.path.read_text().replace(
+                f"table: {job.name}-eu, endpoint_url: '{moto_endpoint}'",
+                f"table: {job.name}-eu, endpoint_url: '{proxy.url}'",
+            )
+        )
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "replicator", "verify", "--config", str(job.path)),
+                *("--repair", "--recheck", "1", "--recheck-pause", "0"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_until(lambda: proxy.counts("PutItem")["throttled"] >= 6, 30, "repair writes retried")
+        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        proxy.stop()
+    assert process.returncode == 1, err
+    assert "verify --repair interrupted: 0 of 3 repair writes made" in err
+    assert out == ""
+
+
+@pytest.mark.parametrize("command", ["backfill", "verify"])
+@pytest.mark.parametrize("rate", ["inf", "nan", "1e-300", "0.009"])
+def test_a_read_rate_that_is_not_a_usable_number_is_a_usage_error(
+    command: str, rate: str, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from replicator.cli import cli as main
+
+    result = CliRunner().invoke(
+        main, [command, "--config", str(tmp_path / "job.yaml"), "--read-rate", rate]
+    )
+    assert result.exit_code == 2, result.output
+    assert (
+        f"Invalid value for '--read-rate': {float(rate)} is not 0 (unlimited) or a finite "
+        "number of items per second of at least 0.01"
+    ) in result.output
+
+
+def test_an_error_page_in_place_of_an_aws_answer_is_one_short_line(job: Job) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    from botocore.exceptions import ClientError
+
+    from replicator.writers.destination import _describe
+
+    page = "<!doctype html>\n<html lang=en>\n<title>404 Not Found</title>\n<p>" + "x" * 500
+    error = ClientError({"Error": {"Code": "404", "Message": page}}, "PutItem")
+    assert _describe(error) == "404: 404 Not Found " + "x" * 185 + "\u2026"
+
+    class NotAws(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = page.encode()
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotAws)
+    Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        job.path.write_text(job.path.read_text().replace(job.endpoint, url, 1))
+        result = cli(job)
+    finally:
+        server.shutdown()
+    assert result.returncode == 3, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"replicator: table source us-east-1/{job.source_table}: 404: 404 ")
+    assert url in line and "<" not in line and len(line) < 400
+
+
+def test_sample_logs_its_progress(job: Job) -> None:
+    from structlog.testing import capture_logs
+
+    replicated(job, 30)
+    with capture_logs() as logs:
+        report = verify(job, sample=5)
+
+    assert report.equal
+    lines = [line for line in logs if line["event"] == "verify sample"]
+    assert lines, logs
+    assert (lines[-1]["items"], lines[-1]["of_about"]) == (15, 15)  # 5 of each of 3 tables
+
+
+def test_an_aws_error_names_the_jobs_endpoints(job: Job) -> None:
+    from botocore.exceptions import ClientError
+
+    from replicator.exceptions import EnvironmentProblem
+    from replicator.tools.commands import aws_failures
+
+    error = ClientError({"Error": {"Code": "InternalServerError", "Message": "x"}}, "Scan")
+    with pytest.raises(EnvironmentProblem) as raised, aws_failures("verify t", load_job(job.path)):
+        raise error
+    assert str(raised.value) == (
+        f"verify t: InternalServerError: x (at {job.endpoint} (us-east-1) or {job.endpoint} "
+        f"(eu-west-1) or {job.endpoint} (ap-southeast-2))"
+    )
