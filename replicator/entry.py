@@ -5,7 +5,10 @@ that reaches ``replicator run`` in that time would end it with no output (SIGTER
 default) or a ``KeyboardInterrupt`` traceback. So for ``run`` both signals are held from
 the first moment, before anything heavy is imported; the runtime's own handlers
 (:func:`replicator.runtime.supervisor.stop_signals`) then act on a held one as on any
-other, and a stop during start-up exits 0 as a stop at any other time does.
+other, and a stop during start-up exits 0 as a stop at any other time does. The runtimes
+run their preflight checks (which can wait minutes, creating tables) while the signals are
+still held, and look at :func:`stop_held` between steps; a second signal while held means
+stop now: one line, and exit 128 + the signal's number (130 for SIGINT, 143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -18,7 +21,17 @@ _held: list[int] = []
 
 
 def _hold(signum: int, _frame: Any) -> None:
+    if _held:  # asked twice while starting: do not wait for the start-up to finish
+        name = signal.Signals(signum).name
+        sys.stderr.write(f"replicator: {name} again while starting; stopping now\n")
+        sys.stderr.flush()
+        raise SystemExit(128 + signum)
     _held.append(signum)
+
+
+def stop_held() -> bool:
+    """Whether a stop signal is held (left held: :func:`take_held_signal` takes it)."""
+    return bool(_held)
 
 
 def hold_stop_signals() -> None:

@@ -7,6 +7,7 @@ naming the resource and what to do, instead of a retry loop or a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,10 @@ from replicator.exceptions import EnvironmentProblem
 from replicator.tombstones.setup import prepare as prepare_tombstones
 
 _ORDERED = (ConflictPolicyName.LAST_WRITER_WINS, ConflictPolicyName.VERSION)
+
+
+class Stopped(Exception):  # not an error: a stop asked for in time
+    """A stop was asked for between two preflight checks: the runtime exits 0."""
 
 
 @dataclass(frozen=True)
@@ -186,13 +191,27 @@ def check_dead_letter_file(resolved: ResolvedJob) -> None:
         )
 
 
-def check(resolved: ResolvedJob) -> SourceInfo:
+def check(resolved: ResolvedJob, stopped: Callable[[], bool] = lambda: False) -> SourceInfo:
     """Check the dead-letter file, the source and destinations, and make the job's
     conflict log (a file's directory, checked writable) and tombstone tables ready (the
-    replicator's own, created when missing like the lease table)."""
+    replicator's own, created when missing like the lease table).
+
+    ``stopped`` is asked before each step (creating a table can wait minutes): when it
+    says a stop was asked for, :class:`Stopped` is raised."""
+
+    def go_on() -> None:
+        if stopped():
+            raise Stopped
+
+    go_on()
     check_dead_letter_file(resolved)
+    go_on()
     info = check_source(resolved)
+    go_on()
     check_destinations(resolved, info.key_schema)
+    go_on()
     prepare(resolved)
+    go_on()
     prepare_tombstones(resolved)
+    go_on()
     return info

@@ -87,6 +87,14 @@ def metrics_served(
         multiprocess.discard(samples)
 
 
+def stopped_while_starting(message: str) -> None:
+    """Log the held stop signal that ended the start-up before the runtime's handlers
+    were in place (the preflight asks :func:`replicator.entry.stop_held` between steps)."""
+    held = entry.take_held_signal()
+    log.info("stop requested", signal=held.name if held else None, during="preflight")
+    log.info(message)
+
+
 @contextlib.contextmanager
 def stop_signals(stop: Callable[[], None]) -> Iterator[None]:
     """SIGTERM and SIGINT ask ``stop`` for a clean stop; the previous handlers are back

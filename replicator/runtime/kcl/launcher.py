@@ -45,6 +45,7 @@ from prometheus_client.registry import Collector
 
 from replicator import logs
 from replicator.config.model import ResolvedJob, StreamKind
+from replicator.entry import stop_held
 from replicator.exceptions import KclUnavailable
 from replicator.metrics import multiprocess
 from replicator.metrics.server import MetricsServer
@@ -310,16 +311,20 @@ class _DaemonCollector(Collector):
 
 
 def prepare_run(
-    resolved: ResolvedJob, directory: Path, environ: Mapping[str, str] = os.environ
+    resolved: ResolvedJob,
+    directory: Path,
+    environ: Mapping[str, str] = os.environ,
+    stopped: Callable[[], bool] = lambda: False,
 ) -> PreparedRun:
     """Check java, jars and AWS, and write the properties file into ``directory``.
 
-    The local checks come first: they are cheap and need no network.
+    The local checks come first: they are cheap and need no network. ``stopped`` is asked
+    between the preflight's steps (:class:`preflight.Stopped` when it says yes).
     """
     # What the KCL cannot work with in the job file itself (source.role_arn) was refused
     # when the job was loaded (replicator/config/model.py).
     installation = java.locate(resolved, environ)
-    info = preflight.check(resolved)
+    info = preflight.check(resolved, stopped)
     job = resolved.job
     worker_id = job.kcl.worker_id or socket.gethostname()
     stream_arn = info.stream_arn if job.source.stream.kind is StreamKind.DYNAMODB_STREAMS else None
@@ -338,7 +343,13 @@ def run_kcl(
     job = resolved.job
     supervisor.begin(resolved, "kcl")
     with tempfile.TemporaryDirectory(prefix="replicator-kcl-") as workdir:
-        prepared = prepare_run(resolved, Path(workdir))
+        # Stop signals are still held (replicator.entry) while the preflight runs: one
+        # asks it to stop between its steps, a second one ends the command at once.
+        try:
+            prepared = prepare_run(resolved, Path(workdir), stopped=stop_held)
+        except preflight.Stopped:
+            supervisor.stopped_while_starting("KCL runtime stopped before it started")
+            return 0
         daemon: DaemonProcess | None = None
 
         def problems() -> list[str]:

@@ -30,6 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from replicator import entry
 from replicator.aws import clients
 from replicator.aws.errors import ErrorKind, classify
 from replicator.config.model import InitialPosition, ResolvedJob
@@ -51,7 +52,9 @@ from replicator.shards.stream import Shard, list_shards
 log = structlog.get_logger(__name__)
 
 SHARD_SYNC_INTERVAL_S = 10.0
-# A processor child that fails more often than this in 300 s stops the runtime.
+# A processor child that fails more often than this in 300 s stops the runtime, as does
+# one that stops this many times and once more, in a row and however far apart, with exit
+# code 3 (a destination refusing every write) and no checkpoint between.
 PROCESSOR_RESTART_LIMIT = 5
 # A shard sync that failed on a transient AWS error is tried again this much later.
 _HOUSEKEEPING_RETRY_S = 2.0
@@ -103,19 +106,35 @@ class LocalRuntime:
         self._streams = clients.dynamodb_streams(source)
         self.leases = LeaseTable(self._ddb, resolved.lease_table, self.worker_id)
         self.stream_arn = ""
+        self._checked: preflight.SourceInfo | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def stop(self) -> None:
         self.stopping.set()
 
+    def run_preflight(self, stopped: Callable[[], bool] | None = None) -> None:
+        """The preflight checks (``run`` makes them if not made yet); ``stopped`` (by
+        default ``stop`` having been called) is asked between steps, and
+        :class:`preflight.Stopped` raised when it says yes."""
+        self._checked = preflight.check(self.resolved, stopped or self.stopping.is_set)
+
     def run(self) -> int:
         # A kinesis source under runtime local was refused when the job was loaded.
         if self.stopping.is_set():
             log.info("local runtime stopped before it started")
             return 0
-        info = preflight.check(self.resolved)
-        self.stream_arn = info.stream_arn
+        if self._checked is None:
+            try:
+                self.run_preflight()
+            except preflight.Stopped:
+                log.info("local runtime stopped before it started")
+                return 0
+        assert self._checked is not None
+        self.stream_arn = self._checked.stream_arn
+        if self.stopping.is_set():
+            log.info("local runtime stopped before it started")
+            return 0
         self._hold_host_lock()
         with supervisor.metrics_served(
             self.resolved, self.problems, [_RuntimeCollector(self)]
@@ -370,6 +389,13 @@ def run_local(resolved: ResolvedJob, ready: Callable[[LocalRuntime], Any] | None
     """``replicator run`` with the local runtime: run until SIGTERM/SIGINT."""
     supervisor.begin(resolved, "local")
     runtime = LocalRuntime(resolved)
+    # Stop signals are still held (replicator.entry) while the preflight runs: one asks
+    # it to stop between its steps, a second one ends the command at once.
+    try:
+        runtime.run_preflight(entry.stop_held)
+    except preflight.Stopped:
+        supervisor.stopped_while_starting("local runtime stopped before it started")
+        return 0
     with supervisor.stop_signals(runtime.stop):
         if ready is not None:
             threading.Thread(target=ready, args=(runtime,), daemon=True).start()

@@ -4,7 +4,11 @@ The worker reads with GetShardIterator/GetRecords, hands every batch to the chil
 ``processRecords`` action (an empty batch too, when idle, so the child can checkpoint
 writes that finished in the meantime), and answers the child's checkpoint requests by
 updating the shard's lease. A child that dies is started again from the lease's
-checkpoint; one that keeps dying stops the runtime.
+checkpoint; one that keeps dying stops the runtime: more than ``restart_limit`` failures
+in ``restart_window_s``, or, for a processor stopping because a destination refuses every
+write (its last words carry exit code 3), more than ``restart_limit`` such failures in a
+row with no checkpoint between them, however far apart (a refusing destination takes the
+processor about two minutes of retries to give up on, so a time window would never fill).
 """
 
 from __future__ import annotations
@@ -63,6 +67,10 @@ class ShardProgress:
     child_up_since: float | None = None
     failed_at: float | None = None
     last_failure: str | None = None
+    # The last failure carried exit code 3 (a destination refusing every write): only a
+    # checkpoint after it counts as recovered, not time running (the next child takes
+    # minutes of retries to fail the same way).
+    refusing: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,11 +79,14 @@ class ShardSettings:
     max_records: int
     idle_s: float
     on_trimmed: OnTrimmedData
+    # Failures allowed in restart_window_s; also exit-3 failures allowed in a row with no
+    # checkpoint between them, however far apart.
     restart_limit: int = 5
     restart_window_s: float = 300.0
     shutdown_timeout_s: float = 25.0
     # A restarted processor counts as recovered once it has checkpointed, or has run
-    # this long without failing (an idle stream gives it nothing to checkpoint).
+    # this long without failing (an idle stream gives it nothing to checkpoint), unless
+    # it last failed with exit code 3: then only a checkpoint counts.
     recovered_after_s: float = 60.0
 
 
@@ -88,7 +99,13 @@ class ShardWorker(threading.Thread):
         settings: ShardSettings,
         new_child: Callable[[str, Callable[[str | None, int | None], str | None]], ProcessorChild],
         stopping: threading.Event,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        pause: Callable[[float], object] | None = None,
     ) -> None:
+        """``clock``, ``monotonic`` and ``pause`` (the wait before a restart; by default
+        until ``stopping``) are the real ones but for tests that simulate time."""
         super().__init__(name=f"shard-{lease.shard_id}", daemon=True)
         self.lease = lease
         self.leases = leases
@@ -109,6 +126,10 @@ class ShardWorker(threading.Thread):
         self._first_delivered: str | None = None
         self._shard_ending = False
         self._backoff = Backoff(0.2, 10.0)
+        self._clock = clock
+        self._monotonic = monotonic
+        self._pause = pause or self.stopping.wait
+        self._checkpoints = 0  # checkpoints stored by this worker's children
 
     @property
     def shard_id(self) -> str:
@@ -128,7 +149,9 @@ class ShardWorker(threading.Thread):
     def trouble(self, now: float) -> str | None:
         """Why this shard is not being replicated now, if it is not: its processor failed
         and is not running yet, or was restarted and has neither checkpointed nor run for
-        ``recovered_after_s`` since (crash-looping, as a deleted destination makes it)."""
+        ``recovered_after_s`` since (crash-looping). When the last failure carried exit
+        code 3 (a destination refusing every write), only a checkpoint since counts: the
+        restarted processor retries for minutes before it fails the same way."""
         progress = self.progress
         if progress.failed_at is None or progress.ended:
             return None
@@ -138,7 +161,8 @@ class ShardWorker(threading.Thread):
                 f"{progress.last_failure}"
             )
         checkpointed = (progress.last_checkpoint_at or 0.0) > progress.failed_at
-        if checkpointed or now - progress.child_up_since >= self.settings.recovered_after_s:
+        ran = now - progress.child_up_since >= self.settings.recovered_after_s
+        if checkpointed or (ran and not progress.refusing):
             return None
         return (
             f"processor restarted {progress.restarts} times and not recovered; last "
@@ -168,6 +192,8 @@ class ShardWorker(threading.Thread):
 
     def _run(self) -> None:
         failures: deque[float] = deque()
+        refusals = 0  # exit-3 failures in a row, no checkpoint between them
+        checkpoints_then = self._checkpoints
         while not self.stopping.is_set():
             child = self.new_child(self.shard_id, self._checkpoint)
             self.child = child
@@ -178,7 +204,7 @@ class ShardWorker(threading.Thread):
                 child.initialize(
                     self.shard_id, self.lease.checkpoint, self.lease.sub_sequence_number
                 )
-                self.progress.child_up_since = time.time()
+                self.progress.child_up_since = self._clock()
                 if self._pump(child):
                     self.progress.ended = True
                     child.close()
@@ -189,24 +215,36 @@ class ShardWorker(threading.Thread):
                 child.kill()
                 if self.stopping.is_set():
                     return
-                now = time.monotonic()
+                now = self._monotonic()
                 failures.append(now)
                 while failures and now - failures[0] > self.settings.restart_window_s:
                     failures.popleft()
+                refused = error.exit_code == EnvironmentProblem.exit_code
+                if not refused or self._checkpoints != checkpoints_then:
+                    refusals = 0
+                refusals = refusals + 1 if refused else 0
+                checkpoints_then = self._checkpoints
                 self.progress.restarts += 1
                 self.progress.child_up_since = None
-                self.progress.failed_at = time.time()
+                self.progress.failed_at = self._clock()
                 self.progress.last_failure = str(error)
-                if len(failures) > self.settings.restart_limit:
-                    if error.exit_code == EnvironmentProblem.exit_code and error.reason:
-                        # A destination refusing every write: one line and exit 3, as a
-                        # missing destination table is at start-up.
-                        raise EnvironmentProblem(
-                            f"{error.reason} (shard {self.shard_id}: the processor stopped "
-                            f"on this {len(failures)} times in "
-                            f"{self.settings.restart_window_s:.0f}s; nothing was checkpointed "
-                            "past the changes it could not write)"
-                        ) from None
+                self.progress.refusing = refused
+                limit = self.settings.restart_limit
+                if refused and error.reason and (refusals > limit or len(failures) > limit):
+                    # A destination refusing every write: one line and exit 3, as a
+                    # missing destination table is at start-up. Each such failure takes
+                    # the processor minutes of retries, so they are counted in a row
+                    # (with no checkpoint between them), not in a time window.
+                    if refusals > limit:
+                        times = f"{refusals} times in a row"
+                    else:
+                        times = f"{len(failures)} times in {self.settings.restart_window_s:.0f}s"
+                    raise EnvironmentProblem(
+                        f"{error.reason} (shard {self.shard_id}: the processor stopped "
+                        f"on this {times}; nothing was checkpointed past the changes it "
+                        "could not write)"
+                    ) from None
+                if len(failures) > limit:
                     raise ChildKeepsFailing(
                         f"shard {self.shard_id}: the processor failed {len(failures)} times in "
                         f"{self.settings.restart_window_s:.0f}s; last: {error}"
@@ -222,7 +260,7 @@ class ShardWorker(threading.Thread):
                     raise LeaseLost(f"shard {self.shard_id}: lease gone while restarting") from None
                 self.lease.checkpoint = fresh.checkpoint
                 self.lease.sub_sequence_number = fresh.sub_sequence_number
-                self.stopping.wait(min(5.0, 0.5 * len(failures)))
+                self._pause(min(5.0, 0.5 * len(failures)))
 
     def _pump(self, child: ProcessorChild) -> bool:
         """Feed the child until the shard ends (True) or the runtime stops (False)."""
@@ -445,5 +483,6 @@ class ShardWorker(threading.Thread):
             log.warning("checkpoint write failed", shard=self.shard_id, error=str(error))
             return "KinesisClientLibDependencyException"
         self.progress.checkpoint = target
-        self.progress.last_checkpoint_at = time.time()
+        self.progress.last_checkpoint_at = self._clock()
+        self._checkpoints += 1
         return None

@@ -168,6 +168,34 @@ def test_the_properties_name_the_stream_arn_preflight_resolved(
     assert prepared.argv[-1] == str(prepared.properties)
 
 
+def test_a_stop_held_while_starting_ends_the_preflight_with_0_before_the_daemon(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """Under runtime kcl the preflight runs while stop signals are still held: one held
+    then is acted on between its steps (exit 0, no daemon), not minutes later."""
+    import signal
+
+    from replicator import entry
+    from replicator.runtime.kcl.launcher import run_kcl
+
+    table = unique("kcl-stop")
+    jars = fake_jars(tmp_path / "jars", STREAMS_CLASSES)
+    job = write_job(
+        tmp_path / "job.yaml",
+        kind="dynamodb-streams",
+        endpoint=moto_endpoint,
+        table=table,
+        destination=table,
+        kcl=f", java: {sys.executable}, jars_dir: {jars}, worker_id: host-a",
+    )
+    entry._held.append(signal.SIGTERM)  # as entry._hold does
+    try:
+        assert run_kcl(load_job(job)) == 0  # the source table does not even exist
+    finally:
+        entry._held.clear()
+    assert not entry.stop_held()
+
+
 # -- clear refusals (exit 4, one line, no traceback) --------------------------------------
 
 

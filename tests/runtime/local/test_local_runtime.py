@@ -196,6 +196,43 @@ def test_a_stop_signal_while_run_is_still_starting_exits_0_without_a_traceback(
     assert "stop requested" in output
 
 
+def test_a_second_stop_signal_while_run_is_still_starting_ends_it_at_once(
+    job: Job, tmp_path: Path
+) -> None:
+    """The first signal is held until the runtime is set up (its preflight may wait
+    minutes creating tables); a second one ends the command at once: one line, and
+    128 + the signal's number (130 for SIGINT, 143 for SIGTERM)."""
+    log = tmp_path / "twice.log"
+    runtime = job.start(log=log)
+    wait_until(lambda: _catches(runtime.pid, signal.SIGTERM), 10, "the stop signals held", 0.005)
+    runtime.send_signal(signal.SIGTERM)
+    runtime.send_signal(signal.SIGINT)
+    status = runtime.wait(60)
+    output = log.read_text()
+    # Both may be pending when Python runs its handlers, which it does in signal order.
+    second = {130: "SIGINT", 143: "SIGTERM"}.get(status)
+    assert second is not None, (status, output)
+    assert f"replicator: {second} again while starting; stopping now" in output
+    assert "Traceback" not in output and "local runtime started" not in output
+
+
+def test_a_stop_asked_for_during_the_preflight_is_acted_on_between_its_steps(
+    job: Job,
+) -> None:
+    from replicator.config import load_job
+    from replicator.runtime import preflight
+
+    asked: list[int] = []
+
+    def stopped() -> bool:
+        asked.append(1)
+        return len(asked) > 2  # after the dead-letter file and source checks
+
+    with pytest.raises(preflight.Stopped):
+        preflight.check(load_job(job.path), stopped)
+    assert len(asked) == 3
+
+
 def _health(port: int) -> tuple[int, dict[str, Any]]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:

@@ -19,7 +19,7 @@ from replicator.config.model import OnTrimmedData
 from replicator.exceptions import ChildFailed, ChildKeepsFailing, EnvironmentProblem, TrimmedData
 from replicator.runtime.local.runtime import startable
 from replicator.runtime.local.shard_worker import ShardSettings, ShardWorker
-from replicator.shards.leases import SHARD_END, LeaseTable
+from replicator.shards.leases import SHARD_END, Lease, LeaseTable
 from replicator.shards.stream import Shard
 from tests.support.aws import client
 
@@ -332,3 +332,124 @@ def test_latest_is_pinned_across_refreshes_after_failed_reads(leases: LeaseTable
     assert expired["log_level"] == "warning"
     assert stream.reads[:4] == ["it-1"] * 4  # refreshed after 3 failures: the same position
     assert leases.get("shard-1").checkpoint == "3"  # type: ignore[union-attr]
+
+
+class MemoryLeases:
+    """A lease table of one shard, held by this worker, in memory."""
+
+    owner = "me"
+
+    def __init__(self) -> None:
+        self.lease = Lease("shard-1", "me", 1, "TRIM_HORIZON")
+        self.released = False
+
+    def get(self, shard_id: str) -> Lease:
+        return Lease(shard_id, self.lease.owner, 1, self.lease.checkpoint)
+
+    def checkpoint(self, lease: Lease, target: str, sub: int) -> None:
+        lease.checkpoint = self.lease.checkpoint = target
+
+    def release(self, lease: Lease) -> None:
+        self.lease.owner = None
+        self.released = True
+
+
+class EndlessStream:
+    """Every read gives the next record: the shard never runs dry."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+
+    def get_shard_iterator(self, **kwargs: Any) -> dict[str, str]:
+        return {"ShardIterator": "it"}
+
+    def get_records(self, **kwargs: Any) -> dict[str, Any]:
+        self.seq += 1
+        return {"Records": [record(self.seq)], "NextShardIterator": "it"}
+
+
+class RefusedChild(StandInChild):
+    """A processor whose destination refuses every write: it takes ``takes_s`` (simulated)
+    of retries, then stops with exit code 3; ``checkpoints`` says, per child, whether it
+    checkpoints the first batch before that."""
+
+    def __init__(self, on_checkpoint: Any, clock: list[float], checkpoints: bool) -> None:
+        super().__init__(on_checkpoint)
+        self.clock = clock
+        self.checkpoints = checkpoints
+        self.seen: list[str | None] = []  # the shard's trouble before it failed
+
+    def process_records(self, records: list[dict[str, Any]], millis_behind: int) -> None:
+        if self.checkpoints:
+            assert self.on_checkpoint(records[-1]["sequenceNumber"], 0) is None
+        self.clock[0] += 120.0  # 20 refusals with the default backoff take about 113 s
+        self.seen.append(self.observe())
+        said = "destination eu (eu-west-1/orders) refused 20 writes in a row"
+        raise ChildFailed(f"stand-in child exited with status 1: {said}", reason=said, exit_code=3)
+
+    def observe(self) -> str | None:
+        return None
+
+
+def run_refused(
+    checkpoints: list[bool],
+) -> tuple[ShardWorker, list[RefusedChild], list[str | None], MemoryLeases]:
+    """Children fail as ``RefusedChild`` does, 120 s (simulated) apart, checkpointing as
+    ``checkpoints`` says; the worker stops once they are all used. Nothing sleeps."""
+    clock = [1_000_000.0]
+    leases = MemoryLeases()
+    stop = threading.Event()
+    children: list[RefusedChild] = []
+    holder: list[ShardWorker] = []
+
+    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
+        child = RefusedChild(on_checkpoint, clock, checkpoints[len(children)])
+        child.observe = lambda: holder[0].trouble(clock[0])  # type: ignore[method-assign]
+        children.append(child)
+        return child
+
+    def pause(seconds: float) -> None:
+        clock[0] += seconds
+        if len(children) == len(checkpoints):
+            stop.set()
+
+    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL)  # the runtime's limits
+    worker = ShardWorker(
+        leases.lease,
+        leases,  # type: ignore[arg-type]
+        EndlessStream(),  # type: ignore[arg-type]
+        settings,
+        new_child,
+        stop,
+        clock=lambda: clock[0],
+        monotonic=lambda: clock[0],
+        pause=pause,
+    )
+    holder.append(worker)
+    worker.run()
+    return worker, children, [t for c in children for t in c.seen], leases
+
+
+def test_refusals_far_apart_with_no_checkpoint_between_them_still_end_in_exit_3() -> None:
+    """A destination refusing every write takes the processor about two minutes to give
+    up on: restarted 5 times, each failure 120 s after the last (never 6 in 300 s), it
+    still ends with exit 3, and the shard is reported unhealthy all along, though each
+    restarted processor ran longer than ``recovered_after_s``."""
+    worker, children, seen, leases = run_refused([False] * 10)
+    assert isinstance(worker.error, EnvironmentProblem) and worker.error.exit_code == 3
+    assert "refused 20 writes in a row" in str(worker.error)
+    assert "the processor stopped on this 6 times in a row" in str(worker.error)
+    assert len(children) == 6  # the first start and 5 restarts
+    assert seen[0] is None  # before the first failure: healthy
+    for trouble in seen[1:]:
+        assert trouble is not None and "not recovered" in trouble and "refused" in trouble
+    assert leases.released and leases.lease.checkpoint == "TRIM_HORIZON"
+
+
+def test_a_checkpoint_between_refusals_starts_the_count_again() -> None:
+    """A processor that checkpoints before it fails has recovered: the failures are not
+    in a row, the shard is healthy once it has checkpointed, and it runs on."""
+    worker, children, seen, _ = run_refused([False, True] * 5)
+    assert worker.error is None and len(children) == 10
+    assert seen[1] is None  # the second child checkpointed, then failed
+    assert seen[2] is not None  # the third did not
