@@ -102,18 +102,20 @@ _DENIED = frozenset(
 )
 
 
-# The most of a server's error text a one-line message quotes.
+# The most of an error page (HTML or XML) a one-line message quotes.
 EXCERPT_CHARS = 200
 _MARKUP = re.compile(r"<[^>]*>")
 
 
 def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
-    """``text`` fit for a one-line message: an HTML or XML body (a proxy's or a web
-    server's error page where an AWS endpoint was meant) without its tags, every run of
-    whitespace and newlines one space, and at most ``limit`` characters."""
-    if text.lstrip().startswith("<"):
-        text = _MARKUP.sub(" ", text)
-    text = " ".join(text.split())
+    """``text`` fit for a one-line message: every run of whitespace and newlines one
+    space; an HTML or XML body (a proxy's or a web server's error page where an AWS
+    endpoint was meant) also without its tags and cut at ``limit`` characters. AWS's own
+    messages are kept whole: a dead letter's error is the reason an operator reads, and
+    DynamoDB names the offending attribute at the end of a long message."""
+    if not text.lstrip().startswith("<"):
+        return " ".join(text.split())
+    text = " ".join(_MARKUP.sub(" ", text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
