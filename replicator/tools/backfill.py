@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -38,6 +38,7 @@ from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.runtime import preflight
 from replicator.tools.backfill_state import BackfillState, Plan, SegmentProgress, state_table_name
+from replicator.tools.futures import wait_in_steps
 from replicator.tools.handoff import Handoff, check_handoff
 from replicator.tools.progress import ProgressReport
 from replicator.tools.scan import ReadRate, scan_pages
@@ -288,7 +289,7 @@ class Backfill:
         ):
             copy.write_pool = write_pool
             futures = [scan_pool.submit(copy.run, segment) for segment in pending]
-            _wait_all(futures, on_error=lambda: self._stop_because("failed"))
+            wait_in_steps(futures, on_error=lambda: self._stop_because("failed"))
         errors = [e for e in (f.exception() for f in futures) if e is not None]
         real = [e for e in errors if not isinstance(e, WriteCancelled)]
         if real:
@@ -390,17 +391,6 @@ class _SegmentCopy:
         if guarded.undone:
             log.info("undid copies of items deleted during the scan", count=guarded.undone)
         return tally
-
-
-def _wait_all(futures: list[Future[None]], on_error: Callable[[], None]) -> None:
-    """Wait in short steps, so the main thread still takes signals (Ctrl-C)."""
-    remaining = set(futures)
-    while remaining:
-        done, _ = wait(remaining, timeout=0.5)
-        for future in done:
-            remaining.discard(future)
-            if future.exception() is not None:
-                on_error()
 
 
 def _stream_of(resolved: ResolvedJob, shape: TableShape) -> str:

@@ -29,7 +29,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -49,6 +49,7 @@ from replicator.rules import OrderedRule, rule_for
 from replicator.tombstones.model import Tombstone
 from replicator.tombstones.table import TombstoneTable
 from replicator.tools.compare import differing_attributes, normalised
+from replicator.tools.futures import results_in_steps
 from replicator.tools.progress import ProgressReport
 from replicator.tools.scan import ReadRate, batch_get, scan_pages
 from replicator.tools.snapshot import REPAIR, ResurrectionGuard, snapshot_writers, synthetic_change
@@ -75,7 +76,6 @@ _ITEMS_PER_SAMPLE_SEGMENT = 10
 _MAX_SEGMENTS = 1_000_000
 
 WriterT = TypeVar("WriterT", DestinationWriter, SourceWriter)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -321,7 +321,7 @@ class Verify:
                 for ref in tables
                 for segment in range(self.options.segments)
             ]
-            results(futures)
+            results_in_steps(futures)
         source = digests[self.source.label]
         candidates: dict[str, set[KeyId]] = {}
         for ref in self.destinations:
@@ -381,7 +381,9 @@ class Verify:
             for start in range(0, total, self.options.threads):
                 batch = order[start : start + self.options.threads]
                 before = min(len(found), count)
-                for keys in results([pool.submit(first_keys, segment) for segment in batch]):
+                for keys in results_in_steps(
+                    [pool.submit(first_keys, segment) for segment in batch]
+                ):
                     found.update(dict.fromkeys(keys))
                 report.advance(min(len(found), count) - before)
                 if len(found) >= count:
@@ -522,7 +524,7 @@ class Verify:
                 return None  # interrupted again: given up while it was being retried
 
         with ThreadPoolExecutor(self.options.threads, thread_name_prefix="repair") as pool:
-            done = results([pool.submit(apply, job) for job in jobs])
+            done = results_in_steps([pool.submit(apply, job) for job in jobs])
         if self.stop.is_set():
             made = sum(1 for outcome in done if outcome is not None)
             raise OperatorError(
@@ -644,16 +646,6 @@ def _encode(value: Any) -> str:
     if isinstance(value, bytes):
         return "b" + value.hex()
     return repr(value)
-
-
-def results(futures: list[Future[T]]) -> list[T]:
-    """The futures' results, in order, waited for in short steps: a signal delivered to
-    another thread reaches its handler only once the main thread runs again, and a
-    write retried without end would hold it in one long wait."""
-    pending = set(futures)
-    while pending:
-        _, pending = wait(pending, timeout=0.5)
-    return [future.result() for future in futures]
 
 
 def union(sets: Iterable[set[KeyId]]) -> set[KeyId]:

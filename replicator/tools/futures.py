@@ -1,0 +1,33 @@
+"""Waiting on a tool's worker threads without deafening the main thread to signals.
+
+A signal that Linux delivers while the main thread blocks in one long wait reaches its
+handler only once the main thread runs Python again; a write retried without end (a
+throttled destination) would hold it there, and Ctrl-C would do nothing. The tools wait
+in short steps instead."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future, wait
+from typing import TypeVar
+
+T = TypeVar("T")
+
+STEP_S = 0.5
+
+
+def wait_in_steps(futures: list[Future[T]], on_error: Callable[[], None] | None = None) -> None:
+    """Until every future is done; ``on_error`` is called as soon as any of them fails
+    (to stop the others). Failures are left in the futures for the caller."""
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=STEP_S)
+        if on_error is not None and any(future.exception() is not None for future in done):
+            on_error()
+
+
+def results_in_steps(futures: list[Future[T]]) -> list[T]:
+    """The futures' results, in order, once all are done; the first failure in order
+    raises."""
+    wait_in_steps(futures)
+    return [future.result() for future in futures]
