@@ -10,13 +10,21 @@ Every letter is claimed from the job's dead-letter target (file or SQS), decoded
   when it was first tried (:mod:`replicator.tools.snapshot`).
 
 A write the conflict policy declines counts as replayed: the destination holds a newer
-item, which is what the policy is for. A letter that fails again stays in the target
-with ``attempts`` incremented and the new error; a ``*`` letter that now fails at some
-destinations only stays as one letter per failing destination. Letters are replayed
-one at a time, in the order the target returns them (a file keeps the order in which
-they were written). A destination that refuses three writes in a row (missing table,
-access denied, no credentials) fails its remaining letters at once, and the exit status
-is 3, as for an environment not as the job says.
+item, which is what the policy is for. It is a lost conflict like one met in
+replication, so it is recorded in the job's conflict log (under the letter's shard and
+sequence number, as replication would have recorded it) and counted in the summary; the
+entries are stored before the command exits (for up to ``conflict_log.retry_for_s``),
+and any that could not be are counted as not recorded. Synthetic letters (a backfill's
+or a repair's copy of a read item) are not changes, and a copy the destination declines
+is not recorded, as in the backfill or the repair that wrote it first.
+
+A letter that fails again stays in the target with ``attempts`` incremented and the new
+error; a ``*`` letter that now fails at some destinations only stays as one letter per
+failing destination. Letters are replayed one at a time, in the order the target
+returns them (a file keeps the order in which they were written). A destination that
+refuses three writes in a row (missing table, access denied, no credentials) fails its
+remaining letters at once, and the exit status is 3, as for an environment not as the
+job says.
 
 Only the job's own letters are replayed (their ``task_name`` is the job's task name):
 several jobs may share a dead-letter file or queue, and another job's letter is about
@@ -34,12 +42,16 @@ import uuid
 from collections import Counter
 from contextlib import closing
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry
 
 from replicator import wiring
 from replicator.config.model import ResolvedJob
+from replicator.conflictlog.base import Loss
+from replicator.conflictlog.recorder import BackgroundRecorder, ShardConflicts
+from replicator.conflictlog.targets import recorder_for
 from replicator.deadletter import (
     ALL_DESTINATIONS,
     Claimed,
@@ -58,7 +70,7 @@ from replicator.records import Change, Event
 from replicator.tools.scan import ReadRate
 from replicator.tools.snapshot import ResurrectionGuard, synthetic_purpose, with_snapshot_rules
 from replicator.tools.tables import describe, source_ref
-from replicator.writers.destination import NOT_PASSED, DestinationWriter
+from replicator.writers.destination import NOT_PASSED, DestinationWriter, Outcome
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +91,7 @@ class Replay:
     letter: DeadLetter
     failures: list[Failure]
     note: str = ""
+    lost: list[str] = field(default_factory=list)  # destinations where its conflict was lost
 
     @property
     def replayed(self) -> bool:
@@ -88,9 +101,12 @@ class Replay:
         letter = self.letter
         what = f"{letter.event or '?'} {_key_text(letter)} (sequence {_sequence(letter)})"
         if self.replayed:
-            return f"  replayed      {letter.destination}: {what}" + (
-                f" {self.note}" if self.note else ""
-            )
+            note = self.note
+            if self.lost:
+                note = (note + " " if note else "") + (
+                    f"(lost its conflict at {', '.join(self.lost)}: the destination kept its item)"
+                )
+            return f"  replayed      {letter.destination}: {what}" + (f" {note}" if note else "")
         return "\n".join(
             f"  failed again  {failure.destination}: {what}: {failure.reason}: {failure.error}"
             for failure in self.failures
@@ -107,6 +123,9 @@ class RedriveReport:
     interrupted: bool = False
     refused: bool = False  # a destination refused every write (missing table, credentials)
     left: int | None = None  # letters in the target once interrupted, when it can count them
+    conflict_log: str | None = None  # where lost conflicts are recorded; None: kind none
+    recorded: int = 0  # lost conflicts stored in the conflict log
+    not_recorded: int = 0  # lost conflicts it could not store (dropped, counted)
 
     @property
     def replayed(self) -> int:
@@ -115,6 +134,24 @@ class RedriveReport:
     @property
     def failed(self) -> int:
         return sum(1 for replay in self.replays if not replay.replayed)
+
+    @property
+    def lost(self) -> int:
+        """Lost conflicts: one per destination where a replayed letter lost."""
+        return sum(len(replay.lost) for replay in self.replays)
+
+    def _lost_text(self) -> str:
+        if not self.lost:
+            return ""
+        lost = f"{self.lost} lost {'its' if self.lost == 1 else 'their'} conflict"
+        if self.conflict_log is None:
+            return f" ({lost}; not recorded: conflict_log.kind is none)"
+        if self.not_recorded:
+            return (
+                f" ({lost}: {self.recorded} recorded in the conflict log {self.conflict_log}, "
+                f"{self.not_recorded} could not be recorded, see the error lines)"
+            )
+        return f" ({lost}, recorded in the conflict log {self.conflict_log})"
 
     @property
     def exit_code(self) -> int:
@@ -150,7 +187,7 @@ class RedriveReport:
         total = len(self.replays) + len(self.unreadable)
         lines = [
             f"redrive of {self.target}: {total} letter{'' if total == 1 else 's'}, "
-            f"{self.replayed} replayed, "
+            f"{self.replayed} replayed{self._lost_text()}, "
             f"{self.failed} failed again (kept in the target)"
             + (f", {len(self.unreadable)} unreadable (kept as they are)" if self.unreadable else "")
             + (f"; interrupted: {self._rest()}" if self.interrupted else "")
@@ -199,6 +236,7 @@ class Redrive:
         self._reader = Reader(ChangeFilter.for_job(resolved.job))
         self._guard: ResurrectionGuard | None = None
         self._target: DeadLetterTarget | None = None
+        self._conflicts: LetterConflicts | None = None
         self.refused = False
 
     def interrupt(self) -> None:
@@ -210,10 +248,40 @@ class Redrive:
 
     def run(self, target: DeadLetterTarget | None = None) -> RedriveReport:
         target = target or wiring.dead_letter_target(self.resolved, run_id=self.run_id)
+        recorder = recorder_for(self.resolved, self.metrics)
+        try:
+            report = self._run(target, recorder)
+        finally:
+            if recorder is not None:
+                # Stored before the command says it is done; what cannot be is counted
+                # (and logged at error level with the whole entry) as in replication.
+                recorder.close(timeout=self.resolved.job.conflict_log.retry_for_s)
+        if recorder is not None:
+            report.conflict_log = recorder.target.description
+            report.recorded = _total(self.metrics.conflict_log_written)
+            report.not_recorded = _total(self.metrics.conflict_log_dropped)
+        log.info(
+            "redrive done",
+            replayed=report.replayed,
+            failed_again=report.failed,
+            conflicts_lost=report.lost,
+            conflicts_recorded=report.recorded,
+            conflicts_not_recorded=report.not_recorded,
+            unreadable=len(report.unreadable),
+            other_tasks_left=sum(report.other_tasks.values()),
+        )
+        return report
+
+    def _run(self, target: DeadLetterTarget, recorder: BackgroundRecorder | None) -> RedriveReport:
+        if recorder is not None:
+            self._conflicts = LetterConflicts(recorder, self.resolved.task_name)
         # A letter that fails again goes back to the target as the same letter with one
         # more attempt (``_settle``), so the writers' failures are not stored as new ones.
-        self._writers = wiring.destination_writers(self.resolved, self.metrics)
-        self._snapshot_writers = with_snapshot_rules(self._writers)
+        self._writers = wiring.destination_writers(self.resolved, self.metrics, self._conflicts)
+        # A backfill's or repair's copy that loses is not a change lost (module docstring).
+        self._snapshot_writers = with_snapshot_rules(
+            {label: replace(writer, conflict_log=None) for label, writer in self._writers.items()}
+        )
         for writer in [*self._writers.values(), *self._snapshot_writers.values()]:
             writer.refusal_limit = min(writer.refusal_limit, REFUSALS_BEFORE_GIVING_UP)
         self._target = target
@@ -243,13 +311,6 @@ class Redrive:
         report.refused = self.refused
         if report.interrupted and isinstance(target, FileDeadLetters):
             report.left = target.count()
-        log.info(
-            "redrive done",
-            replayed=report.replayed,
-            failed_again=report.failed,
-            unreadable=len(report.unreadable),
-            other_tasks_left=sum(report.other_tasks.values()),
-        )
         return report
 
     def _settle(self, target: DeadLetterTarget, claimed: Claimed, replay: Replay) -> None:
@@ -279,6 +340,8 @@ class Redrive:
         except RecordDecodeError as error:
             return Replay(letter, [Failure(letter.destination, "undecodable", str(error))])
         change = routed.change
+        if self._conflicts is not None:
+            self._conflicts.shard_id = letter.shard_id
         synthetic = synthetic_purpose(letter.record) is not None
         writers = self._snapshot_writers if synthetic else self._writers
         if letter.destination == ALL_DESTINATIONS:
@@ -301,17 +364,20 @@ class Redrive:
             )
         failures: list[Failure] = []
         applied: list[str] = []
+        lost: list[str] = []
         for label in labels:
-            failure = self._write(writers[label], change)
-            if failure is None:
-                applied.append(label)
-            else:
-                failures.append(failure)
+            outcome = self._write(writers[label], change)
+            if isinstance(outcome, Failure):
+                failures.append(outcome)
+                continue
+            applied.append(label)
+            if outcome is Outcome.CONFLICT_LOST and not synthetic:
+                lost.append(label)
         if synthetic and applied and change.event is not Event.REMOVE:
             self._undo_resurrections(change, applied)
-        return Replay(letter, failures)
+        return Replay(letter, failures, lost=lost)
 
-    def _write(self, writer: DestinationWriter, change: Change) -> Failure | None:
+    def _write(self, writer: DestinationWriter, change: Change) -> Failure | Outcome:
         try:
             result = writer.write(change)
         except DestinationRefused as refused:
@@ -320,7 +386,7 @@ class Redrive:
             return Failure(writer.label, "refused", error)
         if result.failed:
             return Failure(writer.label, result.reason or "failed", result.error or "")
-        return None
+        return result.outcome
 
     def _undo_resurrections(self, change: Change, labels: list[str]) -> None:
         """A replayed copy of a read image is checked against the source like a backfill's."""
@@ -335,6 +401,32 @@ class Redrive:
         tally = self._guard.check([(change, labels)])
         if tally.undone:
             log.info("the source no longer holds a replayed item; its copy was removed")
+
+
+class LetterConflicts:
+    """The writers' conflict recorder during a redrive: a lost conflict is recorded under
+    the shard of the letter being replayed (its entry id is then the one replication
+    would have given it), by the task's background recorder."""
+
+    def __init__(self, recorder: BackgroundRecorder, task_name: str) -> None:
+        self.recorder = recorder
+        self.task_name = task_name
+        self.shard_id = "redrive"
+
+    def lost(self, loss: Loss) -> None:
+        ShardConflicts(self.recorder, self.task_name, self.shard_id).lost(loss)
+
+
+def _total(counter: Any) -> int:
+    """The sum of a labelled counter over its labels (this run's metrics only)."""
+    return int(
+        sum(
+            sample.value
+            for metric in counter.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        )
+    )
 
 
 def _key_text(letter: DeadLetter) -> str:

@@ -440,3 +440,71 @@ def test_without_credentials_redrive_exits_3_and_keeps_the_letters(job: Job) -> 
     assert "the letter is kept in the target" in result.stdout
     assert "checkpoint" not in result.stdout
     assert target.count() == 3
+
+
+def test_a_replayed_letter_that_loses_its_conflict_is_recorded_in_the_conflict_log(
+    job: Job,
+) -> None:
+    """The letter's change meets a newer item at the destination: the destination keeps
+    it, the letter counts as replayed, and the lost conflict is in the conflict log
+    (stored before the command exits), as replication would have recorded it."""
+    conflicts = job.directory / "conflicts.jsonl"
+    job.write(conflict_log=f"{{kind: file, path: '{conflicts}'}}")
+    eu_label = "/".join(job.destinations[0])
+    newer, older = image("c", 200, v="newer"), image("c", 100, v="older")
+    eu, eu_table = job.destination_clients()[0]
+    eu.put_item(TableName=eu_table, Item=newer)
+    FileDeadLetters(job.dead_letters).put(
+        stream_letter(job, eu_label, older, 31, "resolver_failed", "resolver raised")
+    )
+
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"1 letter, 1 replayed (1 lost its conflict, recorded in the conflict log file "
+        f"{conflicts}), 0 failed again" in result.stdout
+    )
+    assert "(lost its conflict at " + eu_label in result.stdout
+    assert get(job, 0, older) == newer
+    (entry,) = [json.loads(line) for line in conflicts.read_text().splitlines()]
+    assert (entry["kind"], entry["task_name"], entry["destination"]) == (
+        "conflict",
+        job.name,
+        eu_label,
+    )
+    assert (entry["shard_id"], entry["sequence_number"]) == ("shardId-1", "31")
+    assert entry["losing_image"] == item_to_wire(older)
+    assert entry["winning_image"] == item_to_wire(newer)
+    assert FileDeadLetters(job.dead_letters).count() == 0
+
+
+def test_lost_conflicts_of_a_redrive_are_counted_as_written_or_not_recorded(
+    job: Job, metrics: Any
+) -> None:
+    eu_label = "/".join(job.destinations[0])
+    newer = image("d", 200)
+    eu, eu_table = job.destination_clients()[0]
+    eu.put_item(TableName=eu_table, Item=newer)
+    letters = FileDeadLetters(job.dead_letters)
+    letters.put(stream_letter(job, eu_label, image("d", 100), 41, "rejected", "throttled"))
+    conflicts = job.directory / "conflicts.jsonl"
+    job.write(conflict_log=f"{{kind: file, path: '{conflicts}'}}")
+
+    report = Redrive(load_job(job.path), metrics=metrics).run()
+
+    assert (report.replayed, report.lost, report.recorded, report.not_recorded) == (1, 1, 1, 0)
+    assert (
+        metrics.registry.get_sample_value(
+            "replicator_conflict_log_written_total", {"destination": eu_label}
+        )
+        == 1
+    )
+    assert len(conflicts.read_text().splitlines()) == 1
+
+    # Without a conflict log, the summary says the lost conflict is not recorded.
+    letters.put(stream_letter(job, eu_label, image("d", 100), 42, "rejected", "throttled"))
+    job.write()
+    report = Redrive(load_job(job.path)).run()
+    assert report.lost == 1 and report.conflict_log is None
+    assert "(1 lost its conflict; not recorded: conflict_log.kind is none)" in report.text()
