@@ -172,9 +172,16 @@ class Listing:
             key_text(entry),
             entry.op,
             _rank(entry.losing_rank),
-            _rank(entry.winning_rank) if entry.winning_image or entry.winning_rank else "no item",
+            _winner(entry),
             note,
         )
+
+
+def _winner(entry: ConflictEntry) -> str:
+    """The winner's rank; "no item" only when nothing won (a truncated winner did)."""
+    if entry.winning_image is not None or entry.winning_rank:
+        return _rank(entry.winning_rank)
+    return "(truncated)" if "winning" in entry.truncated else "no item"
 
 
 def _counts(counts: dict[str, int]) -> str:

@@ -11,7 +11,10 @@ exactly that image is the write sent, and it is still conditional on every attri
 the winner, so that a change or removal between the read and the write stops it; an
 attribute added in those milliseconds is the one change neither sees. ``--force``
 writes unconditionally, without reading. A lost delete is restored by deleting the
-item, under the same checks.
+item, under the same checks. An entry whose winning image was truncated (too large for
+its log, kept as a digest) has no image to compare with: it is not restored without
+``--force``, rather than compared with "no item" (which would refuse an unchanged item,
+and restore over a deleted one as if nothing had won).
 
 The writer retries as it does in replication, but for ``RETRY_FOR_S`` only: an operator
 waits for the answer, so a destination that does not answer is reported
@@ -155,6 +158,14 @@ def restore(
         raise EntryNotFound(
             f"entry {entry.id}: its losing image was too large for the conflict log and was "
             f"stored as its sha256 ({digest}); it cannot be restored from the log"
+        )
+    if "winning" in entry.truncated and not force:
+        digest = entry.truncated["winning"].get("sha256", "unknown")
+        raise EntryNotFound(
+            f"entry {entry.id}: the image that won was too large for the conflict log and was "
+            f"stored as its sha256 ({digest}), so the restore cannot check that the item at "
+            f"{entry.destination} is still that image; nothing was written. Compare the item "
+            "with the entry yourself; --force writes the losing image without that check"
         )
     destinations = {d.label: d for d in resolved.job.destinations}
     destination = destinations.get(entry.destination)

@@ -21,7 +21,7 @@ from replicator.cli import cli
 from replicator.conflictlog import restore as restore_module
 from replicator.conflictlog.base import Selection
 from replicator.conflictlog.dynamodb import DynamoDbConflictLog
-from replicator.conflictlog.entry import ConflictEntry
+from replicator.conflictlog.entry import ConflictEntry, image_digest
 from replicator.conflictlog.file import FileConflictLog
 from replicator.conflictlog.reader import read_entries
 from replicator.conflictlog.sqs import SqsConflictLog
@@ -380,6 +380,51 @@ def test_the_write_stays_conditional_for_a_change_between_the_read_and_the_write
     assert result.exit_code == 1, result.output
     assert "changed since" in result.stdout
     assert case.held() == changed[0]
+
+
+def with_truncated_winner(case: Restorable) -> ConflictEntry:
+    """The case's entry as a log too small for its winner stores it: a digest only."""
+    winner = case.entry.winning_image
+    assert winner is not None
+    entry = replace(
+        case.entry,
+        winning_image=None,
+        truncated={"winning": {"sha256": image_digest(winner), "bytes": 1, "attributes": []}},
+    )
+    case.log.path.unlink()
+    case.log.put(entry)
+    return entry
+
+
+@pytest.mark.parametrize("deleted_since", [False, True], ids=["unchanged", "deleted since"])
+def test_a_truncated_winner_is_not_restored_without_force(
+    moto_endpoint: str, unique: Any, tmp_path: Path, deleted_since: bool
+) -> None:
+    """Without the winning image there is nothing to compare the item with: neither "it
+    changed since" (it did not) nor "no item won" (a deleted item is not what won)."""
+    case = Restorable(moto_endpoint, unique, tmp_path)
+    entry = with_truncated_winner(case)
+    if deleted_since:
+        case.ddb.delete_item(TableName=case.table, Key=case.key)
+    before = case.held()
+
+    result = invoke(case.config, "--restore", entry.id)
+
+    no_traceback(result)
+    assert result.exit_code == 1, result.output
+    message = " ".join(result.stderr.split())
+    assert f"entry {entry.id}: the image that won was too large for the conflict log" in message
+    assert "nothing was written" in message and "--force" in message
+    assert "changed since" not in result.output
+    assert case.held() == before
+    assert case.restores() == []
+    listing = invoke(case.config)
+    assert "truncated: winning" in listing.stdout and "no item" not in listing.stdout
+
+    forced = invoke(case.config, "--restore", entry.id, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert case.held() == case.loser
+    assert len(case.restores()) == 1
 
 
 def finished_within(seconds: float, function: Callable[[], Any]) -> Any:
