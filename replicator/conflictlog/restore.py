@@ -169,6 +169,15 @@ def restore(
         )
     destinations = {d.label: d for d in resolved.job.destinations}
     destination = destinations.get(entry.destination)
+    if destination is None and entry.destination == source_label(resolved):
+        raise EntryNotFound(
+            f"entry {entry.id} is for {entry.destination}, the job's source table: a local "
+            "write there that ranked below what the source held, corrected by the job "
+            "(active-active). It is not restored: a write to the source is replicated under "
+            "the conflict rule, and the restored image, which ranks below what the other "
+            "region holds, would lose there and leave the regions different. Write the item "
+            "again in the application (with a new timestamp or version) instead"
+        )
     if destination is None:
         raise EntryNotFound(
             f"entry {entry.id} is for destination {entry.destination!r}, which the job file "
@@ -295,6 +304,12 @@ def restore_entry(conflict: ConflictEntry, *, force: bool) -> ConflictEntry:
         write_back=False,
         restored_entry=conflict.id,
     )
+
+
+def source_label(resolved: ResolvedJob) -> str:
+    """The name conflict entries give the job's source (active-active corrections)."""
+    source = resolved.job.source
+    return f"{source.region}/{source.table}"
 
 
 def selection_for(key: Item | None) -> Selection:

@@ -155,13 +155,8 @@ def conflicts(
             f"{resolved.path}: conflict_log.kind is none, so this job keeps no record of lost "
             "conflicts; set conflict_log.kind to file, sqs or dynamodb"
         )
-    labels = [d.label for d in resolved.job.destinations]
-    if destination is not None and destination not in labels:
-        raise click.BadParameter(
-            f"{destination!r} is not a destination of {resolved.path} "
-            f"(destinations: {', '.join(labels)})",
-            param_hint="'--destination'",
-        )
+    if destination is not None:
+        _check_destination(resolved, destination)
     with aws_failures(f"conflicts {resolved.task_name}"):
         if key is not None:
             _check_key_names(resolved, key)
@@ -180,6 +175,25 @@ def conflicts(
         listing = Listing(target.description, selection, read_entries(target, selection))
     click.echo(listing.as_json(limit) if output == "json" else listing.text(limit))
     return 0
+
+
+def _check_destination(resolved: ResolvedJob, destination: str) -> None:
+    """Entries name where the change lost: a destination of the job, the source's own
+    ``<region>/<table>`` (active-active corrections), or a destination the job file had
+    when the entry was recorded and has no longer. All of them can be listed; a name the
+    job file does not have is warned about (it may be a typo), not refused."""
+    from replicator.conflictlog.restore import source_label
+
+    labels = [d.label for d in resolved.job.destinations]
+    if destination in labels or destination == source_label(resolved):
+        return
+    click.echo(
+        f"replicator: warning: {destination!r} is neither a destination of {resolved.path} "
+        f"(destinations: {', '.join(labels)}) nor its source ({source_label(resolved)}); "
+        "listing the entries recorded under that name (a destination since removed from the "
+        "job file has some)",
+        err=True,
+    )
 
 
 def _warn_about_redrive(target: SqsConflictLog) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -442,10 +443,53 @@ def test_the_command_names_a_bad_key_a_bad_time_and_an_unknown_destination(
     bad_since = runner.invoke(cli, ["conflicts", "-c", str(config), "--since", "last week"])
     assert bad_since.exit_code == 2 and "'last week'" in bad_since.output
     other = runner.invoke(cli, ["conflicts", "-c", str(config), "--destination", "mars"])
-    assert other.exit_code == 2 and "'mars' is not a destination" in other.output
+    assert other.exit_code == 0, other.output
+    assert "warning: 'mars' is neither a destination of" in other.stderr
+    assert "(destination mars): 0 lost conflicts" in other.stdout
     empty = runner.invoke(cli, ["conflicts", "-c", str(config)])
     assert empty.exit_code == 0, empty.output
     assert "0 lost conflicts" in empty.output
+
+
+def test_entries_at_the_source_and_at_a_removed_destination_can_be_listed(
+    tmp_path: Path,
+) -> None:
+    """An active-active correction is recorded under the source's <region>/<table>, and
+    the entries of a destination since removed from the job file keep its name: both
+    are listed by --destination (the removed one with a warning), and neither is
+    restored, each with a line that says why."""
+    log = FileConflictLog(tmp_path / "c.jsonl")
+    at_source = replace(conflict(1).entry(), destination="us-east-1/orders")
+    at_removed = replace(conflict(2, pk="order-2").entry(), destination="ap-southeast-2/gone")
+    at_kept = replace(conflict(3, pk="order-3").entry(), destination="eu-west-1/orders")
+    for entry in (at_source, at_removed, at_kept):
+        log.put(entry)
+    config = job_file(tmp_path, f"{{kind: file, path: '{log.path}'}}")
+    runner = CliRunner()
+
+    source = runner.invoke(
+        cli, ["conflicts", "-c", str(config), "--destination", "us-east-1/orders"]
+    )
+    assert source.exit_code == 0, source.output
+    assert "1 lost conflicts" in source.stdout and at_source.id in source.stdout
+    assert "warning" not in source.stderr
+
+    removed = runner.invoke(
+        cli, ["conflicts", "-c", str(config), "--destination", "ap-southeast-2/gone"]
+    )
+    assert removed.exit_code == 0, removed.output
+    assert "1 lost conflicts" in removed.stdout and at_removed.id in removed.stdout
+    assert "'ap-southeast-2/gone' is neither a destination of" in removed.stderr
+
+    restore = runner.invoke(cli, ["conflicts", "-c", str(config), "--restore", at_source.id])
+    assert restore.exit_code == 1, restore.output
+    message = " ".join(restore.stderr.split())
+    assert f"entry {at_source.id} is for us-east-1/orders, the job's source table" in message
+    assert "It is not restored" in message
+    restore = runner.invoke(cli, ["conflicts", "-c", str(config), "--restore", at_removed.id])
+    assert restore.exit_code == 1, restore.output
+    assert "which the job file" in restore.stderr and "does not have" in restore.stderr
+    assert [e.kind for e in read_entries(log, Selection())] == ["conflict"] * 3
 
 
 def test_the_command_says_when_the_job_keeps_no_conflict_log(tmp_path: Path) -> None:
