@@ -73,11 +73,31 @@ def read_entries(target: ConflictLogTarget, selection: Selection) -> list[Confli
     return sorted(unique.values(), key=lambda e: e.sort_key)
 
 
+def read_task_entries(
+    target: ConflictLogTarget, selection: Selection, task: str
+) -> tuple[list[ConflictEntry], list[ConflictEntry]]:
+    """The matching entries of task ``task``, and those of other tasks, each oldest first.
+
+    Several jobs may share one log (a ``conflict_log.path`` or ``table`` without
+    ``{task_name}``): another job's entries are about its own tables, even when a
+    destination name matches one of this job's, so they are neither listed, counted nor
+    restored as this job's (as ``redrive`` keeps to the job's own letters); callers say
+    how many were skipped.
+    """
+    entries = read_entries(target, selection)
+    return (
+        [e for e in entries if e.task_name == task],
+        [e for e in entries if e.task_name != task],
+    )
+
+
 @dataclass
 class Listing:
     target: str
     selection: Selection
     entries: list[ConflictEntry]
+    # Entries of other tasks in the same log, skipped: how many per task.
+    other_tasks: dict[str, int] = field(default_factory=dict)
     restores: dict[str, ConflictEntry] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -94,6 +114,7 @@ class Listing:
         return {
             "lost_conflicts": len(conflicts),
             "restores": len(self.entries) - len(conflicts),
+            "other_tasks_skipped": dict(sorted(self.other_tasks.items())),
             "first": conflicts[0].at if conflicts else None,
             "last": conflicts[-1].at if conflicts else None,
             "per_destination": dict(Counter(e.destination for e in conflicts).most_common()),
@@ -135,6 +156,7 @@ class Listing:
             f"conflict log: {self.target}"
             + (f" ({narrowed})" if narrowed else "")
             + f": {summary['lost_conflicts']} lost conflicts, {summary['restores']} restores"
+            + self._skipped()
         ]
         if summary["lost_conflicts"]:
             lines.append(f"  from {summary['first']} to {summary['last']}")
@@ -156,6 +178,16 @@ class Listing:
             for row in rows
         ]
         return "\n".join(line.rstrip() for line in lines)
+
+    def _skipped(self) -> str:
+        if not self.other_tasks:
+            return ""
+        total = sum(self.other_tasks.values())
+        tasks = ", ".join(f"{name!r}: {count}" for name, count in sorted(self.other_tasks.items()))
+        return (
+            f" (skipped {total} entr{'y' if total == 1 else 'ies'} of other tasks sharing "
+            f"the log: {tasks})"
+        )
 
     def _row(self, entry: ConflictEntry) -> tuple[str, ...]:
         if entry.kind == RESTORE:

@@ -41,7 +41,7 @@ from replicator.config.model import ResolvedJob
 from replicator.conflictlog.base import ConflictLogTarget, Selection
 from replicator.conflictlog.entry import CONFLICT, RESTORE, ConflictEntry, entry_id, iso
 from replicator.conflictlog.keys import canonical_key
-from replicator.conflictlog.reader import key_text, read_entries
+from replicator.conflictlog.reader import key_text, read_task_entries
 from replicator.exceptions import (
     ConflictLogRejected,
     ConflictLogUnavailable,
@@ -151,8 +151,20 @@ def restore(
     ``retry_for_s`` bounds the retries at the destination (default ``RETRY_FOR_S``).
     """
     searched = target.description + (f" under key {describe_key(key)}" if key else "")
-    entries = read_entries(target, selection_for(key))
-    entry = find_entry(entries, wanted, searched)
+    entries, others = read_task_entries(target, selection_for(key), resolved.task_name)
+    try:
+        entry = find_entry(entries, wanted, searched)
+    except EntryNotFound:
+        theirs = sorted(
+            {f"{e.id} (task {e.task_name!r})" for e in others if e.id.startswith(wanted)}
+        )
+        if not theirs:
+            raise
+        raise EntryNotFound(
+            f"no conflict-log entry {wanted!r} of task {resolved.task_name!r} in {searched}; "
+            f"the log is shared with other jobs, and {', '.join(theirs)} "
+            f"{'is' if len(theirs) == 1 else 'are'} theirs: restore with that job's file"
+        ) from None
     if "losing" in entry.truncated:
         digest = entry.truncated["losing"].get("sha256", "unknown")
         raise EntryNotFound(

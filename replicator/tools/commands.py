@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -142,7 +143,7 @@ def conflicts(
     from replicator.conflictlog import sqs
     from replicator.conflictlog.base import Selection
     from replicator.conflictlog.keys import canonical_key
-    from replicator.conflictlog.reader import Listing, read_entries
+    from replicator.conflictlog.reader import Listing, read_task_entries
     from replicator.conflictlog.restore import restore
     from replicator.conflictlog.targets import conflict_log_target
     from replicator.exceptions import ConfigError
@@ -172,7 +173,10 @@ def conflicts(
             since=since,
             destination=destination,
         )
-        listing = Listing(target.description, selection, read_entries(target, selection))
+        own, others = read_task_entries(target, selection, resolved.task_name)
+        listing = Listing(
+            target.description, selection, own, dict(Counter(e.task_name for e in others))
+        )
     click.echo(listing.as_json(limit) if output == "json" else listing.text(limit))
     return 0
 

@@ -65,7 +65,7 @@ def conflict(seq: int, *, size: int = 0, pk: str = "order-1") -> LostConflict:
         stream_record("MODIFY", item_to_wire(keys), item_to_wire(loser), seq=seq), seq
     )
     return LostConflict(
-        task_name="orders",
+        task_name="orders-audit",  # the task of job_file and moto_job
         destination="eu",
         table="orders",
         region="eu-west-1",
@@ -490,6 +490,42 @@ def test_entries_at_the_source_and_at_a_removed_destination_can_be_listed(
     assert restore.exit_code == 1, restore.output
     assert "which the job file" in restore.stderr and "does not have" in restore.stderr
     assert [e.kind for e in read_entries(log, Selection())] == ["conflict"] * 3
+
+
+def test_a_log_shared_by_several_jobs_lists_only_the_jobs_own_entries(tmp_path: Path) -> None:
+    """Two jobs with one conflict_log.path: each lists, counts and restores only its own
+    entries, and says how many of other tasks it skipped."""
+    log = FileConflictLog(tmp_path / "shared.jsonl")
+    own = conflict(1).entry()
+    theirs = [
+        replace(conflict(seq, pk=f"order-{seq}").entry(), task_name="payments") for seq in (2, 3)
+    ]
+    for entry in (own, *theirs):
+        log.put(entry)
+    config = job_file(tmp_path, f"{{kind: file, path: '{log.path}'}}")
+    runner = CliRunner()
+
+    listing = runner.invoke(cli, ["conflicts", "-c", str(config)])
+    assert listing.exit_code == 0, listing.output
+    header = listing.stdout.splitlines()[0]
+    assert header.endswith(
+        ": 1 lost conflicts, 0 restores (skipped 2 entries of other tasks sharing the log: "
+        "'payments': 2)"
+    )
+    assert own.id in listing.stdout
+    assert all(entry.id not in listing.stdout for entry in theirs)
+    document = json.loads(
+        runner.invoke(cli, ["conflicts", "-c", str(config), "--format", "json"]).stdout
+    )
+    assert [e["id"] for e in document["entries"]] == [own.id]
+    assert document["summary"]["lost_conflicts"] == 1
+    assert document["summary"]["other_tasks_skipped"] == {"payments": 2}
+
+    restore = runner.invoke(cli, ["conflicts", "-c", str(config), "--restore", theirs[0].id])
+    assert restore.exit_code == 1, restore.output
+    message = " ".join(restore.stderr.split())
+    assert f"no conflict-log entry {theirs[0].id!r} of task 'orders-audit'" in message
+    assert f"{theirs[0].id} (task 'payments') is theirs" in message
 
 
 def test_the_command_says_when_the_job_keeps_no_conflict_log(tmp_path: Path) -> None:
