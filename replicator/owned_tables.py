@@ -20,6 +20,7 @@ from replicator.exceptions import EnvironmentProblem
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_dynamodb.literals import KeyTypeType
+    from mypy_boto3_dynamodb.type_defs import TableDescriptionTypeDef
 from replicator.aws.errors import ErrorKind, classify, error_code, error_message
 
 log = structlog.get_logger(__name__)
@@ -58,7 +59,21 @@ def ensure_table(
         if time.monotonic() > deadline:
             raise EnvironmentProblem(f"{what} at {where} is still {described['TableStatus']}")
         time.sleep(1.0)
-    # Names, roles and types: a key of another type takes no item this code writes.
+    check_key_schema(described, keys, what, where, hint)
+    _ensure_ttl(client, table, ttl_attribute, what, where)
+
+
+def check_key_schema(
+    described: TableDescriptionTypeDef,
+    keys: dict[str, KeyTypeType],
+    what: str,
+    where: str,
+    hint: str,
+) -> None:
+    """EnvironmentProblem unless the table has exactly the string ``keys``: names, roles
+    and types, as a key of another type takes no item this code writes. Readers check
+    it too, so that a table of other keys (an application's) is not read as an empty log
+    where a start would refuse it."""
     types = {d["AttributeName"]: d["AttributeType"] for d in described["AttributeDefinitions"]}
     found = {
         k["AttributeName"]: (k["KeyType"], types.get(k["AttributeName"]))
@@ -67,7 +82,6 @@ def ensure_table(
     if found != {name: (kind, "S") for name, kind in keys.items()}:
         schema = ", ".join(f"{name} ({kind}, {type_})" for name, (kind, type_) in found.items())
         raise EnvironmentProblem(f"{what} at {where} exists with key schema {schema}; {hint}")
-    _ensure_ttl(client, table, ttl_attribute, what, where)
 
 
 def _ensure_ttl(client: DynamoDBClient, table: str, attribute: str, what: str, where: str) -> None:

@@ -37,10 +37,11 @@ from replicator.conflictlog.entry import ConflictEntry
 from replicator.conflictlog.keys import partition_key
 from replicator.exceptions import EntryFormatError
 from replicator.items import describe_key, item_from_wire
-from replicator.owned_tables import ensure_table
+from replicator.owned_tables import check_key_schema, ensure_table
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.literals import KeyTypeType
     from mypy_boto3_dynamodb.type_defs import QueryOutputTypeDef, ScanOutputTypeDef
 
 log = structlog.get_logger(__name__)
@@ -50,6 +51,11 @@ ITEM_LIMIT = 400 * 1024
 # Room for the other attributes of the item (keys, names, times) beside the entry blob.
 _ENVELOPE = 8 * 1024
 _DAY_S = 86_400
+KEYS: dict[str, KeyTypeType] = {"pk": "HASH", "sk": "RANGE"}
+HINT = (
+    "the conflict log needs pk (HASH, S) and sk (RANGE, S): name another table in "
+    "conflict_log.table"
+)
 
 
 class DynamoDbConflictLog:
@@ -102,6 +108,13 @@ class DynamoDbConflictLog:
     # -- reading --------------------------------------------------------------------------
 
     def read(self, selection: Selection) -> Iterator[ConflictEntry]:
+        """The table's entries that match; EnvironmentProblem (exit 3) first when the
+        table's keys are not the log's, as ``replicator run`` refuses it."""
+        try:
+            described = self.client.describe_table(TableName=self.table)["Table"]
+        except (ClientError, BotoCoreError) as error:
+            raise read_failure(error, f"conflict-log table {self.table}", self.where) from None
+        check_key_schema(described, KEYS, f"conflict-log table {self.table}", self.where, HINT)
         kwargs: dict[str, Any] = {"TableName": self.table}
         operation: Callable[..., QueryOutputTypeDef | ScanOutputTypeDef]
         if selection.item is not None:
@@ -153,12 +166,11 @@ class DynamoDbConflictLog:
         ensure_table(
             self.client,
             self.table,
-            {"pk": "HASH", "sk": "RANGE"},
+            KEYS,
             TTL_ATTRIBUTE,
             f"conflict-log table {self.table}",
             self.where,
-            "the conflict log needs pk (HASH, S) and sk (RANGE, S): name another table in "
-            "conflict_log.table",
+            HINT,
             wait_s,
         )
 

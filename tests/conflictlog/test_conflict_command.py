@@ -551,6 +551,36 @@ def test_a_missing_conflict_log_table_is_named_with_its_region(
     )
 
 
+@pytest.mark.parametrize("args", [(), ("--restore", "0123abcd")])
+def test_a_conflict_log_table_with_other_keys_is_refused_as_run_refuses_it(
+    moto_endpoint: str, unique: Any, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """An application's table named as the log is not an empty log: the command stops
+    with exit 3 and the line ``replicator run`` stops with."""
+    from replicator.config import load_job
+    from replicator.conflictlog.targets import prepare
+    from replicator.exceptions import EnvironmentProblem
+
+    table = unique("application")
+    ddb = client("dynamodb", "us-east-1", moto_endpoint)
+    create_table(ddb, table, range_key="sk", stream=None)
+    ddb.put_item(TableName=table, Item={"pk": {"S": "order-1"}, "sk": {"N": "1"}})
+    config = job_file(
+        tmp_path, f"{{kind: dynamodb, table: {table}, endpoint_url: '{moto_endpoint}'}}"
+    )
+    with pytest.raises(EnvironmentProblem) as refused_by_run:
+        prepare(load_job(config))
+
+    result = invoke(config, *args)
+
+    no_traceback(result)
+    assert result.exit_code == 3, result.output
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line == f"replicator: {refused_by_run.value}"
+    assert "exists with key schema pk (HASH, S), sk (RANGE, N)" in line
+
+
 @pytest.mark.parametrize(
     "given",
     [
