@@ -98,6 +98,8 @@ class Listing:
     entries: list[ConflictEntry]
     # Entries of other tasks in the same log, skipped: how many per task.
     other_tasks: dict[str, int] = field(default_factory=dict)
+    # Why the log has no entries at all, when it can tell (a file that does not exist).
+    missing: str | None = None
     restores: dict[str, ConflictEntry] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -139,6 +141,7 @@ class Listing:
         return json.dumps(
             {
                 "target": self.target,
+                "missing": self.missing,
                 "selection": asdict(self.selection),
                 "summary": self.summary(),
                 "entries": entries,
@@ -158,6 +161,8 @@ class Listing:
             + f": {summary['lost_conflicts']} lost conflicts, {summary['restores']} restores"
             + self._skipped()
         ]
+        if self.missing:
+            lines.append(f"  {self.missing}")
         if summary["lost_conflicts"]:
             lines.append(f"  from {summary['first']} to {summary['last']}")
             lines.append("  per destination: " + _counts(summary["per_destination"]))

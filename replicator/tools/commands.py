@@ -146,7 +146,7 @@ def conflicts(
     from replicator.conflictlog.reader import Listing, read_task_entries
     from replicator.conflictlog.restore import restore
     from replicator.conflictlog.targets import conflict_log_target
-    from replicator.exceptions import ConfigError
+    from replicator.exceptions import ConfigError, EntryNotFound
 
     resolved = load(config_path, writes=restore_id is not None)
     if force and restore_id is None:
@@ -164,8 +164,14 @@ def conflicts(
         target = conflict_log_target(resolved)
         if isinstance(target, sqs.SqsConflictLog):
             _warn_about_redrive(target)
+        missing = _missing_file(resolved, target)
         if restore_id is not None:
-            result = restore(resolved, target, restore_id, key=key, force=force)
+            try:
+                result = restore(resolved, target, restore_id, key=key, force=force)
+            except EntryNotFound as error:
+                if missing is None:
+                    raise
+                raise EntryNotFound(f"{error}: {missing}") from None
             click.echo(result.message)
             return result.exit_code
         selection = Selection(
@@ -175,10 +181,33 @@ def conflicts(
         )
         own, others = read_task_entries(target, selection, resolved.task_name)
         listing = Listing(
-            target.description, selection, own, dict(Counter(e.task_name for e in others))
+            target.description,
+            selection,
+            own,
+            dict(Counter(e.task_name for e in others)),
+            missing=missing,
         )
     click.echo(listing.as_json(limit) if output == "json" else listing.text(limit))
     return 0
+
+
+def _missing_file(resolved: ResolvedJob, target: Any) -> str | None:
+    """For a file log that does not exist, a line that says so, with its absolute path and,
+    for a relative ``conflict_log.path``, that it is relative to the working directory:
+    the usual reason for "no file" is running the command from another directory than
+    the job's, and an empty listing would hide that."""
+    from replicator.conflictlog.file import FileConflictLog
+
+    if not isinstance(target, FileConflictLog) or target.path.exists():
+        return None
+    line = f"no conflict-log file at {target.path} (yet): nothing has been recorded there"
+    configured = resolved.job.conflict_log.path.format(task_name=resolved.task_name)
+    if not Path(configured).is_absolute():
+        line += (
+            f"; conflict_log.path {configured!r} is relative to the working directory "
+            f"({Path.cwd()}): run the command where the job runs, or make the path absolute"
+        )
+    return line
 
 
 def _check_destination(resolved: ResolvedJob, destination: str) -> None:

@@ -528,6 +528,48 @@ def test_a_log_shared_by_several_jobs_lists_only_the_jobs_own_entries(tmp_path: 
     assert f"{theirs[0].id} (task 'payments') is theirs" in message
 
 
+def test_a_missing_log_file_is_said_to_be_missing_not_listed_as_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from another directory, the default relative path names a file that is not
+    there: the command says so, naming the absolute path and the working directory
+    (exit 0: a job that never lost a conflict has no file either)."""
+    config = job_file(tmp_path, "{kind: file}")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    expected = elsewhere / "conflicts" / "orders-audit.jsonl"
+    runner = CliRunner()
+
+    listing = runner.invoke(cli, ["conflicts", "-c", str(config)])
+
+    assert listing.exit_code == 0, listing.output
+    lines = listing.stdout.splitlines()
+    assert lines[0] == f"conflict log: file {expected}: 0 lost conflicts, 0 restores"
+    assert lines[1] == (
+        f"  no conflict-log file at {expected} (yet): nothing has been recorded there; "
+        "conflict_log.path 'conflicts/orders-audit.jsonl' is relative to the working "
+        f"directory ({elsewhere}): run the command where the job runs, or make the path "
+        "absolute"
+    )
+    document = json.loads(
+        runner.invoke(cli, ["conflicts", "-c", str(config), "--format", "json"]).stdout
+    )
+    assert document["missing"].startswith(f"no conflict-log file at {expected}")
+
+    restore = runner.invoke(cli, ["conflicts", "-c", str(config), "--restore", "0123abcd"])
+    assert restore.exit_code == 1, restore.output
+    assert f"no conflict-log file at {expected}" in " ".join(restore.stderr.split())
+
+    absolute = job_file(tmp_path, f"{{kind: file, path: '{tmp_path}/none.jsonl'}}")
+    listing = runner.invoke(cli, ["conflicts", "-c", str(absolute)])
+    assert listing.exit_code == 0, listing.output
+    assert listing.stdout.splitlines()[1] == (
+        f"  no conflict-log file at {tmp_path}/none.jsonl (yet): nothing has been recorded there"
+    )
+    assert not expected.exists() and not (tmp_path / "none.jsonl").exists()
+
+
 def test_the_command_says_when_the_job_keeps_no_conflict_log(tmp_path: Path) -> None:
     config = job_file(tmp_path, "{kind: none}")
     result = CliRunner().invoke(cli, ["conflicts", "-c", str(config)])
