@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.aws.errors import ErrorKind, classify, error_code
-from replicator.conflictlog.entry import ConflictEntry
+from replicator.conflictlog.entry import ConflictEntry, instant
 from replicator.exceptions import ConflictLogRejected, ConflictLogUnavailable
 from replicator.items import Item
 from replicator.records import Change
@@ -42,15 +43,27 @@ class Selection:
     """Which entries a reader wants; every field narrows, None means any."""
 
     item: str | None = None  # canonical key (keys.canonical_key)
-    since: str | None = None  # ISO time, compared with ConflictEntry.at
+    since: str | None = None  # ISO time (reader.parse_since), compared with ConflictEntry.at
     destination: str | None = None
 
     def matches(self, entry: ConflictEntry) -> bool:
+        """Times are compared as times, not as text: ``--since`` keeps the precision it
+        was typed with (microseconds), entries have milliseconds."""
         return (
             (self.item is None or entry.item == self.item)
-            and (self.since is None or entry.at >= self.since)
+            and (self.since is None or instant(entry.at) >= instant(self.since))
             and (self.destination is None or entry.destination == self.destination)
         )
+
+    @property
+    def since_key(self) -> str | None:
+        """``since`` cut down to the milliseconds of the log's sort keys, for a key
+        condition: it selects at least the entries from ``since`` on (callers filter
+        again)."""
+        if self.since is None:
+            return None
+        text = instant(self.since).astimezone(UTC).isoformat(timespec="milliseconds")
+        return text.replace("+00:00", "Z")
 
 
 class ConflictLogTarget(Protocol):

@@ -122,7 +122,7 @@ class DynamoDbConflictLog:
             values: dict[str, Any] = {":pk": {"S": partition_key(selection.item)}}
             if selection.since is not None:
                 condition += " AND sk >= :since"
-                values[":since"] = {"S": selection.since}
+                values[":since"] = {"S": selection.since_key}
             kwargs.update(KeyConditionExpression=condition, ExpressionAttributeValues=values)
             operation = self.client.query
         else:

@@ -39,6 +39,24 @@ def iso(seconds: float) -> str:
     return text.replace("+00:00", "Z")
 
 
+def iso_exact(moment: datetime) -> str:
+    """UTC with microseconds and a ``Z``: a time typed with more precision than the log's
+    milliseconds keeps it (``--since``), so that an entry a fraction of a millisecond
+    before it is not taken as at or after it."""
+    text = moment.astimezone(UTC).isoformat(timespec="microseconds")
+    return text.replace("+00:00", "Z")
+
+
+def instant(text: str) -> datetime:
+    """An entry's time (or ``--since``) as a datetime, to compare times of any precision:
+    as text, ``…26.860Z`` sorts after ``…26.860499Z``. ValueError when it is not a time
+    with a zone."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no zone")
+    return moment
+
+
 def image_digest(image: WireItem) -> str:
     """sha256 of an image's JSON (keys sorted, no spaces): how a truncated image is named."""
     text = json.dumps(image, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -165,6 +183,13 @@ def _check_fields(values: dict[str, Any]) -> None:
     for name in _TEXT:
         if not isinstance(values[name], str):
             raise EntryFormatError(f"{name} is {_json_type(values[name])}, not a string")
+    for name in ("created", "recorded_at"):
+        try:
+            instant(values[name])
+        except ValueError:
+            raise EntryFormatError(
+                f"{name} is {values[name]!r}, not an ISO-8601 time with a zone"
+            ) from None
     if values["kind"] not in (CONFLICT, RESTORE):
         raise EntryFormatError(f"kind is {values['kind']!r}, not {CONFLICT} or {RESTORE}")
     if values["op"] not in _OPS:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from replicator.conflictlog.base import ConflictLogTarget, Selection
-from replicator.conflictlog.entry import CONFLICT, RESTORE, ConflictEntry, iso
+from replicator.conflictlog.entry import CONFLICT, RESTORE, ConflictEntry, iso_exact
 from replicator.exceptions import SinceSyntaxError
 from replicator.items import describe_key, item_from_wire
 
@@ -27,31 +27,46 @@ TOP_KEYS = 10
 def parse_since(text: str, now: datetime | None = None) -> str:
     """``30m``, ``12h``, ``7d`` (before now) or an ISO-8601 date or time (UTC unless it says).
 
-    Times are compared as UTC text between the years 1 and 9999: a duration or an
-    offset that lands outside them is refused naming the value, not left to overflow.
+    The time keeps the precision it was typed with, to the microsecond (more digits are
+    cut there, as ``datetime`` does): cut to the log's milliseconds, a time just after
+    an entry would list it. ISO times are read as ``datetime.fromisoformat`` reads them,
+    as ``replicator wait`` reads its times: ``T`` and ``Z`` in capitals. Times are
+    between the years 1 and 9999 UTC: a duration or an offset that lands outside them is
+    refused naming the value, not left to overflow.
     """
     now = now or datetime.now(UTC)
     value = text.strip()
     relative = _RELATIVE.match(value)
-    if relative:
-        try:
-            delta = timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
-            return iso((now - delta).timestamp())
-        except (OverflowError, ValueError, OSError):
-            raise _out_of_range(text) from None
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if relative:
+            delta = timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
+            return iso_exact(now - delta)
+    except (OverflowError, ValueError, OSError):
+        raise _out_of_range(text) from None
+    try:
+        moment = datetime.fromisoformat(value)
     except ValueError:
+        hint = ""
+        if _is_iso(value.upper()):
+            hint = "; write T and Z in capitals (2026-12-01T10:00:00Z)"
         raise SinceSyntaxError(
             f"{text!r} is neither a duration (30m, 12h, 7d) nor an ISO-8601 date or time "
-            "(2026-12-01, 2026-12-01T10:00:00Z)"
+            f"(2026-12-01, 2026-12-01T10:00:00Z){hint}"
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     try:
-        return iso(moment.timestamp())
+        return iso_exact(moment)
     except (OverflowError, ValueError, OSError):
         raise _out_of_range(text) from None
+
+
+def _is_iso(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _out_of_range(text: str) -> SinceSyntaxError:

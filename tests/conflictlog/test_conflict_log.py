@@ -126,12 +126,39 @@ def test_since_takes_durations_and_dates_and_names_a_bad_value() -> None:
     from datetime import UTC, datetime
 
     now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
-    assert parse_since("90m", now) == "2026-12-01T10:30:00.000Z"
-    assert parse_since("7d", now) == "2026-11-24T12:00:00.000Z"
-    assert parse_since("2026-11-30", now) == "2026-11-30T00:00:00.000Z"
-    assert parse_since("2026-11-30T10:00:00+02:00", now) == "2026-11-30T08:00:00.000Z"
-    with pytest.raises(SinceSyntaxError, match="'yesterday'"):
+    assert parse_since("90m", now) == "2026-12-01T10:30:00.000000Z"
+    assert parse_since("7d", now) == "2026-11-24T12:00:00.000000Z"
+    assert parse_since("2026-11-30", now) == "2026-11-30T00:00:00.000000Z"
+    assert parse_since("2026-11-30T10:00:00+02:00", now) == "2026-11-30T08:00:00.000000Z"
+    # The precision typed is kept (to the microsecond), not cut to the log's milliseconds.
+    assert parse_since("2026-12-01T11:21:26.8604999Z", now) == "2026-12-01T11:21:26.860499Z"
+    with pytest.raises(SinceSyntaxError, match="'yesterday'") as refused:
         parse_since("yesterday", now)
+    assert "capitals" not in str(refused.value)
+    # As replicator wait reads its times: T and Z in capitals, and the message says so.
+    with pytest.raises(SinceSyntaxError, match="write T and Z in capitals"):
+        parse_since("2026-12-01t10:00:00z", now)
+
+
+def test_since_compares_times_not_text_so_an_entry_just_before_it_is_not_listed(
+    tmp_path: Path,
+) -> None:
+    """Entries have milliseconds: one at .860 is before .8604999, though as text
+    "…26.860Z" sorts after "…26.860499Z"; the listing and a DynamoDB key condition agree."""
+    log = FileConflictLog(tmp_path / "c.jsonl")
+    before = replace(conflict(1).entry(), created="2026-12-01T11:21:26.860Z")
+    after = replace(conflict(2).entry(), created="2026-12-01T11:21:26.861Z")
+    for entry in (before, after):
+        log.put(entry)
+    since = Selection(since=parse_since("2026-12-01T11:21:26.8604999Z"))
+    assert [e.id for e in read_entries(log, since)] == [after.id]
+    assert since.since_key == "2026-12-01T11:21:26.860Z"  # a superset for the key condition
+    config = job_file(tmp_path, f"{{kind: file, path: '{log.path}'}}")
+    result = CliRunner().invoke(
+        cli, ["conflicts", "-c", str(config), "--since", "2026-12-01T11:21:26.8604999Z"]
+    )
+    assert result.exit_code == 0, result.output
+    assert after.id in result.stdout and before.id not in result.stdout
 
 
 # -- entries ----------------------------------------------------------------------------------
