@@ -443,6 +443,23 @@ def _finite_seconds(
     raise click.BadParameter(f"{value!r} is not a number of seconds", ctx, param)
 
 
+# The shortest prefix of an entry id --restore takes: shorter ones (the empty one names
+# every entry) are a mistake to refuse, not a choice among many entries to list.
+MIN_ENTRY_PREFIX = 4
+
+
+def _entry_id_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    wanted = value.strip()
+    if len(wanted) < MIN_ENTRY_PREFIX:
+        raise click.BadParameter(
+            f"{value!r} is too short to name an entry: give its id (16 hexadecimal "
+            f"characters, as the listing shows them) or at least its first {MIN_ENTRY_PREFIX}"
+        )
+    return wanted
+
+
 def _key_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     from replicator.conflictlog.keys import parse_key
 
@@ -585,6 +602,7 @@ def wait(
     "--restore",
     "restore_id",
     metavar="ENTRY",
+    callback=_entry_id_option,
     help="Write entry ENTRY's losing image back to its destination, only while the "
     "destination still holds the image that won; the restore is recorded in the log.",
 )

@@ -597,6 +597,21 @@ def test_a_missing_log_file_is_said_to_be_missing_not_listed_as_empty(
     assert not expected.exists() and not (tmp_path / "none.jsonl").exists()
 
 
+@pytest.mark.parametrize("given", ["", "   ", "a", "6b3"])
+def test_an_empty_or_too_short_entry_id_is_a_bad_option(tmp_path: Path, given: str) -> None:
+    log = FileConflictLog(tmp_path / "c.jsonl")
+    for seq in range(1, 4):
+        log.put(conflict(seq, pk=f"order-{seq}").entry())
+    config = job_file(tmp_path, f"{{kind: file, path: '{log.path}'}}")
+    result = CliRunner().invoke(cli, ["conflicts", "-c", str(config), "--restore", given])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '--restore': {given!r} is too short to name an entry" in (
+        result.stderr.replace("\n", " ")
+    )
+    assert "names" not in result.stderr
+    assert [e.kind for e in read_entries(log, Selection())] == ["conflict"] * 3
+
+
 def test_the_command_says_when_the_job_keeps_no_conflict_log(tmp_path: Path) -> None:
     config = job_file(tmp_path, "{kind: none}")
     result = CliRunner().invoke(cli, ["conflicts", "-c", str(config)])
