@@ -508,3 +508,39 @@ def test_lost_conflicts_of_a_redrive_are_counted_as_written_or_not_recorded(
     report = Redrive(load_job(job.path)).run()
     assert report.lost == 1 and report.conflict_log is None
     assert "(1 lost its conflict; not recorded: conflict_log.kind is none)" in report.text()
+
+
+def test_a_letter_a_custom_resolver_now_declines_is_recorded_as_a_lost_conflict(
+    job: Job, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review's case: the resolver raised (the change was dead-lettered); once it is
+    fixed, it keeps the destination's locked item, and the replayed letter's lost
+    conflict is in the log with the item the resolver read as the winner."""
+    module = tmp_path / "lock_resolver.py"
+    module.write_text(
+        "def decide(incoming, existing):\n"
+        "    return existing is None or existing.get('lock', {}).get('BOOL') is not True\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    conflicts = job.directory / "conflicts.jsonl"
+    job.path.write_text(
+        job.path.read_text().replace(
+            LWW, "conflict: {policy: custom, resolver: 'lock_resolver:decide'}"
+        )
+        + f"conflict_log: {{kind: file, path: '{conflicts}'}}\n"
+    )
+    eu_label = "/".join(job.destinations[0])
+    locked = {**image("l", 1), "lock": {"BOOL": True}}
+    eu, eu_table = job.destination_clients()[0]
+    eu.put_item(TableName=eu_table, Item=locked)
+    FileDeadLetters(job.dead_letters).put(
+        stream_letter(job, eu_label, image("l", 2), 51, "resolver_failed", "resolver broken")
+    )
+
+    report = Redrive(load_job(job.path)).run()
+
+    assert (report.replayed, report.lost, report.recorded, report.exit_code) == (1, 1, 1, 0)
+    assert get(job, 0, locked) == locked
+    (entry,) = [json.loads(line) for line in conflicts.read_text().splitlines()]
+    assert entry["policy"] == "custom" and entry["rule"].endswith("lock_resolver:decide")
+    assert entry["winning_image"] == item_to_wire(locked)
