@@ -544,3 +544,27 @@ def test_a_letter_a_custom_resolver_now_declines_is_recorded_as_a_lost_conflict(
     (entry,) = [json.loads(line) for line in conflicts.read_text().splitlines()]
     assert entry["policy"] == "custom" and entry["rule"].endswith("lock_resolver:decide")
     assert entry["winning_image"] == item_to_wire(locked)
+
+
+def test_a_lost_conflict_the_log_cannot_store_is_said_not_recorded(job: Job) -> None:
+    """The conflict log is a directory the file target cannot append to: the entry is
+    retried for conflict_log.retry_for_s, then counted as dropped, and the summary says
+    it could not be recorded (the letter is replayed all the same)."""
+    in_the_way = job.directory / "a-directory"
+    in_the_way.mkdir()
+    job.write(conflict_log=f"{{kind: file, path: '{in_the_way}', retry_for_s: 0.5}}")
+    eu_label = "/".join(job.destinations[0])
+    eu, eu_table = job.destination_clients()[0]
+    eu.put_item(TableName=eu_table, Item=image("e", 200))
+    FileDeadLetters(job.dead_letters).put(
+        stream_letter(job, eu_label, image("e", 100), 61, "rejected", "throttled")
+    )
+
+    report = Redrive(load_job(job.path)).run()
+
+    assert (report.replayed, report.lost, report.recorded, report.not_recorded) == (1, 1, 0, 1)
+    assert (
+        f"1 replayed (1 lost its conflict: 0 recorded in the conflict log file {in_the_way}, "
+        "1 could not be recorded, see the error lines)" in report.text()
+    )
+    assert FileDeadLetters(job.dead_letters).count() == 0
