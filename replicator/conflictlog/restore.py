@@ -12,9 +12,10 @@ the winner, so that a change or removal between the read and the write stops it;
 attribute added in those milliseconds is the one change neither sees. ``--force``
 writes unconditionally, without reading. A lost delete is restored by deleting the
 item, under the same checks. An entry whose winning image was truncated (too large for
-its log, kept as a digest) has no image to compare with: it is not restored without
-``--force``, rather than compared with "no item" (which would refuse an unchanged item,
-and restore over a deleted one as if nothing had won).
+its log) keeps the image's sha256 (:func:`~replicator.conflictlog.entry.image_digest`):
+the item read must have that digest, computed the same way, and the write is then
+conditional on the item read. It is never compared with "no item" (which would refuse
+an unchanged item, and restore over a deleted one as if nothing had won).
 
 The writer retries as it does in replication, but for ``RETRY_FOR_S`` only: an operator
 waits for the answer, so a destination that does not answer is reported
@@ -39,7 +40,14 @@ from replicator import wiring
 from replicator.aws.tables import where
 from replicator.config.model import ResolvedJob
 from replicator.conflictlog.base import ConflictLogTarget, Selection
-from replicator.conflictlog.entry import CONFLICT, RESTORE, ConflictEntry, entry_id, iso
+from replicator.conflictlog.entry import (
+    CONFLICT,
+    RESTORE,
+    ConflictEntry,
+    entry_id,
+    image_digest,
+    iso,
+)
 from replicator.conflictlog.keys import canonical_key
 from replicator.conflictlog.reader import key_text, read_task_entries
 from replicator.exceptions import (
@@ -50,7 +58,7 @@ from replicator.exceptions import (
     EntryNotFound,
     EnvironmentProblem,
 )
-from replicator.items import Item, describe_key
+from replicator.items import Item, describe_key, item_to_wire
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.rules import Skip, Verdict, WriteRequest
@@ -77,8 +85,11 @@ class RestoreRule:
 
     name = "restore"
 
-    def __init__(self, force: bool) -> None:
+    def __init__(self, force: bool, winner_digest: str | None = None) -> None:
         self.force = force
+        # The winner's sha256 when the log kept only that (a truncated winning image): the
+        # item read must have that digest, and the write is conditional on the item read.
+        self.winner_digest = winner_digest
         self.reads_existing = not force
         self.held: Item | None = None  # the destination's item, as last read
         self.wrote = False  # a write was planned (and sent, or about to be)
@@ -91,10 +102,15 @@ class RestoreRule:
                 return WriteRequest(op="delete", key=change.keys)
             return WriteRequest(op="put", item=change.new_image)
         self.held = existing
-        if not same_item(existing, change.old_image):
+        expected = change.old_image
+        if self.winner_digest is not None:
+            if existing is None or image_digest(item_to_wire(existing)) != self.winner_digest:
+                return Skip(self.explain_loss(change, existing))
+            expected = existing
+        elif not same_item(existing, expected):
             return Skip(self.explain_loss(change, existing))
         self.wrote = True
-        return expected_request(op, change, change.old_image)
+        return expected_request(op, change, expected)
 
     def shows_applied(self, change: Change, existing: Item | None) -> bool:
         return holds_outcome(change, existing)
@@ -171,11 +187,11 @@ def restore(
             f"entry {entry.id}: its losing image was too large for the conflict log and was "
             f"stored as its sha256 ({digest}); it cannot be restored from the log"
         )
-    if "winning" in entry.truncated and not force:
-        digest = entry.truncated["winning"].get("sha256", "unknown")
+    digest = entry.truncated.get("winning", {}).get("sha256")
+    if "winning" in entry.truncated and not isinstance(digest, str) and not force:
         raise EntryNotFound(
-            f"entry {entry.id}: the image that won was too large for the conflict log and was "
-            f"stored as its sha256 ({digest}), so the restore cannot check that the item at "
+            f"entry {entry.id}: the image that won was too large for the conflict log and its "
+            "sha256 was not kept, so the restore cannot check that the item at "
             f"{entry.destination} is still that image; nothing was written. Compare the item "
             "with the entry yourself; --force writes the losing image without that check"
         )
@@ -199,7 +215,8 @@ def restore(
         raise EntryNotFound(f"entry {entry.id}: the losing put has no image to write back")
     metrics = Metrics(CollectorRegistry())
     writers = wiring.destination_writers(resolved, metrics)
-    rule = RestoreRule(force)
+    winner_digest = digest if "winning" in entry.truncated and isinstance(digest, str) else None
+    rule = RestoreRule(force, winner_digest)
     writer = replace(
         writers[entry.destination],
         rule=rule,
@@ -233,12 +250,19 @@ def restore(
         ) from None
     if written.outcome is Outcome.CONFLICT_LOST:
         if not holds_outcome(change, rule.held):
+            compared = ""
+            if winner_digest is not None:
+                compared = (
+                    " (compared with the sha256 of the image that won, which was too large for "
+                    "the log: an item spelled differently, such as a set in another order, "
+                    "differs too)"
+                )
             return RestoreResult(
                 entry,
                 False,
                 f"not restored: the item at {entry.destination} is no longer the image that "
-                "won the conflict (it changed since); nothing was written. --force writes the "
-                "losing image anyway",
+                f"won the conflict (it changed since){compared}; nothing was written. --force "
+                "writes the losing image anyway",
             )
         if not rule.wrote:
             return already_restored(entry, entries)

@@ -385,31 +385,71 @@ def test_the_write_stays_conditional_for_a_change_between_the_read_and_the_write
     assert case.held() == changed[0]
 
 
-def with_truncated_winner(case: Restorable) -> ConflictEntry:
-    """The case's entry as a log too small for its winner stores it: a digest only."""
+def with_truncated_winner(case: Restorable, *, digest: bool = True) -> ConflictEntry:
+    """The case's entry as a log too small for its winner stores it: its summary."""
     winner = case.entry.winning_image
     assert winner is not None
-    entry = replace(
-        case.entry,
-        winning_image=None,
-        truncated={"winning": {"sha256": image_digest(winner), "bytes": 1, "attributes": []}},
-    )
+    summary: dict[str, Any] = {"bytes": 1, "attributes": sorted(winner)}
+    if digest:
+        summary["sha256"] = image_digest(winner)
+    entry = replace(case.entry, winning_image=None, truncated={"winning": summary})
     case.log.path.unlink()
     case.log.put(entry)
     return entry
 
 
-@pytest.mark.parametrize("deleted_since", [False, True], ids=["unchanged", "deleted since"])
-def test_a_truncated_winner_is_not_restored_without_force(
-    moto_endpoint: str, unique: Any, tmp_path: Path, deleted_since: bool
+def test_a_truncated_winner_still_held_is_restored_by_its_digest(
+    moto_endpoint: str, unique: Any, tmp_path: Path
 ) -> None:
-    """Without the winning image there is nothing to compare the item with: neither "it
-    changed since" (it did not) nor "no item won" (a deleted item is not what won)."""
+    """The review's case (a 390 KB winner): the item is unchanged, so its sha256 is the
+    recorded one, and the losing image is restored; not refused as "changed since"."""
     case = Restorable(moto_endpoint, unique, tmp_path)
     entry = with_truncated_winner(case)
-    if deleted_since:
+
+    result = invoke(case.config, "--restore", entry.id)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"restored entry {entry.id}")
+    assert case.held() == case.loser
+    assert len(case.restores()) == 1
+    listing = invoke(case.config)
+    assert "truncated: winning" in listing.stdout and "no item" not in listing.stdout
+
+
+@pytest.mark.parametrize("since", ["deleted", "updated"])
+def test_a_truncated_winner_that_changed_since_is_not_overwritten(
+    moto_endpoint: str, unique: Any, tmp_path: Path, since: str
+) -> None:
+    """Deleted since, the item is not "no item won": nothing is written over the delete
+    (nor over an update)."""
+    case = Restorable(moto_endpoint, unique, tmp_path)
+    entry = with_truncated_winner(case)
+    if since == "deleted":
         case.ddb.delete_item(TableName=case.table, Key=case.key)
+    else:
+        case.ddb.update_item(
+            TableName=case.table,
+            Key=case.key,
+            UpdateExpression="SET shipped = :v",
+            ExpressionAttributeValues={":v": {"BOOL": True}},
+        )
     before = case.held()
+
+    result = invoke(case.config, "--restore", entry.id)
+
+    no_traceback(result)
+    assert result.exit_code == 1, result.output
+    assert "not restored" in result.stdout and "changed since" in result.stdout
+    assert "compared with the sha256 of the image that won" in result.stdout
+    assert case.held() == before
+    assert case.restores() == []
+
+
+def test_a_truncated_winner_without_its_digest_is_restored_only_with_force(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    case = Restorable(moto_endpoint, unique, tmp_path)
+    entry = with_truncated_winner(case, digest=False)
 
     result = invoke(case.config, "--restore", entry.id)
 
@@ -418,12 +458,8 @@ def test_a_truncated_winner_is_not_restored_without_force(
     message = " ".join(result.stderr.split())
     assert f"entry {entry.id}: the image that won was too large for the conflict log" in message
     assert "nothing was written" in message and "--force" in message
-    assert "changed since" not in result.output
-    assert case.held() == before
+    assert case.held() == case.winner
     assert case.restores() == []
-    listing = invoke(case.config)
-    assert "truncated: winning" in listing.stdout and "no item" not in listing.stdout
-
     forced = invoke(case.config, "--restore", entry.id, "--force")
     assert forced.exit_code == 0, forced.output
     assert case.held() == case.loser
