@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
 from replicator.aws import clients
 from replicator.aws.backoff import Backoff
@@ -122,21 +122,24 @@ _RETRY = Backoff(base_s=0.1, cap_s=READ_PATIENCE_S)
 eased, yet a barrier still asks at least every few seconds."""
 
 
-def transient(error: ClientError) -> bool:
-    """An answer of the status table that a later read may not get: throttling and
-    server errors (``replicator.aws.errors``' THROTTLED and RETRY), retried until the
-    timeout. Refusals (access denied, a missing table, bad credentials) are not: waiting
-    cannot mend them, so they are raised at once."""
+def transient(error: ClientError | BotoCoreError) -> bool:
+    """An error that a later read may not meet: throttling, server errors and a dropped
+    connection (``replicator.aws.errors``' THROTTLED and RETRY), retried until the
+    timeout. Refusals (access denied, bad credentials) and an endpoint that cannot be
+    reached at all (refused, no such host) are not: waiting for them to mend would turn
+    a broken setup into a timeout, so they are raised at once."""
+    if isinstance(error, EndpointConnectionError):
+        return False
     return classify(error) in (ErrorKind.THROTTLED, ErrorKind.RETRY)
 
 
-def _transient_problem(status_table: str, error: ClientError) -> str:
-    message = error_message(error)
-    return (
-        f"status table {status_table} answered {error_code(error)}"
-        + (f" ({message})" if message else "")
-        + ", retried until the timeout"
-    )
+def _transient_problem(status_table: str, error: ClientError | BotoCoreError) -> str:
+    if isinstance(error, ClientError):
+        message = error_message(error)
+        said = f"answered {error_code(error)}" + (f" ({message})" if message else "")
+    else:
+        said = f"failed: {error}"
+    return f"status table {status_table} {said}, retried until the timeout"
 
 
 @dataclass
@@ -321,7 +324,7 @@ def read_watermark(
         except StatusTableSilent:
             if time.monotonic() >= deadline:
                 raise
-        except ClientError as error:
+        except (ClientError, BotoCoreError) as error:
             if not transient(error) or time.monotonic() >= deadline:
                 raise
             time.sleep(min(_RETRY.delay(attempt), max(0.0, deadline - time.monotonic())))
@@ -400,11 +403,13 @@ def wait_until_replicated(
             answered, problem = True, str(missing)
         except StatusTableSilent as silent:
             problem = str(silent)  # the watermark read before, if any, still holds
-        except ClientError as error:
+        except (ClientError, BotoCoreError) as error:
             if not transient(error):
                 raise
-            # An answer, if not the one asked for: the table is there and reachable.
-            answered, problem = True, _transient_problem(status_table, error)
+            # A throttle or a 5xx is an answer: the table is there and reachable. A dropped
+            # connection is not: if nothing else comes, the endpoint could not be read.
+            answered = answered or isinstance(error, ClientError)
+            problem = _transient_problem(status_table, error)
             pause = max(poll_s, _RETRY.delay(failures))
             failures += 1
         if watermark is not None and watermark.passes(until_us):

@@ -18,7 +18,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError
 from botocore.stub import Stubber
 
 from replicator.watermark import WaitResult, wait_until_replicated
@@ -228,7 +228,7 @@ def until_counted(proxy: FaultProxy, outcome: str, at_least: int = 2) -> None:
 
 @pytest.mark.parametrize(
     "fault",
-    ["ThrottlingException", "ProvisionedThroughputExceededException", "server_error"],
+    ["ThrottlingException", "ProvisionedThroughputExceededException", "server_error", "reset"],
 )
 def test_a_wait_retries_a_throttled_or_failing_status_table_until_it_answers(
     proxied: tuple[str, FaultProxy], fault: str
@@ -236,6 +236,8 @@ def test_a_wait_retries_a_throttled_or_failing_status_table_until_it_answers(
     name, proxy = proxied
     if fault == "server_error":
         proxy.server_errors()
+    elif fault == "reset":
+        proxy.resets(1.0)
     else:
         proxy.throttle(1.0, fault)
     found: list[WaitResult | BaseException] = []
@@ -257,7 +259,7 @@ def test_a_wait_retries_a_throttled_or_failing_status_table_until_it_answers(
 
     waiter = threading.Thread(target=wait)
     waiter.start()
-    until_counted(proxy, "server_error" if fault == "server_error" else "throttled")
+    until_counted(proxy, {"server_error": "server_error", "reset": "reset"}.get(fault, "throttled"))
     proxy.pass_through()
     waiter.join(60)
     assert len(found) == 1 and isinstance(found[0], WaitResult), found
@@ -295,6 +297,20 @@ def test_a_refusal_is_raised_at_once_not_retried() -> None:
             destination="eu-west-1/replica",
             status_table="wm-denied-watermark",
             client=denied,
+            timeout=20,
+        )
+    assert time.monotonic() - started < 10
+
+
+def test_an_endpoint_that_refuses_connections_is_raised_at_once_not_retried() -> None:
+    """Unreachable is not transient for a wait: exit 3 at once, not a timeout later."""
+    started = time.monotonic()
+    with pytest.raises(EndpointConnectionError):
+        wait_until_replicated(
+            T0 / S,
+            destination="eu-west-1/replica",
+            status_table="wm-refused-watermark",
+            client=once("http://127.0.0.1:1"),  # nothing listens there
             timeout=20,
         )
     assert time.monotonic() - started < 10
