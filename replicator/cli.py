@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -443,6 +444,41 @@ def _finite_seconds(
     raise click.BadParameter(f"{value!r} is not a number of seconds", ctx, param)
 
 
+class _OnceEach(click.Command):
+    """A command whose options that take one value may be given once each.
+
+    click keeps the last of repeated values, so ``wait -d A -d B`` would wait on B
+    alone and report A replicated when it is not, and ``--until X --until 1`` would wait
+    for 1. A barrier that answers for less than was asked is worse than a usage error.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # A first parse, only to count: the parser lists an option once per occurrence.
+        _, _, order = self.make_parser(ctx).parse_args(args=list(args))
+        given = Counter(
+            param
+            for param in order
+            if isinstance(param, click.Option)
+            and not (param.multiple or param.count or param.is_flag)
+        )
+        for param, times in given.items():
+            if times > 1:
+                flag = max(param.opts, key=len)
+                hints = {
+                    ("wait", "destination"): "run it once for each destination (joined "
+                    "with && to wait for all)",
+                    ("watermark", "destination"): "leave it out to show every destination",
+                }
+                hint = hints.get(
+                    (ctx.command.name or "", param.name or ""),
+                    "the last would be used, the others quietly dropped",
+                )
+                raise click.UsageError(
+                    f"{flag} given {times} times; {ctx.command_path} takes one: {hint}", ctx
+                )
+        return super().parse_args(ctx, args)
+
+
 def _key_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     from replicator.conflictlog.keys import parse_key
 
@@ -465,7 +501,7 @@ def _since_option(ctx: click.Context, param: click.Parameter, value: str | None)
         raise click.BadParameter(str(error)) from None
 
 
-@cli.command()
+@cli.command(cls=_OnceEach)
 @CONFIG_OPTION
 @click.option(
     "--destination", "-d", default=None, help="A destination's name or table [default: all]."
@@ -479,7 +515,7 @@ def watermark(config_path: Path, destination: str | None, as_json: bool) -> None
     sys.exit(commands.show(load_job(config_path), destination, as_json))
 
 
-@cli.command()
+@cli.command(cls=_OnceEach)
 @CONFIG_OPTION
 @click.option(
     "--destination",
@@ -513,7 +549,7 @@ def watermark(config_path: Path, destination: str | None, as_json: bool) -> None
 @click.option(
     "--poll",
     "poll_interval",
-    type=click.FloatRange(min=0.01),
+    type=click.FloatRange(min=0.01, max=3600),
     callback=_finite_seconds,
     default=0.25,
     show_default=True,
