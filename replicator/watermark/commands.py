@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import click
 from botocore.exceptions import BotoCoreError, ClientError
@@ -25,6 +26,9 @@ from replicator.watermark.wait import (
     to_epoch_us,
     wait_until_replicated,
 )
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 EXIT_REPLICATED = 0
 EXIT_TIMEOUT = 1
@@ -93,12 +97,20 @@ def _require_watermark(resolved: ResolvedJob) -> None:
         raise ConfigError(f"{resolved.path}: watermark.enabled is false; nothing is published")
 
 
+def _status_client(resolved: ResolvedJob, destination: DestinationConfig) -> DynamoDBClient:
+    """The destination's client for its status table, without the SDK's own retries:
+    the commands retry throttling and server errors themselves, within their bound, and
+    a client that backs off inside one Query for seconds would have them report a table
+    that answered (throttling) as one that did not answer at all."""
+    return wiring.status_client(resolved, destination.label, sdk_retries=False)
+
+
 def _read(resolved: ResolvedJob, destination: DestinationConfig) -> Watermark | None:
     try:
         return read_watermark(
             destination=destination.label,
             status_table=resolved.watermark_table,
-            client=wiring.status_client(resolved, destination.label),
+            client=_status_client(resolved, destination),
         )
     except StatusTableMissing:
         return None
@@ -179,7 +191,7 @@ def wait(
             timeout=timeout,
             since=since,
             poll_interval=poll_interval,
-            client=wiring.status_client(resolved, destination.label),
+            client=_status_client(resolved, destination),
         )
     except (ClientError, BotoCoreError) as error:
         raise _problem(resolved, destination, error) from None

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from replicator.cli import cli
+from replicator.watermark.table import StatusTable
+from tests.support.aws import client
+from tests.support.faults.proxy import FaultProxy
 
 S = 1_000_000
 T0 = 1_700_000_000 * S
@@ -93,3 +98,68 @@ def test_an_option_given_twice_or_a_poll_beyond_an_hour_is_refused_with_exit_2(
     assert result.exit_code == 2, result.output
     assert message in result.stderr, result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+# -- a status table that throttles -----------------------------------------------------------
+
+
+@pytest.fixture
+def throttled(
+    moto_endpoint: str, unique: Callable[[str], str], tmp_path: Path
+) -> tuple[Path, FaultProxy]:
+    """A job whose destinations' status table is behind a fault proxy that throttles every
+    request; its eu-west-1/replica part stands at T0."""
+    task = unique("wm-throttled")
+    ddb = client("dynamodb", "eu-west-1", moto_endpoint)
+    table = StatusTable(ddb, f"{task}-watermark", EU)
+    table.ensure_exists()
+    table.raise_part("s1", T0, "test:1")
+    proxy = FaultProxy(moto_endpoint).start()
+    proxy.throttle(1.0, "ThrottlingException")
+    return job_file(tmp_path, task, proxy.url), proxy
+
+
+def test_the_wait_command_retries_a_throttled_status_table_and_exits_0_once_it_answers(
+    throttled: tuple[Path, FaultProxy],
+) -> None:
+    path, proxy = throttled
+    try:
+        waiting = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "replicator", "wait", "--config", str(path)),
+                *("-d", EU, "--until", str(T0 // S), "--timeout", "60", "--poll", "0.05"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while proxy.counts("Query")["throttled"] < 4:  # several reads, each throttled
+            assert waiting.poll() is None, waiting.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proxy.pass_through()
+        out, err = waiting.communicate(timeout=120)
+    finally:
+        proxy.stop()
+    assert waiting.returncode == 0, (out, err)
+    assert f"{EU} until " in out and ": replicated: watermark" in out, out
+    assert err == "", err
+
+
+def test_the_wait_command_times_out_with_exit_1_on_a_table_throttled_throughout(
+    throttled: tuple[Path, FaultProxy],
+) -> None:
+    path, proxy = throttled
+    try:
+        result = replicator(
+            "wait", "--config", str(path), "-d", EU, "--until", str(T0 // S),
+            "--timeout", "2",
+        )  # fmt: skip
+    finally:
+        proxy.stop()
+    assert result.returncode == 1, result
+    assert "answered ThrottlingException" in result.stderr, result.stderr
+    assert "retried until the timeout" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert proxy.counts("Query")["throttled"] >= 2
