@@ -7,6 +7,7 @@ own credentials (its endpoint and role), exactly as an application there would.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -16,7 +17,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator import wiring
 from replicator.config.model import DestinationConfig, ResolvedJob, StreamKind
-from replicator.exceptions import ConfigError, EnvironmentProblem, StatusTableMissing
+from replicator.exceptions import (
+    ConfigError,
+    EnvironmentProblem,
+    StatusTableMissing,
+    StatusTableSilent,
+)
 from replicator.runtime.preflight import explain
 from replicator.watermark.parts import Watermark, iso, seconds
 from replicator.watermark.wait import (
@@ -97,6 +103,12 @@ def _require_watermark(resolved: ResolvedJob) -> None:
         raise ConfigError(f"{resolved.path}: watermark.enabled is false; nothing is published")
 
 
+SHOW_TIMEOUT_S = 10.0
+"""How long ``replicator watermark`` waits for a status table's answer (throttling and
+server errors retried meanwhile): the destination's client, with its own timeouts and
+retries, could otherwise hang on an endpoint that never answers for half a minute."""
+
+
 def _status_client(resolved: ResolvedJob, destination: DestinationConfig) -> DynamoDBClient:
     """The destination's client for its status table, without the SDK's own retries:
     the commands retry throttling and server errors themselves, within their bound, and
@@ -111,11 +123,47 @@ def _read(resolved: ResolvedJob, destination: DestinationConfig) -> Watermark | 
             destination=destination.label,
             status_table=resolved.watermark_table,
             client=_status_client(resolved, destination),
+            timeout=SHOW_TIMEOUT_S,
         )
     except StatusTableMissing:
         return None
+    except StatusTableSilent:
+        where = destination.endpoint_url or f"region {destination.region}"
+        raise EnvironmentProblem(
+            f"status table {resolved.watermark_table} did not answer at {where} in "
+            f"{SHOW_TIMEOUT_S:g}s: the endpoint hangs, or is slower than that"
+        ) from None
     except (ClientError, BotoCoreError) as error:
         raise _problem(resolved, destination, error) from None
+
+
+def _read_all(resolved: ResolvedJob, chosen: list[DestinationConfig]) -> list[Watermark | None]:
+    """Each destination's watermark, read all at once so that ``SHOW_TIMEOUT_S`` bounds
+    the command rather than each destination; the first destination's error is raised.
+
+    Daemon threads, not an executor: a command that ends (an error, an interrupt) must
+    not wait at exit for reads nobody wants any more."""
+    marks: list[Watermark | None] = [None] * len(chosen)
+    errors: list[BaseException | None] = [None] * len(chosen)
+
+    def read(index: int) -> None:
+        try:
+            marks[index] = _read(resolved, chosen[index])
+        except BaseException as error:  # noqa: BLE001  # raised on the main thread
+            errors[index] = error
+
+    threads = [
+        threading.Thread(target=read, args=(i,), name="watermark-show", daemon=True)
+        for i in range(len(chosen))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for error in errors:
+        if error is not None:
+            raise error
+    return marks
 
 
 def _problem(
@@ -126,11 +174,12 @@ def _problem(
 
 
 def show(resolved: ResolvedJob, name: str | None, as_json: bool) -> int:
-    """Print each destination's watermark; 1 if one has none yet."""
+    """Print each destination's watermark; 1 if one has none yet; EnvironmentProblem (3)
+    when a status table cannot be read, or answers no read in ``SHOW_TIMEOUT_S``."""
     _require_watermark(resolved)
     chosen = [resolve_destination(resolved, name)] if name else list(resolved.job.destinations)
     now = time.time()
-    found = [(d, _read(resolved, d)) for d in chosen]
+    found = list(zip(chosen, _read_all(resolved, chosen), strict=True))
     if as_json:
         report = [
             (mark.as_dict() if mark else {"destination": d.label, "watermark": None})

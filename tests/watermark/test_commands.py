@@ -15,9 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 from replicator.cli import cli
+from replicator.watermark.commands import SHOW_TIMEOUT_S
 from replicator.watermark.table import StatusTable
 from tests.support.aws import client
 from tests.support.faults.proxy import FaultProxy
+from tests.support.silent import SilentEndpoint
 
 S = 1_000_000
 T0 = 1_700_000_000 * S
@@ -163,3 +165,23 @@ def test_the_wait_command_times_out_with_exit_1_on_a_table_throttled_throughout(
     assert "retried until the timeout" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert proxy.counts("Query")["throttled"] >= 2
+
+
+# -- replicator watermark --------------------------------------------------------------------
+
+
+def test_the_watermark_command_is_bounded_when_the_status_table_never_answers(
+    silent: SilentEndpoint, tmp_path: Path
+) -> None:
+    """It took 31 s (the client's connect and read timeouts, three attempts) per
+    destination; now both destinations' reads are bounded together."""
+    path = job_file(tmp_path, "wm-silent-show", silent.url)
+    started = time.monotonic()
+    result = replicator("watermark", "--config", str(path))
+    took = time.monotonic() - started
+    assert result.returncode == 3, result
+    assert took < SHOW_TIMEOUT_S + SLACK_S, took
+    assert result.stderr.startswith("replicator: status table wm-silent-show-watermark"), result
+    assert f"did not answer at {silent.url} in {SHOW_TIMEOUT_S:g}s" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
