@@ -202,9 +202,14 @@ def _describe(
     if mark is None:
         lines.append("  watermark: none (the status table does not exist yet)")
         return "\n".join(lines)
-    if mark.watermark_us is None:
-        waiting = ", ".join(mark.unknown) or "no shard has published"
-        lines.append(f"  watermark: none yet (waiting for {waiting})")
+    if mark.watermark_us is None and mark.unknown:
+        lines.append(f"  watermark: none yet (waiting for {', '.join(mark.unknown)} to publish)")
+    elif mark.watermark_us is None:
+        lines.append(
+            "  watermark: none yet (no shard has published for this destination: its "
+            "replicator has not started publishing, or the job's label for it is not the one "
+            "it publishes under)"
+        )
     else:
         lines.append(
             f"  watermark: {iso(mark.watermark_us)} ({seconds(mark.watermark_us):.6f}), "

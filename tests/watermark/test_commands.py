@@ -185,3 +185,35 @@ def test_the_watermark_command_is_bounded_when_the_status_table_never_answers(
     assert f"did not answer at {silent.url} in {SHOW_TIMEOUT_S:g}s" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_destination_with_no_parts_is_told_as_such(
+    moto_endpoint: str, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    task = unique("wm-noparts")
+    ddb = client("dynamodb", "eu-west-1", moto_endpoint)
+    StatusTable(ddb, f"{task}-watermark", "eu-west-1/other").ensure_exists()
+    path = job_file(tmp_path, task, moto_endpoint)
+    result = CliRunner().invoke(cli, ["watermark", "--config", str(path), "-d", EU])
+    assert result.exit_code == 1, result.output
+    assert (
+        "  watermark: none yet (no shard has published for this destination: its replicator "
+        "has not started publishing, or the job's label for it is not the one it publishes "
+        "under)"
+    ) in result.stdout, result.stdout
+    assert "waiting for no shard" not in result.stdout
+
+
+def test_a_registered_shard_that_has_not_published_is_named(
+    moto_endpoint: str, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    task = unique("wm-unknown")
+    ddb = client("dynamodb", "eu-west-1", moto_endpoint)
+    table = StatusTable(ddb, f"{task}-watermark", EU)
+    table.ensure_exists()
+    table.raise_part("s1", T0, "test:1")
+    table.raise_part("s2", 0, "test:1")  # registered, nothing known yet
+    path = job_file(tmp_path, task, moto_endpoint)
+    result = CliRunner().invoke(cli, ["watermark", "--config", str(path), "-d", EU])
+    assert result.exit_code == 1, result.output
+    assert "  watermark: none yet (waiting for s2 to publish)" in result.stdout, result.stdout
