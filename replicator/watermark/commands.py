@@ -7,8 +7,11 @@ own credentials (its endpoint and role), exactly as an application there would.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -39,6 +42,50 @@ if TYPE_CHECKING:
 EXIT_REPLICATED = 0
 EXIT_TIMEOUT = 1
 EXIT_DEAD_LETTERED = 4
+
+
+class _Stopped(BaseException):
+    """SIGINT or SIGTERM during a command: a BaseException, as KeyboardInterrupt is, so
+    that no handler of errors on the way takes it for a failed read."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signal = signal.Signals(signum)
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number (130 SIGINT, 143 SIGTERM), as a shell reports a
+        command the signal ended, and as ``replicator run`` exits when stopped at once:
+        a script can tell an interrupted wait from a timeout (1)."""
+        return 128 + self.signal.value
+
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`_Stopped` while inside (on the main thread; a
+    caller on another thread keeps its process's handlers). Without this click answers
+    Ctrl-C with "Aborted!" and exit 1, the timeout's code, and SIGTERM kills silently."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.getsignal(number) for number in handled}
+
+    def stop(signum: int, _frame: object) -> None:
+        raise _Stopped(signum)
+
+    for number in handled:
+        signal.signal(number, stop)
+    try:
+        yield
+    finally:
+        for number, action in previous.items():
+            signal.signal(number, action)
+
+
+def _stopped_line(stop: _Stopped, what: str) -> int:
+    click.echo(f"replicator: {stop.signal.name} received; {what}", err=True)
+    return stop.exit_code
 
 
 def parse_time(text: str, option: str) -> float:
@@ -174,12 +221,17 @@ def _problem(
 
 
 def show(resolved: ResolvedJob, name: str | None, as_json: bool) -> int:
-    """Print each destination's watermark; 1 if one has none yet; EnvironmentProblem (3)
-    when a status table cannot be read, or answers no read in ``SHOW_TIMEOUT_S``."""
+    """Print each destination's watermark; 1 if one has none yet; 130 or 143 when stopped
+    by SIGINT or SIGTERM; EnvironmentProblem (3) when a status table cannot be read, or
+    answers no read in ``SHOW_TIMEOUT_S``."""
     _require_watermark(resolved)
     chosen = [resolve_destination(resolved, name)] if name else list(resolved.job.destinations)
     now = time.time()
-    found = list(zip(chosen, _read_all(resolved, chosen), strict=True))
+    try:
+        with _stopped_by_signals():
+            found = list(zip(chosen, _read_all(resolved, chosen), strict=True))
+    except _Stopped as stop:
+        return _stopped_line(stop, "stopped before the watermark was read")
     if as_json:
         report = [
             (mark.as_dict() if mark else {"destination": d.label, "watermark": None})
@@ -233,19 +285,26 @@ def wait(
     poll_interval: float,
 ) -> int:
     """Wait until the destination's watermark passes ``until``: 0, 1 (timeout), 4 (dead
-    letters); EnvironmentProblem (3) when the status table cannot be read, or answers no
-    read before the timeout."""
+    letters), 130 or 143 (stopped by SIGINT or SIGTERM); EnvironmentProblem (3) when the
+    status table cannot be read, or answers no read before the timeout."""
     _require_watermark(resolved)
     destination = resolve_destination(resolved, name)
     try:
-        result: WaitResult = wait_until_replicated(
-            until,
-            destination=destination.label,
-            status_table=resolved.watermark_table,
-            timeout=timeout,
-            since=since,
-            poll_interval=poll_interval,
-            client=_status_client(resolved, destination),
+        with _stopped_by_signals():
+            result: WaitResult = wait_until_replicated(
+                until,
+                destination=destination.label,
+                status_table=resolved.watermark_table,
+                timeout=timeout,
+                since=since,
+                poll_interval=poll_interval,
+                client=_status_client(resolved, destination),
+            )
+    except _Stopped as stop:
+        return _stopped_line(
+            stop,
+            f"stopped waiting for {destination.label} until {iso(to_epoch_us(until))}: "
+            "not known to be replicated",
         )
     except (ClientError, BotoCoreError) as error:
         raise _problem(resolved, destination, error) from None

@@ -5,6 +5,7 @@ code and its message."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -217,3 +218,37 @@ def test_a_registered_shard_that_has_not_published_is_named(
     result = CliRunner().invoke(cli, ["watermark", "--config", str(path), "-d", EU])
     assert result.exit_code == 1, result.output
     assert "  watermark: none yet (waiting for s2 to publish)" in result.stdout, result.stdout
+
+
+# -- stopped by a signal ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sent", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_wait_stopped_by_a_signal_exits_128_plus_its_number_with_one_line(
+    silent: SilentEndpoint, tmp_path: Path, sent: signal.Signals, code: int
+) -> None:
+    """Ctrl-C printed "Aborted!" and exited 1, the timeout's code: a script could not
+    tell an interrupted wait from one that timed out."""
+    path = job_file(tmp_path, "wm-stopped", silent.url)
+    waiting = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "replicator", "wait", "--config", str(path)),
+            *("-d", EU, "--until", "1767225600", "--timeout", "60"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert silent.connected.wait(60), "the wait never read"
+        waiting.send_signal(sent)
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert waiting.returncode == code, (out, err)
+    assert err == (
+        f"replicator: {sent.name} received; stopped waiting for {EU} until "
+        "2026-01-01T00:00:00.000000Z: not known to be replicated\n"
+    )
+    assert out == ""
