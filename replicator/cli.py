@@ -479,6 +479,19 @@ class _OnceEach(click.Command):
         return super().parse_args(ctx, args)
 
 
+def _poll_seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """A poll interval: a number of seconds, and no more than the API takes (an hour):
+    a longer sleep means nothing to a barrier, and one of 1e12 s overflowed."""
+    from replicator.watermark.wait import MAX_POLL_INTERVAL_S
+
+    checked = _finite_seconds(ctx, param, value)
+    if checked is not None and checked > MAX_POLL_INTERVAL_S:
+        raise click.BadParameter(
+            f"{value!r} is more than {MAX_POLL_INTERVAL_S:g} seconds between reads", ctx, param
+        )
+    return value
+
+
 def _key_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     from replicator.conflictlog.keys import parse_key
 
@@ -549,11 +562,11 @@ def watermark(config_path: Path, destination: str | None, as_json: bool) -> None
 @click.option(
     "--poll",
     "poll_interval",
-    type=click.FloatRange(min=0.01, max=3600),
-    callback=_finite_seconds,
+    type=click.FloatRange(min=0.01),
+    callback=_poll_seconds,
     default=0.25,
     show_default=True,
-    help="Seconds between reads of the status table.",
+    help="Seconds between reads of the status table (at most 3600).",
 )
 @_operator_errors
 def wait(
@@ -565,7 +578,7 @@ def wait(
     poll_interval: float,
 ) -> None:
     """Wait until DESTINATION's watermark passes --until: exit 0, 1 on timeout, 4 if a change
-    created from --since to --until was dead-lettered there."""
+    created from --since to --until was dead-lettered there (130/143 if interrupted)."""
     from replicator.watermark import commands
     from replicator.watermark.parts import iso
     from replicator.watermark.wait import to_epoch_us

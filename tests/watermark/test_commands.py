@@ -87,7 +87,7 @@ AP = "ap-southeast-2/replica"
         (
             # A poll whose sleep overflowed (OverflowError) with no timeout to cut it short.
             ["wait", "-d", EU, "--until", "99999999999", "--timeout", "inf", "--poll", "1e12"],
-            "1000000000000.0 is not in the range 0.01<=x<=3600",
+            "'--poll': 1000000000000.0 is more than 3600 seconds between reads",
         ),
     ],
 )
@@ -251,4 +251,28 @@ def test_a_wait_stopped_by_a_signal_exits_128_plus_its_number_with_one_line(
         f"replicator: {sent.name} received; stopped waiting for {EU} until "
         "2026-01-01T00:00:00.000000Z: not known to be replicated\n"
     )
+    assert out == ""
+
+
+def test_the_watermark_command_stopped_by_sigint_exits_130_with_one_line(
+    silent: SilentEndpoint, tmp_path: Path
+) -> None:
+    path = job_file(tmp_path, "wm-stopped-show", silent.url)
+    showing = subprocess.Popen(
+        [sys.executable, "-m", "replicator", "watermark", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert silent.connected.wait(60), "the command never read"
+        started = time.monotonic()
+        showing.send_signal(signal.SIGINT)
+        out, err = showing.communicate(timeout=30)
+    finally:
+        if showing.poll() is None:
+            showing.kill()
+    assert time.monotonic() - started < SHOW_TIMEOUT_S  # not held by the reads in flight
+    assert showing.returncode == 130, (out, err)
+    assert err == "replicator: SIGINT received; stopped before the watermark was read\n"
     assert out == ""
