@@ -21,7 +21,12 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
 from botocore.stub import Stubber
 
-from replicator.watermark import WaitResult, wait_until_replicated
+from replicator.watermark import (
+    StatusTableSilent,
+    WaitResult,
+    read_watermark,
+    wait_until_replicated,
+)
 from replicator.watermark.table import StatusTable
 from tests.support.aws import client
 from tests.support.faults.proxy import FaultProxy
@@ -314,3 +319,25 @@ def test_an_endpoint_that_refuses_connections_is_raised_at_once_not_retried() ->
             timeout=20,
         )
     assert time.monotonic() - started < 10
+
+
+def test_read_watermark_with_a_timeout_is_bounded_and_checks_it(silent_endpoint: str) -> None:
+    """Without a timeout it waits as long as the client takes (botocore's defaults: a
+    minute per attempt); with one, at most that plus MIN_READ_S."""
+    patient = boto3.client("dynamodb", region_name="eu-west-1", endpoint_url=silent_endpoint)
+    started = time.monotonic()
+    with pytest.raises(StatusTableSilent):
+        read_watermark(
+            destination="eu-west-1/replica",
+            status_table="wm-silent-watermark",
+            client=patient,
+            timeout=1,
+        )
+    assert time.monotonic() - started < 1 + SLACK_S
+    with pytest.raises(ValueError, match=re.escape("timeout '5': not a number of seconds")):
+        read_watermark(
+            destination="eu-west-1/replica",
+            status_table="wm-silent-watermark",
+            client=patient,
+            timeout="5",  # type: ignore[arg-type]
+        )
