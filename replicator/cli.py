@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -460,6 +461,54 @@ def _entry_id_option(ctx: click.Context, param: click.Parameter, value: str | No
     return wanted
 
 
+class _OnceEach(click.Command):
+    """A command whose options that take one value may be given once each.
+
+    click keeps the last of repeated values, so ``wait -d A -d B`` would wait on B
+    alone and report A replicated when it is not, and ``--until X --until 1`` would wait
+    for 1. A barrier that answers for less than was asked is worse than a usage error.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # A first parse, only to count: the parser lists an option once per occurrence.
+        _, _, order = self.make_parser(ctx).parse_args(args=list(args))
+        given = Counter(
+            param
+            for param in order
+            if isinstance(param, click.Option)
+            and not (param.multiple or param.count or param.is_flag)
+        )
+        for param, times in given.items():
+            if times > 1:
+                flag = max(param.opts, key=len)
+                hints = {
+                    ("wait", "destination"): "run it once for each destination (joined "
+                    "with && to wait for all)",
+                    ("watermark", "destination"): "leave it out to show every destination",
+                }
+                hint = hints.get(
+                    (ctx.command.name or "", param.name or ""),
+                    "the last would be used, the others quietly dropped",
+                )
+                raise click.UsageError(
+                    f"{flag} given {times} times; {ctx.command_path} takes one: {hint}", ctx
+                )
+        return super().parse_args(ctx, args)
+
+
+def _poll_seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """A poll interval: a number of seconds, and no more than the API takes (an hour):
+    a longer sleep means nothing to a barrier, and one of 1e12 s overflowed."""
+    from replicator.watermark.wait import MAX_POLL_INTERVAL_S
+
+    checked = _finite_seconds(ctx, param, value)
+    if checked is not None and checked > MAX_POLL_INTERVAL_S:
+        raise click.BadParameter(
+            f"{value!r} is more than {MAX_POLL_INTERVAL_S:g} seconds between reads", ctx, param
+        )
+    return value
+
+
 def _key_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     from replicator.conflictlog.keys import parse_key
 
@@ -482,7 +531,7 @@ def _since_option(ctx: click.Context, param: click.Parameter, value: str | None)
         raise click.BadParameter(str(error)) from None
 
 
-@cli.command()
+@cli.command(cls=_OnceEach)
 @CONFIG_OPTION
 @click.option(
     "--destination", "-d", default=None, help="A destination's name or table [default: all]."
@@ -496,7 +545,7 @@ def watermark(config_path: Path, destination: str | None, as_json: bool) -> None
     sys.exit(commands.show(load_job(config_path), destination, as_json))
 
 
-@cli.command()
+@cli.command(cls=_OnceEach)
 @CONFIG_OPTION
 @click.option(
     "--destination",
@@ -531,10 +580,10 @@ def watermark(config_path: Path, destination: str | None, as_json: bool) -> None
     "--poll",
     "poll_interval",
     type=click.FloatRange(min=0.01),
-    callback=_finite_seconds,
+    callback=_poll_seconds,
     default=0.25,
     show_default=True,
-    help="Seconds between reads of the status table.",
+    help="Seconds between reads of the status table (at most 3600).",
 )
 @_operator_errors
 def wait(
@@ -546,7 +595,7 @@ def wait(
     poll_interval: float,
 ) -> None:
     """Wait until DESTINATION's watermark passes --until: exit 0, 1 on timeout, 4 if a change
-    created from --since to --until was dead-lettered there."""
+    created from --since to --until was dead-lettered there (130/143 if interrupted)."""
     from replicator.watermark import commands
     from replicator.watermark.parts import iso
     from replicator.watermark.wait import to_epoch_us

@@ -7,15 +7,25 @@ own credentials (its endpoint and role), exactly as an application there would.
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import click
 from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator import wiring
 from replicator.config.model import DestinationConfig, ResolvedJob, StreamKind
-from replicator.exceptions import ConfigError, EnvironmentProblem, StatusTableMissing
+from replicator.exceptions import (
+    ConfigError,
+    EnvironmentProblem,
+    StatusTableMissing,
+    StatusTableSilent,
+)
 from replicator.runtime.preflight import explain
 from replicator.watermark.parts import Watermark, iso, seconds
 from replicator.watermark.wait import (
@@ -26,9 +36,56 @@ from replicator.watermark.wait import (
     wait_until_replicated,
 )
 
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
 EXIT_REPLICATED = 0
 EXIT_TIMEOUT = 1
 EXIT_DEAD_LETTERED = 4
+
+
+class _Stopped(BaseException):
+    """SIGINT or SIGTERM during a command: a BaseException, as KeyboardInterrupt is, so
+    that no handler of errors on the way takes it for a failed read."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signal = signal.Signals(signum)
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number (130 SIGINT, 143 SIGTERM), as a shell reports a
+        command the signal ended, and as ``replicator run`` exits when stopped at once:
+        a script can tell an interrupted wait from a timeout (1)."""
+        return 128 + self.signal.value
+
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`_Stopped` while inside (on the main thread; a
+    caller on another thread keeps its process's handlers). Without this click answers
+    Ctrl-C with "Aborted!" and exit 1, the timeout's code, and SIGTERM kills silently."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.getsignal(number) for number in handled}
+
+    def stop(signum: int, _frame: object) -> None:
+        raise _Stopped(signum)
+
+    for number in handled:
+        signal.signal(number, stop)
+    try:
+        yield
+    finally:
+        for number, action in previous.items():
+            signal.signal(number, action)
+
+
+def _stopped_line(stop: _Stopped, what: str) -> int:
+    click.echo(f"replicator: {stop.signal.name} received; {what}", err=True)
+    return stop.exit_code
 
 
 def parse_time(text: str, option: str) -> float:
@@ -93,17 +150,67 @@ def _require_watermark(resolved: ResolvedJob) -> None:
         raise ConfigError(f"{resolved.path}: watermark.enabled is false; nothing is published")
 
 
+SHOW_TIMEOUT_S = 10.0
+"""How long ``replicator watermark`` waits for a status table's answer (throttling and
+server errors retried meanwhile): the destination's client, with its own timeouts and
+retries, could otherwise hang on an endpoint that never answers for half a minute."""
+
+
+def _status_client(resolved: ResolvedJob, destination: DestinationConfig) -> DynamoDBClient:
+    """The destination's client for its status table, without the SDK's own retries:
+    the commands retry throttling and server errors themselves, within their bound, and
+    a client that backs off inside one Query for seconds would have them report a table
+    that answered (throttling) as one that did not answer at all."""
+    return wiring.status_client(resolved, destination.label, sdk_retries=False)
+
+
 def _read(resolved: ResolvedJob, destination: DestinationConfig) -> Watermark | None:
     try:
         return read_watermark(
             destination=destination.label,
             status_table=resolved.watermark_table,
-            client=wiring.status_client(resolved, destination.label),
+            client=_status_client(resolved, destination),
+            timeout=SHOW_TIMEOUT_S,
         )
     except StatusTableMissing:
         return None
+    except StatusTableSilent:
+        where = destination.endpoint_url or f"region {destination.region}"
+        raise EnvironmentProblem(
+            f"status table {resolved.watermark_table} did not answer at {where} in "
+            f"{SHOW_TIMEOUT_S:g}s: the endpoint hangs, or is slower than that"
+        ) from None
     except (ClientError, BotoCoreError) as error:
         raise _problem(resolved, destination, error) from None
+
+
+def _read_all(resolved: ResolvedJob, chosen: list[DestinationConfig]) -> list[Watermark | None]:
+    """Each destination's watermark, read all at once so that ``SHOW_TIMEOUT_S`` bounds
+    the command rather than each destination; the first destination's error is raised.
+
+    Daemon threads, not an executor: a command that ends (an error, an interrupt) must
+    not wait at exit for reads nobody wants any more."""
+    marks: list[Watermark | None] = [None] * len(chosen)
+    errors: list[BaseException | None] = [None] * len(chosen)
+
+    def read(index: int) -> None:
+        try:
+            marks[index] = _read(resolved, chosen[index])
+        except BaseException as error:  # noqa: BLE001  # raised on the main thread
+            errors[index] = error
+
+    threads = [
+        threading.Thread(target=read, args=(i,), name="watermark-show", daemon=True)
+        for i in range(len(chosen))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for error in errors:
+        if error is not None:
+            raise error
+    return marks
 
 
 def _problem(
@@ -114,11 +221,17 @@ def _problem(
 
 
 def show(resolved: ResolvedJob, name: str | None, as_json: bool) -> int:
-    """Print each destination's watermark; 1 if one has none yet."""
+    """Print each destination's watermark; 1 if one has none yet; 130 or 143 when stopped
+    by SIGINT or SIGTERM; EnvironmentProblem (3) when a status table cannot be read, or
+    answers no read in ``SHOW_TIMEOUT_S``."""
     _require_watermark(resolved)
     chosen = [resolve_destination(resolved, name)] if name else list(resolved.job.destinations)
     now = time.time()
-    found = [(d, _read(resolved, d)) for d in chosen]
+    try:
+        with _stopped_by_signals():
+            found = list(zip(chosen, _read_all(resolved, chosen), strict=True))
+    except _Stopped as stop:
+        return _stopped_line(stop, "stopped before the watermark was read")
     if as_json:
         report = [
             (mark.as_dict() if mark else {"destination": d.label, "watermark": None})
@@ -141,9 +254,14 @@ def _describe(
     if mark is None:
         lines.append("  watermark: none (the status table does not exist yet)")
         return "\n".join(lines)
-    if mark.watermark_us is None:
-        waiting = ", ".join(mark.unknown) or "no shard has published"
-        lines.append(f"  watermark: none yet (waiting for {waiting})")
+    if mark.watermark_us is None and mark.unknown:
+        lines.append(f"  watermark: none yet (waiting for {', '.join(mark.unknown)} to publish)")
+    elif mark.watermark_us is None:
+        lines.append(
+            "  watermark: none yet (no shard has published for this destination: its "
+            "replicator has not started publishing, or the job's label for it is not the one "
+            "it publishes under)"
+        )
     else:
         lines.append(
             f"  watermark: {iso(mark.watermark_us)} ({seconds(mark.watermark_us):.6f}), "
@@ -167,19 +285,26 @@ def wait(
     poll_interval: float,
 ) -> int:
     """Wait until the destination's watermark passes ``until``: 0, 1 (timeout), 4 (dead
-    letters); EnvironmentProblem (3) when the status table cannot be read, or answers no
-    read before the timeout."""
+    letters), 130 or 143 (stopped by SIGINT or SIGTERM); EnvironmentProblem (3) when the
+    status table cannot be read, or answers no read before the timeout."""
     _require_watermark(resolved)
     destination = resolve_destination(resolved, name)
     try:
-        result: WaitResult = wait_until_replicated(
-            until,
-            destination=destination.label,
-            status_table=resolved.watermark_table,
-            timeout=timeout,
-            since=since,
-            poll_interval=poll_interval,
-            client=wiring.status_client(resolved, destination.label),
+        with _stopped_by_signals():
+            result: WaitResult = wait_until_replicated(
+                until,
+                destination=destination.label,
+                status_table=resolved.watermark_table,
+                timeout=timeout,
+                since=since,
+                poll_interval=poll_interval,
+                client=_status_client(resolved, destination),
+            )
+    except _Stopped as stop:
+        return _stopped_line(
+            stop,
+            f"stopped waiting for {destination.label} until {iso(to_epoch_us(until))}: "
+            "not known to be replicated",
         )
     except (ClientError, BotoCoreError) as error:
         raise _problem(resolved, destination, error) from None

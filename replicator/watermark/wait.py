@@ -16,9 +16,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
 from replicator.aws import clients
+from replicator.aws.backoff import Backoff
+from replicator.aws.errors import ErrorKind, classify, error_code, error_message
 from replicator.epoch import SECONDS_CEILING, finer_unit
 from replicator.exceptions import StatusTableMissing, StatusTableSilent
 from replicator.watermark.parts import US, Watermark, combine, seconds
@@ -30,6 +32,9 @@ if TYPE_CHECKING:
 
 DEFAULT_POLL_INTERVAL_S = 0.25
 DEFAULT_DEAD_LETTER_WINDOW_S = 60.0
+MAX_POLL_INTERVAL_S = 3600.0
+"""The longest poll interval taken: a barrier that reads less than hourly is a mistake
+(and a sleep of much more overflows), so a longer one is refused rather than obeyed."""
 
 
 _LATEST = "5138-11-16T09:46:40Z"  # SECONDS_CEILING
@@ -62,6 +67,15 @@ def checked_seconds(value: float, shown: str, *, typed_as_number: bool) -> float
             f"(epoch seconds below {SECONDS_CEILING})"
         )
     return value
+
+
+def _number(value: object, name: str, hint: str) -> float:
+    """``value`` as a float if it is a number (not a bool, not a string that spells one);
+    else ValueError naming ``name`` and the value, as for every other bad input, rather
+    than the unnamed TypeError that comparing it would raise."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(f"{name} {value!r}: not a number of seconds ({hint})")
 
 
 def _shown(moment: float | datetime | None) -> str:
@@ -101,6 +115,31 @@ _READ_CONFIG = Config(
     read_timeout=READ_PATIENCE_S,
     retries={"mode": "standard", "total_max_attempts": 2},
 )
+
+
+_RETRY = Backoff(base_s=0.1, cap_s=READ_PATIENCE_S)
+"""Pauses after a throttled or failed read, beside the poll interval: throttling is
+eased, yet a barrier still asks at least every few seconds."""
+
+
+def transient(error: ClientError | BotoCoreError) -> bool:
+    """An error that a later read may not meet: throttling, server errors and a dropped
+    connection (``replicator.aws.errors``' THROTTLED and RETRY), retried until the
+    timeout. Refusals (access denied, bad credentials) and an endpoint that cannot be
+    reached at all (refused, no such host) are not: waiting for them to mend would turn
+    a broken setup into a timeout, so they are raised at once."""
+    if isinstance(error, EndpointConnectionError):
+        return False
+    return classify(error) in (ErrorKind.THROTTLED, ErrorKind.RETRY)
+
+
+def _transient_problem(status_table: str, error: ClientError | BotoCoreError) -> str:
+    if isinstance(error, ClientError):
+        message = error_message(error)
+        said = f"answered {error_code(error)}" + (f" ({message})" if message else "")
+    else:
+        said = f"failed: {error}"
+    return f"status table {status_table} {said}, retried until the timeout"
 
 
 @dataclass
@@ -258,10 +297,38 @@ def read_watermark(
     region: str | None = None,
     client: DynamoDBClient | None = None,
     endpoint_url: str | None = None,
+    timeout: float | None = None,
 ) -> Watermark:
-    """The destination's watermark now (one Query). Raises StatusTableMissing."""
+    """The destination's watermark now. Raises StatusTableMissing.
+
+    ``timeout`` None: one Query, waited for as long as the client takes, its error
+    raised. Given (seconds, at least ``MIN_READ_S`` is given): the answer is waited for
+    at most that long, so that an endpoint that accepts connections and never answers
+    cannot hold the caller for the client's own timeouts and retries; throttling and
+    server errors are retried meanwhile (the last one is raised when time runs out),
+    and StatusTableSilent is raised when no read was answered in time.
+    """
     client = client or _client(region, endpoint_url)
-    return WatermarkReader(StatusTable(client, status_table, destination)).read()
+    reader = WatermarkReader(StatusTable(client, status_table, destination))
+    if timeout is None:
+        return reader.read()
+    seconds_ = _number(timeout, "timeout", "None: as long as the client takes")
+    if math.isnan(seconds_):
+        raise ValueError(f"timeout {timeout!r}: not a number of seconds")
+    deadline = time.monotonic() + max(0.0, seconds_)
+    attempt = 0
+    while True:
+        left = max(deadline - time.monotonic(), MIN_READ_S)
+        try:
+            return reader.read(min(left, READ_PATIENCE_S))
+        except StatusTableSilent:
+            if time.monotonic() >= deadline:
+                raise
+        except (ClientError, BotoCoreError) as error:
+            if not transient(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(min(_RETRY.delay(attempt), max(0.0, deadline - time.monotonic())))
+            attempt += 1
 
 
 def wait_until_replicated(
@@ -289,10 +356,15 @@ def wait_until_replicated(
 
     ``timeout`` may be ``math.inf`` (no limit; a negative one is 0: read once).
 
-    Raises ValueError, before reading anything, for a time that is not from 1970 to
-    before ``SECONDS_CEILING`` (epoch milliseconds given for seconds are named as such),
-    ``since`` after ``until``, a NaN timeout, or a poll interval that is not a positive
-    number.
+    Throttling and server errors of the status table (the classes the replicator
+    retries everywhere) are retried until the timeout, and name themselves in the
+    result's ``problem`` if it passes; a refusal (access denied, unreachable) is raised.
+
+    Raises ValueError naming the parameter and the value, before reading anything, for
+    a time that is not from 1970 to before ``SECONDS_CEILING`` (epoch milliseconds given
+    for seconds are named as such), ``since`` after ``until``, a timeout that is not a
+    number (None, a string, NaN), or a poll interval that is not a positive number of
+    at most ``MAX_POLL_INTERVAL_S``.
     """
     until_us = to_epoch_us(until, "until")
     since_us = (
@@ -304,26 +376,42 @@ def wait_until_replicated(
         raise ValueError(
             f"since {_shown(since)} is after until {_shown(until)}: the window is inverted"
         )
-    if not (math.isfinite(poll_interval) and poll_interval > 0):
-        raise ValueError(f"poll_interval {poll_interval!r}: must be a positive number of seconds")
-    if math.isnan(timeout):
+    poll_s = _number(poll_interval, "poll_interval", "such as 0.25")
+    if not (math.isfinite(poll_s) and 0 < poll_s <= MAX_POLL_INTERVAL_S):
+        raise ValueError(
+            f"poll_interval {poll_interval!r}: must be a positive number of seconds, "
+            f"at most {MAX_POLL_INTERVAL_S:g}"
+        )
+    timeout_s = _number(timeout, "timeout", "math.inf: no limit")
+    if math.isnan(timeout_s):
         raise ValueError(f"timeout {timeout!r}: not a number of seconds")
     client = client or _client(region, endpoint_url)
-    reader = shared_reader(client, status_table, destination, poll_interval)
+    reader = shared_reader(client, status_table, destination, poll_s)
     started = time.monotonic()
-    deadline = started + max(0.0, timeout)
+    deadline = started + max(0.0, timeout_s)
     watermark: Watermark | None = None
     problem: str | None = None
     answered = False
+    failures = 0  # transient errors in a row
     while True:
         patience = max(deadline - time.monotonic(), MIN_READ_S)
+        pause = poll_s
         try:
             watermark = reader.read(min(patience, READ_PATIENCE_S))
-            answered, problem = True, None
+            answered, problem, failures = True, None, 0
         except StatusTableMissing as missing:
             answered, problem = True, str(missing)
         except StatusTableSilent as silent:
             problem = str(silent)  # the watermark read before, if any, still holds
+        except (ClientError, BotoCoreError) as error:
+            if not transient(error):
+                raise
+            # A throttle or a 5xx is an answer: the table is there and reachable. A dropped
+            # connection is not: if nothing else comes, the endpoint could not be read.
+            answered = answered or isinstance(error, ClientError)
+            problem = _transient_problem(status_table, error)
+            pause = max(poll_s, _RETRY.delay(failures))
+            failures += 1
         if watermark is not None and watermark.passes(until_us):
             dead = tuple(watermark.dead_lettered_between(since_us, until_us))
             return WaitResult(True, watermark, dead, time.monotonic() - started)
@@ -337,7 +425,7 @@ def wait_until_replicated(
             elif problem is None and watermark is not None:
                 problem = _unpublished(watermark, status_table)
             return WaitResult(False, watermark, (), now - started, problem, not answered)
-        time.sleep(min(poll_interval, deadline - now))
+        time.sleep(min(pause, deadline - now))
 
 
 def _unpublished(watermark: Watermark, status_table: str) -> str | None:

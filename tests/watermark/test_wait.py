@@ -10,15 +10,26 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.stub import Stubber
 
-from replicator.watermark import WaitResult, wait_until_replicated
+from replicator.watermark import (
+    StatusTableSilent,
+    WaitResult,
+    read_watermark,
+    wait_until_replicated,
+)
+from replicator.watermark.table import StatusTable
 from tests.support.aws import client
+from tests.support.faults.proxy import FaultProxy
 
 PLUS_ONE = timezone(timedelta(hours=1))
 MINUS_ONE = timezone(timedelta(hours=-1))
@@ -65,6 +76,17 @@ def test_a_time_it_cannot_wait_for_is_refused_before_waiting(
         ({"until": 1e9, "poll_interval": math.inf}, "poll_interval inf: must be a positive"),
         ({"until": 1e9, "poll_interval": 0}, "poll_interval 0: must be a positive"),
         ({"until": 1e9, "timeout": math.nan}, "timeout nan: not a number of seconds"),
+        # Not numbers at all: named, as ValueError, rather than an unnamed TypeError.
+        ({"until": 1e9, "timeout": None}, "timeout None: not a number of seconds (math.inf"),
+        ({"until": 1e9, "timeout": "5"}, "timeout '5': not a number of seconds"),
+        ({"until": 1e9, "timeout": True}, "timeout True: not a number of seconds"),
+        ({"until": 1e9, "poll_interval": "1"}, "poll_interval '1': not a number of seconds"),
+        # A poll so long that its sleep would overflow, and none a barrier wants.
+        (
+            {"until": 1e9, "poll_interval": 1e10},
+            "poll_interval 10000000000.0: must be a positive number of seconds, at most 3600",
+        ),
+        ({"until": 1e9, "poll_interval": 3600.5}, "at most 3600"),
     ],
 )
 def test_an_inverted_window_or_a_poll_or_timeout_that_is_no_number_is_refused(
@@ -169,3 +191,153 @@ def test_the_wait_command_exits_3_by_its_timeout_when_the_status_table_never_ans
     assert waited.stderr.startswith("replicator: status table wm-silent-watermark"), waited
     assert "did not answer" in waited.stderr and "Traceback" not in waited.stderr
     assert len(waited.stderr.strip().splitlines()) == 1, waited.stderr
+
+
+# -- a status table that throttles, or answers 5xx, for a while ---------------------------------
+
+S = 1_000_000
+T0 = 1_700_000_000 * S
+
+
+@pytest.fixture
+def proxied(moto_endpoint: str, unique: Callable[[str], str]) -> Iterator[tuple[str, FaultProxy]]:
+    """A status table on moto with one part at T0 (for eu-west-1/replica), and a fault
+    proxy in front of moto; yields the table's name and the proxy."""
+    ddb = client("dynamodb", "eu-west-1", moto_endpoint)
+    table = StatusTable(ddb, f"{unique('wm-faults')}-watermark", "eu-west-1/replica")
+    table.ensure_exists()
+    table.raise_part("s1", T0, "test:1")
+    proxy = FaultProxy(moto_endpoint).start()
+    try:
+        yield table.name, proxy
+    finally:
+        proxy.stop()
+
+
+def once(endpoint: str) -> Any:
+    """A client that never retries by itself: every throttle reaches the wait."""
+    return boto3.client(
+        "dynamodb",
+        region_name="eu-west-1",
+        endpoint_url=endpoint,
+        config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
+    )
+
+
+def until_counted(proxy: FaultProxy, outcome: str, at_least: int = 2) -> None:
+    deadline = time.monotonic() + 30
+    while proxy.counts("Query")[outcome] < at_least:
+        assert time.monotonic() < deadline, proxy.counts("Query")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    ["ThrottlingException", "ProvisionedThroughputExceededException", "server_error", "reset"],
+)
+def test_a_wait_retries_a_throttled_or_failing_status_table_until_it_answers(
+    proxied: tuple[str, FaultProxy], fault: str
+) -> None:
+    name, proxy = proxied
+    if fault == "server_error":
+        proxy.server_errors()
+    elif fault == "reset":
+        proxy.resets(1.0)
+    else:
+        proxy.throttle(1.0, fault)
+    found: list[WaitResult | BaseException] = []
+
+    def wait() -> None:
+        try:
+            found.append(
+                wait_until_replicated(
+                    T0 / S,
+                    destination="eu-west-1/replica",
+                    status_table=name,
+                    client=once(proxy.url),
+                    timeout=30,
+                    poll_interval=0.05,
+                )
+            )
+        except BaseException as error:  # asserted below
+            found.append(error)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    until_counted(proxy, {"server_error": "server_error", "reset": "reset"}.get(fault, "throttled"))
+    proxy.pass_through()
+    waiter.join(60)
+    assert len(found) == 1 and isinstance(found[0], WaitResult), found
+    assert found[0].replicated, found[0].describe()
+
+
+def test_a_status_table_throttled_throughout_times_the_wait_out_and_says_so(
+    proxied: tuple[str, FaultProxy],
+) -> None:
+    name, proxy = proxied
+    proxy.throttle(1.0, "ThrottlingException")
+    result = wait_until_replicated(
+        T0 / S,
+        destination="eu-west-1/replica",
+        status_table=name,
+        client=once(proxy.url),
+        timeout=1.5,
+        poll_interval=0.05,
+    )
+    assert not result.reached and not result.unanswered
+    reason = result.describe()
+    assert f"status table {name} answered ThrottlingException" in reason, reason
+    assert "retried until the timeout" in reason, reason
+
+
+def test_a_refusal_is_raised_at_once_not_retried() -> None:
+    """An error no later read can mend (access denied) is raised, not waited out."""
+    denied = once("http://127.0.0.1:1")
+    stubber = Stubber(denied)
+    stubber.add_client_error("query", "AccessDeniedException", "not allowed", 400)
+    started = time.monotonic()
+    with stubber, pytest.raises(ClientError, match="AccessDeniedException"):
+        wait_until_replicated(
+            T0 / S,
+            destination="eu-west-1/replica",
+            status_table="wm-denied-watermark",
+            client=denied,
+            timeout=20,
+        )
+    assert time.monotonic() - started < 10
+
+
+def test_an_endpoint_that_refuses_connections_is_raised_at_once_not_retried() -> None:
+    """Unreachable is not transient for a wait: exit 3 at once, not a timeout later."""
+    started = time.monotonic()
+    with pytest.raises(EndpointConnectionError):
+        wait_until_replicated(
+            T0 / S,
+            destination="eu-west-1/replica",
+            status_table="wm-refused-watermark",
+            client=once("http://127.0.0.1:1"),  # nothing listens there
+            timeout=20,
+        )
+    assert time.monotonic() - started < 10
+
+
+def test_read_watermark_with_a_timeout_is_bounded_and_checks_it(silent_endpoint: str) -> None:
+    """Without a timeout it waits as long as the client takes (botocore's defaults: a
+    minute per attempt); with one, at most that plus MIN_READ_S."""
+    patient = boto3.client("dynamodb", region_name="eu-west-1", endpoint_url=silent_endpoint)
+    started = time.monotonic()
+    with pytest.raises(StatusTableSilent):
+        read_watermark(
+            destination="eu-west-1/replica",
+            status_table="wm-silent-watermark",
+            client=patient,
+            timeout=1,
+        )
+    assert time.monotonic() - started < 1 + SLACK_S
+    with pytest.raises(ValueError, match=re.escape("timeout '5': not a number of seconds")):
+        read_watermark(
+            destination="eu-west-1/replica",
+            status_table="wm-silent-watermark",
+            client=patient,
+            timeout="5",  # type: ignore[arg-type]
+        )

@@ -1,0 +1,278 @@
+"""``replicator wait`` and ``replicator watermark`` as a script runs them: options given
+twice, a poll interval too long to sleep, a status table that throttles or never answers,
+a destination with no parts, and a wait stopped by a signal; each asserted by its exit
+code and its message."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from replicator.cli import cli
+from replicator.watermark.commands import SHOW_TIMEOUT_S
+from replicator.watermark.table import StatusTable
+from tests.support.aws import client
+from tests.support.faults.proxy import FaultProxy
+from tests.support.silent import SilentEndpoint
+
+S = 1_000_000
+T0 = 1_700_000_000 * S
+SLACK_S = 15.0  # as in test_wait: far above a bounded command, far below an unbounded one
+
+
+def job_file(tmp_path: Path, task: str, endpoint: str) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        f"task_name: {task}\n"
+        f"source: {{region: us-east-1, table: src, endpoint_url: '{endpoint}'}}\n"
+        "destinations:\n"
+        f"  - {{region: eu-west-1, table: replica, endpoint_url: '{endpoint}'}}\n"
+        f"  - {{region: ap-southeast-2, table: replica, endpoint_url: '{endpoint}'}}\n"
+    )
+    return path
+
+
+def replicator(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "replicator", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+# -- refused before anything is read ------------------------------------------------------------
+
+EU = "eu-west-1/replica"
+AP = "ap-southeast-2/replica"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["wait", "-d", EU, "-d", AP, "--until", "1", "--timeout", "0"],
+            "--destination given 2 times; replicator wait takes one: run it once for each "
+            "destination (joined with && to wait for all)",
+        ),
+        (
+            ["wait", "-d", EU, "--destination", AP, "--until", "1", "--timeout", "0"],
+            "--destination given 2 times",
+        ),
+        (
+            ["wait", "-d", EU, "--until", "99999", "--until", "1", "--timeout", "0"],
+            "--until given 2 times; replicator wait takes one: the last would be used",
+        ),
+        (
+            ["wait", "-d", EU, "--until", "1", "--timeout", "0", "--timeout=5"],
+            "--timeout given 2 times",
+        ),
+        (
+            ["wait", "-d", EU, "--until", "1", "--timeout", "0", "--poll", "1", "--poll", "2"],
+            "--poll given 2 times",
+        ),
+        (
+            ["watermark", "-d", EU, "-d", AP],
+            "--destination given 2 times; replicator watermark takes one: leave it out to "
+            "show every destination",
+        ),
+        (
+            # A poll whose sleep overflowed (OverflowError) with no timeout to cut it short.
+            ["wait", "-d", EU, "--until", "99999999999", "--timeout", "inf", "--poll", "1e12"],
+            "'--poll': 1000000000000.0 is more than 3600 seconds between reads",
+        ),
+    ],
+)
+def test_an_option_given_twice_or_a_poll_beyond_an_hour_is_refused_with_exit_2(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    path = job_file(tmp_path, "wm-twice", "http://127.0.0.1:1")  # never read
+    result = CliRunner().invoke(
+        cli, [args[0], "--config", str(path), *args[1:]], prog_name="replicator"
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr, result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+# -- a status table that throttles -----------------------------------------------------------
+
+
+@pytest.fixture
+def throttled(
+    moto_endpoint: str, unique: Callable[[str], str], tmp_path: Path
+) -> tuple[Path, FaultProxy]:
+    """A job whose destinations' status table is behind a fault proxy that throttles every
+    request; its eu-west-1/replica part stands at T0."""
+    task = unique("wm-throttled")
+    ddb = client("dynamodb", "eu-west-1", moto_endpoint)
+    table = StatusTable(ddb, f"{task}-watermark", EU)
+    table.ensure_exists()
+    table.raise_part("s1", T0, "test:1")
+    proxy = FaultProxy(moto_endpoint).start()
+    proxy.throttle(1.0, "ThrottlingException")
+    return job_file(tmp_path, task, proxy.url), proxy
+
+
+def test_the_wait_command_retries_a_throttled_status_table_and_exits_0_once_it_answers(
+    throttled: tuple[Path, FaultProxy],
+) -> None:
+    path, proxy = throttled
+    try:
+        waiting = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "replicator", "wait", "--config", str(path)),
+                *("-d", EU, "--until", str(T0 // S), "--timeout", "60", "--poll", "0.05"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while proxy.counts("Query")["throttled"] < 4:  # several reads, each throttled
+            assert waiting.poll() is None, waiting.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proxy.pass_through()
+        out, err = waiting.communicate(timeout=120)
+    finally:
+        proxy.stop()
+    assert waiting.returncode == 0, (out, err)
+    assert f"{EU} until " in out and ": replicated: watermark" in out, out
+    assert err == "", err
+
+
+def test_the_wait_command_times_out_with_exit_1_on_a_table_throttled_throughout(
+    throttled: tuple[Path, FaultProxy],
+) -> None:
+    path, proxy = throttled
+    try:
+        result = replicator(
+            "wait", "--config", str(path), "-d", EU, "--until", str(T0 // S),
+            "--timeout", "2",
+        )  # fmt: skip
+    finally:
+        proxy.stop()
+    assert result.returncode == 1, result
+    assert "answered ThrottlingException" in result.stderr, result.stderr
+    assert "retried until the timeout" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert proxy.counts("Query")["throttled"] >= 2
+
+
+# -- replicator watermark --------------------------------------------------------------------
+
+
+def test_the_watermark_command_is_bounded_when_the_status_table_never_answers(
+    silent: SilentEndpoint, tmp_path: Path
+) -> None:
+    """It took 31 s (the client's connect and read timeouts, three attempts) per
+    destination; now both destinations' reads are bounded together."""
+    path = job_file(tmp_path, "wm-silent-show", silent.url)
+    started = time.monotonic()
+    result = replicator("watermark", "--config", str(path))
+    took = time.monotonic() - started
+    assert result.returncode == 3, result
+    assert took < SHOW_TIMEOUT_S + SLACK_S, took
+    assert result.stderr.startswith("replicator: status table wm-silent-show-watermark"), result
+    assert f"did not answer at {silent.url} in {SHOW_TIMEOUT_S:g}s" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_destination_with_no_parts_is_told_as_such(
+    moto_endpoint: str, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    task = unique("wm-noparts")
+    ddb = client("dynamodb", "eu-west-1", moto_endpoint)
+    StatusTable(ddb, f"{task}-watermark", "eu-west-1/other").ensure_exists()
+    path = job_file(tmp_path, task, moto_endpoint)
+    result = CliRunner().invoke(cli, ["watermark", "--config", str(path), "-d", EU])
+    assert result.exit_code == 1, result.output
+    assert (
+        "  watermark: none yet (no shard has published for this destination: its replicator "
+        "has not started publishing, or the job's label for it is not the one it publishes "
+        "under)"
+    ) in result.stdout, result.stdout
+    assert "waiting for no shard" not in result.stdout
+
+
+def test_a_registered_shard_that_has_not_published_is_named(
+    moto_endpoint: str, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    task = unique("wm-unknown")
+    ddb = client("dynamodb", "eu-west-1", moto_endpoint)
+    table = StatusTable(ddb, f"{task}-watermark", EU)
+    table.ensure_exists()
+    table.raise_part("s1", T0, "test:1")
+    table.raise_part("s2", 0, "test:1")  # registered, nothing known yet
+    path = job_file(tmp_path, task, moto_endpoint)
+    result = CliRunner().invoke(cli, ["watermark", "--config", str(path), "-d", EU])
+    assert result.exit_code == 1, result.output
+    assert "  watermark: none yet (waiting for s2 to publish)" in result.stdout, result.stdout
+
+
+# -- stopped by a signal ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sent", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_wait_stopped_by_a_signal_exits_128_plus_its_number_with_one_line(
+    silent: SilentEndpoint, tmp_path: Path, sent: signal.Signals, code: int
+) -> None:
+    """Ctrl-C printed "Aborted!" and exited 1, the timeout's code: a script could not
+    tell an interrupted wait from one that timed out."""
+    path = job_file(tmp_path, "wm-stopped", silent.url)
+    waiting = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "replicator", "wait", "--config", str(path)),
+            *("-d", EU, "--until", "1767225600", "--timeout", "60"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert silent.connected.wait(60), "the wait never read"
+        waiting.send_signal(sent)
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert waiting.returncode == code, (out, err)
+    assert err == (
+        f"replicator: {sent.name} received; stopped waiting for {EU} until "
+        "2026-01-01T00:00:00.000000Z: not known to be replicated\n"
+    )
+    assert out == ""
+
+
+def test_the_watermark_command_stopped_by_sigint_exits_130_with_one_line(
+    silent: SilentEndpoint, tmp_path: Path
+) -> None:
+    path = job_file(tmp_path, "wm-stopped-show", silent.url)
+    showing = subprocess.Popen(
+        [sys.executable, "-m", "replicator", "watermark", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert silent.connected.wait(60), "the command never read"
+        started = time.monotonic()
+        showing.send_signal(signal.SIGINT)
+        out, err = showing.communicate(timeout=30)
+    finally:
+        if showing.poll() is None:
+            showing.kill()
+    assert time.monotonic() - started < SHOW_TIMEOUT_S  # not held by the reads in flight
+    assert showing.returncode == 130, (out, err)
+    assert err == "replicator: SIGINT received; stopped before the watermark was read\n"
+    assert out == ""
