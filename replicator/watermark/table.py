@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 from replicator.aws.errors import error_code
 from replicator.exceptions import EnvironmentProblem
 from replicator.watermark.parts import MAX_DEAD_LETTER_RANGES, Part, Placeholder, merge_ranges
+from replicator.watermark.spans import UnreadSpan, dumps, merge_spans
 from replicator.watermark.tracker import DeadLetters
 
 if TYPE_CHECKING:
@@ -94,6 +95,15 @@ class StatusTable:
         return True
 
     # -- reading ----------------------------------------------------------------------
+
+    def parts_if_any(self) -> list[Part]:
+        """:meth:`parts`, or none when the table does not exist yet."""
+        try:
+            return self.parts()
+        except ClientError as error:
+            if error_code(error) != "ResourceNotFoundException":
+                raise
+            return []
 
     def parts(self) -> list[Part]:
         """Every part of this destination (one strongly consistent Query, paged)."""
@@ -237,5 +247,44 @@ class StatusTable:
                     raise
         raise EnvironmentProblem(
             f"status table {self.name}: dead letters of shard {shard} could not be recorded "
+            f"after {attempts} attempts (the part kept changing)"
+        )
+
+    def add_unread_spans(
+        self, shard: str, spans: tuple[UnreadSpan, ...], attempts: int = 5
+    ) -> None:
+        """Add spans of changes never read for the destination to the part.
+
+        Read, merge, write conditionally on the version read (as dead letters are), so
+        that two processes writing one part never drop each other's spans.
+        """
+        for _ in range(attempts):
+            current = self.part(shard)
+            version = current.unread_version if current else 0
+            stored = current.unread_spans if current else ()
+            merged = merge_spans([*stored, *spans])
+            condition = (
+                "attribute_not_exists(unread_version) OR unread_version = :v"
+                if version == 0
+                else "unread_version = :v"
+            )
+            try:
+                self.client.update_item(
+                    TableName=self.name,
+                    Key=self._key(shard),
+                    UpdateExpression="SET unread_spans = :s, unread_version = :next",
+                    ConditionExpression=condition,
+                    ExpressionAttributeValues={
+                        ":s": {"S": dumps(merged)},
+                        ":v": {"N": str(version)},
+                        ":next": {"N": str(version + 1)},
+                    },
+                )
+                return
+            except ClientError as error:
+                if error_code(error) != "ConditionalCheckFailedException":
+                    raise
+        raise EnvironmentProblem(
+            f"status table {self.name}: unread spans of shard {shard} could not be recorded "
             f"after {attempts} attempts (the part kept changing)"
         )
