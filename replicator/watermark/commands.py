@@ -29,6 +29,7 @@ from replicator.watermark.wait import (
 EXIT_REPLICATED = 0
 EXIT_TIMEOUT = 1
 EXIT_DEAD_LETTERED = 4
+"""Also when changes in the window were never read for the destination (unread spans)."""
 
 
 def parse_time(text: str, option: str) -> float:
@@ -155,6 +156,7 @@ def _describe(
         lines.append(f"  dead letters: {mark.dead_letters} (changes created in {spans})")
     else:
         lines.append("  dead letters: none")
+    lines.extend(f"  never read: {span.describe()}" for span in mark.unread_spans)
     return "\n".join(lines)
 
 
@@ -193,4 +195,4 @@ def wait(
     click.echo(f"{target}: {result.describe()}", err=not result.replicated)
     if not result.reached:
         return EXIT_TIMEOUT
-    return EXIT_DEAD_LETTERED if result.dead_lettered else EXIT_REPLICATED
+    return EXIT_DEAD_LETTERED if result.dead_lettered or result.unread else EXIT_REPLICATED

@@ -22,6 +22,7 @@ from replicator.aws import clients
 from replicator.epoch import SECONDS_CEILING, finer_unit
 from replicator.exceptions import StatusTableMissing, StatusTableSilent
 from replicator.watermark.parts import US, Watermark, combine, seconds
+from replicator.watermark.spans import UnreadSpan
 from replicator.watermark.table import StatusTable
 from replicator.watermark.tracker import DeadLetterRange
 
@@ -197,10 +198,13 @@ class WaitResult:
     unanswered: bool = False
     """No read of the status table was answered during the wait (its endpoint hangs, or
     answers slower than the timeout): nothing is known, not even that it is behind."""
+    unread: tuple[UnreadSpan, ...] = field(default=())
+    """Spans meeting [since, until] whose changes were never read for the destination
+    (a LATEST start, a destination that joined late): passed, but not applied."""
 
     @property
     def replicated(self) -> bool:
-        return self.reached and not self.dead_lettered
+        return self.reached and not self.dead_lettered and not self.unread
 
     def __bool__(self) -> bool:
         return self.replicated
@@ -213,6 +217,8 @@ class WaitResult:
         if not self.reached:
             why = f" ({self.problem})" if self.problem else ""
             return f"timed out after {self.waited_s:.2f}s at {mark}{why}"
+        if self.unread:
+            return f"{mark} passed, but " + "; ".join(span.describe() for span in self.unread)
         if self.dead_lettered:
             spans = ", ".join(
                 f"{seconds(lo):.6f}..{seconds(hi):.6f}" for lo, hi in self.dead_lettered
@@ -326,7 +332,8 @@ def wait_until_replicated(
             problem = str(silent)  # the watermark read before, if any, still holds
         if watermark is not None and watermark.passes(until_us):
             dead = tuple(watermark.dead_lettered_between(since_us, until_us))
-            return WaitResult(True, watermark, dead, time.monotonic() - started)
+            unread = tuple(watermark.unread_between(since_us, until_us))
+            return WaitResult(True, watermark, dead, time.monotonic() - started, unread=unread)
         now = time.monotonic()
         if now >= deadline:
             if not answered:
