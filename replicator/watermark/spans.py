@@ -27,6 +27,8 @@ MAX_SPANS_PER_REASON = 8
 
 LATEST = "latest"
 JOINED = "joined"
+TRIMMED = "trimmed"
+EXPIRED = "expired"
 
 _WHY = {
     LATEST: (
@@ -36,6 +38,14 @@ _WHY = {
     JOINED: (
         "the destination joined the job then, and the job resumed from its checkpoints; "
         "run `replicator backfill` to it"
+    ),
+    TRIMMED: (
+        "the stream had trimmed them before they were read (source.on_trimmed_data: "
+        "restart_from_trim_horizon); copy them with `replicator backfill`"
+    ),
+    EXPIRED: (
+        "the shard's pinned LATEST position expired before any record arrived and "
+        "reading went on from the stream's tip; copy them with `replicator backfill`"
     ),
 }
 
