@@ -10,9 +10,10 @@ dead letters, they are recorded on the part (the status table item) as spans of
 creation times with a reason, and a waiter whose window meets one is told why instead.
 
 A span is stored before any claim that passes it (see publisher.py), so a reader never
-sees the watermark pass its changes without it; spans are only ever widened or added,
-never dropped by the replicator, so a reader may be told changes *may* be missing when
-they are not, never the reverse.
+sees the watermark pass its changes without it. The replicator only ever widens or adds
+spans (a reader may be told changes *may* be missing when they are not, never the
+reverse), except that a completed ``replicator backfill`` removes what its copy covers
+(:func:`covered_through`).
 """
 
 from __future__ import annotations
@@ -100,6 +101,18 @@ def merge_spans(spans: Iterable[UnreadSpan]) -> list[UnreadSpan]:
             joined[i : i + 2] = [(joined[i][0], joined[i + 1][1])]
         merged.extend(UnreadSpan(lo, hi, reason) for lo, hi in joined)
     return sorted(merged)
+
+
+def covered_through(spans: Iterable[UnreadSpan], through_us: int) -> tuple[UnreadSpan, ...]:
+    """What remains unread once every change created at or before ``through_us`` is known
+    to be at the destination (a complete copy that started after them): spans ending by
+    then go, spans reaching past it start after it."""
+    remaining = []
+    for span in spans:
+        if span.to_us <= through_us:
+            continue
+        remaining.append(UnreadSpan(max(span.from_us, through_us + 1), span.to_us, span.reason))
+    return tuple(remaining)
 
 
 def dumps(spans: Iterable[UnreadSpan]) -> str:

@@ -15,7 +15,15 @@ from replicator.metrics import Metrics
 from replicator.shards.stream import Shard
 from replicator.watermark.parts import Part, Watermark, combine
 from replicator.watermark.publisher import ShardWatermark
-from replicator.watermark.spans import JOINED, LATEST, UnreadSpan, dumps, loads, merge_spans
+from replicator.watermark.spans import (
+    JOINED,
+    LATEST,
+    UnreadSpan,
+    covered_through,
+    dumps,
+    loads,
+    merge_spans,
+)
 from replicator.watermark.table import StatusTable
 from replicator.watermark.wait import WaitResult, wait_until_replicated
 from tests.support.aws import client
@@ -261,3 +269,24 @@ def test_a_shard_hands_its_spans_down_to_its_children_at_its_end(
     )
     remaining: Watermark = combine(table.destination, table.parts())
     assert remaining.unread_spans == (UnreadSpan(0, START, LATEST),)
+
+
+def test_a_copy_covers_the_spans_that_end_before_it_started() -> None:
+    spans = (UnreadSpan(0, T0, LATEST), UnreadSpan(T0 + 5 * S, T0 + 9 * S, JOINED))
+    assert covered_through(spans, T0) == (UnreadSpan(T0 + 5 * S, T0 + 9 * S, JOINED),)
+    assert covered_through(spans, T0 + 6 * S) == (UnreadSpan(T0 + 6 * S + 1, T0 + 9 * S, JOINED),)
+    assert covered_through(spans, T0 - 1) == (UnreadSpan(T0, T0, LATEST), spans[1])
+
+
+def test_clearing_what_a_copy_covered_keeps_the_rest(
+    ddb: Any, status: str, metrics: Metrics
+) -> None:
+    table = table_of(ddb, status, "eu-west-1/replica")
+    table.raise_part("s1", START, "a:1")
+    table.add_unread_spans("s1", (UnreadSpan(0, T0, LATEST),))
+    table.add_unread_spans("s2", (UnreadSpan(0, START, JOINED),))
+    assert table.clear_unread_through(T0 + S) == 2
+    parts = {part.shard: part for part in table.parts()}
+    assert parts["s1"].unread_spans == ()
+    assert parts["s2"].unread_spans == (UnreadSpan(T0 + S + 1, START, JOINED),)
+    assert table.clear_unread_through(T0 + S) == 0  # nothing more to clear

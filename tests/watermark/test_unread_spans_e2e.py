@@ -100,6 +100,42 @@ def test_a_wait_for_a_time_before_a_latest_start_is_told_the_change_was_never_re
     assert waited.returncode == 4, waited
 
 
+def test_a_complete_backfill_clears_the_span_it_covers(job: Job) -> None:
+    """The documented procedure after a LATEST start: the replicator runs, then a
+    backfill copies what came before; once it is complete, a wait for a time before the
+    start is answered from the copy."""
+    (region, table), _ = job.destinations
+    job.source.put_item(TableName=job.source_table, Item=item("before", 1))
+    before = time.time()
+    time.sleep(1.1)
+    runtime = job.start()
+    try:
+        wait_until(lambda: started(job.directory / "runtime.log"), 60, "the shard to start")
+        args = ("-c", str(job.path), "-d", table, "--until", f"{before:.6f}", "--timeout", "60")
+        waited = replicator("wait", *args)
+        assert waited.returncode == 4, waited
+        # The backfill's hand-off check needs a checkpoint: a change after the start.
+        job.source.put_item(TableName=job.source_table, Item=item("after", 2))
+        wait_until(
+            lambda: any(row["checkpoint"]["S"].isdigit() for row in job.lease_rows()),
+            30,
+            "the replicator's first checkpoint",
+        )
+        time.sleep(2.1)  # the copy must start after the span (whole seconds, less 1 s)
+        copied = replicator("backfill", "--config", str(job.path))
+        assert copied.returncode == 0, copied
+        assert f"no longer reported at {region}/{table}" in copied.stdout
+        assert held(job, region, table, "before")
+        waited = replicator("wait", *args)
+        assert waited.returncode == 0, waited
+        shown = json.loads(
+            replicator("watermark", "-c", str(job.path), "-d", table, "--json").stdout
+        )
+        assert shown["unread"] == []
+    finally:
+        assert stop(runtime) == 0
+
+
 def test_a_destination_added_to_a_resumed_job_is_not_reported_replicated_before_it_joined(
     moto_endpoint: str, unique: Any, tmp_path: Path
 ) -> None:
