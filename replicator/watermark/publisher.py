@@ -234,16 +234,20 @@ class ShardWatermark:
         the checkpoints were never read for it (and will not be). Its first start is when
         it joined; it gets a span up to this processor's start, stored before any claim.
 
-        Checked once, before this processor registers anything: a processor that starts
-        after another one registered the new destination finds its parts, and the span
-        stored by that one holds for every reader (spans of all parts are combined)."""
+        Checked once, before this processor registers anything, and the span is stored
+        at once on this shard's part (which then reads as 0, holding the watermark until
+        this processor claims): a processor that starts after that finds the new
+        destination's parts, and the span stored here holds for every reader (spans of
+        all parts are combined), even if this processor dies before it claims."""
         have_parts = {
             label: bool(target.table.parts_if_any()) for label, target in self._targets.items()
         }
         if any(have_parts.values()):
             for label, target in self._targets.items():
                 if not have_parts[label]:
-                    target.unread.append(UnreadSpan(0, self._started_us, spans.JOINED))
+                    span = UnreadSpan(0, self._started_us, spans.JOINED)
+                    target.table.ensure_exists()
+                    target.table.add_unread_spans(self.shard_id, (span,))
                     log.warning(
                         "destination joined a job that resumes from checkpoints: changes "
                         "made before now are not replicated to it; run `replicator "

@@ -290,3 +290,32 @@ def test_clearing_what_a_copy_covered_keeps_the_rest(
     assert parts["s1"].unread_spans == ()
     assert parts["s2"].unread_spans == (UnreadSpan(T0 + S + 1, START, JOINED),)
     assert table.clear_unread_through(T0 + S) == 0  # nothing more to clear
+
+
+def test_a_join_is_stored_before_anything_is_registered_so_a_crash_cannot_lose_it(
+    ddb: Any, status: str, metrics: Metrics
+) -> None:
+    old = table_of(ddb, status, "eu-west-1/old")
+    shards = [Shard("s1", None, False), Shard("s2", None, False)]
+    for shard in ("s1", "s2"):
+        first = publisher(shard, {old.destination: old}, shards, metrics, now_us=T0)
+        first.empty_read(previous_answer_at=(T0 + S) / S, received_at=0)
+        first.publish()
+    new = StatusTable(ddb, status, "eu-west-1/new")
+    # The first processor cannot store the join, and dies: it registered nothing for the
+    # new destination meanwhile, which would have hidden the join from its successors.
+    dying = publisher(
+        "s1", {old.destination: old, new.destination: Refusing(ddb, status, new.destination)},
+        shards, metrics, resumed=True,
+    )  # fmt: skip
+    dying.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+    dying.publish()
+    assert new.parts() == []
+    # Its successors find the join again.
+    tables = {old.destination: old, new.destination: new}
+    for shard in ("s1", "s2"):
+        after = publisher(shard, tables, shards, metrics, resumed=True, now_us=START + 5 * S)
+        after.empty_read(previous_answer_at=(START + 6 * S) / S, received_at=0)
+        after.publish()
+    joined = wait(new, START - 30 * S)
+    assert joined.reached and joined.unread == (UnreadSpan(0, START + 5 * S, JOINED),)
