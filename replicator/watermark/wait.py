@@ -217,16 +217,17 @@ class WaitResult:
         if not self.reached:
             why = f" ({self.problem})" if self.problem else ""
             return f"timed out after {self.waited_s:.2f}s at {mark}{why}"
-        if self.unread:
-            return f"{mark} passed, but " + "; ".join(span.describe() for span in self.unread)
-        if self.dead_lettered:
-            spans = ", ".join(
-                f"{seconds(lo):.6f}..{seconds(hi):.6f}" for lo, hi in self.dead_lettered
-            )
-            return (
-                f"{mark} passed, but changes created in {spans} were dead-lettered at this "
-                "destination (settled, not applied): see the dead letters, then redrive"
-            )
+        if self.unread or self.dead_lettered:
+            reasons = [span.describe() for span in self.unread]
+            if self.dead_lettered:
+                spans = ", ".join(
+                    f"{seconds(lo):.6f}..{seconds(hi):.6f}" for lo, hi in self.dead_lettered
+                )
+                reasons.append(
+                    f"changes created in {spans} were dead-lettered at this destination "
+                    "(settled, not applied): see the dead letters, then redrive"
+                )
+            return f"{mark} passed, but " + "; ".join(reasons)
         return f"replicated: {mark} passed after {self.waited_s:.2f}s"
 
 

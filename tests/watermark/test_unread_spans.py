@@ -319,3 +319,28 @@ def test_a_join_is_stored_before_anything_is_registered_so_a_crash_cannot_lose_i
         after.publish()
     joined = wait(new, START - 30 * S)
     assert joined.reached and joined.unread == (UnreadSpan(0, START + 5 * S, JOINED),)
+
+
+def test_a_wait_meeting_both_a_span_and_dead_letters_names_both_on_one_line() -> None:
+    mark = combine(
+        "d",
+        [
+            Part(
+                "d",
+                "s1",
+                watermark_us=START + 10 * S,
+                dead_letters=1,
+                dead_letter_ranges=((START - 5 * S, START - 4 * S),),
+                unread_spans=(UnreadSpan(0, START, LATEST),),
+            )
+        ],
+    )
+    until, since = START - S, START - 60 * S
+    result = WaitResult(
+        True,
+        mark,
+        tuple(mark.dead_lettered_between(since, until)),
+        unread=tuple(mark.unread_between(since, until)),
+    )
+    said = result.describe()
+    assert "never read" in said and "dead-lettered" in said and "\n" not in said
