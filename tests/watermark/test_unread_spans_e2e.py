@@ -16,6 +16,7 @@ import pytest
 from replicator.demo import tables
 from tests.support.aws import client
 from tests.support.e2e import Job, stop, wait_until
+from tests.test_processor_protocol import RawDaemon
 
 FAST = "watermark: {publish_interval_ms: 100, caught_up_margin_ms: 0}\n"
 LATEST_KCL = "{idle_time_between_reads_ms: 100, failover_time_ms: 6000, initial_position: LATEST}"
@@ -190,3 +191,32 @@ def test_a_destination_added_to_a_resumed_job_is_not_reported_replicated_before_
         assert held(job, ap_region, ap, "new")
     finally:
         assert stop(runtime) == 0
+
+
+def test_a_processor_the_kcl_starts_at_latest_records_the_span_too(job: Job) -> None:
+    """The KCL's MultiLangDaemon tells the processor a shard with no checkpoint starts at
+    LATEST the same way the local runtime does (``sequenceNumber: LATEST``): driven over
+    that protocol, the processor records the span as well."""
+    (_, table), _ = job.destinations
+    streams = client("dynamodbstreams", job.source_region, job.endpoint)
+    arn = job.source.describe_table(TableName=job.source_table)["Table"]["LatestStreamArn"]
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    job.write(runtime="kcl")
+    before = time.time()
+    time.sleep(1.1)
+    daemon = RawDaemon(job.path)
+    initialize = {"shardId": shard, "sequenceNumber": "LATEST", "subSequenceNumber": 0}
+    daemon.act({"action": "initialize", **initialize})
+    try:
+        args = ("-c", str(job.path), "-d", table, "--until", f"{before:.6f}", "--timeout", "0")
+
+        def told() -> bool:
+            daemon.records([])  # an idle daemon's empty batches: the shard is caught up
+            return replicator("wait", *args).returncode == 4
+
+        wait_until(told, 60, "wait to say the changes before the start were never read")
+        said = replicator("wait", *args).stderr
+        assert "kcl.initial_position LATEST" in said
+    finally:
+        daemon.act({"action": "shutdownRequested"})
+        assert daemon.finish() == 0
