@@ -88,7 +88,10 @@ class ShardWatermark:
         self._thread: threading.Thread | None = None
         self._out_of_order_logged = 0
         self._started_us = 0
-        self._joins_unchecked = False
+        # Resumed: destinations not yet known to have been in the job before (see
+        # _check_joins), and what each status table held when first asked.
+        self._undecided: set[str] = set()
+        self._had_parts: dict[str, bool] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -106,7 +109,7 @@ class ShardWatermark:
         if at_latest:
             for target in self._targets.values():
                 target.unread.append(UnreadSpan(0, now_us + self._margin_us, spans.LATEST))
-        self._joins_unchecked = resumed
+        self._undecided = set(self._targets) if resumed else set()
         self._tracker = ShardTracker(
             list(self._targets),
             margin_us=self._margin_us,
@@ -157,16 +160,11 @@ class ShardWatermark:
         tracker = self._tracker_or_fail()
         with self._publishing:
             self._warn_out_of_order(tracker)
-            if self._joins_unchecked:
-                try:
-                    self._check_joins()
-                except _FAILURES as error:  # nothing is claimed until it is known
-                    for label, target in self._targets.items():
-                        self._failed(label, target, error)
-                    return
+            if self._undecided:
+                self._check_joins()
             listing: Sequence[ListedShard] | None = None
             for label, target in self._targets.items():
-                if time.monotonic() < target.retry_at:
+                if time.monotonic() < target.retry_at or label in self._undecided:
                     continue
                 try:
                     if not target.ready:
@@ -232,30 +230,46 @@ class ShardWatermark:
         """A destination with no part in its status table while another destination of
         the job has parts joined a job that resumes from checkpoints: the changes before
         the checkpoints were never read for it (and will not be). Its first start is when
-        it joined; it gets a span up to this processor's start, stored before any claim.
+        it joined; it gets a span up to this processor's start.
 
-        Checked once, before this processor registers anything, and the span is stored
-        at once on this shard's part (which then reads as 0, holding the watermark until
-        this processor claims): a processor that starts after that finds the new
-        destination's parts, and the span stored here holds for every reader (spans of
-        all parts are combined), even if this processor dies before it claims."""
-        have_parts = {
-            label: bool(target.table.parts_if_any()) for label, target in self._targets.items()
-        }
-        if any(have_parts.values()):
-            for label, target in self._targets.items():
-                if not have_parts[label]:
-                    span = UnreadSpan(0, self._started_us, spans.JOINED)
-                    target.table.ensure_exists()
-                    target.table.add_unread_spans(self.shard_id, (span,))
-                    log.warning(
-                        "destination joined a job that resumes from checkpoints: changes "
-                        "made before now are not replicated to it; run `replicator "
-                        "backfill` to it",
-                        destination=label,
-                        shard=self.shard_id,
-                    )
-        self._joins_unchecked = False
+        Decided once per destination, before this processor registers or claims anything
+        there (a destination undecided is not published; one whose status table cannot
+        be read holds back only itself and, while it is the only other one that may have
+        parts, a destination without parts). A joined destination's span is stored at once
+        on this shard's part (which then reads as 0, holding the watermark until this
+        processor claims): a processor that starts after that finds the new destination's
+        parts, and the span stored here holds for every reader (spans of all parts are
+        combined), even if this processor dies before it claims."""
+        now = time.monotonic()
+        for label in sorted(self._undecided - set(self._had_parts)):
+            target = self._targets[label]
+            if now < target.retry_at:
+                continue
+            try:
+                self._had_parts[label] = bool(target.table.parts_if_any())
+            except _FAILURES as error:
+                self._failed(label, target, error)
+        for label in sorted(self._undecided & set(self._had_parts)):
+            others = [self._had_parts.get(other) for other in self._targets if other != label]
+            if self._had_parts[label] or not any(others):
+                if self._had_parts[label] or all(known is False for known in others):
+                    self._undecided.discard(label)  # in the job before, or nothing to compare
+                continue
+            target = self._targets[label]
+            span = UnreadSpan(0, self._started_us, spans.JOINED)
+            try:
+                target.table.ensure_exists()
+                target.table.add_unread_spans(self.shard_id, (span,))
+            except _FAILURES as error:
+                self._failed(label, target, error)
+                continue
+            self._undecided.discard(label)
+            log.warning(
+                "destination joined a job that resumes from checkpoints: changes made "
+                "before now are not replicated to it; run `replicator backfill` to it",
+                destination=label,
+                shard=self.shard_id,
+            )
 
     def _hand_down_unread(self, table: StatusTable, shards: Sequence[ListedShard]) -> None:
         """At the shard's end, its unread spans pass to its children's parts, so they are

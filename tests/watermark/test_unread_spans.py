@@ -344,3 +344,39 @@ def test_a_wait_meeting_both_a_span_and_dead_letters_names_both_on_one_line() ->
     )
     said = result.describe()
     assert "never read" in said and "dead-lettered" in said and "\n" not in said
+
+
+def test_a_status_table_that_cannot_be_read_holds_back_only_what_it_may_decide(
+    ddb: Any, status: str, metrics: Metrics
+) -> None:
+    """Resumed, with one destination's status table unreachable: a destination that had
+    parts is known to have been in the job and publishes on; one without parts could
+    only be told apart (joined, or nothing to compare) by the unreachable one, and waits."""
+    old = table_of(ddb, status, "eu-west-1/old")
+    first = publisher("s1", {old.destination: old}, [Shard("s1", None, False)], metrics, now_us=T0)
+    first.empty_read(previous_answer_at=(T0 + S) / S, received_at=0)
+    first.publish()
+    empty = table_of(ddb, status, "eu-west-1/empty")
+    broken = StatusTable(client("dynamodb", "eu-west-1", "http://127.0.0.1:9"), "t", "broken")
+    tables = {old.destination: old, empty.destination: empty, broken.destination: broken}
+    resumed = publisher("s1", tables, [Shard("s1", None, False)], metrics, resumed=True)
+    resumed.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+    resumed.publish()
+    # "empty" has no parts while "old" has: it joined, whatever "broken" holds.
+    assert wait(empty, START - 30 * S).unread == (UnreadSpan(0, START, JOINED),)
+    assert combine(old.destination, old.parts()).watermark_us == START + S - 1
+    failures = "replicator_watermark_publish_failures_total"
+    assert sample(metrics, failures, destination="broken") == 1
+    assert sample(metrics, failures, destination=old.destination) == 0
+
+
+def test_a_destination_without_parts_waits_while_the_only_other_cannot_be_read(
+    ddb: Any, status: str, metrics: Metrics
+) -> None:
+    empty = table_of(ddb, status, "eu-west-1/empty")
+    broken = StatusTable(client("dynamodb", "eu-west-1", "http://127.0.0.1:9"), "t", "broken")
+    tables = {empty.destination: empty, broken.destination: broken}
+    resumed = publisher("s1", tables, [Shard("s1", None, False)], metrics, resumed=True)
+    resumed.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+    resumed.publish()
+    assert empty.parts() == []  # neither registered nor claimed: it may have joined
