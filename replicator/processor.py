@@ -36,6 +36,7 @@ from replicator.exceptions import DestinationRefused, EnvironmentProblem, LeaseL
 from replicator.intake import ShardIntake
 from replicator.metrics import Metrics
 from replicator.runtime.kcl.properties import PROCESSOR_FLUSH_TIMEOUT_MS
+from replicator.shards.leases import LATEST
 
 log = structlog.get_logger(__name__)
 
@@ -108,7 +109,10 @@ class ReplicationProcessor:
         )
         self._reporter = threading.Thread(target=self._report_loop, name="report", daemon=True)
         self._reporter.start()
-        self.intake.pipeline.begin_watermark(resumed=self.checkpoints.last is not None)
+        # A shard with no checkpoint that starts at LATEST never reads what came before.
+        self.intake.pipeline.begin_watermark(
+            resumed=self.checkpoints.last is not None, at_latest=start == LATEST
+        )
         self._answered_at = time.time()
 
     @_fail_fast

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
@@ -31,6 +32,7 @@ from replicator.exceptions import (
     DeadLetterUnavailable,
     DestinationRefused,
     EnvironmentProblem,
+    ReplicatorError,
     WriteCancelled,
 )
 from replicator.items import Item, project
@@ -50,6 +52,8 @@ from replicator.tools.snapshot import (
     writer_tables,
 )
 from replicator.tools.tables import TableRef, check_same_keys, source_ref
+from replicator.watermark.parts import US
+from replicator.watermark.table import StatusTable
 from replicator.writers.destination import DestinationWriter, Outcome, WriteResult
 
 log = structlog.get_logger(__name__)
@@ -115,6 +119,8 @@ class BackfillResult:
     dead_letters: str
     handoff: str | None = None
     segments_done_before: int = 0
+    unread_cleared: list[str] = field(default_factory=list)
+    """Destinations whose unread spans (watermark) this copy covered, and so cleared."""
 
     @property
     def exit_code(self) -> int:
@@ -145,6 +151,11 @@ class BackfillResult:
             f"  dead-lettered:      {self.overall.dead_lettered}",
             f"  progress table:     {self.state_table} ({self.total_segments} segments)",
         ]
+        if self.unread_cleared:
+            lines.append(
+                "  watermark:          changes never read before the copy started are no "
+                f"longer reported at {', '.join(self.unread_cleared)}"
+            )
         if self.overall.dead_lettered:
             lines.append(
                 f"  {self.overall.dead_lettered} writes were dead-lettered to "
@@ -234,6 +245,8 @@ class Backfill:
         if plan.complete:
             state.finish(complete=True)
             result.overall = _overall(plan)
+            if result.overall.dead_lettered == 0:
+                result.unread_cleared = self._clear_unread(plan.started_at)
             return result
         log.info(
             "backfill started",
@@ -257,7 +270,44 @@ class Backfill:
         result.stopped = None if complete else (self.stopped or "stopped")
         result.overall = _overall(plan)
         log.info("backfill ended", complete=complete, **result.overall.as_dict())
+        # (``plan.complete`` read again: mypy holds it False since the check above.)
+        if all(s.done for s in plan.segments) and result.overall.dead_lettered == 0:
+            result.unread_cleared = self._clear_unread(plan.started_at)
         return result
+
+    def _clear_unread(self, started_at: str) -> list[str]:
+        """A complete copy with nothing dead-lettered holds, at every destination, each
+        item as it was when it was scanned or newer, so every change created before the
+        scan started is there: the watermark's unread spans up to then (a LATEST start,
+        a destination that joined) are cleared. The start is taken a second earlier
+        (creation times are whole seconds) and less the watermark's margin (clocks).
+        A failure is logged with the manual step; the copy itself succeeded."""
+        resolved = self.resolved
+        if not resolved.publishes_watermark:
+            return []
+        started = datetime.fromisoformat(started_at)
+        margin_us = resolved.job.watermark.caught_up_margin_ms * 1000
+        through_us = int(started.timestamp()) * US - US - margin_us
+        cleared = []
+        for destination in resolved.job.destinations:
+            table = StatusTable(
+                wiring.status_client(resolved, destination.label),
+                resolved.watermark_table,
+                destination.label,
+            )
+            try:
+                if table.clear_unread_through(through_us):
+                    cleared.append(destination.label)
+            except (ClientError, BotoCoreError, ReplicatorError) as error:
+                log.warning(
+                    "could not clear the watermark's unread spans the copy covered; they "
+                    "stay reported until removed (REMOVE unread_spans on the destination's "
+                    "items in the status table)",
+                    destination=destination.label,
+                    status_table=resolved.watermark_table,
+                    error=str(error),
+                )
+        return cleared
 
     def _copy(
         self,

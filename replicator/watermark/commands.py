@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 EXIT_REPLICATED = 0
 EXIT_TIMEOUT = 1
 EXIT_DEAD_LETTERED = 4
+"""Also when changes in the window were never read for the destination (unread spans)."""
 
 
 class _Stopped(BaseException):
@@ -273,6 +274,7 @@ def _describe(
         lines.append(f"  dead letters: {mark.dead_letters} (changes created in {spans})")
     else:
         lines.append("  dead letters: none")
+    lines.extend(f"  never read: {span.describe()}" for span in mark.unread_spans)
     return "\n".join(lines)
 
 
@@ -318,4 +320,4 @@ def wait(
     click.echo(f"{target}: {result.describe()}", err=not result.replicated)
     if not result.reached:
         return EXIT_TIMEOUT
-    return EXIT_DEAD_LETTERED if result.dead_lettered else EXIT_REPLICATED
+    return EXIT_DEAD_LETTERED if result.dead_lettered or result.unread else EXIT_REPLICATED

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from replicator.watermark.spans import UnreadSpan, loads, merge_spans
 from replicator.watermark.tracker import DeadLetterRange
 
 US = 1_000_000
@@ -46,6 +47,8 @@ class Part:
     dead_letter_version: int = 0
     updated_at: float | None = None
     owner: str | None = None
+    unread_spans: tuple[UnreadSpan, ...] = ()
+    unread_version: int = 0
 
     @classmethod
     def from_item(cls, item: Mapping[str, Any]) -> Part:
@@ -69,6 +72,8 @@ class Part:
             dead_letter_version=number("dead_letter_version"),
             updated_at=float(item["updated_at"]["N"]) if "updated_at" in item else None,
             owner=item.get("owner", {}).get("S"),
+            unread_spans=loads(item["unread_spans"]["S"]) if "unread_spans" in item else (),
+            unread_version=number("unread_version"),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -80,6 +85,7 @@ class Part:
             "parents": sorted(self.parents),
             "children": sorted(self.children),
             "dead_letters": self.dead_letters,
+            "unread": [span.as_dict() for span in self.unread_spans],
             "updated_at": self.updated_at,
             "owner": self.owner,
         }
@@ -98,6 +104,9 @@ class Watermark:
     """Shards registered whose processor has not published yet (they hold it at None)."""
     dead_letters: int = 0
     dead_letter_ranges: tuple[DeadLetterRange, ...] = field(default=())
+    unread_spans: tuple[UnreadSpan, ...] = field(default=())
+    """Changes never read for the destination (a LATEST start, a destination that joined
+    late): the watermark may pass them, so a waiter is told of them instead."""
 
     @property
     def seconds(self) -> float | None:
@@ -110,6 +119,10 @@ class Watermark:
         """Dead-lettered changes that may have been created in [since, until]."""
         return [(lo, hi) for lo, hi in self.dead_letter_ranges if lo <= until_us and hi >= since_us]
 
+    def unread_between(self, since_us: int, until_us: int) -> list[UnreadSpan]:
+        """Spans of changes never read for the destination that meet [since, until]."""
+        return [span for span in self.unread_spans if span.meets(since_us, until_us)]
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "destination": self.destination,
@@ -120,6 +133,7 @@ class Watermark:
             "dead_letter_ranges": [
                 [seconds(lo), seconds(hi)] for lo, hi in self.dead_letter_ranges
             ],
+            "unread": [span.as_dict() for span in self.unread_spans],
             "shards": [part.as_dict() for part in self.counted],
             "ended_shards": [part.as_dict() for part in self.retired],
         }
@@ -147,6 +161,7 @@ def combine(destination: str, parts: Iterable[Part]) -> Watermark:
         unknown=unknown,
         dead_letters=sum(part.dead_letters for part in every.values()),
         dead_letter_ranges=tuple(ranges),
+        unread_spans=tuple(merge_spans(s for part in every.values() for s in part.unread_spans)),
     )
 
 

@@ -31,7 +31,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from replicator.exceptions import ReplicatorError
 from replicator.metrics import Metrics
 from replicator.records import Change
+from replicator.watermark import spans
 from replicator.watermark.parts import ListedShard, merge_ranges, plan_registration
+from replicator.watermark.spans import UnreadSpan
 from replicator.watermark.table import StatusTable
 from replicator.watermark.tracker import DeadLetters, ShardTracker
 
@@ -50,6 +52,8 @@ class _Target:
     dead_letters: DeadLetters = field(default_factory=lambda: DeadLetters(0, ()))
     failures: int = 0
     retry_at: float = 0.0
+    unread: list[UnreadSpan] = field(default_factory=list)
+    """Spans of changes never read for this destination, to store before any claim."""
 
 
 class ShardWatermark:
@@ -83,12 +87,29 @@ class ShardWatermark:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._out_of_order_logged = 0
+        self._started_us = 0
+        # Resumed: destinations not yet known to have been in the job before (see
+        # _check_joins), and what each status table held when first asked.
+        self._undecided: set[str] = set()
+        self._had_parts: dict[str, bool] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def begin(self, *, resumed: bool) -> None:
-        """Start tracking (``resumed``: from a checkpoint) and publishing."""
+    def begin(self, *, resumed: bool, at_latest: bool = False) -> None:
+        """Start tracking (``resumed``: from a checkpoint) and publishing.
+
+        ``at_latest``: the shard starts at LATEST with no checkpoint, so every change
+        created before now (and the margin, for the clocks) was never read; that span is
+        stored before any claim, so no waiter is told those changes were replicated.
+        A resumed processor first checks whether a destination joined the job (see
+        :meth:`_check_joins`).
+        """
         now_us = int(self._clock() * US)
+        self._started_us = now_us
+        if at_latest:
+            for target in self._targets.values():
+                target.unread.append(UnreadSpan(0, now_us + self._margin_us, spans.LATEST))
+        self._undecided = set(self._targets) if resumed else set()
         self._tracker = ShardTracker(
             list(self._targets),
             margin_us=self._margin_us,
@@ -139,9 +160,11 @@ class ShardWatermark:
         tracker = self._tracker_or_fail()
         with self._publishing:
             self._warn_out_of_order(tracker)
+            if self._undecided:
+                self._check_joins()
             listing: Sequence[ListedShard] | None = None
             for label, target in self._targets.items():
-                if time.monotonic() < target.retry_at:
+                if time.monotonic() < target.retry_at or label in self._undecided:
                     continue
                 try:
                     if not target.ready:
@@ -161,6 +184,9 @@ class ShardWatermark:
                     if target.dead_letters.count:
                         target.table.add_dead_letters(self.shard_id, target.dead_letters)
                         target.dead_letters = DeadLetters(0, ())
+                    if target.unread:  # before any claim, which may pass them
+                        target.table.add_unread_spans(self.shard_id, tuple(target.unread))
+                        target.unread.clear()
                     if claim > target.published_us:
                         stored = target.table.raise_part(self.shard_id, claim, self._owner)
                         target.published_us = max(claim, stored)
@@ -179,6 +205,7 @@ class ShardWatermark:
                     target.table.ensure_exists()
                     listing = listing if listing is not None else self._list_shards()
                     self._register(target.table, listing, starting=None)
+                    self._hand_down_unread(target.table, listing)
                     target.table.mark_ended(self.shard_id)
                 except _FAILURES as error:
                     self._metrics.watermark_publish_failures.labels(label).inc()
@@ -198,6 +225,62 @@ class ShardWatermark:
                 self.publish()
             except Exception as error:  # publishing must never stop the shard
                 log.error("watermark publishing failed", error=str(error), exc_info=True)
+
+    def _check_joins(self) -> None:
+        """A destination with no part in its status table while another destination of
+        the job has parts joined a job that resumes from checkpoints: the changes before
+        the checkpoints were never read for it (and will not be). Its first start is when
+        it joined; it gets a span up to this processor's start.
+
+        Decided once per destination, before this processor registers or claims anything
+        there (a destination undecided is not published; one whose status table cannot
+        be read holds back only itself and, while it is the only other one that may have
+        parts, a destination without parts). A joined destination's span is stored at once
+        on this shard's part (which then reads as 0, holding the watermark until this
+        processor claims): a processor that starts after that finds the new destination's
+        parts, and the span stored here holds for every reader (spans of all parts are
+        combined), even if this processor dies before it claims."""
+        now = time.monotonic()
+        for label in sorted(self._undecided - set(self._had_parts)):
+            target = self._targets[label]
+            if now < target.retry_at:
+                continue
+            try:
+                self._had_parts[label] = bool(target.table.parts_if_any())
+            except _FAILURES as error:
+                self._failed(label, target, error)
+        for label in sorted(self._undecided & set(self._had_parts)):
+            others = [self._had_parts.get(other) for other in self._targets if other != label]
+            if self._had_parts[label] or not any(others):
+                if self._had_parts[label] or all(known is False for known in others):
+                    self._undecided.discard(label)  # in the job before, or nothing to compare
+                continue
+            target = self._targets[label]
+            span = UnreadSpan(0, self._started_us, spans.JOINED)
+            try:
+                target.table.ensure_exists()
+                target.table.add_unread_spans(self.shard_id, (span,))
+            except _FAILURES as error:
+                self._failed(label, target, error)
+                continue
+            self._undecided.discard(label)
+            log.warning(
+                "destination joined a job that resumes from checkpoints: changes made "
+                "before now are not replicated to it; run `replicator backfill` to it",
+                destination=label,
+                shard=self.shard_id,
+            )
+
+    def _hand_down_unread(self, table: StatusTable, shards: Sequence[ListedShard]) -> None:
+        """At the shard's end, its unread spans pass to its children's parts, so they are
+        still reported after the ended part expires."""
+        parts = {part.shard: part for part in table.parts()}
+        mine = parts.get(self.shard_id)
+        if mine is None or not mine.unread_spans:
+            return
+        for shard in shards:
+            if shard.parent_id == self.shard_id and shard.shard_id in parts:
+                table.add_unread_spans(shard.shard_id, mine.unread_spans)
 
     def _register(
         self, table: StatusTable, shards: Sequence[ListedShard], starting: str | None

@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 from replicator.aws.errors import error_code
 from replicator.exceptions import EnvironmentProblem
 from replicator.watermark.parts import MAX_DEAD_LETTER_RANGES, Part, Placeholder, merge_ranges
+from replicator.watermark.spans import UnreadSpan, covered_through, dumps, merge_spans
 from replicator.watermark.tracker import DeadLetters
 
 if TYPE_CHECKING:
@@ -94,6 +95,15 @@ class StatusTable:
         return True
 
     # -- reading ----------------------------------------------------------------------
+
+    def parts_if_any(self) -> list[Part]:
+        """:meth:`parts`, or none when the table does not exist yet."""
+        try:
+            return self.parts()
+        except ClientError as error:
+            if error_code(error) != "ResourceNotFoundException":
+                raise
+            return []
 
     def parts(self) -> list[Part]:
         """Every part of this destination (one strongly consistent Query, paged)."""
@@ -238,4 +248,83 @@ class StatusTable:
         raise EnvironmentProblem(
             f"status table {self.name}: dead letters of shard {shard} could not be recorded "
             f"after {attempts} attempts (the part kept changing)"
+        )
+
+    def add_unread_spans(
+        self, shard: str, spans: tuple[UnreadSpan, ...], attempts: int = 5
+    ) -> None:
+        """Add spans of changes never read for the destination to the part.
+
+        Read, merge, write conditionally on the version read (as dead letters are), so
+        that two processes writing one part never drop each other's spans.
+        """
+        for _ in range(attempts):
+            current = self.part(shard)
+            version = current.unread_version if current else 0
+            stored = current.unread_spans if current else ()
+            merged = merge_spans([*stored, *spans])
+            condition = (
+                "attribute_not_exists(unread_version) OR unread_version = :v"
+                if version == 0
+                else "unread_version = :v"
+            )
+            try:
+                self.client.update_item(
+                    TableName=self.name,
+                    Key=self._key(shard),
+                    UpdateExpression="SET unread_spans = :s, unread_version = :next",
+                    ConditionExpression=condition,
+                    ExpressionAttributeValues={
+                        ":s": {"S": dumps(merged)},
+                        ":v": {"N": str(version)},
+                        ":next": {"N": str(version + 1)},
+                    },
+                )
+                return
+            except ClientError as error:
+                if error_code(error) != "ConditionalCheckFailedException":
+                    raise
+        raise EnvironmentProblem(
+            f"status table {self.name}: unread spans of shard {shard} could not be recorded "
+            f"after {attempts} attempts (the part kept changing)"
+        )
+
+    def clear_unread_through(self, through_us: int, attempts: int = 5) -> int:
+        """Remove from every part what a complete copy covers: changes created at or before
+        ``through_us`` (see spans.covered_through). Conditional on the version read, so a
+        span added meanwhile is kept. The number of parts changed."""
+        changed = 0
+        for stored in self.parts_if_any():
+            if stored.unread_spans and self._clear_part(stored, through_us, attempts):
+                changed += 1
+        return changed
+
+    def _clear_part(self, part: Part, through_us: int, attempts: int) -> bool:
+        for _ in range(attempts):
+            remaining = covered_through(part.unread_spans, through_us)
+            if remaining == part.unread_spans:
+                return False
+            try:
+                self.client.update_item(
+                    TableName=self.name,
+                    Key=self._key(part.shard),
+                    UpdateExpression="SET unread_spans = :s, unread_version = :next",
+                    ConditionExpression="unread_version = :v",
+                    ExpressionAttributeValues={
+                        ":s": {"S": dumps(remaining)},
+                        ":v": {"N": str(part.unread_version)},
+                        ":next": {"N": str(part.unread_version + 1)},
+                    },
+                )
+                return True
+            except ClientError as error:
+                if error_code(error) != "ConditionalCheckFailedException":
+                    raise
+            fresh = self.part(part.shard)
+            if fresh is None:
+                return False
+            part = fresh
+        raise EnvironmentProblem(
+            f"status table {self.name}: unread spans of shard {part.shard} could not be "
+            f"cleared after {attempts} attempts (the part kept changing)"
         )

@@ -24,6 +24,7 @@ from replicator.aws.errors import ErrorKind, classify, error_code, error_message
 from replicator.epoch import SECONDS_CEILING, finer_unit
 from replicator.exceptions import StatusTableMissing, StatusTableSilent
 from replicator.watermark.parts import US, Watermark, combine, seconds
+from replicator.watermark.spans import UnreadSpan
 from replicator.watermark.table import StatusTable
 from replicator.watermark.tracker import DeadLetterRange
 
@@ -236,10 +237,13 @@ class WaitResult:
     unanswered: bool = False
     """No read of the status table was answered during the wait (its endpoint hangs, or
     answers slower than the timeout): nothing is known, not even that it is behind."""
+    unread: tuple[UnreadSpan, ...] = field(default=())
+    """Spans meeting [since, until] whose changes were never read for the destination
+    (a LATEST start, a destination that joined late): passed, but not applied."""
 
     @property
     def replicated(self) -> bool:
-        return self.reached and not self.dead_lettered
+        return self.reached and not self.dead_lettered and not self.unread
 
     def __bool__(self) -> bool:
         return self.replicated
@@ -252,14 +256,17 @@ class WaitResult:
         if not self.reached:
             why = f" ({self.problem})" if self.problem else ""
             return f"timed out after {self.waited_s:.2f}s at {mark}{why}"
-        if self.dead_lettered:
-            spans = ", ".join(
-                f"{seconds(lo):.6f}..{seconds(hi):.6f}" for lo, hi in self.dead_lettered
-            )
-            return (
-                f"{mark} passed, but changes created in {spans} were dead-lettered at this "
-                "destination (settled, not applied): see the dead letters, then redrive"
-            )
+        if self.unread or self.dead_lettered:
+            reasons = [span.describe() for span in self.unread]
+            if self.dead_lettered:
+                spans = ", ".join(
+                    f"{seconds(lo):.6f}..{seconds(hi):.6f}" for lo, hi in self.dead_lettered
+                )
+                reasons.append(
+                    f"changes created in {spans} were dead-lettered at this destination "
+                    "(settled, not applied): see the dead letters, then redrive"
+                )
+            return f"{mark} passed, but " + "; ".join(reasons)
         return f"replicated: {mark} passed after {self.waited_s:.2f}s"
 
 
@@ -414,7 +421,8 @@ def wait_until_replicated(
             failures += 1
         if watermark is not None and watermark.passes(until_us):
             dead = tuple(watermark.dead_lettered_between(since_us, until_us))
-            return WaitResult(True, watermark, dead, time.monotonic() - started)
+            unread = tuple(watermark.unread_between(since_us, until_us))
+            return WaitResult(True, watermark, dead, time.monotonic() - started, unread=unread)
         now = time.monotonic()
         if now >= deadline:
             if not answered:

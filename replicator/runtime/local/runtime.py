@@ -30,7 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from replicator import entry
+from replicator import entry, wiring
 from replicator.aws import clients
 from replicator.aws.errors import ErrorKind, classify
 from replicator.config.model import InitialPosition, ResolvedJob
@@ -48,6 +48,8 @@ from replicator.runtime.local.protocol import CheckpointHandler, ProcessorChild
 from replicator.runtime.local.shard_worker import ShardProgress, ShardSettings, ShardWorker
 from replicator.shards.leases import LATEST, SHARD_END, TRIM_HORIZON, Lease, LeaseTable
 from replicator.shards.stream import Shard, list_shards
+from replicator.watermark.spans import UnreadSpan
+from replicator.watermark.table import StatusTable
 
 log = structlog.get_logger(__name__)
 
@@ -251,6 +253,7 @@ class LocalRuntime:
             idle_s=self.job.kcl.idle_time_between_reads_ms / 1000,
             on_trimmed=self.job.source.on_trimmed_data,
             restart_limit=self.restart_limit,
+            record_unread=self._record_unread if self.resolved.publishes_watermark else None,
         )
         worker = ShardWorker(
             lease, self.leases, self._streams, settings, self._new_child, self.stopping
@@ -261,6 +264,20 @@ class LocalRuntime:
         self.workers[lease.shard_id] = worker
         log.info("shard started", shard=lease.shard_id, checkpoint=lease.checkpoint)
         worker.start()
+
+    def _record_unread(self, shard_id: str, span: UnreadSpan) -> None:
+        """Store a span of changes a shard passed over on its part in every destination's
+        status table. The runtime reads the stream, so it alone knows of the gap; it
+        stores the span before the processor gets any record after it (whose claim
+        would pass it)."""
+        for destination in self.job.destinations:
+            table = StatusTable(
+                wiring.status_client(self.resolved, destination.label),
+                self.resolved.watermark_table,
+                destination.label,
+            )
+            table.ensure_exists()
+            table.add_unread_spans(shard_id, (span,))
 
     def _new_child(self, shard_id: str, on_checkpoint: CheckpointHandler) -> ProcessorChild:
         env = dict(os.environ)

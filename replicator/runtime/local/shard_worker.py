@@ -31,6 +31,7 @@ from replicator.exceptions import (
     ChildKeepsFailing,
     EnvironmentProblem,
     LeaseLost,
+    ReplicatorError,
     TrimmedData,
 )
 from replicator.runtime.local.protocol import ProcessorChild
@@ -43,6 +44,8 @@ from replicator.shards.leases import (
     LeaseTable,
 )
 from replicator.shards.stream import created_ms_of, to_daemon_record
+from replicator.watermark import spans
+from replicator.watermark.spans import UnreadSpan
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
@@ -88,6 +91,11 @@ class ShardSettings:
     # this long without failing (an idle stream gives it nothing to checkpoint), unless
     # it last failed with exit code 3: then only a checkpoint counts.
     recovered_after_s: float = 60.0
+    # Stores a span of changes this shard passed over (trimmed, an expired LATEST) in
+    # every destination's status table, so that the watermark never claims them; None
+    # when no watermark is published.
+    record_unread: Callable[[str, UnreadSpan], None] | None = None
+    record_unread_attempts: int = 8
 
 
 class ShardWorker(threading.Thread):
@@ -124,6 +132,9 @@ class ShardWorker(threading.Thread):
         # than from a new LATEST, which would skip what was written in between.
         self._latest_iterator: str | None = None
         self._first_delivered: str | None = None
+        self._last_created_us: int | None = None
+        # Changes passed over and not yet recorded: (created from, reason).
+        self._gap: tuple[int, str] | None = None
         self._shard_ending = False
         self._backoff = Backoff(0.2, 10.0)
         self._clock = clock
@@ -281,6 +292,7 @@ class ShardWorker(threading.Thread):
                             "changes made in between may not be replicated",
                             shard=self.shard_id,
                         )
+                        self._note_gap(0, spans.EXPIRED)
                         self._latest_iterator = self._iterator(LATEST)
                     iterator = self._resume_iterator()
                     continue
@@ -297,8 +309,12 @@ class ShardWorker(threading.Thread):
             attempt = 0
             records = response.get("Records", [])
             batch = [to_daemon_record(record) for record in records]
+            if self._gap is not None:
+                # Before the child sees anything after the gap, whose claim would pass it.
+                self._record_gap(created_ms_of(records[0]) * 1000 if records else None)
             millis_behind = 0
             if records:
+                self._last_created_us = created_ms_of(records[-1]) * 1000
                 millis_behind = max(0, int(time.time() * 1000) - created_ms_of(records[-1]))
                 self._last_delivered = batch[-1]["sequenceNumber"]
                 if self.lease.checkpoint == LATEST and self._first_delivered is None:
@@ -429,7 +445,55 @@ class ShardWorker(threading.Thread):
             shard=self.shard_id,
             policy=self.settings.on_trimmed.value,
         )
+        self._note_gap(self._last_created_us or 0, spans.TRIMMED)
         return self._iterator(TRIM_HORIZON)
+
+    # -- changes passed over, told to the watermark ----------------------------------------
+
+    def _note_gap(self, from_us: int, reason: str) -> None:
+        """Changes created from ``from_us`` on are being passed over; the span ends where
+        reading picks up again (see :meth:`_record_gap`)."""
+        if self.settings.record_unread is None:
+            return
+        if self._gap is not None:
+            from_us = min(from_us, self._gap[0])
+        self._gap = (from_us, reason)
+
+    def _record_gap(self, first_created_us: int | None) -> None:
+        """Store the span passed over, up to the first record read after it (to the end
+        of its second: creation times are whole seconds), or up to now when the read
+        came back empty. Tried a few times; if the status tables keep failing,
+        replication goes on and the error says the watermark may pass the span."""
+        assert self._gap is not None and self.settings.record_unread is not None
+        from_us, reason = self._gap
+        if first_created_us is not None:
+            to_us = first_created_us + spans.US - 1
+        else:
+            to_us = int(self._clock() * spans.US)
+        span = UnreadSpan(from_us, max(from_us, to_us), reason)
+        self._gap = None
+        attempts = self.settings.record_unread_attempts
+        for attempt in range(attempts):
+            try:
+                self.settings.record_unread(self.shard_id, span)
+            except (ClientError, BotoCoreError, ReplicatorError, OSError) as error:
+                if attempt + 1 < attempts and not self.stopping.is_set():
+                    self.stopping.wait(self._backoff.delay(attempt))
+                    continue
+                log.error(
+                    "could not record the changes passed over in the status tables; the "
+                    "watermark may claim them",
+                    shard=self.shard_id,
+                    unread=span.describe(),
+                    error=str(error),
+                )
+                return
+            log.warning(
+                "changes passed over; recorded for the watermark",
+                shard=self.shard_id,
+                unread=span.describe(),
+            )
+            return
 
     def _wait_and_retry(
         self, error: BaseException, attempt: int, what: str = "reading the stream"

@@ -21,6 +21,7 @@ from replicator.runtime.local.runtime import startable
 from replicator.runtime.local.shard_worker import ShardSettings, ShardWorker
 from replicator.shards.leases import SHARD_END, Lease, LeaseTable
 from replicator.shards.stream import Shard
+from replicator.watermark.spans import EXPIRED, TRIMMED, UnreadSpan
 from tests.support.aws import client
 
 
@@ -164,22 +165,34 @@ def run_worker(
     fail: bool | int = False,
     reason: tuple[str, int] | None = None,
     position: str = "TRIM_HORIZON",
+    record_unread: Callable[[str, UnreadSpan], None] | None = None,
+    children: list[StandInChild] | None = None,
 ) -> tuple[ShardWorker, ScriptedStream, list[StandInChild]]:
     """``fail``: True makes every child fail, a number makes that many children fail.
-    ``position``: the lease's checkpoint; LATEST is pinned first, as the runtime does."""
+    ``position``: the lease's checkpoint; LATEST is pinned first, as the runtime does.
+    ``record_unread``: where the spans of changes passed over go (the status tables)."""
     created = leases.create("shard-1", position, [])
     assert created is not None
     lease = leases.take(created)
     stop = threading.Event()
     stream = ScriptedStream(script, stop)
-    children: list[StandInChild] = []
+    children = [] if children is None else children
 
     def new_child(shard_id: str, on_checkpoint: Any) -> Any:
         failing = fail is True or (fail is not False and len(children) < fail)
         children.append(StandInChild(on_checkpoint, fail=failing, reason=reason))
         return children[-1]
 
-    settings = ShardSettings("arn", 100, 0.0, on_trimmed, restart_limit=2, restart_window_s=60)
+    settings = ShardSettings(
+        "arn",
+        100,
+        0.0,
+        on_trimmed,
+        restart_limit=2,
+        restart_window_s=60,
+        record_unread=record_unread,
+        record_unread_attempts=3,
+    )
     worker = ShardWorker(lease, leases, stream, settings, new_child, stop)
     worker.pin_latest()
     worker.run()
@@ -216,6 +229,77 @@ def test_trimmed_data_can_restart_from_the_oldest_record(leases: LeaseTable) -> 
     assert worker.error is None
     assert stream.iterator_requests[-1] == ("TRIM_HORIZON", None)
     assert leases.get("shard-1").checkpoint == "9"  # type: ignore[union-attr]
+
+
+def at(record: dict[str, Any], seconds: int) -> dict[str, Any]:
+    record["dynamodb"]["ApproximateCreationDateTime"] = datetime.fromtimestamp(seconds, UTC)
+    return record
+
+
+T = 1_796_126_400  # epoch seconds of the records below
+US = 1_000_000
+
+
+def test_trimmed_data_passed_over_is_recorded_before_the_child_reads_past_it(
+    leases: LeaseTable,
+) -> None:
+    """The span runs from the last record read to the end of the first record's second
+    after the trim horizon (creation times are whole seconds), and is stored before the
+    child is given that record, whose claim would pass the span."""
+    script = [
+        {"Records": [at(record(1), T)], "NextShardIterator": "x"},
+        error("TrimmedDataAccessException"),
+        {"Records": [at(record(9), T + 50)], "NextShardIterator": "z"},
+    ]
+    children: list[StandInChild] = []
+    recorded: list[tuple[str, UnreadSpan, int]] = []
+
+    def record_unread(shard: str, span: UnreadSpan) -> None:
+        given = sum(len(batch) for child in children for batch in child.batches)
+        recorded.append((shard, span, given))
+
+    worker, _, _ = run_worker(
+        leases, script, OnTrimmedData.RESTART_FROM_TRIM_HORIZON, record_unread=record_unread,
+        children=children,
+    )  # fmt: skip
+    assert worker.error is None
+    assert recorded == [("shard-1", UnreadSpan(T * US, (T + 51) * US - 1, TRIMMED), 1)]
+
+
+def test_an_expired_pinned_latest_records_what_it_passed_over(leases: LeaseTable) -> None:
+    script = [error("ExpiredIteratorException"), {"Records": [], "NextShardIterator": "x"}]
+    recorded: list[UnreadSpan] = []
+    before = time.time()
+    worker, _, _ = run_worker(
+        leases, script, position="LATEST", record_unread=lambda _, span: recorded.append(span)
+    )
+    assert worker.error is None
+    (span,) = recorded
+    assert span.reason == EXPIRED and span.from_us == 0
+    assert before * US <= span.to_us <= time.time() * US  # up to the read from the new tip
+
+
+def test_a_span_the_status_tables_refuse_is_tried_again_and_replication_goes_on(
+    leases: LeaseTable,
+) -> None:
+    script = [
+        error("TrimmedDataAccessException"),
+        {"Records": [at(record(9), T)], "NextShardIterator": "z"},
+    ]
+    attempts: list[UnreadSpan] = []
+
+    def refusing(_: str, span: UnreadSpan) -> None:
+        attempts.append(span)
+        raise error("InternalServerError")
+
+    with structlog.testing.capture_logs() as logged:
+        worker, _, children = run_worker(
+            leases, script, OnTrimmedData.RESTART_FROM_TRIM_HORIZON, record_unread=refusing
+        )
+    assert worker.error is None and len(attempts) == 3
+    assert [r["sequenceNumber"] for b in children[0].batches for r in b] == ["9"]
+    (said,) = [line for line in logged if "could not record the changes" in line["event"]]
+    assert said["log_level"] == "error" and said["unread"].startswith("changes created before")
 
 
 def test_the_end_of_a_shard_is_checkpointed_as_shard_end(leases: LeaseTable) -> None:

@@ -1,0 +1,129 @@
+"""Spans of creation times whose changes were never read for a destination.
+
+The watermark says every change created at or before ``W`` is settled at a destination.
+Some changes are passed over without ever reaching a processor: a shard that starts at
+``LATEST`` skips what came before; a destination added to a job that resumes from
+checkpoints never gets what the job had replicated before it joined. Holding the
+watermark back for them would hold it forever (they will never come), and letting it
+pass them would tell a waiter "replicated" for changes that are not there. So, like
+dead letters, they are recorded on the part (the status table item) as spans of
+creation times with a reason, and a waiter whose window meets one is told why instead.
+
+A span is stored before any claim that passes it (see publisher.py), so a reader never
+sees the watermark pass its changes without it. The replicator only ever widens or adds
+spans (a reader may be told changes *may* be missing when they are not, never the
+reverse), except that a completed ``replicator backfill`` removes what its copy covers
+(:func:`covered_through`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+US = 1_000_000
+MAX_SPANS_PER_REASON = 8
+
+LATEST = "latest"
+JOINED = "joined"
+TRIMMED = "trimmed"
+EXPIRED = "expired"
+
+_WHY = {
+    LATEST: (
+        "the job started at kcl.initial_position LATEST (a shard with no checkpoint); "
+        "copy them with `replicator backfill`"
+    ),
+    JOINED: (
+        "the destination joined the job then, and the job resumed from its checkpoints; "
+        "run `replicator backfill` to it"
+    ),
+    TRIMMED: (
+        "the stream had trimmed them before they were read (source.on_trimmed_data: "
+        "restart_from_trim_horizon); copy them with `replicator backfill`"
+    ),
+    EXPIRED: (
+        "the shard's pinned LATEST position expired before any record arrived and "
+        "reading went on from the stream's tip; copy them with `replicator backfill`"
+    ),
+}
+
+
+@dataclass(frozen=True, order=True)
+class UnreadSpan:
+    """Changes created from ``from_us`` to ``to_us`` (microseconds, both included) may
+    never have been read for the destination, for ``reason`` (a short code)."""
+
+    from_us: int
+    to_us: int
+    reason: str
+
+    def meets(self, since_us: int, until_us: int) -> bool:
+        return self.from_us <= until_us and self.to_us >= since_us
+
+    def describe(self) -> str:
+        """One line: which changes, and why (``LATEST``/``JOINED`` explained)."""
+        if self.from_us <= 0:
+            which = f"changes created before {_iso(self.to_us)}"
+        else:
+            which = f"changes created {_iso(self.from_us)}..{_iso(self.to_us)}"
+        return f"{which} were never read for this destination: {_WHY.get(self.reason, self.reason)}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "from": self.from_us / US,
+            "to": self.to_us / US,
+            "to_utc": _iso(self.to_us),
+            "reason": self.reason,
+            "why": self.describe(),
+        }
+
+
+def merge_spans(spans: Iterable[UnreadSpan]) -> list[UnreadSpan]:
+    """Overlapping spans of one reason joined; beyond ``MAX_SPANS_PER_REASON`` of a
+    reason, the closest neighbours joined (which only widens them)."""
+    by_reason: dict[str, list[tuple[int, int]]] = {}
+    for span in spans:
+        by_reason.setdefault(span.reason, []).append((span.from_us, span.to_us))
+    merged: list[UnreadSpan] = []
+    for reason, ranges in by_reason.items():
+        joined: list[tuple[int, int]] = []
+        for lo, hi in sorted(ranges):
+            if joined and lo <= joined[-1][1]:
+                joined[-1] = (joined[-1][0], max(joined[-1][1], hi))
+            else:
+                joined.append((lo, hi))
+        while len(joined) > MAX_SPANS_PER_REASON:
+            gaps = [joined[i + 1][0] - joined[i][1] for i in range(len(joined) - 1)]
+            i = gaps.index(min(gaps))
+            joined[i : i + 2] = [(joined[i][0], joined[i + 1][1])]
+        merged.extend(UnreadSpan(lo, hi, reason) for lo, hi in joined)
+    return sorted(merged)
+
+
+def covered_through(spans: Iterable[UnreadSpan], through_us: int) -> tuple[UnreadSpan, ...]:
+    """What remains unread once every change created at or before ``through_us`` is known
+    to be at the destination (a complete copy that started after them): spans ending by
+    then go, spans reaching past it start after it."""
+    remaining = []
+    for span in spans:
+        if span.to_us <= through_us:
+            continue
+        remaining.append(UnreadSpan(max(span.from_us, through_us + 1), span.to_us, span.reason))
+    return tuple(remaining)
+
+
+def dumps(spans: Iterable[UnreadSpan]) -> str:
+    """The status table's ``unread_spans``: JSON ``[[from_us, to_us, reason], ...]``."""
+    return json.dumps([[s.from_us, s.to_us, s.reason] for s in spans])
+
+
+def loads(text: str) -> tuple[UnreadSpan, ...]:
+    return tuple(UnreadSpan(int(lo), int(hi), str(why)) for lo, hi, why in json.loads(text))
+
+
+def _iso(us: int) -> str:
+    moment = datetime.fromtimestamp(us // US, tz=UTC).replace(microsecond=us % US)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -1,0 +1,382 @@
+"""Changes never read for a destination (a LATEST start, a destination that joined a
+resumed job) are recorded as spans on the parts, and no waiter is told "replicated" for
+them: the spans themselves, the publisher storing them before any claim, the status table
+keeping them across restarts, and what a wait answers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from replicator.metrics import Metrics
+from replicator.shards.stream import Shard
+from replicator.watermark.parts import Part, Watermark, combine
+from replicator.watermark.publisher import ShardWatermark
+from replicator.watermark.spans import (
+    JOINED,
+    LATEST,
+    UnreadSpan,
+    covered_through,
+    dumps,
+    loads,
+    merge_spans,
+)
+from replicator.watermark.table import StatusTable
+from replicator.watermark.wait import WaitResult, wait_until_replicated
+from tests.support.aws import client
+from tests.support.metrics import sample
+
+S = 1_000_000
+T0 = 1_700_000_000 * S
+START = T0 + 100 * S  # when the processors in these tests start
+
+
+# -- the spans ------------------------------------------------------------------------------
+
+
+def test_spans_of_one_reason_are_joined_and_reasons_kept_apart() -> None:
+    merged = merge_spans(
+        [
+            UnreadSpan(0, T0, LATEST),
+            UnreadSpan(0, T0 + 5 * S, LATEST),  # a second start before any checkpoint
+            UnreadSpan(0, T0 + 2 * S, JOINED),
+        ]
+    )
+    assert merged == [UnreadSpan(0, T0 + 2 * S, JOINED), UnreadSpan(0, T0 + 5 * S, LATEST)]
+    many = merge_spans(UnreadSpan(T0 + i * 10 * S, T0 + i * 10 * S, LATEST) for i in range(20))
+    assert len(many) == 8  # joined, which only widens them
+    assert many[0].from_us == T0 and many[-1].to_us == T0 + 190 * S
+    assert loads(dumps(merged)) == tuple(merged)
+
+
+def test_a_span_says_which_changes_and_why_in_one_line() -> None:
+    latest = UnreadSpan(0, 1_796_126_400 * S, LATEST).describe()
+    assert latest.startswith("changes created before 2026-12-01T12:00:00.000000Z were never read")
+    assert "kcl.initial_position LATEST" in latest and "replicator backfill" in latest
+    joined = UnreadSpan(0, T0, JOINED).describe()
+    assert "joined the job" in joined and "backfill" in joined
+    assert "\n" not in latest + joined
+
+
+def test_a_wait_inside_a_span_is_passed_but_not_replicated_and_after_it_replicated() -> None:
+    part = Part(
+        "d", "s1", watermark_us=START + 10 * S, unread_spans=(UnreadSpan(0, START, LATEST),)
+    )
+    mark = combine("d", [part])
+    assert mark.unread_spans == (UnreadSpan(0, START, LATEST),)
+    assert mark.unread_between(START - 60 * S, START - S) == [UnreadSpan(0, START, LATEST)]
+    assert mark.unread_between(START + 1, START + 5 * S) == []
+    result = WaitResult(True, mark, unread=tuple(mark.unread_between(0, START - S)))
+    assert not result.replicated and result.reached
+    assert "were never read for this destination" in result.describe()
+    assert mark.as_dict()["unread"][0]["reason"] == LATEST
+
+
+# -- the publisher and the status table -----------------------------------------------------
+
+
+@pytest.fixture
+def ddb(moto_endpoint: str) -> Any:
+    return client("dynamodb", "eu-west-1", moto_endpoint)
+
+
+@pytest.fixture
+def status(unique: Callable[[str], str]) -> str:
+    return unique("status")
+
+
+def table_of(ddb: Any, name: str, destination: str) -> StatusTable:
+    table = StatusTable(ddb, name, destination)
+    table.ensure_exists()
+    return table
+
+
+def publisher(
+    shard: str,
+    tables: dict[str, StatusTable],
+    shards: list[Shard],
+    metrics: Metrics,
+    *,
+    resumed: bool = False,
+    at_latest: bool = False,
+    now_us: int = START,
+) -> ShardWatermark:
+    watermark = ShardWatermark(
+        shard,
+        tables,
+        lambda: list(shards),
+        metrics,
+        interval_s=3600,  # published by the test
+        margin_s=0,
+        reads_follow_answers=True,
+        clock=lambda: now_us / S,
+    )
+    watermark.begin(resumed=resumed, at_latest=at_latest)
+    return watermark
+
+
+def wait(table: StatusTable, until_us: int, since_us: int | None = None) -> WaitResult:
+    return wait_until_replicated(
+        until_us / S,
+        since=None if since_us is None else since_us / S,
+        destination=table.destination,
+        status_table=table.name,
+        client=table.client,
+        timeout=0,
+        poll_interval=0.05,
+    )
+
+
+def test_a_latest_start_stores_its_span_before_it_claims_and_a_restart_keeps_it(
+    ddb: Any, status: str, metrics: Metrics
+) -> None:
+    table = table_of(ddb, status, "eu-west-1/replica")
+    shards = [Shard("s1", None, False)]
+    first = publisher("s1", {table.destination: table}, shards, metrics, at_latest=True)
+    first.empty_read(previous_answer_at=(START + 5 * S) / S, received_at=0)
+    first.publish()
+    mark = combine(table.destination, table.parts())
+    assert mark.watermark_us == START + 5 * S - 1
+    assert mark.unread_spans == (UnreadSpan(0, START, LATEST),)
+
+    before = wait(table, START - 30 * S)
+    assert before.reached and not before.replicated
+    assert before.unread == (UnreadSpan(0, START, LATEST),)
+    assert before.describe().startswith(f"watermark {(START + 5 * S - 1) / S:.6f} passed, but")
+    after = wait(table, START + 4 * S, since_us=START + S)
+    assert after.replicated, after.describe()
+
+    # The processor restarts from a checkpoint: the span is in the table, not in memory.
+    again = publisher(
+        "s1", {table.destination: table}, shards, metrics, resumed=True, now_us=START + 9 * S
+    )
+    again.empty_read(previous_answer_at=(START + 10 * S) / S, received_at=0)
+    again.publish()
+    assert not wait(table, START - 30 * S).replicated
+    assert combine(table.destination, table.parts()).unread_spans == (UnreadSpan(0, START, LATEST),)
+
+
+def test_a_stop_and_start_before_the_first_checkpoint_widens_the_span(
+    ddb: Any, status: str, metrics: Metrics
+) -> None:
+    table = table_of(ddb, status, "eu-west-1/replica")
+    shards = [Shard("s1", None, False)]
+    first = publisher("s1", {table.destination: table}, shards, metrics, at_latest=True)
+    first.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+    first.publish()
+    later = START + 60 * S  # stopped meanwhile: a new LATEST skips what came in between
+    second = publisher(
+        "s1", {table.destination: table}, shards, metrics, at_latest=True, now_us=later
+    )
+    second.empty_read(previous_answer_at=(later + S) / S, received_at=0)
+    second.publish()
+    result = wait(table, later - 10 * S)
+    assert result.unread == (UnreadSpan(0, later, LATEST),) and not result.replicated
+
+
+def test_a_trim_horizon_start_records_nothing(ddb: Any, status: str, metrics: Metrics) -> None:
+    table = table_of(ddb, status, "eu-west-1/replica")
+    fresh = publisher("s1", {table.destination: table}, [Shard("s1", None, False)], metrics)
+    fresh.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+    fresh.publish()
+    assert wait(table, START - 30 * S).replicated
+
+
+class Refusing(StatusTable):
+    def add_unread_spans(
+        self, shard: str, spans: tuple[UnreadSpan, ...], attempts: int = 5
+    ) -> None:
+        raise ClientError({"Error": {"Code": "InternalServerError", "Message": "no"}}, "UpdateItem")
+
+
+def test_no_claim_is_raised_while_the_span_cannot_be_stored(
+    ddb: Any, status: str, metrics: Metrics
+) -> None:
+    table = table_of(ddb, status, "eu-west-1/replica")
+    refusing = Refusing(ddb, status, table.destination)
+    watermark = publisher(
+        "s1", {table.destination: refusing}, [Shard("s1", None, False)], metrics, at_latest=True
+    )
+    watermark.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+    watermark.publish()
+    assert combine(table.destination, table.parts()).watermark_us is None
+    failures = "replicator_watermark_publish_failures_total"
+    assert sample(metrics, failures, destination=table.destination) == 1
+
+
+def test_a_destination_added_to_a_resumed_job_gets_a_span_up_to_its_first_start(
+    ddb: Any, status: str, metrics: Metrics
+) -> None:
+    old = table_of(ddb, status, "eu-west-1/old")
+    shards = [Shard("s1", None, False), Shard("s2", None, False)]
+    for shard in ("s1", "s2"):
+        first = publisher(shard, {old.destination: old}, shards, metrics, now_us=T0)
+        first.empty_read(previous_answer_at=(T0 + S) / S, received_at=0)
+        first.publish()
+
+    new = StatusTable(ddb, status, "eu-west-1/new")
+    tables = {old.destination: old, new.destination: new}
+    one = publisher("s1", tables, shards, metrics, resumed=True)
+    one.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+    one.publish()
+    # The second shard's processor starts after the first registered the new destination:
+    # it finds parts there, and records nothing of its own; the first one's span holds.
+    two = publisher("s2", tables, shards, metrics, resumed=True, now_us=START + 2 * S)
+    two.empty_read(previous_answer_at=(START + 3 * S) / S, received_at=0)
+    two.publish()
+
+    joined = wait(new, START - 30 * S)
+    assert joined.reached and not joined.replicated
+    assert joined.unread == (UnreadSpan(0, START, JOINED),)
+    assert "joined the job" in joined.describe()
+    assert wait(new, START + S - 1, since_us=START + 1).replicated
+    assert wait(old, START - 30 * S).replicated  # the old destination was there all along
+    assert combine(old.destination, old.parts()).unread_spans == ()
+
+
+def test_no_join_is_seen_when_no_destination_has_parts(
+    ddb: Any, status: str, metrics: Metrics
+) -> None:
+    """Every destination without parts: the status table was emptied, or the watermark
+    was just enabled; a job whose destinations all lack parts has nothing to compare."""
+    one, two = (table_of(ddb, status, f"eu-west-1/{n}") for n in ("one", "two"))
+    tables = {one.destination: one, two.destination: two}
+    watermark = publisher("s1", tables, [Shard("s1", None, False)], metrics, resumed=True)
+    watermark.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+    watermark.publish()
+    assert all(not part.unread_spans for t in (one, two) for part in t.parts())
+
+
+def test_a_shard_hands_its_spans_down_to_its_children_at_its_end(
+    ddb: Any, status: str, metrics: Metrics
+) -> None:
+    table = table_of(ddb, status, "eu-west-1/replica")
+    shards = [Shard("p", None, False)]
+    parent = publisher("p", {table.destination: table}, shards, metrics, at_latest=True)
+    parent.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+    parent.publish()
+    shards[:] = [Shard("p", None, True), Shard("c1", "p", False), Shard("c2", "p", False)]
+    parent.end_shard()
+    parts = {part.shard: part for part in table.parts()}
+    for child in ("c1", "c2"):
+        assert parts[child].unread_spans == (UnreadSpan(0, START, LATEST),)
+    # Once the ended parent expires, its children still report the span.
+    ddb.delete_item(
+        TableName=status, Key={"destination": {"S": table.destination}, "shard": {"S": "p"}}
+    )
+    remaining: Watermark = combine(table.destination, table.parts())
+    assert remaining.unread_spans == (UnreadSpan(0, START, LATEST),)
+
+
+def test_a_copy_covers_the_spans_that_end_before_it_started() -> None:
+    spans = (UnreadSpan(0, T0, LATEST), UnreadSpan(T0 + 5 * S, T0 + 9 * S, JOINED))
+    assert covered_through(spans, T0) == (UnreadSpan(T0 + 5 * S, T0 + 9 * S, JOINED),)
+    assert covered_through(spans, T0 + 6 * S) == (UnreadSpan(T0 + 6 * S + 1, T0 + 9 * S, JOINED),)
+    assert covered_through(spans, T0 - 1) == (UnreadSpan(T0, T0, LATEST), spans[1])
+
+
+def test_clearing_what_a_copy_covered_keeps_the_rest(
+    ddb: Any, status: str, metrics: Metrics
+) -> None:
+    table = table_of(ddb, status, "eu-west-1/replica")
+    table.raise_part("s1", START, "a:1")
+    table.add_unread_spans("s1", (UnreadSpan(0, T0, LATEST),))
+    table.add_unread_spans("s2", (UnreadSpan(0, START, JOINED),))
+    assert table.clear_unread_through(T0 + S) == 2
+    parts = {part.shard: part for part in table.parts()}
+    assert parts["s1"].unread_spans == ()
+    assert parts["s2"].unread_spans == (UnreadSpan(T0 + S + 1, START, JOINED),)
+    assert table.clear_unread_through(T0 + S) == 0  # nothing more to clear
+
+
+def test_a_join_is_stored_before_anything_is_registered_so_a_crash_cannot_lose_it(
+    ddb: Any, status: str, metrics: Metrics
+) -> None:
+    old = table_of(ddb, status, "eu-west-1/old")
+    shards = [Shard("s1", None, False), Shard("s2", None, False)]
+    for shard in ("s1", "s2"):
+        first = publisher(shard, {old.destination: old}, shards, metrics, now_us=T0)
+        first.empty_read(previous_answer_at=(T0 + S) / S, received_at=0)
+        first.publish()
+    new = StatusTable(ddb, status, "eu-west-1/new")
+    # The first processor cannot store the join, and dies: it registered nothing for the
+    # new destination meanwhile, which would have hidden the join from its successors.
+    dying = publisher(
+        "s1", {old.destination: old, new.destination: Refusing(ddb, status, new.destination)},
+        shards, metrics, resumed=True,
+    )  # fmt: skip
+    dying.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+    dying.publish()
+    assert new.parts() == []
+    # Its successors find the join again.
+    tables = {old.destination: old, new.destination: new}
+    for shard in ("s1", "s2"):
+        after = publisher(shard, tables, shards, metrics, resumed=True, now_us=START + 5 * S)
+        after.empty_read(previous_answer_at=(START + 6 * S) / S, received_at=0)
+        after.publish()
+    joined = wait(new, START - 30 * S)
+    assert joined.reached and joined.unread == (UnreadSpan(0, START + 5 * S, JOINED),)
+
+
+def test_a_wait_meeting_both_a_span_and_dead_letters_names_both_on_one_line() -> None:
+    mark = combine(
+        "d",
+        [
+            Part(
+                "d",
+                "s1",
+                watermark_us=START + 10 * S,
+                dead_letters=1,
+                dead_letter_ranges=((START - 5 * S, START - 4 * S),),
+                unread_spans=(UnreadSpan(0, START, LATEST),),
+            )
+        ],
+    )
+    until, since = START - S, START - 60 * S
+    result = WaitResult(
+        True,
+        mark,
+        tuple(mark.dead_lettered_between(since, until)),
+        unread=tuple(mark.unread_between(since, until)),
+    )
+    said = result.describe()
+    assert "never read" in said and "dead-lettered" in said and "\n" not in said
+
+
+def test_a_status_table_that_cannot_be_read_holds_back_only_what_it_may_decide(
+    ddb: Any, status: str, metrics: Metrics
+) -> None:
+    """Resumed, with one destination's status table unreachable: a destination that had
+    parts is known to have been in the job and publishes on; one without parts could
+    only be told apart (joined, or nothing to compare) by the unreachable one, and waits."""
+    old = table_of(ddb, status, "eu-west-1/old")
+    first = publisher("s1", {old.destination: old}, [Shard("s1", None, False)], metrics, now_us=T0)
+    first.empty_read(previous_answer_at=(T0 + S) / S, received_at=0)
+    first.publish()
+    empty = table_of(ddb, status, "eu-west-1/empty")
+    broken = StatusTable(client("dynamodb", "eu-west-1", "http://127.0.0.1:9"), "t", "broken")
+    tables = {old.destination: old, empty.destination: empty, broken.destination: broken}
+    resumed = publisher("s1", tables, [Shard("s1", None, False)], metrics, resumed=True)
+    resumed.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+    resumed.publish()
+    # "empty" has no parts while "old" has: it joined, whatever "broken" holds.
+    assert wait(empty, START - 30 * S).unread == (UnreadSpan(0, START, JOINED),)
+    assert combine(old.destination, old.parts()).watermark_us == START + S - 1
+    failures = "replicator_watermark_publish_failures_total"
+    assert sample(metrics, failures, destination="broken") == 1
+    assert sample(metrics, failures, destination=old.destination) == 0
+
+
+def test_a_destination_without_parts_waits_while_the_only_other_cannot_be_read(
+    ddb: Any, status: str, metrics: Metrics
+) -> None:
+    empty = table_of(ddb, status, "eu-west-1/empty")
+    broken = StatusTable(client("dynamodb", "eu-west-1", "http://127.0.0.1:9"), "t", "broken")
+    tables = {empty.destination: empty, broken.destination: broken}
+    resumed = publisher("s1", tables, [Shard("s1", None, False)], metrics, resumed=True)
+    resumed.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+    resumed.publish()
+    assert empty.parts() == []  # neither registered nor claimed: it may have joined

@@ -1,0 +1,222 @@
+"""Changes a job never read for a destination, end to end: the local runtime as a real
+process against a moto server over HTTP, and ``replicator wait`` / ``replicator
+watermark`` as an operator runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replicator.demo import tables
+from tests.support.aws import client
+from tests.support.e2e import Job, stop, wait_until
+from tests.test_processor_protocol import RawDaemon
+
+FAST = "watermark: {publish_interval_ms: 100, caught_up_margin_ms: 0}\n"
+LATEST_KCL = "{idle_time_between_reads_ms: 100, failover_time_ms: 6000, initial_position: LATEST}"
+
+
+def replicator(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "replicator", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def item(key: str, counter: int) -> dict[str, Any]:
+    return {"pk": {"S": key}, "sk": {"N": "0"}, "updated_at": {"N": str(counter)}}
+
+
+def held(job: Job, region: str, table: str, key: str) -> bool:
+    found = client("dynamodb", region, job.endpoint).get_item(
+        TableName=table, Key={"pk": {"S": key}, "sk": {"N": "0"}}, ConsistentRead=True
+    )
+    return "Item" in found
+
+
+def started(log: Path) -> bool:
+    return log.exists() and "shard started" in log.read_text(errors="replace")
+
+
+@pytest.fixture
+def job(moto_endpoint: str, unique: Any, tmp_path: Path) -> Job:
+    return Job(moto_endpoint, unique("wl"), tmp_path, extra=FAST, kcl=LATEST_KCL)
+
+
+def test_a_wait_for_a_time_before_a_latest_start_is_told_the_change_was_never_read(
+    job: Job,
+) -> None:
+    (region, table), _ = job.destinations
+    job.source.put_item(TableName=job.source_table, Item=item("before", 1))
+    before = time.time()
+    time.sleep(1.1)  # the stream's creation times are whole seconds
+    runtime = job.start()
+    try:
+        wait_until(lambda: started(job.directory / "runtime.log"), 60, "the shard to start")
+        waited = replicator(
+            "wait", "--config", str(job.path), "--destination", table,
+            "--until", f"{before:.6f}", "--timeout", "60",
+        )  # fmt: skip
+        assert waited.returncode == 4, waited
+        lines = waited.stderr.strip().splitlines()
+        assert len(lines) == 1, waited.stderr
+        assert "were never read for this destination" in lines[0]
+        assert "kcl.initial_position LATEST" in lines[0] and "backfill" in lines[0]
+        assert not held(job, region, table, "before")  # and it is indeed not there
+
+        # A change after the start, waited for from after the start: replicated.
+        since = time.time()
+        job.source.put_item(TableName=job.source_table, Item=item("after", 2))
+        later = time.time()
+        waited = replicator(
+            "wait", "--config", str(job.path), "--destination", table, "--since",
+            f"{since:.6f}", "--until", f"{later:.6f}", "--timeout", "60",
+        )  # fmt: skip
+        assert waited.returncode == 0, waited
+        assert held(job, region, table, "after")
+
+        shown = replicator("watermark", "-c", str(job.path), "-d", table)
+        assert "never read: changes created before" in shown.stdout, shown
+        as_json = json.loads(
+            replicator("watermark", "-c", str(job.path), "-d", table, "--json").stdout
+        )
+        assert [span["reason"] for span in as_json["unread"]] == ["latest"]
+    finally:
+        assert stop(runtime) == 0
+
+    # The span is in the status table: a reader after the runtime stopped is told the same.
+    waited = replicator(
+        "wait", "--config", str(job.path), "--destination", table,
+        "--until", f"{before:.6f}", "--timeout", "5",
+    )  # fmt: skip
+    assert waited.returncode == 4, waited
+
+
+def test_a_complete_backfill_clears_the_span_it_covers(job: Job) -> None:
+    """The documented procedure after a LATEST start: the replicator runs, then a
+    backfill copies what came before; once it is complete, a wait for a time before the
+    start is answered from the copy."""
+    (region, table), _ = job.destinations
+    job.source.put_item(TableName=job.source_table, Item=item("before", 1))
+    before = time.time()
+    time.sleep(1.1)
+    runtime = job.start()
+    try:
+        wait_until(lambda: started(job.directory / "runtime.log"), 60, "the shard to start")
+        args = ("-c", str(job.path), "-d", table, "--until", f"{before:.6f}", "--timeout", "60")
+        waited = replicator("wait", *args)
+        assert waited.returncode == 4, waited
+        # The backfill's hand-off check needs a checkpoint: a change after the start.
+        job.source.put_item(TableName=job.source_table, Item=item("after", 2))
+        wait_until(
+            lambda: any(row["checkpoint"]["S"].isdigit() for row in job.lease_rows()),
+            30,
+            "the replicator's first checkpoint",
+        )
+        time.sleep(2.1)  # the copy must start after the span (whole seconds, less 1 s)
+        copied = replicator("backfill", "--config", str(job.path))
+        assert copied.returncode == 0, copied
+        assert f"no longer reported at {region}/{table}" in copied.stdout
+        assert held(job, region, table, "before")
+        waited = replicator("wait", *args)
+        assert waited.returncode == 0, waited
+        shown = json.loads(
+            replicator("watermark", "-c", str(job.path), "-d", table, "--json").stdout
+        )
+        assert shown["unread"] == []
+    finally:
+        assert stop(runtime) == 0
+
+
+def test_a_destination_added_to_a_resumed_job_is_not_reported_replicated_before_it_joined(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    name = unique("wj")
+    job = Job(moto_endpoint, name, tmp_path, extra=FAST, destinations=[("eu-west-1", f"{name}-eu")])
+    _, eu = job.destinations[0]
+    runtime = job.start()
+    try:
+        job.source.put_item(TableName=job.source_table, Item=item("old", 1))
+        written = time.time()
+        waited = replicator(
+            "wait", "-c", str(job.path), "-d", eu, "--until", f"{written:.6f}", "--timeout", "60"
+        )
+        assert waited.returncode == 0, waited
+    finally:
+        assert stop(runtime) == 0  # checkpointed: the job resumes from there
+
+    # "Adding a destination": the task name is pinned, the new table created, restart.
+    ap_region, ap = "ap-southeast-2", f"{name}-ap"
+    tables.create(client("dynamodb", ap_region, job.endpoint), ap, stream=False)
+    job.destinations.append((ap_region, ap))
+    job.write()
+    time.sleep(1.1)  # the stream's creation times are whole seconds
+    runtime = job.start(log=job.directory / "second.log")
+    try:
+        wait_until(lambda: started(job.directory / "second.log"), 60, "the shard to start")
+        waited = replicator(
+            "wait", "-c", str(job.path), "-d", ap, "--until", f"{written:.6f}", "--timeout", "60"
+        )
+        assert waited.returncode == 4, waited
+        assert "joined the job" in waited.stderr and "backfill" in waited.stderr
+        assert not held(job, ap_region, ap, "old")
+        # The old destination had everything all along; the new one has what came since.
+        waited = replicator(
+            "wait", "-c", str(job.path), "-d", eu, "--until", f"{written:.6f}", "--timeout", "60"
+        )
+        assert waited.returncode == 0, waited
+        # It joined when its processor started (the span's end, which the watermark shows):
+        # a change after that, waited for from then on, is replicated there.
+        shown = replicator("watermark", "-c", str(job.path), "-d", ap, "--json")
+        (span,) = json.loads(shown.stdout)["unread"]
+        assert span["reason"] == "joined" and span["to"] > written
+        since = span["to"] + 0.001
+        wait_until(lambda: time.time() > since, 5, "the join to be past")
+        job.source.put_item(TableName=job.source_table, Item=item("new", 2))
+        later = time.time()
+        waited = replicator(
+            "wait", "-c", str(job.path), "-d", ap, "--since", f"{since:.6f}",
+            "--until", f"{later:.6f}", "--timeout", "60",
+        )  # fmt: skip
+        assert waited.returncode == 0, waited
+        assert held(job, ap_region, ap, "new")
+    finally:
+        assert stop(runtime) == 0
+
+
+def test_a_processor_the_kcl_starts_at_latest_records_the_span_too(job: Job) -> None:
+    """The KCL's MultiLangDaemon tells the processor a shard with no checkpoint starts at
+    LATEST the same way the local runtime does (``sequenceNumber: LATEST``): driven over
+    that protocol, the processor records the span as well."""
+    (_, table), _ = job.destinations
+    streams = client("dynamodbstreams", job.source_region, job.endpoint)
+    arn = job.source.describe_table(TableName=job.source_table)["Table"]["LatestStreamArn"]
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    job.write(runtime="kcl")
+    before = time.time()
+    time.sleep(1.1)
+    daemon = RawDaemon(job.path)
+    initialize = {"shardId": shard, "sequenceNumber": "LATEST", "subSequenceNumber": 0}
+    daemon.act({"action": "initialize", **initialize})
+    try:
+        args = ("-c", str(job.path), "-d", table, "--until", f"{before:.6f}", "--timeout", "0")
+
+        def told() -> bool:
+            daemon.records([])  # an idle daemon's empty batches: the shard is caught up
+            return replicator("wait", *args).returncode == 4
+
+        wait_until(told, 60, "wait to say the changes before the start were never read")
+        said = replicator("wait", *args).stderr
+        assert "kcl.initial_position LATEST" in said
+    finally:
+        daemon.act({"action": "shutdownRequested"})
+        assert daemon.finish() == 0
