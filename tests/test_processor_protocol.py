@@ -36,7 +36,8 @@ class RawDaemon:
         self.checkpoints: list[Any] = []
         self.stderr: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
-        threading.Thread(target=self._errors, daemon=True).start()
+        self._stderr_reader = threading.Thread(target=self._errors, daemon=True)
+        self._stderr_reader.start()
 
     def _pump(self) -> None:
         assert self.process.stdout
@@ -106,7 +107,15 @@ class RawDaemon:
     def finish(self, timeout: float = 30.0) -> int:
         assert self.process.stdin
         self.process.stdin.close()
-        return self.process.wait(timeout)
+        return self.exit_code(timeout)
+
+    def exit_code(self, timeout: float = 30.0) -> int:
+        """The child's exit status, once everything it wrote to stderr has been read: the
+        process can end before the reader thread has taken its last lines."""
+        code = self.process.wait(timeout * PATIENCE)
+        self._stderr_reader.join(timeout * PATIENCE)
+        assert not self._stderr_reader.is_alive(), "stderr still open after the child ended"
+        return code
 
 
 @pytest.fixture
@@ -274,7 +283,7 @@ def test_checkpoint_invalid_state_ends_the_process_nonzero(job: dict[str, Any]) 
             )
         elif time.monotonic() < deadline:
             daemon.write({"action": "processRecords", "millisBehindLatest": 0, "records": []})
-    assert daemon.process.wait(30) == 1
+    assert daemon.exit_code() == 1
     assert any("InvalidStateException" in line for line in daemon.stderr)
 
 
@@ -282,7 +291,7 @@ def test_an_unexpected_error_ends_the_process_nonzero(job: dict[str, Any]) -> No
     daemon = RawDaemon(job["config"])
     daemon.write({"action": "processRecords", "millisBehindLatest": 0, "records": []})
     assert daemon.read() is None  # no status: the child died instead of carrying on
-    assert daemon.process.wait(30) == 1
+    assert daemon.exit_code() == 1
     assert any("before initialize" in line for line in daemon.stderr)
 
 
