@@ -22,7 +22,8 @@ A remembered delete stands in for its tombstone, so it keeps the tombstone's rul
   after which a put below it is let through to the source writer's tombstone check,
   which applies it and counts the expired tombstone;
 * without tombstones it does not outlive the next local insert of the item: an insert
-  (no old image) that the region's stream carries after the delete was made after it,
+  (no old image) that the region's stream carries after the delete was made after it
+  (on Kinesis, which does not keep that order: one created no earlier than the delete),
   so it is a re-creation (DynamoDBMapper's and the enhanced client's versioning start
   again at 1), and it lands, as docs/conflict-rules.md promises. With tombstones the
   delete's tombstone decides, everywhere alike.
@@ -166,17 +167,21 @@ class HighWater:
         tombstones: bool = False,
         retention_s: float | None = None,
         clock: Callable[[], float] = time.time,
+        in_order: bool = True,
     ) -> None:
         """``keep_echoes_apart``: a loop-skipped record never replaces a queued change
         (with tombstones, the queued change may be a stale insert the source writer
         must still check). ``tombstones``: deletes are recorded, so a remembered delete
         outranks a later local insert below it. ``retention_s``: how long a remembered
-        delete counts (the tombstone retention), by ``clock``."""
+        delete counts (the tombstone retention), by ``clock``. ``in_order``: the stream
+        keeps each item's changes in order (a DynamoDB stream; not Kinesis, where a
+        record's creation time says which of two came first)."""
         self.rule = rule
         self.keep_echoes_apart = keep_echoes_apart
         self.tombstones = tombstones
         self.retention_s = retention_s
         self._clock = clock
+        self.in_order = in_order
         self.notes = notes or SharedNotes()
         self._highest: OrderedDict[KeyId, _State] = OrderedDict()
         self._bytes = 0
@@ -243,7 +248,7 @@ class HighWater:
             not self.tombstones
             and change.event is not Event.REMOVE
             and change.old_image is None
-            and change.created_us >= highest.created_us  # not an older record (Kinesis)
+            and (self.in_order or change.created_us >= highest.created_us)
         )
         if expired or recreated:
             self._forget(change.key)

@@ -385,10 +385,12 @@ def test_without_tombstones_an_insert_after_a_delete_re_creates_the_item() -> No
 def test_without_tombstones_an_older_insert_read_after_the_delete_is_corrected() -> None:
     """On Kinesis an insert made before the delete can be read after it: only an insert
     created no earlier than the delete re-creates the item."""
-    stage = HighWater(RULE)
+    stage = HighWater(RULE, in_order=False)
     stage.route(change("REMOVE", None, image(2, "us-east-1"), seq=2), Route.REPLICATE)
     older = msgspec.structs.replace(change("INSERT", image(1, "us-east-1"), seq=1), created_us=0)
     assert stage.route(older, Route.REPLICATE)[0].event is Event.REMOVE
+    later = change("INSERT", image(1, "us-east-1", "again"), seq=3)
+    assert stage.route(later, Route.REPLICATE) == (later, Route.REPLICATE, False)
 
 
 def test_a_remembered_delete_older_than_the_retention_no_longer_corrects() -> None:
