@@ -233,6 +233,28 @@ def test_the_source_writer_removes_a_local_insert_below_a_recorded_delete(pair: 
     )
 
 
+def test_a_stale_insert_below_a_delete_is_corrected_logged_and_counted_once(pair: Pair) -> None:
+    """The correction deletes the stale item from the source, and that delete's own
+    stream record is the job's echo: skipped, not corrected, logged or counted again
+    ("at most one write-back follows a lost conflict, and none follows a write-back")."""
+    stage = HighWater(RULE, tombstones=True, keep_echoes_apart=True, notes=pair.source.notes)
+    deleted = image(20, "us-east-1")
+    delete, route, _ = stage.route(change("REMOVE", None, deleted), Route.REPLICATE)
+    assert pair.source.write(delete).outcome is Outcome.UNCHANGED  # recorded
+    stale = image(18, "us-east-1", "stale")
+    pair.a.put_item(TableName=pair.table, Item=stale)  # the application, unconditionally
+    correction, route, _ = stage.route(change("INSERT", stale, seq=2), Route.REPLICATE)
+    assert correction.corrects is not None and route is Route.REPLICATE
+    assert pair.source.write(correction).outcome is Outcome.CONFLICT_LOST
+    assert pair.get(pair.a) is None
+    removal = change("REMOVE", None, stale, seq=3)  # the correction's record in A's stream
+    assert stage.route(removal, Route.REPLICATE)[1] is Route.LOOP_SKIPPED
+    label = f"us-east-1/{pair.table}"
+    assert sample(pair.metrics, "replicator_conflict_writebacks_total", destination=label) == 1
+    assert len(pair.log.entries) == 1 and pair.log.entries[0]["loser"] == stale
+    assert stage.corrections == 1
+
+
 def test_a_write_back_landing_before_a_local_delete_is_recorded_is_removed_with_it(
     pair: Pair,
 ) -> None:
