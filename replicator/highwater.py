@@ -10,18 +10,35 @@ every destination (where it is usually already there).
 
 The highest state is known from the stream itself: each record's old image is what the
 source held before the write, and a delete ranks just above the image it deleted. The
-buffer keeps only the last change to a key (a delete followed by an insert leaves the
-insert), so the highest state seen is kept here, per key, for the keys seen last: at
-most ``MAX_KEYS`` keys and about ``MAX_BYTES`` of records. Nothing here is needed for
-durability: a restart reads the records again from the checkpoint, their old images
-carry the state forward, and a forgotten delete is in the tombstone table, which the
-source writer reads for every local insert.
+highest state seen is kept here, per key, for the keys seen last: at most ``MAX_KEYS``
+keys and about ``MAX_BYTES`` of records. Nothing here is needed for durability: a
+restart reads the records again from the checkpoint, their old images carry the state
+forward, and a forgotten delete is in the tombstone table, which the source writer reads
+for every local insert.
+
+A remembered delete stands in for its tombstone, so it keeps the tombstone's rules:
+
+* it counts for the tombstone retention only (from the delete record's creation time),
+  after which a put below it is let through to the source writer's tombstone check,
+  which applies it and counts the expired tombstone;
+* without tombstones it does not outlive the next local insert of the item: an insert
+  (no old image) that the region's stream carries after the delete was made after it
+  (on Kinesis, which does not keep that order: one created no earlier than the delete),
+  so it is a re-creation (DynamoDBMapper's and the enhanced client's versioning start
+  again at 1), and it lands, as docs/conflict-rules.md promises. With tombstones the
+  delete's tombstone decides, everywhere alike.
+
+A delete record below a remembered delete (the source writer's own removal of a stale
+insert, a correction landing, a duplicate) changes nothing: the source holds no item and
+the higher delete was already sent everywhere, so it is skipped like an echo.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -137,6 +154,7 @@ class _State:
     image: Item
     deleted: bool
     size: int  # of the record that showed it (its base64 text): what keeping it costs
+    created_us: int = 0  # of the record that showed it: a remembered delete's age
 
 
 class HighWater:
@@ -146,12 +164,24 @@ class HighWater:
         *,
         keep_echoes_apart: bool = False,
         notes: SharedNotes | None = None,
+        tombstones: bool = False,
+        retention_s: float | None = None,
+        clock: Callable[[], float] = time.time,
+        in_order: bool = True,
     ) -> None:
         """``keep_echoes_apart``: a loop-skipped record never replaces a queued change
         (with tombstones, the queued change may be a stale insert the source writer
-        must still check)."""
+        must still check). ``tombstones``: deletes are recorded, so a remembered delete
+        outranks a later local insert below it. ``retention_s``: how long a remembered
+        delete counts (the tombstone retention), by ``clock``. ``in_order``: the stream
+        keeps each item's changes in order (a DynamoDB stream; not Kinesis, where a
+        record's creation time says which of two came first)."""
         self.rule = rule
         self.keep_echoes_apart = keep_echoes_apart
+        self.tombstones = tombstones
+        self.retention_s = retention_s
+        self._clock = clock
+        self.in_order = in_order
         self.notes = notes or SharedNotes()
         self._highest: OrderedDict[KeyId, _State] = OrderedDict()
         self._bytes = 0
@@ -175,6 +205,10 @@ class HighWater:
 
     def _route(self, change: Change, route: Route) -> tuple[Change, Route, bool]:
         if route is Route.REPLICATE:
+            self._let_go_of_delete(change)
+            if self._below_a_delete_sent(change):
+                self._observe(change, self._outcome(change))
+                return change, Route.LOOP_SKIPPED, False
             image = change.new_image
             if image is not None and self._already_everywhere(change, image):
                 self._observe(change, self._outcome(change))
@@ -199,6 +233,37 @@ class HighWater:
         if highest is not None and not highest.deleted and same_item(highest.image, image):
             return True
         return self.notes.is_echo(change.key, image)
+
+    def _let_go_of_delete(self, change: Change) -> None:
+        """Forget the remembered delete of ``change``'s item when it no longer counts: past
+        the retention, or (without tombstones) when ``change`` re-creates the item."""
+        highest = self._highest.get(change.key)
+        if highest is None or not highest.deleted:
+            return
+        expired = (
+            self.retention_s is not None
+            and self._clock() - highest.created_us / 1_000_000 >= self.retention_s
+        )
+        recreated = (
+            not self.tombstones
+            and change.event is not Event.REMOVE
+            and change.old_image is None
+            and (self.in_order or change.created_us >= highest.created_us)
+        )
+        if expired or recreated:
+            self._forget(change.key)
+
+    def _below_a_delete_sent(self, change: Change) -> bool:
+        """A delete record at or below the remembered delete of its item: the source holds
+        no item, and the remembered delete (or its correction) already went everywhere.
+        This is how the removal the source writer made of a stale insert, and a
+        correction's delete landing in the source, are recognised as the job's own."""
+        if change.event is not Event.REMOVE or change.old_image is None:
+            return False
+        highest = self._highest.get(change.key)
+        return (
+            highest is not None and highest.deleted and self._outcome(change).rank <= highest.rank
+        )
 
     def admit(self, change: Change) -> Change:
         """``change``, or a correction that carries a state ranking above it."""
@@ -229,8 +294,10 @@ class HighWater:
         image = change.image
         size = len(change.raw.get("data") or "") if change.raw else 0
         if image is None:  # a REMOVE without an old image: dead-lettered by the rule
-            return _State((NO_ITEM, 1), {}, True, size)
-        return _State(self.rule.op_rank(change), image, change.op_is_delete, size)
+            return _State((NO_ITEM, 1), {}, True, size, change.created_us)
+        return _State(
+            self.rule.op_rank(change), image, change.op_is_delete, size, change.created_us
+        )
 
     def _observe(self, change: Change, outcome: _State) -> _State | None:
         """Take what ``change`` shows; the highest state when the source's newest state
@@ -239,7 +306,11 @@ class HighWater:
         highest = self._highest.get(key)
         if change.event is not Event.REMOVE and change.old_image is not None:
             before = _State(
-                (self.rule.rank(change.old_image), 0), change.old_image, False, outcome.size
+                (self.rule.rank(change.old_image), 0),
+                change.old_image,
+                False,
+                outcome.size,
+                change.created_us,
             )
             if highest is None or before.rank > highest.rank:
                 highest = before

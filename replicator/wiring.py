@@ -275,7 +275,12 @@ def high_water(resolved: ResolvedJob, pipeline: ShardPipeline) -> HighWater | No
     rule = rule_for(job.conflict, job.loop_prevention.origin_attribute)
     assert isinstance(rule, OrderedRule)
     return HighWater(
-        rule, keep_echoes_apart=job.active_active.tombstones, notes=pipeline.source.notes
+        rule,
+        keep_echoes_apart=job.active_active.tombstones,
+        notes=pipeline.source.notes,
+        tombstones=job.active_active.tombstones,
+        retention_s=job.active_active.tombstone_retention_hours * 3600,
+        in_order=job.source.stream.kind is StreamKind.DYNAMODB_STREAMS,
     )
 
 

@@ -69,6 +69,32 @@ KCL_ENDPOINT_KEYS = ("kinesisEndpoint", "dynamoDBEndpoint")
 _DOTTED_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
+def _yes_or_no(value: object) -> object:
+    """A switch is a YAML ``true``/``false``, or that word from a ``${VAR}`` expansion
+    (which always gives text). pydantic alone would also take ``1``, ``"yes"`` or
+    ``"on"``, so a number or a word meant for another key would silently turn a switch
+    on or off."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
+        return value.strip().lower() == "true"
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _not_a_switch(value: object) -> object:
+    """A number is never a YAML ``true``/``false`` (which pydantic reads as 1 and 0):
+    ``tombstone_retention_hours: true`` is a mistake, not one hour. Digits from a
+    ``${VAR}`` expansion are still taken as the number."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {str(value).lower()}")
+    return value
+
+
+Bool = Annotated[bool, BeforeValidator(_yes_or_no)]
+Int = Annotated[int, BeforeValidator(_not_a_switch)]
+Float = Annotated[float, BeforeValidator(_not_a_switch)]
+
+
 class Strict(BaseModel):
     """Base for every section: unknown keys are errors, values are frozen after loading."""
 
@@ -191,7 +217,7 @@ class ConflictConfig(Strict):
     resolver: str | None = Field(
         default=None, description="module.path:function for the custom policy."
     )
-    max_attempts: Annotated[int, Field(ge=1, le=100)] = 10
+    max_attempts: Annotated[Int, Field(ge=1, le=100)] = 10
 
     @property
     def ranked_by(self) -> str | None:
@@ -276,17 +302,17 @@ class ActiveActiveConfig(Strict):
     delete never brings the item back. See docs/active-active.md.
     """
 
-    write_back: bool | None = Field(
+    write_back: Bool | None = Field(
         default=None,
         description="Default: on when loop_prevention.origin_attribute is set and the "
         "policy is last_writer_wins or version.",
     )
-    tombstones: bool = False
+    tombstones: Bool = False
     tombstone_table: str = Field(
         default="{table}-tombstones",
         description="Name of each region's tombstone table; {table} is that region's table.",
     )
-    tombstone_retention_hours: Annotated[int, Field(ge=1, le=87_600)] = 168
+    tombstone_retention_hours: Annotated[Int, Field(ge=1, le=87_600)] = 168
 
     @field_validator("tombstone_table")
     @classmethod
@@ -299,13 +325,12 @@ class ActiveActiveConfig(Strict):
         problem = _pattern_problem(value, "table")
         if problem:
             raise ValueError(f"tombstone_table may use only {{table}}: {value!r} ({problem})")
-        _check_table(value.format(table="orders"))
-        return value
+        return value  # the names it gives the job's tables: cross_checks
 
 
 class RetryConfig(Strict):
-    base_delay_ms: Annotated[int, Field(ge=1)] = 50
-    max_delay_ms: Annotated[int, Field(ge=1)] = 20_000
+    base_delay_ms: Annotated[Int, Field(ge=1)] = 50
+    max_delay_ms: Annotated[Int, Field(ge=1)] = 20_000
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -315,19 +340,19 @@ class RetryConfig(Strict):
 
 
 class WriterConfig(Strict):
-    max_in_flight: Annotated[int, Field(ge=1, le=1024)] = 512
+    max_in_flight: Annotated[Int, Field(ge=1, le=1024)] = 512
     # A buffered change of a 1 KB item (both images) holds about 20 KB of Python objects,
     # and a shard read behind its tip keeps the buffer full: 2,000 (plus the batch that
     # arrives on top) is about 140 MB per shard process and two seconds of writes at
     # 1,000 changes/s, far more than max_in_flight needs to stay busy.
-    max_buffered_changes: Annotated[int, Field(ge=1)] = 2_000
+    max_buffered_changes: Annotated[Int, Field(ge=1)] = 2_000
     retry: RetryConfig = RetryConfig()
-    access_denied_limit: Annotated[int, Field(ge=1)] = 20
-    connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
-    read_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    access_denied_limit: Annotated[Int, Field(ge=1)] = 20
+    connect_timeout_s: Annotated[Float, Field(gt=0)] = 5.0
+    read_timeout_s: Annotated[Float, Field(gt=0)] = 10.0
     # PutItem/DeleteItem are sent over DynamoDB's JSON protocol directly (writers/wire.py),
     # which halves their CPU; true sends them through botocore's full request pipeline.
-    send_with_botocore: bool = False
+    send_with_botocore: Bool = False
 
 
 class DeadLetterKind(StrEnum):
@@ -377,13 +402,13 @@ class ConflictLogConfig(Strict):
         default="{task_name}-conflicts",
         description="dynamodb: the table, created in the source region when missing.",
     )
-    retention_days: Annotated[int, Field(ge=1, le=3650)] = 30
+    retention_days: Annotated[Int, Field(ge=1, le=3650)] = 30
     queue_url: str | None = None
     region: str | None = None
     endpoint_url: str | None = None
     role_arn: str | None = None
-    max_pending: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
-    retry_for_s: Annotated[float, Field(gt=0)] = 60.0
+    max_pending: Annotated[Int, Field(ge=1, le=1_000_000)] = 1000
+    retry_for_s: Annotated[Float, Field(gt=0)] = 60.0
 
     _role = field_validator("role_arn")(_check_role)
     _endpoint = field_validator("endpoint_url")(check_endpoint)
@@ -440,9 +465,9 @@ def _property_text(value: object) -> object:
 
 class KclConfig(Strict):
     initial_position: InitialPosition = InitialPosition.TRIM_HORIZON
-    max_records: Annotated[int, Field(ge=1, le=10_000)] = 1000
-    idle_time_between_reads_ms: Annotated[int, Field(ge=0)] = 500
-    failover_time_ms: Annotated[int, Field(ge=1000)] = 60_000
+    max_records: Annotated[Int, Field(ge=1, le=10_000)] = 1000
+    idle_time_between_reads_ms: Annotated[Int, Field(ge=0)] = 500
+    failover_time_ms: Annotated[Int, Field(ge=1000)] = 60_000
     worker_id: str | None = None
     java: str = "java"
     jars_dir: str | None = Field(
@@ -466,23 +491,23 @@ class KclConfig(Strict):
 
 
 class MetricsConfig(Strict):
-    enabled: bool = True
+    enabled: Bool = True
     host: str = "0.0.0.0"  # noqa: S104  # a container must be scrapeable from outside
-    port: Annotated[int, Field(ge=0, le=65535)] = 9400
-    stall_after_s: Annotated[float, Field(gt=0)] = 300.0
+    port: Annotated[Int, Field(ge=0, le=65535)] = 9400
+    stall_after_s: Annotated[Float, Field(gt=0)] = 300.0
 
 
 class WatermarkConfig(Strict):
     """The replication watermark each shard's processor publishes per destination."""
 
-    enabled: bool = True
+    enabled: Bool = True
     # At most one status write per shard and destination per interval (and none while the
     # shard's part has not changed): 86,400 writes a day per shard and destination at 1 s.
-    publish_interval_ms: Annotated[int, Field(ge=50, le=600_000)] = 1_000
+    publish_interval_ms: Annotated[Int, Field(ge=50, le=600_000)] = 1_000
     # How much earlier than an empty read a caught-up shard claims: the time a stream
     # record may take to become readable after its write, plus clock differences between
     # the application, DynamoDB and the replicator's hosts.
-    caught_up_margin_ms: Annotated[int, Field(ge=0, le=600_000)] = 1_000
+    caught_up_margin_ms: Annotated[Int, Field(ge=0, le=600_000)] = 1_000
 
 
 class LogFormat(StrEnum):
@@ -720,6 +745,7 @@ def cross_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
                         "(drop this override, or set active_active.write_back: false)",
                     )
                 )
+    problems += _origin_attribute_checks(job)
     if active.tombstones and active.write_back is False:
         problems.append(
             (
@@ -747,6 +773,41 @@ def cross_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
                         "a kinesis stream needs last_writer_wins or version, not overwrite",
                     )
                 )
+    return problems
+
+
+def _origin_attribute_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """The attribute that ranks images cannot also be the origin stamp: loop prevention
+    would read every image's timestamp as a region name (and never find its own), and
+    the order would compare region names as times."""
+    origin = job.loop_prevention.origin_attribute
+    if not origin:
+        return []
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    settings: list[tuple[tuple[str | int, ...], ConflictConfig]] = [(("conflict",), job.conflict)]
+    settings += [
+        (("destinations", index, "conflict"), destination.conflict)
+        for index, destination in enumerate(job.destinations)
+        if destination.conflict is not None
+    ]
+    for place, conflict in settings:
+        if conflict.policy not in _ORDERED:
+            continue
+        policy, attribute = _ranking(conflict)
+        if attribute == origin:
+            name = (
+                "version_attribute"
+                if policy is ConflictPolicyName.VERSION
+                else "timestamp_attribute"
+            )
+            problems.append(
+                (
+                    (*place, name),
+                    f"is {attribute!r}, which is also loop_prevention.origin_attribute: the "
+                    "attribute that ranks images and the one that stamps their region must "
+                    "be two attributes",
+                )
+            )
     return problems
 
 
@@ -865,23 +926,67 @@ def _runtime_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
 
 
 def _tombstone_table_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
-    """A tombstone table must never be one of the job's own tables."""
-    if not job.active_active.tombstones:
-        return []
+    """The tombstone table pattern, formatted with every table the job formats it with
+    (the source's and each destination's), must give a DynamoDB table name, and with
+    tombstones on never one of the job's own tables: a user table, or a table the job
+    keeps for itself (lease, watermark, backfill, KCL, conflict log), whose items the
+    tombstone writes would mix with (or which has another key)."""
+    where: tuple[str | int, ...] = ("active_active", "tombstone_table")
     tables = [(job.source.region, job.source.table)] + [
         (d.region, d.table) for d in job.destinations
     ]
-    for region, table in tables:
-        tombstones = job.tombstone_table(table)
-        if (region, tombstones) in tables:
+    for _, table in tables:
+        name = job.tombstone_table(table)
+        if not _TABLE.match(name):
             return [
                 (
-                    ("active_active", "tombstone_table"),
-                    f"gives {tombstones!r} in {region} for the table {table!r}, which is one "
-                    "of the job's own tables: choose a pattern that names a table of its own",
+                    where,
+                    f"gives {name!r} for the table {table!r} ({len(name)} characters), "
+                    "which is not a DynamoDB table name (3-255 characters of letters, "
+                    "digits, _ . -)",
+                )
+            ]
+    if not job.active_active.tombstones:
+        return []
+    own = _own_tables(job)
+    for region, table in tables:
+        name = job.tombstone_table(table)
+        clash = own.get((region, name))
+        if clash is not None:
+            return [
+                (
+                    where,
+                    f"gives {name!r} in {region} for the table {table!r}, which is one of the "
+                    f"job's own tables ({clash}): "
+                    "choose a pattern (or a task_name) that gives the tombstones a table "
+                    "of their own",
                 )
             ]
     return []
+
+
+def _own_tables(job: JobConfig) -> dict[tuple[str, str], str]:
+    """Every table the job reads or writes, by (region, name): what each one is."""
+    from replicator.config.task_name import default_task_name
+
+    task = job.task_name or default_task_name(job)
+    source = job.source.region
+    own = {(source, task): "its lease table, named task_name"}
+    for suffix in TASK_TABLE_SUFFIXES:
+        if suffix == "-watermark":
+            for destination in job.destinations:
+                own[(destination.region, task + suffix)] = "its watermark table"
+        else:
+            own[(source, task + suffix)] = f"its {suffix[1:]} table"
+    log = job.conflict_log
+    if log.kind is ConflictLogKind.DYNAMODB and not _pattern_problem(log.table, "task_name"):
+        own[(log.region or source, log.table.format(task_name=task))] = (
+            "its conflict log, conflict_log.table"
+        )
+    for index, destination in reversed(list(enumerate(job.destinations))):
+        own[(destination.region, destination.table)] = f"the table of destinations[{index}]"
+    own[(source, job.source.table)] = "the source table"
+    return own
 
 
 def _kcl_property_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:

@@ -26,7 +26,7 @@ from replicator.aws import clients, tables
 from replicator.aws.errors import error_code, error_message, excerpt
 from replicator.config.model import ConflictPolicyName, DeadLetterKind, ResolvedJob, StreamKind
 from replicator.conflictlog.targets import prepare
-from replicator.exceptions import EnvironmentProblem
+from replicator.exceptions import ConfigError, EnvironmentProblem
 from replicator.tombstones.setup import prepare as prepare_tombstones
 
 _ORDERED = (ConflictPolicyName.LAST_WRITER_WINS, ConflictPolicyName.VERSION)
@@ -86,6 +86,7 @@ def check_source(resolved: ResolvedJob) -> SourceInfo:
     except (ClientError, BotoCoreError) as error:
         raise explain(error, what, where) from None
     key_schema = tables.shape_of(table).key_schema
+    check_ranking_attributes(resolved, key_schema)
     if source.stream.kind is StreamKind.KINESIS:
         return SourceInfo(
             stream_arn=check_kinesis_stream(resolved, where),
@@ -127,6 +128,29 @@ def check_source(resolved: ResolvedJob) -> SourceInfo:
             "check deletes against the deleted image, which needs NEW_AND_OLD_IMAGES"
         )
     return SourceInfo(stream_arn=stream_arn, view_type=view_type, key_schema=key_schema)
+
+
+def check_ranking_attributes(resolved: ResolvedJob, key_schema: dict[str, str]) -> None:
+    """A timestamp or version that is a key attribute never changes, so every image of
+    an item would tie on it and the order would fall to origin and digest: refused as a
+    job file problem. Only the table knows its keys, so this is checked here, where the
+    key schema is read anyway, and not by ``validate``."""
+    for place, conflict in resolved.job.conflict_settings:
+        if conflict.policy not in _ORDERED:
+            continue
+        name = (
+            "version_attribute"
+            if conflict.policy is ConflictPolicyName.VERSION
+            else ("timestamp_attribute")
+        )
+        attribute = getattr(conflict, name)
+        if attribute in key_schema:
+            raise ConfigError(
+                f"{resolved.path}: {place}.{name} is {attribute!r}, a key attribute of the "
+                f"source table {resolved.job.source.table} ({key_schema[attribute]}): a key "
+                "never changes, so every image of an item would rank the same; name the "
+                "attribute the application sets to its time or version on every write"
+            )
 
 
 def check_kinesis_stream(resolved: ResolvedJob, where: str) -> str:

@@ -88,6 +88,20 @@ def test_environment_variables_expand_with_defaults(monkeypatch: pytest.MonkeyPa
     assert resolved.job.metrics.port == 9555
 
 
+def test_a_switch_from_a_variable_is_the_word_true_or_false(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ``${VAR}`` expansion always gives text, so a switch takes the words true and
+    false as text too (and nothing else: see BROKEN)."""
+    monkeypatch.setenv("METRICS_ON", "False")
+    resolved = parse_job(
+        MINIMAL + "metrics: {enabled: '${METRICS_ON}'}\nwatermark: {enabled: 'true'}\n",
+        Path("job.yaml"),
+    )
+    assert resolved.job.metrics.enabled is False
+    assert resolved.job.watermark.enabled is True
+
+
 BROKEN = {
     "unknown-key": (MINIMAL + "conflcit: {policy: overwrite}\n", "conflcit", "unknown key"),
     "bad-region": (
@@ -193,6 +207,84 @@ BROKEN = {
         "active_active: {tombstones: true, tombstone_table: '{table}-t'}\n",
         "active_active.tombstone_table",
         "one of the job's own tables",
+    ),
+    "tombstone-table-is-the-lease-table": (
+        "task_name: shop-tombstones\n"
+        "source: {region: us-east-1, table: shop}\n"
+        "destinations: [{region: eu-west-1, table: shop}]\n"
+        "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+        "loop_prevention: {origin_attribute: origin}\n"
+        "active_active: {tombstones: true}\n",
+        "active_active.tombstone_table",
+        "'shop-tombstones' in us-east-1 for the table 'shop', which is one of the job's own "
+        "tables (its lease table, named task_name)",
+    ),
+    "tombstone-table-is-the-watermark-table": (
+        "task_name: shop\n"
+        "source: {region: us-east-1, table: shop}\n"
+        "destinations: [{region: eu-west-1, table: shop}]\n"
+        "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+        "loop_prevention: {origin_attribute: origin}\n"
+        "active_active: {tombstones: true, tombstone_table: '{table}-watermark'}\n",
+        "active_active.tombstone_table",
+        "'shop-watermark' in eu-west-1 for the table 'shop', which is one of the job's own "
+        "tables (its watermark table)",
+    ),
+    "tombstone-table-is-the-conflict-log": (
+        "task_name: shop\n"
+        "source: {region: us-east-1, table: shop}\n"
+        "destinations: [{region: eu-west-1, table: shop}]\n"
+        "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+        "loop_prevention: {origin_attribute: origin}\n"
+        "conflict_log: {kind: dynamodb, table: '{task_name}-tombstones'}\n"
+        "active_active: {tombstones: true}\n",
+        "active_active.tombstone_table",
+        "(its conflict log, conflict_log.table)",
+    ),
+    "tombstone-table-pattern-with-the-real-table": (
+        "source: {region: us-east-1, table: carts}\n"
+        "destinations: [{region: eu-west-1, table: carts}]\n"
+        "active_active: {tombstone_table: '{table}/t'}\n",
+        "active_active.tombstone_table",
+        "gives 'carts/t' for the table 'carts'",
+    ),
+    "tombstone-table-too-long-for-a-long-table": (
+        f"source: {{region: us-east-1, table: {'t' * 250}}}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        "active_active: {tombstones: true}\n",
+        "active_active.tombstone_table",
+        "(261 characters), which is not a DynamoDB table name",
+    ),
+    "timestamp-attribute-is-the-origin-attribute": (
+        MINIMAL + "conflict: {policy: last_writer_wins, timestamp_attribute: origin}\n"
+        "loop_prevention: {origin_attribute: origin}\n",
+        "conflict.timestamp_attribute",
+        "is 'origin', which is also loop_prevention.origin_attribute",
+    ),
+    "destination-version-attribute-is-the-origin-attribute": (
+        "source: {region: us-east-1, table: aaa}\n"
+        "destinations:\n"
+        "  - {region: eu-west-1, table: aaa, conflict: {policy: version, version_attribute: o}}\n"
+        "conflict: {policy: version, version_attribute: v}\n"
+        "loop_prevention: {origin_attribute: o}\n"
+        "active_active: {write_back: false}\n",
+        "destinations[0].conflict.version_attribute",
+        "also loop_prevention.origin_attribute",
+    ),
+    "retention-hours-given-a-switch": (
+        MINIMAL + "active_active: {tombstone_retention_hours: true}\n",
+        "active_active.tombstone_retention_hours",
+        "expected a number, got true",
+    ),
+    "switch-given-a-number": (
+        MINIMAL + "active_active: {write_back: 1}\n",
+        "active_active.write_back",
+        "expected true or false, got 1",
+    ),
+    "switch-given-another-word": (
+        MINIMAL + "metrics: {enabled: 'yes'}\n",
+        "metrics.enabled",
+        "expected true or false, got 'yes'",
     ),
     "kcl-cloudwatch-with-local-endpoint": (
         "runtime: kcl\n"

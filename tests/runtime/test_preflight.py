@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from replicator.config import load_job
-from replicator.exceptions import EnvironmentProblem
+from replicator.exceptions import ConfigError, EnvironmentProblem
 from replicator.runtime import preflight
 from tests.support.aws import client, create_table
 
@@ -153,3 +153,18 @@ def test_a_kinesis_arn_the_kcl_would_not_read_is_refused(
         preflight.check_source(job(elsewhere))
     assert elsewhere in str(raised.value)
     assert arn in str(raised.value)
+
+
+def test_a_timestamp_that_is_a_key_attribute_stops_the_start_naming_the_key(
+    moto_endpoint: str, tables: dict[str, str], tmp_path: Path
+) -> None:
+    """Only the table knows its keys: ``validate`` cannot see this, the start can."""
+    path = job_file(tmp_path / "job.yaml", moto_endpoint, tables["ours"], tables["dst"])
+    path.write_text(
+        path.read_text().replace("timestamp_attribute: updated_at", "timestamp_attribute: pk")
+    )
+    with pytest.raises(ConfigError) as raised:
+        preflight.check(load_job(path))
+    message = str(raised.value)
+    assert "\n" not in message and str(path) in message
+    assert "conflict.timestamp_attribute is 'pk', a key attribute of the source table" in message

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from replicator.aws.backoff import Backoff
@@ -232,6 +233,28 @@ def test_the_source_writer_removes_a_local_insert_below_a_recorded_delete(pair: 
     )
 
 
+def test_a_stale_insert_below_a_delete_is_corrected_logged_and_counted_once(pair: Pair) -> None:
+    """The correction deletes the stale item from the source, and that delete's own
+    stream record is the job's echo: skipped, not corrected, logged or counted again
+    ("at most one write-back follows a lost conflict, and none follows a write-back")."""
+    stage = HighWater(RULE, tombstones=True, keep_echoes_apart=True, notes=pair.source.notes)
+    deleted = image(20, "us-east-1")
+    delete, route, _ = stage.route(change("REMOVE", None, deleted), Route.REPLICATE)
+    assert pair.source.write(delete).outcome is Outcome.UNCHANGED  # recorded
+    stale = image(18, "us-east-1", "stale")
+    pair.a.put_item(TableName=pair.table, Item=stale)  # the application, unconditionally
+    correction, route, _ = stage.route(change("INSERT", stale, seq=2), Route.REPLICATE)
+    assert correction.corrects is not None and route is Route.REPLICATE
+    assert pair.source.write(correction).outcome is Outcome.CONFLICT_LOST
+    assert pair.get(pair.a) is None
+    removal = change("REMOVE", None, stale, seq=3)  # the correction's record in A's stream
+    assert stage.route(removal, Route.REPLICATE)[1] is Route.LOOP_SKIPPED
+    label = f"us-east-1/{pair.table}"
+    assert sample(pair.metrics, "replicator_conflict_writebacks_total", destination=label) == 1
+    assert len(pair.log.entries) == 1 and pair.log.entries[0]["loser"] == stale
+    assert stage.corrections == 1
+
+
 def test_a_write_back_landing_before_a_local_delete_is_recorded_is_removed_with_it(
     pair: Pair,
 ) -> None:
@@ -346,19 +369,66 @@ def test_a_local_write_below_the_image_it_replaced_becomes_a_correction() -> Non
     assert stage.route(landed, Route.REPLICATE)[1] is Route.LOOP_SKIPPED
 
 
-def test_a_delete_then_a_lower_insert_in_one_batch_stays_a_delete() -> None:
-    """The buffer keeps only the last change to a key: an insert below a delete would
-    replace the delete and bring the item back everywhere. The stage turns it into the
-    delete, which then replaces the queued one."""
-    stage = HighWater(RULE)
+def test_with_tombstones_a_delete_then_a_lower_insert_stays_a_delete() -> None:
+    """With tombstones the delete's tombstone decides: an insert below it is turned into
+    the delete, and the correction's own delete record is skipped, not corrected again."""
+    stage = HighWater(RULE, tombstones=True)
     deleted = image(20, "us-east-1")
     assert stage.route(change("REMOVE", None, deleted), Route.REPLICATE)[0].corrects is None
-    submitted, _, _ = stage.route(change("INSERT", image(19, "us-east-1"), seq=2), Route.REPLICATE)
+    stale = image(19, "us-east-1")
+    submitted, _, _ = stage.route(change("INSERT", stale, seq=2), Route.REPLICATE)
     assert submitted.event is Event.REMOVE and submitted.old_image == deleted
     assert submitted.corrects is not None
+    assert stage.corrections == 1
+    # The correction removing the stale insert from the source: one correction only.
+    landed = change("REMOVE", None, stale, seq=3)
+    assert stage.route(landed, Route.REPLICATE)[1] is Route.LOOP_SKIPPED
+    assert stage.corrections == 1
     # A higher insert is a real change.
-    higher = change("INSERT", image(21, "us-east-1"), seq=3)
+    higher = change("INSERT", image(21, "us-east-1"), seq=4)
     assert stage.route(higher, Route.REPLICATE)[0] is higher
+
+
+def test_without_tombstones_an_insert_after_a_delete_re_creates_the_item() -> None:
+    """A local insert that the stream carries after a delete was made after it: a
+    re-creation at a lower version (DynamoDBMapper) lands, as docs/conflict-rules.md
+    says, and nothing is corrected."""
+    stage = HighWater(RULE)
+    stage.route(change("MODIFY", image(2, "us-east-1"), image(1, "us-east-1")), Route.REPLICATE)
+    stage.route(change("REMOVE", None, image(2, "us-east-1"), seq=2), Route.REPLICATE)
+    again = change("INSERT", image(1, "us-east-1"), seq=3)
+    assert stage.route(again, Route.REPLICATE) == (again, Route.REPLICATE, False)
+    assert stage.corrections == 0
+    # An update below the re-created item is still a stale local write.
+    stale = change("MODIFY", image(0, "us-east-1"), image(1, "us-east-1"), seq=4)
+    assert stage.route(stale, Route.REPLICATE)[0].corrects is stale
+
+
+def test_without_tombstones_an_older_insert_read_after_the_delete_is_corrected() -> None:
+    """On Kinesis an insert made before the delete can be read after it: only an insert
+    created no earlier than the delete re-creates the item."""
+    stage = HighWater(RULE, in_order=False)
+    stage.route(change("REMOVE", None, image(2, "us-east-1"), seq=2), Route.REPLICATE)
+    older = msgspec.structs.replace(change("INSERT", image(1, "us-east-1"), seq=1), created_us=0)
+    assert stage.route(older, Route.REPLICATE)[0].event is Event.REMOVE
+    later = change("INSERT", image(1, "us-east-1", "again"), seq=3)
+    assert stage.route(later, Route.REPLICATE) == (later, Route.REPLICATE, False)
+
+
+def test_a_remembered_delete_older_than_the_retention_no_longer_corrects() -> None:
+    """A remembered delete counts as long as its tombstone would: past the retention a
+    put below it goes on to the source writer's tombstone check (applied, and counted as
+    expired there), as docs/active-active.md says of an expired tombstone."""
+    now = [0.0]
+    stage = HighWater(RULE, tombstones=True, retention_s=3600, clock=lambda: now[0])
+    delete = change("REMOVE", None, image(5, "us-east-1"))
+    now[0] = delete.created_us / 1_000_000 + 3599
+    stage.route(delete, Route.REPLICATE)
+    below = change("INSERT", image(3, "eu-west-1", "y"), seq=2)
+    assert stage.route(below, Route.REPLICATE)[0].corrects is below  # still counts
+    now[0] += 1
+    again = change("INSERT", image(3, "us-east-1", "z"), seq=3)
+    assert stage.route(again, Route.REPLICATE) == (again, Route.REPLICATE, False)
 
 
 def test_a_replicated_write_below_a_pending_correction_does_not_replace_it() -> None:
