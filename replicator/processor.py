@@ -44,7 +44,9 @@ R = TypeVar("R")
 
 
 def _hard_exit(status: int) -> None:
-    sys.stderr.flush()
+    # Another thread may be writing a log line: let it finish it, so the runtime's next
+    # line (it shares our stderr) is not glued to half of ours.
+    logs.finish_lines()
     os._exit(status)
 
 

@@ -396,6 +396,37 @@ def test_a_destination_deleted_while_running_is_unhealthy_then_exit_3_and_the_le
     assert not row["checkpoint"]["S"].isdigit()  # never past the change it could not write
 
 
+def test_every_line_of_a_run_stopped_by_a_refusing_destination_is_whole_json(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """Many writes refused at once stop the processor (os._exit) while other threads log:
+    the runtime's log, which the processors share, is still one JSON object per line."""
+    name = unique("lines")
+    job = Job(moto_endpoint, name, tmp_path, destinations=[("eu-west-1", f"{name}-eu")])
+    refusing = (
+        "writer: {max_in_flight: 64, access_denied_limit: 2, "
+        "retry: {base_delay_ms: 1, max_delay_ms: 5}}"
+    )
+    job.path.write_text(job.path.read_text().replace("writer: {max_in_flight: 16}", refusing))
+    log = tmp_path / "lines.log"
+    runtime = job.start(log=log)
+    try:
+        wait_until(lambda: "shard started" in log.read_text(), 60, "the shard to start")
+        ((ddb, table),) = job.destination_clients()
+        ddb.delete_table(TableName=table)
+        rng = random.Random(3)
+        _put(job, rng, 0, 200)
+        assert runtime.wait(120 * PATIENCE) == 3
+    finally:
+        if runtime.poll() is None:
+            runtime.kill()
+    *lines, last = log.read_text().splitlines()
+    assert last.startswith("replicator: destination ")  # the CLI's one line, as documented
+    assert any("destination writer failed" in line for line in lines)
+    for line in lines:
+        json.loads(line)
+
+
 def test_latest_kill_9_of_the_processor_before_the_first_record_loses_nothing(
     moto_endpoint: str, unique: Any, tmp_path: Path
 ) -> None:
