@@ -182,6 +182,14 @@ def test_a_task_name_that_is_no_table_name_is_refused(tmp_path: Path, name: str)
         parse_job(f"task_name: '{name}'\n" + MINIMAL, tmp_path / "job.yaml")
 
 
+def test_a_task_name_too_short_is_told_the_length_rule(tmp_path: Path) -> None:
+    """The name sA has only good characters: the message must say what is wrong."""
+    with pytest.raises(ConfigError) as refused:
+        parse_job("task_name: sA\n" + MINIMAL, tmp_path / "job.yaml")
+    assert "at least 3 characters" in str(refused.value)
+    assert "'sA' (2 characters)" in str(refused.value)
+
+
 @pytest.mark.parametrize(
     ("setting", "key", "says"),
     [
