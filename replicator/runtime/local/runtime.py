@@ -358,6 +358,7 @@ class LocalRuntime:
                     f"renewing the lease on shard {worker.shard_id}",
                 )
             except ReplicatorError as error:
+                worker.lease_taken()
                 self.failure = LeaseHeld(
                     f"shard {worker.shard_id}: our lease was taken by another worker ({error}); "
                     "the local runtime runs one worker per task name"

@@ -135,6 +135,7 @@ class ShardWorker(threading.Thread):
         self._pause = pause or self.stopping.wait
         self._checkpoints = 0  # checkpoints stored by this worker's children
         self._lease_confirmed_at = monotonic()
+        self._lease_taken = False  # the runtime found the lease renewed by another worker
 
     @property
     def shard_id(self) -> str:
@@ -154,6 +155,13 @@ class ShardWorker(threading.Thread):
     def lease_confirmed(self) -> None:
         """The lease was just renewed as ours (called by the runtime after a renewal)."""
         self._lease_confirmed_at = self._monotonic()
+
+    def lease_taken(self) -> None:
+        """The runtime's renewal found the lease taken by another worker (called before it
+        stops): the child is told its lease is lost, so it drops what it still holds,
+        rather than asked to shut down, which would flush those writes over the new
+        owner's."""
+        self._lease_taken = True
 
     def _check_lease(self) -> None:
         """Raise LeaseLost if the lease may have expired and is no longer ours.
@@ -355,6 +363,17 @@ class ShardWorker(threading.Thread):
         return False
 
     def _shut_down(self, child: ProcessorChild) -> None:
+        if self._lease_taken:
+            try:
+                child.lease_lost(timeout=self.settings.shutdown_timeout_s)
+            except ChildFailed as error:
+                log.warning(
+                    "processor did not take the lost lease in time",
+                    shard=self.shard_id,
+                    error=str(error),
+                )
+            child.close(timeout=5.0)
+            return  # the lease is the new owner's: nothing to release
         try:
             child.shutdown_requested(timeout=self.settings.shutdown_timeout_s)
         except ChildFailed as error:

@@ -520,3 +520,49 @@ def test_a_worker_that_wakes_still_owning_its_lease_goes_on(leases: LeaseTable) 
     worker, child = _run_hung_worker(leases, taken_over=False)
     assert worker.error is None
     assert [r["sequenceNumber"] for b in child.batches for r in b] == ["1", "2"]
+
+
+def test_a_lease_found_taken_by_the_runtime_tells_the_child_lease_lost_not_shutdown(
+    leases: LeaseTable,
+) -> None:
+    """A shutdown request makes the child flush its pending writes: after the lease went
+    to another worker those would land over the new owner's. The child is told its lease
+    is lost instead (it drops them), and the lease is left to its new owner."""
+
+    class Child(StandInChild):
+        actions: list[str]
+
+        def shutdown_requested(self, timeout: float | None = None) -> None:
+            self.actions.append("shutdownRequested")
+
+        def lease_lost(self, timeout: float | None = None) -> None:
+            self.actions.append("leaseLost")
+
+    created = leases.create("shard-1", "TRIM_HORIZON", [])
+    assert created is not None
+    lease = leases.take(created)
+    stop = threading.Event()
+    workers: list[ShardWorker] = []
+
+    def renewal_finds_it_taken() -> dict[str, Any]:
+        workers[0].lease_taken()  # as LocalRuntime._renew does on LeaseLost, then stops
+        stop.set()
+        return {"Records": [], "NextShardIterator": "z"}
+
+    class Stream(ScriptedStream):
+        def get_records(self, **kwargs: Any) -> dict[str, Any]:
+            return renewal_finds_it_taken()
+
+    children: list[Child] = []
+
+    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
+        children.append(Child(on_checkpoint))
+        children[-1].actions = []
+        return children[-1]
+
+    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL)
+    workers.append(ShardWorker(lease, leases, Stream([], stop), settings, new_child, stop))
+    workers[0].run()
+    assert children[0].actions == ["leaseLost"]
+    stored = leases.get("shard-1")
+    assert stored is not None and stored.owner == "me"  # not released by this worker
