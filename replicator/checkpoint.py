@@ -8,10 +8,14 @@ The daemon answers each checkpoint request with the error the KCL raised, if any
 * ``ShutdownException``: the lease is gone to another worker; stop without checkpointing.
 * ``InvalidStateException`` or anything unknown: the daemon's state is broken; stop
   the process so the work resumes from the last good checkpoint.
+
+No answer at all (our input at its end, our output closed) is not a refusal: the daemon
+went away (killed with its runtime), which :class:`DaemonGone` reports as such.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -19,7 +23,7 @@ from typing import Any, Protocol
 import structlog
 
 from replicator.aws.backoff import Backoff
-from replicator.exceptions import CheckpointFailed, LeaseLost
+from replicator.exceptions import CheckpointFailed, DaemonGone, LeaseLost
 from replicator.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -69,6 +73,11 @@ class Checkpoints:
             try:
                 checkpointer.checkpoint(sequence_number)
             except Exception as error:  # noqa: BLE001  # amazon-kclpy raises CheckpointError(Exception)
+                if _daemon_gone(error):
+                    raise DaemonGone(
+                        f"shard {self.shard_id}: the daemon went away while checkpoint "
+                        f"{sequence_number or 'SHARD_END'} was asked for ({type(error).__name__})"
+                    ) from None
                 value = str(getattr(error, "value", error))
                 if value in _LEASE_GONE:
                     raise LeaseLost(
@@ -95,6 +104,16 @@ class Checkpoints:
             self.metrics.last_checkpoint.labels(self.shard_id).set(time.time())
             log.debug("checkpointed", shard=self.shard_id, sequence_number=sequence_number)
             return True
+
+
+def _daemon_gone(error: BaseException) -> bool:
+    """Whether a checkpoint failed for want of a daemon: amazon-kclpy parses the empty
+    line it reads at the end of its input as JSON (JSONDecodeError on an empty document),
+    and writing to a closed output raises BrokenPipeError. A daemon's answer, even one
+    we cannot parse, is not this."""
+    if isinstance(error, json.JSONDecodeError):
+        return not error.doc.strip()
+    return isinstance(error, BrokenPipeError | EOFError | ConnectionResetError)
 
 
 def checkpoint_error_value(error: Any) -> str:

@@ -83,6 +83,11 @@ class CheckpointFailed(ReplicatorError):
     """The daemon refused a checkpoint for a reason retrying cannot fix."""
 
 
+class DaemonGone(ReplicatorError):
+    """The daemon (KCL MultiLangDaemon or local runtime) went away: our input ended or our
+    output closed. Nothing refused anything; nobody is left to answer."""
+
+
 # -- bad input: one value, key, time or change ------------------------------------------
 
 

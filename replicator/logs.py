@@ -7,10 +7,12 @@ protocol and a stray line there would stop the daemon. Fields bound with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
@@ -89,6 +91,58 @@ class _WithoutTraceback(logging.Filter):
         return True
 
 
+# Every line of this process, from structlog or the logging module, is written under this
+# lock, newline included, in one write: a process that ends at once (os._exit) takes it
+# first, so no other thread's line is left half-written for the next process's output
+# to be glued to.
+_WRITING = threading.RLock()
+
+
+class _LineLogger:
+    """structlog's PrintLogger, but a line and its newline are one write under
+    ``_WRITING`` (``print`` writes them separately: a process ended in between left the
+    line without its newline)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def msg(self, message: str) -> None:
+        with _WRITING:
+            self._stream.write(message + "\n")
+            self._stream.flush()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class _LineLoggerFactory:
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def __call__(self, *args: Any) -> _LineLogger:
+        return _LineLogger(self._stream)
+
+
+class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The logging module's lines under the same lock as structlog's."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with _WRITING:
+            super().emit(record)
+
+
+def finish_lines(timeout_s: float = 2.0) -> bool:
+    """Before ending the process with ``os._exit``: wait for a line being written to be
+    complete, flush stderr and stdout's buffers, and hold the lock so no line starts.
+    ``timeout_s`` bounds the wait for a writer stuck on a full pipe; False when it ran
+    out (the buffers are flushed all the same)."""
+    held = _WRITING.acquire(timeout=timeout_s)
+    for stream in (sys.stderr, sys.stdout):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    return held
+
+
 def bind_everywhere(**fields: Any) -> None:
     """Add fields to every log line of this process, whatever thread logs it."""
     _GLOBAL_FIELDS.update({k: v for k, v in fields.items() if v is not None})
@@ -114,12 +168,12 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=_LineLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
     # Libraries that use the standard logging module (botocore) go to stderr too, as the
     # same JSON lines (or columns), credentials redacted.
-    handler = logging.StreamHandler(stream)
+    handler = _LineHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],

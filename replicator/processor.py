@@ -32,7 +32,7 @@ import structlog
 
 from replicator import lastwords, logs
 from replicator.checkpoint import Checkpoints
-from replicator.exceptions import DestinationRefused, EnvironmentProblem, LeaseLost
+from replicator.exceptions import DaemonGone, DestinationRefused, EnvironmentProblem, LeaseLost
 from replicator.intake import ShardIntake
 from replicator.metrics import Metrics
 from replicator.runtime.kcl.properties import PROCESSOR_FLUSH_TIMEOUT_MS
@@ -45,7 +45,9 @@ R = TypeVar("R")
 
 
 def _hard_exit(status: int) -> None:
-    sys.stderr.flush()
+    # Another thread may be writing a log line: let it finish it, so the runtime's next
+    # line (it shares our stderr) is not glued to half of ours.
+    logs.finish_lines()
     os._exit(status)
 
 
@@ -59,6 +61,13 @@ def _fail_fast(
         except LeaseLost as error:
             log.warning("lease lost; dropping unapplied changes", reason=str(error))
             self._drop()
+            return None
+        except DaemonGone as error:
+            # Not a failure of ours: the runtime was killed. The shard resumes from its
+            # last checkpoint wherever it runs next.
+            log.warning("the daemon went away; exiting", action=method.__name__, error=str(error))
+            self._stop.set()
+            self._exit(1)
             return None
         except Exception as error:  # noqa: BLE001  # anything unforeseen ends the process
             self._die(error, method.__name__)

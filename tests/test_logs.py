@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,54 @@ def test_jvm_password_options_are_redacted_wherever_they_show() -> None:
     assert "hunter22" not in text and "two words" not in text and "words" not in text
     assert f"-Dhttps.proxyPassword={REDACTED}" in text
     assert "-Dhttp.proxyHost=proxy" in text and "-Xmx1g" in text
+
+
+class _Recording(io.StringIO):
+    """A stream that keeps every write call, and can hold one back until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.hold = False
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        if self.hold:
+            self.entered.set()
+            assert self.release.wait(30)
+        return super().write(text)
+
+
+def test_a_line_and_its_newline_are_one_write_and_an_ending_process_waits_for_it() -> None:
+    """A processor ends with os._exit as soon as a writer fails; a line another thread
+    was writing then must be whole (newline included), or the runtime's next line, on
+    the same stderr, is glued to it."""
+    original = sys.stderr
+    stream = _Recording()
+    logs.configure("info", "json", stream)
+    try:
+        structlog.get_logger("test").error("destination writer failed", shard="s")
+        logging.getLogger("botocore.test").warning("from the logging module")
+        assert len(stream.writes) == 2
+        assert all(text.endswith("\n") and text.count("\n") == 1 for text in stream.writes)
+        for line in stream.getvalue().splitlines():
+            json.loads(line)
+        stream.hold = True
+        writer = threading.Thread(
+            target=structlog.get_logger("test").error, args=("being written",), daemon=True
+        )
+        writer.start()
+        assert stream.entered.wait(30)
+        # The line is being written: the ending process does not get past it...
+        assert logs.finish_lines(timeout_s=0.05) is False
+        stream.release.set()
+        writer.join(30)
+        # ...and once it is complete, it holds the lock until it ends.
+        assert logs.finish_lines() is True
+        logs._WRITING.release()
+        lines = stream.getvalue().splitlines()
+        assert [json.loads(line)["event"] for line in lines][-1] == "being written"
+    finally:
+        logs.configure("info", "json", original)

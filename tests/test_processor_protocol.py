@@ -356,3 +356,64 @@ def test_the_processor_raises_its_open_file_soft_limit_for_the_writes_in_flight(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
     )
     assert int(shown.stdout.split()[-1]) == hard
+
+
+def test_a_daemon_gone_while_a_checkpoint_waits_is_a_warning_not_a_refusal(
+    job: dict[str, Any],
+) -> None:
+    """The runtime is killed -9 while the child waits for a checkpoint's answer: its input
+    ends. The child says the daemon went away (a warning, no traceback) and exits; it
+    never calls that a refusal."""
+    daemon = RawDaemon(job["config"])
+    daemon.act(
+        {
+            "action": "initialize",
+            "shardId": "s",
+            "sequenceNumber": "TRIM_HORIZON",
+            "subSequenceNumber": 0,
+        }
+    )
+    daemon.records([put("x", 700, ts=1)])
+    deadline = time.monotonic() + 30 * PATIENCE
+    while True:
+        daemon.write({"action": "processRecords", "millisBehindLatest": 0, "records": []})
+        reply = daemon.read()
+        assert reply is not None
+        if reply["action"] == "checkpoint":
+            break
+        assert time.monotonic() < deadline, "no checkpoint asked for"
+    assert daemon.process.stdin
+    daemon.process.stdin.close()  # no answer: the daemon is gone
+    assert daemon.process.wait(30) == 1
+    assert daemon.read() is None
+    lines = [json.loads(line) for line in daemon.stderr if line.strip()]
+    gone = [line for line in lines if line["event"] == "the daemon went away; exiting"]
+    assert len(gone) == 1
+    assert gone[0]["level"] == "warning"
+    assert "exception" not in gone[0]
+    assert not any("refused" in line["event"] or line["level"] == "error" for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("error", "gone"),
+    [
+        (json.JSONDecodeError("Expecting value", "", 0), True),
+        (json.JSONDecodeError("Expecting value", "\n", 0), True),
+        (BrokenPipeError(32, "Broken pipe"), True),
+        (json.JSONDecodeError("Expecting value", "garbage\n", 0), False),
+        (ValueError("InvalidStateException"), False),
+    ],
+)
+def test_only_a_missing_answer_counts_as_the_daemon_gone(
+    metrics: Any, error: Exception, gone: bool
+) -> None:
+    from replicator.checkpoint import Checkpoints
+    from replicator.exceptions import CheckpointFailed, DaemonGone
+
+    class Failing:
+        def checkpoint(self, sequence_number: str | None = None, sub: int | None = None) -> None:
+            raise error
+
+    checkpoints = Checkpoints(metrics, "s", sleep=lambda _: None)
+    with pytest.raises(DaemonGone if gone else CheckpointFailed):
+        checkpoints.write(Failing(), "5", required=True)

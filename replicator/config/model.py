@@ -546,9 +546,12 @@ class JobConfig(Strict):
         if value is None:
             return value
         if not _TASK_NAME.match(value):
+            # Both rules in one message: a short name of good characters ("sA") must not
+            # be told its characters are wrong.
             raise ValueError(
-                "names the lease table and the tables beside it: letters, digits, "
-                f"_ . - only (DynamoDB's table-name characters), got {value!r}"
+                "names the lease table and the tables beside it: at least 3 characters, "
+                "letters, digits, _ . - only (DynamoDB's table-name rules), got "
+                f"{value!r} ({len(value)} characters)"
             )
         if len(value) > MAX_TASK_NAME:
             longest = max(TASK_TABLE_SUFFIXES, key=len)

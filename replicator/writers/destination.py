@@ -59,6 +59,10 @@ NOT_PASSED = "nothing was dead-lettered and the checkpoint has not passed these 
 
 # An item denied this many times while other writes to the destination succeed is
 # refused by a fine-grained policy, not by an outage: it fails (and is dead-lettered).
+# Refusals are counted per change, never across the changes in flight: with many
+# changes pending, one burst of refusals would otherwise add up to ``refusal_limit``
+# within milliseconds, with no backoff, and a denied item would stop the worker even
+# while the writes around it succeed.
 _ITEM_DENIALS_BEFORE_DEAD_LETTER = 3
 
 
@@ -172,8 +176,7 @@ class DestinationWriter:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._refusal_streak = 0
-        self._successes = 0
+        self._successes = 0  # writes the destination accepted (refusals compare it)
 
     def write(self, change: Change, first: FirstAnswer | None = None) -> WriteResult:
         """Settle ``change``; ``first``: its first request was sent already (by
@@ -224,12 +227,24 @@ class DestinationWriter:
     def retrying(self, change: Change, attempt_once: Callable[[int], WriteResult]) -> WriteResult:
         """Run ``attempt_once`` until it settles ``change``: retry what may pass (for
         ``retry_for_s``, or without a limit in time), fail what never will, stop on a
-        destination that refuses everything."""
+        destination that refuses everything.
+
+        A destination refuses everything when this change has been refused (access
+        denied, table missing, signature or credentials refused, another key schema)
+        ``refusal_limit`` times in a row, with its backoff between, and no write to the
+        destination succeeded meanwhile: about two minutes with the defaults, however
+        many changes are in flight. A success at the destination starts the change's
+        count again; and a change denied ``_ITEM_DENIALS_BEFORE_DEAD_LETTER`` times while
+        other writes succeed is denied for itself (a fine-grained policy) and fails, to
+        be dead-lettered.
+        """
         started = time.monotonic()
         attempt = 0
         denials = 0
         successes_at_first_denial: int | None = None
         schema_refusals = 0
+        streak = 0  # this change's refusals in a row, no success at the destination between
+        successes_then: int | None = None
         while True:
             if self.cancelled.is_set():
                 raise WriteCancelled(f"write to {self.label} cancelled")
@@ -243,7 +258,7 @@ class DestinationWriter:
                     # Not this change's fault: the table's key is not the source's (it was
                     # re-created with another one). Retried like a missing table, never
                     # dead-lettered; persisting, it stops the worker.
-                    streak, _ = self._note_refusal()
+                    streak, successes_then, _ = self._note_refusal(streak, successes_then)
                     schema_refusals += 1
                     if max(streak, schema_refusals) >= self.refusal_limit:
                         raise DestinationRefused(
@@ -255,7 +270,7 @@ class DestinationWriter:
                 elif kind is ErrorKind.REJECTED:
                     return WriteResult(Outcome.FAILED, "rejected", _describe(error))
                 if kind is ErrorKind.AUTH:
-                    streak, _ = self._note_refusal()
+                    streak, successes_then, _ = self._note_refusal(streak, successes_then)
                     if streak >= self.refusal_limit:
                         raise DestinationRefused(
                             f"destination {self.label} ({self.region}/{self.table}) did not "
@@ -264,7 +279,7 @@ class DestinationWriter:
                             f"credentials the worker runs with; {NOT_PASSED}"
                         ) from error
                 elif kind in (ErrorKind.DENIED, ErrorKind.NOT_FOUND):
-                    streak, successes = self._note_refusal()
+                    streak, successes_then, successes = self._note_refusal(streak, successes_then)
                     if streak >= self.refusal_limit:
                         raise DestinationRefused(
                             f"destination {self.label} ({self.region}/{self.table}) refused "
@@ -534,13 +549,18 @@ class DestinationWriter:
 
     def _note_success(self, count: int = 1) -> None:
         with self._lock:
-            self._refusal_streak = 0
             self._successes += count
 
-    def _note_refusal(self) -> tuple[int, int]:
+    def _note_refusal(self, streak: int, successes_then: int | None) -> tuple[int, int, int]:
+        """One more refusal of a change that had ``streak`` in a row, the destination
+        having accepted ``successes_then`` writes at the last of them: the change's new
+        streak (1 again if the destination accepted a write since), the success count
+        to compare the next refusal with, and the destination's successes so far."""
         with self._lock:
-            self._refusal_streak += 1
-            return self._refusal_streak, self._successes
+            successes = self._successes
+        if successes_then is not None and successes != successes_then:
+            streak = 0
+        return streak + 1, successes, successes
 
 
 # DynamoDB's answers to a write whose item or key lacks, or mistypes, an attribute of

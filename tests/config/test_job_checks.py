@@ -3,7 +3,11 @@ refuse or crash on is refused by ``validate`` first, naming the key (exit 2)."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,6 +118,34 @@ def test_a_bad_endpoint_in_botocores_environment_is_one_line_at_run(
     assert says in line
 
 
+def test_run_ends_with_its_exit_code_at_once_after_its_one_line_error(tmp_path: Path) -> None:
+    """Once ``run`` has printed its start-up error, a SIGTERM cannot change its exit
+    code: the process no longer lingers in the interpreter's shutdown (0.2 s to over a
+    second, with the default handlers back, so a SIGTERM then gave 143, not 3)."""
+    path = tmp_path / "job.yaml"
+    path.write_text(MINIMAL + "metrics: {enabled: false}\n")
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "y",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # nothing listens: cannot reach
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "replicator", "run", "--config", str(path)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert process.stderr is not None
+    line = process.stderr.readline()
+    while line.startswith("{"):  # log lines (a caution) before the error
+        line = process.stderr.readline()
+    assert line.startswith("replicator: ") and "cannot reach" in line, line
+    process.send_signal(signal.SIGTERM)  # as soon as the line is out
+    assert process.wait(30) == 3
+    assert process.stderr.read() == ""
+
+
 @pytest.mark.parametrize(
     ("text", "key", "says"),
     [
@@ -180,6 +212,14 @@ def test_the_suffixes_are_the_ones_the_package_and_the_kcl_use() -> None:
 def test_a_task_name_that_is_no_table_name_is_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError, match=r"task_name \(line 1\): "):
         parse_job(f"task_name: '{name}'\n" + MINIMAL, tmp_path / "job.yaml")
+
+
+def test_a_task_name_too_short_is_told_the_length_rule(tmp_path: Path) -> None:
+    """The name sA has only good characters: the message must say what is wrong."""
+    with pytest.raises(ConfigError) as refused:
+        parse_job("task_name: sA\n" + MINIMAL, tmp_path / "job.yaml")
+    assert "at least 3 characters" in str(refused.value)
+    assert "'sA' (2 characters)" in str(refused.value)
 
 
 @pytest.mark.parametrize(

@@ -475,3 +475,116 @@ def test_a_destination_re_created_with_another_key_stops_the_worker_nothing_dead
     assert target.letters() == []
     assert sample(metrics, "replicator_retries_total", destination="dest", reason="key_schema") == 2
     assert ddb.scan(TableName=table)["Items"] == []
+
+
+# -- refusals counted per change, whatever the number of writes in flight ---------------------
+
+
+class _RefusingClient:
+    """Refuses every put whose key starts with one of ``denied`` (all of them when it is
+    empty) with AccessDeniedException, and accepts the others."""
+
+    def __init__(self, *denied: str) -> None:
+        self.denied = denied
+        self.calls: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def put_item(self, **kwargs: Any) -> dict[str, Any]:
+        key = kwargs["Item"]["pk"]["S"]
+        with self.lock:
+            self.calls[key] = self.calls.get(key, 0) + 1
+        if not self.denied or key.startswith(self.denied):
+            raise client_error("AccessDeniedException", "not authorized to perform PutItem")
+        return {}
+
+
+class _CeilingBackoff(Backoff):
+    """The default backoff's ceilings, without the jitter: each wait is known."""
+
+    def delay(self, attempt: int) -> float:
+        return min(self.cap_s, self.base_s * (2 ** min(attempt, 30)))
+
+
+class _RecordedWaits(threading.Event):
+    """``cancelled`` for a writer whose retries must not take real time: every wait is
+    recorded by thread name, and returns at once (or when ``until`` is set)."""
+
+    def __init__(self, until: threading.Event | None = None) -> None:
+        super().__init__()
+        self.until = until
+        self.waits: dict[str, list[float]] = {}
+        self.lock = threading.Lock()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self.lock:
+            name = threading.current_thread().name
+            self.waits.setdefault(name, []).append(timeout or 0.0)
+        if self.until is not None:
+            assert self.until.wait(60), "the other writes never finished"
+        return False
+
+
+def _write_all(writer: DestinationWriter, keys: list[str]) -> dict[str, Any]:
+    """Write a put of each key, all at once, each on its own thread: key -> outcome or
+    the exception its write raised."""
+    results: dict[str, Any] = {}
+
+    def one(key: str) -> None:
+        try:
+            results[key] = writer.write(decode(put(key, 1))).outcome
+        except DestinationRefused as error:
+            results[key] = error
+
+    threads = [threading.Thread(target=one, args=(key,), name=key) for key in keys]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+def test_a_blanket_refusal_with_many_changes_in_flight_retries_each_for_the_documented_time(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    """50 changes in flight, all refused: each is retried with the backoff, 20 refusals
+    (``writer.access_denied_limit``) before the destination counts as refusing, never
+    the 50 first attempts adding up to a stop within milliseconds."""
+    refusing = _RefusingClient()
+    waits = _RecordedWaits()
+    writer = writer_for(refusing, tmp_path, metrics)
+    writer.backoff = _CeilingBackoff()  # the default base and cap
+    writer.cancelled = waits
+    keys = [f"k{index}" for index in range(50)]
+    results = _write_all(writer, keys)
+    assert all(isinstance(results[key], DestinationRefused) for key in keys)
+    assert "refused 20 writes in a row" in str(results["k0"])
+    assert refusing.calls == dict.fromkeys(keys, writer.refusal_limit)
+    assert set(waits.waits) == set(keys)
+    for delays in waits.waits.values():
+        assert len(delays) == writer.refusal_limit - 1
+        # Full jitter waits half the ceilings on average: about two minutes in all.
+        assert 200 < sum(delays) < 250
+
+
+def test_items_denied_while_other_writes_succeed_fail_for_dead_letters_the_others_apply(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    """40 items denied by a fine-grained policy among 240 changes in flight: the 40 fail
+    (the pipeline dead-letters them) and the 200 others are applied; the destination is
+    not declared refusing."""
+    refusing = _RefusingClient("deny")
+    others_done = threading.Event()
+    writer = writer_for(refusing, tmp_path, metrics)
+    # A denied change waits out its backoff until the other writes have succeeded: the
+    # order in which they are answered does not depend on the threads' timing.
+    writer.cancelled = _RecordedWaits(until=others_done)
+    denied = [f"deny{index}" for index in range(40)]
+    ok = [f"ok{index}" for index in range(200)]
+    results: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: results.update(_write_all(writer, denied)))
+    runner.start()
+    results.update(_write_all(writer, ok))
+    others_done.set()
+    runner.join(60)
+    assert {results[key] for key in ok} == {Outcome.APPLIED}
+    assert {results[key] for key in denied} == {Outcome.FAILED}

@@ -7,8 +7,11 @@ table in the KCL's schema, renews them, and stops cleanly on SIGTERM or SIGINT:
 ``shutdownRequested`` to every child, final checkpoints, leases released, exit 0.
 
 It refuses to start while another worker holds the task's leases: it watches their
-counters for the failover time, as the KCL does, and takes them only if they stand
-still. Multi-host operation is the KCL runtime's job.
+counters for the failover time, as the KCL does, and takes them over (whatever the
+other worker's id) only if they stood still, each take conditional on the counter it
+watched. A worker that was hung meanwhile finds its lease gone on its next renewal or
+before it hands its processor another batch, and stops with exit 5. Multi-host
+operation is the KCL runtime's job.
 """
 
 from __future__ import annotations
@@ -109,6 +112,9 @@ class LocalRuntime:
         self.leases = LeaseTable(self._ddb, resolved.lease_table, self.worker_id)
         self.stream_arn = ""
         self._checked: preflight.SourceInfo | None = None
+        # Leases of another worker that stood still for the failover time at start-up:
+        # shard id -> (owner, counter) as watched; _start takes them over if unchanged.
+        self._expired: dict[str, tuple[str | None, int]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -184,7 +190,13 @@ class LocalRuntime:
                 if worker.is_alive():
                     continue
                 del self.workers[shard_id]
-                if worker.error is not None:
+                if isinstance(worker.error, LeaseLost):
+                    self.failure = LeaseHeld(
+                        f"shard {shard_id}: {worker.error}; the local runtime runs one "
+                        "worker per task name"
+                    )
+                    self.stopping.set()
+                elif worker.error is not None:
                     self.failure = worker.error
                     self.stopping.set()
                 elif worker.progress.ended:
@@ -231,13 +243,23 @@ class LocalRuntime:
         return created or self.leases.get(shard.shard_id)
 
     def _start(self, lease: Lease) -> None:
-        if lease.owner not in (None, self.worker_id):
+        expired = self._expired.pop(lease.shard_id, None)
+        if lease.owner not in (None, self.worker_id) and expired != (lease.owner, lease.counter):
             raise LeaseHeld(
                 f"shard {lease.shard_id} of task {self.resolved.task_name} is held by worker "
                 f"{lease.owner}; the local runtime runs one worker per task name (use runtime: "
                 "kcl to share shards between hosts)"
             )
+        if lease.owner not in (None, self.worker_id):
+            log.warning(
+                "taking over an expired lease",
+                shard=lease.shard_id,
+                previous_owner=lease.owner,
+                counter=lease.counter,
+            )
         try:
+            # Conditional on the counter as read (for a lease taken over: as watched
+            # standing still for the failover time).
             self.leases.take(lease)
         except LeaseLost as error:
             # Another worker took the lease between our read of it and our take: two
@@ -254,6 +276,7 @@ class LocalRuntime:
             on_trimmed=self.job.source.on_trimmed_data,
             restart_limit=self.restart_limit,
             record_unread=self._record_unread if self.resolved.publishes_watermark else None,
+            lease_expiry_s=self.job.kcl.failover_time_ms / 1000,
         )
         worker = ShardWorker(
             lease, self.leases, self._streams, settings, self._new_child, self.stopping
@@ -289,7 +312,13 @@ class LocalRuntime:
         )
 
     def _claim_leases_held_elsewhere(self) -> None:
-        """Wait the failover time on leases another worker owns; refuse if they move."""
+        """Wait the failover time on leases another worker owns; refuse if they move.
+
+        A lease whose counter stands still that long belongs to a dead or hung worker,
+        whatever its id: it is noted as expired, and ``_start`` takes it over,
+        conditionally on the counter not having moved since, as the KCL does. Without
+        this, a worker that died under one id would keep the task from starting under
+        any other, for ever."""
         foreign = {
             shard_id: lease
             for shard_id, lease in self.leases.all().items()
@@ -315,10 +344,11 @@ class LocalRuntime:
                         "or use runtime: kcl to share the shards"
                     )
             self.stopping.wait(min(2.0, wait_s / 5))
-        for lease in foreign.values():
-            log.warning(
-                "taking over an expired lease", shard=lease.shard_id, previous_owner=lease.owner
-            )
+        if self.stopping.is_set():
+            return
+        self._expired = {
+            shard_id: (lease.owner, lease.counter) for shard_id, lease in foreign.items()
+        }
 
     def _tolerating_outages(self, step: Callable[[], object], what: str) -> bool:
         """Run a housekeeping step; False when AWS failed it in a way worth retrying.
@@ -341,15 +371,22 @@ class LocalRuntime:
         for worker in list(self.workers.values()):
             try:
                 self._tolerating_outages(
-                    functools.partial(self.leases.renew, worker.lease),
+                    functools.partial(self._renew_one, worker),
                     f"renewing the lease on shard {worker.shard_id}",
                 )
             except ReplicatorError as error:
+                worker.lease_taken()
                 self.failure = LeaseHeld(
                     f"shard {worker.shard_id}: our lease was taken by another worker ({error}); "
                     "the local runtime runs one worker per task name"
                 )
                 self.stopping.set()
+
+    def _renew_one(self, worker: ShardWorker) -> None:
+        """Renew a shard's lease and tell its worker: a worker that has gone the failover
+        time without this checks the lease before handing its processor anything more."""
+        self.leases.renew(worker.lease)
+        worker.lease_confirmed()
 
     def _hold_host_lock(self) -> None:
         """Two local runtimes of one task on one host would share a worker id: refuse."""

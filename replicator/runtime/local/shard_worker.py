@@ -96,6 +96,10 @@ class ShardSettings:
     # when no watermark is published.
     record_unread: Callable[[str, UnreadSpan], None] | None = None
     record_unread_attempts: int = 8
+    # The lease's failover time: a worker that has not confirmed its lease (a renewal or
+    # a checkpoint) for this long checks that the lease is still its own before handing
+    # its processor another batch. None: no check.
+    lease_expiry_s: float | None = None
 
 
 class ShardWorker(threading.Thread):
@@ -141,6 +145,8 @@ class ShardWorker(threading.Thread):
         self._monotonic = monotonic
         self._pause = pause or self.stopping.wait
         self._checkpoints = 0  # checkpoints stored by this worker's children
+        self._lease_confirmed_at = monotonic()
+        self._lease_taken = False  # the runtime found the lease renewed by another worker
 
     @property
     def shard_id(self) -> str:
@@ -156,6 +162,37 @@ class ShardWorker(threading.Thread):
                 ShardId=self.shard_id,
                 ShardIteratorType="LATEST",
             )["ShardIterator"]
+
+    def lease_confirmed(self) -> None:
+        """The lease was just renewed as ours (called by the runtime after a renewal)."""
+        self._lease_confirmed_at = self._monotonic()
+
+    def lease_taken(self) -> None:
+        """The runtime's renewal found the lease taken by another worker (called before it
+        stops): the child is told its lease is lost, so it drops what it still holds,
+        rather than asked to shut down, which would flush those writes over the new
+        owner's."""
+        self._lease_taken = True
+
+    def _check_lease(self) -> None:
+        """Raise LeaseLost if the lease may have expired and is no longer ours.
+
+        A worker that was hung (SIGSTOP, a frozen VM) for longer than the failover time
+        may have been replaced; when it wakes up, the batch it has just read must not be
+        written over the new owner's. Renewals confirm the lease every third of the
+        failover time, so this reads the lease only after such a pause.
+        """
+        expiry = self.settings.lease_expiry_s
+        if expiry is None or self._monotonic() - self._lease_confirmed_at < expiry * 2 / 3:
+            return
+        stored = self._read_lease()
+        if stored is None or stored.owner != self.leases.owner:
+            owner = stored.owner if stored is not None else None
+            raise LeaseLost(
+                f"lease on shard {self.shard_id} was taken over by worker {owner} while "
+                "this one was not renewing it"
+            )
+        self._lease_confirmed_at = self._monotonic()
 
     def trouble(self, now: float) -> str | None:
         """Why this shard is not being replicated now, if it is not: its processor failed
@@ -319,6 +356,7 @@ class ShardWorker(threading.Thread):
                 self._last_delivered = batch[-1]["sequenceNumber"]
                 if self.lease.checkpoint == LATEST and self._first_delivered is None:
                     self._first_delivered = batch[0]["sequenceNumber"]
+            self._check_lease()
             child.process_records(batch, millis_behind)
             if batch:
                 self.progress.records_delivered += len(batch)
@@ -341,6 +379,17 @@ class ShardWorker(threading.Thread):
         return False
 
     def _shut_down(self, child: ProcessorChild) -> None:
+        if self._lease_taken:
+            try:
+                child.lease_lost(timeout=self.settings.shutdown_timeout_s)
+            except ChildFailed as error:
+                log.warning(
+                    "processor did not take the lost lease in time",
+                    shard=self.shard_id,
+                    error=str(error),
+                )
+            child.close(timeout=5.0)
+            return  # the lease is the new owner's: nothing to release
         try:
             child.shutdown_requested(timeout=self.settings.shutdown_timeout_s)
         except ChildFailed as error:
@@ -548,5 +597,6 @@ class ShardWorker(threading.Thread):
             return "KinesisClientLibDependencyException"
         self.progress.checkpoint = target
         self.progress.last_checkpoint_at = self._clock()
+        self._lease_confirmed_at = self._monotonic()
         self._checkpoints += 1
         return None

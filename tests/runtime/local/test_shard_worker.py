@@ -537,3 +537,116 @@ def test_a_checkpoint_between_refusals_starts_the_count_again() -> None:
     assert worker.error is None and len(children) == 10
     assert seen[1] is None  # the second child checkpointed, then failed
     assert seen[2] is not None  # the third did not
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _run_hung_worker(leases: LeaseTable, taken_over: bool) -> tuple[ShardWorker, StandInChild]:
+    """A worker whose second read returns after a pause longer than the failover time
+    (a SIGSTOP, a frozen VM), another worker having taken its lease meanwhile or not."""
+    from replicator.shards.leases import LeaseTable as Table
+
+    created = leases.create("shard-1", "TRIM_HORIZON", [])
+    assert created is not None
+    lease = leases.take(created)
+    stop = threading.Event()
+    clock = _Clock()
+
+    def hang() -> dict[str, Any]:
+        clock.now += 10.0  # longer than the 6 s failover time
+        if taken_over:
+            other = Table(leases.client, leases.table, "other-host")
+            stored = other.get("shard-1")
+            assert stored is not None
+            other.take(stored)
+        return {"Records": [record(2)], "NextShardIterator": "z"}
+
+    class HangingStream(ScriptedStream):
+        def get_records(self, **kwargs: Any) -> dict[str, Any]:
+            if self.script and callable(self.script[0]):
+                return self.script.pop(0)()  # type: ignore[no-any-return]
+            return super().get_records(**kwargs)
+
+    stream = HangingStream([{"Records": [record(1)], "NextShardIterator": "y"}, hang], stop)
+    children: list[StandInChild] = []
+
+    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
+        children.append(StandInChild(on_checkpoint))
+        return children[-1]
+
+    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL, lease_expiry_s=6.0)
+    worker = ShardWorker(lease, leases, stream, settings, new_child, stop, monotonic=clock)
+    worker.run()
+    return worker, children[0]
+
+
+def test_a_worker_that_wakes_after_its_lease_was_taken_over_hands_its_child_nothing_more(
+    leases: LeaseTable,
+) -> None:
+    from replicator.exceptions import LeaseLost
+
+    worker, child = _run_hung_worker(leases, taken_over=True)
+    assert isinstance(worker.error, LeaseLost)
+    assert "taken over by worker other-host" in str(worker.error)
+    assert [r["sequenceNumber"] for b in child.batches for r in b] == ["1"]
+    stored = leases.get("shard-1")
+    assert stored is not None and stored.owner == "other-host"
+    assert stored.checkpoint == "1"
+
+
+def test_a_worker_that_wakes_still_owning_its_lease_goes_on(leases: LeaseTable) -> None:
+    worker, child = _run_hung_worker(leases, taken_over=False)
+    assert worker.error is None
+    assert [r["sequenceNumber"] for b in child.batches for r in b] == ["1", "2"]
+
+
+def test_a_lease_found_taken_by_the_runtime_tells_the_child_lease_lost_not_shutdown(
+    leases: LeaseTable,
+) -> None:
+    """A shutdown request makes the child flush its pending writes: after the lease went
+    to another worker those would land over the new owner's. The child is told its lease
+    is lost instead (it drops them), and the lease is left to its new owner."""
+
+    class Child(StandInChild):
+        actions: list[str]
+
+        def shutdown_requested(self, timeout: float | None = None) -> None:
+            self.actions.append("shutdownRequested")
+
+        def lease_lost(self, timeout: float | None = None) -> None:
+            self.actions.append("leaseLost")
+
+    created = leases.create("shard-1", "TRIM_HORIZON", [])
+    assert created is not None
+    lease = leases.take(created)
+    stop = threading.Event()
+    workers: list[ShardWorker] = []
+
+    def renewal_finds_it_taken() -> dict[str, Any]:
+        workers[0].lease_taken()  # as LocalRuntime._renew does on LeaseLost, then stops
+        stop.set()
+        return {"Records": [], "NextShardIterator": "z"}
+
+    class Stream(ScriptedStream):
+        def get_records(self, **kwargs: Any) -> dict[str, Any]:
+            return renewal_finds_it_taken()
+
+    children: list[Child] = []
+
+    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
+        children.append(Child(on_checkpoint))
+        children[-1].actions = []
+        return children[-1]
+
+    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL)
+    workers.append(ShardWorker(lease, leases, Stream([], stop), settings, new_child, stop))
+    workers[0].run()
+    assert children[0].actions == ["leaseLost"]
+    stored = leases.get("shard-1")
+    assert stored is not None and stored.owner == "me"  # not released by this worker
