@@ -127,6 +127,10 @@ class MetricsServer:
         """Every sample (name, labels, value) as ``/metrics`` would show it now."""
         return _flat(self._registry().collect())
 
+    def file_samples(self) -> list[Sample]:
+        """The processes' samples alone (no collector that may wait on the network)."""
+        return _flat(self._from_files())
+
     def health(self) -> health_rules.Health:
         """Judged from the sample files alone: the health rules read only the processes'
         lag and checkpoint times, and the other collectors may wait on the network."""

@@ -72,6 +72,7 @@ DOCUMENTED = {
     "replicator_in_flight_writes": {"destination"},
     "replicator_buffered_changes": {"shard"},
     "replicator_last_checkpoint_timestamp_seconds": {"shard"},
+    "replicator_destination_progress_timestamp_seconds": {"destination", "shard"},
     "replicator_last_record_received_timestamp_seconds": {"shard"},
     "replicator_shards_owned": set(),
     "replicator_processor_restarts_total": set(),
@@ -170,15 +171,25 @@ def test_an_idle_stream_is_healthy_however_old_its_last_checkpoint() -> None:
     }
 
 
+def progress(destination: str, shard: str, at: float) -> Sample:
+    return (
+        "replicator_destination_progress_timestamp_seconds",
+        {"destination": destination, "shard": shard},
+        at,
+    )
+
+
 def test_a_backlog_being_worked_off_is_healthy_however_large_its_lag() -> None:
-    assert evaluate([lag("eu", "s1", 5000.0), checkpoint("s1", NOW - 5)]).healthy
+    assert evaluate([lag("eu", "s1", 5000.0), progress("eu", "s1", NOW - 5)]).healthy
 
 
-def test_a_destination_behind_with_no_checkpoint_for_the_stall_time_is_unhealthy() -> None:
+def test_a_destination_behind_with_nothing_settled_for_the_stall_time_is_unhealthy() -> None:
     result = evaluate(
         [
             lag("eu", "s1", 0.0),
             lag("ap", "s1", 90.0),
+            progress("eu", "s1", NOW - 1),
+            progress("ap", "s1", NOW - 100),
             checkpoint("s1", NOW - 100),
             lag("eu", "s2", 0.0),
             lag("ap", "s2", 0.0),
@@ -187,20 +198,44 @@ def test_a_destination_behind_with_no_checkpoint_for_the_stall_time_is_unhealthy
     )
     assert not result.healthy
     assert result.reasons == [
-        "destination ap is stalled on shard s1: 90s behind and no checkpoint for 100s (limit 60s)"
+        "destination ap is stalled on shard s1: 90s behind and nothing settled there for "
+        "100s (limit 60s)"
     ]
     body = result.as_dict()
     assert body["status"] == "unhealthy"
     assert body["destinations"] == {"ap": {"lag_seconds": 90.0}, "eu": {"lag_seconds": 0.0}}
 
 
+def test_a_moving_checkpoint_does_not_hide_a_stuck_destination() -> None:
+    # The checkpoint moves past changes that newer ones replaced, while "ap" accepts
+    # nothing: only the destination's own progress counts.
+    result = evaluate(
+        [
+            lag("eu", "s1", 0.0),
+            progress("eu", "s1", NOW - 1),
+            lag("ap", "s1", 100.0),
+            progress("ap", "s1", NOW - 100),
+            checkpoint("s1", NOW - 1),
+        ]
+    )
+    assert [reason.split(":")[0] for reason in result.reasons] == [
+        "destination ap is stalled on shard s1"
+    ]
+
+
+def test_a_reader_catching_up_with_nothing_in_flight_at_a_destination_is_healthy() -> None:
+    # Lag from millisBehindLatest alone: nothing is held back at "ap" (all filtered, say).
+    in_flight = ("replicator_in_flight_writes", {"destination": "ap"}, 0.0)
+    assert evaluate([lag("ap", "s1", 900.0), progress("ap", "s1", NOW - 900), in_flight]).healthy
+
+
 def test_lag_just_at_the_limit_is_still_healthy() -> None:
-    assert evaluate([lag("ap", "s1", 60.0), checkpoint("s1", NOW - 500)]).healthy
-    assert evaluate([lag("ap", "s1", 500.0), checkpoint("s1", NOW - 60)]).healthy
+    assert evaluate([lag("ap", "s1", 60.0), progress("ap", "s1", NOW - 500)]).healthy
+    assert evaluate([lag("ap", "s1", 500.0), progress("ap", "s1", NOW - 60)]).healthy
 
 
-def test_a_shard_that_never_checkpointed_counts_from_the_runtime_start() -> None:
-    samples = [lag("ap", "s1", 120.0)]
+def test_a_destination_that_never_settled_anything_counts_from_the_runtime_start() -> None:
+    samples = [lag("ap", "s1", 120.0), checkpoint("s1", NOW - 1)]
     assert not evaluate(samples).healthy  # started an hour ago
     fresh = health_rules.evaluate(samples, now=NOW, stall_after_s=60, started_at=NOW - 30)
     assert fresh.healthy
