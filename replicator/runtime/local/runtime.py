@@ -41,7 +41,7 @@ from replicator.exceptions import (
     OperatorError,
     ReplicatorError,
 )
-from replicator.metrics import multiprocess
+from replicator.metrics import health, multiprocess
 from replicator.metrics.server import MetricsServer
 from replicator.runtime import preflight, supervisor
 from replicator.runtime.local.protocol import CheckpointHandler, ProcessorChild
@@ -251,9 +251,16 @@ class LocalRuntime:
             idle_s=self.job.kcl.idle_time_between_reads_ms / 1000,
             on_trimmed=self.job.source.on_trimmed_data,
             restart_limit=self.restart_limit,
+            read_stall_after_s=self.job.metrics.stall_after_s,
         )
         worker = ShardWorker(
-            lease, self.leases, self._streams, settings, self._new_child, self.stopping
+            lease,
+            self.leases,
+            self._streams,
+            settings,
+            self._new_child,
+            self.stopping,
+            settled_at=self._settled_at,
         )
         # Before "shard started": a change made after that line is read, whatever the
         # child's start-up takes.
@@ -261,6 +268,23 @@ class LocalRuntime:
         self.workers[lease.shard_id] = worker
         log.info("shard started", shard=lease.shard_id, checkpoint=lease.checkpoint)
         worker.start()
+
+    def _settled_at(self, shard_id: str, destination: str) -> float | None:
+        """When a change of the shard last settled at the destination, from the
+        processors' samples (None without metrics, or before anything settled there)."""
+        server = self.metrics_server
+        if server is None:
+            return None
+        return max(
+            (
+                value
+                for name, labels, value in server.file_samples()
+                if name == health.PROGRESS
+                and labels.get("shard") == shard_id
+                and labels.get("destination") == destination
+            ),
+            default=None,
+        )
 
     def _new_child(self, shard_id: str, on_checkpoint: CheckpointHandler) -> ProcessorChild:
         env = dict(os.environ)

@@ -15,6 +15,7 @@ import pytest
 import structlog.testing
 from botocore.exceptions import ClientError
 
+from replicator.aws.backoff import Backoff
 from replicator.config.model import OnTrimmedData
 from replicator.exceptions import ChildFailed, ChildKeepsFailing, EnvironmentProblem, TrimmedData
 from replicator.runtime.local.runtime import startable
@@ -453,3 +454,70 @@ def test_a_checkpoint_between_refusals_starts_the_count_again() -> None:
     assert worker.error is None and len(children) == 10
     assert seen[1] is None  # the second child checkpointed, then failed
     assert seen[2] is not None  # the third did not
+
+
+class WatchingChild(StandInChild):
+    """Records each batch's millisBehindLatest and the shard's trouble when it came."""
+
+    def __init__(self, on_checkpoint: Any, observe: Callable[[], str | None]) -> None:
+        super().__init__(on_checkpoint)
+        self.observe = observe
+        self.seen: list[tuple[int, int, str | None]] = []  # (records, millis behind, trouble)
+
+    def process_records(self, records: list[dict[str, Any]], millis_behind: int) -> None:
+        self.seen.append((len(records), millis_behind, self.observe()))
+        super().process_records(records, millis_behind)
+
+
+def test_failing_reads_raise_the_lag_and_report_the_shard_after_the_stall_time() -> None:
+    """GetRecords failing (an endpoint refusing connections): the processor is told the
+    reader falls behind by the time since the last good read, and after
+    ``read_stall_after_s`` of failures the shard is in trouble, until a read succeeds.
+    Time is simulated: each read takes 100 s."""
+    clock = [1_000_000.0]
+    leases = MemoryLeases()
+    stop = threading.Event()
+    script: list[Any] = [{"Records": [], "NextShardIterator": "a"}]
+    script += [error("InternalServerError")] * 4 + [{"Records": [], "NextShardIterator": "b"}]
+    stream = ScriptedStream(script, stop)
+    real_read = stream.get_records
+
+    def read(**kwargs: Any) -> dict[str, Any]:
+        clock[0] += 100.0
+        return real_read(**kwargs)
+
+    stream.get_records = read  # type: ignore[method-assign]
+    holder: list[ShardWorker] = []
+    children: list[WatchingChild] = []
+
+    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
+        children.append(WatchingChild(on_checkpoint, lambda: holder[0].trouble(clock[0])))
+        return children[-1]
+
+    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL, read_stall_after_s=250.0)
+    worker = ShardWorker(
+        leases.lease,
+        leases,  # type: ignore[arg-type]
+        stream,  # type: ignore[arg-type]
+        settings,
+        new_child,
+        stop,
+        clock=lambda: clock[0],
+        monotonic=lambda: clock[0],
+        pause=lambda seconds: None,
+    )
+    worker._backoff = Backoff(0.0, 0.0)  # no real waiting between the retries
+    holder.append(worker)
+    worker.run()
+    assert worker.error is None
+    (child,) = children
+    behind = [millis for _, millis, _ in child.seen]
+    troubles = [trouble for _, _, trouble in child.seen]
+    # A good read at the tip, four failed ones (100 s more behind each), a good read.
+    assert behind[:6] == [0, 100_000, 200_000, 300_000, 400_000, 0]
+    # Reads fail from the second on: for 0 s, 100 s, 200 s (under the limit), then 300 s.
+    assert troubles[:4] == [None, None, None, None]
+    assert troubles[4] is not None and troubles[4].startswith("reading the stream failed for 300s")
+    assert "InternalServerError" in troubles[4]
+    assert troubles[5] is None
+    assert worker.progress.read_failing_since is None
