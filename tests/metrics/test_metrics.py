@@ -472,6 +472,28 @@ def test_an_operator_chosen_directory_is_not_shared_by_two_runs(tmp_path: Path) 
     multiprocess.discard(multiprocess.prepare(tmp_path))  # free again once let go
 
 
+@pytest.mark.parametrize("where", ["a file", "under a file", "under /proc"])
+def test_a_directory_that_cannot_be_used_is_one_line_naming_the_variable(
+    tmp_path: Path, where: str
+) -> None:
+    """A file, a path under a file, or a place no directory can be made: the operator's
+    setting to fix, an environment problem (exit 3) naming it, not a traceback."""
+    from replicator.exceptions import EnvironmentProblem
+
+    (tmp_path / "afile").write_text("not a directory")
+    chosen = {
+        "a file": tmp_path / "afile",
+        "under a file": tmp_path / "afile" / "samples",
+        "under /proc": Path("/proc/replicator-samples"),
+    }[where]
+    with pytest.raises(EnvironmentProblem) as raised:
+        multiprocess.prepare(chosen)
+    assert raised.value.exit_code == 3
+    message = str(raised.value)
+    assert message.startswith(f"PROMETHEUS_MULTIPROC_DIR {chosen} cannot hold the metrics")
+    assert "\n" not in message
+
+
 # -- end to end ---------------------------------------------------------------------------
 
 
