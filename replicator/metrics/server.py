@@ -15,7 +15,9 @@ HEALTHCHECK gives up after a few seconds, and would restart a replicator that is
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -85,12 +87,20 @@ class MetricsServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
+        server_class = _IPv6Server if is_ipv6(host) else ThreadingHTTPServer
         try:
-            self._httpd = ThreadingHTTPServer((host, port), Handler)
+            self._httpd = server_class((host, port), Handler)
         except OSError as error:
+            if isinstance(error, socket.gaierror) or error.errno in _HOST_ERRNOS:
+                hint = (
+                    "check metrics.host: it must be an address of this host (0.0.0.0 or :: "
+                    "for all of them)"
+                )
+            else:
+                hint = "choose another metrics.port (0 picks a free one)"
             raise EnvironmentProblem(
-                f"metrics: cannot listen on {host}:{port} ({error.strerror or error}); "
-                "choose another metrics.port (0 picks a free one) or set metrics.enabled: false"
+                f"metrics: cannot listen on {address(host, port)} ({error.strerror or error}); "
+                f"{hint} or set metrics.enabled: false"
             ) from None
         self._httpd.daemon_threads = True
         self.host = host
@@ -101,7 +111,7 @@ class MetricsServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/metrics"
+        return f"http://{address(self.host, self.port)}/metrics"
 
     def _from_files(self) -> list[Metric]:
         """The processes' samples, read from the directory after reaping dead processes'
@@ -147,7 +157,7 @@ class MetricsServer:
         log.info(
             "serving metrics",
             url=self.url,
-            health=f"http://{self.host}:{self.port}/healthz",
+            health=f"http://{address(self.host, self.port)}/healthz",
             port=self.port,
         )
 
@@ -155,6 +165,26 @@ class MetricsServer:
         if self._thread.is_alive():
             self._httpd.shutdown()  # waits for serve_forever, so only once it runs
         self._httpd.server_close()
+
+
+# Errors that say the host, not the port, cannot be listened on: an address this host
+# does not have, or of a family it does not support.
+_HOST_ERRNOS = {errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}
+
+
+def is_ipv6(host: str) -> bool:
+    return ":" in host
+
+
+def address(host: str, port: int) -> str:
+    """``host:port`` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if is_ipv6(host) else f"{host}:{port}"
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    """The HTTP server on an IPv6 address (ThreadingHTTPServer binds IPv4 only)."""
+
+    address_family = socket.AF_INET6
 
 
 class _Collected(Collector):

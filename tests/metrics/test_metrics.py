@@ -446,6 +446,31 @@ def test_the_configured_port_is_used_and_a_taken_port_is_a_clear_error(
         server.stop()
 
 
+def test_an_ipv6_address_is_listened_on_and_shown_in_brackets(
+    samples_directory: multiprocess.SamplesDirectory,
+) -> None:
+    server = MetricsServer("::1", 0, samples_directory.path, problems=list, stall_after_s=60)
+    server.start()
+    try:
+        assert server.url == f"http://[::1]:{server.port}/metrics"
+        with urllib.request.urlopen(f"http://[::1]:{server.port}/healthz", timeout=5) as answer:
+            assert answer.status == 200
+    finally:
+        server.stop()
+
+
+def test_an_address_this_host_does_not_have_is_a_host_error_not_a_port_one(
+    samples_directory: multiprocess.SamplesDirectory,
+) -> None:
+    from replicator.exceptions import EnvironmentProblem
+
+    for host in ("192.0.2.1", "2001:db8::1"):  # documentation addresses: never this host's
+        with pytest.raises(EnvironmentProblem) as raised:
+            MetricsServer(host, 0, samples_directory.path, problems=list, stall_after_s=60)
+        message = str(raised.value)
+        assert "check metrics.host" in message and "metrics.port" not in message, message
+
+
 def test_an_operator_chosen_directory_is_emptied_but_kept(tmp_path: Path) -> None:
     chosen = tmp_path / "samples"
     chosen.mkdir()
