@@ -59,7 +59,18 @@ class MetricsServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            _with_body = True
+
             def do_GET(self) -> None:
+                self._answer(body=True)
+
+            def do_HEAD(self) -> None:
+                """As GET, without the body: load balancers and probes that check the
+                status with HEAD must not see 501."""
+                self._answer(body=False)
+
+            def _answer(self, body: bool) -> None:
+                self._with_body = body
                 path = self.path.split("?", 1)[0]
                 try:
                     if path == "/metrics":
@@ -82,7 +93,8 @@ class MetricsServer:
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if self._with_body:
+                    self.wfile.write(body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 return

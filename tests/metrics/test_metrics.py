@@ -368,6 +368,18 @@ def test_healthz_answers_503_with_the_reasons_and_unknown_paths_404(
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
         connection.request("GET", "/nothing")
         assert connection.getresponse().status == 404
+        # HEAD answers as GET does, without the body (probes that check the status).
+        for expected in (200, 503):
+            if expected == 503:
+                problems.append("shard s1: worker not running")
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+            connection.request("HEAD", "/healthz")
+            answer = connection.getresponse()
+            assert answer.status == expected
+            assert answer.getheader("Content-Type") == "application/json"
+            assert int(answer.getheader("Content-Length") or 0) > 0
+            assert answer.read() == b""
+            connection.close()
     finally:
         server.stop()
 
