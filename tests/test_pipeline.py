@@ -198,6 +198,25 @@ def test_lag_and_apply_delay_count_from_the_first_change_a_newer_one_replaced(
     assert delay_sum <= 2 * (time.time() - t0) - 100
 
 
+def test_no_lag_before_the_first_batch_and_never_below_millis_behind_latest(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, closing: Any
+) -> None:
+    """A processor that has read nothing does not know where the reader is: no lag
+    series (0 would claim the tip). A batch's millisBehindLatest raises the lag at once,
+    not at the next report, so no scrape shows it below millis_behind_latest / 1000."""
+    pipeline, _, _ = build(moto_endpoint, unique, tmp_path, metrics, throttle=set())
+    closing(pipeline)
+    assert metrics.registry is not None
+    lag = "replicator_replication_lag_seconds"
+    pipeline.report()
+    assert metrics.registry.get_sample_value(lag, {"destination": "eu", "shard": "s"}) is None
+    intake = ShardIntake(pipeline, Reader(ChangeFilter(None, "", skip_ttl_deletes=False)))
+    intake.accept([], 1154)
+    for label in ("eu", "ap"):
+        assert sample(metrics, lag, destination=label, shard="s") >= 1.154
+    assert sample(metrics, "replicator_millis_behind_latest", shard="s") == 1154
+
+
 def one_destination(
     endpoint: str,
     unique: Any,
