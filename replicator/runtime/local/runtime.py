@@ -54,7 +54,8 @@ log = structlog.get_logger(__name__)
 SHARD_SYNC_INTERVAL_S = 10.0
 # A processor child that fails more often than this in 300 s stops the runtime, as does
 # one that stops this many times and once more, in a row and however far apart, with exit
-# code 3 (a destination refusing every write) and no checkpoint between.
+# code 3 (a destination refusing every write) and no recovery between (a write settled
+# at that destination, or every record delivered checkpointed).
 PROCESSOR_RESTART_LIMIT = 5
 # A shard sync that failed on a transient AWS error is tried again this much later.
 _HOUSEKEEPING_RETRY_S = 2.0

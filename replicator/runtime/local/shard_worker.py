@@ -280,7 +280,7 @@ class ShardWorker(threading.Thread):
                     # A destination refusing every write: one line and exit 3, as a
                     # missing destination table is at start-up. Each such failure takes
                     # the processor minutes of retries, so they are counted in a row
-                    # (with no checkpoint between them), not in a time window.
+                    # (with no recovery between them: see recovered_since), not in a time window.
                     if refusals > limit:
                         times = f"{refusals} times in a row"
                     else:
