@@ -72,6 +72,22 @@ class Entry:
     slot: Slot
     superseded: bool = False
     pending: set[str] = field(default_factory=set)
+    # Per destination, when the item became stale there, if earlier than this change's
+    # creation: the changes this one replaced before they were written there. Lag and the
+    # apply delay count from it, so an item whose changes keep replacing each other at a
+    # stuck destination shows as stale since its first unwritten change (None: nothing
+    # carried, the common case).
+    stale_since: dict[str, int] | None = None
+    # Left behind by ``abandon``: a write still in flight that is no longer owed.
+    forgotten: bool = False
+
+    def stale_since_us(self, destination: str) -> int:
+        """Creation time of the earliest change whose state ``destination`` still lacks
+        until this entry's write lands there."""
+        created = self.change.created_us
+        if self.stale_since is None:
+            return created
+        return min(created, self.stale_since.get(destination, created))
 
 
 class ChangeBuffer:
@@ -99,10 +115,11 @@ class ChangeBuffer:
         slot = self._new_slot(change.sequence_number, len(self.destinations))
         key = change.key
         chain = self._chains.get(key)
+        carried: dict[str, int] = {}
         while chain:
             decision = self._squash.merge(chain[-1].change, change)
             if decision is Squash.REPLACE:
-                self._retire(chain.pop())
+                self._retire(chain.pop(), carried)
             elif decision is Squash.DROP:
                 self._close(slot)
                 self.squashed += 1
@@ -111,7 +128,7 @@ class ChangeBuffer:
                 break
         if chain is None:
             chain = self._chains[key] = []
-        entry = Entry(change, slot, pending=set(self.destinations))
+        entry = Entry(change, slot, pending=set(self.destinations), stale_since=carried or None)
         chain.append(entry)
         for destination in self.destinations:
             queued = self._queued[destination]
@@ -197,6 +214,7 @@ class ChangeBuffer:
             self._queued[destination].clear()
             for entry in self._in_flight[destination].values():
                 entry.superseded = True  # its completion must not settle a forgotten slot
+                entry.forgotten = True  # nor count as owed to the destination
         self._chains.clear()
         self._order.clear()
         self._open_slots = 0
@@ -229,13 +247,19 @@ class ChangeBuffer:
         return queued + len(self._in_flight[destination])
 
     def oldest_outstanding_us(self, destination: str) -> int | None:
-        """Creation time of the oldest change still to be applied at ``destination``."""
+        """Creation time of the oldest change whose state ``destination`` still lacks.
+
+        A change replaced before it was written there hands its time on to the change
+        that replaced it (``Entry.stale_since``), and a replaced change whose write is in
+        flight there counts until that write lands: otherwise an item whose changes keep
+        replacing each other would look fresh at a destination that accepts nothing.
+        """
         oldest: int | None = None
         waiting = [entry for queue in self._queued[destination].values() for entry in queue]
         for entry in (*waiting, *self._in_flight[destination].values()):
-            if entry.superseded:
+            if entry.forgotten:
                 continue
-            created = entry.change.created_us
+            created = entry.stale_since_us(destination)
             if oldest is None or created < oldest:
                 oldest = created
         return oldest
@@ -265,11 +289,13 @@ class ChangeBuffer:
             if slot.remaining == 0:
                 self._open_slots -= 1
 
-    def _retire(self, previous: Entry) -> None:
+    def _retire(self, previous: Entry, carried: dict[str, int] | None = None) -> None:
         """``previous`` is replaced by a newer change: drop its unsent writes, close its slot.
 
         A write of it already in flight finishes (it lands before the newer change's write
-        to that destination, which waits for it) but no longer settles anything.
+        to that destination, which waits for it) but no longer settles anything. Where its
+        write was still queued, the time the item became stale there is noted in
+        ``carried`` (when given) for the change that replaces it.
         """
         previous.superseded = True
         self._close(previous.slot)
@@ -278,6 +304,9 @@ class ChangeBuffer:
             queued = self._queued[destination]
             queue = queued.get(key)
             if queue is not None and previous in queue:
+                if carried is not None:
+                    since = previous.stale_since_us(destination)
+                    carried[destination] = min(carried.get(destination, since), since)
                 queue.remove(previous)
                 if not queue:
                     del queued[key]

@@ -112,6 +112,7 @@ def _trimmed_data(resolved: ResolvedJob) -> str:
 
 def describe(resolved: ResolvedJob) -> str:
     from replicator.conflictlog.targets import describe_target
+    from replicator.metrics.server import address as metrics_address
 
     job = resolved.job
     source = job.source
@@ -151,7 +152,7 @@ def describe(resolved: ResolvedJob) -> str:
         "trimmed data: " + _trimmed_data(resolved),
         "metrics: "
         + (
-            f"http://{job.metrics.host}:{job.metrics.port}/metrics"
+            f"http://{metrics_address(job.metrics.host, job.metrics.port)}/metrics"
             if job.metrics.enabled
             else "off"
         ),

@@ -105,6 +105,8 @@ class ShardIntake:
         decode is dead-lettered here, between two runs of the reading: storing it is I/O."""
         pipeline = self.pipeline
         metrics = pipeline.metrics
+        # The lag first: it is never shown below millis_behind_latest / 1000.
+        pipeline.note_millis_behind(millis_behind)
         metrics.millis_behind_latest.labels(self.shard_id).set(millis_behind)
         batch = _Batch(list(records))
         # An empty batch (a read at the tip of the shard) has nothing to hand the loop.
@@ -133,8 +135,6 @@ class ShardIntake:
         if batch.last_sequence_number is not None:
             pipeline.batch_received(batch.last_sequence_number, millis_behind)
             metrics.last_record.labels(self.shard_id).set(time.time())
-        else:
-            pipeline.note_millis_behind(millis_behind)
 
     def _read(self, batch: _Batch) -> tuple[RawRecord, str] | None:
         """Read ``batch`` on from ``batch.next`` into the pipeline, up to its end (None) or

@@ -125,12 +125,20 @@ class ShardPipeline:
         self._closed = False
         self._batches: deque[tuple[int, float]] = deque()
         self._millis_behind = 0
+        # No lag is shown before the first processRecords: until then nothing says
+        # whether the reader is at the tip, and 0 would claim it is.
+        self._read_once = False
         self._squashed_counted = 0
         # Applied writes settled on the loop, counted into the metrics at ``report``.
         self._applied: Counter[tuple[str, str]] = Counter()
         self._delays: dict[str, list[float]] = {}
         # Writes applied on the loop in this turn, per destination (loop thread only).
         self._applied_here: dict[str, list[Entry]] = {}
+        # Per destination, when a change last settled there (applied, unchanged, lost,
+        # dead-lettered, or a replaced change's write that landed): health judges a
+        # destination stuck by it, not by the checkpoint, which moves past replaced
+        # changes while a destination accepts nothing.
+        self._progress_at: dict[str, float] = {}
         self._loop: EventLoopThread | None = None
         self._wires: dict[str, RequestWire] = {}
         direct = {
@@ -239,8 +247,13 @@ class ShardPipeline:
             self._settle_batches()
 
     def note_millis_behind(self, millis_behind: int) -> None:
+        """The reader's millisBehindLatest, as a batch arrives (before its records are
+        read): the lag gauges are raised to it at once, so that no scrape shows a lag
+        below ``replicator_millis_behind_latest`` / 1000."""
         with self._cond:
             self._millis_behind = millis_behind
+            self._read_once = True
+        self._publish_lag(self._clock())
 
     # -- the watermark (see replicator/watermark/) ----------------------------------------
 
@@ -357,16 +370,26 @@ class ShardPipeline:
         event loop since the last report (called about once a second)."""
         self.count_applied()
         now = self._clock()
+        self._publish_lag(now)
+        for label in self.writers:
+            with self._cond:
+                in_flight = self.buffer.in_flight(label)
+                progress_at = self._progress_at.get(label)
+            self.metrics.in_flight_writes.labels(label).set(in_flight)
+            if progress_at is not None:
+                self.metrics.destination_progress.labels(label, self.shard_id).set(progress_at)
+        with self._cond:
+            open_changes = self.buffer.open_changes
+        self.metrics.buffered_changes.labels(self.shard_id).set(open_changes)
+
+    def _publish_lag(self, now: float) -> None:
+        with self._cond:
+            if not self._read_once:
+                return
         for label in self.writers:
             self.metrics.replication_lag.labels(label, self.shard_id).set(
                 self.lag_seconds(label, now)
             )
-            with self._cond:
-                in_flight = self.buffer.in_flight(label)
-            self.metrics.in_flight_writes.labels(label).set(in_flight)
-        with self._cond:
-            open_changes = self.buffer.open_changes
-        self.metrics.buffered_changes.labels(self.shard_id).set(open_changes)
 
     def count_applied(self) -> None:
         """Add the writes applied on the event loop to the metrics: counted in plain
@@ -482,13 +505,16 @@ class ShardPipeline:
                 writer = self.writers[label]
                 assert isinstance(writer, DestinationWriter)
                 changes = [entry.change for entry in entries]
-                delays[label] = writer.applied_elsewhere(changes)
+                since = [entry.stale_since_us(label) / 1_000_000 for entry in entries]
+                delays[label] = writer.applied_elsewhere(changes, since)
                 if self.watermark is not None:
                     self.watermark.applied(label, changes)
             with self._cond:
                 applied = self._applied
                 complete = self.buffer.complete
+                now = self._clock()
                 for label, entries in settled.items():
+                    self._progress_at[label] = now
                     for entry in entries:
                         applied[label, entry.change.event.op] += 1
                         complete(label, entry)
@@ -507,11 +533,12 @@ class ShardPipeline:
     def _write(self, label: str, entry: Entry, first: FirstAnswer | None = None) -> None:
         try:
             writer = self._targets[label]
-            if first is None:
-                result = writer.write(entry.change)
+            if isinstance(writer, DestinationWriter):
+                since_s = entry.stale_since_us(label) / 1_000_000
+                result = writer.write(entry.change, first, since_s=since_s)
             else:
-                assert isinstance(writer, DestinationWriter)
-                result = writer.write(entry.change, first)
+                assert first is None
+                result = writer.write(entry.change)
             if result.failed:
                 # Stored before the buffer settles it: the checkpoint may then pass it.
                 self.dead_letters.store(self.writers[label], entry.change, result)
@@ -523,6 +550,7 @@ class ShardPipeline:
         if self.watermark is not None and label in self.writers:
             self.watermark.settled(label, entry.change, dead_lettered=result.failed)
         with self._cond:
+            self._progress_at[label] = self._clock()
             self.buffer.complete(label, entry)
             self._settle_batches()
             self._wake()

@@ -97,6 +97,54 @@ def test_a_superseded_change_in_flight_does_not_hold_the_checkpoint() -> None:
     assert buffer.checkpointable() == "2"
 
 
+T0_MS = 1_700_000_000_000
+
+
+def made_at(pk: str, seq: int, created_ms: int) -> Change:
+    image = {"pk": {"S": pk}, "v": {"N": str(seq)}}
+    record = stream_record("MODIFY", {"pk": {"S": pk}}, image, seq=seq, created_ms=created_ms)
+    return decode(daemon_record(record, seq))
+
+
+def test_a_replaced_queued_change_hands_its_age_to_the_change_that_replaced_it() -> None:
+    # "ap" accepts nothing while the item keeps changing: it has lacked the item's
+    # changes since the first one, however many replaced it since.
+    buffer = ChangeBuffer(["eu", "ap"], IN_STREAM_ORDER)
+    buffer.add(made_at("hot", 1, T0_MS))
+    drain(buffer, "eu")  # eu applied change 1: nothing is carried for it
+    buffer.add(made_at("hot", 2, T0_MS + 100_000))
+    buffer.add(made_at("hot", 3, T0_MS + 200_000))
+    assert buffer.oldest_outstanding_us("ap") == T0_MS * 1000
+    assert buffer.oldest_outstanding_us("eu") == (T0_MS + 100_000) * 1000
+    (entry,) = buffer.take_ready("ap", 10)
+    assert entry.change.sequence_number == "3"
+    assert entry.stale_since_us("ap") == T0_MS * 1000
+    assert entry.stale_since_us("eu") == (T0_MS + 100_000) * 1000
+    buffer.complete("ap", entry)
+    assert buffer.oldest_outstanding_us("ap") is None
+
+
+def test_a_replaced_change_in_flight_counts_until_its_write_lands() -> None:
+    buffer = ChangeBuffer(["ap"], IN_STREAM_ORDER)
+    buffer.add(made_at("hot", 1, T0_MS))
+    (retrying,) = buffer.take_ready("ap", 10)  # in flight, being retried
+    buffer.add(made_at("hot", 2, T0_MS + 100_000))
+    buffer.add(made_at("hot", 3, T0_MS + 200_000))
+    assert buffer.checkpointable() == "2"  # the checkpoint moves past the replaced changes
+    assert buffer.oldest_outstanding_us("ap") == T0_MS * 1000  # but the lag does not
+    buffer.complete("ap", retrying)
+    # Change 1 landed; change 2 was replaced before it was written: "ap" lacks it.
+    assert buffer.oldest_outstanding_us("ap") == (T0_MS + 100_000) * 1000
+
+
+def test_a_write_left_in_flight_by_abandon_is_not_owed() -> None:
+    buffer = ChangeBuffer(["ap"], IN_STREAM_ORDER)
+    buffer.add(made_at("hot", 1, T0_MS))
+    buffer.take_ready("ap", 10)
+    buffer.abandon()
+    assert buffer.oldest_outstanding_us("ap") is None
+
+
 def test_loop_skipped_change_replaces_an_older_queued_one() -> None:
     buffer = ChangeBuffer(["d"], IN_STREAM_ORDER)
     buffer.add(change("k", 1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,67 @@ def test_lag_is_zero_when_caught_up_and_grows_while_a_destination_waits(
     assert pipeline.flush(timeout=30)
     assert pipeline.lag_seconds("ap", now=change.created_s + 200) == 0.0
     pipeline.close()
+
+
+def test_lag_and_apply_delay_count_from_the_first_change_a_newer_one_replaced(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, closing: Any
+) -> None:
+    start = time.time()
+    pipeline, _, wrappers = build(moto_endpoint, unique, tmp_path, metrics, throttle={"ap"})
+    closing(pipeline)
+    t0_ms = 1_700_000_000_000
+    t0 = t0_ms / 1000
+
+    def made_at(seq: int, created_ms: int) -> Any:
+        image = {"pk": {"S": "hot"}, "ts": {"N": str(seq)}}
+        record = stream_record(
+            "MODIFY", {"pk": {"S": "hot"}}, image, seq=seq, created_ms=created_ms
+        )
+        return decode(daemon_record(record, seq))
+
+    def eu_done() -> None:
+        while pipeline.buffer.outstanding("eu"):
+            threading.Event().wait(0.01)
+
+    pipeline.submit(made_at(1, t0_ms))
+    pipeline.dispatch()  # ap: change 1 in flight, throttled
+    eu_done()
+    pipeline.submit(made_at(2, t0_ms + 100_000))
+    pipeline.submit(made_at(3, t0_ms + 200_000))  # replaces change 2 before it is written
+    pipeline.dispatch()
+    eu_done()
+    assert pipeline.checkpointable() == "2"  # the checkpoint moved past replaced change 2
+    # ap has accepted nothing since change 1: its lag counts from it, however the item moved.
+    assert pipeline.lag_seconds("ap", now=t0 + 300) == 300.0
+    assert pipeline.lag_seconds("eu", now=t0 + 300) == 0.0
+    wrappers["ap"].released.set()
+    assert pipeline.flush(timeout=30)
+    assert pipeline.lag_seconds("ap", now=t0 + 300) == 0.0
+    # eu applied change 1, then change 3 on behalf of change 2 as well: its delay counts
+    # from change 2's creation (100 s after change 1's), not from change 3's (200 s after).
+    delay_sum = sample(metrics, "replicator_apply_delay_seconds_sum", destination="eu")
+    assert sample(metrics, "replicator_apply_delay_seconds_count", destination="eu") == 2
+    assert delay_sum >= 2 * (start - t0) - 100
+    assert delay_sum <= 2 * (time.time() - t0) - 100
+
+
+def test_no_lag_before_the_first_batch_and_never_below_millis_behind_latest(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, closing: Any
+) -> None:
+    """A processor that has read nothing does not know where the reader is: no lag
+    series (0 would claim the tip). A batch's millisBehindLatest raises the lag at once,
+    not at the next report, so no scrape shows it below millis_behind_latest / 1000."""
+    pipeline, _, _ = build(moto_endpoint, unique, tmp_path, metrics, throttle=set())
+    closing(pipeline)
+    assert metrics.registry is not None
+    lag = "replicator_replication_lag_seconds"
+    pipeline.report()
+    assert metrics.registry.get_sample_value(lag, {"destination": "eu", "shard": "s"}) is None
+    intake = ShardIntake(pipeline, Reader(ChangeFilter(None, "", skip_ttl_deletes=False)))
+    intake.accept([], 1154)
+    for label in ("eu", "ap"):
+        assert sample(metrics, lag, destination=label, shard="s") >= 1.154
+    assert sample(metrics, "replicator_millis_behind_latest", shard="s") == 1154
 
 
 def one_destination(

@@ -496,6 +496,19 @@ class MetricsConfig(Strict):
     port: Annotated[Int, Field(ge=0, le=65535)] = 9400
     stall_after_s: Annotated[Float, Field(gt=0)] = 300.0
 
+    @field_validator("host")
+    @classmethod
+    def _listen_address(cls, value: str) -> str:
+        """An empty host would listen on every IPv4 address while the logs and the
+        health probe show ``http://:9400``: the operator must say which address."""
+        value = value.strip()
+        if not value:
+            raise ValueError(
+                "must name the address to listen on: 0.0.0.0 (every IPv4 address), "
+                ":: (every address), 127.0.0.1 or ::1 (this host only), or one of its addresses"
+            )
+        return value.removeprefix("[").removesuffix("]")
+
 
 class WatermarkConfig(Strict):
     """The replication watermark each shard's processor publishes per destination."""

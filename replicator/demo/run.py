@@ -29,6 +29,7 @@ from replicator.config.model import ResolvedJob
 from replicator.demo import tables
 from replicator.demo.endpoint import EmbeddedEndpoint
 from replicator.demo.workload import Workload
+from replicator.metrics.server import address as metrics_address
 from replicator.runtime.local.runtime import LocalRuntime
 from replicator.tools.compare import compare, describe
 
@@ -149,7 +150,7 @@ class _Demo:
         if failure:
             return False
         if runtime.metrics_port is not None:
-            base = f"http://{self.job.metrics.host}:{runtime.metrics_port}"
+            base = f"http://{metrics_address(self.job.metrics.host, runtime.metrics_port)}"
             self.console.print(f"metrics: {base}/metrics  health: {base}/healthz")
         started = time.monotonic()
         workload.start()
@@ -168,7 +169,8 @@ class _Demo:
     def _linger(self, runtime: LocalRuntime) -> None:
         where = ""
         if runtime.metrics_port is not None:
-            where = f": curl http://{self.job.metrics.host}:{runtime.metrics_port}/metrics"
+            listen = metrics_address(self.job.metrics.host, runtime.metrics_port)
+            where = f": curl http://{listen}/metrics"
         self.console.print(
             f"the replicator keeps running for {self.options.linger_s:g}s{where} (Ctrl-C to stop)"
         )

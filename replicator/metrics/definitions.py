@@ -159,6 +159,16 @@ class Metrics:
             multiprocess_mode="max",
             registry=r,
         )
+        self.destination_progress = Gauge(
+            "replicator_destination_progress_timestamp_seconds",
+            "Unix time a change of the shard last settled at the destination (applied, "
+            "unchanged, lost a conflict, dead-lettered, or a replaced change's write that "
+            "landed). /healthz reports a destination stalled when it is behind, has writes in "
+            "flight and this stands still.",
+            ["destination", "shard"],
+            multiprocess_mode="max",
+            registry=r,
+        )
         self.last_record = Gauge(
             "replicator_last_record_received_timestamp_seconds",
             "Unix time the last non-empty batch arrived (shards with a live process).",

@@ -1,12 +1,17 @@
-"""What ``/healthz`` answers: healthy while the workers live and checkpoints advance.
+"""What ``/healthz`` answers: healthy while the workers live and every destination progresses.
 
 A replicator is unhealthy when the runtime reports a problem (it is stopping on an
-error, a shard's worker died) or when it is not making progress it should be making:
-a destination has been behind by more than ``stall_after_s`` on a shard that has not
-checkpointed for as long. An idle stream (nothing waiting) is healthy however old its
-last checkpoint; a backlog being worked off (checkpoints advancing) is healthy however
-large its lag. A shard that has never checkpointed counts from ``started_at``, so a
-runtime that has just started is given ``stall_after_s`` to catch up.
+error, a shard's worker died, the stream cannot be read) or when a destination is not
+making progress it should be making: it has been behind by more than ``stall_after_s``
+on a shard, has writes in flight, and no change of that shard has settled there
+(applied, lost a conflict, dead-lettered) for as long. Progress is judged per
+destination, not by the shard's checkpoint: the checkpoint legitimately moves past
+changes that newer ones replaced, so it keeps moving while a destination whose items
+keep changing accepts nothing. An idle stream (nothing waiting) is healthy however old
+its last write; a backlog being worked off (writes settling) is healthy however large
+its lag. A destination that has never settled anything on a shard counts from
+``started_at``, so a runtime that has just started is given ``stall_after_s`` to
+catch up.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import Any
 
 LAG = "replicator_replication_lag_seconds"
 LAST_CHECKPOINT = "replicator_last_checkpoint_timestamp_seconds"
+PROGRESS = "replicator_destination_progress_timestamp_seconds"
+IN_FLIGHT = "replicator_in_flight_writes"
 
 
 @dataclass
@@ -44,6 +51,8 @@ def evaluate(
     reasons = list(problems)
     lag: dict[str, dict[str, float]] = {}  # shard -> destination -> seconds
     checkpoint_at: dict[str, float] = {}
+    progress_at: dict[tuple[str, str], float] = {}  # (shard, destination) -> unix time
+    in_flight: dict[str, float] = {}  # destination -> writes being sent, all shards
     for name, labels, value in samples:
         shard = labels.get("shard", "")
         if name == LAG:
@@ -52,16 +61,25 @@ def evaluate(
             per_destination[destination] = max(per_destination.get(destination, 0.0), value)
         elif name == LAST_CHECKPOINT:
             checkpoint_at[shard] = max(checkpoint_at.get(shard, 0.0), value)
+        elif name == PROGRESS:
+            series = (shard, labels.get("destination", ""))
+            progress_at[series] = max(progress_at.get(series, 0.0), value)
+        elif name == IN_FLIGHT:
+            destination = labels.get("destination", "")
+            in_flight[destination] = in_flight.get(destination, 0.0) + value
     for shard in sorted(lag):
-        since_checkpoint = now - checkpoint_at.get(shard, started_at)
-        if since_checkpoint <= stall_after_s:
-            continue
         for destination, seconds in sorted(lag[shard].items()):
-            if seconds > stall_after_s:
+            # Nothing in flight: nothing is held back there (the lag is the reader's
+            # millisBehindLatest, a reader catching up); a stuck destination always has
+            # the writes it retries in flight.
+            if seconds <= stall_after_s or not in_flight.get(destination, 1.0):
+                continue
+            since_progress = now - progress_at.get((shard, destination), started_at)
+            if since_progress > stall_after_s:
                 reasons.append(
                     f"destination {destination} is stalled on shard {shard}: "
-                    f"{seconds:.0f}s behind and no checkpoint for {since_checkpoint:.0f}s "
-                    f"(limit {stall_after_s:g}s)"
+                    f"{seconds:.0f}s behind and nothing settled there for "
+                    f"{since_progress:.0f}s (limit {stall_after_s:g}s)"
                 )
     destinations: dict[str, float] = {}
     for per_destination in lag.values():

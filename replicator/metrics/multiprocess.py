@@ -51,10 +51,19 @@ def prepare(directory: str | Path | None = None) -> SamplesDirectory:
     if not chosen:
         return SamplesDirectory(Path(tempfile.mkdtemp(prefix="replicator-metrics-")), True)
     path = Path(chosen)
-    path.mkdir(parents=True, exist_ok=True)
+    # A file, a path under a file, or a directory this user cannot create or write to
+    # is the operator's setting to fix: one line naming it (exit 3), not a traceback.
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        lock = os.open(path / ".replicator.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as error:
+        raise EnvironmentProblem(
+            f"{ENV} {path} cannot hold the metrics samples ({error.strerror or error}): "
+            "point it at a directory this user can write to (or leave it unset for a "
+            "temporary one)"
+        ) from None
     # Two runs sharing the directory would delete each other's samples and report each
     # other's series: the second is refused while the first holds it.
-    lock = os.open(path / ".replicator.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -63,8 +72,15 @@ def prepare(directory: str | Path | None = None) -> SamplesDirectory:
             f"{ENV} {path} is in use by another running replicator: give each job a "
             "directory of its own (or leave it unset for a temporary one)"
         ) from None
-    for stale in path.glob("*.db"):
-        stale.unlink()
+    try:
+        for stale in path.glob("*.db"):
+            stale.unlink()
+    except OSError as error:
+        os.close(lock)
+        raise EnvironmentProblem(
+            f"{ENV} {path}: cannot remove the samples of an earlier run "
+            f"({error.strerror or error}): empty it, or choose another directory"
+        ) from None
     return SamplesDirectory(path, False, lock)
 
 

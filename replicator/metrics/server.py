@@ -15,7 +15,9 @@ HEALTHCHECK gives up after a few seconds, and would restart a replicator that is
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -57,7 +59,18 @@ class MetricsServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            _with_body = True
+
             def do_GET(self) -> None:
+                self._answer(body=True)
+
+            def do_HEAD(self) -> None:
+                """As GET, without the body: load balancers and probes that check the
+                status with HEAD must not see 501."""
+                self._answer(body=False)
+
+            def _answer(self, body: bool) -> None:
+                self._with_body = body
                 path = self.path.split("?", 1)[0]
                 try:
                     if path == "/metrics":
@@ -80,17 +93,26 @@ class MetricsServer:
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if self._with_body:
+                    self.wfile.write(body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
+        server_class = _IPv6Server if is_ipv6(host) else ThreadingHTTPServer
         try:
-            self._httpd = ThreadingHTTPServer((host, port), Handler)
+            self._httpd = server_class((host, port), Handler)
         except OSError as error:
+            if isinstance(error, socket.gaierror) or error.errno in _HOST_ERRNOS:
+                hint = (
+                    "check metrics.host: it must be an address of this host (0.0.0.0 or :: "
+                    "for all of them)"
+                )
+            else:
+                hint = "choose another metrics.port (0 picks a free one)"
             raise EnvironmentProblem(
-                f"metrics: cannot listen on {host}:{port} ({error.strerror or error}); "
-                "choose another metrics.port (0 picks a free one) or set metrics.enabled: false"
+                f"metrics: cannot listen on {address(host, port)} ({error.strerror or error}); "
+                f"{hint} or set metrics.enabled: false"
             ) from None
         self._httpd.daemon_threads = True
         self.host = host
@@ -101,7 +123,7 @@ class MetricsServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/metrics"
+        return f"http://{address(self.host, self.port)}/metrics"
 
     def _from_files(self) -> list[Metric]:
         """The processes' samples, read from the directory after reaping dead processes'
@@ -127,6 +149,10 @@ class MetricsServer:
         """Every sample (name, labels, value) as ``/metrics`` would show it now."""
         return _flat(self._registry().collect())
 
+    def file_samples(self) -> list[Sample]:
+        """The processes' samples alone (no collector that may wait on the network)."""
+        return _flat(self._from_files())
+
     def health(self) -> health_rules.Health:
         """Judged from the sample files alone: the health rules read only the processes'
         lag and checkpoint times, and the other collectors may wait on the network."""
@@ -143,7 +169,7 @@ class MetricsServer:
         log.info(
             "serving metrics",
             url=self.url,
-            health=f"http://{self.host}:{self.port}/healthz",
+            health=f"http://{address(self.host, self.port)}/healthz",
             port=self.port,
         )
 
@@ -151,6 +177,26 @@ class MetricsServer:
         if self._thread.is_alive():
             self._httpd.shutdown()  # waits for serve_forever, so only once it runs
         self._httpd.server_close()
+
+
+# Errors that say the host, not the port, cannot be listened on: an address this host
+# does not have, or of a family it does not support.
+_HOST_ERRNOS = {errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}
+
+
+def is_ipv6(host: str) -> bool:
+    return ":" in host
+
+
+def address(host: str, port: int) -> str:
+    """``host:port`` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if is_ipv6(host) else f"{host}:{port}"
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    """The HTTP server on an IPv6 address (ThreadingHTTPServer binds IPv4 only)."""
+
+    address_family = socket.AF_INET6
 
 
 class _Collected(Collector):

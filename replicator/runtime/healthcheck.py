@@ -1,9 +1,13 @@
 """``python -m replicator.runtime.healthcheck [PORT]``: a container's health probe.
 
-Asks the running replicator's ``/healthz`` on 127.0.0.1 and exits 0 when it answers
-healthy, 1 otherwise (unhealthy, or nothing listening), printing why. It needs nothing
-but Python, so the image carries no curl. The port is the argument, else
-``$REPLICATOR_METRICS_PORT``, else 9400 (the job file's default ``metrics.port``).
+Asks the running replicator's ``/healthz`` and exits 0 when it answers healthy, 1
+otherwise (unhealthy, nothing listening, or a setting it cannot use), printing why in
+one line or the health answer. It needs nothing but Python, so the image carries no
+curl. The port is the argument, else ``$REPLICATOR_METRICS_PORT``, else 9400 (the job
+file's default ``metrics.port``). The address is ``$REPLICATOR_METRICS_HOST`` (set it
+to the job's ``metrics.host`` when that is one specific address: the probe runs inside
+the container and must reach the address the replicator listens on), else 127.0.0.1;
+a wildcard host (``0.0.0.0``, ``::``) is probed on its loopback address.
 """
 
 from __future__ import annotations
@@ -15,14 +19,25 @@ import urllib.error
 import urllib.request
 
 DEFAULT_PORT = 9400
+DEFAULT_HOST = "127.0.0.1"
 PORT_ENV = "REPLICATOR_METRICS_PORT"
+HOST_ENV = "REPLICATOR_METRICS_HOST"
+# Listening on every address is reached through loopback of the same family.
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": DEFAULT_HOST}  # noqa: S104
 
 
-def probe(port: int, timeout_s: float = 5.0) -> tuple[bool, str]:
-    """(healthy, what to say) for the replicator serving metrics on ``port``."""
-    url = f"http://127.0.0.1:{port}/healthz"
+def url_of(host: str, port: int) -> str:
+    host = host.strip().removeprefix("[").removesuffix("]")
+    host = _WILDCARDS.get(host, host)
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/healthz"
+
+
+def probe(port: int, timeout_s: float = 5.0, host: str = DEFAULT_HOST) -> tuple[bool, str]:
+    """(healthy, what to say) for the replicator serving metrics on ``host``:``port``."""
+    url = url_of(host, port)
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310  # http:// only
             return response.status == 200, response.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as error:
         return False, error.read().decode("utf-8", "replace")
@@ -30,9 +45,27 @@ def probe(port: int, timeout_s: float = 5.0) -> tuple[bool, str]:
         return False, json.dumps({"status": "unreachable", "reasons": [f"{url}: {error}"]})
 
 
+def _port(argv: list[str]) -> int:
+    """The port to probe; ValueError naming where a bad one came from."""
+    given, where = (argv[0], "the argument") if argv else (os.environ.get(PORT_ENV), PORT_ENV)
+    if not given:
+        return DEFAULT_PORT
+    try:
+        port = int(given)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise ValueError(f"healthcheck: {where} {given!r} is not a port (1-65535)")
+    return port
+
+
 def main(argv: list[str]) -> int:
-    port = int(argv[0]) if argv else int(os.environ.get(PORT_ENV) or DEFAULT_PORT)
-    healthy, body = probe(port)
+    try:
+        port = _port(argv)
+    except ValueError as error:
+        print(error, file=sys.stderr)  # stdout-ok: stderr of the container's health probe
+        return 1
+    healthy, body = probe(port, host=os.environ.get(HOST_ENV) or DEFAULT_HOST)
     if not healthy:
         print(body, file=sys.stderr)  # stdout-ok: stderr of the container's health probe
     return 0 if healthy else 1

@@ -145,6 +145,7 @@ class _Attempts:
     reconsidered: int = 0
     optimistic_conflicts: int = 0
     tombstone_done: bool = False
+    since_s: float | None = None  # when the item went stale here, if before the change
 
 
 @dataclass
@@ -178,10 +179,14 @@ class DestinationWriter:
         self._lock = threading.Lock()
         self._successes = 0  # writes the destination accepted (refusals compare it)
 
-    def write(self, change: Change, first: FirstAnswer | None = None) -> WriteResult:
+    def write(
+        self, change: Change, first: FirstAnswer | None = None, *, since_s: float | None = None
+    ) -> WriteResult:
         """Settle ``change``; ``first``: its first request was sent already (by
-        :meth:`first_request`), and this is how it was answered."""
-        state = _Attempts(first=first)
+        :meth:`first_request`), and this is how it was answered. ``since_s``: the creation
+        time of the earliest change this write settles, when ``change`` replaced older
+        ones that were never written here (the apply delay counts from it)."""
+        state = _Attempts(first=first, since_s=since_s)
         return self.retrying(change, lambda attempt: self._attempt(change, attempt, state))
 
     # -- a first request sent elsewhere ---------------------------------------------------
@@ -216,13 +221,18 @@ class DestinationWriter:
         (a tombstone-keeping writer checks a put's outcome after it)."""
         return self.tombstones is None and not self.rule.reads_existing
 
-    def applied_elsewhere(self, changes: Sequence[Change]) -> list[float]:
+    def applied_elsewhere(
+        self, changes: Sequence[Change], since_s: Sequence[float] | None = None
+    ) -> list[float]:
         """The first requests, sent elsewhere, applied ``changes`` (:attr:`settled_by_success`):
-        note the successes and return the apply delays; the caller counts the writes and
-        observes the delays (in batches)."""
+        note the successes and return the apply delays (from ``since_s``, each change's
+        earliest replaced change as in :meth:`write`, else from their creation); the caller
+        counts the writes and observes the delays (in batches)."""
         self._note_success(len(changes))
         now = self.clock()
-        return [max(0.0, now - change.created_s) for change in changes]
+        if since_s is None:
+            return [max(0.0, now - change.created_s) for change in changes]
+        return [max(0.0, now - since) for since in since_s]
 
     def retrying(self, change: Change, attempt_once: Callable[[int], WriteResult]) -> WriteResult:
         """Run ``attempt_once`` until it settles ``change``: retry what may pass (for
@@ -357,7 +367,7 @@ class DestinationWriter:
                     if undone is not None:
                         self._lost(change, Winner(tombstone=undone), self._tombstone_won(undone))
                         return self._count(op, Outcome.CONFLICT_LOST)
-            return self._applied(change)
+            return self._applied(change, state)
 
     def _condition_failed(
         self, change: Change, error: ClientError, attempt: int, state: _Attempts
@@ -385,7 +395,7 @@ class DestinationWriter:
                 if undone is not None:
                     self._lost(change, Winner(tombstone=undone), self._tombstone_won(undone))
                     return self._count(op, Outcome.CONFLICT_LOST)
-            return self._applied(change)
+            return self._applied(change, state)
         decision = self.rule.reconsider(change, old)
         if isinstance(decision, WriteRequest):
             state.reconsidered += 1
@@ -492,12 +502,11 @@ class DestinationWriter:
         shown = tombstone.described(self.rule.attribute, self.rule.origin_attribute)
         return f"{self.rule.name}: {shown} (a tombstone) ranks at or above the put's image"
 
-    def _applied(self, change: Change) -> WriteResult:
+    def _applied(self, change: Change, state: _Attempts) -> WriteResult:
         self._note_success()
         if self.counted:
-            self.metrics.apply_delay.labels(self.label).observe(
-                max(0.0, self.clock() - change.created_s)
-            )
+            since = change.created_s if state.since_s is None else state.since_s
+            self.metrics.apply_delay.labels(self.label).observe(max(0.0, self.clock() - since))
         return self._count(change.event.op, Outcome.APPLIED)
 
     def _read(self, change: Change) -> Item | None:

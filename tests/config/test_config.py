@@ -160,6 +160,11 @@ BROKEN = {
         "module.path:function",
     ),
     "port-range": (MINIMAL + "metrics: {port: 70000}\n", "metrics.port", "65535"),
+    "empty-metrics-host": (
+        MINIMAL + "metrics: {host: ''}\n",
+        "metrics.host",
+        "must name the address to listen on",
+    ),
     "kcl-at-timestamp": (
         MINIMAL + "runtime: kcl\nkcl: {initial_position: AT_TIMESTAMP}\n",
         "kcl.initial_position",
@@ -441,6 +446,14 @@ def test_a_custom_resolver_that_loads_passes_validate(tmp_path: Path) -> None:
     result = run_cli("validate", "--config", str(job), env=env)
     assert result.returncode == 0, result.stderr
     assert "policy custom on goodres:f" in result.stdout
+
+
+def test_validate_shows_an_ipv6_metrics_address_in_brackets(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(MINIMAL + "metrics: {host: '::1', port: 19463}\n")
+    result = run_cli("validate", "--config", str(job))
+    assert result.returncode == 0, result.stderr
+    assert "http://[::1]:19463/metrics" in result.stdout
 
 
 def test_validate_shows_the_attribute_the_policy_reads_and_warns_of_the_others(

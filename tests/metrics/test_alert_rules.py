@@ -17,7 +17,12 @@ from tests.support import ROOT
 from tests.support.metrics import exported_samples, metric_names_in
 
 PROMETHEUS_DIR = ROOT / "docker" / "prometheus"
-ALERTS = {"ReplicatorReplicationLagHigh", "ReplicatorDeadLetters", "ReplicatorCheckpointsStalled"}
+ALERTS = {
+    "ReplicatorReplicationLagHigh",
+    "ReplicatorDeadLetters",
+    "ReplicatorDestinationStalled",
+    "ReplicatorCheckpointsStalled",
+}
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -37,7 +42,7 @@ def rules() -> list[dict[str, Any]]:
 def test_promtool_accepts_the_rules_and_the_example_config() -> None:
     checked = promtool("check", "rules", "alerts.yml")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 3 rules found" in checked.stdout
+    assert "SUCCESS: 4 rules found" in checked.stdout
     config = promtool("check", "config", "prometheus.yml")
     assert config.returncode == 0, config.stdout + config.stderr
 

@@ -72,6 +72,7 @@ DOCUMENTED = {
     "replicator_in_flight_writes": {"destination"},
     "replicator_buffered_changes": {"shard"},
     "replicator_last_checkpoint_timestamp_seconds": {"shard"},
+    "replicator_destination_progress_timestamp_seconds": {"destination", "shard"},
     "replicator_last_record_received_timestamp_seconds": {"shard"},
     "replicator_shards_owned": set(),
     "replicator_processor_restarts_total": set(),
@@ -170,15 +171,25 @@ def test_an_idle_stream_is_healthy_however_old_its_last_checkpoint() -> None:
     }
 
 
+def progress(destination: str, shard: str, at: float) -> Sample:
+    return (
+        "replicator_destination_progress_timestamp_seconds",
+        {"destination": destination, "shard": shard},
+        at,
+    )
+
+
 def test_a_backlog_being_worked_off_is_healthy_however_large_its_lag() -> None:
-    assert evaluate([lag("eu", "s1", 5000.0), checkpoint("s1", NOW - 5)]).healthy
+    assert evaluate([lag("eu", "s1", 5000.0), progress("eu", "s1", NOW - 5)]).healthy
 
 
-def test_a_destination_behind_with_no_checkpoint_for_the_stall_time_is_unhealthy() -> None:
+def test_a_destination_behind_with_nothing_settled_for_the_stall_time_is_unhealthy() -> None:
     result = evaluate(
         [
             lag("eu", "s1", 0.0),
             lag("ap", "s1", 90.0),
+            progress("eu", "s1", NOW - 1),
+            progress("ap", "s1", NOW - 100),
             checkpoint("s1", NOW - 100),
             lag("eu", "s2", 0.0),
             lag("ap", "s2", 0.0),
@@ -187,20 +198,44 @@ def test_a_destination_behind_with_no_checkpoint_for_the_stall_time_is_unhealthy
     )
     assert not result.healthy
     assert result.reasons == [
-        "destination ap is stalled on shard s1: 90s behind and no checkpoint for 100s (limit 60s)"
+        "destination ap is stalled on shard s1: 90s behind and nothing settled there for "
+        "100s (limit 60s)"
     ]
     body = result.as_dict()
     assert body["status"] == "unhealthy"
     assert body["destinations"] == {"ap": {"lag_seconds": 90.0}, "eu": {"lag_seconds": 0.0}}
 
 
+def test_a_moving_checkpoint_does_not_hide_a_stuck_destination() -> None:
+    # The checkpoint moves past changes that newer ones replaced, while "ap" accepts
+    # nothing: only the destination's own progress counts.
+    result = evaluate(
+        [
+            lag("eu", "s1", 0.0),
+            progress("eu", "s1", NOW - 1),
+            lag("ap", "s1", 100.0),
+            progress("ap", "s1", NOW - 100),
+            checkpoint("s1", NOW - 1),
+        ]
+    )
+    assert [reason.split(":")[0] for reason in result.reasons] == [
+        "destination ap is stalled on shard s1"
+    ]
+
+
+def test_a_reader_catching_up_with_nothing_in_flight_at_a_destination_is_healthy() -> None:
+    # Lag from millisBehindLatest alone: nothing is held back at "ap" (all filtered, say).
+    in_flight = ("replicator_in_flight_writes", {"destination": "ap"}, 0.0)
+    assert evaluate([lag("ap", "s1", 900.0), progress("ap", "s1", NOW - 900), in_flight]).healthy
+
+
 def test_lag_just_at_the_limit_is_still_healthy() -> None:
-    assert evaluate([lag("ap", "s1", 60.0), checkpoint("s1", NOW - 500)]).healthy
-    assert evaluate([lag("ap", "s1", 500.0), checkpoint("s1", NOW - 60)]).healthy
+    assert evaluate([lag("ap", "s1", 60.0), progress("ap", "s1", NOW - 500)]).healthy
+    assert evaluate([lag("ap", "s1", 500.0), progress("ap", "s1", NOW - 60)]).healthy
 
 
-def test_a_shard_that_never_checkpointed_counts_from_the_runtime_start() -> None:
-    samples = [lag("ap", "s1", 120.0)]
+def test_a_destination_that_never_settled_anything_counts_from_the_runtime_start() -> None:
+    samples = [lag("ap", "s1", 120.0), checkpoint("s1", NOW - 1)]
     assert not evaluate(samples).healthy  # started an hour ago
     fresh = health_rules.evaluate(samples, now=NOW, stall_after_s=60, started_at=NOW - 30)
     assert fresh.healthy
@@ -333,6 +368,18 @@ def test_healthz_answers_503_with_the_reasons_and_unknown_paths_404(
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
         connection.request("GET", "/nothing")
         assert connection.getresponse().status == 404
+        # HEAD answers as GET does, without the body (probes that check the status).
+        for expected in (200, 503):
+            if expected == 503:
+                problems.append("shard s1: worker not running")
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+            connection.request("HEAD", "/healthz")
+            answer = connection.getresponse()
+            assert answer.status == expected
+            assert answer.getheader("Content-Type") == "application/json"
+            assert int(answer.getheader("Content-Length") or 0) > 0
+            assert answer.read() == b""
+            connection.close()
     finally:
         server.stop()
 
@@ -411,6 +458,31 @@ def test_the_configured_port_is_used_and_a_taken_port_is_a_clear_error(
         server.stop()
 
 
+def test_an_ipv6_address_is_listened_on_and_shown_in_brackets(
+    samples_directory: multiprocess.SamplesDirectory,
+) -> None:
+    server = MetricsServer("::1", 0, samples_directory.path, problems=list, stall_after_s=60)
+    server.start()
+    try:
+        assert server.url == f"http://[::1]:{server.port}/metrics"
+        with urllib.request.urlopen(f"http://[::1]:{server.port}/healthz", timeout=5) as answer:
+            assert answer.status == 200
+    finally:
+        server.stop()
+
+
+def test_an_address_this_host_does_not_have_is_a_host_error_not_a_port_one(
+    samples_directory: multiprocess.SamplesDirectory,
+) -> None:
+    from replicator.exceptions import EnvironmentProblem
+
+    for host in ("192.0.2.1", "2001:db8::1"):  # documentation addresses: never this host's
+        with pytest.raises(EnvironmentProblem) as raised:
+            MetricsServer(host, 0, samples_directory.path, problems=list, stall_after_s=60)
+        message = str(raised.value)
+        assert "check metrics.host" in message and "metrics.port" not in message, message
+
+
 def test_an_operator_chosen_directory_is_emptied_but_kept(tmp_path: Path) -> None:
     chosen = tmp_path / "samples"
     chosen.mkdir()
@@ -435,6 +507,28 @@ def test_an_operator_chosen_directory_is_not_shared_by_two_runs(tmp_path: Path) 
     assert (tmp_path / "counter_1.db").exists()
     multiprocess.discard(first)
     multiprocess.discard(multiprocess.prepare(tmp_path))  # free again once let go
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "under /proc"])
+def test_a_directory_that_cannot_be_used_is_one_line_naming_the_variable(
+    tmp_path: Path, where: str
+) -> None:
+    """A file, a path under a file, or a place no directory can be made: the operator's
+    setting to fix, an environment problem (exit 3) naming it, not a traceback."""
+    from replicator.exceptions import EnvironmentProblem
+
+    (tmp_path / "afile").write_text("not a directory")
+    chosen = {
+        "a file": tmp_path / "afile",
+        "under a file": tmp_path / "afile" / "samples",
+        "under /proc": Path("/proc/replicator-samples"),
+    }[where]
+    with pytest.raises(EnvironmentProblem) as raised:
+        multiprocess.prepare(chosen)
+    assert raised.value.exit_code == 3
+    message = str(raised.value)
+    assert message.startswith(f"PROMETHEUS_MULTIPROC_DIR {chosen} cannot hold the metrics")
+    assert "\n" not in message
 
 
 # -- end to end ---------------------------------------------------------------------------

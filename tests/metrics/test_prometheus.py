@@ -223,6 +223,7 @@ def test_prometheus_scrapes_lag_and_write_outcomes_per_destination(
     assert {rule["name"] for rule in evaluated} == {
         "ReplicatorReplicationLagHigh",
         "ReplicatorDeadLetters",
+        "ReplicatorDestinationStalled",
         "ReplicatorCheckpointsStalled",
     }
     alerts = prometheus.get("/api/v1/alerts")["data"]["alerts"]

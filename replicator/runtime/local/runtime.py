@@ -44,7 +44,7 @@ from replicator.exceptions import (
     OperatorError,
     ReplicatorError,
 )
-from replicator.metrics import multiprocess
+from replicator.metrics import health, multiprocess
 from replicator.metrics.server import MetricsServer
 from replicator.runtime import preflight, supervisor
 from replicator.runtime.local.protocol import CheckpointHandler, ProcessorChild
@@ -59,7 +59,8 @@ log = structlog.get_logger(__name__)
 SHARD_SYNC_INTERVAL_S = 10.0
 # A processor child that fails more often than this in 300 s stops the runtime, as does
 # one that stops this many times and once more, in a row and however far apart, with exit
-# code 3 (a destination refusing every write) and no checkpoint between.
+# code 3 (a destination refusing every write) and no recovery between (a write settled
+# at that destination, or every record delivered checkpointed).
 PROCESSOR_RESTART_LIMIT = 5
 # A shard sync that failed on a transient AWS error is tried again this much later.
 _HOUSEKEEPING_RETRY_S = 2.0
@@ -277,9 +278,16 @@ class LocalRuntime:
             restart_limit=self.restart_limit,
             record_unread=self._record_unread if self.resolved.publishes_watermark else None,
             lease_expiry_s=self.job.kcl.failover_time_ms / 1000,
+            read_stall_after_s=self.job.metrics.stall_after_s,
         )
         worker = ShardWorker(
-            lease, self.leases, self._streams, settings, self._new_child, self.stopping
+            lease,
+            self.leases,
+            self._streams,
+            settings,
+            self._new_child,
+            self.stopping,
+            settled_at=self._settled_at,
         )
         # Before "shard started": a change made after that line is read, whatever the
         # child's start-up takes.
@@ -301,6 +309,23 @@ class LocalRuntime:
             )
             table.ensure_exists()
             table.add_unread_spans(shard_id, (span,))
+
+    def _settled_at(self, shard_id: str, destination: str) -> float | None:
+        """When a change of the shard last settled at the destination, from the
+        processors' samples (None without metrics, or before anything settled there)."""
+        server = self.metrics_server
+        if server is None:
+            return None
+        return max(
+            (
+                value
+                for name, labels, value in server.file_samples()
+                if name == health.PROGRESS
+                and labels.get("shard") == shard_id
+                and labels.get("destination") == destination
+            ),
+            default=None,
+        )
 
     def _new_child(self, shard_id: str, on_checkpoint: CheckpointHandler) -> ProcessorChild:
         env = dict(os.environ)

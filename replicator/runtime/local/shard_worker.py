@@ -7,12 +7,17 @@ updating the shard's lease. A child that dies is started again from the lease's
 checkpoint; one that keeps dying stops the runtime: more than ``restart_limit`` failures
 in ``restart_window_s``, or, for a processor stopping because a destination refuses every
 write (its last words carry exit code 3), more than ``restart_limit`` such failures in a
-row with no checkpoint between them, however far apart (a refusing destination takes the
+row with no recovery between them, however far apart (a refusing destination takes the
 processor about two minutes of retries to give up on, so a time window would never fill).
+Recovery from such a failure is a write settled at the refusing destination, or a
+checkpoint of every record delivered (the whole batch applied); any checkpoint is not
+enough: it moves past changes that newer ones replaced while the destination accepts
+nothing.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import deque
@@ -71,9 +76,16 @@ class ShardProgress:
     failed_at: float | None = None
     last_failure: str | None = None
     # The last failure carried exit code 3 (a destination refusing every write): only a
-    # checkpoint after it counts as recovered, not time running (the next child takes
-    # minutes of retries to fail the same way).
+    # write settled there or a checkpoint of every record delivered after it counts as
+    # recovered, not time running (the next child takes minutes of retries to fail the
+    # same way). ``refusing_destination``: its label, as its last words name it.
     refusing: bool = False
+    refusing_destination: str | None = None
+    # When the last checkpoint covering every record delivered was written.
+    last_full_checkpoint_at: float | None = None
+    # Stream reads failing since (None while they succeed), and the last error.
+    read_failing_since: float | None = None
+    read_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,8 @@ class ShardSettings:
     # a checkpoint) for this long checks that the lease is still its own before handing
     # its processor another batch. None: no check.
     lease_expiry_s: float | None = None
+    # Seconds of failing stream reads before the shard is reported (metrics.stall_after_s).
+    read_stall_after_s: float = 300.0
 
 
 class ShardWorker(threading.Thread):
@@ -115,9 +129,12 @@ class ShardWorker(threading.Thread):
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         pause: Callable[[float], object] | None = None,
+        settled_at: Callable[[str, str], float | None] | None = None,
     ) -> None:
         """``clock``, ``monotonic`` and ``pause`` (the wait before a restart; by default
-        until ``stopping``) are the real ones but for tests that simulate time."""
+        until ``stopping``) are the real ones but for tests that simulate time.
+        ``settled_at(shard, destination)``: when a change of the shard last settled at the
+        destination, as the processors' metrics say (None: unknown)."""
         super().__init__(name=f"shard-{lease.shard_id}", daemon=True)
         self.lease = lease
         self.leases = leases
@@ -147,6 +164,10 @@ class ShardWorker(threading.Thread):
         self._checkpoints = 0  # checkpoints stored by this worker's children
         self._lease_confirmed_at = monotonic()
         self._lease_taken = False  # the runtime found the lease renewed by another worker
+        self._settled_at = settled_at
+        # The last read that succeeded: when, and how far behind the tip it was.
+        self._read_at: float | None = None
+        self._millis_behind = 0
 
     @property
     def shard_id(self) -> str:
@@ -194,13 +215,32 @@ class ShardWorker(threading.Thread):
             )
         self._lease_confirmed_at = self._monotonic()
 
-    def trouble(self, now: float) -> str | None:
-        """Why this shard is not being replicated now, if it is not: its processor failed
-        and is not running yet, or was restarted and has neither checkpointed nor run for
-        ``recovered_after_s`` since (crash-looping). When the last failure carried exit
-        code 3 (a destination refusing every write), only a checkpoint since counts: the
-        restarted processor retries for minutes before it fails the same way."""
+    def recovered_since(self, failed_at: float) -> bool:
+        """Whether the refusing destination has come back since ``failed_at``: a write
+        settled there, or a checkpoint of every record delivered. Any checkpoint is not
+        enough: it moves past changes that newer ones replaced while the destination
+        accepts nothing."""
         progress = self.progress
+        if (progress.last_full_checkpoint_at or 0.0) > failed_at:
+            return True
+        destination = progress.refusing_destination
+        if destination is None or self._settled_at is None:
+            return False
+        settled = self._settled_at(self.shard_id, destination)
+        return settled is not None and settled > failed_at
+
+    def trouble(self, now: float) -> str | None:
+        """Why this shard is not being replicated now, if it is not: the stream has not
+        been readable for ``read_stall_after_s``, or its processor failed and is not
+        running yet, or was restarted and has neither checkpointed nor run for
+        ``recovered_after_s`` since (crash-looping). When the last failure carried exit
+        code 3 (a destination refusing every write), only :meth:`recovered_since` counts:
+        the restarted processor retries for minutes before it fails the same way."""
+        progress = self.progress
+        if progress.read_failing_since is not None and not progress.ended:
+            failing_s = now - progress.read_failing_since
+            if failing_s >= self.settings.read_stall_after_s:
+                return f"reading the stream failed for {failing_s:.0f}s: {progress.read_error}"
         if progress.failed_at is None or progress.ended:
             return None
         if progress.child_up_since is None:
@@ -208,10 +248,14 @@ class ShardWorker(threading.Thread):
                 f"processor not running (restart {progress.restarts}); last failure: "
                 f"{progress.last_failure}"
             )
-        checkpointed = (progress.last_checkpoint_at or 0.0) > progress.failed_at
-        ran = now - progress.child_up_since >= self.settings.recovered_after_s
-        if checkpointed or (ran and not progress.refusing):
-            return None
+        if progress.refusing:
+            if self.recovered_since(progress.failed_at):
+                return None
+        else:
+            checkpointed = (progress.last_checkpoint_at or 0.0) > progress.failed_at
+            ran = now - progress.child_up_since >= self.settings.recovered_after_s
+            if checkpointed or ran:
+                return None
         return (
             f"processor restarted {progress.restarts} times and not recovered; last "
             f"failure: {progress.last_failure}"
@@ -240,8 +284,7 @@ class ShardWorker(threading.Thread):
 
     def _run(self) -> None:
         failures: deque[float] = deque()
-        refusals = 0  # exit-3 failures in a row, no checkpoint between them
-        checkpoints_then = self._checkpoints
+        refusals = 0  # exit-3 failures in a row, no recovery between them
         while not self.stopping.is_set():
             child = self.new_child(self.shard_id, self._checkpoint)
             self.child = child
@@ -268,21 +311,24 @@ class ShardWorker(threading.Thread):
                 while failures and now - failures[0] > self.settings.restart_window_s:
                     failures.popleft()
                 refused = error.exit_code == EnvironmentProblem.exit_code
-                if not refused or self._checkpoints != checkpoints_then:
+                failed_before = self.progress.failed_at
+                if failed_before is not None and self.recovered_since(failed_before):
                     refusals = 0
                 refusals = refusals + 1 if refused else 0
-                checkpoints_then = self._checkpoints
                 self.progress.restarts += 1
                 self.progress.child_up_since = None
                 self.progress.failed_at = self._clock()
                 self.progress.last_failure = str(error)
                 self.progress.refusing = refused
+                self.progress.refusing_destination = (
+                    _refusing_destination(error.reason) if refused else None
+                )
                 limit = self.settings.restart_limit
                 if refused and error.reason and (refusals > limit or len(failures) > limit):
                     # A destination refusing every write: one line and exit 3, as a
                     # missing destination table is at start-up. Each such failure takes
                     # the processor minutes of retries, so they are counted in a row
-                    # (with no checkpoint between them), not in a time window.
+                    # (with no recovery between them: see recovered_since), not in a time window.
                     if refusals > limit:
                         times = f"{refusals} times in a row"
                     else:
@@ -336,6 +382,7 @@ class ShardWorker(threading.Thread):
                 if code == "TrimmedDataAccessException":
                     iterator = self._trimmed(self._last_delivered or self.lease.checkpoint)
                     continue
+                self._read_failed(child, error)
                 self._wait_and_retry(error, attempt)
                 attempt += 1
                 if attempt % 3 == 0:
@@ -344,6 +391,8 @@ class ShardWorker(threading.Thread):
                     iterator = self._resume_iterator()
                 continue
             attempt = 0
+            self.progress.read_failing_since = None
+            self.progress.read_error = None
             records = response.get("Records", [])
             batch = [to_daemon_record(record) for record in records]
             if self._gap is not None:
@@ -352,7 +401,10 @@ class ShardWorker(threading.Thread):
             millis_behind = 0
             if records:
                 self._last_created_us = created_ms_of(records[-1]) * 1000
-                millis_behind = max(0, int(time.time() * 1000) - created_ms_of(records[-1]))
+                millis_behind = max(0, int(self._clock() * 1000) - created_ms_of(records[-1]))
+            self._millis_behind = millis_behind
+            self._read_at = self._clock()
+            if records:
                 self._last_delivered = batch[-1]["sequenceNumber"]
                 if self.lease.checkpoint == LATEST and self._first_delivered is None:
                     self._first_delivered = batch[0]["sequenceNumber"]
@@ -377,6 +429,23 @@ class ShardWorker(threading.Thread):
             if not records:
                 self.stopping.wait(self.settings.idle_s)
         return False
+
+    def _read_failed(self, child: ProcessorChild, error: BaseException) -> None:
+        """A read of the stream failed (it is retried): note since when reads fail, for
+        ``trouble``, and tell the processor how far behind the reader may now be.
+
+        Nothing is known of the stream since the last read that succeeded, so the reader
+        is at least as far behind as it was then, plus the time since: the processor's
+        lag grows by a second per second while the stream cannot be read, instead of
+        reading 0 as if the reader were at the tip."""
+        now = self._clock()
+        progress = self.progress
+        if progress.read_failing_since is None:
+            progress.read_failing_since = now
+        progress.read_error = str(error)
+        since = self._read_at if self._read_at is not None else progress.read_failing_since
+        behind_ms = self._millis_behind + max(0, int((now - since) * 1000))
+        child.process_records([], behind_ms)
 
     def _shut_down(self, child: ProcessorChild) -> None:
         if self._lease_taken:
@@ -598,5 +667,17 @@ class ShardWorker(threading.Thread):
         self.progress.checkpoint = target
         self.progress.last_checkpoint_at = self._clock()
         self._lease_confirmed_at = self._monotonic()
+        if target in (self._last_delivered, SHARD_END):
+            self.progress.last_full_checkpoint_at = self.progress.last_checkpoint_at
         self._checkpoints += 1
         return None
+
+
+_REFUSING = re.compile(r"^destination (.+?) \(")
+
+
+def _refusing_destination(reason: str | None) -> str | None:
+    """The label of the destination a processor's last words say refused its writes
+    (``destination <label> (<region>/<table>) refused ...``), if they say so."""
+    match = _REFUSING.match(reason or "")
+    return match.group(1) if match else None

@@ -15,6 +15,7 @@ import pytest
 import structlog.testing
 from botocore.exceptions import ClientError
 
+from replicator.aws.backoff import Backoff
 from replicator.config.model import OnTrimmedData
 from replicator.exceptions import ChildFailed, ChildKeepsFailing, EnvironmentProblem, TrimmedData
 from replicator.runtime.local.runtime import startable
@@ -457,15 +458,22 @@ class RefusedChild(StandInChild):
     of retries, then stops with exit code 3; ``checkpoints`` says, per child, whether it
     checkpoints the first batch before that."""
 
-    def __init__(self, on_checkpoint: Any, clock: list[float], checkpoints: bool) -> None:
+    def __init__(
+        self, on_checkpoint: Any, clock: list[float], checkpoints: bool, partial: bool = False
+    ) -> None:
+        """``partial``: the checkpoint stops one record short of the batch's last, as one
+        that moves past replaced changes while a refused one is still being retried."""
         super().__init__(on_checkpoint)
         self.clock = clock
         self.checkpoints = checkpoints
+        self.partial = partial
         self.seen: list[str | None] = []  # the shard's trouble before it failed
 
     def process_records(self, records: list[dict[str, Any]], millis_behind: int) -> None:
         if self.checkpoints:
-            assert self.on_checkpoint(records[-1]["sequenceNumber"], 0) is None
+            last = int(records[-1]["sequenceNumber"])
+            target = str(last - 1 if self.partial else last)
+            assert self.on_checkpoint(target, 0) is None
         self.clock[0] += 120.0  # 20 refusals with the default backoff take about 113 s
         self.seen.append(self.observe())
         said = "destination eu (eu-west-1/orders) refused 20 writes in a row"
@@ -477,6 +485,8 @@ class RefusedChild(StandInChild):
 
 def run_refused(
     checkpoints: list[bool],
+    partial: bool = False,
+    settled_at: Callable[[str, str], float | None] | None = None,
 ) -> tuple[ShardWorker, list[RefusedChild], list[str | None], MemoryLeases]:
     """Children fail as ``RefusedChild`` does, 120 s (simulated) apart, checkpointing as
     ``checkpoints`` says; the worker stops once they are all used. Nothing sleeps."""
@@ -487,7 +497,7 @@ def run_refused(
     holder: list[ShardWorker] = []
 
     def new_child(shard_id: str, on_checkpoint: Any) -> Any:
-        child = RefusedChild(on_checkpoint, clock, checkpoints[len(children)])
+        child = RefusedChild(on_checkpoint, clock, checkpoints[len(children)], partial)
         child.observe = lambda: holder[0].trouble(clock[0])  # type: ignore[method-assign]
         children.append(child)
         return child
@@ -508,6 +518,7 @@ def run_refused(
         clock=lambda: clock[0],
         monotonic=lambda: clock[0],
         pause=pause,
+        settled_at=settled_at,
     )
     holder.append(worker)
     worker.run()
@@ -650,3 +661,97 @@ def test_a_lease_found_taken_by_the_runtime_tells_the_child_lease_lost_not_shutd
     assert children[0].actions == ["leaseLost"]
     stored = leases.get("shard-1")
     assert stored is not None and stored.owner == "me"  # not released by this worker
+
+
+class WatchingChild(StandInChild):
+    """Records each batch's millisBehindLatest and the shard's trouble when it came."""
+
+    def __init__(self, on_checkpoint: Any, observe: Callable[[], str | None]) -> None:
+        super().__init__(on_checkpoint)
+        self.observe = observe
+        self.seen: list[tuple[int, int, str | None]] = []  # (records, millis behind, trouble)
+
+    def process_records(self, records: list[dict[str, Any]], millis_behind: int) -> None:
+        self.seen.append((len(records), millis_behind, self.observe()))
+        super().process_records(records, millis_behind)
+
+
+def test_failing_reads_raise_the_lag_and_report_the_shard_after_the_stall_time() -> None:
+    """GetRecords failing (an endpoint refusing connections): the processor is told the
+    reader falls behind by the time since the last good read, and after
+    ``read_stall_after_s`` of failures the shard is in trouble, until a read succeeds.
+    Time is simulated: each read takes 100 s."""
+    clock = [1_000_000.0]
+    leases = MemoryLeases()
+    stop = threading.Event()
+    script: list[Any] = [{"Records": [], "NextShardIterator": "a"}]
+    script += [error("InternalServerError")] * 4 + [{"Records": [], "NextShardIterator": "b"}]
+    stream = ScriptedStream(script, stop)
+    real_read = stream.get_records
+
+    def read(**kwargs: Any) -> dict[str, Any]:
+        clock[0] += 100.0
+        return real_read(**kwargs)
+
+    stream.get_records = read  # type: ignore[method-assign]
+    holder: list[ShardWorker] = []
+    children: list[WatchingChild] = []
+
+    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
+        children.append(WatchingChild(on_checkpoint, lambda: holder[0].trouble(clock[0])))
+        return children[-1]
+
+    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL, read_stall_after_s=250.0)
+    worker = ShardWorker(
+        leases.lease,
+        leases,  # type: ignore[arg-type]
+        stream,  # type: ignore[arg-type]
+        settings,
+        new_child,
+        stop,
+        clock=lambda: clock[0],
+        monotonic=lambda: clock[0],
+        pause=lambda seconds: None,
+    )
+    worker._backoff = Backoff(0.0, 0.0)  # no real waiting between the retries
+    holder.append(worker)
+    worker.run()
+    assert worker.error is None
+    (child,) = children
+    behind = [millis for _, millis, _ in child.seen]
+    troubles = [trouble for _, _, trouble in child.seen]
+    # A good read at the tip, four failed ones (100 s more behind each), a good read.
+    assert behind[:6] == [0, 100_000, 200_000, 300_000, 400_000, 0]
+    # Reads fail from the second on: for 0 s, 100 s, 200 s (under the limit), then 300 s.
+    assert troubles[:4] == [None, None, None, None]
+    assert troubles[4] is not None and troubles[4].startswith("reading the stream failed for 300s")
+    assert "InternalServerError" in troubles[4]
+    assert troubles[5] is None
+    assert worker.progress.read_failing_since is None
+
+
+def test_a_checkpoint_short_of_the_records_delivered_is_no_recovery_from_refusals() -> None:
+    """The checkpoint moves past changes that newer ones replaced while the refused change
+    is retried: that is no sign the destination accepts writes again, so the shard stays
+    reported and the refusals still count in a row."""
+    worker, children, seen, _ = run_refused([False, True] * 5, partial=True)
+    assert isinstance(worker.error, EnvironmentProblem) and worker.error.exit_code == 3
+    assert len(children) == 6
+    for trouble in seen[1:]:
+        assert trouble is not None and "not recovered" in trouble
+
+
+def test_a_write_settled_at_the_refusing_destination_is_recovery() -> None:
+    """The processors' samples show a write of this shard settled at "eu" (the
+    destination the last words name) after the failure: recovered, though no checkpoint
+    was written."""
+    asked: list[tuple[str, str]] = []
+
+    def settled_at(shard: str, destination: str) -> float | None:
+        asked.append((shard, destination))
+        return float("inf")  # settled after any failure
+
+    worker, children, seen, _ = run_refused([False] * 10, settled_at=settled_at)
+    assert worker.error is None and len(children) == 10
+    assert all(trouble is None for trouble in seen)
+    assert asked and set(asked) == {("shard-1", "eu")}

@@ -1,0 +1,64 @@
+"""The container's health probe, ``python -m replicator.runtime.healthcheck``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from replicator.metrics import multiprocess
+from replicator.metrics.server import MetricsServer
+from replicator.runtime.healthcheck import url_of
+from tests.support import ROOT
+
+
+def healthcheck(**env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    environment.pop("REPLICATOR_METRICS_HOST", None)
+    return subprocess.run(
+        [sys.executable, "-m", "replicator.runtime.healthcheck"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**environment, **env},
+    )
+
+
+@pytest.fixture
+def ipv6_server() -> Iterator[MetricsServer]:
+    directory = multiprocess.prepare()
+    server = MetricsServer("::1", 0, directory.path, problems=list, stall_after_s=60)
+    server.start()
+    yield server
+    server.stop()
+    multiprocess.discard(directory)
+
+
+@pytest.mark.parametrize("port", ["abc", "0", "70000"])
+def test_a_port_that_is_not_one_is_a_one_line_failure(port: str) -> None:
+    result = healthcheck(REPLICATOR_METRICS_PORT=port)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"healthcheck: REPLICATOR_METRICS_PORT {port!r} is not a port (1-65535)"
+    )
+
+
+def test_the_configured_host_is_probed(ipv6_server: MetricsServer) -> None:
+    """A replicator listening on one specific address (here ::1) is not reached on
+    127.0.0.1: the probe asks the address REPLICATOR_METRICS_HOST names."""
+    port = str(ipv6_server.port)
+    assert healthcheck(REPLICATOR_METRICS_PORT=port, REPLICATOR_METRICS_HOST="::1").returncode == 0
+    missed = healthcheck(REPLICATOR_METRICS_PORT=port)
+    assert missed.returncode == 1 and "unreachable" in missed.stderr
+
+
+def test_wildcard_hosts_are_probed_on_loopback() -> None:
+    assert url_of("0.0.0.0", 9400) == "http://127.0.0.1:9400/healthz"
+    assert url_of("::", 9400) == "http://[::1]:9400/healthz"
+    assert url_of("[fd00::5]", 9400) == "http://[fd00::5]:9400/healthz"
+    assert url_of("10.1.2.3", 9400) == "http://10.1.2.3:9400/healthz"
