@@ -297,7 +297,9 @@ class ShardWorker(threading.Thread):
             attempt = 0
             records = response.get("Records", [])
             batch = [to_daemon_record(record) for record in records]
-            millis_behind = 0
+            # DynamoDB Streams says nothing of how far behind an empty read is (records
+            # may lie further along the shard): not known, rather than 0.
+            millis_behind: int | None = None
             if records:
                 millis_behind = max(0, int(time.time() * 1000) - created_ms_of(records[-1]))
                 self._last_delivered = batch[-1]["sequenceNumber"]
