@@ -17,7 +17,9 @@ tested directly:
   same key replaced it (that newer change lies later in the stream, so a restart from a
   checkpoint past the old one still writes the new one), or when it was dropped because
   an older queued change makes it a no-op (that older change's slot comes first and is
-  still open). ``checkpointable`` is the sequence number of the last slot of the longest
+  still open). A destination that already holds a newer state of the item (active-active:
+  the destination an echo came from) counts as done for it; the others still write it.
+  ``checkpointable`` is the sequence number of the last slot of the longest
   done prefix: nothing at or before it is unapplied.
 """
 
