@@ -17,14 +17,16 @@ tested directly:
   same key replaced it (that newer change lies later in the stream, so a restart from a
   checkpoint past the old one still writes the new one), or when it was dropped because
   an older queued change makes it a no-op (that older change's slot comes first and is
-  still open). ``checkpointable`` is the sequence number of the last slot of the longest
+  still open). A destination that already holds a newer state of the item (active-active:
+  the destination an echo came from) counts as done for it; the others still write it.
+  ``checkpointable`` is the sequence number of the last slot of the longest
   done prefix: nothing at or before it is unapplied.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from itertools import islice
@@ -147,19 +149,34 @@ class ChangeBuffer:
         chain = self._chains.get(key)
         return chain[-1].change if chain else None
 
-    def add_skipped(self, change: Change, *, replaces_older: bool) -> None:
+    def add_skipped(self, change: Change, *, replaces_older_at: Collection[str] = ()) -> None:
         """Record a change that is not sent on (loop-skipped or filtered).
 
-        ``replaces_older`` is for loop-skipped changes: they are the item's newest state,
-        which the destination already has, so an older queued change must not be sent.
+        ``replaces_older_at`` is for loop-skipped changes (echoes): the destinations that
+        already hold this newest state of the item, so an older queued change must not be
+        sent there. Only there: in a mesh an echo is held by the region it came from, and
+        another destination may still lack even the older change, which is written to it
+        as usual (it applies, or loses to the newer state when that arrives first). The
+        watermark settles the same destinations (:meth:`ShardTracker.skipped`), so the two
+        agree on what is still owed where.
         """
         self._new_slot(change.sequence_number, 0)
-        if replaces_older:
-            chain = self._chains.get(change.key)
-            while chain and self._squash.newer(change, chain[-1].change):
-                self._retire(chain.pop())
-            if chain is not None and not chain:
-                del self._chains[change.key]
+        holders = [d for d in self.destinations if d in replaces_older_at]
+        chain = self._chains.get(change.key)
+        if not holders or not chain:
+            return
+        everywhere = len(holders) == len(self.destinations)
+        index = len(chain)
+        while index and self._squash.newer(change, chain[index - 1].change):
+            index -= 1
+            entry = chain[index]
+            if everywhere:
+                self._retire(entry)
+                del chain[index]
+            elif self._retire_at(entry, holders):
+                del chain[index]
+        if not chain:
+            del self._chains[change.key]
 
     def add_done(self, sequence_number: str) -> None:
         """Record a record that needs no write (for example one already dead-lettered)."""
@@ -288,6 +305,29 @@ class ChangeBuffer:
             slot.remaining -= 1
             if slot.remaining == 0:
                 self._open_slots -= 1
+
+    def _retire_at(self, entry: Entry, holders: Sequence[str]) -> bool:
+        """Drop ``entry``'s queued writes to ``holders`` only, which already hold a newer
+        state of its item; True when it is then owed nowhere.
+
+        A write of it in flight to one of them is left to finish and settle as usual (it
+        lands before any later write of the item there, which waits for it).
+        """
+        key = entry.change.key
+        for destination in holders:
+            if destination not in entry.pending:
+                continue
+            queued = self._queued[destination]
+            queue = queued.get(key)
+            if queue is None or entry not in queue:
+                continue  # in flight there
+            queue.remove(entry)
+            if not queue:
+                del queued[key]
+                self._ready[destination].pop(key, None)
+            entry.pending.discard(destination)
+            self._settle(entry.slot)
+        return not entry.pending
 
     def _retire(self, previous: Entry, carried: dict[str, int] | None = None) -> None:
         """``previous`` is replaced by a newer change: drop its unsent writes, close its slot.

@@ -36,8 +36,11 @@ class Routed(msgspec.Struct, frozen=True):
 
     change: Change
     route: Route
-    # For a change not sent on: whether it may replace an older queued change to its item.
+    # For a change not sent on: whether it may replace an older queued change to its item
+    # (where it already is: see ShardPipeline.echo_holders).
     replaces_older: bool
+    # A loop-skipped change's origin stamp: the region whose table it came from.
+    origin: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +85,8 @@ class Reader:
         replaces_older = route is Route.LOOP_SKIPPED
         if self.high_water is not None:
             change, route, replaces_older = self.high_water.route(change, route)
-        return Routed(change, route, replaces_older)
+        origin = self.change_filter.origin_of(change) if replaces_older else None
+        return Routed(change, route, replaces_older, origin)
 
 
 @dataclass
@@ -162,7 +166,12 @@ class ShardIntake:
             else:
                 pipeline.submit_all(replicate)
                 replicate.clear()
-                pipeline.skip(routed.change, routed.route, replaces_older=routed.replaces_older)
+                pipeline.skip(
+                    routed.change,
+                    routed.route,
+                    replaces_older=routed.replaces_older,
+                    origin=routed.origin,
+                )
         pipeline.submit_all(replicate)
         batch.next = len(records)
         return None

@@ -112,6 +112,10 @@ class ShardPipeline:
         self._targets: dict[str, ChangeWriter] = dict(self.writers)
         if source is not None:
             self._targets[source.label] = source
+        # Destinations by region: a loop-skipped echo is held by the region it names.
+        self._by_region: dict[str, list[str]] = {}
+        for label, writer in self.writers.items():
+            self._by_region.setdefault(writer.region, []).append(label)
         self.buffer = buffer
         self.dead_letters = dead_letters
         self.metrics = metrics
@@ -223,14 +227,40 @@ class ShardPipeline:
         if batch and self._loop is not None:  # one hand-over to the loop for all of them
             self._loop.call(self._send_batch, batch)
 
-    def skip(self, change: Change, route: Route, *, replaces_older: bool) -> None:
-        """A change not sent on (``route``: loop-skipped or filtered), counted per destination."""
+    def skip(
+        self, change: Change, route: Route, *, replaces_older: bool, origin: str | None = None
+    ) -> None:
+        """A change not sent on (``route``: loop-skipped or filtered), counted per destination.
+
+        ``replaces_older``: a loop-skipped change that may replace the older queued changes
+        to its item where its state already is (:meth:`echo_holders` of its ``origin``
+        stamp); everywhere else they are still written."""
+        holders = self.echo_holders(origin) if replaces_older else ()
         with self._cond:
-            self.buffer.add_skipped(change, replaces_older=replaces_older)
+            self.buffer.add_skipped(change, replaces_older_at=holders)
             if self.watermark is not None:
-                self.watermark.skipped(change, replaces_older=replaces_older)
+                self.watermark.skipped(change, replaces_older_at=holders)
         for label in self.writers:
             self.metrics.writes.labels(label, change.event.op, route.value).inc()
+
+    def echo_holders(self, origin: str | None) -> tuple[str, ...]:
+        """The buffer destinations that hold a loop-skipped change stamped ``origin``.
+
+        The echo of a change another region's job wrote here: that region's table holds
+        it (or something newer), the third regions of a mesh may not yet. So: the one
+        destination in that region (the origin value defaults to the region), or the
+        only destination of a job that has one (a pair: the echo can only come from
+        it), and the source writer, whose table the record was read from. Two
+        destinations in the origin's region cannot be told apart: neither is assumed.
+        """
+        if len(self.writers) == 1:
+            held = list(self.writers)
+        else:
+            in_region = self._by_region.get(origin, []) if origin is not None else []
+            held = in_region if len(in_region) == 1 else []
+        if self.source is not None:
+            held.append(self.source.label)
+        return tuple(held)
 
     def done(self, sequence_number: str, created_us: int | None = None) -> None:
         """A record that needs no write: it was dead-lettered for every destination."""

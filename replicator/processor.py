@@ -132,11 +132,12 @@ class ReplicationProcessor:
         received_at = time.time()
         records = process_records_input.records
         pipeline = intake.pipeline
-        if not records:
+        behind = process_records_input.millis_behind_latest
+        if not records and at_the_tip(behind):
             # The local runtime reads again only after this process answered the previous
             # action, so this empty read started after ``_answered_at``.
             pipeline.note_empty_read(previous_answer_at=self._answered_at, received_at=received_at)
-        intake.accept(records, int(process_records_input.millis_behind_latest or 0))
+        intake.accept(records, int(behind or 0))
         pipeline.wait_for_room()
         self._checkpoints().advance(process_records_input.checkpointer, pipeline.checkpointable())
         self._answered_at = time.time()
@@ -224,6 +225,26 @@ class ReplicationProcessor:
                 intake.pipeline.report()
             except Exception as error:  # noqa: BLE001  # reporting must never stop the worker
                 log.warning("metrics report failed", error=str(error))
+
+
+def at_the_tip(millis_behind_latest: Any) -> bool:
+    """Whether an empty batch shows the reader at the tip of its shard.
+
+    A read can come back empty while records lie further along the shard (AWS: "it might
+    take multiple calls to get to a portion of the shard that contains stream records"),
+    and the watermark takes an empty read as "every change made before it was received".
+    So an empty batch counts only when the reader says it is 0 ms behind, or says nothing:
+    DynamoDB Streams has no such measure (the Streams Kinesis Adapter 2.x passes null for
+    an empty read, and the local runtime does the same), and there an empty read is all
+    there is to go by (docs/watermark.md, Limits). The KCL on Kinesis passes a number: one
+    above 0 means records are waiting further along.
+    """
+    if millis_behind_latest is None:
+        return True
+    try:
+        return int(millis_behind_latest) <= 0
+    except (TypeError, ValueError):
+        return False  # not a number: nothing shows the reader is at the tip
 
 
 def on_writer_failure(error: BaseException) -> None:

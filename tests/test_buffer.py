@@ -148,15 +148,59 @@ def test_a_write_left_in_flight_by_abandon_is_not_owed() -> None:
 def test_loop_skipped_change_replaces_an_older_queued_one() -> None:
     buffer = ChangeBuffer(["d"], IN_STREAM_ORDER)
     buffer.add(change("k", 1))
-    buffer.add_skipped(change("k", 2), replaces_older=True)
+    buffer.add_skipped(change("k", 2), replaces_older_at={"d"})
     assert buffer.take_ready("d", 10) == []
     assert buffer.checkpointable() == "2"
+
+
+def test_an_echo_retires_older_changes_only_at_the_destination_that_holds_it() -> None:
+    """A mesh: the echo of eu's newer state says nothing about ap, which must still get
+    the older change (it applies there, or loses to the newer state)."""
+    buffer = ChangeBuffer(["eu", "ap"], IN_STREAM_ORDER)
+    buffer.add(change("k", 1))
+    buffer.add_skipped(change("k", 2), replaces_older_at={"eu"})
+    assert buffer.take_ready("eu", 10) == []
+    assert buffer.checkpointable() is None  # record 1 is still owed to ap
+    assert buffer.open_changes == 1 and not buffer.idle
+    assert [e.change.sequence_number for e in drain(buffer, "ap")] == ["1"]
+    assert buffer.checkpointable() == "2"
+    assert buffer.idle and buffer.squashed == 0
+
+
+def test_an_echo_leaves_a_write_in_flight_at_its_holder_to_settle_it() -> None:
+    buffer = ChangeBuffer(["eu", "ap"], IN_STREAM_ORDER)
+    buffer.add(change("k", 1))
+    (at_eu,) = buffer.take_ready("eu", 10)
+    buffer.add(change("k", 2))  # queued behind the write in flight: replaces record 1
+    buffer.add(change("j", 3))
+    (queued,) = buffer.take_ready("ap", 1)
+    assert queued.change.sequence_number == "2"
+    buffer.add_skipped(change("k", 4), replaces_older_at={"eu"})
+    (j,) = buffer.take_ready("eu", 10)
+    assert j.change.sequence_number == "3"
+    buffer.complete("eu", at_eu)  # superseded by record 2: settles nothing
+    assert buffer.take_ready("eu", 10) == []  # record 2 was retired at eu, not sent
+    buffer.complete("ap", queued)
+    assert [e.change.sequence_number for e in drain(buffer, "ap")] == ["3"]
+    assert buffer.checkpointable() == "2"  # record 3 is owed to eu
+    buffer.complete("eu", j)
+    assert buffer.checkpointable() == "4"
+    assert buffer.idle
+
+
+def test_an_echo_held_by_every_destination_retires_the_older_change_everywhere() -> None:
+    buffer = ChangeBuffer(["eu", "source:us-east-1"], IN_STREAM_ORDER)
+    buffer.add(change("k", 1))
+    buffer.add_skipped(change("k", 2), replaces_older_at={"eu", "source:us-east-1", "ap"})
+    assert buffer.take_ready("eu", 10) == [] and buffer.take_ready("source:us-east-1", 10) == []
+    assert buffer.checkpointable() == "2"
+    assert buffer.squashed == 1
 
 
 def test_filtered_change_does_not_replace_an_older_one() -> None:
     buffer = ChangeBuffer(["d"], IN_STREAM_ORDER)
     buffer.add(change("k", 1))
-    buffer.add_skipped(change("k", 2), replaces_older=False)
+    buffer.add_skipped(change("k", 2))
     assert [e.change.sequence_number for e in drain(buffer, "d")] == ["1"]
     assert buffer.checkpointable() == "2"
 

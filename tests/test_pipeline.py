@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from replicator.filters import ChangeFilter
 from replicator.intake import Reader, ShardIntake
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
+from replicator.records import Change
 from replicator.rules import IN_STREAM_ORDER, ConflictRule, OrderedRule, squash_order
 from replicator.writers.destination import DestinationWriter
 from tests.support.aws import client, create_table
@@ -355,3 +357,81 @@ def kinesis_job(table: str) -> Any:
         "conflict: {policy: version, version_attribute: v}\n"
     )
     return parse_job(text, Path("job.yaml")).job
+
+
+class RecordingWatermark:
+    """Stands in for the shard's watermark publisher: what ``skip`` told it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, frozenset[str]]] = []
+
+    def skipped(self, change: Change, *, replaces_older_at: Collection[str] = ()) -> None:
+        self.calls.append((change.sequence_number, frozenset(replaces_older_at)))
+
+    def close(self) -> None:
+        pass
+
+
+def mesh_pipeline(
+    tmp_path: Path, metrics: Metrics, regions: dict[str, str]
+) -> tuple[ShardPipeline, RecordingWatermark]:
+    writers = {
+        label: DestinationWriter(
+            label=label,
+            table="t",
+            region=region,
+            client=client("dynamodb", region, "http://127.0.0.1:9"),  # never called
+            rule=OrderedRule("last_writer_wins", "ts", None, numeric_only=False),
+            metrics=metrics,
+            backoff=Backoff(0.001, 0.01),
+        )
+        for label, region in regions.items()
+    }
+    buffer = ChangeBuffer(list(writers), IN_STREAM_ORDER)
+    pipeline = pipeline_of(writers, buffer, metrics, tmp_path, 100)
+    recording = RecordingWatermark()
+    pipeline.watermark = recording  # type: ignore[assignment]
+    return pipeline, recording
+
+
+def test_an_echo_is_held_by_the_one_destination_in_its_origin_region(
+    tmp_path: Path, metrics: Metrics, closing: Any
+) -> None:
+    regions = {"eu": "eu-west-1", "ap": "ap-southeast-2", "ap2": "ap-southeast-2"}
+    pipeline, _ = mesh_pipeline(tmp_path, metrics, regions)
+    closing(pipeline)
+    assert pipeline.echo_holders("eu-west-1") == ("eu",)
+    assert pipeline.echo_holders("ap-southeast-2") == ()  # two there: cannot tell which
+    assert pipeline.echo_holders("us-west-2") == ()  # a region not written to
+    assert pipeline.echo_holders(None) == ()
+    pair, _ = mesh_pipeline(tmp_path, metrics, {"eu": "eu-west-1"})
+    closing(pair)
+    assert pair.echo_holders("some-origin-value") == ("eu",)  # a pair: it came from eu
+
+
+def test_skip_settles_an_echo_at_the_same_destinations_in_buffer_and_watermark(
+    tmp_path: Path, metrics: Metrics, closing: Any
+) -> None:
+    """The repro: a change made here, then eu's newer state echoed here. The buffer keeps
+    the older change for ap only, and the watermark is told to settle it at eu only."""
+    pipeline, recording = mesh_pipeline(
+        tmp_path, metrics, {"eu": "eu-west-1", "ap": "ap-southeast-2"}
+    )
+    closing(pipeline)
+    reader = Reader(ChangeFilter("origin", "us-east-1", skip_ttl_deletes=False))
+    older = reader.read(put("evA", 1, ts=100, origin="us-east-1"))
+    echo = reader.read(put("evA", 2, ts=200, origin="eu-west-1"))
+    assert (echo.route.value, echo.replaces_older, echo.origin) == (
+        "loop_skipped",
+        True,
+        "eu-west-1",
+    )
+    pipeline.buffer.add(older.change)
+    pipeline.skip(echo.change, echo.route, replaces_older=True, origin=echo.origin)
+    assert recording.calls == [("2", frozenset({"eu"}))]
+    assert pipeline.buffer.take_ready("eu", 10) == []
+    (owed,) = pipeline.buffer.take_ready("ap", 10)
+    assert owed.change.sequence_number == "1"
+    assert pipeline.checkpointable() is None
+    pipeline.buffer.complete("ap", owed)
+    assert pipeline.checkpointable() == "2"

@@ -384,7 +384,7 @@ def test_a_daemon_gone_while_a_checkpoint_waits_is_a_warning_not_a_refusal(
         assert time.monotonic() < deadline, "no checkpoint asked for"
     assert daemon.process.stdin
     daemon.process.stdin.close()  # no answer: the daemon is gone
-    assert daemon.process.wait(30) == 1
+    assert daemon.exit_code() == 1
     assert daemon.read() is None
     lines = [json.loads(line) for line in daemon.stderr if line.strip()]
     gone = [line for line in lines if line["event"] == "the daemon went away; exiting"]
@@ -417,3 +417,80 @@ def test_only_a_missing_answer_counts_as_the_daemon_gone(
     checkpoints = Checkpoints(metrics, "s", sleep=lambda _: None)
     with pytest.raises(DaemonGone if gone else CheckpointFailed):
         checkpoints.write(Failing(), "5", required=True)
+
+
+class EmptyReadPipeline:
+    """What the processor asks of the pipeline around an empty batch, recorded."""
+
+    def __init__(self) -> None:
+        self.writers: dict[str, Any] = {}
+        self.empty_reads: list[float] = []
+
+    def begin_watermark(self, *, resumed: bool) -> None:
+        pass
+
+    def note_empty_read(self, *, previous_answer_at: float, received_at: float) -> None:
+        self.empty_reads.append(previous_answer_at)
+
+    def wait_for_room(self) -> None:
+        pass
+
+    def checkpointable(self) -> str | None:
+        return None
+
+    def report(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class EmptyReadIntake:
+    def __init__(self) -> None:
+        self.pipeline = EmptyReadPipeline()
+        self.accepted: list[int] = []
+
+    def accept(self, records: list[Any], millis_behind: int) -> None:
+        self.accepted.append(millis_behind)
+
+
+@pytest.mark.parametrize(
+    ("millis_behind", "caught_up"),
+    [(0, True), (None, True), (5000, False), (1, False)],
+    ids=["at-tip", "unknown", "behind", "just-behind"],
+)
+def test_an_empty_batch_counts_as_caught_up_only_when_not_behind(
+    millis_behind: int | None, caught_up: bool
+) -> None:
+    """An empty read with records further along the shard (the KCL on Kinesis says how far
+    behind) must not move the watermark to the read's time; with no measure (DynamoDB
+    Streams: the adapter and the local runtime pass null) the empty read is all there is."""
+    from amazon_kclpy import messages
+
+    from replicator.metrics import Metrics
+    from replicator.processor import ReplicationProcessor
+
+    intake = EmptyReadIntake()
+    exits: list[int] = []
+    processor = ReplicationProcessor(
+        lambda _shard: intake,  # type: ignore[arg-type,return-value]
+        Metrics(),
+        exit_process=exits.append,
+        report_interval_s=3600,
+    )
+    checkpointer = object()
+    messages.InitializeInput(
+        {
+            "action": "initialize",
+            "shardId": "shardId-1",
+            "sequenceNumber": "TRIM_HORIZON",
+            "subSequenceNumber": 0,
+        }
+    ).dispatch(checkpointer, processor)
+    messages.ProcessRecordsInput(
+        {"action": "processRecords", "millisBehindLatest": millis_behind, "records": []}
+    ).dispatch(checkpointer, processor)
+    processor.close()
+    assert not exits
+    assert len(intake.pipeline.empty_reads) == (1 if caught_up else 0)
+    assert intake.accepted == [millis_behind or 0]

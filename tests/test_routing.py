@@ -117,7 +117,65 @@ def test_a_loop_skipped_change_replaces_an_older_queued_one(setup: Setup) -> Non
     )
     shard.settle()
     assert setup.items("eu")["k"]["v"] == {"S": "from-eu"}
-    assert "k" not in setup.items("ap")
+    # ap holds neither: the older change is still owed there (eu-west-1's own job sends
+    # ap the newer state)
+    assert setup.items("ap")["k"]["v"] == {"S": "local-old"}
+
+
+def test_an_echo_in_a_mesh_does_not_count_as_written_to_the_third_region(
+    setup: Setup,
+) -> None:
+    """The echo of eu's newer state settles the older local change at eu only: ap gets
+    it, and under last_writer_wins a newer state already at ap keeps winning."""
+    shard = setup.shard(LWW_LOOP + "active_active: {write_back: false}\n")
+    newer = {"pk": {"S": "k"}, "ts": {"N": "200"}, "origin": {"S": "eu-west-1"}}
+    setup.eu.put_item(TableName=setup.eu_table, Item=newer)
+    setup.ap.put_item(TableName=setup.ap_table, Item={**newer, "pk": {"S": "j"}})
+    shard.send(
+        [
+            put("k", 1, ts=100, origin="us-east-1"),
+            put("j", 2, ts=100, origin="us-east-1"),
+            put("k", 3, ts=200, origin="eu-west-1"),
+            put("j", 4, ts=200, origin="eu-west-1"),
+        ]
+    )
+    shard.settle()
+    assert setup.items("eu")["k"]["ts"] == {"N": "200"}
+    assert setup.items("ap")["k"]["ts"] == {"N": "100"}  # written: ap lacked it
+    assert setup.items("ap")["j"]["ts"] == {"N": "200"}  # sent, and lost to the newer state
+    assert "j" not in setup.items("eu")  # eu holds j's newer state: not sent there
+    assert shard.checkpointer.positions[-1] == "4"
+
+
+def test_an_echo_in_a_pair_replaces_the_older_change(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """One destination: the echo can only have come from it, whatever its stamp says."""
+    eu = client("dynamodb", "eu-west-1", moto_endpoint)
+    table = unique("eu")
+    create_table(eu, table, stream=None)
+    text = (
+        "task_name: routing\n"
+        "source: {region: us-east-1, table: src-table}\n"
+        f"destinations: [{{name: eu, region: eu-west-1, table: {table}, "
+        f"endpoint_url: '{moto_endpoint}'}}]\n"
+        f"dead_letter: {{path: '{tmp_path / 'dead.jsonl'}'}}\n"
+        "metrics: {enabled: false}\n"
+        "loop_prevention: {origin_attribute: origin, origin_value: east}\n"
+    )
+    shard = InProcessShard(text, tmp_path, metrics)
+    try:
+        shard.send(
+            [
+                put("k", 1, v="local-old", origin="east"),
+                put("k", 2, v="from-eu", origin="west"),
+            ]
+        )
+        shard.settle()
+        assert eu.scan(TableName=table)["Items"] == []
+        assert shard.checkpointer.positions[-1] == "2"
+    finally:
+        shard.close()
 
 
 @pytest.mark.parametrize("policy", ["replicate", "skip"])

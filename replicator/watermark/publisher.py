@@ -22,7 +22,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -135,8 +135,8 @@ class ShardWatermark:
     def dropped(self, change: Change, *, behind: Change) -> None:
         self._tracker_or_fail().dropped(change, behind=behind)
 
-    def skipped(self, change: Change, *, replaces_older: bool) -> None:
-        self._tracker_or_fail().skipped(change, replaces_older=replaces_older)
+    def skipped(self, change: Change, *, replaces_older_at: Collection[str] = ()) -> None:
+        self._tracker_or_fail().skipped(change, replaces_older_at=replaces_older_at)
 
     def settled(self, destination: str, change: Change, *, dead_lettered: bool) -> None:
         self._tracker_or_fail().settled(destination, change, dead_lettered=dead_lettered)

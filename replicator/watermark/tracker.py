@@ -45,7 +45,7 @@ from __future__ import annotations
 import heapq
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from replicator.items import KeyId
@@ -155,16 +155,21 @@ class ShardTracker:
             del state.pending[key]
         return taken
 
-    def skipped(self, change: Change, *, replaces_older: bool) -> None:
+    def skipped(self, change: Change, *, replaces_older_at: Collection[str] = ()) -> None:
         """A change not sent on (loop prevention, TTL filter); settled as it arrives.
 
-        ``replaces_older``: the destination already holds this newest state of the item
-        (it came from there), so older changes to the item still queued are settled too.
+        ``replaces_older_at``: the destinations that already hold this newest state of
+        the item (a loop-skipped echo came from there), where older changes to the item
+        still pending are settled too. Only those: in a mesh the echo of a change made in
+        one region says nothing about a third region, where the older change is still
+        owed and settles when its write finishes. The buffer retires the older changes at
+        the same destinations (:meth:`ChangeBuffer.add_skipped`).
         """
         with self._lock:
             self._deliver(change.position, change.created_us)
-            if replaces_older:
-                for state in self._destinations.values():
+            for label in replaces_older_at:
+                state = self._destinations.get(label)
+                if state is not None:  # the source writer's label is not a destination
                     self._settle(state, change.key, change.position, dead_lettered=False)
 
     def dead_lettered_everywhere(self, position: int, created_us: int | None, now_us: int) -> None:

@@ -473,6 +473,74 @@ def test_a_held_destination_holds_its_watermark_while_the_other_moves_on(
         proxy.stop()
 
 
+def test_an_echo_from_one_region_is_not_taken_as_written_to_another(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """Active-active mesh, seen from the us-east-1 job: a change made here (v1), then the
+    item's newer state made in eu-west-1 (v2), whose record is skipped here as eu's echo.
+    eu holds v2; ap, whose writes fail, holds nothing, and v1 is still being retried
+    there: a wait on ap for v1's time must not say "replicated" until v1 is written."""
+    proxy = FaultProxy(moto_endpoint).start()
+    name = unique("wm-echo")
+    try:
+        job = ProxiedJob(
+            moto_endpoint,
+            name,
+            tmp_path,
+            endpoints={f"{name}-ap": proxy.url},
+            writer="writer: {max_in_flight: 16, retry: {max_delay_ms: 300}}",
+            extra=FAST + "loop_prevention: {origin_attribute: origin}\n",
+        )
+        (eu_region, eu), (ap_region, ap) = job.destinations
+        assert (eu_region, ap_region) == ("eu-west-1", "ap-southeast-2")
+        runtime = job.start()
+        try:
+            job.source.put_item(TableName=job.source_table, Item=item("before", 1, "x"))
+            before = time.time()
+            wait_for(job, eu_region, eu, before)
+            wait_for(job, ap_region, ap, before)
+
+            proxy.set(Mode(Fault.SERVER_ERROR, operations=WRITES))
+            v1 = {**item("evA", 100, "v1"), "origin": {"S": "us-east-1"}}
+            v2 = {**item("evA", 200, "v2"), "origin": {"S": "eu-west-1"}}
+            job.source.put_item(TableName=job.source_table, Item=v1)
+            t1 = time.time()
+            time.sleep(1.5)
+            # eu-west-1's job: eu's table has v2, and it is replicated into this source.
+            client("dynamodb", eu_region, job.endpoint).put_item(TableName=eu, Item=v2)
+            job.source.put_item(TableName=job.source_table, Item=v2)
+            t2 = time.time()
+            wait_for(job, eu_region, eu, t2)  # eu moves on: it holds the newer state
+
+            held = wait_until_replicated(
+                t1,
+                destination=f"{ap_region}/{ap}",
+                status_table=f"{job.name}-watermark",
+                timeout=3,
+                client=client("dynamodb", ap_region, job.endpoint),
+                poll_interval=0.05,
+            )
+            assert not held.replicated and not held.reached, held.describe()
+            waited = replicator(
+                "wait", "--config", str(job.path), "-d", f"{ap_region}/{ap}",
+                "--until", f"{t1:.6f}", "--timeout", "1",
+            )  # fmt: skip
+            assert waited.returncode == 1, (waited.stdout, waited.stderr)
+            assert proxy.counts("PutItem")["server_error"] > 0
+            ap_client = client("dynamodb", ap_region, job.endpoint)
+            key = {"pk": {"S": "evA"}, "sk": {"N": "0"}}
+            assert "Item" not in ap_client.get_item(TableName=ap, Key=key, ConsistentRead=True)
+
+            proxy.pass_through()
+            wait_for(job, ap_region, ap, t2)
+            found = ap_client.get_item(TableName=ap, Key=key, ConsistentRead=True)["Item"]
+            assert found["payload"] == {"S": "v1"}  # v1 was written; eu's job sends v2
+        finally:
+            assert stop(runtime) == 0
+    finally:
+        proxy.stop()
+
+
 # -- restarts and kill -9 ---------------------------------------------------------------------
 
 

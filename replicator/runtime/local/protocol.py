@@ -96,7 +96,8 @@ class ProcessorChild:
             }
         )
 
-    def process_records(self, records: list[dict[str, Any]], millis_behind: int) -> None:
+    def process_records(self, records: list[dict[str, Any]], millis_behind: int | None) -> None:
+        """``millis_behind``: None when not known (an empty DynamoDB Streams read)."""
         self.send(
             {"action": "processRecords", "records": records, "millisBehindLatest": millis_behind}
         )

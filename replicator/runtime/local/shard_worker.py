@@ -398,11 +398,13 @@ class ShardWorker(threading.Thread):
             if self._gap is not None:
                 # Before the child sees anything after the gap, whose claim would pass it.
                 self._record_gap(created_ms_of(records[0]) * 1000 if records else None)
-            millis_behind = 0
+            # DynamoDB Streams says nothing of how far behind an empty read is (records
+            # may lie further along the shard): not known, rather than 0.
+            millis_behind: int | None = None
             if records:
                 self._last_created_us = created_ms_of(records[-1]) * 1000
                 millis_behind = max(0, int(self._clock() * 1000) - created_ms_of(records[-1]))
-            self._millis_behind = millis_behind
+            self._millis_behind = millis_behind or 0
             self._read_at = self._clock()
             if records:
                 self._last_delivered = batch[-1]["sequenceNumber"]

@@ -97,6 +97,7 @@ class StandInChild:
         self.reason = reason
         self.pid = 4242
         self.batches: list[list[dict[str, Any]]] = []
+        self.behind: list[int | None] = []  # each batch's millisBehindLatest
 
     def start(self) -> None:
         pass
@@ -110,8 +111,9 @@ class StandInChild:
                 exit_code=code,
             )
 
-    def process_records(self, records: list[dict[str, Any]], millis_behind: int) -> None:
+    def process_records(self, records: list[dict[str, Any]], millis_behind: int | None) -> None:
         self.batches.append(records)
+        self.behind.append(millis_behind)
         if records:
             assert self.on_checkpoint(records[-1]["sequenceNumber"], 0) is None
 
@@ -213,6 +215,20 @@ def test_an_expired_iterator_is_replaced_after_the_last_record_delivered(
     assert stream.iterator_requests == [("TRIM_HORIZON", None), ("AFTER_SEQUENCE_NUMBER", "2")]
     assert [r["sequenceNumber"] for b in children[0].batches for r in b] == ["1", "2", "3"]
     assert leases.get("shard-1").checkpoint == "3"  # type: ignore[union-attr]
+
+
+def test_an_empty_read_is_passed_on_as_not_known_how_far_behind(leases: LeaseTable) -> None:
+    """DynamoDB Streams gives no MillisBehindLatest: an empty read says nothing of records
+    further along the shard, so the child is told null, not 0 (docs/watermark.md, Limits)."""
+    script = [
+        {"Records": [], "NextShardIterator": "x"},
+        {"Records": [record(1)], "NextShardIterator": "y"},
+    ]
+    worker, _, children = run_worker(leases, script)
+    assert worker.error is None
+    behind = children[0].behind
+    assert behind[0] is None and behind[2] is None  # the script's empty read, then idle
+    assert isinstance(behind[1], int) and behind[1] >= 0
 
 
 def test_trimmed_data_fails_loudly_by_default(leases: LeaseTable) -> None:
