@@ -19,6 +19,7 @@ from replicator.cli import cli
 from replicator.watermark.commands import SHOW_TIMEOUT_S
 from replicator.watermark.table import StatusTable
 from tests.support.aws import client
+from tests.support.cli import replicator
 from tests.support.faults.proxy import FaultProxy
 from tests.support.silent import SilentEndpoint
 
@@ -37,16 +38,6 @@ def job_file(tmp_path: Path, task: str, endpoint: str) -> Path:
         f"  - {{region: ap-southeast-2, table: replica, endpoint_url: '{endpoint}'}}\n"
     )
     return path
-
-
-def replicator(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "replicator", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 # -- refused before anything is read ------------------------------------------------------------

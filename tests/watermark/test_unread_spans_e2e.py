@@ -5,8 +5,6 @@ watermark`` as an operator runs them."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,21 +13,12 @@ import pytest
 
 from replicator.demo import tables
 from tests.support.aws import client
+from tests.support.cli import replicator
 from tests.support.e2e import Job, stop, wait_until
 from tests.test_processor_protocol import RawDaemon
 
 FAST = "watermark: {publish_interval_ms: 100, caught_up_margin_ms: 0}\n"
 LATEST_KCL = "{idle_time_between_reads_ms: 100, failover_time_ms: 6000, initial_position: LATEST}"
-
-
-def replicator(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "replicator", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def item(key: str, counter: int) -> dict[str, Any]:

@@ -15,7 +15,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +32,7 @@ from replicator.watermark import (
     wait_until_replicated,
 )
 from tests.support.aws import client
+from tests.support.cli import replicator
 from tests.support.e2e import Job, children_of, stop, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
 from tests.support.metrics import logged_metrics_port, matching, scrape
@@ -41,16 +41,6 @@ from tests.support.reliability import ProxiedJob, with_email_index
 FAST = "watermark: {publish_interval_ms: 100, caught_up_margin_ms: 0}\n"
 WRITES = frozenset({"PutItem", "DeleteItem"})
 WATERMARK = "replicator_watermark_timestamp_seconds"
-
-
-def replicator(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "replicator", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def item(key: str, counter: int, payload: str) -> dict[str, Any]:
