@@ -24,6 +24,10 @@ LAG = "replicator_replication_lag_seconds"
 LAST_CHECKPOINT = "replicator_last_checkpoint_timestamp_seconds"
 PROGRESS = "replicator_destination_progress_timestamp_seconds"
 IN_FLIGHT = "replicator_in_flight_writes"
+BEHIND = "replicator_millis_behind_latest"
+# Lag within this much of the shard's own millisBehindLatest is the reader's distance from
+# the tip, not a change the destination holds back (the two are rounded apart).
+READER_LAG_SLACK_S = 1.0
 
 
 @dataclass
@@ -53,6 +57,7 @@ def evaluate(
     checkpoint_at: dict[str, float] = {}
     progress_at: dict[tuple[str, str], float] = {}  # (shard, destination) -> unix time
     in_flight: dict[str, float] = {}  # destination -> writes being sent, all shards
+    reader_behind: dict[str, float] = {}  # shard -> seconds the reader is behind the tip
     for name, labels, value in samples:
         shard = labels.get("shard", "")
         if name == LAG:
@@ -67,12 +72,20 @@ def evaluate(
         elif name == IN_FLIGHT:
             destination = labels.get("destination", "")
             in_flight[destination] = in_flight.get(destination, 0.0) + value
+        elif name == BEHIND:
+            reader_behind[shard] = max(reader_behind.get(shard, 0.0), value / 1000.0)
     for shard in sorted(lag):
         for destination, seconds in sorted(lag[shard].items()):
             # Nothing in flight: nothing is held back there (the lag is the reader's
             # millisBehindLatest, a reader catching up); a stuck destination always has
-            # the writes it retries in flight.
+            # the writes it retries in flight. The in-flight gauge counts every shard's
+            # writes to the destination, so a shard whose lag is only its reader's
+            # distance from the tip is excused as well: it holds nothing back there
+            # (a stuck destination's lag is the age of the change it holds, which grows
+            # past the reader's).
             if seconds <= stall_after_s or not in_flight.get(destination, 1.0):
+                continue
+            if seconds <= reader_behind.get(shard, 0.0) + READER_LAG_SLACK_S:
                 continue
             since_progress = now - progress_at.get((shard, destination), started_at)
             if since_progress > stall_after_s:

@@ -229,6 +229,34 @@ def test_a_reader_catching_up_with_nothing_in_flight_at_a_destination_is_healthy
     assert evaluate([lag("ap", "s1", 900.0), progress("ap", "s1", NOW - 900), in_flight]).healthy
 
 
+def behind(shard: str, millis: float) -> Sample:
+    return ("replicator_millis_behind_latest", {"shard": shard}, millis)
+
+
+def test_a_shard_whose_lag_is_its_readers_is_not_stalled_by_another_shards_writes() -> None:
+    # s1 reads a long run of records with nothing to write to "ap" (echoes, skipped TTL
+    # deletes): its lag is its reader's 400 s behind the tip. s2 has writes in flight to
+    # "ap" and settles them. The in-flight gauge is the destination's, all shards.
+    samples = [
+        lag("ap", "s1", 400.0),
+        behind("s1", 400_000),
+        progress("ap", "s1", NOW - 900),
+        checkpoint("s1", NOW - 1),
+        lag("ap", "s2", 2.0),
+        behind("s2", 0),
+        progress("ap", "s2", NOW - 1),
+        ("replicator_in_flight_writes", {"destination": "ap"}, 20.0),
+    ]
+    assert evaluate(samples).healthy
+    # The same shard holding a change at "ap" for longer than its reader is behind: stuck.
+    held = [sample for sample in samples if sample[:2] != lag("ap", "s1", 0)[:2]]
+    held.append(lag("ap", "s1", 700.0))
+    result = evaluate(held)
+    assert [reason.split(":")[0] for reason in result.reasons] == [
+        "destination ap is stalled on shard s1"
+    ]
+
+
 def test_lag_just_at_the_limit_is_still_healthy() -> None:
     assert evaluate([lag("ap", "s1", 60.0), progress("ap", "s1", NOW - 500)]).healthy
     assert evaluate([lag("ap", "s1", 500.0), progress("ap", "s1", NOW - 60)]).healthy
