@@ -574,8 +574,8 @@ def watermark(config_path: Path, destination: str | None, as_json: bool) -> None
     metavar="TIME",
     callback=_time_option,
     default=None,
-    help="Report dead-lettered changes created from then to --until (exit 4) "
-    "[default: --until minus 60 s].",
+    help="Report dead-lettered changes, and changes never read, created from then to "
+    "--until (exit 4) [default: --until minus 60 s].",
 )
 @click.option(
     "--poll",
@@ -596,7 +596,8 @@ def wait(
     poll_interval: float,
 ) -> None:
     """Wait until DESTINATION's watermark passes --until: exit 0, 1 on timeout, 4 if a change
-    created from --since to --until was dead-lettered there (130/143 if interrupted)."""
+    created from --since to --until was dead-lettered there or never read for it (a LATEST
+    start, a destination added later, trimmed data), 130/143 if interrupted."""
     from replicator.watermark import commands
     from replicator.watermark.parts import iso
     from replicator.watermark.wait import to_epoch_us
