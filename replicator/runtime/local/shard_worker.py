@@ -439,7 +439,13 @@ class ShardWorker(threading.Thread):
         Nothing is known of the stream since the last read that succeeded, so the reader
         is at least as far behind as it was then, plus the time since: the processor's
         lag grows by a second per second while the stream cannot be read, instead of
-        reading 0 as if the reader were at the tip."""
+        reading 0 as if the reader were at the tip.
+
+        Never less than 1 ms: the processor takes an empty batch at 0 (or null) behind as
+        the reader at the tip (``processor.at_the_tip``), and the watermark as every
+        change made before it read. A failed read shows nothing of where the tip is: a
+        first read that fails (a restart with a backlog, GetRecords throttled) would
+        otherwise be sent as 0 behind, and the watermark claim a backlog never read."""
         now = self._clock()
         progress = self.progress
         if progress.read_failing_since is None:
@@ -447,7 +453,7 @@ class ShardWorker(threading.Thread):
         progress.read_error = str(error)
         since = self._read_at if self._read_at is not None else progress.read_failing_since
         behind_ms = self._millis_behind + max(0, int((now - since) * 1000))
-        child.process_records([], behind_ms)
+        child.process_records([], max(1, behind_ms))
 
     def _shut_down(self, child: ProcessorChild) -> None:
         if self._lease_taken:

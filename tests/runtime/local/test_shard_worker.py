@@ -772,3 +772,47 @@ def test_a_write_settled_at_the_refusing_destination_is_recovery() -> None:
     assert worker.error is None and len(children) == 10
     assert all(trouble is None for trouble in seen)
     assert asked and set(asked) == {("shard-1", "eu")}
+
+
+def test_a_first_read_that_fails_is_never_passed_on_as_the_reader_at_the_tip() -> None:
+    """A restart with a backlog whose first GetRecords is throttled: no read has succeeded,
+    so nothing shows where the tip is. The processor takes an empty batch at 0 (or null)
+    behind as the reader at the tip, and the watermark as every change made before it
+    read: the failed read must be passed on as behind, however little time went by."""
+    from replicator.processor import at_the_tip
+
+    clock = [1_000_000.0]  # stands still: the failure comes 0 s after the start
+    leases = MemoryLeases()
+    stop = threading.Event()
+    script: list[Any] = [
+        error("ProvisionedThroughputExceededException"),
+        {"Records": [], "NextShardIterator": "a"},
+    ]
+    stream = ScriptedStream(script, stop)
+    children: list[StandInChild] = []
+
+    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
+        children.append(StandInChild(on_checkpoint))
+        return children[-1]
+
+    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL)
+    worker = ShardWorker(
+        leases.lease,
+        leases,  # type: ignore[arg-type]
+        stream,  # type: ignore[arg-type]
+        settings,
+        new_child,
+        stop,
+        clock=lambda: clock[0],
+        monotonic=lambda: clock[0],
+        pause=lambda seconds: None,
+    )
+    worker._backoff = Backoff(0.0, 0.0)  # no real waiting before the retry
+    worker.run()
+    assert worker.error is None
+    (child,) = children
+    assert child.batches[:2] == [[], []]
+    failed, empty = child.behind[:2]
+    assert isinstance(failed, int) and failed >= 1
+    assert not at_the_tip(failed)  # the processor does not note it as an empty read at the tip
+    assert empty is None  # the empty read that follows: not known, as any empty read
