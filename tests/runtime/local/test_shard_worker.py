@@ -816,3 +816,122 @@ def test_a_first_read_that_fails_is_never_passed_on_as_the_reader_at_the_tip() -
     assert isinstance(failed, int) and failed >= 1
     assert not at_the_tip(failed)  # the processor does not note it as an empty read at the tip
     assert empty is None  # the empty read that follows: not known, as any empty read
+
+
+class StopWatchingChild(StandInChild):
+    """Records how it was stopped: shutdownRequested or leaseLost."""
+
+    def __init__(self, on_checkpoint: Any) -> None:
+        super().__init__(on_checkpoint)
+        self.actions: list[str] = []
+
+    def shutdown_requested(self, timeout: float | None = None) -> None:
+        self.actions.append("shutdownRequested")
+
+    def lease_lost(self, timeout: float | None = None) -> None:
+        self.actions.append("leaseLost")
+
+
+def _stop_worker(leases: LeaseTable, shard_id: str, taken_by: str | None) -> StopWatchingChild:
+    """A worker of ``shard_id`` that stops (as the runtime stops every worker when one
+    lease was found taken) after one read, during which the worker ``taken_by`` took
+    the lease, or nobody did. Its worker is not told (no ``lease_taken``)."""
+    created = leases.create(shard_id, "TRIM_HORIZON", [])
+    assert created is not None
+    lease = leases.take(created)
+    stop = threading.Event()
+
+    def read() -> dict[str, Any]:
+        if taken_by is not None:
+            other = LeaseTable(leases.client, leases.table, taken_by)
+            stored = other.get(shard_id)
+            assert stored is not None
+            other.take(stored)
+        stop.set()
+        return {"Records": [], "NextShardIterator": "z"}
+
+    class Stream(ScriptedStream):
+        def get_records(self, **kwargs: Any) -> dict[str, Any]:
+            return read()
+
+    children: list[StopWatchingChild] = []
+
+    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
+        children.append(StopWatchingChild(on_checkpoint))
+        return children[-1]
+
+    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL)
+    worker = ShardWorker(lease, leases, Stream([], stop), settings, new_child, stop)
+    worker.run()
+    assert worker.error is None
+    return children[0]
+
+
+@pytest.mark.parametrize("taken_by", ["other-host", "me"])
+def test_a_worker_stopping_finds_its_lease_taken_and_tells_the_child_lease_lost(
+    leases: LeaseTable, taken_by: str
+) -> None:
+    """A runtime that was hung while another worker took all its shards: the renewal that
+    fails tells one worker, and the runtime stops. The others, not told, read their lease
+    at the stop: one taken over (by another id, or by another host under this worker's
+    id: the counter moved) gets leaseLost (it drops its pending writes rather than flush
+    them over the new owner's) and is not released; one still ours stops cleanly."""
+    kept = _stop_worker(leases, "shard-1", taken_by=None)
+    taken = _stop_worker(leases, "shard-2", taken_by=taken_by)
+    assert kept.actions == ["shutdownRequested"]
+    assert taken.actions == ["leaseLost"]
+    released = leases.get("shard-1")
+    assert released is not None and released.owner is None
+    other = leases.get("shard-2")
+    assert other is not None and other.owner == taken_by  # the new owner's, untouched
+
+
+def test_a_renewal_racing_the_stop_read_leaves_the_lease_ours(leases: LeaseTable) -> None:
+    """The runtime renews leases on its own thread: the stored counter can be one ahead
+    of the worker's copy for the moment between the renewal's write and its update of
+    that copy. The read is made again, with no update in progress, before the lease is
+    taken as lost: a clean stop, the lease released."""
+
+    class RacingLeases:
+        def __init__(self, table: LeaseTable) -> None:
+            self.table = table
+            self.held: Lease | None = None  # the worker's copy
+            self.raced = False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.table, name)
+
+        def get(self, shard_id: str) -> Lease | None:
+            stored = self.table.get(shard_id)
+            if not self.raced and self.held is not None and stored is not None:
+                # A renewal's write lands; its update of the worker's copy is still to come.
+                self.raced = True
+                self.table.renew(stored)
+                return self.table.get(shard_id)
+            return stored
+
+        def get_settled(self, shard_id: str) -> Lease | None:
+            assert self.held is not None
+            self.held.counter += 1  # the renewal finished: get_settled waited for it
+            return self.table.get_settled(shard_id)
+
+    racing = RacingLeases(leases)
+    created = leases.create("shard-1", "TRIM_HORIZON", [])
+    assert created is not None
+    lease = leases.take(created)
+    stop = threading.Event()
+    stream = ScriptedStream([{"Records": [], "NextShardIterator": "z"}], stop)
+    children: list[StopWatchingChild] = []
+
+    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
+        children.append(StopWatchingChild(on_checkpoint))
+        return children[-1]
+
+    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL)
+    worker = ShardWorker(lease, racing, stream, settings, new_child, stop)  # type: ignore[arg-type]
+    racing.held = lease
+    worker.run()
+    assert worker.error is None and racing.raced
+    assert children[0].actions == ["shutdownRequested"]
+    stored = leases.get("shard-1")
+    assert stored is not None and stored.owner is None  # released
