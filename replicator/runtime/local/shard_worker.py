@@ -206,16 +206,20 @@ class ShardWorker(threading.Thread):
         may have been replaced; when it wakes up, the batch it has just read must not be
         written over the new owner's. Renewals confirm the lease every third of the
         failover time, so this reads the lease only after such a pause.
+
+        The owner alone does not tell: two hosts can share a worker id (``kcl.worker_id``
+        pinned in a shared job file, fixed hostnames), and the other one takes the lease
+        over under the same name. Its take moved the counter, so the stored counter must
+        also be the one this worker holds (see :meth:`_lease_is_ours`).
         """
         expiry = self.settings.lease_expiry_s
         if expiry is None or self._monotonic() - self._lease_confirmed_at < expiry * 2 / 3:
             return
-        stored = self._read_lease()
-        if stored is None or stored.owner != self.leases.owner:
-            owner = stored.owner if stored is not None else None
+        ours, stored = self._lease_is_ours(self._read_lease)
+        if not ours:
             raise LeaseLost(
-                f"lease on shard {self.shard_id} was taken over by worker {owner} while "
-                "this one was not renewing it"
+                f"lease on shard {self.shard_id} was taken over by {self._taker(stored)} "
+                "while this one was not renewing it"
             )
         self._lease_confirmed_at = self._monotonic()
 
@@ -390,9 +394,12 @@ class ShardWorker(threading.Thread):
                     error=str(error),
                     restarts=self.progress.restarts,
                 )
-                fresh = self._read_lease()
-                if fresh is None or fresh.owner != self.leases.owner:
-                    raise LeaseLost(f"shard {self.shard_id}: lease gone while restarting") from None
+                ours, fresh = self._lease_is_ours(self._read_lease)
+                if fresh is None or not ours:
+                    raise LeaseLost(
+                        f"shard {self.shard_id}: lease gone while restarting: taken over by "
+                        f"{self._taker(fresh)}"
+                    ) from None
                 self.lease.checkpoint = fresh.checkpoint
                 self.lease.sub_sequence_number = fresh.sub_sequence_number
                 self._pause(min(5.0, 0.5 * len(failures)))

@@ -574,9 +574,10 @@ class _Clock:
         return self.now
 
 
-def _run_hung_worker(leases: LeaseTable, taken_over: bool) -> tuple[ShardWorker, StandInChild]:
+def _run_hung_worker(leases: LeaseTable, taken_by: str | None) -> tuple[ShardWorker, StandInChild]:
     """A worker whose second read returns after a pause longer than the failover time
-    (a SIGSTOP, a frozen VM), another worker having taken its lease meanwhile or not."""
+    (a SIGSTOP, a frozen VM), the worker ``taken_by`` having taken its lease meanwhile, or
+    nobody ("me": another host with this worker's id)."""
     from replicator.shards.leases import LeaseTable as Table
 
     created = leases.create("shard-1", "TRIM_HORIZON", [])
@@ -587,8 +588,8 @@ def _run_hung_worker(leases: LeaseTable, taken_over: bool) -> tuple[ShardWorker,
 
     def hang() -> dict[str, Any]:
         clock.now += 10.0  # longer than the 6 s failover time
-        if taken_over:
-            other = Table(leases.client, leases.table, "other-host")
+        if taken_by is not None:
+            other = Table(leases.client, leases.table, taken_by)
             stored = other.get("shard-1")
             assert stored is not None
             other.take(stored)
@@ -618,7 +619,7 @@ def test_a_worker_that_wakes_after_its_lease_was_taken_over_hands_its_child_noth
 ) -> None:
     from replicator.exceptions import LeaseLost
 
-    worker, child = _run_hung_worker(leases, taken_over=True)
+    worker, child = _run_hung_worker(leases, taken_by="other-host")
     assert isinstance(worker.error, LeaseLost)
     assert "taken over by worker other-host" in str(worker.error)
     assert [r["sequenceNumber"] for b in child.batches for r in b] == ["1"]
@@ -628,7 +629,7 @@ def test_a_worker_that_wakes_after_its_lease_was_taken_over_hands_its_child_noth
 
 
 def test_a_worker_that_wakes_still_owning_its_lease_goes_on(leases: LeaseTable) -> None:
-    worker, child = _run_hung_worker(leases, taken_over=False)
+    worker, child = _run_hung_worker(leases, taken_by=None)
     assert worker.error is None
     assert [r["sequenceNumber"] for b in child.batches for r in b] == ["1", "2"]
 
@@ -935,3 +936,21 @@ def test_a_renewal_racing_the_stop_read_leaves_the_lease_ours(leases: LeaseTable
     assert children[0].actions == ["shutdownRequested"]
     stored = leases.get("shard-1")
     assert stored is not None and stored.owner is None  # released
+
+
+def test_a_worker_that_wakes_after_a_host_sharing_its_id_took_its_lease_stops(
+    leases: LeaseTable,
+) -> None:
+    """Two hosts with one worker id (``kcl.worker_id`` pinned in a shared job file): the
+    other took the lease while this one hung, under the same owner name. The counter
+    moved past the one this worker holds: the lease is lost, the batch just read is not
+    handed to the child."""
+    from replicator.exceptions import LeaseLost
+
+    worker, child = _run_hung_worker(leases, taken_by="me")
+    assert isinstance(worker.error, LeaseLost)
+    assert "another worker with this worker's id me" in str(worker.error)
+    assert [r["sequenceNumber"] for b in child.batches for r in b] == ["1"]
+    stored = leases.get("shard-1")
+    assert stored is not None and stored.owner == "me" and stored.checkpoint == "1"
+    assert stored.counter == worker.lease.counter + 1  # the other host's take, left alone
