@@ -954,3 +954,33 @@ def test_a_worker_that_wakes_after_a_host_sharing_its_id_took_its_lease_stops(
     stored = leases.get("shard-1")
     assert stored is not None and stored.owner == "me" and stored.checkpoint == "1"
     assert stored.counter == worker.lease.counter + 1  # the other host's take, left alone
+
+
+def test_a_restart_after_a_host_sharing_its_id_took_the_lease_stops(leases: LeaseTable) -> None:
+    """A child failed; before it is started again from the lease's checkpoint, the lease
+    is read: taken over by another host under this worker's id (the counter moved), it is
+    lost, and no new child starts."""
+    from replicator.exceptions import LeaseLost
+
+    class TakenBeforeRead:
+        def __init__(self, table: LeaseTable) -> None:
+            self.table = table
+            self.taken = False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.table, name)
+
+        def get(self, shard_id: str) -> Lease | None:
+            if not self.taken:
+                self.taken = True
+                twin = LeaseTable(self.table.client, self.table.table, "me")
+                stored = twin.get(shard_id)
+                assert stored is not None
+                twin.take(stored)
+            return self.table.get(shard_id)
+
+    script = [{"Records": [record(1)], "NextShardIterator": "x"}]
+    worker, _, children = run_worker(TakenBeforeRead(leases), script, fail=1)
+    assert isinstance(worker.error, LeaseLost)
+    assert "another worker with this worker's id me" in str(worker.error)
+    assert len(children) == 1
