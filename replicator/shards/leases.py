@@ -108,6 +108,18 @@ class LeaseTable:
         ).get("Item")
         return Lease.from_item(item) if item else None
 
+    def get_settled(self, shard_id: str) -> Lease | None:
+        """The lease as stored, read while none of this table's updates is in progress.
+
+        An update stores the new counter, then sets it in the Lease object it was given.
+        A shard worker checking that the stored lease is still the one it holds (owner and
+        counter) while the runtime renews it on another thread can read the stored counter
+        before its own copy has caught up; read here, the two agree unless another worker
+        moved the lease. It holds up this table's updates for one read: used only after
+        a first read disagreed."""
+        with self._lock:
+            return self.get(shard_id)
+
     def create(self, shard_id: str, checkpoint: str, parents: list[str]) -> Lease | None:
         """Create a lease if none exists; None when another creator won the race."""
         item: dict[str, Any] = {

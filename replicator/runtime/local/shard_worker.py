@@ -17,6 +17,7 @@ nothing.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
@@ -56,6 +57,9 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
 
 log = structlog.get_logger(__name__)
+
+# Reads of the lease at a stop, throttling and 5xx retried (stopping no longer waits).
+_STOP_READ_ATTEMPTS = 4
 
 
 @dataclass
@@ -202,18 +206,59 @@ class ShardWorker(threading.Thread):
         may have been replaced; when it wakes up, the batch it has just read must not be
         written over the new owner's. Renewals confirm the lease every third of the
         failover time, so this reads the lease only after such a pause.
+
+        The owner alone does not tell: two hosts can share a worker id (``kcl.worker_id``
+        pinned in a shared job file, fixed hostnames), and the other one takes the lease
+        over under the same name. Its take moved the counter, so the stored counter must
+        also be the one this worker holds (see :meth:`_lease_is_ours`).
         """
         expiry = self.settings.lease_expiry_s
         if expiry is None or self._monotonic() - self._lease_confirmed_at < expiry * 2 / 3:
             return
-        stored = self._read_lease()
-        if stored is None or stored.owner != self.leases.owner:
-            owner = stored.owner if stored is not None else None
+        ours, stored = self._lease_is_ours(self._read_lease)
+        if not ours:
             raise LeaseLost(
-                f"lease on shard {self.shard_id} was taken over by worker {owner} while "
-                "this one was not renewing it"
+                f"lease on shard {self.shard_id} was taken over by {self._taker(stored)} "
+                "while this one was not renewing it"
             )
         self._lease_confirmed_at = self._monotonic()
+
+    def _holds(self, stored: Lease | None) -> bool:
+        """Whether the stored lease is the one this worker holds: its owner, and the
+        counter of this worker's last take, renewal or checkpoint of it (the runtime's
+        renewals update ``self.lease``, the object this worker holds)."""
+        return (
+            stored is not None
+            and stored.owner == self.leases.owner
+            and stored.counter == self.lease.counter
+        )
+
+    def _lease_is_ours(
+        self, read: Callable[[Callable[[str], Lease | None]], Lease | None]
+    ) -> tuple[bool, Lease | None]:
+        """Whether the lease is still this worker's as stored, and the lease as read
+        (``read`` reads it with the function it is given).
+
+        The runtime renews the lease on its own thread: a renewal landing between the
+        read and its update of ``self.lease`` shows a counter one ahead of ours. So a
+        read that disagrees is made once more, while no update of the lease table is in
+        progress (:meth:`LeaseTable.get_settled`), before the lease is taken as lost."""
+        stored = read(self.leases.get)
+        if self._holds(stored):
+            return True, stored
+        stored = read(self.leases.get_settled)
+        return self._holds(stored), stored
+
+    def _taker(self, stored: Lease | None) -> str:
+        """Who has the lease now, as the error says it."""
+        if stored is None:
+            return "no worker (the lease is gone)"
+        if stored.owner == self.leases.owner:
+            return (
+                f"another worker with this worker's id {stored.owner} (its counter moved "
+                f"from {self.lease.counter} to {stored.counter}: two hosts share the id)"
+            )
+        return f"worker {stored.owner}"
 
     def recovered_since(self, failed_at: float) -> bool:
         """Whether the refusing destination has come back since ``failed_at``: a write
@@ -349,9 +394,12 @@ class ShardWorker(threading.Thread):
                     error=str(error),
                     restarts=self.progress.restarts,
                 )
-                fresh = self._read_lease()
-                if fresh is None or fresh.owner != self.leases.owner:
-                    raise LeaseLost(f"shard {self.shard_id}: lease gone while restarting") from None
+                ours, fresh = self._lease_is_ours(self._read_lease)
+                if fresh is None or not ours:
+                    raise LeaseLost(
+                        f"shard {self.shard_id}: lease gone while restarting: taken over by "
+                        f"{self._taker(fresh)}"
+                    ) from None
                 self.lease.checkpoint = fresh.checkpoint
                 self.lease.sub_sequence_number = fresh.sub_sequence_number
                 self._pause(min(5.0, 0.5 * len(failures)))
@@ -439,7 +487,13 @@ class ShardWorker(threading.Thread):
         Nothing is known of the stream since the last read that succeeded, so the reader
         is at least as far behind as it was then, plus the time since: the processor's
         lag grows by a second per second while the stream cannot be read, instead of
-        reading 0 as if the reader were at the tip."""
+        reading 0 as if the reader were at the tip.
+
+        Never less than 1 ms: the processor takes an empty batch at 0 (or null) behind as
+        the reader at the tip (``processor.at_the_tip``), and the watermark as every
+        change made before it read. A failed read shows nothing of where the tip is: a
+        first read that fails (a restart with a backlog, GetRecords throttled) would
+        otherwise be sent as 0 behind, and the watermark claim a backlog never read."""
         now = self._clock()
         progress = self.progress
         if progress.read_failing_since is None:
@@ -447,9 +501,19 @@ class ShardWorker(threading.Thread):
         progress.read_error = str(error)
         since = self._read_at if self._read_at is not None else progress.read_failing_since
         behind_ms = self._millis_behind + max(0, int((now - since) * 1000))
-        child.process_records([], behind_ms)
+        child.process_records([], max(1, behind_ms))
 
     def _shut_down(self, child: ProcessorChild) -> None:
+        """Stop the child: ``shutdownRequested`` (it flushes its pending writes and
+        checkpoints) and the lease released while the lease is ours; ``leaseLost`` (it
+        drops them) once another worker has it.
+
+        The runtime tells only the worker whose renewal failed (:meth:`lease_taken`); the
+        others stop because it does. A runtime that was hung while another worker took
+        all its leases would have them flush old changes over the new owner's: so a
+        worker not told reads its lease first (one GetItem)."""
+        if not self._lease_taken and not self._lease_ours_at_stop():
+            self._lease_taken = True
         if self._lease_taken:
             try:
                 child.lease_lost(timeout=self.settings.shutdown_timeout_s)
@@ -470,18 +534,56 @@ class ShardWorker(threading.Thread):
         child.close(timeout=5.0)
         self._release_lease()
 
+    def _lease_ours_at_stop(self) -> bool:
+        """Whether the lease is still this worker's at a stop. A lease that cannot be read
+        (a few attempts) counts as lost: the child then drops what it has not written,
+        which the next owner reads again from the checkpoint, rather than write it over
+        a new owner's."""
+        try:
+            ours, stored = self._lease_is_ours(
+                functools.partial(self._read_lease, attempts=_STOP_READ_ATTEMPTS)
+            )
+        except (ClientError, BotoCoreError) as error:
+            log.warning(
+                "could not read the lease at the stop; the processor is told it is lost",
+                shard=self.shard_id,
+                error=str(error),
+            )
+            return False
+        if not ours:
+            log.warning(
+                "the lease was taken over; the processor is told it is lost",
+                shard=self.shard_id,
+                taken_by=self._taker(stored),
+            )
+        return ours
+
     # -- the lease, read and given up on the way through outages ---------------------------
 
-    def _read_lease(self) -> Lease | None:
-        """The lease as stored, retried through throttling so a restart is not lost to it."""
+    def _read_lease(
+        self,
+        read: Callable[[str], Lease | None] | None = None,
+        attempts: int | None = None,
+    ) -> Lease | None:
+        """The lease as stored (``read``: how, by default ``leases.get``), retried
+        through throttling so a restart is not lost to it: until the runtime stops, or
+        ``attempts`` times (throttling and 5xx only; at a stop, when ``stopping`` no
+        longer waits)."""
+        read = read or self.leases.get
         attempt = 0
         while True:
             try:
-                return self.leases.get(self.shard_id)
+                return read(self.shard_id)
             except (ClientError, BotoCoreError) as error:
-                if self.stopping.is_set():
-                    raise
-                self._wait_and_retry(error, attempt, what="reading the shard's lease")
+                if attempts is not None:
+                    retried = classify(error) in (ErrorKind.THROTTLED, ErrorKind.RETRY)
+                    if not retried or attempt + 1 >= attempts:
+                        raise
+                    time.sleep(self._backoff.delay(attempt))
+                else:
+                    if self.stopping.is_set():
+                        raise
+                    self._wait_and_retry(error, attempt, what="reading the shard's lease")
                 attempt += 1
 
     def _release_lease(self) -> None:

@@ -574,9 +574,10 @@ class _Clock:
         return self.now
 
 
-def _run_hung_worker(leases: LeaseTable, taken_over: bool) -> tuple[ShardWorker, StandInChild]:
+def _run_hung_worker(leases: LeaseTable, taken_by: str | None) -> tuple[ShardWorker, StandInChild]:
     """A worker whose second read returns after a pause longer than the failover time
-    (a SIGSTOP, a frozen VM), another worker having taken its lease meanwhile or not."""
+    (a SIGSTOP, a frozen VM), the worker ``taken_by`` having taken its lease meanwhile, or
+    nobody ("me": another host with this worker's id)."""
     from replicator.shards.leases import LeaseTable as Table
 
     created = leases.create("shard-1", "TRIM_HORIZON", [])
@@ -587,8 +588,8 @@ def _run_hung_worker(leases: LeaseTable, taken_over: bool) -> tuple[ShardWorker,
 
     def hang() -> dict[str, Any]:
         clock.now += 10.0  # longer than the 6 s failover time
-        if taken_over:
-            other = Table(leases.client, leases.table, "other-host")
+        if taken_by is not None:
+            other = Table(leases.client, leases.table, taken_by)
             stored = other.get("shard-1")
             assert stored is not None
             other.take(stored)
@@ -618,7 +619,7 @@ def test_a_worker_that_wakes_after_its_lease_was_taken_over_hands_its_child_noth
 ) -> None:
     from replicator.exceptions import LeaseLost
 
-    worker, child = _run_hung_worker(leases, taken_over=True)
+    worker, child = _run_hung_worker(leases, taken_by="other-host")
     assert isinstance(worker.error, LeaseLost)
     assert "taken over by worker other-host" in str(worker.error)
     assert [r["sequenceNumber"] for b in child.batches for r in b] == ["1"]
@@ -628,7 +629,7 @@ def test_a_worker_that_wakes_after_its_lease_was_taken_over_hands_its_child_noth
 
 
 def test_a_worker_that_wakes_still_owning_its_lease_goes_on(leases: LeaseTable) -> None:
-    worker, child = _run_hung_worker(leases, taken_over=False)
+    worker, child = _run_hung_worker(leases, taken_by=None)
     assert worker.error is None
     assert [r["sequenceNumber"] for b in child.batches for r in b] == ["1", "2"]
 
@@ -772,3 +773,214 @@ def test_a_write_settled_at_the_refusing_destination_is_recovery() -> None:
     assert worker.error is None and len(children) == 10
     assert all(trouble is None for trouble in seen)
     assert asked and set(asked) == {("shard-1", "eu")}
+
+
+def test_a_first_read_that_fails_is_never_passed_on_as_the_reader_at_the_tip() -> None:
+    """A restart with a backlog whose first GetRecords is throttled: no read has succeeded,
+    so nothing shows where the tip is. The processor takes an empty batch at 0 (or null)
+    behind as the reader at the tip, and the watermark as every change made before it
+    read: the failed read must be passed on as behind, however little time went by."""
+    from replicator.processor import at_the_tip
+
+    clock = [1_000_000.0]  # stands still: the failure comes 0 s after the start
+    leases = MemoryLeases()
+    stop = threading.Event()
+    script: list[Any] = [
+        error("ProvisionedThroughputExceededException"),
+        {"Records": [], "NextShardIterator": "a"},
+    ]
+    stream = ScriptedStream(script, stop)
+    children: list[StandInChild] = []
+
+    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
+        children.append(StandInChild(on_checkpoint))
+        return children[-1]
+
+    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL)
+    worker = ShardWorker(
+        leases.lease,
+        leases,  # type: ignore[arg-type]
+        stream,  # type: ignore[arg-type]
+        settings,
+        new_child,
+        stop,
+        clock=lambda: clock[0],
+        monotonic=lambda: clock[0],
+        pause=lambda seconds: None,
+    )
+    worker._backoff = Backoff(0.0, 0.0)  # no real waiting before the retry
+    worker.run()
+    assert worker.error is None
+    (child,) = children
+    assert child.batches[:2] == [[], []]
+    failed, empty = child.behind[:2]
+    assert isinstance(failed, int) and failed >= 1
+    assert not at_the_tip(failed)  # the processor does not note it as an empty read at the tip
+    assert empty is None  # the empty read that follows: not known, as any empty read
+
+
+class StopWatchingChild(StandInChild):
+    """Records how it was stopped: shutdownRequested or leaseLost."""
+
+    def __init__(self, on_checkpoint: Any) -> None:
+        super().__init__(on_checkpoint)
+        self.actions: list[str] = []
+
+    def shutdown_requested(self, timeout: float | None = None) -> None:
+        self.actions.append("shutdownRequested")
+
+    def lease_lost(self, timeout: float | None = None) -> None:
+        self.actions.append("leaseLost")
+
+
+def _stop_worker(leases: LeaseTable, shard_id: str, taken_by: str | None) -> StopWatchingChild:
+    """A worker of ``shard_id`` that stops (as the runtime stops every worker when one
+    lease was found taken) after one read, during which the worker ``taken_by`` took
+    the lease, or nobody did. Its worker is not told (no ``lease_taken``)."""
+    created = leases.create(shard_id, "TRIM_HORIZON", [])
+    assert created is not None
+    lease = leases.take(created)
+    stop = threading.Event()
+
+    def read() -> dict[str, Any]:
+        if taken_by is not None:
+            other = LeaseTable(leases.client, leases.table, taken_by)
+            stored = other.get(shard_id)
+            assert stored is not None
+            other.take(stored)
+        stop.set()
+        return {"Records": [], "NextShardIterator": "z"}
+
+    class Stream(ScriptedStream):
+        def get_records(self, **kwargs: Any) -> dict[str, Any]:
+            return read()
+
+    children: list[StopWatchingChild] = []
+
+    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
+        children.append(StopWatchingChild(on_checkpoint))
+        return children[-1]
+
+    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL)
+    worker = ShardWorker(lease, leases, Stream([], stop), settings, new_child, stop)
+    worker.run()
+    assert worker.error is None
+    return children[0]
+
+
+@pytest.mark.parametrize("taken_by", ["other-host", "me"])
+def test_a_worker_stopping_finds_its_lease_taken_and_tells_the_child_lease_lost(
+    leases: LeaseTable, taken_by: str
+) -> None:
+    """A runtime that was hung while another worker took all its shards: the renewal that
+    fails tells one worker, and the runtime stops. The others, not told, read their lease
+    at the stop: one taken over (by another id, or by another host under this worker's
+    id: the counter moved) gets leaseLost (it drops its pending writes rather than flush
+    them over the new owner's) and is not released; one still ours stops cleanly."""
+    kept = _stop_worker(leases, "shard-1", taken_by=None)
+    taken = _stop_worker(leases, "shard-2", taken_by=taken_by)
+    assert kept.actions == ["shutdownRequested"]
+    assert taken.actions == ["leaseLost"]
+    released = leases.get("shard-1")
+    assert released is not None and released.owner is None
+    other = leases.get("shard-2")
+    assert other is not None and other.owner == taken_by  # the new owner's, untouched
+
+
+def test_a_renewal_racing_the_stop_read_leaves_the_lease_ours(leases: LeaseTable) -> None:
+    """The runtime renews leases on its own thread: the stored counter can be one ahead
+    of the worker's copy for the moment between the renewal's write and its update of
+    that copy. The read is made again, with no update in progress, before the lease is
+    taken as lost: a clean stop, the lease released."""
+
+    class RacingLeases:
+        def __init__(self, table: LeaseTable) -> None:
+            self.table = table
+            self.held: Lease | None = None  # the worker's copy
+            self.raced = False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.table, name)
+
+        def get(self, shard_id: str) -> Lease | None:
+            stored = self.table.get(shard_id)
+            if not self.raced and self.held is not None and stored is not None:
+                # A renewal's write lands; its update of the worker's copy is still to come.
+                self.raced = True
+                self.table.renew(stored)
+                return self.table.get(shard_id)
+            return stored
+
+        def get_settled(self, shard_id: str) -> Lease | None:
+            assert self.held is not None
+            self.held.counter += 1  # the renewal finished: get_settled waited for it
+            return self.table.get_settled(shard_id)
+
+    racing = RacingLeases(leases)
+    created = leases.create("shard-1", "TRIM_HORIZON", [])
+    assert created is not None
+    lease = leases.take(created)
+    stop = threading.Event()
+    stream = ScriptedStream([{"Records": [], "NextShardIterator": "z"}], stop)
+    children: list[StopWatchingChild] = []
+
+    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
+        children.append(StopWatchingChild(on_checkpoint))
+        return children[-1]
+
+    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL)
+    worker = ShardWorker(lease, racing, stream, settings, new_child, stop)  # type: ignore[arg-type]
+    racing.held = lease
+    worker.run()
+    assert worker.error is None and racing.raced
+    assert children[0].actions == ["shutdownRequested"]
+    stored = leases.get("shard-1")
+    assert stored is not None and stored.owner is None  # released
+
+
+def test_a_worker_that_wakes_after_a_host_sharing_its_id_took_its_lease_stops(
+    leases: LeaseTable,
+) -> None:
+    """Two hosts with one worker id (``kcl.worker_id`` pinned in a shared job file): the
+    other took the lease while this one hung, under the same owner name. The counter
+    moved past the one this worker holds: the lease is lost, the batch just read is not
+    handed to the child."""
+    from replicator.exceptions import LeaseLost
+
+    worker, child = _run_hung_worker(leases, taken_by="me")
+    assert isinstance(worker.error, LeaseLost)
+    assert "another worker with this worker's id me" in str(worker.error)
+    assert [r["sequenceNumber"] for b in child.batches for r in b] == ["1"]
+    stored = leases.get("shard-1")
+    assert stored is not None and stored.owner == "me" and stored.checkpoint == "1"
+    assert stored.counter == worker.lease.counter + 1  # the other host's take, left alone
+
+
+def test_a_restart_after_a_host_sharing_its_id_took_the_lease_stops(leases: LeaseTable) -> None:
+    """A child failed; before it is started again from the lease's checkpoint, the lease
+    is read: taken over by another host under this worker's id (the counter moved), it is
+    lost, and no new child starts."""
+    from replicator.exceptions import LeaseLost
+
+    class TakenBeforeRead:
+        def __init__(self, table: LeaseTable) -> None:
+            self.table = table
+            self.taken = False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.table, name)
+
+        def get(self, shard_id: str) -> Lease | None:
+            if not self.taken:
+                self.taken = True
+                twin = LeaseTable(self.table.client, self.table.table, "me")
+                stored = twin.get(shard_id)
+                assert stored is not None
+                twin.take(stored)
+            return self.table.get(shard_id)
+
+    script = [{"Records": [record(1)], "NextShardIterator": "x"}]
+    worker, _, children = run_worker(TakenBeforeRead(leases), script, fail=1)
+    assert isinstance(worker.error, LeaseLost)
+    assert "another worker with this worker's id me" in str(worker.error)
+    assert len(children) == 1
