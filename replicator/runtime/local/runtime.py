@@ -394,12 +394,18 @@ class LocalRuntime:
 
     def _renew(self) -> None:
         for worker in list(self.workers.values()):
+            if self.stopping.is_set():
+                return  # the workers are releasing their leases: nothing to keep
             try:
                 self._tolerating_outages(
                     functools.partial(self._renew_one, worker),
                     f"renewing the lease on shard {worker.shard_id}",
                 )
             except ReplicatorError as error:
+                if self.stopping.is_set() and self.failure is None:
+                    # A stop began while this renewal was on its way: the worker released
+                    # the lease on its clean stop. Not another worker's doing: no exit 5.
+                    return
                 worker.lease_taken()
                 self.failure = LeaseHeld(
                     f"shard {worker.shard_id}: our lease was taken by another worker ({error}); "

@@ -984,3 +984,44 @@ def test_a_restart_after_a_host_sharing_its_id_took_the_lease_stops(leases: Leas
     assert isinstance(worker.error, LeaseLost)
     assert "another worker with this worker's id me" in str(worker.error)
     assert len(children) == 1
+
+
+def test_a_renewal_that_fails_because_a_stop_released_the_lease_is_not_a_takeover() -> None:
+    """SIGTERM while the runtime renews: the workers release their leases on their clean
+    stop, and a renewal still on its way then fails. That is not another worker taking
+    the shard: no exit 5, and the worker is not told its lease was lost."""
+    from replicator.exceptions import LeaseLost
+    from replicator.runtime.local.runtime import LocalRuntime
+
+    class Worker:
+        shard_id = "shard-1"
+        taken = False
+
+        def lease_taken(self) -> None:
+            self.taken = True
+
+    runtime = LocalRuntime.__new__(LocalRuntime)
+    runtime.stopping = threading.Event()
+    runtime.failure = None
+    worker = Worker()
+    runtime.workers = {"shard-1": worker}  # type: ignore[dict-item]
+
+    def released_meanwhile(step: Any, what: str) -> bool:
+        runtime.stopping.set()  # the stop began while this renewal was on its way
+        raise LeaseLost("lease on shard-1 is no longer ours")
+
+    runtime._tolerating_outages = released_meanwhile  # type: ignore[method-assign]
+    runtime._renew()
+    assert runtime.failure is None
+    assert not worker.taken
+
+    # Not stopping: the same failure is another worker's takeover.
+    runtime.stopping = threading.Event()
+
+    def taken(step: Any, what: str) -> bool:
+        raise LeaseLost("lease on shard-1 is no longer ours")
+
+    runtime._tolerating_outages = taken  # type: ignore[method-assign]
+    runtime._renew()
+    assert runtime.failure is not None and "taken by another worker" in str(runtime.failure)
+    assert worker.taken
