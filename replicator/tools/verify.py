@@ -196,7 +196,7 @@ class VerifyReport:
             "destinations": {
                 label: {
                     "items": self.destination_items.get(label, 0),
-                    "equal": all(f.settled for f in self.findings if f.destination == label),
+                    "equal": self.clean(label),
                     "differences": [f.as_dict() for f in self.findings if f.destination == label],
                 }
                 for label in self.destinations
