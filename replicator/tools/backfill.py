@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
@@ -32,7 +31,6 @@ from replicator.exceptions import (
     DeadLetterUnavailable,
     DestinationRefused,
     EnvironmentProblem,
-    ReplicatorError,
     WriteCancelled,
 )
 from replicator.items import Item, project
@@ -52,8 +50,6 @@ from replicator.tools.snapshot import (
     writer_tables,
 )
 from replicator.tools.tables import TableRef, check_same_keys, source_ref
-from replicator.watermark.parts import US
-from replicator.watermark.table import StatusTable
 from replicator.writers.destination import DestinationWriter, Outcome, WriteResult
 
 log = structlog.get_logger(__name__)
@@ -119,8 +115,8 @@ class BackfillResult:
     dead_letters: str
     handoff: str | None = None
     segments_done_before: int = 0
-    unread_cleared: list[str] = field(default_factory=list)
-    """Destinations whose unread spans (watermark) this copy covered, and so cleared."""
+    watermark: bool = False
+    """The job publishes a watermark, whose unread spans a copy alone cannot clear."""
 
     @property
     def exit_code(self) -> int:
@@ -151,10 +147,13 @@ class BackfillResult:
             f"  dead-lettered:      {self.overall.dead_lettered}",
             f"  progress table:     {self.state_table} ({self.total_segments} segments)",
         ]
-        if self.unread_cleared:
+        if self.watermark and (self.complete or self.already_complete):
+            # A scan copies only items the source holds: a delete the job never read
+            # leaves its item at the destination, which only a whole-table verify finds.
             lines.append(
-                "  watermark:          changes never read before the copy started are no "
-                f"longer reported at {', '.join(self.unread_cleared)}"
+                "  watermark:          a copy cannot copy deletes, so changes never read "
+                "stay reported; `replicator verify` (with --repair if it finds "
+                "differences) clears them"
             )
         if self.overall.dead_lettered:
             lines.append(
@@ -241,12 +240,11 @@ class Backfill:
             dead_letters=dead_letters.description,
             handoff=handoff.note if handoff else None,
             segments_done_before=sum(1 for s in plan.segments if s.done),
+            watermark=resolved.publishes_watermark,
         )
         if plan.complete:
             state.finish(complete=True)
             result.overall = _overall(plan)
-            if result.overall.dead_lettered == 0:
-                result.unread_cleared = self._clear_unread(plan.started_at)
             return result
         log.info(
             "backfill started",
@@ -270,44 +268,7 @@ class Backfill:
         result.stopped = None if complete else (self.stopped or "stopped")
         result.overall = _overall(plan)
         log.info("backfill ended", complete=complete, **result.overall.as_dict())
-        # (``plan.complete`` read again: mypy holds it False since the check above.)
-        if all(s.done for s in plan.segments) and result.overall.dead_lettered == 0:
-            result.unread_cleared = self._clear_unread(plan.started_at)
         return result
-
-    def _clear_unread(self, started_at: str) -> list[str]:
-        """A complete copy with nothing dead-lettered holds, at every destination, each
-        item as it was when it was scanned or newer, so every change created before the
-        scan started is there: the watermark's unread spans up to then (a LATEST start,
-        a destination that joined) are cleared. The start is taken a second earlier
-        (creation times are whole seconds) and less the watermark's margin (clocks).
-        A failure is logged with the manual step; the copy itself succeeded."""
-        resolved = self.resolved
-        if not resolved.publishes_watermark:
-            return []
-        started = datetime.fromisoformat(started_at)
-        margin_us = resolved.job.watermark.caught_up_margin_ms * 1000
-        through_us = int(started.timestamp()) * US - US - margin_us
-        cleared = []
-        for destination in resolved.job.destinations:
-            table = StatusTable(
-                wiring.status_client(resolved, destination.label),
-                resolved.watermark_table,
-                destination.label,
-            )
-            try:
-                if table.clear_unread_through(through_us):
-                    cleared.append(destination.label)
-            except (ClientError, BotoCoreError, ReplicatorError) as error:
-                log.warning(
-                    "could not clear the watermark's unread spans the copy covered; they "
-                    "stay reported until removed (REMOVE unread_spans on the destination's "
-                    "items in the status table)",
-                    destination=destination.label,
-                    status_table=resolved.watermark_table,
-                    error=str(error),
-                )
-        return cleared
 
     def _copy(
         self,

@@ -18,6 +18,10 @@ condition; custom: the resolver; overwrite: only if the destination is unchanged
 read), or a delete of an extra item (only if unchanged since read). It then reads both
 sides again and reports each difference as repaired, refused by the policy, or still
 different.
+
+A whole-table verify (not ``--sample``) that ends with no difference left at a
+destination clears the watermark's unread spans there up to its scan's start
+(:mod:`replicator.tools.unread`): every change created before then is reflected there.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from replicator.tools.tables import (
     destination_refs,
     source_ref,
 )
+from replicator.tools.unread import MANUAL_STEP, Cleared, clear_unread
 from replicator.writers.destination import DestinationWriter, Outcome
 from replicator.writers.source import SourceWriter
 
@@ -136,6 +141,13 @@ class VerifyReport:
     rechecked: int
     findings: list[Finding]
     repaired: bool = False
+    unread: Cleared | None = None
+    """The watermark's unread spans this verify cleared (a whole-table verify of a job
+    that publishes a watermark), and where clearing them failed."""
+
+    def clean(self, label: str) -> bool:
+        """No difference is left at destination ``label``."""
+        return all(f.settled for f in self.findings if f.destination == label)
 
     @property
     def equal(self) -> bool:
@@ -161,6 +173,16 @@ class VerifyReport:
                 state = f"equal after repair ({len(mine)} repaired)"
             lines.append(f"{label}: {scope} {self.destination_items.get(label, 0)} items, {state}")
             lines.extend(finding.line() for finding in mine)
+        if self.unread and self.unread.cleared:
+            lines.append(
+                f"watermark: unread spans up to {self.unread.through} cleared at "
+                f"{', '.join(self.unread.cleared)}"
+            )
+        if self.unread and self.unread.failed:
+            lines.append(
+                f"watermark: could not clear the unread spans up to {self.unread.through} at "
+                f"{', '.join(self.unread.failed)}; {MANUAL_STEP}"
+            )
         return "\n".join(lines)
 
     def as_json(self) -> str:
@@ -174,12 +196,18 @@ class VerifyReport:
             "destinations": {
                 label: {
                     "items": self.destination_items.get(label, 0),
-                    "equal": all(f.settled for f in self.findings if f.destination == label),
+                    "equal": self.clean(label),
                     "differences": [f.as_dict() for f in self.findings if f.destination == label],
                 }
                 for label in self.destinations
             },
         }
+        if self.unread:
+            body["watermark"] = {
+                "unread_cleared_through": self.unread.through,
+                "cleared": self.unread.cleared,
+                "failed": self.unread.failed,
+            }
         return json.dumps(body, indent=2, sort_keys=True, default=str)
 
 
@@ -251,6 +279,7 @@ class Verify:
     def run(self) -> VerifyReport:
         shape = check_same_keys(self.source, self.destinations)
         key_names = shape.key_names
+        started_s = time.time()  # before the first read of any table
         if self.options.sample:
             counts, candidates = self._sample(shape)
         else:
@@ -279,6 +308,9 @@ class Verify:
         )
         if self.options.repair and findings:
             self._repair(findings, states, key_names)
+        if not self.options.sample:
+            clean = [label for label in report.destinations if report.clean(label)]
+            report.unread = clear_unread(self.resolved, started_s, clean)
         log.info(
             "verify done",
             equal=report.equal,

@@ -266,7 +266,8 @@ class ShardWatermark:
             self._undecided.discard(label)
             log.warning(
                 "destination joined a job that resumes from checkpoints: changes made "
-                "before now are not replicated to it; run `replicator backfill` to it",
+                "before now are not replicated to it; run `replicator backfill` to it, then "
+                "`replicator verify`",
                 destination=label,
                 shard=self.shard_id,
             )

@@ -12,8 +12,10 @@ creation times with a reason, and a waiter whose window meets one is told why in
 A span is stored before any claim that passes it (see publisher.py), so a reader never
 sees the watermark pass its changes without it. The replicator only ever widens or adds
 spans (a reader may be told changes *may* be missing when they are not, never the
-reverse), except that a completed ``replicator backfill`` removes what its copy covers
-(:func:`covered_through`).
+reverse), except that a whole-table ``replicator verify`` that finds (or leaves, after
+``--repair``) no difference at a destination removes what its scan covers
+(:func:`covered_through`, :mod:`replicator.tools.unread`). A backfill does not: it
+copies items, and cannot copy a delete the job never read.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ _WHY = {
     ),
 }
 
+# A copy brings the items; only a comparison also finds the deletes it cannot copy.
+_CLEARED_BY = "then `replicator verify` (--repair if it finds differences) clears this"
+
 
 @dataclass(frozen=True, order=True)
 class UnreadSpan:
@@ -64,12 +69,13 @@ class UnreadSpan:
         return self.from_us <= until_us and self.to_us >= since_us
 
     def describe(self) -> str:
-        """One line: which changes, and why (``LATEST``/``JOINED`` explained)."""
+        """One line: which changes, why (``LATEST``/``JOINED`` explained), and what clears it."""
         if self.from_us <= 0:
             which = f"changes created before {_iso(self.to_us)}"
         else:
             which = f"changes created {_iso(self.from_us)}..{_iso(self.to_us)}"
-        return f"{which} were never read for this destination: {_WHY.get(self.reason, self.reason)}"
+        why = _WHY.get(self.reason, self.reason)
+        return f"{which} were never read for this destination: {why}; {_CLEARED_BY}"
 
     def as_dict(self) -> dict[str, object]:
         return {

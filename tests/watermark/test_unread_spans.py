@@ -1,10 +1,12 @@
 """Changes never read for a destination (a LATEST start, a destination that joined a
 resumed job) are recorded as spans on the parts, and no waiter is told "replicated" for
 them: the spans themselves, the publisher storing them before any claim, the status table
-keeping them across restarts, and what a wait answers."""
+keeping them across restarts, what a wait answers, and what clears them (a whole-table
+verify with no difference left, not a backfill, which cannot copy deletes)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +15,9 @@ from botocore.exceptions import ClientError
 
 from replicator.metrics import Metrics
 from replicator.shards.stream import Shard
+from replicator.tools.backfill import BackfillResult, Tally
+from replicator.tools.unread import Cleared, cleared_through_us
+from replicator.tools.verify import VerifyReport
 from replicator.watermark.parts import Part, Watermark, combine
 from replicator.watermark.publisher import ShardWatermark
 from replicator.watermark.spans import (
@@ -380,3 +385,61 @@ def test_a_destination_without_parts_waits_while_the_only_other_cannot_be_read(
     resumed.empty_read(previous_answer_at=(START + S) / S, received_at=0)
     resumed.publish()
     assert empty.parts() == []  # neither registered nor claimed: it may have joined
+
+
+# -- what clears them: a whole-table verify with no difference left -------------------------
+
+
+def test_a_verify_clears_up_to_a_second_and_the_margin_before_its_scans_started() -> None:
+    assert cleared_through_us(1_700_000_000.7, 0) == T0 - S
+    assert cleared_through_us(1_700_000_000.7, 250) == T0 - S - 250_000
+
+
+def test_verify_says_where_it_cleared_spans_and_where_it_could_not() -> None:
+    report = VerifyReport(
+        source="us-east-1/src",
+        destinations=["eu-west-1/a", "ap-southeast-2/b"],
+        sampled=False,
+        source_items=1,
+        destination_items={"eu-west-1/a": 1, "ap-southeast-2/b": 1},
+        rechecked=0,
+        findings=[],
+        unread=Cleared("2023-11-14T22:13:19.000Z", ["eu-west-1/a"], ["ap-southeast-2/b"]),
+    )
+    lines = report.text().splitlines()
+    assert "watermark: unread spans up to 2023-11-14T22:13:19.000Z cleared at eu-west-1/a" in lines
+    (failed,) = [line for line in lines if "could not clear" in line]
+    assert "ap-southeast-2/b" in failed and "REMOVE unread_spans" in failed
+    body = json.loads(report.as_json())["watermark"]
+    assert body == {
+        "unread_cleared_through": "2023-11-14T22:13:19.000Z",
+        "cleared": ["eu-west-1/a"],
+        "failed": ["ap-southeast-2/b"],
+    }
+    report.unread = None  # a sampled verify, or no watermark: nothing said
+    assert "watermark" not in report.text() and "watermark" not in json.loads(report.as_json())
+
+
+@pytest.mark.parametrize("watermark", [True, False])
+def test_a_backfill_says_a_verify_clears_the_spans_because_it_cannot_copy_deletes(
+    watermark: bool,
+) -> None:
+    result = BackfillResult(
+        task_name="t",
+        source="us-east-1/src",
+        destinations=["eu-west-1/a"],
+        state_table="t-backfill",
+        total_segments=4,
+        resumed=False,
+        already_complete=False,
+        complete=True,
+        stopped=None,
+        this_run=Tally(),
+        overall=Tally(),
+        dead_letters="queue",
+        watermark=watermark,
+    )
+    said = "cannot copy deletes" in result.summary()
+    assert said is watermark
+    if watermark:
+        assert "`replicator verify` (with --repair" in result.summary()

@@ -25,6 +25,10 @@ def item(key: str, counter: int) -> dict[str, Any]:
     return {"pk": {"S": key}, "sk": {"N": "0"}, "updated_at": {"N": str(counter)}}
 
 
+def key(name: str) -> dict[str, Any]:
+    return {"pk": {"S": name}, "sk": {"N": "0"}}
+
+
 def held(job: Job, region: str, table: str, key: str) -> bool:
     found = client("dynamodb", region, job.endpoint).get_item(
         TableName=table, Key={"pk": {"S": key}, "sk": {"N": "0"}}, ConsistentRead=True
@@ -90,11 +94,19 @@ def test_a_wait_for_a_time_before_a_latest_start_is_told_the_change_was_never_re
     assert waited.returncode == 4, waited
 
 
-def test_a_complete_backfill_clears_the_span_it_covers(job: Job) -> None:
-    """The documented procedure after a LATEST start: the replicator runs, then a
-    backfill copies what came before; once it is complete, a wait for a time before the
-    start is answered from the copy."""
-    (region, table), _ = job.destinations
+def test_a_backfill_then_a_verify_that_finds_the_destination_equal_clears_the_span(
+    job: Job,
+) -> None:
+    """The documented procedure after a LATEST start: the replicator runs, a backfill
+    copies what came before, and a whole-table verify clears the span once nothing
+    differs. An item deleted at the source before the start is still at the
+    (pre-seeded) destination after the copy: verify reports it ``extra`` and clears
+    nothing, so the wait still says never read, until ``--repair`` deletes it."""
+    (region, table), (other_region, other) = job.destinations
+    destination = client("dynamodb", region, job.endpoint)
+    destination.put_item(TableName=table, Item=item("gone", 1))  # pre-seeded...
+    job.source.put_item(TableName=job.source_table, Item=item("gone", 1))
+    job.source.delete_item(TableName=job.source_table, Key=key("gone"))  # ...then deleted
     job.source.put_item(TableName=job.source_table, Item=item("before", 1))
     before = time.time()
     time.sleep(1.1)
@@ -111,17 +123,41 @@ def test_a_complete_backfill_clears_the_span_it_covers(job: Job) -> None:
             30,
             "the replicator's first checkpoint",
         )
-        time.sleep(2.1)  # the copy must start after the span (whole seconds, less 1 s)
+        time.sleep(2.1)  # the scans must start after the span (whole seconds, less 1 s)
         copied = replicator("backfill", "--config", str(job.path))
         assert copied.returncode == 0, copied
-        assert f"no longer reported at {region}/{table}" in copied.stdout
-        assert held(job, region, table, "before")
+        assert "`replicator verify`" in copied.stdout and "cannot copy deletes" in copied.stdout
+        assert held(job, region, table, "before") and held(job, region, table, "gone")
+        assert replicator("wait", *args).returncode == 4  # a copy clears nothing
+
+        checked = replicator("verify", "--config", str(job.path), "--recheck-pause", "0.1")
+        assert checked.returncode == 1, checked
+        assert "  extra     pk=S:gone" in checked.stdout, checked.stdout
+        # The other destination is equal: its span is cleared, this one's is not.
+        (cleared,) = [line for line in checked.stdout.splitlines() if "watermark" in line]
+        assert cleared.startswith("watermark: unread spans up to ")
+        assert cleared.endswith(f"cleared at {other_region}/{other}"), cleared
+        assert replicator("wait", *args).returncode == 4
+
+        repaired = replicator(
+            "verify", "--config", str(job.path), "--recheck-pause", "0.1", "--repair", "--json"
+        )
+        assert repaired.returncode == 0, repaired
+        report = json.loads(repaired.stdout)
+        (extra,) = report["destinations"][f"{region}/{table}"]["differences"]
+        assert extra["kind"] == "extra" and extra["repair"] == "repaired"
+        assert f"{region}/{table}" in report["watermark"]["cleared"]
+        assert not held(job, region, table, "gone")
         waited = replicator("wait", *args)
         assert waited.returncode == 0, waited
         shown = json.loads(
             replicator("watermark", "-c", str(job.path), "-d", table, "--json").stdout
         )
         assert shown["unread"] == []
+
+        # Nothing left to clear: a verify says nothing about the watermark in its text.
+        again = replicator("verify", "--config", str(job.path))
+        assert again.returncode == 0 and "watermark" not in again.stdout, again
     finally:
         assert stop(runtime) == 0
 
