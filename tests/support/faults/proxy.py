@@ -17,7 +17,10 @@ time from the test (:meth:`FaultProxy.set`) and applies to the next request:
   before sending it, once: the write lands, the client's read timeout fires first, and
   its retry meets its own write (then the proxy passes requests through again).
 * ``REFUSE``: stop listening, so connections are refused, and drop open keep-alive
-  connections; leaving this fault listens again on the same port.
+  connections; leaving this fault listens again on the same port. The port stays bound
+  meanwhile (a socket that does not listen: connections to it are refused), so that no
+  server of the test run that asks for a free port takes it and answers in the proxy's
+  place.
 
 ``latency_s`` delays every request, in any fault. ``operations`` narrows a fault and its
 latency to those operations (such as PutItem and DeleteItem, to hold or slow a
@@ -158,6 +161,7 @@ class FaultProxy:
         self._listening = threading.Event()
         self._refusing = threading.Event()
         self._listener: socket.socket | None = self._bind(0)
+        self._reserved: socket.socket | None = None  # the port, held while refusing
         self.port: int = self._listener.getsockname()[1]
         self._acceptor = threading.Thread(
             target=self._accept_loop, name="proxy-accept", daemon=True
@@ -275,9 +279,13 @@ class FaultProxy:
                 if refusing and self._listener is not None:
                     self._listener.close()
                     self._listener = None
+                    self._reserved = self._reserve(self.port)
                     self._listening.clear()
                     self._refusing.set()
                 elif not refusing and self._listener is None:
+                    if self._reserved is not None:
+                        self._reserved.close()
+                        self._reserved = None
                     self._listener = self._rebind()
                     self._refusing.clear()
                 if self._listener is None:
@@ -301,6 +309,24 @@ class FaultProxy:
             if self._listener is not None:
                 self._listener.close()
                 self._listener = None
+            if self._reserved is not None:
+                self._reserved.close()
+                self._reserved = None
+
+    @staticmethod
+    def _reserve(port: int) -> socket.socket | None:
+        """Bind ``port`` without listening: a connection to it is refused, as to a closed
+        port, but a server of the test run asking for a free port (port 0) is not given
+        it meanwhile (None if one took it at once). SO_REUSEADDR, as the listener: the
+        connections just dropped leave the port in TIME_WAIT."""
+        reserved = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            reserved.bind(("127.0.0.1", port))
+        except OSError:
+            reserved.close()
+            return None
+        return reserved
 
     def _rebind(self) -> socket.socket | None:
         deadline = time.monotonic() + 5
