@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from replicator.demo import tables
+from replicator.demo.workload import demo_item
 from replicator.tools.compare import compare
 from tests.support.aws import client
 
@@ -96,6 +98,14 @@ class Job:
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
+
+    def put_demo_items(self, rng: random.Random, start: int, count: int) -> None:
+        """Put ``count`` demo items into the source, on five hot keys."""
+        for index in range(start, start + count):
+            self.source.put_item(
+                TableName=self.source_table,
+                Item=demo_item(rng, f"p{index % 5}", index, self.source_region),
+            )
 
     def destination_clients(self) -> list[tuple[Any, str]]:
         return [
