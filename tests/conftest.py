@@ -27,6 +27,22 @@ os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 _names = itertools.count(1)
 
+# Files with a test of these marks hold the longest scenarios (minutes each: a KCL
+# daemon's lease takeover, concurrent active-active writers). They run first, so that
+# the short tests fill the end of the run on every test process (make test gives each
+# process whole files, in the order collected) instead of one process running a long
+# scenario alone at the end.
+_LONG_MARKS = ("kcl", "reliability")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank: dict[object, int] = {}  # file -> index of its first mark in _LONG_MARKS
+    for item in items:
+        for index, mark in enumerate(_LONG_MARKS):
+            if item.get_closest_marker(mark) is not None:
+                rank[item.path] = min(rank.get(item.path, index), index)
+    items.sort(key=lambda item: rank.get(item.path, len(_LONG_MARKS)))  # stable sort
+
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
