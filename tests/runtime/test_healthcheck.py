@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -12,20 +9,7 @@ import pytest
 from replicator.metrics import multiprocess
 from replicator.metrics.server import MetricsServer
 from replicator.runtime.healthcheck import url_of
-from tests.support import ROOT
-
-
-def healthcheck(**env: str) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
-    environment.pop("REPLICATOR_METRICS_HOST", None)
-    return subprocess.run(
-        [sys.executable, "-m", "replicator.runtime.healthcheck"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**environment, **env},
-    )
+from tests.support.healthcheck import healthcheck
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from replicator.runtime.kcl.properties import templates_dir
 from tests.support import ROOT
 from tests.support.aws import client
 from tests.support.e2e import wait_until
+from tests.support.healthcheck import healthcheck
 from tests.support.metrics import health, logged_metrics_port, matching, scrape
 
 STREAMS_CLASSES = [java.STREAMS_LAUNCHER, java.STREAMS_ADAPTER, java.MULTILANG_CONFIG]
@@ -496,7 +497,7 @@ def test_sigterm_reaches_the_daemon_and_a_stop_it_answers_is_a_clean_exit(stand_
         "two processors counted as owned shards",
     )
 
-    assert healthcheck(port).returncode == 0  # the image's HEALTHCHECK
+    assert healthcheck(REPLICATOR_METRICS_PORT=str(port)).returncode == 0  # the image's HEALTHCHECK
 
     run.process.send_signal(signal.SIGTERM)
     assert run.process.wait(30) == 0  # the daemon's 143 answers the SIGTERM it was sent
@@ -508,20 +509,9 @@ def test_sigterm_reaches_the_daemon_and_a_stop_it_answers_is_a_clean_exit(stand_
         "the daemon and its children to be gone",
     )
     assert not Path(record["samples_dir"]).exists()
-    probe = healthcheck(port)
+    probe = healthcheck(REPLICATOR_METRICS_PORT=str(port))
     assert probe.returncode == 1
     assert "unreachable" in probe.stderr
-
-
-def healthcheck(port: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "replicator.runtime.healthcheck"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "REPLICATOR_METRICS_PORT": str(port)},
-    )
 
 
 def test_a_daemon_that_fails_is_reported_and_its_leftover_children_are_killed(

@@ -1,0 +1,25 @@
+"""Running the image's health probe, ``python -m replicator.runtime.healthcheck``, as the
+container's HEALTHCHECK does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.support import ROOT
+
+
+def healthcheck(**env: str) -> subprocess.CompletedProcess[str]:
+    """The probe's run with ``env`` on top of this environment (REPLICATOR_METRICS_HOST
+    only when given: a probe of 127.0.0.1 by default)."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    environment.pop("REPLICATOR_METRICS_HOST", None)
+    return subprocess.run(
+        [sys.executable, "-m", "replicator.runtime.healthcheck"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**environment, **env},
+    )
