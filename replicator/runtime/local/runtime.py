@@ -245,13 +245,13 @@ class LocalRuntime:
 
     def _start(self, lease: Lease) -> None:
         expired = self._expired.pop(lease.shard_id, None)
-        if lease.owner not in (None, self.worker_id) and expired != (lease.owner, lease.counter):
-            raise LeaseHeld(
-                f"shard {lease.shard_id} of task {self.resolved.task_name} is held by worker "
-                f"{lease.owner}; the local runtime runs one worker per task name (use runtime: "
-                "kcl to share shards between hosts)"
-            )
         if lease.owner not in (None, self.worker_id):
+            if expired != (lease.owner, lease.counter):
+                raise LeaseHeld(
+                    f"shard {lease.shard_id} of task {self.resolved.task_name} is held by "
+                    f"worker {lease.owner}; the local runtime runs one worker per task name "
+                    "(use runtime: kcl to share shards between hosts)"
+                )
             log.warning(
                 "taking over an expired lease",
                 shard=lease.shard_id,
