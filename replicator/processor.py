@@ -150,6 +150,12 @@ class ReplicationProcessor:
     @_fail_fast
     def shard_ended(self, shard_ended_input: Any) -> None:
         intake = self._require_intake()
+        if self._lease_lost:
+            # The KCL puts a lost lease before a shard's end: the checkpoint at SHARD_END
+            # is no longer ours to write (it would be refused), and the writes abandon()
+            # cancelled never settle, so a flush would wait for ever. Answer at once.
+            log.warning("shard ended after the lease was lost; not checkpointing")
+            return
         intake.pipeline.flush()
         # Before the checkpoint: once it is written the shard is never read again.
         intake.pipeline.end_watermark()

@@ -17,6 +17,7 @@ import pytest
 from tests.support.aws import client, create_table
 from tests.support.e2e import PATIENCE
 from tests.support.records import daemon_record, put, remove, stream_record
+from tests.support.silent import SilentEndpoint
 
 REGION = "eu-west-1"
 
@@ -253,6 +254,85 @@ def test_checkpoint_refused_as_shutdown_means_lease_gone(job: dict[str, Any]) ->
     daemon.records([])
     assert len(daemon.checkpoints) == count  # no checkpoint after the lease is gone
     assert daemon.finish() == 0
+
+
+def test_shard_ended_after_lease_lost_asks_for_no_checkpoint(job: dict[str, Any]) -> None:
+    """The KCL puts a lost lease before a shard's end: the end is then another worker's to
+    checkpoint."""
+    daemon = RawDaemon(job["config"])
+    daemon.act(
+        {
+            "action": "initialize",
+            "shardId": "s",
+            "sequenceNumber": "TRIM_HORIZON",
+            "subSequenceNumber": 0,
+        }
+    )
+    daemon.records([put("a", 450, ts=1)])
+    assert daemon.act({"action": "leaseLost"}) == []
+    assert daemon.act({"action": "shardEnded"}) == []
+    assert daemon.finish() == 0
+    assert daemon.checkpoints == []
+
+
+def test_shard_ended_after_the_lease_was_lost_is_answered_at_once_without_a_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint refused as ShutdownException while a write hangs (the lease is gone and
+    abandon() cancelled the write, which never settles), then shardEnded: the child answers
+    it at once, asks for no checkpoint at SHARD_END, and ends when its input does."""
+    with SilentEndpoint() as destination:
+        config = tmp_path / "job.yaml"
+        config.write_text(
+            f"task_name: proto-test\n"
+            f"source: {{region: us-east-1, table: source-table}}\n"
+            f"destinations:\n"
+            f"  - {{region: {REGION}, table: hung, endpoint_url: '{destination.url}'}}\n"
+            f"conflict: {{policy: overwrite}}\n"
+            f"dead_letter: {{kind: file, path: '{tmp_path / 'dead.jsonl'}'}}\n"
+            f"metrics: {{enabled: false}}\n"
+        )
+        daemon = RawDaemon(config)
+        try:
+            daemon.act(
+                {
+                    "action": "initialize",
+                    "shardId": "s",
+                    "sequenceNumber": "TRIM_HORIZON",
+                    "subSequenceNumber": 0,
+                }
+            )
+            # The undecodable record is dead-lettered at once, so a checkpoint is asked for
+            # while the put after it waits on the silent destination.
+            daemon.act(
+                {
+                    "action": "processRecords",
+                    "millisBehindLatest": 0,
+                    "records": [
+                        {"action": "record", **r}
+                        for r in (daemon_record(b"not json", 800), put("x", 801, ts=1))
+                    ],
+                },
+                checkpoint_error="ShutdownException",
+            )
+            deadline = time.monotonic() + 30 * PATIENCE
+            while not daemon.checkpoints:
+                assert time.monotonic() < deadline, "no checkpoint asked for"
+                daemon.act(
+                    {"action": "processRecords", "millisBehindLatest": 0, "records": []},
+                    checkpoint_error="ShutdownException",
+                )
+            assert destination.connected.wait(30 * PATIENCE)  # the put is in flight
+            count = len(daemon.checkpoints)
+            daemon.write({"action": "shardEnded"})
+            reply = daemon.read(timeout=10)
+            assert reply == {"action": "status", "responseFor": "shardEnded"}, reply
+            assert len(daemon.checkpoints) == count
+            assert daemon.finish() == 0
+            assert any("shard ended after the lease was lost" in line for line in daemon.stderr)
+        finally:
+            if daemon.process.poll() is None:  # it hung: leave no process behind
+                daemon.process.kill()
 
 
 def test_checkpoint_invalid_state_ends_the_process_nonzero(job: dict[str, Any]) -> None:
