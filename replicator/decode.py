@@ -19,7 +19,8 @@ what a rule reads of them is decoded when it reads it, and a put forwards the by
 ``check_new_image`` and ``check_old_image`` check an image whole (without building the
 item: :meth:`~replicator.images.Image.check`), so that a malformed one is a decode error
 naming the record; the intake says which (replicator/intake.py). A put still forwards
-the record's bytes.
+the record's bytes: its new image's check also holds it to the record's Keys (each key
+attribute there, with the same value), so that a put can never lack its key.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def decode(
         if source_table is not None and change.table not in (None, source_table):
             return change
         if check_new_image and change.new is not None:
-            change.new.check(read_ahead)
+            change.new.check(read_ahead, change.key)
         if check_old_image and change.old is not None:
             change.old.check(read_ahead)
         return change

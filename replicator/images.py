@@ -20,6 +20,7 @@ which dead-letters the change as well.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Annotated, Any, Literal, TypeVar, overload
 
@@ -27,7 +28,14 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from replicator.exceptions import AttributeFormatError, MalformedImage
-from replicator.items import AttributeValue, Item, item_from_wire, value_from_wire
+from replicator.items import (
+    AttributeValue,
+    Item,
+    KeyId,
+    canonical_number,
+    item_from_wire,
+    value_from_wire,
+)
 
 _T = TypeVar("_T")
 
@@ -126,22 +134,43 @@ class Image(Mapping[str, AttributeValue]):
             self._read = None
         return item
 
-    def check(self, read_ahead: Sequence[str] = ()) -> None:
+    def check(self, read_ahead: Sequence[str] = (), key: KeyId | None = None) -> None:
         """Check the whole image as :attr:`item` would, without building the item (the
         intake checks every image as its record is read, most of them only forwarded);
         MalformedImage says which attribute is at fault.
 
         ``read_ahead``: attributes the rules will :meth:`get` (what they rank by, origin
         stamps). A string or number among them is kept from the check's decode, so that
-        reading it does not scan the image once more."""
-        if self._item is not None or self.wire is None:
+        reading it does not scan the image once more.
+
+        ``key``: the record's key (its ``Keys``); each of its attributes must be in the
+        image with the same value (MalformedImage otherwise). A put writes the image, so
+        one without its key would be refused by the destination as if the destination's
+        key schema were at fault."""
+        if self.wire is None:
+            return
+        if self._item is not None:
+            if key is not None:
+                _check_key(key, self._item)
             return
         try:
             values = _VALUES.decode(self.wire)
             _ONE_KEYS.decode(self.wire)
         except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-            self.item  # noqa: B018 (the reference check: raises naming the attribute, or passes)
+            # The reference check: raises naming the attribute, or passes (an image nested
+            # deeper than the one-key check follows).
+            item = self.item
+            if key is not None:
+                _check_key(key, item)
             return
+        if key is not None:
+            for name, kind, inner in key:
+                value = values.get(name)
+                if value is None:
+                    raise MalformedImage(_missing_key(name))
+                held = value.S if kind == "S" else value.N if kind == "N" else value.B
+                if held != inner and not _same_key_value(kind, held, inner, wire=True):
+                    raise MalformedImage(_different_key(name))
         if not read_ahead:
             return
         read = self._read
@@ -215,6 +244,41 @@ class Image(Mapping[str, AttributeValue]):
         if self._item is not None:
             return f"Image({self._item!r})"
         return f"Image(wire={bytes(self.wire or b'')!r})"
+
+
+def _check_key(key: KeyId, item: Item) -> None:
+    """That ``item`` (boto3 form) holds the key attributes of ``key`` with their values."""
+    for name, kind, inner in key:
+        value = item.get(name)
+        if value is None:
+            raise MalformedImage(_missing_key(name))
+        held = value.get(kind)
+        if held != inner and not _same_key_value(kind, held, inner, wire=False):
+            raise MalformedImage(_different_key(name))
+
+
+def _same_key_value(kind: str, held: Any, inner: object, *, wire: bool) -> bool:
+    """Whether an image's key value ``held`` (of type ``kind``, or not there at all) that
+    is not spelt as the key's canonical ``inner`` still equals it: a number spelt another
+    way ("1.0" for "1"), a binary's base64 (``wire``) that decodes to the key's bytes."""
+    if type(held) is not str:
+        return False
+    try:
+        if kind == "N":
+            return canonical_number(held) == inner
+        if kind == "B" and wire:
+            return base64.b64decode(held, validate=True) == inner
+    except ValueError:  # not a number, not base64 (binascii.Error is a ValueError)
+        return False
+    return False
+
+
+def _missing_key(name: str) -> str:
+    return f"key attribute {name} (in the record's Keys) is missing from the image"
+
+
+def _different_key(name: str) -> str:
+    return f"key attribute {name} differs between the image and the record's Keys"
 
 
 def stream_image(wire: msgspec.Raw) -> Image | None:

@@ -569,3 +569,85 @@ def test_a_ttl_remove_read_by_the_local_runtime_is_a_ttl_delete() -> None:
     # A record that reached the processor in boto3's spelling is read the same way.
     document["userIdentity"] = {"PrincipalId": "dynamodb.amazonaws.com", "Type": "Service"}
     assert decode(daemon_record(document, 300)).ttl_delete
+
+
+def _deep(value: dict[str, Any], depth: int = 12) -> dict[str, Any]:
+    """``value`` nested deeper than Image.check's one-key check follows (its fallback)."""
+    for _ in range(depth):
+        value = {"L": [{"M": {"d": value}}]}
+    return value
+
+
+KEYS = {"pk": {"S": "a"}, "sk": {"N": "1"}}
+
+IMAGE_WITHOUT_ITS_KEY = {
+    "hash key missing": ({"sk": {"N": "1"}, "v": {"S": "x"}}, "pk", "is missing"),
+    "range key missing": ({"pk": {"S": "a"}, "v": {"S": "x"}}, "sk", "is missing"),
+    "string key differs": ({"pk": {"S": "b"}, "sk": {"N": "1"}}, "pk", "differs"),
+    "number key differs": ({"pk": {"S": "a"}, "sk": {"N": "1.5"}}, "sk", "differs"),
+    "key of another type": ({"pk": {"S": "a"}, "sk": {"S": "1"}}, "sk", "differs"),
+    "range key missing, image nested deep": (
+        {"pk": {"S": "a"}, "deep": _deep({"S": "x"})},
+        "sk",
+        "is missing",
+    ),
+    "number key differs, image nested deep": (
+        {"pk": {"S": "a"}, "sk": {"N": "2"}, "deep": _deep({"S": "x"})},
+        "sk",
+        "differs",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(IMAGE_WITHOUT_ITS_KEY))
+def test_a_new_image_without_the_records_key_is_a_decode_error_naming_it(name: str) -> None:
+    """A put writes the new image: one without the record's key would be refused by the
+    destination ("Missing the key sk in the item") as if its key schema were not the
+    source's, and the worker would stop on it. It is the record that is at fault."""
+    image, attribute, verdict = IMAGE_WITHOUT_ITS_KEY[name]
+    record = daemon_record(stream_record("INSERT", KEYS, image, seq=31), 31)
+    with pytest.raises(RecordDecodeError) as caught:
+        Reader(ChangeFilter(None, "", skip_ttl_deletes=False)).read(record)
+    assert str(caught.value).startswith(f"record 31: key attribute {attribute} ")
+    assert verdict in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("keys", "image"),
+    [
+        (KEYS, {**KEYS, "v": {"S": "x"}}),
+        (KEYS, {"v": {"S": "x"}, "sk": {"N": "1.0"}, "pk": {"S": "a"}}),  # number spelt apart
+        ({"n": {"N": "1E+2"}}, {"n": {"N": "100"}}),
+        ({"pk": {"B": "AAE="}}, {"pk": {"B": "AAE="}, "v": {"B": "AQ=="}}),
+        (KEYS, {**KEYS, "deep": _deep({"S": "x"})}),
+        (
+            {"n": {"N": "1E+2"}, "b": {"B": "AAE="}},
+            {"n": {"N": "100"}, "b": {"B": "AAE="}, "deep": _deep({"N": "1"})},
+        ),
+    ],
+)
+def test_a_new_image_holding_the_records_key_passes_the_check(
+    keys: dict[str, Any], image: dict[str, Any]
+) -> None:
+    record = daemon_record(stream_record("MODIFY", keys, image, seq=32), 32)
+    change = Reader(ChangeFilter(None, "", skip_ttl_deletes=False)).decode(record)
+    assert change.new_image == item_from_wire(image)
+
+
+def test_the_key_check_holds_on_both_ways_an_image_is_checked() -> None:
+    """Image.check decodes the image in msgspec, and falls back to the reference check
+    for an image nested deeper than its one-key check follows (or malformed): the
+    record's key is checked on either way."""
+    key = key_id(item_from_wire({"pk": {"B": "AAE="}, "n": {"N": "1"}}))
+    for extra in ({}, {"deep": _deep({"S": "x"})}):
+        image = Image(json.dumps({"pk": {"B": "AAE="}, "n": {"N": "1.00"}, **extra}).encode())
+        image.check(key=key)
+        assert (image._item is not None) is bool(extra)  # the reference check ran
+        for wrong, reason in (
+            ({"n": {"N": "1"}}, "key attribute pk (in the record's Keys) is missing"),
+            ({"pk": {"B": "AAI="}, "n": {"N": "1"}}, "key attribute pk differs"),
+            ({"pk": {"S": "AAE="}, "n": {"N": "1"}}, "key attribute pk differs"),
+            ({"pk": {"B": "AAE="}, "n": {"N": "-1"}}, "key attribute n differs"),
+        ):
+            with pytest.raises(MalformedImage, match=re.escape(reason)):
+                Image(json.dumps({**wrong, **extra}).encode()).check(key=key)
