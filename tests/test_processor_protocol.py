@@ -188,6 +188,39 @@ def test_a_batch_with_bad_records_applies_the_good_and_checkpoints_past_all(
     assert daemon.finish() == 0
 
 
+def test_a_put_whose_image_lacks_its_key_is_dead_lettered_and_the_rest_flows(
+    job: dict[str, Any],
+) -> None:
+    """A (hand-made) record whose NewImage lacks the key of its Keys: the destination
+    would refuse the put as if its key schema were not the source's, and the worker
+    would stop on it again at every restart. It is the record that is at fault: it is
+    dead-lettered as undecodable, naming it, and the records after it are replicated."""
+    daemon = RawDaemon(job["config"])
+    daemon.act(
+        {
+            "action": "initialize",
+            "shardId": "s",
+            "sequenceNumber": "TRIM_HORIZON",
+            "subSequenceNumber": 0,
+        }
+    )
+    keyless = daemon_record(
+        stream_record("INSERT", {"pk": {"S": "k"}}, {"v": {"S": "x"}, "ts": {"N": "1"}}, seq=151),
+        151,
+    )
+    daemon.records([put("a", 150, ts=1), keyless, put("b", 152, ts=1)])
+    daemon.until_checkpoint("152")
+    assert set(items(job)) == {"a", "b"}
+    (letter,) = [json.loads(line) for line in job["dead"].read_text().splitlines()]
+    assert (letter["reason"], letter["destination"]) == ("undecodable", "*")
+    assert letter["record"]["sequenceNumber"] == "151"
+    assert letter["error"].startswith("record 151: key attribute pk ")
+    assert "missing" in letter["error"]
+    numeric = [int(s) for s in daemon.checkpoints]
+    assert numeric == sorted(numeric) and numeric[-1] == 152
+    assert daemon.finish() == 0
+
+
 def test_shutdown_requested_flushes_and_checkpoints(job: dict[str, Any]) -> None:
     daemon = RawDaemon(job["config"])
     daemon.act(
