@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from replicator.cli import cli
 from replicator.demo import tables
 from tests.support.aws import client
 from tests.support.faults.proxy import FaultProxy
@@ -67,13 +70,28 @@ def _run_cli(
     )
 
 
-def _check_case(case: Case, config: Path, commands: tuple[str, ...]) -> list[str]:
-    """Run the case; the problems found (empty when it fails as it should) and a report line."""
+# The cases' commands are independent processes (each with its own job file and
+# environment), so they run a few at a time: each case still runs the real command and is
+# checked on its own output, and the cases are reported in order.
+_AT_ONCE = 4
+
+
+def _run_all(
+    runs: list[tuple[str, Path, dict[str, str | None]]],
+) -> list[subprocess.CompletedProcess[str]]:
+    with ThreadPoolExecutor(_AT_ONCE) as pool:
+        return list(pool.map(lambda run: _run_cli(*run), runs))
+
+
+def _check_case(
+    case: Case, config: Path, results: dict[str, subprocess.CompletedProcess[str]]
+) -> list[str]:
+    """The problems found in the case's results (empty when it failed as it should); prints
+    a report line."""
     problems: list[str] = []
     codes = []
     message = ""
-    for command in commands:
-        result = _run_cli(command, config, case.env)
+    for command, result in results.items():
         codes.append(f"{command} exit {result.returncode}")
         lines = result.stderr.splitlines()
         errors = [line for line in lines if line.startswith("replicator: ")]
@@ -130,12 +148,24 @@ def test_bad_job_files_give_one_clear_error_and_exit_2(tmp_path: Path) -> None:
         Case("no job file", None, "job file not found", 2),
     ]
     print("\n[reliability] 5a. bad job files (replicator validate and run)")
-    problems: list[str] = []
-    for index, case in enumerate(cases):
-        config = tmp_path / f"job-{index}.yaml"
+    commands = ("validate", "run")
+    configs = [tmp_path / f"job-{index}.yaml" for index in range(len(cases))]
+    for case, config in zip(cases, configs, strict=True):
         if case.text is not None:
             config.write_text(case.text)
-        problems += _check_case(case, config, ("validate", "run"))
+    results = iter(
+        _run_all(
+            [
+                (command, config, case.env)
+                for case, config in zip(cases, configs, strict=True)
+                for command in commands
+            ]
+        )
+    )
+    problems: list[str] = []
+    for case, config in zip(cases, configs, strict=True):
+        ran = {command: next(results) for command in commands}
+        problems += _check_case(case, config, ran)
     assert not problems, "\n".join(problems)
 
 
@@ -237,13 +267,19 @@ def test_a_bad_environment_gives_one_clear_error_and_exit_3(
         ),
     ]
     print("\n[reliability] 5b. a bad environment (replicator run; validate reads only the file)")
-    problems: list[str] = []
-    for index, case in enumerate(cases):
-        config = tmp_path / f"job-{index}.yaml"
+    configs = [tmp_path / f"job-{index}.yaml" for index in range(len(cases))]
+    for case, config in zip(cases, configs, strict=True):
         assert case.text is not None
         config.write_text(case.text)
-        problems += _check_case(case, config, ("run",))
-        validated = _run_cli("validate", config, case.env)
-        if validated.returncode != 0:
-            problems.append(f"{case.name}: validate exited {validated.returncode}")
+    runs = _run_all(
+        [("run", config, case.env) for case, config in zip(cases, configs, strict=True)]
+    )
+    problems: list[str] = []
+    for case, config, ran in zip(cases, configs, runs, strict=True):
+        problems += _check_case(case, config, {"run": ran})
+        # validate reads the file only, whatever the environment: its exit code is asked
+        # of the command in this process (5a runs validate as a process of its own).
+        validated = CliRunner().invoke(cli, ["validate", "--config", str(config)], env=case.env)
+        if validated.exit_code != 0:
+            problems.append(f"{case.name}: validate exited {validated.exit_code}")
     assert not problems, "\n".join(problems)

@@ -131,14 +131,22 @@ class Job:
         except self.source.exceptions.ResourceNotFoundException:
             return []
 
-    def last_stream_sequence(self) -> str:
+    def last_stream_sequence(self, after: str = "") -> str:
+        """The sequence number of the last record in the source's stream (its first shard),
+        read on from the record ``after`` when given (a sequence number the stream holds,
+        such as a checkpoint: the last one if nothing follows it), else from the start."""
         streams = client("dynamodbstreams", self.source_region, self.endpoint)
         arn = self.source.describe_table(TableName=self.source_table)["Table"]["LatestStreamArn"]
         shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]
-        iterator = streams.get_shard_iterator(
-            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        last = ""
+        position = (
+            {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": after}
+            if after
+            else {"ShardIteratorType": "TRIM_HORIZON"}
+        )
+        iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"], **position)[
+            "ShardIterator"
+        ]
+        last = after
         while True:
             page = streams.get_records(ShardIterator=iterator, Limit=1000)
             if not page["Records"]:

@@ -42,10 +42,17 @@ def configure(job: Job, *, policy: str | None = None, initial_position: str | No
 
 
 def populate(job: Job, count: int, seed: int = 1) -> None:
+    """``count`` demo items (each key once) in the source, written 25 to a request."""
     rng = random.Random(seed)
-    for index in range(count):
-        pk, sk = f"customer-{index % 40:03d}", index // 40
-        job.source.put_item(TableName=job.source_table, Item=demo_item(rng, pk, sk, "us-east-1"))
+    items = [
+        demo_item(rng, f"customer-{index % 40:03d}", index // 40, "us-east-1")
+        for index in range(count)
+    ]
+    for start in range(0, count, 25):
+        requests = [{"PutRequest": {"Item": item}} for item in items[start : start + 25]]
+        unprocessed = {job.source_table: requests}
+        while unprocessed:
+            unprocessed = job.source.batch_write_item(RequestItems=unprocessed)["UnprocessedItems"]
 
 
 def cli(job: Job, command: str, *args: str) -> subprocess.CompletedProcess[str]:
