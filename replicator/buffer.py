@@ -13,14 +13,21 @@ tested directly:
 * **One write per key at a time, per destination.** A change whose key is being written
   waits until that write finishes, so writes to one item never overlap and arrive in order.
 * **Safe checkpoint.** Every record has a slot in stream order. A slot is done when each
-  destination has applied (or dead-lettered) its change, or when a newer change to the
-  same key replaced it (that newer change lies later in the stream, so a restart from a
-  checkpoint past the old one still writes the new one), or when it was dropped because
-  an older queued change makes it a no-op (that older change's slot comes first and is
-  still open). A destination that already holds a newer state of the item (active-active:
-  the destination an echo came from) counts as done for it; the others still write it.
-  ``checkpointable`` is the sequence number of the last slot of the longest
-  done prefix: nothing at or before it is unapplied.
+  destination has applied (or dead-lettered) its change. A change squashed away (replaced
+  by a newer change, or dropped behind an older one) is done at a destination when the
+  write that stands for it lands there: applied, unchanged or lost under the rule. When
+  that write is dead-lettered instead, the squashed changes are written there after all,
+  one by one in stream order, each applied or dead-lettered on its own: so a destination
+  that refuses the newest change of an item ends as if every record had been applied in
+  turn (it keeps the last state it accepts), and no record is passed that is neither
+  applied nor dead-lettered. A destination that already holds a newer state of the item
+  (active-active: the destination an echo came from) counts as done for it; the others
+  still write it. ``checkpointable`` is the sequence number of the last slot of the
+  longest done prefix: nothing at or before it is unapplied.
+* **Backpressure** counts the changes still to be written (``open_changes``), not the
+  ones squashed away that wait only for the write standing for them: an item whose
+  changes keep replacing each other at a slow destination does not fill the buffer; the
+  records it holds for the checkpoint order are bounded apart (``tracked_records``).
 """
 
 from __future__ import annotations
@@ -64,6 +71,8 @@ class Slot:
 
     sequence_number: str
     remaining: int
+    # Squashed away: open only until the write standing for it lands (not backpressure).
+    held: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -82,6 +91,12 @@ class Entry:
     stale_since: dict[str, int] | None = None
     # Left behind by ``abandon``: a write still in flight that is no longer owed.
     forgotten: bool = False
+    # Per destination, the squashed-away changes whose outcome there is this entry's
+    # write: settled with it when it lands, written themselves when it is dead-lettered.
+    stand_for: dict[str, list[Entry]] | None = None
+    # Dead-lettered at some destination: no later change is squashed into it, since
+    # it does not stand for anything there.
+    failed: bool = False
 
     def stale_since_us(self, destination: str) -> int:
         """Creation time of the earliest change whose state ``destination`` still lacks
@@ -100,6 +115,7 @@ class ChangeBuffer:
         self._squash = order
         self._order: deque[Slot] = deque()
         self._open_slots = 0
+        self._held_slots = 0  # open slots of squashed-away changes (see Slot.held)
         # Per key, the changes not yet settled everywhere and not replaced, in stream order.
         self._chains: dict[KeyId, list[Entry]] = {}
         # Per destination and key, the changes not yet taken, in the order to send them.
@@ -118,19 +134,25 @@ class ChangeBuffer:
         key = change.key
         chain = self._chains.get(key)
         carried: dict[str, int] = {}
-        while chain:
+        stand_for: dict[str, list[Entry]] = {}
+        while chain and not chain[-1].failed:
             decision = self._squash.merge(chain[-1].change, change)
             if decision is Squash.REPLACE:
-                self._retire(chain.pop(), carried)
+                self._replace(chain.pop(), carried, stand_for)
             elif decision is Squash.DROP:
-                self._close(slot)
-                self.squashed += 1
+                self._drop_behind(chain[-1], change, slot, stand_for)
                 return False
             else:
                 break
         if chain is None:
             chain = self._chains[key] = []
-        entry = Entry(change, slot, pending=set(self.destinations), stale_since=carried or None)
+        entry = Entry(
+            change,
+            slot,
+            pending=set(self.destinations),
+            stale_since=carried or None,
+            stand_for=stand_for or None,
+        )
         chain.append(entry)
         for destination in self.destinations:
             queued = self._queued[destination]
@@ -170,11 +192,15 @@ class ChangeBuffer:
         while index and self._squash.newer(change, chain[index - 1].change):
             index -= 1
             entry = chain[index]
+            owed_nowhere = self._retire_at(entry, holders)
+            if everywhere and not owed_nowhere:
+                # Still in flight somewhere: that write settles it, out of the chain.
+                entry.superseded = True
+                self._hold(entry.slot)
+            if everywhere or owed_nowhere:
+                del chain[index]
             if everywhere:
-                self._retire(entry)
-                del chain[index]
-            elif self._retire_at(entry, holders):
-                del chain[index]
+                self.squashed += 1
         if not chain:
             del self._chains[change.key]
 
@@ -209,18 +235,29 @@ class ChangeBuffer:
             taken.append(entry)
         return taken
 
-    def complete(self, destination: str, entry: Entry) -> None:
-        """``entry``'s write to ``destination`` is settled (applied, lost, or dead-lettered)."""
+    def complete(self, destination: str, entry: Entry, *, failed: bool = False) -> None:
+        """``entry``'s write to ``destination`` is settled: applied, unchanged or lost under
+        the rule, or (``failed``) dead-lettered, in which case the changes squashed into it
+        there are queued to be written there themselves, ahead of anything newer."""
         key = entry.change.key
         del self._in_flight[destination][key]
-        entry.pending.discard(destination)
-        if not entry.superseded:
+        if entry.forgotten:
+            return
+        if destination in entry.pending:
+            entry.pending.discard(destination)
             self._settle(entry.slot)
-            if not entry.pending:
-                chain = self._chains[key]
-                chain.remove(entry)
-                if not chain:
-                    del self._chains[key]
+        stood_for = entry.stand_for.pop(destination, None) if entry.stand_for else None
+        if failed:
+            entry.failed = True
+            if stood_for:
+                self._queue_first(destination, key, stood_for)
+        elif stood_for:
+            self._settle_at(destination, stood_for)
+        if not entry.superseded and not entry.pending:
+            chain = self._chains[key]
+            chain.remove(entry)
+            if not chain:
+                del self._chains[key]
         if key in self._queued[destination]:
             self._ready[destination][key] = None
 
@@ -235,6 +272,7 @@ class ChangeBuffer:
         self._chains.clear()
         self._order.clear()
         self._open_slots = 0
+        self._held_slots = 0
 
     # -- progress -------------------------------------------------------------------------
 
@@ -247,8 +285,8 @@ class ChangeBuffer:
 
     @property
     def open_changes(self) -> int:
-        """Records not yet done: what backpressure counts."""
-        return self._open_slots
+        """Records not yet done, less those squashed away: what backpressure counts."""
+        return self._open_slots - self._held_slots
 
     @property
     def tracked_records(self) -> int:
@@ -295,16 +333,63 @@ class ChangeBuffer:
             self._open_slots += 1
         return slot
 
-    def _close(self, slot: Slot) -> None:
-        if slot.remaining:
-            slot.remaining = 0
-            self._open_slots -= 1
-
     def _settle(self, slot: Slot) -> None:
         if slot.remaining:
             slot.remaining -= 1
             if slot.remaining == 0:
                 self._open_slots -= 1
+                self._unhold(slot)
+
+    def _hold(self, slot: Slot) -> None:
+        """``slot``'s change is squashed away: it no longer counts for backpressure."""
+        if slot.remaining and not slot.held:
+            slot.held = True
+            self._held_slots += 1
+
+    def _unhold(self, slot: Slot) -> None:
+        if slot.held:
+            slot.held = False
+            self._held_slots -= 1
+
+    def _settle_at(self, destination: str, entries: Sequence[Entry]) -> None:
+        """The write standing for ``entries`` landed at ``destination``: they are done there."""
+        for stood in entries:
+            if destination in stood.pending:
+                stood.pending.discard(destination)
+                self._settle(stood.slot)
+
+    def _queue_first(self, destination: str, key: KeyId, entries: list[Entry]) -> None:
+        """Queue squashed-away ``entries`` at ``destination`` ahead of the item's newer
+        changes, in stream order: the write that stood for them was dead-lettered there."""
+        entries.sort(key=lambda stood: stood.change.position)
+        for stood in entries:
+            self._unhold(stood.slot)  # to be written: backpressure counts it again
+        queued = self._queued[destination]
+        queue = queued.get(key)
+        queued[key] = deque(entries) if queue is None else deque((*entries, *queue))
+        self._ready[destination][key] = None
+
+    def _drop_behind(
+        self, queued: Entry, change: Change, slot: Slot, replaced: dict[str, list[Entry]]
+    ) -> None:
+        """``change`` changes nothing after ``queued``: it is done wherever ``queued``'s
+        write lands, and written there itself if that write is dead-lettered. So are
+        the changes it ``replaced`` first (newer than ``queued``), per destination;
+        where ``queued`` is already settled they are done at once."""
+        self.squashed += 1
+        dropped = Entry(change, slot, superseded=True, pending=set(queued.pending))
+        slot.remaining = len(dropped.pending)  # a chain entry is pending somewhere
+        self._hold(slot)
+        stand_for = queued.stand_for
+        if stand_for is None:
+            stand_for = queued.stand_for = {}
+        for destination in dropped.pending:
+            stand_for.setdefault(destination, []).append(dropped)
+        for destination, entries in replaced.items():
+            if destination in queued.pending:
+                stand_for.setdefault(destination, []).extend(entries)
+            else:
+                self._settle_at(destination, entries)
 
     def _retire_at(self, entry: Entry, holders: Sequence[str]) -> bool:
         """Drop ``entry``'s queued writes to ``holders`` only, which already hold a newer
@@ -317,6 +402,10 @@ class ChangeBuffer:
         for destination in holders:
             if destination not in entry.pending:
                 continue
+            # The holder has a newer state: what ``entry`` stands for there is done too
+            # (and must not be written there should its own write there fail).
+            if entry.stand_for and (stood_for := entry.stand_for.pop(destination, None)):
+                self._settle_at(destination, stood_for)
             queued = self._queued[destination]
             queue = queued.get(key)
             if queue is None or entry not in queue:
@@ -329,26 +418,32 @@ class ChangeBuffer:
             self._settle(entry.slot)
         return not entry.pending
 
-    def _retire(self, previous: Entry, carried: dict[str, int] | None = None) -> None:
-        """``previous`` is replaced by a newer change: drop its unsent writes, close its slot.
+    def _replace(
+        self, previous: Entry, carried: dict[str, int], stand_for: dict[str, list[Entry]]
+    ) -> None:
+        """``previous`` is replaced by a newer change: drop its unsent writes.
 
-        A write of it already in flight finishes (it lands before the newer change's write
-        to that destination, which waits for it) but no longer settles anything. Where its
-        write was still queued, the time the item became stale there is noted in
-        ``carried`` (when given) for the change that replaces it.
+        Where its write was still queued, the newer change's write stands for it (and for
+        what it stood for there): added to ``stand_for``, and the time the item became
+        stale there noted in ``carried``. A write of it already in flight finishes and
+        settles it there (it lands before the newer change's write to that destination,
+        which waits for it).
         """
         previous.superseded = True
-        self._close(previous.slot)
+        self._hold(previous.slot)
         key = previous.change.key
         for destination in self.destinations:
             queued = self._queued[destination]
             queue = queued.get(key)
             if queue is not None and previous in queue:
-                if carried is not None:
-                    since = previous.stale_since_us(destination)
-                    carried[destination] = min(carried.get(destination, since), since)
+                since = previous.stale_since_us(destination)
+                carried[destination] = min(carried.get(destination, since), since)
                 queue.remove(previous)
                 if not queue:
                     del queued[key]
                     self._ready[destination].pop(key, None)
+                moved = stand_for.setdefault(destination, [])
+                if previous.stand_for:
+                    moved.extend(previous.stand_for.pop(destination, ()))
+                moved.append(previous)
         self.squashed += 1

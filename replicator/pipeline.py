@@ -581,7 +581,7 @@ class ShardPipeline:
             self.watermark.settled(label, entry.change, dead_lettered=result.failed)
         with self._cond:
             self._progress_at[label] = self._clock()
-            self.buffer.complete(label, entry)
+            self.buffer.complete(label, entry, failed=result.failed)
             self._settle_batches()
             self._wake()
         self._dispatch(label)

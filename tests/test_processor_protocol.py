@@ -221,6 +221,60 @@ def test_a_put_whose_image_lacks_its_key_is_dead_lettered_and_the_rest_flows(
     assert daemon.finish() == 0
 
 
+def test_a_squashed_change_is_written_when_the_change_standing_for_it_is_rejected(
+    job: dict[str, Any],
+) -> None:
+    """One batch, as applied one record at a time: the destination ends with the last
+    state of each item it accepts, whether the refused change replaced older ones or an
+    older one made a later change look redundant; the refused ones are dead-lettered."""
+    ddb, table = job["ddb"], job["table"]
+    ddb.delete_table(TableName=table)
+    ddb.create_table(  # an index the source does not have: its key must not be empty
+        TableName=table,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "g", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": "by-g",
+                "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "KEYS_ONLY"},
+            }
+        ],
+    )
+    ddb.put_item(TableName=table, Item={"pk": {"S": "gone"}, "ts": {"N": "1"}})
+    daemon = RawDaemon(job["config"])
+    daemon.act(
+        {"action": "initialize", "shardId": "s", "sequenceNumber": None, "subSequenceNumber": None}
+    )
+    daemon.records(
+        [
+            put("replaced", 301, ts=1, v="good"),
+            put("replaced", 302, ts=2, v="refused", g=""),  # replaces 301, then refused
+            remove("gone", 303, ts=1),
+            put("gone", 304, ts=2, g=""),  # replaces the delete, then refused
+            put("dropped", 305, ts=5, g=""),  # refused
+            put("dropped", 306, ts=3, v="good"),  # below 305: dropped behind it at first
+        ]
+    )
+    daemon.until_checkpoint("306")
+    held = items(job)
+    assert held["replaced"]["v"] == {"S": "good"}
+    assert held["dropped"]["v"] == {"S": "good"} and held["dropped"]["ts"] == {"N": "3"}
+    assert "gone" not in held
+    letters = [json.loads(line) for line in job["dead"].read_text().splitlines()]
+    assert sorted((letter["reason"], letter["record"]["sequenceNumber"]) for letter in letters) == [
+        ("rejected", "302"),
+        ("rejected", "304"),
+        ("rejected", "305"),
+    ]
+    assert daemon.act({"action": "shutdownRequested"}) == []
+    assert daemon.finish() == 0
+
+
 def test_shutdown_requested_flushes_and_checkpoints(job: dict[str, Any]) -> None:
     daemon = RawDaemon(job["config"])
     daemon.act(
