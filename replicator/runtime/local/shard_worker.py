@@ -6,7 +6,8 @@ writes that finished in the meantime), and answers the child's checkpoint reques
 updating the shard's lease. A child that dies is started again from the lease's
 checkpoint; one that keeps dying stops the runtime: more than ``restart_limit`` failures
 in ``restart_window_s``, or, for a processor stopping because a destination refuses every
-write (its last words carry exit code 3), more than ``restart_limit`` such failures in a
+write or its dead-letter target cannot store a letter (its last words carry exit code 3),
+more than ``restart_limit`` such failures in a
 row with no recovery between them, however far apart (a refusing destination takes the
 processor about two minutes of retries to give up on, so a time window would never fill).
 Recovery from such a failure is a write settled at the refusing destination, or a
