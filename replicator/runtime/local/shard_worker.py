@@ -149,6 +149,9 @@ class ShardWorker(threading.Thread):
         self.stopping = stopping
         self.progress = ShardProgress(lease.shard_id, checkpoint=lease.checkpoint)
         self.error: BaseException | None = None
+        # A processor that failed once the runtime was stopping (its shutdown, or a batch
+        # while the stop began): no restart follows, and the stop is not clean.
+        self.stop_failure: BaseException | None = None
         self.child: ProcessorChild | None = None
         self._last_delivered: str | None = None
         # While the lease's checkpoint is LATEST (nothing checkpointed yet), that position
@@ -351,6 +354,8 @@ class ShardWorker(threading.Thread):
             except ChildFailed as error:
                 child.kill()
                 if self.stopping.is_set():
+                    if not error.timed_out:
+                        self._failed_while_stopping(error)
                     return
                 now = self._monotonic()
                 failures.append(now)
@@ -529,11 +534,36 @@ class ShardWorker(threading.Thread):
         try:
             child.shutdown_requested(timeout=self.settings.shutdown_timeout_s)
         except ChildFailed as error:
-            log.warning(
-                "processor did not finish its shutdown", shard=self.shard_id, error=str(error)
-            )
+            if error.timed_out:
+                # Still flushing (the processor's own wait is 20 s): nothing failed, and
+                # nothing is checkpointed past what it had not applied.
+                log.warning(
+                    "processor did not finish its shutdown", shard=self.shard_id, error=str(error)
+                )
+            else:
+                self._failed_while_stopping(error)
         child.close(timeout=5.0)
         self._release_lease()
+
+    def _failed_while_stopping(self, error: ChildFailed) -> None:
+        """The processor failed (exited, broke the protocol) once the runtime was
+        stopping: no restart will show whether it would fail again, so the stop is not
+        clean. It ends as the same failure would without a stop: with the child's exit
+        code and reason when it gave them (3: a destination refusing writes, a
+        dead-letter target that cannot store), else as an unexpected failure."""
+        log.error(
+            "processor failed while stopping; nothing is checkpointed past what it had not applied",
+            shard=self.shard_id,
+            error=str(error),
+        )
+        if error.exit_code == EnvironmentProblem.exit_code and error.reason:
+            self.stop_failure = EnvironmentProblem(
+                f"{error.reason} (shard {self.shard_id}: the processor stopped on this while "
+                "the runtime was stopping; nothing was checkpointed past the changes it "
+                "could not write)"
+            )
+        else:
+            self.stop_failure = error
 
     def _lease_ours_at_stop(self) -> bool:
         """Whether the lease is still this worker's at a stop. A lease that cannot be read

@@ -3,11 +3,28 @@ letters while it runs: the exit code and the one line the README promises."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.e2e import PATIENCE, Job, wait_until
+from tests.support.e2e import PATIENCE, Job, stop, wait_until
+
+GATE = "REPLICATOR_TEST_GATE"
+
+
+def fail_once_let_go(incoming: Any, existing: Any) -> Any:
+    """Test resolver: says it was called, waits until the test lets it go (a file
+    ``go`` in the directory ``$REPLICATOR_TEST_GATE``), then raises, so that the change
+    is dead-lettered at a moment the test chooses."""
+    gate = Path(os.environ[GATE])
+    (gate / "entered").touch()
+    deadline = time.monotonic() + 120
+    while not (gate / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    raise RuntimeError("the resolver was let go")
 
 
 def _job(moto_endpoint: str, unique: Any, tmp_path: Path, conflict: str) -> tuple[Job, Path]:
@@ -61,5 +78,46 @@ def test_a_dead_letter_directory_replaced_by_a_file_while_running_is_exit_3_and_
         f"{letters} is not a directory"
     ), last
     assert "File exists" not in last
+    (row,) = job.lease_rows()
+    assert not row["checkpoint"]["S"].isdigit()  # never past the change it could not keep
+
+
+def test_a_processor_failing_during_a_stop_is_not_a_clean_stop(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """SIGTERM while a change is being resolved; the resolver then fails and its dead
+    letter cannot be stored: the processor exits during its shutdown. The run ends as
+    that failure does without a stop (exit 3 and its line), not "stopped cleanly"."""
+    job, letters = _job(
+        moto_endpoint,
+        unique,
+        tmp_path,
+        "conflict: {policy: custom, resolver: "
+        "'tests.runtime.local.test_local_runtime_failures:fail_once_let_go'}",
+    )
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    log = tmp_path / "run.log"
+    runtime = job.start(log=log, env={GATE: str(gate)})
+    try:
+        wait_until(lambda: "shard started" in log.read_text(), 60, "the shard to start")
+        _replace_with_a_file(letters)
+        job.source.put_item(TableName=job.source_table, Item={"pk": {"S": "a"}, "sk": {"N": "1"}})
+        wait_until((gate / "entered").exists, 60, "the resolver to be called")
+        runtime.send_signal(signal.SIGTERM)
+        wait_until(lambda: "stop requested" in log.read_text(), 30, "the stop to begin")
+        (gate / "go").touch()
+        status = runtime.wait(120 * PATIENCE)
+    finally:
+        if runtime.poll() is None:
+            stop(runtime)
+    output = log.read_text()
+    last = output.splitlines()[-1]
+    assert status == 3, last
+    assert "stopped cleanly" not in output
+    assert last.startswith(
+        f"replicator: cannot append to dead-letter file {job.dead_letters}: "
+        f"{letters} is not a directory"
+    ), last
     (row,) = job.lease_rows()
     assert not row["checkpoint"]["S"].isdigit()  # never past the change it could not keep
