@@ -13,6 +13,7 @@ torn line is unreadable, not the whole line that follows it as well.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import tempfile
@@ -64,7 +65,7 @@ def append_line(path: Path, line: str | bytes) -> None:
     ``line`` may be bytes, so that a line read back that is not UTF-8 can be kept as it
     was, byte for byte."""
     data = line.encode("utf-8") if isinstance(line, str) else line
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_directory(path)
     with locked_file(path, create=True) as file:
         assert file is not None
         descriptor = file.fileno()
@@ -76,6 +77,22 @@ def append_line(path: Path, line: str | bytes) -> None:
         os.fsync(file.fileno())
         if created:
             fsync_directory(path.parent)
+
+
+def _make_directory(path: Path) -> None:
+    """Create ``path``'s directory if missing. A file where a directory should be (the
+    directory replaced by a file while running) is reported as such: ``mkdir`` alone
+    would say "File exists", which names neither the file nor the trouble."""
+    directory = path.parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        blocking = next((p for p in (directory, *directory.parents) if p.exists()), None)
+        if blocking is None or blocking.is_dir():
+            raise
+        raise NotADirectoryError(
+            errno.ENOTDIR, f"{blocking} is not a directory", str(path)
+        ) from None
 
 
 @contextmanager

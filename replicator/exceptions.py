@@ -167,14 +167,21 @@ class StatusTableSilent(ReplicatorError):
 class ChildFailed(ReplicatorError):
     """A processor child exited, closed its output, broke the protocol, or did not answer
     in time. ``reason``: what the child said before it exited; ``exit_code``: the CLI's
-    code for that reason, when the child gave one."""
+    code for that reason, when the child gave one; ``timed_out``: it did not answer in
+    time (rather than failing)."""
 
     def __init__(
-        self, message: str, *, reason: str | None = None, exit_code: int | None = None
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        exit_code: int | None = None,
+        timed_out: bool = False,
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.exit_code = exit_code
+        self.timed_out = timed_out
 
 
 class ChildKeepsFailing(ReplicatorError):

@@ -32,7 +32,13 @@ import structlog
 
 from replicator import lastwords, logs
 from replicator.checkpoint import Checkpoints
-from replicator.exceptions import DaemonGone, DestinationRefused, EnvironmentProblem, LeaseLost
+from replicator.exceptions import (
+    DaemonGone,
+    DeadLetterUnavailable,
+    DestinationRefused,
+    EnvironmentProblem,
+    LeaseLost,
+)
 from replicator.intake import ShardIntake
 from replicator.metrics import Metrics
 from replicator.runtime.kcl.properties import PROCESSOR_FLUSH_TIMEOUT_MS
@@ -212,7 +218,11 @@ class ReplicationProcessor:
             exc_info=not isinstance(error, OSError | RuntimeError),
         )
         self._stop.set()
-        lastwords.leave(f"{action} failed: {type(error).__name__}: {error}")
+        exit_code = operator_exit_code(error)
+        if exit_code is not None:
+            lastwords.leave(str(error), exit_code)
+        else:
+            lastwords.leave(f"{action} failed: {type(error).__name__}: {error}")
         self._exit(1)
 
     def _report_loop(self) -> None:
@@ -253,13 +263,22 @@ def at_the_tip(millis_behind_latest: Any) -> bool:
         return False  # not a number: nothing shows the reader is at the tip
 
 
+def operator_exit_code(error: BaseException) -> int | None:
+    """The CLI's exit code for a processor failure an operator must fix, else None.
+
+    A destination that refuses every write, and a dead-letter target that cannot store
+    a letter (its file's directory replaced by a file, permission denied, a queue
+    refused), are not as the job says: exit 3, as the same target is at start-up,
+    should the runtime give up on this processor."""
+    if isinstance(error, DestinationRefused | DeadLetterUnavailable):
+        return EnvironmentProblem.exit_code
+    return None
+
+
 def on_writer_failure(error: BaseException) -> None:
     """A writer thread hit an error no retry fixes: end the process now, checkpoint untouched."""
     log.error("stopping: a destination cannot be written", error=str(error))
-    # A destination that refuses every write is not as the job says: exit 3 in the CLI's
-    # terms, should the runtime give up on this processor.
-    exit_code = EnvironmentProblem.exit_code if isinstance(error, DestinationRefused) else None
-    lastwords.leave(str(error), exit_code)
+    lastwords.leave(str(error), operator_exit_code(error))
     _hard_exit(1)
 
 

@@ -230,8 +230,13 @@ def test_an_unwritable_file_is_reported_not_ignored(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     target = FileDeadLetters(blocker / "letters.jsonl")
-    with pytest.raises(DeadLetterUnavailable, match="cannot append"):
+    with pytest.raises(DeadLetterUnavailable, match="cannot append") as raised:
         target.put(letter(1))
+    # The cause, not mkdir's "File exists": the directory is a file.
+    assert str(raised.value) == (
+        f"cannot append to dead-letter file {blocker / 'letters.jsonl'}: "
+        f"{blocker} is not a directory"
+    )
 
 
 def test_a_shard_that_cannot_store_a_dead_letter_stops_before_the_checkpoint_passes_it(

@@ -146,7 +146,9 @@ class ProcessorChild:
                 line = self._lines.get(timeout=wait)
             except queue.Empty:
                 self.kill()
-                raise ChildFailed(f"{self.name}: no answer to {action} in time") from None
+                raise ChildFailed(
+                    f"{self.name}: no answer to {action} in time", timed_out=True
+                ) from None
             if line is _EOF:
                 code = self._require().wait()
                 raise self._failed(f"exited with status {code} during {action}")

@@ -4,7 +4,10 @@ It does for a DynamoDB stream what the MultiLangDaemon does, minus balancing lea
 between hosts: it lists the stream's shards, starts a processor child per open shard
 (parents finished before children), keeps the shards' leases in the task-named lease
 table in the KCL's schema, renews them, and stops cleanly on SIGTERM or SIGINT:
-``shutdownRequested`` to every child, final checkpoints, leases released, exit 0.
+``shutdownRequested`` to every child, final checkpoints, leases released, exit 0. A
+child that fails during that stop (rather than running out of time while it waits for
+writes in flight) makes the stop a failure: the exit code that failure would give
+without a stop.
 
 It refuses to start while another worker holds the task's leases: it watches their
 counters for the failover time, as the KCL does, and takes them over (whatever the
@@ -216,6 +219,10 @@ class LocalRuntime:
                     "shard did not stop in time; killing its processor", shard=worker.shard_id
                 )
                 worker.child.kill()
+            elif self.failure is None and worker.stop_failure is not None:
+                # A processor that failed during the stop: not a clean stop (exit 0
+                # would tell systemd or Kubernetes that all is well).
+                self.failure = worker.stop_failure
         if self._lock_file is not None:
             self._lock_file.close()
 

@@ -6,7 +6,8 @@ writes that finished in the meantime), and answers the child's checkpoint reques
 updating the shard's lease. A child that dies is started again from the lease's
 checkpoint; one that keeps dying stops the runtime: more than ``restart_limit`` failures
 in ``restart_window_s``, or, for a processor stopping because a destination refuses every
-write (its last words carry exit code 3), more than ``restart_limit`` such failures in a
+write or its dead-letter target cannot store a letter (its last words carry exit code 3),
+more than ``restart_limit`` such failures in a
 row with no recovery between them, however far apart (a refusing destination takes the
 processor about two minutes of retries to give up on, so a time window would never fill).
 Recovery from such a failure is a write settled at the refusing destination, or a
@@ -148,6 +149,9 @@ class ShardWorker(threading.Thread):
         self.stopping = stopping
         self.progress = ShardProgress(lease.shard_id, checkpoint=lease.checkpoint)
         self.error: BaseException | None = None
+        # A processor that failed once the runtime was stopping (its shutdown, or a batch
+        # while the stop began): no restart follows, and the stop is not clean.
+        self.stop_failure: BaseException | None = None
         self.child: ProcessorChild | None = None
         self._last_delivered: str | None = None
         # While the lease's checkpoint is LATEST (nothing checkpointed yet), that position
@@ -350,6 +354,8 @@ class ShardWorker(threading.Thread):
             except ChildFailed as error:
                 child.kill()
                 if self.stopping.is_set():
+                    if not error.timed_out:
+                        self._failed_while_stopping(error)
                     return
                 now = self._monotonic()
                 failures.append(now)
@@ -528,11 +534,36 @@ class ShardWorker(threading.Thread):
         try:
             child.shutdown_requested(timeout=self.settings.shutdown_timeout_s)
         except ChildFailed as error:
-            log.warning(
-                "processor did not finish its shutdown", shard=self.shard_id, error=str(error)
-            )
+            if error.timed_out:
+                # Still flushing (the processor's own wait is 20 s): nothing failed, and
+                # nothing is checkpointed past what it had not applied.
+                log.warning(
+                    "processor did not finish its shutdown", shard=self.shard_id, error=str(error)
+                )
+            else:
+                self._failed_while_stopping(error)
         child.close(timeout=5.0)
         self._release_lease()
+
+    def _failed_while_stopping(self, error: ChildFailed) -> None:
+        """The processor failed (exited, broke the protocol) once the runtime was
+        stopping: no restart will show whether it would fail again, so the stop is not
+        clean. It ends as the same failure would without a stop: with the child's exit
+        code and reason when it gave them (3: a destination refusing writes, a
+        dead-letter target that cannot store), else as an unexpected failure."""
+        log.error(
+            "processor failed while stopping; nothing is checkpointed past what it had not applied",
+            shard=self.shard_id,
+            error=str(error),
+        )
+        if error.exit_code == EnvironmentProblem.exit_code and error.reason:
+            self.stop_failure = EnvironmentProblem(
+                f"{error.reason} (shard {self.shard_id}: the processor stopped on this while "
+                "the runtime was stopping; nothing was checkpointed past the changes it "
+                "could not write)"
+            )
+        else:
+            self.stop_failure = error
 
     def _lease_ours_at_stop(self) -> bool:
         """Whether the lease is still this worker's at a stop. A lease that cannot be read

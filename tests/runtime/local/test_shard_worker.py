@@ -1025,3 +1025,58 @@ def test_a_renewal_that_fails_because_a_stop_released_the_lease_is_not_a_takeove
     runtime._renew()
     assert runtime.failure is not None and "taken by another worker" in str(runtime.failure)
     assert worker.taken
+
+
+@pytest.mark.parametrize(
+    ("outcome", "expected"),
+    [
+        ("answered", None),
+        ("timed out", None),
+        ("exited", ChildFailed),
+        ("exited saying exit 3", EnvironmentProblem),
+    ],
+)
+def test_a_processor_failing_its_shutdown_makes_the_stop_a_failure_but_running_out_of_time_does_not(
+    leases: LeaseTable, outcome: str, expected: type[BaseException] | None
+) -> None:
+    """A processor still waiting for writes to a destination that is down when its
+    shutdown time is up has failed nothing (nothing is checkpointed past them): a clean
+    stop. One that exits during its shutdown has failed, and the runtime is told so
+    (``stop_failure``), with the child's exit code when it gave one. Either way the
+    lease is given up."""
+
+    class StoppingChild(StandInChild):
+        def shutdown_requested(self, timeout: float | None = None) -> None:
+            if outcome == "timed out":
+                raise ChildFailed("child: no answer to shutdownRequested in time", timed_out=True)
+            if outcome == "exited":
+                raise ChildFailed("child: exited with status 1 during shutdownRequested")
+            if outcome == "exited saying exit 3":
+                raise ChildFailed(
+                    "child: cannot append to dead-letter file d/x.jsonl: d is not a directory "
+                    "(exited with status 1 during shutdownRequested)",
+                    reason="cannot append to dead-letter file d/x.jsonl: d is not a directory",
+                    exit_code=3,
+                )
+
+    created = leases.create("shard-1", "TRIM_HORIZON", [])
+    assert created is not None
+    lease = leases.take(created)
+    stop = threading.Event()
+    stream = ScriptedStream([{"Records": [], "NextShardIterator": "z"}], stop)
+    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL)
+    worker = ShardWorker(
+        lease, leases, stream, settings, lambda _, on_checkpoint: StoppingChild(on_checkpoint), stop
+    )
+    worker.run()
+    assert worker.error is None
+    if expected is None:
+        assert worker.stop_failure is None
+    else:
+        assert type(worker.stop_failure) is expected
+    if expected is EnvironmentProblem:
+        assert str(worker.stop_failure).startswith(
+            "cannot append to dead-letter file d/x.jsonl: d is not a directory (shard shard-1:"
+        )
+    stored = leases.get("shard-1")
+    assert stored is not None and stored.owner is None  # released

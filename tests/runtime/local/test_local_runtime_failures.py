@@ -1,0 +1,123 @@
+"""How `replicator run` (the local runtime) ends when a dead-letter target stops taking
+letters while it runs: the exit code and the one line the README promises."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.support.e2e import PATIENCE, Job, stop, wait_until
+
+GATE = "REPLICATOR_TEST_GATE"
+
+
+def fail_once_let_go(incoming: Any, existing: Any) -> Any:
+    """Test resolver: says it was called, waits until the test lets it go (a file
+    ``go`` in the directory ``$REPLICATOR_TEST_GATE``), then raises, so that the change
+    is dead-lettered at a moment the test chooses."""
+    gate = Path(os.environ[GATE])
+    (gate / "entered").touch()
+    deadline = time.monotonic() + 120
+    while not (gate / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    raise RuntimeError("the resolver was let go")
+
+
+def _job(moto_endpoint: str, unique: Any, tmp_path: Path, conflict: str) -> tuple[Job, Path]:
+    """A job with one destination whose dead letters go to ``letters/<task>.jsonl``."""
+    name = unique("dlfail")
+    job = Job(moto_endpoint, name, tmp_path, destinations=[("eu-west-1", f"{name}-eu")])
+    letters = tmp_path / "letters"
+    job.dead_letters = letters / f"{name}.jsonl"
+    job.write()
+    job.path.write_text(
+        job.path.read_text().replace(
+            "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}", conflict
+        )
+    )
+    return job, letters
+
+
+def _replace_with_a_file(directory: Path) -> None:
+    shutil.rmtree(directory)
+    directory.touch()
+
+
+def test_a_dead_letter_directory_replaced_by_a_file_while_running_is_exit_3_and_one_line(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """The processor cannot store the letter and stops; it is restarted as documented
+    and fails the same way each time; the runtime then ends as the same target does at
+    start-up: exit 3, and a last line naming the file and the cause."""
+    job, letters = _job(
+        moto_endpoint, unique, tmp_path, "conflict: {policy: version, version_attribute: ver}"
+    )
+    log = tmp_path / "run.log"
+    runtime = job.start(log=log)
+    try:
+        wait_until(lambda: "shard started" in log.read_text(), 60, "the shard to start")
+        _replace_with_a_file(letters)
+        job.source.put_item(  # a string version: dead-lettered
+            TableName=job.source_table,
+            Item={"pk": {"S": "a"}, "sk": {"N": "1"}, "ver": {"S": "one"}},
+        )
+        status = runtime.wait(180 * PATIENCE)
+    finally:
+        if runtime.poll() is None:
+            runtime.kill()
+    output = log.read_text()
+    assert "restarting from the checkpoint" in output  # the restart policy still holds
+    last = output.splitlines()[-1]
+    assert status == 3, last
+    assert last.startswith(
+        f"replicator: cannot append to dead-letter file {job.dead_letters}: "
+        f"{letters} is not a directory"
+    ), last
+    assert "File exists" not in last
+    (row,) = job.lease_rows()
+    assert not row["checkpoint"]["S"].isdigit()  # never past the change it could not keep
+
+
+def test_a_processor_failing_during_a_stop_is_not_a_clean_stop(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """SIGTERM while a change is being resolved; the resolver then fails and its dead
+    letter cannot be stored: the processor exits during its shutdown. The run ends as
+    that failure does without a stop (exit 3 and its line), not "stopped cleanly"."""
+    job, letters = _job(
+        moto_endpoint,
+        unique,
+        tmp_path,
+        "conflict: {policy: custom, resolver: "
+        "'tests.runtime.local.test_local_runtime_failures:fail_once_let_go'}",
+    )
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    log = tmp_path / "run.log"
+    runtime = job.start(log=log, env={GATE: str(gate)})
+    try:
+        wait_until(lambda: "shard started" in log.read_text(), 60, "the shard to start")
+        _replace_with_a_file(letters)
+        job.source.put_item(TableName=job.source_table, Item={"pk": {"S": "a"}, "sk": {"N": "1"}})
+        wait_until((gate / "entered").exists, 60, "the resolver to be called")
+        runtime.send_signal(signal.SIGTERM)
+        wait_until(lambda: "stop requested" in log.read_text(), 30, "the stop to begin")
+        (gate / "go").touch()
+        status = runtime.wait(120 * PATIENCE)
+    finally:
+        if runtime.poll() is None:
+            stop(runtime)
+    output = log.read_text()
+    last = output.splitlines()[-1]
+    assert status == 3, last
+    assert "stopped cleanly" not in output
+    assert last.startswith(
+        f"replicator: cannot append to dead-letter file {job.dead_letters}: "
+        f"{letters} is not a directory"
+    ), last
+    (row,) = job.lease_rows()
+    assert not row["checkpoint"]["S"].isdigit()  # never past the change it could not keep
