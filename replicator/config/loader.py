@@ -170,6 +170,30 @@ def _is_tag(part: int | str) -> bool:
     return isinstance(part, str) and ("[" in part or part.startswith("function-"))
 
 
+def _top_keys(problems: list[_Problem]) -> set[str]:
+    return {str(problem.path[0]) for problem in problems if problem.path}
+
+
+# What stands in for an invalid required key while the cross-field checks that read
+# none of the invalid keys run (those that read it are skipped: it is never judged).
+_STAND_INS: dict[str, Any] = {
+    "source": {"region": "us-east-1", "table": "stand-in"},
+    "destinations": [{"region": "us-west-2", "table": "stand-in"}],
+}
+
+
+def _without(value: Mapping[str, Any], invalid: set[str]) -> JobConfig | None:
+    """The job with its invalid top-level keys at their defaults (or stand-ins), for the
+    cross-field checks that read none of them."""
+    valid = {key: item for key, item in value.items() if key not in invalid}
+    try:
+        return JobConfig.model_validate(
+            {**{key: _STAND_INS[key] for key in invalid if key in _STAND_INS}, **valid}
+        )
+    except ValidationError:
+        return None
+
+
 def load_job(path: str | os.PathLike[str]) -> ResolvedJob:
     """Load, expand and validate a job file, or raise ConfigError listing every problem."""
     file = Path(path)
@@ -203,11 +227,17 @@ def parse_job(source: str, file: Path) -> ResolvedJob:
         try:
             job = JobConfig.model_validate(document.value)
         except ValidationError as error:
-            problems.extend(p for p in _pydantic_problems(error) if p.path not in unexpanded)
+            field_problems = _pydantic_problems(error)
+            problems.extend(p for p in field_problems if p.path not in unexpanded)
+            invalid = _top_keys([*document.problems, *field_problems])
+            checked = _without(document.value, invalid)
         else:
+            invalid = _top_keys(document.problems)
+            checked = job
+        if checked is not None:
             problems.extend(
                 _Problem(path, message)
-                for path, message in cross_checks(job)
+                for path, message in cross_checks(checked, invalid)
                 if path not in unexpanded
             )
     if problems or job is None:
