@@ -111,6 +111,7 @@ def _trimmed_data(resolved: ResolvedJob) -> str:
 
 
 def describe(resolved: ResolvedJob) -> str:
+    from replicator.config.model import DeadLetterKind
     from replicator.conflictlog.targets import describe_target
     from replicator.metrics.server import address as metrics_address
 
@@ -146,7 +147,11 @@ def describe(resolved: ResolvedJob) -> str:
         + (f"skip puts whose {origin} is not {job.origin_value!r}" if origin else "off"),
         f"ttl deletes: {job.ttl_deletes.value}",
         f"dead letters: {job.dead_letter.kind.value} "
-        + (job.dead_letter.queue_url or job.dead_letter.path.format(task_name=resolved.task_name)),
+        + (
+            str(job.dead_letter.queue_url)
+            if job.dead_letter.kind is DeadLetterKind.SQS
+            else str(resolved.dead_letter_path())
+        ),
         f"conflict log: {describe_target(resolved)}",
         "active-active: " + _active_active(resolved),
         "trimmed data: " + _trimmed_data(resolved),

@@ -21,7 +21,31 @@ from replicator.config.model import JobConfig, ResolvedJob, cross_checks
 from replicator.config.task_name import default_task_name
 from replicator.exceptions import ConfigError
 
-_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# ``$$``, ``${VAR}`` and ``${VAR:-default}`` (a default of text without ``$ { }``); any
+# other ``${...}`` or ``$NAME`` is a malformed reference (``${A-x}``, ``${ A }``,
+# ``${A:-${B}}``), refused rather than kept as literal text.
+_VARIABLE = re.compile(
+    r"\$\$"
+    r"|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^${}]*))?\}"
+    r"|(?P<malformed>\$\{[^}]*\}?|\$[A-Za-z_][A-Za-z0-9_]*)"
+)
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+
+
+class _JobLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but only YAML 1.2's core booleans (``true``, ``True``,
+    ``TRUE`` and the same of ``false``) are booleans: YAML 1.1's ``yes``, ``no``, ``on``,
+    ``off`` and ``y``/``n`` stay text, so that a switch refuses them (as it refuses the
+    same words from a ``${VAR}``) and a table or name ``no`` is not read as false."""
+
+
+_JobLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_JobLoader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 KeyPath = tuple[str | int, ...]
 
@@ -52,7 +76,7 @@ class _Document:
         self.problems: list[_Problem] = []
         self._constructor = yaml.constructor.SafeConstructor()
         try:
-            node = yaml.compose(source, Loader=yaml.SafeLoader)
+            node = yaml.compose(source, Loader=_JobLoader)
         except yaml.MarkedYAMLError as error:
             mark = error.problem_mark or error.context_mark
             where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
@@ -89,7 +113,18 @@ class _Document:
         def replace(match: re.Match[str]) -> str:
             if match.group(0) == "$$":
                 return "$"
-            name, default = match.group(1), match.group(2)
+            malformed = match.group("malformed")
+            if malformed is not None:
+                self.problems.append(
+                    _Problem(
+                        path,
+                        f"malformed variable reference {malformed!r}: write ${{VAR}} or "
+                        "${VAR:-default} (a default without $, { or }), and $$ for a "
+                        "literal $",
+                    )
+                )
+                return malformed
+            name, default = match.group("name"), match.group("default")
             value = os.environ.get(name)
             if value is None or (value == "" and default is not None):
                 if default is not None:
@@ -135,6 +170,30 @@ def _is_tag(part: int | str) -> bool:
     return isinstance(part, str) and ("[" in part or part.startswith("function-"))
 
 
+def _top_keys(problems: list[_Problem]) -> set[str]:
+    return {str(problem.path[0]) for problem in problems if problem.path}
+
+
+# What stands in for an invalid required key while the cross-field checks that read
+# none of the invalid keys run (those that read it are skipped: it is never judged).
+_STAND_INS: dict[str, Any] = {
+    "source": {"region": "us-east-1", "table": "stand-in"},
+    "destinations": [{"region": "us-west-2", "table": "stand-in"}],
+}
+
+
+def _without(value: Mapping[str, Any], invalid: set[str]) -> JobConfig | None:
+    """The job with its invalid top-level keys at their defaults (or stand-ins), for the
+    cross-field checks that read none of them."""
+    valid = {key: item for key, item in value.items() if key not in invalid}
+    try:
+        return JobConfig.model_validate(
+            {**{key: _STAND_INS[key] for key in invalid if key in _STAND_INS}, **valid}
+        )
+    except ValidationError:
+        return None
+
+
 def load_job(path: str | os.PathLike[str]) -> ResolvedJob:
     """Load, expand and validate a job file, or raise ConfigError listing every problem."""
     file = Path(path)
@@ -163,14 +222,24 @@ def parse_job(source: str, file: Path) -> ResolvedJob:
     if not isinstance(document.value, Mapping):
         problems.append(_Problem((), "expected a mapping of keys (runtime, source, ...)"))
     else:
+        # A key whose ${VAR} did not expand has already been reported once.
+        unexpanded = {problem.path for problem in document.problems}
         try:
             job = JobConfig.model_validate(document.value)
         except ValidationError as error:
-            # A key whose ${VAR} did not expand has already been reported once.
-            unexpanded = {problem.path for problem in document.problems}
-            problems.extend(p for p in _pydantic_problems(error) if p.path not in unexpanded)
+            field_problems = _pydantic_problems(error)
+            problems.extend(p for p in field_problems if p.path not in unexpanded)
+            invalid = _top_keys([*document.problems, *field_problems])
+            checked = _without(document.value, invalid)
         else:
-            problems.extend(_Problem(path, message) for path, message in cross_checks(job))
+            invalid = _top_keys(document.problems)
+            checked = job
+        if checked is not None:
+            problems.extend(
+                _Problem(path, message)
+                for path, message in cross_checks(checked, invalid)
+                if path not in unexpanded
+            )
     if problems or job is None:
         lines = []
         for problem in problems:

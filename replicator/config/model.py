@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Callable, Collection
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, Self, cast
@@ -90,7 +91,30 @@ def _not_a_switch(value: object) -> object:
     return value
 
 
+def _not_empty(value: str) -> str:
+    """An empty value (``path: ""``, or a ``${VAR:-}`` that expanded to nothing) is never
+    what an operator means: leaving the key out gives its default."""
+    if not value.strip():
+        raise ValueError(
+            f"is empty ({value!r}): give a value, or leave the key out for its default"
+        )
+    return value
+
+
+def _file_path(value: str) -> str:
+    """A file pattern: not empty, and not a directory (``dead-letters/``), which ``run``
+    would only find out when it opens it."""
+    _not_empty(value)
+    if value.endswith("/"):
+        raise ValueError(
+            f"names a directory ({value!r}): name the file, such as {value}{{task_name}}.jsonl"
+        )
+    return value
+
+
 Bool = Annotated[bool, BeforeValidator(_yes_or_no)]
+Text = Annotated[str, AfterValidator(_not_empty)]
+FilePath = Annotated[str, AfterValidator(_file_path)]
 Int = Annotated[int, BeforeValidator(_not_a_switch)]
 Float = Annotated[float, BeforeValidator(_not_a_switch)]
 
@@ -169,12 +193,12 @@ class StreamConfig(Strict):
     """Which change stream carries the source table's changes."""
 
     kind: StreamKind = StreamKind.DYNAMODB_STREAMS
-    arn: str | None = Field(
+    arn: Text | None = Field(
         default=None,
         description="DynamoDB stream ARN or Kinesis stream ARN; default: the table's latest "
         "DynamoDB stream (dynamodb-streams only).",
     )
-    name: str | None = Field(default=None, description="Kinesis stream name (kinesis only).")
+    name: Text | None = Field(default=None, description="Kinesis stream name (kinesis only).")
 
     @model_validator(mode="after")
     def _kinesis_needs_a_stream(self) -> Self:
@@ -190,7 +214,7 @@ class SourceConfig(Strict):
     table: str
     endpoint_url: str | None = None
     role_arn: str | None = None
-    external_id: str | None = None
+    external_id: Text | None = None
     stream: StreamConfig = StreamConfig()
     on_trimmed_data: OnTrimmedData = OnTrimmedData.FAIL
 
@@ -212,9 +236,9 @@ class ConflictConfig(Strict):
     """How a change and the item already at a destination are reconciled."""
 
     policy: ConflictPolicyName = ConflictPolicyName.OVERWRITE
-    timestamp_attribute: str | None = None
-    version_attribute: str | None = None
-    resolver: str | None = Field(
+    timestamp_attribute: Text | None = None
+    version_attribute: Text | None = None
+    resolver: Text | None = Field(
         default=None, description="module.path:function for the custom policy."
     )
     max_attempts: Annotated[Int, Field(ge=1, le=100)] = 10
@@ -254,12 +278,12 @@ class ConflictConfig(Strict):
 class DestinationConfig(Strict):
     region: str
     table: str
-    name: str | None = Field(
+    name: Text | None = Field(
         default=None, description="Label in metrics and logs; default '<region>/<table>'."
     )
     endpoint_url: str | None = None
     role_arn: str | None = None
-    external_id: str | None = None
+    external_id: Text | None = None
     conflict: ConflictConfig | None = Field(
         default=None, description="Overrides the job's conflict section for this destination."
     )
@@ -285,8 +309,8 @@ class DestinationConfig(Strict):
 
 
 class LoopPreventionConfig(Strict):
-    origin_attribute: str | None = None
-    origin_value: str | None = Field(
+    origin_attribute: Text | None = None
+    origin_value: Text | None = Field(
         default=None,
         description="The value the source's application stamps; default: source.region.",
     )
@@ -364,8 +388,8 @@ class DeadLetterConfig(Strict):
     """Where changes that no retry can apply are kept, so that nothing is lost."""
 
     kind: DeadLetterKind = DeadLetterKind.FILE
-    path: str = "dead-letters/{task_name}.jsonl"
-    queue_url: str | None = None
+    path: FilePath = "dead-letters/{task_name}.jsonl"
+    queue_url: Text | None = None
     region: str | None = None
     endpoint_url: str | None = None
     role_arn: str | None = None
@@ -397,13 +421,13 @@ class ConflictLogConfig(Strict):
     """
 
     kind: ConflictLogKind = ConflictLogKind.NONE
-    path: str = "conflicts/{task_name}.jsonl"
-    table: str = Field(
+    path: FilePath = "conflicts/{task_name}.jsonl"
+    table: Text = Field(
         default="{task_name}-conflicts",
         description="dynamodb: the table, created in the source region when missing.",
     )
     retention_days: Annotated[Int, Field(ge=1, le=3650)] = 30
-    queue_url: str | None = None
+    queue_url: Text | None = None
     region: str | None = None
     endpoint_url: str | None = None
     role_arn: str | None = None
@@ -468,9 +492,9 @@ class KclConfig(Strict):
     max_records: Annotated[Int, Field(ge=1, le=10_000)] = 1000
     idle_time_between_reads_ms: Annotated[Int, Field(ge=0)] = 500
     failover_time_ms: Annotated[Int, Field(ge=1000)] = 60_000
-    worker_id: str | None = None
-    java: str = "java"
-    jars_dir: str | None = Field(
+    worker_id: Text | None = None
+    java: Text = "java"
+    jars_dir: Text | None = Field(
         default=None, description="Directory of KCL jars; default $REPLICATOR_KCL_JARS."
     )
     extra_properties: dict[
@@ -704,9 +728,26 @@ class ResolvedJob(BaseModel):
         return path
 
 
-def cross_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
-    """Rules that span sections, each reported at the key path it concerns."""
-    problems: list[tuple[tuple[str | int, ...], str]] = []
+Problems = list[tuple[tuple[str | int, ...], str]]
+
+
+def cross_checks(job: JobConfig, invalid: Collection[str] = ()) -> Problems:
+    """Rules that span sections, each reported at the key path it concerns.
+
+    ``invalid`` names the top-level keys that failed their own validation (and stand at
+    their defaults in ``job``): the checks that read one of them are skipped, since they
+    would judge a default, and every other check runs, so that a bad ``metrics.port``
+    does not hide a bad ``dead_letter.path``."""
+    problems: Problems = []
+    for check, reads in _CROSS_CHECKS:
+        if reads.isdisjoint(invalid):
+            problems += check(job)
+    return problems
+
+
+def _destination_checks(job: JobConfig) -> Problems:
+    """No destination is the source, repeats another, or takes another's name."""
+    problems: Problems = []
     source = (job.source.region, job.source.table, job.source.endpoint_url)
     seen: dict[tuple[str, str, str | None], int] = {}
     labels: dict[str, int] = {}
@@ -726,11 +767,13 @@ def cross_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
                 )
             )
         labels.setdefault(destination.label, index)
-    problems += _task_pattern_checks(job)
-    problems += _runtime_checks(job)
-    problems += _stream_arn_checks(job)
+    return problems
+
+
+def _active_active_checks(job: JobConfig) -> Problems:
+    """What write-back and tombstones need of loop prevention and the policies."""
+    problems: Problems = []
     active = job.active_active
-    problems += _tombstone_table_checks(job)
     if active.write_back or active.tombstones:
         what = "write_back" if active.write_back else "tombstones"
         if not job.loop_prevention.origin_attribute:
@@ -761,35 +804,116 @@ def cross_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
                         "(drop this override, or set active_active.write_back: false)",
                     )
                 )
-    problems += _origin_attribute_checks(job)
-    if active.tombstones and active.write_back is False:
-        problems.append(
+    return problems
+
+
+def _tombstones_need_write_back(job: JobConfig) -> Problems:
+    if job.active_active.tombstones and job.active_active.write_back is False:
+        return [
             (
                 ("active_active", "tombstones"),
                 "needs write_back (a stale local put after a delete is corrected in the "
                 "source by the same machinery)",
             )
+        ]
+    return []
+
+
+def _kinesis_policy_checks(job: JobConfig) -> Problems:
+    """A kinesis stream's changes may come out of order: overwrite could keep an older image."""
+    if job.source.stream.kind is not StreamKind.KINESIS:
+        return []
+    problems: Problems = []
+    if job.conflict.policy is ConflictPolicyName.OVERWRITE:
+        problems.append(
+            (
+                ("conflict", "policy"),
+                "a kinesis stream may deliver an item's changes out of order; "
+                "use last_writer_wins or version (overwrite could keep an older image)",
+            )
         )
-    if job.runtime is RuntimeKind.KCL:
-        problems += _kcl_property_checks(job)
-    if job.source.stream.kind is StreamKind.KINESIS:
-        if job.conflict.policy is ConflictPolicyName.OVERWRITE:
+    for index, destination in enumerate(job.destinations):
+        if destination.conflict and destination.conflict.policy is ConflictPolicyName.OVERWRITE:
             problems.append(
                 (
-                    ("conflict", "policy"),
-                    "a kinesis stream may deliver an item's changes out of order; "
-                    "use last_writer_wins or version (overwrite could keep an older image)",
+                    ("destinations", index, "conflict", "policy"),
+                    "a kinesis stream needs last_writer_wins or version, not overwrite",
                 )
             )
-        for index, destination in enumerate(job.destinations):
-            if destination.conflict and destination.conflict.policy is ConflictPolicyName.OVERWRITE:
+    return problems
+
+
+# GetRecords on a DynamoDB stream takes a Limit of at most 1000 (ValidationException
+# otherwise); on a Kinesis data stream, of at most 10000.
+DYNAMODB_STREAMS_MAX_RECORDS = 1000
+
+
+def _max_records_checks(job: JobConfig) -> Problems:
+    """kcl.max_records is GetRecords' Limit in both runtimes: the local runtime's reads
+    fail on a larger one (exit 3), and the KCL launcher would silently lower it."""
+    records = job.kcl.max_records
+    if job.source.stream.kind is StreamKind.DYNAMODB_STREAMS and (
+        records > DYNAMODB_STREAMS_MAX_RECORDS
+    ):
+        return [
+            (
+                ("kcl", "max_records"),
+                f"is {records}, but a DynamoDB stream returns at most "
+                f"{DYNAMODB_STREAMS_MAX_RECORDS} records per GetRecords call and refuses a "
+                f"larger Limit; use at most {DYNAMODB_STREAMS_MAX_RECORDS} (up to 10000 is "
+                "for a kinesis source)",
+            )
+        ]
+    return []
+
+
+# The options each kind of target reads: given under another kind, an option would be
+# silently ignored (a queue_url under kind file, the dead letters going to a file).
+_DEAD_LETTER_OPTIONS: dict[str, tuple[StrEnum, ...]] = {
+    "path": (DeadLetterKind.FILE,),
+    "queue_url": (DeadLetterKind.SQS,),
+    "region": (DeadLetterKind.SQS,),
+    "endpoint_url": (DeadLetterKind.SQS,),
+    "role_arn": (DeadLetterKind.SQS,),
+}
+_RECORDING = (ConflictLogKind.FILE, ConflictLogKind.SQS, ConflictLogKind.DYNAMODB)
+_CONFLICT_LOG_OPTIONS: dict[str, tuple[StrEnum, ...]] = {
+    "path": (ConflictLogKind.FILE,),
+    "table": (ConflictLogKind.DYNAMODB,),
+    "retention_days": (ConflictLogKind.DYNAMODB,),
+    "queue_url": (ConflictLogKind.SQS,),
+    "region": (ConflictLogKind.SQS, ConflictLogKind.DYNAMODB),
+    "endpoint_url": (ConflictLogKind.SQS, ConflictLogKind.DYNAMODB),
+    "role_arn": (ConflictLogKind.SQS, ConflictLogKind.DYNAMODB),
+    "max_pending": _RECORDING,
+    "retry_for_s": _RECORDING,
+}
+
+
+def _kind_option_checks(job: JobConfig) -> Problems:
+    """Every option given in dead_letter and conflict_log is one its kind reads."""
+    problems: Problems = []
+    sections: list[tuple[str, DeadLetterConfig | ConflictLogConfig, dict[str, tuple[StrEnum, ...]]]]
+    sections = [
+        ("dead_letter", job.dead_letter, _DEAD_LETTER_OPTIONS),
+        ("conflict_log", job.conflict_log, _CONFLICT_LOG_OPTIONS),
+    ]
+    for name, section, options in sections:
+        for option, kinds in options.items():
+            if option in section.model_fields_set and section.kind not in kinds:
                 problems.append(
                     (
-                        ("destinations", index, "conflict", "policy"),
-                        "a kinesis stream needs last_writer_wins or version, not overwrite",
+                        (name, option),
+                        f"belongs to kind {' or '.join(kind.value for kind in kinds)}, but "
+                        f"{name}.kind is {section.kind.value}, which does not read it: "
+                        "remove it, or set the kind it belongs to",
                     )
                 )
     return problems
+
+
+def _kcl_checks(job: JobConfig) -> Problems:
+    return _kcl_property_checks(job) if job.runtime is RuntimeKind.KCL else []
 
 
 def _origin_attribute_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
@@ -1033,3 +1157,25 @@ def _kcl_property_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], st
             )
         )
     return problems
+
+
+# Every cross-field check, with the top-level keys it reads (a derived task name reads
+# the source and the destinations): see cross_checks.
+_TASK = frozenset({"task_name", "source", "destinations"})
+_CROSS_CHECKS: tuple[tuple[Callable[[JobConfig], Problems], frozenset[str]], ...] = (
+    (_destination_checks, frozenset({"source", "destinations"})),
+    (_task_pattern_checks, _TASK | {"dead_letter", "conflict_log"}),
+    (_runtime_checks, frozenset({"runtime", "source"})),
+    (_stream_arn_checks, frozenset({"source"})),
+    (_tombstone_table_checks, _TASK | {"active_active", "conflict_log"}),
+    (
+        _active_active_checks,
+        frozenset({"active_active", "loop_prevention", "conflict", "destinations"}),
+    ),
+    (_origin_attribute_checks, frozenset({"loop_prevention", "conflict", "destinations"})),
+    (_tombstones_need_write_back, frozenset({"active_active"})),
+    (_kcl_checks, frozenset({"runtime", "kcl", "source"})),
+    (_kinesis_policy_checks, frozenset({"source", "conflict", "destinations"})),
+    (_max_records_checks, frozenset({"source", "kcl"})),
+    (_kind_option_checks, frozenset({"dead_letter", "conflict_log"})),
+)

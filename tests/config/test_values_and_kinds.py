@@ -1,0 +1,246 @@
+"""Values a job file could hold that ``validate`` passed and ``run`` then misread or
+failed on: YAML 1.1 words as switches, malformed ``${...}`` references, empty strings,
+options of another kind, a record limit above the stream's. Each is refused by
+``validate`` (exit 2, one line naming the key)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from replicator.config import parse_job
+from replicator.exceptions import ConfigError
+from tests.config.test_config import MINIMAL, run_cli
+from tests.config.test_job_checks import _refused
+
+
+@pytest.mark.parametrize("word", ["yes", "no", "on", "off", "Yes", "ON", "y", "n"])
+def test_a_yaml_1_1_boolean_word_is_not_a_switch(tmp_path: Path, word: str) -> None:
+    """PyYAML read ``enabled: yes`` as true (YAML 1.1); the same word from a ``${VAR}``
+    was already refused. Now both are the text the switch refuses."""
+    _refused(
+        tmp_path,
+        MINIMAL + f"metrics: {{enabled: {word}}}\n",
+        "metrics.enabled",
+        f"expected true or false, got {word!r}",
+    )
+
+
+@pytest.mark.parametrize("word", ["true", "True", "TRUE", "false", "False", "FALSE"])
+def test_yaml_1_2_booleans_are_switches(word: str) -> None:
+    job = parse_job(MINIMAL + f"watermark: {{enabled: {word}}}\n", Path("job.yaml")).job
+    assert job.watermark.enabled is (word.lower() == "true")
+
+
+def test_yes_no_on_off_elsewhere_stay_text() -> None:
+    """A name or a key that happens to be one of YAML 1.1's boolean words is the word."""
+    job = parse_job(
+        "source: {region: us-east-1, table: yes}\n"
+        "destinations: [{region: eu-west-1, table: off, name: on}]\n"
+        "loop_prevention: {origin_attribute: n, origin_value: no}\n"
+        "kcl: {extra_properties: {on: y}}\n",
+        Path("job.yaml"),
+    ).job
+    assert job.source.table == "yes"
+    assert job.destinations[0].table == "off"
+    assert job.destinations[0].label == "on"
+    assert (job.loop_prevention.origin_attribute, job.loop_prevention.origin_value) == ("n", "no")
+    assert job.kcl.extra_properties == {"on": "y"}
+
+
+@pytest.mark.parametrize(
+    "reference", ["${DL_DIR-/tmp}", "${ DL_DIR }", "${DL_DIR:-${HOME}}", "${DL_DIR", "$DL_DIR"]
+)
+def test_a_malformed_variable_reference_is_refused(tmp_path: Path, reference: str) -> None:
+    """These were kept as literal text (a directory named '${DL_DIR-'), with no error."""
+    _refused(
+        tmp_path,
+        MINIMAL + f"dead_letter: {{path: '{reference}/dl.jsonl'}}\n",
+        "dead_letter.path",
+        "malformed variable reference",
+        "${VAR:-default}",
+    )
+
+
+def test_well_formed_references_and_dollars_still_expand(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DL_DIR", "/var/dl")
+    monkeypatch.delenv("DL_UNSET", raising=False)
+    job = parse_job(
+        MINIMAL + "dead_letter: {path: '${DL_DIR}/${DL_UNSET:-x}-$$1-a$1$.jsonl'}\n",
+        Path("job.yaml"),
+    ).job
+    assert job.dead_letter.path == "/var/dl/x-$1-a$1$.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("dead_letter: {path: ''}", "dead_letter.path"),
+        ("dead_letter: {path: '${DL_UNSET_FOR_TEST:-}'}", "dead_letter.path"),
+        ("conflict_log: {kind: file, path: ' '}", "conflict_log.path"),
+        ("conflict_log: {kind: dynamodb, table: ''}", "conflict_log.table"),
+        ("dead_letter: {kind: sqs, queue_url: ''}", "dead_letter.queue_url"),
+        ("loop_prevention: {origin_attribute: ''}", "loop_prevention.origin_attribute"),
+        ("kcl: {worker_id: ''}", "kcl.worker_id"),
+    ],
+)
+def test_an_empty_text_value_is_refused(tmp_path: Path, section: str, key: str) -> None:
+    """``dead_letter.path: ""`` passed validate (which showed a blank target) and run
+    then failed with 'is a directory'; an empty origin_attribute turned loop prevention
+    off without a word."""
+    _refused(tmp_path, MINIMAL + section + "\n", key, "is empty", "leave the key out")
+
+
+def test_a_file_target_ending_in_a_slash_is_refused(tmp_path: Path) -> None:
+    _refused(
+        tmp_path,
+        MINIMAL + "dead_letter: {path: 'dead-letters/'}\n",
+        "dead_letter.path",
+        "names a directory",
+        "dead-letters/{task_name}.jsonl",
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "belongs", "kind"),
+    [
+        (
+            "dead_letter: {kind: file, queue_url: 'https://sqs.x/q'}",
+            "dead_letter.queue_url",
+            "sqs",
+            "file",
+        ),
+        ("dead_letter: {queue_url: 'https://sqs.x/q'}", "dead_letter.queue_url", "sqs", "file"),
+        (
+            "dead_letter: {kind: sqs, queue_url: q, path: dl.jsonl}",
+            "dead_letter.path",
+            "file",
+            "sqs",
+        ),
+        (
+            "conflict_log: {kind: file, table: t-conflicts}",
+            "conflict_log.table",
+            "dynamodb",
+            "file",
+        ),
+        (
+            "conflict_log: {kind: dynamodb, queue_url: q}",
+            "conflict_log.queue_url",
+            "sqs",
+            "dynamodb",
+        ),
+        (
+            "conflict_log: {kind: sqs, queue_url: q, path: c.jsonl}",
+            "conflict_log.path",
+            "file",
+            "sqs",
+        ),
+        ("conflict_log: {path: c.jsonl}", "conflict_log.path", "file", "none"),
+    ],
+)
+def test_an_option_of_another_kind_is_refused(
+    tmp_path: Path, section: str, key: str, belongs: str, kind: str
+) -> None:
+    """``dead_letter: {kind: file, queue_url: ...}`` ignored the queue, and validate
+    showed the queue's URL as where the dead letters went."""
+    _refused(
+        tmp_path,
+        MINIMAL + section + "\n",
+        key,
+        f"belongs to kind {belongs}",
+        f"kind is {kind}, which does not read it",
+    )
+
+
+def test_validate_shows_the_target_of_the_kind(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("task_name: shop\n" + MINIMAL + "dead_letter: {path: 'dl/{task_name}.jsonl'}\n")
+    result = run_cli("validate", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "dead letters: file dl/shop.jsonl" in result.stdout
+    path.write_text(MINIMAL + "dead_letter: {kind: sqs, queue_url: 'https://sqs.x/q'}\n")
+    result = run_cli("validate", "--config", str(path))
+    assert "dead letters: sqs https://sqs.x/q" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_more_records_than_a_dynamodb_stream_returns_is_refused(
+    tmp_path: Path, command: str
+) -> None:
+    """GetRecords on a DynamoDB stream refuses a Limit above 1000: the local runtime
+    exited 3 with nothing replicated, and the KCL launcher silently lowered it."""
+    path = tmp_path / "job.yaml"
+    path.write_text(MINIMAL + "kcl: {max_records: 1001}\n")
+    result = run_cli(command, "--config", str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "  kcl.max_records (line" in line]
+    assert "is 1001, but a DynamoDB stream returns at most 1000 records" in line
+    assert "10000 is for a kinesis source" in line
+
+
+def test_a_kinesis_source_takes_up_to_10000_records() -> None:
+    text = (
+        "runtime: kcl\n"
+        "source: {region: us-east-1, table: aaa, stream: {kind: kinesis, name: s}}\n"
+        "destinations: [{region: eu-west-1, table: aaa}]\n"
+        "conflict: {policy: version, version_attribute: v}\n"
+    )
+    assert parse_job(text + "kcl: {max_records: 10000}\n", Path("j.yaml")).job.kcl.max_records
+    with pytest.raises(ConfigError, match=r"kcl\.max_records \(line 5\): .*10000"):
+        parse_job(text + "kcl: {max_records: 10001}\n", Path("j.yaml"))
+    assert parse_job(MINIMAL + "kcl: {max_records: 1000}\n", Path("j.yaml")).job
+
+
+@pytest.mark.parametrize(
+    ("text", "field_key", "cross_key", "says"),
+    [
+        (
+            MINIMAL + "metrics: {port: 70000}\ndead_letter: {path: 'dl/{task}.jsonl'}\n",
+            "metrics.port",
+            "dead_letter.path",
+            "may use only {task_name}",
+        ),
+        (
+            MINIMAL
+            + "active_active: {tombstone_table: tombstones}\n"
+            + f"conflict_log: {{kind: dynamodb, table: '{'t' * 250}-{{task_name}}'}}\n",
+            "active_active.tombstone_table",
+            "conflict_log.table",
+            "not a DynamoDB table name",
+        ),
+        (
+            "source: {region: us-east-1}\n"
+            "destinations: [{region: eu-west-1, table: t11}]\n"
+            "kcl: {max_records: 2000}\n"
+            "dead_letter: {kind: sqs, queue_url: q, path: dl.jsonl}\n",
+            "source.table",
+            "dead_letter.path",
+            "belongs to kind file",
+        ),
+    ],
+)
+def test_cross_field_checks_that_read_only_valid_keys_are_reported_with_the_field_errors(
+    tmp_path: Path, text: str, field_key: str, cross_key: str, says: str
+) -> None:
+    """Cross-field checks ran only once every key was valid, so a field error hid them."""
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    result = run_cli("validate", "--config", str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"  {field_key} (line" in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith(f"  {cross_key} (")]
+    assert says in line
+
+
+def test_a_cross_field_check_that_reads_an_invalid_key_waits_for_it() -> None:
+    """kcl.max_records is judged by the source's stream kind: with the source invalid, it
+    is not judged (it would be judged against a default)."""
+    with pytest.raises(ConfigError) as caught:
+        parse_job(
+            "source: {region: us-east-1}\ndestinations: [{region: eu-west-1, table: t11}]\n"
+            "kcl: {max_records: 2000}\n",
+            Path("j.yaml"),
+        )
+    assert "1 problem in the job file" in str(caught.value)
+    assert "kcl.max_records" not in str(caught.value)
