@@ -478,12 +478,22 @@ def _unreserved_property(key: str) -> str:
     return key
 
 
+# Booleans of YAML 1.1 that a job file reads as text (only true and false are booleans):
+# the KCL's Java reads anything but "true" as false, so "yes" would turn an option off.
+_TEXT_BOOLEANS = frozenset({"yes", "no", "on", "off", "y", "n"})
+
+
 def _property_text(value: object) -> object:
     """YAML's plain integers, numbers and booleans, as the KCL reads them: text."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
+    if isinstance(value, str) and value.strip().lower() in _TEXT_BOOLEANS:
+        raise ValueError(
+            f"{value!r} is not a boolean the KCL reads (it reads anything but true as "
+            "false): write true or false"
+        )
     return value
 
 

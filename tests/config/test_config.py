@@ -183,6 +183,13 @@ BROKEN = {
         "kcl.extra_properties.initialPositionInStreamExtended",
         "AT_TIMESTAMP is not supported for a DynamoDB stream",
     ),
+    "kcl-property-yes": (
+        MINIMAL
+        + "runtime: kcl\n"
+        + "kcl: {extra_properties: {callProcessRecordsEvenForEmptyRecordList: yes}}\n",
+        "kcl.extra_properties.callProcessRecordsEvenForEmptyRecordList",
+        "write true or false",
+    ),
     "active-active-destination-ranks-otherwise": (
         "source: {region: us-east-1, table: aaa}\n"
         "destinations:\n"

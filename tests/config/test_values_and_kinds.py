@@ -39,14 +39,14 @@ def test_yes_no_on_off_elsewhere_stay_text() -> None:
         "source: {region: us-east-1, table: yes}\n"
         "destinations: [{region: eu-west-1, table: off, name: on}]\n"
         "loop_prevention: {origin_attribute: n, origin_value: no}\n"
-        "kcl: {extra_properties: {on: y}}\n",
+        "kcl: {extra_properties: {on: text}}\n",
         Path("job.yaml"),
     ).job
     assert job.source.table == "yes"
     assert job.destinations[0].table == "off"
     assert job.destinations[0].label == "on"
     assert (job.loop_prevention.origin_attribute, job.loop_prevention.origin_value) == ("n", "no")
-    assert job.kcl.extra_properties == {"on": "y"}
+    assert job.kcl.extra_properties == {"on": "text"}  # a value yes/y/on is refused
 
 
 @pytest.mark.parametrize(
