@@ -186,10 +186,21 @@ class Backfill:
     def interrupt(self) -> None:
         """First call: finish the pages being copied, then stop. Second: stop writing now."""
         if self.stop.is_set():
-            for writer in self._writers.values():
-                writer.cancelled.set()
+            self._cancel_writes()
             return
         self._stop_because("interrupted")
+
+    def _fail(self) -> None:
+        """A segment failed (a destination that refuses every write, a dead-letter target
+        that is gone): the run ends with that error, so the writes in hand and those
+        queued behind them are given up at once instead of each retrying its own streak
+        of refusals. Pages whose writes did not all settle are not saved."""
+        self._stop_because("failed")
+        self._cancel_writes()
+
+    def _cancel_writes(self) -> None:
+        for writer in self._writers.values():
+            writer.cancelled.set()
 
     def _stop_because(self, reason: str) -> None:
         with self._lock:
@@ -300,7 +311,7 @@ class Backfill:
         ):
             copy.write_pool = write_pool
             futures = [scan_pool.submit(copy.run, segment) for segment in pending]
-            wait_in_steps(futures, on_error=lambda: self._stop_because("failed"))
+            wait_in_steps(futures, on_error=self._fail)
         errors = [e for e in (f.exception() for f in futures) if e is not None]
         real = [e for e in errors if not isinstance(e, WriteCancelled)]
         if real:
@@ -383,6 +394,13 @@ class _SegmentCopy:
             for change in changes
             for label, writer in writers.items()
         ]
+        # A write that fails (a destination refusing every write) fails the run at once,
+        # whichever of the page's writes it is: the rest are cancelled, not waited for.
+        wait_in_steps([future for _, _, future in futures], on_error=self.backfill._fail)
+        failures = [e for e in (f.exception() for _, _, f in futures) if e is not None]
+        if failures:
+            real = [e for e in failures if not isinstance(e, WriteCancelled)]
+            raise (real or failures)[0]
         tally = Tally(scanned=len(items))
         applied: dict[int, tuple[Change, list[str]]] = {}
         for change, label, future in futures:

@@ -56,7 +56,7 @@ from replicator.rules import OrderedRule, rule_for
 from replicator.tombstones.model import Tombstone
 from replicator.tombstones.table import TombstoneTable
 from replicator.tools.compare import differing_attributes, normalised
-from replicator.tools.futures import results_in_steps
+from replicator.tools.futures import results_in_steps, wait_in_steps
 from replicator.tools.progress import ProgressReport
 from replicator.tools.scan import ReadRate, batch_get, scan_pages
 from replicator.tools.snapshot import REPAIR, ResurrectionGuard, snapshot_writers, synthetic_change
@@ -354,6 +354,12 @@ class Verify:
                 for writer in self._writers:
                     writer.cancelled.set()
         self.stop.set()
+
+    def _cancel_writes(self) -> None:
+        with self._writers_lock:
+            self._cancelled = True
+            for writer in self._writers:
+                writer.cancelled.set()
 
     def _watch(self, writer: WriterT) -> WriterT:
         """``writer``, cancelled by a second :meth:`interrupt` (and at once if that came)."""
@@ -672,7 +678,11 @@ class Verify:
                 return None  # interrupted again: given up while it was being retried
 
         with ThreadPoolExecutor(self.options.threads, thread_name_prefix="repair") as pool:
-            done = results_in_steps([pool.submit(apply, job) for job in jobs])
+            futures = [pool.submit(apply, job) for job in jobs]
+            # A repair write that fails (a destination refusing every write) ends the
+            # command with its error: the writes in hand and queued are given up at once.
+            wait_in_steps(futures, on_error=self._cancel_writes)
+        done = [future.result() for future in futures]
         if self.stop.is_set():
             made = sum(1 for outcome in done if outcome is not None)
             raise OperatorError(

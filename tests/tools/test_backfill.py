@@ -22,7 +22,8 @@ from replicator.rules import CustomRule, Skip, rule_for
 from replicator.shards.leases import LeaseTable
 from replicator.tools.backfill import Backfill, BackfillHooks, BackfillOptions, BackfillResult
 from replicator.tools.snapshot import SnapshotRule, synthetic_change
-from tests.support.e2e import Job, stop, wait_until
+from tests.support.e2e import PATIENCE, Job, stop, wait_until
+from tests.support.faults.proxy import Fault, FaultProxy, Mode
 
 LWW = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}"
 
@@ -418,3 +419,48 @@ def test_a_resumed_runs_progress_line_gives_this_runs_rate_and_says_which_count_
         "items_per_s": 5.0,
         "applied_this_run": 50,
     }
+
+
+# A destination refuses a write this many times in a row, about a second apart, before the
+# command stops: a streak of a few seconds for each write, were they not given up at once.
+REFUSING_WRITER = (
+    "writer: {max_in_flight: 16, access_denied_limit: 5, "
+    "retry: {base_delay_ms: 1000, max_delay_ms: 1000}}"
+)
+
+
+def through_proxy(job: Job, table: str, proxy: FaultProxy) -> None:
+    """Point the job's destination ``table`` at ``proxy`` and use REFUSING_WRITER."""
+    text = job.path.read_text().replace(
+        f"table: {table}, endpoint_url: '{job.endpoint}'",
+        f"table: {table}, endpoint_url: '{proxy.url}'",
+    )
+    job.path.write_text(text.replace("writer: {max_in_flight: 16}", REFUSING_WRITER))
+
+
+def test_a_destination_that_refuses_every_write_stops_the_backfill_at_once(job: Job) -> None:
+    """The first write to reach the refusal limit ends the run (exit 3): the hundreds of
+    writes queued behind it are given up, not each retried through its own streak."""
+    populate(job, 800)
+    proxy = FaultProxy(job.endpoint).start()
+    try:
+        proxy.set(Mode(Fault.DENY, operations=frozenset({"PutItem"})))
+        through_proxy(job, f"{job.name}-ap", proxy)
+        result = subprocess.run(
+            [
+                *(sys.executable, "-m", "replicator", "backfill", "--config", str(job.path)),
+                *("--skip-handoff-check", "--page-size", "200"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60 * PATIENCE,
+            check=False,
+        )
+    finally:
+        proxy.stop()
+    assert result.returncode == 3, result.stdout + result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("replicator:")]
+    assert f"{job.name}-ap) refused 5 writes in a row" in line, line
+    assert "progress is saved" in line
+    # a few seconds for the streak; 800 streaks 8 at a time would take minutes
+    assert proxy.counts("PutItem")["denied"] < 100, proxy.counts("PutItem")

@@ -23,7 +23,7 @@ from replicator.tombstones.setup import prepare as prepare_tombstones
 from replicator.tombstones.table import TombstoneTable
 from replicator.tools.compare import compare
 from replicator.tools.verify import Verify, VerifyHooks, VerifyOptions, VerifyReport
-from tests.support.e2e import Job, wait_until
+from tests.support.e2e import PATIENCE, Job, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
 
 LWW = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}"
@@ -530,3 +530,41 @@ def test_a_large_tables_sample_reads_whole_segments_drawn_at_random_and_says_so(
     source = report.samples["source"]
     assert not source.whole_table and source.read >= 16
     assert "scan segments drawn at random" in report.text()
+
+
+def test_repair_to_a_destination_that_refuses_every_write_stops_at_once(job: Job) -> None:
+    """The first repair write to reach the refusal limit ends the command (exit 3): the
+    writes queued behind it are given up, not each retried through its own streak."""
+    replicated(job, 300, to=(0,))  # 300 items missing at the second destination
+    proxy = FaultProxy(job.endpoint).start()
+    try:
+        proxy.set(Mode(Fault.DENY, operations=frozenset({"PutItem"})))
+        text = job.path.read_text().replace(
+            f"table: {job.name}-ap, endpoint_url: '{job.endpoint}'",
+            f"table: {job.name}-ap, endpoint_url: '{proxy.url}'",
+        )
+        job.path.write_text(
+            text.replace(
+                "writer: {max_in_flight: 16}",
+                "writer: {max_in_flight: 16, access_denied_limit: 5, "
+                "retry: {base_delay_ms: 1000, max_delay_ms: 1000}}",
+            )
+        )
+        result = subprocess.run(
+            [
+                *(sys.executable, "-m", "replicator", "verify", "--config", str(job.path)),
+                *("--repair", "--recheck", "1", "--recheck-pause", "0"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60 * PATIENCE,
+            check=False,
+        )
+    finally:
+        proxy.stop()
+    assert result.returncode == 3, result.stdout + result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("replicator:")]
+    assert f"{job.name}-ap) refused 5 writes in a row" in line, line
+    assert result.stdout == ""
+    # a few seconds for the first streaks; 300 streaks 8 at a time would take minutes
+    assert proxy.counts("PutItem")["denied"] < 100, proxy.counts("PutItem")
