@@ -225,9 +225,18 @@ def snapshot_writers(resolved: ResolvedJob, metrics: Metrics) -> dict[str, Desti
 def with_snapshot_rules(writers: Mapping[str, DestinationWriter]) -> dict[str, DestinationWriter]:
     """Copies of ``writers`` (same clients) with snapshot rules."""
     return {
-        # Read images are written as they are: no write-back to the source, and no
-        # tombstone steps (verify reads the tombstones itself).
-        label: replace(writer, rule=SnapshotRule(writer.rule), tombstones=None, write_back=None)
+        # Read images are written as they are: no write-back to the source. With
+        # active_active.tombstones a put that ranks at or below the item's tombstone at the
+        # destination is undone as the stream writers undo it (and counts as kept by the
+        # policy); the tools' own deletes (of an extra item, of a copy of an item deleted
+        # meanwhile) record no tombstone.
+        label: replace(
+            writer,
+            rule=SnapshotRule(writer.rule),
+            ordering=writer.rule if isinstance(writer.rule, OrderedRule) else None,
+            records_tombstones=False,
+            write_back=None,
+        )
         for label, writer in writers.items()
     }
 

@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,14 @@ from replicator.demo import tables
 from replicator.demo.workload import Workload, demo_item
 from replicator.exceptions import EnvironmentProblem
 from replicator.items import Item
-from replicator.rules import CustomRule, Skip, rule_for
+from replicator.rules import CustomRule, OrderedRule, Skip, rule_for
 from replicator.shards.leases import LeaseTable
+from replicator.tombstones.model import tombstone_of
+from replicator.tombstones.setup import prepare as prepare_tombstones
+from replicator.tombstones.table import TombstoneTable
 from replicator.tools.backfill import Backfill, BackfillHooks, BackfillOptions, BackfillResult
 from replicator.tools.snapshot import SnapshotRule, synthetic_change
+from replicator.tools.verify import Verify, VerifyOptions
 from tests.support.e2e import PATIENCE, Job, stop, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
 
@@ -464,3 +469,54 @@ def test_a_destination_that_refuses_every_write_stops_the_backfill_at_once(job: 
     assert "progress is saved" in line
     # a few seconds for the streak; 800 streaks 8 at a time would take minutes
     assert proxy.counts("PutItem")["denied"] < 100, proxy.counts("PutItem")
+
+
+def test_with_tombstones_a_copy_ranking_at_or_below_a_delete_is_not_brought_back(
+    job: Job,
+) -> None:
+    """Active-active with tombstones: the destination deleted c1 at rank 100 (its
+    tombstone says so) and the source still holds c1 at rank 50. The backfill must not
+    bring the deleted item back (the stream writers would not): kept by the policy, and
+    verify then reports it as deleted at the destination. An image ranking above the
+    delete is copied."""
+    job.extra = (
+        "loop_prevention: {origin_attribute: origin_region}\nactive_active: {tombstones: true}\n"
+    )
+    job.write()
+    resolved = load_job(job.path)
+    prepare_tombstones(resolved)
+    rule = rule_for(resolved.job.conflict, "origin_region")
+    assert isinstance(rule, OrderedRule)
+    below = item("c1", 1, 50, origin_region="us-east-1")
+    above = item("c2", 1, 150, origin_region="us-east-1")
+    for found in (below, above):
+        job.source.put_item(TableName=job.source_table, Item=found)
+    (eu, eu_table), (ap, ap_table) = job.destination_clients()
+    for name in ("c1", "c2"):  # deleted at eu-west-1 at rank 100
+        tombstone = tombstone_of(
+            item(name, 1, 100, origin_region="eu-west-1"),
+            key(name, 1),
+            rule.fields,
+            deleted_in="eu-west-1",
+            written_by="eu-west-1",
+            deleted_at_ms=1,
+            expires_at=int(time.time()) + 3600,
+        )
+        TombstoneTable(eu, f"{eu_table}-tombstones", "eu-west-1", 3600).record(tombstone)
+
+    result = backfill(job, skip_handoff_check=True)
+
+    assert result.complete, result.summary()
+    assert (result.overall.applied, result.overall.kept) == (3, 1), result.summary()
+    assert get(eu, eu_table, "c1", 1) is None
+    assert get(eu, eu_table, "c2", 1) == above
+    assert get(ap, ap_table, "c1", 1) == below
+    report = Verify(load_job(job.path), VerifyOptions(recheck=1, recheck_pause_s=0)).run()
+    assert [(f.destination, f.kind) for f in report.findings] == [(eu_label(job), "deleted")]
+    assert not TombstoneTable(ap, f"{ap_table}-tombstones", "ap-southeast-2", 3600).get(
+        key("c1", 1)
+    )
+
+
+def eu_label(job: Job) -> str:
+    return load_job(job.path).job.destinations[0].label
