@@ -68,7 +68,7 @@ from replicator.tools.tables import (
     source_ref,
 )
 from replicator.tools.unread import MANUAL_STEP, Cleared, clear_unread
-from replicator.writers.destination import DestinationWriter, Outcome
+from replicator.writers.destination import DestinationWriter, Outcome, WriteResult
 from replicator.writers.source import SourceWriter
 
 log = structlog.get_logger(__name__)
@@ -668,12 +668,14 @@ class Verify:
             )
             jobs.append((finding, state, change, writers[finding.destination]))
 
-        def apply(job: tuple[Finding, _State, Change, DestinationWriter]) -> Outcome | None:
+        def apply(
+            job: tuple[Finding, _State, Change, DestinationWriter],
+        ) -> WriteResult | None:
             _, _, change, writer = job
             if self.stop.is_set():
                 return None  # interrupted: not started
             try:
-                return letters.write(writer, change).outcome
+                return letters.write(writer, change)
             except WriteCancelled:
                 return None  # interrupted again: given up while it was being retried
 
@@ -689,11 +691,11 @@ class Verify:
                 f"verify --repair interrupted: {made} of {len(jobs)} repair writes made, "
                 "the rest not; no report (run verify again to see what differs)"
             )
-        outcomes = [outcome for outcome in done if outcome is not None]
-        self._judge(jobs, outcomes, dead_letters)
+        results = [result for result in done if result is not None]
+        self._judge(jobs, results, dead_letters)
         applied_puts: dict[int, tuple[Change, list[str]]] = {}
-        for (finding, _, change, _), outcome in zip(jobs, outcomes, strict=True):
-            if outcome is Outcome.APPLIED and change.new_image is not None:
+        for (finding, _, change, _), result in zip(jobs, results, strict=True):
+            if result.outcome is Outcome.APPLIED and change.new_image is not None:
                 applied_puts.setdefault(id(change), (change, []))[1].append(finding.destination)
         guard = ResurrectionGuard(self.source, key_names, writers, self._rate(self.source), letters)
         guard.check(list(applied_puts.values()))
@@ -702,10 +704,11 @@ class Verify:
     def _judge(
         self,
         jobs: list[tuple[Finding, _State, Change, DestinationWriter]],
-        outcomes: list[Outcome],
+        results: list[WriteResult],
         dead_letters: DeadLetterTarget,
     ) -> None:
-        for (finding, state, change, writer), outcome in zip(jobs, outcomes, strict=True):
+        for (finding, state, change, writer), result in zip(jobs, results, strict=True):
+            outcome = result.outcome
             if outcome is Outcome.APPLIED:
                 finding.repair = "repaired"
             elif outcome is Outcome.UNCHANGED:
@@ -713,7 +716,11 @@ class Verify:
                 finding.detail = "the destination already held the source's item"
             elif outcome is Outcome.CONFLICT_LOST:
                 finding.repair = "refused"
-                finding.detail = writer.rule.explain_loss(change, state.destination_item)
+                # The writer's own reason (a resolver that kept the destination's item, a
+                # tombstone); the rule's explanation from what verify read otherwise.
+                finding.detail = result.why or writer.rule.explain_loss(
+                    change, state.destination_item
+                )
             else:
                 finding.repair = "dead_lettered"
                 finding.detail = f"stored in {dead_letters.description}"

@@ -83,6 +83,9 @@ class WriteResult:
     outcome: Outcome
     reason: str | None = None
     error: str | None = None
+    # CONFLICT_LOST: why the change lost (the rule's explanation), for reports; not
+    # compared, so that a lost conflict equals CONFLICT_LOST whatever its reason.
+    why: str | None = field(default=None, compare=False)
 
     @property
     def failed(self) -> bool:
@@ -360,7 +363,7 @@ class DestinationWriter:
             plan = first.request if first else state.request or self.rule.plan(change, existing)
             if isinstance(plan, Skip):
                 self._lost(change, Winner(item=existing), plan.reason)
-                return self._count(op, Outcome.CONFLICT_LOST)
+                return self._count(op, Outcome.CONFLICT_LOST, plan.reason)
             try:
                 response = self._send(plan) if first is None else _answer_of(first)
             except ClientError as error:
@@ -376,8 +379,9 @@ class DestinationWriter:
                 if created or attempt > 0 or state.reconsidered:
                     undone = self.undo_if_deleted(change.keys, change.new_image)
                     if undone is not None:
-                        self._lost(change, Winner(tombstone=undone), self._tombstone_won(undone))
-                        return self._count(op, Outcome.CONFLICT_LOST)
+                        why = self._tombstone_won(undone)
+                        self._lost(change, Winner(tombstone=undone), why)
+                        return self._count(op, Outcome.CONFLICT_LOST, why)
             return self._applied(change, state)
 
     def _condition_failed(
@@ -404,8 +408,9 @@ class DestinationWriter:
             if self.tombstones is not None and change.new_image is not None:
                 undone = self.undo_if_deleted(change.keys, change.new_image)
                 if undone is not None:
-                    self._lost(change, Winner(tombstone=undone), self._tombstone_won(undone))
-                    return self._count(op, Outcome.CONFLICT_LOST)
+                    why = self._tombstone_won(undone)
+                    self._lost(change, Winner(tombstone=undone), why)
+                    return self._count(op, Outcome.CONFLICT_LOST, why)
             return self._applied(change, state)
         decision = self.rule.reconsider(change, old)
         if isinstance(decision, WriteRequest):
@@ -420,8 +425,9 @@ class DestinationWriter:
             return None
         if decision is Verdict.UNCHANGED:
             return self._count(op, Outcome.UNCHANGED)
-        self._lost(change, Winner(item=old), self.rule.explain_loss(change, old))
-        return self._count(op, Outcome.CONFLICT_LOST)
+        why = self.rule.explain_loss(change, old)
+        self._lost(change, Winner(item=old), why)
+        return self._count(op, Outcome.CONFLICT_LOST, why)
 
     # -- tombstones -----------------------------------------------------------------------
 
@@ -572,10 +578,10 @@ class DestinationWriter:
             return None
         return winner.tombstone.rank_record(rule.attribute, rule.origin_attribute)
 
-    def _count(self, op: str, outcome: Outcome) -> WriteResult:
+    def _count(self, op: str, outcome: Outcome, why: str | None = None) -> WriteResult:
         if self.counted:
             self.metrics.writes.labels(self.label, op, outcome.value).inc()
-        return _SETTLED[outcome]
+        return _SETTLED[outcome] if why is None else WriteResult(outcome, why=why)
 
     def _note_success(self, count: int = 1) -> None:
         with self._lock:

@@ -4,6 +4,7 @@ sampling, repair through the conflict policy, and the exit codes."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -568,3 +569,39 @@ def test_repair_to_a_destination_that_refuses_every_write_stops_at_once(job: Job
     assert result.stdout == ""
     # a few seconds for the first streaks; 300 streaks 8 at a time would take minutes
     assert proxy.counts("PutItem")["denied"] < 100, proxy.counts("PutItem")
+
+
+def test_repair_refused_by_a_custom_resolver_gives_the_resolvers_reason(
+    job: Job, tmp_path: Path
+) -> None:
+    """The resolver keeps the destination's item: the repair is refused for that reason,
+    not because the destination's item changed since it was read (it did not)."""
+    (tmp_path / "keep_resolver.py").write_text(
+        "def decide(incoming, existing):\n    return existing is None\n"
+    )
+    job.path.write_text(
+        job.path.read_text().replace(
+            LWW, "conflict: {policy: custom, resolver: 'keep_resolver:decide'}"
+        )
+    )
+    items = replicated(job, 2)
+    (eu, eu_table), _ = job.destination_clients()
+    eu.put_item(TableName=eu_table, Item={**items[0], "v": {"S": "kept"}})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "replicator", "verify", "--config", str(job.path)),
+            *("--repair", "--recheck", "1", "--recheck-pause", "0"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("  different")]
+    assert line.endswith("-> refused: the custom resolver kept the destination's item"), line
+    assert "changed since it was read" not in result.stdout
