@@ -9,7 +9,7 @@ table as a shard lease. Rows:
   ``started_at`` and ``finished_at``;
 * ``segment = 0..n-1``: ``last_key`` (the segment's LastEvaluatedKey as wire JSON, absent
   until its first page is done), ``done``, and counters ``scanned``, ``applied``,
-  ``kept``, ``dead_lettered``, ``undone``.
+  ``kept``, ``dead_lettered``, ``undone``, ``equal``, ``left``.
 
 A segment's row is written only after every item of its pages up to ``last_key`` is
 settled at every destination, so resuming from it skips nothing. Two processes
@@ -44,6 +44,10 @@ STALE_AFTER_S = 60.0
 _HEARTBEAT_EVERY_S = 5.0
 
 
+# A segment's counters (a row written by an earlier version lacks the newer ones: 0).
+COUNTERS = ("scanned", "applied", "kept", "dead_lettered", "undone", "equal", "left")
+
+
 def state_table_name(task_name: str) -> str:
     return task_name + SUFFIX
 
@@ -58,6 +62,8 @@ class SegmentProgress:
     kept: int = 0
     dead_lettered: int = 0
     undone: int = 0
+    equal: int = 0
+    left: int = 0
 
     def to_item(self, owner: str) -> dict[str, Any]:
         item: dict[str, Any] = {
@@ -66,7 +72,7 @@ class SegmentProgress:
             "owner": {"S": owner},
             "updated_at": {"S": _now()},
         }
-        for name in ("scanned", "applied", "kept", "dead_lettered", "undone"):
+        for name in COUNTERS:
             item[name] = {"N": str(getattr(self, name))}
         if self.last_key is not None:
             item["last_key"] = {"S": json.dumps(item_to_wire(self.last_key), sort_keys=True)}
@@ -79,10 +85,7 @@ class SegmentProgress:
             segment=int(item["segment"]["N"]),
             last_key=item_from_wire(json.loads(last)) if last else None,
             done=bool(item.get("done", {}).get("BOOL", False)),
-            **{
-                name: int(item.get(name, {}).get("N", "0"))
-                for name in ("scanned", "applied", "kept", "dead_lettered", "undone")
-            },
+            **{name: int(item.get(name, {}).get("N", "0")) for name in COUNTERS},
         )
 
 

@@ -178,9 +178,21 @@ class SnapshotRule:
         return decision
 
     def explain_loss(self, change: Change, existing: Item | None) -> str:
-        if change.event is not Event.REMOVE and self._ordered(change):
+        if self.ordered(change):
+            return self.policy.explain_loss(change, existing)
+        if (
+            isinstance(self.policy, CustomRule)
+            and change.event is not Event.REMOVE
+            and same_item(existing, change.old_image)
+        ):
+            # the destination holds what was expected: the resolver declined
             return self.policy.explain_loss(change, existing)
         return self._changed(change.old_image)
+
+    def ordered(self, change: Change) -> bool:
+        """Whether the put of ``change`` is compared with the destination's item by the
+        policy's order (else it is written only over the expected item)."""
+        return change.event is not Event.REMOVE and self._ordered(change)
 
     def _ordered(self, change: Change) -> bool:
         return (

@@ -203,16 +203,16 @@ def test_skip_handoff_check_copies_without_the_guarantee(job: Job) -> None:
 
 
 @pytest.mark.parametrize(
-    ("policy", "eu_a", "eu_c", "kept"),
+    ("policy", "eu_a", "eu_c", "kept", "left"),
     [
         # overwrite only inserts: the newer A stays, and so does the stale C.
-        ("overwrite", "newer", "stale", 2),
+        ("overwrite", "newer", "stale", 0, 2),
         # last_writer_wins keeps the newer A and replaces the older C.
-        ("last_writer_wins", "newer", "source", 1),
+        ("last_writer_wins", "newer", "source", 1, 0),
     ],
 )
 def test_scanned_images_never_overwrite_newer_items(
-    job: Job, policy: str, eu_a: str, eu_c: str, kept: int
+    job: Job, policy: str, eu_a: str, eu_c: str, kept: int, left: int
 ) -> None:
     if policy == "overwrite":
         configure(job, policy="overwrite")
@@ -230,8 +230,8 @@ def test_scanned_images_never_overwrite_newer_items(
     result = backfill(job)
 
     assert result.complete
-    assert result.overall.kept == kept
-    assert result.overall.applied == 6 - kept
+    assert (result.overall.kept, result.overall.left, result.overall.equal) == (kept, left, 0)
+    assert result.overall.applied == 6 - kept - left
     assert get(eu, eu_table, "A", 1) == versions[eu_a]["A"]
     assert get(eu, eu_table, "B", 1) == versions["source"]["B"]
     assert get(eu, eu_table, "C", 1) == versions[eu_c]["C"]
@@ -520,3 +520,45 @@ def test_with_tombstones_a_copy_ranking_at_or_below_a_delete_is_not_brought_back
 
 def eu_label(job: Job) -> str:
     return load_job(job.path).job.destinations[0].label
+
+
+@pytest.mark.parametrize(
+    ("policy", "line"),
+    [
+        ("last_writer_wins", "  already equal:      60 (the destination held the same item)"),
+        ("version", "  already equal:      60 (the destination held the same item)"),
+        ("overwrite", "  left as they were:  60 (existing items that a copy does not overwrite"),
+    ],
+)
+def test_the_summary_tells_equal_items_from_kept_and_from_items_left_as_they_were(
+    job: Job, policy: str, line: str
+) -> None:
+    """A backfill onto destinations that already hold the source's items: under an
+    ordered policy they are already equal (not kept as "newer"); under overwrite they are
+    left as they were, whatever they hold, and the summary points to verify --repair."""
+    if policy == "version":
+        job.path.write_text(
+            job.path.read_text().replace(
+                LWW, "conflict: {policy: version, version_attribute: updated_at}"
+            )
+        )
+    elif policy == "overwrite":
+        configure(job, policy="overwrite")
+    populate(job, 30)
+    for ddb, table in job.destination_clients():
+        for found in tables.scan_all(job.source, job.source_table):
+            ddb.put_item(TableName=table, Item=found)
+
+    result = cli(job, "backfill", "--skip-handoff-check")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert line in result.stdout, result.stdout
+    assert "  writes applied:     0\n" in result.stdout
+    counts = {
+        text.split(":")[0].strip(): text.split(":")[1].split()[0]
+        for text in result.stdout.splitlines()[1:6]
+    }
+    ordered = policy != "overwrite"
+    assert counts["already equal"] == ("60" if ordered else "0"), result.stdout
+    assert counts["kept by the policy"] == "0", result.stdout
+    assert counts["left as they were"] == ("0" if ordered else "60"), result.stdout
