@@ -562,3 +562,24 @@ def test_the_summary_tells_equal_items_from_kept_and_from_items_left_as_they_wer
     assert counts["already equal"] == ("60" if ordered else "0"), result.stdout
     assert counts["kept by the policy"] == "0", result.stdout
     assert counts["left as they were"] == ("0" if ordered else "60"), result.stdout
+
+
+def test_a_lease_checkpoint_that_is_not_a_sequence_number_is_named_as_such(job: Job) -> None:
+    populate(job, 5)
+    stream = job.source.describe_table(TableName=job.source_table)["Table"]["LatestStreamArn"]
+    shard_id = _shard(job, stream)
+    leases = LeaseTable(job.source, job.name, owner="test")
+    leases.ensure_exists()
+    leases.create(shard_id, "LATEST", [])
+    lease = leases.get(shard_id)
+    assert lease is not None
+    leases.take(lease)
+    leases.checkpoint(lease, "49999999999999999999")  # 20 digits: too short to be one
+
+    refused = cli(job, "backfill")
+
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    (line,) = [text for text in refused.stderr.splitlines() if text.startswith("replicator:")]
+    assert f"shard {shard_id}'s checkpoint '49999999999999999999'" in line, line
+    assert f"in the lease table {job.name} is not a valid sequence number" in line, line
+    assert "cannot reach" not in line
