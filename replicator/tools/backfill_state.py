@@ -191,7 +191,11 @@ class BackfillState:
             return Plan(stored_segments, progress, resumed=True, started_at=started_at)
         total = segments or default_segments
         started_at = _now()
-        self._claim(run, total, source, destinations, started_at)
+        # The segments' progress is cleared before the new run's row is written: a crash
+        # in between leaves the stored run (its segment count, its start) with progress
+        # that is its own or cleared, which a resumed run at worst copies again. The other
+        # order would leave the new run's row beside the old run's progress: segments done
+        # under another segmentation, or by the copy --restart meant to repeat, skipped.
         for number in [n for n in rows if n >= total]:
             call(
                 self.ref.client.delete_item,
@@ -201,10 +205,11 @@ class BackfillState:
             )
         progress = [SegmentProgress(n) for n in range(total)]
         for segment in progress:
-            self.save(segment)
+            self.save(segment, heartbeat=False)
+        self._claim(run, total, source, destinations, started_at)
         return Plan(total, progress, resumed=False, started_at=started_at)
 
-    def save(self, progress: SegmentProgress) -> None:
+    def save(self, progress: SegmentProgress, *, heartbeat: bool = True) -> None:
         with self._lock:
             call(
                 self.ref.client.put_item,
@@ -213,7 +218,7 @@ class BackfillState:
                 Item=progress.to_item(self.owner),
             )
             now = time.monotonic()
-            if now - self._last_heartbeat >= _HEARTBEAT_EVERY_S:
+            if heartbeat and now - self._last_heartbeat >= _HEARTBEAT_EVERY_S:
                 self._last_heartbeat = now
                 self._update_run("SET heartbeat = :now", {":now": {"N": str(int(time.time()))}})
 

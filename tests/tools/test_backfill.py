@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -583,3 +584,69 @@ def test_a_lease_checkpoint_that_is_not_a_sequence_number_is_named_as_such(job: 
     assert f"shard {shard_id}'s checkpoint '49999999999999999999'" in line, line
     assert f"in the lease table {job.name} is not a valid sequence number" in line, line
     assert "cannot reach" not in line
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashingClient:
+    """A DynamoDB client whose writes fail from the ``after``-th on (a process that died)."""
+
+    def __init__(self, client: Any, after: int) -> None:
+        self._client = client
+        self._left = after
+
+    def __getattr__(self, name: str) -> Any:
+        operation = getattr(self._client, name)
+        if name not in ("put_item", "delete_item", "update_item"):
+            return operation
+
+        def write(**kwargs: Any) -> Any:
+            if self._left <= 0:
+                raise _Crash(name)
+            self._left -= 1
+            return operation(**kwargs)
+
+        return write
+
+
+@pytest.mark.parametrize(("before", "after"), [(4, 8), (8, 4)])
+def test_a_restart_that_crashes_part_way_never_leaves_progress_of_another_run(
+    moto_endpoint: str, unique: Any, before: int, after: int
+) -> None:
+    """``--restart`` over a finished run, killed after each of its writes in turn: the
+    next run resumes either the stored run, each segment as it left it or cleared, or
+    the new run with every segment cleared; never the new run's segment count beside the
+    old run's done segments (which would skip what those segments hold under the new
+    count)."""
+    from replicator.tools.backfill_state import BackfillState
+    from replicator.tools.tables import TableRef
+    from tests.support.aws import client
+
+    ddb = client("dynamodb", "us-east-1", moto_endpoint)
+    owner = "run"  # the same process id each time: a crashed run's heartbeat is not in the way
+    plan_args = {"source": "us-east-1/src", "destinations": ["eu-west-1/dst"]}
+    writes = 1 + after + max(0, before - after)  # the run row, the segments, the deletions
+    for crash_after in range(writes):
+        ref = TableRef("progress", "us-east-1", unique("progress"), moto_endpoint, ddb)
+        state = BackfillState(ref, owner)
+        state.ensure_exists()
+        old = state.begin(**plan_args, segments=before, default_segments=4, restart=True)
+        for segment in old.segments:
+            segment.done, segment.scanned = True, 10
+            state.save(segment)
+        crashing = BackfillState(replace(ref, client=_CrashingClient(ddb, crash_after)), owner)
+        with pytest.raises(_Crash):
+            crashing.begin(**plan_args, segments=after, default_segments=4, restart=True)
+
+        resumed = BackfillState(ref, owner).begin(
+            **plan_args, segments=None, default_segments=4, restart=False
+        )
+
+        cleared = [not (s.done or s.scanned or s.last_key) for s in resumed.segments]
+        as_left = [s.done and s.scanned == 10 for s in resumed.segments]
+        if resumed.total_segments == before:  # the stored run: its own progress, or none
+            assert all(c or o for c, o in zip(cleared, as_left, strict=True)), crash_after
+        else:  # the new run: nothing of the old one's progress
+            assert all(cleared), (crash_after, resumed)
