@@ -528,7 +528,10 @@ def eu_label(job: Job) -> str:
     [
         ("last_writer_wins", "  already equal:      60 (the destination held the same item)"),
         ("version", "  already equal:      60 (the destination held the same item)"),
-        ("overwrite", "  left as they were:  60 (existing items that a copy does not overwrite"),
+        (
+            "overwrite",
+            "  left as they were:  60 (existing items a copy does not overwrite: under overwrite",
+        ),
     ],
 )
 def test_the_summary_tells_equal_items_from_kept_and_from_items_left_as_they_were(
