@@ -37,7 +37,13 @@ from replicator.items import Item, project
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.runtime import preflight
-from replicator.tools.backfill_state import BackfillState, Plan, SegmentProgress, state_table_name
+from replicator.tools.backfill_state import (
+    COUNTERS,
+    BackfillState,
+    Plan,
+    SegmentProgress,
+    state_table_name,
+)
 from replicator.tools.futures import wait_in_steps
 from replicator.tools.handoff import Handoff, check_handoff
 from replicator.tools.progress import ProgressReport
@@ -45,6 +51,7 @@ from replicator.tools.scan import ReadRate, scan_pages
 from replicator.tools.snapshot import (
     BACKFILL,
     ResurrectionGuard,
+    SnapshotRule,
     snapshot_writers,
     synthetic_change,
     writer_tables,
@@ -80,20 +87,26 @@ class BackfillHooks:
 
 @dataclass
 class Tally:
+    """Writes per destination and item, by what became of them."""
+
     scanned: int = 0
     applied: int = 0
-    kept: int = 0
+    kept: int = 0  # the policy compared the copy with the destination's item: it ranks higher
     dead_lettered: int = 0
     undone: int = 0
+    equal: int = 0  # the destination already held this very image
+    left: int = 0  # an existing item that an insert-only copy does not overwrite
 
     def add(self, other: Tally) -> None:
-        for name in ("scanned", "applied", "kept", "dead_lettered", "undone"):
+        for name in COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def as_dict(self) -> dict[str, int]:
         return {
             "applied": self.applied,
+            "equal": self.equal,
             "kept": self.kept,
+            "left": self.left,
             "dead_lettered": self.dead_lettered,
             "undone": self.undone,
         }
@@ -117,6 +130,8 @@ class BackfillResult:
     segments_done_before: int = 0
     watermark: bool = False
     """The job publishes a watermark, whose unread spans a copy alone cannot clear."""
+    tombstones: bool = False
+    """The job keeps tombstones (active_active): a delete can rank above a copy."""
 
     @property
     def exit_code(self) -> int:
@@ -142,7 +157,12 @@ class BackfillResult:
         lines += [
             f"  items scanned:      {self.overall.scanned} ({self.this_run.scanned} this run)",
             f"  writes applied:     {self.overall.applied}",
-            f"  kept by the policy: {self.overall.kept} (the destination had a newer item)",
+            f"  already equal:      {self.overall.equal} (the destination held the same item)",
+            f"  kept by the policy: {self.overall.kept} (the destination's item"
+            f"{', or a delete recorded there,' if self.tombstones else ''} ranks higher)",
+            f"  left as they were:  {self.overall.left} (existing items a copy does not "
+            "overwrite: under overwrite or custom, or without the ordering attribute; run "
+            "`replicator verify --repair` to compare them)",
             f"  copies undone:      {self.overall.undone} (deleted at the source meanwhile)",
             f"  dead-lettered:      {self.overall.dead_lettered}",
             f"  progress table:     {self.state_table} ({self.total_segments} segments)",
@@ -186,10 +206,21 @@ class Backfill:
     def interrupt(self) -> None:
         """First call: finish the pages being copied, then stop. Second: stop writing now."""
         if self.stop.is_set():
-            for writer in self._writers.values():
-                writer.cancelled.set()
+            self._cancel_writes()
             return
         self._stop_because("interrupted")
+
+    def _fail(self) -> None:
+        """A segment failed (a destination that refuses every write, a dead-letter target
+        that is gone): the run ends with that error, so the writes in hand and those
+        queued behind them are given up at once instead of each retrying its own streak
+        of refusals. Pages whose writes did not all settle are not saved."""
+        self._stop_because("failed")
+        self._cancel_writes()
+
+    def _cancel_writes(self) -> None:
+        for writer in self._writers.values():
+            writer.cancelled.set()
 
     def _stop_because(self, reason: str) -> None:
         with self._lock:
@@ -241,6 +272,7 @@ class Backfill:
             handoff=handoff.note if handoff else None,
             segments_done_before=sum(1 for s in plan.segments if s.done),
             watermark=resolved.publishes_watermark,
+            tombstones=job.active_active.tombstones,
         )
         if plan.complete:
             state.finish(complete=True)
@@ -300,7 +332,7 @@ class Backfill:
         ):
             copy.write_pool = write_pool
             futures = [scan_pool.submit(copy.run, segment) for segment in pending]
-            wait_in_steps(futures, on_error=lambda: self._stop_because("failed"))
+            wait_in_steps(futures, on_error=self._fail)
         errors = [e for e in (f.exception() for f in futures) if e is not None]
         real = [e for e in errors if not isinstance(e, WriteCancelled)]
         if real:
@@ -352,11 +384,8 @@ class _SegmentCopy:
             tally = self._write(progress.segment, page.items)
             progress.last_key = page.next_key
             progress.done = page.next_key is None
-            progress.scanned += tally.scanned
-            progress.applied += tally.applied
-            progress.kept += tally.kept
-            progress.dead_lettered += tally.dead_lettered
-            progress.undone += tally.undone
+            for name in COUNTERS:
+                setattr(progress, name, getattr(progress, name) + getattr(tally, name))
             self.state.save(progress)
             self.report.advance(tally.scanned)
             backfill.count_page(tally)
@@ -383,6 +412,13 @@ class _SegmentCopy:
             for change in changes
             for label, writer in writers.items()
         ]
+        # A write that fails (a destination refusing every write) fails the run at once,
+        # whichever of the page's writes it is: the rest are cancelled, not waited for.
+        wait_in_steps([future for _, _, future in futures], on_error=self.backfill._fail)
+        failures = [e for e in (f.exception() for _, _, f in futures) if e is not None]
+        if failures:
+            real = [e for e in failures if not isinstance(e, WriteCancelled)]
+            raise (real or failures)[0]
         tally = Tally(scanned=len(items))
         applied: dict[int, tuple[Change, list[str]]] = {}
         for change, label, future in futures:
@@ -390,8 +426,14 @@ class _SegmentCopy:
             if outcome is Outcome.APPLIED:
                 tally.applied += 1
                 applied.setdefault(id(change), (change, []))[1].append(label)
-            elif outcome in (Outcome.CONFLICT_LOST, Outcome.UNCHANGED):
-                tally.kept += 1  # a newer item, or this very image, is there already
+            elif outcome is Outcome.UNCHANGED:
+                tally.equal += 1  # this very image is there already
+            elif outcome is Outcome.CONFLICT_LOST:
+                rule = writers[label].rule
+                if isinstance(rule, SnapshotRule) and rule.ordered(change):
+                    tally.kept += 1  # the destination's item (or its delete) ranks higher
+                else:
+                    tally.left += 1  # insert-only: an existing item is not overwritten
             else:
                 tally.dead_lettered += 1
         if self.backfill.hooks.page_written:
@@ -422,15 +464,7 @@ def _stream_of(resolved: ResolvedJob, shape: TableShape) -> str:
 def _overall(plan: Plan) -> Tally:
     tally = Tally()
     for segment in plan.segments:
-        tally.add(
-            Tally(
-                segment.scanned,
-                segment.applied,
-                segment.kept,
-                segment.dead_lettered,
-                segment.undone,
-            )
-        )
+        tally.add(Tally(**{name: getattr(segment, name) for name in COUNTERS}))
     return tally
 
 

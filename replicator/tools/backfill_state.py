@@ -9,7 +9,7 @@ table as a shard lease. Rows:
   ``started_at`` and ``finished_at``;
 * ``segment = 0..n-1``: ``last_key`` (the segment's LastEvaluatedKey as wire JSON, absent
   until its first page is done), ``done``, and counters ``scanned``, ``applied``,
-  ``kept``, ``dead_lettered``, ``undone``.
+  ``kept``, ``dead_lettered``, ``undone``, ``equal``, ``left``.
 
 A segment's row is written only after every item of its pages up to ``last_key`` is
 settled at every destination, so resuming from it skips nothing. Two processes
@@ -44,6 +44,10 @@ STALE_AFTER_S = 60.0
 _HEARTBEAT_EVERY_S = 5.0
 
 
+# A segment's counters (a row written by an earlier version lacks the newer ones: 0).
+COUNTERS = ("scanned", "applied", "kept", "dead_lettered", "undone", "equal", "left")
+
+
 def state_table_name(task_name: str) -> str:
     return task_name + SUFFIX
 
@@ -58,6 +62,8 @@ class SegmentProgress:
     kept: int = 0
     dead_lettered: int = 0
     undone: int = 0
+    equal: int = 0
+    left: int = 0
 
     def to_item(self, owner: str) -> dict[str, Any]:
         item: dict[str, Any] = {
@@ -66,7 +72,7 @@ class SegmentProgress:
             "owner": {"S": owner},
             "updated_at": {"S": _now()},
         }
-        for name in ("scanned", "applied", "kept", "dead_lettered", "undone"):
+        for name in COUNTERS:
             item[name] = {"N": str(getattr(self, name))}
         if self.last_key is not None:
             item["last_key"] = {"S": json.dumps(item_to_wire(self.last_key), sort_keys=True)}
@@ -79,10 +85,7 @@ class SegmentProgress:
             segment=int(item["segment"]["N"]),
             last_key=item_from_wire(json.loads(last)) if last else None,
             done=bool(item.get("done", {}).get("BOOL", False)),
-            **{
-                name: int(item.get(name, {}).get("N", "0"))
-                for name in ("scanned", "applied", "kept", "dead_lettered", "undone")
-            },
+            **{name: int(item.get(name, {}).get("N", "0")) for name in COUNTERS},
         )
 
 
@@ -188,7 +191,11 @@ class BackfillState:
             return Plan(stored_segments, progress, resumed=True, started_at=started_at)
         total = segments or default_segments
         started_at = _now()
-        self._claim(run, total, source, destinations, started_at)
+        # The segments' progress is cleared before the new run's row is written: a crash
+        # in between leaves the stored run (its segment count, its start) with progress
+        # that is its own or cleared, which a resumed run at worst copies again. The other
+        # order would leave the new run's row beside the old run's progress: segments done
+        # under another segmentation, or by the copy --restart meant to repeat, skipped.
         for number in [n for n in rows if n >= total]:
             call(
                 self.ref.client.delete_item,
@@ -198,10 +205,11 @@ class BackfillState:
             )
         progress = [SegmentProgress(n) for n in range(total)]
         for segment in progress:
-            self.save(segment)
+            self.save(segment, heartbeat=False)
+        self._claim(run, total, source, destinations, started_at)
         return Plan(total, progress, resumed=False, started_at=started_at)
 
-    def save(self, progress: SegmentProgress) -> None:
+    def save(self, progress: SegmentProgress, *, heartbeat: bool = True) -> None:
         with self._lock:
             call(
                 self.ref.client.put_item,
@@ -210,7 +218,7 @@ class BackfillState:
                 Item=progress.to_item(self.owner),
             )
             now = time.monotonic()
-            if now - self._last_heartbeat >= _HEARTBEAT_EVERY_S:
+            if heartbeat and now - self._last_heartbeat >= _HEARTBEAT_EVERY_S:
                 self._last_heartbeat = now
                 self._update_run("SET heartbeat = :now", {":now": {"N": str(int(time.time()))}})
 

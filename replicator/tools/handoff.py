@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from replicator.aws import clients, tables
 from replicator.aws.errors import error_code
@@ -96,7 +96,7 @@ def check_handoff(resolved: ResolvedJob, stream_arn: str, ddb: DynamoDBClient) -
             "the scan could be missed:\n  " + "\n  ".join(problems) + "\n" + PROCEDURE
         )
     if streams is not None:
-        _check_not_trimmed(streams, stream_arn, leases, positions, where)
+        _check_not_trimmed(streams, stream_arn, leases, positions, where, resolved.lease_table)
     if all(p.endswith("(no lease yet)") for p in positions.values()):
         note = (
             "no leases yet: the job will start from TRIM_HORIZON; start the replicator "
@@ -149,8 +149,10 @@ def _check_not_trimmed(
     leases: dict[str, Lease],
     positions: dict[str, str],
     where: str,
+    lease_table: str,
 ) -> None:
-    """A checkpoint older than the stream's retention cannot be resumed from at all."""
+    """A checkpoint older than the stream's retention cannot be resumed from at all, nor
+    one that is not a sequence number."""
     for shard_id in positions:
         lease = leases.get(shard_id)
         if lease is None or lease.checkpoint in SENTINELS:
@@ -163,6 +165,17 @@ def _check_not_trimmed(
                 SequenceNumber=lease.checkpoint,
             )
         except (ClientError, BotoCoreError) as error:
+            if isinstance(error, ParamValidationError) or error_code(error) == (
+                "ValidationException"
+            ):
+                # Refused before or by the stream: the lease holds no position to resume.
+                raise EnvironmentProblem(
+                    f"backfill refused: shard {shard_id}'s checkpoint {lease.checkpoint!r} "
+                    f"in the lease table {lease_table} is not a valid sequence number of the "
+                    f"stream ({_first_line(error)}), so the replicator cannot continue from "
+                    "it either. Correct the lease's checkpoint (or delete the lease with the "
+                    "replicator stopped), then run the backfill again."
+                ) from None
             if error_code(error) == "TrimmedDataAccessException":
                 raise EnvironmentProblem(
                     f"backfill refused: shard {shard_id}'s checkpoint {lease.checkpoint} is "
@@ -171,3 +184,8 @@ def _check_not_trimmed(
                     "start the replicator, then run the backfill while it runs."
                 ) from None
             raise explain(error, f"stream {stream_arn}", where) from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= 160 else text[:157] + "..."

@@ -178,9 +178,21 @@ class SnapshotRule:
         return decision
 
     def explain_loss(self, change: Change, existing: Item | None) -> str:
-        if change.event is not Event.REMOVE and self._ordered(change):
+        if self.ordered(change):
+            return self.policy.explain_loss(change, existing)
+        if (
+            isinstance(self.policy, CustomRule)
+            and change.event is not Event.REMOVE
+            and same_item(existing, change.old_image)
+        ):
+            # the destination holds what was expected: the resolver declined
             return self.policy.explain_loss(change, existing)
         return self._changed(change.old_image)
+
+    def ordered(self, change: Change) -> bool:
+        """Whether the put of ``change`` is compared with the destination's item by the
+        policy's order (else it is written only over the expected item)."""
+        return change.event is not Event.REMOVE and self._ordered(change)
 
     def _ordered(self, change: Change) -> bool:
         return (
@@ -225,9 +237,18 @@ def snapshot_writers(resolved: ResolvedJob, metrics: Metrics) -> dict[str, Desti
 def with_snapshot_rules(writers: Mapping[str, DestinationWriter]) -> dict[str, DestinationWriter]:
     """Copies of ``writers`` (same clients) with snapshot rules."""
     return {
-        # Read images are written as they are: no write-back to the source, and no
-        # tombstone steps (verify reads the tombstones itself).
-        label: replace(writer, rule=SnapshotRule(writer.rule), tombstones=None, write_back=None)
+        # Read images are written as they are: no write-back to the source. With
+        # active_active.tombstones a put that ranks at or below the item's tombstone at the
+        # destination is undone as the stream writers undo it (and counts as kept by the
+        # policy); the tools' own deletes (of an extra item, of a copy of an item deleted
+        # meanwhile) record no tombstone.
+        label: replace(
+            writer,
+            rule=SnapshotRule(writer.rule),
+            ordering=writer.rule if isinstance(writer.rule, OrderedRule) else None,
+            records_tombstones=False,
+            write_back=None,
+        )
         for label, writer in writers.items()
     }
 

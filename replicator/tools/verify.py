@@ -7,9 +7,11 @@ digests differ are *candidates*: replication lag makes many differences transien
 so each candidate is read again, strongly consistently on both sides (destination
 first, then source), a few times with a pause, and only what still differs is reported.
 
-``--sample N`` checks N items from random scan segments of the source, and N from each
+``--sample N`` checks N keys drawn at random from the source, and N from each
 destination (which is how extra items are found), by consistent reads instead of
-whole scans.
+comparing whole scans: drawn uniformly from all the keys of a table of up to
+``_SAMPLE_WHOLE_TABLE_ITEMS`` items, from those of whole random scan segments of a
+larger one (see :meth:`Verify._sample_keys`).
 
 ``--repair`` writes every reported difference through the job's policy with the same
 machinery as a backfill (:mod:`replicator.tools.snapshot`), expecting the destination
@@ -27,6 +29,7 @@ destination clears the watermark's unread spans there up to its scan's start
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import math
 import random
@@ -53,7 +56,7 @@ from replicator.rules import OrderedRule, rule_for
 from replicator.tombstones.model import Tombstone
 from replicator.tombstones.table import TombstoneTable
 from replicator.tools.compare import differing_attributes, normalised
-from replicator.tools.futures import results_in_steps
+from replicator.tools.futures import results_in_steps, wait_in_steps
 from replicator.tools.progress import ProgressReport
 from replicator.tools.scan import ReadRate, batch_get, scan_pages
 from replicator.tools.snapshot import REPAIR, ResurrectionGuard, snapshot_writers, synthetic_change
@@ -65,7 +68,7 @@ from replicator.tools.tables import (
     source_ref,
 )
 from replicator.tools.unread import MANUAL_STEP, Cleared, clear_unread
-from replicator.writers.destination import DestinationWriter, Outcome
+from replicator.writers.destination import DestinationWriter, Outcome, WriteResult
 from replicator.writers.source import SourceWriter
 
 log = structlog.get_logger(__name__)
@@ -76,8 +79,13 @@ DIFFERENT = "different"
 # Missing at the destination because a delete there ranks above the source's item (the
 # destination's tombstone says so): the source is behind, not the destination.
 DELETED = "deleted"
-# --sample: segments sized to hold about this many items each, by the table's estimate.
-_ITEMS_PER_SAMPLE_SEGMENT = 10
+# --sample: a table whose estimate is at most this many items has all its keys read (key
+# only) and the sample drawn from them, uniformly. A larger one is divided into segments
+# of about _ITEMS_PER_SAMPLE_SEGMENT items by its estimate, and whole segments drawn at
+# random are read until _SAMPLE_OVERREAD times the sample's size of keys were read.
+_SAMPLE_WHOLE_TABLE_ITEMS = 100_000
+_ITEMS_PER_SAMPLE_SEGMENT = 100
+_SAMPLE_OVERREAD = 4
 _MAX_SEGMENTS = 1_000_000
 
 WriterT = TypeVar("WriterT", DestinationWriter, SourceWriter)
@@ -94,6 +102,72 @@ class VerifyOptions:
     repair: bool = False
     page_size: int = 1000
     progress_interval_s: float = 10.0
+
+
+class Reservoir:
+    """A uniform random sample of up to ``size`` of the keys offered (bottom-k of random
+    priorities, so that the reservoirs of disjoint parts merge into one of the whole)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.seen = 0
+        self._heap: list[tuple[float, int, KeyId]] = []  # (-priority, seen, key): max-heap
+
+    def offer(self, key: KeyId) -> None:
+        self._push(random.random(), key)
+        self.seen += 1
+
+    def _push(self, priority: float, key: KeyId) -> None:
+        entry = (-priority, self.seen, key)
+        if len(self._heap) < self.size:
+            heapq.heappush(self._heap, entry)
+        elif priority < -self._heap[0][0]:
+            heapq.heapreplace(self._heap, entry)
+
+    def merge(self, other: Reservoir) -> None:
+        for negative, _, key in other._heap:
+            self._push(-negative, key)
+            self.seen += 1
+        self.seen += other.seen - len(other._heap)
+
+    def keys(self) -> list[KeyId]:
+        return [key for _, _, key in self._heap]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The keys ``--sample`` drew from one table, and what they were drawn from."""
+
+    keys: list[KeyId]
+    read: int  # keys read, the sample drawn from them
+    wanted: int
+    segments_read: int
+    total_segments: int
+    whole_table: bool
+
+    def note(self) -> str | None:
+        if self.whole_table and len(self.keys) < self.wanted:
+            return (
+                f"the table holds {self.read} items, fewer than --sample {self.wanted}: "
+                "all of them were checked"
+            )
+        if not self.whole_table:
+            return (
+                f"drawn from the {self.read} keys of {self.segments_read} of "
+                f"{self.total_segments} scan segments drawn at random (items that share a "
+                "partition key are in one segment)"
+            )
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sampled": len(self.keys),
+            "read": self.read,
+            "requested": self.wanted,
+            "whole_table": self.whole_table,
+            "segments_read": self.segments_read,
+            "total_segments": self.total_segments,
+        }
 
 
 @dataclass
@@ -144,6 +218,9 @@ class VerifyReport:
     unread: Cleared | None = None
     """The watermark's unread spans this verify cleared (a whole-table verify of a job
     that publishes a watermark), and where clearing them failed."""
+    samples: dict[str, Sample] = field(default_factory=dict)
+    """``--sample``: what each table's sample was drawn from, by label (the source's
+    is ``source``)."""
 
     def clean(self, label: str) -> bool:
         """No difference is left at destination ``label``."""
@@ -162,16 +239,21 @@ class VerifyReport:
         outstanding = [f for f in self.findings if not f.settled]
         verdict = "equal" if self.equal else _differences(len(outstanding))
         lines = [
-            f"verify {self.source}: {verdict} ({scope} {self.source_items} source items; "
-            f"{self.rechecked} re-checked)"
+            f"verify {self.source}: {verdict} ({scope} {self.source_items} source items"
+            f"{self._read('source')}; {self.rechecked} re-checked)"
         ]
+        lines.extend(self._notes("source"))
         for label in self.destinations:
             mine = [f for f in self.findings if f.destination == label]
             left = [f for f in mine if not f.settled]
             state = "equal" if not left else _differences(len(left))
             if mine and not left:
                 state = f"equal after repair ({len(mine)} repaired)"
-            lines.append(f"{label}: {scope} {self.destination_items.get(label, 0)} items, {state}")
+            lines.append(
+                f"{label}: {scope} {self.destination_items.get(label, 0)} items"
+                f"{self._read(label)}, {state}"
+            )
+            lines.extend(self._notes(label))
             lines.extend(finding.line() for finding in mine)
         if self.unread and self.unread.cleared:
             lines.append(
@@ -185,8 +267,17 @@ class VerifyReport:
             )
         return "\n".join(lines)
 
+    def _read(self, label: str) -> str:
+        sample = self.samples.get(label)
+        return f" of {sample.read} read" if sample else ""
+
+    def _notes(self, label: str) -> list[str]:
+        sample = self.samples.get(label)
+        note = sample.note() if sample else None
+        return [f"  sample: {note}"] if note else []
+
     def as_json(self) -> str:
-        body = {
+        body: dict[str, Any] = {
             "source": self.source,
             "equal": self.equal,
             "sampled": self.sampled,
@@ -202,6 +293,8 @@ class VerifyReport:
                 for label in self.destinations
             },
         }
+        if self.samples:
+            body["sample"] = {label: sample.as_dict() for label, sample in self.samples.items()}
         if self.unread:
             body["watermark"] = {
                 "unread_cleared_through": self.unread.through,
@@ -250,6 +343,7 @@ class Verify:
         self._writers: list[DestinationWriter | SourceWriter] = []
         self._writers_lock = threading.Lock()
         self._cancelled = False
+        self._samples: dict[str, Sample] = {}
 
     def interrupt(self) -> None:
         """First call: start no more reads or repair writes, finish those in hand, then
@@ -260,6 +354,12 @@ class Verify:
                 for writer in self._writers:
                     writer.cancelled.set()
         self.stop.set()
+
+    def _cancel_writes(self) -> None:
+        with self._writers_lock:
+            self._cancelled = True
+            for writer in self._writers:
+                writer.cancelled.set()
 
     def _watch(self, writer: WriterT) -> WriterT:
         """``writer``, cancelled by a second :meth:`interrupt` (and at once if that came)."""
@@ -305,6 +405,10 @@ class Verify:
             rechecked=rechecked,
             findings=findings,
             repaired=self.options.repair,
+            samples={
+                "source" if label == self.source.label else label: sample
+                for label, sample in self._samples.items()
+            },
         )
         if self.options.repair and findings:
             self._repair(findings, states, key_names)
@@ -374,54 +478,72 @@ class Verify:
             interval_s=self.options.progress_interval_s,
         )
         with report:
-            source_keys = self._sample_keys(self.source, shape.item_count, count, key_names, report)
-            counts = {self.source.label: len(source_keys)}
+            source = self._sample_keys(self.source, shape.item_count, count, key_names)
+            report.advance(len(source.keys))
+            self._samples[self.source.label] = source
+            counts = {self.source.label: len(source.keys)}
             candidates: dict[str, set[KeyId]] = {}
             for ref in self.destinations:
-                theirs = self._sample_keys(ref, describe(ref).item_count, count, key_names, report)
-                counts[ref.label] = len(theirs)
-                candidates[ref.label] = set(source_keys) | set(theirs)
+                theirs = self._sample_keys(ref, describe(ref).item_count, count, key_names)
+                report.advance(len(theirs.keys))
+                self._samples[ref.label] = theirs
+                counts[ref.label] = len(theirs.keys)
+                candidates[ref.label] = set(source.keys) | set(theirs.keys)
         return counts, candidates
 
     def _sample_keys(
-        self,
-        ref: TableRef,
-        estimate: int,
-        count: int,
-        key_names: list[str],
-        report: ProgressReport,
-    ) -> list[KeyId]:
-        """Up to ``count`` keys from random segments spread over the whole table."""
-        total = max(
-            1, min(_MAX_SEGMENTS, math.ceil(max(estimate, count) / _ITEMS_PER_SAMPLE_SEGMENT))
-        )
-        # Twice what an even spread needs, so that sparse segments do not leave the sample
-        # short; a random subset of what was read is kept.
-        take = max(1, math.ceil(2 * count / total))
-        order = random.sample(range(total), total)
-        found: dict[KeyId, None] = {}
+        self, ref: TableRef, estimate: int, count: int, key_names: list[str]
+    ) -> Sample:
+        """``count`` keys drawn uniformly at random from the keys read (fewer if fewer
+        were read): all of the table's keys when its estimate is at most
+        ``_SAMPLE_WHOLE_TABLE_ITEMS`` (or ``count``), else those of whole scan segments
+        drawn at random until ``_SAMPLE_OVERREAD`` times ``count`` keys were read."""
+        whole = estimate <= max(_SAMPLE_WHOLE_TABLE_ITEMS, count)
+        if whole:
+            total = max(1, self.options.segments)
+            order = list(range(total))
+            enough = None
+        else:
+            total = min(_MAX_SEGMENTS, math.ceil(estimate / _ITEMS_PER_SAMPLE_SEGMENT))
+            order = random.sample(range(total), total)
+            enough = _SAMPLE_OVERREAD * count
         rate = self._rate(ref)
+        lock = threading.Lock()
+        reservoir = Reservoir(count)
+        visited = 0
 
-        def first_keys(segment: int) -> list[KeyId]:
-            self._check_stop()
-            pages = scan_pages(ref, segment, total, rate, page_size=take, key_names=key_names)
-            page = next(pages)
-            pages.close()
-            return [key_id(project(item, key_names)) for item in page.items]
+        def read_segment(segment: int) -> None:
+            mine = Reservoir(count)
+            for page in scan_pages(
+                ref,
+                segment,
+                total,
+                rate,
+                page_size=self.options.page_size,
+                key_names=key_names,
+            ):
+                self._check_stop()
+                for item in page.items:
+                    mine.offer(key_id(project(item, key_names)))
+            with lock:
+                reservoir.merge(mine)
 
         with ThreadPoolExecutor(self.options.threads, thread_name_prefix="sample") as pool:
-            for start in range(0, total, self.options.threads):
-                batch = order[start : start + self.options.threads]
-                before = min(len(found), count)
-                for keys in results_in_steps(
-                    [pool.submit(first_keys, segment) for segment in batch]
-                ):
-                    found.update(dict.fromkeys(keys))
-                report.advance(min(len(found), count) - before)
-                if len(found) >= count:
+            step = len(order) if enough is None else self.options.threads
+            for start in range(0, len(order), step):
+                batch = order[start : start + step]
+                results_in_steps([pool.submit(read_segment, segment) for segment in batch])
+                visited += len(batch)
+                if enough is not None and reservoir.seen >= enough:
                     break
-        keys = list(found)
-        return keys if len(keys) <= count else random.sample(keys, count)
+        return Sample(
+            keys=reservoir.keys(),
+            read=reservoir.seen,
+            wanted=count,
+            segments_read=visited,
+            total_segments=total,
+            whole_table=visited == total,
+        )
 
     # -- re-checking ----------------------------------------------------------------------
 
@@ -546,28 +668,34 @@ class Verify:
             )
             jobs.append((finding, state, change, writers[finding.destination]))
 
-        def apply(job: tuple[Finding, _State, Change, DestinationWriter]) -> Outcome | None:
+        def apply(
+            job: tuple[Finding, _State, Change, DestinationWriter],
+        ) -> WriteResult | None:
             _, _, change, writer = job
             if self.stop.is_set():
                 return None  # interrupted: not started
             try:
-                return letters.write(writer, change).outcome
+                return letters.write(writer, change)
             except WriteCancelled:
                 return None  # interrupted again: given up while it was being retried
 
         with ThreadPoolExecutor(self.options.threads, thread_name_prefix="repair") as pool:
-            done = results_in_steps([pool.submit(apply, job) for job in jobs])
+            futures = [pool.submit(apply, job) for job in jobs]
+            # A repair write that fails (a destination refusing every write) ends the
+            # command with its error: the writes in hand and queued are given up at once.
+            wait_in_steps(futures, on_error=self._cancel_writes)
+        done = [future.result() for future in futures]
         if self.stop.is_set():
             made = sum(1 for outcome in done if outcome is not None)
             raise OperatorError(
                 f"verify --repair interrupted: {made} of {len(jobs)} repair writes made, "
                 "the rest not; no report (run verify again to see what differs)"
             )
-        outcomes = [outcome for outcome in done if outcome is not None]
-        self._judge(jobs, outcomes, dead_letters)
+        results = [result for result in done if result is not None]
+        self._judge(jobs, results, dead_letters)
         applied_puts: dict[int, tuple[Change, list[str]]] = {}
-        for (finding, _, change, _), outcome in zip(jobs, outcomes, strict=True):
-            if outcome is Outcome.APPLIED and change.new_image is not None:
+        for (finding, _, change, _), result in zip(jobs, results, strict=True):
+            if result.outcome is Outcome.APPLIED and change.new_image is not None:
                 applied_puts.setdefault(id(change), (change, []))[1].append(finding.destination)
         guard = ResurrectionGuard(self.source, key_names, writers, self._rate(self.source), letters)
         guard.check(list(applied_puts.values()))
@@ -576,10 +704,11 @@ class Verify:
     def _judge(
         self,
         jobs: list[tuple[Finding, _State, Change, DestinationWriter]],
-        outcomes: list[Outcome],
+        results: list[WriteResult],
         dead_letters: DeadLetterTarget,
     ) -> None:
-        for (finding, state, change, writer), outcome in zip(jobs, outcomes, strict=True):
+        for (finding, state, change, writer), result in zip(jobs, results, strict=True):
+            outcome = result.outcome
             if outcome is Outcome.APPLIED:
                 finding.repair = "repaired"
             elif outcome is Outcome.UNCHANGED:
@@ -587,7 +716,11 @@ class Verify:
                 finding.detail = "the destination already held the source's item"
             elif outcome is Outcome.CONFLICT_LOST:
                 finding.repair = "refused"
-                finding.detail = writer.rule.explain_loss(change, state.destination_item)
+                # The writer's own reason (a resolver that kept the destination's item, a
+                # tombstone); the rule's explanation from what verify read otherwise.
+                finding.detail = result.why or writer.rule.explain_loss(
+                    change, state.destination_item
+                )
             else:
                 finding.repair = "dead_lettered"
                 finding.detail = f"stored in {dead_letters.description}"

@@ -83,6 +83,9 @@ class WriteResult:
     outcome: Outcome
     reason: str | None = None
     error: str | None = None
+    # CONFLICT_LOST: why the change lost (the rule's explanation), for reports; not
+    # compared, so that a lost conflict equals CONFLICT_LOST whatever its reason.
+    why: str | None = field(default=None, compare=False)
 
     @property
     def failed(self) -> bool:
@@ -168,6 +171,12 @@ class DestinationWriter:
     tombstones: TombstoneTable | None = None
     write_back: WriteBack | None = None
     origin: str = ""
+    # With ``tombstones``: the order they rank puts by, when ``rule`` is not itself that
+    # ordered rule (the operator tools' rule for read images wraps it); and whether a
+    # delete records a tombstone (the tools' deletes undo their own copies or remove an
+    # extra item: they are not deletes of the application's).
+    ordering: OrderedRule | None = None
+    records_tombstones: bool = True
     # False for the source's own writer (write-backs, corrections): its writes are
     # counted as write-backs, not as replicated writes.
     counted: bool = True
@@ -336,7 +345,12 @@ class DestinationWriter:
         """One try at settling ``change``; AWS errors other than a failed condition
         propagate to :meth:`retrying`."""
         op = change.event.op
-        if self.tombstones is not None and change.op_is_delete and not state.tombstone_done:
+        if (
+            self.tombstones is not None
+            and self.records_tombstones
+            and change.op_is_delete
+            and not state.tombstone_done
+        ):
             covered = self.record_tombstone(change)
             state.tombstone_done = True
             if covered:
@@ -349,7 +363,7 @@ class DestinationWriter:
             plan = first.request if first else state.request or self.rule.plan(change, existing)
             if isinstance(plan, Skip):
                 self._lost(change, Winner(item=existing), plan.reason)
-                return self._count(op, Outcome.CONFLICT_LOST)
+                return self._count(op, Outcome.CONFLICT_LOST, plan.reason)
             try:
                 response = self._send(plan) if first is None else _answer_of(first)
             except ClientError as error:
@@ -365,8 +379,9 @@ class DestinationWriter:
                 if created or attempt > 0 or state.reconsidered:
                     undone = self.undo_if_deleted(change.keys, change.new_image)
                     if undone is not None:
-                        self._lost(change, Winner(tombstone=undone), self._tombstone_won(undone))
-                        return self._count(op, Outcome.CONFLICT_LOST)
+                        why = self._tombstone_won(undone)
+                        self._lost(change, Winner(tombstone=undone), why)
+                        return self._count(op, Outcome.CONFLICT_LOST, why)
             return self._applied(change, state)
 
     def _condition_failed(
@@ -393,8 +408,9 @@ class DestinationWriter:
             if self.tombstones is not None and change.new_image is not None:
                 undone = self.undo_if_deleted(change.keys, change.new_image)
                 if undone is not None:
-                    self._lost(change, Winner(tombstone=undone), self._tombstone_won(undone))
-                    return self._count(op, Outcome.CONFLICT_LOST)
+                    why = self._tombstone_won(undone)
+                    self._lost(change, Winner(tombstone=undone), why)
+                    return self._count(op, Outcome.CONFLICT_LOST, why)
             return self._applied(change, state)
         decision = self.rule.reconsider(change, old)
         if isinstance(decision, WriteRequest):
@@ -409,10 +425,18 @@ class DestinationWriter:
             return None
         if decision is Verdict.UNCHANGED:
             return self._count(op, Outcome.UNCHANGED)
-        self._lost(change, Winner(item=old), self.rule.explain_loss(change, old))
-        return self._count(op, Outcome.CONFLICT_LOST)
+        why = self.rule.explain_loss(change, old)
+        self._lost(change, Winner(item=old), why)
+        return self._count(op, Outcome.CONFLICT_LOST, why)
 
     # -- tombstones -----------------------------------------------------------------------
+
+    @property
+    def ordered_rule(self) -> OrderedRule:
+        """The order tombstones rank by (tombstones need an ordered rule)."""
+        rule = self.ordering or self.rule
+        assert isinstance(rule, OrderedRule)
+        return rule
 
     def record_tombstone(self, change: Change) -> bool:
         """Write the delete's tombstone before the item goes; True when a tombstone that
@@ -432,14 +456,15 @@ class DestinationWriter:
 
     def tombstone_for(self, change: Change) -> Tombstone | None:
         """The tombstone a delete leaves (None for a delete without its old image)."""
-        assert self.tombstones is not None and isinstance(self.rule, OrderedRule)
+        assert self.tombstones is not None
+        rule = self.ordered_rule
         deleted = change.image
         if deleted is None:
             return None
         return tombstone_of(
             deleted,
             change.keys,
-            self.rule.fields,
+            rule.fields,
             deleted_in=self.origin,
             written_by=self.origin,
             deleted_at_ms=change.created_us // 1000,
@@ -458,9 +483,10 @@ class DestinationWriter:
         """After a put created an item: if a live tombstone ranks at or above the image,
         remove the item again (while it ranks at or below that tombstone) and return the
         tombstone."""
-        assert self.tombstones is not None and isinstance(self.rule, OrderedRule)
+        assert self.tombstones is not None
+        rule = self.ordered_rule
         tombstone = self.tombstones.get(keys)
-        if tombstone is None or not tombstone.blocks(self.rule.rank(image)):
+        if tombstone is None or not tombstone.blocks(rule.rank(image)):
             return None
         if tombstone.expired(self.tombstones.now()):
             self.metrics.tombstones_expired.labels(self.label).inc()
@@ -468,7 +494,7 @@ class DestinationWriter:
                 "a put ranked below a delete older than the tombstone retention was applied",
                 destination=self.label,
                 key=describe_key(keys),
-                delete=tombstone.described(self.rule.attribute, self.rule.origin_attribute),
+                delete=tombstone.described(rule.attribute, rule.origin_attribute),
             )
             return None
         self.remove_below(keys, tombstone, image)
@@ -478,12 +504,12 @@ class DestinationWriter:
         """Delete the item while it ranks at or below ``tombstone`` (``stale``, an image
         known to be below it, settles the ties DynamoDB cannot compare). Whether an item
         was deleted."""
-        assert isinstance(self.rule, OrderedRule)
-        fields = self.rule.keyed_fields(keys)
+        rule = self.ordered_rule
+        fields = rule.keyed_fields(keys)
         condition, names, values = below(fields, tombstone.ordering, tombstone.origin, None)
         if stale is not None:
             with contextlib.suppress(PlanError):
-                same, same_names, same_values = self.rule.exactly(stale)
+                same, same_names, same_values = rule.exactly(stale)
                 condition = any_of(condition, same)
                 names, values = {**names, **same_names}, {**values, **same_values}
         request = WriteRequest(
@@ -498,9 +524,9 @@ class DestinationWriter:
         return True
 
     def _tombstone_won(self, tombstone: Tombstone) -> str:
-        assert isinstance(self.rule, OrderedRule)
-        shown = tombstone.described(self.rule.attribute, self.rule.origin_attribute)
-        return f"{self.rule.name}: {shown} (a tombstone) ranks at or above the put's image"
+        rule = self.ordered_rule
+        shown = tombstone.described(rule.attribute, rule.origin_attribute)
+        return f"{rule.name}: {shown} (a tombstone) ranks at or above the put's image"
 
     def _applied(self, change: Change, state: _Attempts) -> WriteResult:
         self._note_success()
@@ -547,14 +573,15 @@ class DestinationWriter:
             )
 
     def _winning_rank(self, winner: Winner) -> dict[str, Any] | None:
-        if winner.tombstone is None or not isinstance(self.rule, OrderedRule):
+        rule = self.ordering or self.rule
+        if winner.tombstone is None or not isinstance(rule, OrderedRule):
             return None
-        return winner.tombstone.rank_record(self.rule.attribute, self.rule.origin_attribute)
+        return winner.tombstone.rank_record(rule.attribute, rule.origin_attribute)
 
-    def _count(self, op: str, outcome: Outcome) -> WriteResult:
+    def _count(self, op: str, outcome: Outcome, why: str | None = None) -> WriteResult:
         if self.counted:
             self.metrics.writes.labels(self.label, op, outcome.value).inc()
-        return _SETTLED[outcome]
+        return _SETTLED[outcome] if why is None else WriteResult(outcome, why=why)
 
     def _note_success(self, count: int = 1) -> None:
         with self._lock:

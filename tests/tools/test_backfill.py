@@ -7,6 +7,8 @@ import random
 import signal
 import subprocess
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,16 @@ from replicator.demo import tables
 from replicator.demo.workload import Workload, demo_item
 from replicator.exceptions import EnvironmentProblem
 from replicator.items import Item
-from replicator.rules import CustomRule, Skip, rule_for
+from replicator.rules import CustomRule, OrderedRule, Skip, rule_for
 from replicator.shards.leases import LeaseTable
+from replicator.tombstones.model import tombstone_of
+from replicator.tombstones.setup import prepare as prepare_tombstones
+from replicator.tombstones.table import TombstoneTable
 from replicator.tools.backfill import Backfill, BackfillHooks, BackfillOptions, BackfillResult
 from replicator.tools.snapshot import SnapshotRule, synthetic_change
-from tests.support.e2e import Job, stop, wait_until
+from replicator.tools.verify import Verify, VerifyOptions
+from tests.support.e2e import PATIENCE, Job, stop, wait_until
+from tests.support.faults.proxy import Fault, FaultProxy, Mode
 
 LWW = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}"
 
@@ -197,16 +204,16 @@ def test_skip_handoff_check_copies_without_the_guarantee(job: Job) -> None:
 
 
 @pytest.mark.parametrize(
-    ("policy", "eu_a", "eu_c", "kept"),
+    ("policy", "eu_a", "eu_c", "kept", "left"),
     [
         # overwrite only inserts: the newer A stays, and so does the stale C.
-        ("overwrite", "newer", "stale", 2),
+        ("overwrite", "newer", "stale", 0, 2),
         # last_writer_wins keeps the newer A and replaces the older C.
-        ("last_writer_wins", "newer", "source", 1),
+        ("last_writer_wins", "newer", "source", 1, 0),
     ],
 )
 def test_scanned_images_never_overwrite_newer_items(
-    job: Job, policy: str, eu_a: str, eu_c: str, kept: int
+    job: Job, policy: str, eu_a: str, eu_c: str, kept: int, left: int
 ) -> None:
     if policy == "overwrite":
         configure(job, policy="overwrite")
@@ -224,8 +231,8 @@ def test_scanned_images_never_overwrite_newer_items(
     result = backfill(job)
 
     assert result.complete
-    assert result.overall.kept == kept
-    assert result.overall.applied == 6 - kept
+    assert (result.overall.kept, result.overall.left, result.overall.equal) == (kept, left, 0)
+    assert result.overall.applied == 6 - kept - left
     assert get(eu, eu_table, "A", 1) == versions[eu_a]["A"]
     assert get(eu, eu_table, "B", 1) == versions["source"]["B"]
     assert get(eu, eu_table, "C", 1) == versions[eu_c]["C"]
@@ -418,3 +425,231 @@ def test_a_resumed_runs_progress_line_gives_this_runs_rate_and_says_which_count_
         "items_per_s": 5.0,
         "applied_this_run": 50,
     }
+
+
+# A destination refuses a write this many times in a row, about a second apart, before the
+# command stops: a streak of a few seconds for each write, were they not given up at once.
+REFUSING_WRITER = (
+    "writer: {max_in_flight: 16, access_denied_limit: 5, "
+    "retry: {base_delay_ms: 1000, max_delay_ms: 1000}}"
+)
+
+
+def through_proxy(job: Job, table: str, proxy: FaultProxy) -> None:
+    """Point the job's destination ``table`` at ``proxy`` and use REFUSING_WRITER."""
+    text = job.path.read_text().replace(
+        f"table: {table}, endpoint_url: '{job.endpoint}'",
+        f"table: {table}, endpoint_url: '{proxy.url}'",
+    )
+    job.path.write_text(text.replace("writer: {max_in_flight: 16}", REFUSING_WRITER))
+
+
+def test_a_destination_that_refuses_every_write_stops_the_backfill_at_once(job: Job) -> None:
+    """The first write to reach the refusal limit ends the run (exit 3): the hundreds of
+    writes queued behind it are given up, not each retried through its own streak."""
+    populate(job, 800)
+    proxy = FaultProxy(job.endpoint).start()
+    try:
+        proxy.set(Mode(Fault.DENY, operations=frozenset({"PutItem"})))
+        through_proxy(job, f"{job.name}-ap", proxy)
+        result = subprocess.run(
+            [
+                *(sys.executable, "-m", "replicator", "backfill", "--config", str(job.path)),
+                *("--skip-handoff-check", "--page-size", "200"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60 * PATIENCE,
+            check=False,
+        )
+    finally:
+        proxy.stop()
+    assert result.returncode == 3, result.stdout + result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("replicator:")]
+    assert f"{job.name}-ap) refused 5 writes in a row" in line, line
+    assert "progress is saved" in line
+    # a few seconds for the streak; 800 streaks 8 at a time would take minutes
+    assert proxy.counts("PutItem")["denied"] < 100, proxy.counts("PutItem")
+
+
+def test_with_tombstones_a_copy_ranking_at_or_below_a_delete_is_not_brought_back(
+    job: Job,
+) -> None:
+    """Active-active with tombstones: the destination deleted c1 at rank 100 (its
+    tombstone says so) and the source still holds c1 at rank 50. The backfill must not
+    bring the deleted item back (the stream writers would not): kept by the policy, and
+    verify then reports it as deleted at the destination. An image ranking above the
+    delete is copied."""
+    job.extra = (
+        "loop_prevention: {origin_attribute: origin_region}\nactive_active: {tombstones: true}\n"
+    )
+    job.write()
+    resolved = load_job(job.path)
+    prepare_tombstones(resolved)
+    rule = rule_for(resolved.job.conflict, "origin_region")
+    assert isinstance(rule, OrderedRule)
+    below = item("c1", 1, 50, origin_region="us-east-1")
+    above = item("c2", 1, 150, origin_region="us-east-1")
+    for found in (below, above):
+        job.source.put_item(TableName=job.source_table, Item=found)
+    (eu, eu_table), (ap, ap_table) = job.destination_clients()
+    for name in ("c1", "c2"):  # deleted at eu-west-1 at rank 100
+        tombstone = tombstone_of(
+            item(name, 1, 100, origin_region="eu-west-1"),
+            key(name, 1),
+            rule.fields,
+            deleted_in="eu-west-1",
+            written_by="eu-west-1",
+            deleted_at_ms=1,
+            expires_at=int(time.time()) + 3600,
+        )
+        TombstoneTable(eu, f"{eu_table}-tombstones", "eu-west-1", 3600).record(tombstone)
+
+    result = backfill(job, skip_handoff_check=True)
+
+    assert result.complete, result.summary()
+    assert (result.overall.applied, result.overall.kept) == (3, 1), result.summary()
+    assert get(eu, eu_table, "c1", 1) is None
+    assert get(eu, eu_table, "c2", 1) == above
+    assert get(ap, ap_table, "c1", 1) == below
+    report = Verify(load_job(job.path), VerifyOptions(recheck=1, recheck_pause_s=0)).run()
+    assert [(f.destination, f.kind) for f in report.findings] == [(eu_label(job), "deleted")]
+    assert not TombstoneTable(ap, f"{ap_table}-tombstones", "ap-southeast-2", 3600).get(
+        key("c1", 1)
+    )
+
+
+def eu_label(job: Job) -> str:
+    return load_job(job.path).job.destinations[0].label
+
+
+@pytest.mark.parametrize(
+    ("policy", "line"),
+    [
+        ("last_writer_wins", "  already equal:      60 (the destination held the same item)"),
+        ("version", "  already equal:      60 (the destination held the same item)"),
+        (
+            "overwrite",
+            "  left as they were:  60 (existing items a copy does not overwrite: under overwrite",
+        ),
+    ],
+)
+def test_the_summary_tells_equal_items_from_kept_and_from_items_left_as_they_were(
+    job: Job, policy: str, line: str
+) -> None:
+    """A backfill onto destinations that already hold the source's items: under an
+    ordered policy they are already equal (not kept as "newer"); under overwrite they are
+    left as they were, whatever they hold, and the summary points to verify --repair."""
+    if policy == "version":
+        job.path.write_text(
+            job.path.read_text().replace(
+                LWW, "conflict: {policy: version, version_attribute: updated_at}"
+            )
+        )
+    elif policy == "overwrite":
+        configure(job, policy="overwrite")
+    populate(job, 30)
+    for ddb, table in job.destination_clients():
+        for found in tables.scan_all(job.source, job.source_table):
+            ddb.put_item(TableName=table, Item=found)
+
+    result = cli(job, "backfill", "--skip-handoff-check")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert line in result.stdout, result.stdout
+    assert "  writes applied:     0\n" in result.stdout
+    counts = {
+        text.split(":")[0].strip(): text.split(":")[1].split()[0]
+        for text in result.stdout.splitlines()[1:6]
+    }
+    ordered = policy != "overwrite"
+    assert counts["already equal"] == ("60" if ordered else "0"), result.stdout
+    assert counts["kept by the policy"] == "0", result.stdout
+    assert counts["left as they were"] == ("0" if ordered else "60"), result.stdout
+
+
+def test_a_lease_checkpoint_that_is_not_a_sequence_number_is_named_as_such(job: Job) -> None:
+    populate(job, 5)
+    stream = job.source.describe_table(TableName=job.source_table)["Table"]["LatestStreamArn"]
+    shard_id = _shard(job, stream)
+    leases = LeaseTable(job.source, job.name, owner="test")
+    leases.ensure_exists()
+    leases.create(shard_id, "LATEST", [])
+    lease = leases.get(shard_id)
+    assert lease is not None
+    leases.take(lease)
+    leases.checkpoint(lease, "49999999999999999999")  # 20 digits: too short to be one
+
+    refused = cli(job, "backfill")
+
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    (line,) = [text for text in refused.stderr.splitlines() if text.startswith("replicator:")]
+    assert f"shard {shard_id}'s checkpoint '49999999999999999999'" in line, line
+    assert f"in the lease table {job.name} is not a valid sequence number" in line, line
+    assert "cannot reach" not in line
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashingClient:
+    """A DynamoDB client whose writes fail from the ``after``-th on (a process that died)."""
+
+    def __init__(self, client: Any, after: int) -> None:
+        self._client = client
+        self._left = after
+
+    def __getattr__(self, name: str) -> Any:
+        operation = getattr(self._client, name)
+        if name not in ("put_item", "delete_item", "update_item"):
+            return operation
+
+        def write(**kwargs: Any) -> Any:
+            if self._left <= 0:
+                raise _Crash(name)
+            self._left -= 1
+            return operation(**kwargs)
+
+        return write
+
+
+@pytest.mark.parametrize(("before", "after"), [(4, 8), (8, 4)])
+def test_a_restart_that_crashes_part_way_never_leaves_progress_of_another_run(
+    moto_endpoint: str, unique: Any, before: int, after: int
+) -> None:
+    """``--restart`` over a finished run, killed after each of its writes in turn: the
+    next run resumes either the stored run, each segment as it left it or cleared, or
+    the new run with every segment cleared; never the new run's segment count beside the
+    old run's done segments (which would skip what those segments hold under the new
+    count)."""
+    from replicator.tools.backfill_state import BackfillState
+    from replicator.tools.tables import TableRef
+    from tests.support.aws import client
+
+    ddb = client("dynamodb", "us-east-1", moto_endpoint)
+    owner = "run"  # the same process id each time: a crashed run's heartbeat is not in the way
+    plan_args = {"source": "us-east-1/src", "destinations": ["eu-west-1/dst"]}
+    writes = 1 + after + max(0, before - after)  # the run row, the segments, the deletions
+    for crash_after in range(writes):
+        ref = TableRef("progress", "us-east-1", unique("progress"), moto_endpoint, ddb)
+        state = BackfillState(ref, owner)
+        state.ensure_exists()
+        old = state.begin(**plan_args, segments=before, default_segments=4, restart=True)
+        for segment in old.segments:
+            segment.done, segment.scanned = True, 10
+            state.save(segment)
+        crashing = BackfillState(replace(ref, client=_CrashingClient(ddb, crash_after)), owner)
+        with pytest.raises(_Crash):
+            crashing.begin(**plan_args, segments=after, default_segments=4, restart=True)
+
+        resumed = BackfillState(ref, owner).begin(
+            **plan_args, segments=None, default_segments=4, restart=False
+        )
+
+        cleared = [not (s.done or s.scanned or s.last_key) for s in resumed.segments]
+        as_left = [s.done and s.scanned == 10 for s in resumed.segments]
+        if resumed.total_segments == before:  # the stored run: its own progress, or none
+            assert all(c or o for c, o in zip(cleared, as_left, strict=True)), crash_after
+        else:  # the new run: nothing of the old one's progress
+            assert all(cleared), (crash_after, resumed)

@@ -4,6 +4,7 @@ sampling, repair through the conflict policy, and the exit codes."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from replicator.tombstones.setup import prepare as prepare_tombstones
 from replicator.tombstones.table import TombstoneTable
 from replicator.tools.compare import compare
 from replicator.tools.verify import Verify, VerifyHooks, VerifyOptions, VerifyReport
-from tests.support.e2e import Job, wait_until
+from tests.support.e2e import PATIENCE, Job, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
 
 LWW = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}"
@@ -449,3 +450,158 @@ def test_an_aws_error_names_the_jobs_endpoints(job: Job) -> None:
         f"verify t: InternalServerError: x (at {job.endpoint} (us-east-1) or {job.endpoint} "
         f"(eu-west-1) or {job.endpoint} (ap-southeast-2))"
     )
+
+
+def _fill(ddb: Any, table: str, items: list[Item]) -> None:
+    for start in range(0, len(items), 25):
+        unprocessed = {table: [{"PutRequest": {"Item": i}} for i in items[start : start + 25]]}
+        while unprocessed:
+            unprocessed = ddb.batch_write_item(RequestItems=unprocessed)["UnprocessedItems"]
+
+
+def test_sample_of_a_table_with_few_partition_keys_reaches_n_items_and_finds_differences(
+    job: Job,
+) -> None:
+    """4 partition keys of 250 items: a scan segment holds all of a partition key or none
+    of it, so reading the first keys of segments saw only the lowest sort keys."""
+    source = [
+        {"pk": {"S": f"tenant{t}"}, "sk": {"N": str(n)}, "v": {"S": "a"}}
+        for t in range(4)
+        for n in range(250)
+    ]
+    _fill(job.source, job.source_table, source)
+    changed = [
+        {**i, "v": {"S": "b"}} if int(i["sk"]["N"]) >= 10 and int(i["sk"]["N"]) % 2 == 0 else i
+        for i in source
+    ]
+    for ddb, table in job.destination_clients():
+        _fill(ddb, table, changed)
+
+    result = cli(job, "--sample", "200", "--recheck", "1")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    first = result.stdout.splitlines()[0]
+    assert "sampled 200 source items of 1000 read" in first, result.stdout
+    assert "different" in result.stdout
+
+
+def test_a_sample_larger_than_the_table_checks_every_item_and_says_so(job: Job) -> None:
+    replicated(job, 30)
+
+    report = verify(job, sample=50, recheck=1)
+
+    assert report.equal and report.source_items == 30
+    text = report.text()
+    assert "sampled 30 source items of 30 read" in text
+    assert "the table holds 30 items, fewer than --sample 50: all of them were checked" in text
+
+
+def test_a_reservoir_draws_every_key_alike_and_merges_parts_into_one_sample() -> None:
+    from replicator.tools.verify import Reservoir
+
+    counts = dict.fromkeys(range(20), 0)
+    for _ in range(2000):
+        parts = [Reservoir(5) for _ in range(3)]
+        for number in range(20):  # parts of very different sizes: 2, 3 and 15 keys
+            parts[0 if number < 2 else 1 if number < 5 else 2].offer(((str(number), "N", ""),))
+        whole = Reservoir(5)
+        for part in parts:
+            whole.merge(part)
+        assert whole.seen == 20
+        keys = whole.keys()
+        assert len(keys) == 5 and len(set(keys)) == 5
+        for key in keys:
+            counts[int(key[0][0])] += 1
+    # each key is drawn with probability 5/20: 500 times in 2000, give or take 4 sigma
+    assert all(400 < count < 600 for count in counts.values()), counts
+
+
+def test_a_large_tables_sample_reads_whole_segments_drawn_at_random_and_says_so(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from replicator.tools import verify as verify_module
+
+    monkeypatch.setattr(verify_module, "_SAMPLE_WHOLE_TABLE_ITEMS", 0)
+    monkeypatch.setattr(verify_module, "_ITEMS_PER_SAMPLE_SEGMENT", 5)
+    replicated(job, 60)
+
+    report = verify(job, sample=4, recheck=1, threads=2)
+
+    assert report.equal and report.source_items == 4
+    source = report.samples["source"]
+    assert not source.whole_table and source.read >= 16
+    assert "scan segments drawn at random" in report.text()
+
+
+def test_repair_to_a_destination_that_refuses_every_write_stops_at_once(job: Job) -> None:
+    """The first repair write to reach the refusal limit ends the command (exit 3): the
+    writes queued behind it are given up, not each retried through its own streak."""
+    replicated(job, 300, to=(0,))  # 300 items missing at the second destination
+    proxy = FaultProxy(job.endpoint).start()
+    try:
+        proxy.set(Mode(Fault.DENY, operations=frozenset({"PutItem"})))
+        text = job.path.read_text().replace(
+            f"table: {job.name}-ap, endpoint_url: '{job.endpoint}'",
+            f"table: {job.name}-ap, endpoint_url: '{proxy.url}'",
+        )
+        job.path.write_text(
+            text.replace(
+                "writer: {max_in_flight: 16}",
+                "writer: {max_in_flight: 16, access_denied_limit: 5, "
+                "retry: {base_delay_ms: 1000, max_delay_ms: 1000}}",
+            )
+        )
+        result = subprocess.run(
+            [
+                *(sys.executable, "-m", "replicator", "verify", "--config", str(job.path)),
+                *("--repair", "--recheck", "1", "--recheck-pause", "0"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60 * PATIENCE,
+            check=False,
+        )
+    finally:
+        proxy.stop()
+    assert result.returncode == 3, result.stdout + result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("replicator:")]
+    assert f"{job.name}-ap) refused 5 writes in a row" in line, line
+    assert result.stdout == ""
+    # a few seconds for the first streaks; 300 streaks 8 at a time would take minutes
+    assert proxy.counts("PutItem")["denied"] < 100, proxy.counts("PutItem")
+
+
+def test_repair_refused_by_a_custom_resolver_gives_the_resolvers_reason(
+    job: Job, tmp_path: Path
+) -> None:
+    """The resolver keeps the destination's item: the repair is refused for that reason,
+    not because the destination's item changed since it was read (it did not)."""
+    (tmp_path / "keep_resolver.py").write_text(
+        "def decide(incoming, existing):\n    return existing is None\n"
+    )
+    job.path.write_text(
+        job.path.read_text().replace(
+            LWW, "conflict: {policy: custom, resolver: 'keep_resolver:decide'}"
+        )
+    )
+    items = replicated(job, 2)
+    (eu, eu_table), _ = job.destination_clients()
+    eu.put_item(TableName=eu_table, Item={**items[0], "v": {"S": "kept"}})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "replicator", "verify", "--config", str(job.path)),
+            *("--repair", "--recheck", "1", "--recheck-pause", "0"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("  different")]
+    assert line.endswith("-> refused: the custom resolver kept the destination's item"), line
+    assert "changed since it was read" not in result.stdout

@@ -16,6 +16,8 @@ time from the test (:meth:`FaultProxy.set`) and applies to the next request:
 * ``SLOW_ANSWER``: forward the next request, then hold its answer for ``latency_s``
   before sending it, once: the write lands, the client's read timeout fires first, and
   its retry meets its own write (then the proxy passes requests through again).
+* ``DENY``: answer a fraction of requests with HTTP 400 ``AccessDeniedException``,
+  unforwarded (a destination whose permissions were taken away).
 * ``REFUSE``: stop listening, so connections are refused, and drop open keep-alive
   connections; leaving this fault listens again on the same port. The port stays bound
   meanwhile (a socket that does not listen: connections to it are refused), so that no
@@ -77,6 +79,7 @@ class Fault(StrEnum):
     SERVER_ERROR = "server_error"
     RESET = "reset"
     BLACK_HOLE = "black_hole"
+    DENY = "deny"
     REFUSE = "refuse"
     SLOW_ANSWER = "slow_answer"
 
@@ -399,6 +402,10 @@ class FaultProxy:
             self._count(request, "throttled")
             kind = THROTTLE_TYPES.get(mode.throttle_code, mode.throttle_code)
             return self._send(connection, _error(400, kind, "Rate of requests exceeds capacity"))
+        if fault is Fault.DENY:
+            self._count(request, "denied")
+            kind = "com.amazon.coral.service#AccessDeniedException"
+            return self._send(connection, _error(400, kind, "Injected: not authorized"))
         if fault in (Fault.SERVER_ERROR, Fault.RESET) and mode.after_forward:
             forwarded = self._forward(request)
             self._count(request, f"upstream_{forwarded.status}")
