@@ -48,7 +48,48 @@ def _operator_errors(function: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OnceEach(click.Command):
+    """A command whose options that take one value may be given once each (every
+    ``replicator`` command is one).
+
+    click keeps the last of repeated values, so ``wait -d A -d B`` would wait on B
+    alone and report A replicated when it is not, ``--until X --until 1`` would wait
+    for 1, and ``run -c prod.yaml -c test.yaml`` would run the test job. A command that
+    does less than was asked is worse than a usage error.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # A first parse, only to count: the parser lists an option once per occurrence.
+        _, _, order = self.make_parser(ctx).parse_args(args=list(args))
+        given = Counter(
+            param
+            for param in order
+            if isinstance(param, click.Option)
+            and not (param.multiple or param.count or param.is_flag)
+        )
+        for param, times in given.items():
+            if times > 1:
+                flag = max(param.opts, key=len)
+                hints = {
+                    ("wait", "destination"): "run it once for each destination (joined "
+                    "with && to wait for all)",
+                    ("watermark", "destination"): "leave it out to show every destination",
+                }
+                hint = hints.get(
+                    (ctx.command.name or "", param.name or ""),
+                    "the last would be used, the others quietly dropped",
+                )
+                raise click.UsageError(
+                    f"{flag} given {times} times; {ctx.command_path} takes one: {hint}", ctx
+                )
+        return super().parse_args(ctx, args)
+
+
+class _Commands(click.Group):
+    command_class = _OnceEach
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dynamodb-replicator")
 def cli() -> None:
     """Replicate a DynamoDB table to other regions and accounts through its stream."""
@@ -467,41 +508,6 @@ def _entry_id_option(ctx: click.Context, param: click.Parameter, value: str | No
     return wanted
 
 
-class _OnceEach(click.Command):
-    """A command whose options that take one value may be given once each.
-
-    click keeps the last of repeated values, so ``wait -d A -d B`` would wait on B
-    alone and report A replicated when it is not, and ``--until X --until 1`` would wait
-    for 1. A barrier that answers for less than was asked is worse than a usage error.
-    """
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        # A first parse, only to count: the parser lists an option once per occurrence.
-        _, _, order = self.make_parser(ctx).parse_args(args=list(args))
-        given = Counter(
-            param
-            for param in order
-            if isinstance(param, click.Option)
-            and not (param.multiple or param.count or param.is_flag)
-        )
-        for param, times in given.items():
-            if times > 1:
-                flag = max(param.opts, key=len)
-                hints = {
-                    ("wait", "destination"): "run it once for each destination (joined "
-                    "with && to wait for all)",
-                    ("watermark", "destination"): "leave it out to show every destination",
-                }
-                hint = hints.get(
-                    (ctx.command.name or "", param.name or ""),
-                    "the last would be used, the others quietly dropped",
-                )
-                raise click.UsageError(
-                    f"{flag} given {times} times; {ctx.command_path} takes one: {hint}", ctx
-                )
-        return super().parse_args(ctx, args)
-
-
 def _poll_seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
     """A poll interval: a number of seconds, and no more than the API takes (an hour):
     a longer sleep means nothing to a barrier, and one of 1e12 s overflowed."""
@@ -537,7 +543,7 @@ def _since_option(ctx: click.Context, param: click.Parameter, value: str | None)
         raise click.BadParameter(str(error)) from None
 
 
-@cli.command(cls=_OnceEach)
+@cli.command()
 @CONFIG_OPTION
 @click.option(
     "--destination", "-d", default=None, help="A destination's name or table [default: all]."
@@ -551,7 +557,7 @@ def watermark(config_path: Path, destination: str | None, as_json: bool) -> None
     sys.exit(commands.show(load_job(config_path), destination, as_json))
 
 
-@cli.command(cls=_OnceEach)
+@cli.command()
 @CONFIG_OPTION
 @click.option(
     "--destination",

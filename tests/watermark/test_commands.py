@@ -75,6 +75,14 @@ AP = "ap-southeast-2/replica"
             "--destination given 2 times; replicator watermark takes one: leave it out to "
             "show every destination",
         ),
+        # Every command takes an option of one value once (the job file above all).
+        (
+            ["run", "-c", "other.yaml"],
+            "--config given 2 times; replicator run takes one: the last would be used",
+        ),
+        (["validate", "--config", "other.yaml"], "--config given 2 times"),
+        (["verify", "--sample", "3", "--sample", "4"], "--sample given 2 times"),
+        (["backfill", "--read-rate", "1", "--read-rate", "2"], "--read-rate given 2 times"),
         (
             # A poll whose sleep overflowed (OverflowError) with no timeout to cut it short.
             ["wait", "-d", EU, "--until", "99999999999", "--timeout", "inf", "--poll", "1e12"],
