@@ -24,10 +24,9 @@ tested directly:
   (active-active: the destination an echo came from) counts as done for it; the others
   still write it. ``checkpointable`` is the sequence number of the last slot of the
   longest done prefix: nothing at or before it is unapplied.
-* **Backpressure** counts the changes still to be written (``open_changes``), not the
-  ones squashed away that wait only for the write standing for them: an item whose
-  changes keep replacing each other at a slow destination does not fill the buffer; the
-  records it holds for the checkpoint order are bounded apart (``tracked_records``).
+* **Backpressure** counts every record not yet done (``open_changes``), the changes
+  squashed away included: each is kept, whole, until the write standing for it lands,
+  so counting them is what bounds the buffer's memory.
 """
 
 from __future__ import annotations
@@ -71,8 +70,6 @@ class Slot:
 
     sequence_number: str
     remaining: int
-    # Squashed away: open only until the write standing for it lands (not backpressure).
-    held: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -115,7 +112,6 @@ class ChangeBuffer:
         self._squash = order
         self._order: deque[Slot] = deque()
         self._open_slots = 0
-        self._held_slots = 0  # open slots of squashed-away changes (see Slot.held)
         # Per key, the changes not yet settled everywhere and not replaced, in stream order.
         self._chains: dict[KeyId, list[Entry]] = {}
         # Per destination and key, the changes not yet taken, in the order to send them.
@@ -185,6 +181,8 @@ class ChangeBuffer:
         self._new_slot(change.sequence_number, 0)
         holders = [d for d in self.destinations if d in replaces_older_at]
         chain = self._chains.get(change.key)
+        if holders:
+            self._retire_unchained_at(change, holders, chain or ())
         if not holders or not chain:
             return
         everywhere = len(holders) == len(self.destinations)
@@ -196,7 +194,6 @@ class ChangeBuffer:
             if everywhere and not owed_nowhere:
                 # Still in flight somewhere: that write settles it, out of the chain.
                 entry.superseded = True
-                self._hold(entry.slot)
             if everywhere or owed_nowhere:
                 del chain[index]
             if everywhere:
@@ -272,7 +269,6 @@ class ChangeBuffer:
         self._chains.clear()
         self._order.clear()
         self._open_slots = 0
-        self._held_slots = 0
 
     # -- progress -------------------------------------------------------------------------
 
@@ -285,8 +281,8 @@ class ChangeBuffer:
 
     @property
     def open_changes(self) -> int:
-        """Records not yet done, less those squashed away: what backpressure counts."""
-        return self._open_slots - self._held_slots
+        """Records not yet done, squashed ones included: what backpressure counts."""
+        return self._open_slots
 
     @property
     def tracked_records(self) -> int:
@@ -338,18 +334,6 @@ class ChangeBuffer:
             slot.remaining -= 1
             if slot.remaining == 0:
                 self._open_slots -= 1
-                self._unhold(slot)
-
-    def _hold(self, slot: Slot) -> None:
-        """``slot``'s change is squashed away: it no longer counts for backpressure."""
-        if slot.remaining and not slot.held:
-            slot.held = True
-            self._held_slots += 1
-
-    def _unhold(self, slot: Slot) -> None:
-        if slot.held:
-            slot.held = False
-            self._held_slots -= 1
 
     def _settle_at(self, destination: str, entries: Sequence[Entry]) -> None:
         """The write standing for ``entries`` landed at ``destination``: they are done there."""
@@ -362,8 +346,6 @@ class ChangeBuffer:
         """Queue squashed-away ``entries`` at ``destination`` ahead of the item's newer
         changes, in stream order: the write that stood for them was dead-lettered there."""
         entries.sort(key=lambda stood: stood.change.position)
-        for stood in entries:
-            self._unhold(stood.slot)  # to be written: backpressure counts it again
         queued = self._queued[destination]
         queue = queued.get(key)
         queued[key] = deque(entries) if queue is None else deque((*entries, *queue))
@@ -379,7 +361,6 @@ class ChangeBuffer:
         self.squashed += 1
         dropped = Entry(change, slot, superseded=True, pending=set(queued.pending))
         slot.remaining = len(dropped.pending)  # a chain entry is pending somewhere
-        self._hold(slot)
         stand_for = queued.stand_for
         if stand_for is None:
             stand_for = queued.stand_for = {}
@@ -390,6 +371,33 @@ class ChangeBuffer:
                 stand_for.setdefault(destination, []).extend(entries)
             else:
                 self._settle_at(destination, entries)
+
+    def _retire_unchained_at(
+        self, change: Change, holders: Sequence[str], chain: Sequence[Entry]
+    ) -> None:
+        """Out of the chain, what an echo's holders must not be sent either: changes
+        re-queued there after a dead-lettered write, and what a replaced write in flight
+        there stands for (written there should that write fail)."""
+        key = change.key
+        for destination in holders:
+            flying = self._in_flight[destination].get(key)
+            stood = None
+            if flying is not None and flying not in chain and flying.stand_for:
+                stood = flying.stand_for.pop(destination, None)
+            if stood:
+                self._settle_at(destination, stood)
+            queue = self._queued[destination].get(key)
+            if not queue:
+                continue
+            retired = [e for e in queue if e not in chain and self._squash.newer(change, e.change)]
+            for entry in retired:
+                queue.remove(entry)
+                if destination in entry.pending:
+                    entry.pending.discard(destination)
+                    self._settle(entry.slot)
+            if not queue:
+                del self._queued[destination][key]
+                self._ready[destination].pop(key, None)
 
     def _retire_at(self, entry: Entry, holders: Sequence[str]) -> bool:
         """Drop ``entry``'s queued writes to ``holders`` only, which already hold a newer
@@ -430,7 +438,6 @@ class ChangeBuffer:
         which waits for it).
         """
         previous.superseded = True
-        self._hold(previous.slot)
         key = previous.change.key
         for destination in self.destinations:
             queued = self._queued[destination]
@@ -442,8 +449,15 @@ class ChangeBuffer:
                 if not queue:
                     del queued[key]
                     self._ready[destination].pop(key, None)
-                moved = stand_for.setdefault(destination, [])
-                if previous.stand_for:
-                    moved.extend(previous.stand_for.pop(destination, ()))
+                # Take over ``previous``'s list rather than copy it: a hot key replaced
+                # over and over at a slow destination would copy a growing list per record.
+                inherited = (
+                    previous.stand_for.pop(destination, None) if previous.stand_for else None
+                )
+                moved = stand_for.get(destination)
+                if moved is None:
+                    moved = stand_for[destination] = inherited if inherited is not None else []
+                elif inherited:
+                    moved.extend(inherited)
                 moved.append(previous)
         self.squashed += 1

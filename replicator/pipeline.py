@@ -577,9 +577,11 @@ class ShardPipeline:
         except BaseException as error:  # noqa: BLE001  # any writer failure stops the shard
             self._fail(error, label)
             return
-        if self.watermark is not None and label in self.writers:
-            self.watermark.settled(label, entry.change, dead_lettered=result.failed)
         with self._cond:
+            # Under the lock, with the buffer: a change dropped behind this one in
+            # between would be settled in the watermark yet re-queued by the buffer.
+            if self.watermark is not None and label in self.writers:
+                self.watermark.settled(label, entry.change, dead_lettered=result.failed)
             self._progress_at[label] = self._clock()
             self.buffer.complete(label, entry, failed=result.failed)
             self._settle_batches()

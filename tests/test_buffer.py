@@ -92,7 +92,7 @@ def test_a_superseded_change_in_flight_holds_the_checkpoint_until_its_write_land
     (old,) = buffer.take_ready("d", 10)
     buffer.add(change("k", 2))
     assert buffer.checkpointable() is None
-    assert buffer.open_changes == 1  # only record 2 is still to be written
+    assert buffer.open_changes == 2  # record 1 is kept until its write lands
     buffer.complete("d", old)
     assert buffer.checkpointable() == "1"
     drain(buffer, "d")
@@ -354,3 +354,32 @@ def test_a_squash_holds_under_every_destinations_rule() -> None:
     buffer.add(versioned("INSERT", 2, 1))
     for destination in ("eu", "ap"):
         assert sent_in_order(buffer, destination) == [("REMOVE", "5"), ("INSERT", "1")]
+
+
+def test_an_echo_retires_a_change_re_queued_at_its_holder() -> None:
+    # 1 is replaced by 2; eu refuses 2, so 1 is queued at eu again. Then the echo 3 of
+    # eu's own newer state arrives: eu holds 3, so 1 must not be written there after it.
+    buffer = ChangeBuffer(["eu", "ap"], IN_STREAM_ORDER)
+    buffer.add(change("k", 1))
+    buffer.add(change("k", 2))
+    (two,) = buffer.take_ready("eu", 10)
+    buffer.complete("eu", two, failed=True)
+    buffer.add_skipped(change("k", 3), replaces_older_at={"eu"})
+    assert buffer.take_ready("eu", 10) == []
+    drain(buffer, "ap")
+    assert buffer.idle and buffer.checkpointable() == "3"
+
+
+def test_an_echo_retires_what_a_replaced_write_in_flight_stands_for_at_its_holder() -> None:
+    # 2 stands for 1 at eu; 2, in flight at eu, is replaced by 3; the echo 4 of eu's
+    # state arrives; 2's write is then refused at eu: 1 must not be written there.
+    buffer = ChangeBuffer(["eu", "ap"], IN_STREAM_ORDER)
+    buffer.add(change("k", 1))
+    buffer.add(change("k", 2))
+    (two,) = buffer.take_ready("eu", 10)
+    buffer.add(change("k", 3))
+    buffer.add_skipped(change("k", 4), replaces_older_at={"eu"})
+    buffer.complete("eu", two, failed=True)
+    assert buffer.take_ready("eu", 10) == []
+    drain(buffer, "ap")
+    assert buffer.idle and buffer.checkpointable() == "4"

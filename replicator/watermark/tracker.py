@@ -21,7 +21,10 @@ The claim is ``min(delivered, oldest unsettled) - 1 us``:
 * **oldest unsettled**: the creation time of the oldest change received but not yet
   settled at the destination. A change that the buffer replaced by a newer change to the
   same item (squashed) is settled only when a write of that item at or after it settles,
-  because until then the destination does not hold its effect.
+  because until then the destination does not hold its effect. When that write is
+  dead-lettered, the buffer writes the squashed changes themselves; here they are
+  reported within the dead letter's range, even should their own writes then land: a
+  waiter is told "dead-lettered", never "replicated", for a change that may be neither.
 
 **Creation times are whole seconds.** DynamoDB Streams rounds a record's
 ``ApproximateCreationDateTime`` down to the second, so a change recorded at ``t`` was
