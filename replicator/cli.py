@@ -118,7 +118,7 @@ def validate(config_path: Path) -> None:
 
     resolved = load_job(config_path)
     check_resolvers(resolved)
-    click.echo(describe(resolved))
+    click.echo(redact(describe(resolved)))
     for caution in resolved.job.cautions:
         click.echo(f"warning: {caution}")
 

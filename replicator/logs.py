@@ -43,6 +43,9 @@ _TOKEN_IN_TEXT = re.compile(
     r"(?:(?<=['\"])[^'\"]+|[^\s,;&'\"}]+)",
     re.IGNORECASE,
 )
+# A user name and password in a URL (an endpoint or queue URL typed with them): refused
+# by the job checks, whose message must not print them back.
+_USERINFO_IN_URL = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"<>]+@")
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 REDACTED = "<redacted>"
 
@@ -52,6 +55,7 @@ def redact(text: str) -> str:
     (AWS's canonical request, a header, a URL), or the value of a credential variable of
     this process's environment. Credentials are never logged nor printed."""
     text = _TOKEN_IN_TEXT.sub(lambda match: match.group(1) + REDACTED, text)
+    text = _USERINFO_IN_URL.sub(lambda match: match.group(1) + REDACTED + "@", text)
     for name in _SECRET_VARIABLES:
         value = os.environ.get(name)
         if value and len(value) >= 8 and value in text:

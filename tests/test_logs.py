@@ -58,6 +58,34 @@ def test_jvm_password_options_are_redacted_wherever_they_show() -> None:
     assert "-Dhttp.proxyHost=proxy" in text and "-Xmx1g" in text
 
 
+def test_a_password_in_an_endpoint_url_is_never_printed_back(tmp_path: Path) -> None:
+    """An endpoint typed with a user name and password is refused (exit 2), and the
+    message, as the CLI prints it, names the URL without them; so does validate for a
+    queue URL that carries them."""
+    from click.testing import CliRunner
+
+    from replicator.cli import cli
+
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "source: {region: us-east-1, table: orders, "
+        "endpoint_url: 'http://admin:SuperSecretPw1@127.0.0.1:6157'}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+    )
+    refused = CliRunner().invoke(cli, ["validate", "-c", str(job)], prog_name="replicator")
+    assert refused.exit_code == 2, refused.output
+    assert "SuperSecretPw1" not in refused.output and "admin" not in refused.output
+    assert "http://<redacted>@127.0.0.1:6157" in refused.output
+    job.write_text(
+        "source: {region: us-east-1, table: orders}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        "dead_letter: {kind: sqs, queue_url: 'https://admin:QueuePw77@sqs.example/1/q'}\n"
+    )
+    shown = CliRunner().invoke(cli, ["validate", "-c", str(job)], prog_name="replicator")
+    assert shown.exit_code == 0, shown.output
+    assert "QueuePw77" not in shown.output and "https://<redacted>@sqs.example" in shown.output
+
+
 class _Recording(io.StringIO):
     """A stream that keeps every write call, and can hold one back until released."""
 

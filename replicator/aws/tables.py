@@ -44,6 +44,13 @@ def stream_enabled(table: TableDescriptionTypeDef) -> bool:
     return bool(spec and spec.get("StreamEnabled"))
 
 
-def where(region: str, endpoint_url: str | None) -> str:
-    """Where a table is, for messages: ``eu-west-1``, or ``http://host:port (eu-west-1)``."""
-    return f"{endpoint_url} ({region})" if endpoint_url else region
+def where(region: str, endpoint_url: str | None, role_arn: str | None = None) -> str:
+    """Where a table is, for messages: ``eu-west-1``, or ``http://host:port (eu-west-1)``;
+    reached through a role, the role and its account too (the table must be there, not
+    in the account of the credentials the worker started with)."""
+    place = f"{endpoint_url} ({region})" if endpoint_url else region
+    if role_arn:
+        parts = role_arn.split(":")
+        account = f" in account {parts[4]}" if len(parts) > 4 and parts[4] else ""
+        place = f"{place}, as role {role_arn}{account}"
+    return place

@@ -78,7 +78,7 @@ def explain(error: BaseException, what: str, where: str) -> EnvironmentProblem:
 def check_source(resolved: ResolvedJob) -> SourceInfo:
     job = resolved.job
     source = job.source
-    where = tables.where(source.region, source.endpoint_url)
+    where = tables.where(source.region, source.endpoint_url, source.role_arn)
     what = f"source table {source.table}"
     ddb = clients.dynamodb(source)
     try:
@@ -187,7 +187,7 @@ def check_kinesis_stream(resolved: ResolvedJob, where: str) -> str:
 
 def check_destinations(resolved: ResolvedJob, source_keys: dict[str, str]) -> None:
     for index, destination in enumerate(resolved.job.destinations):
-        where = tables.where(destination.region, destination.endpoint_url)
+        where = tables.where(destination.region, destination.endpoint_url, destination.role_arn)
         what = f"destinations[{index}] table {destination.table}"
         ddb = clients.dynamodb(destination)
         try:

@@ -168,3 +168,26 @@ def test_a_timestamp_that_is_a_key_attribute_stops_the_start_naming_the_key(
     message = str(raised.value)
     assert "\n" not in message and str(path) in message
     assert "conflict.timestamp_attribute is 'pk', a key attribute of the source table" in message
+
+
+def test_a_destination_missing_in_the_account_of_its_role_names_the_role_and_account(
+    moto_endpoint: str, tables: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table exists for the worker's own credentials, but the job reaches it through a
+    role of another account, where it does not: the message must say where it looked."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", moto_endpoint)  # the role is assumed in moto
+    role = "arn:aws:iam::222222222222:role/replica-writer"
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        f"task_name: preflight-role-{tables['ours']}\n"
+        f"source: {{region: us-east-1, table: {tables['ours']}, endpoint_url: '{moto_endpoint}'}}\n"
+        "destinations:\n"
+        f"  - {{region: eu-west-1, table: missing-{tables['dst']}, "
+        f"endpoint_url: '{moto_endpoint}', role_arn: '{role}'}}\n"
+        "metrics: {enabled: false}\n"
+    )
+    with pytest.raises(EnvironmentProblem) as raised:
+        preflight.check(load_job(path))
+    message = str(raised.value)
+    assert f"missing-{tables['dst']}: not found at" in message, message
+    assert f"as role {role} in account 222222222222" in message, message
