@@ -462,8 +462,8 @@ RESERVED_KCL_PROPERTIES = {
     "idleTimeBetweenReadsInMillis": "kcl.idle_time_between_reads_ms",
     "failoverTimeMillis": "kcl.failover_time_ms",
     "shutdownGraceMillis": (
-        "kcl.failover_time_ms (the graceful-stop time is derived from it, and the "
-        "processors' flush time from that)"
+        "kcl.failover_time_ms (the graceful-stop time is 20 s for the processors' flush "
+        "+ the failover time + 10 s)"
     ),
     "skipRecordsBehavior": "source.on_trimmed_data",
 }

@@ -165,7 +165,7 @@ def test_the_properties_name_the_stream_arn_preflight_resolved(
     text = prepared.properties.read_text()
     assert f"\ndynamoDBStreamArn = {arn}\n" in text
     assert "\nworkerId = host-a\n" in text
-    assert "\nshutdownGraceMillis = 30000\n" in text  # max(failover 5 s, flush 20 s) + 10 s
+    assert "\nshutdownGraceMillis = 35000\n" in text  # flush 20 s + failover 5 s + 10 s
     assert prepared.argv[-1] == str(prepared.properties)
 
 
