@@ -714,6 +714,9 @@ class ResolvedJob(BaseModel):
     job: JobConfig
     path: Path
     task_name: str
+    # The file's text as it was read and validated (``replicator run`` under the KCL hands
+    # its processors a copy of it, whatever happens to the file afterwards).
+    text: str | None = Field(default=None, repr=False)
 
     @property
     def lease_table(self) -> str:

@@ -1,8 +1,11 @@
 """The KCL properties file for a job, rendered from the templates in ``properties/``.
 
 The task name becomes the KCL ``applicationName``, which the KCL uses as the lease
-table's name; the executable is this package's record processor, run with the job
-file, so that the daemon's children read exactly the job the operator validated.
+table's name; the executable is this package's record processor, run (by ``replicator
+run``) with a copy of the job file's text as it was validated, in the run's private
+directory, so that the daemon's children read exactly the job the operator validated,
+whatever happens to the file afterwards (edited, or a Kubernetes ConfigMap's symlinks
+swapped and the old directory removed).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from replicator.config.model import JobConfig, OnTrimmedData, ResolvedJob, Strea
 from replicator.exceptions import KclUnavailable
 
 TEMPLATE_ENV = "REPLICATOR_PROPERTIES_DIR"
+# The operator's job file, which processors reading the run's copy name in messages.
+JOB_FILE_ENV = "REPLICATOR_KCL_JOB_FILE"
 # How long a processor asked to stop (shutdownRequested) waits for its writes in flight
 # before it checkpoints what was applied (a destination that is down holds them back).
 PROCESSOR_FLUSH_TIMEOUT_MS = 20_000
@@ -74,14 +79,14 @@ def processor_executable(job_file: Path) -> str:
         if any(c.isspace() for c in part):
             raise KclUnavailable(
                 f"the KCL cannot run a processor from a path with whitespace: {part!r} "
-                "(it splits its command on spaces); move the job file or Python to a path "
+                "(it splits its command on spaces); move the job file, Python or $TMPDIR to a path "
                 "without any"
             )
         if not (part.isascii() and part.isprintable()):
             raise KclUnavailable(
                 f"the KCL cannot run a processor from a path with control or non-ASCII "
-                f"characters: {part!r} (the JVM may not pass them intact); move the job "
-                "file or Python to a plain ASCII path"
+                f"characters: {part!r} (the JVM may not pass them intact); move the job file, "
+                "Python or $TMPDIR to a plain ASCII path"
             )
     return " ".join(parts)
 
@@ -140,7 +145,10 @@ def render_properties(
     *,
     worker_id: str | None = None,
     stream_arn: str | None = None,
+    job_copy: Path | None = None,
 ) -> str:
+    """The properties file; the processors read ``job_copy`` (``replicator run``'s copy
+    of the job file) when given, else the job file itself."""
     job = resolved.job
     source = job.source
     kind = source.stream.kind
@@ -157,7 +165,7 @@ def render_properties(
     arn = stream_arn or source.stream.arn
     values = {
         "job_file": escape_value(str(resolved.path)),
-        "executable": escape_value(processor_executable(resolved.path.resolve())),
+        "executable": escape_value(processor_executable(job_copy or resolved.path.resolve())),
         "stream_name": escape_value(stream_name(resolved)),
         "stream_line": (
             property_line("dynamoDBStreamArn", arn).rstrip("\n")

@@ -167,6 +167,10 @@ def test_the_properties_name_the_stream_arn_preflight_resolved(
     assert "\nworkerId = host-a\n" in text
     assert "\nshutdownGraceMillis = 35000\n" in text  # flush 20 s + failover 5 s + 10 s
     assert prepared.argv[-1] == str(prepared.properties)
+    # The processors read the run's copy of the job, as validated, not the file.
+    copy = tmp_path / f"{load_job(job).task_name}.job.yaml"
+    assert copy.read_text() == job.read_text()
+    assert f" processor --config {copy}\n" in text
 
 
 def test_a_stop_held_while_starting_ends_the_preflight_with_0_before_the_daemon(

@@ -280,6 +280,40 @@ def test_a_job_path_with_a_quote_is_passed_unquoted(tmp_path: Path) -> None:
     )
 
 
+def test_the_processors_read_the_runs_copy_of_the_job_not_the_file(tmp_path: Path) -> None:
+    """A ConfigMap's symlinks swapped, or the file edited, after `replicator run` checked
+    it: the processors the daemon starts later read the job as it was validated."""
+    from replicator.config.loader import load_job
+    from replicator.runtime.kcl.properties import render_properties
+
+    versions = tmp_path / "..2026_01_01"
+    versions.mkdir()
+    (versions / "job.yaml").write_bytes((ROOT / "config" / "kinesis-source.yaml").read_bytes())
+    (tmp_path / "..data").symlink_to(versions.name)
+    job = tmp_path / "job.yaml"
+    job.symlink_to("..data/job.yaml")
+    resolved = load_job(job)
+    assert resolved.text == (versions / "job.yaml").read_text()
+    copy = tmp_path / "run" / "task.job.yaml"
+    text = render_properties(resolved, job_copy=copy)
+    assert f"\nexecutableName = {sys.executable} -m replicator processor --config {copy}\n" in text
+    assert str(versions) not in text.replace(f"# Job file: {job}", "")
+
+
+def test_a_processor_reading_the_copy_names_the_operators_job_file(tmp_path: Path) -> None:
+    from replicator.config.loader import load_job
+    from replicator.exceptions import ConfigError
+
+    copy = tmp_path / "copy.yaml"
+    copy.write_text("runtime: kcl\nsource: {region: us-east-1}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_job(copy, named="/config/job.yaml")
+    assert str(raised.value).startswith("/config/job.yaml: ")
+    assert str(copy) not in str(raised.value)
+    copy.write_bytes((ROOT / "config" / "kinesis-source.yaml").read_bytes())
+    assert load_job(copy, named="/config/job.yaml").path == Path("/config/job.yaml")
+
+
 @pytest.mark.parametrize("name", ["sp ace", "caf\u00e9", "tab\tbed"])
 def test_a_job_path_the_kcl_cannot_pass_is_refused_with_exit_4(tmp_path: Path, name: str) -> None:
     directory = tmp_path / name
