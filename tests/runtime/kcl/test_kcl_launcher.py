@@ -309,6 +309,41 @@ def test_dynamodb_streams_without_the_launcher_says_how_to_build_it(tmp_path: Pa
     assert java.STREAMS_ADAPTER in message
 
 
+@pytest.mark.parametrize("kind", ["kinesis", "dynamodb-streams"])
+def test_a_credentials_provider_the_jars_lack_is_named_by_its_job_key_with_exit_4(
+    tmp_path: Path, kind: str
+) -> None:
+    """Found in the jars without a JVM, before either daemon would stop on it (the stock
+    one with a stack trace, the launcher naming its temporary properties file)."""
+    classes = [java.MULTILANG_DAEMON, *STREAMS_CLASSES]
+    jars = fake_jars(tmp_path / "jars", classes)
+    job = write_job(
+        tmp_path / "job.yaml",
+        kind=kind,
+        kcl=f", java: {sys.executable}, jars_dir: {jars}, "
+        "extra_properties: {AWSCredentialsProvider: NoSuchProviderX}",
+    )
+    message = assert_refused(
+        run_cli(job), 4, str(job), "kcl.extra_properties.AWSCredentialsProvider", "NoSuchProviderX"
+    )
+    assert ".properties" not in message
+    # A short name of the AWS SDK's or the multilang package's providers, or a class of
+    # the jars by its full name, with arguments and as a chain, is found.
+    fake_jars(
+        tmp_path / "jars",
+        [*classes, "software.amazon.awssdk.auth.credentials.ProfileCredentialsProvider"],
+    )
+    for value in ["ProfileCredentialsProvider|ops", "NoSuch, ProfileCredentialsProvider"]:
+        text = job.read_text().replace("NoSuchProviderX", f"'{value}'")
+        java.check_credentials_providers(load_job_text(tmp_path, text), jars)
+
+
+def load_job_text(tmp_path: Path, text: str) -> Any:
+    path = tmp_path / "other.yaml"
+    path.write_text(text)
+    return load_job(path)
+
+
 def test_a_source_role_is_refused_since_the_daemon_would_not_use_it(tmp_path: Path) -> None:
     job = write_job(tmp_path / "job.yaml", kcl=f", java: {sys.executable}")
     text = job.read_text().replace(
