@@ -230,7 +230,7 @@ def daemon_command(
         # emulators (moto, LocalStack) do not; against AWS itself CBOR stays on, as it is
         # smaller and faster to parse.
         argv.append("-Daws.cborEnabled=false")
-    logback = templates_dir() / "logback.xml"
+    logback = templates_dir(resolved.job.source.stream.kind) / "logback.xml"
     if logback.is_file():
         argv.append(f"-Dlogback.configurationFile={logback}")
     argv += jvm_options(environ)

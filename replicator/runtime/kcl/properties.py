@@ -42,12 +42,34 @@ def shutdown_grace_ms(job: JobConfig) -> int:
     return PROCESSOR_FLUSH_TIMEOUT_MS + job.kcl.failover_time_ms + SHUTDOWN_GRACE_MARGIN_MS
 
 
-def templates_dir() -> Path:
-    """``$REPLICATOR_PROPERTIES_DIR``, else the repository's or the installed copy."""
-    candidates = []
-    if os.environ.get(TEMPLATE_ENV):
-        candidates.append(Path(os.environ[TEMPLATE_ENV]))
-    candidates.append(Path(__file__).resolve().parents[3] / "properties")
+def template_file(kind: StreamKind) -> str:
+    """The properties template a source kind is rendered from."""
+    return "kinesis.properties" if kind is StreamKind.KINESIS else "dynamodb-streams.properties"
+
+
+def templates_dir(kind: StreamKind = StreamKind.KINESIS) -> Path:
+    """``$REPLICATOR_PROPERTIES_DIR``, else the repository's or the installed copy.
+
+    A directory the variable names must hold the template ``kind`` is rendered from and
+    ``logback.xml`` (the daemons' logging): it is never passed over for another one.
+    """
+    explicit = os.environ.get(TEMPLATE_ENV)
+    if explicit:
+        directory = Path(explicit)
+        needed = [template_file(kind), "logback.xml"]
+        if not directory.is_dir():
+            raise KclUnavailable(
+                f"${TEMPLATE_ENV}: {directory} is not a directory (it should hold "
+                f"{' and '.join(needed)}); unset it to use the bundled templates"
+            )
+        missing = [name for name in needed if not (directory / name).is_file()]
+        if missing:
+            raise KclUnavailable(
+                f"${TEMPLATE_ENV}: {directory} has no {' and no '.join(missing)}; copy the "
+                "bundled ones (properties/ in the repository) there, or unset it"
+            )
+        return directory
+    candidates = [Path(__file__).resolve().parents[3] / "properties"]
     # Where pip put the package's data files: sys.prefix for a virtualenv or an image;
     # the scheme's data path, which differs on distributions whose system pip installs
     # under /usr/local; the user base for `pip install --user`.
@@ -60,7 +82,7 @@ def templates_dir() -> Path:
         if installed not in candidates:
             candidates.append(installed)
     for candidate in candidates:
-        if (candidate / "kinesis.properties").is_file():
+        if (candidate / template_file(kind)).is_file():
             return candidate
     raise KclUnavailable(
         "cannot find the KCL properties templates (looked in "
@@ -152,8 +174,7 @@ def render_properties(
     job = resolved.job
     source = job.source
     kind = source.stream.kind
-    template = "kinesis" if kind is StreamKind.KINESIS else "dynamodb-streams"
-    text = (templates_dir() / f"{template}.properties").read_text(encoding="utf-8")
+    text = (templates_dir(kind) / template_file(kind)).read_text(encoding="utf-8")
     endpoint_lines = ""
     if source.endpoint_url:
         endpoint_lines = property_line("kinesisEndpoint", source.endpoint_url) + property_line(

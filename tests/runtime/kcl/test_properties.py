@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -434,3 +435,39 @@ def test_templates_installed_with_pip_install_user_or_under_usr_local_are_found(
             lambda name, *a, **k: root if name == "data" and not a else real(name, *a, **k),
         )
     assert module.templates_dir() == installed
+
+
+def _properties_with_templates(directory: Path, job: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "replicator", "properties", "--config", str(job)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={**os.environ, "REPLICATOR_PROPERTIES_DIR": str(directory)},
+    )
+
+
+def test_a_templates_directory_set_explicitly_is_used_or_refused_never_passed_over(
+    tmp_path: Path,
+) -> None:
+    """It was passed over, without a word, unless it held kinesis.properties."""
+    job = ROOT / "config" / "two-destinations.yaml"  # a DynamoDB Streams source
+    result = _properties_with_templates(tmp_path / "nowhere", job)
+    assert result.returncode == 4, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("replicator: $REPLICATOR_PROPERTIES_DIR: ")
+    assert "is not a directory" in line
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    shutil.copy(ROOT / "properties" / "kinesis.properties", templates)
+    result = _properties_with_templates(templates, job)
+    assert result.returncode == 4, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "$REPLICATOR_PROPERTIES_DIR" in line
+    assert "no dynamodb-streams.properties and no logback.xml" in line
+    shutil.copy(ROOT / "properties" / "logback.xml", templates)
+    (templates / "dynamodb-streams.properties").write_text("# ours\nstreamName = ${table}\n")
+    result = _properties_with_templates(templates, job)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "# ours\nstreamName = orders\n"
