@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -232,8 +233,12 @@ def properties(config_path: Path, worker_id: str | None) -> None:
 def processor(config_path: Path) -> None:
     """Run as the KCL MultiLangDaemon's record processor (speaks the protocol on stdin/stdout)."""
     from replicator.processor import serve_daemon
+    from replicator.runtime.kcl.properties import JOB_FILE_ENV
 
-    sys.exit(serve_daemon(load_job(config_path.resolve())))
+    # Under `replicator run`, the config is the run's copy of the job file: messages name
+    # the operator's file instead.
+    named = os.environ.get(JOB_FILE_ENV) or None
+    sys.exit(serve_daemon(load_job(config_path.resolve(), named=named)))
 
 
 @cli.command()

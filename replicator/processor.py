@@ -103,6 +103,7 @@ class ReplicationProcessor:
         self.intake: ShardIntake | None = None
         self.checkpoints: Checkpoints | None = None
         self._lease_lost = False
+        self._shutdown_requested = False
         self._stop = threading.Event()
         self._reporter: threading.Thread | None = None
         self._answered_at = time.time()  # when the last action finished (see process_records)
@@ -150,7 +151,12 @@ class ReplicationProcessor:
 
     @_fail_fast
     def lease_lost(self, lease_lost_input: Any) -> None:
-        log.warning("lease lost; another worker continues from the last checkpoint")
+        if self._shutdown_requested:
+            # A graceful stop: the KCL gives up the leases after the processors have
+            # checkpointed, and tells each of them so. Nothing was taken from this worker.
+            log.info("lease given up after the requested shutdown")
+        else:
+            log.warning("lease lost; another worker continues from the last checkpoint")
         self._drop()
 
     @_fail_fast
@@ -171,6 +177,7 @@ class ReplicationProcessor:
     @_fail_fast
     def shutdown_requested(self, shutdown_requested_input: Any) -> None:
         intake = self._require_intake()
+        self._shutdown_requested = True
         if self._lease_lost:
             return
         flushed = intake.pipeline.flush(timeout=self._shutdown_flush_timeout_s)

@@ -319,6 +319,33 @@ def test_lease_lost_drops_the_buffer_and_never_checkpoints(job: dict[str, Any]) 
     assert daemon.checkpoints == []
 
 
+def test_the_lease_given_up_after_a_requested_shutdown_is_no_warning(
+    job: dict[str, Any],
+) -> None:
+    """On a graceful stop the KCL tells each processor its lease is gone right after it
+    checkpointed: expected, so info; a lease lost otherwise is still a warning."""
+    daemon = RawDaemon(job["config"])
+    daemon.act(
+        {"action": "initialize", "shardId": "s", "sequenceNumber": None, "subSequenceNumber": None}
+    )
+    daemon.records([put("k", 500, ts=1)])
+    daemon.act({"action": "shutdownRequested"})
+    assert daemon.act({"action": "leaseLost"}) == []
+    assert daemon.finish() == 0
+    (line,) = [line for line in daemon.stderr if "lease" in json.loads(line)["event"]]
+    assert json.loads(line)["event"] == "lease given up after the requested shutdown"
+    assert json.loads(line)["level"] == "info"
+    other = RawDaemon(job["config"])
+    other.act(
+        {"action": "initialize", "shardId": "s", "sequenceNumber": None, "subSequenceNumber": None}
+    )
+    other.act({"action": "leaseLost"})
+    assert other.finish() == 0
+    (line,) = [line for line in other.stderr if "lease" in json.loads(line)["event"]]
+    assert json.loads(line)["event"].startswith("lease lost;")
+    assert json.loads(line)["level"] == "warning"
+
+
 def test_checkpoint_refused_as_shutdown_means_lease_gone(job: dict[str, Any]) -> None:
     daemon = RawDaemon(job["config"])
     daemon.act(

@@ -194,11 +194,17 @@ def _without(value: Mapping[str, Any], invalid: set[str]) -> JobConfig | None:
         return None
 
 
-def load_job(path: str | os.PathLike[str]) -> ResolvedJob:
-    """Load, expand and validate a job file, or raise ConfigError listing every problem."""
-    file = Path(path)
+def load_job(
+    path: str | os.PathLike[str], *, named: str | os.PathLike[str] | None = None
+) -> ResolvedJob:
+    """Load, expand and validate a job file, or raise ConfigError listing every problem.
+
+    ``named``: the path messages give, and the job's ``path``, when ``path`` is a copy
+    (the KCL processors read the copy ``replicator run`` made of the operator's file).
+    """
+    file = Path(path) if named is None else Path(named)
     try:
-        data = file.read_bytes()
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{file}: job file not found") from None
     except OSError as error:
@@ -251,4 +257,6 @@ def parse_job(source: str, file: Path) -> ResolvedJob:
             f"{file}: {count} problem{'s' if count != 1 else ''} in the job file:\n"
             + "\n".join(lines)
         )
-    return ResolvedJob(job=job, path=file, task_name=job.task_name or default_task_name(job))
+    return ResolvedJob(
+        job=job, path=file, task_name=job.task_name or default_task_name(job), text=source
+    )

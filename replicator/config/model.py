@@ -462,11 +462,98 @@ RESERVED_KCL_PROPERTIES = {
     "idleTimeBetweenReadsInMillis": "kcl.idle_time_between_reads_ms",
     "failoverTimeMillis": "kcl.failover_time_ms",
     "shutdownGraceMillis": (
-        "kcl.failover_time_ms (the graceful-stop time is derived from it, and the "
-        "processors' flush time from that)"
+        "kcl.failover_time_ms (the graceful-stop time is 20 s for the processors' flush "
+        "+ the failover time + 10 s)"
     ),
     "skipRecordsBehavior": "source.on_trimmed_data",
+    # The stock daemon would name the lease table after it, the DynamoDB Streams launcher
+    # would not: one job file would mean two lease tables.
+    "tableName": "task_name (the KCL application and lease table)",
 }
+
+# The numeric KCL multilang properties (the setters of int, long and double of KCL 3.1's
+# MultiLangDaemonConfiguration and its beans): the KCL reads a value that is not a number
+# as 0 without a word (maxLeasesForWorker: lots would run uncapped).
+KCL_INTEGER_PROPERTIES = frozenset(
+    {
+        "coordinatorStateReadCapacity",
+        "coordinatorStateWriteCapacity",
+        "dampeningPercentage",
+        "gracefulLeaseHandoffTimeoutMillis",
+        "inMemoryWorkerMetricsCaptureFrequencyMillis",
+        "initialLeaseTableReadCapacity",
+        "initialLeaseTableWriteCapacity",
+        "leaseAssignmentIntervalMillis",
+        "listShardsBackoffTimeInMillis",
+        "logWarningForTaskAfterMillis",
+        "maxDescribeStreamConsumerRetries",
+        "maxDescribeStreamSummaryRetries",
+        "maxGetRecordsThreadPool",
+        "maxLeaseRenewalThreads",
+        "maxLeasesForWorker",
+        "maxLeasesToStealAtOneTime",
+        "maxListShardsRetryAttempts",
+        "metricsBufferTimeMillis",
+        "metricsMaxQueueSize",
+        "millisBehindLatestThresholdForReducedTps",
+        "noOfPersistedMetricsPerWorkerMetrics",
+        "parentShardPollIntervalMillis",
+        "reBalanceThresholdPercentage",
+        "registerStreamConsumerRetries",
+        "retryBackoffMillis",
+        "retryGetRecordsInSeconds",
+        "schedulerInitializationBackoffTimeMillis",
+        "shardSyncIntervalMillis",
+        "taskBackoffTimeMillis",
+        "timeoutInSeconds",
+        "varianceBalancingFrequency",
+        "workerMetricsReadCapacity",
+        "workerMetricsReporterFreqInMillis",
+        "workerMetricsWriteCapacity",
+    }
+)
+KCL_DECIMAL_PROPERTIES = frozenset({"maxThroughputPerHostKBps", "workerMetricsEMAAlpha"})
+_JAVA_LONG = 2**63
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# AWSCredentialsProvider (and its DynamoDB and CloudWatch variants, whose keys the KCL
+# matches case-insensitively): providers separated by commas, each a Java class name
+# (short, as in DefaultCredentialsProvider, or fully qualified) with optional
+# |-separated arguments.
+_JAVA_CLASS = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*(?:\.[A-Za-z_$][A-Za-z0-9_$]*)*")
+CREDENTIALS_PROVIDER_KEY = "awscredentialsprovider"
+
+
+def credentials_provider_names(value: str) -> list[str]:
+    """The class names an AWSCredentialsProvider value lists, without arguments."""
+    elements = (element.strip() for element in value.split(","))
+    return [element.split("|", 1)[0].strip() for element in elements if element]
+
+
+def _credentials_provider_problem(value: str) -> str | None:
+    names = credentials_provider_names(value)
+    bad = [name for name in names if not _JAVA_CLASS.fullmatch(name)]
+    if names and not bad:
+        return None
+    return (
+        f"{value!r} does not name a credentials provider: expected the class name of an "
+        "AWS SDK for Java v2 provider (for example DefaultCredentialsProvider, or a fully "
+        "qualified class), optionally with |-separated arguments, several separated by "
+        "commas" + (f" ({bad[0]!r} is not a class name)" if bad else "")
+    )
+
+
+_UNREAD = "the KCL takes it without a word, and does not use it"
+
+
+def _numeric_property_problem(key: str, value: str) -> str | None:
+    text = value.strip()
+    if key in KCL_INTEGER_PROPERTIES:
+        if re.fullmatch(r"[+-]?[0-9]+", text) and -_JAVA_LONG <= int(text) < _JAVA_LONG:
+            return None
+        return f"{value!r} is not a whole number ({_UNREAD})"
+    if key in KCL_DECIMAL_PROPERTIES and not _DECIMAL.fullmatch(text):
+        return f"{value!r} is not a number ({_UNREAD})"
+    return None
 
 
 def _unreserved_property(key: str) -> str:
@@ -714,6 +801,9 @@ class ResolvedJob(BaseModel):
     job: JobConfig
     path: Path
     task_name: str
+    # The file's text as it was read and validated (``replicator run`` under the KCL hands
+    # its processors a copy of it, whatever happens to the file afterwards).
+    text: str | None = Field(default=None, repr=False)
 
     @property
     def lease_table(self) -> str:
@@ -1156,6 +1246,12 @@ def _kcl_property_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], st
                     "(kcl.initial_position)",
                 )
             )
+    for key, value in extra.items():
+        problem = _numeric_property_problem(key, value)
+        if problem is None and key.lower().startswith(CREDENTIALS_PROVIDER_KEY):
+            problem = _credentials_provider_problem(value)
+        if problem is not None:
+            problems.append(((*where, key), problem))
     level = extra.get("metricsLevel", "NONE").strip().upper()
     if level != "NONE" and job.kcl_endpoint_override():
         problems.append(

@@ -190,6 +190,33 @@ BROKEN = {
         "kcl.extra_properties.callProcessRecordsEvenForEmptyRecordList",
         "write true or false",
     ),
+    "kcl-table-name-property": (
+        MINIMAL + "runtime: kcl\nkcl: {extra_properties: {tableName: other-leases}}\n",
+        "kcl.extra_properties.tableName",
+        "set task_name",
+    ),
+    "kcl-numeric-property-not-a-number": (
+        MINIMAL + "runtime: kcl\nkcl: {extra_properties: {maxLeasesForWorker: lots}}\n",
+        "kcl.extra_properties.maxLeasesForWorker",
+        "'lots' is not a whole number",
+    ),
+    "kcl-numeric-property-a-fraction": (
+        MINIMAL
+        + "runtime: kcl\nkcl: {extra_properties: {workerMetricsReporterFreqInMillis: 1.5}}\n",
+        "kcl.extra_properties.workerMetricsReporterFreqInMillis",
+        "'1.5' is not a whole number",
+    ),
+    "kcl-decimal-property-not-a-number": (
+        MINIMAL + "runtime: kcl\nkcl: {extra_properties: {workerMetricsEMAAlpha: half}}\n",
+        "kcl.extra_properties.workerMetricsEMAAlpha",
+        "'half' is not a number",
+    ),
+    "kcl-credentials-provider-not-a-class": (
+        MINIMAL
+        + "runtime: kcl\nkcl: {extra_properties: {AWSCredentialsProvider: 'my provider'}}\n",
+        "kcl.extra_properties.AWSCredentialsProvider",
+        "does not name a credentials provider",
+    ),
     "active-active-destination-ranks-otherwise": (
         "source: {region: us-east-1, table: aaa}\n"
         "destinations:\n"

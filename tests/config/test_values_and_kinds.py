@@ -244,3 +244,20 @@ def test_a_cross_field_check_that_reads_an_invalid_key_waits_for_it() -> None:
         )
     assert "1 problem in the job file" in str(caught.value)
     assert "kcl.max_records" not in str(caught.value)
+
+
+def test_numbers_and_credentials_providers_the_kcl_reads_pass_in_extra_properties() -> None:
+    job = parse_job(
+        "runtime: kcl\n"
+        + MINIMAL
+        + "kcl:\n  extra_properties:\n"
+        + "    maxLeasesForWorker: 4\n    leaseAssignmentIntervalMillis: '-1'\n"
+        + "    shardSyncIntervalMillis: ' 60000'\n    workerMetricsEMAAlpha: 0.5\n"
+        + "    maxThroughputPerHostKBps: 1e3\n    someUnknownKey: lots\n"
+        + "    AWSCredentialsProvider: 'ProfileCredentialsProvider|ops, "
+        + "DefaultCredentialsProvider'\n"
+        + "    AWSCredentialsProviderDynamoDB: org.example.auth.LeaseTableProvider\n",
+        Path("job.yaml"),
+    ).job
+    assert job.kcl.extra_properties["maxLeasesForWorker"] == "4"
+    assert job.kcl.extra_properties["maxThroughputPerHostKBps"] == "1e3"

@@ -16,7 +16,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from replicator.config.model import ResolvedJob, StreamKind
+from replicator.config.model import (
+    CREDENTIALS_PROVIDER_KEY,
+    ResolvedJob,
+    StreamKind,
+    credentials_provider_names,
+)
 from replicator.exceptions import KclUnavailable
 from replicator.runtime.kcl.properties import templates_dir
 
@@ -159,8 +164,44 @@ def locate(resolved: ResolvedJob, environ: Mapping[str, str] = os.environ) -> Da
             f"{jars_dir} has no jar with {missing[0]}, {needed[missing[0]]}"
             + (f" (also missing: {', '.join(missing[1:])})" if missing[1:] else "")
         )
+    check_credentials_providers(resolved, jars_dir)
     main_class = MULTILANG_DAEMON if kind is StreamKind.KINESIS else STREAMS_LAUNCHER
     return DaemonInstallation(java=java, jars_dir=jars_dir, main_class=main_class)
+
+
+# Where the KCL looks for a provider named without its package (KCL 3's
+# AwsCredentialsProviderPropertyValueDecoder), before the name as it is.
+_PROVIDER_PACKAGES = (
+    "software.amazon.kinesis.multilang.auth.",
+    "software.amazon.awssdk.auth.credentials.",
+)
+_STS_PROVIDERS = {
+    "StsAssumeRoleCredentialsProvider",
+    "software.amazon.awssdk.services.sts.auth.StsAssumeRoleCredentialsProvider",
+}
+_KCL_STS_PROVIDER = "software.amazon.kinesis.multilang.auth.KclStsAssumeRoleCredentialsProvider"
+
+
+def check_credentials_providers(resolved: ResolvedJob, jars_dir: Path) -> None:
+    """An AWSCredentialsProvider in kcl.extra_properties that names no class of the jars
+    would stop the daemon at start (a stack trace, or a line naming the temporary
+    properties file): refused here, naming the job file's key, without a JVM."""
+    for key, value in resolved.job.kcl.extra_properties.items():
+        if not key.lower().startswith(CREDENTIALS_PROVIDER_KEY):
+            continue
+        candidates = []
+        for name in credentials_provider_names(value):
+            if name in _STS_PROVIDERS:
+                candidates.append(_KCL_STS_PROVIDER)
+            else:
+                candidates += [package + name for package in _PROVIDER_PACKAGES] + [name]
+        if not classes_present(jars_dir, candidates):
+            raise KclUnavailable(
+                f"{resolved.path}: kcl.extra_properties.{key}: {value.strip()!r} names no "
+                f"credentials provider in the KCL's jars ({jars_dir}); name an AWS SDK for "
+                "Java v2 provider (for example DefaultCredentialsProvider) or a class in a "
+                "jar there, or leave it out for the default chain"
+            )
 
 
 def jvm_options(environ: Mapping[str, str]) -> list[str]:
@@ -189,7 +230,7 @@ def daemon_command(
         # emulators (moto, LocalStack) do not; against AWS itself CBOR stays on, as it is
         # smaller and faster to parse.
         argv.append("-Daws.cborEnabled=false")
-    logback = templates_dir() / "logback.xml"
+    logback = templates_dir(resolved.job.source.stream.kind) / "logback.xml"
     if logback.is_file():
         argv.append(f"-Dlogback.configurationFile={logback}")
     argv += jvm_options(environ)

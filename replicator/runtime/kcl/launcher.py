@@ -51,7 +51,11 @@ from replicator.metrics import multiprocess
 from replicator.metrics.server import MetricsServer
 from replicator.runtime import preflight, supervisor
 from replicator.runtime.kcl import java
-from replicator.runtime.kcl.properties import render_properties, shutdown_grace_ms
+from replicator.runtime.kcl.properties import (
+    JOB_FILE_ENV,
+    render_properties,
+    shutdown_grace_ms,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -316,7 +320,8 @@ def prepare_run(
     environ: Mapping[str, str] = os.environ,
     stopped: Callable[[], bool] = lambda: False,
 ) -> PreparedRun:
-    """Check java, jars and AWS, and write the properties file into ``directory``.
+    """Check java, jars and AWS, and write the properties file into ``directory``, with
+    the copy of the job file every processor of the run reads.
 
     The local checks come first: they are cheap and need no network. ``stopped`` is asked
     between the preflight's steps (:class:`preflight.Stopped` when it says yes).
@@ -328,9 +333,13 @@ def prepare_run(
     job = resolved.job
     worker_id = job.kcl.worker_id or socket.gethostname()
     stream_arn = info.stream_arn if job.source.stream.kind is StreamKind.DYNAMODB_STREAMS else None
+    job_copy = directory / f"{resolved.task_name}.job.yaml"
+    text = resolved.text if resolved.text is not None else resolved.path.read_text("utf-8")
+    job_copy.write_text(text, encoding="utf-8")
     properties = directory / f"{resolved.task_name}.properties"
     properties.write_text(
-        render_properties(resolved, worker_id=worker_id, stream_arn=stream_arn), encoding="utf-8"
+        render_properties(resolved, worker_id=worker_id, stream_arn=stream_arn, job_copy=job_copy),
+        encoding="utf-8",
     )
     argv = java.daemon_command(resolved, installation, properties, environ)
     return PreparedRun(argv=argv, properties=properties, jars_dir=installation.jars_dir)
@@ -359,7 +368,13 @@ def run_kcl(
         with supervisor.metrics_served(
             resolved, problems, [_DaemonCollector(lambda: daemon)]
         ) as served:
-            env = {**os.environ, multiprocess.ENV: str(served.samples.path)}
+            # The processors expand ${VAR} in the job's copy from this same environment,
+            # and name the operator's file in their messages.
+            env = {
+                **os.environ,
+                multiprocess.ENV: str(served.samples.path),
+                JOB_FILE_ENV: str(resolved.path),
+            }
             daemon = DaemonProcess(prepared.argv, env, grace_s=shutdown_grace_ms(job) / 1000)
             try:
                 with supervisor.stop_signals(daemon.request_stop):

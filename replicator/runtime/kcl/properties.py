@@ -1,8 +1,11 @@
 """The KCL properties file for a job, rendered from the templates in ``properties/``.
 
 The task name becomes the KCL ``applicationName``, which the KCL uses as the lease
-table's name; the executable is this package's record processor, run with the job
-file, so that the daemon's children read exactly the job the operator validated.
+table's name; the executable is this package's record processor, run (by ``replicator
+run``) with a copy of the job file's text as it was validated, in the run's private
+directory, so that the daemon's children read exactly the job the operator validated,
+whatever happens to the file afterwards (edited, or a Kubernetes ConfigMap's symlinks
+swapped and the old directory removed).
 """
 
 from __future__ import annotations
@@ -19,29 +22,54 @@ from replicator.config.model import JobConfig, OnTrimmedData, ResolvedJob, Strea
 from replicator.exceptions import KclUnavailable
 
 TEMPLATE_ENV = "REPLICATOR_PROPERTIES_DIR"
+# The operator's job file, which processors reading the run's copy name in messages.
+JOB_FILE_ENV = "REPLICATOR_KCL_JOB_FILE"
 # How long a processor asked to stop (shutdownRequested) waits for its writes in flight
 # before it checkpoints what was applied (a destination that is down holds them back).
 PROCESSOR_FLUSH_TIMEOUT_MS = 20_000
-# How much longer than the longer of the failover time and the processors' flush a
-# graceful stop may take: the KCL's graceful shutdown lasts about the failover time (it
-# waits for the leases it held to be given up), and a processor answers within its flush
-# timeout, then checkpoints.
+# How much longer than the processors' flush and the failover time together a graceful
+# stop may take. The two follow one another: a processor asked to stop answers within its
+# flush timeout, then checkpoints; only then does the KCL run its own final shutdown,
+# which lasts about the failover time (it waits for the leases it held to be given up).
 SHUTDOWN_GRACE_MARGIN_MS = 10_000
 
 
 def shutdown_grace_ms(job: JobConfig) -> int:
-    """The daemon's shutdownGraceMillis: max(failover time, the processors' flush
-    timeout) + 10 s, so that a processor stopping with a destination down still answers,
-    and checkpoints, before the daemon gives up on it."""
-    return max(job.kcl.failover_time_ms, PROCESSOR_FLUSH_TIMEOUT_MS) + SHUTDOWN_GRACE_MARGIN_MS
+    """The daemon's shutdownGraceMillis: the processors' flush timeout (20 s) + the
+    failover time + 10 s, so that a processor stopping with a destination down still
+    answers, and checkpoints, and the KCL's final shutdown still completes, before the
+    daemon gives up."""
+    return PROCESSOR_FLUSH_TIMEOUT_MS + job.kcl.failover_time_ms + SHUTDOWN_GRACE_MARGIN_MS
 
 
-def templates_dir() -> Path:
-    """``$REPLICATOR_PROPERTIES_DIR``, else the repository's or the installed copy."""
-    candidates = []
-    if os.environ.get(TEMPLATE_ENV):
-        candidates.append(Path(os.environ[TEMPLATE_ENV]))
-    candidates.append(Path(__file__).resolve().parents[3] / "properties")
+def template_file(kind: StreamKind) -> str:
+    """The properties template a source kind is rendered from."""
+    return "kinesis.properties" if kind is StreamKind.KINESIS else "dynamodb-streams.properties"
+
+
+def templates_dir(kind: StreamKind = StreamKind.KINESIS) -> Path:
+    """``$REPLICATOR_PROPERTIES_DIR``, else the repository's or the installed copy.
+
+    A directory the variable names must hold the template ``kind`` is rendered from and
+    ``logback.xml`` (the daemons' logging): it is never passed over for another one.
+    """
+    explicit = os.environ.get(TEMPLATE_ENV)
+    if explicit:
+        directory = Path(explicit)
+        needed = [template_file(kind), "logback.xml"]
+        if not directory.is_dir():
+            raise KclUnavailable(
+                f"${TEMPLATE_ENV}: {directory} is not a directory (it should hold "
+                f"{' and '.join(needed)}); unset it to use the bundled templates"
+            )
+        missing = [name for name in needed if not (directory / name).is_file()]
+        if missing:
+            raise KclUnavailable(
+                f"${TEMPLATE_ENV}: {directory} has no {' and no '.join(missing)}; copy the "
+                "bundled ones (properties/ in the repository) there, or unset it"
+            )
+        return directory
+    candidates = [Path(__file__).resolve().parents[3] / "properties"]
     # Where pip put the package's data files: sys.prefix for a virtualenv or an image;
     # the scheme's data path, which differs on distributions whose system pip installs
     # under /usr/local; the user base for `pip install --user`.
@@ -54,7 +82,7 @@ def templates_dir() -> Path:
         if installed not in candidates:
             candidates.append(installed)
     for candidate in candidates:
-        if (candidate / "kinesis.properties").is_file():
+        if (candidate / template_file(kind)).is_file():
             return candidate
     raise KclUnavailable(
         "cannot find the KCL properties templates (looked in "
@@ -73,14 +101,14 @@ def processor_executable(job_file: Path) -> str:
         if any(c.isspace() for c in part):
             raise KclUnavailable(
                 f"the KCL cannot run a processor from a path with whitespace: {part!r} "
-                "(it splits its command on spaces); move the job file or Python to a path "
+                "(it splits its command on spaces); move the job file, Python or $TMPDIR to a path "
                 "without any"
             )
         if not (part.isascii() and part.isprintable()):
             raise KclUnavailable(
                 f"the KCL cannot run a processor from a path with control or non-ASCII "
-                f"characters: {part!r} (the JVM may not pass them intact); move the job "
-                "file or Python to a plain ASCII path"
+                f"characters: {part!r} (the JVM may not pass them intact); move the job file, "
+                "Python or $TMPDIR to a plain ASCII path"
             )
     return " ".join(parts)
 
@@ -139,12 +167,14 @@ def render_properties(
     *,
     worker_id: str | None = None,
     stream_arn: str | None = None,
+    job_copy: Path | None = None,
 ) -> str:
+    """The properties file; the processors read ``job_copy`` (``replicator run``'s copy
+    of the job file) when given, else the job file itself."""
     job = resolved.job
     source = job.source
     kind = source.stream.kind
-    template = "kinesis" if kind is StreamKind.KINESIS else "dynamodb-streams"
-    text = (templates_dir() / f"{template}.properties").read_text(encoding="utf-8")
+    text = (templates_dir(kind) / template_file(kind)).read_text(encoding="utf-8")
     endpoint_lines = ""
     if source.endpoint_url:
         endpoint_lines = property_line("kinesisEndpoint", source.endpoint_url) + property_line(
@@ -156,7 +186,7 @@ def render_properties(
     arn = stream_arn or source.stream.arn
     values = {
         "job_file": escape_value(str(resolved.path)),
-        "executable": escape_value(processor_executable(resolved.path.resolve())),
+        "executable": escape_value(processor_executable(job_copy or resolved.path.resolve())),
         "stream_name": escape_value(stream_name(resolved)),
         "stream_line": (
             property_line("dynamoDBStreamArn", arn).rstrip("\n")

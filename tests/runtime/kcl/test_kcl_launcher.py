@@ -165,8 +165,12 @@ def test_the_properties_name_the_stream_arn_preflight_resolved(
     text = prepared.properties.read_text()
     assert f"\ndynamoDBStreamArn = {arn}\n" in text
     assert "\nworkerId = host-a\n" in text
-    assert "\nshutdownGraceMillis = 30000\n" in text  # max(failover 5 s, flush 20 s) + 10 s
+    assert "\nshutdownGraceMillis = 35000\n" in text  # flush 20 s + failover 5 s + 10 s
     assert prepared.argv[-1] == str(prepared.properties)
+    # The processors read the run's copy of the job, as validated, not the file.
+    copy = tmp_path / f"{load_job(job).task_name}.job.yaml"
+    assert copy.read_text() == job.read_text()
+    assert f" processor --config {copy}\n" in text
 
 
 def test_a_stop_held_while_starting_ends_the_preflight_with_0_before_the_daemon(
@@ -303,6 +307,41 @@ def test_dynamodb_streams_without_the_launcher_says_how_to_build_it(tmp_path: Pa
     )
     message = assert_refused(run_cli(job), 4, java.STREAMS_LAUNCHER, "make kcl-jars")
     assert java.STREAMS_ADAPTER in message
+
+
+@pytest.mark.parametrize("kind", ["kinesis", "dynamodb-streams"])
+def test_a_credentials_provider_the_jars_lack_is_named_by_its_job_key_with_exit_4(
+    tmp_path: Path, kind: str
+) -> None:
+    """Found in the jars without a JVM, before either daemon would stop on it (the stock
+    one with a stack trace, the launcher naming its temporary properties file)."""
+    classes = [java.MULTILANG_DAEMON, *STREAMS_CLASSES]
+    jars = fake_jars(tmp_path / "jars", classes)
+    job = write_job(
+        tmp_path / "job.yaml",
+        kind=kind,
+        kcl=f", java: {sys.executable}, jars_dir: {jars}, "
+        "extra_properties: {AWSCredentialsProvider: NoSuchProviderX}",
+    )
+    message = assert_refused(
+        run_cli(job), 4, str(job), "kcl.extra_properties.AWSCredentialsProvider", "NoSuchProviderX"
+    )
+    assert ".properties" not in message
+    # A short name of the AWS SDK's or the multilang package's providers, or a class of
+    # the jars by its full name, with arguments and as a chain, is found.
+    fake_jars(
+        tmp_path / "jars",
+        [*classes, "software.amazon.awssdk.auth.credentials.ProfileCredentialsProvider"],
+    )
+    for value in ["ProfileCredentialsProvider|ops", "NoSuch, ProfileCredentialsProvider"]:
+        text = job.read_text().replace("NoSuchProviderX", f"'{value}'")
+        java.check_credentials_providers(load_job_text(tmp_path, text), jars)
+
+
+def load_job_text(tmp_path: Path, text: str) -> Any:
+    path = tmp_path / "other.yaml"
+    path.write_text(text)
+    return load_job(path)
 
 
 def test_a_source_role_is_refused_since_the_daemon_would_not_use_it(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -280,6 +281,40 @@ def test_a_job_path_with_a_quote_is_passed_unquoted(tmp_path: Path) -> None:
     )
 
 
+def test_the_processors_read_the_runs_copy_of_the_job_not_the_file(tmp_path: Path) -> None:
+    """A ConfigMap's symlinks swapped, or the file edited, after `replicator run` checked
+    it: the processors the daemon starts later read the job as it was validated."""
+    from replicator.config.loader import load_job
+    from replicator.runtime.kcl.properties import render_properties
+
+    versions = tmp_path / "..2026_01_01"
+    versions.mkdir()
+    (versions / "job.yaml").write_bytes((ROOT / "config" / "kinesis-source.yaml").read_bytes())
+    (tmp_path / "..data").symlink_to(versions.name)
+    job = tmp_path / "job.yaml"
+    job.symlink_to("..data/job.yaml")
+    resolved = load_job(job)
+    assert resolved.text == (versions / "job.yaml").read_text()
+    copy = tmp_path / "run" / "task.job.yaml"
+    text = render_properties(resolved, job_copy=copy)
+    assert f"\nexecutableName = {sys.executable} -m replicator processor --config {copy}\n" in text
+    assert str(versions) not in text.replace(f"# Job file: {job}", "")
+
+
+def test_a_processor_reading_the_copy_names_the_operators_job_file(tmp_path: Path) -> None:
+    from replicator.config.loader import load_job
+    from replicator.exceptions import ConfigError
+
+    copy = tmp_path / "copy.yaml"
+    copy.write_text("runtime: kcl\nsource: {region: us-east-1}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_job(copy, named="/config/job.yaml")
+    assert str(raised.value).startswith("/config/job.yaml: ")
+    assert str(copy) not in str(raised.value)
+    copy.write_bytes((ROOT / "config" / "kinesis-source.yaml").read_bytes())
+    assert load_job(copy, named="/config/job.yaml").path == Path("/config/job.yaml")
+
+
 @pytest.mark.parametrize("name", ["sp ace", "caf\u00e9", "tab\tbed"])
 def test_a_job_path_the_kcl_cannot_pass_is_refused_with_exit_4(tmp_path: Path, name: str) -> None:
     directory = tmp_path / name
@@ -302,8 +337,10 @@ def test_a_job_path_the_kcl_cannot_pass_is_refused_with_exit_4(tmp_path: Path, n
 # -- stopping: the daemon waits longer than a processor flushes ---------------------------
 
 
-@pytest.mark.parametrize("failover_ms", [1_000, 10_000, 60_000])
-def test_the_graceful_stop_outlasts_the_processors_flush(tmp_path: Path, failover_ms: int) -> None:
+@pytest.mark.parametrize("failover_ms", [1_000, 10_000, 30_000, 60_000])
+def test_the_graceful_stop_outlasts_the_processors_flush_and_the_failover(
+    tmp_path: Path, failover_ms: int
+) -> None:
     from replicator.config.loader import parse_job
     from replicator.processor import ReplicationProcessor
     from replicator.runtime.kcl.properties import (
@@ -319,8 +356,9 @@ def test_the_graceful_stop_outlasts_the_processors_flush(tmp_path: Path, failove
         tmp_path / "job.yaml",
     )
     grace = shutdown_grace_ms(resolved.job)
-    assert grace >= PROCESSOR_FLUSH_TIMEOUT_MS + 10_000
-    assert grace >= failover_ms + 10_000
+    # The processors flush first, then the KCL's final shutdown lasts about the failover
+    # time: the grace covers both, one after the other, and a margin.
+    assert grace == PROCESSOR_FLUSH_TIMEOUT_MS + failover_ms + 10_000
     assert f"shutdownGraceMillis = {grace}\n" in render_properties(resolved)
     processor = ReplicationProcessor(lambda shard: None, None)  # type: ignore[arg-type,return-value]
     assert processor._shutdown_flush_timeout_s * 1000 == PROCESSOR_FLUSH_TIMEOUT_MS
@@ -397,3 +435,39 @@ def test_templates_installed_with_pip_install_user_or_under_usr_local_are_found(
             lambda name, *a, **k: root if name == "data" and not a else real(name, *a, **k),
         )
     assert module.templates_dir() == installed
+
+
+def _properties_with_templates(directory: Path, job: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "replicator", "properties", "--config", str(job)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={**os.environ, "REPLICATOR_PROPERTIES_DIR": str(directory)},
+    )
+
+
+def test_a_templates_directory_set_explicitly_is_used_or_refused_never_passed_over(
+    tmp_path: Path,
+) -> None:
+    """It was passed over, without a word, unless it held kinesis.properties."""
+    job = ROOT / "config" / "two-destinations.yaml"  # a DynamoDB Streams source
+    result = _properties_with_templates(tmp_path / "nowhere", job)
+    assert result.returncode == 4, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("replicator: $REPLICATOR_PROPERTIES_DIR: ")
+    assert "is not a directory" in line
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    shutil.copy(ROOT / "properties" / "kinesis.properties", templates)
+    result = _properties_with_templates(templates, job)
+    assert result.returncode == 4, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "$REPLICATOR_PROPERTIES_DIR" in line
+    assert "no dynamodb-streams.properties and no logback.xml" in line
+    shutil.copy(ROOT / "properties" / "logback.xml", templates)
+    (templates / "dynamodb-streams.properties").write_text("# ours\nstreamName = ${table}\n")
+    result = _properties_with_templates(templates, job)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "# ours\nstreamName = orders\n"
