@@ -233,7 +233,7 @@ def properties(config_path: Path, worker_id: str | None) -> None:
 def processor(config_path: Path) -> None:
     """Run as the KCL MultiLangDaemon's record processor (speaks the protocol on stdin/stdout)."""
     from replicator.processor import serve_daemon
-    from replicator.runtime.kcl.properties import JOB_FILE_ENV
+    from replicator.runtime.jobcopy import JOB_FILE_ENV
 
     # Under `replicator run`, the config is the run's copy of the job file: messages name
     # the operator's file instead.

@@ -50,9 +50,9 @@ from replicator.exceptions import KclUnavailable
 from replicator.metrics import multiprocess
 from replicator.metrics.server import MetricsServer
 from replicator.runtime import preflight, supervisor
+from replicator.runtime.jobcopy import JOB_FILE_ENV, write_job_copy
 from replicator.runtime.kcl import java
 from replicator.runtime.kcl.properties import (
-    JOB_FILE_ENV,
     render_properties,
     shutdown_grace_ms,
 )
@@ -333,9 +333,7 @@ def prepare_run(
     job = resolved.job
     worker_id = job.kcl.worker_id or socket.gethostname()
     stream_arn = info.stream_arn if job.source.stream.kind is StreamKind.DYNAMODB_STREAMS else None
-    job_copy = directory / f"{resolved.task_name}.job.yaml"
-    text = resolved.text if resolved.text is not None else resolved.path.read_text("utf-8")
-    job_copy.write_text(text, encoding="utf-8")
+    job_copy = write_job_copy(resolved, directory)
     properties = directory / f"{resolved.task_name}.properties"
     properties.write_text(
         render_properties(resolved, worker_id=worker_id, stream_arn=stream_arn, job_copy=job_copy),

@@ -22,8 +22,6 @@ from replicator.config.model import JobConfig, OnTrimmedData, ResolvedJob, Strea
 from replicator.exceptions import KclUnavailable
 
 TEMPLATE_ENV = "REPLICATOR_PROPERTIES_DIR"
-# The operator's job file, which processors reading the run's copy name in messages.
-JOB_FILE_ENV = "REPLICATOR_KCL_JOB_FILE"
 # How long a processor asked to stop (shutdownRequested) waits for its writes in flight
 # before it checkpoints what was applied (a destination that is down holds them back).
 PROCESSOR_FLUSH_TIMEOUT_MS = 20_000

@@ -50,6 +50,7 @@ from replicator.exceptions import (
 from replicator.metrics import health, multiprocess
 from replicator.metrics.server import MetricsServer
 from replicator.runtime import preflight, supervisor
+from replicator.runtime.jobcopy import JOB_FILE_ENV, write_job_copy
 from replicator.runtime.local.protocol import CheckpointHandler, ProcessorChild
 from replicator.runtime.local.shard_worker import ShardProgress, ShardSettings, ShardWorker
 from replicator.shards.leases import LATEST, SHARD_END, TRIM_HORIZON, Lease, LeaseTable
@@ -110,6 +111,7 @@ class LocalRuntime:
         self.metrics_server: MetricsServer | None = None  # while running, if metrics are on
         self._samples: multiprocess.SamplesDirectory | None = None
         self._lock_file: IO[str] | None = None
+        self._job_copy: Path | None = None
         source = self.job.source
         self._ddb = clients.dynamodb(source)
         self._streams = clients.dynamodb_streams(source)
@@ -148,9 +150,13 @@ class LocalRuntime:
             log.info("local runtime stopped before it started")
             return 0
         self._hold_host_lock()
-        with supervisor.metrics_served(
-            self.resolved, self.problems, [_RuntimeCollector(self)]
-        ) as served:
+        with (
+            tempfile.TemporaryDirectory(prefix="replicator-local-") as workdir,
+            supervisor.metrics_served(
+                self.resolved, self.problems, [_RuntimeCollector(self)]
+            ) as served,
+        ):
+            self._job_copy = write_job_copy(self.resolved, Path(workdir))
             self._samples = served.samples
             self.metrics_server = served.server
             try:
@@ -339,8 +345,15 @@ class LocalRuntime:
         if self._samples is None:
             raise RuntimeError("processor started before the metrics directory was prepared")
         env[multiprocess.ENV] = str(self._samples.path)
+        # Every processor reads the copy of the job this run validated (a ConfigMap swap
+        # or an edit of the file must not reach a processor started later in the run),
+        # and names the operator's file in its messages.
+        env[JOB_FILE_ENV] = str(self.resolved.path)
         return ProcessorChild(
-            processor_command(self.resolved.path), env, on_checkpoint, name=f"processor-{shard_id}"
+            processor_command(self._job_copy or self.resolved.path),
+            env,
+            on_checkpoint,
+            name=f"processor-{shard_id}",
         )
 
     def _claim_leases_held_elsewhere(self) -> None:

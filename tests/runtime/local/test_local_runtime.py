@@ -101,6 +101,9 @@ def test_kill_9_of_a_processor_child_is_restarted_from_the_checkpoint(job: Job) 
             30,
             "a first checkpoint",
         )
+        # The job file goes away, as a ConfigMap update removes the old version: the new
+        # processor reads the copy this run validated, not the operator's file.
+        job.path.rename(job.path.with_suffix(".moved"))
         os.kill(child, signal.SIGKILL)
         wait_until(
             lambda: [c for c in children_of(runtime.pid) if c != child], 30, "a new processor child"
@@ -112,6 +115,7 @@ def test_kill_9_of_a_processor_child_is_restarted_from_the_checkpoint(job: Job) 
         assert stop(runtime) == 0
     log = (job.directory / "runtime.log").read_text()
     assert "restarting from the checkpoint" in log
+    assert "job file not found" not in log
 
 
 def _catches(pid: int, sig: signal.Signals) -> bool:
