@@ -290,7 +290,9 @@ def main(argv: list[str] | None = None) -> Any:
     default=Path("config/demo.yaml"),
     show_default=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The demo job file.",
+    help="The job to demonstrate: config/demo.yaml or another job file; the demo runs "
+    "it all on its private endpoint with dummy credentials, and refuses (exit 2) one whose "
+    "endpoint_url is not the demo's, or with a role_arn, an SQS queue or a stream.",
 )
 @click.option(
     "--duration",

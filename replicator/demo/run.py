@@ -54,21 +54,25 @@ def _client(region: str, endpoint: str) -> DynamoDBClient:
 
 
 def run_demo(config_path: Path, options: DemoOptions, console: Console | None = None) -> int:
-    # Ctrl-C (SIGINT) stops the demo cleanly even where it was started with SIGINT ignored
-    # (a background job of a non-interactive shell inherits that, and Python then
-    # installs no handler of its own).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     if console is None:
         # Off a terminal (CI logs, a pipe) one progress line per interval, not wrapped at
         # rich's default 80 columns, so that each line can be grepped whole.
         console = Console() if sys.stdout.isatty() else Console(width=200, soft_wrap=True)
     endpoint = EmbeddedEndpoint()
     try:
+        # Ctrl-C (SIGINT) stops the demo cleanly even where it was started with SIGINT
+        # ignored (a background job of a non-interactive shell inherits that, and Python
+        # then installs no handler of its own). Installed inside this try, so that the
+        # KeyboardInterrupt it raises is always answered here (until now the entry point's
+        # handler ended the process at once, exit 130).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         url = endpoint.start()
-        os.environ[ENDPOINT_ENV] = url
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            os.environ.setdefault(name, "demo")
+        _private_environment(url)
         resolved = load_job(config_path.resolve())
+        problem = off_endpoint(resolved, url)
+        if problem is not None:
+            print(f"replicator demo: {config_path}: {problem}", file=sys.stderr)
+            return 2
         logs.configure(resolved.job.logging.level, resolved.job.logging.format.value)
         return _Demo(resolved, url, options, console).run()
     except KeyboardInterrupt:  # while setting up; the replication phase handles its own
@@ -76,6 +80,65 @@ def run_demo(config_path: Path, options: DemoOptions, console: Console | None = 
         return 130
     finally:
         endpoint.stop()
+
+
+def _private_environment(url: str) -> None:
+    """Every AWS client of this process talks to the demo's endpoint, as a dummy user.
+
+    A job file with no endpoint_url would otherwise reach AWS, and keys, a session token
+    or a profile in the environment would be used: the demo never uses real credentials.
+    """
+    os.environ[ENDPOINT_ENV] = url
+    os.environ["AWS_ENDPOINT_URL"] = url
+    for name in list(os.environ):
+        if name.startswith("AWS_ENDPOINT_URL_") or name in _DROPPED_ENV:
+            del os.environ[name]
+    os.environ["AWS_ACCESS_KEY_ID"] = "demo"
+    os.environ["AWS_SECRET_ACCESS_KEY"] = "demo"  # noqa: S105  # the endpoint's dummy user
+    os.environ["AWS_CONFIG_FILE"] = os.devnull
+    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
+
+_DROPPED_ENV = (
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+)
+
+
+def off_endpoint(resolved: ResolvedJob, url: str) -> str | None:
+    """Why the job would reach something other than the demo's endpoint, else None."""
+    job = resolved.job
+    places: list[tuple[str, str | None, str | None]] = [
+        ("source", job.source.endpoint_url, job.source.role_arn),
+        *(
+            (f"destinations[{i}]", d.endpoint_url, d.role_arn)
+            for i, d in enumerate(job.destinations)
+        ),
+        ("dead_letter", job.dead_letter.endpoint_url, job.dead_letter.role_arn),
+        ("conflict_log", job.conflict_log.endpoint_url, job.conflict_log.role_arn),
+    ]
+    for where, endpoint_url, role_arn in places:
+        if endpoint_url is not None and endpoint_url.rstrip("/") != url:
+            return (
+                f"{where}.endpoint_url is {endpoint_url}; the demo runs only on its own "
+                f"endpoint ({url}, ${ENDPOINT_ENV}): leave endpoint_url unset "
+                f"or use ${ENDPOINT_ENV}"
+            )
+        if role_arn:
+            return f"{where}.role_arn is set; the demo assumes no role: leave it unset"
+    if job.dead_letter.kind.value == "sqs" or job.conflict_log.kind.value == "sqs":
+        return "an SQS queue (dead_letter or conflict_log) is not on the demo's endpoint"
+    if job.source.stream.kind.value != "dynamodb-streams" or job.source.stream.arn:
+        return "the demo reads the stream of the table it creates: leave source.stream unset"
+    return None
 
 
 class _Demo:

@@ -33,11 +33,20 @@ def free_port() -> int:
 
 
 def start_demo(
-    port: int, scratch: Path, *args: str, sigint_ignored: bool = False
+    port: int,
+    scratch: Path,
+    *args: str,
+    sigint_ignored: bool = False,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[str], queue.Queue[str | None]]:
     # Its own temporary directory: the local runtime's per-task lock lives there, and
     # another run of the suite on the same host must not hold this demo's lock.
-    env = {**os.environ, "REPLICATOR_DEMO_METRICS_PORT": str(port), "TMPDIR": str(scratch)}
+    env = {
+        **os.environ,
+        "REPLICATOR_DEMO_METRICS_PORT": str(port),
+        "TMPDIR": str(scratch),
+        **(extra_env or {}),
+    }
     # Ignored SIGINT is inherited across exec, as by a background job of a non-interactive
     # shell (nohup, CI): the demo must still stop on it.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if sigint_ignored else None
@@ -192,3 +201,77 @@ def test_ctrl_c_while_the_demo_sets_up_exits_130(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(run.EmbeddedEndpoint, "start", interrupted)
     assert run.run_demo(ROOT / "config" / "demo.yaml", run.DemoOptions()) == 130
+
+
+def test_another_job_file_runs_entirely_on_the_demos_endpoint(tmp_path: Path) -> None:
+    """config/one-way.yaml names no endpoint: the demo sends all of it to its own, and
+    never uses the environment's endpoint or keys (here a dead port and a bogus profile:
+    any request that left the demo's endpoint would fail, and the demo would not converge)."""
+    dead = free_port()  # nothing listens there
+    demo, lines = start_demo(
+        free_port(),
+        tmp_path,
+        "-c",
+        "config/one-way.yaml",
+        extra_env={
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{dead}",
+            "AWS_ENDPOINT_URL_DYNAMODB": f"http://127.0.0.1:{dead}",
+            "AWS_ACCESS_KEY_ID": "AKIAREALKEY",
+            "AWS_SESSION_TOKEN": "real-token",
+            "AWS_PROFILE": "no-such-profile",
+            "METRICS_PORT": str(free_port()),
+        },
+    )
+    seen: list[str] = []
+    status = stopped(demo, lines, seen)
+    while (line := lines.get(timeout=10)) is not None:
+        seen.append(line)
+    output = "".join(seen)
+    assert status == 0, output
+    assert "eu-west-1/orders: equal (every item compared)" in output
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        "  endpoint_url: https://dynamodb.us-east-1.amazonaws.com\n",
+        "  role_arn: arn:aws:iam::123456789012:role/replicator\n",
+    ],
+)
+def test_a_job_file_reaching_past_the_demos_endpoint_is_refused(
+    tmp_path: Path, section: str
+) -> None:
+    job = (ROOT / "config" / "one-way.yaml").read_text()
+    job = job.replace("  table: orders\ndestinations:", f"  table: orders\n{section}destinations:")
+    path = tmp_path / "job.yaml"
+    path.write_text(job)
+    result = subprocess.run(
+        [sys.executable, "-m", "replicator", "demo", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        timeout=60 * PATIENCE,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "source." in lines[0], result.stderr
+    assert "converge" not in result.stdout
+
+
+def test_the_demo_refuses_an_sqs_dead_letter_queue(tmp_path: Path) -> None:
+    from replicator.config import load_job
+    from replicator.demo.run import off_endpoint
+
+    job = (ROOT / "config" / "one-way.yaml").read_text()
+    job = job.replace(
+        "  kind: file\n  path: dead-letters/{task_name}.jsonl\n",
+        "  kind: sqs\n  queue_url: https://sqs.us-east-1.amazonaws.com/1/q\n",
+    )
+    path = tmp_path / "job.yaml"
+    path.write_text(job)
+    problem = off_endpoint(load_job(path), "http://127.0.0.1:1")
+    assert problem is not None and "SQS" in problem
+    assert off_endpoint(load_job(ROOT / "config" / "one-way.yaml"), "http://127.0.0.1:1") is None
+
