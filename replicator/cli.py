@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import signal
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -353,7 +354,9 @@ def demo(
         settle_timeout_s=settle_timeout,
         linger_s=linger,
     )
-    sys.exit(run_demo(config_path, options))
+    code = run_demo(config_path, options)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the outcome is decided: keep it
+    sys.exit(code)
 
 
 @cli.command()

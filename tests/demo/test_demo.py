@@ -275,3 +275,37 @@ def test_the_demo_refuses_an_sqs_dead_letter_queue(tmp_path: Path) -> None:
     assert problem is not None and "SQS" in problem
     assert off_endpoint(load_job(ROOT / "config" / "one-way.yaml"), "http://127.0.0.1:1") is None
 
+
+def _loaded(pid: int, library: str) -> bool:
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("moment", ["started", "importing", "first line"])
+def test_ctrl_c_at_any_moment_of_the_start_exits_130_in_one_line(
+    tmp_path: Path, moment: str
+) -> None:
+    """No sleeps: the signal goes as soon as the process exists, or as soon as it loads a
+    library of the CLI's imports (pydantic's, long before the demo's own handler is
+    installed), or as soon as it has printed its first line."""
+    demo, lines = start_demo(free_port(), tmp_path)
+    seen: list[str] = []
+    if moment == "importing":
+        while demo.poll() is None and not _loaded(demo.pid, "_pydantic_core"):
+            pass
+    elif moment == "first line":
+        line = lines.get(timeout=60 * PATIENCE)
+        assert line is not None
+        seen.append(line)
+    demo.send_signal(signal.SIGINT)
+    status = stopped(demo, lines, seen)
+    while (line := lines.get(timeout=10)) is not None:
+        seen.append(line)
+    output = "".join(seen)
+    assert "Traceback" not in output and "Aborted" not in output, output
+    if moment == "started" and status == -signal.SIGINT:
+        return  # killed before the interpreter was up: a shell reports that as 130 too
+    assert status == 130, output
+    assert "interrupted" in output, output
