@@ -50,9 +50,17 @@ def start_demo(
     # Ignored SIGINT is inherited across exec, as by a background job of a non-interactive
     # shell (nohup, CI): the demo must still stop on it.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if sigint_ignored else None
+    # A short run by default; an option given in args replaces its default (the CLI
+    # refuses an option given twice).
+    defaults = [
+        word
+        for option, value in (("--duration", "4"), ("--rate", "30"))
+        if option not in args
+        for word in (option, value)
+    ]
     try:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "replicator", "demo", "--duration", "4", "--rate", "30", *args],
+            [sys.executable, "-m", "replicator", "demo", *defaults, *args],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
