@@ -317,3 +317,20 @@ def test_ctrl_c_at_any_moment_of_the_start_exits_130_in_one_line(
         return  # killed before the interpreter was up: a shell reports that as 130 too
     assert status == 130, output
     assert "interrupted" in output, output
+
+
+def test_two_demos_run_at_once_on_one_host(tmp_path: Path) -> None:
+    """The same task on two private endpoints: two lease tables, so the host lock (one
+    temporary directory for both, as on any host) does not refuse the second."""
+    demos = [start_demo(free_port(), tmp_path) for _ in range(2)]
+    outputs = []
+    for demo, lines in demos:
+        seen: list[str] = []
+        status = stopped(demo, lines, seen)
+        while (line := lines.get(timeout=10)) is not None:
+            seen.append(line)
+        outputs.append((status, "".join(seen)))
+    for status, output in outputs:
+        assert status == 0, output
+        assert "converged: every destination equals the source" in output
+
