@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 ENDPOINT_ENV = "REPLICATOR_DEMO_ENDPOINT"
+METRICS_PORT_ENV = "REPLICATOR_DEMO_METRICS_PORT"  # config/demo.yaml's metrics.port
 KEY_NAMES = ["pk", "sk"]
 
 
@@ -201,9 +202,20 @@ class _Demo:
             return 1
         if failure:
             verb = "stopped" if runtime.started.is_set() and workload.ident else "did not start"
-            console.print(f"[red]the replicator {verb}: {failure[0]}[/]")
+            console.print(f"[red]the replicator {verb}: {self._advice(failure[0])}[/]")
             return 1
         return 0 if equal else 1
+
+    def _advice(self, error: BaseException) -> str:
+        """The error, with the demo's own way to pick a metrics port where the job file
+        takes it from the demo's environment variable (not the job file's settings)."""
+        message = str(error)
+        text = self.resolved.path.read_text()
+        busy = message.startswith("metrics: cannot listen on") and "metrics.port" in message
+        if busy and METRICS_PORT_ENV in text:
+            cause = message.split("; ", maxsplit=1)[0]
+            return f"{cause}; set {METRICS_PORT_ENV} to another port (0 picks a free one)"
+        return message
 
     def _replicate(
         self, runtime: LocalRuntime, workload: Workload, failure: list[BaseException]

@@ -334,3 +334,17 @@ def test_two_demos_run_at_once_on_one_host(tmp_path: Path) -> None:
         assert status == 0, output
         assert "converged: every destination equals the source" in output
 
+
+def test_a_busy_metrics_port_names_the_demos_variable(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        demo, lines = start_demo(busy.getsockname()[1], tmp_path)
+        seen: list[str] = []
+        status = stopped(demo, lines, seen)
+        while (line := lines.get(timeout=10)) is not None:
+            seen.append(line)
+    output = "".join(seen)
+    assert status == 1, output
+    assert "set REPLICATOR_DEMO_METRICS_PORT to another port" in output, output
+    assert "metrics.enabled" not in output and "metrics.port" not in output, output
