@@ -142,6 +142,15 @@ def off_endpoint(resolved: ResolvedJob, url: str) -> str | None:
     return None
 
 
+def rate_line(changes: int, elapsed_s: float, asked: float) -> str:
+    """The rate the workload reached beside the one asked: a loaded host writes slower."""
+    achieved = changes / elapsed_s if elapsed_s > 0 else 0.0
+    line = f"{changes} changes in {elapsed_s:.0f} s: {achieved:.0f}/s of the {asked:g}/s asked"
+    if achieved < 0.9 * asked:
+        line += " (the endpoint or this host could not take them faster)"
+    return line
+
+
 class _Demo:
     def __init__(
         self, resolved: ResolvedJob, url: str, options: DemoOptions, console: Console
@@ -361,6 +370,7 @@ class _Demo:
             f"\n[bold]convergence check[/]: {len(source_items)} items in the source after "
             f"{stats.puts} puts, {stats.updates} updates, {stats.deletes} deletes"
         )
+        self.console.print(rate_line(stats.total, workload.elapsed_s, self.options.rate))
         all_equal = True
         for label, (ddb, table) in self.destinations.items():
             differences = compare(source_items, tables.scan_all(ddb, table), KEY_NAMES)

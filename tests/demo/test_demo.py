@@ -131,6 +131,7 @@ def test_the_demo_converges_and_its_metrics_agree_with_what_was_replicated(
         read_until(lines, "keeps running", seen)
         output = "".join(seen)
         assert "converged: every destination equals the source" in output
+        assert "/s of the 30/s asked" in output
         for destination in DESTINATIONS:
             assert f"{destination}: equal (every item compared)" in output
 
@@ -348,3 +349,13 @@ def test_a_busy_metrics_port_names_the_demos_variable(tmp_path: Path) -> None:
     assert status == 1, output
     assert "set REPLICATOR_DEMO_METRICS_PORT to another port" in output, output
     assert "metrics.enabled" not in output and "metrics.port" not in output, output
+
+
+def test_the_summary_reports_the_rate_reached_beside_the_one_asked() -> None:
+    from replicator.demo.run import rate_line
+
+    assert rate_line(2389, 60.0, 100) == (
+        "2389 changes in 60 s: 40/s of the 100/s asked "
+        "(the endpoint or this host could not take them faster)"
+    )
+    assert rate_line(400, 10.0, 40) == "400 changes in 10 s: 40/s of the 40/s asked"
