@@ -39,6 +39,11 @@ if TYPE_CHECKING:
 ENDPOINT_ENV = "REPLICATOR_DEMO_ENDPOINT"
 METRICS_PORT_ENV = "REPLICATOR_DEMO_METRICS_PORT"  # config/demo.yaml's metrics.port
 KEY_NAMES = ["pk", "sk"]
+# Why the progress can show more stream records read than source changes made.
+READ_LEGEND = (
+    "records read can exceed source changes: the local endpoint (moto) writes two stream "
+    "records for an UpdateItem that creates an item"
+)
 
 
 @dataclass
@@ -236,6 +241,7 @@ class _Demo:
         if runtime.metrics_port is not None:
             base = f"http://{metrics_address(self.job.metrics.host, runtime.metrics_port)}"
             self.console.print(f"metrics: {base}/metrics  health: {base}/healthz")
+        self.console.print(READ_LEGEND)
         started = time.monotonic()
         workload.start()
         converged = self._watch(runtime, workload, started)
