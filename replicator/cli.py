@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import signal
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -295,7 +296,9 @@ def main(argv: list[str] | None = None) -> Any:
     default=Path("config/demo.yaml"),
     show_default=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The demo job file.",
+    help="The job to demonstrate: config/demo.yaml or another job file; the demo runs "
+    "it all on its private endpoint with dummy credentials, and refuses (exit 2) one whose "
+    "endpoint_url is not the demo's, or with a role_arn, an SQS queue or a source.stream.",
 )
 @click.option(
     "--duration",
@@ -356,7 +359,9 @@ def demo(
         settle_timeout_s=settle_timeout,
         linger_s=linger,
     )
-    sys.exit(run_demo(config_path, options))
+    code = run_demo(config_path, options)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the outcome is decided: keep it
+    sys.exit(code)
 
 
 @cli.command()

@@ -5,7 +5,8 @@ that reaches ``replicator run`` in that time would end it with no output (SIGTER
 default) or a ``KeyboardInterrupt`` traceback. So for ``run`` both signals are held from
 the first moment, before anything heavy is imported; the runtime's own handlers
 (:func:`replicator.runtime.supervisor.stop_signals`) then act on a held one as on any
-other, and a stop during start-up exits 0 as a stop at any other time does. The runtimes
+other, and a stop during start-up exits 0 as a stop at any other time does. For ``demo``
+a SIGINT before the demo installs its own handler ends it at once: one line, exit 130. The runtimes
 run their preflight checks (which can wait minutes, creating tables) while the signals are
 still held, and look at :func:`stop_held` between steps; a second signal while held means
 stop now: one line, and exit 128 + the signal's number (130 for SIGINT, 143 for SIGTERM).
@@ -72,7 +73,17 @@ def _end_now(code: object) -> None:
     os._exit(status)
 
 
+def _interrupted(signum: int, _frame: Any) -> None:
+    os.write(2, b"interrupted\n")
+    os._exit(128 + signum)
+
+
 def main() -> Any:
+    if sys.argv[1:2] == ["demo"]:
+        # Importing the demo (moto, rich) takes over a second: a Ctrl-C in that time ends
+        # it at once, one line and exit 130, not a traceback or click's "Aborted!". Nothing
+        # is started yet; the demo installs its own handler before it starts anything.
+        signal.signal(signal.SIGINT, _interrupted)
     if sys.argv[1:2] != ["run"]:
         from replicator.cli import main as cli_main
 

@@ -37,7 +37,13 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 ENDPOINT_ENV = "REPLICATOR_DEMO_ENDPOINT"
+METRICS_PORT_ENV = "REPLICATOR_DEMO_METRICS_PORT"  # config/demo.yaml's metrics.port
 KEY_NAMES = ["pk", "sk"]
+# Why the progress can show more stream records read than source changes made.
+READ_LEGEND = (
+    "records read can exceed source changes: the local endpoint (moto) writes two stream "
+    "records for an UpdateItem that creates an item"
+)
 
 
 @dataclass
@@ -54,21 +60,25 @@ def _client(region: str, endpoint: str) -> DynamoDBClient:
 
 
 def run_demo(config_path: Path, options: DemoOptions, console: Console | None = None) -> int:
-    # Ctrl-C (SIGINT) stops the demo cleanly even where it was started with SIGINT ignored
-    # (a background job of a non-interactive shell inherits that, and Python then
-    # installs no handler of its own).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     if console is None:
         # Off a terminal (CI logs, a pipe) one progress line per interval, not wrapped at
         # rich's default 80 columns, so that each line can be grepped whole.
         console = Console() if sys.stdout.isatty() else Console(width=200, soft_wrap=True)
     endpoint = EmbeddedEndpoint()
     try:
+        # Ctrl-C (SIGINT) stops the demo cleanly even where it was started with SIGINT
+        # ignored (a background job of a non-interactive shell inherits that, and Python
+        # then installs no handler of its own). Installed inside this try, so that the
+        # KeyboardInterrupt it raises is always answered here (until now the entry point's
+        # handler ended the process at once, exit 130).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         url = endpoint.start()
-        os.environ[ENDPOINT_ENV] = url
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            os.environ.setdefault(name, "demo")
+        _private_environment(url)
         resolved = load_job(config_path.resolve())
+        problem = off_endpoint(resolved, url)
+        if problem is not None:
+            print(f"replicator demo: {config_path}: {problem}", file=sys.stderr)
+            return 2
         logs.configure(resolved.job.logging.level, resolved.job.logging.format.value)
         return _Demo(resolved, url, options, console).run()
     except KeyboardInterrupt:  # while setting up; the replication phase handles its own
@@ -76,6 +86,74 @@ def run_demo(config_path: Path, options: DemoOptions, console: Console | None = 
         return 130
     finally:
         endpoint.stop()
+
+
+def _private_environment(url: str) -> None:
+    """Every AWS client of this process talks to the demo's endpoint, as a dummy user.
+
+    A job file with no endpoint_url would otherwise reach AWS, and keys, a session token
+    or a profile in the environment would be used: the demo never uses real credentials.
+    """
+    os.environ[ENDPOINT_ENV] = url
+    os.environ["AWS_ENDPOINT_URL"] = url
+    for name in list(os.environ):
+        if name.startswith("AWS_ENDPOINT_URL_") or name in _DROPPED_ENV:
+            del os.environ[name]
+    os.environ["AWS_ACCESS_KEY_ID"] = "demo"
+    os.environ["AWS_SECRET_ACCESS_KEY"] = "demo"  # noqa: S105  # the endpoint's dummy user
+    os.environ["AWS_CONFIG_FILE"] = os.devnull
+    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
+
+_DROPPED_ENV = (
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+)
+
+
+def off_endpoint(resolved: ResolvedJob, url: str) -> str | None:
+    """Why the job would reach something other than the demo's endpoint, else None."""
+    job = resolved.job
+    places: list[tuple[str, str | None, str | None]] = [
+        ("source", job.source.endpoint_url, job.source.role_arn),
+        *(
+            (f"destinations[{i}]", d.endpoint_url, d.role_arn)
+            for i, d in enumerate(job.destinations)
+        ),
+        ("dead_letter", job.dead_letter.endpoint_url, job.dead_letter.role_arn),
+        ("conflict_log", job.conflict_log.endpoint_url, job.conflict_log.role_arn),
+    ]
+    for where, endpoint_url, role_arn in places:
+        if endpoint_url is not None and endpoint_url.rstrip("/") != url:
+            return (
+                f"{where}.endpoint_url is {endpoint_url}; the demo runs only on its own "
+                f"endpoint ({url}, ${ENDPOINT_ENV}): leave endpoint_url unset "
+                f"or use ${ENDPOINT_ENV}"
+            )
+        if role_arn:
+            return f"{where}.role_arn is set; the demo assumes no role: leave it unset"
+    if job.dead_letter.kind.value == "sqs" or job.conflict_log.kind.value == "sqs":
+        return "an SQS queue (dead_letter or conflict_log) is not on the demo's endpoint"
+    if job.source.stream.kind.value != "dynamodb-streams" or job.source.stream.arn:
+        return "the demo reads the stream of the table it creates: leave source.stream unset"
+    return None
+
+
+def rate_line(changes: int, elapsed_s: float, asked: float) -> str:
+    """The rate the workload reached beside the one asked: a loaded host writes slower."""
+    achieved = changes / elapsed_s if elapsed_s > 0 else 0.0
+    line = f"{changes} changes in {elapsed_s:.0f} s: {achieved:.0f}/s of the {asked:g}/s asked"
+    if achieved < 0.9 * asked:
+        line += " (the endpoint or this host could not take them faster)"
+    return line
 
 
 class _Demo:
@@ -138,9 +216,20 @@ class _Demo:
             return 1
         if failure:
             verb = "stopped" if runtime.started.is_set() and workload.ident else "did not start"
-            console.print(f"[red]the replicator {verb}: {failure[0]}[/]")
+            console.print(f"[red]the replicator {verb}: {self._advice(failure[0])}[/]")
             return 1
         return 0 if equal else 1
+
+    def _advice(self, error: BaseException) -> str:
+        """The error, with the demo's own way to pick a metrics port where the job file
+        takes it from the demo's environment variable (not the job file's settings)."""
+        message = str(error)
+        text = self.resolved.path.read_text()
+        busy = message.startswith("metrics: cannot listen on") and "metrics.port" in message
+        if busy and METRICS_PORT_ENV in text:
+            cause = message.split("; ", maxsplit=1)[0]
+            return f"{cause}; set {METRICS_PORT_ENV} to another port (0 picks a free one)"
+        return message
 
     def _replicate(
         self, runtime: LocalRuntime, workload: Workload, failure: list[BaseException]
@@ -152,6 +241,7 @@ class _Demo:
         if runtime.metrics_port is not None:
             base = f"http://{metrics_address(self.job.metrics.host, runtime.metrics_port)}"
             self.console.print(f"metrics: {base}/metrics  health: {base}/healthz")
+        self.console.print(READ_LEGEND)
         started = time.monotonic()
         workload.start()
         converged = self._watch(runtime, workload, started)
@@ -286,6 +376,7 @@ class _Demo:
             f"\n[bold]convergence check[/]: {len(source_items)} items in the source after "
             f"{stats.puts} puts, {stats.updates} updates, {stats.deletes} deletes"
         )
+        self.console.print(rate_line(stats.total, workload.elapsed_s, self.options.rate))
         all_equal = True
         for label, (ddb, table) in self.destinations.items():
             differences = compare(source_items, tables.scan_all(ddb, table), KEY_NAMES)

@@ -75,6 +75,7 @@ class Workload(threading.Thread):
         self.stats = WorkloadStats()
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
+        self.elapsed_s = 0.0  # how long the writes took, once they are done
 
     def run(self) -> None:
         try:
@@ -84,12 +85,16 @@ class Workload(threading.Thread):
 
     def _run(self) -> None:
         interval = 1.0 / self.rate
-        deadline = time.monotonic() + self.duration_s
-        next_at = time.monotonic()
-        while time.monotonic() < deadline and not self.stop_event.is_set():
-            self._one_change()
-            next_at += interval
-            self.stop_event.wait(max(0.0, next_at - time.monotonic()))
+        started = time.monotonic()
+        deadline = started + self.duration_s
+        next_at = started
+        try:
+            while time.monotonic() < deadline and not self.stop_event.is_set():
+                self._one_change()
+                next_at += interval
+                self.stop_event.wait(max(0.0, next_at - time.monotonic()))
+        finally:
+            self.elapsed_s = time.monotonic() - started
 
     def _one_change(self) -> None:
         rng = self.rng

@@ -33,17 +33,34 @@ def free_port() -> int:
 
 
 def start_demo(
-    port: int, scratch: Path, *args: str, sigint_ignored: bool = False
+    port: int,
+    scratch: Path,
+    *args: str,
+    sigint_ignored: bool = False,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[str], queue.Queue[str | None]]:
     # Its own temporary directory: the local runtime's per-task lock lives there, and
     # another run of the suite on the same host must not hold this demo's lock.
-    env = {**os.environ, "REPLICATOR_DEMO_METRICS_PORT": str(port), "TMPDIR": str(scratch)}
+    env = {
+        **os.environ,
+        "REPLICATOR_DEMO_METRICS_PORT": str(port),
+        "TMPDIR": str(scratch),
+        **(extra_env or {}),
+    }
     # Ignored SIGINT is inherited across exec, as by a background job of a non-interactive
     # shell (nohup, CI): the demo must still stop on it.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if sigint_ignored else None
+    # A short run by default; an option given in args replaces its default (the CLI
+    # refuses an option given twice).
+    defaults = [
+        word
+        for option, value in (("--duration", "4"), ("--rate", "30"))
+        if option not in args
+        for word in (option, value)
+    ]
     try:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "replicator", "demo", "--duration", "4", "--rate", "30", *args],
+            [sys.executable, "-m", "replicator", "demo", *defaults, *args],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -114,6 +131,8 @@ def test_the_demo_converges_and_its_metrics_agree_with_what_was_replicated(
         read_until(lines, "keeps running", seen)
         output = "".join(seen)
         assert "converged: every destination equals the source" in output
+        assert "/s of the 30/s asked" in output
+        assert "records read can exceed source changes" in output
         for destination in DESTINATIONS:
             assert f"{destination}: equal (every item compared)" in output
 
@@ -192,3 +211,152 @@ def test_ctrl_c_while_the_demo_sets_up_exits_130(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(run.EmbeddedEndpoint, "start", interrupted)
     assert run.run_demo(ROOT / "config" / "demo.yaml", run.DemoOptions()) == 130
+
+
+def test_another_job_file_runs_entirely_on_the_demos_endpoint(tmp_path: Path) -> None:
+    """config/one-way.yaml names no endpoint: the demo sends all of it to its own, and
+    never uses the environment's endpoint or keys (here a dead port and a bogus profile:
+    any request that left the demo's endpoint would fail, and the demo would not converge)."""
+    dead = free_port()  # nothing listens there
+    demo, lines = start_demo(
+        free_port(),
+        tmp_path,
+        "-c",
+        "config/one-way.yaml",
+        extra_env={
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{dead}",
+            "AWS_ENDPOINT_URL_DYNAMODB": f"http://127.0.0.1:{dead}",
+            "AWS_ACCESS_KEY_ID": "AKIAREALKEY",
+            "AWS_SESSION_TOKEN": "real-token",
+            "AWS_PROFILE": "no-such-profile",
+            "METRICS_PORT": str(free_port()),
+        },
+    )
+    seen: list[str] = []
+    status = stopped(demo, lines, seen)
+    while (line := lines.get(timeout=10)) is not None:
+        seen.append(line)
+    output = "".join(seen)
+    assert status == 0, output
+    assert "eu-west-1/orders: equal (every item compared)" in output
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        "  endpoint_url: https://dynamodb.us-east-1.amazonaws.com\n",
+        "  role_arn: arn:aws:iam::123456789012:role/replicator\n",
+    ],
+)
+def test_a_job_file_reaching_past_the_demos_endpoint_is_refused(
+    tmp_path: Path, section: str
+) -> None:
+    job = (ROOT / "config" / "one-way.yaml").read_text()
+    job = job.replace("  table: orders\ndestinations:", f"  table: orders\n{section}destinations:")
+    path = tmp_path / "job.yaml"
+    path.write_text(job)
+    result = subprocess.run(
+        [sys.executable, "-m", "replicator", "demo", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        timeout=60 * PATIENCE,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "source." in lines[0], result.stderr
+    assert "converge" not in result.stdout
+
+
+def test_the_demo_refuses_an_sqs_dead_letter_queue(tmp_path: Path) -> None:
+    from replicator.config import load_job
+    from replicator.demo.run import off_endpoint
+
+    job = (ROOT / "config" / "one-way.yaml").read_text()
+    job = job.replace(
+        "  kind: file\n  path: dead-letters/{task_name}.jsonl\n",
+        "  kind: sqs\n  queue_url: https://sqs.us-east-1.amazonaws.com/1/q\n",
+    )
+    path = tmp_path / "job.yaml"
+    path.write_text(job)
+    problem = off_endpoint(load_job(path), "http://127.0.0.1:1")
+    assert problem is not None and "SQS" in problem
+    assert off_endpoint(load_job(ROOT / "config" / "one-way.yaml"), "http://127.0.0.1:1") is None
+
+
+def _loaded(pid: int, library: str) -> bool:
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("moment", ["started", "importing", "first line"])
+def test_ctrl_c_at_any_moment_of_the_start_exits_130_in_one_line(
+    tmp_path: Path, moment: str
+) -> None:
+    """No sleeps: the signal goes as soon as the process exists, or as soon as it loads a
+    library of the CLI's imports (pydantic's, long before the demo's own handler is
+    installed), or as soon as it has printed its first line."""
+    demo, lines = start_demo(free_port(), tmp_path)
+    seen: list[str] = []
+    if moment == "importing":
+        while demo.poll() is None and not _loaded(demo.pid, "_pydantic_core"):
+            pass
+    elif moment == "first line":
+        line = lines.get(timeout=60 * PATIENCE)
+        assert line is not None
+        seen.append(line)
+    demo.send_signal(signal.SIGINT)
+    status = stopped(demo, lines, seen)
+    while (line := lines.get(timeout=10)) is not None:
+        seen.append(line)
+    output = "".join(seen)
+    assert "Traceback" not in output and "Aborted" not in output, output
+    if moment == "started" and status == -signal.SIGINT:
+        return  # killed before the interpreter was up: a shell reports that as 130 too
+    assert status == 130, output
+    assert "interrupted" in output, output
+
+
+def test_two_demos_run_at_once_on_one_host(tmp_path: Path) -> None:
+    """The same task on two private endpoints: two lease tables, so the host lock (one
+    temporary directory for both, as on any host) does not refuse the second."""
+    demos = [start_demo(free_port(), tmp_path) for _ in range(2)]
+    outputs = []
+    for demo, lines in demos:
+        seen: list[str] = []
+        status = stopped(demo, lines, seen)
+        while (line := lines.get(timeout=10)) is not None:
+            seen.append(line)
+        outputs.append((status, "".join(seen)))
+    for status, output in outputs:
+        assert status == 0, output
+        assert "converged: every destination equals the source" in output
+
+
+def test_a_busy_metrics_port_names_the_demos_variable(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        demo, lines = start_demo(busy.getsockname()[1], tmp_path)
+        seen: list[str] = []
+        status = stopped(demo, lines, seen)
+        while (line := lines.get(timeout=10)) is not None:
+            seen.append(line)
+    output = "".join(seen)
+    assert status == 1, output
+    assert "set REPLICATOR_DEMO_METRICS_PORT to another port" in output, output
+    assert "metrics.enabled" not in output and "metrics.port" not in output, output
+
+
+def test_the_summary_reports_the_rate_reached_beside_the_one_asked() -> None:
+    from replicator.demo.run import rate_line
+
+    assert rate_line(2389, 60.0, 100) == (
+        "2389 changes in 60 s: 40/s of the 100/s asked "
+        "(the endpoint or this host could not take them faster)"
+    )
+    assert rate_line(400, 10.0, 40) == "400 changes in 10 s: 40/s of the 40/s asked"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import hashlib
 import os
 import socket
 import sys
@@ -440,16 +441,24 @@ class LocalRuntime:
         worker.lease_confirmed()
 
     def _hold_host_lock(self) -> None:
-        """Two local runtimes of one task on one host would share a worker id: refuse."""
-        path = Path(tempfile.gettempdir()) / f"replicator-{self.resolved.task_name}.lock"
+        """Two local runtimes of one task on one host would share a worker id: refuse.
+
+        The lock is keyed by the task and by where its lease table is (the source client's
+        endpoint, which names the region, and the role it is reached as): two runtimes of
+        one task name against different endpoints (two demos, each on its own private
+        endpoint) have different lease tables and do not block each other."""
+        where = self._ddb.meta.endpoint_url
+        place = f"{where} {self.job.source.role_arn or ''}"
+        digest = hashlib.sha256(place.encode()).hexdigest()[:12]
+        task = self.resolved.task_name
+        path = Path(tempfile.gettempdir()) / f"replicator-{task}-{digest}.lock"
         handle = path.open("w")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
             raise LeaseHeld(
-                f"another local runtime for task {self.resolved.task_name} runs on this host "
-                f"(lock {path})"
+                f"another local runtime for task {task} on {where} runs on this host (lock {path})"
             ) from None
         self._lock_file = handle
 
