@@ -165,6 +165,15 @@ class DaemonLog:
         return None
 
 
+def text_lines(line: str) -> list[str]:
+    """The lines of text in one line of the daemon's output: a logged event's message
+    and stack trace unescaped, line by line; any other line itself."""
+    if not line.startswith(PREFIX):
+        return [line]
+    fields = line[len(PREFIX) :].split("\t", 5)
+    return _unescape("\n".join(fields[4:])).splitlines() if len(fields) >= 5 else [line]
+
+
 def _relayed(message: str) -> Entry | None:
     for relay in _RELAYED:
         found = relay.match(message)

@@ -279,12 +279,14 @@ class DaemonProcess:
         self._write(converter.flush())
 
     def _seen(self, line: str) -> str:
-        """``line``, after noting what it says of a daemon that cannot start."""
-        if self.classpath_failure is None and _CLASSPATH_FAILURE.search(line):
-            self.classpath_failure = line.strip()
-        if self.jvm_refused is None and _JVM_REFUSED in line:
-            self.jvm_refused = self._previous_line or line.strip()
-        self._previous_line = line.strip()
+        """``line``, after noting what it says of a daemon that cannot start (each line of
+        a logged event's message and stack trace on its own)."""
+        for text in daemon_log.text_lines(line):
+            if self.classpath_failure is None and _CLASSPATH_FAILURE.search(text):
+                self.classpath_failure = text.strip()
+            if self.jvm_refused is None and _JVM_REFUSED in text:
+                self.jvm_refused = self._previous_line or text.strip()
+            self._previous_line = text.strip()
         return line
 
     def _write(self, entries: list[daemon_log.Entry]) -> None:

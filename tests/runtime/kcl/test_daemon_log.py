@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from replicator import logs
-from replicator.runtime.kcl.daemon_log import DaemonLog, Entry, render
+from replicator.runtime.kcl.daemon_log import DaemonLog, Entry, render, text_lines
 from replicator.runtime.kcl.launcher import DaemonProcess
 
 CHILD = '{"shard": "shardId-0", "records": 3, "event": "batch \\"applied\\"", "level": "info"}'
@@ -121,6 +121,20 @@ def test_lines_from_outside_the_logging_are_records_too_their_stack_traces_joine
         "Caused by: java.io.IOException: refused\n\t... 3 more"
     )
     assert all(r["timestamp"].endswith("Z") for r in records)
+
+
+def test_the_checks_for_a_daemon_that_cannot_start_read_a_logged_trace_line_by_line() -> None:
+    assert text_lines(LINES[1]) == [
+        "failed",
+        "java.lang.RuntimeException: boom",
+        "second",
+        "\tat T.main(T.java:8)",
+        "Caused by: java.lang.IllegalStateException: cause",
+        "\t... 1 common frames omitted",
+    ]
+    assert text_lines("Error: Could not find or load main class x") == [
+        "Error: Could not find or load main class x"
+    ]
 
 
 def test_credentials_in_the_daemons_lines_are_redacted() -> None:
