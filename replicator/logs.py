@@ -14,7 +14,7 @@ import re
 import sys
 import threading
 from collections.abc import Mapping, MutableMapping
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 import structlog
 
@@ -152,9 +152,30 @@ def bind_everywhere(**fields: Any) -> None:
     _GLOBAL_FIELDS.update({k: v for k, v in fields.items() if v is not None})
 
 
+def bound_fields() -> dict[str, Any]:
+    """The fields ``bind_everywhere`` added (for lines written without structlog)."""
+    return dict(_GLOBAL_FIELDS)
+
+
+_AS_JSON = [True]
+
+
+def renders_json() -> bool:
+    """Whether ``configure`` chose JSON lines (not console columns)."""
+    return _AS_JSON[0]
+
+
+def write_line(stream: IO[str], text: str) -> None:
+    """A line written whole, like structlog's, for lines made without it (the KCL's)."""
+    with _WRITING:
+        stream.write(text + "\n")
+        stream.flush()
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
+    _AS_JSON[0] = not use_console
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=stream.isatty())
         if use_console

@@ -6,6 +6,7 @@ timing constants below follow, is explained in tests/runtime/kcl/test_kcl.py."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -115,6 +116,20 @@ class Worker:
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def assert_json_lines(self) -> None:
+        """Every line the worker wrote (launcher, daemon, processors) is one JSON object,
+        as logging.format (auto, not on a terminal) promises."""
+        assert_json_lines(self.text(), self.name)
+
+
+def assert_json_lines(text: str, name: str = "stderr") -> None:
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            value = None
+        assert isinstance(value, dict), f"{name} line {number} is not a JSON object: {line!r}"
 
 
 @dataclass

@@ -27,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -51,11 +52,8 @@ from replicator.metrics import multiprocess
 from replicator.metrics.server import MetricsServer
 from replicator.runtime import preflight, supervisor
 from replicator.runtime.jobcopy import JOB_FILE_ENV, write_job_copy
-from replicator.runtime.kcl import java
-from replicator.runtime.kcl.properties import (
-    render_properties,
-    shutdown_grace_ms,
-)
+from replicator.runtime.kcl import daemon_log, java
+from replicator.runtime.kcl.properties import render_properties, shutdown_grace_ms
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +71,8 @@ _CLASSPATH_FAILURE = re.compile(
 # The JVM refusing its own options (a heap size it cannot read, an unknown option): the
 # line before "Could not create the Java Virtual Machine" says which.
 _JVM_REFUSED = "Could not create the Java Virtual Machine"
+# How long a line of the daemon's output that may be followed by its stack trace is held.
+_HELD_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,8 @@ def _parent_death_signal() -> Callable[[], None] | None:
 
 
 class DaemonProcess:
-    """The daemon in its own process group, with its output copied to our stderr."""
+    """The daemon in its own process group, its output copied to our stderr as log
+    records (one JSON object a line, unless the logs are console columns)."""
 
     def __init__(
         self,
@@ -110,11 +111,14 @@ class DaemonProcess:
         env: Mapping[str, str],
         grace_s: float,
         output: IO[str] | None = None,
+        as_json: bool | None = None,
     ) -> None:
         self.argv = argv
         self.env = dict(env)
         self.grace_s = grace_s
         self.output = output or sys.stderr
+        # JSON lines unless the logs are console columns (logging.format)
+        self.as_json = logs.renders_json() if as_json is None else as_json
         self.classpath_failure: str | None = None
         self.jvm_refused: str | None = None
         self._previous_line = ""
@@ -249,18 +253,46 @@ class DaemonProcess:
         return len(children_of(self.pid))
 
     def _copy_output(self) -> None:
+        """Copy the daemon's output to ours as log records (replicator.runtime.kcl.daemon_log).
+
+        The pipe is read as it fills rather than by lines, so that a line held to see
+        whether a stack trace follows it is written once the daemon has been quiet for a
+        moment, not at its next line.
+        """
         process = self._process
         if process is None or process.stdout is None:
             return
-        for raw in process.stdout:
-            line = raw.decode("utf-8", errors="replace")
-            if self.classpath_failure is None and _CLASSPATH_FAILURE.search(line):
-                self.classpath_failure = line.strip()
-            if self.jvm_refused is None and _JVM_REFUSED in line:
-                self.jvm_refused = self._previous_line or line.strip()
-            self._previous_line = line.strip()
-            self.output.write(logs.redact(line))  # the Java SDK quotes requests too
-            self.output.flush()
+        fd = process.stdout.fileno()
+        converter = daemon_log.DaemonLog()
+        unfinished = b""
+        while True:
+            if converter.pending and not select.select([fd], [], [], _HELD_S)[0]:
+                self._write(converter.flush())
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            *lines, unfinished = (unfinished + chunk).split(b"\n")
+            for raw in lines:
+                self._write(converter.feed(self._seen(raw.decode("utf-8", errors="replace"))))
+        if unfinished:
+            self._write(converter.feed(self._seen(unfinished.decode("utf-8", errors="replace"))))
+        self._write(converter.flush())
+
+    def _seen(self, line: str) -> str:
+        """``line``, after noting what it says of a daemon that cannot start (each line of
+        a logged event's message and stack trace on its own)."""
+        for text in daemon_log.text_lines(line):
+            if self.classpath_failure is None and _CLASSPATH_FAILURE.search(text):
+                self.classpath_failure = text.strip()
+            if self.jvm_refused is None and _JVM_REFUSED in text:
+                self.jvm_refused = self._previous_line or text.strip()
+            self._previous_line = text.strip()
+        return line
+
+    def _write(self, entries: list[daemon_log.Entry]) -> None:
+        for entry in entries:
+            logs.write_line(self.output, daemon_log.render(entry, as_json=self.as_json))
 
 
 def _proc_stats() -> Iterator[tuple[int, str, int, int]]:

@@ -64,6 +64,7 @@ from tests.support.kcl_cluster import (
     TAKEOVER_S,
     Cluster,
     Worker,
+    assert_json_lines,
     task_name,
 )
 from tests.support.metrics import logged_metrics_port
@@ -298,6 +299,13 @@ def test_a_dynamodb_stream_job_moves_between_hosts_on_kill_9_and_sigterm(
     assert remaining.checkpoints_at_stop() == 1, remaining.text()[-3000:]
     # The image's command held the shard when it was stopped, whichever stop came first.
     assert container.checkpoints_at_stop() == 1
+    # Every line of `replicator run` is a JSON object, the KCL's included. Run as the image
+    # here, tini is not PID 1 and says so first, in lines of its own (not replicator run's).
+    other.assert_json_lines()
+    text = container.text()
+    tini = text[: text.index("\n{") + 1] if not text.startswith("{") else ""
+    assert "Tini is not running as PID 1" in tini or not tini, tini
+    assert_json_lines(text[len(tini) :], container.name)
 
     # Every request of the daemons carried the profile's key, and the DynamoDB Streams
     # client retries as the adapter advises.

@@ -246,6 +246,7 @@ def test_kinesis_stream_shared_by_workers_of_the_stock_kcl3_daemon_survives_a_ki
     for worker, tree in stopping:
         assert worker.stopped(tree, timeout=FAILOVER_S + 30) == 0
         assert worker.checkpoints_at_stop() == 1, worker.text()[-3000:]
+        worker.assert_json_lines()  # the KCL's logs and stack traces, the processors' too
 
 
 # -- the launcher's refusals ------------------------------------------------------------------

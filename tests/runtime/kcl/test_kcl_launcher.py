@@ -31,6 +31,7 @@ from tests.support import ROOT
 from tests.support.aws import client
 from tests.support.e2e import wait_until
 from tests.support.healthcheck import healthcheck
+from tests.support.kcl_cluster import assert_json_lines
 from tests.support.metrics import health, logged_metrics_port, matching, scrape
 
 STREAMS_CLASSES = [java.STREAMS_LAUNCHER, java.STREAMS_ADAPTER, java.MULTILANG_CONFIG]
@@ -389,8 +390,13 @@ def test_a_classpath_that_cannot_start_is_a_clear_error(
 ) -> None:
     jars = fake_jars(tmp_path / "jars", [java.MULTILANG_DAEMON], content=b"not a class file")
     job = write_job(tmp_path / "job.yaml", **kinesis_job, kcl=f", jars_dir: {jars}")
-    message = assert_refused(run_cli(job), 4, "could not start", str(jars), "ClassFormatError")
+    result = run_cli(job)
+    message = assert_refused(result, 4, "could not start", str(jars), "ClassFormatError")
     assert "working KCL classpath" in message
+    # the JVM's own lines (not the KCL's logging) are JSON records too; only the final
+    # error message is plain text
+    assert_json_lines("\n".join(result.stderr.strip().splitlines()[:-1]))
+    assert '"logger": "kcl"' in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -409,6 +415,7 @@ def test_jvm_options_the_jvm_cannot_take_are_one_line_and_exit_4(
     job = write_job(tmp_path / "job.yaml", **kinesis_job, kcl=f", jars_dir: {jars}")
     result = run_cli(job, env={"REPLICATOR_KCL_JVM_OPTIONS": options})
     assert_refused(result, 4, *needles)
+    assert_json_lines("\n".join(result.stderr.strip().splitlines()[:-1]))
 
 
 # -- lifecycle, with a stand-in daemon ----------------------------------------------------

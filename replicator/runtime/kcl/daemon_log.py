@@ -1,0 +1,203 @@
+"""The KCL daemon's output as log records like the replicator's own.
+
+properties/logback.xml writes each of the daemon's log events as one line: a prefix,
+then timestamp, level, Java logger, thread, message and stack trace, separated by tabs,
+with backslash, tab, carriage return and newline escaped in the message and the stack
+trace (``\\\\``, ``\\t``, ``\\r``, ``\\n``). So an event with a stack trace is one line, and
+the boundary of a record is never guessed.
+
+The same output carries lines the daemon's logging never saw, each made a record too:
+
+* a processor child's JSON records, which the daemon copies from the child's stderr as
+  they are: passed through unchanged, as the local runtime writes them; where the daemon
+  logs one inside its own message ("Received error line from subprocess [...] for shard
+  ...", a line the child wrote on stdout), the child's record is unwrapped;
+* anything else (the JVM's warnings and refusals, logback's own status lines, a stack
+  trace Java printed on an uncaught exception): a record whose event is the line, the
+  indented lines of a stack trace that follow it joined into its ``exception``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from replicator import logs
+
+# The start of every line properties/logback.xml writes (its <pattern> begins with it).
+PREFIX = "::kcl::"
+# What ``logger`` says on a record of the daemon (its Java logger is ``java_logger``).
+LOGGER = "kcl"
+_LEVELS = {"TRACE": "debug", "DEBUG": "debug", "INFO": "info", "WARN": "warning"}
+_ESCAPED = re.compile(r"\\(.)", re.DOTALL)
+_UNESCAPED = {"\\": "\\", "t": "\t", "r": "\r", "n": "\n"}
+# Where the daemon quotes a line of a processor child in a message of its own
+# (DrainChildSTDERRTask, GetNextMessageTask, DrainChildSTDOUTTask in the KCL's multilang).
+_RELAYED = (
+    re.compile(r"Received error line from subprocess \[(?P<line>.*)\] for shard \S*$"),
+    re.compile(r"Skipping unexpected line on STDOUT for shard \S*: (?P<line>.*)$"),
+    re.compile(r"Drained line for shard \S*: (?P<line>.*)$"),
+)
+# The lines of a stack trace after its first: frames, causes, suppressed exceptions.
+_CONTINUATION = re.compile(r"^(\s+at |\s*\.\.\. \d+ |\s*Caused by: |\s*Suppressed: |\t)")
+_ERROR = re.compile(r"\b(error|exception|fatal)\b|^Exception in thread", re.IGNORECASE)
+_WARNING = re.compile(r"\bwarn(ing)?\b", re.IGNORECASE)
+
+
+def _now() -> str:
+    """A timestamp as structlog's TimeStamper(fmt="iso", utc=True) writes it."""
+    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _unescape(text: str) -> str:
+    return _ESCAPED.sub(lambda match: _UNESCAPED.get(match.group(1), match.group(0)), text)
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    text = text.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+@dataclass
+class Entry:
+    """One record of the daemon's output.
+
+    ``passed`` is a processor's JSON line, written as it came; ``raw`` the lines of a
+    record that was not the daemon's logging (shown as they came on a console)."""
+
+    record: dict[str, Any]
+    passed: str | None = None
+    raw: list[str] = field(default_factory=list)
+
+
+class DaemonLog:
+    """Turns the daemon's output, line by line, into records.
+
+    A line that is not the daemon's logging may be followed by the rest of its stack
+    trace, so it is held (``pending``) until the next line shows whether that continues
+    it, or ``flush`` is called (the reader does when no line came for a moment).
+    """
+
+    def __init__(self) -> None:
+        self._pending: Entry | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self._pending is not None
+
+    def feed(self, line: str) -> list[Entry]:
+        line = line.rstrip("\r\n")
+        if self._pending is not None and _CONTINUATION.match(line):
+            record = self._pending.record
+            line = logs.redact(line)
+            record["exception"] = "\n".join(filter(None, [record.get("exception"), line]))
+            self._pending.raw.append(line)
+            return []
+        done = self.flush()
+        entry = self._logged(line) if line.startswith(PREFIX) else self._other(line)
+        if entry is not None:
+            done.append(entry)
+        return done
+
+    def flush(self) -> list[Entry]:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return []
+        record = pending.record
+        if "exception" in record:
+            # the level said nothing of the stack trace that followed the line
+            record["level"] = "error" if record["level"] == "info" else record["level"]
+        return [pending]
+
+    def _logged(self, line: str) -> Entry | None:
+        fields = line[len(PREFIX) :].split("\t", 5)
+        if len(fields) < 5:
+            return self._other(line)
+        timestamp, level, java_logger, thread, message = fields[:5]
+        message = _unescape(message)
+        relayed = _relayed(message)
+        if relayed is not None:
+            return relayed
+        record: dict[str, Any] = {
+            "event": logs.redact(message),
+            "logger": LOGGER,
+            "java_logger": java_logger,
+            "thread": thread,
+        }
+        exception = _unescape(fields[5]).rstrip() if len(fields) > 5 else ""
+        if exception:
+            record["exception"] = logs.redact(exception)
+        record.update(_bound(record))
+        record["level"] = _LEVELS.get(level.strip(), "error")
+        record["timestamp"] = timestamp
+        return Entry(record)
+
+    def _other(self, line: str) -> Entry | None:
+        if not line.strip():
+            return None
+        child = _json_object(line)
+        if child is not None:
+            return Entry(child, passed=line.strip())
+        for relay in _RELAYED:
+            found = relay.search(line)
+            if found is not None:
+                child = _json_object(found.group("line"))
+                if child is not None:
+                    return Entry(child, passed=found.group("line").strip())
+        level = "error" if _ERROR.search(line) else "warning" if _WARNING.search(line) else "info"
+        record: dict[str, Any] = {"event": logs.redact(line), "logger": LOGGER}
+        record.update(_bound(record))
+        record["level"] = level
+        record["timestamp"] = _now()
+        self._pending = Entry(record, raw=[logs.redact(line)])
+        return None
+
+
+def text_lines(line: str) -> list[str]:
+    """The lines of text in one line of the daemon's output: a logged event's message
+    and stack trace unescaped, line by line; any other line itself."""
+    if not line.startswith(PREFIX):
+        return [line]
+    fields = line[len(PREFIX) :].split("\t", 5)
+    return _unescape("\n".join(fields[4:])).splitlines() if len(fields) >= 5 else [line]
+
+
+def _relayed(message: str) -> Entry | None:
+    for relay in _RELAYED:
+        found = relay.match(message)
+        if found is not None:
+            child = _json_object(found.group("line"))
+            if child is not None:
+                return Entry(child, passed=found.group("line").strip())
+    return None
+
+
+def _bound(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields every line of this process carries (job, task, runtime)."""
+    return {key: value for key, value in logs.bound_fields().items() if key not in record}
+
+
+_console = structlog.dev.ConsoleRenderer(colors=False)
+
+
+def render(entry: Entry, *, as_json: bool) -> str:
+    """The text of ``entry`` on stderr, without its newline: a JSON object, or for a
+    console, columns like the replicator's own (lines that were not records as they came)."""
+    if as_json:
+        return entry.passed if entry.passed is not None else json.dumps(entry.record)
+    if entry.raw:
+        return "\n".join(entry.raw)
+    record = dict(entry.record)
+    return str(_console(None, str(record.get("level", "info")), record)).rstrip("\n")

@@ -1,0 +1,181 @@
+"""The KCL daemon's output made log records: each line of it in, JSON records out.
+
+The daemon's lines below are what logback 1.3 writes with properties/logback.xml (taken
+from its output); tests/runtime/kcl/test_kcl_kinesis.py checks a real run's stderr.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from replicator import logs
+from replicator.runtime.kcl.daemon_log import DaemonLog, Entry, render, text_lines
+from replicator.runtime.kcl.launcher import DaemonProcess
+
+CHILD = '{"shard": "shardId-0", "records": 3, "event": "batch \\"applied\\"", "level": "info"}'
+LINES = [
+    "::kcl::2026-12-01T16:09:36.917Z\tINFO\tsoftware.amazon.kinesis.coordinator.Scheduler\t"
+    "main\tplain 1 record\\twith tab and back\\\\slash and \\\\n literal\t",
+    "::kcl::2026-12-01T16:09:36.928Z\tWARN\tsoftware.amazon.kinesis.coordinator.Scheduler\t"
+    "main\tfailed\tjava.lang.RuntimeException: boom\\nsecond\\n\\tat T.main(T.java:8)\\n"
+    "Caused by: java.lang.IllegalStateException: cause\\n\\t... 1 common frames omitted\\n",
+]
+
+
+def convert(lines: list[str]) -> list[Entry]:
+    daemon = DaemonLog()
+    entries = [entry for line in lines for entry in daemon.feed(line)]
+    return entries + daemon.flush()
+
+
+def as_json(lines: list[str]) -> list[dict[str, Any]]:
+    out = [render(entry, as_json=True) for entry in convert(lines)]
+    assert all("\n" not in line for line in out)
+    return [json.loads(line) for line in out]
+
+
+@pytest.fixture(autouse=True)
+def bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "_GLOBAL_FIELDS", {"task": "orders", "runtime": "kcl"})
+
+
+def test_a_daemon_record_is_one_json_object_with_its_fields_unescaped() -> None:
+    (record,) = as_json(LINES[:1])
+    assert record == {
+        "event": "plain 1 record\twith tab and back\\slash and \\n literal",
+        "logger": "kcl",
+        "java_logger": "software.amazon.kinesis.coordinator.Scheduler",
+        "thread": "main",
+        "task": "orders",
+        "runtime": "kcl",
+        "level": "info",
+        "timestamp": "2026-12-01T16:09:36.917Z",
+    }
+
+
+def test_a_stack_trace_is_the_exception_of_its_record() -> None:
+    (record,) = as_json(LINES[1:2])
+    assert record["event"] == "failed"
+    assert record["level"] == "warning"
+    assert record["exception"] == (
+        "java.lang.RuntimeException: boom\nsecond\n\tat T.main(T.java:8)\n"
+        "Caused by: java.lang.IllegalStateException: cause\n\t... 1 common frames omitted"
+    )
+
+
+def test_a_processors_line_passes_through_as_it_came() -> None:
+    entries = convert([CHILD])
+    assert [render(entry, as_json=True) for entry in entries] == [CHILD]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Received error line from subprocess [{child}] for shard shardId-000000000001",
+        "Skipping unexpected line on STDOUT for shard shardId-000000000001: {child}",
+    ],
+)
+def test_a_processors_line_the_daemon_relays_in_its_own_message_is_unwrapped(
+    message: str,
+) -> None:
+    escaped = CHILD.replace("\\", "\\\\")
+    logged = "::kcl::2026-12-01T16:09:36.928Z\tERROR\tsoftware.amazon.kinesis.multilang."
+    logged += "DrainChildSTDERRTask\tpool-1\t" + message.format(child=escaped) + "\t"
+    assert [render(entry, as_json=True) for entry in convert([logged])] == [CHILD]
+    # the same, from a logback of the operator's (the KCL's default pattern)
+    stock = "2026-12-01 16:09:36,928 [pool-1] ERROR s.a.k.m.DrainChildSTDERRTask [NONE] - "
+    assert [render(e, as_json=True) for e in convert([stock + message.format(child=CHILD)])] == [
+        CHILD
+    ]
+
+
+def test_lines_from_outside_the_logging_are_records_too_their_stack_traces_joined() -> None:
+    records = as_json(
+        [
+            "OpenJDK 64-Bit Server VM warning: Sharing is only supported for boot loader classes",
+            'Exception in thread "main" java.lang.IllegalStateException: no lease table',
+            "\tat software.amazon.kinesis.Scheduler.run(Scheduler.java:1)",
+            "Caused by: java.io.IOException: refused",
+            "\t... 3 more",
+            "Error: Could not find or load main class x.Y",
+            "",
+            "something else",
+        ]
+    )
+    assert [(r["level"], r["logger"], r["task"]) for r in records] == [
+        ("warning", "kcl", "orders"),
+        ("error", "kcl", "orders"),
+        ("error", "kcl", "orders"),
+        ("info", "kcl", "orders"),
+    ]
+    assert records[1]["event"].startswith('Exception in thread "main"')
+    assert records[1]["exception"] == (
+        "\tat software.amazon.kinesis.Scheduler.run(Scheduler.java:1)\n"
+        "Caused by: java.io.IOException: refused\n\t... 3 more"
+    )
+    assert all(r["timestamp"].endswith("Z") for r in records)
+
+
+def test_the_checks_for_a_daemon_that_cannot_start_read_a_logged_trace_line_by_line() -> None:
+    assert text_lines(LINES[1]) == [
+        "failed",
+        "java.lang.RuntimeException: boom",
+        "second",
+        "\tat T.main(T.java:8)",
+        "Caused by: java.lang.IllegalStateException: cause",
+        "\t... 1 common frames omitted",
+    ]
+    assert text_lines("Error: Could not find or load main class x") == [
+        "Error: Could not find or load main class x"
+    ]
+
+
+def test_credentials_in_the_daemons_lines_are_redacted() -> None:
+    line = LINES[0].replace("plain 1 record", "x-amz-security-token: SECRETSECRET")
+    records = as_json([line, "-Dhttps.proxyPassword=hunter22 refused"])
+    assert len(records) == 2
+    assert "SECRETSECRET" not in json.dumps(records)
+    assert "hunter22" not in json.dumps(records)
+
+
+def test_on_a_console_the_records_are_columns() -> None:
+    text = [render(entry, as_json=False) for entry in convert([*LINES, CHILD, "raw line"])]
+    assert "plain 1 record" in text[0] and "[info" in text[0]
+    assert "Caused by: java.lang.IllegalStateException: cause" in text[1]
+    assert "batch" in text[2] and not text[2].startswith("{")
+    assert text[3] == "raw line"
+
+
+def test_the_output_is_copied_as_json_and_a_held_line_is_written_when_idle() -> None:
+    """A line that may be followed by its stack trace is written once the daemon is quiet,
+    not only at its next line."""
+    script = (
+        "import sys, time\n"
+        f"for line in {[*LINES, CHILD]!r}: print(line, flush=True)\n"
+        "print('Exception in thread \"x\" java.lang.Error: stop', flush=True)\n"
+        "print('\\tat A.b(A.java:1)', flush=True)\n"
+        "time.sleep(3)\n"
+    )
+    output = io.StringIO()
+    daemon = DaemonProcess(
+        [sys.executable, "-c", script], os.environ, grace_s=1, output=output, as_json=True
+    )
+    daemon.start()
+    try:
+        deadline = time.monotonic() + 2.5
+        while output.getvalue().count("\n") < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert daemon.running()  # written before the daemon's next line or its end
+        records = [json.loads(line) for line in output.getvalue().splitlines()]
+        assert [r["event"] for r in records][-1] == 'Exception in thread "x" java.lang.Error: stop'
+        assert records[-1]["exception"] == "\tat A.b(A.java:1)"
+        assert records[2] == json.loads(CHILD)
+    finally:
+        daemon.clean_up(wait_s=1)
