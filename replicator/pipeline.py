@@ -283,6 +283,9 @@ class ShardPipeline:
         with self._cond:
             self._millis_behind = millis_behind
             self._read_once = True
+        # The writes settled since the last report first: a lag of 0 shown here must not
+        # come before the write counters that account for it (they are counted in batches).
+        self.count_applied()
         self._publish_lag(self._clock())
 
     # -- the watermark (see replicator/watermark/) ----------------------------------------
