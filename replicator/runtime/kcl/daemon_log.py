@@ -150,12 +150,9 @@ class DaemonLog:
         child = _json_object(line)
         if child is not None:
             return Entry(child, passed=line.strip())
-        for relay in _RELAYED:
-            found = relay.search(line)
-            if found is not None:
-                child = _json_object(found.group("line"))
-                if child is not None:
-                    return Entry(child, passed=found.group("line").strip())
+        relayed = _relayed(line, anywhere=True)
+        if relayed is not None:
+            return relayed
         level = "error" if _ERROR.search(line) else "warning" if _WARNING.search(line) else "info"
         record: dict[str, Any] = {"event": logs.redact(line), "logger": LOGGER}
         record.update(_bound(record))
@@ -174,9 +171,11 @@ def text_lines(line: str) -> list[str]:
     return _unescape("\n".join(fields[4:])).splitlines() if len(fields) >= 5 else [line]
 
 
-def _relayed(message: str) -> Entry | None:
+def _relayed(message: str, *, anywhere: bool = False) -> Entry | None:
+    """A processor's JSON line the KCL quotes in ``message`` (at its start, or
+    ``anywhere`` in a line of the KCL's default format), unwrapped."""
     for relay in _RELAYED:
-        found = relay.match(message)
+        found = relay.search(message) if anywhere else relay.match(message)
         if found is not None:
             child = _json_object(found.group("line"))
             if child is not None:
