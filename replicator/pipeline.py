@@ -283,10 +283,9 @@ class ShardPipeline:
         with self._cond:
             self._millis_behind = millis_behind
             self._read_once = True
-        # The writes settled since the last report first: a lag of 0 shown here must not
-        # come before the write counters that account for it (they are counted in batches).
-        self.count_applied()
-        self._publish_lag(self._clock())
+        # The whole report, not the lag alone: a lag of 0 shown here must come with the
+        # write counters (counted in batches) and the in-flight gauges that account for it.
+        self.report()
 
     # -- the watermark (see replicator/watermark/) ----------------------------------------
 
@@ -401,9 +400,11 @@ class ShardPipeline:
     def report(self) -> None:
         """Refresh the gauges that change with time, and count the writes applied on the
         event loop since the last report (called about once a second)."""
-        self.count_applied()
         now = self._clock()
+        # The lag before the count: a lag of 0 says every write read so far has settled,
+        # and the count that follows then holds them all.
         self._publish_lag(now)
+        self.count_applied()
         for label in self.writers:
             with self._cond:
                 in_flight = self.buffer.in_flight(label)
