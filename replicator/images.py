@@ -164,13 +164,7 @@ class Image(Mapping[str, AttributeValue]):
                 _check_key(key, item)
             return
         if key is not None:
-            for name, kind, inner in key:
-                value = values.get(name)
-                if value is None:
-                    raise MalformedImage(_missing_key(name))
-                held = value.S if kind == "S" else value.N if kind == "N" else value.B
-                if held != inner and not _same_key_value(kind, held, inner, wire=True):
-                    raise MalformedImage(_different_key(name))
+            _check_key(key, values, wire=True)
         if not read_ahead:
             return
         read = self._read
@@ -246,14 +240,15 @@ class Image(Mapping[str, AttributeValue]):
         return f"Image(wire={bytes(self.wire or b'')!r})"
 
 
-def _check_key(key: KeyId, item: Item) -> None:
-    """That ``item`` (boto3 form) holds the key attributes of ``key`` with their values."""
+def _check_key(key: KeyId, values: Mapping[str, Any], *, wire: bool = False) -> None:
+    """That ``values`` hold the key attributes of ``key`` with their values: an item in
+    boto3 form, or (``wire``) the checked decode of an image (:class:`_Value` structs)."""
     for name, kind, inner in key:
-        value = item.get(name)
+        value = values.get(name)
         if value is None:
             raise MalformedImage(_missing_key(name))
-        held = value.get(kind)
-        if held != inner and not _same_key_value(kind, held, inner, wire=False):
+        held = getattr(value, kind, None) if wire else value.get(kind)
+        if held != inner and not _same_key_value(kind, held, inner, wire=wire):
             raise MalformedImage(_different_key(name))
 
 

@@ -20,7 +20,7 @@ from replicator.items import Item, KeyId, key_id, same_item
 from replicator.rules.order import OpRank
 from replicator.rules.ordered import OrderedRule
 from tests.support.aws import client
-from tests.support.e2e import KEYS, PATIENCE, stop, wait_until
+from tests.support.e2e import KEYS, PATIENCE, last_stream_record, stop, wait_until
 from tests.support.reliability import Samples
 
 RULE = OrderedRule("last_writer_wins", "updated_at", "origin_region", numeric_only=False)
@@ -120,26 +120,7 @@ class Mesh:
         a checkpoint, an end found before; it is the end if nothing follows it), else from
         the stream's start. Read whole, the stream of a 2,000-write pair took moto some 6 s
         a region, and the check below reads every stream twice."""
-        streams = client("dynamodbstreams", region, self.endpoint)
-        arn = self.ddb[region].describe_table(TableName=self.table[region])["Table"][
-            "LatestStreamArn"
-        ]
-        shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]
-        position = (
-            {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": after}
-            if after
-            else {"ShardIteratorType": "TRIM_HORIZON"}
-        )
-        iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"], **position)[
-            "ShardIterator"
-        ]
-        last = after
-        while True:
-            page = streams.get_records(ShardIterator=iterator, Limit=1000)
-            if not page["Records"]:
-                return last
-            last = page["Records"][-1]["dynamodb"]["SequenceNumber"]
-            iterator = page["NextShardIterator"]
+        return last_stream_record(self.ddb[region], self.endpoint, self.table[region], after)
 
     def items(self, region: str) -> dict[KeyId, Item]:
         found = tables.scan_all(self.ddb[region], self.table[region])

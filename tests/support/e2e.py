@@ -132,27 +132,34 @@ class Job:
             return []
 
     def last_stream_sequence(self, after: str = "") -> str:
-        """The sequence number of the last record in the source's stream (its first shard),
-        read on from the record ``after`` when given (a sequence number the stream holds,
-        such as a checkpoint: the last one if nothing follows it), else from the start."""
-        streams = client("dynamodbstreams", self.source_region, self.endpoint)
-        arn = self.source.describe_table(TableName=self.source_table)["Table"]["LatestStreamArn"]
-        shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]
-        position = (
-            {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": after}
-            if after
-            else {"ShardIteratorType": "TRIM_HORIZON"}
-        )
-        iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"], **position)[
-            "ShardIterator"
-        ]
-        last = after
-        while True:
-            page = streams.get_records(ShardIterator=iterator, Limit=1000)
-            if not page["Records"]:
-                return last
-            last = page["Records"][-1]["dynamodb"]["SequenceNumber"]
-            iterator = page["NextShardIterator"]
+        """The sequence number of the last record in the source's stream (see
+        :func:`last_stream_record`)."""
+        return last_stream_record(self.source, self.endpoint, self.source_table, after)
+
+
+def last_stream_record(ddb: Any, endpoint: str, table: str, after: str = "") -> str:
+    """The sequence number of the last record in ``table``'s stream (its first shard),
+    read on from the record ``after`` when given (a sequence number the stream holds,
+    such as a checkpoint: the last one if nothing follows it), else from the start."""
+    region = ddb.meta.region_name
+    streams = client("dynamodbstreams", region, endpoint)
+    arn = ddb.describe_table(TableName=table)["Table"]["LatestStreamArn"]
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]
+    position = (
+        {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": after}
+        if after
+        else {"ShardIteratorType": "TRIM_HORIZON"}
+    )
+    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"], **position)[
+        "ShardIterator"
+    ]
+    last = after
+    while True:
+        page = streams.get_records(ShardIterator=iterator, Limit=1000)
+        if not page["Records"]:
+            return last
+        last = page["Records"][-1]["dynamodb"]["SequenceNumber"]
+        iterator = page["NextShardIterator"]
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 60) -> int:
