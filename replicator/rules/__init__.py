@@ -129,7 +129,11 @@ def _by_rank(rule: OrderedRule) -> Callable[[Change, Change], Squash]:
       r(queued)``: any item the queued write would have overwritten or deleted, the
       incoming one does too;
     * a put or delete that ranks below a queued put, or a delete that ranks below a queued
-      delete, changes nothing after it and is dropped.
+      delete, changes nothing after it and is dropped;
+    * except that a delete tying with the other change on (value, origin), with another
+      image, sends both in order: a delete's condition also holds on an item that is its
+      image with more attributes (:meth:`OrderedRule.not_above`), so whether it applies
+      after the other write depends on the destination's item, not on the two ranks.
 
     Changes whose rank is unknown (no write can be planned for them) or of two ordering
     types are both sent, in order.
@@ -143,6 +147,8 @@ def _by_rank(rule: OrderedRule) -> Callable[[Change, Change], Squash]:
         if queued.op_is_delete and not incoming.op_is_delete:
             return Squash.BOTH
         try:
+            if (queued.op_is_delete or incoming.op_is_delete) and new[:3] == old[:3] and new != old:
+                return Squash.BOTH
             return Squash.REPLACE if new >= old else Squash.DROP
         except MalformedImage:  # a tie broken by the digest of an image that is not one
             return Squash.BOTH
