@@ -134,7 +134,10 @@ class ChangeBuffer:
         while chain and not chain[-1].failed:
             decision = self._squash.merge(chain[-1].change, change)
             if decision is Squash.REPLACE:
-                self._replace(chain.pop(), carried, stand_for)
+                if self._replace(chain.pop(), carried, stand_for):
+                    # Sent somewhere: there ``change`` is written after it, whatever an
+                    # older change would let the squash decide.
+                    break
             elif decision is Squash.DROP:
                 self._drop_behind(chain[-1], change, slot, stand_for)
                 return False
@@ -428,21 +431,26 @@ class ChangeBuffer:
 
     def _replace(
         self, previous: Entry, carried: dict[str, int], stand_for: dict[str, list[Entry]]
-    ) -> None:
-        """``previous`` is replaced by a newer change: drop its unsent writes.
+    ) -> bool:
+        """``previous`` is replaced by a newer change: drop its unsent writes. True when
+        it was sent somewhere (in flight or landed).
 
         Where its write was still queued, the newer change's write stands for it (and for
         what it stood for there): added to ``stand_for``, and the time the item became
         stale there noted in ``carried``. A write of it already in flight finishes and
         settles it there (it lands before the newer change's write to that destination,
-        which waits for it).
+        which waits for it). Where it was sent, the newer change must be written after
+        it: it cannot then be dropped behind a change older than ``previous``.
         """
         previous.superseded = True
         key = previous.change.key
+        sent = False
         for destination in self.destinations:
             queued = self._queued[destination]
             queue = queued.get(key)
-            if queue is not None and previous in queue:
+            if queue is None or previous not in queue:
+                sent = True
+            else:
                 since = previous.stale_since_us(destination)
                 carried[destination] = min(carried.get(destination, since), since)
                 queue.remove(previous)
@@ -461,3 +469,4 @@ class ChangeBuffer:
                     moved.extend(inherited)
                 moved.append(previous)
         self.squashed += 1
+        return sent

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from replicator.buffer import ChangeBuffer, Entry
+from replicator.buffer import ChangeBuffer, Entry, Squash, SquashOrder
 from replicator.decode import decode
 from replicator.records import Change
 from replicator.rules import IN_STREAM_ORDER, OrderedRule, OverwriteRule, squash_order
@@ -383,3 +383,26 @@ def test_an_echo_retires_what_a_replaced_write_in_flight_stands_for_at_its_holde
     assert buffer.take_ready("eu", 10) == []
     drain(buffer, "ap")
     assert buffer.idle and buffer.checkpointable() == "4"
+
+
+def test_a_change_replacing_a_write_in_flight_is_not_dropped_behind_an_older_one() -> None:
+    """D1 is written at "eu", then P is in flight there when D2 replaces P and ranks
+    below D1. At "eu" D2 comes after P, not after D1: it must still be written there."""
+    decisions = {("1", "2"): Squash.BOTH, ("2", "3"): Squash.REPLACE, ("1", "3"): Squash.DROP}
+
+    def merge(queued: Change, incoming: Change) -> Squash:
+        return decisions[(queued.sequence_number, incoming.sequence_number)]
+
+    buffer = ChangeBuffer(["eu", "ap"], SquashOrder(merge, lambda skipped, queued: False))
+    for seq in (1, 2):
+        buffer.add(change("k", seq))
+    assert [e.change.sequence_number for e in drain(buffer, "eu")] == ["1"]
+    (in_flight,) = buffer.take_ready("eu", 10)
+    assert in_flight.change.sequence_number == "2"
+    buffer.add(change("k", 3))
+    buffer.complete("eu", in_flight)
+    assert [e.change.sequence_number for e in drain(buffer, "eu")] == ["3"]
+    assert [e.change.sequence_number for e in drain(buffer, "ap")] == ["1"]
+    assert [e.change.sequence_number for e in drain(buffer, "ap")] == ["3"]
+    assert buffer.checkpointable() == "3"
+    assert buffer.idle
