@@ -21,6 +21,8 @@ from replicator.buffer import ChangeBuffer
 from replicator.config.model import (
     ConflictPolicyName,
     DeadLetterKind,
+    DestinationConfig,
+    JobConfig,
     ResolvedJob,
     RuntimeKind,
     StreamKind,
@@ -37,6 +39,7 @@ from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.rules import ConflictRule, OrderedRule, rule_for, squash_order
 from replicator.rules.custom import load_resolver
+from replicator.rules.ordered import Home
 from replicator.shards.stream import Shard, list_shards
 from replicator.tombstones.table import TombstoneTable
 from replicator.watermark.publisher import ShardWatermark
@@ -169,7 +172,7 @@ def destination_writers(
     writers = {}
     for destination in job.destinations:
         conflict = job.conflict_for(destination)
-        rule = rule_for(conflict, job.loop_prevention.origin_attribute)
+        rule = rule_for(conflict, job.loop_prevention.origin_attribute, home_of(job, destination))
         client = _write_client(resolved, destination, rule)
         tombstones = None
         if job.active_active.tombstones:
@@ -192,6 +195,19 @@ def destination_writers(
             origin=job.origin_value,
         )
     return writers
+
+
+def home_of(job: JobConfig, destination: DestinationConfig) -> Home | None:
+    """The stamps that say an image was written in ``destination``'s own region (see
+    OrderedRule): every stamp but the job's own when it is the only destination (a
+    pair), else its region when no other destination is in that region (the origin
+    value defaults to the region, as the echoes' holders are found in the pipeline)."""
+    if len(job.destinations) == 1:
+        return Home(all_but=job.origin_value)
+    in_region = [d for d in job.destinations if d.region == destination.region]
+    if len(in_region) == 1 and destination.region != job.origin_value:
+        return Home(stamps=frozenset({destination.region}))
+    return None
 
 
 def shard_intake(

@@ -22,6 +22,7 @@ from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.records import Change
 from replicator.rules import IN_STREAM_ORDER, ConflictRule, OrderedRule, squash_order
+from replicator.rules.ordered import Home
 from replicator.writers.destination import DestinationWriter
 from tests.support.aws import client, create_table
 from tests.support.metrics import sample
@@ -437,3 +438,50 @@ def test_skip_settles_an_echo_at_the_same_destinations_in_buffer_and_watermark(
     assert pipeline.checkpointable() is None
     pipeline.buffer.complete("ap", owed)
     assert pipeline.checkpointable() == "2"
+
+
+@pytest.mark.parametrize("policy", ["version", "last_writer_wins"])
+def test_a_delete_of_an_image_the_destination_wrote_removes_only_that_image(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, closing: Any, policy: str
+) -> None:
+    """Active-active pair, the job of eu-west-1 writing to us-east-1. eu's stream carries
+    a delete of an image stamped us-east-1: the echo of us's own delete, or eu's delete
+    of an item us wrote. Meanwhile us re-created the item at a lower version: that is
+    newer, and stays. An item that is still the deleted image is removed; a delete of
+    an image eu wrote keeps removing whatever ranks at or below it."""
+    rule = OrderedRule(
+        policy, "v", "o", numeric_only=policy == "version", home=Home(all_but="eu-west-1")
+    )
+    pipeline, ddb, table = one_destination(moto_endpoint, unique, tmp_path, metrics, rule)
+    closing(pipeline)
+
+    def image(pk: str, v: str, origin: str) -> dict[str, Any]:
+        return {"pk": {"S": pk}, "v": {"N": v}, "o": {"S": origin}}
+
+    recreated = image("echo", "1", "us-east-1")
+    ddb.put_item(TableName=table, Item=recreated)
+    ddb.put_item(TableName=table, Item=image("same", "7", "us-east-1"))
+    ddb.put_item(TableName=table, Item=image("mine", "1", "us-east-1"))
+    deletes = [
+        image("echo", "7", "us-east-1"),
+        image("same", "7", "us-east-1"),
+        image("mine", "7", "eu-west-1"),
+    ]
+    for seq, old in enumerate(deletes, start=1):
+        keys = {"pk": old["pk"]}
+        record = stream_record("REMOVE", keys, None, old, seq=seq)
+        pipeline.submit(decode(daemon_record(record, seq)))
+    pipeline.dispatch()
+    assert pipeline.flush(timeout=30)
+    assert pipeline.checkpointable() == "3"
+    held = {
+        pk: ddb.get_item(TableName=table, Key={"pk": {"S": pk}}, ConsistentRead=True).get("Item")
+        for pk in ("echo", "same", "mine")
+    }
+    assert held == {"echo": recreated, "same": None, "mine": None}
+    assert (
+        sample(
+            metrics, "replicator_writes_total", destination="eu", op="delete", outcome="unchanged"
+        )
+        == 1
+    )

@@ -14,7 +14,7 @@ from replicator.exceptions import MalformedImage
 from replicator.records import Change
 from replicator.rules.base import ConflictRule
 from replicator.rules.custom import CustomRule, load_resolver
-from replicator.rules.ordered import OrderedRule
+from replicator.rules.ordered import Home, OrderedRule
 from replicator.rules.overwrite import OverwriteRule
 from replicator.rules.requests import Skip, Verdict, WriteRequest
 
@@ -35,16 +35,23 @@ __all__ = [
 ]
 
 
-def rule_for(conflict: ConflictConfig, origin_attribute: str | None) -> ConflictRule:
+def rule_for(
+    conflict: ConflictConfig, origin_attribute: str | None, home: Home | None = None
+) -> ConflictRule:
+    """``home``: a destination's own stamps (:class:`~replicator.rules.ordered.Home`)."""
     policy = conflict.policy
     if policy is ConflictPolicyName.LAST_WRITER_WINS:
         assert conflict.timestamp_attribute
         return OrderedRule(
-            "last_writer_wins", conflict.timestamp_attribute, origin_attribute, numeric_only=False
+            "last_writer_wins",
+            conflict.timestamp_attribute,
+            origin_attribute,
+            numeric_only=False,
+            home=home,
         )
     if policy is ConflictPolicyName.VERSION:
         assert conflict.version_attribute
-        return OrderedRule("version", conflict.version_attribute, origin_attribute, True)
+        return OrderedRule("version", conflict.version_attribute, origin_attribute, True, home)
     if policy is ConflictPolicyName.CUSTOM:
         assert conflict.resolver
         return CustomRule(load_resolver(conflict.resolver))
@@ -130,7 +137,9 @@ def _by_rank(rule: OrderedRule) -> Callable[[Change, Change], Squash]:
       incoming one does too;
     * a put or delete that ranks below a queued put, or a delete that ranks below a queued
       delete, changes nothing after it and is dropped;
-    * except that a delete tying with the other change on (value, origin), with another
+    * except that a delete the destination's own region wrote the image of (it applies
+      to that image only, :meth:`OrderedRule.deletes_only_its_image`) is never squashed,
+      and a delete tying with the other change on (value, origin), with another
       image, sends both in order: a delete's condition also holds on an item that is its
       image with more attributes (:meth:`OrderedRule.not_above`), so whether it applies
       after the other write depends on the destination's item, not on the two ranks.
@@ -146,6 +155,8 @@ def _by_rank(rule: OrderedRule) -> Callable[[Change, Change], Squash]:
             return Squash.BOTH
         if queued.op_is_delete and not incoming.op_is_delete:
             return Squash.BOTH
+        if rule.deletes_only_its_image(queued) or rule.deletes_only_its_image(incoming):
+            return Squash.BOTH  # it applies to one image only, whatever the ranks
         try:
             if (queued.op_is_delete or incoming.op_is_delete) and new[:3] == old[:3] and new != old:
                 return Squash.BOTH

@@ -17,11 +17,18 @@ a lower-ranked one.
 * A delete ranks just above the image it deleted (the REMOVE's old image): it applies
   onto no item, an item ranking below that image, or that very image, and never
   removes an item that ranks above it.
+* Active-active: a delete of an image stamped by the destination's own region (its
+  ``home``) applies only while the destination still holds that very image. The image
+  came from there, so anything else the destination holds was written there after it
+  (a delete there and a re-creation at a lower version, say): newer, whatever its rank.
+  This is also what ends the echo of a delete, which no stamp marks: a job reading the
+  delete another region's replicator made here sends it back, and it must not remove
+  what that region wrote since.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from replicator.exceptions import MalformedImage, PlanError
 from replicator.items import Item, ItemView, canonical_number, same_item
@@ -47,15 +54,40 @@ from replicator.rules.requests import (
 _COMPARABLE = ("N", "S")
 
 
+@dataclass(frozen=True, slots=True)
+class Home:
+    """Which origin stamps say an image was written in the destination's own region."""
+
+    stamps: frozenset[str] = frozenset()  # a mesh: the destination's region
+    # A pair: every stamp but this one (the job's own), since the only other region
+    # is the destination's.
+    all_but: str | None = None
+
+    def wrote(self, stamp: str | None) -> bool:
+        if stamp is None:
+            return False
+        if self.all_but is not None:
+            return stamp != self.all_but
+        return stamp in self.stamps
+
+
 class OrderedRule:
     reads_existing = False
 
     def __init__(
-        self, name: str, attribute: str, origin_attribute: str | None, numeric_only: bool
+        self,
+        name: str,
+        attribute: str,
+        origin_attribute: str | None,
+        numeric_only: bool,
+        home: Home | None = None,
     ) -> None:
+        """``home``: the destination's own stamps, for its deletes (see the module's
+        docstring); None when the destination's region is not known from a stamp."""
         self.name = name
         self.attribute = attribute
         self.origin_attribute = origin_attribute
+        self.home = home if origin_attribute else None
         self._types = ("N",) if numeric_only else _COMPARABLE
         self.fields = RankFields(attribute, origin_attribute)
         self._keyed: dict[str, RankFields] = {}
@@ -113,13 +145,32 @@ class OrderedRule:
                     f"REMOVE without OldImage cannot be checked under {self.name}; "
                     "the stream view type must be NEW_AND_OLD_IMAGES"
                 )
-            condition, names, values = self.not_above(image, change.keys)
+            if self.deletes_only_its_image(change):
+                try:
+                    condition, names, values = self.exactly(image)
+                except PlanError:  # too many attributes to name them all (4 KB)
+                    condition, names, values = self._not_above_without_digest(image, change.keys)
+            else:
+                condition, names, values = self.not_above(image, change.keys)
             return WriteRequest(
                 op="delete", key=change.keys, condition=condition, names=names, values=values
             )
         assert image is not None  # decode guarantees a NewImage for puts
         condition, names, values = self.below(image, change.keys)
         return WriteRequest(op="put", item=image, condition=condition, names=names, values=values)
+
+    def deletes_only_its_image(self, change: Change) -> bool:
+        """A delete of an image the destination's own region wrote: it applies only while
+        the destination holds that image (the module's docstring says why)."""
+        if self.home is None or not change.op_is_delete or change.ranked is None:
+            return False
+        assert self.origin_attribute is not None
+        try:
+            stamp = change.ranked.get(self.origin_attribute)
+        except MalformedImage:
+            return False
+        text = stamp.get("S") if stamp is not None else None
+        return self.home.wrote(text if isinstance(text, str) else None)
 
     def below(self, image: ItemView, keys: Item) -> Condition:
         """True when the destination holds no item, or one ranking below ``image`` on
@@ -205,6 +256,8 @@ class OrderedRule:
                 return Verdict.UNCHANGED
             if self.rank(existing) > self.rank(image):
                 return Verdict.LOST
+            if self.deletes_only_its_image(change):
+                return Verdict.UNCHANGED  # written there after the image it deleted
             condition, names, values = self.exactly(existing)
             return WriteRequest(
                 op="delete", key=change.keys, condition=condition, names=names, values=values
