@@ -94,6 +94,9 @@ class Entry:
     # Dead-lettered at some destination: no later change is squashed into it, since
     # it does not stand for anything there.
     failed: bool = False
+    # It replaced a change already sent somewhere (or one that had): there it comes
+    # after that write, so a change replacing it is not compared with older ones.
+    follows_sent: bool = False
 
     def stale_since_us(self, destination: str) -> int:
         """Creation time of the earliest change whose state ``destination`` still lacks
@@ -131,12 +134,16 @@ class ChangeBuffer:
         chain = self._chains.get(key)
         carried: dict[str, int] = {}
         stand_for: dict[str, list[Entry]] = {}
+        follows_sent = False
         while chain and not chain[-1].failed:
             decision = self._squash.merge(chain[-1].change, change)
             if decision is Squash.REPLACE:
-                if self._replace(chain.pop(), carried, stand_for):
-                    # Sent somewhere: there ``change`` is written after it, whatever an
-                    # older change would let the squash decide.
+                previous = chain.pop()
+                if self._replace(previous, carried, stand_for) or previous.follows_sent:
+                    # It, or a change it replaced, was sent somewhere: there ``change``
+                    # is written after that write, whatever an older change would let
+                    # the squash decide.
+                    follows_sent = True
                     break
             elif decision is Squash.DROP:
                 self._drop_behind(chain[-1], change, slot, stand_for)
@@ -151,6 +158,7 @@ class ChangeBuffer:
             pending=set(self.destinations),
             stale_since=carried or None,
             stand_for=stand_for or None,
+            follows_sent=follows_sent,
         )
         chain.append(entry)
         for destination in self.destinations:

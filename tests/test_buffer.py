@@ -406,3 +406,32 @@ def test_a_change_replacing_a_write_in_flight_is_not_dropped_behind_an_older_one
     assert [e.change.sequence_number for e in drain(buffer, "ap")] == ["3"]
     assert buffer.checkpointable() == "3"
     assert buffer.idle
+
+
+def test_a_change_replacing_one_that_followed_a_write_in_flight_is_not_dropped_either() -> None:
+    """As above, one step further: C2 replaced C1, which was in flight at "eu", and C3
+    replaces C2 and ranks below D1. At "eu" C3 still comes after C1's write."""
+    decisions = {
+        ("1", "2"): Squash.BOTH,
+        ("2", "3"): Squash.REPLACE,
+        ("1", "3"): Squash.BOTH,
+        ("3", "4"): Squash.REPLACE,
+        ("1", "4"): Squash.DROP,
+    }
+
+    def merge(queued: Change, incoming: Change) -> Squash:
+        return decisions[(queued.sequence_number, incoming.sequence_number)]
+
+    buffer = ChangeBuffer(["eu", "ap"], SquashOrder(merge, lambda skipped, queued: False))
+    for seq in (1, 2):
+        buffer.add(change("k", seq))
+    assert [e.change.sequence_number for e in drain(buffer, "eu")] == ["1"]
+    (in_flight,) = buffer.take_ready("eu", 10)
+    buffer.add(change("k", 3))  # replaces 2, in flight at "eu": stops there
+    buffer.add(change("k", 4))  # replaces 3, queued everywhere, but 3 followed 2's write
+    buffer.complete("eu", in_flight)
+    assert [e.change.sequence_number for e in drain(buffer, "eu")] == ["4"]
+    assert [e.change.sequence_number for e in drain(buffer, "ap")] == ["1"]
+    assert [e.change.sequence_number for e in drain(buffer, "ap")] == ["4"]
+    assert buffer.checkpointable() == "4"
+    assert buffer.idle
