@@ -145,10 +145,13 @@ class ChangeBuffer:
                     # the squash decide.
                     follows_sent = True
                     break
-            elif decision is Squash.DROP:
+            elif decision is Squash.DROP and len(chain[-1].pending) == len(self.destinations):
                 self._drop_behind(chain[-1], change, slot, stand_for)
                 return False
             else:
+                # BOTH, or a drop behind a change already settled somewhere: there it
+                # landed, or an echo retired it, and what the destination holds since
+                # is not "after it" (an echo's newer state, a re-queued older change).
                 break
         if chain is None:
             chain = self._chains[key] = []
@@ -367,8 +370,8 @@ class ChangeBuffer:
     ) -> None:
         """``change`` changes nothing after ``queued``: it is done wherever ``queued``'s
         write lands, and written there itself if that write is dead-lettered. So are
-        the changes it ``replaced`` first (newer than ``queued``), per destination;
-        where ``queued`` is already settled they are done at once."""
+        the changes it ``replaced`` first (newer than ``queued``), per destination.
+        Only a change still pending everywhere is dropped behind (see :meth:`add`)."""
         self.squashed += 1
         dropped = Entry(change, slot, superseded=True, pending=set(queued.pending))
         slot.remaining = len(dropped.pending)  # a chain entry is pending somewhere

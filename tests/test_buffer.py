@@ -435,3 +435,29 @@ def test_a_change_replacing_one_that_followed_a_write_in_flight_is_not_dropped_e
     assert [e.change.sequence_number for e in drain(buffer, "ap")] == ["4"]
     assert buffer.checkpointable() == "4"
     assert buffer.idle
+
+
+def test_no_change_is_dropped_behind_one_an_echo_retired_at_its_holder() -> None:
+    """A mesh: the source deletes I (Q), slow at X; an echo of Y's re-creation at
+    version 1 retires Q at Y. The source then updates the item to version 2 (P, after
+    Q: both sent) and deletes it (N, which replaces P and ranks below Q). At Y, P and N
+    come after the echo's state, not after Q: N must still be written there."""
+    keys = {"pk": {"S": "k"}}
+
+    def image(version: int, origin: str) -> dict[str, object]:
+        return {"pk": {"S": "k"}, "v": {"N": str(version)}, "o": {"S": origin}}
+
+    def record(seq: int, event: str, new: object, old: object) -> Change:
+        return decode(daemon_record(stream_record(event, keys, new, old, seq=seq), seq))
+
+    rule = OrderedRule("version", "v", "o", numeric_only=True)
+    buffer = ChangeBuffer(["x", "y"], squash_order([rule, rule], ordered_stream=True))
+    assert buffer.add(record(1, "REMOVE", None, image(5, "us-east-1")))
+    buffer.add_skipped(record(2, "INSERT", image(1, "eu-west-1"), None), replaces_older_at=["y"])
+    assert buffer.add(record(3, "MODIFY", image(2, "us-east-1"), image(1, "eu-west-1")))
+    assert buffer.add(record(4, "REMOVE", None, image(2, "us-east-1")))
+    assert [e.change.sequence_number for e in drain(buffer, "y")] == ["4"]
+    assert [e.change.sequence_number for e in drain(buffer, "x")] == ["1"]
+    assert [e.change.sequence_number for e in drain(buffer, "x")] == ["4"]
+    assert buffer.checkpointable() == "4"
+    assert buffer.idle

@@ -448,14 +448,24 @@ def test_a_dropped_change_settles_wherever_the_change_it_sits_behind_settles() -
     t.caught_up(T0 + 3 * S)
     assert t.claim("eu") == T0 + 3 * S - 1  # the dropped change went with the write of a
     assert t.claim("ap") == T0 + 1 * S - 1  # a is not written to ap yet
-    # Dropped again while a is settled at eu but not at ap: only ap waits for it.
-    assert not submit(stamped("a", 3, T0 + 4 * S, ts=1))
+    # Below a again while a is settled at eu but not at ap: sent, not dropped (what eu
+    # holds since a landed is not known to be "a"), so each destination waits for it.
+    low = stamped("a", 3, T0 + 4 * S, ts=1)
+    assert submit(low)
     t.caught_up(T0 + 5 * S)
+    assert t.claim("eu") == T0 + 4 * S - 1
+    (entry,) = buffer.take_ready("eu", 5)
+    t.settled("eu", low, dead_lettered=False)
+    buffer.complete("eu", entry)
     assert t.claim("eu") == T0 + 5 * S - 1
-    (entry,) = buffer.take_ready("ap", 5)
-    t.settled("ap", high, dead_lettered=False)
-    buffer.complete("ap", entry)
+    for change in (high, low):
+        (entry,) = buffer.take_ready("ap", 5)
+        assert entry.change is change
+        assert t.claim("ap") == change.created_us - 1
+        t.settled("ap", change, dead_lettered=False)
+        buffer.complete("ap", entry)
     assert t.claim("ap") == T0 + 5 * S - 1
+    assert buffer.idle
 
 
 def test_a_change_replaced_and_then_dropped_settles_with_the_change_it_sits_behind() -> None:
