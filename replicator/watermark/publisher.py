@@ -192,10 +192,11 @@ class ShardWatermark:
 
         True at once when nothing is pending (a few flag checks: this is asked before
         every checkpoint). Otherwise the destinations concerned are published now, by
-        their threads, and waited for up to ``wait_s``: only those whose status table
-        answered its last requests (one that fails or hangs is not waited on, so a batch
-        is not held back by it). ``urgent``: ignore the back-off after failures, and
-        wait for every destination concerned.
+        their threads, and waited for up to ``wait_s``: a destination backing off after
+        a failure is not tried (its round ends at once), and a round in progress is
+        waited on until it has lasted ``wait_s`` in all (a status table that hangs holds
+        back one batch by at most that, the next ones not at all). ``urgent``: try even
+        within the back-off, and wait ``wait_s`` for every destination concerned.
         """
         if self._tracker is None:
             return True
@@ -206,26 +207,26 @@ class ShardWatermark:
             if self._stop.is_set():
                 return False
             now = time.monotonic()
-            awaited: dict[str, int] = {}
+            awaited: dict[str, tuple[int, float]] = {}  # a round that starts from now, until
             for label in pending:
                 target = self._targets[label]
                 target.urgent = target.urgent or urgent
                 target.wake.set()
-                busy_for = 0.0 if target.busy_since is None else now - target.busy_since
-                if urgent or (target.failures == 0 and busy_for < wait_s):
-                    awaited[label] = target.started + 1  # a round that starts from now
-            deadline = now + wait_s
+                busy = target.busy_since
+                until = now + wait_s if urgent or busy is None else busy + wait_s
+                if until > now:
+                    awaited[label] = (target.started + 1, until)
             while awaited and not self._stop.is_set():
                 pending = self._pending_locked()
+                now = time.monotonic()
                 awaited = {
-                    label: round_
-                    for label, round_ in awaited.items()
-                    if label in pending and self._targets[label].finished < round_
+                    label: (round_, until)
+                    for label, (round_, until) in awaited.items()
+                    if label in pending and self._targets[label].finished < round_ and until > now
                 }
-                remaining = deadline - time.monotonic()
-                if not awaited or remaining <= 0:
+                if not awaited:
                     break
-                self._stored.wait(remaining)
+                self._stored.wait(min(until for _, until in awaited.values()) - now)
             return not self._pending_locked()
 
     def unstored(self) -> list[str]:

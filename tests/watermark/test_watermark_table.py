@@ -313,3 +313,32 @@ def test_a_wait_on_a_destination_with_no_part_names_it_and_suggests_its_spelling
         timeout=0,
     )
     assert "shards s1 have not published yet" in waiting.describe()
+
+
+def test_a_status_table_deleted_while_the_job_runs_is_created_again(
+    ddb: Any, table: StatusTable, metrics: Metrics
+) -> None:
+    """DynamoDB answers ResourceNotFoundException for the deleted table: the publisher
+    creates it again and registers the stream's shards before it claims (the other
+    shard at 0: no watermark from this part alone), and stores its dead letters again."""
+    stream = Stream(Shard("s", None, False), Shard("other", None, False))
+    watermark = publisher("s", table, stream, metrics)
+    poison = change_at("poison", 1, T0 + 5 * S)
+    watermark.received(poison)
+    watermark.settled(table.destination, poison, dead_lettered=True)
+    watermark.empty_read(previous_answer_at=(T0 + 10 * S) / S, received_at=0)
+    watermark.publish()
+    ddb.delete_table(TableName=table.name)
+    watermark.empty_read(previous_answer_at=(T0 + 20 * S) / S, received_at=0)
+    watermark.publish()  # the table is gone
+    failures = "replicator_watermark_publish_failures_total"
+    assert sample(metrics, failures, destination=table.destination) == 1
+    for target in watermark._targets.values():  # skip the back-off after the failure
+        target.retry_at = 0.0
+    watermark.publish()
+    mark = combine(table.destination, table.parts())
+    assert mark.watermark_us is None and mark.unknown == ("other",)
+    assert mark.dead_letter_ranges == ((T0 + 5 * S, T0 + 6 * S - 1),)
+    part = table.part("s")
+    assert part is not None and part.watermark_us == T0 + 20 * S - 1
+    watermark.close()
