@@ -1,5 +1,6 @@
-"""One shard's watermark in a processor: the tracker the pipeline feeds, and the thread
-that publishes its parts to each destination's status table.
+"""One shard's watermark in a processor: the tracker the pipeline feeds, and the threads
+that publish its parts, one per destination's status table (so that a status table that
+fails or hangs holds back only its own destination).
 
 It lives in the processor, which both runtimes run (the local runtime and the KCL's
 MultiLangDaemon), so each shard's part is published by whichever process owns the
@@ -14,6 +15,11 @@ shard, wherever it runs.
 * Publishing never stops replication: a failure is logged, counted in
   ``replicator_watermark_publish_failures_total`` and retried later, while the published
   watermark stays where it was (waiters see an older watermark, never a wrong one).
+* What is held only in memory until stored (dead-letter ranges, unread spans) must be
+  stored before the processor checkpoints past it (:meth:`store_before_checkpoint`).
+* A status table deleted while the job runs (ResourceNotFoundException) is created again
+  and registered again before anything is claimed there, and what this process stored in
+  it is stored again.
 """
 
 from __future__ import annotations
