@@ -41,7 +41,7 @@ from replicator.records import Change
 from replicator.watermark import spans
 from replicator.watermark.parts import ListedShard, merge_ranges, plan_registration
 from replicator.watermark.spans import UnreadSpan, merge_spans
-from replicator.watermark.table import StatusTable
+from replicator.watermark.table import PartLost, StatusTable
 from replicator.watermark.tracker import DeadLetters, ShardTracker
 
 log = structlog.get_logger(__name__)
@@ -336,7 +336,7 @@ class ShardWatermark:
                     target.busy_since = None
                     self._stored.notify_all()
 
-    def _write(self, target: _Target, tracker: ShardTracker) -> None:
+    def _write(self, target: _Target, tracker: ShardTracker, *, again: bool = False) -> None:
         table = target.table
         try:
             if not target.ready:
@@ -367,9 +367,25 @@ class ShardWatermark:
                     del target.unread[: len(unread)]
                     target.stored_unread = merge_spans([*target.stored_unread, *unread])
             if claim > target.published_us:
-                stored = table.raise_part(self.shard_id, claim, self._owner)
+                raised = target.published_us > 0
+                stored = table.raise_part(self.shard_id, claim, self._owner, raised_before=raised)
                 target.published_us = max(claim, stored)
             target.failures = 0
+        except PartLost as lost:
+            # Another processor created the status table again after it was deleted:
+            # register, store what this process stored, then claim, as after a
+            # ResourceNotFoundException.
+            log.warning(
+                "the status table was created again; registering and storing this shard's "
+                "dead letters and unread spans again before claiming",
+                destination=target.label,
+                table=table.name,
+                error=str(lost),
+            )
+            target.ready = False
+            target.published_us = 0
+            if not again:
+                self._write(target, tracker, again=True)
         except _FAILURES as error:
             self._failed(target, error)
 

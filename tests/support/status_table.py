@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 
 from replicator.watermark.parts import Part, Placeholder, merge_ranges
 from replicator.watermark.spans import UnreadSpan, merge_spans
-from replicator.watermark.table import StatusTable
+from replicator.watermark.table import PartLost, StatusTable
 from replicator.watermark.tracker import DeadLetters
 
 
@@ -101,11 +101,15 @@ class FakeStatusTable(StatusTable):
         with self.region.lock:
             return self._table().get((self.destination, shard))
 
-    def raise_part(self, shard: str, watermark_us: int, owner: str) -> int:
+    def raise_part(
+        self, shard: str, watermark_us: int, owner: str, *, raised_before: bool = False
+    ) -> int:
         self._enter("raise_part")
         with self.region.lock:
             parts = self._table()
             current = self._get(parts, shard)
+            if raised_before and current.owner is None:
+                raise PartLost(f"the part of shard {shard} was never raised")
             if (self.destination, shard) in parts and current.watermark_us >= watermark_us:
                 return current.watermark_us
             parts[self.destination, shard] = dataclasses.replace(

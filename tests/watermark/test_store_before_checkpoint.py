@@ -439,3 +439,36 @@ def test_every_destination_is_published_by_a_thread_of_its_own(
     watermark.begin(resumed=False)
     names = {thread.name for thread in threading.enumerate()}
     assert {"watermark a", "watermark b", "watermark c"} <= names
+
+
+def test_a_processor_that_finds_the_table_created_again_by_another_stores_again(
+    metrics: Metrics,
+) -> None:
+    """The other shard's processor finds the table already created again (its writes
+    succeed): its part, raised before, has no owner now, so it is not raised before that
+    processor has stored its dead letters again."""
+    region = Region()
+    table = FakeStatusTable("eu-west-1/replica", region)
+    one = publisher([table], metrics, shard="s1")
+    other = publisher([FakeStatusTable("eu-west-1/replica", region)], metrics, shard="s2")
+    try:
+        for watermark in (one, other):
+            watermark.begin(resumed=False)
+            watermark.empty_read(previous_answer_at=(T0 + 10 * S) / S, received_at=0)
+        other.undecodable(7, T0 + 7 * S)
+        one.publish()
+        other.publish()
+        table.delete()
+        table.ensure_exists()  # created again (by the first processor to notice)
+        other.empty_read(previous_answer_at=(T0 + 20 * S) / S, received_at=0)
+        other.publish()
+        mark = combine(table.destination, table.stored())
+        assert mark.dead_letter_ranges == ((T0 + 7 * S, T0 + 8 * S - 1),)
+        assert mark.unknown == ("s1",)  # registered again: no watermark from s2 alone
+        part = mine(table, "s2")
+        assert part is not None and part.watermark_us == T0 + 20 * S - 1
+        failures = "replicator_watermark_publish_failures_total"
+        assert sample(metrics, failures, destination=table.destination) == 0
+    finally:
+        one.close()
+        other.close()

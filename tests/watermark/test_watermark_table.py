@@ -14,7 +14,7 @@ from replicator.records import Change
 from replicator.shards.stream import Shard
 from replicator.watermark.parts import Part, Placeholder, combine
 from replicator.watermark.publisher import ShardWatermark
-from replicator.watermark.table import StatusTable
+from replicator.watermark.table import PartLost, StatusTable
 from replicator.watermark.tracker import DeadLetters
 from replicator.watermark.wait import wait_until_replicated
 from tests.support.aws import client
@@ -219,8 +219,10 @@ class RecordingTable(StatusTable):
         self.seen_at_raise: list[tuple[int | None, int]] = []
         self.fail_dead_letters = fail_dead_letters
 
-    def raise_part(self, shard: str, watermark_us: int, owner: str) -> int:
-        stored = super().raise_part(shard, watermark_us, owner)
+    def raise_part(
+        self, shard: str, watermark_us: int, owner: str, *, raised_before: bool = False
+    ) -> int:
+        stored = super().raise_part(shard, watermark_us, owner, raised_before=raised_before)
         whole = combine(self.destination, self.parts())
         self.seen_at_raise.append((whole.watermark_us, whole.dead_letters))
         return stored
@@ -342,3 +344,17 @@ def test_a_status_table_deleted_while_the_job_runs_is_created_again(
     part = table.part("s")
     assert part is not None and part.watermark_us == T0 + 20 * S - 1
     watermark.close()
+
+
+def test_a_part_raised_before_that_has_no_owner_now_is_not_raised(table: StatusTable) -> None:
+    """The table was created again: a part its processor raised before is a placeholder,
+    or missing; it is not raised over, and PartLost says so."""
+    table.add_placeholder(Placeholder("s", 0, frozenset()))
+    with pytest.raises(PartLost):
+        table.raise_part("s", T0, "me", raised_before=True)
+    with pytest.raises(PartLost):
+        table.raise_part("missing", T0, "me", raised_before=True)
+    assert table.raise_part("s", T0, "me") == T0
+    assert table.raise_part("s", T0 + S, "me", raised_before=True) == T0 + S
+    assert table.raise_part("s", T0, "me", raised_before=True) == T0 + S  # only raised
+    assert table.part("missing") is None
