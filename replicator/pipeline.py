@@ -300,9 +300,10 @@ class ShardPipeline:
                 previous_answer_at=previous_answer_at, received_at=received_at
             )
 
-    def publish_watermark(self) -> None:
+    def publish_watermark(self, wait_s: float) -> None:
+        """Publish the watermark to every destination now, waiting up to ``wait_s``."""
         if self.watermark is not None:
-            self.watermark.publish()
+            self.watermark.publish_soon(wait_s)
 
     def store_watermark_before_checkpoint(
         self, wait_s: float = 0.0, *, urgent: bool = False

@@ -49,7 +49,8 @@ log = structlog.get_logger(__name__)
 # How long a checkpoint waits for the watermark's dead-letter ranges and unread spans to
 # be stored (a status table that fails or hangs is not waited on within a batch).
 _STORE_WAIT_S = 2.0
-_SHUTDOWN_STORE_WAIT_S = 5.0
+_SHUTDOWN_PUBLISH_WAIT_S = 2.0
+_SHUTDOWN_STORE_WAIT_S = 3.0
 _END_STORE_WAIT_S = 10.0
 _END_RETRY_S = 1.0
 _END_LOG_EVERY_S = 30.0
@@ -193,7 +194,7 @@ class ReplicationProcessor:
         if self._lease_lost:
             return
         flushed = intake.pipeline.flush(timeout=self._shutdown_flush_timeout_s)
-        intake.pipeline.publish_watermark()
+        intake.pipeline.publish_watermark(_SHUTDOWN_PUBLISH_WAIT_S)
         position = intake.pipeline.checkpointable()
         if self._checkpoints().moves(position):
             if not intake.pipeline.store_watermark_before_checkpoint(

@@ -252,6 +252,26 @@ class ShardWatermark:
 
     # -- publishing ---------------------------------------------------------------------
 
+    def publish_soon(self, wait_s: float) -> None:
+        """Publish every destination now, each on its thread (even within the back-off
+        after a failure), and wait up to ``wait_s`` for them: a status table that hangs
+        delays the caller by that at most (a requested shutdown)."""
+        if self._tracker is None:
+            return
+        with self._state:
+            rounds: dict[str, int] = {}
+            for label, target in self._targets.items():
+                target.urgent = True
+                target.wake.set()
+                rounds[label] = target.started + 1
+            deadline = time.monotonic() + wait_s
+            while not self._stop.is_set():
+                waiting = [n for n, r in rounds.items() if self._targets[n].finished < r]
+                remaining = deadline - time.monotonic()
+                if not waiting or remaining <= 0:
+                    return
+                self._stored.wait(remaining)
+
     def publish(self) -> None:
         """Write each destination's part if it moved (and dead letters and unread spans,
         if any), in the caller's thread, one destination after another (the threads
@@ -344,7 +364,9 @@ class ShardWatermark:
                 self._register(table, self._shards_for_registration(), starting=self.shard_id)
                 with self._state:  # a re-created table: what this process stored, again
                     target.dead_letters = _joined(target.stored_dead_letters, target.dead_letters)
+                    target.stored_dead_letters = DeadLetters(0, ())
                     target.unread[:0] = target.stored_unread
+                    target.stored_unread = []
                 target.ready = True
             # Dead letters are stored before the claim that covers them is raised (and
             # the claim is not raised while they cannot be stored), so a reader never

@@ -105,8 +105,8 @@ class Pipeline:
     def flush(self, timeout: float | None = None) -> bool:
         return True
 
-    def publish_watermark(self) -> None:
-        self.watermark.publish()
+    def publish_watermark(self, wait_s: float) -> None:
+        self.watermark.publish_soon(wait_s)
 
     def end_watermark(self) -> None:
         self.watermark.end_shard()
@@ -472,3 +472,24 @@ def test_a_processor_that_finds_the_table_created_again_by_another_stores_again(
     finally:
         one.close()
         other.close()
+
+
+def test_a_requested_shutdown_is_not_held_up_by_a_status_table_that_hangs() -> None:
+    """The last publish at a requested shutdown is waited for a bounded time; with nothing
+    held only in memory, the checkpoint is written."""
+    table = FakeStatusTable("eu-west-1/replica")
+    table.open.clear()
+    shard = Shard1(table)
+    try:
+        shard.pipeline.position = "4"
+        stopping = threading.Thread(
+            target=messages.ShutdownRequestedInput({"action": "shutdownRequested"}).dispatch,
+            args=(shard.checkpointer, shard.processor),
+        )
+        stopping.start()
+        stopping.join(20)
+        assert not stopping.is_alive(), "the shutdown waited on the status table"
+        assert [position for position, _ in shard.checkpointer.written] == ["4"]
+    finally:
+        table.open.set()
+        shard.close()
