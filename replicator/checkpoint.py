@@ -58,11 +58,15 @@ class Checkpoints:
 
     def advance(self, checkpointer: DaemonCheckpointer, sequence_number: str | None) -> bool:
         """Checkpoint at ``sequence_number`` if it is past the last one; True when written."""
-        if sequence_number is None or sequence_number == self.last:
-            return False
-        if self.last is not None and int(sequence_number) < int(self.last):
+        if not self.moves(sequence_number):
             return False
         return self.write(checkpointer, sequence_number, required=False)
+
+    def moves(self, sequence_number: str | None) -> bool:
+        """Whether a checkpoint at ``sequence_number`` would be past the last one."""
+        if sequence_number is None or sequence_number == self.last:
+            return False
+        return self.last is None or int(sequence_number) > int(self.last)
 
     def write(
         self, checkpointer: DaemonCheckpointer, sequence_number: str | None, *, required: bool

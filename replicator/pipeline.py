@@ -300,9 +300,24 @@ class ShardPipeline:
                 previous_answer_at=previous_answer_at, received_at=received_at
             )
 
-    def publish_watermark(self) -> None:
+    def publish_watermark(self, wait_s: float) -> None:
+        """Publish the watermark to every destination now, waiting up to ``wait_s``."""
         if self.watermark is not None:
-            self.watermark.publish()
+            self.watermark.publish_soon(wait_s)
+
+    def store_watermark_before_checkpoint(
+        self, wait_s: float = 0.0, *, urgent: bool = False
+    ) -> bool:
+        """Whether a checkpoint may be written: the watermark's dead-letter ranges and
+        unread spans recorded so far are stored (see
+        :meth:`ShardWatermark.store_before_checkpoint`); True with no watermark."""
+        if self.watermark is None:
+            return True
+        return self.watermark.store_before_checkpoint(wait_s, urgent=urgent)
+
+    def watermark_unstored(self) -> list[str]:
+        """The destinations whose dead-letter ranges or unread spans are not yet stored."""
+        return [] if self.watermark is None else self.watermark.unstored()
 
     def end_watermark(self) -> None:
         """The shard was read to its end and all of it is settled."""

@@ -46,6 +46,15 @@ from replicator.shards.leases import LATEST
 
 log = structlog.get_logger(__name__)
 
+# How long a checkpoint waits for the watermark's dead-letter ranges and unread spans to
+# be stored (a status table that fails or hangs is not waited on within a batch).
+_STORE_WAIT_S = 2.0
+_SHUTDOWN_PUBLISH_WAIT_S = 2.0
+_SHUTDOWN_STORE_WAIT_S = 3.0
+_END_STORE_WAIT_S = 10.0
+_END_RETRY_S = 1.0
+_END_LOG_EVERY_S = 30.0
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -94,12 +103,15 @@ class ReplicationProcessor:
         exit_process: Callable[[int], None] = _hard_exit,
         report_interval_s: float = 1.0,
         shutdown_flush_timeout_s: float = PROCESSOR_FLUSH_TIMEOUT_MS / 1000,
+        pause: Callable[[float], None] = time.sleep,
     ) -> None:
         self._build = build
         self.metrics = metrics
         self._exit = exit_process
         self._report_interval_s = report_interval_s
         self._shutdown_flush_timeout_s = shutdown_flush_timeout_s
+        self._pause = pause
+        self._held = 0  # batches in a row whose checkpoint waited for the watermark
         self.intake: ShardIntake | None = None
         self.checkpoints: Checkpoints | None = None
         self._lease_lost = False
@@ -146,7 +158,7 @@ class ReplicationProcessor:
             pipeline.note_empty_read(previous_answer_at=self._answered_at, received_at=received_at)
         intake.accept(records, int(behind or 0))
         pipeline.wait_for_room()
-        self._checkpoints().advance(process_records_input.checkpointer, pipeline.checkpointable())
+        self._advance(process_records_input.checkpointer, intake)
         self._answered_at = time.time()
 
     @_fail_fast
@@ -171,6 +183,7 @@ class ReplicationProcessor:
         intake.pipeline.flush()
         # Before the checkpoint: once it is written the shard is never read again.
         intake.pipeline.end_watermark()
+        self._store_watermark_at_end(intake)
         self._checkpoints().write(shard_ended_input.checkpointer, None, required=True)
         log.info("shard ended; checkpointed at its end")
 
@@ -181,9 +194,25 @@ class ReplicationProcessor:
         if self._lease_lost:
             return
         flushed = intake.pipeline.flush(timeout=self._shutdown_flush_timeout_s)
-        intake.pipeline.publish_watermark()
+        intake.pipeline.publish_watermark(_SHUTDOWN_PUBLISH_WAIT_S)
         position = intake.pipeline.checkpointable()
-        if position is not None and position != self._checkpoints().last:
+        if self._checkpoints().moves(position):
+            if not intake.pipeline.store_watermark_before_checkpoint(
+                _SHUTDOWN_STORE_WAIT_S, urgent=True
+            ):
+                # The next owner reads from the last checkpoint, and records again what
+                # could not be stored: safe, where a checkpoint past it would lose it.
+                log.warning(
+                    "shutdown requested; not checkpointed: the watermark's dead-letter "
+                    "ranges or unread spans could not be stored in the status table, and a "
+                    "checkpoint past them would lose them; the shard's next owner reads "
+                    "from the last checkpoint",
+                    destinations=intake.pipeline.watermark_unstored(),
+                    sequence_number=position,
+                    last_checkpoint=self._checkpoints().last,
+                    all_applied=flushed,
+                )
+                return
             self._checkpoints().write(
                 shutdown_requested_input.checkpointer, position, required=True
             )
@@ -192,6 +221,57 @@ class ReplicationProcessor:
             sequence_number=position,
             all_applied=flushed,
         )
+
+    # -- the checkpoint and the watermark ---------------------------------------------------
+
+    def _advance(self, checkpointer: Any, intake: ShardIntake) -> None:
+        """Checkpoint as far as every destination has settled, once the watermark's
+        dead-letter ranges and unread spans are stored: they are held in memory until
+        then, and a checkpoint past their changes would lose them with the process (the
+        changes are not read again), letting a waiter be told "replicated"."""
+        checkpoints = self._checkpoints()
+        pipeline = intake.pipeline
+        # First the position, then the question: a dead letter at or before the position
+        # was recorded in the watermark before its change settled, so before it counted.
+        position = pipeline.checkpointable()
+        if not checkpoints.moves(position):
+            return
+        if not pipeline.store_watermark_before_checkpoint(_STORE_WAIT_S):
+            self._held += 1
+            if self._held == 1 or self._held % 20 == 0:
+                log.warning(
+                    "checkpoint held: the watermark's dead-letter ranges or unread spans "
+                    "are not yet stored in the status table of these destinations; "
+                    "replication continues, and the checkpoint moves once they are stored",
+                    destinations=pipeline.watermark_unstored(),
+                    batches_held=self._held,
+                    last_checkpoint=checkpoints.last,
+                )
+            return
+        if self._held:
+            log.info("checkpoint no longer held by the watermark", batches_held=self._held)
+            self._held = 0
+        checkpoints.advance(checkpointer, position)
+
+    def _store_watermark_at_end(self, intake: ShardIntake) -> None:
+        """At the shard's end, wait until the watermark's dead-letter ranges and unread
+        spans are stored: the checkpoint at SHARD_END ends the shard for good (as it
+        waits for a destination that is down, it waits for its status table)."""
+        pipeline = intake.pipeline
+        since = time.monotonic()
+        logged_at: float | None = None
+        while not pipeline.store_watermark_before_checkpoint(_END_STORE_WAIT_S, urgent=True):
+            now = time.monotonic()
+            if logged_at is None or now - logged_at >= _END_LOG_EVERY_S:
+                logged_at = now
+                log.warning(
+                    "shard ended; its checkpoint waits until the watermark's dead-letter "
+                    "ranges or unread spans are stored in the status table of these "
+                    "destinations",
+                    destinations=pipeline.watermark_unstored(),
+                    waited_s=round(now - since, 1),
+                )
+            self._pause(_END_RETRY_S)
 
     # -- housekeeping ---------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""One shard's watermark in a processor: the tracker the pipeline feeds, and the thread
-that publishes its parts to each destination's status table.
+"""One shard's watermark in a processor: the tracker the pipeline feeds, and the threads
+that publish its parts, one per destination's status table (so that a status table that
+fails or hangs holds back only its own destination).
 
 It lives in the processor, which both runtimes run (the local runtime and the KCL's
 MultiLangDaemon), so each shard's part is published by whichever process owns the
@@ -14,6 +15,11 @@ shard, wherever it runs.
 * Publishing never stops replication: a failure is logged, counted in
   ``replicator_watermark_publish_failures_total`` and retried later, while the published
   watermark stays where it was (waiters see an older watermark, never a wrong one).
+* What is held only in memory until stored (dead-letter ranges, unread spans) must be
+  stored before the processor checkpoints past it (:meth:`store_before_checkpoint`).
+* A status table deleted while the job runs (ResourceNotFoundException) is created again
+  and registered again before anything is claimed there, and what this process stored in
+  it is stored again.
 """
 
 from __future__ import annotations
@@ -28,13 +34,14 @@ from dataclasses import dataclass, field
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
+from replicator.aws.errors import error_code
 from replicator.exceptions import ReplicatorError
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.watermark import spans
 from replicator.watermark.parts import ListedShard, merge_ranges, plan_registration
-from replicator.watermark.spans import UnreadSpan
-from replicator.watermark.table import StatusTable
+from replicator.watermark.spans import UnreadSpan, merge_spans
+from replicator.watermark.table import PartLost, StatusTable
 from replicator.watermark.tracker import DeadLetters, ShardTracker
 
 log = structlog.get_logger(__name__)
@@ -42,18 +49,31 @@ log = structlog.get_logger(__name__)
 US = 1_000_000
 _FAILURES = (ClientError, BotoCoreError, ReplicatorError, OSError)
 _MAX_RETRY_S = 60.0
+_LISTING_REUSED_S = 10.0
 
 
 @dataclass
 class _Target:
+    label: str
     table: StatusTable
     ready: bool = False
     published_us: int = 0
     dead_letters: DeadLetters = field(default_factory=lambda: DeadLetters(0, ()))
+    """Taken from the tracker and not yet stored."""
     failures: int = 0
     retry_at: float = 0.0
     unread: list[UnreadSpan] = field(default_factory=list)
     """Spans of changes never read for this destination, to store before any claim."""
+    stored_dead_letters: DeadLetters = field(default_factory=lambda: DeadLetters(0, ()))
+    stored_unread: list[UnreadSpan] = field(default_factory=list)
+    """What this process stored, to store again should the status table be re-created."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """Held while the destination is published (by its thread, or a caller)."""
+    wake: threading.Event = field(default_factory=threading.Event)
+    urgent: bool = False  # the next round ignores the back-off
+    started: int = 0  # rounds of its thread started and finished
+    finished: int = 0
+    busy_since: float | None = None
 
 
 class ShardWatermark:
@@ -74,7 +94,7 @@ class ShardWatermark:
         was read after that answer; otherwise (the KCL, which reads ahead) it is dated
         when it arrives, and ``margin_s`` must cover how long a batch can wait."""
         self.shard_id = shard_id
-        self._targets = {label: _Target(table) for label, table in tables.items()}
+        self._targets = {label: _Target(label, table) for label, table in tables.items()}
         self._list_shards = list_shards
         self._metrics = metrics
         self._interval_s = interval_s
@@ -83,26 +103,33 @@ class ShardWatermark:
         self._clock = clock
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
         self._tracker: ShardTracker | None = None
-        self._publishing = threading.Lock()
+        # Guards what the destinations share and what is held in memory until stored
+        # (held only for moments, never across a request).
+        self._state = threading.Lock()
+        self._stored = threading.Condition(self._state)
+        self._listing_lock = threading.Lock()
+        self._listing: tuple[float, Sequence[ListedShard]] | None = None
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._out_of_order_logged = 0
         self._started_us = 0
         # Resumed: destinations not yet known to have been in the job before (see
-        # _check_joins), and what each status table held when first asked.
+        # _decided), and what each status table held when first asked.
         self._undecided: set[str] = set()
         self._had_parts: dict[str, bool] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def begin(self, *, resumed: bool, at_latest: bool = False) -> None:
-        """Start tracking (``resumed``: from a checkpoint) and publishing.
+        """Start tracking (``resumed``: from a checkpoint) and publishing, each
+        destination on a thread of its own (a status table that hangs holds back only
+        its own destination).
 
         ``at_latest``: the shard starts at LATEST with no checkpoint, so every change
         created before now (and the margin, for the clocks) was never read; that span is
         stored before any claim, so no waiter is told those changes were replicated.
         A resumed processor first checks whether a destination joined the job (see
-        :meth:`_check_joins`).
+        :meth:`_decided`).
         """
         now_us = int(self._clock() * US)
         self._started_us = now_us
@@ -115,17 +142,25 @@ class ShardWatermark:
             margin_us=self._margin_us,
             resumed_at_us=now_us if resumed else None,
         )
-        self._thread = threading.Thread(target=self._loop, name="watermark", daemon=True)
-        self._thread.start()
+        for target in self._targets.values():
+            thread = threading.Thread(
+                target=self._loop, args=(target,), name=f"watermark {target.label}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
 
     def stop(self) -> None:
         """The lease is gone: publish nothing more."""
         if self._tracker is not None:
             self._tracker.stop()
-        self._stop.set()
+        self.close()
 
     def close(self) -> None:
         self._stop.set()
+        for target in self._targets.values():
+            target.wake.set()
+        with self._state:
+            self._stored.notify_all()
 
     # -- what the pipeline reports ------------------------------------------------------
 
@@ -153,54 +188,113 @@ class ShardWatermark:
         read_at = previous_answer_at if self._reads_follow_answers else received_at
         self._tracker_or_fail().caught_up(int(read_at * US))
 
+    # -- before a checkpoint ------------------------------------------------------------
+
+    def store_before_checkpoint(self, wait_s: float = 0.0, *, urgent: bool = False) -> bool:
+        """Whether every dead-letter range and unread span recorded so far is stored in
+        its status table, so that a checkpoint may pass the changes they stand for (a
+        range held only in memory would be lost with the process, and the changes are
+        not read again after the checkpoint).
+
+        True at once when nothing is pending (a few flag checks: this is asked before
+        every checkpoint). Otherwise the destinations concerned are published now, by
+        their threads, and waited for up to ``wait_s``: a destination backing off after
+        a failure is not tried (its round ends at once), and a round in progress is
+        waited on until it has lasted ``wait_s`` in all (a status table that hangs holds
+        back one batch by at most that, the next ones not at all). ``urgent``: try even
+        within the back-off, and wait ``wait_s`` for every destination concerned.
+        """
+        if self._tracker is None:
+            return True
+        with self._state:
+            pending = self._pending_locked()
+            if not pending:
+                return True
+            if self._stop.is_set():
+                return False
+            now = time.monotonic()
+            awaited: dict[str, tuple[int, float]] = {}  # a round that starts from now, until
+            for label in pending:
+                target = self._targets[label]
+                target.urgent = target.urgent or urgent
+                target.wake.set()
+                busy = target.busy_since
+                until = now + wait_s if urgent or busy is None else busy + wait_s
+                if until > now:
+                    awaited[label] = (target.started + 1, until)
+            while awaited and not self._stop.is_set():
+                pending = self._pending_locked()
+                now = time.monotonic()
+                awaited = {
+                    label: (round_, until)
+                    for label, (round_, until) in awaited.items()
+                    if label in pending and self._targets[label].finished < round_ and until > now
+                }
+                if not awaited:
+                    break
+                self._stored.wait(min(until for _, until in awaited.values()) - now)
+            return not self._pending_locked()
+
+    def unstored(self) -> list[str]:
+        """The destinations with dead-letter ranges or unread spans not yet stored."""
+        if self._tracker is None:
+            return []
+        with self._state:
+            return sorted(self._pending_locked())
+
+    def _pending_locked(self) -> set[str]:
+        assert self._tracker is not None
+        pending = set(self._tracker.with_dead_letters())
+        for label, target in self._targets.items():
+            if target.dead_letters.count or target.unread:
+                pending.add(label)
+        return pending
+
     # -- publishing ---------------------------------------------------------------------
 
-    def publish(self) -> None:
-        """Write each destination's part if it moved (and dead letters, if any)."""
-        tracker = self._tracker_or_fail()
-        with self._publishing:
-            self._warn_out_of_order(tracker)
-            if self._undecided:
-                self._check_joins()
-            listing: Sequence[ListedShard] | None = None
+    def publish_soon(self, wait_s: float) -> None:
+        """Publish every destination now, each on its thread (even within the back-off
+        after a failure), and wait up to ``wait_s`` for them: a status table that hangs
+        delays the caller by that at most (a requested shutdown)."""
+        if self._tracker is None:
+            return
+        with self._state:
+            rounds: dict[str, int] = {}
             for label, target in self._targets.items():
-                if time.monotonic() < target.retry_at or label in self._undecided:
-                    continue
-                try:
-                    if not target.ready:
-                        target.table.ensure_exists()
-                        listing = listing if listing is not None else self._list_shards()
-                        self._register(target.table, listing, starting=self.shard_id)
-                        target.ready = True
-                    # Dead letters are stored before the claim that covers them is raised
-                    # (and the claim is not raised while they cannot be stored), so a
-                    # reader never sees W pass a dead-lettered change without its range.
-                    claim, taken = tracker.claim_and_dead_letters(label)
-                    if taken.count:
-                        target.dead_letters = DeadLetters(
-                            target.dead_letters.count + taken.count,
-                            tuple(merge_ranges([*target.dead_letters.ranges, *taken.ranges])),
-                        )
-                    if target.dead_letters.count:
-                        target.table.add_dead_letters(self.shard_id, target.dead_letters)
-                        target.dead_letters = DeadLetters(0, ())
-                    if target.unread:  # before any claim, which may pass them
-                        target.table.add_unread_spans(self.shard_id, tuple(target.unread))
-                        target.unread.clear()
-                    if claim > target.published_us:
-                        stored = target.table.raise_part(self.shard_id, claim, self._owner)
-                        target.published_us = max(claim, stored)
-                    target.failures = 0
-                except _FAILURES as error:
-                    self._failed(label, target, error)
+                target.urgent = True
+                target.wake.set()
+                rounds[label] = target.started + 1
+            deadline = time.monotonic() + wait_s
+            while not self._stop.is_set():
+                waiting = [n for n, r in rounds.items() if self._targets[n].finished < r]
+                remaining = deadline - time.monotonic()
+                if not waiting or remaining <= 0:
+                    return
+                self._stored.wait(remaining)
+
+    def publish(self) -> None:
+        """Write each destination's part if it moved (and dead letters and unread spans,
+        if any), in the caller's thread, one destination after another (the threads
+        publish each destination on its own; this is for a shard's end, and tests)."""
+        tracker = self._tracker_or_fail()
+        self._warn_out_of_order(tracker)
+        # Joins compare destinations: first learn what each status table holds.
+        for target in self._targets.values():
+            with self._state:
+                unknown = target.label in self._undecided and target.label not in self._had_parts
+            if unknown and time.monotonic() >= target.retry_at:
+                with target.lock:
+                    self._learn(target)
+        for target in self._targets.values():
+            self._publish_one(target, urgent=False)
 
     def end_shard(self) -> None:
         """The shard was read to its end and everything in it is settled: publish the
         final part, register the shard's children with its value, and mark it ended."""
         self.publish()
-        with self._publishing:
-            listing: Sequence[ListedShard] | None = None
-            for label, target in self._targets.items():
+        listing: Sequence[ListedShard] | None = None
+        for label, target in self._targets.items():
+            with target.lock:
                 try:
                     target.table.ensure_exists()
                     listing = listing if listing is not None else self._list_shards()
@@ -219,18 +313,112 @@ class ShardWatermark:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval_s):
+    def _loop(self, target: _Target) -> None:
+        """One destination's thread: publish it every interval, or at once when asked."""
+        tracker = self._tracker_or_fail()
+        while True:
+            target.wake.wait(self._interval_s)
+            if self._stop.is_set():
+                return
+            target.wake.clear()
+            with self._state:
+                target.started += 1
+                urgent, target.urgent = target.urgent, False
             try:
-                self.publish()
+                self._warn_out_of_order(tracker)
+                self._publish_one(target, urgent=urgent)
             except Exception as error:  # publishing must never stop the shard
-                log.error("watermark publishing failed", error=str(error), exc_info=True)
+                log.error(
+                    "watermark publishing failed",
+                    destination=target.label,
+                    error=str(error),
+                    exc_info=True,
+                )
+            finally:
+                with self._state:
+                    target.finished += 1
+                    self._stored.notify_all()
 
-    def _check_joins(self) -> None:
-        """A destination with no part in its status table while another destination of
-        the job has parts joined a job that resumes from checkpoints: the changes before
-        the checkpoints were never read for it (and will not be). Its first start is when
-        it joined; it gets a span up to this processor's start.
+    def _publish_one(self, target: _Target, *, urgent: bool) -> None:
+        """Write the destination's part if it moved, after its dead letters and unread
+        spans (``urgent``: even within the back-off after a failure)."""
+        tracker = self._tracker_or_fail()
+        with target.lock:
+            if not urgent and time.monotonic() < target.retry_at:
+                return
+            with self._state:
+                target.busy_since = time.monotonic()
+            try:
+                if self._decided(target):
+                    self._write(target, tracker)
+            finally:
+                with self._state:
+                    target.busy_since = None
+                    self._stored.notify_all()
+
+    def _write(self, target: _Target, tracker: ShardTracker, *, again: bool = False) -> None:
+        table = target.table
+        try:
+            if not target.ready:
+                table.ensure_exists()
+                self._register(table, self._shards_for_registration(), starting=self.shard_id)
+                with self._state:  # a re-created table: what this process stored, again
+                    target.dead_letters = _joined(target.stored_dead_letters, target.dead_letters)
+                    target.stored_dead_letters = DeadLetters(0, ())
+                    target.unread[:0] = target.stored_unread
+                    target.stored_unread = []
+                target.ready = True
+            # Dead letters are stored before the claim that covers them is raised (and
+            # the claim is not raised while they cannot be stored), so a reader never
+            # sees W pass a dead-lettered change without its range. Taken with the claim
+            # under the lock the checkpoint's question takes (store_before_checkpoint),
+            # so that no dead letter is ever out of both the tracker and the target.
+            with self._state:
+                claim, taken = tracker.claim_and_dead_letters(target.label)
+                target.dead_letters = _joined(target.dead_letters, taken)
+                dead = target.dead_letters
+                unread = tuple(target.unread)
+            if dead.count:
+                table.add_dead_letters(self.shard_id, dead)
+                with self._state:
+                    target.dead_letters = DeadLetters(0, ())
+                    target.stored_dead_letters = _joined(target.stored_dead_letters, dead)
+            if unread:  # before any claim, which may pass them
+                table.add_unread_spans(self.shard_id, unread)
+                with self._state:
+                    del target.unread[: len(unread)]
+                    target.stored_unread = merge_spans([*target.stored_unread, *unread])
+            if claim > target.published_us:
+                raised = target.published_us > 0
+                stored = table.raise_part(self.shard_id, claim, self._owner, raised_before=raised)
+                target.published_us = max(claim, stored)
+            target.failures = 0
+        except PartLost as lost:
+            # Another processor created the status table again after it was deleted:
+            # register, store what this process stored, then claim, as after a
+            # ResourceNotFoundException.
+            log.warning(
+                "the status table was created again; registering and storing this shard's "
+                "dead letters and unread spans again before claiming",
+                destination=target.label,
+                table=table.name,
+                error=str(lost),
+            )
+            target.ready = False
+            target.published_us = 0
+            if not again:
+                self._write(target, tracker, again=True)
+        except _FAILURES as error:
+            self._failed(target, error)
+
+    def _decided(self, target: _Target) -> bool:
+        """Whether the destination may be published: not resumed, or known to have been
+        in the job before, or (stored at once) known to have joined it.
+
+        A destination with no part in its status table while another destination of the
+        job has parts joined a job that resumes from checkpoints: the changes before the
+        checkpoints were never read for it (and will not be). Its first start is when it
+        joined; it gets a span up to this processor's start.
 
         Decided once per destination, before this processor registers or claims anything
         there (a destination undecided is not published; one whose status table cannot
@@ -239,38 +427,63 @@ class ShardWatermark:
         on this shard's part (which then reads as 0, holding the watermark until this
         processor claims): a processor that starts after that finds the new destination's
         parts, and the span stored here holds for every reader (spans of all parts are
-        combined), even if this processor dies before it claims."""
-        now = time.monotonic()
-        for label in sorted(self._undecided - set(self._had_parts)):
-            target = self._targets[label]
-            if now < target.retry_at:
-                continue
-            try:
-                self._had_parts[label] = bool(target.table.parts_if_any())
-            except _FAILURES as error:
-                self._failed(label, target, error)
-        for label in sorted(self._undecided & set(self._had_parts)):
+        combined), even if this processor dies before it claims. Each destination asks
+        only its own status table, on its own thread, so a table that hangs holds back
+        no destination that can be decided without it."""
+        label = target.label
+        with self._state:
+            if label not in self._undecided:
+                return True
+            known = label in self._had_parts
+        if not known and not self._learn(target):
+            return False
+        with self._state:
+            mine = self._had_parts[label]
             others = [self._had_parts.get(other) for other in self._targets if other != label]
-            if self._had_parts[label] or not any(others):
-                if self._had_parts[label] or all(known is False for known in others):
-                    self._undecided.discard(label)  # in the job before, or nothing to compare
-                continue
-            target = self._targets[label]
-            span = UnreadSpan(0, self._started_us, spans.JOINED)
-            try:
-                target.table.ensure_exists()
-                target.table.add_unread_spans(self.shard_id, (span,))
-            except _FAILURES as error:
-                self._failed(label, target, error)
-                continue
+        if mine or not any(others):
+            if mine or all(known is False for known in others):
+                with self._state:  # in the job before, or nothing to compare
+                    self._undecided.discard(label)
+                return True
+            return False
+        span = UnreadSpan(0, self._started_us, spans.JOINED)
+        try:
+            target.table.ensure_exists()
+            target.table.add_unread_spans(self.shard_id, (span,))
+        except _FAILURES as error:
+            self._failed(target, error)
+            return False
+        with self._state:
             self._undecided.discard(label)
-            log.warning(
-                "destination joined a job that resumes from checkpoints: changes made "
-                "before now are not replicated to it; run `replicator backfill` to it, then "
-                "`replicator verify`",
-                destination=label,
-                shard=self.shard_id,
-            )
+            target.stored_unread = merge_spans([*target.stored_unread, span])
+        log.warning(
+            "destination joined a job that resumes from checkpoints: changes made "
+            "before now are not replicated to it; run `replicator backfill` to it, then "
+            "`replicator verify`",
+            destination=label,
+            shard=self.shard_id,
+        )
+        return True
+
+    def _learn(self, target: _Target) -> bool:
+        """Whether the destination's status table has parts, noted for :meth:`_decided`."""
+        try:
+            had = bool(target.table.parts_if_any())
+        except _FAILURES as error:
+            self._failed(target, error)
+            return False
+        with self._state:
+            self._had_parts[target.label] = had
+        return True
+
+    def _shards_for_registration(self) -> Sequence[ListedShard]:
+        """The stream's shards, listed once for the destinations that register together
+        (each on its thread, at the start)."""
+        with self._listing_lock:
+            now = time.monotonic()
+            if self._listing is None or now - self._listing[0] > _LISTING_REUSED_S:
+                self._listing = (now, list(self._list_shards()))
+            return self._listing[1]
 
     def _hand_down_unread(self, table: StatusTable, shards: Sequence[ListedShard]) -> None:
         """At the shard's end, its unread spans pass to its children's parts, so they are
@@ -295,10 +508,18 @@ class ShardWatermark:
         for parent in plan.ended:
             table.mark_ended(parent)
 
-    def _failed(self, label: str, target: _Target, error: BaseException) -> None:
+    def _failed(self, target: _Target, error: BaseException) -> None:
+        if error_code(error) == "ResourceNotFoundException":
+            # The status table was deleted: create it again and register the stream's
+            # shards before anything else (every other shard's part enters at 0, so no
+            # reader is told of a watermark from this part alone), then store this
+            # process's dead letters and spans again and claim anew.
+            target.ready = False
+            target.published_us = 0
         target.failures += 1
         delay = min(_MAX_RETRY_S, self._interval_s * 2 ** min(target.failures, 10))
         target.retry_at = time.monotonic() + delay
+        label = target.label
         self._metrics.watermark_publish_failures.labels(label).inc()
         if target.failures == 1 or target.failures % 20 == 0:
             log.warning(
@@ -313,16 +534,27 @@ class ShardWatermark:
             )
 
     def _warn_out_of_order(self, tracker: ShardTracker) -> None:
-        if tracker.out_of_order > self._out_of_order_logged:
+        with self._state:
+            if tracker.out_of_order <= self._out_of_order_logged:
+                return
             self._out_of_order_logged = tracker.out_of_order
-            log.error(
-                "stream records arrived older than records before them; the watermark "
-                "assumes a shard's records are in creation order and may have run ahead",
-                shard=self.shard_id,
-                records=tracker.out_of_order,
-            )
+        log.error(
+            "stream records arrived older than records before them; the watermark "
+            "assumes a shard's records are in creation order and may have run ahead",
+            shard=self.shard_id,
+            records=tracker.out_of_order,
+        )
 
     def _tracker_or_fail(self) -> ShardTracker:
         if self._tracker is None:
             raise RuntimeError("the watermark was used before the processor initialized")
         return self._tracker
+
+
+def _joined(first: DeadLetters, second: DeadLetters) -> DeadLetters:
+    if not second.count:
+        return first
+    if not first.count:
+        return second
+    ranges = merge_ranges([*first.ranges, *second.ranges])
+    return DeadLetters(first.count + second.count, tuple(ranges))

@@ -32,6 +32,10 @@ ENDED_PARTS_KEPT_S = 2 * 24 * 3600  # longer than the stream keeps records (24 h
 SUFFIX = "-watermark"
 
 
+class PartLost(Exception):
+    """A part raised before has no owner: the status table was created again."""
+
+
 def table_name(task_name: str) -> str:
     return f"{task_name}{SUFFIX}"
 
@@ -130,14 +134,24 @@ class StatusTable:
 
     # -- writing ----------------------------------------------------------------------
 
-    def raise_part(self, shard: str, watermark_us: int, owner: str) -> int:
-        """Set the shard's value if it is higher than the stored one; the stored value."""
+    def raise_part(
+        self, shard: str, watermark_us: int, owner: str, *, raised_before: bool = False
+    ) -> int:
+        """Set the shard's value if it is higher than the stored one; the stored value.
+
+        ``raised_before``: the caller raised this part before, so it has an owner; one
+        without (a placeholder, or no item: the table was deleted and created again) is
+        not raised, and :class:`PartLost` says so, so that the caller stores again what
+        it had stored there before it claims."""
+        condition = "attribute_not_exists(watermark_us) OR watermark_us < :w"
+        if raised_before:
+            condition = f"attribute_exists(#owner) AND ({condition})"
         try:
             self.client.update_item(
                 TableName=self.name,
                 Key=self._key(shard),
                 UpdateExpression="SET watermark_us = :w, updated_at = :now, #owner = :owner",
-                ConditionExpression="attribute_not_exists(watermark_us) OR watermark_us < :w",
+                ConditionExpression=condition,
                 ExpressionAttributeNames={"#owner": "owner"},
                 ExpressionAttributeValues={
                     ":w": {"N": str(watermark_us)},
@@ -150,6 +164,10 @@ class StatusTable:
             if error_code(error) != "ConditionalCheckFailedException":
                 raise
             old: dict[str, Any] = dict(error.response.get("Item") or {})  # type: ignore[call-overload]
+            if raised_before and "owner" not in old:
+                raise PartLost(
+                    f"status table {self.name}: the part of shard {shard} was never raised"
+                ) from None
             stored = old.get("watermark_us", {}).get("N")
             return int(stored) if stored else watermark_us
         return watermark_us

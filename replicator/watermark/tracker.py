@@ -245,6 +245,11 @@ class ShardTracker:
         with self._lock:
             return self._claim(destination), self._take_dead_letters(destination)
 
+    def with_dead_letters(self) -> list[str]:
+        """The destinations with dead letters recorded since they were last taken."""
+        with self._lock:
+            return [label for label, state in self._destinations.items() if state.dead_letter_count]
+
     @property
     def destinations(self) -> list[str]:
         return list(self._destinations)

@@ -14,7 +14,7 @@ from replicator.records import Change
 from replicator.shards.stream import Shard
 from replicator.watermark.parts import Part, Placeholder, combine
 from replicator.watermark.publisher import ShardWatermark
-from replicator.watermark.table import StatusTable
+from replicator.watermark.table import PartLost, StatusTable
 from replicator.watermark.tracker import DeadLetters
 from replicator.watermark.wait import wait_until_replicated
 from tests.support.aws import client
@@ -219,8 +219,10 @@ class RecordingTable(StatusTable):
         self.seen_at_raise: list[tuple[int | None, int]] = []
         self.fail_dead_letters = fail_dead_letters
 
-    def raise_part(self, shard: str, watermark_us: int, owner: str) -> int:
-        stored = super().raise_part(shard, watermark_us, owner)
+    def raise_part(
+        self, shard: str, watermark_us: int, owner: str, *, raised_before: bool = False
+    ) -> int:
+        stored = super().raise_part(shard, watermark_us, owner, raised_before=raised_before)
         whole = combine(self.destination, self.parts())
         self.seen_at_raise.append((whole.watermark_us, whole.dead_letters))
         return stored
@@ -313,3 +315,46 @@ def test_a_wait_on_a_destination_with_no_part_names_it_and_suggests_its_spelling
         timeout=0,
     )
     assert "shards s1 have not published yet" in waiting.describe()
+
+
+def test_a_status_table_deleted_while_the_job_runs_is_created_again(
+    ddb: Any, table: StatusTable, metrics: Metrics
+) -> None:
+    """DynamoDB answers ResourceNotFoundException for the deleted table: the publisher
+    creates it again and registers the stream's shards before it claims (the other
+    shard at 0: no watermark from this part alone), and stores its dead letters again."""
+    stream = Stream(Shard("s", None, False), Shard("other", None, False))
+    watermark = publisher("s", table, stream, metrics)
+    poison = change_at("poison", 1, T0 + 5 * S)
+    watermark.received(poison)
+    watermark.settled(table.destination, poison, dead_lettered=True)
+    watermark.empty_read(previous_answer_at=(T0 + 10 * S) / S, received_at=0)
+    watermark.publish()
+    ddb.delete_table(TableName=table.name)
+    watermark.empty_read(previous_answer_at=(T0 + 20 * S) / S, received_at=0)
+    watermark.publish()  # the table is gone
+    failures = "replicator_watermark_publish_failures_total"
+    assert sample(metrics, failures, destination=table.destination) == 1
+    for target in watermark._targets.values():  # skip the back-off after the failure
+        target.retry_at = 0.0
+    watermark.publish()
+    mark = combine(table.destination, table.parts())
+    assert mark.watermark_us is None and mark.unknown == ("other",)
+    assert mark.dead_letter_ranges == ((T0 + 5 * S, T0 + 6 * S - 1),)
+    part = table.part("s")
+    assert part is not None and part.watermark_us == T0 + 20 * S - 1
+    watermark.close()
+
+
+def test_a_part_raised_before_that_has_no_owner_now_is_not_raised(table: StatusTable) -> None:
+    """The table was created again: a part its processor raised before is a placeholder,
+    or missing; it is not raised over, and PartLost says so."""
+    table.add_placeholder(Placeholder("s", 0, frozenset()))
+    with pytest.raises(PartLost):
+        table.raise_part("s", T0, "me", raised_before=True)
+    with pytest.raises(PartLost):
+        table.raise_part("missing", T0, "me", raised_before=True)
+    assert table.raise_part("s", T0, "me") == T0
+    assert table.raise_part("s", T0 + S, "me", raised_before=True) == T0 + S
+    assert table.raise_part("s", T0, "me", raised_before=True) == T0 + S  # only raised
+    assert table.part("missing") is None
