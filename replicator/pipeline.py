@@ -66,6 +66,9 @@ _SLOW_PATH_THREADS = 32
 # tombstones): one per write in flight, but never the hundreds ``max_in_flight`` allows
 # on the event loop; further writes wait in the pool's queue, still counted in flight.
 _THREADED_WRITES = 128
+# How long a stop waits for the watermark's last publish before its final checkpoint:
+# the processor answers shutdownRequested within 25 s, 20 of which its flush may take.
+_PUBLISH_AT_STOP_S = 2.0
 
 
 class ChangeWriter(Protocol):
@@ -309,9 +312,39 @@ class ShardPipeline:
                 previous_answer_at=previous_answer_at, received_at=received_at
             )
 
-    def publish_watermark(self) -> None:
-        if self.watermark is not None:
-            self.watermark.publish()
+    def publish_watermark(self, timeout: float = _PUBLISH_AT_STOP_S) -> None:
+        """Publish the watermark at a stop, before the final checkpoint, waiting at most
+        ``timeout`` seconds.
+
+        A status table that does not answer (a destination's endpoint black-holed: each
+        request waits out its read timeout, and the SDK's retries, under the publisher's
+        lock) must not keep the processor from checkpointing within its shutdown time:
+        a publish not done by then is left to finish in the background, like one that
+        failed. The published watermark then stays where it was, which claims less,
+        never more, than is applied."""
+        watermark = self.watermark
+        if watermark is None:
+            return
+        failure: list[BaseException] = []
+
+        def publish() -> None:
+            try:
+                watermark.publish()
+            except BaseException as error:  # noqa: BLE001  # raised on the caller's thread
+                failure.append(error)
+
+        publishing = threading.Thread(target=publish, name="watermark-at-stop", daemon=True)
+        publishing.start()
+        publishing.join(timeout)
+        if publishing.is_alive():
+            log.warning(
+                "the watermark was not published in time at the stop; the published "
+                "watermark stays where it was",
+                shard=self.shard_id,
+                timeout_s=timeout,
+            )
+        elif failure:
+            raise failure[0]
 
     def end_watermark(self) -> None:
         """The shard was read to its end and all of it is settled."""
