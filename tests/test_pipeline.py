@@ -307,6 +307,52 @@ def test_a_released_wait_for_room_answers_without_room_once(
     assert answered == [False, True]
 
 
+def test_the_watermark_publish_at_a_stop_waits_at_most_its_timeout(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    """A status table that does not answer (a black-holed destination) keeps the stop's
+    last publish waiting: the processor goes on to its checkpoint after the timeout
+    instead of past its shutdown time. A publish that fails says so, as before."""
+
+    class Watermark:
+        def __init__(self) -> None:
+            self.let_go = threading.Event()
+            self.failure: Exception | None = None
+
+        def publish(self) -> None:
+            if self.failure is not None:
+                raise self.failure
+            self.let_go.wait(120)
+
+        def close(self) -> None:
+            pass
+
+    watermark = Watermark()
+    letters = DeadLetterer(FileDeadLetters(tmp_path / "dead.jsonl"), metrics, "t", "s")
+    pipeline = ShardPipeline(
+        {},
+        ChangeBuffer(["eu"], IN_STREAM_ORDER),
+        metrics,
+        "s",
+        max_in_flight=1,
+        max_buffered=1,
+        dead_letters=letters,
+        watermark=watermark,  # type: ignore[arg-type]
+        event_loop=False,
+    )
+    try:
+        started = time.monotonic()
+        pipeline.publish_watermark(timeout=0.2)
+        assert time.monotonic() - started < 60  # not the 120 s the publish would take
+        watermark.let_go.set()
+        watermark.failure = RuntimeError("status table broken")
+        with pytest.raises(RuntimeError, match="status table broken"):
+            pipeline.publish_watermark(timeout=60)
+    finally:
+        watermark.let_go.set()
+        pipeline.close()
+
+
 def one_destination(
     endpoint: str,
     unique: Any,
