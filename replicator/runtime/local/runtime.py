@@ -5,9 +5,11 @@ between hosts: it lists the stream's shards, starts a processor child per open s
 (parents finished before children), keeps the shards' leases in the task-named lease
 table in the KCL's schema, renews them, and stops cleanly on SIGTERM or SIGINT:
 ``shutdownRequested`` to every child, final checkpoints, leases released, exit 0. A
-child that fails during that stop (rather than running out of time while it waits for
-writes in flight) makes the stop a failure: the exit code that failure would give
-without a stop.
+child holding a batch because its buffer is full (backpressure) is first told to answer
+it (``RELEASE_SIGNAL``), so that it takes its ``shutdownRequested`` in time. A child that
+fails during that stop (rather than running out of time while it waits for writes in
+flight) makes the stop a failure: the exit code that failure would give without a stop;
+so does a shard still stopping at ``STOP_DEADLINE_S`` (its child is killed): exit 1.
 
 It refuses to start while another worker holds the task's leases: it watches their
 counters for the failover time, as the KCL does, and takes them over (whatever the
