@@ -129,6 +129,13 @@ class ShardPipeline:
         self._closed = False
         self._batches: deque[tuple[int, float]] = deque()
         self._millis_behind = 0
+        # When the last batch arrived (``clock``), and whether intake has been held for
+        # room since (backpressure): the reader then reads nothing, and its distance from
+        # the tip grows by the time since that batch arrived.
+        self._arrived_at = 0.0
+        self._held = False
+        # Set by ``release_wait`` (a stop): the next wait for room ends without room.
+        self._released = False
         # No lag is shown before the first processRecords: until then nothing says
         # whether the reader is at the tip, and 0 would claim it is.
         self._read_once = False
@@ -282,6 +289,8 @@ class ShardPipeline:
         below ``replicator_millis_behind_latest`` / 1000."""
         with self._cond:
             self._millis_behind = millis_behind
+            self._arrived_at = self._clock()
+            self._held = False
             self._read_once = True
         # The whole report, not the lag alone: a lag of 0 shown here must come with the
         # write counters (counted in batches) and the in-flight gauges that account for it.
@@ -324,16 +333,32 @@ class ShardPipeline:
         if self.watermark is not None:
             self.watermark.end_shard()
 
-    def wait_for_room(self) -> None:
-        """Block while too many changes are unapplied (backpressure on the daemon)."""
+    def wait_for_room(self) -> bool:
+        """Block while too many changes are unapplied (backpressure on the daemon).
+
+        True once there is room; False when :meth:`release_wait` ended the wait without
+        room (the runtime is stopping: it sends no further batch). While it waits, the
+        reader reads nothing: the lag counts the time since the batch arrived (see
+        :meth:`lag_seconds`)."""
         with self._cond:
             while (
                 self.buffer.open_changes >= self.max_buffered
                 or self.buffer.tracked_records >= self.max_buffered * _TRACKED_FACTOR
             ):
                 self.raise_if_failed()
+                if self._released:
+                    self._released = False
+                    return False
+                self._held = True
                 self._cond.wait(timeout=1.0)
             self.raise_if_failed()
+            return True
+
+    def release_wait(self) -> None:
+        """End the wait for room now in progress, or the next one, within a second,
+        without room (the local runtime's stop, delivered as a signal: so it takes no
+        lock, and the wait sees it at its next wake-up, at most a second away)."""
+        self._released = True
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every change received is settled everywhere; False on timeout.
@@ -403,10 +428,18 @@ class ShardPipeline:
 
     def lag_seconds(self, label: str, now: float | None = None) -> float:
         """How far ``label`` is behind: 0 when caught up, else the age of the oldest change
-        read but not yet applied there (or the daemon's millisBehindLatest, if larger)."""
+        read but not yet applied there (or how far the reader is behind the tip, if more).
+
+        The reader is the daemon's millisBehindLatest behind as a batch arrives. Once
+        intake has been held for room since (backpressure), nothing is read until the
+        next batch arrives, so the reader is that far behind plus the time since the
+        batch arrived: every destination's lag grows with it, the one that holds the
+        changes back and the ones that have applied all they were given alike."""
         now = self._clock() if now is None else now
         with self._cond:
             behind_s = self._millis_behind / 1000.0
+            if self._held:
+                behind_s += max(0.0, now - self._arrived_at)
             oldest = self.buffer.oldest_outstanding_us(label)
         if oldest is None:
             return behind_s

@@ -21,6 +21,7 @@ import contextlib
 import functools
 import gc
 import os
+import signal
 import sys
 import threading
 import time
@@ -42,6 +43,7 @@ from replicator.exceptions import (
 from replicator.intake import ShardIntake
 from replicator.metrics import Metrics
 from replicator.runtime.kcl.properties import PROCESSOR_FLUSH_TIMEOUT_MS
+from replicator.runtime.local.protocol import RELEASE_SIGNAL
 from replicator.shards.leases import LATEST
 
 log = structlog.get_logger(__name__)
@@ -275,6 +277,15 @@ class ReplicationProcessor:
 
     # -- housekeeping ---------------------------------------------------------------------
 
+    def stop_waiting(self) -> None:
+        """The local runtime is stopping (its RELEASE_SIGNAL): a batch held while the
+        buffer is full is answered within a second, without room and checkpointed as far
+        as it can be, so that the shutdownRequested the runtime sends next is taken in
+        the documented time. Runs in a signal handler: it only sets a flag."""
+        intake = self.intake
+        if intake is not None:
+            intake.pipeline.release_wait()
+
     def close(self) -> None:
         """Stop the reporter and the writers (the daemon has closed our input)."""
         self._stop.set()
@@ -469,6 +480,9 @@ def serve_daemon(resolved: Any) -> int:
         )
 
     processor = ReplicationProcessor(build, metrics)
+    # Before the protocol starts: the local runtime signals only a processor that has
+    # answered initialize.
+    signal.signal(RELEASE_SIGNAL, lambda _signum, _frame: processor.stop_waiting())
     gc.set_threshold(*GC_THRESHOLDS)
     process = kcl.KCLProcess(
         processor, input_file=sys.stdin, output_file=protocol_out, error_file=sys.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,14 @@ class ThrottlingClient:
 
 
 def build(
-    endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, throttle: set[str]
+    endpoint: str,
+    unique: Any,
+    tmp_path: Path,
+    metrics: Metrics,
+    throttle: set[str],
+    *,
+    max_buffered: int = 1000,
+    clock: Callable[[], float] = time.time,
 ) -> tuple[ShardPipeline, dict[str, Any], dict[str, ThrottlingClient]]:
     tables: dict[str, Any] = {}
     wrappers: dict[str, ThrottlingClient] = {}
@@ -79,7 +86,7 @@ def build(
             backoff=Backoff(0.001, 0.01),
         )
     buffer = ChangeBuffer(list(writers), IN_STREAM_ORDER)
-    return pipeline_of(writers, buffer, metrics, tmp_path, 1000), tables, wrappers
+    return pipeline_of(writers, buffer, metrics, tmp_path, max_buffered, clock), tables, wrappers
 
 
 def pipeline_of(
@@ -88,6 +95,7 @@ def pipeline_of(
     metrics: Metrics,
     tmp_path: Path,
     max_buffered: int,
+    clock: Callable[[], float] = time.time,
 ) -> ShardPipeline:
     """Shard "s" of task "t", dead-lettering to a file in ``tmp_path``."""
     letters = DeadLetterer(FileDeadLetters(tmp_path / "dead.jsonl"), metrics, "t", "s")
@@ -99,6 +107,7 @@ def pipeline_of(
         max_in_flight=8,
         max_buffered=max_buffered,
         dead_letters=letters,
+        clock=clock,
     )
 
 
@@ -220,6 +229,83 @@ def test_no_lag_before_the_first_batch_and_never_below_millis_behind_latest(
     for label in ("eu", "ap"):
         assert sample(metrics, lag, destination=label, shard="s") >= 1.154
     assert sample(metrics, "replicator_millis_behind_latest", shard="s") == 1154
+
+
+def test_while_intake_waits_for_room_every_destination_lag_counts_the_time_since_the_batch(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, closing: Any
+) -> None:
+    """A destination that accepts nothing fills the buffer, and intake waits for room:
+    nothing more is read, so every destination falls behind the tip, the one that applied
+    all it was given too. Its lag (the real gauge) grows with the time since the batch
+    arrived, from the batch's millisBehindLatest, until the next batch arrives; a reader
+    that is not held (an idle, caught-up stream) shows no such growth."""
+    now = [1_800_000_000.0]
+    pipeline, _, wrappers = build(
+        moto_endpoint, unique, tmp_path, metrics, {"ap"}, max_buffered=3, clock=lambda: now[0]
+    )
+    closing(pipeline)
+    lag = "replicator_replication_lag_seconds"
+    intake = ShardIntake(pipeline, Reader(ChangeFilter(None, "", skip_ttl_deletes=False)))
+    intake.accept([put(f"k{seq}", seq, ts=seq) for seq in range(1, 6)], 150)
+    answered: list[bool] = []
+    waiting = threading.Thread(target=lambda: answered.append(pipeline.wait_for_room()))
+    waiting.start()
+    deadline = time.monotonic() + 60
+    while pipeline.buffer.outstanding("eu") and time.monotonic() < deadline:
+        threading.Event().wait(0.01)
+    assert not pipeline.buffer.outstanding("eu")  # eu applied all it was given
+    now[0] += 80
+    # The wait has begun by the time the processor's reporter looks (it never waits
+    # for that): poll for it, then read the gauges the reporter publishes.
+    while pipeline.lag_seconds("eu") < 80 and time.monotonic() < deadline:
+        threading.Event().wait(0.01)
+    pipeline.report()
+    assert waiting.is_alive()  # still held: ap accepts nothing
+    assert sample(metrics, lag, destination="eu", shard="s") == pytest.approx(80.15)
+    assert sample(metrics, lag, destination="ap", shard="s") >= 80.15
+    assert sample(metrics, "replicator_millis_behind_latest", shard="s") == 150
+    wrappers["ap"].released.set()
+    waiting.join(60)
+    assert answered == [True]
+    now[0] += 5  # between the answer and the next batch nothing is read either
+    pipeline.report()
+    assert sample(metrics, lag, destination="eu", shard="s") == pytest.approx(85.15)
+    intake.accept([], 0)  # the next read: at the tip
+    assert pipeline.flush(timeout=60)
+    pipeline.report()
+    assert sample(metrics, lag, destination="eu", shard="s") == 0.0
+    now[0] += 1000  # idle and caught up, reading as usual: no lag grows
+    intake.accept([], 0)
+    now[0] += 1000
+    pipeline.report()
+    for label in ("eu", "ap"):
+        assert sample(metrics, lag, destination=label, shard="s") == 0.0
+
+
+def test_a_released_wait_for_room_answers_without_room_once(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, closing: Any
+) -> None:
+    """The local runtime's stop ends a wait for room (the processor can then answer the
+    batch and take its shutdownRequested); the release counts once: the next wait holds
+    again, so the buffer stays bounded."""
+    pipeline, _, wrappers = build(moto_endpoint, unique, tmp_path, metrics, {"ap"}, max_buffered=2)
+    closing(pipeline)
+    for seq in range(1, 4):
+        pipeline.submit(decode(put(f"k{seq}", seq, ts=seq)))
+    pipeline.dispatch()
+    answered: list[bool] = []
+    waiting = threading.Thread(target=lambda: answered.append(pipeline.wait_for_room()))
+    waiting.start()
+    pipeline.release_wait()
+    waiting.join(60)
+    assert answered == [False]
+    again = threading.Thread(target=lambda: answered.append(pipeline.wait_for_room()))
+    again.start()
+    again.join(1.5)
+    assert again.is_alive()  # held again: ap has still accepted nothing
+    wrappers["ap"].released.set()
+    again.join(60)
+    assert answered == [False, True]
 
 
 def one_destination(

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import queue
+import signal
 import subprocess
 import tempfile
 import threading
@@ -33,6 +34,13 @@ log = structlog.get_logger(__name__)
 CheckpointHandler = Callable[[str | None, int | None], str | None]
 
 _EOF = object()
+
+# The local runtime's stop, told to a processor child that may be holding a batch while
+# its buffer is full (backpressure): it answers that batch without room, so that it
+# takes the shutdownRequested the runtime sends next (ReplicationProcessor.stop_waiting).
+# The MultiLangDaemon sends it no signal: it too sends shutdownRequested only between
+# actions, and a processor under it holds a batch for as long as the buffer is full.
+RELEASE_SIGNAL = signal.SIGUSR1
 
 
 class ProcessorChild:
@@ -206,6 +214,15 @@ class ProcessorChild:
             return process.wait()
         finally:
             self._forget_last_words()
+
+    def release(self) -> None:
+        """Have the child answer the action it holds for room in its buffer, if any
+        (:data:`RELEASE_SIGNAL`). Only once it has answered ``initialize``: its handler
+        is in place by then, and the signal's default action would end it. Nothing once
+        it has exited."""
+        process = self._process
+        if process is not None:
+            process.send_signal(RELEASE_SIGNAL)  # a no-op once the child has exited
 
     def kill(self) -> None:
         if self._process is not None and self._process.poll() is None:

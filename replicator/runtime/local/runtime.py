@@ -5,9 +5,11 @@ between hosts: it lists the stream's shards, starts a processor child per open s
 (parents finished before children), keeps the shards' leases in the task-named lease
 table in the KCL's schema, renews them, and stops cleanly on SIGTERM or SIGINT:
 ``shutdownRequested`` to every child, final checkpoints, leases released, exit 0. A
-child that fails during that stop (rather than running out of time while it waits for
-writes in flight) makes the stop a failure: the exit code that failure would give
-without a stop.
+child holding a batch because its buffer is full (backpressure) is first told to answer
+it (``RELEASE_SIGNAL``), so that it takes its ``shutdownRequested`` in time. A child that
+fails during that stop (rather than running out of time while it waits for writes in
+flight) makes the stop a failure: the exit code that failure would give without a stop;
+so does a shard still stopping at ``STOP_DEADLINE_S`` (its child is killed): exit 1.
 
 It refuses to start while another worker holds the task's leases: it watches their
 counters for the failover time, as the KCL does, and takes them over (whatever the
@@ -42,6 +44,7 @@ from replicator.aws import clients
 from replicator.aws.errors import ErrorKind, classify
 from replicator.config.model import InitialPosition, ResolvedJob
 from replicator.exceptions import (
+    ChildFailed,
     EnvironmentProblem,
     LeaseHeld,
     LeaseLost,
@@ -67,6 +70,10 @@ SHARD_SYNC_INTERVAL_S = 10.0
 # code 3 (a destination refusing every write) and no recovery between (a write settled
 # at that destination, or every record delivered checkpointed).
 PROCESSOR_RESTART_LIMIT = 5
+# How long a stop waits for the shard workers (a processor's shutdownRequested, 25 s at
+# most, the batch it may be answering, and the lease's release) before their processors
+# are killed, and the stop is not clean.
+STOP_DEADLINE_S = 35.0
 # A shard sync that failed on a transient AWS error is tried again this much later.
 _HOUSEKEEPING_RETRY_S = 2.0
 
@@ -217,15 +224,32 @@ class LocalRuntime:
 
     def _shut_down(self) -> None:
         self.stopping.set()
-        deadline = time.monotonic() + 35.0
+        for worker in list(self.workers.values()):
+            # A processor holding a batch while its buffer is full answers it now, and
+            # takes its shutdownRequested next.
+            worker.release_processor()
+        deadline = time.monotonic() + STOP_DEADLINE_S
         for worker in list(self.workers.values()):
             worker.join(timeout=max(0.1, deadline - time.monotonic()))
         for worker in self.workers.values():
-            if worker.is_alive() and worker.child is not None:
+            if worker.is_alive():
+                # Its shutdown never ended: nothing says what was checkpointed, and the
+                # processor is killed. Not a clean stop: exit 1, as an unexpected failure.
+                killed = worker.child is not None
                 log.warning(
-                    "shard did not stop in time; killing its processor", shard=worker.shard_id
+                    "shard did not stop in time; killing its processor"
+                    if killed
+                    else "shard did not stop in time",
+                    shard=worker.shard_id,
                 )
-                worker.child.kill()
+                if worker.child is not None:
+                    worker.child.kill()
+                if self.failure is None:
+                    self.failure = ChildFailed(
+                        f"shard {worker.shard_id} did not stop within {STOP_DEADLINE_S:g}s"
+                        + ("; its processor was killed" if killed else "")
+                        + ": it resumes from its last checkpoint"
+                    )
             elif self.failure is None and worker.stop_failure is not None:
                 # A processor that failed during the stop: not a clean stop (exit 0
                 # would tell systemd or Kubernetes that all is well).

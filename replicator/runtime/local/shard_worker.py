@@ -153,6 +153,8 @@ class ShardWorker(threading.Thread):
         # while the stop began): no restart follows, and the stop is not clean.
         self.stop_failure: BaseException | None = None
         self.child: ProcessorChild | None = None
+        # The child has answered initialize: its RELEASE_SIGNAL handler is in place.
+        self._child_ready = False
         self._last_delivered: str | None = None
         # While the lease's checkpoint is LATEST (nothing checkpointed yet), that position
         # is pinned once, for as long as this worker runs: the iterator taken when the
@@ -191,6 +193,16 @@ class ShardWorker(threading.Thread):
                 ShardId=self.shard_id,
                 ShardIteratorType="LATEST",
             )["ShardIterator"]
+
+    def release_processor(self) -> None:
+        """The runtime is stopping (``stopping`` is set): a processor holding a batch
+        because its buffer is full (a destination accepts nothing) answers it now,
+        without room, and this worker then sends it no more batches but its
+        ``shutdownRequested``. Without this it would hold the batch until the runtime's
+        deadline. A release sent between two batches applies to the next wait for room."""
+        child = self.child
+        if child is not None and self._child_ready:
+            child.release()
 
     def lease_confirmed(self) -> None:
         """The lease was just renewed as ours (called by the runtime after a renewal)."""
@@ -336,6 +348,7 @@ class ShardWorker(threading.Thread):
         refusals = 0  # exit-3 failures in a row, no recovery between them
         while not self.stopping.is_set():
             child = self.new_child(self.shard_id, self._checkpoint)
+            self._child_ready = False  # before the new child is seen (release_processor)
             self.child = child
             try:
                 child.start()
@@ -344,6 +357,7 @@ class ShardWorker(threading.Thread):
                 child.initialize(
                     self.shard_id, self.lease.checkpoint, self.lease.sub_sequence_number
                 )
+                self._child_ready = True
                 self.progress.child_up_since = self._clock()
                 if self._pump(child):
                     self.progress.ended = True

@@ -1080,3 +1080,55 @@ def test_a_processor_failing_its_shutdown_makes_the_stop_a_failure_but_running_o
         )
     stored = leases.get("shard-1")
     assert stored is not None and stored.owner is None  # released
+
+
+def test_a_shard_that_does_not_stop_by_the_deadline_is_killed_and_the_stop_is_a_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stop first has every processor let go of a batch it holds for room; a shard
+    whose worker is still stopping at the runtime's deadline gets its processor killed,
+    and that stop is not clean: an unexpected failure (exit 1), not "stopped cleanly"."""
+    from replicator.exceptions import OperatorError
+    from replicator.runtime.local import runtime as local_runtime
+
+    class Child:
+        killed = False
+
+        def kill(self) -> None:
+            self.killed = True
+
+    class Hung(threading.Thread):
+        shard_id = "shard-1"
+        stop_failure = None
+
+        def __init__(self) -> None:
+            super().__init__(daemon=True)
+            self.child = Child()
+            self.released = 0
+            self.let_go = threading.Event()
+
+        def release_processor(self) -> None:
+            self.released += 1
+
+        def run(self) -> None:
+            self.let_go.wait(60)
+
+    monkeypatch.setattr(local_runtime, "STOP_DEADLINE_S", 0.2)
+    runtime = local_runtime.LocalRuntime.__new__(local_runtime.LocalRuntime)
+    runtime.stopping = threading.Event()
+    runtime.failure = None
+    runtime._lock_file = None
+    worker = Hung()
+    worker.start()
+    runtime.workers = {"shard-1": worker}  # type: ignore[dict-item]
+    try:
+        runtime._shut_down()
+    finally:
+        worker.let_go.set()
+    assert worker.released == 1
+    assert worker.child.killed
+    failure = runtime.failure
+    assert failure is not None and not isinstance(failure, OperatorError)  # run(): exit 1
+    assert str(failure).startswith(
+        "shard shard-1 did not stop within 0.2s; its processor was killed"
+    )
