@@ -156,7 +156,13 @@ class ReplicationProcessor:
             # checkpointed, and tells each of them so. Nothing was taken from this worker.
             log.info("lease given up after the requested shutdown")
         else:
-            log.warning("lease lost; another worker continues from the last checkpoint")
+            # Another worker took the lease, or the runtime could not read it (the lease
+            # table gone, say): the shard is read again from the last checkpoint by
+            # whichever worker holds it next, so what is not yet written is dropped.
+            log.warning(
+                "lease lost; changes not yet written are dropped, and the shard is read "
+                "again from the last checkpoint by whichever worker holds it next"
+            )
         self._drop()
 
     @_fail_fast

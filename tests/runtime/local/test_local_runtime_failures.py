@@ -121,3 +121,54 @@ def test_a_processor_failing_during_a_stop_is_not_a_clean_stop(
     ), last
     (row,) = job.lease_rows()
     assert not row["checkpoint"]["S"].isdigit()  # never past the change it could not keep
+
+
+def test_a_lease_table_deleted_while_running_is_exit_3_and_a_line_naming_it(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """The lease table holds the checkpoints: deleted under a running job, the run ends
+    with exit 3 and a line naming the lease table, where it is and what to do, and the
+    processor's log does not tell of another worker that does not exist."""
+    job, _ = _job(moto_endpoint, unique, tmp_path, "conflict: {policy: overwrite}")
+    log = tmp_path / "run.log"
+    runtime = job.start(log=log)
+    try:
+        wait_until(lambda: "shard started" in log.read_text(), 60, "the shard to start")
+        job.source.delete_table(TableName=job.name)  # the lease table: the task's name
+        status = runtime.wait(120 * PATIENCE)
+    finally:
+        if runtime.poll() is None:
+            stop(runtime)
+    output = log.read_text()
+    last = output.splitlines()[-1]
+    assert status == 3, last
+    assert last.startswith("replicator: "), last
+    assert f"lease table {job.name}: not found at {moto_endpoint} (us-east-1)" in last, last
+    assert "start the job again to re-create it" in last, last
+    assert "another worker continues" not in output
+
+
+def test_a_source_table_deleted_while_running_is_exit_3_and_a_line_naming_it(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """The source table (and so its stream) deleted under a running job: exit 3 and a
+    line naming the source table, its stream, where it is and what to do."""
+    job, _ = _job(moto_endpoint, unique, tmp_path, "conflict: {policy: overwrite}")
+    log = tmp_path / "run.log"
+    runtime = job.start(log=log)
+    try:
+        wait_until(lambda: "shard started" in log.read_text(), 60, "the shard to start")
+        job.source.delete_table(TableName=job.source_table)
+        status = runtime.wait(120 * PATIENCE)
+    finally:
+        if runtime.poll() is None:
+            stop(runtime)
+    output = log.read_text()
+    last = output.splitlines()[-1]
+    assert status == 3, last
+    assert last.startswith("replicator: "), last
+    assert f"of source table {job.source_table}: not found at {moto_endpoint} (us-east-1)" in (
+        last
+    ), last
+    assert "stream arn:aws:dynamodb:us-east-1:" in last, last
+    assert "re-create the table or enable its stream" in last, last
