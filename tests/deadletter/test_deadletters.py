@@ -6,6 +6,7 @@ import fcntl
 import json
 import multiprocessing
 import os
+import shutil
 import stat
 import threading
 from dataclasses import fields, replace
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from replicator.aws import clients
 from replicator.aws.clients import Place
@@ -237,6 +239,28 @@ def test_an_unwritable_file_is_reported_not_ignored(tmp_path: Path) -> None:
         f"cannot append to dead-letter file {blocker / 'letters.jsonl'}: "
         f"{blocker} is not a directory"
     )
+
+
+def test_a_directory_removed_while_running_is_created_again_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    """Losing the letter would be worse than a directory someone removed coming back:
+    the next letter creates it again and is kept, and a warning names the directory, so
+    the removal does not go unnoticed."""
+    directory = tmp_path / "letters"
+    target = FileDeadLetters(directory / "dead.jsonl")
+    target.put(letter(1))
+    with structlog.testing.capture_logs() as first:
+        target.put(letter(2))
+    assert not [line for line in first if line["log_level"] == "warning"]
+    shutil.rmtree(directory)
+    with structlog.testing.capture_logs() as logged:
+        target.put(letter(3))
+        target.put(letter(4))
+    assert [entry.record["sequenceNumber"] for entry in target.letters()] == ["3", "4"]
+    (warning,) = [line for line in logged if line["log_level"] == "warning"]
+    assert warning["event"].startswith("directory was missing, created again")
+    assert warning["directory"] == str(directory)
 
 
 def test_a_shard_that_cannot_store_a_dead_letter_stops_before_the_checkpoint_passes_it(
