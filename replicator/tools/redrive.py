@@ -123,6 +123,9 @@ class RedriveReport:
     interrupted: bool = False
     refused: bool = False  # a destination refused every write (missing table, credentials)
     left: int | None = None  # letters in the target once interrupted, when it can count them
+    # Where those letters are once interrupted, when the target can say (a file target:
+    # the aside file of the replay and the live file); empty: in the target.
+    kept_in: list[str] = field(default_factory=list)
     conflict_log: str | None = None  # where lost conflicts are recorded; None: kind none
     recorded: int = 0  # lost conflicts stored in the conflict log
     not_recorded: int = 0  # lost conflicts it could not store (dropped, counted)
@@ -171,7 +174,7 @@ class RedriveReport:
                         if self.left is not None
                         else "no letter replayed"
                     )
-                    + f", kept in {self.target} (the next redrive takes them up)",
+                    + f", kept in {self._kept_in()} (the next redrive takes them up)",
                     *self._left(),
                 ]
             )
@@ -197,12 +200,18 @@ class RedriveReport:
         lines.extend(self._left())
         return "\n".join(lines)
 
+    def _kept_in(self) -> str:
+        """The files that hold the letters left, or the target when it cannot say."""
+        if not self.kept_in:
+            return self.target
+        return " and ".join(f"file {path}" for path in self.kept_in)
+
     def _rest(self) -> str:
         if self.left is None:
             return "the rest are still in the target"
         return (
-            f"{self.left} letter{'' if self.left == 1 else 's'} now in the target (the next "
-            "redrive takes them up)"
+            f"{self.left} letter{'' if self.left == 1 else 's'} now in {self._kept_in()} "
+            "(the next redrive takes them up)"
         )
 
     def _left(self) -> list[str]:
@@ -310,7 +319,9 @@ class Redrive:
                     break
         report.refused = self.refused
         if report.interrupted and isinstance(target, FileDeadLetters):
-            report.left = target.count()
+            holding = target.holding()
+            report.left = sum(holding.values())
+            report.kept_in = [str(path) for path in holding]
         return report
 
     def _settle(self, target: DeadLetterTarget, claimed: Claimed, replay: Replay) -> None:

@@ -170,8 +170,9 @@ def test_sqs_letters_replay_with_the_safeguards_of_their_origin(job: Job) -> Non
     v = image("v")
     copy = synthetic_change(BACKFILL, keys_of(v), "us-east-1", new_image=v, expected=None)
     target.put(_letter(job, ap_label, copy.raw, "rejected", "throttled too long", keys_of(v)))
-    # A stream change the destination rejects for good (its key has the wrong type).
-    bad = {"pk": {"S": "b"}, "sk": {"S": "not a number"}}
+    # A stream change the destination rejects for good (an empty string as its key; a
+    # key of the wrong type would mean the table's key schema is not the source's).
+    bad = {"pk": {"S": ""}, "sk": {"N": "1"}}
     target.put(stream_letter(job, eu_label, bad, 21, "rejected", "ValidationException"))
     # A stream change that simply applies now.
     u = image("u", name="fine")
@@ -403,9 +404,18 @@ def test_an_interrupted_redrive_says_how_many_letters_it_kept_and_the_next_takes
     job.write()  # eu straight at the server again
 
     assert (report.replayed, report.exit_code) == (0, 1)
+    # The letters are in the file the redrive renamed aside, not in the live file: the
+    # line names the file that holds them.
+    (aside,) = [
+        path
+        for path in job.dead_letters.parent.glob(f"{job.dead_letters.name}.redrive-*")
+        if not path.name.endswith(".settled")
+    ]
+    assert not job.dead_letters.exists()
+    assert len(aside.read_text().splitlines()) == 3
     assert report.text() == (
         f"redrive of file {job.dead_letters}: interrupted: 3 letters not replayed, kept in "
-        f"file {job.dead_letters} (the next redrive takes them up)"
+        f"file {aside} (the next redrive takes them up)"
     )
     assert get(job, 0, items[0]) is None
     again = Redrive(load_job(job.path)).run()
