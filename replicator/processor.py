@@ -373,6 +373,7 @@ def serve_daemon(resolved: Any) -> int:
 
     from replicator import wiring
     from replicator.conflictlog.targets import recorder_for
+    from replicator.deadletter import SqsDeadLetters
 
     protocol_out = sys.stdout
     sys.stdout = sys.stderr
@@ -382,6 +383,8 @@ def serve_daemon(resolved: Any) -> int:
     _raise_open_file_limit(job.writer.max_in_flight * len(job.destinations))
     metrics = Metrics()
     dead_letters = wiring.dead_letter_target(resolved)
+    if isinstance(dead_letters, SqsDeadLetters):
+        dead_letters.message_limit()  # the queue's own, read at start
     conflict_log = recorder_for(resolved, metrics)
 
     def build(shard_id: str) -> ShardIntake:
