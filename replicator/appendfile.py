@@ -76,7 +76,8 @@ def append_line(path: Path, line: str | bytes) -> None:
     data = line.encode("utf-8") if isinstance(line, str) else line
     if _make_directory(path):
         log.warning(
-            "directory was missing, created again; what it held before is gone",
+            "directory was missing, created it; if it was removed while running, what it held is "
+            "gone",
             directory=str(path.parent),
             file=str(path),
         )

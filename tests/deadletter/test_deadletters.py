@@ -261,7 +261,7 @@ def test_a_directory_removed_while_running_is_created_again_with_a_warning(
         target.put(letter(4))
     assert [entry.record["sequenceNumber"] for entry in target.letters()] == ["3", "4"]
     (warning,) = [line for line in logged if line["log_level"] == "warning"]
-    assert warning["event"].startswith("directory was missing, created again")
+    assert warning["event"].startswith("directory was missing, created it; if it was removed")
     assert warning["directory"] == str(directory)
 
 

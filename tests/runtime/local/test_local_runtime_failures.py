@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from replicator.deadletter import FileDeadLetters
 from tests.support.e2e import PATIENCE, Job, stop, wait_until
 
 GATE = "REPLICATOR_TEST_GATE"
@@ -80,6 +81,36 @@ def test_a_dead_letter_directory_replaced_by_a_file_while_running_is_exit_3_and_
     assert "File exists" not in last
     (row,) = job.lease_rows()
     assert not row["checkpoint"]["S"].isdigit()  # never past the change it could not keep
+
+
+def test_a_dead_letter_directory_removed_while_running_is_created_again_and_the_letter_kept(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """Losing nothing comes first: the next letter creates the directory again and is
+    kept, the run goes on, and a warning names the directory, so the removal (and what
+    the directory held) does not go unnoticed."""
+    job, letters = _job(
+        moto_endpoint, unique, tmp_path, "conflict: {policy: version, version_attribute: ver}"
+    )
+    log = tmp_path / "run.log"
+    runtime = job.start(log=log)
+    try:
+        wait_until(lambda: "shard started" in log.read_text(), 60, "the shard to start")
+        shutil.rmtree(letters)
+        job.source.put_item(  # a string version: dead-lettered
+            TableName=job.source_table,
+            Item={"pk": {"S": "a"}, "sk": {"N": "1"}, "ver": {"S": "one"}},
+        )
+        wait_until(job.dead_letters.exists, 60, "the letter to be kept")
+        assert runtime.poll() is None  # still running
+    finally:
+        status = stop(runtime)
+    output = log.read_text()
+    assert status == 0, output.splitlines()[-1]
+    (letter,) = FileDeadLetters(job.dead_letters).letters()
+    assert letter.keys == {"pk": {"S": "a"}, "sk": {"N": "1"}}
+    assert "directory was missing, created it; if it was removed while running" in output
+    assert str(letters) in output
 
 
 def test_a_processor_failing_during_a_stop_is_not_a_clean_stop(
