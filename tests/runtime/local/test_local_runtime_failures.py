@@ -1,5 +1,7 @@
 """How `replicator run` (the local runtime) ends when a dead-letter target stops taking
-letters while it runs: the exit code and the one line the README promises."""
+letters, or the lease table or the source table goes, while it runs: the exit code and
+the one line the README promises (and a removed dead-letter directory, which does not
+end it)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+from botocore.exceptions import ClientError
+
+from replicator.config import load_job
 from replicator.deadletter import FileDeadLetters
+from replicator.exceptions import EnvironmentProblem
+from replicator.runtime.local.runtime import LocalRuntime
 from tests.support.e2e import PATIENCE, Job, stop, wait_until
 
 GATE = "REPLICATOR_TEST_GATE"
@@ -203,3 +211,38 @@ def test_a_source_table_deleted_while_running_is_exit_3_and_a_line_naming_it(
     ), last
     assert "stream arn:aws:dynamodb:us-east-1:" in last, last
     assert "re-create the table or enable its stream" in last, last
+
+
+@pytest.mark.parametrize(
+    ("operation", "named"),
+    [
+        ("Scan", "syncing shards and leases: lease table {task}: not found at {where}"),
+        (
+            "DescribeStream",
+            "syncing shards and leases: stream {arn} of source table {source}: not found at "
+            "{where}",
+        ),
+    ],
+)
+def test_a_housekeeping_step_failing_for_good_names_the_table_it_met(
+    moto_endpoint: str, unique: Any, tmp_path: Path, operation: str, named: str
+) -> None:
+    """The shard sync reads the stream (DescribeStream) and the lease table (Scan): the
+    line it stops the run with names the one that answered, where it is, and, as it is
+    gone, what to do."""
+    job, _ = _job(moto_endpoint, unique, tmp_path, "conflict: {policy: overwrite}")
+    runtime = LocalRuntime(load_job(job.path))
+    runtime.stream_arn = "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/1"
+
+    def gone() -> None:
+        error = {"Error": {"Code": "ResourceNotFoundException", "Message": "Requested resource"}}
+        raise ClientError(error, operation)  # type: ignore[arg-type]
+
+    assert runtime._tolerating_outages(gone, "syncing shards and leases")
+    assert isinstance(runtime.failure, EnvironmentProblem) and runtime.stopping.is_set()
+    line = str(runtime.failure)
+    where = f"{moto_endpoint} (us-east-1)"
+    assert line.startswith(
+        named.format(task=job.name, where=where, arn=runtime.stream_arn, source=job.source_table)
+    ), line
+    assert "start the job again" in line, line
