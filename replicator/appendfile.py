@@ -1,5 +1,10 @@
 """Append-only JSON-lines files shared by several processes (dead letters, conflict log).
 
+A file's directory is checked (and created when missing) at start. One that goes
+missing while the job runs (removed by hand, say) is created again by the next append,
+so that the line is kept, with a warning naming it: what the removed directory held is
+gone, and whoever removed it should know that lines are being stored there again.
+
 Each append takes an exclusive ``flock``, so lines from different shard processes never
 interleave, and is fsynced before it counts as stored. A file can be renamed aside while
 another process holds it open (a dead-letter replay does that): a writer that gets the
@@ -21,6 +26,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
+
+import structlog
+
+log = structlog.get_logger(__name__)
 
 # Said after why a file cannot be written: the usual cause in a container.
 UNWRITABLE_HINT = (
@@ -65,7 +74,13 @@ def append_line(path: Path, line: str | bytes) -> None:
     ``line`` may be bytes, so that a line read back that is not UTF-8 can be kept as it
     was, byte for byte."""
     data = line.encode("utf-8") if isinstance(line, str) else line
-    _make_directory(path)
+    if _make_directory(path):
+        log.warning(
+            "directory was missing, created it; if it was removed while running, what it held is "
+            "gone",
+            directory=str(path.parent),
+            file=str(path),
+        )
     with locked_file(path, create=True) as file:
         assert file is not None
         descriptor = file.fileno()
@@ -79,20 +94,26 @@ def append_line(path: Path, line: str | bytes) -> None:
             fsync_directory(path.parent)
 
 
-def _make_directory(path: Path) -> None:
-    """Create ``path``'s directory if missing. A file where a directory should be (the
-    directory replaced by a file while running) is reported as such: ``mkdir`` alone
-    would say "File exists", which names neither the file nor the trouble."""
+def _make_directory(path: Path) -> bool:
+    """Create ``path``'s directory if missing; whether this call created it. A file where
+    a directory should be (the directory replaced by a file while running) is reported
+    as such: ``mkdir`` alone would say "File exists", which names neither the file nor
+    the trouble."""
     directory = path.parent
+    if directory.is_dir():
+        return False
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True)
     except FileExistsError:
         blocking = next((p for p in (directory, *directory.parents) if p.exists()), None)
-        if blocking is None or blocking.is_dir():
+        if blocking is None:
             raise
+        if blocking.is_dir():
+            return False  # another process created it meanwhile
         raise NotADirectoryError(
             errno.ENOTDIR, f"{blocking} is not a directory", str(path)
         ) from None
+    return True
 
 
 @contextmanager

@@ -170,7 +170,13 @@ class ReplicationProcessor:
             # checkpointed, and tells each of them so. Nothing was taken from this worker.
             log.info("lease given up after the requested shutdown")
         else:
-            log.warning("lease lost; another worker continues from the last checkpoint")
+            # Another worker took the lease, or the runtime could not read it (the lease
+            # table gone, say): the shard is read again from the last checkpoint by
+            # whichever worker holds it next, so what is not yet written is dropped.
+            log.warning(
+                "lease lost; changes not yet written are dropped, and the shard is read "
+                "again from the last checkpoint by whichever worker holds it next"
+            )
         self._drop()
 
     @_fail_fast
@@ -458,6 +464,7 @@ def serve_daemon(resolved: Any) -> int:
 
     from replicator import wiring
     from replicator.conflictlog.targets import recorder_for
+    from replicator.deadletter import SqsDeadLetters
 
     protocol_out = sys.stdout
     sys.stdout = sys.stderr
@@ -467,6 +474,8 @@ def serve_daemon(resolved: Any) -> int:
     _raise_open_file_limit(job.writer.max_in_flight * len(job.destinations))
     metrics = Metrics()
     dead_letters = wiring.dead_letter_target(resolved)
+    if isinstance(dead_letters, SqsDeadLetters):
+        dead_letters.message_limit()  # the queue's own, read at start
     conflict_log = recorder_for(resolved, metrics)
 
     def build(shard_id: str) -> ShardIntake:

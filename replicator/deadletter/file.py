@@ -54,19 +54,28 @@ class FileDeadLetters:
     def count(self) -> int:
         """Lines stored now (live file, and what an interrupted replay has not settled),
         unreadable ones included."""
-        total = 0
-        if self.path.exists():
-            with self.path.open("rb") as lines:
-                total += sum(1 for line in lines if line.strip())
+        return sum(self.holding().values())
+
+    def holding(self) -> dict[Path, int]:
+        """The files that hold lines now, with how many: the aside files of an
+        interrupted replay (their lines not settled), oldest first, then the live file."""
+        held: dict[Path, int] = {}
         for aside_file in self._aside_files():
             settled = _settled(aside_file)
             with aside_file.open("rb") as lines:
-                total += sum(
+                count = sum(
                     1
                     for number, line in enumerate(lines, start=1)
                     if line.strip() and number not in settled
                 )
-        return total
+            if count:
+                held[aside_file] = count
+        if self.path.exists():
+            with self.path.open("rb") as lines:
+                count = sum(1 for line in lines if line.strip())
+            if count:
+                held[self.path] = count
+        return held
 
     def letters(self) -> list[DeadLetter]:
         """Every letter in the live file, for inspection; does not remove them, and

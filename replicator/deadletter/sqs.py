@@ -1,10 +1,15 @@
 """Dead letters in an SQS queue: one message per letter.
 
-SQS takes messages up to 256 KiB; a letter whose record is larger (items reach 400 KB)
-is sent with the record gzip-compressed, and one still too large stops the worker
-rather than being dropped. A replay receives messages, and for each one that fails
-again sends an updated letter marked with the replay's run id before deleting the old
-message; meeting its own marked letters tells the replay it has gone round the queue.
+A queue takes messages up to its ``MaximumMessageSize`` (up to 1 MiB, the default for
+a new queue since 2025; 256 KiB for older ones), read once from the queue when the
+worker starts (GetQueueAttributes). A letter larger than that (items reach 400 KB) is
+sent with the record gzip-compressed, and one still too large stops the worker rather
+than being dropped, naming the record, its size and the queue's limit. When the
+attribute cannot be read (no ``sqs:GetQueueAttributes``), 256 KiB is assumed.
+
+A replay receives messages, and for each one that fails again sends an updated letter
+marked with the replay's run id before deleting the old message; meeting its own marked
+letters tells the replay it has gone round the queue.
 
 A message that does not read as a letter, and a letter the replay releases (another
 task's), are left in the queue untouched; an unreadable one gets a warning naming the
@@ -33,7 +38,9 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 log = structlog.get_logger(__name__)
-_SQS_LIMIT = 256 * 1024
+# Assumed when the queue's MaximumMessageSize cannot be read: SQS's limit until 2025,
+# and still that of queues created with it.
+ASSUMED_LIMIT = 256 * 1024
 _MAX_BACKOFF_S = 20.0
 
 
@@ -46,15 +53,58 @@ class SqsDeadLetters:
         # Messages left as they are during a replay: message id -> latest receipt handle.
         self._held: dict[str, str] = {}
         self._claimed: dict[str, str] = {}  # receipt handle -> message id, until settled
+        # The queue's MaximumMessageSize once read, or ASSUMED_LIMIT once it could not be
+        # (denied, say); None: not read yet, or a transient failure to try again.
+        self._limit: int | None = None
+        self._limit_read = False  # whether _limit is the queue's own
+
+    def message_limit(self) -> int:
+        """The largest message the queue takes, in bytes: its MaximumMessageSize, read
+        once (one GetQueueAttributes). The worker reads it when it starts; a put reads
+        it if that has not been done. Unreadable, ASSUMED_LIMIT is used, with a warning
+        (kept for good unless the failure was a transient one)."""
+        if self._limit is not None:
+            return self._limit
+        try:
+            attributes = self.client.get_queue_attributes(
+                QueueUrl=self.queue_url, AttributeNames=["MaximumMessageSize"]
+            ).get("Attributes", {})
+            limit = int(attributes["MaximumMessageSize"])
+        except (ClientError, BotoCoreError, KeyError, ValueError) as error:
+            log.warning(
+                "dead-letter queue's MaximumMessageSize not read; assuming 256 KiB",
+                queue=self.queue_url,
+                error=str(error),
+            )
+            if isinstance(error, ClientError | BotoCoreError) and classify(error) in (
+                ErrorKind.RETRY,
+                ErrorKind.THROTTLED,
+            ):
+                return ASSUMED_LIMIT
+            self._limit = ASSUMED_LIMIT
+            return ASSUMED_LIMIT
+        self._limit, self._limit_read = limit, True
+        return limit
 
     def put(self, letter: DeadLetter) -> None:
+        limit = self.message_limit()
         body = letter.to_json()
-        if len(body.encode("utf-8")) > _SQS_LIMIT:
+        if len(body.encode("utf-8")) > limit:
             body = letter.to_compact_json()
-            if len(body.encode("utf-8")) > _SQS_LIMIT:
+            size = len(body.encode("utf-8"))
+            if size > limit:
+                whose = (
+                    f"the queue's MaximumMessageSize, {limit} bytes"
+                    if self._limit_read
+                    else f"{limit} bytes (assumed: the queue's MaximumMessageSize could not "
+                    "be read, which needs sqs:GetQueueAttributes)"
+                )
                 raise DeadLetterUnavailable(
-                    f"dead letter for record {letter.record.get('sequenceNumber')} is larger "
-                    "than SQS's 256 KiB even compressed; use a file dead-letter target"
+                    f"dead letter for record {letter.record.get('sequenceNumber')} "
+                    f"(destination {letter.destination}) is {size} bytes even compressed, "
+                    f"larger than {whose}, of SQS queue {self.queue_url}; raise the queue's "
+                    "MaximumMessageSize (up to 1048576 bytes: every letter fits) or use a "
+                    "file dead-letter target"
                 )
         self._call("send_message", QueueUrl=self.queue_url, MessageBody=body)
 

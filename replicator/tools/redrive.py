@@ -9,6 +9,10 @@ Every letter is claimed from the job's dead-letter target (file or SQS), decoded
 * a synthetic letter of a backfill or repair is written with the same safeguards as
   when it was first tried (:mod:`replicator.tools.snapshot`).
 
+A replayed put is then checked against the source (``_check_against_source``): an item
+the source has deleted since is removed again, and one it has changed since gets the
+source's image, both only while the destination holds exactly the replayed image.
+
 A write the conflict policy declines counts as replayed: the destination holds a newer
 item, which is what the policy is for. It is a lost conflict like one met in
 replication, so it is recorded in the job's conflict log (under the letter's shard and
@@ -123,6 +127,9 @@ class RedriveReport:
     interrupted: bool = False
     refused: bool = False  # a destination refused every write (missing table, credentials)
     left: int | None = None  # letters in the target once interrupted, when it can count them
+    # Where those letters are once interrupted, when the target can say (a file target:
+    # the aside file of the replay and the live file); empty: in the target.
+    kept_in: list[str] = field(default_factory=list)
     conflict_log: str | None = None  # where lost conflicts are recorded; None: kind none
     recorded: int = 0  # lost conflicts stored in the conflict log
     not_recorded: int = 0  # lost conflicts it could not store (dropped, counted)
@@ -171,7 +178,7 @@ class RedriveReport:
                         if self.left is not None
                         else "no letter replayed"
                     )
-                    + f", kept in {self.target} (the next redrive takes them up)",
+                    + f", kept in {self._kept_in()} (the next redrive takes them up)",
                     *self._left(),
                 ]
             )
@@ -197,12 +204,18 @@ class RedriveReport:
         lines.extend(self._left())
         return "\n".join(lines)
 
+    def _kept_in(self) -> str:
+        """The files that hold the letters left, or the target when it cannot say."""
+        if not self.kept_in:
+            return self.target
+        return " and ".join(f"file {path}" for path in self.kept_in)
+
     def _rest(self) -> str:
         if self.left is None:
             return "the rest are still in the target"
         return (
-            f"{self.left} letter{'' if self.left == 1 else 's'} now in the target (the next "
-            "redrive takes them up)"
+            f"{self.left} letter{'' if self.left == 1 else 's'} now in {self._kept_in()} "
+            "(the next redrive takes them up)"
         )
 
     def _left(self) -> list[str]:
@@ -310,7 +323,9 @@ class Redrive:
                     break
         report.refused = self.refused
         if report.interrupted and isinstance(target, FileDeadLetters):
-            report.left = target.count()
+            holding = target.holding()
+            report.left = sum(holding.values())
+            report.kept_in = [str(path) for path in holding]
         return report
 
     def _settle(self, target: DeadLetterTarget, claimed: Claimed, replay: Replay) -> None:
@@ -373,9 +388,12 @@ class Redrive:
             applied.append(label)
             if outcome is Outcome.CONFLICT_LOST and not synthetic:
                 lost.append(label)
-        if synthetic and applied and change.event is not Event.REMOVE:
-            self._undo_resurrections(change, applied)
-        return Replay(letter, failures, lost=lost)
+        note = ""
+        if applied and change.event is not Event.REMOVE:
+            # A replayed put is late: the source may have deleted or changed the item
+            # since, and those changes were applied at the destination before this one.
+            note = self._check_against_source(change, applied, catch_up=not synthetic)
+        return Replay(letter, failures, note=note, lost=lost)
 
     def _write(self, writer: DestinationWriter, change: Change) -> Failure | Outcome:
         try:
@@ -388,8 +406,14 @@ class Redrive:
             return Failure(writer.label, result.reason or "failed", result.error or "")
         return result.outcome
 
-    def _undo_resurrections(self, change: Change, labels: list[str]) -> None:
-        """A replayed copy of a read image is checked against the source like a backfill's."""
+    def _check_against_source(self, change: Change, labels: list[str], *, catch_up: bool) -> str:
+        """A replayed put is checked against the source like a backfill's copy (read
+        again, strongly consistent): an item the source no longer holds is removed from
+        the destinations where the put was applied, while they still hold exactly its
+        image. For a stream change (``catch_up``), an item the source holds with another
+        image is written there as the source has it, while they still hold exactly the
+        replayed image: a destination never keeps the late image of an item the source
+        has deleted or changed since. Returns a note for the summary."""
         if self._guard is None:
             assert self._target is not None
             source = source_ref(self.resolved)
@@ -398,9 +422,17 @@ class Redrive:
             self._guard = ResurrectionGuard(
                 source, describe(source).key_names, self._snapshot_writers, ReadRate(0), letters
             )
-        tally = self._guard.check([(change, labels)])
+        tally = self._guard.check([(change, labels)], catch_up=catch_up)
+        notes = []
         if tally.undone:
             log.info("the source no longer holds a replayed item; its copy was removed")
+            notes.append("(the source has deleted it since: removed again)")
+        if tally.caught_up:
+            log.info("the source holds a replayed item changed since; its image was written")
+            notes.append("(the source has changed it since: the source's image written)")
+        if tally.dead_lettered:
+            notes.append("(checking it against the source failed: dead-lettered, see the target)")
+        return " ".join(notes)
 
 
 class LetterConflicts:

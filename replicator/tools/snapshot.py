@@ -272,6 +272,7 @@ def writer_tables(
 @dataclass
 class GuardTally:
     undone: int = 0  # copies of deleted items removed again
+    caught_up: int = 0  # replayed images replaced by the source's newer one (catch_up)
     kept: int = 0  # the destination had changed since: left alone
     dead_lettered: int = 0
 
@@ -306,14 +307,26 @@ class ResurrectionGuard:
         self.letters = letters
         self.purpose = letters.shard_id
 
-    def check(self, applied: list[tuple[Change, list[str]]]) -> GuardTally:
-        """``applied``: synthetic puts, each with the destinations where it was applied."""
+    def check(
+        self, applied: list[tuple[Change, list[str]]], *, catch_up: bool = False
+    ) -> GuardTally:
+        """``applied``: puts, each with the destinations where it was applied.
+
+        With ``catch_up`` (a stream change replayed late: the source may have changed the
+        item since, its newer changes applied at the destination before the replay), an
+        item the source holds with another image is written there too, as a read image
+        (a synthetic change under the snapshot rules) and only while the destination
+        still holds exactly the replayed image, so that nothing newer is overwritten."""
         tally = GuardTally()
         if not applied:
             return tally
         present = batch_get(self.source, [c.keys for c, _ in applied], self.key_names, self.rate)
         for change, labels in applied:
-            if change.key in present or change.new_image is None:
+            if change.new_image is None:
+                continue
+            if change.key in present:
+                if catch_up and not same_item(present[change.key], change.new_image):
+                    self._catch_up(change, present[change.key], labels, tally)
                 continue
             removal = synthetic_change(
                 self.purpose,
@@ -331,3 +344,23 @@ class ResurrectionGuard:
                 else:
                     tally.dead_lettered += 1
         return tally
+
+    def _catch_up(
+        self, change: Change, current: Item, labels: list[str], tally: GuardTally
+    ) -> None:
+        """Write the source's ``current`` image where the replayed one was applied."""
+        copy = synthetic_change(
+            self.purpose,
+            change.keys,
+            self.source.region,
+            new_image=current,
+            expected=change.new_image,
+        )
+        for label in labels:
+            outcome = self.letters.write(self.writers[label], copy).outcome
+            if outcome is Outcome.APPLIED:
+                tally.caught_up += 1
+            elif outcome in (Outcome.CONFLICT_LOST, Outcome.UNCHANGED):
+                tally.kept += 1
+            else:
+                tally.dead_lettered += 1

@@ -602,9 +602,14 @@ class DestinationWriter:
 # DynamoDB's answers to a write whose item or key lacks, or mistypes, an attribute of
 # the table's key. The replicator always writes the source's key with the source's
 # types, so at a destination these mean the table's key schema is not the source's.
+# "Type mismatch for key pk expected: N actual: S" is a put whose item carries the
+# table's key attribute with another type (a table re-created with the same key name
+# and another type). A mistyped index key is worded "Type mismatch for Index Key ..."
+# and is the item's own problem: it does not match here and stays a dead letter.
 _KEY_SCHEMA_MESSAGES = (
     "Missing the key ",
     "The provided key element does not match the schema",
+    "Type mismatch for key ",
 )
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import multiprocessing
 import os
+import shutil
 import stat
 import threading
 from dataclasses import fields, replace
@@ -13,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
+from botocore.exceptions import ClientError
 
 from replicator.aws import clients
 from replicator.aws.clients import Place
@@ -239,6 +243,28 @@ def test_an_unwritable_file_is_reported_not_ignored(tmp_path: Path) -> None:
     )
 
 
+def test_a_directory_removed_while_running_is_created_again_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    """Losing the letter would be worse than a directory someone removed coming back:
+    the next letter creates it again and is kept, and a warning names the directory, so
+    the removal does not go unnoticed."""
+    directory = tmp_path / "letters"
+    target = FileDeadLetters(directory / "dead.jsonl")
+    target.put(letter(1))
+    with structlog.testing.capture_logs() as first:
+        target.put(letter(2))
+    assert not [line for line in first if line["log_level"] == "warning"]
+    shutil.rmtree(directory)
+    with structlog.testing.capture_logs() as logged:
+        target.put(letter(3))
+        target.put(letter(4))
+    assert [entry.record["sequenceNumber"] for entry in target.letters()] == ["3", "4"]
+    (warning,) = [line for line in logged if line["log_level"] == "warning"]
+    assert warning["event"].startswith("directory was missing, created it; if it was removed")
+    assert warning["directory"] == str(directory)
+
+
 def test_a_shard_that_cannot_store_a_dead_letter_stops_before_the_checkpoint_passes_it(
     moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
 ) -> None:
@@ -281,6 +307,77 @@ def test_a_shard_that_cannot_store_a_dead_letter_stops_before_the_checkpoint_pas
     assert told.wait(30), "the processor was not told to stop"
     assert len(stopped) == 1 and isinstance(stopped[0], DeadLetterUnavailable)
     assert pipeline.checkpointable() is None  # never past a change neither applied nor kept
+
+
+def binary_letter(seq: int, size: int) -> DeadLetter:
+    """A letter whose item holds ``size`` random bytes: gzip cannot shrink it."""
+    blob = base64.b64encode(os.urandom(size)).decode("ascii")
+    image = {"pk": {"S": f"k{seq}"}, "blob": {"B": blob}}
+    record = daemon_record(stream_record("INSERT", {"pk": {"S": f"k{seq}"}}, image, seq=seq), seq)
+    return DeadLetter(record, "eu", "rejected", "too large for the index", "t", "s")
+
+
+def test_a_large_letter_fits_a_queue_that_takes_1_mib(moto_endpoint: str, unique: Any) -> None:
+    """A 300 KB rejected item is larger than 256 KiB even compressed; a queue whose
+    MaximumMessageSize is 1 MiB (SQS's default since 2025, moto's too) takes it."""
+    sqs = client("sqs", "us-east-1", moto_endpoint)
+    url = sqs.create_queue(QueueName=unique("dlq"))["QueueUrl"]
+    target = SqsDeadLetters(sqs, url)
+    assert target.message_limit() == 1024 * 1024
+    large = binary_letter(7, 300_000)
+    target.put(large)
+    (claimed,) = list(target.claim_all())
+    assert isinstance(claimed, Claimed) and claimed.letter.record == large.record
+
+
+def test_a_letter_larger_than_the_queues_limit_is_refused_naming_it(
+    moto_endpoint: str, unique: Any
+) -> None:
+    sqs = client("sqs", "us-east-1", moto_endpoint)
+    url = sqs.create_queue(
+        QueueName=unique("dlq"), Attributes={"MaximumMessageSize": str(256 * 1024)}
+    )["QueueUrl"]
+    target = SqsDeadLetters(sqs, url)
+    target.put(binary_letter(1, 1_000))  # a small one goes
+    with pytest.raises(DeadLetterUnavailable) as refused:
+        target.put(binary_letter(2, 300_000))
+    message = str(refused.value)
+    assert message.startswith("dead letter for record 2 (destination eu) is ")
+    assert "bytes even compressed, larger than the queue's MaximumMessageSize, 262144 bytes" in (
+        message
+    )
+    assert url in message and "raise the queue's MaximumMessageSize" in message
+    assert (
+        sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])[
+            "Attributes"
+        ]["ApproximateNumberOfMessages"]
+        == "1"
+    )
+
+
+class NoAttributesQueue:
+    """An SQS client whose role may send but not read the queue's attributes."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def get_queue_attributes(self, **kwargs: Any) -> Any:
+        error = {"Error": {"Code": "AccessDenied", "Message": "not allowed"}}
+        raise ClientError(error, "GetQueueAttributes")  # type: ignore[arg-type]
+
+    def send_message(self, **kwargs: Any) -> Any:
+        self.sent.append(kwargs["MessageBody"])
+        return {}
+
+
+def test_a_queue_whose_limit_cannot_be_read_is_taken_as_256_kib() -> None:
+    queue = NoAttributesQueue()
+    target = SqsDeadLetters(queue, "https://sqs.example/q")  # type: ignore[arg-type]
+    assert target.message_limit() == 256 * 1024
+    target.put(binary_letter(1, 1_000))
+    with pytest.raises(DeadLetterUnavailable, match=r"larger than 262144 bytes \(assumed: "):
+        target.put(binary_letter(2, 300_000))
+    assert len(queue.sent) == 1
 
 
 def test_sqs_target_round_trip_and_large_records(moto_endpoint: str, unique: Any) -> None:

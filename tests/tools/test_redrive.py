@@ -48,8 +48,20 @@ def keys_of(item: Item) -> Item:
 
 
 def stream_letter(
-    job: Job, destination: str, item: Item, seq: int, reason: str, error: str
+    job: Job,
+    destination: str,
+    item: Item,
+    seq: int,
+    reason: str,
+    error: str,
+    *,
+    at_source: bool = True,
 ) -> DeadLetter:
+    """The letter of a stream change putting ``item``; the source holds ``item`` (as it
+    does until a later change: a redrive checks a replayed put against the source)
+    unless ``at_source`` is false."""
+    if at_source:
+        job.source.put_item(TableName=job.source_table, Item=item)
     record = daemon_record(stream_record("MODIFY", keys_of(item), item_to_wire(item), seq=seq), seq)
     return _letter(job, destination, record, reason, error, keys_of(item))
 
@@ -100,6 +112,7 @@ def test_letters_whose_cause_is_fixed_are_applied_and_failing_ones_stay(job: Job
     garbage = daemon_record(b"\xff not base64 of json", 13)
     garbage["data"] = "%%%"
     target.put(_letter(job, ALL_DESTINATIONS, garbage, "undecodable", "not base64", None))
+    job.source.put_item(TableName=job.source_table, Item=z)
     decodable = daemon_record(stream_record("MODIFY", keys_of(z), item_to_wire(z), seq=14), 14)
     target.put(_letter(job, ALL_DESTINATIONS, decodable, "undecodable", "an old bug", keys_of(z)))
     eu, eu_table = job.destination_clients()[0]
@@ -170,9 +183,12 @@ def test_sqs_letters_replay_with_the_safeguards_of_their_origin(job: Job) -> Non
     v = image("v")
     copy = synthetic_change(BACKFILL, keys_of(v), "us-east-1", new_image=v, expected=None)
     target.put(_letter(job, ap_label, copy.raw, "rejected", "throttled too long", keys_of(v)))
-    # A stream change the destination rejects for good (its key has the wrong type).
-    bad = {"pk": {"S": "b"}, "sk": {"S": "not a number"}}
-    target.put(stream_letter(job, eu_label, bad, 21, "rejected", "ValidationException"))
+    # A stream change the destination rejects for good (an empty string as its key; a
+    # key of the wrong type would mean the table's key schema is not the source's).
+    bad = {"pk": {"S": ""}, "sk": {"N": "1"}}
+    target.put(
+        stream_letter(job, eu_label, bad, 21, "rejected", "ValidationException", at_source=False)
+    )
     # A stream change that simply applies now.
     u = image("u", name="fine")
     target.put(stream_letter(job, ap_label, u, 22, "rejected", "a transient refusal"))
@@ -403,9 +419,18 @@ def test_an_interrupted_redrive_says_how_many_letters_it_kept_and_the_next_takes
     job.write()  # eu straight at the server again
 
     assert (report.replayed, report.exit_code) == (0, 1)
+    # The letters are in the file the redrive renamed aside, not in the live file: the
+    # line names the file that holds them.
+    (aside,) = [
+        path
+        for path in job.dead_letters.parent.glob(f"{job.dead_letters.name}.redrive-*")
+        if not path.name.endswith(".settled")
+    ]
+    assert not job.dead_letters.exists()
+    assert len(aside.read_text().splitlines()) == 3
     assert report.text() == (
         f"redrive of file {job.dead_letters}: interrupted: 3 letters not replayed, kept in "
-        f"file {job.dead_letters} (the next redrive takes them up)"
+        f"file {aside} (the next redrive takes them up)"
     )
     assert get(job, 0, items[0]) is None
     again = Redrive(load_job(job.path)).run()
@@ -568,3 +593,75 @@ def test_a_lost_conflict_the_log_cannot_store_is_said_not_recorded(job: Job) -> 
         "1 could not be recorded, see the error lines)" in report.text()
     )
     assert FileDeadLetters(job.dead_letters).count() == 0
+
+
+# -- a replayed stream change checked against the source -------------------------------------
+
+
+def test_a_replayed_put_of_an_item_the_source_deleted_since_is_not_brought_back(
+    job: Job,
+) -> None:
+    """Put P → dead-lettered at ap (an index refused it); the source deletes P, and the
+    delete is applied at ap (nothing there); the index is fixed; the redrive replays the
+    old put. ap must not keep P, which the source no longer has: the copy is removed
+    again, as a backfill's would be, and the summary says so."""
+    ap_label = "/".join(job.destinations[1])
+    p2 = image("p2", 100, v="put")
+    FileDeadLetters(job.dead_letters).put(
+        stream_letter(job, ap_label, p2, 51, "rejected", "ValidationException: index key")
+    )
+    job.source.delete_item(TableName=job.source_table, Key=keys_of(p2))
+    eu, eu_table = job.destination_clients()[0]
+    eu.put_item(TableName=eu_table, Item=p2)  # replicated to eu before the delete ...
+    eu.delete_item(TableName=eu_table, Key=keys_of(p2))  # ... and the delete too
+
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stderr
+    assert "1 letter, 1 replayed, 0 failed again" in result.stdout
+    assert "(the source has deleted it since: removed again)" in result.stdout
+    assert get(job, 1, p2) is None  # not brought back
+    assert get(job, 0, p2) is None
+    assert FileDeadLetters(job.dead_letters).count() == 0
+
+
+@pytest.mark.parametrize("conflict", ["conflict: {policy: overwrite}", LWW])
+def test_a_replayed_put_of_an_item_the_source_changed_since_leaves_the_sources_image(
+    job: Job, conflict: str
+) -> None:
+    """The source changed the item after the letter's change, and the newer image
+    reached the destination first. The replay never leaves the older image there: under
+    last_writer_wins its condition keeps the newer item (a lost conflict); under
+    overwrite, which writes the old image, the source's image is written back over it."""
+    job.path.write_text(job.path.read_text().replace(LWW, conflict))
+    eu_label = "/".join(job.destinations[0])
+    older, newer = image("q", 100, v="older"), image("q", 200, v="newer")
+    FileDeadLetters(job.dead_letters).put(
+        stream_letter(job, eu_label, older, 61, "throttled", "throttled too long")
+    )
+    job.source.put_item(TableName=job.source_table, Item=newer)
+    eu, eu_table = job.destination_clients()[0]
+    eu.put_item(TableName=eu_table, Item=newer)
+
+    report = Redrive(load_job(job.path)).run()
+
+    assert (report.replayed, report.exit_code) == (1, 0)
+    assert get(job, 0, older) == newer
+    if conflict == LWW:
+        assert report.lost == 1
+    else:
+        assert "(the source has changed it since: the source's image written)" in report.text()
+
+
+def test_a_replayed_put_the_source_still_holds_as_it_is_stays(job: Job) -> None:
+    eu_label = "/".join(job.destinations[0])
+    item = image("r", 100, v="kept")
+    FileDeadLetters(job.dead_letters).put(
+        stream_letter(job, eu_label, item, 71, "throttled", "throttled too long")
+    )
+
+    report = Redrive(load_job(job.path)).run()
+
+    assert (report.replayed, report.exit_code) == (1, 0)
+    assert get(job, 0, item) == item
+    assert "since" not in report.text()

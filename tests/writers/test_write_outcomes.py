@@ -431,10 +431,13 @@ def test_a_session_token_quoted_by_an_error_is_never_logged(
 def test_only_the_answers_that_name_the_tables_key_mean_another_key_schema() -> None:
     missing = "One or more parameter values were invalid: Missing the key id in the item"
     mismatch = "The provided key element does not match the schema"
+    mistyped = (
+        "One or more parameter values were invalid: Type mismatch for key pk expected: N actual: S"
+    )
     assert key_schema_differs(client_error("ValidationException", missing))
     assert key_schema_differs(client_error("ValidationException", mismatch))
+    assert key_schema_differs(client_error("ValidationException", mistyped))
     for other in (
-        "One or more parameter values were invalid: Type mismatch for key pk expected: S actual: N",
         "Item size has exceeded the maximum allowed size",
         "One or more parameter values were invalid: Type mismatch for Index Key email "
         "Expected: S Actual: NULL IndexName: by-email",
@@ -447,22 +450,34 @@ def test_only_the_answers_that_name_the_tables_key_mean_another_key_schema() -> 
 
 
 @pytest.mark.parametrize(
-    ("conflict", "change"),
+    ("conflict", "change", "key", "key_type"),
     [
-        ({"policy": "overwrite"}, put("a", 1)),
-        ({"policy": "overwrite"}, remove("a", 1)),
-        (LWW, put("a", 1, ts=5)),  # reads the destination's item first
+        ({"policy": "overwrite"}, put("a", 1), "id", "S"),
+        ({"policy": "overwrite"}, remove("a", 1), "id", "S"),
+        (LWW, put("a", 1, ts=5), "id", "S"),  # reads the destination's item first
+        # The source's key name with another type: "Type mismatch for key pk expected: N
+        # actual: S". (moto accepts a delete whose key has another type, where DynamoDB
+        # answers "The provided key element does not match the schema".)
+        ({"policy": "overwrite"}, put("a", 1), "pk", "N"),
+        (LWW, put("a", 1, ts=5), "pk", "N"),
     ],
 )
 def test_a_destination_re_created_with_another_key_stops_the_worker_nothing_dead_lettered(
-    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, conflict: Any, change: Any
+    moto_endpoint: str,
+    unique: Any,
+    tmp_path: Path,
+    metrics: Metrics,
+    conflict: Any,
+    change: Any,
+    key: str,
+    key_type: str,
 ) -> None:
     ddb = client("dynamodb", REGION, moto_endpoint)
     table = unique("rekeyed")
     ddb.create_table(
         TableName=table,
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": key, "AttributeType": key_type}],
         BillingMode="PAY_PER_REQUEST",
     )
     writer = writer_for(ddb, tmp_path, metrics, table, **conflict)
@@ -474,6 +489,39 @@ def test_a_destination_re_created_with_another_key_stops_the_worker_nothing_dead
     assert "ValidationException" in str(refused.value)
     assert target.letters() == []
     assert sample(metrics, "replicator_retries_total", destination="dest", reason="key_schema") == 2
+    assert ddb.scan(TableName=table)["Items"] == []
+
+
+def test_an_item_whose_index_key_has_another_type_is_dead_lettered_not_a_key_schema(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """DynamoDB words a mistyped GSI key "Type mismatch for Index Key ...": the item's
+    own problem, dead-lettered, while the worker goes on."""
+    ddb = client("dynamodb", REGION, moto_endpoint)
+    table = unique("indexed")
+    ddb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "email", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": "by-email",
+                "KeySchema": [{"AttributeName": "email", "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "KEYS_ONLY"},
+            }
+        ],
+    )
+    writer = writer_for(ddb, tmp_path, metrics, table)
+    target = FileDeadLetters(tmp_path / "dead.jsonl")
+    letters = DeadLetterer(target, metrics, "task", "shard-1")
+    letters.write(writer, decode(put("a", 1, email={"NULL": True})))
+    [letter] = target.letters()
+    assert letter.reason == "rejected" and "Type mismatch for Index Key email" in letter.error
+    assert sample(metrics, "replicator_retries_total", destination="dest", reason="key_schema") == 0
     assert ddb.scan(TableName=table)["Items"] == []
 
 

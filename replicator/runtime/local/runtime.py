@@ -40,8 +40,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from replicator import entry, wiring
-from replicator.aws import clients
-from replicator.aws.errors import ErrorKind, classify
+from replicator.aws import clients, tables
+from replicator.aws.errors import ErrorKind, classify, error_code
 from replicator.config.model import InitialPosition, ResolvedJob
 from replicator.exceptions import (
     ChildFailed,
@@ -76,6 +76,8 @@ PROCESSOR_RESTART_LIMIT = 5
 STOP_DEADLINE_S = 35.0
 # A shard sync that failed on a transient AWS error is tried again this much later.
 _HOUSEKEEPING_RETRY_S = 2.0
+# The housekeeping calls made to the source's stream; every other one is to the lease table.
+_STREAM_OPERATIONS = frozenset({"DescribeStream", "ListShards", "GetShardIterator", "GetRecords"})
 
 
 def processor_command(config_path: Path) -> list[str]:
@@ -317,6 +319,7 @@ class LocalRuntime:
             record_unread=self._record_unread if self.resolved.publishes_watermark else None,
             lease_expiry_s=self.job.kcl.failover_time_ms / 1000,
             read_stall_after_s=self.job.metrics.stall_after_s,
+            explain=self._explained,
         )
         worker = ShardWorker(
             lease,
@@ -433,9 +436,44 @@ class LocalRuntime:
             if classify(error) in (ErrorKind.THROTTLED, ErrorKind.RETRY):
                 log.warning("housekeeping failed; retrying", step=what, error=str(error))
                 return False
-            self.failure = EnvironmentProblem(f"{what}: {error}")
+            self.failure = self._explained(error, what)
             self.stopping.set()
         return True
+
+    def _explained(self, error: ClientError | BotoCoreError, what: str) -> EnvironmentProblem:
+        """The one line a housekeeping step's lasting failure ends the run with: which
+        table or stream answered (the lease table, or the source's stream), where, and
+        what to do when it is gone."""
+        source = self.job.source
+        where = tables.where(source.region, source.endpoint_url, source.role_arn)
+        operation = getattr(error, "operation_name", None)
+        lease_table = self.resolved.lease_table
+        if operation in _STREAM_OPERATIONS:
+            resource = f"stream {self.stream_arn} of source table {source.table}"
+            if error_code(error) == "ResourceNotFoundException":
+                advice = (
+                    f"; the source table {source.table} or its stream was deleted or the "
+                    "stream disabled: re-create the table or enable its stream, start the "
+                    "job again and run `replicator backfill` for what changed meanwhile"
+                )
+            else:
+                advice = ""
+        elif operation is not None:
+            resource = f"lease table {lease_table}"
+            if error_code(error) == "ResourceNotFoundException":
+                advice = (
+                    f"; the lease table {lease_table} (which holds the checkpoints) was "
+                    "deleted while the job ran: start the job again to re-create it (the "
+                    "shards are then read from kcl.initial_position) and run "
+                    "`replicator backfill` if changes may have been missed"
+                )
+            else:
+                advice = ""
+        else:
+            resource = f"lease table {lease_table} and stream {self.stream_arn}"
+            advice = ""
+        explained = preflight.explain(error, f"{what}: {resource}", where)
+        return EnvironmentProblem(f"{explained}{advice}")
 
     def _renew(self) -> None:
         for worker in list(self.workers.values()):

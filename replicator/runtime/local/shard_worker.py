@@ -119,6 +119,10 @@ class ShardSettings:
     lease_expiry_s: float | None = None
     # Seconds of failing stream reads before the shard is reported (metrics.stall_after_s).
     read_stall_after_s: float = 300.0
+    # Turns an AWS error no retry fixes, met while doing ``what``, into the line the run
+    # ends with (naming the stream or lease table, where, and what to do); None: the
+    # error as it is.
+    explain: Callable[[ClientError | BotoCoreError, str], EnvironmentProblem] | None = None
 
 
 class ShardWorker(threading.Thread):
@@ -770,6 +774,9 @@ class ShardWorker(threading.Thread):
             # No retry fixes these (permissions changed, credentials or this host's clock
             # refused, stream or table gone): the environment is not as the job says,
             # which the CLI reports as exit 3.
+            explain = self.settings.explain
+            if explain is not None and isinstance(error, ClientError | BotoCoreError):
+                raise explain(error, f"shard {self.shard_id}: {what}") from error
             raise EnvironmentProblem(f"shard {self.shard_id}: {what} failed: {error}") from error
         delay = self._backoff.delay(attempt)
         log.warning(

@@ -1,5 +1,7 @@
 """How `replicator run` (the local runtime) ends when a dead-letter target stops taking
-letters while it runs: the exit code and the one line the README promises."""
+letters, or the lease table or the source table goes, while it runs: the exit code and
+the one line the README promises (and a removed dead-letter directory, which does not
+end it)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+from botocore.exceptions import ClientError
+
+from replicator.config import load_job
+from replicator.deadletter import FileDeadLetters
+from replicator.exceptions import EnvironmentProblem
+from replicator.runtime.local.runtime import LocalRuntime
 from tests.support.e2e import PATIENCE, Job, stop, wait_until
 
 GATE = "REPLICATOR_TEST_GATE"
@@ -82,6 +91,36 @@ def test_a_dead_letter_directory_replaced_by_a_file_while_running_is_exit_3_and_
     assert not row["checkpoint"]["S"].isdigit()  # never past the change it could not keep
 
 
+def test_a_dead_letter_directory_removed_while_running_is_created_again_and_the_letter_kept(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """Losing nothing comes first: the next letter creates the directory again and is
+    kept, the run goes on, and a warning names the directory, so the removal (and what
+    the directory held) does not go unnoticed."""
+    job, letters = _job(
+        moto_endpoint, unique, tmp_path, "conflict: {policy: version, version_attribute: ver}"
+    )
+    log = tmp_path / "run.log"
+    runtime = job.start(log=log)
+    try:
+        wait_until(lambda: "shard started" in log.read_text(), 60, "the shard to start")
+        shutil.rmtree(letters)
+        job.source.put_item(  # a string version: dead-lettered
+            TableName=job.source_table,
+            Item={"pk": {"S": "a"}, "sk": {"N": "1"}, "ver": {"S": "one"}},
+        )
+        wait_until(job.dead_letters.exists, 60, "the letter to be kept")
+        assert runtime.poll() is None  # still running
+    finally:
+        status = stop(runtime)
+    output = log.read_text()
+    assert status == 0, output.splitlines()[-1]
+    (letter,) = FileDeadLetters(job.dead_letters).letters()
+    assert letter.keys == {"pk": {"S": "a"}, "sk": {"N": "1"}}
+    assert "directory was missing, created it; if it was removed while running" in output
+    assert str(letters) in output
+
+
 def test_a_processor_failing_during_a_stop_is_not_a_clean_stop(
     moto_endpoint: str, unique: Any, tmp_path: Path
 ) -> None:
@@ -121,3 +160,89 @@ def test_a_processor_failing_during_a_stop_is_not_a_clean_stop(
     ), last
     (row,) = job.lease_rows()
     assert not row["checkpoint"]["S"].isdigit()  # never past the change it could not keep
+
+
+def test_a_lease_table_deleted_while_running_is_exit_3_and_a_line_naming_it(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """The lease table holds the checkpoints: deleted under a running job, the run ends
+    with exit 3 and a line naming the lease table, where it is and what to do, and the
+    processor's log does not tell of another worker that does not exist."""
+    job, _ = _job(moto_endpoint, unique, tmp_path, "conflict: {policy: overwrite}")
+    log = tmp_path / "run.log"
+    runtime = job.start(log=log)
+    try:
+        wait_until(lambda: "shard started" in log.read_text(), 60, "the shard to start")
+        job.source.delete_table(TableName=job.name)  # the lease table: the task's name
+        status = runtime.wait(120 * PATIENCE)
+    finally:
+        if runtime.poll() is None:
+            stop(runtime)
+    output = log.read_text()
+    last = output.splitlines()[-1]
+    assert status == 3, last
+    assert last.startswith("replicator: "), last
+    assert f"lease table {job.name}: not found at {moto_endpoint} (us-east-1)" in last, last
+    assert "start the job again to re-create it" in last, last
+    assert "another worker continues" not in output
+
+
+def test_a_source_table_deleted_while_running_is_exit_3_and_a_line_naming_it(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """The source table (and so its stream) deleted under a running job: exit 3 and a
+    line naming the source table, its stream, where it is and what to do."""
+    job, _ = _job(moto_endpoint, unique, tmp_path, "conflict: {policy: overwrite}")
+    log = tmp_path / "run.log"
+    runtime = job.start(log=log)
+    try:
+        wait_until(lambda: "shard started" in log.read_text(), 60, "the shard to start")
+        job.source.delete_table(TableName=job.source_table)
+        status = runtime.wait(120 * PATIENCE)
+    finally:
+        if runtime.poll() is None:
+            stop(runtime)
+    output = log.read_text()
+    last = output.splitlines()[-1]
+    assert status == 3, last
+    assert last.startswith("replicator: "), last
+    assert f"of source table {job.source_table}: not found at {moto_endpoint} (us-east-1)" in (
+        last
+    ), last
+    assert "stream arn:aws:dynamodb:us-east-1:" in last, last
+    assert "re-create the table or enable its stream" in last, last
+
+
+@pytest.mark.parametrize(
+    ("operation", "named"),
+    [
+        ("Scan", "syncing shards and leases: lease table {task}: not found at {where}"),
+        (
+            "DescribeStream",
+            "syncing shards and leases: stream {arn} of source table {source}: not found at "
+            "{where}",
+        ),
+    ],
+)
+def test_a_housekeeping_step_failing_for_good_names_the_table_it_met(
+    moto_endpoint: str, unique: Any, tmp_path: Path, operation: str, named: str
+) -> None:
+    """The shard sync reads the stream (DescribeStream) and the lease table (Scan): the
+    line it stops the run with names the one that answered, where it is, and, as it is
+    gone, what to do."""
+    job, _ = _job(moto_endpoint, unique, tmp_path, "conflict: {policy: overwrite}")
+    runtime = LocalRuntime(load_job(job.path))
+    runtime.stream_arn = "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/1"
+
+    def gone() -> None:
+        error = {"Error": {"Code": "ResourceNotFoundException", "Message": "Requested resource"}}
+        raise ClientError(error, operation)  # type: ignore[arg-type]
+
+    assert runtime._tolerating_outages(gone, "syncing shards and leases")
+    assert isinstance(runtime.failure, EnvironmentProblem) and runtime.stopping.is_set()
+    line = str(runtime.failure)
+    where = f"{moto_endpoint} (us-east-1)"
+    assert line.startswith(
+        named.format(task=job.name, where=where, arn=runtime.stream_arn, source=job.source_table)
+    ), line
+    assert "start the job again" in line, line
