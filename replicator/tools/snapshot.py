@@ -324,32 +324,20 @@ class ResurrectionGuard:
         for change, labels in applied:
             if change.new_image is None:
                 continue
-            if change.key in present:
-                if catch_up and not same_item(present[change.key], change.new_image):
-                    self._catch_up(change, present[change.key], labels, tally)
+            current = present.get(change.key)
+            if current is not None:
+                if catch_up and not same_item(current, change.new_image):
+                    self._replace(change, current, labels, tally)
                 continue
-            removal = synthetic_change(
-                self.purpose,
-                change.keys,
-                self.source.region,
-                new_image=None,
-                expected=change.new_image,
-            )
-            for label in labels:
-                outcome = self.letters.write(self.writers[label], removal).outcome
-                if outcome is Outcome.APPLIED:
-                    tally.undone += 1
-                elif outcome in (Outcome.CONFLICT_LOST, Outcome.UNCHANGED):
-                    tally.kept += 1
-                else:
-                    tally.dead_lettered += 1
+            self._replace(change, None, labels, tally)
         return tally
 
-    def _catch_up(
-        self, change: Change, current: Item, labels: list[str], tally: GuardTally
+    def _replace(
+        self, change: Change, current: Item | None, labels: list[str], tally: GuardTally
     ) -> None:
-        """Write the source's ``current`` image where the replayed one was applied."""
-        copy = synthetic_change(
+        """Write the source's ``current`` image (None: remove the item) where the
+        replayed one was applied, while the destination still holds exactly that."""
+        synthetic = synthetic_change(
             self.purpose,
             change.keys,
             self.source.region,
@@ -357,9 +345,12 @@ class ResurrectionGuard:
             expected=change.new_image,
         )
         for label in labels:
-            outcome = self.letters.write(self.writers[label], copy).outcome
+            outcome = self.letters.write(self.writers[label], synthetic).outcome
             if outcome is Outcome.APPLIED:
-                tally.caught_up += 1
+                if current is None:
+                    tally.undone += 1
+                else:
+                    tally.caught_up += 1
             elif outcome in (Outcome.CONFLICT_LOST, Outcome.UNCHANGED):
                 tally.kept += 1
             else:
