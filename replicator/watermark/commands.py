@@ -207,7 +207,10 @@ def _read_all(resolved: ResolvedJob, chosen: list[DestinationConfig]) -> list[Wa
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        # In short joins: a SIGINT the kernel hands to a reading thread only flags the
+        # main thread, which runs the handler when it next wakes, not when a read ends.
+        while thread.is_alive():
+            thread.join(0.1)
     for error in errors:
         if error is not None:
             raise error
