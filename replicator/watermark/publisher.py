@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
@@ -64,6 +64,8 @@ class _Target:
     retry_at: float = 0.0
     unread: list[UnreadSpan] = field(default_factory=list)
     """Spans of changes never read for this destination, to store before any claim."""
+    stored_through: int = 0
+    """Every dead letter the tracker recorded up to this many is stored (or was none)."""
     stored_dead_letters: DeadLetters = field(default_factory=lambda: DeadLetters(0, ()))
     stored_unread: list[UnreadSpan] = field(default_factory=list)
     """What this process stored, to store again should the status table be re-created."""
@@ -207,7 +209,11 @@ class ShardWatermark:
         if self._tracker is None:
             return True
         with self._state:
-            pending = self._pending_locked()
+            # Only what is recorded now: letters recorded while this waits belong to
+            # changes after the position being checkpointed (a destination rejecting
+            # every change would otherwise hold the checkpoint for as long as they come).
+            needed = self._tracker.dead_letters_recorded()
+            pending = self._pending_locked(needed)
             if not pending:
                 return True
             if self._stop.is_set():
@@ -223,7 +229,7 @@ class ShardWatermark:
                 if until > now:
                     awaited[label] = (target.started + 1, until)
             while awaited and not self._stop.is_set():
-                pending = self._pending_locked()
+                pending = self._pending_locked(needed)
                 now = time.monotonic()
                 awaited = {
                     label: (round_, until)
@@ -233,7 +239,7 @@ class ShardWatermark:
                 if not awaited:
                     break
                 self._stored.wait(min(until for _, until in awaited.values()) - now)
-            return not self._pending_locked()
+            return not self._pending_locked(needed)
 
     def unstored(self) -> list[str]:
         """The destinations with dead-letter ranges or unread spans not yet stored."""
@@ -242,13 +248,17 @@ class ShardWatermark:
         with self._state:
             return sorted(self._pending_locked())
 
-    def _pending_locked(self) -> set[str]:
+    def _pending_locked(self, needed: Mapping[str, int] | None = None) -> set[str]:
+        """The destinations with unread spans, or dead letters up to ``needed`` (each
+        destination's count of letters recorded; all so far by default), not stored."""
         assert self._tracker is not None
-        pending = set(self._tracker.with_dead_letters())
-        for label, target in self._targets.items():
-            if target.dead_letters.count or target.unread:
-                pending.add(label)
-        return pending
+        if needed is None:
+            needed = self._tracker.dead_letters_recorded()
+        return {
+            label
+            for label, target in self._targets.items()
+            if target.unread or needed.get(label, 0) > target.stored_through
+        }
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -378,11 +388,14 @@ class ShardWatermark:
                 target.dead_letters = _joined(target.dead_letters, taken)
                 dead = target.dead_letters
                 unread = tuple(target.unread)
+                if not dead.count:
+                    target.stored_through = max(target.stored_through, dead.through)
             if dead.count:
                 table.add_dead_letters(self.shard_id, dead)
                 with self._state:
-                    target.dead_letters = DeadLetters(0, ())
+                    target.dead_letters = DeadLetters(0, (), dead.through)
                     target.stored_dead_letters = _joined(target.stored_dead_letters, dead)
+                    target.stored_through = max(target.stored_through, dead.through)
             if unread:  # before any claim, which may pass them
                 table.add_unread_spans(self.shard_id, unread)
                 with self._state:
@@ -552,9 +565,10 @@ class ShardWatermark:
 
 
 def _joined(first: DeadLetters, second: DeadLetters) -> DeadLetters:
+    through = max(first.through, second.through)
     if not second.count:
-        return first
+        return replace(first, through=through)
     if not first.count:
-        return second
+        return replace(second, through=through)
     ranges = merge_ranges([*first.ranges, *second.ranges])
-    return DeadLetters(first.count + second.count, tuple(ranges))
+    return DeadLetters(first.count + second.count, tuple(ranges), through)

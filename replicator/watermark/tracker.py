@@ -71,6 +71,7 @@ class _Destination:
     followers: dict[int, list[int]] = field(default_factory=dict)
     dead_letter_count: int = 0
     dead_letter_ranges: list[DeadLetterRange] = field(default_factory=list)
+    dead_letters_recorded: int = 0  # ever: what a take or a store has got through
     guard_through: int | None = None  # resumed: positions up to here must settle first
     guard_cleared: bool = False
 
@@ -90,6 +91,9 @@ class DeadLetters:
 
     count: int
     ranges: tuple[DeadLetterRange, ...]
+    # How many dead letters the destination had recorded in all when these were taken:
+    # storing them stores every letter recorded up to there.
+    through: int = 0
 
 
 class ShardTracker:
@@ -191,6 +195,7 @@ class ShardTracker:
             self._last_position = position
             for state in self._destinations.values():
                 state.dead_letter_count += 1
+                state.dead_letters_recorded += 1
                 state.dead_letter_ranges.append((low, high))
 
     def settled(self, destination: str, change: Change, *, dead_lettered: bool) -> None:
@@ -245,10 +250,13 @@ class ShardTracker:
         with self._lock:
             return self._claim(destination), self._take_dead_letters(destination)
 
-    def with_dead_letters(self) -> list[str]:
-        """The destinations with dead letters recorded since they were last taken."""
+    def dead_letters_recorded(self) -> dict[str, int]:
+        """Per destination, how many dead letters it has recorded in all (a store that
+        got through this many has stored every one recorded so far)."""
         with self._lock:
-            return [label for label, state in self._destinations.items() if state.dead_letter_count]
+            return {
+                label: state.dead_letters_recorded for label, state in self._destinations.items()
+            }
 
     @property
     def destinations(self) -> list[str]:
@@ -276,7 +284,9 @@ class ShardTracker:
 
     def _take_dead_letters(self, destination: str) -> DeadLetters:
         state = self._destinations[destination]
-        taken = DeadLetters(state.dead_letter_count, tuple(state.dead_letter_ranges))
+        taken = DeadLetters(
+            state.dead_letter_count, tuple(state.dead_letter_ranges), state.dead_letters_recorded
+        )
         state.dead_letter_count = 0
         state.dead_letter_ranges.clear()
         return taken
@@ -320,4 +330,5 @@ class ShardTracker:
             del state.pending[key]
         if dead_lettered and low is not None:
             state.dead_letter_count += 1
+            state.dead_letters_recorded += 1
             state.dead_letter_ranges.append((low, high + self._precision_us - 1))

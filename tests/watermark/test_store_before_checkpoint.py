@@ -236,6 +236,42 @@ def test_a_healthy_status_table_lets_the_checkpoint_past_a_dead_letter_in_the_sa
         shard.close()
 
 
+class RecordingMoreWhileStoring(FakeStatusTable):
+    """Another dead letter is recorded while each store is under way, as a destination
+    rejecting every change records them while the processor waits."""
+
+    def __init__(self, destination: str) -> None:
+        super().__init__(destination)
+        self.more: list[int] = []
+        self.watermark: ShardWatermark | None = None
+
+    def add_dead_letters(self, shard: str, dead_letters: Any, attempts: int = 5) -> None:
+        super().add_dead_letters(shard, dead_letters, attempts)
+        if self.more and self.watermark is not None:
+            position = self.more.pop(0)
+            self.watermark.undecodable(position, T0 + position * S)
+
+
+def test_dead_letters_recorded_during_the_store_do_not_hold_the_checkpoint() -> None:
+    """The checkpoint waits for the letters recorded before it was asked for, not for
+    those that keep coming after (changes past the position it checkpoints)."""
+    table = RecordingMoreWhileStoring("eu-west-1/replica")
+    shard = Shard1(table)
+    table.watermark = shard.watermark
+    table.more = [7, 9]
+    try:
+        shard.watermark.undecodable(5, T0 + 5 * S)
+        with structlog.testing.capture_logs() as logged:
+            shard.batch("5")
+            shard.batch("7")
+        assert [position for position, _ in shard.checkpointer.written] == ["5", "7"]
+        assert not [e for e in logged if e["event"].startswith("checkpoint held")]
+        last = shard.checkpointer.written[-1][1]
+        assert last is not None and last.dead_letters >= 2  # 5 and 7 stored by then
+    finally:
+        shard.close()
+
+
 def test_shutdown_does_not_checkpoint_past_a_dead_letter_it_could_not_store() -> None:
     """The next owner reads from the last checkpoint and records the dead letter again:
     safe, where a checkpoint past it would lose it."""
