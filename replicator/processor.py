@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
 
 import msgspec
 import structlog
@@ -454,7 +454,7 @@ def _raise_open_file_limit(sockets: int) -> None:
         )
 
 
-def serve_daemon(resolved: Any) -> int:
+def serve_daemon(resolved: Any) -> NoReturn:
     """Run as the daemon's child: the protocol on stdin/stdout, logs on stderr.
 
     stdout is handed to amazon-kclpy and then pointed at stderr, so that nothing else in
@@ -502,4 +502,11 @@ def serve_daemon(resolved: Any) -> int:
     if conflict_log is not None:
         conflict_log.close()
     log.info("daemon closed the protocol; processor exiting")
-    return 0
+    # Now, without waiting for writes still in flight (a destination that does not
+    # answer): the interpreter's exit would join their threads, up to a read timeout and
+    # its retries, and the runtime would kill the child after its stop. Nothing they
+    # settle counts any more: every checkpoint and log line is written.
+    for stream in (protocol_out, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(0)

@@ -79,6 +79,8 @@ def test_a_full_buffer_raises_every_lag_and_a_stop_still_answers_and_checkpoints
     # and a processor killed at the deadline is no clean stop.
     assert status == 0, (took, output.splitlines()[-1])
     assert "killing its processor" not in output
+    # Nor after its answer: it exits at once, not when its writes to eu time out.
+    assert "processor child did not exit" not in output
     assert "shutdown requested; checkpointed" in output  # it answered shutdownRequested
     assert "stopped cleanly" in output
     (row,) = job.lease_rows()
