@@ -34,12 +34,16 @@ def finer_unit(value: float) -> tuple[str, int] | None:
 # or an offset of hours and minutes. datetime.fromisoformat alone (Python 3.11) also
 # takes any character between date and time (2026-12-01x17:00), week dates, basic
 # formats without dashes, an hour alone and a comma before the fraction.
+# ASCII digits only (\d would take other scripts' digits too).
 _ISO_TIME = re.compile(
-    r"(?P<date>\d{4}-\d{2}-\d{2})"
-    r"(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?P<zone>Z|[+-]\d{2}:\d{2})?)?"
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:T[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?)?"
 )
-ISO_TIME_FORM = "YYYY-MM-DDThh:mm[:ss[.fraction]] and Z or +hh:mm/-hh:mm"
-ISO_FORMS = f"YYYY-MM-DD, or {ISO_TIME_FORM}"
+_TIME_FORM = "YYYY-MM-DDThh:mm[:ss[.fraction]]"
+ISO_TIME_FORM = f"{_TIME_FORM} with Z, +hh:mm or -hh:mm"
+"""The forms of a time with a zone (``replicator wait``)."""
+ISO_FORMS = f"YYYY-MM-DD, or {_TIME_FORM} with an optional Z, +hh:mm or -hh:mm"
+"""The forms of a date or a time, with or without a zone (``conflicts --since``)."""
 
 
 def typed_iso_time(text: str) -> datetime:

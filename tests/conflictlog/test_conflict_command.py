@@ -655,6 +655,7 @@ def test_listing_options_are_refused_with_restore(tmp_path: Path, given: tuple[s
         ("2026-12-01T17:00:00,5Z", ""),
         ("2026-12-01T17:00:00+0100", ""),
         ("2026-13-01", "; month must be in 1..12"),
+        ("\u0662\u0660\u0662\u0666-12-01", ""),  # digits of another script
     ],
 )
 def test_since_takes_only_the_iso_times_the_docs_name(
@@ -668,8 +669,8 @@ def test_since_takes_only_the_iso_times_the_docs_name(
     said = " ".join(result.stderr.split())
     assert (
         f"'--since': {value!r} is neither a duration (30m, 12h, 7d) nor an ISO-8601 date or "
-        "time (YYYY-MM-DD, or YYYY-MM-DDThh:mm[:ss[.fraction]] and Z or +hh:mm/-hh:mm, such "
-        f"as 2026-12-01 or 2026-12-01T10:00:00Z){hint}" in said
+        "time (YYYY-MM-DD, or YYYY-MM-DDThh:mm[:ss[.fraction]] with an optional Z, +hh:mm or "
+        f"-hh:mm, such as 2026-12-01 or 2026-12-01T10:00:00Z){hint}" in said
     ), said
 
 

@@ -130,7 +130,7 @@ def test_wait_takes_only_the_iso_times_the_docs_name(
     said = " ".join(result.stderr.split())
     assert (
         f"{option} {value!r}: expected epoch seconds (such as 1767225600.25) or an ISO 8601 "
-        "time with a zone (YYYY-MM-DDThh:mm[:ss[.fraction]] and Z or +hh:mm/-hh:mm, such as "
+        "time with a zone (YYYY-MM-DDThh:mm[:ss[.fraction]] with Z, +hh:mm or -hh:mm, such as "
         f"2026-01-01T00:00:00.250Z){hint}" in said
     ), said
 
