@@ -20,7 +20,7 @@ from replicator.epoch import ISO_FORMS, typed_iso_time
 from replicator.exceptions import SinceSyntaxError
 from replicator.items import describe_key, item_from_wire
 
-_RELATIVE = re.compile(r"^(\d+)\s*([smhd])$")
+_RELATIVE = re.compile(r"^([0-9]+)\s*([smhd])$")  # ASCII digits, as documented
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 TOP_KEYS = 10
 

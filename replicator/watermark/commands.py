@@ -95,10 +95,12 @@ def parse_time(text: str, option: str) -> float:
     ``SECONDS_CEILING``; ValueError naming ``option`` and ``text``."""
     shown = f"{option} {text!r}"
     try:
-        value = float(text)
+        # float() alone would also take digits of other scripts and 1_000 (Python's
+        # literal grouping), which are no epoch seconds anyone writes.
+        value = float(text) if text.isascii() and "_" not in text else None
     except ValueError:
-        pass
-    else:
+        value = None
+    if value is not None:
         return checked_seconds(value, shown, typed_as_number=True)
     try:
         moment = typed_iso_time(text)

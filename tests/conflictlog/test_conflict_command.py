@@ -656,6 +656,7 @@ def test_listing_options_are_refused_with_restore(tmp_path: Path, given: tuple[s
         ("2026-12-01T17:00:00+0100", ""),
         ("2026-13-01", "; month must be in 1..12"),
         ("\u0662\u0660\u0662\u0666-12-01", ""),  # digits of another script
+        ("\u0663\u0660m", ""),  # a duration in digits of another script
     ],
 )
 def test_since_takes_only_the_iso_times_the_docs_name(

@@ -111,6 +111,8 @@ def test_an_option_given_twice_or_a_poll_beyond_an_hour_is_refused_with_exit_2(
         ("2026-12-01t17:00:00Z", "; write T and Z in capitals: '2026-12-01T17:00:00Z'"),
         ("20261201T170000Z", ""),
         ("2026-W49-2T17:00:00Z", ""),
+        ("1_767_225_600", ""),  # Python's digit grouping, which float() takes
+        ("\u0661\u0662", ""),  # digits of another script, which float() takes too
     ],
 )
 def test_wait_takes_only_the_iso_times_the_docs_name(
