@@ -118,7 +118,7 @@ def validate(config_path: Path) -> None:
     """Check a job file and print the job as it resolves (exit 0), or every problem (exit 2)."""
     from replicator.wiring import check_resolvers
 
-    resolved = load_job(config_path)
+    resolved = load_job(config_path, on_disk=True)
     check_resolvers(resolved)
     click.echo(redact(describe(resolved)))
     for caution in resolved.job.cautions:

@@ -4,9 +4,14 @@ Stream records carry creation times in seconds, milliseconds or microseconds, an
 type any of them. One ceiling tells seconds from the rest everywhere in the package: below
 it a number is seconds (any date before 5138), at or above it it cannot be seconds of a
 date anyone means, and it is milliseconds of a date after 1973, or a finer unit.
+
+Times typed as ISO 8601 are read by one grammar everywhere (:func:`typed_iso_time`).
 """
 
 from __future__ import annotations
+
+import re
+from datetime import datetime
 
 SECONDS_CEILING = 100_000_000_000
 """Epoch seconds are below this (5138-11-16T09:46:40Z); larger numbers are a finer unit."""
@@ -22,3 +27,42 @@ def finer_unit(value: float) -> tuple[str, int] | None:
         if SECONDS_CEILING <= value < SECONDS_CEILING * per_second:
             return unit, per_second
     return None
+
+
+# The ISO 8601 times the commands take (docs/conflict-audit.md, docs/watermark.md): a
+# date, optionally a capital T and hours and minutes, seconds with any fraction, then Z
+# or an offset of hours and minutes. datetime.fromisoformat alone (Python 3.11) also
+# takes any character between date and time (2026-12-01x17:00), week dates, basic
+# formats without dashes, an hour alone and a comma before the fraction.
+# ASCII digits only (\d would take other scripts' digits too).
+_ISO_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:T[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?)?"
+)
+_TIME_FORM = "YYYY-MM-DDThh:mm[:ss[.fraction]]"
+ISO_TIME_FORM = f"{_TIME_FORM} with Z, +hh:mm or -hh:mm"
+"""The forms of a time with a zone (``replicator wait``)."""
+ISO_FORMS = f"YYYY-MM-DD, or {_TIME_FORM} with an optional Z, +hh:mm or -hh:mm"
+"""The forms of a date or a time, with or without a zone (``conflicts --since``)."""
+
+
+def typed_iso_time(text: str) -> datetime:
+    """The time an operator typed as ISO 8601, by the grammar of ``_ISO_TIME`` only (a
+    date alone is its midnight; the result has no zone when none was written). Anything
+    else is a ValueError whose message is a hint for the caller's own (empty, or what
+    to write instead: T and Z in capitals, a T between date and time, a month 1..12)."""
+    value = text.strip()
+    if not _ISO_TIME.fullmatch(value):
+        raise ValueError(_hint(value))
+    return datetime.fromisoformat(value)  # a month 13 or a hour 25: ValueError
+
+
+def _hint(value: str) -> str:
+    if len(value) <= 10:
+        return ""
+    meant = value[:10] + "T" + value[11:].upper()
+    if not _ISO_TIME.fullmatch(meant):
+        return ""
+    if value[10] in "Tt" or value[-1] == "z":
+        return f"write T and Z in capitals: {meant!r}"
+    return f"separate the date and the time with a capital T: {meant!r}"

@@ -17,7 +17,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from replicator.config.model import JobConfig, ResolvedJob, cross_checks
+from replicator.config.model import (
+    FILE_CHECK_KEYS,
+    JobConfig,
+    ResolvedJob,
+    cross_checks,
+    disk_checks,
+)
 from replicator.config.task_name import default_task_name
 from replicator.exceptions import ConfigError
 
@@ -195,12 +201,16 @@ def _without(value: Mapping[str, Any], invalid: set[str]) -> JobConfig | None:
 
 
 def load_job(
-    path: str | os.PathLike[str], *, named: str | os.PathLike[str] | None = None
+    path: str | os.PathLike[str],
+    *,
+    named: str | os.PathLike[str] | None = None,
+    on_disk: bool = False,
 ) -> ResolvedJob:
     """Load, expand and validate a job file, or raise ConfigError listing every problem.
 
     ``named``: the path messages give, and the job's ``path``, when ``path`` is a copy
     (the KCL processors read the copy ``replicator run`` made of the operator's file).
+    ``on_disk``: also check the job's files as they are on disk (``validate``).
     """
     file = Path(path) if named is None else Path(named)
     try:
@@ -218,10 +228,10 @@ def load_job(
             f"{file}: not UTF-8 text: byte 0x{data[error.start]:02x} at offset {error.start} "
             f"(line {line}); job files are UTF-8"
         ) from None
-    return parse_job(source, file)
+    return parse_job(source, file, on_disk=on_disk)
 
 
-def parse_job(source: str, file: Path) -> ResolvedJob:
+def parse_job(source: str, file: Path, *, on_disk: bool = False) -> ResolvedJob:
     document = _Document(source, file)
     problems = list(document.problems)
     job: JobConfig | None = None
@@ -243,9 +253,15 @@ def parse_job(source: str, file: Path) -> ResolvedJob:
         if checked is not None:
             problems.extend(
                 _Problem(path, message)
-                for path, message in cross_checks(checked, invalid)
+                for path, message in cross_checks(checked, invalid, file)
                 if path not in unexpanded
             )
+            if on_disk and FILE_CHECK_KEYS.isdisjoint(invalid):
+                problems.extend(
+                    _Problem(path, message)
+                    for path, message in disk_checks(checked)
+                    if path not in unexpanded
+                )
     if problems or job is None:
         lines = []
         for problem in problems:

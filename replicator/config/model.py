@@ -7,6 +7,7 @@ are errors: a misspelt ``timestamp_atribute`` must not silently fall back to a d
 
 from __future__ import annotations
 
+import os
 import re
 import string
 from collections.abc import Callable, Collection
@@ -831,17 +832,22 @@ class ResolvedJob(BaseModel):
 Problems = list[tuple[tuple[str | int, ...], str]]
 
 
-def cross_checks(job: JobConfig, invalid: Collection[str] = ()) -> Problems:
+def cross_checks(
+    job: JobConfig, invalid: Collection[str] = (), job_file: Path | None = None
+) -> Problems:
     """Rules that span sections, each reported at the key path it concerns.
 
     ``invalid`` names the top-level keys that failed their own validation (and stand at
     their defaults in ``job``): the checks that read one of them are skipped, since they
     would judge a default, and every other check runs, so that a bad ``metrics.port``
-    does not hide a bad ``dead_letter.path``."""
+    does not hide a bad ``dead_letter.path``. ``job_file``: the job file's path, which
+    no file target may name."""
     problems: Problems = []
     for check, reads in _CROSS_CHECKS:
         if reads.isdisjoint(invalid):
             problems += check(job)
+    if FILE_CHECK_KEYS.isdisjoint(invalid):
+        problems += _file_checks(job, job_file)
     return problems
 
 
@@ -1205,8 +1211,9 @@ def _tombstone_table_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...],
     return []
 
 
-def _own_tables(job: JobConfig) -> dict[tuple[str, str], str]:
-    """Every table the job reads or writes, by (region, name): what each one is."""
+def _own_tables(job: JobConfig, *, conflict_log: bool = True) -> dict[tuple[str, str], str]:
+    """Every table the job reads or writes, by (region, name): what each one is
+    (``conflict_log``: the conflict log's table among them)."""
     from replicator.config.task_name import default_task_name
 
     task = job.task_name or default_task_name(job)
@@ -1219,7 +1226,11 @@ def _own_tables(job: JobConfig) -> dict[tuple[str, str], str]:
         else:
             own[(source, task + suffix)] = f"its {suffix[1:]} table"
     log = job.conflict_log
-    if log.kind is ConflictLogKind.DYNAMODB and not _pattern_problem(log.table, "task_name"):
+    if (
+        conflict_log
+        and log.kind is ConflictLogKind.DYNAMODB
+        and not _pattern_problem(log.table, "task_name")
+    ):
         own[(log.region or source, log.table.format(task_name=task))] = (
             "its conflict log, conflict_log.table"
         )
@@ -1227,6 +1238,134 @@ def _own_tables(job: JobConfig) -> dict[tuple[str, str], str]:
         own[(destination.region, destination.table)] = f"the table of destinations[{index}]"
     own[(source, job.source.table)] = "the source table"
     return own
+
+
+def _conflict_log_table_checks(job: JobConfig) -> Problems:
+    """A conflict log of kind dynamodb has a table of its own: one of the job's own tables
+    (the source, a destination, the lease table, a watermark, backfill or KCL table)
+    would get the entries as items among the application's (or the replicator's) and
+    its TTL turned on, and ``conflicts`` would list its items as unreadable entries.
+    Tables are compared as the tombstone tables are, by region and name. A tombstone
+    table that is the log's is reported at active_active.tombstone_table."""
+    log = job.conflict_log
+    if log.kind is not ConflictLogKind.DYNAMODB or _pattern_problem(log.table, "task_name"):
+        return []
+    from replicator.config.task_name import default_task_name
+
+    name = log.table.format(task_name=job.task_name or default_task_name(job))
+    region = log.region or job.source.region
+    clash = _own_tables(job, conflict_log=False).get((region, name))
+    if clash is None:
+        return []
+    return [
+        (
+            ("conflict_log", "table"),
+            f"gives {name!r} in {region}, which is one of the job's own tables ({clash}): "
+            "the entries would be written as items of that table, and its TTL turned on; "
+            "give the conflict log a table of its own (the default is "
+            "{task_name}-conflicts)",
+        )
+    ]
+
+
+def _fifo_queue_checks(job: JobConfig) -> Problems:
+    """A FIFO queue takes only messages with a MessageGroupId, which the dead letters and
+    the conflict log do not send: every message would be refused (MissingParameter), a
+    dead letter stopping the worker and an entry counted as dropped. A FIFO queue's
+    name, the last part of its URL, ends in ``.fifo``."""
+    problems: Problems = []
+    targets: list[tuple[str, str | None, str]] = []
+    if job.dead_letter.kind is DeadLetterKind.SQS:
+        targets.append(("dead_letter", job.dead_letter.queue_url, "dead letter"))
+    if job.conflict_log.kind is ConflictLogKind.SQS:
+        targets.append(("conflict_log", job.conflict_log.queue_url, "conflict-log entry"))
+    for section, url, what in targets:
+        if url and url.strip().rstrip("/").lower().endswith(".fifo"):
+            problems.append(
+                (
+                    (section, "queue_url"),
+                    f"{url!r} is a FIFO queue (its name ends in .fifo), which refuses every "
+                    f"message sent without a MessageGroupId, as each {what} is; "
+                    "FIFO queues are not supported: give a standard queue",
+                )
+            )
+    return problems
+
+
+def _job_files(job: JobConfig) -> list[tuple[tuple[str | int, ...], str, str]]:
+    """The files the job appends to, each with its key, what it is and its path as the
+    runtime makes it (``{task_name}`` filled in, relative to the working directory)."""
+    from replicator.config.task_name import default_task_name
+
+    task = job.task_name or default_task_name(job)
+    files: list[tuple[tuple[str | int, ...], str, str]] = []
+    if job.dead_letter.kind is DeadLetterKind.FILE:
+        files.append((("dead_letter", "path"), "the dead-letter file", job.dead_letter.path))
+    if job.conflict_log.kind is ConflictLogKind.FILE:
+        files.append((("conflict_log", "path"), "the conflict log", job.conflict_log.path))
+    return [
+        (where, what, pattern.format(task_name=task))
+        for where, what, pattern in files
+        if not _pattern_problem(pattern, "task_name")
+    ]
+
+
+def _same_file(one: str, other: str) -> bool:
+    """Whether two paths (relative ones to the working directory) name one file: the
+    same text once normalized, through symbolic links, or one file by two names."""
+    if os.path.realpath(one) == os.path.realpath(other):
+        return True
+    try:
+        return os.path.samefile(one, other)
+    except OSError:  # one of them does not exist (yet): only a name can tell
+        return False
+
+
+def _file_checks(job: JobConfig, job_file: Path | None) -> Problems:
+    """No two of the job's files are one: the conflict log in the dead-letter file would
+    make ``redrive`` read its entries as unreadable letters (and ``conflicts`` the
+    letters as unreadable entries), and either in the job file would append JSON lines
+    to it."""
+    files = _job_files(job)
+    problems: Problems = []
+    for index, (where, what, path) in enumerate(files):
+        for _, earlier_what, earlier in files[:index]:
+            if _same_file(path, earlier):
+                problems.append(
+                    (
+                        where,
+                        f"gives {path!r}, which is also {earlier_what} ({earlier!r}): "
+                        f"{what} and {earlier_what} would be mixed in one file, each read as "
+                        f"unreadable lines of the other; give {what} a file of its own",
+                    )
+                )
+        if job_file is not None and _same_file(path, str(job_file)):
+            problems.append(
+                (
+                    where,
+                    f"gives {path!r}, which is the job file itself: {what} would append "
+                    "its lines to it; give it a file of its own",
+                )
+            )
+    return problems
+
+
+def disk_checks(job: JobConfig) -> Problems:
+    """What only the files on disk tell (``validate``, in the working directory that
+    ``run`` will use): a file target that names an existing directory, which ``run``
+    refuses at start."""
+    problems: Problems = []
+    for where, what, path in _job_files(job):
+        if os.path.isdir(path):
+            shown = os.path.abspath(path)
+            problems.append(
+                (
+                    where,
+                    f"{what} {shown} is a directory: {'.'.join(map(str, where))} must name "
+                    f"a file (such as {os.path.join(path, '{task_name}.jsonl')})",
+                )
+            )
+    return problems
 
 
 def _kcl_property_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
@@ -1284,4 +1423,8 @@ _CROSS_CHECKS: tuple[tuple[Callable[[JobConfig], Problems], frozenset[str]], ...
     (_kinesis_policy_checks, frozenset({"source", "conflict", "destinations"})),
     (_max_records_checks, frozenset({"source", "kcl"})),
     (_kind_option_checks, frozenset({"dead_letter", "conflict_log"})),
+    (_conflict_log_table_checks, _TASK | {"conflict_log"}),
+    (_fifo_queue_checks, frozenset({"dead_letter", "conflict_log"})),
 )
+# The checks that read the files the job names, with the keys they read.
+FILE_CHECK_KEYS = _TASK | {"dead_letter", "conflict_log"}

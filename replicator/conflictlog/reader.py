@@ -16,10 +16,11 @@ from typing import Any
 
 from replicator.conflictlog.base import ConflictLogTarget, Selection
 from replicator.conflictlog.entry import CONFLICT, RESTORE, ConflictEntry, iso_exact
+from replicator.epoch import ISO_FORMS, typed_iso_time
 from replicator.exceptions import SinceSyntaxError
 from replicator.items import describe_key, item_from_wire
 
-_RELATIVE = re.compile(r"^(\d+)\s*([smhd])$")
+_RELATIVE = re.compile(r"^([0-9]+)\s*([smhd])$")  # ASCII digits, as documented
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 TOP_KEYS = 10
 
@@ -29,8 +30,9 @@ def parse_since(text: str, now: datetime | None = None) -> str:
 
     The time keeps the precision it was typed with, to the microsecond (more digits are
     cut there, as ``datetime`` does): cut to the log's milliseconds, a time just after
-    an entry would list it. ISO times are read as ``datetime.fromisoformat`` reads them,
-    as ``replicator wait`` reads its times: ``T`` and ``Z`` in capitals. Times are
+    an entry would list it. ISO times are read as ``replicator wait`` reads its times
+    (:func:`typed_iso_time`): a date, or a date, ``T`` and a time with an optional ``Z``
+    or ``+hh:mm`` offset; ``T`` and ``Z`` in capitals, nothing else between. Times are
     between the years 1 and 9999 UTC: a duration or an offset that lands outside them is
     refused naming the value, not left to overflow.
     """
@@ -44,14 +46,12 @@ def parse_since(text: str, now: datetime | None = None) -> str:
     except (OverflowError, ValueError, OSError):
         raise _out_of_range(text) from None
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        hint = ""
-        if _is_iso(value.upper()):
-            hint = "; write T and Z in capitals (2026-12-01T10:00:00Z)"
+        moment = typed_iso_time(value)
+    except ValueError as error:
+        hint = f"; {error}" if str(error) else ""
         raise SinceSyntaxError(
             f"{text!r} is neither a duration (30m, 12h, 7d) nor an ISO-8601 date or time "
-            f"(2026-12-01, 2026-12-01T10:00:00Z){hint}"
+            f"({ISO_FORMS}, such as 2026-12-01 or 2026-12-01T10:00:00Z){hint}"
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
@@ -59,14 +59,6 @@ def parse_since(text: str, now: datetime | None = None) -> str:
         return iso_exact(moment)
     except (OverflowError, ValueError, OSError):
         raise _out_of_range(text) from None
-
-
-def _is_iso(text: str) -> bool:
-    try:
-        datetime.fromisoformat(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _out_of_range(text: str) -> SinceSyntaxError:

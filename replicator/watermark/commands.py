@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import click
@@ -20,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator import wiring
 from replicator.config.model import DestinationConfig, ResolvedJob, StreamKind
+from replicator.epoch import ISO_TIME_FORM, typed_iso_time
 from replicator.exceptions import (
     ConfigError,
     EnvironmentProblem,
@@ -90,21 +90,25 @@ def _stopped_line(stop: _Stopped, what: str) -> int:
 
 
 def parse_time(text: str, option: str) -> float:
-    """Epoch seconds (fractions allowed) or ISO 8601 with a zone, from 1970 to before
+    """Epoch seconds (fractions allowed) or ISO 8601 with a zone (read by
+    :func:`typed_iso_time`, as ``conflicts --since`` reads it), from 1970 to before
     ``SECONDS_CEILING``; ValueError naming ``option`` and ``text``."""
     shown = f"{option} {text!r}"
     try:
-        value = float(text)
+        # float() alone would also take digits of other scripts and 1_000 (Python's
+        # literal grouping), which are no epoch seconds anyone writes.
+        value = float(text) if text.isascii() and "_" not in text else None
     except ValueError:
-        pass
-    else:
+        value = None
+    if value is not None:
         return checked_seconds(value, shown, typed_as_number=True)
     try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
+        moment = typed_iso_time(text)
+    except ValueError as error:
+        hint = f"; {error}" if str(error) else ""
         raise ValueError(
             f"{shown}: expected epoch seconds (such as 1767225600.25) or an ISO 8601 "
-            "time with a zone (such as 2026-01-01T00:00:00.250Z)"
+            f"time with a zone ({ISO_TIME_FORM}, such as 2026-01-01T00:00:00.250Z){hint}"
         ) from None
     if moment.tzinfo is None:
         raise ValueError(

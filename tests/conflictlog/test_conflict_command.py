@@ -640,3 +640,45 @@ def test_listing_options_are_refused_with_restore(tmp_path: Path, given: tuple[s
     assert "for listing, not for --restore" in result.stderr
     # Alone, the same options list the log.
     assert invoke(config, *given).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [
+        ("2026-12-01t17:00:00Z", "; write T and Z in capitals: '2026-12-01T17:00:00Z'"),
+        ("2026-12-01T17:00:00z", "; write T and Z in capitals: '2026-12-01T17:00:00Z'"),
+        ("2026-12-01x17:00:00Z", "; separate the date and the time with a capital T"),
+        ("2026-12-01 17:00:00Z", "; separate the date and the time with a capital T"),
+        ("20261201T170000Z", ""),  # ISO 8601's basic format
+        ("2026-W49-2", ""),  # a week date
+        ("2026-12-01T17", ""),  # an hour alone
+        ("2026-12-01T17:00:00,5Z", ""),
+        ("2026-12-01T17:00:00+0100", ""),
+        ("2026-13-01", "; month must be in 1..12"),
+        ("\u0662\u0660\u0662\u0666-12-01", ""),  # digits of another script
+        ("\u0663\u0660m", ""),  # a duration in digits of another script
+    ],
+)
+def test_since_takes_only_the_iso_times_the_docs_name(
+    tmp_path: Path, value: str, hint: str
+) -> None:
+    """Python 3.11's fromisoformat also took these (any character between date and time)."""
+    config = job_file(tmp_path, f"{{kind: file, path: '{tmp_path}/c.jsonl'}}")
+    result = invoke(config, "--since", value)
+    no_traceback(result)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.stderr.split())
+    assert (
+        f"'--since': {value!r} is neither a duration (30m, 12h, 7d) nor an ISO-8601 date or "
+        "time (YYYY-MM-DD, or YYYY-MM-DDThh:mm[:ss[.fraction]] with an optional Z, +hh:mm or "
+        f"-hh:mm, such as 2026-12-01 or 2026-12-01T10:00:00Z){hint}" in said
+    ), said
+
+
+@pytest.mark.parametrize(
+    "value", ["2026-12-01", "2026-12-01T17:00", "2026-12-01T17:00:00.5Z", "2026-12-01T19:00+02:00"]
+)
+def test_since_takes_a_date_or_a_time_with_or_without_a_zone(tmp_path: Path, value: str) -> None:
+    config = job_file(tmp_path, f"{{kind: file, path: '{tmp_path}/c.jsonl'}}")
+    result = invoke(config, "--since", value, "--format", "json")
+    assert result.exit_code == 0, result.output

@@ -102,6 +102,41 @@ def test_an_option_given_twice_or_a_poll_beyond_an_hour_is_refused_with_exit_2(
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
+@pytest.mark.parametrize("option", ["--until", "--since"])
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [
+        ("2026-12-01x17:00:00Z", "; separate the date and the time with a capital T"),
+        ("2026-12-01 17:00:00Z", "; separate the date and the time with a capital T"),
+        ("2026-12-01t17:00:00Z", "; write T and Z in capitals: '2026-12-01T17:00:00Z'"),
+        ("20261201T170000Z", ""),
+        ("2026-W49-2T17:00:00Z", ""),
+        ("1_767_225_600", ""),  # Python's digit grouping, which float() takes
+        ("\u0661\u0662", ""),  # digits of another script, which float() takes too
+    ],
+)
+def test_wait_takes_only_the_iso_times_the_docs_name(
+    tmp_path: Path, option: str, value: str, hint: str
+) -> None:
+    """Python 3.11's fromisoformat took any character between date and time, as for
+    conflicts --since."""
+    path = job_file(tmp_path, "wm-iso", "http://127.0.0.1:1")  # never read
+    times = {"--until": "1", "--since": "1", option: value}
+    result = CliRunner().invoke(
+        cli,
+        ["wait", "--config", str(path), "-d", EU, "--timeout", "0"]
+        + [arg for pair in times.items() for arg in pair],
+        prog_name="replicator",
+    )
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.stderr.split())
+    assert (
+        f"{option} {value!r}: expected epoch seconds (such as 1767225600.25) or an ISO 8601 "
+        "time with a zone (YYYY-MM-DDThh:mm[:ss[.fraction]] with Z, +hh:mm or -hh:mm, such as "
+        f"2026-01-01T00:00:00.250Z){hint}" in said
+    ), said
+
+
 # -- a status table that throttles -----------------------------------------------------------
 
 

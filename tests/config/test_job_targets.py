@@ -1,0 +1,199 @@
+"""The conflict log's and the dead letters' targets: never one of the job's own tables or
+files, never a FIFO queue, and never a directory; each refused by ``validate`` with exit 2,
+naming the key and what it clashes with."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from replicator.cli import cli
+from replicator.config import load_job, parse_job
+from replicator.exceptions import ConfigError
+from tests.config.test_job_checks import _refused
+
+JOB = (
+    "task_name: shop\n"
+    "source: {region: us-east-1, table: orders}\n"
+    "destinations:\n"
+    "  - {region: eu-west-1, table: orders-eu}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("log", "clash"),
+    [
+        ("{kind: dynamodb, table: orders}", "'orders' in us-east-1, which is one of the job's "
+         "own tables (the source table)"),
+        ("{kind: dynamodb, table: orders-eu, region: eu-west-1}", "(the table of destinations[0])"),
+        ("{kind: dynamodb, table: shop}", "'shop' in us-east-1, which is one of the job's own "
+         "tables (its lease table, named task_name)"),
+        ("{kind: dynamodb, table: '{task_name}'}", "(its lease table, named task_name)"),
+        ("{kind: dynamodb, table: shop-watermark, region: eu-west-1}", "(its watermark table)"),
+        ("{kind: dynamodb, table: shop-backfill}", "(its backfill table)"),
+        ("{kind: dynamodb, table: '{task_name}-CoordinatorState'}", "(its CoordinatorState table)"),
+    ],
+)  # fmt: skip
+def test_a_conflict_log_table_that_is_one_of_the_jobs_own_is_refused(
+    tmp_path: Path, log: str, clash: str
+) -> None:
+    """`run` wrote the entries as items of the source table and turned its TTL on."""
+    line = _refused(tmp_path, JOB + f"conflict_log: {log}\n", "conflict_log.table", clash)
+    assert "give the conflict log a table of its own" in line
+
+
+@pytest.mark.parametrize(
+    "log",
+    [
+        "{kind: dynamodb}",
+        # The same names in another region are other tables.
+        "{kind: dynamodb, table: orders, region: eu-west-1}",
+        "{kind: dynamodb, table: orders-eu}",
+        "{kind: dynamodb, table: shop-watermark}",
+    ],
+)
+def test_a_conflict_log_table_of_its_own_passes(log: str) -> None:
+    parse_job(JOB + f"conflict_log: {log}\n", Path("job.yaml"))
+
+
+def test_conflicts_refuses_a_log_that_is_the_source_table(tmp_path: Path) -> None:
+    """It listed the application's items as unreadable entries, with exit 0."""
+    path = tmp_path / "job.yaml"
+    path.write_text(JOB + "conflict_log: {kind: dynamodb, table: orders}\n")
+    result = CliRunner().invoke(cli, ["conflicts", "-c", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "conflict_log.table (line 5): gives 'orders' in us-east-1" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("section", "what"), [("conflict_log", "conflict-log entry"), ("dead_letter", "dead letter")]
+)
+def test_a_fifo_queue_is_refused_naming_it(tmp_path: Path, section: str, what: str) -> None:
+    """Every message went without a MessageGroupId: MissingParameter, entries dropped."""
+    url = "https://sqs.us-east-1.amazonaws.com/123456789012/audit.fifo"
+    line = _refused(
+        tmp_path,
+        JOB + f"{section}: {{kind: sqs, queue_url: '{url}'}}\n",
+        f"{section}.queue_url",
+        f"'{url}' is a FIFO queue",
+        f"as each {what} is",
+        "give a standard queue",
+    )
+    assert line.startswith(f"  {section}.queue_url (line 5)")
+
+
+def test_a_standard_queue_passes() -> None:
+    url = "https://sqs.us-east-1.amazonaws.com/123456789012/fifo-audit"
+    job = parse_job(
+        JOB + f"conflict_log: {{kind: sqs, queue_url: '{url}'}}\n"
+        f"dead_letter: {{kind: sqs, queue_url: '{url}'}}\n",
+        Path("job.yaml"),
+    ).job
+    assert job.conflict_log.queue_url == job.dead_letter.queue_url == url
+
+
+def _problems(path: Path, text: str) -> str:
+    path.write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        load_job(path)
+    return str(refused.value)
+
+
+def test_a_conflict_log_in_the_dead_letter_file_is_refused(tmp_path: Path) -> None:
+    """redrive would read the entries as unreadable letters."""
+    path = tmp_path / "job.yaml"
+    dead = tmp_path / "dead-letters" / "{task_name}.jsonl"
+    line = _refused(
+        tmp_path,
+        JOB
+        + f"dead_letter: {{path: '{dead}'}}\n"
+        + f"conflict_log: {{kind: file, path: '{tmp_path}/./dead-letters/shop.jsonl'}}\n",
+        "conflict_log.path",
+        f"which is also the dead-letter file ('{tmp_path}/dead-letters/shop.jsonl')",
+        "give the conflict log a file of its own",
+    )
+    assert line.startswith("  conflict_log.path (line 6)")
+    assert path.exists()
+
+
+def test_file_targets_are_compared_as_the_files_they_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Relative to the working directory, as run opens them, and through links."""
+    monkeypatch.chdir(tmp_path)
+    job = tmp_path / "job.yaml"
+    said = _problems(
+        job,
+        JOB + "conflict_log: {kind: file, path: 'dead-letters/../dead-letters/shop.jsonl'}\n",
+    )
+    assert "conflict_log.path (line 5): gives 'dead-letters/../dead-letters/shop.jsonl', " in said
+    said = _problems(
+        job, JOB + f"conflict_log: {{kind: file, path: '{tmp_path}/dead-letters/shop.jsonl'}}\n"
+    )
+    assert "which is also the dead-letter file ('dead-letters/shop.jsonl')" in said
+    (tmp_path / "real").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "real")
+    said = _problems(
+        job,
+        JOB
+        + "dead_letter: {path: 'real/x.jsonl'}\n"
+        + "conflict_log: {kind: file, path: 'linked/x.jsonl'}\n",
+    )
+    assert "conflict_log.path (line 6): gives 'linked/x.jsonl', which is also" in said
+    (tmp_path / "real" / "y.jsonl").write_text("")
+    os.link(tmp_path / "real" / "y.jsonl", tmp_path / "z.jsonl")
+    said = _problems(
+        job,
+        JOB
+        + "dead_letter: {path: 'real/y.jsonl'}\n"
+        + "conflict_log: {kind: file, path: 'z.jsonl'}\n",
+    )
+    assert "conflict_log.path (line 6): gives 'z.jsonl', which is also" in said
+    # Files of their own pass; so does a path of a kind that writes no file.
+    load_job_text = JOB + "conflict_log: {kind: file}\ndead_letter: {kind: sqs, queue_url: q}\n"
+    job.write_text(load_job_text)
+    assert load_job(job).job.conflict_log.path == "conflicts/{task_name}.jsonl"
+
+
+@pytest.mark.parametrize("section", ["dead_letter", "conflict_log"])
+def test_a_file_target_that_is_the_job_file_is_refused(tmp_path: Path, section: str) -> None:
+    path = tmp_path / "job.yaml"
+    kind = "kind: file, " if section == "conflict_log" else ""
+    _refused(
+        tmp_path,
+        JOB + f"{section}: {{{kind}path: '{path}'}}\n",
+        f"{section}.path",
+        "which is the job file itself",
+    )
+
+
+@pytest.mark.parametrize("section", ["dead_letter", "conflict_log"])
+def test_validate_reports_a_file_target_that_is_a_directory(tmp_path: Path, section: str) -> None:
+    """run and conflicts refused it (exit 2 or 3) while validate passed it."""
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    kind = "kind: file, " if section == "conflict_log" else ""
+    what = "the conflict log" if section == "conflict_log" else "the dead-letter file"
+    _refused(
+        tmp_path,
+        JOB + f"{section}: {{{kind}path: '{directory}'}}\n",
+        f"{section}.path",
+        f"{what} {directory} is a directory: {section}.path must name a file "
+        f"(such as {directory}/{{task_name}}.jsonl)",
+    )
+
+
+def test_validate_reports_a_directory_with_the_other_problems(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        JOB + f"conflict_log: {{kind: file, path: '{tmp_path}'}}\nmetrics: {{port: 70000}}\n"
+    )
+    result = CliRunner().invoke(cli, ["validate", "-c", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "2 problems in the job file" in result.stderr
+    assert f"  conflict_log.path (line 5): the conflict log {tmp_path} is a directory" in (
+        result.stderr
+    )
