@@ -7,9 +7,9 @@ Two rules decide, both without I/O:
   region's stamp was written here by a replicator, so sending it on would echo it
   back; it is skipped. Deletes carry no stamp of who deleted, so they are always sent
   on: an echoed delete finds the item already gone, or written since (which the rule
-  keeps: a delete of an image the destination's region wrote removes only that very
-  image, see replicator/rules/ordered.py), and a delete of nothing writes no stream
-  record, so the echo ends there.
+  keeps: a delete of an image the job's or the destination's region wrote removes only
+  that very image, see replicator/rules/ordered.py), and a delete of nothing writes no
+  stream record, so the echo ends there.
 * TTL deletes (a REMOVE by the DynamoDB service principal) are replicated or skipped,
   as the job says.
 * A Kinesis data stream may carry several tables' changes (each record names its

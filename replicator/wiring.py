@@ -39,7 +39,7 @@ from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.rules import ConflictRule, OrderedRule, rule_for, squash_order
 from replicator.rules.custom import load_resolver
-from replicator.rules.ordered import Home
+from replicator.rules.ordered import Peers
 from replicator.shards.stream import Shard, list_shards
 from replicator.tombstones.table import TombstoneTable
 from replicator.watermark.publisher import ShardWatermark
@@ -172,7 +172,7 @@ def destination_writers(
     writers = {}
     for destination in job.destinations:
         conflict = job.conflict_for(destination)
-        rule = rule_for(conflict, job.loop_prevention.origin_attribute, home_of(job, destination))
+        rule = rule_for(conflict, job.loop_prevention.origin_attribute, peers_of(job, destination))
         client = _write_client(resolved, destination, rule)
         tombstones = None
         if job.active_active.tombstones:
@@ -197,17 +197,21 @@ def destination_writers(
     return writers
 
 
-def home_of(job: JobConfig, destination: DestinationConfig) -> Home | None:
-    """The stamps that say an image was written in ``destination``'s own region (see
-    OrderedRule): every stamp but the job's own when it is the only destination (a
-    pair), else its region when no other destination is in that region (the origin
-    value defaults to the region, as the echoes' holders are found in the pipeline)."""
+def peers_of(job: JobConfig, destination: DestinationConfig) -> Peers | None:
+    """The stamps of the job's region and ``destination``'s (see OrderedRule), with loop
+    prevention on: in a pair every stamp is one of them; in a mesh the job's origin
+    value and the destination's region, when no other destination is in that region
+    (the origin value defaults to the region, as the echoes' holders are found in the
+    pipeline)."""
+    if not job.loop_prevention.origin_attribute:
+        return None
     if len(job.destinations) == 1:
-        return Home(all_but=job.origin_value)
+        return Peers(any_stamp=True)
     in_region = [d for d in job.destinations if d.region == destination.region]
-    if len(in_region) == 1 and destination.region != job.origin_value:
-        return Home(stamps=frozenset({destination.region}))
-    return None
+    stamps = {job.origin_value}
+    if len(in_region) == 1:
+        stamps.add(destination.region)
+    return Peers(stamps=frozenset(stamps))
 
 
 def shard_intake(

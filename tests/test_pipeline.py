@@ -22,7 +22,7 @@ from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.records import Change
 from replicator.rules import IN_STREAM_ORDER, ConflictRule, OrderedRule, squash_order
-from replicator.rules.ordered import Home
+from replicator.rules.ordered import Peers
 from replicator.writers.destination import DestinationWriter
 from tests.support.aws import client, create_table
 from tests.support.metrics import sample
@@ -527,47 +527,67 @@ def test_skip_settles_an_echo_at_the_same_destinations_in_buffer_and_watermark(
 
 
 @pytest.mark.parametrize("policy", ["version", "last_writer_wins"])
-def test_a_delete_of_an_image_the_destination_wrote_removes_only_that_image(
+def test_a_delete_of_an_image_either_region_wrote_removes_only_that_image(
     moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, closing: Any, policy: str
 ) -> None:
-    """Active-active pair, the job of eu-west-1 writing to us-east-1. eu's stream carries
-    a delete of an image stamped us-east-1: the echo of us's own delete, or eu's delete
-    of an item us wrote. Meanwhile us re-created the item at a lower version: that is
-    newer, and stays. An item that is still the deleted image is removed; a delete of
-    an image eu wrote keeps removing whatever ranks at or below it."""
-    rule = OrderedRule(
-        policy, "v", "o", numeric_only=policy == "version", home=Home(all_but="eu-west-1")
-    )
-    pipeline, ddb, table = one_destination(moto_endpoint, unique, tmp_path, metrics, rule)
+    """The job of eu-west-1, writing to us-east-1. eu's stream carries deletes that may be
+    eu's own or the echoes of us's (a delete carries no stamp). Meanwhile us re-created
+    some items at a lower version: that is newer, and stays, whichever region stamped
+    the deleted image. An item that is still the deleted image is removed. In a mesh, a
+    delete of an image a third region wrote keeps removing what ranks at or below it."""
+    version = policy == "version"
+    pair = OrderedRule(policy, "v", "o", numeric_only=version, peers=Peers(any_stamp=True))
+    pipeline, ddb, table = one_destination(moto_endpoint, unique, tmp_path, metrics, pair)
     closing(pipeline)
 
     def image(pk: str, v: str, origin: str) -> dict[str, Any]:
         return {"pk": {"S": pk}, "v": {"N": v}, "o": {"S": origin}}
 
-    recreated = image("echo", "1", "us-east-1")
-    ddb.put_item(TableName=table, Item=recreated)
-    ddb.put_item(TableName=table, Item=image("same", "7", "us-east-1"))
-    ddb.put_item(TableName=table, Item=image("mine", "1", "us-east-1"))
-    deletes = [
-        image("echo", "7", "us-east-1"),
-        image("same", "7", "us-east-1"),
-        image("mine", "7", "eu-west-1"),
-    ]
-    for seq, old in enumerate(deletes, start=1):
-        keys = {"pk": old["pk"]}
-        record = stream_record("REMOVE", keys, None, old, seq=seq)
-        pipeline.submit(decode(daemon_record(record, seq)))
-    pipeline.dispatch()
-    assert pipeline.flush(timeout=30)
-    assert pipeline.checkpointable() == "3"
-    held = {
-        pk: ddb.get_item(TableName=table, Key={"pk": {"S": pk}}, ConsistentRead=True).get("Item")
-        for pk in ("echo", "same", "mine")
+    def submit_deletes(pipeline: ShardPipeline, deletes: list[dict[str, Any]]) -> None:
+        for seq, old in enumerate(deletes, start=1):
+            record = stream_record("REMOVE", {"pk": old["pk"]}, None, old, seq=seq)
+            pipeline.submit(decode(daemon_record(record, seq)))
+        pipeline.dispatch()
+        assert pipeline.flush(timeout=30)
+        assert pipeline.checkpointable() == str(len(deletes))
+
+    def held(ddb: Any, table: str, pk: str) -> Any:
+        return ddb.get_item(TableName=table, Key={"pk": {"S": pk}}, ConsistentRead=True).get("Item")
+
+    before = {
+        "theirs-recreated": image("theirs-recreated", "1", "us-east-1"),
+        "mine-recreated": image("mine-recreated", "1", "us-east-1"),
+        "theirs-same": image("theirs-same", "7", "us-east-1"),
+        "mine-same": image("mine-same", "7", "eu-west-1"),
     }
-    assert held == {"echo": recreated, "same": None, "mine": None}
+    for item in before.values():
+        ddb.put_item(TableName=table, Item=item)
+    submit_deletes(
+        pipeline,
+        [
+            image("theirs-recreated", "7", "us-east-1"),
+            image("mine-recreated", "7", "eu-west-1"),
+            image("theirs-same", "7", "us-east-1"),
+            image("mine-same", "7", "eu-west-1"),
+        ],
+    )
+    assert {pk: held(ddb, table, pk) for pk in before} == {
+        "theirs-recreated": before["theirs-recreated"],
+        "mine-recreated": before["mine-recreated"],
+        "theirs-same": None,
+        "mine-same": None,
+    }
     assert (
         sample(
             metrics, "replicator_writes_total", destination="eu", op="delete", outcome="unchanged"
         )
-        == 1
+        == 2
     )
+
+    mesh = Peers(stamps=frozenset({"eu-west-1", "us-east-1"}))
+    third = OrderedRule(policy, "v", "o", numeric_only=version, peers=mesh)
+    pipeline, ddb, table = one_destination(moto_endpoint, unique, tmp_path, Metrics(), third)
+    closing(pipeline)
+    ddb.put_item(TableName=table, Item=image("lagging", "6", "ap-south-1"))
+    submit_deletes(pipeline, [image("lagging", "7", "ap-south-1")])
+    assert held(ddb, table, "lagging") is None

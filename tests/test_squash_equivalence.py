@@ -36,7 +36,7 @@ from replicator.rules import (
     WriteRequest,
     squash_order,
 )
-from replicator.rules.ordered import Home
+from replicator.rules.ordered import Peers
 from tests.support.records import daemon_record, kinesis_record, stream_record
 
 BIG_1 = "1" + "0" * 36 + "1"  # 38 significant digits
@@ -399,16 +399,16 @@ def through_the_buffer(
 # -- the property -----------------------------------------------------------------------
 
 
-def lww(origin: str | None = None, home: Home | None = None) -> OrderedRule:
-    return OrderedRule("last_writer_wins", "v", origin, numeric_only=False, home=home)
+def lww(origin: str | None = None, peers: Peers | None = None) -> OrderedRule:
+    return OrderedRule("last_writer_wins", "v", origin, numeric_only=False, peers=peers)
 
 
 def version() -> OrderedRule:
     return OrderedRule("version", "v", None, numeric_only=True)
 
 
-EU_HOME = Home(stamps=frozenset({"eu-west-1"}))
-AP_HOME = Home(all_but="us-east-1")
+MESH_EU = Peers(stamps=frozenset({"us-east-1", "eu-west-1"}))
+PAIR = Peers(any_stamp=True)
 
 
 @dataclass(frozen=True)
@@ -423,7 +423,7 @@ class Setup:
         names = "+".join(
             rule.name
             + ("/origin" if getattr(rule, "origin_attribute", None) else "")
-            + ("/home" if getattr(rule, "home", None) else "")
+            + ("/peers" if getattr(rule, "peers", None) else "")
             for rule in self.rules
         )
         refusing = f"-{'+'.join(self.refusing)}-refuses" if self.refusing else ""
@@ -439,9 +439,9 @@ SETUPS = [
     Setup((version(), version()), kinesis=True),
     Setup((OverwriteRule(), version()), kinesis=False),  # one rule per destination
     Setup((lww("origin"), version()), kinesis=True),
-    # Active-active: deletes of images the destination's region wrote remove only them.
-    Setup((lww("origin", EU_HOME), lww("origin", AP_HOME)), kinesis=False),
-    Setup((lww("origin", EU_HOME), lww("origin")), kinesis=True),
+    # Active-active: deletes of images the two regions wrote remove only those images.
+    Setup((lww("origin", MESH_EU), lww("origin", PAIR)), kinesis=False),
+    Setup((lww("origin", MESH_EU), lww("origin")), kinesis=True),
     # A destination refusing a change that squashed older ones away: they are written
     # there after all, so it ends as if each record had been applied in turn.
     Setup((OverwriteRule(), OverwriteRule()), kinesis=False, refusing=("eu",)),

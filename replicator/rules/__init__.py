@@ -14,7 +14,7 @@ from replicator.exceptions import MalformedImage
 from replicator.records import Change
 from replicator.rules.base import ConflictRule
 from replicator.rules.custom import CustomRule, load_resolver
-from replicator.rules.ordered import Home, OrderedRule
+from replicator.rules.ordered import OrderedRule, Peers
 from replicator.rules.overwrite import OverwriteRule
 from replicator.rules.requests import Skip, Verdict, WriteRequest
 
@@ -36,9 +36,9 @@ __all__ = [
 
 
 def rule_for(
-    conflict: ConflictConfig, origin_attribute: str | None, home: Home | None = None
+    conflict: ConflictConfig, origin_attribute: str | None, peers: Peers | None = None
 ) -> ConflictRule:
-    """``home``: a destination's own stamps (:class:`~replicator.rules.ordered.Home`)."""
+    """``peers``: the job's and a destination's stamps (:class:`.ordered.Peers`)."""
     policy = conflict.policy
     if policy is ConflictPolicyName.LAST_WRITER_WINS:
         assert conflict.timestamp_attribute
@@ -47,11 +47,11 @@ def rule_for(
             conflict.timestamp_attribute,
             origin_attribute,
             numeric_only=False,
-            home=home,
+            peers=peers,
         )
     if policy is ConflictPolicyName.VERSION:
         assert conflict.version_attribute
-        return OrderedRule("version", conflict.version_attribute, origin_attribute, True, home)
+        return OrderedRule("version", conflict.version_attribute, origin_attribute, True, peers)
     if policy is ConflictPolicyName.CUSTOM:
         assert conflict.resolver
         return CustomRule(load_resolver(conflict.resolver))
@@ -137,8 +137,9 @@ def _by_rank(rule: OrderedRule) -> Callable[[Change, Change], Squash]:
       incoming one does too;
     * a put or delete that ranks below a queued put, or a delete that ranks below a queued
       delete, changes nothing after it and is dropped;
-    * except that a delete the destination's own region wrote the image of (it applies
-      to that image only, :meth:`OrderedRule.deletes_only_its_image`) is never squashed,
+    * except that a delete of an image the job's or the destination's region wrote (it
+      applies to that image only, :meth:`OrderedRule.deletes_only_its_image`) is never
+      squashed,
       and a delete tying with the other change on (value, origin), with another
       image, sends both in order: a delete's condition also holds on an item that is its
       image with more attributes (:meth:`OrderedRule.not_above`), so whether it applies

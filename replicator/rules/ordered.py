@@ -17,13 +17,14 @@ a lower-ranked one.
 * A delete ranks just above the image it deleted (the REMOVE's old image): it applies
   onto no item, an item ranking below that image, or that very image, and never
   removes an item that ranks above it.
-* Active-active: a delete of an image stamped by the destination's own region (its
-  ``home``) applies only while the destination still holds that very image. The image
-  came from there, so anything else the destination holds was written there after it
-  (a delete there and a re-creation at a lower version, say): newer, whatever its rank.
-  This is also what ends the echo of a delete, which no stamp marks: a job reading the
-  delete another region's replicator made here sends it back, and it must not remove
-  what that region wrote since.
+* Active-active: a delete of an image stamped by the job's own region or by the
+  destination's (its ``peers``) applies only while the destination still holds that
+  very image. Such an image went straight from one of the two regions to the other, so
+  anything else the destination holds was written there after it (a delete there and
+  a re-creation at a lower version, say): newer, whatever its rank. A delete carries
+  no stamp, so this is also what ends the echo of a delete: a job reading the delete
+  another region's replicator made here sends it back, and it must not remove what
+  that region wrote since.
 """
 
 from __future__ import annotations
@@ -55,20 +56,17 @@ _COMPARABLE = ("N", "S")
 
 
 @dataclass(frozen=True, slots=True)
-class Home:
-    """Which origin stamps say an image was written in the destination's own region."""
+class Peers:
+    """The origin stamps of the job's own region and of the destination's: the images
+    whose deletes remove only that very image (see the module's docstring)."""
 
-    stamps: frozenset[str] = frozenset()  # a mesh: the destination's region
-    # A pair: every stamp but this one (the job's own), since the only other region
-    # is the destination's.
-    all_but: str | None = None
+    stamps: frozenset[str] = frozenset()  # a mesh: the two regions' stamps
+    any_stamp: bool = False  # a pair: every stamp is one of the two regions'
 
-    def wrote(self, stamp: str | None) -> bool:
+    def include(self, stamp: str | None) -> bool:
         if stamp is None:
             return False
-        if self.all_but is not None:
-            return stamp != self.all_but
-        return stamp in self.stamps
+        return self.any_stamp or stamp in self.stamps
 
 
 class OrderedRule:
@@ -80,14 +78,14 @@ class OrderedRule:
         attribute: str,
         origin_attribute: str | None,
         numeric_only: bool,
-        home: Home | None = None,
+        peers: Peers | None = None,
     ) -> None:
-        """``home``: the destination's own stamps, for its deletes (see the module's
-        docstring); None when the destination's region is not known from a stamp."""
+        """``peers``: the stamps of the job's and the destination's regions, for deletes
+        (see the module's docstring); None outside active-active."""
         self.name = name
         self.attribute = attribute
         self.origin_attribute = origin_attribute
-        self.home = home if origin_attribute else None
+        self.peers = peers if origin_attribute else None
         self._types = ("N",) if numeric_only else _COMPARABLE
         self.fields = RankFields(attribute, origin_attribute)
         self._keyed: dict[str, RankFields] = {}
@@ -160,9 +158,9 @@ class OrderedRule:
         return WriteRequest(op="put", item=image, condition=condition, names=names, values=values)
 
     def deletes_only_its_image(self, change: Change) -> bool:
-        """A delete of an image the destination's own region wrote: it applies only while
-        the destination holds that image (the module's docstring says why)."""
-        if self.home is None or not change.op_is_delete or change.ranked is None:
+        """A delete of an image one of the two regions wrote (``peers``): it applies only
+        while the destination holds that image (the module's docstring says why)."""
+        if self.peers is None or not change.op_is_delete or change.ranked is None:
             return False
         assert self.origin_attribute is not None
         try:
@@ -170,7 +168,7 @@ class OrderedRule:
         except MalformedImage:
             return False
         text = stamp.get("S") if stamp is not None else None
-        return self.home.wrote(text if isinstance(text, str) else None)
+        return self.peers.include(text if isinstance(text, str) else None)
 
     def below(self, image: ItemView, keys: Item) -> Condition:
         """True when the destination holds no item, or one ranking below ``image`` on
