@@ -466,8 +466,9 @@ def test_checkpoint_invalid_state_ends_the_process_nonzero(job: dict[str, Any]) 
             "subSequenceNumber": 0,
         }
     )
-    daemon.records([put("x", 600, ts=1)])
-    daemon.write({"action": "processRecords", "millisBehindLatest": 0, "records": []})
+    # The checkpoint may be asked for within this batch or after a later one.
+    batch = [{"action": "record", **put("x", 600, ts=1)}]
+    daemon.write({"action": "processRecords", "millisBehindLatest": 0, "records": batch})
     deadline = time.monotonic() + 30 * PATIENCE
     while True:
         reply = daemon.read()
@@ -574,14 +575,18 @@ def test_a_daemon_gone_while_a_checkpoint_waits_is_a_warning_not_a_refusal(
             "subSequenceNumber": 0,
         }
     )
-    daemon.records([put("x", 700, ts=1)])
+    # The checkpoint may be asked for within this batch (its write can land before the
+    # batch is answered) or after a later one: never answered either way.
+    batch: list[Any] = [{"action": "record", **put("x", 700, ts=1)}]
     deadline = time.monotonic() + 30 * PATIENCE
     while True:
-        daemon.write({"action": "processRecords", "millisBehindLatest": 0, "records": []})
+        daemon.write({"action": "processRecords", "millisBehindLatest": 0, "records": batch})
+        batch = []
         reply = daemon.read()
         assert reply is not None
         if reply["action"] == "checkpoint":
             break
+        assert reply == {"action": "status", "responseFor": "processRecords"}, reply
         assert time.monotonic() < deadline, "no checkpoint asked for"
     assert daemon.process.stdin
     daemon.process.stdin.close()  # no answer: the daemon is gone
