@@ -385,25 +385,33 @@ def test_an_echo_retires_what_a_replaced_write_in_flight_stands_for_at_its_holde
     assert buffer.idle and buffer.checkpointable() == "4"
 
 
+def scripted(decisions: dict[tuple[int, int], Squash]) -> ChangeBuffer:
+    """Destinations "eu" and "ap", squashing as ``decisions`` say for (queued, incoming)."""
+
+    def merge(queued: Change, incoming: Change) -> Squash:
+        return decisions[(queued.position, incoming.position)]
+
+    return ChangeBuffer(["eu", "ap"], SquashOrder(merge, lambda skipped, queued: False))
+
+
+def written(buffer: ChangeBuffer, destination: str) -> list[str]:
+    return [entry.change.sequence_number for entry in drain(buffer, destination)]
+
+
 def test_a_change_replacing_a_write_in_flight_is_not_dropped_behind_an_older_one() -> None:
     """D1 is written at "eu", then P is in flight there when D2 replaces P and ranks
     below D1. At "eu" D2 comes after P, not after D1: it must still be written there."""
-    decisions = {("1", "2"): Squash.BOTH, ("2", "3"): Squash.REPLACE, ("1", "3"): Squash.DROP}
-
-    def merge(queued: Change, incoming: Change) -> Squash:
-        return decisions[(queued.sequence_number, incoming.sequence_number)]
-
-    buffer = ChangeBuffer(["eu", "ap"], SquashOrder(merge, lambda skipped, queued: False))
+    buffer = scripted({(1, 2): Squash.BOTH, (2, 3): Squash.REPLACE, (1, 3): Squash.DROP})
     for seq in (1, 2):
         buffer.add(change("k", seq))
-    assert [e.change.sequence_number for e in drain(buffer, "eu")] == ["1"]
+    assert written(buffer, "eu") == ["1"]
     (in_flight,) = buffer.take_ready("eu", 10)
     assert in_flight.change.sequence_number == "2"
     buffer.add(change("k", 3))
     buffer.complete("eu", in_flight)
-    assert [e.change.sequence_number for e in drain(buffer, "eu")] == ["3"]
-    assert [e.change.sequence_number for e in drain(buffer, "ap")] == ["1"]
-    assert [e.change.sequence_number for e in drain(buffer, "ap")] == ["3"]
+    assert written(buffer, "eu") == ["3"]
+    assert written(buffer, "ap") == ["1"]
+    assert written(buffer, "ap") == ["3"]
     assert buffer.checkpointable() == "3"
     assert buffer.idle
 
@@ -411,28 +419,25 @@ def test_a_change_replacing_a_write_in_flight_is_not_dropped_behind_an_older_one
 def test_a_change_replacing_one_that_followed_a_write_in_flight_is_not_dropped_either() -> None:
     """As above, one step further: C2 replaced C1, which was in flight at "eu", and C3
     replaces C2 and ranks below D1. At "eu" C3 still comes after C1's write."""
-    decisions = {
-        ("1", "2"): Squash.BOTH,
-        ("2", "3"): Squash.REPLACE,
-        ("1", "3"): Squash.BOTH,
-        ("3", "4"): Squash.REPLACE,
-        ("1", "4"): Squash.DROP,
-    }
-
-    def merge(queued: Change, incoming: Change) -> Squash:
-        return decisions[(queued.sequence_number, incoming.sequence_number)]
-
-    buffer = ChangeBuffer(["eu", "ap"], SquashOrder(merge, lambda skipped, queued: False))
+    buffer = scripted(
+        {
+            (1, 2): Squash.BOTH,
+            (2, 3): Squash.REPLACE,
+            (1, 3): Squash.BOTH,
+            (3, 4): Squash.REPLACE,
+            (1, 4): Squash.DROP,
+        }
+    )
     for seq in (1, 2):
         buffer.add(change("k", seq))
-    assert [e.change.sequence_number for e in drain(buffer, "eu")] == ["1"]
+    assert written(buffer, "eu") == ["1"]
     (in_flight,) = buffer.take_ready("eu", 10)
     buffer.add(change("k", 3))  # replaces 2, in flight at "eu": stops there
     buffer.add(change("k", 4))  # replaces 3, queued everywhere, but 3 followed 2's write
     buffer.complete("eu", in_flight)
-    assert [e.change.sequence_number for e in drain(buffer, "eu")] == ["4"]
-    assert [e.change.sequence_number for e in drain(buffer, "ap")] == ["1"]
-    assert [e.change.sequence_number for e in drain(buffer, "ap")] == ["4"]
+    assert written(buffer, "eu") == ["4"]
+    assert written(buffer, "ap") == ["1"]
+    assert written(buffer, "ap") == ["4"]
     assert buffer.checkpointable() == "4"
     assert buffer.idle
 
@@ -456,8 +461,8 @@ def test_no_change_is_dropped_behind_one_an_echo_retired_at_its_holder() -> None
     buffer.add_skipped(record(2, "INSERT", image(1, "eu-west-1"), None), replaces_older_at=["y"])
     assert buffer.add(record(3, "MODIFY", image(2, "us-east-1"), image(1, "eu-west-1")))
     assert buffer.add(record(4, "REMOVE", None, image(2, "us-east-1")))
-    assert [e.change.sequence_number for e in drain(buffer, "y")] == ["4"]
-    assert [e.change.sequence_number for e in drain(buffer, "x")] == ["1"]
-    assert [e.change.sequence_number for e in drain(buffer, "x")] == ["4"]
+    assert written(buffer, "y") == ["4"]
+    assert written(buffer, "x") == ["1"]
+    assert written(buffer, "x") == ["4"]
     assert buffer.checkpointable() == "4"
     assert buffer.idle

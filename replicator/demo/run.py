@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import click
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -77,7 +78,7 @@ def run_demo(config_path: Path, options: DemoOptions, console: Console | None = 
         resolved = load_job(config_path.resolve())
         problem = off_endpoint(resolved, url)
         if problem is not None:
-            print(f"replicator demo: {config_path}: {problem}", file=sys.stderr)
+            click.echo(f"replicator demo: {config_path}: {problem}", err=True)
             return 2
         logs.configure(resolved.job.logging.level, resolved.job.logging.format.value)
         return _Demo(resolved, url, options, console).run()
