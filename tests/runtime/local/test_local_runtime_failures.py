@@ -162,6 +162,21 @@ def test_a_processor_failing_during_a_stop_is_not_a_clean_stop(
     assert not row["checkpoint"]["S"].isdigit()  # never past the change it could not keep
 
 
+def _run_until_deleted(job: Any, table: str, tmp_path: Path) -> tuple[int, str, str]:
+    """Run the job, delete ``table`` once its shard started, and wait for the exit:
+    the status, the whole log and its last line."""
+    log = tmp_path / "run.log"
+    runtime = job.start(log=log)
+    try:
+        wait_until(lambda: "shard started" in log.read_text(), 60, "the shard to start")
+        job.source.delete_table(TableName=table)
+        status = runtime.wait(120 * PATIENCE)
+    finally:
+        if runtime.poll() is None:
+            stop(runtime)
+    output = log.read_text()
+    return status, output, output.splitlines()[-1]
+
 def test_a_lease_table_deleted_while_running_is_exit_3_and_a_line_naming_it(
     moto_endpoint: str, unique: Any, tmp_path: Path
 ) -> None:
@@ -169,17 +184,8 @@ def test_a_lease_table_deleted_while_running_is_exit_3_and_a_line_naming_it(
     with exit 3 and a line naming the lease table, where it is and what to do, and the
     processor's log does not tell of another worker that does not exist."""
     job, _ = _job(moto_endpoint, unique, tmp_path, "conflict: {policy: overwrite}")
-    log = tmp_path / "run.log"
-    runtime = job.start(log=log)
-    try:
-        wait_until(lambda: "shard started" in log.read_text(), 60, "the shard to start")
-        job.source.delete_table(TableName=job.name)  # the lease table: the task's name
-        status = runtime.wait(120 * PATIENCE)
-    finally:
-        if runtime.poll() is None:
-            stop(runtime)
-    output = log.read_text()
-    last = output.splitlines()[-1]
+    # The lease table has the task's name.
+    status, output, last = _run_until_deleted(job, job.name, tmp_path)
     assert status == 3, last
     assert last.startswith("replicator: "), last
     assert f"lease table {job.name}: not found at {moto_endpoint} (us-east-1)" in last, last
@@ -193,17 +199,7 @@ def test_a_source_table_deleted_while_running_is_exit_3_and_a_line_naming_it(
     """The source table (and so its stream) deleted under a running job: exit 3 and a
     line naming the source table, its stream, where it is and what to do."""
     job, _ = _job(moto_endpoint, unique, tmp_path, "conflict: {policy: overwrite}")
-    log = tmp_path / "run.log"
-    runtime = job.start(log=log)
-    try:
-        wait_until(lambda: "shard started" in log.read_text(), 60, "the shard to start")
-        job.source.delete_table(TableName=job.source_table)
-        status = runtime.wait(120 * PATIENCE)
-    finally:
-        if runtime.poll() is None:
-            stop(runtime)
-    output = log.read_text()
-    last = output.splitlines()[-1]
+    status, _, last = _run_until_deleted(job, job.source_table, tmp_path)
     assert status == 3, last
     assert last.startswith("replicator: "), last
     assert f"of source table {job.source_table}: not found at {moto_endpoint} (us-east-1)" in (
