@@ -177,6 +177,7 @@ def _run_until_deleted(job: Any, table: str, tmp_path: Path) -> tuple[int, str, 
     output = log.read_text()
     return status, output, output.splitlines()[-1]
 
+
 def test_a_lease_table_deleted_while_running_is_exit_3_and_a_line_naming_it(
     moto_endpoint: str, unique: Any, tmp_path: Path
 ) -> None:
