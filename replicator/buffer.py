@@ -254,9 +254,7 @@ class ChangeBuffer:
         del self._in_flight[destination][key]
         if entry.forgotten:
             return
-        if destination in entry.pending:
-            entry.pending.discard(destination)
-            self._settle(entry.slot)
+        self._settle_at(destination, (entry,))
         stood_for = entry.stand_for.pop(destination, None) if entry.stand_for else None
         if failed:
             entry.failed = True
@@ -356,6 +354,13 @@ class ChangeBuffer:
                 stood.pending.discard(destination)
                 self._settle(stood.slot)
 
+    def _settle_stood_for(self, destination: str, entry: Entry) -> None:
+        """What ``entry`` stands for at ``destination`` is done there: it holds a newer
+        state (and must not be written there should ``entry``'s own write there fail)."""
+        stood_for = entry.stand_for.pop(destination, None) if entry.stand_for else None
+        if stood_for:
+            self._settle_at(destination, stood_for)
+
     def _queue_first(self, destination: str, key: KeyId, entries: list[Entry]) -> None:
         """Queue squashed-away ``entries`` at ``destination`` ahead of the item's newer
         changes, in stream order: the write that stood for them was dead-lettered there."""
@@ -395,20 +400,15 @@ class ChangeBuffer:
         key = change.key
         for destination in holders:
             flying = self._in_flight[destination].get(key)
-            stood = None
-            if flying is not None and flying not in chain and flying.stand_for:
-                stood = flying.stand_for.pop(destination, None)
-            if stood:
-                self._settle_at(destination, stood)
+            if flying is not None and flying not in chain:
+                self._settle_stood_for(destination, flying)
             queue = self._queued[destination].get(key)
             if not queue:
                 continue
             retired = [e for e in queue if e not in chain and self._squash.newer(change, e.change)]
             for entry in retired:
                 queue.remove(entry)
-                if destination in entry.pending:
-                    entry.pending.discard(destination)
-                    self._settle(entry.slot)
+            self._settle_at(destination, retired)
             if not queue:
                 del self._queued[destination][key]
                 self._ready[destination].pop(key, None)
@@ -426,8 +426,7 @@ class ChangeBuffer:
                 continue
             # The holder has a newer state: what ``entry`` stands for there is done too
             # (and must not be written there should its own write there fail).
-            if entry.stand_for and (stood_for := entry.stand_for.pop(destination, None)):
-                self._settle_at(destination, stood_for)
+            self._settle_stood_for(destination, entry)
             queued = self._queued[destination]
             queue = queued.get(key)
             if queue is None or entry not in queue:

@@ -56,12 +56,6 @@ class Checkpoints:
         self.sleep = sleep
         self.last: str | None = None
 
-    def advance(self, checkpointer: DaemonCheckpointer, sequence_number: str | None) -> bool:
-        """Checkpoint at ``sequence_number`` if it is past the last one; True when written."""
-        if not self.moves(sequence_number):
-            return False
-        return self.write(checkpointer, sequence_number, required=False)
-
     def moves(self, sequence_number: str | None) -> bool:
         """Whether a checkpoint at ``sequence_number`` would be past the last one."""
         if sequence_number is None or sequence_number == self.last:

@@ -314,9 +314,7 @@ class ShardPipeline:
         if self.watermark is not None:
             self.watermark.publish_soon(wait_s)
 
-    def store_watermark_before_checkpoint(
-        self, wait_s: float = 0.0, *, urgent: bool = False
-    ) -> bool:
+    def store_watermark_before_checkpoint(self, wait_s: float, *, urgent: bool = False) -> bool:
         """Whether a checkpoint may be written: the watermark's dead-letter ranges and
         unread spans recorded so far are stored (see
         :meth:`ShardWatermark.store_before_checkpoint`); True with no watermark."""

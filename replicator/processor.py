@@ -259,7 +259,7 @@ class ReplicationProcessor:
         if self._held:
             log.info("checkpoint no longer held by the watermark", batches_held=self._held)
             self._held = 0
-        checkpoints.advance(checkpointer, position)
+        checkpoints.write(checkpointer, position, required=False)
 
     def _store_watermark_at_end(self, intake: ShardIntake) -> None:
         """At the shard's end, wait until the watermark's dead-letter ranges and unread

@@ -1068,16 +1068,27 @@ def _described(conflict: ConflictConfig) -> str:
     return f"{policy.value} on {attribute!r}"
 
 
-def _task_pattern_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
-    """The names made from ``{task_name}`` patterns (the files and table the job uses)."""
+def _task(job: JobConfig) -> str:
+    """The job's task name, given or derived."""
     from replicator.config.task_name import default_task_name
 
-    task = job.task_name or default_task_name(job)
-    patterns: list[tuple[tuple[str | int, ...], str, bool]] = []
+    return job.task_name or default_task_name(job)
+
+
+def _file_patterns(job: JobConfig) -> list[tuple[tuple[str | int, ...], str, str]]:
+    """The files the job appends to: each key, what it is, and its ``{task_name}`` pattern."""
+    files: list[tuple[tuple[str | int, ...], str, str]] = []
     if job.dead_letter.kind is DeadLetterKind.FILE:
-        patterns.append((("dead_letter", "path"), job.dead_letter.path, False))
+        files.append((("dead_letter", "path"), "the dead-letter file", job.dead_letter.path))
     if job.conflict_log.kind is ConflictLogKind.FILE:
-        patterns.append((("conflict_log", "path"), job.conflict_log.path, False))
+        files.append((("conflict_log", "path"), "the conflict log", job.conflict_log.path))
+    return files
+
+
+def _task_pattern_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """The names made from ``{task_name}`` patterns (the files and table the job uses)."""
+    task = _task(job)
+    patterns = [(where, pattern, False) for where, _, pattern in _file_patterns(job)]
     if job.conflict_log.kind is ConflictLogKind.DYNAMODB:
         patterns.append((("conflict_log", "table"), job.conflict_log.table, True))
     problems: list[tuple[tuple[str | int, ...], str]] = []
@@ -1214,9 +1225,7 @@ def _tombstone_table_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...],
 def _own_tables(job: JobConfig, *, conflict_log: bool = True) -> dict[tuple[str, str], str]:
     """Every table the job reads or writes, by (region, name): what each one is
     (``conflict_log``: the conflict log's table among them)."""
-    from replicator.config.task_name import default_task_name
-
-    task = job.task_name or default_task_name(job)
+    task = _task(job)
     source = job.source.region
     own = {(source, task): "its lease table, named task_name"}
     for suffix in TASK_TABLE_SUFFIXES:
@@ -1250,9 +1259,7 @@ def _conflict_log_table_checks(job: JobConfig) -> Problems:
     log = job.conflict_log
     if log.kind is not ConflictLogKind.DYNAMODB or _pattern_problem(log.table, "task_name"):
         return []
-    from replicator.config.task_name import default_task_name
-
-    name = log.table.format(task_name=job.task_name or default_task_name(job))
+    name = log.table.format(task_name=_task(job))
     region = log.region or job.source.region
     clash = _own_tables(job, conflict_log=False).get((region, name))
     if clash is None:
@@ -1295,17 +1302,10 @@ def _fifo_queue_checks(job: JobConfig) -> Problems:
 def _job_files(job: JobConfig) -> list[tuple[tuple[str | int, ...], str, str]]:
     """The files the job appends to, each with its key, what it is and its path as the
     runtime makes it (``{task_name}`` filled in, relative to the working directory)."""
-    from replicator.config.task_name import default_task_name
-
-    task = job.task_name or default_task_name(job)
-    files: list[tuple[tuple[str | int, ...], str, str]] = []
-    if job.dead_letter.kind is DeadLetterKind.FILE:
-        files.append((("dead_letter", "path"), "the dead-letter file", job.dead_letter.path))
-    if job.conflict_log.kind is ConflictLogKind.FILE:
-        files.append((("conflict_log", "path"), "the conflict log", job.conflict_log.path))
+    task = _task(job)
     return [
         (where, what, pattern.format(task_name=task))
-        for where, what, pattern in files
+        for where, what, pattern in _file_patterns(job)
         if not _pattern_problem(pattern, "task_name")
     ]
 

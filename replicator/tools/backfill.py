@@ -98,8 +98,7 @@ class Tally:
     left: int = 0  # an existing item that an insert-only copy does not overwrite
 
     def add(self, other: Tally) -> None:
-        for name in COUNTERS:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        _add_counts(self, other)
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -384,8 +383,7 @@ class _SegmentCopy:
             tally = self._write(progress.segment, page.items)
             progress.last_key = page.next_key
             progress.done = page.next_key is None
-            for name in COUNTERS:
-                setattr(progress, name, getattr(progress, name) + getattr(tally, name))
+            _add_counts(progress, tally)
             self.state.save(progress)
             self.report.advance(tally.scanned)
             backfill.count_page(tally)
@@ -464,8 +462,15 @@ def _stream_of(resolved: ResolvedJob, shape: TableShape) -> str:
 def _overall(plan: Plan) -> Tally:
     tally = Tally()
     for segment in plan.segments:
-        tally.add(Tally(**{name: getattr(segment, name) for name in COUNTERS}))
+        _add_counts(tally, segment)
     return tally
+
+
+def _add_counts(into: object, other: object) -> None:
+    """Add ``other``'s counters (:data:`COUNTERS`) to ``into``'s: a tally or a segment's
+    saved progress."""
+    for name in COUNTERS:
+        setattr(into, name, getattr(into, name) + getattr(other, name))
 
 
 def _operator_error(error: BaseException, source: TableRef) -> BaseException:

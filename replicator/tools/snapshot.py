@@ -178,14 +178,12 @@ class SnapshotRule:
         return decision
 
     def explain_loss(self, change: Change, existing: Item | None) -> str:
-        if self.ordered(change):
-            return self.policy.explain_loss(change, existing)
-        if (
+        if self.ordered(change) or (
+            # the destination holds what was expected: the resolver declined
             isinstance(self.policy, CustomRule)
             and change.event is not Event.REMOVE
             and same_item(existing, change.old_image)
         ):
-            # the destination holds what was expected: the resolver declined
             return self.policy.explain_loss(change, existing)
         return self._changed(change.old_image)
 

@@ -348,11 +348,8 @@ class Verify:
     def interrupt(self) -> None:
         """First call: start no more reads or repair writes, finish those in hand, then
         stop with no report. Second: stop at once, a repair write being retried too."""
-        with self._writers_lock:
-            if self.stop.is_set():
-                self._cancelled = True
-                for writer in self._writers:
-                    writer.cancelled.set()
+        if self.stop.is_set():
+            self._cancel_writes()
         self.stop.set()
 
     def _cancel_writes(self) -> None:

@@ -192,7 +192,7 @@ class ShardWatermark:
 
     # -- before a checkpoint ------------------------------------------------------------
 
-    def store_before_checkpoint(self, wait_s: float = 0.0, *, urgent: bool = False) -> bool:
+    def store_before_checkpoint(self, wait_s: float, *, urgent: bool = False) -> bool:
         """Whether every dead-letter range and unread span recorded so far is stored in
         its status table, so that a checkpoint may pass the changes they stand for (a
         range held only in memory would be lost with the process, and the changes are
