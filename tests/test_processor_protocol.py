@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +67,22 @@ class RawDaemon:
                 message: dict[str, Any] = json.loads(line)
                 return message
 
-    def act(self, message: dict[str, Any], checkpoint_error: str | None = None) -> list[Any]:
-        """Send an action, answer checkpoints, return the checkpoints asked for."""
+    def act(
+        self,
+        message: dict[str, Any],
+        checkpoint_error: str | None = None,
+        before_answer: Callable[[], None] | None = None,
+    ) -> list[Any]:
+        """Send an action, answer checkpoints (``before_answer`` is called first), return
+        the checkpoints asked for."""
         self.write(message)
         asked = []
         while True:
             reply = self.read()
             assert reply is not None, "child exited:\n" + "".join(self.stderr[-20:])
             if reply["action"] == "checkpoint":
+                if before_answer is not None:
+                    before_answer()
                 asked.append(reply["sequenceNumber"])
                 self.checkpoints.append(reply["sequenceNumber"])
                 self.write(
@@ -423,6 +432,10 @@ def test_shard_ended_after_the_lease_was_lost_is_answered_at_once_without_a_chec
                     "subSequenceNumber": 0,
                 }
             )
+
+            def in_flight() -> None:  # refused only once the put is in flight
+                assert destination.connected.wait(30 * PATIENCE), "the put was never sent"
+
             # The undecodable record is dead-lettered at once, so a checkpoint is asked for
             # while the put after it waits on the silent destination.
             daemon.act(
@@ -435,6 +448,7 @@ def test_shard_ended_after_the_lease_was_lost_is_answered_at_once_without_a_chec
                     ],
                 },
                 checkpoint_error="ShutdownException",
+                before_answer=in_flight,
             )
             deadline = time.monotonic() + 30 * PATIENCE
             while not daemon.checkpoints:
@@ -442,8 +456,9 @@ def test_shard_ended_after_the_lease_was_lost_is_answered_at_once_without_a_chec
                 daemon.act(
                     {"action": "processRecords", "millisBehindLatest": 0, "records": []},
                     checkpoint_error="ShutdownException",
+                    before_answer=in_flight,
                 )
-            assert destination.connected.wait(30 * PATIENCE)  # the put is in flight
+            assert destination.connected.is_set()  # the put is in flight
             count = len(daemon.checkpoints)
             daemon.write({"action": "shardEnded"})
             reply = daemon.read(timeout=10)
