@@ -22,7 +22,7 @@ run: setup
 test: setup lint kcl-jars
 	scripts/ensure-prometheus.sh
 	scripts/ensure-debian-package.sh tini tini
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 ## make unit: the fast tests only
 unit: setup

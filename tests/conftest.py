@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -27,21 +28,39 @@ os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 _names = itertools.count(1)
 
-# Files with a test of these marks hold the longest scenarios (minutes each: a KCL
-# daemon's lease takeover, concurrent active-active writers). They run first, so that
-# the short tests fill the end of the run on every test process (make test gives each
-# process whole files, in the order collected) instead of one process running a long
-# scenario alone at the end.
-_LONG_MARKS = ("kcl", "reliability")
+# The longest files, longest first, as measured with `--durations` (seconds of test
+# time per file on a 2-core machine). make test gives each test process whole files
+# (`--dist loadfile`, in the order collected: `--no-loadscope-reorder`); started first,
+# these leave the short files to fill the end of the run on every process, instead of
+# one process running a multi-minute scenario alone at the end. A file missing here only
+# runs later, in collection order.
+_LONGEST_FIRST = (
+    "runtime/kcl/test_kcl.py",  # 210: KCL daemons taking over leases after kill -9
+    "watermark/test_watermark_e2e.py",  # 190
+    "reliability/test_active_active.py",  # 160
+    "watermark/test_unread_spans_e2e.py",  # 150
+    "runtime/local/test_local_runtime.py",  # 130
+    "reliability/test_kill_9.py",  # 130
+    "tools/test_backfill.py",  # 125
+    "demo/test_demo.py",  # 105
+    "tools/test_verify.py",  # 95
+    "config/test_config.py",  # 80
+    "runtime/kcl/test_kcl_kinesis.py",  # 70
+    "tools/test_redrive.py",  # 70
+    "reliability/test_throttling.py",  # 70
+    "reliability/test_active_active_mesh.py",  # 70
+    "conflictlog/test_conflict_audit.py",  # 55
+    "runtime/kcl/test_kcl_launcher.py",  # 55
+    "runtime/local/test_local_runtime_leases.py",  # 55
+    "runtime/local/test_local_runtime_failures.py",  # 50
+    "runtime/local/test_local_runtime_backpressure.py",  # 45
+)
+_TESTS = Path(__file__).parent
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank: dict[object, int] = {}  # file -> index of its first mark in _LONG_MARKS
-    for item in items:
-        for index, mark in enumerate(_LONG_MARKS):
-            if item.get_closest_marker(mark) is not None:
-                rank[item.path] = min(rank.get(item.path, index), index)
-    items.sort(key=lambda item: rank.get(item.path, len(_LONG_MARKS)))  # stable sort
+    rank = {_TESTS / name: index for index, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path, len(rank)))  # stable sort
 
 
 @pytest.fixture(scope="session")
