@@ -766,3 +766,29 @@ def test_a_replayed_synthetic_delete_of_an_item_the_source_holds_again_leaves_it
     assert result.returncode == 0, result.stderr
     assert "(the source holds it again: its image written)" in result.stdout
     assert get(job, 0, item) == item
+
+
+def test_a_source_image_a_replayed_delete_cannot_write_back_is_dead_lettered(job: Job) -> None:
+    """The source created the item again with a timestamp last_writer_wins cannot order
+    (a BOOL: its stream put was dead-lettered too, so eu still holds the deleted image).
+    The replayed delete removes that image; the source's image cannot be written after
+    it, and that write is a dead letter of the redrive, in the job's target, as the
+    check of a replayed put leaves one."""
+    eu_label = "/".join(job.destinations[0])
+    first, again = image("w", 100, v="first"), image("w", {"BOOL": True}, v="created again")
+    eu, eu_table = job.destination_clients()[0]
+    eu.put_item(TableName=eu_table, Item=first)
+    job.source.put_item(TableName=job.source_table, Item=again)
+    target = FileDeadLetters(job.dead_letters)
+    target.put(delete_letter(job, eu_label, first, 83))
+
+    report = Redrive(load_job(job.path)).run()
+
+    assert (report.replayed, report.exit_code) == (1, 0)
+    assert "(checking it against the source failed: dead-lettered, see the target)" in (
+        report.text()
+    )
+    assert get(job, 0, again) is None
+    (kept,) = target.letters()
+    assert (kept.shard_id, kept.destination, kept.reason) == ("redrive", eu_label, "unplannable")
+    assert kept.event == "MODIFY" and kept.keys == item_to_wire(keys_of(again))
