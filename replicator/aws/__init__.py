@@ -6,4 +6,5 @@
 * :mod:`.backoff`: the delay between retries of a request AWS may accept later;
 * :mod:`.tables`: what a table's description says (key schema), and how messages say
   where a table is.
+* :mod:`.queues`: the largest message an SQS queue takes, read from the queue.
 """

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -131,15 +132,19 @@ class ConflictEntry:
         _check_fields(values)
         return cls(**values)
 
-    def fitted(self, limit: int) -> ConflictEntry:
-        """This entry, with its largest images replaced by their digest until its JSON fits.
+    def fitted(
+        self, limit: int, size: Callable[[ConflictEntry], int] | None = None
+    ) -> ConflictEntry:
+        """This entry, with its largest images replaced by their digest until its JSON fits
+        (``size``: what the target stores of it, if not its JSON as it is).
 
         A truncated image keeps its size, its attribute names and its sha256
         (:func:`image_digest`) under ``truncated``; the image itself is dropped from
         the entry, never the entry.
         """
+        measure = size or (lambda entry: len(entry.to_json().encode("utf-8")))
         entry = self
-        while len(entry.to_json().encode("utf-8")) > limit:
+        while measure(entry) > limit:
             present = [
                 (len(json.dumps(image)), which)
                 for which, image in (

@@ -1,10 +1,13 @@
 """The conflict log as messages in an SQS queue, one entry per message.
 
 For a consumer of your own (archive them, page someone, feed a ticket): the queue keeps
-messages for its ``MessageRetentionPeriod`` (at most 14 days). SQS takes messages up to
-256 KiB: a larger entry is sent gzip-compressed (``{"entry_gzip_b64": ...}``), and one
-still too large is sent with its largest images replaced by their sha256
-(:meth:`ConflictEntry.fitted`).
+messages for its ``MessageRetentionPeriod`` (at most 14 days). The queue takes messages
+up to its ``MaximumMessageSize`` (1 KiB to 1 MiB), read from the queue once, at the first
+entry (:mod:`replicator.aws.queues`: 256 KiB is assumed when it cannot be read). A
+larger entry is sent gzip-compressed (``{"entry_gzip_b64": ...}``), and one still too
+large is sent with its largest images replaced by their sha256
+(:meth:`ConflictEntry.fitted`). One that does not fit even without its images (a queue
+of a few KiB) is refused, as the queue would refuse it, naming the limit.
 
 ``replicator conflicts`` reads the queue without consuming it: it receives every
 message with a visibility timeout, then makes them visible again at once. While it
@@ -26,33 +29,52 @@ from typing import TYPE_CHECKING
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
+from replicator.aws.queues import MessageLimit
 from replicator.conflictlog.base import Selection, read_failure, storage_failure
 from replicator.conflictlog.entry import ConflictEntry
-from replicator.exceptions import EntryFormatError
+from replicator.exceptions import ConflictLogRejected, EntryFormatError
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 log = structlog.get_logger(__name__)
-SQS_LIMIT = 256 * 1024
 _PACKED = "entry_gzip_b64"
 _READ_VISIBILITY_S = 120
 
 
-def encode(entry: ConflictEntry) -> str:
-    body = entry.to_json()
-    if len(body.encode("utf-8")) <= SQS_LIMIT:
+def encode(entry: ConflictEntry, limit: int) -> str:
+    """The message body for ``entry`` in a queue taking messages up to ``limit`` bytes:
+    as it is, else compressed, else with as few of its largest images as their sha256
+    as make it fit, as it is or compressed (a small queue's limit may need both)."""
+    body = _fitting(entry.to_json(), limit)
+    if body is not None:
         return body
-    packed = base64.b64encode(gzip.compress(body.encode("utf-8"))).decode("ascii")
-    compact = json.dumps({_PACKED: packed})
-    if len(compact) <= SQS_LIMIT:
-        return compact
     log.warning(
         "conflict entry too large for SQS even compressed; images stored as their sha256",
         id=entry.id,
         destination=entry.destination,
+        limit=limit,
     )
-    return entry.fitted(SQS_LIMIT).to_json()
+    fitted = entry.fitted(limit, size=lambda e: _stored_size(e.to_json(), limit)).to_json()
+    return _fitting(fitted, limit) or fitted
+
+
+def _fitting(body: str, limit: int) -> str | None:
+    """``body`` if it fits, else its compressed form if that does; None if neither."""
+    if len(body.encode("utf-8")) <= limit:
+        return body
+    compact = _packed(body)
+    return compact if len(compact) <= limit else None
+
+
+def _stored_size(body: str, limit: int) -> int:
+    size = len(body.encode("utf-8"))
+    return size if size <= limit else len(_packed(body))
+
+
+def _packed(body: str) -> str:
+    packed = base64.b64encode(gzip.compress(body.encode("utf-8"))).decode("ascii")
+    return json.dumps({_PACKED: packed})
 
 
 def decode(body: str) -> ConflictEntry:
@@ -75,10 +97,24 @@ class SqsConflictLog:
         self.client = client
         self.queue_url = queue_url
         self.description = f"SQS queue {queue_url}"
+        self.limit = MessageLimit(client, queue_url, "conflict-log queue")
 
     def put(self, entry: ConflictEntry) -> None:
+        limit = self.limit.bytes()
+        body = encode(entry, limit)
+        size = len(body.encode("utf-8"))
+        if size > limit:
+            # Refused here rather than by SendMessage, with the figures to act on.
+            raise ConflictLogRejected(
+                self.limit.too_large(
+                    f"conflict entry {entry.id} is {size} bytes even without its images, "
+                    "compressed",
+                    limit,
+                    "or use the file or dynamodb kind",
+                )
+            )
         try:
-            self.client.send_message(QueueUrl=self.queue_url, MessageBody=encode(entry))
+            self.client.send_message(QueueUrl=self.queue_url, MessageBody=body)
         except (ClientError, BotoCoreError) as error:
             raise storage_failure(error, f"SQS SendMessage to {self.queue_url}") from error
 

@@ -30,6 +30,7 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.aws.errors import ErrorKind, classify
+from replicator.aws.queues import MessageLimit
 from replicator.deadletter.base import Claimed, Unreadable
 from replicator.deadletter.entry import DeadLetter
 from replicator.exceptions import DeadLetterFormatError, DeadLetterUnavailable
@@ -38,9 +39,6 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 log = structlog.get_logger(__name__)
-# Assumed when the queue's MaximumMessageSize cannot be read: SQS's limit until 2025,
-# and still that of queues created with it.
-ASSUMED_LIMIT = 256 * 1024
 _MAX_BACKOFF_S = 20.0
 
 
@@ -53,38 +51,12 @@ class SqsDeadLetters:
         # Messages left as they are during a replay: message id -> latest receipt handle.
         self._held: dict[str, str] = {}
         self._claimed: dict[str, str] = {}  # receipt handle -> message id, until settled
-        # The queue's MaximumMessageSize once read, or ASSUMED_LIMIT once it could not be
-        # (denied, say); None: not read yet, or a transient failure to try again.
-        self._limit: int | None = None
-        self._limit_read = False  # whether _limit is the queue's own
+        self._limit = MessageLimit(client, queue_url, "dead-letter queue")
 
     def message_limit(self) -> int:
-        """The largest message the queue takes, in bytes: its MaximumMessageSize, read
-        once (one GetQueueAttributes). The worker reads it when it starts; a put reads
-        it if that has not been done. Unreadable, ASSUMED_LIMIT is used, with a warning
-        (kept for good unless the failure was a transient one)."""
-        if self._limit is not None:
-            return self._limit
-        try:
-            attributes = self.client.get_queue_attributes(
-                QueueUrl=self.queue_url, AttributeNames=["MaximumMessageSize"]
-            ).get("Attributes", {})
-            limit = int(attributes["MaximumMessageSize"])
-        except (ClientError, BotoCoreError, KeyError, ValueError) as error:
-            log.warning(
-                "dead-letter queue's MaximumMessageSize not read; assuming 256 KiB",
-                queue=self.queue_url,
-                error=str(error),
-            )
-            if isinstance(error, ClientError | BotoCoreError) and classify(error) in (
-                ErrorKind.RETRY,
-                ErrorKind.THROTTLED,
-            ):
-                return ASSUMED_LIMIT
-            self._limit = ASSUMED_LIMIT
-            return ASSUMED_LIMIT
-        self._limit, self._limit_read = limit, True
-        return limit
+        """The largest message the queue takes, in bytes (:mod:`replicator.aws.queues`).
+        The worker reads it when it starts; a put reads it if that has not been done."""
+        return self._limit.bytes()
 
     def put(self, letter: DeadLetter) -> None:
         limit = self.message_limit()
@@ -93,18 +65,13 @@ class SqsDeadLetters:
             body = letter.to_compact_json()
             size = len(body.encode("utf-8"))
             if size > limit:
-                whose = (
-                    f"the queue's MaximumMessageSize, {limit} bytes"
-                    if self._limit_read
-                    else f"{limit} bytes (assumed: the queue's MaximumMessageSize could not "
-                    "be read, which needs sqs:GetQueueAttributes)"
-                )
                 raise DeadLetterUnavailable(
-                    f"dead letter for record {letter.record.get('sequenceNumber')} "
-                    f"(destination {letter.destination}) is {size} bytes even compressed, "
-                    f"larger than {whose}, of SQS queue {self.queue_url}; raise the queue's "
-                    "MaximumMessageSize (up to 1048576 bytes: every letter fits) or use a "
-                    "file dead-letter target"
+                    self._limit.too_large(
+                        f"dead letter for record {letter.record.get('sequenceNumber')} "
+                        f"(destination {letter.destination}) is {size} bytes even compressed",
+                        limit,
+                        "(up to 1048576 bytes: every letter fits) or use a file dead-letter target",
+                    )
                 )
         self._call("send_message", QueueUrl=self.queue_url, MessageBody=body)
 

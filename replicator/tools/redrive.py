@@ -11,7 +11,11 @@ Every letter is claimed from the job's dead-letter target (file or SQS), decoded
 
 A replayed put is then checked against the source (``_check_against_source``): an item
 the source has deleted since is removed again, and one it has changed since gets the
-source's image, both only while the destination holds exactly the replayed image.
+source's image, both only while the destination holds exactly the replayed image. A
+replayed delete is checked too, a synthetic letter's as well as a stream letter's: an
+item the source holds (created again since, and that creation perhaps applied at the
+destination before the late delete removed it) gets the source's image, only where the
+destination holds no item (under an ordered policy: none, or one ranking below it).
 
 A write the conflict policy declines counts as replayed: the destination holds a newer
 item, which is what the policy is for. It is a lost conflict like one met in
@@ -389,9 +393,9 @@ class Redrive:
             if outcome is Outcome.CONFLICT_LOST and not synthetic:
                 lost.append(label)
         note = ""
-        if applied and change.event is not Event.REMOVE:
-            # A replayed put is late: the source may have deleted or changed the item
-            # since, and those changes were applied at the destination before this one.
+        if applied:
+            # A replayed change is late: the source may have changed, deleted or created
+            # the item again since, and that was applied at the destination before this.
             note = self._check_against_source(change, applied, catch_up=not synthetic)
         return Replay(letter, failures, note=note, lost=lost)
 
@@ -407,32 +411,46 @@ class Redrive:
         return result.outcome
 
     def _check_against_source(self, change: Change, labels: list[str], *, catch_up: bool) -> str:
-        """A replayed put is checked against the source like a backfill's copy (read
-        again, strongly consistent): an item the source no longer holds is removed from
-        the destinations where the put was applied, while they still hold exactly its
-        image. For a stream change (``catch_up``), an item the source holds with another
-        image is written there as the source has it, while they still hold exactly the
-        replayed image: a destination never keeps the late image of an item the source
-        has deleted or changed since. Returns a note for the summary."""
+        """A replayed change is checked against the source like a backfill's copy (read
+        again, strongly consistent). After a put: an item the source no longer holds is
+        removed from the destinations where the put was applied, while they still hold
+        exactly its image; for a stream change (``catch_up``), an item the source holds
+        with another image is written there as the source has it, while they still hold
+        exactly the replayed image. After a delete (a stream change's or a synthetic
+        one's alike: either may remove an item the source created again since), an item
+        the source holds is written there as the source has it, as a read image that
+        expects no item (:meth:`ResurrectionGuard.restore`). A destination never keeps
+        the late image of an item the source has deleted or changed since, nor lacks one
+        the source holds because of a late delete. Returns a note for the summary."""
+        guard = self._source_guard()
+        if change.event is Event.REMOVE:
+            result = guard.restore([(change, labels)])
+        else:
+            result = guard.check([(change, labels)], catch_up=catch_up)
+        notes = []
+        if result.undone:
+            log.info("the source no longer holds a replayed item; its copy was removed")
+            notes.append("(the source has deleted it since: removed again)")
+        if result.caught_up:
+            log.info("the source holds a replayed item changed since; its image was written")
+            notes.append("(the source has changed it since: the source's image written)")
+        if result.restored:
+            log.info("the source holds an item a replayed delete removed; its image was written")
+            notes.append("(the source holds it again: its image written)")
+        if result.dead_lettered:
+            notes.append("(checking it against the source failed: dead-lettered, see the target)")
+        return " ".join(notes)
+
+    def _source_guard(self) -> ResurrectionGuard:
         if self._guard is None:
             assert self._target is not None
             source = source_ref(self.resolved)
-            # Its deletes dead-letter to the real target: nothing it does is held back.
+            # Its writes dead-letter to the real target: nothing it does is held back.
             letters = DeadLetterer(self._target, self.metrics, self.resolved.task_name, "redrive")
             self._guard = ResurrectionGuard(
                 source, describe(source).key_names, self._snapshot_writers, ReadRate(0), letters
             )
-        tally = self._guard.check([(change, labels)], catch_up=catch_up)
-        notes = []
-        if tally.undone:
-            log.info("the source no longer holds a replayed item; its copy was removed")
-            notes.append("(the source has deleted it since: removed again)")
-        if tally.caught_up:
-            log.info("the source holds a replayed item changed since; its image was written")
-            notes.append("(the source has changed it since: the source's image written)")
-        if tally.dead_lettered:
-            notes.append("(checking it against the source failed: dead-lettered, see the target)")
-        return " ".join(notes)
+        return self._guard
 
 
 class LetterConflicts:

@@ -271,6 +271,7 @@ def writer_tables(
 class GuardTally:
     undone: int = 0  # copies of deleted items removed again
     caught_up: int = 0  # replayed images replaced by the source's newer one (catch_up)
+    restored: int = 0  # items a replayed delete removed that the source holds: written again
     kept: int = 0  # the destination had changed since: left alone
     dead_lettered: int = 0
 
@@ -325,28 +326,57 @@ class ResurrectionGuard:
             current = present.get(change.key)
             if current is not None:
                 if catch_up and not same_item(current, change.new_image):
-                    self._replace(change, current, labels, tally)
+                    self._write_source_image(change, current, change.new_image, labels, tally)
                 continue
-            self._replace(change, None, labels, tally)
+            self._write_source_image(change, None, change.new_image, labels, tally)
         return tally
 
-    def _replace(
-        self, change: Change, current: Item | None, labels: list[str], tally: GuardTally
+    def restore(self, deleted: list[tuple[Change, list[str]]]) -> GuardTally:
+        """``deleted``: deletes replayed late, each with the destinations where it was
+        written.
+
+        The source may have created the item again since, and that creation may already
+        be applied at the destination, where the late delete has just removed it: no
+        stream record will ever bring it back. So an item the source holds is written
+        there as a read image, expecting no item: under ``overwrite`` (or ``custom``, or
+        an image without the ordering attribute) only where the destination holds none,
+        under an ordered policy only over an item that ranks below it, so that a newer
+        item the replicator wrote in between is kept. If the creation has not reached the
+        destination yet, the replicator writes it after this, as it would have anyway."""
+        tally = GuardTally()
+        if not deleted:
+            return tally
+        present = batch_get(self.source, [c.keys for c, _ in deleted], self.key_names, self.rate)
+        for change, labels in deleted:
+            current = present.get(change.key)
+            if current is not None:
+                self._write_source_image(change, current, None, labels, tally)
+        return tally
+
+    def _write_source_image(
+        self,
+        change: Change,
+        current: Item | None,
+        expected: Item | None,
+        labels: list[str],
+        tally: GuardTally,
     ) -> None:
-        """Write the source's ``current`` image (None: remove the item) where the
-        replayed one was applied, while the destination still holds exactly that."""
+        """Write the source's ``current`` image (None: remove the item) where ``change``
+        was replayed, while the destination holds ``expected`` (None: no item)."""
         synthetic = synthetic_change(
             self.purpose,
             change.keys,
             self.source.region,
             new_image=current,
-            expected=change.new_image,
+            expected=expected,
         )
         for label in labels:
             outcome = self.letters.write(self.writers[label], synthetic).outcome
             if outcome is Outcome.APPLIED:
                 if current is None:
                     tally.undone += 1
+                elif expected is None:
+                    tally.restored += 1
                 else:
                     tally.caught_up += 1
             elif outcome in (Outcome.CONFLICT_LOST, Outcome.UNCHANGED):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 import socket
 import threading
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import structlog.testing
 from click.testing import CliRunner, Result
 
 from replicator.cli import cli
+from replicator.config import load_job
 from replicator.conflictlog import restore as restore_module
 from replicator.conflictlog.base import Selection
 from replicator.conflictlog.dynamodb import DynamoDbConflictLog
@@ -25,6 +27,8 @@ from replicator.conflictlog.entry import ConflictEntry, image_digest
 from replicator.conflictlog.file import FileConflictLog
 from replicator.conflictlog.reader import read_entries
 from replicator.conflictlog.sqs import SqsConflictLog
+from replicator.conflictlog.targets import conflict_log_target
+from replicator.exceptions import ConflictLogRejected
 from replicator.writers.destination import DestinationWriter
 from tests.conflictlog.test_conflict_log import conflict, job_file
 from tests.support.aws import client, create_table
@@ -682,3 +686,101 @@ def test_since_takes_a_date_or_a_time_with_or_without_a_zone(tmp_path: Path, val
     config = job_file(tmp_path, f"{{kind: file, path: '{tmp_path}/c.jsonl'}}")
     result = invoke(config, "--since", value, "--format", "json")
     assert result.exit_code == 0, result.output
+
+
+# -- the queue's own message limit -------------------------------------------------------------
+
+
+def entry_with_name(seq: int, name: str) -> ConflictEntry:
+    """A lost conflict whose losing image holds ``name``; the winner is small."""
+    entry = conflict(seq, pk=f"order-{seq}").entry()
+    assert entry.losing_image is not None and entry.winning_image is not None
+    keys = ("pk", "sk", "updated_at")
+    losing = {k: entry.losing_image[k] for k in keys} | {"name": {"S": name}}
+    return replace(
+        entry, losing_image=losing, winning_image={k: entry.winning_image[k] for k in keys}
+    )
+
+
+def sqs_log(
+    moto_endpoint: str, unique: Any, tmp_path: Path, limit: int
+) -> tuple[Any, str, SqsConflictLog, Path]:
+    """A queue taking messages up to ``limit`` bytes, and the job's target for it."""
+    sqs = client("sqs", "us-east-1", moto_endpoint)
+    url = sqs.create_queue(
+        QueueName=unique("conflicts"), Attributes={"MaximumMessageSize": str(limit)}
+    )["QueueUrl"]
+    config = job_file(
+        tmp_path, f"{{kind: sqs, queue_url: '{url}', endpoint_url: '{moto_endpoint}'}}"
+    )
+    target = conflict_log_target(load_job(config))
+    assert isinstance(target, SqsConflictLog)
+    return sqs, url, target, config
+
+
+def bodies(sqs: Any, url: str) -> list[str]:
+    """The queue's messages, made visible again at once."""
+    found = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0)
+    return [message["Body"] for message in found.get("Messages", [])]
+
+
+def test_an_sqs_log_fits_entries_to_a_small_queues_maximum_message_size(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """A queue taking 1 KiB (the smallest SQS allows; moto refuses larger messages as SQS
+    does): an entry that compresses is sent compressed and listed whole; one that does
+    not has its large losing image stored as its sha256, and is listed all the same."""
+    sqs, url, target, config = sqs_log(moto_endpoint, unique, tmp_path, 1024)
+    compressible = entry_with_name(1, "z" * 3000)
+    incompressible = entry_with_name(2, random.Random(2).randbytes(3000).hex())
+    assert len(compressible.to_json()) > 1024 and len(incompressible.to_json()) > 1024
+
+    target.put(compressible)
+    target.put(incompressible)
+
+    assert target.limit.bytes() == 1024
+    sent = bodies(sqs, url)
+    assert len(sent) == 2 and all(len(body.encode()) <= 1024 for body in sent)
+    assert all(set(json.loads(body)) == {"entry_gzip_b64"} for body in sent)
+    listing = invoke(config, "--format", "json")
+    assert listing.exit_code == 0, listing.output
+    listed = {entry["id"]: entry for entry in json.loads(listing.stdout)["entries"]}
+    assert set(listed) == {compressible.id, incompressible.id}
+    whole = listed[compressible.id]
+    assert (whole["losing_image"], whole["truncated"]) == (compressible.losing_image, {})
+    hashed = listed[incompressible.id]
+    assert hashed["losing_image"] is None
+    assert set(hashed["truncated"]) == {"losing"}  # the winner's small image is kept
+    assert hashed["truncated"]["losing"]["sha256"] == image_digest(
+        incompressible.losing_image or {}
+    )
+    assert hashed["winning_image"] == incompressible.winning_image
+
+
+def test_an_sqs_log_sends_entries_as_they_are_up_to_a_large_queues_limit(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """A 1 MiB queue (SQS's default since 2025) takes a 300 KB entry as it is: no
+    needless compression for its consumers to undo."""
+    sqs, url, target, config = sqs_log(moto_endpoint, unique, tmp_path, 1024 * 1024)
+    large = entry_with_name(3, "z" * 300_000)
+    assert len(large.to_json()) > 256 * 1024
+
+    target.put(large)
+
+    assert bodies(sqs, url) == [large.to_json()]
+    assert listed_ids(invoke(config, "--format", "json")) == [large.id]
+
+
+def test_an_entry_that_fits_no_queue_limit_is_refused_naming_it(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """The metadata alone, compressed, does not fit a 1 KiB queue (a long explanation):
+    refused as final (not retried), naming the queue's limit and what to do."""
+    target = sqs_log(moto_endpoint, unique, tmp_path, 1024)[2]
+    entry = replace(entry_with_name(4, ""), why=random.Random(4).randbytes(2000).hex())
+
+    with pytest.raises(
+        ConflictLogRejected, match="larger than the queue's MaximumMessageSize, 1024"
+    ):
+        target.put(entry)

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from replicator.aws.backoff import Backoff
+from replicator.aws.queues import ASSUMED_LIMIT
 from replicator.cli import cli
 from replicator.conflictlog.base import Loss, Selection
 from replicator.conflictlog.dynamodb import TTL_ATTRIBUTE, DynamoDbConflictLog
@@ -22,7 +23,7 @@ from replicator.conflictlog.file import FileConflictLog
 from replicator.conflictlog.keys import canonical_key, parse_key
 from replicator.conflictlog.reader import Listing, parse_since, read_entries
 from replicator.conflictlog.recorder import BackgroundRecorder
-from replicator.conflictlog.sqs import SQS_LIMIT, SqsConflictLog
+from replicator.conflictlog.sqs import SqsConflictLog
 from replicator.decode import decode
 from replicator.demo.workload import demo_item
 from replicator.exceptions import (
@@ -401,7 +402,9 @@ def test_dynamodb_round_trip_keyed_by_item_with_a_ttl(moto_endpoint: str, unique
 
 def test_sqs_round_trip_without_consuming_the_queue(moto_endpoint: str, unique: Any) -> None:
     sqs = client("sqs", "us-east-1", moto_endpoint)
-    url = sqs.create_queue(QueueName=unique("conflicts"))["QueueUrl"]
+    url = sqs.create_queue(
+        QueueName=unique("conflicts"), Attributes={"MaximumMessageSize": str(ASSUMED_LIMIT)}
+    )["QueueUrl"]
     target = SqsConflictLog(sqs, url)
     small = conflict(1).entry()
     compressible = conflict(2).entry()
@@ -414,7 +417,7 @@ def test_sqs_round_trip_without_consuming_the_queue(moto_endpoint: str, unique: 
     got = {e.id: e for e in read_entries(target, Selection())}
     assert got[small.id] == small
     assert got[compressible.id] == compressible  # whole, sent gzip-compressed
-    assert len(compressible.to_json()) > SQS_LIMIT
+    assert len(compressible.to_json()) > ASSUMED_LIMIT
     assert got[incompressible.id].truncated["losing"]["sha256"] == image_digest(
         incompressible.losing_image or {}
     )

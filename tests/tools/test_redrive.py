@@ -21,7 +21,7 @@ from replicator.demo import tables
 from replicator.items import Item, item_to_wire
 from replicator.records import RawRecord
 from replicator.tools.redrive import Redrive
-from replicator.tools.snapshot import BACKFILL, synthetic_change
+from replicator.tools.snapshot import BACKFILL, REPAIR, synthetic_change
 from tests.support.aws import client
 from tests.support.deadletters import malformed
 from tests.support.e2e import Job, wait_until
@@ -665,3 +665,130 @@ def test_a_replayed_put_the_source_still_holds_as_it_is_stays(job: Job) -> None:
     assert (report.replayed, report.exit_code) == (1, 0)
     assert get(job, 0, item) == item
     assert "since" not in report.text()
+
+
+# -- a replayed delete checked against the source --------------------------------------------
+
+OVERWRITE = "conflict: {policy: overwrite}"
+
+
+def delete_letter(job: Job, destination: str, old: Item, seq: int) -> DeadLetter:
+    """The letter of a stream change deleting ``old`` (the REMOVE's old image)."""
+    record = stream_record("REMOVE", keys_of(old), old=item_to_wire(old), seq=seq)
+    letter = _letter(job, destination, daemon_record(record, seq), "throttled", "e", keys_of(old))
+    return replace(letter, event="REMOVE")
+
+
+@pytest.mark.parametrize("conflict", [OVERWRITE, LWW])
+def test_a_replayed_delete_of_an_item_the_source_holds_again_leaves_the_sources_image(
+    job: Job, conflict: str
+) -> None:
+    """Put X → replicated to eu; delete X → dead-lettered at eu; the source creates X
+    again, and that reaches eu: under overwrite it replaces the old image; under
+    last_writer_wins it carries an earlier timestamp (its writer's clock is behind) and
+    loses to the old image, which the delete was meant to remove. The redrive replays
+    the delete, which removes what eu holds; the source holds X. eu must not be left
+    without it: the source's image is written there again."""
+    job.path.write_text(job.path.read_text().replace(LWW, conflict))
+    eu_label = "/".join(job.destinations[0])
+    first, again = image("x", 100, v="first"), image("x", 90, v="created again")
+    eu, eu_table = job.destination_clients()[0]
+    eu.put_item(TableName=eu_table, Item=first if conflict == LWW else again)
+    job.source.put_item(TableName=job.source_table, Item=again)
+    FileDeadLetters(job.dead_letters).put(delete_letter(job, eu_label, first, 81))
+
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stderr
+    assert "1 letter, 1 replayed, 0 failed again" in result.stdout
+    assert "(the source holds it again: its image written)" in result.stdout
+    assert get(job, 0, again) == again
+    assert get(job, 1, again) is None  # the letter was for eu only
+    assert FileDeadLetters(job.dead_letters).count() == 0
+
+
+@pytest.mark.parametrize("conflict", [OVERWRITE, LWW])
+def test_a_replayed_delete_never_overwrites_a_newer_item_than_the_source_read(
+    job: Job, conflict: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the source changes X again just after the redrive has read it, and
+    the replicator applies that change at eu before the redrive writes the image it
+    read: eu keeps the newer item (under overwrite the image read is written only where
+    eu holds no item; under last_writer_wins only over an item that ranks below it)."""
+    from replicator.tools import snapshot
+
+    job.path.write_text(job.path.read_text().replace(LWW, conflict))
+    eu_label = "/".join(job.destinations[0])
+    first, again = image("y", 100, v="first"), image("y", 90, v="created again")
+    newer = image("y", 300, v="newer")
+    eu, eu_table = job.destination_clients()[0]
+    eu.put_item(TableName=eu_table, Item=first if conflict == LWW else again)
+    job.source.put_item(TableName=job.source_table, Item=again)
+    FileDeadLetters(job.dead_letters).put(delete_letter(job, eu_label, first, 82))
+    read = snapshot.batch_get
+
+    def read_then_changed(*args: Any, **kwargs: Any) -> Any:
+        found = read(*args, **kwargs)
+        job.source.put_item(TableName=job.source_table, Item=newer)
+        eu.put_item(TableName=eu_table, Item=newer)  # replicated in between
+        return found
+
+    monkeypatch.setattr(snapshot, "batch_get", read_then_changed)
+
+    report = Redrive(load_job(job.path)).run()
+
+    assert (report.replayed, report.exit_code) == (1, 0)
+    assert get(job, 0, newer) == newer
+    assert "holds it again" not in report.text()
+    assert FileDeadLetters(job.dead_letters).count() == 0
+
+
+def test_a_replayed_synthetic_delete_of_an_item_the_source_holds_again_leaves_it(
+    job: Job,
+) -> None:
+    """A repair's delete of an item extra at eu (the source had deleted it, and that
+    delete had not reached eu yet) failed and was dead-lettered. The source then creates
+    the item again with the very same image, and eu gets it. The replayed delete finds
+    eu holding exactly the image it expects, and removes it: the source's image is
+    written again, as for a stream letter."""
+    job.path.write_text(job.path.read_text().replace(LWW, OVERWRITE))
+    eu_label = "/".join(job.destinations[0])
+    item = image("z", 100, v="same")
+    eu, eu_table = job.destination_clients()[0]
+    eu.put_item(TableName=eu_table, Item=item)
+    job.source.put_item(TableName=job.source_table, Item=item)
+    extra = synthetic_change(REPAIR, keys_of(item), "us-east-1", new_image=None, expected=item)
+    letter = _letter(job, eu_label, extra.raw, "throttled", "throttled too long", keys_of(item))
+    FileDeadLetters(job.dead_letters).put(replace(letter, event="REMOVE", shard_id=REPAIR))
+
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stderr
+    assert "(the source holds it again: its image written)" in result.stdout
+    assert get(job, 0, item) == item
+
+
+def test_a_source_image_a_replayed_delete_cannot_write_back_is_dead_lettered(job: Job) -> None:
+    """The source created the item again with a timestamp last_writer_wins cannot order
+    (a BOOL: its stream put was dead-lettered too, so eu still holds the deleted image).
+    The replayed delete removes that image; the source's image cannot be written after
+    it, and that write is a dead letter of the redrive, in the job's target, as the
+    check of a replayed put leaves one."""
+    eu_label = "/".join(job.destinations[0])
+    first, again = image("w", 100, v="first"), image("w", {"BOOL": True}, v="created again")
+    eu, eu_table = job.destination_clients()[0]
+    eu.put_item(TableName=eu_table, Item=first)
+    job.source.put_item(TableName=job.source_table, Item=again)
+    target = FileDeadLetters(job.dead_letters)
+    target.put(delete_letter(job, eu_label, first, 83))
+
+    report = Redrive(load_job(job.path)).run()
+
+    assert (report.replayed, report.exit_code) == (1, 0)
+    assert "(checking it against the source failed: dead-lettered, see the target)" in (
+        report.text()
+    )
+    assert get(job, 0, again) is None
+    (kept,) = target.letters()
+    assert (kept.shard_id, kept.destination, kept.reason) == ("redrive", eu_label, "unplannable")
+    assert kept.event == "MODIFY" and kept.keys == item_to_wire(keys_of(again))

@@ -1,0 +1,83 @@
+"""The largest message an SQS queue takes, read from the queue itself.
+
+A queue's ``MaximumMessageSize`` is anything from 1 KiB to 1 MiB (1 MiB the default for
+a new queue since 2025, 256 KiB for older ones). A target that sized its messages by a
+fixed figure would have them refused by a smaller queue and compress or truncate them
+needlessly for a larger one, so the dead-letter and conflict-log targets both read it
+(one GetQueueAttributes, once). When it cannot be read (no ``sqs:GetQueueAttributes``)
+:data:`ASSUMED_LIMIT` is used, with a warning; a transient failure is tried again at the
+next message rather than kept.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+
+from replicator.aws.errors import ErrorKind, classify
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
+log = structlog.get_logger(__name__)
+# Assumed when the queue's MaximumMessageSize cannot be read: SQS's limit until 2025,
+# and still that of queues created with it.
+ASSUMED_LIMIT = 256 * 1024
+
+
+class MessageLimit:
+    """One queue's ``MaximumMessageSize``, read once; ``what`` names the queue's role in
+    the warning (``dead-letter queue``, ``conflict-log queue``)."""
+
+    def __init__(self, client: SQSClient, queue_url: str, what: str) -> None:
+        self.client = client
+        self.queue_url = queue_url
+        self.what = what
+        # The queue's MaximumMessageSize once read, or ASSUMED_LIMIT once it could not be
+        # (denied, say); None: not read yet, or a transient failure to try again.
+        self._limit: int | None = None
+        self.read = False  # whether the limit is the queue's own
+
+    def bytes(self) -> int:
+        """The largest message the queue takes, in bytes."""
+        if self._limit is not None:
+            return self._limit
+        try:
+            attributes = self.client.get_queue_attributes(
+                QueueUrl=self.queue_url, AttributeNames=["MaximumMessageSize"]
+            ).get("Attributes", {})
+            limit = int(attributes["MaximumMessageSize"])
+        except (ClientError, BotoCoreError, KeyError, ValueError) as error:
+            log.warning(
+                f"{self.what}'s MaximumMessageSize not read; assuming 256 KiB",
+                queue=self.queue_url,
+                error=str(error),
+            )
+            if isinstance(error, ClientError | BotoCoreError) and classify(error) in (
+                ErrorKind.RETRY,
+                ErrorKind.THROTTLED,
+            ):
+                return ASSUMED_LIMIT
+            self._limit = ASSUMED_LIMIT
+            return ASSUMED_LIMIT
+        self._limit, self.read = limit, True
+        return limit
+
+    def described(self, limit: int) -> str:
+        """``limit`` as a message says where it comes from."""
+        if self.read:
+            return f"the queue's MaximumMessageSize, {limit} bytes"
+        return (
+            f"{limit} bytes (assumed: the queue's MaximumMessageSize could not be read, "
+            "which needs sqs:GetQueueAttributes)"
+        )
+
+    def too_large(self, what: str, limit: int, advice: str) -> str:
+        """The refusal of ``what`` (a message, its size said) larger than ``limit``: the
+        queue, where its limit comes from, and what to do (``advice``)."""
+        return (
+            f"{what}, larger than {self.described(limit)}, of SQS queue {self.queue_url}; "
+            f"raise the queue's MaximumMessageSize {advice}"
+        )
