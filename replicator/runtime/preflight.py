@@ -133,8 +133,10 @@ def check_source(resolved: ResolvedJob) -> SourceInfo:
 def check_ranking_attributes(resolved: ResolvedJob, key_schema: dict[str, str]) -> None:
     """A timestamp or version that is a key attribute never changes, so every image of
     an item would tie on it and the order would fall to origin and digest: refused as a
-    job file problem. Only the table knows its keys, so this is checked here, where the
-    key schema is read anyway, and not by ``validate``."""
+    job file problem. Only the table knows its keys, so this is checked where the key
+    schema is read anyway: here, and by every operator command before it reads or writes
+    an item (:func:`replicator.tools.tables.checked_source`); not by ``validate``, which
+    reads no table."""
     for place, conflict in resolved.job.conflict_settings:
         if conflict.policy not in _ORDERED:
             continue

@@ -234,7 +234,7 @@ class Backfill:
         dead_letters = wiring.dead_letter_target(resolved)
         self._letters = DeadLetterer(dead_letters, self.metrics, resolved.task_name, BACKFILL)
         self._writers = snapshot_writers(resolved, self.metrics)
-        shape = check_same_keys(source, writer_tables(resolved, self._writers))
+        shape = check_same_keys(resolved, source, writer_tables(resolved, self._writers))
         handoff: Handoff | None = None
         if self.options.skip_handoff_check:
             log.warning("hand-off check skipped: changes made during the scan may be missed")

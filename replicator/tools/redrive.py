@@ -77,7 +77,7 @@ from replicator.metrics import Metrics
 from replicator.records import Change, Event
 from replicator.tools.scan import ReadRate
 from replicator.tools.snapshot import ResurrectionGuard, synthetic_purpose, with_snapshot_rules
-from replicator.tools.tables import describe, source_ref
+from replicator.tools.tables import TableRef, checked_source, source_ref
 from replicator.writers.destination import NOT_PASSED, DestinationWriter, Outcome
 
 log = structlog.get_logger(__name__)
@@ -252,6 +252,7 @@ class Redrive:
         # of the stream's order.
         self._reader = Reader(ChangeFilter.for_job(resolved.job))
         self._guard: ResurrectionGuard | None = None
+        self._source: tuple[TableRef, list[str]] | None = None  # and its key names
         self._target: DeadLetterTarget | None = None
         self._conflicts: LetterConflicts | None = None
         self.refused = False
@@ -264,6 +265,10 @@ class Redrive:
         self.stop.set()
 
     def run(self, target: DeadLetterTarget | None = None) -> RedriveReport:
+        # Before any letter is claimed: conflict settings the source's key makes
+        # meaningless are the job file's problem, whatever the letters hold.
+        source = source_ref(self.resolved)
+        self._source = (source, checked_source(self.resolved, source).key_names)
         target = target or wiring.dead_letter_target(self.resolved, run_id=self.run_id)
         recorder = recorder_for(self.resolved, self.metrics)
         try:
@@ -444,11 +449,12 @@ class Redrive:
     def _source_guard(self) -> ResurrectionGuard:
         if self._guard is None:
             assert self._target is not None
-            source = source_ref(self.resolved)
+            assert self._source is not None
+            source, key_names = self._source
             # Its writes dead-letter to the real target: nothing it does is held back.
             letters = DeadLetterer(self._target, self.metrics, self.resolved.task_name, "redrive")
             self._guard = ResurrectionGuard(
-                source, describe(source).key_names, self._snapshot_writers, ReadRate(0), letters
+                source, key_names, self._snapshot_writers, ReadRate(0), letters
             )
         return self._guard
 

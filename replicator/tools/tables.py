@@ -17,7 +17,7 @@ from replicator.aws import clients, tables
 from replicator.aws.tables import TableShape
 from replicator.config.model import DestinationConfig, ResolvedJob
 from replicator.exceptions import EnvironmentProblem
-from replicator.runtime.preflight import explain
+from replicator.runtime.preflight import check_ranking_attributes, explain
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -74,9 +74,21 @@ def describe(ref: TableRef) -> TableShape:
     return tables.shape_of(table)
 
 
-def check_same_keys(source: TableRef, destinations: list[TableRef]) -> TableShape:
-    """Describe every table; refuse when a destination's key schema is not the source's."""
+def checked_source(resolved: ResolvedJob, source: TableRef) -> TableShape:
+    """The source's shape, once the job's conflict settings are known to fit its key (a
+    ConfigError otherwise, as ``run`` refuses them at start): a command that writes with
+    a timestamp or version that is a key attribute would rank every image the same."""
     shape = describe(source)
+    check_ranking_attributes(resolved, shape.key_schema)
+    return shape
+
+
+def check_same_keys(
+    resolved: ResolvedJob, source: TableRef, destinations: list[TableRef]
+) -> TableShape:
+    """Describe every table; refuse a key schema the job's conflict settings cannot rank
+    by (:func:`checked_source`), and a destination's key schema that is not the source's."""
+    shape = checked_source(resolved, source)
     for destination in destinations:
         other = describe(destination)
         if other.key_schema != shape.key_schema:

@@ -374,7 +374,7 @@ class Verify:
         return self._rates.setdefault(ref.label, ReadRate(self.options.read_rate))
 
     def run(self) -> VerifyReport:
-        shape = check_same_keys(self.source, self.destinations)
+        shape = check_same_keys(self.resolved, self.source, self.destinations)
         key_names = shape.key_names
         started_s = time.time()  # before the first read of any table
         if self.options.sample:

@@ -439,7 +439,40 @@ def test_an_interrupted_redrive_says_how_many_letters_it_kept_and_the_next_takes
     assert target.count() == 0
 
 
+def test_a_destination_refusing_every_writes_credentials_exits_3_and_keeps_the_letters(job: Job) -> None:
+    eu_label = "/".join(job.destinations[0])
+    target = FileDeadLetters(job.dead_letters)
+    for seq, name in enumerate("abc", start=41):
+        target.put(stream_letter(job, eu_label, image(name), seq, "throttled", "e"))
+    proxy = FaultProxy(job.endpoint).start()
+    try:
+        # Its writes' credentials not accepted (the source's are).
+        proxy.set(
+            Mode(
+                Fault.THROTTLE,
+                throttle_code="UnrecognizedClientException",
+                operations=frozenset({"PutItem"}),
+            )
+        )
+        job.path.write_text(
+            job.path.read_text().replace(
+                f"table: {job.name}-eu, endpoint_url: '{job.endpoint}'",
+                f"table: {job.name}-eu, endpoint_url: '{proxy.url}'",
+            )
+        )
+        result = redrive(job)
+    finally:
+        proxy.stop()
+
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "3 letters, 0 replayed, 3 failed again (kept in the target)" in result.stdout
+    assert "the letter is kept in the target" in result.stdout
+    assert "checkpoint" not in result.stdout
+    assert target.count() == 3
+
+
 def test_without_credentials_redrive_exits_3_and_keeps_the_letters(job: Job) -> None:
+    """The source is read (its key schema) before any letter is claimed."""
     eu_label = "/".join(job.destinations[0])
     target = FileDeadLetters(job.dead_letters)
     for seq, name in enumerate("abc", start=41):
@@ -461,10 +494,10 @@ def test_without_credentials_redrive_exits_3_and_keeps_the_letters(job: Job) -> 
     )
 
     assert result.returncode == 3, result.stdout + result.stderr
-    assert "3 letters, 0 replayed, 3 failed again (kept in the target)" in result.stdout
-    assert "the letter is kept in the target" in result.stdout
-    assert "checkpoint" not in result.stdout
-    assert target.count() == 3
+    assert result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert "no AWS credentials found" in line and job.source_table in line
+    assert [letter.record["sequenceNumber"] for letter in target.letters()] == ["41", "42", "43"]
 
 
 def test_a_replayed_letter_that_loses_its_conflict_is_recorded_in_the_conflict_log(
