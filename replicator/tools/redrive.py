@@ -9,10 +9,10 @@ Every letter is claimed from the job's dead-letter target (file or SQS), decoded
 * a synthetic letter of a backfill or repair is written with the same safeguards as
   when it was first tried (:mod:`replicator.tools.snapshot`).
 
-A replayed put is then checked against the source (``_check_against_source``): an item
-the source has deleted since is removed again, and one it has changed since gets the
-source's image, both only while the destination holds exactly the replayed image. A
-replayed delete is checked too, a synthetic letter's as well as a stream letter's: an
+A replayed change is then checked against the source (``_check_against_source``), a
+synthetic letter's as well as a stream letter's. After a put: an item the source has
+deleted since is removed again, and one it has changed since gets the source's image,
+both only while the destination holds exactly the replayed image. After a delete: an
 item the source holds (created again since, and that creation perhaps applied at the
 destination before the late delete removed it) gets the source's image, only where the
 destination holds no item (under an ordered policy: none, or one ranking below it).
@@ -401,7 +401,7 @@ class Redrive:
         if applied:
             # A replayed change is late: the source may have changed, deleted or created
             # the item again since, and that was applied at the destination before this.
-            note = self._check_against_source(change, applied, catch_up=not synthetic)
+            note = self._check_against_source(change, applied)
         return Replay(letter, failures, note=note, lost=lost)
 
     def _write(self, writer: DestinationWriter, change: Change) -> Failure | Outcome:
@@ -415,23 +415,28 @@ class Redrive:
             return Failure(writer.label, result.reason or "failed", result.error or "")
         return result.outcome
 
-    def _check_against_source(self, change: Change, labels: list[str], *, catch_up: bool) -> str:
+    def _check_against_source(self, change: Change, labels: list[str]) -> str:
         """A replayed change is checked against the source like a backfill's copy (read
         again, strongly consistent). After a put: an item the source no longer holds is
         removed from the destinations where the put was applied, while they still hold
-        exactly its image; for a stream change (``catch_up``), an item the source holds
-        with another image is written there as the source has it, while they still hold
-        exactly the replayed image. After a delete (a stream change's or a synthetic
-        one's alike: either may remove an item the source created again since), an item
-        the source holds is written there as the source has it, as a read image that
-        expects no item (:meth:`ResurrectionGuard.restore`). A destination never keeps
-        the late image of an item the source has deleted or changed since, nor lacks one
-        the source holds because of a late delete. Returns a note for the summary."""
+        exactly its image; an item the source holds with another image is written there
+        as the source has it, while they still hold exactly the replayed image (or, under
+        an ordered policy, one ranking below the source's). After a delete, an item the
+        source holds is written there as the source has it, as a read image that expects
+        no item (:meth:`ResurrectionGuard.restore`).
+
+        A stream letter's and a synthetic one's alike: a backfill's or repair's image
+        replayed late is as stale as a stream change's, and the stream change that
+        followed it may have been dead-lettered too, or replayed before it (then the
+        replayed image, written where the destination held what was expected, would stay
+        for good). A destination never keeps the late image of an item the source has
+        deleted or changed since, nor lacks one the source holds because of a late
+        delete. Returns a note for the summary."""
         guard = self._source_guard()
         if change.event is Event.REMOVE:
             result = guard.restore([(change, labels)])
         else:
-            result = guard.check([(change, labels)], catch_up=catch_up)
+            result = guard.check([(change, labels)], catch_up=True)
         notes = []
         if result.undone:
             log.info("the source no longer holds a replayed item; its copy was removed")

@@ -311,11 +311,15 @@ class ResurrectionGuard:
     ) -> GuardTally:
         """``applied``: puts, each with the destinations where it was applied.
 
-        With ``catch_up`` (a stream change replayed late: the source may have changed the
-        item since, its newer changes applied at the destination before the replay), an
-        item the source holds with another image is written there too, as a read image
-        (a synthetic change under the snapshot rules) and only while the destination
-        still holds exactly the replayed image, so that nothing newer is overwritten."""
+        With ``catch_up`` (a dead letter replayed late, a stream change's or a backfill's
+        or repair's: the source may have changed the item since, and the change that did
+        may have reached the destination before the replay, or not at all), an item the
+        source holds with another image is written there too, as a read image (a
+        synthetic change under the snapshot rules) and only while the destination still
+        holds exactly the replayed image (under an ordered policy: one ranking below the
+        source's), so that nothing newer is overwritten. A backfill or repair itself
+        does not catch up: the source's later changes are in the stream after its read,
+        and the replicator writes them."""
         tally = GuardTally()
         if not applied:
             return tally

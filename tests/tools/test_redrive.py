@@ -686,6 +686,38 @@ def test_a_replayed_put_of_an_item_the_source_changed_since_leaves_the_sources_i
         assert "(the source has changed it since: the source's image written)" in report.text()
 
 
+@pytest.mark.parametrize("purpose", [BACKFILL, REPAIR])
+@pytest.mark.parametrize("conflict", ["conflict: {policy: overwrite}", LWW])
+def test_a_replayed_synthetic_put_of_an_item_the_source_changed_since_leaves_the_sources_image(
+    job: Job, conflict: str, purpose: str
+) -> None:
+    """A backfill (or repair) read image R and its write to eu was dead-lettered; the
+    source then changed the item to C, and C's stream change did not reach eu either
+    (dead-lettered too, in a letter this redrive does not hold). The replay writes R,
+    which eu takes (it holds what the copy expected); C must follow, or eu keeps the
+    stale R with nothing left to replace it."""
+    job.path.write_text(job.path.read_text().replace(LWW, conflict))
+    eu_label = "/".join(job.destinations[0])
+    held, read, current = image("s", 50, v="held"), image("s", 100, v="read"), image("s", 200)
+    expected = held if purpose == REPAIR else None
+    eu, eu_table = job.destination_clients()[0]
+    if expected is not None:
+        eu.put_item(TableName=eu_table, Item=expected)
+    job.source.put_item(TableName=job.source_table, Item=current)
+    copy = synthetic_change(purpose, keys_of(read), "us-east-1", new_image=read, expected=expected)
+    letter = _letter(job, eu_label, copy.raw, "throttled", "throttled too long", keys_of(read))
+    FileDeadLetters(job.dead_letters).put(replace(letter, shard_id=purpose))
+
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stderr
+    assert "1 letter, 1 replayed, 0 failed again" in result.stdout
+    assert "(the source has changed it since: the source's image written)" in result.stdout
+    assert get(job, 0, current) == current
+    assert get(job, 1, current) is None  # the letter was for eu only
+    assert FileDeadLetters(job.dead_letters).count() == 0
+
+
 def test_a_replayed_put_the_source_still_holds_as_it_is_stays(job: Job) -> None:
     eu_label = "/".join(job.destinations[0])
     item = image("r", 100, v="kept")
