@@ -97,3 +97,16 @@ def check_same_keys(
                 f"{other.key_schema}, but the source has {shape.key_schema}"
             )
     return shape
+
+
+def expiry_attribute(ref: TableRef) -> str | None:
+    """The table's TTL attribute while DynamoDB may delete items by it (TTL enabled, or
+    being enabled or disabled); None when TTL is off there."""
+    try:
+        described = ref.client.describe_time_to_live(TableName=ref.table)
+    except (ClientError, BotoCoreError) as error:
+        raise explain(error, f"the time to live of table {ref.label}", ref.where) from None
+    ttl = described.get("TimeToLiveDescription", {})
+    if ttl.get("TimeToLiveStatus", "DISABLED") == "DISABLED":
+        return None
+    return ttl.get("AttributeName") or None

@@ -21,6 +21,11 @@ read), or a delete of an extra item (only if unchanged since read). It then read
 sides again and reports each difference as repaired, refused by the policy, or still
 different.
 
+Under ``ttl_deletes: skip`` the job keeps at the destinations the items that the
+source's TTL deleted: an item only at a destination whose TTL attribute (the source
+table's, from DescribeTimeToLive) holds a time in the past is counted as *kept*, not
+reported as ``extra``, not repaired, and not a difference for the exit status.
+
 A whole-table verify (not ``--sample``) that ends with no difference left at a
 destination clears the watermark's unread spans there up to its scan's start
 (:mod:`replicator.tools.unread`): every change created before then is reflected there.
@@ -38,6 +43,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import structlog
@@ -45,11 +51,19 @@ from prometheus_client import CollectorRegistry
 
 from replicator import wiring
 from replicator.aws.tables import TableShape
-from replicator.config.model import ResolvedJob
+from replicator.config.model import ResolvedJob, TtlDeletes
 from replicator.deadletter import DeadLetterTarget
 from replicator.deadletter.failed import DeadLetterer
 from replicator.exceptions import OperatorError, WriteCancelled
-from replicator.items import Item, KeyId, describe_key, item_to_wire, key_id, project
+from replicator.items import (
+    Item,
+    KeyId,
+    canonical_number,
+    describe_key,
+    item_to_wire,
+    key_id,
+    project,
+)
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.rules import OrderedRule, rule_for
@@ -65,6 +79,7 @@ from replicator.tools.tables import (
     check_same_keys,
     describe,
     destination_refs,
+    expiry_attribute,
     source_ref,
 )
 from replicator.tools.unread import MANUAL_STEP, Cleared, clear_unread
@@ -79,6 +94,9 @@ DIFFERENT = "different"
 # Missing at the destination because a delete there ranks above the source's item (the
 # destination's tombstone says so): the source is behind, not the destination.
 DELETED = "deleted"
+# Only at the destination, its TTL attribute in the past, under ttl_deletes: skip: the
+# source's TTL deleted it and the job keeps it there on purpose. Counted, not a difference.
+KEPT = "kept"
 # --sample: a table whose estimate is at most this many items has all its keys read (key
 # only) and the sample drawn from them, uniformly. A larger one is divided into segments
 # of about _ITEMS_PER_SAMPLE_SEGMENT items by its estimate, and whole segments drawn at
@@ -221,6 +239,10 @@ class VerifyReport:
     samples: dict[str, Sample] = field(default_factory=dict)
     """``--sample``: what each table's sample was drawn from, by label (the source's
     is ``source``)."""
+    kept: dict[str, int] = field(default_factory=dict)
+    """Items kept on purpose, by destination (:data:`KEPT`)."""
+    expiry_attribute: str | None = None
+    """The source's TTL attribute, under ``ttl_deletes: skip`` with TTL on there."""
 
     def clean(self, label: str) -> bool:
         """No difference is left at destination ``label``."""
@@ -251,7 +273,7 @@ class VerifyReport:
                 state = f"equal after repair ({len(mine)} repaired)"
             lines.append(
                 f"{label}: {scope} {self.destination_items.get(label, 0)} items"
-                f"{self._read(label)}, {state}"
+                f"{self._read(label)}, {state}{self._kept(label)}"
             )
             lines.extend(self._notes(label))
             lines.extend(finding.line() for finding in mine)
@@ -266,6 +288,15 @@ class VerifyReport:
                 f"{', '.join(self.unread.failed)}; {MANUAL_STEP}"
             )
         return "\n".join(lines)
+
+    def _kept(self, label: str) -> str:
+        count = self.kept.get(label, 0)
+        if not count:
+            return ""
+        return (
+            f"; {count} kept: expired at the source ({self.expiry_attribute} in the past), "
+            "ttl_deletes: skip"
+        )
 
     def _read(self, label: str) -> str:
         sample = self.samples.get(label)
@@ -288,11 +319,16 @@ class VerifyReport:
                 label: {
                     "items": self.destination_items.get(label, 0),
                     "equal": self.clean(label),
+                    "kept": self.kept.get(label, 0),
                     "differences": [f.as_dict() for f in self.findings if f.destination == label],
                 }
                 for label in self.destinations
             },
         }
+        if self.expiry_attribute:
+            body["kept_because"] = (
+                f"expired at the source ({self.expiry_attribute} in the past), ttl_deletes: skip"
+            )
         if self.samples:
             body["sample"] = {label: sample.as_dict() for label, sample in self.samples.items()}
         if self.unread:
@@ -344,6 +380,7 @@ class Verify:
         self._writers_lock = threading.Lock()
         self._cancelled = False
         self._samples: dict[str, Sample] = {}
+        self._expiry: str | None = None  # the source's TTL attribute, under ttl_deletes: skip
 
     def interrupt(self) -> None:
         """First call: start no more reads or repair writes, finish those in hand, then
@@ -376,6 +413,8 @@ class Verify:
     def run(self) -> VerifyReport:
         shape = check_same_keys(self.resolved, self.source, self.destinations)
         key_names = shape.key_names
+        if self.resolved.job.ttl_deletes is TtlDeletes.SKIP:
+            self._expiry = expiry_attribute(self.source)
         started_s = time.time()  # before the first read of any table
         if self.options.sample:
             counts, candidates = self._sample(shape)
@@ -389,8 +428,12 @@ class Verify:
             Finding(label, state.kind, key_item(key, key_names), state.attributes)
             for label, per_key in states.items()
             for key, state in per_key.items()
-            if state.kind is not None
+            if state.kind not in (None, KEPT)
         ]
+        kept = {
+            label: sum(1 for state in per_key.values() if state.kind == KEPT)
+            for label, per_key in states.items()
+        }
         self._read_tombstones(findings, states)
         findings.sort(key=lambda f: (f.destination, f.kind, describe_key(f.keys)))
         report = VerifyReport(
@@ -406,6 +449,8 @@ class Verify:
                 "source" if label == self.source.label else label: sample
                 for label, sample in self._samples.items()
             },
+            kept={label: count for label, count in kept.items() if count},
+            expiry_attribute=self._expiry,
         )
         if self.options.repair and findings:
             self._repair(findings, states, key_names)
@@ -417,6 +462,7 @@ class Verify:
             equal=report.equal,
             differences=len(findings),
             outstanding=sum(1 for f in findings if not f.settled),
+            kept=sum(kept.values()),
         )
         return report
 
@@ -562,7 +608,9 @@ class Verify:
             for label, per_key in states.items():
                 for key, state in per_key.items():
                     final[label][key] = state
-                    if state.kind is not None:
+                    # Kept: no replication in flight brings back what the source's TTL
+                    # deleted, so reading it again could change nothing.
+                    if state.kind not in (None, KEPT):
                         pending.setdefault(label, set()).add(key)
         return final
 
@@ -590,8 +638,22 @@ class Verify:
         states: dict[str, dict[KeyId, _State]] = {}
         for label, wanted in keys.items():
             theirs = destination_items[label]
-            states[label] = {key: _state(source_items.get(key), theirs.get(key)) for key in wanted}
+            states[label] = {
+                key: _state(source_items.get(key), theirs.get(key), self._expired) for key in wanted
+            }
         return states
+
+    def _expired(self, item: Item) -> bool:
+        """Under ``ttl_deletes: skip``: ``item``'s TTL attribute holds a time in the past
+        (a number of epoch seconds, as DynamoDB's TTL reads it; any other value is one TTL
+        ignores, so the source's TTL cannot have deleted the item)."""
+        value = item.get(self._expiry) if self._expiry else None
+        if value is None or set(value) != {"N"}:
+            return False
+        try:
+            return Decimal(canonical_number(str(value["N"]))) < Decimal(time.time())
+        except ValueError:
+            return False
 
     # -- tombstones (active_active.tombstones) --------------------------------------------
 
@@ -776,13 +838,18 @@ def _differences(count: int) -> str:
     return f"{count} difference{'s' if count != 1 else ''}"
 
 
-def _state(source_item: Item | None, destination_item: Item | None) -> _State:
+def _state(
+    source_item: Item | None,
+    destination_item: Item | None,
+    expired: Callable[[Item], bool] = lambda item: False,
+) -> _State:
     if source_item is None and destination_item is None:
         return _State(None, None, None, [])
     if destination_item is None:
         return _State(MISSING, source_item, None, [])
     if source_item is None:
-        return _State(EXTRA, None, destination_item, [])
+        kind = KEPT if expired(destination_item) else EXTRA
+        return _State(kind, None, destination_item, [])
     attributes = differing_attributes(source_item, destination_item)
     return _State(DIFFERENT if attributes else None, source_item, destination_item, attributes)
 

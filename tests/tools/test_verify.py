@@ -133,6 +133,105 @@ def test_hand_made_differences_are_reported_precisely_and_repair_brings_back_equ
     assert job.converged()
 
 
+def ttl_items(now: float) -> dict[str, Item]:
+    """Items only at a destination, by what their ``expires`` (the source's TTL
+    attribute) holds."""
+
+    def item(pk: str, expires: dict[str, str] | None = None) -> Item:
+        found: Item = {"pk": {"S": pk}, "sk": {"N": "1"}, "x": {"S": "?"}}
+        if expires is not None:
+            found["expires"] = expires
+        return found
+
+    return {
+        "expired": item("archived-expired", expires={"N": "1600000000"}),
+        "future": item("expires-later", expires={"N": str(int(now) + 86_400)}),
+        "none": item("no-expiry"),
+        "not a number": item("expiry-as-text", expires={"S": "1600000000"}),
+    }
+
+
+def test_under_ttl_deletes_skip_an_item_the_sources_ttl_deleted_is_kept_not_extra(
+    job: Job,
+) -> None:
+    """The source's TTL deleted the item and the job skipped that delete, on purpose:
+    verify counts it apart, its exit status ignores it and --repair leaves it. An extra
+    item whose TTL attribute is not a past time is still a difference."""
+    job.path.write_text(
+        job.path.read_text().replace(LWW, "conflict: {policy: overwrite}") + "ttl_deletes: skip\n"
+    )
+    job.source.update_time_to_live(
+        TableName=job.source_table,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires"},
+    )
+    (eu, eu_table), _ = job.destination_clients()
+    at_eu = ttl_items(time.time())
+    for item in at_eu.values():
+        eu.put_item(TableName=eu_table, Item=item)
+    eu_label = f"eu-west-1/{job.name}-eu"
+
+    found = cli(job, "--recheck-pause", "0.1")
+
+    assert found.returncode == 1, found.stderr
+    lines = found.stdout.splitlines()
+    assert (
+        f"{eu_label}: scanned 4 items, 3 differences; 1 kept: expired at the source "
+        "(expires in the past), ttl_deletes: skip"
+    ) in lines
+    assert "  extra     pk=S:expires-later sk=N:1" in lines
+    assert "  extra     pk=S:no-expiry sk=N:1" in lines
+    assert "  extra     pk=S:expiry-as-text sk=N:1" in lines
+    assert "archived-expired" not in found.stdout
+
+    repaired = cli(job, "--repair", "--json", "--recheck-pause", "0.1")
+
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    report = json.loads(repaired.stdout)
+    eu_report = report["destinations"][eu_label]
+    assert (eu_report["equal"], eu_report["kept"]) == (True, 1)
+    assert sorted(d["key"]["pk"]["S"] for d in eu_report["differences"]) == [
+        "expires-later",
+        "expiry-as-text",
+        "no-expiry",
+    ]
+    assert {d["repair"] for d in eu_report["differences"]} == {"repaired"}
+    assert (
+        report["kept_because"] == "expired at the source (expires in the past), ttl_deletes: skip"
+    )
+    (left,) = eu.scan(TableName=eu_table, ConsistentRead=True)["Items"]
+    assert left == at_eu["expired"]
+
+    again = cli(job, "--recheck-pause", "0.1")
+
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (
+        f"{eu_label}: scanned 1 items, equal; 1 kept: expired at the source (expires in the "
+        "past), ttl_deletes: skip"
+    ) in again.stdout.splitlines()
+
+
+@pytest.mark.parametrize("setting", ["ttl_deletes: replicate", "ttl off at the source"])
+def test_an_expired_item_only_at_a_destination_is_extra_unless_the_job_skips_ttl_deletes(
+    job: Job, setting: str
+) -> None:
+    if setting == "ttl_deletes: replicate":
+        job.path.write_text(job.path.read_text() + "ttl_deletes: replicate\n")
+        job.source.update_time_to_live(
+            TableName=job.source_table,
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires"},
+        )
+    else:
+        job.path.write_text(job.path.read_text() + "ttl_deletes: skip\n")
+    (eu, eu_table), _ = job.destination_clients()
+    eu.put_item(TableName=eu_table, Item=ttl_items(time.time())["expired"])
+
+    report = verify(job)
+
+    assert [(f.kind, f.keys["pk"]["S"]) for f in report.findings] == [("extra", "archived-expired")]
+    assert (report.kept, report.exit_code) == ({}, 1)
+    assert "kept" not in report.text()
+
+
 def test_repair_goes_through_the_policy_and_reports_what_it_refused(job: Job) -> None:
     items = replicated(job, 6)
     (eu, eu_table), _ = job.destination_clients()
