@@ -10,6 +10,7 @@ the source sent.
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Mapping
 from decimal import Context, Decimal, InvalidOperation
@@ -211,13 +212,37 @@ def canonical_number(text: Any) -> str:
 
 
 def describe_key(keys: Mapping[str, AttributeValue]) -> str:
-    """A short human-readable key for logs: ``pk=S:order-1 sk=N:3``."""
+    """A short human-readable key for reports and logs, on one line and read back by
+    ``replicator conflicts --key``: ``pk=S:order-1 sk=N:3``.
+
+    A key string can hold anything: a newline would split a report's line, a space make
+    ``pk=S:a sk=N:1`` two readings, a tab or NUL pass unseen. So a name or string value
+    that is not a plain token (:func:`key_token`) is shown JSON-quoted, every character
+    outside printable ASCII escaped: ``pk=S:"order 1\\n"``."""
     parts = []
     for name in sorted(keys):
         ((kind, inner),) = keys[name].items()
-        shown = base64.b64encode(inner).decode("ascii") if kind == "B" else inner
-        parts.append(f"{name}={kind}:{shown}")
+        if kind == "B":
+            shown = base64.b64encode(inner).decode("ascii")
+        elif kind == "S":
+            shown = key_token(str(inner))
+        else:
+            shown = str(inner)
+        parts.append(f"{key_token(name, forbidden='=')}={kind}:{shown}")
     return " ".join(parts)
+
+
+def key_token(text: str, *, forbidden: str = "") -> str:
+    """``text`` as it is when it reads back unambiguously (not empty, printable, no
+    whitespace, not starting with a double quote, none of ``forbidden``), else as a JSON
+    string of printable ASCII."""
+    plain = (
+        text
+        and text.isprintable()
+        and not any(character.isspace() or character in forbidden for character in text)
+        and not text.startswith('"')
+    )
+    return text if plain else json.dumps(text)
 
 
 def project(item: Mapping[str, AttributeValue], names: list[str]) -> Item:

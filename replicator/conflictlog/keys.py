@@ -7,8 +7,9 @@ canonicalized; names are sorted, so the order of a composite key does not matter
 
 On the command line a key is written the way the replicator's log lines show it,
 ``pk=S:order-1 sk=N:3`` (one ``name=TYPE:value`` per key attribute, TYPE ``S``, ``N``
-or ``B`` with base64 for binaries), or as a JSON object in DynamoDB's attribute-value
-form (``{"pk": {"S": "order 1"}}``) for values that hold spaces.
+or ``B`` with base64 for binaries; a name or value that is not a plain token JSON-quoted,
+``pk=S:"order 1"``, as :func:`replicator.items.describe_key` shows it), or as a JSON
+object in DynamoDB's attribute-value form (``{"pk": {"S": "order 1"}}``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ from replicator import items
 from replicator.exceptions import KeySyntaxError
 from replicator.items import AttributeValue, Item
 
-_PAIR = re.compile(r"(?:^|\s)([^\s=]+)=(S|N|B):")
+# A name as describe_key shows it: a plain token, or a JSON string.
+_NAME = r'"(?:[^"\\]|\\.)*"|[^\s="][^\s=]*'
+_PAIR = re.compile(rf"(?:^|\s)({_NAME})=(S|N|B):")
+_PAIR_HERE = re.compile(rf"({_NAME})=(S|N|B):")
+_QUOTED = json.JSONDecoder()
 _KEY_TYPES = ("S", "N", "B")
 
 
@@ -100,22 +105,52 @@ def parse_key(text: str) -> Item:
         raise KeySyntaxError("the key is empty; write it as name=TYPE:value, e.g. pk=S:order-1")
     if stripped.startswith("{"):
         return _from_json(text, stripped)
-    matches = list(_PAIR.finditer(stripped))
-    if not matches or matches[0].start() != 0:
-        raise KeySyntaxError(
-            f"{text!r} is not a key: write name=TYPE:value for each key attribute "
-            "(TYPE S, N or B), e.g. 'pk=S:order-1 sk=N:3', or a JSON object such as "
-            '\'{"pk": {"S": "order-1"}}\''
-        )
     key: Item = {}
-    for index, match in enumerate(matches):
-        end = matches[index + 1].start() if index + 1 < len(matches) else len(stripped)
-        name, kind = match.group(1), match.group(2)
-        value = stripped[match.end() : end].rstrip()
+    position = 0
+    while position < len(stripped):
+        match = _PAIR_HERE.match(stripped, position)
+        if match is None:
+            raise KeySyntaxError(
+                f"{text!r} is not a key: write name=TYPE:value for each key attribute "
+                "(TYPE S, N or B), e.g. 'pk=S:order-1 sk=N:3', or a JSON object such as "
+                '\'{"pk": {"S": "order-1"}}\''
+            )
+        name, kind = _unquoted(text, match.group(1)), match.group(2)
+        if stripped.startswith('"', match.end()):
+            value, position = _quoted(text, stripped, match.end())
+        else:
+            # Unquoted, a value runs to the next name=TYPE: after a blank.
+            following = _PAIR.search(stripped, match.end())
+            position = following.start() if following else len(stripped)
+            value = stripped[match.end() : position].rstrip()
         if name in key:
             raise KeySyntaxError(f"{text!r} names key attribute {name!r} twice")
         key[name] = _typed(text, name, kind, value)
+        while position < len(stripped) and stripped[position].isspace():
+            position += 1
     return key
+
+
+def _unquoted(text: str, name: str) -> str:
+    return _quoted(text, name, 0)[0] if name.startswith('"') else name
+
+
+def _quoted(text: str, stripped: str, start: int) -> tuple[str, int]:
+    """The JSON string at ``start`` and where it ends, which must be a blank or the end."""
+    try:
+        value, end = _QUOTED.raw_decode(stripped, start)
+    except json.JSONDecodeError as error:
+        raise KeySyntaxError(
+            f"{text!r}: {stripped[start:]!r} starts with a double quote but is not a JSON "
+            f"string ({error.msg}); a value that starts with a double quote is written "
+            'JSON-quoted, e.g. pk=S:"\\"x"'
+        ) from None
+    if not isinstance(value, str) or (end < len(stripped) and not stripped[end].isspace()):
+        raise KeySyntaxError(
+            f"{text!r}: a quoted name or value must be one JSON string followed by a blank "
+            "or the end"
+        )
+    return value, end
 
 
 def _from_json(text: str, stripped: str) -> Item:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from replicator.items import Item, KeyId, canonical_number, key_id
+from replicator.items import Item, KeyId, canonical_number, describe_key, key_id
 
 
 @dataclass
@@ -76,4 +76,5 @@ def compare(
 
 
 def describe(key: KeyId) -> str:
-    return " ".join(f"{name}={kind}:{value}" for name, kind, value in key)
+    """The key as every report shows one (:func:`replicator.items.describe_key`)."""
+    return describe_key({name: {kind: value} for name, kind, value in key})

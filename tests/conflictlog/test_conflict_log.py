@@ -32,7 +32,7 @@ from replicator.exceptions import (
     KeySyntaxError,
     SinceSyntaxError,
 )
-from replicator.items import Item, item_to_wire
+from replicator.items import Item, describe_key, item_to_wire
 from replicator.metrics import Metrics
 from replicator.rules import OrderedRule
 from replicator.writers.destination import DestinationWriter, Outcome
@@ -95,6 +95,26 @@ def test_a_key_typed_as_log_lines_show_it_or_as_json_names_one_canonical_item() 
     assert canonical_key({"n": {"N": widest + "8"}}) != canonical_key({"n": {"N": widest + "9"}})
     assert canonical_key(parse_key("n=N:1E+125")) == '[["n","N","1' + "0" * 125 + '"]]'
     assert canonical_key(parse_key("n=N:-1e-130")) == '[["n","N","-0.' + "0" * 129 + '1"]]'
+
+
+@pytest.mark.parametrize(
+    ("key", "shown"),
+    [
+        ({"pk": {"S": "order-1"}, "sk": {"N": "3"}}, "pk=S:order-1 sk=N:3"),
+        ({"pk": {"S": "line\nbreak"}}, 'pk=S:"line\\nbreak"'),
+        ({"pk": {"S": " "}, "sk": {"N": "1"}}, 'pk=S:" " sk=N:1'),
+        ({"pk": {"S": "a\x00\tb"}}, 'pk=S:"a\\u0000\\tb"'),
+        ({"pk": {"S": "x sk=N:2"}, "sk": {"N": "3"}}, 'pk=S:"x sk=N:2" sk=N:3'),
+        ({"pk": {"S": '"q"'}}, 'pk=S:"\\"q\\""'),
+        ({"pk": {"S": "caf\u00e9"}}, "pk=S:caf\u00e9"),
+        ({"pk": {"S": "a\u2028b"}}, 'pk=S:"a\\u2028b"'),
+        ({"a=b": {"S": "v"}, "c d": {"N": "1"}}, '"a=b"=S:v "c d"=N:1'),
+        ({"b": {"B": b"\x00\xff"}}, "b=B:AP8="),
+    ],
+)
+def test_a_key_is_shown_on_one_line_one_way_and_read_back_as_shown(key: Item, shown: str) -> None:
+    assert describe_key(key) == shown
+    assert parse_key(shown) == key
 
 
 @pytest.mark.parametrize(

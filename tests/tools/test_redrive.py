@@ -208,6 +208,22 @@ def test_sqs_letters_replay_with_the_safeguards_of_their_origin(job: Job) -> Non
     assert "ValidationException" in left.error
 
 
+def test_the_summary_shows_a_key_with_a_newline_quoted_on_its_line(job: Job) -> None:
+    eu_label = "/".join(job.destinations[0])
+    item = image("two\nlines", 100)
+    FileDeadLetters(job.dead_letters).put(
+        stream_letter(job, eu_label, item, 91, "throttled", "throttled too long")
+    )
+
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1:] == [
+        f'  replayed      {eu_label}: MODIFY pk=S:"two\\nlines" sk=N:1 (sequence 91)'
+    ]
+    assert get(job, 0, item) == item
+
+
 def test_nothing_to_redrive_exits_0(job: Job) -> None:
     report = Redrive(load_job(job.path)).run()
     assert report.exit_code == 0
@@ -439,7 +455,9 @@ def test_an_interrupted_redrive_says_how_many_letters_it_kept_and_the_next_takes
     assert target.count() == 0
 
 
-def test_a_destination_refusing_every_writes_credentials_exits_3_and_keeps_the_letters(job: Job) -> None:
+def test_a_destination_refusing_every_writes_credentials_exits_3_and_keeps_the_letters(
+    job: Job,
+) -> None:
     eu_label = "/".join(job.destinations[0])
     target = FileDeadLetters(job.dead_letters)
     for seq, name in enumerate("abc", start=41):

@@ -232,6 +232,27 @@ def test_an_expired_item_only_at_a_destination_is_extra_unless_the_job_skips_ttl
     assert "kept" not in report.text()
 
 
+def test_keys_that_hold_blanks_or_control_characters_are_shown_quoted_on_one_line(
+    job: Job,
+) -> None:
+    (eu, eu_table), _ = job.destination_clients()
+    for pk in ("line\nbreak", " ", "tab\tand\x00nul", "plain"):
+        eu.put_item(TableName=eu_table, Item={"pk": {"S": pk}, "sk": {"N": "1"}})
+
+    found = cli(job, "--recheck", "1")
+
+    assert found.returncode == 1, found.stderr
+    lines = found.stdout.splitlines()
+    mine = lines[lines.index(f"eu-west-1/{job.name}-eu: scanned 4 items, 4 differences") + 1 :]
+    assert mine[:4] == [
+        '  extra     pk=S:" " sk=N:1',
+        '  extra     pk=S:"line\\nbreak" sk=N:1',
+        '  extra     pk=S:"tab\\tand\\u0000nul" sk=N:1',
+        "  extra     pk=S:plain sk=N:1",
+    ]
+    assert len(lines) == 7  # the header, two destinations' lines, four findings
+
+
 def test_repair_goes_through_the_policy_and_reports_what_it_refused(job: Job) -> None:
     items = replicated(job, 6)
     (eu, eu_table), _ = job.destination_clients()
