@@ -56,7 +56,7 @@ from replicator.tools.snapshot import (
     synthetic_change,
     writer_tables,
 )
-from replicator.tools.tables import TableRef, check_same_keys, source_ref
+from replicator.tools.tables import KeptExpired, TableRef, check_same_keys, source_ref
 from replicator.writers.destination import DestinationWriter, Outcome, WriteResult
 
 log = structlog.get_logger(__name__)
@@ -235,6 +235,7 @@ class Backfill:
         self._letters = DeadLetterer(dead_letters, self.metrics, resolved.task_name, BACKFILL)
         self._writers = snapshot_writers(resolved, self.metrics)
         shape = check_same_keys(resolved, source, writer_tables(resolved, self._writers))
+        kept = KeptExpired.of(resolved, source)
         handoff: Handoff | None = None
         if self.options.skip_handoff_check:
             log.warning("hand-off check skipped: changes made during the scan may be missed")
@@ -288,7 +289,7 @@ class Backfill:
         )
         complete = False
         try:
-            self._copy(plan, source, shape.key_names, shape.item_count, state)
+            self._copy(plan, source, shape.key_names, shape.item_count, state, kept)
             complete = plan.complete
         finally:
             try:
@@ -308,10 +309,11 @@ class Backfill:
         key_names: list[str],
         item_count: int,
         state: BackfillState,
+        kept: KeptExpired,
     ) -> None:
         options = self.options
         rate = ReadRate(options.read_rate)
-        guard = ResurrectionGuard(source, key_names, self._writers, rate, self._letters)
+        guard = ResurrectionGuard(source, key_names, self._writers, rate, self._letters, kept)
         pending = [segment for segment in plan.segments if not segment.done]
         already = sum(segment.scanned for segment in plan.segments)
         report = ProgressReport(
@@ -441,6 +443,12 @@ class _SegmentCopy:
         tally.dead_lettered += guarded.dead_lettered
         if guarded.undone:
             log.info("undid copies of items deleted during the scan", count=guarded.undone)
+        if guarded.expired:
+            log.info(
+                "kept copies of items the source's TTL deleted during the scan",
+                count=guarded.expired,
+                because="ttl_deletes: skip",
+            )
         return tally
 
 

@@ -77,7 +77,7 @@ from replicator.metrics import Metrics
 from replicator.records import Change, Event
 from replicator.tools.scan import ReadRate
 from replicator.tools.snapshot import ResurrectionGuard, synthetic_purpose, with_snapshot_rules
-from replicator.tools.tables import TableRef, checked_source, source_ref
+from replicator.tools.tables import KeptExpired, TableRef, checked_source, source_ref
 from replicator.writers.destination import NOT_PASSED, DestinationWriter, Outcome
 
 log = structlog.get_logger(__name__)
@@ -253,6 +253,7 @@ class Redrive:
         self._reader = Reader(ChangeFilter.for_job(resolved.job))
         self._guard: ResurrectionGuard | None = None
         self._source: tuple[TableRef, list[str]] | None = None  # and its key names
+        self._kept = KeptExpired(None)
         self._target: DeadLetterTarget | None = None
         self._conflicts: LetterConflicts | None = None
         self.refused = False
@@ -269,6 +270,7 @@ class Redrive:
         # meaningless are the job file's problem, whatever the letters hold.
         source = source_ref(self.resolved)
         self._source = (source, checked_source(self.resolved, source).key_names)
+        self._kept = KeptExpired.of(self.resolved, source)
         target = target or wiring.dead_letter_target(self.resolved, run_id=self.run_id)
         recorder = recorder_for(self.resolved, self.metrics)
         try:
@@ -441,6 +443,8 @@ class Redrive:
         if result.undone:
             log.info("the source no longer holds a replayed item; its copy was removed")
             notes.append("(the source has deleted it since: removed again)")
+        if result.expired:
+            notes.append(f"(the source has deleted it since, {self._kept.why}: kept)")
         if result.caught_up:
             log.info("the source holds a replayed item changed since; its image was written")
             notes.append("(the source has changed it since: the source's image written)")
@@ -459,7 +463,7 @@ class Redrive:
             # Its writes dead-letter to the real target: nothing it does is held back.
             letters = DeadLetterer(self._target, self.metrics, self.resolved.task_name, "redrive")
             self._guard = ResurrectionGuard(
-                source, key_names, self._snapshot_writers, ReadRate(0), letters
+                source, key_names, self._snapshot_writers, ReadRate(0), letters, self._kept
             )
         return self._guard
 

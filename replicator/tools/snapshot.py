@@ -56,7 +56,7 @@ from replicator.rules import (
 from replicator.rules.requests import equals_condition, holds_outcome
 from replicator.tools.compare import differing_attributes
 from replicator.tools.scan import ReadRate, batch_get
-from replicator.tools.tables import TableRef
+from replicator.tools.tables import KeptExpired, TableRef
 from replicator.writers.destination import DestinationWriter, Outcome
 from replicator.writers.wire import botocore_client_of
 
@@ -272,6 +272,7 @@ class GuardTally:
     undone: int = 0  # copies of deleted items removed again
     caught_up: int = 0  # replayed images replaced by the source's newer one (catch_up)
     restored: int = 0  # items a replayed delete removed that the source holds: written again
+    expired: int = 0  # copies of items the source's TTL deleted, kept (ttl_deletes: skip)
     kept: int = 0  # the destination had changed since: left alone
     dead_lettered: int = 0
 
@@ -287,6 +288,10 @@ class ResurrectionGuard:
     newer item the replicator wrote in between is never removed. If the source still
     holds the item, any later delete comes after the copy in the stream and the
     replicator applies it.
+
+    Under ``ttl_deletes: skip`` a copy whose TTL attribute is past stays
+    (:class:`KeptExpired`): the source's TTL deleted it, and the job keeps such items at
+    the destinations; removing it would lose the item the destination held before.
     """
 
     def __init__(
@@ -296,6 +301,7 @@ class ResurrectionGuard:
         writers: Mapping[str, DestinationWriter],
         rate: ReadRate,
         letters: DeadLetterer,
+        kept: KeptExpired,
     ) -> None:
         """``letters`` keeps a removal that fails; its ``shard_id`` names the command
         (``backfill``, ``repair``, ``redrive``), which is the removals' purpose too."""
@@ -305,6 +311,7 @@ class ResurrectionGuard:
         self.rate = rate
         self.letters = letters
         self.purpose = letters.shard_id
+        self.kept = kept
 
     def check(
         self, applied: list[tuple[Change, list[str]]], *, catch_up: bool = False
@@ -331,6 +338,9 @@ class ResurrectionGuard:
             if current is not None:
                 if catch_up and not same_item(current, change.new_image):
                     self._write_source_image(change, current, change.new_image, labels, tally)
+                continue
+            if self.kept(change.new_image):
+                tally.expired += len(labels)
                 continue
             self._write_source_image(change, None, change.new_image, labels, tally)
         return tally

@@ -8,15 +8,18 @@ the SDK's three attempts would.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.aws import clients, tables
 from replicator.aws.tables import TableShape
-from replicator.config.model import DestinationConfig, ResolvedJob
+from replicator.config.model import DestinationConfig, ResolvedJob, TtlDeletes
 from replicator.exceptions import EnvironmentProblem
+from replicator.items import Item, canonical_number
 from replicator.runtime.preflight import check_ranking_attributes, explain
 
 if TYPE_CHECKING:
@@ -97,6 +100,39 @@ def check_same_keys(
                 f"{other.key_schema}, but the source has {shape.key_schema}"
             )
     return shape
+
+
+@dataclass(frozen=True)
+class KeptExpired:
+    """What ``ttl_deletes: skip`` keeps at the destinations: items the source's TTL
+    deleted. An item the source lacks whose TTL attribute (the source table's) holds a
+    time in the past is taken for one: verify counts it apart, and no command removes
+    it. Neither can tell it from an item a person deleted after it expired."""
+
+    attribute: str | None  # None: nothing is kept (ttl_deletes: replicate, or TTL off)
+
+    @classmethod
+    def of(cls, resolved: ResolvedJob, source: TableRef) -> KeptExpired:
+        """Reads the source's TTL setting only under ``ttl_deletes: skip``."""
+        if resolved.job.ttl_deletes is not TtlDeletes.SKIP:
+            return cls(None)
+        return cls(expiry_attribute(source))
+
+    def __call__(self, item: Item) -> bool:
+        """``item``'s TTL attribute holds a past time: a number of epoch seconds, as
+        DynamoDB's TTL reads it (any other value is one TTL ignores, so the source's TTL
+        cannot have deleted the item)."""
+        value = item.get(self.attribute) if self.attribute else None
+        if value is None or set(value) != {"N"}:
+            return False
+        try:
+            return Decimal(canonical_number(str(value["N"]))) < Decimal(time.time())
+        except ValueError:
+            return False
+
+    @property
+    def why(self) -> str:
+        return f"expired at the source ({self.attribute} in the past), ttl_deletes: skip"
 
 
 def expiry_attribute(ref: TableRef) -> str | None:

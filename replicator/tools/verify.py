@@ -43,7 +43,6 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, TypeVar
 
 import structlog
@@ -51,14 +50,13 @@ from prometheus_client import CollectorRegistry
 
 from replicator import wiring
 from replicator.aws.tables import TableShape
-from replicator.config.model import ResolvedJob, TtlDeletes
+from replicator.config.model import ResolvedJob
 from replicator.deadletter import DeadLetterTarget
 from replicator.deadletter.failed import DeadLetterer
 from replicator.exceptions import OperatorError, WriteCancelled
 from replicator.items import (
     Item,
     KeyId,
-    canonical_number,
     describe_key,
     item_to_wire,
     key_id,
@@ -75,11 +73,11 @@ from replicator.tools.progress import ProgressReport
 from replicator.tools.scan import ReadRate, batch_get, scan_pages
 from replicator.tools.snapshot import REPAIR, ResurrectionGuard, snapshot_writers, synthetic_change
 from replicator.tools.tables import (
+    KeptExpired,
     TableRef,
     check_same_keys,
     describe,
     destination_refs,
-    expiry_attribute,
     source_ref,
 )
 from replicator.tools.unread import MANUAL_STEP, Cleared, clear_unread
@@ -241,8 +239,8 @@ class VerifyReport:
     is ``source``)."""
     kept: dict[str, int] = field(default_factory=dict)
     """Items kept on purpose, by destination (:data:`KEPT`)."""
-    expiry_attribute: str | None = None
-    """The source's TTL attribute, under ``ttl_deletes: skip`` with TTL on there."""
+    kept_because: str | None = None
+    """Why, when the job keeps items (``ttl_deletes: skip``, TTL on at the source)."""
 
     def clean(self, label: str) -> bool:
         """No difference is left at destination ``label``."""
@@ -293,10 +291,7 @@ class VerifyReport:
         count = self.kept.get(label, 0)
         if not count:
             return ""
-        return (
-            f"; {count} kept: expired at the source ({self.expiry_attribute} in the past), "
-            "ttl_deletes: skip"
-        )
+        return f"; {count} kept: {self.kept_because}"
 
     def _read(self, label: str) -> str:
         sample = self.samples.get(label)
@@ -325,10 +320,8 @@ class VerifyReport:
                 for label in self.destinations
             },
         }
-        if self.expiry_attribute:
-            body["kept_because"] = (
-                f"expired at the source ({self.expiry_attribute} in the past), ttl_deletes: skip"
-            )
+        if self.kept_because:
+            body["kept_because"] = self.kept_because
         if self.samples:
             body["sample"] = {label: sample.as_dict() for label, sample in self.samples.items()}
         if self.unread:
@@ -380,7 +373,7 @@ class Verify:
         self._writers_lock = threading.Lock()
         self._cancelled = False
         self._samples: dict[str, Sample] = {}
-        self._expiry: str | None = None  # the source's TTL attribute, under ttl_deletes: skip
+        self._kept = KeptExpired(None)
 
     def interrupt(self) -> None:
         """First call: start no more reads or repair writes, finish those in hand, then
@@ -413,8 +406,7 @@ class Verify:
     def run(self) -> VerifyReport:
         shape = check_same_keys(self.resolved, self.source, self.destinations)
         key_names = shape.key_names
-        if self.resolved.job.ttl_deletes is TtlDeletes.SKIP:
-            self._expiry = expiry_attribute(self.source)
+        self._kept = KeptExpired.of(self.resolved, self.source)
         started_s = time.time()  # before the first read of any table
         if self.options.sample:
             counts, candidates = self._sample(shape)
@@ -450,7 +442,7 @@ class Verify:
                 for label, sample in self._samples.items()
             },
             kept={label: count for label, count in kept.items() if count},
-            expiry_attribute=self._expiry,
+            kept_because=self._kept.why if self._kept.attribute else None,
         )
         if self.options.repair and findings:
             self._repair(findings, states, key_names)
@@ -639,21 +631,9 @@ class Verify:
         for label, wanted in keys.items():
             theirs = destination_items[label]
             states[label] = {
-                key: _state(source_items.get(key), theirs.get(key), self._expired) for key in wanted
+                key: _state(source_items.get(key), theirs.get(key), self._kept) for key in wanted
             }
         return states
-
-    def _expired(self, item: Item) -> bool:
-        """Under ``ttl_deletes: skip``: ``item``'s TTL attribute holds a time in the past
-        (a number of epoch seconds, as DynamoDB's TTL reads it; any other value is one TTL
-        ignores, so the source's TTL cannot have deleted the item)."""
-        value = item.get(self._expiry) if self._expiry else None
-        if value is None or set(value) != {"N"}:
-            return False
-        try:
-            return Decimal(canonical_number(str(value["N"]))) < Decimal(time.time())
-        except ValueError:
-            return False
 
     # -- tombstones (active_active.tombstones) --------------------------------------------
 
@@ -756,7 +736,9 @@ class Verify:
         for (finding, _, change, _), result in zip(jobs, results, strict=True):
             if result.outcome is Outcome.APPLIED and change.new_image is not None:
                 applied_puts.setdefault(id(change), (change, []))[1].append(finding.destination)
-        guard = ResurrectionGuard(self.source, key_names, writers, self._rate(self.source), letters)
+        guard = ResurrectionGuard(
+            self.source, key_names, writers, self._rate(self.source), letters, self._kept
+        )
         guard.check(list(applied_puts.values()))
         self._confirm(findings, key_names)
 

@@ -268,6 +268,37 @@ def test_a_copy_of_an_item_deleted_during_the_scan_is_undone(job: Job) -> None:
     assert job.converged()
 
 
+def test_under_ttl_deletes_skip_a_copy_of_an_item_the_sources_ttl_deleted_stays(
+    job: Job,
+) -> None:
+    """eu holds an older image of X; the scan reads X, already expired; the source's TTL
+    deletes X, which the replicator skips (ttl_deletes: skip); the backfill then writes
+    X. Undoing the copy would leave eu without the item the job keeps there."""
+    job.path.write_text(job.path.read_text() + "ttl_deletes: skip\n")
+    job.source.update_time_to_live(
+        TableName=job.source_table,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires"},
+    )
+    older = {**item("x", 1, 100), "expires": {"N": "1600000000"}}
+    newer = {**item("x", 1, 200), "expires": {"N": "1600000000"}}
+    (eu, eu_table), (ap, ap_table) = job.destination_clients()
+    eu.put_item(TableName=eu_table, Item=older)
+    job.source.put_item(TableName=job.source_table, Item=newer)
+
+    def expired_meanwhile(segment: int, items: list[Item]) -> None:
+        if items:
+            job.source.delete_item(
+                TableName=job.source_table, Key={"pk": {"S": "x"}, "sk": {"N": "1"}}
+            )
+
+    result = backfill(job, BackfillHooks(page_scanned=expired_meanwhile), segments=1)
+
+    assert result.complete
+    assert (result.overall.applied, result.overall.undone) == (2, 0)
+    for ddb, table in ((eu, eu_table), (ap, ap_table)):
+        assert get(ddb, table, "x", 1) == newer
+
+
 def test_the_undo_never_removes_a_newer_item_at_the_destination(job: Job) -> None:
     """The source deleted X after the scan read it, but the destination meanwhile holds
     another image of X (the replicator's): the conditional delete leaves it alone."""

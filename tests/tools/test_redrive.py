@@ -676,6 +676,39 @@ def test_a_replayed_put_of_an_item_the_source_deleted_since_is_not_brought_back(
     assert FileDeadLetters(job.dead_letters).count() == 0
 
 
+@pytest.mark.parametrize("ttl_deletes", ["skip", "replicate"])
+def test_a_replayed_put_of_an_item_the_sources_ttl_deleted_since_stays_under_skip(
+    job: Job, ttl_deletes: str
+) -> None:
+    """The put was dead-lettered; the item then expired and the source's TTL deleted it,
+    a delete the replicator skips under ttl_deletes: skip: the replayed put is what eu
+    keeps. Under replicate the TTL delete reached eu (removing nothing), and the copy is
+    removed again like that of any item deleted since."""
+    job.path.write_text(job.path.read_text() + f"ttl_deletes: {ttl_deletes}\n")
+    job.source.update_time_to_live(
+        TableName=job.source_table,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires"},
+    )
+    eu_label = "/".join(job.destinations[0])
+    expired = {**image("e", 100), "expires": {"N": "1600000000"}}
+    FileDeadLetters(job.dead_letters).put(
+        stream_letter(job, eu_label, expired, 95, "throttled", "e", at_source=False)
+    )
+
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stderr
+    if ttl_deletes == "skip":
+        assert (
+            "(the source has deleted it since, expired at the source (expires in the past), "
+            "ttl_deletes: skip: kept)"
+        ) in result.stdout
+        assert get(job, 0, expired) == expired
+    else:
+        assert "(the source has deleted it since: removed again)" in result.stdout
+        assert get(job, 0, expired) is None
+
+
 @pytest.mark.parametrize("conflict", ["conflict: {policy: overwrite}", LWW])
 def test_a_replayed_put_of_an_item_the_source_changed_since_leaves_the_sources_image(
     job: Job, conflict: str
