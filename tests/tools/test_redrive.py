@@ -89,6 +89,19 @@ def get(job: Job, number: int, item: Item) -> Item | None:
     return found
 
 
+def replayed_at_eu_only(job: Job, note: str, item: Item) -> None:
+    """Redrive the job's one letter, for eu: replayed with ``note``, eu left holding
+    ``item``, ap untouched, the target empty."""
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stderr
+    assert "1 letter, 1 replayed, 0 failed again" in result.stdout
+    assert note in result.stdout
+    assert get(job, 0, item) == item
+    assert get(job, 1, item) is None
+    assert FileDeadLetters(job.dead_letters).count() == 0
+
+
 def redrive(job: Job) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "replicator", "redrive", "--config", str(job.path)],
@@ -759,14 +772,9 @@ def test_a_replayed_synthetic_put_of_an_item_the_source_changed_since_leaves_the
     letter = _letter(job, eu_label, copy.raw, "throttled", "throttled too long", keys_of(read))
     FileDeadLetters(job.dead_letters).put(replace(letter, shard_id=purpose))
 
-    result = redrive(job)
-
-    assert result.returncode == 0, result.stderr
-    assert "1 letter, 1 replayed, 0 failed again" in result.stdout
-    assert "(the source has changed it since: the source's image written)" in result.stdout
-    assert get(job, 0, current) == current
-    assert get(job, 1, current) is None  # the letter was for eu only
-    assert FileDeadLetters(job.dead_letters).count() == 0
+    replayed_at_eu_only(
+        job, "(the source has changed it since: the source's image written)", current
+    )
 
 
 def test_a_replayed_put_the_source_still_holds_as_it_is_stays(job: Job) -> None:
@@ -813,14 +821,7 @@ def test_a_replayed_delete_of_an_item_the_source_holds_again_leaves_the_sources_
     job.source.put_item(TableName=job.source_table, Item=again)
     FileDeadLetters(job.dead_letters).put(delete_letter(job, eu_label, first, 81))
 
-    result = redrive(job)
-
-    assert result.returncode == 0, result.stderr
-    assert "1 letter, 1 replayed, 0 failed again" in result.stdout
-    assert "(the source holds it again: its image written)" in result.stdout
-    assert get(job, 0, again) == again
-    assert get(job, 1, again) is None  # the letter was for eu only
-    assert FileDeadLetters(job.dead_letters).count() == 0
+    replayed_at_eu_only(job, "(the source holds it again: its image written)", again)
 
 
 @pytest.mark.parametrize("conflict", [OVERWRITE, LWW])
