@@ -54,14 +54,7 @@ from replicator.config.model import ResolvedJob
 from replicator.deadletter import DeadLetterTarget
 from replicator.deadletter.failed import DeadLetterer
 from replicator.exceptions import OperatorError, WriteCancelled
-from replicator.items import (
-    Item,
-    KeyId,
-    describe_key,
-    item_to_wire,
-    key_id,
-    project,
-)
+from replicator.items import Item, KeyId, describe_key, item_to_wire, key_id, project
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.rules import OrderedRule, rule_for
