@@ -9,46 +9,12 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
-from botocore.exceptions import ReadTimeoutError
 
 from replicator.exceptions import LeaseLost
 from replicator.shards.leases import Lease, LeaseTable
+from tests.support.aws import LostAnswers
 
 SHARD = "shardId-00000001"
-
-
-class LostAnswers:
-    """Makes the lease table's next UpdateItem call raise a read timeout, as botocore does
-    when a proxy holds the request past its read timeout: after the write reached
-    DynamoDB (``landed``), or before it was sent (every attempt of that call)."""
-
-    def __init__(self, table: LeaseTable) -> None:
-        self.mode: str | None = None
-        events = table.client.meta.events
-        events.register("before-send.dynamodb.UpdateItem", self._before_send)
-        events.register("after-call.dynamodb.UpdateItem", self._after_call)
-
-    def next_update(self, mode: str) -> None:
-        self.mode = mode
-
-    def times_out(self, mode: str, update: Any) -> None:
-        """Run ``update`` with its answer lost this way: it raises the read timeout."""
-        self.next_update(mode)
-        with pytest.raises(ReadTimeoutError):
-            update()
-        self.next_update("")
-
-    def _timeout(self) -> ReadTimeoutError:
-        return ReadTimeoutError(endpoint_url="http://127.0.0.1 (held by a proxy)")
-
-    def _before_send(self, **_: Any) -> None:
-        if self.mode == "lost":
-            raise self._timeout()
-
-    def _after_call(self, **_: Any) -> None:
-        mode, self.mode = self.mode, None
-        if mode == "landed":
-            raise self._timeout()
 
 
 @pytest.fixture
@@ -82,7 +48,7 @@ def test_a_renewal_whose_answer_was_lost_after_it_landed_is_recognised(
     table: LeaseTable,
 ) -> None:
     lease = held(table)
-    LostAnswers(table).times_out("landed", lambda: table.renew(lease))
+    LostAnswers(table.client).times_out("landed", lambda: table.renew(lease))
     assert stored(table).counter == 2  # it landed; the lease object still says 1
     assert lease.counter == 1
     table.renew(lease)  # housekeeping's next renewal, a new call
@@ -94,7 +60,7 @@ def test_a_checkpoint_whose_answer_was_lost_after_it_landed_is_taken_up_by_the_n
     table: LeaseTable,
 ) -> None:
     lease = held(table)
-    LostAnswers(table).times_out("landed", lambda: table.checkpoint(lease, "000100", 2))
+    LostAnswers(table.client).times_out("landed", lambda: table.checkpoint(lease, "000100", 2))
     table.renew(lease)
     assert (lease.counter, lease.checkpoint, lease.sub_sequence_number) == (3, "000100", 2)
     now = stored(table)
@@ -127,7 +93,7 @@ def test_a_takeover_under_the_same_worker_id_is_still_a_lost_lease(
     switches as our renewal would have written) while our renewal's answer is lost,
     whether our renewal landed before its take or never did."""
     lease = held(table)
-    LostAnswers(table).times_out(ours, lambda: table.renew(lease))
+    LostAnswers(table.client).times_out(ours, lambda: table.renew(lease))
     twin = LeaseTable(table.client, table.table, "vm")
     twin.take(stored(table))
     with pytest.raises(LeaseLost, match="changed under us: expected owner vm, counter 1"):

@@ -125,12 +125,16 @@ class LeaseTable:
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def get(self, shard_id: str) -> Lease | None:
-        item = self.client.get_item(
-            TableName=self.table, Key={"leaseKey": {"S": shard_id}}, ConsistentRead=True
-        ).get("Item")
+        item = self._item(shard_id)
         return Lease.from_item(item) if item else None
 
-    def get_settled(self, shard_id: str) -> Lease | None:
+    def _item(self, shard_id: str) -> dict[str, Any] | None:
+        item: dict[str, Any] | None = self.client.get_item(
+            TableName=self.table, Key={"leaseKey": {"S": shard_id}}, ConsistentRead=True
+        ).get("Item")
+        return item
+
+    def get_settled(self, shard_id: str, held: Lease | None = None) -> Lease | None:
         """The lease as stored, read while none of this table's updates is in progress.
 
         An update stores the new counter, then sets it in the Lease object it was given.
@@ -138,9 +142,20 @@ class LeaseTable:
         counter) while the runtime renews it on another thread can read the stored counter
         before its own copy has caught up; read here, the two agree unless another worker
         moved the lease. It holds up this table's updates for one read: used only after
-        a first read disagreed."""
+        a first read disagreed.
+
+        The counter also moves under a worker when one of our updates whose answer was
+        lost landed after all (the runtime retries a renewal that timed out in a new
+        call, later): when the stored lease is what such an update left, ``held`` (the
+        worker's copy) is brought up to it, as the next update would."""
         with self._lock:
-            return self.get(shard_id)
+            item = self._item(shard_id)
+            if item is None:
+                return None
+            landed = self._landed(item, self._unanswered.get(shard_id, []))
+            if landed is not None and held is not None:
+                self._advance(held, landed)
+            return Lease.from_item(item)
 
     def create(self, shard_id: str, checkpoint: str, parents: list[str]) -> Lease | None:
         """Create a lease if none exists; None when another creator won the race."""
@@ -246,7 +261,8 @@ class LeaseTable:
                 except ClientError as error:
                     if error_code(error) != "ConditionalCheckFailedException":
                         raise
-                    landed = self._landed(lease, unanswered)
+                    item = self._item(lease.shard_id)
+                    landed = None if item is None else self._landed(item, unanswered)
                     if landed is None:
                         self._unanswered.pop(lease.shard_id, None)
                         raise self._lost(lease, owned) from None
@@ -260,13 +276,8 @@ class LeaseTable:
                 self._advance(lease, unanswered[-1])
                 return lease
 
-    def _landed(self, lease: Lease, unanswered: list[_Unanswered]) -> _Unanswered | None:
+    def _landed(self, item: dict[str, Any], unanswered: list[_Unanswered]) -> _Unanswered | None:
         """Which of our unanswered updates the stored lease is the result of, if any."""
-        item = self.client.get_item(
-            TableName=self.table, Key={"leaseKey": {"S": lease.shard_id}}, ConsistentRead=True
-        ).get("Item")
-        if item is None:
-            return None
         stored_id = item.get(WRITE_ID, {}).get("S")
         counter = int(item.get("leaseCounter", {}).get("N", "0"))
         for write in unanswered:

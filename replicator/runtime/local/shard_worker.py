@@ -262,11 +262,13 @@ class ShardWorker(threading.Thread):
         The runtime renews the lease on its own thread: a renewal landing between the
         read and its update of ``self.lease`` shows a counter one ahead of ours. So a
         read that disagrees is made once more, while no update of the lease table is in
-        progress (:meth:`LeaseTable.get_settled`), before the lease is taken as lost."""
+        progress (:meth:`LeaseTable.get_settled`), before the lease is taken as lost. That
+        read also recognises a renewal or checkpoint of ours whose answer was lost but
+        which landed (it brings ``self.lease`` up to it): not a takeover either."""
         stored = read(self.leases.get)
         if self._holds(stored):
             return True, stored
-        stored = read(self.leases.get_settled)
+        stored = read(functools.partial(self.leases.get_settled, held=self.lease))
         return self._holds(stored), stored
 
     def _taker(self, stored: Lease | None) -> str:

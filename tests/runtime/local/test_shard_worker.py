@@ -23,7 +23,7 @@ from replicator.runtime.local.shard_worker import ShardSettings, ShardWorker
 from replicator.shards.leases import SHARD_END, Lease, LeaseTable
 from replicator.shards.stream import Shard
 from replicator.watermark.spans import EXPIRED, TRIMMED, UnreadSpan
-from tests.support.aws import client
+from tests.support.aws import LostAnswers, client
 
 
 def test_children_start_only_after_their_parents_end() -> None:
@@ -574,10 +574,15 @@ class _Clock:
         return self.now
 
 
-def _run_hung_worker(leases: LeaseTable, taken_by: str | None) -> tuple[ShardWorker, StandInChild]:
+def _run_hung_worker(
+    leases: LeaseTable,
+    taken_by: str | None,
+    meanwhile: Callable[[Lease], object] | None = None,
+) -> tuple[ShardWorker, StandInChild]:
     """A worker whose second read returns after a pause longer than the failover time
     (a SIGSTOP, a frozen VM), the worker ``taken_by`` having taken its lease meanwhile, or
-    nobody ("me": another host with this worker's id)."""
+    nobody ("me": another host with this worker's id); ``meanwhile`` is done to the
+    worker's lease during the pause."""
     from replicator.shards.leases import LeaseTable as Table
 
     created = leases.create("shard-1", "TRIM_HORIZON", [])
@@ -588,6 +593,8 @@ def _run_hung_worker(leases: LeaseTable, taken_by: str | None) -> tuple[ShardWor
 
     def hang() -> dict[str, Any]:
         clock.now += 10.0  # longer than the 6 s failover time
+        if meanwhile is not None:
+            meanwhile(lease)
         if taken_by is not None:
             other = Table(leases.client, leases.table, taken_by)
             stored = other.get("shard-1")
@@ -632,6 +639,25 @@ def test_a_worker_that_wakes_still_owning_its_lease_goes_on(leases: LeaseTable) 
     worker, child = _run_hung_worker(leases, taken_by=None)
     assert worker.error is None
     assert [r["sequenceNumber"] for b in child.batches for r in b] == ["1", "2"]
+
+
+def test_a_worker_that_wakes_after_a_renewal_whose_answer_was_lost_goes_on(
+    leases: LeaseTable,
+) -> None:
+    """While the worker hung, the runtime's renewal of its lease landed but its answer
+    was lost (a proxy held the request past the read timeout), and the runtime has not
+    renewed since: the stored counter is one ahead of the worker's. That is this
+    worker's own write, not a takeover by a host sharing its id."""
+
+    def renewal_lost_after_landing(lease: Lease) -> None:
+        LostAnswers(leases.client).times_out("landed", lambda: leases.renew(lease))
+
+    worker, child = _run_hung_worker(leases, None, renewal_lost_after_landing)
+    assert worker.error is None
+    assert [r["sequenceNumber"] for b in child.batches for r in b] == ["1", "2"]
+    stored = leases.get("shard-1")
+    assert stored is not None and stored.checkpoint == "2"
+    assert stored.counter == worker.lease.counter
 
 
 def test_a_lease_found_taken_by_the_runtime_tells_the_child_lease_lost_not_shutdown(
@@ -911,10 +937,10 @@ def test_a_renewal_racing_the_stop_read_leaves_the_lease_ours(leases: LeaseTable
                 return self.table.get(shard_id)
             return stored
 
-        def get_settled(self, shard_id: str) -> Lease | None:
-            assert self.held is not None
+        def get_settled(self, shard_id: str, held: Lease | None = None) -> Lease | None:
+            assert self.held is not None and held is self.held
             self.held.counter += 1  # the renewal finished: get_settled waited for it
-            return self.table.get_settled(shard_id)
+            return self.table.get_settled(shard_id, held)
 
     racing = RacingLeases(leases)
     created = leases.create("shard-1", "TRIM_HORIZON", [])
