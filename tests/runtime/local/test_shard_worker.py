@@ -774,6 +774,62 @@ def test_failing_reads_raise_the_lag_and_report_the_shard_after_the_stall_time()
     assert worker.progress.read_failing_since is None
 
 
+def test_a_read_left_unanswered_raises_the_lag_while_it_waits() -> None:
+    """GetRecords hangs (a proxy holding the request until botocore's read timeout): the
+    processor hears how far behind the reader may be every ``outstanding_read_report_s``
+    while the call is out, not only once it fails. Simulated time: a second passes after
+    each report; the read is answered once the processor heard 3 s."""
+    clock = [1_000_000.0]
+    stop = threading.Event()
+    answered = threading.Event()
+    stream = ScriptedStream([{"Records": [], "NextShardIterator": "a"}], stop)
+    real_read = stream.get_records
+    children: list[StandInChild] = []
+
+    def read(**kwargs: Any) -> dict[str, Any]:
+        if len(stream.reads) == 1:  # the second read hangs
+            assert answered.wait(10), "the processor was not told while the read hung"
+        return real_read(**kwargs)
+
+    class Waiting(StandInChild):
+        def process_records(self, records: list[dict[str, Any]], millis_behind: int | None) -> None:
+            super().process_records(records, millis_behind)
+            if None not in self.behind[:-1] or millis_behind is None or answered.is_set():
+                return  # before the first read's answer (a loaded machine), or after
+            if millis_behind >= 3_000:
+                answered.set()
+            else:
+                clock[0] += 1.0
+
+    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
+        children.append(Waiting(on_checkpoint))
+        return children[-1]
+
+    stream.get_records = read  # type: ignore[method-assign]
+    leases = MemoryLeases()
+    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL, outstanding_read_report_s=0.01)
+    worker = ShardWorker(
+        leases.lease,
+        leases,  # type: ignore[arg-type]
+        stream,  # type: ignore[arg-type]
+        settings,
+        new_child,
+        stop,
+        clock=lambda: clock[0],
+        monotonic=lambda: clock[0],
+    )
+    worker.run()
+    assert worker.error is None
+    (child,) = children
+    assert all(batch == [] for batch in child.batches)
+    # After the first read's answer (how far behind not known), while the second hangs:
+    # at once (1 ms: never 0, the tip), 1 s, 2 s, 3 s (told again until the answer is
+    # seen), then the second read's answer.
+    first = child.behind.index(None)
+    hung = child.behind[first + 1 : child.behind.index(None, first + 1)]
+    assert list(dict.fromkeys(hung)) == [1, 1_000, 2_000, 3_000]
+
+
 def test_a_checkpoint_short_of_the_records_delivered_is_no_recovery_from_refusals() -> None:
     """The checkpoint moves past changes that newer ones replaced while the refused change
     is retried: that is no sign the destination accepts writes again, so the shard stays
