@@ -719,6 +719,28 @@ class WatchingChild(StandInChild):
         super().process_records(records, millis_behind)
 
 
+def _worker_in_simulated_time(
+    leases: MemoryLeases,
+    stream: Any,
+    settings: ShardSettings,
+    new_child: Callable[[str, Any], Any],
+    stop: threading.Event,
+    clock: list[float],
+) -> ShardWorker:
+    """A worker whose clocks read ``clock[0]`` and whose restarts do not wait."""
+    return ShardWorker(
+        leases.lease,
+        leases,  # type: ignore[arg-type]
+        stream,
+        settings,
+        new_child,
+        stop,
+        clock=lambda: clock[0],
+        monotonic=lambda: clock[0],
+        pause=lambda seconds: None,
+    )
+
+
 def test_failing_reads_raise_the_lag_and_report_the_shard_after_the_stall_time() -> None:
     """GetRecords failing (an endpoint refusing connections): the processor is told the
     reader falls behind by the time since the last good read, and after
@@ -745,17 +767,7 @@ def test_failing_reads_raise_the_lag_and_report_the_shard_after_the_stall_time()
         return children[-1]
 
     settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL, read_stall_after_s=250.0)
-    worker = ShardWorker(
-        leases.lease,
-        leases,  # type: ignore[arg-type]
-        stream,  # type: ignore[arg-type]
-        settings,
-        new_child,
-        stop,
-        clock=lambda: clock[0],
-        monotonic=lambda: clock[0],
-        pause=lambda seconds: None,
-    )
+    worker = _worker_in_simulated_time(leases, stream, settings, new_child, stop, clock)
     worker._backoff = Backoff(0.0, 0.0)  # no real waiting between the retries
     holder.append(worker)
     worker.run()
@@ -808,16 +820,7 @@ def test_a_read_left_unanswered_raises_the_lag_while_it_waits() -> None:
     stream.get_records = read  # type: ignore[method-assign]
     leases = MemoryLeases()
     settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL, outstanding_read_report_s=0.01)
-    worker = ShardWorker(
-        leases.lease,
-        leases,  # type: ignore[arg-type]
-        stream,  # type: ignore[arg-type]
-        settings,
-        new_child,
-        stop,
-        clock=lambda: clock[0],
-        monotonic=lambda: clock[0],
-    )
+    worker = _worker_in_simulated_time(leases, stream, settings, new_child, stop, clock)
     worker.run()
     assert worker.error is None
     (child,) = children
@@ -879,17 +882,7 @@ def test_a_first_read_that_fails_is_never_passed_on_as_the_reader_at_the_tip() -
         return children[-1]
 
     settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL)
-    worker = ShardWorker(
-        leases.lease,
-        leases,  # type: ignore[arg-type]
-        stream,  # type: ignore[arg-type]
-        settings,
-        new_child,
-        stop,
-        clock=lambda: clock[0],
-        monotonic=lambda: clock[0],
-        pause=lambda seconds: None,
-    )
+    worker = _worker_in_simulated_time(leases, stream, settings, new_child, stop, clock)
     worker._backoff = Backoff(0.0, 0.0)  # no real waiting before the retry
     worker.run()
     assert worker.error is None
