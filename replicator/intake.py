@@ -109,10 +109,12 @@ class ShardIntake:
         decode is dead-lettered here, between two runs of the reading: storing it is I/O."""
         pipeline = self.pipeline
         metrics = pipeline.metrics
-        # The lag first: it is never shown below millis_behind_latest / 1000.
-        pipeline.note_millis_behind(millis_behind)
-        metrics.millis_behind_latest.labels(self.shard_id).set(millis_behind)
         batch = _Batch(list(records))
+        # The lag first: it is never shown below millis_behind_latest / 1000, nor below
+        # the age of the batch's first change.
+        first_created_us = _created_us(raw_record_from(batch.records[0])) if batch.records else None
+        pipeline.note_millis_behind(millis_behind, first_created_us)
+        metrics.millis_behind_latest.labels(self.shard_id).set(millis_behind)
         # An empty batch (a read at the tip of the shard) has nothing to hand the loop.
         on_loop = bool(batch.records) and self.reader.high_water is None
         try:
@@ -130,6 +132,7 @@ class ShardIntake:
                     pipeline.done(sequence_number, _created_us(raw))
                     batch.last_sequence_number = sequence_number
         finally:
+            pipeline.note_batch_read()
             # Counted once per batch and event: a labelled counter update costs more than
             # a record's filters.
             for event, count in batch.received.items():

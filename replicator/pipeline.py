@@ -134,6 +134,9 @@ class ShardPipeline:
         # the tip grows by the time since that batch arrived.
         self._arrived_at = 0.0
         self._held = False
+        # The creation time (µs) of the first record of the batch being read, until it is
+        # read: its changes are not in the buffer yet, but already read and not applied.
+        self._arriving_us: int | None = None
         # Set by ``release_wait`` (a stop): the next wait for room ends without room.
         self._released = False
         # No lag is shown before the first processRecords: until then nothing says
@@ -283,11 +286,19 @@ class ShardPipeline:
             self._batches.append((int(last_sequence_number), time.monotonic()))
             self._settle_batches()
 
-    def note_millis_behind(self, millis_behind: int) -> None:
+    def note_millis_behind(self, millis_behind: int, oldest_created_us: int | None = None) -> None:
         """The reader's millisBehindLatest, as a batch arrives (before its records are
         read): the lag gauges are raised to it at once, so that no scrape shows a lag
-        below ``replicator_millis_behind_latest`` / 1000."""
+        below ``replicator_millis_behind_latest`` / 1000.
+
+        ``oldest_created_us``: the creation time of the batch's first record, which counts
+        as read and not applied until :meth:`note_batch_read`. millisBehindLatest is the
+        distance of the batch's last record from the tip: without it, a processor started
+        again (its buffer empty) on a backlog its destination refuses would show, until
+        the batch is read, the age of the newest change instead of the oldest, a dip that
+        resets an alert's ``for``."""
         with self._cond:
+            self._arriving_us = oldest_created_us
             self._millis_behind = millis_behind
             self._arrived_at = self._clock()
             self._held = False
@@ -424,6 +435,11 @@ class ShardPipeline:
 
     # -- reporting ------------------------------------------------------------------------
 
+    def note_batch_read(self) -> None:
+        """The batch :meth:`note_millis_behind` announced is in the buffer (or skipped)."""
+        with self._cond:
+            self._arriving_us = None
+
     def lag_seconds(self, label: str, now: float | None = None) -> float:
         """How far ``label`` is behind: 0 when caught up, else the age of the oldest change
         read but not yet applied there (or how far the reader is behind the tip, if more).
@@ -439,6 +455,9 @@ class ShardPipeline:
             if self._held:
                 behind_s += max(0.0, now - self._arrived_at)
             oldest = self.buffer.oldest_outstanding_us(label)
+            arriving = self._arriving_us
+        if arriving is not None:
+            oldest = arriving if oldest is None else min(oldest, arriving)
         if oldest is None:
             return behind_s
         return max(behind_s, now - oldest / 1_000_000)

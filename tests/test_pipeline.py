@@ -231,6 +231,33 @@ def test_no_lag_before_the_first_batch_and_never_below_millis_behind_latest(
     assert sample(metrics, "replicator_millis_behind_latest", shard="s") == 1154
 
 
+def test_a_batch_raises_the_lag_to_its_first_change_before_it_is_read(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, closing: Any
+) -> None:
+    """millisBehindLatest is the distance of the batch's last record from the tip. A
+    processor started again on a backlog (its buffer empty) whose destination refuses
+    it must not show the newest change's age while it reads the batch (a dip that
+    resets an alert's "for"): the batch's first change counts as read and not applied
+    from the moment the batch arrives."""
+    created_s = 1_700_000_000.0  # the records' creation time (tests/support/records.py)
+    pipeline, _, _ = build(
+        moto_endpoint, unique, tmp_path, metrics, throttle=set(), clock=lambda: created_s + 300
+    )
+    closing(pipeline)
+    lag = "replicator_replication_lag_seconds"
+    seen: list[float] = []
+    submit_all = pipeline.submit_all
+
+    def submitted(changes: Any) -> None:  # the batch is being read: what a scrape shows
+        seen.append(sample(metrics, lag, destination="eu", shard="s"))
+        submit_all(changes)
+
+    pipeline.submit_all = submitted  # type: ignore[method-assign]
+    intake = ShardIntake(pipeline, Reader(ChangeFilter(None, "", skip_ttl_deletes=False)))
+    intake.accept([put("k1", 1, ts=1), put("k2", 2, ts=2)], 1_000)
+    assert seen == [300.0]
+
+
 def test_while_intake_waits_for_room_every_destination_lag_counts_the_time_since_the_batch(
     moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, closing: Any
 ) -> None:

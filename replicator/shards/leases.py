@@ -6,6 +6,13 @@ one of TRIM_HORIZON, LATEST, SHARD_END), ``checkpointSubSequenceNumber``,
 ``ownerSwitchesSinceCheckpoint`` and ``parentShardId`` (a string set). Every update is
 conditional on the counter we last saw, as the KCL's are: an owner that has lost its
 lease finds out on its next write and never overwrites the new owner's checkpoint.
+
+Each update also stores ``replicatorWriteId``, a value no other write uses (the KCL
+leaves the attribute alone). A write whose answer was lost (a read timeout, a dropped
+connection) may still have landed, and the next write, conditional on the old counter,
+then fails. The owner and counter cannot tell that landing from a takeover by another
+worker with the same worker id (a shared ``kcl.worker_id``, a fixed hostname), whose take
+changes nothing else; the write id can.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +39,17 @@ TRIM_HORIZON = "TRIM_HORIZON"
 LATEST = "LATEST"
 SHARD_END = "SHARD_END"
 SENTINELS = frozenset({TRIM_HORIZON, LATEST, SHARD_END})
+WRITE_ID = "replicatorWriteId"
+_MAX_UNANSWERED = 100
+
+
+@dataclass(frozen=True)
+class _Unanswered:
+    """An update sent without an answer: what the lease became if it landed."""
+
+    write_id: str
+    counter: int
+    changes: dict[str, Any]
 
 
 @dataclass
@@ -66,6 +85,9 @@ class LeaseTable:
         self.table = table
         self.owner = owner
         self._lock = threading.Lock()  # one conditional update per lease at a time
+        # Per shard, the updates since the last answered one (all conditional on the
+        # counter then held, so at most one of them can have landed).
+        self._unanswered: dict[str, list[_Unanswered]] = {}
 
     def ensure_exists(self, wait_s: float = 60.0) -> None:
         try:
@@ -103,12 +125,16 @@ class LeaseTable:
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def get(self, shard_id: str) -> Lease | None:
-        item = self.client.get_item(
-            TableName=self.table, Key={"leaseKey": {"S": shard_id}}, ConsistentRead=True
-        ).get("Item")
+        item = self._item(shard_id)
         return Lease.from_item(item) if item else None
 
-    def get_settled(self, shard_id: str) -> Lease | None:
+    def _item(self, shard_id: str) -> dict[str, Any] | None:
+        item: dict[str, Any] | None = self.client.get_item(
+            TableName=self.table, Key={"leaseKey": {"S": shard_id}}, ConsistentRead=True
+        ).get("Item")
+        return item
+
+    def get_settled(self, shard_id: str, held: Lease | None = None) -> Lease | None:
         """The lease as stored, read while none of this table's updates is in progress.
 
         An update stores the new counter, then sets it in the Lease object it was given.
@@ -116,9 +142,20 @@ class LeaseTable:
         counter) while the runtime renews it on another thread can read the stored counter
         before its own copy has caught up; read here, the two agree unless another worker
         moved the lease. It holds up this table's updates for one read: used only after
-        a first read disagreed."""
+        a first read disagreed.
+
+        The counter also moves under a worker when one of our updates whose answer was
+        lost landed after all (the runtime retries a renewal that timed out in a new
+        call, later): when the stored lease is what such an update left, ``held`` (the
+        worker's copy) is brought up to it, as the next update would."""
         with self._lock:
-            return self.get(shard_id)
+            item = self._item(shard_id)
+            if item is None:
+                return None
+            landed = self._landed(item, self._unanswered.get(shard_id, []))
+            if landed is not None and held is not None:
+                self._advance(held, landed)
+            return Lease.from_item(item)
 
     def create(self, shard_id: str, checkpoint: str, parents: list[str]) -> Lease | None:
         """Create a lease if none exists; None when another creator won the race."""
@@ -187,49 +224,79 @@ class LeaseTable:
         owned: bool,
         changes: dict[str, Any],
     ) -> Lease:
+        """Apply ``expression`` (which ends with a SET clause) if the lease is still as we
+        last saw it, and bring ``lease`` up to date with ``changes``."""
         with self._lock:
-            condition = "leaseCounter = :seen"
-            all_values = {
-                ":seen": {"N": str(lease.counter)},
-                ":next": {"N": str(lease.counter + 1)},
-                **values,
-            }
-            if owned:
-                condition += " AND leaseOwner = :me"
-                all_values[":me"] = {"S": self.owner}
-            elif ":me" in expression:
-                all_values[":me"] = {"S": self.owner}
-            try:
-                self.client.update_item(
-                    TableName=self.table,
-                    Key={"leaseKey": {"S": lease.shard_id}},
-                    UpdateExpression=expression,
-                    ConditionExpression=condition,
-                    ExpressionAttributeValues=all_values,
-                )
-            except ClientError as error:
-                if error_code(error) == "ConditionalCheckFailedException":
-                    now = self.get(lease.shard_id)
-                    retried = error.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
-                    if (
-                        retried
-                        and now is not None
-                        and now.counter == lease.counter + 1
-                        and now.owner == (self.owner if owned else changes.get("owner", now.owner))
-                    ):
-                        # A retried request whose first attempt had already landed.
-                        lease.counter += 1
-                        for name, value in changes.items():
-                            setattr(lease, name, value)
+            while True:
+                write_id = uuid.uuid4().hex
+                condition = "leaseCounter = :seen"
+                all_values = {
+                    ":seen": {"N": str(lease.counter)},
+                    ":next": {"N": str(lease.counter + 1)},
+                    ":write": {"S": write_id},
+                    **values,
+                }
+                if owned:
+                    condition += " AND leaseOwner = :me"
+                    all_values[":me"] = {"S": self.owner}
+                elif ":me" in expression:
+                    all_values[":me"] = {"S": self.owner}
+                # Those conditional on an older counter can no longer land; past the cap,
+                # the oldest is forgotten (if it lands after all, the lease counts as lost).
+                unanswered = [
+                    write
+                    for write in self._unanswered.get(lease.shard_id, [])
+                    if write.counter == lease.counter + 1
+                ][-_MAX_UNANSWERED + 1 :]
+                unanswered.append(_Unanswered(write_id, lease.counter + 1, changes))
+                self._unanswered[lease.shard_id] = unanswered
+                try:
+                    self.client.update_item(
+                        TableName=self.table,
+                        Key={"leaseKey": {"S": lease.shard_id}},
+                        UpdateExpression=f"{expression}, {WRITE_ID} = :write",
+                        ConditionExpression=condition,
+                        ExpressionAttributeValues=all_values,
+                    )
+                except ClientError as error:
+                    if error_code(error) != "ConditionalCheckFailedException":
+                        raise
+                    item = self._item(lease.shard_id)
+                    landed = None if item is None else self._landed(item, unanswered)
+                    if landed is None:
+                        self._unanswered.pop(lease.shard_id, None)
+                        raise self._lost(lease, owned) from None
+                    # Our own write landed (an earlier one whose answer was lost, or a
+                    # retry of this call): the lease is as it left it. If it was this
+                    # very write, done; else this update is made again on top of it.
+                    self._advance(lease, landed)
+                    if landed.write_id == write_id:
                         return lease
-                    found = f"owner {now.owner}, counter {now.counter}" if now else "no lease"
-                    raise LeaseLost(
-                        f"lease on shard {lease.shard_id} changed under us: expected owner "
-                        f"{self.owner if owned else lease.owner}, counter {lease.counter}; "
-                        f"found {found}"
-                    ) from None
-                raise
-            lease.counter += 1
-            for name, value in changes.items():
-                setattr(lease, name, value)
-        return lease
+                    continue
+                self._advance(lease, unanswered[-1])
+                return lease
+
+    def _landed(self, item: dict[str, Any], unanswered: list[_Unanswered]) -> _Unanswered | None:
+        """Which of our unanswered updates the stored lease is the result of, if any."""
+        stored_id = item.get(WRITE_ID, {}).get("S")
+        counter = int(item.get("leaseCounter", {}).get("N", "0"))
+        for write in unanswered:
+            if write.write_id == stored_id and write.counter == counter:
+                return write
+        return None
+
+    def _advance(self, lease: Lease, write: _Unanswered) -> None:
+        """The lease object as ``write`` left the stored one; earlier unanswered updates
+        were conditional on the counter it replaced and can no longer land."""
+        lease.counter = write.counter
+        for name, value in write.changes.items():
+            setattr(lease, name, value)
+        self._unanswered.pop(lease.shard_id, None)
+
+    def _lost(self, lease: Lease, owned: bool) -> LeaseLost:
+        now = self.get(lease.shard_id)
+        found = f"owner {now.owner}, counter {now.counter}" if now else "no lease"
+        return LeaseLost(
+            f"lease on shard {lease.shard_id} changed under us: expected owner "
+            f"{self.owner if owned else lease.owner}, counter {lease.counter}; found {found}"
+        )

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import boto3
+import pytest
+from botocore.exceptions import ReadTimeoutError
 
 
 def client(service: str, region: str, endpoint: str) -> Any:
@@ -34,3 +36,37 @@ def create_table(
         kwargs["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": stream}
     table: dict[str, Any] = ddb.create_table(**kwargs)["TableDescription"]
     return table
+
+
+class LostAnswers:
+    """Makes a DynamoDB client's next UpdateItem call raise a read timeout, as botocore
+    does when a proxy holds the request past its read timeout: after the write reached
+    DynamoDB (``landed``), or before it was sent (``lost``: every attempt of that call)."""
+
+    def __init__(self, ddb: Any) -> None:
+        self.mode: str | None = None
+        events = ddb.meta.events
+        events.register("before-send.dynamodb.UpdateItem", self._before_send)
+        events.register("after-call.dynamodb.UpdateItem", self._after_call)
+
+    def next_update(self, mode: str) -> None:
+        self.mode = mode
+
+    def times_out(self, mode: str, update: Any) -> None:
+        """Run ``update`` with its answer lost this way: it raises the read timeout."""
+        self.next_update(mode)
+        with pytest.raises(ReadTimeoutError):
+            update()
+        self.next_update("")
+
+    def _timeout(self) -> ReadTimeoutError:
+        return ReadTimeoutError(endpoint_url="http://127.0.0.1 (held by a proxy)")
+
+    def _before_send(self, **_: Any) -> None:
+        if self.mode == "lost":
+            raise self._timeout()
+
+    def _after_call(self, **_: Any) -> None:
+        mode, self.mode = self.mode, None
+        if mode == "landed":
+            raise self._timeout()

@@ -56,6 +56,7 @@ from replicator.watermark.spans import UnreadSpan
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
+    from mypy_boto3_dynamodbstreams.type_defs import GetRecordsOutputTypeDef
 
 log = structlog.get_logger(__name__)
 
@@ -119,6 +120,10 @@ class ShardSettings:
     lease_expiry_s: float | None = None
     # Seconds of failing stream reads before the shard is reported (metrics.stall_after_s).
     read_stall_after_s: float = 300.0
+    # While a GetRecords call goes unanswered (an endpoint that hangs until botocore's read
+    # timeout), the processor is told every this many seconds how far behind the reader
+    # may be by now, so that its lag grows with the wait, not once per failed read.
+    outstanding_read_report_s: float = 1.0
     # Turns an AWS error no retry fixes, met while doing ``what``, into the line the run
     # ends with (naming the stream or lease table, where, and what to do); None: the
     # error as it is.
@@ -262,11 +267,13 @@ class ShardWorker(threading.Thread):
         The runtime renews the lease on its own thread: a renewal landing between the
         read and its update of ``self.lease`` shows a counter one ahead of ours. So a
         read that disagrees is made once more, while no update of the lease table is in
-        progress (:meth:`LeaseTable.get_settled`), before the lease is taken as lost."""
+        progress (:meth:`LeaseTable.get_settled`), before the lease is taken as lost. That
+        read also recognises a renewal or checkpoint of ours whose answer was lost but
+        which landed (it brings ``self.lease`` up to it): not a takeover either."""
         stored = read(self.leases.get)
         if self._holds(stored):
             return True, stored
-        stored = read(self.leases.get_settled)
+        stored = read(functools.partial(self.leases.get_settled, held=self.lease))
         return self._holds(stored), stored
 
     def _taker(self, stored: Lease | None) -> str:
@@ -434,9 +441,7 @@ class ShardWorker(threading.Thread):
         attempt = 0
         while not self.stopping.is_set():
             try:
-                response = self.streams.get_records(
-                    ShardIterator=iterator, Limit=self.settings.max_records
-                )
+                response = self._get_records(child, iterator)
             except (ClientError, BotoCoreError) as error:
                 code = error_code(error)
                 if code == "ExpiredIteratorException":
@@ -511,20 +516,56 @@ class ShardWorker(threading.Thread):
         Nothing is known of the stream since the last read that succeeded, so the reader
         is at least as far behind as it was then, plus the time since: the processor's
         lag grows by a second per second while the stream cannot be read, instead of
-        reading 0 as if the reader were at the tip.
+        reading 0 as if the reader were at the tip. A failed read shows nothing of where
+        the tip is either: a first read that fails (a restart with a backlog, GetRecords
+        throttled) would otherwise be sent as 0 behind, and the watermark claim a backlog
+        never read."""
+        progress = self.progress
+        if progress.read_failing_since is None:
+            progress.read_failing_since = self._clock()
+        progress.read_error = str(error)
+        self._tell_behind(child, progress.read_failing_since)
+
+    def _get_records(self, child: ProcessorChild, iterator: str) -> GetRecordsOutputTypeDef:
+        """One GetRecords call, made on a thread of its own so that while it goes
+        unanswered the processor keeps hearing how far behind the reader may be (see
+        :meth:`_tell_behind`): every ``outstanding_read_report_s``, as a failed read tells
+        it. The processor is only ever spoken to from this thread. The call is left to
+        botocore's timeouts and retries, as before; a stop waits for it."""
+        outcome: list[GetRecordsOutputTypeDef | BaseException] = []
+        done = threading.Event()
+
+        def read() -> None:
+            try:
+                outcome.append(
+                    self.streams.get_records(
+                        ShardIterator=iterator, Limit=self.settings.max_records
+                    )
+                )
+            except BaseException as error:  # noqa: BLE001  # raised on the worker's thread
+                outcome.append(error)
+            finally:
+                done.set()
+
+        threading.Thread(target=read, name=f"read-{self.shard_id}", daemon=True).start()
+        sent_at = self._clock()
+        while not done.wait(self.settings.outstanding_read_report_s):
+            self._tell_behind(child, sent_at)
+        (result,) = outcome
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _tell_behind(self, child: ProcessorChild, unknown_since: float) -> None:
+        """Tell the processor the reader is at least as far behind as at the last read
+        that succeeded, plus the time since (``unknown_since`` when none has yet):
+        nothing is known of the stream meanwhile.
 
         Never less than 1 ms: the processor takes an empty batch at 0 (or null) behind as
         the reader at the tip (``processor.at_the_tip``), and the watermark as every
-        change made before it read. A failed read shows nothing of where the tip is: a
-        first read that fails (a restart with a backlog, GetRecords throttled) would
-        otherwise be sent as 0 behind, and the watermark claim a backlog never read."""
-        now = self._clock()
-        progress = self.progress
-        if progress.read_failing_since is None:
-            progress.read_failing_since = now
-        progress.read_error = str(error)
-        since = self._read_at if self._read_at is not None else progress.read_failing_since
-        behind_ms = self._millis_behind + max(0, int((now - since) * 1000))
+        change made before it read."""
+        since = self._read_at if self._read_at is not None else unknown_since
+        behind_ms = self._millis_behind + max(0, int((self._clock() - since) * 1000))
         child.process_records([], max(1, behind_ms))
 
     def _shut_down(self, child: ProcessorChild) -> None:

@@ -23,7 +23,7 @@ from replicator.runtime.local.shard_worker import ShardSettings, ShardWorker
 from replicator.shards.leases import SHARD_END, Lease, LeaseTable
 from replicator.shards.stream import Shard
 from replicator.watermark.spans import EXPIRED, TRIMMED, UnreadSpan
-from tests.support.aws import client
+from tests.support.aws import LostAnswers, client
 
 
 def test_children_start_only_after_their_parents_end() -> None:
@@ -574,10 +574,15 @@ class _Clock:
         return self.now
 
 
-def _run_hung_worker(leases: LeaseTable, taken_by: str | None) -> tuple[ShardWorker, StandInChild]:
+def _run_hung_worker(
+    leases: LeaseTable,
+    taken_by: str | None,
+    meanwhile: Callable[[Lease], object] | None = None,
+) -> tuple[ShardWorker, StandInChild]:
     """A worker whose second read returns after a pause longer than the failover time
     (a SIGSTOP, a frozen VM), the worker ``taken_by`` having taken its lease meanwhile, or
-    nobody ("me": another host with this worker's id)."""
+    nobody ("me": another host with this worker's id); ``meanwhile`` is done to the
+    worker's lease during the pause."""
     from replicator.shards.leases import LeaseTable as Table
 
     created = leases.create("shard-1", "TRIM_HORIZON", [])
@@ -588,6 +593,8 @@ def _run_hung_worker(leases: LeaseTable, taken_by: str | None) -> tuple[ShardWor
 
     def hang() -> dict[str, Any]:
         clock.now += 10.0  # longer than the 6 s failover time
+        if meanwhile is not None:
+            meanwhile(lease)
         if taken_by is not None:
             other = Table(leases.client, leases.table, taken_by)
             stored = other.get("shard-1")
@@ -632,6 +639,25 @@ def test_a_worker_that_wakes_still_owning_its_lease_goes_on(leases: LeaseTable) 
     worker, child = _run_hung_worker(leases, taken_by=None)
     assert worker.error is None
     assert [r["sequenceNumber"] for b in child.batches for r in b] == ["1", "2"]
+
+
+def test_a_worker_that_wakes_after_a_renewal_whose_answer_was_lost_goes_on(
+    leases: LeaseTable,
+) -> None:
+    """While the worker hung, the runtime's renewal of its lease landed but its answer
+    was lost (a proxy held the request past the read timeout), and the runtime has not
+    renewed since: the stored counter is one ahead of the worker's. That is this
+    worker's own write, not a takeover by a host sharing its id."""
+
+    def renewal_lost_after_landing(lease: Lease) -> None:
+        LostAnswers(leases.client).times_out("landed", lambda: leases.renew(lease))
+
+    worker, child = _run_hung_worker(leases, None, renewal_lost_after_landing)
+    assert worker.error is None
+    assert [r["sequenceNumber"] for b in child.batches for r in b] == ["1", "2"]
+    stored = leases.get("shard-1")
+    assert stored is not None and stored.checkpoint == "2"
+    assert stored.counter == worker.lease.counter
 
 
 def test_a_lease_found_taken_by_the_runtime_tells_the_child_lease_lost_not_shutdown(
@@ -693,6 +719,28 @@ class WatchingChild(StandInChild):
         super().process_records(records, millis_behind)
 
 
+def _worker_in_simulated_time(
+    leases: MemoryLeases,
+    stream: Any,
+    settings: ShardSettings,
+    new_child: Callable[[str, Any], Any],
+    stop: threading.Event,
+    clock: list[float],
+) -> ShardWorker:
+    """A worker whose clocks read ``clock[0]`` and whose restarts do not wait."""
+    return ShardWorker(
+        leases.lease,
+        leases,  # type: ignore[arg-type]
+        stream,
+        settings,
+        new_child,
+        stop,
+        clock=lambda: clock[0],
+        monotonic=lambda: clock[0],
+        pause=lambda seconds: None,
+    )
+
+
 def test_failing_reads_raise_the_lag_and_report_the_shard_after_the_stall_time() -> None:
     """GetRecords failing (an endpoint refusing connections): the processor is told the
     reader falls behind by the time since the last good read, and after
@@ -719,17 +767,7 @@ def test_failing_reads_raise_the_lag_and_report_the_shard_after_the_stall_time()
         return children[-1]
 
     settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL, read_stall_after_s=250.0)
-    worker = ShardWorker(
-        leases.lease,
-        leases,  # type: ignore[arg-type]
-        stream,  # type: ignore[arg-type]
-        settings,
-        new_child,
-        stop,
-        clock=lambda: clock[0],
-        monotonic=lambda: clock[0],
-        pause=lambda seconds: None,
-    )
+    worker = _worker_in_simulated_time(leases, stream, settings, new_child, stop, clock)
     worker._backoff = Backoff(0.0, 0.0)  # no real waiting between the retries
     holder.append(worker)
     worker.run()
@@ -746,6 +784,53 @@ def test_failing_reads_raise_the_lag_and_report_the_shard_after_the_stall_time()
     assert "InternalServerError" in troubles[4]
     assert troubles[5] is None
     assert worker.progress.read_failing_since is None
+
+
+def test_a_read_left_unanswered_raises_the_lag_while_it_waits() -> None:
+    """GetRecords hangs (a proxy holding the request until botocore's read timeout): the
+    processor hears how far behind the reader may be every ``outstanding_read_report_s``
+    while the call is out, not only once it fails. Simulated time: a second passes after
+    each report; the read is answered once the processor heard 3 s."""
+    clock = [1_000_000.0]
+    stop = threading.Event()
+    answered = threading.Event()
+    stream = ScriptedStream([{"Records": [], "NextShardIterator": "a"}], stop)
+    real_read = stream.get_records
+    children: list[StandInChild] = []
+
+    def read(**kwargs: Any) -> dict[str, Any]:
+        if len(stream.reads) == 1:  # the second read hangs
+            assert answered.wait(10), "the processor was not told while the read hung"
+        return real_read(**kwargs)
+
+    class Waiting(StandInChild):
+        def process_records(self, records: list[dict[str, Any]], millis_behind: int | None) -> None:
+            super().process_records(records, millis_behind)
+            if None not in self.behind[:-1] or millis_behind is None or answered.is_set():
+                return  # before the first read's answer (a loaded machine), or after
+            if millis_behind >= 3_000:
+                answered.set()
+            else:
+                clock[0] += 1.0
+
+    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
+        children.append(Waiting(on_checkpoint))
+        return children[-1]
+
+    stream.get_records = read  # type: ignore[method-assign]
+    leases = MemoryLeases()
+    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL, outstanding_read_report_s=0.01)
+    worker = _worker_in_simulated_time(leases, stream, settings, new_child, stop, clock)
+    worker.run()
+    assert worker.error is None
+    (child,) = children
+    assert all(batch == [] for batch in child.batches)
+    # After the first read's answer (how far behind not known), while the second hangs:
+    # at once (1 ms: never 0, the tip), 1 s, 2 s, 3 s (told again until the answer is
+    # seen), then the second read's answer.
+    first = child.behind.index(None)
+    hung = child.behind[first + 1 : child.behind.index(None, first + 1)]
+    assert list(dict.fromkeys(hung)) == [1, 1_000, 2_000, 3_000]
 
 
 def test_a_checkpoint_short_of_the_records_delivered_is_no_recovery_from_refusals() -> None:
@@ -797,17 +882,7 @@ def test_a_first_read_that_fails_is_never_passed_on_as_the_reader_at_the_tip() -
         return children[-1]
 
     settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL)
-    worker = ShardWorker(
-        leases.lease,
-        leases,  # type: ignore[arg-type]
-        stream,  # type: ignore[arg-type]
-        settings,
-        new_child,
-        stop,
-        clock=lambda: clock[0],
-        monotonic=lambda: clock[0],
-        pause=lambda seconds: None,
-    )
+    worker = _worker_in_simulated_time(leases, stream, settings, new_child, stop, clock)
     worker._backoff = Backoff(0.0, 0.0)  # no real waiting before the retry
     worker.run()
     assert worker.error is None
@@ -911,10 +986,10 @@ def test_a_renewal_racing_the_stop_read_leaves_the_lease_ours(leases: LeaseTable
                 return self.table.get(shard_id)
             return stored
 
-        def get_settled(self, shard_id: str) -> Lease | None:
-            assert self.held is not None
+        def get_settled(self, shard_id: str, held: Lease | None = None) -> Lease | None:
+            assert self.held is not None and held is self.held
             self.held.counter += 1  # the renewal finished: get_settled waited for it
-            return self.table.get_settled(shard_id)
+            return self.table.get_settled(shard_id, held)
 
     racing = RacingLeases(leases)
     created = leases.create("shard-1", "TRIM_HORIZON", [])
