@@ -201,34 +201,70 @@ class ReplicationProcessor:
         self._shutdown_requested = True
         if self._lease_lost:
             return
-        flushed = intake.pipeline.flush(timeout=self._shutdown_flush_timeout_s)
-        intake.pipeline.publish_watermark(_SHUTDOWN_PUBLISH_WAIT_S)
-        position = intake.pipeline.checkpointable()
-        if self._checkpoints().moves(position):
-            if not intake.pipeline.store_watermark_before_checkpoint(
-                _SHUTDOWN_STORE_WAIT_S, urgent=True
-            ):
-                # The next owner reads from the last checkpoint, and records again what
-                # could not be stored: safe, where a checkpoint past it would lose it.
-                log.warning(
-                    "shutdown requested; not checkpointed: the watermark's dead-letter "
-                    "ranges or unread spans could not be stored in the status table, and a "
-                    "checkpoint past them would lose them; the shard's next owner reads "
-                    "from the last checkpoint",
-                    destinations=intake.pipeline.watermark_unstored(),
-                    sequence_number=position,
-                    last_checkpoint=self._checkpoints().last,
-                    all_applied=flushed,
-                )
-                return
-            self._checkpoints().write(
-                shutdown_requested_input.checkpointer, position, required=True
+        pipeline = intake.pipeline
+        flushed = pipeline.flush(timeout=self._shutdown_flush_timeout_s)
+        pipeline.publish_watermark(_SHUTDOWN_PUBLISH_WAIT_S)
+        position = pipeline.checkpointable()
+        checkpoints = self._checkpoints()
+        # None: every change received has settled everywhere.
+        outstanding = None if flushed else pipeline.outstanding()
+        if not checkpoints.moves(position):
+            self._report_stop(None, checkpoints.last, outstanding)
+            return
+        if not pipeline.store_watermark_before_checkpoint(_SHUTDOWN_STORE_WAIT_S, urgent=True):
+            # The next owner reads from the last checkpoint, and records again what
+            # could not be stored: safe, where a checkpoint past it would lose it.
+            log.warning(
+                "shutdown requested; not checkpointed: the watermark's dead-letter "
+                "ranges or unread spans could not be stored in the status table, and a "
+                "checkpoint past them would lose them; the shard's next owner reads "
+                "from the last checkpoint",
+                destinations=pipeline.watermark_unstored(),
+                sequence_number=position,
+                last_checkpoint=checkpoints.last,
+                all_applied=flushed,
             )
-        log.info(
-            "shutdown requested; checkpointed",
-            sequence_number=position,
-            all_applied=flushed,
-        )
+            return
+        checkpoints.write(shutdown_requested_input.checkpointer, position, required=True)
+        self._report_stop(position, checkpoints.last, outstanding)
+
+    def _report_stop(
+        self,
+        checkpointed: str | None,
+        last_checkpoint: str | None,
+        outstanding: dict[str, int] | None,
+    ) -> None:
+        """What a requested shutdown did: an operator reading it after a stop must not
+        take a checkpoint that was not written, or writes left behind, for a clean stop.
+        ``outstanding``: the changes each destination had not settled when the flush
+        timed out (None: it did not)."""
+        flush_timeout_s = self._shutdown_flush_timeout_s
+        if checkpointed is not None and outstanding is None:
+            log.info("shutdown requested; checkpointed", sequence_number=checkpointed)
+        elif checkpointed is not None:
+            log.warning(
+                "shutdown requested; checkpointed what every destination has settled, but "
+                "writes were still outstanding after the flush timeout: the shard's next "
+                "owner reads them again from this checkpoint",
+                sequence_number=checkpointed,
+                outstanding=outstanding,
+                flush_timeout_s=flush_timeout_s,
+            )
+        elif outstanding is None:
+            log.info(
+                "shutdown requested; not checkpointed: nothing new settled since the last "
+                "checkpoint",
+                last_checkpoint=last_checkpoint,
+            )
+        else:
+            log.warning(
+                "shutdown requested; not checkpointed: writes were still outstanding after "
+                "the flush timeout and nothing new has settled at every destination; the "
+                "shard's next owner reads from the last checkpoint",
+                last_checkpoint=last_checkpoint,
+                outstanding=outstanding,
+                flush_timeout_s=flush_timeout_s,
+            )
 
     # -- the checkpoint and the watermark ---------------------------------------------------
 
