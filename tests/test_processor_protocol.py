@@ -618,6 +618,43 @@ def test_an_unexpected_error_ends_the_process_nonzero(job: dict[str, Any]) -> No
     assert any("before initialize" in line for line in daemon.stderr)
 
 
+@pytest.mark.parametrize(
+    ("action", "says"),
+    [
+        ({"action": "shutdown", "reason": "TERMINATE"}, "KCL 1.x"),
+        ({"action": "shutdown", "reason": "ZOMBIE"}, "KCL 1.x"),
+        ({"action": "bogus"}, "does not know ('bogus'"),
+    ],
+    ids=["kcl1-terminate", "kcl1-zombie", "unknown"],
+)
+def test_an_action_of_another_protocol_ends_the_processor_in_one_json_line(
+    job: dict[str, Any], action: dict[str, Any], says: str
+) -> None:
+    """A KCL 1.x daemon (the DynamoDB Streams adapter 1.x StreamsMultiLangDaemon) ends a
+    shard with `shutdown`, which amazon-kclpy 2+ cannot decode; an unknown action neither.
+    The child answers nothing, says why in one JSON line naming the action and the daemon
+    it needs, and exits 4."""
+    config = job["config"]
+    config.write_text(config.read_text() + "logging: {format: json}\n")
+    daemon = RawDaemon(config)
+    daemon.act(
+        {"action": "initialize", "shardId": "s", "sequenceNumber": None, "subSequenceNumber": None}
+    )
+    daemon.records([put("a", 101, ts=1)])
+    daemon.write(action)
+    assert daemon.read() is None  # no status, nothing else on stdout (read() parses JSON)
+    assert daemon.exit_code() == 4
+    lines = [json.loads(line) for line in daemon.stderr if line.strip()]  # only JSON lines
+    (error,) = [line for line in lines if line["level"] == "error"]
+    assert error["event"] == "the daemon speaks another MultiLang protocol than KCL 3's; exiting"
+    assert error["action"] == action["action"]
+    assert error.get("reason") == action.get("reason")
+    assert says in error["error"]
+    assert "the KCL 3 MultiLangDaemon" in error["error"]
+    assert error["exit_code"] == 4
+    assert "exception" not in error
+
+
 def test_process_records_lines_are_read_fast_into_the_same_records() -> None:
     """The child parses processRecords lines with msgspec; the records it hands the
     intake are those amazon-kclpy's own parsing gives, and every other line still goes
@@ -626,7 +663,7 @@ def test_process_records_lines_are_read_fast_into_the_same_records() -> None:
 
     from amazon_kclpy import kcl, messages
 
-    from replicator.processor import read_records_fast
+    from replicator.processor import read_daemon_lines
     from replicator.records import raw_record_from
 
     class Processor:
@@ -636,7 +673,7 @@ def test_process_records_lines_are_read_fast_into_the_same_records() -> None:
         Processor(), input_file=io.StringIO(), output_file=io.StringIO(), error_file=io.StringIO()
     )
     stock = process.io_handler.load_action
-    read_records_fast(process)
+    read_daemon_lines(process)
     records = [
         {"action": "record", **put("a", 11, v="x")},
         {"action": "record", **daemon_record(b"{nope", 12, adapter=1)},
