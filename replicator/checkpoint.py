@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import structlog
 
 from replicator.aws.backoff import Backoff
-from replicator.exceptions import CheckpointFailed, DaemonGone, LeaseLost
+from replicator.exceptions import CheckpointFailed, DaemonGone, LeaseLost, UnsupportedDaemon
 from replicator.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -70,6 +70,8 @@ class Checkpoints:
         while True:
             try:
                 checkpointer.checkpoint(sequence_number)
+            except UnsupportedDaemon:
+                raise  # its answer was no checkpoint answer of KCL 3's protocol
             except Exception as error:  # noqa: BLE001  # amazon-kclpy raises CheckpointError(Exception)
                 if _daemon_gone(error):
                     raise DaemonGone(

@@ -88,6 +88,20 @@ class DaemonGone(ReplicatorError):
     output closed. Nothing refused anything; nobody is left to answer."""
 
 
+class UnsupportedDaemon(ReplicatorError):
+    """The daemon sent an action of another MultiLang protocol than KCL 3's (a KCL 1.x
+    ``shutdown``, or an action no protocol of ours knows): the processor cannot tell
+    what it asks, so it answers nothing and exits with the CLI's code for a KCL runtime
+    that cannot run (4)."""
+
+    exit_code = KclUnavailable.exit_code
+
+    def __init__(self, message: str, action: object, reason: object = None) -> None:
+        super().__init__(message)
+        self.action = action
+        self.reason = reason
+
+
 # -- bad input: one value, key, time or change ------------------------------------------
 
 

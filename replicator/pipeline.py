@@ -390,6 +390,13 @@ class ShardPipeline:
         with self._cond:
             return self.buffer.checkpointable()
 
+    def outstanding(self) -> dict[str, int]:
+        """Changes each target (a destination, or the source under active-active) has
+        not yet settled, waiting or being written; targets with none are left out."""
+        with self._cond:
+            counts = {label: self.buffer.outstanding(label) for label in self.buffer.destinations}
+        return {label: count for label, count in counts.items() if count}
+
     def abandon(self) -> None:
         """The lease is gone: forget unapplied changes and stop every write being retried.
 

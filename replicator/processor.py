@@ -39,6 +39,7 @@ from replicator.exceptions import (
     DestinationRefused,
     EnvironmentProblem,
     LeaseLost,
+    UnsupportedDaemon,
 )
 from replicator.intake import ShardIntake
 from replicator.metrics import Metrics
@@ -85,6 +86,10 @@ def _fail_fast(
             log.warning("the daemon went away; exiting", action=method.__name__, error=str(error))
             self._stop.set()
             self._exit(1)
+            return None
+        except UnsupportedDaemon as error:  # in the answer to a checkpoint
+            self._stop.set()
+            refuse_daemon(error, self._exit)
             return None
         except Exception as error:  # noqa: BLE001  # anything unforeseen ends the process
             self._die(error, method.__name__)
@@ -201,34 +206,70 @@ class ReplicationProcessor:
         self._shutdown_requested = True
         if self._lease_lost:
             return
-        flushed = intake.pipeline.flush(timeout=self._shutdown_flush_timeout_s)
-        intake.pipeline.publish_watermark(_SHUTDOWN_PUBLISH_WAIT_S)
-        position = intake.pipeline.checkpointable()
-        if self._checkpoints().moves(position):
-            if not intake.pipeline.store_watermark_before_checkpoint(
-                _SHUTDOWN_STORE_WAIT_S, urgent=True
-            ):
-                # The next owner reads from the last checkpoint, and records again what
-                # could not be stored: safe, where a checkpoint past it would lose it.
-                log.warning(
-                    "shutdown requested; not checkpointed: the watermark's dead-letter "
-                    "ranges or unread spans could not be stored in the status table, and a "
-                    "checkpoint past them would lose them; the shard's next owner reads "
-                    "from the last checkpoint",
-                    destinations=intake.pipeline.watermark_unstored(),
-                    sequence_number=position,
-                    last_checkpoint=self._checkpoints().last,
-                    all_applied=flushed,
-                )
-                return
-            self._checkpoints().write(
-                shutdown_requested_input.checkpointer, position, required=True
+        pipeline = intake.pipeline
+        flushed = pipeline.flush(timeout=self._shutdown_flush_timeout_s)
+        pipeline.publish_watermark(_SHUTDOWN_PUBLISH_WAIT_S)
+        position = pipeline.checkpointable()
+        checkpoints = self._checkpoints()
+        # None: every change received has settled everywhere.
+        outstanding = None if flushed else pipeline.outstanding()
+        if not checkpoints.moves(position):
+            self._report_stop(None, checkpoints.last, outstanding)
+            return
+        if not pipeline.store_watermark_before_checkpoint(_SHUTDOWN_STORE_WAIT_S, urgent=True):
+            # The next owner reads from the last checkpoint, and records again what
+            # could not be stored: safe, where a checkpoint past it would lose it.
+            log.warning(
+                "shutdown requested; not checkpointed: the watermark's dead-letter "
+                "ranges or unread spans could not be stored in the status table, and a "
+                "checkpoint past them would lose them; the shard's next owner reads "
+                "from the last checkpoint",
+                destinations=pipeline.watermark_unstored(),
+                sequence_number=position,
+                last_checkpoint=checkpoints.last,
+                all_applied=flushed,
             )
-        log.info(
-            "shutdown requested; checkpointed",
-            sequence_number=position,
-            all_applied=flushed,
-        )
+            return
+        checkpoints.write(shutdown_requested_input.checkpointer, position, required=True)
+        self._report_stop(position, checkpoints.last, outstanding)
+
+    def _report_stop(
+        self,
+        checkpointed: str | None,
+        last_checkpoint: str | None,
+        outstanding: dict[str, int] | None,
+    ) -> None:
+        """What a requested shutdown did: an operator reading it after a stop must not
+        take a checkpoint that was not written, or writes left behind, for a clean stop.
+        ``outstanding``: the changes each destination had not settled when the flush
+        timed out (None: it did not)."""
+        flush_timeout_s = self._shutdown_flush_timeout_s
+        if checkpointed is not None and outstanding is None:
+            log.info("shutdown requested; checkpointed", sequence_number=checkpointed)
+        elif checkpointed is not None:
+            log.warning(
+                "shutdown requested; checkpointed what every destination has settled, but "
+                "writes were still outstanding after the flush timeout: the shard's next "
+                "owner reads them again from this checkpoint",
+                sequence_number=checkpointed,
+                outstanding=outstanding,
+                flush_timeout_s=flush_timeout_s,
+            )
+        elif outstanding is None:
+            log.info(
+                "shutdown requested; not checkpointed: nothing new settled since the last "
+                "checkpoint",
+                last_checkpoint=last_checkpoint,
+            )
+        else:
+            log.warning(
+                "shutdown requested; not checkpointed: writes were still outstanding after "
+                "the flush timeout and nothing new has settled at every destination; the "
+                "shard's next owner reads from the last checkpoint",
+                last_checkpoint=last_checkpoint,
+                outstanding=outstanding,
+                flush_timeout_s=flush_timeout_s,
+            )
 
     # -- the checkpoint and the watermark ---------------------------------------------------
 
@@ -397,15 +438,29 @@ GC_THRESHOLDS = (50_000, 10, 10)
 
 _LINE = msgspec.json.Decoder()
 
+# The actions of the MultiLang protocol of KCL 2 and 3 (amazon-kclpy's v3 contract), the
+# daemon's answer to a checkpoint included: the only protocol this processor speaks.
+KCL3_ACTIONS = frozenset(
+    {"initialize", "processRecords", "leaseLost", "shardEnded", "shutdownRequested", "checkpoint"}
+)
+_EXPECTED_DAEMON = (
+    "the KCL 3 MultiLang protocol: the KCL 3 MultiLangDaemon (kinesis sources) or the "
+    "replicator's DynamoDB Streams launcher, as `replicator run` starts them"
+)
 
-def read_records_fast(process: Any) -> None:
-    """Parse the daemon's ``processRecords`` lines with msgspec, into plain dicts.
 
-    amazon-kclpy parses every line with :mod:`json` and builds an object per record, which
-    costs about a fifth of what ``json.loads`` of the records' own data costs; msgspec
-    into dicts (which :func:`~replicator.records.raw_record_from` reads alike) about a
-    twentieth. Every other line, and a line msgspec does not read, takes amazon-kclpy's
-    own path; an amazon-kclpy without that seam keeps its own parsing throughout.
+def read_daemon_lines(process: Any) -> None:
+    """Check every line the daemon sends, and parse ``processRecords`` lines with msgspec.
+
+    amazon-kclpy hands a line whose action it does not know to a parser that raises out
+    of its main loop (a KCL 1.x ``shutdown`` fails inside its own message class), which
+    would end the process with a bare traceback; such a line raises
+    :class:`UnsupportedDaemon` here instead, naming the action. amazon-kclpy also parses
+    every line with :mod:`json` and builds an object per record, which costs about a
+    fifth of what ``json.loads`` of the records' own data costs; msgspec into dicts
+    (which :func:`~replicator.records.raw_record_from` reads alike) about a twentieth.
+    Every other line, and a line msgspec does not read, takes amazon-kclpy's own path;
+    an amazon-kclpy without that seam keeps its own parsing throughout.
     """
     from amazon_kclpy import dispatch
 
@@ -419,15 +474,53 @@ def read_records_fast(process: Any) -> None:
             message = _LINE.decode(line)
         except msgspec.DecodeError:
             return stock(line)
-        if (
-            type(message) is dict
-            and message.get("action") == "processRecords"
-            and type(message.get("records")) is list
-        ):
-            return dispatch.message_decode(message)
+        if type(message) is dict:
+            action = message.get("action")
+            if action == "processRecords" and type(message.get("records")) is list:
+                return dispatch.message_decode(message)
+            if not (isinstance(action, str) and action in KCL3_ACTIONS):
+                raise unsupported_action(message)
         return stock(line)
 
     handler.load_action = load_action
+
+
+def unsupported_action(message: dict[str, Any]) -> UnsupportedDaemon:
+    """The error for a line whose action is not KCL 3's, saying whose it is if known."""
+    action = message.get("action")
+    if action == "shutdown":
+        reason = message.get("reason")
+        return UnsupportedDaemon(
+            f"the daemon sent 'shutdown' (reason {reason!r}), an action of the KCL 1.x "
+            "MultiLang protocol (that of the DynamoDB Streams Kinesis Adapter 1.x "
+            "StreamsMultiLangDaemon; KCL 1.x is out of support), which is not supported: "
+            f"this processor speaks only {_EXPECTED_DAEMON} (runtime: kcl)",
+            action,
+            reason,
+        )
+    return UnsupportedDaemon(
+        f"the daemon sent an action this processor does not know ({action!r}; "
+        f"{', '.join(sorted(KCL3_ACTIONS))} are the ones it knows); it speaks only "
+        f"{_EXPECTED_DAEMON} (runtime: kcl)",
+        action,
+    )
+
+
+def refuse_daemon(error: UnsupportedDaemon, exit_process: Callable[[int], None]) -> None:
+    """One error line naming the action and the daemon expected, then exit 4: nothing
+    is answered or checkpointed, so the shard resumes from its last checkpoint under a
+    daemon that speaks KCL 3's protocol."""
+    fields = {"action": error.action}
+    if error.reason is not None:
+        fields["reason"] = error.reason
+    log.error(
+        "the daemon speaks another MultiLang protocol than KCL 3's; exiting",
+        **fields,
+        error=str(error),
+        exit_code=error.exit_code,
+    )
+    lastwords.leave(str(error), error.exit_code)
+    exit_process(error.exit_code)
 
 
 def _raise_open_file_limit(sockets: int) -> None:
@@ -496,8 +589,24 @@ def serve_daemon(resolved: Any) -> NoReturn:
     process = kcl.KCLProcess(
         processor, input_file=sys.stdin, output_file=protocol_out, error_file=sys.stderr
     )
-    read_records_fast(process)
-    process.run()
+    read_daemon_lines(process)
+    try:
+        process.run()
+    except UnsupportedDaemon as error:
+        refuse_daemon(error, _hard_exit)
+    except (BrokenPipeError, ConnectionResetError) as error:
+        # Our output closed under the status we were writing: the runtime was killed.
+        log.warning("the daemon went away; exiting", error=str(error))
+        _hard_exit(1)
+    except Exception as error:  # noqa: BLE001  # a line amazon-kclpy cannot read: one JSON line
+        log.error(
+            "the daemon sent a line the processor cannot read; exiting so the shard "
+            "resumes from its last checkpoint",
+            error=str(error),
+            error_type=type(error).__name__,
+        )
+        lastwords.leave(f"the daemon's line could not be read: {type(error).__name__}: {error}")
+        _hard_exit(1)
     processor.close()
     if conflict_log is not None:
         conflict_log.close()

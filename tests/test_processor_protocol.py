@@ -290,6 +290,15 @@ def test_a_squashed_change_is_written_when_the_change_standing_for_it_is_rejecte
     assert daemon.finish() == 0
 
 
+def shutdown_lines(daemon: RawDaemon) -> list[dict[str, Any]]:
+    """The child's log lines about a requested shutdown (every line must be JSON)."""
+    lines = [json.loads(line) for line in daemon.stderr if line.strip()]
+    return [line for line in lines if line["event"].startswith("shutdown requested;")]
+
+
+NOTHING_NEW = "shutdown requested; not checkpointed: nothing new settled since the last checkpoint"
+
+
 def test_shutdown_requested_flushes_and_checkpoints(job: dict[str, Any]) -> None:
     daemon = RawDaemon(job["config"])
     daemon.act(
@@ -300,6 +309,103 @@ def test_shutdown_requested_flushes_and_checkpoints(job: dict[str, Any]) -> None
     assert (daemon.checkpoints or asked)[-1] == "219"
     assert len(items(job)) == 20
     assert daemon.finish() == 0
+    # The line says what the stop did: checkpointed at 219, or nothing new when a batch's
+    # checkpoint had already reached 219 before the stop was asked for.
+    (line,) = shutdown_lines(daemon)
+    assert line["level"] == "info"
+    if asked:
+        assert (line["event"], line["sequence_number"]) == (
+            "shutdown requested; checkpointed",
+            "219",
+        )
+    else:
+        assert line["event"] == NOTHING_NEW and line["last_checkpoint"] == "219"
+
+
+def test_a_shutdown_with_nothing_new_settled_says_it_did_not_checkpoint(
+    job: dict[str, Any],
+) -> None:
+    daemon = RawDaemon(job["config"])
+    daemon.act(
+        {"action": "initialize", "shardId": "s", "sequenceNumber": None, "subSequenceNumber": None}
+    )
+    daemon.records([put("a", 101, ts=1)])
+    daemon.until_checkpoint("101")
+    assert daemon.act({"action": "shutdownRequested"}) == []
+    assert daemon.finish() == 0
+    (line,) = shutdown_lines(daemon)
+    assert line["level"] == "info"
+    assert line["event"] == NOTHING_NEW
+    assert line["last_checkpoint"] == "101"
+    assert "sequence_number" not in line
+
+
+@pytest.mark.parametrize("settled", [False, True], ids=["nothing-settled", "some-settled"])
+def test_a_shutdown_with_writes_outstanding_warns_naming_the_destination(
+    job: dict[str, Any], tmp_path: Path, settled: bool
+) -> None:
+    """A destination that never answers holds a change back: after the 20 s flush the
+    stop is answered with a warning naming what is outstanding where, either without a
+    checkpoint (nothing settled everywhere) or checkpointed only as far as every
+    destination settled (an undecodable record, dead-lettered, whose checkpoints the
+    daemon throttled during the batch), never as a clean "checkpointed"."""
+    with SilentEndpoint() as silent:
+        config = tmp_path / "two.yaml"
+        config.write_text(
+            job["config"]
+            .read_text()
+            .replace(
+                "destinations:\n",
+                "destinations:\n"
+                f"  - {{name: hung, region: {REGION}, table: hung,\n"
+                f"      endpoint_url: '{silent.url}'}}\n",
+            )
+        )
+        daemon = RawDaemon(config)
+        try:
+            daemon.act(
+                {
+                    "action": "initialize",
+                    "shardId": "s",
+                    "sequenceNumber": None,
+                    "subSequenceNumber": None,
+                }
+            )
+            records = [put("a", 901, ts=1)]
+            if settled:
+                records.insert(0, daemon_record(b"not json", 900))
+            daemon.act(
+                {
+                    "action": "processRecords",
+                    "millisBehindLatest": 0,
+                    "records": [{"action": "record", **r} for r in records],
+                },
+                checkpoint_error="ThrottlingException",
+            )
+            assert silent.connected.wait(30 * PATIENCE), "the put was never sent"
+            asked = daemon.act({"action": "shutdownRequested"})
+            assert daemon.finish() == 0
+        finally:
+            if daemon.process.poll() is None:
+                daemon.process.kill()
+    (line,) = shutdown_lines(daemon)
+    assert line["level"] == "warning"
+    assert line["outstanding"] == {"hung": 1}
+    if settled:
+        assert asked == ["900"]
+        assert line["event"].startswith(
+            "shutdown requested; checkpointed what every destination has settled, but writes "
+            "were still outstanding after the flush timeout"
+        )
+        assert line["sequence_number"] == "900"
+    else:
+        assert asked == [] and daemon.checkpoints == []
+        assert line["event"].startswith(
+            "shutdown requested; not checkpointed: writes were still outstanding after the "
+            "flush timeout"
+        )
+        assert line["last_checkpoint"] is None
+    assert "a" in items(job)  # the other destination applied it
 
 
 def test_shard_ended_checkpoints_with_no_sequence_number(job: dict[str, Any]) -> None:
@@ -512,6 +618,43 @@ def test_an_unexpected_error_ends_the_process_nonzero(job: dict[str, Any]) -> No
     assert any("before initialize" in line for line in daemon.stderr)
 
 
+@pytest.mark.parametrize(
+    ("action", "says"),
+    [
+        ({"action": "shutdown", "reason": "TERMINATE"}, "KCL 1.x"),
+        ({"action": "shutdown", "reason": "ZOMBIE"}, "KCL 1.x"),
+        ({"action": "bogus"}, "does not know ('bogus'"),
+    ],
+    ids=["kcl1-terminate", "kcl1-zombie", "unknown"],
+)
+def test_an_action_of_another_protocol_ends_the_processor_in_one_json_line(
+    job: dict[str, Any], action: dict[str, Any], says: str
+) -> None:
+    """A KCL 1.x daemon (the DynamoDB Streams adapter 1.x StreamsMultiLangDaemon) ends a
+    shard with `shutdown`, which amazon-kclpy 2+ cannot decode; an unknown action neither.
+    The child answers nothing, says why in one JSON line naming the action and the daemon
+    it needs, and exits 4."""
+    config = job["config"]
+    config.write_text(config.read_text() + "logging: {format: json}\n")
+    daemon = RawDaemon(config)
+    daemon.act(
+        {"action": "initialize", "shardId": "s", "sequenceNumber": None, "subSequenceNumber": None}
+    )
+    daemon.records([put("a", 101, ts=1)])
+    daemon.write(action)
+    assert daemon.read() is None  # no status, nothing else on stdout (read() parses JSON)
+    assert daemon.exit_code() == 4
+    lines = [json.loads(line) for line in daemon.stderr if line.strip()]  # only JSON lines
+    (error,) = [line for line in lines if line["level"] == "error"]
+    assert error["event"] == "the daemon speaks another MultiLang protocol than KCL 3's; exiting"
+    assert error["action"] == action["action"]
+    assert error.get("reason") == action.get("reason")
+    assert says in error["error"]
+    assert "the KCL 3 MultiLangDaemon" in error["error"]
+    assert error["exit_code"] == 4
+    assert "exception" not in error
+
+
 def test_process_records_lines_are_read_fast_into_the_same_records() -> None:
     """The child parses processRecords lines with msgspec; the records it hands the
     intake are those amazon-kclpy's own parsing gives, and every other line still goes
@@ -520,7 +663,7 @@ def test_process_records_lines_are_read_fast_into_the_same_records() -> None:
 
     from amazon_kclpy import kcl, messages
 
-    from replicator.processor import read_records_fast
+    from replicator.processor import read_daemon_lines
     from replicator.records import raw_record_from
 
     class Processor:
@@ -530,7 +673,7 @@ def test_process_records_lines_are_read_fast_into_the_same_records() -> None:
         Processor(), input_file=io.StringIO(), output_file=io.StringIO(), error_file=io.StringIO()
     )
     stock = process.io_handler.load_action
-    read_records_fast(process)
+    read_daemon_lines(process)
     records = [
         {"action": "record", **put("a", 11, v="x")},
         {"action": "record", **daemon_record(b"{nope", 12, adapter=1)},

@@ -446,10 +446,13 @@ class ConflictLogConfig(Strict):
         return self
 
 
-# KCL properties the rendered file sets from the job: each with the job setting to use
-# instead (a second value in kcl.extra_properties would silently replace the job's).
-RESERVED_KCL_PROPERTIES = {
-    "executableName": "nothing: the replicator runs its own processor with this job file",
+# What to set instead of a KCL property that the rendered properties file writes from the
+# job, for the message that refuses it in kcl.extra_properties (a second value there
+# would silently replace the job's). Which properties are refused is read from the
+# templates themselves (replicator/runtime/kcl/properties.py: rendered_settings); one
+# missing here and from KCL_FIXED_PROPERTIES is refused all the same, with a message
+# naming the template.
+KCL_PROPERTY_SETTINGS = {
     "applicationName": "task_name (the KCL application and lease table)",
     "streamName": "source.stream.name (kinesis) or source.table",
     "streamArn": "source.stream.arn",
@@ -467,10 +470,25 @@ RESERVED_KCL_PROPERTIES = {
         "+ the failover time + 10 s)"
     ),
     "skipRecordsBehavior": "source.on_trimmed_data",
+    "kinesisEndpoint": "source.endpoint_url",
+    "dynamoDBEndpoint": "source.endpoint_url",
     # The stock daemon would name the lease table after it, the DynamoDB Streams launcher
     # would not: one job file would mean two lease tables.
     "tableName": "task_name (the KCL application and lease table)",
 }
+# Why a KCL property the templates write, that no job setting changes, must stay as written.
+KCL_FIXED_PROPERTIES = {
+    "executableName": "the replicator runs its own processor with this job file",
+    "processingLanguage": "the processor is the replicator's own, in Python",
+    "callProcessRecordsEvenForEmptyRecordList": (
+        "the processors need the empty reads to checkpoint writes that finish later and to "
+        "publish the watermark"
+    ),
+    "retrievalMode": "the replicator reads by polling (no enhanced fan-out)",
+}
+# Properties no template writes that would still contradict the job: refused whatever the
+# templates say (streamArn would replace a Kinesis source's streamName).
+CONTRADICTING_KCL_PROPERTIES = frozenset({"tableName", "streamArn"})
 
 # The numeric KCL multilang properties (the setters of int, long and double of KCL 3.1's
 # MultiLangDaemonConfiguration and its beans): the KCL reads a value that is not a number
@@ -524,6 +542,19 @@ _JAVA_CLASS = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*(?:\.[A-Za-z_$][A-Za-z0-9_$]*
 CREDENTIALS_PROVIDER_KEY = "awscredentialsprovider"
 
 
+def kcl_property_name(key: str) -> str:
+    """The property the KCL sets for ``key``: the key itself (Java properties, and the
+    KCL's bean properties, are case-sensitive), but an AWSCredentialsProvider* key is
+    matched whatever its case (KCL 3's KinesisClientLibConfigurator.processKey rewrites
+    every casing of that word the same way)."""
+    if _CREDENTIALS_PROVIDER_WORD.match(key):
+        return _CREDENTIALS_PROVIDER_WORD.sub("awsCredentialsProvider", key)
+    return key
+
+
+_CREDENTIALS_PROVIDER_WORD = re.compile(CREDENTIALS_PROVIDER_KEY, re.IGNORECASE | re.ASCII)
+
+
 def credentials_provider_names(value: str) -> list[str]:
     """The class names an AWSCredentialsProvider value lists, without arguments."""
     elements = (element.strip() for element in value.split(","))
@@ -558,9 +589,8 @@ def _numeric_property_problem(key: str, value: str) -> str | None:
 
 
 def _unreserved_property(key: str) -> str:
-    instead = RESERVED_KCL_PROPERTIES.get(key)
-    if instead is not None:
-        raise ValueError(f"is written from the job file, set {instead} instead")
+    if key in CONTRADICTING_KCL_PROPERTIES:
+        raise ValueError(f"is written from the job file, set {KCL_PROPERTY_SETTINGS[key]} instead")
     if not key:
         raise ValueError("a property needs a name")
     return key
@@ -1019,7 +1049,61 @@ def _kind_option_checks(job: JobConfig) -> Problems:
 
 
 def _kcl_checks(job: JobConfig) -> Problems:
-    return _kcl_property_checks(job) if job.runtime is RuntimeKind.KCL else []
+    """kcl.extra_properties the rendered file already sets, under any runtime (as the
+    properties a job cannot have at all are); under runtime kcl, what else the KCL would
+    take but the job cannot work with, for the properties not refused already."""
+    refused = _rendered_property_problems(job)
+    problems: Problems = [(("kcl", "extra_properties", key), text) for key, text in refused.items()]
+    if job.runtime is RuntimeKind.KCL:
+        problems += _kcl_property_checks(job, refused)
+    return problems
+
+
+def _rendered_property_problems(job: JobConfig) -> dict[str, str]:
+    """The extra properties that the properties file rendered for this job already sets,
+    as `replicator run` renders it (with the stream ARN it looks up), each with why it is
+    refused: Java properties keep the last of two values, so an extra one would silently
+    replace the job's. The set comes from the templates themselves, so that a key added
+    to one is refused without a list here to keep in step; a default the template marks
+    replaceable (the credentials provider, metricsLevel) is not refused. Two extra keys
+    the KCL reads as one property (AWSCredentialsProvider in two casings) are refused
+    too: which of them wins is not defined."""
+    extra = job.kcl.extra_properties
+    if not extra:
+        return {}
+    from replicator.runtime.kcl.properties import rendered_settings
+
+    template, settings = rendered_settings(job)
+    problems: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for key in extra:
+        name = kcl_property_name(key)
+        written = settings.get(name)
+        if written is not None:
+            read_as = "" if written == key else f" (the KCL reads it as {written})"
+            if written in KCL_PROPERTY_SETTINGS:
+                problems[key] = (
+                    f"is written from the job file{read_as}, set "
+                    f"{KCL_PROPERTY_SETTINGS[written]} instead"
+                )
+            elif written in KCL_FIXED_PROPERTIES:
+                problems[key] = (
+                    f"is written by the replicator{read_as} and cannot be changed: "
+                    f"{KCL_FIXED_PROPERTIES[written]}"
+                )
+            else:
+                problems[key] = (
+                    f"is set by the KCL properties template {template}{read_as}; a second "
+                    "value would silently replace it"
+                )
+        elif name in seen:
+            problems[key] = (
+                f"the KCL reads it as the same property as kcl.extra_properties.{seen[name]} "
+                "(it matches AWSCredentialsProvider keys whatever their case), and which "
+                "of the two it takes is not defined: keep one"
+            )
+        seen.setdefault(name, key)
+    return problems
 
 
 def _origin_attribute_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
@@ -1368,10 +1452,13 @@ def disk_checks(job: JobConfig) -> Problems:
     return problems
 
 
-def _kcl_property_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
-    """kcl.extra_properties that the KCL would take but the job cannot work with."""
+def _kcl_property_checks(
+    job: JobConfig, refused: Collection[str]
+) -> list[tuple[tuple[str | int, ...], str]]:
+    """kcl.extra_properties that the KCL would take but the job cannot work with (those
+    ``refused`` already aside)."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
-    extra = job.kcl.extra_properties
+    extra = {key: value for key, value in job.kcl.extra_properties.items() if key not in refused}
     where = ("kcl", "extra_properties")
     if job.source.stream.kind is StreamKind.DYNAMODB_STREAMS:
         position = extra.get("initialPositionInStream", "").strip().upper()

@@ -36,8 +36,13 @@ LEADER_LOCK_S = 120
 LEADER_RETRY_S = 30
 LEADER_TAKEOVER_S = LEADER_LOCK_S + LEADER_RETRY_S + TAKEOVER_S + 30
 PROFILE_KEY = "AKIDKCLPROFILE"
-# What a processor logs once it has checkpointed on shutdownRequested (a SIGTERM).
-SHUTDOWN_CHECKPOINT = '"event": "shutdown requested; checkpointed"'
+# What a processor logs when it answers shutdownRequested (a SIGTERM) with everything it
+# received applied and checkpointed: at the stop, or by a batch before it.
+SHUTDOWN_CHECKPOINTS = (
+    '"event": "shutdown requested; checkpointed"',
+    '"event": "shutdown requested; not checkpointed: nothing new settled since the last '
+    'checkpoint"',
+)
 # JIT and GC settings that start the JVMs faster on a busy machine (REPLICATOR_KCL_JVM_OPTIONS).
 FAST_JVM = {"REPLICATOR_KCL_JVM_OPTIONS": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}
 
@@ -100,10 +105,12 @@ class Worker:
         return tree
 
     def checkpoints_at_stop(self) -> int:
-        """Processors that checkpointed when asked to shut down, after the SIGTERM."""
+        """Processors whose checkpoint held everything they had applied when asked to
+        shut down, after the SIGTERM."""
         with self.log.open("rb") as log:
             log.seek(self.log_at_stop)
-            return log.read().decode(errors="replace").count(SHUTDOWN_CHECKPOINT)
+            text = log.read().decode(errors="replace")
+        return sum(text.count(event) for event in SHUTDOWN_CHECKPOINTS)
 
     def stopped(self, tree: list[int], timeout: float) -> int:
         """The exit status once the worker and everything it ran are gone."""

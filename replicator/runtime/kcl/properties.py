@@ -11,14 +11,24 @@ swapped and the old directory removed).
 from __future__ import annotations
 
 import os
+import re
 import site
 import socket
+import string
 import sys
 import sysconfig
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from replicator.config.model import JobConfig, OnTrimmedData, ResolvedJob, StreamKind
+from replicator.config.model import (
+    JobConfig,
+    OnTrimmedData,
+    ResolvedJob,
+    StreamKind,
+    kcl_property_name,
+)
 from replicator.exceptions import KclUnavailable
 
 TEMPLATE_ENV = "REPLICATOR_PROPERTIES_DIR"
@@ -151,8 +161,8 @@ def _escape(text: str, *, key: bool) -> str:
     return "".join(out)
 
 
-def stream_name(resolved: ResolvedJob) -> str:
-    stream = resolved.job.source.stream
+def _stream_name(job: JobConfig) -> str:
+    stream = job.source.stream
     if stream.name:
         return stream.name
     if stream.arn and ":stream/" in stream.arn:
@@ -170,6 +180,56 @@ def render_properties(
     """The properties file; the processors read ``job_copy`` (``replicator run``'s copy
     of the job file) when given, else the job file itself."""
     job = resolved.job
+    return _render(
+        job,
+        job_file=str(resolved.path),
+        executable=processor_executable(job_copy or resolved.path.resolve()),
+        task_name=resolved.task_name,
+        worker_id=worker_id or job.kcl.worker_id or socket.gethostname(),
+        stream_arn=stream_arn or job.source.stream.arn,
+        extra=job.kcl.extra_properties,
+    )
+
+
+def rendered_settings(job: JobConfig) -> tuple[Path, dict[str, str]]:
+    """The template a job is rendered from, and the properties the rendered file sets
+    whatever ``kcl.extra_properties`` hold: each under the name the KCL reads it by
+    (:func:`kcl_property_name`), with the key as written. The file is rendered as
+    ``replicator run`` renders it (a DynamoDB stream's ARN, which it looks up, written);
+    the names, paths and ids it fills in do not change which keys it has. The defaults
+    the template marks replaceable are left out."""
+    kind = job.source.stream.kind
+    template = templates_dir(kind) / template_file(kind)
+    text = _render(
+        job,
+        job_file="-",
+        executable="-",
+        task_name="-",
+        worker_id="-",
+        stream_arn=job.source.stream.arn or _STAND_IN_STREAM_ARN,
+        extra={},
+    )
+    settings = {
+        kcl_property_name(entry.key): entry.key
+        for entry in _entries(_natural_lines(text))
+        if not entry.default
+    }
+    return template, settings
+
+
+_STAND_IN_STREAM_ARN = "arn:aws:dynamodb:us-east-1:000000000000:table/t/stream/looked-up"
+
+
+def _render(
+    job: JobConfig,
+    *,
+    job_file: str,
+    executable: str,
+    task_name: str,
+    worker_id: str,
+    stream_arn: str | None,
+    extra: Mapping[str, str],
+) -> str:
     source = job.source
     kind = source.stream.kind
     text = (templates_dir(kind) / template_file(kind)).read_text(encoding="utf-8")
@@ -178,24 +238,20 @@ def render_properties(
         endpoint_lines = property_line("kinesisEndpoint", source.endpoint_url) + property_line(
             "dynamoDBEndpoint", source.endpoint_url
         )
-    extra_lines = "".join(
-        property_line(key, value) for key, value in job.kcl.extra_properties.items()
-    )
-    arn = stream_arn or source.stream.arn
     values = {
-        "job_file": escape_value(str(resolved.path)),
-        "executable": escape_value(processor_executable(job_copy or resolved.path.resolve())),
-        "stream_name": escape_value(stream_name(resolved)),
+        "job_file": escape_value(job_file),
+        "executable": escape_value(executable),
+        "stream_name": escape_value(_stream_name(job)),
         "stream_line": (
-            property_line("dynamoDBStreamArn", arn).rstrip("\n")
-            if arn
+            property_line("dynamoDBStreamArn", stream_arn).rstrip("\n")
+            if stream_arn
             else f"# dynamoDBStreamArn: the latest stream of table {source.table}, "
             "looked up by `replicator run`"
         ),
         "table": escape_value(source.table),
-        "task_name": escape_value(resolved.task_name),
+        "task_name": escape_value(task_name),
         "region": escape_value(source.region),
-        "worker_id": escape_value(worker_id or job.kcl.worker_id or socket.gethostname()),
+        "worker_id": escape_value(worker_id),
         "initial_position": job.kcl.initial_position.value,
         "max_records": str(job.kcl.max_records),
         "idle_time_between_reads_ms": str(job.kcl.idle_time_between_reads_ms),
@@ -207,6 +263,96 @@ def render_properties(
             else "KCL_RETRY"
         ),
         "endpoint_lines": endpoint_lines,
-        "extra_lines": extra_lines,
+        "extra_lines": "".join(property_line(key, value) for key, value in extra.items()),
     }
-    return Template(text).safe_substitute(values)
+    rendered = Template(text).safe_substitute(values)
+    return _replace_defaults(rendered, {kcl_property_name(key) for key in extra})
+
+
+# -- reading the rendered file back: which keys it sets, and where -------------------------
+
+# A comment line (``# @default: ...``) before a property in a template: kcl.extra_properties
+# may replace it, and the rendered file then has the template's line as a comment.
+DEFAULT_MARK = "@default"
+_NATURAL_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+_BLANKS = " \t\f"
+_KEY_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    key: str
+    first: int  # its first natural line
+    last: int  # its last (a value continued with a backslash spans several)
+    default: bool  # marked replaceable by DEFAULT_MARK
+
+
+def _natural_lines(text: str) -> list[str]:
+    """``text`` split as java.util.Properties splits it (\\n, \\r or \\r\\n), ends kept."""
+    return _NATURAL_LINE.findall(text)
+
+
+def _entries(lines: list[str]) -> list[_Entry]:
+    """The properties of a file, read as java.util.Properties.load reads them: blank and
+    comment lines skipped (a comment is never continued), a line ending in an odd number
+    of backslashes continued on the next, the key up to the first unescaped ``=``, ``:``
+    or blank."""
+    entries: list[_Entry] = []
+    marked = False
+    index = 0
+    while index < len(lines):
+        body = lines[index].rstrip("\r\n").lstrip(_BLANKS)
+        if not body or body[0] in "#!":
+            marked = marked or body[1:].strip().startswith(DEFAULT_MARK)
+            index += 1
+            continue
+        first = index
+        logical = body
+        while _continued(logical) and index + 1 < len(lines):
+            index += 1
+            logical = logical[:-1] + lines[index].rstrip("\r\n").lstrip(_BLANKS)
+        entries.append(_Entry(_key(logical), first, index, marked))
+        marked = False
+        index += 1
+    return entries
+
+
+def _continued(line: str) -> bool:
+    return (len(line) - len(line.rstrip("\\"))) % 2 == 1
+
+
+def _key(line: str) -> str:
+    units: list[str] = []
+    index = 0
+    while index < len(line):
+        char = line[index]
+        if char in "=:" or char in _BLANKS:
+            break
+        if char == "\\" and index + 1 < len(line):
+            index += 1
+            char = line[index]
+            code = line[index + 1 : index + 5]
+            if char == "u" and len(code) == 4 and all(c in string.hexdigits for c in code):
+                units.append(chr(int(code, 16)))
+                index += 4
+            else:
+                units.append(_KEY_ESCAPES.get(char, char))
+        elif char != "\\":
+            units.append(char)
+        index += 1
+    return "".join(units).encode("utf-16", "surrogatepass").decode("utf-16")
+
+
+def _replace_defaults(text: str, replaced: Collection[str]) -> str:
+    """``text`` with each marked default that an extra property replaces (by the KCL's
+    name for it) turned into a comment, so that the file sets every property once: the
+    KCL would otherwise take whichever of two AWSCredentialsProvider casings it meets
+    last, and a reader would see two values."""
+    if not replaced:
+        return text
+    lines = _natural_lines(text)
+    for entry in _entries(lines):
+        if entry.default and kcl_property_name(entry.key) in replaced:
+            for index in range(entry.first, entry.last + 1):
+                lines[index] = "# replaced by kcl.extra_properties: " + lines[index]
+    return "".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.support import ROOT
+from tests.support.cli import replicator
 
 
 def properties(path: Path) -> dict[str, str]:
@@ -200,6 +202,11 @@ def test_extra_properties_and_worker_id_read_back_exactly(
     text = render_properties(resolved.model_copy(update={"job": job}))
     assert text.isascii()
     read = java_properties(text)
+    # The keys the replicator reads in a rendered file (to refuse those in extra_properties)
+    # are those java.util.Properties reads.
+    from replicator.runtime.kcl.properties import _entries, _natural_lines
+
+    assert sorted(entry.key for entry in _entries(_natural_lines(text))) == sorted(read)
     for key, value in NASTY.items():
         assert read[key] == value, key
     assert read["workerId"] == "host\nworkerId = other"
@@ -225,13 +232,7 @@ def _validate(tmp_path: Path, kcl: str) -> subprocess.CompletedProcess[str]:
         "destinations: [{region: eu-west-1, table: orders}]\n"
         f"kcl: {kcl}\n"
     )
-    return subprocess.run(
-        [sys.executable, "-m", "replicator", "validate", "--config", str(job)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    return replicator("validate", "--config", str(job))
 
 
 @pytest.mark.parametrize(
@@ -253,6 +254,96 @@ def test_a_property_the_job_sets_is_refused_in_extra_properties(
     lines = [line for line in result.stderr.splitlines() if f"kcl.extra_properties.{key}" in line]
     assert len(lines) == 1
     assert instead in lines[0]
+
+
+# The defaults the templates mark replaceable (`# @default`): the credentials provider
+# (docs/security.md) and metricsLevel.
+REPLACEABLE = {"AWSCredentialsProvider", "metricsLevel"}
+VARIANTS = {
+    "kinesis-endpoint": "{region: us-east-1, table: orders, endpoint_url: 'http://127.0.0.1:47400',"
+    " stream: {kind: kinesis, name: changes}}",
+    "kinesis": "{region: us-east-1, table: orders, stream: {kind: kinesis, name: changes}}",
+    "dynamodb-streams-arn-endpoint": "{region: us-east-1, table: orders,"
+    " endpoint_url: 'http://127.0.0.1:47400', stream: {arn: '"
+    "arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/2026-01-01T00:00:00.000'}}",
+    "dynamodb-streams": "{region: us-east-1, table: orders}",
+}
+
+
+def _job(tmp_path: Path, source: str, extra: dict[str, str]) -> Path:
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "runtime: kcl\ntask_name: revproto-y\n"
+        f"source: {source}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        "conflict: {policy: version, version_attribute: v}\n"
+        f"kcl: {{extra_properties: {json.dumps(extra)}}}\n"
+    )
+    return job
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_property_the_rendered_file_sets_is_refused_in_extra_properties(
+    tmp_path: Path, variant: str
+) -> None:
+    """Java properties keep the last of two values: any key the file `replicator run`
+    writes for the job (its template's, and the endpoints and stream ARN it adds) given
+    again in kcl.extra_properties would silently replace the job's. Each is refused,
+    once, naming it; the same job without them validates."""
+    rendered = properties(_job(tmp_path, VARIANTS[variant], {}))
+    if variant == "dynamodb-streams":  # `replicator run` adds the ARN it looks up
+        rendered["dynamoDBStreamArn"] = "looked up"
+    written = set(rendered) - REPLACEABLE
+    assert {"callProcessRecordsEvenForEmptyRecordList", "processingLanguage"} <= written
+    assert ("kinesisEndpoint" in written) == ("endpoint" in variant)
+    assert ("retrievalMode" in written) == variant.startswith("kinesis")
+    job = _job(tmp_path, VARIANTS[variant], {key: "1" for key in sorted(written)})
+    result = replicator("validate", "--config", str(job))
+    assert result.returncode == 2, result.stdout + result.stderr
+    named = [line for line in result.stderr.splitlines() if "kcl.extra_properties." in line]
+    for key in written:
+        assert len([line for line in named if f" kcl.extra_properties.{key} (" in line]) == 1, key
+    assert len(named) == len(written), named
+    job = _job(tmp_path, VARIANTS[variant], {"maxLeasesForWorker": "2"})
+    assert replicator("validate", "--config", str(job)).returncode == 0
+    assert properties(job)["maxLeasesForWorker"] == "2"  # a genuinely extra key passes
+
+
+def test_a_replaceable_default_is_written_once_as_the_extra_properties_say(
+    tmp_path: Path, java_properties: Any
+) -> None:
+    """The credentials provider (matched by the KCL whatever the key's case) and
+    metricsLevel may be given in kcl.extra_properties: the template's line becomes a
+    comment, so the KCL reads one value, the job's."""
+    extra = {
+        "awscredentialsprovider": "ProfileCredentialsProvider|ops",
+        "metricsLevel": "SUMMARY",
+        "maxLeasesForWorker": "2",
+    }
+    job = _job(tmp_path, VARIANTS["kinesis"], extra)
+    assert replicator("validate", "--config", str(job)).returncode == 0
+    result = replicator("properties", "--config", str(job))
+    assert result.returncode == 0, result.stderr
+    read = java_properties(result.stdout)
+    credentials = [key for key in read if key.lower() == "awscredentialsprovider"]
+    assert credentials == ["awscredentialsprovider"]
+    assert read["awscredentialsprovider"] == "ProfileCredentialsProvider|ops"
+    assert read["metricsLevel"] == "SUMMARY"
+    assert read["maxLeasesForWorker"] == "2"
+    assert "# replaced by kcl.extra_properties: metricsLevel = NONE\n" in result.stdout
+
+
+def test_two_casings_of_the_credentials_key_are_refused(tmp_path: Path) -> None:
+    """The KCL reads both as one property and takes whichever it meets last."""
+    extra = {
+        "AWSCredentialsProvider": "DefaultCredentialsProvider",
+        "awsCredentialsProvider": "ProfileCredentialsProvider|ops",
+    }
+    result = replicator("validate", "--config", str(_job(tmp_path, VARIANTS["kinesis"], extra)))
+    assert result.returncode == 2, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "kcl.extra_properties." in line]
+    assert " kcl.extra_properties.awsCredentialsProvider (" in line
+    assert "same property as kcl.extra_properties.AWSCredentialsProvider" in line
 
 
 def test_plain_yaml_numbers_and_booleans_are_properties_as_text(tmp_path: Path) -> None:
