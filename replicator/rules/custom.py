@@ -22,14 +22,13 @@ from collections.abc import Callable
 from typing import cast
 
 from replicator.exceptions import PlanError, ResolverFailed
-from replicator.items import AttributeValue, Item, describe_key, same_item
+from replicator.items import AttributeValue, Item, ItemView, describe_key, same_item
 from replicator.records import Change, Event
 from replicator.rules.requests import (
     Skip,
     Verdict,
     WriteRequest,
-    as_much_as_fits,
-    equals_condition,
+    equal_to,
     holds_outcome,
 )
 
@@ -77,12 +76,13 @@ class CustomRule:
             raise ResolverFailed(
                 f"custom resolver {_name_of(self.resolver)} raised {type(error).__name__}: {error}"
             ) from error
-        condition, names, values = _unchanged_since_read(change, existing)
         if decision is True:
             if change.event is Event.REMOVE:
+                condition, names, values = _unchanged_since_read(change, existing, None)
                 return WriteRequest(
                     op="delete", key=change.keys, condition=condition, names=names, values=values
                 )
+            condition, names, values = _unchanged_since_read(change, existing, change.new_image)
             return WriteRequest(
                 op="put", item=change.new_image, condition=condition, names=names, values=values
             )
@@ -105,6 +105,7 @@ class CustomRule:
                     f"from the change's ({describe_key(change.keys)}): it may only decide "
                     "what this item holds"
                 )
+            condition, names, values = _unchanged_since_read(change, existing, decision)
             return WriteRequest(
                 op="put", item=decision, condition=condition, names=names, values=values
             )
@@ -137,15 +138,13 @@ def _name_of(resolver: Resolver) -> str:
 
 
 def _unchanged_since_read(
-    change: Change, existing: Item | None
+    change: Change, existing: Item | None, written: ItemView | None
 ) -> tuple[str, dict[str, str], dict[str, AttributeValue]]:
     """A condition that holds only while the destination item is what we read: every
     attribute equal, or, for an item with more attributes than one condition expression
-    holds, its key and as many others as fit (docs/conflict-rules.md)."""
+    holds, its key, the attributes ``written`` changes and as many others as fit
+    (docs/conflict-rules.md)."""
     if existing is None:
         name = next(iter(change.keys))
         return "attribute_not_exists(#k)", {"#k": name}, {}
-    try:
-        return equals_condition(existing)
-    except PlanError:
-        return as_much_as_fits(existing, change.keys)
+    return equal_to(existing, first=change.keys, unlike=written)

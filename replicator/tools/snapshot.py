@@ -53,7 +53,7 @@ from replicator.rules import (
     Verdict,
     WriteRequest,
 )
-from replicator.rules.requests import equals_condition, holds_outcome
+from replicator.rules.requests import equal_to, holds_outcome
 from replicator.tools.compare import differing_attributes
 from replicator.tools.scan import ReadRate, batch_get
 from replicator.tools.tables import TableRef
@@ -138,13 +138,14 @@ class SnapshotRule:
         expected = change.old_image
         if self.reads_existing and not same_item(existing, expected):
             return Skip(self._changed(expected))
+        ranking = self.policy.ranking if isinstance(self.policy, OrderedRule) else None
         if change.event is Event.REMOVE:
-            return expected_request("delete", change, expected)
+            return expected_request("delete", change, expected, ranking)
         if self._ordered(change):
             return self.policy.plan(change)
         if isinstance(self.policy, CustomRule):
             return self.policy.plan(change, existing)
-        return expected_request("put", change, expected)
+        return expected_request("put", change, expected, ranking)
 
     def shows_applied(self, change: Change, existing: Item | None) -> bool:
         return holds_outcome(change, existing)
@@ -171,7 +172,7 @@ class SnapshotRule:
             and same_item(existing, expected)
             and self.policy.rank(existing)[:3] == self.policy.rank(change.new_image)[:3]
         ):
-            condition, names, values = equals_condition(existing)
+            condition, names, values = self.policy.exactly(existing, unlike=change.new_image)
             return WriteRequest(
                 op="put", item=change.new_image, condition=condition, names=names, values=values
             )
@@ -208,8 +209,12 @@ class SnapshotRule:
         return "the destination's item changed since it was read"
 
 
-def expected_request(op: str, change: Change, expected: Item | None) -> WriteRequest:
-    """A put or delete that applies only while the destination holds exactly ``expected``."""
+def expected_request(
+    op: str, change: Change, expected: Item | None, first: list[str] | None = None
+) -> WriteRequest:
+    """A put or delete that applies only while the destination holds exactly ``expected``
+    (for a wide item, on ``first``, the policy's ranking attributes, before any other:
+    :func:`~replicator.rules.requests.equal_to`)."""
     condition: str
     names: dict[str, str]
     values: dict[str, AttributeValue]
@@ -217,7 +222,8 @@ def expected_request(op: str, change: Change, expected: Item | None) -> WriteReq
         name = next(iter(change.keys))
         condition, names, values = "attribute_not_exists(#k)", {"#k": name}, {}
     else:
-        condition, names, values = equals_condition(expected)
+        written = change.new_image if op == "put" else None
+        condition, names, values = equal_to(expected, first=first or (), unlike=written)
     if op == "delete":
         return WriteRequest(
             op="delete", key=change.keys, condition=condition, names=names, values=values

@@ -14,7 +14,6 @@ checkpointed past the refused changes.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -46,7 +45,7 @@ from replicator.items import Item, describe_key
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.rules import ConflictRule, OrderedRule, Skip, Verdict, WriteRequest
-from replicator.rules.order import any_of, below
+from replicator.rules.order import below
 from replicator.tombstones.model import Tombstone, tombstone_of
 from replicator.tombstones.table import TombstoneTable
 from replicator.writers.wire import WireWriteClient
@@ -508,10 +507,7 @@ class DestinationWriter:
         fields = rule.keyed_fields(keys)
         condition, names, values = below(fields, tombstone.ordering, tombstone.origin, None)
         if stale is not None:
-            with contextlib.suppress(PlanError):
-                same, same_names, same_values = rule.exactly(stale)
-                condition = any_of(condition, same)
-                names, values = {**names, **same_names}, {**values, **same_values}
+            condition, names, values = rule.or_exactly((condition, names, values), stale)
         request = WriteRequest(
             op="delete", key=keys, condition=condition, names=names, values=values
         )

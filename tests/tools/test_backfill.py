@@ -335,8 +335,10 @@ def test_snapshot_rule_keeps_read_images_from_overwriting_newer_items() -> None:
         {"#k": "pk"},
     )
     replace = _plan(overwrite, scanned, at_destination)
-    assert replace.condition == "#a0 = :a0 AND #a1 = :a1 AND #a2 = :a2 AND #a3 = :a3"
-    assert replace.values[":a0"] == {"S": "old"}  # note, pk, sk, updated_at: as read
+    assert replace.condition == "#0=:0 AND #1=:1 AND #2=:2 AND #3=:3"
+    # As read, what the write changes first (what a wide item compares before the rest).
+    assert list(replace.names.values()) == ["note", "updated_at", "pk", "sk"]
+    assert replace.values[":0"] == {"S": "old"}
 
     ordered = _plan(lww, scanned, None)
     assert ordered.condition == "attribute_not_exists(#c) OR #c < :c"  # ties: reconsider()
