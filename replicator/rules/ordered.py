@@ -13,7 +13,8 @@ a lower-ranked one.
   that came back: the same image means the destination already holds the change
   (``unchanged``), an item ranking below it only by the digest (or by a value of
   another type, which DynamoDB does not compare) is replaced on the condition that it
-  is still exactly that item, and anything else won.
+  is still exactly that item (as much of it as one condition compares:
+  :meth:`OrderedRule.exactly`), and anything else won.
 * A delete ranks just above the image it deleted (the REMOVE's old image): it applies
   onto no item, an item ranking below that image, or that very image, and never
   removes an item that ranks above it.
