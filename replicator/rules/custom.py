@@ -22,14 +22,14 @@ from collections.abc import Callable
 from typing import cast
 
 from replicator.exceptions import PlanError, ResolverFailed
-from replicator.items import AttributeValue, Item, ItemView, describe_key, same_item
+from replicator.items import AttributeValue, Item, describe_key, same_item
 from replicator.records import Change, Event
 from replicator.rules.requests import (
     Skip,
     Verdict,
     WriteRequest,
-    equal_to,
     holds_outcome,
+    write_over,
 )
 
 Resolver = Callable[[Change, Item | None], bool | Item]
@@ -78,14 +78,8 @@ class CustomRule:
             ) from error
         if decision is True:
             if change.event is Event.REMOVE:
-                condition, names, values = _unchanged_since_read(change, existing, None)
-                return WriteRequest(
-                    op="delete", key=change.keys, condition=condition, names=names, values=values
-                )
-            condition, names, values = _unchanged_since_read(change, existing, change.new_image)
-            return WriteRequest(
-                op="put", item=change.new_image, condition=condition, names=names, values=values
-            )
+                return write_over("delete", change.keys, existing, first=change.keys)
+            return write_over("put", change.keys, existing, change.new_image, first=change.keys)
         if decision is False:
             return Skip("the custom resolver kept the destination's item")
         if isinstance(decision, dict):
@@ -105,10 +99,7 @@ class CustomRule:
                     f"from the change's ({describe_key(change.keys)}): it may only decide "
                     "what this item holds"
                 )
-            condition, names, values = _unchanged_since_read(change, existing, decision)
-            return WriteRequest(
-                op="put", item=decision, condition=condition, names=names, values=values
-            )
+            return write_over("put", change.keys, existing, decision, first=change.keys)
         raise PlanError(
             f"custom resolver returned {type(decision).__name__}; expected True, False or an item"
         )
@@ -135,16 +126,3 @@ def _same_key(returned: object, value: AttributeValue) -> bool:
 def _name_of(resolver: Resolver) -> str:
     module = getattr(resolver, "__module__", None) or "?"
     return f"{module}:{getattr(resolver, '__qualname__', repr(resolver))}"
-
-
-def _unchanged_since_read(
-    change: Change, existing: Item | None, written: ItemView | None
-) -> tuple[str, dict[str, str], dict[str, AttributeValue]]:
-    """A condition that holds only while the destination item is what we read: every
-    attribute equal, or, for an item with more attributes than one condition expression
-    holds, its key, the attributes ``written`` changes and as many others as fit
-    (docs/conflict-rules.md)."""
-    if existing is None:
-        name = next(iter(change.keys))
-        return "attribute_not_exists(#k)", {"#k": name}, {}
-    return equal_to(existing, first=change.keys, unlike=written)

@@ -50,7 +50,10 @@ from replicator.rules.requests import (
     Verdict,
     WriteRequest,
     equal_to,
+    exact_write,
+    expecting,
     holds_outcome,
+    write_over,
 )
 
 _COMPARABLE = ("N", "S")
@@ -147,11 +150,15 @@ class OrderedRule:
                     "the stream view type must be NEW_AND_OLD_IMAGES"
                 )
             if self.deletes_only_its_image(change):
-                condition, names, values = self.exactly(image)
-            else:
-                condition, names, values = self.not_above(image, change.keys)
+                return exact_write("delete", change.keys, image, self.exactly(image))
+            condition, names, values = self.not_above(image, change.keys)
             return WriteRequest(
-                op="delete", key=change.keys, condition=condition, names=names, values=values
+                op="delete",
+                key=change.keys,
+                condition=condition,
+                names=names,
+                values=values,
+                at_or_below=expecting(image, names) is not None,
             )
         assert image is not None  # decode guarantees a NewImage for puts
         condition, names, values = self.below(image, change.keys)
@@ -244,20 +251,12 @@ class OrderedRule:
                 return Verdict.LOST
             if self.deletes_only_its_image(change):
                 return Verdict.UNCHANGED  # written there after the image it deleted
-            condition, names, values = self.exactly(existing, unlike=image)
-            return WriteRequest(
-                op="delete", key=change.keys, condition=condition, names=names, values=values
-            )
+            return write_over("delete", change.keys, existing, first=self.ranking, unlike=image)
         if existing is not None and same_item(existing, image):
             return Verdict.UNCHANGED
         if self.rank(existing) >= self.rank(image):
             return Verdict.LOST
-        if existing is None:
-            name = next(iter(change.keys))
-            condition, names, values = "attribute_not_exists(#k)", {"#k": name}, {}
-        else:
-            condition, names, values = self.exactly(existing, unlike=image)
-        return WriteRequest(op="put", item=image, condition=condition, names=names, values=values)
+        return write_over("put", change.keys, existing, image, first=self.ranking)
 
     def shows_applied(self, change: Change, existing: Item | None) -> bool:
         """A put whose very image is there, or a delete that finds the item gone or ranked

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -28,6 +28,14 @@ class WriteRequest(msgspec.Struct, frozen=True, kw_only=True):
     condition: str | None = None
     names: dict[str, str] = msgspec.field(default_factory=dict)
     values: dict[str, AttributeValue] = msgspec.field(default_factory=dict)
+    # The item the write may replace, when the condition says "exactly this item" but
+    # compares only part of it (:func:`equal_to`, a wide item): the write then asks for
+    # the item it replaced, and the writer puts back one that was not this.
+    expects: Item | Image | None = None
+    # A delete that applies to what ranks at or below its image, on a condition that
+    # compares that image only in part (a wide item): the writer puts back an item it
+    # returns that ranks above.
+    at_or_below: bool = False
 
     def to_kwargs(self, table: str, *, stream_images: bool = False) -> dict[str, Any]:
         """boto3 keyword arguments for ``put_item``/``delete_item`` on ``table``.
@@ -44,6 +52,8 @@ class WriteRequest(msgspec.Struct, frozen=True, kw_only=True):
             kwargs["Item"] = item
         else:
             kwargs["Key"] = self.key
+        if self.expects is not None or self.at_or_below:
+            kwargs["ReturnValues"] = "ALL_OLD"
         if self.condition:
             kwargs["ConditionExpression"] = self.condition
             kwargs["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
@@ -130,8 +140,9 @@ def equal_to(
       replace it, so that an item which already took (part of) it fails;
     * the others, by name.
 
-    A concurrent change confined to attributes left out then goes unseen: what that
-    costs is in docs/conflict-rules.md ("Wide items").
+    A concurrent change confined to attributes left out then passes the condition: the
+    write carries the item it expects (:func:`exact_write`), and the writer finds the
+    change in the item the write returns (docs/conflict-rules.md, "Wide items").
     """
     order = list(dict.fromkeys(first))
     if unlike is not None:
@@ -164,3 +175,51 @@ def equal_to(
 
 def _same_value(left: AttributeValue | None, right: AttributeValue) -> bool:
     return left is not None and same_item({"v": left}, {"v": right})
+
+
+def expecting(expected: ItemView, names: dict[str, str]) -> ItemView | None:
+    """``expected`` when a condition naming ``names`` leaves some of its attributes out
+    (:attr:`WriteRequest.expects`); None when it compares all of them."""
+    compared = set(names.values())
+    return None if all(name in compared for name in expected) else expected
+
+
+def exact_write(
+    op: str,
+    keys: Item,
+    expected: ItemView,
+    condition: tuple[str, dict[str, str], dict[str, AttributeValue]],
+    item: Item | Image | None = None,
+) -> WriteRequest:
+    """A put of ``item`` or a delete of ``keys`` that applies only while the destination
+    holds ``expected``, on ``condition`` (:func:`equal_to` or a rule's ``exactly``)."""
+    expression, names, values = condition
+    expects = cast("Item | Image | None", expecting(expected, names))
+    if op == "delete":
+        return WriteRequest(
+            op="delete", key=keys, condition=expression, names=names, values=values, expects=expects
+        )
+    return WriteRequest(
+        op="put", item=item, condition=expression, names=names, values=values, expects=expects
+    )
+
+
+def write_over(
+    op: str,
+    keys: Item,
+    expected: ItemView | None,
+    item: Item | Image | None = None,
+    *,
+    first: Iterable[str] = (),
+    unlike: ItemView | None = None,
+) -> WriteRequest:
+    """A put of ``item`` or a delete of ``keys`` that applies only while the destination
+    holds exactly ``expected`` (None: no item), compared by :func:`equal_to` (``first``;
+    ``unlike``, by default the item written)."""
+    if expected is None:
+        absent, names = "attribute_not_exists(#k)", {"#k": next(iter(keys))}
+        if op == "delete":
+            return WriteRequest(op="delete", key=keys, condition=absent, names=names)
+        return WriteRequest(op="put", item=item, condition=absent, names=names)
+    same = equal_to(expected, first=first, unlike=item if unlike is None else unlike)
+    return exact_write(op, keys, expected, same, item)

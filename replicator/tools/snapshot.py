@@ -42,7 +42,7 @@ from replicator import wiring
 from replicator.config.model import ResolvedJob
 from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
-from replicator.items import AttributeValue, Item, item_to_wire
+from replicator.items import Item, item_to_wire
 from replicator.metrics import Metrics
 from replicator.records import Change, Event, RawRecord
 from replicator.rules import (
@@ -53,7 +53,7 @@ from replicator.rules import (
     Verdict,
     WriteRequest,
 )
-from replicator.rules.requests import equal_to, holds_outcome
+from replicator.rules.requests import holds_outcome, write_over
 from replicator.tools.compare import differing_attributes
 from replicator.tools.scan import ReadRate, batch_get
 from replicator.tools.tables import TableRef
@@ -172,9 +172,8 @@ class SnapshotRule:
             and same_item(existing, expected)
             and self.policy.rank(existing)[:3] == self.policy.rank(change.new_image)[:3]
         ):
-            condition, names, values = self.policy.exactly(existing, unlike=change.new_image)
-            return WriteRequest(
-                op="put", item=change.new_image, condition=condition, names=names, values=values
+            return write_over(
+                "put", change.keys, existing, change.new_image, first=self.policy.ranking
             )
         return decision
 
@@ -215,22 +214,8 @@ def expected_request(
     """A put or delete that applies only while the destination holds exactly ``expected``
     (for a wide item, on ``first``, the policy's ranking attributes, before any other:
     :func:`~replicator.rules.requests.equal_to`)."""
-    condition: str
-    names: dict[str, str]
-    values: dict[str, AttributeValue]
-    if expected is None:
-        name = next(iter(change.keys))
-        condition, names, values = "attribute_not_exists(#k)", {"#k": name}, {}
-    else:
-        written = change.new_image if op == "put" else None
-        condition, names, values = equal_to(expected, first=first or (), unlike=written)
-    if op == "delete":
-        return WriteRequest(
-            op="delete", key=change.keys, condition=condition, names=names, values=values
-        )
-    return WriteRequest(
-        op="put", item=change.new_image, condition=condition, names=names, values=values
-    )
+    item = change.new_image if op == "put" else None
+    return write_over(op, change.keys, expected, item, first=first or ())
 
 
 def snapshot_writers(resolved: ResolvedJob, metrics: Metrics) -> dict[str, DestinationWriter]:

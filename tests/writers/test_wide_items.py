@@ -19,7 +19,7 @@ from replicator.records import Change
 from replicator.rules import OrderedRule, Verdict, WriteRequest
 from replicator.rules.requests import MAX_EXPRESSION
 from replicator.writers.destination import DestinationWriter, Outcome
-from tests.support.records import put
+from tests.support.records import put, remove
 from tests.writers.test_writers import REGION, Destination
 
 
@@ -116,10 +116,21 @@ def _same_ts_in_an_attribute_both_images_share(base: dict[str, Any], value: str)
     return {**base, "a0": value}
 
 
+def _same_ts_in_an_attribute_left_out(base: dict[str, Any], value: str) -> dict[str, Any]:
+    """a999 of 2000 is past the attributes one condition compares: the write lands, the
+    item it returns shows the change, and the writer puts that item back."""
+    return {**base, f"a{(len(base) - 1) // 2 - 1}": value}
+
+
 @pytest.mark.parametrize("width", [300, 2000])
 @pytest.mark.parametrize(
     "concurrent",
-    [_newer, _same_ts_in_a_differing_attribute, _same_ts_in_an_attribute_both_images_share],
+    [
+        _newer,
+        _same_ts_in_a_differing_attribute,
+        _same_ts_in_an_attribute_both_images_share,
+        _same_ts_in_an_attribute_left_out,
+    ],
 )
 def test_a_change_made_between_the_read_and_the_write_is_not_overwritten(
     dest: Destination,
@@ -130,7 +141,8 @@ def test_a_change_made_between_the_read_and_the_write_is_not_overwritten(
     ranks above it by the digest, so the writer reads the item (the failed condition's
     ALL_OLD) and puts the image again on the condition that the item is still the one it
     read. Another write lands in between with an image ranking above the change's: it
-    stays, and the change counts as a lost conflict."""
+    stays (refused by the condition, or put back when it changed only attributes the
+    condition left out), and the change counts as a lost conflict."""
     rule = RacingRule()
     # The two lowest of a few images differing in a5: much room above both by the digest.
     lowest, low = sorted(
@@ -151,3 +163,22 @@ def test_a_change_made_between_the_read_and_the_write_is_not_overwritten(
     compared = set(request.names.values())
     assert {"ts", "a5", "a0"} <= compared
     assert (len(compared) == width + 2) is (width < 340)  # the key, ts, every aN if they fit
+    assert (f"a{width // 2 - 1}" in compared) is (width < 340)  # a999 of 2000 is left out
+
+
+def test_a_wide_delete_never_removes_an_item_ranking_above_its_image(dest: Destination) -> None:
+    """The delete of a 2000-attribute image applies to what ranks at or below it, or to
+    that image, compared only on the attributes one condition holds (a5, in which the
+    two differ, sorts past them). The destination holds an item tying with the image on
+    the timestamp, above it by the digest, equal to it on every attribute compared: the
+    delete removes it, the item it returns shows it ranks above, and the writer puts it
+    back; the delete lost."""
+    rule = RacingRule()
+    image = image_of("a", wide(2000, a5="deleted"))
+    value = above(rule, image, lambda v: image_of("a", wide(2000, a999=v)))
+    dest.seed("a", **wide(2000, a999=value))
+
+    result = writer_with(dest, rule).write(decode(remove("a", 2, **wide(2000, a5="deleted"))))
+
+    assert result.outcome is Outcome.CONFLICT_LOST, (result.reason, result.error)
+    assert dest.get("a") == image_of("a", wide(2000, a999=value))
