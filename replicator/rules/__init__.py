@@ -142,8 +142,10 @@ def _by_rank(rule: OrderedRule) -> Callable[[Change, Change], Squash]:
       squashed,
       and a delete tying with the other change on (value, origin), with another
       image, sends both in order: a delete's condition also holds on an item that is its
-      image with more attributes (:meth:`OrderedRule.not_above`), so whether it applies
-      after the other write depends on the destination's item, not on the two ranks.
+      image with more attributes, or for an image too wide to compare whole, on one that
+      agrees with it on the attributes compared (:meth:`OrderedRule.not_above`), so
+      whether it applies after the other write depends on the destination's item, not on
+      the two ranks.
 
     Changes whose rank is unknown (no write can be planned for them) or of two ordering
     types are both sent, in order.

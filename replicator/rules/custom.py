@@ -28,9 +28,8 @@ from replicator.rules.requests import (
     Skip,
     Verdict,
     WriteRequest,
-    as_much_as_fits,
-    equals_condition,
     holds_outcome,
+    write_over,
 )
 
 Resolver = Callable[[Change, Item | None], bool | Item]
@@ -77,15 +76,10 @@ class CustomRule:
             raise ResolverFailed(
                 f"custom resolver {_name_of(self.resolver)} raised {type(error).__name__}: {error}"
             ) from error
-        condition, names, values = _unchanged_since_read(change, existing)
         if decision is True:
             if change.event is Event.REMOVE:
-                return WriteRequest(
-                    op="delete", key=change.keys, condition=condition, names=names, values=values
-                )
-            return WriteRequest(
-                op="put", item=change.new_image, condition=condition, names=names, values=values
-            )
+                return write_over("delete", change.keys, existing, first=change.keys)
+            return write_over("put", change.keys, existing, change.new_image, first=change.keys)
         if decision is False:
             return Skip("the custom resolver kept the destination's item")
         if isinstance(decision, dict):
@@ -105,9 +99,7 @@ class CustomRule:
                     f"from the change's ({describe_key(change.keys)}): it may only decide "
                     "what this item holds"
                 )
-            return WriteRequest(
-                op="put", item=decision, condition=condition, names=names, values=values
-            )
+            return write_over("put", change.keys, existing, decision, first=change.keys)
         raise PlanError(
             f"custom resolver returned {type(decision).__name__}; expected True, False or an item"
         )
@@ -134,18 +126,3 @@ def _same_key(returned: object, value: AttributeValue) -> bool:
 def _name_of(resolver: Resolver) -> str:
     module = getattr(resolver, "__module__", None) or "?"
     return f"{module}:{getattr(resolver, '__qualname__', repr(resolver))}"
-
-
-def _unchanged_since_read(
-    change: Change, existing: Item | None
-) -> tuple[str, dict[str, str], dict[str, AttributeValue]]:
-    """A condition that holds only while the destination item is what we read: every
-    attribute equal, or, for an item with more attributes than one condition expression
-    holds, its key and as many others as fit (docs/conflict-rules.md)."""
-    if existing is None:
-        name = next(iter(change.keys))
-        return "attribute_not_exists(#k)", {"#k": name}, {}
-    try:
-        return equals_condition(existing)
-    except PlanError:
-        return as_much_as_fits(existing, change.keys)

@@ -13,7 +13,8 @@ a lower-ranked one.
   that came back: the same image means the destination already holds the change
   (``unchanged``), an item ranking below it only by the digest (or by a value of
   another type, which DynamoDB does not compare) is replaced on the condition that it
-  is still exactly that item, and anything else won.
+  is still exactly that item (as much of it as one condition compares:
+  :meth:`OrderedRule.exactly`), and anything else won.
 * A delete ranks just above the image it deleted (the REMOVE's old image): it applies
   onto no item, an item ranking below that image, or that very image, and never
   removes an item that ranks above it.
@@ -42,14 +43,17 @@ from replicator.rules.order import (
     any_of,
     below,
     image_digest,
-    pruned,
 )
 from replicator.rules.requests import (
+    MAX_EXPRESSION,
     Skip,
     Verdict,
     WriteRequest,
-    equals_condition,
+    equal_to,
+    exact_write,
+    expecting,
     holds_outcome,
+    write_over,
 )
 
 _COMPARABLE = ("N", "S")
@@ -88,6 +92,8 @@ class OrderedRule:
         self.peers = peers if origin_attribute else None
         self._types = ("N",) if numeric_only else _COMPARABLE
         self.fields = RankFields(attribute, origin_attribute)
+        # The attributes an item ranks by, which a wide item's conditions compare first.
+        self.ranking = [attribute] + ([origin_attribute] if origin_attribute else [])
         self._keyed: dict[str, RankFields] = {}
 
     # -- the order ------------------------------------------------------------------------
@@ -144,14 +150,15 @@ class OrderedRule:
                     "the stream view type must be NEW_AND_OLD_IMAGES"
                 )
             if self.deletes_only_its_image(change):
-                try:
-                    condition, names, values = self.exactly(image)
-                except PlanError:  # too many attributes to name them all (4 KB)
-                    condition, names, values = self._not_above_without_digest(image, change.keys)
-            else:
-                condition, names, values = self.not_above(image, change.keys)
+                return exact_write("delete", change.keys, image, self.exactly(image))
+            condition, names, values = self.not_above(image, change.keys)
             return WriteRequest(
-                op="delete", key=change.keys, condition=condition, names=names, values=values
+                op="delete",
+                key=change.keys,
+                condition=condition,
+                names=names,
+                values=values,
+                at_or_below=expecting(image, names) is not None,
             )
         assert image is not None  # decode guarantees a NewImage for puts
         condition, names, values = self.below(image, change.keys)
@@ -193,43 +200,31 @@ class OrderedRule:
         """True when the destination holds no item, one ranking below ``image`` on (value,
         origin), or ``image`` itself: where a delete of ``image`` applies.
 
-        Items with so many attributes that "is ``image`` itself" does not fit in a
-        condition (4 KB) fall back to "not above on (value, origin)", which also deletes
-        a different image that ties on both and ranks above only by its digest."""
-        condition, names, values = self.below(image, keys)
-        try:
-            same, same_names, same_values = self.exactly(image)
-        except PlanError:
-            return self._not_above_without_digest(image, keys)
-        return any_of(condition, same), {**names, **same_names}, {**values, **same_values}
+        "``image`` itself" is :meth:`exactly` in the room the rest leaves: for an item
+        with more attributes than that compares, an item tying with ``image`` on (value,
+        origin) and on every attribute compared."""
+        return self.or_exactly(self.below(image, keys), image)
 
-    def exactly(self, item: ItemView) -> Condition:
+    def or_exactly(self, condition: Condition, item: ItemView) -> Condition:
+        """``condition``, or the destination holds ``item`` (:meth:`exactly`, in the room
+        ``condition`` leaves in one expression)."""
+        expression, names, values = condition
+        room = MAX_EXPRESSION - len(expression) - len(" OR ()()")
+        same, same_names, same_values = self.exactly(item, room=room)
+        return any_of(expression, same), {**names, **same_names}, {**values, **same_values}
+
+    def exactly(
+        self, item: ItemView, *, unlike: ItemView | None = None, room: int = MAX_EXPRESSION
+    ) -> Condition:
         """True while the destination holds ``item``: every attribute of it with its value,
         and no ranking field that it lacks (a condition cannot exclude every other
-        attribute, so an item that only gained attributes that do not rank it passes)."""
-        same, names, values = equals_condition(item)
-        for placeholder, name in (("#ra", self.attribute), ("#ro", self.origin_attribute)):
-            if name and name not in item:
-                same += f" AND attribute_not_exists({placeholder})"
-                names[placeholder] = name
-        return same, names, values
+        attribute, so an item that only gained attributes that do not rank it passes).
 
-    def _not_above_without_digest(self, image: ItemView, keys: Item) -> Condition:
-        condition, names, values = self.below(image, keys)
-        names, values = {**names, "#c": self.attribute}, dict(values)
-        ordering = image.get(self.attribute)
-        if ordering is None:
-            equal = "attribute_not_exists(#c)"
-        else:
-            equal, values[":c"] = "#c = :c", ordering
-        if self.origin_attribute:
-            names["#o"] = self.origin_attribute
-            origin = image.get(self.origin_attribute)
-            if origin is not None and isinstance(origin.get("S"), str):
-                equal, values[":o"] = equal + " AND #o = :o", origin
-            else:
-                equal += " AND attribute_not_exists(#o)"
-        return pruned(any_of(condition, equal), names, values)
+        An item with more attributes than one condition compares (about 340) is compared
+        on its ranking fields first, then on the attributes in which it differs from
+        ``unlike`` (the image about to replace it), then on as many others as fit
+        (:func:`~replicator.rules.requests.equal_to`)."""
+        return equal_to(item, first=self.ranking, unlike=unlike, room=room)
 
     def _check_type(self, image: ItemView) -> None:
         ordering = image.get(self.attribute)
@@ -256,20 +251,12 @@ class OrderedRule:
                 return Verdict.LOST
             if self.deletes_only_its_image(change):
                 return Verdict.UNCHANGED  # written there after the image it deleted
-            condition, names, values = self.exactly(existing)
-            return WriteRequest(
-                op="delete", key=change.keys, condition=condition, names=names, values=values
-            )
+            return write_over("delete", change.keys, existing, first=self.ranking, unlike=image)
         if existing is not None and same_item(existing, image):
             return Verdict.UNCHANGED
         if self.rank(existing) >= self.rank(image):
             return Verdict.LOST
-        if existing is None:
-            name = next(iter(change.keys))
-            condition, names, values = "attribute_not_exists(#k)", {"#k": name}, {}
-        else:
-            condition, names, values = self.exactly(existing)
-        return WriteRequest(op="put", item=image, condition=condition, names=names, values=values)
+        return write_over("put", change.keys, existing, image, first=self.ranking)
 
     def shows_applied(self, change: Change, existing: Item | None) -> bool:
         """A put whose very image is there, or a delete that finds the item gone or ranked

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
-from replicator.exceptions import PlanError
 from replicator.images import Image
 from replicator.items import AttributeValue, Item, ItemView, same_item
 from replicator.records import Change
@@ -29,6 +28,14 @@ class WriteRequest(msgspec.Struct, frozen=True, kw_only=True):
     condition: str | None = None
     names: dict[str, str] = msgspec.field(default_factory=dict)
     values: dict[str, AttributeValue] = msgspec.field(default_factory=dict)
+    # The item the write may replace, when the condition says "exactly this item" but
+    # compares only part of it (:func:`equal_to`, a wide item): the write then asks for
+    # the item it replaced, and the writer puts back one that was not this.
+    expects: Item | Image | None = None
+    # A delete that applies to what ranks at or below its image, on a condition that
+    # compares that image only in part (a wide item): the writer puts back an item it
+    # returns that ranks above.
+    at_or_below: bool = False
 
     def to_kwargs(self, table: str, *, stream_images: bool = False) -> dict[str, Any]:
         """boto3 keyword arguments for ``put_item``/``delete_item`` on ``table``.
@@ -45,6 +52,8 @@ class WriteRequest(msgspec.Struct, frozen=True, kw_only=True):
             kwargs["Item"] = item
         else:
             kwargs["Key"] = self.key
+        if self.expects is not None or self.at_or_below:
+            kwargs["ReturnValues"] = "ALL_OLD"
         if self.condition:
             kwargs["ConditionExpression"] = self.condition
             kwargs["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
@@ -81,51 +90,136 @@ def holds_outcome(change: Change, existing: Item | None) -> bool:
     )
 
 
-# DynamoDB's limit on the length of one condition expression.
-_MAX_EXPRESSION = 4096
+# DynamoDB's limit on the length of one expression (ConditionExpression included), in
+# bytes. The names and values an expression substitutes have their own limit, 2 MB in
+# all: an item (400 KB at most) always fits there, so only the expression's text limits
+# how many of its attributes one condition compares.
+MAX_EXPRESSION = 4096
+
+_DIGITS = "0123456789"
+_ALPHANUMERIC = _DIGITS + "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
-def equals_condition(
+def _placeholder(index: int) -> str:
+    """The ``index``-th shortest placeholder body: a digit, then letters and digits (``0``
+    to ``9``, ``00`` to ``9Z``, ...). The other conditions' placeholders start with a
+    letter, so the two never collide, and the shortest bodies fit the most comparisons
+    in one expression: about 340 attributes, whatever their names."""
+    if index < len(_DIGITS):
+        return _DIGITS[index]
+    index -= len(_DIGITS)
+    tail = ""
+    width = 1
+    while index >= len(_DIGITS) * len(_ALPHANUMERIC) ** width:
+        index -= len(_DIGITS) * len(_ALPHANUMERIC) ** width
+        width += 1
+    for _ in range(width):
+        index, digit = divmod(index, len(_ALPHANUMERIC))
+        tail = _ALPHANUMERIC[digit] + tail
+    return _DIGITS[index] + tail
+
+
+def equal_to(
     expected: ItemView,
+    *,
+    first: Iterable[str] = (),
+    unlike: ItemView | None = None,
+    room: int = MAX_EXPRESSION,
 ) -> tuple[str, dict[str, str], dict[str, AttributeValue]]:
-    """True while every attribute of ``expected`` holds its value at the destination.
+    """True while the destination holds ``expected``, as far as a condition of at most
+    ``room`` characters can compare it.
 
     A condition expression cannot say "and no other attribute", so an item that gained
-    attributes but kept all of these values also passes.
+    attributes but kept all of these values also passes. An item with more attributes
+    than one expression holds (about 340) is compared on those that tell the most, in
+    this order, and on no others:
+
+    * the attributes ``first`` (ranking attributes: ``attribute_not_exists`` for one that
+      ``expected`` lacks), so that an item ranked otherwise never passes;
+    * the attributes in which ``expected`` differs from ``unlike``, the image about to
+      replace it, so that an item which already took (part of) it fails;
+    * the others, by name.
+
+    A concurrent change confined to attributes left out then passes the condition: the
+    write carries the item it expects (:func:`exact_write`), and the writer finds the
+    change in the item the write returns (docs/conflict-rules.md, "Wide items").
     """
-    names: dict[str, str] = {}
-    values: dict[str, AttributeValue] = {}
-    clauses = []
-    for index, (name, value) in enumerate(sorted(expected.items())):
-        names[f"#a{index}"] = name
-        values[f":a{index}"] = value
-        clauses.append(f"#a{index} = :a{index}")
-    expression = " AND ".join(clauses)
-    if len(expression) > _MAX_EXPRESSION:
-        raise PlanError(
-            f"the item has {len(expected)} attributes: too many to compare in one condition "
-            "expression (4 KB)"
+    order = list(dict.fromkeys(first))
+    if unlike is not None:
+        order += sorted(
+            name
+            for name, value in expected.items()
+            if name not in order and not _same_value(unlike.get(name), value)
         )
-    return expression, names, values
-
-
-def as_much_as_fits(
-    expected: ItemView, first: Iterable[str]
-) -> tuple[str, dict[str, str], dict[str, AttributeValue]]:
-    """:func:`equals_condition` on the attributes ``first`` (the key), then on as many
-    others, by name, as one condition expression holds (about 240 in all): an item with
-    more attributes is compared on those only."""
-    ordered = [name for name in first if name in expected]
-    ordered += sorted(name for name in expected if name not in ordered)
+    shown = set(order)
+    order += sorted(name for name in expected if name not in shown)
     names: dict[str, str] = {}
     values: dict[str, AttributeValue] = {}
-    expression = ""
-    for index, name in enumerate(ordered):
-        clause = f"#a{index} = :a{index}"
-        longer = f"{expression} AND {clause}" if expression else clause
-        if len(longer) > _MAX_EXPRESSION:
+    clauses: list[str] = []
+    length = -len(" AND ")
+    for name in order:
+        tag = _placeholder(len(names))
+        value = expected.get(name)
+        clause = f"attribute_not_exists(#{tag})" if value is None else f"#{tag}=:{tag}"
+        if length + len(" AND ") + len(clause) > room:
+            if value is None:
+                continue  # a shorter equality may still fit
             break
-        expression = longer
-        names[f"#a{index}"] = name
-        values[f":a{index}"] = expected[name]
-    return expression, names, values
+        length += len(" AND ") + len(clause)
+        clauses.append(clause)
+        names[f"#{tag}"] = name
+        if value is not None:
+            values[f":{tag}"] = value
+    return " AND ".join(clauses), names, values
+
+
+def _same_value(left: AttributeValue | None, right: AttributeValue) -> bool:
+    return left is not None and same_item({"v": left}, {"v": right})
+
+
+def expecting(expected: ItemView, names: dict[str, str]) -> ItemView | None:
+    """``expected`` when a condition naming ``names`` leaves some of its attributes out
+    (:attr:`WriteRequest.expects`); None when it compares all of them."""
+    compared = set(names.values())
+    return None if all(name in compared for name in expected) else expected
+
+
+def exact_write(
+    op: str,
+    keys: Item,
+    expected: ItemView,
+    condition: tuple[str, dict[str, str], dict[str, AttributeValue]],
+    item: Item | Image | None = None,
+) -> WriteRequest:
+    """A put of ``item`` or a delete of ``keys`` that applies only while the destination
+    holds ``expected``, on ``condition`` (:func:`equal_to` or a rule's ``exactly``)."""
+    expression, names, values = condition
+    expects = cast("Item | Image | None", expecting(expected, names))
+    if op == "delete":
+        return WriteRequest(
+            op="delete", key=keys, condition=expression, names=names, values=values, expects=expects
+        )
+    return WriteRequest(
+        op="put", item=item, condition=expression, names=names, values=values, expects=expects
+    )
+
+
+def write_over(
+    op: str,
+    keys: Item,
+    expected: ItemView | None,
+    item: Item | Image | None = None,
+    *,
+    first: Iterable[str] = (),
+    unlike: ItemView | None = None,
+) -> WriteRequest:
+    """A put of ``item`` or a delete of ``keys`` that applies only while the destination
+    holds exactly ``expected`` (None: no item), compared by :func:`equal_to` (``first``;
+    ``unlike``, by default the item written)."""
+    if expected is None:
+        absent, names = "attribute_not_exists(#k)", {"#k": next(iter(keys))}
+        if op == "delete":
+            return WriteRequest(op="delete", key=keys, condition=absent, names=names)
+        return WriteRequest(op="put", item=item, condition=absent, names=names)
+    same = equal_to(expected, first=first, unlike=item if unlike is None else unlike)
+    return exact_write(op, keys, expected, same, item)

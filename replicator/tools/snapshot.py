@@ -42,7 +42,7 @@ from replicator import wiring
 from replicator.config.model import ResolvedJob
 from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
-from replicator.items import AttributeValue, Item, item_to_wire
+from replicator.items import Item, item_to_wire
 from replicator.metrics import Metrics
 from replicator.records import Change, Event, RawRecord
 from replicator.rules import (
@@ -53,7 +53,7 @@ from replicator.rules import (
     Verdict,
     WriteRequest,
 )
-from replicator.rules.requests import equals_condition, holds_outcome
+from replicator.rules.requests import holds_outcome, write_over
 from replicator.tools.compare import differing_attributes
 from replicator.tools.scan import ReadRate, batch_get
 from replicator.tools.tables import KeptExpired, TableRef
@@ -138,13 +138,14 @@ class SnapshotRule:
         expected = change.old_image
         if self.reads_existing and not same_item(existing, expected):
             return Skip(self._changed(expected))
+        ranking = self.policy.ranking if isinstance(self.policy, OrderedRule) else None
         if change.event is Event.REMOVE:
-            return expected_request("delete", change, expected)
+            return expected_request("delete", change, expected, ranking)
         if self._ordered(change):
             return self.policy.plan(change)
         if isinstance(self.policy, CustomRule):
             return self.policy.plan(change, existing)
-        return expected_request("put", change, expected)
+        return expected_request("put", change, expected, ranking)
 
     def shows_applied(self, change: Change, existing: Item | None) -> bool:
         return holds_outcome(change, existing)
@@ -171,9 +172,8 @@ class SnapshotRule:
             and same_item(existing, expected)
             and self.policy.rank(existing)[:3] == self.policy.rank(change.new_image)[:3]
         ):
-            condition, names, values = equals_condition(existing)
-            return WriteRequest(
-                op="put", item=change.new_image, condition=condition, names=names, values=values
+            return write_over(
+                "put", change.keys, existing, change.new_image, first=self.policy.ranking
             )
         return decision
 
@@ -208,23 +208,14 @@ class SnapshotRule:
         return "the destination's item changed since it was read"
 
 
-def expected_request(op: str, change: Change, expected: Item | None) -> WriteRequest:
-    """A put or delete that applies only while the destination holds exactly ``expected``."""
-    condition: str
-    names: dict[str, str]
-    values: dict[str, AttributeValue]
-    if expected is None:
-        name = next(iter(change.keys))
-        condition, names, values = "attribute_not_exists(#k)", {"#k": name}, {}
-    else:
-        condition, names, values = equals_condition(expected)
-    if op == "delete":
-        return WriteRequest(
-            op="delete", key=change.keys, condition=condition, names=names, values=values
-        )
-    return WriteRequest(
-        op="put", item=change.new_image, condition=condition, names=names, values=values
-    )
+def expected_request(
+    op: str, change: Change, expected: Item | None, first: list[str] | None = None
+) -> WriteRequest:
+    """A put or delete that applies only while the destination holds exactly ``expected``
+    (for a wide item, on ``first``, the policy's ranking attributes, before any other:
+    :func:`~replicator.rules.requests.equal_to`)."""
+    item = change.new_image if op == "put" else None
+    return write_over(op, change.keys, expected, item, first=first or ())
 
 
 def snapshot_writers(resolved: ResolvedJob, metrics: Metrics) -> dict[str, DestinationWriter]:

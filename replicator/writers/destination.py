@@ -14,7 +14,6 @@ checkpointed past the refused changes.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,11 +41,12 @@ from replicator.exceptions import (
     PlanError,
     WriteCancelled,
 )
-from replicator.items import Item, describe_key
+from replicator.items import Item, describe_key, item_from_wire, same_item
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.rules import ConflictRule, OrderedRule, Skip, Verdict, WriteRequest
-from replicator.rules.order import any_of, below
+from replicator.rules.order import below
+from replicator.rules.requests import write_over
 from replicator.tombstones.model import Tombstone, tombstone_of
 from replicator.tombstones.table import TombstoneTable
 from replicator.writers.wire import WireWriteClient
@@ -144,6 +144,7 @@ class _Attempts:
     """What one change's write has learnt so far, across retries."""
 
     request: WriteRequest | None = None  # a write the rule asked for after a failed condition
+    restore: WriteRequest | None = None  # puts back an item replaced unseen (a wide item)
     first: FirstAnswer | None = None  # the first request's answer, already there
     reconsidered: int = 0
     optimistic_conflicts: int = 0
@@ -210,7 +211,9 @@ class DestinationWriter:
             plan = self.rule.plan(change, None)
         except PlanError:
             return None
-        return plan if isinstance(plan, WriteRequest) else None
+        if not isinstance(plan, WriteRequest) or plan.expects is not None or plan.at_or_below:
+            return None  # a write checked after its answer (a wide item): write() sends it
+        return plan
 
     def call_of(self, request: WriteRequest) -> tuple[str, dict[str, Any]]:
         """The operation and parameters that send ``request`` to this destination (the
@@ -356,6 +359,8 @@ class DestinationWriter:
             if covered:
                 return self._count(op, Outcome.UNCHANGED)
         while True:
+            if state.restore is not None:  # a retry after the put-back's own error
+                self._put_back(state)
             existing: Item | None = None
             if self.rule.reads_existing:
                 existing = self._read(change)
@@ -370,7 +375,19 @@ class DestinationWriter:
                 if classify(error) is not ErrorKind.CONDITION_FAILED:
                     raise
                 self._note_success()
-                outcome = self._condition_failed(change, error, attempt, state)
+                old: Item | None = error.response.get("Item")  # type: ignore[assignment]
+                outcome = self._condition_failed(change, old, attempt, state)
+                if outcome is None:
+                    continue
+                return outcome
+            replaced = self._replaced(change, plan, response)
+            if replaced is not None:
+                # Put it back, then go on as if the condition had refused the write with it.
+                left = plan.item if plan.op == "put" else None
+                state.restore = write_over("put", change.keys, left, replaced)
+                state.request = None
+                self._put_back(state)
+                outcome = self._condition_failed(change, replaced, attempt, state)
                 if outcome is None:
                     continue
                 return outcome
@@ -384,8 +401,51 @@ class DestinationWriter:
                         return self._count(op, Outcome.CONFLICT_LOST, why)
             return self._applied(change, state)
 
+    def _replaced(
+        self, change: Change, request: WriteRequest, response: Mapping[str, Any]
+    ) -> Item | None:
+        """The item a write replaced unseen, which it must put back; None when the write
+        replaced what it expected.
+
+        Only for a write whose condition compared part of the item it expects (a wide
+        item, :attr:`WriteRequest.expects`): the item it returns is then that very item,
+        unless another write changed it between the read and this write in attributes
+        the condition left out."""
+        checked = request.expects is not None or request.at_or_below
+        if not checked or not response.get("Attributes"):
+            return None
+        replaced = cast("Item", response["Attributes"])
+        if isinstance(self.client, WireWriteClient):
+            replaced = item_from_wire(replaced)  # the direct path answers in DynamoDB JSON
+        if request.expects is not None:
+            if same_item(replaced, request.expects):
+                return None
+        elif not isinstance(self.rule, OrderedRule) or change.ranked is None:
+            return None
+        elif self.rule.rank(replaced) <= self.rule.rank(change.ranked):
+            return None  # a delete removes what ranks at or below its image
+        self.metrics.retries.labels(self.label, "optimistic_conflict").inc()
+        log.info(
+            "a wide item changed unseen under a write: the item it replaced is put back",
+            destination=self.label,
+            key=describe_key(change.keys),
+        )
+        return replaced
+
+    def _put_back(self, state: _Attempts) -> None:
+        """Send ``state.restore`` (kept there until DynamoDB has answered it, so that a
+        retried attempt sends it first). Its condition fails only when yet another write
+        replaced the item since: that one stays."""
+        assert state.restore is not None
+        try:
+            self._send(state.restore)
+        except ClientError as error:
+            if classify(error) is not ErrorKind.CONDITION_FAILED:
+                raise
+        state.restore = None
+
     def _condition_failed(
-        self, change: Change, error: ClientError, attempt: int, state: _Attempts
+        self, change: Change, old: Item | None, attempt: int, state: _Attempts
     ) -> WriteResult | None:
         """What a failed condition settles; None to write again at once."""
         op = change.event.op
@@ -400,7 +460,6 @@ class DestinationWriter:
                     f"{state.optimistic_conflicts} times in a row",
                 )
             return None
-        old: Item | None = error.response.get("Item")  # type: ignore[assignment]
         if attempt > 0 and self.rule.shows_applied(change, old):
             # An earlier attempt landed and its answer was lost (a read timeout, a
             # dropped connection): the item is ours already.
@@ -508,10 +567,7 @@ class DestinationWriter:
         fields = rule.keyed_fields(keys)
         condition, names, values = below(fields, tombstone.ordering, tombstone.origin, None)
         if stale is not None:
-            with contextlib.suppress(PlanError):
-                same, same_names, same_values = rule.exactly(stale)
-                condition = any_of(condition, same)
-                names, values = {**names, **same_names}, {**values, **same_values}
+            condition, names, values = rule.or_exactly((condition, names, values), stale)
         request = WriteRequest(
             op="delete", key=keys, condition=condition, names=names, values=values
         )

@@ -131,6 +131,17 @@ class Job:
         except self.source.exceptions.ResourceNotFoundException:
             return []
 
+    def wait_checkpointed(self) -> str:
+        """Wait until the (one) lease's checkpoint is the source stream's last record: every
+        change has been applied or dead-lettered. Returns that sequence number."""
+        last = self.last_stream_sequence()
+        wait_until(
+            lambda: self.lease_rows() and self.lease_rows()[0]["checkpoint"]["S"] == last,
+            30,
+            "the checkpoint to reach the last stream record",
+        )
+        return last
+
     def last_stream_sequence(self, after: str = "") -> str:
         """The sequence number of the last record in the source's stream (see
         :func:`last_stream_record`)."""

@@ -240,6 +240,35 @@ def test_scanned_images_never_overwrite_newer_items(
         assert get(ap, ap_table, name, 1) == versions["source"][name]
 
 
+def test_wide_copies_tying_on_the_timestamp_are_settled_by_the_digest(job: Job) -> None:
+    """10 items of 303 attributes that the destinations hold with the same updated_at and
+    every other value different: each destination ends with the image ranking higher, the
+    copy where it ranks above (replaced on the condition that the item is still the one
+    read, compared as far as one 4 KB expression holds) and its own item otherwise;
+    nothing is dead-lettered."""
+    rule = OrderedRule("last_writer_wins", "updated_at", None, numeric_only=False)
+    values: dict[str, dict[str, Item]] = {"first": {}, "second": {}}
+    for number in range(10):
+        for value, found in values.items():
+            found[f"w{number}"] = item(f"w{number}", 1, 5, **{f"a{i}": value for i in range(300)})
+        job.source.put_item(TableName=job.source_table, Item=values["second"][f"w{number}"])
+    for ddb, table in job.destination_clients():
+        for found in values["first"].values():
+            ddb.put_item(TableName=table, Item=found)
+
+    result = backfill(job)
+
+    assert result.complete and result.overall.dead_lettered == 0
+    winners = {
+        pk: max(values["first"][pk], values["second"][pk], key=rule.rank) for pk in values["first"]
+    }
+    kept = sum(winners[pk] is values["first"][pk] for pk in winners)
+    assert (result.overall.applied, result.overall.kept) == (2 * (10 - kept), 2 * kept)
+    for ddb, table in job.destination_clients():
+        for pk, winner in winners.items():
+            assert get(ddb, table, pk, 1) == winner
+
+
 def test_a_copy_of_an_item_deleted_during_the_scan_is_undone(job: Job) -> None:
     """Scan reads X; the source deletes X and the replicator deletes it at the destinations;
     then the backfill writes X: it must not stay there."""
@@ -366,8 +395,10 @@ def test_snapshot_rule_keeps_read_images_from_overwriting_newer_items() -> None:
         {"#k": "pk"},
     )
     replace = _plan(overwrite, scanned, at_destination)
-    assert replace.condition == "#a0 = :a0 AND #a1 = :a1 AND #a2 = :a2 AND #a3 = :a3"
-    assert replace.values[":a0"] == {"S": "old"}  # note, pk, sk, updated_at: as read
+    assert replace.condition == "#0=:0 AND #1=:1 AND #2=:2 AND #3=:3"
+    # As read, what the write changes first (what a wide item compares before the rest).
+    assert list(replace.names.values()) == ["note", "updated_at", "pk", "sk"]
+    assert replace.values[":0"] == {"S": "old"}
 
     ordered = _plan(lww, scanned, None)
     assert ordered.condition == "attribute_not_exists(#c) OR #c < :c"  # ties: reconsider()

@@ -791,6 +791,32 @@ def test_a_replayed_put_the_source_still_holds_as_it_is_stays(job: Job) -> None:
     assert "since" not in report.text()
 
 
+@pytest.mark.parametrize("conflict", ["conflict: {policy: overwrite}", LWW])
+def test_a_wide_replayed_put_of_an_item_the_source_changed_since_leaves_the_sources_image(
+    job: Job, conflict: str
+) -> None:
+    """The letter's image and the source's have 302 attributes, the same timestamp and
+    every other value different. The replayed put lands, and the source's image is
+    written over it while the destination still holds the replayed image, on a condition
+    that compares as much of it as one 4 KB expression holds: no letter is left behind."""
+    job.path.write_text(job.path.read_text().replace(LWW, conflict))
+    eu_label = "/".join(job.destinations[0])
+    width = range(299)
+    older = image("w", 100, **{f"a{index}": "older" for index in width})
+    newer = image("w", 100, **{f"a{index}": "newer" for index in width})
+    FileDeadLetters(job.dead_letters).put(
+        stream_letter(job, eu_label, older, 81, "throttled", "throttled too long")
+    )
+    job.source.put_item(TableName=job.source_table, Item=newer)
+
+    report = Redrive(load_job(job.path)).run()
+
+    assert (report.replayed, report.exit_code) == (1, 0), report.text()
+    assert get(job, 0, older) == newer
+    assert "dead-lettered" not in report.text()
+    assert FileDeadLetters(job.dead_letters).count() == 0
+
+
 # -- a replayed delete checked against the source --------------------------------------------
 
 OVERWRITE = "conflict: {policy: overwrite}"

@@ -725,3 +725,37 @@ def test_repair_refused_by_a_custom_resolver_gives_the_resolvers_reason(
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("  different")]
     assert line.endswith("-> refused: the custom resolver kept the destination's item"), line
     assert "changed since it was read" not in result.stdout
+
+
+def _wide(pk: str, width: int, value: str) -> Item:
+    item: Item = {"pk": {"S": pk}, "sk": {"N": "1"}, "updated_at": {"N": "5"}}
+    item.update({f"a{index}": {"S": value} for index in range(width)})
+    return item
+
+
+@pytest.mark.parametrize("policy", [LWW, "conflict: {policy: overwrite}"])
+@pytest.mark.parametrize("width", [300, 2000])
+def test_repair_of_items_too_wide_for_one_exact_condition(
+    job: Job, width: int, policy: str
+) -> None:
+    """A destination item of ``width`` attributes that differs from the source's in every
+    one (the same timestamp under last_writer_wins), and one the source lacks: the repair
+    writes each only while the destination still holds what verify read, on a condition
+    that compares as much of it as one 4 KB expression holds, and both are repaired."""
+    job.path.write_text(job.path.read_text().replace(LWW, policy))
+    job.source.put_item(TableName=job.source_table, Item=_wide("w", width, "second"))
+    for ddb, table in job.destination_clients():
+        ddb.put_item(TableName=table, Item=_wide("w", width, "first"))
+    (eu, eu_table), _ = job.destination_clients()
+    eu.put_item(TableName=eu_table, Item=_wide("x", width, "extra"))
+
+    report = verify(job, repair=True)
+
+    assert sorted((f.kind, f.repair, f.detail) for f in report.findings) == [
+        ("different", "repaired", None),
+        ("different", "repaired", None),
+        ("extra", "repaired", None),
+    ]
+    assert report.exit_code == 0
+    assert job.converged()
+    assert not job.dead_letters.exists()

@@ -38,12 +38,7 @@ def test_every_change_converges_and_the_lease_holds_the_last_checkpoint(job: Job
                 Key={"pk": {"S": f"p{index % 7}"}, "sk": {"N": str(index)}},
             )
         wait_until(job.converged, 60, "destinations to equal the source")
-        last = job.last_stream_sequence()
-        wait_until(
-            lambda: job.lease_rows() and job.lease_rows()[0]["checkpoint"]["S"] == last,
-            30,
-            "the checkpoint to reach the last stream record",
-        )
+        last = job.wait_checkpointed()
     finally:
         assert stop(runtime) == 0
     (row,) = job.lease_rows()

@@ -1,0 +1,184 @@
+"""Items with more attributes than one condition expression can compare (about 340), on a
+moto server over HTTP: a tie on the timestamp is settled by the digest as for any item,
+and a change made at the destination between the read and the write is never replaced
+by an image that ranks below it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replicator.aws.backoff import Backoff
+from replicator.decode import decode
+from replicator.items import Item, ItemView
+from replicator.metrics import Metrics
+from replicator.records import Change
+from replicator.rules import OrderedRule, Verdict, WriteRequest
+from replicator.rules.requests import MAX_EXPRESSION
+from replicator.writers.destination import DestinationWriter, Outcome
+from tests.support.records import put, remove
+from tests.writers.test_writers import REGION, Destination
+
+
+@pytest.fixture
+def dest(moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics) -> Destination:
+    return Destination(moto_endpoint, unique("wide"), tmp_path, metrics)
+
+
+class RacingRule(OrderedRule):
+    """``last_writer_wins`` on ``ts``, with a write of another writer landing at the
+    destination right after the rule has read the item it will replace, before its write
+    reaches DynamoDB: the one moment an exact-item condition exists for."""
+
+    def __init__(self) -> None:
+        super().__init__("last_writer_wins", "ts", None, numeric_only=False)
+        self.races: list[Callable[[], None]] = []
+        self.requests: list[WriteRequest] = []
+
+    def reconsider(self, change: Change, existing: Item | None) -> WriteRequest | Verdict:
+        decision = super().reconsider(change, existing)
+        if isinstance(decision, WriteRequest):
+            self.requests.append(decision)
+            if self.races:
+                self.races.pop()()
+        return decision
+
+
+def wide(width: int, ts: int = 5, **changed: str) -> dict[str, Any]:
+    attributes: dict[str, Any] = {f"a{index}": "first" for index in range(width)}
+    return {**attributes, "ts": ts, **changed}
+
+
+def above(rule: OrderedRule, other: ItemView, make: Callable[[str], ItemView]) -> str:
+    """A value ``make`` turns into an image ranking above ``other`` (by the digest when
+    they tie on the timestamp): the search is over a fixed sequence, so it is the same
+    value on every run."""
+    for number in range(1000):
+        value = f"v{number}"
+        if rule.rank(make(value)) > rule.rank(other):
+            return value
+    raise AssertionError("no value ranks above")
+
+
+def image_of(pk: str, attributes: dict[str, Any]) -> Item:
+    image = decode(put(pk, 1, **attributes)).new_image
+    assert image is not None
+    return dict(image)
+
+
+def writer_with(dest: Destination, rule: OrderedRule) -> DestinationWriter:
+    return DestinationWriter(
+        label="dest",
+        table=dest.table,
+        region=REGION,
+        client=dest.ddb,
+        rule=rule,
+        metrics=dest.metrics,
+        backoff=Backoff(0.0001, 0.001),
+    )
+
+
+@pytest.mark.parametrize("width", [241, 300, 2000])
+def test_a_wide_item_tying_on_the_timestamp_is_replaced_by_the_image_above_it(
+    dest: Destination, width: int
+) -> None:
+    """Every attribute differs from the destination's (all 300 of the reviewer's items):
+    more than one condition compares, and the image ranking above still lands."""
+    rule = RacingRule()
+    dest.seed("a", **wide(width))
+    existing = dest.get("a")
+    assert existing is not None
+
+    def second(value: str) -> dict[str, Any]:
+        return {**wide(width), **{f"a{index}": "second" for index in range(1, width)}, "a0": value}
+
+    new = second(above(rule, existing, lambda v: image_of("a", second(v))))
+    result = writer_with(dest, rule).write(decode(put("a", 2, **new)))
+    assert (result.outcome, result.reason) == (Outcome.APPLIED, None), result.error
+    assert dest.get("a") == image_of("a", new)
+    (request,) = rule.requests
+    assert request.condition is not None and len(request.condition) <= MAX_EXPRESSION
+    assert not dest.dead_letters.path.exists()
+
+
+def _newer(base: dict[str, Any], value: str) -> dict[str, Any]:
+    return {**base, "ts": 6, "a1": value}
+
+
+def _same_ts_in_a_differing_attribute(base: dict[str, Any], value: str) -> dict[str, Any]:
+    return {**base, "a5": value}
+
+
+def _same_ts_in_an_attribute_both_images_share(base: dict[str, Any], value: str) -> dict[str, Any]:
+    return {**base, "a0": value}
+
+
+def _same_ts_in_an_attribute_left_out(base: dict[str, Any], value: str) -> dict[str, Any]:
+    """a999 of 2000 is past the attributes one condition compares: the write lands, the
+    item it returns shows the change, and the writer puts that item back."""
+    return {**base, f"a{(len(base) - 1) // 2 - 1}": value}
+
+
+@pytest.mark.parametrize("width", [300, 2000])
+@pytest.mark.parametrize(
+    "concurrent",
+    [
+        _newer,
+        _same_ts_in_a_differing_attribute,
+        _same_ts_in_an_attribute_both_images_share,
+        _same_ts_in_an_attribute_left_out,
+    ],
+)
+def test_a_change_made_between_the_read_and_the_write_is_not_overwritten(
+    dest: Destination,
+    width: int,
+    concurrent: Callable[[dict[str, Any], str], dict[str, Any]],
+) -> None:
+    """The destination holds a wide item; the change ties with it on the timestamp and
+    ranks above it by the digest, so the writer reads the item (the failed condition's
+    ALL_OLD) and puts the image again on the condition that the item is still the one it
+    read. Another write lands in between with an image ranking above the change's: it
+    stays (refused by the condition, or put back when it changed only attributes the
+    condition left out), and the change counts as a lost conflict."""
+    rule = RacingRule()
+    # The two lowest of a few images differing in a5: much room above both by the digest.
+    lowest, low = sorted(
+        (wide(width, a5=f"v{number}") for number in range(40)),
+        key=lambda attributes: rule.rank(image_of("a", attributes)),
+    )[:2]
+    dest.seed("a", **lowest)
+    image = image_of("a", low)
+    later = concurrent(lowest, above(rule, image, lambda v: image_of("a", concurrent(lowest, v))))
+    rule.races.append(lambda: dest.seed("a", **later))
+
+    result = writer_with(dest, rule).write(decode(put("a", 2, **low)))
+
+    assert result.outcome is Outcome.CONFLICT_LOST, (result.reason, result.error)
+    assert dest.get("a") == image_of("a", later)
+    (request,) = rule.requests  # one write, on the item read: the race made it fail
+    assert request.condition is not None and len(request.condition) <= MAX_EXPRESSION
+    compared = set(request.names.values())
+    assert {"ts", "a5", "a0"} <= compared
+    assert (len(compared) == width + 2) is (width < 340)  # the key, ts, every aN if they fit
+    assert (f"a{width // 2 - 1}" in compared) is (width < 340)  # a999 of 2000 is left out
+
+
+def test_a_wide_delete_never_removes_an_item_ranking_above_its_image(dest: Destination) -> None:
+    """The delete of a 2000-attribute image applies to what ranks at or below it, or to
+    that image, compared only on the attributes one condition holds (a5, in which the
+    two differ, sorts past them). The destination holds an item tying with the image on
+    the timestamp, above it by the digest, equal to it on every attribute compared: the
+    delete removes it, the item it returns shows it ranks above, and the writer puts it
+    back; the delete lost."""
+    rule = RacingRule()
+    image = image_of("a", wide(2000, a5="deleted"))
+    value = above(rule, image, lambda v: image_of("a", wide(2000, a999=v)))
+    dest.seed("a", **wide(2000, a999=value))
+
+    result = writer_with(dest, rule).write(decode(remove("a", 2, **wide(2000, a5="deleted"))))
+
+    assert result.outcome is Outcome.CONFLICT_LOST, (result.reason, result.error)
+    assert dest.get("a") == image_of("a", wide(2000, a999=value))
