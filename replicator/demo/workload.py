@@ -179,7 +179,8 @@ class Workload(threading.Thread):
             while time.monotonic() < deadline and not self.stop_event.is_set():
                 self._one_change()
                 next_at += interval
-                self.stop_event.wait(max(0.0, next_at - time.monotonic()))
+                # Never past the deadline: at a low rate the next change may be due after it.
+                self.stop_event.wait(max(0.0, min(next_at, deadline) - time.monotonic()))
         finally:
             self.elapsed_s = time.monotonic() - started
 

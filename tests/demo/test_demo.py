@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -190,6 +191,12 @@ def test_demo_options_out_of_range_are_usage_errors() -> None:
         ("--duration", "inf"),
         ("--settle-timeout", "-1"),
         ("--linger", "nan"),
+        ("--linger", "1e308"),
+        ("--duration", "1e308"),
+        ("--settle-timeout", "1e308"),
+        ("--rate", "1e-300"),
+        ("--rate", "1e308"),
+        ("--keys", "10000000"),
     ]:
         result = subprocess.run(
             [sys.executable, "-m", "replicator", "demo", option, value],
@@ -200,6 +207,17 @@ def test_demo_options_out_of_range_are_usage_errors() -> None:
         )
         assert result.returncode == 2, (option, value, result.stderr)
         assert f"Invalid value for '{option}'" in result.stderr
+
+
+def test_a_slow_rate_still_stops_writing_at_the_duration(tmp_path: Path) -> None:
+    """At 0.01 changes/s the second change is due in 100 s: the writes end at 1 s anyway."""
+    demo, lines = start_demo(free_port(), tmp_path, "--rate", "0.01", "--duration", "1")
+    seen: list[str] = []
+    read_until(lines, "changes in", seen)
+    written = re.search(r"(\d+) changes in (\d+) s", seen[-1])
+    assert written is not None, "".join(seen)
+    assert int(written[1]) == 1 and int(written[2]) < 50, seen[-1]  # not 100 s
+    assert demo.wait(timeout=90 * PATIENCE) == 0, "".join(seen)
 
 
 def test_ctrl_c_while_the_demo_sets_up_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
