@@ -354,7 +354,10 @@ class _Demo:
         ]
         for label, stats in self._per_destination(runtime).items():
             parts.append(
-                f"{label}: applied {int(stats.get('applied', 0))} lag {stats.get('lag', 0.0):.2f}s"
+                f"{label}: applied {int(stats.get('applied', 0))}"
+                f" lost conflicts {int(stats.get('conflict_lost', 0))}"
+                f" dead letters {int(stats.get('dead_lettered', 0))}"
+                f" lag {stats.get('lag', 0.0):.2f}s"
             )
         return "  ".join(parts)
 

@@ -136,6 +136,9 @@ def test_the_demo_converges_and_its_metrics_agree_with_what_was_replicated(
         assert "records read can exceed source changes" in output
         for destination in DESTINATIONS:
             assert f"{destination}: equal (every item compared)" in output
+            # Off a terminal, the progress lines say what the live table shows.
+            progress = rf"{destination}: applied \d+ lost conflicts \d+ dead letters \d+ lag "
+            assert re.search(progress, output), output
 
         samples = scrape(port)
         received = total(samples["replicator_records_received_total"])
