@@ -9,7 +9,6 @@ import pytest
 
 from tests.support.active_active import Mesh
 from tests.support.faults.proxy import FaultProxy
-from tests.support.iam import CallLog
 
 
 @pytest.fixture
@@ -34,10 +33,3 @@ def mesh_of(
     yield make
     for mesh in made:
         assert set(mesh.stop().values()) <= {0}
-
-
-@pytest.fixture
-def call_log(moto_endpoint: str) -> Iterator[CallLog]:
-    """The calls the session's moto server answers during the test."""
-    with CallLog().recording() as log:
-        yield log
