@@ -303,7 +303,8 @@ def main(argv: list[str] | None = None) -> Any:
     type=click.Path(dir_okay=False, path_type=Path),
     help="The job to demonstrate: config/demo.yaml or another job file; the demo runs "
     "it all on its private endpoint with dummy credentials, and refuses (exit 2) one whose "
-    "endpoint_url is not the demo's, or with a role_arn, an SQS queue or a source.stream.",
+    "endpoint_url is not the demo's, or with a role_arn, an SQS queue, a source.stream or a "
+    "custom conflict policy. Each write stamps the job's timestamp or version attribute.",
 )
 @click.option(
     "--duration",

@@ -126,7 +126,7 @@ def documented_resource(
     they match nothing and the check names them)."""
     region = regions.get(call.region, call.region)
     if call.target.startswith("AmazonSQS."):
-        queue = str(call.body.get("QueueUrl", "")).rsplit("/", 1)[-1]
+        queue = _documented_name(str(call.body.get("QueueUrl", "")).rsplit("/", 1)[-1], names)
         return f"sqs:{call.action}", f"arn:aws:sqs:{region}:{ACCOUNT}:{queue}"
     service = _SERVICES.get(call.target.split(".", 1)[0], "unknown")
     arn = f"arn:aws:dynamodb:{region}:{ACCOUNT}:table/"
