@@ -261,6 +261,11 @@ def run(config_path: Path) -> None:
     sys.exit(run_local(resolved))
 
 
+# The demo's longest duration, settle time and linger: a week. Longer ones overflow a
+# sleep or a deadline (--linger 1e308 was a traceback) and demonstrate nothing more.
+_DEMO_MAX_S = 7 * 24 * 3600.0
+
+
 def _finite(context: click.Context, parameter: click.Parameter, value: float) -> float:
     """A range check passes NaN (every comparison with it is false): refuse it, and
     infinity, as a usage error."""
@@ -298,11 +303,12 @@ def main(argv: list[str] | None = None) -> Any:
     type=click.Path(dir_okay=False, path_type=Path),
     help="The job to demonstrate: config/demo.yaml or another job file; the demo runs "
     "it all on its private endpoint with dummy credentials, and refuses (exit 2) one whose "
-    "endpoint_url is not the demo's, or with a role_arn, an SQS queue or a source.stream.",
+    "endpoint_url is not the demo's, or with a role_arn, an SQS queue, a source.stream or a "
+    "custom conflict policy. Each write stamps the job's timestamp or version attribute.",
 )
 @click.option(
     "--duration",
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(min=0, min_open=True, max=_DEMO_MAX_S),
     default=20.0,
     show_default=True,
     callback=_finite,
@@ -310,7 +316,7 @@ def main(argv: list[str] | None = None) -> Any:
 )
 @click.option(
     "--rate",
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(min=0.01, max=10_000),
     default=40.0,
     show_default=True,
     callback=_finite,
@@ -318,14 +324,14 @@ def main(argv: list[str] | None = None) -> Any:
 )
 @click.option(
     "--keys",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=1_000_000),
     default=200,
     show_default=True,
     help="Distinct items the workload touches.",
 )
 @click.option(
     "--settle-timeout",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=0, max=_DEMO_MAX_S),
     default=60.0,
     show_default=True,
     callback=_finite,
@@ -333,7 +339,7 @@ def main(argv: list[str] | None = None) -> Any:
 )
 @click.option(
     "--linger",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=0, max=_DEMO_MAX_S),
     default=0.0,
     show_default=True,
     callback=_finite,

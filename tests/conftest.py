@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from replicator.metrics import Metrics
+from tests.support.iam import CallLog
 
 # Tests never reach AWS: dummy credentials, no instance metadata, explicit endpoints.
 os.environ.update(
@@ -91,3 +92,10 @@ def unique() -> Callable[[str], str]:
 @pytest.fixture
 def metrics() -> Metrics:
     return Metrics(CollectorRegistry())
+
+
+@pytest.fixture
+def call_log(moto_endpoint: str) -> Iterator[CallLog]:
+    """The calls the session's moto server answers during the test."""
+    with CallLog().recording() as log:
+        yield log

@@ -29,7 +29,7 @@ from replicator.config import load_job
 from replicator.config.model import ResolvedJob
 from replicator.demo import tables
 from replicator.demo.endpoint import EmbeddedEndpoint
-from replicator.demo.workload import Workload
+from replicator.demo.workload import Stamps, Workload
 from replicator.metrics.server import address as metrics_address
 from replicator.runtime.local.runtime import LocalRuntime
 from replicator.tools.compare import compare, describe
@@ -76,7 +76,7 @@ def run_demo(config_path: Path, options: DemoOptions, console: Console | None = 
         url = endpoint.start()
         _private_environment(url)
         resolved = load_job(config_path.resolve())
-        problem = off_endpoint(resolved, url)
+        problem = off_endpoint(resolved, url) or Stamps.problem(resolved.job)
         if problem is not None:
             click.echo(f"replicator demo: {config_path}: {problem}", err=True)
             return 2
@@ -199,6 +199,7 @@ class _Demo:
             self.options.duration_s,
             self.options.keys,
             origin=self.job.origin_value,
+            stamps=Stamps.of(self.job),
         )
         thread = threading.Thread(target=run_runtime, name="runtime", daemon=True)
         thread.start()
@@ -353,7 +354,10 @@ class _Demo:
         ]
         for label, stats in self._per_destination(runtime).items():
             parts.append(
-                f"{label}: applied {int(stats.get('applied', 0))} lag {stats.get('lag', 0.0):.2f}s"
+                f"{label}: applied {int(stats.get('applied', 0))}"
+                f" lost conflicts {int(stats.get('conflict_lost', 0))}"
+                f" dead letters {int(stats.get('dead_lettered', 0))}"
+                f" lag {stats.get('lag', 0.0):.2f}s"
             )
         return "  ".join(parts)
 

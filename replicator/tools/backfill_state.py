@@ -127,10 +127,12 @@ class BackfillState:
         except ClientError as error:
             if error_code(error) != "ResourceInUseException":
                 raise explain(
-                    error, f"backfill progress table {self.table}", self.ref.where
+                    error, f"backfill progress table {self.table}", self.ref.endpoint
                 ) from None
         except BotoCoreError as error:
-            raise explain(error, f"backfill progress table {self.table}", self.ref.where) from None
+            raise explain(
+                error, f"backfill progress table {self.table}", self.ref.endpoint
+            ) from None
         deadline = time.monotonic() + wait_s
         while True:
             table = call(client.describe_table, "describe progress table", TableName=self.table)

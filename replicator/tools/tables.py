@@ -38,7 +38,12 @@ class TableRef:
 
     @property
     def where(self) -> str:
-        return f"{self.table} at {tables.where(self.region, self.endpoint_url)}"
+        return f"{self.table} at {self.endpoint}"
+
+    @property
+    def endpoint(self) -> str:
+        """Where the table is reached, for a message that names the table already."""
+        return tables.where(self.region, self.endpoint_url)
 
 
 def source_ref(resolved: ResolvedJob, connections: int = 16) -> TableRef:
@@ -73,7 +78,7 @@ def describe(ref: TableRef) -> TableShape:
     try:
         table = ref.client.describe_table(TableName=ref.table)["Table"]
     except (ClientError, BotoCoreError) as error:
-        raise explain(error, f"table {ref.label}", ref.where) from None
+        raise explain(error, f"table {ref.label}", ref.endpoint) from None
     return tables.shape_of(table)
 
 
@@ -141,7 +146,7 @@ def expiry_attribute(ref: TableRef) -> str | None:
     try:
         described = ref.client.describe_time_to_live(TableName=ref.table)
     except (ClientError, BotoCoreError) as error:
-        raise explain(error, f"the time to live of table {ref.label}", ref.where) from None
+        raise explain(error, f"the time to live of table {ref.label}", ref.endpoint) from None
     ttl = described.get("TimeToLiveDescription", {})
     if ttl.get("TimeToLiveStatus", "DISABLED") == "DISABLED":
         return None

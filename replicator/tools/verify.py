@@ -664,7 +664,7 @@ class Verify:
 
     def _tombstone(self, ref: TableRef, keys: Item) -> Tombstone | None:
         job = self.resolved.job
-        table = TombstoneTable(ref.client, job.tombstone_table(ref.table), ref.where, 0)
+        table = TombstoneTable(ref.client, job.tombstone_table(ref.table), ref.endpoint, 0)
         return table.get(keys)
 
     # -- repair ---------------------------------------------------------------------------

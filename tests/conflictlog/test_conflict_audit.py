@@ -25,6 +25,7 @@ from replicator.demo.workload import demo_item
 from replicator.items import Item, item_to_wire
 from tests.support.e2e import Job, stop, wait_until
 from tests.support.faults.proxy import FaultProxy
+from tests.support.iam import CallLog, ungranted
 from tests.support.metrics import logged_metrics_port, scrape, total
 
 LOSER_MS = 1_000_000_000_000  # what the source writes: older ...
@@ -116,6 +117,7 @@ def test_every_lost_conflict_is_recorded_once_found_by_key_and_restorable(
     tmp_path: Path,
     runtimes: list[subprocess.Popen[bytes]],
     kind: str,
+    call_log: CallLog,
 ) -> None:
     name = unique("audit")
     log_file = tmp_path / "conflicts" / "log.jsonl"
@@ -130,7 +132,7 @@ def test_every_lost_conflict_is_recorded_once_found_by_key_and_restorable(
     work = Workload(job, seed=19)
     work.prepare_winners("c", 6)
     work.prepare_winners("d", 1)
-    runtime = job.start()
+    runtime = job.start(env={"AWS_ACCESS_KEY_ID": "AUDITRUN"})
     runtimes.append(runtime)
     port = logged_metrics_port(tmp_path / "runtime.log")
     work.write_losers("c")
@@ -150,6 +152,11 @@ def test_every_lost_conflict_is_recorded_once_found_by_key_and_restorable(
     assert total(samples, "replicator_conflict_log_written_total") == expected
     assert total(samples, "replicator_conflict_log_dropped_total") == 0
     assert stop(runtime) == 0
+    # Each call the job made is one the documented least-privilege policy grants.
+    calls = call_log.calls("AUDITRUN")
+    assert any(call.action == "GetRecords" for call in calls)  # recorded
+    names = {job.source_table: "orders", f"{name}-eu": "orders", name: "TASK"}
+    assert ungranted(calls, {"us-east-1": "us-east-1"}, names, job.source_table) == []
 
     entries = entries_of(job)
     assert len(entries) == len({e.id for e in entries}) == expected

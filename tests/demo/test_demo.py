@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -135,6 +136,9 @@ def test_the_demo_converges_and_its_metrics_agree_with_what_was_replicated(
         assert "records read can exceed source changes" in output
         for destination in DESTINATIONS:
             assert f"{destination}: equal (every item compared)" in output
+            # Off a terminal, the progress lines say what the live table shows.
+            progress = rf"{destination}: applied \d+ lost conflicts \d+ dead letters \d+ lag "
+            assert re.search(progress, output), output
 
         samples = scrape(port)
         received = total(samples["replicator_records_received_total"])
@@ -190,6 +194,12 @@ def test_demo_options_out_of_range_are_usage_errors() -> None:
         ("--duration", "inf"),
         ("--settle-timeout", "-1"),
         ("--linger", "nan"),
+        ("--linger", "1e308"),
+        ("--duration", "1e308"),
+        ("--settle-timeout", "1e308"),
+        ("--rate", "1e-300"),
+        ("--rate", "1e308"),
+        ("--keys", "10000000"),
     ]:
         result = subprocess.run(
             [sys.executable, "-m", "replicator", "demo", option, value],
@@ -202,6 +212,17 @@ def test_demo_options_out_of_range_are_usage_errors() -> None:
         assert f"Invalid value for '{option}'" in result.stderr
 
 
+def test_a_slow_rate_still_stops_writing_at_the_duration(tmp_path: Path) -> None:
+    """At 0.01 changes/s the second change is due in 100 s: the writes end at 1 s anyway."""
+    demo, lines = start_demo(free_port(), tmp_path, "--rate", "0.01", "--duration", "1")
+    seen: list[str] = []
+    read_until(lines, "changes in", seen)
+    written = re.search(r"(\d+) changes in (\d+) s", seen[-1])
+    assert written is not None, "".join(seen)
+    assert int(written[1]) == 1 and int(written[2]) < 50, seen[-1]  # not 100 s
+    assert demo.wait(timeout=90 * PATIENCE) == 0, "".join(seen)
+
+
 def test_ctrl_c_while_the_demo_sets_up_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
     """Before the replication phase (the endpoint, the tables), Ctrl-C is still 130."""
     from replicator.demo import run
@@ -211,6 +232,19 @@ def test_ctrl_c_while_the_demo_sets_up_exits_130(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(run.EmbeddedEndpoint, "start", interrupted)
     assert run.run_demo(ROOT / "config" / "demo.yaml", run.DemoOptions()) == 130
+
+
+def assert_converged_at_eu_west_1(
+    demo: subprocess.Popen[str], lines: queue.Queue[str | None]
+) -> None:
+    """The demo of a job like config/one-way.yaml ends with exit 0, its destination equal."""
+    seen: list[str] = []
+    status = stopped(demo, lines, seen)
+    while (line := lines.get(timeout=10)) is not None:
+        seen.append(line)
+    output = "".join(seen)
+    assert status == 0, output
+    assert "eu-west-1/orders: equal (every item compared)" in output
 
 
 def test_another_job_file_runs_entirely_on_the_demos_endpoint(tmp_path: Path) -> None:
@@ -232,13 +266,25 @@ def test_another_job_file_runs_entirely_on_the_demos_endpoint(tmp_path: Path) ->
             "METRICS_PORT": str(free_port()),
         },
     )
-    seen: list[str] = []
-    status = stopped(demo, lines, seen)
-    while (line := lines.get(timeout=10)) is not None:
-        seen.append(line)
-    output = "".join(seen)
-    assert status == 0, output
-    assert "eu-west-1/orders: equal (every item compared)" in output
+    assert_converged_at_eu_west_1(demo, lines)
+
+
+def refusal(path: Path, scratch: Path) -> str:
+    """The one line of a demo of the job file ``path`` refused before it ran (exit 2)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "replicator", "demo", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(scratch)},
+        timeout=60 * PATIENCE,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "converge" not in result.stdout
+    return lines[0]
 
 
 @pytest.mark.parametrize(
@@ -255,19 +301,63 @@ def test_a_job_file_reaching_past_the_demos_endpoint_is_refused(
     job = job.replace("  table: orders\ndestinations:", f"  table: orders\n{section}destinations:")
     path = tmp_path / "job.yaml"
     path.write_text(job)
-    result = subprocess.run(
-        [sys.executable, "-m", "replicator", "demo", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-        timeout=60 * PATIENCE,
+    assert "source." in refusal(path, tmp_path)
+
+
+ONE_WAY_CONFLICT = "conflict:\n  policy: overwrite\n"
+
+
+def demo_job(tmp_path: Path, conflict: str) -> Path:
+    """config/one-way.yaml with another conflict section."""
+    job = (ROOT / "config" / "one-way.yaml").read_text()
+    assert ONE_WAY_CONFLICT in job
+    path = tmp_path / "job.yaml"
+    path.write_text(job.replace(ONE_WAY_CONFLICT, conflict))
+    return path
+
+
+@pytest.mark.parametrize(
+    "conflict",
+    [
+        "conflict: {policy: last_writer_wins, timestamp_attribute: modified_at}\n",
+        # Without write-back, which would otherwise make the source agree.
+        "conflict: {policy: version, version_attribute: version}\n"
+        "loop_prevention: {origin_attribute: written_in}\n"
+        "active_active: {write_back: false}\n",
+    ],
+    ids=["lww-modified_at", "version"],
+)
+def test_the_demo_stamps_the_attribute_the_job_ranks_by(tmp_path: Path, conflict: str) -> None:
+    """Few keys, so that most writes land on an item written before: with the rule's
+    attribute missing every image would tie and the digest, not the order, would win."""
+    path = demo_job(tmp_path, conflict)
+    demo, lines = start_demo(
+        free_port(),
+        tmp_path,
+        "-c",
+        str(path),
+        "--duration",
+        "2",
+        "--keys",
+        "20",
+        extra_env={"METRICS_PORT": str(free_port())},
     )
-    assert result.returncode == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "source." in lines[0], result.stderr
-    assert "converge" not in result.stdout
+    assert_converged_at_eu_west_1(demo, lines)
+
+
+@pytest.mark.parametrize(
+    ("conflict", "named"),
+    [
+        ("conflict: {policy: custom, resolver: 'tests.nothing:decide'}\n", "policy is custom"),
+        ("conflict: {policy: version, version_attribute: sk}\n", "'sk' is a key attribute"),
+    ],
+)
+def test_a_job_the_demo_cannot_drive_is_refused_in_one_line(
+    tmp_path: Path, conflict: str, named: str
+) -> None:
+    path = demo_job(tmp_path, conflict)
+    line = refusal(path, tmp_path)
+    assert named in line and str(path) in line, line
 
 
 def test_the_demo_refuses_an_sqs_dead_letter_queue(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from tests.support.active_active import (
 )
 from tests.support.aws import client
 from tests.support.e2e import wait_until
+from tests.support.iam import CallLog
 
 pytestmark = pytest.mark.reliability
 
@@ -53,7 +54,7 @@ def test_a_pair_under_concurrent_out_of_order_writes_converges_on_the_highest(
 
 
 def test_a_delete_racing_stale_puts_in_the_other_region_wins_on_both_sides(
-    mesh_of: Callable[[tuple[str, ...]], Mesh],
+    mesh_of: Callable[[tuple[str, ...]], Mesh], call_log: CallLog
 ) -> None:
     """The race that resurrected items without tombstones: region A deletes 30 items
     while region B writes images of them stamped earlier than the ones A deleted (a
@@ -107,3 +108,9 @@ def test_a_delete_racing_stale_puts_in_the_other_region_wins_on_both_sides(
             TableName=f"{mesh.table[region]}-tombstones", ConsistentRead=True
         )["Items"]
         assert len(tombs) == 30, region
+    # Every call each job made (write-back, tombstones, deletes) is one the documented
+    # least-privilege policy grants: with one missing, AWS refuses it and the job stops.
+    for region in regions:
+        calls = call_log.calls(mesh.access_key(region))
+        assert any(call.action == "GetRecords" for call in calls), region  # recorded
+        assert mesh.ungranted_calls(call_log, region) == [], region

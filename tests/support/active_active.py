@@ -21,6 +21,7 @@ from replicator.rules.order import OpRank
 from replicator.rules.ordered import OrderedRule
 from tests.support.aws import client
 from tests.support.e2e import KEYS, PATIENCE, last_stream_record, stop, wait_until
+from tests.support.iam import CallLog, ungranted
 from tests.support.reliability import Samples
 
 RULE = OrderedRule("last_writer_wins", "updated_at", "origin_region", numeric_only=False)
@@ -86,10 +87,33 @@ class Mesh:
                 [sys.executable, "-m", "replicator", "run", "--config", str(self.config(region))],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **self.samples[region].env},
+                env={
+                    **os.environ,
+                    **self.samples[region].env,
+                    "AWS_ACCESS_KEY_ID": self.access_key(region),
+                },
             )
         for region in self.regions:
             wait_until(lambda r=region: self.lease(r).get("leaseOwner"), 30, f"{region} runtime")
+
+    def access_key(self, region: str) -> str:
+        """The region's runtime's own key: the server's call log tells its calls apart."""
+        return "MESH" + region.replace("-", "").upper()
+
+    def ungranted_calls(self, log: CallLog, region: str) -> list[str]:
+        """The region's runtime's calls that the documented worker policy (source in
+        us-east-1, destination in eu-west-1, all tables named orders) does not grant."""
+        (other,) = (r for r in self.regions if r != region)
+        return ungranted(
+            log.calls(self.access_key(region)),
+            regions={region: "us-east-1", other: "eu-west-1"},
+            names={
+                self.table[region]: "orders",
+                self.table[other]: "orders",
+                self.task[region]: "TASK",
+            },
+            stream_table=self.table[region],
+        )
 
     def stop(self) -> dict[str, int]:
         return {region: stop(process) for region, process in self.runtimes.items()}

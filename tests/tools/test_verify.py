@@ -341,8 +341,9 @@ def test_exit_codes_for_a_bad_job_file_and_a_missing_table(job: Job, tmp_path: P
     eu.delete_table(TableName=eu_table)
     missing = cli(job)
     assert missing.returncode == 3
-    assert f"table eu-west-1/{eu_table}" in missing.stderr
-    assert "not found" in missing.stderr
+    # The table named once, then where it was looked for.
+    expected = f"table eu-west-1/{eu_table}: not found at {job.endpoint} (eu-west-1) ("
+    assert expected in missing.stderr, missing.stderr
 
 
 BIG_1 = "1" + "0" * 36 + "1"  # 38 significant digits
