@@ -567,7 +567,10 @@ class DestinationWriter:
         fields = rule.keyed_fields(keys)
         condition, names, values = below(fields, tombstone.ordering, tombstone.origin, None)
         if stale is not None:
-            condition, names, values = rule.or_exactly((condition, names, values), stale)
+            # Only a whole comparison: nothing here puts back an item removed unseen.
+            condition, names, values = rule.or_exactly(
+                (condition, names, values), stale, whole=True
+            )
         request = WriteRequest(
             op="delete", key=keys, condition=condition, names=names, values=values
         )
