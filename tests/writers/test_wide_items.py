@@ -5,14 +5,17 @@ by an image that ranks below it."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from replicator.aws.backoff import Backoff
 from replicator.decode import decode
+from replicator.exceptions import WriteCancelled
 from replicator.items import Item, ItemView
 from replicator.metrics import Metrics
 from replicator.records import Change
@@ -214,3 +217,73 @@ def test_removing_a_wide_item_below_a_tombstone_never_removes_a_tie_compared_in_
 
     assert removed is False
     assert dest.get("a") == image_of("a", wide(2000, a999=value))
+
+
+class CancelledDuringPutBack:
+    """The destination's client, throttling the put-back (the third put: the write on the
+    item read, the race's own, then the put-back) and cancelling the write meanwhile, as
+    a lost lease, a close or a tool's interrupt does; ``throttled`` more puts after it
+    are throttled too."""
+
+    def __init__(self, client: Any, cancelled: threading.Event, throttled: int) -> None:
+        self._client = client
+        self.cancelled = cancelled
+        self.throttled = throttled
+        self.puts = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def put_item(self, **kwargs: Any) -> Any:
+        self.puts += 1
+        if self.puts >= 3 and self.puts <= 3 + self.throttled:
+            self.cancelled.set()
+            raise ClientError(
+                {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "x"}},
+                "PutItem",
+            )
+        return self._client.put_item(**kwargs)
+
+
+def _put_back_cancelled(dest: Destination, throttled: int) -> dict[str, Any]:
+    """A wide write that lands over a change made in attributes its condition leaves out,
+    cancelled while its put-back is throttled; what the destination holds after."""
+    rule = RacingRule()
+    lowest, low = sorted(
+        (wide(2000, a5=f"v{number}") for number in range(40)),
+        key=lambda attributes: rule.rank(image_of("a", attributes)),
+    )[:2]
+    dest.seed("a", **lowest)
+    image = image_of("a", low)
+    left_out = _same_ts_in_an_attribute_left_out
+    later = left_out(lowest, above(rule, image, lambda v: image_of("a", left_out(lowest, v))))
+    rule.races.append(lambda: dest.seed("a", **later))
+    writer = writer_with(dest, rule)
+    writer.put_back_after_cancel_s = 0.2
+    client = CancelledDuringPutBack(dest.ddb, writer.cancelled, throttled)
+    writer.client = client
+    with pytest.raises(WriteCancelled):
+        writer.write(decode(put("a", 2, **low)))
+    return {
+        "held": dest.get("a"),
+        "later": image_of("a", later),
+        "image": image,
+        "puts": client.puts,
+    }
+
+
+def test_a_put_back_outlives_the_cancellation_of_its_write(dest: Destination) -> None:
+    """The write cannot be called back, the item it replaced can: the put-back is retried
+    after the cancellation, and the write stops only once it is sent."""
+    seen = _put_back_cancelled(dest, throttled=1)
+    assert seen["held"] == seen["later"]
+
+
+def test_a_put_back_is_retried_after_a_cancellation_for_a_bounded_time(
+    dest: Destination,
+) -> None:
+    """A destination that throttles on does not keep a cancelled write (a worker closing)
+    for longer than ``put_back_after_cancel_s``: the put-back is abandoned."""
+    seen = _put_back_cancelled(dest, throttled=10**9)
+    assert seen["puts"] > 4  # retried after the cancellation, then abandoned
+    assert seen["held"] == seen["image"]
