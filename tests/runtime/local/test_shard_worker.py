@@ -786,6 +786,28 @@ def test_failing_reads_raise_the_lag_and_report_the_shard_after_the_stall_time()
     assert worker.progress.read_failing_since is None
 
 
+def _run_with_slow_read(
+    stream: ScriptedStream,
+    read: Callable[..., dict[str, Any]],
+    child_type: type[StandInChild],
+    stop: threading.Event,
+    clock: list[float],
+) -> tuple[ShardWorker, list[StandInChild]]:
+    """Run a worker whose reads go through ``read`` and that reports on a read still out
+    every 10 ms; the worker and its children."""
+    children: list[StandInChild] = []
+
+    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
+        children.append(child_type(on_checkpoint))
+        return children[-1]
+
+    stream.get_records = read  # type: ignore[method-assign]
+    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL, outstanding_read_report_s=0.01)
+    worker = _worker_in_simulated_time(MemoryLeases(), stream, settings, new_child, stop, clock)
+    worker.run()
+    return worker, children
+
+
 def test_a_read_left_unanswered_raises_the_lag_while_it_waits() -> None:
     """GetRecords hangs (a proxy holding the request until botocore's read timeout): the
     processor hears how far behind the reader may be every ``outstanding_read_report_s``
@@ -796,7 +818,6 @@ def test_a_read_left_unanswered_raises_the_lag_while_it_waits() -> None:
     answered = threading.Event()
     stream = ScriptedStream([{"Records": [], "NextShardIterator": "a"}], stop)
     real_read = stream.get_records
-    children: list[StandInChild] = []
 
     def read(**kwargs: Any) -> dict[str, Any]:
         if len(stream.reads) == 1:  # the second read hangs
@@ -813,15 +834,7 @@ def test_a_read_left_unanswered_raises_the_lag_while_it_waits() -> None:
             else:
                 clock[0] += 1.0
 
-    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
-        children.append(Waiting(on_checkpoint))
-        return children[-1]
-
-    stream.get_records = read  # type: ignore[method-assign]
-    leases = MemoryLeases()
-    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL, outstanding_read_report_s=0.01)
-    worker = _worker_in_simulated_time(leases, stream, settings, new_child, stop, clock)
-    worker.run()
+    worker, children = _run_with_slow_read(stream, read, Waiting, stop, clock)
     assert worker.error is None
     (child,) = children
     assert all(batch == [] for batch in child.batches)
@@ -847,7 +860,6 @@ def test_an_empty_read_the_processor_heard_of_while_it_was_out_claims_no_tip() -
     )
     real_read = stream.get_records
     events: list[tuple[str, int | None]] = []  # ("sent", read) or ("answer", behind)
-    children: list[StandInChild] = []
 
     def read(**kwargs: Any) -> dict[str, Any]:
         events.append(("sent", len(stream.reads)))
@@ -862,15 +874,7 @@ def test_an_empty_read_the_processor_heard_of_while_it_was_out_claims_no_tip() -
             if any(sent == ("sent", 1) for sent in events):
                 reported.set()
 
-    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
-        children.append(Told(on_checkpoint))
-        return children[-1]
-
-    stream.get_records = read  # type: ignore[method-assign]
-    leases = MemoryLeases()
-    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL, outstanding_read_report_s=0.01)
-    worker = _worker_in_simulated_time(leases, stream, settings, new_child, stop, [1_000_000.0])
-    worker.run()
+    worker, _ = _run_with_slow_read(stream, read, Told, stop, [1_000_000.0])
     assert worker.error is None
     second, third = events.index(("sent", 1)), events.index(("sent", 2))
     assert len(events[second:third]) > 2  # the report(s), then the read's own answer
