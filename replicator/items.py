@@ -234,13 +234,14 @@ def describe_key(keys: Mapping[str, AttributeValue]) -> str:
 
 def key_token(text: str, *, forbidden: str = "") -> str:
     """``text`` as it is when it reads back unambiguously (not empty, printable, no
-    whitespace, not starting with a double quote, none of ``forbidden``), else as a JSON
+    whitespace, none of ``forbidden``, not starting with a double quote, which starts a
+    quoted token, nor with ``{``, which makes a whole key read as JSON), else as a JSON
     string of printable ASCII."""
     plain = (
         text
         and text.isprintable()
         and not any(character.isspace() or character in forbidden for character in text)
-        and not text.startswith('"')
+        and not text.startswith(('"', "{"))
     )
     return text if plain else json.dumps(text)
 

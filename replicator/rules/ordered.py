@@ -46,6 +46,7 @@ from replicator.rules.order import (
 )
 from replicator.rules.requests import (
     MAX_EXPRESSION,
+    MAX_OPERATORS,
     Skip,
     Verdict,
     WriteRequest,
@@ -53,6 +54,7 @@ from replicator.rules.requests import (
     exact_write,
     expecting,
     holds_outcome,
+    operator_count,
     write_over,
 )
 
@@ -205,26 +207,37 @@ class OrderedRule:
         origin) and on every attribute compared."""
         return self.or_exactly(self.below(image, keys), image)
 
-    def or_exactly(self, condition: Condition, item: ItemView) -> Condition:
+    def or_exactly(self, condition: Condition, item: ItemView, *, whole: bool = False) -> Condition:
         """``condition``, or the destination holds ``item`` (:meth:`exactly`, in the room
-        ``condition`` leaves in one expression)."""
+        ``condition`` leaves in one expression: bytes, and operators with the ``OR``).
+
+        ``whole``: only when that compares ``item`` whole; otherwise ``condition`` alone,
+        for a caller that cannot put back an item it removed unseen."""
         expression, names, values = condition
-        room = MAX_EXPRESSION - len(expression) - len(" OR ()()")
-        same, same_names, same_values = self.exactly(item, room=room)
+        room = MAX_EXPRESSION - len(expression.encode()) - len(" OR ()()")
+        operators = MAX_OPERATORS - operator_count(expression) - (1 if expression else 0)
+        same, same_names, same_values = self.exactly(item, room=room, operators=operators)
+        if whole and expecting(item, same_names) is not None:
+            return condition
         return any_of(expression, same), {**names, **same_names}, {**values, **same_values}
 
     def exactly(
-        self, item: ItemView, *, unlike: ItemView | None = None, room: int = MAX_EXPRESSION
+        self,
+        item: ItemView,
+        *,
+        unlike: ItemView | None = None,
+        room: int = MAX_EXPRESSION,
+        operators: int = MAX_OPERATORS,
     ) -> Condition:
         """True while the destination holds ``item``: every attribute of it with its value,
         and no ranking field that it lacks (a condition cannot exclude every other
         attribute, so an item that only gained attributes that do not rank it passes).
 
-        An item with more attributes than one condition compares (about 340) is compared
-        on its ranking fields first, then on the attributes in which it differs from
-        ``unlike`` (the image about to replace it), then on as many others as fit
-        (:func:`~replicator.rules.requests.equal_to`)."""
-        return equal_to(item, first=self.ranking, unlike=unlike, room=room)
+        An item with more attributes than one condition compares (150, fewer beside
+        another condition) is compared on its ranking fields first, then on the
+        attributes in which it differs from ``unlike`` (the image about to replace it),
+        then on as many others as fit (:func:`~replicator.rules.requests.equal_to`)."""
+        return equal_to(item, first=self.ranking, unlike=unlike, room=room, operators=operators)
 
     def _check_type(self, image: ItemView) -> None:
         ordering = image.get(self.attribute)

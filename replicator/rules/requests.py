@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -90,11 +91,25 @@ def holds_outcome(change: Change, existing: Item | None) -> bool:
     )
 
 
-# DynamoDB's limit on the length of one expression (ConditionExpression included), in
-# bytes. The names and values an expression substitutes have their own limit, 2 MB in
-# all: an item (400 KB at most) always fits there, so only the expression's text limits
-# how many of its attributes one condition compares.
+# DynamoDB's limits on one expression (ConditionExpression included): 4096 bytes of
+# text, and 300 operators and functions in all (AWS, "Expression parameters"; moto
+# enforces neither). The names and values an expression substitutes have their own
+# limit, 2 MB in all: an item (400 KB at most) always fits there, so only the
+# expression's text limits how many of its attributes one condition compares, and the
+# operator count limits it most (150 attributes on their own).
 MAX_EXPRESSION = 4096
+MAX_OPERATORS = 300
+
+_PLACEHOLDER = re.compile(r"[#:][A-Za-z0-9_]+")
+_OPERATOR = re.compile(r"<>|<=|>=|=|<|>|\b(?:AND|OR|NOT|BETWEEN|IN)\b|\b[a-z_]+\s*\(")
+
+
+def operator_count(expression: str) -> int:
+    """How many operators and functions DynamoDB counts in ``expression``: every
+    comparison, ``AND``/``OR``/``NOT``/``BETWEEN``/``IN`` and function call (placeholders
+    are left out first, so that a name like ``#AND`` is not taken for one)."""
+    return len(_OPERATOR.findall(_PLACEHOLDER.sub(" ", expression)))
+
 
 _DIGITS = "0123456789"
 _ALPHANUMERIC = _DIGITS + "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -104,7 +119,7 @@ def _placeholder(index: int) -> str:
     """The ``index``-th shortest placeholder body: a digit, then letters and digits (``0``
     to ``9``, ``00`` to ``9Z``, ...). The other conditions' placeholders start with a
     letter, so the two never collide, and the shortest bodies fit the most comparisons
-    in one expression: about 340 attributes, whatever their names."""
+    in one expression, whatever their names."""
     if index < len(_DIGITS):
         return _DIGITS[index]
     index -= len(_DIGITS)
@@ -125,14 +140,16 @@ def equal_to(
     first: Iterable[str] = (),
     unlike: ItemView | None = None,
     room: int = MAX_EXPRESSION,
+    operators: int = MAX_OPERATORS,
 ) -> tuple[str, dict[str, str], dict[str, AttributeValue]]:
     """True while the destination holds ``expected``, as far as a condition of at most
-    ``room`` characters can compare it.
+    ``room`` bytes and ``operators`` operators and functions can compare it (less than
+    DynamoDB's limits when another condition is joined to it).
 
     A condition expression cannot say "and no other attribute", so an item that gained
     attributes but kept all of these values also passes. An item with more attributes
-    than one expression holds (about 340) is compared on those that tell the most, in
-    this order, and on no others:
+    than one expression holds (150: each costs a comparison, and each after the first an
+    ``AND``) is compared on those that tell the most, in this order, and on no others:
 
     * the attributes ``first`` (ranking attributes: ``attribute_not_exists`` for one that
       ``expected`` lacks), so that an item ranked otherwise never passes;
@@ -156,8 +173,13 @@ def equal_to(
     names: dict[str, str] = {}
     values: dict[str, AttributeValue] = {}
     clauses: list[str] = []
+    # The text is ASCII (placeholders only), so its length in characters is in bytes;
+    # each clause is one comparison or function, joined by one AND.
     length = -len(" AND ")
+    count = -1
     for name in order:
+        if count + 2 > operators:
+            break
         tag = _placeholder(len(names))
         value = expected.get(name)
         clause = f"attribute_not_exists(#{tag})" if value is None else f"#{tag}=:{tag}"
@@ -166,6 +188,7 @@ def equal_to(
                 continue  # a shorter equality may still fit
             break
         length += len(" AND ") + len(clause)
+        count += 2
         clauses.append(clause)
         names[f"#{tag}"] = name
         if value is not None:

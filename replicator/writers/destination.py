@@ -184,6 +184,9 @@ class DestinationWriter:
     # Seconds a write is retried before DestinationUnavailable; None (replication): no
     # limit, lag grows and nothing is dropped.
     retry_for_s: float | None = None
+    # Seconds a put-back (a wide item replaced unseen) is still retried once the write is
+    # cancelled: the write cannot be called back, the item it replaced can still be.
+    put_back_after_cancel_s: float = 10.0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -197,7 +200,11 @@ class DestinationWriter:
         time of the earliest change this write settles, when ``change`` replaced older
         ones that were never written here (the apply delay counts from it)."""
         state = _Attempts(first=first, since_s=since_s)
-        return self.retrying(change, lambda attempt: self._attempt(change, attempt, state))
+        return self.retrying(
+            change,
+            lambda attempt: self._attempt(change, attempt, state),
+            finishing=lambda: state.restore is not None,
+        )
 
     # -- a first request sent elsewhere ---------------------------------------------------
 
@@ -246,10 +253,20 @@ class DestinationWriter:
             return [max(0.0, now - change.created_s) for change in changes]
         return [max(0.0, now - since) for since in since_s]
 
-    def retrying(self, change: Change, attempt_once: Callable[[int], WriteResult]) -> WriteResult:
+    def retrying(
+        self,
+        change: Change,
+        attempt_once: Callable[[int], WriteResult],
+        *,
+        finishing: Callable[[], bool] = lambda: False,
+    ) -> WriteResult:
         """Run ``attempt_once`` until it settles ``change``: retry what may pass (for
         ``retry_for_s``, or without a limit in time), fail what never will, stop on a
         destination that refuses everything.
+
+        A cancellation stops the retries, unless ``finishing`` says a put-back is due:
+        that is retried on for ``put_back_after_cancel_s`` more (the attempt raises
+        WriteCancelled once it is sent).
 
         A destination refuses everything when this change has been refused (access
         denied, table missing, signature or credentials refused, another key schema)
@@ -267,9 +284,18 @@ class DestinationWriter:
         schema_refusals = 0
         streak = 0  # this change's refusals in a row, no success at the destination between
         successes_then: int | None = None
+        finish_by: float | None = None  # once cancelled with a put-back due
         while True:
             if self.cancelled.is_set():
-                raise WriteCancelled(f"write to {self.label} cancelled")
+                if not finishing():
+                    raise WriteCancelled(f"write to {self.label} cancelled")
+                if finish_by is None:
+                    finish_by = time.monotonic() + self.put_back_after_cancel_s
+                elif time.monotonic() >= finish_by:
+                    raise WriteCancelled(
+                        f"write to {self.label} cancelled; the item it replaced unseen was "
+                        f"not put back in {self.put_back_after_cancel_s:g} s"
+                    )
             try:
                 return attempt_once(attempt)
             except PlanError as error:
@@ -332,6 +358,8 @@ class DestinationWriter:
                             f"attempts); last error: {_describe(error)}"
                         ) from error
                     delay = min(delay, left)
+                if finish_by is not None:
+                    delay = min(delay, max(0.0, finish_by - time.monotonic()))
                 self.metrics.retries.labels(self.label, reason).inc()
                 attempt += 1
                 log.info(
@@ -342,7 +370,10 @@ class DestinationWriter:
                     attempt=attempt,
                     delay_s=round(delay, 3),
                 )
-                self.cancelled.wait(delay)
+                if finish_by is None:
+                    self.cancelled.wait(delay)
+                else:
+                    time.sleep(delay)  # cancelled already: only the put-back is left
 
     def _attempt(self, change: Change, attempt: int, state: _Attempts) -> WriteResult:
         """One try at settling ``change``; AWS errors other than a failed condition
@@ -361,6 +392,8 @@ class DestinationWriter:
         while True:
             if state.restore is not None:  # a retry after the put-back's own error
                 self._put_back(state)
+                if self.cancelled.is_set():
+                    raise WriteCancelled(f"write to {self.label} cancelled after its put-back")
             existing: Item | None = None
             if self.rule.reads_existing:
                 existing = self._read(change)
@@ -567,7 +600,10 @@ class DestinationWriter:
         fields = rule.keyed_fields(keys)
         condition, names, values = below(fields, tombstone.ordering, tombstone.origin, None)
         if stale is not None:
-            condition, names, values = rule.or_exactly((condition, names, values), stale)
+            # Only a whole comparison: nothing here puts back an item removed unseen.
+            condition, names, values = rule.or_exactly(
+                (condition, names, values), stale, whole=True
+            )
         request = WriteRequest(
             op="delete", key=keys, condition=condition, names=names, values=values
         )

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from replicator.aws.backoff import Backoff
 from replicator.aws.queues import ASSUMED_LIMIT
@@ -110,11 +112,32 @@ def test_a_key_typed_as_log_lines_show_it_or_as_json_names_one_canonical_item() 
         ({"pk": {"S": "a\u2028b"}}, 'pk=S:"a\\u2028b"'),
         ({"a=b": {"S": "v"}, "c d": {"N": "1"}}, '"a=b"=S:v "c d"=N:1'),
         ({"b": {"B": b"\x00\xff"}}, "b=B:AP8="),
+        ({"{a": {"S": "v"}}, '"{a"=S:v'),
+        ({"pk": {"S": "{x"}}, 'pk=S:"{x"'),
     ],
 )
 def test_a_key_is_shown_on_one_line_one_way_and_read_back_as_shown(key: Item, shown: str) -> None:
     assert describe_key(key) == shown
     assert parse_key(shown) == key
+
+
+# What DynamoDB takes in a key: names and strings of one character or more (any that
+# UTF-8 encodes: no lone surrogates), numbers, binaries of one byte or more.
+_KEY_VALUES = st.one_of(
+    st.text(min_size=1).map(lambda text: {"S": text}),
+    st.decimals(min_value=-(10**30), max_value=10**30, places=3).map(lambda n: {"N": str(n)}),
+    st.binary(min_size=1).map(lambda data: {"B": data}),
+)
+_AWKWARD = st.sampled_from(['"', "{", "[", "=", " ", "=S:", "\\", "\n", "\u2028", "\xa0", "}"])
+_NAMES = st.one_of(st.text(min_size=1), st.lists(_AWKWARD, min_size=1).map("".join))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(_NAMES, _KEY_VALUES, min_size=1, max_size=3))
+def test_every_key_reads_back_as_shown(key: Item) -> None:
+    """Names and values that start or end like the syntax around them (quotes, braces,
+    blanks, ``=S:``) are shown so that they read back as the same key."""
+    assert parse_key(describe_key(key)) == key
 
 
 @pytest.mark.parametrize(

@@ -441,7 +441,7 @@ class ShardWorker(threading.Thread):
         attempt = 0
         while not self.stopping.is_set():
             try:
-                response = self._get_records(child, iterator)
+                response, reported = self._get_records(child, iterator)
             except (ClientError, BotoCoreError) as error:
                 code = error_code(error)
                 if code == "ExpiredIteratorException":
@@ -476,8 +476,11 @@ class ShardWorker(threading.Thread):
                 # Before the child sees anything after the gap, whose claim would pass it.
                 self._record_gap(created_ms_of(records[0]) * 1000 if records else None)
             # DynamoDB Streams says nothing of how far behind an empty read is (records
-            # may lie further along the shard): not known, rather than 0.
-            millis_behind: int | None = None
+            # may lie further along the shard): not known, rather than 0. Unless the
+            # processor answered a report while it was out: the watermark would then
+            # take it as every change made before that answer read, though the read was
+            # sent earlier; 1 ms (not at the tip) leaves the claim to the next read.
+            millis_behind: int | None = 1 if reported else None
             if records:
                 self._last_created_us = created_ms_of(records[-1]) * 1000
                 millis_behind = max(0, int(self._clock() * 1000) - created_ms_of(records[-1]))
@@ -526,12 +529,15 @@ class ShardWorker(threading.Thread):
         progress.read_error = str(error)
         self._tell_behind(child, progress.read_failing_since)
 
-    def _get_records(self, child: ProcessorChild, iterator: str) -> GetRecordsOutputTypeDef:
+    def _get_records(
+        self, child: ProcessorChild, iterator: str
+    ) -> tuple[GetRecordsOutputTypeDef, bool]:
         """One GetRecords call, made on a thread of its own so that while it goes
         unanswered the processor keeps hearing how far behind the reader may be (see
         :meth:`_tell_behind`): every ``outstanding_read_report_s``, as a failed read tells
         it. The processor is only ever spoken to from this thread. The call is left to
-        botocore's timeouts and retries, as before; a stop waits for it."""
+        botocore's timeouts and retries, as before; a stop waits for it. Also whether the
+        processor was told anything while the call was out."""
         outcome: list[GetRecordsOutputTypeDef | BaseException] = []
         done = threading.Event()
 
@@ -549,12 +555,14 @@ class ShardWorker(threading.Thread):
 
         threading.Thread(target=read, name=f"read-{self.shard_id}", daemon=True).start()
         sent_at = self._clock()
+        reported = False
         while not done.wait(self.settings.outstanding_read_report_s):
             self._tell_behind(child, sent_at)
+            reported = True
         (result,) = outcome
         if isinstance(result, BaseException):
             raise result
-        return result
+        return result, reported
 
     def _tell_behind(self, child: ProcessorChild, unknown_since: float) -> None:
         """Tell the processor the reader is at least as far behind as at the last read

@@ -786,6 +786,28 @@ def test_failing_reads_raise_the_lag_and_report_the_shard_after_the_stall_time()
     assert worker.progress.read_failing_since is None
 
 
+def _run_with_slow_read(
+    stream: ScriptedStream,
+    read: Callable[..., dict[str, Any]],
+    child_type: type[StandInChild],
+    stop: threading.Event,
+    clock: list[float],
+) -> tuple[ShardWorker, list[StandInChild]]:
+    """Run a worker whose reads go through ``read`` and that reports on a read still out
+    every 10 ms; the worker and its children."""
+    children: list[StandInChild] = []
+
+    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
+        children.append(child_type(on_checkpoint))
+        return children[-1]
+
+    stream.get_records = read  # type: ignore[method-assign]
+    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL, outstanding_read_report_s=0.01)
+    worker = _worker_in_simulated_time(MemoryLeases(), stream, settings, new_child, stop, clock)
+    worker.run()
+    return worker, children
+
+
 def test_a_read_left_unanswered_raises_the_lag_while_it_waits() -> None:
     """GetRecords hangs (a proxy holding the request until botocore's read timeout): the
     processor hears how far behind the reader may be every ``outstanding_read_report_s``
@@ -796,7 +818,6 @@ def test_a_read_left_unanswered_raises_the_lag_while_it_waits() -> None:
     answered = threading.Event()
     stream = ScriptedStream([{"Records": [], "NextShardIterator": "a"}], stop)
     real_read = stream.get_records
-    children: list[StandInChild] = []
 
     def read(**kwargs: Any) -> dict[str, Any]:
         if len(stream.reads) == 1:  # the second read hangs
@@ -813,15 +834,7 @@ def test_a_read_left_unanswered_raises_the_lag_while_it_waits() -> None:
             else:
                 clock[0] += 1.0
 
-    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
-        children.append(Waiting(on_checkpoint))
-        return children[-1]
-
-    stream.get_records = read  # type: ignore[method-assign]
-    leases = MemoryLeases()
-    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL, outstanding_read_report_s=0.01)
-    worker = _worker_in_simulated_time(leases, stream, settings, new_child, stop, clock)
-    worker.run()
+    worker, children = _run_with_slow_read(stream, read, Waiting, stop, clock)
     assert worker.error is None
     (child,) = children
     assert all(batch == [] for batch in child.batches)
@@ -829,8 +842,46 @@ def test_a_read_left_unanswered_raises_the_lag_while_it_waits() -> None:
     # at once (1 ms: never 0, the tip), 1 s, 2 s, 3 s (told again until the answer is
     # seen), then the second read's answer.
     first = child.behind.index(None)
-    hung = child.behind[first + 1 : child.behind.index(None, first + 1)]
+    hung = [behind for behind in child.behind[first + 1 :] if behind is not None]
     assert list(dict.fromkeys(hung)) == [1, 1_000, 2_000, 3_000]
+
+
+def test_an_empty_read_the_processor_heard_of_while_it_was_out_claims_no_tip() -> None:
+    """An empty answer at 0 (or null) behind tells the watermark that every change made
+    before the processor's previous answer was read. A report answered while the read
+    was out comes after the read was sent: changes made in between were never read, so
+    that read's empty answer is sent as not at the tip, and the next read makes the
+    claim. The second read is answered only once the processor heard a report."""
+    stop = threading.Event()
+    reported = threading.Event()
+    stream = ScriptedStream(
+        [{"Records": [], "NextShardIterator": "a"}, {"Records": [], "NextShardIterator": "b"}],
+        stop,
+    )
+    real_read = stream.get_records
+    events: list[tuple[str, int | None]] = []  # ("sent", read) or ("answer", behind)
+
+    def read(**kwargs: Any) -> dict[str, Any]:
+        events.append(("sent", len(stream.reads)))
+        if len(stream.reads) == 1:
+            assert reported.wait(10), "the processor was not told while the read was out"
+        return real_read(**kwargs)
+
+    class Told(StandInChild):
+        def process_records(self, records: list[dict[str, Any]], millis_behind: int | None) -> None:
+            super().process_records(records, millis_behind)
+            events.append(("answer", millis_behind))
+            if any(sent == ("sent", 1) for sent in events):
+                reported.set()
+
+    worker, _ = _run_with_slow_read(stream, read, Told, stop, [1_000_000.0])
+    assert worker.error is None
+    second, third = events.index(("sent", 1)), events.index(("sent", 2))
+    assert len(events[second:third]) > 2  # the report(s), then the read's own answer
+    # Every empty answer at the tip comes right after its read was sent: the processor
+    # answered nothing in between.
+    tip = [index for index, (kind, behind) in enumerate(events) if kind == "answer" and not behind]
+    assert tip and all(events[index - 1][0] == "sent" for index in tip), events
 
 
 def test_a_checkpoint_short_of_the_records_delivered_is_no_recovery_from_refusals() -> None:
