@@ -21,6 +21,7 @@ from replicator.intake import Reader
 from replicator.items import Item, canonical_number, item_from_wire, key_id
 from replicator.records import Event, RawRecord, raw_record_from
 from replicator.rules import OrderedRule, WriteRequest
+from replicator.rules.ordered import Peers
 from tests.support.records import daemon_record, kinesis_record, stream_record
 
 SAMPLES = Path(__file__).parent / "samples" / "adapter-2.x-records.jsonl"
@@ -376,6 +377,30 @@ def test_a_malformed_old_image_is_checked_where_it_is_read_whole(
     active_active = Reader(ChangeFilter(None, "", skip_ttl_deletes=False), HighWater(rule))
     with pytest.raises(RecordDecodeError, match=re.escape(f"record 9: {reason}")):
         active_active.read(daemon_record(payload, 9))
+
+
+@pytest.mark.parametrize("value", [{"S": "a", "N": "1"}, {"B": "é"}])
+def test_a_delete_of_a_peers_malformed_image_is_compared_on_its_rank(value: dict[str, Any]) -> None:
+    """A delete of an image stamped by one of a pair's regions applies only to that very
+    image; one with a malformed attribute cannot be compared whole, so it applies to what
+    ties with it on (value, origin), as any delete does, and nothing malformed is sent."""
+    old = {"pk": {"S": "a"}, "ts": {"N": "5"}, "origin": {"S": "us-east-1"}, "x": value}
+    payload = stream_record("REMOVE", {"pk": {"S": "a"}}, None, old, seq=9)
+    change = (
+        Reader(ChangeFilter(None, "", skip_ttl_deletes=False))
+        .read(daemon_record(payload, 9))
+        .change
+    )
+    rule = OrderedRule(
+        "last_writer_wins", "ts", "origin", numeric_only=False, peers=Peers(any_stamp=True)
+    )
+    assert rule.deletes_only_its_image(change)
+    delete = rule.plan(change)
+    assert isinstance(delete, WriteRequest) and delete.op == "delete"
+    kwargs = delete.to_kwargs("t")
+    assert "x" not in kwargs["ExpressionAttributeNames"].values()
+    assert value not in kwargs["ExpressionAttributeValues"].values()
+    assert {"ts", "origin"} <= set(kwargs["ExpressionAttributeNames"].values())
 
 
 # -- images are kept as the record's JSON ----------------------------------------------

@@ -43,6 +43,7 @@ from replicator.rules.order import (
     any_of,
     below,
     image_digest,
+    pruned,
 )
 from replicator.rules.requests import (
     MAX_EXPRESSION,
@@ -152,15 +153,29 @@ class OrderedRule:
                     "the stream view type must be NEW_AND_OLD_IMAGES"
                 )
             if self.deletes_only_its_image(change):
-                return exact_write("delete", change.keys, image, self.exactly(image))
+                try:
+                    return exact_write("delete", change.keys, image, self.exactly(image))
+                except MalformedImage:  # an old image that cannot be read whole
+                    condition, names, values = self._not_above_on_rank(image, change.keys)
+                    return WriteRequest(
+                        op="delete",
+                        key=change.keys,
+                        condition=condition,
+                        names=names,
+                        values=values,
+                    )
             condition, names, values = self.not_above(image, change.keys)
+            try:
+                partial = expecting(image, names) is not None
+            except MalformedImage:  # compared on (value, origin) only: nothing to put back
+                partial = False
             return WriteRequest(
                 op="delete",
                 key=change.keys,
                 condition=condition,
                 names=names,
                 values=values,
-                at_or_below=expecting(image, names) is not None,
+                at_or_below=partial,
             )
         assert image is not None  # decode guarantees a NewImage for puts
         condition, names, values = self.below(image, change.keys)
@@ -216,7 +231,12 @@ class OrderedRule:
         expression, names, values = condition
         room = MAX_EXPRESSION - len(expression.encode()) - len(" OR ()()")
         operators = MAX_OPERATORS - operator_count(expression) - (1 if expression else 0)
-        same, same_names, same_values = self.exactly(item, room=room, operators=operators)
+        try:
+            same, same_names, same_values = self.exactly(item, room=room, operators=operators)
+        except MalformedImage:
+            # An old image is never forwarded, and the intake leaves it unchecked: one that
+            # cannot be read whole is compared on the ranking attributes it can read.
+            return condition if whole else self._not_above_on_rank(item, None, condition)
         if whole and expecting(item, same_names) is not None:
             return condition
         return any_of(expression, same), {**names, **same_names}, {**values, **same_values}
@@ -238,6 +258,32 @@ class OrderedRule:
         attributes in which it differs from ``unlike`` (the image about to replace it),
         then on as many others as fit (:func:`~replicator.rules.requests.equal_to`)."""
         return equal_to(item, first=self.ranking, unlike=unlike, room=room, operators=operators)
+
+    def _not_above_on_rank(
+        self, image: ItemView, keys: Item | None, condition: Condition | None = None
+    ) -> Condition:
+        """Where a delete of ``image`` applies when ``image`` cannot be read whole (a
+        malformed attribute of an old image): no item, one ranking below it, or one tying
+        with it on (value, origin), whatever its digest. ``condition``: the "below" part
+        already built (else built from ``keys``)."""
+        if condition is None:
+            assert keys is not None
+            condition = self.below(image, keys)
+        expression, names, values = condition
+        names, values = {**names, "#c": self.attribute}, dict(values)
+        ordering = image.get(self.attribute)
+        if ordering is None:
+            equal = "attribute_not_exists(#c)"
+        else:
+            equal, values[":c"] = "#c = :c", ordering
+        if self.origin_attribute:
+            names["#o"] = self.origin_attribute
+            origin = image.get(self.origin_attribute)
+            if origin is not None and isinstance(origin.get("S"), str):
+                equal, values[":o"] = equal + " AND #o = :o", origin
+            else:
+                equal += " AND attribute_not_exists(#o)"
+        return pruned(any_of(expression, equal), names, values)
 
     def _check_type(self, image: ItemView) -> None:
         ordering = image.get(self.attribute)
