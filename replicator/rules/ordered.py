@@ -155,15 +155,8 @@ class OrderedRule:
             if self.deletes_only_its_image(change):
                 try:
                     return exact_write("delete", change.keys, image, self.exactly(image))
-                except MalformedImage:  # an old image that cannot be read whole
-                    condition, names, values = self._not_above_on_rank(image, change.keys)
-                    return WriteRequest(
-                        op="delete",
-                        key=change.keys,
-                        condition=condition,
-                        names=names,
-                        values=values,
-                    )
+                except MalformedImage:  # cannot be read whole: planned as any delete is
+                    pass
             condition, names, values = self.not_above(image, change.keys)
             try:
                 partial = expecting(image, names) is not None
@@ -236,7 +229,7 @@ class OrderedRule:
         except MalformedImage:
             # An old image is never forwarded, and the intake leaves it unchecked: one that
             # cannot be read whole is compared on the ranking attributes it can read.
-            return condition if whole else self._not_above_on_rank(item, None, condition)
+            return condition if whole else self._not_above_on_rank(item, condition)
         if whole and expecting(item, same_names) is not None:
             return condition
         return any_of(expression, same), {**names, **same_names}, {**values, **same_values}
@@ -259,16 +252,10 @@ class OrderedRule:
         then on as many others as fit (:func:`~replicator.rules.requests.equal_to`)."""
         return equal_to(item, first=self.ranking, unlike=unlike, room=room, operators=operators)
 
-    def _not_above_on_rank(
-        self, image: ItemView, keys: Item | None, condition: Condition | None = None
-    ) -> Condition:
+    def _not_above_on_rank(self, image: ItemView, condition: Condition) -> Condition:
         """Where a delete of ``image`` applies when ``image`` cannot be read whole (a
-        malformed attribute of an old image): no item, one ranking below it, or one tying
-        with it on (value, origin), whatever its digest. ``condition``: the "below" part
-        already built (else built from ``keys``)."""
-        if condition is None:
-            assert keys is not None
-            condition = self.below(image, keys)
+        malformed attribute of an old image): ``condition`` (no item, or one ranking
+        below it), or one tying with it on (value, origin), whatever its digest."""
         expression, names, values = condition
         names, values = {**names, "#c": self.attribute}, dict(values)
         ordering = image.get(self.attribute)

@@ -108,6 +108,16 @@ def stopped(demo: subprocess.Popen[str], lines: queue.Queue[str | None], seen: l
         raise AssertionError("the demo did not stop after Ctrl-C:\n" + "".join(seen)) from None
 
 
+def stopped_with_output(
+    demo: subprocess.Popen[str], lines: queue.Queue[str | None], seen: list[str]
+) -> tuple[int, str]:
+    """The demo's exit status once it stops (:func:`stopped`), and all it printed."""
+    status = stopped(demo, lines, seen)
+    while (line := lines.get(timeout=10)) is not None:
+        seen.append(line)
+    return status, "".join(seen)
+
+
 def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
@@ -239,10 +249,7 @@ def assert_converged_at_eu_west_1(
 ) -> None:
     """The demo of a job like config/one-way.yaml ends with exit 0, its destination equal."""
     seen: list[str] = []
-    status = stopped(demo, lines, seen)
-    while (line := lines.get(timeout=10)) is not None:
-        seen.append(line)
-    output = "".join(seen)
+    status, output = stopped_with_output(demo, lines, seen)
     assert status == 0, output
     assert "eu-west-1/orders: equal (every item compared)" in output
 
@@ -400,10 +407,7 @@ def test_ctrl_c_at_any_moment_of_the_start_exits_130_in_one_line(
         assert line is not None
         seen.append(line)
     demo.send_signal(signal.SIGINT)
-    status = stopped(demo, lines, seen)
-    while (line := lines.get(timeout=10)) is not None:
-        seen.append(line)
-    output = "".join(seen)
+    status, output = stopped_with_output(demo, lines, seen)
     assert "Traceback" not in output and "Aborted" not in output, output
     if moment == "started" and status == -signal.SIGINT:
         return  # killed before the interpreter was up: a shell reports that as 130 too
@@ -418,10 +422,7 @@ def test_two_demos_run_at_once_on_one_host(tmp_path: Path) -> None:
     outputs = []
     for demo, lines in demos:
         seen: list[str] = []
-        status = stopped(demo, lines, seen)
-        while (line := lines.get(timeout=10)) is not None:
-            seen.append(line)
-        outputs.append((status, "".join(seen)))
+        outputs.append(stopped_with_output(demo, lines, seen))
     for status, output in outputs:
         assert status == 0, output
         assert "converged: every destination equals the source" in output
@@ -432,11 +433,7 @@ def test_a_busy_metrics_port_names_the_demos_variable(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         demo, lines = start_demo(busy.getsockname()[1], tmp_path)
-        seen: list[str] = []
-        status = stopped(demo, lines, seen)
-        while (line := lines.get(timeout=10)) is not None:
-            seen.append(line)
-    output = "".join(seen)
+        status, output = stopped_with_output(demo, lines, [])
     assert status == 1, output
     assert "set REPLICATOR_DEMO_METRICS_PORT to another port" in output, output
     assert "metrics.enabled" not in output and "metrics.port" not in output, output
