@@ -32,6 +32,8 @@ from replicator.rules.ordered import OrderedRule
 CONFLICT = "conflict"
 RESTORE = "restore"
 IMAGES = ("losing", "winning")
+# The rule of a restore written with --force, without reading the item it replaced.
+FORCED = "unconditional (--force)"
 
 WireItem = dict[str, Any]
 

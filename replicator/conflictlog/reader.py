@@ -16,7 +16,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from replicator.conflictlog.base import ConflictLogTarget, Selection
-from replicator.conflictlog.entry import CONFLICT, RESTORE, ConflictEntry, instant, iso_exact
+from replicator.conflictlog.entry import (
+    CONFLICT,
+    FORCED,
+    RESTORE,
+    ConflictEntry,
+    instant,
+    iso_exact,
+)
 from replicator.epoch import ISO_FORMS, typed_iso_time
 from replicator.exceptions import SinceSyntaxError
 from replicator.items import describe_key, item_from_wire
@@ -244,10 +251,13 @@ class Listing:
 
 
 def _winner(entry: ConflictEntry) -> str:
-    """The winner's rank; "no item" only when nothing won (a truncated winner did)."""
+    """The winner's rank; "no item" only when nothing won (a truncated winner did), and
+    "not read" for what a forced restore replaced unseen: an item, as like as not."""
     if entry.winning_image is not None or entry.winning_rank:
         return _rank(entry.winning_rank)
-    return "(truncated)" if "winning" in entry.truncated else "no item"
+    if "winning" in entry.truncated:
+        return "(truncated)"
+    return "not read" if entry.kind == RESTORE and entry.rule == FORCED else "no item"
 
 
 def _counts(counts: dict[str, int]) -> str:
