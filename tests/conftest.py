@@ -52,7 +52,7 @@ _LONGEST_FIRST = (
     "test_processor_protocol.py",  # 70: shutdowns waiting out the 20 s flush
     "reliability/test_throttling.py",  # 70
     "reliability/test_active_active_mesh.py",  # 70
-    "conflictlog/test_conflict_audit.py",  # 55
+    "conflictlog/test_conflict_audit.py",  # 70
     "runtime/kcl/test_kcl_launcher.py",  # 55
     "runtime/local/test_local_runtime_leases.py",  # 55
     "runtime/local/test_local_runtime_failures.py",  # 50

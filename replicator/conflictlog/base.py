@@ -71,7 +71,7 @@ class ConflictLogTarget(Protocol):
 
     ``put`` returns once the entry is stored; it raises ConflictLogUnavailable for what
     may pass, ConflictLogRejected for an entry the target will never take. Storing the
-    same entry twice must be harmless (readers keep one per ``id``).
+    same entry twice must be harmless (readers keep one per task and change).
     """
 
     description: str

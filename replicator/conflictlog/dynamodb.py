@@ -5,8 +5,9 @@ that every entry of one item is one Query away:
 
 * ``pk`` (S, partition key): the item's canonical key (:func:`keys.canonical_key`),
   such as ``[["pk","S","order-1"],["sk","N","3"]]``, or ``sha256:<digest>`` of it when
-  it is longer than a partition key may be (:func:`keys.partition_key`); the conflict
-  log belongs to one job, so to one source table;
+  it is longer than a partition key may be (:func:`keys.partition_key`); jobs that
+  share the table and have items of the same key share the partition, and readers keep
+  to their task's entries;
 * ``sk`` (S, sort key): ``<time>#<entry id>``, the time being the losing change's
   creation (a restore: when it was made), ISO-8601 UTC, so a Query returns an item's
   history in time order and ``--since`` is a key condition;

@@ -6,8 +6,10 @@ image it deleted at the source) and the winning image (the destination's item fr
 ``ReturnValuesOnConditionCheckFailure=ALL_OLD``, or the item the custom resolver read),
 in DynamoDB's JSON form with binaries in base64 and numbers exactly as they were sent.
 
-Its ``id`` is derived from the destination, shard and sequence number, so a change
-replayed after a restart (and losing again) produces the same entry, not a second one.
+Its ``id`` is derived from the task, destination, shard and sequence number, so a
+change replayed after a restart (and losing again) produces the same entry, not a
+second one, while two jobs that share a log and read the same stream, with a
+destination of the same name, record two (their destinations are two tables).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from replicator.rules.ordered import OrderedRule
 CONFLICT = "conflict"
 RESTORE = "restore"
 IMAGES = ("losing", "winning")
+# The rule of a restore written with --force, without reading the item it replaced.
+FORCED = "unconditional (--force)"
 
 WireItem = dict[str, Any]
 
@@ -303,7 +307,7 @@ class LostConflict:
         change = self.change
         losing = change.image
         return ConflictEntry(
-            id=entry_id(self.destination, self.shard_id, change.sequence_number),
+            id=entry_id(self.task_name, self.destination, self.shard_id, change.sequence_number),
             kind=CONFLICT,
             task_name=self.task_name,
             destination=self.destination,

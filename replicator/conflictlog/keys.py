@@ -153,18 +153,25 @@ def _quoted(text: str, stripped: str, start: int) -> tuple[str, int]:
     return value, end
 
 
+class _Pairs(list[tuple[str, object]]):
+    """A JSON object's members in order, a name given twice kept twice: read as a dict,
+    the last would win unseen."""
+
+
 def _from_json(text: str, stripped: str) -> Item:
     try:
-        document = json.loads(stripped)
+        document = json.loads(stripped, object_pairs_hook=_Pairs)
     except json.JSONDecodeError as error:
         raise KeySyntaxError(f"{text!r} is not valid JSON ({error.msg})") from None
     key: Item = {}
-    for name, value in document.items():
-        if not (isinstance(value, dict) and len(value) == 1):
+    for name, value in document:
+        if name in key:
+            raise KeySyntaxError(f"{text!r} names key attribute {name!r} twice")
+        if not (isinstance(value, _Pairs) and len(value) == 1):
             raise KeySyntaxError(
                 f'{text!r}: attribute {name!r} must be one typed value such as {{"S": "x"}}'
             )
-        ((kind, inner),) = value.items()
+        ((kind, inner),) = value
         if kind not in _KEY_TYPES or not isinstance(inner, str):
             raise KeySyntaxError(
                 f"{text!r}: attribute {name!r} must be S, N or B (base64) holding a string"

@@ -1,8 +1,9 @@
 """Reading the conflict log for ``replicator conflicts``: select, list and summarize.
 
-Entries are kept once per ``id`` (a change replayed after a restart records the same
-entry again), listed newest first, and summarized over everything selected: counts
-per destination and per rule, the items that lose most often, and restores.
+Entries are kept once per task and lost change (a change replayed after a restart
+records the same entry again), listed newest first, and summarized over everything
+selected: counts per destination and per rule, the items that lose most often, and
+restores.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from replicator.conflictlog.base import ConflictLogTarget, Selection
-from replicator.conflictlog.entry import CONFLICT, RESTORE, ConflictEntry, iso_exact
+from replicator.conflictlog.entry import (
+    CONFLICT,
+    FORCED,
+    RESTORE,
+    ConflictEntry,
+    instant,
+    iso_exact,
+)
 from replicator.epoch import ISO_FORMS, typed_iso_time
 from replicator.exceptions import SinceSyntaxError
 from replicator.items import describe_key, item_from_wire
@@ -72,12 +80,33 @@ def key_text(entry: ConflictEntry) -> str:
 
 
 def read_entries(target: ConflictLogTarget, selection: Selection) -> list[ConflictEntry]:
-    """The matching entries, once each, oldest first."""
-    unique: dict[str, ConflictEntry] = {}
+    """The matching entries, once each, oldest first.
+
+    Once per task and lost change: a change replayed after a restart that loses again is
+    recorded again, under the same id, or under a new one when the restart is the
+    upgrade that put the task in entry ids; the entry recorded first is kept, as a
+    restore made before the replay names it. Two tasks' entries are two even when their
+    ids match (ids recorded before they named the task), since jobs may share a log.
+    """
+    unique: dict[tuple[str, ...], ConflictEntry] = {}
     for entry in target.read(selection):
-        if selection.matches(entry):
-            unique.setdefault(entry.id, entry)
+        if not selection.matches(entry):
+            continue
+        kept = unique.setdefault(_identity(entry), entry)
+        if _recorded(entry) < _recorded(kept):
+            unique[_identity(entry)] = entry
     return sorted(unique.values(), key=lambda e: e.sort_key)
+
+
+def _identity(entry: ConflictEntry) -> tuple[str, ...]:
+    """What one entry records: a task's lost change at a destination, or its restore."""
+    if entry.kind == CONFLICT:
+        return (entry.task_name, entry.destination, entry.shard_id, entry.sequence_number)
+    return (entry.task_name, RESTORE, entry.id)
+
+
+def _recorded(entry: ConflictEntry) -> tuple[datetime, str]:
+    return instant(entry.recorded_at), entry.id
 
 
 def read_task_entries(
@@ -222,10 +251,13 @@ class Listing:
 
 
 def _winner(entry: ConflictEntry) -> str:
-    """The winner's rank; "no item" only when nothing won (a truncated winner did)."""
+    """The winner's rank; "no item" only when nothing won (a truncated winner did), and
+    "not read" for what a forced restore replaced unseen: an item, as like as not."""
     if entry.winning_image is not None or entry.winning_rank:
         return _rank(entry.winning_rank)
-    return "(truncated)" if "winning" in entry.truncated else "no item"
+    if "winning" in entry.truncated:
+        return "(truncated)"
+    return "not read" if entry.kind == RESTORE and entry.rule == FORCED else "no item"
 
 
 def _counts(counts: dict[str, int]) -> str:

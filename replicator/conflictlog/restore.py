@@ -24,8 +24,9 @@ waits for the answer, so a destination that does not answer is reported
 Every restore that is applied is itself recorded: an entry of kind ``restore`` in the
 same conflict log (``restored_entry`` names the conflict, ``losing_image`` is what was
 written, ``winning_image`` what it replaced when the condition held) and an
-info-level log line ``conflict entry restored``. Restoring an entry again finds the
-item already holding its losing image, writes nothing and says so.
+info-level log line ``conflict entry restored``; when the log does not take the record,
+the restore is said to be unrecorded, with no id, as no entry has one. Restoring an
+entry again finds the item already holding its losing image, writes nothing and says so.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from replicator.config.model import ResolvedJob
 from replicator.conflictlog.base import ConflictLogTarget, Selection
 from replicator.conflictlog.entry import (
     CONFLICT,
+    FORCED,
     RESTORE,
     ConflictEntry,
     entry_id,
@@ -73,7 +75,6 @@ RESTORE_PURPOSE = "restore"
 # it reports it: the command's operator is waiting.
 RETRY_FOR_S = 60.0
 CONDITIONAL = "only while the destination holds the image that won"
-FORCED = "unconditional (--force)"
 
 
 class RestoreRule:
@@ -273,28 +274,27 @@ def restore(
         why = f"{written.reason}: {written.error}"
         return RestoreResult(entry, False, f"not restored: {entry.destination} refused it: {why}")
     audit = restore_entry(entry, force=force)
-    log.info(
-        "conflict entry restored",
-        id=entry.id,
-        restore_id=audit.id,
-        destination=entry.destination,
-        key=key_text(entry),
-        op=entry.op,
-        condition=audit.rule,
-    )
-    result = RestoreResult(
-        entry,
-        True,
+    done = (
         f"restored entry {entry.id}: {entry.op} of {key_text(entry)} at {entry.destination} "
-        f"({audit.rule}); recorded as entry {audit.id}",
-        record=audit,
+        f"({audit.rule})"
     )
+    logged = {
+        "id": entry.id,
+        "destination": entry.destination,
+        "key": key_text(entry),
+        "op": entry.op,
+        "condition": audit.rule,
+    }
     try:
         target.put(audit)
-        result.recorded = True
     except (ConflictLogUnavailable, ConflictLogRejected) as error:
-        result.message += f"; but the restore could not be recorded: {error}"
-    return result
+        # The record's id is not said: no entry of the log has it.
+        log.warning("conflict entry restored but not recorded", **logged, error=str(error))
+        return RestoreResult(entry, True, f"{done}; but the restore could not be recorded: {error}")
+    log.info("conflict entry restored", **logged, restore_id=audit.id)
+    return RestoreResult(
+        entry, True, f"{done}; recorded as entry {audit.id}", record=audit, recorded=True
+    )
 
 
 def already_restored(conflict: ConflictEntry, entries: list[ConflictEntry]) -> RestoreResult:

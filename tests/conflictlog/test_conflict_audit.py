@@ -281,3 +281,71 @@ def test_a_conflict_log_outage_does_not_stop_replication_and_is_counted(
         assert recorded == ["up-0", "up-1", "up-2"]
     finally:
         proxy.stop()
+
+
+def test_two_jobs_sharing_a_conflict_log_table_each_record_and_restore_their_own(
+    moto_endpoint: str,
+    unique: Any,
+    tmp_path: Path,
+    runtimes: list[subprocess.Popen[bytes]],
+) -> None:
+    """The review's case: two jobs read one source stream into destinations both named
+    ``dr`` and share a conflict-log table. Each change loses at both: twelve entries, each
+    job lists its six (and skips the other's six), and restores one of its own."""
+    shared = f"conflict_log: {{kind: dynamodb, table: {unique('shared-conflicts')}}}\n"
+    jobs: list[Job] = []
+    for stem in ("audit-num", "audit-num2"):
+        name = unique(stem)
+        directory = tmp_path / stem
+        directory.mkdir()
+        jobs.append(
+            Job(
+                moto_endpoint,
+                name,
+                directory,
+                destinations=[("eu-west-1", f"{name}-rep")],
+                extra=shared,
+                source_of=jobs[0].source_table if jobs else "",
+                destination_name="dr",
+            )
+        )
+    work = Workload(jobs[0], seed=23)
+    work.prepare_winners("c", 6)
+    other, other_table = jobs[1].destination_clients()[0]
+    for winner in work.winners.values():
+        other.put_item(TableName=other_table, Item=winner)
+    ports = []
+    for job in jobs:
+        runtimes.append(job.start())
+        ports.append(logged_metrics_port(job.directory / "runtime.log"))
+    work.write_losers("c")
+    for port in ports:
+        wait_until(
+            lambda port=port: total(scrape(port), "replicator_conflict_log_written_total") == 6,
+            60,
+            "each job to record its 6 lost conflicts",
+        )
+    for runtime in runtimes:
+        assert stop(runtime) == 0
+    assert len(entries_of(jobs[0])) == 12
+
+    for job, theirs in ((jobs[0], jobs[1]), (jobs[1], jobs[0])):
+        listed = invoke("conflicts", "-c", str(job.path), "--format", "json")
+        assert listed.exit_code == 0, listed.output
+        document = json.loads(listed.stdout)
+        assert document["summary"]["lost_conflicts"] == 6
+        assert document["summary"]["other_tasks_skipped"] == {theirs.name: 6}
+        assert {e["task_name"] for e in document["entries"]} == {job.name}
+    (c0,) = [
+        e for e in entries_of(jobs[1]) if e.task_name == jobs[1].name and e.key["pk"]["S"] == "c-0"
+    ]
+    restored = invoke("conflicts", "-c", str(jobs[1].path), "--restore", c0.id)
+    assert restored.exit_code == 0, restored.output
+    key = {"pk": {"S": "c-0"}, "sk": {"N": "0"}}
+
+    def held(ddb: Any, table: str) -> Item:
+        item: Item = ddb.get_item(TableName=table, Key=key, ConsistentRead=True)["Item"]
+        return item
+
+    assert exact(held(other, other_table)) == exact(work.losers["c-0"])
+    assert exact(held(work.destination, work.table)) == exact(work.winners["c-0"])  # untouched

@@ -348,6 +348,50 @@ def test_a_restore_writes_the_loser_once_and_again_says_it_is_already_restored(
     assert len(case.restores()) == 1
 
 
+def test_a_restore_whose_record_is_refused_says_it_was_not_recorded(
+    moto_endpoint: str, unique: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The destination takes the losing image, the log refuses the restore's record:
+    the message names no entry that the log does not hold, and the exit is 1."""
+    case = Restorable(moto_endpoint, unique, tmp_path)
+
+    def refused(log: FileConflictLog, entry: ConflictEntry) -> None:
+        raise ConflictLogRejected(f"cannot append to conflict log {log.path}: refused")
+
+    monkeypatch.setattr(FileConflictLog, "put", refused)
+    result = invoke(case.config, "--restore", case.entry.id)
+
+    assert result.exit_code == 1, result.output
+    assert case.held() == case.loser
+    assert result.stdout == (
+        f"restored entry {case.entry.id}: put of pk=S:order-1 sk=N:3 at eu (only while the "
+        "destination holds the image that won); but the restore could not be recorded: "
+        f"cannot append to conflict log {case.log.path}: refused\n"
+    )
+    monkeypatch.undo()
+    assert case.restores() == []
+
+
+def test_a_forced_restore_is_listed_with_a_winner_not_read(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """--force replaces the item without reading it: its record says "not read", not
+    "no item" (which would say that nothing was there)."""
+    case = Restorable(moto_endpoint, unique, tmp_path)
+    forced = invoke(case.config, "--restore", case.entry.id, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert case.held() == case.loser
+    (record,) = case.restores()
+    assert record.winning_image is None
+
+    listing = invoke(case.config)
+    assert listing.exit_code == 0, listing.output
+    header, *rows = [line for line in listing.stdout.splitlines() if line.startswith("  ")][-3:]
+    columns = header.index("WINNER"), header.index("NOTE")
+    (row,) = [row for row in rows if row.startswith(f"  {record.id}")]
+    assert row[columns[0] : columns[1]].strip() == "not read"
+
+
 def test_a_losing_image_that_got_there_without_a_recorded_restore_is_said_so(
     moto_endpoint: str, unique: Any, tmp_path: Path
 ) -> None:

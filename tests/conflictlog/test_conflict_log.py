@@ -155,6 +155,8 @@ def test_every_key_reads_back_as_shown(key: Item) -> None:
         ("pk=N:1_000", "'1_000' is not a DynamoDB number"),
         ("b=B:not base64!", "b=B:not base64! is not base64"),
         ("pk=S:a pk=S:b", "names key attribute 'pk' twice"),
+        ('{"pk":{"S":"a"},"pk":{"S":"b"}}', "names key attribute 'pk' twice"),
+        ('{"pk":{"S":"a","S":"b"}}', "attribute 'pk' must be one typed value"),
         ('{"pk": "a"}', "attribute 'pk' must be one typed value"),
         ('{"pk": {"S": "a"', "is not valid JSON"),
         ("", "the key is empty"),

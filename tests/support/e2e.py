@@ -52,11 +52,16 @@ class Job:
     destinations: list[tuple[str, str]] = field(default_factory=list)
     extra: str = ""
     kcl: str = "{idle_time_between_reads_ms: 100, failover_time_ms: 6000}"
+    # Another job's source table to read (its stream), instead of a table of this job's.
+    source_of: str = ""
+    # The destinations' `name` in the job file (one destination), instead of the default.
+    destination_name: str = ""
 
     def __post_init__(self) -> None:
         self.source = client("dynamodb", self.source_region, self.endpoint)
-        self.source_table = f"{self.name}-src"
-        tables.create(self.source, self.source_table, stream=True)
+        self.source_table = self.source_of or f"{self.name}-src"
+        if not self.source_of:
+            tables.create(self.source, self.source_table, stream=True)
         if not self.destinations:
             self.destinations = [
                 ("eu-west-1", f"{self.name}-eu"),
@@ -69,8 +74,9 @@ class Job:
         self.write()
 
     def write(self, **overrides: str) -> None:
+        named = f"name: {self.destination_name}, " if self.destination_name else ""
         destinations = "".join(
-            f"  - {{region: {region}, table: {table}, endpoint_url: '{self.endpoint}'}}\n"
+            f"  - {{{named}region: {region}, table: {table}, endpoint_url: '{self.endpoint}'}}\n"
             for region, table in self.destinations
         )
         text = (
