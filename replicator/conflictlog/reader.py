@@ -251,10 +251,14 @@ class Listing:
 
 
 def _winner(entry: ConflictEntry) -> str:
-    """The winner's rank; "no item" only when nothing won (a truncated winner did), and
-    "not read" for what a forced restore replaced unseen: an item, as like as not."""
-    if entry.winning_image is not None or entry.winning_rank:
-        return _rank(entry.winning_rank)
+    """The winner's rank; a delete that won (a tombstone) says so, or the row would read
+    as a put that lost to its own image; "no item" only when nothing won (a truncated
+    winner did), and "not read" for what a forced restore replaced unseen."""
+    rank = entry.winning_rank
+    if rank and rank.get("delete"):  # a tombstone: its rank is the deleted image's
+        return f"delete in {rank.get('deleted_in') or '(unknown)'} of {_rank(rank)}"
+    if entry.winning_image is not None or rank:
+        return _rank(rank)
     if "winning" in entry.truncated:
         return "(truncated)"
     return "not read" if entry.kind == RESTORE and entry.rule == FORCED else "no item"

@@ -828,3 +828,25 @@ def test_an_entry_that_fits_no_queue_limit_is_refused_naming_it(
         ConflictLogRejected, match="larger than the queue's MaximumMessageSize, 1024"
     ):
         target.put(entry)
+
+
+def test_a_delete_that_won_is_listed_as_a_delete(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """A put that lost to a recorded delete (a tombstone) ranks against the deleted image:
+    shown as a rank alone, the row would read as a put that lost to its own image."""
+    case = Restorable(moto_endpoint, unique, tmp_path)
+    assert case.entry.winning_rank is not None
+    tombstone_rank = {**case.entry.winning_rank, "delete": True, "deleted_in": "us-east-1"}
+    entry = replace(case.entry, winning_image=None, winning_rank=tombstone_rank)
+    case.log.path.unlink()
+    case.log.put(entry)
+
+    listing = invoke(case.config)
+
+    assert listing.exit_code == 0, listing.output
+    header, *rows = [line for line in listing.stdout.splitlines() if line.startswith("  ")][-2:]
+    columns = header.index("WINNER"), header.index("NOTE")
+    (row,) = [row for row in rows if row.startswith(f"  {entry.id}")]
+    winner = row[columns[0] : columns[1]].strip()
+    assert winner.startswith("delete in us-east-1 of updated_at="), winner
