@@ -19,7 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator import wiring
 from replicator.config.model import DestinationConfig, ResolvedJob, StreamKind
-from replicator.epoch import ISO_TIME_FORM, typed_iso_time
+from replicator.epoch import ISO_TIME_FORM, date_alone, typed_iso_time
 from replicator.exceptions import (
     ConfigError,
     EnvironmentProblem,
@@ -102,6 +102,12 @@ def parse_time(text: str, option: str) -> float:
         value = None
     if value is not None:
         return checked_seconds(value, shown, typed_as_number=True)
+    midnight = date_alone(text)
+    if midnight is not None:
+        raise ValueError(
+            f"{shown}: a date alone is not a time; a time with a zone is required, "
+            f"such as {midnight}"
+        )
     try:
         moment = typed_iso_time(text)
     except ValueError as error:
