@@ -239,7 +239,12 @@ def show(resolved: ResolvedJob, name: str | None, as_json: bool) -> int:
     by SIGINT or SIGTERM; EnvironmentProblem (3) when a status table cannot be read, or
     answers no read in ``SHOW_TIMEOUT_S``."""
     _require_watermark(resolved)
-    chosen = [resolve_destination(resolved, name)] if name else list(resolved.job.destinations)
+    # "" names no destination (refused, as by wait): it is not "every destination".
+    chosen = (
+        [resolve_destination(resolved, name)]
+        if name is not None
+        else list(resolved.job.destinations)
+    )
     now = time.time()
     try:
         with _stopped_by_signals():

@@ -162,6 +162,22 @@ def test_a_date_alone_is_told_that_a_time_with_a_zone_is_required(
     ), said
 
 
+@pytest.mark.parametrize(
+    "command", [["watermark"], ["watermark", "--json"], ["wait", "--until", "1", "--timeout", "0"]]
+)
+def test_an_empty_destination_is_refused_by_both_commands(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """``watermark -d ""`` showed every destination and exited 0."""
+    path = job_file(tmp_path, "wm-empty", "http://127.0.0.1:1")  # never read
+    result = CliRunner().invoke(
+        cli, [command[0], "--config", str(path), "-d", "", *command[1:]], prog_name="replicator"
+    )
+    assert result.exit_code == 2, result.output
+    assert "--destination '': no destination of " in result.stderr, result.stderr
+    assert result.stdout == ""
+
+
 # -- a status table that throttles -----------------------------------------------------------
 
 
