@@ -57,6 +57,24 @@ def typed_iso_time(text: str) -> datetime:
     return datetime.fromisoformat(value)  # a month 13 or a hour 25: ValueError
 
 
+_DATE_ALONE = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})(Z|[+-][0-9]{2}:[0-9]{2})?")
+
+
+def date_alone(text: str) -> str | None:
+    """For a valid date typed without a time (with a zone or not), its midnight as a time
+    with that zone (Z when none), to suggest where a time is required; else None.
+    ``2026-12-01Z`` would otherwise be refused as any malformed text is, with no word of
+    what is missing."""
+    found = _DATE_ALONE.fullmatch(text.strip())
+    if found is None:
+        return None
+    try:
+        datetime.fromisoformat(found[1])
+    except ValueError:  # a month 13: the caller's own message names it
+        return None
+    return f"{found[1]}T00:00{found[2] or 'Z'}"
+
+
 def _hint(value: str) -> str:
     if len(value) <= 10:
         return ""

@@ -175,6 +175,14 @@ class StatusTableSilent(ReplicatorError):
     """A read of the status table was not answered in the time a waiter had for it."""
 
 
+class StatusItemUnreadable(EnvironmentProblem):
+    """An item of the status table is not as the replicator writes it (an attribute of
+    the wrong type, JSON that does not read): typically a hand edit gone wrong. No
+    reader can combine the destination's parts without it, and waiting will not mend
+    it, so readers raise it (``wait`` exits 3) and the publisher holds what it would
+    write there; the message names the table, the item and the attribute."""
+
+
 # -- the local runtime's processor children ---------------------------------------------
 
 

@@ -18,14 +18,16 @@ which needs only boto3 and the destination region's status table::
         ...                                         # Event A is readable in eu-west-1
 """
 
-# StatusTableMissing and StatusTableSilent (read_watermark with a timeout) belong to
+# StatusTableMissing, StatusTableSilent (read_watermark with a timeout) and
+# StatusItemUnreadable (an item edited by hand that does not read) belong to
 # replicator.exceptions; an application waiting on the watermark imports everything it
 # needs from here.
-from replicator.exceptions import StatusTableMissing, StatusTableSilent
+from replicator.exceptions import StatusItemUnreadable, StatusTableMissing, StatusTableSilent
 from replicator.watermark.parts import Watermark
 from replicator.watermark.wait import WaitResult, read_watermark, wait_until_replicated
 
 __all__ = [
+    "StatusItemUnreadable",
     "StatusTableMissing",
     "StatusTableSilent",
     "WaitResult",

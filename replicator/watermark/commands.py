@@ -19,7 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator import wiring
 from replicator.config.model import DestinationConfig, ResolvedJob, StreamKind
-from replicator.epoch import ISO_TIME_FORM, typed_iso_time
+from replicator.epoch import ISO_TIME_FORM, date_alone, typed_iso_time
 from replicator.exceptions import (
     ConfigError,
     EnvironmentProblem,
@@ -102,6 +102,12 @@ def parse_time(text: str, option: str) -> float:
         value = None
     if value is not None:
         return checked_seconds(value, shown, typed_as_number=True)
+    midnight = date_alone(text)
+    if midnight is not None:
+        raise ValueError(
+            f"{shown}: a date alone is not a time; a time with a zone is required, "
+            f"such as {midnight}"
+        )
     try:
         moment = typed_iso_time(text)
     except ValueError as error:
@@ -233,7 +239,12 @@ def show(resolved: ResolvedJob, name: str | None, as_json: bool) -> int:
     by SIGINT or SIGTERM; EnvironmentProblem (3) when a status table cannot be read, or
     answers no read in ``SHOW_TIMEOUT_S``."""
     _require_watermark(resolved)
-    chosen = [resolve_destination(resolved, name)] if name else list(resolved.job.destinations)
+    # "" names no destination (refused, as by wait): it is not "every destination".
+    chosen = (
+        [resolve_destination(resolved, name)]
+        if name is not None
+        else list(resolved.job.destinations)
+    )
     now = time.time()
     try:
         with _stopped_by_signals():

@@ -20,15 +20,18 @@ watermark, which is why the combined watermark never moves backwards.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from replicator.watermark.spans import UnreadSpan, loads, merge_spans
+from replicator.exceptions import StatusItemUnreadable
+from replicator.watermark.spans import UnreadSpan, loads, merge_spans, stored_rows
 from replicator.watermark.tracker import DeadLetterRange
 
 US = 1_000_000
+T = TypeVar("T")
+R = TypeVar("R")
 MAX_DEAD_LETTER_RANGES = 32
 
 
@@ -51,29 +54,28 @@ class Part:
     unread_version: int = 0
 
     @classmethod
-    def from_item(cls, item: Mapping[str, Any]) -> Part:
-        def number(name: str) -> int:
-            return int(item[name]["N"]) if name in item else 0
-
-        ranges: tuple[DeadLetterRange, ...] = ()
-        if "dead_letter_ranges" in item:
-            ranges = tuple(
-                (int(lo), int(hi)) for lo, hi in json.loads(item["dead_letter_ranges"]["S"])
-            )
+    def from_item(cls, item: Mapping[str, Any], table: str) -> Part:
+        """The part an item of status table ``table`` holds, every attribute checked
+        against what the replicator writes there. Operators edit these items by hand
+        (to clear unread spans, say): an edit gone wrong must be refused naming the item
+        and the attribute, not fail as a KeyError in every reader, nor be read as no
+        spans or dead letters, which would tell a waiter "replicated" for changes that
+        may not be there. Raises StatusItemUnreadable."""
+        read = _Item(item, table)
         return cls(
-            destination=item["destination"]["S"],
-            shard=item["shard"]["S"],
-            watermark_us=number("watermark_us"),
-            parents=frozenset(item.get("parents", {}).get("SS", [])),
-            children=frozenset(item.get("children", {}).get("SS", [])),
-            ended=bool(item.get("ended", {}).get("BOOL", False)),
-            dead_letters=number("dead_letters"),
-            dead_letter_ranges=ranges,
-            dead_letter_version=number("dead_letter_version"),
-            updated_at=float(item["updated_at"]["N"]) if "updated_at" in item else None,
-            owner=item.get("owner", {}).get("S"),
-            unread_spans=loads(item["unread_spans"]["S"]) if "unread_spans" in item else (),
-            unread_version=number("unread_version"),
+            destination=read.text("destination"),
+            shard=read.text("shard"),
+            watermark_us=read.whole("watermark_us"),
+            parents=read.texts("parents"),
+            children=read.texts("children"),
+            ended=read.flag("ended"),
+            dead_letters=read.whole("dead_letters"),
+            dead_letter_ranges=read.rows("dead_letter_ranges", "[[from_us, to_us], ...]", _ranges),
+            dead_letter_version=read.whole("dead_letter_version"),
+            updated_at=read.number("updated_at"),
+            owner=read.optional_text("owner"),
+            unread_spans=read.rows("unread_spans", "[[from_us, to_us, reason], ...]", loads),
+            unread_version=read.whole("unread_version"),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -89,6 +91,76 @@ class Part:
             "updated_at": self.updated_at,
             "owner": self.owner,
         }
+
+
+class _Item:
+    """An item of the status table, read one attribute at a time (see Part.from_item)."""
+
+    def __init__(self, item: Mapping[str, Any], table: str) -> None:
+        self.item = item
+        self.table = table
+
+    def _stored(self, name: str, kind: str, form: str) -> Any:
+        """What the attribute holds as DynamoDB type ``kind``; None when absent."""
+        if name not in self.item:
+            return None
+        stored = self.item[name]
+        if not (isinstance(stored, Mapping) and set(stored) == {kind}):
+            raise self.unreadable(name, form)
+        return stored[kind]
+
+    def _converted(self, name: str, kind: str, form: str, convert: Callable[[Any], T]) -> T | None:
+        stored = self._stored(name, kind, form)
+        try:
+            return None if stored is None else convert(stored)
+        except (TypeError, ValueError):
+            raise self.unreadable(name, form) from None
+
+    def text(self, name: str) -> str:
+        found = self._converted(name, "S", "a string (S)", str)
+        if found is None:
+            raise self.unreadable(name, "a string (S)")
+        return found
+
+    def optional_text(self, name: str) -> str | None:
+        return self._converted(name, "S", "a string (S)", str)
+
+    def whole(self, name: str) -> int:
+        return self._converted(name, "N", "a whole number (N)", int) or 0
+
+    def number(self, name: str) -> float | None:
+        return self._converted(name, "N", "a number (N)", float)
+
+    def flag(self, name: str) -> bool:
+        return self._converted(name, "BOOL", "a boolean (BOOL)", bool) or False
+
+    def texts(self, name: str) -> frozenset[str]:
+        return self._converted(name, "SS", "a string set (SS)", frozenset) or frozenset()
+
+    def rows(self, name: str, shape: str, parse: Callable[[str], tuple[R, ...]]) -> tuple[R, ...]:
+        """A JSON attribute, ``parse`` saying (ValueError) what in it is wrong."""
+        form = f"a string (S) of JSON {shape}"
+        stored = self._stored(name, "S", form)
+        try:
+            return () if stored is None else parse(stored)
+        except ValueError as error:
+            raise self.unreadable(name, f"{form}: {error}") from None
+
+    def unreadable(self, name: str, form: str) -> StatusItemUnreadable:
+        def key(attribute: str) -> str:
+            stored = self.item.get(attribute)
+            return repr(stored.get("S")) if isinstance(stored, Mapping) else "?"
+
+        shown = json.dumps(self.item[name], default=str)[:80] if name in self.item else "missing"
+        return StatusItemUnreadable(
+            f"status table {self.table}: the item of destination {key('destination')}, "
+            f"shard {key('shard')} cannot be read: {name} is {shown}, not {form}; correct it "
+            "as docs/watermark.md#the-status-table describes"
+        )
+
+
+def _ranges(text: str) -> tuple[DeadLetterRange, ...]:
+    return tuple((lo, hi) for lo, hi in stored_rows(text, (int, int)))
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.aws.errors import error_code
-from replicator.exceptions import ReplicatorError
+from replicator.exceptions import ReplicatorError, StatusItemUnreadable
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.watermark import spans
@@ -361,6 +361,8 @@ class ShardWatermark:
             try:
                 if self._decided(target):
                     self._write(target, tracker)
+            except Exception as error:  # noqa: BLE001  # a bug: counted and backed off all the same
+                self._failed(target, error)
             finally:
                 with self._state:
                     target.busy_since = None
@@ -534,17 +536,33 @@ class ShardWatermark:
         target.retry_at = time.monotonic() + delay
         label = target.label
         self._metrics.watermark_publish_failures.labels(label).inc()
-        if target.failures == 1 or target.failures % 20 == 0:
-            log.warning(
-                "could not publish the watermark; replication continues, the published "
-                "watermark stays where it was",
+        if target.failures != 1 and target.failures % 20 != 0:
+            return
+        if isinstance(error, StatusItemUnreadable):
+            # Not rewritten from what this process knows: the item's spans and dead
+            # letters may be other processes' (a LATEST start's), and dropping them
+            # would let a waiter be told "replicated" for changes that are not there.
+            log.error(
+                "an item of the status table cannot be read; nothing is written over it, "
+                "and what this shard would store there and claim waits until the item is "
+                "corrected; replication continues",
                 destination=label,
-                table=target.table.name,
                 error=str(error),
-                error_type=type(error).__name__,
                 failures=target.failures,
                 retry_in_s=round(delay, 1),
             )
+            return
+        log.warning(
+            "could not publish the watermark; replication continues, the published "
+            "watermark stays where it was",
+            destination=label,
+            table=target.table.name,
+            error=str(error),
+            error_type=type(error).__name__,
+            failures=target.failures,
+            retry_in_s=round(delay, 1),
+            exc_info=not isinstance(error, _FAILURES),  # a bug: where it happened
+        )
 
     def _warn_out_of_order(self, tracker: ShardTracker) -> None:
         with self._state:

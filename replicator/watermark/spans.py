@@ -24,6 +24,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 US = 1_000_000
 MAX_SPANS_PER_REASON = 8
@@ -127,7 +128,32 @@ def dumps(spans: Iterable[UnreadSpan]) -> str:
 
 
 def loads(text: str) -> tuple[UnreadSpan, ...]:
-    return tuple(UnreadSpan(int(lo), int(hi), str(why)) for lo, hi, why in json.loads(text))
+    """The spans :func:`dumps` wrote; ValueError saying what in ``text`` is not that."""
+    return tuple(UnreadSpan(lo, hi, why) for lo, hi, why in stored_rows(text, (int, int, str)))
+
+
+def stored_rows(text: str, shape: tuple[type, ...]) -> list[tuple[Any, ...]]:
+    """A JSON list of rows, each a list of values of the types in ``shape`` (an int is no
+    bool, a str is not empty): what the status table's JSON attributes hold. ValueError
+    saying what is not, since an operator may have edited the item by hand, and reading
+    anything else as spans or ranges (or as none) would tell a waiter something untrue."""
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON: {error.msg}") from None
+    if not isinstance(rows, list):
+        raise ValueError("not a JSON list")
+    for row in rows:
+        fits = isinstance(row, list) and len(row) == len(shape)
+        if not fits or not all(_is(value, kind) for value, kind in zip(row, shape, strict=True)):
+            raise ValueError(f"it holds {json.dumps(row)[:60]}")
+    return [tuple(row) for row in rows]
+
+
+def _is(value: object, kind: type) -> bool:
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind) and bool(value)
 
 
 def _iso(us: int) -> str:

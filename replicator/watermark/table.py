@@ -121,7 +121,7 @@ class StatusTable:
         }
         while True:
             page = self.client.query(**kwargs)
-            found.extend(Part.from_item(item) for item in page.get("Items", []))
+            found.extend(Part.from_item(item, self.name) for item in page.get("Items", []))
             if "LastEvaluatedKey" not in page:
                 return found
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -130,7 +130,7 @@ class StatusTable:
         item = self.client.get_item(
             TableName=self.name, Key=self._key(shard), ConsistentRead=True
         ).get("Item")
-        return Part.from_item(item) if item else None
+        return Part.from_item(item, self.name) if item else None
 
     # -- writing ----------------------------------------------------------------------
 
@@ -168,8 +168,11 @@ class StatusTable:
                 raise PartLost(
                     f"status table {self.name}: the part of shard {shard} was never raised"
                 ) from None
-            stored = old.get("watermark_us", {}).get("N")
-            return int(stored) if stored else watermark_us
+            # Read whole: a stored value that is no number fails the comparison, and
+            # must not pass for the part raised (the caller would claim on from it).
+            if "watermark_us" not in old:
+                return watermark_us
+            return Part.from_item(old, self.name).watermark_us
         return watermark_us
 
     def add_placeholder(self, placeholder: Placeholder) -> bool:

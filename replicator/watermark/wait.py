@@ -365,7 +365,9 @@ def wait_until_replicated(
 
     Throttling and server errors of the status table (the classes the replicator
     retries everywhere) are retried until the timeout, and name themselves in the
-    result's ``problem`` if it passes; a refusal (access denied, unreachable) is raised.
+    result's ``problem`` if it passes; a refusal (access denied, unreachable) is raised,
+    and so is StatusItemUnreadable (an item of the status table that does not read as
+    the replicator writes it, such as a hand edit gone wrong): waiting cannot mend these.
 
     Raises ValueError naming the parameter and the value, before reading anything, for
     a time that is not from 1970 to before ``SECONDS_CEILING`` (epoch milliseconds given

@@ -102,6 +102,21 @@ def test_an_option_given_twice_or_a_poll_beyond_an_hour_is_refused_with_exit_2(
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
+def refused_time(tmp_path: Path, option: str, value: str) -> str:
+    """``wait`` given ``value`` for ``option``: refused with exit 2; its message on one line."""
+    path = job_file(tmp_path, "wm-time", "http://127.0.0.1:1")  # never read
+    times = {"--until": "1", "--since": "1", option: value}
+    result = CliRunner().invoke(
+        cli,
+        ["wait", "--config", str(path), "-d", EU, "--timeout", "0"]
+        + [arg for pair in times.items() for arg in pair],
+        prog_name="replicator",
+    )
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.stderr.split())
+    return said
+
+
 @pytest.mark.parametrize("option", ["--until", "--since"])
 @pytest.mark.parametrize(
     ("value", "hint"),
@@ -120,21 +135,47 @@ def test_wait_takes_only_the_iso_times_the_docs_name(
 ) -> None:
     """Python 3.11's fromisoformat took any character between date and time, as for
     conflicts --since."""
-    path = job_file(tmp_path, "wm-iso", "http://127.0.0.1:1")  # never read
-    times = {"--until": "1", "--since": "1", option: value}
-    result = CliRunner().invoke(
-        cli,
-        ["wait", "--config", str(path), "-d", EU, "--timeout", "0"]
-        + [arg for pair in times.items() for arg in pair],
-        prog_name="replicator",
-    )
-    assert result.exit_code == 2, result.output
-    said = " ".join(result.stderr.split())
+    said = refused_time(tmp_path, option, value)
     assert (
         f"{option} {value!r}: expected epoch seconds (such as 1767225600.25) or an ISO 8601 "
         "time with a zone (YYYY-MM-DDThh:mm[:ss[.fraction]] with Z, +hh:mm or -hh:mm, such as "
         f"2026-01-01T00:00:00.250Z){hint}" in said
     ), said
+
+
+@pytest.mark.parametrize("option", ["--until", "--since"])
+@pytest.mark.parametrize(
+    ("value", "meant"),
+    [
+        ("2026-12-01", "2026-12-01T00:00Z"),
+        ("2026-12-01Z", "2026-12-01T00:00Z"),  # was refused with the message for any text
+        ("2026-12-01+02:00", "2026-12-01T00:00+02:00"),
+    ],
+)
+def test_a_date_alone_is_told_that_a_time_with_a_zone_is_required(
+    tmp_path: Path, option: str, value: str, meant: str
+) -> None:
+    said = refused_time(tmp_path, option, value)
+    assert (
+        f"{option} {value!r}: a date alone is not a time; a time with a zone is required, "
+        f"such as {meant}" in said
+    ), said
+
+
+@pytest.mark.parametrize(
+    "command", [["watermark"], ["watermark", "--json"], ["wait", "--until", "1", "--timeout", "0"]]
+)
+def test_an_empty_destination_is_refused_by_both_commands(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """``watermark -d ""`` showed every destination and exited 0."""
+    path = job_file(tmp_path, "wm-empty", "http://127.0.0.1:1")  # never read
+    result = CliRunner().invoke(
+        cli, [command[0], "--config", str(path), "-d", "", *command[1:]], prog_name="replicator"
+    )
+    assert result.exit_code == 2, result.output
+    assert "--destination '': no destination of " in result.stderr, result.stderr
+    assert result.stdout == ""
 
 
 # -- a status table that throttles -----------------------------------------------------------
