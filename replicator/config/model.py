@@ -29,10 +29,11 @@ from replicator.config.endpoints import check_endpoint
 
 _REGION = re.compile(r"^[a-z]{2,4}(-[a-z]+)+-\d+$")
 _TABLE = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
-_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(?P<account>\d{12}):role/.+$")
 # arn:PARTITION:dynamodb:REGION:ACCOUNT:table/TABLE/stream/LABEL
 _DYNAMODB_STREAM_ARN = re.compile(
-    r"^arn:aws[a-z-]*:dynamodb:(?P<region>[^:]*):[^:]*:table/(?P<table>[^/]+)/stream/[^/]+$"
+    r"^arn:aws[a-z-]*:dynamodb:(?P<region>[^:]*):(?P<account>[^:]*)"
+    r":table/(?P<table>[^/]+)/stream/[^/]+$"
 )
 _TASK_NAME = re.compile(r"^[a-zA-Z0-9_.-]{3,}$")
 
@@ -881,29 +882,101 @@ def cross_checks(
     return problems
 
 
+# What stands for "the account of the default credential chain" when no ARN tells which
+# account that is: equal only to itself, never to an account number.
+_DEFAULT_CHAIN = "the default credential chain"
+
+
+def _accounts(job: JobConfig) -> Callable[[str | None], str]:
+    """The account a table is reached in, from the ``role_arn`` that reaches it: the
+    role's account, or, without a role, the default chain's, which is known only when a
+    source without a role names it in its DynamoDB stream ARN."""
+    default = _DEFAULT_CHAIN
+    match = _DYNAMODB_STREAM_ARN.match(job.source.stream.arn or "")
+    if job.source.role_arn is None and match and re.fullmatch(r"\d{12}", match["account"]):
+        default = match["account"]
+
+    def account(role_arn: str | None) -> str:
+        found = _ROLE_ARN.match(role_arn or "")
+        return found["account"] if found else default
+
+    return account
+
+
 def _destination_checks(job: JobConfig) -> Problems:
-    """No destination is the source, repeats another, or takes another's name."""
+    """No destination is the source, repeats another, or takes another's name.
+
+    A table is its region, name, endpoint and account: the same region and table reached
+    through a role of another account is another table (a disaster-recovery copy). Where
+    the account is unknown (the default chain's, beside a role's) the two may be two
+    accounts, and are taken as such."""
     problems: Problems = []
-    source = (job.source.region, job.source.table, job.source.endpoint_url)
-    seen: dict[tuple[str, str, str | None], int] = {}
+    account = _accounts(job)
+    source = job.source
+    source_where = (source.region, source.table, source.endpoint_url, account(source.role_arn))
+    seen: dict[tuple[str, str, str | None, str], int] = {}
     labels: dict[str, int] = {}
     for index, destination in enumerate(job.destinations):
-        where = (destination.region, destination.table, destination.endpoint_url)
-        if where == source:
+        where = (
+            destination.region,
+            destination.table,
+            destination.endpoint_url,
+            account(destination.role_arn),
+        )
+        if where == source_where:
             problems.append((("destinations", index), "is the source table itself"))
-        elif where in seen:
+            continue
+        if where in seen:
             problems.append((("destinations", index), f"repeats destinations[{seen[where]}]"))
-        seen.setdefault(where, index)
-        if destination.label in labels:
-            problems.append(
-                (
-                    ("destinations", index, "name"),
-                    f"{destination.label!r} is already the name of "
-                    f"destinations[{labels[destination.label]}]",
+            continue
+        seen[where] = index
+        label = destination.label
+        place = ("destinations", index, "name")
+        if label in labels:
+            other = labels[label]
+            if destination.name is None and job.destinations[other].name is None:
+                problems.append(
+                    (
+                        place,
+                        f"is missing: the default name {label!r} is already that of "
+                        f"destinations[{other}] (the same region and table, in another "
+                        f"account or at another endpoint): {_GIVE_A_NAME}",
+                    )
                 )
-            )
-        labels.setdefault(destination.label, index)
+            else:
+                problems.append((place, f"{label!r} is already the name of destinations[{other}]"))
+        labels.setdefault(label, index)
     return problems
+
+
+_GIVE_A_NAME = (
+    "give each destination a name of its own (destinations[].name), which it goes by in "
+    "metrics, logs, dead letters, conflict-log entries and the watermark"
+)
+
+
+def _source_name_checks(job: JobConfig) -> Problems:
+    """An active-active job's writer of its own source table goes by the source's
+    ``<region>/<table>`` in metrics and conflict-log entries, which ``restore`` tells
+    apart from a destination's by that name alone: no destination may go by it (one at
+    the source's region and table, in another account, does by default)."""
+    if not job.writes_back:
+        return []
+    source_name = f"{job.source.region}/{job.source.table}"
+    return [
+        (
+            ("destinations", index, "name"),
+            (
+                repr(source_name)
+                if destination.name
+                else f"is missing: the default name {source_name!r}"
+            )
+            + " is the name of the job's source table, which its writer goes by "
+            f"(active_active write-back): {_GIVE_A_NAME}",
+        )
+        for index, destination in enumerate(job.destinations)
+        if destination.label == source_name
+    ]
 
 
 def _active_active_checks(job: JobConfig) -> Problems:
@@ -1496,6 +1569,10 @@ def _kcl_property_checks(
 _TASK = frozenset({"task_name", "source", "destinations"})
 _CROSS_CHECKS: tuple[tuple[Callable[[JobConfig], Problems], frozenset[str]], ...] = (
     (_destination_checks, frozenset({"source", "destinations"})),
+    (
+        _source_name_checks,
+        frozenset({"source", "destinations", "active_active", "loop_prevention", "conflict"}),
+    ),
     (_task_pattern_checks, _TASK | {"dead_letter", "conflict_log"}),
     (_runtime_checks, frozenset({"runtime", "source"})),
     (_stream_arn_checks, frozenset({"source"})),
