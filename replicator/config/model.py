@@ -7,6 +7,7 @@ are errors: a misspelt ``timestamp_atribute`` must not silently fall back to a d
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import string
@@ -17,6 +18,7 @@ from typing import Annotated, Literal, Self, cast
 
 from pydantic import (
     AfterValidator,
+    AllowInfNan,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -118,7 +120,19 @@ Bool = Annotated[bool, BeforeValidator(_yes_or_no)]
 Text = Annotated[str, AfterValidator(_not_empty)]
 FilePath = Annotated[str, AfterValidator(_file_path)]
 Int = Annotated[int, BeforeValidator(_not_a_switch)]
-Float = Annotated[float, BeforeValidator(_not_a_switch)]
+# Infinity and NaN are no amount of time: a wait or deadline made of them fails (or never
+# ends) only once the job runs.
+Float = Annotated[float, BeforeValidator(_not_a_switch), AllowInfNan(False)]
+
+
+# Upper bounds of the job's times and counts: each far above any sane setting, and far
+# below what a wait (threading.TIMEOUT_MAX), a socket timeout or the KCL's Java long
+# could take, so that a mistyped value is refused by `validate` instead of failing the
+# run (an OverflowError) or printing a property the KCL cannot read.
+MAX_RETRY_DELAY_MS = 600_000
+MAX_REQUEST_TIMEOUT_S = 600
+# A stream keeps a change for 24 hours: a limit beyond that means nothing.
+ONE_DAY_S = 86_400
 
 
 class Strict(BaseModel):
@@ -355,8 +369,8 @@ class ActiveActiveConfig(Strict):
 
 
 class RetryConfig(Strict):
-    base_delay_ms: Annotated[Int, Field(ge=1)] = 50
-    max_delay_ms: Annotated[Int, Field(ge=1)] = 20_000
+    base_delay_ms: Annotated[Int, Field(ge=1, le=MAX_RETRY_DELAY_MS)] = 50
+    max_delay_ms: Annotated[Int, Field(ge=1, le=MAX_RETRY_DELAY_MS)] = 20_000
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -371,11 +385,12 @@ class WriterConfig(Strict):
     # and a shard read behind its tip keeps the buffer full: 2,000 (plus the batch that
     # arrives on top) is about 140 MB per shard process and two seconds of writes at
     # 1,000 changes/s, far more than max_in_flight needs to stay busy.
-    max_buffered_changes: Annotated[Int, Field(ge=1)] = 2_000
+    # 100,000 is some 7 GB per shard process.
+    max_buffered_changes: Annotated[Int, Field(ge=1, le=100_000)] = 2_000
     retry: RetryConfig = RetryConfig()
-    access_denied_limit: Annotated[Int, Field(ge=1)] = 20
-    connect_timeout_s: Annotated[Float, Field(gt=0)] = 5.0
-    read_timeout_s: Annotated[Float, Field(gt=0)] = 10.0
+    access_denied_limit: Annotated[Int, Field(ge=1, le=10_000)] = 20
+    connect_timeout_s: Annotated[Float, Field(gt=0, le=MAX_REQUEST_TIMEOUT_S)] = 5.0
+    read_timeout_s: Annotated[Float, Field(gt=0, le=MAX_REQUEST_TIMEOUT_S)] = 10.0
     # PutItem/DeleteItem are sent over DynamoDB's JSON protocol directly (writers/wire.py),
     # which halves their CPU; true sends them through botocore's full request pipeline.
     send_with_botocore: Bool = False
@@ -434,7 +449,7 @@ class ConflictLogConfig(Strict):
     endpoint_url: str | None = None
     role_arn: str | None = None
     max_pending: Annotated[Int, Field(ge=1, le=1_000_000)] = 1000
-    retry_for_s: Annotated[Float, Field(gt=0)] = 60.0
+    retry_for_s: Annotated[Float, Field(gt=0, le=ONE_DAY_S)] = 60.0
 
     _role = field_validator("role_arn")(_check_role)
     _endpoint = field_validator("endpoint_url")(check_endpoint)
@@ -584,8 +599,11 @@ def _numeric_property_problem(key: str, value: str) -> str | None:
         if re.fullmatch(r"[+-]?[0-9]+", text) and -_JAVA_LONG <= int(text) < _JAVA_LONG:
             return None
         return f"{value!r} is not a whole number ({_UNREAD})"
-    if key in KCL_DECIMAL_PROPERTIES and not _DECIMAL.fullmatch(text):
-        return f"{value!r} is not a number ({_UNREAD})"
+    if key in KCL_DECIMAL_PROPERTIES:
+        if not _DECIMAL.fullmatch(text):
+            return f"{value!r} is not a number ({_UNREAD})"
+        if not math.isfinite(float(text)):
+            return f"{value!r} is beyond the largest number the KCL reads (a Java double)"
     return None
 
 
@@ -619,8 +637,9 @@ def _property_text(value: object) -> object:
 class KclConfig(Strict):
     initial_position: InitialPosition = InitialPosition.TRIM_HORIZON
     max_records: Annotated[Int, Field(ge=1, le=10_000)] = 1000
-    idle_time_between_reads_ms: Annotated[Int, Field(ge=0)] = 500
-    failover_time_ms: Annotated[Int, Field(ge=1000)] = 60_000
+    idle_time_between_reads_ms: Annotated[Int, Field(ge=0, le=600_000)] = 500
+    # The KCL's graceful stop waits 20 s + this + 10 s (shutdownGraceMillis).
+    failover_time_ms: Annotated[Int, Field(ge=1000, le=3_600_000)] = 60_000
     worker_id: Text | None = None
     java: Text = "java"
     jars_dir: Text | None = Field(
@@ -647,7 +666,7 @@ class MetricsConfig(Strict):
     enabled: Bool = True
     host: str = "0.0.0.0"  # noqa: S104  # a container must be scrapeable from outside
     port: Annotated[Int, Field(ge=0, le=65535)] = 9400
-    stall_after_s: Annotated[Float, Field(gt=0)] = 300.0
+    stall_after_s: Annotated[Float, Field(gt=0, le=ONE_DAY_S)] = 300.0
 
     @field_validator("host")
     @classmethod
