@@ -1141,14 +1141,13 @@ def _kind_option_checks(job: JobConfig) -> Problems:
 
 
 def _kcl_checks(job: JobConfig) -> Problems:
-    """kcl.extra_properties the rendered file already sets, under any runtime (as the
-    properties a job cannot have at all are); under runtime kcl, what else the KCL would
-    take but the job cannot work with, for the properties not refused already."""
+    """kcl.extra_properties the rendered file already sets, and, for the properties not
+    refused already, what else the KCL would take but the job cannot work with: under
+    any runtime, since ``replicator properties`` prints them for any, and a job moves
+    between runtimes."""
     refused = _rendered_property_problems(job)
     problems: Problems = [(("kcl", "extra_properties", key), text) for key, text in refused.items()]
-    if job.runtime is RuntimeKind.KCL:
-        problems += _kcl_property_checks(job, refused)
-    return problems
+    return problems + _kcl_property_checks(job, refused)
 
 
 def _rendered_property_problems(job: JobConfig) -> dict[str, str]:

@@ -562,3 +562,26 @@ def test_a_templates_directory_set_explicitly_is_used_or_refused_never_passed_ov
     result = _properties_with_templates(templates, job)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "# ours\nstreamName = orders\n"
+
+
+@pytest.mark.parametrize("runtime", ["local", "kcl"])
+@pytest.mark.parametrize("command", ["validate", "properties"])
+def test_extra_properties_are_checked_alike_under_either_runtime(
+    tmp_path: Path, runtime: str, command: str
+) -> None:
+    """`replicator properties` prints them for either runtime, and a job moves between
+    them: runtime local passed a property the KCL would read as 0 without a word."""
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"runtime: {runtime}\n"
+        "source: {region: us-east-1, table: orders}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        "kcl: {extra_properties: {maxLeasesForWorker: 1.5}}\n"
+    )
+    result = replicator(command, "--config", str(job))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == ""
+    assert (
+        "  kcl.extra_properties.maxLeasesForWorker (line 4): '1.5' is not a whole number"
+        in result.stderr
+    )
