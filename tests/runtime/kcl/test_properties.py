@@ -585,3 +585,18 @@ def test_extra_properties_are_checked_alike_under_either_runtime(
         "  kcl.extra_properties.maxLeasesForWorker (line 4): '1.5' is not a whole number"
         in result.stderr
     )
+
+
+@pytest.mark.parametrize("worker_id", ["", "  "])
+def test_an_empty_worker_id_option_is_refused_as_the_job_files_is(
+    tmp_path: Path, worker_id: str
+) -> None:
+    """It silently fell back to the host name, while the job file's empty
+    kcl.worker_id is refused."""
+    job = ROOT / "config" / "two-destinations.yaml"
+    result = replicator("properties", "--config", str(job), "--worker-id", worker_id)
+    assert result.returncode == 2, result.stdout
+    assert result.stdout == ""
+    assert f"Invalid value for '--worker-id': is empty ({worker_id!r})" in result.stderr
+    named = replicator("properties", "--config", str(job), "--worker-id", "host-b")
+    assert "\nworkerId = host-b\n" in named.stdout
