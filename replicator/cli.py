@@ -216,9 +216,27 @@ def describe(resolved: ResolvedJob) -> str:
     return "\n".join(lines)
 
 
+def _worker_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An empty worker id would silently fall back to the host name, which the job
+    file's empty kcl.worker_id is refused for."""
+    if value is not None and not value.strip():
+        raise click.BadParameter(
+            f"is empty ({value!r}): give a worker id, or leave the option out for the "
+            "job's kcl.worker_id (default: the host name)",
+            ctx,
+            param,
+        )
+    return value
+
+
 @cli.command()
 @CONFIG_OPTION
-@click.option("--worker-id", default=None, help="workerId to write (default: the job's or host).")
+@click.option(
+    "--worker-id",
+    default=None,
+    callback=_worker_id,
+    help="workerId to write (default: the job's or host).",
+)
 @_operator_errors
 def properties(config_path: Path, worker_id: str | None) -> None:
     """Print the KCL MultiLangDaemon properties for the job."""

@@ -35,7 +35,15 @@ _VARIABLE = re.compile(
     r"|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^${}]*))?\}"
     r"|(?P<malformed>\$\{[^}]*\}?|\$[A-Za-z_][A-Za-z0-9_]*)"
 )
-_BOOL_TAG = "tag:yaml.org,2002:bool"
+_YAML_TAG = "tag:yaml.org,2002:"
+_BOOL_TAG = _YAML_TAG + "bool"
+_MERGE_TAG = _YAML_TAG + "merge"
+# The tags plain YAML gives values, implied or written (``!!str 1``): every other one
+# (``!!python/...``, ``!!binary``, ``!custom``) is refused.
+_PLAIN_TAGS = frozenset(
+    _YAML_TAG + name
+    for name in ("str", "int", "float", "bool", "null", "timestamp", "map", "seq", "merge")
+)
 
 
 class _JobLoader(yaml.SafeLoader):
@@ -81,6 +89,7 @@ class _Document:
         self.lines: dict[KeyPath, int] = {}
         self.problems: list[_Problem] = []
         self._constructor = yaml.constructor.SafeConstructor()
+        self._building: set[int] = set()
         try:
             node = yaml.compose(source, Loader=_JobLoader)
         except yaml.MarkedYAMLError as error:
@@ -94,26 +103,98 @@ class _Document:
         self.value: Any = {} if node is None else self._build(node, ())
 
     def _build(self, node: yaml.Node, path: KeyPath) -> Any:
+        self._check_tag(node)
         self.lines[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            result: dict[str, Any] = {}
-            for key_node, value_node in node.value:
-                key = self._scalar(key_node, path)
-                if not isinstance(key, str):
-                    key = str(key)
-                if key in result:
-                    self.problems.append(_Problem((*path, key), "key appears twice"))
-                result[key] = self._build(value_node, (*path, key))
-            return result
-        if isinstance(node, yaml.SequenceNode):
-            return [self._build(item, (*path, index)) for index, item in enumerate(node.value)]
+        if id(node) in self._building:
+            # An alias inside the node it names (a: &x [*x]) would never end.
+            self.problems.append(_Problem(path, "refers to itself (an alias inside its anchor)"))
+            return None
+        self._building.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, path)
+            if isinstance(node, yaml.SequenceNode):
+                return [self._build(item, (*path, index)) for index, item in enumerate(node.value)]
+        finally:
+            self._building.discard(id(node))
         value = self._scalar(node, path)
         if isinstance(value, str):
             return self._expand(value, path)
         return value
 
+    def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
+        """A mapping, with YAML's merge key: ``<<: *defaults`` (or a list of aliases)
+        gives the keys of those mappings that the mapping does not set itself, the first
+        mapping listed winning, as YAML defines it."""
+        result: dict[str, Any] = {}
+        own = [(key, value) for key, value in node.value if key.tag != _MERGE_TAG]
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                continue
+            self.lines[(*path, "<<")] = key_node.start_mark.line + 1
+            sources = (
+                value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            )
+            # The last first, so that an earlier one's keys (and their lines) replace it.
+            for source in reversed(sources):
+                if not isinstance(source, yaml.MappingNode):
+                    self.problems.append(
+                        _Problem(
+                            (*path, "<<"),
+                            "the merge key << takes a mapping or a list of mappings (such "
+                            "as *defaults or [*a, *b])",
+                        )
+                    )
+                    continue
+                merged = self._build(source, path)
+                if isinstance(merged, dict):
+                    result.update(merged)
+        self.lines[path] = node.start_mark.line + 1
+        given: set[str] = set()
+        for key_node, value_node in own:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ConfigError(
+                    f"{self.file}: line {key_node.start_mark.line + 1}, column "
+                    f"{key_node.start_mark.column + 1}: a key must be a word, not a list or "
+                    "mapping (a ? key)"
+                )
+            key = self._scalar(key_node, path)
+            if not isinstance(key, str):
+                key = str(key)
+            if key in given:
+                self.problems.append(_Problem((*path, key), "key appears twice"))
+            given.add(key)
+            # What a merged mapping gave this key is replaced, lines and all.
+            for stale in [known for known in self.lines if known[: len(path) + 1] == (*path, key)]:
+                del self.lines[stale]
+            result[key] = self._build(value_node, (*path, key))
+        return result
+
+    def _check_tag(self, node: yaml.Node) -> None:
+        """Only the tags plain YAML gives its values (written or implied) are read: a job
+        file is data, and a tag such as ``!!python/name:...`` or ``!custom`` asks for an
+        object that a safe loader does not make."""
+        if node.tag in _PLAIN_TAGS:
+            return
+        tag = node.tag.replace(_YAML_TAG, "!!", 1) if node.tag.startswith(_YAML_TAG) else node.tag
+        raise ConfigError(
+            f"{self.file}: line {node.start_mark.line + 1}, column {node.start_mark.column + 1}: "
+            f"the tag {tag} is not supported: a job file is plain YAML (text, numbers, true "
+            "or false, lists and mappings; anchors, aliases and << merge keys); remove the tag"
+        )
+
     def _scalar(self, node: yaml.Node, path: KeyPath) -> Any:
-        return self._constructor.construct_object(node, deep=True)
+        self._check_tag(node)
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, KeyError, AttributeError):
+            # A value its tag cannot read: `!!int ten`, or a date such as 2026-13-45.
+            tag = node.tag.replace(_YAML_TAG, "", 1)
+            raise ConfigError(
+                f"{self.file}: line {node.start_mark.line + 1}, column "
+                f"{node.start_mark.column + 1}: {node.value!r} is not a valid {tag} "
+                "(quote it to give it as text)"
+            ) from None
 
     def _expand(self, text: str, path: KeyPath) -> str:
         def replace(match: re.Match[str]) -> str:

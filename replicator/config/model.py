@@ -7,6 +7,7 @@ are errors: a misspelt ``timestamp_atribute`` must not silently fall back to a d
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import string
@@ -17,6 +18,7 @@ from typing import Annotated, Literal, Self, cast
 
 from pydantic import (
     AfterValidator,
+    AllowInfNan,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -29,10 +31,11 @@ from replicator.config.endpoints import check_endpoint
 
 _REGION = re.compile(r"^[a-z]{2,4}(-[a-z]+)+-\d+$")
 _TABLE = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
-_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(?P<account>\d{12}):role/.+$")
 # arn:PARTITION:dynamodb:REGION:ACCOUNT:table/TABLE/stream/LABEL
 _DYNAMODB_STREAM_ARN = re.compile(
-    r"^arn:aws[a-z-]*:dynamodb:(?P<region>[^:]*):[^:]*:table/(?P<table>[^/]+)/stream/[^/]+$"
+    r"^arn:aws[a-z-]*:dynamodb:(?P<region>[^:]*):(?P<account>[^:]*)"
+    r":table/(?P<table>[^/]+)/stream/[^/]+$"
 )
 _TASK_NAME = re.compile(r"^[a-zA-Z0-9_.-]{3,}$")
 
@@ -117,7 +120,19 @@ Bool = Annotated[bool, BeforeValidator(_yes_or_no)]
 Text = Annotated[str, AfterValidator(_not_empty)]
 FilePath = Annotated[str, AfterValidator(_file_path)]
 Int = Annotated[int, BeforeValidator(_not_a_switch)]
-Float = Annotated[float, BeforeValidator(_not_a_switch)]
+# Infinity and NaN are no amount of time: a wait or deadline made of them fails (or never
+# ends) only once the job runs.
+Float = Annotated[float, BeforeValidator(_not_a_switch), AllowInfNan(False)]
+
+
+# Upper bounds of the job's times and counts: each far above any sane setting, and far
+# below what a wait (threading.TIMEOUT_MAX), a socket timeout or the KCL's Java long
+# could take, so that a mistyped value is refused by `validate` instead of failing the
+# run (an OverflowError) or printing a property the KCL cannot read.
+MAX_RETRY_DELAY_MS = 600_000
+MAX_REQUEST_TIMEOUT_S = 600
+# A stream keeps a change for 24 hours: a limit beyond that means nothing.
+ONE_DAY_S = 86_400
 
 
 class Strict(BaseModel):
@@ -354,8 +369,8 @@ class ActiveActiveConfig(Strict):
 
 
 class RetryConfig(Strict):
-    base_delay_ms: Annotated[Int, Field(ge=1)] = 50
-    max_delay_ms: Annotated[Int, Field(ge=1)] = 20_000
+    base_delay_ms: Annotated[Int, Field(ge=1, le=MAX_RETRY_DELAY_MS)] = 50
+    max_delay_ms: Annotated[Int, Field(ge=1, le=MAX_RETRY_DELAY_MS)] = 20_000
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -370,11 +385,12 @@ class WriterConfig(Strict):
     # and a shard read behind its tip keeps the buffer full: 2,000 (plus the batch that
     # arrives on top) is about 140 MB per shard process and two seconds of writes at
     # 1,000 changes/s, far more than max_in_flight needs to stay busy.
-    max_buffered_changes: Annotated[Int, Field(ge=1)] = 2_000
+    # 100,000 is some 7 GB per shard process.
+    max_buffered_changes: Annotated[Int, Field(ge=1, le=100_000)] = 2_000
     retry: RetryConfig = RetryConfig()
-    access_denied_limit: Annotated[Int, Field(ge=1)] = 20
-    connect_timeout_s: Annotated[Float, Field(gt=0)] = 5.0
-    read_timeout_s: Annotated[Float, Field(gt=0)] = 10.0
+    access_denied_limit: Annotated[Int, Field(ge=1, le=10_000)] = 20
+    connect_timeout_s: Annotated[Float, Field(gt=0, le=MAX_REQUEST_TIMEOUT_S)] = 5.0
+    read_timeout_s: Annotated[Float, Field(gt=0, le=MAX_REQUEST_TIMEOUT_S)] = 10.0
     # PutItem/DeleteItem are sent over DynamoDB's JSON protocol directly (writers/wire.py),
     # which halves their CPU; true sends them through botocore's full request pipeline.
     send_with_botocore: Bool = False
@@ -433,7 +449,7 @@ class ConflictLogConfig(Strict):
     endpoint_url: str | None = None
     role_arn: str | None = None
     max_pending: Annotated[Int, Field(ge=1, le=1_000_000)] = 1000
-    retry_for_s: Annotated[Float, Field(gt=0)] = 60.0
+    retry_for_s: Annotated[Float, Field(gt=0, le=ONE_DAY_S)] = 60.0
 
     _role = field_validator("role_arn")(_check_role)
     _endpoint = field_validator("endpoint_url")(check_endpoint)
@@ -583,8 +599,11 @@ def _numeric_property_problem(key: str, value: str) -> str | None:
         if re.fullmatch(r"[+-]?[0-9]+", text) and -_JAVA_LONG <= int(text) < _JAVA_LONG:
             return None
         return f"{value!r} is not a whole number ({_UNREAD})"
-    if key in KCL_DECIMAL_PROPERTIES and not _DECIMAL.fullmatch(text):
-        return f"{value!r} is not a number ({_UNREAD})"
+    if key in KCL_DECIMAL_PROPERTIES:
+        if not _DECIMAL.fullmatch(text):
+            return f"{value!r} is not a number ({_UNREAD})"
+        if not math.isfinite(float(text)):
+            return f"{value!r} is beyond the largest number the KCL reads (a Java double)"
     return None
 
 
@@ -618,8 +637,9 @@ def _property_text(value: object) -> object:
 class KclConfig(Strict):
     initial_position: InitialPosition = InitialPosition.TRIM_HORIZON
     max_records: Annotated[Int, Field(ge=1, le=10_000)] = 1000
-    idle_time_between_reads_ms: Annotated[Int, Field(ge=0)] = 500
-    failover_time_ms: Annotated[Int, Field(ge=1000)] = 60_000
+    idle_time_between_reads_ms: Annotated[Int, Field(ge=0, le=600_000)] = 500
+    # The KCL's graceful stop waits 20 s + this + 10 s (shutdownGraceMillis).
+    failover_time_ms: Annotated[Int, Field(ge=1000, le=3_600_000)] = 60_000
     worker_id: Text | None = None
     java: Text = "java"
     jars_dir: Text | None = Field(
@@ -646,7 +666,7 @@ class MetricsConfig(Strict):
     enabled: Bool = True
     host: str = "0.0.0.0"  # noqa: S104  # a container must be scrapeable from outside
     port: Annotated[Int, Field(ge=0, le=65535)] = 9400
-    stall_after_s: Annotated[Float, Field(gt=0)] = 300.0
+    stall_after_s: Annotated[Float, Field(gt=0, le=ONE_DAY_S)] = 300.0
 
     @field_validator("host")
     @classmethod
@@ -881,29 +901,101 @@ def cross_checks(
     return problems
 
 
+# What stands for "the account of the default credential chain" when no ARN tells which
+# account that is: equal only to itself, never to an account number.
+_DEFAULT_CHAIN = "the default credential chain"
+
+
+def _accounts(job: JobConfig) -> Callable[[str | None], str]:
+    """The account a table is reached in, from the ``role_arn`` that reaches it: the
+    role's account, or, without a role, the default chain's, which is known only when a
+    source without a role names it in its DynamoDB stream ARN."""
+    default = _DEFAULT_CHAIN
+    match = _DYNAMODB_STREAM_ARN.match(job.source.stream.arn or "")
+    if job.source.role_arn is None and match and re.fullmatch(r"\d{12}", match["account"]):
+        default = match["account"]
+
+    def account(role_arn: str | None) -> str:
+        found = _ROLE_ARN.match(role_arn or "")
+        return found["account"] if found else default
+
+    return account
+
+
 def _destination_checks(job: JobConfig) -> Problems:
-    """No destination is the source, repeats another, or takes another's name."""
+    """No destination is the source, repeats another, or takes another's name.
+
+    A table is its region, name, endpoint and account: the same region and table reached
+    through a role of another account is another table (a disaster-recovery copy). Where
+    the account is unknown (the default chain's, beside a role's) the two may be two
+    accounts, and are taken as such."""
     problems: Problems = []
-    source = (job.source.region, job.source.table, job.source.endpoint_url)
-    seen: dict[tuple[str, str, str | None], int] = {}
+    account = _accounts(job)
+    source = job.source
+    source_where = (source.region, source.table, source.endpoint_url, account(source.role_arn))
+    seen: dict[tuple[str, str, str | None, str], int] = {}
     labels: dict[str, int] = {}
     for index, destination in enumerate(job.destinations):
-        where = (destination.region, destination.table, destination.endpoint_url)
-        if where == source:
+        where = (
+            destination.region,
+            destination.table,
+            destination.endpoint_url,
+            account(destination.role_arn),
+        )
+        if where == source_where:
             problems.append((("destinations", index), "is the source table itself"))
-        elif where in seen:
+            continue
+        if where in seen:
             problems.append((("destinations", index), f"repeats destinations[{seen[where]}]"))
-        seen.setdefault(where, index)
-        if destination.label in labels:
-            problems.append(
-                (
-                    ("destinations", index, "name"),
-                    f"{destination.label!r} is already the name of "
-                    f"destinations[{labels[destination.label]}]",
+            continue
+        seen[where] = index
+        label = destination.label
+        place = ("destinations", index, "name")
+        if label in labels:
+            other = labels[label]
+            if destination.name is None and job.destinations[other].name is None:
+                problems.append(
+                    (
+                        place,
+                        f"is missing: the default name {label!r} is already that of "
+                        f"destinations[{other}] (the same region and table, in another "
+                        f"account or at another endpoint): {_GIVE_A_NAME}",
+                    )
                 )
-            )
-        labels.setdefault(destination.label, index)
+            else:
+                problems.append((place, f"{label!r} is already the name of destinations[{other}]"))
+        labels.setdefault(label, index)
     return problems
+
+
+_GIVE_A_NAME = (
+    "give each destination a name of its own (destinations[].name), which it goes by in "
+    "metrics, logs, dead letters, conflict-log entries and the watermark"
+)
+
+
+def _source_name_checks(job: JobConfig) -> Problems:
+    """An active-active job's writer of its own source table goes by the source's
+    ``<region>/<table>`` in metrics and conflict-log entries, which ``restore`` tells
+    apart from a destination's by that name alone: no destination may go by it (one at
+    the source's region and table, in another account, does by default)."""
+    if not job.writes_back:
+        return []
+    source_name = f"{job.source.region}/{job.source.table}"
+    return [
+        (
+            ("destinations", index, "name"),
+            (
+                repr(source_name)
+                if destination.name
+                else f"is missing: the default name {source_name!r}"
+            )
+            + " is the name of the job's source table, which its writer goes by "
+            f"(active_active write-back): {_GIVE_A_NAME}",
+        )
+        for index, destination in enumerate(job.destinations)
+        if destination.label == source_name
+    ]
 
 
 def _active_active_checks(job: JobConfig) -> Problems:
@@ -1049,14 +1141,13 @@ def _kind_option_checks(job: JobConfig) -> Problems:
 
 
 def _kcl_checks(job: JobConfig) -> Problems:
-    """kcl.extra_properties the rendered file already sets, under any runtime (as the
-    properties a job cannot have at all are); under runtime kcl, what else the KCL would
-    take but the job cannot work with, for the properties not refused already."""
+    """kcl.extra_properties the rendered file already sets, and, for the properties not
+    refused already, what else the KCL would take but the job cannot work with: under
+    any runtime, since ``replicator properties`` prints them for any, and a job moves
+    between runtimes."""
     refused = _rendered_property_problems(job)
     problems: Problems = [(("kcl", "extra_properties", key), text) for key, text in refused.items()]
-    if job.runtime is RuntimeKind.KCL:
-        problems += _kcl_property_checks(job, refused)
-    return problems
+    return problems + _kcl_property_checks(job, refused)
 
 
 def _rendered_property_problems(job: JobConfig) -> dict[str, str]:
@@ -1496,6 +1587,10 @@ def _kcl_property_checks(
 _TASK = frozenset({"task_name", "source", "destinations"})
 _CROSS_CHECKS: tuple[tuple[Callable[[JobConfig], Problems], frozenset[str]], ...] = (
     (_destination_checks, frozenset({"source", "destinations"})),
+    (
+        _source_name_checks,
+        frozenset({"source", "destinations", "active_active", "loop_prevention", "conflict"}),
+    ),
     (_task_pattern_checks, _TASK | {"dead_letter", "conflict_log"}),
     (_runtime_checks, frozenset({"runtime", "source"})),
     (_stream_arn_checks, frozenset({"source"})),

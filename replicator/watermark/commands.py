@@ -136,9 +136,12 @@ def resolve_destination(resolved: ResolvedJob, name: str) -> DestinationConfig:
     if len(fits) == 1:
         return fits[0]
     if fits:
+        # Two destinations of one region and table (in two accounts) differ by name alone.
+        places = {(d.region, d.table) for d in fits}
+        choose = "give one's name" + (" or <region>/<table>" if len(places) == len(fits) else "")
         raise ConfigError(
             f"--destination {name!r} fits several destinations "
-            f"({', '.join(_spelled(d) for d in fits)}); give one's name or <region>/<table>"
+            f"({', '.join(_spelled(d) for d in fits)}); {choose}"
         )
     raise ConfigError(
         f"--destination {name!r}: no destination of {resolved.path} has that name or table; "

@@ -562,3 +562,41 @@ def test_a_templates_directory_set_explicitly_is_used_or_refused_never_passed_ov
     result = _properties_with_templates(templates, job)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "# ours\nstreamName = orders\n"
+
+
+@pytest.mark.parametrize("runtime", ["local", "kcl"])
+@pytest.mark.parametrize("command", ["validate", "properties"])
+def test_extra_properties_are_checked_alike_under_either_runtime(
+    tmp_path: Path, runtime: str, command: str
+) -> None:
+    """`replicator properties` prints them for either runtime, and a job moves between
+    them: runtime local passed a property the KCL would read as 0 without a word."""
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"runtime: {runtime}\n"
+        "source: {region: us-east-1, table: orders}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        "kcl: {extra_properties: {maxLeasesForWorker: 1.5}}\n"
+    )
+    result = replicator(command, "--config", str(job))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == ""
+    assert (
+        "  kcl.extra_properties.maxLeasesForWorker (line 4): '1.5' is not a whole number"
+        in result.stderr
+    )
+
+
+@pytest.mark.parametrize("worker_id", ["", "  "])
+def test_an_empty_worker_id_option_is_refused_as_the_job_files_is(
+    tmp_path: Path, worker_id: str
+) -> None:
+    """It silently fell back to the host name, while the job file's empty
+    kcl.worker_id is refused."""
+    job = ROOT / "config" / "two-destinations.yaml"
+    result = replicator("properties", "--config", str(job), "--worker-id", worker_id)
+    assert result.returncode == 2, result.stdout
+    assert result.stdout == ""
+    assert f"Invalid value for '--worker-id': is empty ({worker_id!r})" in result.stderr
+    named = replicator("properties", "--config", str(job), "--worker-id", "host-b")
+    assert "\nworkerId = host-b\n" in named.stdout

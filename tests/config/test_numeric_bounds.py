@@ -1,0 +1,96 @@
+"""Every number in a job file has an upper bound, and none is infinite or NaN: a value
+past what a wait, a socket timeout or the KCL's Java long can hold passed ``validate``
+and then failed the run (OverflowError, exit 1) or was printed as a property the KCL
+cannot read. Each is refused naming the file and the key (exit 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.config.test_config import MINIMAL, run_cli
+from tests.config.test_job_checks import _refused
+
+HUGE = "99999999999999999999999"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "says"),
+    [
+        (
+            "kcl: {idle_time_between_reads_ms: 10000000000000}",
+            "kcl.idle_time_between_reads_ms",
+            "less than or equal to 600000",
+        ),
+        (f"kcl: {{failover_time_ms: {HUGE}}}", "kcl.failover_time_ms", "or equal to 3600000"),
+        (f"writer: {{retry: {{base_delay_ms: {HUGE}}}}}", "writer.retry.base_delay_ms", "600000"),
+        (f"writer: {{retry: {{max_delay_ms: {HUGE}}}}}", "writer.retry.max_delay_ms", "600000"),
+        (f"writer: {{access_denied_limit: {HUGE}}}", "writer.access_denied_limit", "10000"),
+        (f"writer: {{max_buffered_changes: {HUGE}}}", "writer.max_buffered_changes", "100000"),
+        ("writer: {connect_timeout_s: 1e9}", "writer.connect_timeout_s", "or equal to 600"),
+        ("writer: {connect_timeout_s: .inf}", "writer.connect_timeout_s", "a finite number"),
+        ("writer: {read_timeout_s: .nan}", "writer.read_timeout_s", "a finite number"),
+        (
+            "conflict_log: {kind: file, retry_for_s: .inf}",
+            "conflict_log.retry_for_s",
+            "a finite number",
+        ),
+        (
+            "conflict_log: {kind: file, retry_for_s: 1e12}",
+            "conflict_log.retry_for_s",
+            "or equal to 86400",
+        ),
+        ("metrics: {stall_after_s: .inf}", "metrics.stall_after_s", "a finite number"),
+        ("metrics: {stall_after_s: 1e300}", "metrics.stall_after_s", "or equal to 86400"),
+        (
+            "runtime: kcl\nkcl: {extra_properties: {maxThroughputPerHostKBps: 1e999}}",
+            "kcl.extra_properties.maxThroughputPerHostKBps",
+            "'1e999' is beyond the largest number the KCL reads (a Java double)",
+        ),
+    ],
+)
+def test_a_number_past_its_bound_is_refused_naming_the_key(
+    tmp_path: Path, section: str, key: str, says: str
+) -> None:
+    _refused(tmp_path, MINIMAL + section + "\n", key, says)
+
+
+@pytest.mark.parametrize("command", ["run", "properties"])
+def test_run_and_properties_refuse_a_failover_time_past_a_java_long(
+    tmp_path: Path, command: str
+) -> None:
+    """``properties`` printed failoverTimeMillis (and the shutdownGraceMillis made of it)
+    beyond what the KCL's Java long holds; ``run`` crashed on the local runtime's wait."""
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        MINIMAL + f"runtime: kcl\nkcl: {{failover_time_ms: {HUGE}, "
+        f"idle_time_between_reads_ms: {HUGE}}}\n"
+    )
+    result = run_cli(command, "--config", str(job))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert f"{job}: 2 problems in the job file" in result.stderr
+    assert "  kcl.failover_time_ms (line 6): " in result.stderr
+    assert "  kcl.idle_time_between_reads_ms (line 6): " in result.stderr
+
+
+def test_every_number_at_its_bound_is_accepted(tmp_path: Path) -> None:
+    """The bounds are the documented ones, and the largest grace the KCL is given (20 s
+    + kcl.failover_time_ms + 10 s) is a Java long."""
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        MINIMAL + "runtime: kcl\n"
+        "kcl: {idle_time_between_reads_ms: 600000, failover_time_ms: 3600000}\n"
+        "writer: {max_buffered_changes: 100000, access_denied_limit: 10000,\n"
+        "         connect_timeout_s: 600, read_timeout_s: 600,\n"
+        "         retry: {base_delay_ms: 600000, max_delay_ms: 600000}}\n"
+        "conflict_log: {kind: file, retry_for_s: 86400}\n"
+        "metrics: {stall_after_s: 86400}\n"
+    )
+    assert run_cli("validate", "--config", str(job)).returncode == 0
+    result = run_cli("properties", "--config", str(job))
+    assert result.returncode == 0, result.stderr
+    assert "\nshutdownGraceMillis = 3630000\n" in result.stdout
+    assert "\nidleTimeBetweenReadsInMillis = 600000\n" in result.stdout
