@@ -79,7 +79,7 @@ def test_a_password_in_an_endpoint_url_is_never_printed_back(tmp_path: Path) -> 
     job.write_text(
         "source: {region: us-east-1, table: orders}\n"
         "destinations: [{region: eu-west-1, table: orders}]\n"
-        "dead_letter: {kind: sqs, queue_url: 'https://admin:QueuePw77@sqs.example/1/q'}\n"
+        "dead_letter: {kind: sqs, queue_url: 'https://admin:QueuePw77@sqs.example/123456789012/q'}\n"
     )
     shown = CliRunner().invoke(cli, ["validate", "-c", str(job)], prog_name="replicator")
     assert shown.exit_code == 0, shown.output
