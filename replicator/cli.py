@@ -22,7 +22,7 @@ from click.core import ParameterSource
 from replicator.config import load_job
 from replicator.config.model import ResolvedJob
 from replicator.exceptions import KeySyntaxError, OperatorError, SinceSyntaxError
-from replicator.logs import redact
+from replicator.logs import echo
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -44,7 +44,7 @@ def _operator_errors(function: Callable[P, R]) -> Callable[P, R]:
         try:
             return function(*args, **kwargs)
         except OperatorError as error:
-            click.echo(redact(f"replicator: {error}"), err=True)
+            echo(f"replicator: {error}", err=True)
             sys.exit(error.exit_code)
 
     return wrapper
@@ -120,9 +120,9 @@ def validate(config_path: Path) -> None:
 
     resolved = load_job(config_path, on_disk=True)
     check_resolvers(resolved)
-    click.echo(redact(describe(resolved)))
+    echo(describe(resolved))
     for caution in resolved.job.cautions:
-        click.echo(f"warning: {caution}")
+        echo(f"warning: {caution}")
 
 
 def _trimmed_data(resolved: ResolvedJob) -> str:
@@ -243,6 +243,7 @@ def properties(config_path: Path, worker_id: str | None) -> None:
     from replicator.runtime.kcl.properties import render_properties
 
     resolved = load_job(config_path)
+    # verbatim: the file the KCL reads (it holds no credentials: docs/security.md)
     click.echo(render_properties(resolved, worker_id=worker_id), nl=False)
 
 

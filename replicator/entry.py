@@ -66,8 +66,8 @@ def _end_now(code: object) -> None:
         status = 0
     elif isinstance(code, int):
         status = code
-    else:  # sys.exit("message"): printed, exit 1, as the interpreter does
-        sys.stderr.write(f"{code}\n")
+    else:  # sys.exit("message"): printed (redacted), exit 1, as the interpreter does
+        sys.stderr.write(f"{logs.redact(str(code))}\n")
         status = 1
     logs.finish_lines()
     os._exit(status)

@@ -63,6 +63,15 @@ def redact(text: str) -> str:
     return text
 
 
+def echo(text: str, err: bool = False) -> None:
+    """Print a command's output or one-line error: every text that leaves the process
+    (log lines, /healthz, dead letters, conflict-log entries, what commands print) is
+    redacted as the logs are, and this is where a command's printed text is."""
+    import click
+
+    click.echo(redact(text), err=err)
+
+
 def _redacted(value: Any) -> Any:
     """A log field without credentials, at any depth (a list of errors, a dict of them)."""
     if isinstance(value, str):

@@ -79,11 +79,32 @@ def test_a_password_in_an_endpoint_url_is_never_printed_back(tmp_path: Path) -> 
     job.write_text(
         "source: {region: us-east-1, table: orders}\n"
         "destinations: [{region: eu-west-1, table: orders}]\n"
-        "dead_letter: {kind: sqs, queue_url: 'https://admin:QueuePw77@sqs.example/1/q'}\n"
+        "dead_letter: {kind: sqs, queue_url: 'https://admin:QueuePw77@sqs.example/123456789012/q'}\n"
     )
     shown = CliRunner().invoke(cli, ["validate", "-c", str(job)], prog_name="replicator")
     assert shown.exit_code == 0, shown.output
     assert "QueuePw77" not in shown.output and "https://<redacted>@sqs.example" in shown.output
+
+
+def test_what_a_command_prints_goes_through_the_redacting_echo() -> None:
+    """Every text a command prints may quote what AWS said (a result's error, a refusal),
+    so it is printed through ``logs.echo``, which redacts it as the logs are; the one
+    exception says why it is printed verbatim."""
+    root = Path(logs.__file__).parent
+    direct = []
+    for path in sorted(set(root.rglob("*.py")) - {Path(logs.__file__)}):
+        lines = ["", *path.read_text().splitlines()]
+        direct += [
+            f"{path.relative_to(root)}:{number}"
+            for number, line in enumerate(lines)
+            if "click.echo(" in line and "# verbatim:" not in lines[number - 1]
+        ]
+    assert direct == []
+
+
+def test_echo_prints_a_quoted_credential_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.echo("refused: 'X-Amz-Security-Token': 'ECHOqqqTOKEN99'", err=True)
+    assert capsys.readouterr().err == "refused: 'X-Amz-Security-Token': '<redacted>'\n"
 
 
 class _Recording(io.StringIO):

@@ -7,6 +7,9 @@ needlessly for a larger one, so the dead-letter and conflict-log targets both re
 (one GetQueueAttributes, once). When it cannot be read (no ``sqs:GetQueueAttributes``)
 :data:`ASSUMED_LIMIT` is used, with a warning; a transient failure is tried again at the
 next message rather than kept.
+
+Before that, at start, :func:`check_exists` asks SQS about the queue, so that a queue
+URL naming no queue stops the start in one line instead of the first message.
 """
 
 from __future__ import annotations
@@ -16,12 +19,21 @@ from typing import TYPE_CHECKING
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from replicator.aws.errors import ErrorKind, classify
+from replicator.aws.errors import ErrorKind, classify, error_code, error_message
+from replicator.exceptions import EnvironmentProblem
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 log = structlog.get_logger(__name__)
+# SQS's answers to a queue URL that names no queue: the JSON protocol's code, the query
+# protocol's, and a URL that is not of this endpoint's form.
+_NO_QUEUE = frozenset(
+    {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "InvalidAddress"}
+)
+# GetQueueAttributes not allowed: the queue may well be there (docs/security.md lets a
+# policy leave that action out).
+_NOT_ALLOWED = frozenset({"AccessDenied", "AccessDeniedException"})
 # Assumed when the queue's MaximumMessageSize cannot be read: SQS's limit until 2025,
 # and still that of queues created with it.
 ASSUMED_LIMIT = 256 * 1024
@@ -81,3 +93,31 @@ class MessageLimit:
             f"{what}, larger than {self.described(limit)}, of SQS queue {self.queue_url}; "
             f"raise the queue's MaximumMessageSize {advice}"
         )
+
+
+def check_exists(client: SQSClient, queue_url: str, setting: str, what: str, where: str) -> bool:
+    """Ask SQS about the queue at ``queue_url`` (the job's ``setting``) before anything
+    is sent to it: a queue that does not exist stops the start with EnvironmentProblem
+    naming it, where it would otherwise stop the worker at its first message; a policy
+    without ``sqs:GetQueueAttributes`` is a warning (the queue cannot be checked, and is
+    used as the policy allows, and False is returned). Any other failure is raised as
+    the AWS error, for the caller to decide whether it stops the start."""
+    try:
+        client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["MaximumMessageSize"])
+    except ClientError as error:
+        code = error_code(error)
+        if code in _NO_QUEUE:
+            raise EnvironmentProblem(
+                f"{setting}: the {what} {queue_url} does not exist at {where} ({code}: "
+                f"{error_message(error)}); create it, or give the URL of an existing "
+                "standard queue"
+            ) from None
+        if code not in _NOT_ALLOWED:
+            raise
+        log.warning(
+            f"{what} not checked at start: sqs:GetQueueAttributes is not allowed",
+            queue=queue_url,
+            error=str(error),
+        )
+        return False
+    return True

@@ -1450,8 +1450,16 @@ def _conflict_log_table_checks(job: JobConfig) -> Problems:
     ]
 
 
-def _fifo_queue_checks(job: JobConfig) -> Problems:
-    """A FIFO queue takes only messages with a MessageGroupId, which the dead letters and
+# An SQS queue URL, as AWS and the emulators give them: http(s)://host[:port]/<account
+# id: 12 digits>/<queue name: 1 to 80 letters, digits, - and _; .fifo for a FIFO queue>.
+_QUEUE_URL = re.compile(r"https?://[^/\s?#]+/\d{12}/[A-Za-z0-9_-]{1,80}(?:\.fifo)?", re.I)
+
+
+def _queue_url_checks(job: JobConfig) -> Problems:
+    """A queue URL that is not one (a typo, a queue's name or ARN) names no queue: the
+    first dead letter would stop the worker, every conflict-log entry would be dropped.
+
+    A FIFO queue takes only messages with a MessageGroupId, which the dead letters and
     the conflict log do not send: every message would be refused (MissingParameter), a
     dead letter stopping the worker and an entry counted as dropped. A FIFO queue's
     name, the last part of its URL, ends in ``.fifo``."""
@@ -1462,7 +1470,17 @@ def _fifo_queue_checks(job: JobConfig) -> Problems:
     if job.conflict_log.kind is ConflictLogKind.SQS:
         targets.append(("conflict_log", job.conflict_log.queue_url, "conflict-log entry"))
     for section, url, what in targets:
-        if url and url.strip().rstrip("/").lower().endswith(".fifo"):
+        if url and not _QUEUE_URL.fullmatch(url):
+            problems.append(
+                (
+                    (section, "queue_url"),
+                    f"{url!r} is not an SQS queue URL, which has the form "
+                    "https://sqs.<region>.amazonaws.com/<account id, 12 digits>/<queue name> "
+                    "(or the same path after the endpoint_url of an SQS-compatible "
+                    "endpoint); give the QueueUrl that aws sqs get-queue-url prints",
+                )
+            )
+        elif url and url.lower().endswith(".fifo"):
             problems.append(
                 (
                     (section, "queue_url"),
@@ -1606,7 +1624,7 @@ _CROSS_CHECKS: tuple[tuple[Callable[[JobConfig], Problems], frozenset[str]], ...
     (_max_records_checks, frozenset({"source", "kcl"})),
     (_kind_option_checks, frozenset({"dead_letter", "conflict_log"})),
     (_conflict_log_table_checks, _TASK | {"conflict_log"}),
-    (_fifo_queue_checks, frozenset({"dead_letter", "conflict_log"})),
+    (_queue_url_checks, frozenset({"dead_letter", "conflict_log"})),
 )
 # The checks that read the files the job names, with the keys they read.
 FILE_CHECK_KEYS = _TASK | {"dead_letter", "conflict_log"}

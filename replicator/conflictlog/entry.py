@@ -24,6 +24,7 @@ from typing import Any
 from replicator.conflictlog.keys import canonical_key
 from replicator.exceptions import AttributeFormatError, EntryFormatError
 from replicator.items import Item, item_from_wire, item_to_wire, key_id, value_from_wire
+from replicator.logs import redact
 from replicator.records import Change
 from replicator.rules.base import ConflictRule
 from replicator.rules.custom import CustomRule
@@ -327,7 +328,7 @@ class LostConflict:
             ),
             policy=self.rule.name,
             rule=describe_rule(self.rule),
-            why=self.why,
+            why=redact(self.why),  # stored and shown as the logs are: redacted
             sequence_number=change.sequence_number,
             shard_id=self.shard_id,
             created=iso(change.created_s),

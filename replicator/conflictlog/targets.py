@@ -12,6 +12,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from replicator.appendfile import UNWRITABLE_HINT, why_not_appendable
 from replicator.aws import clients
 from replicator.aws.clients import Place
+from replicator.aws.queues import check_exists
 from replicator.aws.tables import where
 from replicator.config.model import ConflictLogKind, ResolvedJob
 from replicator.conflictlog.base import ConflictLogTarget, Selection
@@ -130,7 +131,8 @@ def prepare(resolved: ResolvedJob) -> None:
     """Make the conflict log ready before replication starts.
 
     A DynamoDB table is created (with its TTL) when missing, and a file's directory; a
-    queue with a redrive policy is warned about (listings move its entries away);
+    queue that does not exist stops the start, one with a redrive policy is warned
+    about (listings move its entries away);
     what only the operator can fix (access denied, a name DynamoDB refuses, a
     directory that cannot be created) stops the start with EnvironmentProblem, and a
     file path that names a directory with ConfigError. An outage does not:
@@ -153,7 +155,16 @@ def prepare(resolved: ResolvedJob) -> None:
     if settings.kind is ConflictLogKind.SQS:
         queue = conflict_log_target(resolved, sdk_retries=False)  # one try: only a warning
         assert isinstance(queue, SqsConflictLog)
+        region = settings.region or resolved.job.source.region
         try:
+            if not check_exists(
+                queue.client,
+                queue.queue_url,
+                "conflict_log.queue_url",
+                "conflict-log queue",
+                where(region, settings.endpoint_url, settings.role_arn),
+            ):
+                return
             warning = queue.redrive_warning()
         except (ClientError, BotoCoreError) as error:
             log.info("conflict-log queue's redrive policy not checked", error=str(error))

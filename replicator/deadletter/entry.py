@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from replicator.exceptions import DeadLetterFormatError
+from replicator.logs import redact
 from replicator.records import RawRecord
 
 ALL_DESTINATIONS = "*"
@@ -58,7 +59,11 @@ class DeadLetter:
         return json.dumps(body, separators=(",", ":"), sort_keys=True)
 
     def _body(self) -> dict[str, Any]:
+        """The letter as stored, its error text redacted as the logs are: it quotes what
+        AWS said, which can quote a credential (the record is data, kept exactly)."""
         body = asdict(self)
+        body["error"] = redact(self.error)
+        body["reason"] = redact(self.reason)
         return {**body.pop("other_fields"), **body}
 
     @classmethod

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import click
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -78,7 +77,7 @@ def run_demo(config_path: Path, options: DemoOptions, console: Console | None = 
         resolved = load_job(config_path.resolve())
         problem = off_endpoint(resolved, url) or Stamps.problem(resolved.job)
         if problem is not None:
-            click.echo(f"replicator demo: {config_path}: {problem}", err=True)
+            logs.echo(f"replicator demo: {config_path}: {problem}", err=True)
             return 2
         logs.configure(resolved.job.logging.level, resolved.job.logging.format.value)
         return _Demo(resolved, url, options, console).run()
@@ -214,11 +213,12 @@ class _Demo:
         runtime.stop()
         thread.join(60)
         if workload.error is not None:
-            console.print(f"[red]the workload failed: {workload.error}[/]")
+            console.print(f"[red]the workload failed: {logs.redact(str(workload.error))}[/]")
             return 1
         if failure:
             verb = "stopped" if runtime.started.is_set() and workload.ident else "did not start"
-            console.print(f"[red]the replicator {verb}: {self._advice(failure[0])}[/]")
+            advice = logs.redact(self._advice(failure[0]))
+            console.print(f"[red]the replicator {verb}: {advice}[/]")
             return 1
         return 0 if equal else 1
 
@@ -248,7 +248,8 @@ class _Demo:
         workload.start()
         converged = self._watch(runtime, workload, started)
         if runtime.failure is not None and not failure:
-            self.console.print(f"[red]the replicator stopped on an error: {runtime.failure}[/]")
+            error = logs.redact(str(runtime.failure))
+            self.console.print(f"[red]the replicator stopped on an error: {error}[/]")
         if workload.error is not None or failure or runtime.failure is not None:
             return False
         # Checked while the replicator still runs, so that its metrics can be read

@@ -32,6 +32,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from replicator.exceptions import EnvironmentProblem
+from replicator.logs import redact
 from replicator.metrics import health as health_rules
 from replicator.metrics.multiprocess import reap_dead
 
@@ -86,7 +87,8 @@ class MetricsServer:
                         self._reply(404, "text/plain", b"not found: try /metrics or /healthz\n")
                 except Exception as error:  # noqa: BLE001  # answered, logged, server lives on
                     log.error("metrics request failed", path=path, error=str(error))
-                    self._reply(500, "text/plain", f"{type(error).__name__}: {error}\n".encode())
+                    said = redact(f"{type(error).__name__}: {error}")
+                    self._reply(500, "text/plain", f"{said}\n".encode())
 
             def _reply(self, status: int, content_type: str, body: bytes) -> None:
                 self.send_response(status)
@@ -155,13 +157,15 @@ class MetricsServer:
 
     def health(self) -> health_rules.Health:
         """Judged from the sample files alone: the health rules read only the processes'
-        lag and checkpoint times, and the other collectors may wait on the network."""
+        lag and checkpoint times, and the other collectors may wait on the network. The
+        runtime's problems quote AWS's errors, which can quote a credential: they leave
+        the process redacted, as the logs are."""
         return health_rules.evaluate(
             _flat(self._from_files()),
             now=time.time(),
             stall_after_s=self.stall_after_s,
             started_at=self.started_at,
-            problems=self.problems(),
+            problems=[redact(problem) for problem in self.problems()],
         )
 
     def start(self) -> None:

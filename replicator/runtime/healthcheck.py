@@ -7,13 +7,17 @@ curl. The port is the argument, else ``$REPLICATOR_METRICS_PORT``, else 9400 (th
 file's default ``metrics.port``). The address is ``$REPLICATOR_METRICS_HOST`` (set it
 to the job's ``metrics.host`` when that is one specific address: the probe runs inside
 the container and must reach the address the replicator listens on), else 127.0.0.1;
-a wildcard host (``0.0.0.0``, ``::``) is probed on its loopback address.
+a wildcard host (``0.0.0.0``, ``::``) is probed on its loopback address. A variable
+that holds neither a port nor an address is the one line and exit 1.
 """
 
 from __future__ import annotations
 
+import http.client
+import ipaddress
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -41,7 +45,7 @@ def probe(port: int, timeout_s: float = 5.0, host: str = DEFAULT_HOST) -> tuple[
             return response.status == 200, response.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as error:
         return False, error.read().decode("utf-8", "replace")
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, http.client.HTTPException) as error:
         return False, json.dumps({"status": "unreachable", "reasons": [f"{url}: {error}"]})
 
 
@@ -59,13 +63,39 @@ def _port(argv: list[str]) -> int:
     return port
 
 
+# A host name as DNS has them (RFC 1123 labels), for a host that is not an IP address.
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+
+
+def _host() -> str:
+    """The address to probe; ValueError naming the variable when it holds neither an IP
+    address nor a host name (a space, a slash, a port: urllib would raise on it, or ask
+    another host than the one meant)."""
+    given = os.environ.get(HOST_ENV) or ""
+    bare = given.strip().removeprefix("[").removesuffix("]")
+    if bare in _WILDCARDS:
+        return given or DEFAULT_HOST
+    try:
+        ipaddress.ip_address(bare)
+    except ValueError:
+        if not _HOST_NAME.fullmatch(bare):
+            raise ValueError(
+                f"healthcheck: {HOST_ENV} {given!r} is not an IP address or host name"
+            ) from None
+    return given
+
+
 def main(argv: list[str]) -> int:
     try:
         port = _port(argv)
+        host = _host()
     except ValueError as error:
         print(error, file=sys.stderr)  # stdout-ok: stderr of the container's health probe
         return 1
-    healthy, body = probe(port, host=os.environ.get(HOST_ENV) or DEFAULT_HOST)
+    healthy, body = probe(port, host=host)
     if not healthy:
         print(body, file=sys.stderr)  # stdout-ok: stderr of the container's health probe
     return 0 if healthy else 1

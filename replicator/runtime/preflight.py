@@ -22,7 +22,8 @@ from botocore.exceptions import (
 )
 
 from replicator.appendfile import UNWRITABLE_HINT, why_not_appendable
-from replicator.aws import clients, tables
+from replicator.aws import clients, queues, tables
+from replicator.aws.clients import Place
 from replicator.aws.errors import error_code, error_message, excerpt
 from replicator.config.model import ConflictPolicyName, DeadLetterKind, ResolvedJob, StreamKind
 from replicator.conflictlog.targets import prepare
@@ -217,8 +218,26 @@ def check_dead_letter_file(resolved: ResolvedJob) -> None:
         )
 
 
+def check_dead_letter_queue(resolved: ResolvedJob) -> None:
+    """A dead-letter queue that does not exist (or cannot be reached) would stop every
+    shard at its first dead letter, and every restart after: say so now, naming the
+    setting and the queue, as for a file that cannot be written."""
+    settings = resolved.job.dead_letter
+    if settings.kind is not DeadLetterKind.SQS:
+        return
+    assert settings.queue_url
+    region = settings.region or resolved.job.source.region
+    where = tables.where(region, settings.endpoint_url, settings.role_arn)
+    client = clients.sqs(Place(region, settings.endpoint_url, settings.role_arn))
+    what = "dead-letter queue"
+    try:
+        queues.check_exists(client, settings.queue_url, "dead_letter.queue_url", what, where)
+    except (ClientError, BotoCoreError) as error:
+        raise explain(error, f"dead_letter.queue_url: {what} {settings.queue_url}", where) from None
+
+
 def check(resolved: ResolvedJob, stopped: Callable[[], bool] = lambda: False) -> SourceInfo:
-    """Check the dead-letter file, the source and destinations, and make the job's
+    """Check the dead-letter file or queue, the source and destinations, and make the job's
     conflict log (a file's directory, checked writable) and tombstone tables ready (the
     replicator's own, created when missing like the lease table).
 
@@ -231,6 +250,8 @@ def check(resolved: ResolvedJob, stopped: Callable[[], bool] = lambda: False) ->
 
     go_on()
     check_dead_letter_file(resolved)
+    go_on()
+    check_dead_letter_queue(resolved)
     go_on()
     info = check_source(resolved)
     go_on()

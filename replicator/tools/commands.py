@@ -47,7 +47,7 @@ def interrupts(on_signal: Callable[[], None]) -> Iterator[None]:
     previous = {number: signal.getsignal(number) for number in handled}
 
     def handler(number: int, frame: Any) -> None:
-        click.echo(
+        logs.echo(
             f"replicator: {signal.Signals(number).name} received; stopping after the work in "
             "hand (again to stop at once)",
             err=True,
@@ -70,7 +70,7 @@ def backfill(config_path: Path, **options: Any) -> int:
     runner = Backfill(resolved, BackfillOptions(**options))
     with interrupts(runner.interrupt), aws_failures(f"backfill {resolved.task_name}", resolved):
         result = runner.run()
-    click.echo(result.summary())
+    logs.echo(result.summary())
     return result.exit_code
 
 
@@ -81,7 +81,7 @@ def verify(config_path: Path, as_json: bool, **options: Any) -> int:
     runner = Verify(resolved, VerifyOptions(**options))
     with interrupts(runner.interrupt), aws_failures(f"verify {resolved.task_name}", resolved):
         report = runner.run()
-    click.echo(report.as_json() if as_json else report.text())
+    logs.echo(report.as_json() if as_json else report.text())
     return report.exit_code
 
 
@@ -125,7 +125,7 @@ def redrive(config_path: Path) -> int:
     runner = Redrive(resolved)
     with interrupts(runner.interrupt), aws_failures(f"redrive {resolved.task_name}", resolved):
         report = runner.run()
-    click.echo(report.text())
+    logs.echo(report.text())
     return report.exit_code
 
 
@@ -172,7 +172,7 @@ def conflicts(
                 if missing is None:
                     raise
                 raise EntryNotFound(f"{error}: {missing}") from None
-            click.echo(result.message)
+            logs.echo(result.message)
             return result.exit_code
         selection = Selection(
             item=canonical_key(key) if key is not None else None,
@@ -187,7 +187,7 @@ def conflicts(
             dict(Counter(e.task_name for e in others)),
             missing=missing,
         )
-    click.echo(listing.as_json(limit) if output == "json" else listing.text(limit))
+    logs.echo(listing.as_json(limit) if output == "json" else listing.text(limit))
     return 0
 
 
@@ -220,7 +220,7 @@ def _check_destination(resolved: ResolvedJob, destination: str) -> None:
     labels = [d.label for d in resolved.job.destinations]
     if destination in labels or destination == source_label(resolved):
         return
-    click.echo(
+    logs.echo(
         f"replicator: warning: {destination!r} is neither a destination of {resolved.path} "
         f"(destinations: {', '.join(labels)}) nor its source ({source_label(resolved)}); "
         "listing the entries recorded under that name (a destination since removed from the "
@@ -239,7 +239,7 @@ def _warn_about_redrive(target: SqsConflictLog) -> None:
     except (ClientError, BotoCoreError) as error:
         warning = f"the queue's redrive policy could not be read ({error})"
     if warning:
-        click.echo(f"replicator: warning: {warning}", err=True)
+        logs.echo(f"replicator: warning: {warning}", err=True)
 
 
 def _check_key_names(resolved: ResolvedJob, key: Any) -> None:

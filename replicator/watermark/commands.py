@@ -14,10 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-import click
 from botocore.exceptions import BotoCoreError, ClientError
 
-from replicator import wiring
+from replicator import logs, wiring
 from replicator.config.model import DestinationConfig, ResolvedJob, StreamKind
 from replicator.epoch import ISO_TIME_FORM, date_alone, typed_iso_time
 from replicator.exceptions import (
@@ -85,7 +84,7 @@ def _stopped_by_signals() -> Iterator[None]:
 
 
 def _stopped_line(stop: _Stopped, what: str) -> int:
-    click.echo(f"replicator: {stop.signal.name} received; {what}", err=True)
+    logs.echo(f"replicator: {stop.signal.name} received; {what}", err=True)
     return stop.exit_code
 
 
@@ -260,10 +259,10 @@ def show(resolved: ResolvedJob, name: str | None, as_json: bool) -> int:
             | {"status_table": resolved.watermark_table, "region": d.region}
             for d, mark in found
         ]
-        click.echo(json.dumps(report if name is None else report[0], indent=2))
+        logs.echo(json.dumps(report if name is None else report[0], indent=2))
     else:
         for destination, mark in found:
-            click.echo(_describe(resolved, destination, mark, now))
+            logs.echo(_describe(resolved, destination, mark, now))
     return 0 if all(mark and mark.watermark_us is not None for _, mark in found) else 1
 
 
@@ -338,7 +337,7 @@ def wait(
             f"{result.waited_s:.1f}s: the endpoint hangs, or is slower than --timeout"
         )
     target = f"{destination.label} until {iso(to_epoch_us(until))}"
-    click.echo(f"{target}: {result.describe()}", err=not result.replicated)
+    logs.echo(f"{target}: {result.describe()}", err=not result.replicated)
     if not result.reached:
         return EXIT_TIMEOUT
     return EXIT_DEAD_LETTERED if result.dead_lettered or result.unread else EXIT_REPLICATED

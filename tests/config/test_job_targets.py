@@ -1,6 +1,6 @@
 """The conflict log's and the dead letters' targets: never one of the job's own tables or
-files, never a FIFO queue, and never a directory; each refused by ``validate`` with exit 2,
-naming the key and what it clashes with."""
+files, never a FIFO queue nor a queue URL that is not one, and never a directory; each
+refused by ``validate`` with exit 2, naming the key and what it clashes with."""
 
 from __future__ import annotations
 
@@ -85,6 +85,32 @@ def test_a_fifo_queue_is_refused_naming_it(tmp_path: Path, section: str, what: s
     assert line.startswith(f"  {section}.queue_url (line 5)")
 
 
+@pytest.mark.parametrize("section", ["conflict_log", "dead_letter"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "not a url",
+        "orders-dlq",
+        "arn:aws:sqs:us-east-1:123456789012:orders-dlq",
+        "https://sqs.us-east-1.amazonaws.com/orders-dlq",
+        "https://sqs.us-east-1.amazonaws.com/123456789012/orders dlq",
+    ],
+)
+def test_a_queue_url_that_is_not_one_is_refused_naming_it(
+    tmp_path: Path, section: str, url: str
+) -> None:
+    """It named no queue: the first dead letter stopped the worker (every conflict-log
+    entry was dropped), after a start with only a warning."""
+    line = _refused(
+        tmp_path,
+        JOB + f"{section}: {{kind: sqs, queue_url: '{url}', endpoint_url: 'http://127.0.0.1:9'}}\n",
+        f"{section}.queue_url",
+        f"{url!r} is not an SQS queue URL",
+        "https://sqs.<region>.amazonaws.com/<account id, 12 digits>/<queue name>",
+    )
+    assert line.startswith(f"  {section}.queue_url (line 5)")
+
+
 def test_a_standard_queue_passes() -> None:
     url = "https://sqs.us-east-1.amazonaws.com/123456789012/fifo-audit"
     job = parse_job(
@@ -153,7 +179,11 @@ def test_file_targets_are_compared_as_the_files_they_name(
     )
     assert "conflict_log.path (line 6): gives 'z.jsonl', which is also" in said
     # Files of their own pass; so does a path of a kind that writes no file.
-    load_job_text = JOB + "conflict_log: {kind: file}\ndead_letter: {kind: sqs, queue_url: q}\n"
+    load_job_text = (
+        JOB
+        + "conflict_log: {kind: file}\n"
+        + "dead_letter: {kind: sqs, queue_url: 'http://sqs/123456789012/q'}\n"
+    )
     job.write_text(load_job_text)
     assert load_job(job).job.conflict_log.path == "conflicts/{task_name}.jsonl"
 

@@ -702,3 +702,16 @@ def test_dynamodb_log_keeps_an_item_whose_key_is_near_2_kb(moto_endpoint: str, u
         target, Selection(item=canonical_key(parse_key(f"pk=S:{'L' * 2030} sk=N:3")))
     )
     assert [e.id for e in found] == [entry.id]
+
+
+def test_an_entry_stores_a_credential_quoted_in_why_a_change_lost_redacted(
+    tmp_path: Path,
+) -> None:
+    """Why a change lost can quote what a custom resolver or AWS said: stored as the logs
+    show it, a credential redacted."""
+    quoting = replace(conflict(1), why="resolver said sessiontoken=CONFLICTqqqTOKEN7")
+    target = FileConflictLog(tmp_path / "conflicts.jsonl")
+    target.put(quoting.entry())
+    stored = (tmp_path / "conflicts.jsonl").read_text()
+    assert "CONFLICTqqqTOKEN7" not in stored
+    assert ConflictEntry.from_json(stored).why == "resolver said sessiontoken=<redacted>"

@@ -474,3 +474,30 @@ def test_writes_through_an_assumed_role(
     assert "Item" in item
     writer_change = decode(put("x", 1))
     assert writer_change.keys == {"pk": {"S": "x"}}
+
+
+QUOTING_A_TOKEN = (
+    "InvalidSignatureException: The Canonical String for this request should have been "
+    "'POST\n/\n\nhost:127.0.0.1\nx-amz-security-token:LETTERqqqTOKEN42\n'"
+)
+
+
+def test_a_letter_stores_a_credential_quoted_by_its_error_redacted(
+    tmp_path: Path, moto_endpoint: str, unique: Any
+) -> None:
+    """A letter's error is what AWS said, which can quote the session token: the file and
+    the queue hold it redacted, as the logs do; the record itself is kept exactly."""
+    quoting = replace(letter(1, size=300_000), error=QUOTING_A_TOKEN, reason=QUOTING_A_TOKEN)
+    path = tmp_path / "dead.jsonl"
+    FileDeadLetters(path).put(quoting)
+    sqs = client("sqs", "us-east-1", moto_endpoint)
+    url = sqs.create_queue(QueueName=unique("dlq"))["QueueUrl"]
+    SqsDeadLetters(sqs, url).put(quoting)  # larger than a message: sent compressed
+    (message,) = sqs.receive_message(QueueUrl=url)["Messages"]
+    for stored in (path.read_text(), message["Body"]):
+        assert "LETTERqqqTOKEN42" not in stored
+        read = DeadLetter.from_json(stored)
+        assert (
+            read.error == read.reason == QUOTING_A_TOKEN.replace("LETTERqqqTOKEN42", "<redacted>")
+        )
+        assert read.record == quoting.record

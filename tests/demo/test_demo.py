@@ -374,7 +374,7 @@ def test_the_demo_refuses_an_sqs_dead_letter_queue(tmp_path: Path) -> None:
     job = (ROOT / "config" / "one-way.yaml").read_text()
     job = job.replace(
         "  kind: file\n  path: dead-letters/{task_name}.jsonl\n",
-        "  kind: sqs\n  queue_url: https://sqs.us-east-1.amazonaws.com/1/q\n",
+        "  kind: sqs\n  queue_url: https://sqs.us-east-1.amazonaws.com/123456789012/q\n",
     )
     path = tmp_path / "job.yaml"
     path.write_text(job)

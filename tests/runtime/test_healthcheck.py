@@ -32,6 +32,17 @@ def test_a_port_that_is_not_one_is_a_one_line_failure(port: str) -> None:
     )
 
 
+@pytest.mark.parametrize("host", ["bad host", "a/b", "user@host", "host:9400", "x:y:z"])
+def test_a_host_that_is_not_one_is_a_one_line_failure(host: str) -> None:
+    """As for the port: one line naming the variable, exit 1, whatever urllib would have
+    made of it (a traceback for a space, another host for a slash or an @)."""
+    result = healthcheck(REPLICATOR_METRICS_PORT="47151", REPLICATOR_METRICS_HOST=host)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"healthcheck: REPLICATOR_METRICS_HOST {host!r} is not an IP address or host name"
+    )
+
+
 def test_the_configured_host_is_probed(ipv6_server: MetricsServer) -> None:
     """A replicator listening on one specific address (here ::1) is not reached on
     127.0.0.1: the probe asks the address REPLICATOR_METRICS_HOST names."""

@@ -27,6 +27,20 @@ def job_file(path: Path, endpoint: str, source: str, destination: str, extra: st
     return path
 
 
+def _refused_start(job: Path) -> tuple[subprocess.CompletedProcess[str], str]:
+    """``replicator run`` refused at start: exit 3 and no traceback; its last line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "replicator", "run", "--config", str(job)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    return result, result.stderr.strip().splitlines()[-1]
+
+
 @pytest.fixture
 def tables(moto_endpoint: str, unique: Any) -> dict[str, str]:
     east = client("dynamodb", "us-east-1", moto_endpoint)
@@ -85,16 +99,7 @@ def test_a_dead_letter_directory_that_cannot_be_created_stops_run_with_exit_3(
     """A file where the directory should be (as root, permission bits never refuse)."""
     job = job_file(tmp_path / "job.yaml", moto_endpoint, tables["ours"], tables["dst"])
     (tmp_path / "dead").write_text("in the way\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "replicator", "run", "--config", str(job)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 3, result.stderr
-    assert "Traceback" not in result.stderr
-    line = result.stderr.strip().splitlines()[-1]
+    _, line = _refused_start(job)
     assert line.startswith("replicator: dead_letter.path: ")
     assert f"{tmp_path}/dead/preflight-{tables['ours']}.jsonl" in line
     assert "chown 10001" in line
@@ -123,6 +128,78 @@ def test_a_conflict_log_file_that_cannot_be_written_names_its_setting(
     message = str(raised.value)
     assert message.startswith("conflict_log.path: ")
     assert f"{tmp_path}/blocker is a file" in message
+
+
+def _with_queue(job: Path, section: str, url: str, endpoint: str) -> Path:
+    text = job.read_text()
+    if section == "dead_letter":
+        text = "\n".join(line for line in text.splitlines() if "dead_letter" not in line) + "\n"
+    job.write_text(
+        text + f"{section}: {{kind: sqs, queue_url: '{url}', endpoint_url: '{endpoint}'}}\n"
+    )
+    return job
+
+
+def test_a_dead_letter_queue_that_does_not_exist_stops_run_with_exit_3(
+    moto_endpoint: str, tables: dict[str, str], tmp_path: Path
+) -> None:
+    """As a dead-letter file that cannot be written: the first dead letter would have
+    stopped every shard, and every restart after."""
+    job = job_file(tmp_path / "job.yaml", moto_endpoint, tables["ours"], tables["dst"])
+    queue = f"{moto_endpoint}/123456789012/no-such-queue"
+    _with_queue(job, "dead_letter", queue, moto_endpoint)
+    result, line = _refused_start(job)
+    assert line.startswith(
+        f"replicator: dead_letter.queue_url: the dead-letter queue {queue} does not exist at "
+        f"{moto_endpoint} (us-east-1)"
+    )
+    assert "local runtime started" not in result.stderr
+
+
+def test_a_conflict_log_queue_that_does_not_exist_stops_the_start(
+    moto_endpoint: str, tables: dict[str, str], tmp_path: Path
+) -> None:
+    job = job_file(tmp_path / "job.yaml", moto_endpoint, tables["ours"], tables["dst"])
+    queue = f"{moto_endpoint}/123456789012/no-such-queue"
+    _with_queue(job, "conflict_log", queue, moto_endpoint)
+    with pytest.raises(EnvironmentProblem) as raised:
+        preflight.check(load_job(job))
+    assert str(raised.value).startswith(
+        f"conflict_log.queue_url: the conflict-log queue {queue} does not exist"
+    )
+
+
+@pytest.mark.parametrize("section", ["dead_letter", "conflict_log"])
+def test_a_queue_that_exists_passes_and_one_whose_attributes_are_denied_is_a_warning(
+    moto_endpoint: str, tables: dict[str, str], tmp_path: Path, unique: Any, section: str
+) -> None:
+    """A policy may leave sqs:GetQueueAttributes out (docs/security.md): the queue cannot
+    be checked, and the start goes on with a warning."""
+    import structlog.testing
+
+    from tests.support.faults.proxy import Fault, FaultProxy, Mode
+
+    queue = client("sqs", "us-east-1", moto_endpoint).create_queue(QueueName=unique("q"))
+    url = queue["QueueUrl"]
+    job = job_file(tmp_path / "job.yaml", moto_endpoint, tables["ours"], tables["dst"])
+    text = job.read_text()
+    with structlog.testing.capture_logs() as lines:
+        preflight.check(load_job(_with_queue(job, section, url, moto_endpoint)))
+    assert not [line for line in lines if line["log_level"] == "warning"]
+    proxy = FaultProxy(moto_endpoint).start()
+    try:
+        proxy.set(Mode(Fault.DENY, operations=frozenset({"GetQueueAttributes"})))
+        job.write_text(text)
+        with structlog.testing.capture_logs() as lines:
+            preflight.check(load_job(_with_queue(job, section, url, proxy.url)))
+    finally:
+        proxy.stop()
+    assert proxy.counts("GetQueueAttributes")["denied"] >= 1
+    warnings = [line for line in lines if line["log_level"] == "warning"]
+    assert [line["event"] for line in warnings] == [
+        f"{section.replace('_', '-')} queue not checked at start: "
+        "sqs:GetQueueAttributes is not allowed"
+    ]
 
 
 def test_a_kinesis_arn_the_kcl_would_not_read_is_refused(

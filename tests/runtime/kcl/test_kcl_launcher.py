@@ -385,6 +385,26 @@ def test_a_missing_kinesis_stream_is_named(kinesis_job: dict[str, Any], tmp_path
     assert_refused(run_cli(job), 3, "kinesis stream no-such-stream", "not found")
 
 
+def test_a_dead_letter_queue_that_does_not_exist_is_named_before_the_daemon_starts(
+    kinesis_job: dict[str, Any], tmp_path: Path
+) -> None:
+    """The KCL runtime's start runs the same preflight as the local one's."""
+    jars = fake_jars(tmp_path / "jars", [java.MULTILANG_DAEMON])
+    job = write_job(
+        tmp_path / "job.yaml", **kinesis_job, kcl=f", java: {sys.executable}, jars_dir: {jars}"
+    )
+    queue = f"{kinesis_job['endpoint']}/123456789012/no-such-queue"
+    job.write_text(
+        job.read_text().replace(
+            f"dead_letter: {{kind: file, path: '{tmp_path / 'dead.jsonl'}'}}",
+            f"dead_letter: {{kind: sqs, queue_url: '{queue}', "
+            f"endpoint_url: '{kinesis_job['endpoint']}'}}",
+        )
+    )
+    assert "kind: sqs" in job.read_text()
+    assert_refused(run_cli(job), 3, f"dead_letter.queue_url: the dead-letter queue {queue}")
+
+
 def test_a_classpath_that_cannot_start_is_a_clear_error(
     kinesis_job: dict[str, Any], tmp_path: Path
 ) -> None:

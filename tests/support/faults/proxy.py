@@ -18,6 +18,9 @@ time from the test (:meth:`FaultProxy.set`) and applies to the next request:
   its retry meets its own write (then the proxy passes requests through again).
 * ``DENY``: answer a fraction of requests with HTTP 400 ``AccessDeniedException``,
   unforwarded (a destination whose permissions were taken away).
+* ``BAD_SIGNATURE``: answer a fraction of requests with HTTP 400
+  ``InvalidSignatureException`` whose message quotes the canonical request it expected,
+  the request's ``x-amz-security-token`` header included, as AWS does; unforwarded.
 * ``REFUSE``: stop listening, so connections are refused, and drop open keep-alive
   connections; leaving this fault listens again on the same port. The port stays bound
   meanwhile (a socket that does not listen: connections to it are refused), so that no
@@ -80,6 +83,7 @@ class Fault(StrEnum):
     RESET = "reset"
     BLACK_HOLE = "black_hole"
     DENY = "deny"
+    BAD_SIGNATURE = "bad_signature"
     REFUSE = "refuse"
     SLOW_ANSWER = "slow_answer"
 
@@ -406,6 +410,10 @@ class FaultProxy:
             self._count(request, "denied")
             kind = "com.amazon.coral.service#AccessDeniedException"
             return self._send(connection, _error(400, kind, "Injected: not authorized"))
+        if fault is Fault.BAD_SIGNATURE:
+            self._count(request, "bad_signature")
+            kind = "com.amazon.coral.service#InvalidSignatureException"
+            return self._send(connection, _error(400, kind, _expected_signature(request)))
         if fault in (Fault.SERVER_ERROR, Fault.RESET) and mode.after_forward:
             forwarded = self._forward(request)
             self._count(request, f"upstream_{forwarded.status}")
@@ -493,6 +501,22 @@ def _error(status: int, kind: str, message: str) -> _Response:
     ]
     reason = {400: "Bad Request", 500: "Internal Server Error", 502: "Bad Gateway"}[status]
     return _Response(status, reason, headers, body)
+
+
+def _expected_signature(request: _Request) -> str:
+    """AWS's answer to a bad signature: the canonical request it expected, headers
+    (the session token among them) in plain text."""
+    signed = sorted(
+        f"{name.lower()}:{value}"
+        for name, value in request.headers
+        if name.lower() in ("host", "x-amz-date", "x-amz-security-token", "x-amz-target")
+    )
+    return (
+        "The request signature we calculated does not match the signature you provided. "
+        "The Canonical String for this request should have been\n'POST\n/\n\n"
+        + "\n".join(signed)
+        + "\n'"
+    )
 
 
 def _reset(connection: socket.socket) -> None:
