@@ -57,6 +57,7 @@ _LONGEST_FIRST = (
     "runtime/local/test_local_runtime_leases.py",  # 55
     "runtime/local/test_local_runtime_failures.py",  # 50
     "runtime/local/test_local_runtime_backpressure.py",  # 45
+    "runtime/local/test_redacted_outputs.py",  # 37: waits for the restart limit's exit 3
     "runtime/local/test_wide_items.py",  # 20
 )
 _TESTS = Path(__file__).parent

@@ -50,7 +50,9 @@ def test_a_session_token_quoted_by_a_refusal_is_redacted_on_healthz_and_in_the_o
                         failures.append(reasons)
                 return bool(failures)
 
-            wait_until(failure_reported, 60, "/healthz to report the failing processor", 0.02)
+            wait_until(
+                failure_reported, 60 * PATIENCE, "/healthz to report the failing processor", 0.02
+            )
             assert runtime.wait(120 * PATIENCE) == 3
         finally:
             if runtime.poll() is None:
