@@ -27,7 +27,9 @@ from replicator.aws.errors import error_code, error_message, excerpt
 from replicator.config.model import ConflictPolicyName, DeadLetterKind, ResolvedJob, StreamKind
 from replicator.conflictlog.targets import prepare
 from replicator.exceptions import ConfigError, EnvironmentProblem
+from replicator.shards.leases import check_lease_table
 from replicator.tombstones.setup import prepare as prepare_tombstones
+from replicator.watermark.table import check_status_table
 
 _ORDERED = (ConflictPolicyName.LAST_WRITER_WINS, ConflictPolicyName.VERSION)
 
@@ -155,6 +157,33 @@ def check_ranking_attributes(resolved: ResolvedJob, key_schema: dict[str, str]) 
             )
 
 
+def check_task_tables(resolved: ResolvedJob) -> None:
+    """The lease table (the KCL's too) and the watermark's status tables are the job's
+    own, found by name: one of those names given to a table of another key schema (an
+    application's) is refused before anything is written into it, rather than failing
+    on every write (or, for the lease table, on items that are not leases)."""
+    source = resolved.job.source
+    where = tables.where(source.region, source.endpoint_url, source.role_arn)
+    what = f"lease table {resolved.lease_table}"
+    try:
+        check_lease_table(clients.dynamodb(source), resolved.lease_table, where)
+    except (ClientError, BotoCoreError) as error:
+        raise explain(error, what, where) from None
+    if not resolved.publishes_watermark:
+        return
+    seen: set[str] = set()
+    for destination in resolved.job.destinations:
+        where = tables.where(destination.region, destination.endpoint_url, destination.role_arn)
+        if where in seen:
+            continue
+        seen.add(where)
+        name = resolved.watermark_table
+        try:
+            check_status_table(clients.dynamodb(destination), name, where)
+        except (ClientError, BotoCoreError) as error:
+            raise explain(error, f"status table {name}", where) from None
+
+
 def check_kinesis_stream(resolved: ResolvedJob, where: str) -> str:
     """The Kinesis data stream's ARN, once it is known to exist and be readable.
 
@@ -235,6 +264,8 @@ def check(resolved: ResolvedJob, stopped: Callable[[], bool] = lambda: False) ->
     info = check_source(resolved)
     go_on()
     check_destinations(resolved, info.key_schema)
+    go_on()
+    check_task_tables(resolved)
     go_on()
     prepare(resolved)
     go_on()
