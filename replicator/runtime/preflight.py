@@ -89,6 +89,7 @@ def check_source(resolved: ResolvedJob) -> SourceInfo:
         raise explain(error, what, where) from None
     key_schema = tables.shape_of(table).key_schema
     check_ranking_attributes(resolved, key_schema)
+    check_origin_attribute(resolved, key_schema)
     if source.stream.kind is StreamKind.KINESIS:
         return SourceInfo(
             stream_arn=check_kinesis_stream(resolved, where),
@@ -155,6 +156,21 @@ def check_ranking_attributes(resolved: ResolvedJob, key_schema: dict[str, str]) 
                 "never changes, so every image of an item would rank the same; name the "
                 "attribute the application sets to its time or version on every write"
             )
+
+
+def check_origin_attribute(resolved: ResolvedJob, key_schema: dict[str, str]) -> None:
+    """A key attribute as the origin stamp would drop every put as another region's
+    echo (a key's value is never this region's name) and checkpoint past it: refused,
+    as a rank attribute that is a key attribute is, where the key schema is read."""
+    origin = resolved.job.loop_prevention.origin_attribute
+    if origin in key_schema:
+        raise ConfigError(
+            f"{resolved.path}: loop_prevention.origin_attribute is {origin!r}, a key "
+            f"attribute of the source table {resolved.job.source.table} "
+            f"({key_schema[origin]}): its value is the item's key, never this region's "
+            "origin value, so every put would be dropped as another region's echo; name "
+            "the attribute the application stamps with its region on every write"
+        )
 
 
 def check_task_tables(resolved: ResolvedJob) -> None:
