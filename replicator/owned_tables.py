@@ -84,6 +84,27 @@ def check_key_schema(
         raise EnvironmentProblem(f"{what} at {where} exists with key schema {schema}; {hint}")
 
 
+def check_if_exists(
+    client: DynamoDBClient,
+    table: str,
+    keys: dict[str, KeyTypeType],
+    what: str,
+    where: str,
+    hint: str,
+) -> bool:
+    """Whether ``table`` exists (False if not); EnvironmentProblem when it has other keys
+    than ``keys`` (:func:`check_key_schema`). For a start that refuses such a table before
+    anything is written, where the table itself is created later (or by the KCL)."""
+    try:
+        described = client.describe_table(TableName=table)["Table"]
+    except ClientError as error:
+        if error_code(error) == "ResourceNotFoundException":
+            return False
+        raise
+    check_key_schema(described, keys, what, where, hint)
+    return True
+
+
 def _ensure_ttl(client: DynamoDBClient, table: str, attribute: str, what: str, where: str) -> None:
     try:
         described = client.describe_time_to_live(TableName=table)
@@ -96,6 +117,7 @@ def _ensure_ttl(client: DynamoDBClient, table: str, attribute: str, what: str, w
             log.warning(
                 f"the {what}'s TTL is on another attribute; its items will not expire",
                 table=table,
+                where=where,
                 attribute=ttl.get("AttributeName"),
             )
         return
@@ -107,7 +129,7 @@ def _ensure_ttl(client: DynamoDBClient, table: str, attribute: str, what: str, w
     except ClientError as error:
         refuse_if_final(error, what, where)
         raise
-    log.info(f"{what} expires items", table=table, attribute=attribute)
+    log.info(f"{what} expires items", table=table, where=where, attribute=attribute)
 
 
 def refuse_if_final(error: ClientError, what: str, where: str) -> None:

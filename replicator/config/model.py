@@ -1424,6 +1424,43 @@ def _own_tables(job: JobConfig, *, conflict_log: bool = True) -> dict[tuple[str,
     return own
 
 
+def _task_table_checks(job: JobConfig) -> Problems:
+    """The tables named after the task (the lease table and the KCL's two and a
+    backfill's progress table in the source's region, the watermark's status table in
+    each destination's) are the replicator's own: one that is the source or a
+    destination table (same region and endpoint) would get leases or parts written
+    among the application's items, or be refused as having other keys only at start."""
+    task = _task(job)
+    source = job.source
+    users: dict[tuple[str, str | None, str], str] = {}
+    for index, destination in reversed(list(enumerate(job.destinations))):
+        place = (destination.region, destination.endpoint_url, destination.table)
+        users[place] = f"the table of destinations[{index}]"
+    users[(source.region, source.endpoint_url, source.table)] = "the source table"
+    own = [((source.region, source.endpoint_url, task), "lease table")]
+    for suffix in TASK_TABLE_SUFFIXES:
+        if suffix == "-watermark":
+            own += [
+                ((d.region, d.endpoint_url, task + suffix), "watermark status table")
+                for d in job.destinations
+            ]
+        else:
+            own.append(((source.region, source.endpoint_url, task + suffix), f"{suffix[1:]} table"))
+    for place, what in own:
+        clash = users.get(place)
+        if clash is not None:
+            region, _, name = place
+            return [
+                (
+                    ("task_name",),
+                    f"{task!r} names the job's {what} {name!r} in {region}, which is {clash}: "
+                    "the replicator keeps its own items in that table; give the job a "
+                    "task_name that names none of its tables",
+                )
+            ]
+    return []
+
+
 def _conflict_log_table_checks(job: JobConfig) -> Problems:
     """A conflict log of kind dynamodb has a table of its own: one of the job's own tables
     (the source, a destination, the lease table, a watermark, backfill or KCL table)
@@ -1625,6 +1662,7 @@ _CROSS_CHECKS: tuple[tuple[Callable[[JobConfig], Problems], frozenset[str]], ...
     (_kind_option_checks, frozenset({"dead_letter", "conflict_log"})),
     (_conflict_log_table_checks, _TASK | {"conflict_log"}),
     (_queue_url_checks, frozenset({"dead_letter", "conflict_log"})),
+    (_task_table_checks, _TASK),
 )
 # The checks that read the files the job names, with the keys they read.
 FILE_CHECK_KEYS = _TASK | {"dead_letter", "conflict_log"}

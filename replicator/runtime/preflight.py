@@ -28,7 +28,9 @@ from replicator.aws.errors import error_code, error_message, excerpt
 from replicator.config.model import ConflictPolicyName, DeadLetterKind, ResolvedJob, StreamKind
 from replicator.conflictlog.targets import prepare
 from replicator.exceptions import ConfigError, EnvironmentProblem
+from replicator.shards.leases import check_lease_table
 from replicator.tombstones.setup import prepare as prepare_tombstones
+from replicator.watermark.table import check_status_table
 
 _ORDERED = (ConflictPolicyName.LAST_WRITER_WINS, ConflictPolicyName.VERSION)
 
@@ -88,6 +90,7 @@ def check_source(resolved: ResolvedJob) -> SourceInfo:
         raise explain(error, what, where) from None
     key_schema = tables.shape_of(table).key_schema
     check_ranking_attributes(resolved, key_schema)
+    check_origin_attribute(resolved, key_schema)
     if source.stream.kind is StreamKind.KINESIS:
         return SourceInfo(
             stream_arn=check_kinesis_stream(resolved, where),
@@ -154,6 +157,48 @@ def check_ranking_attributes(resolved: ResolvedJob, key_schema: dict[str, str]) 
                 "never changes, so every image of an item would rank the same; name the "
                 "attribute the application sets to its time or version on every write"
             )
+
+
+def check_origin_attribute(resolved: ResolvedJob, key_schema: dict[str, str]) -> None:
+    """A key attribute as the origin stamp would drop every put as another region's
+    echo (a key's value is never this region's name) and checkpoint past it: refused,
+    as a rank attribute that is a key attribute is, where the key schema is read."""
+    origin = resolved.job.loop_prevention.origin_attribute
+    if origin in key_schema:
+        raise ConfigError(
+            f"{resolved.path}: loop_prevention.origin_attribute is {origin!r}, a key "
+            f"attribute of the source table {resolved.job.source.table} "
+            f"({key_schema[origin]}): its value is the item's key, never this region's "
+            "origin value, so every put would be dropped as another region's echo; name "
+            "the attribute the application stamps with its region on every write"
+        )
+
+
+def check_task_tables(resolved: ResolvedJob) -> None:
+    """The lease table (the KCL's too) and the watermark's status tables are the job's
+    own, found by name: one of those names given to a table of another key schema (an
+    application's) is refused before anything is written into it, rather than failing
+    on every write (or, for the lease table, on items that are not leases)."""
+    source = resolved.job.source
+    where = tables.where(source.region, source.endpoint_url, source.role_arn)
+    what = f"lease table {resolved.lease_table}"
+    try:
+        check_lease_table(clients.dynamodb(source), resolved.lease_table, where)
+    except (ClientError, BotoCoreError) as error:
+        raise explain(error, what, where) from None
+    if not resolved.publishes_watermark:
+        return
+    seen: set[str] = set()
+    for destination in resolved.job.destinations:
+        where = tables.where(destination.region, destination.endpoint_url, destination.role_arn)
+        if where in seen:
+            continue
+        seen.add(where)
+        name = resolved.watermark_table
+        try:
+            check_status_table(clients.dynamodb(destination), name, where)
+        except (ClientError, BotoCoreError) as error:
+            raise explain(error, f"status table {name}", where) from None
 
 
 def check_kinesis_stream(resolved: ResolvedJob, where: str) -> str:
@@ -256,6 +301,8 @@ def check(resolved: ResolvedJob, stopped: Callable[[], bool] = lambda: False) ->
     info = check_source(resolved)
     go_on()
     check_destinations(resolved, info.key_schema)
+    go_on()
+    check_task_tables(resolved)
     go_on()
     prepare(resolved)
     go_on()

@@ -18,6 +18,7 @@ changes nothing else; the write id can.
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 import uuid
@@ -29,9 +30,11 @@ from botocore.exceptions import ClientError
 
 from replicator.aws.errors import error_code
 from replicator.exceptions import EnvironmentProblem, LeaseLost
+from replicator.owned_tables import check_if_exists, check_key_schema
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.literals import KeyTypeType
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +43,14 @@ LATEST = "LATEST"
 SHARD_END = "SHARD_END"
 SENTINELS = frozenset({TRIM_HORIZON, LATEST, SHARD_END})
 WRITE_ID = "replicatorWriteId"
+KEYS: dict[str, KeyTypeType] = {"leaseKey": "HASH"}
+# What to do about a table of another key schema under the lease table's name.
+OTHER_KEYS_HINT = (
+    "it is not a lease table (task_name names the lease table, in the source's region): "
+    "give the job a task_name that names no other table"
+)
 _MAX_UNANSWERED = 100
+_SHOWN_CHARS = 300  # of an item that is not a lease, in its message
 
 
 @dataclass(frozen=True)
@@ -68,22 +78,58 @@ class Lease:
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> Lease:
+        """The lease an item of the lease table holds; ValueError naming the attribute
+        when it holds none (an item neither the KCL nor this code wrote)."""
+        shard_id = _attribute(item, "leaseKey", "S", None)
+        if shard_id is None:
+            raise ValueError("it has no string leaseKey")
+        numbers = {
+            name: _attribute(item, name, "N", "0")
+            for name in (
+                "leaseCounter",
+                "checkpointSubSequenceNumber",
+                "ownerSwitchesSinceCheckpoint",
+            )
+        }
+        for name, text in numbers.items():
+            if not str(text).isdigit():
+                raise ValueError(f"its {name} is {text!r}, not a count")
         return cls(
-            shard_id=item["leaseKey"]["S"],
-            owner=item.get("leaseOwner", {}).get("S"),
-            counter=int(item.get("leaseCounter", {}).get("N", "0")),
-            checkpoint=item.get("checkpoint", {}).get("S", TRIM_HORIZON),
-            sub_sequence_number=int(item.get("checkpointSubSequenceNumber", {}).get("N", "0")),
-            owner_switches=int(item.get("ownerSwitchesSinceCheckpoint", {}).get("N", "0")),
-            parents=sorted(item.get("parentShardId", {}).get("SS", [])),
+            shard_id=shard_id,
+            owner=_attribute(item, "leaseOwner", "S", None),
+            counter=int(numbers["leaseCounter"]),
+            checkpoint=_attribute(item, "checkpoint", "S", TRIM_HORIZON),
+            sub_sequence_number=int(numbers["checkpointSubSequenceNumber"]),
+            owner_switches=int(numbers["ownerSwitchesSinceCheckpoint"]),
+            parents=sorted(_attribute(item, "parentShardId", "SS", [])),
         )
 
 
+def _attribute(item: dict[str, Any], name: str, kind: str, default: Any) -> Any:
+    """The value of attribute ``name`` of DynamoDB type ``kind``, ``default`` when the
+    item has none; ValueError when it has one of another type."""
+    value = item.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, dict) or kind not in value:
+        types = ", ".join(value) if isinstance(value, dict) else type(value).__name__
+        raise ValueError(f"its {name} is of type {types}, not {kind}")
+    return value[kind]
+
+
+def check_lease_table(client: DynamoDBClient, table: str, where: str) -> bool:
+    """Whether the lease table exists; EnvironmentProblem when a table of that name has
+    another key schema. For the start-up check, made before a runtime creates the table
+    (or the KCL does)."""
+    return check_if_exists(client, table, KEYS, f"lease table {table}", where, OTHER_KEYS_HINT)
+
+
 class LeaseTable:
-    def __init__(self, client: DynamoDBClient, table: str, owner: str) -> None:
+    def __init__(self, client: DynamoDBClient, table: str, owner: str, where: str = "") -> None:
         self.client = client
         self.table = table
         self.owner = owner
+        self.where = where or client.meta.region_name
         self._lock = threading.Lock()  # one conditional update per lease at a time
         # Per shard, the updates since the last answered one (all conditional on the
         # counter then held, so at most one of them can have landed).
@@ -105,12 +151,17 @@ class LeaseTable:
                 ) from error
         deadline = time.monotonic() + wait_s
         while True:
-            status = self.client.describe_table(TableName=self.table)["Table"]["TableStatus"]
+            described = self.client.describe_table(TableName=self.table)["Table"]
+            status = described["TableStatus"]
             if status == "ACTIVE":
-                return
+                break
             if time.monotonic() > deadline:
                 raise EnvironmentProblem(f"lease table {self.table} is still {status}")
             time.sleep(1.0)
+        # An existing table is ours only if it has the lease table's key: any other (an
+        # application's table that the task name names) is refused before a lease is
+        # written into it.
+        check_key_schema(described, KEYS, f"lease table {self.table}", self.where, OTHER_KEYS_HINT)
 
     def all(self) -> dict[str, Lease]:
         leases: dict[str, Lease] = {}
@@ -118,7 +169,7 @@ class LeaseTable:
         while True:
             page = self.client.scan(**kwargs)
             for item in page.get("Items", []):
-                lease = Lease.from_item(item)
+                lease = self._lease(item)
                 leases[lease.shard_id] = lease
             if "LastEvaluatedKey" not in page:
                 return leases
@@ -126,7 +177,23 @@ class LeaseTable:
 
     def get(self, shard_id: str) -> Lease | None:
         item = self._item(shard_id)
-        return Lease.from_item(item) if item else None
+        return self._lease(item) if item else None
+
+    def _lease(self, item: dict[str, Any]) -> Lease:
+        """The item's lease, or one line naming the table and the item that is none."""
+        try:
+            return Lease.from_item(item)
+        except ValueError as error:
+            key = item.get("leaseKey")
+            if isinstance(key, dict) and isinstance(key.get("S"), str):
+                named = f"with leaseKey {key['S']!r}"
+            else:
+                shown = json.dumps(item, sort_keys=True, default=str)
+                named = shown if len(shown) <= _SHOWN_CHARS else shown[: _SHOWN_CHARS - 1] + "…"
+            raise EnvironmentProblem(
+                f"lease table {self.table} at {self.where}: the item {named} is not a lease "
+                f"({error}); remove it, or give the job a task_name of its own"
+            ) from None
 
     def _item(self, shard_id: str) -> dict[str, Any] | None:
         item: dict[str, Any] | None = self.client.get_item(
@@ -155,7 +222,7 @@ class LeaseTable:
             landed = self._landed(item, self._unanswered.get(shard_id, []))
             if landed is not None and held is not None:
                 self._advance(held, landed)
-            return Lease.from_item(item)
+            return self._lease(item)
 
     def create(self, shard_id: str, checkpoint: str, parents: list[str]) -> Lease | None:
         """Create a lease if none exists; None when another creator won the race."""

@@ -68,7 +68,7 @@ def check_handoff(resolved: ResolvedJob, stream_arn: str, ddb: DynamoDBClient) -
     else:
         streams = clients.dynamodb_streams(source)
         listing = functools.partial(_stream_shards, streams, stream_arn)
-    leases = _leases(LeaseTable(ddb, resolved.lease_table, owner="backfill"), where)
+    leases = _leases(LeaseTable(ddb, resolved.lease_table, owner="backfill", where=where), where)
     shards = _open_shards(listing, stream_arn, where)
     trim_horizon = job.kcl.initial_position is InitialPosition.TRIM_HORIZON
     positions: dict[str, str] = {}

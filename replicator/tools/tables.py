@@ -20,7 +20,11 @@ from replicator.aws.tables import TableShape
 from replicator.config.model import DestinationConfig, ResolvedJob, TtlDeletes
 from replicator.exceptions import EnvironmentProblem
 from replicator.items import Item, canonical_number
-from replicator.runtime.preflight import check_ranking_attributes, explain
+from replicator.runtime.preflight import (
+    check_origin_attribute,
+    check_ranking_attributes,
+    explain,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -85,9 +89,11 @@ def describe(ref: TableRef) -> TableShape:
 def checked_source(resolved: ResolvedJob, source: TableRef) -> TableShape:
     """The source's shape, once the job's conflict settings are known to fit its key (a
     ConfigError otherwise, as ``run`` refuses them at start): a command that writes with
-    a timestamp or version that is a key attribute would rank every image the same."""
+    a timestamp or version that is a key attribute would rank every image the same, and
+    one whose origin stamp is a key attribute would take every image for an echo."""
     shape = describe(source)
     check_ranking_attributes(resolved, shape.key_schema)
+    check_origin_attribute(resolved, shape.key_schema)
     return shape
 
 

@@ -21,15 +21,25 @@ from botocore.exceptions import ClientError
 
 from replicator.aws.errors import error_code
 from replicator.exceptions import EnvironmentProblem
+from replicator.owned_tables import check_if_exists, check_key_schema
 from replicator.watermark.parts import MAX_DEAD_LETTER_RANGES, Part, Placeholder, merge_ranges
 from replicator.watermark.spans import UnreadSpan, covered_through, dumps, merge_spans
 from replicator.watermark.tracker import DeadLetters
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.literals import KeyTypeType
+    from mypy_boto3_dynamodb.type_defs import TableDescriptionTypeDef
 
 ENDED_PARTS_KEPT_S = 2 * 24 * 3600  # longer than the stream keeps records (24 h)
 SUFFIX = "-watermark"
+KEYS: dict[str, KeyTypeType] = {"destination": "HASH", "shard": "RANGE"}
+# What to do about a table of another key schema under the status table's name.
+OTHER_KEYS_HINT = (
+    "it is not a watermark status table (named <task_name>-watermark, in each "
+    "destination's region): give the job a task_name that names no other table, or "
+    "turn the watermark off (watermark.enabled: false)"
+)
 
 
 class PartLost(Exception):
@@ -38,6 +48,12 @@ class PartLost(Exception):
 
 def table_name(task_name: str) -> str:
     return f"{task_name}{SUFFIX}"
+
+
+def check_status_table(client: DynamoDBClient, name: str, where: str) -> bool:
+    """Whether the status table exists; EnvironmentProblem when a table of that name has
+    another key schema (checked at start, before any processor publishes into it)."""
+    return check_if_exists(client, name, KEYS, f"status table {name}", where, OTHER_KEYS_HINT)
 
 
 class StatusTable:
@@ -55,27 +71,38 @@ class StatusTable:
         """Create the table if it does not exist, and wait until it is ACTIVE."""
         created = False
         try:
-            status = self._status()
+            described = self._describe()
         except ClientError as error:
             if error_code(error) != "ResourceNotFoundException":
                 raise
             created = self._create()
-            status = self._status()
+            described = self._describe()
         deadline = time.monotonic() + wait_s
-        while status != "ACTIVE":
+        while described["TableStatus"] != "ACTIVE":
             if time.monotonic() > deadline:
-                raise EnvironmentProblem(f"status table {self.name} is still {status}")
+                raise EnvironmentProblem(
+                    f"status table {self.name} is still {described['TableStatus']}"
+                )
             time.sleep(1.0)
-            status = self._status()
+            described = self._describe()
+        # A table of that name made by someone else (another key schema) would refuse
+        # every write: one line saying so, not a warning each interval.
+        check_key_schema(
+            described, KEYS, f"status table {self.name}", self._where(), OTHER_KEYS_HINT
+        )
         if created:
             self.client.update_time_to_live(
                 TableName=self.name,
                 TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"},
             )
 
-    def _status(self) -> str:
-        status: str = self.client.describe_table(TableName=self.name)["Table"]["TableStatus"]
-        return status
+    def _describe(self) -> TableDescriptionTypeDef:
+        return self.client.describe_table(TableName=self.name)["Table"]
+
+    def _where(self) -> str:
+        endpoint = self.client.meta.endpoint_url
+        region = self.client.meta.region_name
+        return region if endpoint.endswith(".amazonaws.com") else f"{endpoint} ({region})"
 
     def _create(self) -> bool:
         """True if this call created the table (False: another processor did just now)."""

@@ -13,6 +13,7 @@ from replicator.config import load_job
 from replicator.exceptions import ConfigError, EnvironmentProblem
 from replicator.runtime import preflight
 from tests.support.aws import client, create_table
+from tests.support.cli import replicator
 
 
 def job_file(path: Path, endpoint: str, source: str, destination: str, extra: str = "") -> Path:
@@ -245,6 +246,26 @@ def test_a_timestamp_that_is_a_key_attribute_stops_the_start_naming_the_key(
     message = str(raised.value)
     assert "\n" not in message and str(path) in message
     assert "conflict.timestamp_attribute is 'pk', a key attribute of the source table" in message
+
+
+def test_an_origin_attribute_that_is_a_key_attribute_stops_the_run(
+    moto_endpoint: str, tables: dict[str, str], tmp_path: Path
+) -> None:
+    """Every put carries its key, never this region's name: each would be dropped as an
+    echo and checkpointed past. ``replicator run`` refuses it, naming the file and key."""
+    path = job_file(tmp_path / "job.yaml", moto_endpoint, tables["ours"], tables["dst"])
+    path.write_text(path.read_text() + "loop_prevention: {origin_attribute: pk}\n")
+
+    result = replicator("run", "--config", str(path))
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert (
+        f"replicator: {path}: loop_prevention.origin_attribute is 'pk', a key attribute "
+        f"of the source table {tables['ours']} (HASH:S)"
+    ) in result.stderr
+    east = client("dynamodb", "us-east-1", moto_endpoint)
+    assert f"preflight-{tables['ours']}" not in east.list_tables()["TableNames"]
 
 
 def test_a_destination_missing_in_the_account_of_its_role_names_the_role_and_account(

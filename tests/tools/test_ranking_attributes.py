@@ -1,6 +1,6 @@
-"""Every command that reads the job's tables refuses a timestamp or version that is a key
-attribute of the source table, as ``run`` does at start (exit 2, one line naming the
-setting), before it reads or writes any item."""
+"""Every command that reads the job's tables refuses a timestamp, version or origin stamp
+that is a key attribute of the source table, as ``run`` does at start (exit 2, one line
+naming the setting), before it reads or writes any item."""
 
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ ON_KEYS = {
     "version": (
         "conflict: {policy: version, version_attribute: sk}",
         "conflict.version_attribute is 'sk', a key attribute of the source table",
+    ),
+    "origin": (
+        f"{LWW}\nloop_prevention: {{origin_attribute: pk}}",
+        "loop_prevention.origin_attribute is 'pk', a key attribute of the source table",
     ),
 }
 COMMANDS = {

@@ -125,7 +125,12 @@ class LocalRuntime:
         source = self.job.source
         self._ddb = clients.dynamodb(source)
         self._streams = clients.dynamodb_streams(source)
-        self.leases = LeaseTable(self._ddb, resolved.lease_table, self.worker_id)
+        self.leases = LeaseTable(
+            self._ddb,
+            resolved.lease_table,
+            self.worker_id,
+            tables.where(source.region, source.endpoint_url, source.role_arn),
+        )
         self.stream_arn = ""
         self._checked: preflight.SourceInfo | None = None
         # Leases of another worker that stood still for the failover time at start-up:
