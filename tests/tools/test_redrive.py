@@ -28,6 +28,7 @@ from tests.support.deadletters import malformed
 from tests.support.e2e import Job, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
 from tests.support.records import daemon_record, stream_record
+from tests.support.tools import run_within
 
 LWW = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}"
 
@@ -594,7 +595,6 @@ def test_a_destination_that_stops_answering_ends_the_redrive_with_exit_3(
 
     proxy = FaultProxy(job.endpoint, observe=after_answer).start()
     proxies.append(proxy)
-    runner: Redrive | None = None
     try:
         eu_through(job, proxy)
         job.path.write_text(
@@ -603,13 +603,7 @@ def test_a_destination_that_stops_answering_ends_the_redrive_with_exit_3(
                 "writer: {max_in_flight: 16, connect_timeout_s: 1, read_timeout_s: 1}",
             )
         )
-        runner = Redrive(load_job(job.path))
-        with ThreadPoolExecutor(1) as pool:
-            try:
-                report = pool.submit(runner.run).result(timeout=60)
-            finally:
-                runner.interrupt()  # without a bound, the write would be retried for ever
-                runner.interrupt()
+        report = run_within(Redrive(load_job(job.path)), 60)
     finally:
         proxy.stop()
 
