@@ -29,10 +29,14 @@ is not recorded, as in the backfill or the repair that wrote it first.
 A letter that fails again stays in the target with ``attempts`` incremented and the new
 error; a ``*`` letter that now fails at some destinations only stays as one letter per
 failing destination. Letters are replayed one at a time, in the order the target
-returns them (a file keeps the order in which they were written). A destination that
-refuses three writes in a row (missing table, access denied, no credentials) fails its
-remaining letters at once, and the exit status is 3, as for an environment not as the
-job says.
+returns them (a file keeps the order in which they were written). The source and every
+destination are described before any letter is claimed, as backfill and verify do: a
+table or endpoint that is not there is the environment's problem (exit 3), and no letter
+is touched for it. A destination that refuses three writes in a row (table deleted
+since, access denied, credentials expired) fails its remaining letters at once, and the
+exit status is 3. One that stops answering for the tools' bound (``UNANSWERED_FOR_S``)
+ends the run: that letter is kept with one more attempt, the untried ones as after an
+interruption, and the exit status is 3 too.
 
 Only the job's own letters are replayed (their ``task_name`` is the job's task name):
 several jobs may share a dead-letter file or queue, and another job's letter is about
