@@ -297,7 +297,8 @@ class Redrive:
         self._conflicts: LetterConflicts | None = None
         self.refused = False
         self.unavailable: str | None = None  # the first destination that did not answer
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler (interrupt) may run while the main thread holds it.
+        self._lock = threading.RLock()
         self._grace: threading.Timer | None = None  # cancels the writes after a first stop
 
     def interrupt(self) -> None:
