@@ -30,6 +30,7 @@ from replicator.deadletter.failed import DeadLetterer
 from replicator.exceptions import (
     DeadLetterUnavailable,
     DestinationRefused,
+    DestinationUnavailable,
     EnvironmentProblem,
     WriteCancelled,
 )
@@ -484,7 +485,7 @@ def _add_counts(into: object, other: object) -> None:
 def _operator_error(error: BaseException, source: TableRef) -> BaseException:
     """Expected failures become one clear message; progress so far is kept."""
     suffix = "; progress is saved: fix it and run the backfill again to continue"
-    if isinstance(error, DestinationRefused | DeadLetterUnavailable):
+    if isinstance(error, DestinationRefused | DestinationUnavailable | DeadLetterUnavailable):
         return EnvironmentProblem(f"{error}{suffix}")
     if isinstance(error, ClientError | BotoCoreError):
         problem = preflight.explain(error, "backfill", source.where)

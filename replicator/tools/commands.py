@@ -98,20 +98,22 @@ def endpoints(resolved: ResolvedJob) -> str:
 
 @contextmanager
 def aws_failures(what: str, resolved: ResolvedJob | None = None) -> Iterator[None]:
-    """AWS errors that outlasted the retries, and refusing destinations, as one clear line
-    (naming the job's endpoints when ``resolved`` is given)."""
+    """AWS errors that outlasted the retries, and destinations that refuse every write or
+    stopped answering, as one clear line (naming the job's endpoints when ``resolved`` is
+    given)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     from replicator.exceptions import (
         DeadLetterUnavailable,
         DestinationRefused,
+        DestinationUnavailable,
         EnvironmentProblem,
     )
     from replicator.runtime.preflight import explain
 
     try:
         yield
-    except (DestinationRefused, DeadLetterUnavailable) as error:
+    except (DestinationRefused, DestinationUnavailable, DeadLetterUnavailable) as error:
         raise EnvironmentProblem(f"{what}: {error}") from None
     except (ClientError, BotoCoreError) as error:
         where = endpoints(resolved) if resolved is not None else "its AWS endpoint"

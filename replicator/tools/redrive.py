@@ -29,10 +29,14 @@ is not recorded, as in the backfill or the repair that wrote it first.
 A letter that fails again stays in the target with ``attempts`` incremented and the new
 error; a ``*`` letter that now fails at some destinations only stays as one letter per
 failing destination. Letters are replayed one at a time, in the order the target
-returns them (a file keeps the order in which they were written). A destination that
-refuses three writes in a row (missing table, access denied, no credentials) fails its
-remaining letters at once, and the exit status is 3, as for an environment not as the
-job says.
+returns them (a file keeps the order in which they were written). The source and every
+destination are described before any letter is claimed, as backfill and verify do: a
+table or endpoint that is not there is the environment's problem (exit 3), and no letter
+is touched for it. A destination that refuses three writes in a row (table deleted
+since, access denied, credentials expired) fails its remaining letters at once, and the
+exit status is 3. One that stops answering for the tools' bound (``UNANSWERED_FOR_S``)
+ends the run: that letter is kept with one more attempt, the untried ones as after an
+interruption, and the exit status is 3 too.
 
 Only the job's own letters are replayed (their ``task_name`` is the job's task name):
 several jobs may share a dead-letter file or queue, and another job's letter is about
@@ -69,20 +73,40 @@ from replicator.deadletter import (
 )
 from replicator.deadletter.failed import DeadLetterer
 from replicator.deadletter.file import FileDeadLetters
-from replicator.exceptions import DestinationRefused, RecordDecodeError, WriteCancelled
+from replicator.exceptions import (
+    DestinationRefused,
+    DestinationUnavailable,
+    RecordDecodeError,
+    WriteCancelled,
+)
 from replicator.filters import ChangeFilter, Route
 from replicator.intake import Reader
 from replicator.items import describe_key, item_from_wire
 from replicator.metrics import Metrics
 from replicator.records import Change, Event
 from replicator.tools.scan import ReadRate
-from replicator.tools.snapshot import ResurrectionGuard, synthetic_purpose, with_snapshot_rules
-from replicator.tools.tables import KeptExpired, TableRef, checked_source, source_ref
+from replicator.tools.snapshot import (
+    ResurrectionGuard,
+    synthetic_purpose,
+    tool_writers,
+    with_snapshot_rules,
+)
+from replicator.tools.tables import (
+    KeptExpired,
+    TableRef,
+    check_same_keys,
+    destination_refs,
+    source_ref,
+)
 from replicator.writers.destination import NOT_PASSED, DestinationWriter, Outcome
 
 log = structlog.get_logger(__name__)
 
 REFUSALS_BEFORE_GIVING_UP = 3
+# Seconds the letter in hand has, after a first Ctrl-C or SIGTERM, to settle before its
+# writes are cancelled as by a second: a letter whose write keeps being retried (a
+# throttling destination) would otherwise hold the command for as long as that lasts.
+INTERRUPT_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +154,9 @@ class RedriveReport:
     other_tasks: Counter[str] = field(default_factory=Counter)  # letters left, by task
     interrupted: bool = False
     refused: bool = False  # a destination refused every write (missing table, credentials)
+    # Why the run stopped early: a destination that did not answer (the error); the
+    # letters not replayed are kept as after an interruption.
+    unavailable: str | None = None
     left: int | None = None  # letters in the target once interrupted, when it can count them
     # Where those letters are once interrupted, when the target can say (a file target:
     # the aside file of the replay and the live file); empty: in the target.
@@ -167,16 +194,28 @@ class RedriveReport:
     @property
     def exit_code(self) -> int:
         """0 only if nothing is left: an unreadable letter is one not replayed; 3 when a
-        destination refused every write (its environment needs fixing first)."""
-        if self.refused:
+        destination refused every write or did not answer (its environment needs fixing
+        first)."""
+        if self.refused or self.unavailable:
             return 3
         return 0 if self.failed == 0 and not self.unreadable and not self.interrupted else 1
 
+    @property
+    def ended_early(self) -> bool:
+        """Interrupted, or stopped by a destination that did not answer: letters may be
+        left that were not tried."""
+        return self.interrupted or self.unavailable is not None
+
+    def _how_it_ended(self) -> str:
+        if self.unavailable is not None:
+            return f"stopped: {self.unavailable}"
+        return "interrupted"
+
     def text(self) -> str:
-        if self.interrupted and not self.replays and not self.unreadable:
+        if self.ended_early and not self.replays and not self.unreadable:
             return "\n".join(
                 [
-                    f"redrive of {self.target}: interrupted: "
+                    f"redrive of {self.target}: {self._how_it_ended()}: "
                     + (
                         f"{self.left} letter{'' if self.left == 1 else 's'} not replayed"
                         if self.left is not None
@@ -191,7 +230,7 @@ class RedriveReport:
             return "\n".join(
                 [
                     f"redrive: no dead letters{mine} in {self.target}"
-                    + (" (interrupted)" if self.interrupted else ""),
+                    + (f" ({self._how_it_ended()})" if self.ended_early else ""),
                     *self._left(),
                 ]
             )
@@ -201,7 +240,7 @@ class RedriveReport:
             f"{self.replayed} replayed{self._lost_text()}, "
             f"{self.failed} failed again (kept in the target)"
             + (f", {len(self.unreadable)} unreadable (kept as they are)" if self.unreadable else "")
-            + (f"; interrupted: {self._rest()}" if self.interrupted else "")
+            + (f"; {self._how_it_ended()}: {self._rest()}" if self.ended_early else "")
         ]
         lines.extend(replay.line() for replay in self.replays)
         lines.extend(f"  unreadable    {item.where}: {item.error}" for item in self.unreadable)
@@ -257,25 +296,45 @@ class Redrive:
         self._target: DeadLetterTarget | None = None
         self._conflicts: LetterConflicts | None = None
         self.refused = False
+        self.unavailable: str | None = None  # the first destination that did not answer
+        # Reentrant: a signal handler (interrupt) may run while the main thread holds it.
+        self._lock = threading.RLock()
+        self._grace: threading.Timer | None = None  # cancels the writes after a first stop
 
     def interrupt(self) -> None:
-        """First call: stop after the letter in hand. Second: stop retrying it."""
-        if self.stop.is_set():
-            for writer in [*self._writers.values(), *self._snapshot_writers.values()]:
-                writer.cancelled.set()
-        self.stop.set()
+        """First call: stop after the letter in hand, giving it ``INTERRUPT_GRACE_S`` to
+        settle. Second, or once that has passed: stop retrying it (it stays as it was)."""
+        with self._lock:
+            if self.stop.is_set():
+                self._cancel_writes()
+            elif self._grace is None:
+                self._grace = threading.Timer(INTERRUPT_GRACE_S, self._cancel_writes)
+                self._grace.daemon = True
+                self._grace.start()
+            self.stop.set()
+
+    def _cancel_writes(self) -> None:
+        for writer in [*self._writers.values(), *self._snapshot_writers.values()]:
+            writer.cancelled.set()
 
     def run(self, target: DeadLetterTarget | None = None) -> RedriveReport:
         # Before any letter is claimed: conflict settings the source's key makes
         # meaningless are the job file's problem, whatever the letters hold.
         source = source_ref(self.resolved)
-        self._source = (source, checked_source(self.resolved, source).key_names)
+        # Every destination as well, as backfill and verify check them: one that does not
+        # answer, or lacks its table, is one line and exit 3 before a letter is touched
+        # (any letter may be for it: a ``*`` letter goes to every destination).
+        shape = check_same_keys(self.resolved, source, destination_refs(self.resolved, 1))
+        self._source = (source, shape.key_names)
         self._kept = KeptExpired.of(self.resolved, source)
         target = target or wiring.dead_letter_target(self.resolved, run_id=self.run_id)
         recorder = recorder_for(self.resolved, self.metrics)
         try:
             report = self._run(target, recorder)
         finally:
+            with self._lock:
+                if self._grace is not None:
+                    self._grace.cancel()
             if recorder is not None:
                 # Stored before the command says it is done; what cannot be is counted
                 # (and logged at error level with the whole entry) as in replication.
@@ -301,7 +360,7 @@ class Redrive:
             self._conflicts = LetterConflicts(recorder, self.resolved.task_name)
         # A letter that fails again goes back to the target as the same letter with one
         # more attempt (``_settle``), so the writers' failures are not stored as new ones.
-        self._writers = wiring.destination_writers(self.resolved, self.metrics, self._conflicts)
+        self._writers = tool_writers(self.resolved, self.metrics, self._conflicts)
         # A backfill's or repair's copy that loses is not a change lost (module docstring).
         self._snapshot_writers = with_snapshot_rules(
             {label: replace(writer, conflict_log=None) for label, writer in self._writers.items()}
@@ -327,13 +386,21 @@ class Redrive:
                         # it again after its visibility timeout.
                         report.interrupted = True
                         break
+                    except DestinationUnavailable as error:
+                        # Its check against the source could not write: not settled either.
+                        self.unavailable = self.unavailable or str(error)
+                        break
                     report.replays.append(replay)
                     self._settle(target, claimed, replay)
+                    if self.unavailable is not None:
+                        # The rest are kept untried: each would wait as long for nothing.
+                        break
                 if self.stop.is_set():
                     report.interrupted = True
                     break
         report.refused = self.refused
-        if report.interrupted and isinstance(target, FileDeadLetters):
+        report.unavailable = self.unavailable
+        if report.ended_early and isinstance(target, FileDeadLetters):
             holding = target.holding()
             report.left = sum(holding.values())
             report.kept_in = [str(path) for path in holding]
@@ -413,6 +480,9 @@ class Redrive:
             self.refused = True
             error = str(refused).replace(NOT_PASSED, "the letter is kept in the target")
             return Failure(writer.label, "refused", error)
+        except DestinationUnavailable as unanswered:
+            self.unavailable = self.unavailable or str(unanswered)
+            return Failure(writer.label, "unavailable", str(unanswered))
         if result.failed:
             return Failure(writer.label, result.reason or "failed", result.error or "")
         return result.outcome

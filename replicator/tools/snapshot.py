@@ -40,6 +40,7 @@ from typing import Any
 
 from replicator import wiring
 from replicator.config.model import ResolvedJob
+from replicator.conflictlog.base import ConflictRecorder
 from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
 from replicator.items import Item, item_to_wire
@@ -218,9 +219,28 @@ def expected_request(
     return write_over(op, change.keys, expected, item, first=first or ())
 
 
+# Seconds an operator command's write waits for a destination that does not answer at
+# all (connection refused, reset or timed out) before the command ends with exit 3, as
+# ``conflicts --restore`` does: replication waits as long as it takes, an operator at a
+# terminal wants an answer. Throttling and server errors are answers: a destination that
+# gives them is there, and the writes wait them out as replication does.
+UNANSWERED_FOR_S = 60.0
+
+
+def tool_writers(
+    resolved: ResolvedJob, metrics: Metrics, conflict_log: ConflictRecorder | None = None
+) -> dict[str, DestinationWriter]:
+    """The job's writers as an operator command uses them: bounded by ``UNANSWERED_FOR_S``
+    (read when called) where a destination stops answering."""
+    return {
+        label: replace(writer, unanswered_for_s=UNANSWERED_FOR_S)
+        for label, writer in wiring.destination_writers(resolved, metrics, conflict_log).items()
+    }
+
+
 def snapshot_writers(resolved: ResolvedJob, metrics: Metrics) -> dict[str, DestinationWriter]:
     """The job's writers, one per destination, with their rules made safe for read images."""
-    return with_snapshot_rules(wiring.destination_writers(resolved, metrics))
+    return with_snapshot_rules(tool_writers(resolved, metrics))
 
 
 def with_snapshot_rules(writers: Mapping[str, DestinationWriter]) -> dict[str, DestinationWriter]:

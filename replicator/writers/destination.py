@@ -6,7 +6,8 @@ conflict rules), or failed in a way no retry fixes (a :class:`WriteResult` with 
 reason and the error). What becomes of a failed change is the caller's decision: the
 pipeline stores it as a dead letter before the checkpoint may pass it, a redrive keeps
 the letter it replayed, the source writer logs it. Retryable failures are retried for
-as long as it takes (unless ``retry_for_s`` bounds it: an operator at a terminal wants
+as long as it takes (unless ``retry_for_s`` bounds it, or ``unanswered_for_s`` bounds
+the wait for a destination that does not answer at all: an operator at a terminal wants
 an answer, :class:`DestinationUnavailable`); a destination that refuses everything
 raises :class:`DestinationRefused`, which stops the worker before anything is
 checkpointed past the refused changes.
@@ -152,6 +153,15 @@ class _Attempts:
     since_s: float | None = None  # when the item went stale here, if before the change
 
 
+@dataclass(frozen=True)
+class _Unanswered:
+    """A change's attempts that got no answer in a row: since when, and how many writes
+    the destination had accepted then."""
+
+    since: float
+    successes: int
+
+
 @dataclass
 class DestinationWriter:
     label: str
@@ -184,6 +194,12 @@ class DestinationWriter:
     # Seconds a write is retried before DestinationUnavailable; None (replication): no
     # limit, lag grows and nothing is dropped.
     retry_for_s: float | None = None
+    # Seconds a change's write may go unanswered (no HTTP answer at all: connection
+    # refused, reset or timed out), no write to the destination being accepted meanwhile,
+    # before DestinationUnavailable; None (replication): no limit. An operator command
+    # sets it: a destination that answers, even with throttling, is there and worth
+    # waiting for; one that does not answer is an environment to fix.
+    unanswered_for_s: float | None = None
     # Seconds a put-back (a wide item replaced unseen) is still retried once the write is
     # cancelled: the write cannot be called back, the item it replaced can still be.
     put_back_after_cancel_s: float = 10.0
@@ -285,6 +301,7 @@ class DestinationWriter:
         streak = 0  # this change's refusals in a row, no success at the destination between
         successes_then: int | None = None
         finish_by: float | None = None  # once cancelled with a put-back due
+        unanswered: _Unanswered | None = None  # since when no attempt has been answered
         while True:
             if self.cancelled.is_set():
                 if not finishing():
@@ -296,6 +313,7 @@ class DestinationWriter:
                         f"write to {self.label} cancelled; the item it replaced unseen was "
                         f"not put back in {self.put_back_after_cancel_s:g} s"
                     )
+            tried_at = time.monotonic()
             try:
                 return attempt_once(attempt)
             except PlanError as error:
@@ -349,6 +367,18 @@ class DestinationWriter:
                 elif isinstance(error, BotoCoreError) and kind is not ErrorKind.AUTH:
                     reason = "network"
                 delay = self.backoff.delay(attempt)
+                if reason == "network" and self.unanswered_for_s is not None:
+                    unanswered = self._still_unanswered(unanswered, tried_at)
+                    left = self.unanswered_for_s - (time.monotonic() - unanswered.since)
+                    if left <= 0:
+                        raise DestinationUnavailable(
+                            f"destination {self.label} ({self.region}/{self.table}) did not "
+                            f"answer for {self.unanswered_for_s:g} s ({attempt + 1} attempts "
+                            f"of one write); last error: {_describe(error)}"
+                        ) from error
+                    delay = min(delay, left)
+                else:
+                    unanswered = None
                 if self.retry_for_s is not None:
                     left = self.retry_for_s - (time.monotonic() - started)
                     if left <= 0:
@@ -678,6 +708,16 @@ class DestinationWriter:
     def _note_success(self, count: int = 1) -> None:
         with self._lock:
             self._successes += count
+
+    def _still_unanswered(self, unanswered: _Unanswered | None, tried_at: float) -> _Unanswered:
+        """One more unanswered attempt, sent at ``tried_at``: since when the destination
+        has not answered, counted again from that attempt if it accepted a write since the
+        last one."""
+        with self._lock:
+            successes = self._successes
+        if unanswered is None or unanswered.successes != successes:
+            return _Unanswered(tried_at, successes)
+        return unanswered
 
     def _note_refusal(self, streak: int, successes_then: int | None) -> tuple[int, int, int]:
         """One more refusal of a change that had ``streak`` in a row, the destination

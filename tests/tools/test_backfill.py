@@ -25,11 +25,13 @@ from replicator.shards.leases import LeaseTable
 from replicator.tombstones.model import tombstone_of
 from replicator.tombstones.setup import prepare as prepare_tombstones
 from replicator.tombstones.table import TombstoneTable
+from replicator.tools import snapshot
 from replicator.tools.backfill import Backfill, BackfillHooks, BackfillOptions, BackfillResult
 from replicator.tools.snapshot import SnapshotRule, synthetic_change
 from replicator.tools.verify import Verify, VerifyOptions
 from tests.support.e2e import PATIENCE, Job, stop, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
+from tests.support.tools import run_within
 
 LWW = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}"
 
@@ -532,6 +534,35 @@ def test_a_destination_that_refuses_every_write_stops_the_backfill_at_once(job: 
     assert "progress is saved" in line
     # a few seconds for the streak; 800 streaks 8 at a time would take minutes
     assert proxy.counts("PutItem")["denied"] < 100, proxy.counts("PutItem")
+
+
+def test_a_destination_that_stops_answering_stops_the_backfill(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ap answers the checks but none of the writes: once a write has had no answer for
+    the tools' bound, the run ends with one error naming ap and its endpoint (exit 3),
+    instead of retrying for ever."""
+    monkeypatch.setattr(snapshot, "UNANSWERED_FOR_S", 3.0)
+    populate(job, 50)
+    proxy = FaultProxy(job.endpoint).start()
+    try:
+        proxy.set(Mode(Fault.BLACK_HOLE, operations=frozenset({"PutItem"})))
+        through_proxy(job, f"{job.name}-ap", proxy)
+        job.path.write_text(
+            job.path.read_text().replace(
+                REFUSING_WRITER,
+                "writer: {max_in_flight: 16, connect_timeout_s: 1, read_timeout_s: 1}",
+            )
+        )
+        runner = Backfill(load_job(job.path), BackfillOptions(skip_handoff_check=True))
+        with pytest.raises(EnvironmentProblem) as raised:
+            run_within(runner, 60)
+    finally:
+        proxy.stop()
+    message = str(raised.value)
+    assert f"destination ap-southeast-2/{job.name}-ap" in message, message
+    assert "did not answer for 3 s" in message and proxy.url in message, message
+    assert message.endswith("progress is saved: fix it and run the backfill again to continue")
 
 
 def test_with_tombstones_a_copy_ranking_at_or_below_a_delete_is_not_brought_back(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +18,9 @@ import pytest
 
 from replicator.config import load_job
 from replicator.deadletter import ALL_DESTINATIONS, DeadLetter, FileDeadLetters, SqsDeadLetters
-from replicator.demo import tables
 from replicator.items import Item, item_to_wire
 from replicator.records import RawRecord
+from replicator.tools import snapshot
 from replicator.tools.redrive import Redrive
 from replicator.tools.snapshot import BACKFILL, REPAIR, synthetic_change
 from tests.support.aws import client
@@ -27,6 +28,7 @@ from tests.support.deadletters import malformed
 from tests.support.e2e import Job, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
 from tests.support.records import daemon_record, stream_record
+from tests.support.tools import run_within
 
 LWW = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}"
 
@@ -112,6 +114,36 @@ def redrive(job: Job) -> subprocess.CompletedProcess[str]:
     )
 
 
+def eu_through(job: Job, proxy: FaultProxy) -> None:
+    """Point the job's eu destination at ``proxy`` (the source and ap stay as they are)."""
+    job.path.write_text(
+        job.path.read_text().replace(
+            f"table: {job.name}-eu, endpoint_url: '{job.endpoint}'",
+            f"table: {job.name}-eu, endpoint_url: '{proxy.url}'",
+        )
+    )
+
+
+def eu_letters(job: Job, start: int) -> FileDeadLetters:
+    """The job's file target holding three letters for eu, putting items a, b and c with
+    sequence numbers from ``start`` (the source holds them)."""
+    eu_label = "/".join(job.destinations[0])
+    target = FileDeadLetters(job.dead_letters)
+    for seq, name in enumerate("abc", start=start):
+        target.put(stream_letter(job, eu_label, image(name), seq, "throttled", "e"))
+    return target
+
+
+def aside_file(job: Job) -> Path:
+    """The one file a redrive renamed aside and left letters in."""
+    (aside,) = [
+        path
+        for path in job.dead_letters.parent.glob(f"{job.dead_letters.name}.redrive-*")
+        if not path.name.endswith(".settled")
+    ]
+    return aside
+
+
 def test_letters_whose_cause_is_fixed_are_applied_and_failing_ones_stay(job: Job) -> None:
     eu_label = "/".join(job.destinations[0])
     target = FileDeadLetters(job.dead_letters)
@@ -128,12 +160,16 @@ def test_letters_whose_cause_is_fixed_are_applied_and_failing_ones_stay(job: Job
     job.source.put_item(TableName=job.source_table, Item=z)
     decodable = daemon_record(stream_record("MODIFY", keys_of(z), item_to_wire(z), seq=14), 14)
     target.put(_letter(job, ALL_DESTINATIONS, decodable, "undecodable", "an old bug", keys_of(z)))
-    eu, eu_table = job.destination_clients()[0]
-    eu.delete_table(TableName=eu_table)  # the cause is not fixed yet
+    proxy = FaultProxy(job.endpoint).start()
+    try:
+        # The cause is not fixed yet: eu's writes are denied (its table can be described).
+        proxy.set(Mode(Fault.DENY, operations=frozenset({"PutItem"})))
+        eu_through(job, proxy)
+        first = redrive(job)
+    finally:
+        proxy.stop()
 
-    first = redrive(job)
-
-    assert first.returncode == 3, first.stderr  # a table missing: exit 3, as documented
+    assert first.returncode == 3, first.stderr  # refused every write: exit 3, as documented
     assert "4 letters, 0 replayed, 4 failed again" in first.stdout
     assert get(job, 1, z) == z  # the * letter reached the destination that works
     kept = {
@@ -142,12 +178,12 @@ def test_letters_whose_cause_is_fixed_are_applied_and_failing_ones_stay(job: Job
     assert set(kept) == {(eu_label, "11"), (eu_label, "12"), ("*", "13"), (eu_label, "14")}
     assert all(letter.attempts == 2 and letter.redrive_run for letter in kept.values())
     assert kept[(eu_label, "11")].reason == "refused"
-    assert "ResourceNotFoundException" in kept[(eu_label, "11")].error
+    assert "AccessDeniedException" in kept[(eu_label, "11")].error
     assert kept[(eu_label, "12")].reason == "unplannable"
     assert kept[("*", "13")].reason == "undecodable"
-    assert "ResourceNotFoundException" in kept[(eu_label, "14")].error
+    assert "AccessDeniedException" in kept[(eu_label, "14")].error
 
-    tables.create(eu, eu_table, stream=False)  # the cause is fixed
+    job.write()  # the cause is fixed
     second = redrive(job)
 
     assert second.returncode == 1
@@ -430,12 +466,7 @@ def test_an_interrupted_redrive_says_how_many_letters_it_kept_and_the_next_takes
     try:
         # Every write to eu is throttled, so the first letter is retried until interrupted.
         proxy.set(Mode(Fault.THROTTLE, operations=frozenset({"PutItem"})))
-        job.path.write_text(
-            job.path.read_text().replace(
-                f"table: {job.name}-eu, endpoint_url: '{job.endpoint}'",
-                f"table: {job.name}-eu, endpoint_url: '{proxy.url}'",
-            )
-        )
+        eu_through(job, proxy)
         runner = Redrive(load_job(job.path))
         with ThreadPoolExecutor(1) as pool:
             running = pool.submit(runner.run)
@@ -450,11 +481,7 @@ def test_an_interrupted_redrive_says_how_many_letters_it_kept_and_the_next_takes
     assert (report.replayed, report.exit_code) == (0, 1)
     # The letters are in the file the redrive renamed aside, not in the live file: the
     # line names the file that holds them.
-    (aside,) = [
-        path
-        for path in job.dead_letters.parent.glob(f"{job.dead_letters.name}.redrive-*")
-        if not path.name.endswith(".settled")
-    ]
+    aside = aside_file(job)
     assert not job.dead_letters.exists()
     assert len(aside.read_text().splitlines()) == 3
     assert report.text() == (
@@ -471,10 +498,7 @@ def test_an_interrupted_redrive_says_how_many_letters_it_kept_and_the_next_takes
 def test_a_destination_refusing_every_writes_credentials_exits_3_and_keeps_the_letters(
     job: Job,
 ) -> None:
-    eu_label = "/".join(job.destinations[0])
-    target = FileDeadLetters(job.dead_letters)
-    for seq, name in enumerate("abc", start=41):
-        target.put(stream_letter(job, eu_label, image(name), seq, "throttled", "e"))
+    target = eu_letters(job, 41)
     proxy = FaultProxy(job.endpoint).start()
     try:
         # Its writes' credentials not accepted (the source's are).
@@ -485,12 +509,7 @@ def test_a_destination_refusing_every_writes_credentials_exits_3_and_keeps_the_l
                 operations=frozenset({"PutItem"}),
             )
         )
-        job.path.write_text(
-            job.path.read_text().replace(
-                f"table: {job.name}-eu, endpoint_url: '{job.endpoint}'",
-                f"table: {job.name}-eu, endpoint_url: '{proxy.url}'",
-            )
-        )
+        eu_through(job, proxy)
         result = redrive(job)
     finally:
         proxy.stop()
@@ -504,10 +523,7 @@ def test_a_destination_refusing_every_writes_credentials_exits_3_and_keeps_the_l
 
 def test_without_credentials_redrive_exits_3_and_keeps_the_letters(job: Job) -> None:
     """The source is read (its key schema) before any letter is claimed."""
-    eu_label = "/".join(job.destinations[0])
-    target = FileDeadLetters(job.dead_letters)
-    for seq, name in enumerate("abc", start=41):
-        target.put(stream_letter(job, eu_label, image(name), seq, "throttled", "e"))
+    target = eu_letters(job, 41)
     env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
     env.update(
         AWS_SHARED_CREDENTIALS_FILE="/dev/null",
@@ -529,6 +545,137 @@ def test_without_credentials_redrive_exits_3_and_keeps_the_letters(job: Job) -> 
     (line,) = result.stderr.strip().splitlines()
     assert "no AWS credentials found" in line and job.source_table in line
     assert [letter.record["sequenceNumber"] for letter in target.letters()] == ["41", "42", "43"]
+
+
+@pytest.mark.parametrize("what", ["nothing listening", "table missing"])
+def test_a_destination_not_there_exits_3_before_a_letter_is_touched(job: Job, what: str) -> None:
+    """As backfill and verify: every destination is described before any letter is
+    claimed, so the file is left byte for byte, and one line names the table and where
+    it was looked for."""
+    eu_label = "/".join(job.destinations[0])
+    eu_letters(job, 61)
+    before = job.dead_letters.read_bytes()
+    proxy = FaultProxy(job.endpoint).start()
+    try:
+        if what == "nothing listening":
+            proxy.refuse()  # its port bound, not listening: every connection refused
+            eu_through(job, proxy)
+            expected = f"cannot reach {proxy.url}"
+        else:
+            eu, eu_table = job.destination_clients()[0]
+            eu.delete_table(TableName=eu_table)
+            expected = f"not found at {job.endpoint}"
+        result = redrive(job)
+    finally:
+        proxy.stop()
+
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.stdout == ""
+    (line,) = [text for text in result.stderr.splitlines() if not text.startswith("{")]
+    assert line.startswith(f"replicator: table {eu_label}: {expected}"), line
+    assert job.dead_letters.read_bytes() == before
+    assert list(job.dead_letters.parent.glob(f"{job.dead_letters.name}.*")) == []
+
+
+def test_a_destination_that_stops_answering_ends_the_redrive_with_exit_3(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """eu answers the check and the first letter's write, then reads every write and never
+    answers: the second letter is given up once no answer came for the tools' bound, and
+    the run stops there, that letter kept with one more attempt, the third untried."""
+    monkeypatch.setattr(snapshot, "UNANSWERED_FOR_S", 3.0)
+    eu_label = "/".join(job.destinations[0])
+    target = eu_letters(job, 71)
+    items = [image(name) for name in "abc"]
+    proxies: list[FaultProxy] = []
+
+    def after_answer(operation: str, body: bytes, status: int) -> None:
+        if operation == "PutItem":  # the first write is answered, none after it
+            proxies[0].set(Mode(Fault.BLACK_HOLE, operations=frozenset({"PutItem"})))
+
+    proxy = FaultProxy(job.endpoint, observe=after_answer).start()
+    proxies.append(proxy)
+    try:
+        eu_through(job, proxy)
+        job.path.write_text(
+            job.path.read_text().replace(
+                "writer: {max_in_flight: 16}",
+                "writer: {max_in_flight: 16, connect_timeout_s: 1, read_timeout_s: 1}",
+            )
+        )
+        report = run_within(Redrive(load_job(job.path)), 60)
+    finally:
+        proxy.stop()
+
+    assert report.exit_code == 3
+    assert (report.replayed, report.failed) == (1, 1)
+    assert proxy.counts("PutItem")["black_holed"] >= 2
+    assert [get(job, 0, item) for item in items] == [items[0], None, None]
+    aside = aside_file(job)
+    # The third stays where it was (the first is settled), the second back in the live file.
+    assert target.holding() == {aside: 1, job.dead_letters: 1}
+    (again,) = target.letters()
+    assert (again.record["sequenceNumber"], again.attempts, again.reason) == (
+        "72",
+        2,
+        "unavailable",
+    )
+    unanswered = f"destination {eu_label} ({eu_label}) did not answer for 3 s"
+    assert unanswered in again.error and proxy.url in again.error
+    first_line = report.text().splitlines()[0]
+    assert first_line.startswith(
+        f"redrive of file {job.dead_letters}: 2 letters, 1 replayed, 1 failed again (kept in "
+        f"the target); stopped: {unanswered}"
+    ), first_line
+    assert first_line.endswith(
+        f"2 letters now in file {aside} and file {job.dead_letters} (the next redrive takes "
+        "them up)"
+    )
+    job.write()  # eu answering again
+    assert Redrive(load_job(job.path)).run().exit_code == 0
+    assert [get(job, 0, item) for item in items] == items
+    assert target.count() == 0
+
+
+def test_a_first_sigterm_stops_a_redrive_stuck_on_one_letter_and_keeps_it(job: Job) -> None:
+    """Every write to eu is throttled, so the first letter is retried for as long as that
+    lasts: one SIGTERM gives it a bounded time to settle, then stops, the letters kept
+    as they were."""
+    eu_letters(job, 81)
+    proxy = FaultProxy(job.endpoint).start()
+    try:
+        proxy.set(Mode(Fault.THROTTLE, operations=frozenset({"PutItem"})))
+        eu_through(job, proxy)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "replicator", "redrive", "--config", str(job.path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_until(lambda: proxy.counts("PutItem")["throttled"] >= 2, 30, "retries")
+            process.send_signal(signal.SIGTERM)
+            stdout, _ = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)  # the second: stop at once
+                process.communicate(timeout=30)
+    finally:
+        proxy.stop()
+
+    assert process.returncode == 1, stdout
+    aside = aside_file(job)
+    assert stdout.strip() == (
+        f"redrive of file {job.dead_letters}: interrupted: 3 letters not replayed, kept in "
+        f"file {aside} (the next redrive takes them up)"
+    )
+    kept = FileDeadLetters(aside).letters()
+    assert [(letter.record["sequenceNumber"], letter.attempts) for letter in kept] == [
+        ("81", 1),
+        ("82", 1),
+        ("83", 1),
+    ]
+    assert get(job, 0, image("a")) is None
 
 
 def test_a_replayed_letter_that_loses_its_conflict_is_recorded_in_the_conflict_log(

@@ -17,15 +17,18 @@ import pytest
 
 from replicator.config import load_job
 from replicator.demo.workload import demo_item
+from replicator.exceptions import DestinationUnavailable
 from replicator.items import Item
 from replicator.rules import OrderedRule, rule_for
 from replicator.tombstones.model import tombstone_of
 from replicator.tombstones.setup import prepare as prepare_tombstones
 from replicator.tombstones.table import TombstoneTable
+from replicator.tools import snapshot
 from replicator.tools.compare import compare
 from replicator.tools.verify import Verify, VerifyHooks, VerifyOptions, VerifyReport
 from tests.support.e2e import PATIENCE, Job, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
+from tests.support.tools import run_within
 
 LWW = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}"
 
@@ -654,6 +657,15 @@ def test_a_large_tables_sample_reads_whole_segments_drawn_at_random_and_says_so(
     assert "scan segments drawn at random" in report.text()
 
 
+def ap_through(job: Job, proxy: FaultProxy, writer: str) -> None:
+    """Point the job's ap destination at ``proxy``, with the ``writer`` settings given."""
+    text = job.path.read_text().replace(
+        f"table: {job.name}-ap, endpoint_url: '{job.endpoint}'",
+        f"table: {job.name}-ap, endpoint_url: '{proxy.url}'",
+    )
+    job.path.write_text(text.replace("writer: {max_in_flight: 16}", f"writer: {writer}"))
+
+
 def test_repair_to_a_destination_that_refuses_every_write_stops_at_once(job: Job) -> None:
     """The first repair write to reach the refusal limit ends the command (exit 3): the
     writes queued behind it are given up, not each retried through its own streak."""
@@ -661,16 +673,11 @@ def test_repair_to_a_destination_that_refuses_every_write_stops_at_once(job: Job
     proxy = FaultProxy(job.endpoint).start()
     try:
         proxy.set(Mode(Fault.DENY, operations=frozenset({"PutItem"})))
-        text = job.path.read_text().replace(
-            f"table: {job.name}-ap, endpoint_url: '{job.endpoint}'",
-            f"table: {job.name}-ap, endpoint_url: '{proxy.url}'",
-        )
-        job.path.write_text(
-            text.replace(
-                "writer: {max_in_flight: 16}",
-                "writer: {max_in_flight: 16, access_denied_limit: 5, "
-                "retry: {base_delay_ms: 1000, max_delay_ms: 1000}}",
-            )
+        ap_through(
+            job,
+            proxy,
+            "{max_in_flight: 16, access_denied_limit: 5, "
+            "retry: {base_delay_ms: 1000, max_delay_ms: 1000}}",
         )
         result = subprocess.run(
             [
@@ -690,6 +697,28 @@ def test_repair_to_a_destination_that_refuses_every_write_stops_at_once(job: Job
     assert result.stdout == ""
     # a few seconds for the first streaks; 300 streaks 8 at a time would take minutes
     assert proxy.counts("PutItem")["denied"] < 100, proxy.counts("PutItem")
+
+
+def test_repair_to_a_destination_that_stops_answering_ends_the_command(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ap is scanned but answers none of the repair writes: the first write without an
+    answer for the tools' bound ends the command with that error (exit 3 from the CLI),
+    the writes queued behind it given up, instead of retrying for ever."""
+    monkeypatch.setattr(snapshot, "UNANSWERED_FOR_S", 3.0)
+    replicated(job, 30, to=(0,))  # 30 items missing at the second destination
+    proxy = FaultProxy(job.endpoint).start()
+    try:
+        proxy.set(Mode(Fault.BLACK_HOLE, operations=frozenset({"PutItem"})))
+        ap_through(job, proxy, "{max_in_flight: 16, connect_timeout_s: 1, read_timeout_s: 1}")
+        options = VerifyOptions(repair=True, recheck=1, recheck_pause_s=0)
+        with pytest.raises(DestinationUnavailable) as raised:
+            run_within(Verify(load_job(job.path), options), 60)
+    finally:
+        proxy.stop()
+    message = str(raised.value)
+    assert f"destination ap-southeast-2/{job.name}-ap" in message, message
+    assert "did not answer for 3 s" in message and proxy.url in message, message
 
 
 def test_repair_refused_by_a_custom_resolver_gives_the_resolvers_reason(

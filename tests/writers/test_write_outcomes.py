@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import pytest
 import structlog
-from botocore.exceptions import ClientError, ReadTimeoutError
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
 from replicator.aws import clients
 from replicator.aws.backoff import Backoff
@@ -25,10 +25,11 @@ from replicator.config.model import ConflictConfig
 from replicator.deadletter import FileDeadLetters
 from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
-from replicator.exceptions import DestinationRefused
+from replicator.exceptions import DestinationRefused, DestinationUnavailable
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.rules import IN_STREAM_ORDER, rule_for
+from replicator.writers import destination
 from replicator.writers.destination import DestinationWriter, Outcome, key_schema_differs
 from replicator.writers.wire import WireWriteClient
 from tests.support.aws import client, create_table
@@ -287,6 +288,72 @@ def test_codes_that_a_later_attempt_can_succeed_are_retried(
 ) -> None:
     assert classify(client_error(code)) is ErrorKind.RETRY
     writer = writer_for(ScriptedClient(client_error(code)), tmp_path, metrics)
+    assert writer.write(decode(put("a", 1))).outcome is Outcome.APPLIED
+
+
+# -- a destination that does not answer (operator commands) ----------------------------------
+
+
+class _SlowClock:
+    """The writer's clock, moved on 5 s by every request its client sends."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class _TimedClient(ScriptedClient):
+    def __init__(self, clock: _SlowClock, *errors: BaseException) -> None:
+        super().__init__(*errors)
+        self.clock = clock
+
+    def _answer(self, **kwargs: Any) -> dict[str, Any]:
+        self.clock.now += 5.0
+        return super()._answer(**kwargs)
+
+    put_item = _answer
+    delete_item = _answer
+
+
+def test_a_write_no_answer_comes_to_for_unanswered_for_s_ends_with_the_error(
+    tmp_path: Path, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = _SlowClock()
+    monkeypatch.setattr(destination, "time", clock)
+    unanswered = [EndpointConnectionError(endpoint_url="http://127.0.0.1:9") for _ in range(9)]
+    writer = writer_for(_TimedClient(clock, *unanswered), tmp_path, metrics)
+    writer.unanswered_for_s = 12.0
+
+    with pytest.raises(DestinationUnavailable) as raised:
+        writer.write(decode(put("a", 1)))
+
+    # 0-5 s, 5-10 s, 10-15 s: the third attempt ends past the bound, counted from the first.
+    assert str(raised.value) == (
+        "destination dest (eu-west-1/t) did not answer for 12 s (3 attempts of one write); "
+        "last error: EndpointConnectionError: Could not connect to the endpoint URL: "
+        '"http://127.0.0.1:9"'
+    )
+
+
+def test_throttling_is_an_answer_and_starts_the_wait_for_one_again(
+    tmp_path: Path, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unanswered for 10 s, throttled, unanswered for 10 s more: never 12 s in a row."""
+    clock = _SlowClock()
+    monkeypatch.setattr(destination, "time", clock)
+    net = EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+    throttled = client_error("ProvisionedThroughputExceededException")
+    writer = writer_for(_TimedClient(clock, net, net, throttled, net, net), tmp_path, metrics)
+    writer.unanswered_for_s = 12.0
+
     assert writer.write(decode(put("a", 1))).outcome is Outcome.APPLIED
 
 
