@@ -20,7 +20,7 @@ watermark, which is why the combined watermark never moves backwards.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -33,6 +33,22 @@ US = 1_000_000
 T = TypeVar("T")
 R = TypeVar("R")
 MAX_DEAD_LETTER_RANGES = 32
+EVERY = frozenset(
+    {
+        "watermark_us",
+        "parents",
+        "children",
+        "ended",
+        "dead_letters",
+        "dead_letter_ranges",
+        "dead_letter_version",
+        "updated_at",
+        "owner",
+        "unread_spans",
+        "unread_version",
+    }
+)
+"""Every attribute of a part but the key: what a reader that combines parts checks."""
 
 
 @dataclass(frozen=True)
@@ -54,29 +70,50 @@ class Part:
     unread_version: int = 0
 
     @classmethod
-    def from_item(cls, item: Mapping[str, Any], table: str) -> Part:
-        """The part an item of status table ``table`` holds, every attribute checked
-        against what the replicator writes there. Operators edit these items by hand
-        (to clear unread spans, say): an edit gone wrong must be refused naming the item
-        and the attribute, not fail as a KeyError in every reader, nor be read as no
-        spans or dead letters, which would tell a waiter "replicated" for changes that
-        may not be there. Raises StatusItemUnreadable."""
+    def from_item(
+        cls,
+        item: Mapping[str, Any],
+        table: str,
+        attributes: Collection[str] = EVERY,
+        *,
+        unreadable_as_unset: Collection[str] = (),
+    ) -> Part:
+        """The part an item of status table ``table`` holds, ``attributes`` (the key, and
+        by default every attribute) checked against what the replicator writes there.
+        Operators edit these items by hand (to clear unread spans, say): an edit gone
+        wrong must be refused naming the item and the attribute, not fail as a KeyError
+        in every reader, nor be read as no spans or dead letters, which would tell a
+        waiter "replicated" for changes that may not be there. Raises
+        StatusItemUnreadable.
+
+        A writer asks only for what it uses (the rest is left unset), so that a bad
+        attribute it does not need (on another shard's item, say) does not stop it:
+        readers that combine parts ask for every attribute. ``unreadable_as_unset``: of
+        ``attributes``, those whose unset value is the safe one (a ``watermark_us`` of 0
+        is "nothing known"), read as unset when they cannot be read."""
         read = _Item(item, table)
-        return cls(
-            destination=read.text("destination"),
-            shard=read.text("shard"),
-            watermark_us=read.whole("watermark_us"),
-            parents=read.texts("parents"),
-            children=read.texts("children"),
-            ended=read.flag("ended"),
-            dead_letters=read.whole("dead_letters"),
-            dead_letter_ranges=read.rows("dead_letter_ranges", "[[from_us, to_us], ...]", _ranges),
-            dead_letter_version=read.whole("dead_letter_version"),
-            updated_at=read.number("updated_at"),
-            owner=read.optional_text("owner"),
-            unread_spans=read.rows("unread_spans", "[[from_us, to_us, reason], ...]", loads),
-            unread_version=read.whole("unread_version"),
-        )
+        destination, shard = read.text("destination"), read.text("shard")
+        readers: dict[str, Callable[[str], Any]] = {
+            "watermark_us": read.whole,
+            "parents": read.texts,
+            "children": read.texts,
+            "ended": read.flag,
+            "dead_letters": read.whole,
+            "dead_letter_ranges": lambda name: read.rows(name, "[[from_us, to_us], ...]", _ranges),
+            "dead_letter_version": read.whole,
+            "updated_at": read.number,
+            "owner": read.optional_text,
+            "unread_spans": lambda name: read.rows(name, "[[from_us, to_us, reason], ...]", loads),
+            "unread_version": read.whole,
+        }
+        fields: dict[str, Any] = {}
+        for name in attributes:
+            try:
+                fields[name] = readers[name](name)
+            except StatusItemUnreadable:
+                if name not in unreadable_as_unset:
+                    raise
+        return cls(destination, shard, **fields)
 
     def as_dict(self) -> dict[str, Any]:
         return {

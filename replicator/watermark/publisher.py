@@ -481,9 +481,10 @@ class ShardWatermark:
         return True
 
     def _learn(self, target: _Target) -> bool:
-        """Whether the destination's status table has parts, noted for :meth:`_decided`."""
+        """Whether the destination's status table has parts, noted for :meth:`_decided`
+        (only whether there are items: what they hold is not needed)."""
         try:
-            had = bool(target.table.parts_if_any())
+            had = bool(target.table.parts_if_any(()))
         except _FAILURES as error:
             self._failed(target, error)
             return False
@@ -503,18 +504,18 @@ class ShardWatermark:
     def _hand_down_unread(self, table: StatusTable, shards: Sequence[ListedShard]) -> None:
         """At the shard's end, its unread spans pass to its children's parts, so they are
         still reported after the ended part expires."""
-        parts = {part.shard: part for part in table.parts()}
-        mine = parts.get(self.shard_id)
+        mine = table.part(self.shard_id, ("unread_spans",))
         if mine is None or not mine.unread_spans:
             return
+        registered = {part.shard for part in table.parts(())}
         for shard in shards:
-            if shard.parent_id == self.shard_id and shard.shard_id in parts:
+            if shard.parent_id == self.shard_id and shard.shard_id in registered:
                 table.add_unread_spans(shard.shard_id, mine.unread_spans)
 
     def _register(
         self, table: StatusTable, shards: Sequence[ListedShard], starting: str | None
     ) -> None:
-        parts = {part.shard: part for part in table.parts()}
+        parts = {part.shard: part for part in table.lineage()}
         plan = plan_registration(shards, parts, starting)
         for placeholder in plan.placeholders:
             table.add_placeholder(placeholder)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -22,7 +23,13 @@ from botocore.exceptions import ClientError
 from replicator.aws.errors import error_code
 from replicator.exceptions import EnvironmentProblem
 from replicator.owned_tables import check_if_exists, check_key_schema
-from replicator.watermark.parts import MAX_DEAD_LETTER_RANGES, Part, Placeholder, merge_ranges
+from replicator.watermark.parts import (
+    EVERY,
+    MAX_DEAD_LETTER_RANGES,
+    Part,
+    Placeholder,
+    merge_ranges,
+)
 from replicator.watermark.spans import UnreadSpan, covered_through, dumps, merge_spans
 from replicator.watermark.tracker import DeadLetters
 
@@ -30,6 +37,13 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_dynamodb.literals import KeyTypeType
     from mypy_boto3_dynamodb.type_defs import TableDescriptionTypeDef
+
+# What each write reads of the items it changes or plans from (see Part.from_item):
+# only that, so that a bad attribute it does not use holds back no shard.
+LINEAGE = ("children", "ended", "watermark_us")
+"""Registering the stream's shards (a new shard's part takes its parent's value)."""
+DEAD_LETTERS = ("dead_letters", "dead_letter_ranges", "dead_letter_version")
+UNREAD = ("unread_spans", "unread_version")
 
 ENDED_PARTS_KEPT_S = 2 * 24 * 3600  # longer than the stream keeps records (24 h)
 SUFFIX = "-watermark"
@@ -127,17 +141,20 @@ class StatusTable:
 
     # -- reading ----------------------------------------------------------------------
 
-    def parts_if_any(self) -> list[Part]:
+    def parts_if_any(self, attributes: Collection[str] = EVERY) -> list[Part]:
         """:meth:`parts`, or none when the table does not exist yet."""
         try:
-            return self.parts()
+            return self.parts(attributes)
         except ClientError as error:
             if error_code(error) != "ResourceNotFoundException":
                 raise
             return []
 
-    def parts(self) -> list[Part]:
-        """Every part of this destination (one strongly consistent Query, paged)."""
+    def parts(
+        self, attributes: Collection[str] = EVERY, *, unreadable_as_unset: Collection[str] = ()
+    ) -> list[Part]:
+        """Every part of this destination (one strongly consistent Query, paged), with
+        ``attributes`` read and checked, the rest left unset (see Part.from_item)."""
         found: list[Part] = []
         kwargs: dict[str, Any] = {
             "TableName": self.name,
@@ -148,16 +165,27 @@ class StatusTable:
         }
         while True:
             page = self.client.query(**kwargs)
-            found.extend(Part.from_item(item, self.name) for item in page.get("Items", []))
+            found.extend(
+                Part.from_item(item, self.name, attributes, unreadable_as_unset=unreadable_as_unset)
+                for item in page.get("Items", [])
+            )
             if "LastEvaluatedKey" not in page:
                 return found
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def part(self, shard: str) -> Part | None:
+    def part(self, shard: str, attributes: Collection[str] = EVERY) -> Part | None:
         item = self.client.get_item(
             TableName=self.name, Key=self._key(shard), ConsistentRead=True
         ).get("Item")
-        return Part.from_item(item, self.name) if item else None
+        return Part.from_item(item, self.name, attributes) if item else None
+
+    def lineage(self) -> list[Part]:
+        """The parts as registering the stream's shards needs them (LINEAGE). A
+        ``watermark_us`` that cannot be read is taken as 0, nothing known: a child
+        registered from it holds the watermark until its own processor claims (and
+        readers refuse the item until it is corrected), where refusing would stop every
+        processor that starts from registering, storing its dead letters and claiming."""
+        return self.parts(LINEAGE, unreadable_as_unset=("watermark_us",))
 
     # -- writing ----------------------------------------------------------------------
 
@@ -195,11 +223,12 @@ class StatusTable:
                 raise PartLost(
                     f"status table {self.name}: the part of shard {shard} was never raised"
                 ) from None
-            # Read whole: a stored value that is no number fails the comparison, and
-            # must not pass for the part raised (the caller would claim on from it).
+            # A stored value that is no number fails the comparison, and must not pass
+            # for the part raised (the caller would claim on from it); nothing else of
+            # the item is read, so nothing else there stops the claim.
             if "watermark_us" not in old:
                 return watermark_us
-            return Part.from_item(old, self.name).watermark_us
+            return Part.from_item(old, self.name, ("watermark_us",)).watermark_us
         return watermark_us
 
     def add_placeholder(self, placeholder: Placeholder) -> bool:
@@ -264,7 +293,7 @@ class StatusTable:
         writing one part (a lease on its way to another host) never drop each other's.
         """
         for _ in range(attempts):
-            current = self.part(shard)
+            current = self.part(shard, DEAD_LETTERS)
             version = current.dead_letter_version if current else 0
             stored = current.dead_letter_ranges if current else ()
             ranges = merge_ranges([*stored, *dead_letters.ranges], MAX_DEAD_LETTER_RANGES)
@@ -307,7 +336,7 @@ class StatusTable:
         that two processes writing one part never drop each other's spans.
         """
         for _ in range(attempts):
-            current = self.part(shard)
+            current = self.part(shard, UNREAD)
             version = current.unread_version if current else 0
             stored = current.unread_spans if current else ()
             merged = merge_spans([*stored, *spans])
@@ -342,7 +371,7 @@ class StatusTable:
         ``through_us`` (see spans.covered_through). Conditional on the version read, so a
         span added meanwhile is kept. The number of parts changed."""
         changed = 0
-        for stored in self.parts_if_any():
+        for stored in self.parts_if_any(UNREAD):
             if stored.unread_spans and self._clear_part(stored, through_us, attempts):
                 changed += 1
         return changed
@@ -368,7 +397,7 @@ class StatusTable:
             except ClientError as error:
                 if error_code(error) != "ConditionalCheckFailedException":
                     raise
-            fresh = self.part(part.shard)
+            fresh = self.part(part.shard, UNREAD)
             if fresh is None:
                 return False
             part = fresh

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Collection
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from replicator.watermark.parts import Part, Placeholder, merge_ranges
+from replicator.watermark.parts import EVERY, Part, Placeholder, merge_ranges
 from replicator.watermark.spans import UnreadSpan, merge_spans
 from replicator.watermark.table import PartLost, StatusTable
 from replicator.watermark.tracker import DeadLetters
@@ -82,21 +83,23 @@ class FakeStatusTable(StatusTable):
         with self.region.lock:
             self.region.tables.setdefault(self.name, {})
 
-    def parts_if_any(self) -> list[Part]:
+    def parts_if_any(self, attributes: Collection[str] = EVERY) -> list[Part]:
         try:
-            return self.parts()
+            return self.parts(attributes)
         except ClientError as error:
             if error.response["Error"]["Code"] != "ResourceNotFoundException":
                 raise
             return []
 
-    def parts(self) -> list[Part]:
+    def parts(
+        self, attributes: Collection[str] = EVERY, *, unreadable_as_unset: Collection[str] = ()
+    ) -> list[Part]:
         self._enter("parts")
         with self.region.lock:
             parts = self._table()
             return [part for key, part in parts.items() if key[0] == self.destination]
 
-    def part(self, shard: str) -> Part | None:
+    def part(self, shard: str, attributes: Collection[str] = EVERY) -> Part | None:
         self._enter("part")
         with self.region.lock:
             return self._table().get((self.destination, shard))

@@ -3,7 +3,7 @@ watermark over at a split (which moto's own streams never do, so the listing is 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import pytest
@@ -12,7 +12,7 @@ from replicator.decode import decode
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.shards.stream import Shard
-from replicator.watermark.parts import Part, Placeholder, combine
+from replicator.watermark.parts import EVERY, Part, Placeholder, combine
 from replicator.watermark.publisher import ShardWatermark
 from replicator.watermark.table import PartLost, StatusTable
 from replicator.watermark.tracker import DeadLetters
@@ -85,8 +85,8 @@ def test_dead_letters_from_two_processes_on_one_part_add_up(table: StatusTable) 
     class Interrupted(StatusTable):
         interrupted = False
 
-        def part(self, shard: str) -> Part | None:
-            read = super().part(shard)
+        def part(self, shard: str, attributes: Collection[str] = EVERY) -> Part | None:
+            read = super().part(shard, attributes)
             if not self.interrupted:  # the other process writes between our read and write
                 self.interrupted = True
                 other.add_dead_letters(shard, DeadLetters(1, ((T0 + 9 * S, T0 + 9 * S),)))
