@@ -73,6 +73,7 @@ from replicator.exceptions import DestinationRefused, RecordDecodeError, WriteCa
 from replicator.filters import ChangeFilter, Route
 from replicator.intake import Reader
 from replicator.items import describe_key, item_from_wire
+from replicator.logs import redact
 from replicator.metrics import Metrics
 from replicator.records import Change, Event
 from replicator.tools.scan import ReadRate
@@ -116,7 +117,8 @@ class Replay:
                 )
             return f"  replayed      {letter.destination}: {what}" + (f" {note}" if note else "")
         return "\n".join(
-            f"  failed again  {failure.destination}: {what}: {failure.reason}: {failure.error}"
+            f"  failed again  {failure.destination}: {what}: "
+            f"{redact(f'{failure.reason}: {failure.error}')}"
             for failure in self.failures
         )
 
@@ -204,7 +206,9 @@ class RedriveReport:
             + (f"; interrupted: {self._rest()}" if self.interrupted else "")
         ]
         lines.extend(replay.line() for replay in self.replays)
-        lines.extend(f"  unreadable    {item.where}: {item.error}" for item in self.unreadable)
+        lines.extend(
+            f"  unreadable    {item.where}: {redact(item.error)}" for item in self.unreadable
+        )
         lines.extend(self._left())
         return "\n".join(lines)
 
