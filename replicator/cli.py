@@ -22,7 +22,7 @@ from click.core import ParameterSource
 from replicator.config import load_job
 from replicator.config.model import ResolvedJob
 from replicator.exceptions import KeySyntaxError, OperatorError, SinceSyntaxError
-from replicator.logs import echo
+from replicator.logs import echo, redact
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -120,7 +120,7 @@ def validate(config_path: Path) -> None:
 
     resolved = load_job(config_path, on_disk=True)
     check_resolvers(resolved)
-    echo(describe(resolved))
+    echo(redact(describe(resolved)))  # the job's URLs, not data: as a URL in an error
     for caution in resolved.job.cautions:
         echo(f"warning: {caution}")
 

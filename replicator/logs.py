@@ -64,12 +64,17 @@ def redact(text: str) -> str:
 
 
 def echo(text: str, err: bool = False) -> None:
-    """Print a command's output or one-line error: every text that leaves the process
-    (log lines, /healthz, dead letters, conflict-log entries, what commands print) is
-    redacted as the logs are, and this is where a command's printed text is."""
+    """Print a command's output (stdout) or a one-line error or warning (``err``).
+
+    Output is printed exactly: it holds data (items, conflict images, keys, dead-letter
+    records) that an operator compares, parses as JSON or pastes back into ``--key``,
+    and redaction would change it (a value like ``ssh://git@host/x``, an attribute
+    named ``sessionToken``). The error text within output (an endpoint's answer, a
+    writer's reason) is redacted where the report puts it in. A line on stderr is error
+    text as a whole, redacted as the logs are."""
     import click
 
-    click.echo(redact(text), err=err)
+    click.echo(redact(text) if err else text, err=err)
 
 
 def _redacted(value: Any) -> Any:

@@ -87,9 +87,10 @@ def test_a_password_in_an_endpoint_url_is_never_printed_back(tmp_path: Path) -> 
 
 
 def test_what_a_command_prints_goes_through_the_redacting_echo() -> None:
-    """Every text a command prints may quote what AWS said (a result's error, a refusal),
-    so it is printed through ``logs.echo``, which redacts it as the logs are; the one
-    exception says why it is printed verbatim."""
+    """A command's one-line errors may quote what AWS said, so what a command prints
+    goes through ``logs.echo``, which redacts stderr lines as the logs are (its output's
+    error text is redacted by the report that quotes it); the one exception says why it
+    is printed verbatim."""
     root = Path(logs.__file__).parent
     direct = []
     for path in sorted(set(root.rglob("*.py")) - {Path(logs.__file__)}):

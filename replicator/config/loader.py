@@ -37,6 +37,7 @@ _VARIABLE = re.compile(
 )
 _YAML_TAG = "tag:yaml.org,2002:"
 _BOOL_TAG = _YAML_TAG + "bool"
+_VALUE_TAG = _YAML_TAG + "value"
 _MERGE_TAG = _YAML_TAG + "merge"
 # The tags plain YAML gives values, implied or written (``!!str 1``): every other one
 # (``!!python/...``, ``!!binary``, ``!custom``) is refused.
@@ -50,12 +51,20 @@ class _JobLoader(yaml.SafeLoader):
     """PyYAML's safe loader, but only YAML 1.2's core booleans (``true``, ``True``,
     ``TRUE`` and the same of ``false``) are booleans: YAML 1.1's ``yes``, ``no``, ``on``,
     ``off`` and ``y``/``n`` stay text, so that a switch refuses them (as it refuses the
-    same words from a ``${VAR}``) and a table or name ``no`` is not read as false."""
+    same words from a ``${VAR}``) and a table or name ``no`` is not read as false.
+
+    A plain ``=`` is text too, as YAML 1.2 reads it: YAML 1.1's "value key" type, which
+    PyYAML gives it, is no value a job file can hold, and refusing it as a tag would
+    name a tag no one wrote."""
 
 
 _JobLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_JobLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _VALUE_TAG]
+    for first, resolvers in _JobLoader.yaml_implicit_resolvers.items()
 }
 _JobLoader.add_implicit_resolver(
     _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
@@ -128,10 +137,16 @@ class _Document:
         mapping listed winning, as YAML defines it."""
         result: dict[str, Any] = {}
         own = [(key, value) for key, value in node.value if key.tag != _MERGE_TAG]
+        merges = 0
         for key_node, value_node in node.value:
             if key_node.tag != _MERGE_TAG:
                 continue
             self.lines[(*path, "<<")] = key_node.start_mark.line + 1
+            merges += 1
+            if merges > 1:
+                # Keys are unique in YAML, << too: a second would silently win.
+                self.problems.append(_Problem((*path, "<<"), "key appears twice"))
+                continue
             sources = (
                 value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
             )

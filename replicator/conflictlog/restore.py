@@ -61,6 +61,7 @@ from replicator.exceptions import (
     EnvironmentProblem,
 )
 from replicator.items import Item, describe_key, item_to_wire
+from replicator.logs import redact
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.rules import Skip, Verdict, WriteRequest
@@ -237,7 +238,7 @@ def restore(
     try:
         written = writer.write(change)
     except DestinationRefused as refused:
-        return RestoreResult(entry, False, f"not restored: {refused}")
+        return RestoreResult(entry, False, f"not restored: {redact(str(refused))}")
     except DestinationUnavailable as error:
         place = where(destination.region, destination.endpoint_url)
         raise EnvironmentProblem(
@@ -271,7 +272,7 @@ def restore(
         # the restored item. It is this restore's, and is recorded as such.
     elif written.failed:
         # Reported, not dead-lettered: the operator is there to read it.
-        why = f"{written.reason}: {written.error}"
+        why = redact(f"{written.reason}: {written.error}")
         return RestoreResult(entry, False, f"not restored: {entry.destination} refused it: {why}")
     audit = restore_entry(entry, force=force)
     done = (
@@ -290,7 +291,9 @@ def restore(
     except (ConflictLogUnavailable, ConflictLogRejected) as error:
         # The record's id is not said: no entry of the log has it.
         log.warning("conflict entry restored but not recorded", **logged, error=str(error))
-        return RestoreResult(entry, True, f"{done}; but the restore could not be recorded: {error}")
+        return RestoreResult(
+            entry, True, f"{done}; but the restore could not be recorded: {redact(str(error))}"
+        )
     log.info("conflict entry restored", **logged, restore_id=audit.id)
     return RestoreResult(
         entry, True, f"{done}; recorded as entry {audit.id}", record=audit, recorded=True

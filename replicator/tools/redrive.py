@@ -82,6 +82,7 @@ from replicator.exceptions import (
 from replicator.filters import ChangeFilter, Route
 from replicator.intake import Reader
 from replicator.items import describe_key, item_from_wire
+from replicator.logs import redact
 from replicator.metrics import Metrics
 from replicator.records import Change, Event
 from replicator.tools.scan import ReadRate
@@ -140,7 +141,8 @@ class Replay:
                 )
             return f"  replayed      {letter.destination}: {what}" + (f" {note}" if note else "")
         return "\n".join(
-            f"  failed again  {failure.destination}: {what}: {failure.reason}: {failure.error}"
+            f"  failed again  {failure.destination}: {what}: "
+            f"{redact(f'{failure.reason}: {failure.error}')}"
             for failure in self.failures
         )
 
@@ -243,7 +245,9 @@ class RedriveReport:
             + (f"; {self._how_it_ended()}: {self._rest()}" if self.ended_early else "")
         ]
         lines.extend(replay.line() for replay in self.replays)
-        lines.extend(f"  unreadable    {item.where}: {item.error}" for item in self.unreadable)
+        lines.extend(
+            f"  unreadable    {item.where}: {redact(item.error)}" for item in self.unreadable
+        )
         lines.extend(self._left())
         return "\n".join(lines)
 

@@ -55,6 +55,7 @@ from replicator.deadletter import DeadLetterTarget
 from replicator.deadletter.failed import DeadLetterer
 from replicator.exceptions import OperatorError, WriteCancelled
 from replicator.items import Item, KeyId, describe_key, item_to_wire, key_id, project
+from replicator.logs import redact
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.rules import OrderedRule, rule_for
@@ -200,7 +201,7 @@ class Finding:
         if self.repair:
             text += f"  -> {self.repair}"
             if self.detail:
-                text += f": {self.detail}"
+                text += f": {redact(self.detail)}"
         return text
 
     def as_dict(self) -> dict[str, Any]:
@@ -210,7 +211,7 @@ class Finding:
         if self.repair:
             body["repair"] = self.repair
             if self.detail:
-                body["detail"] = self.detail
+                body["detail"] = redact(self.detail)
         return body
 
 

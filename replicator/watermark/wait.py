@@ -23,6 +23,7 @@ from replicator.aws.backoff import Backoff
 from replicator.aws.errors import ErrorKind, classify, error_code, error_message
 from replicator.epoch import SECONDS_CEILING, finer_unit
 from replicator.exceptions import StatusTableMissing, StatusTableSilent
+from replicator.logs import redact
 from replicator.watermark.parts import US, Watermark, combine, seconds
 from replicator.watermark.spans import UnreadSpan
 from replicator.watermark.table import StatusTable
@@ -250,11 +251,11 @@ class WaitResult:
 
     def describe(self) -> str:
         if self.watermark is None or self.watermark.watermark_us is None:
-            why = self.problem or "no watermark published yet"
+            why = redact(self.problem) if self.problem else "no watermark published yet"
             return f"no watermark after {self.waited_s:.2f}s: {why}"
         mark = f"watermark {self.watermark.seconds:.6f}"
         if not self.reached:
-            why = f" ({self.problem})" if self.problem else ""
+            why = f" ({redact(self.problem)})" if self.problem else ""
             return f"timed out after {self.waited_s:.2f}s at {mark}{why}"
         if self.unread or self.dead_lettered:
             reasons = [span.describe() for span in self.unread]

@@ -124,3 +124,24 @@ def test_a_key_that_is_a_list_is_one_line_naming_its_line(tmp_path: Path) -> Non
         f"replicator: {tmp_path / 'job.yaml'}: line 2, column 3: a key must be a word, "
         "not a list or mapping (a ? key)\n"
     )
+
+
+def test_a_second_merge_key_in_one_mapping_is_a_key_that_appears_twice(tmp_path: Path) -> None:
+    """YAML's keys are unique, ``<<`` too: the later merge would win without a word."""
+    text = MERGED.replace("  - <<: *dr\n", "  - <<: *dr\n    <<: {region: eu-west-1}\n")
+    code, _, err = _validate(tmp_path, text)
+    assert code == 2
+    assert err == (
+        f"replicator: {tmp_path / 'job.yaml'}: 1 problem in the job file:\n"
+        "  destinations[1].<< (line 9): key appears twice\n"
+    ), err
+
+
+def test_a_bare_equals_sign_is_the_text_it_looks_like(tmp_path: Path) -> None:
+    """YAML 1.1's value key (``=``) is no type of YAML 1.2, which reads ``=`` as text:
+    no one writing ``a: =`` wrote a tag, so none is refused."""
+    text = "source: {region: us-east-1, table: orders}\n"
+    text += "destinations: [{region: eu-west-1, table: orders}]\n"
+    text += "kcl: {extra_properties: {userAgentSuffix: =}}\n"
+    job = parse_job(text, tmp_path / "job.yaml").job
+    assert job.kcl.extra_properties == {"userAgentSuffix": "="}

@@ -25,10 +25,12 @@ from replicator.conflictlog.base import Selection
 from replicator.conflictlog.dynamodb import DynamoDbConflictLog
 from replicator.conflictlog.entry import ConflictEntry, image_digest
 from replicator.conflictlog.file import FileConflictLog
+from replicator.conflictlog.keys import canonical_key
 from replicator.conflictlog.reader import read_entries
 from replicator.conflictlog.sqs import SqsConflictLog
 from replicator.conflictlog.targets import conflict_log_target
 from replicator.exceptions import ConflictLogRejected
+from replicator.items import describe_key, item_from_wire
 from replicator.writers.destination import DestinationWriter
 from tests.conflictlog.test_conflict_log import conflict, job_file
 from tests.support.aws import client, create_table
@@ -850,3 +852,52 @@ def test_a_delete_that_won_is_listed_as_a_delete(
     (row,) = [row for row in rows if row.startswith(f"  {entry.id}")]
     winner = row[columns[0] : columns[1]].strip()
     assert winner.startswith("delete in us-east-1 of updated_at="), winner
+
+
+LOOKS_LIKE_A_CREDENTIAL = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+"""The data of the listing test: the process's own secret key, as a value of an item."""
+
+
+def items_that_look_like_credentials() -> tuple[dict[str, Any], dict[str, Any]]:
+    """A key and an image (DynamoDB JSON) of a sessions table: data, however much it
+    looks like a credential, is printed exactly."""
+    key = {"pk": {"S": "ssh://git@github.com/acme/app.git"}, "sk": {"S": "session"}}
+    image = key | {
+        "sessionToken": {"S": "tok-abc"},
+        "SecretAccessKey": {"M": {"aws_session_token": {"S": "x=1"}}},
+        "copy": {"S": LOOKS_LIKE_A_CREDENTIAL},
+        "updated_at": {"N": "100"},
+    }
+    return key, image
+
+
+def test_the_listing_prints_keys_and_images_exactly_however_they_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator compares an entry's images with the item before a --force and pastes
+    its key into --key: redacting them as if they were error text broke both (and the
+    JSON, whose nested value lost its brace)."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", LOOKS_LIKE_A_CREDENTIAL)
+    path = tmp_path / "conflicts.jsonl"
+    config = job_file(tmp_path, f"{{kind: file, path: '{path}'}}")
+    key, image = items_that_look_like_credentials()
+    base = conflict(5).entry()
+    entry = replace(
+        base,
+        key=key,
+        item=canonical_key(item_from_wire(key)),
+        losing_image=image,
+        winning_image=image | {"updated_at": {"N": "200"}},
+    )
+    FileConflictLog(path).put(entry)
+
+    listing = invoke(config, "--format", "json")
+
+    assert listing.exit_code == 0, listing.output
+    (shown,) = json.loads(listing.stdout)["entries"]
+    assert (shown["key"], shown["losing_image"]) == (key, image)
+    assert shown["winning_image"] == entry.winning_image
+    table = invoke(config)
+    assert table.exit_code == 0, table.output
+    assert describe_key(item_from_wire(key)) in table.stdout
+    assert "<redacted>" not in table.stdout

@@ -289,3 +289,27 @@ def test_a_destination_missing_in_the_account_of_its_role_names_the_role_and_acc
     message = str(raised.value)
     assert f"missing-{tables['dst']}: not found at" in message, message
     assert f"as role {role} in account 222222222222" in message, message
+
+
+def test_a_dead_letter_queue_that_answers_only_errors_stops_the_start_a_conflict_log_not(
+    moto_endpoint: str, tables: dict[str, str], tmp_path: Path, unique: Any
+) -> None:
+    """Server errors outlasting the SDK's retries: a dead-letter queue is as needed as
+    a destination (the first letter would stop its shard), so the start stops, naming
+    it; a conflict log's entries are retried and counted, so the start goes on."""
+    from tests.support.faults.proxy import Fault, FaultProxy, Mode
+
+    url = client("sqs", "us-east-1", moto_endpoint).create_queue(QueueName=unique("q"))["QueueUrl"]
+    job = job_file(tmp_path / "job.yaml", moto_endpoint, tables["ours"], tables["dst"])
+    text = job.read_text()
+    proxy = FaultProxy(moto_endpoint).start()
+    try:
+        proxy.set(Mode(Fault.SERVER_ERROR, operations=frozenset({"GetQueueAttributes"})))
+        with pytest.raises(EnvironmentProblem) as raised:
+            preflight.check(load_job(_with_queue(job, "dead_letter", url, proxy.url)))
+        assert proxy.counts("GetQueueAttributes")["server_error"] > 1  # retried first
+        job.write_text(text)
+        preflight.check(load_job(_with_queue(job, "conflict_log", url, proxy.url)))
+    finally:
+        proxy.stop()
+    assert str(raised.value).startswith(f"dead_letter.queue_url: dead-letter queue {url}: ")

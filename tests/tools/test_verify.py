@@ -25,7 +25,7 @@ from replicator.tombstones.setup import prepare as prepare_tombstones
 from replicator.tombstones.table import TombstoneTable
 from replicator.tools import snapshot
 from replicator.tools.compare import compare
-from replicator.tools.verify import Verify, VerifyHooks, VerifyOptions, VerifyReport
+from replicator.tools.verify import Finding, Verify, VerifyHooks, VerifyOptions, VerifyReport
 from tests.support.e2e import PATIENCE, Job, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
 from tests.support.tools import run_within
@@ -789,3 +789,50 @@ def test_repair_of_items_too_wide_for_one_exact_condition(
     assert report.exit_code == 0
     assert job.converged()
     assert not job.dead_letters.exists()
+
+
+def test_differences_are_reported_with_their_keys_and_attributes_exactly(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys and attribute names are data: one that looks like a URL with a user, or like
+    the process's secret key, is printed as it is, to be pasted back or parsed."""
+    secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    (eu, eu_table), _ = job.destination_clients()
+    for pk in ("ssh://git@github.com/acme/app.git", secret):
+        item = {"pk": {"S": pk}, "sk": {"N": "1"}, "sessionToken": {"S": "tok-abc"}}
+        job.source.put_item(TableName=job.source_table, Item=item)
+        eu.put_item(TableName=eu_table, Item=item | {"sessionToken": {"S": "tok-def"}})
+
+    found = cli(job, "--json", "--recheck", "1")
+
+    assert found.returncode == 1, found.stderr
+    report = json.loads(found.stdout)
+    differences = report["destinations"][f"eu-west-1/{job.name}-eu"]["differences"]
+    assert sorted((d["key"]["pk"]["S"], d["attributes"]) for d in differences) == [
+        ("ssh://git@github.com/acme/app.git", ["sessionToken"]),
+        (secret, ["sessionToken"]),
+    ]
+    as_text = cli(job, "--recheck", "1")
+    line = "  different pk=S:ssh://git@github.com/acme/app.git sk=N:1  attributes: sessionToken"
+    assert line in as_text.stdout.splitlines(), as_text.stdout
+
+
+def test_a_repairs_error_is_redacted_and_the_key_beside_it_is_not() -> None:
+    """What a destination answered is error text, which can quote a credential; the key
+    on the same line is data."""
+    finding = Finding(
+        "eu",
+        "different",
+        {"pk": {"S": "ssh://git@github.com/acme/app.git"}, "sk": {"N": "1"}},
+        repair="refused",
+        detail="AccessDenied: 'X-Amz-Security-Token': 'FINDINGqqqTOKEN7'",
+    )
+
+    assert finding.line() == (
+        "  different pk=S:ssh://git@github.com/acme/app.git sk=N:1  -> refused: "
+        "AccessDenied: 'X-Amz-Security-Token': '<redacted>'"
+    )
+    body = finding.as_dict()
+    assert body["key"]["pk"] == {"S": "ssh://git@github.com/acme/app.git"}
+    assert body["detail"] == "AccessDenied: 'X-Amz-Security-Token': '<redacted>'"
