@@ -11,6 +11,11 @@ The daemon answers each checkpoint request with the error the KCL raised, if any
 
 No answer at all (our input at its end, our output closed) is not a refusal: the daemon
 went away (killed with its runtime), which :class:`DaemonGone` reports as such.
+
+The answer must be about the position asked for: the KCL 3 MultiLangDaemon echoes the
+request's ``sequenceNumber`` (null for a checkpoint at SHARD_END), and so does the local
+runtime. Another line in its place, or an answer about another position, leaves where
+the shard's checkpoint stands unknown: the process stops (:class:`ProtocolCheckpointer`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,13 @@ from typing import Any, Protocol
 import structlog
 
 from replicator.aws.backoff import Backoff
-from replicator.exceptions import CheckpointFailed, DaemonGone, LeaseLost, UnsupportedDaemon
+from replicator.exceptions import (
+    CheckpointFailed,
+    DaemonGone,
+    LeaseLost,
+    ProtocolViolation,
+    UnsupportedDaemon,
+)
 from replicator.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -38,6 +49,74 @@ class DaemonCheckpointer(Protocol):
     def checkpoint(
         self, sequence_number: str | None = None, sub_sequence_number: int | None = None
     ) -> None: ...
+
+
+class CheckpointRefused(Exception):
+    """The daemon's answer carried an error: the KCL's exception's name, in ``value``."""
+
+    def __init__(self, value: str) -> None:
+        super().__init__(value)
+        self.value = value
+
+
+class ProtocolCheckpointer:
+    """Asks the daemon for a checkpoint and reads its answer, in place of amazon-kclpy's
+    ``Checkpointer``: that one takes any checkpoint answer for success whatever position
+    it names, and reports any other line as an ``InvalidStateException`` of the KCL's.
+
+    ``parse`` turns a line into a message dict, raising ProtocolViolation for a line
+    that is none and UnsupportedDaemon for another protocol's action."""
+
+    def __init__(
+        self,
+        write: Callable[[dict[str, Any]], None],
+        read_line: Callable[[], str],
+        parse: Callable[[str], dict[str, Any]],
+    ) -> None:
+        self._write = write
+        self._read_line = read_line
+        self._parse = parse
+
+    def checkpoint(
+        self, sequence_number: str | None = None, sub_sequence_number: int | None = None
+    ) -> None:
+        self._write(
+            {
+                "action": "checkpoint",
+                "sequenceNumber": sequence_number,
+                "subSequenceNumber": sub_sequence_number,
+            }
+        )
+        line = self._read_line()
+        if not line:
+            raise EOFError("the daemon closed our input")
+        asked = sequence_number or "SHARD_END"
+        try:
+            answer = self._parse(line)
+        except ProtocolViolation as error:
+            raise ProtocolViolation(
+                f"the daemon's answer to checkpoint {asked} could not be read: {error}"
+            ) from None
+        action = answer["action"]
+        if action != "checkpoint":
+            raise ProtocolViolation(
+                f"the daemon sent {action!r} where its answer to checkpoint {asked} was "
+                "awaited; where the shard's checkpoint stands is unknown"
+            )
+        if sequence_number is not None and "sequenceNumber" not in answer:
+            raise ProtocolViolation(
+                f"the daemon's answer to checkpoint {asked} names no sequenceNumber; "
+                "where the shard's checkpoint stands is unknown"
+            )
+        answered = answer.get("sequenceNumber")
+        if answered != sequence_number:
+            raise ProtocolViolation(
+                f"the daemon answered checkpoint {asked} with one at sequence number "
+                f"{answered!r}; where the shard's checkpoint stands is unknown"
+            )
+        refusal = answer.get("error")
+        if refusal is not None:
+            raise CheckpointRefused(str(refusal))
 
 
 class Checkpoints:
@@ -72,6 +151,8 @@ class Checkpoints:
                 checkpointer.checkpoint(sequence_number)
             except UnsupportedDaemon:
                 raise  # its answer was no checkpoint answer of KCL 3's protocol
+            except ProtocolViolation as error:
+                raise CheckpointFailed(f"shard {self.shard_id}: {error}") from None
             except Exception as error:  # noqa: BLE001  # amazon-kclpy raises CheckpointError(Exception)
                 if _daemon_gone(error):
                     raise DaemonGone(

@@ -88,6 +88,13 @@ class DaemonGone(ReplicatorError):
     output closed. Nothing refused anything; nobody is left to answer."""
 
 
+class ProtocolViolation(ReplicatorError):
+    """The daemon sent what KCL 3's MultiLang protocol never sends (a line that is no
+    JSON object, an object without an action, a second initialize, a checkpoint answer
+    nobody asked for or one about another position): the processor cannot tell where
+    the shard stands, so it exits 1 and the shard resumes from its last checkpoint."""
+
+
 class UnsupportedDaemon(ReplicatorError):
     """The daemon sent an action of another MultiLang protocol than KCL 3's (a KCL 1.x
     ``shutdown``, or an action no protocol of ours knows): the processor cannot tell

@@ -32,13 +32,15 @@ import msgspec
 import structlog
 
 from replicator import lastwords, logs
-from replicator.checkpoint import Checkpoints
+from replicator.checkpoint import Checkpoints, ProtocolCheckpointer
 from replicator.exceptions import (
     DaemonGone,
     DeadLetterUnavailable,
     DestinationRefused,
     EnvironmentProblem,
     LeaseLost,
+    ProtocolViolation,
+    ReplicatorError,
     UnsupportedDaemon,
 )
 from replicator.intake import ShardIntake
@@ -131,6 +133,13 @@ class ReplicationProcessor:
 
     @_fail_fast
     def initialize(self, initialize_input: Any) -> None:
+        if self.intake is not None:
+            # A new intake would drop the changes the first one has not settled, and a
+            # later checkpoint would pass them. The KCL sends initialize once a process.
+            raise ProtocolViolation(
+                f"the daemon sent a second initialize (shard {initialize_input.shard_id}) "
+                f"to the processor of shard {self._checkpoints().shard_id}"
+            )
         shard_id = str(initialize_input.shard_id)
         logs.bind_everywhere(shard=shard_id)
         self.intake = self._build(shard_id)
@@ -360,7 +369,8 @@ class ReplicationProcessor:
             action=action,
             error=str(error),
             error_type=type(error).__name__,
-            exc_info=not isinstance(error, OSError | RuntimeError),
+            # Expected failures say all in their message; the unforeseen need the trace.
+            exc_info=not isinstance(error, OSError | RuntimeError | ReplicatorError),
         )
         self._stop.set()
         exit_code = operator_exit_code(error)
@@ -450,39 +460,74 @@ _EXPECTED_DAEMON = (
 
 
 def read_daemon_lines(process: Any) -> None:
-    """Check every line the daemon sends, and parse ``processRecords`` lines with msgspec.
+    """Read every line the daemon sends ourselves, ``processRecords`` with msgspec.
 
-    amazon-kclpy hands a line whose action it does not know to a parser that raises out
-    of its main loop (a KCL 1.x ``shutdown`` fails inside its own message class), which
-    would end the process with a bare traceback; such a line raises
-    :class:`UnsupportedDaemon` here instead, naming the action. amazon-kclpy also parses
-    every line with :mod:`json` and builds an object per record, which costs about a
-    fifth of what ``json.loads`` of the records' own data costs; msgspec into dicts
-    (which :func:`~replicator.records.raw_record_from` reads alike) about a twentieth.
-    Every other line, and a line msgspec does not read, takes amazon-kclpy's own path;
-    an amazon-kclpy without that seam keeps its own parsing throughout.
+    amazon-kclpy decodes a line with ``json.loads(object_hook=...)``, which takes every
+    nested object for a message (an unknown field holding one fails the line), and
+    hands a line it cannot dispatch (a JSON array, a checkpoint answer nobody asked for)
+    to a loop that prints a traceback; a line whose action it does not know fails
+    inside its own message classes (a KCL 1.x ``shutdown``). Here the top-level object
+    is decoded plainly and unknown fields are ignored; a line that is no KCL 3 message
+    raises :class:`ProtocolViolation` (exit 1), another protocol's action
+    :class:`UnsupportedDaemon` (exit 4), each reported in one line. msgspec into dicts
+    (which :func:`~replicator.records.raw_record_from` reads alike) also costs about a
+    twentieth of what amazon-kclpy's parsing does. Checkpoint answers are read by a
+    :class:`ProtocolCheckpointer` put in place of amazon-kclpy's. An amazon-kclpy
+    without these seams keeps its own parsing throughout.
     """
     from amazon_kclpy import dispatch
 
     handler = getattr(process, "io_handler", None)
-    stock = getattr(handler, "load_action", None)
-    if handler is None or stock is None:
+    if (
+        handler is None
+        or getattr(handler, "load_action", None) is None
+        or getattr(process, "checkpointer", None) is None
+    ):
         return
 
     def load_action(line: str) -> Any:
+        message = parse_daemon_line(line)
+        action = message["action"]
+        if action == "checkpoint":
+            raise ProtocolViolation(
+                "the daemon sent a checkpoint answer while no checkpoint was asked for"
+            )
         try:
-            message = _LINE.decode(line)
-        except msgspec.DecodeError:
-            return stock(line)
-        if type(message) is dict:
-            action = message.get("action")
-            if action == "processRecords" and type(message.get("records")) is list:
-                return dispatch.message_decode(message)
-            if not (isinstance(action, str) and action in KCL3_ACTIONS):
-                raise unsupported_action(message)
-        return stock(line)
+            return dispatch.message_decode(message)
+        except (KeyError, TypeError, ValueError, dispatch.MalformedAction) as error:
+            raise ProtocolViolation(
+                f"the daemon's {action!r} message could not be read "
+                f"({type(error).__name__}: {error}): {_excerpt(line)}"
+            ) from None
 
     handler.load_action = load_action
+    process.checkpointer = ProtocolCheckpointer(
+        handler.write_action, handler.read_line, parse_daemon_line
+    )
+
+
+def parse_daemon_line(line: str) -> dict[str, Any]:
+    """A line of the daemon's as a message: a JSON object whose action is KCL 3's."""
+    try:
+        message = _LINE.decode(line)
+    except msgspec.DecodeError as error:
+        raise ProtocolViolation(
+            f"the daemon sent a line that is not JSON ({error}): {_excerpt(line)}"
+        ) from None
+    if type(message) is not dict:
+        raise ProtocolViolation(f"the daemon sent JSON that is not an object: {_excerpt(line)}")
+    action = message.get("action")
+    if not isinstance(action, str):
+        raise ProtocolViolation(
+            f"the daemon sent a JSON object without an action: {_excerpt(line)}"
+        )
+    if action not in KCL3_ACTIONS:
+        raise unsupported_action(message)
+    return message
+
+
+def _excerpt(line: str) -> str:
+    return repr(line.strip()[:200])
 
 
 def unsupported_action(message: dict[str, Any]) -> UnsupportedDaemon:
@@ -597,6 +642,14 @@ def serve_daemon(resolved: Any) -> NoReturn:
     except (BrokenPipeError, ConnectionResetError) as error:
         # Our output closed under the status we were writing: the runtime was killed.
         log.warning("the daemon went away; exiting", error=str(error))
+        _hard_exit(1)
+    except ProtocolViolation as error:
+        log.error(
+            "the daemon sent what the protocol never does; exiting so the shard resumes "
+            "from its last checkpoint",
+            error=str(error),
+        )
+        lastwords.leave(str(error))
         _hard_exit(1)
     except Exception as error:  # noqa: BLE001  # a line amazon-kclpy cannot read: one JSON line
         log.error(

@@ -3,6 +3,7 @@ JSON lines on stdin, status and checkpoint messages on stdout."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import subprocess
@@ -36,6 +37,7 @@ class RawDaemon:
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.checkpoints: list[Any] = []
+        self.answer_extra: dict[str, Any] = {}  # fields added to each checkpoint answer
         self.stderr: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
         self._stderr_reader = threading.Thread(target=self._errors, daemon=True)
@@ -52,7 +54,7 @@ class RawDaemon:
         for line in self.process.stderr:
             self.stderr.append(line)
 
-    def write(self, message: dict[str, Any]) -> None:
+    def write(self, message: Any) -> None:
         assert self.process.stdin
         self.process.stdin.write(json.dumps(message) + "\n")
         self.process.stdin.flush()
@@ -91,6 +93,7 @@ class RawDaemon:
                         "sequenceNumber": reply["sequenceNumber"],
                         "subSequenceNumber": reply.get("subSequenceNumber"),
                         "error": checkpoint_error,
+                        **self.answer_extra,
                     }
                 )
                 continue
@@ -113,6 +116,22 @@ class RawDaemon:
             assert time.monotonic() < deadline, f"no checkpoint at {sequence_number}"
             self.records([])
             time.sleep(0.05)
+
+    def until_asked(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Send ``record``, then empty batches, until the child asks for a checkpoint
+        (within that batch, its write landing before the batch is answered, or after a
+        later one); the request is left unanswered."""
+        batch: list[Any] = [{"action": "record", **record}]
+        deadline = time.monotonic() + 30 * PATIENCE
+        while True:
+            self.write({"action": "processRecords", "millisBehindLatest": 0, "records": batch})
+            batch = []
+            reply = self.read()
+            assert reply is not None
+            if reply["action"] == "checkpoint":
+                return reply
+            assert reply == {"action": "status", "responseFor": "processRecords"}, reply
+            assert time.monotonic() < deadline, "no checkpoint asked for"
 
     def finish(self, timeout: float = 30.0) -> int:
         assert self.process.stdin
@@ -657,8 +676,8 @@ def test_an_action_of_another_protocol_ends_the_processor_in_one_json_line(
 
 def test_process_records_lines_are_read_fast_into_the_same_records() -> None:
     """The child parses processRecords lines with msgspec; the records it hands the
-    intake are those amazon-kclpy's own parsing gives, and every other line still goes
-    through amazon-kclpy."""
+    intake are those amazon-kclpy's own parsing gives, and every other action is the
+    message amazon-kclpy's would be."""
     import io
 
     from amazon_kclpy import kcl, messages
@@ -685,16 +704,153 @@ def test_process_records_lines_are_read_fast_into_the_same_records() -> None:
     assert [raw_record_from(r) for r in fast.records] == [raw_record_from(r) for r in slow.records]
     for other in (
         {"action": "initialize", "shardId": "s-1", "sequenceNumber": "5", "subSequenceNumber": 0},
-        {
-            "action": "checkpoint",
-            "sequenceNumber": "5",
-            "subSequenceNumber": 0,
-            "error": "ThrottlingException",
-        },
         {"action": "shutdownRequested"},
     ):
         text = json.dumps(other)
         assert type(process.io_handler.load_action(text)) is type(stock(text))
+
+
+def json_logged(job: dict[str, Any]) -> RawDaemon:
+    config = job["config"]
+    config.write_text(config.read_text() + "logging: {format: json}\n")
+    daemon = RawDaemon(config)
+    daemon.act(
+        {"action": "initialize", "shardId": "s", "sequenceNumber": None, "subSequenceNumber": None}
+    )
+    return daemon
+
+
+def the_one_error(daemon: RawDaemon) -> dict[str, Any]:
+    """The child's stderr is JSON lines only (no traceback), one of them an error."""
+    lines = [json.loads(line) for line in daemon.stderr if line.strip()]
+    (error,) = [line for line in lines if line["level"] == "error"]
+    assert "exception" not in error
+    return error
+
+
+def test_unknown_fields_holding_objects_are_ignored_in_every_message(
+    job: dict[str, Any],
+) -> None:
+    """The protocol may grow fields; one whose value is an object was taken by
+    amazon-kclpy's parser for a message of its own, and the checkpoint answer carrying
+    one for a refusal."""
+    daemon = RawDaemon(job["config"])
+    extra = {"x": {"k": 1}}
+    daemon.answer_extra = {"foo": {"bar": 1}}
+    daemon.act(
+        {
+            "action": "initialize",
+            "shardId": "s",
+            "sequenceNumber": None,
+            "subSequenceNumber": None,
+            **extra,
+        }
+    )
+    daemon.act({"action": "processRecords", "millisBehindLatest": 0, "records": [], **extra})
+    daemon.records([put("a", 201, ts=1)])
+    daemon.until_checkpoint("201")
+    daemon.act({"action": "shutdownRequested", **extra})
+    assert daemon.act({"action": "shardEnded", **extra}) == [None]
+    daemon.act({"action": "leaseLost", **extra})
+    assert daemon.finish() == 0
+    assert "a" in items(job)
+
+
+def test_a_second_initialize_ends_the_process_before_any_checkpoint(job: dict[str, Any]) -> None:
+    """A new intake would drop what the first had not settled, and a checkpoint after a
+    later record would pass it. The KCL never sends it: exit 1, one line."""
+    daemon = json_logged(job)
+    daemon.write({"action": "processRecords", "millisBehindLatest": 0, "records": []})
+    assert daemon.read() == {"action": "status", "responseFor": "processRecords"}
+    daemon.write(
+        {"action": "initialize", "shardId": "t", "sequenceNumber": None, "subSequenceNumber": None}
+    )
+    assert daemon.read() is None  # no status, no checkpoint
+    assert daemon.exit_code() == 1
+    assert "second initialize" in the_one_error(daemon)["error"]
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ([1, 2], "not an object"),
+        ("x", "not an object"),
+        (None, "not an object"),
+        (5, "not an object"),
+        ({"foo": 1}, "without an action"),
+        ({"action": None}, "without an action"),
+        (
+            {
+                "action": "checkpoint",
+                "sequenceNumber": "1",
+                "subSequenceNumber": None,
+                "error": None,
+            },
+            "no checkpoint was asked for",
+        ),
+    ],
+    ids=["array", "string", "null", "number", "no-action", "null-action", "unasked-checkpoint"],
+)
+def test_a_line_that_is_no_message_ends_the_process_in_one_line(
+    job: dict[str, Any], line: Any, says: str
+) -> None:
+    daemon = json_logged(job)
+    daemon.write(line)
+    assert daemon.read() is None
+    assert daemon.exit_code() == 1
+    assert says in the_one_error(daemon)["error"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        ({"action": "shutdownRequested"}, "sent 'shutdownRequested' where its answer"),
+        ({"action": "checkpoint", "subSequenceNumber": None, "error": None}, "no sequenceNumber"),
+        (
+            {"action": "checkpoint", "sequenceNumber": "999", "subSequenceNumber": None},
+            "answered checkpoint 202 with one at sequence number '999'",
+        ),
+        (
+            {"action": "checkpoint", "sequenceNumber": "202", "error": "InvalidStateException"},
+            "refused checkpoint 202: InvalidStateException",
+        ),
+    ],
+    ids=["another-action", "no-sequence-number", "another-sequence-number", "invalid-state"],
+)
+def test_a_checkpoint_answer_not_about_the_request_ends_the_process_in_one_line(
+    job: dict[str, Any], answer: dict[str, Any], says: str
+) -> None:
+    """Taken for a success, an answer about another position leaves the shard's
+    checkpoint unknown; the line says what came instead of the answer awaited."""
+    daemon = json_logged(job)
+    assert daemon.until_asked(put("x", 202, ts=1))["sequenceNumber"] == "202"
+    daemon.write(answer)
+    assert daemon.read() is None
+    assert daemon.exit_code() == 1
+    error = the_one_error(daemon)
+    assert says in error["error"]
+    assert "KeyError" not in error["error"]
+
+
+def test_a_dead_letter_that_cannot_be_stored_names_its_record_without_a_traceback(
+    job: dict[str, Any],
+) -> None:
+    """An expected failure (the dead-letter file's path is a directory) is one line
+    that names the record left neither applied nor dead-lettered."""
+    job["dead"].mkdir()
+    daemon = json_logged(job)
+    undecodable = daemon_record(b"\x00 not json", 303)
+    batch: list[Any] = [{"action": "record", **undecodable}]
+    with contextlib.suppress(BrokenPipeError):  # the child may be gone by the next batch
+        while True:
+            daemon.write({"action": "processRecords", "millisBehindLatest": 0, "records": batch})
+            batch = []
+            if daemon.read() is None:
+                break
+    assert daemon.exit_code() != 0
+    error = the_one_error(daemon)
+    assert "undecodable record 303" in error["error"]
+    assert str(job["dead"]) in error["error"]
 
 
 def test_the_processor_raises_its_open_file_soft_limit_for_the_writes_in_flight() -> None:
@@ -733,19 +889,7 @@ def test_a_daemon_gone_while_a_checkpoint_waits_is_a_warning_not_a_refusal(
             "subSequenceNumber": 0,
         }
     )
-    # The checkpoint may be asked for within this batch (its write can land before the
-    # batch is answered) or after a later one: never answered either way.
-    batch: list[Any] = [{"action": "record", **put("x", 700, ts=1)}]
-    deadline = time.monotonic() + 30 * PATIENCE
-    while True:
-        daemon.write({"action": "processRecords", "millisBehindLatest": 0, "records": batch})
-        batch = []
-        reply = daemon.read()
-        assert reply is not None
-        if reply["action"] == "checkpoint":
-            break
-        assert reply == {"action": "status", "responseFor": "processRecords"}, reply
-        assert time.monotonic() < deadline, "no checkpoint asked for"
+    daemon.until_asked(put("x", 700, ts=1))  # never answered
     assert daemon.process.stdin
     daemon.process.stdin.close()  # no answer: the daemon is gone
     assert daemon.exit_code() == 1

@@ -16,6 +16,7 @@ import structlog
 
 from replicator.deadletter.base import DeadLetterTarget
 from replicator.deadletter.entry import ALL_DESTINATIONS, DeadLetter
+from replicator.exceptions import DeadLetterUnavailable
 from replicator.items import describe_key, item_to_wire
 from replicator.metrics import Metrics
 from replicator.records import Change, RawRecord
@@ -60,7 +61,9 @@ class DeadLetterer:
     def store(self, writer: WrittenTable, change: Change, result: WriteResult) -> None:
         reason = result.reason or "failed"
         error = result.error or ""
-        self.target.put(
+        self._put(
+            f"record {change.sequence_number} (destination {writer.label}, key "
+            f"{describe_key(change.keys)})",
             DeadLetter(
                 record=change.raw,
                 destination=writer.label,
@@ -72,7 +75,7 @@ class DeadLetterer:
                 region=writer.region,
                 event=change.event.value,
                 keys=item_to_wire(change.keys),
-            )
+            ),
         )
         self.metrics.dead_letters.labels(writer.label, reason).inc()
         self.metrics.writes.labels(writer.label, change.event.op, DEAD_LETTERED).inc()
@@ -86,9 +89,20 @@ class DeadLetterer:
             target=self.target.description,
         )
 
+    def _put(self, what: str, letter: DeadLetter) -> None:
+        """Store ``letter``; an operator told the target failed must also learn which
+        change is now neither applied nor dead-lettered (the shard resumes before it)."""
+        try:
+            self.target.put(letter)
+        except DeadLetterUnavailable as error:
+            raise DeadLetterUnavailable(
+                f"the dead letter for {what} could not be stored: {error}"
+            ) from error
+
     def undecodable(self, raw: RawRecord, error: str) -> None:
         """A record that could not be decoded: one letter for every destination."""
-        self.target.put(
+        self._put(
+            f"undecodable record {raw.get('sequenceNumber')}",
             DeadLetter(
                 record=raw,
                 destination=ALL_DESTINATIONS,
@@ -96,7 +110,7 @@ class DeadLetterer:
                 error=error,
                 task_name=self.task_name,
                 shard_id=self.shard_id,
-            )
+            ),
         )
         self.metrics.records_received.labels("undecodable").inc()
         self.metrics.dead_letters.labels(ALL_DESTINATIONS, "undecodable").inc()
