@@ -82,10 +82,12 @@ def test_a_dead_letter_directory_replaced_by_a_file_while_running_is_exit_3_and_
     assert "restarting from the checkpoint" in output  # the restart policy still holds
     last = output.splitlines()[-1]
     assert status == 3, last
-    assert last.startswith(
-        f"replicator: cannot append to dead-letter file {job.dead_letters}: "
+    # The record left neither applied nor dead-lettered, then the file and the cause.
+    assert last.startswith("replicator: the dead letter for record "), last
+    assert (
+        f" could not be stored: cannot append to dead-letter file {job.dead_letters}: "
         f"{letters} is not a directory"
-    ), last
+    ) in last, last
     assert "File exists" not in last
     (row,) = job.lease_rows()
     assert not row["checkpoint"]["S"].isdigit()  # never past the change it could not keep
@@ -154,10 +156,12 @@ def test_a_processor_failing_during_a_stop_is_not_a_clean_stop(
     last = output.splitlines()[-1]
     assert status == 3, last
     assert "stopped cleanly" not in output
-    assert last.startswith(
-        f"replicator: cannot append to dead-letter file {job.dead_letters}: "
+    # The record left neither applied nor dead-lettered, then the file and the cause.
+    assert last.startswith("replicator: the dead letter for record "), last
+    assert (
+        f" could not be stored: cannot append to dead-letter file {job.dead_letters}: "
         f"{letters} is not a directory"
-    ), last
+    ) in last, last
     (row,) = job.lease_rows()
     assert not row["checkpoint"]["S"].isdigit()  # never past the change it could not keep
 
