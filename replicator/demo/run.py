@@ -10,10 +10,14 @@ destinations equal the source.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,17 +79,58 @@ def run_demo(config_path: Path, options: DemoOptions, console: Console | None = 
         url = endpoint.start()
         _private_environment(url)
         resolved = load_job(config_path.resolve())
-        problem = off_endpoint(resolved, url) or Stamps.problem(resolved.job)
+        problem = (
+            off_endpoint(resolved, url) or off_directory(resolved) or Stamps.problem(resolved.job)
+        )
         if problem is not None:
             logs.echo(f"replicator demo: {config_path}: {problem}", err=True)
             return 2
         logs.configure(resolved.job.logging.level, resolved.job.logging.format.value)
-        return _Demo(resolved, url, options, console).run()
+        with _files_directory(console):
+            return _Demo(resolved, url, options, console).run()
     except KeyboardInterrupt:  # while setting up; the replication phase handles its own
         console.print("\ninterrupted")
         return 130
     finally:
         endpoint.stop()
+
+
+def off_directory(resolved: ResolvedJob) -> str | None:
+    """Why the job's files would be written outside the demo's own directory, else None.
+
+    Run beside a real job, the demo would otherwise append its made-up dead letters and
+    lost conflicts to that job's files (relative paths from the same working directory),
+    where a later ``redrive`` or ``conflicts --restore`` would take them for real ones."""
+    job = resolved.job
+    targets = [
+        ("dead_letter.path", job.dead_letter.kind.value, job.dead_letter.path),
+        ("conflict_log.path", job.conflict_log.kind.value, job.conflict_log.path),
+    ]
+    for where, kind, path in targets:
+        if kind == "file" and Path(path).is_absolute():
+            return (
+                f"{where} is absolute ({path}); the demo writes the job's files in a "
+                "directory of its own: give a relative path"
+            )
+    return None
+
+
+@contextmanager
+def _files_directory(console: Console) -> Iterator[None]:
+    """Run with a fresh working directory, where the job's relative file targets (dead
+    letters, the conflict log) land; its processors inherit it. Kept, and named, if the
+    run wrote anything there."""
+    previous = Path.cwd()
+    directory = Path(tempfile.mkdtemp(prefix="replicator-demo-files-"))
+    os.chdir(directory)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+        if any(path.is_file() for path in directory.rglob("*")):
+            console.print(f"the job's files (dead letters, conflict log): {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _private_environment(url: str) -> None:

@@ -39,6 +39,7 @@ def start_demo(
     *args: str,
     sigint_ignored: bool = False,
     extra_env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
 ) -> tuple[subprocess.Popen[str], queue.Queue[str | None]]:
     # Its own temporary directory: the local runtime's per-task lock lives there, and
     # another run of the suite on the same host must not hold this demo's lock.
@@ -62,7 +63,7 @@ def start_demo(
     try:
         demo = subprocess.Popen(
             [sys.executable, "-m", "replicator", "demo", *defaults, *args],
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -292,6 +293,38 @@ def refusal(path: Path, scratch: Path) -> str:
     assert len(lines) == 1, result.stderr
     assert "converge" not in result.stdout
     return lines[0]
+
+
+def test_the_job_files_are_written_in_the_demos_own_directory(tmp_path: Path) -> None:
+    """Run where a real job runs, the demo of that job must not create or append to its
+    dead-letter file or conflict log (relative paths): a later redrive or restore would
+    take the demo's made-up changes for real ones."""
+    work = tmp_path / "where-the-real-job-runs"
+    work.mkdir()
+    demo, lines = start_demo(
+        free_port(), tmp_path, "-c", str(ROOT / "config" / "one-way.yaml"), cwd=work
+    )
+    assert_converged_at_eu_west_1(demo, lines)
+    assert list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize("section", ["dead_letter", "conflict_log"])
+def test_a_job_file_target_at_an_absolute_path_is_refused(tmp_path: Path, section: str) -> None:
+    job = (ROOT / "config" / "one-way.yaml").read_text()
+    real = tmp_path / "real.jsonl"
+    replaced = {
+        "dead_letter": ("path: dead-letters/{task_name}.jsonl", f"path: {real}"),
+        "conflict_log": (
+            "conflict_log:\n  kind: none",
+            f"conflict_log:\n  path: {real}\n  kind: file",
+        ),
+    }[section]
+    assert replaced[0] in job
+    path = tmp_path / "job.yaml"
+    path.write_text(job.replace(*replaced))
+    line = refusal(path, tmp_path)
+    assert f"{section}.path is absolute" in line, line
+    assert not real.exists()
 
 
 @pytest.mark.parametrize(
