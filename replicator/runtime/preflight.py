@@ -89,8 +89,7 @@ def check_source(resolved: ResolvedJob) -> SourceInfo:
     except (ClientError, BotoCoreError) as error:
         raise explain(error, what, where) from None
     key_schema = tables.shape_of(table).key_schema
-    check_ranking_attributes(resolved, key_schema)
-    check_origin_attribute(resolved, key_schema)
+    check_key_settings(resolved, key_schema)
     if source.stream.kind is StreamKind.KINESIS:
         return SourceInfo(
             stream_arn=check_kinesis_stream(resolved, where),
@@ -157,6 +156,14 @@ def check_ranking_attributes(resolved: ResolvedJob, key_schema: dict[str, str]) 
                 "never changes, so every image of an item would rank the same; name the "
                 "attribute the application sets to its time or version on every write"
             )
+
+
+def check_key_settings(resolved: ResolvedJob, key_schema: dict[str, str]) -> None:
+    """The job's attributes that must not be key attributes of the source (what the rules
+    rank by, the origin stamp), checked wherever the key schema is read: ``run`` at start
+    and the commands that read the source table."""
+    check_ranking_attributes(resolved, key_schema)
+    check_origin_attribute(resolved, key_schema)
 
 
 def check_origin_attribute(resolved: ResolvedJob, key_schema: dict[str, str]) -> None:

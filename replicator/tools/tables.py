@@ -20,11 +20,7 @@ from replicator.aws.tables import TableShape
 from replicator.config.model import DestinationConfig, ResolvedJob, TtlDeletes
 from replicator.exceptions import EnvironmentProblem
 from replicator.items import Item, canonical_number
-from replicator.runtime.preflight import (
-    check_origin_attribute,
-    check_ranking_attributes,
-    explain,
-)
+from replicator.runtime.preflight import check_key_settings, explain
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -92,8 +88,7 @@ def checked_source(resolved: ResolvedJob, source: TableRef) -> TableShape:
     a timestamp or version that is a key attribute would rank every image the same, and
     one whose origin stamp is a key attribute would take every image for an echo."""
     shape = describe(source)
-    check_ranking_attributes(resolved, shape.key_schema)
-    check_origin_attribute(resolved, shape.key_schema)
+    check_key_settings(resolved, shape.key_schema)
     return shape
 
 
