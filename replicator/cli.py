@@ -116,7 +116,7 @@ def _active_active(resolved: ResolvedJob) -> str:
 @_operator_errors
 def validate(config_path: Path) -> None:
     """Check a job file and print the job as it resolves (exit 0), or every problem (exit 2)."""
-    from replicator.wiring import check_resolvers
+    from replicator.config.resolvers import check_resolvers
 
     resolved = load_job(config_path, on_disk=True)
     check_resolvers(resolved)
@@ -155,7 +155,7 @@ def _trimmed_data(resolved: ResolvedJob) -> str:
 
 def describe(resolved: ResolvedJob) -> str:
     from replicator.config.model import DeadLetterKind
-    from replicator.conflictlog.targets import describe_target
+    from replicator.conflictlog.places import describe_target
     from replicator.metrics.server import address as metrics_address
 
     job = resolved.job
@@ -267,7 +267,7 @@ def processor(config_path: Path) -> None:
 def run(config_path: Path) -> None:
     """Run the job with the runtime its file names (local or kcl) until stopped."""
     from replicator.config.model import RuntimeKind
-    from replicator.wiring import check_resolvers
+    from replicator.config.resolvers import check_resolvers
 
     resolved = load_job(config_path.resolve())
     check_resolvers(resolved)

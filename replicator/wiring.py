@@ -7,8 +7,6 @@ themselves take plain collaborators and test without AWS.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Unpack
@@ -19,7 +17,6 @@ from replicator.aws.clients import Place, Reach, WriteClient
 from replicator.aws.tables import where
 from replicator.buffer import ChangeBuffer
 from replicator.config.model import (
-    ConflictPolicyName,
     DeadLetterKind,
     DestinationConfig,
     JobConfig,
@@ -31,14 +28,13 @@ from replicator.conflictlog.base import ConflictRecorder
 from replicator.conflictlog.recorder import BackgroundRecorder
 from replicator.deadletter import DeadLetterTarget, FileDeadLetters, SqsDeadLetters
 from replicator.deadletter.failed import DeadLetterer
-from replicator.exceptions import ConfigError, EnvironmentProblem, PlanError
+from replicator.exceptions import EnvironmentProblem
 from replicator.filters import ChangeFilter
 from replicator.highwater import HighWater
 from replicator.intake import Reader, ShardIntake
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.rules import ConflictRule, OrderedRule, rule_for, squash_order
-from replicator.rules.custom import load_resolver
 from replicator.rules.ordered import Peers
 from replicator.shards.stream import Shard, list_shards
 from replicator.tombstones.table import TombstoneTable
@@ -104,28 +100,6 @@ def tombstone_table(
         where(region, endpoint_url),
         job.active_active.tombstone_retention_hours * 3600,
     )
-
-
-def check_resolvers(resolved: ResolvedJob) -> None:
-    """Import every custom resolver the job names, before anything starts: one that does
-    not load is a ConfigError naming the job file and key (exit 2), not a processor that
-    fails at each start, nor a traceback from a tool."""
-    # The processors run as ``python -m``, which puts the working directory first on the
-    # import path; the console script does not. Import from where they will.
-    here = os.getcwd()
-    added = here not in sys.path and "" not in sys.path
-    if added:
-        sys.path.insert(0, here)
-    try:
-        for place, conflict in resolved.job.conflict_settings:
-            if conflict.policy is ConflictPolicyName.CUSTOM and conflict.resolver:
-                try:
-                    load_resolver(conflict.resolver)
-                except PlanError as error:
-                    raise ConfigError(f"{resolved.path}: {place}.resolver: {error}") from None
-    finally:
-        if added:
-            sys.path.remove(here)
 
 
 def source_writer(

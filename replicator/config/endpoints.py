@@ -9,9 +9,8 @@ somewhere else. A job file's endpoint, and one set for botocore in the environme
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
-
-from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
 
 EXAMPLE = "http://127.0.0.1:8000"
 
@@ -35,9 +34,23 @@ def endpoint_problem(url: str) -> str | None:
         return "its port is not a number from 1 to 65535"
     if parts.path not in ("", "/") or parts.query or parts.fragment or url.endswith(("?", "#")):
         return "it must be only a scheme, a host and a port (no path, query or fragment)"
+    if _is_ipv4(parts.hostname):
+        return None
+    # Imported here: botocore.utils takes a tenth of a second to import, which ``validate``
+    # would pay for nothing on the common local endpoint, an IPv4 address.
+    from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
+
     if not (is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url)):
         return f"{parts.hostname!r} is not a host name or IP address"
     return None
+
+
+def _is_ipv4(host: str) -> bool:
+    """A dotted-quad IPv4 address, which botocore's host name rule always takes."""
+    try:
+        return isinstance(ipaddress.ip_address(host), ipaddress.IPv4Address)
+    except ValueError:
+        return False
 
 
 def check_endpoint(value: str | None) -> str | None:

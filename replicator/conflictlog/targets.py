@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
@@ -19,6 +18,12 @@ from replicator.conflictlog.base import ConflictLogTarget, Selection
 from replicator.conflictlog.dynamodb import DynamoDbConflictLog
 from replicator.conflictlog.entry import ConflictEntry
 from replicator.conflictlog.file import FileConflictLog
+from replicator.conflictlog.places import (
+    NO_CONFLICT_LOG,
+    conflict_log_path,
+    conflict_table,
+    table_place,
+)
 from replicator.conflictlog.recorder import BackgroundRecorder
 from replicator.conflictlog.sqs import SqsConflictLog
 from replicator.exceptions import ConfigError, EnvironmentProblem
@@ -33,7 +38,7 @@ log = structlog.get_logger(__name__)
 class NoConflictLog:
     """``kind: none``: lost conflicts are counted and logged at debug level only."""
 
-    description = "no conflict log (conflict_log.kind: none)"
+    description = NO_CONFLICT_LOG
 
     def put(self, entry: ConflictEntry) -> None:
         return None
@@ -42,45 +47,9 @@ class NoConflictLog:
         return iter(())
 
 
-def conflict_table(resolved: ResolvedJob) -> str:
-    return resolved.job.conflict_log.table.format(task_name=resolved.task_name)
-
-
-def conflict_log_path(resolved: ResolvedJob) -> Path:
-    path = Path(resolved.job.conflict_log.path.format(task_name=resolved.task_name))
-    return path if path.is_absolute() else Path.cwd() / path
-
-
-def _table_place(resolved: ResolvedJob) -> tuple[str, str | None, str | None]:
-    """Region, endpoint and role of the table: the source's unless the section says."""
-    settings = resolved.job.conflict_log
-    source = resolved.job.source
-    return (
-        settings.region or source.region,
-        settings.endpoint_url or source.endpoint_url,
-        settings.role_arn or source.role_arn,
-    )
-
-
-def describe_target(resolved: ResolvedJob) -> str:
-    """The target as ``replicator validate`` shows it (no client is made)."""
-    settings = resolved.job.conflict_log
-    if settings.kind is ConflictLogKind.FILE:
-        return f"file {conflict_log_path(resolved)}"
-    if settings.kind is ConflictLogKind.SQS:
-        return f"SQS queue {settings.queue_url}"
-    if settings.kind is ConflictLogKind.DYNAMODB:
-        region, endpoint, _ = _table_place(resolved)
-        return (
-            f"DynamoDB table {conflict_table(resolved)} ({where(region, endpoint)}), "
-            f"kept {settings.retention_days} days"
-        )
-    return NoConflictLog.description
-
-
 def _table_client(resolved: ResolvedJob, sdk_retries: bool) -> tuple[DynamoDBClient, str]:
     source = resolved.job.source
-    region, endpoint, role = _table_place(resolved)
+    region, endpoint, role = table_place(resolved)
     client = clients.dynamodb(
         Place(region, endpoint, role, source.external_id if role == source.role_arn else None),
         connect_timeout=3.0,

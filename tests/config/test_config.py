@@ -525,7 +525,7 @@ def test_a_resolver_in_the_working_directory_loads_as_the_processors_load_it(
 ) -> None:
     """The processors run as ``python -m``, with the working directory on the import path;
     the check in the console script's process finds the module there too."""
-    from replicator.wiring import check_resolvers
+    from replicator.config.resolvers import check_resolvers
 
     (tmp_path / "cwd_resolver.py").write_text("def f(change, existing):\n    return True\n")
     monkeypatch.chdir(tmp_path)
