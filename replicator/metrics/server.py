@@ -119,6 +119,7 @@ class MetricsServer:
         self._httpd.daemon_threads = True
         self.host = host
         self.port: int = self._httpd.server_address[1]
+        self.picked = port == 0
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="metrics-http", daemon=True
         )
@@ -170,12 +171,21 @@ class MetricsServer:
 
     def start(self) -> None:
         self._thread.start()
-        log.info(
-            "serving metrics",
-            url=self.url,
-            health=f"http://{address(self.host, self.port)}/healthz",
-            port=self.port,
-        )
+        where = {
+            "url": self.url,
+            "health": f"http://{address(self.host, self.port)}/healthz",
+            "port": self.port,
+        }
+        if self.picked:
+            # A warning, so that it shows at every logging level: this line is the only
+            # way to learn the port, and a scraper set up for a fixed one will not find it.
+            log.warning(
+                "serving metrics",
+                **where,
+                note="metrics.port is 0: this port was picked at start and changes at each start",
+            )
+        else:
+            log.info("serving metrics", **where)
 
     def stop(self) -> None:
         if self._thread.is_alive():

@@ -790,3 +790,23 @@ def test_metrics_can_be_turned_off(moto_endpoint: str, unique: Any, tmp_path: Pa
     finally:
         assert stop(runtime) == 0
     assert "serving metrics" not in log.read_text()
+
+
+def test_a_picked_port_is_logged_at_every_logging_level(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """With ``metrics.port: 0`` the ``serving metrics`` line is the only way to learn the
+    port: it is a warning then, so that ``logging.level: warning`` still shows it."""
+    job = Job(moto_endpoint, unique("picked"), tmp_path)
+    job.write(logging="{format: json, level: warning}")
+    log = job.directory / "runtime.log"
+    runtime = job.start()
+    try:
+        port = logged_metrics_port(log)
+        assert scrape(port)
+    finally:
+        assert stop(runtime) == 0
+    entries = [json.loads(text) for text in log.read_text().splitlines() if text.startswith("{")]
+    (line,) = [entry for entry in entries if entry.get("event") == "serving metrics"]
+    assert (line["level"], line["port"]) == ("warning", port)
+    assert "picked at start" in line["note"]
