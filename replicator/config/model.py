@@ -1004,6 +1004,12 @@ def _active_active_checks(job: JobConfig) -> Problems:
     active = job.active_active
     if active.write_back or active.tombstones:
         what = "write_back" if active.write_back else "tombstones"
+        # Tombstones need write-back: turning write-back off alone leaves a job refused.
+        turn_off = (
+            "set active_active.tombstones: false and active_active.write_back: false"
+            if active.tombstones
+            else "set active_active.write_back: false"
+        )
         if not job.loop_prevention.origin_attribute:
             problems.append(
                 (
@@ -1029,7 +1035,7 @@ def _active_active_checks(job: JobConfig) -> Problems:
                         f"ranks items by {_described(job.conflict_for(destination))} but the "
                         f"job by {_described(job.conflict)}: active_active.{what} compares "
                         "ranks across regions, so every destination must rank like the job "
-                        "(drop this override, or set active_active.write_back: false)",
+                        f"(drop this override, or {turn_off})",
                     )
                 )
     return problems

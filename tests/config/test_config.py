@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -536,3 +537,29 @@ def test_a_resolver_in_the_working_directory_loads_as_the_processors_load_it(
     )
     check_resolvers(resolved)
     assert str(tmp_path) not in sys.path
+
+
+RANKED_OTHERWISE = (
+    "source: {region: us-east-1, table: aaa}\n"
+    "destinations:\n"
+    "  - {region: eu-west-1, table: aaa, conflict: {policy: version, version_attribute: ver}}\n"
+    "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+    "loop_prevention: {origin_attribute: origin}\n"
+)
+
+
+@pytest.mark.parametrize(
+    "active", ["{tombstones: true}", "{write_back: true}", "{write_back: true, tombstones: true}"]
+)
+def test_the_fix_a_ranking_override_refusal_suggests_makes_the_job_valid(active: str) -> None:
+    """A destination ranking otherwise is refused under write-back or tombstones; the
+    settings the message suggests, taken as written, give a job that validates."""
+    with pytest.raises(ConfigError) as refused:
+        parse_job(RANKED_OTHERWISE + f"active_active: {active}\n", Path("job.yaml"))
+    (hint,) = re.findall(r"drop this override, or set (.*?)\)", str(refused.value))
+    suggested = dict(re.findall(r"active_active\.(\w+): (\w+)", hint))
+    assert suggested, hint
+    # Applied to the job's own active_active settings, as the user edits the file.
+    settings = {**dict(re.findall(r"(\w+): (\w+)", active)), **suggested}
+    fixed = ", ".join(f"{name}: {value}" for name, value in settings.items())
+    parse_job(RANKED_OTHERWISE + f"active_active: {{{fixed}}}\n", Path("job.yaml"))
