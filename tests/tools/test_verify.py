@@ -509,6 +509,28 @@ def test_a_read_rate_that_is_not_a_usable_number_is_a_usage_error(
     ) in result.output
 
 
+@pytest.mark.parametrize(
+    ("pause", "why"),
+    [
+        ("inf", "inf is not in the range 0<=x<=3600.0."),
+        ("1e10", "10000000000.0 is not in the range 0<=x<=3600.0."),
+        ("nan", "nan is not a finite number"),
+    ],
+)
+def test_a_recheck_pause_that_no_wait_can_take_is_a_usage_error(
+    job: Job, pause: str, why: str
+) -> None:
+    items = replicated(job, 3)
+    eu, eu_table = job.destination_clients()[0]
+    eu.delete_item(TableName=eu_table, Key=key(items[0]))  # a difference: re-checks pause
+
+    found = cli(job, "--recheck-pause", pause)
+
+    assert found.returncode == 2, found.stderr
+    assert found.stdout == ""
+    assert found.stderr.splitlines()[-1] == f"Error: Invalid value for '--recheck-pause': {why}"
+
+
 def test_an_error_page_in_place_of_an_aws_answer_is_one_short_line(job: Job) -> None:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from threading import Thread
