@@ -308,6 +308,11 @@ def _read_rate(context: click.Context, parameter: click.Parameter, value: float)
     return value
 
 
+# The longest --recheck-pause: an hour. A re-check waits out replication in flight, which
+# takes seconds; a pause goes to a wait, which overflows (inf and 1e10 were a traceback).
+MAX_RECHECK_PAUSE_S = 3600.0
+
+
 def main(argv: list[str] | None = None) -> Any:
     return cli.main(args=argv, prog_name="replicator")
 
@@ -479,10 +484,11 @@ def backfill(config_path: Path, **options: Any) -> None:
 @click.option(
     "--recheck-pause",
     "recheck_pause_s",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=0, max=MAX_RECHECK_PAUSE_S),
     default=2.0,
     show_default=True,
-    help="Seconds between those reads.",
+    callback=_finite,
+    help=f"Seconds between those reads (at most {MAX_RECHECK_PAUSE_S:g}).",
 )
 @click.option("--repair", is_flag=True, help="Rewrite differences through the conflict policy.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")

@@ -246,6 +246,41 @@ def key_token(text: str, *, forbidden: str = "") -> str:
     return text if plain else json.dumps(text)
 
 
+# What marks the parts of the fields that rank an image, as reports and logs show them:
+# ``(updated_at=2027, origin=us-east-1)``.
+_FIELD_MARKS = "(),="
+
+
+def describe_field(name: str, value: AttributeValue | None) -> str:
+    """``name=value`` for an attribute of an image, as reports, log lines and conflict
+    entries show what ranks it: ``updated_at=2027``, ``updated_at=(absent)``.
+
+    The value is data, as a key is: a newline in it would forge a report's line, a
+    comma or parenthesis end the list it is in. So, as in :func:`describe_key`, a name or
+    string (or number) that is not a plain token is JSON-quoted; a binary is base64, a
+    set, list or map compact JSON of printable ASCII."""
+    return f"{key_token(name, forbidden=_FIELD_MARKS)}={_value_text(value)}"
+
+
+def describe_names(names: list[str]) -> str:
+    """Attribute names as a report lists them (``a, "b c"``): each one token, quoted as
+    :func:`describe_field` quotes a name, so a name cannot add an entry or a line."""
+    return ", ".join(key_token(name, forbidden=_FIELD_MARKS) for name in names)
+
+
+def _value_text(value: AttributeValue | None) -> str:
+    if value is None:
+        return "(absent)"
+    ((kind, inner),) = value.items()
+    if kind in ("S", "N"):
+        return key_token(str(inner), forbidden=_FIELD_MARKS)
+    if kind == "B":
+        return base64.b64encode(inner).decode("ascii")
+    if kind in ("BOOL", "NULL"):
+        return str(inner)
+    return json.dumps(_value_to_wire(value)[kind], separators=(",", ":"))
+
+
 def project(item: Mapping[str, AttributeValue], names: list[str]) -> Item:
     """The key attributes of an item, given the key schema's attribute names."""
     return {name: item[name] for name in names if name in item}

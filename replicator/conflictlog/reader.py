@@ -26,7 +26,13 @@ from replicator.conflictlog.entry import (
 )
 from replicator.epoch import ISO_FORMS, typed_iso_time
 from replicator.exceptions import SinceSyntaxError
-from replicator.items import describe_key, item_from_wire
+from replicator.items import (
+    describe_field,
+    describe_key,
+    item_from_wire,
+    key_token,
+    value_from_wire,
+)
 
 _RELATIVE = re.compile(r"^([0-9]+)\s*([smhd])$")  # ASCII digits, as documented
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -256,7 +262,8 @@ def _winner(entry: ConflictEntry) -> str:
     winner did), and "not read" for what a forced restore replaced unseen."""
     rank = entry.winning_rank
     if rank and rank.get("delete"):  # a tombstone: its rank is the deleted image's
-        return f"delete in {rank.get('deleted_in') or '(unknown)'} of {_rank(rank)}"
+        region = rank.get("deleted_in")
+        return f"delete in {key_token(str(region)) if region else '(unknown)'} of {_rank(rank)}"
     if entry.winning_image is not None or rank:
         return _rank(rank)
     if "winning" in entry.truncated:
@@ -271,9 +278,15 @@ def _counts(counts: dict[str, int]) -> str:
 def _rank(rank: dict[str, Any] | None) -> str:
     if not rank:
         return "-"
-    value = rank.get("value")
-    shown = "(absent)" if value is None else str(next(iter(value.values())))
-    text = f"{rank['attribute']}={shown}"
+    value = None if rank.get("value") is None else value_from_wire(rank["value"], "value")
+    text = describe_field(rank["attribute"], value)
     if rank.get("origin_attribute"):
-        text += f" {rank['origin_attribute']}={rank.get('origin') or '(absent)'}"
+        origin = rank.get("origin")
+        # The origin as the entry holds it: the inner value of its stamp, a string if any.
+        stamp = (
+            None
+            if origin is None
+            else {"S": origin if isinstance(origin, str) else json.dumps(origin)}
+        )
+        text += f" {describe_field(rank['origin_attribute'], stamp)}"
     return text

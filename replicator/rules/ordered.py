@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from replicator.exceptions import MalformedImage, PlanError
-from replicator.items import Item, ItemView, canonical_number, same_item
+from replicator.items import Item, ItemView, canonical_number, describe_field, same_item
 from replicator.records import Change, Event
 from replicator.rules.order import (
     Condition,
@@ -339,10 +339,7 @@ class OrderedRule:
         if image is None:
             return "no item"
         names = [self.attribute] + ([self.origin_attribute] if self.origin_attribute else [])
-        parts = []
-        for name in names:
-            value = image.get(name)
-            parts.append(f"{name}={next(iter(value.values())) if value else '(absent)'}")
+        parts = [describe_field(name, image.get(name)) for name in names]
         if with_digest:
             parts.append(f"digest={image_digest(image)[:12]}")
         return ", ".join(parts)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from replicator.conflictlog.keys import canonical_key, partition_key
-from replicator.items import AttributeValue, Item
+from replicator.items import AttributeValue, Item, describe_field, key_token
 from replicator.rules.order import Digest, OpRank, Rank, RankFields, ordering_rank, origin_rank
 
 PARTITION_KEY = "pk"
@@ -105,11 +105,10 @@ class Tombstone:
 
     def described(self, attribute: str, origin_attribute: str | None) -> str:
         """How log lines and conflict entries show the delete."""
-        value = "(absent)" if self.ordering is None else next(iter(self.ordering.values()))
-        text = f"a delete in {self.deleted_in} of the image with {attribute}={value}"
+        text = f"a delete in {key_token(self.deleted_in)} of the image with "
+        text += describe_field(attribute, self.ordering)
         if origin_attribute:
-            origin = "(absent)" if self.origin is None else self.origin.get("S", "(absent)")
-            text += f", {origin_attribute}={origin}"
+            text += f", {describe_field(origin_attribute, self.origin)}"
         return text
 
     def rank_record(self, attribute: str, origin_attribute: str | None) -> dict[str, Any]:

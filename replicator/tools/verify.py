@@ -54,7 +54,15 @@ from replicator.config.model import ResolvedJob
 from replicator.deadletter import DeadLetterTarget
 from replicator.deadletter.failed import DeadLetterer
 from replicator.exceptions import OperatorError, WriteCancelled
-from replicator.items import Item, KeyId, describe_key, item_to_wire, key_id, project
+from replicator.items import (
+    Item,
+    KeyId,
+    describe_key,
+    describe_names,
+    item_to_wire,
+    key_id,
+    project,
+)
 from replicator.logs import redact
 from replicator.metrics import Metrics
 from replicator.records import Change
@@ -197,7 +205,7 @@ class Finding:
     def line(self) -> str:
         text = f"  {self.kind:<9} {describe_key(self.keys)}"
         if self.attributes:
-            text += f"  attributes: {', '.join(self.attributes)}"
+            text += f"  attributes: {describe_names(self.attributes)}"
         if self.repair:
             text += f"  -> {self.repair}"
             if self.detail:

@@ -132,6 +132,26 @@ def test_a_corrupt_line_in_a_file_log_is_skipped_naming_its_line(
     assert len(warnings(found)) == 1
 
 
+def test_ranking_values_in_the_listing_and_in_why_cannot_add_a_line(tmp_path: Path) -> None:
+    """What ranks an image is data: a value holding a newline is shown quoted, in the
+    table's LOSER and WINNER cells and in the entry's why, so each entry is one line."""
+    path = tmp_path / "conflicts.jsonl"
+    config = job_file(tmp_path, f"{{kind: file, path: '{path}'}}")
+    forged = "2027\n  forged-entry  2026-01-01"
+    lost = conflict(1, ranks=({"S": forged}, {"S": "9999 (newer)"})).entry()
+    FileConflictLog(path).put(lost)
+
+    listing = invoke(config)
+
+    assert listing.exit_code == 0, listing.output
+    *_, header, row = listing.stdout.splitlines()
+    assert header.split()[0] == "ID" and row.split()[0] == lost.id
+    assert 'updated_at="2027\\n  forged-entry  2026-01-01" origin_region=us-east-1' in row
+    assert 'updated_at="9999 (newer)" origin_region=eu-west-1' in row
+    assert "\n" not in lost.why
+    assert 'updated_at="2027\\n  forged-entry  2026-01-01", origin_region=us-east-1' in lost.why
+
+
 def test_a_file_log_path_that_is_a_directory_is_one_line_and_exit_2(tmp_path: Path) -> None:
     config = job_file(tmp_path, f"{{kind: file, path: '{tmp_path}'}}")
     result = invoke(config)

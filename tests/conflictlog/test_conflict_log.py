@@ -34,7 +34,7 @@ from replicator.exceptions import (
     KeySyntaxError,
     SinceSyntaxError,
 )
-from replicator.items import Item, describe_key, item_to_wire
+from replicator.items import AttributeValue, Item, describe_key, item_to_wire
 from replicator.metrics import Metrics
 from replicator.rules import OrderedRule
 from replicator.writers.destination import DestinationWriter, Outcome
@@ -57,10 +57,17 @@ def stored_bytes(image: dict[str, Any] | None) -> bytes:
     return json.dumps(image, sort_keys=True).encode()
 
 
-def conflict(seq: int, *, size: int = 0, pk: str = "order-1") -> LostConflict:
+def conflict(
+    seq: int,
+    *,
+    size: int = 0,
+    pk: str = "order-1",
+    ranks: tuple[AttributeValue, AttributeValue] = ({"N": "100"}, {"N": "200"}),
+) -> LostConflict:
+    """A lost conflict; ``ranks``: the loser's and the winner's ``updated_at``."""
     rng = random.Random(seq)
-    loser = demo_item(rng, pk, 3, "us-east-1") | {"updated_at": {"N": "100"}}
-    winner = demo_item(rng, pk, 3, "eu-west-1") | {"updated_at": {"N": "200"}}
+    loser = demo_item(rng, pk, 3, "us-east-1") | {"updated_at": ranks[0]}
+    winner = demo_item(rng, pk, 3, "eu-west-1") | {"updated_at": ranks[1]}
     if size:
         loser["blob"] = {"B": rng.randbytes(size)}
     keys = {"pk": loser["pk"], "sk": loser["sk"]}

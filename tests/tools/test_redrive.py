@@ -69,8 +69,16 @@ def stream_letter(
 
 
 def _letter(
-    job: Job, destination: str, record: RawRecord, reason: str, error: str, keys: Item | None
+    job: Job,
+    destination: str,
+    record: RawRecord,
+    reason: str,
+    error: str,
+    keys: Item | None,
+    event: str | None = "MODIFY",
 ) -> DeadLetter:
+    """A letter; ``event`` None as the replicator writes one for a record that does not
+    decode (it names no event)."""
     return DeadLetter(
         record=record,
         destination=destination,
@@ -78,7 +86,7 @@ def _letter(
         error=error,
         task_name=job.name,
         shard_id="shardId-1",
-        event="MODIFY",
+        event=event,
         keys=item_to_wire(keys) if keys else None,
     )
 
@@ -156,7 +164,7 @@ def test_letters_whose_cause_is_fixed_are_applied_and_failing_ones_stay(job: Job
     target.put(stream_letter(job, eu_label, y, 12, "unplannable", "updated_at is of type BOOL"))
     garbage = daemon_record(b"\xff not base64 of json", 13)
     garbage["data"] = "%%%"
-    target.put(_letter(job, ALL_DESTINATIONS, garbage, "undecodable", "not base64", None))
+    target.put(_letter(job, ALL_DESTINATIONS, garbage, "undecodable", "not base64", None, None))
     job.source.put_item(TableName=job.source_table, Item=z)
     decodable = daemon_record(stream_record("MODIFY", keys_of(z), item_to_wire(z), seq=14), 14)
     target.put(_letter(job, ALL_DESTINATIONS, decodable, "undecodable", "an old bug", keys_of(z)))
@@ -188,6 +196,11 @@ def test_letters_whose_cause_is_fixed_are_applied_and_failing_ones_stay(job: Job
 
     assert second.returncode == 1
     assert "4 letters, 2 replayed, 2 failed again" in second.stdout
+    # As docs/operator-tools.md shows it: a record that does not decode has no event.
+    assert (
+        "  failed again  *: ? (key unknown) (sequence 13): undecodable: record 13: data is "
+        "not base64 of UTF-8 text (Non-base64 digit found)"
+    ) in second.stdout.splitlines(), second.stdout
     assert get(job, 0, x) == x
     assert get(job, 0, z) == z
     left = sorted((letter.destination, letter.attempts) for letter in target.letters())

@@ -256,6 +256,38 @@ def test_keys_that_hold_blanks_or_control_characters_are_shown_quoted_on_one_lin
     assert len(lines) == 7  # the header, two destinations' lines, four findings
 
 
+def test_attribute_names_and_ranking_values_in_the_text_report_cannot_add_a_line(
+    job: Job,
+) -> None:
+    """Names and values are data, as keys are: each is shown as one token, quoted when
+    it is not a plain one, so every entry of the report is one line with one reading."""
+    items = replicated(job, 2)
+    eu, eu_table = job.destination_clients()[0]
+    eu.put_item(TableName=eu_table, Item={**items[0], "a, b": {"S": "1"}, "evil\nname": {"S": "2"}})
+    forged = "2027\n  missing   pk=S:fake sk=N:1"
+    for ddb, table in [(job.source, job.source_table), job.destination_clients()[1]]:
+        ddb.put_item(TableName=table, Item={**items[1], "updated_at": {"S": forged}})
+    eu.put_item(TableName=eu_table, Item={**items[1], "updated_at": {"S": "9999"}})
+
+    as_json = cli(job, "--json", "--recheck", "1")
+    found = cli(job, "--recheck", "1", "--repair")
+
+    differences = json.loads(as_json.stdout)["destinations"][f"eu-west-1/{job.name}-eu"]
+    assert [d["attributes"] for d in differences["differences"]] == [
+        ["a, b", "evil\nname"],
+        ["updated_at"],
+    ]
+    assert found.returncode == 1, found.stderr
+    assert found.stdout.splitlines()[1:] == [
+        f"eu-west-1/{job.name}-eu: scanned 2 items, 1 difference",
+        '  different pk=S:c0 sk=N:0  attributes: "a, b", "evil\\nname"  -> repaired',
+        "  different pk=S:c1 sk=N:1  attributes: updated_at  -> refused: last_writer_wins: "
+        "the destination's item (updated_at=9999) ranks above the put's image "
+        '(updated_at="2027\\n  missing   pk=S:fake sk=N:1")',
+        f"ap-southeast-2/{job.name}-ap: scanned 2 items, equal",
+    ]
+
+
 def test_repair_goes_through_the_policy_and_reports_what_it_refused(job: Job) -> None:
     items = replicated(job, 6)
     (eu, eu_table), _ = job.destination_clients()
@@ -507,6 +539,28 @@ def test_a_read_rate_that_is_not_a_usable_number_is_a_usage_error(
         f"Invalid value for '--read-rate': {float(rate)} is not 0 (unlimited) or a finite "
         "number of items per second of at least 0.01"
     ) in result.output
+
+
+@pytest.mark.parametrize(
+    ("pause", "why"),
+    [
+        ("inf", "inf is not in the range 0<=x<=3600.0."),
+        ("1e10", "10000000000.0 is not in the range 0<=x<=3600.0."),
+        ("nan", "nan is not a finite number"),
+    ],
+)
+def test_a_recheck_pause_that_no_wait_can_take_is_a_usage_error(
+    job: Job, pause: str, why: str
+) -> None:
+    items = replicated(job, 3)
+    eu, eu_table = job.destination_clients()[0]
+    eu.delete_item(TableName=eu_table, Key=key(items[0]))  # a difference: re-checks pause
+
+    found = cli(job, "--recheck-pause", pause)
+
+    assert found.returncode == 2, found.stderr
+    assert found.stdout == ""
+    assert found.stderr.splitlines()[-1] == f"Error: Invalid value for '--recheck-pause': {why}"
 
 
 def test_an_error_page_in_place_of_an_aws_answer_is_one_short_line(job: Job) -> None:
