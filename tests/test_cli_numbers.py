@@ -1,13 +1,19 @@
 """Every number option of every ``replicator`` command refuses what is no usable number
 (NaN, infinity, a value past its bound) as a usage error naming the option, before the
-job file is read: such a value once reached a wait and ended in a traceback."""
+job file is read: such a value once reached a wait and ended in a traceback.
+
+Click refuses these while it parses the command line, before any of the command runs,
+so each case runs the command's parser in this process (click's test runner, as
+``replicator`` would call it); one case runs the command as a process of its own."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from replicator.cli import cli
 from tests.support.cli import replicator
 
 BOUNDED = ("nan", "inf", "1e10")  # a number of seconds or items with an upper bound
@@ -49,10 +55,20 @@ NUMBER_OPTIONS: list[tuple[str, str, tuple[str, ...], tuple[str, ...]]] = [
 def test_a_number_option_given_no_usable_number_is_a_usage_error_naming_it(
     command: str, option: str, value: str, needed: tuple[str, ...], tmp_path: Path
 ) -> None:
-    done = replicator(command, "--config", str(tmp_path / "job.yaml"), *needed, option, value)
+    args = [command, "--config", str(tmp_path / "job.yaml"), *needed, option, value]
+    done = CliRunner().invoke(cli, args, prog_name="replicator")
+
+    assert done.exit_code == 2, done.stderr
+    assert done.stdout == ""
+    assert done.exception is None or isinstance(done.exception, SystemExit)
+    error = done.stderr.splitlines()[-1]
+    assert error.startswith(f"Error: Invalid value for '{option}': "), done.stderr
+
+
+def test_the_command_itself_refuses_a_number_option_as_a_usage_error(tmp_path: Path) -> None:
+    done = replicator("verify", "--config", str(tmp_path / "job.yaml"), "--recheck-pause", "inf")
 
     assert done.returncode == 2, done.stderr
     assert done.stdout == ""
     assert "Traceback" not in done.stderr
-    error = done.stderr.splitlines()[-1]
-    assert error.startswith(f"Error: Invalid value for '{option}': "), done.stderr
+    assert done.stderr.splitlines()[-1].startswith("Error: Invalid value for '--recheck-pause': ")
