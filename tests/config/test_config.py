@@ -15,6 +15,7 @@ from replicator.config import load_job, parse_job
 from replicator.config.task_name import PREFIX
 from replicator.exceptions import ConfigError
 from tests.support import ROOT
+from tests.support.cli import validate_in_process
 
 EXAMPLES = sorted((ROOT / "config").glob("*.yaml"))
 
@@ -342,7 +343,7 @@ def test_broken_job_files_exit_2_naming_the_key(name: str, tmp_path: Path) -> No
     text, key_path, expected = BROKEN[name]
     path = tmp_path / f"{name}.yaml"
     path.write_text(text)
-    result = run_cli("validate", "--config", str(path))
+    result = validate_in_process(path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert str(path) in result.stderr
     assert f"  {key_path} (line" in result.stderr or f"  {key_path}:" in result.stderr

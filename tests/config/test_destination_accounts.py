@@ -10,8 +10,8 @@ import pytest
 from replicator.config import parse_job
 from replicator.exceptions import ConfigError
 from replicator.watermark.commands import resolve_destination
-from tests.config.test_config import run_cli
 from tests.config.test_job_checks import _refused
+from tests.support.cli import validate_in_process
 
 SOURCE = "source: {region: us-east-1, table: orders}\n"
 ROLE_222 = "arn:aws:iam::222222222222:role/replica-writer"
@@ -26,7 +26,7 @@ def _destination(role: str | None = None, name: str | None = None) -> str:
 def _validates(tmp_path: Path, text: str) -> str:
     path = tmp_path / "job.yaml"
     path.write_text(text)
-    result = run_cli("validate", "--config", str(path))
+    result = validate_in_process(path)
     assert result.returncode == 0, result.stderr
     return result.stdout
 

@@ -16,6 +16,7 @@ from replicator.config import parse_job
 from replicator.config.model import MAX_TABLE_NAME, MAX_TASK_NAME, TASK_TABLE_SUFFIXES
 from replicator.exceptions import ConfigError
 from tests.config.test_config import MINIMAL, run_cli
+from tests.support.cli import validate_in_process
 
 TWO = MINIMAL + "  - {region: ap-south-1, table: t22}\n"
 
@@ -24,7 +25,7 @@ def _refused(tmp_path: Path, text: str, key: str, *fragments: str) -> str:
     """``validate`` exits 2 with the file and the key named; the line about the key."""
     path = tmp_path / "job.yaml"
     path.write_text(text)
-    result = run_cli("validate", "--config", str(path))
+    result = validate_in_process(path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert str(path) in result.stderr

@@ -13,6 +13,7 @@ from replicator.config import parse_job
 from replicator.exceptions import ConfigError
 from tests.config.test_config import MINIMAL, run_cli
 from tests.config.test_job_checks import _refused
+from tests.support.cli import validate_in_process
 
 
 @pytest.mark.parametrize("word", ["yes", "no", "on", "off", "Yes", "ON", "y", "n"])
@@ -231,7 +232,7 @@ def test_cross_field_checks_that_read_only_valid_keys_are_reported_with_the_fiel
     """Cross-field checks ran only once every key was valid, so a field error hid them."""
     path = tmp_path / "job.yaml"
     path.write_text(text)
-    result = run_cli("validate", "--config", str(path))
+    result = validate_in_process(path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"  {field_key} (line" in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith(f"  {cross_key} (")]

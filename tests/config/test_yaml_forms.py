@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from replicator.config import parse_job
-from tests.config.test_config import run_cli
+from tests.support.cli import validate_in_process
 
 MERGED = """\
 source: {region: us-east-1, table: orders}
@@ -32,7 +32,7 @@ destinations:
 def _validate(tmp_path: Path, text: str) -> tuple[int, str, str]:
     path = tmp_path / "job.yaml"
     path.write_text(text)
-    result = run_cli("validate", "--config", str(path))
+    result = validate_in_process(path)
     assert "Traceback" not in result.stderr
     return result.returncode, result.stdout, result.stderr
 
