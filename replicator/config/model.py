@@ -790,6 +790,25 @@ class JobConfig(Strict):
                 "other's image, for good (that policy gives the regions no order to agree "
                 "on). For an active-active pair use last_writer_wins or version, which converge"
             )
+        if (
+            self.loop_prevention.origin_attribute
+            and self.ordered_everywhere
+            and not self.ranks_alike
+            and self.active_active.write_back is None
+        ):
+            otherwise = next(
+                (index, d)
+                for index, d in enumerate(self.destinations)
+                if _ranking(self.conflict_for(d)) != _ranking(self.conflict)
+            )
+            cautions.append(
+                f"destinations[{otherwise[0]}] ranks items by "
+                f"{_described(self.conflict_for(otherwise[1]))} but the job by "
+                f"{_described(self.conflict)}, so active-active write-back is off (it "
+                "compares ranks across regions): a conflict lost at that destination is not "
+                "written back to the source, and the two regions can end holding different "
+                "images. For an active-active pair, rank every destination like the job"
+            )
         if self.task_name is None:
             cautions.append(self.derived_task_name_caution)
         return cautions

@@ -564,3 +564,18 @@ def test_the_fix_a_ranking_override_refusal_suggests_makes_the_job_valid(active:
     settings = {**dict(re.findall(r"(\w+): (\w+)", active)), **suggested}
     fixed = ", ".join(f"{name}: {value}" for name, value in settings.items())
     parse_job(RANKED_OTHERWISE + f"active_active: {{{fixed}}}\n", Path("job.yaml"))
+
+
+def test_write_back_turned_off_by_a_destination_ranking_otherwise_is_warned() -> None:
+    """Loop prevention with a destination ranking otherwise leaves write-back off by
+    default: validate says so; given explicitly off, or ranked alike, no warning."""
+    pinned = "task_name: pinned\n" + RANKED_OTHERWISE
+    (caution,) = parse_job(pinned, Path("job.yaml")).job.cautions
+    assert caution.startswith(
+        "destinations[0] ranks items by version on 'ver' but the job by last_writer_wins "
+        "on 'ts', so active-active write-back is off"
+    )
+    chosen = pinned + "active_active: {write_back: false}\n"
+    assert parse_job(chosen, Path("job.yaml")).job.cautions == []
+    alike = pinned.replace(", conflict: {policy: version, version_attribute: ver}", "")
+    assert parse_job(alike, Path("job.yaml")).job.cautions == []
