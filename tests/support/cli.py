@@ -18,23 +18,26 @@ def replicator(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[
     )
 
 
-def validate_in_process(
-    path: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``replicator validate --config PATH``, run by the command's own code in this process
-    (click's test runner): for the many job files whose refusal is the job's parsing alone,
-    each of which would otherwise pay a process start. A job naming a custom resolver
-    imports it, which stays imported here: check such jobs with :func:`replicator`."""
+def in_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``replicator ARGS``, run by the command's own code in this process (click's test
+    runner): for the many job files whose outcome is their parsing alone (``validate``,
+    ``properties``), each of which would otherwise pay a process start. A job naming a
+    custom resolver imports it, which stays imported here: check such jobs, and any
+    command that starts work, with :func:`replicator`."""
     from click.testing import CliRunner
 
     from replicator.cli import cli
 
-    done = CliRunner().invoke(cli, ["validate", "--config", str(path)], env=env)
+    done = CliRunner().invoke(cli, list(args), env=env, prog_name="replicator")
     if done.exception is not None and not isinstance(done.exception, SystemExit):
         raise done.exception
     return subprocess.CompletedProcess(
-        ["replicator", "validate", "--config", str(path)],
-        done.exit_code,
-        done.stdout,
-        done.stderr,
+        ["replicator", *args], done.exit_code, done.stdout, done.stderr
     )
+
+
+def validate_in_process(
+    path: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``replicator validate --config PATH`` in this process (:func:`in_process`)."""
+    return in_process("validate", "--config", str(path), env=env)

@@ -13,16 +13,12 @@ from typing import Any
 import pytest
 
 from tests.support import ROOT
-from tests.support.cli import replicator
+from tests.support.cli import in_process, replicator
 
 
 def properties(path: Path) -> dict[str, str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "replicator", "properties", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    result = in_process("properties", "--config", str(path))
+    assert result.returncode == 0, result.stderr
     pairs = {}
     for line in result.stdout.splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
@@ -232,7 +228,7 @@ def _validate(tmp_path: Path, kcl: str) -> subprocess.CompletedProcess[str]:
         "destinations: [{region: eu-west-1, table: orders}]\n"
         f"kcl: {kcl}\n"
     )
-    return replicator("validate", "--config", str(job))
+    return in_process("validate", "--config", str(job))
 
 
 @pytest.mark.parametrize(
@@ -298,14 +294,14 @@ def test_every_property_the_rendered_file_sets_is_refused_in_extra_properties(
     assert ("kinesisEndpoint" in written) == ("endpoint" in variant)
     assert ("retrievalMode" in written) == variant.startswith("kinesis")
     job = _job(tmp_path, VARIANTS[variant], {key: "1" for key in sorted(written)})
-    result = replicator("validate", "--config", str(job))
+    result = in_process("validate", "--config", str(job))
     assert result.returncode == 2, result.stdout + result.stderr
     named = [line for line in result.stderr.splitlines() if "kcl.extra_properties." in line]
     for key in written:
         assert len([line for line in named if f" kcl.extra_properties.{key} (" in line]) == 1, key
     assert len(named) == len(written), named
     job = _job(tmp_path, VARIANTS[variant], {"maxLeasesForWorker": "2"})
-    assert replicator("validate", "--config", str(job)).returncode == 0
+    assert in_process("validate", "--config", str(job)).returncode == 0
     assert properties(job)["maxLeasesForWorker"] == "2"  # a genuinely extra key passes
 
 
