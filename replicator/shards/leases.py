@@ -13,6 +13,9 @@ connection) may still have landed, and the next write, conditional on the old co
 then fails. The owner and counter cannot tell that landing from a takeover by another
 worker with the same worker id (a shared ``kcl.worker_id``, a fixed hostname), whose take
 changes nothing else; the write id can.
+
+Each take, renewal and checkpoint also stores who holds the lease (``replicatorHolder``,
+see :mod:`replicator.shards.holder`); a release removes it with the owner.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from botocore.exceptions import ClientError
 from replicator.aws.errors import error_code
 from replicator.exceptions import EnvironmentProblem, LeaseLost
 from replicator.owned_tables import check_if_exists, check_key_schema
+from replicator.shards.holder import HOLDER, Holder
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -71,6 +75,8 @@ class Lease:
     sub_sequence_number: int = 0
     owner_switches: int = 0
     parents: list[str] = field(default_factory=list)
+    # The process whose write set the counter, when that write named it (ours do).
+    holder: Holder | None = None
 
     @property
     def ended(self) -> bool:
@@ -94,14 +100,16 @@ class Lease:
         for name, text in numbers.items():
             if not str(text).isdigit():
                 raise ValueError(f"its {name} is {text!r}, not a count")
+        counter = int(numbers["leaseCounter"])
         return cls(
             shard_id=shard_id,
             owner=_attribute(item, "leaseOwner", "S", None),
-            counter=int(numbers["leaseCounter"]),
+            counter=counter,
             checkpoint=_attribute(item, "checkpoint", "S", TRIM_HORIZON),
             sub_sequence_number=int(numbers["checkpointSubSequenceNumber"]),
             owner_switches=int(numbers["ownerSwitchesSinceCheckpoint"]),
             parents=sorted(_attribute(item, "parentShardId", "SS", [])),
+            holder=Holder.from_item(item, counter),
         )
 
 
@@ -125,10 +133,19 @@ def check_lease_table(client: DynamoDBClient, table: str, where: str) -> bool:
 
 
 class LeaseTable:
-    def __init__(self, client: DynamoDBClient, table: str, owner: str, where: str = "") -> None:
+    def __init__(
+        self,
+        client: DynamoDBClient,
+        table: str,
+        owner: str,
+        where: str = "",
+        holder: Holder | None = None,
+    ) -> None:
         self.client = client
         self.table = table
         self.owner = owner
+        # The process whose writes these are (this one unless a test says otherwise).
+        self.holder = holder or Holder.this_process()
         self.where = where or client.meta.region_name
         self._lock = threading.Lock()  # one conditional update per lease at a time
         # Per shard, the updates since the last answered one (all conditional on the
@@ -276,10 +293,11 @@ class LeaseTable:
         with contextlib.suppress(LeaseLost):
             self._update(
                 lease,
-                "REMOVE leaseOwner SET leaseCounter = :next",
+                f"REMOVE leaseOwner, {HOLDER} SET leaseCounter = :next",
                 {},
                 owned=True,
-                changes={"owner": None},
+                changes={"owner": None, "holder": None},
+                holds=False,
             )
 
     def _update(
@@ -290,9 +308,13 @@ class LeaseTable:
         *,
         owned: bool,
         changes: dict[str, Any],
+        holds: bool = True,
     ) -> Lease:
         """Apply ``expression`` (which ends with a SET clause) if the lease is still as we
-        last saw it, and bring ``lease`` up to date with ``changes``."""
+        last saw it, and bring ``lease`` up to date with ``changes``. Unless it gives the
+        lease up (``holds`` false), it names this process as the lease's holder."""
+        if holds:
+            changes = {**changes, "holder": self.holder}
         with self._lock:
             while True:
                 write_id = uuid.uuid4().hex
@@ -303,6 +325,10 @@ class LeaseTable:
                     ":write": {"S": write_id},
                     **values,
                 }
+                held = ""
+                if holds:
+                    held = f", {HOLDER} = :holder"
+                    all_values[":holder"] = self.holder.attribute(lease.counter + 1)
                 if owned:
                     condition += " AND leaseOwner = :me"
                     all_values[":me"] = {"S": self.owner}
@@ -321,7 +347,7 @@ class LeaseTable:
                     self.client.update_item(
                         TableName=self.table,
                         Key={"leaseKey": {"S": lease.shard_id}},
-                        UpdateExpression=f"{expression}, {WRITE_ID} = :write",
+                        UpdateExpression=f"{expression}, {WRITE_ID} = :write{held}",
                         ConditionExpression=condition,
                         ExpressionAttributeValues=all_values,
                     )

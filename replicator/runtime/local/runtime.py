@@ -14,9 +14,12 @@ so does a shard still stopping at ``STOP_DEADLINE_S`` (its child is killed): exi
 It refuses to start while another worker holds the task's leases: it watches their
 counters for the failover time, as the KCL does, and takes them over (whatever the
 other worker's id) only if they stood still, each take conditional on the counter it
-watched. A worker that was hung meanwhile finds its lease gone on its next renewal or
-before it hands its processor another batch, and stops with exit 5. Multi-host
-operation is the KCL runtime's job.
+watched. A lease under its own worker id is another worker's too unless its holder
+(:mod:`replicator.shards.holder`) is a process of this host: a live one refuses the
+start at once, one that is gone (a crash) leaves the lease to be taken at once. A
+worker that was hung meanwhile finds its lease gone on its next renewal or before it
+hands its processor another batch, and stops with exit 5. Multi-host operation is the
+KCL runtime's job.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from replicator.runtime import preflight, supervisor
 from replicator.runtime.jobcopy import JOB_FILE_ENV, write_job_copy
 from replicator.runtime.local.protocol import CheckpointHandler, ProcessorChild
 from replicator.runtime.local.shard_worker import ShardProgress, ShardSettings, ShardWorker
+from replicator.shards.holder import Standing
 from replicator.shards.leases import LATEST, SHARD_END, TRIM_HORIZON, Lease, LeaseTable
 from replicator.shards.stream import Shard, list_shards
 from replicator.watermark.spans import UnreadSpan
@@ -133,8 +137,9 @@ class LocalRuntime:
         )
         self.stream_arn = ""
         self._checked: preflight.SourceInfo | None = None
-        # Leases of another worker that stood still for the failover time at start-up:
-        # shard id -> (owner, counter) as watched; _start takes them over if unchanged.
+        # Leases of another worker (or of our worker id, held elsewhere) that stood still
+        # for the failover time at start-up: shard id -> (owner, counter) as watched;
+        # _start takes them over if unchanged.
         self._expired: dict[str, tuple[str | None, int]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -290,17 +295,21 @@ class LocalRuntime:
 
     def _start(self, lease: Lease) -> None:
         expired = self._expired.pop(lease.shard_id, None)
-        if lease.owner not in (None, self.worker_id):
+        standing = self._standing(lease)
+        if standing is Standing.RUNNING:
+            raise self._running_here(lease)
+        if standing is Standing.ELSEWHERE:
             if expired != (lease.owner, lease.counter):
                 raise LeaseHeld(
                     f"shard {lease.shard_id} of task {self.resolved.task_name} is held by "
-                    f"worker {lease.owner}; the local runtime runs one worker per task name "
-                    "(use runtime: kcl to share shards between hosts)"
+                    f"worker {lease.owner}{self._where_held(lease)}; the local runtime runs "
+                    "one worker per task name (use runtime: kcl to share shards between hosts)"
                 )
             log.warning(
                 "taking over an expired lease",
                 shard=lease.shard_id,
                 previous_owner=lease.owner,
+                previous_holder=str(lease.holder) if lease.holder else None,
                 counter=lease.counter,
             )
         try:
@@ -389,26 +398,59 @@ class LocalRuntime:
             name=f"processor-{shard_id}",
         )
 
+    def _standing(self, lease: Lease) -> Standing | None:
+        """Who holds the lease, for this runtime: None when it is free to take at once (no
+        owner; or our worker id, and written by this process or by a process of this
+        host that is gone: ours, before a crash), RUNNING when a live process of this
+        host holds it under our worker id, ELSEWHERE when a worker that may be alive
+        elsewhere does (another worker id; or ours, written by another host, or by the
+        KCL or an older version, which name no holder)."""
+        if lease.owner is None:
+            return None
+        if lease.owner != self.worker_id or lease.holder is None:
+            return Standing.ELSEWHERE
+        standing = lease.holder.standing(self.leases.holder)
+        return standing if standing in (Standing.RUNNING, Standing.ELSEWHERE) else None
+
+    def _running_here(self, lease: Lease) -> LeaseHeld:
+        assert lease.holder is not None
+        return LeaseHeld(
+            f"task {self.resolved.task_name} is being run by process {lease.holder.pid} on "
+            f"this host under the same worker id {lease.owner} (it holds the lease on shard "
+            f"{lease.shard_id}); the local runtime runs one worker per task name: stop that "
+            "process first"
+        )
+
+    @staticmethod
+    def _where_held(lease: Lease) -> str:
+        """Where the lease's holder runs, as a message says it, when its write said."""
+        return f" as {lease.holder}" if lease.holder is not None else ""
+
     def _claim_leases_held_elsewhere(self) -> None:
-        """Wait the failover time on leases another worker owns; refuse if they move.
+        """Refuse at once if a live process of this host holds a lease under our worker
+        id; wait the failover time on leases held elsewhere, and refuse if they move.
 
         A lease whose counter stands still that long belongs to a dead or hung worker,
         whatever its id: it is noted as expired, and ``_start`` takes it over,
         conditionally on the counter not having moved since, as the KCL does. Without
         this, a worker that died under one id would keep the task from starting under
-        any other, for ever."""
-        foreign = {
-            shard_id: lease
-            for shard_id, lease in self.leases.all().items()
-            if lease.owner not in (None, self.worker_id) and not lease.ended
-        }
+        any other, for ever; and a second host under a pinned worker id would take the
+        first one's leases straight away, killing it with exit 5."""
+        foreign = {}
+        for shard_id, lease in self.leases.all().items():
+            standing = None if lease.ended else self._standing(lease)
+            if standing is Standing.RUNNING:
+                raise self._running_here(lease)
+            if standing is Standing.ELSEWHERE:
+                foreign[shard_id] = lease
         if not foreign:
             return
         wait_s = self.job.kcl.failover_time_ms / 1000
         owners = sorted({str(lease.owner) for lease in foreign.values()})
         log.warning(
-            "leases are owned by another worker; checking whether it is alive",
+            "leases are held by another worker or host; checking whether it is alive",
             owners=owners,
+            holders=sorted({str(lease.holder) for lease in foreign.values() if lease.holder}),
             wait_s=wait_s,
         )
         deadline = time.monotonic() + wait_s
@@ -417,9 +459,9 @@ class LocalRuntime:
                 now = self.leases.get(shard_id)
                 if now is not None and (now.counter != lease.counter or now.owner != lease.owner):
                     raise LeaseHeld(
-                        f"task {self.resolved.task_name} is being run by worker {now.owner} "
-                        f"(its lease on shard {shard_id} is renewed); stop that worker first, "
-                        "or use runtime: kcl to share the shards"
+                        f"task {self.resolved.task_name} is being run by worker {now.owner}"
+                        f"{self._where_held(now)} (its lease on shard {shard_id} is renewed); "
+                        "stop that worker first, or use runtime: kcl to share the shards"
                     )
             self.stopping.wait(min(2.0, wait_s / 5))
         if self.stopping.is_set():

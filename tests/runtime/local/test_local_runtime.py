@@ -79,6 +79,9 @@ def test_kill_9_of_the_runtime_mid_stream_then_restart_loses_nothing(job: Job) -
         wait_until(job.converged, 90, "destinations to equal the source after the restart")
     finally:
         assert stop(restarted) == 0
+    # The lease names the killed process as its holder, gone: taken at once, without
+    # waiting the failover time as for a worker that may be alive.
+    assert "checking whether it is alive" not in (job.directory / "runtime.log").read_text()
 
 
 def test_kill_9_of_a_processor_child_is_restarted_from_the_checkpoint(job: Job) -> None:

@@ -8,10 +8,13 @@ import contextlib
 import os
 import random
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.support.aws import client
 from tests.support.e2e import Job, children_of, stop, wait_until
 
 
@@ -23,10 +26,8 @@ def test_a_second_worker_for_the_same_task_is_refused(job: Job, tmp_path: Path) 
             30,
             "the first worker to own the lease",
         )
-        other = Job.__new__(Job)
-        other.__dict__.update(job.__dict__)
-        other.path = tmp_path / "other.yaml"
-        other.write(**{})
+        other = _copy(job, tmp_path / "other.yaml")
+        other.write()
         text = other.path.read_text().replace("kcl: {", "kcl: {worker_id: other-host, ")
         other.path.write_text(text)
         second_dir = tmp_path / "second-tmp"
@@ -40,11 +41,17 @@ def test_a_second_worker_for_the_same_task_is_refused(job: Job, tmp_path: Path) 
         assert stop(runtime) == 0
 
 
-def _as_worker(job: Job, tmp_path: Path, worker_id: str) -> Job:
-    """The same job under its own file, run by a worker with this id."""
+def _copy(job: Job, path: Path) -> Job:
+    """The same job (its tables), with its file at ``path``."""
     other = Job.__new__(Job)
     other.__dict__.update(job.__dict__)
-    other.path = tmp_path / f"{worker_id}.yaml"
+    other.path = path
+    return other
+
+
+def _as_worker(job: Job, tmp_path: Path, worker_id: str) -> Job:
+    """The same job under its own file, run by a worker with this id."""
+    other = _copy(job, tmp_path / f"{worker_id}.yaml")
     other.write()
     other.path.write_text(
         other.path.read_text().replace("kcl: {", f"kcl: {{worker_id: {worker_id}, ")
@@ -157,3 +164,153 @@ def test_a_lease_taken_by_another_worker_starting_at_the_same_time_is_exit_5(job
     assert "taken by another worker while this one started" in str(held.value)
     (row,) = job.lease_rows()
     assert row["leaseOwner"] == {"S": "host-b"}
+
+
+def test_a_second_run_under_the_same_worker_id_on_this_host_is_refused_and_the_first_runs_on(
+    job: Job, tmp_path: Path
+) -> None:
+    """Both runs take the default worker id (the host name); the second reaches the lease
+    table through another spelling of the endpoint, which the host lock (keyed by the
+    endpoint) does not catch, as a second host with a pinned ``kcl.worker_id`` would. The
+    lease names the first run's live process: the second stops at once with exit 5 and
+    one line naming it, and the first keeps its lease and replicates on."""
+    rng = random.Random(9)
+    runtime = job.start(log=tmp_path / "first.log")
+    try:
+        job.put_demo_items(rng, 0, 10)
+        wait_until(job.converged, 60, "the first run to replicate")
+        (row,) = job.lease_rows()
+        counter = int(row["leaseCounter"]["N"])
+        twin = _copy(job, tmp_path / "twin.yaml")
+        twin.path.write_text(job.path.read_text().replace("//127.0.0.1:", "//localhost:"))
+        second = twin.start(log=tmp_path / "second.log")
+        try:
+            wait_until(
+                lambda: second.poll() is not None or runtime.poll() is not None,
+                30,
+                "one of the two runs to stop",
+            )
+        finally:
+            if second.poll() is None:
+                stop(second)
+        assert (second.returncode, runtime.poll()) == (5, None)
+        lines = (tmp_path / "second.log").read_text().splitlines()
+        said = [line for line in lines if line.startswith("replicator: ")]
+        assert len(said) == 1 and not any("Traceback" in line for line in lines), lines
+        assert f"process {runtime.pid} on this host" in said[0], said
+        assert not any("shard started" in line for line in lines)
+        job.put_demo_items(rng, 10, 10)
+        wait_until(job.converged, 60, "the first run to replicate after the refusal")
+        (row,) = job.lease_rows()
+        assert int(row["leaseCounter"]["N"]) > counter  # renewed by the first run
+        assert runtime.poll() is None
+    finally:
+        code = stop(runtime)
+    assert code == 0
+    (row,) = job.lease_rows()
+    assert "leaseOwner" not in row and "replicatorHolder" not in row  # released
+    first = (tmp_path / "first.log").read_text()
+    assert "lease lost" not in first and "taken" not in first
+
+
+def _held_on_another_host(job: Job, counter: int) -> None:
+    """Write the job's lease by hand as a run on another host under the worker id
+    ``pinned`` leaves it: owner, counter, and the holder its writes name."""
+    streams = client("dynamodbstreams", job.source_region, job.endpoint)
+    arn = job.source.describe_table(TableName=job.source_table)["Table"]["LatestStreamArn"]
+    (shard,) = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
+    job.source.put_item(
+        TableName=job.name,
+        Item={
+            "leaseKey": {"S": shard["ShardId"]},
+            "leaseOwner": {"S": "pinned"},
+            "leaseCounter": {"N": str(counter)},
+            "checkpoint": {"S": "TRIM_HORIZON"},
+            "checkpointSubSequenceNumber": {"N": "0"},
+            "ownerSwitchesSinceCheckpoint": {"N": "0"},
+            "replicatorHolder": {
+                "M": {
+                    "host": {"S": "other-host"},
+                    "bootId": {"S": "0f0f0f0f-other-boot"},
+                    "pidNamespace": {"S": "pid:[4026531836]"},
+                    "pid": {"N": str(os.getpid())},
+                    "startTime": {"N": "1"},
+                    "counter": {"N": str(counter)},
+                }
+            },
+        },
+    )
+
+
+def _pinned(job: Job, failover_time_ms: int) -> None:
+    """The job run under the worker id ``pinned``, its lease held on another host."""
+    job.source.create_table(
+        TableName=job.name,
+        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    _held_on_another_host(job, 7)
+    job.kcl = (
+        "{idle_time_between_reads_ms: 100, "
+        f"failover_time_ms: {failover_time_ms}, worker_id: pinned}}"
+    )
+    job.write()
+
+
+def test_a_lease_under_our_worker_id_renewed_on_another_host_is_refused(
+    job: Job, tmp_path: Path
+) -> None:
+    """Another host runs the task under the same pinned ``kcl.worker_id`` and renews its
+    lease: this run watches it as another worker's, stops with exit 5 and one line naming
+    that host, and leaves the lease alone."""
+    _pinned(job, 10_000)
+    log = tmp_path / "runtime.log"
+    runtime = job.start(log=log)
+    renewing = threading.Event()
+    renewing.set()
+
+    def renew() -> None:  # the other host, renewing as often as it would
+        counter = 7
+        while renewing.is_set():
+            counter += 1
+            _held_on_another_host(job, counter)
+            time.sleep(0.3)
+
+    threading.Thread(target=renew, daemon=True).start()
+    try:
+        wait_until(lambda: runtime.poll() is not None, 30, "the run to stop")
+    finally:
+        renewing.clear()
+        if runtime.poll() is None:
+            stop(runtime)
+    assert runtime.returncode == 5
+    said = [line for line in log.read_text().splitlines() if line.startswith("replicator: ")]
+    assert len(said) == 1, said
+    assert "being run by worker pinned as process" in said[0] and "other-host" in said[0], said
+    (row,) = job.lease_rows()
+    assert row["replicatorHolder"]["M"]["host"] == {"S": "other-host"}
+
+
+def test_a_lease_under_our_worker_id_standing_still_on_another_host_is_taken_over(
+    job: Job, tmp_path: Path
+) -> None:
+    """The other host under the same pinned ``kcl.worker_id`` died: its lease stands
+    still for the failover time, and this run takes it over with the warning and
+    replicates."""
+    _pinned(job, 3000)
+    log = tmp_path / "runtime.log"
+    runtime = job.start(log=log)
+    try:
+        job.put_demo_items(random.Random(10), 0, 10)
+        wait_until(job.converged, 60, "the run to take the lease over and replicate")
+        (row,) = job.lease_rows()
+        assert row["leaseOwner"] == {"S": "pinned"} and int(row["leaseCounter"]["N"]) > 7
+        assert row["replicatorHolder"]["M"]["pid"] == {"N": str(runtime.pid)}
+        assert runtime.poll() is None
+    finally:
+        code = stop(runtime)
+    assert code == 0
+    text = log.read_text()
+    assert "checking whether it is alive" in text
+    assert "taking over an expired lease" in text and "other-host" in text
