@@ -553,11 +553,12 @@ class LocalRuntime:
         """Two local runtimes of one task on one host would share a worker id: refuse.
 
         The lock is keyed by the task and by where its lease table is (the source client's
-        endpoint, which names the region, and the role it is reached as): two runtimes of
-        one task name against different endpoints (two demos, each on its own private
-        endpoint) have different lease tables and do not block each other."""
+        endpoint, the region and the role it is reached as): two runtimes of one task name
+        against different endpoints (two demos, each on its own private endpoint), or in two
+        regions of one local endpoint (an active-active pair on one emulator), have
+        different lease tables and do not block each other."""
         where = self._ddb.meta.endpoint_url
-        place = f"{where} {self.job.source.role_arn or ''}"
+        place = f"{where} {self.job.source.region} {self.job.source.role_arn or ''}"
         digest = hashlib.sha256(place.encode()).hexdigest()[:12]
         task = self.resolved.task_name
         path = Path(tempfile.gettempdir()) / f"replicator-{task}-{digest}.lock"
