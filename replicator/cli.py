@@ -308,6 +308,25 @@ def _read_rate(context: click.Context, parameter: click.Parameter, value: float)
     return value
 
 
+def _read_rate_option(help: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """``--read-rate``, as ``backfill`` and ``verify`` both take it (their help differs)."""
+    return click.option(
+        "--read-rate",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        show_default=True,
+        callback=_read_rate,
+        help=help,
+    )
+
+
+def _threads_option(help: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """``--threads``, as ``backfill`` and ``verify`` both take it (their help differs)."""
+    return click.option(
+        "--threads", type=click.IntRange(1, 512), default=8, show_default=True, help=help
+    )
+
+
 # The longest --recheck-pause: an hour. A re-check waits out replication in flight, which
 # takes seconds; a pause goes to a wait, which overflows (inf and 1e10 were a traceback).
 MAX_RECHECK_PAUSE_S = 3600.0
@@ -402,21 +421,8 @@ def demo(
     default=None,
     help="Parallel Scan segments [default: the interrupted run's, else 4].",
 )
-@click.option(
-    "--read-rate",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    callback=_read_rate,
-    help="Source items read per second, scans and re-reads together; 0 = unlimited.",
-)
-@click.option(
-    "--threads",
-    type=click.IntRange(1, 512),
-    default=8,
-    show_default=True,
-    help="Concurrent writes; also the most segments scanned at once.",
-)
+@_read_rate_option("Source items read per second, scans and re-reads together; 0 = unlimited.")
+@_threads_option("Concurrent writes; also the most segments scanned at once.")
 @click.option(
     "--page-size",
     type=click.IntRange(1, 10_000),
@@ -453,21 +459,8 @@ def backfill(config_path: Path, **options: Any) -> None:
     show_default=True,
     help="Parallel Scan segments per table.",
 )
-@click.option(
-    "--threads",
-    type=click.IntRange(1, 512),
-    default=8,
-    show_default=True,
-    help="Concurrent reads (and repair writes).",
-)
-@click.option(
-    "--read-rate",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    callback=_read_rate,
-    help="Items read per second from each table; 0 = unlimited.",
-)
+@_threads_option("Concurrent reads (and repair writes).")
+@_read_rate_option("Items read per second from each table; 0 = unlimited.")
 @click.option(
     "--sample",
     type=click.IntRange(min=1),
