@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import structlog
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from replicator.aws.backoff import Backoff
-from replicator.aws.errors import ErrorKind, classify, error_code
+from replicator.aws.errors import ErrorKind, classify, error_code, excerpt
 from replicator.config.model import OnTrimmedData
 from replicator.exceptions import (
     ChildFailed,
@@ -43,6 +43,7 @@ from replicator.exceptions import (
 )
 from replicator.runtime.local.protocol import ProcessorChild
 from replicator.shards.leases import (
+    AT_TIMESTAMP,
     LATEST,
     SENTINELS,
     SHARD_END,
@@ -751,6 +752,12 @@ class ShardWorker(threading.Thread):
         kwargs: dict[str, Any] = {"StreamArn": self.settings.stream_arn, "ShardId": self.shard_id}
         if position in (TRIM_HORIZON, LATEST):
             kwargs["ShardIteratorType"] = position
+        elif position == AT_TIMESTAMP:
+            raise self.leases.bad_checkpoint(
+                self.shard_id,
+                position,
+                "a start at a time (a DynamoDB stream has no shard iterator at a time)",
+            )
         elif position in SENTINELS:
             raise ChildFailed(f"shard {self.shard_id}: cannot read from {position}")
         else:
@@ -764,6 +771,13 @@ class ShardWorker(threading.Thread):
             except (ClientError, BotoCoreError) as error:
                 if error_code(error) == "TrimmedDataAccessException":
                     return self._trimmed(child, position)
+                from_lease = "SequenceNumber" in kwargs and position == self.lease.checkpoint
+                if from_lease and _refuses_position(error):
+                    raise self.leases.bad_checkpoint(
+                        self.shard_id,
+                        position,
+                        f"not a sequence number of the stream ({excerpt(str(error))})",
+                    ) from None
                 self._read_failed(child, error)
                 self._wait_and_retry(error, attempt, child=child)
                 attempt += 1
@@ -918,6 +932,12 @@ class ShardWorker(threading.Thread):
 
 
 _REFUSING = re.compile(r"^destination (.+?) \(")
+
+
+def _refuses_position(error: ClientError | BotoCoreError) -> bool:
+    """Whether GetShardIterator refused the sequence number itself (botocore's check of
+    its length, or the service's validation), which no retry changes."""
+    return isinstance(error, ParamValidationError) or error_code(error) == "ValidationException"
 
 
 def _refusing_destination(reason: str | None) -> str | None:
