@@ -2,7 +2,8 @@
 
 One item per shard, keyed by ``leaseKey`` (the shard id), with the attributes the KCL
 reads and writes: ``leaseOwner``, ``leaseCounter``, ``checkpoint`` (a sequence number or
-one of TRIM_HORIZON, LATEST, SHARD_END), ``checkpointSubSequenceNumber``,
+one of the KCL's sentinels: TRIM_HORIZON, LATEST, SHARD_END, AT_TIMESTAMP),
+``checkpointSubSequenceNumber``,
 ``ownerSwitchesSinceCheckpoint`` and ``parentShardId`` (a string set). Every update is
 conditional on the counter we last saw, as the KCL's are: an owner that has lost its
 lease finds out on its next write and never overwrites the new owner's checkpoint.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import threading
 import time
 import uuid
@@ -45,7 +47,10 @@ log = structlog.get_logger(__name__)
 TRIM_HORIZON = "TRIM_HORIZON"
 LATEST = "LATEST"
 SHARD_END = "SHARD_END"
-SENTINELS = frozenset({TRIM_HORIZON, LATEST, SHARD_END})
+# The KCL's start at a time (a Kinesis source): a DynamoDB stream cannot be read from it.
+AT_TIMESTAMP = "AT_TIMESTAMP"
+SENTINELS = frozenset({TRIM_HORIZON, LATEST, SHARD_END, AT_TIMESTAMP})
+_SEQUENCE_NUMBER = re.compile(r"[0-9]+")
 WRITE_ID = "replicatorWriteId"
 KEYS: dict[str, KeyTypeType] = {"leaseKey": "HASH"}
 # What to do about a table of another key schema under the lease table's name.
@@ -55,6 +60,11 @@ OTHER_KEYS_HINT = (
 )
 _MAX_UNANSWERED = 100
 _SHOWN_CHARS = 300  # of an item that is not a lease, in its message
+
+
+class BadCheckpoint(ValueError):
+    """A lease's checkpoint is neither a sequence number nor one of the KCL's sentinels
+    (a hand edit gone wrong): the lease is one, but holds no position to read from."""
 
 
 @dataclass(frozen=True)
@@ -101,11 +111,16 @@ class Lease:
             if not str(text).isdigit():
                 raise ValueError(f"its {name} is {text!r}, not a count")
         counter = int(numbers["leaseCounter"])
+        checkpoint = _attribute(item, "checkpoint", "S", TRIM_HORIZON)
+        if checkpoint not in SENTINELS and not _SEQUENCE_NUMBER.fullmatch(checkpoint):
+            raise BadCheckpoint(
+                "neither a sequence number nor one of " + ", ".join(sorted(SENTINELS))
+            )
         return cls(
             shard_id=shard_id,
             owner=_attribute(item, "leaseOwner", "S", None),
             counter=counter,
-            checkpoint=_attribute(item, "checkpoint", "S", TRIM_HORIZON),
+            checkpoint=checkpoint,
             sub_sequence_number=int(numbers["checkpointSubSequenceNumber"]),
             owner_switches=int(numbers["ownerSwitchesSinceCheckpoint"]),
             parents=sorted(_attribute(item, "parentShardId", "SS", [])),
@@ -200,6 +215,9 @@ class LeaseTable:
         """The item's lease, or one line naming the table and the item that is none."""
         try:
             return Lease.from_item(item)
+        except BadCheckpoint as error:
+            shard_id, checkpoint = item["leaseKey"]["S"], item["checkpoint"]["S"]
+            raise self.bad_checkpoint(shard_id, checkpoint, str(error)) from None
         except ValueError as error:
             key = item.get("leaseKey")
             if isinstance(key, dict) and isinstance(key.get("S"), str):
@@ -211,6 +229,17 @@ class LeaseTable:
                 f"lease table {self.table} at {self.where}: the item {named} is not a lease "
                 f"({error}); remove it, or give the job a task_name of its own"
             ) from None
+
+    def bad_checkpoint(self, shard_id: str, checkpoint: str, why: str) -> EnvironmentProblem:
+        """The one line a run ends with when a shard's lease holds a checkpoint it cannot
+        read from (``why``): the endpoint answered, so it names the lease and what to do,
+        not the endpoint."""
+        return EnvironmentProblem(
+            f"lease table {self.table} at {self.where}: the lease of shard {shard_id} holds "
+            f"checkpoint {checkpoint!r}, {why}: with the replicator stopped, set it to a "
+            "sequence number of the shard (the last change applied), or to TRIM_HORIZON to "
+            "read the shard again from its oldest record"
+        )
 
     def _item(self, shard_id: str) -> dict[str, Any] | None:
         item: dict[str, Any] | None = self.client.get_item(

@@ -180,6 +180,41 @@ def test_an_item_that_is_no_lease_says_why(item: dict[str, Any], why: str) -> No
         Lease.from_item(item)
 
 
+@pytest.mark.parametrize(
+    "checkpoint",
+    ["TRIM_HORIZON", "LATEST", "SHARD_END", "AT_TIMESTAMP", "000100", "4" * 21],
+)
+def test_a_checkpoint_is_a_sequence_number_or_one_of_the_kcls_sentinels(checkpoint: str) -> None:
+    item = {"leaseKey": {"S": "s"}, "checkpoint": {"S": checkpoint}}
+    assert Lease.from_item(item).checkpoint == checkpoint
+
+
+@pytest.mark.parametrize(
+    "checkpoint", ["garbage", "", "12a", "-12", "trim_horizon", "\uff11\uff12"]
+)
+def test_any_other_checkpoint_is_refused_naming_the_lease_and_the_value(
+    moto_endpoint: str, unique: Any, checkpoint: str
+) -> None:
+    """A hand edit gone wrong: the item is a lease, with a checkpoint that is no position
+    (full-width digits are digits to str.isdigit, not to the stream)."""
+    ddb = client("dynamodb", "us-east-1", moto_endpoint)
+    leases = LeaseTable(ddb, unique("leases"), "vm")
+    leases.ensure_exists()
+    ddb.put_item(
+        TableName=leases.table,
+        Item={"leaseKey": {"S": "shardId-1"}, "checkpoint": {"S": checkpoint}},
+    )
+
+    with pytest.raises(EnvironmentProblem) as raised:
+        leases.get("shardId-1")
+
+    assert str(raised.value).startswith(
+        f"lease table {leases.table} at us-east-1: the lease of shard shardId-1 holds "
+        f"checkpoint {checkpoint!r}, neither a sequence number nor one of AT_TIMESTAMP, "
+        "LATEST, SHARD_END, TRIM_HORIZON: "
+    )
+
+
 def test_a_ttl_on_another_attribute_is_reported_once_per_region_naming_it(
     moto_endpoint: str, unique: Any
 ) -> None:

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import structlog
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from replicator.aws.backoff import Backoff
-from replicator.aws.errors import ErrorKind, classify, error_code
+from replicator.aws.errors import ErrorKind, classify, error_code, excerpt
 from replicator.config.model import OnTrimmedData
 from replicator.exceptions import (
     ChildFailed,
@@ -43,6 +43,7 @@ from replicator.exceptions import (
 )
 from replicator.runtime.local.protocol import ProcessorChild
 from replicator.shards.leases import (
+    AT_TIMESTAMP,
     LATEST,
     SENTINELS,
     SHARD_END,
@@ -62,6 +63,12 @@ log = structlog.get_logger(__name__)
 
 # Reads of the lease at a stop, throttling and 5xx retried (stopping no longer waits).
 _STOP_READ_ATTEMPTS = 4
+
+
+class _Stopping(Exception):
+    """The runtime began to stop while reading the stream was being retried: the worker
+    goes on to stop its processor rather than retry on (a stop no longer waits between
+    the attempts, so retrying would spin until the runtime's deadline killed it)."""
 
 
 @dataclass
@@ -437,7 +444,13 @@ class ShardWorker(threading.Thread):
 
     def _pump(self, child: ProcessorChild) -> bool:
         """Feed the child until the shard ends (True) or the runtime stops (False)."""
-        iterator = self._resume_iterator()
+        try:
+            return self._feed(child)
+        except _Stopping:
+            return False
+
+    def _feed(self, child: ProcessorChild) -> bool:
+        iterator = self._resume_iterator(child)
         attempt = 0
         while not self.stopping.is_set():
             try:
@@ -453,19 +466,20 @@ class ShardWorker(threading.Thread):
                             shard=self.shard_id,
                         )
                         self._note_gap(0, spans.EXPIRED)
-                        self._latest_iterator = self._iterator(LATEST)
-                    iterator = self._resume_iterator()
+                        self._latest_iterator = self._iterator(child, LATEST)
+                    iterator = self._resume_iterator(child)
                     continue
                 if code == "TrimmedDataAccessException":
-                    iterator = self._trimmed(self._last_delivered or self.lease.checkpoint)
+                    position = self._last_delivered or self.lease.checkpoint
+                    iterator = self._trimmed(child, position)
                     continue
                 self._read_failed(child, error)
-                self._wait_and_retry(error, attempt)
+                self._wait_and_retry(error, attempt, child=child)
                 attempt += 1
                 if attempt % 3 == 0:
                     # An iterator can go bad in ways the service reports only as a 500;
                     # a fresh one from the last record delivered is always safe.
-                    iterator = self._resume_iterator()
+                    iterator = self._resume_iterator(child)
                 continue
             attempt = 0
             self.progress.read_failing_since = None
@@ -715,24 +729,35 @@ class ShardWorker(threading.Thread):
             and self._last_delivered is None
         )
 
-    def _resume_iterator(self) -> str:
+    def _resume_iterator(self, child: ProcessorChild) -> str:
         """Where reading goes on: after the last record this child was given, else from
         the lease's checkpoint; a LATEST checkpoint is the position pinned for it."""
         if self._last_delivered is not None:
-            return self._iterator(self._last_delivered)
+            return self._iterator(child, self._last_delivered)
         if self.lease.checkpoint != LATEST:
-            return self._iterator(self.lease.checkpoint)
+            return self._iterator(child, self.lease.checkpoint)
         if self._first_delivered is not None:
-            return self._iterator(self._first_delivered, at=True)
+            return self._iterator(child, self._first_delivered, at=True)
         if self._latest_iterator is None:
-            self._latest_iterator = self._iterator(LATEST)
+            self._latest_iterator = self._iterator(child, LATEST)
         return self._latest_iterator
 
-    def _iterator(self, position: str, at: bool = False) -> str:
-        """An iterator at TRIM_HORIZON or LATEST, or after (``at``: at) a sequence number."""
+    def _iterator(self, child: ProcessorChild, position: str, at: bool = False) -> str:
+        """An iterator at TRIM_HORIZON or LATEST, or after (``at``: at) a sequence number.
+
+        Retried as a failed GetRecords is (an outage that began while the iterator went
+        stale meets both): the processor keeps hearing how far behind the reader may be,
+        the shard is reported once it has failed for the stall time, and a stop ends the
+        retries (:class:`_Stopping`)."""
         kwargs: dict[str, Any] = {"StreamArn": self.settings.stream_arn, "ShardId": self.shard_id}
         if position in (TRIM_HORIZON, LATEST):
             kwargs["ShardIteratorType"] = position
+        elif position == AT_TIMESTAMP:
+            raise self.leases.bad_checkpoint(
+                self.shard_id,
+                position,
+                "a start at a time (a DynamoDB stream has no shard iterator at a time)",
+            )
         elif position in SENTINELS:
             raise ChildFailed(f"shard {self.shard_id}: cannot read from {position}")
         else:
@@ -745,11 +770,19 @@ class ShardWorker(threading.Thread):
                 return iterator
             except (ClientError, BotoCoreError) as error:
                 if error_code(error) == "TrimmedDataAccessException":
-                    return self._trimmed(position)
-                self._wait_and_retry(error, attempt)
+                    return self._trimmed(child, position)
+                from_lease = "SequenceNumber" in kwargs and position == self.lease.checkpoint
+                if from_lease and _refuses_position(error):
+                    raise self.leases.bad_checkpoint(
+                        self.shard_id,
+                        position,
+                        f"not a sequence number of the stream ({excerpt(str(error))})",
+                    ) from None
+                self._read_failed(child, error)
+                self._wait_and_retry(error, attempt, child=child)
                 attempt += 1
 
-    def _trimmed(self, position: str) -> str:
+    def _trimmed(self, child: ProcessorChild, position: str) -> str:
         message = (
             f"shard {self.shard_id}: the stream no longer holds the data after {position} "
             "(older than its 24-hour retention); changes in between were never replicated"
@@ -766,7 +799,7 @@ class ShardWorker(threading.Thread):
             policy=self.settings.on_trimmed.value,
         )
         self._note_gap(self._last_created_us or 0, spans.TRIMMED)
-        return self._iterator(TRIM_HORIZON)
+        return self._iterator(child, TRIM_HORIZON)
 
     # -- changes passed over, told to the watermark ----------------------------------------
 
@@ -816,8 +849,17 @@ class ShardWorker(threading.Thread):
             return
 
     def _wait_and_retry(
-        self, error: BaseException, attempt: int, what: str = "reading the stream"
+        self,
+        error: BaseException,
+        attempt: int,
+        what: str = "reading the stream",
+        child: ProcessorChild | None = None,
     ) -> None:
+        """Back off before retry ``attempt``, or raise when no retry can help. With
+        ``child`` (the stream being read for it), the processor is told how far behind
+        the reader may be about once a second meanwhile, so its lag grows with the
+        outage rather than in steps as long as the backoff; :class:`_Stopping` once the
+        runtime stops."""
         kind = classify(error)
         if kind in (ErrorKind.DENIED, ErrorKind.AUTH, ErrorKind.NOT_FOUND, ErrorKind.REJECTED):
             # No retry fixes these (permissions changed, credentials or this host's clock
@@ -834,7 +876,18 @@ class ShardWorker(threading.Thread):
             error=str(error),
             delay_s=round(delay, 2),
         )
-        self.stopping.wait(delay)
+        if child is None:
+            self.stopping.wait(delay)
+            return
+        # Real time: the wait is real even where tests simulate the clock.
+        deadline = time.monotonic() + delay
+        while True:
+            left = deadline - time.monotonic()
+            if self.stopping.wait(max(0.0, min(left, self.settings.outstanding_read_report_s))):
+                raise _Stopping
+            if left <= self.settings.outstanding_read_report_s:
+                return
+            self._tell_behind(child, self.progress.read_failing_since or self._clock())
 
     # -- checkpoints (called from the child protocol, on this thread) ---------------------
 
@@ -879,6 +932,12 @@ class ShardWorker(threading.Thread):
 
 
 _REFUSING = re.compile(r"^destination (.+?) \(")
+
+
+def _refuses_position(error: ClientError | BotoCoreError) -> bool:
+    """Whether GetShardIterator refused the sequence number itself (botocore's check of
+    its length, or the service's validation), which no retry changes."""
+    return isinstance(error, ParamValidationError) or error_code(error) == "ValidationException"
 
 
 def _refusing_destination(reason: str | None) -> str | None:

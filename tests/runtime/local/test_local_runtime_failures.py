@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from replicator.config import load_job
 from replicator.deadletter import FileDeadLetters
 from replicator.exceptions import EnvironmentProblem
 from replicator.runtime.local.runtime import LocalRuntime
+from replicator.shards.leases import TRIM_HORIZON, LeaseTable
+from tests.support.aws import client
 from tests.support.e2e import PATIENCE, Job, stop, wait_until
 
 GATE = "REPLICATOR_TEST_GATE"
@@ -166,20 +169,31 @@ def test_a_processor_failing_during_a_stop_is_not_a_clean_stop(
     assert not row["checkpoint"]["S"].isdigit()  # never past the change it could not keep
 
 
-def _run_until_deleted(job: Any, table: str, tmp_path: Path) -> tuple[int, str, str]:
-    """Run the job, delete ``table`` once its shard started, and wait for the exit:
-    the status, the whole log and its last line."""
+def _run_to_its_end(
+    job: Any, tmp_path: Path, meanwhile: Callable[[Path], object] = lambda log: None
+) -> tuple[int, str, str]:
+    """Run the job, do ``meanwhile`` (given the log's path), and wait for the exit: the
+    status, the whole log and its last line."""
     log = tmp_path / "run.log"
     runtime = job.start(log=log)
     try:
-        wait_until(lambda: "shard started" in log.read_text(), 60, "the shard to start")
-        job.source.delete_table(TableName=table)
+        meanwhile(log)
         status = runtime.wait(120 * PATIENCE)
     finally:
         if runtime.poll() is None:
             stop(runtime)
     output = log.read_text()
     return status, output, output.splitlines()[-1]
+
+
+def _run_until_deleted(job: Any, table: str, tmp_path: Path) -> tuple[int, str, str]:
+    """Run the job, delete ``table`` once its shard started, and wait for the exit."""
+
+    def delete(log: Path) -> None:
+        wait_until(lambda: "shard started" in log.read_text(), 60, "the shard to start")
+        job.source.delete_table(TableName=table)
+
+    return _run_to_its_end(job, tmp_path, delete)
 
 
 def test_a_lease_table_deleted_while_running_is_exit_3_and_a_line_naming_it(
@@ -247,3 +261,42 @@ def test_a_housekeeping_step_failing_for_good_names_the_table_it_met(
         named.format(task=job.name, where=where, arn=runtime.stream_arn, source=job.source_table)
     ), line
     assert "start the job again" in line, line
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "said"),
+    [
+        ("garbage", "neither a sequence number nor one of"),
+        # Digits, but too short to be a sequence number: refused only by the stream.
+        ("49999999999999999999", "not a sequence number of the stream"),
+        # The KCL's start at a time, for a Kinesis source.
+        ("AT_TIMESTAMP", "a start at a time (a DynamoDB stream has no shard iterator at a time)"),
+    ],
+)
+def test_a_lease_checkpoint_that_is_no_position_is_exit_3_and_a_line_naming_it(
+    moto_endpoint: str, unique: Any, tmp_path: Path, checkpoint: str, said: str
+) -> None:
+    """A lease whose checkpoint was set by hand to something that is no position: the
+    endpoint answers, so the run ends with exit 3 and one line naming the lease table,
+    the shard and the checkpoint, not with the endpoint unreachable."""
+    job, _ = _job(moto_endpoint, unique, tmp_path, "conflict: {policy: overwrite}")
+    arn = job.source.describe_table(TableName=job.source_table)["Table"]["LatestStreamArn"]
+    streams = client("dynamodbstreams", job.source_region, moto_endpoint)
+    shard_id = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    leases = LeaseTable(job.source, job.name, owner="hand")
+    leases.ensure_exists()
+    leases.create(shard_id, TRIM_HORIZON, [])
+    job.source.update_item(
+        TableName=job.name,
+        Key={"leaseKey": {"S": shard_id}},
+        UpdateExpression="SET checkpoint = :bad",
+        ExpressionAttributeValues={":bad": {"S": checkpoint}},
+    )
+    status, output, last = _run_to_its_end(job, tmp_path)
+    assert status == 3, last
+    assert [line for line in output.splitlines() if line.startswith("replicator:")] == [last]
+    assert last.startswith(f"replicator: lease table {job.name} at {moto_endpoint}"), last
+    assert f"shard {shard_id}" in last, last
+    assert f"checkpoint {checkpoint!r}" in last, last
+    assert said in last, last
+    assert "cannot reach" not in output

@@ -741,6 +741,31 @@ def _worker_in_simulated_time(
     )
 
 
+def _run_watched(
+    leases: MemoryLeases,
+    stream: Any,
+    stop: threading.Event,
+    clock: list[float],
+    child_type: Callable[[Any, Callable[[], str | None]], WatchingChild],
+) -> tuple[ShardWorker, list[WatchingChild]]:
+    """Run a worker in simulated time, reported after 250 s of failing reads and retrying
+    them without real waits, whose children (``child_type``) see its trouble with each
+    batch; the worker and its children."""
+    holder: list[ShardWorker] = []
+    children: list[WatchingChild] = []
+
+    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
+        children.append(child_type(on_checkpoint, lambda: holder[0].trouble(clock[0])))
+        return children[-1]
+
+    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL, read_stall_after_s=250.0)
+    worker = _worker_in_simulated_time(leases, stream, settings, new_child, stop, clock)
+    worker._backoff = Backoff(0.0, 0.0)
+    holder.append(worker)
+    worker.run()
+    return worker, children
+
+
 def test_failing_reads_raise_the_lag_and_report_the_shard_after_the_stall_time() -> None:
     """GetRecords failing (an endpoint refusing connections): the processor is told the
     reader falls behind by the time since the last good read, and after
@@ -759,20 +784,8 @@ def test_failing_reads_raise_the_lag_and_report_the_shard_after_the_stall_time()
         return real_read(**kwargs)
 
     stream.get_records = read  # type: ignore[method-assign]
-    holder: list[ShardWorker] = []
-    children: list[WatchingChild] = []
-
-    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
-        children.append(WatchingChild(on_checkpoint, lambda: holder[0].trouble(clock[0])))
-        return children[-1]
-
-    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL, read_stall_after_s=250.0)
-    worker = _worker_in_simulated_time(leases, stream, settings, new_child, stop, clock)
-    worker._backoff = Backoff(0.0, 0.0)  # no real waiting between the retries
-    holder.append(worker)
-    worker.run()
+    worker, (child,) = _run_watched(leases, stream, stop, clock, WatchingChild)
     assert worker.error is None
-    (child,) = children
     behind = [millis for _, millis, _ in child.seen]
     troubles = [trouble for _, _, trouble in child.seen]
     # An empty read (how far behind is not known), four failed ones (100 s more behind
@@ -784,6 +797,55 @@ def test_failing_reads_raise_the_lag_and_report_the_shard_after_the_stall_time()
     assert "InternalServerError" in troubles[4]
     assert troubles[5] is None
     assert worker.progress.read_failing_since is None
+
+
+class _Spinning(BaseException):
+    """Ends a worker that retries on and on (after its stop, it would spin until killed)."""
+
+
+def test_iterator_requests_failing_raise_the_lag_and_a_stop_ends_their_retries() -> None:
+    """GetShardIterator failing too (the endpoint down when a processor starts, or when
+    the iterator is refreshed after failed reads): each failure tells the processor how
+    far behind the reader may be, the shard is reported after ``read_stall_after_s``, and
+    a stop ends the retries at once and shuts the processor down, the lease released.
+    Time is simulated: each request takes 100 s."""
+    clock = [1_000_000.0]
+    leases = MemoryLeases()
+    stop = threading.Event()
+    stream = ScriptedStream([], stop)
+    requests = [0]
+
+    def get_shard_iterator(**kwargs: Any) -> dict[str, str]:
+        clock[0] += 100.0
+        requests[0] += 1
+        if requests[0] > 100:
+            raise _Spinning  # retried on regardless of the processor or the stop
+        raise error("InternalServerError")
+
+    stream.get_shard_iterator = get_shard_iterator  # type: ignore[method-assign]
+    shut_down: list[str] = []
+
+    class Stopped(WatchingChild):
+        def process_records(self, records: list[dict[str, Any]], millis_behind: int) -> None:
+            super().process_records(records, millis_behind)
+            if len(self.seen) == 4:
+                stop.set()  # SIGTERM while the outage goes on
+
+        def shutdown_requested(self, timeout: float | None = None) -> None:
+            shut_down.append("shutdownRequested")
+
+    worker, (child,) = _run_watched(leases, stream, stop, clock, Stopped)
+    assert worker.error is None, worker.error
+    assert stream.reads == []  # no iterator, no GetRecords
+    # Failing since the first request: 0 s behind (sent as 1 ms), 100 s, 200 s, 300 s.
+    behind = [millis for _, millis, _ in child.seen]
+    assert behind == [1, 100_000, 200_000, 300_000]
+    troubles = [trouble for _, _, trouble in child.seen]
+    assert troubles[:3] == [None, None, None]
+    assert troubles[3] is not None and troubles[3].startswith("reading the stream failed for 300s")
+    assert requests == [4]  # not one more once the stop began
+    assert shut_down == ["shutdownRequested"]
+    assert leases.released
 
 
 def _run_with_slow_read(
