@@ -508,7 +508,8 @@ CONTRADICTING_KCL_PROPERTIES = frozenset({"tableName", "streamArn"})
 
 # The numeric KCL multilang properties (the setters of int, long and double of KCL 3.1's
 # MultiLangDaemonConfiguration and its beans): the KCL reads a value that is not a number
-# as 0 without a word (maxLeasesForWorker: lots would run uncapped).
+# as 0 without a word (maxLeasesForWorker: lots would run uncapped). None of the whole
+# numbers may be negative.
 KCL_INTEGER_PROPERTIES = frozenset(
     {
         "coordinatorStateReadCapacity",
@@ -596,9 +597,14 @@ _UNREAD = "the KCL takes it without a word, and does not use it"
 def _numeric_property_problem(key: str, value: str) -> str | None:
     text = value.strip()
     if key in KCL_INTEGER_PROPERTIES:
-        if re.fullmatch(r"[+-]?[0-9]+", text) and -_JAVA_LONG <= int(text) < _JAVA_LONG:
-            return None
-        return f"{value!r} is not a whole number ({_UNREAD})"
+        if not (re.fullmatch(r"[+-]?[0-9]+", text) and -_JAVA_LONG <= int(text) < _JAVA_LONG):
+            return f"{value!r} is not a whole number ({_UNREAD})"
+        if int(text) < 0:
+            # Each is a count, a size, a percentage or a time: the KCL takes a negative
+            # one and its scheduler throws at start-up (leaseAssignmentIntervalMillis), or
+            # it runs with a nonsense bound.
+            return f"{value!r} is negative: it is a count, a size or a time, 0 or more"
+        return None
     if key in KCL_DECIMAL_PROPERTIES:
         if not _DECIMAL.fullmatch(text):
             return f"{value!r} is not a number ({_UNREAD})"

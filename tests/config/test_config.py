@@ -208,6 +208,11 @@ BROKEN = {
         "kcl.extra_properties.workerMetricsReporterFreqInMillis",
         "'1.5' is not a whole number",
     ),
+    "kcl-numeric-property-negative": (
+        MINIMAL + "runtime: kcl\nkcl: {extra_properties: {leaseAssignmentIntervalMillis: -5}}\n",
+        "kcl.extra_properties.leaseAssignmentIntervalMillis",
+        "'-5' is negative: it is a count, a size or a time, 0 or more",
+    ),
     "kcl-decimal-property-not-a-number": (
         MINIMAL + "runtime: kcl\nkcl: {extra_properties: {workerMetricsEMAAlpha: half}}\n",
         "kcl.extra_properties.workerMetricsEMAAlpha",

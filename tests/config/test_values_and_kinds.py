@@ -257,7 +257,7 @@ def test_numbers_and_credentials_providers_the_kcl_reads_pass_in_extra_propertie
         "runtime: kcl\n"
         + MINIMAL
         + "kcl:\n  extra_properties:\n"
-        + "    maxLeasesForWorker: 4\n    leaseAssignmentIntervalMillis: '-1'\n"
+        + "    maxLeasesForWorker: 4\n    leaseAssignmentIntervalMillis: '+1'\n"
         + "    shardSyncIntervalMillis: ' 60000'\n    workerMetricsEMAAlpha: 0.5\n"
         + "    maxThroughputPerHostKBps: 1e3\n    someUnknownKey: lots\n"
         + "    AWSCredentialsProvider: 'ProfileCredentialsProvider|ops, "
