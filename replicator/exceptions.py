@@ -40,6 +40,16 @@ class KclUnavailable(OperatorError):
     exit_code = 4
 
 
+class DaemonStopped(OperatorError):
+    """The KCL daemon ended without the stop this process asked of it: on its own (the
+    KCL's scheduler gave up starting, a processor failed), by a signal someone else sent,
+    or killed on a second stop request. The exit code is the run's, which depends on how."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class LeaseHeld(OperatorError):
     """Another worker holds this task's leases; the local runtime runs one worker per task."""
 

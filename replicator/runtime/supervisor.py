@@ -96,24 +96,24 @@ def stopped_while_starting(message: str) -> None:
 
 
 @contextlib.contextmanager
-def stop_signals(stop: Callable[[], None]) -> Iterator[None]:
-    """SIGTERM and SIGINT ask ``stop`` for a clean stop; the previous handlers are back
-    afterwards. A signal held since the command started (:mod:`replicator.entry`) asks
-    at once."""
+def stop_signals(stop: Callable[[signal.Signals], None]) -> Iterator[None]:
+    """SIGTERM and SIGINT ask ``stop`` for a clean stop, naming the signal (a second one
+    may end the run with its number); the previous handlers are back afterwards. A signal
+    held since the command started (:mod:`replicator.entry`) asks at once."""
     previous: dict[signal.Signals, Any] = {
         sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)
     }
 
     def on_signal(signum: int, _: Any) -> None:
         log.info("stop requested", signal=signal.Signals(signum).name)
-        stop()
+        stop(signal.Signals(signum))
 
     for sig in previous:
         signal.signal(sig, on_signal)
     held = entry.take_held_signal()
     if held is not None:  # it came while the command was starting
         log.info("stop requested", signal=held.name, during="start-up")
-        stop()
+        stop(held)
     try:
         yield
     finally:

@@ -14,11 +14,15 @@ daemon's lifetime:
   processor runs on unsupervised.
 * If this process dies without cleaning up (kill -9), the kernel kills the daemon too
   (Linux parent-death signal), and the children, whose input closes, follow.
-* The exit status is the daemon's (128 + N when a signal N ended it), except that a stop
-  this process asked for ends with 0 once the daemon has answered the SIGTERM it was sent
-  (the JVM's 143, after its shutdown hook let every processor checkpoint), so restart
-  policies and service managers see a clean stop. The daemon exits 1 when a child fails
-  or its graceful shutdown did not complete; it does not start a new child, so run the
+* A stop this process asked for ends with 0 once the daemon has answered the SIGTERM it
+  was sent (the JVM's 143, after its shutdown hook let every processor checkpoint), so
+  restart policies and service managers see a clean stop. Any other end is a failure,
+  with one line saying how: the daemon exiting on its own is exit 1 whatever its status,
+  even 0 (the launcher returns 0 when the KCL's scheduler gives up starting, and a
+  restart policy must see that); a signal N someone else sent it is 128 + N; a graceful
+  stop that did not complete (the daemon's 1, or killed when overdue) is 1; killed on a
+  second stop request, 128 + that request's signal, as a second one while starting
+  (replicator.entry). The daemon does not start a new child when one fails, so run the
   replicator under a restart policy.
 """
 
@@ -47,7 +51,7 @@ from prometheus_client.registry import Collector
 from replicator import logs
 from replicator.config.model import ResolvedJob, StreamKind
 from replicator.entry import stop_held
-from replicator.exceptions import KclUnavailable
+from replicator.exceptions import DaemonStopped, KclUnavailable
 from replicator.metrics import multiprocess
 from replicator.metrics.server import MetricsServer
 from replicator.runtime import preflight, supervisor
@@ -121,13 +125,18 @@ class DaemonProcess:
         self.as_json = logs.renders_json() if as_json is None else as_json
         self.classpath_failure: str | None = None
         self.jvm_refused: str | None = None
+        # How the daemon's end was a failure (the run's final line), once it has ended.
+        self.failure: str | None = None
+        # The daemon's exit status (128 + N for a signal N), once it has ended.
+        self.status: int | None = None
         self._previous_line = ""
         self._process: subprocess.Popen[bytes] | None = None
         self._pump: threading.Thread | None = None
-        self._stop_requests = 0
+        self._stop_requests: list[signal.Signals] = []
         self._stop_deadline: float | None = None
         self._stop_sent = 0
-        self._killed = False
+        self._killed_on: signal.Signals | None = None  # the second stop request's signal
+        self._overdue = False
 
     @property
     def pid(self) -> int:
@@ -173,14 +182,15 @@ class DaemonProcess:
 
     @property
     def stop_requested(self) -> bool:
-        return self._stop_requests > 0
+        return bool(self._stop_requests)
 
-    def request_stop(self) -> None:
-        """Called from a signal handler: only counts; the wait loop acts on it."""
-        self._stop_requests += 1
+    def request_stop(self, signum: signal.Signals = signal.SIGTERM) -> None:
+        """Called from a signal handler: only notes it; the wait loop acts on it."""
+        self._stop_requests.append(signum)
 
     def wait(self) -> int:
-        """Wait for the daemon to exit (forwarding stop requests); its exit status."""
+        """Wait for the daemon to exit (forwarding stop requests); the run's exit code,
+        with :attr:`failure` saying why when the end is not the clean stop asked for."""
         process = self._process
         if process is None:
             raise RuntimeError("the daemon has not been started")
@@ -188,30 +198,63 @@ class DaemonProcess:
             self._act_on_stop_requests()
             time.sleep(_POLL_S)
         status = process.returncode
-        status = 128 - status if status < 0 else status
-        if status == 128 + signal.SIGTERM and self._stop_sent and not self._killed:
+        self.status = 128 - status if status < 0 else status
+        if self._killed_on is not None:
+            self.failure = (
+                f"a second stop request ({self._killed_on.name}) while the KCL daemon was "
+                "stopping: it and its processors were killed, and shards stopping then did "
+                "not checkpoint (they resume from their last checkpoint)"
+            )
+            return 128 + self._killed_on
+        if self._overdue:
+            self.failure = (
+                f"the KCL daemon did not stop within {self.grace_s + STOP_MARGIN_S:g} s of "
+                "the stop request: it and its processors were killed, and shards still "
+                "stopping did not checkpoint (they resume from their last checkpoint)"
+            )
+            return 1
+        if self.stop_requested and self.status in (0, 128 + signal.SIGTERM):
             log.info("the daemon stopped as asked")
             return 0
-        return status
+        if status < 0:
+            self.failure = (
+                f"the KCL daemon was ended by {signal.Signals(-status).name}, which this "
+                "process did not send"
+            )
+            return self.status
+        if self.stop_requested:
+            self.failure = (
+                f"the KCL daemon's graceful stop did not complete (status {status}; its log "
+                "above says why)"
+            )
+            return 1
+        # The launcher exits 0 when the KCL's scheduler gave up starting (its lease
+        # coordinator could not initialise): nobody asked it to stop, so it failed.
+        self.failure = (
+            f"the KCL daemon stopped on its own without being asked to (status {status}; its "
+            "log above says why)"
+        )
+        return 1
 
     def _act_on_stop_requests(self) -> None:
-        requests = self._stop_requests
+        requests = len(self._stop_requests)
         if requests > self._stop_sent:
             self._stop_sent = requests
             if requests == 1:
                 log.info("stop requested; asking the daemon to shut down", grace_s=self.grace_s)
                 self._signal(signal.SIGTERM, group=False)
                 self._stop_deadline = time.monotonic() + self.grace_s + STOP_MARGIN_S
-            else:
+            elif self._killed_on is None:
                 log.warning("second stop request; killing the daemon and its processors")
+                self._killed_on = self._stop_requests[1]
                 self._signal(signal.SIGKILL, group=True)
         if self._stop_deadline is not None and time.monotonic() > self._stop_deadline:
             log.error("the daemon did not stop in time; killing it and its processors")
             self._stop_deadline = None
+            self._overdue = self._killed_on is None
             self._signal(signal.SIGKILL, group=True)
 
     def _signal(self, signum: int, *, group: bool) -> None:
-        self._killed = self._killed or signum == signal.SIGKILL
         try:
             if group:
                 os.killpg(self.pid, signum)
@@ -378,7 +421,8 @@ def prepare_run(
 def run_kcl(
     resolved: ResolvedJob, ready: Callable[[DaemonProcess, MetricsServer | None], Any] | None = None
 ) -> int:
-    """Run the job on the KCL daemon until it exits; the daemon's exit status."""
+    """Run the job on the KCL daemon until it exits: 0 after the clean stop asked for,
+    else :class:`DaemonStopped` (or :class:`KclUnavailable`) saying how it ended."""
     job = resolved.job
     supervisor.begin(resolved, "kcl")
     with tempfile.TemporaryDirectory(prefix="replicator-kcl-") as workdir:
@@ -426,16 +470,21 @@ def run_kcl(
                     status = daemon.wait()
             finally:
                 daemon.clean_up()
-    if status != 0 and daemon.jvm_refused:
-        raise KclUnavailable(
-            f"the JVM could not start: {daemon.jvm_refused}; check the options in "
-            f"${java.JVM_OPTIONS_ENV}"
-        )
-    if status != 0 and daemon.classpath_failure:
-        raise KclUnavailable(
-            f"the KCL daemon could not start from {prepared.jars_dir}: "
-            f"{daemon.classpath_failure}; the jars there do not form a working KCL "
-            "classpath for this java (see docs/kcl-and-docker.md for the pinned set)"
-        )
-    log.info("KCL daemon exited", status=status)
+    log.info("KCL daemon exited", status=daemon.status, exit_code=status)
+    if daemon.failure is not None and not daemon.stop_requested:
+        # A daemon that ended on its own may not have started at all: say why if its
+        # output shows the JVM or the classpath at fault.
+        if daemon.jvm_refused:
+            raise KclUnavailable(
+                f"the JVM could not start: {daemon.jvm_refused}; check the options in "
+                f"${java.JVM_OPTIONS_ENV}"
+            )
+        if daemon.classpath_failure:
+            raise KclUnavailable(
+                f"the KCL daemon could not start from {prepared.jars_dir}: "
+                f"{daemon.classpath_failure}; the jars there do not form a working KCL "
+                "classpath for this java (see docs/kcl-and-docker.md for the pinned set)"
+            )
+    if daemon.failure is not None:
+        raise DaemonStopped(daemon.failure, status)
     return status

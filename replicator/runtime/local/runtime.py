@@ -620,7 +620,7 @@ def run_local(resolved: ResolvedJob, ready: Callable[[LocalRuntime], Any] | None
     except preflight.Stopped:
         supervisor.stopped_while_starting("local runtime stopped before it started")
         return 0
-    with supervisor.stop_signals(runtime.stop):
+    with supervisor.stop_signals(lambda _signal: runtime.stop()):
         if ready is not None:
             threading.Thread(target=ready, args=(runtime,), daemon=True).start()
         return runtime.run()

@@ -593,17 +593,66 @@ def test_a_daemon_that_fails_is_reported_and_its_leftover_children_are_killed(
     assert '"status": 1' in log
 
 
-def test_a_second_stop_request_kills_a_daemon_that_does_not_stop(stand_in: Any) -> None:
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_a_second_stop_request_kills_a_daemon_that_does_not_stop_and_exits_with_its_number(
+    stand_in: Any, second: signal.Signals
+) -> None:
+    """128 + the second request's signal, as a second one while starting (replicator.entry),
+    not the 137 of the SIGKILL this process sent the daemon."""
     run = stand_in("deaf")
     record = run.record()
-    run.process.send_signal(signal.SIGTERM)
+    run.process.send_signal(second)
     sigterm = Path(str(run.record_path) + ".sigterm")
     wait_until(sigterm.exists, 10, "the daemon to get the first SIGTERM")
     assert run.process.poll() is None  # still waiting for its graceful stop
-    run.process.send_signal(signal.SIGINT)
-    assert run.process.wait(30) == 128 + signal.SIGKILL
+    run.process.send_signal(second)
+    assert run.process.wait(30) == 128 + second
     assert not group_members(record["pgid"])
-    assert "second stop request" in run.log.read_text()
+    text = run.log.read_text()
+    assert "second stop request; killing the daemon" in text
+    last = text.strip().splitlines()[-1]
+    assert last.startswith(f"replicator: a second stop request ({second.name}) while the KCL")
+    assert "were killed" in last
+
+
+def fake_java(tmp_path: Path, body: str) -> Path:
+    """A ``kcl.java`` that runs ``body`` (Python) in place of the daemon."""
+    script = tmp_path / "fake-java"
+    script.write_text(f"#!{sys.executable}\nimport sys\n{body}\n")
+    script.chmod(0o755)
+    return script
+
+
+# A line of the daemon's logging (properties/logback.xml), its stack trace escaped in it.
+SCHEDULER_GAVE_UP = (
+    "::kcl::2026-12-01T16:09:36.917Z\tERROR\tsoftware.amazon.kinesis.coordinator.Scheduler"
+    "\tmain\tCaught exception when initializing LeaseCoordinator\t"
+)
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["sys.exit(0)", f"print({SCHEDULER_GAVE_UP!r}, flush=True); sys.exit(0)", "true"],
+    ids=["silent", "scheduler-gave-up", "bin-true"],
+)
+def test_a_daemon_that_stops_unasked_with_0_is_a_failure_with_one_line(
+    kinesis_job: dict[str, Any], tmp_path: Path, body: str
+) -> None:
+    """The launcher exits 0 when the KCL's scheduler gives up initialising: a restart
+    policy (Restart=on-failure) must see a failure, and the operator one line."""
+    jars = fake_jars(tmp_path / "jars", [java.MULTILANG_DAEMON])
+    program = Path("/bin/true") if body == "true" else fake_java(tmp_path, body)
+    job = write_job(
+        tmp_path / "job.yaml", **kinesis_job, kcl=f", java: {program}, jars_dir: {jars}"
+    )
+    result = run_cli(job)
+    message = assert_refused(
+        result, 1, "the KCL daemon stopped on its own without being asked to (status 0"
+    )
+    assert "its log above says why" in message
+    assert_json_lines("\n".join(result.stderr.strip().splitlines()[:-1]))
+    if "LeaseCoordinator" in body:
+        assert "Caught exception when initializing LeaseCoordinator" in result.stderr
 
 
 def test_killing_the_supervisor_takes_the_daemon_with_it(stand_in: Any) -> None:
@@ -628,7 +677,38 @@ def test_health_names_a_daemon_that_is_not_running() -> None:
         assert daemon.problems() == []
         os.kill(daemon.pid, signal.SIGKILL)
         assert daemon.wait() == 128 + signal.SIGKILL
+        assert (
+            daemon.failure == "the KCL daemon was ended by SIGKILL, which this process did not send"
+        )
         assert daemon.problems() == ["the daemon is not running"]
+    finally:
+        daemon.clean_up()
+
+
+def test_a_daemon_killed_for_not_stopping_in_time_is_a_stop_that_did_not_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exit 1, as a graceful stop the daemon itself reports incomplete: the SIGKILL is
+    this process's own, not a signal someone else sent (128 + N)."""
+    from replicator.runtime.kcl import launcher
+
+    monkeypatch.setattr(launcher, "STOP_MARGIN_S", 0.5)
+    ready = tmp_path / "ready"
+    deaf = (
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"open({str(ready)!r}, 'w').close()\n"
+        "time.sleep(60)\n"
+    )
+    daemon = DaemonProcess([sys.executable, "-c", deaf], os.environ, grace_s=0)
+    daemon.start()
+    try:
+        wait_until(ready.exists, 30, "the daemon to ignore SIGTERM")
+        daemon.request_stop(signal.SIGTERM)
+        assert daemon.wait() == 1
+        assert daemon.status == 128 + signal.SIGKILL
+        assert daemon.failure is not None
+        assert daemon.failure.startswith("the KCL daemon did not stop within 0.5 s of the stop")
     finally:
         daemon.clean_up()
 
