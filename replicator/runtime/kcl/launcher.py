@@ -67,10 +67,16 @@ CHILDREN_EXIT_S = 5.0
 STOP_MARGIN_S = 15.0
 _POLL_S = 0.2
 _PR_SET_PDEATHSIG = 1
-# Lines of daemon output that mean the classpath, not the job, is at fault.
+# Lines of daemon output that mean the classpath, not the job, is at fault: a class that
+# cannot be loaded or linked, or the AWS SDK's SdkClientException naming the HTTP client
+# it cannot find (a netty or apache jar missing). A LinkageError is matched by its class
+# name, so that the JVM's "Error: LinkageError occurred while loading main class" gives
+# way to the line after it, which says which error.
 _CLASSPATH_FAILURE = re.compile(
     r"Could not find or load main class|NoClassDefFoundError|UnsupportedClassVersionError"
-    r"|Invalid or corrupt jarfile|ClassFormatError"
+    r"|Invalid or corrupt jarfile|ClassFormatError|ClassNotFoundException|NoSuchMethodError"
+    r"|NoSuchFieldError|AbstractMethodError|IncompatibleClassChangeError"
+    r"|java\.lang\.LinkageError|ServiceConfigurationError|Unable to load an HTTP implementation"
 )
 # The JVM refusing its own options (a heap size it cannot read, an unknown option): the
 # line before "Could not create the Java Virtual Machine" says which.

@@ -655,6 +655,33 @@ def test_a_daemon_that_stops_unasked_with_0_is_a_failure_with_one_line(
         assert "Caught exception when initializing LeaseCoordinator" in result.stderr
 
 
+def test_an_http_client_the_sdk_cannot_load_is_a_classpath_failure_with_exit_4(
+    kinesis_job: dict[str, Any], tmp_path: Path
+) -> None:
+    """A jar the checks do not look for (netty's) missing: the AWS SDK cannot build its
+    client, and the daemon logs that and exits 1."""
+    trace = (
+        "software.amazon.awssdk.core.exception.SdkClientException: Unable to load an HTTP "
+        "implementation from any provider in the chain. You must declare a dependency on an "
+        "appropriate HTTP implementation or pass in an SdkHttpClient explicitly to the "
+        "client builder.\\n\\tat software.amazon.awssdk.core.exception."
+        "SdkClientException$BuilderImpl.build(SdkClientException.java:111)"
+    )
+    line = (
+        "::kcl::2026-12-01T16:09:36.917Z\tERROR\treplicator.kcl.DynamoDbStreamsMultiLangDaemon"
+        f"\tmain\tThe DynamoDB Streams daemon stopped on an error\t{trace}"
+    )
+    program = fake_java(tmp_path, f"print({line!r}, flush=True); sys.exit(1)")
+    jars = fake_jars(tmp_path / "jars", [java.MULTILANG_DAEMON])
+    job = write_job(
+        tmp_path / "job.yaml", **kinesis_job, kcl=f", java: {program}, jars_dir: {jars}"
+    )
+    message = assert_refused(
+        run_cli(job), 4, "could not start", str(jars), "Unable to load an HTTP implementation"
+    )
+    assert "working KCL classpath" in message
+
+
 def test_killing_the_supervisor_takes_the_daemon_with_it(stand_in: Any) -> None:
     run = stand_in("graceful")
     record = run.record()
