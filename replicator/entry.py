@@ -16,6 +16,15 @@ process ends at once (:func:`_end_now`): the interpreter's own shutdown (module 
 collecting botocore's objects) takes 0.2 s to over a second on a busy host, with the
 signal handlers already reset to the defaults, so a SIGTERM in that time ended the
 command with 143 instead of the code it had already decided on.
+
+``processor`` (the record processor a daemon runs, one per shard) ignores SIGTERM and
+SIGINT from its first moment: its life is the protocol's (``shutdownRequested``,
+``leaseLost``, ``shardEnded``, and the end of its input when the daemon goes away). A
+stop signal reaches it beside its daemon's when a service manager signals every process
+of the service (systemd's default ``KillMode=control-group``) or Ctrl-C the whole
+foreground process group; the daemon turns its own into a ``shutdownRequested``, which
+the processor must still be alive to answer with its final checkpoint. SIGKILL still
+ends it.
 """
 
 from __future__ import annotations
@@ -73,6 +82,15 @@ def _end_now(code: object) -> None:
     os._exit(status)
 
 
+def ignore_stop_signals() -> None:
+    """SIGTERM and SIGINT ignored for good (the processor's; see the module's docstring).
+
+    Ignored rather than handled: the kernel drops them at once, during imports too, and
+    no handler can run in the middle of a log line or a checkpoint."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _interrupted(signum: int, _frame: Any) -> None:
     os.write(2, b"interrupted\n")
     os._exit(128 + signum)
@@ -84,6 +102,8 @@ def main() -> Any:
         # it at once, one line and exit 130, not a traceback or click's "Aborted!". Nothing
         # is started yet; the demo installs its own handler before it starts anything.
         signal.signal(signal.SIGINT, _interrupted)
+    if sys.argv[1:2] == ["processor"]:
+        ignore_stop_signals()
     if sys.argv[1:2] != ["run"]:
         from replicator.cli import main as cli_main
 

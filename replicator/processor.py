@@ -13,6 +13,9 @@ far as every destination has applied or dead-lettered. amazon-kclpy catches exce
 from a processor and carries on, which would let the daemon read past changes that
 were never applied; so any unexpected error here ends the process with a non-zero
 status instead, and the shard resumes from the last checkpoint.
+
+SIGTERM and SIGINT are ignored (replicator/entry.py says why): the processor stops
+through the protocol, or when its input closes; SIGKILL still ends it.
 """
 
 from __future__ import annotations
@@ -603,7 +606,10 @@ def serve_daemon(resolved: Any) -> NoReturn:
     from replicator import wiring
     from replicator.conflictlog.targets import recorder_for
     from replicator.deadletter import SqsDeadLetters
+    from replicator.entry import ignore_stop_signals
 
+    # Already so from the start under `replicator processor`; here for any other way in.
+    ignore_stop_signals()
     protocol_out = sys.stdout
     sys.stdout = sys.stderr
     job = resolved.job

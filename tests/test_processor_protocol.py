@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -339,6 +341,29 @@ def test_shutdown_requested_flushes_and_checkpoints(job: dict[str, Any]) -> None
         )
     else:
         assert line["event"] == NOTHING_NEW and line["last_checkpoint"] == "219"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_stop_signal_sent_to_the_processor_itself_leaves_the_stop_to_its_daemon(
+    job: dict[str, Any], sig: signal.Signals
+) -> None:
+    """systemd's default KillMode (control-group) signals every process of the unit at
+    once, and Ctrl-C at a terminal the whole foreground group: the processor then gets
+    the daemon's SIGTERM or SIGINT too. Its daemon turns that signal into a
+    shutdownRequested, which the processor must still be alive to answer with its final
+    checkpoint; it used to die of the signal (143), unheard."""
+    daemon = RawDaemon(job["config"])
+    daemon.act(
+        {"action": "initialize", "shardId": "s", "sequenceNumber": None, "subSequenceNumber": None}
+    )
+    daemon.records([put(f"k{i}", 500 + i, ts=1) for i in range(10)])
+    os.kill(daemon.process.pid, sig)
+    asked = daemon.act({"action": "shutdownRequested"})
+    assert (daemon.checkpoints or asked)[-1] == "509"
+    assert len(items(job)) == 10
+    assert daemon.finish() == 0
+    (line,) = shutdown_lines(daemon)
+    assert line["event"] in ("shutdown requested; checkpointed", NOTHING_NEW), line
 
 
 def test_a_shutdown_with_nothing_new_settled_says_it_did_not_checkpoint(

@@ -97,11 +97,15 @@ class Worker:
         if self.process.poll() is None:
             self.process.wait(10)
 
-    def terminate(self) -> list[int]:
-        """SIGTERM, once, as `docker stop` sends it (a second one means: kill)."""
+    def terminate(self, *, every_process: bool = False) -> list[int]:
+        """SIGTERM, once, as `docker stop` sends it (a second one means: kill); with
+        ``every_process``, to the launcher, the JVM and the processors at once, as
+        systemd's default KillMode=control-group does."""
         tree = self.tree()
         self.log_at_stop = self.log.stat().st_size
-        self.process.send_signal(signal.SIGTERM)
+        for pid in tree if every_process else [self.process.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         return tree
 
     def checkpoints_at_stop(self) -> int:

@@ -57,7 +57,11 @@ from replicator.metrics.server import MetricsServer
 from replicator.runtime import preflight, supervisor
 from replicator.runtime.jobcopy import JOB_FILE_ENV, write_job_copy
 from replicator.runtime.kcl import daemon_log, java
-from replicator.runtime.kcl.properties import render_properties, shutdown_grace_ms
+from replicator.runtime.kcl.properties import (
+    render_properties,
+    shutdown_grace_ms,
+    template_text,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -410,6 +414,7 @@ def prepare_run(
     # What the KCL cannot work with in the job file itself (source.role_arn) was refused
     # when the job was loaded (replicator/config/model.py).
     installation = java.locate(resolved, environ)
+    template_text(resolved.job.source.stream.kind)  # refused before the preflight's waits
     info = preflight.check(resolved, stopped)
     job = resolved.job
     worker_id = job.kcl.worker_id or socket.gethostname()

@@ -10,6 +10,8 @@ swapped and the old directory removed).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 import re
 import site
@@ -97,6 +99,87 @@ def templates_dir(kind: StreamKind = StreamKind.KINESIS) -> Path:
         + ", ".join(str(c) for c in candidates)
         + f"); set {TEMPLATE_ENV}"
     )
+
+
+# The names a template may use as ${name}, each filled in by _render.
+PLACEHOLDERS = (
+    "endpoint_lines",
+    "executable",
+    "extra_lines",
+    "failover_time_ms",
+    "idle_time_between_reads_ms",
+    "initial_position",
+    "job_file",
+    "max_records",
+    "region",
+    "shutdown_grace_ms",
+    "skip_records_behavior",
+    "stream_line",
+    "stream_name",
+    "table",
+    "task_name",
+    "worker_id",
+)
+
+
+def template_text(kind: StreamKind) -> str:
+    """The text of the template ``kind`` is rendered from, once its placeholders are
+    known to be ours.
+
+    A placeholder that is not (``${nosuch}``, ``$nosuch``, an unclosed ``${max_records``)
+    would reach the KCL as it is written, as a value it reads without a word (or an
+    unknown key it ignores): it is refused, naming the file, the line and the names there
+    are. A ``$`` that opens no placeholder (``pa$5word``) is a ``$``, and ``$$`` writes
+    one anywhere. Comments are not read by the KCL: what is in them is left as written.
+    """
+    path = templates_dir(kind) / template_file(kind)
+    where = f"${TEMPLATE_ENV}: {path}" if os.environ.get(TEMPLATE_ENV) else str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise KclUnavailable(
+            f"{where}: not UTF-8 text (byte {error.start}: {error.reason})"
+        ) from None
+    except OSError as error:
+        raise KclUnavailable(f"{where}: cannot be read: {error.strerror or error}") from None
+    problem = _placeholder_problem(text)
+    if problem is not None:
+        line, what = problem
+        names = ", ".join(f"${{{name}}}" for name in PLACEHOLDERS)
+        raise KclUnavailable(
+            f"{where}, line {line}: {what}; a template's placeholders are {names} ($$ writes a $)"
+        )
+    return text
+
+
+def _placeholder_problem(text: str) -> tuple[int, str] | None:
+    """The first placeholder outside a comment that :data:`PLACEHOLDERS` does not name,
+    as (its line, what is wrong); None if there is none. Placeholders are found as
+    :class:`string.Template` finds them, which then fills them in."""
+    lines = _natural_lines(text)
+    starts = list(itertools.accumulate((len(line) for line in lines), initial=0))
+    in_properties = {
+        index for entry in _entries(lines) for index in range(entry.first, entry.last + 1)
+    }
+    for match in Template.pattern.finditer(text):
+        name = match.group("named") or match.group("braced")
+        if match.group("escaped") is not None or name in PLACEHOLDERS:
+            continue
+        if name is None and not text.startswith("{", match.end()):
+            continue  # a $ that opens nothing
+        index = bisect.bisect_right(starts, match.start()) - 1
+        if index not in in_properties:
+            continue
+        if name is not None:
+            return index + 1, f"unknown placeholder {match.group()}"
+        rest = lines[index][match.start() - starts[index] :].rstrip("\r\n")
+        close = rest.find("}")
+        written = rest[: close + 1] if close >= 0 else rest
+        return index + 1, (
+            f"{written[:60]!r} is no placeholder (${{ opens one, closed by }} after a name "
+            "of letters, digits and underscores)"
+        )
+    return None
 
 
 def processor_executable(job_file: Path) -> str:
@@ -231,8 +314,7 @@ def _render(
     extra: Mapping[str, str],
 ) -> str:
     source = job.source
-    kind = source.stream.kind
-    text = (templates_dir(kind) / template_file(kind)).read_text(encoding="utf-8")
+    text = template_text(source.stream.kind)
     endpoint_lines = ""
     if source.endpoint_url:
         endpoint_lines = property_line("kinesisEndpoint", source.endpoint_url) + property_line(

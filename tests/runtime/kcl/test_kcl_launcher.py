@@ -339,6 +339,37 @@ def test_a_credentials_provider_the_jars_lack_is_named_by_its_job_key_with_exit_
         java.check_credentials_providers(load_job_text(tmp_path, text), jars)
 
 
+def test_a_template_placeholder_that_is_not_ours_is_refused_before_the_preflight(
+    tmp_path: Path,
+) -> None:
+    """`run` rendered `${max_records` into the daemon's properties as written; it refuses
+    it as `replicator properties` does, before the preflight's AWS calls (here to an
+    endpoint that refuses connections, exit 3 had they been made) and the JVM."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    shutil.copy(ROOT / "properties" / "logback.xml", templates)
+    template = templates / "kinesis.properties"
+    template.write_text(
+        (ROOT / "properties" / "kinesis.properties")
+        .read_text()
+        .replace("maxRecords = ${max_records}", "maxRecords = ${max_records")
+    )
+    line = next(
+        number
+        for number, text in enumerate(template.read_text().splitlines(), 1)
+        if text.startswith("maxRecords")
+    )
+    jars = fake_jars(tmp_path / "jars", [java.MULTILANG_DAEMON])
+    job = write_job(tmp_path / "job.yaml", kcl=f", java: {sys.executable}, jars_dir: {jars}")
+    result = run_cli(job, env={"REPLICATOR_PROPERTIES_DIR": str(templates)})
+    message = assert_refused(
+        result,
+        4,
+        f"$REPLICATOR_PROPERTIES_DIR: {template}, line {line}: '${{max_records' is no placeholder",
+    )
+    assert result.stderr.strip().splitlines() == [message]
+
+
 def load_job_text(tmp_path: Path, text: str) -> Any:
     path = tmp_path / "other.yaml"
     path.write_text(text)

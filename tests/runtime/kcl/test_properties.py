@@ -596,3 +596,105 @@ def test_an_empty_worker_id_option_is_refused_as_the_job_files_is(
     assert f"Invalid value for '--worker-id': is empty ({worker_id!r})" in result.stderr
     named = replicator("properties", "--config", str(job), "--worker-id", "host-b")
     assert "\nworkerId = host-b\n" in named.stdout
+
+
+def _templates_of_our_own(tmp_path: Path, template: bytes) -> tuple[Path, dict[str, str]]:
+    """A $REPLICATOR_PROPERTIES_DIR holding ``template`` as dynamodb-streams.properties."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    shutil.copy(ROOT / "properties" / "logback.xml", templates)
+    (templates / "dynamodb-streams.properties").write_bytes(template)
+    return templates / "dynamodb-streams.properties", {"REPLICATOR_PROPERTIES_DIR": str(templates)}
+
+
+# A template of one's own whose other lines hold what is no placeholder: a `$` before
+# no name, `$$` (a `$`), and in comments, which the KCL does not read, anything.
+_OWN_TEMPLATE = (
+    "# ours: ${...} and ${nosuch} in a comment stay as written\n"
+    "streamName = ${table}\n"
+    "password = pa$5word, $$nosuch and a $\n"
+)
+_OWN_RENDERED = (
+    "# ours: ${...} and ${nosuch} in a comment stay as written\n"
+    "streamName = orders\n"
+    "password = pa$5word, $nosuch and a $\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("bad", "said", "fixed", "rendered"),
+    [
+        ("foo = ${nosuch}", "unknown placeholder ${nosuch}", "foo = $${nosuch}", "foo = ${nosuch}"),
+        ("foo = $nosuch", "unknown placeholder $nosuch", "foo = $$nosuch", "foo = $nosuch"),
+        ("foo = ${Table}", "unknown placeholder ${Table}", "foo = ${table}", "foo = orders"),
+        (
+            "maxRecords = ${max_records",
+            "'${max_records' is no placeholder",
+            "maxRecords = ${max_records}",
+            "maxRecords = 1000",
+        ),
+        (
+            "foo = ${max records} and more",
+            "'${max records}' is no placeholder",
+            "foo = $${max records} and more",
+            "foo = ${max records} and more",
+        ),
+        (
+            "foo = a \\\n    ${nosuch}",  # a value continued: the KCL reads this line too
+            "unknown placeholder ${nosuch}",
+            "foo = a \\\n    $${nosuch}",
+            "foo = a \\\n    ${nosuch}",
+        ),
+    ],
+    ids=["unknown-braced", "unknown-named", "another-case", "unclosed", "not-a-name", "continued"],
+)
+def test_a_template_placeholder_that_is_not_ours_is_refused_naming_file_and_line(
+    tmp_path: Path, bad: str, said: str, fixed: str, rendered: str
+) -> None:
+    """It reached the KCL as written (`${max_records` as maxRecords, which the KCL reads
+    as nothing it can use, without a word), and `properties` and `validate` exited 0."""
+    template, env = _templates_of_our_own(tmp_path, (_OWN_TEMPLATE + bad + "\n").encode())
+    job = ROOT / "config" / "two-destinations.yaml"  # a DynamoDB Streams source
+    with_extra = tmp_path / "extra.yaml"
+    with_extra.write_text(
+        "runtime: kcl\n"
+        "source: {region: us-east-1, table: orders}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        "kcl: {extra_properties: {maxLeasesForWorker: 1}}\n"
+    )
+    line_number = 4 + bad.count("\n")  # where the placeholder is
+    expected = f"replicator: $REPLICATOR_PROPERTIES_DIR: {template}, line {line_number}: {said}"
+    for command, path in (("properties", job), ("validate", with_extra)):
+        result = in_process(command, "--config", str(path), env=env)
+        assert result.returncode == 4, (command, result.stdout, result.stderr)
+        assert result.stdout == ""
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(expected), line
+        assert "${max_records}, ${region}," in line  # the placeholders there are
+    template.write_text(_OWN_TEMPLATE + fixed + "\n")
+    result = in_process("properties", "--config", str(job), env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == _OWN_RENDERED + rendered + "\n"
+
+
+def test_every_placeholder_a_template_may_use_is_filled_in(tmp_path: Path) -> None:
+    """The names the refusal lists are the ones rendering fills in, all of them."""
+    from replicator.runtime.kcl.properties import PLACEHOLDERS
+
+    text = "".join(f"n.{name} = [${{{name}}}]\n" for name in PLACEHOLDERS)
+    _, env = _templates_of_our_own(tmp_path, text.encode())
+    job = ROOT / "config" / "two-destinations.yaml"
+    result = in_process("properties", "--config", str(job), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "$" not in result.stdout
+    assert "n.max_records = [1000]\n" in result.stdout
+
+
+def test_a_template_that_is_not_utf8_is_refused_naming_it(tmp_path: Path) -> None:
+    """It ended `properties` with a UnicodeDecodeError's traceback."""
+    template, env = _templates_of_our_own(tmp_path, b"# ours\nstreamName = caf\xe9\n")
+    job = ROOT / "config" / "two-destinations.yaml"
+    result = in_process("properties", "--config", str(job), env=env)
+    assert result.returncode == 4, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"replicator: $REPLICATOR_PROPERTIES_DIR: {template}: not UTF-8 text")

@@ -116,6 +116,38 @@ def test_kill_9_of_a_processor_child_is_restarted_from_the_checkpoint(job: Job) 
     assert "job file not found" not in log
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_stop_signal_to_the_runtime_and_its_processors_at_once_is_a_clean_stop(
+    job: Job, sig: signal.Signals
+) -> None:
+    """As systemd's default KillMode (control-group) stops a service, and as a terminal's
+    Ctrl-C would reach a processor in the runtime's group: the signal reaches the runtime
+    and its processor together. The processor leaves its stop to the runtime: it answers
+    the shutdownRequested, the lease is given up at the last checkpoint, exit 0."""
+    rng = random.Random(3)
+    runtime = job.start()
+    try:
+        job.put_demo_items(rng, 0, 10)
+        wait_until(job.converged, 60, "destinations to equal the source")
+        last = job.wait_checkpointed()
+        job.put_demo_items(rng, 10, 10)  # a stop mid-stream: these may not be read yet
+        processors = children_of(runtime.pid)
+        assert processors
+        for pid in (runtime.pid, *processors):
+            os.kill(pid, sig)
+        assert runtime.wait(60 * PATIENCE) == 0
+    finally:
+        if runtime.poll() is None:
+            runtime.kill()
+    log = [json.loads(line) for line in (job.directory / "runtime.log").read_text().splitlines()]
+    events = [line["event"] for line in log]
+    assert any(event.startswith("shutdown requested; ") for event in events), events
+    assert "local runtime stopped cleanly" in events
+    (row,) = job.lease_rows()
+    assert "leaseOwner" not in row  # given up on a clean stop
+    assert int(row["checkpoint"]["S"]) >= int(last)
+
+
 def _catches(pid: int, sig: signal.Signals) -> bool:
     """Whether process ``pid`` has a handler for ``sig`` (its SigCgt mask in /proc)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
