@@ -115,6 +115,9 @@ def _parent_death_signal() -> Callable[[], None] | None:
     return arm
 
 
+_JVM_CAUGHT = frozenset(128 + sig for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+
+
 class DaemonProcess:
     """The daemon in its own process group, its output copied to our stderr as log
     records (one JSON object a line, unless the logs are console columns)."""
@@ -223,13 +226,17 @@ class DaemonProcess:
                 "stopping did not checkpoint (they resume from their last checkpoint)"
             )
             return 1
-        if self.stop_requested and self.status in (0, 128 + signal.SIGTERM):
+        # The JVM catches SIGTERM, SIGINT and SIGHUP, runs its shutdown hooks (the
+        # KCL's graceful stop) and exits 128 + the signal's number itself.
+        caught = self.status in _JVM_CAUGHT
+        if self.stop_requested and (self.status == 0 or caught):
+            # Whichever signal reached the JVM: ours, or one sent to every process at once.
             log.info("the daemon stopped as asked")
             return 0
-        if status < 0:
+        if status < 0 or caught:
             self.failure = (
-                f"the KCL daemon was ended by {signal.Signals(-status).name}, which this "
-                "process did not send"
+                f"the KCL daemon was ended by {signal.Signals(self.status - 128).name}, which "
+                "this process did not send"
             )
             return self.status
         if self.stop_requested:

@@ -492,7 +492,10 @@ children = [
     subprocess.Popen([sys.executable, "-c", child_code, str(os.getpid())]) for _ in range(2)
 ]
 stopping = []
-signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+# As the JVM does: SIGTERM, SIGINT and SIGHUP start the graceful stop, and the exit
+# status is 128 + the signal's number.
+for caught in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(caught, lambda signum, _: stopping.append(signum))
 record = {{
     "argv": argv,
     "pid": os.getpid(),
@@ -512,7 +515,7 @@ while not stopping or mode == "deaf":
         open(os.environ["STAND_IN_RECORD"] + ".sigterm", "w").close()
     time.sleep(0.05)
 open(os.environ["STAND_IN_RECORD"] + ".sigterm", "w").close()
-sys.exit(143)
+sys.exit(128 + stopping[0])
 """
 
 
@@ -644,6 +647,36 @@ def test_a_second_stop_request_kills_a_daemon_that_does_not_stop_and_exits_with_
     last = text.strip().splitlines()[-1]
     assert last.startswith(f"replicator: a second stop request ({second.name}) while the KCL")
     assert "were killed" in last
+
+
+def test_a_stop_signal_an_operator_sends_the_daemon_alone_exits_with_its_number(
+    stand_in: Any,
+) -> None:
+    """The JVM answers SIGTERM itself, with a graceful stop and status 143: a run that did
+    not ask for it exits 128 + the signal, saying it did not send it (not "stopped on its
+    own")."""
+    run = stand_in("graceful")
+    record = run.record()
+    os.kill(record["pid"], signal.SIGTERM)
+    assert run.process.wait(30) == 143
+    last = run.log.read_text().strip().splitlines()[-1]
+    assert last == (
+        "replicator: the KCL daemon was ended by SIGTERM, which this process did not send"
+    )
+
+
+@pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_a_stop_signal_sent_to_the_run_and_the_daemon_at_once_is_a_clean_stop(
+    stand_in: Any, sent: signal.Signals
+) -> None:
+    """systemd's default KillMode (KillSignal=SIGINT too) or ``kill -- -PGID``: the JVM
+    stops gracefully on the signal it got directly, with 128 + its number."""
+    run = stand_in("graceful")
+    record = run.record()
+    os.kill(record["pid"], sent)
+    run.process.send_signal(sent)
+    assert run.process.wait(30) == 0, run.log.read_text()[-2000:]
+    assert "the daemon stopped as asked" in run.log.read_text()
 
 
 def fake_java(tmp_path: Path, body: str) -> Path:
