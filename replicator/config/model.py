@@ -802,14 +802,10 @@ class JobConfig(Strict):
             and not self.ranks_alike
             and self.active_active.write_back is None
         ):
-            otherwise = next(
-                (index, d)
-                for index, d in enumerate(self.destinations)
-                if _ranking(self.conflict_for(d)) != _ranking(self.conflict)
-            )
+            index, destination = self.ranked_otherwise[0]
             cautions.append(
-                f"destinations[{otherwise[0]}] ranks items by "
-                f"{_described(self.conflict_for(otherwise[1]))} but the job by "
+                f"destinations[{index}] ranks items by "
+                f"{_described(self.conflict_for(destination))} but the job by "
                 f"{_described(self.conflict)}, so active-active write-back is off (it "
                 "compares ranks across regions): a conflict lost at that destination is not "
                 "written back to the source, and the two regions can end holding different "
@@ -848,9 +844,17 @@ class JobConfig(Strict):
     def ranks_alike(self) -> bool:
         """Whether every destination ranks items by the job's own policy and attribute
         (write-back and tombstones compare ranks across regions)."""
-        return all(
-            _ranking(self.conflict_for(d)) == _ranking(self.conflict) for d in self.destinations
-        )
+        return not self.ranked_otherwise
+
+    @property
+    def ranked_otherwise(self) -> list[tuple[int, DestinationConfig]]:
+        """The destinations (with their index) that rank items otherwise than the job."""
+        job_ranking = _ranking(self.conflict)
+        return [
+            (index, destination)
+            for index, destination in enumerate(self.destinations)
+            if _ranking(self.conflict_for(destination)) != job_ranking
+        ]
 
     @property
     def writes_back(self) -> bool:
@@ -1051,18 +1055,17 @@ def _active_active_checks(job: JobConfig) -> Problems:
                     "destination (they rank images and deletes)",
                 )
             )
-        for index, destination in enumerate(job.destinations):
-            ranking = _ranking(job.conflict_for(destination))
-            if job.ordered_everywhere and ranking != _ranking(job.conflict):
-                problems.append(
-                    (
-                        ("destinations", index, "conflict"),
-                        f"ranks items by {_described(job.conflict_for(destination))} but the "
-                        f"job by {_described(job.conflict)}: active_active.{what} compares "
-                        "ranks across regions, so every destination must rank like the job "
-                        f"(drop this override, or {turn_off})",
-                    )
+        if job.ordered_everywhere:
+            problems += [
+                (
+                    ("destinations", index, "conflict"),
+                    f"ranks items by {_described(job.conflict_for(destination))} but the "
+                    f"job by {_described(job.conflict)}: active_active.{what} compares "
+                    "ranks across regions, so every destination must rank like the job "
+                    f"(drop this override, or {turn_off})",
                 )
+                for index, destination in job.ranked_otherwise
+            ]
     return problems
 
 

@@ -57,13 +57,12 @@ class Holder:
             "pid": {"N": str(self.pid)},
             "counter": {"N": str(counter)},
         }
-        for name, value in (
-            ("bootId", self.boot_id),
-            ("pidNamespace", self.pid_namespace),
-            ("startTime", None if self.start_time is None else str(self.start_time)),
-        ):
-            if value is not None:
-                fields[name] = {"N" if name == "startTime" else "S": value}
+        if self.boot_id is not None:
+            fields["bootId"] = {"S": self.boot_id}
+        if self.pid_namespace is not None:
+            fields["pidNamespace"] = {"S": self.pid_namespace}
+        if self.start_time is not None:
+            fields["startTime"] = {"N": str(self.start_time)}
         return {"M": fields}
 
     @classmethod
