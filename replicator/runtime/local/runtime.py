@@ -24,9 +24,7 @@ KCL runtime's job.
 
 from __future__ import annotations
 
-import fcntl
 import functools
-import hashlib
 import os
 import socket
 import sys
@@ -35,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
@@ -58,6 +56,7 @@ from replicator.metrics import health, multiprocess
 from replicator.metrics.server import MetricsServer
 from replicator.runtime import preflight, supervisor
 from replicator.runtime.jobcopy import JOB_FILE_ENV, write_job_copy
+from replicator.runtime.local import hostlock
 from replicator.runtime.local.protocol import CheckpointHandler, ProcessorChild
 from replicator.runtime.local.shard_worker import ShardProgress, ShardSettings, ShardWorker
 from replicator.shards.holder import Standing
@@ -124,7 +123,6 @@ class LocalRuntime:
         self.metrics_port: int | None = None
         self.metrics_server: MetricsServer | None = None  # while running, if metrics are on
         self._samples: multiprocess.SamplesDirectory | None = None
-        self._lock_file: IO[str] | None = None
         self._job_copy: Path | None = None
         source = self.job.source
         self._ddb = clients.dynamodb(source)
@@ -169,7 +167,20 @@ class LocalRuntime:
         if self.stopping.is_set():
             log.info("local runtime stopped before it started")
             return 0
-        self._hold_host_lock()
+        lock = self._hold_host_lock()
+        try:
+            self._run_holding_lock()
+        finally:
+            lock.release()
+        if self.failure is not None:
+            if isinstance(self.failure, OperatorError):
+                raise self.failure
+            log.error("local runtime stopped on an error", error=str(self.failure))
+            return 1
+        log.info("local runtime stopped cleanly")
+        return 0
+
+    def _run_holding_lock(self) -> None:
         with (
             tempfile.TemporaryDirectory(prefix="replicator-local-") as workdir,
             supervisor.metrics_served(
@@ -195,13 +206,6 @@ class LocalRuntime:
                 self._loop()
             finally:
                 self._shut_down()
-        if self.failure is not None:
-            if isinstance(self.failure, OperatorError):
-                raise self.failure
-            log.error("local runtime stopped on an error", error=str(self.failure))
-            return 1
-        log.info("local runtime stopped cleanly")
-        return 0
 
     def _loop(self) -> None:
         last_sync = 0.0
@@ -266,8 +270,6 @@ class LocalRuntime:
                 # A processor that failed during the stop: not a clean stop (exit 0
                 # would tell systemd or Kubernetes that all is well).
                 self.failure = worker.stop_failure
-        if self._lock_file is not None:
-            self._lock_file.close()
 
     # -- shards and leases ----------------------------------------------------------------
 
@@ -549,7 +551,7 @@ class LocalRuntime:
         self.leases.renew(worker.lease)
         worker.lease_confirmed()
 
-    def _hold_host_lock(self) -> None:
+    def _hold_host_lock(self) -> hostlock.HostLock:
         """Two local runtimes of one task on one host would share a worker id: refuse.
 
         The lock is keyed by the task and by where its lease table is (the source client's
@@ -559,18 +561,11 @@ class LocalRuntime:
         different lease tables and do not block each other."""
         where = self._ddb.meta.endpoint_url
         place = f"{where} {self.job.source.region} {self.job.source.role_arn or ''}"
-        digest = hashlib.sha256(place.encode()).hexdigest()[:12]
         task = self.resolved.task_name
-        path = Path(tempfile.gettempdir()) / f"replicator-{task}-{digest}.lock"
-        handle = path.open("w")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise LeaseHeld(
-                f"another local runtime for task {task} on {where} runs on this host (lock {path})"
-            ) from None
-        self._lock_file = handle
+        path = hostlock.lock_path(Path(tempfile.gettempdir()), task, place)
+        lock = hostlock.HostLock(path)
+        lock.hold(f"task {task} on {where}")
+        return lock
 
     # -- reporting ------------------------------------------------------------------------
 

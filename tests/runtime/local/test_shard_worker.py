@@ -1305,7 +1305,6 @@ def test_a_shard_that_does_not_stop_by_the_deadline_is_killed_and_the_stop_is_a_
     runtime = local_runtime.LocalRuntime.__new__(local_runtime.LocalRuntime)
     runtime.stopping = threading.Event()
     runtime.failure = None
-    runtime._lock_file = None
     worker = Hung()
     worker.start()
     runtime.workers = {"shard-1": worker}  # type: ignore[dict-item]
