@@ -33,7 +33,9 @@ from replicator.config.model import ResolvedJob
 from replicator.demo import tables
 from replicator.demo.endpoint import EmbeddedEndpoint
 from replicator.demo.workload import Stamps, Workload
+from replicator.exceptions import EnvironmentProblem
 from replicator.metrics.server import address as metrics_address
+from replicator.metrics.server import check_listen
 from replicator.runtime.local.runtime import LocalRuntime
 from replicator.tools.compare import compare, describe
 
@@ -218,6 +220,16 @@ class _Demo:
     def run(self) -> int:
         console = self.console
         console.print(f"[bold]dynamodb-replicator demo[/] - endpoint {self.url}")
+        metrics = self.job.metrics
+        if metrics.enabled and metrics.port != 0:
+            # Before anything is created: the runtime binds the port only after its
+            # preflight checks: a second demo would otherwise create its tables first,
+            # then end with exit 1 instead of run's exit 3.
+            try:
+                check_listen(metrics.host, metrics.port)
+            except EnvironmentProblem as error:
+                console.print(f"[red]the replicator did not start: {self._advice(error)}[/]")
+                return error.exit_code
         tables.create(self.source, self.job.source.table, stream=True)
         for ddb, table in self.destinations.values():
             tables.create(ddb, table, stream=False)

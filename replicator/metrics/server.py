@@ -101,21 +101,7 @@ class MetricsServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        server_class = _IPv6Server if is_ipv6(host) else ThreadingHTTPServer
-        try:
-            self._httpd = server_class((host, port), Handler)
-        except OSError as error:
-            if isinstance(error, socket.gaierror) or error.errno in _HOST_ERRNOS:
-                hint = (
-                    "check metrics.host: it must be an address of this host (0.0.0.0 or :: "
-                    "for all of them)"
-                )
-            else:
-                hint = "choose another metrics.port (0 picks a free one)"
-            raise EnvironmentProblem(
-                f"metrics: cannot listen on {address(host, port)} ({error.strerror or error}); "
-                f"{hint} or set metrics.enabled: false"
-            ) from None
+        self._httpd = _listen(host, port, Handler)
         self._httpd.daemon_threads = True
         self.host = host
         self.port: int = self._httpd.server_address[1]
@@ -196,6 +182,32 @@ class MetricsServer:
 # Errors that say the host, not the port, cannot be listened on: an address this host
 # does not have, or of a family it does not support.
 _HOST_ERRNOS = {errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}
+
+
+def _listen(host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """The server bound to ``host:port``, or :class:`EnvironmentProblem` naming why not."""
+    server_class = _IPv6Server if is_ipv6(host) else ThreadingHTTPServer
+    try:
+        return server_class((host, port), handler)
+    except OSError as error:
+        if isinstance(error, socket.gaierror) or error.errno in _HOST_ERRNOS:
+            hint = (
+                "check metrics.host: it must be an address of this host (0.0.0.0 or :: "
+                "for all of them)"
+            )
+        else:
+            hint = "choose another metrics.port (0 picks a free one)"
+        raise EnvironmentProblem(
+            f"metrics: cannot listen on {address(host, port)} ({error.strerror or error}); "
+            f"{hint} or set metrics.enabled: false"
+        ) from None
+
+
+def check_listen(host: str, port: int) -> None:
+    """Raise what :class:`MetricsServer` would if it were started now: a command that
+    creates things before its runtime binds the port (the demo's tables) checks first.
+    The port is let go at once; another process may still take it before the server."""
+    _listen(host, port, BaseHTTPRequestHandler).server_close()
 
 
 def is_ipv6(host: str) -> bool:
