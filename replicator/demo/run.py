@@ -197,7 +197,10 @@ def off_endpoint(resolved: ResolvedJob, url: str) -> str | None:
 def rate_line(changes: int, elapsed_s: float, asked: float) -> str:
     """The rate the workload reached beside the one asked: a loaded host writes slower."""
     achieved = changes / elapsed_s if elapsed_s > 0 else 0.0
-    line = f"{changes} changes in {elapsed_s:.0f} s: {achieved:.0f}/s of the {asked:g}/s asked"
+    # Whole changes a second where that says enough; below 10/s to the hundredth, the
+    # smallest --rate (0.1/s reached is not "0/s").
+    reached = f"{achieved:.0f}" if achieved >= 10 else f"{round(achieved, 2):g}"
+    line = f"{changes} changes in {elapsed_s:.0f} s: {reached}/s of the {asked:g}/s asked"
     if achieved < 0.9 * asked:
         line += " (the endpoint or this host could not take them faster)"
     return line

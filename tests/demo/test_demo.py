@@ -493,3 +493,7 @@ def test_the_summary_reports_the_rate_reached_beside_the_one_asked() -> None:
         "(the endpoint or this host could not take them faster)"
     )
     assert rate_line(400, 10.0, 40) == "400 changes in 10 s: 40/s of the 40/s asked"
+    # The slowest rates the demo takes, not "0/s".
+    assert rate_line(1, 10.0, 0.1) == "1 changes in 10 s: 0.1/s of the 0.1/s asked"
+    assert rate_line(3, 300.0, 0.01) == "3 changes in 300 s: 0.01/s of the 0.01/s asked"
+    assert rate_line(25, 10.0, 2.5) == "25 changes in 10 s: 2.5/s of the 2.5/s asked"
