@@ -109,10 +109,17 @@ def off_directory(resolved: ResolvedJob) -> str | None:
         ("conflict_log.path", job.conflict_log.kind.value, job.conflict_log.path),
     ]
     for where, kind, path in targets:
-        if kind == "file" and Path(path).is_absolute():
+        if kind != "file":
+            continue
+        if Path(path).is_absolute():
             return (
                 f"{where} is absolute ({path}); the demo writes the job's files in a "
                 "directory of its own: give a relative path"
+            )
+        if os.path.normpath(path).split(os.sep)[0] == os.pardir:
+            return (
+                f"{where} leads out of the demo's directory ({path}); the demo writes the "
+                "job's files in a directory of its own: give a path inside it, without .."
             )
     return None
 

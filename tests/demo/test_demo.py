@@ -326,6 +326,39 @@ def test_a_job_file_target_at_an_absolute_path_is_refused(tmp_path: Path, sectio
 
 
 @pytest.mark.parametrize(
+    ("section", "path", "refused"),
+    [
+        ("dead_letter", "../x/dl.jsonl", True),
+        ("conflict_log", "a/../../x/conflicts.jsonl", True),
+        ("dead_letter", "..", True),
+        ("dead_letter", "a/../dl.jsonl", False),
+        ("conflict_log", "..x/conflicts.jsonl", False),
+    ],
+)
+def test_a_file_target_leading_out_of_the_demos_directory_is_refused(
+    tmp_path: Path, section: str, path: str, refused: bool
+) -> None:
+    """``../x/dl.jsonl`` created directories beside the demo's own directory."""
+    from replicator.config import load_job
+    from replicator.demo.run import off_directory
+
+    job = (
+        "runtime: local\n"
+        "source: {region: us-east-1, table: orders}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        f"{section}: {{kind: file, path: '{path}'}}\n"
+    )
+    file = tmp_path / "job.yaml"
+    file.write_text(job)
+    problem = off_directory(load_job(file))
+    if refused:
+        assert problem is not None and problem.startswith(f"{section}.path leads out"), problem
+        assert f"({path})" in problem
+    else:
+        assert problem is None
+
+
+@pytest.mark.parametrize(
     "section",
     [
         "  endpoint_url: https://dynamodb.us-east-1.amazonaws.com\n",
