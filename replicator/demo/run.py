@@ -213,6 +213,19 @@ def rate_line(changes: int, elapsed_s: float, asked: float) -> str:
     return line
 
 
+# The write outcomes the progress shows per destination, in its columns' order.
+_SHOWN_OUTCOMES = ("applied", "conflict_lost", "dead_lettered")
+UNKNOWN = "-"
+
+
+def _figures(stats: dict[str, float]) -> tuple[str, str, str, str]:
+    """A destination's applied, lost conflicts, dead letters and lag as the progress
+    shows them: ``-`` for what no series says (:meth:`_Demo._per_destination`)."""
+    counts = [str(int(stats.get(key, 0))) if stats else UNKNOWN for key in _SHOWN_OUTCOMES]
+    lag = f"{stats['lag']:.2f}" if "lag" in stats else UNKNOWN
+    return counts[0], counts[1], counts[2], lag
+
+
 class _Demo:
     def __init__(
         self, resolved: ResolvedJob, url: str, options: DemoOptions, console: Console
@@ -310,6 +323,12 @@ class _Demo:
         if runtime.metrics_port is not None:
             base = f"http://{metrics_address(self.job.metrics.host, runtime.metrics_port)}"
             self.console.print(f"metrics: {base}/metrics  health: {base}/healthz")
+        else:
+            self.console.print(
+                "metrics are off (metrics.enabled: false): no lag tells when the destinations "
+                f"have caught up, so the check comes after the settle time "
+                f"({self.options.settle_timeout_s:g}s, --settle-timeout)"
+            )
         self.console.print(READ_LEGEND)
         started = time.monotonic()
         workload.start()
@@ -352,15 +371,13 @@ class _Demo:
         if live:
             live.start()
         try:
-            while True:
+            while runtime.failure is None:
                 view = self._view(runtime, workload, started)
                 if live:
                     live.update(view)
                 elif time.monotonic() - last_line >= 5:
                     self.console.print(self._line(runtime, workload, started))
                     last_line = time.monotonic()
-                if runtime.failure is not None:
-                    return False
                 if not workload.is_alive():
                     if settle_deadline is None:
                         settle_deadline = time.monotonic() + self.options.settle_timeout_s
@@ -374,6 +391,8 @@ class _Demo:
             if live:
                 live.update(self._view(runtime, workload, started))
                 live.stop()
+        if not live:  # the figures the check is read against, not those of up to 5 s ago
+            self.console.print(self._line(runtime, workload, started))
         return converged
 
     def _samples(self, runtime: LocalRuntime) -> list[tuple[str, dict[str, str], float]]:
@@ -381,6 +400,11 @@ class _Demo:
         return server.samples() if server is not None else []
 
     def _per_destination(self, runtime: LocalRuntime) -> dict[str, dict[str, float]]:
+        """Each destination's write outcomes and largest lag, from the series there are.
+
+        A figure without its series is unknown, and left out: metrics may be off, or no
+        processor has reported on that destination yet. A destination with any series has
+        reported: an outcome counter it lacks is one not counted yet, 0."""
         stats: dict[str, dict[str, float]] = {label: {} for label in self.destinations}
         for name, labels, value in self._samples(runtime):
             label = labels.get("destination")
@@ -404,13 +428,7 @@ class _Demo:
         for column in ("destination", "applied", "lost conflict", "dead-lettered", "lag (s)"):
             table.add_column(column, justify="right" if column != "destination" else "left")
         for label, stats in self._per_destination(runtime).items():
-            table.add_row(
-                label,
-                str(int(stats.get("applied", 0))),
-                str(int(stats.get("conflict_lost", 0))),
-                str(int(stats.get("dead_lettered", 0))),
-                f"{stats.get('lag', 0.0):.2f}",
-            )
+            table.add_row(label, *_figures(stats))
         return table
 
     def _line(self, runtime: LocalRuntime, workload: Workload, started: float) -> str:
@@ -421,17 +439,17 @@ class _Demo:
             f"read {sum(p.records_delivered for p in progress)}",
         ]
         for label, stats in self._per_destination(runtime).items():
+            applied, lost, dead, lag = _figures(stats)
+            lag += "s" if "lag" in stats else ""
             parts.append(
-                f"{label}: applied {int(stats.get('applied', 0))}"
-                f" lost conflicts {int(stats.get('conflict_lost', 0))}"
-                f" dead letters {int(stats.get('dead_lettered', 0))}"
-                f" lag {stats.get('lag', 0.0):.2f}s"
+                f"{label}: applied {applied} lost conflicts {lost} dead letters {dead} lag {lag}"
             )
         return "  ".join(parts)
 
     def _caught_up(self, runtime: LocalRuntime) -> bool:
+        """Every destination's lag known, and 0: an unknown one is never caught up."""
         stats = self._per_destination(runtime)
-        return all(s.get("lag", 0.0) == 0.0 for s in stats.values())
+        return all(s.get("lag") == 0.0 for s in stats.values())
 
     def _differences(self) -> dict[str, list[Any]]:
         source_items = tables.scan_all(self.source, self.job.source.table)

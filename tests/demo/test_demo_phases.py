@@ -1,0 +1,136 @@
+"""The demo's progress and its wait for convergence, in this process: the
+runtime, the workload and the check are stand-ins, so each case is decided by what the
+demo does with what they report."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from replicator.config import load_job
+from replicator.demo import run
+from replicator.demo.workload import WorkloadStats
+from tests.support import ROOT
+
+EU = "eu-west-1/orders"
+Sample = tuple[str, dict[str, str], float]
+
+
+def lag(value: float) -> Sample:
+    return ("replicator_replication_lag_seconds", {"destination": EU, "shard": "s-1"}, value)
+
+
+def applied(value: float) -> Sample:
+    labels = {"destination": EU, "op": "put", "outcome": "applied"}
+    return ("replicator_writes_total", labels, value)
+
+
+class Server:
+    """The runtime's metrics server: answers ``answers[phase]`` (the last one once past
+    it); a test moves ``phase`` on as the demo waits."""
+
+    def __init__(self, *answers: list[Sample]) -> None:
+        self.answers = answers
+        self.phase = 0
+
+    def samples(self) -> list[Sample]:
+        return self.answers[min(self.phase, len(self.answers) - 1)]
+
+    def next_phase(self, _seconds: float) -> None:
+        self.phase += 1
+
+
+class Runtime:
+    def __init__(self, server: Server | None) -> None:
+        self.metrics_server = server
+        self.metrics_port = None
+        self.failure = None
+        self.started = threading.Event()
+        self.started.set()
+
+    def progress(self) -> list[Any]:
+        return []
+
+
+class Workload:
+    error = None
+
+    def __init__(self) -> None:
+        self.stats = WorkloadStats()
+
+    def start(self) -> None:
+        pass
+
+    def is_alive(self) -> bool:
+        return False  # the writes are done: the demo waits for convergence
+
+
+@pytest.fixture
+def demo(monkeypatch: pytest.MonkeyPatch) -> Iterator[run._Demo]:
+    """A demo of config/one-way.yaml (one destination) whose tables are always equal,
+    printing to a string as off a terminal, and whose waits take no time."""
+    resolved = load_job(ROOT / "config" / "one-way.yaml")
+    shown = run._Demo.__new__(run._Demo)
+    shown.resolved = resolved
+    shown.job = resolved.job
+    shown.options = run.DemoOptions(settle_timeout_s=1.0)
+    shown.console = Console(file=io.StringIO(), width=200, soft_wrap=True)
+    shown.destinations = {EU: (None, "orders")}  # type: ignore[dict-item]
+    monkeypatch.setattr(shown, "_differences", dict)
+    monkeypatch.setattr(run.time, "sleep", lambda _s: None)
+    yield shown
+
+
+def printed(demo: run._Demo) -> list[str]:
+    file = demo.console.file
+    assert isinstance(file, io.StringIO)
+    return file.getvalue().splitlines()
+
+
+@pytest.mark.parametrize(
+    "server",
+    [None, Server([])],
+    ids=["metrics-off", "no-batch-yet"],
+)
+def test_a_destination_no_metric_reports_on_is_unknown_and_never_caught_up(
+    demo: run._Demo, server: Server | None
+) -> None:
+    """Shown as applied 0 and lag 0.00s, and taken as caught up, it ended the wait on
+    the tables' equality alone, with writes possibly still in flight."""
+    runtime = Runtime(server)
+    line = demo._line(runtime, Workload(), 0.0)  # type: ignore[arg-type]
+    assert f"{EU}: applied - lost conflicts - dead letters - lag -" in line, line
+    assert not demo._caught_up(runtime)  # type: ignore[arg-type]
+
+
+def test_a_destination_that_reported_shows_counts_not_yet_counted_as_0(
+    demo: run._Demo,
+) -> None:
+    runtime = Runtime(Server([lag(0.25), applied(7)]))
+    line = demo._line(runtime, Workload(), 0.0)  # type: ignore[arg-type]
+    assert f"{EU}: applied 7 lost conflicts 0 dead letters 0 lag 0.25s" in line, line
+
+
+def test_off_a_terminal_the_last_figures_are_printed_before_the_check(
+    demo: run._Demo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A progress line every 5 s: the one before the check was up to 5 s old, here still
+    showing the lag of before the destination caught up."""
+    server = Server([lag(3.0), applied(1)], [lag(0.0), applied(9)])
+    monkeypatch.setattr(run.time, "sleep", server.next_phase)  # caught up after one wait
+    runtime = Runtime(server)
+    assert demo._watch(runtime, Workload(), 0.0)  # type: ignore[arg-type]
+    lines = printed(demo)
+    assert f"{EU}: applied 9 lost conflicts 0 dead letters 0 lag 0.00s" in lines[-1], lines
+
+
+def test_with_metrics_off_the_wait_ends_at_the_settle_time_not_converged(
+    demo: run._Demo,
+) -> None:
+    demo.options = run.DemoOptions(settle_timeout_s=0.1)
+    assert not demo._watch(Runtime(None), Workload(), 0.0)  # type: ignore[arg-type]
