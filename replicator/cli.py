@@ -386,8 +386,8 @@ def main(argv: list[str] | None = None) -> Any:
     default=0.0,
     show_default=True,
     callback=_finite,
-    help="Seconds to keep the replicator and its metrics running after the check "
-    "(Ctrl-C ends it early).",
+    help="Seconds to keep the replicator and its metrics running after the check, "
+    "whatever its outcome (the exit code stays the check's; Ctrl-C ends it early, exit 130).",
 )
 @_operator_errors
 def demo(
@@ -399,7 +399,7 @@ def demo(
     linger: float,
 ) -> None:
     """Run the embedded demo: local endpoint, demo tables, live progress, convergence check."""
-    from replicator.demo.run import DemoOptions, run_demo
+    from replicator.demo.run import STOP_SIGNALS, DemoOptions, run_demo
 
     options = DemoOptions(
         duration_s=duration,
@@ -409,7 +409,8 @@ def demo(
         linger_s=linger,
     )
     code = run_demo(config_path, options)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the outcome is decided: keep it
+    for stop_signal in STOP_SIGNALS:  # the outcome is decided: keep it
+        signal.signal(stop_signal, signal.SIG_IGN)
     sys.exit(code)
 
 

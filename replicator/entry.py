@@ -6,7 +6,8 @@ default) or a ``KeyboardInterrupt`` traceback. So for ``run`` both signals are h
 the first moment, before anything heavy is imported; the runtime's own handlers
 (:func:`replicator.runtime.supervisor.stop_signals`) then act on a held one as on any
 other, and a stop during start-up exits 0 as a stop at any other time does. For ``demo``
-a SIGINT before the demo installs its own handler ends it at once: one line, exit 130. The runtimes
+a SIGINT, SIGTERM or SIGHUP before the demo installs its own handlers ends it at once: one
+line, exit 128 + the signal. The runtimes
 run their preflight checks (which can wait minutes, creating tables) while the signals are
 still held, and look at :func:`stop_held` between steps; a second signal while held means
 stop now: one line, and exit 128 + the signal's number (130 for SIGINT, 143 for SIGTERM).
@@ -98,10 +99,12 @@ def _interrupted(signum: int, _frame: Any) -> None:
 
 def main() -> Any:
     if sys.argv[1:2] == ["demo"]:
-        # Importing the demo (moto, rich) takes over a second: a Ctrl-C in that time ends
-        # it at once, one line and exit 130, not a traceback or click's "Aborted!". Nothing
-        # is started yet; the demo installs its own handler before it starts anything.
-        signal.signal(signal.SIGINT, _interrupted)
+        # Importing the demo (moto, rich) takes over a second: a Ctrl-C (or SIGTERM,
+        # SIGHUP) in that time ends it at once, one line and exit 128 + N, not a traceback
+        # or click's "Aborted!". Nothing is started yet; the demo installs its own
+        # handlers before it starts anything.
+        for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(stop_signal, _interrupted)
     if sys.argv[1:2] == ["processor"]:
         ignore_stop_signals()
     if sys.argv[1:2] != ["run"]:

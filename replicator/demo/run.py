@@ -65,19 +65,48 @@ def _client(region: str, endpoint: str) -> DynamoDBClient:
     return clients.default_dynamodb(region, endpoint)
 
 
+class Interrupted(KeyboardInterrupt):
+    """A stop signal (SIGINT, SIGTERM, SIGHUP), answered as Ctrl-C: the replicator
+    stopped, the demo's files removed, one line, and exit 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__()
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def _interruption(error: KeyboardInterrupt) -> tuple[str, int]:
+    """What the demo says of the stop, and its exit code (a bare KeyboardInterrupt is
+    Ctrl-C's)."""
+    signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
+    if signum == signal.SIGINT:
+        return "interrupted", 128 + signum
+    return f"interrupted ({signal.Signals(signum).name})", 128 + signum
+
+
 def run_demo(config_path: Path, options: DemoOptions, console: Console | None = None) -> int:
     if console is None:
         # Off a terminal (CI logs, a pipe) one progress line per interval, not wrapped at
         # rich's default 80 columns, so that each line can be grepped whole.
         console = Console() if sys.stdout.isatty() else Console(width=200, soft_wrap=True)
     endpoint = EmbeddedEndpoint()
+    previous = {stop_signal: signal.getsignal(stop_signal) for stop_signal in STOP_SIGNALS}
     try:
         # Ctrl-C (SIGINT) stops the demo cleanly even where it was started with SIGINT
         # ignored (a background job of a non-interactive shell inherits that, and Python
-        # then installs no handler of its own). Installed inside this try, so that the
-        # KeyboardInterrupt it raises is always answered here (until now the entry point's
-        # handler ended the process at once, exit 130).
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # then installs no handler of its own); SIGTERM (kill, a service manager) and
+        # SIGHUP (the terminal closed) stop it the same way, rather than end it with no
+        # word and its files left behind. Installed inside this try, so that the
+        # KeyboardInterrupt they raise is always answered here (until now the entry
+        # point's handler ended the process at once, exit 128 + N).
+        for stop_signal in STOP_SIGNALS:
+            signal.signal(stop_signal, _interrupt)
         url = endpoint.start()
         _private_environment(url)
         resolved = load_job(config_path.resolve())
@@ -90,11 +119,15 @@ def run_demo(config_path: Path, options: DemoOptions, console: Console | None = 
         logs.configure(resolved.job.logging.level, resolved.job.logging.format.value)
         with _files_directory(console):
             return _Demo(resolved, url, options, console).run()
-    except KeyboardInterrupt:  # while setting up; the replication phase handles its own
-        console.print("\ninterrupted")
-        return 130
+    except KeyboardInterrupt as error:  # while setting up; the replication phase has its own
+        said, code = _interruption(error)
+        console.print(f"\n{said}")
+        return code
     finally:
         endpoint.stop()
+        for stop_signal, handler in previous.items():  # a caller's own (the tests')
+            if handler is not None:
+                signal.signal(stop_signal, handler)
 
 
 def off_directory(resolved: ResolvedJob) -> str | None:
@@ -284,12 +317,13 @@ class _Demo:
         thread.start()
         try:
             equal = self._replicate(runtime, workload, failure)
-        except KeyboardInterrupt:
-            console.print("\ninterrupted: stopping the replicator")
+        except KeyboardInterrupt as error:  # the linger's too
+            said, code = _interruption(error)
+            console.print(f"\n{said}: stopping the replicator")
             workload.stop_event.set()
             runtime.stop()
             thread.join(60)
-            return 130
+            return code
         runtime.stop()
         thread.join(60)
         if workload.error is not None:
@@ -339,9 +373,9 @@ class _Demo:
         if workload.error is not None or failure or runtime.failure is not None:
             return False
         # Checked while the replicator still runs, so that its metrics can be read
-        # against the result (--linger).
+        # against the result (--linger), a failed check's above all.
         equal = self._report(converged, workload)
-        if equal and self.options.linger_s > 0:
+        if self.options.linger_s > 0:
             self._linger(runtime)
         return equal
 
@@ -353,10 +387,7 @@ class _Demo:
         self.console.print(
             f"the replicator keeps running for {self.options.linger_s:g}s{where} (Ctrl-C to stop)"
         )
-        try:
-            time.sleep(self.options.linger_s)
-        except KeyboardInterrupt:
-            self.console.print("stopping")
+        time.sleep(self.options.linger_s)
 
     def _watch(self, runtime: LocalRuntime, workload: Workload, started: float) -> bool:
         """Show progress until the workload is done and the destinations match (or time out)."""

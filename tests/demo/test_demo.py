@@ -179,23 +179,43 @@ def test_the_demo_converges_and_its_metrics_agree_with_what_was_replicated(
         assert total(samples["replicator_checkpoints_total"]) > 0
     finally:
         demo.send_signal(signal.SIGINT)
-        status = stopped(demo, lines, seen)
-    assert status == 0, "".join(seen)
+        status, output = stopped_with_output(demo, lines, seen)
+    # Ctrl-C during the linger is a stop as at any other moment (the README's exit 130).
+    assert status == 130, output
+    assert "interrupted: stopping the replicator" in output, output
+    assert_nothing_left(tmp_path)
 
 
-def test_the_demo_stops_cleanly_on_ctrl_c_while_it_replicates(tmp_path: Path) -> None:
+def assert_nothing_left(scratch: Path) -> None:
+    """The demo's temporary directory (its TMPDIR) as it was: no files directory of the
+    run (it wrote none), no lock file of its runtime (one a run, which piled up)."""
+    assert sorted(path.name for path in scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("stop", "said"),
+    [
+        (signal.SIGINT, "interrupted: stopping the replicator"),
+        (signal.SIGTERM, "interrupted (SIGTERM): stopping the replicator"),
+        (signal.SIGHUP, "interrupted (SIGHUP): stopping the replicator"),
+    ],
+    ids=["SIGINT", "SIGTERM", "SIGHUP"],
+)
+def test_the_demo_stops_cleanly_on_a_stop_signal_while_it_replicates(
+    tmp_path: Path, stop: signal.Signals, said: str
+) -> None:
+    """Ctrl-C (also where SIGINT was ignored at start), kill or a closed terminal: the
+    replicator stopped, one line, its files removed, and 128 + the signal."""
     port = free_port()
     demo, lines = start_demo(port, tmp_path, "--duration", "60", sigint_ignored=True)
     seen: list[str] = []
     read_until(lines, "metrics:", seen)
-    demo.send_signal(signal.SIGINT)
-    status = stopped(demo, lines, seen)
-    rest = []
-    while (line := lines.get(timeout=10)) is not None:
-        rest.append(line)
-    assert status == 130, "".join(seen + rest)
-    assert "interrupted: stopping the replicator" in "".join(rest)
-    assert "Traceback" not in "".join(seen + rest)
+    demo.send_signal(stop)
+    status, output = stopped_with_output(demo, lines, seen)
+    assert status == 128 + stop, output
+    assert said in output, output
+    assert "Traceback" not in output, output
+    assert_nothing_left(tmp_path)
 
 
 def test_demo_options_out_of_range_are_usage_errors() -> None:

@@ -1,4 +1,4 @@
-"""The demo's progress and its wait for convergence, in this process: the
+"""The demo's progress, its wait for convergence and its linger, in this process: the
 runtime, the workload and the check are stand-ins, so each case is decided by what the
 demo does with what they report."""
 
@@ -134,3 +134,19 @@ def test_with_metrics_off_the_wait_ends_at_the_settle_time_not_converged(
 ) -> None:
     demo.options = run.DemoOptions(settle_timeout_s=0.1)
     assert not demo._watch(Runtime(None), Workload(), 0.0)  # type: ignore[arg-type]
+
+
+def test_the_linger_follows_a_failed_check_too(
+    demo: run._Demo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator most wants the metrics when the check failed; the check's outcome is
+    still what the demo returns."""
+    slept: list[float] = []
+    monkeypatch.setattr(run.time, "sleep", slept.append)
+    monkeypatch.setattr(demo, "_watch", lambda *_: False)
+    monkeypatch.setattr(demo, "_report", lambda *_: False)
+    demo.options = run.DemoOptions(linger_s=30.0)
+    equal = demo._replicate(Runtime(None), Workload(), [])  # type: ignore[arg-type]
+    assert not equal
+    assert slept == [30.0]
+    assert "the replicator keeps running for 30s" in "\n".join(printed(demo))
