@@ -49,6 +49,7 @@ from replicator.conflictlog.entry import (
     entry_id,
     image_digest,
     iso,
+    rank_of,
 )
 from replicator.conflictlog.keys import canonical_key
 from replicator.conflictlog.reader import key_text, read_task_entries
@@ -64,7 +65,7 @@ from replicator.items import Item, describe_key, item_to_wire
 from replicator.logs import redact
 from replicator.metrics import Metrics
 from replicator.records import Change
-from replicator.rules import Skip, Verdict, WriteRequest
+from replicator.rules import ConflictRule, Skip, Verdict, WriteRequest
 from replicator.rules.requests import holds_outcome
 from replicator.tools.snapshot import expected_request, same_item, synthetic_change
 from replicator.writers.destination import Outcome
@@ -217,6 +218,7 @@ def restore(
         raise EntryNotFound(f"entry {entry.id}: the losing put has no image to write back")
     metrics = Metrics(CollectorRegistry())
     writers = wiring.destination_writers(resolved, metrics)
+    ranked_by = writers[entry.destination].rule
     winner_digest = digest if "winning" in entry.truncated and isinstance(digest, str) else None
     rule = RestoreRule(force, winner_digest)
     writer = replace(
@@ -228,11 +230,12 @@ def restore(
         retry_for_s=RETRY_FOR_S if retry_for_s is None else retry_for_s,
     )
     writer.refusal_limit = min(writer.refusal_limit, 3)
+    image = restored_image(resolved, entry)
     change = synthetic_change(
         RESTORE_PURPOSE,
         entry.key_item(),
         destination.region,
-        new_image=entry.image("losing") if entry.op == "put" else None,
+        new_image=image,
         expected=entry.image("winning"),
     )
     try:
@@ -274,7 +277,7 @@ def restore(
         # Reported, not dead-lettered: the operator is there to read it.
         why = redact(f"{written.reason}: {written.error}")
         return RestoreResult(entry, False, f"not restored: {entry.destination} refused it: {why}")
-    audit = restore_entry(entry, force=force)
+    audit = restore_entry(entry, force=force, written=image, rule=ranked_by)
     done = (
         f"restored entry {entry.id}: {entry.op} of {key_text(entry)} at {entry.destination} "
         f"({audit.rule})"
@@ -326,10 +329,42 @@ def already_restored(conflict: ConflictEntry, entries: list[ConflictEntry]) -> R
     )
 
 
-def restore_entry(conflict: ConflictEntry, *, force: bool) -> ConflictEntry:
+def restored_image(resolved: ResolvedJob, entry: ConflictEntry) -> Item | None:
+    """What a restore of ``entry`` writes: None for a delete, else the losing image with
+    this job's origin stamp (loop prevention on), whatever stamp it had or lacked.
+
+    The destination is then another region's source, and that region's job reads the
+    restore from its stream. Its loop prevention skips a put stamped by another region
+    as an echo; one without a stamp (an application that forgot it), or with that
+    region's own, is a local write there, which ranks below the winner it replaced, so
+    that job corrected it as a stale local write and put the winner back: the restore
+    was undone. Every stamped put of this job's region carries this stamp."""
+    image = entry.image("losing") if entry.op == "put" else None
+    origin = resolved.job.loop_prevention.origin_attribute
+    if image is None or not origin:
+        return image
+    return {**image, origin: {"S": resolved.job.origin_value}}
+
+
+def restore_entry(
+    conflict: ConflictEntry,
+    *,
+    force: bool,
+    written: Item | None,
+    rule: ConflictRule,
+) -> ConflictEntry:
+    """The record of a restore of ``conflict``: ``written`` is the image put (None for a
+    delete), ranked by ``rule``, the destination's."""
     now = time.time()
+    losing_image, losing_rank = conflict.losing_image, conflict.losing_rank
+    if written is not None:
+        losing_image = item_to_wire(written)
+        if losing_image != conflict.losing_image:
+            losing_rank = rank_of(rule, written)
     return replace(
         conflict,
+        losing_image=losing_image,
+        losing_rank=losing_rank,
         id=entry_id(RESTORE, conflict.id, str(time.time_ns())),
         kind=RESTORE,
         winning_image=None if force else conflict.winning_image,
