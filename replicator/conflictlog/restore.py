@@ -83,8 +83,11 @@ class RestoreRule:
     """Writes the synthetic restore change: unforced, only after a read shows the
     destination holds exactly the recorded winner (module docstring).
 
-    What it read and whether it planned a write are kept, for :func:`restore` to tell
-    an item that changed from one that already holds the restored image."""
+    The writer asks :meth:`shows_applied` first, so an item that already holds the image
+    to restore is ``unchanged`` and never planned for, even when it is the winner too (an
+    entry whose two images are one, recorded by a custom rule of earlier versions).
+    Whether a write was planned is kept, for :func:`restore` to say whether a destination
+    that stopped answering may have taken it."""
 
     name = "restore"
 
@@ -94,7 +97,6 @@ class RestoreRule:
         # item read must have that digest, and the write is conditional on the item read.
         self.winner_digest = winner_digest
         self.reads_existing = not force
-        self.held: Item | None = None  # the destination's item, as last read
         self.wrote = False  # a write was planned (and sent, or about to be)
 
     def plan(self, change: Change, existing: Item | None = None) -> WriteRequest | Skip:
@@ -104,7 +106,6 @@ class RestoreRule:
             if op == "delete":
                 return WriteRequest(op="delete", key=change.keys)
             return WriteRequest(op="put", item=change.new_image)
-        self.held = existing
         expected = change.old_image
         if self.winner_digest is not None:
             if existing is None or image_digest(item_to_wire(existing)) != self.winner_digest:
@@ -253,27 +254,25 @@ def restore(
                 else "nothing was written"
             )
         ) from None
+    if written.outcome is Outcome.UNCHANGED:
+        # The item holds the image this restore writes (the writer read it first).
+        return already_restored(entry, entries)
     if written.outcome is Outcome.CONFLICT_LOST:
-        if not holds_outcome(change, rule.held):
-            compared = ""
-            if winner_digest is not None:
-                compared = (
-                    " (compared with the sha256 of the image that won, which was too large for "
-                    "the log: an item spelled differently, such as a set in another order, "
-                    "differs too)"
-                )
-            return RestoreResult(
-                entry,
-                False,
-                f"not restored: the item at {entry.destination} is no longer the image that "
-                f"won the conflict (it changed since){compared}; nothing was written. --force "
-                "writes the losing image anyway",
+        compared = ""
+        if winner_digest is not None:
+            compared = (
+                " (compared with the sha256 of the image that won, which was too large for "
+                "the log: an item spelled differently, such as a set in another order, "
+                "differs too)"
             )
-        if not rule.wrote:
-            return already_restored(entry, entries)
-        # Else a write of ours landed and its answer was lost (a timeout): the retry read
-        # the restored item. It is this restore's, and is recorded as such.
-    elif written.failed:
+        return RestoreResult(
+            entry,
+            False,
+            f"not restored: the item at {entry.destination} is no longer the image that "
+            f"won the conflict (it changed since){compared}; nothing was written. --force "
+            "writes the losing image anyway",
+        )
+    if written.failed:
         # Reported, not dead-lettered: the operator is there to read it.
         why = redact(f"{written.reason}: {written.error}")
         return RestoreResult(entry, False, f"not restored: {entry.destination} refused it: {why}")
