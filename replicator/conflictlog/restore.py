@@ -3,19 +3,21 @@
 The losing image is written to the destination where it lost, by the job's own
 DestinationWriter for that destination (same client, credentials, retries), as a
 synthetic change (:mod:`replicator.tools.snapshot`, event source
-``replicator:restore``). A restore never overwrites an update made since the conflict:
-the item is first read with a consistent GetItem and compared whole with the image that
-won (no item when none won), because a condition expression can only check the
-attributes it names, and an attribute added since would pass it. Only when the item is
-exactly that image is the write sent, and it is still conditional on every attribute of
-the winner, so that a change or removal between the read and the write stops it; an
-attribute added in those milliseconds is the one change neither sees. ``--force``
-writes unconditionally, without reading. A lost delete is restored by deleting the
-item, under the same checks. An entry whose winning image was truncated (too large for
-its log) keeps the image's sha256 (:func:`~replicator.conflictlog.entry.image_digest`):
-the item read must have that digest, computed the same way, and the write is then
-conditional on the item read. It is never compared with "no item" (which would refuse
-an unchanged item, and restore over a deleted one as if nothing had won).
+``replicator:restore``); with loop prevention, stamped with the job's origin (see
+:func:`restored_image`: in active-active the destination's own job reads it). A restore
+never overwrites an update made since the conflict: the item is first read with a
+consistent GetItem and compared whole with the image that won (no item when none won),
+because a condition expression can only check the attributes it names, and an attribute
+added since would pass it. Only when the item is exactly that image is the write sent,
+and it is still conditional on every attribute of the winner, so that a change or
+removal between the read and the write stops it; an attribute added in those
+milliseconds is the one change neither sees. ``--force`` writes unconditionally, without
+reading. A lost delete is restored by deleting the item, under the same checks. An entry
+whose winning image was truncated (too large for its log) keeps the image's sha256
+(:func:`~replicator.conflictlog.entry.image_digest`): the item read must have that
+digest, computed the same way, and the write is then conditional on the item read. It is
+never compared with "no item" (which would refuse an unchanged item, and restore over a
+deleted one as if nothing had won).
 
 The writer retries as it does in replication, but for ``RETRY_FOR_S`` only: an operator
 waits for the answer, so a destination that does not answer is reported
