@@ -3,19 +3,21 @@
 The losing image is written to the destination where it lost, by the job's own
 DestinationWriter for that destination (same client, credentials, retries), as a
 synthetic change (:mod:`replicator.tools.snapshot`, event source
-``replicator:restore``). A restore never overwrites an update made since the conflict:
-the item is first read with a consistent GetItem and compared whole with the image that
-won (no item when none won), because a condition expression can only check the
-attributes it names, and an attribute added since would pass it. Only when the item is
-exactly that image is the write sent, and it is still conditional on every attribute of
-the winner, so that a change or removal between the read and the write stops it; an
-attribute added in those milliseconds is the one change neither sees. ``--force``
-writes unconditionally, without reading. A lost delete is restored by deleting the
-item, under the same checks. An entry whose winning image was truncated (too large for
-its log) keeps the image's sha256 (:func:`~replicator.conflictlog.entry.image_digest`):
-the item read must have that digest, computed the same way, and the write is then
-conditional on the item read. It is never compared with "no item" (which would refuse
-an unchanged item, and restore over a deleted one as if nothing had won).
+``replicator:restore``); with loop prevention, stamped with the job's origin (see
+:func:`restored_image`: in active-active the destination's own job reads it). A restore
+never overwrites an update made since the conflict: the item is first read with a
+consistent GetItem and compared whole with the image that won (no item when none won),
+because a condition expression can only check the attributes it names, and an attribute
+added since would pass it. Only when the item is exactly that image is the write sent,
+and it is still conditional on every attribute of the winner, so that a change or
+removal between the read and the write stops it; an attribute added in those
+milliseconds is the one change neither sees. ``--force`` writes unconditionally, without
+reading. A lost delete is restored by deleting the item, under the same checks. An entry
+whose winning image was truncated (too large for its log) keeps the image's sha256
+(:func:`~replicator.conflictlog.entry.image_digest`): the item read must have that
+digest, computed the same way, and the write is then conditional on the item read. It is
+never compared with "no item" (which would refuse an unchanged item, and restore over a
+deleted one as if nothing had won).
 
 The writer retries as it does in replication, but for ``RETRY_FOR_S`` only: an operator
 waits for the answer, so a destination that does not answer is reported
@@ -49,6 +51,7 @@ from replicator.conflictlog.entry import (
     entry_id,
     image_digest,
     iso,
+    rank_of,
 )
 from replicator.conflictlog.keys import canonical_key
 from replicator.conflictlog.reader import key_text, read_task_entries
@@ -64,7 +67,7 @@ from replicator.items import Item, describe_key, item_to_wire
 from replicator.logs import redact
 from replicator.metrics import Metrics
 from replicator.records import Change
-from replicator.rules import Skip, Verdict, WriteRequest
+from replicator.rules import ConflictRule, Skip, Verdict, WriteRequest
 from replicator.rules.requests import holds_outcome
 from replicator.tools.snapshot import expected_request, same_item, synthetic_change
 from replicator.writers.destination import Outcome
@@ -82,8 +85,11 @@ class RestoreRule:
     """Writes the synthetic restore change: unforced, only after a read shows the
     destination holds exactly the recorded winner (module docstring).
 
-    What it read and whether it planned a write are kept, for :func:`restore` to tell
-    an item that changed from one that already holds the restored image."""
+    The writer asks :meth:`shows_applied` first, so an item that already holds the image
+    to restore is ``unchanged`` and never planned for, even when it is the winner too (an
+    entry whose two images are one, recorded by a custom rule of earlier versions).
+    Whether a write was planned is kept, for :func:`restore` to say whether a destination
+    that stopped answering may have taken it."""
 
     name = "restore"
 
@@ -93,7 +99,6 @@ class RestoreRule:
         # item read must have that digest, and the write is conditional on the item read.
         self.winner_digest = winner_digest
         self.reads_existing = not force
-        self.held: Item | None = None  # the destination's item, as last read
         self.wrote = False  # a write was planned (and sent, or about to be)
 
     def plan(self, change: Change, existing: Item | None = None) -> WriteRequest | Skip:
@@ -103,7 +108,6 @@ class RestoreRule:
             if op == "delete":
                 return WriteRequest(op="delete", key=change.keys)
             return WriteRequest(op="put", item=change.new_image)
-        self.held = existing
         expected = change.old_image
         if self.winner_digest is not None:
             if existing is None or image_digest(item_to_wire(existing)) != self.winner_digest:
@@ -217,6 +221,7 @@ def restore(
         raise EntryNotFound(f"entry {entry.id}: the losing put has no image to write back")
     metrics = Metrics(CollectorRegistry())
     writers = wiring.destination_writers(resolved, metrics)
+    ranked_by = writers[entry.destination].rule
     winner_digest = digest if "winning" in entry.truncated and isinstance(digest, str) else None
     rule = RestoreRule(force, winner_digest)
     writer = replace(
@@ -228,11 +233,12 @@ def restore(
         retry_for_s=RETRY_FOR_S if retry_for_s is None else retry_for_s,
     )
     writer.refusal_limit = min(writer.refusal_limit, 3)
+    image = restored_image(resolved, entry)
     change = synthetic_change(
         RESTORE_PURPOSE,
         entry.key_item(),
         destination.region,
-        new_image=entry.image("losing") if entry.op == "put" else None,
+        new_image=image,
         expected=entry.image("winning"),
     )
     try:
@@ -250,31 +256,29 @@ def restore(
                 else "nothing was written"
             )
         ) from None
+    if written.outcome is Outcome.UNCHANGED:
+        # The item holds the image this restore writes (the writer read it first).
+        return already_restored(entry, entries)
     if written.outcome is Outcome.CONFLICT_LOST:
-        if not holds_outcome(change, rule.held):
-            compared = ""
-            if winner_digest is not None:
-                compared = (
-                    " (compared with the sha256 of the image that won, which was too large for "
-                    "the log: an item spelled differently, such as a set in another order, "
-                    "differs too)"
-                )
-            return RestoreResult(
-                entry,
-                False,
-                f"not restored: the item at {entry.destination} is no longer the image that "
-                f"won the conflict (it changed since){compared}; nothing was written. --force "
-                "writes the losing image anyway",
+        compared = ""
+        if winner_digest is not None:
+            compared = (
+                " (compared with the sha256 of the image that won, which was too large for "
+                "the log: an item spelled differently, such as a set in another order, "
+                "differs too)"
             )
-        if not rule.wrote:
-            return already_restored(entry, entries)
-        # Else a write of ours landed and its answer was lost (a timeout): the retry read
-        # the restored item. It is this restore's, and is recorded as such.
-    elif written.failed:
+        return RestoreResult(
+            entry,
+            False,
+            f"not restored: the item at {entry.destination} is no longer the image that "
+            f"won the conflict (it changed since){compared}; nothing was written. --force "
+            "writes the losing image anyway",
+        )
+    if written.failed:
         # Reported, not dead-lettered: the operator is there to read it.
         why = redact(f"{written.reason}: {written.error}")
         return RestoreResult(entry, False, f"not restored: {entry.destination} refused it: {why}")
-    audit = restore_entry(entry, force=force)
+    audit = restore_entry(entry, force=force, written=image, rule=ranked_by)
     done = (
         f"restored entry {entry.id}: {entry.op} of {key_text(entry)} at {entry.destination} "
         f"({audit.rule})"
@@ -326,10 +330,42 @@ def already_restored(conflict: ConflictEntry, entries: list[ConflictEntry]) -> R
     )
 
 
-def restore_entry(conflict: ConflictEntry, *, force: bool) -> ConflictEntry:
+def restored_image(resolved: ResolvedJob, entry: ConflictEntry) -> Item | None:
+    """What a restore of ``entry`` writes: None for a delete, else the losing image with
+    this job's origin stamp (loop prevention on), whatever stamp it had or lacked.
+
+    The destination is then another region's source, and that region's job reads the
+    restore from its stream. Its loop prevention skips a put stamped by another region
+    as an echo; one without a stamp (an application that forgot it), or with that
+    region's own, is a local write there, which ranks below the winner it replaced, so
+    that job corrected it as a stale local write and put the winner back: the restore
+    was undone. Every stamped put of this job's region carries this stamp."""
+    image = entry.image("losing") if entry.op == "put" else None
+    origin = resolved.job.loop_prevention.origin_attribute
+    if image is None or not origin:
+        return image
+    return {**image, origin: {"S": resolved.job.origin_value}}
+
+
+def restore_entry(
+    conflict: ConflictEntry,
+    *,
+    force: bool,
+    written: Item | None,
+    rule: ConflictRule,
+) -> ConflictEntry:
+    """The record of a restore of ``conflict``: ``written`` is the image put (None for a
+    delete), ranked by ``rule``, the destination's."""
     now = time.time()
+    losing_image, losing_rank = conflict.losing_image, conflict.losing_rank
+    if written is not None:
+        losing_image = item_to_wire(written)
+        if losing_image != conflict.losing_image:
+            losing_rank = rank_of(rule, written)
     return replace(
         conflict,
+        losing_image=losing_image,
+        losing_rank=losing_rank,
         id=entry_id(RESTORE, conflict.id, str(time.time_ns())),
         kind=RESTORE,
         winning_image=None if force else conflict.winning_image,

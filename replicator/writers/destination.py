@@ -151,6 +151,9 @@ class _Attempts:
     optimistic_conflicts: int = 0
     tombstone_done: bool = False
     since_s: float | None = None  # when the item went stale here, if before the change
+    # A write was sent and not refused by its condition: it may have landed (its answer
+    # lost, a 5xx), so the change's own outcome found there next is this write's.
+    in_doubt: bool = False
 
 
 @dataclass(frozen=True)
@@ -427,16 +430,20 @@ class DestinationWriter:
             existing: Item | None = None
             if self.rule.reads_existing:
                 existing = self._read(change)
+                if self.rule.shows_applied(change, existing):
+                    return self._held_already(change, state)
             first, state.first = state.first, None
             plan = first.request if first else state.request or self.rule.plan(change, existing)
             if isinstance(plan, Skip):
                 self._lost(change, Winner(item=existing), plan.reason)
                 return self._count(op, Outcome.CONFLICT_LOST, plan.reason)
+            state.in_doubt = True
             try:
                 response = self._send(plan) if first is None else _answer_of(first)
             except ClientError as error:
                 if classify(error) is not ErrorKind.CONDITION_FAILED:
                     raise
+                state.in_doubt = False
                 self._note_success()
                 old: Item | None = error.response.get("Item")  # type: ignore[assignment]
                 outcome = self._condition_failed(change, old, attempt, state)
@@ -463,6 +470,21 @@ class DestinationWriter:
                         self._lost(change, Winner(tombstone=undone), why)
                         return self._count(op, Outcome.CONFLICT_LOST, why)
             return self._applied(change, state)
+
+    def _held_already(self, change: Change, state: _Attempts) -> WriteResult:
+        """A rule that reads first (``custom``, a restore) found the destination holding
+        what the change leaves there: nothing to write, and no conflict to record.
+
+        Under the ordered rules the same image is ``unchanged`` (replays, echoes); a
+        resolver asked about an image against itself could only say "keep it" or "write
+        it", and "keep it" was counted and logged as a lost conflict whose loser and
+        winner are one image (and a restore of that entry wrote it again). Applied, not
+        unchanged, when a write of this change was sent and may have landed: its answer
+        was lost."""
+        if state.in_doubt:
+            self.metrics.retries.labels(self.label, "already_applied").inc()
+            return self._applied(change, state)
+        return self._count(change.event.op, Outcome.UNCHANGED)
 
     def _replaced(
         self, change: Change, request: WriteRequest, response: Mapping[str, Any]

@@ -349,3 +349,61 @@ def test_two_jobs_sharing_a_conflict_log_table_each_record_and_restore_their_own
 
     assert exact(held(other, other_table)) == exact(work.losers["c-0"])
     assert exact(held(work.destination, work.table)) == exact(work.winners["c-0"])  # untouched
+
+
+def newer_wins(incoming: Any, existing: Any) -> bool:
+    """A custom resolver as the review wrote it: the incoming put only if it is newer."""
+    if existing is None or incoming.new_image is None:
+        return True
+    return int(incoming.new_image["updated_at"]["N"]) > int(existing["updated_at"]["N"])
+
+
+def test_under_a_custom_resolver_an_image_the_destination_holds_is_unchanged_not_lost(
+    moto_endpoint: str,
+    unique: Any,
+    tmp_path: Path,
+    runtimes: list[subprocess.Popen[bytes]],
+) -> None:
+    """The review's case: the destination already holds exactly the incoming image, and a
+    resolver that keeps the destination's item unless the incoming one is newer said
+    "keep". That was a lost conflict whose loser and winner were one image, counted and
+    recorded (and a restore of it wrote it again). It is ``unchanged``, as under
+    last_writer_wins and version; a put that does lose is still recorded."""
+    name = unique("custom")
+    log_file = tmp_path / "conflicts.jsonl"
+    job = Job(
+        moto_endpoint,
+        name,
+        tmp_path,
+        destinations=[("eu-west-1", f"{name}-eu")],
+        extra=f"conflict_log: {{kind: file, path: '{log_file}'}}\n",
+    )
+    text = job.path.read_text()
+    ranked = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
+    assert ranked in text
+    resolver = f"{__name__}:newer_wins"
+    job.path.write_text(
+        text.replace(ranked, f"conflict: {{policy: custom, resolver: '{resolver}'}}\n")
+    )
+    work = Workload(job, seed=31)
+    same = work.item("same", 1, "us-east-1", LOSER_MS)
+    work.destination.put_item(TableName=work.table, Item=same)
+    work.winners["same"] = same
+    work.prepare_winners("c", 1)
+    job.source.put_item(TableName=job.source_table, Item=same)
+    work.write_losers("c")
+    work.write_plain("n", 2)
+
+    runtime = job.start()
+    runtimes.append(runtime)
+    port = logged_metrics_port(tmp_path / "runtime.log")
+    wait_until(lambda: checkpoint_at_the_end(job), 60, "the checkpoint to reach the end")
+    samples = scrape(port)
+    assert stop(runtime) == 0
+
+    assert work.destination_as_expected()
+    assert total(samples, "replicator_writes_total", outcome="unchanged") == 1
+    assert total(samples, "replicator_writes_total", outcome="conflict_lost") == 1
+    assert total(samples, "replicator_writes_total", outcome="applied") == 2
+    (entry,) = entries_of(job)
+    assert entry.key["pk"]["S"] == "c-0" and entry.losing_image != entry.winning_image

@@ -427,6 +427,36 @@ def test_a_losing_image_that_got_there_without_a_recorded_restore_is_said_so(
     assert case.restores() == []
 
 
+def test_an_entry_whose_loser_is_its_winner_is_not_written_again(
+    moto_endpoint: str, unique: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries a custom resolver recorded before an image the destination held was
+    ``unchanged`` under it: the losing image is the winning one. The item holds it, so
+    the restore writes nothing and, with no restore of it in the log, exits 1; it
+    neither writes the image again nor records a restore."""
+    case = Restorable(moto_endpoint, unique, tmp_path)
+    same = replace(case.entry, losing_image=case.entry.winning_image)
+    case.log.path.unlink()
+    case.log.put(same)
+    sent: list[str] = []
+    real_send = DestinationWriter._send
+
+    def counted(writer: DestinationWriter, request: Any) -> Any:
+        sent.append(request.op)
+        return real_send(writer, request)
+
+    monkeypatch.setattr(DestinationWriter, "_send", counted)
+    result = invoke(case.config, "--restore", same.id)
+
+    assert result.exit_code == 1, result.output
+    assert "already holds this entry's losing image, but no restore of it is recorded" in (
+        result.stdout
+    )
+    assert sent == []
+    assert case.held() == case.winner
+    assert case.restores() == []
+
+
 def test_the_write_stays_conditional_for_a_change_between_the_read_and_the_write(
     moto_endpoint: str, unique: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

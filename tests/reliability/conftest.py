@@ -22,11 +22,12 @@ def proxies(moto_endpoint: str) -> Iterator[list[FaultProxy]]:
 @pytest.fixture
 def mesh_of(
     moto_endpoint: str, unique: Callable[[str], str], tmp_path: Path
-) -> Iterator[Callable[[tuple[str, ...]], Mesh]]:
+) -> Iterator[Callable[..., Mesh]]:
+    """Makes a Mesh of the regions given (``tombstones=False`` for one without them)."""
     made: list[Mesh] = []
 
-    def make(regions: tuple[str, ...]) -> Mesh:
-        mesh = Mesh(moto_endpoint, unique("aa"), regions, tmp_path)
+    def make(regions: tuple[str, ...], *, tombstones: bool = True) -> Mesh:
+        mesh = Mesh(moto_endpoint, unique("aa"), regions, tmp_path, tombstones=tombstones)
         made.append(mesh)
         return mesh
 

@@ -40,8 +40,17 @@ THREE_REGION_WRITES = int(os.environ.get("AA_MESH_WRITES", "900"))
 class Mesh:
     """One table per region and one runtime per region, each replicating to all others."""
 
-    def __init__(self, endpoint: str, name: str, regions: tuple[str, ...], directory: Path) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        name: str,
+        regions: tuple[str, ...],
+        directory: Path,
+        *,
+        tombstones: bool = True,
+    ) -> None:
         self.endpoint = endpoint
+        self.tombstones = tombstones
         self.regions = regions
         self.directory = directory
         self.table = {region: f"{name}-{region}" for region in regions}
@@ -71,7 +80,7 @@ class Mesh:
             f"destinations:\n{destinations}"
             "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
             "loop_prevention: {origin_attribute: origin_region}\n"
-            "active_active: {tombstones: true}\n"
+            f"active_active: {{tombstones: {str(self.tombstones).lower()}}}\n"
             f"dead_letter: {{kind: file, path: '{where}-dead.jsonl'}}\n"
             f"conflict_log: {{kind: file, path: '{where}-conflicts.jsonl'}}\n"
             "metrics: {host: 127.0.0.1, port: 0}\n"
@@ -80,8 +89,10 @@ class Mesh:
             + ("logging: {level: debug}\n" if os.environ.get("AA_DEBUG") else "")
         )
 
-    def start(self) -> None:
-        for region in self.regions:
+    def start(self, *regions: str) -> None:
+        """Start the runtimes of ``regions`` (of every region when none are named)."""
+        regions = regions or self.regions
+        for region in regions:
             log = (self.directory / f"{region}.log").open("ab")
             self.runtimes[region] = subprocess.Popen(
                 [sys.executable, "-m", "replicator", "run", "--config", str(self.config(region))],
@@ -93,7 +104,7 @@ class Mesh:
                     "AWS_ACCESS_KEY_ID": self.access_key(region),
                 },
             )
-        for region in self.regions:
+        for region in regions:
             wait_until(lambda r=region: self.lease(r).get("leaseOwner"), 30, f"{region} runtime")
 
     def access_key(self, region: str) -> str:
@@ -115,8 +126,12 @@ class Mesh:
             stream_table=self.table[region],
         )
 
-    def stop(self) -> dict[str, int]:
-        return {region: stop(process) for region, process in self.runtimes.items()}
+    def stop(self, *regions: str) -> dict[str, int]:
+        """Stop the runtimes of ``regions`` (every one running when none are named): their
+        exit codes."""
+        return {
+            region: stop(self.runtimes.pop(region)) for region in regions or tuple(self.runtimes)
+        }
 
     def lease(self, region: str) -> dict[str, Any]:
         ddb = self.ddb[region]

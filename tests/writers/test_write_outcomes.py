@@ -152,6 +152,55 @@ def test_a_lost_condition_that_finds_the_changes_own_image_is_applied(
     )
 
 
+def newer_ts(incoming: Any, existing: Any) -> bool:
+    """Test resolver: the incoming put only when its 'ts' is higher than the item's."""
+    if existing is None or incoming.new_image is None:
+        return True
+    return int(incoming.new_image["ts"]["N"]) > int(existing["ts"]["N"])
+
+
+class LandingClient:
+    """A table of one item: the first PutItem lands and its answer is lost (a read
+    timeout); reads answer what the table holds."""
+
+    def __init__(self) -> None:
+        self.item: dict[str, Any] | None = None
+        self.puts = 0
+
+    def get_item(self, **kwargs: Any) -> dict[str, Any]:
+        return {} if self.item is None else {"Item": self.item}
+
+    def put_item(self, **kwargs: Any) -> dict[str, Any]:
+        self.puts += 1
+        self.item = kwargs["Item"]
+        if self.puts == 1:
+            raise ReadTimeoutError(endpoint_url="http://127.0.0.1:1")
+        return {}
+
+
+def test_a_custom_write_whose_answer_was_lost_is_applied_not_lost_to_itself(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    """The retry reads the item the first attempt wrote. Asked about it, a resolver that
+    keeps the destination's item unless the incoming one is newer would keep it: a lost
+    conflict of the change against its own image. It is the change's write, applied."""
+    landing = LandingClient()
+    writer = writer_for(
+        landing,
+        tmp_path,
+        metrics,
+        policy="custom",
+        resolver="tests.writers.test_write_outcomes:newer_ts",
+    )
+    assert writer.write(decode(put("a", 1, ts=10))).outcome is Outcome.APPLIED
+    assert landing.puts == 1
+    assert outcomes(metrics, "conflict_lost") == 0
+    assert (
+        sample(metrics, "replicator_retries_total", destination="dest", reason="already_applied")
+        == 1
+    )
+
+
 def test_a_lost_condition_that_finds_another_image_is_still_a_lost_conflict(
     tmp_path: Path, metrics: Metrics
 ) -> None:

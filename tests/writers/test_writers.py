@@ -267,6 +267,41 @@ def test_custom_resolver_updates_an_item_with_more_attributes_than_one_condition
     assert item is not None and item["count"] == {"N": "7"} and len(item) == 303
 
 
+def keep_unless_newer(incoming: Any, existing: Any) -> bool:
+    """Test resolver: the incoming put only when its 'count' is higher (the review's
+    "incoming updated_at > existing updated_at")."""
+    CALLS.append((incoming.sequence_number, existing))
+    if existing is None or incoming.new_image is None:
+        return True
+    return int(incoming.new_image["count"]["N"]) > int(existing["count"]["N"])
+
+
+def test_custom_resolver_is_not_asked_about_what_the_destination_holds_already(
+    dest: Destination,
+) -> None:
+    """The incoming image is there already (a replay, a backfill's copy), or a delete
+    finds no item: ``unchanged``, as under the ordered rules. Asked, this resolver says
+    "keep the destination's item", which was counted as a lost conflict of an image
+    against itself."""
+    dest.seed("a", count=5, v="same")
+    writer = dest.writer(policy="custom", resolver="tests.writers.test_writers:keep_unless_newer")
+    CALLS.clear()
+    assert writer.write(decode(put("a", 1, count=5, v="same"))).outcome is Outcome.UNCHANGED
+    assert writer.write(decode(remove("gone", 2, count=1))).outcome is Outcome.UNCHANGED
+    assert CALLS == []
+    assert writer.write(decode(put("a", 3, count=5, v="other"))).outcome is Outcome.CONFLICT_LOST
+    assert dest.get("a") == {"pk": {"S": "a"}, "count": {"N": "5"}, "v": {"S": "same"}}
+    for op, outcome, expected in (
+        ("put", "unchanged", 1),
+        ("delete", "unchanged", 1),
+        ("put", "conflict_lost", 1),
+    ):
+        found = sample(
+            dest.metrics, "replicator_writes_total", destination="dest", op=op, outcome=outcome
+        )
+        assert found == expected, (op, outcome)
+
+
 def move_to_another_key(incoming: Any, existing: Any) -> Any:
     """Test resolver: returns the image under another key (not allowed)."""
     return {**incoming.new_image, "pk": {"S": "elsewhere-" + incoming.keys["pk"]["S"]}}
