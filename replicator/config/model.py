@@ -23,6 +23,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
@@ -640,6 +642,29 @@ def _property_text(value: object) -> object:
     return value
 
 
+# The context key under which JobConfig tells KclConfig the source's stream kind.
+STREAM_KIND_CONTEXT = "stream_kind"
+_TIMES = "use TRIM_HORIZON (the oldest record the stream holds) or LATEST"
+# Why kcl.initial_position cannot be AT_TIMESTAMP, by the source's stream kind (None: the
+# source is invalid, its kind unknown).
+_START_TIME_REFUSALS: dict[StreamKind | None, str] = {
+    StreamKind.DYNAMODB_STREAMS: (
+        "AT_TIMESTAMP is not supported: a DynamoDB stream has no shard iterator at a time "
+        "(the DynamoDB Streams Kinesis Adapter that runtime kcl reads it through starts new "
+        f"leases only at TRIM_HORIZON or LATEST); {_TIMES}"
+    ),
+    StreamKind.KINESIS: (
+        "AT_TIMESTAMP is not supported for a kinesis source: the KCL starts a lease at a "
+        "time only when given that time (its initialPositionInStreamExtended), and the job "
+        f"file has no key for it; {_TIMES}"
+    ),
+    None: (
+        "AT_TIMESTAMP is not supported: a DynamoDB stream has no shard iterator at a time, "
+        f"and for a kinesis source the job file has no key for the time; {_TIMES}"
+    ),
+}
+
+
 class KclConfig(Strict):
     initial_position: InitialPosition = InitialPosition.TRIM_HORIZON
     max_records: Annotated[Int, Field(ge=1, le=10_000)] = 1000
@@ -658,13 +683,12 @@ class KclConfig(Strict):
 
     @field_validator("initial_position", mode="before")
     @classmethod
-    def _no_start_time(cls, value: object) -> object:
+    def _no_start_time(cls, value: object, info: ValidationInfo) -> object:
+        """Why not depends on the source's stream kind, which JobConfig passes in the
+        context (none when the source itself is invalid)."""
         if isinstance(value, str) and value.strip().upper() == "AT_TIMESTAMP":
-            raise ValueError(
-                "AT_TIMESTAMP is not supported: a DynamoDB stream has no shard iterator at a "
-                "time (the DynamoDB Streams Kinesis Adapter that runtime kcl reads it through "
-                "starts new leases only at TRIM_HORIZON or LATEST); use TRIM_HORIZON or LATEST"
-            )
+            kind = (info.context or {}).get(STREAM_KIND_CONTEXT)
+            raise ValueError(_START_TIME_REFUSALS[kind])
         return value
 
 
@@ -730,6 +754,19 @@ class JobConfig(Strict):
     metrics: MetricsConfig = MetricsConfig()
     watermark: WatermarkConfig = WatermarkConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("kcl", mode="wrap")
+    @classmethod
+    def _kcl_for_the_source(
+        cls, value: object, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> object:
+        """The kcl section is validated knowing the source's stream kind (when the source
+        is valid): what it may hold, and why not, depends on it."""
+        source = info.data.get("source")
+        if isinstance(value, dict) and isinstance(source, SourceConfig):
+            context = {**(info.context or {}), STREAM_KIND_CONTEXT: source.stream.kind}
+            return KclConfig.model_validate(value, context=context)
+        return handler(value)
 
     @field_validator("task_name")
     @classmethod

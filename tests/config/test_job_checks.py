@@ -389,3 +389,42 @@ def test_a_region_of_a_four_letter_partition_prefix_is_accepted() -> None:
     text = MINIMAL.replace("region: eu-west-1", "region: eusc-de-east-1")
     job = parse_job(text, Path("job.yaml")).job
     assert job.destinations[0].region == "eusc-de-east-1"
+
+
+KINESIS = (
+    "runtime: kcl\n"
+    "source: {region: us-east-1, table: aaa, stream: {kind: kinesis, name: aaa-changes}}\n"
+    "destinations: [{region: eu-west-1, table: aaa}]\n"
+    "conflict: {policy: version, version_attribute: v}\n"
+)
+
+
+def test_a_start_time_is_refused_for_the_reason_of_the_sources_stream_kind(
+    tmp_path: Path,
+) -> None:
+    """A kinesis source was told that a DynamoDB stream has no shard iterator at a time,
+    which is no reason for a Kinesis data stream: the job file has no key for the time."""
+    at_timestamp = "kcl: {initial_position: AT_TIMESTAMP}\n"
+    line = _refused(
+        tmp_path,
+        KINESIS + at_timestamp,
+        "kcl.initial_position",
+        "not supported for a kinesis source",
+        "initialPositionInStreamExtended",
+        "the job file has no key for it",
+        "use TRIM_HORIZON",
+    )
+    assert "DynamoDB" not in line
+    line = _refused(
+        tmp_path, MINIMAL + at_timestamp, "kcl.initial_position", "DynamoDB Streams Kinesis Adapter"
+    )
+    assert "kinesis source" not in line
+    # A source that is itself invalid does not tell which kind it is: both reasons.
+    invalid = KINESIS.replace("region: us-east-1", "region: nowhere", 1)
+    _refused(
+        tmp_path,
+        invalid + at_timestamp,
+        "kcl.initial_position",
+        "a DynamoDB stream has no shard iterator at a time",
+        "for a kinesis source the job file has no key for the time",
+    )
