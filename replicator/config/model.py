@@ -39,6 +39,11 @@ _DYNAMODB_STREAM_ARN = re.compile(
     r"^arn:aws[a-z-]*:dynamodb:(?P<region>[^:]*):(?P<account>[^:]*)"
     r":table/(?P<table>[^/]+)/stream/[^/]+$"
 )
+# A Kinesis data stream's name, and its ARN: arn:PARTITION:kinesis:REGION:ACCOUNT:stream/NAME
+_KINESIS_STREAM_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,128}$")
+_KINESIS_STREAM_ARN = re.compile(
+    r"^arn:aws[a-z-]*:kinesis:[a-z]{2,4}(-[a-z]+)+-\d+:\d{12}:stream/(?P<name>[^:/]+)$"
+)
 _TASK_NAME = re.compile(r"^[a-zA-Z0-9_.-]{3,}$")
 
 
@@ -218,6 +223,41 @@ class StreamConfig(Strict):
     )
     name: Text | None = Field(default=None, description="Kinesis stream name (kinesis only).")
 
+    @field_validator("name")
+    @classmethod
+    def _kinesis_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """The KCL would be handed any text as its streamName and fail on AWS's answer."""
+        if value is None or info.data.get("kind") is not StreamKind.KINESIS:
+            return value
+        if not _KINESIS_STREAM_NAME.match(value):
+            raise ValueError(
+                "expected a Kinesis data stream name (1-128 characters of letters, digits, "
+                f"_ . -), got {value!r}"
+            )
+        return value
+
+    @field_validator("arn")
+    @classmethod
+    def _kinesis_arn(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """The KCL takes the stream's name out of the ARN: text that is not a Kinesis
+        stream ARN would be read as a stream name (a DynamoDB stream ARN is checked
+        against the source table by _stream_arn_checks)."""
+        if value is None or info.data.get("kind") is not StreamKind.KINESIS:
+            return value
+        match = _KINESIS_STREAM_ARN.match(value)
+        if match is None or not _KINESIS_STREAM_NAME.match(match["name"]):
+            hint = (
+                "; it is a DynamoDB stream's ARN: for a DynamoDB stream set "
+                "source.stream.kind: dynamodb-streams (the default)"
+                if _DYNAMODB_STREAM_ARN.match(value)
+                else ""
+            )
+            raise ValueError(
+                "expected a Kinesis data stream ARN such as arn:aws:kinesis:us-east-1:"
+                f"123456789012:stream/NAME{hint}, got {value!r}"
+            )
+        return value
+
     @model_validator(mode="after")
     def _kinesis_needs_a_stream(self) -> Self:
         if self.kind is StreamKind.KINESIS and not (self.arn or self.name):
@@ -225,6 +265,12 @@ class StreamConfig(Strict):
         if self.kind is StreamKind.DYNAMODB_STREAMS and self.name:
             raise ValueError("'name' is for kinesis streams; a DynamoDB stream is named by 'arn'")
         return self
+
+    @property
+    def kinesis_name(self) -> str:
+        """The Kinesis data stream's name, which is what the KCL reads (in source.region,
+        with the host's account): ``name``, else the name in ``arn``."""
+        return self.name or (self.arn or "").rsplit(":stream/", 1)[-1]
 
 
 class SourceConfig(Strict):

@@ -217,7 +217,7 @@ def check_kinesis_stream(resolved: ResolvedJob, where: str) -> str:
     an ARN that names another stream is refused rather than read in its place."""
     source = resolved.job.source
     stream = source.stream
-    name = stream.name or (stream.arn or "").rsplit(":stream/", 1)[-1]
+    name = stream.kinesis_name
     kinesis = clients.kinesis(source)
     what = f"kinesis stream {stream.arn or stream.name}"
     try:

@@ -16,7 +16,7 @@ from replicator.config import parse_job
 from replicator.config.model import MAX_TABLE_NAME, MAX_TASK_NAME, TASK_TABLE_SUFFIXES
 from replicator.exceptions import ConfigError
 from tests.config.test_config import MINIMAL, run_cli
-from tests.support.cli import validate_in_process
+from tests.support.cli import in_process, validate_in_process
 
 TWO = MINIMAL + "  - {region: ap-south-1, table: t22}\n"
 
@@ -428,3 +428,57 @@ def test_a_start_time_is_refused_for_the_reason_of_the_sources_stream_kind(
         "a DynamoDB stream has no shard iterator at a time",
         "for a kinesis source the job file has no key for the time",
     )
+
+
+@pytest.mark.parametrize(
+    ("stream", "key", "says"),
+    [
+        ("name: 'a b'", "source.stream.name", ("expected a Kinesis data stream name", "'a b'")),
+        ("name: '" + "s" * 129 + "'", "source.stream.name", ("1-128 characters",)),
+        ("arn: 'not-an-arn'", "source.stream.arn", ("expected a Kinesis data stream ARN",)),
+        (
+            "arn: 'arn:aws:kinesis:us-east-1:1234:stream/aaa-changes'",
+            "source.stream.arn",
+            ("expected a Kinesis data stream ARN",),
+        ),
+        (
+            "arn: 'arn:aws:kinesis:us-east-1:123456789012:stream/a b'",
+            "source.stream.arn",
+            ("expected a Kinesis data stream ARN",),
+        ),
+        (
+            "arn: 'arn:aws:dynamodb:us-east-1:123456789012:table/aaa/stream/2020'",
+            "source.stream.arn",
+            ("it is a DynamoDB stream's ARN", "source.stream.kind: dynamodb-streams"),
+        ),
+    ],
+)
+def test_a_kinesis_stream_name_or_arn_that_names_no_stream_is_refused(
+    tmp_path: Path, stream: str, key: str, says: tuple[str, ...]
+) -> None:
+    """These passed validate, and ``replicator properties`` handed the KCL the text as
+    its streamName (``streamName = not-an-arn``)."""
+    text = KINESIS.replace("name: aaa-changes", stream, 1)
+    line = _refused(tmp_path, text, key, *says)
+    if "dynamodb" not in stream:
+        assert "DynamoDB" not in line
+    result = in_process("properties", "--config", str(tmp_path / "job.yaml"))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "streamName" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        "name: 'Inventory.changes_2-b'",
+        "name: '" + "s" * 128 + "'",
+        "arn: 'arn:aws:kinesis:us-east-1:123456789012:stream/aaa-changes'",
+        "arn: 'arn:aws-cn:kinesis:cn-north-1:123456789012:stream/aaa-changes'",
+    ],
+)
+def test_a_kinesis_stream_name_or_arn_is_read_by_the_kcl_by_its_name(stream: str) -> None:
+    from replicator.runtime.kcl.properties import render_properties
+
+    resolved = parse_job(KINESIS.replace("name: aaa-changes", stream, 1), Path("job.yaml"))
+    name = stream.split("'")[1].rsplit("/", 1)[-1]
+    assert f"\nstreamName = {name}\n" in render_properties(resolved, worker_id="w")
