@@ -131,6 +131,11 @@ def _change(document: _Record, raw: RawRecord, sequence_number: str) -> Change:
     body = document.dynamodb
     if body is None:
         raise RecordDecodeError(f"{where}: no 'dynamodb' section")
+    table = document.table_name
+    if table is not None and not isinstance(table, str):
+        # Not "this job's table" (which is what no tableName means: DynamoDB Streams
+        # records carry none): whose change it is cannot be told.
+        raise RecordDecodeError(f"{where}: tableName {table!r} is not a table name")
     keys_wire = body.keys
     if type(keys_wire) is not dict or not keys_wire:
         raise RecordDecodeError(f"{where}: no Keys")
@@ -161,7 +166,7 @@ def _change(document: _Record, raw: RawRecord, sequence_number: str) -> Change:
         region=str(document.aws_region or ""),
         ttl_delete=ttl_delete,
         raw=raw,
-        table=document.table_name if isinstance(document.table_name, str) else None,
+        table=table,
     )
 
 

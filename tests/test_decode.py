@@ -208,6 +208,32 @@ def test_undecodable_records_raise_with_the_record_named(name: str) -> None:
     assert reason in str(caught.value)
 
 
+@pytest.mark.parametrize("table", [12345, True, ["orders"], {"S": "orders"}])
+@pytest.mark.parametrize("source_table", [None, "orders"])
+def test_a_table_name_that_is_not_text_is_a_decode_error_not_this_jobs_table(
+    table: object, source_table: str | None
+) -> None:
+    """A present tableName that is not a string was decoded as no tableName, which
+    means the job's own table: the change was replicated as the source table's."""
+    payload = kinesis_record("INSERT", {"pk": {"S": "k"}}, {"pk": {"S": "k"}})
+    payload["tableName"] = table
+    with pytest.raises(RecordDecodeError) as caught:
+        decode(daemon_record(payload, 79), source_table=source_table)
+    assert str(caught.value) == f"record 79: tableName {table!r} is not a table name"
+
+
+def test_no_table_name_or_a_null_one_is_the_jobs_own_table() -> None:
+    """DynamoDB Streams records carry no tableName: the stream is the table's own."""
+    ordered = stream_record("INSERT", {"pk": {"S": "k"}}, {"pk": {"S": "k"}}, seq=1)
+    assert "tableName" not in ordered
+    assert decode(daemon_record(ordered, 1), source_table="orders").table is None
+    kinesis = kinesis_record("INSERT", {"pk": {"S": "k"}}, {"pk": {"S": "k"}})
+    kinesis["tableName"] = None
+    assert decode(daemon_record(kinesis, 2), source_table="orders").table is None
+    kinesis["tableName"] = "invoices"
+    assert decode(daemon_record(kinesis, 3), source_table="orders").table == "invoices"
+
+
 def test_data_that_is_not_even_ascii_is_a_decode_error_not_a_crash() -> None:
     record = daemon_record(b"{}", 78)
     record["data"] = "ézé"

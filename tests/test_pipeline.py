@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -461,6 +462,32 @@ def test_a_kinesis_record_of_another_table_is_skipped_counted_and_checkpointed_p
     assert other == 2
     dead = tmp_path / "dead.jsonl"
     assert not dead.exists() or dead.read_text() == ""
+
+
+def test_a_kinesis_record_whose_table_name_is_not_text_is_dead_lettered_not_written(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, closing: Any
+) -> None:
+    """Whose change a tableName of 12345 is cannot be told: it was written as the
+    source table's. It is dead-lettered as undecodable, naming the record, and the
+    checkpoint moves past it."""
+    rule = OrderedRule("version", "v", None, numeric_only=True)
+    pipeline, ddb, table = one_destination(
+        moto_endpoint, unique, tmp_path, metrics, rule, ordered_stream=False
+    )
+    closing(pipeline)
+    numbered = kinesis_record("INSERT", {"pk": {"S": "x"}}, {"pk": {"S": "x"}, "v": {"N": "1"}})
+    numbered["tableName"] = 12345
+    ours = kinesis_record("INSERT", {"pk": {"S": "k"}}, {"pk": {"S": "k"}, "v": {"N": "1"}})
+    intake = ShardIntake(pipeline, Reader(ChangeFilter.for_job(kinesis_job("orders"))))
+    intake.accept([daemon_record(numbered, 1), daemon_record(ours, 2)], 0)
+    assert pipeline.flush(timeout=30)
+    assert pipeline.checkpointable() == "2"
+    items = ddb.scan(TableName=table, ConsistentRead=True)["Items"]
+    assert [item["pk"]["S"] for item in items] == ["k"]
+    (letter,) = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert letter["reason"] == "undecodable"
+    assert letter["error"] == "record 1: tableName 12345 is not a table name"
+    assert letter["record"]["sequenceNumber"] == "1"
 
 
 def kinesis_job(table: str) -> Any:

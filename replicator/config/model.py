@@ -23,6 +23,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
@@ -36,6 +38,11 @@ _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(?P<account>\d{12}):role/.+$")
 _DYNAMODB_STREAM_ARN = re.compile(
     r"^arn:aws[a-z-]*:dynamodb:(?P<region>[^:]*):(?P<account>[^:]*)"
     r":table/(?P<table>[^/]+)/stream/[^/]+$"
+)
+# A Kinesis data stream's name, and its ARN: arn:PARTITION:kinesis:REGION:ACCOUNT:stream/NAME
+_KINESIS_STREAM_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,128}$")
+_KINESIS_STREAM_ARN = re.compile(
+    r"^arn:aws[a-z-]*:kinesis:[a-z]{2,4}(-[a-z]+)+-\d+:\d{12}:stream/(?P<name>[^:/]+)$"
 )
 _TASK_NAME = re.compile(r"^[a-zA-Z0-9_.-]{3,}$")
 
@@ -216,6 +223,41 @@ class StreamConfig(Strict):
     )
     name: Text | None = Field(default=None, description="Kinesis stream name (kinesis only).")
 
+    @field_validator("name")
+    @classmethod
+    def _kinesis_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """The KCL would be handed any text as its streamName and fail on AWS's answer."""
+        if value is None or info.data.get("kind") is not StreamKind.KINESIS:
+            return value
+        if not _KINESIS_STREAM_NAME.match(value):
+            raise ValueError(
+                "expected a Kinesis data stream name (1-128 characters of letters, digits, "
+                f"_ . -), got {value!r}"
+            )
+        return value
+
+    @field_validator("arn")
+    @classmethod
+    def _kinesis_arn(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """The KCL takes the stream's name out of the ARN: text that is not a Kinesis
+        stream ARN would be read as a stream name (a DynamoDB stream ARN is checked
+        against the source table by _stream_arn_checks)."""
+        if value is None or info.data.get("kind") is not StreamKind.KINESIS:
+            return value
+        match = _KINESIS_STREAM_ARN.match(value)
+        if match is None or not _KINESIS_STREAM_NAME.match(match["name"]):
+            hint = (
+                "; it is a DynamoDB stream's ARN: for a DynamoDB stream set "
+                "source.stream.kind: dynamodb-streams (the default)"
+                if _DYNAMODB_STREAM_ARN.match(value)
+                else ""
+            )
+            raise ValueError(
+                "expected a Kinesis data stream ARN such as arn:aws:kinesis:us-east-1:"
+                f"123456789012:stream/NAME{hint}, got {value!r}"
+            )
+        return value
+
     @model_validator(mode="after")
     def _kinesis_needs_a_stream(self) -> Self:
         if self.kind is StreamKind.KINESIS and not (self.arn or self.name):
@@ -223,6 +265,12 @@ class StreamConfig(Strict):
         if self.kind is StreamKind.DYNAMODB_STREAMS and self.name:
             raise ValueError("'name' is for kinesis streams; a DynamoDB stream is named by 'arn'")
         return self
+
+    @property
+    def kinesis_name(self) -> str:
+        """The Kinesis data stream's name, which is what the KCL reads (in source.region,
+        with the host's account): ``name``, else the name in ``arn``."""
+        return self.name or (self.arn or "").rsplit(":stream/", 1)[-1]
 
 
 class SourceConfig(Strict):
@@ -640,6 +688,29 @@ def _property_text(value: object) -> object:
     return value
 
 
+# The context key under which JobConfig tells KclConfig the source's stream kind.
+STREAM_KIND_CONTEXT = "stream_kind"
+_TIMES = "use TRIM_HORIZON (the oldest record the stream holds) or LATEST"
+# Why kcl.initial_position cannot be AT_TIMESTAMP, by the source's stream kind (None: the
+# source is invalid, its kind unknown).
+_START_TIME_REFUSALS: dict[StreamKind | None, str] = {
+    StreamKind.DYNAMODB_STREAMS: (
+        "AT_TIMESTAMP is not supported: a DynamoDB stream has no shard iterator at a time "
+        "(the DynamoDB Streams Kinesis Adapter that runtime kcl reads it through starts new "
+        f"leases only at TRIM_HORIZON or LATEST); {_TIMES}"
+    ),
+    StreamKind.KINESIS: (
+        "AT_TIMESTAMP is not supported for a kinesis source: the KCL starts a lease at a "
+        "time only when given that time (its initialPositionInStreamExtended), and the job "
+        f"file has no key for it; {_TIMES}"
+    ),
+    None: (
+        "AT_TIMESTAMP is not supported: a DynamoDB stream has no shard iterator at a time, "
+        f"and for a kinesis source the job file has no key for the time; {_TIMES}"
+    ),
+}
+
+
 class KclConfig(Strict):
     initial_position: InitialPosition = InitialPosition.TRIM_HORIZON
     max_records: Annotated[Int, Field(ge=1, le=10_000)] = 1000
@@ -658,13 +729,12 @@ class KclConfig(Strict):
 
     @field_validator("initial_position", mode="before")
     @classmethod
-    def _no_start_time(cls, value: object) -> object:
+    def _no_start_time(cls, value: object, info: ValidationInfo) -> object:
+        """Why not depends on the source's stream kind, which JobConfig passes in the
+        context (none when the source itself is invalid)."""
         if isinstance(value, str) and value.strip().upper() == "AT_TIMESTAMP":
-            raise ValueError(
-                "AT_TIMESTAMP is not supported: a DynamoDB stream has no shard iterator at a "
-                "time (the DynamoDB Streams Kinesis Adapter that runtime kcl reads it through "
-                "starts new leases only at TRIM_HORIZON or LATEST); use TRIM_HORIZON or LATEST"
-            )
+            kind = (info.context or {}).get(STREAM_KIND_CONTEXT)
+            raise ValueError(_START_TIME_REFUSALS[kind])
         return value
 
 
@@ -730,6 +800,19 @@ class JobConfig(Strict):
     metrics: MetricsConfig = MetricsConfig()
     watermark: WatermarkConfig = WatermarkConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("kcl", mode="wrap")
+    @classmethod
+    def _kcl_for_the_source(
+        cls, value: object, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> object:
+        """The kcl section is validated knowing the source's stream kind (when the source
+        is valid): what it may hold, and why not, depends on it."""
+        source = info.data.get("source")
+        if isinstance(value, dict) and isinstance(source, SourceConfig):
+            context = {**(info.context or {}), STREAM_KIND_CONTEXT: source.stream.kind}
+            return KclConfig.model_validate(value, context=context)
+        return handler(value)
 
     @field_validator("task_name")
     @classmethod

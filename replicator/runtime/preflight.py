@@ -217,21 +217,29 @@ def check_kinesis_stream(resolved: ResolvedJob, where: str) -> str:
     an ARN that names another stream is refused rather than read in its place."""
     source = resolved.job.source
     stream = source.stream
-    name = stream.name or (stream.arn or "").rsplit(":stream/", 1)[-1]
+    name = stream.kinesis_name
     kinesis = clients.kinesis(source)
     what = f"kinesis stream {stream.arn or stream.name}"
+
+    def not_read(there: str) -> EnvironmentProblem:
+        return EnvironmentProblem(
+            f"{what} (source.stream.arn) is not the stream runtime kcl would read: the KCL "
+            f"reads a stream by name, in source.region with the host's account, {there}; "
+            "run the workers in the stream's account and set source.region to its region"
+        )
+
     try:
         summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
     except (ClientError, BotoCoreError) as error:
+        # Not found in source.region is no answer about a stream the ARN places elsewhere.
+        if stream.arn and error_code(error) == "ResourceNotFoundException":
+            region = stream.arn.split(":")[3]
+            if region != source.region:
+                raise not_read(f"where there is no stream {name} ({where})") from None
         raise explain(error, what, where) from None
     found = str(summary["StreamARN"])
     if stream.arn and found != stream.arn:
-        raise EnvironmentProblem(
-            f"{what} (source.stream.arn) is not the stream runtime kcl would read: the KCL "
-            f"reads a stream by name, in source.region with the host's account, which is "
-            f"{found}; run the workers in the stream's account and set source.region to "
-            "its region"
-        )
+        raise not_read(f"which is {found}")
     status = summary.get("StreamStatus")
     if status not in ("ACTIVE", "UPDATING"):
         raise EnvironmentProblem(

@@ -24,6 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CollectorRegistry
 
 from replicator import wiring
+from replicator.aws import tables
 from replicator.aws.tables import TableShape
 from replicator.config.model import ResolvedJob, StreamKind
 from replicator.deadletter.failed import DeadLetterer
@@ -454,9 +455,13 @@ class _SegmentCopy:
 
 
 def _stream_of(resolved: ResolvedJob, shape: TableShape) -> str:
-    stream = resolved.job.source.stream
+    source = resolved.job.source
+    stream = source.stream
     if stream.kind is StreamKind.KINESIS:
-        return stream.arn or stream.name or ""
+        # The stream the KCL would read, as `run` finds it (a name in source.region), not
+        # whatever stream.arn names.
+        where = tables.where(source.region, source.endpoint_url, source.role_arn)
+        return preflight.check_kinesis_stream(resolved, where)
     arn = stream.arn or shape.stream_arn
     if not arn:
         raise EnvironmentProblem(

@@ -128,10 +128,8 @@ def _stream_shards(streams: DynamoDBStreamsClient, stream_arn: str) -> list[Shar
     return list_shards(streams, stream_arn)[1]
 
 
-def _kinesis_shards(client: KinesisClient, stream: str) -> list[Shard]:
-    kwargs: dict[str, Any] = (
-        {"StreamARN": stream} if stream.startswith("arn:") else {"StreamName": stream}
-    )
+def _kinesis_shards(client: KinesisClient, stream_arn: str) -> list[Shard]:
+    kwargs: dict[str, Any] = {"StreamARN": stream_arn}
     shards: list[Shard] = []
     while True:
         page = client.list_shards(**kwargs)

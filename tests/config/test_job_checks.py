@@ -16,7 +16,7 @@ from replicator.config import parse_job
 from replicator.config.model import MAX_TABLE_NAME, MAX_TASK_NAME, TASK_TABLE_SUFFIXES
 from replicator.exceptions import ConfigError
 from tests.config.test_config import MINIMAL, run_cli
-from tests.support.cli import validate_in_process
+from tests.support.cli import in_process, validate_in_process
 
 TWO = MINIMAL + "  - {region: ap-south-1, table: t22}\n"
 
@@ -389,3 +389,96 @@ def test_a_region_of_a_four_letter_partition_prefix_is_accepted() -> None:
     text = MINIMAL.replace("region: eu-west-1", "region: eusc-de-east-1")
     job = parse_job(text, Path("job.yaml")).job
     assert job.destinations[0].region == "eusc-de-east-1"
+
+
+KINESIS = (
+    "runtime: kcl\n"
+    "source: {region: us-east-1, table: aaa, stream: {kind: kinesis, name: aaa-changes}}\n"
+    "destinations: [{region: eu-west-1, table: aaa}]\n"
+    "conflict: {policy: version, version_attribute: v}\n"
+)
+
+
+def test_a_start_time_is_refused_for_the_reason_of_the_sources_stream_kind(
+    tmp_path: Path,
+) -> None:
+    """A kinesis source was told that a DynamoDB stream has no shard iterator at a time,
+    which is no reason for a Kinesis data stream: the job file has no key for the time."""
+    at_timestamp = "kcl: {initial_position: AT_TIMESTAMP}\n"
+    line = _refused(
+        tmp_path,
+        KINESIS + at_timestamp,
+        "kcl.initial_position",
+        "not supported for a kinesis source",
+        "initialPositionInStreamExtended",
+        "the job file has no key for it",
+        "use TRIM_HORIZON",
+    )
+    assert "DynamoDB" not in line
+    line = _refused(
+        tmp_path, MINIMAL + at_timestamp, "kcl.initial_position", "DynamoDB Streams Kinesis Adapter"
+    )
+    assert "kinesis source" not in line
+    # A source that is itself invalid does not tell which kind it is: both reasons.
+    invalid = KINESIS.replace("region: us-east-1", "region: nowhere", 1)
+    _refused(
+        tmp_path,
+        invalid + at_timestamp,
+        "kcl.initial_position",
+        "a DynamoDB stream has no shard iterator at a time",
+        "for a kinesis source the job file has no key for the time",
+    )
+
+
+@pytest.mark.parametrize(
+    ("stream", "key", "says"),
+    [
+        ("name: 'a b'", "source.stream.name", ("expected a Kinesis data stream name", "'a b'")),
+        ("name: '" + "s" * 129 + "'", "source.stream.name", ("1-128 characters",)),
+        ("arn: 'not-an-arn'", "source.stream.arn", ("expected a Kinesis data stream ARN",)),
+        (
+            "arn: 'arn:aws:kinesis:us-east-1:1234:stream/aaa-changes'",
+            "source.stream.arn",
+            ("expected a Kinesis data stream ARN",),
+        ),
+        (
+            "arn: 'arn:aws:kinesis:us-east-1:123456789012:stream/a b'",
+            "source.stream.arn",
+            ("expected a Kinesis data stream ARN",),
+        ),
+        (
+            "arn: 'arn:aws:dynamodb:us-east-1:123456789012:table/aaa/stream/2020'",
+            "source.stream.arn",
+            ("it is a DynamoDB stream's ARN", "source.stream.kind: dynamodb-streams"),
+        ),
+    ],
+)
+def test_a_kinesis_stream_name_or_arn_that_names_no_stream_is_refused(
+    tmp_path: Path, stream: str, key: str, says: tuple[str, ...]
+) -> None:
+    """These passed validate, and ``replicator properties`` handed the KCL the text as
+    its streamName (``streamName = not-an-arn``)."""
+    text = KINESIS.replace("name: aaa-changes", stream, 1)
+    line = _refused(tmp_path, text, key, *says)
+    if "dynamodb" not in stream:
+        assert "DynamoDB" not in line
+    result = in_process("properties", "--config", str(tmp_path / "job.yaml"))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "streamName" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        "name: 'Inventory.changes_2-b'",
+        "name: '" + "s" * 128 + "'",
+        "arn: 'arn:aws:kinesis:us-east-1:123456789012:stream/aaa-changes'",
+        "arn: 'arn:aws-cn:kinesis:cn-north-1:123456789012:stream/aaa-changes'",
+    ],
+)
+def test_a_kinesis_stream_name_or_arn_is_read_by_the_kcl_by_its_name(stream: str) -> None:
+    from replicator.runtime.kcl.properties import render_properties
+
+    resolved = parse_job(KINESIS.replace("name: aaa-changes", stream, 1), Path("job.yaml"))
+    name = stream.split("'")[1].rsplit("/", 1)[-1]
+    assert f"\nstreamName = {name}\n" in render_properties(resolved, worker_id="w")

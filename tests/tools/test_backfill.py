@@ -21,6 +21,7 @@ from replicator.demo.workload import Workload, demo_item
 from replicator.exceptions import EnvironmentProblem
 from replicator.items import Item
 from replicator.rules import CustomRule, OrderedRule, Skip, rule_for
+from replicator.runtime import preflight
 from replicator.shards.leases import LeaseTable
 from replicator.tombstones.model import tombstone_of
 from replicator.tombstones.setup import prepare as prepare_tombstones
@@ -29,6 +30,7 @@ from replicator.tools import snapshot
 from replicator.tools.backfill import Backfill, BackfillHooks, BackfillOptions, BackfillResult
 from replicator.tools.snapshot import SnapshotRule, synthetic_change
 from replicator.tools.verify import Verify, VerifyOptions
+from tests.support.aws import client
 from tests.support.e2e import PATIENCE, Job, stop, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
 from tests.support.tools import run_within
@@ -195,6 +197,57 @@ def test_backfill_refuses_while_the_replicator_could_start_after_the_scan(job: J
     result = backfill(job)
     assert result.complete and result.exit_code == 0
     assert job.converged()
+
+
+def _kinesis_stream(job: Job, region: str) -> str:
+    """A Kinesis data stream named after the job in ``region``: its ARN."""
+    kinesis = client("kinesis", region, job.endpoint)
+    kinesis.create_stream(StreamName=f"{job.name}-changes", ShardCount=1)
+    summary = kinesis.describe_stream_summary(StreamName=f"{job.name}-changes")
+    return str(summary["StreamDescriptionSummary"]["StreamARN"])
+
+
+def _read_from_kinesis(job: Job, stream: str) -> None:
+    """The job's source read from a Kinesis data stream (``stream``: its YAML keys)."""
+    source = f"endpoint_url: '{job.endpoint}'}}\n"
+    text = job.path.read_text().replace(
+        source, f"endpoint_url: '{job.endpoint}', stream: {{kind: kinesis, {stream}}}}}\n", 1
+    )
+    job.path.write_text("runtime: kcl\n" + text)
+
+
+@pytest.mark.parametrize("by", ["name", "arn"])
+def test_a_kinesis_source_is_backfilled_with_its_hand_off_checked(job: Job, by: str) -> None:
+    arn = _kinesis_stream(job, "us-east-1")
+    _read_from_kinesis(job, f"name: {job.name}-changes" if by == "name" else f"arn: '{arn}'")
+    populate(job, 5)
+    copied = cli(job, "backfill")
+    assert copied.returncode == 0, copied.stderr
+    assert "no leases yet" in copied.stderr
+    assert job.converged()
+
+
+@pytest.mark.parametrize("also_in_the_source_region", [True, False])
+def test_a_kinesis_arn_the_kcl_would_not_read_is_explained_as_run_explains_it(
+    job: Job, also_in_the_source_region: bool
+) -> None:
+    """An ARN of a stream in another region than source.region: the KCL would read the
+    stream of that name in source.region (or find none). backfill listed the ARN's shards
+    and said only that the stream was not found in source.region; it now says what
+    ``run`` says, and why."""
+    arn = _kinesis_stream(job, "us-west-2")
+    if also_in_the_source_region:
+        _kinesis_stream(job, "us-east-1")
+    _read_from_kinesis(job, f"arn: '{arn}'")
+    with pytest.raises(EnvironmentProblem) as raised:
+        preflight.check_source(load_job(job.path))  # what `replicator run` checks first
+    explained = str(raised.value)
+    assert f"kinesis stream {arn} (source.stream.arn) is not the stream runtime kcl" in explained
+    assert "the KCL reads a stream by name, in source.region" in explained
+
+    refused = cli(job, "backfill")
+    assert refused.returncode == 3, refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == f"replicator: {explained}"
 
 
 def test_skip_handoff_check_copies_without_the_guarantee(job: Job) -> None:

@@ -244,15 +244,6 @@ def _escape(text: str, *, key: bool) -> str:
     return "".join(out)
 
 
-def _stream_name(job: JobConfig) -> str:
-    stream = job.source.stream
-    if stream.name:
-        return stream.name
-    if stream.arn and ":stream/" in stream.arn:
-        return stream.arn.rsplit(":stream/", 1)[1]
-    return stream.arn or ""
-
-
 def render_properties(
     resolved: ResolvedJob,
     *,
@@ -323,7 +314,7 @@ def _render(
     values = {
         "job_file": escape_value(job_file),
         "executable": escape_value(executable),
-        "stream_name": escape_value(_stream_name(job)),
+        "stream_name": escape_value(job.source.stream.kinesis_name),
         "stream_line": (
             property_line("dynamoDBStreamArn", stream_arn).rstrip("\n")
             if stream_arn
