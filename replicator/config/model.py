@@ -1735,6 +1735,18 @@ def _kcl_property_checks(
                     "(kcl.initial_position)",
                 )
             )
+    elif "initialPositionInStreamExtended" in extra:
+        # It sets the very field kcl.initial_position's initialPositionInStream sets, and
+        # the KCL applies the two in no fixed order (a hash map's): the start would be
+        # either, by chance.
+        problems.append(
+            (
+                (*where, "initialPositionInStreamExtended"),
+                "AT_TIMESTAMP is not supported for a kinesis source: this property and "
+                "kcl.initial_position set the same start position, and the KCL applies "
+                f"them in no fixed order; {_TIMES}",
+            )
+        )
     for key, value in extra.items():
         problem = _numeric_property_problem(key, value)
         if problem is None and key.lower().startswith(CREDENTIALS_PROVIDER_KEY):

@@ -185,6 +185,13 @@ BROKEN = {
         "kcl.extra_properties.initialPositionInStreamExtended",
         "AT_TIMESTAMP is not supported for a DynamoDB stream",
     ),
+    "kcl-start-time-property-kinesis": (
+        MINIMAL.replace("orders}", "orders, stream: {kind: kinesis, name: s}}", 1)
+        + "runtime: kcl\n"
+        + "kcl: {extra_properties: {initialPositionInStreamExtended: '1700000000'}}\n",
+        "kcl.extra_properties.initialPositionInStreamExtended",
+        "set the same start position",
+    ),
     "kcl-property-yes": (
         MINIMAL
         + "runtime: kcl\n"
