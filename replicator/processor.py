@@ -36,6 +36,7 @@ import structlog
 
 from replicator import lastwords, logs
 from replicator.checkpoint import Checkpoints, ProtocolCheckpointer
+from replicator.config.model import PROCESSOR_FLUSH_TIMEOUT_MS
 from replicator.exceptions import (
     DaemonGone,
     DeadLetterUnavailable,
@@ -48,7 +49,6 @@ from replicator.exceptions import (
 )
 from replicator.intake import ShardIntake
 from replicator.metrics import Metrics
-from replicator.runtime.kcl.properties import PROCESSOR_FLUSH_TIMEOUT_MS
 from replicator.runtime.local.protocol import RELEASE_SIGNAL
 from replicator.shards.leases import LATEST
 
@@ -632,7 +632,9 @@ def serve_daemon(resolved: Any) -> NoReturn:
             conflict_log=conflict_log,
         )
 
-    processor = ReplicationProcessor(build, metrics)
+    processor = ReplicationProcessor(
+        build, metrics, shutdown_flush_timeout_s=resolved.job.kcl.shutdown_flush_ms / 1000
+    )
     # Before the protocol starts: the local runtime signals only a processor that has
     # answered initialize.
     signal.signal(RELEASE_SIGNAL, lambda _signum, _frame: processor.stop_waiting())

@@ -388,11 +388,12 @@ def test_a_shutdown_with_nothing_new_settled_says_it_did_not_checkpoint(
 def test_a_shutdown_with_writes_outstanding_warns_naming_the_destination(
     job: dict[str, Any], tmp_path: Path, settled: bool
 ) -> None:
-    """A destination that never answers holds a change back: after the 20 s flush the
-    stop is answered with a warning naming what is outstanding where, either without a
-    checkpoint (nothing settled everywhere) or checkpointed only as far as every
-    destination settled (an undecodable record, dead-lettered, whose checkpoints the
-    daemon throttled during the batch), never as a clean "checkpointed"."""
+    """A destination that never answers holds a change back: after the job's flush
+    timeout (``kcl.shutdown_flush_ms``, 2 s here: waiting out the default 20 s proves
+    nothing more) the stop is answered with a warning naming what is outstanding where,
+    either without a checkpoint (nothing settled everywhere) or checkpointed only as far
+    as every destination settled (an undecodable record, dead-lettered, whose checkpoints
+    the daemon throttled during the batch), never as a clean "checkpointed"."""
     with SilentEndpoint() as silent:
         config = tmp_path / "two.yaml"
         config.write_text(
@@ -404,6 +405,7 @@ def test_a_shutdown_with_writes_outstanding_warns_naming_the_destination(
                 f"  - {{name: hung, region: {REGION}, table: hung,\n"
                 f"      endpoint_url: '{silent.url}'}}\n",
             )
+            + "kcl: {shutdown_flush_ms: 2000}\n"
         )
         daemon = RawDaemon(config)
         try:
@@ -435,6 +437,7 @@ def test_a_shutdown_with_writes_outstanding_warns_naming_the_destination(
     (line,) = shutdown_lines(daemon)
     assert line["level"] == "warning"
     assert line["outstanding"] == {"hung": 1}
+    assert line["flush_timeout_s"] == 2.0
     if settled:
         assert asked == ["900"]
         assert line["event"].startswith(

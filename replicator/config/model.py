@@ -31,6 +31,10 @@ from pydantic import (
 
 from replicator.config.endpoints import check_endpoint
 
+# How long a processor asked to stop (shutdownRequested) waits for its writes in flight
+# before it checkpoints what was applied (a destination that is down holds them back),
+# unless kcl.shutdown_flush_ms is shorter.
+PROCESSOR_FLUSH_TIMEOUT_MS = 20_000
 _REGION = re.compile(r"^[a-z]{2,4}(-[a-z]+)+-\d+$")
 _TABLE = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(?P<account>\d{12}):role/.+$")
@@ -530,8 +534,8 @@ KCL_PROPERTY_SETTINGS = {
     "idleTimeBetweenReadsInMillis": "kcl.idle_time_between_reads_ms",
     "failoverTimeMillis": "kcl.failover_time_ms",
     "shutdownGraceMillis": (
-        "kcl.failover_time_ms (the graceful-stop time is 20 s for the processors' flush "
-        "+ the failover time + 10 s)"
+        "kcl.failover_time_ms and kcl.shutdown_flush_ms (the graceful-stop time is the "
+        "processors' flush + the failover time + 10 s)"
     ),
     "skipRecordsBehavior": "source.on_trimmed_data",
     "kinesisEndpoint": "source.endpoint_url",
@@ -715,8 +719,15 @@ class KclConfig(Strict):
     initial_position: InitialPosition = InitialPosition.TRIM_HORIZON
     max_records: Annotated[Int, Field(ge=1, le=10_000)] = 1000
     idle_time_between_reads_ms: Annotated[Int, Field(ge=0, le=600_000)] = 500
-    # The KCL's graceful stop waits 20 s + this + 10 s (shutdownGraceMillis).
+    # The KCL's graceful stop waits shutdown_flush_ms + this + 10 s (shutdownGraceMillis).
     failover_time_ms: Annotated[Int, Field(ge=1000, le=3_600_000)] = 60_000
+    # How long a processor asked to stop waits for its writes in flight before it
+    # checkpoints what every destination settled. At most the default: the local
+    # runtime's stop deadlines are set for it, and a shorter one fits a stop into a
+    # platform's grace period (the KCL's stop takes this + the failover time + 10 s).
+    shutdown_flush_ms: Annotated[Int, Field(ge=1000, le=PROCESSOR_FLUSH_TIMEOUT_MS)] = (
+        PROCESSOR_FLUSH_TIMEOUT_MS
+    )
     worker_id: Text | None = None
     java: Text = "java"
     jars_dir: Text | None = Field(

@@ -24,6 +24,9 @@ HUGE = "99999999999999999999999"
             "less than or equal to 600000",
         ),
         (f"kcl: {{failover_time_ms: {HUGE}}}", "kcl.failover_time_ms", "or equal to 3600000"),
+        # At most the default: the local runtime's stop deadlines are set for it.
+        ("kcl: {shutdown_flush_ms: 20001}", "kcl.shutdown_flush_ms", "or equal to 20000"),
+        ("kcl: {shutdown_flush_ms: 999}", "kcl.shutdown_flush_ms", "or equal to 1000"),
         (f"writer: {{retry: {{base_delay_ms: {HUGE}}}}}", "writer.retry.base_delay_ms", "600000"),
         (f"writer: {{retry: {{max_delay_ms: {HUGE}}}}}", "writer.retry.max_delay_ms", "600000"),
         (f"writer: {{access_denied_limit: {HUGE}}}", "writer.access_denied_limit", "10000"),

@@ -51,6 +51,14 @@ class RacingRule(OrderedRule):
         return decision
 
 
+# Wide enough that a5 and the middle attribute (a299) sort past the attributes one
+# condition compares (ts, those that differ, then a0, a1, a10, a100, ... by name): the
+# wide path, for a fraction of what 2000 attributes cost (moto's work and the digests
+# grow with the width). The tie on the timestamp is settled at 2000 as well.
+WIDE = 600
+LEFT_OUT = f"a{WIDE // 2 - 1}"
+
+
 def wide(width: int, ts: int = 5, **changed: str) -> dict[str, Any]:
     attributes: dict[str, Any] = {f"a{index}": "first" for index in range(width)}
     return {**attributes, "ts": ts, **changed}
@@ -60,9 +68,10 @@ def above(rule: OrderedRule, other: ItemView, make: Callable[[str], ItemView]) -
     """A value ``make`` turns into an image ranking above ``other`` (by the digest when
     they tie on the timestamp): the search is over a fixed sequence, so it is the same
     value on every run."""
+    bar = rule.rank(other)  # its digest, hashed once: a wide image's costs the most here
     for number in range(1000):
         value = f"v{number}"
-        if rule.rank(make(value)) > rule.rank(other):
+        if rule.rank(make(value)) > bar:
             return value
     raise AssertionError("no value ranks above")
 
@@ -83,6 +92,16 @@ def writer_with(dest: Destination, rule: OrderedRule) -> DestinationWriter:
         metrics=dest.metrics,
         backoff=Backoff(0.0001, 0.001),
     )
+
+
+def test_the_width_leaves_a5_and_the_middle_attribute_out_of_one_condition() -> None:
+    """The premise of the tests at ``WIDE``: a narrower item would be compared whole, and
+    they would pass without taking the wide path."""
+    rule = RacingRule()
+    for image in (image_of("a", wide(WIDE, a5="deleted")), image_of("a", wide(WIDE))):
+        _, names, _ = rule.exactly(image)
+        compared = set(names.values())
+        assert "ts" in compared and not {"a5", LEFT_OUT} & compared
 
 
 @pytest.mark.parametrize("width", [241, 300, 2000])
@@ -122,12 +141,12 @@ def _same_ts_in_an_attribute_both_images_share(base: dict[str, Any], value: str)
 
 
 def _same_ts_in_an_attribute_left_out(base: dict[str, Any], value: str) -> dict[str, Any]:
-    """a999 of 2000 is past the attributes one condition compares: the write lands, the
+    """a299 of 600 is past the attributes one condition compares: the write lands, the
     item it returns shows the change, and the writer puts that item back."""
     return {**base, f"a{(len(base) - 1) // 2 - 1}": value}
 
 
-@pytest.mark.parametrize("width", [140, 2000])
+@pytest.mark.parametrize("width", [140, WIDE])
 @pytest.mark.parametrize(
     "concurrent",
     [
@@ -169,38 +188,38 @@ def test_a_change_made_between_the_read_and_the_write_is_not_overwritten(
     compared = set(request.names.values())
     assert {"ts", "a5", "a0"} <= compared
     assert (len(compared) == width + 2) is (width < 148)  # the key, ts, every aN if they fit
-    assert (f"a{width // 2 - 1}" in compared) is (width < 148)  # a999 of 2000 is left out
+    assert (f"a{width // 2 - 1}" in compared) is (width < 148)  # a299 of 600 is left out
 
 
 def test_a_wide_delete_never_removes_an_item_ranking_above_its_image(dest: Destination) -> None:
-    """The delete of a 2000-attribute image applies to what ranks at or below it, or to
+    """The delete of a 600-attribute image applies to what ranks at or below it, or to
     that image, compared only on the attributes one condition holds (a5, in which the
     two differ, sorts past them). The destination holds an item tying with the image on
     the timestamp, above it by the digest, equal to it on every attribute compared: the
     delete removes it, the item it returns shows it ranks above, and the writer puts it
     back; the delete lost."""
     rule = RacingRule()
-    image = image_of("a", wide(2000, a5="deleted"))
-    value = above(rule, image, lambda v: image_of("a", wide(2000, a999=v)))
-    dest.seed("a", **wide(2000, a999=value))
+    image = image_of("a", wide(WIDE, a5="deleted"))
+    value = above(rule, image, lambda v: image_of("a", wide(WIDE, **{LEFT_OUT: v})))
+    dest.seed("a", **wide(WIDE, **{LEFT_OUT: value}))
 
-    result = writer_with(dest, rule).write(decode(remove("a", 2, **wide(2000, a5="deleted"))))
+    result = writer_with(dest, rule).write(decode(remove("a", 2, **wide(WIDE, a5="deleted"))))
 
     assert result.outcome is Outcome.CONFLICT_LOST, (result.reason, result.error)
-    assert dest.get("a") == image_of("a", wide(2000, a999=value))
+    assert dest.get("a") == image_of("a", wide(WIDE, **{LEFT_OUT: value}))
 
 
 def test_removing_a_wide_item_below_a_tombstone_never_removes_a_tie_compared_in_part(
     dest: Destination,
 ) -> None:
-    """A put that lost to a delete left its 2000-attribute image behind; meanwhile another
+    """A put that lost to a delete left its 600-attribute image behind; meanwhile another
     write replaced it with an item tying with the tombstone on the timestamp (above it by
-    the digest) and equal to that image on every attribute one condition compares (a999
+    the digest) and equal to that image on every attribute one condition compares (a299
     sorts past them). Nothing would put that item back, so the removal compares the
     image whole or not at all: the item stays."""
     rule = RacingRule()
     keys: Item = {"pk": {"S": "a"}}
-    deleted = image_of("a", wide(2000, a5="deleted"))
+    deleted = image_of("a", wide(WIDE, a5="deleted"))
     tombstone = tombstone_of(
         deleted,
         keys,
@@ -210,13 +229,13 @@ def test_removing_a_wide_item_below_a_tombstone_never_removes_a_tie_compared_in_
         deleted_at_ms=1,
         expires_at=2**40,
     )
-    value = above(rule, deleted, lambda v: image_of("a", wide(2000, a999=v)))
-    dest.seed("a", **wide(2000, a999=value))
+    value = above(rule, deleted, lambda v: image_of("a", wide(WIDE, **{LEFT_OUT: v})))
+    dest.seed("a", **wide(WIDE, **{LEFT_OUT: value}))
 
-    removed = writer_with(dest, rule).remove_below(keys, tombstone, image_of("a", wide(2000)))
+    removed = writer_with(dest, rule).remove_below(keys, tombstone, image_of("a", wide(WIDE)))
 
     assert removed is False
-    assert dest.get("a") == image_of("a", wide(2000, a999=value))
+    assert dest.get("a") == image_of("a", wide(WIDE, **{LEFT_OUT: value}))
 
 
 class CancelledDuringPutBack:
@@ -250,7 +269,7 @@ def _put_back_cancelled(dest: Destination, throttled: int) -> dict[str, Any]:
     cancelled while its put-back is throttled; what the destination holds after."""
     rule = RacingRule()
     lowest, low = sorted(
-        (wide(2000, a5=f"v{number}") for number in range(40)),
+        (wide(WIDE, a5=f"v{number}") for number in range(40)),
         key=lambda attributes: rule.rank(image_of("a", attributes)),
     )[:2]
     dest.seed("a", **lowest)

@@ -34,9 +34,6 @@ from replicator.config.model import (
 from replicator.exceptions import KclUnavailable
 
 TEMPLATE_ENV = "REPLICATOR_PROPERTIES_DIR"
-# How long a processor asked to stop (shutdownRequested) waits for its writes in flight
-# before it checkpoints what was applied (a destination that is down holds them back).
-PROCESSOR_FLUSH_TIMEOUT_MS = 20_000
 # How much longer than the processors' flush and the failover time together a graceful
 # stop may take. The two follow one another: a processor asked to stop answers within its
 # flush timeout, then checkpoints; only then does the KCL run its own final shutdown,
@@ -45,11 +42,11 @@ SHUTDOWN_GRACE_MARGIN_MS = 10_000
 
 
 def shutdown_grace_ms(job: JobConfig) -> int:
-    """The daemon's shutdownGraceMillis: the processors' flush timeout (20 s) + the
-    failover time + 10 s, so that a processor stopping with a destination down still
-    answers, and checkpoints, and the KCL's final shutdown still completes, before the
-    daemon gives up."""
-    return PROCESSOR_FLUSH_TIMEOUT_MS + job.kcl.failover_time_ms + SHUTDOWN_GRACE_MARGIN_MS
+    """The daemon's shutdownGraceMillis: the processors' flush timeout
+    (``kcl.shutdown_flush_ms``) + the failover time + 10 s, so that a processor stopping
+    with a destination down still answers, and checkpoints, and the KCL's final shutdown
+    still completes, before the daemon gives up."""
+    return job.kcl.shutdown_flush_ms + job.kcl.failover_time_ms + SHUTDOWN_GRACE_MARGIN_MS
 
 
 def template_file(kind: StreamKind) -> str:

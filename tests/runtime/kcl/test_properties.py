@@ -429,12 +429,9 @@ def test_the_graceful_stop_outlasts_the_processors_flush_and_the_failover(
     tmp_path: Path, failover_ms: int
 ) -> None:
     from replicator.config.loader import parse_job
+    from replicator.config.model import PROCESSOR_FLUSH_TIMEOUT_MS
     from replicator.processor import ReplicationProcessor
-    from replicator.runtime.kcl.properties import (
-        PROCESSOR_FLUSH_TIMEOUT_MS,
-        render_properties,
-        shutdown_grace_ms,
-    )
+    from replicator.runtime.kcl.properties import render_properties, shutdown_grace_ms
 
     resolved = parse_job(
         "runtime: kcl\nsource: {region: us-east-1, table: orders}\n"
@@ -449,6 +446,21 @@ def test_the_graceful_stop_outlasts_the_processors_flush_and_the_failover(
     assert f"shutdownGraceMillis = {grace}\n" in render_properties(resolved)
     processor = ReplicationProcessor(lambda shard: None, None)  # type: ignore[arg-type,return-value]
     assert processor._shutdown_flush_timeout_s * 1000 == PROCESSOR_FLUSH_TIMEOUT_MS
+
+
+def test_a_shorter_processor_flush_shortens_the_graceful_stop(tmp_path: Path) -> None:
+    """``kcl.shutdown_flush_ms`` (a stop that must fit a platform's grace period): the
+    daemon's grace is that flush + the failover time + 10 s."""
+    from replicator.config.loader import parse_job
+    from replicator.runtime.kcl.properties import render_properties
+
+    resolved = parse_job(
+        "runtime: kcl\nsource: {region: us-east-1, table: orders}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        "kcl: {failover_time_ms: 5000, shutdown_flush_ms: 2000}\n",
+        tmp_path / "job.yaml",
+    )
+    assert "shutdownGraceMillis = 17000\n" in render_properties(resolved)
 
 
 def test_an_installed_package_carries_the_templates_where_the_runtime_looks() -> None:
