@@ -7,7 +7,8 @@ the first moment, before anything heavy is imported; the runtime's own handlers
 (:func:`replicator.runtime.supervisor.stop_signals`) then act on a held one as on any
 other, and a stop during start-up exits 0 as a stop at any other time does. For ``demo``
 a SIGINT, SIGTERM or SIGHUP before the demo installs its own handlers ends it at once: one
-line, exit 128 + the signal. The runtimes
+line, exit 128 + the signal (a SIGTERM or SIGHUP the demo was started with ignored, as by
+``nohup``, stays ignored: :func:`demo_stop_signals`). The runtimes
 run their preflight checks (which can wait minutes, creating tables) while the signals are
 still held, and look at :func:`stop_held` between steps; a second signal while held means
 stop now: one line, and exit 128 + the signal's number (130 for SIGINT, 143 for SIGTERM).
@@ -92,6 +93,21 @@ def ignore_stop_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def demo_stop_signals() -> list[signal.Signals]:
+    """The stop signals the demo answers (one line, its files removed, 128 + N).
+
+    A SIGTERM or SIGHUP ignored when the process started was ignored on purpose by
+    whoever started it (``nohup`` ignores SIGHUP so that a closed terminal does not stop
+    the command): it stays ignored. SIGINT is answered whatever it was: a shell without
+    job control starts every background command with SIGINT ignored, not by anyone's
+    choice, and Ctrl-C (or ``kill -INT``) must still stop the demo."""
+    return [
+        stop_signal
+        for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        if stop_signal == signal.SIGINT or signal.getsignal(stop_signal) is not signal.SIG_IGN
+    ]
+
+
 def _interrupted(signum: int, _frame: Any) -> None:
     os.write(2, b"interrupted\n")
     os._exit(128 + signum)
@@ -103,7 +119,7 @@ def main() -> Any:
         # SIGHUP) in that time ends it at once, one line and exit 128 + N, not a traceback
         # or click's "Aborted!". Nothing is started yet; the demo installs its own
         # handlers before it starts anything.
-        for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for stop_signal in demo_stop_signals():
             signal.signal(stop_signal, _interrupted)
     if sys.argv[1:2] == ["processor"]:
         ignore_stop_signals()

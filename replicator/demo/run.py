@@ -33,6 +33,7 @@ from replicator.config.model import ResolvedJob
 from replicator.demo import tables
 from replicator.demo.endpoint import EmbeddedEndpoint
 from replicator.demo.workload import Stamps, Workload
+from replicator.entry import demo_stop_signals
 from replicator.exceptions import EnvironmentProblem
 from replicator.metrics.server import address as metrics_address
 from replicator.metrics.server import check_listen
@@ -102,10 +103,10 @@ def run_demo(config_path: Path, options: DemoOptions, console: Console | None = 
         # ignored (a background job of a non-interactive shell inherits that, and Python
         # then installs no handler of its own); SIGTERM (kill, a service manager) and
         # SIGHUP (the terminal closed) stop it the same way, rather than end it with no
-        # word and its files left behind. Installed inside this try, so that the
-        # KeyboardInterrupt they raise is always answered here (until now the entry
-        # point's handler ended the process at once, exit 128 + N).
-        for stop_signal in STOP_SIGNALS:
+        # word and its files left behind, unless started ignored (nohup). Installed
+        # inside this try, so that the KeyboardInterrupt they raise is always answered
+        # here (until now the entry point's handler ended the process at once, 128 + N).
+        for stop_signal in demo_stop_signals():
             signal.signal(stop_signal, _interrupt)
         url = endpoint.start()
         _private_environment(url)

@@ -39,7 +39,7 @@ def start_demo(
     port: int,
     scratch: Path,
     *args: str,
-    sigint_ignored: bool = False,
+    ignored: tuple[signal.Signals, ...] = (),
     extra_env: dict[str, str] | None = None,
     cwd: Path = ROOT,
 ) -> tuple[subprocess.Popen[str], queue.Queue[str | None]]:
@@ -51,9 +51,9 @@ def start_demo(
         "TMPDIR": str(scratch),
         **(extra_env or {}),
     }
-    # Ignored SIGINT is inherited across exec, as by a background job of a non-interactive
-    # shell (nohup, CI): the demo must still stop on it.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if sigint_ignored else None
+    # An ignored signal is inherited across exec: SIGINT as by a background job of a
+    # non-interactive shell (CI), SIGHUP as by nohup.
+    previous = {stop: signal.signal(stop, signal.SIG_IGN) for stop in ignored}
     # A short run by default; an option given in args replaces its default (the CLI
     # refuses an option given twice).
     defaults = [
@@ -72,8 +72,8 @@ def start_demo(
             text=True,
         )
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
     lines: queue.Queue[str | None] = queue.Queue()
 
     def pump() -> None:
@@ -207,7 +207,7 @@ def test_the_demo_stops_cleanly_on_a_stop_signal_while_it_replicates(
     """Ctrl-C (also where SIGINT was ignored at start), kill or a closed terminal: the
     replicator stopped, one line, its files removed, and 128 + the signal."""
     port = free_port()
-    demo, lines = start_demo(port, tmp_path, "--duration", "60", sigint_ignored=True)
+    demo, lines = start_demo(port, tmp_path, "--duration", "60", ignored=(signal.SIGINT,))
     seen: list[str] = []
     read_until(lines, "metrics:", seen)
     demo.send_signal(stop)
@@ -215,6 +215,24 @@ def test_the_demo_stops_cleanly_on_a_stop_signal_while_it_replicates(
     assert status == 128 + stop, output
     assert said in output, output
     assert "Traceback" not in output, output
+    assert_nothing_left(tmp_path)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
+def test_a_stop_signal_the_demo_was_started_with_ignored_stays_ignored(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    """`nohup replicator demo &`: the terminal closing (SIGHUP) must not stop it. It
+    was answered as a stop (129) whatever its disposition at start; SIGINT alone is
+    answered even when ignored (a shell's background jobs start with it ignored)."""
+    demo, lines = start_demo(free_port(), tmp_path, ignored=(stop,))
+    seen: list[str] = []
+    read_until(lines, "metrics:", seen)  # replicating: every handler is installed
+    demo.send_signal(stop)
+    status, output = stopped_with_output(demo, lines, seen)
+    assert status == 0, output
+    assert "interrupted" not in output, output
+    assert "converged: every destination equals the source" in output, output
     assert_nothing_left(tmp_path)
 
 
