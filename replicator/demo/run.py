@@ -34,7 +34,7 @@ from replicator.demo import tables
 from replicator.demo.endpoint import EmbeddedEndpoint
 from replicator.demo.workload import Stamps, Workload
 from replicator.entry import demo_stop_signals
-from replicator.exceptions import EnvironmentProblem
+from replicator.exceptions import EnvironmentProblem, OperatorError
 from replicator.metrics.server import address as metrics_address
 from replicator.metrics.server import check_listen
 from replicator.runtime.local.runtime import LocalRuntime
@@ -280,8 +280,8 @@ class _Demo:
         metrics = self.job.metrics
         if metrics.enabled and metrics.port != 0:
             # Before anything is created: the runtime binds the port only after its
-            # preflight checks: a second demo would otherwise create its tables first,
-            # then end with exit 1 instead of run's exit 3.
+            # preflight checks, so a taken port would otherwise be found only once the
+            # tables exist. A port taken after this check still ends the demo with 3.
             try:
                 check_listen(metrics.host, metrics.port)
             except EnvironmentProblem as error:
@@ -331,9 +331,14 @@ class _Demo:
             console.print(f"[red]the workload failed: {logs.redact(str(workload.error))}[/]")
             return 1
         if failure:
-            verb = "stopped" if runtime.started.is_set() and workload.ident else "did not start"
+            started = runtime.started.is_set() and workload.ident is not None
+            verb = "stopped" if started else "did not start"
             advice = logs.redact(self._advice(failure[0]))
             console.print(f"[red]the replicator {verb}: {advice}[/]")
+            if not started and isinstance(failure[0], OperatorError):
+                # Run's exit code for it (3 for a metrics port taken between the check
+                # above and the runtime's bind, which no check made first can rule out).
+                return failure[0].exit_code
             return 1
         return 0 if equal else 1
 

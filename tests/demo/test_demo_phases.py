@@ -5,6 +5,7 @@ demo does with what they report."""
 from __future__ import annotations
 
 import io
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +16,7 @@ from rich.console import Console
 from replicator.config import load_job
 from replicator.demo import run
 from replicator.demo.workload import WorkloadStats
+from replicator.metrics.server import check_listen
 from tests.support import ROOT
 
 EU = "eu-west-1/orders"
@@ -150,3 +152,58 @@ def test_the_linger_follows_a_failed_check_too(
     assert not equal
     assert slept == [30.0]
     assert "the replicator keeps running for 30s" in "\n".join(printed(demo))
+
+
+class Unstarted:
+    """The runtime of a second demo started with the first: the metrics port was free at
+    the demo's check, and the first demo's runtime has bound it since."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.failure = None
+        self.metrics_port = None
+        self.started = threading.Event()
+
+    def run(self) -> int:
+        check_listen("127.0.0.1", self.port)  # what the metrics server raises on binding
+        return 0
+
+    def stop(self) -> None:
+        pass
+
+
+class Unwritten:
+    error = None
+    ident = None  # never started
+    stop_event = threading.Event()
+
+
+def test_a_metrics_port_taken_after_the_check_ends_the_demo_with_exit_3(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Checking the port first cannot close the race with another demo binding it after
+    the check: the runtime's own refusal ended the demo with exit 1, not the exit 3 the
+    docs give for a taken metrics port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv(run.METRICS_PORT_ENV, str(port))
+        resolved = load_job(ROOT / "config" / "demo.yaml")
+        demo = run._Demo.__new__(run._Demo)
+        demo.resolved, demo.job, demo.url = resolved, resolved.job, "http://127.0.0.1:1"
+        demo.options = run.DemoOptions()
+        demo.console = Console(file=io.StringIO(), width=200, soft_wrap=True)
+        demo.source = None  # type: ignore[assignment]
+        demo.destinations = {}
+        monkeypatch.setattr(run, "check_listen", lambda *_: None)  # free when checked
+        monkeypatch.setattr(run.tables, "create", lambda *_, **__: None)
+        monkeypatch.setattr(run, "LocalRuntime", lambda *_, **__: Unstarted(port))
+        monkeypatch.setattr(run, "Workload", lambda *_, **__: Unwritten())
+        assert demo.run() == 3
+    said = [line for line in printed(demo) if "did not start" in line]
+    assert said == [
+        f"the replicator did not start: metrics: cannot listen on 127.0.0.1:{port} "
+        f"(Address already in use); set {run.METRICS_PORT_ENV} to another port "
+        "(0 picks a free one)"
+    ], printed(demo)
