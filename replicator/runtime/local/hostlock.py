@@ -15,6 +15,12 @@ the lock, so that runs (every demo has a lease table of its own) leave no file b
 That removal is safe because a starting run checks, once it holds the lock, that the
 file it locked is still the one at the path; if the holder removed it meanwhile, it
 locks the new one instead (two runs can never hold two files of one path).
+
+A lock file this process cannot open for writing (another user's, in a temporary
+directory with the sticky bit) may still be held: ``flock`` works on a read-only
+descriptor, so a read-only open tells a run that holds it (refused as any holder is,
+exit 5) from a file no process holds, which is not this user's to take (exit 3, as is
+a lock path that is no file at all, or that cannot be opened even to read).
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import stat
 from pathlib import Path
 
-from replicator.exceptions import LeaseHeld
+from replicator.exceptions import EnvironmentProblem, LeaseHeld, OperatorError
 
 # The task name's characters in the file name: enough to recognise it in a listing.
 NAME_PREFIX = 64
@@ -52,23 +59,86 @@ class HostLock:
 
         Opened without truncating: a refused start must not erase the holder's pid."""
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = self._open(refused)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = _read_pid(fd)
                 os.close(fd)
-                by = f"process {holder}" if holder else "another process"
-                raise LeaseHeld(
-                    f"{refused} is being run by {by} on this host (lock {self.path}): the "
-                    "local runtime runs one worker per task name; stop that process first"
-                ) from None
+                raise self._held(refused, holder) from None
             if _same_file(fd, self.path):
                 break
             os.close(fd)  # its holder removed it as it let go: lock the path's new file
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as error:  # a full temporary directory
+            self.release()
+            raise self._unusable(refused, f"cannot write to it ({error.strerror})") from None
+
+    def _open(self, refused: str) -> int:
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except PermissionError as error:
+                problem = self._not_ours(refused, error)
+                if problem is None:
+                    continue  # its holder removed it as it let go: open the path's new file
+                raise problem from None
+            except IsADirectoryError:
+                raise self._unusable(refused, _not_a_file(stat.S_IFDIR)) from None
+            except OSError as error:  # a read-only file system, a name too long
+                raise self._unusable(refused, f"cannot open it ({error.strerror})") from None
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):  # a pipe or a device opens read-write
+                os.close(fd)
+                raise self._unusable(refused, _not_a_file(mode))
+            return fd
+
+    def _not_ours(self, refused: str, error: PermissionError) -> OperatorError | None:
+        """Why a lock file this process may not write cannot be taken: a run holds it
+        (as any holder refuses a start), or none does and it is someone else's. None
+        when its holder removed it meanwhile."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return self._unusable(
+                refused,
+                f"this user cannot open it ({error.strerror}), even to read, so whether a "
+                "run holds it cannot be told: if none runs, remove it",
+            )
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return self._unusable(refused, _not_a_file(info.st_mode))
+            holder = _read_pid(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # let go with the close
+            except BlockingIOError:
+                return self._held(refused, holder)
+            if not _same_file(fd, self.path):
+                return None
+        finally:
+            os.close(fd)
+        left = f"left by process {holder}, " if holder else ""
+        return self._unusable(
+            refused,
+            f"this user cannot open it to write ({error.strerror}) and no process holds it "
+            f"({left}owner uid {info.st_uid}): remove it as its owner or root",
+        )
+
+    def _held(self, refused: str, holder: int | None) -> LeaseHeld:
+        by = f"process {holder}" if holder else "another process"
+        return LeaseHeld(
+            f"{refused} is being run by {by} on this host (lock {self.path}): the "
+            "local runtime runs one worker per task name; stop that process first"
+        )
+
+    def _unusable(self, refused: str, why: str) -> EnvironmentProblem:
+        return EnvironmentProblem(f"{refused}: cannot take the host lock {self.path}: {why}")
 
     def release(self) -> None:
         """Remove the file, then let go: a run waiting to start locks a new file."""
@@ -80,6 +150,12 @@ class HostLock:
                 self.path.unlink()
         finally:
             os.close(fd)
+
+
+def _not_a_file(mode: int) -> str:
+    """Something at the lock's path that no run leaves there (a directory, a pipe)."""
+    what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+    return f"it is {what}, not the lock file a run leaves: remove it"
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -3,18 +3,23 @@ runtimes of one task against the same endpoint refuse each other; against two en
 (two demos, each with its own private endpoint and lease table), or in two regions of
 one endpoint (an active-active pair on one emulator), they do not. The refusal names the
 holder's pid, and the lock's file is bounded in length and removed when its holder lets
-go."""
+go. A lock path this user cannot take (a directory there, another user's file) is one
+line naming it: exit 5 when a run holds it, exit 3 otherwise."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from replicator.config import load_job
 from replicator.config.model import MAX_TASK_NAME
+from replicator.exceptions import EnvironmentProblem, OperatorError
 from replicator.runtime.local import hostlock
 from replicator.runtime.local.runtime import LeaseHeld, LocalRuntime
 
@@ -139,3 +144,115 @@ def test_a_start_that_opened_the_file_its_holder_then_removed_locks_the_new_one(
     finally:
         starting.release()
     assert not path.exists()
+
+
+def _lock_file_of(runtime: LocalRuntime, tmp_path: Path) -> Path:
+    """Where ``runtime`` keeps its lock: taken once, and let go."""
+    runtime._hold_host_lock().release()
+    lock = runtime._hold_host_lock()
+    (path,) = _locks(tmp_path).iterdir()
+    lock.release()
+    return path
+
+
+def test_a_directory_at_the_lock_path_is_named_in_one_line_exit_3(tmp_path: Path) -> None:
+    """os.open's IsADirectoryError ended run in a traceback (exit 1)."""
+    runtime = _runtime(tmp_path, "http://127.0.0.1:6261", "a")
+    path = _lock_file_of(runtime, tmp_path)
+    path.mkdir()
+    with pytest.raises(EnvironmentProblem) as refused:
+        runtime._hold_host_lock()
+    assert refused.value.exit_code == 3
+    assert str(refused.value) == (
+        f"task same-task on http://127.0.0.1:6261: cannot take the host lock {path}: it is "
+        "a directory, not the lock file a run leaves: remove it"
+    )
+    assert path.is_dir()
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0,
+    reason="root opens a file whatever its mode: the directory and another user's file "
+    "are its cases",
+)
+def test_a_lock_file_this_user_cannot_open_at_all_is_named_in_one_line_exit_3(
+    tmp_path: Path,
+) -> None:
+    runtime = _runtime(tmp_path, "http://127.0.0.1:6261", "a")
+    path = _lock_file_of(runtime, tmp_path)
+    path.write_text("4242\n")
+    path.chmod(0)
+    with pytest.raises(EnvironmentProblem) as refused:
+        runtime._hold_host_lock()
+    assert refused.value.exit_code == 3
+    assert f"cannot take the host lock {path}: this user cannot open it (Permission " in str(
+        refused.value
+    )
+    assert "whether a run holds it cannot be told: if none runs, remove it" in str(refused.value)
+
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A temporary directory as /tmp is (mode 1777) that another user can reach
+    (pytest's own are private to this user)."""
+    directory = Path(tempfile.mkdtemp(prefix="replicator-test-", dir="/tmp"))
+    directory.chmod(0o1777)
+    yield directory
+    shutil.rmtree(directory)
+
+
+def _start_as_nobody(path: Path) -> tuple[str, int, str]:
+    """What a start of the task whose lock is at ``path`` raises, made by another user: a
+    forked child that drops root (the interpreter's own directory may be closed to
+    other users, so no new one is started)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        answer: list[object] = ["held", 0, ""]
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            hostlock.HostLock(path).hold("task t")
+        except OperatorError as error:
+            answer = [type(error).__name__, error.exit_code, str(error)]
+        except BaseException as error:  # reported to the test
+            answer = ["unexpected", 1, repr(error)]
+        os.write(write_end, json.dumps(answer).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as answered:
+        text = answered.read()
+    os.waitpid(pid, 0)
+    kind, code, said = json.loads(text)
+    return kind, code, said
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a lock file of another user needs root to make")
+def test_another_users_lock_file_is_told_held_by_a_run_or_left_by_one(shared_tmp: Path) -> None:
+    """The open for writing fails with EACCES (in a sticky directory, as /tmp): that
+    ended the start in a PermissionError traceback. A read-only open tells whether a run
+    holds it, as flock works on it: held is refused as any holder's lock is (exit 5,
+    naming the pid); a file no run holds is not this user's to take (exit 3)."""
+    path = shared_tmp / "replicator-t.lock"
+    holder = hostlock.HostLock(path)
+    holder.hold("task t")  # root's file, mode 644
+    try:
+        kind, code, said = _start_as_nobody(path)
+    finally:
+        holder.release()
+    assert (kind, code) == ("LeaseHeld", 5), said
+    assert f"task t is being run by process {os.getpid()} on this host (lock {path})" in said
+
+    path.write_text("4242\n")  # as a run killed with SIGKILL left it
+    kind, code, said = _start_as_nobody(path)
+    assert (kind, code) == ("EnvironmentProblem", 3), said
+    assert said == (
+        f"task t: cannot take the host lock {path}: this user cannot open it to write "
+        "(Permission denied) and no process holds it (left by process 4242, owner uid 0): "
+        "remove it as its owner or root"
+    )
+    assert path.read_text() == "4242\n"
