@@ -55,7 +55,8 @@ class HostLock:
         return self._fd is not None
 
     def hold(self, refused: str) -> None:
-        """Take the lock, or raise :class:`LeaseHeld` with ``refused`` and the holder's pid.
+        """Take the lock, or raise :class:`LeaseHeld` with ``refused`` and the holder's pid
+        (:class:`EnvironmentProblem` when no run holds it but it cannot be taken).
 
         Opened without truncating: a refused start must not erase the holder's pid."""
         while True:
