@@ -170,14 +170,19 @@ def test_a_directory_at_the_lock_path_is_named_in_one_line_exit_3(tmp_path: Path
     assert path.is_dir()
 
 
-@pytest.mark.skipif(
-    os.geteuid() == 0,
-    reason="root opens a file whatever its mode: the directory and another user's file "
-    "are its cases",
-)
-def test_a_lock_file_this_user_cannot_open_at_all_is_named_in_one_line_exit_3(
-    tmp_path: Path,
+def test_a_lock_file_this_user_cannot_open_is_named_in_one_line(
+    tmp_path: Path, shared_tmp: Path
 ) -> None:
+    """A file at the lock path this user may not open for writing ended the start in a
+    PermissionError traceback. Root opens a file whatever its mode: as root, the case is
+    another user's file (what root's own run leaves, met by a run of another user)."""
+    if os.geteuid() == 0:
+        _another_users_lock_file_is_told_held_by_a_run_or_left_by_one(shared_tmp)
+    else:
+        _a_lock_file_this_user_cannot_open_at_all_is_exit_3(tmp_path)
+
+
+def _a_lock_file_this_user_cannot_open_at_all_is_exit_3(tmp_path: Path) -> None:
     runtime = _runtime(tmp_path, "http://127.0.0.1:6261", "a")
     path = _lock_file_of(runtime, tmp_path)
     path.write_text("4242\n")
@@ -231,8 +236,7 @@ def _start_as_nobody(path: Path) -> tuple[str, int, str]:
     return kind, code, said
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="a lock file of another user needs root to make")
-def test_another_users_lock_file_is_told_held_by_a_run_or_left_by_one(shared_tmp: Path) -> None:
+def _another_users_lock_file_is_told_held_by_a_run_or_left_by_one(shared_tmp: Path) -> None:
     """The open for writing fails with EACCES (in a sticky directory, as /tmp): that
     ended the start in a PermissionError traceback. A read-only open tells whether a run
     holds it, as flock works on it: held is refused as any holder's lock is (exit 5,
