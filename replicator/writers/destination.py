@@ -47,7 +47,7 @@ from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.rules import ConflictRule, OrderedRule, Skip, Verdict, WriteRequest
 from replicator.rules.order import below
-from replicator.rules.requests import write_over
+from replicator.rules.requests import holds_write, write_over
 from replicator.tombstones.model import Tombstone, tombstone_of
 from replicator.tombstones.table import TombstoneTable
 from replicator.writers.wire import WireWriteClient
@@ -151,9 +151,9 @@ class _Attempts:
     optimistic_conflicts: int = 0
     tombstone_done: bool = False
     since_s: float | None = None  # when the item went stale here, if before the change
-    # A write was sent and not refused by its condition: it may have landed (its answer
-    # lost, a 5xx), so the change's own outcome found there next is this write's.
-    in_doubt: bool = False
+    # A write that was sent and not refused by its condition: it may have landed (its
+    # answer lost, a 5xx), so the item it leaves, found there next, is this write's.
+    in_doubt: WriteRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -430,6 +430,9 @@ class DestinationWriter:
             existing: Item | None = None
             if self.rule.reads_existing:
                 existing = self._read(change)
+                sent, state.in_doubt = state.in_doubt, None
+                if sent is not None and holds_write(sent, existing):
+                    return self._own_write_found(change, state)
                 if self.rule.shows_applied(change, existing):
                     return self._held_already(change, state)
             first, state.first = state.first, None
@@ -437,13 +440,13 @@ class DestinationWriter:
             if isinstance(plan, Skip):
                 self._lost(change, Winner(item=existing), plan.reason)
                 return self._count(op, Outcome.CONFLICT_LOST, plan.reason)
-            state.in_doubt = True
+            state.in_doubt = plan
             try:
                 response = self._send(plan) if first is None else _answer_of(first)
             except ClientError as error:
                 if classify(error) is not ErrorKind.CONDITION_FAILED:
                     raise
-                state.in_doubt = False
+                state.in_doubt = None
                 self._note_success()
                 old: Item | None = error.response.get("Item")  # type: ignore[assignment]
                 outcome = self._condition_failed(change, old, attempt, state)
@@ -478,13 +481,17 @@ class DestinationWriter:
         Under the ordered rules the same image is ``unchanged`` (replays, echoes); a
         resolver asked about an image against itself could only say "keep it" or "write
         it", and "keep it" was counted and logged as a lost conflict whose loser and
-        winner are one image (and a restore of that entry wrote it again). Applied, not
-        unchanged, when a write of this change was sent and may have landed: its answer
-        was lost."""
-        if state.in_doubt:
-            self.metrics.retries.labels(self.label, "already_applied").inc()
-            return self._applied(change, state)
+        winner are one image (and a restore of that entry wrote it again)."""
         return self._count(change.event.op, Outcome.UNCHANGED)
+
+    def _own_write_found(self, change: Change, state: _Attempts) -> WriteResult:
+        """A rule that reads first found what its last write, sent without an answer,
+        leaves there: that write landed. The write is the rule's (a custom resolver's item,
+        not necessarily the change's image), so its outcome, not the change's, is what the
+        read is compared with; asked again, the resolver would judge the item it wrote
+        itself, and keeping it would record a lost conflict against our own write."""
+        self.metrics.retries.labels(self.label, "already_applied").inc()
+        return self._applied(change, state)
 
     def _replaced(
         self, change: Change, request: WriteRequest, response: Mapping[str, Any]

@@ -178,22 +178,37 @@ class LandingClient:
         return {}
 
 
+def stamp_when_newer(incoming: Any, existing: Any) -> Any:
+    """Test resolver: the incoming put marked as resolved when its 'ts' is higher than
+    the item's (or there is none); else the item stays."""
+    if incoming.new_image is None:
+        return True
+    if existing is None or int(incoming.new_image["ts"]["N"]) > int(existing["ts"]["N"]):
+        return {**incoming.new_image, "resolved": {"BOOL": True}}
+    return False
+
+
+@pytest.mark.parametrize("resolver", ["newer_ts", "stamp_when_newer"])
 def test_a_custom_write_whose_answer_was_lost_is_applied_not_lost_to_itself(
-    tmp_path: Path, metrics: Metrics
+    tmp_path: Path, metrics: Metrics, resolver: str
 ) -> None:
     """The retry reads the item the first attempt wrote. Asked about it, a resolver that
     keeps the destination's item unless the incoming one is newer would keep it: a lost
-    conflict of the change against its own image. It is the change's write, applied."""
+    conflict of the change against its own write. It is the change's write, applied.
+    ``stamp_when_newer`` writes its own item, not the change's image: compared with the
+    change's image, that write was not recognised, and the resolver was asked."""
     landing = LandingClient()
     writer = writer_for(
         landing,
         tmp_path,
         metrics,
         policy="custom",
-        resolver="tests.writers.test_write_outcomes:newer_ts",
+        resolver=f"tests.writers.test_write_outcomes:{resolver}",
     )
     assert writer.write(decode(put("a", 1, ts=10))).outcome is Outcome.APPLIED
     assert landing.puts == 1
+    assert landing.item is not None
+    assert ("resolved" in landing.item) is (resolver == "stamp_when_newer")
     assert outcomes(metrics, "conflict_lost") == 0
     assert (
         sample(metrics, "replicator_retries_total", destination="dest", reason="already_applied")
