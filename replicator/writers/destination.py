@@ -47,7 +47,7 @@ from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.rules import ConflictRule, OrderedRule, Skip, Verdict, WriteRequest
 from replicator.rules.order import below
-from replicator.rules.requests import holds_write, write_over
+from replicator.rules.requests import holds_outcome, holds_write, write_over
 from replicator.tombstones.model import Tombstone, tombstone_of
 from replicator.tombstones.table import TombstoneTable
 from replicator.writers.wire import WireWriteClient
@@ -433,11 +433,17 @@ class DestinationWriter:
                 sent, state.in_doubt = state.in_doubt, None
                 if sent is not None and holds_write(sent, existing):
                     return self._own_write_found(change, state)
-                if self.rule.shows_applied(change, existing):
-                    return self._held_already(change, state)
             first, state.first = state.first, None
             plan = first.request if first else state.request or self.rule.plan(change, existing)
             if isinstance(plan, Skip):
+                if self.rule.reads_existing and holds_outcome(change, existing):
+                    # The rule kept an item that is what the change leaves there (a replay,
+                    # a backfill's copy, a delete of an item already gone): unchanged, as
+                    # under the ordered rules, not a conflict whose loser is its winner
+                    # (which a restore would write again). The rule is asked all the same:
+                    # a resolver may write there anyway (a soft-delete marker, an image
+                    # it transforms).
+                    return self._count(op, Outcome.UNCHANGED)
                 self._lost(change, Winner(item=existing), plan.reason)
                 return self._count(op, Outcome.CONFLICT_LOST, plan.reason)
             state.in_doubt = plan
@@ -473,16 +479,6 @@ class DestinationWriter:
                         self._lost(change, Winner(tombstone=undone), why)
                         return self._count(op, Outcome.CONFLICT_LOST, why)
             return self._applied(change, state)
-
-    def _held_already(self, change: Change, state: _Attempts) -> WriteResult:
-        """A rule that reads first (``custom``, a restore) found the destination holding
-        what the change leaves there: nothing to write, and no conflict to record.
-
-        Under the ordered rules the same image is ``unchanged`` (replays, echoes); a
-        resolver asked about an image against itself could only say "keep it" or "write
-        it", and "keep it" was counted and logged as a lost conflict whose loser and
-        winner are one image (and a restore of that entry wrote it again)."""
-        return self._count(change.event.op, Outcome.UNCHANGED)
 
     def _own_write_found(self, change: Change, state: _Attempts) -> WriteResult:
         """A rule that reads first found what its last write, sent without an answer,

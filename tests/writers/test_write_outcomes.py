@@ -188,15 +188,29 @@ def stamp_when_newer(incoming: Any, existing: Any) -> Any:
     return False
 
 
-@pytest.mark.parametrize("resolver", ["newer_ts", "stamp_when_newer"])
+def soft_delete(incoming: Any, existing: Any) -> Any:
+    """Test resolver: a delete becomes a marker item; a put is written as it is."""
+    if incoming.new_image is None:
+        return {**incoming.keys, "deleted": {"BOOL": True}}
+    return True
+
+
+@pytest.mark.parametrize(
+    ("resolver", "change", "mark"),
+    [
+        ("newer_ts", put("a", 1, ts=10), None),
+        ("stamp_when_newer", put("a", 1, ts=10), "resolved"),
+        ("soft_delete", remove("a", 1, ts=10), "deleted"),
+    ],
+)
 def test_a_custom_write_whose_answer_was_lost_is_applied_not_lost_to_itself(
-    tmp_path: Path, metrics: Metrics, resolver: str
+    tmp_path: Path, metrics: Metrics, resolver: str, change: dict[str, Any], mark: str | None
 ) -> None:
     """The retry reads the item the first attempt wrote. Asked about it, a resolver that
     keeps the destination's item unless the incoming one is newer would keep it: a lost
     conflict of the change against its own write. It is the change's write, applied.
-    ``stamp_when_newer`` writes its own item, not the change's image: compared with the
-    change's image, that write was not recognised, and the resolver was asked."""
+    The other two write their own item (``mark``), not the change's outcome: compared
+    with that, the write was not recognised, and the resolver was asked again."""
     landing = LandingClient()
     writer = writer_for(
         landing,
@@ -205,10 +219,10 @@ def test_a_custom_write_whose_answer_was_lost_is_applied_not_lost_to_itself(
         policy="custom",
         resolver=f"tests.writers.test_write_outcomes:{resolver}",
     )
-    assert writer.write(decode(put("a", 1, ts=10))).outcome is Outcome.APPLIED
+    assert writer.write(decode(change)).outcome is Outcome.APPLIED
     assert landing.puts == 1
     assert landing.item is not None
-    assert ("resolved" in landing.item) is (resolver == "stamp_when_newer")
+    assert mark is None or landing.item[mark] == {"BOOL": True}
     assert outcomes(metrics, "conflict_lost") == 0
     assert (
         sample(metrics, "replicator_retries_total", destination="dest", reason="already_applied")
