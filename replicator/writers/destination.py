@@ -34,6 +34,7 @@ from replicator.aws.errors import (
     error_code,
     error_message,
     excerpt,
+    may_have_landed,
 )
 from replicator.conflictlog.base import ConflictRecorder, Loss
 from replicator.exceptions import (
@@ -151,8 +152,11 @@ class _Attempts:
     optimistic_conflicts: int = 0
     tombstone_done: bool = False
     since_s: float | None = None  # when the item went stale here, if before the change
-    # A write that was sent and not refused by its condition: it may have landed (its
-    # answer lost, a 5xx), so the item it leaves, found there next, is this write's.
+    # The last write whose answer may hide that it landed (a read timeout, a dropped
+    # connection, a 5xx: :func:`may_have_landed`), until a read or a failed condition
+    # shows what the destination holds: the outcome found there then may be its own.
+    # Never a write refused outright (throttled, denied, no table): an identical item
+    # found after one of those is someone else's, unchanged rather than applied.
     in_doubt: WriteRequest | None = None
 
 
@@ -446,16 +450,18 @@ class DestinationWriter:
                     return self._count(op, Outcome.UNCHANGED)
                 self._lost(change, Winner(item=existing), plan.reason)
                 return self._count(op, Outcome.CONFLICT_LOST, plan.reason)
-            state.in_doubt = plan
             try:
                 response = self._send(plan) if first is None else _answer_of(first)
-            except ClientError as error:
-                if classify(error) is not ErrorKind.CONDITION_FAILED:
+            except Exception as error:
+                if may_have_landed(error):
+                    state.in_doubt = plan
+                if not isinstance(error, ClientError) or (
+                    classify(error) is not ErrorKind.CONDITION_FAILED
+                ):
                     raise
-                state.in_doubt = None
                 self._note_success()
                 old: Item | None = error.response.get("Item")  # type: ignore[assignment]
-                outcome = self._condition_failed(change, old, attempt, state)
+                outcome = self._condition_failed(change, old, state)
                 if outcome is None:
                     continue
                 return outcome
@@ -466,7 +472,7 @@ class DestinationWriter:
                 state.restore = write_over("put", change.keys, left, replaced)
                 state.request = None
                 self._put_back(state)
-                outcome = self._condition_failed(change, replaced, attempt, state)
+                outcome = self._condition_failed(change, replaced, state)
                 if outcome is None:
                     continue
                 return outcome
@@ -533,10 +539,12 @@ class DestinationWriter:
         state.restore = None
 
     def _condition_failed(
-        self, change: Change, old: Item | None, attempt: int, state: _Attempts
+        self, change: Change, old: Item | None, state: _Attempts
     ) -> WriteResult | None:
         """What a failed condition settles; None to write again at once."""
         op = change.event.op
+        # The item it returned is what the destination holds: no doubt is left after it.
+        in_doubt, state.in_doubt = state.in_doubt, None
         if self.rule.reads_existing:
             state.optimistic_conflicts += 1
             self.metrics.retries.labels(self.label, "optimistic_conflict").inc()
@@ -548,7 +556,7 @@ class DestinationWriter:
                     f"{state.optimistic_conflicts} times in a row",
                 )
             return None
-        if attempt > 0 and self.rule.shows_applied(change, old):
+        if in_doubt is not None and self.rule.shows_applied(change, old):
             # An earlier attempt landed and its answer was lost (a read timeout, a
             # dropped connection): the item is ours already.
             self.metrics.retries.labels(self.label, "already_applied").inc()
