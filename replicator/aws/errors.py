@@ -13,6 +13,10 @@
   signature from a skewed clock, an unknown access key). That is never a property of
   one change, so it is never dead-lettered: retried, and when it persists the worker
   stops with a message that names the cause.
+
+Apart from what to do next, a failed write is in doubt or not (:func:`may_have_landed`):
+whether it may have been applied although its answer says otherwise, which decides
+whether what it leaves, found at the destination later, is its own doing.
 """
 
 from __future__ import annotations
@@ -23,9 +27,12 @@ from enum import StrEnum
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
     HTTPClientError,
     NoCredentialsError,
     ParamValidationError,
+    ProxyConnectionError,
     ReadTimeoutError,
 )
 from botocore.exceptions import (
@@ -71,6 +78,28 @@ _TRANSIENT = frozenset(
         # Endpoint discovery: the cached endpoint moved; the next attempt resolves again.
         "InvalidEndpointException",
     }
+)
+# Of the transient answers, those the service may give after it carried the write out:
+# its own failure or timeout. The others refuse a request before applying it (another
+# transaction or Region writing the item, an expired token, a moved endpoint, a request
+# still in progress).
+_AFTER_THE_WRITE = frozenset(
+    {
+        "InternalServerError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+# A connection that was never made (refused, timed out, no proxy): botocore's and the
+# direct path's. A TLS failure is not among them: it may come after the request was sent.
+_NEVER_CONNECTED = (
+    EndpointConnectionError,
+    ConnectTimeoutError,
+    ProxyConnectionError,
+    ConnectionRefusedError,
 )
 # Signature and clock problems: the request was not looked at, whatever it held.
 CLOCK_SKEW = frozenset(
@@ -158,3 +187,21 @@ def classify(error: BaseException) -> ErrorKind:
     if isinstance(error, ConnectionError | TimeoutError):
         return ErrorKind.RETRY
     return ErrorKind.REJECTED
+
+
+def may_have_landed(error: BaseException) -> bool:
+    """Whether a write that raised ``error`` may have been applied all the same.
+
+    Yes for an answer the service gives after it may have carried the write out (a 5xx,
+    its own timeout) and for no answer to a request that was sent (a read timeout, a
+    connection dropped, a garbled answer): the botocore client and the direct path raise
+    the same errors for these, so one answer holds for both. No for every refusal
+    (throttling, access, a missing table, signatures, validation, a failed condition)
+    and for a connection that was never made: nothing was written, and an item found
+    there later is someone else's, whatever it holds."""
+    if isinstance(error, ClientError):
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return status >= 500 or error_code(error) in _AFTER_THE_WRITE
+    if isinstance(error, _NEVER_CONNECTED):
+        return False  # nothing was sent
+    return classify(error) is ErrorKind.RETRY

@@ -85,11 +85,11 @@ class RestoreRule:
     """Writes the synthetic restore change: unforced, only after a read shows the
     destination holds exactly the recorded winner (module docstring).
 
-    The writer asks :meth:`shows_applied` first, so an item that already holds the image
-    to restore is ``unchanged`` and never planned for, even when it is the winner too (an
-    entry whose two images are one, recorded by a custom rule of earlier versions).
-    Whether a write was planned is kept, for :func:`restore` to say whether a destination
-    that stopped answering may have taken it."""
+    An item that already holds the image to restore is not written, before it is compared
+    with the winner, since it may be the winner too (an entry whose two images are one,
+    recorded by a custom rule of earlier versions): the writer takes that Skip for
+    ``unchanged``. Whether a write was planned is kept, for :func:`restore` to say whether
+    a destination that stopped answering may have taken it."""
 
     name = "restore"
 
@@ -108,6 +108,8 @@ class RestoreRule:
             if op == "delete":
                 return WriteRequest(op="delete", key=change.keys)
             return WriteRequest(op="put", item=change.new_image)
+        if holds_outcome(change, existing):
+            return Skip("the destination's item is already the image to restore")
         expected = change.old_image
         if self.winner_digest is not None:
             if existing is None or image_digest(item_to_wire(existing)) != self.winner_digest:
@@ -257,7 +259,7 @@ def restore(
             )
         ) from None
     if written.outcome is Outcome.UNCHANGED:
-        # The item holds the image this restore writes (the writer read it first).
+        # The item holds the image this restore writes (RestoreRule.plan).
         return already_restored(entry, entries)
     if written.outcome is Outcome.CONFLICT_LOST:
         compared = ""

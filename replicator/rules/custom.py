@@ -11,8 +11,16 @@ existing item (``None`` when there is none), both in boto3's attribute-value for
 and returns:
 
 * ``True``: write the change as it is (put the new image, or delete);
-* ``False``: keep the destination's item (counted as a lost conflict);
+* ``False``: keep the destination's item (counted and recorded as a lost conflict, unless
+  that item is already what the change leaves there, its new image or, for a delete, no
+  item: then the outcome is ``unchanged`` and nothing is recorded);
 * an item (a dict of attribute values, key attributes included): put that item.
+
+The function is asked about every change, also when the destination already holds what
+the change leaves there: it may answer with a write all the same (a soft-delete marker
+for a delete of an item that is not there, its own version of an image). It is not asked
+about its own write: when a write's answer was lost, the retry's read is compared with
+what that write leaves, and finding it counts the write applied.
 """
 
 from __future__ import annotations

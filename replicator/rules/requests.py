@@ -91,6 +91,16 @@ def holds_outcome(change: Change, existing: Item | None) -> bool:
     )
 
 
+def holds_write(request: WriteRequest, existing: Item | None) -> bool:
+    """Whether the destination's item is what ``request`` leaves there: its item after a
+    put, nothing after a delete. A custom resolver's write need not be the change's image,
+    so this, not :func:`holds_outcome`, tells whether a write sent without an answer
+    landed."""
+    if request.op == "delete":
+        return existing is None
+    return existing is not None and request.item is not None and same_item(existing, request.item)
+
+
 # DynamoDB's limits on one expression (ConditionExpression included): 4096 bytes of
 # text, and 300 operators and functions in all (AWS, "Expression parameters"; moto
 # enforces neither). The names and values an expression substitutes have their own

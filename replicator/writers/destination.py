@@ -34,6 +34,7 @@ from replicator.aws.errors import (
     error_code,
     error_message,
     excerpt,
+    may_have_landed,
 )
 from replicator.conflictlog.base import ConflictRecorder, Loss
 from replicator.exceptions import (
@@ -47,7 +48,7 @@ from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.rules import ConflictRule, OrderedRule, Skip, Verdict, WriteRequest
 from replicator.rules.order import below
-from replicator.rules.requests import write_over
+from replicator.rules.requests import holds_outcome, holds_write, write_over
 from replicator.tombstones.model import Tombstone, tombstone_of
 from replicator.tombstones.table import TombstoneTable
 from replicator.writers.wire import WireWriteClient
@@ -151,9 +152,12 @@ class _Attempts:
     optimistic_conflicts: int = 0
     tombstone_done: bool = False
     since_s: float | None = None  # when the item went stale here, if before the change
-    # A write was sent and not refused by its condition: it may have landed (its answer
-    # lost, a 5xx), so the change's own outcome found there next is this write's.
-    in_doubt: bool = False
+    # The last write whose answer may hide that it landed (a read timeout, a dropped
+    # connection, a 5xx: :func:`may_have_landed`), until a read or a failed condition
+    # shows what the destination holds: the outcome found there then may be its own.
+    # Never a write refused outright (throttled, denied, no table): an identical item
+    # found after one of those is someone else's, unchanged rather than applied.
+    in_doubt: WriteRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -430,23 +434,34 @@ class DestinationWriter:
             existing: Item | None = None
             if self.rule.reads_existing:
                 existing = self._read(change)
-                if self.rule.shows_applied(change, existing):
-                    return self._held_already(change, state)
+                sent, state.in_doubt = state.in_doubt, None
+                if sent is not None and holds_write(sent, existing):
+                    return self._own_write_found(change, state)
             first, state.first = state.first, None
             plan = first.request if first else state.request or self.rule.plan(change, existing)
             if isinstance(plan, Skip):
+                if self.rule.reads_existing and holds_outcome(change, existing):
+                    # The rule kept an item that is what the change leaves there (a replay,
+                    # a backfill's copy, a delete of an item already gone): unchanged, as
+                    # under the ordered rules, not a conflict whose loser is its winner
+                    # (which a restore would write again). The rule is asked all the same:
+                    # a resolver may write there anyway (a soft-delete marker, an image
+                    # it transforms).
+                    return self._count(op, Outcome.UNCHANGED)
                 self._lost(change, Winner(item=existing), plan.reason)
                 return self._count(op, Outcome.CONFLICT_LOST, plan.reason)
-            state.in_doubt = True
             try:
                 response = self._send(plan) if first is None else _answer_of(first)
-            except ClientError as error:
-                if classify(error) is not ErrorKind.CONDITION_FAILED:
+            except Exception as error:
+                if may_have_landed(error):
+                    state.in_doubt = plan
+                if not isinstance(error, ClientError) or (
+                    classify(error) is not ErrorKind.CONDITION_FAILED
+                ):
                     raise
-                state.in_doubt = False
                 self._note_success()
                 old: Item | None = error.response.get("Item")  # type: ignore[assignment]
-                outcome = self._condition_failed(change, old, attempt, state)
+                outcome = self._condition_failed(change, old, state)
                 if outcome is None:
                     continue
                 return outcome
@@ -457,7 +472,7 @@ class DestinationWriter:
                 state.restore = write_over("put", change.keys, left, replaced)
                 state.request = None
                 self._put_back(state)
-                outcome = self._condition_failed(change, replaced, attempt, state)
+                outcome = self._condition_failed(change, replaced, state)
                 if outcome is None:
                     continue
                 return outcome
@@ -471,20 +486,14 @@ class DestinationWriter:
                         return self._count(op, Outcome.CONFLICT_LOST, why)
             return self._applied(change, state)
 
-    def _held_already(self, change: Change, state: _Attempts) -> WriteResult:
-        """A rule that reads first (``custom``, a restore) found the destination holding
-        what the change leaves there: nothing to write, and no conflict to record.
-
-        Under the ordered rules the same image is ``unchanged`` (replays, echoes); a
-        resolver asked about an image against itself could only say "keep it" or "write
-        it", and "keep it" was counted and logged as a lost conflict whose loser and
-        winner are one image (and a restore of that entry wrote it again). Applied, not
-        unchanged, when a write of this change was sent and may have landed: its answer
-        was lost."""
-        if state.in_doubt:
-            self.metrics.retries.labels(self.label, "already_applied").inc()
-            return self._applied(change, state)
-        return self._count(change.event.op, Outcome.UNCHANGED)
+    def _own_write_found(self, change: Change, state: _Attempts) -> WriteResult:
+        """A rule that reads first found what its last write, sent without an answer,
+        leaves there: that write landed. The write is the rule's (a custom resolver's item,
+        not necessarily the change's image), so its outcome, not the change's, is what the
+        read is compared with; asked again, the resolver would judge the item it wrote
+        itself, and keeping it would record a lost conflict against our own write."""
+        self.metrics.retries.labels(self.label, "already_applied").inc()
+        return self._applied(change, state)
 
     def _replaced(
         self, change: Change, request: WriteRequest, response: Mapping[str, Any]
@@ -530,10 +539,12 @@ class DestinationWriter:
         state.restore = None
 
     def _condition_failed(
-        self, change: Change, old: Item | None, attempt: int, state: _Attempts
+        self, change: Change, old: Item | None, state: _Attempts
     ) -> WriteResult | None:
         """What a failed condition settles; None to write again at once."""
         op = change.event.op
+        # The item it returned is what the destination holds: no doubt is left after it.
+        in_doubt, state.in_doubt = state.in_doubt, None
         if self.rule.reads_existing:
             state.optimistic_conflicts += 1
             self.metrics.retries.labels(self.label, "optimistic_conflict").inc()
@@ -545,7 +556,7 @@ class DestinationWriter:
                     f"{state.optimistic_conflicts} times in a row",
                 )
             return None
-        if attempt > 0 and self.rule.shows_applied(change, old):
+        if in_doubt is not None and self.rule.shows_applied(change, old):
             # An earlier attempt landed and its answer was lost (a read timeout, a
             # dropped connection): the item is ours already.
             self.metrics.retries.labels(self.label, "already_applied").inc()

@@ -14,12 +14,18 @@ from typing import Any, ClassVar
 
 import pytest
 import structlog
-from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 
 from replicator.aws import clients
 from replicator.aws.backoff import Backoff
 from replicator.aws.clients import Place
-from replicator.aws.errors import ErrorKind, classify
+from replicator.aws.errors import ErrorKind, classify, may_have_landed
 from replicator.buffer import ChangeBuffer
 from replicator.config.model import ConflictConfig
 from replicator.deadletter import FileDeadLetters
@@ -160,10 +166,21 @@ def newer_ts(incoming: Any, existing: Any) -> bool:
 
 
 class LandingClient:
-    """A table of one item: the first PutItem lands and its answer is lost (a read
-    timeout); reads answer what the table holds."""
+    """A table of one item whose first PutItem fails with ``error`` (a read timeout unless
+    told). When ``lands``, that put was applied all the same (its answer lost); else it
+    was not, and another writer put ``meanwhile`` there instead (a backfill's copy, a
+    repair). Reads answer what the table holds."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        error: BaseException | None = None,
+        *,
+        lands: bool = True,
+        meanwhile: dict[str, Any] | None = None,
+    ) -> None:
+        self.error = error or ReadTimeoutError(endpoint_url="http://127.0.0.1:1")
+        self.lands = lands
+        self.meanwhile = meanwhile
         self.item: dict[str, Any] | None = None
         self.puts = 0
 
@@ -172,33 +189,163 @@ class LandingClient:
 
     def put_item(self, **kwargs: Any) -> dict[str, Any]:
         self.puts += 1
-        self.item = kwargs["Item"]
         if self.puts == 1:
-            raise ReadTimeoutError(endpoint_url="http://127.0.0.1:1")
+            self.item = kwargs["Item"] if self.lands else self.meanwhile
+            raise self.error
+        self.item = kwargs["Item"]
         return {}
 
 
+def stamp_when_newer(incoming: Any, existing: Any) -> Any:
+    """Test resolver: the incoming put marked as resolved when its 'ts' is higher than
+    the item's (or there is none); else the item stays."""
+    if incoming.new_image is None:
+        return True
+    if existing is None or int(incoming.new_image["ts"]["N"]) > int(existing["ts"]["N"]):
+        return {**incoming.new_image, "resolved": {"BOOL": True}}
+    return False
+
+
+def soft_delete(incoming: Any, existing: Any) -> Any:
+    """Test resolver: a delete becomes a marker item; a put is written as it is."""
+    if incoming.new_image is None:
+        return {**incoming.keys, "deleted": {"BOOL": True}}
+    return True
+
+
+@pytest.mark.parametrize(
+    ("resolver", "change", "mark"),
+    [
+        ("newer_ts", put("a", 1, ts=10), None),
+        ("stamp_when_newer", put("a", 1, ts=10), "resolved"),
+        ("soft_delete", remove("a", 1, ts=10), "deleted"),
+    ],
+)
 def test_a_custom_write_whose_answer_was_lost_is_applied_not_lost_to_itself(
-    tmp_path: Path, metrics: Metrics
+    tmp_path: Path, metrics: Metrics, resolver: str, change: dict[str, Any], mark: str | None
 ) -> None:
     """The retry reads the item the first attempt wrote. Asked about it, a resolver that
     keeps the destination's item unless the incoming one is newer would keep it: a lost
-    conflict of the change against its own image. It is the change's write, applied."""
+    conflict of the change against its own write. It is the change's write, applied.
+    The other two write their own item (``mark``), not the change's outcome: compared
+    with that, the write was not recognised, and the resolver was asked again."""
     landing = LandingClient()
     writer = writer_for(
         landing,
         tmp_path,
         metrics,
         policy="custom",
-        resolver="tests.writers.test_write_outcomes:newer_ts",
+        resolver=f"tests.writers.test_write_outcomes:{resolver}",
     )
-    assert writer.write(decode(put("a", 1, ts=10))).outcome is Outcome.APPLIED
+    assert writer.write(decode(change)).outcome is Outcome.APPLIED
     assert landing.puts == 1
+    assert landing.item is not None
+    assert mark is None or landing.item[mark] == {"BOOL": True}
     assert outcomes(metrics, "conflict_lost") == 0
     assert (
         sample(metrics, "replicator_retries_total", destination="dest", reason="already_applied")
         == 1
     )
+
+
+def server_error(code: str, status: int) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": ""}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "PutItem",
+    )
+
+
+URL = "http://127.0.0.1:1"
+# Failed writes that may have been applied all the same, and refusals that say nothing was.
+MAY_HAVE_LANDED = [
+    ReadTimeoutError(endpoint_url=URL),
+    ConnectionClosedError(endpoint_url=URL),
+    server_error("InternalServerError", 500),
+    server_error("ServiceUnavailable", 503),
+]
+# Refused writes that are retried (each at most once here: a denial stays under its limit).
+REFUSED = [
+    client_error("ProvisionedThroughputExceededException", "slow down"),
+    client_error("ThrottlingException"),
+    client_error("AccessDeniedException"),
+    client_error("ResourceNotFoundException"),
+    client_error("TransactionConflictException"),
+    EndpointConnectionError(endpoint_url=URL),
+    ConnectTimeoutError(endpoint_url=URL),
+]
+NOT_LANDED = [
+    *REFUSED,
+    client_error("ValidationException"),
+    client_error("ConditionalCheckFailedException"),
+]
+
+
+def error_id(error: BaseException) -> str:
+    return (
+        error.response["Error"]["Code"] if isinstance(error, ClientError) else type(error).__name__
+    )
+
+
+@pytest.mark.parametrize("error", MAY_HAVE_LANDED + NOT_LANDED, ids=error_id)
+def test_which_failed_writes_may_have_landed(error: BaseException) -> None:
+    """One answer for both transports: the direct path raises botocore's errors."""
+    assert may_have_landed(error) is (error in MAY_HAVE_LANDED)
+
+
+# A first attempt that fails with ``error``, and whether the write landed all the same.
+FAILED_FIRST = pytest.mark.parametrize(
+    ("error", "lands"),
+    [(error, True) for error in MAY_HAVE_LANDED] + [(error, False) for error in REFUSED],
+    ids=lambda value: error_id(value) if isinstance(value, BaseException) else str(value),
+)
+
+
+@FAILED_FIRST
+def test_a_custom_write_is_in_doubt_only_after_an_answer_that_may_hide_it_landed(
+    tmp_path: Path, metrics: Metrics, error: BaseException, lands: bool
+) -> None:
+    """A refused write (throttled, denied, no table, no connection) wrote nothing: the
+    same image found there next is another writer's, ``unchanged`` (the resolver keeps
+    it), not this write's, counted ``applied`` and ``already_applied``."""
+    change = decode(put("a", 1, ts=10))
+    assert change.new_image is not None
+    table = LandingClient(error, lands=lands, meanwhile=dict(change.new_image))
+    writer = writer_for(
+        table,
+        tmp_path,
+        metrics,
+        policy="custom",
+        resolver="tests.writers.test_write_outcomes:newer_ts",
+    )
+    expected = Outcome.APPLIED if lands else Outcome.UNCHANGED
+    assert writer.write(change).outcome is expected
+    assert table.puts == 1
+    assert outcomes(metrics, "conflict_lost") == 0
+    already = sample(
+        metrics, "replicator_retries_total", destination="dest", reason="already_applied"
+    )
+    assert already == (1 if lands else 0)
+
+
+@FAILED_FIRST
+def test_an_ordered_write_is_in_doubt_only_after_an_answer_that_may_hide_it_landed(
+    tmp_path: Path, metrics: Metrics, error: BaseException, lands: bool
+) -> None:
+    """The same under last_writer_wins: the retry's condition fails on the change's own
+    image. After a refusal another writer put it there (``unchanged``); after a timeout
+    or a 5xx it may be the first attempt's (``applied``)."""
+    change = decode(put("a", 1, ts=10, origin="us-east-1"))
+    assert change.new_image is not None
+    scripted = ScriptedClient(
+        error, client_error("ConditionalCheckFailedException", "", dict(change.new_image))
+    )
+    writer = writer_for(scripted, tmp_path, metrics, **LWW)
+    expected = Outcome.APPLIED if lands else Outcome.UNCHANGED
+    assert writer.write(change).outcome is expected
+    already = sample(
+        metrics, "replicator_retries_total", destination="dest", reason="already_applied"
+    )
+    assert already == (1 if lands else 0)
 
 
 def test_a_lost_condition_that_finds_another_image_is_still_a_lost_conflict(

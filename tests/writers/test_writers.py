@@ -11,6 +11,7 @@ import pytest
 
 from replicator.aws.backoff import Backoff
 from replicator.config.model import ConflictConfig
+from replicator.conflictlog.base import Loss
 from replicator.deadletter import FileDeadLetters
 from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
@@ -268,29 +269,45 @@ def test_custom_resolver_updates_an_item_with_more_attributes_than_one_condition
 
 
 def keep_unless_newer(incoming: Any, existing: Any) -> bool:
-    """Test resolver: the incoming put only when its 'count' is higher (the review's
-    "incoming updated_at > existing updated_at")."""
+    """Test resolver: deletes are never replicated; a put only when its 'count' is higher
+    (the review's "incoming updated_at > existing updated_at")."""
     CALLS.append((incoming.sequence_number, existing))
-    if existing is None or incoming.new_image is None:
+    if incoming.new_image is None:
+        return False
+    if existing is None:
         return True
     return int(incoming.new_image["count"]["N"]) > int(existing["count"]["N"])
 
 
-def test_custom_resolver_is_not_asked_about_what_the_destination_holds_already(
+class Losses:
+    """A conflict recorder that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def lost(self, loss: Loss) -> None:
+        self.keys.append(loss.change.keys["pk"]["S"])
+
+
+def test_custom_resolver_keeping_what_the_change_leaves_is_unchanged_not_lost(
     dest: Destination,
 ) -> None:
     """The incoming image is there already (a replay, a backfill's copy), or a delete
-    finds no item: ``unchanged``, as under the ordered rules. Asked, this resolver says
-    "keep the destination's item", which was counted as a lost conflict of an image
-    against itself."""
+    finds no item, and the resolver says "keep the destination's item": ``unchanged``, as
+    under the ordered rules, and not recorded. That was a lost conflict of an image
+    against itself. The resolver is still asked each time; a put that does lose is still
+    a lost conflict, recorded."""
     dest.seed("a", count=5, v="same")
     writer = dest.writer(policy="custom", resolver="tests.writers.test_writers:keep_unless_newer")
+    writer.conflict_log = losses = Losses()
     CALLS.clear()
     assert writer.write(decode(put("a", 1, count=5, v="same"))).outcome is Outcome.UNCHANGED
     assert writer.write(decode(remove("gone", 2, count=1))).outcome is Outcome.UNCHANGED
-    assert CALLS == []
     assert writer.write(decode(put("a", 3, count=5, v="other"))).outcome is Outcome.CONFLICT_LOST
+    assert [sequence for sequence, _ in CALLS] == ["1", "2", "3"]
+    assert losses.keys == ["a"]
     assert dest.get("a") == {"pk": {"S": "a"}, "count": {"N": "5"}, "v": {"S": "same"}}
+    assert dest.get("gone") is None
     for op, outcome, expected in (
         ("put", "unchanged", 1),
         ("delete", "unchanged", 1),
@@ -300,6 +317,31 @@ def test_custom_resolver_is_not_asked_about_what_the_destination_holds_already(
             dest.metrics, "replicator_writes_total", destination="dest", op=op, outcome=outcome
         )
         assert found == expected, (op, outcome)
+
+
+def soft_delete_and_mark(incoming: Any, existing: Any) -> Any:
+    """Test resolver: a delete becomes a marker item; a put is written marked as
+    resolved."""
+    if incoming.new_image is None:
+        return {**incoming.keys, "deleted": {"BOOL": True}}
+    return {**incoming.new_image, "resolved": {"BOOL": True}}
+
+
+def test_custom_resolver_writes_what_it_returns_where_the_change_would_change_nothing(
+    dest: Destination,
+) -> None:
+    """The function decides, also when the destination already holds what the change
+    leaves there: a delete of an item that is not there leaves the resolver's marker, and
+    a put of the image the destination holds leaves the resolver's version of it. Both
+    were ``unchanged``, the resolver not asked and nothing written."""
+    dest.seed("a", count=5)
+    writer = dest.writer(
+        policy="custom", resolver="tests.writers.test_writers:soft_delete_and_mark"
+    )
+    assert writer.write(decode(remove("gone", 1, count=1))).outcome is Outcome.APPLIED
+    assert writer.write(decode(put("a", 2, count=5))).outcome is Outcome.APPLIED
+    assert dest.get("gone") == {"pk": {"S": "gone"}, "deleted": {"BOOL": True}}
+    assert dest.get("a") == {"pk": {"S": "a"}, "count": {"N": "5"}, "resolved": {"BOOL": True}}
 
 
 def move_to_another_key(incoming: Any, existing: Any) -> Any:
