@@ -222,15 +222,34 @@ def test_a_processor_the_kcl_starts_at_latest_records_the_span_too(job: Job) -> 
     """The KCL's MultiLangDaemon tells the processor a shard with no checkpoint starts at
     LATEST the same way the local runtime does (``sequenceNumber: LATEST``): driven over
     that protocol, the processor records the span as well."""
+    before = time.time()
+    time.sleep(1.1)
+    kcl_processor_tells(job, "LATEST", before, "kcl.initial_position LATEST")
+
+
+def test_a_processor_the_kcl_starts_at_trim_horizon_describes_the_source_itself(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """Under the KCL the processor is the daemon's child, with only the job file: at a
+    first ``sequenceNumber: TRIM_HORIZON`` it describes the source table itself, and
+    records what came before the stream."""
+    name = unique("wk")
+    source = client("dynamodb", "us-east-1", moto_endpoint)
+    before = table_before_its_stream(source, f"{name}-legacy", (item("old", 1),))
+    job = Job(moto_endpoint, name, tmp_path, extra=FAST, source_of=f"{name}-legacy")
+    kcl_processor_tells(job, "TRIM_HORIZON", before, "kcl.initial_position TRIM_HORIZON")
+
+
+def kcl_processor_tells(job: Job, start: str, before: float, why: str) -> None:
+    """Drive a processor as the KCL does from ``start`` (no checkpoint) until ``wait``
+    for ``before`` exits 4, and check its message names ``why``."""
     (_, table), _ = job.destinations
     streams = client("dynamodbstreams", job.source_region, job.endpoint)
     arn = job.source.describe_table(TableName=job.source_table)["Table"]["LatestStreamArn"]
     shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
     job.write(runtime="kcl")
-    before = time.time()
-    time.sleep(1.1)
     daemon = RawDaemon(job.path)
-    initialize = {"shardId": shard, "sequenceNumber": "LATEST", "subSequenceNumber": 0}
+    initialize = {"shardId": shard, "sequenceNumber": start, "subSequenceNumber": 0}
     daemon.act({"action": "initialize", **initialize})
     try:
         args = ("-c", str(job.path), "-d", table, "--until", f"{before:.6f}", "--timeout", "0")
@@ -241,7 +260,7 @@ def test_a_processor_the_kcl_starts_at_latest_records_the_span_too(job: Job) -> 
 
         wait_until(told, 60, "wait to say the changes before the start were never read")
         said = replicator("wait", *args).stderr
-        assert "kcl.initial_position LATEST" in said
+        assert why in said
     finally:
         daemon.act({"action": "shutdownRequested"})
         assert daemon.finish() == 0
