@@ -182,21 +182,32 @@ def test_a_child_shard_of_a_running_job_gets_no_span(table: StatusTable) -> None
         child.close()
 
 
-def test_a_source_that_cannot_be_described_gets_the_widest_span() -> None:
+def first_spans(history: Callable[[], SourceHistory]) -> tuple[UnreadSpan, ...]:
+    """The spans a first start at TRIM_HORIZON stores on its part (in memory)."""
     table = FakeStatusTable("eu-west-1/replica")
+    watermark = publisher(table, history)
+    try:
+        watermark.empty_read(previous_answer_at=(NOW + 5 * S) / S, received_at=0)
+        watermark.publish()
+    finally:
+        watermark.close()
+    (part,) = [part for part in table.stored() if part.shard == "s1"]
+    return part.unread_spans
 
+
+def test_a_first_start_on_a_stream_older_than_a_day_is_told_by_the_publishers_clock() -> None:
+    end = NOW - 24 * HOUR + 15 * 60 * S + MARGIN
+    spans = first_spans(lambda: SourceHistory(T0, T0))  # 48 hours before NOW
+    assert spans == (UnreadSpan(0, end, BEFORE_STREAM),)
+
+
+def test_a_source_that_cannot_be_described_gets_the_widest_span() -> None:
     def refused() -> SourceHistory:
         raise RuntimeError("AccessDeniedException: not allowed to DescribeTable")
 
     with structlog.testing.capture_logs() as logged:
-        watermark = publisher(table, refused)
-        try:
-            watermark.empty_read(previous_answer_at=(NOW + 5 * S) / S, received_at=0)
-            watermark.publish()
-        finally:
-            watermark.close()
-    (part,) = [part for part in table.stored() if part.shard == "s1"]
-    assert part.unread_spans == (UnreadSpan(0, NOW + MARGIN, BEFORE_STREAM),)
+        spans = first_spans(refused)
+    assert spans == (UnreadSpan(0, NOW + MARGIN, BEFORE_STREAM),)
     (error,) = [e for e in logged if e["log_level"] == "error"]
     assert "could not tell when the source table and its stream were created" in error["event"]
     assert "AccessDeniedException" in error["error"]
