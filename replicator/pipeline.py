@@ -309,9 +309,11 @@ class ShardPipeline:
 
     # -- the watermark (see replicator/watermark/) ----------------------------------------
 
-    def begin_watermark(self, *, resumed: bool, at_latest: bool = False) -> None:
+    def begin_watermark(
+        self, *, resumed: bool, at_latest: bool = False, at_horizon: bool = False
+    ) -> None:
         if self.watermark is not None:
-            self.watermark.begin(resumed=resumed, at_latest=at_latest)
+            self.watermark.begin(resumed=resumed, at_latest=at_latest, at_horizon=at_horizon)
 
     def note_empty_read(self, *, previous_answer_at: float, received_at: float) -> None:
         """The reader is at the tip of the shard (an empty batch)."""

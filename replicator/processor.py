@@ -50,7 +50,7 @@ from replicator.exceptions import (
 from replicator.intake import ShardIntake
 from replicator.metrics import Metrics
 from replicator.runtime.local.protocol import RELEASE_SIGNAL
-from replicator.shards.leases import LATEST
+from replicator.shards.leases import LATEST, TRIM_HORIZON
 
 log = structlog.get_logger(__name__)
 
@@ -156,9 +156,12 @@ class ReplicationProcessor:
         )
         self._reporter = threading.Thread(target=self._report_loop, name="report", daemon=True)
         self._reporter.start()
-        # A shard with no checkpoint that starts at LATEST never reads what came before.
+        # A shard with no checkpoint that starts at LATEST never reads what came before;
+        # one at TRIM_HORIZON, what came before the stream's oldest record.
         self.intake.pipeline.begin_watermark(
-            resumed=self.checkpoints.last is not None, at_latest=start == LATEST
+            resumed=self.checkpoints.last is not None,
+            at_latest=start == LATEST,
+            at_horizon=start == TRIM_HORIZON,
         )
         self._answered_at = time.time()
 

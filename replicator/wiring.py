@@ -22,6 +22,7 @@ from replicator.config.model import (
     JobConfig,
     ResolvedJob,
     RuntimeKind,
+    SourceConfig,
     StreamKind,
 )
 from replicator.conflictlog.base import ConflictRecorder
@@ -38,6 +39,7 @@ from replicator.rules import ConflictRule, OrderedRule, rule_for, squash_order
 from replicator.rules.ordered import Peers
 from replicator.shards.stream import Shard, list_shards
 from replicator.tombstones.table import TombstoneTable
+from replicator.watermark.history import SourceHistory, stream_created_us
 from replicator.watermark.publisher import ShardWatermark
 from replicator.watermark.table import StatusTable
 from replicator.writers.destination import DestinationWriter
@@ -47,6 +49,7 @@ from replicator.writers.wire import direct_write_client
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import TableDescriptionTypeDef
 
 
 def dead_letter_target(resolved: ResolvedJob, run_id: str | None = None) -> DeadLetterTarget:
@@ -295,6 +298,7 @@ def shard_watermark(resolved: ResolvedJob, shard_id: str, metrics: Metrics) -> S
         interval_s=job.watermark.publish_interval_ms / 1000,
         margin_s=job.watermark.caught_up_margin_ms / 1000,
         reads_follow_answers=job.runtime is RuntimeKind.LOCAL,
+        source_history=source_history(resolved),
     )
 
 
@@ -314,13 +318,37 @@ def stream_shards(resolved: ResolvedJob) -> Callable[[], Sequence[Shard]]:
 
     def shards() -> Sequence[Shard]:
         if not arn:
-            table = clients.dynamodb(source).describe_table(TableName=source.table)["Table"]
-            if not table.get("LatestStreamArn"):
-                raise EnvironmentProblem(f"source table {source.table} has no stream")
-            arn.append(table["LatestStreamArn"])
+            arn.append(_stream_arn(source, _describe_source(source)))
         return list_shards(streams, arn[0])[1]
 
     return shards
+
+
+def source_history(resolved: ResolvedJob) -> Callable[[], SourceHistory]:
+    """When the source table and the stream the job reads were created (DescribeTable,
+    which the start-up check needs too), for a first start at TRIM_HORIZON."""
+    source = resolved.job.source
+
+    def history() -> SourceHistory:
+        table = _describe_source(source)
+        return SourceHistory(
+            table_created_us=int(table["CreationDateTime"].timestamp() * 1_000_000),
+            stream_created_us=stream_created_us(_stream_arn(source, table)),
+        )
+
+    return history
+
+
+def _describe_source(source: SourceConfig) -> TableDescriptionTypeDef:
+    return clients.dynamodb(source).describe_table(TableName=source.table)["Table"]
+
+
+def _stream_arn(source: SourceConfig, table: TableDescriptionTypeDef) -> str:
+    """The job's stream ARN, or the source table's latest stream."""
+    arn = source.stream.arn or table.get("LatestStreamArn")
+    if not arn:
+        raise EnvironmentProblem(f"source table {source.table} has no stream")
+    return arn
 
 
 def change_filter(resolved: ResolvedJob) -> ChangeFilter:

@@ -962,7 +962,9 @@ class EmptyReadPipeline:
         self.writers: dict[str, Any] = {}
         self.empty_reads: list[float] = []
 
-    def begin_watermark(self, *, resumed: bool, at_latest: bool = False) -> None:
+    def begin_watermark(
+        self, *, resumed: bool, at_latest: bool = False, at_horizon: bool = False
+    ) -> None:
         pass
 
     def note_empty_read(self, *, previous_answer_at: float, received_at: float) -> None:

@@ -39,6 +39,7 @@ from replicator.exceptions import ReplicatorError, StatusItemUnreadable
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.watermark import spans
+from replicator.watermark.history import SourceHistory, before_stream_through
 from replicator.watermark.parts import ListedShard, merge_ranges, plan_registration
 from replicator.watermark.spans import UnreadSpan, merge_spans
 from replicator.watermark.table import PartLost, StatusTable
@@ -89,12 +90,16 @@ class ShardWatermark:
         interval_s: float,
         margin_s: float,
         reads_follow_answers: bool,
+        source_history: Callable[[], SourceHistory],
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``reads_follow_answers``: the runtime reads the shard again only after the
         processor has answered the previous batch (the local runtime), so an empty batch
         was read after that answer; otherwise (the KCL, which reads ahead) it is dated
-        when it arrives, and ``margin_s`` must cover how long a batch can wait."""
+        when it arrives, and ``margin_s`` must cover how long a batch can wait.
+
+        ``source_history`` describes the source (a request), asked only at a job's first
+        start from the stream's oldest record (see :meth:`_before_stream_span`)."""
         self.shard_id = shard_id
         self._targets = {label: _Target(label, table) for label, table in tables.items()}
         self._list_shards = list_shards
@@ -103,6 +108,9 @@ class ShardWatermark:
         self._margin_us = int(margin_s * US)
         self._reads_follow_answers = reads_follow_answers
         self._clock = clock
+        self._source_history = source_history
+        self._history_lock = threading.Lock()
+        self._history: SourceHistory | Exception | None = None
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
         self._tracker: ShardTracker | None = None
         # Guards what the destinations share and what is held in memory until stored
@@ -115,14 +123,16 @@ class ShardWatermark:
         self._threads: list[threading.Thread] = []
         self._out_of_order_logged = 0
         self._started_us = 0
-        # Resumed: destinations not yet known to have been in the job before (see
-        # _decided), and what each status table held when first asked.
+        self._at_horizon = False
+        # Resumed, or started at TRIM_HORIZON: destinations whose unread span (joined,
+        # before_stream) is not yet decided (see _decided), and what each status table
+        # held when first asked.
         self._undecided: set[str] = set()
         self._had_parts: dict[str, bool] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def begin(self, *, resumed: bool, at_latest: bool = False) -> None:
+    def begin(self, *, resumed: bool, at_latest: bool = False, at_horizon: bool = False) -> None:
         """Start tracking (``resumed``: from a checkpoint) and publishing, each
         destination on a thread of its own (a status table that hangs holds back only
         its own destination).
@@ -130,15 +140,18 @@ class ShardWatermark:
         ``at_latest``: the shard starts at LATEST with no checkpoint, so every change
         created before now (and the margin, for the clocks) was never read; that span is
         stored before any claim, so no waiter is told those changes were replicated.
-        A resumed processor first checks whether a destination joined the job (see
-        :meth:`_decided`).
+        ``at_horizon``: it starts at TRIM_HORIZON with no checkpoint, reading only what
+        the stream holds. A resumed processor first checks whether a destination joined
+        the job, one at TRIM_HORIZON whether the job starts for the first time there
+        (see :meth:`_decided`).
         """
         now_us = int(self._clock() * US)
         self._started_us = now_us
         if at_latest:
             for target in self._targets.values():
                 target.unread.append(UnreadSpan(0, now_us + self._margin_us, spans.LATEST))
-        self._undecided = set(self._targets) if resumed else set()
+        self._at_horizon = at_horizon
+        self._undecided = set(self._targets) if resumed or at_horizon else set()
         self._tracker = ShardTracker(
             list(self._targets),
             margin_us=self._margin_us,
@@ -249,15 +262,23 @@ class ShardWatermark:
             return sorted(self._pending_locked())
 
     def _pending_locked(self, needed: Mapping[str, int] | None = None) -> set[str]:
-        """The destinations with unread spans, or dead letters up to ``needed`` (each
-        destination's count of letters recorded; all so far by default), not stored."""
+        """The destinations with unread spans (or, at TRIM_HORIZON, whether there is
+        one not yet decided), or dead letters up to ``needed`` (each destination's count
+        of letters recorded; all so far by default), not stored.
+
+        An undecided TRIM_HORIZON start holds the checkpoint as a LATEST start's span
+        does: a processor resumed from the checkpoint would not be at TRIM_HORIZON, and
+        with no part anywhere it could not tell that the job never read what came
+        before the stream."""
         assert self._tracker is not None
         if needed is None:
             needed = self._tracker.dead_letters_recorded()
         return {
             label
             for label, target in self._targets.items()
-            if target.unread or needed.get(label, 0) > target.stored_through
+            if target.unread
+            or needed.get(label, 0) > target.stored_through
+            or (self._at_horizon and label in self._undecided)
         }
 
     # -- publishing ---------------------------------------------------------------------
@@ -427,8 +448,15 @@ class ShardWatermark:
             self._failed(target, error)
 
     def _decided(self, target: _Target) -> bool:
-        """Whether the destination may be published: not resumed, or known to have been
-        in the job before, or (stored at once) known to have joined it.
+        """Whether the destination may be published: neither resumed nor at
+        TRIM_HORIZON, or known to have been in the job before, or (stored at once) known
+        to have joined it, or to start the job there (:meth:`_before_stream_span`).
+
+        A destination with no part in its status table at a TRIM_HORIZON start starts
+        the job there (a child shard of a running job starts at TRIM_HORIZON too, and
+        finds parts): what the stream no longer holds, or never held, gets its span,
+        stored at once as a joined destination's is (so a processor that dies first
+        leaves no parts, and the next one decides again).
 
         A destination with no part in its status table while another destination of the
         job has parts joined a job that resumes from checkpoints: the changes before the
@@ -455,22 +483,28 @@ class ShardWatermark:
         with self._state:
             mine = self._had_parts[label]
             others = [self._had_parts.get(other) for other in self._targets if other != label]
+        if self._at_horizon:
+            span = None if mine else self._before_stream_span()
+            if not self._decide(target, span):
+                return False
+            if span is not None:
+                log.warning(
+                    "the job starts reading the stream at its oldest record: changes made "
+                    "before it (before the stream was enabled, or trimmed after 24 hours) "
+                    "are not replicated; run `replicator backfill`, then `replicator verify`",
+                    destination=label,
+                    shard=self.shard_id,
+                    unread_before=span.as_dict()["to_utc"],
+                )
+            return True
         if mine or not any(others):
             if mine or all(known is False for known in others):
                 with self._state:  # in the job before, or nothing to compare
                     self._undecided.discard(label)
                 return True
             return False
-        span = UnreadSpan(0, self._started_us, spans.JOINED)
-        try:
-            target.table.ensure_exists()
-            target.table.add_unread_spans(self.shard_id, (span,))
-        except _FAILURES as error:
-            self._failed(target, error)
+        if not self._decide(target, UnreadSpan(0, self._started_us, spans.JOINED)):
             return False
-        with self._state:
-            self._undecided.discard(label)
-            target.stored_unread = merge_spans([*target.stored_unread, span])
         log.warning(
             "destination joined a job that resumes from checkpoints: changes made "
             "before now are not replicated to it; run `replicator backfill` to it, then "
@@ -479,6 +513,52 @@ class ShardWatermark:
             shard=self.shard_id,
         )
         return True
+
+    def _decide(self, target: _Target, span: UnreadSpan | None) -> bool:
+        """Store ``span`` (if any) on this shard's part at once, before anything is
+        registered or claimed there; then the destination is decided (False: it could
+        not be stored, and is tried again)."""
+        if span is not None:
+            try:
+                target.table.ensure_exists()
+                target.table.add_unread_spans(self.shard_id, (span,))
+            except _FAILURES as error:
+                self._failed(target, error)
+                return False
+        with self._state:
+            self._undecided.discard(target.label)
+            if span is not None:
+                target.stored_unread = merge_spans([*target.stored_unread, span])
+        return True
+
+    def _before_stream_span(self) -> UnreadSpan | None:
+        """The span of changes a first start at TRIM_HORIZON cannot read (see
+        history.py), from one description of the source per process.
+
+        A source that cannot be described is not taken for one whose stream holds
+        everything: the span then reaches this start (as a LATEST start's would), and
+        the error is logged; a backfill and verify clear it as any other."""
+        with self._history_lock:
+            if self._history is None:
+                try:
+                    self._history = self._source_history()
+                except Exception as error:  # noqa: BLE001  # whatever it is, fail safe
+                    self._history = error
+                    log.error(
+                        "could not tell when the source table and its stream were created; "
+                        "changes made before this start are recorded as never read for "
+                        "every destination that starts the job here: run `replicator "
+                        "backfill`, then `replicator verify`",
+                        shard=self.shard_id,
+                        error=str(error),
+                        error_type=type(error).__name__,
+                    )
+            history = self._history
+        if isinstance(history, Exception):
+            through: int | None = self._started_us + self._margin_us
+        else:
+            through = before_stream_through(history, self._started_us, self._margin_us)
+        return None if through is None else UnreadSpan(0, through, spans.BEFORE_STREAM)
 
     def _learn(self, target: _Target) -> bool:
         """Whether the destination's status table has parts, noted for :meth:`_decided`

@@ -2,7 +2,8 @@
 
 The watermark says every change created at or before ``W`` is settled at a destination.
 Some changes are passed over without ever reaching a processor: a shard that starts at
-``LATEST`` skips what came before; a destination added to a job that resumes from
+``LATEST`` skips what came before; a job's first start at ``TRIM_HORIZON`` reads only
+what the stream holds (see history.py); a destination added to a job that resumes from
 checkpoints never gets what the job had replicated before it joined. Holding the
 watermark back for them would hold it forever (they will never come), and letting it
 pass them would tell a waiter "replicated" for changes that are not there. So, like
@@ -33,6 +34,7 @@ LATEST = "latest"
 JOINED = "joined"
 TRIMMED = "trimmed"
 EXPIRED = "expired"
+BEFORE_STREAM = "before_stream"
 
 _WHY = {
     LATEST: (
@@ -50,6 +52,11 @@ _WHY = {
     EXPIRED: (
         "the shard's pinned LATEST position expired before any record arrived and "
         "reading went on from the stream's tip; copy them with `replicator backfill`"
+    ),
+    BEFORE_STREAM: (
+        "the job first started at kcl.initial_position TRIM_HORIZON, which reads only "
+        "what the stream still held: changes made before the source's stream was "
+        "enabled, or trimmed from it after 24 hours; copy them with `replicator backfill`"
     ),
 }
 

@@ -179,6 +179,25 @@ def last_stream_record(ddb: Any, endpoint: str, table: str, after: str = "") -> 
         iterator = page["NextShardIterator"]
 
 
+def table_before_its_stream(
+    ddb: Any, table: str, items: tuple[dict[str, Any], ...] = (), apart_s: float = 1.5
+) -> float:
+    """Create ``table`` without a stream, put ``items``, and enable its stream
+    (NEW_AND_OLD_IMAGES) ``apart_s`` later, as a table that held data before replication
+    was set up: its stream created more than a second after it (a table created with its
+    stream has both at once). Returns the time after the items were written."""
+    tables.create(ddb, table, stream=False)
+    for item in items:
+        ddb.put_item(TableName=table, Item=item)
+    written = time.time()
+    time.sleep(apart_s)  # the scenario itself: the stream comes later
+    ddb.update_table(
+        TableName=table,
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )
+    return written
+
+
 def stop(process: subprocess.Popen[bytes], timeout: float = 60) -> int:
     process.send_signal(signal.SIGTERM)
     return process.wait(timeout)

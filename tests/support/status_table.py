@@ -6,15 +6,24 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Collection
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from replicator.watermark.history import SourceHistory
 from replicator.watermark.parts import EVERY, Part, Placeholder, merge_ranges
 from replicator.watermark.spans import UnreadSpan, merge_spans
 from replicator.watermark.table import PartLost, StatusTable
 from replicator.watermark.tracker import DeadLetters
+
+
+def created_with_its_stream() -> SourceHistory:
+    """A source table created with its stream a moment ago: a first start at
+    TRIM_HORIZON reads every change made to it."""
+    now_us = int(time.time() * 1_000_000)
+    return SourceHistory(table_created_us=now_us, stream_created_us=now_us)
 
 
 def client_error(code: str, operation: str = "UpdateItem") -> ClientError:

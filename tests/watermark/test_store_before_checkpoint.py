@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,12 +18,13 @@ from amazon_kclpy import messages
 from replicator.metrics import Metrics
 from replicator.processor import ReplicationProcessor
 from replicator.shards.stream import Shard
+from replicator.watermark.history import SourceHistory
 from replicator.watermark.parts import Part, combine
 from replicator.watermark.publisher import ShardWatermark
-from replicator.watermark.spans import LATEST, UnreadSpan
+from replicator.watermark.spans import BEFORE_STREAM, LATEST, UnreadSpan
 from replicator.watermark.table import StatusTable
 from tests.support.metrics import sample
-from tests.support.status_table import FakeStatusTable, Region
+from tests.support.status_table import FakeStatusTable, Region, created_with_its_stream
 
 S = 1_000_000
 T0 = 1_700_000_000 * S
@@ -38,6 +39,7 @@ def publisher(
     shard: str = "s1",
     interval_s: float = 3600,  # published when asked (or by the test)
     shards: list[Shard] | None = None,
+    history: Callable[[], SourceHistory] = created_with_its_stream,
 ) -> ShardWatermark:
     mapping: dict[str, StatusTable] = {table.destination: table for table in tables}
     listing = SHARDS if shards is None else shards
@@ -49,6 +51,7 @@ def publisher(
         interval_s=interval_s,
         margin_s=0,
         reads_follow_answers=True,
+        source_history=history,
         clock=lambda: START / S,
     )
 
@@ -82,8 +85,10 @@ class Pipeline:
         self.writers: dict[str, Any] = {}
         self.position: str | None = None
 
-    def begin_watermark(self, *, resumed: bool, at_latest: bool = False) -> None:
-        self.watermark.begin(resumed=resumed, at_latest=at_latest)
+    def begin_watermark(
+        self, *, resumed: bool, at_latest: bool = False, at_horizon: bool = False
+    ) -> None:
+        self.watermark.begin(resumed=resumed, at_latest=at_latest, at_horizon=at_horizon)
 
     def note_empty_read(self, *, previous_answer_at: float, received_at: float) -> None:
         self.watermark.empty_read(previous_answer_at=previous_answer_at, received_at=received_at)
@@ -140,9 +145,15 @@ class Checkpointer:
 class Shard1:
     """One shard's processor over a fake pipeline, and the daemon's side of it."""
 
-    def __init__(self, table: FakeStatusTable, *, start: str = "TRIM_HORIZON") -> None:
+    def __init__(
+        self,
+        table: FakeStatusTable,
+        *,
+        start: str = "TRIM_HORIZON",
+        history: Callable[[], SourceHistory] = created_with_its_stream,
+    ) -> None:
         self.table = table
-        self.watermark = publisher([table], Metrics())
+        self.watermark = publisher([table], Metrics(), history=history)
         self.pipeline = Pipeline(self.watermark)
         self.exits: list[int] = []
         self.pauses: list[float] = []
@@ -204,13 +215,27 @@ def test_the_checkpoint_never_passes_a_dead_letter_held_only_in_memory() -> None
         shard.close()
 
 
-def test_a_latest_start_holds_the_checkpoint_until_its_unread_span_is_stored() -> None:
+@pytest.mark.parametrize(
+    ("start", "refused", "span"),
+    [
+        ("LATEST", "add_unread_spans", UnreadSpan(0, START, LATEST)),
+        # The Query that tells whether the job starts here (no part yet).
+        ("TRIM_HORIZON", "parts", UnreadSpan(0, START - 10 * S, BEFORE_STREAM)),
+    ],
+)
+def test_a_first_start_holds_the_checkpoint_until_its_unread_span_is_stored(
+    start: str, refused: str, span: UnreadSpan
+) -> None:
     """A LATEST start with no checkpoint: the span of changes never read is in memory
     until stored. A checkpoint before then, and a crash, and the restarted processor
-    (resuming from the checkpoint, so not at LATEST) would never store it."""
+    (resuming from the checkpoint, so not at LATEST) would never store it. A first
+    TRIM_HORIZON start (the stream enabled after the table here) holds it until the
+    status table has answered whether the job starts there and the span is stored: the
+    processor resumed from it, with no part anywhere, could not tell."""
     table = FakeStatusTable("eu-west-1/replica")
-    table.refuse.add("add_unread_spans")
-    shard = Shard1(table, start="LATEST")
+    table.refuse.add(refused)
+    legacy = SourceHistory(START - 60 * S, START - 10 * S)
+    shard = Shard1(table, start=start, history=lambda: legacy)
     try:
         shard.batch("3")
         assert shard.checkpointer.written == []
@@ -219,7 +244,7 @@ def test_a_latest_start_holds_the_checkpoint_until_its_unread_span_is_stored() -
         shard.batch("3")
         [(position, part)] = shard.checkpointer.written
         assert position == "3"
-        assert part is not None and part.unread_spans == (UnreadSpan(0, START, LATEST),)
+        assert part is not None and part.unread_spans == (span,)
     finally:
         shard.close()
 
@@ -515,10 +540,11 @@ def test_a_processor_that_finds_the_table_created_again_by_another_stores_again(
 
 def test_a_requested_shutdown_is_not_held_up_by_a_status_table_that_hangs() -> None:
     """The last publish at a requested shutdown is waited for a bounded time; with nothing
-    held only in memory, the checkpoint is written."""
+    held only in memory, the checkpoint is written. (Resumed: a first start at
+    TRIM_HORIZON holds its checkpoint until it knows whether the stream lacks history.)"""
     table = FakeStatusTable("eu-west-1/replica")
     table.open.clear()
-    shard = Shard1(table)
+    shard = Shard1(table, start="3")
     try:
         shard.pipeline.position = "4"
         stopping = threading.Thread(

@@ -33,6 +33,7 @@ from replicator.watermark.table import StatusTable
 from replicator.watermark.wait import WaitResult, wait_until_replicated
 from tests.support.aws import client
 from tests.support.metrics import sample
+from tests.support.status_table import created_with_its_stream
 
 S = 1_000_000
 T0 = 1_700_000_000 * S
@@ -117,6 +118,7 @@ def publisher(
         interval_s=3600,  # published by the test
         margin_s=0,
         reads_follow_answers=True,
+        source_history=created_with_its_stream,
         clock=lambda: now_us / S,
     )
     watermark.begin(resumed=resumed, at_latest=at_latest)

@@ -14,7 +14,7 @@ import pytest
 from replicator.demo import tables
 from tests.support.aws import client
 from tests.support.cli import replicator
-from tests.support.e2e import Job, stop, wait_until
+from tests.support.e2e import Job, stop, table_before_its_stream, wait_until
 from tests.test_processor_protocol import RawDaemon
 
 FAST = "watermark: {publish_interval_ms: 100, caught_up_margin_ms: 0}\n"
@@ -222,15 +222,34 @@ def test_a_processor_the_kcl_starts_at_latest_records_the_span_too(job: Job) -> 
     """The KCL's MultiLangDaemon tells the processor a shard with no checkpoint starts at
     LATEST the same way the local runtime does (``sequenceNumber: LATEST``): driven over
     that protocol, the processor records the span as well."""
+    before = time.time()
+    time.sleep(1.1)
+    kcl_processor_tells(job, "LATEST", before, "kcl.initial_position LATEST")
+
+
+def test_a_processor_the_kcl_starts_at_trim_horizon_describes_the_source_itself(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """Under the KCL the processor is the daemon's child, with only the job file: at a
+    first ``sequenceNumber: TRIM_HORIZON`` it describes the source table itself, and
+    records what came before the stream."""
+    name = unique("wk")
+    source = client("dynamodb", "us-east-1", moto_endpoint)
+    before = table_before_its_stream(source, f"{name}-legacy", (item("old", 1),))
+    job = Job(moto_endpoint, name, tmp_path, extra=FAST, source_of=f"{name}-legacy")
+    kcl_processor_tells(job, "TRIM_HORIZON", before, "kcl.initial_position TRIM_HORIZON")
+
+
+def kcl_processor_tells(job: Job, start: str, before: float, why: str) -> None:
+    """Drive a processor as the KCL does from ``start`` (no checkpoint) until ``wait``
+    for ``before`` exits 4, and check its message names ``why``."""
     (_, table), _ = job.destinations
     streams = client("dynamodbstreams", job.source_region, job.endpoint)
     arn = job.source.describe_table(TableName=job.source_table)["Table"]["LatestStreamArn"]
     shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
     job.write(runtime="kcl")
-    before = time.time()
-    time.sleep(1.1)
     daemon = RawDaemon(job.path)
-    initialize = {"shardId": shard, "sequenceNumber": "LATEST", "subSequenceNumber": 0}
+    initialize = {"shardId": shard, "sequenceNumber": start, "subSequenceNumber": 0}
     daemon.act({"action": "initialize", **initialize})
     try:
         args = ("-c", str(job.path), "-d", table, "--until", f"{before:.6f}", "--timeout", "0")
@@ -241,7 +260,69 @@ def test_a_processor_the_kcl_starts_at_latest_records_the_span_too(job: Job) -> 
 
         wait_until(told, 60, "wait to say the changes before the start were never read")
         said = replicator("wait", *args).stderr
-        assert "kcl.initial_position LATEST" in said
+        assert why in said
     finally:
         daemon.act({"action": "shutdownRequested"})
         assert daemon.finish() == 0
+
+
+def test_a_first_start_at_trim_horizon_is_told_what_came_before_the_stream(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """A table that held an item before its stream was enabled, replicated from
+    TRIM_HORIZON (the default): the stream never had the item, so a wait for its time
+    exits 4 naming why and what to do, rather than 0 while the destination lacks it.
+    The documented procedure (run, backfill, verify) clears it."""
+    name = unique("wh")
+    legacy = f"{name}-legacy"
+    source = client("dynamodb", "us-east-1", moto_endpoint)
+    written = table_before_its_stream(source, legacy, (item("old-order", 1),))
+    job = Job(
+        moto_endpoint,
+        name,
+        tmp_path,
+        extra=FAST,
+        source_of=legacy,
+        destinations=[("eu-west-1", f"{name}-replica")],
+    )
+    region, table = job.destinations[0]
+    runtime = job.start()
+    try:
+        wait_until(lambda: started(job.directory / "runtime.log"), 60, "the shard to start")
+        args = ("-c", str(job.path), "-d", table, "--until", f"{written:.6f}", "--timeout", "60")
+        waited = replicator("wait", *args)
+        assert waited.returncode == 4, waited
+        (line,) = waited.stderr.strip().splitlines()
+        assert "were never read for this destination" in line
+        assert "kcl.initial_position TRIM_HORIZON" in line
+        assert "before the source's stream was enabled" in line and "backfill" in line
+        assert not held(job, region, table, "old-order")  # and it is indeed not there
+        shown = json.loads(
+            replicator("watermark", "-c", str(job.path), "-d", table, "--json").stdout
+        )
+        (span,) = shown["unread"]
+        assert span["reason"] == "before_stream" and span["to"] < time.time()
+
+        # What the stream does hold is answered as ever.
+        since = time.time()
+        job.source.put_item(TableName=legacy, Item=item("new-order", 2))
+        later = time.time()
+        waited = replicator(
+            "wait", "-c", str(job.path), "-d", table, "--since", f"{since:.6f}",
+            "--until", f"{later:.6f}", "--timeout", "60",
+        )  # fmt: skip
+        assert waited.returncode == 0, waited
+
+        copied = replicator("backfill", "--config", str(job.path))
+        assert copied.returncode == 0, copied
+        assert held(job, region, table, "old-order")
+        assert replicator("wait", *args).returncode == 4  # a copy clears nothing
+        # verify clears up to a second before its scans start: after the span's end.
+        wait_until(lambda: time.time() > span["to"] + 1.1, 5, "the span's end to be past")
+        checked = replicator("verify", "--config", str(job.path), "--recheck-pause", "0.1")
+        assert checked.returncode == 0, checked
+        assert f"cleared at {region}/{table}" in checked.stdout, checked.stdout
+        waited = replicator("wait", *args)
+        assert waited.returncode == 0, waited
+    finally:
+        assert stop(runtime) == 0

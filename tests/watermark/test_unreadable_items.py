@@ -30,6 +30,7 @@ from replicator.watermark.table import StatusTable
 from replicator.watermark.wait import read_watermark, wait_until_replicated
 from tests.support.aws import client
 from tests.support.metrics import sample
+from tests.support.status_table import created_with_its_stream
 from tests.watermark.test_commands import EU, job_file
 from tests.watermark.test_store_before_checkpoint import Intake, Pipeline
 from tests.watermark.test_watermark_table import change_at
@@ -226,6 +227,7 @@ def publisher(
         interval_s=interval_s,
         margin_s=0,
         reads_follow_answers=True,
+        source_history=created_with_its_stream,
     )
     watermark.begin(resumed=False, at_latest=at_latest)
     return watermark
@@ -379,6 +381,7 @@ def test_a_bad_item_of_one_shard_holds_back_no_other_shards_processor(
         interval_s=3600,  # published when the checkpoint asks
         margin_s=0,
         reads_follow_answers=True,
+        source_history=created_with_its_stream,
     )
     pipeline = Pipeline(watermark)
     exits: list[int] = []

@@ -20,6 +20,7 @@ from replicator.watermark.wait import wait_until_replicated
 from tests.support.aws import client
 from tests.support.metrics import sample
 from tests.support.records import daemon_record, stream_record
+from tests.support.status_table import created_with_its_stream
 
 S = 1_000_000
 T0 = 1_700_000_000 * S
@@ -130,6 +131,7 @@ def publisher(shard: str, table: StatusTable, stream: Stream, metrics: Metrics) 
         interval_s=3600,  # published by the test
         margin_s=0,
         reads_follow_answers=True,
+        source_history=created_with_its_stream,
     )
     watermark.begin(resumed=False)
     return watermark

@@ -1,0 +1,226 @@
+"""A job's first start at TRIM_HORIZON reads only what the stream holds: items written
+before the stream was enabled, and records trimmed from a stream older than a day, are
+recorded as a ``before_stream`` unread span, and a table created with its stream (written
+and waited on at once) gets none. A child shard of a running job starts at TRIM_HORIZON
+too and gets none; a source that cannot be described gets the widest span."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from replicator import wiring
+from replicator.config.loader import load_job
+from replicator.metrics import Metrics
+from replicator.shards.stream import Shard
+from replicator.watermark.history import (
+    SourceHistory,
+    before_stream_through,
+    stream_created_us,
+)
+from replicator.watermark.parts import combine
+from replicator.watermark.publisher import ShardWatermark
+from replicator.watermark.spans import BEFORE_STREAM, UnreadSpan
+from replicator.watermark.table import StatusTable
+from tests.support.aws import client
+from tests.support.e2e import Job, table_before_its_stream
+from tests.support.status_table import FakeStatusTable
+
+S = 1_000_000
+HOUR = 3600 * S
+T0 = 1_700_000_000 * S
+NOW = T0 + 48 * HOUR  # when the processors in these tests start
+MARGIN = 2 * S
+
+
+# -- when the span ends ---------------------------------------------------------------------
+
+
+def test_a_table_created_with_its_stream_a_moment_ago_gets_no_span() -> None:
+    for apart in (0, 1_000, S):  # DynamoDB stamps both in the one CreateTable
+        history = SourceHistory(NOW - HOUR, NOW - HOUR + apart)
+        assert before_stream_through(history, NOW, MARGIN) is None
+
+
+def test_a_stream_enabled_after_the_table_was_created_ends_the_span_at_its_creation() -> None:
+    stream = NOW - HOUR
+    history = SourceHistory(stream - S - 1, stream)  # just over a second before
+    assert before_stream_through(history, NOW, MARGIN) == stream + MARGIN
+    assert before_stream_through(SourceHistory(T0, stream), NOW, 0) == stream
+
+
+def test_a_stream_older_than_a_day_ends_the_span_24_hours_before_the_start() -> None:
+    """Its oldest records may be trimmed; the span reaches 15 minutes past 24 hours
+    before the start, for the first reads of every shard and trimming's slack."""
+    created_with_it = SourceHistory(T0, T0)  # 48 hours before NOW
+    horizon = NOW - 24 * HOUR + 15 * 60 * S
+    assert before_stream_through(created_with_it, NOW, MARGIN) == horizon + MARGIN
+    # The later clock moves the end with it: the clock is the start's.
+    assert before_stream_through(created_with_it, NOW + HOUR, 0) == horizon + HOUR
+    # Enabled after the table, long ago: trimming is the later of the two.
+    assert before_stream_through(SourceHistory(T0 - HOUR, T0), NOW, 0) == horizon
+    # A stream a little younger than that holds all its records still.
+    young = SourceHistory(horizon, horizon)
+    assert before_stream_through(young, NOW, MARGIN) is None
+
+
+def test_the_streams_creation_is_read_from_its_arn() -> None:
+    arn = "arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/2026-12-02T06:18:47.364"
+    assert stream_created_us(arn) == 1_796_192_327_364_000
+    moto = "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2026-12-02T06:18:47.364312"
+    assert stream_created_us(moto) == 1_796_192_327_364_312
+    for bad in ("arn:aws:kinesis:us-east-1:1:stream/orders", "arn:aws:dynamodb:x:1:table/t"):
+        with pytest.raises(ValueError, match="does not end in /stream/<creation time>"):
+            stream_created_us(bad)
+
+
+# -- what the source says, against moto ----------------------------------------------------
+
+
+def history_of(job: Job) -> SourceHistory:
+    return wiring.source_history(load_job(job.path))()
+
+
+def test_the_source_is_described_as_created_with_or_before_its_stream(
+    moto_endpoint: str, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    fresh = Job(moto_endpoint, unique("bs"), tmp_path)
+    assert before_stream_through(history_of(fresh), int(time.time() * S), 0) is None
+
+    ddb = client("dynamodb", "us-east-1", moto_endpoint)
+    legacy = unique("bs-legacy")
+    table_before_its_stream(ddb, legacy)
+    stream = ddb.describe_table(TableName=legacy)["Table"]["LatestStreamArn"]
+    job = Job(moto_endpoint, unique("bs"), tmp_path, source_of=legacy)
+    history = history_of(job)
+    assert history.stream_created_us == stream_created_us(stream)
+    assert history.stream_created_us - history.table_created_us > S
+    assert before_stream_through(history, int(time.time() * S), 0) == history.stream_created_us
+
+
+# -- the publisher --------------------------------------------------------------------------
+
+
+def publisher(
+    table: StatusTable,
+    history: Callable[[], SourceHistory],
+    *,
+    shard: str = "s1",
+    at_horizon: bool = True,
+) -> ShardWatermark:
+    watermark = ShardWatermark(
+        shard,
+        {table.destination: table},
+        lambda: [Shard("s1", None, True), Shard("s2", "s1", False)],
+        Metrics(),
+        interval_s=3600,  # published by the test
+        margin_s=MARGIN / S,
+        reads_follow_answers=True,
+        source_history=history,
+        clock=lambda: NOW / S,
+    )
+    watermark.begin(resumed=False, at_horizon=at_horizon)
+    return watermark
+
+
+@pytest.fixture
+def table(moto_endpoint: str, unique: Callable[[str], str]) -> StatusTable:
+    status = StatusTable(
+        client("dynamodb", "eu-west-1", moto_endpoint), unique("status"), "eu-west-1/replica"
+    )
+    status.ensure_exists()
+    return status
+
+
+def legacy() -> SourceHistory:
+    return SourceHistory(NOW - 2 * HOUR, NOW - HOUR)  # the stream enabled an hour later
+
+
+def test_a_first_start_stores_the_span_before_it_claims(table: StatusTable) -> None:
+    first = publisher(table, legacy)
+    try:
+        # Held: the checkpoint must not pass the start before the span is stored.
+        assert first.unstored() == [table.destination]
+        first.empty_read(previous_answer_at=(NOW + 5 * S) / S, received_at=0)
+        first.publish()
+        part = table.part("s1")
+        assert part is not None and part.watermark_us == NOW + 5 * S - MARGIN - 1
+        assert part.unread_spans == (UnreadSpan(0, NOW - HOUR + MARGIN, BEFORE_STREAM),)
+        assert first.unstored() == []
+        mark = combine(table.destination, table.parts())
+        said = mark.unread_between(0, NOW - HOUR)[0].describe()
+        assert "kcl.initial_position TRIM_HORIZON" in said and "replicator backfill" in said
+    finally:
+        first.close()
+
+
+def test_a_child_shard_of_a_running_job_gets_no_span(table: StatusTable) -> None:
+    """The parent's processor registered the child: the status table has parts, so the
+    job is running, and the child's TRIM_HORIZON follows its parent's reading."""
+    parent = publisher(table, lambda: SourceHistory(NOW, NOW), shard="s1")
+    parent.empty_read(previous_answer_at=(NOW + 5 * S) / S, received_at=0)
+    parent.publish()
+    parent.close()
+    described: list[int] = []
+
+    def history() -> SourceHistory:
+        described.append(1)
+        return legacy()
+
+    child = publisher(table, history, shard="s2")
+    try:
+        child.empty_read(previous_answer_at=(NOW + 9 * S) / S, received_at=0)
+        child.publish()
+        assert combine(table.destination, table.parts()).unread_spans == ()
+        assert described == []  # the source is not even described
+    finally:
+        child.close()
+
+
+def first_spans(history: Callable[[], SourceHistory]) -> tuple[UnreadSpan, ...]:
+    """The spans a first start at TRIM_HORIZON stores on its part (in memory)."""
+    table = FakeStatusTable("eu-west-1/replica")
+    watermark = publisher(table, history)
+    try:
+        watermark.empty_read(previous_answer_at=(NOW + 5 * S) / S, received_at=0)
+        watermark.publish()
+    finally:
+        watermark.close()
+    (part,) = [part for part in table.stored() if part.shard == "s1"]
+    return part.unread_spans
+
+
+def test_a_first_start_on_a_stream_older_than_a_day_is_told_by_the_publishers_clock() -> None:
+    end = NOW - 24 * HOUR + 15 * 60 * S + MARGIN
+    spans = first_spans(lambda: SourceHistory(T0, T0))  # 48 hours before NOW
+    assert spans == (UnreadSpan(0, end, BEFORE_STREAM),)
+
+
+def test_a_source_that_cannot_be_described_gets_the_widest_span() -> None:
+    def refused() -> SourceHistory:
+        raise RuntimeError("AccessDeniedException: not allowed to DescribeTable")
+
+    with structlog.testing.capture_logs() as logged:
+        spans = first_spans(refused)
+    assert spans == (UnreadSpan(0, NOW + MARGIN, BEFORE_STREAM),)
+    (error,) = [e for e in logged if e["log_level"] == "error"]
+    assert "could not tell when the source table and its stream were created" in error["event"]
+    assert "AccessDeniedException" in error["error"]
+
+
+def test_a_start_that_is_not_at_trim_horizon_describes_nothing(table: StatusTable) -> None:
+    def history() -> Any:
+        raise AssertionError("described")
+
+    watermark = publisher(table, history, at_horizon=False)
+    try:
+        watermark.empty_read(previous_answer_at=(NOW + 5 * S) / S, received_at=0)
+        watermark.publish()
+        assert combine(table.destination, table.parts()).unread_spans == ()
+    finally:
+        watermark.close()
