@@ -45,6 +45,10 @@ class FileDeadLetters:
     def put(self, letter: DeadLetter) -> None:
         self._append(letter.to_json())
 
+    def cancel(self) -> None:
+        """Nothing to give up: an append is tried once, and fails at once when it cannot
+        be made (DeadLetterUnavailable)."""
+
     def _append(self, line: str | bytes) -> None:
         try:
             append_line(self.path, line)
@@ -70,7 +74,7 @@ class FileDeadLetters:
                 )
             if count:
                 held[aside_file] = count
-        if self.path.exists():
+        if self.path.is_file():  # not a directory put in its place
             with self.path.open("rb") as lines:
                 count = sum(1 for line in lines if line.strip())
             if count:

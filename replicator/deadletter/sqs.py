@@ -17,11 +17,19 @@ queue and the message id. The replay keeps them hidden until it has gone round t
 queue (so that each is received once, and cannot end the replay before the letters
 behind it), then makes them visible again at once rather than after the visibility
 timeout: they are there for the next redrive, another job's, and whoever looks.
+
+Replication retries a queue that fails without a time limit (nothing is checkpointed
+past a change whose letter is not stored). An operator command bounds it instead
+(``unanswered_for_s``): a queue that gives no answer at all for that long raises
+DeadLetterUnavailable, and :meth:`SqsDeadLetters.cancel` (a second Ctrl-C) ends the
+retries in hand at once with WriteCancelled. Throttling and server errors are answers,
+waited out as the tools' writers wait them out.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
@@ -33,25 +41,42 @@ from replicator.aws.errors import ErrorKind, classify
 from replicator.aws.queues import MessageLimit
 from replicator.deadletter.base import Claimed, Unreadable
 from replicator.deadletter.entry import DeadLetter
-from replicator.exceptions import DeadLetterFormatError, DeadLetterUnavailable
+from replicator.exceptions import DeadLetterFormatError, DeadLetterUnavailable, WriteCancelled
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 log = structlog.get_logger(__name__)
 _MAX_BACKOFF_S = 20.0
+# How long a message a replay received stays hidden from other receivers: long enough
+# for its replay (a write waits up to the tools' bound for an answer), and what a replay
+# killed before it could make its messages visible again leaves them hidden for.
+VISIBILITY_TIMEOUT_S = 900
 
 
 class SqsDeadLetters:
-    def __init__(self, client: SQSClient, queue_url: str, run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        client: SQSClient,
+        queue_url: str,
+        run_id: str | None = None,
+        *,
+        unanswered_for_s: float | None = None,
+    ) -> None:
         self.client = client
         self.queue_url = queue_url
         self.run_id = run_id
+        self.unanswered_for_s = unanswered_for_s
         self.description = f"SQS queue {queue_url}"
         # Messages left as they are during a replay: message id -> latest receipt handle.
         self._held: dict[str, str] = {}
         self._claimed: dict[str, str] = {}  # receipt handle -> message id, until settled
         self._limit = MessageLimit(client, queue_url, "dead-letter queue")
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """End the retries in hand, and any later call, with WriteCancelled."""
+        self._cancelled.set()
 
     def message_limit(self) -> int:
         """The largest message the queue takes, in bytes (:mod:`replicator.aws.queues`).
@@ -77,15 +102,33 @@ class SqsDeadLetters:
 
     def _call(self, operation: str, **kwargs: Any) -> Any:
         attempt = 0
+        unanswered_since: float | None = None  # of the attempts in a row not answered
+        action = "".join(part.title() for part in operation.split("_"))  # SendMessage
         while True:
+            if self._cancelled.is_set():
+                raise WriteCancelled(f"SQS {action} on {self.queue_url} cancelled")
+            tried_at = time.monotonic()
             try:
                 return getattr(self.client, operation)(**kwargs)
             except (ClientError, BotoCoreError) as error:
                 if classify(error) not in (ErrorKind.RETRY, ErrorKind.THROTTLED):
                     raise DeadLetterUnavailable(
-                        f"SQS {operation} on {self.queue_url} failed: {error}"
+                        f"SQS {action} on {self.queue_url} failed: {error}"
                     ) from error
                 delay = random.uniform(0, min(_MAX_BACKOFF_S, 0.1 * 2**attempt))
+                if isinstance(error, BotoCoreError) and self.unanswered_for_s is not None:
+                    if unanswered_since is None:
+                        unanswered_since = tried_at
+                    left = self.unanswered_for_s - (time.monotonic() - unanswered_since)
+                    if left <= 0:
+                        raise DeadLetterUnavailable(
+                            f"SQS {action} on {self.queue_url} got no answer for "
+                            f"{self.unanswered_for_s:g} s ({attempt + 1} attempts); last "
+                            f"error: {error}"
+                        ) from error
+                    delay = min(delay, left)
+                else:
+                    unanswered_since = None
                 log.warning(
                     "dead-letter queue unavailable, retrying",
                     operation=operation,
@@ -93,7 +136,7 @@ class SqsDeadLetters:
                     delay_s=round(delay, 3),
                 )
                 attempt += 1
-                time.sleep(delay)
+                self._cancelled.wait(delay)
 
     def claim_all(self) -> Generator[Claimed | Unreadable, None, None]:
         self._held, self._claimed = {}, {}
@@ -104,7 +147,7 @@ class SqsDeadLetters:
                     QueueUrl=self.queue_url,
                     MaxNumberOfMessages=10,
                     WaitTimeSeconds=1,
-                    VisibilityTimeout=900,
+                    VisibilityTimeout=VISIBILITY_TIMEOUT_S,
                 )
                 fresh = 0
                 for message in response.get("Messages", []):
@@ -143,19 +186,22 @@ class SqsDeadLetters:
 
     def _let_go(self) -> None:
         """Make the messages left alone visible again now, not after the visibility
-        timeout. If that fails they reappear after it anyway: only a warning."""
+        timeout. If that fails they reappear after it anyway: only a warning, after one
+        try (the SDK's own retries), not retried or cancelled: a replay on its way out,
+        even a second Ctrl-C's, does not wait for a queue that does not answer, and
+        still tries when the queue does."""
         held, self._held, self._claimed = list(self._held.values()), {}, {}
         for start in range(0, len(held), 10):
-            entries = [
+            entries: Any = [
                 {"Id": str(n), "ReceiptHandle": receipt, "VisibilityTimeout": 0}
                 for n, receipt in enumerate(held[start : start + 10])
             ]
             try:
-                answer = self._call(
-                    "change_message_visibility_batch", QueueUrl=self.queue_url, Entries=entries
+                answer = self.client.change_message_visibility_batch(
+                    QueueUrl=self.queue_url, Entries=entries
                 )
-            except DeadLetterUnavailable as error:
-                failed = [str(error)]
+            except (ClientError, BotoCoreError) as error:
+                failed = [f"SQS ChangeMessageVisibilityBatch on {self.queue_url} failed: {error}"]
             else:
                 failed = [f"{f.get('Code')}: {f.get('Message')}" for f in answer.get("Failed", [])]
             if failed:

@@ -453,18 +453,18 @@ def test_a_target_holding_only_other_tasks_letters_says_so(job: Job) -> None:
 
 
 def test_a_dead_letter_path_that_is_a_directory_is_one_line_and_exit_3(job: Job) -> None:
-    """As for backfill and verify --repair, which append to it: the environment is not as
-    the job says."""
+    """As for backfill and verify --repair, which append to it, and as run says it at
+    start: the environment is not as the job says."""
     job.dead_letters.mkdir()
 
     result = redrive(job)
 
     assert result.returncode == 3, result.stderr
     (line,) = [line for line in result.stderr.splitlines() if not line.startswith("{")]
-    assert line == (
-        f"replicator: redrive {job.name}: cannot read dead-letter file {job.dead_letters}: "
-        "Is a directory"
-    )
+    assert line.startswith(
+        f"replicator: dead_letter.path: the dead-letter file {job.dead_letters} cannot be "
+        "written: it is a directory, not a file"
+    ), line
 
 
 def test_an_interrupted_redrive_says_how_many_letters_it_kept_and_the_next_takes_them_up(
