@@ -1095,3 +1095,85 @@ def test_a_source_image_a_replayed_delete_cannot_write_back_is_dead_lettered(job
     (kept,) = target.letters()
     assert (kept.shard_id, kept.destination, kept.reason) == ("redrive", eu_label, "unplannable")
     assert kept.event == "MODIFY" and kept.keys == item_to_wire(keys_of(again))
+
+
+def test_a_second_redrive_of_the_same_file_is_refused_while_the_first_runs(job: Job) -> None:
+    """The first is stuck on a letter eu keeps throttling; the second would replay the
+    aside file the first is working through (each letter twice) and fail once the
+    first removed it: it is refused up front instead, touching nothing."""
+    target = eu_letters(job, 51)
+    items = [image(name) for name in "abc"]
+    proxy = FaultProxy(job.endpoint).start()
+    try:
+        proxy.set(Mode(Fault.THROTTLE, operations=frozenset({"PutItem"})))
+        eu_through(job, proxy)
+        runner = Redrive(load_job(job.path))
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(runner.run)
+            try:
+                wait_until(lambda: proxy.counts("PutItem")["throttled"] >= 2, 30, "retries")
+                aside = aside_file(job)
+                before = aside.read_bytes()
+                second = subprocess.run(
+                    [sys.executable, "-m", "replicator", "redrive", "--config", str(job.path)],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
+                assert running.running()
+            finally:
+                runner.interrupt()
+                runner.interrupt()
+            report = running.result(timeout=30)
+    finally:
+        proxy.stop()
+
+    assert second.returncode == 3, second.stdout + second.stderr
+    assert second.stdout == ""
+    (line,) = [text for text in second.stderr.splitlines() if not text.startswith("{")]
+    assert line == (
+        f"replicator: another redrive of the dead letters in file {job.dead_letters} is "
+        f"running (pid {os.getpid()}) (it holds {job.dead_letters}.redrive.lock); wait for "
+        "it to end, or stop it first"
+    )
+    assert aside.read_bytes() == before
+    assert (report.replayed, report.exit_code) == (0, 1)
+    assert target.holding() == {aside: 3}
+    job.write()  # eu straight at the server again
+    again = Redrive(load_job(job.path)).run()
+    assert (again.replayed, again.exit_code) == (3, 0)
+    assert [get(job, 0, item) for item in items] == items
+    assert sorted(p.name for p in job.directory.glob("dead.jsonl*")) == []
+
+
+def test_the_letters_of_a_redrive_killed_mid_way_are_replayed_by_the_next(job: Job) -> None:
+    """kill -9 leaves the aside file (and the replay's lock file): the kernel let go of
+    the lock with the process, so the next redrive takes the letters up."""
+    target = eu_letters(job, 61)
+    items = [image(name) for name in "abc"]
+    proxy = FaultProxy(job.endpoint).start()
+    try:
+        proxy.set(Mode(Fault.THROTTLE, operations=frozenset({"PutItem"})))
+        eu_through(job, proxy)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "replicator", "redrive", "--config", str(job.path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_until(lambda: proxy.counts("PutItem")["throttled"] >= 2, 30, "retries")
+        finally:
+            process.kill()
+            process.wait(timeout=30)
+    finally:
+        proxy.stop()
+    job.write()
+
+    assert target.holding() == {aside_file(job): 3}
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 letters, 3 replayed, 0 failed again" in result.stdout
+    assert [get(job, 0, item) for item in items] == items
+    assert sorted(p.name for p in job.directory.glob("dead.jsonl*")) == []
