@@ -16,7 +16,11 @@ task's), are left in the queue untouched; an unreadable one gets a warning namin
 queue and the message id. The replay keeps them hidden until it has gone round the
 queue (so that each is received once, and cannot end the replay before the letters
 behind it), then makes them visible again at once rather than after the visibility
-timeout: they are there for the next redrive, another job's, and whoever looks.
+timeout: they are there for the next redrive, another job's, and whoever looks. So
+does a replay that ends early (interrupted, stopped by an outage) with the messages it
+received and has not settled: a redrive run next must find them, not a queue that looks
+empty for the 15 minutes of :data:`VISIBILITY_TIMEOUT_S`. Only a replay that cannot
+(killed, or the queue not answering then) leaves them hidden that long.
 
 Replication retries a queue that fails without a time limit (nothing is checkpointed
 past a change whose letter is not stored). An operator command bounds it instead
@@ -70,7 +74,9 @@ class SqsDeadLetters:
         self.description = f"SQS queue {queue_url}"
         # Messages left as they are during a replay: message id -> latest receipt handle.
         self._held: dict[str, str] = {}
-        self._claimed: dict[str, str] = {}  # receipt handle -> message id, until settled
+        # Messages received and not yet settled or left as they are: receipt handle ->
+        # message id. What is still here when the replay ends is made visible again.
+        self._claimed: dict[str, str] = {}
         self._limit = MessageLimit(client, queue_url, "dead-letter queue")
         self._cancelled = threading.Event()
 
@@ -150,7 +156,13 @@ class SqsDeadLetters:
                     VisibilityTimeout=VISIBILITY_TIMEOUT_S,
                 )
                 fresh = 0
-                for message in response.get("Messages", []):
+                messages = response.get("Messages", [])
+                # Until each is settled or left alone: hidden for the visibility timeout,
+                # and what a replay ending early has not reached is made visible again.
+                for message in messages:
+                    if message["MessageId"] not in self._held:
+                        self._claimed[message["ReceiptHandle"]] = message["MessageId"]
+                for message in messages:
                     message_id, receipt = message["MessageId"], message["ReceiptHandle"]
                     if message_id in self._held:  # its visibility ran out: still left alone
                         self._held[message_id] = receipt
@@ -164,6 +176,7 @@ class SqsDeadLetters:
                             message_id=message_id,
                             error=str(error),
                         )
+                        del self._claimed[receipt]
                         self._held[message_id] = receipt
                         fresh += 1
                         yield Unreadable(f"message {message_id}", str(error))
@@ -175,9 +188,9 @@ class SqsDeadLetters:
                             ReceiptHandle=receipt,
                             VisibilityTimeout=0,
                         )
+                        del self._claimed[receipt]
                         continue
                     fresh += 1
-                    self._claimed[receipt] = message_id
                     yield Claimed(letter, receipt=receipt, raw=message["Body"].encode("utf-8"))
                 if not fresh:
                     return
@@ -186,11 +199,14 @@ class SqsDeadLetters:
 
     def _let_go(self) -> None:
         """Make the messages left alone visible again now, not after the visibility
-        timeout. If that fails they reappear after it anyway: only a warning, after one
-        try (the SDK's own retries), not retried or cancelled: a replay on its way out,
-        even a second Ctrl-C's, does not wait for a queue that does not answer, and
-        still tries when the queue does."""
-        held, self._held, self._claimed = list(self._held.values()), {}, {}
+        timeout, and those received and not settled (a replay that ended early, or
+        whose letter in hand could not be settled): they are not replayed, and the next
+        redrive must see them. If that fails they reappear after the timeout anyway:
+        only a warning, after one try (the SDK's own retries), not retried or
+        cancelled: a replay on its way out, even a second Ctrl-C's, does not wait for a
+        queue that does not answer, and still tries when the queue does."""
+        held = [*self._held.values(), *self._claimed]
+        self._held, self._claimed = {}, {}
         for start in range(0, len(held), 10):
             entries: Any = [
                 {"Id": str(n), "ReceiptHandle": receipt, "VisibilityTimeout": 0}

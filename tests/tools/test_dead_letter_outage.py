@@ -9,13 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from replicator.config import load_job
-from replicator.deadletter import FileDeadLetters, SqsDeadLetters
+from replicator.deadletter import DeadLetter, FileDeadLetters, SqsDeadLetters
 from replicator.exceptions import EnvironmentProblem
 from replicator.items import Item
 from replicator.tools import snapshot
@@ -25,7 +26,7 @@ from tests.support.aws import client
 from tests.support.e2e import PATIENCE, Job, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
 from tests.support.tools import run_within
-from tests.tools.test_redrive import get, image, stream_letter
+from tests.tools.test_redrive import eu_through, get, image, stream_letter
 
 # An image last_writer_wins can never order: every write of it fails for good, so it
 # is dead-lettered (a backfill's copy) or fails again (a redrive's letter).
@@ -233,7 +234,45 @@ def test_two_sigterms_stop_a_redrive_whose_letter_the_queue_keeps_throttling(
         f"redrive of SQS queue {queue}: 1 letter, 0 replayed, 1 failed again (kept in the "
         "target); interrupted"
     ), stdout
-    assert sum(queued(sqs, queue)) == 1  # the letter, as it was
+    # The letter as it was, visible again at once for the next redrive.
+    assert queued(sqs, queue) == (1, 0)
+    (message,) = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    assert DeadLetter.from_json(message["Body"]) == letter
+
+
+def test_an_interrupted_sqs_redrive_leaves_no_letter_hidden(job: Job) -> None:
+    """A receive takes up to 10 messages and hides them for 15 minutes: those the
+    redrive did not replay are made visible again as it stops, so that a redrive run
+    at once replays every letter instead of reporting a queue that looks empty."""
+    eu_label = "/".join(job.destinations[0])
+    sqs, queue = queue_behind(job)
+    proxy = FaultProxy(job.endpoint).start()
+    try:
+        target = SqsDeadLetters(sqs, queue)
+        items = [image(f"i{n:02}") for n in range(25)]
+        for seq, item in enumerate(items, start=100):
+            target.put(stream_letter(job, eu_label, item, seq, "throttled", "e"))
+        # Every write to eu is throttled: the first letter is retried until interrupted.
+        proxy.set(Mode(Fault.THROTTLE, operations=frozenset({"PutItem"})))
+        eu_through(job, proxy)
+        runner = Redrive(load_job(job.path))
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(runner.run)
+            wait_until(lambda: proxy.counts("PutItem")["throttled"] >= 2, 30, "retries")
+            runner.interrupt()
+            runner.interrupt()
+            report = running.result(timeout=30 * PATIENCE)
+    finally:
+        proxy.stop()
+    job.write()  # eu straight at the server again
+    dead_letters_in(job, queue, job.endpoint)
+
+    assert (report.replayed, report.exit_code) == (0, 1)
+    assert queued(sqs, queue) == (25, 0)
+    again = Redrive(load_job(job.path)).run()
+    assert (again.replayed, again.exit_code) == (25, 0)
+    assert [get(job, 0, item) for item in items] == items
+    assert queued(sqs, queue) == (0, 0)
 
 
 class _MadeUnwritable(FileDeadLetters):
