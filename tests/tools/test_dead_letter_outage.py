@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,13 @@ from tests.support.aws import client
 from tests.support.e2e import PATIENCE, Job, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
 from tests.support.tools import run_within
-from tests.tools.test_redrive import eu_through, get, image, stream_letter
+from tests.tools.test_redrive import (
+    eu_throttled,
+    get,
+    image,
+    interrupted_while_retrying,
+    stream_letter,
+)
 
 # An image last_writer_wins can never order: every write of it fails for good, so it
 # is dead-lettered (a backfill's copy) or fails again (a redrive's letter).
@@ -246,24 +251,12 @@ def test_an_interrupted_sqs_redrive_leaves_no_letter_hidden(job: Job) -> None:
     at once replays every letter instead of reporting a queue that looks empty."""
     eu_label = "/".join(job.destinations[0])
     sqs, queue = queue_behind(job)
-    proxy = FaultProxy(job.endpoint).start()
-    try:
-        target = SqsDeadLetters(sqs, queue)
-        items = [image(f"i{n:02}") for n in range(25)]
-        for seq, item in enumerate(items, start=100):
-            target.put(stream_letter(job, eu_label, item, seq, "throttled", "e"))
-        # Every write to eu is throttled: the first letter is retried until interrupted.
-        proxy.set(Mode(Fault.THROTTLE, operations=frozenset({"PutItem"})))
-        eu_through(job, proxy)
-        runner = Redrive(load_job(job.path))
-        with ThreadPoolExecutor(1) as pool:
-            running = pool.submit(runner.run)
-            wait_until(lambda: proxy.counts("PutItem")["throttled"] >= 2, 30, "retries")
-            runner.interrupt()
-            runner.interrupt()
-            report = running.result(timeout=30 * PATIENCE)
-    finally:
-        proxy.stop()
+    target = SqsDeadLetters(sqs, queue)
+    items = [image(f"i{n:02}") for n in range(25)]
+    for seq, item in enumerate(items, start=100):
+        target.put(stream_letter(job, eu_label, item, seq, "throttled", "e"))
+    with eu_throttled(job) as proxy:
+        report = interrupted_while_retrying(job, proxy)
     job.write()  # eu straight at the server again
     dead_letters_in(job, queue, job.endpoint)
 
