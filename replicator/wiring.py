@@ -52,13 +52,19 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import TableDescriptionTypeDef
 
 
-def dead_letter_target(resolved: ResolvedJob, run_id: str | None = None) -> DeadLetterTarget:
+def dead_letter_target(
+    resolved: ResolvedJob, run_id: str | None = None, unanswered_for_s: float | None = None
+) -> DeadLetterTarget:
+    """The job's target; ``unanswered_for_s`` bounds how long a queue may give no answer
+    (an operator command's bound, :class:`SqsDeadLetters`); None: replication's wait."""
     settings = resolved.job.dead_letter
     if settings.kind is DeadLetterKind.SQS:
         assert settings.queue_url
         region = settings.region or resolved.job.source.region
         client = clients.sqs(Place(region, settings.endpoint_url, settings.role_arn))
-        return SqsDeadLetters(client, settings.queue_url, run_id=run_id)
+        return SqsDeadLetters(
+            client, settings.queue_url, run_id=run_id, unanswered_for_s=unanswered_for_s
+        )
     path = Path(settings.path.format(task_name=resolved.task_name))
     if not path.is_absolute():
         path = Path.cwd() / path

@@ -58,3 +58,9 @@ class DeadLetterTarget(Protocol):
         """Leave a letter that is not this replay's to take (another task's) in the
         target exactly as it was stored."""
         ...
+
+    def cancel(self) -> None:
+        """Give up at once the retries of a put or a replay's call in hand, and any
+        after (an operator command stopped at once): they raise WriteCancelled, and the
+        letter they were for is not stored. Replication never calls it."""
+        ...

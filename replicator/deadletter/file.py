@@ -17,24 +17,41 @@ A process that opened the live file just before a replay renamed it holds the re
 file: once it has the lock it checks that its file is still the one at the path, and
 opens the path again if not, so that no letter is appended to a file already replayed.
 Creating and renaming a file are made durable with an fsync of the directory.
+
+One replay at a time: a replay holds an exclusive ``flock`` on ``<file>.redrive.lock``
+from before it renames the live file until it is done, and a second one is refused at
+once (EnvironmentProblem, naming the process that holds it) instead of replaying the
+aside file the first is still working through, which would write its letters twice
+and, once the first removed it, fail on a file that is gone. The kernel lets go of the
+lock when its process ends, however it ends, so a killed replay's aside files are
+taken up by the next one. The lock file is removed, under the lock, when a replay ends;
+a replay that finds it has locked a file no longer at the path locks the path again.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import structlog
 
-from replicator.appendfile import append_line, fsync_directory, locked_file
+from replicator.appendfile import append_line, fsync_directory, locked_file, same_file
 from replicator.deadletter.base import Claimed, Unreadable
 from replicator.deadletter.entry import DeadLetter
-from replicator.exceptions import DeadLetterFormatError, DeadLetterUnavailable
+from replicator.exceptions import (
+    DeadLetterFormatError,
+    DeadLetterUnavailable,
+    EnvironmentProblem,
+)
 
 log = structlog.get_logger(__name__)
 _ASIDE = ".redrive-"
 _SETTLED = ".settled"
+_LOCK = ".redrive.lock"
 
 
 class FileDeadLetters:
@@ -44,6 +61,10 @@ class FileDeadLetters:
 
     def put(self, letter: DeadLetter) -> None:
         self._append(letter.to_json())
+
+    def cancel(self) -> None:
+        """Nothing to give up: an append is tried once, and fails at once when it cannot
+        be made (DeadLetterUnavailable)."""
 
     def _append(self, line: str | bytes) -> None:
         try:
@@ -70,7 +91,7 @@ class FileDeadLetters:
                 )
             if count:
                 held[aside_file] = count
-        if self.path.exists():
+        if self.path.is_file():  # not a directory put in its place
             with self.path.open("rb") as lines:
                 count = sum(1 for line in lines if line.strip())
             if count:
@@ -107,9 +128,39 @@ class FileDeadLetters:
         cannot be renamed, read or removed (the path is a directory, permissions) raises
         DeadLetterUnavailable, like one that cannot be appended to."""
         try:
-            yield from self._claim_all()
+            with self._replaying():
+                yield from self._claim_all()
         except OSError as error:
             raise _unavailable("read", Path(error.filename or self.path), error) from error
+
+    @contextmanager
+    def _replaying(self) -> Iterator[None]:
+        """Hold this file's replay lock (module docstring), or refuse: another replay
+        has it."""
+        lock = self.path.with_name(self.path.name + _LOCK)
+        while True:
+            file = lock.open("a+", encoding="utf-8")
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                file.close()
+                holder = lock.read_text(encoding="utf-8").strip() if lock.exists() else ""
+                raise EnvironmentProblem(
+                    f"another redrive of the dead letters in {self.description} is running"
+                    + (f" (pid {holder})" if holder.isdigit() else "")
+                    + f" (it holds {lock}); wait for it to end, or stop it first"
+                ) from None
+            if same_file(file, lock):
+                break
+            file.close()  # removed by the replay that held it: lock the path again
+        try:
+            file.truncate(0)
+            file.write(f"{os.getpid()}\n")
+            file.flush()
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+            file.close()
 
     def _claim_all(self) -> Generator[Claimed | Unreadable, None, None]:
         with locked_file(self.path, create=False) as file:

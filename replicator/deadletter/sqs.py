@@ -16,12 +16,24 @@ task's), are left in the queue untouched; an unreadable one gets a warning namin
 queue and the message id. The replay keeps them hidden until it has gone round the
 queue (so that each is received once, and cannot end the replay before the letters
 behind it), then makes them visible again at once rather than after the visibility
-timeout: they are there for the next redrive, another job's, and whoever looks.
+timeout: they are there for the next redrive, another job's, and whoever looks. So
+does a replay that ends early (interrupted, stopped by an outage) with the messages it
+received and has not settled: a redrive run next must find them, not a queue that looks
+empty for the 15 minutes of :data:`VISIBILITY_TIMEOUT_S`. Only a replay that cannot
+(killed, or the queue not answering then) leaves them hidden that long.
+
+Replication retries a queue that fails without a time limit (nothing is checkpointed
+past a change whose letter is not stored). An operator command bounds it instead
+(``unanswered_for_s``): a queue that gives no answer at all for that long raises
+DeadLetterUnavailable, and :meth:`SqsDeadLetters.cancel` (a second Ctrl-C) ends the
+retries in hand at once with WriteCancelled. Throttling and server errors are answers,
+waited out as the tools' writers wait them out.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
@@ -33,25 +45,44 @@ from replicator.aws.errors import ErrorKind, classify
 from replicator.aws.queues import MessageLimit
 from replicator.deadletter.base import Claimed, Unreadable
 from replicator.deadletter.entry import DeadLetter
-from replicator.exceptions import DeadLetterFormatError, DeadLetterUnavailable
+from replicator.exceptions import DeadLetterFormatError, DeadLetterUnavailable, WriteCancelled
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 log = structlog.get_logger(__name__)
 _MAX_BACKOFF_S = 20.0
+# How long a message a replay received stays hidden from other receivers: long enough
+# for its replay (a write waits up to the tools' bound for an answer), and what a replay
+# killed before it could make its messages visible again leaves them hidden for.
+VISIBILITY_TIMEOUT_S = 900
 
 
 class SqsDeadLetters:
-    def __init__(self, client: SQSClient, queue_url: str, run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        client: SQSClient,
+        queue_url: str,
+        run_id: str | None = None,
+        *,
+        unanswered_for_s: float | None = None,
+    ) -> None:
         self.client = client
         self.queue_url = queue_url
         self.run_id = run_id
+        self.unanswered_for_s = unanswered_for_s
         self.description = f"SQS queue {queue_url}"
         # Messages left as they are during a replay: message id -> latest receipt handle.
         self._held: dict[str, str] = {}
-        self._claimed: dict[str, str] = {}  # receipt handle -> message id, until settled
+        # Messages received and not yet settled or left as they are: receipt handle ->
+        # message id. What is still here when the replay ends is made visible again.
+        self._claimed: dict[str, str] = {}
         self._limit = MessageLimit(client, queue_url, "dead-letter queue")
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """End the retries in hand, and any later call, with WriteCancelled."""
+        self._cancelled.set()
 
     def message_limit(self) -> int:
         """The largest message the queue takes, in bytes (:mod:`replicator.aws.queues`).
@@ -77,15 +108,33 @@ class SqsDeadLetters:
 
     def _call(self, operation: str, **kwargs: Any) -> Any:
         attempt = 0
+        unanswered_since: float | None = None  # of the attempts in a row not answered
+        action = "".join(part.title() for part in operation.split("_"))  # SendMessage
         while True:
+            if self._cancelled.is_set():
+                raise WriteCancelled(f"SQS {action} on {self.queue_url} cancelled")
+            tried_at = time.monotonic()
             try:
                 return getattr(self.client, operation)(**kwargs)
             except (ClientError, BotoCoreError) as error:
                 if classify(error) not in (ErrorKind.RETRY, ErrorKind.THROTTLED):
                     raise DeadLetterUnavailable(
-                        f"SQS {operation} on {self.queue_url} failed: {error}"
+                        f"SQS {action} on {self.queue_url} failed: {error}"
                     ) from error
                 delay = random.uniform(0, min(_MAX_BACKOFF_S, 0.1 * 2**attempt))
+                if isinstance(error, BotoCoreError) and self.unanswered_for_s is not None:
+                    if unanswered_since is None:
+                        unanswered_since = tried_at
+                    left = self.unanswered_for_s - (time.monotonic() - unanswered_since)
+                    if left <= 0:
+                        raise DeadLetterUnavailable(
+                            f"SQS {action} on {self.queue_url} got no answer for "
+                            f"{self.unanswered_for_s:g} s ({attempt + 1} attempts); last "
+                            f"error: {error}"
+                        ) from error
+                    delay = min(delay, left)
+                else:
+                    unanswered_since = None
                 log.warning(
                     "dead-letter queue unavailable, retrying",
                     operation=operation,
@@ -93,7 +142,7 @@ class SqsDeadLetters:
                     delay_s=round(delay, 3),
                 )
                 attempt += 1
-                time.sleep(delay)
+                self._cancelled.wait(delay)
 
     def claim_all(self) -> Generator[Claimed | Unreadable, None, None]:
         self._held, self._claimed = {}, {}
@@ -104,10 +153,16 @@ class SqsDeadLetters:
                     QueueUrl=self.queue_url,
                     MaxNumberOfMessages=10,
                     WaitTimeSeconds=1,
-                    VisibilityTimeout=900,
+                    VisibilityTimeout=VISIBILITY_TIMEOUT_S,
                 )
                 fresh = 0
-                for message in response.get("Messages", []):
+                messages = response.get("Messages", [])
+                # Until each is settled or left alone: hidden for the visibility timeout,
+                # and what a replay ending early has not reached is made visible again.
+                for message in messages:
+                    if message["MessageId"] not in self._held:
+                        self._claimed[message["ReceiptHandle"]] = message["MessageId"]
+                for message in messages:
                     message_id, receipt = message["MessageId"], message["ReceiptHandle"]
                     if message_id in self._held:  # its visibility ran out: still left alone
                         self._held[message_id] = receipt
@@ -121,6 +176,7 @@ class SqsDeadLetters:
                             message_id=message_id,
                             error=str(error),
                         )
+                        del self._claimed[receipt]
                         self._held[message_id] = receipt
                         fresh += 1
                         yield Unreadable(f"message {message_id}", str(error))
@@ -132,9 +188,9 @@ class SqsDeadLetters:
                             ReceiptHandle=receipt,
                             VisibilityTimeout=0,
                         )
+                        del self._claimed[receipt]
                         continue
                     fresh += 1
-                    self._claimed[receipt] = message_id
                     yield Claimed(letter, receipt=receipt, raw=message["Body"].encode("utf-8"))
                 if not fresh:
                     return
@@ -143,19 +199,25 @@ class SqsDeadLetters:
 
     def _let_go(self) -> None:
         """Make the messages left alone visible again now, not after the visibility
-        timeout. If that fails they reappear after it anyway: only a warning."""
-        held, self._held, self._claimed = list(self._held.values()), {}, {}
+        timeout, and those received and not settled (a replay that ended early, or
+        whose letter in hand could not be settled): they are not replayed, and the next
+        redrive must see them. If that fails they reappear after the timeout anyway:
+        only a warning, after one try (the SDK's own retries), not retried or
+        cancelled: a replay on its way out, even a second Ctrl-C's, does not wait for a
+        queue that does not answer, and still tries when the queue does."""
+        held = [*self._held.values(), *self._claimed]
+        self._held, self._claimed = {}, {}
         for start in range(0, len(held), 10):
-            entries = [
+            entries: Any = [
                 {"Id": str(n), "ReceiptHandle": receipt, "VisibilityTimeout": 0}
                 for n, receipt in enumerate(held[start : start + 10])
             ]
             try:
-                answer = self._call(
-                    "change_message_visibility_batch", QueueUrl=self.queue_url, Entries=entries
+                answer = self.client.change_message_visibility_batch(
+                    QueueUrl=self.queue_url, Entries=entries
                 )
-            except DeadLetterUnavailable as error:
-                failed = [str(error)]
+            except (ClientError, BotoCoreError) as error:
+                failed = [f"SQS ChangeMessageVisibilityBatch on {self.queue_url} failed: {error}"]
             else:
                 failed = [f"{f.get('Code')}: {f.get('Message')}" for f in answer.get("Failed", [])]
             if failed:

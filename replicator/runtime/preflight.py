@@ -296,6 +296,14 @@ def check_dead_letter_queue(resolved: ResolvedJob) -> None:
         raise explain(error, f"dead_letter.queue_url: {what} {settings.queue_url}", where) from None
 
 
+def check_dead_letter_target(resolved: ResolvedJob) -> None:
+    """The dead-letter file or queue, as :func:`check` checks it at start: the operator
+    commands check it too before their first read, so that a target that cannot take
+    a letter is one line and exit 3 now, not a hang or a stop at the first letter."""
+    check_dead_letter_file(resolved)
+    check_dead_letter_queue(resolved)
+
+
 def check(resolved: ResolvedJob, stopped: Callable[[], bool] = lambda: False) -> SourceInfo:
     """Check the dead-letter file or queue, the source and destinations, and make the job's
     conflict log (a file's directory, checked writable) and tombstone tables ready (the

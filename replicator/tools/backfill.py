@@ -23,10 +23,10 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CollectorRegistry
 
-from replicator import wiring
 from replicator.aws import tables
 from replicator.aws.tables import TableShape
 from replicator.config.model import ResolvedJob, StreamKind
+from replicator.deadletter.base import DeadLetterTarget
 from replicator.deadletter.failed import DeadLetterer
 from replicator.exceptions import (
     DeadLetterUnavailable,
@@ -56,6 +56,7 @@ from replicator.tools.snapshot import (
     SnapshotRule,
     snapshot_writers,
     synthetic_change,
+    tool_dead_letters,
     writer_tables,
 )
 from replicator.tools.tables import KeptExpired, TableRef, check_same_keys, source_ref
@@ -201,8 +202,11 @@ class Backfill:
         self.stopped: str | None = None
         self.run_id = uuid.uuid4().hex[:12]
         self._writers: dict[str, DestinationWriter] = {}
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler (interrupt) may run while the main thread holds it.
+        self._lock = threading.RLock()
         self._this_run = Tally()
+        self._dead_letters: DeadLetterTarget | None = None
+        self._cancelled = False
 
     def interrupt(self) -> None:
         """First call: finish the pages being copied, then stop. Second: stop writing now."""
@@ -220,8 +224,12 @@ class Backfill:
         self._cancel_writes()
 
     def _cancel_writes(self) -> None:
-        for writer in self._writers.values():
-            writer.cancelled.set()
+        with self._lock:
+            self._cancelled = True
+            for writer in self._writers.values():
+                writer.cancelled.set()
+            if self._dead_letters is not None:
+                self._dead_letters.cancel()  # a letter being stored is not waited for
 
     def _stop_because(self, reason: str) -> None:
         with self._lock:
@@ -233,10 +241,14 @@ class Backfill:
         resolved = self.resolved
         job = resolved.job
         source = source_ref(resolved, connections=2 * self.options.threads + 4)
-        dead_letters = wiring.dead_letter_target(resolved)
-        self._letters = DeadLetterer(dead_letters, self.metrics, resolved.task_name, BACKFILL)
         self._writers = snapshot_writers(resolved, self.metrics)
         shape = check_same_keys(resolved, source, writer_tables(resolved, self._writers))
+        dead_letters = tool_dead_letters(resolved)
+        with self._lock:
+            self._dead_letters = dead_letters
+            if self._cancelled:
+                dead_letters.cancel()
+        self._letters = DeadLetterer(dead_letters, self.metrics, resolved.task_name, BACKFILL)
         kept = KeptExpired.of(resolved, source)
         handoff: Handoff | None = None
         if self.options.skip_handoff_check:

@@ -36,7 +36,10 @@ is touched for it. A destination that refuses three writes in a row (table delet
 since, access denied, credentials expired) fails its remaining letters at once, and the
 exit status is 3. One that stops answering for the tools' bound (``UNANSWERED_FOR_S``)
 ends the run: that letter is kept with one more attempt, the untried ones as after an
-interruption, and the exit status is 3 too.
+interruption, and the exit status is 3 too. The dead-letter target is checked before
+any letter is claimed as well (as ``run`` checks it at start), and one that stops
+taking letters (a queue silent for that bound, a file that cannot be appended to)
+ends the run the same way, the letter in hand kept as it was.
 
 Only the job's own letters are replayed (their ``task_name`` is the job's task name):
 several jobs may share a dead-letter file or queue, and another job's letter is about
@@ -52,6 +55,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -59,7 +63,6 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry
 
-from replicator import wiring
 from replicator.config.model import ResolvedJob
 from replicator.conflictlog.base import Loss
 from replicator.conflictlog.recorder import BackgroundRecorder, ShardConflicts
@@ -74,6 +77,7 @@ from replicator.deadletter import (
 from replicator.deadletter.failed import DeadLetterer
 from replicator.deadletter.file import FileDeadLetters
 from replicator.exceptions import (
+    DeadLetterUnavailable,
     DestinationRefused,
     DestinationUnavailable,
     RecordDecodeError,
@@ -89,6 +93,7 @@ from replicator.tools.scan import ReadRate
 from replicator.tools.snapshot import (
     ResurrectionGuard,
     synthetic_purpose,
+    tool_dead_letters,
     tool_writers,
     with_snapshot_rules,
 )
@@ -304,6 +309,7 @@ class Redrive:
         # Reentrant: a signal handler (interrupt) may run while the main thread holds it.
         self._lock = threading.RLock()
         self._grace: threading.Timer | None = None  # cancels the writes after a first stop
+        self._cancelled = False  # the writes and the target's calls are given up
 
     def interrupt(self) -> None:
         """First call: stop after the letter in hand, giving it ``INTERRUPT_GRACE_S`` to
@@ -318,8 +324,12 @@ class Redrive:
             self.stop.set()
 
     def _cancel_writes(self) -> None:
-        for writer in [*self._writers.values(), *self._snapshot_writers.values()]:
-            writer.cancelled.set()
+        with self._lock:
+            self._cancelled = True
+            for writer in [*self._writers.values(), *self._snapshot_writers.values()]:
+                writer.cancelled.set()
+            if self._target is not None:
+                self._target.cancel()  # a letter being put back, a queue being received from
 
     def run(self, target: DeadLetterTarget | None = None) -> RedriveReport:
         # Before any letter is claimed: conflict settings the source's key makes
@@ -331,7 +341,9 @@ class Redrive:
         shape = check_same_keys(self.resolved, source, destination_refs(self.resolved, 1))
         self._source = (source, shape.key_names)
         self._kept = KeptExpired.of(self.resolved, source)
-        target = target or wiring.dead_letter_target(self.resolved, run_id=self.run_id)
+        # And the dead-letter target, as run checks it: a queue that does not answer, or
+        # a file that cannot be appended to, is exit 3 before a letter is claimed.
+        target = target or tool_dead_letters(self.resolved, run_id=self.run_id)
         recorder = recorder_for(self.resolved, self.metrics)
         try:
             report = self._run(target, recorder)
@@ -371,37 +383,24 @@ class Redrive:
         )
         for writer in [*self._writers.values(), *self._snapshot_writers.values()]:
             writer.refusal_limit = min(writer.refusal_limit, REFUSALS_BEFORE_GIVING_UP)
-        self._target = target
+        with self._lock:
+            self._target = target
+            if self._cancelled:
+                target.cancel()  # stopped at once before the target was known
         task = self.resolved.task_name
         report = RedriveReport(target.description, task)
         # Closed on the way out, so that a target lets go at once of what it holds.
         with closing(target.claim_all()) as claims:
-            for claimed in claims:
-                if isinstance(claimed, Unreadable):
-                    report.unreadable.append(claimed)  # the target has kept it as it is
-                elif claimed.letter.task_name != task:
-                    target.release(claimed)
-                    report.other_tasks[claimed.letter.task_name] += 1
-                else:
-                    try:
-                        replay = self._replay(claimed.letter)
-                    except WriteCancelled:
-                        # Not settled: a file keeps it for the next redrive, a queue shows
-                        # it again after its visibility timeout.
-                        report.interrupted = True
-                        break
-                    except DestinationUnavailable as error:
-                        # Its check against the source could not write: not settled either.
-                        self.unavailable = self.unavailable or str(error)
-                        break
-                    report.replays.append(replay)
-                    self._settle(target, claimed, replay)
-                    if self.unavailable is not None:
-                        # The rest are kept untried: each would wait as long for nothing.
-                        break
-                if self.stop.is_set():
-                    report.interrupted = True
-                    break
+            try:
+                self._replay_all(claims, target, report)
+            except WriteCancelled:
+                # Stopped at once while the target was being asked (a letter put back, a
+                # queue received from): what was in hand is not settled, and stays.
+                report.interrupted = True
+            except DeadLetterUnavailable as error:
+                # The target stopped taking letters: the one in hand stays as it was, the
+                # rest untried, as when a destination stops answering.
+                self.unavailable = self.unavailable or str(error)
         report.refused = self.refused
         report.unavailable = self.unavailable
         if report.ended_early and isinstance(target, FileDeadLetters):
@@ -410,7 +409,55 @@ class Redrive:
             report.kept_in = [str(path) for path in holding]
         return report
 
+    def _replay_all(
+        self,
+        claims: Iterator[Claimed | Unreadable],
+        target: DeadLetterTarget,
+        report: RedriveReport,
+    ) -> None:
+        task = self.resolved.task_name
+        for claimed in claims:
+            if isinstance(claimed, Unreadable):
+                report.unreadable.append(claimed)  # the target has kept it as it is
+            elif claimed.letter.task_name != task:
+                target.release(claimed)
+                report.other_tasks[claimed.letter.task_name] += 1
+            else:
+                try:
+                    replay = self._replay(claimed.letter)
+                except WriteCancelled:
+                    # Not settled: a file keeps it for the next redrive, a queue shows it
+                    # again once the replay lets go of what it received.
+                    report.interrupted = True
+                    return
+                except DestinationUnavailable as error:
+                    # Its check against the source could not write: not settled either.
+                    self.unavailable = self.unavailable or str(error)
+                    return
+                report.replays.append(replay)
+                self._settle(target, claimed, replay)
+                if self.unavailable is not None:
+                    # The rest are kept untried: each would wait as long for nothing.
+                    return
+            if self.stop.is_set():
+                report.interrupted = True
+                return
+
     def _settle(self, target: DeadLetterTarget, claimed: Claimed, replay: Replay) -> None:
+        """Remove a replayed letter, or put a failed one back with one more attempt; a
+        target that cannot take it leaves the letter as it was, and says which."""
+        try:
+            self._settle_in(target, claimed, replay)
+        except DeadLetterUnavailable as error:
+            letter = claimed.letter
+            raise DeadLetterUnavailable(
+                f"the letter of record {_sequence(letter)} ({letter.destination}: "
+                f"{letter.event or '?'} {_key_text(letter)}) could not be "
+                f"{'removed from' if replay.replayed else 'put back in'} the target after "
+                f"its replay, so it stays there as it was: {error}"
+            ) from error
+
+    def _settle_in(self, target: DeadLetterTarget, claimed: Claimed, replay: Replay) -> None:
         letter = claimed.letter
         failures = replay.failures
         if not failures:

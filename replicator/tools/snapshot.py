@@ -41,6 +41,7 @@ from typing import Any
 from replicator import wiring
 from replicator.config.model import ResolvedJob
 from replicator.conflictlog.base import ConflictRecorder
+from replicator.deadletter.base import DeadLetterTarget
 from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
 from replicator.items import Item, item_to_wire
@@ -55,6 +56,7 @@ from replicator.rules import (
     WriteRequest,
 )
 from replicator.rules.requests import holds_outcome, write_over
+from replicator.runtime import preflight
 from replicator.tools.compare import differing_attributes
 from replicator.tools.scan import ReadRate, batch_get
 from replicator.tools.tables import KeptExpired, TableRef
@@ -236,6 +238,15 @@ def tool_writers(
         label: replace(writer, unanswered_for_s=UNANSWERED_FOR_S)
         for label, writer in wiring.destination_writers(resolved, metrics, conflict_log).items()
     }
+
+
+def tool_dead_letters(resolved: ResolvedJob, run_id: str | None = None) -> DeadLetterTarget:
+    """The job's dead-letter target as an operator command uses it: checked as ``run``
+    checks it at start, and bounded by ``UNANSWERED_FOR_S`` (read when called) where a
+    queue stops answering, as the writers are: a letter that cannot be stored ends the
+    command (exit 3) instead of holding it for ever."""
+    preflight.check_dead_letter_target(resolved)
+    return wiring.dead_letter_target(resolved, run_id=run_id, unanswered_for_s=UNANSWERED_FOR_S)
 
 
 def snapshot_writers(resolved: ResolvedJob, metrics: Metrics) -> dict[str, DestinationWriter]:

@@ -73,7 +73,13 @@ from replicator.tools.compare import differing_attributes, normalised
 from replicator.tools.futures import results_in_steps, wait_in_steps
 from replicator.tools.progress import ProgressReport
 from replicator.tools.scan import ReadRate, batch_get, scan_pages
-from replicator.tools.snapshot import REPAIR, ResurrectionGuard, snapshot_writers, synthetic_change
+from replicator.tools.snapshot import (
+    REPAIR,
+    ResurrectionGuard,
+    snapshot_writers,
+    synthetic_change,
+    tool_dead_letters,
+)
 from replicator.tools.tables import (
     KeptExpired,
     TableRef,
@@ -372,10 +378,12 @@ class Verify:
         self._rates: dict[str, ReadRate] = {}
         self.stop = threading.Event()  # set: give up, reporting nothing
         self._writers: list[DestinationWriter | SourceWriter] = []
-        self._writers_lock = threading.Lock()
+        # Reentrant: a signal handler (interrupt) may run while the main thread holds it.
+        self._writers_lock = threading.RLock()
         self._cancelled = False
         self._samples: dict[str, Sample] = {}
         self._kept = KeptExpired(None)
+        self._dead_letters: DeadLetterTarget | None = None  # with --repair
 
     def interrupt(self) -> None:
         """First call: start no more reads or repair writes, finish those in hand, then
@@ -389,6 +397,8 @@ class Verify:
             self._cancelled = True
             for writer in self._writers:
                 writer.cancelled.set()
+            if self._dead_letters is not None:
+                self._dead_letters.cancel()  # a repair's letter being stored
 
     def _watch(self, writer: WriterT) -> WriterT:
         """``writer``, cancelled by a second :meth:`interrupt` (and at once if that came)."""
@@ -408,6 +418,14 @@ class Verify:
     def run(self) -> VerifyReport:
         shape = check_same_keys(self.resolved, self.source, self.destinations)
         key_names = shape.key_names
+        if self.options.repair:
+            # Before the scan, which can take long: a repair that cannot be dead-lettered
+            # would end the command only once the scan is done.
+            dead_letters = tool_dead_letters(self.resolved)
+            with self._writers_lock:
+                self._dead_letters = dead_letters
+                if self._cancelled:
+                    dead_letters.cancel()
         self._kept = KeptExpired.of(self.resolved, self.source)
         started_s = time.time()  # before the first read of any table
         if self.options.sample:
@@ -684,7 +702,8 @@ class Verify:
         states: dict[str, dict[KeyId, _State]],
         key_names: list[str],
     ) -> None:
-        dead_letters = wiring.dead_letter_target(self.resolved)
+        dead_letters = self._dead_letters
+        assert dead_letters is not None
         letters = DeadLetterer(dead_letters, self.metrics, self.resolved.task_name, REPAIR)
         writers = {
             label: self._watch(writer)

@@ -9,7 +9,9 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from replicator.deadletter import ALL_DESTINATIONS, DeadLetter, FileDeadLetters,
 from replicator.items import Item, item_to_wire
 from replicator.records import RawRecord
 from replicator.tools import snapshot
-from replicator.tools.redrive import Redrive
+from replicator.tools.redrive import Redrive, RedriveReport
 from replicator.tools.snapshot import BACKFILL, REPAIR, synthetic_change
 from tests.support.aws import client
 from tests.support.deadletters import malformed
@@ -112,12 +114,12 @@ def replayed_at_eu_only(job: Job, note: str, item: Item) -> None:
     assert FileDeadLetters(job.dead_letters).count() == 0
 
 
-def redrive(job: Job) -> subprocess.CompletedProcess[str]:
+def redrive(job: Job, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "replicator", "redrive", "--config", str(job.path)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
 
@@ -129,6 +131,51 @@ def eu_through(job: Job, proxy: FaultProxy) -> None:
             f"table: {job.name}-eu, endpoint_url: '{job.endpoint}'",
             f"table: {job.name}-eu, endpoint_url: '{proxy.url}'",
         )
+    )
+
+
+@contextmanager
+def eu_throttled(job: Job) -> Iterator[FaultProxy]:
+    """Every write to eu throttled, through a proxy: a redrive retries its first letter
+    for eu until it is stopped."""
+    proxy = FaultProxy(job.endpoint).start()
+    try:
+        proxy.set(Mode(Fault.THROTTLE, operations=frozenset({"PutItem"})))
+        eu_through(job, proxy)
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+def retrying(proxy: FaultProxy) -> None:
+    """Wait until the redrive retries a throttled write to eu."""
+    wait_until(lambda: proxy.counts("PutItem")["throttled"] >= 2, 30, "retries")
+
+
+def interrupted_while_retrying(
+    job: Job, proxy: FaultProxy, meanwhile: Callable[[], None] = lambda: None
+) -> RedriveReport:
+    """A redrive in this process, stopped twice once it retries a letter for eu (and
+    ``meanwhile`` has run, the redrive still retrying)."""
+    runner = Redrive(load_job(job.path))
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(runner.run)
+        try:
+            retrying(proxy)
+            meanwhile()
+            assert running.running()
+        finally:
+            runner.interrupt()
+            runner.interrupt()  # the second: the letter in hand is given up too
+        return running.result(timeout=30)
+
+
+def started(job: Job, **streams: Any) -> subprocess.Popen[str]:
+    """``replicator redrive`` for the job, in a process of its own."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "replicator", "redrive", "--config", str(job.path)],
+        text=True,
+        **streams,
     )
 
 
@@ -453,18 +500,18 @@ def test_a_target_holding_only_other_tasks_letters_says_so(job: Job) -> None:
 
 
 def test_a_dead_letter_path_that_is_a_directory_is_one_line_and_exit_3(job: Job) -> None:
-    """As for backfill and verify --repair, which append to it: the environment is not as
-    the job says."""
+    """As for backfill and verify --repair, which append to it, and as run says it at
+    start: the environment is not as the job says."""
     job.dead_letters.mkdir()
 
     result = redrive(job)
 
     assert result.returncode == 3, result.stderr
     (line,) = [line for line in result.stderr.splitlines() if not line.startswith("{")]
-    assert line == (
-        f"replicator: redrive {job.name}: cannot read dead-letter file {job.dead_letters}: "
-        "Is a directory"
-    )
+    assert line.startswith(
+        f"replicator: dead_letter.path: the dead-letter file {job.dead_letters} cannot be "
+        "written: it is a directory, not a file"
+    ), line
 
 
 def test_an_interrupted_redrive_says_how_many_letters_it_kept_and_the_next_takes_them_up(
@@ -475,20 +522,8 @@ def test_an_interrupted_redrive_says_how_many_letters_it_kept_and_the_next_takes
     items = [image(f"i{n}") for n in range(3)]
     for seq, item in enumerate(items, start=31):
         target.put(stream_letter(job, eu_label, item, seq, "throttled", "e"))
-    proxy = FaultProxy(job.endpoint).start()
-    try:
-        # Every write to eu is throttled, so the first letter is retried until interrupted.
-        proxy.set(Mode(Fault.THROTTLE, operations=frozenset({"PutItem"})))
-        eu_through(job, proxy)
-        runner = Redrive(load_job(job.path))
-        with ThreadPoolExecutor(1) as pool:
-            running = pool.submit(runner.run)
-            wait_until(lambda: proxy.counts("PutItem")["throttled"] >= 2, 30, "retries")
-            runner.interrupt()
-            runner.interrupt()  # the second: the letter in hand is given up too
-            report = running.result(timeout=10)
-    finally:
-        proxy.stop()
+    with eu_throttled(job) as proxy:
+        report = interrupted_while_retrying(job, proxy)
     job.write()  # eu straight at the server again
 
     assert (report.replayed, report.exit_code) == (0, 1)
@@ -655,26 +690,16 @@ def test_a_first_sigterm_stops_a_redrive_stuck_on_one_letter_and_keeps_it(job: J
     lasts: one SIGTERM gives it a bounded time to settle, then stops, the letters kept
     as they were."""
     eu_letters(job, 81)
-    proxy = FaultProxy(job.endpoint).start()
-    try:
-        proxy.set(Mode(Fault.THROTTLE, operations=frozenset({"PutItem"})))
-        eu_through(job, proxy)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "replicator", "redrive", "--config", str(job.path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+    with eu_throttled(job) as proxy:
+        process = started(job, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            wait_until(lambda: proxy.counts("PutItem")["throttled"] >= 2, 30, "retries")
+            retrying(proxy)
             process.send_signal(signal.SIGTERM)
             stdout, _ = process.communicate(timeout=60)
         finally:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)  # the second: stop at once
                 process.communicate(timeout=30)
-    finally:
-        proxy.stop()
 
     assert process.returncode == 1, stdout
     aside = aside_file(job)
@@ -1095,3 +1120,61 @@ def test_a_source_image_a_replayed_delete_cannot_write_back_is_dead_lettered(job
     (kept,) = target.letters()
     assert (kept.shard_id, kept.destination, kept.reason) == ("redrive", eu_label, "unplannable")
     assert kept.event == "MODIFY" and kept.keys == item_to_wire(keys_of(again))
+
+
+def test_a_second_redrive_of_the_same_file_is_refused_while_the_first_runs(job: Job) -> None:
+    """The first is stuck on a letter eu keeps throttling; the second would replay the
+    aside file the first is working through (each letter twice) and fail once the
+    first removed it: it is refused up front instead, touching nothing."""
+    target = eu_letters(job, 51)
+    items = [image(name) for name in "abc"]
+    seen: dict[str, Any] = {}
+
+    def second_redrive() -> None:
+        seen["aside"] = aside_file(job)
+        seen["before"] = seen["aside"].read_bytes()
+        seen["second"] = redrive(job, timeout=60)
+
+    with eu_throttled(job) as proxy:
+        report = interrupted_while_retrying(job, proxy, meanwhile=second_redrive)
+    aside, before, second = seen["aside"], seen["before"], seen["second"]
+
+    assert second.returncode == 3, second.stdout + second.stderr
+    assert second.stdout == ""
+    (line,) = [text for text in second.stderr.splitlines() if not text.startswith("{")]
+    assert line == (
+        f"replicator: another redrive of the dead letters in file {job.dead_letters} is "
+        f"running (pid {os.getpid()}) (it holds {job.dead_letters}.redrive.lock); wait for "
+        "it to end, or stop it first"
+    )
+    assert aside.read_bytes() == before
+    assert (report.replayed, report.exit_code) == (0, 1)
+    assert target.holding() == {aside: 3}
+    job.write()  # eu straight at the server again
+    again = Redrive(load_job(job.path)).run()
+    assert (again.replayed, again.exit_code) == (3, 0)
+    assert [get(job, 0, item) for item in items] == items
+    assert sorted(p.name for p in job.directory.glob("dead.jsonl*")) == []
+
+
+def test_the_letters_of_a_redrive_killed_mid_way_are_replayed_by_the_next(job: Job) -> None:
+    """kill -9 leaves the aside file (and the replay's lock file): the kernel let go of
+    the lock with the process, so the next redrive takes the letters up."""
+    target = eu_letters(job, 61)
+    items = [image(name) for name in "abc"]
+    with eu_throttled(job) as proxy:
+        process = started(job, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            retrying(proxy)
+        finally:
+            process.kill()
+            process.wait(timeout=30)
+    job.write()
+
+    assert target.holding() == {aside_file(job): 3}
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 letters, 3 replayed, 0 failed again" in result.stdout
+    assert [get(job, 0, item) for item in items] == items
+    assert sorted(p.name for p in job.directory.glob("dead.jsonl*")) == []
