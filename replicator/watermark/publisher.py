@@ -460,8 +460,10 @@ class ShardWatermark:
 
         A destination with no part in its status table while another destination of the
         job has parts joined a job that resumes from checkpoints: the changes before the
-        checkpoints were never read for it (and will not be). Its first start is when it
-        joined; it gets a span up to this processor's start.
+        checkpoints were never read for it (and will not be). That holds at TRIM_HORIZON
+        too: the open shards may all be children without a checkpoint yet (a restart
+        after a shard ended, an idle child), whose parents were read for the others only.
+        Its first start is when it joined; it gets a span up to this processor's start.
 
         Decided once per destination, before this processor registers or claims anything
         there (a destination undecided is not published; one whose status table cannot
@@ -483,7 +485,9 @@ class ShardWatermark:
         with self._state:
             mine = self._had_parts[label]
             others = [self._had_parts.get(other) for other in self._targets if other != label]
-        if self._at_horizon:
+        if self._at_horizon and (mine or not any(others)):
+            if not mine and not all(known is False for known in others):
+                return False  # another destination's parts unknown: a join is not ruled out
             span = None if mine else self._before_stream_span()
             if not self._decide(target, span):
                 return False

@@ -25,7 +25,7 @@ from replicator.watermark.history import (
 )
 from replicator.watermark.parts import combine
 from replicator.watermark.publisher import ShardWatermark
-from replicator.watermark.spans import BEFORE_STREAM, UnreadSpan
+from replicator.watermark.spans import BEFORE_STREAM, JOINED, UnreadSpan
 from replicator.watermark.table import StatusTable
 from tests.support.aws import client
 from tests.support.e2e import Job, table_before_its_stream
@@ -224,3 +224,45 @@ def test_a_start_that_is_not_at_trim_horizon_describes_nothing(table: StatusTabl
         assert combine(table.destination, table.parts()).unread_spans == ()
     finally:
         watermark.close()
+
+
+def test_a_destination_added_while_the_open_shard_is_a_child_without_a_checkpoint_joined() -> None:
+    """The job read its parent for the first destination alone; restarted with a second
+    destination while the only open shard is a child with no checkpoint yet (it starts
+    at TRIM_HORIZON, not resumed), the second destination has no part while the first
+    has: it joined, and what the parent held was never read for it. Before, only the
+    destination's own parts were looked at: no span (the table was created with its
+    stream), and its watermark passed changes it never received."""
+    first = FakeStatusTable("eu-west-1/replica")
+    added = FakeStatusTable("eu-west-2/added")
+    with_its_stream = lambda: SourceHistory(NOW - 2 * HOUR, NOW - 2 * HOUR)  # noqa: E731
+
+    def shard_watermark(shard: str, tables: list[FakeStatusTable]) -> ShardWatermark:
+        watermark = ShardWatermark(
+            shard,
+            {status.destination: status for status in tables},
+            lambda: [Shard("s1", None, True), Shard("s2", "s1", False)],
+            Metrics(),
+            interval_s=3600,
+            margin_s=MARGIN / S,
+            reads_follow_answers=True,
+            source_history=with_its_stream,
+            clock=lambda: NOW / S,
+        )
+        watermark.begin(resumed=False, at_horizon=True)
+        return watermark
+
+    parent = shard_watermark("s1", [first])
+    parent.empty_read(previous_answer_at=(NOW - HOUR) / S, received_at=0)
+    parent.publish()
+    parent.close()
+    child = shard_watermark("s2", [first, added])
+    try:
+        child.empty_read(previous_answer_at=(NOW + 5 * S) / S, received_at=0)
+        child.publish()
+    finally:
+        child.close()
+    assert combine(first.destination, first.parts()).unread_spans == ()
+    joined = combine(added.destination, added.parts())
+    assert joined.unread_spans == (UnreadSpan(0, NOW, JOINED),)
+    assert joined.unread_between(NOW - 2 * HOUR, NOW - 2 * HOUR) != []
