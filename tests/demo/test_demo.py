@@ -496,9 +496,15 @@ def _before_the_program(status: int, output: str) -> bool:
     """Whether the signal reached the process before any of the program ran: killed before
     the interpreter was up (a shell reports that as 130 too), or inside the interpreter's
     own start-up (its ``site`` import, which a loaded host stretches), which Python ends
-    with its own fatal error. No code of the program can run sooner to handle it."""
+    with its own fatal error, or while the interpreter imports the entry point's module,
+    when its ``KeyboardInterrupt`` can land in the import system's own clean-up callback,
+    which Python reports as ignored and goes on from (the signal is then spent, and the
+    demo runs as if it had not come). No code of the program can run sooner to handle it."""
     if status == -signal.SIGINT:
         return True
+    if output.startswith("Exception ignored in: <function _get_module_lock"):
+        ignored = output.split("\n", 4)
+        return len(ignored) > 3 and ignored[3].startswith("KeyboardInterrupt")
     return output.startswith("Fatal Python error: init_import_site") and output.rstrip().endswith(
         "KeyboardInterrupt"
     )
