@@ -19,8 +19,9 @@ and returns:
 The function is asked about every change, also when the destination already holds what
 the change leaves there: it may answer with a write all the same (a soft-delete marker
 for a delete of an item that is not there, its own version of an image). It is not asked
-about its own write: when a write's answer was lost, the retry's read is compared with
-what that write leaves, and finding it counts the write applied.
+about its own write: when a write's answer was lost, every later read (and the item a
+failed condition returns) is compared with what each such write leaves, as one may land
+after a read that did not show it, and finding it counts the write applied.
 """
 
 from __future__ import annotations

@@ -152,12 +152,15 @@ class _Attempts:
     optimistic_conflicts: int = 0
     tombstone_done: bool = False
     since_s: float | None = None  # when the item went stale here, if before the change
-    # The last write whose answer may hide that it landed (a read timeout, a dropped
-    # connection, a 5xx: :func:`may_have_landed`), until a read or a failed condition
-    # shows what the destination holds: the outcome found there then may be its own.
-    # Never a write refused outright (throttled, denied, no table): an identical item
-    # found after one of those is someone else's, unchanged rather than applied.
-    in_doubt: WriteRequest | None = None
+    # The writes whose answer may hide that they landed (a read timeout, a dropped
+    # connection, a 5xx: :func:`may_have_landed`): the outcome found there later may be
+    # their own. Under a rule that reads first, every one of them for the whole change:
+    # a request without an answer may still land after a read that did not show it, and
+    # a resolver must not be asked about the item it wrote itself. Under an ordered rule,
+    # until a failed condition shows what the destination holds. Never a write refused
+    # outright (throttled, denied, no table): an identical item found after one of those
+    # is someone else's, unchanged rather than applied.
+    in_doubt: list[WriteRequest] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -434,8 +437,7 @@ class DestinationWriter:
             existing: Item | None = None
             if self.rule.reads_existing:
                 existing = self._read(change)
-                sent, state.in_doubt = state.in_doubt, None
-                if sent is not None and holds_write(sent, existing):
+                if _holds_one_of(state.in_doubt, existing):
                     return self._own_write_found(change, state)
             first, state.first = state.first, None
             plan = first.request if first else state.request or self.rule.plan(change, existing)
@@ -454,7 +456,7 @@ class DestinationWriter:
                 response = self._send(plan) if first is None else _answer_of(first)
             except Exception as error:
                 if may_have_landed(error):
-                    state.in_doubt = plan
+                    state.in_doubt.append(plan)
                 if not isinstance(error, ClientError) or (
                     classify(error) is not ErrorKind.CONDITION_FAILED
                 ):
@@ -487,11 +489,12 @@ class DestinationWriter:
             return self._applied(change, state)
 
     def _own_write_found(self, change: Change, state: _Attempts) -> WriteResult:
-        """A rule that reads first found what its last write, sent without an answer,
-        leaves there: that write landed. The write is the rule's (a custom resolver's item,
-        not necessarily the change's image), so its outcome, not the change's, is what the
-        read is compared with; asked again, the resolver would judge the item it wrote
-        itself, and keeping it would record a lost conflict against our own write."""
+        """A rule that reads first found (by a read, or in a failed condition's answer)
+        what one of its writes sent without an answer leaves there: that write landed. The
+        write is the rule's (a custom resolver's item, not necessarily the change's image),
+        so its outcome, not the change's, is what is compared; asked again, the resolver
+        would judge the item it wrote itself, and keeping it would record a lost conflict
+        against our own write."""
         self.metrics.retries.labels(self.label, "already_applied").inc()
         return self._applied(change, state)
 
@@ -543,9 +546,9 @@ class DestinationWriter:
     ) -> WriteResult | None:
         """What a failed condition settles; None to write again at once."""
         op = change.event.op
-        # The item it returned is what the destination holds: no doubt is left after it.
-        in_doubt, state.in_doubt = state.in_doubt, None
         if self.rule.reads_existing:
+            if _holds_one_of(state.in_doubt, old):
+                return self._own_write_found(change, state)
             state.optimistic_conflicts += 1
             self.metrics.retries.labels(self.label, "optimistic_conflict").inc()
             if state.optimistic_conflicts >= self.max_optimistic_attempts:
@@ -556,7 +559,10 @@ class DestinationWriter:
                     f"{state.optimistic_conflicts} times in a row",
                 )
             return None
-        if in_doubt is not None and self.rule.shows_applied(change, old):
+        # The item it returned is what the destination holds, and an ordered write that
+        # lands later fails its condition on it: no doubt is left after it.
+        in_doubt, state.in_doubt = bool(state.in_doubt), []
+        if in_doubt and self.rule.shows_applied(change, old):
             # An earlier attempt landed and its answer was lost (a read timeout, a
             # dropped connection): the item is ours already.
             self.metrics.retries.labels(self.label, "already_applied").inc()
@@ -785,6 +791,11 @@ def key_schema_differs(error: BaseException) -> bool:
         return False
     message = str(error.response.get("Error", {}).get("Message", ""))
     return any(text in message for text in _KEY_SCHEMA_MESSAGES)
+
+
+def _holds_one_of(sent: Sequence[WriteRequest], existing: Item | None) -> bool:
+    """Whether the destination's item is what one of the writes ``sent`` leaves there."""
+    return any(holds_write(request, existing) for request in sent)
 
 
 def _answer_of(first: FirstAnswer) -> dict[str, Any]:

@@ -327,6 +327,66 @@ def test_a_custom_write_is_in_doubt_only_after_an_answer_that_may_hide_it_landed
     assert already == (1 if lands else 0)
 
 
+class LateLanding(LandingClient):
+    """A :class:`LandingClient` whose first PutItem times out while still in flight: it
+    is carried out only when the second PutItem arrives, after the retry's read found
+    nothing. That second put then fails its condition on the first one's item, or is
+    throttled; any later put is applied."""
+
+    def __init__(self, second: str) -> None:
+        super().__init__()
+        self.second = second
+        self.first: dict[str, Any] | None = None
+
+    def put_item(self, **kwargs: Any) -> dict[str, Any]:
+        if self.puts == 0:
+            self.puts += 1
+            self.first = kwargs["Item"]
+            raise self.error
+        if self.puts == 1:
+            self.puts += 1
+            self.item = self.first
+            if self.second == "condition":
+                raise client_error("ConditionalCheckFailedException", "", self.item)
+            raise client_error("ProvisionedThroughputExceededException", "slow down")
+        return super().put_item(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("resolver", "second"),
+    [
+        ("newer_ts", "condition"),
+        ("stamp_when_newer", "condition"),
+        ("newer_ts", "throttled"),
+        ("stamp_when_newer", "throttled"),
+    ],
+)
+def test_a_custom_write_that_lands_after_the_retry_read_is_still_applied(
+    tmp_path: Path, metrics: Metrics, resolver: str, second: str
+) -> None:
+    """The first write timed out and the retry's read did not show it, but it was still
+    in flight: the item the re-send's failed condition returns, or the next read, is that
+    write's. It stays in doubt for the whole change, so the resolver is not asked about
+    its own item (a lost conflict, or ``unchanged`` for an identical image)."""
+    table = LateLanding(second)
+    writer = writer_for(
+        table,
+        tmp_path,
+        metrics,
+        policy="custom",
+        resolver=f"tests.writers.test_write_outcomes:{resolver}",
+    )
+    assert writer.write(decode(put("a", 1, ts=10))).outcome is Outcome.APPLIED
+    assert table.puts == 2
+    assert table.item is not None and table.item == table.first
+    assert outcomes(metrics, "conflict_lost") == 0
+    assert outcomes(metrics, "unchanged") == 0
+    assert (
+        sample(metrics, "replicator_retries_total", destination="dest", reason="already_applied")
+        == 1
+    )
+
+
 @FAILED_FIRST
 def test_an_ordered_write_is_in_doubt_only_after_an_answer_that_may_hide_it_landed(
     tmp_path: Path, metrics: Metrics, error: BaseException, lands: bool
