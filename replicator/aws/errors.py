@@ -93,8 +93,11 @@ _AFTER_THE_WRITE = frozenset(
         "RequestTimeoutException",
     }
 )
-# A connection that was never made (refused, timed out, no proxy): botocore's and the
-# direct path's. A TLS failure is not among them: it may come after the request was sent.
+# A TCP connection that was never made (refused, timed out, no proxy): botocore's and
+# the direct path's. A TLS failure is not among them, not even in the handshake, before
+# the request: urllib3 raises the errors of a request without an answer then (a read
+# timeout, a closed connection), which no transport can tell apart, and the event loop's
+# transport raises the same (:mod:`replicator.writers.loopwire`).
 _NEVER_CONNECTED = (
     EndpointConnectionError,
     ConnectTimeoutError,
@@ -194,11 +197,14 @@ def may_have_landed(error: BaseException) -> bool:
 
     Yes for an answer the service gives after it may have carried the write out (a 5xx,
     its own timeout) and for no answer to a request that was sent (a read timeout, a
-    connection dropped, a garbled answer): the botocore client and the direct path raise
-    the same errors for these, so one answer holds for both. No for every refusal
-    (throttling, access, a missing table, signatures, validation, a failed condition)
-    and for a connection that was never made: nothing was written, and an item found
-    there later is someone else's, whatever it holds."""
+    connection dropped, a garbled answer), and, erring that way, for a TLS handshake
+    that stalled or failed: the transports cannot tell it from a request sent, and
+    every one of them (botocore, the direct path, the event loop's) raises the same
+    errors for these, so one answer holds for all. In doubt, a write found there later
+    counts ``applied`` rather than ``unchanged``; no data depends on it. No for every
+    refusal (throttling, access, a missing table, signatures, validation, a failed
+    condition) and for a TCP connection that was never made: nothing was written, and
+    an item found there later is someone else's, whatever it holds."""
     if isinstance(error, ClientError):
         status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         return status >= 500 or error_code(error) in _AFTER_THE_WRITE

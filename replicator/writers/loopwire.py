@@ -13,8 +13,9 @@ means (the parsed output, or the botocore exception with the same code, status a
 item) come from :class:`~replicator.writers.wire.WireWriteClient`, the same code the
 blocking transport calls, so :func:`replicator.aws.errors.classify` gives the same
 verdicts whichever transport sent a request. Transport failures map as the blocking
-transport maps urllib3's: no answer within the read timeout is a
-:class:`~botocore.exceptions.ReadTimeoutError`, a refused or timed-out connect an
+transport maps urllib3's: no answer within the read timeout, or no TLS handshake
+within the connect timeout, is a :class:`~botocore.exceptions.ReadTimeoutError`, a
+refused or timed-out TCP connect an
 :class:`~botocore.exceptions.EndpointConnectionError`, and a reset, a connection
 closed mid-answer, a TLS failure or a malformed answer a
 :class:`~botocore.exceptions.ConnectionClosedError`.
@@ -29,7 +30,6 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import CancelledError, Future
 from contextlib import suppress
-from functools import partial
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
@@ -242,21 +242,37 @@ class LoopWire:
     ) -> None:
         error: BaseException | None = None
         connection: _Connection | None = None
+        # The protocol is made once the TCP connection is, before a TLS handshake: a
+        # failure after that is not a connection never made. It maps as urllib3's does
+        # (a stalled handshake a ReadTimeoutError, any other failure a
+        # ConnectionClosedError), so that both transports say alike whether the write
+        # is in doubt (:func:`replicator.aws.errors.may_have_landed`).
+        made: list[_Connection] = []
+
+        def protocol() -> _Connection:
+            made.append(_Connection(self))
+            return made[0]
+
+        url = self.wire.endpoint_url
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, connection = await self.loop.create_connection(
-                    partial(_Connection, self),
+                    protocol,
                     self.host,
                     self.port,
                     ssl=self.ssl,
                     server_hostname=self.host if self.ssl is not None else None,
                 )
         except TimeoutError as timeout:
-            error = EndpointConnectionError(endpoint_url=self.wire.endpoint_url, error=timeout)
-        except ssl.SSLError as failure:  # before OSError, of which it is one
-            error = ConnectionClosedError(endpoint_url=self.wire.endpoint_url, error=failure)
-        except OSError as failure:
-            error = EndpointConnectionError(endpoint_url=self.wire.endpoint_url, error=failure)
+            if made:
+                error = ReadTimeoutError(endpoint_url=url, error=timeout)
+            else:
+                error = EndpointConnectionError(endpoint_url=url, error=timeout)
+        except OSError as failure:  # ssl.SSLError among them
+            if made or isinstance(failure, ssl.SSLError):
+                error = ConnectionClosedError(endpoint_url=url, error=failure)
+            else:
+                error = EndpointConnectionError(endpoint_url=url, error=failure)
         finally:
             self._opening -= 1
         if self._closed:

@@ -3,13 +3,19 @@ client sees it (connected, then nothing)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import struct
 import threading
 from types import TracebackType
 
 
 class SilentEndpoint:
-    def __init__(self) -> None:
+    """``resets``: each connection is reset instead, once the client's first bytes are in
+    (an https client's TLS ClientHello): a handshake broken off, nothing asked."""
+
+    def __init__(self, *, resets: bool = False) -> None:
+        self._resets = resets
         self._listener = socket.socket()
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(64)
@@ -24,10 +30,18 @@ class SilentEndpoint:
     def _accept(self) -> None:
         while not self._closing.is_set():
             try:
-                self._held.append(self._listener.accept()[0])
+                connection = self._listener.accept()[0]
             except TimeoutError:
                 continue
+            self._held.append(connection)
             self.connected.set()
+            if self._resets:
+                connection.settimeout(5.0)
+                with contextlib.suppress(OSError):
+                    connection.recv(65536)
+                linger = struct.pack("ii", 1, 0)  # close with a TCP RST, not a FIN
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                connection.close()
 
     def __enter__(self) -> SilentEndpoint:
         self._acceptor.start()

@@ -35,12 +35,13 @@ from cryptography.x509.oid import NameOID
 
 from replicator.aws import clients
 from replicator.aws.clients import Place
-from replicator.aws.errors import ErrorKind, classify, error_code
+from replicator.aws.errors import ErrorKind, classify, error_code, may_have_landed
 from replicator.writers.sigv4 import DynamoDBSigner, host_of
 from replicator.writers.wire import WireWriteClient, _error_response, direct_write_client
 from tests.support.aws import client, create_table
 from tests.support.faults.proxy import FaultProxy
 from tests.support.loop import LoopClient
+from tests.support.silent import SilentEndpoint
 
 REGION = "eu-west-1"
 TARGET = "DynamoDB_20120810.PutItem"
@@ -357,6 +358,26 @@ class _EmptyAnswerHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+@pytest.mark.parametrize(
+    ("resets", "raised_as"), [(False, ReadTimeoutError), (True, ConnectionClosedError)]
+)
+def test_a_broken_tls_handshake_is_in_doubt_alike_on_both_transports(
+    connect: Connect, resets: bool, raised_as: type[BotoCoreError]
+) -> None:
+    """The TCP connection was made, the handshake stalled or was reset: nothing was asked,
+    but urllib3 raises what a request without an answer raises, which no writer can tell
+    apart. The loop raises the same, not a connection never made: a write found there
+    later counts applied whichever transport sent it."""
+    with SilentEndpoint(resets=resets) as endpoint:
+        url = endpoint.url.replace("http://", "https://")
+        wire = connect(url, read_timeout=1.0, verify=False)
+        with pytest.raises(BotoCoreError) as raised:
+            wire.put_item(TableName="t", Item={"pk": {"S": "a"}})
+    assert type(raised.value) is raised_as
+    assert may_have_landed(raised.value)
 
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
