@@ -107,15 +107,16 @@ def test_the_source_is_described_as_created_with_or_before_its_stream(
 
 
 def publisher(
-    table: StatusTable,
+    table: StatusTable | list[FakeStatusTable],
     history: Callable[[], SourceHistory],
     *,
     shard: str = "s1",
     at_horizon: bool = True,
 ) -> ShardWatermark:
+    tables = table if isinstance(table, list) else [table]
     watermark = ShardWatermark(
         shard,
-        {table.destination: table},
+        {status.destination: status for status in tables},
         lambda: [Shard("s1", None, True), Shard("s2", "s1", False)],
         Metrics(),
         interval_s=3600,  # published by the test
@@ -235,28 +236,15 @@ def test_a_destination_added_while_the_open_shard_is_a_child_without_a_checkpoin
     stream), and its watermark passed changes it never received."""
     first = FakeStatusTable("eu-west-1/replica")
     added = FakeStatusTable("eu-west-2/added")
-    with_its_stream = lambda: SourceHistory(NOW - 2 * HOUR, NOW - 2 * HOUR)  # noqa: E731
 
-    def shard_watermark(shard: str, tables: list[FakeStatusTable]) -> ShardWatermark:
-        watermark = ShardWatermark(
-            shard,
-            {status.destination: status for status in tables},
-            lambda: [Shard("s1", None, True), Shard("s2", "s1", False)],
-            Metrics(),
-            interval_s=3600,
-            margin_s=MARGIN / S,
-            reads_follow_answers=True,
-            source_history=with_its_stream,
-            clock=lambda: NOW / S,
-        )
-        watermark.begin(resumed=False, at_horizon=True)
-        return watermark
+    def with_its_stream() -> SourceHistory:
+        return SourceHistory(NOW - 2 * HOUR, NOW - 2 * HOUR)
 
-    parent = shard_watermark("s1", [first])
+    parent = publisher([first], with_its_stream, shard="s1")
     parent.empty_read(previous_answer_at=(NOW - HOUR) / S, received_at=0)
     parent.publish()
     parent.close()
-    child = shard_watermark("s2", [first, added])
+    child = publisher([first, added], with_its_stream, shard="s2")
     try:
         child.empty_read(previous_answer_at=(NOW + 5 * S) / S, received_at=0)
         child.publish()
