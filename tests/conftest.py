@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -103,3 +104,16 @@ def call_log(moto_endpoint: str) -> Iterator[CallLog]:
     """The calls the session's moto server answers during the test."""
     with CallLog().recording() as log:
         yield log
+
+
+@pytest.fixture(autouse=True)
+def stop_signal_dispositions() -> Iterator[None]:
+    """Code run in this process may set its stop signals as a process of its own would
+    (the demo command ignores them once its outcome is decided): restored after each
+    test, or every process a later test starts would inherit them, an ignored SIGINT
+    among them."""
+    kept = {stop: signal.getsignal(stop) for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    yield
+    for stop, disposition in kept.items():
+        if disposition is not None and signal.getsignal(stop) is not disposition:
+            signal.signal(stop, disposition)
