@@ -64,6 +64,16 @@ _LONGEST_FIRST = (
 _TESTS = Path(__file__).parent
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C as a terminal gives it, whatever started the suite: a non-interactive shell
+    starts a background job (``make test &``, a CI step) with SIGINT ignored, and every
+    process a test starts would inherit that. The demo, the runtimes and the KCL are
+    tested for how they answer a SIGINT; the tests that mean to start one with SIGINT
+    ignored say so (tests/demo/test_demo.py ``start_demo(ignored=...)``)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {_TESTS / name: index for index, name in enumerate(_LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path, len(rank)))  # stable sort
@@ -104,16 +114,3 @@ def call_log(moto_endpoint: str) -> Iterator[CallLog]:
     """The calls the session's moto server answers during the test."""
     with CallLog().recording() as log:
         yield log
-
-
-@pytest.fixture(autouse=True)
-def stop_signal_dispositions() -> Iterator[None]:
-    """Code run in this process may set its stop signals as a process of its own would
-    (the demo command ignores them once its outcome is decided): restored after each
-    test, or every process a later test starts would inherit them, an ignored SIGINT
-    among them."""
-    kept = {stop: signal.getsignal(stop) for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    yield
-    for stop, disposition in kept.items():
-        if disposition is not None and signal.getsignal(stop) is not disposition:
-            signal.signal(stop, disposition)
