@@ -32,7 +32,6 @@ waited out as the tools' writers wait them out.
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Generator
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
+from replicator.aws.backoff import Backoff
 from replicator.aws.errors import ErrorKind, classify
 from replicator.aws.queues import MessageLimit
 from replicator.deadletter.base import Claimed, Unreadable
@@ -51,7 +51,8 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 log = structlog.get_logger(__name__)
-_MAX_BACKOFF_S = 20.0
+# Between the attempts at a queue that fails: up to 0.1 s, doubling, at most 20 s.
+_BACKOFF = Backoff(base_s=0.1, cap_s=20.0)
 # How long a message a replay received stays hidden from other receivers: long enough
 # for its replay (a write waits up to the tools' bound for an answer), and what a replay
 # killed before it could make its messages visible again leaves them hidden for.
@@ -121,7 +122,7 @@ class SqsDeadLetters:
                     raise DeadLetterUnavailable(
                         f"SQS {action} on {self.queue_url} failed: {error}"
                     ) from error
-                delay = random.uniform(0, min(_MAX_BACKOFF_S, 0.1 * 2**attempt))
+                delay = _BACKOFF.delay(attempt)
                 if isinstance(error, BotoCoreError) and self.unanswered_for_s is not None:
                     if unanswered_since is None:
                         unanswered_since = tried_at
