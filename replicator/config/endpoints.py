@@ -64,3 +64,38 @@ def check_endpoint(value: str | None) -> str | None:
             f"optional port): {problem}, got {value!r}"
         )
     return value.removesuffix("/")
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def endpoint_identity(url: str | None, region: str) -> str | None:
+    """The server an endpoint (a valid one) reaches, for telling two tables apart:
+    ``scheme://host:port`` with the scheme and host lower-cased and the default port
+    given, so that ``HTTP://localhost/`` and ``http://localhost:80`` are one. None for
+    the region's own AWS endpoint, which a place without an endpoint reaches too.
+
+    Nothing is looked up: two names of one host (``localhost``, ``127.0.0.1``) stay
+    two endpoints, and so does the AWS endpoint that ``AWS_ENDPOINT_URL`` or the AWS
+    config file may give a place without one."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")
+    port = parts.port or _DEFAULT_PORTS.get(scheme)
+    if port == _DEFAULT_PORTS.get(scheme) and host in _aws_hosts(region):
+        return None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        host = address.compressed if address.version == 4 else f"[{address.compressed}]"
+    return f"{scheme}://{host}:{port}"
+
+
+def _aws_hosts(region: str) -> tuple[str, ...]:
+    """DynamoDB's own endpoints in ``region`` (China's regions under ``amazonaws.com.cn``),
+    which take HTTP and HTTPS alike."""
+    return (f"dynamodb.{region}.amazonaws.com", f"dynamodb.{region}.amazonaws.com.cn")

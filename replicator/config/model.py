@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from replicator.config.endpoints import check_endpoint
+from replicator.config.endpoints import check_endpoint, endpoint_identity
 
 # How long a processor asked to stop (shutdownRequested) waits for its writes in flight
 # before it checkpoints what was applied (a destination that is down holds them back),
@@ -1045,6 +1045,18 @@ def _accounts(job: JobConfig) -> Callable[[str | None], str]:
     return account
 
 
+def _table_place(
+    settings: SourceConfig | DestinationConfig, table: str | None = None
+) -> tuple[str, str | None, str]:
+    """Region, endpoint (as the server it reaches, not its text) and name of ``table``
+    (by default the settings' own) where ``settings`` reaches."""
+    return (
+        settings.region,
+        endpoint_identity(settings.endpoint_url, settings.region),
+        settings.table if table is None else table,
+    )
+
+
 def _destination_checks(job: JobConfig) -> Problems:
     """No destination is the source, repeats another, or takes another's name.
 
@@ -1055,16 +1067,11 @@ def _destination_checks(job: JobConfig) -> Problems:
     problems: Problems = []
     account = _accounts(job)
     source = job.source
-    source_where = (source.region, source.table, source.endpoint_url, account(source.role_arn))
-    seen: dict[tuple[str, str, str | None, str], int] = {}
+    source_where = (*_table_place(source), account(source.role_arn))
+    seen: dict[tuple[str, str | None, str, str], int] = {}
     labels: dict[str, int] = {}
     for index, destination in enumerate(job.destinations):
-        where = (
-            destination.region,
-            destination.table,
-            destination.endpoint_url,
-            account(destination.role_arn),
-        )
+        where = (*_table_place(destination), account(destination.role_arn))
         if where == source_where:
             problems.append((("destinations", index), "is the source table itself"))
             continue
@@ -1562,18 +1569,16 @@ def _task_table_checks(job: JobConfig) -> Problems:
     source = job.source
     users: dict[tuple[str, str | None, str], str] = {}
     for index, destination in reversed(list(enumerate(job.destinations))):
-        place = (destination.region, destination.endpoint_url, destination.table)
-        users[place] = f"the table of destinations[{index}]"
-    users[(source.region, source.endpoint_url, source.table)] = "the source table"
-    own = [((source.region, source.endpoint_url, task), "lease table")]
+        users[_table_place(destination)] = f"the table of destinations[{index}]"
+    users[_table_place(source)] = "the source table"
+    own = [(_table_place(source, task), "lease table")]
     for suffix in TASK_TABLE_SUFFIXES:
         if suffix == "-watermark":
             own += [
-                ((d.region, d.endpoint_url, task + suffix), "watermark status table")
-                for d in job.destinations
+                (_table_place(d, task + suffix), "watermark status table") for d in job.destinations
             ]
         else:
-            own.append(((source.region, source.endpoint_url, task + suffix), f"{suffix[1:]} table"))
+            own.append((_table_place(source, task + suffix), f"{suffix[1:]} table"))
     for place, what in own:
         clash = users.get(place)
         if clash is not None:

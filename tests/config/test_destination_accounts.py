@@ -120,3 +120,68 @@ def test_a_destination_may_not_go_by_the_source_tables_name_when_the_job_writes_
         "the default name 'us-east-1/orders' is the name of the job's source table",
     )
     _validates(tmp_path, SOURCE + "destinations:\n" + _destination(ROLE_222, "dr") + active)
+
+
+def _at(endpoint: str | None, name: str | None = None) -> str:
+    where = f", endpoint_url: '{endpoint}'" if endpoint else ""
+    return f"{{region: us-east-1, table: orders{where}" + (f", name: {name}" if name else "") + "}"
+
+
+# One endpoint, written two ways: the scheme's or host's case, the default port left
+# out or given, a trailing slash, an IPv6 address spelt out, no endpoint and the
+# region's own AWS endpoint.
+SAME_ENDPOINT = [
+    pytest.param("http://127.0.0.1:48200", "HTTP://127.0.0.1:48200", id="scheme-case"),
+    pytest.param("http://localhost", "http://localhost:80", id="http-default-port"),
+    pytest.param("http://LocalHost:8000", "http://localhost:8000", id="host-case"),
+    pytest.param("https://db.example.com", "https://db.example.com:443", id="https-default-port"),
+    pytest.param("http://localhost/", "http://localhost:80", id="trailing-slash"),
+    pytest.param("http://[::1]:8000", "http://[0:0::1]:8000", id="ipv6"),
+    pytest.param(None, "https://dynamodb.us-east-1.amazonaws.com", id="aws-default"),
+    pytest.param(None, "https://DYNAMODB.us-east-1.amazonaws.com:443/", id="aws-default-spelt"),
+]
+
+
+@pytest.mark.parametrize(("source", "destination"), SAME_ENDPOINT)
+def test_a_destination_at_the_sources_endpoint_written_otherwise_is_the_source(
+    tmp_path: Path, source: str | None, destination: str
+) -> None:
+    """Endpoints are compared as the server they reach, not as text: a destination that is
+    the source table replicates every change back into its own stream, for ever."""
+    text = f"source: {_at(source)}\ndestinations:\n  - {_at(destination)}\n"
+    _refused(tmp_path, text, "destinations[0]", "is the source table itself")
+    twice = (
+        "source: {region: us-east-1, table: src}\n"
+        f"destinations:\n  - {_at(source, 'a')}\n  - {_at(destination, 'b')}\n"
+    )
+    _refused(tmp_path, twice, "destinations[1]", "repeats destinations[0]")
+
+
+@pytest.mark.parametrize(
+    ("source", "destination"),
+    [
+        pytest.param("http://localhost:8000", "http://localhost:8001", id="port"),
+        pytest.param("http://localhost:443", "https://localhost:443", id="scheme"),
+        pytest.param("http://127.0.0.1:8000", "http://localhost:8000", id="no-dns-lookup"),
+        pytest.param(None, "https://dynamodb.us-west-2.amazonaws.com", id="another-region"),
+        pytest.param(None, "http://127.0.0.1:443", id="a-local-endpoint"),
+    ],
+)
+def test_a_destination_at_another_endpoint_is_another_table(
+    tmp_path: Path, source: str | None, destination: str
+) -> None:
+    _validates(tmp_path, f"source: {_at(source)}\ndestinations:\n  - {_at(destination, 'x')}\n")
+
+
+def test_a_task_table_at_the_sources_endpoint_written_otherwise_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The lease table is the task's, at the source's endpoint: a destination table of that
+    name there (its endpoint written in capitals) would get leases among its items."""
+    text = (
+        "task_name: orders-leases\n"
+        f"source: {_at('http://127.0.0.1:48200')}\n"
+        "destinations:\n"
+        "  - {region: us-east-1, table: orders-leases, endpoint_url: 'HTTP://127.0.0.1:48200'}\n"
+    )
+    _refused(tmp_path, text, "task_name", "names the job's lease table 'orders-leases'")
