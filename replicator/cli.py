@@ -116,10 +116,7 @@ def _active_active(resolved: ResolvedJob) -> str:
 @_operator_errors
 def validate(config_path: Path) -> None:
     """Check a job file and print the job as it resolves (exit 0), or every problem (exit 2)."""
-    from replicator.config.resolvers import check_resolvers
-
-    resolved = load_job(config_path, on_disk=True)
-    check_resolvers(resolved)
+    resolved = load_job(config_path, on_disk=True, resolvers=True)
     echo(redact(describe(resolved)))  # the job's URLs, not data: as a URL in an error
     for caution in resolved.job.cautions:
         echo(f"warning: {caution}")
@@ -267,10 +264,8 @@ def processor(config_path: Path) -> None:
 def run(config_path: Path) -> None:
     """Run the job with the runtime its file names (local or kcl) until stopped."""
     from replicator.config.model import RuntimeKind
-    from replicator.config.resolvers import check_resolvers
 
-    resolved = load_job(config_path.resolve())
-    check_resolvers(resolved)
+    resolved = load_job(config_path.resolve(), resolvers=True)
     if resolved.job.runtime is RuntimeKind.KCL:
         from replicator.runtime.kcl.launcher import run_kcl
 

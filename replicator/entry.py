@@ -39,12 +39,18 @@ from typing import Any
 _held: list[int] = []
 
 
+class StopNow(SystemExit):
+    """A second stop signal while ``run`` starts: the process ends with 128 + the signal,
+    from wherever the start-up was, a custom resolver's import included (which takes a
+    SystemExit of the module's own for a module that does not load)."""
+
+
 def _hold(signum: int, _frame: Any) -> None:
     if _held:  # asked twice while starting: do not wait for the start-up to finish
         name = signal.Signals(signum).name
         sys.stderr.write(f"replicator: {name} again while starting; stopping now\n")
         sys.stderr.flush()
-        raise SystemExit(128 + signum)
+        raise StopNow(128 + signum)
     _held.append(signum)
 
 

@@ -68,6 +68,13 @@ class EntryNotFound(OperatorError):
     exit_code = 1
 
 
+class Interrupted(OperatorError):
+    """Ctrl-C (SIGINT) stopped a command before it began its work: one line, and exit
+    128 + SIGINT, as a shell reports a command that SIGINT ended."""
+
+    exit_code = 130
+
+
 class LeaseLost(ReplicatorError):
     """Our lease on a shard was taken by another worker; stop without checkpointing."""
 

@@ -24,6 +24,7 @@ from replicator.config.model import (
     cross_checks,
     disk_checks,
 )
+from replicator.config.resolvers import resolver_problems
 from replicator.config.task_name import default_task_name
 from replicator.exceptions import ConfigError
 
@@ -301,12 +302,14 @@ def load_job(
     *,
     named: str | os.PathLike[str] | None = None,
     on_disk: bool = False,
+    resolvers: bool = False,
 ) -> ResolvedJob:
     """Load, expand and validate a job file, or raise ConfigError listing every problem.
 
     ``named``: the path messages give, and the job's ``path``, when ``path`` is a copy
     (the KCL processors read the copy ``replicator run`` made of the operator's file).
     ``on_disk``: also check the job's files as they are on disk (``validate``).
+    ``resolvers``: also import the custom resolvers (the commands that write).
     """
     file = Path(path) if named is None else Path(named)
     try:
@@ -324,10 +327,12 @@ def load_job(
             f"{file}: not UTF-8 text: byte 0x{data[error.start]:02x} at offset {error.start} "
             f"(line {line}); job files are UTF-8"
         ) from None
-    return parse_job(source, file, on_disk=on_disk)
+    return parse_job(source, file, on_disk=on_disk, resolvers=resolvers)
 
 
-def parse_job(source: str, file: Path, *, on_disk: bool = False) -> ResolvedJob:
+def parse_job(
+    source: str, file: Path, *, on_disk: bool = False, resolvers: bool = False
+) -> ResolvedJob:
     document = _Document(source, file)
     problems = list(document.problems)
     job: JobConfig | None = None
@@ -358,6 +363,8 @@ def parse_job(source: str, file: Path, *, on_disk: bool = False) -> ResolvedJob:
                     for path, message in disk_checks(checked)
                     if path not in unexpanded
                 )
+        if resolvers:
+            problems.extend(_Problem(*problem) for problem in resolver_problems(document.value))
     if problems or job is None:
         lines = []
         for problem in problems:

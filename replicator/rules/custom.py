@@ -27,9 +27,11 @@ after a read that did not show it, and finding it counts the write applied.
 from __future__ import annotations
 
 import importlib
+import signal
 from collections.abc import Callable
 from typing import cast
 
+from replicator.entry import StopNow
 from replicator.exceptions import PlanError, ResolverFailed
 from replicator.items import AttributeValue, Item, describe_key, same_item
 from replicator.records import Change, Event
@@ -49,15 +51,20 @@ def load_resolver(dotted: str) -> Resolver:
     module_name, _, attribute = dotted.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as error:  # noqa: BLE001 (the user's module: a SyntaxError, its own error)
+    except StopNow:
+        raise  # a second stop signal while ``run`` starts: the operator's, not the module's
+    except BaseException as error:  # the user's module: a SyntaxError, its own error, sys.exit()
+        if isinstance(error, KeyboardInterrupt) and _ctrl_c_raises():
+            # Ctrl-C during the import stops the command. A module that raises
+            # KeyboardInterrupt itself cannot be told from it, and stops it the same way.
+            raise
         hint = ""
         if module_name.endswith(".py"):
             hint = " (give the module's dotted name, not a file: the worker imports it)"
         elif isinstance(error, ImportError):
             hint = " (is it installed, or on PYTHONPATH, where the worker runs?)"
         raise PlanError(
-            f"custom resolver {dotted!r}: cannot import {module_name}: "
-            f"{type(error).__name__}: {error}{hint}"
+            f"custom resolver {dotted!r}: cannot import {module_name}: {_failure(error)}{hint}"
         ) from None
     function = getattr(module, attribute, None)
     if function is None:
@@ -68,6 +75,25 @@ def load_resolver(dotted: str) -> Resolver:
             f"{type(function).__name__}, not a function"
         )
     return cast(Resolver, function)
+
+
+def _ctrl_c_raises() -> bool:
+    """Whether SIGINT raises KeyboardInterrupt in this process (Python's own handler):
+    where it is held (``run`` starting) or ignored (a processor), a KeyboardInterrupt is
+    the module's own doing."""
+    return signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _failure(error: BaseException) -> str:
+    """What the module's import did, in words: a ``sys.exit()`` there, let through, would
+    end ``validate`` or ``run`` with the module's exit code and no word (0 passing for
+    a clean stop that a service manager does not restart)."""
+    if isinstance(error, SystemExit):
+        return (
+            f"it raised SystemExit({error.code!r}) (a sys.exit() call) as it was imported, "
+            "which would end every process that loads it; a resolver's module must not exit"
+        )
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 class CustomRule:

@@ -27,11 +27,7 @@ if TYPE_CHECKING:
 def load(config_path: Path, *, writes: bool = True) -> ResolvedJob:
     """The job, logging as it asks; ``writes``: the command plans writes, so its custom
     resolvers must load (a ConfigError, exit 2, when one does not)."""
-    from replicator.config.resolvers import check_resolvers
-
-    resolved = load_job(config_path.resolve())
-    if writes:
-        check_resolvers(resolved)
+    resolved = load_job(config_path.resolve(), resolvers=writes)
     logs.configure(resolved.job.logging.level, resolved.job.logging.format.value)
     logs.bind_everywhere(job=str(resolved.path), task=resolved.task_name)
     return resolved

@@ -462,7 +462,7 @@ def test_loop_prevention_under_overwrite_is_valid_but_warned(tmp_path: Path) -> 
     ],
 )
 @pytest.mark.parametrize("command", ["validate", "run", "verify --repair", "redrive"])
-def test_a_custom_resolver_that_does_not_load_is_one_line_and_exit_2(
+def test_a_custom_resolver_that_does_not_load_is_a_problem_of_the_job_file(
     tmp_path: Path, resolver: str, says: str, command: str
 ) -> None:
     """Before anything starts (no processor failing at each start, no traceback)."""
@@ -477,8 +477,9 @@ def test_a_custom_resolver_that_does_not_load_is_one_line_and_exit_2(
     result = run_cli(*command.split(), "--config", str(job), env=env)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    (line,) = [line for line in result.stderr.splitlines() if "resolver" in line]
-    assert f"{job}: conflict.resolver: custom resolver '{resolver}'" in line
+    assert f"{job}: 1 problem in the job file:" in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("  ")]
+    assert line.startswith(f"  conflict.resolver (line 5): custom resolver '{resolver}'")
     assert says in line
 
 
@@ -539,16 +540,15 @@ def test_a_resolver_in_the_working_directory_loads_as_the_processors_load_it(
 ) -> None:
     """The processors run as ``python -m``, with the working directory on the import path;
     the check in the console script's process finds the module there too."""
-    from replicator.config.resolvers import check_resolvers
-
     (tmp_path / "cwd_resolver.py").write_text("def f(change, existing):\n    return True\n")
     monkeypatch.chdir(tmp_path)
     without_cwd = [p for p in sys.path if p not in ("", str(tmp_path))]
     monkeypatch.setattr(sys, "path", without_cwd)
-    resolved = parse_job(
-        MINIMAL + "conflict: {policy: custom, resolver: 'cwd_resolver:f'}\n", tmp_path / "job.yaml"
+    parse_job(
+        MINIMAL + "conflict: {policy: custom, resolver: 'cwd_resolver:f'}\n",
+        tmp_path / "job.yaml",
+        resolvers=True,
     )
-    check_resolvers(resolved)
     assert str(tmp_path) not in sys.path
 
 

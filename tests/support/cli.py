@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 
-def replicator(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``python -m replicator ARGS``, its output captured, whatever its exit status."""
+def replicator(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m replicator ARGS``, its output captured, whatever its exit status;
+    ``env``: variables set for it beside this process's."""
     return subprocess.run(
         [sys.executable, "-m", "replicator", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
         check=False,
     )
 

@@ -1,0 +1,142 @@
+"""A custom resolver's module is imported by ``validate``, ``run`` and the tools that write
+before anything starts: whatever its import does (exit, raise, not exist) is a problem of
+the job file at the resolver's key and line, reported with the file's other problems;
+only Ctrl-C stops the command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT
+from tests.support.cli import replicator
+
+JOB = """\
+source: {region: us-east-1, table: orders}
+destinations:
+  - {region: eu-west-1, table: orders}
+conflict: {policy: custom, resolver: 'resolver_module:decide'}
+"""
+
+
+def _command(
+    tmp_path: Path, command: str, module: str, job: str = JOB
+) -> subprocess.CompletedProcess[str]:
+    """``replicator COMMAND`` on ``job``, with ``module`` as resolver_module.py on the
+    import path, and no AWS endpoint listening: a run that got past its checks exits 3."""
+    (tmp_path / "resolver_module.py").write_text(
+        module + "\ndef decide(change, existing):\n    return True\n"
+    )
+    path = tmp_path / "job.yaml"
+    path.write_text(job)
+    env = {
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+    }
+    return replicator(command, "--config", str(path), env=env)
+
+
+def _problems(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The job file's problems, one a line, as ``validate`` lists them (exit 2)."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    return [line for line in result.stderr.splitlines() if line.startswith("  ")]
+
+
+@pytest.mark.parametrize(
+    ("module", "did"),
+    [
+        pytest.param("import sys\nsys.exit(0)", "SystemExit(0)", id="exit-0"),
+        pytest.param("raise SystemExit(7)", "SystemExit(7)", id="exit-7"),
+        pytest.param("import sys\nsys.exit()", "SystemExit(None)", id="exit-none"),
+        pytest.param("import sys\nsys.exit('bye')", "SystemExit('bye')", id="exit-text"),
+    ],
+)
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_resolver_module_that_exits_as_it_is_imported_is_refused(
+    tmp_path: Path, command: str, module: str, did: str
+) -> None:
+    """Let through, its exit was the command's: ``run`` ending 0 with nothing replicated
+    looked like a clean stop, which a service manager does not restart."""
+    (line,) = _problems(_command(tmp_path, command, module))
+    assert line.startswith(
+        "  conflict.resolver (line 4): custom resolver 'resolver_module:decide': cannot "
+        f"import resolver_module: it raised {did} (a sys.exit() call) as it was imported"
+    ), line
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        pytest.param("import signal\nsignal.raise_signal(signal.SIGINT)", id="sigint"),
+        pytest.param("raise KeyboardInterrupt", id="raised"),
+    ],
+)
+def test_ctrl_c_while_validate_imports_a_resolver_stops_it_with_130(
+    tmp_path: Path, module: str
+) -> None:
+    """A SIGINT during the import (sent by the module to itself, as Ctrl-C would arrive)
+    is the operator's stop: one line and 130, not a problem of the job file, nor click's
+    "Aborted!" and 1. A module raising KeyboardInterrupt itself is taken the same way."""
+    result = _command(tmp_path, "validate", module)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == (
+        "replicator: interrupted (SIGINT) while importing the custom resolver "
+        "'resolver_module:decide'\n"
+    )
+
+
+def test_a_keyboard_interrupt_a_resolver_module_raises_under_run_is_its_own(
+    tmp_path: Path,
+) -> None:
+    """``run`` holds SIGINT from its first moment (a stop during start-up is a clean
+    stop), so a KeyboardInterrupt during the import can only be the module's."""
+    (line,) = _problems(_command(tmp_path, "run", "raise KeyboardInterrupt('no')"))
+    assert "cannot import resolver_module: KeyboardInterrupt: no" in line
+
+
+def test_a_second_sigint_while_run_imports_a_resolver_stops_it_at_once(tmp_path: Path) -> None:
+    """The second stop signal while ``run`` starts ends it with 130 from inside the
+    import too: it is not the module's exit."""
+    twice = "import signal\nsignal.raise_signal(signal.SIGINT)\nsignal.raise_signal(signal.SIGINT)"
+    result = _command(tmp_path, "run", twice)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == "replicator: SIGINT again while starting; stopping now\n"
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_resolvers_that_do_not_load_are_reported_with_the_other_problems(
+    tmp_path: Path, command: str
+) -> None:
+    """Every problem at once, each at its line: a resolver whose own section (its policy
+    and resolver) is valid is imported whatever else is wrong, in the section or in the
+    file; one whose policy is not valid is not."""
+    job = """\
+source: {region: us-east-1, table: orders}
+destinations:
+  - region: eu-west-1
+    table: orders
+    conflict:
+      policy: custom
+      resolver: no_such_module_a:decide
+  - {region: nowhere, table: t22}
+  - {region: ap-south-1, table: t33, conflict: {policy: custm, resolver: 'no_such_module_c:f'}}
+conflict: {policy: custom, resolver: 'no_such_module_b:decide', max_attempts: 0}
+metrics: {port: 99999}
+"""
+    result = _command(tmp_path, command, "", job)
+    problems = _problems(result)
+    assert "6 problems in the job file:" in result.stderr
+    assert [line.split(": ")[0] for line in problems] == [
+        "  destinations[1].region (line 8)",
+        "  destinations[2].conflict.policy (line 9)",
+        "  conflict.max_attempts (line 10)",
+        "  metrics.port (line 11)",
+        "  conflict.resolver (line 10)",
+        "  destinations[0].conflict.resolver (line 7)",
+    ]
+    assert "No module named 'no_such_module_b'" in problems[4]
+    assert "No module named 'no_such_module_a'" in problems[5]
