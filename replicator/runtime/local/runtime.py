@@ -43,6 +43,7 @@ from prometheus_client.registry import Collector
 from replicator import entry, wiring
 from replicator.aws import clients, tables
 from replicator.aws.errors import ErrorKind, classify, error_code
+from replicator.config.endpoints import endpoint_identity
 from replicator.config.model import InitialPosition, ResolvedJob
 from replicator.exceptions import (
     ChildFailed,
@@ -560,7 +561,10 @@ class LocalRuntime:
         regions of one local endpoint (an active-active pair on one emulator), have
         different lease tables and do not block each other."""
         where = self._ddb.meta.endpoint_url
-        place = f"{where} {self.job.source.region} {self.job.source.role_arn or ''}"
+        region = self.job.source.region
+        # However the job file spells the endpoint (HTTP://, a trailing /, :80): one server.
+        server = endpoint_identity(where, region) or "aws"
+        place = f"{server} {region} {self.job.source.role_arn or ''}"
         task = self.resolved.task_name
         path = hostlock.lock_path(Path(tempfile.gettempdir()), task, place)
         lock = hostlock.HostLock(path)

@@ -73,6 +73,24 @@ def test_a_second_runtime_of_the_same_task_and_endpoint_is_refused_naming_the_ho
 
 
 @pytest.mark.parametrize(
+    "spelling",
+    ["HTTP://127.0.0.1:6261", "http://127.0.0.1:6261/"],
+)
+def test_one_endpoint_spelt_another_way_is_the_same_lease_table(
+    tmp_path: Path, spelling: str
+) -> None:
+    """The lease table is where the endpoint reaches, however the job file spells it."""
+    first = _runtime(tmp_path, "http://127.0.0.1:6261", "a")
+    second = _runtime(tmp_path, spelling, "b")
+    held = first._hold_host_lock()
+    try:
+        with pytest.raises(LeaseHeld):
+            second._hold_host_lock()
+    finally:
+        held.release()
+
+
+@pytest.mark.parametrize(
     ("other_endpoint", "other_region"),
     [("http://127.0.0.1:6262", "us-east-1"), ("http://127.0.0.1:6261", "ap-south-1")],
     ids=["two-endpoints", "two-regions-of-one-endpoint"],
