@@ -351,6 +351,11 @@ def test_copies_of_a_letter_in_a_file_are_replayed_once(job: Job) -> None:
         "4 letters, 1 replayed, 1 failed again (kept in the target), 2 copies of a letter "
         "replayed once (removed with it)"
     ) in result.stdout, result.stdout
+    eu_label = "/".join(job.destinations[0])
+    assert (
+        f"  copy          {eu_label}: MODIFY pk=S:x sk=N:1 (sequence 11): removed, a copy of the "
+        "letter replayed above"
+    ) in result.stdout.splitlines()
     assert puts == 1  # x's put, once; y's is never planned
     assert get(job, 0, x) == x
     (left,) = FileDeadLetters(job.dead_letters).letters()  # one letter stands for both copies
