@@ -127,7 +127,7 @@ class _NoDeadLetters:
 
     description = "none"
 
-    def put(self, letter: Any) -> None:
+    def put(self, letter: Any) -> bool:
         raise AssertionError(f"the core benchmark dead-lettered a change: {letter}")
 
     def claim_all(self) -> Iterator[Any]:

@@ -22,7 +22,7 @@ import errno
 import fcntl
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
@@ -67,12 +67,17 @@ def why_not_appendable(path: Path) -> str | None:
     return None
 
 
-def append_line(path: Path, line: str | bytes) -> None:
+def append_line(
+    path: Path, line: str | bytes, *, unless: Callable[[int, int], bool] | None = None
+) -> int | None:
     """Append ``line`` to ``path`` (created with its directory if missing), durably,
-    on a line of its own even when the file ends in a torn line (module docstring).
+    on a line of its own even when the file ends in a torn line (module docstring);
+    the offset the line starts at.
 
     ``line`` may be bytes, so that a line read back that is not UTF-8 can be kept as it
-    was, byte for byte."""
+    was, byte for byte. ``unless`` is asked, under the lock, with the file's descriptor
+    and size: a true answer leaves the file as it is (None), so that a caller can decide
+    from what the file holds while no other process can change it."""
     data = line.encode("utf-8") if isinstance(line, str) else line
     if _make_directory(path):
         log.warning(
@@ -85,6 +90,8 @@ def append_line(path: Path, line: str | bytes) -> None:
         assert file is not None
         descriptor = file.fileno()
         size = os.fstat(descriptor).st_size
+        if unless is not None and unless(descriptor, size):
+            return None
         created = size == 0  # files are never truncated
         torn = not created and os.pread(descriptor, 1, size - 1) != b"\n"
         file.buffer.write((b"\n" if torn else b"") + data + b"\n")
@@ -92,6 +99,7 @@ def append_line(path: Path, line: str | bytes) -> None:
         os.fsync(file.fileno())
         if created:
             fsync_directory(path.parent)
+        return size + torn
 
 
 def _make_directory(path: Path) -> bool:

@@ -37,12 +37,14 @@ class DeadLetterTarget(Protocol):
 
     ``put`` returns only once the letter is stored durably (a file is fsynced, a queue
     acknowledged the send); if it cannot, it raises DeadLetterUnavailable and the caller
-    must not treat the change as handled.
+    must not treat the change as handled. It returns False when it stored nothing
+    because a letter of the same identity (:attr:`DeadLetter.identity`) is certainly
+    stored already (a file can tell; a queue cannot, and always stores).
     """
 
     description: str
 
-    def put(self, letter: DeadLetter) -> None: ...
+    def put(self, letter: DeadLetter) -> bool: ...
 
     def claim_all(self) -> Generator[Claimed | Unreadable, None, None]:
         """Take every stored letter out for a replay, one at a time; what does not read

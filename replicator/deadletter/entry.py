@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import gzip
+import hashlib
 import json
 import zlib
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
@@ -50,6 +51,29 @@ class DeadLetter:
 
     def to_json(self) -> str:
         return json.dumps(self._body(), separators=(",", ":"), sort_keys=True)
+
+    @property
+    def identity(self) -> bytes:
+        """A digest of what makes two letters stand for one failure of one change: the
+        task, the shard, the destination, the record's sequence and subsequence numbers,
+        the reason (as stored), and the record's data. A restart reads the records after
+        its checkpoint again and dead-letters their failures again; those letters have
+        the identity of the ones already stored. Attempts, times and error texts are left
+        out (they differ between two stores of one failure); the data is in, so that
+        letters of different changes sharing a sequence number (a backfill's or repair's
+        are all numbered 0) are never taken for one."""
+        record: dict[str, Any] = dict(self.record)
+        named = [
+            self.task_name,
+            self.shard_id,
+            self.destination,
+            record.get("sequenceNumber"),
+            record.get("subSequenceNumber"),
+            redact(self.reason),
+            record.get("data"),
+        ]
+        text = json.dumps(named, separators=(",", ":"), sort_keys=True)
+        return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
     def to_compact_json(self) -> str:
         """Like to_json, with the record gzip-compressed (for size-limited queues)."""

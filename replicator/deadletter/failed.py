@@ -61,7 +61,7 @@ class DeadLetterer:
     def store(self, writer: WrittenTable, change: Change, result: WriteResult) -> None:
         reason = result.reason or "failed"
         error = result.error or ""
-        self._put(
+        stored = self._put(
             f"record {change.sequence_number} (destination {writer.label}, key "
             f"{describe_key(change.keys)})",
             DeadLetter(
@@ -77,23 +77,27 @@ class DeadLetterer:
                 keys=item_to_wire(change.keys),
             ),
         )
-        self.metrics.dead_letters.labels(writer.label, reason).inc()
         self.metrics.writes.labels(writer.label, change.event.op, DEAD_LETTERED).inc()
-        log.warning(
-            "change dead-lettered",
-            destination=writer.label,
-            key=describe_key(change.keys),
-            sequence_number=change.sequence_number,
-            reason=reason,
-            error=error,
-            target=self.target.description,
-        )
+        about = {
+            "destination": writer.label,
+            "key": describe_key(change.keys),
+            "sequence_number": change.sequence_number,
+            "reason": reason,
+            "target": self.target.description,
+        }
+        if not stored:
+            log.info("change dead-lettered already: its letter is stored", **about)
+            return
+        self.metrics.dead_letters.labels(writer.label, reason).inc()
+        log.warning("change dead-lettered", error=error, **about)
 
-    def _put(self, what: str, letter: DeadLetter) -> None:
+    def _put(self, what: str, letter: DeadLetter) -> bool:
         """Store ``letter``; an operator told the target failed must also learn which
-        change is now neither applied nor dead-lettered (the shard resumes before it)."""
+        change is now neither applied nor dead-lettered (the shard resumes before it).
+        False: a letter of its identity was stored already (a failure read again after a
+        restart), which is not another dead letter to count or to alert on."""
         try:
-            self.target.put(letter)
+            return self.target.put(letter)
         except DeadLetterUnavailable as error:
             raise DeadLetterUnavailable(
                 f"the dead letter for {what} could not be stored: {error}"
@@ -101,7 +105,7 @@ class DeadLetterer:
 
     def undecodable(self, raw: RawRecord, error: str) -> None:
         """A record that could not be decoded: one letter for every destination."""
-        self._put(
+        stored = self._put(
             f"undecodable record {raw.get('sequenceNumber')}",
             DeadLetter(
                 record=raw,
@@ -113,6 +117,13 @@ class DeadLetterer:
             ),
         )
         self.metrics.records_received.labels("undecodable").inc()
+        if not stored:
+            log.info(
+                "undecodable record dead-lettered already: its letter is stored",
+                sequence_number=raw.get("sequenceNumber"),
+                target=self.target.description,
+            )
+            return
         self.metrics.dead_letters.labels(ALL_DESTINATIONS, "undecodable").inc()
         log.warning(
             "record could not be decoded; dead-lettered",

@@ -18,6 +18,17 @@ file: once it has the lock it checks that its file is still the one at the path,
 opens the path again if not, so that no letter is appended to a file already replayed.
 Creating and renaming a file are made durable with an fsync of the directory.
 
+One letter per failure: a restart reads the records after its checkpoint again, and a
+change dead-lettered before the stop fails again. A put whose letter has the identity
+of one the live file holds (:attr:`DeadLetter.identity`) appends nothing. The check is
+made under the append's lock, against the file at the path then, so a replay that has
+renamed the file aside since (taking its letters) is never missed. Each process keeps an
+index of the live file's letters (where each line starts, by identity) and reads only
+what was appended since it last looked; a file that is another one (renamed aside and
+created again) or shorter than what was read is read again from the start. A letter is
+taken as stored only once the line the index names is read back and found to be that
+letter, so an index the file no longer matches (a hand edit) costs a read, not a letter.
+
 One replay at a time: a replay holds an exclusive ``flock`` on ``<file>.redrive.lock``
 from before it renames the live file until it is done, and a second one is refused at
 once (EnvironmentProblem, naming the process that holds it) instead of replaying the
@@ -32,9 +43,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -52,23 +65,94 @@ log = structlog.get_logger(__name__)
 _ASIDE = ".redrive-"
 _SETTLED = ".settled"
 _LOCK = ".redrive.lock"
+_CHUNK = 1 << 20  # bytes read at a time when the index reads the file
+
+
+@dataclass
+class _Stored:
+    """The letters of one live file (``file``: its device and inode) read so far: where
+    each line starts, by identity, for the lines up to ``end`` (a line's end)."""
+
+    file: tuple[int, int]
+    end: int = 0
+    lines: dict[bytes, int] = field(default_factory=dict)
+
+    def read_on(self, descriptor: int, size: int) -> None:
+        """Index the whole lines from ``end`` up to ``size``; what is not a letter (a
+        torn or hand-edited line) is passed over: nothing is ever taken as stored for it."""
+        pending = b""
+        position = self.end
+        while position < size:
+            chunk = os.pread(descriptor, min(_CHUNK, size - position), position)
+            if not chunk:
+                break
+            position += len(chunk)
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                identity = _identity_of(line)
+                if identity is not None:
+                    self.lines.setdefault(identity, self.end)
+                self.end += len(line) + 1
 
 
 class FileDeadLetters:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.description = f"file {path}"
+        self._stored: _Stored | None = None
+        # One put at a time in this process: the index is read under the file's lock,
+        # and a put's own line is noted before another put of this process looks.
+        self._putting = threading.Lock()
 
-    def put(self, letter: DeadLetter) -> None:
-        self._append(letter.to_json())
+    def put(self, letter: DeadLetter) -> bool:
+        """Append ``letter``, unless the live file holds a letter of its identity
+        (module docstring): False then, and the file is left as it is."""
+        identity = letter.identity
+        data = letter.to_json().encode("utf-8")
+        with self._putting:
+
+            def held(descriptor: int, size: int) -> bool:
+                return self._holds(descriptor, size, identity)
+
+            start = self._append(data, unless=held)
+            if start is None:
+                return False
+            stored = self._stored
+            if stored is not None:  # read up to ``size`` by ``held``, this very file
+                stored.lines.setdefault(identity, start)
+                stored.end = start + len(data) + 1
+        return True
+
+    def _holds(self, descriptor: int, size: int, identity: bytes) -> bool:
+        """Whether the file (locked: nobody appends or renames it meanwhile) holds a
+        letter of ``identity``: found in the index, and read back where it says."""
+        status = os.fstat(descriptor)
+        file = (status.st_dev, status.st_ino)
+        stored = self._stored
+        fresh = stored is None or stored.file != file or size < stored.end
+        while True:
+            if fresh or stored is None:
+                stored = self._stored = _Stored(file)
+            stored.read_on(descriptor, size)
+            start = stored.lines.get(identity)
+            if start is None:
+                return False
+            line = _line_at(descriptor, start, size)
+            if line is not None and _identity_of(line) == identity:
+                return True
+            if fresh:
+                return False
+            fresh = True  # the file changed under the index: read it again whole
 
     def cancel(self) -> None:
         """Nothing to give up: an append is tried once, and fails at once when it cannot
         be made (DeadLetterUnavailable)."""
 
-    def _append(self, line: str | bytes) -> None:
+    def _append(
+        self, line: str | bytes, unless: Callable[[int, int], bool] | None = None
+    ) -> int | None:
         try:
-            append_line(self.path, line)
+            return append_line(self.path, line, unless=unless)
         except OSError as error:
             raise _unavailable("append to", self.path, error) from error
 
@@ -211,6 +295,35 @@ class FileDeadLetters:
         self._append(claimed.raw)
         aside, _, number = claimed.receipt.rpartition(":")
         _note_settled(Path(aside), int(number))
+
+
+def _identity_of(line: bytes) -> bytes | None:
+    """The identity of the letter a stored line holds; None for a line that is not one."""
+    if not line.strip():
+        return None
+    try:
+        return DeadLetter.from_json(line).identity
+    except DeadLetterFormatError:
+        return None
+
+
+def _line_at(descriptor: int, start: int, size: int) -> bytes | None:
+    """The whole line that starts at ``start`` (after a newline, or the file's first),
+    without its newline; None if no line starts there or it is not ended."""
+    if start > 0 and os.pread(descriptor, 1, start - 1) != b"\n":
+        return None
+    line = b""
+    position = start
+    while position < size:
+        chunk = os.pread(descriptor, min(_CHUNK, size - position), position)
+        if not chunk:
+            return None
+        end = chunk.find(b"\n")
+        if end >= 0:
+            return line + chunk[:end]
+        line += chunk
+        position += len(chunk)
+    return None
 
 
 def _note_settled(aside_file: Path, number: int) -> None:

@@ -90,7 +90,9 @@ class SqsDeadLetters:
         The worker reads it when it starts; a put reads it if that has not been done."""
         return self._limit.bytes()
 
-    def put(self, letter: DeadLetter) -> None:
+    def put(self, letter: DeadLetter) -> bool:
+        """Send ``letter``; always True: a standard queue cannot be asked whether it
+        holds a letter, so copies are told apart when replayed (redrive)."""
         limit = self.message_limit()
         body = letter.to_json()
         if len(body.encode("utf-8")) > limit:
@@ -106,6 +108,7 @@ class SqsDeadLetters:
                     )
                 )
         self._call("send_message", QueueUrl=self.queue_url, MessageBody=body)
+        return True
 
     def _call(self, operation: str, **kwargs: Any) -> Any:
         attempt = 0

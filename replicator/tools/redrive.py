@@ -26,6 +26,13 @@ and any that could not be are counted as not recorded. Synthetic letters (a back
 or a repair's copy of a read item) are not changes, and a copy the destination declines
 is not recorded, as in the backfill or the repair that wrote it first.
 
+Letters of the same identity (:attr:`DeadLetter.identity`: one failure of one change
+stored twice, as an SQS target does when a restart reads the change again, or a file
+written before that was deduplicated) are replayed once: the first is replayed, and each
+later copy is removed once that replay is settled, so the one letter that failed again,
+if it did, stands for them all. A copy is removed only after the first's outcome is in
+the target, so an interruption between leaves a copy, never no letter.
+
 A letter that fails again stays in the target with ``attempts`` incremented and the new
 error; a ``*`` letter that now fails at some destinations only stays as one letter per
 failing destination. Letters are replayed one at a time, in the order the target
@@ -137,7 +144,7 @@ class Replay:
 
     def line(self) -> str:
         letter = self.letter
-        what = f"{letter.event or '?'} {_key_text(letter)} (sequence {_sequence(letter)})"
+        what = _what(letter)
         if self.replayed:
             note = self.note
             if self.lost:
@@ -152,11 +159,29 @@ class Replay:
         )
 
 
+@dataclass(frozen=True)
+class Copy:
+    """A letter of the same identity as one replayed before it in this run (a failure
+    stored twice: by a run before and after a restart, or by an SQS target, which cannot
+    tell), settled with that replay's outcome instead of being replayed again."""
+
+    letter: DeadLetter
+    replayed: bool  # what became of the first copy: replayed, or kept as one letter
+
+    def line(self) -> str:
+        first = "replayed above" if self.replayed else "that failed again above, kept once"
+        return (
+            f"  copy          {self.letter.destination}: {_what(self.letter)}: removed, a copy "
+            f"of the letter {first}"
+        )
+
+
 @dataclass
 class RedriveReport:
     target: str
     task: str = ""
     replays: list[Replay] = field(default_factory=list)
+    copies: list[Copy] = field(default_factory=list)  # of letters in ``replays``
     unreadable: list[Unreadable] = field(default_factory=list)
     other_tasks: Counter[str] = field(default_factory=Counter)  # letters left, by task
     interrupted: bool = False
@@ -219,7 +244,7 @@ class RedriveReport:
         return "interrupted"
 
     def text(self) -> str:
-        if self.ended_early and not self.replays and not self.unreadable:
+        if self.ended_early and not self.replays and not self.copies and not self.unreadable:
             return "\n".join(
                 [
                     f"redrive of {self.target}: {self._how_it_ended()}: "
@@ -232,7 +257,7 @@ class RedriveReport:
                     *self._left(),
                 ]
             )
-        if not self.replays and not self.unreadable:
+        if not self.replays and not self.copies and not self.unreadable:
             mine = f" of task {_printable(self.task)}" if self.other_tasks else ""
             return "\n".join(
                 [
@@ -241,15 +266,23 @@ class RedriveReport:
                     *self._left(),
                 ]
             )
-        total = len(self.replays) + len(self.unreadable)
+        total = len(self.replays) + len(self.copies) + len(self.unreadable)
+        copies = len(self.copies)
         lines = [
             f"redrive of {self.target}: {total} letter{'' if total == 1 else 's'}, "
             f"{self.replayed} replayed{self._lost_text()}, "
             f"{self.failed} failed again (kept in the target)"
+            + (
+                f", {copies} {'copy' if copies == 1 else 'copies'} of a letter replayed "
+                "once (removed with it)"
+                if copies
+                else ""
+            )
             + (f", {len(self.unreadable)} unreadable (kept as they are)" if self.unreadable else "")
             + (f"; {self._how_it_ended()}: {self._rest()}" if self.ended_early else "")
         ]
         lines.extend(replay.line() for replay in self.replays)
+        lines.extend(copy.line() for copy in self.copies)
         lines.extend(
             f"  unreadable    {item.where}: {redact(item.error)}" for item in self.unreadable
         )
@@ -366,6 +399,7 @@ class Redrive:
             conflicts_lost=report.lost,
             conflicts_recorded=report.recorded,
             conflicts_not_recorded=report.not_recorded,
+            copies_removed=len(report.copies),
             unreadable=len(report.unreadable),
             other_tasks_left=sum(report.other_tasks.values()),
         )
@@ -416,12 +450,27 @@ class Redrive:
         report: RedriveReport,
     ) -> None:
         task = self.resolved.task_name
+        # Replays of this run by the identity of their letter: a copy met later is
+        # settled with the first one's outcome (module docstring).
+        replayed: dict[bytes, Replay] = {}
         for claimed in claims:
             if isinstance(claimed, Unreadable):
                 report.unreadable.append(claimed)  # the target has kept it as it is
             elif claimed.letter.task_name != task:
                 target.release(claimed)
                 report.other_tasks[claimed.letter.task_name] += 1
+            elif (first := replayed.get(claimed.letter.identity)) is not None:
+                # Its change was replayed once: replayed, or kept as the one letter that
+                # failed again (already in the target). Either way this copy goes.
+                self._settle(target, claimed, Replay(claimed.letter, []))
+                report.copies.append(Copy(claimed.letter, first.replayed))
+                log.info(
+                    "a copy of a letter replayed in this run removed",
+                    destination=claimed.letter.destination,
+                    sequence_number=_sequence(claimed.letter),
+                    reason=claimed.letter.reason,
+                    replayed=first.replayed,
+                )
             else:
                 try:
                     replay = self._replay(claimed.letter)
@@ -436,6 +485,7 @@ class Redrive:
                     return
                 report.replays.append(replay)
                 self._settle(target, claimed, replay)
+                replayed[claimed.letter.identity] = replay
                 if self.unavailable is not None:
                     # The rest are kept untried: each would wait as long for nothing.
                     return
@@ -613,6 +663,11 @@ def _total(counter: Any) -> int:
             if sample.name.endswith("_total")
         )
     )
+
+
+def _what(letter: DeadLetter) -> str:
+    """A letter's change as a summary line names it."""
+    return f"{letter.event or '?'} {_key_text(letter)} (sequence {_sequence(letter)})"
 
 
 def _key_text(letter: DeadLetter) -> str:

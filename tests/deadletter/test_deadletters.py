@@ -95,6 +95,80 @@ def test_concurrent_processes_append_whole_lines(tmp_path: Path) -> None:
     assert len({json.loads(line)["record"]["sequenceNumber"] for line in lines}) == 600
 
 
+def test_a_letter_the_file_holds_is_not_appended_again(tmp_path: Path) -> None:
+    """The same failure stored again (after a restart: another time, another error text)
+    appends nothing; any other letter is stored, also one of the same sequence number."""
+    path = tmp_path / "letters.jsonl"
+    target = FileDeadLetters(path)
+    assert target.put(letter(1)) is True
+    again = replace(letter(1), error="boom again", time="2030-01-01T00:00:00.000+00:00")
+    assert target.put(again) is False
+    assert FileDeadLetters(path).put(again) is False  # another process reads the file
+    others = [
+        replace(letter(1), reason="unplannable"),
+        replace(letter(1), destination="ap"),
+        replace(letter(1), shard_id="s2"),
+        replace(letter(1), task_name="t2"),
+        replace(letter(1), record={**letter(1).record, "subSequenceNumber": 1}),
+        # A backfill's letters are all numbered 0: another item's is another change.
+        replace(letter(1), record={**letter(1).record, "data": letter(2).record["data"]}),
+    ]
+    assert [target.put(other) for other in others] == [True] * len(others)
+    assert [target.put(other) for other in others] == [False] * len(others)
+    assert target.count() == 1 + len(others)
+
+
+def _put_the_same(path: str) -> None:
+    target = FileDeadLetters(Path(path))
+    for seq in range(40):
+        target.put(letter(seq, size=2000))
+
+
+def test_processes_storing_the_same_letters_at_once_store_each_once(tmp_path: Path) -> None:
+    path = tmp_path / "letters.jsonl"
+    workers = [multiprocessing.Process(target=_put_the_same, args=(str(path),)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    stored = [letter.record["sequenceNumber"] for letter in FileDeadLetters(path).letters()]
+    assert sorted(stored, key=int) == [str(seq) for seq in range(40)]
+
+
+def test_a_letter_a_redrive_took_since_is_stored_again(tmp_path: Path) -> None:
+    """A run's index of the file is never trusted over the file: a redrive (another
+    process) renamed the letters aside and removed them, or put one back."""
+    path = tmp_path / "letters.jsonl"
+    run = FileDeadLetters(path)
+    assert run.put(letter(1)) is True
+    assert run.put(letter(2)) is True
+    redrive = FileDeadLetters(path)
+    for claimed in redrive.claim_all():
+        # 1 replayed and removed; 2 failed again and put back, with one more attempt.
+        failed = claimed.letter.record["sequenceNumber"] == "2"
+        again = claimed.letter.retried("still", "rejected", run="r") if failed else None
+        redrive.settle(replace(claimed, letter=again or claimed.letter), replayed=not failed)
+
+    assert run.put(letter(1)) is True
+    assert run.put(letter(2)) is False  # the put-back letter stands for it
+    stored = [(x.record["sequenceNumber"], x.attempts) for x in FileDeadLetters(path).letters()]
+    assert stored == [("2", 2), ("1", 1)]
+
+
+def test_a_letter_edited_out_of_the_file_in_place_is_stored_again(tmp_path: Path) -> None:
+    """The file rewritten in place (same inode, as long or longer) without the letter the
+    run's index knows: the index is checked against the line before a put is skipped."""
+    path = tmp_path / "letters.jsonl"
+    run = FileDeadLetters(path)
+    assert run.put(letter(1)) is True
+    with path.open("r+b") as file:  # letter 1's line replaced by another, longer one
+        file.write(letter(2, size=100).to_json().encode() + b"\n")
+    assert run.put(letter(1)) is True
+    stored = [x.record["sequenceNumber"] for x in FileDeadLetters(path).letters()]
+    assert stored == ["2", "1"]
+
+
 def test_file_replay_keeps_failures_and_resumes_an_interrupted_replay(tmp_path: Path) -> None:
     target = FileDeadLetters(tmp_path / "letters.jsonl")
     for seq in range(1, 6):

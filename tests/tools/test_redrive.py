@@ -27,7 +27,7 @@ from replicator.tools.redrive import Redrive, RedriveReport
 from replicator.tools.snapshot import BACKFILL, REPAIR, synthetic_change
 from tests.support.aws import client
 from tests.support.deadletters import malformed
-from tests.support.e2e import Job, wait_until
+from tests.support.e2e import PATIENCE, Job, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
 from tests.support.records import daemon_record, stream_record
 from tests.support.tools import run_within
@@ -315,6 +315,82 @@ def test_sqs_letters_replay_with_the_safeguards_of_their_origin(job: Job) -> Non
     assert left.record["sequenceNumber"] == "21"
     assert (left.attempts, left.redrive_run, left.reason) == (2, runner.run_id, "rejected")
     assert "ValidationException" in left.error
+
+
+def copies_of_two_letters(job: Job) -> tuple[list[DeadLetter], Item]:
+    """Two letters for eu, each stored twice (the second copy later, with another error
+    text, as a run after a restart stores it): one that applies now (item ``x``, which
+    it returns), one that never can (last_writer_wins cannot order a BOOL)."""
+    eu_label = "/".join(job.destinations[0])
+    x, y = image("x", name="fixed"), image("y", updated_at={"BOOL": True})
+    fixed = stream_letter(job, eu_label, x, 11, "rejected", "before the restart")
+    never = stream_letter(job, eu_label, y, 12, "unplannable", "updated_at is of type BOOL")
+    later = {"error": "after the restart", "time": "2030-01-01T00:00:00.000+00:00"}
+    return [fixed, never, replace(fixed, **later), replace(never, **later)], x
+
+
+def eu_puts(proxy: FaultProxy) -> int:
+    """PutItem requests eu received, whatever their answer."""
+    return sum(proxy.counts("PutItem").values())
+
+
+def test_copies_of_a_letter_in_a_file_are_replayed_once(job: Job) -> None:
+    letters, x = copies_of_two_letters(job)
+    for letter in letters:  # as a file written before copies were told apart holds them
+        append_raw(job.dead_letters, letter.to_json().encode())
+    proxy = FaultProxy(job.endpoint).start()
+    try:
+        eu_through(job, proxy)
+        result = redrive(job)
+        puts = eu_puts(proxy)
+    finally:
+        proxy.stop()
+
+    assert result.returncode == 1, result.stderr  # the letter that cannot apply failed again
+    assert (
+        "4 letters, 1 replayed, 1 failed again (kept in the target), 2 copies of a letter "
+        "replayed once (removed with it)"
+    ) in result.stdout, result.stdout
+    eu_label = "/".join(job.destinations[0])
+    assert (
+        f"  copy          {eu_label}: MODIFY pk=S:x sk=N:1 (sequence 11): removed, a copy of the "
+        "letter replayed above"
+    ) in result.stdout.splitlines()
+    assert puts == 1  # x's put, once; y's is never planned
+    assert get(job, 0, x) == x
+    (left,) = FileDeadLetters(job.dead_letters).letters()  # one letter stands for both copies
+    assert (left.record["sequenceNumber"], left.attempts, left.reason) == ("12", 2, "unplannable")
+    assert sorted(p.name for p in job.directory.glob("dead.jsonl*")) == ["dead.jsonl"]
+
+
+def test_copies_of_a_letter_in_a_queue_are_replayed_once(job: Job) -> None:
+    """A standard queue cannot refuse a copy when it is sent: the redrive tells them apart."""
+    sqs, queue = use_queue(job)
+    letters, x = copies_of_two_letters(job)
+    target = SqsDeadLetters(sqs, queue)
+    for letter in letters:
+        target.put(letter)
+    proxy = FaultProxy(job.endpoint).start()
+    try:
+        eu_through(job, proxy)
+        runner = Redrive(load_job(job.path))
+        report = run_within(runner, 120 * PATIENCE)
+        puts = eu_puts(proxy)
+    finally:
+        proxy.stop()
+
+    assert (report.replayed, report.failed, report.exit_code) == (1, 1, 1)
+    assert puts == 1
+    assert sorted(copy.letter.record["sequenceNumber"] for copy in report.copies) == ["11", "12"]
+    assert get(job, 0, x) == x
+    messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+    (message,) = messages["Messages"]
+    left = DeadLetter.from_json(message["Body"])
+    assert (left.record["sequenceNumber"], left.attempts, left.redrive_run) == (
+        "12",
+        2,
+        runner.run_id,
+    )
 
 
 def test_the_summary_shows_a_key_with_a_newline_quoted_on_its_line(job: Job) -> None:

@@ -301,8 +301,9 @@ class _ThreadNotingLetters:
     def __init__(self) -> None:
         self.stored: list[tuple[str, str]] = []
 
-    def put(self, letter: DeadLetter) -> None:
+    def put(self, letter: DeadLetter) -> bool:
         self.stored.append((letter.record["sequenceNumber"], threading.current_thread().name))
+        return True
 
     def claim_all(self) -> Any:
         return iter(())
