@@ -48,7 +48,8 @@ EVERY = frozenset(
         "unread_version",
     }
 )
-"""Every attribute of a part but the key: what a reader that combines parts checks."""
+"""Every attribute of a part but the key that a reader that combines parts checks (not
+``started_with``, which only a starting processor reads: see table.STARTED_WITH)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class Part:
     owner: str | None = None
     unread_spans: tuple[UnreadSpan, ...] = ()
     unread_version: int = 0
+    started_with: frozenset[str] = frozenset()
+    """The job's destinations at its first start, on the parts written then."""
 
     @classmethod
     def from_item(
@@ -105,6 +108,7 @@ class Part:
             "owner": read.optional_text,
             "unread_spans": lambda name: read.rows(name, "[[from_us, to_us, reason], ...]", loads),
             "unread_version": read.whole,
+            "started_with": read.texts,
         }
         fields: dict[str, Any] = {}
         for name in attributes:

@@ -42,7 +42,7 @@ from replicator.watermark import spans
 from replicator.watermark.history import SourceHistory, before_stream_through
 from replicator.watermark.parts import ListedShard, merge_ranges, plan_registration
 from replicator.watermark.spans import UnreadSpan, merge_spans
-from replicator.watermark.table import PartLost, StatusTable
+from replicator.watermark.table import STARTED_WITH, PartLost, StatusTable
 from replicator.watermark.tracker import DeadLetters, ShardTracker
 
 log = structlog.get_logger(__name__)
@@ -129,6 +129,7 @@ class ShardWatermark:
         # held when first asked.
         self._undecided: set[str] = set()
         self._had_parts: dict[str, bool] = {}
+        self._started_with: dict[str, frozenset[str]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -450,31 +451,43 @@ class ShardWatermark:
     def _decided(self, target: _Target) -> bool:
         """Whether the destination may be published: neither resumed nor at
         TRIM_HORIZON, or known to have been in the job before, or (stored at once) known
-        to have joined it, or to start the job there (:meth:`_before_stream_span`).
+        to have joined it, or to start the job there (:meth:`_first_start`).
 
-        A destination with no part in its status table at a TRIM_HORIZON start starts
-        the job there (a child shard of a running job starts at TRIM_HORIZON too, and
-        finds parts): what the stream no longer holds, or never held, gets its span,
-        stored at once as a joined destination's is (so a processor that dies first
-        leaves no parts, and the next one decides again).
+        A destination with no part in its status table at a TRIM_HORIZON start, while no
+        other destination has parts either, starts the job there (a child shard of a
+        running job starts at TRIM_HORIZON too, and finds parts): what the stream no
+        longer holds, or never held, gets its span, stored at once with the job's
+        destinations (``started_with``) as a joined destination's span is.
+
+        So does one without parts that another destination's parts record
+        (``started_with``) as one of the job's at its first start: that start was cut
+        short (a crash or a stop) before anything was written at this destination, or
+        several shards start at once and another shard's processor wrote its first parts
+        at the other destination first. No change was passed over for it: every
+        processor that starts the job writes the record before anything else at a
+        destination, and holds its checkpoint until each destination is decided (so its
+        shard is read again from its start). It must not be taken for one that joined:
+        its ``joined`` span would cover changes it holds, and waits for them answer 4.
 
         A destination with no part in its status table while another destination of the
-        job has parts joined a job that resumes from checkpoints: the changes before the
-        checkpoints were never read for it (and will not be). That holds at TRIM_HORIZON
-        too: the open shards may all be children without a checkpoint yet (a restart
-        after a shard ended, an idle child), whose parents were read for the others only.
-        Its first start is when it joined; it gets a span up to this processor's start.
+        job has parts, none of which record it, joined a job that resumes from
+        checkpoints: the changes before the checkpoints were never read for it (and will
+        not be). That holds at TRIM_HORIZON too: the open shards may all be children
+        without a checkpoint yet (a restart after a shard ended, an idle child), whose
+        parents were read for the others only. Its first start is when it joined; it
+        gets a span up to this processor's start.
 
         Decided once per destination, before this processor registers or claims anything
         there (a destination undecided is not published; one whose status table cannot
         be read holds back only itself and, while it is the only other one that may have
-        parts, a destination without parts). A joined destination's span is stored at once
-        on this shard's part (which then reads as 0, holding the watermark until this
-        processor claims): a processor that starts after that finds the new destination's
-        parts, and the span stored here holds for every reader (spans of all parts are
-        combined), even if this processor dies before it claims. Each destination asks
-        only its own status table, on its own thread, so a table that hangs holds back
-        no destination that can be decided without it."""
+        parts, a destination without parts). A span is stored at once on this shard's
+        part (which then reads as 0, holding the watermark until this processor claims):
+        a processor that starts after that finds the destination's parts, and the span
+        stored here holds for every reader (spans of all parts are combined), even if
+        this processor dies before it claims; one that finds none (this one died first)
+        decides again. Each destination asks only its own status table, on its own
+        thread, so a table that hangs holds back no destination that can be decided
+        without it."""
         label = target.label
         with self._state:
             if label not in self._undecided:
@@ -484,29 +497,21 @@ class ShardWatermark:
             return False
         with self._state:
             mine = self._had_parts[label]
-            others = [self._had_parts.get(other) for other in self._targets if other != label]
-        if self._at_horizon and (mine or not any(others)):
-            if not mine and not all(known is False for known in others):
+            others = {
+                other: self._had_parts.get(other) for other in self._targets if other != label
+            }
+            records = [self._started_with.get(other, frozenset()) for other in others]
+        recorded = frozenset().union(*(record for record in records if label in record))
+        if mine:
+            return self._decide(target, None)  # in the job before
+        if recorded:
+            return self._first_start(target, recorded)
+        if not any(others.values()):
+            if not all(had is False for had in others.values()):
                 return False  # another destination's parts unknown: a join is not ruled out
-            span = None if mine else self._before_stream_span()
-            if not self._decide(target, span):
-                return False
-            if span is not None:
-                log.warning(
-                    "the job starts reading the stream at its oldest record: changes made "
-                    "before it (before the stream was enabled, or trimmed after 24 hours) "
-                    "are not replicated; run `replicator backfill`, then `replicator verify`",
-                    destination=label,
-                    shard=self.shard_id,
-                    unread_before=span.as_dict()["to_utc"],
-                )
-            return True
-        if mine or not any(others):
-            if mine or all(known is False for known in others):
-                with self._state:  # in the job before, or nothing to compare
-                    self._undecided.discard(label)
-                return True
-            return False
+            if self._at_horizon:
+                return self._first_start(target, frozenset(self._targets))
+            return self._decide(target, None)  # nothing to compare
         if not self._decide(target, UnreadSpan(0, self._started_us, spans.JOINED)):
             return False
         log.warning(
@@ -518,14 +523,41 @@ class ShardWatermark:
         )
         return True
 
-    def _decide(self, target: _Target, span: UnreadSpan | None) -> bool:
-        """Store ``span`` (if any) on this shard's part at once, before anything is
-        registered or claimed there; then the destination is decided (False: it could
-        not be stored, and is tried again)."""
+    def _first_start(self, target: _Target, started_with: frozenset[str]) -> bool:
+        """Decide a destination that starts the job here: the span of what the stream no
+        longer (or never) held, if any, stored with the job's destinations at its first
+        start (``started_with``) in one write, so that the others, should they find no
+        parts of their own after a crash, are not taken for destinations added later."""
+        span = self._before_stream_span()
+        if not self._decide(target, span, started_with):
+            return False
         if span is not None:
+            log.warning(
+                "the job starts reading the stream at its oldest record: changes made "
+                "before it (before the stream was enabled, or trimmed after 24 hours) "
+                "are not replicated; run `replicator backfill`, then `replicator verify`",
+                destination=target.label,
+                shard=self.shard_id,
+                unread_before=span.as_dict()["to_utc"],
+            )
+        return True
+
+    def _decide(
+        self,
+        target: _Target,
+        span: UnreadSpan | None,
+        started_with: frozenset[str] = frozenset(),
+    ) -> bool:
+        """Store ``span`` and ``started_with`` (if any) on this shard's part at once, in
+        one write, before anything is registered or claimed there; then the destination
+        is decided (False: they could not be stored, and are tried again)."""
+        if span is not None or started_with:
             try:
                 target.table.ensure_exists()
-                target.table.add_unread_spans(self.shard_id, (span,))
+                if span is not None:
+                    target.table.add_unread_spans(self.shard_id, (span,), started_with=started_with)
+                else:
+                    target.table.add_started_with(self.shard_id, started_with)
             except _FAILURES as error:
                 self._failed(target, error)
                 return False
@@ -565,15 +597,20 @@ class ShardWatermark:
         return None if through is None else UnreadSpan(0, through, spans.BEFORE_STREAM)
 
     def _learn(self, target: _Target) -> bool:
-        """Whether the destination's status table has parts, noted for :meth:`_decided`
-        (only whether there are items: what they hold is not needed)."""
+        """Whether the destination's status table has parts, and the job's destinations
+        at its first start that they record, noted for :meth:`_decided` (nothing else of
+        them is needed; a record that cannot be read is taken for none, which at worst
+        takes a destination for one added later: a span too wide, never too narrow)."""
         try:
-            had = bool(target.table.parts_if_any(()))
+            parts = target.table.parts_if_any(STARTED_WITH, unreadable_as_unset=STARTED_WITH)
         except _FAILURES as error:
             self._failed(target, error)
             return False
         with self._state:
-            self._had_parts[target.label] = had
+            self._had_parts[target.label] = bool(parts)
+            self._started_with[target.label] = frozenset().union(
+                *(part.started_with for part in parts)
+            )
         return True
 
     def _shards_for_registration(self) -> Sequence[ListedShard]:

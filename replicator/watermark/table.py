@@ -44,6 +44,8 @@ LINEAGE = ("children", "ended", "watermark_us")
 """Registering the stream's shards (a new shard's part takes its parent's value)."""
 DEAD_LETTERS = ("dead_letters", "dead_letter_ranges", "dead_letter_version")
 UNREAD = ("unread_spans", "unread_version")
+STARTED_WITH = ("started_with",)
+"""Telling whether a destination without parts was in the job at its first start."""
 
 ENDED_PARTS_KEPT_S = 2 * 24 * 3600  # longer than the stream keeps records (24 h)
 SUFFIX = "-watermark"
@@ -141,10 +143,12 @@ class StatusTable:
 
     # -- reading ----------------------------------------------------------------------
 
-    def parts_if_any(self, attributes: Collection[str] = EVERY) -> list[Part]:
+    def parts_if_any(
+        self, attributes: Collection[str] = EVERY, *, unreadable_as_unset: Collection[str] = ()
+    ) -> list[Part]:
         """:meth:`parts`, or none when the table does not exist yet."""
         try:
-            return self.parts(attributes)
+            return self.parts(attributes, unreadable_as_unset=unreadable_as_unset)
         except ClientError as error:
             if error_code(error) != "ResourceNotFoundException":
                 raise
@@ -328,13 +332,24 @@ class StatusTable:
         )
 
     def add_unread_spans(
-        self, shard: str, spans: tuple[UnreadSpan, ...], attempts: int = 5
+        self,
+        shard: str,
+        spans: tuple[UnreadSpan, ...],
+        attempts: int = 5,
+        *,
+        started_with: frozenset[str] = frozenset(),
     ) -> None:
         """Add spans of changes never read for the destination to the part.
 
         Read, merge, write conditionally on the version read (as dead letters are), so
         that two processes writing one part never drop each other's spans.
+        ``started_with``: added to the part's in the same write (see
+        :meth:`add_started_with`), so that no crash leaves one without the other.
         """
+        added = ""
+        values: dict[str, Any] = {}
+        if started_with:
+            added, values = " ADD started_with :f", {":f": {"SS": sorted(started_with)}}
         for _ in range(attempts):
             current = self.part(shard, UNREAD)
             version = current.unread_version if current else 0
@@ -349,12 +364,13 @@ class StatusTable:
                 self.client.update_item(
                     TableName=self.name,
                     Key=self._key(shard),
-                    UpdateExpression="SET unread_spans = :s, unread_version = :next",
+                    UpdateExpression="SET unread_spans = :s, unread_version = :next" + added,
                     ConditionExpression=condition,
                     ExpressionAttributeValues={
                         ":s": {"S": dumps(merged)},
                         ":v": {"N": str(version)},
                         ":next": {"N": str(version + 1)},
+                        **values,
                     },
                 )
                 return
@@ -364,6 +380,18 @@ class StatusTable:
         raise EnvironmentProblem(
             f"status table {self.name}: unread spans of shard {shard} could not be recorded "
             f"after {attempts} attempts (the part kept changing)"
+        )
+
+    def add_started_with(self, shard: str, destinations: frozenset[str]) -> None:
+        """Record on the part that the job had ``destinations`` when it first started (a
+        set added to, so processors starting at once lose nothing): a destination of
+        them found later without parts of its own was in the job from its start, not
+        added to it (see publisher.ShardWatermark._decided)."""
+        self.client.update_item(
+            TableName=self.name,
+            Key=self._key(shard),
+            UpdateExpression="ADD started_with :f",
+            ExpressionAttributeValues={":f": {"SS": sorted(destinations)}},
         )
 
     def clear_unread_through(self, through_us: int, attempts: int = 5) -> int:

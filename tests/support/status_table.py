@@ -92,7 +92,9 @@ class FakeStatusTable(StatusTable):
         with self.region.lock:
             self.region.tables.setdefault(self.name, {})
 
-    def parts_if_any(self, attributes: Collection[str] = EVERY) -> list[Part]:
+    def parts_if_any(
+        self, attributes: Collection[str] = EVERY, *, unreadable_as_unset: Collection[str] = ()
+    ) -> list[Part]:
         try:
             return self.parts(attributes)
         except ClientError as error:
@@ -177,7 +179,12 @@ class FakeStatusTable(StatusTable):
             )
 
     def add_unread_spans(
-        self, shard: str, spans: tuple[UnreadSpan, ...], attempts: int = 5
+        self,
+        shard: str,
+        spans: tuple[UnreadSpan, ...],
+        attempts: int = 5,
+        *,
+        started_with: frozenset[str] = frozenset(),
     ) -> None:
         self._enter("add_unread_spans")
         with self.region.lock:
@@ -187,4 +194,14 @@ class FakeStatusTable(StatusTable):
                 part,
                 unread_spans=tuple(merge_spans([*part.unread_spans, *spans])),
                 unread_version=part.unread_version + 1,
+                started_with=part.started_with | started_with,
+            )
+
+    def add_started_with(self, shard: str, destinations: frozenset[str]) -> None:
+        self._enter("add_started_with")
+        with self.region.lock:
+            parts = self._table()
+            part = self._get(parts, shard)
+            parts[self.destination, shard] = dataclasses.replace(
+                part, started_with=part.started_with | destinations
             )

@@ -112,6 +112,7 @@ def publisher(
     *,
     shard: str = "s1",
     at_horizon: bool = True,
+    resumed: bool = False,
 ) -> ShardWatermark:
     tables = table if isinstance(table, list) else [table]
     watermark = ShardWatermark(
@@ -125,7 +126,7 @@ def publisher(
         source_history=history,
         clock=lambda: NOW / S,
     )
-    watermark.begin(resumed=False, at_horizon=at_horizon)
+    watermark.begin(resumed=resumed, at_horizon=at_horizon)
     return watermark
 
 
@@ -254,3 +255,49 @@ def test_a_destination_added_while_the_open_shard_is_a_child_without_a_checkpoin
     joined = combine(added.destination, added.parts())
     assert joined.unread_spans == (UnreadSpan(0, NOW, JOINED),)
     assert joined.unread_between(NOW - 2 * HOUR, NOW - 2 * HOUR) != []
+
+
+@pytest.mark.parametrize("history", [legacy, lambda: SourceHistory(NOW - HOUR, NOW - HOUR)])
+@pytest.mark.parametrize("second", ["s1", "s2"])
+def test_a_first_start_cut_short_before_one_destination_was_written_is_a_first_start_there(
+    history: Callable[[], SourceHistory], second: str
+) -> None:
+    """Two destinations at a job's first start: the first one's parts are written, the
+    second's status table refuses (a stop or crash before anything reaches it, or a
+    table being created). Then the shard's processor starts again with no checkpoint
+    (``s1``), or another shard's starts meanwhile (``s2``): the second destination has
+    no parts while the first has. It was in the job from its first start and gets what
+    a first start gets (the span of what the stream never held, for a table older than
+    its stream; none for one created with it). Before, it was taken for a destination
+    added later: a ``joined`` span over every change before the start, all of which
+    were read for it, and `replicator wait` exited 4 for them."""
+    ap, eu = FakeStatusTable("ap-southeast-2/dst"), FakeStatusTable("eu-west-1/dst")
+    cut_short = FakeStatusTable(eu.destination, eu.region)
+    cut_short.refuse.add("ensure_exists")
+    first = publisher([ap, cut_short], history, shard="s1")
+    first.empty_read(previous_answer_at=(NOW + 5 * S) / S, received_at=0)
+    first.publish()
+    first.close()
+    assert ap.stored() != [] and eu.stored() == []
+
+    with structlog.testing.capture_logs() as logged:
+        again = publisher([ap, eu], history, shard=second)
+        try:
+            again.empty_read(previous_answer_at=(NOW + 6 * S) / S, received_at=0)
+            again.publish()
+        finally:
+            again.close()
+    assert not [e for e in logged if "joined" in e["event"]]
+    expected = first_spans(history)  # a first start's, with one destination
+    assert combine(ap.destination, ap.parts()).unread_spans == expected
+    assert combine(eu.destination, eu.parts()).unread_spans == expected
+    # A destination added to the job later is still told apart: it has no record.
+    added = FakeStatusTable("us-west-2/added")
+    later = publisher([ap, eu, added], history, shard="s2", at_horizon=False, resumed=True)
+    try:
+        later.empty_read(previous_answer_at=(NOW + 7 * S) / S, received_at=0)
+        later.publish()
+    finally:
+        later.close()
+    assert combine(added.destination, added.parts()).unread_spans == (UnreadSpan(0, NOW, JOINED),)
+    assert combine(eu.destination, eu.parts()).unread_spans == expected

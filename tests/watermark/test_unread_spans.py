@@ -18,6 +18,7 @@ from replicator.shards.stream import Shard
 from replicator.tools.backfill import BackfillResult, Tally
 from replicator.tools.unread import Cleared, cleared_through_us
 from replicator.tools.verify import VerifyReport
+from replicator.watermark.history import SourceHistory
 from replicator.watermark.parts import Part, Watermark, combine
 from replicator.watermark.publisher import ShardWatermark
 from replicator.watermark.spans import (
@@ -29,7 +30,7 @@ from replicator.watermark.spans import (
     loads,
     merge_spans,
 )
-from replicator.watermark.table import StatusTable
+from replicator.watermark.table import STARTED_WITH, StatusTable
 from replicator.watermark.wait import WaitResult, wait_until_replicated
 from tests.support.aws import client
 from tests.support.metrics import sample
@@ -108,7 +109,9 @@ def publisher(
     *,
     resumed: bool = False,
     at_latest: bool = False,
+    at_horizon: bool = False,
     now_us: int = START,
+    history: Callable[[], SourceHistory] = created_with_its_stream,
 ) -> ShardWatermark:
     watermark = ShardWatermark(
         shard,
@@ -118,10 +121,10 @@ def publisher(
         interval_s=3600,  # published by the test
         margin_s=0,
         reads_follow_answers=True,
-        source_history=created_with_its_stream,
+        source_history=history,
         clock=lambda: now_us / S,
     )
-    watermark.begin(resumed=resumed, at_latest=at_latest)
+    watermark.begin(resumed=resumed, at_latest=at_latest, at_horizon=at_horizon)
     return watermark
 
 
@@ -242,6 +245,65 @@ def test_a_destination_added_to_a_resumed_job_gets_a_span_up_to_its_first_start(
     assert wait(new, START + S - 1, since_us=START + 1).replicated
     assert wait(old, START - 30 * S).replicated  # the old destination was there all along
     assert combine(old.destination, old.parts()).unread_spans == ()
+
+
+class Uncreatable(StatusTable):
+    """A status table that cannot be created (yet): nothing reaches it."""
+
+    def ensure_exists(self, wait_s: float = 60.0) -> None:
+        raise ClientError(
+            {"Error": {"Code": "InternalServerError", "Message": "no"}}, "CreateTable"
+        )
+
+
+@pytest.mark.parametrize(
+    "history",
+    [created_with_its_stream, lambda: SourceHistory(START - 7200 * S, START - 3600 * S)],
+    ids=["created-with-its-stream", "stream-enabled-later"],
+)
+def test_a_first_start_cut_short_before_a_destination_was_written_is_not_a_join(
+    ddb: Any, status: str, metrics: Metrics, history: Callable[[], SourceHistory]
+) -> None:
+    """The job's first start at TRIM_HORIZON stops after its first destination's parts
+    were written and before anything reached the second's status table; started again
+    (no checkpoint), the second has no parts while the first has. The first's parts
+    record that the job had both when it first started, so the second gets what a first
+    start gets, not a ``joined`` span over changes that were all read for it (wait
+    answered 4 for them). A destination added after that still joined."""
+    ap = table_of(ddb, status, "ap-southeast-2/dst")
+    eu = StatusTable(ddb, status, "eu-west-1/dst")
+    shards = [Shard("s1", None, False)]
+    tables = {ap.destination: ap, eu.destination: Uncreatable(ddb, status, eu.destination)}
+    first = publisher("s1", tables, shards, metrics, at_horizon=True, history=history)
+    first.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+    first.publish()
+    first.close()
+    assert eu.parts() == []
+    assert {part.started_with for part in ap.parts(STARTED_WITH)} == {
+        frozenset({ap.destination, eu.destination})
+    }
+
+    tables = {ap.destination: ap, eu.destination: eu}
+    again = publisher(
+        "s1", tables, shards, metrics, at_horizon=True, now_us=START + 5 * S, history=history
+    )
+    again.empty_read(previous_answer_at=(START + 6 * S) / S, received_at=0)
+    again.publish()
+    again.close()
+    spans = combine(ap.destination, ap.parts()).unread_spans
+    assert all(span.reason != JOINED for span in spans)
+    assert combine(eu.destination, eu.parts()).unread_spans == spans
+    for table in (ap, eu):
+        assert wait(table, START - 30 * S).replicated
+
+    late = StatusTable(ddb, status, "us-west-2/late")
+    tables[late.destination] = late
+    resumed = publisher("s1", tables, shards, metrics, resumed=True, now_us=START + 10 * S)
+    resumed.empty_read(previous_answer_at=(START + 11 * S) / S, received_at=0)
+    resumed.publish()
+    resumed.close()
+    assert wait(late, START - 30 * S).unread == (UnreadSpan(0, START + 10 * S, JOINED),)
+    assert wait(eu, START - 30 * S).replicated
 
 
 def test_no_join_is_seen_when_no_destination_has_parts(

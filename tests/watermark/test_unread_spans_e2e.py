@@ -12,9 +12,12 @@ from typing import Any
 import pytest
 
 from replicator.demo import tables
+from replicator.watermark.table import StatusTable, table_name
 from tests.support.aws import client
 from tests.support.cli import replicator
 from tests.support.e2e import Job, stop, table_before_its_stream, wait_until
+from tests.support.faults.proxy import Fault, FaultProxy, Mode
+from tests.support.reliability import ProxiedJob
 from tests.test_processor_protocol import RawDaemon
 
 FAST = "watermark: {publish_interval_ms: 100, caught_up_margin_ms: 0}\n"
@@ -216,6 +219,72 @@ def test_a_destination_added_to_a_resumed_job_is_not_reported_replicated_before_
         assert held(job, ap_region, ap, "new")
     finally:
         assert stop(runtime) == 0
+
+
+def test_a_first_start_stopped_before_a_destination_was_written_is_not_taken_for_a_join(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """A job's first start (TRIM_HORIZON) with two destinations, stopped by SIGTERM once
+    the first destination's status table holds a part and before anything reached the
+    second's (its CreateTable and its writes unanswered, as on a loaded host: nothing
+    is checkpointed). Started again from TRIM_HORIZON, the second destination has no
+    parts while the first has: it was taken for one that joined a job resuming from
+    checkpoints, and `replicator wait` exited 4 ("joined the job") for changes it holds.
+    It was in the job from its start: both destinations answer 0, and neither records
+    changes never read.
+    """
+    name = unique("wf")
+    proxy = FaultProxy(moto_endpoint).start()
+    try:
+        kcl = "{idle_time_between_reads_ms: 100, failover_time_ms: 6000, shutdown_flush_ms: 1000}"
+        endpoints = {f"{name}-eu": proxy.url}  # the second destination's, through the proxy
+        job = ProxiedJob(moto_endpoint, name, tmp_path, extra=FAST, kcl=kcl, endpoints=endpoints)
+        (eu_region, eu), (ap_region, ap) = job.destinations
+        for index in range(30):
+            job.source.put_item(TableName=job.source_table, Item=item(f"k{index}", index))
+        written = time.time()
+        status = table_name(name)
+        ap_status = StatusTable(
+            client("dynamodb", ap_region, moto_endpoint), status, f"{ap_region}/{ap}"
+        )
+        eu_status = StatusTable(
+            client("dynamodb", eu_region, moto_endpoint), status, f"{eu_region}/{eu}"
+        )
+
+        proxy.set(Mode(Fault.BLACK_HOLE, operations=frozenset({"CreateTable", "PutItem"})))
+        first = job.start(log=job.directory / "first.log")
+        try:
+            wait_until(
+                lambda: ap_status.parts_if_any(()) and proxy.counts("CreateTable"),
+                60,
+                "a part at the first destination, and the second's status table asked for",
+            )
+        finally:
+            assert stop(first) == 0
+        assert eu_status.parts_if_any(()) == []
+        assert not (job.checkpoint() or "").isdigit()  # the next start is a first one again
+
+        proxy.pass_through()
+        second = job.start(log=job.directory / "second.log")
+        try:
+            wait_until(
+                lambda: all(held(job, eu_region, eu, f"k{index}") for index in range(30)),
+                60,
+                "every item at the second destination",
+            )
+            for table in (eu, ap):
+                waited = replicator(
+                    "wait", "-c", str(job.path), "-d", table, "--until", f"{written:.6f}",
+                    "--timeout", "60",
+                )  # fmt: skip
+                assert waited.returncode == 0, waited
+                shown = replicator("watermark", "-c", str(job.path), "-d", table, "--json")
+                assert json.loads(shown.stdout)["unread"] == [], shown
+        finally:
+            assert stop(second) == 0
+        assert "destination joined" not in (job.directory / "second.log").read_text()
+    finally:
+        proxy.stop()
 
 
 def test_a_processor_the_kcl_starts_at_latest_records_the_span_too(job: Job) -> None:
