@@ -63,6 +63,18 @@ def redact(text: str) -> str:
     return text
 
 
+def unfiltered(name: str) -> Any:
+    """A logger whose lines are written whatever ``logging.level`` says, at the level each
+    call names. For the rare line an operator cannot do without at any level (the
+    metrics port picked at start, which nothing else tells): the level of every other
+    line stays as configured."""
+    return structlog.wrap_logger(
+        None,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.NOTSET),
+        logger_factory_args=(name,),
+    )
+
+
 def echo(text: str, err: bool = False) -> None:
     """Print a command's output (stdout) or a one-line error or warning (``err``).
 

@@ -32,7 +32,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from replicator.exceptions import EnvironmentProblem
-from replicator.logs import redact
+from replicator.logs import redact, unfiltered
 from replicator.metrics import health as health_rules
 from replicator.metrics.multiprocess import reap_dead
 
@@ -163,9 +163,10 @@ class MetricsServer:
             "port": self.port,
         }
         if self.picked:
-            # A warning, so that it shows at every logging level: this line is the only
-            # way to learn the port, and a scraper set up for a fixed one will not find it.
-            log.warning(
+            # Shown at every logging level (a warning, past the level's filter): this line
+            # is the only way to learn the port, and a scraper set up for a fixed one will
+            # not find it.
+            unfiltered(__name__).warning(
                 "serving metrics",
                 **where,
                 note="metrics.port is 0: this port was picked at start and changes at each start",

@@ -792,13 +792,14 @@ def test_metrics_can_be_turned_off(moto_endpoint: str, unique: Any, tmp_path: Pa
     assert "serving metrics" not in log.read_text()
 
 
+@pytest.mark.parametrize("level", ["warning", "error"])
 def test_a_picked_port_is_logged_at_every_logging_level(
-    moto_endpoint: str, unique: Any, tmp_path: Path
+    moto_endpoint: str, unique: Any, tmp_path: Path, level: str
 ) -> None:
     """With ``metrics.port: 0`` the ``serving metrics`` line is the only way to learn the
-    port: it is a warning then, so that ``logging.level: warning`` still shows it."""
+    port: it is a warning then, shown at every ``logging.level``, ``error`` included."""
     job = Job(moto_endpoint, unique("picked"), tmp_path)
-    job.write(logging="{format: json, level: warning}")
+    job.write(logging=f"{{format: json, level: {level}}}")
     log = job.directory / "runtime.log"
     runtime = job.start()
     try:
