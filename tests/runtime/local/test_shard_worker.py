@@ -4,6 +4,7 @@ and a child that keeps dying - with a scripted stream and a stand-in processor c
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -404,6 +405,29 @@ def test_a_child_that_exits_leaves_its_reason_in_the_runtimes_error() -> None:
     message = str(failed.value)
     assert "refused 20 writes in a row: ResourceNotFoundException" in message
     assert "during initialize" in message or "cannot send initialize" in message
+
+
+def test_a_child_killed_between_actions_is_named_killed_by_its_signal() -> None:
+    """A processor killed outright (the OOM killer's SIGKILL) leaves no reason of its own,
+    and the next action meets a broken pipe: the error names the signal, not the broken
+    pipe alone."""
+    from replicator.runtime.local.protocol import ProcessorChild
+
+    script = "import time\ntime.sleep(120)\n"
+    child = ProcessorChild([sys.executable, "-c", script], dict(os.environ), lambda *_: None, "c1")
+    child.start()
+    try:
+        pid = child.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped
+        with pytest.raises(ChildFailed) as failed:
+            child.process_records([], None)
+    finally:
+        child.kill()
+    message = str(failed.value)
+    assert message.startswith("c1: killed by SIGKILL; cannot send processRecords: "), message
+    assert "Broken pipe" in message
 
 
 def test_latest_is_pinned_once_a_restarted_child_reads_on_from_it(leases: LeaseTable) -> None:
