@@ -113,7 +113,7 @@ _RETRY_REASON = {
 _RECONSIDERED_LIMIT = 10
 
 # A retried write is logged at warning at most this often per writer (a destination, in
-# one shard's processor): see DestinationWriter._retry_logged_at.
+# one shard's processor): see DestinationWriter._retry_warns.
 RETRY_WARNING_EVERY_S = 60.0
 _RETRY_WARNING_NOTE = (
     f"a warning at most once in {RETRY_WARNING_EVERY_S:g} s per destination and shard; "
