@@ -47,20 +47,40 @@ _TOKEN_IN_TEXT = re.compile(
 # by the job checks, whose message must not print them back.
 _USERINFO_IN_URL = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"<>]+@")
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+# A credential variable's value is replaced wherever it appears only from this length
+# on. AWS's own are far longer (a secret key is 40 characters, a session token hundreds);
+# shorter values are the stand-ins local endpoints take (moto's "testing", "test",
+# "dummy"), and replacing them everywhere would blank ordinary words in every line. A
+# value of any length is still redacted where a text names it (``aws_secret_access_key=``,
+# a security-token header). docs/security.md states this length.
+SECRET_MIN_CHARS = 8
 REDACTED = "<redacted>"
 
 
 def redact(text: str) -> str:
     """``text`` without credentials: a session token or secret key quoted in an error
     (AWS's canonical request, a header, a URL), or the value of a credential variable of
-    this process's environment. Credentials are never logged nor printed."""
+    this process's environment (:data:`SECRET_MIN_CHARS` or longer). Credentials are
+    never logged nor printed."""
     text = _TOKEN_IN_TEXT.sub(lambda match: match.group(1) + REDACTED, text)
     text = _USERINFO_IN_URL.sub(lambda match: match.group(1) + REDACTED + "@", text)
     for name in _SECRET_VARIABLES:
         value = os.environ.get(name)
-        if value and len(value) >= 8 and value in text:
+        if value and len(value) >= SECRET_MIN_CHARS and value in text:
             text = text.replace(value, REDACTED)
     return text
+
+
+def unfiltered(name: str) -> Any:
+    """A logger whose lines are written whatever ``logging.level`` says, at the level each
+    call names. For the rare line an operator cannot do without at any level (the
+    metrics port picked at start, which nothing else tells): the level of every other
+    line stays as configured."""
+    return structlog.wrap_logger(
+        None,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.NOTSET),
+        logger_factory_args=(name,),
+    )
 
 
 def echo(text: str, err: bool = False) -> None:

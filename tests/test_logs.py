@@ -157,3 +157,28 @@ def test_a_line_and_its_newline_are_one_write_and_an_ending_process_waits_for_it
         assert [json.loads(line)["event"] for line in lines][-1] == "being written"
     finally:
         logs.configure("info", "json", original)
+
+
+def test_a_credential_variables_value_is_redacted_from_the_documented_length(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The value of a credential variable is replaced wherever it appears once it is
+    ``SECRET_MIN_CHARS`` long (every real AWS credential is), and docs/security.md says
+    so; a shorter stand-in (moto's ``testing``) stays an ordinary word, unless a text
+    names it as the credential."""
+    from replicator.logs import REDACTED, SECRET_MIN_CHARS, redact
+
+    real = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # AWS's example: 40 characters
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", real)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "s" * SECRET_MIN_CHARS)
+    said = redact(f"signature for {real} refused; token {'s' * SECRET_MIN_CHARS} expired")
+    assert said == f"signature for {REDACTED} refused; token {REDACTED} expired"
+
+    short = "testing"
+    assert len(short) == SECRET_MIN_CHARS - 1
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", short)
+    assert redact("table testing-eu not found") == "table testing-eu not found"
+    assert redact(f"aws_secret_access_key={short}") == f"aws_secret_access_key={REDACTED}"
+
+    security = (Path(__file__).parent.parent / "docs" / "security.md").read_text()
+    assert f"**{SECRET_MIN_CHARS} characters or more**" in " ".join(security.split())

@@ -16,9 +16,14 @@ catch up.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+import structlog
+
+log = structlog.get_logger(__name__)
 
 LAG = "replicator_replication_lag_seconds"
 LAST_CHECKPOINT = "replicator_last_checkpoint_timestamp_seconds"
@@ -35,6 +40,8 @@ class Health:
     healthy: bool
     reasons: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    # The stalled destinations, each with its first reason.
+    stalled: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +60,7 @@ def evaluate(
 ) -> Health:
     """Judge health from metric samples (name, labels, value) and the runtime's problems."""
     reasons = list(problems)
+    stalled: dict[str, str] = {}
     lag: dict[str, dict[str, float]] = {}  # shard -> destination -> seconds
     checkpoint_at: dict[str, float] = {}
     progress_at: dict[tuple[str, str], float] = {}  # (shard, destination) -> unix time
@@ -94,6 +102,7 @@ def evaluate(
                     f"{seconds:.0f}s behind and nothing settled there for "
                     f"{since_progress:.0f}s (limit {stall_after_s:g}s)"
                 )
+                stalled.setdefault(destination, reasons[-1])
     destinations: dict[str, float] = {}
     for per_destination in lag.values():
         for destination, seconds in per_destination.items():
@@ -101,6 +110,7 @@ def evaluate(
     return Health(
         healthy=not reasons,
         reasons=reasons,
+        stalled=stalled,
         details={
             "stall_after_s": stall_after_s,
             "destinations": {
@@ -119,3 +129,38 @@ def evaluate(
             },
         },
     )
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+class Watch:
+    """Tells the log when health changes: ``unhealthy`` with the reasons and the stalled
+    destinations when it turns unhealthy or its problems change (a destination stalls, a
+    problem is added or gone), ``healthy again`` naming what it was, both at warning.
+    ``/healthz`` alone answers only who asks: at ``logging.level: warning`` a destination
+    that stalled logged nothing at all while the probe said 503. Reasons are compared
+    without their numbers (seconds behind grow at every look)."""
+
+    def __init__(self) -> None:
+        self._problems: frozenset[str] = frozenset()
+        self._said: Health | None = None
+
+    def look(self, health: Health) -> None:
+        problems = frozenset(_NUMBER.sub("N", reason) for reason in health.reasons)
+        if problems == self._problems:
+            return
+        if problems:
+            log.warning(
+                "unhealthy",
+                reasons=health.reasons,
+                stalled_destinations=sorted(health.stalled),
+            )
+        else:
+            was = self._said
+            log.warning(
+                "healthy again",
+                was=was.reasons if was else [],
+                stalled_destinations=sorted(was.stalled) if was else [],
+            )
+        self._problems, self._said = problems, health

@@ -32,7 +32,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from replicator.exceptions import EnvironmentProblem
-from replicator.logs import redact
+from replicator.logs import redact, unfiltered
 from replicator.metrics import health as health_rules
 from replicator.metrics.multiprocess import reap_dead
 
@@ -50,7 +50,10 @@ class MetricsServer:
         problems: Callable[[], list[str]],
         stall_after_s: float,
         extra: Iterable[Collector] = (),
+        watch_every_s: float = 5.0,
     ) -> None:
+        """``watch_every_s``: how often health is judged for the log (see
+        :class:`health_rules.Watch`), whether or not anyone asks ``/healthz``."""
         self.directory = directory
         self.problems = problems
         self.stall_after_s = stall_after_s
@@ -109,6 +112,9 @@ class MetricsServer:
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="metrics-http", daemon=True
         )
+        self._watch_every_s = watch_every_s
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="health-watch", daemon=True)
 
     @property
     def url(self) -> str:
@@ -155,17 +161,27 @@ class MetricsServer:
             problems=[redact(problem) for problem in self.problems()],
         )
 
+    def _watch(self) -> None:
+        watch = health_rules.Watch()
+        while not self._stopping.wait(self._watch_every_s):
+            try:
+                watch.look(self.health())
+            except Exception as error:  # noqa: BLE001  # the watch must not end; /healthz tells
+                log.debug("health watch failed", error=str(error))
+
     def start(self) -> None:
         self._thread.start()
+        self._watcher.start()
         where = {
             "url": self.url,
             "health": f"http://{address(self.host, self.port)}/healthz",
             "port": self.port,
         }
         if self.picked:
-            # A warning, so that it shows at every logging level: this line is the only
-            # way to learn the port, and a scraper set up for a fixed one will not find it.
-            log.warning(
+            # Shown at every logging level (a warning, past the level's filter): this line
+            # is the only way to learn the port, and a scraper set up for a fixed one will
+            # not find it.
+            unfiltered(__name__).warning(
                 "serving metrics",
                 **where,
                 note="metrics.port is 0: this port was picked at start and changes at each start",
@@ -174,6 +190,7 @@ class MetricsServer:
             log.info("serving metrics", **where)
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._thread.is_alive():
             self._httpd.shutdown()  # waits for serve_forever, so only once it runs
         self._httpd.server_close()

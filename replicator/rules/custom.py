@@ -107,7 +107,15 @@ class CustomRule:
     def plan(self, change: Change, existing: Item | None = None) -> WriteRequest | Skip:
         try:
             decision = self.resolver(change, existing)
-        except Exception as error:  # the user's code: dead-letter, go on
+        except KeyboardInterrupt:
+            # Ctrl-C, which a command resolving on its main thread may meet inside the
+            # call: the operator stopping the process, not this change failing.
+            raise
+        except BaseException as error:  # the user's code: dead-letter, go on
+            # SystemExit (a sys.exit() in the resolver), GeneratorExit, CancelledError
+            # too: nothing but the resolver raises them inside this call (no stop signal
+            # handler of the replicator raises them), and let through they would end the
+            # writer and crash-loop the shard, naming neither the resolver nor the change.
             raise ResolverFailed(
                 f"custom resolver {_name_of(self.resolver)} raised {type(error).__name__}: {error}"
             ) from error

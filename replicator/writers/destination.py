@@ -112,6 +112,14 @@ _RETRY_REASON = {
 # changing under it) gives up after this many: the change fails.
 _RECONSIDERED_LIMIT = 10
 
+# A retried write is logged at warning at most this often per writer (a destination, in
+# one shard's processor): see DestinationWriter._retry_warns.
+RETRY_WARNING_EVERY_S = 60.0
+_RETRY_WARNING_NOTE = (
+    f"a warning at most once in {RETRY_WARNING_EVERY_S:g} s per destination and shard; "
+    "every retry is logged at info"
+)
+
 
 class WriteBack(Protocol):
     """Where a lost conflict's winner goes: the source table (writers/source.py)."""
@@ -217,6 +225,22 @@ class DestinationWriter:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._successes = 0  # writes the destination accepted (refusals compare it)
+        self._retry_warned_at: float | None = None  # monotonic; see _retry_warns
+
+    def _retry_warns(self) -> bool:
+        """Whether a retried write is logged at warning (else at info): when no retry of
+        this writer was in the last ``RETRY_WARNING_EVERY_S``. A destination that accepts
+        nothing retries every change in flight, several times a second: a warning each
+        would flood the log, yet at ``logging.level: warning`` the key and error of a
+        stalled destination's writes must show (the runbook and the alerts send the
+        operator to them): the first at once, then once a minute at least."""
+        now = time.monotonic()
+        with self._lock:
+            warned = self._retry_warned_at
+            if warned is not None and now - warned < RETRY_WARNING_EVERY_S:
+                return False
+            self._retry_warned_at = now
+            return True
 
     def write(
         self, change: Change, first: FirstAnswer | None = None, *, since_s: float | None = None
@@ -402,13 +426,15 @@ class DestinationWriter:
                     delay = min(delay, max(0.0, finish_by - time.monotonic()))
                 self.metrics.retries.labels(self.label, reason).inc()
                 attempt += 1
-                log.info(
+                warns = self._retry_warns()
+                (log.warning if warns else log.info)(
                     "write failed, retrying",
                     destination=self.label,
                     key=describe_key(change.keys),
                     error=_describe(error),
                     attempt=attempt,
                     delay_s=round(delay, 3),
+                    **({"note": _RETRY_WARNING_NOTE} if warns else {}),
                 )
                 if finish_by is None:
                     self.cancelled.wait(delay)

@@ -275,6 +275,35 @@ def test_problems_the_runtime_reports_make_it_unhealthy() -> None:
     assert result.reasons == ["shard s1: worker not running"]
 
 
+def test_the_health_watch_logs_each_change_once_at_warning() -> None:
+    """The turn to unhealthy, a new reason, and the way back: one warning each; the same
+    reasons with other numbers (seconds behind that grow) are no change."""
+    import structlog.testing
+
+    def stalled(seconds: int) -> health_rules.Health:
+        reason = f"destination ap is stalled on shard s1: {seconds}s behind (limit 3s)"
+        return health_rules.Health(False, [reason], stalled={"ap": reason})
+
+    watch = health_rules.Watch()
+    with structlog.testing.capture_logs() as logged:
+        watch.look(health_rules.Health(True))
+        watch.look(stalled(5))
+        watch.look(stalled(10))
+        worse = stalled(15)
+        worse.reasons.append("shard s2: worker not running")
+        watch.look(worse)
+        watch.look(health_rules.Health(True))
+    assert [(entry["event"], entry["log_level"]) for entry in logged] == [
+        ("unhealthy", "warning"),
+        ("unhealthy", "warning"),
+        ("healthy again", "warning"),
+    ]
+    assert logged[0]["stalled_destinations"] == ["ap"]
+    assert logged[0]["reasons"] == [stalled(5).reasons[0]]
+    assert logged[1]["reasons"][1] == "shard s2: worker not running"
+    assert logged[2]["stalled_destinations"] == ["ap"] and len(logged[2]["was"]) == 2
+
+
 # -- the server and the samples directory -------------------------------------------------
 
 CHILD = """
@@ -666,16 +695,21 @@ def put_items(job: Job, keys: range) -> None:
 def test_metrics_follow_replication_and_health_reports_a_stalled_destination(
     moto_endpoint: str, unique: Any, tmp_path: Path
 ) -> None:
+    """Also at ``logging.level: warning``, the stall is in the log: the turn to unhealthy
+    and back, naming the destination, and the key and error of a retried write, once
+    (a warning at most once a minute per destination and shard, not one per retry)."""
     changes = 40
     with FailingWritesProxy(moto_endpoint) as proxy:
         job = Job(moto_endpoint, unique("metrics"), tmp_path)
         (_, eu_table), (_, ap_table) = job.destinations
         eu, ap = f"eu-west-1/{eu_table}", f"ap-southeast-2/{ap_table}"
+        job.write(logging="{format: json, level: warning}")
         configure(
             job,
             "metrics: {host: 127.0.0.1, port: 0, stall_after_s: 3}",
             **{ap_table: proxy.url},
         )
+        log = job.directory / "runtime.log"
         runtime = job.start()
         try:
             port = logged_metrics_port(job.directory / "runtime.log")
@@ -728,6 +762,7 @@ def test_metrics_follow_replication_and_health_reports_a_stalled_destination(
             assert (status, body["status"]) == (200, "ok"), body
 
             # The ap destination now fails every write: it falls behind, eu does not.
+            stalled_at = time.monotonic()
             proxy.failing.set()
             put_items(job, range(changes, changes + 1))
             status, body = wait_until(
@@ -750,10 +785,20 @@ def test_metrics_follow_replication_and_health_reports_a_stalled_destination(
                 > 0
             )
             assert total(samples, "replicator_retries_total", destination=eu) == 0
+            unhealthy = wait_until(
+                lambda: _logged(log, "unhealthy"), 30, "the turn to unhealthy to be logged"
+            )[0]
+            assert unhealthy["level"] == "warning" and unhealthy["stalled_destinations"] == [ap]
+            assert any(f"destination {ap} is stalled" in why for why in unhealthy["reasons"])
 
             # Released, it catches up and health returns.
             proxy.failing.clear()
+            stalled_s = time.monotonic() - stalled_at
             wait_until(lambda: health(port)[0] == 200, 30, "/healthz to recover")
+            again = wait_until(
+                lambda: _logged(log, "healthy again"), 30, "the recovery to be logged"
+            )[0]
+            assert again["level"] == "warning" and again["stalled_destinations"] == [ap]
             wait_until(
                 lambda: (
                     total(scrape(port), WRITES, destination=ap, outcome="applied") == changes + 1
@@ -762,8 +807,20 @@ def test_metrics_follow_replication_and_health_reports_a_stalled_destination(
                 "the held-back write to be applied",
             )
             wait_until(job.converged, 30, "destinations to equal the source")
+            retried = total(scrape(port), "replicator_retries_total", destination=ap)
         finally:
             assert stop(runtime) == 0
+    warned = _logged(log, "write failed, retrying")
+    assert 1 <= len(warned) <= 1 + stalled_s // 60 < retried, (len(warned), retried)
+    assert {entry["destination"] for entry in warned} == {ap}
+    assert "m40" in warned[0]["key"] and "InternalServerError" in warned[0]["error"]
+    assert {entry["level"] for entry in _logged(log)} <= {"warning", "error"}  # the level holds
+
+
+def _logged(log: Path, event: str | None = None) -> list[dict[str, Any]]:
+    """The log's JSON lines (``event``'s only, if given)."""
+    entries = [json.loads(text) for text in log.read_text().splitlines() if text.startswith("{")]
+    return [entry for entry in entries if event is None or entry.get("event") == event]
 
 
 def _lag_series(samples: list[Sample]) -> list[Sample]:
@@ -792,13 +849,14 @@ def test_metrics_can_be_turned_off(moto_endpoint: str, unique: Any, tmp_path: Pa
     assert "serving metrics" not in log.read_text()
 
 
+@pytest.mark.parametrize("level", ["warning", "error"])
 def test_a_picked_port_is_logged_at_every_logging_level(
-    moto_endpoint: str, unique: Any, tmp_path: Path
+    moto_endpoint: str, unique: Any, tmp_path: Path, level: str
 ) -> None:
     """With ``metrics.port: 0`` the ``serving metrics`` line is the only way to learn the
-    port: it is a warning then, so that ``logging.level: warning`` still shows it."""
+    port: it is a warning then, shown at every ``logging.level``, ``error`` included."""
     job = Job(moto_endpoint, unique("picked"), tmp_path)
-    job.write(logging="{format: json, level: warning}")
+    job.write(logging=f"{{format: json, level: {level}}}")
     log = job.directory / "runtime.log"
     runtime = job.start()
     try:

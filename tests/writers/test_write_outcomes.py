@@ -653,6 +653,29 @@ def test_an_exception_in_a_custom_resolver_dead_letters_that_change_and_goes_on(
     )
 
 
+@pytest.mark.parametrize("raised", [SystemExit(2), GeneratorExit(), KeyboardInterrupt()])
+def test_a_resolver_raising_what_is_no_exception_fails_the_change_unless_it_is_ctrl_c(
+    raised: BaseException,
+) -> None:
+    """Whatever else a resolver raises (a sys.exit() among them) is that change's failure;
+    KeyboardInterrupt is the operator's Ctrl-C reaching a command that resolves on its
+    main thread, and goes on stopping it."""
+    from replicator.exceptions import ResolverFailed
+    from replicator.rules.custom import CustomRule
+
+    def resolver(incoming: Any, existing: Any) -> bool:
+        raise raised
+
+    rule = CustomRule(resolver)
+    if isinstance(raised, KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            rule.plan(decode(put("bad", 1)), None)
+        return
+    with pytest.raises(ResolverFailed) as failed:
+        rule.plan(decode(put("bad", 1)), None)
+    assert f"resolver raised {type(raised).__name__}" in str(failed.value)
+
+
 # -- a lost lease -----------------------------------------------------------------------------
 
 

@@ -43,6 +43,20 @@ _EOF = object()
 RELEASE_SIGNAL = signal.SIGUSR1
 
 
+# How long a child whose input broke is given to be seen exited (it is, or is about to be).
+_EXIT_AFTER_BROKEN_PIPE_S = 5.0
+
+
+def exit_status(code: int) -> str:
+    """A child's exit status as the logs say it: a signal by name (Popen gives -N)."""
+    if code >= 0:
+        return f"exited with status {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
 class ProcessorChild:
     def __init__(
         self,
@@ -128,7 +142,7 @@ class ProcessorChild:
             process.stdin.write(json.dumps(message, separators=(",", ":")) + "\n")
             process.stdin.flush()
         except (BrokenPipeError, OSError) as error:
-            raise self._failed(f"cannot send {action}: {error}") from None
+            raise self._failed(f"{self._gone()}; cannot send {action}: {error}") from None
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             reply = self._next_message(action, deadline)
@@ -159,7 +173,7 @@ class ProcessorChild:
                 ) from None
             if line is _EOF:
                 code = self._require().wait()
-                raise self._failed(f"exited with status {code} during {action}")
+                raise self._failed(f"{exit_status(code)} during {action}")
             assert isinstance(line, str)
             text = line.strip()
             if not text:
@@ -192,7 +206,7 @@ class ProcessorChild:
             process.stdin.write(json.dumps(reply) + "\n")
             process.stdin.flush()
         except (BrokenPipeError, OSError) as error_:
-            raise ChildFailed(f"{self.name}: cannot answer checkpoint: {error_}") from None
+            raise self._failed(f"{self._gone()}; cannot answer checkpoint: {error_}") from None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -231,6 +245,15 @@ class ProcessorChild:
 
     def poll(self) -> int | None:
         return self._require().poll()
+
+    def _gone(self) -> str:
+        """How the child whose input just broke ended: its input closes as it exits, so
+        its status follows at once (a child killed by the OOM killer shows SIGKILL here,
+        where the broken pipe alone says nothing of it)."""
+        try:
+            return exit_status(self._require().wait(timeout=_EXIT_AFTER_BROKEN_PIPE_S))
+        except subprocess.TimeoutExpired:
+            return "closed its input and is still running"
 
     def _failed(self, what: str) -> ChildFailed:
         """``what`` the runtime saw of a failed child, with the reason the child gave."""

@@ -191,7 +191,8 @@ class ShardWorker(threading.Thread):
         self._lease_confirmed_at = monotonic()
         self._lease_taken = False  # the runtime found the lease renewed by another worker
         self._settled_at = settled_at
-        # The last read that succeeded: when, and how far behind the tip it was.
+        # The last read that succeeded for the running child: when, and how far behind
+        # the tip it was (None: none yet).
         self._read_at: float | None = None
         self._millis_behind = 0
 
@@ -368,6 +369,9 @@ class ShardWorker(threading.Thread):
             child = self.new_child(self.shard_id, self._checkpoint)
             self._child_ready = False  # before the new child is seen (release_processor)
             self.child = child
+            # It reads from the checkpoint: where the last child's reads were says nothing
+            # of what it lacks (a backlog, changes the last one left unwritten).
+            self._read_at, self._millis_behind = None, 0
             try:
                 child.start()
                 self.progress.child_pid = child.pid
@@ -535,13 +539,13 @@ class ShardWorker(threading.Thread):
         lag grows by a second per second while the stream cannot be read, instead of
         reading 0 as if the reader were at the tip. A failed read shows nothing of where
         the tip is either: a first read that fails (a restart with a backlog, GetRecords
-        throttled) would otherwise be sent as 0 behind, and the watermark claim a backlog
-        never read."""
+        throttled) is passed on as nothing at all, neither a lag nor an empty read the
+        watermark would take as the reader at the tip (see :meth:`_tell_behind`)."""
         progress = self.progress
         if progress.read_failing_since is None:
             progress.read_failing_since = self._clock()
         progress.read_error = str(error)
-        self._tell_behind(child, progress.read_failing_since)
+        self._tell_behind(child)
 
     def _get_records(
         self, child: ProcessorChild, iterator: str
@@ -568,27 +572,33 @@ class ShardWorker(threading.Thread):
                 done.set()
 
         threading.Thread(target=read, name=f"read-{self.shard_id}", daemon=True).start()
-        sent_at = self._clock()
         reported = False
         while not done.wait(self.settings.outstanding_read_report_s):
-            self._tell_behind(child, sent_at)
-            reported = True
+            reported = self._tell_behind(child) or reported
         (result,) = outcome
         if isinstance(result, BaseException):
             raise result
         return result, reported
 
-    def _tell_behind(self, child: ProcessorChild, unknown_since: float) -> None:
+    def _tell_behind(self, child: ProcessorChild) -> bool:
         """Tell the processor the reader is at least as far behind as at the last read
-        that succeeded, plus the time since (``unknown_since`` when none has yet):
-        nothing is known of the stream meanwhile.
+        that succeeded, plus the time since: nothing is known of the stream meanwhile.
+        Whether it was told.
 
-        Never less than 1 ms: the processor takes an empty batch at 0 (or null) behind as
-        the reader at the tip (``processor.at_the_tip``), and the watermark as every
-        change made before it read."""
-        since = self._read_at if self._read_at is not None else unknown_since
-        behind_ms = self._millis_behind + max(0, int((self._clock() - since) * 1000))
+        Nothing before this child's first read is answered: it reads from the
+        checkpoint, and no time measured since then bounds what it lacks (a backlog
+        written an hour before the start, changes a failed child left unwritten): a
+        lag counted from the read's sending showed 1 s, then 2 s, for a backlog 35 s
+        old. The lag docs promise an upper bound, and no lag series until the
+        processor knows where its reader is. Never less than 1 ms: the processor takes
+        an empty batch at 0 (or null) behind as the reader at the tip
+        (``processor.at_the_tip``), and the watermark as every change made before it
+        read."""
+        if self._read_at is None:
+            return False
+        behind_ms = self._millis_behind + max(0, int((self._clock() - self._read_at) * 1000))
         child.process_records([], max(1, behind_ms))
+        return True
 
     def _shut_down(self, child: ProcessorChild) -> None:
         """Stop the child: ``shutdownRequested`` (it flushes its pending writes and
@@ -887,7 +897,7 @@ class ShardWorker(threading.Thread):
                 raise _Stopping
             if left <= self.settings.outstanding_read_report_s:
                 return
-            self._tell_behind(child, self.progress.read_failing_since or self._clock())
+            self._tell_behind(child)
 
     # -- checkpoints (called from the child protocol, on this thread) ---------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,13 @@ def fail_once_let_go(incoming: Any, existing: Any) -> Any:
     while not (gate / "go").exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     raise RuntimeError("the resolver was let go")
+
+
+def exits_on_bad(incoming: Any, existing: Any) -> Any:
+    """Test resolver: calls sys.exit() for the item ``bad`` (a resolver's own bug)."""
+    if incoming.keys["pk"]["S"] == "bad":
+        sys.exit(2)
+    return True
 
 
 def _job(moto_endpoint: str, unique: Any, tmp_path: Path, conflict: str) -> tuple[Job, Path]:
@@ -167,6 +175,54 @@ def test_a_processor_failing_during_a_stop_is_not_a_clean_stop(
     ) in last, last
     (row,) = job.lease_rows()
     assert not row["checkpoint"]["S"].isdigit()  # never past the change it could not keep
+
+
+def test_a_resolver_that_calls_sys_exit_dead_letters_that_change_and_the_run_goes_on(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """SystemExit is a BaseException, not an Exception: from a resolver it is that
+    change's failure all the same (``resolver_failed``, naming the resolver and what it
+    raised), not a writer that fails and a processor restarted on the same change until
+    the run ends."""
+    job, _ = _job(
+        moto_endpoint,
+        unique,
+        tmp_path,
+        "conflict: {policy: custom, resolver: "
+        "'tests.runtime.local.test_local_runtime_failures:exits_on_bad'}",
+    )
+    log = tmp_path / "run.log"
+    runtime = job.start(log=log)
+    try:
+        wait_until(lambda: "shard started" in log.read_text(), 60, "the shard to start")
+        for pk in ("bad", "good"):
+            job.source.put_item(
+                TableName=job.source_table, Item={"pk": {"S": pk}, "sk": {"N": "1"}}
+            )
+        ((ddb, table),) = job.destination_clients()
+        wait_until(
+            lambda: "Item" in ddb.get_item(TableName=table, Key=_key("good")),
+            60,
+            "the change after the failing one to be applied",
+        )
+        wait_until(job.dead_letters.exists, 30, "the letter")
+        job.wait_checkpointed()
+        assert runtime.poll() is None
+    finally:
+        status = stop(runtime)
+    output = log.read_text()
+    assert status == 0, output.splitlines()[-1]
+    (letter,) = FileDeadLetters(job.dead_letters).letters()
+    assert letter.keys == _key("bad")
+    assert letter.reason == "resolver_failed"
+    assert "exits_on_bad raised SystemExit: 2" in letter.error, letter.error
+    assert "Item" not in ddb.get_item(TableName=table, Key=_key("bad"))
+    assert "processor child failed" not in output
+    assert "destination writer failed" not in output
+
+
+def _key(pk: str) -> dict[str, Any]:
+    return {"pk": {"S": pk}, "sk": {"N": "1"}}
 
 
 def _run_to_its_end(

@@ -4,6 +4,7 @@ and a child that keeps dying - with a scripted stream and a stand-in processor c
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -406,6 +407,29 @@ def test_a_child_that_exits_leaves_its_reason_in_the_runtimes_error() -> None:
     assert "during initialize" in message or "cannot send initialize" in message
 
 
+def test_a_child_killed_between_actions_is_named_killed_by_its_signal() -> None:
+    """A processor killed outright (the OOM killer's SIGKILL) leaves no reason of its own,
+    and the next action meets a broken pipe: the error names the signal, not the broken
+    pipe alone."""
+    from replicator.runtime.local.protocol import ProcessorChild
+
+    script = "import time\ntime.sleep(120)\n"
+    child = ProcessorChild([sys.executable, "-c", script], dict(os.environ), lambda *_: None, "c1")
+    child.start()
+    try:
+        pid = child.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped
+        with pytest.raises(ChildFailed) as failed:
+            child.process_records([], None)
+    finally:
+        child.kill()
+    message = str(failed.value)
+    assert message.startswith("c1: killed by SIGKILL; cannot send processRecords: "), message
+    assert "Broken pipe" in message
+
+
 def test_latest_is_pinned_once_a_restarted_child_reads_on_from_it(leases: LeaseTable) -> None:
     """Nothing checkpointed yet: the restarted child reads from where the first one was
     (the pinned iterator, moved on by empty reads), never from a new LATEST."""
@@ -803,44 +827,53 @@ class _Spinning(BaseException):
     """Ends a worker that retries on and on (after its stop, it would spin until killed)."""
 
 
-def test_iterator_requests_failing_raise_the_lag_and_a_stop_ends_their_retries() -> None:
-    """GetShardIterator failing too (the endpoint down when a processor starts, or when
-    the iterator is refreshed after failed reads): each failure tells the processor how
-    far behind the reader may be, the shard is reported after ``read_stall_after_s``, and
-    a stop ends the retries at once and shuts the processor down, the lease released.
-    Time is simulated: each request takes 100 s."""
+def test_iterator_requests_failing_report_the_shard_and_a_stop_ends_their_retries() -> None:
+    """GetShardIterator failing (the endpoint down when a processor starts): the shard is
+    reported after ``read_stall_after_s``, and a stop ends the retries at once and shuts
+    the processor down, the lease released. The processor hears nothing meanwhile: no
+    read has told where its reader is, and a lag counted from the outage's start would
+    be below a backlog's age (no lag series, as before any first batch). Time is
+    simulated: each request takes 100 s."""
     clock = [1_000_000.0]
     leases = MemoryLeases()
     stop = threading.Event()
     stream = ScriptedStream([], stop)
     requests = [0]
+    holder: list[ShardWorker] = []
+    troubles: list[str | None] = []
 
     def get_shard_iterator(**kwargs: Any) -> dict[str, str]:
         clock[0] += 100.0
         requests[0] += 1
         if requests[0] > 100:
             raise _Spinning  # retried on regardless of the processor or the stop
+        troubles.append(holder[0].trouble(clock[0]))
+        if requests[0] == 4:
+            stop.set()  # SIGTERM while the outage goes on
         raise error("InternalServerError")
 
     stream.get_shard_iterator = get_shard_iterator  # type: ignore[method-assign]
     shut_down: list[str] = []
 
     class Stopped(WatchingChild):
-        def process_records(self, records: list[dict[str, Any]], millis_behind: int) -> None:
-            super().process_records(records, millis_behind)
-            if len(self.seen) == 4:
-                stop.set()  # SIGTERM while the outage goes on
-
         def shutdown_requested(self, timeout: float | None = None) -> None:
             shut_down.append("shutdownRequested")
 
-    worker, (child,) = _run_watched(leases, stream, stop, clock, Stopped)
+    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
+        children.append(Stopped(on_checkpoint, lambda: holder[0].trouble(clock[0])))
+        return children[-1]
+
+    children: list[WatchingChild] = []
+    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL, read_stall_after_s=250.0)
+    worker = _worker_in_simulated_time(leases, stream, settings, new_child, stop, clock)
+    worker._backoff = Backoff(0.0, 0.0)
+    holder.append(worker)
+    worker.run()
     assert worker.error is None, worker.error
     assert stream.reads == []  # no iterator, no GetRecords
-    # Failing since the first request: 0 s behind (sent as 1 ms), 100 s, 200 s, 300 s.
-    behind = [millis for _, millis, _ in child.seen]
-    assert behind == [1, 100_000, 200_000, 300_000]
-    troubles = [trouble for _, _, trouble in child.seen]
+    (child,) = children
+    assert child.seen == []
+    # Failing since the first request: seen before the 2nd (100 s), 3rd, then 4th (300 s).
     assert troubles[:3] == [None, None, None]
     assert troubles[3] is not None and troubles[3].startswith("reading the stream failed for 300s")
     assert requests == [4]  # not one more once the stop began
@@ -906,6 +939,59 @@ def test_a_read_left_unanswered_raises_the_lag_while_it_waits() -> None:
     first = child.behind.index(None)
     hung = [behind for behind in child.behind[first + 1 :] if behind is not None]
     assert list(dict.fromkeys(hung)) == [1, 1_000, 2_000, 3_000]
+
+
+@pytest.mark.parametrize("restarted", [False, True], ids=["start", "restarted processor"])
+def test_a_first_read_still_out_on_a_backlog_tells_the_processor_nothing(restarted: bool) -> None:
+    """A start, or a processor started again after a failure, on a backlog 35 s old
+    whose first GetRecords is slow: no lag counted from the read's sending (1 s, 2 s) or
+    from the failed processor's last read (near the tip): both are far below the
+    backlog's age, where the docs promise an upper bound. Nothing at all until the
+    answer, whose batch then tells the processor how old the backlog is. The read is
+    answered once the processor has heard something, or after a second of reports
+    every 10 ms."""
+    clock = [float(T + 35)]
+    stop = threading.Event()
+    heard = threading.Event()
+    script: list[Any] = [{"Records": [at(record(1), T)], "NextShardIterator": "a"}]
+    if restarted:  # the first processor read up to the tip, then failed on a batch
+        script = [
+            {"Records": [at(record(1), T + 35)], "NextShardIterator": "a"},
+            {"Records": [at(record(2), T + 35)], "NextShardIterator": "b"},
+            *script,
+        ]
+    stream = ScriptedStream(script, stop)
+    real_read = stream.get_records
+    hung = 2 if restarted else 0  # the read that is slow: the last processor's first
+    sent: list[int] = []  # what that processor had heard when its first read was answered
+
+    started: list[StandInChild] = []
+
+    def read(**kwargs: Any) -> dict[str, Any]:
+        if len(stream.reads) == hung:
+            heard.wait(1.0)
+            sent.append(len(started[-1].behind))
+        return real_read(**kwargs)
+
+    class Listening(StandInChild):
+        def __init__(self, on_checkpoint: Any) -> None:
+            super().__init__(on_checkpoint)
+            started.append(self)
+
+        def process_records(self, records: list[dict[str, Any]], millis_behind: int | None) -> None:
+            if restarted and len(started) == 1 and len(self.batches) == 1:
+                raise ChildFailed("stand-in child exited with status 1 during processRecords")
+            super().process_records(records, millis_behind)
+            if len(started) == (2 if restarted else 1):
+                heard.set()
+
+    worker, children = _run_with_slow_read(stream, read, Listening, stop, clock)
+    assert worker.error is None
+    child = children[-1]
+    assert len(children) == (2 if restarted else 1)
+    assert sent == [0], child.behind  # nothing before the first answer
+    assert [len(batch) for batch in child.batches[:1]] == [1]
+    assert child.behind[0] == 35_000  # the backlog's age, from the answer
 
 
 def test_an_empty_read_the_processor_heard_of_while_it_was_out_claims_no_tip() -> None:
@@ -977,9 +1063,8 @@ def test_a_first_read_that_fails_is_never_passed_on_as_the_reader_at_the_tip() -
     """A restart with a backlog whose first GetRecords is throttled: no read has succeeded,
     so nothing shows where the tip is. The processor takes an empty batch at 0 (or null)
     behind as the reader at the tip, and the watermark as every change made before it
-    read: the failed read must be passed on as behind, however little time went by."""
-    from replicator.processor import at_the_tip
-
+    read: the failed read must not reach it as one. Nor as a lag, which would count from
+    the failure and say nothing of the backlog's age: it is passed on as nothing."""
     clock = [1_000_000.0]  # stands still: the failure comes 0 s after the start
     leases = MemoryLeases()
     stop = threading.Event()
@@ -1000,11 +1085,10 @@ def test_a_first_read_that_fails_is_never_passed_on_as_the_reader_at_the_tip() -
     worker.run()
     assert worker.error is None
     (child,) = children
-    assert child.batches[:2] == [[], []]
-    failed, empty = child.behind[:2]
-    assert isinstance(failed, int) and failed >= 1
-    assert not at_the_tip(failed)  # the processor does not note it as an empty read at the tip
-    assert empty is None  # the empty read that follows: not known, as any empty read
+    assert stream.reads[:2] == ["it-1", "it-1"]  # the failed read, then the answered one
+    # The first thing the processor hears is the answered read's: an empty read, not
+    # known how far behind, as any; the failed read was not passed on.
+    assert child.batches[0] == [] and child.behind[0] is None
 
 
 class StopWatchingChild(StandInChild):

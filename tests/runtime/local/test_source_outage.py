@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import random
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.e2e import PATIENCE, wait_until
-from tests.support.faults.proxy import FaultProxy
+from tests.support.e2e import PATIENCE, stop, wait_until
+from tests.support.faults.proxy import Fault, FaultProxy, Mode
 from tests.support.metrics import Sample, health, logged_metrics_port, matching, scrape
 from tests.support.reliability import (
     ProxiedJob,
@@ -44,17 +45,30 @@ def _outage_figures(port: int) -> tuple[float, float] | None:
     return (lag[0], behind[0]) if lag and behind else None
 
 
-def test_a_source_outage_raises_the_lag_reports_the_shard_and_a_sigterm_stops_cleanly(
-    moto_endpoint: str, unique: Any, tmp_path: Path, source_proxy: FaultProxy
-) -> None:
-    name = unique("outage")
-    job = ProxiedJob(
+def _source_behind(
+    proxy: FaultProxy, moto_endpoint: str, name: str, tmp_path: Path, **settings: Any
+) -> ProxiedJob:
+    """A job of one destination whose source (its stream and the lease table) is reached
+    through ``proxy``."""
+    return ProxiedJob(
         moto_endpoint,
         name,
         tmp_path,
         destinations=[("eu-west-1", f"{name}-eu")],
+        source_endpoint=proxy.url,
+        **settings,
+    )
+
+
+def test_a_source_outage_raises_the_lag_reports_the_shard_and_a_sigterm_stops_cleanly(
+    moto_endpoint: str, unique: Any, tmp_path: Path, source_proxy: FaultProxy
+) -> None:
+    job = _source_behind(
+        source_proxy,
+        moto_endpoint,
+        unique("outage"),
+        tmp_path,
         kcl="{idle_time_between_reads_ms: 200, failover_time_ms: 10000}",
-        source_endpoint=source_proxy.url,
     )
     job.path.write_text(
         job.path.read_text().replace(
@@ -110,3 +124,37 @@ def test_a_source_outage_raises_the_lag_reports_the_shard_and_a_sigterm_stops_cl
     assert 0 < retried < 50, f"{retried} retry warnings"
     # Everything was applied before the outage, and that checkpoint stands.
     assert job.checkpoint() == applied
+
+
+def test_a_backlog_s_lag_is_never_shown_below_its_age_while_the_first_read_is_out(
+    moto_endpoint: str, unique: Any, tmp_path: Path, source_proxy: FaultProxy
+) -> None:
+    """A start on a backlog whose first GetRecords is answered late (held 6 s by the
+    proxy): while it is out the lag is absent (the processor does not know where the
+    reader is), never the time since the read was sent (1 s, 2 s, ...), which is below
+    the backlog's age."""
+    job = _source_behind(source_proxy, moto_endpoint, unique("backlog"), tmp_path)
+    written_at = time.time()
+    job.put_demo_items(random.Random(3), 0, 5)
+    time.sleep(2)  # the backlog ages before the start (what is measured is its age)
+    hold_s = 6.0
+    source_proxy.set(
+        Mode(Fault.SLOW_ANSWER, latency_s=hold_s, operations=frozenset({"GetRecords"}))
+    )
+    runtime = job.start()
+    try:
+        port = logged_metrics_port(job.directory / "runtime.log")
+        held = wait_until(
+            lambda: source_proxy.counts("GetRecords").get("slow_answer_200") and time.monotonic(),
+            30,
+            "the first GetRecords to be held",
+        )
+        shown: list[tuple[float, float]] = []  # (lag, the backlog's age then)
+        while time.monotonic() < held + hold_s - 1.0:
+            age = time.time() - written_at
+            shown += [(lag, age) for lag in matching(scrape(port), LAG)]
+            time.sleep(0.2)
+        assert all(lag >= age - 1.0 for lag, age in shown), shown
+        wait_until(job.converged, 60, "the backlog to be replicated")
+    finally:
+        assert stop(runtime) == 0
