@@ -7,9 +7,12 @@ listed in one go rather than one per attempt.
 
 from __future__ import annotations
 
+import datetime
+import math
 import os
 import re
-from collections.abc import Mapping
+import reprlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,9 @@ _VARIABLE = re.compile(
 )
 _YAML_TAG = "tag:yaml.org,2002:"
 _BOOL_TAG = _YAML_TAG + "bool"
+_INT_TAG = _YAML_TAG + "int"
+_FLOAT_TAG = _YAML_TAG + "float"
+_STR_TAG = _YAML_TAG + "str"
 _VALUE_TAG = _YAML_TAG + "value"
 _MERGE_TAG = _YAML_TAG + "merge"
 # The tags plain YAML gives values, implied or written (``!!str 1``): every other one
@@ -46,30 +52,122 @@ _PLAIN_TAGS = frozenset(
     _YAML_TAG + name
     for name in ("str", "int", "float", "bool", "null", "timestamp", "map", "seq", "merge")
 )
+# YAML 1.2's core schema: booleans, integers (decimal, 0o octal, 0x hexadecimal) and
+# floats. YAML 1.1 (PyYAML's) also read 010 as octal (8), 0b1 as binary, 1_000 and
+# 1:30 (sexagesimal, 90) as numbers: text here, which a number's key refuses.
+_BOOL = re.compile(r"true|True|TRUE|false|False|FALSE")
+_INT = re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+")
+_FLOAT = re.compile(
+    r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)"
+)
 
 
-class _JobLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, but only YAML 1.2's core booleans (``true``, ``True``,
-    ``TRUE`` and the same of ``false``) are booleans: YAML 1.1's ``yes``, ``no``, ``on``,
-    ``off`` and ``y``/``n`` stay text, so that a switch refuses them (as it refuses the
-    same words from a ``${VAR}``) and a table or name ``no`` is not read as false.
+def _anchored(pattern: re.Pattern[str]) -> re.Pattern[str]:
+    r"""PyYAML's resolver tries ``.match``: the whole text, up to its very end (``\Z``;
+    ``$`` would also stop before a final newline)."""
+    return re.compile(rf"(?:{pattern.pattern})\Z")
+
+
+# The events of a YAML text: libyaml's parser where PyYAML has it (some ten times faster
+# than its pure Python one, which a file of 200,000 keys takes half a minute in).
+_EVENTS: Callable[[str], Any] = (
+    yaml.cyaml.CParser if yaml.__with_libyaml__ else yaml.SafeLoader  # type: ignore[attr-defined]
+)
+
+
+class _JobLoader(yaml.composer.Composer, yaml.resolver.Resolver):
+    """YAML's nodes of a job file, its plain scalars read as YAML 1.2's core schema does.
+
+    Only ``true``/``false`` (and their capitalized forms) are booleans: YAML 1.1's
+    ``yes``, ``no``, ``on``, ``off`` and ``y``/``n`` stay text, so that a switch refuses
+    them (as it refuses the same words from a ``${VAR}``) and a table or name ``no`` is
+    not read as false. Integers are YAML 1.2's: ``010`` is ten, as an operator reading
+    ``port: 010000`` takes it, not YAML 1.1's octal 4096.
 
     A plain ``=`` is text too, as YAML 1.2 reads it: YAML 1.1's "value key" type, which
     PyYAML gives it, is no value a job file can hold, and refusing it as a tag would
     name a tag no one wrote."""
 
+    def __init__(self, stream: str) -> None:
+        self._events = _EVENTS(stream)
+        yaml.composer.Composer.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
+        # The line each alias is written on, by its parent node and its place there (an
+        # index, or the id() of its key's node): the node an alias gives is its
+        # anchor's, which has only the anchor's position.
+        self.alias_lines: dict[tuple[int, int], int] = {}
 
+    def check_event(self, *choices: type[yaml.Event]) -> bool:
+        return bool(self._events.check_event(*choices))
+
+    def peek_event(self) -> Any:
+        return self._events.peek_event()
+
+    def get_event(self) -> Any:
+        return self._events.get_event()
+
+    def dispose(self) -> None:
+        self._events.dispose()
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if parent is not None and index is not None and self.check_event(yaml.AliasEvent):
+            place = index if isinstance(index, int) else id(index)
+            self.alias_lines[(id(parent), place)] = self.peek_event().start_mark.line + 1
+        return super().compose_node(parent, index)
+
+
+_REPLACED = {_BOOL_TAG, _INT_TAG, _FLOAT_TAG, _VALUE_TAG}
 _JobLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _REPLACED]
+    for first, resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.items()
 }
-_JobLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != _VALUE_TAG]
-    for first, resolvers in _JobLoader.yaml_implicit_resolvers.items()
+# Integers before floats: 10 is an integer, though the float pattern takes it too.
+for _tag, _pattern, _firsts in (
+    (_BOOL_TAG, _BOOL, "tTfF"),
+    (_INT_TAG, _INT, "-+0123456789"),
+    (_FLOAT_TAG, _FLOAT, "-+.0123456789"),
+):
+    _JobLoader.add_implicit_resolver(_tag, _anchored(_pattern), list(_firsts))
+
+
+class _JobConstructor(yaml.constructor.SafeConstructor):
+    """Numbers as YAML 1.2 reads them, written (``!!int 010``) or implied alike."""
+
+    def construct_int(self, node: yaml.ScalarNode) -> int:
+        text = self.construct_scalar(node)
+        if not _INT.fullmatch(text):
+            # int() itself would take 1_000 and spaces; YAML 1.2 takes neither.
+            raise ValueError(text)
+        if text.startswith("0o"):
+            return int(text[2:], 8)
+        if text.startswith("0x"):
+            return int(text[2:], 16)
+        return int(text, 10)
+
+    def construct_float(self, node: yaml.ScalarNode) -> float | str:
+        text = self.construct_scalar(node)
+        if not _FLOAT.fullmatch(text):
+            raise ValueError(text)
+        if text.lstrip("+-").lower() in {".inf", ".nan"}:
+            return self.construct_yaml_float(node)
+        value = float(text)
+        # 1e999 is past any float: kept as written, each key refuses it quoting the
+        # text, rather than an infinity that no one wrote.
+        return value if math.isfinite(value) else text
+
+
+_JobConstructor.yaml_constructors = {
+    **yaml.constructor.SafeConstructor.yaml_constructors,
+    _INT_TAG: _JobConstructor.construct_int,
+    _FLOAT_TAG: _JobConstructor.construct_float,
 }
-_JobLoader.add_implicit_resolver(
-    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
+
+# How many values a job file's anchors, aliases and merge keys may add to what it
+# writes out (each alias counts the values it repeats, each merge the keys it copies).
+# A real job repeats a few dozen; a "billion laughs" file (aliases of lists of
+# aliases) multiplies them at each level, into gigabytes for a file of 600 bytes.
+MAX_REPEATED_VALUES = 1_000_000
 
 KeyPath = tuple[str | int, ...]
 
@@ -92,57 +190,96 @@ def format_path(path: KeyPath) -> str:
 
 
 class _Document:
-    """A YAML document as plain values, remembering the line of every key path."""
+    """A YAML document as plain values, and the line of each key path in it.
+
+    Built as YAML builds it: an alias is the very value its anchor built, not a copy,
+    so that a file of aliases of aliases (600 bytes can stand for gigabytes) costs what
+    its text does, and the values the aliases repeat are counted and bounded
+    (MAX_REPEATED_VALUES). The line of a key path is found, when a problem needs it,
+    by following the path through the composed nodes: a line kept for every path would
+    be as large as the aliases make the document."""
 
     def __init__(self, source: str, file: Path) -> None:
         self.file = file
-        self.lines: dict[KeyPath, int] = {}
         self.problems: list[_Problem] = []
-        self._constructor = yaml.constructor.SafeConstructor()
+        self._constructor = _JobConstructor()
+        self._built: dict[int, Any] = {}  # by id() of the node: nodes live as long as _root
+        self._sizes: dict[int, int] = {}  # values in a node with its aliases written out
         self._building: set[int] = set()
+        self._repeated = 0
+        self._entries: dict[int, dict[str, tuple[yaml.Node, int]]] = {}
+        self._flagged: set[int] = set()  # nodes whose ${VAR} did not expand
+        loader: _JobLoader | None = None
         try:
-            node = yaml.compose(source, Loader=_JobLoader)
+            loader = _JobLoader(source)
+            node = loader.get_single_node()
         except yaml.MarkedYAMLError as error:
             mark = error.problem_mark or error.context_mark
             where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
             raise ConfigError(
                 f"{file}: YAML syntax error at {where}: {error.problem or error}"
             ) from None
-        except yaml.YAMLError as error:
+        except (yaml.YAMLError, UnicodeError) as error:
             raise ConfigError(f"{file}: YAML error: {error}") from None
+        finally:
+            if loader is not None:
+                loader.dispose()
+        self._alias_lines = loader.alias_lines
+        self._root: yaml.Node | None = node
         self.value: Any = {} if node is None else self._build(node, ())
 
     def _build(self, node: yaml.Node, path: KeyPath) -> Any:
-        self._check_tag(node)
-        self.lines[path] = node.start_mark.line + 1
-        if id(node) in self._building:
+        known = id(node)
+        if known in self._building:
             # An alias inside the node it names (a: &x [*x]) would never end.
             self.problems.append(_Problem(path, "refers to itself (an alias inside its anchor)"))
             return None
-        self._building.add(id(node))
+        if known in self._built:
+            self._repeat(self._sizes[known], path)
+            return self._built[known]
+        self._check_tag(node)
+        self._building.add(known)
         try:
+            value: Any
             if isinstance(node, yaml.MappingNode):
-                return self._mapping(node, path)
-            if isinstance(node, yaml.SequenceNode):
-                return [self._build(item, (*path, index)) for index, item in enumerate(node.value)]
+                value, size = self._mapping(node, path)
+            elif isinstance(node, yaml.SequenceNode):
+                value = [self._build(item, (*path, index)) for index, item in enumerate(node.value)]
+                size = 1 + sum(self._sizes.get(id(item), 1) for item in node.value)
+            else:
+                value, size = self._scalar(node, path), 1
+                if isinstance(value, str):
+                    value = self._expand(value, node, path)
         finally:
-            self._building.discard(id(node))
-        value = self._scalar(node, path)
-        if isinstance(value, str):
-            return self._expand(value, path)
+            self._building.discard(known)
+        self._built[known] = value
+        self._sizes[known] = size
         return value
 
-    def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
-        """A mapping, with YAML's merge key: ``<<: *defaults`` (or a list of aliases)
-        gives the keys of those mappings that the mapping does not set itself, the first
-        mapping listed winning, as YAML defines it."""
+    def _repeat(self, count: int, path: KeyPath) -> None:
+        """Count values an alias or a merge key repeats; past the bound, the file is
+        refused at the key where it was passed."""
+        self._repeated += count
+        if self._repeated > MAX_REPEATED_VALUES:
+            line = self.line_of(path)
+            raise ConfigError(
+                f"{self.file}: {format_path(path)}{f' (line {line})' if line else ''}: the "
+                f"anchors and aliases of the job file repeat more than "
+                f"{MAX_REPEATED_VALUES:,} values by here (aliases of lists of aliases "
+                "multiply at each level, as in a 'billion laughs' file); a job file repeats "
+                "a few settings: write them out, or alias fewer levels"
+            )
+
+    def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> tuple[dict[str, Any], int]:
+        """A mapping, and its size, with YAML's merge key: ``<<: *defaults`` (or a list
+        of aliases) gives the keys of those mappings that the mapping does not set
+        itself, the first mapping listed winning, as YAML defines it."""
         result: dict[str, Any] = {}
-        own = [(key, value) for key, value in node.value if key.tag != _MERGE_TAG]
+        size = 1
         merges = 0
         for key_node, value_node in node.value:
             if key_node.tag != _MERGE_TAG:
                 continue
-            self.lines[(*path, "<<")] = key_node.start_mark.line + 1
             merges += 1
             if merges > 1:
                 # Keys are unique in YAML, << too: a second would silently win.
@@ -151,40 +288,46 @@ class _Document:
             sources = (
                 value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
             )
-            # The last first, so that an earlier one's keys (and their lines) replace it.
+            if not all(isinstance(source, yaml.MappingNode) for source in sources):
+                self.problems.append(
+                    _Problem(
+                        (*path, "<<"),
+                        "the merge key << takes a mapping or a list of mappings (such as "
+                        "*defaults or [*a, *b])",
+                    )
+                )
+            # The last first, so that an earlier one's keys replace it.
             for source in reversed(sources):
                 if not isinstance(source, yaml.MappingNode):
-                    self.problems.append(
-                        _Problem(
-                            (*path, "<<"),
-                            "the merge key << takes a mapping or a list of mappings (such "
-                            "as *defaults or [*a, *b])",
-                        )
-                    )
                     continue
                 merged = self._build(source, path)
                 if isinstance(merged, dict):
+                    self._repeat(len(merged), (*path, "<<"))
                     result.update(merged)
-        self.lines[path] = node.start_mark.line + 1
+                    size += self._sizes.get(id(source), 1)
         given: set[str] = set()
-        for key_node, value_node in own:
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise ConfigError(
-                    f"{self.file}: line {key_node.start_mark.line + 1}, column "
-                    f"{key_node.start_mark.column + 1}: a key must be a word, not a list or "
-                    "mapping (a ? key)"
-                )
-            key = self._scalar(key_node, path)
-            if not isinstance(key, str):
-                key = str(key)
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            key = self._key(key_node)
             if key in given:
                 self.problems.append(_Problem((*path, key), "key appears twice"))
             given.add(key)
-            # What a merged mapping gave this key is replaced, lines and all.
-            for stale in [known for known in self.lines if known[: len(path) + 1] == (*path, key)]:
-                del self.lines[stale]
             result[key] = self._build(value_node, (*path, key))
-        return result
+            size += 1 + self._sizes.get(id(value_node), 1)
+        return result, size
+
+    def _key(self, node: yaml.Node) -> str:
+        """A key as it is written: ``null:``, ``true:`` or ``010:`` is the key ``null``,
+        ``true`` or ``010`` (no key of a job file is anything but a word)."""
+        if not isinstance(node, yaml.ScalarNode):
+            raise ConfigError(
+                f"{self.file}: line {node.start_mark.line + 1}, column "
+                f"{node.start_mark.column + 1}: a key must be a word, not a list or "
+                "mapping (a ? key)"
+            )
+        key = self._scalar(node, ())
+        return key if isinstance(key, str) else str(node.value)
 
     def _check_tag(self, node: yaml.Node) -> None:
         """Only the tags plain YAML gives its values (written or implied) are read: a job
@@ -212,19 +355,19 @@ class _Document:
                 "(quote it to give it as text)"
             ) from None
 
-    def _expand(self, text: str, path: KeyPath) -> str:
+    def _expand(self, text: str, node: yaml.Node, path: KeyPath) -> str:
+        def problem(message: str) -> None:
+            self.problems.append(_Problem(path, message))
+            self._flagged.add(id(node))
+
         def replace(match: re.Match[str]) -> str:
             if match.group(0) == "$$":
                 return "$"
             malformed = match.group("malformed")
             if malformed is not None:
-                self.problems.append(
-                    _Problem(
-                        path,
-                        f"malformed variable reference {malformed!r}: write ${{VAR}} or "
-                        "${VAR:-default} (a default without $, { or }), and $$ for a "
-                        "literal $",
-                    )
+                problem(
+                    f"malformed variable reference {malformed!r}: write ${{VAR}} or "
+                    "${VAR:-default} (a default without $, { or }), and $$ for a literal $"
                 )
                 return malformed
             name, default = match.group("name"), match.group("default")
@@ -232,24 +375,87 @@ class _Document:
             if value is None or (value == "" and default is not None):
                 if default is not None:
                     return default
-                self.problems.append(
-                    _Problem(path, f"environment variable {name} is not set (and has no default)")
-                )
+                problem(f"environment variable {name} is not set (and has no default)")
                 return ""
             return value
 
         return _VARIABLE.sub(replace, text)
 
+    def _nodes(self, path: KeyPath) -> list[tuple[yaml.Node, int]]:
+        """The nodes along ``path`` as far as the file has it, each with its line (an
+        alias's own line, not its anchor's)."""
+        if self._root is None:
+            return []
+        found = [(self._root, self._root.start_mark.line + 1)]
+        for part in path:
+            node = found[-1][0]
+            step: tuple[yaml.Node, int] | None = None
+            if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+                step = self._entries_of(node, set()).get(part)
+            elif (
+                isinstance(node, yaml.SequenceNode)
+                and isinstance(part, int)
+                and 0 <= part < len(node.value)
+            ):
+                item = node.value[part]
+                line = self._alias_lines.get((id(node), part), item.start_mark.line + 1)
+                step = (item, line)
+            if step is None:
+                break
+            found.append(step)
+        return found
+
+    def _entries_of(
+        self, node: yaml.MappingNode, seen: set[int]
+    ) -> dict[str, tuple[yaml.Node, int]]:
+        """A mapping's keys, as _mapping reads them, each with its value's node and line
+        (``<<``: the merge key's own line); made once per mapping."""
+        known = self._entries.get(id(node))
+        if known is not None:
+            return known
+        entries: dict[str, tuple[yaml.Node, int]] = {}
+        seen.add(id(node))
+        merges = [(key, value) for key, value in node.value if key.tag == _MERGE_TAG]
+        if merges:
+            # Only the first << merges (a second is refused as a key given twice, and
+            # is the line that names it).
+            value_node = merges[0][1]
+            sources = (
+                value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            )
+            for source in reversed(sources):
+                if isinstance(source, yaml.MappingNode) and id(source) not in seen:
+                    entries.update(self._entries_of(source, seen))
+            entries["<<"] = (merges[-1][0], merges[-1][0].start_mark.line + 1)
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            line = self._alias_lines.get((id(node), id(key_node)), value_node.start_mark.line + 1)
+            entries[self._key(key_node)] = (value_node, line)
+        seen.discard(id(node))
+        self._entries[id(node)] = entries
+        return entries
+
     def line_of(self, path: KeyPath) -> int | None:
         """The line of the deepest part of ``path`` that the file actually contains."""
-        for end in range(len(path), -1, -1):
-            line = self.lines.get(path[:end])
-            if line is not None:
-                return line
+        found = self._nodes(path)
+        return found[-1][1] if found else None
+
+    def written(self, path: KeyPath) -> str | None:
+        """The text written for the scalar at ``path``, if the file has one there."""
+        found = self._nodes(path)
+        if len(found) == len(path) + 1 and isinstance(found[-1][0], yaml.ScalarNode):
+            return str(found[-1][0].value)
         return None
 
+    def reported(self, path: KeyPath) -> bool:
+        """Whether the value at ``path`` had a problem of its own already (a ${VAR} that
+        did not expand, also where an alias repeats it)."""
+        found = self._nodes(path)
+        return len(found) == len(path) + 1 and id(found[-1][0]) in self._flagged
 
-def _pydantic_problems(error: ValidationError) -> list[_Problem]:
+
+def _pydantic_problems(error: ValidationError, document: _Document) -> list[_Problem]:
     problems = []
     for item in error.errors(include_url=False):
         path: KeyPath = tuple(
@@ -263,9 +469,30 @@ def _pydantic_problems(error: ValidationError) -> list[_Problem]:
         else:
             message = item["msg"].removeprefix("Value error, ")
             if "input" in item and kind not in {"value_error", "assertion_error"}:
-                message += f" (got {item['input']!r})"
+                message += f" ({_got(item['input'], document.written(path))})"
         problems.append(_Problem(path, message))
     return problems
+
+
+# An input shown in a message: a list or mapping to a few items and levels, as one
+# repeated by aliases may hold a million values.
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict = 2, 4, 4
+_SHOWN.maxstring = _SHOWN.maxother = 200
+
+
+def _got(value: object, written: str | None) -> str:
+    """What a value was, in the words of the file: a date is the date written (YAML reads
+    2026-01-01 as a date, not the text ``datetime.date(2026, 1, 1)`` shows)."""
+    if isinstance(value, datetime.date):
+        shown = written or value.isoformat()
+        return (
+            f"got {shown}, which YAML reads as a date: write it in quotes, "
+            f'"{shown}", to give it as text'
+        )
+    if isinstance(value, list | dict):
+        return f"got {_SHOWN.repr(value)}"
+    return f"got {value!r}"
 
 
 def _is_tag(part: int | str) -> bool:
@@ -340,12 +567,16 @@ def parse_job(
         problems.append(_Problem((), "expected a mapping of keys (runtime, source, ...)"))
     else:
         # A key whose ${VAR} did not expand has already been reported once.
-        unexpanded = {problem.path for problem in document.problems}
+        reported = {problem.path for problem in document.problems}
+
+        def unexpanded(path: KeyPath) -> bool:
+            return path in reported or document.reported(path)
+
         try:
             job = JobConfig.model_validate(document.value)
         except ValidationError as error:
-            field_problems = _pydantic_problems(error)
-            problems.extend(p for p in field_problems if p.path not in unexpanded)
+            field_problems = _pydantic_problems(error, document)
+            problems.extend(p for p in field_problems if not unexpanded(p.path))
             invalid = _top_keys([*document.problems, *field_problems])
             checked = _without(document.value, invalid)
         else:
@@ -355,13 +586,13 @@ def parse_job(
             problems.extend(
                 _Problem(path, message)
                 for path, message in cross_checks(checked, invalid, file)
-                if path not in unexpanded
+                if not unexpanded(path)
             )
             if on_disk and FILE_CHECK_KEYS.isdisjoint(invalid):
                 problems.extend(
                     _Problem(path, message)
                     for path, message in disk_checks(checked)
-                    if path not in unexpanded
+                    if not unexpanded(path)
                 )
         if resolvers:
             problems.extend(_Problem(*problem) for problem in resolver_problems(document.value))

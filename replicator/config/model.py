@@ -100,9 +100,15 @@ def _yes_or_no(value: object) -> object:
 def _not_a_switch(value: object) -> object:
     """A number is never a YAML ``true``/``false`` (which pydantic reads as 1 and 0):
     ``tombstone_retention_hours: true`` is a mistake, not one hour. Digits from a
-    ``${VAR}`` expansion are still taken as the number."""
+    ``${VAR}`` expansion are still taken as the number, but not with ``_`` between them:
+    YAML 1.2 reads ``1_000`` as text, which pydantic alone would take as 1000."""
     if isinstance(value, bool):
         raise ValueError(f"expected a number, got {str(value).lower()}")
+    if isinstance(value, str) and "_" in value:
+        raise ValueError(
+            f"expected a number, got {value!r}: a number is written without _ "
+            f"(such as {value.replace('_', '')})"
+        )
     return value
 
 

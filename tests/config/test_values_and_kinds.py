@@ -266,4 +266,5 @@ def test_numbers_and_credentials_providers_the_kcl_reads_pass_in_extra_propertie
         Path("job.yaml"),
     ).job
     assert job.kcl.extra_properties["maxLeasesForWorker"] == "4"
-    assert job.kcl.extra_properties["maxThroughputPerHostKBps"] == "1e3"
+    # 1e3 is a number to YAML 1.2 (not to YAML 1.1, which wants a dot): its value, as text.
+    assert job.kcl.extra_properties["maxThroughputPerHostKBps"] == "1000.0"

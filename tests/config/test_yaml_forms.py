@@ -5,13 +5,16 @@ traceback."""
 
 from __future__ import annotations
 
+import itertools
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from replicator.config import parse_job
-from tests.support.cli import validate_in_process
+from replicator.config.loader import _Document
+from tests.support.cli import in_process, replicator, validate_in_process
 
 MERGED = """\
 source: {region: us-east-1, table: orders}
@@ -145,3 +148,155 @@ def test_a_bare_equals_sign_is_the_text_it_looks_like(tmp_path: Path) -> None:
     text += "kcl: {extra_properties: {userAgentSuffix: =}}\n"
     job = parse_job(text, tmp_path / "job.yaml").job
     assert job.kcl.extra_properties == {"userAgentSuffix": "="}
+
+
+KCL_JOB = (
+    "runtime: kcl\n"
+    + MERGED.split("destinations:", maxsplit=1)[0]
+    + ("destinations: [{region: eu-west-1, table: orders}]\n")
+)
+
+
+def _properties(tmp_path: Path, text: str) -> list[str]:
+    """The lines of the KCL properties ``replicator properties`` renders for the job."""
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    result = in_process("properties", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("written", "value"),
+    [("010", "10"), ("030000", "30000"), ("0o10", "8"), ("0x10", "16"), ("!!int 010", "10")],
+)
+def test_numbers_are_read_as_yaml_1_2_writes_them(tmp_path: Path, written: str, value: str) -> None:
+    """YAML 1.1 read a leading zero as octal: 010 was 8, 030000 was 12288."""
+    lines = _properties(
+        tmp_path,
+        KCL_JOB + f"kcl: {{extra_properties: {{maxLeasesForWorker: {written}}}}}\n",
+    )
+    assert f"maxLeasesForWorker = {value}" in lines
+
+
+def test_a_number_with_a_leading_zero_is_that_decimal_number(tmp_path: Path) -> None:
+    text = KCL_JOB + "metrics: {port: 010000}\nkcl: {failover_time_ms: 030000}\n"
+    assert "failoverTimeMillis = 30000" in _properties(tmp_path, text)
+    code, out, err = _validate(tmp_path, text)
+    assert code == 0, err
+    assert "metrics: http://0.0.0.0:10000/metrics" in out  # not 4096
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "says"),
+    [
+        ("metrics: {port: 1_000}", "metrics.port", "expected a number, got '1_000'"),
+        ("writer: {read_timeout_s: 1_0.5}", "writer.read_timeout_s", "got '1_0.5'"),
+        ("kcl: {max_records: 1:30}", "kcl.max_records", "got '1:30'"),  # YAML 1.1: 90
+        ("kcl: {max_records: 0b11}", "kcl.max_records", "got '0b11'"),  # YAML 1.1: 3
+        (
+            "kcl: {extra_properties: {maxLeasesForWorker: 1_000}}",
+            "kcl.extra_properties.maxLeasesForWorker",
+            "'1_000' is not a whole number",
+        ),
+    ],
+)
+def test_yaml_1_1_number_forms_are_text_that_a_number_refuses(
+    tmp_path: Path, section: str, key: str, says: str
+) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(KCL_JOB + section + "\n")
+    result = validate_in_process(path)
+    assert result.returncode == 2, result.stdout
+    assert "Traceback" not in result.stderr
+    assert "1 problem in the job file" in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith(f"  {key} (line")]
+    assert says in line
+
+
+def _bomb(levels: int) -> list[str]:
+    """A "billion laughs": each level a list of nine aliases of the level before."""
+    names = "abcdefghij"[:levels]
+    lines = ["a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9]"]
+    lines += [
+        f"{name}: &{name} [" + ", ".join([f"*{before}"] * 9) + "]"
+        for before, name in itertools.pairwise(names)
+    ]
+    return lines
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+@pytest.mark.parametrize("under", ["", "kcl:\n  extra_properties:\n"])
+def test_aliases_of_aliases_are_refused_naming_where(
+    tmp_path: Path, command: str, under: str
+) -> None:
+    """Eight levels (600 bytes) were copied out into 1.5 GB and a minute or more; now the
+    values aliases repeat are counted, and refused past a million."""
+    indent = "    " if under else ""
+    text = MERGED + under + "".join(f"{indent}{line}\n" for line in _bomb(8))
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    result = replicator(command, "--config", str(path))
+    assert result.returncode == 2
+    where = "kcl.extra_properties.g[0] (line 21)" if under else "g[0] (line 19)"
+    assert result.stderr == (
+        f"replicator: {path}: {where}: the anchors and aliases of the job file repeat more "
+        "than 1,000,000 values by here (aliases of lists of aliases multiply at each level, "
+        "as in a 'billion laughs' file); a job file repeats a few settings: write them out, "
+        "or alias fewer levels\n"
+    )
+
+
+def test_an_alias_is_its_anchors_value_not_a_copy(tmp_path: Path) -> None:
+    """Shared as YAML builds it: six levels (f holds some 600,000 values written out)
+    cost what the file's text does, and a problem is still named at its own key and
+    line."""
+    text = "\n".join(_bomb(6)) + "\nsource: {region: *e}\n"
+    document = _Document(text, tmp_path / "j.yaml")
+    f = document.value["f"]
+    assert all(item is f[0] for item in f)
+    assert document.value["source"]["region"] is f[0]
+    assert document.line_of(("source", "region")) == 7  # the alias, not the anchor
+    assert document.line_of(("f", 3)) == 6  # *e in the list of f
+    assert document.line_of(("f", 3, 2)) == 5  # *d in the list of e
+    code, _, err = _validate(tmp_path, text)
+    assert code == 2
+    (line,) = [line for line in err.splitlines() if line.startswith("  source.region")]
+    assert line.startswith("  source.region (line 7): Input should be a valid string (got [[[")
+    assert len(line) < 300  # a few items of two levels, not 66,430 values
+
+
+def test_merge_keys_that_copy_more_than_a_million_values_are_refused(tmp_path: Path) -> None:
+    """Each mapping merging the one before copies all its keys again: 2,000 lines, two
+    million copies."""
+    lines = ["m0: &m0 {k0: 0}"]
+    lines += [f"m{i}: &m{i} {{<<: *m{i - 1}, k{i}: {i}}}" for i in range(1, 2000)]
+    code, _, err = _validate(tmp_path, "\n".join(lines) + "\n")
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line.startswith(f"replicator: {tmp_path / 'job.yaml'}: m707 (line 708): ")
+    assert "repeat more than 1,000,000 values" in line
+
+
+@pytest.mark.parametrize("keys_at", ["kcl:\n  extra_properties:\n    ", ""])
+def test_a_file_of_fifty_thousand_keys_is_read_whole(tmp_path: Path, keys_at: str) -> None:
+    """Each key searched every line recorded before it: 20,000 keys took 84 s, 50,000
+    several minutes (past this test's two); each key's work no longer grows with the
+    keys before it."""
+    count = 50_000
+    indent = keys_at.rsplit("\n", 1)[-1]
+    keys = keys_at + f"\n{indent}".join(f"p{index}: {index}" for index in range(count))
+    path = tmp_path / "job.yaml"
+    path.write_text(KCL_JOB + keys + "\n")
+    if keys_at:
+        result = replicator("properties", "--config", str(path))
+        assert result.returncode == 0, result.stderr
+        written = [line for line in result.stdout.splitlines() if re.match(r"p[0-9]+ = ", line)]
+        assert len(written) == count
+        assert written[-1] == f"p{count - 1} = {count - 1}"
+    else:
+        result = replicator("validate", "--config", str(path))
+        assert result.returncode == 2
+        lines = result.stderr.splitlines()
+        assert lines[0].endswith(f"{count} problems in the job file:")
+        assert lines[-1] == f"  p{count - 1} (line {count + 3}): unknown key"
