@@ -19,12 +19,18 @@ def endpoint_problem(url: str) -> str | None:
     """What is wrong with ``url`` as an endpoint (scheme, host, optional port), or None."""
     if any(c.isspace() or not c.isprintable() for c in url):
         return "it contains whitespace or a control character"
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        # An unclosed [ (http://[::1), or brackets round what is no IPv6 address
+        # (http://[zz]:80): urllib's own words name neither the key nor the rule.
+        return "its host is not a host name or IP address (an IPv6 address goes in [ ], as in http://[::1]:8000)"
     if parts.scheme not in ("http", "https"):
         return "it must start with http:// or https://"
     if "@" in parts.netloc:
         return "it must not carry a user name or password"
-    if not parts.hostname:
+    if not host:
         return "it names no host"
     try:
         port = parts.port
@@ -34,14 +40,14 @@ def endpoint_problem(url: str) -> str | None:
         return "its port is not a number from 1 to 65535"
     if parts.path not in ("", "/") or parts.query or parts.fragment or url.endswith(("?", "#")):
         return "it must be only a scheme, a host and a port (no path, query or fragment)"
-    if _is_ipv4(parts.hostname):
+    if _is_ipv4(host):
         return None
     # Imported here: botocore.utils takes a tenth of a second to import, which ``validate``
     # would pay for nothing on the common local endpoint, an IPv4 address.
     from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
 
     if not (is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url)):
-        return f"{parts.hostname!r} is not a host name or IP address"
+        return f"{host!r} is not a host name or IP address"
     return None
 
 

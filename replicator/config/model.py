@@ -35,20 +35,27 @@ from replicator.config.endpoints import check_endpoint, endpoint_identity
 # before it checkpoints what was applied (a destination that is down holds them back),
 # unless kcl.shutdown_flush_ms is shorter.
 PROCESSOR_FLUSH_TIMEOUT_MS = 20_000
-_REGION = re.compile(r"^[a-z]{2,4}(-[a-z]+)+-\d+$")
-_TABLE = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
-_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(?P<account>\d{12}):role/.+$")
+# Each pattern is the whole value, to its very end (\Z): ``$`` would also stop before a
+# final newline, and take "us-east-1\n" as a region. Read them with fullmatch.
+_REGION = re.compile(r"[a-z]{2,4}(-[a-z]+)+-\d+\Z", re.ASCII)
+_TABLE = re.compile(r"[a-zA-Z0-9_.-]{3,255}\Z")
+# IAM role names and the parts of their paths: letters, digits and + = , . @ _ -
+# (role/NAME or role/PATH/NAME); a role name has at most 64 characters.
+_IAM_NAME = r"[A-Za-z0-9+=,.@_-]"
+_ROLE_ARN = re.compile(
+    rf"arn:aws[a-z-]*:iam::(?P<account>[0-9]{{12}}):role/(?:{_IAM_NAME}+/)*{_IAM_NAME}{{1,64}}\Z"
+)
 # arn:PARTITION:dynamodb:REGION:ACCOUNT:table/TABLE/stream/LABEL
 _DYNAMODB_STREAM_ARN = re.compile(
-    r"^arn:aws[a-z-]*:dynamodb:(?P<region>[^:]*):(?P<account>[^:]*)"
-    r":table/(?P<table>[^/]+)/stream/[^/]+$"
+    r"arn:aws[a-z-]*:dynamodb:(?P<region>[^:\s]*):(?P<account>[^:\s]*)"
+    r":table/(?P<table>[^/\s]+)/stream/[^/\s]+\Z"
 )
 # A Kinesis data stream's name, and its ARN: arn:PARTITION:kinesis:REGION:ACCOUNT:stream/NAME
-_KINESIS_STREAM_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,128}$")
+_KINESIS_STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,128}\Z")
 _KINESIS_STREAM_ARN = re.compile(
-    r"^arn:aws[a-z-]*:kinesis:[a-z]{2,4}(-[a-z]+)+-\d+:\d{12}:stream/(?P<name>[^:/]+)$"
+    r"arn:aws[a-z-]*:kinesis:[a-z]{2,4}(-[a-z]+)+-[0-9]+:[0-9]{12}:stream/(?P<name>[^:/]+)\Z"
 )
-_TASK_NAME = re.compile(r"^[a-zA-Z0-9_.-]{3,}$")
+_TASK_NAME = re.compile(r"[a-zA-Z0-9_.-]{3,}\Z")
 
 
 def _pattern_problem(pattern: str, field: str) -> str | None:
@@ -82,7 +89,7 @@ TASK_TABLE_SUFFIXES = ("-watermark", "-backfill", "-CoordinatorState", "-WorkerM
 MAX_TASK_NAME = MAX_TABLE_NAME - max(len(suffix) for suffix in TASK_TABLE_SUFFIXES)
 # KCL properties that point the KCL's clients at an endpoint other than AWS's.
 KCL_ENDPOINT_KEYS = ("kinesisEndpoint", "dynamoDBEndpoint")
-_DOTTED_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_DOTTED_CALLABLE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
 
 
 def _yes_or_no(value: object) -> object:
@@ -159,7 +166,7 @@ class Strict(BaseModel):
 
 
 def _check_region(value: str) -> str:
-    if not _REGION.match(value):
+    if not _REGION.fullmatch(value):
         raise ValueError(f"expected an AWS region name such as us-east-1, got {value!r}")
     return value
 
@@ -169,7 +176,7 @@ def _check_optional_region(value: str | None) -> str | None:
 
 
 def _check_table(value: str) -> str:
-    if not _TABLE.match(value):
+    if not _TABLE.fullmatch(value):
         raise ValueError(
             "expected a DynamoDB table name (3-255 characters of letters, digits, _ . -), "
             f"got {value!r}"
@@ -178,9 +185,21 @@ def _check_table(value: str) -> str:
 
 
 def _check_role(value: str | None) -> str | None:
-    if value is not None and not _ROLE_ARN.match(value):
+    if value is not None and not _ROLE_ARN.fullmatch(value):
         raise ValueError(
             f"expected an IAM role ARN such as arn:aws:iam::123456789012:role/name, got {value!r}"
+        )
+    return value
+
+
+def _check_external_id(value: str | None, info: ValidationInfo) -> str | None:
+    """An external id is sent only when a role is assumed: without ``role_arn`` it would
+    be ignored without a word, while its author believes the role's condition is met.
+    (A role_arn that is itself invalid is reported on its own.)"""
+    if value is not None and "role_arn" in info.data and info.data["role_arn"] is None:
+        raise ValueError(
+            "is sent only with role_arn, the role to assume, which is not set here: it "
+            "would do nothing; set role_arn too, or remove external_id"
         )
     return value
 
@@ -239,10 +258,18 @@ class StreamConfig(Strict):
         """The KCL would be handed any text as its streamName and fail on AWS's answer."""
         if value is None or info.data.get("kind") is not StreamKind.KINESIS:
             return value
-        if not _KINESIS_STREAM_NAME.match(value):
+        if not _KINESIS_STREAM_NAME.fullmatch(value):
             raise ValueError(
                 "expected a Kinesis data stream name (1-128 characters of letters, digits, "
                 f"_ . -), got {value!r}"
+            )
+        arn = info.data.get("arn")
+        if arn is not None and arn.rsplit(":stream/", 1)[-1] != value:
+            # The KCL would read the stream by this name and the ARN would be ignored.
+            raise ValueError(
+                f"is {value!r}, but source.stream.arn names the stream "
+                f"{arn.rsplit(':stream/', 1)[-1]!r}: give one of them (or the same stream in "
+                "both)"
             )
         return value
 
@@ -254,12 +281,12 @@ class StreamConfig(Strict):
         against the source table by _stream_arn_checks)."""
         if value is None or info.data.get("kind") is not StreamKind.KINESIS:
             return value
-        match = _KINESIS_STREAM_ARN.match(value)
-        if match is None or not _KINESIS_STREAM_NAME.match(match["name"]):
+        match = _KINESIS_STREAM_ARN.fullmatch(value)
+        if match is None or not _KINESIS_STREAM_NAME.fullmatch(match["name"]):
             hint = (
                 "; it is a DynamoDB stream's ARN: for a DynamoDB stream set "
                 "source.stream.kind: dynamodb-streams (the default)"
-                if _DYNAMODB_STREAM_ARN.match(value)
+                if _DYNAMODB_STREAM_ARN.fullmatch(value)
                 else ""
             )
             raise ValueError(
@@ -296,6 +323,7 @@ class SourceConfig(Strict):
     _table = field_validator("table")(_check_table)
     _role = field_validator("role_arn")(_check_role)
     _endpoint = field_validator("endpoint_url")(check_endpoint)
+    _external_id = field_validator("external_id")(_check_external_id)
 
 
 # The setting each policy decides by (overwrite reads none).
@@ -342,7 +370,7 @@ class ConflictConfig(Strict):
         if self.policy is ConflictPolicyName.CUSTOM:
             if not self.resolver:
                 raise ValueError("policy custom needs 'resolver' (module.path:function)")
-            if not _DOTTED_CALLABLE.match(self.resolver):
+            if not _DOTTED_CALLABLE.fullmatch(self.resolver):
                 raise ValueError(
                     f"resolver must look like module.path:function, got {self.resolver!r}"
                 )
@@ -366,6 +394,7 @@ class DestinationConfig(Strict):
     _table = field_validator("table")(_check_table)
     _role = field_validator("role_arn")(_check_role)
     _endpoint = field_validator("endpoint_url")(check_endpoint)
+    _external_id = field_validator("external_id")(_check_external_id)
 
     @field_validator("name")
     @classmethod
@@ -836,7 +865,7 @@ class JobConfig(Strict):
     def _task_name(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        if not _TASK_NAME.match(value):
+        if not _TASK_NAME.fullmatch(value):
             # Both rules in one message: a short name of good characters ("sA") must not
             # be told its characters are wrong.
             raise ValueError(
@@ -1416,7 +1445,7 @@ def _task_pattern_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], st
             )
             continue
         name = pattern.format(task_name=task)
-        if is_table and not _TABLE.match(name):
+        if is_table and not _TABLE.fullmatch(name):
             problems.append(
                 (
                     where,
@@ -1435,7 +1464,7 @@ def _stream_arn_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]
     if source.stream.kind is not StreamKind.DYNAMODB_STREAMS or not arn:
         return []
     where: tuple[str | int, ...] = ("source", "stream", "arn")
-    match = _DYNAMODB_STREAM_ARN.match(arn)
+    match = _DYNAMODB_STREAM_ARN.fullmatch(arn)
     if match is None:
         hint = (
             "; for a Kinesis data stream set source.stream.kind: kinesis"
@@ -1462,7 +1491,7 @@ def _stream_arn_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]
             )
         )
     # A local emulator's ARNs may carry a region of its own (DynamoDB Local: ddblocal).
-    if region != source.region and _REGION.match(region):
+    if region != source.region and _REGION.fullmatch(region):
         problems.append(
             (
                 where,
@@ -1510,7 +1539,7 @@ def _tombstone_table_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...],
     ]
     for _, table in tables:
         name = job.tombstone_table(table)
-        if not _TABLE.match(name):
+        if not _TABLE.fullmatch(name):
             return [
                 (
                     where,

@@ -1,0 +1,208 @@
+"""A value is checked whole, to its last character, and each problem is reported at the
+key that holds it: a name ending in a newline (``$`` matched before it) passed every
+name check, and a table's was then reported at a key the file did not have. Values
+that did nothing (an external id without a role, a stream name beside an ARN of
+another stream) and values shown in Python's words are refused in the file's terms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.config.test_config import MINIMAL, run_cli
+from tests.config.test_job_checks import _refused
+from tests.support.cli import validate_in_process
+
+ROLE = "arn:aws:iam::222222222222:role/replica-writer"
+KINESIS = (
+    "runtime: kcl\nconflict: {policy: version, version_attribute: v}\n"
+    "destinations: [{region: eu-west-1, table: orders}]\n"
+)
+
+
+def _only_problem(tmp_path: Path, text: str, key: str, *fragments: str) -> None:
+    """The file's one problem, at ``key``."""
+    line = _refused(tmp_path, text, key, *fragments)
+    result = validate_in_process(tmp_path / "job.yaml")
+    assert "1 problem in the job file" in result.stderr, (line, result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('task_name: "orders-job\\n"\n' + MINIMAL, "task_name"),
+        (MINIMAL.replace("region: us-east-1", 'region: "us-east-1\\n"'), "source.region"),
+        (MINIMAL.replace("table: orders}", 'table: "orders\\n"}', 1), "source.table"),
+        (
+            MINIMAL.replace("eu-west-1, table: orders", 'eu-west-1, table: "orders\\n"'),
+            "destinations[0].table",
+        ),
+        (MINIMAL.replace("region: eu-west-1", 'region: "eu-west-1\\n"'), "destinations[0].region"),
+        (
+            MINIMAL.replace("orders}\ndest", f'orders, role_arn: "{ROLE}\\n"}}\ndest'),
+            "source.role_arn",
+        ),
+        (
+            "source: {region: us-east-1, table: orders, stream: {kind: kinesis, "
+            'name: "s1\\n"}}\n' + KINESIS,
+            "source.stream.name",
+        ),
+        (
+            "source: {region: us-east-1, table: orders, stream: {kind: kinesis, "
+            'arn: "arn:aws:kinesis:us-east-1:123456789012:stream/s1\\n"}}\n' + KINESIS,
+            "source.stream.arn",
+        ),
+        (
+            "source: {region: us-east-1, table: orders, stream: {arn: "
+            '"arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/2026-01-01T00:00:00.000'
+            '\\n"}}\ndestinations: [{region: eu-west-1, table: orders}]\n',
+            "source.stream.arn",
+        ),
+        (
+            MINIMAL + 'conflict: {policy: custom, resolver: "rules:pick\\n"}\n',
+            "conflict",
+        ),
+    ],
+)
+def test_a_value_ending_in_a_newline_is_refused_at_its_own_key(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    _only_problem(tmp_path, text, key, "\\n'")
+
+
+def test_run_refuses_a_task_name_ending_in_a_newline_before_it_makes_a_table(
+    tmp_path: Path,
+) -> None:
+    """``run`` went on to make a lease table named ``orders-job\\n``."""
+    job = tmp_path / "job.yaml"
+    job.write_text('task_name: "orders-job\\n"\n' + MINIMAL)
+    result = run_cli("run", "--config", str(job))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"{job}: 1 problem in the job file:\n  task_name (line 1): " in result.stderr
+
+
+@pytest.mark.parametrize(
+    "role", [ROLE + " ", "arn:aws:iam::222222222222:role/a b", ROLE + "*", ROLE + "/", "r" * 3]
+)
+def test_a_role_arn_is_an_iam_role_name_and_path(tmp_path: Path, role: str) -> None:
+    text = MINIMAL.replace(
+        "eu-west-1, table: orders", f"eu-west-1, table: orders, role_arn: '{role}'"
+    )
+    _only_problem(tmp_path, text, "destinations[0].role_arn", "expected an IAM role ARN")
+
+
+def test_a_role_of_a_path_and_every_character_iam_allows_is_taken(tmp_path: Path) -> None:
+    role = "arn:aws-us-gov:iam::222222222222:role/service-role/team.a/w+=,.@_-1"
+    text = MINIMAL.replace(
+        "eu-west-1, table: orders", f"eu-west-1, table: orders, role_arn: '{role}'"
+    )
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    result = validate_in_process(path)
+    assert result.returncode == 0, result.stderr
+    assert f"as {role}, policy overwrite" in result.stdout
+
+
+@pytest.mark.parametrize("url", ["http://[zz]:80", "http://[::1"])
+def test_an_endpoint_of_a_broken_ipv6_host_is_refused_in_the_usual_words(
+    tmp_path: Path, url: str
+) -> None:
+    text = MINIMAL.replace(
+        "eu-west-1, table: orders", f"eu-west-1, table: orders, endpoint_url: '{url}'"
+    )
+    _only_problem(
+        tmp_path,
+        text,
+        "destinations[0].endpoint_url",
+        "expected an endpoint URL such as http://127.0.0.1:8000",
+        "its host is not a host name or IP address",
+        f"got {url!r}",
+    )
+
+
+def test_a_date_where_text_is_expected_is_named_as_the_date_written(tmp_path: Path) -> None:
+    line = _refused(tmp_path, "task_name: 2026-01-01\n" + MINIMAL, "task_name")
+    assert line == (
+        "  task_name (line 1): Input should be a valid string (got 2026-01-01, which YAML "
+        'reads as a date: write it in quotes, "2026-01-01", to give it as text)'
+    )
+
+
+@pytest.mark.parametrize("key", ["null", "true", "~", "010"])
+def test_a_key_is_named_as_it_is_written(tmp_path: Path, key: str) -> None:
+    """``null:`` and ``true:`` were named None and True."""
+    _only_problem(tmp_path, MINIMAL + f"metrics: {{{key}: 1}}\n", f"metrics.{key}", "unknown key")
+
+
+def test_a_merge_key_of_several_values_that_are_no_mappings_is_one_problem(
+    tmp_path: Path,
+) -> None:
+    _only_problem(
+        tmp_path,
+        MINIMAL + "metrics: {<<: [1, 2], port: 9401}\n",
+        "metrics.<<",
+        "the merge key << takes a mapping",
+    )
+
+
+def test_a_kinesis_stream_name_and_an_arn_of_another_stream_are_refused(tmp_path: Path) -> None:
+    """The KCL reads the stream by its name: the ARN was ignored without a word."""
+    arn = "arn:aws:kinesis:us-east-1:123456789012:stream/s2"
+    text = (
+        f"source: {{region: us-east-1, table: orders, stream: {{kind: kinesis, name: s1, "
+        f"arn: '{arn}'}}}}\n" + KINESIS
+    )
+    _only_problem(
+        tmp_path, text, "source.stream.name", "is 's1', but source.stream.arn names the stream 's2'"
+    )
+    path = tmp_path / "job.yaml"
+    path.write_text(text.replace("name: s1,", "name: s2,"))
+    assert validate_in_process(path).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (
+            MINIMAL.replace("eu-west-1, table: orders", "eu-west-1, table: orders, external_id: x"),
+            "destinations[0].external_id",
+        ),
+        (
+            MINIMAL.replace("table: orders}", "table: orders, external_id: x}", 1),
+            "source.external_id",
+        ),
+    ],
+)
+def test_an_external_id_without_a_role_is_refused(tmp_path: Path, text: str, key: str) -> None:
+    """It is sent only when a role is assumed: it did nothing."""
+    _only_problem(tmp_path, text, key, "is sent only with role_arn")
+    path = tmp_path / "job.yaml"
+    path.write_text(text.replace("external_id: x", f"external_id: x, role_arn: '{ROLE}'"))
+    assert validate_in_process(path).returncode == 0, validate_in_process(path).stderr
+
+
+def test_every_problem_of_the_file_is_reported_at_once(tmp_path: Path) -> None:
+    text = (
+        'task_name: "orders-job\\n"\n'
+        "source: {region: us-east-1, table: orders, external_id: x}\n"
+        "destinations:\n"
+        "  - {region: eu-west-1, table: orders, endpoint_url: 'http://[::1'}\n"
+        "  - {region: eu-west-2, table: orders, role_arn: 'arn:aws:iam::222222222222:role/a b'}\n"
+        "metrics: {null: 1}\n"
+    )
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    result = run_cli("run", "--config", str(path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"replicator: {path}: 5 problems in the job file:"
+    assert sorted(line.split(":")[0] for line in lines[1:]) == [
+        "  destinations[0].endpoint_url (line 4)",
+        "  destinations[1].role_arn (line 5)",
+        "  metrics.null (line 6)",
+        "  source.external_id (line 2)",
+        "  task_name (line 1)",
+    ]
