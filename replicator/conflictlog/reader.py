@@ -34,7 +34,7 @@ from replicator.items import (
     value_from_wire,
 )
 
-_RELATIVE = re.compile(r"^([0-9]+)\s*([smhd])$")  # ASCII digits, as documented
+_RELATIVE = re.compile(r"([0-9]+)\s*([smhd])")  # ASCII digits, as documented
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 TOP_KEYS = 10
 
@@ -52,7 +52,7 @@ def parse_since(text: str, now: datetime | None = None) -> str:
     """
     now = now or datetime.now(UTC)
     value = text.strip()
-    relative = _RELATIVE.match(value)
+    relative = _RELATIVE.fullmatch(value)
     try:
         if relative:
             delta = timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})

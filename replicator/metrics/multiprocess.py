@@ -26,7 +26,7 @@ from prometheus_client import multiprocess
 from replicator.exceptions import EnvironmentProblem
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
-_LIVE_GAUGE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_([0-9]+)\.db")
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def discard(directory: SamplesDirectory) -> None:
 def pids_with_live_gauges(path: Path) -> set[int]:
     pids = set()
     for file in path.glob("gauge_live*.db"):
-        match = _LIVE_GAUGE_FILE.match(file.name)
+        match = _LIVE_GAUGE_FILE.fullmatch(file.name)
         if match:
             pids.add(int(match.group(1)))
     return pids
