@@ -189,6 +189,15 @@ def format_path(path: KeyPath) -> str:
     return text or "(top level)"
 
 
+def _too_deep(file: Path) -> str:
+    # Hundreds of [ or { inside each other (libyaml stops at 1,000): no job nests more
+    # than a few, and Python's stack ends before such a file does.
+    return (
+        f"{file}: lists and mappings nested too deeply to read (hundreds of [ or {{ inside "
+        "each other); a job file nests a few levels"
+    )
+
+
 class _Document:
     """A YAML document as plain values, and the line of each key path in it.
 
@@ -221,12 +230,17 @@ class _Document:
             ) from None
         except (yaml.YAMLError, UnicodeError) as error:
             raise ConfigError(f"{file}: YAML error: {error}") from None
+        except RecursionError:
+            raise ConfigError(_too_deep(file)) from None
         finally:
             if loader is not None:
                 loader.dispose()
         self._alias_lines = loader.alias_lines
         self._root: yaml.Node | None = node
-        self.value: Any = {} if node is None else self._build(node, ())
+        try:
+            self.value: Any = {} if node is None else self._build(node, ())
+        except RecursionError:
+            raise ConfigError(_too_deep(file)) from None
 
     def _build(self, node: yaml.Node, path: KeyPath) -> Any:
         known = id(node)

@@ -281,22 +281,35 @@ def test_merge_keys_that_copy_more_than_a_million_values_are_refused(tmp_path: P
 @pytest.mark.parametrize("keys_at", ["kcl:\n  extra_properties:\n    ", ""])
 def test_a_file_of_fifty_thousand_keys_is_read_whole(tmp_path: Path, keys_at: str) -> None:
     """Each key searched every line recorded before it: 20,000 keys took 84 s, 50,000
-    several minutes (past this test's two); each key's work no longer grows with the
-    keys before it."""
+    about nine minutes (past this test's five); each key's work no longer grows with the
+    keys before it, and the file takes seconds."""
     count = 50_000
     indent = keys_at.rsplit("\n", 1)[-1]
     keys = keys_at + f"\n{indent}".join(f"p{index}: {index}" for index in range(count))
     path = tmp_path / "job.yaml"
     path.write_text(KCL_JOB + keys + "\n")
     if keys_at:
-        result = replicator("properties", "--config", str(path))
+        result = replicator("properties", "--config", str(path), timeout=300)
         assert result.returncode == 0, result.stderr
         written = [line for line in result.stdout.splitlines() if re.match(r"p[0-9]+ = ", line)]
         assert len(written) == count
         assert written[-1] == f"p{count - 1} = {count - 1}"
     else:
-        result = replicator("validate", "--config", str(path))
+        result = replicator("validate", "--config", str(path), timeout=300)
         assert result.returncode == 2
         lines = result.stderr.splitlines()
         assert lines[0].endswith(f"{count} problems in the job file:")
         assert lines[-1] == f"  p{count - 1} (line {count + 3}): unknown key"
+
+
+@pytest.mark.parametrize("brackets", [("[", "]"), ("{a: ", "}")])
+def test_lists_nested_hundreds_deep_are_one_line_not_a_traceback(
+    tmp_path: Path, brackets: tuple[str, str]
+) -> None:
+    opening, closing = brackets
+    code, _, err = _validate(tmp_path, MERGED + "a: " + opening * 900 + closing * 900 + "\n")
+    assert code == 2
+    assert err == (
+        f"replicator: {tmp_path / 'job.yaml'}: lists and mappings nested too deeply to read "
+        "(hundreds of [ or { inside each other); a job file nests a few levels\n"
+    )
