@@ -119,9 +119,11 @@ class SourceWriter:
             return UNCHANGED
         image = change.new_image
         assert image is not None
-        inserted = self.notes.take_insert(change.key, change.position)
+        inserted, checked = self.notes.take_insert(change.key, change.position)
         if change.old_image is not None and not inserted:
             return UNCHANGED  # an update of an item the source held: no delete between
+        if checked:
+            return UNCHANGED  # the stage read the tombstone after this insert: none above
 
         def check(_: int) -> Tombstone | None:
             return self.writer.undo_if_deleted(change.keys, image)
@@ -139,6 +141,24 @@ class SourceWriter:
         tombstone = undone[0]
         self._record(change, None, tombstone, written=True)
         return CONFLICT_LOST
+
+    def read_tombstone(self, change: Change) -> tuple[bool, Tombstone | None]:
+        """The source's tombstone of ``change``'s item, read strongly consistently with
+        the writer's retries (for the stage, on the reading thread): whether it could
+        be read, and the row. A read refused as it is leaves the check to :meth:`write`."""
+        table = self.writer.tombstones
+        if table is None:
+            return False, None
+        found: list[Tombstone | None] = []
+        result = self.writer.retrying(change, lambda _: _keep(found, table.get(change.keys)))
+        if result.outcome is not Outcome.APPLIED or not found:
+            log.warning(
+                "tombstone not read; the local insert is checked when written",
+                key=describe_key(change.keys),
+                error=result.error,
+            )
+            return False, None
+        return True, found[-1]
 
     def _stamped_here(self, image: Item) -> bool:
         origin = self.rule.origin_attribute
@@ -158,6 +178,19 @@ class SourceWriter:
     def _correct(self, change: Change, stale: Change) -> WriteResult:
         """Write the higher state ``change`` carries in place of the local ``stale``."""
         self.notes.take_insert(change.key, change.position)
+        if change.tombstone is not None:
+            # A delete known by its tombstone, in this table already: remove the stale
+            # item while it ranks at or below it.
+            tombstone = change.tombstone
+            removed: list[bool] = []
+
+            def remove(_: int) -> WriteResult:
+                removed.append(self.writer.remove_below(change.keys, tombstone, change.image))
+                return APPLIED
+
+            self._retrying(change, remove)
+            self._record(stale, None, tombstone, written=bool(removed and removed[-1]))
+            return CONFLICT_LOST
         written = self._settled(change, self.writer.write(change)).outcome is Outcome.APPLIED
         if change.op_is_delete:
             assert change.old_image is not None
@@ -267,5 +300,6 @@ class SourceWriter:
 
 
 def _keep(box: list[Tombstone | None], value: Tombstone | None) -> WriteResult:
+    """An attempt of :meth:`DestinationWriter.retrying` that settles once it has a value."""
     box.append(value)
     return APPLIED

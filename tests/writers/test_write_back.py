@@ -255,6 +255,121 @@ def test_a_stale_insert_below_a_delete_is_corrected_logged_and_counted_once(pair
     assert stage.corrections == 1
 
 
+def test_a_stale_insert_below_a_delete_the_stage_forgot_is_corrected_from_its_tombstone(
+    pair: Pair,
+) -> None:
+    """A new process (a stage that never saw the delete) reads the source's tombstone
+    before routing the insert: it becomes a correction, B is never written the stale
+    image, and the loss is logged once, at the source."""
+    first = HighWater(RULE, tombstones=True, keep_echoes_apart=True, notes=pair.source.notes)
+    deleted = image(100, "us-east-1")
+    delete, _, _ = first.route(change("REMOVE", None, deleted), Route.REPLICATE)
+    assert pair.source.write(delete).outcome is Outcome.UNCHANGED  # recorded
+    assert pair.writer.write(delete).outcome is Outcome.APPLIED  # replicated: its tombstone
+    stage = HighWater(
+        RULE, tombstones=True, keep_echoes_apart=True, read_tombstone=pair.source.read_tombstone
+    )
+    pair.source.notes = stage.notes
+    stale = image(50, "us-east-1", "stale")
+    pair.a.put_item(TableName=pair.table, Item=stale)  # the application, unconditionally
+    insert = change("INSERT", stale, seq=2)
+    correction, route, _ = stage.route(insert, Route.REPLICATE)
+    assert route is Route.REPLICATE and correction.corrects is insert
+    assert correction.event is Event.REMOVE and correction.tombstone is not None
+    # B: a delete of nothing (the stale image never went there), its tombstone kept.
+    assert pair.writer.write(correction).outcome is Outcome.APPLIED
+    assert pair.get(pair.b) is None
+    held = pair.tombs_b.get(KEY)
+    assert held is not None and held.ordering == {"N": "100"}
+    assert pair.source.write(correction).outcome is Outcome.CONFLICT_LOST
+    assert pair.get(pair.a) is None
+    # The correction's own record in A's stream is the job's echo.
+    assert stage.route(change("REMOVE", None, stale, seq=3), Route.REPLICATE)[1] is (
+        Route.LOOP_SKIPPED
+    )
+    assert len(pair.log.entries) == 1
+    entry = pair.log.entries[0]
+    assert entry["where"] == f"us-east-1/{pair.table}" and entry["loser"] == stale
+    assert entry["write_back"] is True and entry["winning_rank"]["delete"] is True
+    # An update of the stale item still below the delete is corrected the same way.
+    update = change("MODIFY", image(60, "us-east-1"), stale, seq=4)
+    assert stage.route(update, Route.REPLICATE)[0].tombstone is not None
+
+
+def test_an_insert_above_a_forgotten_delete_is_sent_on_and_read_once(pair: Pair) -> None:
+    """A legitimate re-creation above the tombstone is replicated as it is; the stage's
+    read of the tombstone stands for the source writer's, which reads nothing more."""
+    deleted = image(100, "us-east-1")
+    assert pair.source.write(change("REMOVE", None, deleted)).outcome is Outcome.UNCHANGED
+    reads: list[Item] = []
+    get = pair.tombs_a.get
+
+    def counted(keys: Item) -> Any:
+        reads.append(keys)
+        return get(keys)
+
+    pair.tombs_a.get = counted  # type: ignore[method-assign]
+    stage = HighWater(
+        RULE, tombstones=True, notes=pair.source.notes, read_tombstone=pair.source.read_tombstone
+    )
+    higher = image(150, "us-east-1", "again")
+    pair.a.put_item(TableName=pair.table, Item=higher)
+    insert = change("INSERT", higher, seq=2)
+    assert stage.route(insert, Route.REPLICATE) == (insert, Route.REPLICATE, False)
+    assert pair.source.write(insert).outcome is Outcome.UNCHANGED
+    assert pair.writer.write(insert).outcome is Outcome.APPLIED
+    assert pair.get(pair.a) == higher and pair.get(pair.b) == higher
+    assert len(reads) == 1  # the stage's: the source writer does not read it again
+    assert stage.corrections == 0 and pair.log.entries == []
+
+
+def test_an_insert_below_an_expired_forgotten_delete_is_let_in_and_counted(pair: Pair) -> None:
+    now = [time.time()]
+    pair.tombs_a._clock = lambda: now[0]
+    assert pair.source.write(change("REMOVE", None, image(100, "us-east-1"))).outcome is (
+        Outcome.UNCHANGED
+    )
+    now[0] += 3600
+    stage = HighWater(
+        RULE,
+        tombstones=True,
+        notes=pair.source.notes,
+        read_tombstone=pair.source.read_tombstone,
+        clock=lambda: now[0],
+    )
+    stale = image(50, "us-east-1")
+    pair.a.put_item(TableName=pair.table, Item=stale)
+    insert = change("INSERT", stale, seq=2)
+    assert stage.route(insert, Route.REPLICATE) == (insert, Route.REPLICATE, False)
+    assert pair.source.write(insert).outcome is Outcome.UNCHANGED
+    assert pair.get(pair.a) == stale
+    label = f"us-east-1/{pair.table}"
+    assert sample(pair.metrics, "replicator_tombstones_expired_total", destination=label) == 1
+
+
+def test_the_stage_reads_no_tombstone_for_a_key_it_knows() -> None:
+    """Bounded: a key with a remembered state decides by it (a stale insert below the
+    remembered delete, an update, a delete): the table is read only for what is forgotten."""
+    read: list[Change] = []
+
+    def read_tombstone(change: Change) -> tuple[bool, Any]:
+        read.append(change)
+        return True, None
+
+    stage = HighWater(RULE, tombstones=True, read_tombstone=read_tombstone)
+    stage.route(change("REMOVE", None, image(20, "us-east-1")), Route.REPLICATE)
+    stage.route(change("INSERT", image(10, "us-east-1"), seq=2), Route.REPLICATE)
+    stage.route(
+        change("MODIFY", image(30, "us-east-1"), image(10, "us-east-1"), seq=3), Route.REPLICATE
+    )
+    assert read == []
+    other = msgspec.structs.replace(
+        change("INSERT", image(1, "us-east-1"), seq=4), key=(("pk", "S", "other"),)
+    )
+    stage.route(other, Route.REPLICATE)
+    assert read == [other]
+
+
 def test_a_write_back_landing_before_a_local_delete_is_recorded_is_removed_with_it(
     pair: Pair,
 ) -> None:
