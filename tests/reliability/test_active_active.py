@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import pytest
 
+from replicator.items import Item
 from tests.support.active_active import (
     PAIR_WRITES,
     RULE,
@@ -151,3 +152,41 @@ def test_a_stale_insert_below_a_delete_made_by_an_earlier_process_never_leaves_t
     log = (mesh.directory / f"{us}.log").read_text()
     assert log.count("local write corrected in the source") == 1
 
+
+def test_jobs_sharing_one_origin_value_stop_once_a_stale_insert_is_corrected(
+    mesh_of: Callable[..., Mesh],
+) -> None:
+    """Both jobs stamping ``global`` (against docs/active-active.md: each of their
+    replicated writes looks local to the other job), run in turns, one process a turn.
+    A stale insert below a delete used to go round for ever, an INSERT and a REMOVE in
+    each region every turn; corrected at its source, it ends there."""
+    us, eu = regions = ("us-east-1", "eu-west-1")
+    shared = "{origin_attribute: origin_region, origin_value: global}"
+    mesh = mesh_of(regions, loop_prevention={us: shared, eu: shared})
+    ddb, table = mesh.ddb[us], mesh.table[us]
+    keys = {"pk": {"S": "k7"}, "sk": {"N": "0"}}
+    rng = random.Random(7)
+
+    def held(region: str) -> bool:
+        return bool(mesh.ddb[region].get_item(TableName=mesh.table[region], Key=keys).get("Item"))
+
+    def item(stamp: int) -> Item:
+        return {**app_item(keys, stamp, us, rng), "origin_region": {"S": "global"}}
+
+    ddb.put_item(TableName=table, Item=item(100))
+    mesh.run_once(us, lambda: held(eu), "k7(100) in eu")
+    mesh.run_once(eu)
+    ddb.delete_item(TableName=table, Key=keys)
+    mesh.run_once(us, lambda: not held(eu), "the delete of k7 in eu")
+    mesh.run_once(eu)
+    ddb.put_item(TableName=table, Item=item(50))
+    mesh.run_once(us, lambda: not held(us), "the stale k7(50) removed from us")
+    records = {region: len(mesh.stream_images(region)) for region in regions}
+    for _ in range(2):
+        mesh.run_once(eu)
+        mesh.run_once(us)
+    assert {region: len(mesh.stream_images(region)) for region in regions} == records
+    assert not held(us) and not held(eu)
+    logs = {r: (mesh.directory / f"{r}.log").read_text() for r in regions}
+    assert logs[us].count("local write corrected in the source") == 1
+    assert "local write corrected in the source" not in logs[eu]
