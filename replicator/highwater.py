@@ -36,8 +36,11 @@ With tombstones, what this process forgot (or never saw: it started after the de
 is in the source's tombstone table. A local insert of a key the stage knows nothing of
 is checked against it here, before it is routed (a strongly consistent read, on the
 reading thread, never the event loop, and in place of the source writer's own check of
-that insert, so an insert costs no more reads than before): a live tombstone that ranks
-at or above the insert makes it stale, exactly as the remembered delete would have, and
+that insert, so an insert costs no more reads than before). The reads a batch needs are
+made together, before its records are routed (:meth:`HighWater.prefetch`): one
+BatchGetItem per 100 new items, not one round trip per insert in turn, which would hold
+a burst of new items to a few hundred a second. A live tombstone that ranks at or above
+the insert makes it stale, exactly as the remembered delete would have, and
 its correction removes the stale image wherever it is, the delete known by its
 tombstone alone. So whether a stale insert is sent on no longer depends on what the
 process remembers.
@@ -48,7 +51,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -185,7 +188,8 @@ class HighWater:
         retention_s: float | None = None,
         clock: Callable[[], float] = time.time,
         in_order: bool = True,
-        read_tombstone: Callable[[Change], tuple[bool, Tombstone | None]] | None = None,
+        read_tombstones: Callable[[Sequence[Change]], Mapping[KeyId, Tombstone | None]]
+        | None = None,
     ) -> None:
         """``keep_echoes_apart``: a loop-skipped record never replaces a queued change
         (with tombstones, the queued change may be a stale insert the source writer
@@ -193,11 +197,14 @@ class HighWater:
         outranks a later local insert below it. ``retention_s``: how long a remembered
         delete counts (the tombstone retention), by ``clock``. ``in_order``: the stream
         keeps each item's changes in order (a DynamoDB stream; not Kinesis, where a
-        record's creation time says which of two came first). ``read_tombstone``: the
-        source's tombstone of a change's item, read strongly consistently (whether it
-        could be read, and the row; with ``tombstones``)."""
+        record's creation time says which of two came first). ``read_tombstones``: the
+        source's tombstones of changes' items, read strongly consistently (None: no row;
+        an item left out could not be read; with ``tombstones``)."""
         self.rule = rule
-        self.read_tombstone = read_tombstone
+        self.read_tombstones = read_tombstones
+        # The answers :meth:`prefetch` read for the batch being routed: whether the item's
+        # tombstone could be read, and the row.
+        self._prefetched: dict[KeyId, tuple[bool, Tombstone | None]] = {}
         self.keep_echoes_apart = keep_echoes_apart
         self.tombstones = tombstones
         self.retention_s = retention_s
@@ -207,6 +214,34 @@ class HighWater:
         self._highest: OrderedDict[KeyId, _State] = OrderedDict()
         self._bytes = 0
         self.corrections = 0
+
+    def prefetch(self, changes: Iterable[tuple[Change, Route]]) -> None:
+        """Read together the tombstones that routing ``changes`` (a batch, with the
+        filters' routes, in order) will ask for: of each local insert of an item the stage
+        knows nothing of that is the item's first record in the batch (the item is known
+        once that record is routed). The reading thread would otherwise wait one round
+        trip per new item in turn. An answer routing does not use (the insert is an echo)
+        is dropped with the next batch; a read routing needs that is not here (the stage
+        let go of the item during the batch) is made then, alone."""
+        self._prefetched = {}
+        if not self.tombstones or self.read_tombstones is None:
+            return
+        seen: set[KeyId] = set()
+        wanted: list[Change] = []
+        for change, route in changes:
+            if change.key in seen:
+                continue
+            seen.add(change.key)
+            if (
+                route is Route.REPLICATE
+                and change.old_image is None
+                and change.new_image is not None
+                and change.key not in self._highest
+            ):
+                wanted.append(change)
+        if wanted:
+            found = self.read_tombstones(wanted)
+            self._prefetched = {c.key: (c.key in found, found.get(c.key)) for c in wanted}
 
     def route(self, change: Change, route: Route) -> tuple[Change, Route, bool]:
         """The change to go on with, its route (a correction's or a write-back's own
@@ -263,9 +298,13 @@ class HighWater:
         tombstone outranks it, or it is now known to be stale. An expired tombstone
         outranking it is left to the source writer, which lets the insert in and counts
         the tombstone."""
-        if not self.tombstones or self.read_tombstone is None or change.key in self._highest:
+        if not self.tombstones or self.read_tombstones is None or change.key in self._highest:
             return False
-        read, tombstone = self.read_tombstone(change)
+        answer = self._prefetched.pop(change.key, None)
+        if answer is None:
+            found = self.read_tombstones([change])
+            answer = change.key in found, found.get(change.key)
+        read, tombstone = answer
         if not read:
             return False
         if tombstone is None or not tombstone.blocks(self.rule.rank(image)):

@@ -31,21 +31,22 @@ a redrive: the change it belongs to is still settled at the destinations.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import msgspec
 import structlog
 
+from replicator.aws.tables import BATCH_GET_LIMIT
 from replicator.config.model import SOURCE_LABEL_PREFIX
 from replicator.conflictlog.base import ConflictRecorder, Loss
 from replicator.highwater import SharedNotes
 from replicator.images import Image
-from replicator.items import Item, describe_key
+from replicator.items import Item, KeyId, describe_key
 from replicator.metrics import Metrics
 from replicator.records import Change, Event
 from replicator.rules.ordered import OrderedRule
-from replicator.tombstones.model import Tombstone, tombstone_of
+from replicator.tombstones.model import Tombstone, row_key, tombstone_of
 from replicator.writers.destination import (
     APPLIED,
     CONFLICT_LOST,
@@ -142,23 +143,34 @@ class SourceWriter:
         self._record(change, None, tombstone, written=True)
         return CONFLICT_LOST
 
-    def read_tombstone(self, change: Change) -> tuple[bool, Tombstone | None]:
-        """The source's tombstone of ``change``'s item, read strongly consistently with
-        the writer's retries (for the stage, on the reading thread): whether it could
-        be read, and the row. A read refused as it is leaves the check to :meth:`write`."""
+    def read_tombstones(self, changes: Sequence[Change]) -> dict[KeyId, Tombstone | None]:
+        """The source's tombstones of ``changes``' items (None: no row), read strongly
+        consistently and together, BATCH_GET_LIMIT items a request, each request with the
+        writer's retries (for the stage, on the reading thread, before it routes a
+        batch). An item whose request is refused as it is is left out: its insert is
+        checked when written (:meth:`write`). A source that refuses everything stops the
+        worker, as any write to it would."""
         table = self.writer.tombstones
+        found: dict[KeyId, Tombstone | None] = {}
         if table is None:
-            return False, None
-        found: list[Tombstone | None] = []
-        result = self.writer.retrying(change, lambda _: _keep(found, table.get(change.keys)))
-        if result.outcome is not Outcome.APPLIED or not found:
-            log.warning(
-                "tombstone not read; the local insert is checked when written",
-                key=describe_key(change.keys),
-                error=result.error,
-            )
-            return False, None
-        return True, found[-1]
+            return found
+        rows = list({row_key(change.keys): change for change in changes}.items())
+        for start in range(0, len(rows), BATCH_GET_LIMIT):
+            chunk = rows[start : start + BATCH_GET_LIMIT]
+            pending = {row: change.key for row, change in chunk}
+
+            def attempt(_: int, pending: dict[str, KeyId] = pending) -> WriteResult:
+                table.get_some(pending, found)
+                return APPLIED
+
+            result = self.writer.retrying(chunk[0][1], attempt)
+            if result.outcome is not Outcome.APPLIED:
+                log.warning(
+                    "tombstones not read; the local inserts are checked when written",
+                    keys=[describe_key(change.keys) for _, change in chunk],
+                    error=result.error,
+                )
+        return found
 
     def _stamped_here(self, image: Item) -> bool:
         origin = self.rule.origin_attribute

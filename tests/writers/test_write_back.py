@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from replicator.conflictlog.recorder import ShardConflicts
 from replicator.decode import decode
 from replicator.filters import Route
 from replicator.highwater import HighWater
-from replicator.items import Item
+from replicator.items import Item, KeyId
 from replicator.metrics import Metrics
 from replicator.records import Change, Event
 from replicator.rules import OrderedRule
@@ -267,7 +268,7 @@ def test_a_stale_insert_below_a_delete_the_stage_forgot_is_corrected_from_its_to
     assert pair.source.write(delete).outcome is Outcome.UNCHANGED  # recorded
     assert pair.writer.write(delete).outcome is Outcome.APPLIED  # replicated: its tombstone
     stage = HighWater(
-        RULE, tombstones=True, keep_echoes_apart=True, read_tombstone=pair.source.read_tombstone
+        RULE, tombstones=True, keep_echoes_apart=True, read_tombstones=pair.source.read_tombstones
     )
     pair.source.notes = stage.notes
     stale = image(50, "us-east-1", "stale")
@@ -301,16 +302,21 @@ def test_an_insert_above_a_forgotten_delete_is_sent_on_and_read_once(pair: Pair)
     read of the tombstone stands for the source writer's, which reads nothing more."""
     deleted = image(100, "us-east-1")
     assert pair.source.write(change("REMOVE", None, deleted)).outcome is Outcome.UNCHANGED
-    reads: list[Item] = []
-    get = pair.tombs_a.get
+    reads: list[object] = []
+    get, get_some = pair.tombs_a.get, pair.tombs_a.get_some
 
     def counted(keys: Item) -> Any:
         reads.append(keys)
         return get(keys)
 
+    def counted_some(pending: dict[str, Any], found: dict[Any, Any]) -> None:
+        reads.extend(pending)
+        get_some(pending, found)
+
     pair.tombs_a.get = counted  # type: ignore[method-assign]
+    pair.tombs_a.get_some = counted_some  # type: ignore[method-assign]
     stage = HighWater(
-        RULE, tombstones=True, notes=pair.source.notes, read_tombstone=pair.source.read_tombstone
+        RULE, tombstones=True, notes=pair.source.notes, read_tombstones=pair.source.read_tombstones
     )
     higher = image(150, "us-east-1", "again")
     pair.a.put_item(TableName=pair.table, Item=higher)
@@ -334,7 +340,7 @@ def test_an_insert_below_an_expired_forgotten_delete_is_let_in_and_counted(pair:
         RULE,
         tombstones=True,
         notes=pair.source.notes,
-        read_tombstone=pair.source.read_tombstone,
+        read_tombstones=pair.source.read_tombstones,
         clock=lambda: now[0],
     )
     stale = image(50, "us-east-1")
@@ -347,16 +353,53 @@ def test_an_insert_below_an_expired_forgotten_delete_is_let_in_and_counted(pair:
     assert sample(pair.metrics, "replicator_tombstones_expired_total", destination=label) == 1
 
 
+def test_keys_a_batch_read_leaves_unprocessed_are_asked_again(pair: Pair) -> None:
+    """DynamoDB may answer part of a BatchGetItem (throttled in part): the rest is asked
+    for again, after the writer's backoff, and every item's tombstone is read."""
+    deleted = image(100, "us-east-1")
+    assert pair.source.write(change("REMOVE", None, deleted)).outcome is Outcome.UNCHANGED
+    table = pair.tombs_a.table
+    batch_get = pair.a.batch_get_item
+    asked: list[int] = []
+
+    def in_part(**kwargs: Any) -> Any:
+        request = kwargs["RequestItems"][table]
+        asked.append(len(request["Keys"]))
+        if len(asked) > 1:
+            return batch_get(**kwargs)
+        first, rest = request["Keys"][:1], request["Keys"][1:]
+        answer = batch_get(RequestItems={table: {**request, "Keys": first}})
+        answer["UnprocessedKeys"] = {table: {**request, "Keys": rest}}
+        return answer
+
+    pair.a.batch_get_item = in_part
+    others = [
+        decode(
+            daemon_record(stream_record("INSERT", {"pk": {"S": pk}}, {"pk": {"S": pk}}, seq=n), n)
+        )
+        for n, pk in enumerate(("x", "y"), start=2)
+    ]
+    found = pair.source.read_tombstones([change("INSERT", image(50, "us-east-1")), *others])
+    assert asked == [3, 2]
+    held = found[change("INSERT", image(50, "us-east-1")).key]
+    assert held is not None and held.ordering == {"N": "100"}
+    assert [found[other.key] for other in others] == [None, None]
+    label = f"us-east-1/{pair.table}"
+    assert (
+        sample(pair.metrics, "replicator_retries_total", destination=label, reason="throttled") == 1
+    )
+
+
 def test_the_stage_reads_no_tombstone_for_a_key_it_knows() -> None:
     """Bounded: a key with a remembered state decides by it (a stale insert below the
     remembered delete, an update, a delete): the table is read only for what is forgotten."""
     read: list[Change] = []
 
-    def read_tombstone(change: Change) -> tuple[bool, Any]:
-        read.append(change)
-        return True, None
+    def read_tombstones(changes: Sequence[Change]) -> dict[KeyId, Any]:
+        read.extend(changes)
+        return dict.fromkeys((change.key for change in changes), None)
 
-    stage = HighWater(RULE, tombstones=True, read_tombstone=read_tombstone)
+    stage = HighWater(RULE, tombstones=True, read_tombstones=read_tombstones)
     stage.route(change("REMOVE", None, image(20, "us-east-1")), Route.REPLICATE)
     stage.route(change("INSERT", image(10, "us-east-1"), seq=2), Route.REPLICATE)
     stage.route(
