@@ -43,6 +43,8 @@ MODES = {
     "write-back": "",
     "tombstones": "active_active: {tombstones: true}\n",
 }
+# Read requests: a BatchGetItem is one request (one round trip), whatever it reads.
+READS = frozenset({"GetItem", "BatchGetItem"})
 
 
 class Counter:
@@ -65,7 +67,7 @@ class Counter:
 
         counter = self
         original = DynamoHandler.call_action
-        operations = {"PutItem", "UpdateItem", "DeleteItem", "GetItem"}
+        operations = {"PutItem", "UpdateItem", "DeleteItem", *READS}
 
         def counted(handler: Any) -> Any:
             response = original(handler)
@@ -74,7 +76,11 @@ class Counter:
                 body = handler.body
                 if isinstance(body, str | bytes):
                     body = json.loads(body or "{}")
-                table = str(body.get("TableName", "")) if isinstance(body, dict) else ""
+                table = ""
+                if isinstance(body, dict):  # a batch names its (one) table in RequestItems
+                    table = str(
+                        body.get("TableName") or next(iter(body.get("RequestItems") or {}), "")
+                    )
                 kind = counter.kind(table)
                 if kind:
                     failed = "ConditionalCheckFailed" in str(response[2])
@@ -254,8 +260,8 @@ def measure(
             operations, base = scenario(run, name, count, base)
             run.settle(converges=mode != "plain")
             used = counter.snapshot() - before
-            writes = sum(v for (op, _, _), v in used.items() if op != "GetItem")
-            reads = sum(v for (op, _, _), v in used.items() if op == "GetItem")
+            writes = sum(v for (op, _, _), v in used.items() if op not in READS)
+            reads = sum(v for (op, _, _), v in used.items() if op in READS)
             by_table = {
                 f"{op} {kind} {outcome}": v for (op, kind, outcome), v in sorted(used.items())
             }
@@ -266,7 +272,7 @@ def measure(
                 "reads_per_operation": round(reads / operations, 2),
                 "tombstone_writes_per_operation": round(
                     sum(
-                        v for (op, k, _), v in used.items() if k == "tombstones" and op != "GetItem"
+                        v for (op, k, _), v in used.items() if k == "tombstones" and op not in READS
                     )
                     / operations,
                     2,

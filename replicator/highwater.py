@@ -31,6 +31,19 @@ A remembered delete stands in for its tombstone, so it keeps the tombstone's rul
 A delete record below a remembered delete (the source writer's own removal of a stale
 insert, a correction landing, a duplicate) changes nothing: the source holds no item and
 the higher delete was already sent everywhere, so it is skipped like an echo.
+
+With tombstones, what this process forgot (or never saw: it started after the delete)
+is in the source's tombstone table. A local insert of a key the stage knows nothing of
+is checked against it here, before it is routed (a strongly consistent read, on the
+reading thread, never the event loop, and in place of the source writer's own check of
+that insert, so an insert costs no more reads than before). The reads a batch needs are
+made together, before its records are routed (:meth:`HighWater.prefetch`): one
+BatchGetItem per 100 new items, not one round trip per insert in turn, which would hold
+a burst of new items to a few hundred a second. A live tombstone that ranks at or above
+the insert makes it stale, exactly as the remembered delete would have, and
+its correction removes the stale image wherever it is, the delete known by its
+tombstone alone. So whether a stale insert is sent on no longer depends on what the
+process remembers.
 """
 
 from __future__ import annotations
@@ -38,7 +51,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -50,6 +63,7 @@ from replicator.items import Item, KeyId, describe_key, same_item
 from replicator.records import Change, Event
 from replicator.rules.order import NO_ITEM, OpRank, image_digest
 from replicator.rules.ordered import OrderedRule
+from replicator.tombstones.model import Tombstone
 
 log = structlog.get_logger(__name__)
 
@@ -78,23 +92,27 @@ class SharedNotes:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._settled = threading.Condition(self._lock)
-        self._inserts: dict[KeyId, int] = {}
+        self._inserts: dict[KeyId, tuple[int, bool]] = {}
         self._echoes: OrderedDict[tuple[KeyId, str], _Echo] = OrderedDict()
 
-    def mark_insert(self, key: KeyId, position: int) -> None:
+    def mark_insert(self, key: KeyId, position: int, *, checked: bool = False) -> None:
+        """``checked``: the stage read the item's tombstone after this insert was made and
+        none outranks it, so the source writer need not read it again (a forgotten note
+        costs that read, never the check)."""
         with self._lock:
-            self._inserts[key] = position
+            self._inserts[key] = (position, checked)
             while len(self._inserts) > MAX_KEYS:
                 self._inserts.pop(next(iter(self._inserts)))
 
-    def take_insert(self, key: KeyId, position: int) -> bool:
-        """Whether an insert at or before ``position`` is pending (and forget it)."""
+    def take_insert(self, key: KeyId, position: int) -> tuple[bool, bool]:
+        """Whether an insert at or before ``position`` is pending (and forget it), and
+        whether it is the insert at ``position`` itself, already checked."""
         with self._lock:
             pending = self._inserts.get(key)
-            if pending is None or pending > position:
-                return False
+            if pending is None or pending[0] > position:
+                return False, False
             del self._inserts[key]
-            return True
+            return True, pending == (position, True)
 
     def expect_echo(self, key: KeyId, image: Item) -> None:
         """A write-back of ``image`` (stamped here) is about to be sent."""
@@ -155,6 +173,8 @@ class _State:
     deleted: bool
     size: int  # of the record that showed it (its base64 text): what keeping it costs
     created_us: int = 0  # of the record that showed it: a remembered delete's age
+    # A delete known by its tombstone alone (``image`` is then only the item's keys).
+    tombstone: Tombstone | None = None
 
 
 class HighWater:
@@ -168,6 +188,8 @@ class HighWater:
         retention_s: float | None = None,
         clock: Callable[[], float] = time.time,
         in_order: bool = True,
+        read_tombstones: Callable[[Sequence[Change]], Mapping[KeyId, Tombstone | None]]
+        | None = None,
     ) -> None:
         """``keep_echoes_apart``: a loop-skipped record never replaces a queued change
         (with tombstones, the queued change may be a stale insert the source writer
@@ -175,8 +197,14 @@ class HighWater:
         outranks a later local insert below it. ``retention_s``: how long a remembered
         delete counts (the tombstone retention), by ``clock``. ``in_order``: the stream
         keeps each item's changes in order (a DynamoDB stream; not Kinesis, where a
-        record's creation time says which of two came first)."""
+        record's creation time says which of two came first). ``read_tombstones``: the
+        source's tombstones of changes' items, read strongly consistently (None: no row;
+        an item left out could not be read; with ``tombstones``)."""
         self.rule = rule
+        self.read_tombstones = read_tombstones
+        # The answers :meth:`prefetch` read for the batch being routed: whether the item's
+        # tombstone could be read, and the row.
+        self._prefetched: dict[KeyId, tuple[bool, Tombstone | None]] = {}
         self.keep_echoes_apart = keep_echoes_apart
         self.tombstones = tombstones
         self.retention_s = retention_s
@@ -186,6 +214,34 @@ class HighWater:
         self._highest: OrderedDict[KeyId, _State] = OrderedDict()
         self._bytes = 0
         self.corrections = 0
+
+    def prefetch(self, changes: Iterable[tuple[Change, Route]]) -> None:
+        """Read together the tombstones that routing ``changes`` (a batch, with the
+        filters' routes, in order) will ask for: of each local insert of an item the stage
+        knows nothing of that is the item's first record in the batch (the item is known
+        once that record is routed). The reading thread would otherwise wait one round
+        trip per new item in turn. An answer routing does not use (the insert is an echo)
+        is dropped with the next batch; a read routing needs that is not here (the stage
+        let go of the item during the batch) is made then, alone."""
+        self._prefetched = {}
+        if not self.tombstones or self.read_tombstones is None:
+            return
+        seen: set[KeyId] = set()
+        wanted: list[Change] = []
+        for change, route in changes:
+            if change.key in seen:
+                continue
+            seen.add(change.key)
+            if (
+                route is Route.REPLICATE
+                and change.old_image is None
+                and change.new_image is not None
+                and change.key not in self._highest
+            ):
+                wanted.append(change)
+        if wanted:
+            found = self.read_tombstones(wanted)
+            self._prefetched = {c.key: (c.key in found, found.get(c.key)) for c in wanted}
 
     def route(self, change: Change, route: Route) -> tuple[Change, Route, bool]:
         """The change to go on with, its route (a correction's or a write-back's own
@@ -214,7 +270,8 @@ class HighWater:
                 self._observe(change, self._outcome(change))
                 return change, Route.LOOP_SKIPPED, False
             if image is not None and change.old_image is None:
-                self.notes.mark_insert(change.key, change.position)
+                checked = self._check_forgotten_delete(change, image)
+                self.notes.mark_insert(change.key, change.position, checked=checked)
             return self.admit(change), route, False
         if route is Route.FILTERED:
             self._forget(change.key)  # a TTL delete the job does not follow
@@ -234,16 +291,45 @@ class HighWater:
             return True
         return self.notes.is_echo(change.key, image)
 
+    def _check_forgotten_delete(self, change: Change, image: Item) -> bool:
+        """For a local insert of an item this stage knows nothing of: read its tombstone,
+        and remember a live one that outranks the insert as the item's highest state
+        (:meth:`admit` then corrects the insert). Whether the insert was checked: no
+        tombstone outranks it, or it is now known to be stale. An expired tombstone
+        outranking it is left to the source writer, which lets the insert in and counts
+        the tombstone."""
+        if not self.tombstones or self.read_tombstones is None or change.key in self._highest:
+            return False
+        answer = self._prefetched.pop(change.key, None)
+        if answer is None:
+            found = self.read_tombstones([change])
+            answer = change.key in found, found.get(change.key)
+        read, tombstone = answer
+        if not read:
+            return False
+        if tombstone is None or not tombstone.blocks(self.rule.rank(image)):
+            return True
+        if tombstone.expired(self._clock()):
+            return False
+        self._remember(
+            change.key,
+            _State(tombstone.op_rank, change.keys, True, 0, change.created_us, tombstone),
+        )
+        return True
+
     def _let_go_of_delete(self, change: Change) -> None:
         """Forget the remembered delete of ``change``'s item when it no longer counts: past
         the retention, or (without tombstones) when ``change`` re-creates the item."""
         highest = self._highest.get(change.key)
         if highest is None or not highest.deleted:
             return
-        expired = (
-            self.retention_s is not None
-            and self._clock() - highest.created_us / 1_000_000 >= self.retention_s
-        )
+        if highest.tombstone is not None:
+            expired = highest.tombstone.expired(self._clock())
+        else:
+            expired = (
+                self.retention_s is not None
+                and self._clock() - highest.created_us / 1_000_000 >= self.retention_s
+            )
         recreated = (
             not self.tombstones
             and change.event is not Event.REMOVE
@@ -272,6 +358,18 @@ class HighWater:
         if highest is None or outcome.rank >= highest.rank:
             return change
         self.corrections += 1
+        if highest.tombstone is not None:
+            # The deleted image is not known, its rank is: remove the stale image, the
+            # one the source holds now, wherever it is.
+            return msgspec.structs.replace(
+                change,
+                event=Event.REMOVE,
+                new=None,
+                old=change.new,
+                ttl_delete=False,
+                corrects=change,
+                tombstone=highest.tombstone,
+            )
         if highest.deleted:
             return msgspec.structs.replace(
                 change,

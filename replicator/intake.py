@@ -78,6 +78,17 @@ class Reader:
         """Decode ``raw`` and route it; RecordDecodeError when it cannot be decoded."""
         return self.route(self.decode(raw))
 
+    def prefetch(self, changes: Iterable[Change]) -> None:
+        """Before ``changes`` (a batch, in order) are routed: the high-water stage reads
+        the tombstones routing them will need together (I/O: never on the event loop)."""
+        if self.high_water is not None:
+            change_filter = self.change_filter
+            self.high_water.prefetch(
+                (change, route)
+                for change in changes
+                if (route := change_filter.route(change)) is not Route.OTHER_TABLE
+            )
+
     def route(self, change: Change) -> Routed:
         route = self.change_filter.route(change)
         if route is Route.OTHER_TABLE:  # another job's record: nothing here to rank
@@ -150,17 +161,22 @@ class ShardIntake:
         reader = self.reader
         received = batch.received
         records = batch.records
-        # Changes to replicate, queued together up to the next record that is not one
-        # (so that every record still reaches the buffer in the shard's order).
-        replicate: list[Change] = []
+        # Decoded first, up to the first record that does not decode, so that what
+        # routing them will read is read at once (active-active's tombstones).
+        changes: list[Change] = []
+        undecodable: tuple[RawRecord, str] | None = None
         for index in range(batch.next, len(records)):
             raw = raw_record_from(records[index])
             try:
-                change = reader.decode(raw)
+                changes.append(reader.decode(raw))
             except RecordDecodeError as error:
-                pipeline.submit_all(replicate)
-                batch.next = index + 1
-                return raw, str(error)
+                undecodable = raw, str(error)
+                break
+        reader.prefetch(changes)
+        # Changes to replicate, queued together up to the next record that is not one
+        # (so that every record still reaches the buffer in the shard's order).
+        replicate: list[Change] = []
+        for change in changes:
             batch.last_sequence_number = change.sequence_number
             received[change.event] += 1
             routed = reader.route(change)
@@ -176,8 +192,8 @@ class ShardIntake:
                     origin=routed.origin,
                 )
         pipeline.submit_all(replicate)
-        batch.next = len(records)
-        return None
+        batch.next += len(changes) + (undecodable is not None)
+        return undecodable
 
 
 @dataclass(slots=True)

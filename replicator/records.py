@@ -8,12 +8,15 @@ dead-lettered with the bytes that arrived, not with our interpretation of them.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import msgspec
 
 from replicator.images import Image
 from replicator.items import Item, KeyId
+
+if TYPE_CHECKING:
+    from replicator.tombstones.model import Tombstone
 
 
 class RawRecord(TypedDict):
@@ -65,6 +68,10 @@ class Change(msgspec.Struct, frozen=True, kw_only=True):
     # change carries the item's highest-ranked state, written in place of ``corrects``,
     # a local write to the source that ranks below it.
     corrects: Change | None = None
+    # A correction whose higher state is a delete known only by its tombstone (read from
+    # the source's tombstone table, its image long gone): the delete the stale write
+    # lost to. Such a correction removes the stale image (``old``) wherever it is.
+    tombstone: Tombstone | None = None
     # The table a Kinesis Data Streams for DynamoDB record names (``tableName``); None for
     # a DynamoDB stream's record, which is always its own table's.
     table: str | None = None

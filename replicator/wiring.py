@@ -284,6 +284,7 @@ def high_water(resolved: ResolvedJob, pipeline: ShardPipeline) -> HighWater | No
         tombstones=job.active_active.tombstones,
         retention_s=job.active_active.tombstone_retention_hours * 3600,
         in_order=job.source.stream.kind is StreamKind.DYNAMODB_STREAMS,
+        read_tombstones=pipeline.source.read_tombstones,
     )
 
 

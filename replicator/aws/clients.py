@@ -30,6 +30,8 @@ from replicator.exceptions import EnvironmentProblem
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_dynamodb.type_defs import (
+        BatchGetItemInputTypeDef,
+        BatchGetItemOutputTypeDef,
         DeleteItemInputTypeDef,
         DeleteItemOutputTypeDef,
         GetItemInputTypeDef,
@@ -103,6 +105,10 @@ class WriteClient(Protocol):
     def delete_item(self, **kwargs: Unpack[DeleteItemInputTypeDef]) -> DeleteItemOutputTypeDef: ...
 
     def get_item(self, **kwargs: Unpack[GetItemInputTypeDef]) -> GetItemOutputTypeDef: ...
+
+    def batch_get_item(
+        self, **kwargs: Unpack[BatchGetItemInputTypeDef]
+    ) -> BatchGetItemOutputTypeDef: ...
 
 
 def session_for(

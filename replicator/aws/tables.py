@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import TableDescriptionTypeDef
 
+# The most keys one BatchGetItem may ask for.
+BATCH_GET_LIMIT = 100
+
 
 @dataclass(frozen=True)
 class TableShape:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from botocore.exceptions import ClientError
 
-from replicator.items import Item
+from replicator.items import Item, KeyId
 from replicator.owned_tables import ensure_table
 from replicator.rules.order import any_of, below, equal_rank, pruned
 from replicator.tombstones.model import (
@@ -125,6 +125,42 @@ class TombstoneTable:
         )
         item = cast("Item | None", response.get("Item"))
         return None if not item else Tombstone.from_item(item)
+
+    def get_some(self, pending: dict[str, KeyId], found: dict[KeyId, Tombstone | None]) -> None:
+        """One strongly consistent BatchGetItem of the rows ``pending`` names by row key
+        (at most BATCH_GET_LIMIT): each row answered moves from ``pending`` to ``found``
+        (None: no tombstone, expired ones included). The keys DynamoDB leaves unprocessed
+        (it throttled part of the request) stay pending and raise a throttling error, so
+        that the writer's retries ask for them again after its backoff."""
+        response = self.client.batch_get_item(
+            RequestItems={
+                self.table: {
+                    "Keys": [{PARTITION_KEY: {"S": row}} for row in pending],
+                    "ConsistentRead": True,
+                }
+            }
+        )
+        for item in response.get("Responses", {}).get(self.table, []):
+            row = cast("Item", item)
+            key = pending.pop(str(row[PARTITION_KEY].get("S")), None)
+            if key is not None:
+                found[key] = Tombstone.from_item(row)
+        unprocessed = response.get("UnprocessedKeys", {}).get(self.table)
+        keys = cast("list[Item]", unprocessed["Keys"] if unprocessed else [])
+        left = {str(key[PARTITION_KEY].get("S")) for key in keys}
+        for row_id in [row_id for row_id in pending if row_id not in left]:
+            found[pending.pop(row_id)] = None
+        if pending:
+            raise ClientError(
+                {
+                    "Error": {
+                        "Code": "ProvisionedThroughputExceededException",
+                        "Message": f"BatchGetItem left {len(pending)} keys of "
+                        f"{self.description} unprocessed",
+                    }
+                },
+                "BatchGetItem",
+            )
 
     def ensure_exists(self, wait_s: float = 120.0) -> None:
         ensure_table(

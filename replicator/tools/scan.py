@@ -20,6 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.aws.backoff import Backoff
 from replicator.aws.errors import ErrorKind, classify
+from replicator.aws.tables import BATCH_GET_LIMIT
 from replicator.items import Item, KeyId, key_id, project
 from replicator.tools.tables import TableRef
 
@@ -30,7 +31,6 @@ log = structlog.get_logger(__name__)
 # stops it at once. A stopped backfill resumes where it was.
 MAX_ATTEMPTS = 14
 _BACKOFF = Backoff(base_s=0.1, cap_s=20.0)
-BATCH_GET_LIMIT = 100
 
 
 def call(operation: Callable[..., Any], what: str, **kwargs: Any) -> Any:

@@ -31,21 +31,22 @@ a redrive: the change it belongs to is still settled at the destinations.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import msgspec
 import structlog
 
+from replicator.aws.tables import BATCH_GET_LIMIT
 from replicator.config.model import SOURCE_LABEL_PREFIX
 from replicator.conflictlog.base import ConflictRecorder, Loss
 from replicator.highwater import SharedNotes
 from replicator.images import Image
-from replicator.items import Item, describe_key
+from replicator.items import Item, KeyId, describe_key
 from replicator.metrics import Metrics
 from replicator.records import Change, Event
 from replicator.rules.ordered import OrderedRule
-from replicator.tombstones.model import Tombstone, tombstone_of
+from replicator.tombstones.model import Tombstone, row_key, tombstone_of
 from replicator.writers.destination import (
     APPLIED,
     CONFLICT_LOST,
@@ -119,9 +120,11 @@ class SourceWriter:
             return UNCHANGED
         image = change.new_image
         assert image is not None
-        inserted = self.notes.take_insert(change.key, change.position)
+        inserted, checked = self.notes.take_insert(change.key, change.position)
         if change.old_image is not None and not inserted:
             return UNCHANGED  # an update of an item the source held: no delete between
+        if checked:
+            return UNCHANGED  # the stage read the tombstone after this insert: none above
 
         def check(_: int) -> Tombstone | None:
             return self.writer.undo_if_deleted(change.keys, image)
@@ -139,6 +142,35 @@ class SourceWriter:
         tombstone = undone[0]
         self._record(change, None, tombstone, written=True)
         return CONFLICT_LOST
+
+    def read_tombstones(self, changes: Sequence[Change]) -> dict[KeyId, Tombstone | None]:
+        """The source's tombstones of ``changes``' items (None: no row), read strongly
+        consistently and together, BATCH_GET_LIMIT items a request, each request with the
+        writer's retries (for the stage, on the reading thread, before it routes a
+        batch). An item whose request is refused as it is is left out: its insert is
+        checked when written (:meth:`write`). A source that refuses everything stops the
+        worker, as any write to it would."""
+        table = self.writer.tombstones
+        found: dict[KeyId, Tombstone | None] = {}
+        if table is None:
+            return found
+        rows = list({row_key(change.keys): change for change in changes}.items())
+        for start in range(0, len(rows), BATCH_GET_LIMIT):
+            chunk = rows[start : start + BATCH_GET_LIMIT]
+            pending = {row: change.key for row, change in chunk}
+
+            def attempt(_: int, pending: dict[str, KeyId] = pending) -> WriteResult:
+                table.get_some(pending, found)
+                return APPLIED
+
+            result = self.writer.retrying(chunk[0][1], attempt)
+            if result.outcome is not Outcome.APPLIED:
+                log.warning(
+                    "tombstones not read; the local inserts are checked when written",
+                    keys=[describe_key(change.keys) for _, change in chunk],
+                    error=result.error,
+                )
+        return found
 
     def _stamped_here(self, image: Item) -> bool:
         origin = self.rule.origin_attribute
@@ -158,6 +190,19 @@ class SourceWriter:
     def _correct(self, change: Change, stale: Change) -> WriteResult:
         """Write the higher state ``change`` carries in place of the local ``stale``."""
         self.notes.take_insert(change.key, change.position)
+        if change.tombstone is not None:
+            # A delete known by its tombstone, in this table already: remove the stale
+            # item while it ranks at or below it.
+            tombstone = change.tombstone
+            removed: list[bool] = []
+
+            def remove(_: int) -> WriteResult:
+                removed.append(self.writer.remove_below(change.keys, tombstone, change.image))
+                return APPLIED
+
+            self._retrying(change, remove)
+            self._record(stale, None, tombstone, written=bool(removed and removed[-1]))
+            return CONFLICT_LOST
         written = self._settled(change, self.writer.write(change)).outcome is Outcome.APPLIED
         if change.op_is_delete:
             assert change.old_image is not None
@@ -267,5 +312,6 @@ class SourceWriter:
 
 
 def _keep(box: list[Tombstone | None], value: Tombstone | None) -> WriteResult:
+    """An attempt of :meth:`DestinationWriter.retrying` that settles once it has a value."""
     box.append(value)
     return APPLIED

@@ -166,6 +166,13 @@ class WireWriteClient:
         rule botocore's client, so this answers through botocore as well."""
         return self.botocore_client.get_item(**kwargs)
 
+    def batch_get_item(
+        self, **kwargs: Unpack[wire.BatchGetItemInputTypeDef]
+    ) -> wire.BatchGetItemOutputTypeDef:
+        """Only the tombstone reads of active-active's high-water stage call this, off the
+        event loop: botocore answers it."""
+        return self.botocore_client.batch_get_item(**kwargs)
+
     def _call(self, operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
         body, headers = self.request(operation, params)
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,11 +24,12 @@ def proxies(moto_endpoint: str) -> Iterator[list[FaultProxy]]:
 def mesh_of(
     moto_endpoint: str, unique: Callable[[str], str], tmp_path: Path
 ) -> Iterator[Callable[..., Mesh]]:
-    """Makes a Mesh of the regions given (``tombstones=False`` for one without them)."""
+    """Makes a Mesh of the regions given (with Mesh's options: ``tombstones=False`` for
+    one without them, another ``loop_prevention``)."""
     made: list[Mesh] = []
 
-    def make(regions: tuple[str, ...], *, tombstones: bool = True) -> Mesh:
-        mesh = Mesh(moto_endpoint, unique("aa"), regions, tmp_path, tombstones=tombstones)
+    def make(regions: tuple[str, ...], **options: Any) -> Mesh:
+        mesh = Mesh(moto_endpoint, unique("aa"), regions, tmp_path, **options)
         made.append(mesh)
         return mesh
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import pytest
 
+from replicator.items import Item
 from tests.support.active_active import (
     PAIR_WRITES,
     RULE,
@@ -114,3 +115,78 @@ def test_a_delete_racing_stale_puts_in_the_other_region_wins_on_both_sides(
         calls = call_log.calls(mesh.access_key(region))
         assert any(call.action == "GetRecords" for call in calls), region  # recorded
         assert mesh.ungranted_calls(call_log, region) == [], region
+
+
+def test_a_stale_insert_below_a_delete_made_by_an_earlier_process_never_leaves_the_source(
+    mesh_of: Callable[[tuple[str, ...]], Mesh],
+) -> None:
+    """The delete and the stale re-insert read by two processes of the us job: the one
+    reading the insert never saw the delete, so only the tombstone knows it. The insert
+    must be corrected at the source as when one process reads both (docs/active-active.md
+    section 3): never created in eu, and logged once, with the source as its destination."""
+    us, eu = regions = ("us-east-1", "eu-west-1")
+    mesh = mesh_of(regions)
+    ddb, table = mesh.ddb[us], mesh.table[us]
+    keys = {"pk": {"S": "q"}, "sk": {"N": "0"}}
+    rng = random.Random(3)
+
+    def held(region: str) -> bool:
+        return bool(mesh.ddb[region].get_item(TableName=mesh.table[region], Key=keys).get("Item"))
+
+    ddb.put_item(TableName=table, Item=app_item(keys, 100, us, rng))
+    mesh.run_once(us, lambda: held(eu), "q(100) in eu")
+    ddb.delete_item(TableName=table, Key=keys)
+    mesh.run_once(us, lambda: not held(eu), "the delete of q in eu")
+    stale = app_item(keys, 50, us, rng)
+    ddb.put_item(TableName=table, Item=stale)
+
+    def corrected() -> bool:
+        return not held(us) and "local write corrected" in mesh.log_tail(us)
+
+    mesh.run_once(us, corrected, "the stale q(50) removed from us")
+    stamps = [(event, image["updated_at"]["N"]) for event, image in mesh.stream_images(eu)]
+    assert stamps == [("INSERT", "100"), ("REMOVE", "100")]  # eu never held q(50)
+    entries = mesh.conflict_entries()
+    assert len(entries) == 1, entries
+    assert entries[0]["destination"] == f"{us}/{table}" and entries[0]["write_back"] is True
+    log = (mesh.directory / f"{us}.log").read_text()
+    assert log.count("local write corrected in the source") == 1
+
+
+def test_jobs_sharing_one_origin_value_stop_once_a_stale_insert_is_corrected(
+    mesh_of: Callable[..., Mesh],
+) -> None:
+    """Both jobs stamping ``global`` (against docs/active-active.md: each of their
+    replicated writes looks local to the other job), run in turns, one process a turn.
+    A stale insert below a delete used to go round for ever, an INSERT and a REMOVE in
+    each region every turn; corrected at its source, it ends there."""
+    us, eu = regions = ("us-east-1", "eu-west-1")
+    shared = "{origin_attribute: origin_region, origin_value: global}"
+    mesh = mesh_of(regions, loop_prevention={us: shared, eu: shared})
+    ddb, table = mesh.ddb[us], mesh.table[us]
+    keys = {"pk": {"S": "k7"}, "sk": {"N": "0"}}
+    rng = random.Random(7)
+
+    def held(region: str) -> bool:
+        return bool(mesh.ddb[region].get_item(TableName=mesh.table[region], Key=keys).get("Item"))
+
+    def item(stamp: int) -> Item:
+        return {**app_item(keys, stamp, us, rng), "origin_region": {"S": "global"}}
+
+    ddb.put_item(TableName=table, Item=item(100))
+    mesh.run_once(us, lambda: held(eu), "k7(100) in eu")
+    mesh.run_once(eu)
+    ddb.delete_item(TableName=table, Key=keys)
+    mesh.run_once(us, lambda: not held(eu), "the delete of k7 in eu")
+    mesh.run_once(eu)
+    ddb.put_item(TableName=table, Item=item(50))
+    mesh.run_once(us, lambda: not held(us), "the stale k7(50) removed from us")
+    records = {region: len(mesh.stream_images(region)) for region in regions}
+    for _ in range(2):
+        mesh.run_once(eu)
+        mesh.run_once(us)
+    assert {region: len(mesh.stream_images(region)) for region in regions} == records
+    assert not held(us) and not held(eu)
+    logs = {r: (mesh.directory / f"{r}.log").read_text() for r in regions}
+    assert logs[us].count("local write corrected in the source") == 1
+    assert "local write corrected in the source" not in logs[eu]

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,13 @@ class Mesh:
         directory: Path,
         *,
         tombstones: bool = True,
+        loop_prevention: dict[str, str] | None = None,
     ) -> None:
+        """``loop_prevention``: a region's job's setting (a YAML flow mapping), when not
+        the documented ``{origin_attribute: origin_region}``."""
         self.endpoint = endpoint
         self.tombstones = tombstones
+        self.loop_prevention = loop_prevention or {}
         self.regions = regions
         self.directory = directory
         self.table = {region: f"{name}-{region}" for region in regions}
@@ -79,7 +84,8 @@ class Mesh:
             f"endpoint_url: '{self.endpoint}'}}\n"
             f"destinations:\n{destinations}"
             "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
-            "loop_prevention: {origin_attribute: origin_region}\n"
+            "loop_prevention: "
+            f"{self.loop_prevention.get(region, '{origin_attribute: origin_region}')}\n"
             f"active_active: {{tombstones: {str(self.tombstones).lower()}}}\n"
             f"dead_letter: {{kind: file, path: '{where}-dead.jsonl'}}\n"
             f"conflict_log: {{kind: file, path: '{where}-conflicts.jsonl'}}\n"
@@ -160,6 +166,43 @@ class Mesh:
         the stream's start. Read whole, the stream of a 2,000-write pair took moto some 6 s
         a region, and the check below reads every stream twice."""
         return last_stream_record(self.ddb[region], self.endpoint, self.table[region], after)
+
+    def stream_images(self, region: str) -> list[tuple[str, Item]]:
+        """Every record of the region's stream (its only shard), in order: its event and
+        the image it carries (a put's new image, a delete's old one)."""
+        ddb = self.ddb[region]
+        streams = client("dynamodbstreams", region, self.endpoint)
+        arn = ddb.describe_table(TableName=self.table[region])["Table"]["LatestStreamArn"]
+        shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]
+        iterator = streams.get_shard_iterator(
+            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        found: list[tuple[str, Item]] = []
+        while True:
+            page = streams.get_records(ShardIterator=iterator, Limit=1000)
+            if not page["Records"]:
+                return found
+            for record in page["Records"]:
+                data = record["dynamodb"]
+                event = record["eventName"]
+                found.append((event, data["OldImage" if event == "REMOVE" else "NewImage"]))
+            iterator = page["NextShardIterator"]
+
+    def run_once(
+        self, region: str, done: Callable[[], bool] = lambda: True, what: str = ""
+    ) -> None:
+        """Start the region's runtime, wait until ``done`` and its checkpoint is at its
+        stream's end (the records its own writes added included), and stop it (a process
+        of its own each time: nothing remembered from the last)."""
+        self.start(region)
+        if what:
+            wait_until(done, 60, what)
+        wait_until(
+            lambda: self.checkpoint(region) == self.stream_end(region),
+            60,
+            f"the {region} checkpoint to reach its stream's end",
+        )
+        assert self.stop(region) == {region: 0}, self.log_tail(region)
 
     def items(self, region: str) -> dict[KeyId, Item]:
         found = tables.scan_all(self.ddb[region], self.table[region])

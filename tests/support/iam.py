@@ -136,7 +136,9 @@ def documented_resource(
         return f"{service}:{call.action}", arn + _documented_name(table.split("/")[0], names) + (
             "/stream/LABEL"
         )
-    table = _documented_name(str(call.body.get("TableName", "")), names)
+    # A batch names its tables in RequestItems (the job's batches read one table).
+    named = call.body.get("TableName") or next(iter(call.body.get("RequestItems") or {}), "")
+    table = _documented_name(str(named), names)
     index = f"/index/{call.body['IndexName']}" if "IndexName" in call.body else ""
     return f"{service}:{call.action}", arn + table + index
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from replicator.conflictlog.recorder import ShardConflicts
 from replicator.decode import decode
 from replicator.filters import Route
 from replicator.highwater import HighWater
-from replicator.items import Item
+from replicator.items import Item, KeyId
 from replicator.metrics import Metrics
 from replicator.records import Change, Event
 from replicator.rules import OrderedRule
@@ -253,6 +254,163 @@ def test_a_stale_insert_below_a_delete_is_corrected_logged_and_counted_once(pair
     assert sample(pair.metrics, "replicator_conflict_writebacks_total", destination=label) == 1
     assert len(pair.log.entries) == 1 and pair.log.entries[0]["loser"] == stale
     assert stage.corrections == 1
+
+
+def test_a_stale_insert_below_a_delete_the_stage_forgot_is_corrected_from_its_tombstone(
+    pair: Pair,
+) -> None:
+    """A new process (a stage that never saw the delete) reads the source's tombstone
+    before routing the insert: it becomes a correction, B is never written the stale
+    image, and the loss is logged once, at the source."""
+    first = HighWater(RULE, tombstones=True, keep_echoes_apart=True, notes=pair.source.notes)
+    deleted = image(100, "us-east-1")
+    delete, _, _ = first.route(change("REMOVE", None, deleted), Route.REPLICATE)
+    assert pair.source.write(delete).outcome is Outcome.UNCHANGED  # recorded
+    assert pair.writer.write(delete).outcome is Outcome.APPLIED  # replicated: its tombstone
+    stage = HighWater(
+        RULE, tombstones=True, keep_echoes_apart=True, read_tombstones=pair.source.read_tombstones
+    )
+    pair.source.notes = stage.notes
+    stale = image(50, "us-east-1", "stale")
+    pair.a.put_item(TableName=pair.table, Item=stale)  # the application, unconditionally
+    insert = change("INSERT", stale, seq=2)
+    correction, route, _ = stage.route(insert, Route.REPLICATE)
+    assert route is Route.REPLICATE and correction.corrects is insert
+    assert correction.event is Event.REMOVE and correction.tombstone is not None
+    # B: a delete of nothing (the stale image never went there), its tombstone kept.
+    assert pair.writer.write(correction).outcome is Outcome.APPLIED
+    assert pair.get(pair.b) is None
+    held = pair.tombs_b.get(KEY)
+    assert held is not None and held.ordering == {"N": "100"}
+    assert pair.source.write(correction).outcome is Outcome.CONFLICT_LOST
+    assert pair.get(pair.a) is None
+    # The correction's own record in A's stream is the job's echo.
+    assert stage.route(change("REMOVE", None, stale, seq=3), Route.REPLICATE)[1] is (
+        Route.LOOP_SKIPPED
+    )
+    assert len(pair.log.entries) == 1
+    entry = pair.log.entries[0]
+    assert entry["where"] == f"us-east-1/{pair.table}" and entry["loser"] == stale
+    assert entry["write_back"] is True and entry["winning_rank"]["delete"] is True
+    # An update of the stale item still below the delete is corrected the same way.
+    update = change("MODIFY", image(60, "us-east-1"), stale, seq=4)
+    assert stage.route(update, Route.REPLICATE)[0].tombstone is not None
+
+
+def test_an_insert_above_a_forgotten_delete_is_sent_on_and_read_once(pair: Pair) -> None:
+    """A legitimate re-creation above the tombstone is replicated as it is; the stage's
+    read of the tombstone stands for the source writer's, which reads nothing more."""
+    deleted = image(100, "us-east-1")
+    assert pair.source.write(change("REMOVE", None, deleted)).outcome is Outcome.UNCHANGED
+    reads: list[object] = []
+    get, get_some = pair.tombs_a.get, pair.tombs_a.get_some
+
+    def counted(keys: Item) -> Any:
+        reads.append(keys)
+        return get(keys)
+
+    def counted_some(pending: dict[str, Any], found: dict[Any, Any]) -> None:
+        reads.extend(pending)
+        get_some(pending, found)
+
+    pair.tombs_a.get = counted  # type: ignore[method-assign]
+    pair.tombs_a.get_some = counted_some  # type: ignore[method-assign]
+    stage = HighWater(
+        RULE, tombstones=True, notes=pair.source.notes, read_tombstones=pair.source.read_tombstones
+    )
+    higher = image(150, "us-east-1", "again")
+    pair.a.put_item(TableName=pair.table, Item=higher)
+    insert = change("INSERT", higher, seq=2)
+    assert stage.route(insert, Route.REPLICATE) == (insert, Route.REPLICATE, False)
+    assert pair.source.write(insert).outcome is Outcome.UNCHANGED
+    assert pair.writer.write(insert).outcome is Outcome.APPLIED
+    assert pair.get(pair.a) == higher and pair.get(pair.b) == higher
+    assert len(reads) == 1  # the stage's: the source writer does not read it again
+    assert stage.corrections == 0 and pair.log.entries == []
+
+
+def test_an_insert_below_an_expired_forgotten_delete_is_let_in_and_counted(pair: Pair) -> None:
+    now = [time.time()]
+    pair.tombs_a._clock = lambda: now[0]
+    assert pair.source.write(change("REMOVE", None, image(100, "us-east-1"))).outcome is (
+        Outcome.UNCHANGED
+    )
+    now[0] += 3600
+    stage = HighWater(
+        RULE,
+        tombstones=True,
+        notes=pair.source.notes,
+        read_tombstones=pair.source.read_tombstones,
+        clock=lambda: now[0],
+    )
+    stale = image(50, "us-east-1")
+    pair.a.put_item(TableName=pair.table, Item=stale)
+    insert = change("INSERT", stale, seq=2)
+    assert stage.route(insert, Route.REPLICATE) == (insert, Route.REPLICATE, False)
+    assert pair.source.write(insert).outcome is Outcome.UNCHANGED
+    assert pair.get(pair.a) == stale
+    label = f"us-east-1/{pair.table}"
+    assert sample(pair.metrics, "replicator_tombstones_expired_total", destination=label) == 1
+
+
+def test_keys_a_batch_read_leaves_unprocessed_are_asked_again(pair: Pair) -> None:
+    """DynamoDB may answer part of a BatchGetItem (throttled in part): the rest is asked
+    for again, after the writer's backoff, and every item's tombstone is read."""
+    deleted = image(100, "us-east-1")
+    assert pair.source.write(change("REMOVE", None, deleted)).outcome is Outcome.UNCHANGED
+    table = pair.tombs_a.table
+    batch_get = pair.a.batch_get_item
+    asked: list[int] = []
+
+    def in_part(**kwargs: Any) -> Any:
+        request = kwargs["RequestItems"][table]
+        asked.append(len(request["Keys"]))
+        if len(asked) > 1:
+            return batch_get(**kwargs)
+        first, rest = request["Keys"][:1], request["Keys"][1:]
+        answer = batch_get(RequestItems={table: {**request, "Keys": first}})
+        answer["UnprocessedKeys"] = {table: {**request, "Keys": rest}}
+        return answer
+
+    pair.a.batch_get_item = in_part
+    others = [
+        decode(
+            daemon_record(stream_record("INSERT", {"pk": {"S": pk}}, {"pk": {"S": pk}}, seq=n), n)
+        )
+        for n, pk in enumerate(("x", "y"), start=2)
+    ]
+    found = pair.source.read_tombstones([change("INSERT", image(50, "us-east-1")), *others])
+    assert asked == [3, 2]
+    held = found[change("INSERT", image(50, "us-east-1")).key]
+    assert held is not None and held.ordering == {"N": "100"}
+    assert [found[other.key] for other in others] == [None, None]
+    label = f"us-east-1/{pair.table}"
+    assert (
+        sample(pair.metrics, "replicator_retries_total", destination=label, reason="throttled") == 1
+    )
+
+
+def test_the_stage_reads_no_tombstone_for_a_key_it_knows() -> None:
+    """Bounded: a key with a remembered state decides by it (a stale insert below the
+    remembered delete, an update, a delete): the table is read only for what is forgotten."""
+    read: list[Change] = []
+
+    def read_tombstones(changes: Sequence[Change]) -> dict[KeyId, Any]:
+        read.extend(changes)
+        return dict.fromkeys((change.key for change in changes), None)
+
+    stage = HighWater(RULE, tombstones=True, read_tombstones=read_tombstones)
+    stage.route(change("REMOVE", None, image(20, "us-east-1")), Route.REPLICATE)
+    stage.route(change("INSERT", image(10, "us-east-1"), seq=2), Route.REPLICATE)
+    stage.route(
+        change("MODIFY", image(30, "us-east-1"), image(10, "us-east-1"), seq=3), Route.REPLICATE
+    )
+    assert read == []
+    other = msgspec.structs.replace(
+        change("INSERT", image(1, "us-east-1"), seq=4), key=(("pk", "S", "other"),)
+    )
+    stage.route(other, Route.REPLICATE)
+    assert read == [other]
 
 
 def test_a_write_back_landing_before_a_local_delete_is_recorded_is_removed_with_it(

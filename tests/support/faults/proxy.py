@@ -247,7 +247,8 @@ class FaultProxy:
             return list(self._seen)
 
     def by_table(self, operation: str) -> Counter[str]:
-        """Requests of one operation by the table they name (``TableName``), whatever
+        """Requests of one operation by the table they name (``TableName``, a batch's
+        ``RequestItems`` tables joined by commas), whatever
         their outcome: a job's writes to its destination table apart from its tombstone
         table's."""
         with self._lock:
@@ -258,7 +259,9 @@ class FaultProxy:
     def _count(self, request: _Request, outcome: str) -> None:
         table = ""
         with contextlib.suppress(ValueError, AttributeError):
-            table = str(json.loads(request.body).get("TableName", ""))
+            body = json.loads(request.body)
+            # A batch names its tables in RequestItems (a test's batches name one).
+            table = str(body.get("TableName") or ",".join(body.get("RequestItems") or ()))
         with self._lock:
             self._counts[(request.operation, outcome)] += 1
             self._table_counts[(request.operation, table)] += 1
