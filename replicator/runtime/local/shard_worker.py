@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
+from replicator.aws.answers import MalformedAnswer
 from replicator.aws.backoff import Backoff
 from replicator.aws.errors import ErrorKind, classify, error_code, excerpt
 from replicator.config.model import OnTrimmedData
@@ -51,7 +52,7 @@ from replicator.shards.leases import (
     Lease,
     LeaseTable,
 )
-from replicator.shards.stream import created_ms_of, to_daemon_record
+from replicator.shards.stream import created_ms_of, list_shards, to_daemon_record
 from replicator.watermark import spans
 from replicator.watermark.spans import UnreadSpan
 
@@ -63,6 +64,16 @@ log = structlog.get_logger(__name__)
 
 # Reads of the lease at a stop, throttling and 5xx retried (stopping no longer waits).
 _STOP_READ_ATTEMPTS = 4
+
+
+class ShardStillOpen(BotoCoreError):
+    """GetRecords answered without ``NextShardIterator`` while DescribeStream lists the
+    shard open: no end of the shard, a failed read."""
+
+    fmt = (
+        "GetRecords answered without NextShardIterator, but DescribeStream lists shard "
+        "{shard} open (no EndingSequenceNumber): not the shard's end, read again"
+    )
 
 
 class _Stopping(Exception):
@@ -513,7 +524,8 @@ class ShardWorker(threading.Thread):
             if batch:
                 self.progress.records_delivered += len(batch)
                 self.progress.last_records_at = time.time()
-            # The stubs call NextShardIterator always present; a closed shard's end has none.
+            # The stubs call NextShardIterator always present; a closed shard's end has
+            # none (confirmed by DescribeStream in _get_records).
             next_iterator = cast("str | None", response.get("NextShardIterator"))
             if next_iterator is None:
                 self._shard_ending = True
@@ -578,7 +590,24 @@ class ShardWorker(threading.Thread):
         (result,) = outcome
         if isinstance(result, BaseException):
             raise result
+        if not isinstance(result.get("Records"), list):
+            raise MalformedAnswer(
+                operation="GetRecords", reason="no Records", body=repr(result)[:80]
+            )
+        if result.get("NextShardIterator") is None:
+            self._confirm_shard_end()
         return result, reported
+
+    def _confirm_shard_end(self) -> None:
+        """A GetRecords answer without ``NextShardIterator`` is the shard's end only if
+        DescribeStream says the shard is closed (has an ``EndingSequenceNumber``) or no
+        longer lists it: SHARD_END is checkpointed for good, so an answer that lost its
+        iterator on the way must not end an open shard. Raises :class:`ShardStillOpen`
+        (a failed read, retried) otherwise; a shard ends once every few hours at most,
+        so the pages of DescribeStream this reads cost nothing that matters."""
+        _, shards = list_shards(self.streams, self.settings.stream_arn)
+        if any(shard.shard_id == self.shard_id and not shard.closed for shard in shards):
+            raise ShardStillOpen(shard=self.shard_id)
 
     def _tell_behind(self, child: ProcessorChild) -> bool:
         """Tell the processor the reader is at least as far behind as at the last read
