@@ -33,7 +33,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 from replicator.aws.answers import MalformedAnswer
 from replicator.aws.backoff import Backoff
 from replicator.aws.errors import ErrorKind, classify, error_code, excerpt
-from replicator.config.model import OnTrimmedData
+from replicator.config.model import PROCESSOR_FLUSH_TIMEOUT_MS, OnTrimmedData, processor_stop_s
 from replicator.exceptions import (
     ChildFailed,
     ChildKeepsFailing,
@@ -64,6 +64,18 @@ log = structlog.get_logger(__name__)
 
 # Reads of the lease at a stop, throttling and 5xx retried (stopping no longer waits).
 _STOP_READ_ATTEMPTS = 4
+
+
+# Above what a processor takes to answer shutdownRequested: the checkpoint it asks for
+# written to the lease table, and its answer read.
+_STOP_ANSWER_MARGIN_S = 5.0
+
+
+def stop_answer_limit_s(shutdown_flush_ms: int) -> float:
+    """How long a processor is given to answer ``shutdownRequested`` with
+    ``kcl.shutdown_flush_ms``: what it may take (:func:`processor_stop_s`) and a margin,
+    so that one that waited its flush and the watermark in full is not killed."""
+    return processor_stop_s(shutdown_flush_ms) + _STOP_ANSWER_MARGIN_S
 
 
 class ShardStillOpen(BotoCoreError):
@@ -122,7 +134,9 @@ class ShardSettings:
     # checkpoint between them, however far apart.
     restart_limit: int = 5
     restart_window_s: float = 300.0
-    shutdown_timeout_s: float = 25.0
+    # How long a processor may take to answer shutdownRequested before it is killed:
+    # see stop_answer_limit_s (27 s with the default kcl.shutdown_flush_ms).
+    shutdown_timeout_s: float = stop_answer_limit_s(PROCESSOR_FLUSH_TIMEOUT_MS)
     # A restarted processor counts as recovered once it has checkpointed, or has run
     # this long without failing (an idle stream gives it nothing to checkpoint), unless
     # it last failed with exit code 3: then only a checkpoint counts.
@@ -655,8 +669,8 @@ class ShardWorker(threading.Thread):
             child.shutdown_requested(timeout=self.settings.shutdown_timeout_s)
         except ChildFailed as error:
             if error.timed_out:
-                # Still flushing (the processor's own wait is 20 s): nothing failed, and
-                # nothing is checkpointed past what it had not applied.
+                # Still flushing (past kcl.shutdown_flush_ms and the watermark's wait):
+                # nothing failed, and nothing is checkpointed past what it had not applied.
                 log.warning(
                     "processor did not finish its shutdown", shard=self.shard_id, error=str(error)
                 )
