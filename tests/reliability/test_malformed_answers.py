@@ -21,10 +21,12 @@ from tests.support.reliability import (
     log_tail,
     log_text,
     settle,
+    source_behind,
     wait_started,
 )
 
 SHARD_END = "SHARD_END"
+KCL = "{idle_time_between_reads_ms: 200, failover_time_ms: 10000}"
 
 
 @pytest.fixture
@@ -65,23 +67,12 @@ def _garble_the_source_then_write_on(
     return code, log_text(job)
 
 
-def _source_behind(moto_endpoint: str, name: str, tmp_path: Path, proxy: FaultProxy) -> ProxiedJob:
-    return ProxiedJob(
-        moto_endpoint,
-        name,
-        tmp_path,
-        destinations=[("eu-west-1", f"{name}-eu")],
-        source_endpoint=proxy.url,
-        kcl="{idle_time_between_reads_ms: 200, failover_time_ms: 10000}",
-    )
-
-
 def test_a_garbled_get_records_answer_is_a_failed_read_not_the_shard_s_end(
     moto_endpoint: str, unique: Any, tmp_path: Path, proxy: FaultProxy
 ) -> None:
     """Before the fix the open shard was checkpointed SHARD_END at the first garbled
     GetRecords and nothing written afterwards was ever replicated."""
-    job = _source_behind(moto_endpoint, unique("garbled-read"), tmp_path, proxy)
+    job = source_behind(proxy, moto_endpoint, unique("garbled-read"), tmp_path, kcl=KCL)
     garbled = Mode(Fault.GARBAGE, operations=frozenset({"GetRecords"}))
     code, output = _garble_the_source_then_write_on(job, proxy, garbled, ("GetRecords",))
     assert code == 0, output[-3000:]
@@ -96,7 +87,7 @@ def test_garbled_answers_to_every_source_call_are_retried_not_a_lost_lease(
     """Every call to the source's endpoint (the stream, the lease table: its renewals
     too) garbled for a while: before the fix a ``KeyError: 'Table'`` traceback, a
     restart and exit 5 ("taken over by no worker") though no other worker ran."""
-    job = _source_behind(moto_endpoint, unique("garbled-all"), tmp_path, proxy)
+    job = source_behind(proxy, moto_endpoint, unique("garbled-all"), tmp_path, kcl=KCL)
     operations = ("GetRecords", "UpdateItem")
     code, output = _garble_the_source_then_write_on(job, proxy, Mode(Fault.GARBAGE), operations)
     assert code == 0, output[-3000:]
