@@ -36,7 +36,7 @@ import structlog
 
 from replicator import lastwords, logs
 from replicator.checkpoint import Checkpoints, ProtocolCheckpointer
-from replicator.config.model import PROCESSOR_FLUSH_TIMEOUT_MS
+from replicator.config.model import PROCESSOR_FLUSH_TIMEOUT_MS, PROCESSOR_STOP_WATERMARK_S
 from replicator.exceptions import (
     DaemonGone,
     DeadLetterUnavailable,
@@ -57,8 +57,6 @@ log = structlog.get_logger(__name__)
 # How long a checkpoint waits for the watermark's dead-letter ranges and unread spans to
 # be stored (a status table that fails or hangs is not waited on within a batch).
 _STORE_WAIT_S = 2.0
-_SHUTDOWN_PUBLISH_WAIT_S = 2.0
-_SHUTDOWN_STORE_WAIT_S = 3.0
 _END_STORE_WAIT_S = 10.0
 _END_RETRY_S = 1.0
 _END_LOG_EVERY_S = 30.0
@@ -223,7 +221,10 @@ class ReplicationProcessor:
             return
         pipeline = intake.pipeline
         flushed = pipeline.flush(timeout=self._shutdown_flush_timeout_s)
-        pipeline.publish_watermark(_SHUTDOWN_PUBLISH_WAIT_S)
+        # The publish and the store share one budget: a status table that hangs would
+        # otherwise hold the answer past the runtime's stop limit.
+        watermark_until = time.monotonic() + PROCESSOR_STOP_WATERMARK_S
+        pipeline.publish_watermark(PROCESSOR_STOP_WATERMARK_S)
         position = pipeline.checkpointable()
         checkpoints = self._checkpoints()
         # None: every change received has settled everywhere.
@@ -231,7 +232,8 @@ class ReplicationProcessor:
         if not checkpoints.moves(position):
             self._report_stop(None, checkpoints.last, outstanding)
             return
-        if not pipeline.store_watermark_before_checkpoint(_SHUTDOWN_STORE_WAIT_S, urgent=True):
+        left_s = max(0.0, watermark_until - time.monotonic())
+        if not pipeline.store_watermark_before_checkpoint(left_s, urgent=True):
             # The next owner reads from the last checkpoint, and records again what
             # could not be stored: safe, where a checkpoint past it would lose it.
             log.warning(

@@ -24,6 +24,7 @@ from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshabl
 from botocore.exceptions import CredentialRetrievalError, InvalidConfigError, ProfileNotFound
 
 from replicator import __version__
+from replicator.aws.answers import watch_answers
 from replicator.config.endpoints import endpoint_problem
 from replicator.exceptions import EnvironmentProblem
 
@@ -234,14 +235,16 @@ def _session(place: Reach) -> boto3.Session:
 
 
 def dynamodb(place: Reach, **tuning: Unpack[Tuning]) -> DynamoDBClient:
-    """A low-level DynamoDB client for the table (or tables) at ``place``."""
-    client: DynamoDBClient = _client("dynamodb", place, tuning)
+    """A low-level DynamoDB client for the table (or tables) at ``place``; a garbled
+    answer raises :class:`~replicator.aws.answers.MalformedAnswer`."""
+    client: DynamoDBClient = watch_answers(_client("dynamodb", place, tuning))
     return client
 
 
 def dynamodb_streams(place: Reach, **tuning: Unpack[Tuning]) -> DynamoDBStreamsClient:
-    """A DynamoDB Streams client in the region (and account) of the source table."""
-    client: DynamoDBStreamsClient = _client("dynamodbstreams", place, tuning)
+    """A DynamoDB Streams client in the region (and account) of the source table; a
+    garbled answer raises :class:`~replicator.aws.answers.MalformedAnswer`."""
+    client: DynamoDBStreamsClient = watch_answers(_client("dynamodbstreams", place, tuning))
     return client
 
 
@@ -270,4 +273,4 @@ def default_dynamodb(
             "dynamodb", region_name=region, endpoint_url=endpoint_url, config=config
         ),
     )
-    return client
+    return watch_answers(client)  # type: ignore[no-any-return]

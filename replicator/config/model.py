@@ -35,6 +35,19 @@ from replicator.config.endpoints import check_endpoint, endpoint_identity
 # before it checkpoints what was applied (a destination that is down holds them back),
 # unless kcl.shutdown_flush_ms is shorter.
 PROCESSOR_FLUSH_TIMEOUT_MS = 20_000
+# After its flush, the most a processor asked to stop waits for the watermark's last
+# publish and for its dead-letter ranges and unread spans to be stored (one budget for
+# both) before it checkpoints, or gives up the checkpoint.
+PROCESSOR_STOP_WATERMARK_S = 2.0
+
+
+def processor_stop_s(shutdown_flush_ms: int) -> float:
+    """How long a processor takes at most to answer ``shutdownRequested`` (its flush,
+    then the watermark's budget) before the checkpoint it asks for: the runtimes' stop
+    limits are set above it."""
+    return shutdown_flush_ms / 1000 + PROCESSOR_STOP_WATERMARK_S
+
+
 # Each pattern is the whole value, to its very end (\Z): ``$`` would also stop before a
 # final newline, and take "us-east-1\n" as a region. Read them with fullmatch.
 _REGION = re.compile(r"[a-z]{2,4}(-[a-z]+)+-\d+\Z", re.ASCII)

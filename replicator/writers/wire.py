@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import zlib
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -33,7 +32,6 @@ import msgspec
 import structlog
 import urllib3
 from botocore.exceptions import (
-    ChecksumError,
     ClientError,
     ConnectionClosedError,
     EndpointConnectionError,
@@ -42,6 +40,7 @@ from botocore.exceptions import (
 )
 from botocore.httpsession import get_cert_path
 
+from replicator.aws.answers import check_crc32, parse_answer
 from replicator.aws.errors import CLOCK_SKEW
 from replicator.exceptions import AttributeFormatError
 from replicator.images import Image
@@ -227,17 +226,15 @@ class WireWriteClient:
     ) -> dict[str, Any]:
         """What an HTTP answer means, as botocore would say it: the parsed output of a
         200, else the :class:`ClientError` raised; a body that fails its ``x-amz-crc32``
-        raises :class:`ChecksumError`. Every transport hands its answers here, so the
-        writers classify them the same way whichever sent the request."""
-        if crc32 is not None and int(crc32) != zlib.crc32(data):
-            raise ChecksumError(
-                checksum_type="crc32",
-                expected_checksum=crc32,
-                actual_checksum=str(zlib.crc32(data)),
-            )
-        parsed = _parse(data)
+        raises :class:`ChecksumError`, and a 200 whose body is not a JSON object
+        :class:`~replicator.aws.answers.MalformedAnswer` (a write that may have landed,
+        as a dropped connection's: never counted applied). Every transport hands its
+        answers here, so the writers classify them the same way whichever sent the
+        request."""
+        check_crc32(data, crc32)
         if status == 200:
-            return parsed
+            return parse_answer(operation, data)
+        parsed = _parse(data)
         failure = _error_response(status, parsed, data)
         if failure["Error"]["Code"] in CLOCK_SKEW:
             self._learn_clock_offset(date)

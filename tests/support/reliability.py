@@ -154,6 +154,21 @@ def proxied_job(
     )
 
 
+def source_behind(
+    proxy: FaultProxy, moto_endpoint: str, name: str, directory: Path, **settings: Any
+) -> ProxiedJob:
+    """A job of one destination whose source (its stream and the lease table) is reached
+    through ``proxy``."""
+    return ProxiedJob(
+        moto_endpoint,
+        name,
+        directory,
+        destinations=[("eu-west-1", f"{name}-eu")],
+        source_endpoint=proxy.url,
+        **settings,
+    )
+
+
 def settle(differences: Callable[[], dict[str, list[Any]]], timeout: float) -> int:
     """Poll until the destinations equal the source; the number of items still different."""
     deadline = time.monotonic() + timeout * PATIENCE

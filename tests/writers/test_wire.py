@@ -6,6 +6,7 @@ must give the same answers and errors."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import ssl
 import threading
@@ -34,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from replicator.aws import clients
+from replicator.aws.answers import MalformedAnswer
 from replicator.aws.clients import Place
 from replicator.aws.errors import ErrorKind, classify, error_code, may_have_landed
 from replicator.writers.sigv4 import DynamoDBSigner, host_of
@@ -203,6 +205,7 @@ def proxy(moto_endpoint: str) -> Iterator[FaultProxy]:
         ("resets", ErrorKind.RETRY, ConnectionClosedError),
         ("black_hole", ErrorKind.RETRY, ReadTimeoutError),
         ("refuse", ErrorKind.RETRY, EndpointConnectionError),
+        ("garbage", ErrorKind.RETRY, MalformedAnswer),
     ],
 )
 def test_faults_surface_as_retryable_errors_and_the_client_recovers(
@@ -233,6 +236,9 @@ def test_faults_surface_as_retryable_errors_and_the_client_recovers(
         assert isinstance(raised.value, ClientError)
     else:
         assert isinstance(raised.value, BotoCoreError)  # counted as "network" by the writer
+    if fault == "garbage":
+        assert may_have_landed(raised.value)  # a garbled 200 is no refusal
+        assert "PutItem answered HTTP 200" in str(raised.value)
 
     proxy.pass_through()
     wire.put_item(TableName=table, Item={"pk": {"S": "after"}})
@@ -256,18 +262,35 @@ class _CorruptingHandler(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_corrupted_response_is_a_retryable_checksum_error(connect: Connect) -> None:
+@contextlib.contextmanager
+def _corrupting_server() -> Iterator[str]:
+    """The URL of a server answering every request as :class:`_CorruptingHandler`."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _CorruptingHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        wire = connect(f"http://127.0.0.1:{server.server_address[1]}")
-        with pytest.raises(ChecksumError) as raised:
-            wire.put_item(TableName="t", Item={"pk": {"S": "a"}})
-        assert classify(raised.value) is ErrorKind.RETRY
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_corrupted_response_is_a_retryable_checksum_error(connect: Connect) -> None:
+    with _corrupting_server() as url:
+        wire = connect(url)
+        with pytest.raises(ChecksumError) as raised:
+            wire.put_item(TableName="t", Item={"pk": {"S": "a"}})
+        assert classify(raised.value) is ErrorKind.RETRY
+
+
+def test_a_corrupted_response_is_a_checksum_error_through_botocore_too() -> None:
+    """``writer.send_with_botocore``: botocore's own crc32 check is a retry condition,
+    and with the writers' single attempt it returned the corrupted body as a success."""
+    with _corrupting_server() as url:
+        ddb = clients.dynamodb(Place(REGION, url), sdk_retries=False)
+        with pytest.raises(ChecksumError) as raised:
+            ddb.put_item(TableName="t", Item={"pk": {"S": "a"}})
+        assert may_have_landed(raised.value)
 
 
 def test_an_error_body_without_json_keeps_its_status() -> None:

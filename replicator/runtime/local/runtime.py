@@ -59,7 +59,12 @@ from replicator.runtime import preflight, supervisor
 from replicator.runtime.jobcopy import JOB_FILE_ENV, write_job_copy
 from replicator.runtime.local import hostlock
 from replicator.runtime.local.protocol import CheckpointHandler, ProcessorChild
-from replicator.runtime.local.shard_worker import ShardProgress, ShardSettings, ShardWorker
+from replicator.runtime.local.shard_worker import (
+    ShardProgress,
+    ShardSettings,
+    ShardWorker,
+    stop_answer_limit_s,
+)
 from replicator.shards.holder import Standing
 from replicator.shards.leases import LATEST, SHARD_END, TRIM_HORIZON, Lease, LeaseTable
 from replicator.shards.stream import Shard, list_shards
@@ -74,9 +79,9 @@ SHARD_SYNC_INTERVAL_S = 10.0
 # code 3 (a destination refusing every write) and no recovery between (a write settled
 # at that destination, or every record delivered checkpointed).
 PROCESSOR_RESTART_LIMIT = 5
-# How long a stop waits for the shard workers (a processor's shutdownRequested, 25 s at
-# most, the batch it may be answering, and the lease's release) before their processors
-# are killed, and the stop is not clean.
+# How long a stop waits for the shard workers (a processor's shutdownRequested, 27 s at
+# most with the largest kcl.shutdown_flush_ms, the batch it may be answering, and the
+# lease's release) before their processors are killed, and the stop is not clean.
 STOP_DEADLINE_S = 35.0
 # A shard sync that failed on a transient AWS error is tried again this much later.
 _HOUSEKEEPING_RETRY_S = 2.0
@@ -335,6 +340,7 @@ class LocalRuntime:
             restart_limit=self.restart_limit,
             record_unread=self._record_unread if self.resolved.publishes_watermark else None,
             lease_expiry_s=self.job.kcl.failover_time_ms / 1000,
+            shutdown_timeout_s=stop_answer_limit_s(self.job.kcl.shutdown_flush_ms),
             read_stall_after_s=self.job.metrics.stall_after_s,
             explain=self._explained,
         )

@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING, Any, cast
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
+from replicator.aws.answers import MalformedAnswer
 from replicator.aws.backoff import Backoff
 from replicator.aws.errors import ErrorKind, classify, error_code, excerpt
-from replicator.config.model import OnTrimmedData
+from replicator.config.model import PROCESSOR_FLUSH_TIMEOUT_MS, OnTrimmedData, processor_stop_s
 from replicator.exceptions import (
     ChildFailed,
     ChildKeepsFailing,
@@ -51,7 +52,7 @@ from replicator.shards.leases import (
     Lease,
     LeaseTable,
 )
-from replicator.shards.stream import created_ms_of, to_daemon_record
+from replicator.shards.stream import created_ms_of, list_shards, to_daemon_record
 from replicator.watermark import spans
 from replicator.watermark.spans import UnreadSpan
 
@@ -63,6 +64,28 @@ log = structlog.get_logger(__name__)
 
 # Reads of the lease at a stop, throttling and 5xx retried (stopping no longer waits).
 _STOP_READ_ATTEMPTS = 4
+
+
+# Above what a processor takes to answer shutdownRequested: the checkpoint it asks for
+# written to the lease table, and its answer read.
+_STOP_ANSWER_MARGIN_S = 5.0
+
+
+def stop_answer_limit_s(shutdown_flush_ms: int) -> float:
+    """How long a processor is given to answer ``shutdownRequested`` with
+    ``kcl.shutdown_flush_ms``: what it may take (:func:`processor_stop_s`) and a margin,
+    so that one that waited its flush and the watermark in full is not killed."""
+    return processor_stop_s(shutdown_flush_ms) + _STOP_ANSWER_MARGIN_S
+
+
+class ShardStillOpen(BotoCoreError):
+    """GetRecords answered without ``NextShardIterator`` while DescribeStream lists the
+    shard open: no end of the shard, a failed read."""
+
+    fmt = (
+        "GetRecords answered without NextShardIterator, but DescribeStream lists shard "
+        "{shard} open (no EndingSequenceNumber): not the shard's end, read again"
+    )
 
 
 class _Stopping(Exception):
@@ -111,7 +134,9 @@ class ShardSettings:
     # checkpoint between them, however far apart.
     restart_limit: int = 5
     restart_window_s: float = 300.0
-    shutdown_timeout_s: float = 25.0
+    # How long a processor may take to answer shutdownRequested before it is killed:
+    # see stop_answer_limit_s (27 s with the default kcl.shutdown_flush_ms).
+    shutdown_timeout_s: float = stop_answer_limit_s(PROCESSOR_FLUSH_TIMEOUT_MS)
     # A restarted processor counts as recovered once it has checkpointed, or has run
     # this long without failing (an idle stream gives it nothing to checkpoint), unless
     # it last failed with exit code 3: then only a checkpoint counts.
@@ -513,7 +538,8 @@ class ShardWorker(threading.Thread):
             if batch:
                 self.progress.records_delivered += len(batch)
                 self.progress.last_records_at = time.time()
-            # The stubs call NextShardIterator always present; a closed shard's end has none.
+            # The stubs call NextShardIterator always present; a closed shard's end has
+            # none (confirmed by DescribeStream in _get_records).
             next_iterator = cast("str | None", response.get("NextShardIterator"))
             if next_iterator is None:
                 self._shard_ending = True
@@ -578,7 +604,24 @@ class ShardWorker(threading.Thread):
         (result,) = outcome
         if isinstance(result, BaseException):
             raise result
+        if not isinstance(result.get("Records"), list):
+            raise MalformedAnswer(
+                operation="GetRecords", reason="no Records", body=repr(result)[:80]
+            )
+        if result.get("NextShardIterator") is None:
+            self._confirm_shard_end()
         return result, reported
+
+    def _confirm_shard_end(self) -> None:
+        """A GetRecords answer without ``NextShardIterator`` is the shard's end only if
+        DescribeStream says the shard is closed (has an ``EndingSequenceNumber``) or no
+        longer lists it: SHARD_END is checkpointed for good, so an answer that lost its
+        iterator on the way must not end an open shard. Raises :class:`ShardStillOpen`
+        (a failed read, retried) otherwise; a shard ends once every few hours at most,
+        so the pages of DescribeStream this reads cost nothing that matters."""
+        _, shards = list_shards(self.streams, self.settings.stream_arn)
+        if any(shard.shard_id == self.shard_id and not shard.closed for shard in shards):
+            raise ShardStillOpen(shard=self.shard_id)
 
     def _tell_behind(self, child: ProcessorChild) -> bool:
         """Tell the processor the reader is at least as far behind as at the last read
@@ -626,8 +669,8 @@ class ShardWorker(threading.Thread):
             child.shutdown_requested(timeout=self.settings.shutdown_timeout_s)
         except ChildFailed as error:
             if error.timed_out:
-                # Still flushing (the processor's own wait is 20 s): nothing failed, and
-                # nothing is checkpointed past what it had not applied.
+                # Still flushing (past kcl.shutdown_flush_ms and the watermark's wait):
+                # nothing failed, and nothing is checkpointed past what it had not applied.
                 log.warning(
                     "processor did not finish its shutdown", shard=self.shard_id, error=str(error)
                 )

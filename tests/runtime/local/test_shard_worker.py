@@ -64,12 +64,20 @@ class ScriptedStream:
     def __init__(self, script: list[Any], stop: threading.Event) -> None:
         self.script = script
         self.stop = stop
+        self.closed = True  # whether DescribeStream shows shard-1 closed
         self.iterator_requests: list[tuple[str, str | None]] = []
         self.reads: list[str] = []  # the iterator of each GetRecords
 
     def get_shard_iterator(self, **kwargs: Any) -> dict[str, str]:
         self.iterator_requests.append((kwargs["ShardIteratorType"], kwargs.get("SequenceNumber")))
         return {"ShardIterator": f"it-{len(self.iterator_requests)}"}
+
+    def describe_stream(self, **kwargs: Any) -> dict[str, Any]:
+        numbers = {"StartingSequenceNumber": "1"}
+        if self.closed:
+            numbers["EndingSequenceNumber"] = "999"
+        shard = {"ShardId": "shard-1", "SequenceNumberRange": numbers}
+        return {"StreamDescription": {"StreamArn": kwargs["StreamArn"], "Shards": [shard]}}
 
     def get_records(self, **kwargs: Any) -> dict[str, Any]:
         self.reads.append(kwargs["ShardIterator"])
@@ -171,15 +179,18 @@ def run_worker(
     position: str = "TRIM_HORIZON",
     record_unread: Callable[[str, UnreadSpan], None] | None = None,
     children: list[StandInChild] | None = None,
+    open_shard: bool = False,
 ) -> tuple[ShardWorker, ScriptedStream, list[StandInChild]]:
     """``fail``: True makes every child fail, a number makes that many children fail.
     ``position``: the lease's checkpoint; LATEST is pinned first, as the runtime does.
-    ``record_unread``: where the spans of changes passed over go (the status tables)."""
+    ``record_unread``: where the spans of changes passed over go (the status tables).
+    ``open_shard``: DescribeStream lists the shard open."""
     created = leases.create("shard-1", position, [])
     assert created is not None
     lease = leases.take(created)
     stop = threading.Event()
     stream = ScriptedStream(script, stop)
+    stream.closed = not open_shard
     children = [] if children is None else children
 
     def new_child(shard_id: str, on_checkpoint: Any) -> Any:
@@ -328,6 +339,36 @@ def test_the_end_of_a_shard_is_checkpointed_as_shard_end(leases: LeaseTable) -> 
     worker, _, _ = run_worker(leases, script)
     assert worker.error is None and worker.progress.ended
     assert leases.get("shard-1").checkpoint == SHARD_END  # type: ignore[union-attr]
+
+
+def test_an_answer_without_records_is_a_failed_read_not_the_shard_s_end(
+    leases: LeaseTable,
+) -> None:
+    """botocore makes ``{}`` of a 200 whose body it cannot parse: no NextShardIterator,
+    which ended the open shard for good (SHARD_END) before it was taken for a failed read."""
+    script = [
+        {"Records": [record(1)], "NextShardIterator": "a"},
+        {},
+        {"Records": [record(2)], "NextShardIterator": "b"},
+    ]
+    worker, _, children = run_worker(leases, script)
+    assert worker.error is None and not worker.progress.ended
+    assert [r["sequenceNumber"] for b in children[0].batches for r in b] == ["1", "2"]
+    assert leases.get("shard-1").checkpoint == "2"  # type: ignore[union-attr]
+
+
+def test_no_next_iterator_for_a_shard_describe_stream_lists_open_is_read_again(
+    leases: LeaseTable,
+) -> None:
+    """SHARD_END is checkpointed only for a shard DescribeStream shows closed."""
+    script = [
+        {"Records": [record(1)]},
+        {"Records": [record(2)], "NextShardIterator": "b"},
+    ]
+    worker, _, children = run_worker(leases, script, open_shard=True)
+    assert worker.error is None and not worker.progress.ended
+    assert [r["sequenceNumber"] for b in children[0].batches for r in b] == ["2"]
+    assert leases.get("shard-1").checkpoint == "2"  # type: ignore[union-attr]
 
 
 def test_a_child_that_keeps_failing_stops_the_shard(leases: LeaseTable) -> None:

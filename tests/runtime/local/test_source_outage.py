@@ -18,10 +18,10 @@ from tests.support.e2e import PATIENCE, stop, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
 from tests.support.metrics import Sample, health, logged_metrics_port, matching, scrape
 from tests.support.reliability import (
-    ProxiedJob,
     checkpoint_reaches_the_end,
     log_tail,
     log_text,
+    source_behind,
     wait_started,
 )
 
@@ -45,25 +45,10 @@ def _outage_figures(port: int) -> tuple[float, float] | None:
     return (lag[0], behind[0]) if lag and behind else None
 
 
-def _source_behind(
-    proxy: FaultProxy, moto_endpoint: str, name: str, tmp_path: Path, **settings: Any
-) -> ProxiedJob:
-    """A job of one destination whose source (its stream and the lease table) is reached
-    through ``proxy``."""
-    return ProxiedJob(
-        moto_endpoint,
-        name,
-        tmp_path,
-        destinations=[("eu-west-1", f"{name}-eu")],
-        source_endpoint=proxy.url,
-        **settings,
-    )
-
-
 def test_a_source_outage_raises_the_lag_reports_the_shard_and_a_sigterm_stops_cleanly(
     moto_endpoint: str, unique: Any, tmp_path: Path, source_proxy: FaultProxy
 ) -> None:
-    job = _source_behind(
+    job = source_behind(
         source_proxy,
         moto_endpoint,
         unique("outage"),
@@ -133,7 +118,7 @@ def test_a_backlog_s_lag_is_never_shown_below_its_age_while_the_first_read_is_ou
     proxy): while it is out the lag is absent (the processor does not know where the
     reader is), never the time since the read was sent (1 s, 2 s, ...), which is below
     the backlog's age."""
-    job = _source_behind(source_proxy, moto_endpoint, unique("backlog"), tmp_path)
+    job = source_behind(source_proxy, moto_endpoint, unique("backlog"), tmp_path)
     written_at = time.time()
     job.put_demo_items(random.Random(3), 0, 5)
     time.sleep(2)  # the backlog ages before the start (what is measured is its age)

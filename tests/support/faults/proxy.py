@@ -21,6 +21,9 @@ time from the test (:meth:`FaultProxy.set`) and applies to the next request:
 * ``BAD_SIGNATURE``: answer a fraction of requests with HTTP 400
   ``InvalidSignatureException`` whose message quotes the canonical request it expected,
   the request's ``x-amz-security-token`` header included, as AWS does; unforwarded.
+* ``GARBAGE``: answer a fraction of requests with HTTP 200 and a body that is not JSON
+  (``GARBAGE_BODY``), unforwarded or, with ``after_forward``, once the server has
+  answered (a proxy or a broken link garbling a success).
 * ``REFUSE``: stop listening, so connections are refused, and drop open keep-alive
   connections; leaving this fault listens again on the same port. The port stays bound
   meanwhile (a socket that does not listen: connections to it are refused), so that no
@@ -86,6 +89,10 @@ class Fault(StrEnum):
     BAD_SIGNATURE = "bad_signature"
     REFUSE = "refuse"
     SLOW_ANSWER = "slow_answer"
+    GARBAGE = "garbage"
+
+
+GARBAGE_BODY = b"\x00garbage{{["
 
 
 THROTTLE_TYPES = {
@@ -217,6 +224,9 @@ class FaultProxy:
 
     def resets(self, fraction: float, after_forward: bool = False, latency_s: float = 0.0) -> None:
         self.set(Mode(Fault.RESET, fraction, latency_s=latency_s, after_forward=after_forward))
+
+    def garbage(self, fraction: float = 1.0, after_forward: bool = False) -> None:
+        self.set(Mode(Fault.GARBAGE, fraction, after_forward=after_forward))
 
     def slow_answer_once(self, delay_s: float) -> None:
         self.set(Mode(Fault.SLOW_ANSWER, latency_s=delay_s))
@@ -417,7 +427,7 @@ class FaultProxy:
             self._count(request, "bad_signature")
             kind = "com.amazon.coral.service#InvalidSignatureException"
             return self._send(connection, _error(400, kind, _expected_signature(request)))
-        if fault in (Fault.SERVER_ERROR, Fault.RESET) and mode.after_forward:
+        if fault in (Fault.SERVER_ERROR, Fault.RESET, Fault.GARBAGE) and mode.after_forward:
             forwarded = self._forward(request)
             self._count(request, f"upstream_{forwarded.status}")
         if fault is Fault.SERVER_ERROR:
@@ -426,6 +436,9 @@ class FaultProxy:
             )
             body = _error(500, "com.amazonaws.dynamodb.v20120810#InternalServerError", "Injected")
             return self._send(connection, body)
+        if fault is Fault.GARBAGE:
+            self._count(request, "garbage_after_forward" if mode.after_forward else "garbage")
+            return self._send(connection, _Response(200, "OK", [], GARBAGE_BODY))
         if fault is Fault.RESET:
             self._count(request, "reset_after_forward" if mode.after_forward else "reset")
             _reset(connection)
