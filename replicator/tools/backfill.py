@@ -326,7 +326,7 @@ class Backfill:
         kept: KeptExpired,
     ) -> None:
         options = self.options
-        rate = ReadRate(options.read_rate)
+        rate = ReadRate(options.read_rate, self.stop)
         guard = ResurrectionGuard(source, key_names, self._writers, rate, self._letters, kept)
         pending = [segment for segment in plan.segments if not segment.done]
         already = sum(segment.scanned for segment in plan.segments)

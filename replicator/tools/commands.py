@@ -41,13 +41,20 @@ def interrupts(on_signal: Callable[[], None]) -> Iterator[None]:
         return
     handled = (signal.SIGINT, signal.SIGTERM)
     previous = {number: signal.getsignal(number) for number in handled}
+    received = 0
 
     def handler(number: int, frame: Any) -> None:
-        logs.echo(
-            f"replicator: {signal.Signals(number).name} received; stopping after the work in "
-            "hand (again to stop at once)",
-            err=True,
-        )
+        nonlocal received
+        received += 1
+        name = signal.Signals(number).name
+        if received == 1:
+            logs.echo(
+                f"replicator: {name} received; stopping after the work in hand "
+                "(again to stop at once)",
+                err=True,
+            )
+        else:
+            logs.echo(f"replicator: {name} received again; stopping at once", err=True)
         on_signal()
 
     for number in handled:

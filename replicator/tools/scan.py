@@ -55,17 +55,21 @@ class ReadRate:
 
     A page's size is known only once it has arrived, so reads are charged afterwards and
     the reader then waits off any debt: over time the rate holds, whatever the page sizes.
+    The debt is shared, so with N readers one waits up to N items' time: as much as the
+    rate requires, since the others' pages were read already. A low rate makes that
+    minutes, so ``stop`` (the command's stop request) ends every wait at once and no
+    wait starts once it is set: the command then stops after the work in hand.
     """
 
     def __init__(
         self,
         per_second: float,
+        stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.per_second = per_second
+        self._stop = stop if stop is not None else threading.Event()
         self._clock = clock
-        self._sleep = sleep
         self._lock = threading.Lock()
         self._available = 0.0
         self._last = clock()
@@ -91,7 +95,7 @@ class ReadRate:
             self._available -= items
             wait = -self._available / self.per_second if self._available < 0 else 0.0
         if wait > 0:
-            self._sleep(wait)
+            self._stop.wait(wait)
 
 
 @dataclass(frozen=True)

@@ -413,7 +413,7 @@ class Verify:
             raise OperatorError("verify interrupted before it finished; no report")
 
     def _rate(self, ref: TableRef) -> ReadRate:
-        return self._rates.setdefault(ref.label, ReadRate(self.options.read_rate))
+        return self._rates.setdefault(ref.label, ReadRate(self.options.read_rate, self.stop))
 
     def run(self) -> VerifyReport:
         shape = check_same_keys(self.resolved, self.source, self.destinations)

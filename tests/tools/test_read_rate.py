@@ -1,0 +1,141 @@
+"""The read rate's waits against a stop request, and what the operator commands say
+on a first and a second Ctrl-C: at a low ``--read-rate`` a reader waits minutes for
+its next page, and a stop must not wait with it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replicator.tools.commands import interrupts
+from replicator.tools.scan import ReadRate
+from tests.support.e2e import PATIENCE, Job, wait_until
+from tests.support.faults.proxy import FaultProxy
+from tests.tools.test_backfill import populate
+
+
+def test_a_stop_request_ends_a_read_rates_wait_and_no_wait_starts_after_it() -> None:
+    stop = threading.Event()
+    rate = ReadRate(0.01, stop, clock=lambda: 0.0)  # one item: 100 s of debt
+    charging = threading.Thread(target=rate.charge, args=(1,), daemon=True)
+    charging.start()
+    stop.set()
+    charging.join(timeout=10)
+    assert not charging.is_alive(), "the wait outlasted the stop request"
+
+    started = time.monotonic()
+    rate.charge(5)  # 500 s more of debt, once stopped
+    assert time.monotonic() - started < 10
+
+
+def test_readers_sharing_a_rate_wait_as_long_as_the_rate_requires_and_no_longer() -> None:
+    """Four readers that each read one item, then wait off the shared debt: the n-th
+    waits n items' time (the pages before it were read already), and from then on one
+    item is read every 100 s between them: 0.01 items per second."""
+    now = [0.0]
+    ends: list[float] = []
+
+    class Clocked(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            assert timeout is not None
+            ends.append(now[0] + timeout)
+            return False
+
+    rate = ReadRate(0.01, Clocked(), clock=lambda: now[0])
+    for _ in range(4):
+        rate.charge(1)
+    assert ends == pytest.approx([100, 200, 300, 400])
+    reads = []
+    for _ in range(8):  # each reader reads again when its wait ends, earliest first
+        now[0] = min(ends)
+        ends.remove(now[0])
+        reads.append(now[0])
+        rate.charge(1)
+    assert reads == pytest.approx([100 * n for n in range(1, 9)])
+
+
+def test_a_second_signal_says_the_command_stops_at_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    received: list[str] = []
+    with interrupts(lambda: received.append("stop")):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert received == ["stop", "stop"]
+    assert capsys.readouterr().err.splitlines() == [
+        "replicator: SIGINT received; stopping after the work in hand (again to stop at once)",
+        "replicator: SIGTERM received again; stopping at once",
+    ]
+
+
+@pytest.fixture
+def job(moto_endpoint: str, unique: Any, tmp_path: Path) -> Job:
+    return Job(moto_endpoint, unique("rate"), tmp_path)
+
+
+def test_ctrl_c_stops_a_backfill_at_a_low_read_rate_promptly(job: Job, tmp_path: Path) -> None:
+    """At 0.01 items per second the four segments' first pages leave 100 to 400 s to
+    wait off: the first Ctrl-C ends that wait, and the run stops with exit 1."""
+    code, stdout, stderr = interrupted_at_a_low_rate(job, tmp_path, "backfill")
+    assert code == 1, stdout + stderr
+    assert "stopped before the end (interrupted)" in stdout
+
+
+def test_ctrl_c_stops_a_verify_at_a_low_read_rate_promptly(job: Job, tmp_path: Path) -> None:
+    code, stdout, stderr = interrupted_at_a_low_rate(job, tmp_path, "verify")
+    assert code == 1, stdout + stderr
+    assert stdout == ""
+    assert "replicator: verify interrupted before it finished; no report" in stderr
+
+
+def interrupted_at_a_low_rate(job: Job, tmp_path: Path, command: str) -> tuple[int, str, str]:
+    """``command`` at ``--read-rate 0.01``, sent SIGINT once each of its four segments has
+    read a page of the source (through a proxy that counts the Scans): its exit status,
+    output and error output, the documented first-signal line checked."""
+    populate(job, 40)
+    proxy = FaultProxy(job.endpoint).start()
+    errors = tmp_path / "stderr"
+    try:
+        job.path.write_text(
+            job.path.read_text().replace(
+                f"table: {job.source_table}, endpoint_url: '{job.endpoint}'",
+                f"table: {job.source_table}, endpoint_url: '{proxy.url}'",
+            )
+        )
+        with errors.open("w") as stderr:
+            process = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "replicator", command, "--config", str(job.path)),
+                    *("--segments", "4", "--read-rate", "0.01"),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
+        try:
+            wait_until(
+                lambda: proxy.by_table("Scan")[job.source_table] >= 4,
+                30 * PATIENCE,
+                "every segment's first page",
+                interval=0.1,
+            )
+            process.send_signal(signal.SIGINT)
+            # Before the read rate heeded a stop, this took up to 400 s.
+            stdout, _ = process.communicate(timeout=20 * PATIENCE)
+        except BaseException:
+            process.kill()
+            process.communicate()
+            raise
+    finally:
+        proxy.stop()
+    message = errors.read_text()
+    assert "SIGINT received; stopping after the work in hand (again to stop at once)" in message
+    return process.returncode, stdout, message
