@@ -37,29 +37,38 @@ _names = itertools.count(1)
 # one process running a multi-minute scenario alone at the end. A file missing here only
 # runs later, in collection order.
 _LONGEST_FIRST = (
-    "runtime/kcl/test_kcl.py",  # 210: KCL daemons taking over leases after kill -9
-    "watermark/test_watermark_e2e.py",  # 190
-    "reliability/test_active_active.py",  # 160
-    "watermark/test_unread_spans_e2e.py",  # 150
-    "runtime/local/test_local_runtime.py",  # 130
-    "reliability/test_kill_9.py",  # 130
-    "tools/test_backfill.py",  # 125
+    "runtime/kcl/test_kcl.py",  # 230: KCL daemons taking over leases after kill -9
+    "reliability/test_active_active.py",  # 145
+    "watermark/test_watermark_e2e.py",  # 120
+    "watermark/test_unread_spans_e2e.py",  # 115
     "demo/test_demo.py",  # 105
-    "tools/test_verify.py",  # 95
+    "runtime/local/test_local_runtime.py",  # 90
     "config/test_config.py",  # 80
-    "runtime/kcl/test_kcl_kinesis.py",  # 70
-    "tools/test_redrive.py",  # 70
-    "reliability/test_throttling.py",  # 70
-    "reliability/test_active_active_mesh.py",  # 70
-    "conflictlog/test_conflict_audit.py",  # 70
+    "runtime/local/test_local_runtime_leases.py",  # 70
+    "reliability/test_kill_9.py",  # 60
+    "reliability/test_active_active_mesh.py",  # 60
     "runtime/kcl/test_kcl_launcher.py",  # 55
-    "runtime/local/test_local_runtime_leases.py",  # 55
-    "runtime/local/test_local_runtime_failures.py",  # 50
-    "runtime/local/test_local_runtime_backpressure.py",  # 45
+    "runtime/kcl/test_kcl_kinesis.py",  # 55
+    "tools/test_backfill.py",  # 55
+    "tools/test_verify.py",  # 50
+    "conflictlog/test_conflict_audit.py",  # 50
+    "reliability/test_throttling.py",  # 45
+    "reliability/test_active_active_restore.py",  # 45
     "test_processor_protocol.py",  # 40
+    "reliability/test_destination_down.py",  # 37
     "runtime/local/test_redacted_outputs.py",  # 37: waits for the restart limit's exit 3
+    "runtime/local/test_local_runtime_backpressure.py",  # 35
+    "tools/test_redrive.py",  # 35
+    "metrics/test_metrics.py",  # 30
+    "reliability/test_active_active_pair.py",  # 25
+    "runtime/local/test_source_outage.py",  # 25
+    "runtime/local/test_local_runtime_failures.py",  # 25
     "runtime/local/test_wide_items.py",  # 20
     "writers/test_wide_items.py",  # 20: items of 600 and 2000 attributes
+    "reliability/test_poison_input.py",  # 18
+    "deadletter/test_dead_letters_across_restarts.py",  # 14
+    "reliability/test_malformed_answers.py",  # 14
+    "config/test_yaml_forms.py",  # 12: job files of 50,000 keys
 )
 _TESTS = Path(__file__).parent
 
