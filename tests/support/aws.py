@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import boto3
@@ -9,7 +10,11 @@ import pytest
 from botocore.exceptions import ReadTimeoutError
 
 
+@functools.cache
 def client(service: str, region: str, endpoint: str) -> Any:
+    """One client per service, region and endpoint for the test process: the tests poll
+    tables many times a second while they wait, and making a client costs more CPU than
+    the call it makes. Clients are thread-safe; nothing registers handlers on these."""
     return boto3.client(service, region_name=region, endpoint_url=endpoint)
 
 
