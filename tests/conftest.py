@@ -95,9 +95,11 @@ def moto_endpoint() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
     from replicator.demo.endpoint import serialize_table_writes
+    from tests.support import fastmoto
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     serialize_table_writes()
+    fastmoto.install()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
