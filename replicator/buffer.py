@@ -132,6 +132,9 @@ class ChangeBuffer:
         slot = self._new_slot(change.sequence_number, len(self.destinations))
         key = change.key
         chain = self._chains.get(key)
+        if chain is None:  # the common case: nothing of the item to squash with
+            self._chains[key] = [self._queue(Entry(change, slot, pending=set(self.destinations)))]
+            return True
         carried: dict[str, int] = {}
         stand_for: dict[str, list[Entry]] = {}
         follows_sent = False
@@ -153,8 +156,6 @@ class ChangeBuffer:
                 # landed, or an echo retired it, and what the destination holds since
                 # is not "after it" (an echo's newer state, a re-queued older change).
                 break
-        if chain is None:
-            chain = self._chains[key] = []
         entry = Entry(
             change,
             slot,
@@ -163,7 +164,12 @@ class ChangeBuffer:
             stand_for=stand_for or None,
             follows_sent=follows_sent,
         )
-        chain.append(entry)
+        chain.append(self._queue(entry))
+        return True
+
+    def _queue(self, entry: Entry) -> Entry:
+        """Queue ``entry`` at every destination, behind the item's queued changes."""
+        key = entry.change.key
         for destination in self.destinations:
             queued = self._queued[destination]
             queue = queued.get(key)
@@ -173,7 +179,7 @@ class ChangeBuffer:
                 queue.append(entry)
             if key not in self._in_flight[destination]:
                 self._ready[destination][key] = None
-        return True
+        return entry
 
     def newest_queued(self, key: KeyId) -> Change | None:
         """The newest change to ``key`` still queued or being written (the one a dropped

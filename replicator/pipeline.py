@@ -577,18 +577,24 @@ class ShardPipeline:
             # writes go to threads until it is done, so the loop never waits on it.
             self._submit(label, entries)
             return
+        # Bound once for the whole list: a lookup each per write adds up.
+        cancelled = writer.cancelled.is_set
+        first_request = writer.first_request
+        call_of = writer.call_of
+        send = wire.send
+        answered = self._answered
         for entry in entries:
-            if writer.cancelled.is_set():
+            if cancelled():
                 return  # as a cancelled write on a thread: left in flight, never settled
             try:
-                request = writer.first_request(entry.change)
+                request = first_request(entry.change)
             except Exception:  # noqa: BLE001  # the thread's write meets it again and says so
                 request = None
             if request is None:
                 self._submit(label, (entry,))
                 continue
-            operation, params = writer.call_of(request)
-            wire.send(operation, params, partial(self._answered, writer, entry, request))
+            operation, params = call_of(request)
+            send(operation, params, partial(answered, writer, entry, request))
 
     def _answered(
         self,
