@@ -155,6 +155,9 @@ def _change(document: _Record, raw: RawRecord, sequence_number: str) -> Change:
             "type must be NEW_IMAGE or NEW_AND_OLD_IMAGES"
         )
     ttl_delete = event is Event.REMOVE and _by_ttl(document.user_identity)
+    # Before the creation time, as the record's other faults are: ``isdigit`` passes
+    # digits ``int`` refuses (``"²"``), and the reason given must stay this one.
+    position = int(sequence_number)
     created = body.approximate_creation_date_time
     if (
         type(created) is int
@@ -166,7 +169,7 @@ def _change(document: _Record, raw: RawRecord, sequence_number: str) -> Change:
         created_us = _created_us(body, raw)
     return Change(
         sequence_number=sequence_number,
-        position=int(sequence_number),
+        position=position,
         event=event,
         key=key,
         keys=keys,
