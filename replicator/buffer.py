@@ -132,6 +132,9 @@ class ChangeBuffer:
         slot = self._new_slot(change.sequence_number, len(self.destinations))
         key = change.key
         chain = self._chains.get(key)
+        if chain is None:  # the common case: nothing of the item to squash with
+            self._chains[key] = [self._queue(Entry(change, slot, pending=set(self.destinations)))]
+            return True
         carried: dict[str, int] = {}
         stand_for: dict[str, list[Entry]] = {}
         follows_sent = False
@@ -153,8 +156,6 @@ class ChangeBuffer:
                 # landed, or an echo retired it, and what the destination holds since
                 # is not "after it" (an echo's newer state, a re-queued older change).
                 break
-        if chain is None:
-            chain = self._chains[key] = []
         entry = Entry(
             change,
             slot,
@@ -163,7 +164,12 @@ class ChangeBuffer:
             stand_for=stand_for or None,
             follows_sent=follows_sent,
         )
-        chain.append(entry)
+        chain.append(self._queue(entry))
+        return True
+
+    def _queue(self, entry: Entry) -> Entry:
+        """Queue ``entry`` at every destination, behind the item's queued changes."""
+        key = entry.change.key
         for destination in self.destinations:
             queued = self._queued[destination]
             queue = queued.get(key)
@@ -173,7 +179,7 @@ class ChangeBuffer:
                 queue.append(entry)
             if key not in self._in_flight[destination]:
                 self._ready[destination][key] = None
-        return True
+        return entry
 
     def newest_queued(self, key: KeyId) -> Change | None:
         """The newest change to ``key`` still queued or being written (the one a dropped
@@ -250,25 +256,41 @@ class ChangeBuffer:
         """``entry``'s write to ``destination`` is settled: applied, unchanged or lost under
         the rule, or (``failed``) dead-lettered, in which case the changes squashed into it
         there are queued to be written there themselves, ahead of anything newer."""
-        key = entry.change.key
-        del self._in_flight[destination][key]
-        if entry.forgotten:
-            return
-        self._settle_at(destination, (entry,))
-        stood_for = entry.stand_for.pop(destination, None) if entry.stand_for else None
-        if failed:
-            entry.failed = True
-            if stood_for:
-                self._queue_first(destination, key, stood_for)
-        elif stood_for:
-            self._settle_at(destination, stood_for)
-        if not entry.superseded and not entry.pending:
-            chain = self._chains[key]
-            chain.remove(entry)
-            if not chain:
-                del self._chains[key]
-        if key in self._queued[destination]:
-            self._ready[destination][key] = None
+        self.complete_all(destination, (entry,), failed=failed)
+
+    def complete_all(
+        self, destination: str, entries: Sequence[Entry], *, failed: bool = False
+    ) -> None:
+        """:meth:`complete` for each of ``entries``, in one call: the event loop settles
+        the writes applied in one turn together, and a call or two per write is a good
+        part of settling it."""
+        in_flight = self._in_flight[destination]
+        queued = self._queued[destination]
+        ready = self._ready[destination]
+        chains = self._chains
+        for entry in entries:
+            key = entry.change.key
+            del in_flight[key]
+            if entry.forgotten:
+                continue
+            pending = entry.pending
+            if destination in pending:
+                pending.discard(destination)
+                self._settle(entry.slot)
+            stood_for = entry.stand_for.pop(destination, None) if entry.stand_for else None
+            if failed:
+                entry.failed = True
+                if stood_for:
+                    self._queue_first(destination, key, stood_for)
+            elif stood_for:
+                self._settle_at(destination, stood_for)
+            if not entry.superseded and not pending:
+                chain = chains[key]
+                chain.remove(entry)
+                if not chain:
+                    del chains[key]
+            if key in queued:
+                ready[key] = None
 
     def abandon(self) -> None:
         """Forget everything not yet written (the lease is gone; another worker will redo it)."""

@@ -176,9 +176,15 @@ class ShardIntake:
         # Changes to replicate, queued together up to the next record that is not one
         # (so that every record still reaches the buffer in the shard's order).
         replicate: list[Change] = []
+        # Without active-active a change routed to be replicated is sent on as decoded:
+        # taken without building its Routed.
+        change_route = reader.change_filter.route if reader.high_water is None else None
         for change in changes:
             batch.last_sequence_number = change.sequence_number
             received[change.event] += 1
+            if change_route is not None and change_route(change) is Route.REPLICATE:
+                replicate.append(change)
+                continue
             routed = reader.route(change)
             if routed.route is Route.REPLICATE:
                 replicate.append(routed.change)

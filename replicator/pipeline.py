@@ -42,7 +42,7 @@ from replicator.deadletter.failed import DeadLetterer
 from replicator.exceptions import WriteCancelled
 from replicator.filters import Route
 from replicator.metrics import Metrics
-from replicator.records import Change
+from replicator.records import Change, Event
 from replicator.rules import WriteRequest
 from replicator.watermark.publisher import ShardWatermark
 from replicator.writers.destination import DestinationWriter, FirstAnswer, WriteResult
@@ -208,16 +208,26 @@ class ShardPipeline:
             return
         with self._cond:  # held: no writer thread can take or settle them in between
             buffer = self.buffer
+            add = buffer.add
             watermark = self.watermark
+            if watermark is None:
+                for change in changes:
+                    add(change)
+                return
+            # The watermark takes the changes queued in a row together, in order, and
+            # each dropped one after those before it.
+            received: list[Change] = []
             for change in changes:
-                queued = buffer.add(change)
-                if watermark is None:
-                    continue
-                behind = None if queued else buffer.newest_queued(change.key)
+                behind = None if add(change) else buffer.newest_queued(change.key)
                 if behind is None:
-                    watermark.received(change)
+                    received.append(change)
                 else:
+                    if received:
+                        watermark.received_all(received)
+                        received = []
                     watermark.dropped(change, behind=behind)
+            if received:
+                watermark.received_all(received)
 
     def dispatch(self) -> None:
         """Start writes for everything queued, up to each destination's in-flight limit."""
@@ -567,18 +577,24 @@ class ShardPipeline:
             # writes go to threads until it is done, so the loop never waits on it.
             self._submit(label, entries)
             return
+        # Bound once for the whole list: a lookup each per write adds up.
+        cancelled = writer.cancelled.is_set
+        first_request = writer.first_request
+        call_of = writer.call_of
+        send = wire.send
+        answered = self._answered
         for entry in entries:
-            if writer.cancelled.is_set():
+            if cancelled():
                 return  # as a cancelled write on a thread: left in flight, never settled
             try:
-                request = writer.first_request(entry.change)
+                request = first_request(entry.change)
             except Exception:  # noqa: BLE001  # the thread's write meets it again and says so
                 request = None
             if request is None:
                 self._submit(label, (entry,))
                 continue
-            operation, params = writer.call_of(request)
-            wire.send(operation, params, partial(self._answered, writer, entry, request))
+            operation, params = call_of(request)
+            send(operation, params, partial(answered, writer, entry, request))
 
     def _answered(
         self,
@@ -609,23 +625,36 @@ class ShardPipeline:
         label = ""
         try:
             delays: dict[str, list[float]] = {}
+            deletes: dict[str, int] = {}
             for label, entries in settled.items():
                 writer = self.writers[label]
                 assert isinstance(writer, DestinationWriter)
                 changes = [entry.change for entry in entries]
-                since = [entry.stale_since_us(label) / 1_000_000 for entry in entries]
+                since = [
+                    (
+                        change.created_us
+                        if entry.stale_since is None
+                        else entry.stale_since_us(label)
+                    )
+                    / 1_000_000
+                    for entry, change in zip(entries, changes, strict=True)
+                ]
                 delays[label] = writer.applied_elsewhere(changes, since)
+                deletes[label] = sum(change.event is Event.REMOVE for change in changes)
                 if self.watermark is not None:
                     self.watermark.applied(label, changes)
             with self._cond:
                 applied = self._applied
-                complete = self.buffer.complete
+                complete_all = self.buffer.complete_all
                 now = self._clock()
                 for label, entries in settled.items():
                     self._progress_at[label] = now
-                    for entry in entries:
-                        applied[label, entry.change.event.op] += 1
-                        complete(label, entry)
+                    # Counted per operation without a property read per write.
+                    if deletes[label]:
+                        applied[label, "delete"] += deletes[label]
+                    if len(entries) > deletes[label]:
+                        applied[label, "put"] += len(entries) - deletes[label]
+                    complete_all(label, entries)
                     self._delays.setdefault(label, []).extend(delays[label])
                 self._settle_batches()
                 self._wake()

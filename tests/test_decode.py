@@ -702,3 +702,18 @@ def test_the_key_check_holds_on_both_ways_an_image_is_checked() -> None:
         ):
             with pytest.raises(MalformedImage, match=re.escape(reason)):
                 Image(json.dumps({**wrong, **extra}).encode()).check(key=key)
+
+
+def test_a_sequence_number_of_digits_int_refuses_is_a_malformed_record() -> None:
+    """``"²"`` passes ``str.isdigit`` but not ``int``: the reason given is that, even for
+    a record that has no creation time either."""
+    record = {"eventName": "REMOVE", "dynamodb": {"Keys": {"pk": {"S": "a"}}}}
+    raw = {
+        "data": base64.b64encode(json.dumps(record).encode()).decode(),
+        "sequenceNumber": "\u00b2",
+        "subSequenceNumber": 0,
+        "partitionKey": "p",
+        "approximateArrivalTimestamp": None,
+    }
+    with pytest.raises(RecordDecodeError, match=r"record ²: malformed stream record \(ValueError"):
+        decode(raw)  # type: ignore[arg-type]

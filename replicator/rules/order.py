@@ -32,6 +32,7 @@ import functools
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -212,36 +213,63 @@ def below(
     built once per such shape (every put of a job has the same one); only the values
     are the write's own."""
     stamped = origin is not None and isinstance(origin.get("S"), str)
+    # The shape is looked up by the fields' names, not by ``fields``, whose hash is a
+    # Python call (one put in every write).
     expression, names, used = _below_shape(
-        fields, ordering is not None, stamped, digest is not None, prefix
+        fields.value,
+        fields.origin,
+        fields.digest,
+        fields.key,
+        ordering is not None,
+        stamped,
+        digest is not None,
+        prefix,
     )
-    given: dict[str, AttributeValue | None] = {
-        f":{prefix}c": ordering,
-        f":{prefix}o": origin,
-        f":{prefix}d": None if digest is None else {"S": digest},
-    }
+    given = (ordering, origin, None if digest is None else {"S": digest})
+    return expression, dict(names), placed_values(used, given)
+
+
+def placed_values(
+    placed: Iterable[tuple[str, int]], given: Sequence[AttributeValue | None]
+) -> dict[str, AttributeValue]:
+    """The values of a condition whose shape is cached: each placeholder of ``placed``
+    with the value ``given`` holds at its index (never None: the shape has a value
+    placeholder only for a value there)."""
     values: dict[str, AttributeValue] = {}
-    for placeholder in used:
-        value = given[placeholder]
+    for placeholder, index in placed:
+        value = given[index]
         assert value is not None
         values[placeholder] = value
-    return expression, dict(names), values
+    return values
 
 
 @functools.lru_cache(maxsize=256)
 def _below_shape(
-    fields: RankFields, ordered: bool, stamped: bool, digested: bool, prefix: str
-) -> tuple[str, dict[str, str], tuple[str, ...]]:
+    value: str,
+    origin: str | None,
+    digest: str | None,
+    key: str | None,
+    ordered: bool,
+    stamped: bool,
+    digested: bool,
+    prefix: str,
+) -> tuple[str, dict[str, str], tuple[tuple[str, int], ...]]:
     """:func:`below`'s expression, names and value placeholders for one shape of fields
-    (the callers copy the names: the cached dict is never handed out)."""
+    (the callers copy the names: the cached dict is never handed out), each placeholder
+    with the field it takes its value from (0 the ordering value, 1 the origin stamp, 2
+    the digest)."""
     expression, names, values = _below(
-        fields,
+        RankFields(value, origin, digest, key),
         {"N": "0"} if ordered else None,
         {"S": ""} if stamped else None,
         "" if digested else None,
         prefix,
     )
-    return expression, names, tuple(values)
+    return (
+        expression,
+        names,
+        tuple((placeholder, "cod".index(placeholder[-1])) for placeholder in values),
+    )
 
 
 def _below(

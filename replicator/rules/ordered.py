@@ -33,7 +33,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from replicator.exceptions import MalformedImage, PlanError
-from replicator.items import Item, ItemView, canonical_number, describe_field, same_item
+from replicator.items import (
+    AttributeValue,
+    Item,
+    ItemView,
+    canonical_number,
+    describe_field,
+    same_item,
+)
 from replicator.records import Change, Event
 from replicator.rules.order import (
     Condition,
@@ -145,8 +152,8 @@ class OrderedRule:
     # -- conditions -----------------------------------------------------------------------
 
     def plan(self, change: Change, existing: Item | None = None) -> WriteRequest | Skip:
-        image = change.ranked
         if change.event is Event.REMOVE:
+            image = change.old
             if image is None:
                 raise PlanError(
                     f"REMOVE without OldImage cannot be checked under {self.name}; "
@@ -170,6 +177,7 @@ class OrderedRule:
                 values=values,
                 at_or_below=partial,
             )
+        image = change.new
         assert image is not None  # decode guarantees a NewImage for puts
         condition, names, values = self.below(image, change.keys)
         return WriteRequest(op="put", item=image, condition=condition, names=names, values=values)
@@ -190,10 +198,11 @@ class OrderedRule:
     def below(self, image: ItemView, keys: Item) -> Condition:
         """True when the destination holds no item, or one ranking below ``image`` on
         (value, origin)."""
-        self._check_type(image)
+        ordering = image.get(self.attribute)
+        self._check_type(ordering)
         return below(
             self.keyed_fields(keys),
-            image.get(self.attribute),
+            ordering,
             image.get(self.origin_attribute) if self.origin_attribute else None,
             None,
         )
@@ -272,8 +281,9 @@ class OrderedRule:
                 equal += " AND attribute_not_exists(#o)"
         return pruned(any_of(expression, equal), names, values)
 
-    def _check_type(self, image: ItemView) -> None:
-        ordering = image.get(self.attribute)
+    def _check_type(self, ordering: AttributeValue | None) -> None:
+        """PlanError when ``ordering``, an image's ordering attribute, is of a type the
+        rule does not order by."""
         if ordering is None:
             return
         kind = next(iter(ordering))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import msgspec
 from replicator.images import Image
 from replicator.items import AttributeValue, Item, ItemView, same_item
 from replicator.records import Change
+from replicator.rules.order import placed_values
 
 
 class WriteRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,6 +116,7 @@ _PLACEHOLDER = re.compile(r"[#:][A-Za-z0-9_]+")
 _OPERATOR = re.compile(r"<>|<=|>=|=|<|>|\b(?:AND|OR|NOT|BETWEEN|IN)\b|\b[a-z_]+\s*\(")
 
 
+@functools.lru_cache(maxsize=256)
 def operator_count(expression: str) -> int:
     """How many operators and functions DynamoDB counts in ``expression``: every
     comparison, ``AND``/``OR``/``NOT``/``BETWEEN``/``IN`` and function call (placeholders
@@ -180,30 +183,46 @@ def equal_to(
         )
     shown = set(order)
     order += sorted(name for name in expected if name not in shown)
+    given = [expected.get(name) for name in order]
+    expression, names, placed = _equal_shape(
+        tuple(order), tuple(value is None for value in given), room, operators
+    )
+    return expression, dict(names), placed_values(placed, given)
+
+
+@functools.lru_cache(maxsize=256)
+def _equal_shape(
+    order: tuple[str, ...], absent: tuple[bool, ...], room: int, operators: int
+) -> tuple[str, dict[str, str], tuple[tuple[str, int], ...]]:
+    """:func:`equal_to`'s expression and names for the attributes ``order`` (those
+    ``absent`` compared by ``attribute_not_exists``), with each value placeholder and
+    the index in ``order`` of the attribute it takes its value from: built once per
+    shape of item (the images of a table mostly share one; the caller copies the
+    names, the cached dict is never handed out)."""
     names: dict[str, str] = {}
-    values: dict[str, AttributeValue] = {}
+    placed: list[tuple[str, int]] = []
     clauses: list[str] = []
     # The text is ASCII (placeholders only), so its length in characters is in bytes;
     # each clause is one comparison or function, joined by one AND.
     length = -len(" AND ")
     count = -1
-    for name in order:
+    for index, name in enumerate(order):
         if count + 2 > operators:
             break
         tag = _placeholder(len(names))
-        value = expected.get(name)
-        clause = f"attribute_not_exists(#{tag})" if value is None else f"#{tag}=:{tag}"
+        missing = absent[index]
+        clause = f"attribute_not_exists(#{tag})" if missing else f"#{tag}=:{tag}"
         if length + len(" AND ") + len(clause) > room:
-            if value is None:
+            if missing:
                 continue  # a shorter equality may still fit
             break
         length += len(" AND ") + len(clause)
         count += 2
         clauses.append(clause)
         names[f"#{tag}"] = name
-        if value is not None:
-            values[f":{tag}"] = value
-    return " AND ".join(clauses), names, values
+        if not missing:
+            placed.append((f":{tag}", index))
+    return " AND ".join(clauses), names, tuple(placed)
 
 
 def _same_value(left: AttributeValue | None, right: AttributeValue) -> bool:

@@ -183,6 +183,9 @@ class ShardWatermark:
     def received(self, change: Change) -> None:
         self._tracker_or_fail().received(change)
 
+    def received_all(self, changes: Sequence[Change]) -> None:
+        self._tracker_or_fail().received_all(changes)
+
     def dropped(self, change: Change, *, behind: Change) -> None:
         self._tracker_or_fail().dropped(change, behind=behind)
 

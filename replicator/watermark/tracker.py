@@ -125,12 +125,24 @@ class ShardTracker:
 
     def received(self, change: Change) -> None:
         """A change handed to the buffer, to be written to every destination."""
+        self.received_all((change,))
+
+    def received_all(self, changes: Sequence[Change]) -> None:
+        """:meth:`received` for ``changes``, in their order, under one hold of the lock."""
         with self._lock:
-            self._deliver(change.position, change.created_us)
-            for state in self._destinations.values():
-                state.unsettled[change.position] = change.created_us
-                heapq.heappush(state.by_created, (change.created_us, change.position))
-                state.pending.setdefault(change.key, deque()).append(change.position)
+            states = list(self._destinations.values())
+            for change in changes:
+                position = change.position
+                created_us = change.created_us
+                self._deliver(position, created_us)
+                for state in states:
+                    state.unsettled[position] = created_us
+                    heapq.heappush(state.by_created, (created_us, position))
+                    positions = state.pending.get(change.key)
+                    if positions is None:
+                        state.pending[change.key] = deque((position,))
+                    else:
+                        positions.append(position)
 
     def dropped(self, change: Change, *, behind: Change) -> None:
         """A change the buffer dropped because ``behind``, queued before it for the same
@@ -212,8 +224,24 @@ class ShardTracker:
         """:meth:`settled` for writes of ``changes`` applied at ``destination``, together."""
         with self._lock:
             state = self._destinations[destination]
+            pending = state.pending
+            unsettled = state.unsettled
+            followers = state.followers
             for change in changes:
-                self._settle(state, change.key, change.position, dead_lettered=False)
+                # :meth:`_settle` without the dead letters' range: one call per write is
+                # a good part of settling it.
+                positions = pending.get(change.key)
+                if not positions:
+                    continue
+                through = change.position
+                while positions and positions[0] <= through:
+                    position = positions.popleft()
+                    del unsettled[position]
+                    if followers:
+                        for follower in followers.pop(position, ()):
+                            unsettled.pop(follower, None)
+                if not positions:
+                    del pending[change.key]
 
     def caught_up(self, read_not_before_us: int) -> None:
         """A read came back empty; it started at ``read_not_before_us`` or later."""

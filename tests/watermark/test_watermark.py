@@ -272,11 +272,11 @@ def simulate(seed: int, crash: bool, echoes: bool = False) -> int:
             elif step < 0.9 and in_flight:
                 label, entry = in_flight.pop(rng.randrange(len(in_flight)))
                 settle(destinations[label], stream, entry.change, dead=rng.random() < 0.05)
-                t.settled(
-                    label,
-                    entry.change,
-                    dead_lettered=entry.change.position in destinations[label].dead,
-                )
+                dead = entry.change.position in destinations[label].dead
+                if dead or rng.random() < 0.5:
+                    t.settled(label, entry.change, dead_lettered=dead)
+                else:  # as the event loop settles the writes it applied
+                    t.applied(label, [entry.change])
                 buffer.complete(label, entry)
             elif delivered == stop_at and not in_flight and buffer.idle:
                 break
