@@ -60,9 +60,19 @@ def stop_held() -> bool:
 
 
 def hold_stop_signals() -> None:
-    """Hold SIGTERM and SIGINT until :func:`take_held_signal` is asked."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _hold)
+    """Hold SIGTERM and SIGINT until :func:`take_held_signal` is asked.
+
+    Both are blocked while the handlers go in, so that the two are held from one moment:
+    a SIGINT that came between the two installations (Ctrl-C just after a SIGTERM) would
+    otherwise meet Python's own handler and end the start-up with a traceback. A signal
+    that arrives meanwhile waits, and reaches :func:`_hold` when they are unblocked."""
+    stops = {signal.SIGTERM, signal.SIGINT}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        for sig in stops:
+            signal.signal(sig, _hold)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def take_held_signal() -> signal.Signals | None:

@@ -7,6 +7,8 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -196,6 +198,31 @@ def test_a_second_stop_signal_while_run_is_still_starting_ends_it_at_once(
     assert second is not None, (status, output)
     assert f"replicator: {second} again while starting; stopping now" in output
     assert "Traceback" not in output and "local runtime started" not in output
+
+
+def test_a_sigint_between_the_two_stop_handlers_going_in_is_held() -> None:
+    """Ctrl-C right after the first of the two handlers went in (here: sent by the
+    process itself, between the two installations) is held as the other signal is, not
+    met by Python's own handler with a traceback."""
+    code = (
+        "import os, signal\n"
+        "from replicator import entry\n"
+        "real = signal.signal\n"
+        "done = []\n"
+        "def installing(sig, handler):\n"
+        "    if done:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "    done.append(sig)\n"
+        "    return real(sig, handler)\n"
+        "signal.signal = installing\n"
+        "entry.hold_stop_signals()\n"
+        "signal.signal = real\n"
+        "print(entry.take_held_signal().name)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, "SIGINT"), result.stderr
 
 
 def test_a_stop_asked_for_during_the_preflight_is_acted_on_between_its_steps(
