@@ -125,9 +125,8 @@ class MetricsServer:
         live gauges (one request at a time)."""
         with self._collecting:
             reap_dead(self.directory)
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry, path=str(self.directory))  # type: ignore[no-untyped-call]
-            return list(registry.collect())
+            merged = MultiProcessCollector.merge(_readable_files(self.directory), accumulate=True)  # type: ignore[no-untyped-call]
+            return list(merged)
 
     def _registry(self) -> CollectorRegistry:
         registry = CollectorRegistry()
@@ -258,3 +257,18 @@ def _flat(families: Iterable[Metric]) -> list[Sample]:
         for family in families
         for sample in family.samples
     ]
+
+
+def _readable_files(directory: Path) -> list[str]:
+    """The directory's metric files that hold something. A process that is starting
+    creates its file, then sizes it (prometheus_client's ``MmapedDict``): read in
+    between, the empty file fails to unpack, which ended a scrape, the demo's live view
+    and the demo itself with a ``struct.error``. An empty file has no sample yet."""
+    files = []
+    for path in sorted(directory.glob("*.db")):
+        try:
+            if path.stat().st_size:
+                files.append(str(path))
+        except FileNotFoundError:  # reaped meanwhile: its process is gone
+            continue
+    return files

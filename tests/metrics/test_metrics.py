@@ -401,6 +401,22 @@ def test_a_killed_processor_s_live_gauges_are_reaped_and_its_totals_kept(
             writer.process.wait(10)
 
 
+def test_a_file_a_starting_process_has_created_but_not_sized_is_no_failed_scrape(
+    samples_directory: multiprocess.SamplesDirectory, server: MetricsServer
+) -> None:
+    """prometheus_client creates a process's file, then sizes it: a scrape (or the
+    demo's live view) in between met an empty file and failed with a ``struct.error``."""
+    directory = samples_directory.path
+    writer = SampleWriter(directory, "ap", "s1", 7.0)
+    try:
+        (directory / "counter_999999.db").touch()  # a process opening its file
+        assert matching(scrape(server.port), LAG, shard="s1") == [7.0]
+        assert matching(server.samples(), LAG, shard="s1") == [7.0]
+    finally:
+        writer.process.kill()
+        writer.process.wait(10)
+
+
 def _state(pid: int) -> str | None:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
