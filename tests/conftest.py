@@ -38,37 +38,45 @@ _names = itertools.count(1)
 # runs later, in collection order.
 _LONGEST_FIRST = (
     "runtime/kcl/test_kcl.py",  # 230: KCL daemons taking over leases after kill -9
-    "reliability/test_active_active.py",  # 145
-    "watermark/test_watermark_e2e.py",  # 120
-    "watermark/test_unread_spans_e2e.py",  # 115
+    "reliability/test_active_active.py",  # 135
+    "watermark/test_watermark_e2e.py",  # 135
+    "watermark/test_unread_spans_e2e.py",  # 110
     "demo/test_demo.py",  # 105
-    "runtime/local/test_local_runtime.py",  # 90
-    "config/test_config.py",  # 80
-    "runtime/local/test_local_runtime_leases.py",  # 70
-    "reliability/test_kill_9.py",  # 60
-    "reliability/test_active_active_mesh.py",  # 60
-    "runtime/kcl/test_kcl_launcher.py",  # 55
-    "runtime/kcl/test_kcl_kinesis.py",  # 55
-    "tools/test_backfill.py",  # 55
-    "tools/test_verify.py",  # 50
-    "conflictlog/test_conflict_audit.py",  # 50
-    "reliability/test_throttling.py",  # 45
-    "reliability/test_active_active_restore.py",  # 45
-    "test_processor_protocol.py",  # 40
-    "reliability/test_destination_down.py",  # 37
-    "runtime/local/test_redacted_outputs.py",  # 37: waits for the restart limit's exit 3
+    "tools/test_redrive.py",  # 80
+    "tools/test_backfill.py",  # 75
+    "runtime/local/test_local_runtime.py",  # 75
+    "runtime/kcl/test_kcl_kinesis.py",  # 70
+    "reliability/test_active_active_mesh.py",  # 65
+    "tools/test_verify.py",  # 65
+    "runtime/local/test_local_runtime_leases.py",  # 55
+    "test_processor_protocol.py",  # 55
+    "runtime/kcl/test_kcl_launcher.py",  # 45
+    "reliability/test_kill_9.py",  # 45
+    "runtime/local/test_local_runtime_failures.py",  # 45
+    "config/test_config.py",  # 40
+    "reliability/test_throttling.py",  # 40
+    "reliability/test_destination_down.py",  # 35
     "runtime/local/test_local_runtime_backpressure.py",  # 35
-    "tools/test_redrive.py",  # 35
+    "test_squash_equivalence.py",  # 30
     "metrics/test_metrics.py",  # 30
+    "reliability/test_active_active_restore.py",  # 30
+    "conflictlog/test_conflict_audit.py",  # 25
     "reliability/test_active_active_pair.py",  # 25
-    "runtime/local/test_source_outage.py",  # 25
-    "runtime/local/test_local_runtime_failures.py",  # 25
-    "runtime/local/test_wide_items.py",  # 20
+    "watermark/test_wait.py",  # 20
+    "tools/test_dead_letter_outage.py",  # 20
+    "tools/test_ranking_attributes.py",  # 20
     "writers/test_wide_items.py",  # 20: items of 600 and 2000 attributes
-    "reliability/test_poison_input.py",  # 18
-    "deadletter/test_dead_letters_across_restarts.py",  # 14
-    "reliability/test_malformed_answers.py",  # 14
-    "config/test_yaml_forms.py",  # 12: job files of 50,000 keys
+    "watermark/test_commands.py",  # 20
+    "runtime/local/test_source_outage.py",  # 20
+    "deadletter/test_deadletters.py",  # 20
+    "runtime/kcl/test_properties.py",  # 20
+    "reliability/test_poison_input.py",  # 15
+    "runtime/local/test_redacted_outputs.py",  # 15: waits for the restart limit's exit 3
+    "reliability/test_malformed_answers.py",  # 15
+    "conflictlog/test_conflict_command.py",  # 15
+    "reliability/test_bad_job_files_and_environment.py",  # 15
+    "runtime/local/test_wide_items.py",  # 15
+    "runtime/local/test_shard_worker.py",  # 15
 )
 _TESTS = Path(__file__).parent
 
