@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from typing import Any
 
 FAST_OPERATIONS = frozenset(
     {"PutItem", "UpdateItem", "GetItem", "Query", "Scan", "BatchGetItem", "GetShardIterator"}
 )
 _CONTENT_TYPE = "application/x-amz-json-1.0"
-_installed = threading.Lock()
-_done: list[bool] = []
 
 
 def _binary(value: Any) -> str:
@@ -37,24 +34,23 @@ def fast_body(result: Any) -> str:
 
 
 def install() -> None:
-    """Patch moto's answer serializer in this process (once)."""
+    """Patch moto's answer serializer in this process (once: the serializer it replaces
+    is kept as ``BaseResponse.moto_serialized``, which also marks it done)."""
     from moto.core.responses import ActionResult, BaseResponse, PaginatedResult
 
-    with _installed:
-        if _done:
-            return
-        serialized = BaseResponse.serialized
+    if hasattr(BaseResponse, "moto_serialized"):
+        return
+    serialized = BaseResponse.serialized
 
-        def quicker(self: Any, action_result: ActionResult) -> Any:
-            if (
-                not isinstance(action_result, PaginatedResult)
-                and isinstance(action_result.result, dict)
-                and self._get_action() in FAST_OPERATIONS
-            ):
-                headers = {"Content-Type": _CONTENT_TYPE, **self.response_headers}
-                return 200, headers, fast_body(action_result.result)
-            return serialized(self, action_result)
+    def quicker(self: Any, action_result: ActionResult) -> Any:
+        if (
+            not isinstance(action_result, PaginatedResult)
+            and isinstance(action_result.result, dict)
+            and self._get_action() in FAST_OPERATIONS
+        ):
+            headers = {"Content-Type": _CONTENT_TYPE, **self.response_headers}
+            return 200, headers, fast_body(action_result.result)
+        return serialized(self, action_result)
 
-        BaseResponse.serialized = quicker  # type: ignore[method-assign]
-        BaseResponse.moto_serialized = serialized  # type: ignore[attr-defined]
-        _done.append(True)
+    BaseResponse.moto_serialized = serialized  # type: ignore[attr-defined]
+    BaseResponse.serialized = quicker  # type: ignore[method-assign]
