@@ -58,6 +58,9 @@ log = structlog.get_logger(__name__)
 # be stored (a status table that fails or hangs is not waited on within a batch).
 _STORE_WAIT_S = 2.0
 _END_STORE_WAIT_S = 10.0
+# Batches in a row whose checkpoint waited for the watermark before that is a warning
+# (each waited up to _STORE_WAIT_S for the store).
+_HELD_WARN_AFTER = 3
 _END_RETRY_S = 1.0
 _END_LOG_EVERY_S = 30.0
 
@@ -304,8 +307,11 @@ class ReplicationProcessor:
             return
         if not pipeline.store_watermark_before_checkpoint(_STORE_WAIT_S):
             self._held += 1
-            if self._held == 1 or self._held % 20 == 0:
-                log.warning(
+            if self._held in (1, _HELD_WARN_AFTER) or self._held % 20 == 0:
+                # The first batch of a first start is often held while the status table
+                # answers for the first time: a warning only once the hold lasts.
+                report = log.info if self._held < _HELD_WARN_AFTER else log.warning
+                report(
                     "checkpoint held: the watermark's dead-letter ranges or unread spans "
                     "are not yet stored in the status table of these destinations; "
                     "replication continues, and the checkpoint moves once they are stored",
