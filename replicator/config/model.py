@@ -105,6 +105,18 @@ KCL_ENDPOINT_KEYS = ("kinesisEndpoint", "dynamoDBEndpoint")
 _DOTTED_CALLABLE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
 
 
+# The longest text a message quotes whole: a longer one (a ${VAR} may hold a file's
+# worth) is quoted by its start and its length.
+SHOWN_CHARACTERS = 200
+
+
+def shown(value: str) -> str:
+    """A text as a message quotes it: whole, or its start and how long it is."""
+    if len(value) <= SHOWN_CHARACTERS:
+        return repr(value)
+    return f"{value[:40]!r}… ({len(value):,} characters)"
+
+
 def _yes_or_no(value: object) -> object:
     """A switch is a YAML ``true``/``false``, or that word from a ``${VAR}`` expansion
     (which always gives text). pydantic alone would also take ``1``, ``"yes"`` or
@@ -692,13 +704,21 @@ def _credentials_provider_problem(value: str) -> str | None:
 
 
 _UNREAD = "the KCL takes it without a word, and does not use it"
+# The most digits of a Java long (9223372036854775807), leading zeros aside.
+_JAVA_LONG_DIGITS = 19
 
 
 def _numeric_property_problem(key: str, value: str) -> str | None:
     text = value.strip()
     if key in KCL_INTEGER_PROPERTIES:
-        if not (re.fullmatch(r"[+-]?[0-9]+", text) and -_JAVA_LONG <= int(text) < _JAVA_LONG):
-            return f"{value!r} is not a whole number ({_UNREAD})"
+        # Python turns no text of more than 4,300 digits into an integer: the digits are
+        # counted before they are read.
+        if not (
+            re.fullmatch(r"[+-]?[0-9]+", text)
+            and len(text.lstrip("+-").lstrip("0")) <= _JAVA_LONG_DIGITS
+            and -_JAVA_LONG <= int(text) < _JAVA_LONG
+        ):
+            return f"{shown(value)} is not a whole number that a Java long holds ({_UNREAD})"
         if int(text) < 0:
             # Each is a count, a size, a percentage or a time: the KCL takes a negative
             # one and its scheduler throws at start-up (leaseAssignmentIntervalMillis), or
@@ -707,9 +727,9 @@ def _numeric_property_problem(key: str, value: str) -> str | None:
         return None
     if key in KCL_DECIMAL_PROPERTIES:
         if not _DECIMAL.fullmatch(text):
-            return f"{value!r} is not a number ({_UNREAD})"
+            return f"{shown(value)} is not a number ({_UNREAD})"
         if not math.isfinite(float(text)):
-            return f"{value!r} is beyond the largest number the KCL reads (a Java double)"
+            return f"{shown(value)} is beyond the largest number the KCL reads (a Java double)"
     return None
 
 

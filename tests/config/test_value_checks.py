@@ -1,0 +1,84 @@
+"""Values no key can use are refused at their key, with its line, by every command that
+reads the job file (exit 2), never with a traceback, a message without a line, or a
+start that fails later: numbers too long to quote, characters a YAML file cannot hold,
+names and values carrying an env file's carriage return, hosts that are no host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.config.test_config import MINIMAL
+from tests.config.test_job_checks import _refused
+from tests.support.cli import in_process, replicator
+
+HEX = "0x" + "f" * 3600
+
+
+@pytest.mark.parametrize("command", ["validate", "properties", "run"])
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (MINIMAL + f"metrics: {{port: {HEX}}}\n", "metrics.port (line 5)"),
+        (MINIMAL.replace("table: orders}", f"table: {HEX}}}", 1), "source.table (line 2)"),
+        (MINIMAL + f"kcl: {{max_records: {'9' * 5000}}}\n", "kcl.max_records (line 5)"),
+    ],
+)
+def test_a_number_too_long_to_quote_is_refused_at_its_key_by_its_digits(
+    tmp_path: Path, command: str, text: str, key: str
+) -> None:
+    """Python turns no integer of more than 4,300 digits into text: quoting the value
+    in the message ended every command with a traceback (exit 1)."""
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+
+    result = replicator(command, "--config", str(path))
+
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"replicator: {path}: 1 problem in the job file:"
+    assert lines[1].startswith(f"  {key}: got a number of ")
+    assert "no setting takes a number of more than 1,000 digits" in lines[1]
+    assert len(result.stderr) < 500
+
+
+def test_a_kcl_property_of_thousands_of_digits_is_refused_quoted_short(tmp_path: Path) -> None:
+    line = _refused(
+        tmp_path,
+        MINIMAL + f"kcl: {{extra_properties: {{maxLeasesForWorker: '{'9' * 5000}'}}}}\n",
+        "kcl.extra_properties.maxLeasesForWorker",
+        "(5,000 characters) is not a whole number that a Java long holds",
+    )
+    assert len(line) < 300
+
+
+def test_a_long_text_where_a_number_belongs_is_quoted_short(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(MINIMAL + "metrics: {port: '${PORT}'}\n")
+
+    result = in_process("validate", "--config", str(path), env={"PORT": "9" * 5000})
+
+    assert result.returncode == 2, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "metrics.port (line 5)" in line]
+    assert line.endswith(f"(got {'9' * 40!r}… (5,000 characters))")
+
+
+@pytest.mark.parametrize(
+    ("character", "column"), [("\x07", 14), ("\x00", 14), ("\ufffe", 14), ("\x1b", 14)]
+)
+def test_a_character_yaml_does_not_allow_is_placed_by_line_and_column(
+    tmp_path: Path, character: str, column: int
+) -> None:
+    """The reader's error gave an offset into "<unicode string>" (libyaml's in bytes)."""
+    path = tmp_path / "job.yaml"
+    path.write_text(MINIMAL + f'task_name: "é{character}x"\n', encoding="utf-8")
+
+    result = in_process("validate", "--config", str(path))
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"replicator: {path}: YAML syntax error at line 5, column {column}: unacceptable "
+        f"character #x{ord(character):04x}: control characters are not allowed\n"
+    )
