@@ -217,6 +217,11 @@ def _check_role(value: str | None) -> str | None:
     return value
 
 
+# STS's rule for AssumeRole's ExternalId, which botocore checks only when the role is
+# assumed (``run``: "Parameter validation failed", exit 3).
+_EXTERNAL_ID = re.compile(r"[\w+=,.@:/-]{2,1224}\Z", re.ASCII)
+
+
 def _check_external_id(value: str | None, info: ValidationInfo) -> str | None:
     """An external id is sent only when a role is assumed: without ``role_arn`` it would
     be ignored without a word, while its author believes the role's condition is met.
@@ -225,6 +230,11 @@ def _check_external_id(value: str | None, info: ValidationInfo) -> str | None:
         raise ValueError(
             "is sent only with role_arn, the role to assume, which is not set here: it "
             "would do nothing; set role_arn too, or remove external_id"
+        )
+    if value is not None and not _EXTERNAL_ID.fullmatch(value):
+        raise ValueError(
+            "expected an external id of 2 to 1224 characters of letters, digits and "
+            f"_ + = , . @ : / - (STS's rule), got {shown(value)} ({len(value)} characters)"
         )
     return value
 

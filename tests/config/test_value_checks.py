@@ -82,3 +82,50 @@ def test_a_character_yaml_does_not_allow_is_placed_by_line_and_column(
         f"replicator: {path}: YAML syntax error at line 5, column {column}: unacceptable "
         f"character #x{ord(character):04x}: control characters are not allowed\n"
     )
+
+
+ROLE = "arn:aws:iam::222222222222:role/replica-writer"
+
+
+def _with_external_id(external_id: str) -> str:
+    return MINIMAL.replace(
+        "eu-west-1, table: orders",
+        f"eu-west-1, table: orders, role_arn: '{ROLE}', external_id: '{external_id}'",
+    )
+
+
+@pytest.mark.parametrize("external_id", ["x", "a b", "x" * 1225, "id#1", "tenant\\u00e9"])
+def test_an_external_id_sts_would_refuse_is_refused_by_validate(
+    tmp_path: Path, external_id: str
+) -> None:
+    """STS takes 2 to 1224 characters of [\\w+=,.@:/-]: ``validate`` took "x", and ``run``
+    then failed assuming the role (Parameter validation failed, exit 3)."""
+    text = _with_external_id(external_id).replace("'", '"')
+    _refused(
+        tmp_path,
+        text,
+        "destinations[0].external_id",
+        "expected an external id of 2 to 1224 characters",
+    )
+
+
+def test_run_refuses_an_external_id_sts_would_refuse_before_it_assumes_the_role(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(_with_external_id("x"))
+
+    result = replicator("run", "--config", str(path))
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[1].startswith(
+        "  destinations[0].external_id (line 4): expected an external id of 2 to 1224"
+    )
+
+
+@pytest.mark.parametrize("external_id", ["ab", "a:b/c@d=e,f.g+h_i-j", "7" * 1224])
+def test_an_external_id_of_stss_characters_is_taken(tmp_path: Path, external_id: str) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(_with_external_id(external_id))
+    result = in_process("validate", "--config", str(path))
+    assert result.returncode == 0, result.stderr
