@@ -165,8 +165,27 @@ def _file_path(value: str) -> str:
     return value
 
 
+def _plain(value: str) -> str:
+    """A name or value compared as text (with the items' attributes and values, the
+    ``--destination`` a command is given): DynamoDB takes almost any attribute name, but
+    a control character (an env file's carriage return, a newline) or a space at either
+    end is never meant, and would match nothing: an ``origin_value`` of ``"us-east-1\\r"``
+    drops every put as another region's echo. A space inside (``updated at``) is taken."""
+    odd = next((character for character in value if not character.isprintable()), None)
+    if odd is not None:
+        raise ValueError(
+            f"contains {odd!r}, a control or invisible character (an env file written with "
+            f"CRLF line ends gives a \\r): give printable characters only, got {shown(value)}"
+        )
+    if value != value.strip():
+        raise ValueError(f"begins or ends with a space: remove it, got {shown(value)}")
+    return value
+
+
 Bool = Annotated[bool, BeforeValidator(_yes_or_no)]
 Text = Annotated[str, AfterValidator(_not_empty)]
+# A name or value compared as text: not empty, printable, no space at either end.
+Name = Annotated[str, AfterValidator(_not_empty), AfterValidator(_plain)]
 FilePath = Annotated[str, AfterValidator(_file_path)]
 Int = Annotated[int, BeforeValidator(_not_a_switch)]
 # Infinity and NaN are no amount of time: a wait or deadline made of them fails (or never
@@ -373,8 +392,8 @@ class ConflictConfig(Strict):
     """How a change and the item already at a destination are reconciled."""
 
     policy: ConflictPolicyName = ConflictPolicyName.OVERWRITE
-    timestamp_attribute: Text | None = None
-    version_attribute: Text | None = None
+    timestamp_attribute: Name | None = None
+    version_attribute: Name | None = None
     resolver: Text | None = Field(
         default=None, description="module.path:function for the custom policy."
     )
@@ -415,7 +434,7 @@ class ConflictConfig(Strict):
 class DestinationConfig(Strict):
     region: str
     table: str
-    name: Text | None = Field(
+    name: Name | None = Field(
         default=None, description="Label in metrics and logs; default '<region>/<table>'."
     )
     endpoint_url: str | None = None
@@ -447,8 +466,8 @@ class DestinationConfig(Strict):
 
 
 class LoopPreventionConfig(Strict):
-    origin_attribute: Text | None = None
-    origin_value: Text | None = Field(
+    origin_attribute: Name | None = None
+    origin_value: Name | None = Field(
         default=None,
         description="The value the source's application stamps; default: source.region.",
     )
@@ -806,7 +825,7 @@ class KclConfig(Strict):
     shutdown_flush_ms: Annotated[Int, Field(ge=1000, le=PROCESSOR_FLUSH_TIMEOUT_MS)] = (
         PROCESSOR_FLUSH_TIMEOUT_MS
     )
-    worker_id: Text | None = None
+    worker_id: Name | None = None
     java: Text = "java"
     jars_dir: Text | None = Field(
         default=None, description="Directory of KCL jars; default $REPLICATOR_KCL_JARS."

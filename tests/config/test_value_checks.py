@@ -87,11 +87,13 @@ def test_a_character_yaml_does_not_allow_is_placed_by_line_and_column(
 ROLE = "arn:aws:iam::222222222222:role/replica-writer"
 
 
+def _destination(settings: str) -> str:
+    """MINIMAL with ``settings`` added to its destination."""
+    return MINIMAL.replace("eu-west-1, table: orders}", f"eu-west-1, table: orders, {settings}}}")
+
+
 def _with_external_id(external_id: str) -> str:
-    return MINIMAL.replace(
-        "eu-west-1, table: orders",
-        f"eu-west-1, table: orders, role_arn: '{ROLE}', external_id: '{external_id}'",
-    )
+    return _destination(f"role_arn: '{ROLE}', external_id: '{external_id}'")
 
 
 @pytest.mark.parametrize("external_id", ["x", "a b", "x" * 1225, "id#1", "tenant\\u00e9"])
@@ -127,5 +129,69 @@ def test_run_refuses_an_external_id_sts_would_refuse_before_it_assumes_the_role(
 def test_an_external_id_of_stss_characters_is_taken(tmp_path: Path, external_id: str) -> None:
     path = tmp_path / "job.yaml"
     path.write_text(_with_external_id(external_id))
+    result = in_process("validate", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+
+
+LWW = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
+
+
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        ('name: "dr\\n"', "name"),
+        ('name: "d\\0r"', "name"),
+        ('name: "\\e[31mdr"', "name"),
+        ('name: "dr "', "name"),
+        ('conflict: {policy: version, version_attribute: " v"}', "conflict.version_attribute"),
+    ],
+)
+def test_a_destinations_name_or_attribute_with_a_control_character_or_edge_space_is_refused(
+    tmp_path: Path, settings: str, key: str
+) -> None:
+    text = _destination(settings)
+    line = _refused(tmp_path, text, f"destinations[0].{key}")
+    assert "control or invisible character" in line or "begins or ends with a space" in line
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        (
+            "conflict: {policy: last_writer_wins, timestamp_attribute: '${A}'}",
+            "conflict.timestamp_attribute",
+        ),
+        ("conflict: {policy: version, version_attribute: '${A}'}", "conflict.version_attribute"),
+        (LWW + "loop_prevention: {origin_attribute: '${A}'}", "loop_prevention.origin_attribute"),
+        (
+            LWW + "loop_prevention: {origin_attribute: origin, origin_value: '${A}'}",
+            "loop_prevention.origin_value",
+        ),
+        ("kcl: {worker_id: '${A}'}", "kcl.worker_id"),
+    ],
+)
+@pytest.mark.parametrize("value", ["us-east-1\r", "updated_at ", " v", "a\tb", "a\u200bb"])
+def test_a_value_from_a_crlf_env_file_is_refused_at_its_key(
+    tmp_path: Path, section: str, key: str, value: str
+) -> None:
+    """``${OV}`` of ``us-east-1\\r`` as the origin value passed ``validate``, and every
+    put was then dropped as another region's echo."""
+    path = tmp_path / "job.yaml"
+    path.write_text(MINIMAL + section + "\n")
+
+    result = in_process("validate", "--config", str(path), env={"A": value})
+
+    assert result.returncode == 2, result.stdout
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith(f"  {key} (line")]
+    assert f"got {value!r}" in line
+
+
+def test_a_name_or_attribute_with_a_space_inside_is_taken(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        _destination("name: dr eu")
+        + "conflict: {policy: last_writer_wins, timestamp_attribute: updated at}\n"
+        + "loop_prevention: {origin_attribute: origin région, origin_value: us-east-1}\n"
+    )
     result = in_process("validate", "--config", str(path))
     assert result.returncode == 0, result.stderr
