@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from replicator.config.endpoints import check_endpoint, endpoint_identity
+from replicator.config.endpoints import check_endpoint, endpoint_identity, host_problem
 
 # How long a processor asked to stop (shutdownRequested) waits for its writes in flight
 # before it checkpoints what was applied (a destination that is down holds them back),
@@ -846,6 +846,12 @@ class KclConfig(Strict):
         return value
 
 
+_LISTEN_ON = (
+    "0.0.0.0 (every IPv4 address), :: (every address), 127.0.0.1 or ::1 (this host "
+    "only), or one of its addresses or host names"
+)
+
+
 class MetricsConfig(Strict):
     enabled: Bool = True
     host: str = "0.0.0.0"  # noqa: S104  # a container must be scrapeable from outside
@@ -856,14 +862,22 @@ class MetricsConfig(Strict):
     @classmethod
     def _listen_address(cls, value: str) -> str:
         """An empty host would listen on every IPv4 address while the logs and the
-        health probe show ``http://:9400``: the operator must say which address."""
-        value = value.strip()
-        if not value:
+        health probe show ``http://:9400``: the operator must say which address. A host
+        is checked as an endpoint's is, without a look-up: ``0.0.0.0:9400`` or
+        ``999.1.1.1`` would fail only when ``run`` binds it (exit 3)."""
+        if not value.strip():
+            raise ValueError(f"must name the address to listen on: {_LISTEN_ON}")
+        bare = value
+        if value.startswith("[") and value.endswith("]"):
+            # An IPv6 address as a URL writes it: [::1].
+            bare = value[1:-1] if ":" in value else value
+        problem = host_problem(bare)
+        if problem:
             raise ValueError(
-                "must name the address to listen on: 0.0.0.0 (every IPv4 address), "
-                ":: (every address), 127.0.0.1 or ::1 (this host only), or one of its addresses"
+                f"expected the address to listen on, without a port (that is metrics.port): "
+                f"{_LISTEN_ON}: {problem}"
             )
-        return value.removeprefix("[").removesuffix("]")
+        return bare
 
 
 class WatermarkConfig(Strict):

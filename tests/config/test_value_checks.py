@@ -195,3 +195,56 @@ def test_a_name_or_attribute_with_a_space_inside_is_taken(tmp_path: Path) -> Non
     )
     result = in_process("validate", "--config", str(path))
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "host", ["no such host", "999.1.1.1", "0.0.0.0:9400", "[0.0.0.0]", " 0.0.0.0", "host_1"]
+)
+def test_a_metrics_host_that_is_no_host_or_address_is_refused(tmp_path: Path, host: str) -> None:
+    """``0.0.0.0:9400`` passed and printed ``http://[0.0.0.0:9400]:9400/metrics``; ``run``
+    then failed to bind (exit 3)."""
+    _refused(
+        tmp_path,
+        MINIMAL + f"metrics: {{host: '{host}'}}\n",
+        "metrics.host",
+        "expected the address to listen on, without a port (that is metrics.port)",
+        f"{host!r} is not a host name or IP address",
+    )
+
+
+def test_run_refuses_a_metrics_host_with_a_port(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(MINIMAL + "metrics: {host: '0.0.0.0:9400'}\n")
+
+    result = replicator("run", "--config", str(path))
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[1].startswith("  metrics.host (line 5): expected the address")
+
+
+@pytest.mark.parametrize(
+    ("host", "shown"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("::", "[::]"),
+        ("[::1]", "[::1]"),
+        ("localhost", "localhost"),
+        ("metrics.example.internal", "metrics.example.internal"),
+    ],
+)
+def test_a_metrics_host_name_or_address_is_taken(tmp_path: Path, host: str, shown: str) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(MINIMAL + f"metrics: {{host: '{host}', port: 47101}}\n")
+    result = in_process("validate", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert f"http://{shown}:47101/metrics" in result.stdout
+
+
+def test_an_endpoint_of_digits_and_dots_that_is_no_address_is_refused(tmp_path: Path) -> None:
+    """No top-level domain is all digits: botocore's host name rule took 999.1.1.1."""
+    _refused(
+        tmp_path,
+        _destination("endpoint_url: 'http://999.1.1.1:8000'"),
+        "destinations[0].endpoint_url",
+        "'999.1.1.1' is not a host name or IP address",
+    )
