@@ -1842,6 +1842,33 @@ def disk_checks(job: JobConfig) -> Problems:
     return problems
 
 
+def _start_time_problem(value: str, dynamodb: bool) -> str:
+    """Why initialPositionInStreamExtended is refused, quoting what was written: the KCL
+    reads it as a time (seconds since 1970) to start new leases at, AT_TIMESTAMP, and
+    fails on anything else (a position such as LATEST is kcl.initial_position's)."""
+    position = value.strip().upper()
+    hint = (
+        f"; {position} is a position, not a time: set kcl.initial_position: {position}"
+        if position in InitialPosition.__members__
+        else ""
+    )
+    why = (
+        "which a DynamoDB stream does not support: the DynamoDB Streams Kinesis Adapter "
+        "starts new leases only at TRIM_HORIZON or LATEST (kcl.initial_position)"
+        if dynamodb
+        # It sets the very field kcl.initial_position's initialPositionInStream sets, and
+        # the KCL applies the two in no fixed order (a hash map's): the start would be
+        # either, by chance.
+        else "which is not supported for a kinesis source: it and kcl.initial_position set "
+        f"the same start position, and the KCL applies them in no fixed order; {_TIMES} "
+        "(kcl.initial_position)"
+    )
+    return (
+        f"is {shown(value)}: the KCL reads this property as a time (seconds since 1970) to "
+        f"start new leases at (AT_TIMESTAMP), {why}{hint}"
+    )
+
+
 def _kcl_property_checks(
     job: JobConfig, refused: Collection[str]
 ) -> list[tuple[tuple[str | int, ...], str]]:
@@ -1850,29 +1877,20 @@ def _kcl_property_checks(
     problems: list[tuple[tuple[str | int, ...], str]] = []
     extra = {key: value for key, value in job.kcl.extra_properties.items() if key not in refused}
     where = ("kcl", "extra_properties")
-    if job.source.stream.kind is StreamKind.DYNAMODB_STREAMS:
-        position = extra.get("initialPositionInStream", "").strip().upper()
-        if position == "AT_TIMESTAMP" or "initialPositionInStreamExtended" in extra:
-            key = "initialPositionInStream" if position else "initialPositionInStreamExtended"
-            problems.append(
-                (
-                    (*where, key),
-                    "AT_TIMESTAMP is not supported for a DynamoDB stream: the DynamoDB Streams "
-                    "Kinesis Adapter starts new leases only at TRIM_HORIZON or LATEST "
-                    "(kcl.initial_position)",
-                )
-            )
-    elif "initialPositionInStreamExtended" in extra:
-        # It sets the very field kcl.initial_position's initialPositionInStream sets, and
-        # the KCL applies the two in no fixed order (a hash map's): the start would be
-        # either, by chance.
+    dynamodb = job.source.stream.kind is StreamKind.DYNAMODB_STREAMS
+    if dynamodb and extra.get("initialPositionInStream", "").strip().upper() == "AT_TIMESTAMP":
         problems.append(
             (
-                (*where, "initialPositionInStreamExtended"),
-                "AT_TIMESTAMP is not supported for a kinesis source: this property and "
-                "kcl.initial_position set the same start position, and the KCL applies "
-                f"them in no fixed order; {_TIMES}",
+                (*where, "initialPositionInStream"),
+                "AT_TIMESTAMP is not supported for a DynamoDB stream: the DynamoDB Streams "
+                "Kinesis Adapter starts new leases only at TRIM_HORIZON or LATEST "
+                "(kcl.initial_position)",
             )
+        )
+    extended = extra.get("initialPositionInStreamExtended")
+    if extended is not None:
+        problems.append(
+            ((*where, "initialPositionInStreamExtended"), _start_time_problem(extended, dynamodb))
         )
     for key, value in extra.items():
         problem = _numeric_property_problem(key, value)

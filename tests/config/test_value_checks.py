@@ -248,3 +248,28 @@ def test_an_endpoint_of_digits_and_dots_that_is_no_address_is_refused(tmp_path: 
         "destinations[0].endpoint_url",
         "'999.1.1.1' is not a host name or IP address",
     )
+
+
+@pytest.mark.parametrize(
+    ("stream", "why"),
+    [
+        ("", "which a DynamoDB stream does not support"),
+        (", stream: {kind: kinesis, name: s}", "it and kcl.initial_position set the same start"),
+    ],
+)
+def test_a_start_position_given_as_the_start_time_property_is_refused_as_written(
+    tmp_path: Path, stream: str, why: str
+) -> None:
+    """``initialPositionInStreamExtended: LATEST`` was refused as AT_TIMESTAMP, a value
+    the file did not hold."""
+    text = (
+        MINIMAL.replace("table: orders}", f"table: orders{stream}}}", 1)
+        + "runtime: kcl\nconflict: {policy: version, version_attribute: v}\n"
+        + "kcl: {extra_properties: {initialPositionInStreamExtended: LATEST}}\n"
+    )
+    line = _refused(tmp_path, text, "kcl.extra_properties.initialPositionInStreamExtended")
+    assert line.split(": ", 1)[1].startswith(
+        "is 'LATEST': the KCL reads this property as a time (seconds since 1970)"
+    )
+    assert why in line
+    assert line.endswith("LATEST is a position, not a time: set kcl.initial_position: LATEST")
