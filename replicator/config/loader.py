@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from replicator.config.model import (
     FILE_CHECK_KEYS,
     JobConfig,
+    Problems,
     ResolvedJob,
     cross_checks,
     disk_checks,
@@ -673,16 +674,33 @@ def parse_job(
         if resolvers:
             problems.extend(_Problem(*problem) for problem in resolver_problems(document.value))
     if problems or job is None:
-        lines = []
-        for problem in problems:
-            line = document.line_of(problem.path)
-            where = f" (line {line})" if line else ""
-            lines.append(f"  {format_path(problem.path)}{where}: {problem.message}")
-        count = len(problems)
-        raise ConfigError(
-            f"{file}: {count} problem{'s' if count != 1 else ''} in the job file:\n"
-            + "\n".join(lines)
-        )
+        raise _listed(file, document, problems)
     return ResolvedJob(
         job=job, path=file, task_name=job.task_name or default_task_name(job), text=source
     )
+
+
+def _listed(file: Path, document: _Document | None, problems: list[_Problem]) -> ConfigError:
+    """The job file's problems, each at its key and (where the file has it) its line."""
+    lines = []
+    for problem in problems:
+        line = document.line_of(problem.path) if document is not None else None
+        where = f" (line {line})" if line else ""
+        lines.append(f"  {format_path(problem.path)}{where}: {problem.message}")
+    count = len(problems)
+    return ConfigError(
+        f"{file}: {count} problem{'s' if count != 1 else ''} in the job file:\n" + "\n".join(lines)
+    )
+
+
+def job_file_error(resolved: ResolvedJob, problems: Problems) -> ConfigError:
+    """Problems of a loaded job that only what it reaches tells (a source table's key
+    schema), listed as ``validate`` lists the file's own: all at once, each at its key
+    and line, found again in the text the job was loaded from."""
+    document = None
+    if resolved.text is not None:
+        try:
+            document = _Document(resolved.text, resolved.path)
+        except ConfigError:  # not the text it was loaded from: no lines, then
+            document = None
+    return _listed(resolved.path, document, [_Problem(*problem) for problem in problems])

@@ -971,6 +971,15 @@ class JobConfig(Strict):
         return self.loop_prevention.origin_value or self.source.region
 
     @property
+    def conflict_sections(self) -> list[tuple[tuple[str | int, ...], ConflictConfig]]:
+        """The job's conflict section and each destination's own, by key path."""
+        return [(("conflict",), self.conflict)] + [
+            (("destinations", index, "conflict"), destination.conflict)
+            for index, destination in enumerate(self.destinations)
+            if destination.conflict is not None
+        ]
+
+    @property
     def conflict_settings(self) -> list[tuple[str, ConflictConfig]]:
         """The job's conflict section and each destination's own, with where each is."""
         return [("conflict", self.conflict)] + [
@@ -1451,13 +1460,7 @@ def _origin_attribute_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...]
     if not origin:
         return []
     problems: list[tuple[tuple[str | int, ...], str]] = []
-    settings: list[tuple[tuple[str | int, ...], ConflictConfig]] = [(("conflict",), job.conflict)]
-    settings += [
-        (("destinations", index, "conflict"), destination.conflict)
-        for index, destination in enumerate(job.destinations)
-        if destination.conflict is not None
-    ]
-    for place, conflict in settings:
+    for place, conflict in job.conflict_sections:
         if conflict.policy not in _ORDERED:
             continue
         policy, attribute = _ranking(conflict)
