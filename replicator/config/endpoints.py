@@ -10,9 +10,35 @@ somewhere else. A job file's endpoint, and one set for botocore in the environme
 from __future__ import annotations
 
 import ipaddress
+import re
 from urllib.parse import urlsplit
 
 EXAMPLE = "http://127.0.0.1:8000"
+# A host name as botocore takes one in an endpoint URL: dot-separated labels of letters,
+# digits and -, each of 1 to 63 characters that neither starts nor ends with -, and an
+# optional final dot.
+_HOST_NAME = re.compile(r"(?:(?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)*(?!-)[A-Za-z0-9-]{1,63}(?<!-)\.?\Z")
+_LONGEST_HOST_NAME = 255
+
+
+def host_problem(host: str) -> str | None:
+    """What is wrong with ``host`` as a host name or an IP address (IPv6 without
+    brackets), or None. Nothing is looked up: a name that does not resolve is found
+    where it is used. A name of digits and dots alone is an IPv4 address or nothing
+    (``999.1.1.1``): no top-level domain is all digits."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return None
+    if (
+        len(host) > _LONGEST_HOST_NAME
+        or not _HOST_NAME.fullmatch(host)
+        or host.rstrip(".").rsplit(".", 1)[-1].isdigit()
+    ):
+        return f"{host!r} is not a host name or IP address"
+    return None
 
 
 def endpoint_problem(url: str) -> str | None:
@@ -40,23 +66,16 @@ def endpoint_problem(url: str) -> str | None:
         return "its port is not a number from 1 to 65535"
     if parts.path not in ("", "/") or parts.query or parts.fragment or url.endswith(("?", "#")):
         return "it must be only a scheme, a host and a port (no path, query or fragment)"
-    if _is_ipv4(host):
-        return None
-    # Imported here: botocore.utils takes a tenth of a second to import, which ``validate``
-    # would pay for nothing on the common local endpoint, an IPv4 address.
-    from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
+    if "[" not in parts.netloc:
+        return host_problem(host)
+    # An IPv6 address, perhaps with a zone (%25eth0), as botocore reads it. Imported here:
+    # botocore.utils takes a tenth of a second to import, which ``validate`` would pay
+    # for nothing on the common local endpoint, an IPv4 address.
+    from botocore.utils import is_valid_ipv6_endpoint_url
 
-    if not (is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url)):
+    if not is_valid_ipv6_endpoint_url(url):
         return f"{host!r} is not a host name or IP address"
     return None
-
-
-def _is_ipv4(host: str) -> bool:
-    """A dotted-quad IPv4 address, which botocore's host name rule always takes."""
-    try:
-        return isinstance(ipaddress.ip_address(host), ipaddress.IPv4Address)
-    except ValueError:
-        return False
 
 
 def check_endpoint(value: str | None) -> str | None:

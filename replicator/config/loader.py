@@ -23,9 +23,11 @@ from pydantic import ValidationError
 from replicator.config.model import (
     FILE_CHECK_KEYS,
     JobConfig,
+    Problems,
     ResolvedJob,
     cross_checks,
     disk_checks,
+    shown,
 )
 from replicator.config.resolvers import resolver_problems
 from replicator.config.task_name import default_task_name
@@ -131,6 +133,31 @@ for _tag, _pattern, _firsts in (
     _JobLoader.add_implicit_resolver(_tag, _anchored(_pattern), list(_firsts))
 
 
+# The most digits an integer of a job file may have: the largest number a key takes (a
+# KCL decimal property, a Java double) has 309. Python turns no integer of more than
+# 4,300 decimal digits into text, so a longer one could not even be quoted in a message.
+MAX_NUMBER_DIGITS = 1000
+
+
+def _digits(text: str) -> str:
+    """The digits of an integer as YAML 1.2 writes it, without its sign or base prefix."""
+    unsigned = text.lstrip("+-")
+    return unsigned[2:] if unsigned.startswith(("0x", "0o")) else unsigned
+
+
+class _LongNumber(Exception):
+    """An integer written with more than MAX_NUMBER_DIGITS digits: a problem at its key,
+    quoted by its length (its value is never made, nor shown)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.shortened = text[:16] + "…"
+        self.message = (
+            f"got a number of {len(_digits(text)):,} digits ({self.shortened}): no setting "
+            f"takes a number of more than {MAX_NUMBER_DIGITS:,} digits"
+        )
+
+
 class _JobConstructor(yaml.constructor.SafeConstructor):
     """Numbers as YAML 1.2 reads them, written (``!!int 010``) or implied alike."""
 
@@ -139,6 +166,8 @@ class _JobConstructor(yaml.constructor.SafeConstructor):
         if not _INT.fullmatch(text):
             # int() itself would take 1_000 and spaces; YAML 1.2 takes neither.
             raise ValueError(text)
+        if len(_digits(text)) > MAX_NUMBER_DIGITS:
+            raise _LongNumber(text)
         if text.startswith("0o"):
             return int(text[2:], 8)
         if text.startswith("0x"):
@@ -198,6 +227,22 @@ def _too_deep(file: Path) -> str:
     )
 
 
+def _unacceptable(source: str, error: yaml.reader.ReaderError) -> str:
+    """A character YAML does not allow (a control character, U+FFFE), placed as the other
+    syntax errors are: the reader gives only an offset into the text (libyaml's in
+    bytes), which no editor shows. The first such character is the one it stopped at."""
+    character = error.character if isinstance(error.character, int) else -1
+    offset = source.find(chr(character)) if 0 <= character <= 0x10FFFF else -1
+    if offset < 0:
+        return f"YAML error: {error}"
+    line = source.count("\n", 0, offset) + 1
+    column = offset - source.rfind("\n", 0, offset)
+    return (
+        f"YAML syntax error at line {line}, column {column}: unacceptable character "
+        f"#x{character:04x}: {error.reason}"
+    )
+
+
 class _Document:
     """A YAML document as plain values, and the line of each key path in it.
 
@@ -228,6 +273,8 @@ class _Document:
             raise ConfigError(
                 f"{file}: YAML syntax error at {where}: {error.problem or error}"
             ) from None
+        except yaml.reader.ReaderError as error:
+            raise ConfigError(f"{file}: {_unacceptable(source, error)}") from None
         except (yaml.YAMLError, UnicodeError) as error:
             raise ConfigError(f"{file}: YAML error: {error}") from None
         except RecursionError:
@@ -261,7 +308,13 @@ class _Document:
                 value = [self._build(item, (*path, index)) for index, item in enumerate(node.value)]
                 size = 1 + sum(self._sizes.get(id(item), 1) for item in node.value)
             else:
-                value, size = self._scalar(node, path), 1
+                size = 1
+                try:
+                    value = self._scalar(node, path)
+                except _LongNumber as error:
+                    value = error.shortened  # a list that holds it quotes it so
+                    self.problems.append(_Problem(path, error.message))
+                    self._flagged.add(known)
                 if isinstance(value, str):
                     value = self._expand(value, node, path)
         finally:
@@ -340,7 +393,10 @@ class _Document:
                 f"{node.start_mark.column + 1}: a key must be a word, not a list or "
                 "mapping (a ? key)"
             )
-        key = self._scalar(node, ())
+        try:
+            key = self._scalar(node, ())
+        except _LongNumber as error:
+            return error.shortened
         return key if isinstance(key, str) else str(node.value)
 
     def _check_tag(self, node: yaml.Node) -> None:
@@ -360,12 +416,17 @@ class _Document:
         self._check_tag(node)
         try:
             return self._constructor.construct_object(node, deep=True)
+        except _LongNumber:
+            # PyYAML keeps a node it did not finish as one under construction, which
+            # would read as a recursive node when it is read again (a key is read twice).
+            self._constructor.recursive_objects.pop(node, None)
+            raise
         except (yaml.YAMLError, ValueError, KeyError, AttributeError):
             # A value its tag cannot read: `!!int ten`, or a date such as 2026-13-45.
             tag = node.tag.replace(_YAML_TAG, "", 1)
             raise ConfigError(
                 f"{self.file}: line {node.start_mark.line + 1}, column "
-                f"{node.start_mark.column + 1}: {node.value!r} is not a valid {tag} "
+                f"{node.start_mark.column + 1}: {shown(str(node.value))} is not a valid {tag} "
                 "(quote it to give it as text)"
             ) from None
 
@@ -499,13 +560,15 @@ def _got(value: object, written: str | None) -> str:
     """What a value was, in the words of the file: a date is the date written (YAML reads
     2026-01-01 as a date, not the text ``datetime.date(2026, 1, 1)`` shows)."""
     if isinstance(value, datetime.date):
-        shown = written or value.isoformat()
+        date = written or value.isoformat()
         return (
-            f"got {shown}, which YAML reads as a date: write it in quotes, "
-            f'"{shown}", to give it as text'
+            f"got {date}, which YAML reads as a date: write it in quotes, "
+            f'"{date}", to give it as text'
         )
     if isinstance(value, list | dict):
         return f"got {_SHOWN.repr(value)}"
+    if isinstance(value, str):
+        return f"got {shown(value)}"
     return f"got {value!r}"
 
 
@@ -611,16 +674,33 @@ def parse_job(
         if resolvers:
             problems.extend(_Problem(*problem) for problem in resolver_problems(document.value))
     if problems or job is None:
-        lines = []
-        for problem in problems:
-            line = document.line_of(problem.path)
-            where = f" (line {line})" if line else ""
-            lines.append(f"  {format_path(problem.path)}{where}: {problem.message}")
-        count = len(problems)
-        raise ConfigError(
-            f"{file}: {count} problem{'s' if count != 1 else ''} in the job file:\n"
-            + "\n".join(lines)
-        )
+        raise _listed(file, document, problems)
     return ResolvedJob(
         job=job, path=file, task_name=job.task_name or default_task_name(job), text=source
     )
+
+
+def _listed(file: Path, document: _Document | None, problems: list[_Problem]) -> ConfigError:
+    """The job file's problems, each at its key and (where the file has it) its line."""
+    lines = []
+    for problem in problems:
+        line = document.line_of(problem.path) if document is not None else None
+        where = f" (line {line})" if line else ""
+        lines.append(f"  {format_path(problem.path)}{where}: {problem.message}")
+    count = len(problems)
+    return ConfigError(
+        f"{file}: {count} problem{'s' if count != 1 else ''} in the job file:\n" + "\n".join(lines)
+    )
+
+
+def job_file_error(resolved: ResolvedJob, problems: Problems) -> ConfigError:
+    """Problems of a loaded job that only what it reaches tells (a source table's key
+    schema), listed as ``validate`` lists the file's own: all at once, each at its key
+    and line, found again in the text the job was loaded from."""
+    document = None
+    if resolved.text is not None:
+        try:
+            document = _Document(resolved.text, resolved.path)
+        except ConfigError:  # not the text it was loaded from: no lines, then
+            document = None
+    return _listed(resolved.path, document, [_Problem(*problem) for problem in problems])

@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from replicator.config.endpoints import check_endpoint, endpoint_identity
+from replicator.config.endpoints import check_endpoint, endpoint_identity, host_problem
 
 # How long a processor asked to stop (shutdownRequested) waits for its writes in flight
 # before it checkpoints what was applied (a destination that is down holds them back),
@@ -105,6 +105,18 @@ KCL_ENDPOINT_KEYS = ("kinesisEndpoint", "dynamoDBEndpoint")
 _DOTTED_CALLABLE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
 
 
+# The longest text a message quotes whole: a longer one (a ${VAR} may hold a file's
+# worth) is quoted by its start and its length.
+SHOWN_CHARACTERS = 200
+
+
+def shown(value: str) -> str:
+    """A text as a message quotes it: whole, or its start and how long it is."""
+    if len(value) <= SHOWN_CHARACTERS:
+        return repr(value)
+    return f"{value[:40]!r}… ({len(value):,} characters)"
+
+
 def _yes_or_no(value: object) -> object:
     """A switch is a YAML ``true``/``false``, or that word from a ``${VAR}`` expansion
     (which always gives text). pydantic alone would also take ``1``, ``"yes"`` or
@@ -153,8 +165,27 @@ def _file_path(value: str) -> str:
     return value
 
 
+def _plain(value: str) -> str:
+    """A name or value compared as text (with the items' attributes and values, the
+    ``--destination`` a command is given): DynamoDB takes almost any attribute name, but
+    a control character (an env file's carriage return, a newline) or a space at either
+    end is never meant, and would match nothing: an ``origin_value`` of ``"us-east-1\\r"``
+    drops every put as another region's echo. A space inside (``updated at``) is taken."""
+    odd = next((character for character in value if not character.isprintable()), None)
+    if odd is not None:
+        raise ValueError(
+            f"contains {odd!r}, a control or invisible character (an env file written with "
+            f"CRLF line ends gives a \\r): give printable characters only, got {shown(value)}"
+        )
+    if value != value.strip():
+        raise ValueError(f"begins or ends with a space: remove it, got {shown(value)}")
+    return value
+
+
 Bool = Annotated[bool, BeforeValidator(_yes_or_no)]
 Text = Annotated[str, AfterValidator(_not_empty)]
+# A name or value compared as text: not empty, printable, no space at either end.
+Name = Annotated[str, AfterValidator(_not_empty), AfterValidator(_plain)]
 FilePath = Annotated[str, AfterValidator(_file_path)]
 Int = Annotated[int, BeforeValidator(_not_a_switch)]
 # Infinity and NaN are no amount of time: a wait or deadline made of them fails (or never
@@ -205,6 +236,11 @@ def _check_role(value: str | None) -> str | None:
     return value
 
 
+# STS's rule for AssumeRole's ExternalId, which botocore checks only when the role is
+# assumed (``run``: "Parameter validation failed", exit 3).
+_EXTERNAL_ID = re.compile(r"[\w+=,.@:/-]{2,1224}\Z", re.ASCII)
+
+
 def _check_external_id(value: str | None, info: ValidationInfo) -> str | None:
     """An external id is sent only when a role is assumed: without ``role_arn`` it would
     be ignored without a word, while its author believes the role's condition is met.
@@ -213,6 +249,11 @@ def _check_external_id(value: str | None, info: ValidationInfo) -> str | None:
         raise ValueError(
             "is sent only with role_arn, the role to assume, which is not set here: it "
             "would do nothing; set role_arn too, or remove external_id"
+        )
+    if value is not None and not _EXTERNAL_ID.fullmatch(value):
+        raise ValueError(
+            "expected an external id of 2 to 1224 characters of letters, digits and "
+            f"_ + = , . @ : / - (STS's rule), got {shown(value)} ({len(value)} characters)"
         )
     return value
 
@@ -351,8 +392,8 @@ class ConflictConfig(Strict):
     """How a change and the item already at a destination are reconciled."""
 
     policy: ConflictPolicyName = ConflictPolicyName.OVERWRITE
-    timestamp_attribute: Text | None = None
-    version_attribute: Text | None = None
+    timestamp_attribute: Name | None = None
+    version_attribute: Name | None = None
     resolver: Text | None = Field(
         default=None, description="module.path:function for the custom policy."
     )
@@ -393,7 +434,7 @@ class ConflictConfig(Strict):
 class DestinationConfig(Strict):
     region: str
     table: str
-    name: Text | None = Field(
+    name: Name | None = Field(
         default=None, description="Label in metrics and logs; default '<region>/<table>'."
     )
     endpoint_url: str | None = None
@@ -425,8 +466,8 @@ class DestinationConfig(Strict):
 
 
 class LoopPreventionConfig(Strict):
-    origin_attribute: Text | None = None
-    origin_value: Text | None = Field(
+    origin_attribute: Name | None = None
+    origin_value: Name | None = Field(
         default=None,
         description="The value the source's application stamps; default: source.region.",
     )
@@ -692,13 +733,21 @@ def _credentials_provider_problem(value: str) -> str | None:
 
 
 _UNREAD = "the KCL takes it without a word, and does not use it"
+# The most digits of a Java long (9223372036854775807), leading zeros aside.
+_JAVA_LONG_DIGITS = 19
 
 
 def _numeric_property_problem(key: str, value: str) -> str | None:
     text = value.strip()
     if key in KCL_INTEGER_PROPERTIES:
-        if not (re.fullmatch(r"[+-]?[0-9]+", text) and -_JAVA_LONG <= int(text) < _JAVA_LONG):
-            return f"{value!r} is not a whole number ({_UNREAD})"
+        # Python turns no text of more than 4,300 digits into an integer: the digits are
+        # counted before they are read.
+        if not (
+            re.fullmatch(r"[+-]?[0-9]+", text)
+            and len(text.lstrip("+-").lstrip("0")) <= _JAVA_LONG_DIGITS
+            and -_JAVA_LONG <= int(text) < _JAVA_LONG
+        ):
+            return f"{shown(value)} is not a whole number that a Java long holds ({_UNREAD})"
         if int(text) < 0:
             # Each is a count, a size, a percentage or a time: the KCL takes a negative
             # one and its scheduler throws at start-up (leaseAssignmentIntervalMillis), or
@@ -707,9 +756,9 @@ def _numeric_property_problem(key: str, value: str) -> str | None:
         return None
     if key in KCL_DECIMAL_PROPERTIES:
         if not _DECIMAL.fullmatch(text):
-            return f"{value!r} is not a number ({_UNREAD})"
+            return f"{shown(value)} is not a number ({_UNREAD})"
         if not math.isfinite(float(text)):
-            return f"{value!r} is beyond the largest number the KCL reads (a Java double)"
+            return f"{shown(value)} is beyond the largest number the KCL reads (a Java double)"
     return None
 
 
@@ -776,7 +825,7 @@ class KclConfig(Strict):
     shutdown_flush_ms: Annotated[Int, Field(ge=1000, le=PROCESSOR_FLUSH_TIMEOUT_MS)] = (
         PROCESSOR_FLUSH_TIMEOUT_MS
     )
-    worker_id: Text | None = None
+    worker_id: Name | None = None
     java: Text = "java"
     jars_dir: Text | None = Field(
         default=None, description="Directory of KCL jars; default $REPLICATOR_KCL_JARS."
@@ -797,6 +846,12 @@ class KclConfig(Strict):
         return value
 
 
+_LISTEN_ON = (
+    "0.0.0.0 (every IPv4 address), :: (every address), 127.0.0.1 or ::1 (this host "
+    "only), or one of its addresses or host names"
+)
+
+
 class MetricsConfig(Strict):
     enabled: Bool = True
     host: str = "0.0.0.0"  # noqa: S104  # a container must be scrapeable from outside
@@ -807,14 +862,22 @@ class MetricsConfig(Strict):
     @classmethod
     def _listen_address(cls, value: str) -> str:
         """An empty host would listen on every IPv4 address while the logs and the
-        health probe show ``http://:9400``: the operator must say which address."""
-        value = value.strip()
-        if not value:
+        health probe show ``http://:9400``: the operator must say which address. A host
+        is checked as an endpoint's is, without a look-up: ``0.0.0.0:9400`` or
+        ``999.1.1.1`` would fail only when ``run`` binds it (exit 3)."""
+        if not value.strip():
+            raise ValueError(f"must name the address to listen on: {_LISTEN_ON}")
+        bare = value
+        if value.startswith("[") and value.endswith("]"):
+            # An IPv6 address as a URL writes it: [::1].
+            bare = value[1:-1] if ":" in value else value
+        problem = host_problem(bare)
+        if problem:
             raise ValueError(
-                "must name the address to listen on: 0.0.0.0 (every IPv4 address), "
-                ":: (every address), 127.0.0.1 or ::1 (this host only), or one of its addresses"
+                f"expected the address to listen on, without a port (that is metrics.port): "
+                f"{_LISTEN_ON}: {problem}"
             )
-        return value.removeprefix("[").removesuffix("]")
+        return bare
 
 
 class WatermarkConfig(Strict):
@@ -906,6 +969,15 @@ class JobConfig(Strict):
     @property
     def origin_value(self) -> str:
         return self.loop_prevention.origin_value or self.source.region
+
+    @property
+    def conflict_sections(self) -> list[tuple[tuple[str | int, ...], ConflictConfig]]:
+        """The job's conflict section and each destination's own, by key path."""
+        return [(("conflict",), self.conflict)] + [
+            (("destinations", index, "conflict"), destination.conflict)
+            for index, destination in enumerate(self.destinations)
+            if destination.conflict is not None
+        ]
 
     @property
     def conflict_settings(self) -> list[tuple[str, ConflictConfig]]:
@@ -1388,13 +1460,7 @@ def _origin_attribute_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...]
     if not origin:
         return []
     problems: list[tuple[tuple[str | int, ...], str]] = []
-    settings: list[tuple[tuple[str | int, ...], ConflictConfig]] = [(("conflict",), job.conflict)]
-    settings += [
-        (("destinations", index, "conflict"), destination.conflict)
-        for index, destination in enumerate(job.destinations)
-        if destination.conflict is not None
-    ]
-    for place, conflict in settings:
+    for place, conflict in job.conflict_sections:
         if conflict.policy not in _ORDERED:
             continue
         policy, attribute = _ranking(conflict)
@@ -1779,6 +1845,33 @@ def disk_checks(job: JobConfig) -> Problems:
     return problems
 
 
+def _start_time_problem(value: str, dynamodb: bool) -> str:
+    """Why initialPositionInStreamExtended is refused, quoting what was written: the KCL
+    reads it as a time (seconds since 1970) to start new leases at, AT_TIMESTAMP, and
+    fails on anything else (a position such as LATEST is kcl.initial_position's)."""
+    position = value.strip().upper()
+    hint = (
+        f"; {position} is a position, not a time: set kcl.initial_position: {position}"
+        if position in InitialPosition.__members__
+        else ""
+    )
+    why = (
+        "which a DynamoDB stream does not support: the DynamoDB Streams Kinesis Adapter "
+        "starts new leases only at TRIM_HORIZON or LATEST (kcl.initial_position)"
+        if dynamodb
+        # It sets the very field kcl.initial_position's initialPositionInStream sets, and
+        # the KCL applies the two in no fixed order (a hash map's): the start would be
+        # either, by chance.
+        else "which is not supported for a kinesis source: it and kcl.initial_position set "
+        f"the same start position, and the KCL applies them in no fixed order; {_TIMES} "
+        "(kcl.initial_position)"
+    )
+    return (
+        f"is {shown(value)}: the KCL reads this property as a time (seconds since 1970) to "
+        f"start new leases at (AT_TIMESTAMP), {why}{hint}"
+    )
+
+
 def _kcl_property_checks(
     job: JobConfig, refused: Collection[str]
 ) -> list[tuple[tuple[str | int, ...], str]]:
@@ -1787,29 +1880,20 @@ def _kcl_property_checks(
     problems: list[tuple[tuple[str | int, ...], str]] = []
     extra = {key: value for key, value in job.kcl.extra_properties.items() if key not in refused}
     where = ("kcl", "extra_properties")
-    if job.source.stream.kind is StreamKind.DYNAMODB_STREAMS:
-        position = extra.get("initialPositionInStream", "").strip().upper()
-        if position == "AT_TIMESTAMP" or "initialPositionInStreamExtended" in extra:
-            key = "initialPositionInStream" if position else "initialPositionInStreamExtended"
-            problems.append(
-                (
-                    (*where, key),
-                    "AT_TIMESTAMP is not supported for a DynamoDB stream: the DynamoDB Streams "
-                    "Kinesis Adapter starts new leases only at TRIM_HORIZON or LATEST "
-                    "(kcl.initial_position)",
-                )
-            )
-    elif "initialPositionInStreamExtended" in extra:
-        # It sets the very field kcl.initial_position's initialPositionInStream sets, and
-        # the KCL applies the two in no fixed order (a hash map's): the start would be
-        # either, by chance.
+    dynamodb = job.source.stream.kind is StreamKind.DYNAMODB_STREAMS
+    if dynamodb and extra.get("initialPositionInStream", "").strip().upper() == "AT_TIMESTAMP":
         problems.append(
             (
-                (*where, "initialPositionInStreamExtended"),
-                "AT_TIMESTAMP is not supported for a kinesis source: this property and "
-                "kcl.initial_position set the same start position, and the KCL applies "
-                f"them in no fixed order; {_TIMES}",
+                (*where, "initialPositionInStream"),
+                "AT_TIMESTAMP is not supported for a DynamoDB stream: the DynamoDB Streams "
+                "Kinesis Adapter starts new leases only at TRIM_HORIZON or LATEST "
+                "(kcl.initial_position)",
             )
+        )
+    extended = extra.get("initialPositionInStreamExtended")
+    if extended is not None:
+        problems.append(
+            ((*where, "initialPositionInStreamExtended"), _start_time_problem(extended, dynamodb))
         )
     for key, value in extra.items():
         problem = _numeric_property_problem(key, value)

@@ -25,9 +25,16 @@ from replicator.appendfile import UNWRITABLE_HINT, why_not_appendable
 from replicator.aws import clients, queues, tables
 from replicator.aws.clients import Place
 from replicator.aws.errors import error_code, error_message, excerpt
-from replicator.config.model import ConflictPolicyName, DeadLetterKind, ResolvedJob, StreamKind
+from replicator.config.loader import job_file_error
+from replicator.config.model import (
+    ConflictPolicyName,
+    DeadLetterKind,
+    Problems,
+    ResolvedJob,
+    StreamKind,
+)
 from replicator.conflictlog.targets import prepare
-from replicator.exceptions import ConfigError, EnvironmentProblem
+from replicator.exceptions import EnvironmentProblem
 from replicator.shards.leases import check_lease_table
 from replicator.tombstones.setup import prepare as prepare_tombstones
 from replicator.watermark.table import check_status_table
@@ -133,52 +140,56 @@ def check_source(resolved: ResolvedJob) -> SourceInfo:
     return SourceInfo(stream_arn=stream_arn, view_type=view_type, key_schema=key_schema)
 
 
-def check_ranking_attributes(resolved: ResolvedJob, key_schema: dict[str, str]) -> None:
+def _ranking_attribute_problems(resolved: ResolvedJob, key_schema: dict[str, str]) -> Problems:
     """A timestamp or version that is a key attribute never changes, so every image of
-    an item would tie on it and the order would fall to origin and digest: refused as a
-    job file problem. Only the table knows its keys, so this is checked where the key
-    schema is read anyway: here, and by every operator command before it reads or writes
-    an item (:func:`replicator.tools.tables.checked_source`); not by ``validate``, which
-    reads no table."""
-    for place, conflict in resolved.job.conflict_settings:
+    an item would tie on it and the order would fall to origin and digest."""
+    problems: Problems = []
+    for place, conflict in resolved.job.conflict_sections:
         if conflict.policy not in _ORDERED:
             continue
         name = (
             "version_attribute"
             if conflict.policy is ConflictPolicyName.VERSION
-            else ("timestamp_attribute")
+            else "timestamp_attribute"
         )
         attribute = getattr(conflict, name)
         if attribute in key_schema:
-            raise ConfigError(
-                f"{resolved.path}: {place}.{name} is {attribute!r}, a key attribute of the "
-                f"source table {resolved.job.source.table} ({key_schema[attribute]}): a key "
-                "never changes, so every image of an item would rank the same; name the "
-                "attribute the application sets to its time or version on every write"
+            problems.append(
+                (
+                    (*place, name),
+                    f"is {attribute!r}, a key attribute of the source table "
+                    f"{resolved.job.source.table} ({key_schema[attribute]}): a key never "
+                    "changes, so every image of an item would rank the same; name the "
+                    "attribute the application sets to its time or version on every write",
+                )
             )
+    return problems
 
 
 def check_key_settings(resolved: ResolvedJob, key_schema: dict[str, str]) -> None:
     """The job's attributes that must not be key attributes of the source (what the rules
-    rank by, the origin stamp), checked wherever the key schema is read: ``run`` at start
-    and the commands that read the source table."""
-    check_ranking_attributes(resolved, key_schema)
-    check_origin_attribute(resolved, key_schema)
-
-
-def check_origin_attribute(resolved: ResolvedJob, key_schema: dict[str, str]) -> None:
-    """A key attribute as the origin stamp would drop every put as another region's
-    echo (a key's value is never this region's name) and checkpoint past it: refused,
-    as a rank attribute that is a key attribute is, where the key schema is read."""
+    rank by, the origin stamp), refused as problems of the job file, all at once, each at
+    its key and line. Only the table knows its keys, so this is checked where the key
+    schema is read anyway: ``run`` at start and every operator command before it reads
+    or writes an item (:func:`replicator.tools.tables.checked_source`); not by
+    ``validate``, which reads no table."""
+    problems = _ranking_attribute_problems(resolved, key_schema)
     origin = resolved.job.loop_prevention.origin_attribute
     if origin in key_schema:
-        raise ConfigError(
-            f"{resolved.path}: loop_prevention.origin_attribute is {origin!r}, a key "
-            f"attribute of the source table {resolved.job.source.table} "
-            f"({key_schema[origin]}): its value is the item's key, never this region's "
-            "origin value, so every put would be dropped as another region's echo; name "
-            "the attribute the application stamps with its region on every write"
+        # Every put would be dropped as another region's echo (a key's value is never
+        # this region's name) and checkpointed past.
+        problems.append(
+            (
+                ("loop_prevention", "origin_attribute"),
+                f"is {origin!r}, a key attribute of the source table "
+                f"{resolved.job.source.table} ({key_schema[origin]}): its value is the "
+                "item's key, never this region's origin value, so every put would be "
+                "dropped as another region's echo; name the attribute the application "
+                "stamps with its region on every write",
+            )
         )
+    if problems:
+        raise job_file_error(resolved, problems)
 
 
 def check_task_tables(resolved: ResolvedJob) -> None:

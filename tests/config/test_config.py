@@ -183,7 +183,7 @@ BROKEN = {
         + "runtime: kcl\n"
         + "kcl: {extra_properties: {initialPositionInStreamExtended: '1700000000'}}\n",
         "kcl.extra_properties.initialPositionInStreamExtended",
-        "AT_TIMESTAMP is not supported for a DynamoDB stream",
+        "is '1700000000': the KCL reads this property as a time",
     ),
     "kcl-start-time-property-kinesis": (
         MINIMAL.replace("orders}", "orders, stream: {kind: kinesis, name: s}}", 1)

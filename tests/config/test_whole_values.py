@@ -179,7 +179,7 @@ def test_an_external_id_without_a_role_is_refused(tmp_path: Path, text: str, key
     """It is sent only when a role is assumed: it did nothing."""
     _only_problem(tmp_path, text, key, "is sent only with role_arn")
     path = tmp_path / "job.yaml"
-    path.write_text(text.replace("external_id: x", f"external_id: x, role_arn: '{ROLE}'"))
+    path.write_text(text.replace("external_id: x", f"external_id: xy, role_arn: '{ROLE}'"))
     assert validate_in_process(path).returncode == 0, validate_in_process(path).stderr
 
 

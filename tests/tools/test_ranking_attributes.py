@@ -17,15 +17,15 @@ LWW = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}"
 ON_KEYS = {
     "timestamp": (
         "conflict: {policy: last_writer_wins, timestamp_attribute: pk}",
-        "conflict.timestamp_attribute is 'pk', a key attribute of the source table",
+        "conflict.timestamp_attribute (line 6): is 'pk', a key attribute of the source table",
     ),
     "version": (
         "conflict: {policy: version, version_attribute: sk}",
-        "conflict.version_attribute is 'sk', a key attribute of the source table",
+        "conflict.version_attribute (line 6): is 'sk', a key attribute of the source table",
     ),
     "origin": (
         f"{LWW}\nloop_prevention: {{origin_attribute: pk}}",
-        "loop_prevention.origin_attribute is 'pk', a key attribute of the source table",
+        "loop_prevention.origin_attribute (line 7): is 'pk', a key attribute of the source table",
     ),
 }
 COMMANDS = {
@@ -55,9 +55,9 @@ def test_a_ranking_attribute_that_is_a_key_attribute_is_refused(
     result = replicator(*COMMANDS[command], "--config", str(job.path))
 
     assert result.returncode == 2, result.stdout + result.stderr
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f"replicator: {job.path}: ")
-    assert expected in line
+    head, line = result.stderr.strip().splitlines()
+    assert head == f"replicator: {job.path}: 1 problem in the job file:"
+    assert line.startswith(f"  {expected}")
     assert result.stdout == ""
     assert "Item" not in eu.get_item(TableName=eu_table, Key={"pk": item["pk"], "sk": item["sk"]})
     assert not job.dead_letters.exists()
@@ -75,4 +75,5 @@ def test_a_destinations_own_conflict_section_is_named(job: Job) -> None:
     result = replicator("verify", "--config", str(job.path))
 
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "destinations[1].conflict.version_attribute is 'pk', a key attribute" in result.stderr
+    assert "  destinations[1].conflict.version_attribute (line " in result.stderr
+    assert "): is 'pk', a key attribute" in result.stderr
