@@ -673,7 +673,8 @@ def wait(
 @click.option(
     "--destination",
     metavar="D",
-    help="Only conflicts at this destination (its name, default <region>/<table>).",
+    help="Only conflicts at this destination: its name (default <region>/<table>) or "
+    "table, as wait takes it, or the source's <region>/<table>.",
 )
 @click.option(
     "--format",

@@ -28,6 +28,12 @@ class ConfigError(OperatorError):
     exit_code = 2
 
 
+class UnknownDestination(ConfigError):
+    """A ``--destination`` that names none of the job's destinations: refused where only
+    a destination of the job can be meant, warned about where the name may be that of
+    one since removed from the job file (``replicator conflicts``)."""
+
+
 class EnvironmentProblem(OperatorError):
     """AWS resources or credentials are not as the job file says (missing table, no stream...)."""
 

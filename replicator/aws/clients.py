@@ -23,10 +23,17 @@ import botocore.loaders
 import botocore.session
 from botocore.config import Config
 from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
-from botocore.exceptions import CredentialRetrievalError, InvalidConfigError, ProfileNotFound
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    CredentialRetrievalError,
+    InvalidConfigError,
+    ProfileNotFound,
+)
 
 from replicator import __version__
 from replicator.aws.answers import watch_answers
+from replicator.aws.errors import RoleNotAssumed
 from replicator.config.endpoints import endpoint_problem
 from replicator.exceptions import EnvironmentProblem
 
@@ -149,7 +156,10 @@ def _botocore_session() -> botocore.session.Session:
 def session_for(
     region: str, role_arn: str | None = None, external_id: str | None = None
 ) -> boto3.Session:
-    """A session in ``region``; with ``role_arn``, one that assumes that role."""
+    """A session in ``region``; with ``role_arn``, one that assumes that role. A role
+    that cannot be assumed raises :class:`RoleNotAssumed` where a request is signed,
+    naming STS's endpoint: the request it was for was never sent, and an error that
+    named that request's endpoint would send an operator to the wrong service."""
     if role_arn is None:
         return boto3.Session(botocore_session=_botocore_session(), region_name=region)
     base = _botocore_session()
@@ -157,16 +167,33 @@ def session_for(
     extra: dict[str, Any] = {"RoleSessionName": SESSION_NAME}
     if external_id:
         extra["ExternalId"] = external_id
+    sts_endpoint = f"of {region}"  # the STS client's, once one is made
+
+    def sts_client(service: str, **kwargs: Any) -> Any:
+        nonlocal sts_endpoint
+        client = base.create_client(service, **kwargs)
+        sts_endpoint = client.meta.endpoint_url
+        return client
+
     fetcher = AssumeRoleCredentialFetcher(
-        client_creator=base.create_client,
+        client_creator=sts_client,
         source_credentials=base.get_credentials(),
         role_arn=role_arn,
         extra_args=extra,
     )
+
+    def fetch_credentials() -> dict[str, Any]:
+        try:
+            return fetcher.fetch_credentials()
+        except (ClientError, BotoCoreError) as error:
+            raise RoleNotAssumed(
+                role_arn=role_arn, sts_endpoint=sts_endpoint, error=error
+            ) from error
+
     assumed = _botocore_session()
     assumed.set_config_variable("region", region)
     assumed._credentials = DeferredRefreshableCredentials(  # type: ignore[attr-defined]
-        method="assume-role", refresh_using=fetcher.fetch_credentials
+        method="assume-role", refresh_using=fetch_credentials
     )
     return boto3.Session(botocore_session=assumed, region_name=region)
 

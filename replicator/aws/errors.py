@@ -10,9 +10,9 @@
   by a fine-grained policy (dead-letter it); a whole destination that keeps refusing
   stops the worker.
 * AUTH: the request's signature or credentials were not accepted (an expired
-  signature from a skewed clock, an unknown access key). That is never a property of
-  one change, so it is never dead-lettered: retried, and when it persists the worker
-  stops with a message that names the cause.
+  signature from a skewed clock, an unknown access key, a role STS refuses to let
+  be assumed). That is never a property of one change, so it is never dead-lettered:
+  retried, and when it persists the worker stops with a message that names the cause.
 
 Apart from what to do next, a failed write is in doubt or not (:func:`may_have_landed`):
 whether it may have been applied although its answer says otherwise, which decides
@@ -28,6 +28,7 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     ConnectTimeoutError,
+    CredentialRetrievalError,
     EndpointConnectionError,
     HTTPClientError,
     NoCredentialsError,
@@ -162,7 +163,36 @@ def error_code(error: BaseException) -> str:
     return type(error).__name__
 
 
+class RoleNotAssumed(CredentialRetrievalError):
+    """The credentials of a role to assume could not be had from STS. Raised where a
+    request is signed, so it reaches whoever made the request, whose message would
+    otherwise name the endpoint of that request's service, although the request was
+    never sent: STS failed (unreachable, refusing the role, throttling), not the table
+    or queue. A CredentialRetrievalError, as botocore's own failed fetchers raise, so
+    that what explains those explains this one too."""
+
+    fmt = "assuming role {role_arn} at STS endpoint {sts_endpoint} failed: {reason}"
+
+    def __init__(
+        self, *, role_arn: str, sts_endpoint: str, error: ClientError | BotoCoreError
+    ) -> None:
+        reason = excerpt(str(error))
+        super().__init__(role_arn=role_arn, sts_endpoint=sts_endpoint, reason=reason)
+        self.role_arn = role_arn
+        self.error = error
+
+
+def cause(error: BaseException) -> BaseException:
+    """The failure of the service that failed: STS's for a role that could not be assumed."""
+    return error.error if isinstance(error, RoleNotAssumed) else error
+
+
 def classify(error: BaseException) -> ErrorKind:
+    if isinstance(error, RoleNotAssumed):
+        # STS throttling or not answering may pass; a role STS refuses is no property of
+        # one change either: never dead-lettered, and persisting, it stops the worker.
+        kind = classify(error.error)
+        return kind if kind in (ErrorKind.THROTTLED, ErrorKind.RETRY) else ErrorKind.AUTH
     if isinstance(error, ClientError):
         code = error_code(error)
         status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
@@ -204,7 +234,10 @@ def may_have_landed(error: BaseException) -> bool:
     counts ``applied`` rather than ``unchanged``; no data depends on it. No for every
     refusal (throttling, access, a missing table, signatures, validation, a failed
     condition) and for a TCP connection that was never made: nothing was written, and
-    an item found there later is someone else's, whatever it holds."""
+    an item found there later is someone else's, whatever it holds; and no for a role
+    that could not be assumed: the write was never signed, so never sent."""
+    if isinstance(error, RoleNotAssumed):
+        return False
     if isinstance(error, ClientError):
         status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         return status >= 500 or error_code(error) in _AFTER_THE_WRITE

@@ -162,7 +162,7 @@ def conflicts(
             "conflicts; set conflict_log.kind to file, sqs or dynamodb"
         )
     if destination is not None:
-        _check_destination(resolved, destination)
+        destination = _destination_label(resolved, destination)
     with aws_failures(f"conflicts {resolved.task_name}"):
         if key is not None:
             _check_key_names(resolved, key)
@@ -215,23 +215,34 @@ def _missing_file(resolved: ResolvedJob, target: Any) -> str | None:
     return line
 
 
-def _check_destination(resolved: ResolvedJob, destination: str) -> None:
-    """Entries name where the change lost: a destination of the job, the source's own
-    ``<region>/<table>`` (active-active corrections), or a destination the job file had
-    when the entry was recorded and has no longer. All of them can be listed; a name the
-    job file does not have is warned about (it may be a typo), not refused."""
+def _destination_label(resolved: ResolvedJob, destination: str) -> str:
+    """The name entries at ``destination`` are recorded under. A destination of the job
+    is found as ``wait`` finds it (its name, table or ``<region>/<table>``; several that
+    fit are refused, exit 2). The source's own ``<region>/<table>`` (active-active
+    corrections) is its entries' name, before any destination's ``<region>/<table>``,
+    which a named destination's entries do not go by. A name the job file does not have
+    is that of a destination since removed from it, whose entries keep it, or a typo:
+    listed with a warning, not refused."""
+    from replicator.config.destinations import resolve_destination, spelled
     from replicator.conflictlog.restore import source_label
+    from replicator.exceptions import UnknownDestination
 
-    labels = [d.label for d in resolved.job.destinations]
-    if destination in labels or destination == source_label(resolved):
-        return
+    destinations = resolved.job.destinations
+    source = source_label(resolved)
+    if destination == source and all(d.label != source for d in destinations):
+        return source
+    try:
+        return resolve_destination(resolved, destination).label
+    except UnknownDestination:
+        pass
     logs.echo(
         f"replicator: warning: {destination!r} is neither a destination of {resolved.path} "
-        f"(destinations: {', '.join(labels)}) nor its source ({source_label(resolved)}); "
-        "listing the entries recorded under that name (a destination since removed from the "
-        "job file has some)",
+        f"(destinations: {', '.join(spelled(d) for d in destinations)}) nor its source "
+        f"({source}); listing the entries recorded under that name (a destination since "
+        "removed from the job file has some)",
         err=True,
     )
+    return destination
 
 
 def _warn_about_redrive(target: SqsConflictLog) -> None:

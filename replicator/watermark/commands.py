@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator import logs, wiring
+from replicator.config.destinations import resolve_destination
 from replicator.config.model import DestinationConfig, ResolvedJob, StreamKind
 from replicator.epoch import ISO_TIME_FORM, date_alone, typed_iso_time
 from replicator.exceptions import (
@@ -121,36 +122,6 @@ def parse_time(text: str, option: str) -> float:
             "could be any of 24 hours"
         )
     return checked_seconds(moment.timestamp(), shown, typed_as_number=False)
-
-
-def resolve_destination(resolved: ResolvedJob, name: str) -> DestinationConfig:
-    """A destination by its label (``name``, default ``<region>/<table>``) or its table
-    name; failing both, by its ``<region>/<table>``. Refused when more than one fits: a
-    name that is also another destination's table would otherwise pick one silently,
-    and the ``<region>/<table>`` of a named destination is then how to choose it."""
-    destinations = resolved.job.destinations
-    fits = [d for d in destinations if name in (d.label, d.table)]
-    if not fits:
-        fits = [d for d in destinations if name == f"{d.region}/{d.table}"]
-    if len(fits) == 1:
-        return fits[0]
-    if fits:
-        # Two destinations of one region and table (in two accounts) differ by name alone.
-        places = {(d.region, d.table) for d in fits}
-        choose = "give one's name" + (" or <region>/<table>" if len(places) == len(fits) else "")
-        raise ConfigError(
-            f"--destination {name!r} fits several destinations "
-            f"({', '.join(_spelled(d) for d in fits)}); {choose}"
-        )
-    raise ConfigError(
-        f"--destination {name!r}: no destination of {resolved.path} has that name or table; "
-        f"its destinations: {', '.join(_spelled(d) for d in destinations)}"
-    )
-
-
-def _spelled(destination: DestinationConfig) -> str:
-    where = f"{destination.region}/{destination.table}"
-    return where if destination.label == where else f"{destination.label} ({where})"
 
 
 def _require_watermark(resolved: ResolvedJob) -> None:

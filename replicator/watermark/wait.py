@@ -20,7 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 
 from replicator.aws import clients
 from replicator.aws.backoff import Backoff
-from replicator.aws.errors import ErrorKind, classify, error_code, error_message
+from replicator.aws.errors import ErrorKind, cause, classify, error_code, error_message
 from replicator.epoch import SECONDS_CEILING, finer_unit
 from replicator.exceptions import StatusTableMissing, StatusTableSilent
 from replicator.logs import redact
@@ -129,8 +129,9 @@ def transient(error: ClientError | BotoCoreError) -> bool:
     connection (``replicator.aws.errors``' THROTTLED and RETRY), retried until the
     timeout. Refusals (access denied, bad credentials) and an endpoint that cannot be
     reached at all (refused, no such host) are not: waiting for them to mend would turn
-    a broken setup into a timeout, so they are raised at once."""
-    if isinstance(error, EndpointConnectionError):
+    a broken setup into a timeout, so they are raised at once; so is a role whose STS
+    endpoint cannot be reached."""
+    if isinstance(cause(error), EndpointConnectionError):
         return False
     return classify(error) in (ErrorKind.THROTTLED, ErrorKind.RETRY)
 

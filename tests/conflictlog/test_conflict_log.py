@@ -574,6 +574,103 @@ def test_entries_at_the_source_and_at_a_removed_destination_can_be_listed(
     assert [e.kind for e in read_entries(log, Selection())] == ["conflict"] * 3
 
 
+def _destinations_job(tmp_path: Path, log: Path, destinations: str, extra: str = "") -> Path:
+    path = tmp_path / "job1.yaml"
+    path.write_text(
+        "task_name: orders-audit\n"
+        "source: {region: us-east-1, table: orders, endpoint_url: 'http://127.0.0.1:9'}\n"
+        f"destinations:\n{destinations}"
+        "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
+        f"conflict_log: {{kind: file, path: '{log}'}}\n{extra}"
+    )
+    return path
+
+
+def _logged_at(tmp_path: Path, *destinations: str) -> tuple[Path, list[ConflictEntry]]:
+    """A log file with one entry recorded under each of these destination names."""
+    log = FileConflictLog(tmp_path / "c.jsonl")
+    entries = [
+        replace(conflict(seq, pk=f"order-{seq}").entry(), destination=name)
+        for seq, name in enumerate(destinations, 1)
+    ]
+    for entry in entries:
+        log.put(entry)
+    return log.path, entries
+
+
+def test_a_destination_is_listed_by_every_name_wait_finds_it_by(tmp_path: Path) -> None:
+    """--destination takes a destination's name, its table or its <region>/<table>, as
+    ``replicator wait`` does: each lists and counts the entries recorded under its name,
+    without a warning."""
+    log, (at_dr, _) = _logged_at(tmp_path, "dr", "eu-west-1/orders")
+    config = _destinations_job(
+        tmp_path,
+        log,
+        "  - {region: eu-west-1, table: orders, endpoint_url: 'http://127.0.0.1:9'}\n"
+        "  - {name: dr, region: ap-southeast-2, table: orders-replica, "
+        "endpoint_url: 'http://127.0.0.1:9'}\n",
+    )
+    runner = CliRunner()
+    for spelling in ("dr", "orders-replica", "ap-southeast-2/orders-replica"):
+        args = ["conflicts", "-c", str(config), "--destination", spelling]
+        listing = runner.invoke(cli, args)
+        assert listing.exit_code == 0, listing.output
+        assert listing.stderr == "", (spelling, listing.stderr)
+        assert "(destination dr): 1 lost conflicts, 0 restores" in listing.stdout
+        document = json.loads(runner.invoke(cli, [*args, "--format", "json"]).stdout)
+        assert [e["id"] for e in document["entries"]] == [at_dr.id], spelling
+        assert document["summary"]["per_destination"] == {"dr": 1}
+        assert document["selection"]["destination"] == "dr"
+    listing = runner.invoke(cli, ["conflicts", "-c", str(config), "--destination", "mars"])
+    assert listing.exit_code == 0, listing.output
+    assert (
+        "warning: 'mars' is neither a destination of "
+        f"{config} (destinations: eu-west-1/orders, dr (ap-southeast-2/orders-replica)) "
+        "nor its source (us-east-1/orders)"
+    ) in " ".join(listing.stderr.split())
+
+
+def test_a_destination_name_that_fits_several_is_refused_as_wait_refuses_it(
+    tmp_path: Path,
+) -> None:
+    config = _destinations_job(
+        tmp_path,
+        tmp_path / "c.jsonl",
+        "  - {region: eu-west-1, table: replica, endpoint_url: 'http://127.0.0.1:9'}\n"
+        "  - {region: ap-southeast-2, table: replica, endpoint_url: 'http://127.0.0.1:9'}\n",
+    )
+    refused = CliRunner().invoke(cli, ["conflicts", "-c", str(config), "--destination", "replica"])
+    assert refused.exit_code == 2, refused.output
+    assert refused.stdout == ""
+    assert refused.stderr == (
+        "replicator: --destination 'replica' fits several destinations "
+        "(eu-west-1/replica, ap-southeast-2/replica); give one's name or <region>/<table>\n"
+    )
+
+
+def test_the_sources_region_and_table_lists_its_corrections_before_a_named_twin(
+    tmp_path: Path,
+) -> None:
+    """Active-active: corrections are recorded under the source's <region>/<table>; a
+    destination at that region and table in another account goes by its name, which
+    lists its own entries."""
+    log, (correction, at_twin) = _logged_at(tmp_path, "us-east-1/orders", "twin")
+    config = _destinations_job(
+        tmp_path,
+        log,
+        "  - {name: twin, region: us-east-1, table: orders, endpoint_url: 'http://127.0.0.1:9', "
+        "role_arn: 'arn:aws:iam::222222222222:role/replica-writer'}\n",
+        "loop_prevention: {origin_attribute: origin}\n",
+    )
+    runner = CliRunner()
+    for spelling, expected in (("us-east-1/orders", correction), ("twin", at_twin)):
+        args = ["conflicts", "-c", str(config), "--destination", spelling, "--format", "json"]
+        listing = runner.invoke(cli, args)
+        assert listing.exit_code == 0, listing.output
+        assert listing.stderr == "", listing.stderr
+        assert [e["id"] for e in json.loads(listing.stdout)["entries"]] == [expected.id]
+
+
 def test_a_log_shared_by_several_jobs_lists_only_the_jobs_own_entries(tmp_path: Path) -> None:
     """Two jobs with one conflict_log.path: each lists, counts and restores only its own
     entries, and says how many of other tasks it skipped."""
