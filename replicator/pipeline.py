@@ -684,16 +684,21 @@ class ShardPipeline:
         except BaseException as error:  # noqa: BLE001  # any writer failure stops the shard
             self._fail(error, label)
             return
-        with self._cond:
-            # Under the lock, with the buffer: a change dropped behind this one in
-            # between would be settled in the watermark yet re-queued by the buffer.
-            if self.watermark is not None and label in self.writers:
-                self.watermark.settled(label, entry.change, dead_lettered=result.failed)
-            self._progress_at[label] = self._clock()
-            self.buffer.complete(label, entry, failed=result.failed)
-            self._settle_batches()
-            self._wake()
-        self._dispatch(label)
+        try:
+            with self._cond:
+                # Under the lock, with the buffer: a change dropped behind this one in
+                # between would be settled in the watermark yet re-queued by the buffer.
+                if self.watermark is not None and label in self.writers:
+                    self.watermark.settled(label, entry.change, dead_lettered=result.failed)
+                self._progress_at[label] = self._clock()
+                self.buffer.complete(label, entry, failed=result.failed)
+                self._settle_batches()
+                self._wake()
+            self._dispatch(label)
+        except BaseException as error:  # noqa: BLE001  # raised here, it ends in the pool's future
+            # Unseen there: the write would stay in flight for good, its item's later
+            # changes behind it and the checkpoint before it, and nothing would say so.
+            self._fail(error, label)
 
     def _wake(self) -> None:
         """Wake the processor if what it waits for may now hold (lock held): room in the

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from structlog.testing import capture_logs
 
 from replicator.aws.backoff import Backoff
 from replicator.buffer import ChangeBuffer
@@ -24,6 +25,7 @@ from replicator.pipeline import ShardPipeline
 from replicator.records import Change
 from replicator.rules import IN_STREAM_ORDER, ConflictRule, OrderedRule, squash_order
 from replicator.rules.ordered import Peers
+from replicator.watermark.tracker import ShardTracker
 from replicator.writers.destination import DestinationWriter
 from tests.support.aws import client, create_table
 from tests.support.metrics import sample
@@ -645,3 +647,49 @@ def test_a_delete_of_an_image_either_region_wrote_removes_only_that_image(
     ddb.put_item(TableName=table, Item=image("lagging", "6", "ap-south-1"))
     submit_deletes(pipeline, [image("lagging", "7", "ap-south-1")])
     assert held(ddb, table, "lagging") is None
+
+
+class TrackedWatermark:
+    """The shard's watermark without its publishing: what the pipeline tells it goes to
+    a real tracker, which keeps its account of each change per destination."""
+
+    def __init__(self, destinations: list[str]) -> None:
+        self.tracker = ShardTracker(destinations, margin_us=0)
+
+    def received_all(self, changes: Any) -> None:
+        self.tracker.received_all(changes)
+
+    def settled(self, destination: str, change: Change, *, dead_lettered: bool) -> None:
+        self.tracker.settled(destination, change, dead_lettered=dead_lettered)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_failure_settling_a_write_on_a_writer_thread_stops_the_shard(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """The repro: moto can give two stream records one sequence number and then serve
+    the second one again, so the watermark hears of one position twice and its account
+    fails as the write settles. On a writer thread that failure went into the thread
+    pool's future and no further: the write stayed in flight for good, the item's later
+    changes queued behind it, the checkpoint stopped, and nothing was logged. It stops
+    the shard, as any writer failure does."""
+    rule = OrderedRule("last_writer_wins", "ts", None, numeric_only=False)
+    # botocore's client: the writes run on the pool's threads.
+    pipeline, ddb, table = one_destination(moto_endpoint, unique, tmp_path, metrics, rule)
+    pipeline.watermark = TrackedWatermark(["eu"])  # type: ignore[assignment]
+    try:
+        change = decode(put("k", 7, ts=7))
+        with capture_logs() as logged:
+            pipeline.submit_all([change, change])  # one record, delivered twice
+            pipeline.dispatch()
+            with pytest.raises(KeyError):
+                pipeline.flush(timeout=10)
+        assert ddb.get_item(TableName=table, Key={"pk": {"S": "k"}})["Item"]["ts"] == {"N": "7"}
+        failed = [line for line in logged if line["event"].startswith("destination writer failed")]
+        assert [(line["destination"], line["error_type"]) for line in failed] == [
+            ("eu", "KeyError")
+        ]
+    finally:
+        pipeline.close()
