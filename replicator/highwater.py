@@ -52,7 +52,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 import structlog
@@ -87,6 +87,14 @@ class SharedNotes:
       can be read in between (the write-back then finds that image in the source and
       writes nothing): that record must be sent on, so a record that matches a note
       still in flight waits for the write's outcome.
+    * ``removals``: the items a delete of the source writer removed unseen and put back
+      (a wide item, compared in part: :meth:`DestinationWriter._replaced
+      <replicator.writers.destination.DestinationWriter._replaced>`). The removal's
+      record carries an item the application wrote and still holds: taken for the
+      application's delete, it would be tombstoned and sent everywhere, and the put-back
+      corrected as a stale insert below it. A delete that may do so is noted while on the
+      wire (its record may be read before the writer hears the answer), so a delete
+      record of the item read meanwhile waits for it.
     """
 
     def __init__(self) -> None:
@@ -94,6 +102,7 @@ class SharedNotes:
         self._settled = threading.Condition(self._lock)
         self._inserts: dict[KeyId, tuple[int, bool]] = {}
         self._echoes: OrderedDict[tuple[KeyId, str], _Echo] = OrderedDict()
+        self._removals: OrderedDict[KeyId, _Removals] = OrderedDict()
 
     def mark_insert(self, key: KeyId, position: int, *, checked: bool = False) -> None:
         """``checked``: the stage read the item's tombstone after this insert was made and
@@ -153,6 +162,59 @@ class SharedNotes:
                         del self._echoes[entry]
                     return True
                 self._settled.wait()
+
+    def expect_removal(self, key: KeyId) -> None:
+        """A delete that may remove an item unseen (and put it back) is about to be sent."""
+        with self._lock:
+            note = self._removals.get(key)
+            if note is None:
+                note = self._removals[key] = _Removals()
+            note.in_flight += 1
+            while len(self._removals) > MAX_KEYS:
+                self._removals.popitem(last=False)
+            self._settled.notify_all()  # an evicted note's waiters read it as none
+
+    def settle_removal(self, key: KeyId, put_back: Item | None) -> None:
+        """That delete was answered: ``put_back``, the item it removed unseen (its record
+        is the job's own), or None."""
+        with self._lock:
+            note = self._removals.get(key)
+            if note is not None:
+                note.in_flight -= 1
+                if put_back is not None:
+                    note.put_back.append(image_digest(put_back))
+                if not note.in_flight and not note.put_back:
+                    del self._removals[key]
+            self._settled.notify_all()
+
+    def is_removal(self, key: KeyId, image: Item) -> bool:
+        """Whether a delete record of ``image`` is a removal the source writer put back
+        (and forget that one); waits while a delete that may be one is on the wire."""
+        with self._lock:
+            if not self._removals:
+                return False
+            digest = image_digest(image)
+            while True:
+                note = self._removals.get(key)
+                if note is None:
+                    return False
+                if digest in note.put_back:
+                    note.put_back.remove(digest)
+                    if not note.in_flight and not note.put_back:
+                        del self._removals[key]
+                    return True
+                if not note.in_flight:
+                    return False
+                self._settled.wait()
+
+
+@dataclass(slots=True)
+class _Removals:
+    """Deletes of one item that may remove it unseen: how many are on the wire, and the
+    digests of the items they removed and put back whose records are not read yet."""
+
+    in_flight: int = 0
+    put_back: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -260,6 +322,8 @@ class HighWater:
         return decided
 
     def _route(self, change: Change, route: Route) -> tuple[Change, Route, bool]:
+        if route is not Route.FILTERED and self._put_back(change):
+            return change, Route.LOOP_SKIPPED, False
         if route is Route.REPLICATE:
             self._let_go_of_delete(change)
             if self._below_a_delete_sent(change):
@@ -281,6 +345,13 @@ class HighWater:
         replaces = not self.keep_echoes_apart and (highest is None or outcome.rank >= highest.rank)
         self._observe(change, outcome)
         return change, route, replaces
+
+    def _put_back(self, change: Change) -> bool:
+        """A delete record of an item the source writer removed unseen and put back: the
+        item is there again, so the record shows no state of it (its put-back's record,
+        the image seen last, is then already everywhere)."""
+        image = change.old_image if change.event is Event.REMOVE else None
+        return image is not None and self.notes.is_removal(change.key, image)
 
     def _already_everywhere(self, change: Change, image: Item) -> bool:
         """A local-looking put that is this job's own correction or write-back landing in

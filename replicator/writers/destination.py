@@ -43,7 +43,7 @@ from replicator.exceptions import (
     PlanError,
     WriteCancelled,
 )
-from replicator.items import Item, describe_key, item_from_wire, same_item
+from replicator.items import Item, KeyId, describe_key, item_from_wire, same_item
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.rules import ConflictRule, OrderedRule, Skip, Verdict, WriteRequest
@@ -138,6 +138,16 @@ class Winner:
     tombstone: Tombstone | None = None
 
 
+class Removals(Protocol):
+    """Who reads the stream of the table a writer writes (the source's own writer): told
+    of each delete that may remove an item unseen, and of the item it put back
+    (:class:`~replicator.highwater.SharedNotes`)."""
+
+    def expect_removal(self, key: KeyId) -> None: ...
+
+    def settle_removal(self, key: KeyId, put_back: Item | None) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class FirstAnswer:
     """How a write's first request, sent by another transport (the pipeline's event
@@ -218,6 +228,9 @@ class DestinationWriter:
     # sets it: a destination that answers, even with throttling, is there and worth
     # waiting for; one that does not answer is an environment to fix.
     unanswered_for_s: float | None = None
+    # The source's own writer: its stream's reader, told which delete records are of an
+    # item removed unseen and put back (the job's own, not the application's deletes).
+    removals: Removals | None = None
     # Seconds a put-back (a wide item replaced unseen) is still retried once the write is
     # cancelled: the write cannot be called back, the item it replaced can still be.
     put_back_after_cancel_s: float = 10.0
@@ -478,9 +491,12 @@ class DestinationWriter:
                     return self._count(op, Outcome.UNCHANGED)
                 self._lost(change, Winner(item=existing), plan.reason)
                 return self._count(op, Outcome.CONFLICT_LOST, plan.reason)
+            removals = self._noting_removals(change, plan)
             try:
                 response = self._send(plan) if first is None else _answer_of(first)
             except Exception as error:
+                if removals is not None:
+                    removals.settle_removal(change.key, None)
                 if may_have_landed(error):
                     state.in_doubt.append(plan)
                 if not isinstance(error, ClientError) or (
@@ -493,7 +509,12 @@ class DestinationWriter:
                 if outcome is None:
                     continue
                 return outcome
-            replaced = self._replaced(change, plan, response)
+            replaced = None
+            try:
+                replaced = self._replaced(change, plan, response)
+            finally:
+                if removals is not None:
+                    removals.settle_removal(change.key, replaced)
             if replaced is not None:
                 # Put it back, then go on as if the condition had refused the write with it.
                 left = plan.item if plan.op == "put" else None
@@ -523,6 +544,17 @@ class DestinationWriter:
         against our own write."""
         self.metrics.retries.labels(self.label, "already_applied").inc()
         return self._applied(change, state)
+
+    def _noting_removals(self, change: Change, request: WriteRequest) -> Removals | None:
+        """:attr:`removals`, told of ``request`` about to be sent, when it is a delete that
+        may remove an item unseen (its record would then look like the application's)."""
+        removals = self.removals
+        if removals is None or request.op != "delete":
+            return None
+        if request.expects is None and not request.at_or_below:
+            return None
+        removals.expect_removal(change.key)
+        return removals
 
     def _replaced(
         self, change: Change, request: WriteRequest, response: Mapping[str, Any]

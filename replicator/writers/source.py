@@ -71,6 +71,7 @@ class SourceWriter:
 
     def __post_init__(self) -> None:
         self.writer.cancelled = self.cancelled
+        self.writer.removals = self.notes
         self.label = SOURCE_LABEL_PREFIX + self.writer.label
 
     @property

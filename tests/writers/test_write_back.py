@@ -5,10 +5,11 @@ are in tests/reliability/test_active_active.py and test_active_active_mesh.py.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from replicator.items import Item, KeyId
 from replicator.metrics import Metrics
 from replicator.records import Change, Event
 from replicator.rules import OrderedRule
+from replicator.rules.requests import WriteRequest
 from replicator.tombstones.model import tombstone_of
 from replicator.tombstones.table import TombstoneTable
 from replicator.writers.destination import DestinationWriter, Outcome
@@ -461,6 +463,45 @@ class _Watched(threading.Condition):
         return super().wait(timeout)
 
 
+@contextlib.contextmanager
+def _answered_unheard(
+    pair: Pair, stage: HighWater, operation: str, record: Change
+) -> Iterator[tuple[FaultProxy, list[Route]]]:
+    """While in the block, the source writer writes A through a proxy; once A has answered
+    its first ``operation`` on the table, and before the writer hears that answer,
+    ``record`` is routed by ``stage`` on another thread, until it is routed or waits for
+    the writer (on the notes' condition, watched instead of guessing how long). The
+    proxy, and the route taken, once the block is left."""
+    notes = stage.notes
+    watched = _Watched(notes._lock)
+    notes._settled = watched
+    routed: list[Route] = []
+    problems: list[BaseException] = []
+    reader = threading.Thread(
+        target=lambda: routed.append(stage.route(record, Route.REPLICATE)[1]), name="intake"
+    )
+
+    def observe(name: str, body: bytes, status: int) -> None:
+        if name != operation or json.loads(body)["TableName"] != pair.table:
+            return
+        if reader.is_alive() or routed:
+            return
+        try:
+            reader.start()
+            wait_until(lambda: routed or watched.waited.is_set(), 30, "the record routed")
+        except BaseException as error:  # reported by the test
+            problems.append(error)
+
+    proxy = FaultProxy(pair.a.meta.endpoint_url, observe=observe).start()
+    try:
+        pair.source.writer.client = client("dynamodb", "us-east-1", proxy.url)
+        yield proxy, routed
+        reader.join(30)
+    finally:
+        proxy.stop()
+    assert not problems, problems
+
+
 def test_a_local_record_read_while_a_write_back_of_its_image_is_in_flight_is_sent_on(
     moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
 ) -> None:
@@ -474,43 +515,82 @@ def test_a_local_record_read_while_a_write_back_of_its_image_is_in_flight_is_sen
     for item in (older, newer):
         pair.a.put_item(TableName=pair.table, Item=item)  # the application
     pair.b.put_item(TableName=pair.table, Item=newer)
-    notes = pair.source.notes
-    watched = _Watched(notes._lock)
-    notes._settled = watched  # to see the stage wait, instead of guessing how long
-    stage = HighWater(RULE, notes=notes)
+    stage = HighWater(RULE, notes=pair.source.notes)
     stage.route(change("INSERT", older), Route.REPLICATE)
     local = change("MODIFY", newer, older, seq=2)  # the application's record of newer
-    routed: list[Route] = []
-    problems: list[BaseException] = []
-
-    def route() -> None:
-        routed.append(stage.route(local, Route.REPLICATE)[1])
-
-    reader = threading.Thread(target=route, name="intake")
-
-    def observe(operation: str, body: bytes, status: int) -> None:
-        # The write-back reached A and was answered; the writer has not heard it yet.
-        if operation != "PutItem" or json.loads(body)["TableName"] != pair.table:
-            return
-        if reader.is_alive() or routed:
-            return
-        try:
-            reader.start()
-            wait_until(lambda: routed or watched.waited.is_set(), 30, "the record routed")
-        except BaseException as error:  # reported by the test
-            problems.append(error)
-
-    proxy = FaultProxy(moto_endpoint, observe=observe).start()
-    try:
-        pair.source.writer.client = client("dynamodb", "us-east-1", proxy.url)
+    with _answered_unheard(pair, stage, "PutItem", local) as (proxy, routed):
         assert pair.writer.write(change("INSERT", older)).outcome is Outcome.CONFLICT_LOST
-        reader.join(30)
-    finally:
-        proxy.stop()
-    assert not problems, problems
     assert proxy.counts("PutItem")["upstream_400"] == 1  # the write-back found newer there
     assert sample(pair.metrics, "replicator_conflict_writebacks_total", destination="b") == 0
     assert routed == [Route.REPLICATE]
+
+
+def _wide_tie(pair: Pair, stage: HighWater) -> tuple[Change, Item, Item]:
+    """A correction of a stale insert below a delete of a wide image in A, and the newer
+    item the application writes in A before the correction lands: the same timestamp and
+    stamp as the deleted image, differing only in an attribute the correction's delete
+    compares not, and ranking above that image by its digest. (The correction, the
+    deleted image, the newer item.)"""
+    deleted: Item = {**image(20, "us-east-1"), **{f"a{i:03}": {"N": "1"} for i in range(200)}}
+    delete, _, _ = stage.route(change("REMOVE", None, deleted), Route.REPLICATE)
+    assert pair.source.write(delete).outcome is Outcome.UNCHANGED  # recorded
+    stale = image(10, "us-east-1", "stale")
+    pair.a.put_item(TableName=pair.table, Item=stale)  # the application, unconditionally
+    correction, _, _ = stage.route(change("INSERT", stale, seq=2), Route.REPLICATE)
+    assert correction.corrects is not None and correction.old_image == deleted
+    plan = RULE.plan(correction)
+    assert isinstance(plan, WriteRequest) and plan.at_or_below
+    left_out = max(set(deleted) - set(plan.names.values()))
+    newer = next(
+        item
+        for item in ({**deleted, left_out: {"N": str(n)}} for n in range(2, 50))
+        if RULE.rank(item) > RULE.rank(deleted)
+    )
+    pair.a.put_item(TableName=pair.table, Item=newer)
+    written = change("MODIFY", newer, stale, seq=3)
+    assert stage.route(written, Route.REPLICATE) == (written, Route.REPLICATE, False)
+    return correction, deleted, newer
+
+
+def test_a_wide_item_the_source_writer_removed_unseen_and_put_back_is_not_deleted(
+    pair: Pair,
+) -> None:
+    """A correction's delete of a wide image compares it only in part: the application's
+    newer item, tying with it on everything compared, is removed and put back at once
+    (docs/conflict-rules.md, "Wide items"). The source's stream then carries that removal
+    and the put-back: both are the job's own writes, not the application's delete and a
+    stale insert below it, which would delete the newer item in every region."""
+    stage = HighWater(RULE, tombstones=True, keep_echoes_apart=True, notes=pair.source.notes)
+    correction, deleted, newer = _wide_tie(pair, stage)
+    assert pair.source.write(correction).outcome is Outcome.CONFLICT_LOST
+    assert pair.get(pair.a) == newer  # removed, and put back
+    # The removal's and the put-back's records in A's stream: the job's own, skipped.
+    routes = []
+    for record in (change("REMOVE", None, newer, seq=4), change("INSERT", newer, seq=5)):
+        routed, route, _ = stage.route(record, Route.REPLICATE)
+        routes.append(route)
+        if route is Route.REPLICATE:
+            pair.source.write(routed)
+    assert pair.get(pair.a) == newer
+    assert routes == [Route.LOOP_SKIPPED, Route.LOOP_SKIPPED]
+    assert stage.corrections == 1
+    tombstone = pair.tombs_a.get(KEY)
+    assert tombstone is not None and tombstone.rank == RULE.rank(deleted)
+
+
+def test_a_removal_record_read_while_its_delete_is_answered_waits_for_the_writer(
+    pair: Pair,
+) -> None:
+    """The removal's record can be read before the source writer hears its delete's
+    answer: the stage waits for that answer instead of taking the record for the
+    application's delete."""
+    stage = HighWater(RULE, tombstones=True, keep_echoes_apart=True, notes=pair.source.notes)
+    correction, _, newer = _wide_tie(pair, stage)
+    removal = change("REMOVE", None, newer, seq=4)
+    with _answered_unheard(pair, stage, "DeleteItem", removal) as (_, routed):
+        assert pair.source.write(correction).outcome is Outcome.CONFLICT_LOST
+    assert routed == [Route.LOOP_SKIPPED]
+    assert pair.get(pair.a) == newer
 
 
 # -- the stage ----------------------------------------------------------------------------
