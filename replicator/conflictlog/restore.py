@@ -34,6 +34,7 @@ entry again finds the item already holding its losing image, writes nothing and 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import structlog
@@ -79,6 +80,11 @@ RESTORE_PURPOSE = "restore"
 # it reports it: the command's operator is waiting.
 RETRY_FOR_S = 60.0
 CONDITIONAL = "only while the destination holds the image that won"
+# How long a restore that finds the losing image already written, with no record of a
+# restore, reads the log again for one: a restore of the same entry run at the same
+# time writes its record just after its write.
+CONCURRENT_RECORD_WAIT_S = 2.0
+_CONCURRENT_RECORD_POLL_S = 0.2
 
 
 class RestoreRule:
@@ -260,7 +266,11 @@ def restore(
         ) from None
     if written.outcome is Outcome.UNCHANGED:
         # The item holds the image this restore writes (RestoreRule.plan).
-        return already_restored(entry, entries)
+        return already_restored(
+            entry,
+            entries,
+            reread=lambda: read_task_entries(target, selection_for(key), resolved.task_name)[0],
+        )
     if written.outcome is Outcome.CONFLICT_LOST:
         compared = ""
         if winner_digest is not None:
@@ -306,12 +316,28 @@ def restore(
     )
 
 
-def already_restored(conflict: ConflictEntry, entries: list[ConflictEntry]) -> RestoreResult:
+def already_restored(
+    conflict: ConflictEntry,
+    entries: list[ConflictEntry],
+    reread: Callable[[], list[ConflictEntry]] | None = None,
+) -> RestoreResult:
     """The destination holds the losing image already: nothing to write. Restored and
     recorded (exit 0) when the log has a restore of this entry; otherwise the image got
     there some other way, or by a restore whose record was not stored, and the command
-    says that it did not restore it (exit 1)."""
-    records = [e for e in entries if e.kind == RESTORE and e.restored_entry == conflict.id]
+    says that it did not restore it (exit 1).
+
+    ``reread``: the log read again. ``entries`` were read before this restore's write;
+    a restore of the same entry run at the same time may have written the image since
+    and records it just after, so the log is read again for a while before "no restore
+    is recorded" is said."""
+    records = _restores_of(conflict, entries)
+    if not records and reread is not None:
+        deadline = time.monotonic() + CONCURRENT_RECORD_WAIT_S
+        while not records:
+            records = _restores_of(conflict, reread())
+            if records or time.monotonic() >= deadline:
+                break
+            time.sleep(_CONCURRENT_RECORD_POLL_S)
     holds = f"the item at {conflict.destination} already holds this entry's losing image"
     if conflict.op == "delete":
         holds = f"the item at {conflict.destination} is already deleted"
@@ -330,6 +356,10 @@ def already_restored(conflict: ConflictEntry, entries: list[ConflictEntry]) -> R
         f"not restored: {holds}, but no restore of it is recorded in the log (something "
         "else wrote it, or a restore whose record could not be stored); nothing was written",
     )
+
+
+def _restores_of(conflict: ConflictEntry, entries: list[ConflictEntry]) -> list[ConflictEntry]:
+    return [e for e in entries if e.kind == RESTORE and e.restored_entry == conflict.id]
 
 
 def restored_image(resolved: ResolvedJob, entry: ConflictEntry) -> Item | None:

@@ -427,6 +427,37 @@ def test_a_losing_image_that_got_there_without_a_recorded_restore_is_said_so(
     assert case.restores() == []
 
 
+def test_a_restore_run_at_the_same_time_is_found_in_the_log_not_said_missing(
+    moto_endpoint: str, unique: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two restores of one entry at once: the other one writes the losing image and
+    records it after this one read the log. This one finds the image there, reads the
+    log again, and reports the other's record (exit 0), not "no restore is recorded"."""
+    case = Restorable(moto_endpoint, unique, tmp_path)
+    real_read = restore_module.read_task_entries
+    reads: list[int] = []
+
+    def read_then_other_restore(*args: Any) -> Any:
+        read = real_read(*args)
+        reads.append(len(read[0]))
+        if len(reads) == 1:  # the other command runs whole after this first read
+            resolved = load_job(case.config)
+            other = restore_module.restore(resolved, conflict_log_target(resolved), case.entry.id)
+            assert other.restored, other.message
+        return read
+
+    monkeypatch.setattr(restore_module, "read_task_entries", read_then_other_restore)
+    result = invoke(case.config, "--restore", case.entry.id)
+
+    assert result.exit_code == 0, result.output
+    (record,) = case.restores()
+    assert result.stdout == (
+        f"already restored: the item at eu already holds this entry's losing image, restored "
+        f"by entry {record.id} at {record.recorded_at}; nothing was written\n"
+    )
+    assert case.held() == case.loser
+
+
 def test_an_entry_whose_loser_is_its_winner_is_not_written_again(
     moto_endpoint: str, unique: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
