@@ -69,6 +69,8 @@ _STOP_READ_ATTEMPTS = 4
 # Above what a processor takes to answer shutdownRequested: the checkpoint it asks for
 # written to the lease table, and its answer read.
 _STOP_ANSWER_MARGIN_S = 5.0
+# The reason /healthz gives for a GetRecords still out.
+_UNANSWERED = "GetRecords not answered yet"
 
 
 def stop_answer_limit_s(shutdown_flush_ms: int) -> float:
@@ -569,9 +571,15 @@ class ShardWorker(threading.Thread):
         watermark would take as the reader at the tip (see :meth:`_tell_behind`)."""
         progress = self.progress
         if progress.read_failing_since is None:
-            progress.read_failing_since = self._clock()
+            # Since the last read that succeeded, as the lag counts: a read that hung
+            # until botocore's timeout before it failed was not reading meanwhile.
+            progress.read_failing_since = self._last_read_or(self._clock())
         progress.read_error = str(error)
         self._tell_behind(child)
+
+    def _last_read_or(self, otherwise: float) -> float:
+        """When the last read that succeeded was answered (this child's), or ``otherwise``."""
+        return self._read_at if self._read_at is not None else otherwise
 
     def _get_records(
         self, child: ProcessorChild, iterator: str
@@ -597,10 +605,12 @@ class ShardWorker(threading.Thread):
             finally:
                 done.set()
 
+        sent_at = self._clock()
         threading.Thread(target=read, name=f"read-{self.shard_id}", daemon=True).start()
         reported = False
         while not done.wait(self.settings.outstanding_read_report_s):
             reported = self._tell_behind(child) or reported
+            self._read_unanswered(sent_at)
         (result,) = outcome
         if isinstance(result, BaseException):
             raise result
@@ -611,6 +621,17 @@ class ShardWorker(threading.Thread):
         if result.get("NextShardIterator") is None:
             self._confirm_shard_end()
         return result, reported
+
+    def _read_unanswered(self, sent_at: float) -> None:
+        """A read still out counts for ``trouble`` as a failing one does: a stream that
+        hangs (a proxy holding requests) is no more readable than one that refuses, and
+        /healthz must not wait for botocore's read timeout to say so."""
+        progress = self.progress
+        if progress.read_failing_since is None:
+            progress.read_failing_since = self._last_read_or(sent_at)
+        if progress.read_error is None or progress.read_error.startswith(_UNANSWERED):
+            waited_s = self._clock() - sent_at
+            progress.read_error = f"{_UNANSWERED} (sent {waited_s:.0f}s ago)"
 
     def _confirm_shard_end(self) -> None:
         """A GetRecords answer without ``NextShardIterator`` is the shard's end only if

@@ -856,9 +856,11 @@ def test_failing_reads_raise_the_lag_and_report_the_shard_after_the_stall_time()
     # An empty read (how far behind is not known), four failed ones (100 s more behind
     # each), an empty read again.
     assert behind[:6] == [None, 100_000, 200_000, 300_000, 400_000, None]
-    # Reads fail from the second on: for 0 s, 100 s, 200 s (under the limit), then 300 s.
-    assert troubles[:4] == [None, None, None, None]
-    assert troubles[4] is not None and troubles[4].startswith("reading the stream failed for 300s")
+    # Nothing read since the first read's answer, as the lag counts: 100 s, 200 s (under
+    # the limit), then 300 s and 400 s.
+    assert troubles[:3] == [None, None, None]
+    assert troubles[3] is not None and troubles[3].startswith("reading the stream failed for 300s")
+    assert troubles[4] is not None and troubles[4].startswith("reading the stream failed for 400s")
     assert "InternalServerError" in troubles[4]
     assert troubles[5] is None
     assert worker.progress.read_failing_since is None
@@ -920,6 +922,63 @@ def test_iterator_requests_failing_report_the_shard_and_a_stop_ends_their_retrie
     assert requests == [4]  # not one more once the stop began
     assert shut_down == ["shutdownRequested"]
     assert leases.released
+
+
+def test_a_read_left_unanswered_reports_the_shard_after_the_stall_time() -> None:
+    """GetRecords hangs (a proxy holding the request): the shard is in trouble once
+    nothing has been read for ``read_stall_after_s``, as the lag says, not only once
+    botocore's read timeout makes the read fail. Simulated time: 100 s pass with each
+    report on the hung read; it is answered at the third trouble seen."""
+    clock = [1_000_000.0]
+    stop = threading.Event()
+    answered = threading.Event()
+    stream = ScriptedStream([{"Records": [], "NextShardIterator": "a"}], stop)
+    real_read = stream.get_records
+    holder: list[ShardWorker] = []
+    troubles: list[str | None] = []
+
+    def read(**kwargs: Any) -> dict[str, Any]:
+        if len(stream.reads) == 1:  # the second read hangs
+            assert answered.wait(10), "the read was never answered"
+        return real_read(**kwargs)
+
+    class Watching(StandInChild):
+        def process_records(self, records: list[dict[str, Any]], millis_behind: int | None) -> None:
+            super().process_records(records, millis_behind)
+            if millis_behind is None or answered.is_set():
+                return  # the first read's answer, or after the hung one
+            troubles.append(holder[0].trouble(clock[0]))
+            if sum(trouble is not None for trouble in troubles) == 3:
+                answered.set()
+            else:
+                clock[0] += 100.0
+
+    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
+        return Watching(on_checkpoint)
+
+    stream.get_records = read  # type: ignore[method-assign]
+    settings = ShardSettings(
+        "arn",
+        100,
+        0.0,
+        OnTrimmedData.FAIL,
+        read_stall_after_s=250.0,
+        outstanding_read_report_s=0.01,
+    )
+    worker = _worker_in_simulated_time(MemoryLeases(), stream, settings, new_child, stop, clock)
+    holder.append(worker)
+    worker.run()
+    assert worker.error is None
+    # Reported at once (0 s), then 100 s, 200 s (under the limit), 300 s and on.
+    assert troubles[:3] == [None, None, None]
+    assert [trouble.split(": ", 1) for trouble in troubles[3:] if trouble is not None] == [
+        [
+            f"reading the stream failed for {waited}s",
+            f"GetRecords not answered yet (sent {waited}s ago)",
+        ]
+        for waited in (300, 400, 500)
+    ]
+    assert worker.progress.read_failing_since is None  # answered: readable again
 
 
 def _run_with_slow_read(
