@@ -118,6 +118,15 @@ class ProtocolViolation(ReplicatorError):
     the shard stands, so it exits 1 and the shard resumes from its last checkpoint."""
 
 
+class StreamOrderBroken(ReplicatorError):
+    """A shard's records came with a sequence number already seen (or lower than one
+    seen), which a stream never does (an unpatched moto can serve two records at one
+    position). What is settled is accounted for by position: the first of two changes at
+    one position to settle would settle the other, and a claim or a checkpoint could
+    pass a change never written. So the processor stops, naming the position and the
+    shard, and the shard resumes from its last checkpoint."""
+
+
 class UnsupportedDaemon(ReplicatorError):
     """The daemon sent an action of another MultiLang protocol than KCL 3's (a KCL 1.x
     ``shutdown``, or an action no protocol of ours knows): the processor cannot tell

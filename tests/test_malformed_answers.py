@@ -31,6 +31,8 @@ REGION = "us-east-1"
         ("DescribeTable", b"{}", "no Table"),
         ("DescribeStream", b"{}", "no StreamDescription"),
         ("GetShardIterator", b"{}", "no ShardIterator"),
+        ("ListShards", b'{"NextToken": "x"}', "no Shards"),
+        ("DescribeStreamSummary", b"{}", "no StreamDescriptionSummary"),
     ],
 )
 def test_a_body_that_is_no_answer_is_refused_naming_the_operation(
@@ -51,6 +53,7 @@ def test_a_body_that_is_no_answer_is_refused_naming_the_operation(
         ("GetItem", b"{}"),  # no item under that key
         ("GetRecords", b'{"Records": []}'),  # a closed shard's end: no NextShardIterator
         ("DescribeTable", b'{"Table": {}}'),
+        ("ListShards", b'{"Shards": []}'),
     ],
 )
 def test_well_formed_answers_are_parsed(operation: str, body: bytes) -> None:
@@ -89,3 +92,38 @@ def test_botocore_clients_raise_a_garbled_answer_instead_of_an_empty_success(
         assert may_have_landed(raised.value)
     proxy.pass_through()
     assert ddb.describe_table(TableName=table)["Table"]["TableName"] == table
+
+
+@pytest.mark.parametrize("after_forward", [False, True])
+def test_a_kinesis_client_raises_a_garbled_answer_instead_of_an_empty_success(
+    proxy: FaultProxy, unique: Any, after_forward: bool
+) -> None:
+    """The Kinesis client of a Kinesis Data Streams source (the start's check of the
+    stream, the backfill's hand-off check): a ListShards read as ``{}`` would be a
+    stream without open shards, and the hand-off check would pass with nothing checked."""
+    kinesis = clients.kinesis(Place(REGION, proxy.url), sdk_retries=False)
+    name = unique("garbled-kinesis")
+    kinesis.create_stream(StreamName=name, ShardCount=1)
+    summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
+    arn = summary["StreamARN"]
+    shard = kinesis.list_shards(StreamARN=arn)["Shards"][0]["ShardId"]
+    iterator = kinesis.get_shard_iterator(
+        StreamARN=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    proxy.garbage(after_forward=after_forward)
+    calls = {
+        "DescribeStreamSummary": lambda: kinesis.describe_stream_summary(StreamName=name),
+        "DescribeStream": lambda: kinesis.describe_stream(StreamName=name),
+        "ListShards": lambda: kinesis.list_shards(StreamARN=arn),
+        "GetShardIterator": lambda: kinesis.get_shard_iterator(
+            StreamARN=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
+        ),
+        "GetRecords": lambda: kinesis.get_records(StreamARN=arn, ShardIterator=iterator),
+    }
+    for operation, call in calls.items():
+        with pytest.raises(MalformedAnswer) as raised:
+            call()
+        assert str(raised.value).startswith(f"{operation} answered HTTP 200"), raised.value
+        assert classify(raised.value) is ErrorKind.RETRY
+    proxy.pass_through()
+    assert kinesis.list_shards(StreamARN=arn)["Shards"][0]["ShardId"] == shard

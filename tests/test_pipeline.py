@@ -18,6 +18,7 @@ from replicator.buffer import ChangeBuffer
 from replicator.deadletter import FileDeadLetters
 from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
+from replicator.exceptions import StreamOrderBroken
 from replicator.filters import ChangeFilter
 from replicator.intake import Reader, ShardIntake
 from replicator.metrics import Metrics
@@ -653,8 +654,8 @@ class TrackedWatermark:
     """The shard's watermark without its publishing: what the pipeline tells it goes to
     a real tracker, which keeps its account of each change per destination."""
 
-    def __init__(self, destinations: list[str]) -> None:
-        self.tracker = ShardTracker(destinations, margin_us=0)
+    def __init__(self, destinations: list[str], shard_id: str | None = None) -> None:
+        self.tracker = ShardTracker(destinations, margin_us=0, shard_id=shard_id)
 
     def received_all(self, changes: Any) -> None:
         self.tracker.received_all(changes)
@@ -666,30 +667,59 @@ class TrackedWatermark:
         pass
 
 
+class FailingWatermark(TrackedWatermark):
+    """One whose account of a settled write fails."""
+
+    def settled(self, destination: str, change: Change, *, dead_lettered: bool) -> None:
+        raise RuntimeError(f"no account of {change.sequence_number}")
+
+
 def test_a_failure_settling_a_write_on_a_writer_thread_stops_the_shard(
     moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
 ) -> None:
-    """The repro: moto can give two stream records one sequence number and then serve
-    the second one again, so the watermark hears of one position twice and its account
-    fails as the write settles. On a writer thread that failure went into the thread
-    pool's future and no further: the write stayed in flight for good, the item's later
-    changes queued behind it, the checkpoint stopped, and nothing was logged. It stops
-    the shard, as any writer failure does."""
+    """A failure after the write itself (the watermark's account, the buffer's
+    completion, the next dispatch), as the tracker's was for two records at one
+    position before it refused the second as it arrived. On a writer thread that failure
+    went into the thread pool's future and no further: the write stayed in flight for
+    good, the item's later changes queued behind it, the checkpoint stopped, and nothing
+    was logged. It stops the shard, as any writer failure does."""
     rule = OrderedRule("last_writer_wins", "ts", None, numeric_only=False)
     # botocore's client: the writes run on the pool's threads.
     pipeline, ddb, table = one_destination(moto_endpoint, unique, tmp_path, metrics, rule)
-    pipeline.watermark = TrackedWatermark(["eu"])  # type: ignore[assignment]
+    pipeline.watermark = FailingWatermark(["eu"])  # type: ignore[assignment]
     try:
         change = decode(put("k", 7, ts=7))
         with capture_logs() as logged:
-            pipeline.submit_all([change, change])  # one record, delivered twice
+            pipeline.submit_all([change])
             pipeline.dispatch()
-            with pytest.raises(KeyError):
+            with pytest.raises(RuntimeError, match="no account of"):
                 pipeline.flush(timeout=10)
         assert ddb.get_item(TableName=table, Key={"pk": {"S": "k"}})["Item"]["ts"] == {"N": "7"}
         failed = [line for line in logged if line["event"].startswith("destination writer failed")]
         assert [(line["destination"], line["error_type"]) for line in failed] == [
-            ("eu", "KeyError")
+            ("eu", "RuntimeError")
         ]
+    finally:
+        pipeline.close()
+
+
+def test_a_record_delivered_twice_stops_the_shard_before_either_is_written(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """The repro: moto can give two stream records one sequence number and then serve
+    the second one again. The watermark's account, by position, cannot hold both: it
+    failed with a bare KeyError as the writes settled, on a writer thread. The second
+    is refused as it arrives, naming the position and the shard, before anything is
+    written or checkpointable."""
+    rule = OrderedRule("last_writer_wins", "ts", None, numeric_only=False)
+    pipeline, ddb, table = one_destination(moto_endpoint, unique, tmp_path, metrics, rule)
+    pipeline.watermark = TrackedWatermark(["eu"], shard_id="shardId-0001")  # type: ignore[assignment]
+    try:
+        change = decode(put("k", 7, ts=7))
+        repeated = f"stream record sequence number {change.sequence_number} seen twice"
+        with pytest.raises(StreamOrderBroken, match=f"{repeated} in shard shardId-0001"):
+            pipeline.submit_all([change, change])  # one record, delivered twice
+        assert pipeline.checkpointable() is None
+        assert "Item" not in ddb.get_item(TableName=table, Key={"pk": {"S": "k"}})
     finally:
         pipeline.close()

@@ -1,11 +1,12 @@
-"""Telling a well-formed DynamoDB (and DynamoDB Streams) answer from a garbled one.
+"""Telling a well-formed DynamoDB (DynamoDB Streams, Kinesis) answer from a garbled one.
 
 botocore parses the body of any HTTP 200 answer it cannot read as JSON into ``{}`` (its
 JSON parser keeps the text as a ``message`` no output shape has), so a proxy, a load
 balancer or a broken connection that hands back ``200`` with garbage looks like an
 empty success: a GetRecords without ``NextShardIterator`` (the shard's end, checkpointed
-``SHARD_END`` for good), a PutItem that was applied, a DescribeTable without ``Table``
-(a ``KeyError`` far from the cause). Such an answer says nothing of what the service
+``SHARD_END`` for good), a PutItem that was applied, a Kinesis ListShards without
+shards (a hand-off check with nothing to check), a DescribeTable without ``Table`` (a
+``KeyError`` far from the cause). Such an answer says nothing of what the service
 did: it is a failed call whose request may have landed, as a dropped connection is, and
 it is raised as :class:`MalformedAnswer`, which :mod:`replicator.aws.errors` retries.
 
@@ -26,12 +27,17 @@ from botocore.exceptions import BotoCoreError, ChecksumError
 
 from replicator.aws.errors import excerpt
 
-# What an answer of these operations always holds: the code reads it without a default.
+# What an answer of these operations always holds: the code reads it without a default,
+# or (ListShards, whose model marks nothing required) would read its absence as "none".
+# Kinesis names its GetRecords, GetShardIterator and DescribeStream answers' parts as
+# DynamoDB Streams does.
 REQUIRED_KEYS = {
     "GetRecords": "Records",
     "GetShardIterator": "ShardIterator",
     "DescribeTable": "Table",
     "DescribeStream": "StreamDescription",
+    "DescribeStreamSummary": "StreamDescriptionSummary",
+    "ListShards": "Shards",
 }
 _SHOWN_CHARS = 80
 # The answer's top level only, its values skipped (and checked for being JSON): the
@@ -106,7 +112,7 @@ def check_crc32(body: bytes, crc32: str | None) -> None:
 
 
 def watch_answers(client: Any) -> Any:
-    """``client`` (DynamoDB or DynamoDB Streams), its answers checked by
+    """``client`` (DynamoDB, DynamoDB Streams or Kinesis), its answers checked by
     :func:`check_before_parse`."""
     service = client.meta.service_model.service_id.hyphenize()
     client.meta.events.register(f"before-parse.{service}", check_before_parse)

@@ -310,8 +310,9 @@ def dynamodb_streams(place: Reach, **tuning: Unpack[Tuning]) -> DynamoDBStreamsC
 
 
 def kinesis(place: Reach, **tuning: Unpack[Tuning]) -> KinesisClient:
-    """A Kinesis Data Streams client, for a source whose changes go to a Kinesis stream."""
-    client: KinesisClient = _client("kinesis", place, tuning)
+    """A Kinesis Data Streams client, for a source whose changes go to a Kinesis stream;
+    a garbled answer raises :class:`~replicator.aws.answers.MalformedAnswer`."""
+    client: KinesisClient = watch_answers(_client("kinesis", place, tuning))
     return client
 
 

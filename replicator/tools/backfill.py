@@ -49,7 +49,7 @@ from replicator.tools.backfill_state import (
 from replicator.tools.futures import wait_in_steps
 from replicator.tools.handoff import Handoff, check_handoff
 from replicator.tools.progress import ProgressReport
-from replicator.tools.scan import ReadRate, scan_pages
+from replicator.tools.scan import ReadRate, ReadStopped, scan_pages
 from replicator.tools.snapshot import (
     BACKFILL,
     ResurrectionGuard,
@@ -391,20 +391,23 @@ class _SegmentCopy:
             start_key=progress.last_key,
             page_size=backfill.options.page_size,
         )
-        for page in pages:
-            if backfill.stop.is_set():
-                return  # this page is not saved: a resumed run reads it again
-            if hooks.page_scanned:
-                hooks.page_scanned(progress.segment, page.items)
-            tally = self._write(progress.segment, page.items)
-            progress.last_key = page.next_key
-            progress.done = page.next_key is None
-            _add_counts(progress, tally)
-            self.state.save(progress)
-            self.report.advance(tally.scanned)
-            backfill.count_page(tally)
-            if progress.done:
-                log.info("segment done", segment=progress.segment, scanned=progress.scanned)
+        try:
+            for page in pages:
+                if backfill.stop.is_set():
+                    return  # this page is not saved: a resumed run reads it again
+                if hooks.page_scanned:
+                    hooks.page_scanned(progress.segment, page.items)
+                tally = self._write(progress.segment, page.items)
+                progress.last_key = page.next_key
+                progress.done = page.next_key is None
+                _add_counts(progress, tally)
+                self.state.save(progress)
+                self.report.advance(tally.scanned)
+                backfill.count_page(tally)
+                if progress.done:
+                    log.info("segment done", segment=progress.segment, scanned=progress.scanned)
+        except ReadStopped:
+            return  # stopped while a read of this page (or its guard's) waited to retry
 
     def _write(self, segment: int, items: list[Item]) -> Tally:
         assert self.write_pool is not None

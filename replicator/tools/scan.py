@@ -21,6 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from replicator.aws.backoff import Backoff
 from replicator.aws.errors import ErrorKind, classify
 from replicator.aws.tables import BATCH_GET_LIMIT
+from replicator.exceptions import OperatorError
 from replicator.items import Item, KeyId, key_id, project
 from replicator.tools.tables import TableRef
 
@@ -33,8 +34,23 @@ MAX_ATTEMPTS = 14
 _BACKOFF = Backoff(base_s=0.1, cap_s=20.0)
 
 
-def call(operation: Callable[..., Any], what: str, **kwargs: Any) -> Any:
-    """Call ``operation``, retrying throttling and transient failures with backoff."""
+class ReadStopped(OperatorError):
+    """The command's stop request came while a read waited to be tried again: the read
+    is given up, as the work a stop leaves is, rather than the stop waiting out a backoff
+    of up to ``_BACKOFF.cap_s`` (tried again immediately, it would only meet the same
+    throttling). Each command ends as its stop says (a backfill keeps its saved pages)."""
+
+
+# The wait of a read whose caller has no stop request (a backfill's progress, which is
+# saved whatever the stop).
+_NEVER = threading.Event()
+
+
+def call(
+    operation: Callable[..., Any], what: str, *, stop: threading.Event | None = None, **kwargs: Any
+) -> Any:
+    """Call ``operation``, retrying throttling and transient failures with backoff;
+    :class:`ReadStopped` once ``stop`` is set during a wait."""
     attempt = 0
     while True:
         try:
@@ -47,7 +63,12 @@ def call(operation: Callable[..., Any], what: str, **kwargs: Any) -> Any:
             delay = _BACKOFF.delay(attempt)
             attempt += 1
             log.info("read failed, retrying", what=what, error=str(error), delay_s=round(delay, 2))
-            time.sleep(delay)
+            _back_off(delay, stop, what)
+
+
+def _back_off(delay: float, stop: threading.Event | None, what: str) -> None:
+    if (stop if stop is not None else _NEVER).wait(delay):
+        raise ReadStopped(f"{what}: stopped while waiting to read again")
 
 
 class ReadRate:
@@ -58,7 +79,8 @@ class ReadRate:
     The debt is shared, so with N readers one waits up to N items' time: as much as the
     rate requires, since the others' pages were read already. A low rate makes that
     minutes, so ``stop`` (the command's stop request) ends every wait at once and no
-    wait starts once it is set: the command then stops after the work in hand.
+    wait starts once it is set: the command then stops after the work in hand. The
+    readers' waits to retry a read end on it too (:class:`ReadStopped`).
     """
 
     def __init__(
@@ -73,6 +95,10 @@ class ReadRate:
         self._lock = threading.Lock()
         self._available = 0.0
         self._last = clock()
+
+    @property
+    def stop(self) -> threading.Event:
+        return self._stop
 
     @property
     def limited(self) -> bool:
@@ -124,7 +150,9 @@ def scan_pages(
     if start_key:
         kwargs["ExclusiveStartKey"] = start_key
     while True:
-        page = call(ref.client.scan, f"scan {ref.label} segment {segment}", **kwargs)
+        page = call(
+            ref.client.scan, f"scan {ref.label} segment {segment}", stop=rate.stop, **kwargs
+        )
         items: list[Item] = page.get("Items", [])
         rate.charge(max(len(items), 1))
         next_key: Item | None = page.get("LastEvaluatedKey")
@@ -149,14 +177,15 @@ def batch_get(
         }
         attempt = 0
         while request:
-            response = call(ref.client.batch_get_item, f"read {ref.label}", RequestItems=request)
+            what = f"read {ref.label}"
+            response = call(ref.client.batch_get_item, what, stop=rate.stop, RequestItems=request)
             items = response.get("Responses", {}).get(ref.table, [])
             rate.charge(len(items))
             for item in items:
                 found[key_id(project(item, key_names))] = item
             request = response.get("UnprocessedKeys") or {}
             if request:  # throttled in part: DynamoDB asks for the rest later
-                time.sleep(_BACKOFF.delay(attempt))
+                _back_off(_BACKOFF.delay(attempt), rate.stop, what)
                 attempt += 1
     return found
 

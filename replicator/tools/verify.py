@@ -72,7 +72,7 @@ from replicator.tombstones.table import TombstoneTable
 from replicator.tools.compare import differing_attributes, normalised
 from replicator.tools.futures import results_in_steps, wait_in_steps
 from replicator.tools.progress import ProgressReport
-from replicator.tools.scan import ReadRate, batch_get, scan_pages
+from replicator.tools.scan import ReadRate, ReadStopped, batch_get, scan_pages
 from replicator.tools.snapshot import (
     REPAIR,
     ResurrectionGuard,
@@ -111,6 +111,7 @@ _SAMPLE_WHOLE_TABLE_ITEMS = 100_000
 _ITEMS_PER_SAMPLE_SEGMENT = 100
 _SAMPLE_OVERREAD = 4
 _MAX_SEGMENTS = 1_000_000
+_INTERRUPTED = "verify interrupted before it finished; no report"
 
 WriterT = TypeVar("WriterT", DestinationWriter, SourceWriter)
 
@@ -410,12 +411,18 @@ class Verify:
 
     def _check_stop(self) -> None:
         if self.stop.is_set():
-            raise OperatorError("verify interrupted before it finished; no report")
+            raise OperatorError(_INTERRUPTED)
 
     def _rate(self, ref: TableRef) -> ReadRate:
         return self._rates.setdefault(ref.label, ReadRate(self.options.read_rate, self.stop))
 
     def run(self) -> VerifyReport:
+        try:
+            return self._run()
+        except ReadStopped:
+            raise OperatorError(_INTERRUPTED) from None
+
+    def _run(self) -> VerifyReport:
         shape = check_same_keys(self.resolved, self.source, self.destinations)
         key_names = shape.key_names
         if self.options.repair:

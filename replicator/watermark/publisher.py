@@ -157,6 +157,7 @@ class ShardWatermark:
             list(self._targets),
             margin_us=self._margin_us,
             resumed_at_us=now_us if resumed else None,
+            shard_id=self.shard_id,
         )
         for target in self._targets.values():
             thread = threading.Thread(

@@ -51,6 +51,7 @@ from collections import deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
+from replicator.exceptions import StreamOrderBroken
 from replicator.items import KeyId
 from replicator.records import Change
 
@@ -104,11 +105,14 @@ class ShardTracker:
         margin_us: int,
         resumed_at_us: int | None = None,
         created_precision_us: int = STREAM_TIME_PRECISION_US,
+        shard_id: str | None = None,
     ) -> None:
         """``resumed_at_us``: when this process started, if it resumed from a checkpoint.
         ``created_precision_us``: a change's creation time is known to this much (it was
-        made in ``[created_us, created_us + created_precision_us)``)."""
+        made in ``[created_us, created_us + created_precision_us)``). ``shard_id``: for
+        the error that a record out of the shard's order raises."""
         self._lock = threading.Lock()
+        self._shard_id = shard_id
         self._precision_us = created_precision_us
         self._destinations = {label: _Destination() for label in destinations}
         self._margin_us = margin_us
@@ -199,6 +203,7 @@ class ShardTracker:
         known (after the record before it, before now).
         """
         with self._lock:
+            self._check_order(position)
             if created_us is None:
                 low, high = self._newest_created_us, now_us
             else:
@@ -319,7 +324,23 @@ class ShardTracker:
         state.dead_letter_ranges.clear()
         return taken
 
+    def _check_order(self, position: int) -> None:
+        """Everything here is accounted for by position, received in the shard's order:
+        of two changes at one position, the first to settle would settle the other, and
+        the claim (and the buffer's checkpoint) could pass a change never written."""
+        last = self._last_position
+        if last is None or position > last:
+            return
+        seen = "seen twice" if position == last else f"after {last}"
+        shard = f"shard {self._shard_id}" if self._shard_id else "this shard"
+        raise StreamOrderBroken(
+            f"stream record sequence number {position} {seen} in {shard}: a stream gives "
+            "each record of a shard a higher sequence number than the last (an unpatched "
+            "moto can repeat one); stopping before a checkpoint can pass either change"
+        )
+
     def _deliver(self, position: int, created_us: int) -> None:
+        self._check_order(position)
         if created_us < self._newest_created_us:
             self.out_of_order += 1  # the stream broke its order: the publisher says so
         self._newest_created_us = max(self._newest_created_us, created_us)

@@ -1,6 +1,7 @@
 """The read rate's waits against a stop request, and what the operator commands say
 on a first and a second Ctrl-C: at a low ``--read-rate`` a reader waits minutes for
-its next page, and a stop must not wait with it."""
+its next page, and a stop must not wait with it; nor with a reader's wait (up to 20 s)
+to retry a throttled read."""
 
 from __future__ import annotations
 
@@ -10,16 +11,26 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
+from replicator.aws.backoff import Backoff
+from replicator.config import load_job
+from replicator.exceptions import OperatorError
+from replicator.tools import backfill, scan
+from replicator.tools.backfill import Backfill, BackfillOptions
 from replicator.tools.commands import interrupts
-from replicator.tools.scan import ReadRate
+from replicator.tools.scan import ReadRate, ReadStopped
+from replicator.tools.tables import TableRef
+from replicator.tools.verify import Verify, VerifyOptions
 from tests.support.e2e import PATIENCE, Job, wait_until
 from tests.support.faults.proxy import FaultProxy
-from tests.tools.test_backfill import populate
+from tests.tools.test_backfill import populate, state_rows
 
 
 def test_a_stop_request_ends_a_read_rates_wait_and_no_wait_starts_after_it() -> None:
@@ -60,6 +71,111 @@ def test_readers_sharing_a_rate_wait_as_long_as_the_rate_requires_and_no_longer(
         reads.append(now[0])
         rate.charge(1)
     assert reads == pytest.approx([100 * n for n in range(1, 9)])
+
+
+class StoppedWhileWaiting(threading.Event):
+    """A stop request that ``on_wait`` (by default setting it) makes as soon as anything
+    waits on it: a Ctrl-C that comes during the wait, whatever the wait's length, with no
+    clock involved."""
+
+    def __init__(self, on_wait: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self.waits: list[float | None] = []
+        self._on_wait = on_wait or self.set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        if not self.is_set():
+            self._on_wait()
+        return super().wait(timeout)
+
+
+def _throttled() -> ClientError:
+    error = {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}
+    return ClientError({"Error": error}, "Scan")
+
+
+def test_a_stop_request_ends_the_wait_to_retry_a_throttled_read() -> None:
+    calls: list[dict[str, Any]] = []
+
+    def throttled(**kwargs: Any) -> Any:
+        calls.append(kwargs)
+        raise _throttled()
+
+    stop = StoppedWhileWaiting()
+    with pytest.raises(ReadStopped, match="scan t: stopped while waiting to read again"):
+        scan.call(throttled, "scan t", stop=stop, TableName="t")
+    assert calls == [{"TableName": "t"}], "no read is tried once the stop came"
+    assert len(stop.waits) == 1
+    assert stop.waits[0] is not None and 0 <= stop.waits[0] <= scan._BACKOFF.cap_s
+
+
+class ThrottledScans:
+    """A source's client whose Scans of ``table`` are throttled after the first ``passed``."""
+
+    def __init__(self, client: Any, table: str, passed: int) -> None:
+        self._client = client
+        self._table = table
+        self._passed = passed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def scan(self, **kwargs: Any) -> Any:
+        if kwargs["TableName"] == self._table:
+            if self._passed <= 0:
+                raise _throttled()
+            self._passed -= 1
+        return self._client.scan(**kwargs)
+
+
+@pytest.fixture
+def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries that end at once, so that a wait not on the stop request runs out of
+    attempts (and fails the command) instead of waiting minutes."""
+    monkeypatch.setattr(scan, "_BACKOFF", Backoff(base_s=0.001, cap_s=0.001))
+
+
+@pytest.mark.usefixtures("quick_backoff")
+def test_a_stop_during_a_throttled_scans_wait_stops_a_backfill_with_its_pages_saved(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    populate(job, 30)
+    real_source_ref = backfill.source_ref
+
+    def throttled_source(*args: Any, **kwargs: Any) -> TableRef:
+        ref = real_source_ref(*args, **kwargs)
+        return replace(ref, client=ThrottledScans(ref.client, job.source_table, passed=1))
+
+    monkeypatch.setattr(backfill, "source_ref", throttled_source)
+    runner = Backfill(
+        load_job(job.path),
+        BackfillOptions(segments=1, page_size=10, skip_handoff_check=True),
+    )
+    stop = runner.stop = StoppedWhileWaiting(runner.interrupt)
+    result = runner.run()
+    assert len(stop.waits) == 1, "the wait to retry the second page's Scan was on the stop"
+    assert result.stopped == "interrupted"
+    assert not result.complete and result.exit_code == 1
+    row = state_rows(job)[0]
+    assert row["scanned"] == {"N": "10"} and not row["done"]["BOOL"]
+    assert "last_key" in row
+
+
+@pytest.mark.usefixtures("quick_backoff")
+def test_a_stop_during_a_throttled_scans_wait_stops_a_verify_as_its_ctrl_c_does(
+    job: Job,
+) -> None:
+    populate(job, 5)
+    runner = Verify(load_job(job.path), VerifyOptions(segments=1))
+    runner.source = replace(
+        runner.source, client=ThrottledScans(runner.source.client, job.source_table, passed=0)
+    )
+    stop = runner.stop = StoppedWhileWaiting(runner.interrupt)
+    with pytest.raises(OperatorError) as raised:
+        runner.run()
+    assert str(raised.value) == "verify interrupted before it finished; no report"
+    assert len(stop.waits) == 1
 
 
 def test_a_second_signal_says_the_command_stops_at_once(

@@ -5,8 +5,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+import pytest
+
 from replicator.buffer import ChangeBuffer, Entry
 from replicator.decode import decode
+from replicator.exceptions import StreamOrderBroken
 from replicator.records import Change
 from replicator.rules import IN_STREAM_ORDER, OrderedRule, squash_order
 from replicator.shards.stream import Shard
@@ -176,6 +179,41 @@ def test_a_resumed_shard_claims_nothing_until_it_has_replayed_what_its_predecess
     t.received(later)
     t.settled("d", pending, dead_lettered=False)
     assert t.claim("d") == started + 2 * S - 1
+
+
+def test_a_sequence_number_seen_twice_stops_the_shard_naming_it() -> None:
+    """Two records at one position (an unpatched moto serves them; a stream never does)
+    cannot both be accounted for: the first to settle would settle the other's position,
+    and a claim could pass the other change. The second is refused as it arrives,
+    before either is written, naming the position and the shard, instead of failing
+    later as a bare KeyError when the writes settle."""
+    t = ShardTracker(["eu", "ap"], margin_us=0, shard_id="shardId-0001")
+    first = change("a", 7, T0 + 1 * S)
+    t.received(first)
+    with pytest.raises(StreamOrderBroken) as raised:
+        t.received(change("b", 7, T0 + 1 * S))
+    assert str(raised.value).startswith(
+        "stream record sequence number 7 seen twice in shard shardId-0001: "
+    )
+    # The first change's account is as it was: it holds the claim below it until settled.
+    t.caught_up(T0 + 9 * S)
+    assert t.claim("eu") == T0 + 1 * S - 1
+    t.settled("eu", first, dead_lettered=False)
+    assert t.claim("eu") == T0 + 9 * S - 1
+    with pytest.raises(StreamOrderBroken, match="number 7 seen twice in shard shardId-0001"):
+        t.skipped(first)
+    with pytest.raises(StreamOrderBroken, match="number 7 seen twice in shard shardId-0001"):
+        t.dead_lettered_everywhere(7, None, T0 + 10 * S)
+
+
+def test_one_record_delivered_twice_in_a_batch_or_a_position_going_back_is_refused() -> None:
+    a = change("a", 7, T0 + 1 * S)
+    with pytest.raises(StreamOrderBroken, match="number 7 seen twice"):
+        tracker().received_all([a, a])
+    t = ShardTracker(["d"], margin_us=0, shard_id="shardId-0002")
+    t.received(change("b", 8, T0 + 1 * S))
+    with pytest.raises(StreamOrderBroken, match="number 7 after 8 in shard shardId-0002"):
+        t.dropped(a, behind=change("b", 8, T0 + 1 * S))
 
 
 def test_a_stopped_tracker_claims_nothing() -> None:
