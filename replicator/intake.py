@@ -11,6 +11,15 @@ alone, which a redrive uses to replay a dead letter the way the shard would have
 
 A record that cannot be decoded is dead-lettered for every destination before its slot
 is marked done, so the checkpoint never passes it unstored.
+
+A stream gives each record of a shard a higher sequence number than the last. An
+unpatched moto serving two writes at once gives both records one number, serves the
+second again at the next read, and skips numbers after them; what is written to it in
+tests and demos must still arrive. :class:`_Numbering` reads such a shard as the stream
+it stands for: a record served again is read once, and records sharing a number are
+all applied in the order read, each at its own position after the last (the pipeline
+and the watermark account for changes by position; the checkpoint, by sequence number,
+passes a number only once every record carrying it is done: replicator/buffer.py).
 """
 
 from __future__ import annotations
@@ -21,13 +30,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import structlog
 
 from replicator.decode import decode
-from replicator.exceptions import RecordDecodeError
+from replicator.exceptions import RecordDecodeError, StreamOrderBroken
 from replicator.filters import ChangeFilter, Route
 from replicator.highwater import HighWater
 from replicator.pipeline import ShardPipeline
 from replicator.records import Change, Event, RawRecord, raw_record_from
+
+log = structlog.get_logger(__name__)
 
 
 class Routed(msgspec.Struct, frozen=True):
@@ -104,6 +116,10 @@ class Reader:
 class ShardIntake:
     pipeline: ShardPipeline
     reader: Reader
+    _numbering: _Numbering = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._numbering = _Numbering(self.pipeline.shard_id)
 
     @property
     def shard_id(self) -> str:
@@ -140,6 +156,7 @@ class ShardIntake:
                 pipeline.dead_letters.undecodable(raw, reason)
                 sequence_number = raw.get("sequenceNumber")
                 if isinstance(sequence_number, str) and sequence_number.isdigit():
+                    self._numbering.passed(int(sequence_number))
                     pipeline.done(sequence_number, _created_us(raw))
                     batch.last_sequence_number = sequence_number
         finally:
@@ -165,13 +182,23 @@ class ShardIntake:
         # routing them will read is read at once (active-active's tombstones).
         changes: list[Change] = []
         undecodable: tuple[RawRecord, str] | None = None
+        numbering = self._numbering
+        end = batch.next
         for index in range(batch.next, len(records)):
+            end = index + 1
             raw = raw_record_from(records[index])
             try:
-                changes.append(reader.decode(raw))
+                change = reader.decode(raw)
             except RecordDecodeError as error:
                 undecodable = raw, str(error)
                 break
+            if change.position > numbering.last_position:  # the stream's own order
+                numbering.last_number = numbering.last_position = change.position
+                numbering.last_data = raw["data"]
+                numbering.more_data = ()
+                changes.append(change)
+            elif (renumbered := numbering.renumbered(change, raw["data"])) is not None:
+                changes.append(renumbered)
         reader.prefetch(changes)
         # Changes to replicate, queued together up to the next record that is not one
         # (so that every record still reaches the buffer in the shard's order).
@@ -198,8 +225,55 @@ class ShardIntake:
                     origin=routed.origin,
                 )
         pipeline.submit_all(replicate)
-        batch.next += len(changes) + (undecodable is not None)
+        batch.next = end
         return undecodable
+
+
+@dataclass(slots=True)
+class _Numbering:
+    """Where the shard's records stand: the last one's sequence number as read and the
+    last change's position (above that number once records have shared one)."""
+
+    shard_id: str
+    last_number: int = -1
+    last_position: int = -1
+    # The data of the records read at ``last_number``: a record served again is one of
+    # them, byte for byte.
+    last_data: str | None = None
+    more_data: tuple[str, ...] = ()
+
+    def renumbered(self, change: Change, data: str) -> Change | None:
+        """``change``, read at or below the last position: None for a record served
+        again, else the change at the next position. A number below the last one read is
+        not a stream's, nor moto's: StreamOrderBroken."""
+        number = change.position
+        if number < self.last_number:
+            raise StreamOrderBroken(
+                f"stream record sequence number {number} read after {self.last_number} in "
+                f"shard {self.shard_id}: a stream gives each record of a shard a higher "
+                "sequence number than the last; stopping before a checkpoint can pass "
+                "either change"
+            )
+        fields = {"shard": self.shard_id, "sequence_number": change.sequence_number}
+        if number == self.last_number:
+            if data == self.last_data or data in self.more_data:
+                log.warning("a stream record was delivered again; read once", **fields)
+                return None
+            self.more_data += (data,)
+            log.warning(
+                "two stream records carry one sequence number; both applied in the order read",
+                **fields,
+            )
+        else:  # a new number, below positions given to records that shared one
+            self.last_number, self.last_data, self.more_data = number, data, ()
+        self.last_position += 1
+        return msgspec.structs.replace(change, position=self.last_position)
+
+    def passed(self, number: int) -> None:
+        """A record that did not decode was read at ``number``."""
+        if number > self.last_position:
+            self.last_number = self.last_position = number
+            self.last_data, self.more_data = None, ()
 
 
 @dataclass(slots=True)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from botocore.exceptions import ClientError
 from structlog.testing import capture_logs
@@ -723,3 +724,51 @@ def test_a_record_delivered_twice_stops_the_shard_before_either_is_written(
         assert "Item" not in ddb.get_item(TableName=table, Key={"pk": {"S": "k"}})
     finally:
         pipeline.close()
+
+
+def test_records_numbered_alike_as_an_unpatched_moto_serves_them_are_all_applied(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, closing: Any
+) -> None:
+    """An unpatched moto serving two writes at once numbers both records alike (the
+    shard's length before the append), delivers the second again at the next read, and
+    numbers the next record after a gap. Real streams never do this; a user's test
+    against moto does. Each change is applied once, in the order read, the repeated
+    delivery is read once, and the checkpoint passes a number only when every record
+    carrying it is done."""
+    rule = OrderedRule("last_writer_wins", "ts", None, numeric_only=False)
+    pipeline, ddb, table = one_destination(moto_endpoint, unique, tmp_path, metrics, rule)
+    pipeline.watermark = TrackedWatermark(["eu"], shard_id="shardId-0001")  # type: ignore[assignment]
+    closing(pipeline)
+    intake = ShardIntake(pipeline, Reader(ChangeFilter(None, "", skip_ttl_deletes=False)))
+    first, second = put("a", 10, ts=1), put("b", 10, ts=2)
+    then = put("a", 12, ts=3)
+    with capture_logs() as logged:
+        intake.accept([put("c", 9, ts=1), first, second], 0)
+        intake.accept([second, then], 0)
+        assert pipeline.flush(timeout=30)
+    assert pipeline.checkpointable() == "12"
+    items = ddb.scan(TableName=table, ConsistentRead=True)["Items"]
+    assert sorted((item["pk"]["S"], item["ts"]["N"]) for item in items) == [
+        ("a", "3"),
+        ("b", "2"),
+        ("c", "1"),
+    ]
+    written = sample(
+        metrics, "replicator_writes_total", destination="eu", op="put", outcome="applied"
+    )
+    assert written == 4  # c, a, b, a again: the repeated b is not written twice
+    warned = [line for line in logged if line["log_level"] == "warning"]
+    assert [(line["event"], line["sequence_number"]) for line in warned] == [
+        ("two stream records carry one sequence number; both applied in the order read", "10"),
+        ("a stream record was delivered again; read once", "10"),
+    ]
+
+
+def test_a_checkpoint_does_not_pass_a_number_while_a_record_carrying_it_is_open() -> None:
+    buffer = ChangeBuffer(["eu"], IN_STREAM_ORDER)
+    first, second = decode(put("a", 10, ts=1)), decode(put("b", 10, ts=2))
+    buffer.add(first)
+    buffer.add(msgspec.structs.replace(second, position=11))
+    (entry,) = [entry for entry in buffer.take_ready("eu", 10) if entry.change.key == first.key]
+    buffer.complete("eu", entry, failed=False)
+    assert buffer.checkpointable() is None
