@@ -7,6 +7,7 @@ are errors: a misspelt ``timestamp_atribute`` must not silently fall back to a d
 
 from __future__ import annotations
 
+import decimal
 import math
 import os
 import re
@@ -144,6 +145,39 @@ def _not_a_switch(value: object) -> object:
     return value
 
 
+# A number as decimal text: digits with a point or an exponent (1e3, 1000.0, .5).
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# The largest power of ten read as a whole number from decimal text (a Java long's 19
+# digits): past it, a message has no plain integer to suggest that any key takes.
+_LARGEST_EXPONENT = 18
+
+
+def _whole_decimal(text: str) -> int | None:
+    """The whole number that decimal text (``"1e3"``, ``"1000.0"``, quoted or from a
+    ``${VAR}``) stands for, which a whole-number key cannot read as it is written.
+    None for digits alone (which it reads), a fraction, or no number at all."""
+    bare = text.strip()
+    if re.fullmatch(r"[+-]?[0-9]+", bare) or not _DECIMAL.fullmatch(bare):
+        return None
+    number = decimal.Decimal(bare)
+    if number.adjusted() > _LARGEST_EXPONENT or number != number.to_integral_value():
+        return None
+    return int(number)
+
+
+def _plain_integer_text(value: object) -> object:
+    """A whole-number key takes YAML's number 1e3 as 1000, but text (quoted, or from a
+    ``${VAR}``) only as digits: pydantic's own refusal of ``"1e3"`` ("unable to parse
+    string as an integer") did not say what to write instead."""
+    whole = _whole_decimal(value) if isinstance(value, str) else None
+    if whole is not None:
+        raise ValueError(
+            f"expected a whole number as a plain integer, got {shown(cast(str, value))}: "
+            f"write {whole}"
+        )
+    return value
+
+
 def _not_empty(value: str) -> str:
     """An empty value (``path: ""``, or a ``${VAR:-}`` that expanded to nothing) is never
     what an operator means: leaving the key out gives its default."""
@@ -187,7 +221,7 @@ Text = Annotated[str, AfterValidator(_not_empty)]
 # A name or value compared as text: not empty, printable, no space at either end.
 Name = Annotated[str, AfterValidator(_not_empty), AfterValidator(_plain)]
 FilePath = Annotated[str, AfterValidator(_file_path)]
-Int = Annotated[int, BeforeValidator(_not_a_switch)]
+Int = Annotated[int, BeforeValidator(_not_a_switch), BeforeValidator(_plain_integer_text)]
 # Infinity and NaN are no amount of time: a wait or deadline made of them fails (or never
 # ends) only once the job runs.
 Float = Annotated[float, BeforeValidator(_not_a_switch), AllowInfNan(False)]
@@ -691,7 +725,6 @@ KCL_INTEGER_PROPERTIES = frozenset(
 )
 KCL_DECIMAL_PROPERTIES = frozenset({"maxThroughputPerHostKBps", "workerMetricsEMAAlpha"})
 _JAVA_LONG = 2**63
-_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 # AWSCredentialsProvider (and its DynamoDB and CloudWatch variants, whose keys the KCL
 # matches case-insensitively): providers separated by commas, each a Java class name
 # (short, as in DefaultCredentialsProvider, or fully qualified) with optional
@@ -747,6 +780,12 @@ def _numeric_property_problem(key: str, value: str) -> str | None:
             and len(text.lstrip("+-").lstrip("0")) <= _JAVA_LONG_DIGITS
             and -_JAVA_LONG <= int(text) < _JAVA_LONG
         ):
+            whole = _whole_decimal(text)
+            if whole is not None:
+                return (
+                    f"{shown(value)} is not a plain integer, the only form the KCL reads "
+                    f"here ({_UNREAD}): write {whole}"
+                )
             return f"{shown(value)} is not a whole number that a Java long holds ({_UNREAD})"
         if int(text) < 0:
             # Each is a count, a size, a percentage or a time: the KCL takes a negative
@@ -834,6 +873,25 @@ class KclConfig(Strict):
         Annotated[str, AfterValidator(_unreserved_property)],
         Annotated[str, BeforeValidator(_property_text)],
     ] = Field(default_factory=dict)
+
+    @field_validator("extra_properties", mode="before")
+    @classmethod
+    def _whole_numbers(cls, value: object) -> object:
+        """YAML's number 1e3 for a whole-number property is 1000, as the job's own
+        whole-number keys take it: written as the float it is read as, ``1000.0``, the
+        KCL could not read it."""
+        if not isinstance(value, dict):
+            return value
+        return {
+            key: int(item)
+            if isinstance(key, str)
+            and key in KCL_INTEGER_PROPERTIES
+            and isinstance(item, float)
+            and item.is_integer()
+            and abs(item) < _JAVA_LONG
+            else item
+            for key, item in value.items()
+        }
 
     @field_validator("initial_position", mode="before")
     @classmethod

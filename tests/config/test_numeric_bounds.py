@@ -97,3 +97,59 @@ def test_every_number_at_its_bound_is_accepted(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "\nshutdownGraceMillis = 3630000\n" in result.stdout
     assert "\nidleTimeBetweenReadsInMillis = 600000\n" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "written"),
+    [
+        ("watermark: {publish_interval_ms: '1e3'}", "watermark.publish_interval_ms", "1000"),
+        ("writer: {max_in_flight: '${IN_FLIGHT:-1.0e+2}'}", "writer.max_in_flight", "100"),
+        ("kcl: {failover_time_ms: '1000.0'}", "kcl.failover_time_ms", "1000"),
+        (
+            "kcl: {extra_properties: {maxLeasesForWorker: '1e3'}}",
+            "kcl.extra_properties.maxLeasesForWorker",
+            "1000",
+        ),
+        # No whole number, or none that any key takes: nothing to suggest.
+        ("watermark: {publish_interval_ms: '1.5'}", "watermark.publish_interval_ms", None),
+        ("watermark: {publish_interval_ms: '1e30'}", "watermark.publish_interval_ms", None),
+        (
+            "kcl: {extra_properties: {maxLeasesForWorker: '1.5e0'}}",
+            "kcl.extra_properties.maxLeasesForWorker",
+            None,
+        ),
+    ],
+)
+def test_a_whole_number_written_as_decimal_text_is_refused_saying_what_to_write(
+    tmp_path: Path, section: str, key: str, written: str | None
+) -> None:
+    """Quoted, or from a ``${VAR}``, ``1e3`` is text that no whole-number key (nor the
+    KCL's Long.parseLong) reads: the refusal said only "unable to parse string as an
+    integer", or quoted it as no whole number at all."""
+    line = _refused(tmp_path, MINIMAL + section + "\n", key, "(line 5)")
+    if written is None:
+        assert "write" not in line, line
+    else:
+        assert "plain integer" in line and line.endswith(f": write {written}"), line
+
+
+def test_yaml_s_number_1e3_is_a_thousand_for_whole_number_keys_and_kcl_properties(
+    tmp_path: Path,
+) -> None:
+    """A whole-number KCL property took YAML's 1e3 as the float it reads as and refused
+    ``'1000.0'``, while the job's own whole-number keys take it as 1000."""
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        MINIMAL + "runtime: kcl\nwatermark: {publish_interval_ms: 1e3}\n"
+        "kcl: {failover_time_ms: 1.5e4, extra_properties: {maxLeasesForWorker: 1e3,\n"
+        "      leaseAssignmentIntervalMillis: 2.0e+3, maxThroughputPerHostKBps: 1e3}}\n"
+    )
+    validated = run_cli("validate", "--config", str(job))
+    assert validated.returncode == 0, validated.stderr
+    assert "every 1000 ms" in validated.stdout
+    result = run_cli("properties", "--config", str(job))
+    assert result.returncode == 0, result.stderr
+    assert "\nmaxLeasesForWorker = 1000\n" in result.stdout
+    assert "\nleaseAssignmentIntervalMillis = 2000\n" in result.stdout
+    assert "\nmaxThroughputPerHostKBps = 1000.0\n" in result.stdout
+    assert "\nfailoverTimeMillis = 15000\n" in result.stdout
