@@ -21,6 +21,7 @@ from click.core import ParameterSource
 
 from replicator.config import load_job
 from replicator.config.model import ResolvedJob
+from replicator.entry import interrupted
 from replicator.exceptions import KeySyntaxError, OperatorError, SinceSyntaxError
 from replicator.logs import echo, redact
 
@@ -89,6 +90,15 @@ class _OnceEach(click.Command):
 
 class _Commands(click.Group):
     command_class = _OnceEach
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Ctrl-C that no command answers itself (``validate`` reading its job file,
+        any command before its work begins) ends it as the commands that do answer it
+        end: one line and 130, not click's "Aborted!" and 1, a failure's code."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            sys.exit(interrupted(ctx.invoked_subcommand))
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})

@@ -124,6 +124,14 @@ def demo_stop_signals() -> list[signal.Signals]:
     ]
 
 
+def interrupted(command: str | None) -> int:
+    """Say that SIGINT stopped ``command`` where nothing answered it, and give its exit
+    code: 128 + SIGINT, as a shell reports a command that SIGINT ended."""
+    sys.stderr.write(f"replicator: SIGINT received; {command or 'the command'} stopped\n")
+    sys.stderr.flush()
+    return 128 + signal.SIGINT
+
+
 def _interrupted(signum: int, _frame: Any) -> None:
     os.write(2, b"interrupted\n")
     os._exit(128 + signum)
@@ -140,8 +148,10 @@ def main() -> Any:
     if sys.argv[1:2] == ["processor"]:
         ignore_stop_signals()
     if sys.argv[1:2] != ["run"]:
-        from replicator.cli import main as cli_main
-
+        try:
+            from replicator.cli import main as cli_main
+        except KeyboardInterrupt:  # importing the CLI takes half a second
+            sys.exit(interrupted(next(iter(sys.argv[1:2]), None)))
         return cli_main()
     hold_stop_signals()
     from replicator.cli import main as cli_main

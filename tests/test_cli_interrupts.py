@@ -1,0 +1,129 @@
+"""Ctrl-C during a command that does not answer it itself (``validate`` reading its job
+file, any command before its work begins) printed click's "Aborted!" and exited 1, the
+code of a failure; SIGINT while the CLI was still being imported printed a traceback.
+Each now ends as the commands that answer it do: one line, exit 130."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def _blocked_reading(pid: int, fifo: Path) -> bool:
+    """Whether the process holds the FIFO open and sleeps: it is then in its read, the
+    one place it can wait once the file is open. A SIGINT sent between its open and its
+    read would be taken by Python's handler with no read to interrupt, and the read
+    would then wait for ever, as it would for any process."""
+    try:
+        held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:  # a descriptor closed while listed
+        return False
+    return os.path.realpath(fifo) in held and state == "S"
+
+
+def _interrupted_reading(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command, its job file a FIFO, sent SIGINT once it is blocked reading it: it
+    is then inside the command, and stays there until a writer writes."""
+    fifo = tmp_path / "job.yaml"
+    os.mkfifo(fifo)
+    # SIGINT as a terminal leaves it: a shell without job control starts its background
+    # commands with SIGINT ignored, which every process they start inherits.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        command = subprocess.Popen(
+            [sys.executable, "-m", "replicator", *args, "--config", str(fifo)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    writer = None
+    try:
+        deadline = time.monotonic() + 120
+        while writer is None:
+            try:  # opens only once a reader has the FIFO open
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as error:
+                assert error.errno == errno.ENXIO
+                assert command.poll() is None, command.communicate()
+                assert time.monotonic() < deadline, "the command never opened its job file"
+                time.sleep(0.01)
+        while not _blocked_reading(command.pid, fifo):
+            assert time.monotonic() < deadline, "the command never read its job file"
+            time.sleep(0.01)
+        command.send_signal(signal.SIGINT)
+        try:
+            out, err = command.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            command.kill()
+            pytest.fail(f"not stopped by SIGINT: {command.communicate()}")
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+        if writer is not None:
+            os.close(writer)
+    return subprocess.CompletedProcess(command.args, command.returncode, out, err)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("validate",),
+        ("properties",),
+        ("watermark",),
+        ("conflicts",),
+        ("backfill",),
+        ("wait", "-d", "eu-west-1", "--until", "1", "--timeout", "5"),
+    ],
+    ids=lambda args: args[0],
+)
+def test_ctrl_c_while_a_command_reads_its_job_file_exits_130_with_one_line(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    result = _interrupted_reading(tmp_path, *args)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == f"replicator: SIGINT received; {args[0]} stopped\n"
+    assert result.stdout == ""
+
+
+# SIGINT as the CLI imports the job file's model (pydantic): inside the import, at once.
+_SIGINT_WHILE_IMPORTING = """
+import signal, sys
+from importlib.abc import MetaPathFinder
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal
+
+class Interrupt(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "replicator.config.model":
+            signal.raise_signal(signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, Interrupt())
+sys.argv = ["replicator", "validate", "--config", "job.yaml"]
+from replicator.entry import main
+main()
+"""
+
+
+def test_ctrl_c_while_the_cli_is_imported_exits_130_with_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _SIGINT_WHILE_IMPORTING],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == "replicator: SIGINT received; validate stopped\n"
+    assert result.stdout == ""
