@@ -704,3 +704,12 @@ def job_file_error(resolved: ResolvedJob, problems: Problems) -> ConfigError:
         except ConfigError:  # not the text it was loaded from: no lines, then
             document = None
     return _listed(resolved.path, document, [_Problem(*problem) for problem in problems])
+
+
+def refuse_directory(resolved: ResolvedJob, section: str) -> None:
+    """The file of ``section`` (``dead_letter`` or ``conflict_log``) naming a directory
+    that exists, refused as ``validate`` refuses it: a problem of the job file, at its
+    key and line (a start or a command meets it only when it reaches the file)."""
+    problems = [problem for problem in disk_checks(resolved.job) if problem[0][0] == section]
+    if problems:
+        raise job_file_error(resolved, problems)

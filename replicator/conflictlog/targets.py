@@ -13,6 +13,7 @@ from replicator.aws import clients
 from replicator.aws.clients import Place
 from replicator.aws.queues import check_exists
 from replicator.aws.tables import where
+from replicator.config.loader import refuse_directory
 from replicator.config.model import ConflictLogKind, ResolvedJob
 from replicator.conflictlog.base import ConflictLogTarget, Selection
 from replicator.conflictlog.dynamodb import DynamoDbConflictLog
@@ -26,7 +27,7 @@ from replicator.conflictlog.places import (
 )
 from replicator.conflictlog.recorder import BackgroundRecorder
 from replicator.conflictlog.sqs import SqsConflictLog
-from replicator.exceptions import ConfigError, EnvironmentProblem
+from replicator.exceptions import EnvironmentProblem
 from replicator.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -104,16 +105,13 @@ def prepare(resolved: ResolvedJob) -> None:
     about (listings move its entries away);
     what only the operator can fix (access denied, a name DynamoDB refuses, a
     directory that cannot be created) stops the start with EnvironmentProblem, and a
-    file path that names a directory with ConfigError. An outage does not:
+    file path that names a directory as a problem of the job file. An outage does not:
     replication starts, and entries are retried and counted.
     """
     settings = resolved.job.conflict_log
     if settings.kind is ConflictLogKind.FILE:
+        refuse_directory(resolved, "conflict_log")
         path = conflict_log_path(resolved)
-        if path.is_dir():
-            raise ConfigError(
-                f"conflict log {path} is a directory: conflict_log.path must name a file"
-            )
         problem = why_not_appendable(path)
         if problem is not None:
             raise EnvironmentProblem(

@@ -18,6 +18,7 @@ import click
 
 from replicator import logs
 from replicator.config import load_job
+from replicator.config.loader import refuse_directory
 from replicator.config.model import ResolvedJob
 
 if TYPE_CHECKING:
@@ -166,6 +167,7 @@ def conflicts(
     with aws_failures(f"conflicts {resolved.task_name}"):
         if key is not None:
             _check_key_names(resolved, key)
+        refuse_directory(resolved, "conflict_log")
         target = conflict_log_target(resolved)
         if isinstance(target, sqs.SqsConflictLog):
             _warn_about_redrive(target)

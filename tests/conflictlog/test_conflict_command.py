@@ -152,13 +152,17 @@ def test_ranking_values_in_the_listing_and_in_why_cannot_add_a_line(tmp_path: Pa
     assert 'updated_at="2027\\n  forged-entry  2026-01-01", origin_region=us-east-1' in lost.why
 
 
-def test_a_file_log_path_that_is_a_directory_is_one_line_and_exit_2(tmp_path: Path) -> None:
+def test_a_file_log_path_that_is_a_directory_is_a_problem_of_the_job_file(tmp_path: Path) -> None:
+    """At its key and line, as ``validate`` reports it: the message named neither the job
+    file nor the line."""
     config = job_file(tmp_path, f"{{kind: file, path: '{tmp_path}'}}")
     result = invoke(config)
     no_traceback(result)
     assert result.exit_code == 2
     assert result.stderr == (
-        f"replicator: conflict log {tmp_path} is a directory: conflict_log.path must name a file\n"
+        f"replicator: {config}: 1 problem in the job file:\n"
+        f"  conflict_log.path (line 6): the conflict log {tmp_path} is a directory: "
+        f"conflict_log.path must name a file (such as {tmp_path}/{{task_name}}.jsonl)\n"
     )
 
 

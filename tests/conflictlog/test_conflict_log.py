@@ -784,14 +784,20 @@ def test_a_conflict_log_directory_that_cannot_be_made_stops_the_start(tmp_path: 
 
 
 def test_a_conflict_log_path_that_is_a_directory_stops_the_start(tmp_path: Path) -> None:
-    """Every entry would fail to be stored; the job file names a directory, so say so."""
+    """Every entry would fail to be stored; the job file names a directory, so say so
+    at its key and line, as ``validate`` does (the message named neither)."""
     from replicator.config import load_job
     from replicator.conflictlog.targets import prepare
     from replicator.exceptions import ConfigError
 
     config = job_file(tmp_path, f"{{kind: file, path: '{tmp_path}'}}")
-    with pytest.raises(ConfigError, match=f"conflict log {tmp_path} is a directory"):
+    with pytest.raises(ConfigError) as refused:
         prepare(load_job(config))
+    assert str(refused.value) == (
+        f"{config}: 1 problem in the job file:\n"
+        f"  conflict_log.path (line 6): the conflict log {tmp_path} is a directory: "
+        f"conflict_log.path must name a file (such as {tmp_path}/{{task_name}}.jsonl)"
+    )
 
 
 def test_dynamodb_log_keeps_an_item_whose_key_is_near_2_kb(moto_endpoint: str, unique: Any) -> None:
