@@ -10,35 +10,11 @@ somewhere else. A job file's endpoint, and one set for botocore in the environme
 from __future__ import annotations
 
 import ipaddress
-import re
 from urllib.parse import urlsplit
 
+from replicator.hosts import host_problem
+
 EXAMPLE = "http://127.0.0.1:8000"
-# A host name as botocore takes one in an endpoint URL: dot-separated labels of letters,
-# digits and -, each of 1 to 63 characters that neither starts nor ends with -, and an
-# optional final dot.
-_HOST_NAME = re.compile(r"(?:(?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)*(?!-)[A-Za-z0-9-]{1,63}(?<!-)\.?\Z")
-_LONGEST_HOST_NAME = 255
-
-
-def host_problem(host: str) -> str | None:
-    """What is wrong with ``host`` as a host name or an IP address (IPv6 without
-    brackets), or None. Nothing is looked up: a name that does not resolve is found
-    where it is used. A name of digits and dots alone is an IPv4 address or nothing
-    (``999.1.1.1``): no top-level domain is all digits."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    else:
-        return None
-    if (
-        len(host) > _LONGEST_HOST_NAME
-        or not _HOST_NAME.fullmatch(host)
-        or host.rstrip(".").rsplit(".", 1)[-1].isdigit()
-    ):
-        return f"{host!r} is not a host name or IP address"
-    return None
 
 
 def endpoint_problem(url: str) -> str | None:

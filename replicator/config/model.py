@@ -30,7 +30,8 @@ from pydantic import (
     model_validator,
 )
 
-from replicator.config.endpoints import check_endpoint, endpoint_identity, host_problem
+from replicator.config.endpoints import check_endpoint, endpoint_identity
+from replicator.hosts import host_problem, unbracketed
 
 # How long a processor asked to stop (shutdownRequested) waits for its writes in flight
 # before it checkpoints what was applied (a destination that is down holds them back),
@@ -925,10 +926,7 @@ class MetricsConfig(Strict):
         ``999.1.1.1`` would fail only when ``run`` binds it (exit 3)."""
         if not value.strip():
             raise ValueError(f"must name the address to listen on: {_LISTEN_ON}")
-        bare = value
-        if value.startswith("[") and value.endswith("]"):
-            # An IPv6 address as a URL writes it: [::1].
-            bare = value[1:-1] if ":" in value else value
+        bare = unbracketed(value)
         problem = host_problem(bare)
         if problem:
             raise ValueError(

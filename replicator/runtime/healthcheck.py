@@ -14,13 +14,13 @@ that holds neither a port nor an address is the one line and exit 1.
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import json
 import os
-import re
 import sys
 import urllib.error
 import urllib.request
+
+from replicator.hosts import host_problem, unbracketed
 
 DEFAULT_PORT = 9400
 DEFAULT_HOST = "127.0.0.1"
@@ -63,28 +63,16 @@ def _port(argv: list[str]) -> int:
     return port
 
 
-# A host name as DNS has them (RFC 1123 labels), for a host that is not an IP address.
-_HOST_NAME = re.compile(
-    r"(?=.{1,253}\.?\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
-)
-
-
 def _host() -> str:
-    """The address to probe; ValueError naming the variable when it holds neither an IP
-    address nor a host name (a space, a slash, a port: urllib would raise on it, or ask
-    another host than the one meant)."""
+    """The address to probe; ValueError naming the variable when it holds what the job
+    file's ``metrics.host`` refuses (a space, a slash, a port, ``999.1.1.1``: urllib
+    would raise on it, or ask another host than the one meant)."""
     given = os.environ.get(HOST_ENV) or ""
-    bare = given.strip().removeprefix("[").removesuffix("]")
+    bare = unbracketed(given.strip())
     if bare in _WILDCARDS:
         return given or DEFAULT_HOST
-    try:
-        ipaddress.ip_address(bare)
-    except ValueError:
-        if not _HOST_NAME.fullmatch(bare):
-            raise ValueError(
-                f"healthcheck: {HOST_ENV} {given!r} is not an IP address or host name"
-            ) from None
+    if host_problem(bare):
+        raise ValueError(f"healthcheck: {HOST_ENV} {given!r} is not an IP address or host name")
     return given
 
 

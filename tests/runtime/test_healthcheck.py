@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
+from pydantic import ValidationError
 
+from replicator.config.model import MetricsConfig
 from replicator.metrics import multiprocess
 from replicator.metrics.server import MetricsServer
 from replicator.runtime.healthcheck import url_of
@@ -41,6 +45,40 @@ def test_a_host_that_is_not_one_is_a_one_line_failure(host: str) -> None:
     assert result.stderr.strip() == (
         f"healthcheck: REPLICATOR_METRICS_HOST {host!r} is not an IP address or host name"
     )
+
+
+@pytest.mark.parametrize("host", ["999.1.1.1", "1.2.3", "[0.0.0.0]", "[localhost]", "[127.0.0.1"])
+def test_a_host_the_job_file_refuses_is_refused_by_the_probe(host: str) -> None:
+    """The probe kept a host pattern of its own that took ``999.1.1.1`` (and ``1.2.3``,
+    which the resolver reads as 1.2.0.3) as host names, and stripped brackets from what
+    is no IPv6 address: a setting the job's ``metrics.host`` refuses was probed, and
+    reported as the replicator being unreachable."""
+    with pytest.raises(ValidationError, match="is not a host name or IP address"):
+        MetricsConfig(host=host)
+    result = healthcheck(REPLICATOR_METRICS_PORT="47251", REPLICATOR_METRICS_HOST=host)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"healthcheck: REPLICATOR_METRICS_HOST {host!r} is not an IP address or host name"
+    )
+
+
+def test_the_probe_imports_neither_the_job_file_s_model_nor_the_aws_sdk() -> None:
+    """It runs every few seconds in the container: pydantic, YAML and botocore would
+    make each run several times slower to start."""
+    listed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, replicator.runtime.healthcheck\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "{'pydantic', 'yaml', 'botocore', 'boto3'} or m.startswith('replicator.config')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert listed.stdout.strip() == "[]"
 
 
 def test_the_configured_host_is_probed(ipv6_server: MetricsServer) -> None:
