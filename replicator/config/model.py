@@ -685,9 +685,14 @@ CONTRADICTING_KCL_PROPERTIES = frozenset({"tableName", "streamArn"})
 # The numeric KCL multilang properties (the setters of int, long and double of KCL 3.1's
 # MultiLangDaemonConfiguration and its beans): the KCL reads a value that is not a number
 # as 0 without a word (maxLeasesForWorker: lots would run uncapped). None of the whole
-# numbers may be negative.
+# numbers may be negative. Those the templates write from the job (maxRecords...) are
+# here too: a template of one's own may write them otherwise.
 KCL_INTEGER_PROPERTIES = frozenset(
     {
+        "failoverTimeMillis",
+        "idleTimeBetweenReadsInMillis",
+        "maxRecords",
+        "shutdownGraceMillis",
         "coordinatorStateReadCapacity",
         "coordinatorStateWriteCapacity",
         "dampeningPercentage",
@@ -1933,41 +1938,38 @@ def _kcl_property_checks(
 ) -> list[tuple[tuple[str | int, ...], str]]:
     """kcl.extra_properties that the KCL would take but the job cannot work with (those
     ``refused`` already aside)."""
-    problems: list[tuple[tuple[str | int, ...], str]] = []
     extra = {key: value for key, value in job.kcl.extra_properties.items() if key not in refused}
-    where = ("kcl", "extra_properties")
+    problems = ((key, kcl_setting_problem(job, key, value)) for key, value in extra.items())
+    return [(("kcl", "extra_properties", key), text) for key, text in problems if text]
+
+
+def kcl_setting_problem(job: JobConfig, key: str, value: str) -> str | None:
+    """Why the KCL would take ``key = value`` but the job cannot work with it (None if
+    it can): the same whether kcl.extra_properties or a properties template sets it."""
     dynamodb = job.source.stream.kind is StreamKind.DYNAMODB_STREAMS
-    if dynamodb and extra.get("initialPositionInStream", "").strip().upper() == "AT_TIMESTAMP":
-        problems.append(
-            (
-                (*where, "initialPositionInStream"),
+    if key == "initialPositionInStream":
+        if dynamodb and value.strip().upper() == "AT_TIMESTAMP":
+            return (
                 "AT_TIMESTAMP is not supported for a DynamoDB stream: the DynamoDB Streams "
                 "Kinesis Adapter starts new leases only at TRIM_HORIZON or LATEST "
-                "(kcl.initial_position)",
+                "(kcl.initial_position)"
             )
-        )
-    extended = extra.get("initialPositionInStreamExtended")
-    if extended is not None:
-        problems.append(
-            ((*where, "initialPositionInStreamExtended"), _start_time_problem(extended, dynamodb))
-        )
-    for key, value in extra.items():
-        problem = _numeric_property_problem(key, value)
-        if problem is None and key.lower().startswith(CREDENTIALS_PROVIDER_KEY):
-            problem = _credentials_provider_problem(value)
-        if problem is not None:
-            problems.append(((*where, key), problem))
-    level = extra.get("metricsLevel", "NONE").strip().upper()
-    if level != "NONE" and job.kcl_endpoint_override():
-        problems.append(
-            (
-                (*where, "metricsLevel"),
+        return None
+    if key == "initialPositionInStreamExtended":
+        return _start_time_problem(value, dynamodb)
+    if key == "metricsLevel":
+        level = value.strip().upper()
+        if level != "NONE" and job.kcl_endpoint_override():
+            return (
                 f"{level} would make the KCL publish its metrics to CloudWatch in AWS while "
                 "the job reads a local endpoint (source.endpoint_url); leave metricsLevel at "
-                "NONE (the replicator serves its own metrics on /metrics)",
+                "NONE (the replicator serves its own metrics on /metrics)"
             )
-        )
-    return problems
+        return None
+    problem = _numeric_property_problem(key, value)
+    if problem is None and key.lower().startswith(CREDENTIALS_PROVIDER_KEY):
+        problem = _credentials_provider_problem(value)
+    return problem
 
 
 # Every cross-field check, with the top-level keys it reads (a derived task name reads

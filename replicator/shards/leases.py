@@ -140,11 +140,55 @@ def _attribute(item: dict[str, Any], name: str, kind: str, default: Any) -> Any:
     return value[kind]
 
 
+# How many items of an existing lease table the start-up check reads: one small page.
+_CHECKED_ITEMS = 10
+
+
 def check_lease_table(client: DynamoDBClient, table: str, where: str) -> bool:
     """Whether the lease table exists; EnvironmentProblem when a table of that name has
-    another key schema. For the start-up check, made before a runtime creates the table
-    (or the KCL does)."""
-    return check_if_exists(client, table, KEYS, f"lease table {table}", where, OTHER_KEYS_HINT)
+    another key schema, or holds items that are not leases. For the start-up check, made
+    before a runtime creates the table (or the KCL does).
+
+    An application's table keyed on ``leaseKey`` has the lease table's key schema: the
+    KCL would fail on its items at start-up (its leases' ``leaseCounter`` may not be
+    null), over and over, and the local runtime would write its lease among them. Every
+    lease has a ``leaseCounter``, the KCL's and this module's alike: one small page of
+    items is read for one without it (a Scan, which both runtimes make on the table)."""
+    what = f"lease table {table}"
+    if not check_if_exists(client, table, KEYS, what, where, OTHER_KEYS_HINT):
+        return False
+    try:
+        page = client.scan(
+            TableName=table, Limit=_CHECKED_ITEMS, ProjectionExpression="leaseKey, leaseCounter"
+        )
+    except ClientError as error:
+        # Still being created (by another worker's KCL, say): it holds nothing yet.
+        if error_code(error) == "ResourceNotFoundException":
+            return True
+        raise
+    for item in page.get("Items", []):
+        problem = "it has no leaseCounter, which every lease has"
+        if "leaseCounter" in item:
+            try:
+                Lease.from_item(item)
+                continue
+            except ValueError as error:
+                problem = str(error)
+        raise EnvironmentProblem(
+            f"{what} at {where} holds items that are not leases (the item {_named(item)}: "
+            f"{problem}); {OTHER_KEYS_HINT}"
+        )
+    return True
+
+
+def _named(item: dict[str, Any]) -> str:
+    """An item of the lease table, as a message names it: by its leaseKey if it has a
+    string one, else as it is (cut short)."""
+    key = item.get("leaseKey")
+    if isinstance(key, dict) and isinstance(key.get("S"), str):
+        return f"with leaseKey {key['S']!r}"
+    shown = json.dumps(item, sort_keys=True, default=str)
+    return shown if len(shown) <= _SHOWN_CHARS else shown[: _SHOWN_CHARS - 1] + "…"
 
 
 class LeaseTable:
@@ -219,14 +263,8 @@ class LeaseTable:
             shard_id, checkpoint = item["leaseKey"]["S"], item["checkpoint"]["S"]
             raise self.bad_checkpoint(shard_id, checkpoint, str(error)) from None
         except ValueError as error:
-            key = item.get("leaseKey")
-            if isinstance(key, dict) and isinstance(key.get("S"), str):
-                named = f"with leaseKey {key['S']!r}"
-            else:
-                shown = json.dumps(item, sort_keys=True, default=str)
-                named = shown if len(shown) <= _SHOWN_CHARS else shown[: _SHOWN_CHARS - 1] + "…"
             raise EnvironmentProblem(
-                f"lease table {self.table} at {self.where}: the item {named} is not a lease "
+                f"lease table {self.table} at {self.where}: the item {_named(item)} is not a lease "
                 f"({error}); remove it, or give the job a task_name of its own"
             ) from None
 

@@ -18,7 +18,7 @@ from replicator.config import load_job
 from replicator.exceptions import EnvironmentProblem
 from replicator.owned_tables import ensure_table
 from replicator.runtime import preflight
-from replicator.shards.leases import Lease, LeaseTable
+from replicator.shards.leases import Lease, LeaseTable, check_lease_table
 from tests.support.aws import client, create_table
 from tests.support.cli import replicator
 from tests.support.e2e import Job
@@ -128,6 +128,123 @@ def test_the_kcl_runtime_refuses_a_lease_table_with_other_keys_at_start(
 
     assert f"lease table {job.name} at" in str(raised.value)
     assert "exists with key schema pk (HASH, S)" in str(raised.value)
+
+
+# An application's table keyed on leaseKey (HASH, S), as a task name may name one.
+_APPLICATION_ITEMS = [
+    {"leaseKey": {"S": f"car-{index}"}, "model": {"S": "T"}, "seats": {"N": "4"}}
+    for index in range(3)
+]
+# A lease as KCL 3 (through the DynamoDB Streams adapter) leaves it in moto, read back.
+_KCL_LEASE = {
+    "leaseKey": {"S": "shardId-00000001541626099285-f35f62ef"},
+    "leaseOwner": {"S": "host-a"},
+    "leaseCounter": {"N": "4"},
+    "checkpoint": {"S": "1100000000017454423020"},
+    "checkpointSubSequenceNumber": {"N": "0"},
+    "ownerSwitchesSinceCheckpoint": {"N": "0"},
+    "startingHashKey": {"S": "0"},
+    "endingHashKey": {"S": "1"},
+}
+
+
+def _refusal_of_items(job: Job) -> str:
+    return (
+        f"replicator: lease table {job.name} at {job.endpoint} (us-east-1) holds items that "
+        "are not leases (the item with leaseKey 'car-"
+    )
+
+
+def _lease_keyed_table(job: Job, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The task name's table, keyed as a lease table is, holding ``rows``: its items."""
+    LeaseTable(job.source, job.name, "app").ensure_exists()
+    for row in rows:
+        job.source.put_item(TableName=job.name, Item=row)
+    return items(job.source, job.name)
+
+
+def test_a_table_keyed_on_lease_key_that_holds_no_leases_stops_the_start(job: Job) -> None:
+    """The check compared key schemas only: the local runtime started and wrote its lease
+    among the application's items (the KCL: see the next test)."""
+    before = _lease_keyed_table(job, _APPLICATION_ITEMS)
+
+    line = one_line(replicator("run", "--config", str(job.path), timeout=120), 3)
+
+    assert line.startswith(_refusal_of_items(job)), line
+    assert "it has no leaseCounter, which every lease has); it is not a lease table" in line
+    assert line.endswith("give the job a task_name that names no other table")
+    assert items(job.source, job.name) == before
+
+
+def test_the_kcl_runtime_refuses_a_table_keyed_on_lease_key_that_holds_no_leases(
+    job: Job,
+) -> None:
+    """The KCL failed 20 times on the items (leaseCounter is marked non-null but is null)
+    and exited 1 some 25 s later with a generic line."""
+    _lease_keyed_table(job, _APPLICATION_ITEMS)
+    job.path.write_text("runtime: kcl\n" + job.path.read_text())
+
+    with pytest.raises(EnvironmentProblem) as raised:
+        preflight.check(load_job(job.path))
+
+    assert f"replicator: {raised.value}".startswith(_refusal_of_items(job))
+
+
+def test_an_item_whose_lease_counter_is_no_count_stops_the_start(job: Job) -> None:
+    _lease_keyed_table(job, [{**_KCL_LEASE, "leaseCounter": {"S": "many"}}])
+
+    line = one_line(replicator("run", "--config", str(job.path), timeout=120), 3)
+
+    assert (
+        f"holds items that are not leases (the item with leaseKey '{_KCL_LEASE['leaseKey']['S']}':"
+        " its leaseCounter is of type S, not N); it is not a lease table"
+    ) in line
+
+
+@pytest.mark.parametrize("kind", ["empty", "kcl", "local", "both"])
+def test_an_empty_table_or_one_of_leases_passes_the_start_up_check(job: Job, kind: str) -> None:
+    """The KCL's leases and the local runtime's (made, taken, checkpointed, released)
+    alike, twelve of them: more than the check reads."""
+    rows = [] if kind in ("empty", "local") else [_KCL_LEASE]
+    if kind in ("kcl", "both"):
+        rows += [
+            {**_KCL_LEASE, "leaseKey": {"S": f"shardId-{index}"}, "leaseCounter": {"N": "1"}}
+            for index in range(11)
+        ]
+    _lease_keyed_table(job, rows)
+    if kind in ("local", "both"):
+        leases = LeaseTable(job.source, job.name, "vm")
+        for index in range(12):
+            lease = leases.create(f"shardId-local-{index}", "TRIM_HORIZON", [])
+            assert lease is not None
+            if index % 2:
+                leases.release(leases.checkpoint(leases.take(lease), "100"))
+    assert len(items(job.source, job.name)) == {"empty": 0, "kcl": 12, "local": 12}.get(kind, 24)
+
+    assert preflight.check(load_job(job.path)).stream_arn
+
+
+def test_a_lease_table_still_being_created_passes_the_start_up_check() -> None:
+    """Another worker's KCL has just created it: DescribeTable finds it (CREATING), a Scan
+    is refused as if there were no table, and there is nothing in it to check."""
+    from botocore.stub import Stubber
+
+    ddb = client("dynamodb", "us-east-1", "http://127.0.0.1:9")
+    with Stubber(ddb) as stub:
+        stub.add_response(
+            "describe_table",
+            {
+                "Table": {
+                    "TableName": "task",
+                    "TableStatus": "CREATING",
+                    "KeySchema": [{"AttributeName": "leaseKey", "KeyType": "HASH"}],
+                    "AttributeDefinitions": [{"AttributeName": "leaseKey", "AttributeType": "S"}],
+                }
+            },
+        )
+        stub.add_client_error("scan", "ResourceNotFoundException")
+        assert check_lease_table(ddb, "task", "here")
+        stub.assert_no_pending_responses()
 
 
 def test_a_status_table_with_other_keys_stops_the_start(job: Job) -> None:

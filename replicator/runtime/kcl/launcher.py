@@ -58,9 +58,9 @@ from replicator.runtime import preflight, supervisor
 from replicator.runtime.jobcopy import JOB_FILE_ENV, write_job_copy
 from replicator.runtime.kcl import daemon_log, java
 from replicator.runtime.kcl.properties import (
+    check_template,
     render_properties,
     shutdown_grace_ms,
-    template_text,
 )
 
 log = structlog.get_logger(__name__)
@@ -421,7 +421,7 @@ def prepare_run(
     # What the KCL cannot work with in the job file itself (source.role_arn) was refused
     # when the job was loaded (replicator/config/model.py).
     installation = java.locate(resolved, environ)
-    template_text(resolved.job.source.stream.kind)  # refused before the preflight's waits
+    check_template(resolved.job)
     info = preflight.check(resolved, stopped)
     job = resolved.job
     worker_id = job.kcl.worker_id or socket.gethostname()

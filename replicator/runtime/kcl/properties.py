@@ -30,6 +30,7 @@ from replicator.config.model import (
     ResolvedJob,
     StreamKind,
     kcl_property_name,
+    kcl_setting_problem,
 )
 from replicator.exceptions import KclUnavailable
 
@@ -129,8 +130,8 @@ def template_text(kind: StreamKind) -> str:
     are. A ``$`` that opens no placeholder (``pa$5word``) is a ``$``, and ``$$`` writes
     one anywhere. Comments are not read by the KCL: what is in them is left as written.
     """
+    where = _template_where(kind)
     path = templates_dir(kind) / template_file(kind)
-    where = f"${TEMPLATE_ENV}: {path}" if os.environ.get(TEMPLATE_ENV) else str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
@@ -147,6 +148,12 @@ def template_text(kind: StreamKind) -> str:
             f"{where}, line {line}: {what}; a template's placeholders are {names} ($$ writes a $)"
         )
     return text
+
+
+def _template_where(kind: StreamKind) -> str:
+    """The template ``kind`` is rendered from, as messages name it."""
+    path = templates_dir(kind) / template_file(kind)
+    return f"${TEMPLATE_ENV}: {path}" if os.environ.get(TEMPLATE_ENV) else str(path)
 
 
 def _placeholder_problem(text: str) -> tuple[int, str] | None:
@@ -271,24 +278,37 @@ def rendered_settings(job: JobConfig) -> tuple[Path, dict[str, str]]:
     the template marks replaceable are left out."""
     kind = job.source.stream.kind
     template = templates_dir(kind) / template_file(kind)
-    text = _render(
+    settings = {
+        kcl_property_name(entry.key): entry.key
+        for entry in _entries(_natural_lines(_render_as_run(job, extra_lines=False)))
+        if not entry.default
+    }
+    return template, settings
+
+
+def check_template(job: JobConfig) -> None:
+    """Refuse what rendering the job's properties would refuse (a placeholder that is not
+    ours, a value the KCL cannot work with), before ``replicator run``'s AWS checks: their
+    waits would only delay a refusal that comes after them all the same."""
+    _render_as_run(job, extra_lines=True)
+
+
+_STAND_IN_STREAM_ARN = "arn:aws:dynamodb:us-east-1:000000000000:table/t/stream/looked-up"
+
+
+def _render_as_run(job: JobConfig, *, extra_lines: bool) -> str:
+    """The file as ``replicator run`` renders it (a DynamoDB stream's ARN, which it looks
+    up, written), but for the names, paths and ids it fills in, which change no key."""
+    return _render(
         job,
         job_file="-",
         executable="-",
         task_name="-",
         worker_id="-",
         stream_arn=job.source.stream.arn or _STAND_IN_STREAM_ARN,
-        extra={},
+        extra=job.kcl.extra_properties,
+        extra_lines=extra_lines,
     )
-    settings = {
-        kcl_property_name(entry.key): entry.key
-        for entry in _entries(_natural_lines(text))
-        if not entry.default
-    }
-    return template, settings
-
-
-_STAND_IN_STREAM_ARN = "arn:aws:dynamodb:us-east-1:000000000000:table/t/stream/looked-up"
 
 
 def _render(
@@ -300,7 +320,10 @@ def _render(
     worker_id: str,
     stream_arn: str | None,
     extra: Mapping[str, str],
+    extra_lines: bool = True,
 ) -> str:
+    """The template filled in for ``job``, with ``extra`` written at ``${extra_lines}``
+    (unless ``extra_lines`` is false) and the defaults they replace made comments."""
     source = job.source
     text = template_text(source.stream.kind)
     endpoint_lines = ""
@@ -333,10 +356,36 @@ def _render(
             else "KCL_RETRY"
         ),
         "endpoint_lines": endpoint_lines,
-        "extra_lines": "".join(property_line(key, value) for key, value in extra.items()),
+        "extra_lines": "",
     }
+    replaced = {kcl_property_name(key) for key in extra}
+    _check_template_settings(job, text, values, replaced)
+    if extra_lines:
+        values["extra_lines"] = "".join(property_line(key, value) for key, value in extra.items())
     rendered = Template(text).safe_substitute(values)
-    return _replace_defaults(rendered, {kcl_property_name(key) for key in extra})
+    return _replace_defaults(rendered, replaced)
+
+
+def _check_template_settings(
+    job: JobConfig, text: str, values: Mapping[str, str], replaced: Collection[str]
+) -> None:
+    """Refuse a value the template sets, once filled in, that kcl.extra_properties may
+    not hold (a negative count, a number the KCL reads as 0 without a word): the KCL
+    would fail at start-up, again and again, or drop it silently. Each property of the
+    template is filled in on its own, so that the message names the template's line; a
+    default that an extra property replaces is not checked, being written as a comment."""
+    lines = _natural_lines(text)
+    for entry in _entries(lines):
+        if entry.default and kcl_property_name(entry.key) in replaced:
+            continue
+        filled = Template("".join(lines[entry.first : entry.last + 1])).safe_substitute(values)
+        for setting in _entries(_natural_lines(filled)):
+            problem = kcl_setting_problem(job, setting.key, setting.value)
+            if problem is not None:
+                raise KclUnavailable(
+                    f"{_template_where(job.source.stream.kind)}, line {entry.first + 1}: "
+                    f"{setting.key}: {problem}"
+                )
 
 
 # -- reading the rendered file back: which keys it sets, and where -------------------------
@@ -346,12 +395,13 @@ def _render(
 DEFAULT_MARK = "@default"
 _NATURAL_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
 _BLANKS = " \t\f"
-_KEY_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
 
 
 @dataclass(frozen=True)
 class _Entry:
     key: str
+    value: str
     first: int  # its first natural line
     last: int  # its last (a value continued with a backslash spans several)
     default: bool  # marked replaceable by DEFAULT_MARK
@@ -381,7 +431,7 @@ def _entries(lines: list[str]) -> list[_Entry]:
         while _continued(logical) and index + 1 < len(lines):
             index += 1
             logical = logical[:-1] + lines[index].rstrip("\r\n").lstrip(_BLANKS)
-        entries.append(_Entry(_key(logical), first, index, marked))
+        entries.append(_Entry(*_split(logical), first, index, marked))
         marked = False
         index += 1
     return entries
@@ -391,22 +441,43 @@ def _continued(line: str) -> bool:
     return (len(line) - len(line.rstrip("\\"))) % 2 == 1
 
 
-def _key(line: str) -> str:
+def _split(line: str) -> tuple[str, str]:
+    """A logical line's key and value, unescaped, as Properties.load splits them: the
+    key ends at the first unescaped ``=``, ``:`` or blank; blanks, one ``=`` or ``:``,
+    and blanks again separate it from the value."""
+    end = 0
+    escaped = False
+    while end < len(line):
+        char = line[end]
+        if not escaped and (char in "=:" or char in _BLANKS):
+            break
+        escaped = char == "\\" and not escaped
+        end += 1
+    start = end
+    separated = False
+    while start < len(line) and (line[start] in _BLANKS or line[start] in "=:"):
+        if line[start] in "=:":
+            if separated:
+                break
+            separated = True
+        start += 1
+    return _unescape(line[:end]), _unescape(line[start:])
+
+
+def _unescape(text: str) -> str:
     units: list[str] = []
     index = 0
-    while index < len(line):
-        char = line[index]
-        if char in "=:" or char in _BLANKS:
-            break
-        if char == "\\" and index + 1 < len(line):
+    while index < len(text):
+        char = text[index]
+        if char == "\\" and index + 1 < len(text):
             index += 1
-            char = line[index]
-            code = line[index + 1 : index + 5]
+            char = text[index]
+            code = text[index + 1 : index + 5]
             if char == "u" and len(code) == 4 and all(c in string.hexdigits for c in code):
                 units.append(chr(int(code, 16)))
                 index += 4
             else:
-                units.append(_KEY_ESCAPES.get(char, char))
+                units.append(_ESCAPES.get(char, char))
         elif char != "\\":
             units.append(char)
         index += 1

@@ -339,12 +339,21 @@ def test_a_credentials_provider_the_jars_lack_is_named_by_its_job_key_with_exit_
         java.check_credentials_providers(load_job_text(tmp_path, text), jars)
 
 
-def test_a_template_placeholder_that_is_not_ours_is_refused_before_the_preflight(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [
+        ("maxRecords = ${max_records", "'${max_records' is no placeholder"),
+        ("maxRecords = -${max_records}", "maxRecords: '-1000' is negative"),
+    ],
+    ids=["placeholder", "value"],
+)
+def test_a_template_the_kcl_cannot_take_is_refused_before_the_preflight(
+    tmp_path: Path, written: str, said: str
 ) -> None:
-    """`run` rendered `${max_records` into the daemon's properties as written; it refuses
-    it as `replicator properties` does, before the preflight's AWS calls (here to an
-    endpoint that refuses connections, exit 3 had they been made) and the JVM."""
+    """`run` rendered `${max_records` into the daemon's properties as written, and a
+    negative count the KCL threw on at start-up, 20 times over 31 s; it refuses them as
+    `replicator properties` does, before the preflight's AWS calls (here to an endpoint
+    that refuses connections, exit 3 had they been made) and the JVM."""
     templates = tmp_path / "templates"
     templates.mkdir()
     shutil.copy(ROOT / "properties" / "logback.xml", templates)
@@ -352,7 +361,7 @@ def test_a_template_placeholder_that_is_not_ours_is_refused_before_the_preflight
     template.write_text(
         (ROOT / "properties" / "kinesis.properties")
         .read_text()
-        .replace("maxRecords = ${max_records}", "maxRecords = ${max_records")
+        .replace("maxRecords = ${max_records}", written)
     )
     line = next(
         number
@@ -365,7 +374,7 @@ def test_a_template_placeholder_that_is_not_ours_is_refused_before_the_preflight
     message = assert_refused(
         result,
         4,
-        f"$REPLICATOR_PROPERTIES_DIR: {template}, line {line}: '${{max_records' is no placeholder",
+        f"$REPLICATOR_PROPERTIES_DIR: {template}, line {line}: {said}",
     )
     assert result.stderr.strip().splitlines() == [message]
 

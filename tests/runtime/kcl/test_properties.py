@@ -619,6 +619,28 @@ def _templates_of_our_own(tmp_path: Path, template: bytes) -> tuple[Path, dict[s
     return templates / "dynamodb-streams.properties", {"REPLICATOR_PROPERTIES_DIR": str(templates)}
 
 
+def _refusals_of_a_template(tmp_path: Path, env: dict[str, str]) -> list[str]:
+    """What `properties` (of a DynamoDB Streams job) and `validate` (of a job with
+    kcl.extra_properties, which reads the template) say of the template in ``env``:
+    one line each, after nothing on stdout, and exit 4."""
+    with_extra = tmp_path / "extra.yaml"
+    with_extra.write_text(
+        "runtime: kcl\n"
+        "source: {region: us-east-1, table: orders}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        "kcl: {extra_properties: {maxLeasesForWorker: 1}}\n"
+    )
+    lines = []
+    job = ROOT / "config" / "two-destinations.yaml"
+    for command, path in (("properties", job), ("validate", with_extra)):
+        result = in_process(command, "--config", str(path), env=env)
+        assert result.returncode == 4, (command, result.stdout, result.stderr)
+        assert result.stdout == ""
+        (line,) = result.stderr.strip().splitlines()
+        lines.append(line)
+    return lines
+
+
 # A template of one's own whose other lines hold what is no placeholder: a `$` before
 # no name, `$$` (a `$`), and in comments, which the KCL does not read, anything.
 _OWN_TEMPLATE = (
@@ -666,23 +688,13 @@ def test_a_template_placeholder_that_is_not_ours_is_refused_naming_file_and_line
     """It reached the KCL as written (`${max_records` as maxRecords, which the KCL reads
     as nothing it can use, without a word), and `properties` and `validate` exited 0."""
     template, env = _templates_of_our_own(tmp_path, (_OWN_TEMPLATE + bad + "\n").encode())
-    job = ROOT / "config" / "two-destinations.yaml"  # a DynamoDB Streams source
-    with_extra = tmp_path / "extra.yaml"
-    with_extra.write_text(
-        "runtime: kcl\n"
-        "source: {region: us-east-1, table: orders}\n"
-        "destinations: [{region: eu-west-1, table: orders}]\n"
-        "kcl: {extra_properties: {maxLeasesForWorker: 1}}\n"
-    )
     line_number = 4 + bad.count("\n")  # where the placeholder is
-    expected = f"replicator: $REPLICATOR_PROPERTIES_DIR: {template}, line {line_number}: {said}"
-    for command, path in (("properties", job), ("validate", with_extra)):
-        result = in_process(command, "--config", str(path), env=env)
-        assert result.returncode == 4, (command, result.stdout, result.stderr)
-        assert result.stdout == ""
-        (line,) = result.stderr.strip().splitlines()
-        assert line.startswith(expected), line
+    for line in _refusals_of_a_template(tmp_path, env):
+        assert line.startswith(
+            f"replicator: $REPLICATOR_PROPERTIES_DIR: {template}, line {line_number}: {said}"
+        ), line
         assert "${max_records}, ${region}," in line  # the placeholders there are
+    job = ROOT / "config" / "two-destinations.yaml"
     template.write_text(_OWN_TEMPLATE + fixed + "\n")
     result = in_process("properties", "--config", str(job), env=env)
     assert result.returncode == 0, result.stderr
@@ -710,3 +722,64 @@ def test_a_template_that_is_not_utf8_is_refused_naming_it(tmp_path: Path) -> Non
     assert result.returncode == 4, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"replicator: $REPLICATOR_PROPERTIES_DIR: {template}: not UTF-8 text")
+
+
+@pytest.mark.parametrize(
+    ("bad", "said"),
+    [
+        (
+            "leaseAssignmentIntervalMillis = -5",
+            "leaseAssignmentIntervalMillis: '-5' is negative: it is a count, a size or a "
+            "time, 0 or more",
+        ),
+        (
+            "idleTimeBetweenReadsInMillis = abc",
+            "idleTimeBetweenReadsInMillis: 'abc' is not a whole number that a Java long holds",
+        ),
+        ("maxLeasesForWorker:\\\n    1.5", "maxLeasesForWorker: '1.5' is not a whole number"),
+        ("max\\u004CeasesForWorker = -1", "maxLeasesForWorker: '-1' is negative"),
+        ("maxRecords = ${max_records}0x", "maxRecords: '10000x' is not a whole number"),
+        (
+            "AWSCredentialsProviderDynamoDB = not a class",
+            "AWSCredentialsProviderDynamoDB: 'not a class' does not name a credentials provider",
+        ),
+    ],
+    ids=["negative", "not-a-number", "continued", "escaped-key", "filled-in", "credentials"],
+)
+def test_a_bad_value_a_template_sets_is_refused_as_in_extra_properties(
+    tmp_path: Path, bad: str, said: str
+) -> None:
+    """The same value in kcl.extra_properties is refused with exit 2; in a template it
+    passed `properties` and `validate`, and the KCL threw at start-up 20 times
+    (leaseAssignmentIntervalMillis) or read it as nothing without a word."""
+    template, env = _templates_of_our_own(tmp_path, (_OWN_TEMPLATE + bad + "\n").encode())
+    expected = f"replicator: $REPLICATOR_PROPERTIES_DIR: {template}, line 4: {said}"
+    for line in _refusals_of_a_template(tmp_path, env):
+        assert line.startswith(expected), line
+    job = ROOT / "config" / "two-destinations.yaml"
+    template.write_text(_OWN_TEMPLATE + "leaseAssignmentIntervalMillis = 0\n")
+    result = in_process("properties", "--config", str(job), env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == _OWN_RENDERED + "leaseAssignmentIntervalMillis = 0\n"
+
+
+def test_a_template_default_that_extra_properties_replace_is_not_checked(tmp_path: Path) -> None:
+    """The rendered file has the template's line as a comment: the KCL never reads it."""
+    default = "# @default\nAWSCredentialsProvider = not a class\n"
+    template, env = _templates_of_our_own(tmp_path, (default + "${extra_lines}").encode())
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "runtime: kcl\n"
+        "source: {region: us-east-1, table: orders}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        "kcl: {extra_properties: {AWSCredentialsProvider: DefaultCredentialsProvider}}\n"
+    )
+    result = in_process("properties", "--config", str(job), env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("\nAWSCredentialsProvider = DefaultCredentialsProvider\n")
+    assert in_process("validate", "--config", str(job), env=env).returncode == 0
+    result = in_process(
+        "properties", "--config", str(ROOT / "config" / "two-destinations.yaml"), env=env
+    )
+    assert result.returncode == 4
+    assert f"{template}, line 2: AWSCredentialsProvider: 'not a class'" in result.stderr
