@@ -25,6 +25,7 @@ attribute there, with the same value), so that a put can never lack its key.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,7 +34,7 @@ import pybase64
 
 from replicator.epoch import SECONDS_CEILING
 from replicator.exceptions import AttributeFormatError, MalformedImage, RecordDecodeError
-from replicator.images import stream_image
+from replicator.images import Image, stream_image
 from replicator.items import Item, KeyId, item_from_wire, key_id
 from replicator.records import Change, Event, RawRecord
 
@@ -146,9 +147,9 @@ def _change(document: _Record, raw: RawRecord, sequence_number: str) -> Change:
     keys_wire = body.keys
     if type(keys_wire) is not dict or not keys_wire:
         raise RecordDecodeError(f"record {sequence_number}: no Keys")
-    keys, key = _keys(keys_wire)
     new = stream_image(body.new_image)
     old = stream_image(body.old_image)
+    keys, key = _keys(keys_wire, old if event is Event.REMOVE else new)
     if event is not Event.REMOVE and new is None:
         raise RecordDecodeError(
             f"record {sequence_number}: {event.value} without NewImage; the stream view "
@@ -192,18 +193,48 @@ def _by_ttl(identity: Any) -> bool:
     )
 
 
-def _keys(keys_wire: dict[str, Any]) -> tuple[Item, KeyId]:
+def _keys(keys_wire: dict[str, Any], image: Image | None) -> tuple[Item, KeyId]:
     """The record's keys in boto3 form and their identity. Keys that are all strings,
     the common case, need neither a conversion nor a canonical number: their JSON,
-    freshly decoded and owned by this record, is already both."""
+    freshly decoded and owned by this record, is already both. ``image``: the one the
+    change is ranked by (the new image, or a delete's old one), if the record has it."""
     parts = []
     for name, value in keys_wire.items():
         if type(value) is not dict or len(value) != 1 or type(value.get("S")) is not str:
+            if image is not None:
+                keys_wire = _binary_keys_encoded_once(keys_wire, image)
             keys = item_from_wire(keys_wire, has_binary=False)  # converts a binary key
             return keys, key_id(keys)
         parts.append((name, "S", value["S"]))
     parts.sort()
     return keys_wire, tuple(parts)
+
+
+def _binary_keys_encoded_once(keys_wire: dict[str, Any], image: Image) -> dict[str, Any]:
+    """``keys_wire`` with each binary key that moto encoded twice read as the image has it.
+
+    moto (5.x) writes a binary key in a record's ``Keys`` base64-encoded twice, and in the
+    images once; read as they are, its bytes would be the base64 text of the item's key:
+    a put would be refused for a key that differs from its image, and a delete would
+    remove an item that does not exist. A key whose bytes are exactly the base64 text
+    of the image's value for it is that value (a DynamoDB stream never writes one so:
+    the image holds the item's own key)."""
+    fixed: dict[str, Any] | None = None
+    for name, value in keys_wire.items():
+        if type(value) is not dict or len(value) != 1 or type(value.get("B")) is not str:
+            continue
+        held = image.get(name)
+        if held is None or type(held.get("B")) is not bytes:
+            continue
+        once = base64.b64encode(held["B"])
+        try:
+            twice = base64.b64decode(value["B"], validate=True)
+        except ValueError:  # not base64: the key's own check names it
+            continue
+        if twice == once and value["B"] != once.decode("ascii"):
+            fixed = fixed if fixed is not None else dict(keys_wire)
+            fixed[name] = {"B": once.decode("ascii")}
+    return keys_wire if fixed is None else fixed
 
 
 def _created_us(body: _Body, raw: RawRecord) -> int:

@@ -717,3 +717,22 @@ def test_a_sequence_number_of_digits_int_refuses_is_a_malformed_record() -> None
     }
     with pytest.raises(RecordDecodeError, match=r"record ²: malformed stream record \(ValueError"):
         decode(raw)  # type: ignore[arg-type]
+
+
+def test_a_binary_key_moto_encoded_twice_is_read_as_the_image_has_it() -> None:
+    """moto writes a binary key in Keys base64-encoded twice, its images once."""
+    once = base64.b64encode(b"\xff\xfe\x00").decode()
+    twice = {"pk": {"B": base64.b64encode(once.encode()).decode()}}
+    image = {"pk": {"B": once}, "n": {"N": "1"}}
+    put = decode(daemon_record(stream_record("INSERT", twice, image, seq=1), 1))
+    delete = decode(daemon_record(stream_record("REMOVE", twice, None, image, seq=2), 2))
+    assert put.keys == delete.keys == {"pk": {"B": b"\xff\xfe\x00"}}
+    assert put.key == delete.key
+
+
+def test_a_binary_key_that_differs_from_the_image_otherwise_is_refused() -> None:
+    keys = {"pk": {"B": base64.b64encode(b"other").decode()}}
+    image = {"pk": {"B": base64.b64encode(b"\xff\xfe\x00").decode()}}
+    record = daemon_record(stream_record("INSERT", keys, image, seq=1), 1)
+    with pytest.raises(RecordDecodeError, match="key attribute pk differs"):
+        decode(record, check_new_image=True)
