@@ -375,17 +375,26 @@ def _check_template_settings(
     template is filled in on its own, so that the message names the template's line; a
     default that an extra property replaces is not checked, being written as a comment."""
     lines = _natural_lines(text)
+    where = _template_where(job.source.stream.kind)
+    first_lines: dict[str, int] = {}
     for entry in _entries(lines):
-        if entry.default and kcl_property_name(entry.key) in replaced:
+        name = kcl_property_name(entry.key)
+        if entry.default and name in replaced:
             continue
+        if name in first_lines:
+            # java.util.Properties keeps the last value without a word: which one the
+            # template's author meant is not for the worker to guess.
+            raise KclUnavailable(
+                f"{where}, line {entry.first + 1}: {name} is set again (first at line "
+                f"{first_lines[name]}); the KCL would take the last value without a word: "
+                "set it once"
+            )
+        first_lines[name] = entry.first + 1
         filled = Template("".join(lines[entry.first : entry.last + 1])).safe_substitute(values)
         for setting in _entries(_natural_lines(filled)):
             problem = kcl_setting_problem(job, setting.key, setting.value)
             if problem is not None:
-                raise KclUnavailable(
-                    f"{_template_where(job.source.stream.kind)}, line {entry.first + 1}: "
-                    f"{setting.key}: {problem}"
-                )
+                raise KclUnavailable(f"{where}, line {entry.first + 1}: {setting.key}: {problem}")
 
 
 # -- reading the rendered file back: which keys it sets, and where -------------------------

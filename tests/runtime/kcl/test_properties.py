@@ -743,15 +743,29 @@ def test_a_template_that_is_not_utf8_is_refused_naming_it(tmp_path: Path) -> Non
             "AWSCredentialsProviderDynamoDB = not a class",
             "AWSCredentialsProviderDynamoDB: 'not a class' does not name a credentials provider",
         ),
+        (
+            "stream\\u004Eame = other",  # streamName, written again (line 2), escaped
+            "streamName is set again (first at line 2); the KCL would take the last value "
+            "without a word: set it once",
+        ),
     ],
-    ids=["negative", "not-a-number", "continued", "escaped-key", "filled-in", "credentials"],
+    ids=[
+        "negative",
+        "not-a-number",
+        "continued",
+        "escaped-key",
+        "filled-in",
+        "credentials",
+        "set-twice",
+    ],
 )
 def test_a_bad_value_a_template_sets_is_refused_as_in_extra_properties(
     tmp_path: Path, bad: str, said: str
 ) -> None:
     """The same value in kcl.extra_properties is refused with exit 2; in a template it
     passed `properties` and `validate`, and the KCL threw at start-up 20 times
-    (leaseAssignmentIntervalMillis) or read it as nothing without a word."""
+    (leaseAssignmentIntervalMillis) or read it as nothing without a word. A key set twice
+    passed too, the KCL keeping the last value."""
     template, env = _templates_of_our_own(tmp_path, (_OWN_TEMPLATE + bad + "\n").encode())
     expected = f"replicator: $REPLICATOR_PROPERTIES_DIR: {template}, line 4: {said}"
     for line in _refusals_of_a_template(tmp_path, env):
