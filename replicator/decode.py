@@ -42,7 +42,7 @@ import structlog
 from replicator.epoch import SECONDS_CEILING
 from replicator.exceptions import AttributeFormatError, MalformedImage, RecordDecodeError
 from replicator.images import Image, stream_image
-from replicator.items import Item, KeyId, item_from_wire, key_id
+from replicator.items import Item, KeyId, item_from_wire, item_to_wire, key_id
 from replicator.records import Change, Event, RawRecord
 
 log = structlog.get_logger(__name__)
@@ -100,6 +100,26 @@ class StreamKeys:
                 "the source stream writes binary keys in a record's Keys base64-encoded "
                 "twice (as moto does): they are read once more where a record has no image"
             )
+
+    def taught_by(self, change: Change, keys_wire: Mapping[str, Any] | None) -> bool:
+        """Whether ``keys_wire``, the keys ``change`` was read by before (a dead letter's,
+        in DynamoDB JSON), show what an image would have shown: ``change`` has none, and
+        its binary keys are the base64 text of those. Learned then: read its record again.
+        A letter of a delete the replicator read once more, having learned the stream's
+        encoding, so teaches a redrive that has read no put of the stream."""
+        if self.encoded_twice or change.new is not None or change.old is not None:
+            return False
+        if not keys_wire:
+            return False
+        try:
+            held = Image(item=item_from_wire(keys_wire))
+        except (AttributeFormatError, RecursionError):  # a letter's field, edited by hand
+            return False
+        read = item_to_wire(change.keys)
+        if _binary_keys_encoded_once(read, held) is read:
+            return False
+        self.learn_encoded_twice()
+        return True
 
 
 def decode(

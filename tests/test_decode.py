@@ -803,3 +803,19 @@ def test_readers_given_one_stream_keys_share_what_it_learned() -> None:
     delete = daemon_record(stream_record("REMOVE", keys, None, None, seq=2), 2)
     assert second.decode(delete).keys == {"pk": {"B": b"\xff\xfe\x00"}}
     assert Reader(filters).decode(delete).keys != {"pk": {"B": b"\xff\xfe\x00"}}
+
+
+def test_a_letters_keys_teach_the_encoding_only_where_they_are_the_records_read_once_more() -> None:
+    """A redrive's letter keeps the keys the replicator read its record by: a delete read
+    once more teaches; one read as it came, or a DynamoDB record, does not."""
+    keys, _ = _moto_binary_key(b"\x80")
+    delete = decode(daemon_record(stream_record("REMOVE", keys, None, None, seq=1), 1))
+    stream_keys = StreamKeys()
+    assert not stream_keys.taught_by(delete, {"pk": {"B": base64.b64encode(b"gA==").decode()}})
+    assert not stream_keys.taught_by(delete, None)
+    assert not stream_keys.taught_by(delete, {"pk": {"B": 7}})  # a letter edited by hand
+    assert not stream_keys.encoded_twice
+    assert stream_keys.taught_by(delete, {"pk": {"B": "gA=="}})
+    assert stream_keys.encoded_twice
+    record = daemon_record(stream_record("REMOVE", keys, None, None, seq=1), 1)
+    assert decode(record, stream_keys=stream_keys).keys == {"pk": {"B": b"\x80"}}
