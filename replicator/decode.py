@@ -21,22 +21,31 @@ item: :meth:`~replicator.images.Image.check`), so that a malformed one is a deco
 naming the record; the intake says which (replicator/intake.py). A put still forwards
 the record's bytes: its new image's check also holds it to the record's Keys (each key
 attribute there, with the same value), so that a put can never lack its key.
+
+moto writes a binary key in a record's Keys base64-encoded twice (its images once). A
+record with an image is read as its image has it; one without (a REMOVE of a NEW_IMAGE
+stream) cannot be told from DynamoDB's by itself, so the stream's records teach it
+(:class:`StreamKeys`).
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import pybase64
+import structlog
 
 from replicator.epoch import SECONDS_CEILING
 from replicator.exceptions import AttributeFormatError, MalformedImage, RecordDecodeError
 from replicator.images import Image, stream_image
-from replicator.items import Item, KeyId, item_from_wire, key_id
+from replicator.items import Item, KeyId, item_from_wire, item_to_wire, key_id
 from replicator.records import Change, Event, RawRecord
+
+log = structlog.get_logger(__name__)
 
 _EVENTS = {"INSERT": Event.INSERT, "MODIFY": Event.MODIFY, "REMOVE": Event.REMOVE}
 _TTL_PRINCIPAL = "dynamodb.amazonaws.com"
@@ -66,6 +75,53 @@ _RECORD = msgspec.json.Decoder(_Record)
 _ANY = msgspec.json.Decoder()
 
 
+@dataclass(slots=True)
+class StreamKeys:
+    """What the records of one source stream have shown of how it writes a binary key in
+    a record's Keys: shared by the shards a process reads of that stream.
+
+    DynamoDB writes it as the item holds it; moto (5.x) base64-encodes it twice there.
+    A record with an image shows which (the image holds the item's own key: see
+    :func:`_binary_keys_encoded_once`); a record without one (a REMOVE of a NEW_IMAGE
+    stream) does not, and cannot: a real binary key may be base64 text itself. So once
+    any record has shown its Keys encoded twice, the stream is known to do so, and the
+    binary keys of records without an image are decoded once more; until then they are
+    read as they came, as DynamoDB's are. The one record that stays ambiguous is such a
+    REMOVE read before any record with an image in the process (the first record read
+    after a restart, say): under moto it deletes the item keyed by the base64 text of
+    the deleted key, which ``replicator verify`` then reports (docs/operator-tools.md)."""
+
+    encoded_twice: bool = False
+
+    def learn_encoded_twice(self) -> None:
+        if not self.encoded_twice:
+            self.encoded_twice = True
+            log.info(
+                "the source stream writes binary keys in a record's Keys base64-encoded "
+                "twice (as moto does): they are read once more where a record has no image"
+            )
+
+    def taught_by(self, change: Change, keys_wire: Mapping[str, Any] | None) -> bool:
+        """Whether ``keys_wire``, the keys ``change`` was read by before (a dead letter's,
+        in DynamoDB JSON), show what an image would have shown: ``change`` has none, and
+        its binary keys are the base64 text of those. Learned then: read its record again.
+        A letter of a delete the replicator read once more, having learned the stream's
+        encoding, so teaches a redrive that has read no put of the stream."""
+        if self.encoded_twice or change.new is not None or change.old is not None:
+            return False
+        if not keys_wire:
+            return False
+        try:
+            held = Image(item=item_from_wire(keys_wire))
+        except (AttributeFormatError, RecursionError):  # a letter's field, edited by hand
+            return False
+        read = item_to_wire(change.keys)
+        if _binary_keys_encoded_once(read, held) is read:
+            return False
+        self.learn_encoded_twice()
+        return True
+
+
 def decode(
     raw: RawRecord,
     *,
@@ -73,12 +129,16 @@ def decode(
     check_old_image: bool = False,
     read_ahead: Sequence[str] = (),
     source_table: str | None = None,
+    stream_keys: StreamKeys | None = None,
 ) -> Change:
     """Decode one record or raise RecordDecodeError saying why (also for an image asked
     to be checked that is not well-formed). ``read_ahead``: the attributes the rules
     read of an image, kept from its check (:meth:`~replicator.images.Image.check`).
     ``source_table``: a record naming another table (``tableName``, Kinesis only) is
-    decoded without its images checked: it is another job's, skipped, never written."""
+    decoded without its images checked: it is another job's, skipped, never written.
+    ``stream_keys``: what the stream's records read before have shown of its binary
+    keys, and what this one shows (None: nothing is learned, a record without an image
+    is read as it came)."""
     sequence_number = raw.get("sequenceNumber")
     if not isinstance(sequence_number, str) or not sequence_number.isdigit():
         raise RecordDecodeError(f"record has no usable sequenceNumber ({sequence_number!r})")
@@ -101,7 +161,7 @@ def decode(
             f"record {sequence_number}: data is nested too deeply to read"
         ) from None
     try:
-        change = _change(document, raw, sequence_number)
+        change = _change(document, raw, sequence_number, stream_keys)
         if source_table is not None and change.table not in (None, source_table):
             return change
         if check_new_image and change.new is not None:
@@ -127,7 +187,9 @@ def _explained(data: bytes, where: str, error: msgspec.ValidationError) -> Recor
     return RecordDecodeError(f"{where}: malformed stream record ({error})")
 
 
-def _change(document: _Record, raw: RawRecord, sequence_number: str) -> Change:
+def _change(
+    document: _Record, raw: RawRecord, sequence_number: str, stream_keys: StreamKeys | None
+) -> Change:
     event = _EVENTS.get(document.event_name)
     if event is None:
         raise RecordDecodeError(
@@ -149,7 +211,7 @@ def _change(document: _Record, raw: RawRecord, sequence_number: str) -> Change:
         raise RecordDecodeError(f"record {sequence_number}: no Keys")
     new = stream_image(body.new_image)
     old = stream_image(body.old_image)
-    keys, key = _keys(keys_wire, old if event is Event.REMOVE else new)
+    keys, key = _keys(keys_wire, old if event is Event.REMOVE else new, stream_keys)
     if event is not Event.REMOVE and new is None:
         raise RecordDecodeError(
             f"record {sequence_number}: {event.value} without NewImage; the stream view "
@@ -193,7 +255,9 @@ def _by_ttl(identity: Any) -> bool:
     )
 
 
-def _keys(keys_wire: dict[str, Any], image: Image | None) -> tuple[Item, KeyId]:
+def _keys(
+    keys_wire: dict[str, Any], image: Image | None, stream_keys: StreamKeys | None
+) -> tuple[Item, KeyId]:
     """The record's keys in boto3 form and their identity. Keys that are all strings,
     the common case, need neither a conversion nor a canonical number: their JSON,
     freshly decoded and owned by this record, is already both. ``image``: the one the
@@ -202,7 +266,12 @@ def _keys(keys_wire: dict[str, Any], image: Image | None) -> tuple[Item, KeyId]:
     for name, value in keys_wire.items():
         if type(value) is not dict or len(value) != 1 or type(value.get("S")) is not str:
             if image is not None:
-                keys_wire = _binary_keys_encoded_once(keys_wire, image)
+                held = _binary_keys_encoded_once(keys_wire, image)
+                if held is not keys_wire and stream_keys is not None:
+                    stream_keys.learn_encoded_twice()
+                keys_wire = held
+            elif stream_keys is not None and stream_keys.encoded_twice:
+                keys_wire = _binary_keys_decoded_once_more(keys_wire)
             keys = item_from_wire(keys_wire, has_binary=False)  # converts a binary key
             return keys, key_id(keys)
         parts.append((name, "S", value["S"]))
@@ -234,6 +303,24 @@ def _binary_keys_encoded_once(keys_wire: dict[str, Any], image: Image) -> dict[s
         if twice == once and value["B"] != once.decode("ascii"):
             fixed = fixed if fixed is not None else dict(keys_wire)
             fixed[name] = {"B": once.decode("ascii")}
+    return keys_wire if fixed is None else fixed
+
+
+def _binary_keys_decoded_once_more(keys_wire: dict[str, Any]) -> dict[str, Any]:
+    """``keys_wire`` of a record without an image, from a stream known to encode binary
+    keys twice (:class:`StreamKeys`): each binary key decoded once, where that leaves
+    base64 (anything else is left as it came, for the key's own check to judge)."""
+    fixed: dict[str, Any] | None = None
+    for name, value in keys_wire.items():
+        if type(value) is not dict or len(value) != 1 or type(value.get("B")) is not str:
+            continue
+        try:
+            once = base64.b64decode(value["B"], validate=True)
+            base64.b64decode(once, validate=True)  # the key moto encoded twice
+        except ValueError:  # binascii.Error too
+            continue
+        fixed = fixed if fixed is not None else dict(keys_wire)
+        fixed[name] = {"B": once.decode("ascii")}
     return keys_wire if fixed is None else fixed
 
 

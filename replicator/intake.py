@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from replicator.decode import decode
+from replicator.decode import StreamKeys, decode
 from replicator.exceptions import RecordDecodeError, StreamOrderBroken
 from replicator.filters import ChangeFilter, Route
 from replicator.highwater import HighWater
@@ -64,6 +64,9 @@ class Reader:
     # The attributes the filters and rules read of an image one at a time (what they rank
     # by, origin stamps): kept as the image is checked, rather than looked up in it again.
     read_ahead: tuple[str, ...] = ()
+    # How the source stream writes binary keys, as its records read so far have shown:
+    # shared by the readers of one process that read it (wiring.shard_intake).
+    stream_keys: StreamKeys = field(default_factory=StreamKeys)
 
     def decode(self, raw: RawRecord) -> Change:
         """Decode ``raw``; RecordDecodeError when it cannot be decoded.
@@ -84,6 +87,7 @@ class Reader:
             check_old_image=self.high_water is not None,
             read_ahead=self.read_ahead,
             source_table=self.change_filter.source_table,
+            stream_keys=self.stream_keys,
         )
 
     def read(self, raw: RawRecord) -> Routed:

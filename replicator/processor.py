@@ -617,6 +617,7 @@ def serve_daemon(resolved: Any) -> NoReturn:
     from replicator import wiring
     from replicator.conflictlog.targets import recorder_for
     from replicator.deadletter import SqsDeadLetters
+    from replicator.decode import StreamKeys
     from replicator.entry import ignore_stop_signals
 
     # Already so from the start under `replicator processor`; here for any other way in.
@@ -632,6 +633,8 @@ def serve_daemon(resolved: Any) -> NoReturn:
     if isinstance(dead_letters, SqsDeadLetters):
         dead_letters.message_limit()  # the queue's own, read at start
     conflict_log = recorder_for(resolved, metrics)
+    # Learned from the records of the source stream, for every shard this process reads.
+    stream_keys = StreamKeys()
 
     def build(shard_id: str) -> ShardIntake:
         return wiring.shard_intake(
@@ -641,6 +644,7 @@ def serve_daemon(resolved: Any) -> NoReturn:
             dead_letters,
             on_fatal=on_writer_failure,
             conflict_log=conflict_log,
+            stream_keys=stream_keys,
         )
 
     processor = ReplicationProcessor(

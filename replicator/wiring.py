@@ -29,6 +29,7 @@ from replicator.conflictlog.base import ConflictRecorder
 from replicator.conflictlog.recorder import BackgroundRecorder
 from replicator.deadletter import DeadLetterTarget, FileDeadLetters, SqsDeadLetters
 from replicator.deadletter.failed import DeadLetterer
+from replicator.decode import StreamKeys
 from replicator.exceptions import EnvironmentProblem
 from replicator.filters import ChangeFilter
 from replicator.highwater import HighWater
@@ -204,17 +205,22 @@ def shard_intake(
     dead_letters: DeadLetterTarget,
     on_fatal: Callable[[BaseException], None] | None = None,
     conflict_log: BackgroundRecorder | None = None,
+    stream_keys: StreamKeys | None = None,
 ) -> ShardIntake:
-    """One shard's intake and the pipeline behind it (the processor's ``build``)."""
+    """One shard's intake and the pipeline behind it (the processor's ``build``).
+    ``stream_keys``: what the source stream's records have shown of its binary keys,
+    shared by the shards the process reads (None: this shard's own)."""
     letters = DeadLetterer(dead_letters, metrics, resolved.task_name, shard_id)
     recorder = None
     if conflict_log is not None:
         recorder = conflict_log.for_shard(resolved.task_name, shard_id)
     pipeline = shard_pipeline(resolved, shard_id, metrics, letters, on_fatal, recorder)
-    return ShardIntake(pipeline, reader(resolved, pipeline))
+    return ShardIntake(pipeline, reader(resolved, pipeline, stream_keys))
 
 
-def reader(resolved: ResolvedJob, pipeline: ShardPipeline) -> Reader:
+def reader(
+    resolved: ResolvedJob, pipeline: ShardPipeline, stream_keys: StreamKeys | None = None
+) -> Reader:
     """How the shard reads its records: the job's filters and active-active's high-water
     stage (the core benchmark reads through the same)."""
     filters = change_filter(resolved)
@@ -226,7 +232,12 @@ def reader(resolved: ResolvedJob, pipeline: ShardPipeline) -> Reader:
         if isinstance(rule, OrderedRule):
             read += (rule.attribute, rule.origin_attribute)
     read_ahead = tuple(dict.fromkeys(name for name in read if name))
-    return Reader(filters, high_water(resolved, pipeline), read_ahead=read_ahead)
+    return Reader(
+        filters,
+        high_water(resolved, pipeline),
+        read_ahead=read_ahead,
+        stream_keys=stream_keys if stream_keys is not None else StreamKeys(),
+    )
 
 
 def shard_pipeline(

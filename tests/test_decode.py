@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bench.workload import Workload, WorkloadSpec
-from replicator.decode import decode
+from replicator.decode import StreamKeys, decode
 from replicator.exceptions import MalformedImage, RecordDecodeError
 from replicator.filters import ChangeFilter
 from replicator.highwater import HighWater
@@ -736,3 +736,86 @@ def test_a_binary_key_that_differs_from_the_image_otherwise_is_refused() -> None
     record = daemon_record(stream_record("INSERT", keys, image, seq=1), 1)
     with pytest.raises(RecordDecodeError, match="key attribute pk differs"):
         decode(record, check_new_image=True)
+
+
+def _moto_binary_key(key: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A record's Keys as moto writes a binary key (base64-encoded twice), and an image."""
+    once = base64.b64encode(key).decode()
+    return {"pk": {"B": base64.b64encode(once.encode()).decode()}}, {"pk": {"B": once}}
+
+
+def test_an_imageless_delete_is_decoded_once_more_after_a_put_taught_the_stream() -> None:
+    """A NEW_IMAGE stream's REMOVE has no image to compare its Keys with: the put before
+    it, which has, taught that the stream encodes binary keys twice."""
+    keys, image = _moto_binary_key(b"\xff\xfe\x00")
+    stream_keys = StreamKeys()
+    delete = daemon_record(stream_record("REMOVE", keys, None, None, seq=2), 2)
+    assert decode(delete, stream_keys=stream_keys).keys == {
+        "pk": {"B": base64.b64encode(b"\xff\xfe\x00")}
+    }
+    assert not stream_keys.encoded_twice  # an image-less record teaches nothing
+    put = decode(
+        daemon_record(stream_record("INSERT", keys, image, seq=1), 1), stream_keys=stream_keys
+    )
+    assert stream_keys.encoded_twice
+    removed = decode(delete, stream_keys=stream_keys)
+    assert removed.keys == put.keys == {"pk": {"B": b"\xff\xfe\x00"}}
+    assert removed.key == put.key
+    # Another key of the stream, never seen with an image, is read so too.
+    other, _ = _moto_binary_key(b"\x80")
+    record = daemon_record(stream_record("REMOVE", other, None, None, seq=3), 3)
+    assert decode(record, stream_keys=stream_keys).keys == {"pk": {"B": b"\x80"}}
+
+
+def test_a_delete_without_an_image_is_read_as_it_came_when_nothing_was_learned() -> None:
+    keys, _ = _moto_binary_key(b"\x80")
+    record = daemon_record(stream_record("REMOVE", keys, None, None, seq=1), 1)
+    assert decode(record).keys == {"pk": {"B": b"gA=="}}
+    assert decode(record, stream_keys=StreamKeys()).keys == {"pk": {"B": b"gA=="}}
+
+
+def test_a_dynamodb_stream_whose_keys_are_the_images_never_reads_a_key_once_more() -> None:
+    """DynamoDB writes Keys as the image holds them, also a key that is base64 text."""
+    text = base64.b64encode(b"\x80")  # a real key that happens to be base64 text
+    stream_keys = StreamKeys()
+    for seq, key in enumerate([b"\xff\xfe\x00", text, b"plain"], start=1):
+        wire = {"pk": {"B": base64.b64encode(key).decode()}}
+        record = stream_record("INSERT", wire, {**wire, "n": {"N": "1"}}, seq=seq)
+        assert decode(daemon_record(record, seq), stream_keys=stream_keys).keys == {
+            "pk": {"B": key}
+        }
+    assert not stream_keys.encoded_twice
+    wire = {"pk": {"B": base64.b64encode(text).decode()}}
+    delete = daemon_record(stream_record("REMOVE", wire, None, None, seq=9), 9)
+    assert decode(delete, stream_keys=stream_keys).keys == {"pk": {"B": text}}
+
+
+def test_readers_given_one_stream_keys_share_what_it_learned() -> None:
+    """The shards one process reads of a stream: one shard's put teaches another's delete."""
+    stream_keys = StreamKeys()
+    filters = ChangeFilter(None, "", skip_ttl_deletes=False)
+    first, second = (
+        Reader(filters, stream_keys=stream_keys),
+        Reader(filters, stream_keys=stream_keys),
+    )
+    keys, image = _moto_binary_key(b"\xff\xfe\x00")
+    first.decode(daemon_record(stream_record("MODIFY", keys, image, seq=1), 1))
+    delete = daemon_record(stream_record("REMOVE", keys, None, None, seq=2), 2)
+    assert second.decode(delete).keys == {"pk": {"B": b"\xff\xfe\x00"}}
+    assert Reader(filters).decode(delete).keys != {"pk": {"B": b"\xff\xfe\x00"}}
+
+
+def test_a_letters_keys_teach_the_encoding_only_where_they_are_the_records_read_once_more() -> None:
+    """A redrive's letter keeps the keys the replicator read its record by: a delete read
+    once more teaches; one read as it came, or a DynamoDB record, does not."""
+    keys, _ = _moto_binary_key(b"\x80")
+    delete = decode(daemon_record(stream_record("REMOVE", keys, None, None, seq=1), 1))
+    stream_keys = StreamKeys()
+    assert not stream_keys.taught_by(delete, {"pk": {"B": base64.b64encode(b"gA==").decode()}})
+    assert not stream_keys.taught_by(delete, None)
+    assert not stream_keys.taught_by(delete, {"pk": {"B": 7}})  # a letter edited by hand
+    assert not stream_keys.encoded_twice
+    assert stream_keys.taught_by(delete, {"pk": {"B": "gA=="}})
+    assert stream_keys.encoded_twice
+    record = daemon_record(stream_record("REMOVE", keys, None, None, seq=1), 1)
+    assert decode(record, stream_keys=stream_keys).keys == {"pk": {"B": b"\x80"}}

@@ -330,7 +330,8 @@ class Redrive:
         self._writers: dict[str, DestinationWriter] = {}
         self._snapshot_writers: dict[str, DestinationWriter] = {}
         # The shard's filters, without the high-water stage: a letter is one change, out
-        # of the stream's order.
+        # of the stream's order. What its letters show of the stream's binary keys is
+        # learned for the run (replicator/decode.py, StreamKeys).
         self._reader = Reader(ChangeFilter.for_job(resolved.job))
         self._guard: ResurrectionGuard | None = None
         self._source: tuple[TableRef, list[str]] | None = None  # and its key names
@@ -531,6 +532,8 @@ class Redrive:
     def _replay(self, letter: DeadLetter) -> Replay:
         try:
             routed = self._reader.read(letter.record)
+            if self._reader.stream_keys.taught_by(routed.change, letter.keys):
+                routed = self._reader.read(letter.record)
         except RecordDecodeError as error:
             return Replay(letter, [Failure(letter.destination, "undecodable", str(error))])
         change = routed.change

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -16,7 +17,7 @@ from typing import Any
 from replicator.demo import tables
 from replicator.demo.workload import demo_item
 from replicator.tools.compare import compare
-from tests.support.aws import client
+from tests.support.aws import client, create_table
 
 KEYS = ["pk", "sk"]
 
@@ -216,3 +217,27 @@ def children_of(pid: int) -> list[int]:
         if int(fields[1]) == pid and fields[0] != "Z":
             found.append(int(entry.name))
     return found
+
+
+def binary_key_job(endpoint: str, name: str, directory: Path, stream: str) -> tuple[Path, Any, Any]:
+    """Tables keyed by a binary hash key ``pk``, the source's stream of view type
+    ``stream``, and a job file copying it to one destination under ``overwrite``, its
+    dead letters in ``directory``/dead.jsonl: the job file's path, the source's client
+    and the destination's (tables ``{name}-src``, ``{name}-eu``)."""
+    source = client("dynamodb", "us-east-1", endpoint)
+    destination = client("dynamodb", "eu-west-1", endpoint)
+    create_table(source, f"{name}-src", hash_type="B", stream=stream)
+    create_table(destination, f"{name}-eu", hash_type="B", stream=None)
+    place = {"endpoint_url": endpoint}
+    job = {
+        "task_name": name,
+        "source": {"region": "us-east-1", "table": f"{name}-src", **place},
+        "destinations": [{"region": "eu-west-1", "table": f"{name}-eu", **place}],
+        "conflict": {"policy": "overwrite"},
+        "dead_letter": {"kind": "file", "path": str(directory / "dead.jsonl")},
+        "metrics": {"host": "127.0.0.1", "port": 0},
+        "kcl": {"idle_time_between_reads_ms": 100},
+    }
+    path = directory / "job.yaml"
+    path.write_text(json.dumps(job))  # JSON is YAML
+    return path, source, destination

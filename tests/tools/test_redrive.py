@@ -3,6 +3,7 @@ leave the target, failing ones stay with one more attempt (file and SQS targets)
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -27,7 +28,7 @@ from replicator.tools.redrive import Redrive, RedriveReport
 from replicator.tools.snapshot import BACKFILL, REPAIR, synthetic_change
 from tests.support.aws import client
 from tests.support.deadletters import malformed
-from tests.support.e2e import PATIENCE, Job, wait_until
+from tests.support.e2e import PATIENCE, Job, binary_key_job, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
 from tests.support.records import daemon_record, stream_record
 from tests.support.tools import run_within
@@ -114,9 +115,11 @@ def replayed_at_eu_only(job: Job, note: str, item: Item) -> None:
     assert FileDeadLetters(job.dead_letters).count() == 0
 
 
-def redrive(job: Job, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def redrive(job: Job | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``replicator redrive`` of ``job`` (or of the job file at that path)."""
+    path = job if isinstance(job, Path) else job.path
     return subprocess.run(
-        [sys.executable, "-m", "replicator", "redrive", "--config", str(job.path)],
+        [sys.executable, "-m", "replicator", "redrive", "--config", str(path)],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -1254,3 +1257,38 @@ def test_the_letters_of_a_redrive_killed_mid_way_are_replayed_by_the_next(job: J
     assert "3 letters, 3 replayed, 0 failed again" in result.stdout
     assert [get(job, 0, item) for item in items] == items
     assert sorted(p.name for p in job.directory.glob("dead.jsonl*")) == []
+
+
+def test_a_letter_of_a_delete_without_an_image_deletes_the_key_the_replicator_read(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """A moto NEW_IMAGE stream's REMOVE carries its binary key encoded twice and no image;
+    the replicator read it once more, having learned the stream's encoding, and its
+    letter keeps the key it read: the replay deletes that item, not the one keyed by the
+    base64 text of its key."""
+    name = unique("redrive-binary")
+    path, source, destination = binary_key_job(moto_endpoint, name, tmp_path, stream="NEW_IMAGE")
+    key, text = b"\x80", base64.b64encode(b"\x80")  # the key, and its base64 text
+    for number, held in enumerate([key, text]):
+        item = {"pk": {"B": held}, "n": {"N": str(number)}}
+        destination.put_item(TableName=f"{name}-eu", Item=item)
+    source.put_item(TableName=f"{name}-src", Item={"pk": {"B": text}, "n": {"N": "1"}})
+    twice = {"pk": {"B": base64.b64encode(text).decode()}}
+    record = daemon_record(stream_record("REMOVE", twice, None, None, seq=5), 5)
+    letter = DeadLetter(
+        record=record,
+        destination=f"eu-west-1/{name}-eu",
+        reason="throttled",
+        error="e",
+        task_name=name,
+        shard_id="shardId-1",
+        event="REMOVE",
+        keys=item_to_wire({"pk": {"B": key}}),
+    )
+    FileDeadLetters(tmp_path / "dead.jsonl").put(letter)
+    result = redrive(path)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 letter, 1 replayed, 0 failed again" in result.stdout
+    items = destination.scan(TableName=f"{name}-eu", ConsistentRead=True)["Items"]
+    assert [item["pk"]["B"] for item in items] == [text]
