@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol, cast
 
@@ -88,6 +88,10 @@ class WriteResult:
     # CONFLICT_LOST: why the change lost (the rule's explanation), for reports; not
     # compared, so that a lost conflict equals CONFLICT_LOST whatever its reason.
     why: str | None = field(default=None, compare=False)
+    # A delete recorded in a tombstone table: the row the table holds for it after the
+    # write (this delete's, or the one another job had recorded at or above it, which
+    # names the region that deleted). Not compared either.
+    tombstone: Tombstone | None = field(default=None, compare=False)
 
     @property
     def failed(self) -> bool:
@@ -138,6 +142,17 @@ class Winner:
     tombstone: Tombstone | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RecordedDelete:
+    """A delete's tombstone once recorded: the row its table holds for it (``held``: the
+    delete's own, just written or already there, or another job's ranking above it), and
+    whether a row another job wrote covers the delete (then whoever wrote that row
+    removes the item)."""
+
+    held: Tombstone
+    covered: bool
+
+
 class Removals(Protocol):
     """Who reads the stream of the table a writer writes (the source's own writer): told
     of each delete that may remove an item unseen, and of the item it put back
@@ -169,6 +184,7 @@ class _Attempts:
     reconsidered: int = 0
     optimistic_conflicts: int = 0
     tombstone_done: bool = False
+    tombstone: Tombstone | None = None  # the row recorded for a delete (RecordedDelete.held)
     since_s: float | None = None  # when the item went stale here, if before the change
     # The writes whose answer may hide that they landed (a read timeout, a dropped
     # connection, a 5xx: :func:`may_have_landed`): the outcome found there later may be
@@ -263,11 +279,12 @@ class DestinationWriter:
         time of the earliest change this write settles, when ``change`` replaced older
         ones that were never written here (the apply delay counts from it)."""
         state = _Attempts(first=first, since_s=since_s)
-        return self.retrying(
+        result = self.retrying(
             change,
             lambda attempt: self._attempt(change, attempt, state),
             finishing=lambda: state.restore is not None,
         )
+        return result if state.tombstone is None else replace(result, tombstone=state.tombstone)
 
     # -- a first request sent elsewhere ---------------------------------------------------
 
@@ -464,10 +481,12 @@ class DestinationWriter:
             and change.op_is_delete
             and not state.tombstone_done
         ):
-            covered = self.record_tombstone(change)
+            recorded = self.record_tombstone(change)
             state.tombstone_done = True
-            if covered:
-                return self._count(op, Outcome.UNCHANGED)
+            if recorded is not None:
+                state.tombstone = recorded.held
+                if recorded.covered:
+                    return self._count(op, Outcome.UNCHANGED)
         while True:
             if state.restore is not None:  # a retry after the put-back's own error
                 self._put_back(state)
@@ -657,21 +676,24 @@ class DestinationWriter:
         assert isinstance(rule, OrderedRule)
         return rule
 
-    def record_tombstone(self, change: Change) -> bool:
-        """Write the delete's tombstone before the item goes; True when a tombstone that
-        another job wrote already covers it (an echo, or a higher delete): then whoever
-        wrote that one removes the item, and nothing is left to do here."""
+    def record_tombstone(self, change: Change) -> RecordedDelete | None:
+        """Write the delete's tombstone before the item goes (None for a delete without
+        its old image). It is covered when a tombstone that another job wrote is there
+        already (an echo, or a higher delete): then whoever wrote that one removes the
+        item, and nothing is left to do here."""
         tombstone = self.tombstone_for(change)
         if tombstone is None:
-            return False
+            return None
         assert self.tombstones is not None
         held = self.tombstones.record(tombstone)
         if held is None:
             self.metrics.tombstones_written.labels(self.label).inc()
-            return False
-        if change.corrects is not None:
-            return False  # a correction removes a stale item: always try
-        return held.rank > tombstone.rank or held.written_by != self.origin
+            return RecordedDelete(tombstone, covered=False)
+        # A correction removes a stale item: it always tries.
+        covered = change.corrects is None and (
+            held.rank > tombstone.rank or held.written_by != self.origin
+        )
+        return RecordedDelete(held, covered)
 
     def tombstone_for(self, change: Change) -> Tombstone | None:
         """The tombstone a delete leaves (None for a delete without its old image)."""

@@ -204,22 +204,34 @@ class SourceWriter:
             self._retrying(change, remove)
             self._record(stale, None, tombstone, written=bool(removed and removed[-1]))
             return CONFLICT_LOST
-        written = self._settled(change, self.writer.write(change)).outcome is Outcome.APPLIED
+        result = self._settled(change, self.writer.write(change))
+        written = result.outcome is Outcome.APPLIED
         if change.op_is_delete:
-            assert change.old_image is not None
-            tombstone = tombstone_of(
-                change.old_image,
-                change.keys,
-                self.rule.fields,
-                deleted_in=self.writer.origin,
-                written_by=self.writer.origin,
-                deleted_at_ms=change.created_us // 1000,
-                expires_at=0,
-            )
-            self._record(stale, None, tombstone, written=written)
+            self._record(stale, None, self._delete_of(change, result.tombstone), written=written)
         else:
             self._record(stale, change.new_image, None, written=written)
         return CONFLICT_LOST
+
+    def _delete_of(self, change: Change, held: Tombstone | None) -> Tombstone:
+        """The delete a correction carries (one this job read in its stream), as the
+        conflict log names it. A delete carries no stamp, so the stream does not say
+        whether the region's application made it or another region's job did (replicating
+        that region's delete); the source's tombstone table does: the job that deleted
+        here recorded the delete first, naming its region. ``held``, the row the
+        correction's write found (or wrote), is that delete when it ranks as the deleted
+        image does; without one (no tombstones) nothing tells, and it is named this
+        region's."""
+        assert change.old_image is not None
+        mine = tombstone_of(
+            change.old_image,
+            change.keys,
+            self.rule.fields,
+            deleted_in=self.writer.origin,
+            written_by=self.writer.origin,
+            deleted_at_ms=change.created_us // 1000,
+            expires_at=0,
+        )
+        return held if held is not None and held.rank == mine.rank else mine
 
     def _record(
         self,

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import pytest
 
 from replicator.items import Item
+from replicator.tombstones.model import row_key
 from tests.support.active_active import (
     PAIR_WRITES,
     RULE,
@@ -151,6 +152,41 @@ def test_a_stale_insert_below_a_delete_made_by_an_earlier_process_never_leaves_t
     assert entries[0]["destination"] == f"{us}/{table}" and entries[0]["write_back"] is True
     log = (mesh.directory / f"{us}.log").read_text()
     assert log.count("local write corrected in the source") == 1
+
+
+def test_a_stale_insert_below_the_other_regions_delete_is_logged_as_that_regions_delete(
+    mesh_of: Callable[[tuple[str, ...]], Mesh],
+) -> None:
+    """eu deletes an item us wrote; the us job reads that delete (eu's job made it in us)
+    and a stale re-insert after it in one process, and corrects the insert from what it
+    remembers. The conflict entry names the delete as eu's, as the tombstone tables do."""
+    us, eu = regions = ("us-east-1", "eu-west-1")
+    mesh = mesh_of(regions)
+    keys = {"pk": {"S": "d"}, "sk": {"N": "0"}}
+    rng = random.Random(5)
+
+    def held(region: str) -> bool:
+        return bool(mesh.ddb[region].get_item(TableName=mesh.table[region], Key=keys).get("Item"))
+
+    mesh.ddb[us].put_item(TableName=mesh.table[us], Item=app_item(keys, 100, us, rng))
+    mesh.run_once(us, lambda: held(eu), "d(100) in eu")
+    mesh.ddb[eu].delete_item(TableName=mesh.table[eu], Key=keys)
+    mesh.run_once(eu, lambda: not held(us), "eu's delete of d in us")
+    mesh.ddb[us].put_item(TableName=mesh.table[us], Item=app_item(keys, 50, us, rng))
+    mesh.run_once(us, lambda: bool(mesh.conflict_entries()), "the stale d(50) corrected in us")
+    assert not held(us) and not held(eu)
+    for region in regions:
+        row = mesh.ddb[region].get_item(
+            TableName=f"{mesh.table[region]}-tombstones",
+            Key={"pk": {"S": row_key(keys)}},
+            ConsistentRead=True,
+        )["Item"]
+        assert row["deleted_in"] == {"S": eu}, region
+    (entry,) = mesh.conflict_entries()
+    assert entry["destination"] == f"{us}/{mesh.table[us]}"
+    assert entry["winning_rank"]["delete"] is True
+    assert entry["winning_rank"]["deleted_in"] == eu
+    assert f"a delete in {eu}" in entry["why"]
 
 
 def test_jobs_sharing_one_origin_value_stop_once_a_stale_insert_is_corrected(

@@ -28,7 +28,7 @@ from replicator.metrics import Metrics
 from replicator.records import Change, Event
 from replicator.rules import OrderedRule
 from replicator.rules.requests import WriteRequest
-from replicator.tombstones.model import tombstone_of
+from replicator.tombstones.model import Tombstone, tombstone_of
 from replicator.tombstones.table import TombstoneTable
 from replicator.writers.destination import DestinationWriter, Outcome
 from replicator.writers.source import SourceWriter
@@ -44,6 +44,19 @@ KEY = {"pk": {"S": "k"}}
 
 def image(ts: int, origin: str, v: str = "x") -> Item:
     return {**KEY, "ts": {"N": str(ts)}, "origin": {"S": origin}, "v": {"S": v}}
+
+
+def tombstone(deleted: Item, region: str, deleted_at_ms: int, expires_at: int) -> Tombstone:
+    """The tombstone ``region``'s job records for its delete of ``deleted``."""
+    return tombstone_of(
+        deleted,
+        KEY,
+        RULE.fields,
+        deleted_in=region,
+        written_by=region,
+        deleted_at_ms=deleted_at_ms,
+        expires_at=expires_at,
+    )
 
 
 def change(event: str, new: Item | None = None, old: Item | None = None, seq: int = 1) -> Change:
@@ -183,35 +196,14 @@ def test_a_delete_leaves_a_tombstone_that_stops_a_lower_put_on_both_sides(pair: 
 
 def test_a_put_past_the_tombstone_retention_is_applied_and_counted(pair: Pair) -> None:
     deleted = image(20, "eu-west-1")
-    old = tombstone_of(
-        deleted,
-        KEY,
-        RULE.fields,
-        deleted_in="eu-west-1",
-        written_by="eu-west-1",
-        deleted_at_ms=1,
-        expires_at=int(time.time()) - 1,
-    )
+    old = tombstone(deleted, "eu-west-1", 1, expires_at=int(time.time()) - 1)
     pair.b.put_item(TableName=f"{pair.table}-tombstones", Item=old.to_item())
     stale = image(19, "us-east-1")
     assert pair.writer.write(change("MODIFY", stale)).outcome is Outcome.APPLIED
     assert pair.get(pair.b) == stale
     assert sample(pair.metrics, "replicator_tombstones_expired_total", destination="b") == 1
     # An expired tombstone is replaced by a new delete even if that one ranks lower.
-    assert (
-        pair.tombs_b.record(
-            tombstone_of(
-                stale,
-                KEY,
-                RULE.fields,
-                deleted_in="x",
-                written_by="x",
-                deleted_at_ms=2,
-                expires_at=pair.tombs_b.expiry(),
-            )
-        )
-        is None
-    )
+    assert pair.tombs_b.record(tombstone(stale, "x", 2, pair.tombs_b.expiry())) is None
 
 
 def test_the_source_writer_removes_a_local_insert_below_a_recorded_delete(pair: Pair) -> None:
@@ -255,7 +247,30 @@ def test_a_stale_insert_below_a_delete_is_corrected_logged_and_counted_once(pair
     label = f"us-east-1/{pair.table}"
     assert sample(pair.metrics, "replicator_conflict_writebacks_total", destination=label) == 1
     assert len(pair.log.entries) == 1 and pair.log.entries[0]["loser"] == stale
+    assert pair.log.entries[0]["winning_rank"]["deleted_in"] == "us-east-1"
     assert stage.corrections == 1
+
+
+def test_a_stale_insert_below_the_other_regions_delete_names_that_region(pair: Pair) -> None:
+    """B's job deleted the item in A (its tombstone recorded there first): A's stream
+    shows a delete like A's own. The correction of a stale insert after it names the
+    delete as the tombstone table does, B's."""
+    stage = HighWater(RULE, tombstones=True, keep_echoes_apart=True, notes=pair.source.notes)
+    deleted = image(20, "us-east-1")
+    assert pair.tombs_a.record(tombstone(deleted, "eu-west-1", 1, pair.tombs_a.expiry())) is None
+    delete, _, _ = stage.route(change("REMOVE", None, deleted), Route.REPLICATE)
+    assert pair.source.write(delete).outcome is Outcome.UNCHANGED
+    stale = image(18, "us-east-1", "stale")
+    pair.a.put_item(TableName=pair.table, Item=stale)  # the application, unconditionally
+    correction, _, _ = stage.route(change("INSERT", stale, seq=2), Route.REPLICATE)
+    assert correction.corrects is not None and correction.tombstone is None
+    assert pair.source.write(correction).outcome is Outcome.CONFLICT_LOST
+    assert pair.get(pair.a) is None
+    (entry,) = pair.log.entries
+    assert entry["winning_rank"]["delete"] is True
+    assert entry["winning_rank"]["deleted_in"] == "eu-west-1"
+    held = pair.tombs_a.get(KEY)
+    assert held is not None and held.deleted_in == "eu-west-1"
 
 
 def test_a_stale_insert_below_a_delete_the_stage_forgot_is_corrected_from_its_tombstone(
