@@ -99,3 +99,61 @@ def test_a_takeover_under_the_same_worker_id_is_still_a_lost_lease(
     with pytest.raises(LeaseLost, match="changed under us: expected owner vm, counter 1"):
         table.renew(lease)
     assert lease.counter == 1
+
+
+EARLIER = "arn:aws:dynamodb:us-east-1:123456789012:table/source/stream/2026-01-01T00:00:00.000"
+CURRENT = "arn:aws:dynamodb:us-east-1:123456789012:table/source/stream/2026-02-01T00:00:00.000"
+
+
+def test_every_write_records_the_stream_and_a_lease_without_one_is_of_any_stream(
+    table: LeaseTable,
+) -> None:
+    reader = LeaseTable(table.client, table.table, "vm")  # records no stream
+    created = reader.create(SHARD, "TRIM_HORIZON", [])
+    assert created is not None and stored(table).stream is None
+    assert not stored(table).of_earlier_stream(CURRENT)
+    table.stream = EARLIER
+    lease = table.take(created)
+    assert lease.stream == stored(table).stream == EARLIER
+    table.stream = CURRENT  # kept up to date by every write: a renewal, a checkpoint
+    table.renew(lease)
+    assert lease.stream == stored(table).stream == CURRENT
+    table.stream = EARLIER
+    table.checkpoint(lease, "000300")
+    assert stored(table).of_earlier_stream(CURRENT)
+    table.release(lease)
+    assert stored(table).stream == EARLIER
+
+
+@pytest.mark.parametrize("parents", [[], ["shardId-00000000"]])
+def test_a_lease_of_an_earlier_stream_is_reset_in_one_take_that_one_host_wins(
+    table: LeaseTable, parents: list[str]
+) -> None:
+    """Two hosts find the lease of an earlier stream (checkpointed, its parent a shard of
+    that stream) and reset it: the first's take sets the checkpoint, parents and stream;
+    the second's, conditional on the same counter, finds the lease taken."""
+    table.stream = EARLIER
+    lease = held(table)
+    table.checkpoint(lease, "000400", 3)
+    table.client.update_item(
+        TableName=table.table,
+        Key={"leaseKey": {"S": SHARD}},
+        UpdateExpression="SET parentShardId = :old",
+        ExpressionAttributeValues={":old": {"SS": ["shardId-earlier"]}},
+    )
+    table.release(lease)
+    first = LeaseTable(table.client, table.table, "host-a", stream=CURRENT)
+    second = LeaseTable(table.client, table.table, "host-b", stream=CURRENT)
+    seen_by_first, seen_by_second = stored(table), stored(table)
+    taken = first.take_anew(seen_by_first, parents)
+    with pytest.raises(LeaseLost):
+        second.take_anew(seen_by_second, [])
+    now = stored(table)
+    for lease_now in (taken, now):
+        assert (lease_now.owner, lease_now.checkpoint, lease_now.sub_sequence_number) == (
+            "host-a",
+            "TRIM_HORIZON",
+            0,
+        )
+        assert (lease_now.parents, lease_now.stream) == (parents, CURRENT)
+    assert not now.of_earlier_stream(CURRENT)

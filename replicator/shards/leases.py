@@ -17,6 +17,15 @@ changes nothing else; the write id can.
 
 Each take, renewal and checkpoint also stores who holds the lease (``replicatorHolder``,
 see :mod:`replicator.shards.holder`); a release removes it with the owner.
+
+Every lease the local runtime creates or writes also records the stream its shard is of
+(``replicatorStream``, the stream's ARN; the KCL leaves it alone). The lease table is
+named after the task, not the stream: a source table deleted and created again, or a
+job of the same task name pointed at another table, finds the earlier stream's leases
+there, and a shard of the new stream may have the same id (moto gives every stream's
+shard one id). Such a lease's checkpoint is a position in another stream. A lease
+without the attribute (the KCL's, or one written before it existed) is taken to be of
+the stream being read.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ AT_TIMESTAMP = "AT_TIMESTAMP"
 SENTINELS = frozenset({TRIM_HORIZON, LATEST, SHARD_END, AT_TIMESTAMP})
 _SEQUENCE_NUMBER = re.compile(r"[0-9]+")
 WRITE_ID = "replicatorWriteId"
+STREAM = "replicatorStream"
 KEYS: dict[str, KeyTypeType] = {"leaseKey": "HASH"}
 # What to do about a table of another key schema under the lease table's name.
 OTHER_KEYS_HINT = (
@@ -87,10 +97,17 @@ class Lease:
     parents: list[str] = field(default_factory=list)
     # The process whose write set the counter, when that write named it (ours do).
     holder: Holder | None = None
+    # The stream whose shard this is, when a write of ours recorded it.
+    stream: str | None = None
 
     @property
     def ended(self) -> bool:
         return self.checkpoint == SHARD_END
+
+    def of_earlier_stream(self, stream: str) -> bool:
+        """Whether the lease records a stream other than ``stream`` (the one being read):
+        its checkpoint and parents are of that stream, and tell nothing of this one."""
+        return self.stream is not None and self.stream != stream
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> Lease:
@@ -125,6 +142,7 @@ class Lease:
             owner_switches=int(numbers["ownerSwitchesSinceCheckpoint"]),
             parents=sorted(_attribute(item, "parentShardId", "SS", [])),
             holder=Holder.from_item(item, counter),
+            stream=_attribute(item, STREAM, "S", None),
         )
 
 
@@ -199,12 +217,16 @@ class LeaseTable:
         owner: str,
         where: str = "",
         holder: Holder | None = None,
+        stream: str | None = None,
     ) -> None:
         self.client = client
         self.table = table
         self.owner = owner
         # The process whose writes these are (this one unless a test says otherwise).
         self.holder = holder or Holder.this_process()
+        # The stream the leases are of, which every lease written records (the runtime
+        # sets it once it knows the stream); None for a reader, which writes none.
+        self.stream = stream
         self.where = where or client.meta.region_name
         self._lock = threading.Lock()  # one conditional update per lease at a time
         # Per shard, the updates since the last answered one (all conditional on the
@@ -319,6 +341,8 @@ class LeaseTable:
         }
         if parents:
             item["parentShardId"] = {"SS": sorted(parents)}
+        if self.stream is not None:
+            item[STREAM] = {"S": self.stream}
         try:
             self.client.put_item(
                 TableName=self.table,
@@ -329,7 +353,7 @@ class LeaseTable:
             if error_code(error) == "ConditionalCheckFailedException":
                 return None
             raise
-        return Lease(shard_id, None, 0, checkpoint, 0, 0, sorted(parents))
+        return Lease(shard_id, None, 0, checkpoint, 0, 0, sorted(parents), stream=self.stream)
 
     def take(self, lease: Lease) -> Lease:
         """Become the lease's owner, if it is still as we last saw it."""
@@ -340,6 +364,31 @@ class LeaseTable:
             {":sw": {"N": str(switches)}},
             owned=False,
             changes={"owner": self.owner, "owner_switches": switches},
+        )
+
+    def take_anew(self, lease: Lease, parents: list[str]) -> Lease:
+        """Become the owner of a lease of an earlier stream, reset as a new lease of this
+        one: its checkpoint TRIM_HORIZON (the shard read from its oldest record), its
+        parents the shard's in this stream (``parents``), its stream this one. One write,
+        conditional on the counter as a take is: of two hosts resetting it, one wins and
+        the other finds the lease taken."""
+        values: dict[str, Any] = {":cp": {"S": TRIM_HORIZON}, ":zero": {"N": "0"}}
+        if parents:
+            values[":parents"] = {"SS": sorted(parents)}
+        return self._update(
+            lease,
+            ("SET parentShardId = :parents, " if parents else "REMOVE parentShardId SET ")
+            + "leaseOwner = :me, leaseCounter = :next, checkpoint = :cp, "
+            "checkpointSubSequenceNumber = :zero, ownerSwitchesSinceCheckpoint = :zero",
+            values,
+            owned=False,
+            changes={
+                "owner": self.owner,
+                "checkpoint": TRIM_HORIZON,
+                "sub_sequence_number": 0,
+                "owner_switches": 0,
+                "parents": sorted(parents),
+            },
         )
 
     def renew(self, lease: Lease) -> Lease:
@@ -379,9 +428,12 @@ class LeaseTable:
     ) -> Lease:
         """Apply ``expression`` (which ends with a SET clause) if the lease is still as we
         last saw it, and bring ``lease`` up to date with ``changes``. Unless it gives the
-        lease up (``holds`` false), it names this process as the lease's holder."""
+        lease up (``holds`` false), it names this process as the lease's holder, and
+        records the stream the lease is of."""
         if holds:
             changes = {**changes, "holder": self.holder}
+            if self.stream is not None:
+                changes["stream"] = self.stream
         with self._lock:
             while True:
                 write_id = uuid.uuid4().hex
@@ -396,6 +448,9 @@ class LeaseTable:
                 if holds:
                     held = f", {HOLDER} = :holder"
                     all_values[":holder"] = self.holder.attribute(lease.counter + 1)
+                    if self.stream is not None:
+                        held += f", {STREAM} = :stream"
+                        all_values[":stream"] = {"S": self.stream}
                 if owned:
                     condition += " AND leaseOwner = :me"
                     all_values[":me"] = {"S": self.owner}

@@ -15,6 +15,12 @@ scan starts:
 A lease still at LATEST, or no lease under ``initial_position: LATEST``, means the
 replicator will begin wherever the stream's tip is when it gets there, which can be
 after changes the scan missed: the backfill refuses.
+
+A lease that records another stream than the source's (the source table deleted and
+created again, or the task name given to another table, with a shard of the new stream
+under the earlier one's id) fixes nothing of this stream: the local runtime reads such
+a shard from TRIM_HORIZON, as a shard without a lease. The KCL knows nothing of the
+recorded stream (the local runtime's attribute), and resumes the lease's checkpoint.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from replicator.aws import clients, tables
 from replicator.aws.errors import error_code
-from replicator.config.model import InitialPosition, ResolvedJob, StreamKind
+from replicator.config.model import InitialPosition, ResolvedJob, RuntimeKind, StreamKind
 from replicator.exceptions import EnvironmentProblem
 from replicator.runtime.preflight import explain
 from replicator.shards.leases import LATEST, SENTINELS, Lease, LeaseTable
@@ -46,6 +52,8 @@ PROCEDURE = (
     "hours of the backfill's start. See docs/operator-tools.md. "
     "(--skip-handoff-check copies without this guarantee.)"
 )
+NO_LEASE = "TRIM_HORIZON (no lease yet)"
+EARLIER_STREAM = "TRIM_HORIZON (a lease of an earlier stream)"
 
 
 @dataclass(frozen=True)
@@ -71,11 +79,15 @@ def check_handoff(resolved: ResolvedJob, stream_arn: str, ddb: DynamoDBClient) -
     leases = _leases(LeaseTable(ddb, resolved.lease_table, owner="backfill", where=where), where)
     shards = _open_shards(listing, stream_arn, where)
     trim_horizon = job.kcl.initial_position is InitialPosition.TRIM_HORIZON
+    # The runtime that reads the recorded stream: the KCL resumes any lease.
+    local = job.runtime is RuntimeKind.LOCAL
     positions: dict[str, str] = {}
     problems: list[str] = []
     for shard in shards:
         lease = leases.get(shard.shard_id)
-        if lease is not None:
+        if lease is not None and local and lease.of_earlier_stream(stream_arn):
+            positions[shard.shard_id] = EARLIER_STREAM
+        elif lease is not None:
             if lease.checkpoint == LATEST:
                 problems.append(
                     f"shard {shard.shard_id}: the lease's checkpoint is still LATEST (the "
@@ -83,7 +95,7 @@ def check_handoff(resolved: ResolvedJob, stream_arn: str, ddb: DynamoDBClient) -
                 )
             positions[shard.shard_id] = lease.checkpoint
         elif trim_horizon or (shard.parent_id is not None and shard.parent_id in leases):
-            positions[shard.shard_id] = "TRIM_HORIZON (no lease yet)"
+            positions[shard.shard_id] = NO_LEASE
         else:
             problems.append(
                 f"shard {shard.shard_id}: no lease, and the job starts from LATEST "
@@ -97,10 +109,16 @@ def check_handoff(resolved: ResolvedJob, stream_arn: str, ddb: DynamoDBClient) -
         )
     if streams is not None:
         _check_not_trimmed(streams, stream_arn, leases, positions, where, resolved.lease_table)
-    if all(p.endswith("(no lease yet)") for p in positions.values()):
+    if all(p == NO_LEASE for p in positions.values()):
         note = (
             "no leases yet: the job will start from TRIM_HORIZON; start the replicator "
             "within 24 hours of this backfill's start"
+        )
+    elif all(p in (NO_LEASE, EARLIER_STREAM) for p in positions.values()):
+        note = (
+            "no leases of this stream yet (those of its shards are of an earlier stream): "
+            "the job will read it from TRIM_HORIZON; start the replicator within 24 hours "
+            "of this backfill's start"
         )
     else:
         note = "the replicator's leases fix where it continues"
@@ -151,9 +169,9 @@ def _check_not_trimmed(
 ) -> None:
     """A checkpoint older than the stream's retention cannot be resumed from at all, nor
     one that is not a sequence number."""
-    for shard_id in positions:
+    for shard_id, position in positions.items():
         lease = leases.get(shard_id)
-        if lease is None or lease.checkpoint in SENTINELS:
+        if lease is None or position != lease.checkpoint or lease.checkpoint in SENTINELS:
             continue
         try:
             streams.get_shard_iterator(

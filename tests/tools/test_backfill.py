@@ -3,6 +3,7 @@ safeguards, the hand-off check, resuming, and running beside the live replicator
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
@@ -196,6 +197,53 @@ def test_backfill_refuses_while_the_replicator_could_start_after_the_scan(job: J
     leases.checkpoint(lease, job.last_stream_sequence())
     result = backfill(job)
     assert result.complete and result.exit_code == 0
+    assert job.converged()
+
+
+@pytest.mark.parametrize("runtime", ["local", "kcl"])
+@pytest.mark.parametrize("checkpoint", ["LATEST", "sequence number"])
+def test_a_lease_of_an_earlier_stream_is_reported_as_read_from_trim_horizon(
+    job: Job, runtime: str, checkpoint: str
+) -> None:
+    """The source table was deleted and created again: its new stream's shard has the
+    earlier one's id (moto's), and the lease table still holds that shard's lease of the
+    earlier stream. The local runtime reads the shard from TRIM_HORIZON, and the hand-off
+    says so (a LATEST checkpoint of that stream fixes nothing either way); the KCL, which
+    knows nothing of the lease's stream, resumes the lease's checkpoint."""
+    if runtime == "kcl":
+        job.path.write_text("runtime: kcl\n" + job.path.read_text())
+    populate(job, 5)
+    earlier = job.source.describe_table(TableName=job.source_table)["Table"]["LatestStreamArn"]
+    shard_id = _shard(job, earlier)
+    leases = LeaseTable(job.source, job.name, owner="test", stream=earlier)
+    leases.ensure_exists()
+    leases.create(shard_id, "LATEST", [])
+    lease = leases.get(shard_id)
+    assert lease is not None
+    leases.take(lease)
+    if checkpoint != "LATEST":
+        leases.checkpoint(lease, job.last_stream_sequence())
+    leases.release(lease)
+    job.source.delete_table(TableName=job.source_table)
+    tables.create(job.source, job.source_table, stream=True)
+    current = job.source.describe_table(TableName=job.source_table)["Table"]["LatestStreamArn"]
+    assert current != earlier and _shard(job, current) == shard_id  # moto reuses the id
+    populate(job, 3, seed=2)
+
+    result = cli(job, "backfill")
+
+    if runtime == "kcl" and checkpoint == "LATEST":
+        assert result.returncode == 3, result.stdout + result.stderr
+        assert "the lease's checkpoint is still LATEST" in result.stderr
+        return
+    assert result.returncode == 0, result.stdout + result.stderr
+    (line,) = [text for text in result.stderr.splitlines() if "hand-off checked" in text]
+    (position,) = json.loads(line)["positions"].values()
+    if runtime == "kcl":
+        assert position == lease.checkpoint
+    else:
+        assert position == "TRIM_HORIZON (a lease of an earlier stream)"
+        assert "start the replicator within 24 hours" in json.loads(line)["note"]
     assert job.converged()
 
 

@@ -20,6 +20,11 @@ start at once, one that is gone (a crash) leaves the lease to be taken at once. 
 worker that was hung meanwhile finds its lease gone on its next renewal or before it
 hands its processor another batch, and stops with exit 5. Multi-host operation is the
 KCL runtime's job.
+
+A lease that records a stream other than the one read (the source table was deleted and
+created again, or the task name given to another table: a shard of the new stream may
+have the earlier one's id) is not resumed: its take resets it, and the shard is read
+from TRIM_HORIZON.
 """
 
 from __future__ import annotations
@@ -170,6 +175,7 @@ class LocalRuntime:
                 return 0
         assert self._checked is not None
         self.stream_arn = self._checked.stream_arn
+        self.leases.stream = self.stream_arn
         if self.stopping.is_set():
             log.info("local runtime stopped before it started")
             return 0
@@ -287,11 +293,13 @@ class LocalRuntime:
             lease = leases.get(shard.shard_id) or self._create_lease(shard, fresh_job)
             if lease is not None:
                 leases[shard.shard_id] = lease
-                if lease.ended:
+                # One of an earlier stream ended a shard of that stream, not this one.
+                if lease.ended and not lease.of_earlier_stream(self.stream_arn):
                     self.ended.add(shard.shard_id)
+        listed = {shard.shard_id: shard for shard in shards}
         for shard_id in startable(shards, self.ended, set(self.workers)):
             if shard_id in leases:
-                self._start(leases[shard_id])
+                self._start(leases[shard_id], listed[shard_id])
 
     def _create_lease(self, shard: Shard, fresh_job: bool) -> Lease | None:
         position = TRIM_HORIZON
@@ -301,7 +309,7 @@ class LocalRuntime:
         created = self.leases.create(shard.shard_id, position, parents)
         return created or self.leases.get(shard.shard_id)
 
-    def _start(self, lease: Lease) -> None:
+    def _start(self, lease: Lease, shard: Shard) -> None:
         expired = self._expired.pop(lease.shard_id, None)
         standing = self._standing(lease)
         if standing is Standing.RUNNING:
@@ -320,10 +328,14 @@ class LocalRuntime:
                 previous_holder=str(lease.holder) if lease.holder else None,
                 counter=lease.counter,
             )
+        earlier = lease.stream if lease.of_earlier_stream(self.stream_arn) else None
         try:
             # Conditional on the counter as read (for a lease taken over: as watched
             # standing still for the failover time).
-            self.leases.take(lease)
+            if earlier is None:
+                self.leases.take(lease)
+            else:
+                self.leases.take_anew(lease, [shard.parent_id] if shard.parent_id else [])
         except LeaseLost as error:
             # Another worker took the lease between our read of it and our take: two
             # workers started the task at once.
@@ -332,6 +344,15 @@ class LocalRuntime:
                 f"another worker while this one started ({error}); the local runtime runs "
                 "one worker per task name (use runtime: kcl to share shards between hosts)"
             ) from None
+        if earlier is not None:
+            log.warning(
+                "the shard's lease is of an earlier stream (the source table was created "
+                "again, or the task name was used for another table): its checkpoint is "
+                "not resumed, the shard is read from TRIM_HORIZON",
+                shard=lease.shard_id,
+                lease_stream=earlier,
+                stream=self.stream_arn,
+            )
         settings = ShardSettings(
             stream_arn=self.stream_arn,
             max_records=self.job.kcl.max_records,
@@ -447,7 +468,10 @@ class LocalRuntime:
         first one's leases straight away, killing it with exit 5."""
         foreign = {}
         for shard_id, lease in self.leases.all().items():
-            standing = None if lease.ended else self._standing(lease)
+            # An ended lease is done with, unless it is of an earlier stream: a shard of
+            # this one may have its id, and start from it.
+            done = lease.ended and not lease.of_earlier_stream(self.stream_arn)
+            standing = None if done else self._standing(lease)
             if standing is Standing.RUNNING:
                 raise self._running_here(lease)
             if standing is Standing.ELSEWHERE:

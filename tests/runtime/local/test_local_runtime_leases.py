@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from replicator.demo import tables
+from replicator.tools.compare import compare
 from tests.support.aws import client
-from tests.support.e2e import Job, children_of, stop, wait_until
+from tests.support.e2e import KEYS, Job, children_of, stop, wait_until
 
 
 def test_a_second_worker_for_the_same_task_is_refused(job: Job, tmp_path: Path) -> None:
@@ -314,3 +316,56 @@ def test_a_lease_under_our_worker_id_standing_still_on_another_host_is_taken_ove
     text = log.read_text()
     assert "checking whether it is alive" in text
     assert "taking over an expired lease" in text and "other-host" in text
+
+
+def _stream_and_shard(job: Job) -> tuple[str, str]:
+    """The source table's stream ARN and its (one) shard's id."""
+    streams = client("dynamodbstreams", job.source_region, job.endpoint)
+    arn = job.source.describe_table(TableName=job.source_table)["Table"]["LatestStreamArn"]
+    (shard,) = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
+    return arn, shard["ShardId"]
+
+
+def _in_every_destination(job: Job) -> bool:
+    """Whether every source item is in every destination, as it is in the source (the
+    destinations may hold more: items of the source table before it was re-created)."""
+    source_items = tables.scan_all(job.source, job.source_table)
+    for ddb, table in job.destination_clients():
+        found = compare(source_items, tables.scan_all(ddb, table), KEYS)
+        if any(difference.kind != "extra" for difference in found):
+            return False
+    return True
+
+
+def test_a_lease_of_an_earlier_stream_is_not_resumed_when_the_source_is_re_created(
+    job: Job, tmp_path: Path
+) -> None:
+    """The source table is deleted and created again under its name: moto gives the new
+    stream's shard the earlier one's id and sequence numbers, and the lease table keeps
+    the earlier stream's lease, checkpointed past every record the new stream holds yet.
+    The run after it reads the shard from TRIM_HORIZON, says why, and replicates the new
+    table's items."""
+    rng = random.Random(11)
+    first = job.start(log=tmp_path / "first.log")
+    try:
+        job.put_demo_items(rng, 0, 10)
+        wait_until(job.converged, 60, "the first run to replicate")
+        job.wait_checkpointed()
+    finally:
+        assert stop(first) == 0
+    earlier, shard_id = _stream_and_shard(job)
+    job.source.delete_table(TableName=job.source_table)
+    tables.create(job.source, job.source_table, stream=True)
+    current, new_shard_id = _stream_and_shard(job)
+    assert current != earlier and new_shard_id == shard_id  # moto reuses the shard id
+    job.put_demo_items(rng, 10, 3)  # at or below the earlier stream's checkpoint
+    log = tmp_path / "second.log"
+    second = job.start(log=log)
+    try:
+        wait_until(lambda: _in_every_destination(job), 60, "the new table's items to replicate")
+        (row,) = job.lease_rows()
+        assert row["replicatorStream"] == {"S": current}
+    finally:
+        assert stop(second) == 0
+    (line,) = [text for text in log.read_text().splitlines() if "earlier stream" in text]
+    assert shard_id in line and earlier in line and current in line, line
