@@ -10,6 +10,7 @@ the source sent.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -125,6 +126,23 @@ def value_from_wire(value: Any, path: str) -> AttributeValue:
     except (ValueError, TypeError) as error:  # binascii.Error, and text that is not ASCII
         raise AttributeFormatError(f"attribute {path}: {kind} is not valid base64") from error
     return {kind: inner}
+
+
+def image_digest(image: Mapping[str, Any]) -> str:
+    """sha256 of a wire-form image's JSON (keys sorted, no spaces): how an image left out
+    of a size-limited message is named (a conflict-log entry's, a dead letter's)."""
+    text = json.dumps(image, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def image_summary(image: Mapping[str, Any]) -> dict[str, Any]:
+    """What a size-limited message keeps of a wire-form image it leaves out: its sha256
+    (:func:`image_digest`), its size as compact JSON, and its attribute names."""
+    return {
+        "sha256": image_digest(image),
+        "bytes": len(json.dumps(image, separators=(",", ":")).encode("utf-8")),
+        "attributes": sorted(image),
+    }
 
 
 def item_to_wire(item: Mapping[str, AttributeValue]) -> dict[str, Any]:

@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     from replicator.tombstones.model import Tombstone
 
 
+# The ``eventSource`` prefix of a record the tools make of an image read from a table
+# (replicator/tools/snapshot.py): its OldImage is the destination item its write expects.
+SYNTHETIC_SOURCE_PREFIX = "replicator:"
+
+
 class RawRecord(TypedDict):
     """One record of a ``processRecords`` message (KCL MultiLang protocol)."""
 

@@ -23,7 +23,14 @@ from typing import Any
 
 from replicator.conflictlog.keys import canonical_key
 from replicator.exceptions import AttributeFormatError, EntryFormatError
-from replicator.items import Item, item_from_wire, item_to_wire, key_id, value_from_wire
+from replicator.items import (
+    Item,
+    image_summary,
+    item_from_wire,
+    item_to_wire,
+    key_id,
+    value_from_wire,
+)
 from replicator.logs import redact
 from replicator.records import Change
 from replicator.rules.base import ConflictRule
@@ -61,12 +68,6 @@ def instant(text: str) -> datetime:
     if moment.tzinfo is None:
         raise ValueError(f"{text!r} has no zone")
     return moment
-
-
-def image_digest(image: WireItem) -> str:
-    """sha256 of an image's JSON (keys sorted, no spaces): how a truncated image is named."""
-    text = json.dumps(image, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +145,8 @@ class ConflictEntry:
         (``size``: what the target stores of it, if not its JSON as it is).
 
         A truncated image keeps its size, its attribute names and its sha256
-        (:func:`image_digest`) under ``truncated``; the image itself is dropped from
-        the entry, never the entry.
+        (:func:`~replicator.items.image_summary`) under ``truncated``; the image itself
+        is dropped from the entry, never the entry.
         """
         measure = size or (lambda entry: len(entry.to_json().encode("utf-8")))
         entry = self
@@ -163,14 +164,9 @@ class ConflictEntry:
             _, which = max(present)
             image = entry.losing_image if which == "losing" else entry.winning_image
             assert image is not None
-            summary = {
-                "sha256": image_digest(image),
-                "bytes": len(json.dumps(image, separators=(",", ":")).encode("utf-8")),
-                "attributes": sorted(image),
-            }
             entry = replace(
                 entry,
-                truncated={**entry.truncated, which: summary},
+                truncated={**entry.truncated, which: image_summary(image)},
                 **{f"{which}_image": None},  # type: ignore[arg-type]
             )
         return entry

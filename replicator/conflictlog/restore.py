@@ -14,7 +14,7 @@ removal between the read and the write stops it; an attribute added in those
 milliseconds is the one change neither sees. ``--force`` writes unconditionally, without
 reading. A lost delete is restored by deleting the item, under the same checks. An entry
 whose winning image was truncated (too large for its log) keeps the image's sha256
-(:func:`~replicator.conflictlog.entry.image_digest`): the item read must have that
+(:func:`~replicator.items.image_digest`): the item read must have that
 digest, computed the same way, and the write is then conditional on the item read. It is
 never compared with "no item" (which would refuse an unchanged item, and restore over a
 deleted one as if nothing had won).
@@ -50,7 +50,6 @@ from replicator.conflictlog.entry import (
     RESTORE,
     ConflictEntry,
     entry_id,
-    image_digest,
     iso,
     rank_of,
 )
@@ -64,7 +63,7 @@ from replicator.exceptions import (
     EntryNotFound,
     EnvironmentProblem,
 )
-from replicator.items import Item, describe_key, item_to_wire
+from replicator.items import Item, describe_key, image_digest, item_to_wire
 from replicator.logs import redact
 from replicator.metrics import Metrics
 from replicator.records import Change

@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from replicator.exceptions import DeadLetterFormatError
+from replicator.items import describe_key, image_summary, item_from_wire
 from replicator.logs import redact
-from replicator.records import RawRecord
+from replicator.records import SYNTHETIC_SOURCE_PREFIX, RawRecord
 
 ALL_DESTINATIONS = "*"
 
@@ -27,6 +28,10 @@ class DeadLetter:
     redrive decodes it again with whatever fix has been deployed. ``destination`` is the
     destination's label, or ``*`` when the record failed before it reached any destination
     (it could not be decoded).
+
+    ``left_out`` is set on a letter stored with its record's OldImage left out, as a
+    queue too small for it whole gets it (:meth:`without_old_image`): which image, why,
+    and what identifies it.
 
     ``other_fields`` holds the fields of a letter written by a newer version that this
     one does not know: such a letter still replays, and one that fails again is stored
@@ -46,6 +51,7 @@ class DeadLetter:
     time: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
     attempts: int = 1
     redrive_run: str | None = None
+    left_out: dict[str, Any] | None = None
     version: int = 1
     other_fields: dict[str, Any] = field(default_factory=dict)
 
@@ -118,6 +124,39 @@ class DeadLetter:
         others = {name: value for name, value in body.items() if name not in _FIELDS}
         return cls(**values, other_fields=others)
 
+    def without_old_image(self, why: str) -> DeadLetter | None:
+        """This letter with its record's OldImage left out, for a target that cannot
+        hold it whole (``why``: what it could not hold); None when the record has no
+        image a replay can do without.
+
+        Only the old image of a stream's INSERT or MODIFY goes. Replaying a put writes
+        its new image, and nothing a redrive runs reads the old one: the rules and the
+        filters read a put's new image, and the active-active stage, which reads the old
+        one, does not run in a redrive (a custom resolver is given no old image, as for
+        a record of a NEW_IMAGE stream, which is what the record then reads as). A
+        delete's old image is what it is ranked and checked by; a backfill's or repair's
+        record keeps its OldImage, the destination item its write expects; a record
+        that does not decode is kept as it arrived. The record's JSON is written again
+        without the image (compact: the values as they were, not the spacing), and
+        ``left_out`` names the image, ``why``, and its sha256, size and attribute names
+        (:func:`~replicator.items.image_summary`)."""
+        reduced = _without_old_image(self.record)
+        if reduced is None:
+            return None
+        record, image = reduced
+        return replace(
+            self, record=record, left_out={"image": "OldImage", "why": why, **image_summary(image)}
+        )
+
+    def key_text(self) -> str:
+        """The letter's key as a log line or a summary names it."""
+        if not self.keys:
+            return "(key unknown)"
+        try:
+            return describe_key(item_from_wire(self.keys))
+        except (ValueError, TypeError):  # a letter's field, edited by hand
+            return str(self.keys)
+
     def retried(self, error: str, reason: str, run: str | None = None) -> DeadLetter:
         """The same letter after one more failed attempt (in redrive ``run``)."""
         return replace(
@@ -145,6 +184,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "time": (str,),
     "attempts": (int,),
     "redrive_run": (str, type(None)),
+    "left_out": (dict, type(None)),
     "version": (int,),
 }
 _FIELDS = set(_TYPES)
@@ -153,6 +193,34 @@ _REQUIRED = [
     for f in fields(DeadLetter)
     if f.name in _FIELDS and f.default is MISSING and f.default_factory is MISSING
 ]
+
+
+def _without_old_image(record: RawRecord) -> tuple[RawRecord, dict[str, Any]] | None:
+    """``record`` without the OldImage of its stream INSERT or MODIFY, and that image;
+    None for any other record (:meth:`DeadLetter.without_old_image`)."""
+    try:
+        document = json.loads(base64.b64decode(str(record.get("data")), validate=True))
+    except (ValueError, RecursionError):  # binascii and Unicode errors too
+        return None
+    if not isinstance(document, dict) or document.get("eventName") not in ("INSERT", "MODIFY"):
+        return None
+    source = document.get("eventSource")
+    if isinstance(source, str) and source.startswith(SYNTHETIC_SOURCE_PREFIX):
+        return None
+    body = document.get("dynamodb")
+    if not isinstance(body, dict) or not isinstance(body.get("NewImage"), dict):
+        return None
+    image = body.pop("OldImage", None)
+    if not isinstance(image, dict) or not image:
+        return None
+    text = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, escaped as the record had it
+        data = json.dumps(document, separators=(",", ":")).encode("ascii")
+    reduced = record.copy()
+    reduced["data"] = base64.b64encode(data).decode("ascii")
+    return reduced, image
 
 
 def _unpacked(packed: Any) -> Any:

@@ -3,9 +3,18 @@
 A queue takes messages up to its ``MaximumMessageSize`` (up to 1 MiB, the default for
 a new queue since 2025; 256 KiB for older ones), read once from the queue when the
 worker starts (GetQueueAttributes). A letter larger than that (items reach 400 KB) is
-sent with the record gzip-compressed, and one still too large stops the worker rather
-than being dropped, naming the record, its size and the queue's limit. When the
-attribute cannot be read (no ``sqs:GetQueueAttributes``), 256 KiB is assumed.
+sent with the record gzip-compressed. A letter of a put (INSERT or MODIFY) carries both
+of the item's images, in a record that is base64 text of JSON holding binary values as
+base64 text: of an item of 400 KB of random bytes it is about 1.4 MB even compressed.
+Such a letter is sent with its record's OldImage left out, which a replay of the put
+does not need (:meth:`DeadLetter.without_old_image`), marked so (``left_out``) and
+logged with a warning naming the record and key: of such an item it is then about
+730 KB, within a 1 MiB queue. One that still does not fit (a smaller queue; an item
+whose strings JSON writes longer, such as control characters escaped in six bytes
+each; a letter with no image to leave out: a delete's, a repair's, an undecodable
+record's) stops the worker rather than being dropped, naming the record, its size and
+the queue's limit. When the attribute cannot be read (no ``sqs:GetQueueAttributes``),
+256 KiB is assumed.
 
 A replay receives messages, and for each one that fails again sends an updated letter
 marked with the replay's run id before deleting the old message; meeting its own marked
@@ -59,6 +68,17 @@ _BACKOFF = Backoff(base_s=0.1, cap_s=20.0)
 VISIBILITY_TIMEOUT_S = 900
 
 
+def _message(letter: DeadLetter, limit: int) -> tuple[str, int]:
+    """The message body for ``letter``, as it is or compressed when that is larger than
+    ``limit``, and its size in bytes."""
+    body = letter.to_json()
+    size = len(body.encode("utf-8"))
+    if size > limit:
+        body = letter.to_compact_json()
+        size = len(body.encode("utf-8"))
+    return body, size
+
+
 class SqsDeadLetters:
     def __init__(
         self,
@@ -92,23 +112,52 @@ class SqsDeadLetters:
 
     def put(self, letter: DeadLetter) -> bool:
         """Send ``letter``; always True: a standard queue cannot be asked whether it
-        holds a letter, so copies are told apart when replayed (redrive)."""
+        holds a letter, so copies are told apart when replayed (redrive). One too large
+        for the queue even compressed is sent without its record's old image, if it has
+        one a replay can do without (:meth:`DeadLetter.without_old_image`), with a
+        warning; one that still does not fit is refused (DeadLetterUnavailable)."""
         limit = self.message_limit()
-        body = letter.to_json()
-        if len(body.encode("utf-8")) > limit:
-            body = letter.to_compact_json()
-            size = len(body.encode("utf-8"))
-            if size > limit:
-                raise DeadLetterUnavailable(
-                    self._limit.too_large(
-                        f"dead letter for record {letter.record.get('sequenceNumber')} "
-                        f"(destination {letter.destination}) is {size} bytes even compressed",
-                        limit,
-                        "(up to 1048576 bytes: every letter fits) or use a file dead-letter target",
-                    )
-                )
+        body, size = _message(letter, limit)
+        if size > limit:
+            body = self._reduced(letter, size, limit)
         self._call("send_message", QueueUrl=self.queue_url, MessageBody=body)
         return True
+
+    def _reduced(self, letter: DeadLetter, size: int, limit: int) -> str:
+        """The message body for ``letter`` (``size`` bytes even compressed) without its
+        record's old image, or DeadLetterUnavailable when it has none to leave out or
+        is still too large without it."""
+        what = (
+            f"dead letter for record {letter.record.get('sequenceNumber')} "
+            f"(destination {letter.destination}) is {size} bytes even compressed"
+        )
+        advice = "(up to 1048576 bytes) or use a file dead-letter target"
+        reduced = letter.without_old_image(
+            f"the letter is {size} bytes even compressed, larger than "
+            f"{self._limit.described(limit)}"
+        )
+        if reduced is None:
+            raise DeadLetterUnavailable(
+                self._limit.too_large(what, limit, advice)
+                + "; its record has no image a replay can do without (only the OldImage of "
+                "a stream INSERT or MODIFY can be left out)"
+            )
+        body, stored = _message(reduced, limit)
+        if stored > limit:
+            what += f", {stored} bytes without its record's OldImage"
+            raise DeadLetterUnavailable(self._limit.too_large(what, limit, advice))
+        log.warning(
+            "dead letter too large for the queue even compressed; stored without its "
+            "OldImage (a replay of the put needs only its new image)",
+            sequence_number=letter.record.get("sequenceNumber"),
+            key=letter.key_text(),
+            destination=letter.destination,
+            bytes=size,
+            stored_bytes=stored,
+            limit=limit,
+            queue=self.queue_url,
+        )
+        return body
 
     def _call(self, operation: str, **kwargs: Any) -> Any:
         attempt = 0

@@ -92,7 +92,6 @@ from replicator.exceptions import (
 )
 from replicator.filters import ChangeFilter, Route
 from replicator.intake import Reader
-from replicator.items import describe_key, item_from_wire
 from replicator.logs import redact
 from replicator.metrics import Metrics
 from replicator.records import Change, Event
@@ -503,7 +502,7 @@ class Redrive:
             letter = claimed.letter
             raise DeadLetterUnavailable(
                 f"the letter of record {_sequence(letter)} ({letter.destination}: "
-                f"{letter.event or '?'} {_key_text(letter)}) could not be "
+                f"{letter.event or '?'} {letter.key_text()}) could not be "
                 f"{'removed from' if replay.replayed else 'put back in'} the target after "
                 f"its replay, so it stays there as it was: {error}"
             ) from error
@@ -670,16 +669,7 @@ def _total(counter: Any) -> int:
 
 def _what(letter: DeadLetter) -> str:
     """A letter's change as a summary line names it."""
-    return f"{letter.event or '?'} {_key_text(letter)} (sequence {_sequence(letter)})"
-
-
-def _key_text(letter: DeadLetter) -> str:
-    if not letter.keys:
-        return "(key unknown)"
-    try:
-        return describe_key(item_from_wire(letter.keys))
-    except (ValueError, TypeError):
-        return str(letter.keys)
+    return f"{letter.event or '?'} {letter.key_text()} (sequence {_sequence(letter)})"
 
 
 def _sequence(letter: DeadLetter) -> str:

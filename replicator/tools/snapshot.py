@@ -46,7 +46,7 @@ from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
 from replicator.items import Item, item_to_wire
 from replicator.metrics import Metrics
-from replicator.records import Change, Event, RawRecord
+from replicator.records import SYNTHETIC_SOURCE_PREFIX, Change, Event, RawRecord
 from replicator.rules import (
     ConflictRule,
     CustomRule,
@@ -64,7 +64,6 @@ from replicator.writers.destination import DestinationWriter, Outcome
 from replicator.writers.wire import botocore_client_of
 
 SYNTHETIC_SEQUENCE_NUMBER = "0"
-SOURCE_PREFIX = "replicator:"
 BACKFILL = "backfill"
 REPAIR = "repair"
 
@@ -93,7 +92,7 @@ def synthetic_change(
         "eventID": f"{purpose}-{read_ms}",
         "eventName": "MODIFY" if new_image is not None else "REMOVE",
         "eventVersion": "1.1",
-        "eventSource": SOURCE_PREFIX + purpose,
+        "eventSource": SYNTHETIC_SOURCE_PREFIX + purpose,
         "awsRegion": region,
         "dynamodb": body,
     }
@@ -118,8 +117,8 @@ def synthetic_purpose(raw: Mapping[str, Any]) -> str | None:
     except (ValueError, binascii.Error):
         return None
     source = document.get("eventSource") if isinstance(document, dict) else None
-    if isinstance(source, str) and source.startswith(SOURCE_PREFIX):
-        return source[len(SOURCE_PREFIX) :]
+    if isinstance(source, str) and source.startswith(SYNTHETIC_SOURCE_PREFIX):
+        return source[len(SYNTHETIC_SOURCE_PREFIX) :]
     return None
 
 

@@ -23,14 +23,14 @@ from replicator.config import load_job
 from replicator.conflictlog import restore as restore_module
 from replicator.conflictlog.base import Selection
 from replicator.conflictlog.dynamodb import DynamoDbConflictLog
-from replicator.conflictlog.entry import ConflictEntry, image_digest
+from replicator.conflictlog.entry import ConflictEntry
 from replicator.conflictlog.file import FileConflictLog
 from replicator.conflictlog.keys import canonical_key
 from replicator.conflictlog.reader import read_entries
 from replicator.conflictlog.sqs import SqsConflictLog
 from replicator.conflictlog.targets import conflict_log_target
 from replicator.exceptions import ConflictLogRejected
-from replicator.items import describe_key, item_from_wire
+from replicator.items import describe_key, image_digest, item_from_wire
 from replicator.writers.destination import DestinationWriter
 from tests.conflictlog.test_conflict_log import conflict, job_file
 from tests.support.aws import client, create_table

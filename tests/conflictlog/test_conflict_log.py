@@ -20,7 +20,7 @@ from replicator.aws.queues import ASSUMED_LIMIT
 from replicator.cli import cli
 from replicator.conflictlog.base import Loss, Selection
 from replicator.conflictlog.dynamodb import TTL_ATTRIBUTE, DynamoDbConflictLog
-from replicator.conflictlog.entry import ConflictEntry, LostConflict, image_digest
+from replicator.conflictlog.entry import ConflictEntry, LostConflict
 from replicator.conflictlog.file import FileConflictLog
 from replicator.conflictlog.keys import canonical_key, parse_key
 from replicator.conflictlog.reader import Listing, parse_since, read_entries
@@ -34,7 +34,7 @@ from replicator.exceptions import (
     KeySyntaxError,
     SinceSyntaxError,
 )
-from replicator.items import AttributeValue, Item, describe_key, item_to_wire
+from replicator.items import AttributeValue, Item, describe_key, image_digest, item_to_wire
 from replicator.metrics import Metrics
 from replicator.rules import OrderedRule
 from replicator.writers.destination import DestinationWriter, Outcome

@@ -27,9 +27,11 @@ from replicator.deadletter.entry import _TYPES
 from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
 from replicator.exceptions import DeadLetterFormatError, DeadLetterUnavailable
+from replicator.items import image_digest
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.rules import rule_for, squash_order
+from replicator.tools.snapshot import REPAIR, synthetic_change
 from replicator.writers.destination import DestinationWriter
 from tests.support.aws import client, create_table
 from tests.support.deadletters import malformed
@@ -427,6 +429,120 @@ def test_a_letter_larger_than_the_queues_limit_is_refused_naming_it(
         ]["ApproximateNumberOfMessages"]
         == "1"
     )
+
+
+def large_change_letter(event: str, seq: int, size: int) -> DeadLetter:
+    """A letter of a stream ``event`` of an item holding ``size`` random bytes, in both of
+    its images (a MODIFY) or in its one image (an INSERT's new one, a REMOVE's old one)."""
+    keys = {"pk": {"S": f"k{seq}"}}
+
+    def item() -> dict[str, Any]:
+        return {**keys, "blob": {"B": base64.b64encode(os.urandom(size)).decode("ascii")}}
+
+    new = item() if event != "REMOVE" else None
+    old = item() if event != "INSERT" else None
+    record = daemon_record(stream_record(event, keys, new, old, seq=seq), seq)
+    return DeadLetter(
+        record, "eu", "rejected", "ValidationException", "t", "s", event=event, keys=keys
+    )
+
+
+def stream_images(record: Any) -> dict[str, Any]:
+    return json.loads(base64.b64decode(record["data"]))["dynamodb"]
+
+
+def test_a_modify_too_large_for_the_queue_is_stored_without_its_old_image(
+    moto_endpoint: str, unique: Any
+) -> None:
+    """Both images of an item of 395 KB of random bytes make a letter of about 1.4 MB even
+    compressed; without the old image, which a replay of the put does not need, it fits
+    a 1 MiB queue, and reads back as the same change without it."""
+    sqs = client("sqs", "us-east-1", moto_endpoint)
+    url = sqs.create_queue(
+        QueueName=unique("dlq"), Attributes={"MaximumMessageSize": str(1024 * 1024)}
+    )["QueueUrl"]
+    target = SqsDeadLetters(sqs, url)
+    large = large_change_letter("MODIFY", 5, 395_000)
+    with structlog.testing.capture_logs() as logged:
+        assert target.put(large)
+
+    (claimed,) = list(target.claim_all())
+    assert isinstance(claimed, Claimed)
+    stored = claimed.letter
+    old = stream_images(large.record)["OldImage"]
+    assert stream_images(stored.record) == {
+        name: value for name, value in stream_images(large.record).items() if name != "OldImage"
+    }
+    assert stored.left_out is not None
+    assert stored.left_out["image"] == "OldImage"
+    assert stored.left_out["sha256"] == image_digest(old)
+    assert stored.left_out["attributes"] == ["blob", "pk"]
+    assert stored.left_out["why"].startswith("the letter is ")
+    assert "larger than the queue's MaximumMessageSize, 1048576 bytes" in stored.left_out["why"]
+    change, original = decode(stored.record), decode(large.record)
+    assert change.old is None and change.new_image == original.new_image
+    assert (change.event, change.keys, change.sequence_number) == (
+        "MODIFY",
+        {"pk": {"S": "k5"}},
+        "5",
+    )
+    assert stored.identity == DeadLetter.from_json(target_body(large, 1024 * 1024)).identity
+    (warning,) = [line for line in logged if line["log_level"] == "warning"]
+    assert "stored without its OldImage" in warning["event"]
+    assert (warning["sequence_number"], warning["key"]) == ("5", "pk=S:k5")
+    assert warning["bytes"] > 1024 * 1024 >= warning["stored_bytes"]
+    # Put back by a replay that failed again, it is stored as it is.
+    target.settle(claimed, replayed=False)
+    (again,) = list(target.claim_all())
+    assert isinstance(again, Claimed) and again.letter.record == stored.record
+
+
+def target_body(letter: DeadLetter, limit: int) -> str:
+    """The message a queue taking ``limit`` bytes gets for ``letter``."""
+    sent: list[str] = []
+
+    class Queue:
+        def get_queue_attributes(self, **kwargs: Any) -> Any:
+            return {"Attributes": {"MaximumMessageSize": str(limit)}}
+
+        def send_message(self, **kwargs: Any) -> Any:
+            sent.append(kwargs["MessageBody"])
+
+    SqsDeadLetters(Queue(), "https://queue.example/q").put(letter)  # type: ignore[arg-type]
+    return sent[0]
+
+
+@pytest.mark.parametrize(
+    ("letter_of", "why"),
+    [
+        (
+            lambda: large_change_letter("REMOVE", 3, 300_000),
+            "; its record has no image a replay can do without",
+        ),
+        (lambda: large_change_letter("MODIFY", 3, 300_000), "bytes without its record's OldImage"),
+        (lambda: repair_letter(3, 300_000), "; its record has no image a replay can do without"),
+    ],
+    ids=["delete", "put", "repair"],
+)
+def test_a_letter_too_large_even_without_its_old_image_is_refused_saying_so(
+    letter_of: Any, why: str
+) -> None:
+    with pytest.raises(DeadLetterUnavailable) as refused:
+        target_body(letter_of(), 256 * 1024)
+    message = str(refused.value)
+    assert message.startswith("dead letter for record ")
+    assert why in message
+    assert "raise the queue's MaximumMessageSize (up to 1048576 bytes) or use a file" in message
+    assert "larger than the queue's MaximumMessageSize, 262144 bytes" in message
+
+
+def repair_letter(seq: int, size: int) -> DeadLetter:
+    """A repair's letter: the source's image and the destination item it expects to
+    replace (its OldImage, which its replay's condition needs), both large."""
+    keys = {"pk": {"S": f"k{seq}"}}
+    read, expected = ({**keys, "blob": {"B": os.urandom(size)}} for _ in range(2))
+    change = synthetic_change(REPAIR, keys, "us-east-1", new_image=read, expected=expected)
+    return DeadLetter(change.raw, "eu", "rejected", "e", "t", "repair", event="MODIFY", keys=keys)
 
 
 class NoAttributesQueue:

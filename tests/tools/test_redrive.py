@@ -28,9 +28,10 @@ from replicator.tools.redrive import Redrive, RedriveReport
 from replicator.tools.snapshot import BACKFILL, REPAIR, synthetic_change
 from tests.support.aws import client
 from tests.support.deadletters import malformed
-from tests.support.e2e import PATIENCE, Job, binary_key_job, wait_until
+from tests.support.e2e import PATIENCE, Job, binary_key_job, stop, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
 from tests.support.records import daemon_record, stream_record
+from tests.support.reliability import with_email_index
 from tests.support.tools import run_within
 
 LWW = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}"
@@ -1292,3 +1293,66 @@ def test_a_letter_of_a_delete_without_an_image_deletes_the_key_the_replicator_re
     assert "1 letter, 1 replayed, 0 failed again" in result.stdout
     items = destination.scan(TableName=f"{name}-eu", ConsistentRead=True)["Items"]
     assert [item["pk"]["B"] for item in items] == [text]
+
+
+def test_a_modify_too_large_for_the_queue_is_kept_without_its_old_image_and_replays(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """A MODIFY of an item of ~395 KB of random bytes carries both images: its letter is
+    larger than a 1 MiB queue takes even compressed. It is stored without the old image
+    (a replayed put does not need it), the shard goes on, and once the destination takes
+    the item (its index dropped) a redrive writes the new image."""
+    name = unique("bigletter")
+    job = Job(moto_endpoint, name, tmp_path, destinations=[("eu-west-1", f"{name}-eu")])
+    ((eu, eu_table),) = job.destination_clients()
+    with_email_index(eu, eu_table)  # an index key must be a non-empty string
+    sqs, queue = use_queue(job)
+    sqs.set_queue_attributes(QueueUrl=queue, Attributes={"MaximumMessageSize": "1048576"})
+    first = image("big", 1, email="big@example.com") | {"blob": {"B": os.urandom(395_000)}}
+    second = image("big", 2, email="") | {"blob": {"B": os.urandom(395_000)}}
+    later = image("later", 3, email="later@example.com")
+    job.source.put_item(TableName=job.source_table, Item=first)
+    job.source.put_item(TableName=job.source_table, Item=second)  # rejected at eu
+    job.source.put_item(TableName=job.source_table, Item=later)
+    log_path = tmp_path / "runtime.log"
+    runtime = job.start(log_path)
+    try:
+        last = job.last_stream_sequence()
+
+        def checkpointed() -> bool:
+            assert runtime.poll() is None, log_path.read_text()[-3000:]
+            rows = job.lease_rows()
+            return bool(rows) and rows[0].get("checkpoint", {}).get("S") == last
+
+        wait_until(checkpointed, 60, "the checkpoint to pass the dead-lettered MODIFY")
+    finally:
+        assert stop(runtime) == 0
+    assert get(job, 0, later) == later
+    assert get(job, 0, first) == first  # the MODIFY was not applied
+    (message,) = sqs.receive_message(
+        QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1, VisibilityTimeout=0
+    )["Messages"]
+    letter = DeadLetter.from_json(message["Body"])
+    assert (letter.event, letter.reason) == ("MODIFY", "rejected")
+    data = json.loads(base64.b64decode(letter.record["data"]))
+    assert "OldImage" not in data["dynamodb"] and "NewImage" in data["dynamodb"]
+    assert letter.left_out is not None and letter.left_out["image"] == "OldImage"
+    assert "MaximumMessageSize" in letter.left_out["why"]
+    logged = [json.loads(line) for line in log_path.read_text().splitlines() if line[:1] == "{"]
+    (warning,) = [line for line in logged if "without its OldImage" in line.get("event", "")]
+    assert warning["sequence_number"] == letter.record["sequenceNumber"]
+    assert warning["key"] == "pk=S:big sk=N:1"
+
+    eu.update_table(
+        TableName=eu_table, GlobalSecondaryIndexUpdates=[{"Delete": {"IndexName": "by-email"}}]
+    )
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stderr
+    assert "1 letter, 1 replayed, 0 failed again" in result.stdout, result.stdout
+    (line,) = [line for line in result.stdout.splitlines() if "replayed      " in line]
+    assert line.endswith(
+        "MODIFY pk=S:big sk=N:1 (sequence " + letter.record["sequenceNumber"] + ")"
+    )
+    assert get(job, 0, second) == second
+    assert "Messages" not in sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1)
