@@ -3,18 +3,18 @@
 A queue takes messages up to its ``MaximumMessageSize`` (up to 1 MiB, the default for
 a new queue since 2025; 256 KiB for older ones), read once from the queue when the
 worker starts (GetQueueAttributes). A letter larger than that (items reach 400 KB) is
-sent with the record gzip-compressed. A letter of a put (INSERT or MODIFY) carries both
-of the item's images, in a record that is base64 text of JSON holding binary values as
-base64 text: of an item of 400 KB of random bytes it is about 1.4 MB even compressed.
-Such a letter is sent with its record's OldImage left out, which a replay of the put
-does not need (:meth:`DeadLetter.without_old_image`), marked so (``left_out``) and
-logged with a warning naming the record and key: of such an item it is then about
-730 KB, within a 1 MiB queue. One that still does not fit (a smaller queue; an item
-whose strings JSON writes longer, such as control characters escaped in six bytes
-each; a letter with no image to leave out: a delete's, a repair's, an undecodable
-record's) stops the worker rather than being dropped, naming the record, its size and
-the queue's limit. When the attribute cannot be read (no ``sqs:GetQueueAttributes``),
-256 KiB is assumed.
+sent with the record gzip-compressed. A letter of a MODIFY carries both of the item's
+images, in a record that is base64 text of JSON holding binary values as base64 text:
+of an item of 400 KB of random bytes it is about 1.4 MB even compressed. Such a letter
+is sent with its record's OldImage left out, which a replay of the put does not need
+(:meth:`DeadLetter.without_old_image`), marked so (``left_out``) and logged with a
+warning naming the record and key: of such an item it is then about 730 KB, within a
+1 MiB queue. One that still does not fit (a smaller queue; an item JSON writes much
+longer than its size, such as strings of control characters, escaped in six bytes each,
+or very many small attributes; a letter with no image to leave out: a delete's, a
+repair's, an undecodable record's) stops the worker rather than being dropped, naming
+the record, its size and the queue's limit. When the attribute cannot be read (no
+``sqs:GetQueueAttributes``), 256 KiB is assumed.
 
 A replay receives messages, and for each one that fails again sends an updated letter
 marked with the replay's run id before deleting the old message; meeting its own marked
