@@ -22,8 +22,10 @@ tested directly:
   turn (it keeps the last state it accepts), and no record is passed that is neither
   applied nor dead-lettered. A destination that already holds a newer state of the item
   (active-active: the destination an echo came from) counts as done for it; the others
-  still write it. ``checkpointable`` is the sequence number of the last slot of the
-  longest done prefix: nothing at or before it is unapplied.
+  still write it. ``checkpointable`` is the highest sequence number of the longest done
+  prefix that no open record carries or is numbered below: nothing at or before it is
+  unapplied. It never moves back (a stream numbers its records in order; an unpatched
+  moto can serve a lower number after a higher one: replicator/intake.py).
 * **Backpressure** counts every record not yet done (``open_changes``), the changes
   squashed away included: each is kept, whole, until the write standing for it lands,
   so counting them is what bounds the buffer's memory.
@@ -70,6 +72,9 @@ class Slot:
 
     sequence_number: str
     remaining: int
+    # Numbered at or below a record before it (never, in a stream): not the highest
+    # number of any prefix it ends.
+    behind: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -123,6 +128,11 @@ class ChangeBuffer:
         self._ready: dict[str, dict[KeyId, None]] = {d: {} for d in self.destinations}
         self._in_flight: dict[str, dict[KeyId, Entry]] = {d: {} for d in self.destinations}
         self._done_through: str | None = None
+        # The highest sequence number of any slot yet, and the open slots numbered at or
+        # below a slot before them (never, from a stream): see checkpointable.
+        self._top: str | None = None
+        self._behind: list[Slot] = []
+        self._popped_top: str | None = None  # the highest number of a slot done and gone
         self.squashed = 0
 
     # -- intake ---------------------------------------------------------------------------
@@ -302,6 +312,7 @@ class ChangeBuffer:
                 entry.forgotten = True  # nor count as owed to the destination
         self._chains.clear()
         self._order.clear()
+        self._behind.clear()
         self._open_slots = 0
 
     # -- progress -------------------------------------------------------------------------
@@ -309,15 +320,35 @@ class ChangeBuffer:
     def checkpointable(self) -> str | None:
         """The sequence number up to which every record is done (None before any is).
 
-        A number is passed only once every record carrying it is done: a stream never
-        gives two records one number, but an unpatched moto does (replicator/intake.py
-        reads both), and a checkpoint at it would pass the one still open."""
+        It never moves back, and passes a number only once every record carrying it or
+        numbered below it is done: a stream never gives two records one number, nor a
+        record a lower number than one before it, but an unpatched moto does both
+        (replicator/intake.py reads them all), and a checkpoint at a number would pass
+        such a record still open. Of the done prefix, the highest number below every
+        open record that is numbered at or below a record before it."""
         order = self._order
+        if not order or order[0].remaining:
+            return self._done_through
+        bound: str | None = None
+        if self._behind:
+            self._behind = [slot for slot in self._behind if slot.remaining]
+            for slot in self._behind:
+                if bound is None or _below(slot.sequence_number, bound):
+                    bound = slot.sequence_number
+        through = self._done_through
+        popped = self._popped_top
         while order and order[0].remaining == 0:
-            sequence_number = order.popleft().sequence_number
-            if not order or order[0].sequence_number != sequence_number:
-                self._done_through = sequence_number
-        return self._done_through
+            slot = order.popleft()
+            if slot.behind:
+                continue
+            popped = slot.sequence_number  # each slot not behind is above those before it
+            if bound is None or _below(popped, bound):
+                through = popped
+        if popped is not None and (bound is None or _below(popped, bound)):
+            through = popped  # held back before by an open record numbered at or below it
+        self._popped_top = popped
+        self._done_through = through
+        return through
 
     @property
     def open_changes(self) -> int:
@@ -363,7 +394,19 @@ class ChangeBuffer:
     # -- internals ------------------------------------------------------------------------
 
     def _new_slot(self, sequence_number: str, remaining: int) -> Slot:
-        slot = Slot(sequence_number, remaining)
+        top = self._top
+        # _below(top, sequence_number), inlined: once per record.
+        if (
+            top is None
+            or len(top) < len(sequence_number)
+            or (len(top) == len(sequence_number) and top < sequence_number)
+        ):
+            self._top = sequence_number
+            slot = Slot(sequence_number, remaining)
+        else:
+            slot = Slot(sequence_number, remaining, behind=True)
+            if remaining:
+                self._behind.append(slot)
         self._order.append(slot)
         if remaining:
             self._open_slots += 1
@@ -508,3 +551,9 @@ class ChangeBuffer:
                 moved.append(previous)
         self.squashed += 1
         return sent
+
+
+def _below(number: str, other: str) -> bool:
+    """Whether sequence number ``number`` is below ``other`` (decimal digits, no leading
+    zero: the longer is the higher), without making integers of them."""
+    return len(number) < len(other) or (len(number) == len(other) and number < other)

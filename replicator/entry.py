@@ -13,6 +13,10 @@ run their preflight checks (which can wait minutes, creating tables) while the s
 still held, and look at :func:`stop_held` between steps; a second signal while held means
 stop now: one line, and exit 128 + the signal's number (130 for SIGINT, 143 for SIGTERM).
 
+Every other command (but ``processor``) answers a SIGINT it was started with ignored, as
+a shell without job control starts a background command, as it answers one from a
+terminal (:func:`answer_sigint`).
+
 Once ``run`` has its exit code (its one-line error printed, or its runtime stopped), the
 process ends at once (:func:`_end_now`): the interpreter's own shutdown (module teardown,
 collecting botocore's objects) takes 0.2 s to over a second on a busy host, with the
@@ -137,6 +141,17 @@ def _interrupted(signum: int, _frame: Any) -> None:
     os._exit(128 + signum)
 
 
+def answer_sigint() -> None:
+    """SIGINT answered as Python answers it (``KeyboardInterrupt``, which the CLI and the
+    commands turn into their one line and exit 130) when the process started with it
+    ignored. A shell without job control (``sh -c 'replicator backfill ... &'``, a script)
+    starts every background command so, not by anyone's choice; until a command installs
+    its own handler (the tools' ``interrupts``, once the job is loaded) a ``kill -INT``
+    would be dropped, and a backfill so interrupted while starting would run to its end."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main() -> Any:
     if sys.argv[1:2] == ["demo"]:
         # Importing the demo (moto, rich) takes over a second: a Ctrl-C (or SIGTERM,
@@ -147,6 +162,8 @@ def main() -> Any:
             signal.signal(stop_signal, _interrupted)
     if sys.argv[1:2] == ["processor"]:
         ignore_stop_signals()
+    elif sys.argv[1:2] not in (["demo"], ["run"]):  # those two have handlers of their own
+        answer_sigint()
     if sys.argv[1:2] != ["run"]:
         try:
             from replicator.cli import main as cli_main

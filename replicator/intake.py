@@ -13,18 +13,24 @@ A record that cannot be decoded is dead-lettered for every destination before it
 is marked done, so the checkpoint never passes it unstored.
 
 A stream gives each record of a shard a higher sequence number than the last. An
-unpatched moto serving two writes at once gives both records one number, serves the
-second again at the next read, and skips numbers after them; what is written to it in
-tests and demos must still arrive. :class:`_Numbering` reads such a shard as the stream
-it stands for: a record served again is read once, and records sharing a number are
-all applied in the order read, each at its own position after the last (the pipeline
-and the watermark account for changes by position; the checkpoint, by sequence number,
-passes a number only once every record carrying it is done: replicator/buffer.py).
+unpatched moto serving writes at once does not: it numbers a record by the shard's length
+when the write began and appends it when the write is done, so two writes at once give
+both records one number and skip the next, and a write overtaken by others leaves its
+record after higher numbers (895, 896, 897, 898, 896, 900). Its iterator goes on after
+the highest number of a read, at the index that number would have, so it serves again
+the records after that index. What is written to it in tests and demos must still
+arrive. :class:`_Numbering` reads such a shard as the stream it stands for: a record
+served again (the data of one of the shard's last records, byte for byte) is read once,
+and any other record numbered at or below the last is applied in the order read, at its
+own position after the last (the pipeline and the watermark account for changes by
+position; the checkpoint, by sequence number, never moves back and never passes a number
+while a record carrying it, or a lower one read after it, is open: replicator/buffer.py).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,13 +39,18 @@ import msgspec
 import structlog
 
 from replicator.decode import StreamKeys, decode
-from replicator.exceptions import RecordDecodeError, StreamOrderBroken
+from replicator.exceptions import RecordDecodeError
 from replicator.filters import ChangeFilter, Route
 from replicator.highwater import HighWater
 from replicator.pipeline import ShardPipeline
 from replicator.records import Change, Event, RawRecord, raw_record_from
 
 log = structlog.get_logger(__name__)
+
+# How many of a shard's last records are remembered to tell a record served again from a
+# new one numbered alike. moto serves again the records read since the index of the
+# highest number of a read: a few, as many as writes overtook one another.
+_REMEMBERED = 4096
 
 
 class Routed(msgspec.Struct, frozen=True):
@@ -157,12 +168,19 @@ class ShardIntake:
                 if undecodable is None:
                     break
                 raw, reason = undecodable
-                pipeline.dead_letters.undecodable(raw, reason)
                 sequence_number = raw.get("sequenceNumber")
-                if isinstance(sequence_number, str) and sequence_number.isdigit():
-                    self._numbering.passed(int(sequence_number))
-                    pipeline.done(sequence_number, _created_us(raw))
-                    batch.last_sequence_number = sequence_number
+                if not isinstance(sequence_number, str) or not sequence_number.isdigit():
+                    pipeline.dead_letters.undecodable(raw, reason)
+                    continue
+                data = raw.get("data")
+                position = self._numbering.place(
+                    int(sequence_number), data if isinstance(data, str) else None, sequence_number
+                )
+                if position is None:
+                    continue  # served again: dead-lettered when it was first read
+                pipeline.dead_letters.undecodable(raw, reason)
+                pipeline.done(sequence_number, position, _created_us(raw))
+                batch.last_sequence_number = str(self._numbering.last_number)
         finally:
             pipeline.note_batch_read()
             # Counted once per batch and event: a labelled counter update costs more than
@@ -198,11 +216,14 @@ class ShardIntake:
                 break
             if change.position > numbering.last_position:  # the stream's own order
                 numbering.last_number = numbering.last_position = change.position
-                numbering.last_data = raw["data"]
-                numbering.more_data = ()
+                numbering.recent.append((change.position, raw["data"]))
                 changes.append(change)
             elif (renumbered := numbering.renumbered(change, raw["data"])) is not None:
                 changes.append(renumbered)
+        if changes:
+            # The highest number read: how far the shard is read (a lower-numbered record
+            # may come last: see _Numbering).
+            batch.last_sequence_number = str(numbering.last_number)
         reader.prefetch(changes)
         # Changes to replicate, queued together up to the next record that is not one
         # (so that every record still reaches the buffer in the shard's order).
@@ -211,7 +232,6 @@ class ShardIntake:
         # taken without building its Routed.
         change_route = reader.change_filter.route if reader.high_water is None else None
         for change in changes:
-            batch.last_sequence_number = change.sequence_number
             received[change.event] += 1
             if change_route is not None and change_route(change) is Route.REPLICATE:
                 replicate.append(change)
@@ -235,49 +255,63 @@ class ShardIntake:
 
 @dataclass(slots=True)
 class _Numbering:
-    """Where the shard's records stand: the last one's sequence number as read and the
-    last change's position (above that number once records have shared one)."""
+    """Where the shard's records stand: the highest sequence number read, the last
+    change's position (above that number once records have been read at or below it),
+    and the shard's last records, to know one served again."""
 
     shard_id: str
     last_number: int = -1
     last_position: int = -1
-    # The data of the records read at ``last_number``: a record served again is one of
-    # them, byte for byte.
-    last_data: str | None = None
-    more_data: tuple[str, ...] = ()
+    # The shard's last records as read, (sequence number, data): a record served again
+    # is one of them, byte for byte. Appended for every record (a stream's are only
+    # appended); looked through only for a record at or below the last position.
+    recent: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=_REMEMBERED))
+    # The numbers of records already said to be served again: a moto shard idle after a
+    # lower number serves its last records again at every read.
+    told: set[int] = field(default_factory=set)
 
     def renumbered(self, change: Change, data: str) -> Change | None:
         """``change``, read at or below the last position: None for a record served
-        again, else the change at the next position. A number below the last one read is
-        not a stream's, nor moto's: StreamOrderBroken."""
-        number = change.position
-        if number < self.last_number:
-            raise StreamOrderBroken(
-                f"stream record sequence number {number} read after {self.last_number} in "
-                f"shard {self.shard_id}: a stream gives each record of a shard a higher "
-                "sequence number than the last; stopping before a checkpoint can pass "
-                "either change"
-            )
-        fields = {"shard": self.shard_id, "sequence_number": change.sequence_number}
-        if number == self.last_number:
-            if data == self.last_data or data in self.more_data:
-                log.warning("a stream record was delivered again; read once", **fields)
+        again, else the change at the next position."""
+        position = self.place(change.position, data, change.sequence_number)
+        if position is None:
+            return None
+        return msgspec.structs.replace(change, position=position)
+
+    def place(self, number: int, data: str | None, sequence_number: str) -> int | None:
+        """The position of a record read at ``number`` with ``data`` (None: data that
+        cannot tell it from another): its number in the stream's own order; None for a
+        record served again; else the next position, in the order read."""
+        if number > self.last_position:
+            self.last_number = self.last_position = number
+            if data is not None:
+                self.recent.append((number, data))
+            return number
+        fields = {"shard": self.shard_id, "sequence_number": sequence_number}
+        if data is not None:
+            if (number, data) in self.recent:
+                if number not in self.told:
+                    if len(self.told) >= _REMEMBERED:
+                        self.told.clear()
+                    self.told.add(number)
+                    log.warning("a stream record was delivered again; read once", **fields)
                 return None
-            self.more_data += (data,)
+            self.recent.append((number, data))
+        if number < self.last_number:
+            log.warning(
+                "a stream record carries a sequence number below the last one read; applied "
+                "in the order read",
+                **fields,
+            )
+        elif number == self.last_number:
             log.warning(
                 "two stream records carry one sequence number; both applied in the order read",
                 **fields,
             )
-        else:  # a new number, below positions given to records that shared one
-            self.last_number, self.last_data, self.more_data = number, data, ()
+        else:  # a new number, at or below positions given to records read before it
+            self.last_number = number
         self.last_position += 1
-        return msgspec.structs.replace(change, position=self.last_position)
-
-    def passed(self, number: int) -> None:
-        """A record that did not decode was read at ``number``."""
-        if number > self.last_position:
-            self.last_number = self.last_position = number
-            self.last_data, self.more_data = None, ()
+        return self.last_position
 
 
 @dataclass(slots=True)

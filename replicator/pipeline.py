@@ -282,12 +282,14 @@ class ShardPipeline:
             held.append(self.source.label)
         return tuple(held)
 
-    def done(self, sequence_number: str, created_us: int | None = None) -> None:
-        """A record that needs no write: it was dead-lettered for every destination."""
+    def done(self, sequence_number: str, position: int, created_us: int | None = None) -> None:
+        """A record that needs no write: it was dead-lettered for every destination.
+        ``position``: where the intake placed it (its number, unless it was read at or
+        below the last position: replicator/intake.py)."""
         with self._cond:
             self.buffer.add_done(sequence_number)
             if self.watermark is not None:
-                self.watermark.undecodable(int(sequence_number), created_us)
+                self.watermark.undecodable(position, created_us)
 
     def batch_received(self, last_sequence_number: str, millis_behind: int) -> None:
         """Remember when a batch arrived, to time it until it is applied everywhere."""

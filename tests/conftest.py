@@ -48,6 +48,7 @@ _LONGEST_FIRST = (
     "runtime/kcl/test_kcl_kinesis.py",  # 70
     "reliability/test_active_active_mesh.py",  # 65
     "tools/test_verify.py",  # 65
+    "runtime/local/test_stock_moto.py",  # 60: writers at once on moto's own server
     "runtime/local/test_local_runtime_leases.py",  # 55
     "test_processor_protocol.py",  # 55
     "runtime/kcl/test_kcl_launcher.py",  # 45

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,14 +30,17 @@ def _blocked_reading(pid: int, fifo: Path) -> bool:
     return os.path.realpath(fifo) in held and state == "S"
 
 
-def _interrupted_reading(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _interrupted_reading(
+    tmp_path: Path, *args: str, inherited: Any = signal.default_int_handler
+) -> subprocess.CompletedProcess[str]:
     """The command, its job file a FIFO, sent SIGINT once it is blocked reading it: it
-    is then inside the command, and stays there until a writer writes."""
+    is then inside the command, and stays there until a writer writes. It starts with
+    SIGINT as ``inherited`` leaves it: by default as a terminal leaves it (a shell without
+    job control starts its background commands with SIGINT ignored, which every process
+    they start inherits: ``signal.SIG_IGN``)."""
     fifo = tmp_path / "job.yaml"
     os.mkfifo(fifo)
-    # SIGINT as a terminal leaves it: a shell without job control starts its background
-    # commands with SIGINT ignored, which every process they start inherits.
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = signal.signal(signal.SIGINT, inherited)
     try:
         command = subprocess.Popen(
             [sys.executable, "-m", "replicator", *args, "--config", str(fifo)],
@@ -93,6 +97,16 @@ def test_ctrl_c_while_a_command_reads_its_job_file_exits_130_with_one_line(
     result = _interrupted_reading(tmp_path, *args)
     assert result.returncode == 130, result.stderr
     assert result.stderr == f"replicator: SIGINT received; {args[0]} stopped\n"
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["validate", "backfill", "verify", "redrive"])
+def test_ctrl_c_stops_a_command_started_with_sigint_ignored(tmp_path: Path, command: str) -> None:
+    """``sh -c 'replicator backfill ... &'`` starts it with SIGINT ignored; a ``kill -INT``
+    during its start-up must still stop it, as from a terminal, not be dropped."""
+    result = _interrupted_reading(tmp_path, command, inherited=signal.SIG_IGN)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == f"replicator: SIGINT received; {command} stopped\n"
     assert result.stdout == ""
 
 

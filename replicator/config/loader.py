@@ -207,6 +207,38 @@ class _Problem:
     message: str
 
 
+class _Repeats:
+    """The keys of one mapping given more than once, each one problem naming every line
+    that gives it (the problem's own line is the last, whose value would win): ``key
+    appears twice (lines 4, 9)``. The problem takes its place among the others where the
+    key is first repeated, before the problems of that repeat's value."""
+
+    def __init__(self, problems: list[_Problem], path: KeyPath) -> None:
+        self._problems = problems
+        self._path = path
+        self._lines: dict[str, list[int]] = {}
+        self._places: dict[str, int] = {}  # where in ``problems`` each repeated key's goes
+
+    def seen(self, key: str, node: yaml.Node) -> bool:
+        """Note ``key`` written at ``node``; whether it was written before."""
+        lines = self._lines.setdefault(key, [])
+        lines.append(node.start_mark.line + 1)
+        if len(lines) == 2:
+            self._places[key] = len(self._problems)
+            self._problems.append(_Problem((*self._path, key), ""))  # its text: report()
+        return len(lines) > 1
+
+    def report(self) -> None:
+        """Give each repeated key's problem its text, once the mapping is read."""
+        for key, place in self._places.items():
+            lines = self._lines[key]
+            times = "twice" if len(lines) == 2 else f"{len(lines)} times"
+            self._problems[place] = _Problem(
+                (*self._path, key),
+                f"key appears {times} (lines {', '.join(str(line) for line in lines)})",
+            )
+
+
 def format_path(path: KeyPath) -> str:
     """``('destinations', 1, 'region')`` -> ``destinations[1].region``."""
     text = ""
@@ -343,14 +375,12 @@ class _Document:
         itself, the first mapping listed winning, as YAML defines it."""
         result: dict[str, Any] = {}
         size = 1
-        merges = 0
+        # Keys are unique in YAML, << too: a second would silently win.
+        repeats = _Repeats(self.problems, path)
         for key_node, value_node in node.value:
             if key_node.tag != _MERGE_TAG:
                 continue
-            merges += 1
-            if merges > 1:
-                # Keys are unique in YAML, << too: a second would silently win.
-                self.problems.append(_Problem((*path, "<<"), "key appears twice"))
+            if repeats.seen("<<", key_node):
                 continue
             sources = (
                 value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
@@ -372,16 +402,14 @@ class _Document:
                     self._repeat(len(merged), (*path, "<<"))
                     result.update(merged)
                     size += self._sizes.get(id(source), 1)
-        given: set[str] = set()
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE_TAG:
                 continue
             key = self._key(key_node)
-            if key in given:
-                self.problems.append(_Problem((*path, key), "key appears twice"))
-            given.add(key)
+            repeats.seen(key, key_node)
             result[key] = self._build(value_node, (*path, key))
             size += 1 + self._sizes.get(id(value_node), 1)
+        repeats.report()
         return result, size
 
     def _key(self, node: yaml.Node) -> str:

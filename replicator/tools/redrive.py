@@ -92,6 +92,7 @@ from replicator.exceptions import (
 )
 from replicator.filters import ChangeFilter, Route
 from replicator.intake import Reader
+from replicator.items import key_token
 from replicator.logs import redact
 from replicator.metrics import Metrics
 from replicator.records import Change, Event
@@ -150,9 +151,11 @@ class Replay:
                 note = (note + " " if note else "") + (
                     f"(lost its conflict at {', '.join(self.lost)}: the destination kept its item)"
                 )
-            return f"  replayed      {letter.destination}: {what}" + (f" {note}" if note else "")
+            return f"  replayed      {_shown(letter.destination)}: {what}" + (
+                f" {note}" if note else ""
+            )
         return "\n".join(
-            f"  failed again  {failure.destination}: {what}: "
+            f"  failed again  {_shown(failure.destination)}: {what}: "
             f"{redact(f'{failure.reason}: {failure.error}')}"
             for failure in self.failures
         )
@@ -170,7 +173,8 @@ class Copy:
     def line(self) -> str:
         first = "replayed above" if self.replayed else "that failed again above, kept once"
         return (
-            f"  copy          {self.letter.destination}: {_what(self.letter)}: removed, a copy "
+            f"  copy          {_shown(self.letter.destination)}: {_what(self.letter)}: removed, "
+            f"a copy "
             f"of the letter {first}"
         )
 
@@ -257,7 +261,7 @@ class RedriveReport:
                 ]
             )
         if not self.replays and not self.copies and not self.unreadable:
-            mine = f" of task {_printable(self.task)}" if self.other_tasks else ""
+            mine = f" of task {_task(self.task)}" if self.other_tasks else ""
             return "\n".join(
                 [
                     f"redrive: no dead letters{mine} in {self.target}"
@@ -308,16 +312,26 @@ class RedriveReport:
             return []
         total = sum(self.other_tasks.values())
         tasks = ", ".join(
-            f"{_printable(name)}: {count}" for name, count in sorted(self.other_tasks.items())
+            f"{_task(name)}: {count}" for name, count in sorted(self.other_tasks.items())
         )
         return [
             f"left as they are: {total} letter{'' if total == 1 else 's'} of other tasks ({tasks})"
         ]
 
 
-def _printable(name: str) -> str:
-    """A task name read from a letter, quoted if it would break the line it is in."""
-    return name if name.isprintable() and name.strip() == name and name else repr(name)
+def _shown(text: str) -> str:
+    """A letter's destination or event as a summary line shows it. A letter is data (any
+    process can write to a file or a queue), so a field that would not read back as it is
+    (a newline would forge a line of the summary) is JSON-quoted, as a key's value is
+    (:func:`key_token`); a label or event of a letter the replicator wrote shows as it is."""
+    return key_token(text)
+
+
+def _task(name: str) -> str:
+    """A task name as the summary shows it: as :func:`_shown`, and quoted also when it
+    holds what separates the entries of ``(orders-eu: 2, payments: 1)`` (which a task
+    name of a valid job file never does)."""
+    return key_token(name, forbidden="(),:")
 
 
 class Redrive:
@@ -501,8 +515,8 @@ class Redrive:
         except DeadLetterUnavailable as error:
             letter = claimed.letter
             raise DeadLetterUnavailable(
-                f"the letter of record {_sequence(letter)} ({letter.destination}: "
-                f"{letter.event or '?'} {letter.key_text()}) could not be "
+                f"the letter of record {_sequence(letter)} ({_shown(letter.destination)}: "
+                f"{_event(letter)} {letter.key_text()}) could not be "
                 f"{'removed from' if replay.replayed else 'put back in'} the target after "
                 f"its replay, so it stays there as it was: {error}"
             ) from error
@@ -669,8 +683,14 @@ def _total(counter: Any) -> int:
 
 def _what(letter: DeadLetter) -> str:
     """A letter's change as a summary line names it."""
-    return f"{letter.event or '?'} {letter.key_text()} (sequence {_sequence(letter)})"
+    return f"{_event(letter)} {letter.key_text()} (sequence {_sequence(letter)})"
+
+
+def _event(letter: DeadLetter) -> str:
+    return _shown(letter.event) if letter.event else "?"
 
 
 def _sequence(letter: DeadLetter) -> str:
-    return str(letter.record.get("sequenceNumber"))
+    """The letter's sequence number, quoted as :func:`_task` quotes a name when it is not
+    a plain token (a stream's is digits; a letter's record holds whatever was stored)."""
+    return key_token(str(letter.record.get("sequenceNumber")), forbidden="()")

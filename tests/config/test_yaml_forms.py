@@ -70,7 +70,7 @@ def test_a_merged_key_that_is_wrong_is_reported_at_the_mapping_that_merges_it(
     text = text.replace("region: eu-west-1", "region: nowhere")
     code, _, err = _validate(tmp_path, text)
     assert code == 2
-    assert "destinations[1].name (line 10): key appears twice" in err
+    assert "destinations[1].name (line 10): key appears twice (lines 9, 10)" in err
     assert "destinations[2].region (line 12): expected an AWS region name" in err
 
 
@@ -129,14 +129,33 @@ def test_a_key_that_is_a_list_is_one_line_naming_its_line(tmp_path: Path) -> Non
     )
 
 
-def test_a_second_merge_key_in_one_mapping_is_a_key_that_appears_twice(tmp_path: Path) -> None:
-    """YAML's keys are unique, ``<<`` too: the later merge would win without a word."""
-    text = MERGED.replace("  - <<: *dr\n", "  - <<: *dr\n    <<: {region: eu-west-1}\n")
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            MERGED.replace("  - <<: *dr\n", "  - <<: *dr\n    <<: {region: eu-west-1}\n"),
+            "destinations[1].<< (line 9): key appears twice (lines 8, 9)",
+        ),
+        (
+            MERGED.replace("  - <<: *dr\n", "  - <<: *dr\n    <<: *dr\n    <<: *dr\n"),
+            "destinations[1].<< (line 10): key appears 3 times (lines 8, 9, 10)",
+        ),
+        (
+            "runtime: local\nruntime: kcl\nruntime: local\n" + MERGED,
+            "runtime (line 3): key appears 3 times (lines 1, 2, 3)",
+        ),
+    ],
+    ids=["merge key twice", "merge key 3 times", "key 3 times"],
+)
+def test_a_key_given_more_than_once_is_one_problem_naming_every_line(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    """YAML's keys are unique, ``<<`` too: the last would win without a word. The
+    problem's own line is that last one; the earlier ones are named too, once each."""
     code, _, err = _validate(tmp_path, text)
     assert code == 2
     assert err == (
-        f"replicator: {tmp_path / 'job.yaml'}: 1 problem in the job file:\n"
-        "  destinations[1].<< (line 9): key appears twice\n"
+        f"replicator: {tmp_path / 'job.yaml'}: 1 problem in the job file:\n  {problem}\n"
     ), err
 
 

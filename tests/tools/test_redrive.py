@@ -413,6 +413,43 @@ def test_the_summary_shows_a_key_with_a_newline_quoted_on_its_line(job: Job) -> 
     assert get(job, 0, item) == item
 
 
+def test_a_letters_destination_event_and_task_are_quoted_on_their_summary_lines(
+    job: Job,
+) -> None:
+    """A letter's fields are data as its key is (anything can write to a target): a
+    newline in its destination, event, sequence number or another task's name must not
+    add a line to the summary, and each is shown JSON-quoted as the docs say."""
+    eu_label = "/".join(job.destinations[0])
+    target = FileDeadLetters(job.dead_letters)
+    x, y = image("x"), image("y")
+    forged_destination = "eu-west-1/tab2\n  replayed      x"
+    target.put(stream_letter(job, forged_destination, x, 41, "rejected", "e"))
+    forged_event = replace(
+        stream_letter(job, eu_label, y, 42, "rejected", "e"), event="INSERT\nreplayed"
+    )
+    target.put(forged_event)
+    forged_sequence = replace(
+        forged_event,
+        event="MODIFY",
+        record={**forged_event.record, "sequenceNumber": "43)\nreplayed (x"},
+    )
+    target.put(forged_sequence)
+    target.put(replace(forged_event, event="MODIFY", task_name="other\ntask"))
+
+    report = Redrive(load_job(job.path)).run()
+
+    assert report.text().splitlines()[1:] == [
+        '  failed again  "eu-west-1/tab2\\n  replayed      x": MODIFY pk=S:x sk=N:1 '
+        "(sequence 41): unknown_destination: the job file "
+        f"{job.path} has no destination named 'eu-west-1/tab2\\n  replayed      x' "
+        f"(destinations: {', '.join('/'.join(d) for d in job.destinations)})",
+        f'  replayed      {eu_label}: "INSERT\\nreplayed" pk=S:y sk=N:1 (sequence 42)',
+        f'  failed again  {eu_label}: MODIFY pk=S:y sk=N:1 (sequence "43)\\nreplayed (x"): '
+        "undecodable: record has no usable sequenceNumber ('43)\\nreplayed (x')",
+        'left as they are: 1 letter of other tasks ("other\\ntask": 1)',
+    ]
+
+
 def test_nothing_to_redrive_exits_0(job: Job) -> None:
     report = Redrive(load_job(job.path)).run()
     assert report.exit_code == 0

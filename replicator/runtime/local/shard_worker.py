@@ -198,7 +198,7 @@ class ShardWorker(threading.Thread):
         self.child: ProcessorChild | None = None
         # The child has answered initialize: its RELEASE_SIGNAL handler is in place.
         self._child_ready = False
-        self._last_delivered: str | None = None
+        self._highest_delivered: str | None = None
         # While the lease's checkpoint is LATEST (nothing checkpointed yet), that position
         # is pinned once, for as long as this worker runs: the iterator taken when the
         # shard started, moved on by every empty read, and once records arrived the first
@@ -402,7 +402,7 @@ class ShardWorker(threading.Thread):
             try:
                 child.start()
                 self.progress.child_pid = child.pid
-                self._last_delivered = None
+                self._highest_delivered = None
                 child.initialize(
                     self.shard_id, self.lease.checkpoint, self.lease.sub_sequence_number
                 )
@@ -501,7 +501,7 @@ class ShardWorker(threading.Thread):
                     iterator = self._resume_iterator(child)
                     continue
                 if code == "TrimmedDataAccessException":
-                    position = self._last_delivered or self.lease.checkpoint
+                    position = self._highest_delivered or self.lease.checkpoint
                     iterator = self._trimmed(child, position)
                     continue
                 self._read_failed(child, error)
@@ -509,7 +509,7 @@ class ShardWorker(threading.Thread):
                 attempt += 1
                 if attempt % 3 == 0:
                     # An iterator can go bad in ways the service reports only as a 500;
-                    # a fresh one from the last record delivered is always safe.
+                    # a fresh one after the highest record delivered is always safe.
                     iterator = self._resume_iterator(child)
                 continue
             attempt = 0
@@ -531,8 +531,14 @@ class ShardWorker(threading.Thread):
                 millis_behind = max(0, int(self._clock() * 1000) - created_ms_of(records[-1]))
             self._millis_behind = millis_behind or 0
             self._read_at = self._clock()
+            # The highest number delivered: a stream's last record's, but an unpatched
+            # moto can end a read on a lower number (replicator/intake.py). The processor
+            # may checkpoint at it, and moto's own iterator goes on after it.
+            before = self._highest_delivered
             if records:
-                self._last_delivered = batch[-1]["sequenceNumber"]
+                highest = max((record["sequenceNumber"] for record in batch), key=int)
+                if before is None or int(highest) > int(before):
+                    self._highest_delivered = highest
                 if self.lease.checkpoint == LATEST and self._first_delivered is None:
                     self._first_delivered = batch[0]["sequenceNumber"]
             self._check_lease()
@@ -554,7 +560,10 @@ class ShardWorker(threading.Thread):
             iterator = next_iterator
             if self._reading_pinned_latest():
                 self._latest_iterator = iterator  # kept fresh: iterators live 15 minutes
-            if not records:
+            if self._highest_delivered == before:
+                # Nothing past what was delivered: an empty read, or moto serving again
+                # the records after a lower number it ended a read on, which it does at
+                # every read until the shard grows.
                 self.stopping.wait(self.settings.idle_s)
         return False
 
@@ -800,14 +809,14 @@ class ShardWorker(threading.Thread):
         return (
             self.lease.checkpoint == LATEST
             and self._first_delivered is None
-            and self._last_delivered is None
+            and self._highest_delivered is None
         )
 
     def _resume_iterator(self, child: ProcessorChild) -> str:
-        """Where reading goes on: after the last record this child was given, else from
+        """Where reading goes on: after the highest record this child was given, else from
         the lease's checkpoint; a LATEST checkpoint is the position pinned for it."""
-        if self._last_delivered is not None:
-            return self._iterator(child, self._last_delivered)
+        if self._highest_delivered is not None:
+            return self._iterator(child, self._highest_delivered)
         if self.lease.checkpoint != LATEST:
             return self._iterator(child, self.lease.checkpoint)
         if self._first_delivered is not None:
@@ -967,18 +976,19 @@ class ShardWorker(threading.Thread):
 
     def _checkpoint(self, sequence_number: str | None, sub: int | None) -> str | None:
         if sequence_number is None:
-            target = SHARD_END if self._shard_ending else self._last_delivered
+            target = SHARD_END if self._shard_ending else self._highest_delivered
             if target is None:
                 return None
         else:
             if not sequence_number.isdigit():
                 return "InvalidStateException"
-            if self._last_delivered is None or int(sequence_number) > int(self._last_delivered):
+            highest = self._highest_delivered
+            if highest is None or int(sequence_number) > int(highest):
                 log.error(
-                    "child asked to checkpoint past the last record it was given",
+                    "child asked to checkpoint past the highest record it was given",
                     shard=self.shard_id,
                     sequence_number=sequence_number,
-                    last_delivered=self._last_delivered,
+                    highest_delivered=highest,
                 )
                 return "InvalidStateException"
             target = sequence_number
@@ -999,7 +1009,7 @@ class ShardWorker(threading.Thread):
         self.progress.checkpoint = target
         self.progress.last_checkpoint_at = self._clock()
         self._lease_confirmed_at = self._monotonic()
-        if target in (self._last_delivered, SHARD_END):
+        if target in (self._highest_delivered, SHARD_END):
             self.progress.last_full_checkpoint_at = self.progress.last_checkpoint_at
         self._checkpoints += 1
         return None

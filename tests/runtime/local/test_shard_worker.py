@@ -180,6 +180,9 @@ def run_worker(
     record_unread: Callable[[str, UnreadSpan], None] | None = None,
     children: list[StandInChild] | None = None,
     open_shard: bool = False,
+    child_type: type[StandInChild] = StandInChild,
+    stop: threading.Event | None = None,
+    idle_s: float = 0.0,
 ) -> tuple[ShardWorker, ScriptedStream, list[StandInChild]]:
     """``fail``: True makes every child fail, a number makes that many children fail.
     ``position``: the lease's checkpoint; LATEST is pinned first, as the runtime does.
@@ -188,20 +191,22 @@ def run_worker(
     created = leases.create("shard-1", position, [])
     assert created is not None
     lease = leases.take(created)
-    stop = threading.Event()
+    stop = threading.Event() if stop is None else stop
     stream = ScriptedStream(script, stop)
     stream.closed = not open_shard
+    if isinstance(stop, CountedWaits):
+        stop.stream = stream
     children = [] if children is None else children
 
     def new_child(shard_id: str, on_checkpoint: Any) -> Any:
         failing = fail is True or (fail is not False and len(children) < fail)
-        children.append(StandInChild(on_checkpoint, fail=failing, reason=reason))
+        children.append(child_type(on_checkpoint, fail=failing, reason=reason))
         return children[-1]
 
     settings = ShardSettings(
         "arn",
         100,
-        0.0,
+        idle_s,
         on_trimmed,
         restart_limit=2,
         restart_window_s=60,
@@ -227,6 +232,58 @@ def test_an_expired_iterator_is_replaced_after_the_last_record_delivered(
     assert stream.iterator_requests == [("TRIM_HORIZON", None), ("AFTER_SEQUENCE_NUMBER", "2")]
     assert [r["sequenceNumber"] for b in children[0].batches for r in b] == ["1", "2", "3"]
     assert leases.get("shard-1").checkpoint == "3"  # type: ignore[union-attr]
+
+
+class HighestCheckpointingChild(StandInChild):
+    """Checkpoints each batch at the highest number it has been given, as the processor's
+    checkpoint may be when an unpatched moto serves a lower number after a higher one."""
+
+    def process_records(self, records: list[dict[str, Any]], millis_behind: int | None) -> None:
+        self.batches.append(records)
+        self.behind.append(millis_behind)
+        given = [int(r["sequenceNumber"]) for batch in self.batches for r in batch]
+        if given:
+            assert self.on_checkpoint(str(max(given)), 0) is None
+
+
+class CountedWaits(threading.Event):
+    """A stop event that notes the waits of ``timeout_s``, by how many reads came before."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__()
+        self.timeout_s = timeout_s
+        self.stream: ScriptedStream | None = None
+        self.after_reads: list[int] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if timeout == self.timeout_s and self.stream is not None:
+            self.after_reads.append(len(self.stream.reads))
+        return super().wait(timeout)
+
+
+def test_a_record_numbered_below_those_before_it_moves_nothing_back(leases: LeaseTable) -> None:
+    """An unpatched moto with concurrent writers can serve 7, 8, 9 then another 7, and
+    serve that one again at the next read (its iterator goes on after the highest number
+    of a read, by index). The processor may checkpoint at 9, the highest number given: it
+    is not refused as past the last record delivered (7), an iterator made anew starts
+    after 9 rather than back after 7, and a read holding only numbers already passed
+    waits as an empty read does rather than reading again at once."""
+    low = record(7)
+    low["dynamodb"]["Keys"] = low["dynamodb"]["NewImage"] = {"pk": {"S": "7b"}}
+    script = [
+        {"Records": [record(7), record(8), record(9), low], "NextShardIterator": "x"},
+        {"Records": [low], "NextShardIterator": "y"},
+        error("ExpiredIteratorException"),
+        {"Records": [record(11)], "NextShardIterator": "z"},
+    ]
+    stop = CountedWaits(0.01)
+    worker, stream, _ = run_worker(
+        leases, script, child_type=HighestCheckpointingChild, stop=stop, idle_s=0.01
+    )
+    assert worker.error is None
+    assert stream.iterator_requests == [("TRIM_HORIZON", None), ("AFTER_SEQUENCE_NUMBER", "9")]
+    assert leases.get("shard-1").checkpoint == "11"  # type: ignore[union-attr]
+    assert stop.after_reads == [2, 5]  # the read of 7 again, the script's end
 
 
 def test_an_empty_read_is_passed_on_as_not_known_how_far_behind(leases: LeaseTable) -> None:
