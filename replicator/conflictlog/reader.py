@@ -142,6 +142,9 @@ class Listing:
     other_tasks: dict[str, int] = field(default_factory=dict)
     # Why the log has no entries at all, when it can tell (a file that does not exist).
     missing: str | None = None
+    # What the reading left out, when it could not read the whole log (entries of an SQS
+    # log another reader held past the wait): the listing is then no summary of the log.
+    incomplete: str | None = None
     restores: dict[str, ConflictEntry] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -184,6 +187,7 @@ class Listing:
             {
                 "target": self.target,
                 "missing": self.missing,
+                "incomplete": self.incomplete,
                 "selection": asdict(self.selection),
                 "summary": self.summary(),
                 "entries": entries,
@@ -203,8 +207,7 @@ class Listing:
             + f": {summary['lost_conflicts']} lost conflicts, {summary['restores']} restores"
             + self._skipped()
         ]
-        if self.missing:
-            lines.append(f"  {self.missing}")
+        lines += [f"  {why}" for why in (self.missing, self.incomplete) if why]
         if summary["lost_conflicts"]:
             lines.append(f"  from {summary['first']} to {summary['last']}")
             lines.append("  per destination: " + _counts(summary["per_destination"]))

@@ -10,11 +10,18 @@ large is sent with its largest images replaced by their sha256
 of a few KiB) is refused, as the queue would refuse it, naming the limit.
 
 ``replicator conflicts`` reads the queue without consuming it: it receives every
-message with a visibility timeout, then makes them visible again at once. While it
-reads, another consumer of the queue does not see those messages. Every such read
-counts as a receive, though: on a queue with a redrive policy, SQS moves the entries to
-its dead-letter queue after ``maxReceiveCount`` readings, so the command and the start
-of a run warn about such a queue (:meth:`SqsConflictLog.redrive_warning`).
+message with a visibility timeout, then makes them visible again as soon as it has
+received them all. While it reads, another consumer of the queue does not see those
+messages, nor does another reader of the log: SQS cannot show a message without
+hiding it. So a reader that finds nothing more to receive while the queue counts more
+messages (``ApproximateNumberOfMessages`` and ``ApproximateNumberOfMessagesNotVisible``)
+than it has read lets its own go and waits for the others, up to ``HELD_WAIT_S``,
+receiving again as they come back; what is still held then is counted
+(:attr:`SqsConflictLog.held_elsewhere`) and logged, so a listing says it is incomplete
+rather than show a shorter log as the whole of it. Every such read counts as a receive,
+though: on a queue with a redrive policy, SQS moves the entries to its dead-letter queue
+after ``maxReceiveCount`` readings, so the command and the start of a run warn about
+such a queue (:meth:`SqsConflictLog.redrive_warning`).
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import threading
+import time
 import zlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -36,10 +45,16 @@ from replicator.exceptions import ConflictLogRejected, EntryFormatError
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import MessageTypeDef as ReceivedMessage
 
 log = structlog.get_logger(__name__)
 _PACKED = "entry_gzip_b64"
 _READ_VISIBILITY_S = 120
+# How long a reader waits for entries another reader of the queue holds (another listing
+# or restore lets them go within seconds; a consumer of your own, after its visibility
+# timeout, 30 s by default), and how often it looks again meanwhile.
+HELD_WAIT_S = 35.0
+_HELD_POLL_S = 0.5
 
 
 def encode(entry: ConflictEntry, limit: int) -> str:
@@ -98,6 +113,10 @@ class SqsConflictLog:
         self.queue_url = queue_url
         self.description = f"SQS queue {queue_url}"
         self.limit = MessageLimit(client, queue_url, "conflict-log queue")
+        # Set to end a read's wait for entries another reader holds (a stop, a test).
+        self.stopping = threading.Event()
+        # After a read: how many entries another reader held past its wait, unread.
+        self.held_elsewhere = 0
 
     def put(self, entry: ConflictEntry) -> None:
         limit = self.limit.bytes()
@@ -135,48 +154,117 @@ class SqsConflictLog:
             count, dead_letters = "maxReceiveCount", "its dead-letter queue"
         return (
             f"the conflict log's queue {self.queue_url} has a redrive policy: every listing "
-            "of the log (and every --restore lookup) receives each entry once, and after "
+            "of the log (and every --restore lookup) receives each entry once (more often "
+            "while another reader holds entries), and after "
             f"{count} receives SQS moves an entry to the dead-letter queue {dead_letters}, out "
             "of the log; give the log a queue without a redrive policy, or use the dynamodb "
             "or file kind"
         )
 
     def read(self, selection: Selection) -> Iterator[ConflictEntry]:
+        """Every entry of the queue, received in passes (each one hides what it receives
+        until it has received all it can, so that it gets every message once, then makes
+        them visible again) until the queue counts no message this read has not seen,
+        or for ``HELD_WAIT_S`` (or until :attr:`stopping` is set) some may have been:
+        their number is then :attr:`held_elsewhere`."""
+        self.held_elsewhere = 0
         seen: set[str] = set()
-        handles: list[str] = []
-        try:
-            while True:
-                try:
-                    response = self.client.receive_message(
-                        QueueUrl=self.queue_url,
-                        MaxNumberOfMessages=10,
-                        WaitTimeSeconds=1,
-                        VisibilityTimeout=_READ_VISIBILITY_S,
-                    )
-                except (ClientError, BotoCoreError) as error:
-                    raise read_failure(
-                        error, f"conflict-log queue {self.queue_url}", self.client.meta.region_name
-                    ) from None
-                fresh = [m for m in response.get("Messages", []) if m["MessageId"] not in seen]
-                if not fresh:
-                    return
-                for message in fresh:
-                    seen.add(message["MessageId"])
-                    handles.append(message["ReceiptHandle"])
-                    try:
-                        entry = decode(message["Body"])
-                    except EntryFormatError as error:
-                        log.warning(
-                            "unreadable conflict-log entry skipped",
-                            queue=self.queue_url,
-                            message_id=message["MessageId"],
-                            error=str(error),
-                        )
+        deadline: float | None = None  # from the first pass that finds entries held
+        while True:
+            taken: dict[str, str] = {}  # this pass's messages: id -> receipt handle
+            try:
+                for message in self._pass(taken):
+                    if message["MessageId"] in seen:
                         continue
-                    if selection.matches(entry):
+                    seen.add(message["MessageId"])
+                    entry = self._entry(message)
+                    if entry is not None and selection.matches(entry):
                         yield entry
-        finally:
-            self._release(handles)
+                held = self._unseen(seen)
+            finally:
+                self._release(list(taken.values()))
+            if not held:
+                return
+            deadline = deadline or time.monotonic() + HELD_WAIT_S
+            if time.monotonic() >= deadline or self.stopping.wait(_HELD_POLL_S):
+                self.held_elsewhere = held
+                log.warning(
+                    "conflict-log entries held by another reader not read",
+                    queue=self.queue_url,
+                    held=held,
+                    waited_s=HELD_WAIT_S,
+                )
+                return
+
+    def _pass(self, taken: dict[str, str]) -> Iterator[ReceivedMessage]:
+        """Receive until a receive brings no message this pass has not received."""
+        while True:
+            try:
+                response = self.client.receive_message(
+                    QueueUrl=self.queue_url,
+                    MaxNumberOfMessages=10,
+                    WaitTimeSeconds=1,
+                    VisibilityTimeout=_READ_VISIBILITY_S,
+                )
+            except (ClientError, BotoCoreError) as error:
+                raise self._read_failure(error) from None
+            messages = response.get("Messages", [])
+            fresh = [m for m in messages if m["MessageId"] not in taken]
+            # The newest handle: one received again (its timeout ran out) answers to it only.
+            taken.update((m["MessageId"], m["ReceiptHandle"]) for m in messages)
+            if not fresh:
+                return
+            yield from fresh
+
+    def _unseen(self, seen: set[str]) -> int:
+        """How many messages of the queue this read may not have seen: the messages SQS
+        counts (visible, and in flight: this pass's, and those another reader or consumer
+        holds), less those seen. Counted while this pass still holds its messages, so that
+        what it received cannot move meanwhile; as SQS counts them (approximately), and
+        assuming none of those seen was deleted meanwhile."""
+        try:
+            attributes = self.client.get_queue_attributes(
+                QueueUrl=self.queue_url,
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                ],
+            ).get("Attributes", {})
+        except (ClientError, BotoCoreError) as error:
+            raise self._read_failure(error) from None
+        visible = int(attributes.get("ApproximateNumberOfMessages", "0"))
+        in_flight = int(attributes.get("ApproximateNumberOfMessagesNotVisible", "0"))
+        return max(0, visible + in_flight - len(seen))
+
+    def _read_failure(self, error: ClientError | BotoCoreError) -> Exception:
+        return read_failure(
+            error, f"conflict-log queue {self.queue_url}", self.client.meta.region_name
+        )
+
+    def _entry(self, message: ReceivedMessage) -> ConflictEntry | None:
+        try:
+            return decode(message["Body"])
+        except EntryFormatError as error:
+            log.warning(
+                "unreadable conflict-log entry skipped",
+                queue=self.queue_url,
+                message_id=message["MessageId"],
+                error=str(error),
+            )
+            return None
+
+    def unread(self) -> str | None:
+        """What the last read left out, in words, or None when it read the whole log."""
+        count = self.held_elsewhere
+        if not count:
+            return None
+        one = count == 1
+        return (
+            f"{count} entr{'y' if one else 'ies'} of the log {'was' if one else 'were'} held "
+            "by another reader of the queue (another replicator conflicts, or a consumer of "
+            f"the queue) for the {HELD_WAIT_S:g} s a reading waits for them, and "
+            f"{'was' if one else 'were'} not read: run the command again"
+        )
 
     def _release(self, handles: list[str]) -> None:
         """Make the messages read visible again, so the queue's consumers still get them."""

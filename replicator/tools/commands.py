@@ -176,9 +176,10 @@ def conflicts(
             try:
                 result = restore(resolved, target, restore_id, key=key, force=force)
             except EntryNotFound as error:
-                if missing is None:
+                why = missing or _unread(target)
+                if why is None:
                     raise
-                raise EntryNotFound(f"{error}: {missing}") from None
+                raise EntryNotFound(f"{error}: {why}") from None
             logs.echo(result.message)
             return result.exit_code
         selection = Selection(
@@ -193,9 +194,18 @@ def conflicts(
             own,
             dict(Counter(e.task_name for e in others)),
             missing=missing,
+            incomplete=_unread(target),
         )
     logs.echo(listing.as_json(limit) if output == "json" else listing.text(limit))
-    return 0
+    return 1 if listing.incomplete else 0
+
+
+def _unread(target: Any) -> str | None:
+    """What the last read of the log left out (entries of an SQS log another reader
+    held past the wait), in words; None when it read the whole log."""
+    from replicator.conflictlog.sqs import SqsConflictLog
+
+    return target.unread() if isinstance(target, SqsConflictLog) else None
 
 
 def _missing_file(resolved: ResolvedJob, target: Any) -> str | None:

@@ -1,0 +1,210 @@
+"""An SQS conflict log read by several readers at once (at a moto server over HTTP).
+
+SQS has no way to look at a message without receiving it, and a received message is
+hidden from every other reader until it is made visible again. Two ``replicator
+conflicts`` run at the same moment (two listings, a listing and a restore, two restores
+of one entry) must each still see every entry; a reader that cannot (entries held past
+its wait) says so instead of listing a shorter log as the whole of it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from subprocess import CompletedProcess
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from replicator.cli import cli
+from replicator.config import load_job
+from replicator.conflictlog import sqs as sqs_log
+from replicator.conflictlog.base import Selection
+from replicator.conflictlog.entry import ConflictEntry
+from replicator.conflictlog.reader import read_entries
+from replicator.conflictlog.sqs import SqsConflictLog
+from tests.conflictlog.test_conflict_log import conflict
+from tests.conflictlog.test_shared_log import SharedJob, record, shared_log, two_jobs
+from tests.support.aws import client
+
+ENTRIES = 25
+# Far longer than either command takes, even on a loaded machine: a bound, not a wait.
+COMMAND_TIMEOUT_S = 240
+LISTING = ("--format", "json", "--limit", "0")  # every entry, as one JSON document
+
+
+@pytest.fixture
+def logged(moto_endpoint: str, unique: Any, tmp_path: Path) -> tuple[SharedJob, list[str]]:
+    """A job whose conflict log is an SQS queue holding ENTRIES of its lost conflicts (the
+    first six restorable: its destination holds their winners), and their ids."""
+    ddb = client("dynamodb", "eu-west-1", moto_endpoint)
+    conflict_log = shared_log("sqs", moto_endpoint, unique, tmp_path)
+    job = two_jobs(ddb, moto_endpoint, unique, tmp_path, conflict_log)[0]
+    entries = [record(job, conflict(seq, pk=f"order-{seq}")) for seq in range(1, ENTRIES + 1)]
+    return job, [e.id for e in entries]
+
+
+def queue_of(job: SharedJob) -> tuple[Any, str]:
+    section = load_job(job.config).job.conflict_log
+    assert section.queue_url is not None and section.endpoint_url is not None
+    return client("sqs", "us-east-1", section.endpoint_url), section.queue_url
+
+
+def hold(job: SharedJob, count: int, seconds: int) -> dict[str, str]:
+    """Receive ``count`` entries as another reader of the queue would, hiding them for
+    ``seconds``: their ids, and the receipt handles that let them go."""
+    queue, url = queue_of(job)
+    held: dict[str, str] = {}
+    while len(held) < count:
+        response = queue.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=min(10, count - len(held)), VisibilityTimeout=seconds
+        )
+        for message in response.get("Messages", []):
+            held[sqs_log.decode(message["Body"]).id] = message["ReceiptHandle"]
+    return held
+
+
+def let_go(job: SharedJob, held: dict[str, str]) -> None:
+    """Make the entries ``hold`` received visible again, as their reader does."""
+    queue, url = queue_of(job)
+    for handle in held.values():
+        queue.change_message_visibility(QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=0)
+
+
+def at_once(job: SharedJob, *commands: tuple[str, ...]) -> list[CompletedProcess[str]]:
+    """``replicator conflicts -c JOB ARGS`` for each ARGS of ``commands``, each in a process
+    of its own, all started before any is waited for; their outcomes, in that order."""
+    with ExitStack() as stack:
+        started = [
+            stack.enter_context(
+                subprocess.Popen(
+                    [sys.executable, "-m", "replicator", "conflicts", "-c", str(job.config), *args],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            for args in commands
+        ]
+        try:
+            outcomes = []
+            for process in started:
+                out, err = process.communicate(timeout=COMMAND_TIMEOUT_S)
+                outcomes.append(CompletedProcess(process.args, process.returncode, out, err))
+            return outcomes
+        finally:
+            for process in started:
+                if process.poll() is None:
+                    process.kill()
+
+
+def conflict_ids(document: dict[str, Any]) -> list[str]:
+    return sorted(e["id"] for e in document["entries"] if e["kind"] == "conflict")
+
+
+def listed_whole(done: CompletedProcess[str] | Result, ids: list[str]) -> None:
+    code = done.exit_code if isinstance(done, Result) else done.returncode
+    assert code == 0, done.stderr
+    document = json.loads(done.stdout)
+    assert conflict_ids(document) == sorted(ids)
+    assert document["summary"]["lost_conflicts"] == ENTRIES
+    assert document["incomplete"] is None
+
+
+def test_two_listings_at_once_both_list_every_entry(
+    logged: tuple[SharedJob, list[str]],
+) -> None:
+    job, ids = logged
+    for done in at_once(job, LISTING, LISTING):
+        listed_whole(done, ids)
+
+
+def test_a_listing_and_a_restore_at_once_both_complete(
+    logged: tuple[SharedJob, list[str]],
+) -> None:
+    job, ids = logged
+    listed, restored = at_once(job, LISTING, ("--restore", ids[0]))
+    assert restored.returncode == 0, restored.stderr
+    assert restored.stdout.startswith(f"restored entry {ids[0]}: put of ")
+    listed_whole(listed, ids)
+
+
+def test_two_restores_of_one_entry_at_once_both_exit_0(
+    logged: tuple[SharedJob, list[str]],
+) -> None:
+    job, ids = logged
+    outcomes = at_once(job, ("--restore", ids[0]), ("--restore", ids[0]))
+    for done in outcomes:
+        assert done.returncode == 0, done.stdout + done.stderr
+    said = sorted(done.stdout.split(":")[0] for done in outcomes)
+    # One wrote and recorded it; the other found it written, or (later) already restored.
+    assert said[-1] == f"restored entry {ids[0]}", said
+    restores = [
+        e for e in json.loads(invoke(job, *LISTING).stdout)["entries"] if e["kind"] == "restore"
+    ]
+    assert {e["restored_entry"] for e in restores} == {ids[0]}
+
+
+def invoke(job: SharedJob, *args: str) -> Result:
+    return CliRunner().invoke(cli, ["conflicts", "-c", str(job.config), *args])
+
+
+def test_a_listing_waits_for_the_entries_another_reader_holds(
+    logged: tuple[SharedJob, list[str]],
+) -> None:
+    """Entries another reader received a moment ago are listed once it lets them go (here:
+    when their visibility timeout ends), not left out of a listing that says exit 0."""
+    job, ids = logged
+    hold(job, 10, seconds=3)
+    listed_whole(invoke(job, *LISTING), ids)
+
+
+def test_entries_held_past_the_wait_are_named_and_the_listing_exits_1(
+    logged: tuple[SharedJob, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job, ids = logged
+    held = hold(job, 10, seconds=600)
+    monkeypatch.setattr(sqs_log, "HELD_WAIT_S", 1.0)
+
+    listing = invoke(job, *LISTING)
+    assert listing.exit_code == 1, listing.output
+    document = json.loads(listing.stdout)
+    assert conflict_ids(document) == sorted(set(ids) - set(held))
+    assert "10 entries" in document["incomplete"]
+    assert "held by another reader" in document["incomplete"]
+    text = invoke(job)
+    assert text.exit_code == 1
+    assert "15 lost conflicts" in text.stdout
+    assert "10 entries" in text.stdout and "not read" in text.stdout
+    assert "conflict-log entries held by another reader not read" in text.stderr
+
+    one = next(iter(held))
+    missed = invoke(job, "--restore", one)
+    assert missed.exit_code == 1
+    said = " ".join(missed.stderr.split())
+    assert f"no conflict-log entry {one!r}" in said
+    assert "10 entries" in said and "held by another reader" in said
+
+    let_go(job, held)
+    listed_whole(invoke(job, *LISTING), ids)
+
+
+def test_a_reader_stops_waiting_when_asked_and_counts_what_it_did_not_read(
+    logged: tuple[SharedJob, list[str]],
+) -> None:
+    job, ids = logged
+    held = hold(job, 10, seconds=600)
+    queue, url = queue_of(job)
+    target = SqsConflictLog(queue, url)
+    target.stopping.set()  # the wait (HELD_WAIT_S) ends at once
+    got: list[ConflictEntry] = read_entries(target, Selection())
+    assert sorted(e.id for e in got) == sorted(set(ids) - set(held))
+    assert target.held_elsewhere == 10
+    target.stopping.clear()
+    let_go(job, held)
+    assert {e.id for e in read_entries(target, Selection())} == set(ids)
+    assert target.held_elsewhere == 0
