@@ -98,8 +98,11 @@ class Mesh:
     def start(self, *regions: str) -> None:
         """Start the runtimes of ``regions`` (of every region when none are named)."""
         regions = regions or self.regions
+        logged_before: dict[str, int] = {}
         for region in regions:
-            log = (self.directory / f"{region}.log").open("ab")
+            path = self.directory / f"{region}.log"
+            logged_before[region] = path.stat().st_size if path.exists() else 0
+            log = path.open("ab")
             self.runtimes[region] = subprocess.Popen(
                 [sys.executable, "-m", "replicator", "run", "--config", str(self.config(region))],
                 stdout=log,
@@ -111,7 +114,18 @@ class Mesh:
                 },
             )
         for region in regions:
+            # Started, not only spawned: a lease owner may be a former process's, and a
+            # SIGTERM before the interpreter runs ends the new one with -15, no word said.
+            wait_until(lambda r=region: self._started(r, logged_before[r]), 30, f"{region} runtime")
             wait_until(lambda r=region: self.lease(r).get("leaseOwner"), 30, f"{region} runtime")
+
+    def _started(self, region: str, logged_before: int) -> bool:
+        """The region's runtime has logged its start since ``logged_before`` (bytes)."""
+        runtime = self.runtimes[region]
+        assert runtime.poll() is None, f"the {region} runtime exited:\n" + self.log_tail(region)
+        with (self.directory / f"{region}.log").open("rb") as log:
+            log.seek(logged_before)
+            return b'"local runtime started"' in log.read()
 
     def access_key(self, region: str) -> str:
         """The region's runtime's own key: the server's call log tells its calls apart."""
