@@ -4,6 +4,8 @@ another."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from replicator.config.model import DestinationConfig, ResolvedJob
 from replicator.exceptions import ConfigError, UnknownDestination
 
@@ -12,8 +14,17 @@ def resolve_destination(resolved: ResolvedJob, name: str) -> DestinationConfig:
     """A destination by its label (``name``, default ``<region>/<table>``) or its table
     name; failing both, by its ``<region>/<table>``. Refused when more than one fits: a
     name that is also another destination's table would otherwise pick one silently,
-    and the ``<region>/<table>`` of a named destination is then how to choose it."""
+    and the ``<region>/<table>`` of a named destination is then how to choose it.
+
+    An empty (or blank) name is refused as a ConfigError, never as UnknownDestination:
+    no destination has one, nor ever had (a job file refuses it), so it cannot be that
+    of a destination since removed, which ``replicator conflicts`` lists with a warning."""
     destinations = resolved.job.destinations
+    if not name.strip():
+        raise ConfigError(
+            f"--destination {name!r}: no destination of {resolved.path} has an empty name: "
+            f"give one's name or table; its destinations: {_listed(destinations)}"
+        )
     fits = [d for d in destinations if name in (d.label, d.table)]
     if not fits:
         fits = [d for d in destinations if name == f"{d.region}/{d.table}"]
@@ -29,8 +40,12 @@ def resolve_destination(resolved: ResolvedJob, name: str) -> DestinationConfig:
         )
     raise UnknownDestination(
         f"--destination {name!r}: no destination of {resolved.path} has that name or table; "
-        f"its destinations: {', '.join(spelled(d) for d in destinations)}"
+        f"its destinations: {_listed(destinations)}"
     )
+
+
+def _listed(destinations: Sequence[DestinationConfig]) -> str:
+    return ", ".join(spelled(d) for d in destinations)
 
 
 def spelled(destination: DestinationConfig) -> str:

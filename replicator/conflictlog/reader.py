@@ -198,8 +198,12 @@ class Listing:
 
     def text(self, limit: int) -> str:
         summary = self.summary()
+        # Every filter given is named (an empty one quoted, so that it shows): a count of
+        # what it selected must not read as the count of the whole log.
         narrowed = ", ".join(
-            f"{name} {value}" for name, value in asdict(self.selection).items() if value
+            f"{name} {value or repr(value)}"
+            for name, value in asdict(self.selection).items()
+            if value is not None
         )
         lines = [
             f"conflict log: {self.target}"

@@ -234,7 +234,8 @@ def _destination_label(resolved: ResolvedJob, destination: str) -> str:
     corrections) is its entries' name, before any destination's ``<region>/<table>``,
     which a named destination's entries do not go by. A name the job file does not have
     is that of a destination since removed from it, whose entries keep it, or a typo:
-    listed with a warning, not refused."""
+    listed with a warning, not refused. An empty one is no destination's, ever: refused
+    (exit 2), as by ``wait``."""
     from replicator.config.destinations import resolve_destination, spelled
     from replicator.conflictlog.restore import source_label
     from replicator.exceptions import UnknownDestination

@@ -2,8 +2,9 @@
 
 Needs only boto3 and read access (``dynamodb:Query``) to the status table in the
 destination's region: an application there learns from one local Query whether a write
-it depends on has arrived. Many threads waiting on one destination share one reader,
-which asks at most once per poll interval.
+it depends on has arrived. Many threads waiting on one destination through one client
+share one reader's state, which asks at most once per poll interval; nothing of a client
+is kept once the application drops it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -155,23 +157,36 @@ class _Read:
     error: Exception | None = None
 
 
+@dataclass
+class ReadState:
+    """What the readers of one destination through one client share: the last answer
+    and the Query in flight. It holds no client (a Query's thread holds its reader, and
+    so its client, only until the Query ends), so that the process-wide cache of these,
+    keyed weakly by client, lets a client go once the application drops it."""
+
+    min_interval_s: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    last: Watermark | None = None
+    last_at: float = -math.inf
+    last_started: float = -math.inf
+    reading: _Read | None = None
+
+
 class WatermarkReader:
     """Reads one destination's parts; concurrent callers share one Query per interval.
 
     The Query runs on a thread of its own and callers wait for its answer each for as
     long as they have, so no caller waits on a Query beyond its own timeout, whatever
     the client's timeouts and retries are (an application's client may retry a silent
-    endpoint for minutes). The lock guards only this object's fields, never a Query.
+    endpoint for minutes). The lock guards only the state's fields, never a Query.
+    Readers given one ``state`` share its answers and its Query in flight.
     """
 
-    def __init__(self, table: StatusTable, min_interval_s: float = 0.0) -> None:
+    def __init__(
+        self, table: StatusTable, min_interval_s: float = 0.0, *, state: ReadState | None = None
+    ) -> None:
         self.table = table
-        self.min_interval_s = min_interval_s
-        self._lock = threading.Lock()
-        self._last: Watermark | None = None
-        self._last_at = -math.inf
-        self._last_started = -math.inf
-        self._reading: _Read | None = None
+        self.state = state if state is not None else ReadState(min_interval_s)
 
     def read(self, timeout: float | None = None) -> Watermark:
         """The last watermark read if it is younger than ``min_interval_s``, else the
@@ -179,13 +194,14 @@ class WatermarkReader:
         than ``READ_PATIENCE_S``). ``timeout``: seconds to wait for it (None: as long as
         the client takes). Raises StatusTableSilent when it has not come by then,
         StatusTableMissing, or the client's error."""
-        with self._lock:
+        state = self.state
+        with state.lock:
             now = time.monotonic()
-            if self._last is not None and now - self._last_at < self.min_interval_s:
-                return self._last
-            pending = self._reading
+            if state.last is not None and now - state.last_at < state.min_interval_s:
+                return state.last
+            pending = state.reading
             if pending is None or now - pending.started > READ_PATIENCE_S:
-                pending = self._reading = _Read(now)
+                pending = state.reading = _Read(now)
                 threading.Thread(
                     target=self._query, args=(pending,), name="watermark-read", daemon=True
                 ).start()
@@ -214,13 +230,14 @@ class WatermarkReader:
         except Exception as error:  # noqa: BLE001  # raised again by each caller waiting
             pending.error = error
         finally:
-            with self._lock:
-                if self._reading is pending:
-                    self._reading = None
+            state = self.state
+            with state.lock:
+                if state.reading is pending:
+                    state.reading = None
                 # A read overtaken by a later one does not replace that one's answer.
-                if pending.watermark is not None and pending.started >= self._last_started:
-                    self._last, self._last_started = pending.watermark, pending.started
-                    self._last_at = time.monotonic()
+                if pending.watermark is not None and pending.started >= state.last_started:
+                    state.last, state.last_started = pending.watermark, pending.started
+                    state.last_at = time.monotonic()
             pending.done.set()
 
 
@@ -273,7 +290,11 @@ class WaitResult:
 
 
 _clients: dict[tuple[str | None, str | None], DynamoDBClient] = {}
-_readers: dict[tuple[int, str, str], WatermarkReader] = {}
+_states: weakref.WeakKeyDictionary[DynamoDBClient, dict[tuple[str, str], ReadState]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Per client (held weakly: an application may make one per request), per status table
+and destination: what its waiters share."""
 _shared = threading.Lock()
 
 
@@ -288,15 +309,14 @@ def _client(region: str | None, endpoint_url: str | None) -> DynamoDBClient:
 def shared_reader(
     client: DynamoDBClient, status_table: str, destination: str, poll_s: float
 ) -> WatermarkReader:
-    """One reader per (client, table, destination) in this process, shared by waiters."""
+    """A reader sharing its reads with every other one for (client, table, destination)
+    in this process. What they share goes with the client: a client the application
+    dropped is not kept, and a new one (even at a dropped one's address) reads anew."""
     with _shared:
-        key = (id(client), status_table, destination)
-        reader = _readers.get(key)
-        if reader is None or reader.table.client is not client:
-            reader = WatermarkReader(StatusTable(client, status_table, destination), poll_s / 2)
-            _readers[key] = reader
-        reader.min_interval_s = min(reader.min_interval_s, poll_s / 2)
-        return reader
+        by_table = _states.setdefault(client, {})
+        state = by_table.setdefault((status_table, destination), ReadState(poll_s / 2))
+        state.min_interval_s = min(state.min_interval_s, poll_s / 2)
+    return WatermarkReader(StatusTable(client, status_table, destination), state=state)
 
 
 def read_watermark(

@@ -26,7 +26,7 @@ from replicator.conflictlog.dynamodb import DynamoDbConflictLog
 from replicator.conflictlog.entry import ConflictEntry
 from replicator.conflictlog.file import FileConflictLog
 from replicator.conflictlog.keys import canonical_key
-from replicator.conflictlog.reader import read_entries
+from replicator.conflictlog.reader import Listing, read_entries
 from replicator.conflictlog.sqs import SqsConflictLog
 from replicator.conflictlog.targets import conflict_log_target
 from replicator.exceptions import ConflictLogRejected
@@ -775,6 +775,42 @@ def test_listing_options_are_refused_with_restore(tmp_path: Path, given: tuple[s
     assert "for listing, not for --restore" in result.stderr
     # Alone, the same options list the log.
     assert invoke(config, *given).exit_code == 0
+
+
+@pytest.mark.parametrize("value", ["", " "])
+def test_an_empty_destination_is_refused_as_wait_refuses_it(tmp_path: Path, value: str) -> None:
+    """``--destination ""`` names no destination, now or once: it was warned about and
+    listed as a filter that matched nothing, under a header that read as an empty log."""
+    log = FileConflictLog(tmp_path / "c.jsonl")
+    log.put(replace(conflict(1).entry(), destination="eu-west-1/orders"))
+    config = job_file(tmp_path, f"{{kind: file, path: '{log.path}'}}")
+    result = invoke(config, "--destination", value)
+    no_traceback(result)
+    assert result.exit_code == 2, result.output
+    assert f"--destination {value!r}: no destination of {config} has an empty name" in " ".join(
+        result.stderr.split()
+    ), result.stderr
+    assert "its destinations: eu-west-1/orders" in result.stderr
+    assert result.stdout == ""
+
+
+def test_the_header_of_a_narrowed_listing_names_every_filter(tmp_path: Path) -> None:
+    """Every filter given is named in the header, an empty one too (quoted): a count of
+    the entries it selected must not read as a count of the whole log."""
+    log = FileConflictLog(tmp_path / "c.jsonl")
+    log.put(replace(conflict(1).entry(), destination="eu-west-1/orders"))
+    config = job_file(tmp_path, f"{{kind: file, path: '{log.path}'}}")
+    narrowed = invoke(config, "--destination", "orders", "--since", "2000-01-01")
+    assert narrowed.exit_code == 0, narrowed.output
+    assert (
+        "(since 2000-01-01T00:00:00.000000Z, destination eu-west-1/orders): 1 lost conflicts"
+        in narrowed.stdout
+    ), narrowed.stdout
+    everything = Listing(log.description, Selection(), [], {})
+    assert f"conflict log: {log.description}: 0 lost conflicts" in everything.text(50)
+    nothing = Listing(log.description, Selection(item="", since="", destination=""), [], {})
+    header = nothing.text(50).splitlines()[0]
+    assert "(item '', since '', destination ''): 0 lost conflicts" in header, header
 
 
 @pytest.mark.parametrize(

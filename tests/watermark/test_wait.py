@@ -4,12 +4,14 @@ table's endpoint accepts connections and never answers."""
 
 from __future__ import annotations
 
+import gc
 import math
 import re
 import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -341,3 +343,77 @@ def test_read_watermark_with_a_timeout_is_bounded_and_checks_it(silent_endpoint:
             client=patient,
             timeout="5",  # type: ignore[arg-type]
         )
+
+
+# -- an application that makes a client for each wait -------------------------------------------
+
+
+@pytest.fixture
+def status_table(moto_endpoint: str, unique: Callable[[str], str]) -> str:
+    """A status table on moto with one part at T0, for eu-west-1/replica."""
+    table = StatusTable(
+        client("dynamodb", "eu-west-1", moto_endpoint),
+        f"{unique('wm-clients')}-watermark",
+        "eu-west-1/replica",
+    )
+    table.ensure_exists()
+    table.raise_part("s1", T0, "test:1")
+    return table.name
+
+
+def wait_at_t0(status_table: str, ddb: Any, **options: Any) -> WaitResult:
+    return wait_until_replicated(
+        T0 / S, destination="eu-west-1/replica", status_table=status_table, client=ddb, **options
+    )
+
+
+def reads_ended() -> None:
+    """Every read's thread has ended (it holds its client until then)."""
+    for thread in threading.enumerate():
+        if thread.name == "watermark-read":
+            thread.join(30)
+            assert not thread.is_alive(), "a read of moto did not end in 30 s"
+
+
+def test_a_client_made_for_each_wait_is_let_go_after_it(
+    moto_endpoint: str, status_table: str
+) -> None:
+    """A wait keeps nothing of a client the application dropped (one client per request
+    or per Lambda invocation): before, every client was kept for good, with its reader,
+    at about 0.3 MB each."""
+    dropped: list[weakref.ref[Any]] = []
+    for _ in range(20):
+        fresh = boto3.client("dynamodb", region_name="eu-west-1", endpoint_url=moto_endpoint)
+        result = wait_at_t0(status_table, fresh, timeout=30)
+        assert result.replicated, result.describe()
+        dropped.append(weakref.ref(fresh))
+        del fresh
+    reads_ended()
+    gc.collect()
+    kept = [ref for ref in dropped if ref() is not None]
+    assert not kept, f"{len(kept)} of {len(dropped)} dropped clients are still held"
+
+
+def test_a_long_lived_client_shares_its_reads_and_a_new_client_reads_anew(
+    moto_endpoint: str, status_table: str
+) -> None:
+    """Waits with one client share a read within half the poll interval; a client made
+    after another was dropped (and that may have its address) never gets its answer."""
+    kept = boto3.client("dynamodb", region_name="eu-west-1", endpoint_url=moto_endpoint)
+    stubber = Stubber(kept)
+    with stubber:  # a second Query would find no answer left in the stubber
+        stubber.add_response("query", {"Items": [], "Count": 0, "ScannedCount": 0})
+        for _ in range(3):
+            early = wait_at_t0(status_table, kept, timeout=0, poll_interval=600)
+            assert not early.reached and early.watermark is not None
+        stubber.assert_no_pending_responses()
+    del kept, stubber, early
+    reads_ended()
+    gc.collect()
+    for _ in range(3):
+        fresh = boto3.client("dynamodb", region_name="eu-west-1", endpoint_url=moto_endpoint)
+        result = wait_at_t0(status_table, fresh, timeout=30, poll_interval=600)
+        assert result.replicated, result.describe()
+        del fresh
+        reads_ended()
+        gc.collect()
