@@ -8,20 +8,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from botocore.exceptions import ReadTimeoutError
 
 from replicator.aws.backoff import Backoff
 from replicator.buffer import ChangeBuffer
 from replicator.config.model import ConflictConfig
-from replicator.deadletter import FileDeadLetters
-from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
 from replicator.metrics import Metrics
-from replicator.pipeline import ShardPipeline
 from replicator.rules import IN_STREAM_ORDER, rule_for
 from replicator.writers.destination import DestinationWriter, Outcome
+from tests.support.aws import client, create_table
+from tests.support.faults.proxy import FaultProxy
 from tests.support.metrics import sample
 from tests.support.records import put, remove
+from tests.test_pipeline import pipeline_of
+from tests.writers.test_loop_path import OVERWRITE, loop_pipeline
 
 WAIT_S = 30.0  # the most any condition below is waited for (a loaded machine)
 
@@ -96,40 +98,52 @@ def wait_for(condition: Any) -> None:
         time.sleep(0.01)
 
 
-def test_an_unanswered_put_landing_late_does_not_replace_the_next_change(
-    metrics: Metrics,
+@pytest.mark.parametrize(
+    ("first", "slow", "pk"),
+    [(put("a", 1, v="SLOWME-old"), "SLOWME", "a"), (remove("a", 1, v="old"), "'a'", "a")],
+    ids=["put", "delete"],
+)
+def test_an_unanswered_write_landing_late_does_not_replace_the_next_change(
+    metrics: Metrics, first: Any, slow: str, pk: str
 ) -> None:
     """The request is carried out 0.2 s after it was sent, after its retry: the write
     returns only once the window (3 s) has passed, so the next change is written after it."""
-    table = LateTable()
+    table = LateTable(slow=slow)
     writer = writer_for(table, metrics, window_s=3.0)
-    assert writer.write(decode(put("a", 1, v="SLOWME-old"))).outcome is Outcome.APPLIED
-    assert writer.write(decode(put("a", 2, v="new"))).outcome is Outcome.APPLIED
+    assert writer.write(decode(first)).outcome is Outcome.APPLIED
+    assert writer.write(decode(put(pk, 2, v="new"))).outcome is Outcome.APPLIED
     assert table.landed.wait(WAIT_S)
-    assert table.value("a") == "new"
+    assert table.value(pk) == "new"
     assert holds(metrics) == 1
 
 
-def test_an_unanswered_delete_is_held_too(metrics: Metrics) -> None:
-    table = LateTable(slow="'gone'")
-    writer = writer_for(table, metrics, window_s=3.0)
-    assert writer.write(decode(remove("gone", 1, v="x"))).outcome is Outcome.APPLIED
-    assert writer.write(decode(put("gone", 2, v="back"))).outcome is Outcome.APPLIED
-    assert table.landed.wait(WAIT_S)
-    assert table.value("gone") == "back"
-    assert holds(metrics) == 1
-
-
-def pipeline_for(writer: DestinationWriter, metrics: Metrics, tmp_path: Path) -> ShardPipeline:
-    return ShardPipeline(
-        {"dest": writer},
-        ChangeBuffer(["dest"], IN_STREAM_ORDER),
-        metrics,
-        "shard-1",
-        max_in_flight=4,
-        max_buffered=100,
-        dead_letters=DeadLetterer(FileDeadLetters(tmp_path / "dead.jsonl"), metrics, "t", "s"),
-    )
+def test_an_unanswered_first_request_on_the_event_loop_holds_the_key(
+    proxy: FaultProxy, moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """The reviewer's case through a proxy: the first PutItem (sent on the event loop) is
+    held 3 s against a 1 s read timeout and then carried out; the retry passed long
+    before, and the next change is written only after the window (8 s)."""
+    ddb = client("dynamodb", "eu-west-1", moto_endpoint)
+    name = unique("late")
+    create_table(ddb, name, stream=None)
+    pipeline = loop_pipeline(proxy.url, name, tmp_path, metrics, OVERWRITE, read_timeout=1.0)
+    writer = pipeline.writers["dest"]
+    assert isinstance(writer, DestinationWriter)
+    writer.late_write_window_s = 8.0
+    try:
+        proxy.late_landing_once(3.0)
+        pipeline.submit(decode(put("a", 1, v="SLOWME-old")))
+        pipeline.dispatch()
+        wait_for(lambda: proxy.counts("PutItem")["upstream_200"] == 1)  # the retry
+        pipeline.submit(decode(put("a", 2, v="new")))  # a later batch: not squashed
+        pipeline.dispatch()
+        assert pipeline.flush(timeout=WAIT_S)
+        wait_for(lambda: proxy.counts("PutItem")["late_landing_200"] == 1)
+        item = ddb.get_item(TableName=name, Key={"pk": {"S": "a"}}, ConsistentRead=True)
+        assert item["Item"]["v"] == {"S": "new"}
+        assert holds(metrics) == 1
+    finally:
+        pipeline.close()
 
 
 def test_a_held_key_waits_while_other_keys_flow_and_a_stop_ends_the_hold(
@@ -137,7 +151,9 @@ def test_a_held_key_waits_while_other_keys_flow_and_a_stop_ends_the_hold(
 ) -> None:
     table = LateTable()
     writer = writer_for(table, metrics, window_s=WAIT_S * 10)
-    pipeline = pipeline_for(writer, metrics, tmp_path)
+    pipeline = pipeline_of(
+        {"dest": writer}, ChangeBuffer(["dest"], IN_STREAM_ORDER), metrics, tmp_path, 100
+    )
     try:
         pipeline.submit(decode(put("a", 1, v="SLOWME-old")))
         pipeline.dispatch()
