@@ -198,10 +198,10 @@ class _Attempts:
     # outright (throttled, denied, no table): an identical item found after one of those
     # is someone else's, unchanged rather than applied.
     in_doubt: list[WriteRequest] = field(default_factory=list)
-    # When the last unconditional request among them (overwrite's put or delete, a
-    # resolver's write without a condition) was sent (monotonic): it may still land after
-    # the retry that settled the change, over the item's next change, as no condition
-    # stops it (see DestinationWriter.late_write_window_s).
+    # When the last unconditional request among them (overwrite's put or delete; the
+    # other rules' writes all carry a condition) was sent (monotonic): it may still land
+    # after the retry that settled the change, over the item's next change, as no
+    # condition stops it (see DestinationWriter.late_write_window_s).
     unconditional_unanswered_at: float | None = None
 
 
