@@ -400,6 +400,13 @@ class ShardPipeline:
         finally:
             self.count_applied()
 
+    def release_holds(self) -> None:
+        """End every write held for a request that may still land late (a stop: see
+        DestinationWriter.late_write_window_s), so that the flush is not held by it."""
+        for writer in self.writers.values():
+            if isinstance(writer, DestinationWriter):
+                writer.holds_released.set()
+
     def checkpointable(self) -> str | None:
         with self._cond:
             return self.buffer.checkpointable()

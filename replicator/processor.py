@@ -223,6 +223,9 @@ class ReplicationProcessor:
         if self._lease_lost:
             return
         pipeline = intake.pipeline
+        # A write held for a late request was applied: it settles now, not after the
+        # window, and the checkpoint may pass it (the next owner's order: reliability.md).
+        pipeline.release_holds()
         flushed = pipeline.flush(timeout=self._shutdown_flush_timeout_s)
         # The publish and the store share one budget: a status table that hangs would
         # otherwise hold the answer past the runtime's stop limit.

@@ -177,6 +177,7 @@ def destination_writers(
             tombstones=tombstones,
             write_back=write_back,
             origin=job.origin_value,
+            late_write_window_s=settings.late_write_window_s,
         )
     return writers
 

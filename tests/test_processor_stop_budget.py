@@ -33,6 +33,9 @@ class _StuckPipeline:
         self.hangs = hangs
         self.store_waits: list[float] = []
 
+    def release_holds(self) -> None:
+        pass
+
     def flush(self, timeout: float) -> bool:
         return False
 

@@ -567,6 +567,9 @@ class WriterConfig(Strict):
     access_denied_limit: Annotated[Int, Field(ge=1, le=10_000)] = 20
     connect_timeout_s: Annotated[Float, Field(gt=0, le=MAX_REQUEST_TIMEOUT_S)] = 5.0
     read_timeout_s: Annotated[Float, Field(gt=0, le=MAX_REQUEST_TIMEOUT_S)] = 10.0
+    # After a write without a condition (overwrite's) got no answer, the
+    # item's next write waits until this long after it was sent (docs/reliability.md).
+    late_write_window_s: Annotated[Float, Field(ge=0, le=MAX_REQUEST_TIMEOUT_S)] = 30.0
     # PutItem/DeleteItem are sent over DynamoDB's JSON protocol directly (writers/wire.py),
     # which halves their CPU; true sends them through botocore's full request pipeline.
     send_with_botocore: Bool = False

@@ -76,6 +76,13 @@ class Metrics:
             ["destination", "reason"],
             registry=r,
         )
+        self.late_write_holds = Counter(
+            "replicator_late_write_holds",
+            "Changes whose write sent a request without a condition that got no answer, "
+            "held (their item's next change waiting) until it can no longer land.",
+            ["destination"],
+            registry=r,
+        )
         self.dead_letters = Counter(
             "replicator_dead_letters",
             "Changes written to the dead-letter target, by reason.",

@@ -66,6 +66,9 @@ NOT_PASSED = "nothing was dead-lettered and the checkpoint has not passed these 
 # within milliseconds, with no backoff, and a denied item would stop the worker even
 # while the writes around it succeed.
 _ITEM_DENIALS_BEFORE_DEAD_LETTER = 3
+# How often a held write (DestinationWriter._hold_late_write) looks at ``cancelled``,
+# which it cannot wait on together with ``holds_released``: a stop ends it this soon.
+_HOLD_CHECK_S = 0.2
 
 
 class Outcome(StrEnum):
@@ -195,6 +198,11 @@ class _Attempts:
     # outright (throttled, denied, no table): an identical item found after one of those
     # is someone else's, unchanged rather than applied.
     in_doubt: list[WriteRequest] = field(default_factory=list)
+    # When the last unconditional request among them (overwrite's put or delete; the
+    # other rules' writes all carry a condition) was sent (monotonic): it may still land
+    # after the retry that settled the change, over the item's next change, as no
+    # condition stops it (see DestinationWriter.late_write_window_s).
+    unconditional_unanswered_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -250,6 +258,14 @@ class DestinationWriter:
     # Seconds a put-back (a wide item replaced unseen) is still retried once the write is
     # cancelled: the write cannot be called back, the item it replaced can still be.
     put_back_after_cancel_s: float = 10.0
+    # Seconds after an unconditional request that got no answer was sent during which
+    # it may still land (held in a proxy, a load balancer, a congested link): the
+    # change's write returns only once they have passed, so the item's next change
+    # (which waits for it: one write per key at a time) is not overwritten by it. Other
+    # keys flow meanwhile. 0: no hold. Ends early once ``holds_released`` or
+    # ``cancelled`` is set (a stop).
+    late_write_window_s: float = 0.0
+    holds_released: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -284,7 +300,33 @@ class DestinationWriter:
             lambda attempt: self._attempt(change, attempt, state),
             finishing=lambda: state.restore is not None,
         )
+        if state.unconditional_unanswered_at is not None:
+            self._hold_late_write(change, state.unconditional_unanswered_at)
         return result if state.tombstone is None else replace(result, tombstone=state.tombstone)
+
+    def _hold_late_write(self, change: Change, sent_at: float) -> None:
+        """Return only once a request for ``change`` sent at ``sent_at`` without a
+        condition, whose answer never came, can no longer land (``late_write_window_s``
+        after it was sent): landing after the item's next change, it would replace that
+        change's image for good. Ordered writes need no hold: a late one fails its
+        condition on the newer item. A stop or a cancellation ends the hold early (the
+        change was applied all the same; the next change's order is then the gap
+        docs/reliability.md describes)."""
+        until = sent_at + self.late_write_window_s
+        left = until - time.monotonic()
+        if left <= 0:
+            return
+        self.metrics.late_write_holds.labels(self.label).inc()
+        log.warning(
+            "a write got no answer and may still land: the item's next change waits",
+            destination=self.label,
+            key=describe_key(change.keys),
+            hold_s=round(left, 3),
+        )
+        while left > 0 and not self.cancelled.is_set():
+            if self.holds_released.wait(min(left, _HOLD_CHECK_S)):
+                return
+            left = until - time.monotonic()
 
     # -- a first request sent elsewhere ---------------------------------------------------
 
@@ -511,6 +553,8 @@ class DestinationWriter:
                 self._lost(change, Winner(item=existing), plan.reason)
                 return self._count(op, Outcome.CONFLICT_LOST, plan.reason)
             removals = self._noting_removals(change, plan)
+            # A first request sent elsewhere went out earlier: holding from now errs long.
+            sent_at = time.monotonic()
             try:
                 response = self._send(plan) if first is None else _answer_of(first)
             except Exception as error:
@@ -518,6 +562,8 @@ class DestinationWriter:
                     removals.settle_removal(change.key, None)
                 if may_have_landed(error):
                     state.in_doubt.append(plan)
+                    if not plan.condition:
+                        state.unconditional_unanswered_at = sent_at
                 if not isinstance(error, ClientError) or (
                     classify(error) is not ErrorKind.CONDITION_FAILED
                 ):

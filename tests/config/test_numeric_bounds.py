@@ -34,6 +34,8 @@ HUGE = "99999999999999999999999"
         ("writer: {connect_timeout_s: 1e9}", "writer.connect_timeout_s", "or equal to 600"),
         ("writer: {connect_timeout_s: .inf}", "writer.connect_timeout_s", "a finite number"),
         ("writer: {read_timeout_s: .nan}", "writer.read_timeout_s", "a finite number"),
+        ("writer: {late_write_window_s: 601}", "writer.late_write_window_s", "or equal to 600"),
+        ("writer: {late_write_window_s: -1}", "writer.late_write_window_s", "or equal to 0"),
         (
             "conflict_log: {kind: file, retry_for_s: .inf}",
             "conflict_log.retry_for_s",
@@ -87,7 +89,7 @@ def test_every_number_at_its_bound_is_accepted(tmp_path: Path) -> None:
         MINIMAL + "runtime: kcl\n"
         "kcl: {idle_time_between_reads_ms: 600000, failover_time_ms: 3600000}\n"
         "writer: {max_buffered_changes: 100000, access_denied_limit: 10000,\n"
-        "         connect_timeout_s: 600, read_timeout_s: 600,\n"
+        "         connect_timeout_s: 600, read_timeout_s: 600, late_write_window_s: 600,\n"
         "         retry: {base_delay_ms: 600000, max_delay_ms: 600000}}\n"
         "conflict_log: {kind: file, retry_for_s: 86400}\n"
         "metrics: {stall_after_s: 86400}\n"

@@ -107,6 +107,9 @@ class Pipeline:
     def watermark_unstored(self) -> list[str]:
         return self.watermark.unstored()
 
+    def release_holds(self) -> None:
+        pass
+
     def flush(self, timeout: float | None = None) -> bool:
         return True
 

@@ -52,6 +52,7 @@ def test_writer_clients(moto_endpoint: str, unique: Any, tmp_path: Path, metrics
     letters = DeadLetterer(wiring.dead_letter_target(resolved), metrics, "task", "shard-1")
     writers = wiring.destination_writers(resolved, metrics)
     lww, resolver = writers[f"{REGION}/{plain}"], writers[f"{REGION}/{custom}"]
+    assert lww.late_write_window_s == 30.0  # the default
 
     # Conditional puts and deletes go out directly; the custom resolver's reads and
     # writes go through botocore, whose serializer is wrapped in the client-side check.
@@ -83,12 +84,13 @@ def test_send_with_botocore_keeps_botocores_pipeline(
         "source: {region: us-east-1, table: source-table}\n"
         f"destinations: [{{region: {REGION}, table: {table}, endpoint_url: '{moto_endpoint}'}}]\n"
         "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
-        "writer: {send_with_botocore: true}\n"
+        "writer: {send_with_botocore: true, late_write_window_s: 2.5}\n"
         f"dead_letter: {{kind: file, path: '{tmp_path}/dead.jsonl'}}\n"
     )
     resolved = parse_job(job, tmp_path / "job.yaml")
     writers = wiring.destination_writers(resolved, metrics)
     (writer,) = writers.values()
     assert not isinstance(writer.client, WireWriteClient)
+    assert writer.late_write_window_s == 2.5
     assert writer.write(decode(put("a", 1, ts=5))).outcome is Outcome.APPLIED
     assert ddb.get_item(TableName=table, Key={"pk": {"S": "a"}})["Item"]["ts"] == {"N": "5"}

@@ -16,6 +16,9 @@ time from the test (:meth:`FaultProxy.set`) and applies to the next request:
 * ``SLOW_ANSWER``: forward the next request, then hold its answer for ``latency_s``
   before sending it, once: the write lands, the client's read timeout fires first, and
   its retry meets its own write (then the proxy passes requests through again).
+* ``LATE_LANDING``: hold the next request for ``latency_s``, then forward it, once: the
+  client's read timeout fires first and its retry passes, and the request is carried out
+  after it (held in a proxy or a load balancer), perhaps over a newer write.
 * ``DENY``: answer a fraction of requests with HTTP 400 ``AccessDeniedException``,
   unforwarded (a destination whose permissions were taken away).
 * ``BAD_SIGNATURE``: answer a fraction of requests with HTTP 400
@@ -89,6 +92,7 @@ class Fault(StrEnum):
     BAD_SIGNATURE = "bad_signature"
     REFUSE = "refuse"
     SLOW_ANSWER = "slow_answer"
+    LATE_LANDING = "late_landing"
     GARBAGE = "garbage"
 
 
@@ -230,6 +234,9 @@ class FaultProxy:
 
     def slow_answer_once(self, delay_s: float) -> None:
         self.set(Mode(Fault.SLOW_ANSWER, latency_s=delay_s))
+
+    def late_landing_once(self, delay_s: float) -> None:
+        self.set(Mode(Fault.LATE_LANDING, latency_s=delay_s))
 
     def black_hole(self) -> None:
         self.set(Mode(Fault.BLACK_HOLE))
@@ -393,8 +400,13 @@ class FaultProxy:
             mode = self._mode
             if mode.operations and request.operation not in mode.operations:
                 mode = Mode()
-            elif mode.fault is Fault.SLOW_ANSWER:
+            elif mode.fault in (Fault.SLOW_ANSWER, Fault.LATE_LANDING):
                 self._mode = Mode()  # once
+        if mode.fault is Fault.LATE_LANDING:
+            self._stopped.wait(mode.latency_s)
+            response = self._forward(request)
+            self._count(request, f"late_landing_{response.status}")
+            return self._send(connection, response)
         if mode.fault is Fault.SLOW_ANSWER:
             response = self._forward(request)
             self._count(request, f"slow_answer_{response.status}")
