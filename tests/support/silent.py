@@ -6,7 +6,12 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 
 
@@ -58,3 +63,39 @@ class SilentEndpoint:
         self._listener.close()
         for connection in self._held:
             connection.close()
+
+
+@dataclass
+class Finished:
+    """A command's end, timed from its first connection to the endpoint."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    took_s: float  # from its first read to its exit
+
+
+def run_from_first_read(
+    silent: SilentEndpoint,
+    args: list[str],
+    at_first_read: Callable[[subprocess.Popen[str]], None] = lambda _: None,
+) -> Finished:
+    """Run the CLI with ``args`` against ``silent``; ``at_first_read`` is called once it
+    has connected. Timed from then, not from its start: starting Python and importing the
+    CLI on a loaded machine is no part of the bound a test asserts."""
+    running = subprocess.Popen(
+        [sys.executable, "-m", "replicator", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert silent.connected.wait(60), "the command never read"
+        started = time.monotonic()
+        at_first_read(running)
+        out, err = running.communicate(timeout=120)
+        took = time.monotonic() - started
+    finally:
+        if running.poll() is None:
+            running.kill()
+    return Finished(running.returncode, out, err, took)

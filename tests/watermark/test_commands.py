@@ -21,7 +21,7 @@ from replicator.watermark.table import StatusTable
 from tests.support.aws import client
 from tests.support.cli import replicator
 from tests.support.faults.proxy import FaultProxy
-from tests.support.silent import SilentEndpoint
+from tests.support.silent import SilentEndpoint, run_from_first_read
 
 S = 1_000_000
 T0 = 1_700_000_000 * S
@@ -252,24 +252,10 @@ def test_the_watermark_command_is_bounded_when_the_status_table_never_answers(
     """It took 31 s (the client's connect and read timeouts, three attempts) per
     destination; now both destinations' reads are bounded together."""
     path = job_file(tmp_path, "wm-silent-show", silent.url)
-    showing = subprocess.Popen(
-        [sys.executable, "-m", "replicator", "watermark", "--config", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        # Timed from its first read, not from its start: a loaded machine may take
-        # seconds to start Python and import the CLI, which no bound of its reads covers.
-        assert silent.connected.wait(60), "the command never read"
-        started = time.monotonic()
-        _, err = showing.communicate(timeout=120)
-        took = time.monotonic() - started
-    finally:
-        if showing.poll() is None:
-            showing.kill()
-    assert showing.returncode == 3, err
-    assert took < SHOW_TIMEOUT_S + SLACK_S, took
+    shown = run_from_first_read(silent, ["watermark", "--config", str(path)])
+    err = shown.stderr
+    assert shown.returncode == 3, err
+    assert shown.took_s < SHOW_TIMEOUT_S + SLACK_S, shown.took_s
     assert err.startswith("replicator: status table wm-silent-show-watermark"), err
     assert f"did not answer at {silent.url} in {SHOW_TIMEOUT_S:g}s" in err
     assert "Traceback" not in err
@@ -346,21 +332,13 @@ def test_the_watermark_command_stopped_by_sigint_exits_130_with_one_line(
     silent: SilentEndpoint, tmp_path: Path
 ) -> None:
     path = job_file(tmp_path, "wm-stopped-show", silent.url)
-    showing = subprocess.Popen(
-        [sys.executable, "-m", "replicator", "watermark", "--config", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    shown = run_from_first_read(
+        silent,
+        ["watermark", "--config", str(path)],
+        lambda running: running.send_signal(signal.SIGINT),
     )
-    try:
-        assert silent.connected.wait(60), "the command never read"
-        started = time.monotonic()
-        showing.send_signal(signal.SIGINT)
-        out, err = showing.communicate(timeout=30)
-    finally:
-        if showing.poll() is None:
-            showing.kill()
-    assert time.monotonic() - started < SHOW_TIMEOUT_S  # not held by the reads in flight
-    assert showing.returncode == 130, (out, err)
+    out, err = shown.stdout, shown.stderr
+    assert shown.took_s < SHOW_TIMEOUT_S  # not held by the reads in flight
+    assert shown.returncode == 130, (out, err)
     assert err == "replicator: SIGINT received; stopped before the watermark was read\n"
     assert out == ""

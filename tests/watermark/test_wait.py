@@ -7,8 +7,6 @@ from __future__ import annotations
 import gc
 import math
 import re
-import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -32,7 +30,7 @@ from replicator.watermark import (
 from replicator.watermark.table import StatusTable
 from tests.support.aws import client
 from tests.support.faults.proxy import FaultProxy
-from tests.support.silent import SilentEndpoint
+from tests.support.silent import SilentEndpoint, run_from_first_read
 
 PLUS_ONE = timezone(timedelta(hours=1))
 MINUS_ONE = timezone(timedelta(hours=-1))
@@ -178,27 +176,16 @@ def test_the_wait_command_exits_3_by_its_timeout_when_the_status_table_never_ans
         "destinations:\n"
         f"  - {{region: eu-west-1, table: replica, endpoint_url: '{silent_endpoint}'}}\n"
     )
-    waiting = subprocess.Popen(
+    waited = run_from_first_read(
+        silent,
         [
-            *(sys.executable, "-m", "replicator", "wait", "--config", str(path)),
+            *("wait", "--config", str(path)),
             *("--destination", "replica", "--until", f"{time.time():.6f}", "--timeout", "2"),
         ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
-    try:
-        # Timed from its first read: starting Python and importing the CLI on a loaded
-        # machine is no part of the wait's bound.
-        assert silent.connected.wait(60), "the wait never read"
-        started = time.monotonic()
-        _, err = waiting.communicate(timeout=120)
-        took = time.monotonic() - started
-    finally:
-        if waiting.poll() is None:
-            waiting.kill()
-    assert waiting.returncode == 3, err
-    assert took < 2 + SLACK_S
+    err = waited.stderr
+    assert waited.returncode == 3, err
+    assert waited.took_s < 2 + SLACK_S
     assert err.startswith("replicator: status table wm-silent-watermark"), err
     assert "did not answer" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
