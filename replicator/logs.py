@@ -8,6 +8,8 @@ protocol and a stray line there would stop the daemon. Fields bound with
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import logging
 import os
 import re
@@ -36,11 +38,15 @@ def _add_global_fields(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapp
 # AWS answers a bad signature with the canonical request it expected, session token
 # header included; botocore's errors can quote request headers or URLs the same way. JVM
 # options (-Dhttps.proxyPassword=..., -Djavax.net.ssl.trustStorePassword=...) can appear
-# in the KCL daemon's output and in the launcher's errors.
+# in the KCL daemon's output and in the launcher's errors. A quote around the name or the
+# value may be escaped (a text quoted in another: JSON in a JSON line, a repr in a repr),
+# and the value a bytes repr (b'...', how urllib3 and http.client print a header); a
+# value's escapes (\r, \\n) are part of it, an escaped quote ends it.
 _TOKEN_IN_TEXT = re.compile(
     r"((?:x-amz-security-token|aws_session_token|aws_secret_access_key|secretaccesskey|"
-    r"sessiontoken|-D[\w.-]*(?:password|secret|token)[\w.-]*)['\"]?\s*[:=]\s*['\"]?)"
-    r"(?:(?<=['\"])[^'\"]+|[^\s,;&'\"}]+)",
+    r"sessiontoken|-D[\w.-]*(?:password|secret|token)[\w.-]*)(?:\\*['\"])?\s*[:=]\s*"
+    r"(?:b?\\*['\"])?)"
+    r"(?:(?<=['\"])(?:[^'\"\\]|\\+[^'\"\\])+|(?:[^\s,;&'\"}\\]|\\+[^\s,;&'\"}\\])+)",
     re.IGNORECASE,
 )
 # A user name and password in a URL (an endpoint or queue URL typed with them): refused
@@ -57,17 +63,68 @@ SECRET_MIN_CHARS = 8
 REDACTED = "<redacted>"
 
 
+# How many quotings deep a credential variable's value is looked for: a value quoted once
+# (http.client's refusal of a header quotes it as a bytes repr), and that text quoted
+# again (botocore's error repr'd in a field, or JSON-escaped in a KCL daemon's line).
+_QUOTING_DEPTH = 2
+
+
+def _inside_str_repr(text: str) -> list[str]:
+    """``text`` as it is inside a str repr: between single quotes (a ``'`` escaped), or
+    between double quotes (the quote Python picks for a text with a ``'`` and no ``"``)."""
+    single = repr(text + "\"'")[1:-4]  # the quotes added make repr pick single quotes
+    return [single, single.replace("\\'", "'")]
+
+
+def _inside_bytes_repr(text: str) -> list[str]:
+    """``text`` inside a bytes repr, in each encoding a header or a body gets (http.client
+    encodes a header as Latin-1, most else is UTF-8); quoted as :func:`_inside_str_repr`."""
+    forms = []
+    for encoding in ("utf-8", "latin-1"):
+        with contextlib.suppress(UnicodeEncodeError):
+            single = repr(text.encode(encoding) + b"\"'")[2:-4]
+            forms += [single, single.replace("\\'", "'")]
+    return forms
+
+
+def _inside_json(text: str) -> list[str]:
+    """``text`` inside a JSON string (our log lines, the KCL's, AWS's answers)."""
+    return [json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]]
+
+
+@functools.lru_cache(maxsize=16)
+def _written_forms(value: str) -> tuple[str, ...]:
+    """Every way a credential variable's ``value`` is written in a text, longest first (a
+    form that holds a shorter one is replaced whole): as it is; each part of it between
+    whitespace that is :data:`SECRET_MIN_CHARS` long (a line break or a tab in the value
+    splits a text that is read line by line, and ``excerpt`` turns it to a space; the
+    trailing ``\r`` of an env file with CRLF line ends goes the same way); and each of
+    those as a str repr, a bytes repr or JSON writes it, once or twice over. A value
+    of letters, digits, ``/`` and ``+`` (every credential AWS issues) is the same in all."""
+    forms = {value, *(part for part in value.split() if len(part) >= SECRET_MIN_CHARS)}
+    for _ in range(_QUOTING_DEPTH):
+        forms |= {
+            quoted
+            for form in forms
+            for quote in (_inside_str_repr, _inside_bytes_repr, _inside_json)
+            for quoted in quote(form)
+        }
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
 def redact(text: str) -> str:
     """``text`` without credentials: a session token or secret key quoted in an error
     (AWS's canonical request, a header, a URL), or the value of a credential variable of
-    this process's environment (:data:`SECRET_MIN_CHARS` or longer). Credentials are
-    never logged nor printed."""
+    this process's environment (:data:`SECRET_MIN_CHARS` or longer), in every form a
+    quote gives it (:func:`_written_forms`). Credentials are never logged nor printed."""
     text = _TOKEN_IN_TEXT.sub(lambda match: match.group(1) + REDACTED, text)
     text = _USERINFO_IN_URL.sub(lambda match: match.group(1) + REDACTED + "@", text)
     for name in _SECRET_VARIABLES:
         value = os.environ.get(name)
-        if value and len(value) >= SECRET_MIN_CHARS and value in text:
-            text = text.replace(value, REDACTED)
+        if value and len(value) >= SECRET_MIN_CHARS:
+            for form in _written_forms(value):
+                if form in text:
+                    text = text.replace(form, REDACTED)
     return text
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import sys
 import threading
 from pathlib import Path
@@ -182,3 +183,82 @@ def test_a_credential_variables_value_is_redacted_from_the_documented_length(
 
     security = (Path(__file__).parent.parent / "docs" / "security.md").read_text()
     assert f"**{SECRET_MIN_CHARS} characters or more**" in " ".join(security.split())
+
+
+# Credentials as an environment can hold them by mistake: a CRLF env file leaves a
+# carriage return at the end, a pasted token a line break or a tab inside; a backslash
+# or a letter outside ASCII is escaped by every kind of quoting.
+_AWKWARD_CREDENTIALS = (
+    "IQoJb3JpZ2luX2VjLeakyTokenSECRET123\r",
+    "IQoJb3JpZ2luX2Vj\nLeakyTokenSECRET123",
+    "wJalrXUtnFEMI\\K7MDENG\tbPxRfiCYEXAMPLEKEY",
+    "tökenSECRETwithé'quote\"",
+)
+
+
+def _quoted_forms(value: str) -> dict[str, str]:
+    """Texts that quote ``value`` as the libraries under the replicator quote a header or
+    a field: http.client's refusal (a bytes repr), a str repr, JSON, one inside another,
+    and ``excerpt``'s one line (every run of whitespace one space)."""
+    refusal = f"Invalid header value {value.encode()!r}"
+    return {
+        "as is": f"token {value} refused",
+        "stripped": f"token {value.strip()} refused",
+        "str repr": f"headers {{'x-token': {value!r}}}",
+        "bytes repr": refusal,
+        "json": json.dumps({"error": value}),
+        "json, ascii kept": json.dumps({"error": value}, ensure_ascii=False),
+        "repr of a repr": repr(f"An HTTP Client raised an unhandled exception: {refusal}"),
+        "json of a repr": json.dumps({"event": refusal}),
+        "one line": " ".join(f"token {value} refused".split()),
+    }
+
+
+@pytest.mark.parametrize("variable", ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"])
+@pytest.mark.parametrize("value", _AWKWARD_CREDENTIALS)
+def test_a_credential_with_characters_a_quote_escapes_is_redacted_in_every_quoted_form(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """http.client refuses a header holding a CR or LF with its value as a bytes repr
+    (``\\r`` as a backslash and an r), which botocore's error and the command's last line
+    quote: the credential is redacted in that form and in every other a quote gives it,
+    and so is each part of it a line break or an ``excerpt`` would leave apart."""
+    from replicator.logs import REDACTED, SECRET_MIN_CHARS, redact
+
+    monkeypatch.setenv(variable, value)
+    # What survives any quoting of the secret: its runs of letters and digits.
+    words = re.findall(r"[A-Za-z0-9]{6,}", value)
+    assert words and all(len(part) >= SECRET_MIN_CHARS for part in value.split())
+    for form, text in _quoted_forms(value).items():
+        assert all(word in text for word in words), form
+        said = redact(text)
+        assert REDACTED in said, form
+        assert [word for word in words if word in said] == [], f"{form}: {said}"
+
+
+def test_a_named_credential_quoted_as_bytes_or_twice_is_redacted() -> None:
+    """A credential named by its header, of any length: as a bytes repr (a header dict as
+    urllib3 prints it), and quoted twice (JSON in a JSON line, a repr in a repr), its
+    escapes included; what quotes it stays well-formed."""
+    from replicator.logs import REDACTED, redact
+
+    said = redact("{'X-Amz-Security-Token': b'shortTk', 'Host': b'dynamodb'}")
+    assert said == f"{{'X-Amz-Security-Token': b'{REDACTED}', 'Host': b'dynamodb'}}"
+    header = {"X-Amz-Security-Token": "short\rTk\r", "Host": "dynamodb"}
+    said = redact(json.dumps({"event": json.dumps(header)}))
+    assert json.loads(json.loads(said)["event"]) == {**header, "X-Amz-Security-Token": REDACTED}
+    twice = repr(repr({key: value.encode() for key, value in header.items()}))
+    assert "short\\\\rTk" in twice  # the escape's backslash escaped
+    said = redact(twice)
+    assert said == twice.replace("short\\\\rTk\\\\r", REDACTED)
+
+
+def test_a_password_option_or_url_password_with_escapes_is_redacted() -> None:
+    """The JVM options and URLs quoted by repr (a list of arguments, a bytes URL)."""
+    from replicator.logs import REDACTED, redact
+
+    said = redact(repr(["java", "-Dhttps.proxyPassword=hunter22\r", "-Xmx1g"]))
+    assert "hunter22" not in said and f"-Dhttps.proxyPassword={REDACTED}'" in said
+    said = redact(repr(b"http://admin:Pw\r\nSecret@proxy:3128/"))
+    assert "Secret" not in said and "admin" not in said
+    assert said == f"b'http://{REDACTED}@proxy:3128/'"
