@@ -129,6 +129,9 @@ class ReplicationProcessor:
         self.checkpoints: Checkpoints | None = None
         self._lease_lost = False
         self._shutdown_requested = False
+        # Told to stop by the protocol (shutdownRequested, leaseLost or shardEnded): the
+        # end of our input then closes the protocol; before, it means the daemon is gone.
+        self.told_to_stop = False
         self._stop = threading.Event()
         self._reporter: threading.Thread | None = None
         self._answered_at = time.time()  # when the last action finished (see process_records)
@@ -186,6 +189,7 @@ class ReplicationProcessor:
 
     @_fail_fast
     def lease_lost(self, lease_lost_input: Any) -> None:
+        self.told_to_stop = True
         if self._shutdown_requested:
             # A graceful stop: the KCL gives up the leases after the processors have
             # checkpointed, and tells each of them so. Nothing was taken from this worker.
@@ -203,6 +207,7 @@ class ReplicationProcessor:
     @_fail_fast
     def shard_ended(self, shard_ended_input: Any) -> None:
         intake = self._require_intake()
+        self.told_to_stop = True
         if self._lease_lost:
             # The KCL puts a lost lease before a shard's end: the checkpoint at SHARD_END
             # is no longer ours to write (it would be refused), and the writes abandon()
@@ -220,6 +225,7 @@ class ReplicationProcessor:
     def shutdown_requested(self, shutdown_requested_input: Any) -> None:
         intake = self._require_intake()
         self._shutdown_requested = True
+        self.told_to_stop = True
         if self._lease_lost:
             return
         pipeline = intake.pipeline
@@ -689,7 +695,16 @@ def serve_daemon(resolved: Any) -> NoReturn:
     processor.close()
     if conflict_log is not None:
         conflict_log.close()
-    log.info("daemon closed the protocol; processor exiting")
+    if processor.told_to_stop:
+        log.info("daemon closed the protocol; processor exiting")
+    else:
+        # Our input ended with no stop told: the runtime or daemon died (killed, or
+        # crashed) between two actions. The shard resumes from its last checkpoint
+        # wherever it runs next, as when it goes while a checkpoint waits (DaemonGone).
+        log.warning(
+            "the daemon went away; exiting",
+            error="its input ended before any shutdownRequested, leaseLost or shardEnded",
+        )
     # Now, without waiting for writes still in flight (a destination that does not
     # answer): the interpreter's exit would join their threads, up to a read timeout and
     # its retries, and the runtime would kill the child after its stop. Nothing they

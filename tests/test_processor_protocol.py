@@ -738,9 +738,9 @@ def test_process_records_lines_are_read_fast_into_the_same_records() -> None:
         assert type(process.io_handler.load_action(text)) is type(stock(text))
 
 
-def json_logged(job: dict[str, Any]) -> RawDaemon:
+def json_logged(job: dict[str, Any], level: str = "info") -> RawDaemon:
     config = job["config"]
-    config.write_text(config.read_text() + "logging: {format: json}\n")
+    config.write_text(config.read_text() + f"logging: {{level: {level}, format: json}}\n")
     daemon = RawDaemon(config)
     daemon.act(
         {"action": "initialize", "shardId": "s", "sequenceNumber": None, "subSequenceNumber": None}
@@ -902,6 +902,45 @@ def test_the_processor_raises_its_open_file_soft_limit_for_the_writes_in_flight(
     assert int(shown.stdout.split()[-1]) == hard
 
 
+GONE = "the daemon went away; exiting"
+CLOSED = "daemon closed the protocol; processor exiting"
+
+
+def logged(daemon: RawDaemon, event: str) -> list[dict[str, Any]]:
+    """The child's log lines saying ``event`` (every line must be JSON)."""
+    lines = [json.loads(line) for line in daemon.stderr if line.strip()]
+    return [line for line in lines if line["event"] == event]
+
+
+def test_input_ending_with_no_stop_told_is_the_daemon_gone_even_at_warning_level(
+    job: dict[str, Any],
+) -> None:
+    """The runtime or daemon dies between two actions: the child's input ends with no
+    shutdownRequested, leaseLost or shardEnded sent. It says the daemon went away, a
+    warning (shown at ``logging.level: warning``), not the clean stop's info line."""
+    daemon = json_logged(job, level="warning")
+    daemon.records([put("k", 800, ts=1)])
+    assert daemon.finish() == 0
+    (gone,) = logged(daemon, GONE)
+    assert gone["level"] == "warning" and "exception" not in gone
+    assert logged(daemon, CLOSED) == []
+
+
+@pytest.mark.parametrize("stop", ["shutdownRequested", "leaseLost", "shardEnded"])
+def test_input_ending_after_a_stop_was_answered_is_the_clean_close(
+    job: dict[str, Any], stop: str
+) -> None:
+    """The daemon closes the child's input once it has answered the stop it was told:
+    the info line, and no word of the daemon going away."""
+    daemon = json_logged(job)
+    daemon.records([put("k", 900, ts=1)])
+    daemon.act({"action": stop})
+    assert daemon.finish() == 0
+    (closed,) = logged(daemon, CLOSED)
+    assert closed["level"] == "info"
+    assert logged(daemon, GONE) == []
+
+
 def test_a_daemon_gone_while_a_checkpoint_waits_is_a_warning_not_a_refusal(
     job: dict[str, Any],
 ) -> None:
@@ -923,7 +962,7 @@ def test_a_daemon_gone_while_a_checkpoint_waits_is_a_warning_not_a_refusal(
     assert daemon.exit_code() == 1
     assert daemon.read() is None
     lines = [json.loads(line) for line in daemon.stderr if line.strip()]
-    gone = [line for line in lines if line["event"] == "the daemon went away; exiting"]
+    gone = [line for line in lines if line["event"] == GONE]
     assert len(gone) == 1
     assert gone[0]["level"] == "warning"
     assert "exception" not in gone[0]
