@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
@@ -62,6 +62,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+_T = TypeVar("_T")
+
 # Reads of the lease at a stop, throttling and 5xx retried (stopping no longer waits).
 _STOP_READ_ATTEMPTS = 4
 
@@ -69,8 +71,8 @@ _STOP_READ_ATTEMPTS = 4
 # Above what a processor takes to answer shutdownRequested: the checkpoint it asks for
 # written to the lease table, and its answer read.
 _STOP_ANSWER_MARGIN_S = 5.0
-# The reason /healthz gives for a GetRecords still out.
-_UNANSWERED = "GetRecords not answered yet"
+# The reason /healthz gives for a call to the stream still out, after its operation's name.
+_UNANSWERED = " not answered yet (sent "
 
 
 def stop_answer_limit_s(shutdown_flush_ms: int) -> float:
@@ -154,9 +156,10 @@ class ShardSettings:
     lease_expiry_s: float | None = None
     # Seconds of failing stream reads before the shard is reported (metrics.stall_after_s).
     read_stall_after_s: float = 300.0
-    # While a GetRecords call goes unanswered (an endpoint that hangs until botocore's read
-    # timeout), the processor is told every this many seconds how far behind the reader
-    # may be by now, so that its lag grows with the wait, not once per failed read.
+    # While a call to the stream goes unanswered (an endpoint that hangs GetRecords or
+    # GetShardIterator until botocore's read timeout), and in the waits between retries,
+    # the processor is told every this many seconds how far behind the reader may be by
+    # now, so that its lag grows with the wait, not once per failed read.
     outstanding_read_report_s: float = 1.0
     # Turns an AWS error no retry fixes, met while doing ``what``, into the line the run
     # ends with (naming the stream or lease table, where, and what to do); None: the
@@ -222,6 +225,10 @@ class ShardWorker(threading.Thread):
         # the tip it was (None: none yet).
         self._read_at: float | None = None
         self._millis_behind = 0
+        # When (time.monotonic) the processor is next due to hear how far behind the
+        # reader may be, while reads fail or go unanswered; None: no report since the
+        # last read that succeeded (the next is due a report interval into the next call).
+        self._report_due: float | None = None
 
     @property
     def shard_id(self) -> str:
@@ -398,7 +405,7 @@ class ShardWorker(threading.Thread):
             self.child = child
             # It reads from the checkpoint: where the last child's reads were says nothing
             # of what it lacks (a backlog, changes the last one left unwritten).
-            self._read_at, self._millis_behind = None, 0
+            self._read_at, self._millis_behind, self._report_due = None, 0, None
             try:
                 child.start()
                 self.progress.child_pid = child.pid
@@ -513,6 +520,7 @@ class ShardWorker(threading.Thread):
                     iterator = self._resume_iterator(child)
                 continue
             attempt = 0
+            self._report_due = None
             self.progress.read_failing_since = None
             self.progress.read_error = None
             records = response.get("Records", [])
@@ -593,65 +601,95 @@ class ShardWorker(threading.Thread):
     def _get_records(
         self, child: ProcessorChild, iterator: str
     ) -> tuple[GetRecordsOutputTypeDef, bool]:
-        """One GetRecords call, made on a thread of its own so that while it goes
-        unanswered the processor keeps hearing how far behind the reader may be (see
-        :meth:`_tell_behind`): every ``outstanding_read_report_s``, as a failed read tells
-        it. The processor is only ever spoken to from this thread. The call is left to
-        botocore's timeouts and retries, as before; a stop waits for it. Also whether the
-        processor was told anything while the call was out."""
-        outcome: list[GetRecordsOutputTypeDef | BaseException] = []
+        """One GetRecords call (see :meth:`_while_out`), and whether the processor was
+        told anything while it was out, or while the shard's end was confirmed."""
+        result, reported = self._while_out(
+            child,
+            "GetRecords",
+            lambda: self.streams.get_records(
+                ShardIterator=iterator, Limit=self.settings.max_records
+            ),
+        )
+        if not isinstance(result.get("Records"), list):
+            raise MalformedAnswer(
+                operation="GetRecords", reason="no Records", body=repr(result)[:80]
+            )
+        if result.get("NextShardIterator") is None:
+            reported = self._confirm_shard_end(child) or reported
+        return result, reported
+
+    def _while_out(
+        self, child: ProcessorChild, operation: str, call: Callable[[], _T]
+    ) -> tuple[_T, bool]:
+        """Make one call to the stream (``operation``: its name) on a thread of its own,
+        so that while it goes unanswered the processor keeps hearing how far behind the
+        reader may be (see :meth:`_tell_behind`): every ``outstanding_read_report_s``, as
+        a failed read and the wait before its retry tell it, at one pace across them
+        (see :meth:`_until_report`). GetRecords and GetShardIterator alike: after three
+        failed reads the worker asks for a fresh iterator, and an endpoint holding every
+        request holds that one as long. The processor is only ever spoken to from this
+        thread. The call is left to botocore's timeouts and retries, as before; a stop
+        waits for it. Also whether the processor was told anything while it was out."""
+        outcome: list[_T | BaseException] = []
         done = threading.Event()
 
-        def read() -> None:
+        def make() -> None:
             try:
-                outcome.append(
-                    self.streams.get_records(
-                        ShardIterator=iterator, Limit=self.settings.max_records
-                    )
-                )
+                outcome.append(call())
             except BaseException as error:  # noqa: BLE001  # raised on the worker's thread
                 outcome.append(error)
             finally:
                 done.set()
 
         sent_at = self._clock()
-        threading.Thread(target=read, name=f"read-{self.shard_id}", daemon=True).start()
+        threading.Thread(target=make, name=f"read-{self.shard_id}", daemon=True).start()
         reported = False
-        while not done.wait(self.settings.outstanding_read_report_s):
+        while not done.wait(self._until_report()):
             reported = self._tell_behind(child) or reported
-            self._read_unanswered(sent_at)
+            self._read_unanswered(operation, sent_at)
         (result,) = outcome
         if isinstance(result, BaseException):
             raise result
-        if not isinstance(result.get("Records"), list):
-            raise MalformedAnswer(
-                operation="GetRecords", reason="no Records", body=repr(result)[:80]
-            )
-        if result.get("NextShardIterator") is None:
-            self._confirm_shard_end()
         return result, reported
 
-    def _read_unanswered(self, sent_at: float) -> None:
+    def _until_report(self) -> float:
+        """Seconds until the processor is due to hear how far behind the reader may be:
+        ``outstanding_read_report_s`` after it last heard it while reads fail or go
+        unanswered, so the reports go on at that pace through the calls and the waits
+        between their retries (a wait shorter than the pace does not start it again);
+        else after now (a call's first report, since the last read that succeeded)."""
+        if self._report_due is None:
+            self._report_due = time.monotonic() + self.settings.outstanding_read_report_s
+        return max(0.0, self._report_due - time.monotonic())
+
+    def _read_unanswered(self, operation: str, sent_at: float) -> None:
         """A read still out counts for ``trouble`` as a failing one does: a stream that
         hangs (a proxy holding requests) is no more readable than one that refuses, and
         /healthz must not wait for botocore's read timeout to say so."""
         progress = self.progress
         if progress.read_failing_since is None:
             progress.read_failing_since = self._last_read_or(sent_at)
-        if progress.read_error is None or progress.read_error.startswith(_UNANSWERED):
+        if progress.read_error is None or _UNANSWERED in progress.read_error:
             waited_s = self._clock() - sent_at
-            progress.read_error = f"{_UNANSWERED} (sent {waited_s:.0f}s ago)"
+            progress.read_error = f"{operation}{_UNANSWERED}{waited_s:.0f}s ago)"
 
-    def _confirm_shard_end(self) -> None:
+    def _confirm_shard_end(self, child: ProcessorChild) -> bool:
         """A GetRecords answer without ``NextShardIterator`` is the shard's end only if
         DescribeStream says the shard is closed (has an ``EndingSequenceNumber``) or no
         longer lists it: SHARD_END is checkpointed for good, so an answer that lost its
         iterator on the way must not end an open shard. Raises :class:`ShardStillOpen`
         (a failed read, retried) otherwise; a shard ends once every few hours at most,
-        so the pages of DescribeStream this reads cost nothing that matters."""
-        _, shards = list_shards(self.streams, self.settings.stream_arn)
+        so the pages of DescribeStream this reads cost nothing that matters. Read as
+        any call to the stream (:meth:`_while_out`); whether the processor was told
+        anything meanwhile."""
+        (_, shards), reported = self._while_out(
+            child,
+            "DescribeStream",
+            lambda: list_shards(self.streams, self.settings.stream_arn),
+        )
         if any(shard.shard_id == self.shard_id and not shard.closed for shard in shards):
             raise ShardStillOpen(shard=self.shard_id)
+        return reported
 
     def _tell_behind(self, child: ProcessorChild) -> bool:
         """Tell the processor the reader is at least as far behind as at the last read
@@ -667,6 +705,7 @@ class ShardWorker(threading.Thread):
         an empty batch at 0 (or null) behind as the reader at the tip
         (``processor.at_the_tip``), and the watermark as every change made before it
         read."""
+        self._report_due = time.monotonic() + self.settings.outstanding_read_report_s
         if self._read_at is None:
             return False
         behind_ms = self._millis_behind + max(0, int((self._clock() - self._read_at) * 1000))
@@ -828,10 +867,11 @@ class ShardWorker(threading.Thread):
     def _iterator(self, child: ProcessorChild, position: str, at: bool = False) -> str:
         """An iterator at TRIM_HORIZON or LATEST, or after (``at``: at) a sequence number.
 
-        Retried as a failed GetRecords is (an outage that began while the iterator went
-        stale meets both): the processor keeps hearing how far behind the reader may be,
-        the shard is reported once it has failed for the stall time, and a stop ends the
-        retries (:class:`_Stopping`)."""
+        Made and retried as GetRecords is (an outage that began while the iterator went
+        stale meets both): the processor keeps hearing how far behind the reader may be
+        while the request is out and between its retries (:meth:`_while_out`), the shard
+        is reported once it has failed (or been out) for the stall time, and a stop ends
+        the retries (:class:`_Stopping`)."""
         kwargs: dict[str, Any] = {"StreamArn": self.settings.stream_arn, "ShardId": self.shard_id}
         if position in (TRIM_HORIZON, LATEST):
             kwargs["ShardIteratorType"] = position
@@ -849,7 +889,12 @@ class ShardWorker(threading.Thread):
         attempt = 0
         while True:
             try:
-                iterator: str = self.streams.get_shard_iterator(**kwargs)["ShardIterator"]
+                # Reports while it is out come before the next GetRecords is sent: they
+                # do not keep that read's empty answer from claiming the tip.
+                answer, _ = self._while_out(
+                    child, "GetShardIterator", lambda: self.streams.get_shard_iterator(**kwargs)
+                )
+                iterator: str = answer["ShardIterator"]
                 return iterator
             except (ClientError, BotoCoreError) as error:
                 if error_code(error) == "TrimmedDataAccessException":
@@ -940,7 +985,8 @@ class ShardWorker(threading.Thread):
     ) -> None:
         """Back off before retry ``attempt``, or raise when no retry can help. With
         ``child`` (the stream being read for it), the processor is told how far behind
-        the reader may be about once a second meanwhile, so its lag grows with the
+        the reader may be about once a second meanwhile, at the pace of the reports on
+        the calls before and after (:meth:`_until_report`), so its lag grows with the
         outage rather than in steps as long as the backoff; :class:`_Stopping` once the
         runtime stops."""
         kind = classify(error)
@@ -965,11 +1011,11 @@ class ShardWorker(threading.Thread):
         # Real time: the wait is real even where tests simulate the clock.
         deadline = time.monotonic() + delay
         while True:
-            left = deadline - time.monotonic()
-            if self.stopping.wait(max(0.0, min(left, self.settings.outstanding_read_report_s))):
+            left, due = deadline - time.monotonic(), self._until_report()
+            if self.stopping.wait(max(0.0, min(left, due))):
                 raise _Stopping
-            if left <= self.settings.outstanding_read_report_s:
-                return
+            if left <= due:
+                return  # a report due now is the next call's first
             self._tell_behind(child)
 
     # -- checkpoints (called from the child protocol, on this thread) ---------------------

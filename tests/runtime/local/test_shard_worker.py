@@ -1098,6 +1098,57 @@ def test_a_read_left_unanswered_raises_the_lag_while_it_waits() -> None:
     assert list(dict.fromkeys(hung)) == [1, 1_000, 2_000, 3_000]
 
 
+def test_an_iterator_request_left_unanswered_raises_the_lag_while_it_waits() -> None:
+    """Three failed reads (each timing out after 10 s), then the fresh iterator asked for
+    after them hangs (a proxy holding GetShardIterator until botocore's read timeout):
+    the processor keeps hearing how far behind the reader may be while that call is out,
+    as while a GetRecords is, rather than nothing until it fails. Simulated time: a
+    second passes after each report on the hung call; it is answered once the processor
+    heard 33 s."""
+    clock = [1_000_000.0]
+    stop = threading.Event()
+    answered = threading.Event()
+    script: list[Any] = [{"Records": [], "NextShardIterator": "a"}]
+    script += [error("InternalServerError")] * 3
+    stream = ScriptedStream(script, stop)
+    real_read, real_iterator = stream.get_records, stream.get_shard_iterator
+    hung: list[int] = []  # what the processor heard while the iterator request was out
+
+    def read(**kwargs: Any) -> dict[str, Any]:
+        if stream.reads:
+            clock[0] += 10.0  # the read timeout of a failing read
+        return real_read(**kwargs)
+
+    def get_shard_iterator(**kwargs: Any) -> dict[str, str]:
+        if stream.iterator_requests:  # the fresh one, after the third failed read
+            hung.append(-1)
+            assert answered.wait(10), "the processor was not told while the request hung"
+        return real_iterator(**kwargs)
+
+    class Waiting(StandInChild):
+        def process_records(self, records: list[dict[str, Any]], millis_behind: int | None) -> None:
+            super().process_records(records, millis_behind)
+            if not hung or millis_behind is None or answered.is_set():
+                return  # before the request hung, or after its answer
+            hung.append(millis_behind)
+            if millis_behind >= 33_000:
+                answered.set()
+            else:
+                clock[0] += 1.0
+
+    stream.get_shard_iterator = get_shard_iterator  # type: ignore[method-assign]
+    worker, children = _run_with_slow_read(stream, read, Waiting, stop, clock)
+    assert worker.error is None, worker.error
+    (child,) = children
+    # The first read's answer (how far behind not known), the three failed reads (10 s
+    # more behind each), then while the iterator request hung: 30 s at once (the reports
+    # go on at their pace from the last failed read's), 31 s, 32 s, 33 s, the lag rising
+    # with the wait.
+    assert list(dict.fromkeys(child.behind))[:4] == [None, 10_000, 20_000, 30_000]
+    assert stream.iterator_requests[1:] == [("TRIM_HORIZON", None)]
+    assert list(dict.fromkeys(hung[1:])) == [30_000, 31_000, 32_000, 33_000]
+
+
 @pytest.mark.parametrize("restarted", [False, True], ids=["start", "restarted processor"])
 def test_a_first_read_still_out_on_a_backlog_tells_the_processor_nothing(restarted: bool) -> None:
     """A start, or a processor started again after a failure, on a backlog 35 s old
