@@ -251,16 +251,36 @@ class Listing:
             note = f"restored by {restore.id} at {restore.recorded_at}" if restore else ""
             if entry.truncated:
                 note = (note + "; " if note else "") + "truncated: " + ", ".join(entry.truncated)
+        loser, winner = _rank(entry.losing_rank), _winner(entry)
+        digests = _tie_digests(entry)
+        if digests is not None:
+            loser, winner = f"{loser} digest={digests[0]}", f"{winner} digest={digests[1]}"
         return (
             entry.id,
             entry.at,
             entry.destination,
             key_text(entry),
             entry.op,
-            _rank(entry.losing_rank),
-            _winner(entry),
+            loser,
+            winner,
             note,
         )
+
+
+def _tie_digests(entry: ConflictEntry) -> tuple[str, str] | None:
+    """The loser's and the winner's digests (as the entry's ``why`` shows them) when the
+    two tie on (value, origin): the digest decided, and their ranks alone read the same.
+    None otherwise, and for a delete that won (its tombstone ranks above the image it
+    deleted as a delete, not by a digest)."""
+    orders = [(rank or {}).get("order") for rank in (entry.losing_rank, entry.winning_rank)]
+    losing, winning = orders
+    if not (isinstance(losing, list) and isinstance(winning, list)):
+        return None
+    if len(losing) != 4 or len(winning) != 4 or losing[:3] != winning[:3]:
+        return None
+    if losing[3] == winning[3]:
+        return None
+    return str(losing[3])[:12], str(winning[3])[:12]
 
 
 def _winner(entry: ConflictEntry) -> str:

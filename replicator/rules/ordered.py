@@ -334,15 +334,21 @@ class OrderedRule:
 
     def explain_loss(self, change: Change, existing: Item | None) -> str:
         verb = "delete" if change.event is Event.REMOVE else "put"
-        tie = (
-            existing is not None
-            and change.image is not None
-            and self.rank(existing)[:3] == self.rank(change.image)[:3]
-        )
+        held, image = self.shown_apart(existing, change.image)
         return (
-            f"{self.name}: the destination's item ({self.shown(existing, tie)}) ranks above "
-            f"the {verb}'s image ({self.shown(change.image, tie)})"
+            f"{self.name}: the destination's item ({held}) ranks above the {verb}'s image ({image})"
         )
+
+    def shown_apart(self, winner: ItemView | None, loser: ItemView | None) -> tuple[str, str]:
+        """The winner and the loser of a comparison as :meth:`shown` shows them, with
+        their digests when they tie on (value, origin): the digest decided then, and the
+        ranking fields alone would read the same twice."""
+        tie = (
+            winner is not None
+            and loser is not None
+            and self.rank(winner)[:3] == self.rank(loser)[:3]
+        )
+        return self.shown(winner, tie), self.shown(loser, tie)
 
     def shown(self, image: ItemView | None, with_digest: bool = False) -> str:
         """The fields that rank ``image``, as log lines and conflict entries show them."""

@@ -15,7 +15,8 @@ the two runs second sees the other (see docs/active-active.md).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 from botocore.exceptions import ClientError
@@ -38,13 +39,28 @@ from replicator.aws.errors import ErrorKind, classify
 
 # Conditional writes of one row before it is left to whoever keeps changing it.
 _ATTEMPTS = 5
+# The key of every tombstone table, as messages name it.
+KEY_SCHEMA = f"{PARTITION_KEY} (HASH, S) alone"
+
+
+class TombstoneTableError(ClientError):
+    """An error DynamoDB answered to a request for a tombstone table: a ClientError like
+    any other for the writer's retries and refusals, which also says which table it was
+    (``table``, the table's description). The writer that sent it writes the user's
+    table beside it, through the same client: without this, a tombstone table deleted
+    or denied would be reported as that table, which is there."""
+
+    def __init__(self, error: ClientError, table: str) -> None:
+        super().__init__(error.response, error.operation_name)
+        self.table = table
 
 
 class TombstoneTable:
     """Reads and conditional writes of one region's tombstone table.
 
     ``client`` is the destination writer's own (same region, endpoint and role as the
-    user's table). Errors propagate as botocore raises them, for the writer's retries.
+    user's table). DynamoDB's errors propagate as :class:`TombstoneTableError`, for the
+    writer's retries, which name the table; botocore's own (no answer) as it raises them.
     """
 
     def __init__(
@@ -99,14 +115,15 @@ class TombstoneTable:
     ) -> Tombstone | None:
         expression, names, values = request
         try:
-            self.client.put_item(
-                TableName=self.table,
-                Item=tombstone.to_item(),
-                ConditionExpression=expression,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
+            with self._named():
+                self.client.put_item(
+                    TableName=self.table,
+                    Item=tombstone.to_item(),
+                    ConditionExpression=expression,
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=values,
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
         except ClientError as error:
             if classify(error) is not ErrorKind.CONDITION_FAILED:
                 raise
@@ -118,11 +135,12 @@ class TombstoneTable:
 
     def get(self, keys: Item) -> Tombstone | None:
         """The item's tombstone, read strongly consistently (expired ones included)."""
-        response = self.client.get_item(
-            TableName=self.table,
-            Key={PARTITION_KEY: {"S": row_key(keys)}},
-            ConsistentRead=True,
-        )
+        with self._named():
+            response = self.client.get_item(
+                TableName=self.table,
+                Key={PARTITION_KEY: {"S": row_key(keys)}},
+                ConsistentRead=True,
+            )
         item = cast("Item | None", response.get("Item"))
         return None if not item else Tombstone.from_item(item)
 
@@ -132,14 +150,15 @@ class TombstoneTable:
         (None: no tombstone, expired ones included). The keys DynamoDB leaves unprocessed
         (it throttled part of the request) stay pending and raise a throttling error, so
         that the writer's retries ask for them again after its backoff."""
-        response = self.client.batch_get_item(
-            RequestItems={
-                self.table: {
-                    "Keys": [{PARTITION_KEY: {"S": row}} for row in pending],
-                    "ConsistentRead": True,
+        with self._named():
+            response = self.client.batch_get_item(
+                RequestItems={
+                    self.table: {
+                        "Keys": [{PARTITION_KEY: {"S": row}} for row in pending],
+                        "ConsistentRead": True,
+                    }
                 }
-            }
-        )
+            )
         for item in response.get("Responses", {}).get(self.table, []):
             row = cast("Item", item)
             key = pending.pop(str(row[PARTITION_KEY].get("S")), None)
@@ -151,16 +170,24 @@ class TombstoneTable:
         for row_id in [row_id for row_id in pending if row_id not in left]:
             found[pending.pop(row_id)] = None
         if pending:
-            raise ClientError(
+            throttled = ClientError(
                 {
                     "Error": {
                         "Code": "ProvisionedThroughputExceededException",
-                        "Message": f"BatchGetItem left {len(pending)} keys of "
-                        f"{self.description} unprocessed",
+                        "Message": f"BatchGetItem left {len(pending)} keys unprocessed",
                     }
                 },
                 "BatchGetItem",
             )
+            raise TombstoneTableError(throttled, self.description)
+
+    @contextmanager
+    def _named(self) -> Iterator[None]:
+        """DynamoDB's errors to the requests sent inside as :class:`TombstoneTableError`."""
+        try:
+            yield
+        except ClientError as error:
+            raise TombstoneTableError(error, self.description) from error
 
     def ensure_exists(self, wait_s: float = 120.0) -> None:
         ensure_table(
@@ -170,7 +197,7 @@ class TombstoneTable:
             TTL_ATTRIBUTE,
             f"tombstone table {self.table}",
             self.where,
-            "tombstones need a table keyed by pk (HASH, S) alone: name another table in "
+            f"tombstones need a table keyed by {KEY_SCHEMA}: name another table in "
             "active_active.tombstone_table",
             wait_s,
         )

@@ -50,7 +50,7 @@ from replicator.rules import ConflictRule, OrderedRule, Skip, Verdict, WriteRequ
 from replicator.rules.order import below
 from replicator.rules.requests import holds_outcome, holds_write, write_over
 from replicator.tombstones.model import Tombstone, tombstone_of
-from replicator.tombstones.table import TombstoneTable
+from replicator.tombstones.table import KEY_SCHEMA, TombstoneTable, TombstoneTableError
 from replicator.writers.wire import WireWriteClient
 
 log = structlog.get_logger(__name__)
@@ -434,10 +434,9 @@ class DestinationWriter:
                     schema_refusals += 1
                     if max(streak, schema_refusals) >= self.refusal_limit:
                         raise DestinationRefused(
-                            f"destination {self.label} ({self.region}/{self.table}) refused "
-                            f"{max(streak, schema_refusals)} writes in a row: "
-                            f"{_describe(error)}. Its key schema is not the source table's "
-                            f"(was it re-created?); {NOT_PASSED}"
+                            f"{self._refuser(error)} refused {max(streak, schema_refusals)} "
+                            f"writes in a row: {_answer(error)}. Its key schema is not "
+                            f"{_expected_key(error)} (was it re-created?); {NOT_PASSED}"
                         ) from error
                 elif kind is ErrorKind.REJECTED:
                     return WriteResult(Outcome.FAILED, "rejected", _describe(error))
@@ -445,17 +444,17 @@ class DestinationWriter:
                     streak, successes_then, _ = self._note_refusal(streak, successes_then)
                     if streak >= self.refusal_limit:
                         raise DestinationRefused(
-                            f"destination {self.label} ({self.region}/{self.table}) did not "
-                            f"accept the signature or credentials of {streak} writes in a "
-                            f"row: {_describe(error)}. Check this host's clock (NTP) and the "
-                            f"credentials the worker runs with; {NOT_PASSED}"
+                            f"{self._refuser(error)} did not accept the signature or "
+                            f"credentials of {streak} writes in a row: {_answer(error)}. "
+                            f"Check this host's clock (NTP) and the credentials the worker "
+                            f"runs with; {NOT_PASSED}"
                         ) from error
                 elif kind in (ErrorKind.DENIED, ErrorKind.NOT_FOUND):
                     streak, successes_then, successes = self._note_refusal(streak, successes_then)
                     if streak >= self.refusal_limit:
                         raise DestinationRefused(
-                            f"destination {self.label} ({self.region}/{self.table}) refused "
-                            f"{streak} writes in a row: {_describe(error)}"
+                            f"{self._refuser(error)} refused {streak} writes in a row: "
+                            f"{_answer(error)}{_missing_tombstones(error, kind)}"
                         ) from error
                     denials += 1
                     if successes_at_first_denial is None:
@@ -512,6 +511,13 @@ class DestinationWriter:
                     self.cancelled.wait(delay)
                 else:
                     time.sleep(delay)  # cancelled already: only the put-back is left
+
+    def _refuser(self, error: BaseException) -> str:
+        """Who refused ``error``'s request, for a refusal's message: this destination's
+        table, or the tombstone table beside it."""
+        if isinstance(error, TombstoneTableError):
+            return error.table
+        return f"destination {self.label} ({self.region}/{self.table})"
 
     def _attempt(self, change: Change, attempt: int, state: _Attempts) -> WriteResult:
         """One try at settling ``change``; AWS errors other than a failed condition
@@ -932,6 +938,31 @@ def _answer_of(first: FirstAnswer) -> dict[str, Any]:
 
 
 def _describe(error: BaseException) -> str:
+    """``error`` as log lines, dead letters and messages quote it: DynamoDB's answer, and
+    the tombstone table it came from when it was one (the writer's own table is fine)."""
+    if isinstance(error, TombstoneTableError):
+        return f"{error.table}: {_answer(error)}"
+    return _answer(error)
+
+
+def _answer(error: BaseException) -> str:
     if isinstance(error, ClientError):
         return f"{error_code(error)}: {error_message(error)}"
     return f"{type(error).__name__}: {excerpt(str(error))}"
+
+
+def _expected_key(error: BaseException) -> str:
+    """The key a refused table should have had, for a refusal's message."""
+    if isinstance(error, TombstoneTableError):
+        return f"a tombstone table's, {KEY_SCHEMA}"
+    return "the source table's"
+
+
+def _missing_tombstones(error: BaseException, kind: ErrorKind) -> str:
+    """What to do about a missing tombstone table, for a refusal's message."""
+    if isinstance(error, TombstoneTableError) and kind is ErrorKind.NOT_FOUND:
+        return (
+            ". The job creates a missing tombstone table when it starts: start it again "
+            "(see 'Delete tombstones' in docs/active-active.md)"
+        )
+    return ""

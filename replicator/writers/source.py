@@ -252,9 +252,10 @@ class SourceWriter:
             why = f"{self.rule.name}: {shown} ranks at or above this local write"
             rank = tombstone.rank_record(self.rule.attribute, self.rule.origin_attribute)
         else:
+            held, local = self.rule.shown_apart(winner, stale.image)
             why = (
-                f"{self.rule.name}: the source held an image ({self.rule.shown(winner)}) that "
-                f"ranks above this local write ({self.rule.shown(stale.image)})"
+                f"{self.rule.name}: the source held an image ({held}) that ranks above this "
+                f"local write ({local})"
             )
             rank = None
         log.info(

@@ -498,6 +498,25 @@ def test_the_listing_summarizes_and_marks_restores() -> None:
     assert marked[entries[0].id] == "r1"
 
 
+def test_the_listing_shows_the_digests_of_a_loser_and_winner_that_tie() -> None:
+    """A conflict decided by the digest (same timestamp and origin) lists the digests
+    beside the ranks, which alone would read the same in LOSER and WINNER."""
+    lost = conflict(1)
+    loser = lost.change.image
+    assert loser is not None
+    edits = ({**loser, "note": {"S": f"edit {n}"}} for n in range(64))
+    winner = next(edit for edit in edits if RULE.rank(edit) > RULE.rank(loser))
+    lost = replace(lost, existing=winner, why=RULE.explain_loss(lost.change, winner))
+    digests = [str(RULE.rank(image)[3])[:12] for image in (loser, winner)]
+    text = Listing("fake", Selection(), [lost.entry()]).text(limit=1)
+    (row,) = [line for line in text.splitlines() if line.startswith(f"  {lost.entry().id}")]
+    rank = "updated_at=100 origin_region=us-east-1"
+    assert f"{rank} digest={digests[0]}  {rank} digest={digests[1]}" in row
+    assert all(f"digest={d}" in lost.why for d in digests)
+    # Ranks apart on the timestamp show no digest.
+    assert "digest=" not in Listing("fake", Selection(), [conflict(2).entry()]).text(limit=1)
+
+
 # -- the command line -------------------------------------------------------------------------
 
 

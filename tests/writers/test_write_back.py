@@ -27,6 +27,7 @@ from replicator.items import Item, KeyId
 from replicator.metrics import Metrics
 from replicator.records import Change, Event
 from replicator.rules import OrderedRule
+from replicator.rules.order import image_digest
 from replicator.rules.requests import WriteRequest
 from replicator.tombstones.model import Tombstone, tombstone_of
 from replicator.tombstones.table import TombstoneTable
@@ -77,6 +78,7 @@ class Recorded:
                 "winner": conflict.existing,
                 "write_back": conflict.write_back,
                 "winning_rank": conflict.winning_rank,
+                "why": conflict.why,
             }
         )
 
@@ -249,6 +251,30 @@ def test_a_stale_insert_below_a_delete_is_corrected_logged_and_counted_once(pair
     assert len(pair.log.entries) == 1 and pair.log.entries[0]["loser"] == stale
     assert pair.log.entries[0]["winning_rank"]["deleted_in"] == "us-east-1"
     assert stage.corrections == 1
+
+
+def test_a_local_write_corrected_by_the_digest_tie_break_says_so(pair: Pair) -> None:
+    """Two local writes with the same timestamp and origin rank by their digests: the
+    second, below the first, is corrected, and its explanation shows the digests that
+    decided, as a destination's does (the ranking fields alone read the same twice)."""
+    stage = HighWater(RULE, tombstones=True, keep_echoes_apart=True, notes=pair.source.notes)
+    first, second = sorted(
+        (image(1800000000000, "us-east-1", v) for v in "AB"), key=image_digest, reverse=True
+    )
+    pair.a.put_item(TableName=pair.table, Item=second)  # the application, unconditionally
+    stale = change("MODIFY", second, first, seq=2)
+    correction, _, _ = stage.route(stale, Route.REPLICATE)
+    assert correction.corrects is stale and correction.new_image == first
+    assert pair.source.write(correction).outcome is Outcome.CONFLICT_LOST
+    assert pair.get(pair.a) == first
+    (entry,) = pair.log.entries
+    assert entry["loser"] == second and entry["winner"] == first
+    held, local = (f"digest={image_digest(i)[:12]}" for i in (first, second))
+    assert entry["why"] == (
+        f"last_writer_wins: the source held an image (ts=1800000000000, origin=us-east-1, "
+        f"{held}) that ranks above this local write (ts=1800000000000, origin=us-east-1, "
+        f"{local})"
+    )
 
 
 def test_a_stale_insert_below_the_other_regions_delete_names_that_region(pair: Pair) -> None:

@@ -1072,6 +1072,9 @@ def _refuses_position(error: ClientError | BotoCoreError) -> bool:
 
 def _refusing_destination(reason: str | None) -> str | None:
     """The label of the destination a processor's last words say refused its writes
-    (``destination <label> (<region>/<table>) refused ...``), if they say so."""
+    (``destination <label> (<region>/<table>) refused ...``), if they say so. A tombstone
+    table's refusal (``tombstone table <name> (<where>) refused ...``) names none: a write
+    settled at the table beside it (an update, which reads no tombstone) does not show the
+    tombstone table back, so only a checkpoint of every record delivered ends it."""
     match = _REFUSING.match(reason or "")
     return match.group(1) if match else None
