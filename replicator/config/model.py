@@ -1354,6 +1354,41 @@ def _active_active_checks(job: JobConfig) -> Problems:
     return problems
 
 
+def _settings_read_beside_checks(job: JobConfig) -> Problems:
+    """Every loop_prevention and active_active setting given is read: each of these means
+    something only beside another setting, and alone would be ignored without a word, as
+    an option of another kind would (see _kind_option_checks). An ``origin_value`` is what
+    ``origin_attribute`` is compared with: without the attribute loop prevention is off,
+    and a pair of such jobs sends every write back (docs/active-active.md, section 10).
+    The tombstone table's name and retention are read only with tombstones on."""
+    problems: Problems = []
+    loop = job.loop_prevention
+    if loop.origin_value is not None and not loop.origin_attribute:
+        problems.append(
+            (
+                ("loop_prevention", "origin_value"),
+                "needs loop_prevention.origin_attribute, which is not set here: origin_value "
+                "is the value that attribute is compared with, so alone it would do nothing "
+                "(loop prevention stays off: no echo is skipped, and an active-active pair "
+                "of such jobs does not converge); set origin_attribute too, or remove "
+                "origin_value",
+            )
+        )
+    active = job.active_active
+    if not active.tombstones:
+        problems += [
+            (
+                ("active_active", option),
+                "needs active_active.tombstones: true, which is not set here: only "
+                "tombstones read it, so it would do nothing; set tombstones: true too, or "
+                f"remove {option}",
+            )
+            for option in ("tombstone_table", "tombstone_retention_hours")
+            if option in active.model_fields_set
+        ]
+    return problems
+
+
 def _tombstones_need_write_back(job: JobConfig) -> Problems:
     if job.active_active.tombstones and job.active_active.write_back is False:
         return [
@@ -1994,6 +2029,7 @@ _CROSS_CHECKS: tuple[tuple[Callable[[JobConfig], Problems], frozenset[str]], ...
     ),
     (_origin_attribute_checks, frozenset({"loop_prevention", "conflict", "destinations"})),
     (_tombstones_need_write_back, frozenset({"active_active"})),
+    (_settings_read_beside_checks, frozenset({"loop_prevention", "active_active"})),
     (_kcl_checks, frozenset({"runtime", "kcl", "source"})),
     (_kinesis_policy_checks, frozenset({"source", "conflict", "destinations"})),
     (_max_records_checks, frozenset({"source", "kcl"})),

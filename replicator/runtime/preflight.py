@@ -315,20 +315,27 @@ def check_dead_letter_target(resolved: ResolvedJob) -> None:
     check_dead_letter_queue(resolved)
 
 
-def check(resolved: ResolvedJob, stopped: Callable[[], bool] = lambda: False) -> SourceInfo:
-    """Check the dead-letter file or queue, the source and destinations, and make the job's
+def check(
+    resolved: ResolvedJob,
+    stopped: Callable[[], bool] = lambda: False,
+    before_creating: Callable[[], None] = lambda: None,
+) -> SourceInfo:
+    """Check the dead-letter queue, the source and destinations and the task's tables,
+    then the dead-letter file (its directory created when missing), and make the job's
     conflict log (a file's directory, checked writable) and tombstone tables ready (the
     replicator's own, created when missing like the lease table).
 
     ``stopped`` is asked before each step (creating a table can wait minutes): when it
-    says a stop was asked for, :class:`Stopped` is raised."""
+    says a stop was asked for, :class:`Stopped` is raised. ``before_creating`` is called
+    once the steps that create nothing have passed, before the first that may create a
+    directory or a table: the local runtime takes its host lock there, so that a start
+    the lock refuses creates nothing, and a job the checks refuse is told why whatever
+    else runs."""
 
     def go_on() -> None:
         if stopped():
             raise Stopped
 
-    go_on()
-    check_dead_letter_file(resolved)
     go_on()
     check_dead_letter_queue(resolved)
     go_on()
@@ -337,6 +344,9 @@ def check(resolved: ResolvedJob, stopped: Callable[[], bool] = lambda: False) ->
     check_destinations(resolved, info.key_schema)
     go_on()
     check_task_tables(resolved)
+    go_on()
+    before_creating()
+    check_dead_letter_file(resolved)
     go_on()
     prepare(resolved)
     go_on()

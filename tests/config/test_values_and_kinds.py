@@ -159,6 +159,69 @@ def test_an_option_of_another_kind_is_refused(
     )
 
 
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_an_origin_value_without_its_origin_attribute_is_refused(
+    tmp_path: Path, command: str
+) -> None:
+    """``loop_prevention: {origin_value: use1}`` alone was accepted with loop prevention
+    off, no warning: a pair of such jobs sends every write back (docs/active-active.md,
+    section 10)."""
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        MINIMAL
+        + "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
+        + "loop_prevention: {origin_value: use1}\n"
+    )
+    result = run_cli(command, "--config", str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "loop prevention: off" not in result.stdout
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("  loop_prevention.")]
+    assert line.startswith("  loop_prevention.origin_value (line 6): ")
+    assert "needs loop_prevention.origin_attribute, which is not set here" in line
+    assert "set origin_attribute too, or remove origin_value" in line
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "needs"),
+    [
+        (
+            "active_active: {tombstone_table: '{table}-tb'}",
+            "active_active.tombstone_table",
+            "needs active_active.tombstones: true",
+        ),
+        (
+            "active_active: {tombstones: false, tombstone_retention_hours: 24}",
+            "active_active.tombstone_retention_hours",
+            "needs active_active.tombstones: true",
+        ),
+        (
+            "loop_prevention: {origin_value: '${ORIGIN:-us-east-1}'}",
+            "loop_prevention.origin_value",
+            "needs loop_prevention.origin_attribute",
+        ),
+    ],
+)
+def test_a_setting_read_only_beside_another_is_refused_without_it(
+    tmp_path: Path, section: str, key: str, needs: str
+) -> None:
+    """Each was ignored without a word, as an option of another kind was."""
+    _refused(tmp_path, MINIMAL + section + "\n", key, needs, "which is not set here")
+
+
+def test_the_settings_beside_what_they_need_are_taken() -> None:
+    job = parse_job(
+        MINIMAL
+        + "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
+        + "loop_prevention: {origin_attribute: origin, origin_value: use1}\n"
+        + "active_active: {tombstones: true, tombstone_table: '{table}-tb',"
+        + " tombstone_retention_hours: 24}\n",
+        Path("job.yaml"),
+    ).job
+    assert job.origin_value == "use1"
+    assert job.tombstone_table("orders") == "orders-tb"
+    assert job.active_active.tombstone_retention_hours == 24
+
+
 def test_validate_shows_the_target_of_the_kind(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
     path.write_text("task_name: shop\n" + MINIMAL + "dead_letter: {path: 'dl/{task_name}.jsonl'}\n")

@@ -146,6 +146,8 @@ class LocalRuntime:
         )
         self.stream_arn = ""
         self._checked: preflight.SourceInfo | None = None
+        # The host lock: taken before the preflight creates anything, held until run ends.
+        self._lock: hostlock.HostLock | None = None
         # Leases of another worker (or of our worker id, held elsewhere) that stood still
         # for the failover time at start-up: shard id -> (owner, counter) as watched;
         # _start takes them over if unchanged.
@@ -159,31 +161,28 @@ class LocalRuntime:
     def run_preflight(self, stopped: Callable[[], bool] | None = None) -> None:
         """The preflight checks (``run`` makes them if not made yet); ``stopped`` (by
         default ``stop`` having been called) is asked between steps, and
-        :class:`preflight.Stopped` raised when it says yes."""
-        self._checked = preflight.check(self.resolved, stopped or self.stopping.is_set)
+        :class:`preflight.Stopped` raised when it says yes.
+
+        The host lock is taken before the preflight creates what the job lacks (the
+        tombstone and conflict-log tables, the directories of its files), and held until
+        ``run`` ends: a start the lock refuses creates nothing. A preflight that fails or
+        is stopped lets the lock go."""
+        try:
+            self._checked = preflight.check(
+                self.resolved, stopped or self.stopping.is_set, self._take_host_lock
+            )
+        except BaseException:
+            self._release_host_lock()
+            raise
 
     def run(self) -> int:
-        # A kinesis source under runtime local was refused when the job was loaded.
-        if self.stopping.is_set():
-            log.info("local runtime stopped before it started")
-            return 0
-        if self._checked is None:
-            try:
-                self.run_preflight()
-            except preflight.Stopped:
+        try:
+            if not self._ready():
                 log.info("local runtime stopped before it started")
                 return 0
-        assert self._checked is not None
-        self.stream_arn = self._checked.stream_arn
-        self.leases.stream = self.stream_arn
-        if self.stopping.is_set():
-            log.info("local runtime stopped before it started")
-            return 0
-        lock = self._hold_host_lock()
-        try:
             self._run_holding_lock()
         finally:
-            lock.release()
+            self._release_host_lock()
         if self.failure is not None:
             if isinstance(self.failure, OperatorError):
                 raise self.failure
@@ -191,6 +190,21 @@ class LocalRuntime:
             return 1
         log.info("local runtime stopped cleanly")
         return 0
+
+    def _ready(self) -> bool:
+        """Whether to start: the preflight made (the host lock held), no stop asked for."""
+        # A kinesis source under runtime local was refused when the job was loaded.
+        if self.stopping.is_set():
+            return False
+        if self._checked is None:
+            try:
+                self.run_preflight()
+            except preflight.Stopped:
+                return False
+        assert self._checked is not None and self._lock is not None
+        self.stream_arn = self._checked.stream_arn
+        self.leases.stream = self.stream_arn
+        return not self.stopping.is_set()
 
     def _run_holding_lock(self) -> None:
         with (
@@ -600,6 +614,15 @@ class LocalRuntime:
         lock = hostlock.HostLock(path)
         lock.hold(f"task {task} on {where}")
         return lock
+
+    def _take_host_lock(self) -> None:
+        if self._lock is None:
+            self._lock = self._hold_host_lock()
+
+    def _release_host_lock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
 
     # -- reporting ------------------------------------------------------------------------
 

@@ -12,16 +12,19 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from replicator.config import load_job
 from replicator.config.model import MAX_TASK_NAME
+from replicator.demo import tables
 from replicator.exceptions import EnvironmentProblem, OperatorError
+from replicator.runtime import preflight
 from replicator.runtime.local import hostlock
 from replicator.runtime.local.runtime import LeaseHeld, LocalRuntime
+from tests.support.aws import client
 
 
 def _runtime(
@@ -30,13 +33,14 @@ def _runtime(
     name: str,
     region: str = "us-east-1",
     task: str = "same-task",
+    table: str = "orders",
 ) -> LocalRuntime:
     path = tmp_path / f"{name}.yaml"
     path.write_text(
         "runtime: local\n"
         f"task_name: {task}\n"
-        f"source: {{region: {region}, table: orders, endpoint_url: '{endpoint}'}}\n"
-        f"destinations: [{{region: eu-west-1, table: orders, endpoint_url: '{endpoint}'}}]\n"
+        f"source: {{region: {region}, table: {table}, endpoint_url: '{endpoint}'}}\n"
+        f"destinations: [{{region: eu-west-1, table: {table}, endpoint_url: '{endpoint}'}}]\n"
         "metrics: {enabled: false}\n"
     )
     return LocalRuntime(load_job(path), worker_id=name)
@@ -132,6 +136,43 @@ def test_the_lock_file_is_removed_when_its_holder_lets_go(tmp_path: Path) -> Non
     lock = _runtime(tmp_path, "http://127.0.0.1:6261", "a")._hold_host_lock()
     assert [path.read_text() for path in _locks(tmp_path).iterdir()] == [f"{os.getpid()}\n"]
     lock.release()
+    assert list(_locks(tmp_path).iterdir()) == []
+
+
+def test_the_preflight_takes_the_lock_before_it_creates_and_every_start_that_ends_lets_it_go(
+    tmp_path: Path, moto_endpoint: str, unique: Callable[[str], str]
+) -> None:
+    """The preflight creates directories and tables (tombstones, the conflict log): it
+    takes the lock first, so that a start the lock refuses creates nothing, but only
+    after the checks that create nothing, which tell a job what is wrong with it whatever
+    else runs. A preflight that fails or is stopped lets the lock go, and so does a run
+    stopped after its preflight (``replicator run`` makes the preflight, then runs)."""
+    table = unique("locked")
+    runtime = _runtime(tmp_path, moto_endpoint, "a", task=f"{table}-task", table=table)
+    other = _runtime(tmp_path, moto_endpoint, "b", task=f"{table}-task", table=table)
+    held = runtime._hold_host_lock()
+    try:
+        with pytest.raises(EnvironmentProblem, match=f"source table {table}: not found"):
+            other.run_preflight()
+    finally:
+        held.release()
+    tables.create(client("dynamodb", "us-east-1", moto_endpoint), table, stream=True)
+    tables.create(client("dynamodb", "eu-west-1", moto_endpoint), table, stream=False)
+    asked: list[bool] = []
+
+    def stopped() -> bool:
+        asked.append(any(_locks(tmp_path).iterdir()))
+        return asked[-1]
+
+    with pytest.raises(preflight.Stopped):
+        runtime.run_preflight(stopped)
+    assert asked[-1] and not any(asked[:-1])
+    assert list(_locks(tmp_path).iterdir()) == []
+    runtime.run_preflight()
+    with pytest.raises(LeaseHeld, match=f"is being run by process {os.getpid()}"):
+        other.run_preflight()
+    runtime.stop()
+    assert runtime.run() == 0
     assert list(_locks(tmp_path).iterdir()) == []
 
 
