@@ -119,6 +119,21 @@ def _parent_death_signal() -> Callable[[], None] | None:
     return arm
 
 
+def shown_command(argv: list[str]) -> str:
+    """``argv`` as a log line shows it, without secrets: each part redacted on its own, and
+    the whole value of a ``-Dname=value`` whose name marks a secret (proxyPassword), which
+    the redaction of a text would end at its first blank (a value quoted in
+    $REPLICATOR_KCL_JVM_OPTIONS may hold several words)."""
+    shown = []
+    for part in argv:
+        name, equals, _ = part.partition("=")
+        if part.startswith("-D") and equals and logs.redact(f"{name}=_") != f"{name}=_":
+            shown.append(f"{name}={logs.REDACTED}")
+        else:
+            shown.append(logs.redact(part))
+    return " ".join(shown)
+
+
 _JVM_CAUGHT = frozenset(128 + sig for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
 
 
@@ -193,7 +208,7 @@ class DaemonProcess:
         )
         self._pump = threading.Thread(target=self._copy_output, name="kcl-output", daemon=True)
         self._pump.start()
-        log.info("KCL daemon started", pid=self._process.pid, command=" ".join(self.argv))
+        log.info("KCL daemon started", pid=self._process.pid, command=shown_command(self.argv))
 
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None

@@ -869,3 +869,36 @@ def test_entering_the_metrics_scaffold_starts_no_thread(tmp_path: Path) -> None:
         assert served.marks
         served.start()
         assert threading.active_count() > before
+
+
+def test_a_jvm_option_secret_with_spaces_is_redacted_whole_in_the_started_line() -> None:
+    """The command was logged joined by spaces, and the redaction, which ends a value at
+    a blank, left `-Dhttps.proxyPassword=<redacted> horse battery staple`."""
+    import io
+
+    from replicator import logs
+
+    options = java.jvm_options(
+        {
+            java.JVM_OPTIONS_ENV: "'-Dhttps.proxyPassword=correct horse battery staple' "
+            "-XX:TieredStopAtLevel=1 -Dhttps.proxyHost=proxy.internal"
+        }
+    )
+    captured = io.StringIO()
+    logs.configure("info", "json", captured)
+    daemon = DaemonProcess([sys.executable, "-c", "pass", *options], os.environ, grace_s=1)
+    try:
+        daemon.start()
+        daemon.wait()
+    finally:
+        daemon.clean_up(wait_s=5)
+        logs.configure("info", "json")
+    (started,) = [
+        json.loads(line)
+        for line in captured.getvalue().splitlines()
+        if '"KCL daemon started"' in line
+    ]
+    assert started["command"] == (
+        f"{sys.executable} -c pass -Dhttps.proxyPassword=<redacted> -XX:TieredStopAtLevel=1 "
+        "-Dhttps.proxyHost=proxy.internal"
+    )
