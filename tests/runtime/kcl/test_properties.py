@@ -898,3 +898,41 @@ def test_the_lines_the_job_adds_are_written_where_the_template_puts_them(tmp_pat
         "dynamoDBEndpoint = http://127.0.0.1:4566\n"
         "# end\n"
     )
+
+
+def test_an_enum_property_is_written_as_checked_without_the_blanks_around_it(
+    tmp_path: Path,
+) -> None:
+    """metricsLevel: ' none ' passed `validate` (checked trimmed), was written as it came,
+    and the KCL refused it at start-up: "No enum constant ...MetricsLevel. NONE "."""
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "runtime: kcl\n"
+        "source: {region: us-east-1, table: orders, endpoint_url: 'http://127.0.0.1:4566'}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        "kcl: {extra_properties: {metricsLevel: ' none ', clientVersionConfig: "
+        "'CLIENT_VERSION_CONFIG_3X\t', workerMetricsBillingMode: ' PAY_PER_REQUEST'}}\n"
+    )
+    assert in_process("validate", "--config", str(job)).returncode == 0
+    written = properties(job)
+    assert written["metricsLevel"] == "none"
+    assert written["clientVersionConfig"] == "CLIENT_VERSION_CONFIG_3X"
+    assert written["workerMetricsBillingMode"] == "PAY_PER_REQUEST"
+    result = in_process("properties", "--config", str(job))
+    assert "\nmetricsLevel = none\n" in result.stdout
+
+
+def test_an_enum_property_a_template_writes_with_blanks_after_it_is_refused(
+    tmp_path: Path,
+) -> None:
+    """java.util.Properties keeps the blanks at a value's end, and the KCL does not trim
+    the name of an enum constant."""
+    template, env = _templates_of_our_own(
+        tmp_path, (_OWN_TEMPLATE + "metricsLevel = NONE \n").encode()
+    )
+    expected = (
+        f"replicator: $REPLICATOR_PROPERTIES_DIR: {template}, line 4: metricsLevel: 'NONE ' has "
+        "blanks around it"
+    )
+    for line in _refusals_of_a_template(tmp_path, env):
+        assert line.startswith(expected), line
