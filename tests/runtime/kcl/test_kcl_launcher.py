@@ -217,6 +217,24 @@ def test_missing_jars_name_the_setting_and_where_to_get_them(tmp_path: Path) -> 
     assert_refused(run_cli(job, env), 4, str(tmp_path / "nowhere"), "not a directory of jars")
 
 
+@pytest.mark.parametrize("setting", ["kcl.jars_dir", "$REPLICATOR_KCL_JARS"])
+def test_a_jars_directory_with_the_path_separator_is_refused_up_front(
+    tmp_path: Path, setting: str
+) -> None:
+    """`-cp <dir>/*` split at the `:` into two entries, the daemon found no class, and the
+    run ended "the jars there do not form a working KCL classpath"."""
+    jars = fake_jars(tmp_path / "kcl:3.1", [java.MULTILANG_DAEMON])
+    in_job = setting == "kcl.jars_dir"
+    job = write_job(
+        tmp_path / "job.yaml",
+        kcl=f", java: {sys.executable}" + (f", jars_dir: '{jars}'" if in_job else ""),
+    )
+    result = run_cli(job, {} if in_job else {"REPLICATOR_KCL_JARS": str(jars)})
+    message = assert_refused(result, 4, f"{setting}: {jars} holds ':'")
+    assert result.stderr.strip().splitlines() == [message]
+    assert "classpath" in message
+
+
 def checkout(directory: Path) -> Path:
     """A copy of what the build key covers: docker/pom.xml and docker/launcher."""
     shutil.copytree(ROOT / "docker" / "launcher", directory / "docker" / "launcher")
