@@ -733,6 +733,21 @@ KCL_INTEGER_PROPERTIES = frozenset(
     }
 )
 KCL_DECIMAL_PROPERTIES = frozenset({"maxThroughputPerHostKBps", "workerMetricsEMAAlpha"})
+# The KCL multilang properties whose value names a constant of a Java enum: KCL 3.1's
+# converters upper-case it but do not trim it, so blanks around it fail the KCL's start
+# ("No enum constant ...MetricsLevel. NONE "). kcl.extra_properties holds them trimmed, as
+# they are checked; a template that writes one with blanks at its end (which
+# java.util.Properties keeps) is refused.
+KCL_ENUM_PROPERTIES = frozenset(
+    {
+        "clientVersionConfig",
+        "coordinatorStateBillingMode",
+        "initialPositionInStream",
+        "metricsLevel",
+        "retrievalMode",
+        "workerMetricsBillingMode",
+    }
+)
 _JAVA_LONG = 2**63
 # AWSCredentialsProvider (and its DynamoDB and CloudWatch variants, whose keys the KCL
 # matches case-insensitively): providers separated by commas, each a Java class name
@@ -900,6 +915,15 @@ class KclConfig(Strict):
             and abs(item) < _JAVA_LONG
             else item
             for key, item in value.items()
+        }
+
+    @field_validator("extra_properties")
+    @classmethod
+    def _enum_names_trimmed(cls, value: dict[str, str]) -> dict[str, str]:
+        """The name of an enum constant is written as it is checked, without the blanks
+        around it, which the KCL would take as part of it (:data:`KCL_ENUM_PROPERTIES`)."""
+        return {
+            key: item.strip() if key in KCL_ENUM_PROPERTIES else item for key, item in value.items()
         }
 
     @field_validator("initial_position", mode="before")
@@ -1985,6 +2009,11 @@ def kcl_setting_problem(job: JobConfig, key: str, value: str) -> str | None:
     """Why the KCL would take ``key = value`` but the job cannot work with it (None if
     it can): the same whether kcl.extra_properties or a properties template sets it."""
     dynamodb = job.source.stream.kind is StreamKind.DYNAMODB_STREAMS
+    if key in KCL_ENUM_PROPERTIES and value != value.strip():
+        return (
+            f"{value!r} has blanks around it, which the KCL reads as part of the name of "
+            f"its constant ({value.upper()!r} is none): write {value.strip()!r}"
+        )
     if key == "initialPositionInStream":
         if dynamodb and value.strip().upper() == "AT_TIMESTAMP":
             return (

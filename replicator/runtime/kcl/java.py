@@ -107,6 +107,7 @@ def find_jars_dir(
     else:
         built = built_jars_dir(repository)
         if built is not None:
+            _check_classpath_entry("the checkout's `make kcl-jars` build", built)
             return built
         builds = repository / ".cache" / "kcl"
         stale = (
@@ -119,9 +120,21 @@ def find_jars_dir(
             f"the job file or ${JARS_ENV} to a directory of them"
         )
     path = Path(text).expanduser()
+    _check_classpath_entry(source, path)
     if not path.is_dir() or not any(path.glob("*.jar")):
         raise KclUnavailable(f"{source}: {path} is not a directory of jars; {_BUILD}")
     return path
+
+
+def _check_classpath_entry(source: str, path: Path) -> None:
+    """The daemon's classpath is ``<jars dir>/*``, which java splits at every path
+    separator: the daemon would find no class, and the run end blaming the jars."""
+    if os.pathsep in str(path):
+        raise KclUnavailable(
+            f"{source}: {path} holds {os.pathsep!r}, which separates the entries of a Java "
+            "classpath (the daemon's is this directory's jars): move the jars to a "
+            f"directory whose path has no {os.pathsep!r}"
+        )
 
 
 def classes_present(jars_dir: Path, class_names: list[str]) -> set[str]:

@@ -87,6 +87,10 @@ _CLASSPATH_FAILURE = re.compile(
 _JVM_REFUSED = "Could not create the Java Virtual Machine"
 # How long a line of the daemon's output that may be followed by its stack trace is held.
 _HELD_S = 0.25
+# The levels of the records the daemon's output becomes, in order (logging.level's names):
+# a record below the job's level is not written. One of no level, or of a level not
+# here, is written whatever the job's level.
+_LEVEL_RANKS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,21 @@ def _parent_death_signal() -> Callable[[], None] | None:
     return arm
 
 
+def shown_command(argv: list[str]) -> str:
+    """``argv`` as a log line shows it, without secrets: each part redacted on its own, and
+    the whole value of a ``-Dname=value`` whose name marks a secret (proxyPassword), which
+    the redaction of a text would end at its first blank (a value quoted in
+    $REPLICATOR_KCL_JVM_OPTIONS may hold several words)."""
+    shown = []
+    for part in argv:
+        name, equals, _ = part.partition("=")
+        if part.startswith("-D") and equals and logs.redact(f"{name}=_") != f"{name}=_":
+            shown.append(f"{name}={logs.REDACTED}")
+        else:
+            shown.append(logs.redact(part))
+    return " ".join(shown)
+
+
 _JVM_CAUGHT = frozenset(128 + sig for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
 
 
@@ -129,6 +148,7 @@ class DaemonProcess:
         grace_s: float,
         output: IO[str] | None = None,
         as_json: bool | None = None,
+        level: str = "debug",
     ) -> None:
         self.argv = argv
         self.env = dict(env)
@@ -136,6 +156,10 @@ class DaemonProcess:
         self.output = output or sys.stderr
         # JSON lines unless the logs are console columns (logging.format)
         self.as_json = logs.renders_json() if as_json is None else as_json
+        # The job's logging.level, which the daemon's records are held to as the
+        # replicator's own are (the daemon's logging is not configured from the job alone:
+        # a logback configuration of one's own sets its own levels).
+        self.level_rank = _LEVEL_RANKS[level]
         self.classpath_failure: str | None = None
         self.jvm_refused: str | None = None
         # How the daemon's end was a failure (the run's final line), once it has ended.
@@ -184,7 +208,7 @@ class DaemonProcess:
         )
         self._pump = threading.Thread(target=self._copy_output, name="kcl-output", daemon=True)
         self._pump.start()
-        log.info("KCL daemon started", pid=self._process.pid, command=" ".join(self.argv))
+        log.info("KCL daemon started", pid=self._process.pid, command=shown_command(self.argv))
 
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -352,6 +376,9 @@ class DaemonProcess:
 
     def _write(self, entries: list[daemon_log.Entry]) -> None:
         for entry in entries:
+            rank = _LEVEL_RANKS.get(str(entry.record.get("level", "")).lower())
+            if rank is not None and rank < self.level_rank:
+                continue
             logs.write_line(self.output, daemon_log.render(entry, as_json=self.as_json))
 
 
@@ -467,7 +494,9 @@ def run_kcl(
                 multiprocess.ENV: str(served.samples.path),
                 JOB_FILE_ENV: str(resolved.path),
             }
-            daemon = DaemonProcess(prepared.argv, env, grace_s=shutdown_grace_ms(job) / 1000)
+            daemon = DaemonProcess(
+                prepared.argv, env, grace_s=shutdown_grace_ms(job) / 1000, level=job.logging.level
+            )
             try:
                 with supervisor.stop_signals(daemon.request_stop):
                     if daemon.stop_requested:

@@ -147,6 +147,10 @@ def template_text(kind: StreamKind) -> str:
         raise KclUnavailable(
             f"{where}, line {line}: {what}; a template's placeholders are {names} ($$ writes a $)"
         )
+    line_problem = _line_placeholder_problem(text)
+    if line_problem is not None:
+        at, what = line_problem
+        raise KclUnavailable(f"{where}{'' if at is None else f', line {at}'}: {what}")
     return text
 
 
@@ -183,6 +187,57 @@ def _placeholder_problem(text: str) -> tuple[int, str] | None:
             f"{written[:60]!r} is no placeholder (${{ opens one, closed by }} after a name "
             "of letters, digits and underscores)"
         )
+    return None
+
+
+# The placeholders that write whole properties, each on a line of its own, with what they
+# write. Every template must have both, at the start of a line, whatever the job sets:
+# without one, what it writes would be left out without a word (a job's endpoint_url
+# dropped, and the daemon reading AWS itself), and a template of one's own that lacks one
+# is refused the first time it is read, not only once a job sets what it would drop.
+LINE_PLACEHOLDERS = {
+    "endpoint_lines": "kinesisEndpoint and dynamoDBEndpoint for source.endpoint_url",
+    "extra_lines": "kcl.extra_properties",
+}
+_LINE_PLACEHOLDER_RUN = re.compile(
+    r"[ \t\f]*(?:"  # the blanks Properties.load skips
+    + "|".join(rf"\$\{{{name}\}}|\${name}(?![_a-zA-Z0-9])" for name in LINE_PLACEHOLDERS)
+    + ")*"
+)
+
+
+def _line_placeholder_problem(text: str) -> tuple[int | None, str] | None:
+    """The first of :data:`LINE_PLACEHOLDERS` that ``text`` lacks outside its comments, or
+    that does not begin a line there (after blanks, or after the other one), as (its line,
+    or None if it lacks one; what is wrong); None if both are where they work."""
+    lines = _natural_lines(text)
+    starts = list(itertools.accumulate((len(line) for line in lines), initial=0))
+    entries = _entries(lines)
+    firsts = {entry.first for entry in entries}
+    in_properties = {index for entry in entries for index in range(entry.first, entry.last + 1)}
+    found: set[str] = set()
+    for match in Template.pattern.finditer(text):
+        name = match.group("named") or match.group("braced")
+        if name not in LINE_PLACEHOLDERS:
+            continue
+        index = bisect.bisect_right(starts, match.start()) - 1
+        if index not in in_properties:
+            continue  # in a comment, which the KCL does not read
+        before = lines[index][: match.start() - starts[index]]
+        if index not in firsts or not _LINE_PLACEHOLDER_RUN.fullmatch(before):
+            return index + 1, (
+                f"{match.group()} does not begin a line: it writes whole properties "
+                f"({LINE_PLACEHOLDERS[name]}), which would become part of another's value; "
+                "end the template with ${endpoint_lines}${extra_lines}, as the bundled ones do"
+            )
+        found.add(name)
+    for name, written in LINE_PLACEHOLDERS.items():
+        if name not in found:
+            return None, (
+                f"no ${{{name}}} outside a comment: the replicator writes {written} there, "
+                "and would leave them out without a word; end the template with "
+                "${endpoint_lines}${extra_lines}, as the bundled ones do"
+            )
     return None
 
 

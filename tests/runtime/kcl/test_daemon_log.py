@@ -179,3 +179,42 @@ def test_the_output_is_copied_as_json_and_a_held_line_is_written_when_idle() -> 
         assert records[2] == json.loads(CHILD)
     finally:
         daemon.clean_up(wait_s=1)
+
+
+@pytest.mark.parametrize(
+    ("level", "events"),
+    [
+        ("warning", ["failed", "told", 'Exception in thread "x" java.lang.Error: stop']),
+        ("error", ["told", 'Exception in thread "x" java.lang.Error: stop']),
+        ("info", ["plain 1 record", "failed", "told", "batch", "Exception in thread"]),
+    ],
+)
+def test_the_jobs_logging_level_filters_the_daemons_records(level: str, events: list[str]) -> None:
+    """With logging.level: warning an idle shard still logged ten of the KCL's info
+    lines a second ("Writing ProcessRecordsMessage"): every record the daemon's output
+    becomes is held to the job's level, whoever wrote it (the KCL's logging, a
+    processor, the JVM)."""
+    told = (
+        "::kcl::2026-12-01T16:09:37.000Z\tERROR\tsoftware.amazon.kinesis.multilang.X\tmain\ttold\t"
+    )
+    script = (
+        f"for line in {[*LINES, told, CHILD]!r}: print(line, flush=True)\n"
+        "print('Exception in thread \"x\" java.lang.Error: stop', flush=True)\n"
+    )
+    output = io.StringIO()
+    daemon = DaemonProcess(
+        [sys.executable, "-c", script],
+        os.environ,
+        grace_s=1,
+        output=output,
+        as_json=True,
+        level=level,
+    )
+    daemon.start()
+    try:
+        daemon.wait()
+    finally:
+        daemon.clean_up(wait_s=5)
+    written = [json.loads(line)["event"] for line in output.getvalue().splitlines()]
+    assert len(written) == len(events), written
+    assert all(event.startswith(start) for event, start in zip(written, events, strict=True))

@@ -217,6 +217,24 @@ def test_missing_jars_name_the_setting_and_where_to_get_them(tmp_path: Path) -> 
     assert_refused(run_cli(job, env), 4, str(tmp_path / "nowhere"), "not a directory of jars")
 
 
+@pytest.mark.parametrize("setting", ["kcl.jars_dir", "$REPLICATOR_KCL_JARS"])
+def test_a_jars_directory_with_the_path_separator_is_refused_up_front(
+    tmp_path: Path, setting: str
+) -> None:
+    """`-cp <dir>/*` split at the `:` into two entries, the daemon found no class, and the
+    run ended "the jars there do not form a working KCL classpath"."""
+    jars = fake_jars(tmp_path / "kcl:3.1", [java.MULTILANG_DAEMON])
+    in_job = setting == "kcl.jars_dir"
+    job = write_job(
+        tmp_path / "job.yaml",
+        kcl=f", java: {sys.executable}" + (f", jars_dir: '{jars}'" if in_job else ""),
+    )
+    result = run_cli(job, {} if in_job else {"REPLICATOR_KCL_JARS": str(jars)})
+    message = assert_refused(result, 4, f"{setting}: {jars} holds ':'")
+    assert result.stderr.strip().splitlines() == [message]
+    assert "classpath" in message
+
+
 def checkout(directory: Path) -> Path:
     """A copy of what the build key covers: docker/pom.xml and docker/launcher."""
     shutil.copytree(ROOT / "docker" / "launcher", directory / "docker" / "launcher")
@@ -869,3 +887,36 @@ def test_entering_the_metrics_scaffold_starts_no_thread(tmp_path: Path) -> None:
         assert served.marks
         served.start()
         assert threading.active_count() > before
+
+
+def test_a_jvm_option_secret_with_spaces_is_redacted_whole_in_the_started_line() -> None:
+    """The command was logged joined by spaces, and the redaction, which ends a value at
+    a blank, left `-Dhttps.proxyPassword=<redacted> horse battery staple`."""
+    import io
+
+    from replicator import logs
+
+    options = java.jvm_options(
+        {
+            java.JVM_OPTIONS_ENV: "'-Dhttps.proxyPassword=correct horse battery staple' "
+            "-XX:TieredStopAtLevel=1 -Dhttps.proxyHost=proxy.internal"
+        }
+    )
+    captured = io.StringIO()
+    logs.configure("info", "json", captured)
+    daemon = DaemonProcess([sys.executable, "-c", "pass", *options], os.environ, grace_s=1)
+    try:
+        daemon.start()
+        daemon.wait()
+    finally:
+        daemon.clean_up(wait_s=5)
+        logs.configure("info", "json")
+    (started,) = [
+        json.loads(line)
+        for line in captured.getvalue().splitlines()
+        if '"KCL daemon started"' in line
+    ]
+    assert started["command"] == (
+        f"{sys.executable} -c pass -Dhttps.proxyPassword=<redacted> -XX:TieredStopAtLevel=1 "
+        "-Dhttps.proxyHost=proxy.internal"
+    )

@@ -566,7 +566,9 @@ def test_a_templates_directory_set_explicitly_is_used_or_refused_never_passed_ov
     assert "$REPLICATOR_PROPERTIES_DIR" in line
     assert "no dynamodb-streams.properties and no logback.xml" in line
     shutil.copy(ROOT / "properties" / "logback.xml", templates)
-    (templates / "dynamodb-streams.properties").write_text("# ours\nstreamName = ${table}\n")
+    (templates / "dynamodb-streams.properties").write_text(
+        "# ours\nstreamName = ${table}\n${endpoint_lines}${extra_lines}"
+    )
     result = _properties_with_templates(templates, job)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "# ours\nstreamName = orders\n"
@@ -610,12 +612,17 @@ def test_an_empty_worker_id_option_is_refused_as_the_job_files_is(
     assert "\nworkerId = host-b\n" in named.stdout
 
 
+# Where the job's endpoint and extra properties are written, which every template needs.
+_JOB_LINES = "${endpoint_lines}${extra_lines}"
+
+
 def _templates_of_our_own(tmp_path: Path, template: bytes) -> tuple[Path, dict[str, str]]:
-    """A $REPLICATOR_PROPERTIES_DIR holding ``template`` as dynamodb-streams.properties."""
+    """A $REPLICATOR_PROPERTIES_DIR holding ``template`` as dynamodb-streams.properties,
+    ending with :data:`_JOB_LINES`."""
     templates = tmp_path / "templates"
     templates.mkdir()
     shutil.copy(ROOT / "properties" / "logback.xml", templates)
-    (templates / "dynamodb-streams.properties").write_bytes(template)
+    (templates / "dynamodb-streams.properties").write_bytes(template + _JOB_LINES.encode())
     return templates / "dynamodb-streams.properties", {"REPLICATOR_PROPERTIES_DIR": str(templates)}
 
 
@@ -695,7 +702,7 @@ def test_a_template_placeholder_that_is_not_ours_is_refused_naming_file_and_line
         ), line
         assert "${max_records}, ${region}," in line  # the placeholders there are
     job = ROOT / "config" / "two-destinations.yaml"
-    template.write_text(_OWN_TEMPLATE + fixed + "\n")
+    template.write_text(_OWN_TEMPLATE + fixed + "\n" + _JOB_LINES)
     result = in_process("properties", "--config", str(job), env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout == _OWN_RENDERED + rendered + "\n"
@@ -703,9 +710,11 @@ def test_a_template_placeholder_that_is_not_ours_is_refused_naming_file_and_line
 
 def test_every_placeholder_a_template_may_use_is_filled_in(tmp_path: Path) -> None:
     """The names the refusal lists are the ones rendering fills in, all of them."""
-    from replicator.runtime.kcl.properties import PLACEHOLDERS
+    from replicator.runtime.kcl.properties import LINE_PLACEHOLDERS, PLACEHOLDERS
 
-    text = "".join(f"n.{name} = [${{{name}}}]\n" for name in PLACEHOLDERS)
+    text = "".join(
+        f"n.{name} = [${{{name}}}]\n" for name in PLACEHOLDERS if name not in LINE_PLACEHOLDERS
+    )
     _, env = _templates_of_our_own(tmp_path, text.encode())
     job = ROOT / "config" / "two-destinations.yaml"
     result = in_process("properties", "--config", str(job), env=env)
@@ -771,7 +780,7 @@ def test_a_bad_value_a_template_sets_is_refused_as_in_extra_properties(
     for line in _refusals_of_a_template(tmp_path, env):
         assert line.startswith(expected), line
     job = ROOT / "config" / "two-destinations.yaml"
-    template.write_text(_OWN_TEMPLATE + "leaseAssignmentIntervalMillis = 0\n")
+    template.write_text(_OWN_TEMPLATE + "leaseAssignmentIntervalMillis = 0\n" + _JOB_LINES)
     result = in_process("properties", "--config", str(job), env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout == _OWN_RENDERED + "leaseAssignmentIntervalMillis = 0\n"
@@ -780,7 +789,7 @@ def test_a_bad_value_a_template_sets_is_refused_as_in_extra_properties(
 def test_a_template_default_that_extra_properties_replace_is_not_checked(tmp_path: Path) -> None:
     """The rendered file has the template's line as a comment: the KCL never reads it."""
     default = "# @default\nAWSCredentialsProvider = not a class\n"
-    template, env = _templates_of_our_own(tmp_path, (default + "${extra_lines}").encode())
+    template, env = _templates_of_our_own(tmp_path, default.encode())
     job = tmp_path / "job.yaml"
     job.write_text(
         "runtime: kcl\n"
@@ -797,3 +806,133 @@ def test_a_template_default_that_extra_properties_replace_is_not_checked(tmp_pat
     )
     assert result.returncode == 4
     assert f"{template}, line 2: AWSCredentialsProvider: 'not a class'" in result.stderr
+
+
+def _bundled_templates_with(tmp_path: Path, last_line: str) -> tuple[Path, dict[str, str]]:
+    """A copy of the bundled templates whose DynamoDB Streams template ends with
+    ``last_line`` instead of ``${endpoint_lines}${extra_lines}``."""
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "properties", templates)
+    template = templates / "dynamodb-streams.properties"
+    text = template.read_text()
+    assert text.endswith("\n${endpoint_lines}${extra_lines}\n")
+    template.write_text(text.removesuffix("${endpoint_lines}${extra_lines}\n") + last_line)
+    return template, {"REPLICATOR_PROPERTIES_DIR": str(templates)}
+
+
+def _endpoint_and_extra_job(tmp_path: Path) -> Path:
+    """A job with source.endpoint_url and kcl.extra_properties: lines the file adds."""
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "runtime: kcl\n"
+        "source: {region: us-east-1, table: orders, endpoint_url: 'http://127.0.0.1:4566'}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        "kcl: {extra_properties: {maxLeasesForWorker: 1}}\n"
+    )
+    return job
+
+
+@pytest.mark.parametrize(
+    ("last_line", "lacking"),
+    [
+        ("", "${endpoint_lines}"),
+        ("${endpoint_lines}\n", "${extra_lines}"),
+        ("${extra_lines}\n", "${endpoint_lines}"),
+        ("# ${endpoint_lines}${extra_lines}\n", "${endpoint_lines}"),
+    ],
+    ids=["neither", "no-extra", "no-endpoint", "in-a-comment"],
+)
+def test_a_template_without_the_lines_the_job_adds_is_refused_naming_what_it_lacks(
+    tmp_path: Path, last_line: str, lacking: str
+) -> None:
+    """A template without ${endpoint_lines} or ${extra_lines} was taken: `validate` and
+    `properties` exited 0, and the file had no kinesisEndpoint, dynamoDBEndpoint or
+    maxLeasesForWorker, so the daemon read AWS itself instead of source.endpoint_url.
+    Every template needs both, whatever the job sets, so that one of one's own is refused
+    before the job that would lose something runs."""
+    template, env = _bundled_templates_with(tmp_path, last_line)
+    job = _endpoint_and_extra_job(tmp_path)
+    plain = ROOT / "config" / "two-destinations.yaml"  # neither an endpoint nor extras
+    for command, path in (("validate", job), ("properties", job), ("properties", plain)):
+        result = in_process(command, "--config", str(path), env=env)
+        assert result.returncode == 4, (command, path, result.stdout, result.stderr)
+        assert result.stdout == ""
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(
+            f"replicator: $REPLICATOR_PROPERTIES_DIR: {template}: no {lacking} outside a comment"
+        ), line
+
+
+@pytest.mark.parametrize(
+    "last_line",
+    ["foo = ${endpoint_lines}${extra_lines}\n", "foo = a \\\n${endpoint_lines}${extra_lines}\n"],
+    ids=["in-a-value", "continuing-a-value"],
+)
+def test_the_lines_the_job_adds_must_begin_a_line_of_the_template(
+    tmp_path: Path, last_line: str
+) -> None:
+    """Written inside another property's value, the job's endpoint would become part of
+    that value, and the KCL would read AWS itself."""
+    template, env = _bundled_templates_with(tmp_path, last_line)
+    line_number = len(template.read_text().splitlines())
+    result = in_process(
+        "properties", "--config", str(ROOT / "config" / "two-destinations.yaml"), env=env
+    )
+    assert result.returncode == 4, result.stdout
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(
+        f"replicator: $REPLICATOR_PROPERTIES_DIR: {template}, line {line_number}: "
+        "${endpoint_lines} does not begin a line"
+    ), line
+
+
+def test_the_lines_the_job_adds_are_written_where_the_template_puts_them(tmp_path: Path) -> None:
+    _, env = _bundled_templates_with(tmp_path, "  ${extra_lines}\n${endpoint_lines}# end\n")
+    job = _endpoint_and_extra_job(tmp_path)
+    assert in_process("validate", "--config", str(job), env=env).returncode == 0
+    result = in_process("properties", "--config", str(job), env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith(
+        "  maxLeasesForWorker = 1\n\n"
+        "kinesisEndpoint = http://127.0.0.1:4566\n"
+        "dynamoDBEndpoint = http://127.0.0.1:4566\n"
+        "# end\n"
+    )
+
+
+def test_an_enum_property_is_written_as_checked_without_the_blanks_around_it(
+    tmp_path: Path,
+) -> None:
+    """metricsLevel: ' none ' passed `validate` (checked trimmed), was written as it came,
+    and the KCL refused it at start-up: "No enum constant ...MetricsLevel. NONE "."""
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "runtime: kcl\n"
+        "source: {region: us-east-1, table: orders, endpoint_url: 'http://127.0.0.1:4566'}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        "kcl: {extra_properties: {metricsLevel: ' none ', clientVersionConfig: "
+        "'CLIENT_VERSION_CONFIG_3X\t', workerMetricsBillingMode: ' PAY_PER_REQUEST'}}\n"
+    )
+    assert in_process("validate", "--config", str(job)).returncode == 0
+    written = properties(job)
+    assert written["metricsLevel"] == "none"
+    assert written["clientVersionConfig"] == "CLIENT_VERSION_CONFIG_3X"
+    assert written["workerMetricsBillingMode"] == "PAY_PER_REQUEST"
+    result = in_process("properties", "--config", str(job))
+    assert "\nmetricsLevel = none\n" in result.stdout
+
+
+def test_an_enum_property_a_template_writes_with_blanks_after_it_is_refused(
+    tmp_path: Path,
+) -> None:
+    """java.util.Properties keeps the blanks at a value's end, and the KCL does not trim
+    the name of an enum constant."""
+    template, env = _templates_of_our_own(
+        tmp_path, (_OWN_TEMPLATE + "metricsLevel = NONE \n").encode()
+    )
+    expected = (
+        f"replicator: $REPLICATOR_PROPERTIES_DIR: {template}, line 4: metricsLevel: 'NONE ' has "
+        "blanks around it"
+    )
+    for line in _refusals_of_a_template(tmp_path, env):
+        assert line.startswith(expected), line
