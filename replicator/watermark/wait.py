@@ -82,6 +82,25 @@ def _number(value: object, name: str, hint: str) -> float:
     raise ValueError(f"{name} {value!r}: not a number of seconds ({hint})")
 
 
+def _name(value: object, name: str, what: str) -> str:
+    """``value`` if it is a string with something in it; else ValueError naming ``name``,
+    the value and ``what`` it must be. Sent as it is, an empty one is a server error at
+    the Query and a non-string a ParamValidationError, neither naming the parameter."""
+    if isinstance(value, str) and value.strip():
+        return value
+    raise ValueError(f"{name} {value!r}: not {what}")
+
+
+def _names(destination: object, status_table: object) -> None:
+    """ValueError unless ``destination`` and ``status_table`` can name what they do."""
+    _name(
+        destination,
+        "destination",
+        "a destination's label (a non-empty string: its name in the job, default <region>/<table>)",
+    )
+    _name(status_table, "status_table", "a table name (a non-empty string: <task_name>-watermark)")
+
+
 def _shown(moment: float | datetime | None) -> str:
     return moment.isoformat() if isinstance(moment, datetime) else repr(moment)
 
@@ -328,7 +347,9 @@ def read_watermark(
     endpoint_url: str | None = None,
     timeout: float | None = None,
 ) -> Watermark:
-    """The destination's watermark now. Raises StatusTableMissing.
+    """The destination's watermark now. Raises StatusTableMissing; ValueError, before
+    reading anything, for a ``destination`` or ``status_table`` that is not a non-empty
+    string, or a ``timeout`` that is not a number.
 
     ``timeout`` None: one Query, waited for as long as the client takes, its error
     raised. Given (seconds, at least ``MIN_READ_S`` is given): the answer is waited for
@@ -337,6 +358,7 @@ def read_watermark(
     server errors are retried meanwhile (the last one is raised when time runs out),
     and StatusTableSilent is raised when no read was answered in time.
     """
+    _names(destination, status_table)
     client = client or _client(region, endpoint_url)
     reader = WatermarkReader(StatusTable(client, status_table, destination))
     if timeout is None:
@@ -392,11 +414,13 @@ def wait_until_replicated(
     the replicator writes it, such as a hand edit gone wrong): waiting cannot mend these.
 
     Raises ValueError naming the parameter and the value, before reading anything, for
-    a time that is not from 1970 to before ``SECONDS_CEILING`` (epoch milliseconds given
-    for seconds are named as such), ``since`` after ``until``, a timeout that is not a
-    number (None, a string, NaN), or a poll interval that is not a positive number of
+    a ``destination`` or ``status_table`` that is not a non-empty string, a time that is
+    not from 1970 to before ``SECONDS_CEILING`` (epoch milliseconds given for seconds
+    are named as such), ``since`` after ``until``, a timeout that is not a number
+    (None, a string, NaN), or a poll interval that is not a positive number of
     at most ``MAX_POLL_INTERVAL_S``.
     """
+    _names(destination, status_table)
     until_us = to_epoch_us(until, "until")
     since_us = (
         to_epoch_us(since, "since")

@@ -102,6 +102,41 @@ def test_an_inverted_window_or_a_poll_or_timeout_that_is_no_number_is_refused(
         )
 
 
+@pytest.mark.parametrize("reads", ["wait", "read"])
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        ({"destination": ""}, "destination '': not a destination's label"),
+        ({"destination": "  "}, "destination '  ': not a destination's label"),
+        ({"destination": None}, "destination None: not a destination's label"),
+        ({"destination": 5}, "destination 5: not a destination's label"),
+        ({"status_table": ""}, "status_table '': not a table name"),
+        ({"status_table": " "}, "status_table ' ': not a table name"),
+        ({"status_table": None}, "status_table None: not a table name"),
+        ({"status_table": b"t-watermark"}, "status_table b't-watermark': not a table name"),
+    ],
+)
+def test_a_destination_or_status_table_that_names_nothing_is_refused_before_reading(
+    reads: str, names: dict[str, Any], message: str
+) -> None:
+    """Named as ValueError, as the other bad inputs are, not sent to the status table
+    (where an empty destination is a server error and None a ParamValidationError): the
+    stubbed client answers no call, so any read fails the test."""
+    stubbed = boto3.client("dynamodb", region_name="eu-west-1", endpoint_url="http://127.0.0.1:1")
+    given: dict[str, Any] = {
+        "destination": "eu-west-1/replica",
+        "status_table": "wm-names-watermark",
+        "client": stubbed,
+        "timeout": 1,
+        **names,
+    }
+    with Stubber(stubbed), pytest.raises(ValueError, match=re.escape(message)):
+        if reads == "wait":
+            wait_until_replicated(1e9, **given)
+        else:
+            read_watermark(**given)
+
+
 # -- a status table whose endpoint never answers ----------------------------------------------
 
 # Before each read was bounded a 2 s wait took 31 s (the CLI) and 240 s (the Python API):
