@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 
 DEFAULT_POLL_INTERVAL_S = 0.25
 DEFAULT_DEAD_LETTER_WINDOW_S = 60.0
+MIN_POLL_INTERVAL_S = 0.01
+"""The shortest poll interval taken, by the API as by ``replicator wait --poll``: a
+processor publishes at most every 50 ms (``watermark.publish_interval_ms``), so a shorter
+one only Queries the status table as fast as it answers, for no news."""
 MAX_POLL_INTERVAL_S = 3600.0
 """The longest poll interval taken: a barrier that reads less than hourly is a mistake
 (and a sleep of much more overflows), so a longer one is refused rather than obeyed."""
@@ -207,16 +211,19 @@ class WatermarkReader:
         self.table = table
         self.state = state if state is not None else ReadState(min_interval_s)
 
-    def read(self, timeout: float | None = None) -> Watermark:
-        """The last watermark read if it is younger than ``min_interval_s``, else the
-        answer of a Query (the one in flight, unless it has been in flight for longer
-        than ``READ_PATIENCE_S``). ``timeout``: seconds to wait for it (None: as long as
-        the client takes). Raises StatusTableSilent when it has not come by then,
-        StatusTableMissing, or the client's error."""
+    def read(self, timeout: float | None = None, *, after: float = -math.inf) -> Watermark:
+        """The last watermark read if it is younger than ``min_interval_s`` and came
+        after ``after`` (a ``time.monotonic()``: when the caller had its last answer, so
+        that it never takes that answer again), else the answer of a Query (the one in
+        flight, unless it has been in flight for longer than ``READ_PATIENCE_S``).
+        ``timeout``: seconds to wait for it (None: as long as the client takes). Raises
+        StatusTableSilent when it has not come by then, StatusTableMissing, or the
+        client's error."""
         state = self.state
         with state.lock:
             now = time.monotonic()
-            if state.last is not None and now - state.last_at < state.min_interval_s:
+            fresh = now - state.last_at < state.min_interval_s and state.last_at > after
+            if state.last is not None and fresh:
                 return state.last
             pending = state.reading
             if pending is None or now - pending.started > READ_PATIENCE_S:
@@ -417,8 +424,8 @@ def wait_until_replicated(
     a ``destination`` or ``status_table`` that is not a non-empty string, a time that is
     not from 1970 to before ``SECONDS_CEILING`` (epoch milliseconds given for seconds
     are named as such), ``since`` after ``until``, a timeout that is not a number
-    (None, a string, NaN), or a poll interval that is not a positive number of
-    at most ``MAX_POLL_INTERVAL_S``.
+    (None, a string, NaN), or a poll interval that is not a number of seconds from
+    ``MIN_POLL_INTERVAL_S`` to ``MAX_POLL_INTERVAL_S`` (0.01 to 3600).
     """
     _names(destination, status_table)
     until_us = to_epoch_us(until, "until")
@@ -432,10 +439,10 @@ def wait_until_replicated(
             f"since {_shown(since)} is after until {_shown(until)}: the window is inverted"
         )
     poll_s = _number(poll_interval, "poll_interval", "such as 0.25")
-    if not (math.isfinite(poll_s) and 0 < poll_s <= MAX_POLL_INTERVAL_S):
+    if not (math.isfinite(poll_s) and MIN_POLL_INTERVAL_S <= poll_s <= MAX_POLL_INTERVAL_S):
         raise ValueError(
-            f"poll_interval {poll_interval!r}: must be a positive number of seconds, "
-            f"at most {MAX_POLL_INTERVAL_S:g}"
+            f"poll_interval {poll_interval!r}: must be a number of seconds from "
+            f"{MIN_POLL_INTERVAL_S:g} to {MAX_POLL_INTERVAL_S:g}"
         )
     timeout_s = _number(timeout, "timeout", "math.inf: no limit")
     if math.isnan(timeout_s):
@@ -448,12 +455,16 @@ def wait_until_replicated(
     problem: str | None = None
     answered = False
     failures = 0  # transient errors in a row
+    # When this wait last had an answer: a read after a sleep cut short by the deadline
+    # (a poll interval longer than the time left) is a Query, not that answer again.
+    answered_at = -math.inf
     while True:
         patience = max(deadline - time.monotonic(), MIN_READ_S)
         pause = poll_s
         try:
-            watermark = reader.read(min(patience, READ_PATIENCE_S))
+            watermark = reader.read(min(patience, READ_PATIENCE_S), after=answered_at)
             answered, problem, failures = True, None, 0
+            answered_at = time.monotonic()
         except StatusTableMissing as missing:
             answered, problem = True, str(missing)
         except StatusTableSilent as silent:
