@@ -549,11 +549,16 @@ def _entry_id_option(ctx: click.Context, param: click.Parameter, value: str | No
 
 
 def _poll_seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
-    """A poll interval: a number of seconds, and no more than the API takes (an hour):
-    a longer sleep means nothing to a barrier, and one of 1e12 s overflowed."""
-    from replicator.watermark.wait import MAX_POLL_INTERVAL_S
+    """A poll interval: a number of seconds within the bounds the API takes, from 0.01
+    (no news comes faster) to an hour (a longer sleep means nothing to a barrier, and one
+    of 1e12 s overflowed)."""
+    from replicator.watermark.wait import MAX_POLL_INTERVAL_S, MIN_POLL_INTERVAL_S
 
     checked = _finite_seconds(ctx, param, value)
+    if checked is not None and checked < MIN_POLL_INTERVAL_S:
+        raise click.BadParameter(
+            f"{value!r} is less than {MIN_POLL_INTERVAL_S:g} seconds between reads", ctx, param
+        )
     if checked is not None and checked > MAX_POLL_INTERVAL_S:
         raise click.BadParameter(
             f"{value!r} is more than {MAX_POLL_INTERVAL_S:g} seconds between reads", ctx, param
@@ -631,11 +636,11 @@ def watermark(config_path: Path, destination: str | None, as_json: bool) -> None
 @click.option(
     "--poll",
     "poll_interval",
-    type=click.FloatRange(min=0.01),
+    type=float,
     callback=_poll_seconds,
     default=0.25,
     show_default=True,
-    help="Seconds between reads of the status table (at most 3600).",
+    help="Seconds between reads of the status table (0.01 to 3600).",
 )
 @_operator_errors
 def wait(

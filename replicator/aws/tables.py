@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from replicator.exceptions import EnvironmentProblem
+
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import TableDescriptionTypeDef
 
@@ -27,10 +29,24 @@ class TableShape:
     stream_arn: str | None = None  # the table's enabled DynamoDB stream
 
 
-def shape_of(table: TableDescriptionTypeDef) -> TableShape:
-    """The shape of a DescribeTable answer's ``Table``."""
-    types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
+def shape_of(table: TableDescriptionTypeDef, what: str, where: str) -> TableShape:
+    """The shape of a DescribeTable answer's ``Table``: ``what`` (``table eu-west-1/t``) at
+    ``where`` (:func:`where`) name it in the EnvironmentProblem raised when the answer
+    lacks a key attribute's type. DynamoDB always gives it; an emulator may not (moto's
+    server replaces the types on an UpdateTable that gives only a new index's), and the
+    key schema could then be compared with no other table's."""
+    types = {a["AttributeName"]: a["AttributeType"] for a in table.get("AttributeDefinitions", [])}
     ordered = sorted(table["KeySchema"], key=lambda k: 0 if k["KeyType"] == "HASH" else 1)
+    untyped = [k["AttributeName"] for k in ordered if k["AttributeName"] not in types]
+    if untyped:
+        plural = "s" if len(untyped) > 1 else ""
+        raise EnvironmentProblem(
+            f"{what} at {where}: DescribeTable gives no type for its key attribute{plural} "
+            f"{', '.join(untyped)} (its AttributeDefinitions name "
+            f"{', '.join(types) or 'no attribute'}), so its key schema is unknown "
+            "(DynamoDB always gives every key attribute's "
+            "type: check the endpoint, or re-create the table)"
+        )
     return TableShape(
         key_names=[k["AttributeName"] for k in ordered],
         key_schema={

@@ -95,7 +95,7 @@ def check_source(resolved: ResolvedJob) -> SourceInfo:
         table = ddb.describe_table(TableName=source.table)["Table"]
     except (ClientError, BotoCoreError) as error:
         raise explain(error, what, where) from None
-    key_schema = tables.shape_of(table).key_schema
+    key_schema = tables.shape_of(table, what, where).key_schema
     check_key_settings(resolved, key_schema)
     if source.stream.kind is StreamKind.KINESIS:
         return SourceInfo(
@@ -268,7 +268,7 @@ def check_destinations(resolved: ResolvedJob, source_keys: dict[str, str]) -> No
             table = ddb.describe_table(TableName=destination.table)["Table"]
         except (ClientError, BotoCoreError) as error:
             raise explain(error, what, where) from None
-        keys = tables.shape_of(table).key_schema
+        keys = tables.shape_of(table, what, where).key_schema
         if keys != source_keys:
             raise EnvironmentProblem(
                 f"{what} at {where} has key schema {keys}, but the source has {source_keys}"

@@ -79,7 +79,7 @@ def describe(ref: TableRef) -> TableShape:
         table = ref.client.describe_table(TableName=ref.table)["Table"]
     except (ClientError, BotoCoreError) as error:
         raise explain(error, f"table {ref.label}", ref.endpoint) from None
-    return tables.shape_of(table)
+    return tables.shape_of(table, f"table {ref.label}", ref.endpoint)
 
 
 def checked_source(resolved: ResolvedJob, source: TableRef) -> TableShape:

@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 
 DEFAULT_POLL_INTERVAL_S = 0.25
 DEFAULT_DEAD_LETTER_WINDOW_S = 60.0
+MIN_POLL_INTERVAL_S = 0.01
+"""The shortest poll interval taken, by the API as by ``replicator wait --poll``: a
+processor publishes at most every 50 ms (``watermark.publish_interval_ms``), so a shorter
+one only Queries the status table as fast as it answers, for no news."""
 MAX_POLL_INTERVAL_S = 3600.0
 """The longest poll interval taken: a barrier that reads less than hourly is a mistake
 (and a sleep of much more overflows), so a longer one is refused rather than obeyed."""
@@ -80,6 +84,25 @@ def _number(value: object, name: str, hint: str) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     raise ValueError(f"{name} {value!r}: not a number of seconds ({hint})")
+
+
+def _name(value: object, name: str, what: str) -> str:
+    """``value`` if it is a string with something in it; else ValueError naming ``name``,
+    the value and ``what`` it must be. Sent as it is, an empty one is a server error at
+    the Query and a non-string a ParamValidationError, neither naming the parameter."""
+    if isinstance(value, str) and value.strip():
+        return value
+    raise ValueError(f"{name} {value!r}: not {what}")
+
+
+def _names(destination: object, status_table: object) -> None:
+    """ValueError unless ``destination`` and ``status_table`` can name what they do."""
+    _name(
+        destination,
+        "destination",
+        "a destination's label (a non-empty string: its name in the job, default <region>/<table>)",
+    )
+    _name(status_table, "status_table", "a table name (a non-empty string: <task_name>-watermark)")
 
 
 def _shown(moment: float | datetime | None) -> str:
@@ -188,16 +211,19 @@ class WatermarkReader:
         self.table = table
         self.state = state if state is not None else ReadState(min_interval_s)
 
-    def read(self, timeout: float | None = None) -> Watermark:
-        """The last watermark read if it is younger than ``min_interval_s``, else the
-        answer of a Query (the one in flight, unless it has been in flight for longer
-        than ``READ_PATIENCE_S``). ``timeout``: seconds to wait for it (None: as long as
-        the client takes). Raises StatusTableSilent when it has not come by then,
-        StatusTableMissing, or the client's error."""
+    def read(self, timeout: float | None = None, *, after: float = -math.inf) -> Watermark:
+        """The last watermark read if it is younger than ``min_interval_s`` and came
+        after ``after`` (a ``time.monotonic()``: when the caller had its last answer, so
+        that it never takes that answer again), else the answer of a Query (the one in
+        flight, unless it has been in flight for longer than ``READ_PATIENCE_S``).
+        ``timeout``: seconds to wait for it (None: as long as the client takes). Raises
+        StatusTableSilent when it has not come by then, StatusTableMissing, or the
+        client's error."""
         state = self.state
         with state.lock:
             now = time.monotonic()
-            if state.last is not None and now - state.last_at < state.min_interval_s:
+            fresh = now - state.last_at < state.min_interval_s and state.last_at > after
+            if state.last is not None and fresh:
                 return state.last
             pending = state.reading
             if pending is None or now - pending.started > READ_PATIENCE_S:
@@ -328,7 +354,9 @@ def read_watermark(
     endpoint_url: str | None = None,
     timeout: float | None = None,
 ) -> Watermark:
-    """The destination's watermark now. Raises StatusTableMissing.
+    """The destination's watermark now. Raises StatusTableMissing; ValueError, before
+    reading anything, for a ``destination`` or ``status_table`` that is not a non-empty
+    string, or a ``timeout`` that is not a number.
 
     ``timeout`` None: one Query, waited for as long as the client takes, its error
     raised. Given (seconds, at least ``MIN_READ_S`` is given): the answer is waited for
@@ -337,6 +365,7 @@ def read_watermark(
     server errors are retried meanwhile (the last one is raised when time runs out),
     and StatusTableSilent is raised when no read was answered in time.
     """
+    _names(destination, status_table)
     client = client or _client(region, endpoint_url)
     reader = WatermarkReader(StatusTable(client, status_table, destination))
     if timeout is None:
@@ -392,11 +421,13 @@ def wait_until_replicated(
     the replicator writes it, such as a hand edit gone wrong): waiting cannot mend these.
 
     Raises ValueError naming the parameter and the value, before reading anything, for
-    a time that is not from 1970 to before ``SECONDS_CEILING`` (epoch milliseconds given
-    for seconds are named as such), ``since`` after ``until``, a timeout that is not a
-    number (None, a string, NaN), or a poll interval that is not a positive number of
-    at most ``MAX_POLL_INTERVAL_S``.
+    a ``destination`` or ``status_table`` that is not a non-empty string, a time that is
+    not from 1970 to before ``SECONDS_CEILING`` (epoch milliseconds given for seconds
+    are named as such), ``since`` after ``until``, a timeout that is not a number
+    (None, a string, NaN), or a poll interval that is not a number of seconds from
+    ``MIN_POLL_INTERVAL_S`` to ``MAX_POLL_INTERVAL_S`` (0.01 to 3600).
     """
+    _names(destination, status_table)
     until_us = to_epoch_us(until, "until")
     since_us = (
         to_epoch_us(since, "since")
@@ -408,10 +439,10 @@ def wait_until_replicated(
             f"since {_shown(since)} is after until {_shown(until)}: the window is inverted"
         )
     poll_s = _number(poll_interval, "poll_interval", "such as 0.25")
-    if not (math.isfinite(poll_s) and 0 < poll_s <= MAX_POLL_INTERVAL_S):
+    if not (math.isfinite(poll_s) and MIN_POLL_INTERVAL_S <= poll_s <= MAX_POLL_INTERVAL_S):
         raise ValueError(
-            f"poll_interval {poll_interval!r}: must be a positive number of seconds, "
-            f"at most {MAX_POLL_INTERVAL_S:g}"
+            f"poll_interval {poll_interval!r}: must be a number of seconds from "
+            f"{MIN_POLL_INTERVAL_S:g} to {MAX_POLL_INTERVAL_S:g}"
         )
     timeout_s = _number(timeout, "timeout", "math.inf: no limit")
     if math.isnan(timeout_s):
@@ -424,12 +455,16 @@ def wait_until_replicated(
     problem: str | None = None
     answered = False
     failures = 0  # transient errors in a row
+    # When this wait last had an answer: a read after a sleep cut short by the deadline
+    # (a poll interval longer than the time left) is a Query, not that answer again.
+    answered_at = -math.inf
     while True:
         patience = max(deadline - time.monotonic(), MIN_READ_S)
         pause = poll_s
         try:
-            watermark = reader.read(min(patience, READ_PATIENCE_S))
+            watermark = reader.read(min(patience, READ_PATIENCE_S), after=answered_at)
             answered, problem, failures = True, None, 0
+            answered_at = time.monotonic()
         except StatusTableMissing as missing:
             answered, problem = True, str(missing)
         except StatusTableSilent as silent:

@@ -54,6 +54,8 @@ def _job_text(
 def _run_cli(
     command: str, config: Path, env: dict[str, str | None]
 ) -> subprocess.CompletedProcess[str]:
+    """``replicator <command> --config <config>``; ``command`` may carry options after
+    the command's name (``backfill --skip-handoff-check``)."""
     environment = {**os.environ}
     for name, value in env.items():
         if value is None:
@@ -61,7 +63,7 @@ def _run_cli(
         else:
             environment[name] = value
     return subprocess.run(
-        [sys.executable, "-m", "replicator", command, "--config", str(config)],
+        [sys.executable, "-m", "replicator", *command.split(), "--config", str(config)],
         capture_output=True,
         text=True,
         env=environment,
@@ -282,4 +284,83 @@ def test_a_bad_environment_gives_one_clear_error_and_exit_3(
         validated = CliRunner().invoke(cli, ["validate", "--config", str(config)], env=case.env)
         if validated.exit_code != 0:
             problems.append(f"{case.name}: validate exited {validated.exit_code}")
+    assert not problems, "\n".join(problems)
+
+
+def _drop_key_types(ddb: Any, table: str) -> None:
+    """Leave ``table``'s DescribeTable without its key attributes' types, as moto's own
+    server does after an UpdateTable that adds an index giving only the index's
+    attribute (it replaces the table's AttributeDefinitions with those given)."""
+    ddb.update_table(
+        TableName=table,
+        AttributeDefinitions=[{"AttributeName": "g", "AttributeType": "S"}],
+        GlobalSecondaryIndexUpdates=[
+            {
+                "Create": {
+                    "IndexName": "gidx",
+                    "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}],
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+            }
+        ],
+    )
+    described = ddb.describe_table(TableName=table)["Table"]["AttributeDefinitions"]
+    assert [d["AttributeName"] for d in described] == ["g"], described
+
+
+def test_a_table_described_without_its_key_types_gives_one_clear_error_and_exit_3(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """Every command that compares key schemas names the table whose description lacks a
+    key attribute's type (source or destination) and exits 3, as for another key schema."""
+    name = unique("keytypes")
+    us = client("dynamodb", "us-east-1", moto_endpoint)
+    eu = client("dynamodb", "eu-west-1", moto_endpoint)
+    for ddb, table, stream in (
+        (us, f"{name}-src", True),
+        (us, f"{name}-bare-src", True),
+        (eu, f"{name}-dst", False),
+        (eu, f"{name}-bare-dst", False),
+    ):
+        tables.create(ddb, table, stream=stream)
+    _drop_key_types(us, f"{name}-bare-src")
+    _drop_key_types(eu, f"{name}-bare-dst")
+    commands = ("verify", "backfill --skip-handoff-check", "redrive", "run")
+    cases = {
+        f"us-east-1/{name}-bare-src": Case(
+            "source described without its key types",
+            _job_text(moto_endpoint, f"{name}-bare-src", f"{name}-dst"),
+            "DescribeTable gives no type for its key attributes pk, sk",
+            3,
+        ),
+        f"eu-west-1/{name}-bare-dst": Case(
+            "destination described without its key types",
+            _job_text(moto_endpoint, f"{name}-src", f"{name}-bare-dst"),
+            "DescribeTable gives no type for its key attributes pk, sk",
+            3,
+        ),
+    }
+    print("\n[reliability] 5c. a table described without its key attributes' types")
+    configs = [tmp_path / f"job-{index}.yaml" for index in range(len(cases))]
+    for case, config in zip(cases.values(), configs, strict=True):
+        assert case.text is not None
+        config.write_text(case.text)
+    results = iter(
+        _run_all(
+            [
+                (command, config, case.env)
+                for case, config in zip(cases.values(), configs, strict=True)
+                for command in commands
+            ]
+        )
+    )
+    problems: list[str] = []
+    for (table, case), config in zip(cases.items(), configs, strict=True):
+        ran = {command: next(results) for command in commands}
+        problems += _check_case(case, config, ran)
+        region, _, bare = table.partition("/")
+        for command, result in ran.items():
+            errors = [line for line in result.stderr.splitlines() if "DescribeTable" in line]
+            if not any(bare in line and region in line for line in errors):
+                problems.append(f"{case.name}: {command} did not name {table}:\n{result.stderr}")
     assert not problems, "\n".join(problems)

@@ -88,9 +88,15 @@ AP = "ap-southeast-2/replica"
             ["wait", "-d", EU, "--until", "99999999999", "--timeout", "inf", "--poll", "1e12"],
             "'--poll': 1000000000000.0 is more than 3600 seconds between reads",
         ),
+        # A poll so short that it reads as fast as the table answers: refused as by the API.
+        (
+            ["wait", "-d", EU, "--until", "1", "--timeout", "0", "--poll", "0.001"],
+            "'--poll': 0.001 is less than 0.01 seconds between reads",
+        ),
+        (["wait", "-d", EU, "--until", "1", "--timeout", "0", "--poll", "-1"], "-1.0 is less"),
     ],
 )
-def test_an_option_given_twice_or_a_poll_beyond_an_hour_is_refused_with_exit_2(
+def test_an_option_given_twice_or_a_poll_out_of_its_bounds_is_refused_with_exit_2(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
     path = job_file(tmp_path, "wm-twice", "http://127.0.0.1:1")  # never read

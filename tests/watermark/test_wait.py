@@ -29,6 +29,7 @@ from replicator.watermark import (
 )
 from replicator.watermark.table import StatusTable
 from tests.support.aws import client
+from tests.support.e2e import PATIENCE
 from tests.support.faults.proxy import FaultProxy
 from tests.support.silent import SilentEndpoint, run_from_first_read
 
@@ -73,9 +74,12 @@ def test_a_time_it_cannot_wait_for_is_refused_before_waiting(
             {"until": datetime(2026, 1, 1, tzinfo=UTC), "since": datetime(2026, 1, 2, tzinfo=UTC)},
             "since 2026-01-02T00:00:00+00:00 is after until 2026-01-01T00:00:00+00:00",
         ),
-        ({"until": 1e9, "poll_interval": math.nan}, "poll_interval nan: must be a positive"),
-        ({"until": 1e9, "poll_interval": math.inf}, "poll_interval inf: must be a positive"),
-        ({"until": 1e9, "poll_interval": 0}, "poll_interval 0: must be a positive"),
+        ({"until": 1e9, "poll_interval": math.nan}, "poll_interval nan: must be a number of"),
+        ({"until": 1e9, "poll_interval": math.inf}, "poll_interval inf: must be a number of"),
+        ({"until": 1e9, "poll_interval": 0}, "poll_interval 0: must be a number of seconds"),
+        # As the CLI's --poll: no read more often than the table can have news.
+        ({"until": 1e9, "poll_interval": 0.001}, "poll_interval 0.001: must be a number of"),
+        ({"until": 1e9, "poll_interval": -1}, "from 0.01 to 3600"),
         ({"until": 1e9, "timeout": math.nan}, "timeout nan: not a number of seconds"),
         # Not numbers at all: named, as ValueError, rather than an unnamed TypeError.
         ({"until": 1e9, "timeout": None}, "timeout None: not a number of seconds (math.inf"),
@@ -85,9 +89,9 @@ def test_a_time_it_cannot_wait_for_is_refused_before_waiting(
         # A poll so long that its sleep would overflow, and none a barrier wants.
         (
             {"until": 1e9, "poll_interval": 1e10},
-            "poll_interval 10000000000.0: must be a positive number of seconds, at most 3600",
+            "poll_interval 10000000000.0: must be a number of seconds from 0.01 to 3600",
         ),
-        ({"until": 1e9, "poll_interval": 3600.5}, "at most 3600"),
+        ({"until": 1e9, "poll_interval": 3600.5}, "from 0.01 to 3600"),
     ],
 )
 def test_an_inverted_window_or_a_poll_or_timeout_that_is_no_number_is_refused(
@@ -100,6 +104,41 @@ def test_an_inverted_window_or_a_poll_or_timeout_that_is_no_number_is_refused(
             status_table="wm-options-watermark",
             client=client("dynamodb", "eu-west-1", moto_endpoint),
         )
+
+
+@pytest.mark.parametrize("reads", ["wait", "read"])
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        ({"destination": ""}, "destination '': not a destination's label"),
+        ({"destination": "  "}, "destination '  ': not a destination's label"),
+        ({"destination": None}, "destination None: not a destination's label"),
+        ({"destination": 5}, "destination 5: not a destination's label"),
+        ({"status_table": ""}, "status_table '': not a table name"),
+        ({"status_table": " "}, "status_table ' ': not a table name"),
+        ({"status_table": None}, "status_table None: not a table name"),
+        ({"status_table": b"t-watermark"}, "status_table b't-watermark': not a table name"),
+    ],
+)
+def test_a_destination_or_status_table_that_names_nothing_is_refused_before_reading(
+    reads: str, names: dict[str, Any], message: str
+) -> None:
+    """Named as ValueError, as the other bad inputs are, not sent to the status table
+    (where an empty destination is a server error and None a ParamValidationError): the
+    stubbed client answers no call, so any read fails the test."""
+    stubbed = boto3.client("dynamodb", region_name="eu-west-1", endpoint_url="http://127.0.0.1:1")
+    given: dict[str, Any] = {
+        "destination": "eu-west-1/replica",
+        "status_table": "wm-names-watermark",
+        "client": stubbed,
+        "timeout": 1,
+        **names,
+    }
+    with Stubber(stubbed), pytest.raises(ValueError, match=re.escape(message)):
+        if reads == "wait":
+            wait_until_replicated(1e9, **given)
+        else:
+            read_watermark(**given)
 
 
 # -- a status table whose endpoint never answers ----------------------------------------------
@@ -413,3 +452,39 @@ def test_a_long_lived_client_shares_its_reads_and_a_new_client_reads_anew(
         del fresh
         reads_ended()
         gc.collect()
+
+
+# -- a poll interval longer than the time left ----------------------------------------------------
+
+
+def test_a_wait_reads_once_more_at_its_deadline_however_long_its_poll_interval(
+    moto_endpoint: str, status_table: str
+) -> None:
+    """A poll interval longer than the timeout sleeps until the deadline, and the read
+    there is a Query, not the answer of the read before it (which the reader shares for
+    half a poll interval): a watermark that passed ``until`` meanwhile is replicated.
+    The part is raised as soon as the first Query is answered, before the wait has seen
+    its answer; so only a second read can find it, whenever the first one ends."""
+    ddb = boto3.client("dynamodb", region_name="eu-west-1", endpoint_url=moto_endpoint)
+    table = StatusTable(
+        client("dynamodb", "eu-west-1", moto_endpoint), status_table, "eu-west-1/replica"
+    )
+    queries: list[str] = []
+
+    def raise_part_after_the_first(**_: Any) -> None:
+        queries.append("Query")
+        if len(queries) == 1:
+            table.raise_part("s1", T0 + 2 * S, "test:1", raised_before=True)
+
+    ddb.meta.events.register("after-call.dynamodb.Query", raise_part_after_the_first)
+    result = wait_until_replicated(
+        (T0 + S) / S,
+        destination="eu-west-1/replica",
+        status_table=status_table,
+        client=ddb,
+        timeout=2 * PATIENCE,
+        poll_interval=3600,
+    )
+    assert result.replicated, result.describe()
+    assert result.watermark is not None and result.watermark.watermark_us == T0 + 2 * S
+    assert len(queries) == 2, queries
