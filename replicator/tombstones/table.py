@@ -14,6 +14,7 @@ the two runs second sees the other (see docs/active-active.md).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -61,6 +62,7 @@ class TombstoneTable:
     ``client`` is the destination writer's own (same region, endpoint and role as the
     user's table). DynamoDB's errors propagate as :class:`TombstoneTableError`, for the
     writer's retries, which name the table; botocore's own (no answer) as it raises them.
+    It counts the requests it answered (:attr:`answered`), for the writer's refusals.
     """
 
     def __init__(
@@ -77,6 +79,17 @@ class TombstoneTable:
         self.retention_s = retention_s
         self.description = f"tombstone table {table} ({where})"
         self._clock = clock
+        self._answered = 0
+        self._lock = threading.Lock()
+
+    @property
+    def answered(self) -> int:
+        """How many requests the table has answered so far (a write its condition refused
+        included). A refusal of the table is the table's, never one item's, only while
+        this does not move: the writes to the user's table beside it that succeed
+        meanwhile never touch this table, and say nothing of it."""
+        with self._lock:
+            return self._answered
 
     def now(self) -> float:
         return self._clock()
@@ -183,11 +196,19 @@ class TombstoneTable:
 
     @contextmanager
     def _named(self) -> Iterator[None]:
-        """DynamoDB's errors to the requests sent inside as :class:`TombstoneTableError`."""
+        """DynamoDB's errors to the requests sent inside as :class:`TombstoneTableError`;
+        an answer (a failed condition too: the table is there and takes writes) counted."""
         try:
             yield
         except ClientError as error:
+            if classify(error) is ErrorKind.CONDITION_FAILED:
+                self._note_answer()
             raise TombstoneTableError(error, self.description) from error
+        self._note_answer()
+
+    def _note_answer(self) -> None:
+        with self._lock:
+            self._answered += 1
 
     def ensure_exists(self, wait_s: float = 120.0) -> None:
         ensure_table(

@@ -205,6 +205,15 @@ class _Attempts:
     unconditional_unanswered_at: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """What a change's refusal compares with its last: the writes the destination's table
+    had accepted then, and the requests its tombstone table had answered."""
+
+    successes: int
+    tombstone_answers: int
+
+
 @dataclass(frozen=True)
 class _Unanswered:
     """A change's attempts that got no answer in a row: since when, and how many writes
@@ -398,6 +407,12 @@ class DestinationWriter:
         count again; and a change denied ``_ITEM_DENIALS_BEFORE_DEAD_LETTER`` times while
         other writes succeed is denied for itself (a fine-grained policy) and fails, to
         be dead-lettered.
+
+        A refusal of the tombstone table is never one item's: a change whose delete or
+        check it refuses is retried as above, never dead-lettered (a delete left out at
+        one region would leave the regions apart), and only an answer of that table
+        starts its count again: the writes to the user's table beside it, which keep
+        succeeding when they need no tombstone, say nothing of it.
         """
         started = time.monotonic()
         attempt = 0
@@ -405,7 +420,7 @@ class DestinationWriter:
         successes_at_first_denial: int | None = None
         schema_refusals = 0
         streak = 0  # this change's refusals in a row, no success at the destination between
-        successes_then: int | None = None
+        seen_then: _Seen | None = None
         finish_by: float | None = None  # once cancelled with a put-back due
         unanswered: _Unanswered | None = None  # since when no attempt has been answered
         while True:
@@ -430,7 +445,7 @@ class DestinationWriter:
                     # Not this change's fault: the table's key is not the source's (it was
                     # re-created with another one). Retried like a missing table, never
                     # dead-lettered; persisting, it stops the worker.
-                    streak, successes_then, _ = self._note_refusal(streak, successes_then)
+                    streak, seen_then = self._note_refusal(error, streak, seen_then)
                     schema_refusals += 1
                     if max(streak, schema_refusals) >= self.refusal_limit:
                         raise DestinationRefused(
@@ -441,7 +456,7 @@ class DestinationWriter:
                 elif kind is ErrorKind.REJECTED:
                     return WriteResult(Outcome.FAILED, "rejected", _describe(error))
                 if kind is ErrorKind.AUTH:
-                    streak, successes_then, _ = self._note_refusal(streak, successes_then)
+                    streak, seen_then = self._note_refusal(error, streak, seen_then)
                     if streak >= self.refusal_limit:
                         raise DestinationRefused(
                             f"{self._refuser(error)} did not accept the signature or "
@@ -450,20 +465,21 @@ class DestinationWriter:
                             f"runs with; {NOT_PASSED}"
                         ) from error
                 elif kind in (ErrorKind.DENIED, ErrorKind.NOT_FOUND):
-                    streak, successes_then, successes = self._note_refusal(streak, successes_then)
+                    streak, seen_then = self._note_refusal(error, streak, seen_then)
                     if streak >= self.refusal_limit:
                         raise DestinationRefused(
                             f"{self._refuser(error)} refused {streak} writes in a row: "
                             f"{_answer(error)}{_missing_tombstones(error, kind)}"
                         ) from error
-                    denials += 1
-                    if successes_at_first_denial is None:
-                        successes_at_first_denial = successes
-                    elif (
-                        successes > successes_at_first_denial
-                        and denials >= _ITEM_DENIALS_BEFORE_DEAD_LETTER
-                    ):
-                        return WriteResult(Outcome.FAILED, "access_denied", _describe(error))
+                    if not isinstance(error, TombstoneTableError):
+                        denials += 1
+                        if successes_at_first_denial is None:
+                            successes_at_first_denial = seen_then.successes
+                        elif (
+                            seen_then.successes > successes_at_first_denial
+                            and denials >= _ITEM_DENIALS_BEFORE_DEAD_LETTER
+                        ):
+                            return WriteResult(Outcome.FAILED, "access_denied", _describe(error))
                 reason = _RETRY_REASON.get(kind, "server_error")
                 if kind is ErrorKind.REJECTED:  # only a key schema not the source's is retried
                     reason = "key_schema"
@@ -890,16 +906,24 @@ class DestinationWriter:
             return _Unanswered(tried_at, successes)
         return unanswered
 
-    def _note_refusal(self, streak: int, successes_then: int | None) -> tuple[int, int, int]:
-        """One more refusal of a change that had ``streak`` in a row, the destination
-        having accepted ``successes_then`` writes at the last of them: the change's new
-        streak (1 again if the destination accepted a write since), the success count
-        to compare the next refusal with, and the destination's successes so far."""
+    def _note_refusal(
+        self, error: BaseException, streak: int, seen_then: _Seen | None
+    ) -> tuple[int, _Seen]:
+        """One more refusal (``error``) of a change that had ``streak`` in a row, with
+        ``seen_then`` at the last of them: the change's new streak (1 again if the table
+        that refused accepted a request since: the destination's table, or the tombstone
+        table for its own refusals) and what is seen now, to compare the next with."""
         with self._lock:
             successes = self._successes
-        if successes_then is not None and successes != successes_then:
-            streak = 0
-        return streak + 1, successes, successes
+        seen = _Seen(successes, self.tombstones.answered if self.tombstones is not None else 0)
+        if seen_then is not None:
+            if isinstance(error, TombstoneTableError):
+                moved = seen.tombstone_answers != seen_then.tombstone_answers
+            else:
+                moved = seen.successes != seen_then.successes
+            if moved:
+                streak = 0
+        return streak + 1, seen
 
 
 # DynamoDB's answers to a write whose item or key lacks, or mistypes, an attribute of

@@ -16,11 +16,13 @@ from typing import Any
 
 import msgspec
 import pytest
+from botocore.exceptions import ClientError
 
 from replicator.aws.backoff import Backoff
 from replicator.conflictlog.entry import LostConflict
 from replicator.conflictlog.recorder import ShardConflicts
 from replicator.decode import decode
+from replicator.exceptions import DestinationRefused
 from replicator.filters import Route
 from replicator.highwater import HighWater
 from replicator.items import Item, KeyId
@@ -760,3 +762,70 @@ def test_a_delete_of_an_item_whose_key_is_near_2_kb_leaves_its_tombstone(pair: P
     outcome = pair.writer.write(long_change("MODIFY", stale, None, 2)).outcome
     assert outcome is Outcome.CONFLICT_LOST
     assert "Item" not in pair.b.get_item(TableName=pair.table, Key=long_key, ConsistentRead=True)
+
+
+class _Refusing:
+    """A tombstone table's client that refuses every request with ``code`` (the table
+    deleted, or its statement taken out of the policy)."""
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+
+    def __getattr__(self, operation: str) -> Any:
+        def refuse(**_: Any) -> Any:
+            raise ClientError({"Error": {"Code": self.code, "Message": "refused"}}, operation)
+
+        return refuse
+
+
+class _OthersWritten(threading.Event):
+    """``cancelled`` of a writer whose every backoff sees another write succeed at its
+    table: a put of another item onto the one it held, which needs no tombstone."""
+
+    OTHER: Item = {"pk": {"S": "other"}}  # noqa: RUF012 (read only)
+
+    def __init__(self, writer: DestinationWriter) -> None:
+        super().__init__()
+        self.writer = writer
+        self.applied = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        ts = 100 + self.applied
+        new = {**self.OTHER, "ts": {"N": str(ts)}, "origin": {"S": "us-east-1"}}
+        put = decode(daemon_record(stream_record("MODIFY", self.OTHER, new, None, seq=ts), ts))
+        if self.writer.write(put).outcome is Outcome.APPLIED:
+            self.applied += 1
+        return False
+
+
+@pytest.mark.parametrize("code", ["ResourceNotFoundException", "AccessDeniedException"])
+@pytest.mark.parametrize("side", ["destination", "source"])
+def test_a_refused_tombstone_table_stops_the_writer_however_many_other_writes_succeed(
+    pair: Pair, side: str, code: str
+) -> None:
+    """A delete whose tombstone the table refuses, while puts that need no tombstone keep
+    succeeding at the table beside it: never one item's denial (dead-lettered at a
+    destination, logged and dropped at the source, the regions left apart), but the
+    tombstone table's refusal, which stops the worker after the refusal limit."""
+    writer, ddb = (pair.writer, pair.b) if side == "destination" else (pair.source.writer, pair.a)
+    tombstones = writer.tombstones
+    assert tombstones is not None
+    deleted = image(20, "us-east-1")
+    for item in (deleted, {**_OthersWritten.OTHER, "ts": {"N": "1"}}):
+        ddb.put_item(TableName=pair.table, Item=item)
+    tombstones.client = _Refusing(code)
+    writer.refusal_limit = 6
+    writer.cancelled = others = _OthersWritten(writer)
+    delete = change("REMOVE", None, deleted)
+    with pytest.raises(DestinationRefused) as refused:
+        if side == "destination":
+            pair.writer.write(delete)
+        else:
+            pair.source.write(delete)
+    where = tombstones.where
+    assert f"tombstone table {pair.table}-tombstones ({where}) refused 6 writes in a row: " in str(
+        refused.value
+    )
+    assert f"in a row: {code}: refused" in str(refused.value)
+    assert others.applied == 5  # a success at the user's table after each refusal
+    assert pair.get(ddb) == deleted  # nothing removed without its tombstone
