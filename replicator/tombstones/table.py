@@ -85,9 +85,9 @@ class TombstoneTable:
     @property
     def answered(self) -> int:
         """How many requests the table has answered so far (a write its condition refused
-        included). A refusal of the table is the table's, never one item's, only while
-        this does not move: the writes to the user's table beside it that succeed
-        meanwhile never touch this table, and say nothing of it."""
+        included). A change's refusals by this table are counted in a row until this
+        moves: the writes that succeed at the user's table beside it meanwhile never
+        touch this table, and say nothing of it."""
         with self._lock:
             return self._answered
 
