@@ -281,7 +281,8 @@ class _Demo:
         if metrics.enabled and metrics.port != 0:
             # Before anything is created: the runtime binds the port only after its
             # preflight checks, so a taken port would otherwise be found only once the
-            # tables exist. A port taken after this check still ends the demo with 3.
+            # demo's tables exist. A port taken after this check still ends the demo
+            # with 3 (the runtime binds it before creating tables of its own).
             try:
                 check_listen(metrics.host, metrics.port)
             except EnvironmentProblem as error:

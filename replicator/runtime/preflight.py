@@ -318,7 +318,7 @@ def check_dead_letter_target(resolved: ResolvedJob) -> None:
 def check(
     resolved: ResolvedJob,
     stopped: Callable[[], bool] = lambda: False,
-    before_creating: Callable[[], None] = lambda: None,
+    before_creating: Callable[[], object] = lambda: None,
 ) -> SourceInfo:
     """Check the dead-letter queue, the source and destinations and the task's tables,
     then the dead-letter file (its directory created when missing), and make the job's

@@ -10,6 +10,7 @@ the daemon started); the scaffold around them is this module's.
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -61,8 +62,8 @@ def metrics_served(
     resolved: ResolvedJob, problems: Callable[[], list[str]], extra: Sequence[Collector]
 ) -> Iterator[Served]:
     """The metrics directory and server, removed and stopped however the run ends. The
-    port is bound on entry, so a port in use fails before anything else is started; no
-    thread is started before ``Served.start``."""
+    port is bound on entry (a runtime enters this through :class:`MetricsHold`, before
+    its preflight creates anything); no thread is started before ``Served.start``."""
     job = resolved.job
     samples = multiprocess.prepare()
     server: MetricsServer | None = None
@@ -85,6 +86,41 @@ def metrics_served(
         if server is not None:
             server.stop()
         multiprocess.discard(samples)
+
+
+class MetricsHold:
+    """:func:`metrics_served` entered when :meth:`bind` is first called and left by
+    :meth:`close` (or at the end of a ``with`` block), however the start goes.
+
+    Both runtimes call ``bind`` from the preflight's ``before_creating``: once the checks
+    that create nothing have passed, before the first step that creates a table or a
+    directory. A port in use then refuses the start (exit 3) before anything is created,
+    and the socket stays bound from there until ``Served.start`` serves it: no other
+    process can take the port in between."""
+
+    def __init__(
+        self, resolved: ResolvedJob, problems: Callable[[], list[str]], extra: Sequence[Collector]
+    ) -> None:
+        self._enter = functools.partial(metrics_served, resolved, problems, extra)
+        self._held = contextlib.ExitStack()
+        self.served: Served | None = None
+
+    def bind(self) -> Served:
+        """The port bound and the metrics directory made (once; later calls return them)."""
+        if self.served is None:
+            self.served = self._held.enter_context(self._enter())
+        return self.served
+
+    def close(self) -> None:
+        """The server stopped and the port let go, the metrics directory removed."""
+        self.served = None
+        self._held.close()
+
+    def __enter__(self) -> MetricsHold:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 def stopped_while_starting(message: str) -> None:

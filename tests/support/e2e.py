@@ -132,6 +132,21 @@ class Job:
     def converged(self) -> bool:
         return not self.differences()
 
+    def tables_named(self) -> dict[str, set[str]]:
+        """The tables named after the job in each region it uses."""
+        regions = [self.source_region] + [region for region, _ in self.destinations]
+        return {
+            region: {
+                name
+                for page in client("dynamodb", region, self.endpoint)
+                .get_paginator("list_tables")
+                .paginate()
+                for name in page["TableNames"]
+                if name.startswith(self.name)
+            }
+            for region in regions
+        }
+
     def lease_rows(self) -> list[dict[str, Any]]:
         try:
             return list(self.source.scan(TableName=self.name, ConsistentRead=True)["Items"])

@@ -438,18 +438,21 @@ def prepare_run(
     directory: Path,
     environ: Mapping[str, str] = os.environ,
     stopped: Callable[[], bool] = lambda: False,
+    before_creating: Callable[[], object] = lambda: None,
 ) -> PreparedRun:
     """Check java, jars and AWS, and write the properties file into ``directory``, with
     the copy of the job file every processor of the run reads.
 
     The local checks come first: they are cheap and need no network. ``stopped`` is asked
-    between the preflight's steps (:class:`preflight.Stopped` when it says yes).
+    between the preflight's steps (:class:`preflight.Stopped` when it says yes);
+    ``before_creating`` is called before its first step that creates something
+    (``run_kcl`` binds the metrics port there).
     """
     # What the KCL cannot work with in the job file itself (source.role_arn) was refused
     # when the job was loaded (replicator/config/model.py).
     installation = java.locate(resolved, environ)
     check_template(resolved.job)
-    info = preflight.check(resolved, stopped)
+    info = preflight.check(resolved, stopped, before_creating)
     job = resolved.job
     worker_id = job.kcl.worker_id or socket.gethostname()
     stream_arn = info.stream_arn if job.source.stream.kind is StreamKind.DYNAMODB_STREAMS else None
@@ -470,53 +473,57 @@ def run_kcl(
     else :class:`DaemonStopped` (or :class:`KclUnavailable`) saying how it ended."""
     job = resolved.job
     supervisor.begin(resolved, "kcl")
-    with tempfile.TemporaryDirectory(prefix="replicator-kcl-") as workdir:
+    daemon: DaemonProcess | None = None
+
+    def problems() -> list[str]:
+        return daemon.problems() if daemon is not None else []
+
+    with (
+        tempfile.TemporaryDirectory(prefix="replicator-kcl-") as workdir,
+        supervisor.MetricsHold(resolved, problems, [_DaemonCollector(lambda: daemon)]) as held,
+    ):
         # Stop signals are still held (replicator.entry) while the preflight runs: one
-        # asks it to stop between its steps, a second one ends the command at once.
+        # asks it to stop between its steps, a second one ends the command at once. The
+        # metrics port is bound once its checks have passed, before it creates anything:
+        # a port in use refuses the start having created nothing.
         try:
-            prepared = prepare_run(resolved, Path(workdir), stopped=stop_held)
+            prepared = prepare_run(
+                resolved, Path(workdir), stopped=stop_held, before_creating=held.bind
+            )
         except preflight.Stopped:
             supervisor.stopped_while_starting("KCL runtime stopped before it started")
             return 0
-        daemon: DaemonProcess | None = None
-
-        def problems() -> list[str]:
-            return daemon.problems() if daemon is not None else []
-
-        # The metrics port is bound before the daemon starts, so a port in use fails first.
-        with supervisor.metrics_served(
-            resolved, problems, [_DaemonCollector(lambda: daemon)]
-        ) as served:
-            # The processors expand ${VAR} in the job's copy from this same environment,
-            # and name the operator's file in their messages.
-            env = {
-                **os.environ,
-                multiprocess.ENV: str(served.samples.path),
-                JOB_FILE_ENV: str(resolved.path),
-            }
-            daemon = DaemonProcess(
-                prepared.argv, env, grace_s=shutdown_grace_ms(job) / 1000, level=job.logging.level
-            )
-            try:
-                with supervisor.stop_signals(daemon.request_stop):
-                    if daemon.stop_requested:
-                        log.info("KCL runtime stopped before it started")
-                        return 0
-                    daemon.start()
-                    served.start()
-                    log.info(
-                        "KCL runtime started",
-                        worker_id=job.kcl.worker_id or socket.gethostname(),
-                        lease_table=resolved.lease_table,
-                        properties=str(prepared.properties),
-                    )
-                    if ready is not None:
-                        threading.Thread(
-                            target=ready, args=(daemon, served.server), daemon=True
-                        ).start()
-                    status = daemon.wait()
-            finally:
-                daemon.clean_up()
+        served = held.bind()  # bound by the preflight already
+        # The processors expand ${VAR} in the job's copy from this same environment,
+        # and name the operator's file in their messages.
+        env = {
+            **os.environ,
+            multiprocess.ENV: str(served.samples.path),
+            JOB_FILE_ENV: str(resolved.path),
+        }
+        daemon = DaemonProcess(
+            prepared.argv, env, grace_s=shutdown_grace_ms(job) / 1000, level=job.logging.level
+        )
+        try:
+            with supervisor.stop_signals(daemon.request_stop):
+                if daemon.stop_requested:
+                    log.info("KCL runtime stopped before it started")
+                    return 0
+                daemon.start()
+                served.start()
+                log.info(
+                    "KCL runtime started",
+                    worker_id=job.kcl.worker_id or socket.gethostname(),
+                    lease_table=resolved.lease_table,
+                    properties=str(prepared.properties),
+                )
+                if ready is not None:
+                    threading.Thread(
+                        target=ready, args=(daemon, served.server), daemon=True
+                    ).start()
+                status = daemon.wait()
+        finally:
+            daemon.clean_up()
     log.info("KCL daemon exited", status=daemon.status, exit_code=status)
     if daemon.failure is not None and not daemon.stop_requested:
         # A daemon that ended on its own may not have started at all: say why if its

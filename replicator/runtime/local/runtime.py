@@ -146,8 +146,10 @@ class LocalRuntime:
         )
         self.stream_arn = ""
         self._checked: preflight.SourceInfo | None = None
-        # The host lock: taken before the preflight creates anything, held until run ends.
+        # The host lock, then the metrics port: taken before the preflight creates
+        # anything, held until run ends.
         self._lock: hostlock.HostLock | None = None
+        self._metrics = supervisor.MetricsHold(resolved, self.problems, [_RuntimeCollector(self)])
         # Leases of another worker (or of our worker id, held elsewhere) that stood still
         # for the failover time at start-up: shard id -> (owner, counter) as watched;
         # _start takes them over if unchanged.
@@ -163,16 +165,17 @@ class LocalRuntime:
         default ``stop`` having been called) is asked between steps, and
         :class:`preflight.Stopped` raised when it says yes.
 
-        The host lock is taken before the preflight creates what the job lacks (the
-        tombstone and conflict-log tables, the directories of its files), and held until
-        ``run`` ends: a start the lock refuses creates nothing. A preflight that fails or
-        is stopped lets the lock go."""
+        The host lock, then the metrics port, are taken before the preflight creates what
+        the job lacks (the tombstone and conflict-log tables, the directories of its
+        files), and held until ``run`` ends: a start the lock refuses (exit 5) or whose
+        port is in use (exit 3) creates nothing. A preflight that fails or is stopped
+        lets both go."""
         try:
             self._checked = preflight.check(
-                self.resolved, stopped or self.stopping.is_set, self._take_host_lock
+                self.resolved, stopped or self.stopping.is_set, self._hold
             )
         except BaseException:
-            self._release_host_lock()
+            self._let_go()
             raise
 
     def run(self) -> int:
@@ -182,7 +185,7 @@ class LocalRuntime:
                 return 0
             self._run_holding_lock()
         finally:
-            self._release_host_lock()
+            self._let_go()
         if self.failure is not None:
             if isinstance(self.failure, OperatorError):
                 raise self.failure
@@ -192,7 +195,8 @@ class LocalRuntime:
         return 0
 
     def _ready(self) -> bool:
-        """Whether to start: the preflight made (the host lock held), no stop asked for."""
+        """Whether to start: the preflight made (the host lock and the metrics port
+        held), no stop asked for."""
         # A kinesis source under runtime local was refused when the job was loaded.
         if self.stopping.is_set():
             return False
@@ -207,19 +211,13 @@ class LocalRuntime:
         return not self.stopping.is_set()
 
     def _run_holding_lock(self) -> None:
-        with (
-            tempfile.TemporaryDirectory(prefix="replicator-local-") as workdir,
-            supervisor.metrics_served(
-                self.resolved, self.problems, [_RuntimeCollector(self)]
-            ) as served,
-        ):
+        served = self._metrics.bind()  # bound by the preflight, with the host lock held
+        with tempfile.TemporaryDirectory(prefix="replicator-local-") as workdir:
             self._job_copy = write_job_copy(self.resolved, Path(workdir))
             self._samples = served.samples
             self.metrics_server = served.server
             try:
                 self.metrics_port = served.start()
-                # After the metrics port is bound: a port in use fails before anything
-                # is created.
                 self.leases.ensure_exists()
                 self._claim_leases_held_elsewhere()
                 log.info(
@@ -615,14 +613,22 @@ class LocalRuntime:
         lock.hold(f"task {task} on {where}")
         return lock
 
-    def _take_host_lock(self) -> None:
+    def _hold(self) -> None:
+        """The preflight's ``before_creating``: the host lock, then the metrics port. In
+        that order, a second run of the task on this host, which has the same port, is
+        told it is one (exit 5) rather than that its port is taken (exit 3)."""
         if self._lock is None:
             self._lock = self._hold_host_lock()
+        self._metrics.bind()
 
-    def _release_host_lock(self) -> None:
+    def _let_go(self) -> None:
+        """The metrics port (the server stopped), then the host lock."""
         lock, self._lock = self._lock, None
-        if lock is not None:
-            lock.release()
+        try:
+            self._metrics.close()
+        finally:
+            if lock is not None:
+                lock.release()
 
     # -- reporting ------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -461,6 +462,53 @@ def test_a_dead_letter_queue_that_does_not_exist_is_named_before_the_daemon_star
     )
     assert "kind: sqs" in job.read_text()
     assert_refused(run_cli(job), 3, f"dead_letter.queue_url: the dead-letter queue {queue}")
+
+
+def test_a_metrics_port_taken_is_exit_3_before_the_preflight_creates_anything(
+    kinesis_job: dict[str, Any], tmp_path: Path
+) -> None:
+    """As under the local runtime: the port is bound once the preflight's checks have
+    passed and before it creates the conflict-log table and the dead-letter directory,
+    so a start refused for its port leaves neither behind."""
+    jars = fake_jars(tmp_path / "jars", [java.MULTILANG_DAEMON])
+    task = f"{kinesis_job['table']}-task"
+    job = write_job(
+        tmp_path / "job.yaml",
+        **kinesis_job,
+        task_name=task,
+        kcl=f", java: {sys.executable}, jars_dir: {jars}",
+    )
+    made = tmp_path / "newdir"
+    text = job.read_text().replace(
+        str(tmp_path / "dead.jsonl"), str(made / "sub" / "{task_name}.jsonl")
+    )
+    regions = ("us-east-1", "eu-west-1")
+
+    def tables_named() -> set[str]:
+        return {
+            name
+            for region in regions
+            for page in client("dynamodb", region, kinesis_job["endpoint"])
+            .get_paginator("list_tables")
+            .paginate()
+            for name in page["TableNames"]
+            if name.startswith(task)
+        }
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        job.write_text(
+            text.replace("port: 0}", f"port: {port}}}") + "conflict_log: {kind: dynamodb}\n"
+        )
+        message = assert_refused(run_cli(job), 3)
+    assert message == (
+        f"replicator: metrics: cannot listen on 127.0.0.1:{port} (Address already in use); "
+        "choose another metrics.port (0 picks a free one) or set metrics.enabled: false"
+    )
+    assert tables_named() == set()
+    assert not made.exists()
 
 
 def test_a_classpath_that_cannot_start_is_a_clear_error(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ def _runtime(
     region: str = "us-east-1",
     task: str = "same-task",
     table: str = "orders",
+    metrics: str = "{enabled: false}",
 ) -> LocalRuntime:
     path = tmp_path / f"{name}.yaml"
     path.write_text(
@@ -41,7 +43,7 @@ def _runtime(
         f"task_name: {task}\n"
         f"source: {{region: {region}, table: {table}, endpoint_url: '{endpoint}'}}\n"
         f"destinations: [{{region: eu-west-1, table: {table}, endpoint_url: '{endpoint}'}}]\n"
-        "metrics: {enabled: false}\n"
+        f"metrics: {metrics}\n"
     )
     return LocalRuntime(load_job(path), worker_id=name)
 
@@ -173,6 +175,59 @@ def test_the_preflight_takes_the_lock_before_it_creates_and_every_start_that_end
         other.run_preflight()
     runtime.stop()
     assert runtime.run() == 0
+    assert list(_locks(tmp_path).iterdir()) == []
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_the_metrics_port_is_bound_with_the_lock_held_and_let_go_with_it(
+    tmp_path: Path, moto_endpoint: str, unique: Callable[[str], str]
+) -> None:
+    """The preflight binds the metrics port right after taking the lock, before it
+    creates anything: a port in use refuses the start and lets the lock go; a preflight
+    stopped after the bind lets the port go; a preflight made keeps the port bound (no
+    other process can take it before the run serves it) until the run ends."""
+    table = unique("ported")
+    tables.create(client("dynamodb", "us-east-1", moto_endpoint), table, stream=True)
+    tables.create(client("dynamodb", "eu-west-1", moto_endpoint), table, stream=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        runtime = _runtime(
+            tmp_path,
+            moto_endpoint,
+            "a",
+            task=f"{table}-task",
+            table=table,
+            metrics=f"{{host: 127.0.0.1, port: {port}}}",
+        )
+        with pytest.raises(EnvironmentProblem, match=f"cannot listen on 127.0.0.1:{port} "):
+            runtime.run_preflight()
+        assert list(_locks(tmp_path).iterdir()) == []
+    bound: list[bool] = []
+
+    def stopped() -> bool:
+        bound.append(not _bindable(port))
+        return bound[-1]
+
+    with pytest.raises(preflight.Stopped):
+        runtime.run_preflight(stopped)
+    assert bound[-1] and not any(bound[:-1])
+    assert _bindable(port)
+    assert list(_locks(tmp_path).iterdir()) == []
+    runtime.run_preflight()
+    assert not _bindable(port)
+    runtime.stop()
+    assert runtime.run() == 0
+    assert _bindable(port)
     assert list(_locks(tmp_path).iterdir()) == []
 
 

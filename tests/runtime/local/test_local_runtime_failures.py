@@ -1,13 +1,14 @@
 """How `replicator run` (the local runtime) ends when a dead-letter target stops taking
-letters, or the lease table or the source table goes, while it runs: the exit code and
-the one line the README promises (and a removed dead-letter directory, which does not
-end it)."""
+letters, or the lease table or the source table goes, while it runs, or when its metrics
+port is taken at start: the exit code and the one line the README promises (and a
+removed dead-letter directory, which does not end it)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -356,3 +357,37 @@ def test_a_lease_checkpoint_that_is_no_position_is_exit_3_and_a_line_naming_it(
     assert f"checkpoint {checkpoint!r}" in last, last
     assert said in last, last
     assert "cannot reach" not in output
+
+
+def test_a_start_whose_metrics_port_is_taken_is_exit_3_and_creates_nothing(
+    job: Job, tmp_path: Path
+) -> None:
+    """The port was bound only after the preflight had created the job's conflict-log
+    and tombstone tables and its dead-letter directory, all left behind by a start
+    refused for its port (exit 3): it is bound before the first of them now."""
+    made = tmp_path / "newdir"
+    job.dead_letters = made / "sub" / "{task_name}.jsonl"
+    job.extra = (
+        "loop_prevention: {origin_attribute: origin}\n"
+        "active_active: {tombstones: true}\n"
+        "conflict_log: {kind: dynamodb}\n"
+    )
+    job.write()
+    before = job.tables_named()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        job.path.write_text(job.path.read_text().replace("port: 0}", f"port: {port}}}"))
+        runtime = job.start(log=tmp_path / "run.log")
+        assert runtime.wait(60 * PATIENCE) == 3
+    lines = (tmp_path / "run.log").read_text().splitlines()
+    said = [line for line in lines if line.startswith("replicator: ")]
+    assert said == [
+        f"replicator: metrics: cannot listen on 127.0.0.1:{port} (Address already in use); "
+        "choose another metrics.port (0 picks a free one) or set metrics.enabled: false"
+    ], lines
+    assert not any("Traceback" in line or "created" in line for line in lines), lines
+    assert f"{job.name}-conflicts" not in set().union(*job.tables_named().values())
+    assert job.tables_named() == before
+    assert not made.exists()

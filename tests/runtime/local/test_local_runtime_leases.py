@@ -18,6 +18,7 @@ from replicator.demo import tables
 from replicator.tools.compare import compare
 from tests.support.aws import client
 from tests.support.e2e import KEYS, PATIENCE, Job, children_of, stop, wait_until
+from tests.support.metrics import logged_metrics_port
 
 
 def test_a_second_worker_for_the_same_task_is_refused(job: Job, tmp_path: Path) -> None:
@@ -43,26 +44,10 @@ def test_a_second_worker_for_the_same_task_is_refused(job: Job, tmp_path: Path) 
         assert stop(runtime) == 0
 
 
-def _tables_of(job: Job) -> dict[str, set[str]]:
-    """The tables named after the job in each region it uses."""
-    regions = [job.source_region] + [region for region, _ in job.destinations]
-    return {
-        region: {
-            name
-            for page in client("dynamodb", region, job.endpoint)
-            .get_paginator("list_tables")
-            .paginate()
-            for name in page["TableNames"]
-            if name.startswith(job.name)
-        }
-        for region in regions
-    }
-
-
 def _all_made(job: Job) -> dict[str, set[str]] | None:
     """The job's tables once its run has made them all (its watermark tables come last,
     in the background), else None."""
-    tables = _tables_of(job)
+    tables = job.tables_named()
     watermark = f"{job.name}-watermark"
     return tables if all(watermark in tables[region] for region, _ in job.destinations) else None
 
@@ -71,7 +56,9 @@ def test_a_second_run_refused_by_the_host_lock_creates_nothing(job: Job, tmp_pat
     """A copy of a running job with tombstone tables, a conflict-log table and a
     dead-letter directory of its own logged ``created tombstone table`` in every region
     before the host lock refused it (exit 5), leaving those tables behind: a refused start
-    now creates no table and no directory."""
+    now creates no table and no directory. The copy asks for the first run's metrics port,
+    as a second worker of a job file does: the lock is taken before the port is bound, so
+    the copy is told the task is running (exit 5), not that its port is taken (exit 3)."""
     job.extra = "loop_prevention: {origin_attribute: origin}\nactive_active: {tombstones: true}\n"
     job.write()
     runtime = job.start(log=tmp_path / "first.log")
@@ -86,6 +73,8 @@ def test_a_second_run_refused_by_the_host_lock_creates_nothing(job: Job, tmp_pat
             "conflict_log: {kind: dynamodb, table: '{task_name}-log2'}\n"
         )
         other.write()
+        port = logged_metrics_port(tmp_path / "first.log")
+        other.path.write_text(other.path.read_text().replace("port: 0}", f"port: {port}}}"))
         second = other.start(log=tmp_path / "second.log")
         assert second.wait(60 * PATIENCE) == 5
         lines = (tmp_path / "second.log").read_text().splitlines()
@@ -93,7 +82,7 @@ def test_a_second_run_refused_by_the_host_lock_creates_nothing(job: Job, tmp_pat
         assert len(said) == 1 and not any("Traceback" in line for line in lines), lines
         assert f"is being run by process {runtime.pid} on this host" in said[0], said
         assert not any("created" in line for line in lines), lines
-        assert _tables_of(job) == before
+        assert job.tables_named() == before
         assert not (tmp_path / "copy-dead").exists()
         assert runtime.poll() is None
     finally:
