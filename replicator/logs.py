@@ -21,11 +21,14 @@ from typing import IO, Any, TextIO
 import structlog
 
 _GLOBAL_FIELDS: dict[str, Any] = {}
-_LEVELS = {
+# logging.level's names, and the records' own (the KCL daemon's as the replicator writes
+# them, critical included), in order.
+LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
     "warning": logging.WARNING,
     "error": logging.ERROR,
+    "critical": logging.CRITICAL,
 }
 
 
@@ -283,7 +286,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
             _redact_secrets,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
         logger_factory=_LineLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )

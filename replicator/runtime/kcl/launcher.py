@@ -87,10 +87,6 @@ _CLASSPATH_FAILURE = re.compile(
 _JVM_REFUSED = "Could not create the Java Virtual Machine"
 # How long a line of the daemon's output that may be followed by its stack trace is held.
 _HELD_S = 0.25
-# The levels of the records the daemon's output becomes, in order (logging.level's names):
-# a record below the job's level is not written. One of no level, or of a level not
-# here, is written whatever the job's level.
-_LEVEL_RANKS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
 @dataclass(frozen=True)
@@ -159,7 +155,7 @@ class DaemonProcess:
         # The job's logging.level, which the daemon's records are held to as the
         # replicator's own are (the daemon's logging is not configured from the job alone:
         # a logback configuration of one's own sets its own levels).
-        self.level_rank = _LEVEL_RANKS[level]
+        self.level_rank = logs.LEVELS[level]
         self.classpath_failure: str | None = None
         self.jvm_refused: str | None = None
         # How the daemon's end was a failure (the run's final line), once it has ended.
@@ -376,7 +372,9 @@ class DaemonProcess:
 
     def _write(self, entries: list[daemon_log.Entry]) -> None:
         for entry in entries:
-            rank = _LEVEL_RANKS.get(str(entry.record.get("level", "")).lower())
+            # A record of no level, or of one logs.LEVELS lacks, is written whatever the
+            # job's level.
+            rank = logs.LEVELS.get(str(entry.record.get("level", "")).lower())
             if rank is not None and rank < self.level_rank:
                 continue
             logs.write_line(self.output, daemon_log.render(entry, as_json=self.as_json))
