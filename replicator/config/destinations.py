@@ -14,7 +14,9 @@ def resolve_destination(resolved: ResolvedJob, name: str) -> DestinationConfig:
     """A destination by its label (``name``, default ``<region>/<table>``) or its table
     name; failing both, by its ``<region>/<table>``. Refused when more than one fits: a
     name that is also another destination's table would otherwise pick one silently,
-    and the ``<region>/<table>`` of a named destination is then how to choose it.
+    and the ``<region>/<table>`` of a named destination is then how to choose it (no
+    name is another destination's ``<region>/<table>``: the job file refuses it). The
+    refusal offers, for each, a spelling that finds it alone.
 
     An empty (or blank) name is refused as a ConfigError, never as UnknownDestination:
     no destination has one, nor ever had (a job file refuses it), so it cannot be that
@@ -25,23 +27,52 @@ def resolve_destination(resolved: ResolvedJob, name: str) -> DestinationConfig:
             f"--destination {name!r}: no destination of {resolved.path} has an empty name: "
             f"give one's name or table; its destinations: {_listed(destinations)}"
         )
-    fits = [d for d in destinations if name in (d.label, d.table)]
-    if not fits:
-        fits = [d for d in destinations if name == f"{d.region}/{d.table}"]
+    fits = _fitting(destinations, name)
     if len(fits) == 1:
         return fits[0]
     if fits:
-        # Two destinations of one region and table (in two accounts) differ by name alone.
-        places = {(d.region, d.table) for d in fits}
-        choose = "give one's name" + (" or <region>/<table>" if len(places) == len(fits) else "")
         raise ConfigError(
             f"--destination {name!r} fits several destinations "
-            f"({', '.join(spelled(d) for d in fits)}); {choose}"
+            f"({', '.join(spelled(d) for d in fits)}); {_choices(destinations, fits)}"
         )
     raise UnknownDestination(
         f"--destination {name!r}: no destination of {resolved.path} has that name or table; "
         f"its destinations: {_listed(destinations)}"
     )
+
+
+def _fitting(destinations: Sequence[DestinationConfig], name: str) -> list[DestinationConfig]:
+    fits = [d for d in destinations if name in (d.label, d.table)]
+    return fits or [d for d in destinations if name == f"{d.region}/{d.table}"]
+
+
+def _choices(destinations: Sequence[DestinationConfig], fits: list[DestinationConfig]) -> str:
+    """What to give instead: for each destination that fits, a spelling that finds it
+    alone. One found by none is named as such, never offered a spelling that finds
+    another."""
+    found = [(d, _finding(destinations, d)) for d in fits]
+    offered = [repr(spelling) for _, spelling in found if spelling is not None]
+    said = [f"give {' or '.join(offered)}"] if offered else []
+    said += [
+        f"{spelled(d)} is found by no spelling: its name is another destination's table and "
+        "its <region>/<table> another's name; give it a name no other destination has as "
+        "its table"
+        for d, spelling in found
+        if spelling is None
+    ]
+    return "; ".join(said)
+
+
+def _finding(
+    destinations: Sequence[DestinationConfig], destination: DestinationConfig
+) -> str | None:
+    """The destination's label if that finds it alone, else its ``<region>/<table>`` if
+    that does (a name that is also another's table), else None: its name is another's
+    table and its ``<region>/<table>`` the default name of its twin in another account."""
+    for spelling in (destination.label, f"{destination.region}/{destination.table}"):
+        if [id(d) for d in _fitting(destinations, spelling)] == [id(destination)]:
+            return spelling
+    return None
 
 
 def _listed(destinations: Sequence[DestinationConfig]) -> str:

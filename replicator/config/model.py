@@ -1303,6 +1303,34 @@ def _destination_checks(job: JobConfig) -> Problems:
             else:
                 problems.append((place, f"{label!r} is already the name of destinations[{other}]"))
         labels.setdefault(label, index)
+    named = {key for key, _ in problems}  # a name said once: shared, or another's place
+    return problems + [problem for problem in _name_place_checks(job) if problem[0] not in named]
+
+
+def _name_place_checks(job: JobConfig) -> Problems:
+    """No destination's name is another's ``<region>/<table>``: ``--destination`` takes
+    a destination's name before any ``<region>/<table>``, so that spelling (which it
+    offers for a named destination) would find the named one, never the one there. A
+    name that is its own ``<region>/<table>`` (the default, written out) is taken."""
+    places: dict[str, int] = {}
+    for index, destination in enumerate(job.destinations):
+        places.setdefault(f"{destination.region}/{destination.table}", index)
+    problems: Problems = []
+    for index, destination in enumerate(job.destinations):
+        name = destination.name
+        if (
+            name is None
+            or name not in places
+            or name == f"{destination.region}/{destination.table}"
+        ):
+            continue
+        problems.append(
+            (
+                ("destinations", index, "name"),
+                f"{name!r} is the <region>/<table> of destinations[{places[name]}], which "
+                "--destination would then not find by it: give this destination another name",
+            )
+        )
     return problems
 
 

@@ -50,7 +50,8 @@ def test_two_disaster_recovery_copies_in_two_accounts_are_accepted_by_name(
     assert "dr-333: us-west-2/orders" in out
     resolved = parse_job(text, Path("job.yaml"))
     assert resolve_destination(resolved, "dr-333").role_arn == ROLE_333
-    with pytest.raises(ConfigError, match=r"fits several destinations .*; give one's name$"):
+    offers = r"fits several destinations .*; give 'dr-222' or 'dr-333'$"
+    with pytest.raises(ConfigError, match=offers):
         resolve_destination(resolved, "us-west-2/orders")
 
 

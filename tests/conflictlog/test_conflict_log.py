@@ -663,7 +663,8 @@ def test_a_destination_name_that_fits_several_is_refused_as_wait_refuses_it(
     assert refused.stdout == ""
     assert refused.stderr == (
         "replicator: --destination 'replica' fits several destinations "
-        "(eu-west-1/replica, ap-southeast-2/replica); give one's name or <region>/<table>\n"
+        "(eu-west-1/replica, ap-southeast-2/replica); give 'eu-west-1/replica' or "
+        "'ap-southeast-2/replica'\n"
     )
 
 
