@@ -119,6 +119,14 @@ def watch_answers(client: Any) -> Any:
     return client
 
 
+def parsed_away(operation: str, reason: str) -> MalformedAnswer:
+    """:class:`MalformedAnswer` for an answer a client not checked here (an application's
+    own boto3 client) has already parsed: its body is gone, ``{}`` is all that is left."""
+    return MalformedAnswer(
+        operation=operation, reason=reason, body="(the client parsed it into an empty answer)"
+    )
+
+
 def _malformed(operation: str, reason: str, body: bytes) -> MalformedAnswer:
     shown = excerpt(body[:_SHOWN_CHARS].decode("utf-8", "replace")) or "(empty)"
     return MalformedAnswer(operation=operation, reason=reason, body=repr(shown))

@@ -26,6 +26,7 @@ from replicator.exceptions import (
     StatusTableMissing,
     StatusTableSilent,
 )
+from replicator.logs import redact
 from replicator.runtime.preflight import explain
 from replicator.watermark.parts import Watermark, iso, seconds
 from replicator.watermark.wait import (
@@ -303,9 +304,15 @@ def wait(
         raise _problem(resolved, destination, error) from None
     if result.unanswered:  # nothing is known: the table could not be read, as when refused
         where = destination.endpoint_url or f"region {destination.region}"
+        if result.hung:
+            raise EnvironmentProblem(
+                f"status table {resolved.watermark_table} did not answer at {where} in "
+                f"{result.waited_s:.1f}s: the endpoint hangs, or is slower than --timeout"
+            )
+        # Every read failed (a reset connection, a garbled answer): the last failure.
         raise EnvironmentProblem(
-            f"status table {resolved.watermark_table} did not answer at {where} in "
-            f"{result.waited_s:.1f}s: the endpoint hangs, or is slower than --timeout"
+            f"{redact(result.problem or '')} (at {where}, no read answered in "
+            f"{result.waited_s:.1f}s)"
         )
     target = f"{destination.label} until {iso(to_epoch_us(until))}"
     logs.echo(f"{target}: {result.describe()}", err=not result.replicated)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from replicator.aws.answers import parsed_away
 from replicator.aws.errors import error_code
 from replicator.exceptions import EnvironmentProblem
 from replicator.owned_tables import check_if_exists, check_key_schema
@@ -158,7 +159,8 @@ class StatusTable:
         self, attributes: Collection[str] = EVERY, *, unreadable_as_unset: Collection[str] = ()
     ) -> list[Part]:
         """Every part of this destination (one strongly consistent Query, paged), with
-        ``attributes`` read and checked, the rest left unset (see Part.from_item)."""
+        ``attributes`` read and checked, the rest left unset (see Part.from_item). A page
+        that is no Query answer (neither ``Items`` nor ``Count``) raises MalformedAnswer."""
         found: list[Part] = []
         kwargs: dict[str, Any] = {
             "TableName": self.name,
@@ -169,6 +171,10 @@ class StatusTable:
         }
         while True:
             page = self.client.query(**kwargs)
+            if page.keys().isdisjoint(("Items", "Count")):
+                # An application's unchecked client parses a 200 of garbage into {}: no
+                # part at all, which would read as "nothing published" for good.
+                raise parsed_away("Query", "neither Items nor Count: not a Query answer")
             found.extend(
                 Part.from_item(item, self.name, attributes, unreadable_as_unset=unreadable_as_unset)
                 for item in page.get("Items", [])

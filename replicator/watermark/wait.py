@@ -280,8 +280,12 @@ class WaitResult:
     problem: str | None = None
     """Why no watermark could be read, when that is why the wait timed out."""
     unanswered: bool = False
-    """No read of the status table was answered during the wait (its endpoint hangs, or
-    answers slower than the timeout): nothing is known, not even that it is behind."""
+    """No read of the status table was answered during the wait: nothing is known, not
+    even that it is behind. ``problem`` says why: the last read's failure (a reset
+    connection, an answer that is no Query answer), or, when ``hung``, none returned."""
+    hung: bool = False
+    """No read returned at all, neither an answer nor a failure: the endpoint hangs, or
+    answers slower than the timeout."""
     unread: tuple[UnreadSpan, ...] = field(default=())
     """Spans meeting [since, until] whose changes were never read for the destination
     (a LATEST start, a destination that joined late): passed, but not applied."""
@@ -454,6 +458,7 @@ def wait_until_replicated(
     watermark: Watermark | None = None
     problem: str | None = None
     answered = False
+    failed = False  # a read failed (not only took too long): ``problem`` says how
     failures = 0  # transient errors in a row
     # When this wait last had an answer: a read after a sleep cut short by the deadline
     # (a poll interval longer than the time left) is a Query, not that answer again.
@@ -463,19 +468,21 @@ def wait_until_replicated(
         pause = poll_s
         try:
             watermark = reader.read(min(patience, READ_PATIENCE_S), after=answered_at)
-            answered, problem, failures = True, None, 0
+            answered, problem, failures, failed = True, None, 0, False
             answered_at = time.monotonic()
         except StatusTableMissing as missing:
-            answered, problem = True, str(missing)
+            answered, problem, failed = True, str(missing), False
         except StatusTableSilent as silent:
-            problem = str(silent)  # the watermark read before, if any, still holds
+            # The watermark read before, if any, still holds; so does a failure said
+            # before, which tells more than a read that has not come back yet.
+            problem = problem if failed else str(silent)
         except (ClientError, BotoCoreError) as error:
             if not transient(error):
                 raise
             # A throttle or a 5xx is an answer: the table is there and reachable. A dropped
             # connection is not: if nothing else comes, the endpoint could not be read.
             answered = answered or isinstance(error, ClientError)
-            problem = _transient_problem(status_table, error)
+            problem, failed = _transient_problem(status_table, error), True
             pause = max(poll_s, _RETRY.delay(failures))
             failures += 1
         if watermark is not None and watermark.passes(until_us):
@@ -484,14 +491,15 @@ def wait_until_replicated(
             return WaitResult(True, watermark, dead, time.monotonic() - started, unread=unread)
         now = time.monotonic()
         if now >= deadline:
-            if not answered:
+            hung = not answered and not failed
+            if hung:
                 problem = (
                     f"status table {status_table} did not answer in {now - started:.2f}s "
                     "(its endpoint hangs, or is slower than the timeout)"
                 )
             elif problem is None and watermark is not None:
                 problem = _unpublished(watermark, status_table)
-            return WaitResult(False, watermark, (), now - started, problem, not answered)
+            return WaitResult(False, watermark, (), now - started, problem, not answered, hung=hung)
         time.sleep(min(pause, deadline - now))
 
 

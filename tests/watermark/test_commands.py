@@ -249,6 +249,39 @@ def test_the_wait_command_times_out_with_exit_1_on_a_table_throttled_throughout(
     assert proxy.counts("Query")["throttled"] >= 2
 
 
+@pytest.mark.parametrize(
+    ("fault", "says"),
+    [
+        ("reset", "Connection was closed before we received a valid response"),
+        ("garbage", "Query answered HTTP 200 with a body that is not a well-formed answer"),
+    ],
+)
+def test_the_wait_command_names_why_every_read_failed_not_a_hang(
+    throttled: tuple[Path, FaultProxy], fault: str, says: str
+) -> None:
+    """Exit 3, as for a table that cannot be read, with the failure ``replicator
+    watermark`` names for it: the line said the endpoint "hangs" and did not answer."""
+    path, proxy = throttled
+    try:
+        if fault == "reset":
+            proxy.resets(1.0)
+        else:
+            proxy.garbage()
+        result = replicator(
+            "wait", "--config", str(path), "-d", EU, "--until", str(T0 // S),
+            "--timeout", "2", "--poll", "0.05",
+        )  # fmt: skip
+    finally:
+        proxy.stop()
+    err = result.stderr
+    assert result.returncode == 3, result
+    assert proxy.counts("Query")[fault] >= 2
+    assert err.startswith("replicator: status table wm-throttled"), err
+    assert says in err and f"at {proxy.url}" in err, err
+    assert "hangs" not in err and "did not answer" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
 # -- replicator watermark --------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
 from botocore.stub import Stubber
 
+from replicator.aws.answers import MalformedAnswer, watch_answers
 from replicator.watermark import (
     StatusTableSilent,
     WaitResult,
@@ -325,6 +326,53 @@ def test_a_status_table_throttled_throughout_times_the_wait_out_and_says_so(
     reason = result.describe()
     assert f"status table {name} answered ThrottlingException" in reason, reason
     assert "retried until the timeout" in reason, reason
+
+
+@pytest.mark.parametrize("watched", [False, True], ids=["boto3-client", "checked-client"])
+@pytest.mark.parametrize(
+    ("fault", "says"),
+    [
+        ("reset", "Connection was closed before we received a valid response"),
+        ("garbage", "answered HTTP 200 with a body that is not a well-formed answer"),
+    ],
+)
+def test_a_wait_whose_reads_all_fail_names_the_failure_not_a_hang(
+    proxied: tuple[str, FaultProxy], fault: str, says: str, watched: bool
+) -> None:
+    """Every read failed at once (a reset connection, a 200 with garbage): the timeout's
+    reason said the endpoint "did not answer ... hangs", and a boto3 client's garbage,
+    parsed into an empty answer, read as a destination with no part ("check the
+    spelling")."""
+    name, proxy = proxied
+    if fault == "reset":
+        proxy.resets(1.0)
+    else:
+        proxy.garbage()
+    ddb = watch_answers(once(proxy.url)) if watched else once(proxy.url)
+    result = wait_until_replicated(
+        T0 / S,
+        destination="eu-west-1/replica",
+        status_table=name,
+        client=ddb,
+        timeout=1.5,
+        poll_interval=0.05,
+    )
+    assert not result.reached and result.unanswered
+    assert proxy.counts("Query")[fault] >= 2
+    reason = result.describe()
+    assert f"status table {name} failed: " in reason and says in reason, reason
+    assert "retried until the timeout" in reason, reason
+    assert "hangs" not in reason and "did not answer" not in reason, reason
+    assert "no part for destination" not in reason, reason
+
+
+def test_a_boto3_client_that_parses_garbage_into_an_empty_answer_is_not_read_as_no_parts(
+    proxied: tuple[str, FaultProxy],
+) -> None:
+    name, proxy = proxied
+    proxy.garbage()
+    with pytest.raises(MalformedAnswer, match=r"\(neither Items nor Count: not a Query answer\)"):
+        read_watermark(destination="eu-west-1/replica", status_table=name, client=once(proxy.url))
 
 
 def test_a_refusal_is_raised_at_once_not_retried() -> None:
