@@ -10,11 +10,13 @@ is kept once the application drops it.
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from botocore.config import Config
@@ -77,13 +79,31 @@ def checked_seconds(value: float, shown: str, *, typed_as_number: bool) -> float
     return value
 
 
-def _number(value: object, name: str, hint: str) -> float:
-    """``value`` as a float if it is a number (not a bool, not a string that spells one);
-    else ValueError naming ``name`` and the value, as for every other bad input, rather
-    than the unnamed TypeError that comparing it would raise."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
+Seconds = float | Decimal
+"""A number of seconds as an application has it: boto3's resource API reads every number
+stored in a table as a Decimal (a Fraction, any real number, is taken too)."""
+
+
+def _real(value: object) -> float | None:
+    """``value`` as a float if it is a real number (an int, a float, a Decimal, a
+    Fraction; not a bool, which no one means as seconds); else None. A signalling NaN
+    (``Decimal('sNaN')``, which float() refuses) is NaN, refused as NaN is."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real | Decimal):
+        return None
+    try:
         return float(value)
-    raise ValueError(f"{name} {value!r}: not a number of seconds ({hint})")
+    except ValueError:
+        return math.nan
+
+
+def _number(value: object, name: str, hint: str) -> float:
+    """``value`` as a float if it is a real number (not a bool, not a string that spells
+    one); else ValueError naming ``name`` and the value, as for every other bad input,
+    rather than the unnamed TypeError that comparing it would raise."""
+    number = _real(value)
+    if number is None:
+        raise ValueError(f"{name} {value!r}: not a number of seconds ({hint})")
+    return number
 
 
 def _name(value: object, name: str, what: str) -> str:
@@ -105,25 +125,30 @@ def _names(destination: object, status_table: object) -> None:
     _name(status_table, "status_table", "a table name (a non-empty string: <task_name>-watermark)")
 
 
-def _shown(moment: float | datetime | None) -> str:
+def _shown(moment: Seconds | datetime | None) -> str:
     return moment.isoformat() if isinstance(moment, datetime) else repr(moment)
 
 
-def to_epoch_us(moment: float | datetime, name: str = "until") -> int:
+def to_epoch_us(moment: Seconds | datetime, name: str = "until") -> int:
     """Epoch seconds (or an aware datetime) to whole microseconds, rounded down;
-    ValueError naming ``name`` and the value when it is not a time a wait can use."""
+    ValueError naming ``name`` and the value when it is not a time a wait can use. A
+    Decimal (or an int, a Fraction) is converted exactly, as a float cannot: the
+    ``written_at`` an application stored to the microsecond is that microsecond."""
     if isinstance(moment, datetime):
         if moment.tzinfo is None:
             raise ValueError(f"{name} {_shown(moment)}: has no time zone; give one (such as UTC)")
         value = checked_seconds(
             moment.timestamp(), f"{name} {_shown(moment)}", typed_as_number=False
         )
-    elif isinstance(moment, int | float) and not isinstance(moment, bool):
-        value = checked_seconds(float(moment), f"{name} {_shown(moment)}", typed_as_number=True)
-    else:
+        return math.floor(value * US)
+    number = _real(moment)
+    if number is None:
         raise ValueError(
             f"{name} {moment!r}: expected epoch seconds (a number) or an aware datetime"
         )
+    value = checked_seconds(number, f"{name} {_shown(moment)}", typed_as_number=True)
+    if isinstance(moment, Decimal | numbers.Rational):
+        return math.floor(moment * US)
     return math.floor(value * US)
 
 
@@ -356,7 +381,7 @@ def read_watermark(
     region: str | None = None,
     client: DynamoDBClient | None = None,
     endpoint_url: str | None = None,
-    timeout: float | None = None,
+    timeout: Seconds | None = None,
 ) -> Watermark:
     """The destination's watermark now. Raises StatusTableMissing; ValueError, before
     reading anything, for a ``destination`` or ``status_table`` that is not a non-empty
@@ -394,14 +419,14 @@ def read_watermark(
 
 
 def wait_until_replicated(
-    until: float | datetime,
+    until: Seconds | datetime,
     *,
     destination: str,
     status_table: str,
-    timeout: float,
+    timeout: Seconds,
     region: str | None = None,
-    since: float | datetime | None = None,
-    poll_interval: float = DEFAULT_POLL_INTERVAL_S,
+    since: Seconds | datetime | None = None,
+    poll_interval: Seconds = DEFAULT_POLL_INTERVAL_S,
     client: DynamoDBClient | None = None,
     endpoint_url: str | None = None,
 ) -> WaitResult:
@@ -409,7 +434,9 @@ def wait_until_replicated(
     ``destination``, or ``timeout`` seconds pass.
 
     ``until``: epoch seconds (fractions allowed) or an aware datetime; take it after
-    the write you depend on returned. ``since`` (default ``until`` minus 60 s): dead
+    the write you depend on returned. Seconds (``until``, ``since``, ``timeout``,
+    ``poll_interval``) are any real number but a bool: a Decimal too, as boto3's resource
+    API reads a number back from a table. ``since`` (default ``until`` minus 60 s): dead
     letters of changes created from then to ``until`` are reported in the result, and
     make ``replicated`` false. ``destination`` is the destination's label in the job
     (its ``name``, default ``<region>/<table>``); ``status_table`` is

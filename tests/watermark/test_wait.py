@@ -12,6 +12,8 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,20 @@ def test_a_time_it_cannot_wait_for_is_refused_before_waiting(
             "poll_interval 10000000000.0: must be a number of seconds from 0.01 to 3600",
         ),
         ({"until": 1e9, "poll_interval": 3600.5}, "from 0.01 to 3600"),
+        # A Decimal (boto3's resource API reads numbers so) is checked as a float is.
+        ({"until": Decimal("NaN")}, "until Decimal('NaN'): not a time"),
+        ({"until": Decimal("sNaN")}, "until Decimal('sNaN'): not a time"),
+        ({"until": Decimal("Infinity")}, "until Decimal('Infinity'): not a time"),
+        ({"until": Decimal(-1)}, "until Decimal('-1'): not a time (epoch seconds must be >= 0)"),
+        ({"until": Decimal(1796097900000)}, "looks like epoch milliseconds: give seconds"),
+        ({"until": 1e9, "timeout": Decimal("NaN")}, "timeout Decimal('NaN'): not a number of"),
+        ({"until": 1e9, "poll_interval": Decimal(0)}, "poll_interval Decimal('0'): must be a"),
+        ({"until": 1e9, "poll_interval": Decimal("Infinity")}, "from 0.01 to 3600"),
+        # Still no numbers: a bool, a complex.
+        ({"until": True}, "until True: expected epoch seconds (a number) or an aware datetime"),
+        ({"until": 1e9 + 0j}, "expected epoch seconds (a number) or an aware datetime"),
+        ({"until": 1e9, "timeout": False}, "timeout False: not a number of seconds"),
+        ({"until": 1e9, "timeout": 1 + 0j}, "timeout (1+0j): not a number of seconds"),
     ],
 )
 def test_an_inverted_window_or_a_poll_or_timeout_that_is_no_number_is_refused(
@@ -500,6 +516,57 @@ def test_a_long_lived_client_shares_its_reads_and_a_new_client_reads_anew(
         del fresh
         reads_ended()
         gc.collect()
+
+
+# -- numbers as boto3's resource API reads them ----------------------------------------------------
+
+
+def test_a_time_read_back_from_a_table_as_a_decimal_is_waited_for(
+    moto_endpoint: str, status_table: str, unique: Callable[[str], str]
+) -> None:
+    """boto3's resource API reads every stored number as a Decimal: a ``written_at`` read
+    back from a table was refused ("expected epoch seconds (a number) ..."), and so were
+    a timeout and a poll interval read from one."""
+    dynamodb = boto3.resource("dynamodb", region_name="eu-west-1", endpoint_url=moto_endpoint)
+    events = dynamodb.create_table(
+        TableName=unique("wm-events"),
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    events.put_item(
+        Item={"id": "a", "written_at": Decimal(T0) / S, "timeout": 30, "poll": Decimal("0.05")}
+    )
+    item = events.get_item(Key={"id": "a"}, ConsistentRead=True)["Item"]
+    assert isinstance(item["written_at"], Decimal) and isinstance(item["timeout"], Decimal)
+    ddb = client("dynamodb", "eu-west-1", moto_endpoint)
+    result = wait_until_replicated(
+        item["written_at"],
+        since=item["written_at"] - 60,
+        destination="eu-west-1/replica",
+        status_table=status_table,
+        client=ddb,
+        timeout=item["timeout"],
+        poll_interval=item["poll"],
+    )
+    assert result.replicated, result.describe()
+    # Exactly: a microsecond after the part is not passed (as a float it rounded down).
+    later = wait_until_replicated(
+        Decimal(T0 + 1) / S,
+        destination="eu-west-1/replica",
+        status_table=status_table,
+        client=ddb,
+        timeout=Decimal(0),
+    )
+    assert not later.reached, later.describe()
+    watermark = read_watermark(
+        destination="eu-west-1/replica",
+        status_table=status_table,
+        client=ddb,
+        timeout=Decimal("30"),
+    )
+    assert watermark.watermark_us == T0
+    assert wait_at_t0(status_table, ddb, timeout=Fraction(30)).replicated
 
 
 # -- a poll interval longer than the time left ----------------------------------------------------
