@@ -5,6 +5,7 @@ code and its message."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from click.testing import CliRunner
 from replicator.cli import cli
 from replicator.watermark.commands import SHOW_TIMEOUT_S
 from replicator.watermark.table import StatusTable
+from tests.support import ROOT
 from tests.support.aws import client
 from tests.support.cli import replicator
 from tests.support.faults.proxy import FaultProxy
@@ -331,6 +333,37 @@ def test_a_registered_shard_that_has_not_published_is_named(
     result = CliRunner().invoke(cli, ["watermark", "--config", str(path), "-d", EU])
     assert result.exit_code == 1, result.output
     assert "  watermark: none yet (waiting for s2 to publish)" in result.stdout, result.stdout
+
+
+def _json_paragraph() -> str:
+    """The paragraph of docs/watermark.md that describes ``replicator watermark``."""
+    docs = (ROOT / "docs" / "watermark.md").read_text()
+    start = docs.index("`replicator watermark --config JOB")
+    return docs[start : docs.index("\n\n", start)]
+
+
+def test_watermark_json_is_a_list_without_a_destination_and_its_object_with_one(
+    moto_endpoint: str, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    """Both shapes, and every key either holds, are what the docs say."""
+    task = unique("wm-json")
+    table = StatusTable(client("dynamodb", "eu-west-1", moto_endpoint), f"{task}-watermark", EU)
+    table.ensure_exists()
+    table.raise_part("s1", T0, "test:1")
+    path = job_file(tmp_path, task, moto_endpoint)
+    every = CliRunner().invoke(cli, ["watermark", "--config", str(path), "--json"])
+    assert every.exit_code == 1, every.output  # the ap-southeast-2 one has none yet
+    listed = json.loads(every.stdout)
+    assert [entry["destination"] for entry in listed] == [EU, AP]
+    assert listed[0]["watermark"] == T0 / S and listed[1]["watermark"] is None
+    one = CliRunner().invoke(cli, ["watermark", "--config", str(path), "-d", EU, "--json"])
+    assert one.exit_code == 0, one.output
+    assert json.loads(one.stdout) == listed[0]
+    documented = _json_paragraph()
+    assert "a list" in documented and "object alone" in documented, documented
+    keys = set(listed[0]) | {key for part in listed[0]["shards"] for key in part}
+    missing = sorted(key for key in keys if f"`{key}`" not in documented)
+    assert not missing, f"--json keys not in docs/watermark.md: {missing}"
 
 
 # -- stopped by a signal ---------------------------------------------------------------------
