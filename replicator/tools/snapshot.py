@@ -310,9 +310,9 @@ class ResurrectionGuard:
     holds the item, any later delete comes after the copy in the stream and the
     replicator applies it.
 
-    Under ``ttl_deletes: skip`` a copy whose TTL attribute is past stays
-    (:class:`KeptExpired`): the source's TTL deleted it, and the job keeps such items at
-    the destinations; removing it would lose the item the destination held before.
+    Under ``ttl_deletes: skip`` a copy whose TTL attribute is an expiry that has passed
+    stays (:class:`KeptExpired`): the source's TTL deleted it, and the job keeps such
+    items at the destinations; removing it would lose the item the destination held before.
     """
 
     def __init__(

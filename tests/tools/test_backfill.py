@@ -411,8 +411,9 @@ def test_under_ttl_deletes_skip_a_copy_of_an_item_the_sources_ttl_deleted_stays(
         TableName=job.source_table,
         TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires"},
     )
-    older = {**item("x", 1, 100), "expires": {"N": "1600000000"}}
-    newer = {**item("x", 1, 200), "expires": {"N": "1600000000"}}
+    expires = {"N": str(int(time.time()) - 3600)}
+    older = {**item("x", 1, 100), "expires": expires}
+    newer = {**item("x", 1, 200), "expires": expires}
     (eu, eu_table), (ap, ap_table) = job.destination_clients()
     eu.put_item(TableName=eu_table, Item=older)
     job.source.put_item(TableName=job.source_table, Item=newer)
@@ -429,6 +430,32 @@ def test_under_ttl_deletes_skip_a_copy_of_an_item_the_sources_ttl_deleted_stays(
     assert (result.overall.applied, result.overall.undone) == (2, 0)
     for ddb, table in ((eu, eu_table), (ap, ap_table)):
         assert get(ddb, table, "x", 1) == newer
+
+
+def test_under_ttl_deletes_skip_a_copy_whose_expiry_the_ttl_ignores_is_undone(
+    job: Job,
+) -> None:
+    """The scan reads X, whose expiry is 0 (never expires: DynamoDB's TTL ignores it); X
+    is then deleted at the source, by someone, not by its TTL: the copy is undone."""
+    job.path.write_text(job.path.read_text() + "ttl_deletes: skip\n")
+    job.source.update_time_to_live(
+        TableName=job.source_table,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires"},
+    )
+    never = {**item("x", 1, 200), "expires": {"N": "0"}}
+    job.source.put_item(TableName=job.source_table, Item=never)
+
+    def deleted_meanwhile(segment: int, items: list[Item]) -> None:
+        if items:
+            job.source.delete_item(TableName=job.source_table, Key=key("x", 1))
+
+    result = backfill(job, BackfillHooks(page_scanned=deleted_meanwhile), segments=1)
+
+    assert result.complete
+    assert (result.overall.applied, result.overall.undone) == (2, 2)
+    (eu, eu_table), (ap, ap_table) = job.destination_clients()
+    assert get(eu, eu_table, "x", 1) is None
+    assert get(ap, ap_table, "x", 1) is None
 
 
 def test_the_undo_never_removes_a_newer_item_at_the_destination(job: Job) -> None:

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -1005,7 +1006,7 @@ def test_a_replayed_put_of_an_item_the_sources_ttl_deleted_since_stays_under_ski
         TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires"},
     )
     eu_label = "/".join(job.destinations[0])
-    expired = {**image("e", 100), "expires": {"N": "1600000000"}}
+    expired = {**image("e", 100), "expires": {"N": str(int(time.time()) - 3600)}}
     FileDeadLetters(job.dead_letters).put(
         stream_letter(job, eu_label, expired, 95, "throttled", "e", at_source=False)
     )
@@ -1015,13 +1016,39 @@ def test_a_replayed_put_of_an_item_the_sources_ttl_deleted_since_stays_under_ski
     assert result.returncode == 0, result.stderr
     if ttl_deletes == "skip":
         assert (
-            "(the source has deleted it since, expired at the source (expires in the past), "
-            "ttl_deletes: skip: kept)"
+            "(the source has deleted it since, expired at the source (expires in the past "
+            "five years), ttl_deletes: skip: kept)"
         ) in result.stdout
         assert get(job, 0, expired) == expired
     else:
         assert "(the source has deleted it since: removed again)" in result.stdout
         assert get(job, 0, expired) is None
+
+
+@pytest.mark.parametrize("expires", ["0", "-5", "1.5", "1600000000"])
+def test_a_replayed_put_whose_expiry_the_sources_ttl_ignores_is_removed_again_under_skip(
+    job: Job, expires: str
+) -> None:
+    """An expiry of 0 (often: never expires), a negative one, or one more than five years
+    in the past is one DynamoDB's TTL never acts on: the source no longer holds the item
+    because something else deleted it, and the replayed copy is removed again."""
+    job.path.write_text(job.path.read_text() + "ttl_deletes: skip\n")
+    job.source.update_time_to_live(
+        TableName=job.source_table,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires"},
+    )
+    eu_label = "/".join(job.destinations[0])
+    gone = {**image("z", 100), "expires": {"N": expires}}
+    FileDeadLetters(job.dead_letters).put(
+        stream_letter(job, eu_label, gone, 96, "throttled", "e", at_source=False)
+    )
+
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stderr
+    assert "(the source has deleted it since: removed again)" in result.stdout
+    assert "expired at the source" not in result.stdout
+    assert get(job, 0, gone) is None
 
 
 @pytest.mark.parametrize("conflict", ["conflict: {policy: overwrite}", LWW])
