@@ -137,8 +137,9 @@ class BackfillResult:
 
     @property
     def exit_code(self) -> int:
-        if self.already_complete:
-            return 0
+        """0 only for a complete copy that dead-lettered nothing. An already complete one
+        exits as the run that completed it did: its stored counts say whether writes were
+        dead-lettered, and a second run must not report a copy that lacks them as done."""
         return 0 if self.complete and self.overall.dead_lettered == 0 else 1
 
     def summary(self) -> str:

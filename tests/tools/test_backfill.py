@@ -175,6 +175,27 @@ def test_an_interrupted_backfill_resumes_where_each_segment_stopped(job: Job) ->
     assert "--restart" in changed.stderr
 
 
+def test_an_already_complete_backfill_exits_as_the_run_that_completed_it(job: Job) -> None:
+    """The stored run dead-lettered writes (an item whose timestamp last_writer_wins
+    cannot rank): running it again says so and exits 1, as that run did."""
+    populate(job, 10)
+    unrankable = {**item("bad", 1, 0), "updated_at": {"BOOL": True}}
+    job.source.put_item(TableName=job.source_table, Item=unrankable)
+
+    first = cli(job, "backfill")
+
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "complete" in first.stdout
+    assert "dead-lettered:      2" in first.stdout
+
+    again = cli(job, "backfill")
+
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "already complete" in again.stdout
+    assert "dead-lettered:      2" in again.stdout
+    assert "fix the cause, then run `replicator redrive`" in again.stdout
+
+
 def test_backfill_refuses_while_the_replicator_could_start_after_the_scan(job: Job) -> None:
     configure(job, initial_position="LATEST")
     populate(job, 5)
