@@ -151,7 +151,7 @@ def test_an_interrupted_backfill_resumes_where_each_segment_stopped(job: Job) ->
     assert rows[-1]["total_segments"] == {"N": "2"}
     assert "owner" not in rows[-1]  # released on the way out
     scanned_first = sum(int(rows[n]["scanned"]["N"]) for n in (0, 1))
-    assert 30 <= scanned_first < 120
+    assert scanned_first == 30
     assert not all(rows[n]["done"]["BOOL"] for n in (0, 1))
     assert any("last_key" in rows[n] for n in (0, 1))
     (eu, eu_table), _ = job.destination_clients()
@@ -194,6 +194,28 @@ def test_an_already_complete_backfill_exits_as_the_run_that_completed_it(job: Jo
     assert "already complete" in again.stdout
     assert "dead-lettered:      2" in again.stdout
     assert "fix the cause, then run `replicator redrive`" in again.stdout
+
+
+@pytest.mark.parametrize("limit", [1, 50, 130])
+def test_max_items_copies_no_more_than_m_items_over_all_segments(job: Job, limit: int) -> None:
+    """Each Scan asks for no more than what is left of M, shared by the segments: four
+    segments of 100-item pages copy M items, not a page or more of each."""
+    populate(job, 400)
+
+    result = backfill(job, segments=4, page_size=100, max_items=limit)
+
+    assert not result.complete
+    assert result.stopped == f"--max-items {limit} reached"
+    assert result.this_run.scanned == limit
+    (eu, eu_table), (ap, ap_table) = job.destination_clients()
+    assert len(tables.scan_all(eu, eu_table)) == limit
+    assert len(tables.scan_all(ap, ap_table)) == limit
+
+    rest = backfill(job)
+
+    assert rest.complete
+    assert rest.overall.scanned == 400
+    assert job.converged()
 
 
 def test_backfill_refuses_while_the_replicator_could_start_after_the_scan(job: Job) -> None:
