@@ -440,7 +440,7 @@ def demo(
     "--max-items",
     type=click.IntRange(min=1),
     default=None,
-    help="Stop after about this many items (progress kept; run again to continue).",
+    help="Stop after this many items, at most (progress kept; run again to continue).",
 )
 @click.option("--restart", is_flag=True, help="Forget saved progress and copy from the start.")
 @click.option(

@@ -73,7 +73,7 @@ class BackfillOptions:
     read_rate: float = 0.0  # source items per second, scans and re-reads; 0: unlimited
     threads: int = 8  # concurrent writes; also the most segments scanned at once
     page_size: int = 100  # items per Scan page, and per saved step of progress
-    max_items: int | None = None  # stop (progress kept) once about this many are done
+    max_items: int | None = None  # stop (progress kept) once this many are scanned
     restart: bool = False
     skip_handoff_check: bool = False
     progress_interval_s: float = 10.0
@@ -114,6 +114,57 @@ class Tally:
         }
 
 
+class ItemBudget:
+    """``--max-items``: the items this run may still scan, shared by the segments.
+
+    A segment takes its allowance before each Scan (the Scan's ``Limit``) and settles it
+    with the page's count once the page is done, so the Scans in flight together never
+    ask for more than is left: the run scans at most M items, and exactly M while the
+    source holds that many left to copy. A segment whose allowance is 0 while others'
+    Scans are in flight waits for them (their pages may come back short, at a segment's
+    end, and leave some of M to it); once nothing is left, or the run stops, it gets 0.
+    """
+
+    def __init__(self, limit: int | None, stop: threading.Event) -> None:
+        self.limit = limit
+        self._stop = stop
+        self._cond = threading.Condition()
+        self._counted = 0  # items of settled pages
+        self._taken = 0  # allowances of Scans not yet settled
+
+    def take(self, wanted: int) -> int:
+        """The most items the next Scan may return (at most ``wanted``); 0: none."""
+        if self.limit is None:
+            return wanted
+        with self._cond:
+            while not self._stop.is_set():
+                free = self.limit - self._counted - self._taken
+                if free > 0:
+                    granted = min(wanted, free)
+                    self._taken += granted
+                    return granted
+                if self._taken == 0:
+                    break  # all of M is scanned
+                self._cond.wait()
+            return 0
+
+    def settle(self, taken: int, scanned: int) -> bool:
+        """Settle an allowance of ``taken`` with the ``scanned`` items its page held (0
+        for a Scan given up); whether all of M is now scanned."""
+        if self.limit is None:
+            return False
+        with self._cond:
+            self._taken -= taken
+            self._counted += scanned
+            self._cond.notify_all()
+            return self._counted >= self.limit
+
+    def wake(self) -> None:
+        """The run stops: segments waiting for an allowance get 0."""
+        with self._cond:
+            self._cond.notify_all()
+
+
 @dataclass
 class BackfillResult:
     task_name: str
@@ -137,8 +188,9 @@ class BackfillResult:
 
     @property
     def exit_code(self) -> int:
-        if self.already_complete:
-            return 0
+        """0 only for a complete copy that dead-lettered nothing. An already complete one
+        exits as the run that completed it did: its stored counts say whether writes were
+        dead-lettered, and a second run must not report a copy that lacks them as done."""
         return 0 if self.complete and self.overall.dead_lettered == 0 else 1
 
     def summary(self) -> str:
@@ -207,6 +259,7 @@ class Backfill:
         self._this_run = Tally()
         self._dead_letters: DeadLetterTarget | None = None
         self._cancelled = False
+        self.budget = ItemBudget(options.max_items, self.stop)
 
     def interrupt(self) -> None:
         """First call: finish the pages being copied, then stop. Second: stop writing now."""
@@ -236,6 +289,7 @@ class Backfill:
             if self.stopped is None:
                 self.stopped = reason
         self.stop.set()
+        self.budget.wake()
 
     def run(self) -> BackfillResult:
         resolved = self.resolved
@@ -357,13 +411,12 @@ class Backfill:
         """A resumed run's counts, named as this run's beside the items of every run."""
         return {f"{name}_this_run": count for name, count in self._this_run.as_dict().items()}
 
-    def count_page(self, tally: Tally) -> None:
+    def count_page(self, tally: Tally, taken: int) -> None:
+        """Count a page done, whose Scan was allowed ``taken`` items of the budget."""
         with self._lock:
             self._this_run.add(tally)
-            scanned = self._this_run.scanned
-        limit = self.options.max_items
-        if limit is not None and scanned >= limit:
-            self._stop_because(f"--max-items {limit} reached")
+        if self.budget.settle(taken, tally.scanned):
+            self._stop_because(f"--max-items {self.options.max_items} reached")
 
 
 @dataclass
@@ -383,6 +436,13 @@ class _SegmentCopy:
     def run(self, progress: SegmentProgress) -> None:
         backfill = self.backfill
         hooks = backfill.hooks
+        taken = 0  # the allowance of the page in hand (ItemBudget)
+
+        def allowance(wanted: int) -> int:
+            nonlocal taken
+            taken = backfill.budget.take(wanted)
+            return taken
+
         pages = scan_pages(
             self.source,
             progress.segment,
@@ -390,6 +450,7 @@ class _SegmentCopy:
             self.rate,
             start_key=progress.last_key,
             page_size=backfill.options.page_size,
+            allowance=allowance,
         )
         try:
             for page in pages:
@@ -403,11 +464,14 @@ class _SegmentCopy:
                 _add_counts(progress, tally)
                 self.state.save(progress)
                 self.report.advance(tally.scanned)
-                backfill.count_page(tally)
+                backfill.count_page(tally, taken)
+                taken = 0
                 if progress.done:
                     log.info("segment done", segment=progress.segment, scanned=progress.scanned)
         except ReadStopped:
             return  # stopped while a read of this page (or its guard's) waited to retry
+        finally:
+            backfill.budget.settle(taken, 0)  # a page not done gives its allowance back
 
     def _write(self, segment: int, items: list[Item]) -> Tally:
         assert self.write_pool is not None

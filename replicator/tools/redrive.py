@@ -92,7 +92,7 @@ from replicator.exceptions import (
 )
 from replicator.filters import ChangeFilter, Route
 from replicator.intake import Reader
-from replicator.items import key_token
+from replicator.items import Item, describe_key, item_from_wire, key_id, key_token
 from replicator.logs import redact
 from replicator.metrics import Metrics
 from replicator.records import Change, Event
@@ -137,6 +137,9 @@ class Replay:
     failures: list[Failure]
     note: str = ""
     lost: list[str] = field(default_factory=list)  # destinations where its conflict was lost
+    # The key of the change replayed, from its record (None: the record does not decode,
+    # the letter's ``keys`` field is all there is), as the summary names it.
+    key: Item | None = None
 
     @property
     def replayed(self) -> bool:
@@ -144,7 +147,7 @@ class Replay:
 
     def line(self) -> str:
         letter = self.letter
-        what = _what(letter)
+        what = _what(letter, self.key)
         if self.replayed:
             note = self.note
             if self.lost:
@@ -169,11 +172,13 @@ class Copy:
 
     letter: DeadLetter
     replayed: bool  # what became of the first copy: replayed, or kept as one letter
+    key: Item | None = None  # the first copy's replayed key (the same record: the same key)
 
     def line(self) -> str:
         first = "replayed above" if self.replayed else "that failed again above, kept once"
+        what = _what(self.letter, self.key)
         return (
-            f"  copy          {_shown(self.letter.destination)}: {_what(self.letter)}: removed, "
+            f"  copy          {_shown(self.letter.destination)}: {what}: removed, "
             f"a copy "
             f"of the letter {first}"
         )
@@ -477,7 +482,7 @@ class Redrive:
                 # Its change was replayed once: replayed, or kept as the one letter that
                 # failed again (already in the target). Either way this copy goes.
                 self._settle(target, claimed, Replay(claimed.letter, []))
-                report.copies.append(Copy(claimed.letter, first.replayed))
+                report.copies.append(Copy(claimed.letter, first.replayed, first.key))
                 log.info(
                     "a copy of a letter replayed in this run removed",
                     destination=claimed.letter.destination,
@@ -550,13 +555,18 @@ class Redrive:
         except RecordDecodeError as error:
             return Replay(letter, [Failure(letter.destination, "undecodable", str(error))])
         change = routed.change
+        replay = self._replay_change(letter, routed.route, change)
+        replay.key = change.keys
+        return replay
+
+    def _replay_change(self, letter: DeadLetter, route: Route, change: Change) -> Replay:
         if self._conflicts is not None:
             self._conflicts.shard_id = letter.shard_id
         synthetic = synthetic_purpose(letter.record) is not None
         writers = self._snapshot_writers if synthetic else self._writers
         if letter.destination == ALL_DESTINATIONS:
-            if routed.route is not Route.REPLICATE:
-                return Replay(letter, [], note=f"({routed.route.value}: nothing to write)")
+            if route is not Route.REPLICATE:
+                return Replay(letter, [], note=f"({route.value}: nothing to write)")
             labels = list(writers)
         elif letter.destination in writers:
             labels = [letter.destination]
@@ -638,6 +648,19 @@ class Redrive:
         if result.restored:
             log.info("the source holds an item a replayed delete removed; its image was written")
             notes.append("(the source holds it again: its image written)")
+        if result.declined:
+            # Nothing written: the destination keeps an item the source does not hold
+            # (a writer's clock behind, an item written there since), as verify reports.
+            kept = "; ".join(f"at {_shown(label)}: {why}" for label, why in result.declined)
+            log.info(
+                "the policy kept the destination's item over the source's image",
+                key=describe_key(change.keys),
+                declined=result.declined,
+            )
+            notes.append(
+                "(the source holds another image, not written: the policy kept the "
+                f"destination's item {kept}; run `replicator verify` to compare them)"
+            )
         if result.dead_lettered:
             notes.append("(checking it against the source failed: dead-lettered, see the target)")
         return " ".join(notes)
@@ -681,9 +704,32 @@ def _total(counter: Any) -> int:
     )
 
 
-def _what(letter: DeadLetter) -> str:
-    """A letter's change as a summary line names it."""
-    return f"{_event(letter)} {letter.key_text()} (sequence {_sequence(letter)})"
+def _what(letter: DeadLetter, key: Item | None = None) -> str:
+    """A letter's change as a summary line names it: by ``key``, the key of the change
+    its record holds, which is what a replay writes; by the letter's ``keys`` field only
+    when its record does not decode. A ``keys`` field that names another item (a letter
+    edited by hand) is shown beside it, so that neither is hidden: the record is the
+    change as the stream gave it, the field only a copy of its key made to name it."""
+    sequence = f"(sequence {_sequence(letter)})"
+    if key is None:
+        return f"{_event(letter)} {letter.key_text()} {sequence}"
+    shown = f"{_event(letter)} {describe_key(key)} {sequence}"
+    if _names_another_item(letter, key):
+        shown += (
+            f" (the letter's keys field names {letter.key_text()}; the key shown is its "
+            "record's, which is what is replayed)"
+        )
+    return shown
+
+
+def _names_another_item(letter: DeadLetter, key: Item) -> bool:
+    """Whether the letter's ``keys`` field names another item than ``key``."""
+    if not letter.keys:
+        return False
+    try:
+        return key_id(item_from_wire(letter.keys)) != key_id(key)
+    except (ValueError, TypeError, RecursionError):  # a letter's field, edited by hand
+        return True
 
 
 def _event(letter: DeadLetter) -> str:

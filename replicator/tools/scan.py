@@ -139,9 +139,15 @@ def scan_pages(
     start_key: Item | None = None,
     page_size: int = 1000,
     key_names: list[str] | None = None,
+    allowance: Callable[[int], int] | None = None,
 ) -> Generator[Page, None, None]:
-    """The pages of one scan segment from ``start_key``; only the keys if ``key_names``."""
-    kwargs: dict[str, Any] = {"TableName": ref.table, "Limit": rate.page_limit(page_size)}
+    """The pages of one scan segment from ``start_key``; only the keys if ``key_names``.
+
+    ``allowance``, asked before each Scan with the page's size, gives the most items that
+    Scan may return (its ``Limit``: a Scan without a filter returns no more items than
+    it evaluates); 0 ends the pages there, without a read."""
+    limit = rate.page_limit(page_size)
+    kwargs: dict[str, Any] = {"TableName": ref.table, "Limit": limit}
     if total_segments > 1:
         kwargs["Segment"] = segment
         kwargs["TotalSegments"] = total_segments
@@ -150,6 +156,10 @@ def scan_pages(
     if start_key:
         kwargs["ExclusiveStartKey"] = start_key
     while True:
+        if allowance is not None:
+            kwargs["Limit"] = allowance(limit)
+            if kwargs["Limit"] <= 0:
+                return
         page = call(
             ref.client.scan, f"scan {ref.label} segment {segment}", stop=rate.stop, **kwargs
         )

@@ -35,7 +35,7 @@ import binascii
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from replicator import wiring
@@ -294,8 +294,12 @@ class GuardTally:
     caught_up: int = 0  # replayed images replaced by the source's newer one (catch_up)
     restored: int = 0  # items a replayed delete removed that the source holds: written again
     expired: int = 0  # copies of items the source's TTL deleted, kept (ttl_deletes: skip)
-    kept: int = 0  # the destination had changed since: left alone
+    kept: int = 0  # the destination had changed since, or holds the source's image: left alone
     dead_lettered: int = 0
+    # Where the policy kept the destination's item over the source's image (or removal),
+    # and why (the rule's explanation): (destination, why). The destination may then
+    # differ from the source, which only verify can say.
+    declined: list[tuple[str, str]] = field(default_factory=list)
 
 
 class ResurrectionGuard:
@@ -310,9 +314,9 @@ class ResurrectionGuard:
     holds the item, any later delete comes after the copy in the stream and the
     replicator applies it.
 
-    Under ``ttl_deletes: skip`` a copy whose TTL attribute is past stays
-    (:class:`KeptExpired`): the source's TTL deleted it, and the job keeps such items at
-    the destinations; removing it would lose the item the destination held before.
+    Under ``ttl_deletes: skip`` a copy whose TTL attribute is an expiry that has passed
+    stays (:class:`KeptExpired`): the source's TTL deleted it, and the job keeps such
+    items at the destinations; removing it would lose the item the destination held before.
     """
 
     def __init__(
@@ -406,7 +410,12 @@ class ResurrectionGuard:
             expected=expected,
         )
         for label in labels:
-            outcome = self.letters.write(self.writers[label], synthetic).outcome
+            result = self.letters.write(self.writers[label], synthetic)
+            outcome = result.outcome
+            if outcome is Outcome.CONFLICT_LOST:
+                writer = self.writers[label]
+                why = result.why or f"{writer.rule.name}: the destination's item was kept"
+                tally.declined.append((label, why))
             if outcome is Outcome.APPLIED:
                 if current is None:
                     tally.undone += 1

@@ -108,12 +108,37 @@ def check_same_keys(
     return shape
 
 
+# DynamoDB's TTL does not delete an item whose expiry is more than five years in the
+# past (its TTL documentation: such a value is ignored, as `0`, often written to mean
+# "never expires", is). Five years here: 5 * 365 days and one leap day.
+TTL_HORIZON_S = 1826 * 86_400
+
+
+def expired_by_ttl(value: object, now: float) -> bool:
+    """Whether DynamoDB's TTL deletes an item whose TTL attribute holds ``value`` (an
+    attribute value in boto3 form) at ``now``: a number of epoch seconds in
+    (now - five years, now]. A number is read as the number it is, fraction or exponent
+    included (``1700000000.5``, ``17e8``), as DynamoDB's TTL compares it; anything else
+    (absent, another type, a time in the future, 0, a negative number, a time more than
+    five years ago) is a value TTL ignores, so TTL never deleted that item."""
+    if not isinstance(value, dict) or set(value) != {"N"}:
+        return False
+    try:
+        expiry = Decimal(canonical_number(value["N"]))
+    except ValueError:
+        return False
+    moment = Decimal(repr(now))
+    return moment - TTL_HORIZON_S < expiry <= moment
+
+
 @dataclass(frozen=True)
 class KeptExpired:
     """What ``ttl_deletes: skip`` keeps at the destinations: items the source's TTL
-    deleted. An item the source lacks whose TTL attribute (the source table's) holds a
-    time in the past is taken for one: verify counts it apart, and no command removes
-    it. Neither can tell it from an item a person deleted after it expired."""
+    deleted. An item the source lacks whose TTL attribute (the source table's) holds an
+    expiry DynamoDB's TTL acts on and that has passed (:func:`expired_by_ttl`) is taken
+    for one: verify counts it apart, and no command removes it. Neither can tell it from
+    an item a person deleted after it expired, and an item kept for more than five years
+    after its expiry is no longer taken for one (TTL would not delete it now)."""
 
     attribute: str | None  # None: nothing is kept (ttl_deletes: replicate, or TTL off)
 
@@ -125,20 +150,14 @@ class KeptExpired:
         return cls(expiry_attribute(source))
 
     def __call__(self, item: Item) -> bool:
-        """``item``'s TTL attribute holds a past time: a number of epoch seconds, as
-        DynamoDB's TTL reads it (any other value is one TTL ignores, so the source's TTL
-        cannot have deleted the item)."""
-        value = item.get(self.attribute) if self.attribute else None
-        if value is None or set(value) != {"N"}:
+        """``item``'s TTL attribute holds an expiry the source's TTL deleted it by."""
+        if not self.attribute:
             return False
-        try:
-            return Decimal(canonical_number(str(value["N"]))) < Decimal(time.time())
-        except ValueError:
-            return False
+        return expired_by_ttl(item.get(self.attribute), time.time())
 
     @property
     def why(self) -> str:
-        return f"expired at the source ({self.attribute} in the past), ttl_deletes: skip"
+        return f"expired at the source ({self.attribute} in the past five years), ttl_deletes: skip"
 
 
 def expiry_attribute(ref: TableRef) -> str | None:

@@ -23,8 +23,10 @@ different.
 
 Under ``ttl_deletes: skip`` the job keeps at the destinations the items that the
 source's TTL deleted: an item only at a destination whose TTL attribute (the source
-table's, from DescribeTimeToLive) holds a time in the past is counted as *kept*, not
-reported as ``extra``, not repaired, and not a difference for the exit status.
+table's, from DescribeTimeToLive) holds an expiry the source's TTL acts on and that has
+passed (within the five years before now: :func:`~replicator.tools.tables.expired_by_ttl`)
+is counted as *kept*, not reported as ``extra``, not repaired, and not a difference for
+the exit status.
 
 A whole-table verify (not ``--sample``) that ends with no difference left at a
 destination clears the watermark's unread spans there up to its scan's start
@@ -100,8 +102,9 @@ DIFFERENT = "different"
 # Missing at the destination because a delete there ranks above the source's item (the
 # destination's tombstone says so): the source is behind, not the destination.
 DELETED = "deleted"
-# Only at the destination, its TTL attribute in the past, under ttl_deletes: skip: the
-# source's TTL deleted it and the job keeps it there on purpose. Counted, not a difference.
+# Only at the destination, its TTL attribute an expiry that has passed (expired_by_ttl),
+# under ttl_deletes: skip: the source's TTL deleted it and the job keeps it there on
+# purpose. Counted, not a difference.
 KEPT = "kept"
 # --sample: a table whose estimate is at most this many items has all its keys read (key
 # only) and the sample drawn from them, uniformly. A larger one is divided into segments

@@ -151,7 +151,7 @@ def test_an_interrupted_backfill_resumes_where_each_segment_stopped(job: Job) ->
     assert rows[-1]["total_segments"] == {"N": "2"}
     assert "owner" not in rows[-1]  # released on the way out
     scanned_first = sum(int(rows[n]["scanned"]["N"]) for n in (0, 1))
-    assert 30 <= scanned_first < 120
+    assert scanned_first == 30
     assert not all(rows[n]["done"]["BOOL"] for n in (0, 1))
     assert any("last_key" in rows[n] for n in (0, 1))
     (eu, eu_table), _ = job.destination_clients()
@@ -173,6 +173,49 @@ def test_an_interrupted_backfill_resumes_where_each_segment_stopped(job: Job) ->
     changed = cli(job, "backfill", "--segments", "3")
     assert changed.returncode == 3
     assert "--restart" in changed.stderr
+
+
+def test_an_already_complete_backfill_exits_as_the_run_that_completed_it(job: Job) -> None:
+    """The stored run dead-lettered writes (an item whose timestamp last_writer_wins
+    cannot rank): running it again says so and exits 1, as that run did."""
+    populate(job, 10)
+    unrankable = {**item("bad", 1, 0), "updated_at": {"BOOL": True}}
+    job.source.put_item(TableName=job.source_table, Item=unrankable)
+
+    first = cli(job, "backfill")
+
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "complete" in first.stdout
+    assert "dead-lettered:      2" in first.stdout
+
+    again = cli(job, "backfill")
+
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "already complete" in again.stdout
+    assert "dead-lettered:      2" in again.stdout
+    assert "fix the cause, then run `replicator redrive`" in again.stdout
+
+
+@pytest.mark.parametrize("limit", [1, 50, 130])
+def test_max_items_copies_no_more_than_m_items_over_all_segments(job: Job, limit: int) -> None:
+    """Each Scan asks for no more than what is left of M, shared by the segments: four
+    segments of 100-item pages copy M items, not a page or more of each."""
+    populate(job, 400)
+
+    result = backfill(job, segments=4, page_size=100, max_items=limit)
+
+    assert not result.complete
+    assert result.stopped == f"--max-items {limit} reached"
+    assert result.this_run.scanned == limit
+    (eu, eu_table), (ap, ap_table) = job.destination_clients()
+    assert len(tables.scan_all(eu, eu_table)) == limit
+    assert len(tables.scan_all(ap, ap_table)) == limit
+
+    rest = backfill(job)
+
+    assert rest.complete
+    assert rest.overall.scanned == 400
+    assert job.converged()
 
 
 def test_backfill_refuses_while_the_replicator_could_start_after_the_scan(job: Job) -> None:
@@ -411,8 +454,9 @@ def test_under_ttl_deletes_skip_a_copy_of_an_item_the_sources_ttl_deleted_stays(
         TableName=job.source_table,
         TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires"},
     )
-    older = {**item("x", 1, 100), "expires": {"N": "1600000000"}}
-    newer = {**item("x", 1, 200), "expires": {"N": "1600000000"}}
+    expires = {"N": str(int(time.time()) - 3600)}
+    older = {**item("x", 1, 100), "expires": expires}
+    newer = {**item("x", 1, 200), "expires": expires}
     (eu, eu_table), (ap, ap_table) = job.destination_clients()
     eu.put_item(TableName=eu_table, Item=older)
     job.source.put_item(TableName=job.source_table, Item=newer)
@@ -429,6 +473,32 @@ def test_under_ttl_deletes_skip_a_copy_of_an_item_the_sources_ttl_deleted_stays(
     assert (result.overall.applied, result.overall.undone) == (2, 0)
     for ddb, table in ((eu, eu_table), (ap, ap_table)):
         assert get(ddb, table, "x", 1) == newer
+
+
+def test_under_ttl_deletes_skip_a_copy_whose_expiry_the_ttl_ignores_is_undone(
+    job: Job,
+) -> None:
+    """The scan reads X, whose expiry is 0 (never expires: DynamoDB's TTL ignores it); X
+    is then deleted at the source, by someone, not by its TTL: the copy is undone."""
+    job.path.write_text(job.path.read_text() + "ttl_deletes: skip\n")
+    job.source.update_time_to_live(
+        TableName=job.source_table,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires"},
+    )
+    never = {**item("x", 1, 200), "expires": {"N": "0"}}
+    job.source.put_item(TableName=job.source_table, Item=never)
+
+    def deleted_meanwhile(segment: int, items: list[Item]) -> None:
+        if items:
+            job.source.delete_item(TableName=job.source_table, Key=key("x", 1))
+
+    result = backfill(job, BackfillHooks(page_scanned=deleted_meanwhile), segments=1)
+
+    assert result.complete
+    assert (result.overall.applied, result.overall.undone) == (2, 2)
+    (eu, eu_table), (ap, ap_table) = job.destination_clients()
+    assert get(eu, eu_table, "x", 1) is None
+    assert get(ap, ap_table, "x", 1) is None
 
 
 def test_the_undo_never_removes_a_newer_item_at_the_destination(job: Job) -> None:

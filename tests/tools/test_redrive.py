@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -411,6 +412,39 @@ def test_the_summary_shows_a_key_with_a_newline_quoted_on_its_line(job: Job) -> 
         f'  replayed      {eu_label}: MODIFY pk=S:"two\\nlines" sk=N:1 (sequence 91)'
     ]
     assert get(job, 0, item) == item
+
+
+def test_the_summary_names_the_key_of_the_change_replayed_not_the_letters_keys_field(
+    job: Job,
+) -> None:
+    """A letter edited by hand: its ``keys`` say bad3, its record is a put of bad3x. The
+    record is what is replayed, so its key is the one the line names (a failed replay's
+    too), and the disagreement is noted so that the edit is not lost on the reader."""
+    eu_label = "/".join(job.destinations[0])
+    target = FileDeadLetters(job.dead_letters)
+    written = image("bad3x", 100)
+    letter = stream_letter(job, eu_label, written, 93, "throttled", "e")
+    target.put(replace(letter, keys=item_to_wire(keys_of(image("bad3")))))
+    unrankable = image("bad4x", {"BOOL": True})
+    letter = stream_letter(job, eu_label, unrankable, 94, "throttled", "e", at_source=False)
+    target.put(replace(letter, keys=item_to_wire(keys_of(image("bad4")))))
+
+    result = redrive(job)
+
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()[1:]
+    note = (
+        "(the letter's keys field names pk=S:{} sk=N:1; the key shown is its record's, "
+        "which is what is replayed)"
+    )
+    assert lines[0] == (
+        f"  replayed      {eu_label}: MODIFY pk=S:bad3x sk=N:1 (sequence 93) {note.format('bad3')}"
+    )
+    assert lines[1].startswith(
+        f"  failed again  {eu_label}: MODIFY pk=S:bad4x sk=N:1 (sequence 94) "
+        f"{note.format('bad4')}: unplannable: "
+    ), lines[1]
+    assert get(job, 0, written) == written
 
 
 def test_a_letters_destination_event_and_task_are_quoted_on_their_summary_lines(
@@ -1005,7 +1039,7 @@ def test_a_replayed_put_of_an_item_the_sources_ttl_deleted_since_stays_under_ski
         TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires"},
     )
     eu_label = "/".join(job.destinations[0])
-    expired = {**image("e", 100), "expires": {"N": "1600000000"}}
+    expired = {**image("e", 100), "expires": {"N": str(int(time.time()) - 3600)}}
     FileDeadLetters(job.dead_letters).put(
         stream_letter(job, eu_label, expired, 95, "throttled", "e", at_source=False)
     )
@@ -1015,13 +1049,39 @@ def test_a_replayed_put_of_an_item_the_sources_ttl_deleted_since_stays_under_ski
     assert result.returncode == 0, result.stderr
     if ttl_deletes == "skip":
         assert (
-            "(the source has deleted it since, expired at the source (expires in the past), "
-            "ttl_deletes: skip: kept)"
+            "(the source has deleted it since, expired at the source (expires in the past "
+            "five years), ttl_deletes: skip: kept)"
         ) in result.stdout
         assert get(job, 0, expired) == expired
     else:
         assert "(the source has deleted it since: removed again)" in result.stdout
         assert get(job, 0, expired) is None
+
+
+@pytest.mark.parametrize("expires", ["0", "-5", "1.5", "1600000000"])
+def test_a_replayed_put_whose_expiry_the_sources_ttl_ignores_is_removed_again_under_skip(
+    job: Job, expires: str
+) -> None:
+    """An expiry of 0 (often: never expires), a negative one, or one more than five years
+    in the past is one DynamoDB's TTL never acts on: the source no longer holds the item
+    because something else deleted it, and the replayed copy is removed again."""
+    job.path.write_text(job.path.read_text() + "ttl_deletes: skip\n")
+    job.source.update_time_to_live(
+        TableName=job.source_table,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires"},
+    )
+    eu_label = "/".join(job.destinations[0])
+    gone = {**image("z", 100), "expires": {"N": expires}}
+    FileDeadLetters(job.dead_letters).put(
+        stream_letter(job, eu_label, gone, 96, "throttled", "e", at_source=False)
+    )
+
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stderr
+    assert "(the source has deleted it since: removed again)" in result.stdout
+    assert "expired at the source" not in result.stdout
+    assert get(job, 0, gone) is None
 
 
 @pytest.mark.parametrize("conflict", ["conflict: {policy: overwrite}", LWW])
@@ -1050,6 +1110,35 @@ def test_a_replayed_put_of_an_item_the_source_changed_since_leaves_the_sources_i
         assert report.lost == 1
     else:
         assert "(the source has changed it since: the source's image written)" in report.text()
+
+
+def test_a_replay_the_policy_keeps_over_the_sources_image_is_noted_with_the_policys_reason(
+    job: Job,
+) -> None:
+    """The letter's put (updated_at 100) is replayed; the source has since written the
+    item with updated_at 50 (a writer's clock behind). The check against the source
+    writes nothing, as the policy ranks the source's image below the destination's item:
+    eu then differs from the source, and the summary says so, naming why, as verify
+    would report it."""
+    eu_label = "/".join(job.destinations[0])
+    replayed, at_source = image("k", 100, v="letter"), image("k", 50, v="source")
+    FileDeadLetters(job.dead_letters).put(
+        stream_letter(job, eu_label, replayed, 71, "throttled", "e", at_source=False)
+    )
+    job.source.put_item(TableName=job.source_table, Item=at_source)
+
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("  replayed")]
+    assert line == (
+        f"  replayed      {eu_label}: MODIFY pk=S:k sk=N:1 (sequence 71) (the source holds "
+        f"another image, not written: the policy kept the destination's item at {eu_label}: "
+        "last_writer_wins: the destination's item (updated_at=100) ranks above the put's "
+        "image (updated_at=50); run `replicator verify` to compare them)"
+    )
+    assert get(job, 0, replayed) == replayed
+    assert FileDeadLetters(job.dead_letters).count() == 0
 
 
 @pytest.mark.parametrize("purpose", [BACKFILL, REPAIR])

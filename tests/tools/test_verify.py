@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from replicator.tombstones.setup import prepare as prepare_tombstones
 from replicator.tombstones.table import TombstoneTable
 from replicator.tools import snapshot
 from replicator.tools.compare import compare
+from replicator.tools.tables import TTL_HORIZON_S, expired_by_ttl
 from replicator.tools.verify import Finding, Verify, VerifyHooks, VerifyOptions, VerifyReport
 from tests.support.e2e import PATIENCE, Job, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
@@ -138,7 +140,8 @@ def test_hand_made_differences_are_reported_precisely_and_repair_brings_back_equ
 
 def ttl_items(now: float) -> dict[str, Item]:
     """Items only at a destination, by what their ``expires`` (the source's TTL
-    attribute) holds."""
+    attribute) holds. DynamoDB's TTL deletes an item whose expiry is a number of epoch
+    seconds in the past, and no more than five years in the past: the first two only."""
 
     def item(pk: str, expires: dict[str, str] | None = None) -> Item:
         found: Item = {"pk": {"S": pk}, "sk": {"N": "1"}, "x": {"S": "?"}}
@@ -146,12 +149,32 @@ def ttl_items(now: float) -> dict[str, Item]:
             found["expires"] = expires
         return found
 
+    five_years_ago = int(now) - 5 * 365 * 86_400
     return {
-        "expired": item("archived-expired", expires={"N": "1600000000"}),
+        "expired": item("archived-expired", expires={"N": str(int(now) - 3600)}),
+        "expired, a fraction": item("fraction-expired", expires={"N": f"{int(now) - 7200}.5"}),
         "future": item("expires-later", expires={"N": str(int(now) + 86_400)}),
         "none": item("no-expiry"),
-        "not a number": item("expiry-as-text", expires={"S": "1600000000"}),
+        "not a number": item("expiry-as-text", expires={"S": str(int(now) - 3600)}),
+        "zero": item("expiry-zero", expires={"N": "0"}),
+        "negative": item("expiry-negative", expires={"N": "-5"}),
+        "1.5": item("expiry-one-and-a-half", expires={"N": "1.5"}),
+        "over five years ago": item(
+            "expiry-too-old", expires={"N": str(five_years_ago - 86_400 * 3)}
+        ),
     }
+
+
+KEPT_BECAUSE = "expired at the source (expires in the past five years), ttl_deletes: skip"
+NOT_EXPIRED = [
+    "expires-later",
+    "expiry-as-text",
+    "expiry-negative",
+    "expiry-one-and-a-half",
+    "expiry-too-old",
+    "expiry-zero",
+    "no-expiry",
+]
 
 
 def test_under_ttl_deletes_skip_an_item_the_sources_ttl_deleted_is_kept_not_extra(
@@ -159,7 +182,9 @@ def test_under_ttl_deletes_skip_an_item_the_sources_ttl_deleted_is_kept_not_extr
 ) -> None:
     """The source's TTL deleted the item and the job skipped that delete, on purpose:
     verify counts it apart, its exit status ignores it and --repair leaves it. An extra
-    item whose TTL attribute is not a past time is still a difference."""
+    item whose TTL attribute is not a time DynamoDB's TTL acts on (0, a negative number,
+    one more than five years in the past, the future, not a number) is still a
+    difference: the source's TTL never deleted it."""
     job.path.write_text(
         job.path.read_text().replace(LWW, "conflict: {policy: overwrite}") + "ttl_deletes: skip\n"
     )
@@ -177,40 +202,33 @@ def test_under_ttl_deletes_skip_an_item_the_sources_ttl_deleted_is_kept_not_extr
 
     assert found.returncode == 1, found.stderr
     lines = found.stdout.splitlines()
-    assert (
-        f"{eu_label}: scanned 4 items, 3 differences; 1 kept: expired at the source "
-        "(expires in the past), ttl_deletes: skip"
-    ) in lines
-    assert "  extra     pk=S:expires-later sk=N:1" in lines
-    assert "  extra     pk=S:no-expiry sk=N:1" in lines
-    assert "  extra     pk=S:expiry-as-text sk=N:1" in lines
+    assert f"{eu_label}: scanned 9 items, 7 differences; 2 kept: {KEPT_BECAUSE}" in lines
+    for pk in NOT_EXPIRED:
+        assert f"  extra     pk=S:{pk} sk=N:1" in lines
     assert "archived-expired" not in found.stdout
+    assert "fraction-expired" not in found.stdout
 
     repaired = cli(job, "--repair", "--json", "--recheck-pause", "0.1")
 
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     report = json.loads(repaired.stdout)
     eu_report = report["destinations"][eu_label]
-    assert (eu_report["equal"], eu_report["kept"]) == (True, 1)
-    assert sorted(d["key"]["pk"]["S"] for d in eu_report["differences"]) == [
-        "expires-later",
-        "expiry-as-text",
-        "no-expiry",
-    ]
+    assert (eu_report["equal"], eu_report["kept"]) == (True, 2)
+    assert sorted(d["key"]["pk"]["S"] for d in eu_report["differences"]) == NOT_EXPIRED
     assert {d["repair"] for d in eu_report["differences"]} == {"repaired"}
-    assert (
-        report["kept_because"] == "expired at the source (expires in the past), ttl_deletes: skip"
-    )
-    (left,) = eu.scan(TableName=eu_table, ConsistentRead=True)["Items"]
-    assert left == at_eu["expired"]
+    assert report["kept_because"] == KEPT_BECAUSE
+    left = eu.scan(TableName=eu_table, ConsistentRead=True)["Items"]
+    assert sorted(left, key=lambda item: item["pk"]["S"]) == [
+        at_eu["expired"],
+        at_eu["expired, a fraction"],
+    ]
 
     again = cli(job, "--recheck-pause", "0.1")
 
     assert again.returncode == 0, again.stdout + again.stderr
     assert (
-        f"{eu_label}: scanned 1 items, equal; 1 kept: expired at the source (expires in the "
-        "past), ttl_deletes: skip"
-    ) in again.stdout.splitlines()
+        f"{eu_label}: scanned 2 items, equal; 2 kept: {KEPT_BECAUSE}" in again.stdout.splitlines()
+    )
 
 
 @pytest.mark.parametrize("setting", ["ttl_deletes: replicate", "ttl off at the source"])
@@ -890,3 +908,24 @@ def test_a_repairs_error_is_redacted_and_the_key_beside_it_is_not() -> None:
     body = finding.as_dict()
     assert body["key"]["pk"] == {"S": "ssh://git@github.com/acme/app.git"}
     assert body["detail"] == "AccessDenied: 'X-Amz-Security-Token': '<redacted>'"
+
+
+def test_an_expiry_counts_only_within_the_five_years_dynamodbs_ttl_acts_on() -> None:
+    """DynamoDB's TTL deletes an item whose expiry (epoch seconds, a number as it is) is
+    at most now and no more than five years old; it ignores every other value."""
+    now = 1_800_000_000.25
+    horizon = Decimal(repr(now)) - TTL_HORIZON_S
+    for expiry in ("1800000000", "1800000000.25", "18e8", "1799996400.5", str(horizon + 1)):
+        assert expired_by_ttl({"N": expiry}, now), expiry
+    for value in (
+        {"N": "1800000000.26"},
+        {"N": str(horizon)},
+        {"N": "0"},
+        {"N": "-5"},
+        {"N": "1.5"},
+        {"N": "1600000000"},
+        {"S": "1800000000"},
+        {"N": "not a number"},
+        None,
+    ):
+        assert not expired_by_ttl(value, now), value
