@@ -1739,19 +1739,24 @@ def _tombstone_table_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...],
     tables = [(job.source.region, job.source.table)] + [
         (d.region, d.table) for d in job.destinations
     ]
+    if not job.active_active.tombstones:
+        return []  # no tombstone table: a one-way job's long table name is no problem
     for _, table in tables:
         name = job.tombstone_table(table)
         if not _TABLE.fullmatch(name):
+            shorter = (
+                ": set a shorter active_active.tombstone_table pattern"
+                if len(name) > MAX_TABLE_NAME
+                else ""
+            )
             return [
                 (
                     where,
                     f"gives {name!r} for the table {table!r} ({len(name)} characters), "
                     "which is not a DynamoDB table name (3-255 characters of letters, "
-                    "digits, _ . -)",
+                    f"digits, _ . -){shorter}",
                 )
             ]
-    if not job.active_active.tombstones:
-        return []
     own = _own_tables(job)
     for region, table in tables:
         name = job.tombstone_table(table)

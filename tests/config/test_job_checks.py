@@ -482,3 +482,32 @@ def test_a_kinesis_stream_name_or_arn_is_read_by_the_kcl_by_its_name(stream: str
     resolved = parse_job(KINESIS.replace("name: aaa-changes", stream, 1), Path("job.yaml"))
     name = stream.split("'")[1].rsplit("/", 1)[-1]
     assert f"\nstreamName = {name}\n" in render_properties(resolved, worker_id="w")
+
+
+def test_a_one_way_job_of_a_long_table_name_passes_without_a_tombstone_table(
+    tmp_path: Path,
+) -> None:
+    """The tombstone table's name is made only with tombstones on: a one-way job whose
+    table name leaves no room for '-tombstones' is valid."""
+    long_name = "t" * (MAX_TABLE_NAME - len("-tombstones") + 1)
+    path = tmp_path / "job.yaml"
+    path.write_text(MINIMAL.replace("table: orders}", f"table: {long_name}}}", 1))
+    result = validate_in_process(path)
+    assert result.returncode == 0, result.stderr
+    assert "tombstone" not in result.stderr
+
+
+def test_a_tombstone_table_name_too_long_says_to_shorten_the_pattern(tmp_path: Path) -> None:
+    long_name = "t" * (MAX_TABLE_NAME - len("-tombstones") + 1)
+    text = MINIMAL.replace("table: orders}", f"table: {long_name}}}", 1) + (
+        "loop_prevention: {origin_attribute: origin}\n"
+        "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+        "active_active: {tombstones: true}\n"
+    )
+    _refused(
+        tmp_path,
+        text,
+        "active_active.tombstone_table",
+        "256 characters",
+        "set a shorter active_active.tombstone_table pattern",
+    )
