@@ -297,7 +297,7 @@ BROKEN = {
     "tombstone-table-pattern-with-the-real-table": (
         "source: {region: us-east-1, table: carts}\n"
         "destinations: [{region: eu-west-1, table: carts}]\n"
-        "active_active: {tombstone_table: '{table}/t'}\n",
+        "active_active: {tombstones: true, tombstone_table: '{table}/t'}\n",
         "active_active.tombstone_table",
         "gives 'carts/t' for the table 'carts'",
     ),
