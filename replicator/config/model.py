@@ -189,10 +189,21 @@ def _not_empty(value: str) -> str:
     return value
 
 
-def _file_path(value: str) -> str:
-    """A file pattern: not empty, and not a directory (``dead-letters/``), which ``run``
-    would only find out when it opens it."""
+def _path_text(value: str) -> str:
+    """A path: not empty, and without a NUL (a ``"\\0"`` in YAML), which no system call
+    takes: every function given the path would raise instead of saying which key it is."""
     _not_empty(value)
+    if "\0" in value:
+        raise ValueError(
+            f"contains a NUL character ('\\x00'), which no file name can hold: got {shown(value)}"
+        )
+    return value
+
+
+def _file_path(value: str) -> str:
+    """A file pattern: a path (:func:`_path_text`), and not a directory
+    (``dead-letters/``), which ``run`` would only find out when it opens it."""
+    _path_text(value)
     if value.endswith("/"):
         raise ValueError(
             f"names a directory ({value!r}): name the file, such as {value}{{task_name}}.jsonl"
@@ -222,6 +233,8 @@ Text = Annotated[str, AfterValidator(_not_empty)]
 # A name or value compared as text: not empty, printable, no space at either end.
 Name = Annotated[str, AfterValidator(_not_empty), AfterValidator(_plain)]
 FilePath = Annotated[str, AfterValidator(_file_path)]
+# A file or directory the job names as it is (kcl.java, kcl.jars_dir).
+PathText = Annotated[str, AfterValidator(_path_text)]
 Int = Annotated[int, BeforeValidator(_not_a_switch), BeforeValidator(_plain_integer_text)]
 # Infinity and NaN are no amount of time: a wait or deadline made of them fails (or never
 # ends) only once the job runs.
@@ -889,8 +902,8 @@ class KclConfig(Strict):
         PROCESSOR_FLUSH_TIMEOUT_MS
     )
     worker_id: Name | None = None
-    java: Text = "java"
-    jars_dir: Text | None = Field(
+    java: PathText = "java"
+    jars_dir: PathText | None = Field(
         default=None, description="Directory of KCL jars; default $REPLICATOR_KCL_JARS."
     )
     extra_properties: dict[

@@ -511,3 +511,31 @@ def test_a_tombstone_table_name_too_long_says_to_shorten_the_pattern(tmp_path: P
         "256 characters",
         "set a shorter active_active.tombstone_table pattern",
     )
+
+
+_NUL_PATHS = [
+    ('dead_letter: {path: "x\\0y"}', "dead_letter.path"),
+    ('conflict_log: {kind: file, path: "x\\0y"}', "conflict_log.path"),
+]
+_NUL_COMMANDS = ["validate", "properties", "run", "backfill", "verify", "redrive", "conflicts"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "key", "command"),
+    [(*path, command) for path in _NUL_PATHS for command in _NUL_COMMANDS]
+    + [
+        ('kcl: {java: "x\\0y"}', "kcl.java", "validate"),
+        ('kcl: {jars_dir: "x\\0y"}', "kcl.jars_dir", "validate"),
+    ],
+)
+def test_a_path_with_a_nul_is_refused_naming_the_key(
+    tmp_path: Path, setting: str, key: str, command: str
+) -> None:
+    """No system call takes a path with a NUL: each command that loads the job refuses
+    it as a bad value (exit 2, the key and its line), instead of a ValueError."""
+    path = tmp_path / "job.yaml"
+    path.write_text(MINIMAL + setting + "\n")
+    result = in_process(command, "--config", str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith(f"  {key} (line")]
+    assert "contains a NUL character" in line
