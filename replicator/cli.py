@@ -224,16 +224,25 @@ def describe(resolved: ResolvedJob) -> str:
 
 
 def _worker_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """An empty worker id would silently fall back to the host name, which the job
-    file's empty kcl.worker_id is refused for."""
-    if value is not None and not value.strip():
+    """The worker id is checked as the job file's kcl.worker_id is: an empty one would
+    silently fall back to the host name, and one with a control character, a byte that
+    is not UTF-8 or a space at either end names a worker no one meant (or cannot be
+    written in the properties file at all)."""
+    from replicator.config.model import check_name
+
+    if value is None:
+        return None
+    if not value.strip():
         raise click.BadParameter(
             f"is empty ({value!r}): give a worker id, or leave the option out for the "
             "job's kcl.worker_id (default: the host name)",
             ctx,
             param,
         )
-    return value
+    try:
+        return check_name(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
 
 
 @cli.command()

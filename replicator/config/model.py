@@ -228,10 +228,30 @@ def _plain(value: str) -> str:
     return value
 
 
+def _encodable(value: str) -> str:
+    """Text the properties file can hold: a ``${VAR}`` holding a byte that is not UTF-8
+    gives a lone surrogate (``'\\udcff'``), which no Java string or file encoding
+    writes, so that rendering the file would fail once the job runs."""
+    odd = next((character for character in value if "\ud800" <= character <= "\udfff"), None)
+    if odd is not None:
+        raise ValueError(
+            f"contains {odd!r}, a byte that is not UTF-8 (from a ${{VAR}}), which the KCL "
+            f"properties file cannot hold: give UTF-8 text, got {shown(value)}"
+        )
+    return value
+
+
+def check_name(value: str) -> str:
+    """What a name compared as text (:data:`Name`, such as kcl.worker_id) is checked for,
+    for the same value given outside the job file (``properties --worker-id``): a
+    ValueError says what is wrong, as the job file's key says it."""
+    return _plain(_not_empty(value))
+
+
 Bool = Annotated[bool, BeforeValidator(_yes_or_no)]
 Text = Annotated[str, AfterValidator(_not_empty)]
 # A name or value compared as text: not empty, printable, no space at either end.
-Name = Annotated[str, AfterValidator(_not_empty), AfterValidator(_plain)]
+Name = Annotated[str, AfterValidator(check_name)]
 FilePath = Annotated[str, AfterValidator(_file_path)]
 # A file or directory the job names as it is (kcl.java, kcl.jars_dir).
 PathText = Annotated[str, AfterValidator(_path_text)]
@@ -347,7 +367,7 @@ class StreamConfig(Strict):
     """Which change stream carries the source table's changes."""
 
     kind: StreamKind = StreamKind.DYNAMODB_STREAMS
-    arn: Text | None = Field(
+    arn: Annotated[Text, AfterValidator(_encodable)] | None = Field(
         default=None,
         description="DynamoDB stream ARN or Kinesis stream ARN; default: the table's latest "
         "DynamoDB stream (dynamodb-streams only).",
@@ -907,8 +927,8 @@ class KclConfig(Strict):
         default=None, description="Directory of KCL jars; default $REPLICATOR_KCL_JARS."
     )
     extra_properties: dict[
-        Annotated[str, AfterValidator(_unreserved_property)],
-        Annotated[str, BeforeValidator(_property_text)],
+        Annotated[str, AfterValidator(_unreserved_property), AfterValidator(_encodable)],
+        Annotated[str, BeforeValidator(_property_text), AfterValidator(_encodable)],
     ] = Field(default_factory=dict)
 
     @field_validator("extra_properties", mode="before")
