@@ -654,7 +654,11 @@ def test_a_property_from_a_variable_of_bytes_not_utf8_is_refused_naming_the_key(
     )
     result = in_process(command, "--config", str(job), env={"DL": "dl\udcff.jsonl"})
     assert result.returncode == 2, result.stdout + result.stderr
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("  kcl.extra_properties.a (line")]
+    (line,) = [
+        line
+        for line in result.stderr.splitlines()
+        if line.startswith("  kcl.extra_properties.a (line")
+    ]
     assert "contains '\\udcff', a byte that is not UTF-8" in line
 
 
