@@ -1988,13 +1988,26 @@ def _file_checks(job: JobConfig, job_file: Path | None) -> Problems:
     return problems
 
 
-def disk_checks(job: JobConfig) -> Problems:
+def disk_checks(job: JobConfig, *, directories_only: bool = False) -> Problems:
     """What only the files on disk tell (``validate``, in the working directory that
-    ``run`` will use): a file target that names an existing directory, which ``run``
-    refuses at start."""
+    ``run`` will use): a file target that names an existing directory, or (unless
+    ``directories_only``) something else that is not a regular file (a FIFO, which
+    opening would wait on for ever, ``/dev/null``, which keeps nothing), each of which
+    ``run`` refuses at start."""
+    from replicator.appendfile import not_a_regular_file
+
     problems: Problems = []
     for where, what, path in _job_files(job):
-        if os.path.isdir(path):
+        kind = None if directories_only else not_a_regular_file(path)
+        if kind is not None and kind != "a directory":
+            problems.append(
+                (
+                    where,
+                    f"{what} {os.path.abspath(path)} is {kind}, not a regular file: "
+                    f"{'.'.join(map(str, where))} must name a file of its own",
+                )
+            )
+        elif os.path.isdir(path):
             shown = os.path.abspath(path)
             problems.append(
                 (

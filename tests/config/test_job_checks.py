@@ -539,3 +539,47 @@ def test_a_path_with_a_nul_is_refused_naming_the_key(
     assert result.returncode == 2, result.stdout + result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith(f"  {key} (line")]
     assert "contains a NUL character" in line
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "what"),
+    [
+        ("dead_letter: {path: PATH}", "dead_letter.path", "the dead-letter file"),
+        ("conflict_log: {kind: file, path: PATH}", "conflict_log.path", "the conflict log"),
+    ],
+)
+@pytest.mark.parametrize("special", ["fifo", "/dev/null"])
+def test_a_file_target_that_is_no_regular_file_is_refused_by_validate(
+    tmp_path: Path, section: str, key: str, what: str, special: str
+) -> None:
+    """validate refuses an existing directory there: a FIFO (which run waited on for
+    ever) or a device (/dev/null kept no dead letter) is refused alike, never opened."""
+    target = tmp_path / "fifo" if special == "fifo" else Path(special)
+    if special == "fifo":
+        os.mkfifo(target)
+    text = MINIMAL + section.replace("PATH", f"'{target}'") + "\n"
+    kind = "a FIFO (named pipe)" if special == "fifo" else "a character device"
+    _refused(tmp_path, text, key, f"{what} {target} is {kind}, not a regular file")
+
+
+def test_conflicts_refuses_a_conflict_log_that_is_a_fifo_without_opening_it(
+    tmp_path: Path,
+) -> None:
+    """Reading a FIFO waits for a writer for ever: ``conflicts`` refuses it as validate
+    does (exit 2, the key and its line)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        MINIMAL + "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+        f"conflict_log: {{kind: file, path: '{fifo}'}}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "replicator", "conflicts", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"  conflict_log.path (line 6): the conflict log {fifo} is a FIFO" in result.stderr

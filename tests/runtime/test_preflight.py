@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -342,3 +343,41 @@ def test_a_dead_letter_queue_that_answers_only_errors_stops_the_start_a_conflict
     finally:
         proxy.stop()
     assert str(raised.value).startswith(f"dead_letter.queue_url: dead-letter queue {url}: ")
+
+
+@pytest.mark.parametrize(
+    ("setting", "key", "what"),
+    [
+        ("dead_letter: {kind: file, path: PATH}", "dead_letter.path", "the dead-letter file"),
+        ("conflict_log: {kind: file, path: PATH}", "conflict_log.path", "the conflict log"),
+    ],
+)
+@pytest.mark.parametrize("special", ["fifo", "/dev/null"])
+def test_a_file_target_that_is_no_regular_file_stops_run_with_exit_3_unopened(
+    moto_endpoint: str,
+    tables: dict[str, str],
+    tmp_path: Path,
+    setting: str,
+    key: str,
+    what: str,
+    special: str,
+) -> None:
+    """A FIFO blocked run in open() for ever (logging nothing, deaf to a first SIGTERM),
+    and /dev/null threw every dead letter away: each is refused at start, naming the key
+    and the path."""
+    if special == "fifo":
+        target = tmp_path / "fifo"
+        os.mkfifo(target)
+    else:
+        target = Path(special)
+    job = job_file(tmp_path / "job.yaml", moto_endpoint, tables["ours"], tables["dst"])
+    text = job.read_text()
+    if key == "dead_letter.path":
+        text = "\n".join(line for line in text.splitlines() if not line.startswith("dead_letter"))
+    job.write_text(text + "\n" + setting.replace("PATH", f"'{target}'") + "\n")
+    _, line = _refused_start(job)
+    kind = "a FIFO (named pipe)" if special == "fifo" else "a character device"
+    assert line == (
+        f"replicator: {key}: {what} {target} cannot be written: it is {kind}, not a regular "
+        "file: name a file of its own"
+    )
