@@ -28,12 +28,26 @@ from replicator.logs import echo, redact
 P = ParamSpec("P")
 R = TypeVar("R")
 
+
+class _JobFilePath(click.Path):
+    """The job file's path: an empty one (``--config ''``, ``--config "$UNSET"``) is
+    refused as such, where pathlib would read it as ``.`` and the message would be about
+    a directory no one named."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value:
+            self.fail(f"is empty ({value!r}): give the path of the job file", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+JOB_FILE = _JobFilePath(dir_okay=False, path_type=Path)
+
 CONFIG_OPTION = click.option(
     "--config",
     "-c",
     "config_path",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=JOB_FILE,
     envvar="REPLICATOR_CONFIG",
     help="The job file (YAML). Also $REPLICATOR_CONFIG.",
 )
@@ -357,7 +371,7 @@ def main(argv: list[str] | None = None) -> Any:
     "config_path",
     default=Path("config/demo.yaml"),
     show_default=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=JOB_FILE,
     help="The job to demonstrate: config/demo.yaml or another job file; the demo runs "
     "it all on its private endpoint with dummy credentials, and refuses (exit 2) one whose "
     "endpoint_url is not the demo's, or with a role_arn, an SQS queue, a source.stream or a "
