@@ -16,7 +16,8 @@ from replicator.config import parse_job
 from replicator.config.model import MAX_TABLE_NAME, MAX_TASK_NAME, TASK_TABLE_SUFFIXES
 from replicator.exceptions import ConfigError
 from tests.config.test_config import MINIMAL, run_cli
-from tests.support.cli import in_process, validate_in_process
+from tests.support.cli import in_process, replicator, validate_in_process
+from tests.support.special_files import FILE_TARGETS, SPECIAL_FILES, special_file
 
 TWO = MINIMAL + "  - {region: ap-south-1, table: t22}\n"
 
@@ -541,24 +542,15 @@ def test_a_path_with_a_nul_is_refused_naming_the_key(
     assert "contains a NUL character" in line
 
 
-@pytest.mark.parametrize(
-    ("section", "key", "what"),
-    [
-        ("dead_letter: {path: PATH}", "dead_letter.path", "the dead-letter file"),
-        ("conflict_log: {kind: file, path: PATH}", "conflict_log.path", "the conflict log"),
-    ],
-)
-@pytest.mark.parametrize("special", ["fifo", "/dev/null"])
+@FILE_TARGETS
+@SPECIAL_FILES
 def test_a_file_target_that_is_no_regular_file_is_refused_by_validate(
-    tmp_path: Path, section: str, key: str, what: str, special: str
+    tmp_path: Path, setting: str, key: str, what: str, special: str
 ) -> None:
     """validate refuses an existing directory there: a FIFO (which run waited on for
     ever) or a device (/dev/null kept no dead letter) is refused alike, never opened."""
-    target = tmp_path / "fifo" if special == "fifo" else Path(special)
-    if special == "fifo":
-        os.mkfifo(target)
-    text = MINIMAL + section.replace("PATH", f"'{target}'") + "\n"
-    kind = "a FIFO (named pipe)" if special == "fifo" else "a character device"
+    target, kind = special_file(tmp_path, special)
+    text = MINIMAL + setting.replace("PATH", f"'{target}'") + "\n"
     _refused(tmp_path, text, key, f"{what} {target} is {kind}, not a regular file")
 
 
@@ -574,12 +566,6 @@ def test_conflicts_refuses_a_conflict_log_that_is_a_fifo_without_opening_it(
         MINIMAL + "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
         f"conflict_log: {{kind: file, path: '{fifo}'}}\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "replicator", "conflicts", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = replicator("conflicts", "--config", str(path))
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"  conflict_log.path (line 6): the conflict log {fifo} is a FIFO" in result.stderr

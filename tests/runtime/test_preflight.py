@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from replicator.exceptions import ConfigError, EnvironmentProblem
 from replicator.runtime import preflight
 from tests.support.aws import client, create_table
 from tests.support.cli import replicator
+from tests.support.special_files import FILE_TARGETS, SPECIAL_FILES, special_file
 
 
 def job_file(path: Path, endpoint: str, source: str, destination: str, extra: str = "") -> Path:
@@ -345,14 +345,8 @@ def test_a_dead_letter_queue_that_answers_only_errors_stops_the_start_a_conflict
     assert str(raised.value).startswith(f"dead_letter.queue_url: dead-letter queue {url}: ")
 
 
-@pytest.mark.parametrize(
-    ("setting", "key", "what"),
-    [
-        ("dead_letter: {kind: file, path: PATH}", "dead_letter.path", "the dead-letter file"),
-        ("conflict_log: {kind: file, path: PATH}", "conflict_log.path", "the conflict log"),
-    ],
-)
-@pytest.mark.parametrize("special", ["fifo", "/dev/null"])
+@FILE_TARGETS
+@SPECIAL_FILES
 def test_a_file_target_that_is_no_regular_file_stops_run_with_exit_3_unopened(
     moto_endpoint: str,
     tables: dict[str, str],
@@ -365,18 +359,13 @@ def test_a_file_target_that_is_no_regular_file_stops_run_with_exit_3_unopened(
     """A FIFO blocked run in open() for ever (logging nothing, deaf to a first SIGTERM),
     and /dev/null threw every dead letter away: each is refused at start, naming the key
     and the path."""
-    if special == "fifo":
-        target = tmp_path / "fifo"
-        os.mkfifo(target)
-    else:
-        target = Path(special)
+    target, kind = special_file(tmp_path, special)
     job = job_file(tmp_path / "job.yaml", moto_endpoint, tables["ours"], tables["dst"])
     text = job.read_text()
     if key == "dead_letter.path":
         text = "\n".join(line for line in text.splitlines() if not line.startswith("dead_letter"))
     job.write_text(text + "\n" + setting.replace("PATH", f"'{target}'") + "\n")
     _, line = _refused_start(job)
-    kind = "a FIFO (named pipe)" if special == "fifo" else "a character device"
     assert line == (
         f"replicator: {key}: {what} {target} cannot be written: it is {kind}, not a regular "
         "file: name a file of its own"
