@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,32 +39,71 @@ UNWRITABLE_HINT = (
 )
 
 
+# What a path is, by its mode, when it is not a regular file.
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def not_a_regular_file(path: str | Path) -> str | None:
+    """What the existing ``path`` is when it is not a regular file (None: it is one, or
+    there is nothing there), found without opening it: opening a FIFO waits for a
+    reader, for ever, and a device (``/dev/null``) takes lines and keeps none."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # nothing there (yet), or not to be looked at: opening it will tell
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for is_kind, kind in _KINDS if is_kind(mode)), "a special file")
+
+
 def why_not_appendable(path: Path) -> str | None:
     """Why this process could not append to ``path`` (None: it can), found out at start
     rather than at the first line to store: its directory is created when missing, and
     the file opened for appending (a file created and removed at once beside it, when
     there is none yet), so that nothing is left behind. A check by permission bits
-    (``os.access``) would say yes to root over a read-only mount."""
+    (``os.access``) would say yes to root over a read-only mount. An existing path that
+    is not a regular file (a FIFO, ``/dev/null``) is never opened: it is refused. Every
+    answer but that one ends with :data:`UNWRITABLE_HINT`, which a special file has no
+    use for."""
     if path.is_dir():
-        return "it is a directory, not a file"
+        return f"it is a directory, not a file{UNWRITABLE_HINT}"
+    kind = not_a_regular_file(path)
+    if kind is not None:
+        return f"it is {kind}, not a regular file: name a file of its own"
     directory = path.parent
     blocking = next((p for p in (directory, *directory.parents) if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
-        return f"{blocking} is a file, so the directory {directory} cannot be created"
+        return (
+            f"{blocking} is a file, so the directory {directory} cannot be created{UNWRITABLE_HINT}"
+        )
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        return f"cannot create the directory {directory}: {error.strerror or error}"
+        return (
+            f"cannot create the directory {directory}: {error.strerror or error}{UNWRITABLE_HINT}"
+        )
     try:
         if path.exists():
-            with path.open("ab"):
-                pass
+            # Not blocking: a FIFO put at the path since the check above gives ENXIO (no
+            # reader) or is found by its mode below, instead of a wait for a reader.
+            descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_NOCTTY)
+            try:
+                if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                    return "it is not a regular file: name a file of its own"
+            finally:
+                os.close(descriptor)
         else:
             descriptor, name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.")
             os.close(descriptor)
             os.unlink(name)
     except OSError as error:
-        return f"cannot write in {directory}: {error.strerror or error}"
+        return f"cannot write in {directory}: {error.strerror or error}{UNWRITABLE_HINT}"
     return None
 
 
@@ -136,7 +176,7 @@ def locked_file(path: Path, *, create: bool) -> Iterator[TextIO | None]:
     """
     while True:
         try:
-            file = path.open("a+" if create else "r", encoding="utf-8")
+            file = _open_regular(path, create=create)
         except FileNotFoundError:
             if create:
                 raise
@@ -150,6 +190,23 @@ def locked_file(path: Path, *, create: bool) -> Iterator[TextIO | None]:
                     return
             finally:
                 fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def _open_regular(path: Path, *, create: bool) -> TextIO:
+    """``path`` opened as :func:`locked_file` opens it, only if it is a regular file:
+    without blocking (a FIFO put at the path while the job runs would wait for a reader
+    for ever), and an OSError naming the path for anything else (a device would take
+    the lines and keep none)."""
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT if create else os.O_RDONLY
+    descriptor = os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, 0o666)
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(descriptor, True)
+        return open(descriptor, "a+" if create else "r", encoding="utf-8")
+    except BaseException:
+        os.close(descriptor)
+        raise
 
 
 def same_file(file: TextIO, path: Path) -> bool:

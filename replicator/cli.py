@@ -28,12 +28,26 @@ from replicator.logs import echo, redact
 P = ParamSpec("P")
 R = TypeVar("R")
 
+
+class _JobFilePath(click.Path):
+    """The job file's path: an empty one (``--config ''``, ``--config "$UNSET"``) is
+    refused as such, where pathlib would read it as ``.`` and the message would be about
+    a directory no one named."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value:
+            self.fail(f"is empty ({value!r}): give the path of the job file", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+JOB_FILE = _JobFilePath(dir_okay=False, path_type=Path)
+
 CONFIG_OPTION = click.option(
     "--config",
     "-c",
     "config_path",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=JOB_FILE,
     envvar="REPLICATOR_CONFIG",
     help="The job file (YAML). Also $REPLICATOR_CONFIG.",
 )
@@ -224,16 +238,25 @@ def describe(resolved: ResolvedJob) -> str:
 
 
 def _worker_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """An empty worker id would silently fall back to the host name, which the job
-    file's empty kcl.worker_id is refused for."""
-    if value is not None and not value.strip():
+    """The worker id is checked as the job file's kcl.worker_id is: an empty one would
+    silently fall back to the host name, and one with a control character, a byte that
+    is not UTF-8 or a space at either end names a worker no one meant (or cannot be
+    written in the properties file at all)."""
+    from replicator.config.model import check_name
+
+    if value is None:
+        return None
+    if not value.strip():
         raise click.BadParameter(
             f"is empty ({value!r}): give a worker id, or leave the option out for the "
             "job's kcl.worker_id (default: the host name)",
             ctx,
             param,
         )
-    return value
+    try:
+        return check_name(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
 
 
 @cli.command()
@@ -348,7 +371,7 @@ def main(argv: list[str] | None = None) -> Any:
     "config_path",
     default=Path("config/demo.yaml"),
     show_default=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=JOB_FILE,
     help="The job to demonstrate: config/demo.yaml or another job file; the demo runs "
     "it all on its private endpoint with dummy credentials, and refuses (exit 2) one whose "
     "endpoint_url is not the demo's, or with a role_arn, an SQS queue, a source.stream or a "

@@ -734,10 +734,16 @@ def job_file_error(resolved: ResolvedJob, problems: Problems) -> ConfigError:
     return _listed(resolved.path, document, [_Problem(*problem) for problem in problems])
 
 
-def refuse_directory(resolved: ResolvedJob, section: str) -> None:
+def refuse_directory(resolved: ResolvedJob, section: str, *, any_kind: bool = False) -> None:
     """The file of ``section`` (``dead_letter`` or ``conflict_log``) naming a directory
-    that exists, refused as ``validate`` refuses it: a problem of the job file, at its
-    key and line (a start or a command meets it only when it reaches the file)."""
-    problems = [problem for problem in disk_checks(resolved.job) if problem[0][0] == section]
+    that exists (``any_kind``: or anything else but a regular file, such as a FIFO that
+    reading would wait on for ever), refused as ``validate`` refuses it: a problem of
+    the job file, at its key and line (a start or a command meets it only when it
+    reaches the file)."""
+    problems = [
+        problem
+        for problem in disk_checks(resolved.job, directories_only=not any_kind)
+        if problem[0][0] == section
+    ]
     if problems:
         raise job_file_error(resolved, problems)

@@ -189,10 +189,21 @@ def _not_empty(value: str) -> str:
     return value
 
 
-def _file_path(value: str) -> str:
-    """A file pattern: not empty, and not a directory (``dead-letters/``), which ``run``
-    would only find out when it opens it."""
+def _path_text(value: str) -> str:
+    """A path: not empty, and without a NUL (a ``"\\0"`` in YAML), which no system call
+    takes: every function given the path would raise instead of saying which key it is."""
     _not_empty(value)
+    if "\0" in value:
+        raise ValueError(
+            f"contains a NUL character ('\\x00'), which no file name can hold: got {shown(value)}"
+        )
+    return value
+
+
+def _file_path(value: str) -> str:
+    """A file pattern: a path (:func:`_path_text`), and not a directory
+    (``dead-letters/``), which ``run`` would only find out when it opens it."""
+    _path_text(value)
     if value.endswith("/"):
         raise ValueError(
             f"names a directory ({value!r}): name the file, such as {value}{{task_name}}.jsonl"
@@ -217,11 +228,33 @@ def _plain(value: str) -> str:
     return value
 
 
+def _encodable(value: str) -> str:
+    """Text the properties file can hold: a ``${VAR}`` holding a byte that is not UTF-8
+    gives a lone surrogate (``'\\udcff'``), which no Java string or file encoding
+    writes, so that rendering the file would fail once the job runs."""
+    odd = next((character for character in value if "\ud800" <= character <= "\udfff"), None)
+    if odd is not None:
+        raise ValueError(
+            f"contains {odd!r}, a byte that is not UTF-8 (from a ${{VAR}}), which the KCL "
+            f"properties file cannot hold: give UTF-8 text, got {shown(value)}"
+        )
+    return value
+
+
+def check_name(value: str) -> str:
+    """What a name compared as text (:data:`Name`, such as kcl.worker_id) is checked for,
+    for the same value given outside the job file (``properties --worker-id``): a
+    ValueError says what is wrong, as the job file's key says it."""
+    return _plain(_not_empty(value))
+
+
 Bool = Annotated[bool, BeforeValidator(_yes_or_no)]
 Text = Annotated[str, AfterValidator(_not_empty)]
 # A name or value compared as text: not empty, printable, no space at either end.
-Name = Annotated[str, AfterValidator(_not_empty), AfterValidator(_plain)]
+Name = Annotated[str, AfterValidator(check_name)]
 FilePath = Annotated[str, AfterValidator(_file_path)]
+# A file or directory the job names as it is (kcl.java, kcl.jars_dir).
+PathText = Annotated[str, AfterValidator(_path_text)]
 Int = Annotated[int, BeforeValidator(_not_a_switch), BeforeValidator(_plain_integer_text)]
 # Infinity and NaN are no amount of time: a wait or deadline made of them fails (or never
 # ends) only once the job runs.
@@ -334,7 +367,7 @@ class StreamConfig(Strict):
     """Which change stream carries the source table's changes."""
 
     kind: StreamKind = StreamKind.DYNAMODB_STREAMS
-    arn: Text | None = Field(
+    arn: Annotated[Text, AfterValidator(_encodable)] | None = Field(
         default=None,
         description="DynamoDB stream ARN or Kinesis stream ARN; default: the table's latest "
         "DynamoDB stream (dynamodb-streams only).",
@@ -889,13 +922,13 @@ class KclConfig(Strict):
         PROCESSOR_FLUSH_TIMEOUT_MS
     )
     worker_id: Name | None = None
-    java: Text = "java"
-    jars_dir: Text | None = Field(
+    java: PathText = "java"
+    jars_dir: PathText | None = Field(
         default=None, description="Directory of KCL jars; default $REPLICATOR_KCL_JARS."
     )
     extra_properties: dict[
-        Annotated[str, AfterValidator(_unreserved_property)],
-        Annotated[str, BeforeValidator(_property_text)],
+        Annotated[str, AfterValidator(_unreserved_property), AfterValidator(_encodable)],
+        Annotated[str, BeforeValidator(_property_text), AfterValidator(_encodable)],
     ] = Field(default_factory=dict)
 
     @field_validator("extra_properties", mode="before")
@@ -1767,19 +1800,24 @@ def _tombstone_table_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...],
     tables = [(job.source.region, job.source.table)] + [
         (d.region, d.table) for d in job.destinations
     ]
+    if not job.active_active.tombstones:
+        return []  # no tombstone table: a one-way job's long table name is no problem
     for _, table in tables:
         name = job.tombstone_table(table)
         if not _TABLE.fullmatch(name):
+            shorter = (
+                ": set a shorter active_active.tombstone_table pattern"
+                if len(name) > MAX_TABLE_NAME
+                else ""
+            )
             return [
                 (
                     where,
                     f"gives {name!r} for the table {table!r} ({len(name)} characters), "
                     "which is not a DynamoDB table name (3-255 characters of letters, "
-                    "digits, _ . -)",
+                    f"digits, _ . -){shorter}",
                 )
             ]
-    if not job.active_active.tombstones:
-        return []
     own = _own_tables(job)
     for region, table in tables:
         name = job.tombstone_table(table)
@@ -1978,13 +2016,26 @@ def _file_checks(job: JobConfig, job_file: Path | None) -> Problems:
     return problems
 
 
-def disk_checks(job: JobConfig) -> Problems:
+def disk_checks(job: JobConfig, *, directories_only: bool = False) -> Problems:
     """What only the files on disk tell (``validate``, in the working directory that
-    ``run`` will use): a file target that names an existing directory, which ``run``
-    refuses at start."""
+    ``run`` will use): a file target that names an existing directory, or (unless
+    ``directories_only``) something else that is not a regular file (a FIFO, which
+    opening would wait on for ever, ``/dev/null``, which keeps nothing), each of which
+    ``run`` refuses at start."""
+    from replicator.appendfile import not_a_regular_file
+
     problems: Problems = []
     for where, what, path in _job_files(job):
-        if os.path.isdir(path):
+        kind = None if directories_only else not_a_regular_file(path)
+        if kind is not None and kind != "a directory":
+            problems.append(
+                (
+                    where,
+                    f"{what} {os.path.abspath(path)} is {kind}, not a regular file: "
+                    f"{'.'.join(map(str, where))} must name a file of its own",
+                )
+            )
+        elif os.path.isdir(path):
             shown = os.path.abspath(path)
             problems.append(
                 (

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from replicator.appendfile import UNWRITABLE_HINT, why_not_appendable
+from replicator.appendfile import why_not_appendable
 from replicator.aws import clients
 from replicator.aws.clients import Place
 from replicator.aws.queues import check_exists
@@ -116,7 +116,6 @@ def prepare(resolved: ResolvedJob) -> None:
         if problem is not None:
             raise EnvironmentProblem(
                 f"conflict_log.path: the conflict log {path} cannot be written: {problem}"
-                f"{UNWRITABLE_HINT}"
             )
         return
     if settings.kind is ConflictLogKind.SQS:

@@ -21,7 +21,7 @@ from botocore.exceptions import (
     ProfileNotFound,
 )
 
-from replicator.appendfile import UNWRITABLE_HINT, why_not_appendable
+from replicator.appendfile import why_not_appendable
 from replicator.aws import clients, queues, tables
 from replicator.aws.clients import Place
 from replicator.aws.errors import error_code, error_message, excerpt
@@ -285,7 +285,6 @@ def check_dead_letter_file(resolved: ResolvedJob) -> None:
     if problem is not None:
         raise EnvironmentProblem(
             f"dead_letter.path: the dead-letter file {path} cannot be written: {problem}"
-            f"{UNWRITABLE_HINT}"
         )
 
 

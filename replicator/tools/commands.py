@@ -167,7 +167,7 @@ def conflicts(
     with aws_failures(f"conflicts {resolved.task_name}"):
         if key is not None:
             _check_key_names(resolved, key)
-        refuse_directory(resolved, "conflict_log")
+        refuse_directory(resolved, "conflict_log", any_kind=True)
         target = conflict_log_target(resolved)
         if isinstance(target, sqs.SqsConflictLog):
             _warn_about_redrive(target)

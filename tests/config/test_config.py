@@ -15,7 +15,7 @@ from replicator.config import load_job, parse_job
 from replicator.config.task_name import PREFIX
 from replicator.exceptions import ConfigError
 from tests.support import ROOT
-from tests.support.cli import validate_in_process
+from tests.support.cli import in_process, validate_in_process
 
 EXAMPLES = sorted((ROOT / "config").glob("*.yaml"))
 
@@ -297,7 +297,7 @@ BROKEN = {
     "tombstone-table-pattern-with-the-real-table": (
         "source: {region: us-east-1, table: carts}\n"
         "destinations: [{region: eu-west-1, table: carts}]\n"
-        "active_active: {tombstone_table: '{table}/t'}\n",
+        "active_active: {tombstones: true, tombstone_table: '{table}/t'}\n",
         "active_active.tombstone_table",
         "gives 'carts/t' for the table 'carts'",
     ),
@@ -591,3 +591,14 @@ def test_write_back_turned_off_by_a_destination_ranking_otherwise_is_warned() ->
     assert parse_job(chosen, Path("job.yaml")).job.cautions == []
     alike = pinned.replace(", conflict: {policy: version, version_attribute: ver}", "")
     assert parse_job(alike, Path("job.yaml")).job.cautions == []
+
+
+@pytest.mark.parametrize("command", ["validate", "run", "properties", "conflicts", "demo"])
+def test_an_empty_config_option_is_refused_as_empty(command: str) -> None:
+    """pathlib reads '' as '.': the message was about a directory no one named."""
+    result = in_process(command, "--config", "")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Invalid value for '--config' / '-c': is empty (''): give the path of the job file" in (
+        result.stderr
+    )
+    assert "directory" not in result.stderr

@@ -16,7 +16,8 @@ from replicator.config import parse_job
 from replicator.config.model import MAX_TABLE_NAME, MAX_TASK_NAME, TASK_TABLE_SUFFIXES
 from replicator.exceptions import ConfigError
 from tests.config.test_config import MINIMAL, run_cli
-from tests.support.cli import in_process, validate_in_process
+from tests.support.cli import in_process, replicator, validate_in_process
+from tests.support.special_files import FILE_TARGETS, SPECIAL_FILES, special_file
 
 TWO = MINIMAL + "  - {region: ap-south-1, table: t22}\n"
 
@@ -482,3 +483,89 @@ def test_a_kinesis_stream_name_or_arn_is_read_by_the_kcl_by_its_name(stream: str
     resolved = parse_job(KINESIS.replace("name: aaa-changes", stream, 1), Path("job.yaml"))
     name = stream.split("'")[1].rsplit("/", 1)[-1]
     assert f"\nstreamName = {name}\n" in render_properties(resolved, worker_id="w")
+
+
+def test_a_one_way_job_of_a_long_table_name_passes_without_a_tombstone_table(
+    tmp_path: Path,
+) -> None:
+    """The tombstone table's name is made only with tombstones on: a one-way job whose
+    table name leaves no room for '-tombstones' is valid."""
+    long_name = "t" * (MAX_TABLE_NAME - len("-tombstones") + 1)
+    path = tmp_path / "job.yaml"
+    path.write_text(MINIMAL.replace("table: orders}", f"table: {long_name}}}", 1))
+    result = validate_in_process(path)
+    assert result.returncode == 0, result.stderr
+    assert "tombstone" not in result.stderr
+
+
+def test_a_tombstone_table_name_too_long_says_to_shorten_the_pattern(tmp_path: Path) -> None:
+    long_name = "t" * (MAX_TABLE_NAME - len("-tombstones") + 1)
+    text = MINIMAL.replace("table: orders}", f"table: {long_name}}}", 1) + (
+        "loop_prevention: {origin_attribute: origin}\n"
+        "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+        "active_active: {tombstones: true}\n"
+    )
+    _refused(
+        tmp_path,
+        text,
+        "active_active.tombstone_table",
+        "256 characters",
+        "set a shorter active_active.tombstone_table pattern",
+    )
+
+
+_NUL_PATHS = [
+    ('dead_letter: {path: "x\\0y"}', "dead_letter.path"),
+    ('conflict_log: {kind: file, path: "x\\0y"}', "conflict_log.path"),
+]
+_NUL_COMMANDS = ["validate", "properties", "run", "backfill", "verify", "redrive", "conflicts"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "key", "command"),
+    [(*path, command) for path in _NUL_PATHS for command in _NUL_COMMANDS]
+    + [
+        ('kcl: {java: "x\\0y"}', "kcl.java", "validate"),
+        ('kcl: {jars_dir: "x\\0y"}', "kcl.jars_dir", "validate"),
+    ],
+)
+def test_a_path_with_a_nul_is_refused_naming_the_key(
+    tmp_path: Path, setting: str, key: str, command: str
+) -> None:
+    """No system call takes a path with a NUL: each command that loads the job refuses
+    it as a bad value (exit 2, the key and its line), instead of a ValueError."""
+    path = tmp_path / "job.yaml"
+    path.write_text(MINIMAL + setting + "\n")
+    result = in_process(command, "--config", str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith(f"  {key} (line")]
+    assert "contains a NUL character" in line
+
+
+@FILE_TARGETS
+@SPECIAL_FILES
+def test_a_file_target_that_is_no_regular_file_is_refused_by_validate(
+    tmp_path: Path, setting: str, key: str, what: str, special: str
+) -> None:
+    """validate refuses an existing directory there: a FIFO (which run waited on for
+    ever) or a device (/dev/null kept no dead letter) is refused alike, never opened."""
+    target, kind = special_file(tmp_path, special)
+    text = MINIMAL + setting.replace("PATH", f"'{target}'") + "\n"
+    _refused(tmp_path, text, key, f"{what} {target} is {kind}, not a regular file")
+
+
+def test_conflicts_refuses_a_conflict_log_that_is_a_fifo_without_opening_it(
+    tmp_path: Path,
+) -> None:
+    """Reading a FIFO waits for a writer for ever: ``conflicts`` refuses it as validate
+    does (exit 2, the key and its line)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        MINIMAL + "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+        f"conflict_log: {{kind: file, path: '{fifo}'}}\n"
+    )
+    result = replicator("conflicts", "--config", str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"  conflict_log.path (line 6): the conflict log {fifo} is a FIFO" in result.stderr

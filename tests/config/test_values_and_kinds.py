@@ -13,6 +13,7 @@ from replicator.config import parse_job
 from replicator.exceptions import ConfigError
 from tests.config.test_config import MINIMAL, run_cli
 from tests.config.test_job_checks import _refused
+from tests.support import ROOT
 from tests.support.cli import validate_in_process
 
 
@@ -331,3 +332,41 @@ def test_numbers_and_credentials_providers_the_kcl_reads_pass_in_extra_propertie
     assert job.kcl.extra_properties["maxLeasesForWorker"] == "4"
     # 1e3 is a number to YAML 1.2 (not to YAML 1.1, which wants a dot): its value, as text.
     assert job.kcl.extra_properties["maxThroughputPerHostKBps"] == "1000.0"
+
+
+# The texts the configuration guide says a number's and a switch's keys take (quoted here,
+# as a ${VAR} gives them): each one it names is taken, as it reads, and named there.
+_DOCUMENTED_NUMBERS = [(" 9400 ", 9400), ("+9400", 9400), ("-0", 0)]
+_DOCUMENTED_FRACTIONS = [("2.5", 2.5), (".5", 0.5), ("1e1", 10.0)]
+_DOCUMENTED_SWITCHES = [("TRUE", True), ("True", True), (" true ", True)]
+
+
+@pytest.mark.parametrize(("text", "number"), _DOCUMENTED_NUMBERS)
+def test_the_whole_number_texts_the_guide_names_are_taken(text: str, number: int) -> None:
+    job = parse_job(MINIMAL + f"metrics: {{port: '{text}'}}\n", Path("job.yaml")).job
+    assert job.metrics.port == number
+
+
+@pytest.mark.parametrize(("text", "number"), _DOCUMENTED_FRACTIONS)
+def test_the_decimal_texts_the_guide_names_are_taken(text: str, number: float) -> None:
+    text = MINIMAL + f"conflict_log: {{kind: file, retry_for_s: '{text}'}}\n"
+    assert parse_job(text, Path("job.yaml")).job.conflict_log.retry_for_s == number
+
+
+@pytest.mark.parametrize(("text", "value"), _DOCUMENTED_SWITCHES)
+def test_the_switch_texts_the_guide_names_are_taken(text: str, value: bool) -> None:
+    job = parse_job(MINIMAL + f"metrics: {{enabled: '{text}'}}\n", Path("job.yaml")).job
+    assert job.metrics.enabled is value
+
+
+def test_the_guide_says_which_texts_a_number_and_a_switch_take() -> None:
+    """It said a number takes "its digits" and a switch "the text true or false", while
+    blanks, a sign and any case were taken (and files rely on them)."""
+    guide = " ".join((ROOT / "docs" / "configuration.md").read_text().split())
+    for text, _ in _DOCUMENTED_NUMBERS + _DOCUMENTED_SWITCHES:
+        shown = f'`"{text}"`' if text != text.strip() else f"`{text}`"
+        assert shown in guide, shown
+    for text, _ in _DOCUMENTED_FRACTIONS:
+        assert f"`{text}`" in guide, text
+    assert "in any case and with blanks around it" in guide
+    assert "digits with an optional sign and blanks around them" in guide

@@ -691,3 +691,28 @@ def test_a_letter_stores_a_credential_quoted_by_its_error_redacted(
             read.error == read.reason == QUOTING_A_TOKEN.replace("LETTERqqqTOKEN42", "<redacted>")
         )
         assert read.record == quoting.record
+
+
+def test_a_fifo_put_at_the_dead_letter_path_is_refused_without_blocking(tmp_path: Path) -> None:
+    """Checked at start, a path can still become a FIFO while the job runs: an append
+    fails with an OSError naming it, instead of waiting for a reader for ever."""
+    from replicator.appendfile import append_line
+
+    fifo = tmp_path / "letters.jsonl"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | int | None] = []
+
+    def append() -> None:
+        try:
+            outcome.append(append_line(fifo, "{}"))
+        except OSError as error:
+            outcome.append(error)
+
+    worker = threading.Thread(target=append, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "append_line blocked on a FIFO"
+    (error,) = outcome
+    assert isinstance(error, OSError)
+    assert error.filename == str(fifo)
+    assert "not a regular file" in str(error)

@@ -14,6 +14,7 @@ from replicator.exceptions import ConfigError, EnvironmentProblem
 from replicator.runtime import preflight
 from tests.support.aws import client, create_table
 from tests.support.cli import replicator
+from tests.support.special_files import FILE_TARGETS, SPECIAL_FILES, special_file
 
 
 def job_file(path: Path, endpoint: str, source: str, destination: str, extra: str = "") -> Path:
@@ -342,3 +343,30 @@ def test_a_dead_letter_queue_that_answers_only_errors_stops_the_start_a_conflict
     finally:
         proxy.stop()
     assert str(raised.value).startswith(f"dead_letter.queue_url: dead-letter queue {url}: ")
+
+
+@FILE_TARGETS
+@SPECIAL_FILES
+def test_a_file_target_that_is_no_regular_file_stops_run_with_exit_3_unopened(
+    moto_endpoint: str,
+    tables: dict[str, str],
+    tmp_path: Path,
+    setting: str,
+    key: str,
+    what: str,
+    special: str,
+) -> None:
+    """A FIFO blocked run in open() for ever (logging nothing, deaf to a first SIGTERM),
+    and /dev/null threw every dead letter away: each is refused at start, naming the key
+    and the path."""
+    target, kind = special_file(tmp_path, special)
+    job = job_file(tmp_path / "job.yaml", moto_endpoint, tables["ours"], tables["dst"])
+    text = job.read_text()
+    if key == "dead_letter.path":
+        text = "\n".join(line for line in text.splitlines() if not line.startswith("dead_letter"))
+    job.write_text(text + "\n" + setting.replace("PATH", f"'{target}'") + "\n")
+    _, line = _refused_start(job)
+    assert line == (
+        f"replicator: {key}: {what} {target} cannot be written: it is {kind}, not a regular "
+        "file: name a file of its own"
+    )

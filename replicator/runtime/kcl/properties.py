@@ -284,7 +284,10 @@ def _escape(text: str, *, key: bool) -> str:
     """Properties.load reads ISO-8859-1 with backslash escapes: a backslash, line breaks,
     tabs and form feeds are escaped everywhere; spaces and ``= : # !`` in a key (where
     they would end it or start a comment); a leading space in a value (else trimmed);
-    anything outside printable ASCII as ``\\uXXXX`` (UTF-16, as Java strings are)."""
+    anything outside printable ASCII as ``\\uXXXX`` (UTF-16, as Java strings are). A
+    lone surrogate (a byte that is not UTF-8 in a path) is written as the one UTF-16 unit
+    it is: the job file refuses one in any value (replicator/config/model.py), but the
+    job file's own path, in a comment, may hold one."""
     out = []
     for index, char in enumerate(text):
         code = ord(char)
@@ -295,7 +298,7 @@ def _escape(text: str, *, key: bool) -> str:
         elif key and char in "=:#!":
             out.append("\\" + char)
         elif code < 0x20 or code > 0x7E:
-            units = char.encode("utf-16-be")
+            units = char.encode("utf-16-be", "surrogatepass")
             for at in range(0, len(units), 2):
                 out.append(f"\\u{int.from_bytes(units[at : at + 2], 'big'):04X}")
         else:

@@ -612,6 +612,76 @@ def test_an_empty_worker_id_option_is_refused_as_the_job_files_is(
     assert "\nworkerId = host-b\n" in named.stdout
 
 
+@pytest.mark.parametrize(
+    ("worker_id", "says"),
+    [
+        ("a\nb", "contains '\\n', a control or invisible character"),
+        ("x\t", "contains '\\t', a control or invisible character"),
+        ("x\r", "contains '\\r', a control or invisible character"),
+        ("x\x1b[31m", "contains '\\x1b', a control or invisible character"),
+        ("w\udcff", "contains '\\udcff', a control or invisible character"),
+        (" x", "begins or ends with a space"),
+    ],
+)
+def test_a_worker_id_option_is_checked_as_the_job_files_kcl_worker_id(
+    tmp_path: Path, worker_id: str, says: str
+) -> None:
+    """Only emptiness was checked: a newline or a byte that is not UTF-8 (a traceback)
+    went into the properties file, which the job file's kcl.worker_id refuses."""
+    job = ROOT / "config" / "two-destinations.yaml"
+    result = in_process("properties", "--config", str(job), "--worker-id", worker_id)
+    assert result.returncode == 2, result.stdout
+    assert result.stdout == ""
+    assert f"Invalid value for '--worker-id': {says}" in result.stderr
+    in_file = tmp_path / "job.yaml"
+    in_file.write_text(job.read_text() + "kcl: {worker_id: '${W}'}\n")
+    refused = in_process("validate", "--config", str(in_file), env={"W": worker_id})
+    (line,) = [line for line in refused.stderr.splitlines() if "kcl.worker_id (line" in line]
+    assert says in line
+
+
+@pytest.mark.parametrize("command", ["validate", "properties", "run"])
+def test_a_property_from_a_variable_of_bytes_not_utf8_is_refused_naming_the_key(
+    tmp_path: Path, command: str
+) -> None:
+    """A ${VAR} holding a byte that is not UTF-8 gives a lone surrogate, which passed
+    validate and then stopped properties and run with a UnicodeEncodeError."""
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "runtime: kcl\nsource: {region: us-east-1, table: orders}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        "kcl: {extra_properties: {a: '${DL}'}}\n"
+    )
+    result = in_process(command, "--config", str(job), env={"DL": "dl\udcff.jsonl"})
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = [
+        line
+        for line in result.stderr.splitlines()
+        if line.startswith("  kcl.extra_properties.a (line")
+    ]
+    assert "contains '\\udcff', a byte that is not UTF-8" in line
+
+
+def test_a_stream_arn_from_a_variable_of_bytes_not_utf8_is_refused(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "runtime: kcl\nsource: {region: us-east-1, table: orders, stream: {arn: '${ARN}'}}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+    )
+    arn = "arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/2020\udcff"
+    result = in_process("properties", "--config", str(job), env={"ARN": arn})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "  source.stream.arn (line 2): contains '\\udcff'" in result.stderr
+
+
+def test_a_job_file_path_not_utf8_is_written_in_the_properties_comment() -> None:
+    """The job file's own path is written in a comment; a byte that is not UTF-8 in it
+    is written as the UTF-16 unit it is read as, not a UnicodeEncodeError."""
+    from replicator.runtime.kcl.properties import escape_value
+
+    assert escape_value("/jobs/j\udcff.yaml") == "/jobs/j\\uDCFF.yaml"
+
+
 # Where the job's endpoint and extra properties are written, which every template needs.
 _JOB_LINES = "${endpoint_lines}${extra_lines}"
 
