@@ -39,6 +39,7 @@ from replicator.pipeline import ShardPipeline
 from replicator.rules import ConflictRule, OrderedRule, rule_for, squash_order
 from replicator.rules.ordered import Peers
 from replicator.shards.stream import Shard, list_shards
+from replicator.tombstones.setup import job_ranking
 from replicator.tombstones.table import TombstoneTable
 from replicator.watermark.history import SourceHistory, stream_created_us
 from replicator.watermark.publisher import ShardWatermark
@@ -109,6 +110,8 @@ def tombstone_table(
         job.tombstone_table(table),
         where(region, endpoint_url),
         job.active_active.tombstone_retention_hours * 3600,
+        ranking=job_ranking(job),
+        origin=job.origin_value,
     )
 
 

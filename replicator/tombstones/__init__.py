@@ -4,7 +4,7 @@ See :mod:`replicator.tombstones.model` for what a tombstone is and
 :mod:`replicator.tombstones.table` for the table that keeps them.
 """
 
-from replicator.tombstones.model import TOMBSTONE_FIELDS, Tombstone
+from replicator.tombstones.model import TOMBSTONE_FIELDS, Ranking, Tombstone
 from replicator.tombstones.table import TombstoneTable
 
-__all__ = ["TOMBSTONE_FIELDS", "Tombstone", "TombstoneTable"]
+__all__ = ["TOMBSTONE_FIELDS", "Ranking", "Tombstone", "TombstoneTable"]

@@ -15,6 +15,12 @@ for a partition key: :func:`~replicator.conflictlog.keys.partition_key`), one ro
 item: a higher delete of the same item replaces a lower one, and a row expires
 ``retention`` after it was written (DynamoDB's TTL on ``expires_at``; the replicator
 ignores a row past that time even before DynamoDB removes it).
+
+A rank means something only under the ranking that made it: a ``rank_value`` taken from
+``updated_at`` compared as a ``version`` is an accident. So a row also records what it
+was ranked by (:class:`Ranking`: the policy and its attribute), and a job counts only
+the rows ranked as it ranks (:meth:`Tombstone.ranked_like`); a row written before rows
+recorded their ranking is taken to be ranked as the job ranks, as it always was.
 """
 
 from __future__ import annotations
@@ -34,6 +40,22 @@ TOMBSTONE_FIELDS = RankFields(
 )
 
 
+# Where a tombstone row keeps what its rank was ranked by (absent in older rows).
+RANK_POLICY = "rank_policy"
+RANK_ATTRIBUTE = "rank_attribute"
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """What ranks images: a policy (``last_writer_wins`` or ``version``) on an attribute."""
+
+    policy: str
+    attribute: str
+
+    def __str__(self) -> str:
+        return f"{self.policy} on {self.attribute}"
+
+
 def row_key(keys: Item) -> str:
     """The tombstone row's ``pk`` for the user item with these key attributes."""
     return partition_key(canonical_key(keys))
@@ -51,6 +73,8 @@ class Tombstone:
     written_by: str  # origin value of the job that wrote this row
     deleted_at_ms: int  # the REMOVE record's creation time
     expires_at: int  # epoch seconds
+    # What ``ordering`` was ranked by; None for a row written before rows recorded it.
+    ranking: Ranking | None = None
 
     @property
     def pk(self) -> str:
@@ -70,6 +94,12 @@ class Tombstone:
         """Whether a put of an image of ``image_rank`` ranks at or below this delete."""
         return image_rank <= self.rank
 
+    def ranked_like(self, ranking: Ranking | None) -> bool:
+        """Whether this delete's rank compares with images ranked by ``ranking``: a row
+        that does not say what it was ranked by (written before rows said so) is taken to
+        be ranked as the job ranks; None (a reader that does not rank) takes any row."""
+        return ranking is None or self.ranking is None or self.ranking == ranking
+
     def expired(self, now_s: float) -> bool:
         return self.expires_at <= now_s
 
@@ -87,6 +117,9 @@ class Tombstone:
             item["rank_value"] = self.ordering
         if self.origin is not None:
             item["rank_origin"] = self.origin
+        if self.ranking is not None:
+            item[RANK_POLICY] = {"S": self.ranking.policy}
+            item[RANK_ATTRIBUTE] = {"S": self.ranking.attribute}
         return item
 
     @classmethod
@@ -101,10 +134,14 @@ class Tombstone:
             written_by=_text(item, "written_by"),
             deleted_at_ms=_number(item, "deleted_at"),
             expires_at=_number(item, TTL_ATTRIBUTE),
+            ranking=_ranking(item),
         )
 
     def described(self, attribute: str, origin_attribute: str | None) -> str:
-        """How log lines and conflict entries show the delete."""
+        """How log lines and conflict entries show the delete (``attribute``: the job's
+        ranking attribute, which names the value of a row that does not name its own)."""
+        if self.ranking is not None:
+            attribute = self.ranking.attribute
         text = f"a delete in {key_token(self.deleted_in)} of the image with "
         text += describe_field(attribute, self.ordering)
         if origin_attribute:
@@ -129,6 +166,11 @@ def _order(rank: Rank) -> list[Any]:
     return [tier, str(value), origin, str(digest)]
 
 
+def _ranking(item: Item) -> Ranking | None:
+    policy, attribute = _text(item, RANK_POLICY), _text(item, RANK_ATTRIBUTE)
+    return Ranking(policy, attribute) if policy and attribute else None
+
+
 def _text(item: Item, name: str) -> str:
     value = item.get(name, {}).get("S")
     return value if isinstance(value, str) else ""
@@ -151,8 +193,10 @@ def tombstone_of(
     written_by: str,
     deleted_at_ms: int,
     expires_at: int,
+    ranking: Ranking | None = None,
 ) -> Tombstone:
-    """The tombstone of a delete of ``deleted`` (the REMOVE's old image)."""
+    """The tombstone of a delete of ``deleted`` (the REMOVE's old image), ranked by
+    ``ranking`` (the job's: every row the replicator writes says so)."""
     digest = str(fields.rank(deleted)[3])
     origin = deleted.get(fields.origin) if fields.origin else None
     if origin is not None and not isinstance(origin.get("S"), str):
@@ -166,4 +210,5 @@ def tombstone_of(
         written_by=written_by,
         deleted_at_ms=deleted_at_ms,
         expires_at=expires_at,
+        ranking=ranking,
     )

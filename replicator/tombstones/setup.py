@@ -12,10 +12,28 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.aws import clients
 from replicator.aws.tables import where
-from replicator.config.model import DestinationConfig, ResolvedJob, SourceConfig
+from replicator.config.model import (
+    ConflictPolicyName,
+    DestinationConfig,
+    JobConfig,
+    ResolvedJob,
+    SourceConfig,
+)
+from replicator.tombstones.model import Ranking
 from replicator.tombstones.table import TombstoneTable
 
 log = structlog.get_logger(__name__)
+
+
+def job_ranking(job: JobConfig) -> Ranking | None:
+    """What the job's tombstones are ranked by (None without an ordered policy). Every
+    destination ranks as the job does whenever tombstones are kept (validated)."""
+    conflict = job.conflict
+    if conflict.policy is ConflictPolicyName.VERSION and conflict.version_attribute:
+        return Ranking(conflict.policy.value, conflict.version_attribute)
+    if conflict.policy is ConflictPolicyName.LAST_WRITER_WINS and conflict.timestamp_attribute:
+        return Ranking(conflict.policy.value, conflict.timestamp_attribute)
+    return None
 
 
 def tombstone_tables(resolved: ResolvedJob) -> list[TombstoneTable]:

@@ -5,7 +5,11 @@ One table per user table and region (``active_active.tombstone_table``, by defau
 the region's stream and each job replicating into it. It is created at start when
 missing (partition key ``pk``, on-demand capacity, TTL on ``expires_at``). A row is
 written with a condition, so it only ever moves up the total order: a lower or equal
-delete of the same item leaves it as it is.
+delete of the same item leaves it as it is. A row ranked otherwise than the job ranks
+(:class:`~replicator.tombstones.model.Ranking`: the job's policy or ranking attribute
+changed since, or another job of the mesh ranks otherwise) is not compared: reads take
+it for no tombstone (saying so once, see :meth:`TombstoneTable.counted`) and a delete
+replaces it.
 
 All reads are strongly consistent: a put checks for a tombstone *after* it created an
 item and a delete writes its tombstone *before* it removes the item, so whichever of
@@ -20,15 +24,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
+import structlog
 from botocore.exceptions import ClientError
 
-from replicator.items import Item, KeyId
+from replicator.items import Item, KeyId, describe_key
 from replicator.owned_tables import ensure_table
 from replicator.rules.order import any_of, below, equal_rank, pruned
 from replicator.tombstones.model import (
     PARTITION_KEY,
+    RANK_ATTRIBUTE,
+    RANK_POLICY,
     TOMBSTONE_FIELDS,
     TTL_ATTRIBUTE,
+    Ranking,
     Tombstone,
     row_key,
 )
@@ -37,6 +45,8 @@ from replicator.writers.wire import botocore_client_of
 if TYPE_CHECKING:
     from replicator.aws.clients import WriteClient
 from replicator.aws.errors import ErrorKind, classify
+
+log = structlog.get_logger(__name__)
 
 # Conditional writes of one row before it is left to whoever keeps changing it.
 _ATTEMPTS = 5
@@ -63,6 +73,8 @@ class TombstoneTable:
     user's table). DynamoDB's errors propagate as :class:`TombstoneTableError`, for the
     writer's retries, which name the table; botocore's own (no answer) as it raises them.
     It counts the requests it answered (:attr:`answered`), for the writer's refusals.
+    ``ranking`` is the job's (None: every row counts, for a reader that does not rank);
+    ``origin`` the job's own region stamp, which tells the rows other regions' jobs wrote.
     """
 
     def __init__(
@@ -72,6 +84,9 @@ class TombstoneTable:
         where: str,
         retention_s: int,
         clock: Callable[[], float] = time.time,
+        *,
+        ranking: Ranking | None = None,
+        origin: str = "",
     ) -> None:
         self.client = client
         self.table = table
@@ -81,6 +96,11 @@ class TombstoneTable:
         self._clock = clock
         self._answered = 0
         self._lock = threading.Lock()
+        self.ranking = ranking
+        self.origin = origin
+        self._since_ms = int(clock() * 1000)
+        # Each kind of ranking mismatch is logged once per table (one per job and shard).
+        self._said: set[str] = set()
 
     @property
     def answered(self) -> int:
@@ -106,16 +126,35 @@ class TombstoneTable:
         )
         names = {**names, "#tk": PARTITION_KEY, "#tx": TTL_ATTRIBUTE}
         values = {**values, ":tnow": {"N": str(int(self._clock()))}}
+        ranked_otherwise = None
+        if tombstone.ranking is not None:
+            # A row that says it was ranked by something else has a rank that compares
+            # with nothing here: replaced whatever it holds. One that says nothing is
+            # ranked as this job ranks (written before rows said so).
+            ranked_otherwise = "attribute_exists(#tp) AND (#tp <> :tp OR #ta <> :ta)"
+            names = {**names, "#tp": RANK_POLICY, "#ta": RANK_ATTRIBUTE}
+            values = {
+                **values,
+                ":tp": {"S": tombstone.ranking.policy},
+                ":ta": {"S": tombstone.ranking.attribute},
+            }
         request = pruned(
-            any_of("attribute_not_exists(#tk)", "#tx <= :tnow", condition), names, values
+            any_of("attribute_not_exists(#tk)", "#tx <= :tnow", ranked_otherwise, condition),
+            names,
+            values,
         )
         for _ in range(_ATTEMPTS):
             held = self._put(tombstone, request)
             if held is None:
                 return None
-            if held.expired(self._clock()) or held.rank < tombstone.rank:
-                # Below ours in the total order where DynamoDB could not compare (values
-                # of another type): replace it while it is still that very row.
+            if (
+                held.expired(self._clock())
+                or not held.ranked_like(tombstone.ranking)
+                or held.rank < tombstone.rank
+            ):
+                # Expired, ranked otherwise, or below ours where DynamoDB could not compare
+                # (values of another type), by this clock and reading: replace it while it
+                # is still that very row.
                 request = equal_rank(
                     TOMBSTONE_FIELDS, held.ordering, held.origin, held.digest, prefix="t"
                 )
@@ -155,7 +194,7 @@ class TombstoneTable:
                 ConsistentRead=True,
             )
         item = cast("Item | None", response.get("Item"))
-        return None if not item else Tombstone.from_item(item)
+        return None if not item else self.counted(Tombstone.from_item(item))
 
     def get_some(self, pending: dict[str, KeyId], found: dict[KeyId, Tombstone | None]) -> None:
         """One strongly consistent BatchGetItem of the rows ``pending`` names by row key
@@ -176,7 +215,7 @@ class TombstoneTable:
             row = cast("Item", item)
             key = pending.pop(str(row[PARTITION_KEY].get("S")), None)
             if key is not None:
-                found[key] = Tombstone.from_item(row)
+                found[key] = self.counted(Tombstone.from_item(row))
         unprocessed = response.get("UnprocessedKeys", {}).get(self.table)
         keys = cast("list[Item]", unprocessed["Keys"] if unprocessed else [])
         left = {str(key[PARTITION_KEY].get("S")) for key in keys}
@@ -193,6 +232,47 @@ class TombstoneTable:
                 "BatchGetItem",
             )
             raise TombstoneTableError(throttled, self.description)
+
+    def counted(self, row: Tombstone) -> Tombstone | None:
+        """``row`` when its rank compares with the job's; None (no tombstone, for ranking)
+        for a row ranked otherwise, logged once per table: at error level when another
+        region's job wrote it for a delete made while this table was in use (that job
+        ranks otherwise now: the mesh's jobs disagree), at warning level otherwise (a
+        row from before the job's ranking changed, most likely)."""
+        if row.ranked_like(self.ranking):
+            return row
+        other_job = bool(self.origin) and row.written_by not in ("", self.origin)
+        said = {
+            "table": self.description,
+            "tombstone_ranking": str(row.ranking),
+            "job_ranking": str(self.ranking),
+            "written_by": row.written_by,
+            "deleted_in": row.deleted_in,
+            "key": describe_key(row.keys),
+        }
+        if other_job and row.deleted_at_ms >= self._since_ms:
+            if self._first("disagree"):
+                log.error(
+                    "another region's job ranks otherwise than this job: the regions will "
+                    "not converge; give every job of the mesh the same conflict policy "
+                    "and attribute",
+                    origin=self.origin,
+                    **said,
+                )
+        elif self._first("mismatch"):
+            log.warning(
+                "a tombstone ranked otherwise than this job ranks does not count against "
+                "puts (the job's conflict policy or attribute changed since it was written?)",
+                note="logged once per tombstone table and shard",
+                **said,
+            )
+        return None
+
+    def _first(self, what: str) -> bool:
+        with self._lock:
+            first = what not in self._said
+            self._said.add(what)
+            return first
 
     @contextmanager
     def _named(self) -> Iterator[None]:

@@ -70,6 +70,7 @@ from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.rules import OrderedRule, rule_for
 from replicator.tombstones.model import Tombstone
+from replicator.tombstones.setup import job_ranking
 from replicator.tombstones.table import TombstoneTable
 from replicator.tools.compare import differing_attributes, normalised
 from replicator.tools.futures import results_in_steps, wait_in_steps
@@ -388,6 +389,8 @@ class Verify:
         self._samples: dict[str, Sample] = {}
         self._kept = KeptExpired(None)
         self._dead_letters: DeadLetterTarget | None = None  # with --repair
+        # One per table read, so that a row ranked otherwise is reported once a table.
+        self._tombstone_tables: dict[str, TombstoneTable] = {}
 
     def interrupt(self) -> None:
         """First call: start no more reads or repair writes, finish those in hand, then
@@ -701,7 +704,17 @@ class Verify:
 
     def _tombstone(self, ref: TableRef, keys: Item) -> Tombstone | None:
         job = self.resolved.job
-        table = TombstoneTable(ref.client, job.tombstone_table(ref.table), ref.endpoint, 0)
+        table = self._tombstone_tables.get(ref.label)
+        if table is None:
+            table = TombstoneTable(
+                ref.client,
+                job.tombstone_table(ref.table),
+                ref.endpoint,
+                0,
+                ranking=job_ranking(job),
+                origin=job.origin_value,
+            )
+            self._tombstone_tables[ref.label] = table
         return table.get(keys)
 
     # -- repair ---------------------------------------------------------------------------

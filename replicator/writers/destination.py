@@ -49,7 +49,7 @@ from replicator.records import Change
 from replicator.rules import ConflictRule, OrderedRule, Skip, Verdict, WriteRequest
 from replicator.rules.order import below
 from replicator.rules.requests import holds_outcome, holds_write, write_over
-from replicator.tombstones.model import Tombstone, tombstone_of
+from replicator.tombstones.model import Ranking, Tombstone, tombstone_of
 from replicator.tombstones.table import KEY_SCHEMA, TombstoneTable, TombstoneTableError
 from replicator.writers.wire import WireWriteClient
 
@@ -744,6 +744,12 @@ class DestinationWriter:
         assert isinstance(rule, OrderedRule)
         return rule
 
+    @property
+    def tombstone_ranking(self) -> Ranking:
+        """What the tombstones this writer records are ranked by."""
+        rule = self.ordered_rule
+        return Ranking(rule.name, rule.attribute)
+
     def record_tombstone(self, change: Change) -> RecordedDelete | None:
         """Write the delete's tombstone before the item goes (None for a delete without
         its old image). It is covered when a tombstone that another job wrote is there
@@ -778,6 +784,7 @@ class DestinationWriter:
             written_by=self.origin,
             deleted_at_ms=change.created_us // 1000,
             expires_at=self.tombstones.expiry(),
+            ranking=self.tombstone_ranking,
         )
 
     def remove_held_below(self, change: Change, tombstone: Tombstone) -> bool:

@@ -230,6 +230,7 @@ class SourceWriter:
             written_by=self.writer.origin,
             deleted_at_ms=change.created_us // 1000,
             expires_at=0,
+            ranking=self.writer.tombstone_ranking,
         )
         return held if held is not None and held.rank == mine.rank else mine
 
@@ -287,7 +288,11 @@ class SourceWriter:
     def apply_delete(self, change: Change, tombstone: Tombstone) -> bool:
         """Record ``tombstone`` in the source and remove its item while it ranks at or
         below it (``change``'s image, the write that lost, is such an item)."""
-        copy = replace(tombstone, written_by=self.writer.origin)
+        # Only a delete ranked as this job ranks wins (tombstones ranked otherwise are
+        # not read): its copy says so, a row written before rows said so included.
+        copy = replace(
+            tombstone, written_by=self.writer.origin, ranking=self.writer.tombstone_ranking
+        )
         stale = change.new_image if not change.op_is_delete else None
         result: list[bool] = []
 

@@ -398,7 +398,9 @@ def test_an_insert_below_an_expired_forgotten_delete_is_let_in_and_counted(pair:
     assert sample(pair.metrics, "replicator_tombstones_expired_total", destination=label) == 1
 
 
-def test_keys_a_batch_read_leaves_unprocessed_are_asked_again(pair: Pair) -> None:
+def test_keys_a_batch_read_leaves_unprocessed_are_asked_again(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """DynamoDB may answer part of a BatchGetItem (throttled in part): the rest is asked
     for again, after the writer's backoff, and every item's tombstone is read."""
     deleted = image(100, "us-east-1")
@@ -417,7 +419,8 @@ def test_keys_a_batch_read_leaves_unprocessed_are_asked_again(pair: Pair) -> Non
         answer["UnprocessedKeys"] = {table: {**request, "Keys": rest}}
         return answer
 
-    pair.a.batch_get_item = in_part
+    # The client is the test process's one (tests.support.aws.client): undone after.
+    monkeypatch.setattr(pair.a, "batch_get_item", in_part)
     others = [
         decode(
             daemon_record(stream_record("INSERT", {"pk": {"S": pk}}, {"pk": {"S": pk}}, seq=n), n)
