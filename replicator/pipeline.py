@@ -3,7 +3,10 @@
 Changes come in from the shard's intake (replicator/intake.py). A write that fails for
 good is stored as a dead letter here, before the buffer counts it settled, so the
 checkpoint never passes a change that was neither applied nor dead-lettered; a dead
-letter that cannot be stored stops the shard like any other writer failure.
+letter that cannot be stored stops the shard like any other writer failure. Likewise a
+change that lost its conflict is settled once the conflict log has stored its entry (or
+given it up and counted it: replicator/conflictlog/recorder.py), so the checkpoint never
+passes a lost conflict left unrecorded and uncounted.
 
 At most ``max_in_flight`` writes per destination are in flight, so a slow destination
 neither stalls the others nor grows without limit, and intake blocks (backpressure)
@@ -693,6 +696,29 @@ class ShardPipeline:
         except BaseException as error:  # noqa: BLE001  # any writer failure stops the shard
             self._fail(error, label)
             return
+        recorded = result.recorded
+        if recorded is not None and not recorded.done():
+            # A lost conflict whose entry is not stored yet: the change is settled once it
+            # is, or once it is given up and counted, so that no checkpoint passes a
+            # change whose entry a kill -9 would lose (conflictlog/recorder.py). Meanwhile
+            # its write counts as in flight: the destination's max_in_flight and the
+            # buffer bound how many changes wait for the log, and hold intake back.
+            recorded.add_done_callback(lambda _: self._when_recorded(label, entry, result))
+            return
+        self._settle_write(label, entry, result)
+
+    def _when_recorded(self, label: str, entry: Entry, result: WriteResult) -> None:
+        """The entry of ``entry``'s lost conflict is stored or given up (on the recorder's
+        thread): the write is settled on the destination's pool, as any write is, and the
+        recorder's thread goes back to storing at once."""
+        try:
+            self._executors[label].submit(self._settle_write, label, entry, result)
+        except RuntimeError as error:  # the pool is shut down: closed since the write
+            if not self._closed:
+                self._fail(error, label)
+
+    def _settle_write(self, label: str, entry: Entry, result: WriteResult) -> None:
+        """Settle a write that ended on a writer thread (``result``) in the buffer."""
         try:
             with self._cond:
                 # Under the lock, with the buffer: a change dropped behind this one in

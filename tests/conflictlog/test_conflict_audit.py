@@ -1,6 +1,7 @@
-"""End to end: a replicator run against moto records every lost conflict exactly once,
-``replicator conflicts`` finds them by key, ``--restore`` puts a loser back and records
-that, and a conflict-log outage neither stops replication nor goes uncounted."""
+"""End to end: a replicator run against moto records every lost conflict exactly once
+(a burst of thousands as well), ``replicator conflicts`` finds them by key,
+``--restore`` puts a loser back and records that, and a conflict-log outage neither
+stops replication for longer than ``retry_for_s`` nor goes uncounted."""
 
 from __future__ import annotations
 
@@ -100,6 +101,19 @@ def invoke(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
+def audited_job(endpoint: str, name: str, tmp_path: Path, kind: str) -> Job:
+    """A job with one destination and a conflict log of ``kind``, dynamodb or file."""
+    log_file = tmp_path / "conflicts" / "log.jsonl"
+    settings = f"{{kind: file, path: '{log_file}'}}" if kind == "file" else "{kind: dynamodb}"
+    return Job(
+        endpoint,
+        name,
+        tmp_path,
+        destinations=[("eu-west-1", f"{name}-eu")],
+        extra=f"conflict_log: {settings}\n",
+    )
+
+
 @pytest.fixture
 def runtimes() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
@@ -119,16 +133,8 @@ def test_every_lost_conflict_is_recorded_once_found_by_key_and_restorable(
     kind: str,
     call_log: CallLog,
 ) -> None:
-    name = unique("audit")
-    log_file = tmp_path / "conflicts" / "log.jsonl"
-    settings = f"{{kind: file, path: '{log_file}'}}" if kind == "file" else "{kind: dynamodb}"
-    job = Job(
-        moto_endpoint,
-        name,
-        tmp_path,
-        destinations=[("eu-west-1", f"{name}-eu")],
-        extra=f"conflict_log: {settings}\n",
-    )
+    job = audited_job(moto_endpoint, unique("audit"), tmp_path, kind)
+    name = job.name
     work = Workload(job, seed=19)
     work.prepare_winners("c", 6)
     work.prepare_winners("d", 1)
@@ -223,6 +229,59 @@ def test_every_lost_conflict_is_recorded_once_found_by_key_and_restorable(
     assert changed.exit_code == 1
     assert "not restored" in changed.stdout and "--force" in changed.stdout
     assert len(entries_of(job)) == expected + 1
+
+
+BURST = 3000
+
+
+def batch_put(ddb: Any, table: str, items: list[dict[str, Any]]) -> None:
+    for start in range(0, len(items), 25):
+        requests = [{"PutRequest": {"Item": item}} for item in items[start : start + 25]]
+        while requests:
+            answer = ddb.batch_write_item(RequestItems={table: requests})
+            requests = answer.get("UnprocessedItems", {}).get(table, [])
+
+
+def items(updated_at: int) -> list[dict[str, Any]]:
+    return [
+        {"pk": {"S": f"b-{index}"}, "sk": {"N": str(index)}, "updated_at": {"N": str(updated_at)}}
+        for index in range(BURST)
+    ]
+
+
+@pytest.mark.parametrize("kind", ["dynamodb", "file"])
+def test_a_burst_of_lost_conflicts_on_a_healthy_log_is_recorded_whole(
+    moto_endpoint: str,
+    unique: Any,
+    tmp_path: Path,
+    runtimes: list[subprocess.Popen[bytes]],
+    kind: str,
+) -> None:
+    job = audited_job(moto_endpoint, unique("burst"), tmp_path, kind)
+    ((destination, table),) = job.destination_clients()
+    batch_put(destination, table, items(2_000))  # what the destination holds: newer
+    runtime = job.start()
+    runtimes.append(runtime)
+    port = logged_metrics_port(tmp_path / "runtime.log")
+    batch_put(job.source, job.source_table, items(1_000))  # every change loses
+
+    def settled() -> bool:
+        samples = scrape(port)
+        lost = total(samples, "replicator_writes_total", outcome="conflict_lost")
+        counted = total(samples, "replicator_conflict_log_written_total") + total(
+            samples, "replicator_conflict_log_dropped_total"
+        )
+        return lost == BURST and counted == BURST
+
+    wait_until(settled, 60, f"{BURST} lost conflicts, each written or dropped")
+    samples = scrape(port)
+    assert total(samples, "replicator_conflict_log_dropped_total") == 0
+    assert total(samples, "replicator_conflict_log_written_total") == BURST
+    job.wait_checkpointed()
+    assert stop(runtime) == 0
+    entries = entries_of(job)
+    assert len(entries) == len({e.id for e in entries}) == BURST
+    assert {e.key["pk"]["S"] for e in entries} == {f"b-{index}" for index in range(BURST)}
 
 
 def test_a_conflict_log_outage_does_not_stop_replication_and_is_counted(
