@@ -40,7 +40,7 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from replicator.buffer import ChangeBuffer, Entry
+from replicator.buffer import ChangeBuffer, Entry, Slot
 from replicator.deadletter.failed import DeadLetterer
 from replicator.exceptions import WriteCancelled
 from replicator.filters import Route
@@ -697,28 +697,6 @@ class ShardPipeline:
             self._fail(error, label)
             return
         recorded = result.recorded
-        if recorded is not None and not recorded.done():
-            # A lost conflict whose entry is not stored yet: the change is settled once it
-            # is, or once it is given up and counted, so that no checkpoint passes a
-            # change whose entry a kill -9 would lose (conflictlog/recorder.py). Meanwhile
-            # its write counts as in flight: the destination's max_in_flight and the
-            # buffer bound how many changes wait for the log, and hold intake back.
-            recorded.add_done_callback(lambda _: self._when_recorded(label, entry, result))
-            return
-        self._settle_write(label, entry, result)
-
-    def _when_recorded(self, label: str, entry: Entry, result: WriteResult) -> None:
-        """The entry of ``entry``'s lost conflict is stored or given up (on the recorder's
-        thread): the write is settled on the destination's pool, as any write is, and the
-        recorder's thread goes back to storing at once."""
-        try:
-            self._executors[label].submit(self._settle_write, label, entry, result)
-        except RuntimeError as error:  # the pool is shut down: closed since the write
-            if not self._closed:
-                self._fail(error, label)
-
-    def _settle_write(self, label: str, entry: Entry, result: WriteResult) -> None:
-        """Settle a write that ended on a writer thread (``result``) in the buffer."""
         try:
             with self._cond:
                 # Under the lock, with the buffer: a change dropped behind this one in
@@ -726,13 +704,34 @@ class ShardPipeline:
                 if self.watermark is not None and label in self.writers:
                     self.watermark.settled(label, entry.change, dead_lettered=result.failed)
                 self._progress_at[label] = self._clock()
+                held = None
+                if recorded is not None and not recorded.done():
+                    # A lost conflict whose entry is not stored yet: its record stays open
+                    # (no checkpoint passes it) until the entry is stored, or given up and
+                    # counted, so a kill -9 loses no entry of a checkpointed change
+                    # (conflictlog/recorder.py). It counts against max_buffered meanwhile.
+                    held = self.buffer.hold(label, entry)
                 self.buffer.complete(label, entry, failed=result.failed)
                 self._settle_batches()
                 self._wake()
+            if recorded is not None and held is not None:
+                recorded.add_done_callback(lambda _: self._recorded(label, held))
             self._dispatch(label)
         except BaseException as error:  # noqa: BLE001  # raised here, it ends in the pool's future
             # Unseen there: the write would stay in flight for good, its item's later
             # changes behind it and the checkpoint before it, and nothing would say so.
+            self._fail(error, label)
+
+    def _recorded(self, label: str, held: Slot) -> None:
+        """A lost conflict's entry is stored or given up (on the recorder's thread, or on
+        this one if it was already): its record may be checkpointed now. Bookkeeping
+        under the pipeline's lock, as every writer thread settles its writes."""
+        try:
+            with self._cond:
+                self.buffer.release(held)
+                self._settle_batches()
+                self._wake()
+        except BaseException as error:  # noqa: BLE001  # else the checkpoint stays behind it
             self._fail(error, label)
 
     def _wake(self) -> None:

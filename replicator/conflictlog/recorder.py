@@ -7,11 +7,12 @@ neither stall the shard for longer than a bound nor go missing uncounted when th
 conflict log is down:
 
 * The writer's thread only queues what it knows (:class:`LostConflict`, a few
-  references) and gets a future back. The pipeline settles the change in its buffer
-  (and the checkpoint may pass it) only once that future is done: the entry stored, or
-  given up and counted. So a ``kill -9`` (or running out of memory) loses no entry of a
-  change the checkpoint has passed: a change whose entry was still waiting is read
-  again by the next worker, loses again, and its entry (the same id) is stored then.
+  references) and gets a future back. The pipeline keeps the change's record open in
+  its buffer (the checkpoint does not pass it) until that future is done: the entry
+  stored, or given up and counted. So a ``kill -9`` (or running out of memory) loses
+  no entry of a change the checkpoint has passed: a change whose entry was still
+  waiting is read again by the next worker, loses again, and its entry (the same id)
+  is stored then.
 * One background thread per processor stores the entries in batches: each round takes
   every entry waiting (up to ``batch_limit``) and hands them to the target at once
   (:meth:`ConflictLogTarget.put_all`: one append and one fsync for a file,
@@ -23,14 +24,14 @@ conflict log is down:
 * an entry not stored ``retry_for_s`` after its conflict, or one the target refuses as
   it is, is given up: counted in ``replicator_conflict_log_dropped_total`` (reason
   ``unavailable`` or ``rejected``) and logged at error level with its key, destination
-  and sequence number (and the whole entry when it is small). Its change is then
-  settled: an outage holds a change back for ``retry_for_s`` at most.
+  and sequence number (and the whole entry when it is small). Its change's record is
+  then released: an outage holds a change back for ``retry_for_s`` at most.
 * ``max_pending`` bounds the queue only while the log is failing (its last round left
   entries unstored): a conflict that then finds that many waiting is dropped at once
   (reason ``backlog``). A healthy log never drops one for backlog, as the queue cannot
-  outgrow the pipeline: each change whose entry waits holds its write in flight
-  (``writer.max_in_flight`` per destination and shard, within the buffer's
-  ``max_buffered_changes``), and each round takes every entry waiting (up to
+  outgrow the pipelines: a change whose entry waits stays an open record of its
+  shard's buffer, counted against ``writer.max_buffered_changes`` (intake waits while
+  that many are open), and each round takes every entry waiting (up to
   ``batch_limit``). The bound is kept for an outage: it bounds the memory of a caller
   that does not wait for its entries (a redrive), and how many changes an outage holds
   back for ``retry_for_s``.
