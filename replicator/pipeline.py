@@ -4,9 +4,10 @@ Changes come in from the shard's intake (replicator/intake.py). A write that fai
 good is stored as a dead letter here, before the buffer counts it settled, so the
 checkpoint never passes a change that was neither applied nor dead-lettered; a dead
 letter that cannot be stored stops the shard like any other writer failure. Likewise a
-change that lost its conflict is settled once the conflict log has stored its entry (or
-given it up and counted it: replicator/conflictlog/recorder.py), so the checkpoint never
-passes a lost conflict left unrecorded and uncounted.
+change that lost its conflict keeps its record open in the buffer (``hold``) until the
+conflict log has stored its entry, or given it up and counted it
+(replicator/conflictlog/recorder.py): the checkpoint never passes a lost conflict left
+unrecorded and uncounted, while the destination's other writes go on.
 
 At most ``max_in_flight`` writes per destination are in flight, so a slow destination
 neither stalls the others nor grows without limit, and intake blocks (backpressure)

@@ -97,8 +97,8 @@ class WriteResult:
     # names the region that deleted). Not compared either.
     tombstone: Tombstone | None = field(default=None, compare=False)
     # CONFLICT_LOST with a conflict log: done once the loss's entry is stored or given up
-    # (and counted). The pipeline settles the change, so the checkpoint may pass it,
-    # only then (conflictlog/recorder.py). Not compared.
+    # (and counted). The pipeline keeps the change's record open, so that the checkpoint
+    # does not pass it, until then (conflictlog/recorder.py). Not compared.
     recorded: Future[None] | None = field(default=None, compare=False)
 
     @property
