@@ -28,7 +28,9 @@ tested directly:
   moto can serve a lower number after a higher one: replicator/intake.py).
 * **Backpressure** counts every record not yet done (``open_changes``), the changes
   squashed away included: each is kept, whole, until the write standing for it lands,
-  so counting them is what bounds the buffer's memory.
+  so counting them is what bounds the buffer's memory. A record held open after its
+  write (``hold``: a lost conflict whose conflict-log entry is not stored yet) counts
+  too, so the same bound holds intake back while such records wait.
 """
 
 from __future__ import annotations
@@ -133,6 +135,8 @@ class ChangeBuffer:
         self._top: str | None = None
         self._behind: list[Slot] = []
         self._popped_top: str | None = None  # the highest number of a slot done and gone
+        # Slots kept open after their write settled (:meth:`hold`), with how many holds.
+        self._held: dict[Slot, int] = {}
         self.squashed = 0
 
     # -- intake ---------------------------------------------------------------------------
@@ -302,6 +306,31 @@ class ChangeBuffer:
             if key in queued:
                 ready[key] = None
 
+    def hold(self, destination: str, entry: Entry) -> Slot | None:
+        """Keep ``entry``'s record open once its write to ``destination`` settles, until
+        :meth:`release`: the write has landed (a lost conflict), but the record must not
+        be checkpointed before something else is done (its conflict-log entry stored).
+        It counts in :attr:`open_changes` meanwhile, so the buffer's bound holds intake
+        back while records wait; its key is free for the item's next write. Call it
+        before :meth:`complete`; None when the record is not owed there (nothing held)."""
+        if entry.forgotten or destination not in entry.pending:
+            return None
+        slot = entry.slot
+        slot.remaining += 1  # open: ``destination`` has not settled it yet
+        self._held[slot] = self._held.get(slot, 0) + 1
+        return slot
+
+    def release(self, slot: Slot) -> None:
+        """End a :meth:`hold` (nothing when the buffer was abandoned since)."""
+        holds = self._held.get(slot)
+        if holds is None:
+            return
+        if holds == 1:
+            del self._held[slot]
+        else:
+            self._held[slot] = holds - 1
+        self._settle(slot)
+
     def abandon(self) -> None:
         """Forget everything not yet written (the lease is gone; another worker will redo it)."""
         for destination in self.destinations:
@@ -313,6 +342,7 @@ class ChangeBuffer:
         self._chains.clear()
         self._order.clear()
         self._behind.clear()
+        self._held.clear()
         self._open_slots = 0
 
     # -- progress -------------------------------------------------------------------------

@@ -3,7 +3,11 @@
 Changes come in from the shard's intake (replicator/intake.py). A write that fails for
 good is stored as a dead letter here, before the buffer counts it settled, so the
 checkpoint never passes a change that was neither applied nor dead-lettered; a dead
-letter that cannot be stored stops the shard like any other writer failure.
+letter that cannot be stored stops the shard like any other writer failure. Likewise a
+change that lost its conflict keeps its record open in the buffer (``hold``) until the
+conflict log has stored its entry, or given it up and counted it
+(replicator/conflictlog/recorder.py): the checkpoint never passes a lost conflict left
+unrecorded and uncounted, while the destination's other writes go on.
 
 At most ``max_in_flight`` writes per destination are in flight, so a slow destination
 neither stalls the others nor grows without limit, and intake blocks (backpressure)
@@ -37,7 +41,7 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from replicator.buffer import ChangeBuffer, Entry
+from replicator.buffer import ChangeBuffer, Entry, Slot
 from replicator.deadletter.failed import DeadLetterer
 from replicator.exceptions import WriteCancelled
 from replicator.filters import Route
@@ -693,6 +697,7 @@ class ShardPipeline:
         except BaseException as error:  # noqa: BLE001  # any writer failure stops the shard
             self._fail(error, label)
             return
+        recorded = result.recorded
         try:
             with self._cond:
                 # Under the lock, with the buffer: a change dropped behind this one in
@@ -700,13 +705,34 @@ class ShardPipeline:
                 if self.watermark is not None and label in self.writers:
                     self.watermark.settled(label, entry.change, dead_lettered=result.failed)
                 self._progress_at[label] = self._clock()
+                held = None
+                if recorded is not None and not recorded.done():
+                    # A lost conflict whose entry is not stored yet: its record stays open
+                    # (no checkpoint passes it) until the entry is stored, or given up and
+                    # counted, so a kill -9 loses no entry of a checkpointed change
+                    # (conflictlog/recorder.py). It counts against max_buffered meanwhile.
+                    held = self.buffer.hold(label, entry)
                 self.buffer.complete(label, entry, failed=result.failed)
                 self._settle_batches()
                 self._wake()
+            if recorded is not None and held is not None:
+                recorded.add_done_callback(lambda _: self._recorded(label, held))
             self._dispatch(label)
         except BaseException as error:  # noqa: BLE001  # raised here, it ends in the pool's future
             # Unseen there: the write would stay in flight for good, its item's later
             # changes behind it and the checkpoint before it, and nothing would say so.
+            self._fail(error, label)
+
+    def _recorded(self, label: str, held: Slot) -> None:
+        """A lost conflict's entry is stored or given up (on the recorder's thread, or on
+        this one if it was already): its record may be checkpointed now. Bookkeeping
+        under the pipeline's lock, as every writer thread settles its writes."""
+        try:
+            with self._cond:
+                self.buffer.release(held)
+                self._settle_batches()
+                self._wake()
+        except BaseException as error:  # noqa: BLE001  # else the checkpoint stays behind it
             self._fail(error, label)
 
     def _wake(self) -> None:

@@ -466,3 +466,35 @@ def test_no_change_is_dropped_behind_one_an_echo_retired_at_its_holder() -> None
     assert written(buffer, "x") == ["4"]
     assert buffer.checkpointable() == "4"
     assert buffer.idle
+
+
+def test_a_held_record_is_not_checkpointed_until_released_and_counts_as_open() -> None:
+    buffer = ChangeBuffer(["a", "b"], IN_STREAM_ORDER)
+    for seq, pk in ((1, "k1"), (2, "k2")):
+        buffer.add(change(pk, seq))
+    first, second = buffer.take_ready("a", 10)
+    held = buffer.hold("a", first)  # a lost conflict at "a", its entry not stored yet
+    assert held is not None
+    for entry in (first, second):
+        buffer.complete("a", entry)
+    for entry in buffer.take_ready("b", 10):
+        buffer.complete("b", entry)
+    assert buffer.checkpointable() is None
+    assert buffer.open_changes == 1 and not buffer.idle
+    assert buffer.take_ready("a", 10) == []  # nothing owed: the key is free
+    buffer.release(held)
+    assert buffer.checkpointable() == "2"
+    assert buffer.idle
+
+
+def test_a_hold_released_after_the_buffer_was_abandoned_changes_nothing() -> None:
+    buffer = ChangeBuffer(["a"], IN_STREAM_ORDER)
+    buffer.add(change("k1", 1))
+    (entry,) = buffer.take_ready("a", 10)
+    held = buffer.hold("a", entry)
+    assert held is not None
+    buffer.complete("a", entry)
+    buffer.abandon()
+    buffer.release(held)
+    assert buffer.open_changes == 0 and buffer.idle
+    assert buffer.hold("a", entry) is None  # settled there: nothing to hold

@@ -644,9 +644,11 @@ class ConflictLogKind(StrEnum):
 class ConflictLogConfig(Strict):
     """Where every lost conflict is recorded, so that a lost update can be found and restored.
 
-    Recording is off the checkpoint's critical path (see replicator/conflictlog): an
-    entry that cannot be stored within ``retry_for_s`` is counted as dropped, never
-    allowed to hold replication back.
+    A change that lost is checkpointed once its entry is stored (see
+    replicator/conflictlog/recorder.py); an entry that cannot be stored within
+    ``retry_for_s`` is counted as dropped and its change passed, so the log holds
+    replication back for that long at most. ``max_pending`` bounds the entries waiting
+    while the log is failing.
     """
 
     kind: ConflictLogKind = ConflictLogKind.NONE

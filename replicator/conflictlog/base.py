@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, Protocol
@@ -16,8 +17,14 @@ from replicator.items import Item
 from replicator.records import Change
 from replicator.rules.base import ConflictRule
 
+# What became of each entry of a batch, in the batch's order: None, stored; a
+# ConflictLogRejected, never to be stored as it is; a ConflictLogUnavailable, may be later.
+StoreOutcome = ConflictLogRejected | ConflictLogUnavailable | None
 
-def storage_failure(error: ClientError | BotoCoreError, what: str) -> Exception:
+
+def storage_failure(
+    error: ClientError | BotoCoreError, what: str
+) -> ConflictLogRejected | ConflictLogUnavailable:
     """An AWS error met storing an entry, as ConflictLogRejected or ConflictLogUnavailable.
 
     Only a request the service refuses as malformed is final; throttling, outages,
@@ -27,6 +34,18 @@ def storage_failure(error: ClientError | BotoCoreError, what: str) -> Exception:
     if classify(error) is ErrorKind.REJECTED:
         return ConflictLogRejected(detail)
     return ConflictLogUnavailable(detail)
+
+
+def stored(request: Callable[[], object], what: str) -> StoreOutcome:
+    """Send one store ``request``: None once it returns, else its AWS error as
+    :func:`storage_failure` sorts it (``what`` names the call and the target)."""
+    try:
+        request()
+    except (ClientError, BotoCoreError) as error:
+        failure = storage_failure(error, what)
+        failure.__cause__ = error
+        return failure
+    return None
 
 
 def read_failure(error: ClientError | BotoCoreError, what: str, where: str) -> Exception:
@@ -70,13 +89,19 @@ class ConflictLogTarget(Protocol):
     """Durable storage for conflict entries (a file, an SQS queue, a DynamoDB table).
 
     ``put`` returns once the entry is stored; it raises ConflictLogUnavailable for what
-    may pass, ConflictLogRejected for an entry the target will never take. Storing the
-    same entry twice must be harmless (readers keep one per task and change).
+    may pass, ConflictLogRejected for an entry the target will never take. ``put_all``
+    stores a batch with as few requests as the target allows and says per entry what
+    became of it: one entry the target refuses must not cost the others theirs. It may
+    raise ConflictLogUnavailable for the whole batch (nothing stored, or not known to
+    be). Storing the same entry twice must be harmless (readers keep one per task and
+    change).
     """
 
     description: str
 
     def put(self, entry: ConflictEntry) -> None: ...
+
+    def put_all(self, entries: Sequence[ConflictEntry]) -> list[StoreOutcome]: ...
 
     def read(self, selection: Selection) -> Iterator[ConflictEntry]:
         """The stored entries that match (possibly more: callers filter again)."""
@@ -110,6 +135,10 @@ class Loss:
 class ConflictRecorder(Protocol):
     """Takes a lost conflict from a writer's thread without making it wait for storage
     (a :class:`~replicator.conflictlog.recorder.ShardConflicts`, which knows the task
-    and the shard)."""
+    and the shard).
 
-    def lost(self, loss: Loss) -> None: ...
+    Returns a future done once the entry is stored or given up (and counted), so that
+    the caller can hold the change's checkpoint until then; None when it keeps no such
+    account (a test's recorder)."""
+
+    def lost(self, loss: Loss) -> Future[None] | None: ...

@@ -16,10 +16,14 @@ that every entry of one item is one Query away:
 * ``id``, ``kind``, ``destination``, ``at``, ``key_text``: for reading the table in
   the console; ``expires_at`` (N, epoch seconds): the TTL attribute.
 
-An entry is written with PutItem on its own key, so writing it twice (a change replayed
-after a restart) leaves one item. One conflict costs one write of about 1 KB per KB of
-compressed entry, and its storage until DynamoDB's TTL removes it (within a few days
-after ``expires_at``; expired items are not returned by the reader).
+The recorder's entries are written with BatchWriteItem, 25 a request, each on its own
+key, so writing one twice (a change replayed after a restart) leaves one item. Items the
+service leaves unprocessed (throttling) are reported unavailable, and the recorder tries
+them again after its backoff. DynamoDB refuses a whole request for one item it cannot
+take (a ValidationException): that request's items are then written one by one with
+PutItem, so that only the one refused is given up. One conflict costs one write of about
+1 KB per KB of compressed entry, and its storage until DynamoDB's TTL removes it (within
+a few days after ``expires_at``; expired items are not returned by the reader).
 """
 
 from __future__ import annotations
@@ -27,16 +31,22 @@ from __future__ import annotations
 import gzip
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from replicator.conflictlog.base import Selection, read_failure, storage_failure
+from replicator.conflictlog.base import (
+    Selection,
+    StoreOutcome,
+    read_failure,
+    storage_failure,
+    stored,
+)
 from replicator.conflictlog.entry import ConflictEntry
 from replicator.conflictlog.keys import partition_key
-from replicator.exceptions import EntryFormatError
+from replicator.exceptions import ConflictLogUnavailable, EntryFormatError
 from replicator.items import describe_key, item_from_wire
 from replicator.owned_tables import check_key_schema, ensure_table
 
@@ -49,6 +59,7 @@ log = structlog.get_logger(__name__)
 
 TTL_ATTRIBUTE = "expires_at"
 ITEM_LIMIT = 400 * 1024
+BATCH_WRITE_LIMIT = 25  # items in one BatchWriteItem
 # Room for the other attributes of the item (keys, names, times) beside the entry blob.
 _ENVELOPE = 8 * 1024
 _DAY_S = 86_400
@@ -78,10 +89,63 @@ class DynamoDbConflictLog:
     # -- writing --------------------------------------------------------------------------
 
     def put(self, entry: ConflictEntry) -> None:
+        failure = self._put_item(self._item(entry))
+        if failure is not None:
+            raise failure
+
+    def put_all(self, entries: Sequence[ConflictEntry]) -> list[StoreOutcome]:
+        """``entries`` in requests of 25 (module docstring). A request that fails as a
+        whole for a reason that may pass leaves it and the requests after it unavailable:
+        they are not sent to an endpoint that is failing."""
+        items = [self._item(entry) for entry in entries]
+        outcomes: list[StoreOutcome] = [None] * len(items)
+        # A request may not name a key twice (an entry handed over twice): a copy
+        # shares the outcome of the one sent.
+        sent: dict[tuple[str, str], int] = {}
+        copies: dict[int, int] = {}
+        for index, item in enumerate(items):
+            copies[index] = sent.setdefault(_key_of(item), index)
+        unique = [index for index, first in copies.items() if index == first]
+        for start in range(0, len(unique), BATCH_WRITE_LIMIT):
+            try:
+                self._write_batch(unique[start : start + BATCH_WRITE_LIMIT], items, outcomes)
+            except ConflictLogUnavailable as error:
+                for index in unique[start:]:
+                    outcomes[index] = error
+                break
+        return [outcomes[first] for first in copies.values()]
+
+    def _write_batch(
+        self, batch: list[int], items: list[dict[str, Any]], outcomes: list[StoreOutcome]
+    ) -> None:
+        """Write ``items[i]`` for each ``i`` of ``batch``, noting each one's outcome."""
         try:
-            self.client.put_item(TableName=self.table, Item=self._item(entry))
+            answer = self.client.batch_write_item(
+                RequestItems={self.table: [{"PutRequest": {"Item": items[i]}} for i in batch]}
+            )
         except (ClientError, BotoCoreError) as error:
-            raise storage_failure(error, f"PutItem to {self.description}") from error
+            failure = storage_failure(error, f"BatchWriteItem to {self.description}")
+            if isinstance(failure, ConflictLogUnavailable):
+                raise failure from error
+            for index in batch:  # one item refuses the request: find it
+                outcomes[index] = self._put_item(items[index])
+            return
+        unprocessed = answer.get("UnprocessedItems", {}).get(self.table, [])
+        if not unprocessed:
+            return
+        by_key = {_key_of(items[index]): index for index in batch}
+        left = ConflictLogUnavailable(
+            f"BatchWriteItem to {self.description}: {len(unprocessed)} of {len(batch)} "
+            "items unprocessed"
+        )
+        for request in unprocessed:
+            outcomes[by_key[_key_of(request["PutRequest"]["Item"])]] = left
+
+    def _put_item(self, item: dict[str, Any]) -> StoreOutcome:
+        return stored(
+            lambda: self.client.put_item(TableName=self.table, Item=item),
+            f"PutItem to {self.description}",
+        )
 
     def _item(self, entry: ConflictEntry) -> dict[str, Any]:
         blob = gzip.compress(entry.to_json().encode("utf-8"))
@@ -174,6 +238,10 @@ class DynamoDbConflictLog:
             HINT,
             wait_s,
         )
+
+
+def _key_of(item: Any) -> tuple[str, str]:
+    return item["pk"]["S"], item["sk"]["S"]
 
 
 def _unpacked(item: dict[str, Any]) -> bytes:

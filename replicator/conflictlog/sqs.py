@@ -1,5 +1,11 @@
 """The conflict log as messages in an SQS queue, one entry per message.
 
+The recorder's entries are sent with SendMessageBatch: up to 10 messages and 256 KiB a
+request (a larger message goes alone, with SendMessage). A message the batch's answer
+lists as failed by the sender's fault is refused for good, the others are retried by the
+recorder; a request refused as a whole (for one bad message) is sent again one message
+at a time, so that only that message is given up.
+
 For a consumer of your own (archive them, page someone, feed a ticket): the queue keeps
 messages for its ``MessageRetentionPeriod`` (at most 14 days). The queue takes messages
 up to its ``MaximumMessageSize`` (1 KiB to 1 MiB), read from the queue once, at the first
@@ -32,16 +38,22 @@ import json
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.aws.queues import MessageLimit
-from replicator.conflictlog.base import Selection, read_failure, storage_failure
+from replicator.conflictlog.base import (
+    Selection,
+    StoreOutcome,
+    read_failure,
+    storage_failure,
+    stored,
+)
 from replicator.conflictlog.entry import ConflictEntry
-from replicator.exceptions import ConflictLogRejected, EntryFormatError
+from replicator.exceptions import ConflictLogRejected, ConflictLogUnavailable, EntryFormatError
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -55,6 +67,9 @@ _READ_VISIBILITY_S = 120
 # timeout, 30 s by default), and how often it looks again meanwhile.
 HELD_WAIT_S = 35.0
 _HELD_POLL_S = 0.5
+# SendMessageBatch's limits: messages in one request, and their bodies' total size.
+BATCH_MESSAGES = 10
+BATCH_BYTES = 256 * 1024
 
 
 def encode(entry: ConflictEntry, limit: int) -> str:
@@ -119,23 +134,92 @@ class SqsConflictLog:
         self.held_elsewhere = 0
 
     def put(self, entry: ConflictEntry) -> None:
+        body = self._body(entry, self.limit.bytes())
+        if isinstance(body, ConflictLogRejected):
+            raise body
+        failure = self._send(body)
+        if failure is not None:
+            raise failure
+
+    def put_all(self, entries: Sequence[ConflictEntry]) -> list[StoreOutcome]:
+        """``entries`` in as few SendMessageBatch requests as its limits allow (module
+        docstring). A request that fails as a whole for a reason that may pass leaves it
+        and the requests after it unavailable."""
         limit = self.limit.bytes()
+        outcomes: list[StoreOutcome] = [None] * len(entries)
+        batches: list[list[tuple[int, str]]] = []
+        size = 0
+        for index, entry in enumerate(entries):
+            body = self._body(entry, limit)
+            if isinstance(body, ConflictLogRejected):
+                outcomes[index] = body
+                continue
+            length = len(body.encode("utf-8"))
+            if not batches or len(batches[-1]) == BATCH_MESSAGES or size + length > BATCH_BYTES:
+                batches.append([])
+                size = 0
+            batches[-1].append((index, body))
+            size += length
+        for number, batch in enumerate(batches):
+            try:
+                self._send_batch(batch, outcomes)
+            except ConflictLogUnavailable as error:
+                for left in batches[number:]:
+                    for index, _ in left:
+                        outcomes[index] = error
+                break
+        return outcomes
+
+    def _body(self, entry: ConflictEntry, limit: int) -> str | ConflictLogRejected:
+        """The message for ``entry``, or why the queue cannot take it."""
         body = encode(entry, limit)
         size = len(body.encode("utf-8"))
-        if size > limit:
-            # Refused here rather than by SendMessage, with the figures to act on.
-            raise ConflictLogRejected(
-                self.limit.too_large(
-                    f"conflict entry {entry.id} is {size} bytes even without its images, "
-                    "compressed",
-                    limit,
-                    "or use the file or dynamodb kind",
-                )
+        if size <= limit:
+            return body
+        # Refused here rather than by SendMessage, with the figures to act on.
+        return ConflictLogRejected(
+            self.limit.too_large(
+                f"conflict entry {entry.id} is {size} bytes even without its images, compressed",
+                limit,
+                "or use the file or dynamodb kind",
             )
+        )
+
+    def _send_batch(self, batch: list[tuple[int, str]], outcomes: list[StoreOutcome]) -> None:
+        """Send the messages of ``batch`` (entry index, body), noting each one's outcome."""
+        if len(batch) == 1:  # also a message too large to share a request
+            index, body = batch[0]
+            outcomes[index] = self._send(body)
+            return
         try:
-            self.client.send_message(QueueUrl=self.queue_url, MessageBody=body)
+            answer = self.client.send_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[
+                    {"Id": str(number), "MessageBody": body}
+                    for number, (_, body) in enumerate(batch)
+                ],
+            )
         except (ClientError, BotoCoreError) as error:
-            raise storage_failure(error, f"SQS SendMessage to {self.queue_url}") from error
+            failure = storage_failure(error, f"SQS SendMessageBatch to {self.queue_url}")
+            if isinstance(failure, ConflictLogUnavailable):
+                raise failure from error
+            for index, body in batch:  # refused as a whole: find the message it refuses
+                outcomes[index] = self._send(body)
+            return
+        for failed in answer.get("Failed", []):
+            index = batch[int(failed["Id"])][0]
+            detail = (
+                f"SQS SendMessageBatch to {self.queue_url}: {failed.get('Code')}: "
+                f"{failed.get('Message', '')}"
+            )
+            sender = failed.get("SenderFault")
+            outcomes[index] = (ConflictLogRejected if sender else ConflictLogUnavailable)(detail)
+
+    def _send(self, body: str) -> StoreOutcome:
+        return stored(
+            lambda: self.client.send_message(QueueUrl=self.queue_url, MessageBody=body),
+            f"SQS SendMessage to {self.queue_url}",
+        )
 
     def redrive_warning(self) -> str | None:
         """What to tell the operator about the queue's redrive policy, if it has one.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import structlog
@@ -15,7 +15,7 @@ from replicator.aws.queues import check_exists
 from replicator.aws.tables import where
 from replicator.config.loader import refuse_directory
 from replicator.config.model import ConflictLogKind, ResolvedJob
-from replicator.conflictlog.base import ConflictLogTarget, Selection
+from replicator.conflictlog.base import ConflictLogTarget, Selection, StoreOutcome
 from replicator.conflictlog.dynamodb import DynamoDbConflictLog
 from replicator.conflictlog.entry import ConflictEntry
 from replicator.conflictlog.file import FileConflictLog
@@ -43,6 +43,9 @@ class NoConflictLog:
 
     def put(self, entry: ConflictEntry) -> None:
         return None
+
+    def put_all(self, entries: Sequence[ConflictEntry]) -> list[StoreOutcome]:
+        return [None] * len(entries)
 
     def read(self, selection: Selection) -> Iterator[ConflictEntry]:
         return iter(())

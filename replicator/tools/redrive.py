@@ -63,6 +63,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -688,8 +689,8 @@ class LetterConflicts:
         self.task_name = task_name
         self.shard_id = "redrive"
 
-    def lost(self, loss: Loss) -> None:
-        ShardConflicts(self.recorder, self.task_name, self.shard_id).lost(loss)
+    def lost(self, loss: Loss) -> Future[None] | None:
+        return ShardConflicts(self.recorder, self.task_name, self.shard_id).lost(loss)
 
 
 def _total(counter: Any) -> int:

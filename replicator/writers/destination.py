@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol, cast
@@ -95,6 +96,10 @@ class WriteResult:
     # write (this delete's, or the one another job had recorded at or above it, which
     # names the region that deleted). Not compared either.
     tombstone: Tombstone | None = field(default=None, compare=False)
+    # CONFLICT_LOST with a conflict log: done once the loss's entry is stored or given up
+    # (and counted). The pipeline keeps the change's record open, so that the checkpoint
+    # does not pass it, until then (conflictlog/recorder.py). Not compared.
+    recorded: Future[None] | None = field(default=None, compare=False)
 
     @property
     def failed(self) -> bool:
@@ -572,8 +577,7 @@ class DestinationWriter:
                     # a resolver may write there anyway (a soft-delete marker, an image
                     # it transforms).
                     return self._count(op, Outcome.UNCHANGED)
-                self._lost(change, Winner(item=existing), plan.reason)
-                return self._count(op, Outcome.CONFLICT_LOST, plan.reason)
+                return self._lost(change, Winner(item=existing), plan.reason)
             removals = self._noting_removals(change, plan)
             # A first request sent elsewhere went out earlier: holding from now errs long.
             sent_at = time.monotonic()
@@ -617,9 +621,9 @@ class DestinationWriter:
                 if created or attempt > 0 or state.reconsidered:
                     undone = self.undo_if_deleted(change.keys, change.new_image)
                     if undone is not None:
-                        why = self._tombstone_won(undone)
-                        self._lost(change, Winner(tombstone=undone), why)
-                        return self._count(op, Outcome.CONFLICT_LOST, why)
+                        return self._lost(
+                            change, Winner(tombstone=undone), self._tombstone_won(undone)
+                        )
             return self._applied(change, state)
 
     def _own_write_found(self, change: Change, state: _Attempts) -> WriteResult:
@@ -714,9 +718,7 @@ class DestinationWriter:
             if self.tombstones is not None and change.new_image is not None:
                 undone = self.undo_if_deleted(change.keys, change.new_image)
                 if undone is not None:
-                    why = self._tombstone_won(undone)
-                    self._lost(change, Winner(tombstone=undone), why)
-                    return self._count(op, Outcome.CONFLICT_LOST, why)
+                    return self._lost(change, Winner(tombstone=undone), self._tombstone_won(undone))
             return self._applied(change, state)
         decision = self.rule.reconsider(change, old)
         if isinstance(decision, WriteRequest):
@@ -731,9 +733,7 @@ class DestinationWriter:
             return None
         if decision is Verdict.UNCHANGED:
             return self._count(op, Outcome.UNCHANGED)
-        why = self.rule.explain_loss(change, old)
-        self._lost(change, Winner(item=old), why)
-        return self._count(op, Outcome.CONFLICT_LOST, why)
+        return self._lost(change, Winner(item=old), self.rule.explain_loss(change, old))
 
     # -- tombstones -----------------------------------------------------------------------
 
@@ -863,7 +863,9 @@ class DestinationWriter:
             response = self.client.delete_item(**kwargs)
         return response if isinstance(response, dict) else {}
 
-    def _lost(self, change: Change, winner: Winner, why: str) -> None:
+    def _lost(self, change: Change, winner: Winner, why: str) -> WriteResult:
+        """Count ``change`` as lost to ``winner``, write the winner back (active-active)
+        and hand the loss to the conflict log: CONFLICT_LOST, with the log's future."""
         written_back = False
         if self.write_back is not None and (winner.item is not None or winner.tombstone):
             written_back = self.write_back.send(self, change, winner)
@@ -876,8 +878,9 @@ class DestinationWriter:
             why=why,
             written_back=written_back,
         )
+        recorded = None
         if self.conflict_log is not None:
-            self.conflict_log.lost(
+            recorded = self.conflict_log.lost(
                 Loss(
                     self,
                     change,
@@ -887,6 +890,8 @@ class DestinationWriter:
                     winning_rank=self._winning_rank(winner),
                 )
             )
+        self._count(change.event.op, Outcome.CONFLICT_LOST)
+        return WriteResult(Outcome.CONFLICT_LOST, why=why, recorded=recorded)
 
     def _winning_rank(self, winner: Winner) -> dict[str, Any] | None:
         rule = self.ordering or self.rule

@@ -140,9 +140,7 @@ class SourceWriter:
         )
         if outcome is not Outcome.APPLIED or not undone or undone[0] is None:
             return UNCHANGED
-        tombstone = undone[0]
-        self._record(change, None, tombstone, written=True)
-        return CONFLICT_LOST
+        return self._record(change, None, undone[0], written=True)
 
     def read_tombstones(self, changes: Sequence[Change]) -> dict[KeyId, Tombstone | None]:
         """The source's tombstones of ``changes``' items (None: no row), read strongly
@@ -202,15 +200,14 @@ class SourceWriter:
                 return APPLIED
 
             self._retrying(change, remove)
-            self._record(stale, None, tombstone, written=bool(removed and removed[-1]))
-            return CONFLICT_LOST
+            return self._record(stale, None, tombstone, written=bool(removed and removed[-1]))
         result = self._settled(change, self.writer.write(change))
         written = result.outcome is Outcome.APPLIED
         if change.op_is_delete:
-            self._record(stale, None, self._delete_of(change, result.tombstone), written=written)
-        else:
-            self._record(stale, change.new_image, None, written=written)
-        return CONFLICT_LOST
+            return self._record(
+                stale, None, self._delete_of(change, result.tombstone), written=written
+            )
+        return self._record(stale, change.new_image, None, written=written)
 
     def _delete_of(self, change: Change, held: Tombstone | None) -> Tombstone:
         """The delete a correction carries (one this job read in its stream), as the
@@ -241,9 +238,10 @@ class SourceWriter:
         tombstone: Tombstone | None,
         *,
         written: bool,
-    ) -> None:
+    ) -> WriteResult:
         """A local write that lost to a higher state: counted and logged like a lost
-        conflict at the source."""
+        conflict at the source, and handed to the conflict log (CONFLICT_LOST, with the
+        log's future: the pipeline settles the change once its entry is stored)."""
         label = self.source_label
         if written:
             self.metrics.conflict_writebacks.labels(label).inc()
@@ -266,10 +264,12 @@ class SourceWriter:
             why=why,
             written=written,
         )
-        if self.conflict_log is not None:
-            self.conflict_log.lost(
-                Loss(self.writer, stale, winner, why, write_back=written, winning_rank=rank)
-            )
+        if self.conflict_log is None:
+            return CONFLICT_LOST
+        recorded = self.conflict_log.lost(
+            Loss(self.writer, stale, winner, why, write_back=written, winning_rank=rank)
+        )
+        return WriteResult(Outcome.CONFLICT_LOST, recorded=recorded)
 
     # -- writes ---------------------------------------------------------------------------
 

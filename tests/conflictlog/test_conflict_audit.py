@@ -1,11 +1,13 @@
-"""End to end: a replicator run against moto records every lost conflict exactly once,
-``replicator conflicts`` finds them by key, ``--restore`` puts a loser back and records
-that, and a conflict-log outage neither stops replication nor goes uncounted."""
+"""End to end: a replicator run against moto records every lost conflict exactly once
+(a burst of thousands as well), ``replicator conflicts`` finds them by key,
+``--restore`` puts a loser back and records that, and a conflict-log outage neither
+stops replication for longer than ``retry_for_s`` nor goes uncounted."""
 
 from __future__ import annotations
 
 import json
 import random
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +25,7 @@ from replicator.conflictlog.targets import conflict_log_target
 from replicator.demo import tables
 from replicator.demo.workload import demo_item
 from replicator.items import Item, item_to_wire
-from tests.support.e2e import Job, stop, wait_until
+from tests.support.e2e import Job, children_of, stop, wait_until
 from tests.support.faults.proxy import FaultProxy
 from tests.support.iam import CallLog, ungranted
 from tests.support.metrics import logged_metrics_port, scrape, total
@@ -100,6 +102,37 @@ def invoke(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
+def audited_job(endpoint: str, name: str, tmp_path: Path, kind: str, options: str = "") -> Job:
+    """A job with one destination and a conflict log of ``kind``, dynamodb or file, with
+    ``options`` (``key: value, ...``) besides."""
+    log_file = tmp_path / "conflicts" / "log.jsonl"
+    where = f"path: '{log_file}'" if kind == "file" else ""
+    settings = ", ".join(part for part in (f"kind: {kind}", where, options) if part)
+    return Job(
+        endpoint,
+        name,
+        tmp_path,
+        destinations=[("eu-west-1", f"{name}-eu")],
+        extra=f"conflict_log: {{{settings}}}\n",
+    )
+
+
+def run_in_an_outage(
+    work: Workload, proxy: FaultProxy, runtimes: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the job, take its conflict log down (``proxy`` refuses), then lose the
+    conflicts prepared as ``down`` and apply 10 new items: the runtime and its metrics
+    port, once the destination holds what it should."""
+    runtime = work.job.start()
+    runtimes.append(runtime)
+    port = logged_metrics_port(tmp_path / "runtime.log")  # the table exists by now
+    proxy.refuse()
+    work.write_losers("down")
+    work.write_plain("n", 10)  # after the losers in the stream
+    wait_until(work.destination_as_expected, 60, "replication to go on during the outage")
+    return runtime, port
+
+
 @pytest.fixture
 def runtimes() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
@@ -119,16 +152,8 @@ def test_every_lost_conflict_is_recorded_once_found_by_key_and_restorable(
     kind: str,
     call_log: CallLog,
 ) -> None:
-    name = unique("audit")
-    log_file = tmp_path / "conflicts" / "log.jsonl"
-    settings = f"{{kind: file, path: '{log_file}'}}" if kind == "file" else "{kind: dynamodb}"
-    job = Job(
-        moto_endpoint,
-        name,
-        tmp_path,
-        destinations=[("eu-west-1", f"{name}-eu")],
-        extra=f"conflict_log: {settings}\n",
-    )
+    job = audited_job(moto_endpoint, unique("audit"), tmp_path, kind)
+    name = job.name
     work = Workload(job, seed=19)
     work.prepare_winners("c", 6)
     work.prepare_winners("d", 1)
@@ -225,6 +250,59 @@ def test_every_lost_conflict_is_recorded_once_found_by_key_and_restorable(
     assert len(entries_of(job)) == expected + 1
 
 
+BURST = 3000
+
+
+def batch_put(ddb: Any, table: str, items: list[dict[str, Any]]) -> None:
+    for start in range(0, len(items), 25):
+        requests = [{"PutRequest": {"Item": item}} for item in items[start : start + 25]]
+        while requests:
+            answer = ddb.batch_write_item(RequestItems={table: requests})
+            requests = answer.get("UnprocessedItems", {}).get(table, [])
+
+
+def items(updated_at: int) -> list[dict[str, Any]]:
+    return [
+        {"pk": {"S": f"b-{index}"}, "sk": {"N": str(index)}, "updated_at": {"N": str(updated_at)}}
+        for index in range(BURST)
+    ]
+
+
+@pytest.mark.parametrize("kind", ["dynamodb", "file"])
+def test_a_burst_of_lost_conflicts_on_a_healthy_log_is_recorded_whole(
+    moto_endpoint: str,
+    unique: Any,
+    tmp_path: Path,
+    runtimes: list[subprocess.Popen[bytes]],
+    kind: str,
+) -> None:
+    job = audited_job(moto_endpoint, unique("burst"), tmp_path, kind)
+    ((destination, table),) = job.destination_clients()
+    batch_put(destination, table, items(2_000))  # what the destination holds: newer
+    runtime = job.start()
+    runtimes.append(runtime)
+    port = logged_metrics_port(tmp_path / "runtime.log")
+    batch_put(job.source, job.source_table, items(1_000))  # every change loses
+
+    def settled() -> bool:
+        samples = scrape(port)
+        lost = total(samples, "replicator_writes_total", outcome="conflict_lost")
+        counted = total(samples, "replicator_conflict_log_written_total") + total(
+            samples, "replicator_conflict_log_dropped_total"
+        )
+        return lost == BURST and counted == BURST
+
+    wait_until(settled, 60, f"{BURST} lost conflicts, each written or dropped")
+    samples = scrape(port)
+    assert total(samples, "replicator_conflict_log_dropped_total") == 0
+    assert total(samples, "replicator_conflict_log_written_total") == BURST
+    job.wait_checkpointed()
+    assert stop(runtime) == 0
+    entries = entries_of(job)
+    assert len(entries) == len({e.id for e in entries}) == BURST
+    assert {e.key["pk"]["S"] for e in entries} == {f"b-{index}" for index in range(BURST)}
+
+
 def test_a_conflict_log_outage_does_not_stop_replication_and_is_counted(
     moto_endpoint: str,
     unique: Any,
@@ -233,26 +311,12 @@ def test_a_conflict_log_outage_does_not_stop_replication_and_is_counted(
 ) -> None:
     proxy = FaultProxy(moto_endpoint).start()
     try:
-        name = unique("outage")
-        job = Job(
-            moto_endpoint,
-            name,
-            tmp_path,
-            destinations=[("eu-west-1", f"{name}-eu")],
-            extra=(
-                f"conflict_log: {{kind: dynamodb, endpoint_url: '{proxy.url}', retry_for_s: 2}}\n"
-            ),
-        )
+        options = f"endpoint_url: '{proxy.url}', retry_for_s: 2"
+        job = audited_job(moto_endpoint, unique("outage"), tmp_path, "dynamodb", options)
         work = Workload(job, seed=20)
         work.prepare_winners("down", 5)
         work.prepare_winners("up", 3)
-        runtime = job.start()
-        runtimes.append(runtime)
-        port = logged_metrics_port(tmp_path / "runtime.log")  # the table exists by now
-        proxy.refuse()
-        work.write_losers("down")
-        work.write_plain("n", 10)
-        wait_until(work.destination_as_expected, 60, "replication to go on during the outage")
+        runtime, port = run_in_an_outage(work, proxy, runtimes, tmp_path)
         wait_until(lambda: checkpoint_at_the_end(job), 60, "the checkpoint to reach the end")
 
         def dropped() -> float:
@@ -279,6 +343,53 @@ def test_a_conflict_log_outage_does_not_stop_replication_and_is_counted(
         assert stop(runtime) == 0
         recorded = sorted(e.key["pk"]["S"] for e in entries_of(job))  # through the proxy
         assert recorded == ["up-0", "up-1", "up-2"]
+    finally:
+        proxy.stop()
+
+
+def test_entries_waiting_at_a_kill_9_are_recorded_after_the_restart(
+    moto_endpoint: str,
+    unique: Any,
+    tmp_path: Path,
+    runtimes: list[subprocess.Popen[bytes]],
+) -> None:
+    """The log is down when the conflicts are lost: their entries wait (retried), so the
+    checkpoint stays before them. kill -9 of the runtime then loses the entries, not the
+    changes: the next run reads them again and records every one."""
+    proxy = FaultProxy(moto_endpoint).start()
+    try:
+        options = f"endpoint_url: '{proxy.url}', retry_for_s: 600"
+        job = audited_job(moto_endpoint, unique("killed"), tmp_path, "dynamodb", options)
+        work = Workload(job, seed=21)
+        work.prepare_winners("down", 20)
+        runtime, port = run_in_an_outage(work, proxy, runtimes, tmp_path)
+
+        def retried() -> bool:
+            samples = scrape(port)
+            return (
+                total(samples, "replicator_writes_total", outcome="conflict_lost") == 20
+                and total(samples, "replicator_conflict_log_retries_total") >= 20
+            )
+
+        wait_until(retried, 60, "the 20 entries to be retried")
+        first = job.last_stream_sequence()  # the last record: the checkpoint is before it
+        rows = job.lease_rows()
+        assert not rows or rows[0].get("checkpoint", {}).get("S") != first
+        children = children_of(runtime.pid)
+        runtime.send_signal(signal.SIGKILL)
+        runtime.wait(10)
+        wait_until(
+            lambda: not any(Path(f"/proc/{pid}").exists() for pid in children),
+            15,
+            "the killed runtime's processor to exit",
+        )
+        proxy.pass_through()
+        runtime = job.start(log=tmp_path / "restarted.log")
+        runtimes.append(runtime)
+        wait_until(lambda: checkpoint_at_the_end(job), 60, "the checkpoint to reach the end")
+        assert stop(runtime) == 0
+        recorded = entries_of(job)
+        assert sorted(e.key["pk"]["S"] for e in recorded) == sorted(work.winners)
     finally:
         proxy.stop()
 

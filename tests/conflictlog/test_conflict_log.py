@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import random
 import threading
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
@@ -18,7 +21,7 @@ from hypothesis import strategies as st
 from replicator.aws.backoff import Backoff
 from replicator.aws.queues import ASSUMED_LIMIT
 from replicator.cli import cli
-from replicator.conflictlog.base import Loss, Selection
+from replicator.conflictlog.base import Loss, Selection, StoreOutcome
 from replicator.conflictlog.dynamodb import TTL_ATTRIBUTE, DynamoDbConflictLog
 from replicator.conflictlog.entry import ConflictEntry, LostConflict
 from replicator.conflictlog.file import FileConflictLog
@@ -40,7 +43,7 @@ from replicator.rules import OrderedRule
 from replicator.writers.destination import DestinationWriter, Outcome
 from tests.support.aws import client, create_table
 from tests.support.e2e import wait_until
-from tests.support.metrics import sample
+from tests.support.metrics import sample, summed
 from tests.support.records import daemon_record, stream_record
 
 RULE = OrderedRule("last_writer_wins", "updated_at", "origin_region", numeric_only=False)
@@ -269,6 +272,7 @@ class FlakyTarget:
         self.error = error or ConflictLogUnavailable("down")
         self.stored: list[ConflictEntry] = []
         self.attempts = 0
+        self.batches: list[int] = []
         self.gate = threading.Event()
         self.gate.set()
 
@@ -278,6 +282,20 @@ class FlakyTarget:
         if self.attempts <= self.failures:
             raise self.error
         self.stored.append(entry)
+
+    def put_all(self, entries: Sequence[ConflictEntry]) -> list[StoreOutcome]:
+        """Each entry as ``put`` would store it (one attempt each); the batches handed
+        over are kept in ``batches``."""
+        self.batches.append(len(entries))
+        outcomes: list[StoreOutcome] = []
+        for entry in entries:
+            try:
+                self.put(entry)
+            except (ConflictLogRejected, ConflictLogUnavailable) as error:
+                outcomes.append(error)
+            else:
+                outcomes.append(None)
+        return outcomes
 
     def read(self, selection: Selection) -> Any:
         return iter(self.stored)
@@ -322,9 +340,11 @@ def test_an_entry_not_stored_within_the_bound_is_dropped_and_counted(metrics: Me
 def test_an_entry_the_target_refuses_is_dropped_at_once(metrics: Metrics) -> None:
     target = FlakyTarget(failures=1, error=ConflictLogRejected("too large"))
     recorder = recorder_for(target, metrics, retry_for_s=60)
-    record(recorder, conflict(1))
-    record(recorder, conflict(2))
+    with recorder._cond:  # queued together: stored in one batch
+        record(recorder, conflict(1))
+        record(recorder, conflict(2))
     assert recorder.flush(30)
+    assert target.batches == [2]
     assert sample(
         metrics, "replicator_conflict_log_dropped_total", destination="eu", reason="rejected"
     )
@@ -333,18 +353,42 @@ def test_an_entry_the_target_refuses_is_dropped_at_once(metrics: Metrics) -> Non
     recorder.close()
 
 
-def test_a_full_backlog_drops_new_entries_instead_of_growing(metrics: Metrics) -> None:
+def test_a_healthy_log_never_drops_for_backlog_and_stores_what_waits_in_one_batch(
+    metrics: Metrics,
+) -> None:
     target = FlakyTarget()
-    target.gate.clear()  # the first store hangs, as on a black-holed endpoint
+    target.gate.clear()  # the first store is slow, as on a loaded endpoint
     recorder = recorder_for(target, metrics, max_pending=1, retry_for_s=60)
     record(recorder, conflict(1))
     wait_until(lambda: recorder.pending == 1 and not recorder._queue, 10, "the first store")
-    record(recorder, conflict(2))  # waits in the queue
-    record(recorder, conflict(3))  # finds it full
+    for seq in range(2, 12):  # ten wait, past max_pending: the log is not failing
+        record(recorder, conflict(seq))
+    target.gate.set()
+    assert recorder.flush(30)
+    assert [int(e.sequence_number) for e in target.stored] == list(range(1, 12))
+    assert target.batches == [1, 10]
+    assert summed(metrics, "replicator_conflict_log_dropped_total") == 0
+    recorder.close()
+
+
+def test_while_the_log_fails_a_full_backlog_drops_new_entries_instead_of_growing(
+    metrics: Metrics,
+) -> None:
+    target = FlakyTarget(failures=10**9)
+    recorder = recorder_for(target, metrics, max_pending=1, retry_for_s=60)
+    record(recorder, conflict(1))
+    wait_until(
+        lambda: sample(metrics, "replicator_conflict_log_retries_total") >= 2,
+        10,
+        "the store to fail twice",
+    )
+    with recorder._cond:  # no round takes entry 2 in between
+        record(recorder, conflict(2))  # waits in the queue
+        record(recorder, conflict(3))  # finds it full while the log is failing
     assert sample(
         metrics, "replicator_conflict_log_dropped_total", destination="eu", reason="backlog"
     )
-    target.gate.set()
+    target.failures = 0
     assert recorder.flush(30)
     assert [e.sequence_number for e in target.stored] == ["1", "2"]
     recorder.close()
@@ -475,6 +519,92 @@ def test_sqs_round_trip_without_consuming_the_queue(moto_endpoint: str, unique: 
     )
     # Read again: the messages are still there for the queue's own consumers.
     assert {e.id for e in read_entries(target, Selection())} == set(got)
+
+
+class Calls:
+    """Counts a client's calls by operation (a client of the test's own: handlers are
+    registered on it)."""
+
+    def __init__(self, client: Any) -> None:
+        self.counts: Counter[str] = Counter()
+        client.meta.events.register("before-call", self._count)
+
+    def _count(self, model: Any, **_: Any) -> None:
+        self.counts[model.name] += 1
+
+
+def test_a_file_takes_a_batch_in_one_append(tmp_path: Path) -> None:
+    target = FileConflictLog(tmp_path / "conflicts.jsonl")
+    entries = [conflict(seq).entry() for seq in range(1, 41)]
+    assert target.put_all(entries) == [None] * 40
+    assert target.put_all([]) == []
+    assert read_entries(target, Selection()) == sorted(entries, key=lambda e: e.sort_key)
+
+
+def test_dynamodb_writes_a_batch_25_a_request_and_refuses_only_the_entry_it_cannot_take(
+    moto_endpoint: str, unique: Any
+) -> None:
+    ddb = boto3.client("dynamodb", region_name="us-east-1", endpoint_url=moto_endpoint)
+    table = unique("conflicts")
+    target = DynamoDbConflictLog(ddb, table, retention_days=30, where="moto")
+    target.ensure_exists()
+    calls = Calls(ddb)
+    entries = [conflict(seq, pk=f"order-{seq}").entry() for seq in range(1, 31)]
+    # A key DynamoDB refuses (an empty partition key): it refuses the whole request.
+    malformed = replace(conflict(31).entry(), item="")
+    outcomes = target.put_all([*entries, entries[0], malformed])  # one entry twice
+    assert outcomes[:31] == [None] * 31
+    assert isinstance(outcomes[31], ConflictLogRejected)
+    assert "ValidationException" in str(outcomes[31])
+    # 31 items (the copy sent once): 25, then 6, whose request is refused and then sent
+    # one item at a time.
+    assert calls.counts == {"BatchWriteItem": 2, "PutItem": 6}
+    assert {e.id for e in read_entries(target, Selection())} == {e.id for e in entries}
+
+
+class FailingSome:
+    """An SQS client whose SendMessageBatch answers as failed the messages holding one of
+    ``refused`` (the sender's fault) or ``busy`` (the service's), and sends the rest."""
+
+    def __init__(self, real: Any, refused: str, busy: str) -> None:
+        self.real = real
+        self.failing = {refused: True, busy: False}
+        self.batches: list[int] = []
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> Any:  # noqa: N803
+        self.batches.append(len(Entries))
+        failed = [
+            {"Id": e["Id"], "SenderFault": fault, "Code": "Refused", "Message": "no"}
+            for e in Entries
+            for marker, fault in self.failing.items()
+            if marker in e["MessageBody"]
+        ]
+        ids = {f["Id"] for f in failed}
+        sent = [e for e in Entries if e["Id"] not in ids]
+        answer = self.real.send_message_batch(QueueUrl=QueueUrl, Entries=sent)
+        return {**answer, "Failed": failed}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_sqs_sends_a_batch_10_a_request_and_refuses_only_what_the_sender_got_wrong(
+    moto_endpoint: str, unique: Any
+) -> None:
+    sqs = client("sqs", "us-east-1", moto_endpoint)
+    url = sqs.create_queue(QueueName=unique("conflicts"))["QueueUrl"]
+    entries = [conflict(seq).entry() for seq in range(1, 24)]
+    failing = FailingSome(sqs, refused=entries[4].id, busy=entries[17].id)
+    target = SqsConflictLog(failing, url)
+    outcomes = target.put_all(entries)
+    assert failing.batches == [10, 10, 3]
+    assert isinstance(outcomes[4], ConflictLogRejected)
+    assert isinstance(outcomes[17], ConflictLogUnavailable)
+    assert [i for i, outcome in enumerate(outcomes) if outcome is None] == [
+        i for i in range(23) if i not in (4, 17)
+    ]
+    stored = {e.id for e in read_entries(SqsConflictLog(sqs, url), Selection())}
+    assert stored == {e.id for i, e in enumerate(entries) if i not in (4, 17)}
 
 
 def test_the_listing_summarizes_and_marks_restores() -> None:

@@ -118,3 +118,15 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
     assert metrics.registry is not None
     value = metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else float(value)
+
+
+def summed(metrics: Metrics, name: str, **labels: str) -> float:
+    """The sum of every sample of ``name`` in ``metrics``' registry whose labels include
+    ``labels`` (0 when none): a counter over the labels not given."""
+    assert metrics.registry is not None
+    samples = [
+        (sample.name, dict(sample.labels), sample.value)
+        for family in metrics.registry.collect()
+        for sample in family.samples
+    ]
+    return total(samples, name, **labels)
