@@ -94,6 +94,8 @@ class ConflictEntry:
     created: str
     recorded_at: str
     write_back: bool = False
+    # A correction's loss (active-active): see :attr:`LostConflict.correction`.
+    correction: bool = False
     truncated: dict[str, dict[str, Any]] = field(default_factory=dict)
     restored_entry: str | None = None
     version: int = 1
@@ -216,6 +218,8 @@ def _check_fields(values: dict[str, Any]) -> None:
             _check_rank(f"{which}_rank", rank)
     if not isinstance(values.get("write_back", False), bool):
         raise EntryFormatError(f"write_back is {_json_type(values['write_back'])}, not a boolean")
+    if not isinstance(values.get("correction", False), bool):
+        raise EntryFormatError(f"correction is {_json_type(values['correction'])}, not a boolean")
     if not isinstance(values.get("restored_entry"), str | None):
         raise EntryFormatError(f"restored_entry is {_json_type(values['restored_entry'])}")
     if type(values.get("version", 1)) is not int:
@@ -285,7 +289,20 @@ def entry_id(*parts: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class LostConflict:
-    """What the writer knows when a change loses, captured cheaply on its thread."""
+    """What the writer knows when a change loses, captured cheaply on its thread.
+
+    A change that is a correction (active-active: ``change.corrects`` is set; the
+    source's highest state sent in place of a stale local write) loses at a destination
+    that holds something higher still, usually a write or delete made there at the same
+    moment. Its entry is kept, marked ``correction``: the loss is counted at that
+    destination like any other, and the entry is the only record that the correction
+    did not land there and what the destination kept instead. It is not the
+    application's write losing: that write (the stale one) is the source's entry of the
+    same sequence number, and the losing image here is the correction's, a state the
+    job chose. So it is marked rather than presented as a loss of the application's,
+    and ``--restore`` refuses it: writing the correction's image back would put an
+    older state over the destination's newer one, and the regions would differ.
+    """
 
     task_name: str
     destination: str
@@ -330,6 +347,7 @@ class LostConflict:
             created=iso(change.created_s),
             recorded_at=iso(self.recorded_s),
             write_back=self.write_back,
+            correction=change.corrects is not None,
         )
 
 

@@ -249,6 +249,8 @@ class Listing:
         else:
             restore = self.restores.get(entry.id)
             note = f"restored by {restore.id} at {restore.recorded_at}" if restore else ""
+            if entry.correction:
+                note = (note + "; " if note else "") + _CORRECTION_NOTE
             if entry.truncated:
                 note = (note + "; " if note else "") + "truncated: " + ", ".join(entry.truncated)
         loser, winner = _rank(entry.losing_rank), _winner(entry)
@@ -265,6 +267,13 @@ class Listing:
             winner,
             note,
         )
+
+
+# What a correction's loss is (LostConflict.correction), in its row's NOTE.
+_CORRECTION_NOTE = (
+    "a correction lost, not the application's write (that is the source's entry of "
+    "this sequence number); not restorable"
+)
 
 
 def _tie_digests(entry: ConflictEntry) -> tuple[str, str] | None:

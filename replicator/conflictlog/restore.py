@@ -194,6 +194,15 @@ def restore(
             f"the log is shared with other jobs, and {', '.join(theirs)} "
             f"{'is' if len(theirs) == 1 else 'are'} theirs: restore with that job's file"
         ) from None
+    if entry.correction:
+        raise EntryNotFound(
+            f"entry {entry.id} records a correction that lost at {entry.destination} "
+            "(active-active): the job sent the source's higher image in place of a stale "
+            "local write, and the destination held something higher still. Its losing "
+            "image is the correction's, not a write of the application's (the stale write "
+            "is the entry at the job's source with the same sequence number), and it is "
+            "not restored: it would put an older state over the destination's newer one"
+        )
     if "losing" in entry.truncated:
         digest = entry.truncated["losing"].get("sha256", "unknown")
         raise EntryNotFound(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import msgspec
 import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 from replicator.aws.backoff import Backoff
 from replicator.aws.queues import ASSUMED_LIMIT
 from replicator.cli import cli
-from replicator.conflictlog.base import Loss, Selection, StoreOutcome
+from replicator.conflictlog.base import ConflictRecorder, Loss, Selection, StoreOutcome
 from replicator.conflictlog.dynamodb import TTL_ATTRIBUTE, DynamoDbConflictLog
 from replicator.conflictlog.entry import ConflictEntry, LostConflict
 from replicator.conflictlog.file import FileConflictLog
@@ -37,6 +38,7 @@ from replicator.exceptions import (
     KeySyntaxError,
     SinceSyntaxError,
 )
+from replicator.images import Image
 from replicator.items import AttributeValue, Item, describe_key, image_digest, item_to_wire
 from replicator.metrics import Metrics
 from replicator.rules import OrderedRule
@@ -411,25 +413,42 @@ def test_a_stop_drains_the_queue_and_counts_what_is_left(metrics: Metrics) -> No
     assert shutdown == 4
 
 
-def test_a_writer_that_loses_hands_the_destination_s_image_to_the_log(
-    moto_endpoint: str, unique: Any, metrics: Metrics, tmp_path: Path
-) -> None:
-    ddb = client("dynamodb", "eu-west-1", moto_endpoint)
-    table = unique("dst")
+def holding_winner(
+    endpoint: str,
+    table: str,
+    lost: LostConflict,
+    label: str,
+    conflicts: ConflictRecorder,
+    metrics: Metrics,
+) -> tuple[Any, DestinationWriter]:
+    """A destination table holding ``lost``'s winner, and its writer (named ``label``)
+    handing losses to ``conflicts``."""
+    ddb = client("dynamodb", "eu-west-1", endpoint)
     create_table(ddb, table, range_key="sk", stream=None)
-    lost = conflict(11)
     assert lost.existing is not None
     ddb.put_item(TableName=table, Item=lost.existing)
-    target = FileConflictLog(tmp_path / "conflicts.jsonl")
-    recorder = BackgroundRecorder(target, metrics)
     writer = DestinationWriter(
-        label="eu",
+        label=label,
         table=table,
         region="eu-west-1",
         client=ddb,
         rule=RULE,
         metrics=metrics,
-        conflict_log=recorder.for_shard("orders", "shardId-1"),
+        conflict_log=conflicts,
+    )
+    return ddb, writer
+
+
+def test_a_writer_that_loses_hands_the_destination_s_image_to_the_log(
+    moto_endpoint: str, unique: Any, metrics: Metrics, tmp_path: Path
+) -> None:
+    table = unique("dst")
+    lost = conflict(11)
+    assert lost.existing is not None
+    target = FileConflictLog(tmp_path / "conflicts.jsonl")
+    recorder = BackgroundRecorder(target, metrics)
+    _, writer = holding_winner(
+        moto_endpoint, table, lost, "eu", recorder.for_shard("orders", "shardId-1"), metrics
     )
     assert writer.write(lost.change).outcome is Outcome.CONFLICT_LOST
     recorder.close()
@@ -437,6 +456,54 @@ def test_a_writer_that_loses_hands_the_destination_s_image_to_the_log(
     assert stored_bytes(entry.winning_image) == wire_bytes(lost.existing)
     assert stored_bytes(entry.losing_image) == wire_bytes(lost.change.new_image)
     assert entry.destination == "eu" and entry.table == table
+
+
+def test_a_correction_that_loses_at_a_destination_is_recorded_as_one_and_not_restored(
+    moto_endpoint: str, unique: Any, metrics: Metrics, tmp_path: Path
+) -> None:
+    """Active-active: a correction (the source's higher image sent in place of a stale
+    local write) that loses at a destination holding something higher still is recorded
+    marked as a correction's loss, with the correction's image as the loser (the stale
+    write is the source's entry). The listing says so, and --restore refuses it: writing
+    the correction's image back would undo the destination's newer state."""
+    table = unique("dst")
+    lost = conflict(21, ranks=({"N": "45"}, {"N": "60"}))
+    stale = lost.change
+    assert lost.existing is not None and stale.new_image is not None
+    higher = {**stale.new_image, "updated_at": {"N": "50"}, "v": {"S": "base"}}
+    correction = msgspec.structs.replace(stale, new=Image.of(higher), old=stale.new, corrects=stale)
+    target = FileConflictLog(tmp_path / "conflicts.jsonl")
+    recorder = BackgroundRecorder(target, metrics)
+    ddb, writer = holding_winner(  # named as job_file's destination
+        moto_endpoint,
+        table,
+        lost,
+        "eu-west-1/orders",
+        recorder.for_shard("orders-audit", "shardId-1"),
+        metrics,
+    )
+    assert writer.write(correction).outcome is Outcome.CONFLICT_LOST
+    recorder.close()
+    (entry,) = read_entries(target, Selection())
+    assert entry.correction is True
+    assert stored_bytes(entry.losing_image) == wire_bytes(higher)
+    assert stored_bytes(entry.winning_image) == wire_bytes(lost.existing)
+    assert ddb.get_item(TableName=table, Key=stale.keys)["Item"] == lost.existing
+
+    config = job_file(tmp_path, f"{{kind: file, path: '{target.path}'}}")
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["conflicts", "-c", str(config)])
+    assert listed.exit_code == 0, listed.output
+    (row,) = [line for line in listed.stdout.splitlines() if line.startswith(f"  {entry.id}")]
+    assert "a correction lost, not the application's write" in row
+    shown = runner.invoke(cli, ["conflicts", "-c", str(config), "--format", "json"])
+    assert json.loads(shown.stdout)["entries"][0]["correction"] is True
+    restore = runner.invoke(cli, ["conflicts", "-c", str(config), "--restore", entry.id])
+    assert restore.exit_code == 1, restore.output
+    message = " ".join(restore.stderr.split())
+    assert f"entry {entry.id} records a correction that lost at eu-west-1/orders" in message
+    assert [e.kind for e in read_entries(target, Selection())] == ["conflict"]
+    assert ddb.get_item(TableName=table, Key=stale.keys)["Item"] == lost.existing
 
 
 # -- targets: write and read back -------------------------------------------------------------
