@@ -52,7 +52,7 @@ _LONGEST_FIRST = (
     "runtime/local/test_stock_moto.py",  # 60: writers at once on moto's own server
     "runtime/local/test_local_runtime_leases.py",  # 55
     "test_processor_protocol.py",  # 55
-    "conflictlog/test_conflict_audit.py",  # 55: two bursts of 3,000 lost conflicts
+    "conflictlog/test_conflict_audit.py",  # 40: two bursts of 800 lost conflicts
     "runtime/kcl/test_kcl_launcher.py",  # 45
     "reliability/test_kill_9.py",  # 45
     "runtime/local/test_local_runtime_failures.py",  # 45

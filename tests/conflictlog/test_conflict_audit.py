@@ -250,7 +250,10 @@ def test_every_lost_conflict_is_recorded_once_found_by_key_and_restorable(
     assert len(entries_of(job)) == expected + 1
 
 
-BURST = 3000
+# Conflicts of one burst, against a queue of ``PENDING`` entries: a log that stores them one
+# at a time (about 100-400 a second) fills such a queue within the burst.
+BURST = 800
+PENDING = 20
 
 
 def batch_put(ddb: Any, table: str, items: list[dict[str, Any]]) -> None:
@@ -276,7 +279,9 @@ def test_a_burst_of_lost_conflicts_on_a_healthy_log_is_recorded_whole(
     runtimes: list[subprocess.Popen[bytes]],
     kind: str,
 ) -> None:
-    job = audited_job(moto_endpoint, unique("burst"), tmp_path, kind)
+    job = audited_job(
+        moto_endpoint, unique("burst"), tmp_path, kind, options=f"max_pending: {PENDING}"
+    )
     ((destination, table),) = job.destination_clients()
     batch_put(destination, table, items(2_000))  # what the destination holds: newer
     runtime = job.start()
