@@ -143,8 +143,10 @@ class WatermarkCollector(Collector):
         gauge = GaugeMetricFamily(
             NAME,
             "Replication watermark: every source change created at or before this Unix time "
-            "has been applied at the destination, or dead-lettered (absent until every shard "
-            "has published).",
+            "that the job read for the destination has been applied there, lost a conflict, "
+            "or was dead-lettered; changes never read for it (a destination that joined "
+            "later, a LATEST start) are not counted: replicator wait reports those (absent "
+            "until every shard has published).",
             labels=["destination"],
         )
         read = GaugeMetricFamily(

@@ -159,6 +159,8 @@ status table takes to answer, or if it never does."""
 READ_PATIENCE_S = 5.0
 """How long a read is waited for at most before a later one is started beside it: an
 endpoint that stopped answering is asked again rather than waited on for good."""
+_STALE_PARTS_S = 60.0
+"""Parts of a watermark all older than this, at a timeout, are named as the likely cause."""
 
 # For the clients this module builds: a read no waiter waits for any more is abandoned,
 # not cancelled, so its thread must end by itself soon.
@@ -322,13 +324,30 @@ class WaitResult:
     def __bool__(self) -> bool:
         return self.replicated
 
+    def _stale(self) -> str:
+        """Why the watermark may not be moving: a running job publishes each shard's part
+        every ``watermark.publish_interval_ms`` (a second by default; an idle shard's
+        too), so parts all older than ``_STALE_PARTS_S`` mostly mean no processor
+        publishes them: the job is stopped, or stuck."""
+        assert self.watermark is not None
+        times = [part.updated_at for part in self.watermark.counted if part.updated_at]
+        if not times:
+            return ""
+        age = time.time() - max(times)
+        if age < _STALE_PARTS_S:
+            return ""
+        return (
+            f" (no shard's part of it was published in the last {age:.0f}s: is the job "
+            "running? it publishes every watermark.publish_interval_ms, a second by default)"
+        )
+
     def describe(self) -> str:
         if self.watermark is None or self.watermark.watermark_us is None:
             why = redact(self.problem) if self.problem else "no watermark published yet"
             return f"no watermark after {self.waited_s:.2f}s: {why}"
         mark = f"watermark {self.watermark.seconds:.6f}"
         if not self.reached:
-            why = f" ({redact(self.problem)})" if self.problem else ""
+            why = f" ({redact(self.problem)})" if self.problem else self._stale()
             return f"timed out after {self.waited_s:.2f}s at {mark}{why}"
         if self.unread or self.dead_lettered:
             reasons = [span.describe() for span in self.unread]

@@ -30,6 +30,7 @@ from replicator.watermark import (
     read_watermark,
     wait_until_replicated,
 )
+from replicator.watermark.parts import Part, combine
 from replicator.watermark.table import StatusTable
 from tests.support.aws import client
 from tests.support.e2e import PATIENCE
@@ -603,3 +604,16 @@ def test_a_wait_reads_once_more_at_its_deadline_however_long_its_poll_interval(
     assert result.replicated, result.describe()
     assert result.watermark is not None and result.watermark.watermark_us == T0 + 2 * S
     assert len(queries) == 2, queries
+
+
+def test_a_timeout_names_parts_no_processor_has_published_for_a_minute() -> None:
+    """A wait against a stopped job times out at a watermark that no longer moves: the
+    message says when its parts were last published, which points at the job, not at
+    replication being slow. Parts published a moment ago say nothing of the kind."""
+    now = time.time()
+    stopped = combine("d", [Part("d", "s1", watermark_us=1, updated_at=now - 600)])
+    said = WaitResult(False, stopped, waited_s=3.0).describe()
+    assert said.startswith("timed out after 3.00s at watermark 0.000001 (no shard's part")
+    assert "published in the last 600s: is the job running?" in said
+    running = combine("d", [Part("d", "s1", watermark_us=1, updated_at=now - 2)])
+    assert WaitResult(False, running, waited_s=3.0).describe().endswith("watermark 0.000001")
