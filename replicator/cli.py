@@ -19,7 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 import click
 from click.core import ParameterSource
 
-from replicator.config import load_job
+from replicator.config.loader import load_job
 from replicator.config.model import ResolvedJob
 from replicator.entry import interrupted
 from replicator.exceptions import KeySyntaxError, OperatorError, SinceSyntaxError

@@ -14,7 +14,7 @@ import pytest
 import structlog
 
 from replicator import logs
-from replicator.config import parse_job
+from replicator.config.loader import parse_job
 from replicator.runtime import supervisor
 
 JOB = """

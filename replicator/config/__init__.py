@@ -1,29 +1,5 @@
-"""Job files: schema, loading, and the derived task name."""
+"""Job files: the schema (``model``), loading and checks (``loader``), endpoints.
 
-from replicator.config.loader import format_path, load_job, parse_job
-from replicator.config.model import (
-    ConflictConfig,
-    ConflictPolicyName,
-    DeadLetterKind,
-    DestinationConfig,
-    JobConfig,
-    ResolvedJob,
-    RuntimeKind,
-    StreamKind,
-    TtlDeletes,
-)
-
-__all__ = [
-    "ConflictConfig",
-    "ConflictPolicyName",
-    "DeadLetterKind",
-    "DestinationConfig",
-    "JobConfig",
-    "ResolvedJob",
-    "RuntimeKind",
-    "StreamKind",
-    "TtlDeletes",
-    "format_path",
-    "load_job",
-    "parse_job",
-]
+Nothing is imported here: ``replicator.config.endpoints`` is imported by code that never
+reads a job file (an application waiting on the watermark through
+``replicator.watermark``), which should not pay for the schema's import."""

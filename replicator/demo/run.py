@@ -28,7 +28,7 @@ from rich.table import Table
 
 from replicator import logs
 from replicator.aws import clients
-from replicator.config import load_job
+from replicator.config.loader import load_job
 from replicator.config.model import ResolvedJob
 from replicator.demo import tables
 from replicator.demo.endpoint import EmbeddedEndpoint

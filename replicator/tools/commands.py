@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from replicator import logs
-from replicator.config import load_job
-from replicator.config.loader import refuse_directory
+from replicator.config.loader import load_job, refuse_directory
 from replicator.config.model import ResolvedJob
 
 if TYPE_CHECKING:

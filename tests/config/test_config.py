@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from replicator.config import load_job, parse_job
+from replicator.config.loader import load_job, parse_job
 from replicator.config.task_name import PREFIX
 from replicator.exceptions import ConfigError
 from tests.support import ROOT

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from replicator.config import parse_job
 from replicator.config.destinations import resolve_destination
+from replicator.config.loader import parse_job
 from replicator.exceptions import ConfigError
 from tests.config.test_job_checks import _refused
 from tests.support.cli import validate_in_process

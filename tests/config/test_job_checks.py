@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from replicator.config import parse_job
+from replicator.config.loader import parse_job
 from replicator.config.model import MAX_TABLE_NAME, MAX_TASK_NAME, TASK_TABLE_SUFFIXES
 from replicator.exceptions import ConfigError
 from tests.config.test_config import MINIMAL, run_cli

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from replicator.cli import cli
-from replicator.config import load_job, parse_job
+from replicator.config.loader import load_job, parse_job
 from replicator.exceptions import ConfigError
 from tests.config.test_job_checks import _refused
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from replicator.config import parse_job
+from replicator.config.loader import parse_job
 from replicator.exceptions import ConfigError
 from tests.config.test_config import MINIMAL, run_cli
 from tests.config.test_job_checks import _refused

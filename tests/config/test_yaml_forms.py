@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from replicator.config import parse_job
-from replicator.config.loader import _Document
+from replicator.config.loader import _Document, parse_job
 from tests.support.cli import in_process, replicator, validate_in_process
 
 MERGED = """\

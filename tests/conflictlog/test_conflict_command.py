@@ -19,7 +19,7 @@ import structlog.testing
 from click.testing import CliRunner, Result
 
 from replicator.cli import cli
-from replicator.config import load_job
+from replicator.config.loader import load_job
 from replicator.conflictlog import restore as restore_module
 from replicator.conflictlog.base import Selection
 from replicator.conflictlog.dynamodb import DynamoDbConflictLog
@@ -691,7 +691,7 @@ def test_listing_an_sqs_log_with_a_redrive_policy_warns_that_listings_move_its_e
 def test_a_run_warns_about_a_conflict_log_queue_with_a_redrive_policy(
     moto_endpoint: str, unique: Any, tmp_path: Path
 ) -> None:
-    from replicator.config import load_job
+    from replicator.config.loader import load_job
     from replicator.conflictlog.targets import prepare
 
     sqs = client("sqs", "us-east-1", moto_endpoint)
@@ -731,7 +731,7 @@ def test_a_conflict_log_table_with_other_keys_is_refused_as_run_refuses_it(
 ) -> None:
     """An application's table named as the log is not an empty log: the command stops
     with exit 3 and the line ``replicator run`` stops with."""
-    from replicator.config import load_job
+    from replicator.config.loader import load_job
     from replicator.conflictlog.targets import prepare
     from replicator.exceptions import EnvironmentProblem
 

@@ -989,7 +989,7 @@ def test_the_command_says_when_the_job_keeps_no_conflict_log(tmp_path: Path) -> 
 
 
 def test_a_conflict_log_directory_that_cannot_be_made_stops_the_start(tmp_path: Path) -> None:
-    from replicator.config import load_job
+    from replicator.config.loader import load_job
     from replicator.conflictlog.targets import prepare
     from replicator.exceptions import EnvironmentProblem
 
@@ -1003,7 +1003,7 @@ def test_a_conflict_log_directory_that_cannot_be_made_stops_the_start(tmp_path: 
 def test_a_conflict_log_path_that_is_a_directory_stops_the_start(tmp_path: Path) -> None:
     """Every entry would fail to be stored; the job file names a directory, so say so
     at its key and line, as ``validate`` does (the message named neither)."""
-    from replicator.config import load_job
+    from replicator.config.loader import load_job
     from replicator.conflictlog.targets import prepare
     from replicator.exceptions import ConfigError
 

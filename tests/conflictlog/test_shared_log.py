@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from replicator.cli import cli
-from replicator.config import load_job
+from replicator.config.loader import load_job
 from replicator.conflictlog.entry import ConflictEntry, LostConflict, entry_id
 from replicator.conflictlog.targets import conflict_log_target, prepare
 from replicator.items import Item

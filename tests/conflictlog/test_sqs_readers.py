@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from replicator.cli import cli
-from replicator.config import load_job
+from replicator.config.loader import load_job
 from replicator.conflictlog import sqs as sqs_log
 from replicator.conflictlog.base import Selection
 from replicator.conflictlog.entry import ConflictEntry

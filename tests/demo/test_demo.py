@@ -377,7 +377,7 @@ def test_a_file_target_leading_out_of_the_demos_directory_is_refused(
     tmp_path: Path, section: str, path: str, refused: bool
 ) -> None:
     """``../x/dl.jsonl`` created directories beside the demo's own directory."""
-    from replicator.config import load_job
+    from replicator.config.loader import load_job
     from replicator.demo.run import off_directory
 
     job = (
@@ -470,7 +470,7 @@ def test_a_job_the_demo_cannot_drive_is_refused_in_one_line(
 
 
 def test_the_demo_refuses_an_sqs_dead_letter_queue(tmp_path: Path) -> None:
-    from replicator.config import load_job
+    from replicator.config.loader import load_job
     from replicator.demo.run import off_endpoint
 
     job = (ROOT / "config" / "one-way.yaml").read_text()

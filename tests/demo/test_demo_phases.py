@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from replicator.config import load_job
+from replicator.config.loader import load_job
 from replicator.demo import run
 from replicator.demo.workload import WorkloadStats
 from replicator.metrics.server import check_listen

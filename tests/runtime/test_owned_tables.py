@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import structlog
 
-from replicator.config import load_job
+from replicator.config.loader import load_job
 from replicator.exceptions import EnvironmentProblem
 from replicator.owned_tables import ensure_table
 from replicator.runtime import preflight

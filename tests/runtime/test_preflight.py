@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from replicator.config import load_job
+from replicator.config.loader import load_job
 from replicator.exceptions import ConfigError, EnvironmentProblem
 from replicator.runtime import preflight
 from tests.support.aws import client, create_table

@@ -9,7 +9,7 @@ from typing import Any
 from amazon_kclpy import messages
 
 from replicator import wiring
-from replicator.config import parse_job
+from replicator.config.loader import parse_job
 from replicator.config.model import ResolvedJob
 from replicator.intake import ShardIntake
 from replicator.metrics import Metrics

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from replicator.config import load_job
+from replicator.config.loader import load_job
 from replicator.config.model import ConflictConfig
 from replicator.demo import tables
 from replicator.demo.workload import Workload, demo_item

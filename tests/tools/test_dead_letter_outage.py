@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from replicator.config import load_job
+from replicator.config.loader import load_job
 from replicator.deadletter import DeadLetter, FileDeadLetters, SqsDeadLetters
 from replicator.exceptions import EnvironmentProblem
 from replicator.items import Item

@@ -20,7 +20,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from replicator.aws.backoff import Backoff
-from replicator.config import load_job
+from replicator.config.loader import load_job
 from replicator.exceptions import OperatorError
 from replicator.tools import backfill, scan
 from replicator.tools.backfill import Backfill, BackfillOptions

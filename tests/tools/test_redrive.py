@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from replicator.config import load_job
+from replicator.config.loader import load_job
 from replicator.deadletter import ALL_DESTINATIONS, DeadLetter, FileDeadLetters, SqsDeadLetters
 from replicator.items import Item, item_to_wire
 from replicator.records import RawRecord

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from replicator.config import load_job
+from replicator.config.loader import load_job
 from replicator.demo.workload import demo_item
 from replicator.exceptions import DestinationUnavailable
 from replicator.items import Item

@@ -617,3 +617,18 @@ def test_a_timeout_names_parts_no_processor_has_published_for_a_minute() -> None
     assert "published in the last 600s: is the job running?" in said
     running = combine("d", [Part("d", "s1", watermark_us=1, updated_at=now - 2)])
     assert WaitResult(False, running, waited_s=3.0).describe().endswith("watermark 0.000001")
+
+
+def test_importing_the_wait_loads_no_job_file_schema() -> None:
+    """Applications import the wait in request handlers (a Lambda's cold start): it reads
+    no job file, so the schema's libraries must not be loaded with it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from replicator.watermark import wait_until_replicated; "
+        "print(sorted(m for m in ('pydantic', 'yaml', 'replicator.config.model') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

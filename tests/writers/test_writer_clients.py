@@ -12,7 +12,7 @@ from botocore.validate import ParamValidationDecorator
 
 from replicator import wiring
 from replicator.aws import clients
-from replicator.config import parse_job
+from replicator.config.loader import parse_job
 from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
 from replicator.items import Item

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from replicator.config import load_job
+from replicator.config.loader import load_job
 from replicator.demo import tables
 from replicator.exceptions import KclUnavailable
 from replicator.runtime.kcl import java

@@ -343,7 +343,7 @@ def test_two_casings_of_the_credentials_key_are_refused(tmp_path: Path) -> None:
 
 
 def test_plain_yaml_numbers_and_booleans_are_properties_as_text(tmp_path: Path) -> None:
-    from replicator.config import load_job
+    from replicator.config.loader import load_job
 
     result = _validate(
         tmp_path, "{extra_properties: {maxLeasesForWorker: 1, enablePriorityLeaseAssignment: true}}"

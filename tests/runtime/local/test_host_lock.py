@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from replicator.config import load_job
+from replicator.config.loader import load_job
 from replicator.config.model import MAX_TASK_NAME
 from replicator.demo import tables
 from replicator.exceptions import EnvironmentProblem, OperatorError

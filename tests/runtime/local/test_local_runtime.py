@@ -228,7 +228,7 @@ def test_a_sigint_between_the_two_stop_handlers_going_in_is_held() -> None:
 def test_a_stop_asked_for_during_the_preflight_is_acted_on_between_its_steps(
     job: Job,
 ) -> None:
-    from replicator.config import load_job
+    from replicator.config.loader import load_job
     from replicator.runtime import preflight
 
     asked: list[int] = []
@@ -257,7 +257,7 @@ def test_a_destination_deleted_while_running_is_unhealthy_then_exit_3_and_the_le
     it is down or crash-looping (its own gauges are gone with it), and when it keeps
     failing the runtime ends as a missing destination does at start-up: exit 3, one line
     naming the destination and the error, the lease given up."""
-    from replicator.config import load_job
+    from replicator.config.loader import load_job
     from replicator.exceptions import EnvironmentProblem
     from replicator.runtime.local.runtime import LocalRuntime
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from replicator.config import load_job
+from replicator.config.loader import load_job
 from replicator.deadletter import FileDeadLetters
 from replicator.exceptions import EnvironmentProblem
 from replicator.runtime.local.runtime import LocalRuntime

@@ -190,7 +190,7 @@ def test_a_lease_taken_by_another_worker_starting_at_the_same_time_is_exit_5(job
     """Two hosts start one task at once: the other takes the lease between this worker's
     read of it and its take. That is the task held elsewhere (exit 5, one line), not a
     crash."""
-    from replicator.config import load_job
+    from replicator.config.loader import load_job
     from replicator.exceptions import LeaseHeld
     from replicator.runtime.local.runtime import LocalRuntime
     from replicator.shards.leases import Lease, LeaseTable
