@@ -38,6 +38,7 @@ from replicator.aws.errors import (
     may_have_landed,
 )
 from replicator.conflictlog.base import ConflictRecorder, Loss
+from replicator.conflictlog.entry import describe_rule
 from replicator.exceptions import (
     DestinationRefused,
     DestinationUnavailable,
@@ -705,11 +706,13 @@ class DestinationWriter:
             state.optimistic_conflicts += 1
             self.metrics.retries.labels(self.label, "optimistic_conflict").inc()
             if state.optimistic_conflicts >= self.max_optimistic_attempts:
+                # Named as the conflict log names the rule: the writer's, whichever it is
+                # (a custom resolver, a restore's check), never assumed to be custom.
                 return WriteResult(
                     Outcome.FAILED,
                     "optimistic_conflicts",
-                    f"the item changed under the custom resolver "
-                    f"{state.optimistic_conflicts} times in a row",
+                    f"the item changed between read and write {state.optimistic_conflicts} "
+                    f"times in a row (rule: {describe_rule(self.rule)})",
                 )
             return None
         # The item it returned is what the destination holds, and an ordered write that

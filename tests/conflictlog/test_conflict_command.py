@@ -565,6 +565,38 @@ def test_the_write_stays_conditional_for_a_change_between_the_read_and_the_write
     assert case.held() == changed[0]
 
 
+def test_an_item_that_keeps_changing_under_the_restore_is_said_so_naming_no_custom_rule(
+    moto_endpoint: str, unique: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every read shows the winner and the item changes before each write: the restore
+    gives up after the writer's limit of failed conditions, writes nothing, and says
+    why in the restore's terms (the job's rule is last_writer_wins, not custom)."""
+    case = Restorable(moto_endpoint, unique, tmp_path)
+    writes: list[int] = []
+
+    def read_then_someone_writes(writer: DestinationWriter, change: Any) -> Any:
+        writes.append(300 + len(writes))
+        case.ddb.update_item(
+            TableName=case.table,
+            Key=case.key,
+            UpdateExpression="SET updated_at = :t",
+            ExpressionAttributeValues={":t": {"N": str(writes[-1])}},
+        )
+        return case.winner
+
+    monkeypatch.setattr(DestinationWriter, "_read", read_then_someone_writes)
+    result = invoke(case.config, "--restore", case.entry.id)
+    assert result.exit_code == 1, result.output
+    assert result.stdout == (
+        "not restored: the item at eu kept changing while the restore checked it against "
+        "the image that won: the item changed between read and write 10 times in a row "
+        "(rule: restore); nothing was written\n"
+    )
+    assert len(writes) == 10
+    assert case.held() == {**case.winner, "updated_at": {"N": str(writes[-1])}}
+    assert case.restores() == []
+
+
 def with_truncated_winner(case: Restorable, *, digest: bool = True) -> ConflictEntry:
     """The case's entry as a log too small for its winner stores it: its summary."""
     winner = case.entry.winning_image
