@@ -7,8 +7,8 @@
 * REJECTED: this change can never be applied as it is (validation, item too large,
   a key of the wrong type). It goes to the dead letters and the shard moves on.
 * DENIED / NOT_FOUND: access denied, or the table is missing. One item may be denied
-  by a fine-grained policy (dead-letter it); a whole destination that keeps refusing
-  stops the worker.
+  by a fine-grained policy (dead-letter it); a missing table is never one item's. A
+  whole destination that keeps refusing stops the worker.
 * AUTH: the request's signature or credentials were not accepted (an expired
   signature from a skewed clock, an unknown access key, a role STS refuses to let
   be assumed). That is never a property of one change, so it is never dead-lettered:

@@ -22,9 +22,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from replicator.conflictlog.keys import canonical_key
-from replicator.exceptions import AttributeFormatError, EntryFormatError
+from replicator.exceptions import AttributeFormatError, EntryFormatError, KeySyntaxError
 from replicator.items import (
     Item,
+    KeyId,
+    describe_key,
     image_summary,
     item_from_wire,
     item_to_wire,
@@ -203,16 +205,19 @@ def _check_fields(values: dict[str, Any]) -> None:
     if values["op"] not in _OPS:
         raise EntryFormatError(f"op is {values['op']!r}, not put or delete")
     try:
-        key_id(item_from_wire(values["key"]))
+        key = item_from_wire(values["key"])
+        identity = key_id(key)
     except AttributeFormatError as error:
         raise EntryFormatError(f"key: {error}") from None
+    _check_item(values["item"], key)
     for which in IMAGES:
         image = values[f"{which}_image"]
         if image is not None:
             try:
-                item_from_wire(image)
+                parsed = item_from_wire(image)
             except AttributeFormatError as error:
                 raise EntryFormatError(f"{which}_image: {error}") from None
+            _check_image_key(f"{which}_image", parsed, key, identity)
         rank = values[f"{which}_rank"]
         if rank is not None:
             _check_rank(f"{which}_rank", rank)
@@ -229,6 +234,38 @@ def _check_fields(values: dict[str, Any]) -> None:
     for which, summary in values.get("truncated", {}).items():
         if which not in IMAGES or not isinstance(summary, dict):
             raise EntryFormatError(f"truncated.{which} is not the summary of an image")
+
+
+def _check_item(item: str, key: Item) -> None:
+    """``item`` must be ``key``'s canonical string: a log finds an item's entries by it
+    (``--key``, a DynamoDB log's partition), and a restore writes under ``key``."""
+    try:
+        canonical = canonical_key(key)
+    except KeySyntaxError as error:
+        raise EntryFormatError(f"key: {error}") from None
+    if item != canonical:
+        raise EntryFormatError(f"item {item!r} is not the entry's key ({describe_key(key)})")
+
+
+def _check_image_key(name: str, image: Item, key: Item, identity: KeyId) -> None:
+    """An image must carry the entry's key: it is the item at that key, before or after
+    the conflict. One of another key (a line edited by hand, or corrupted) leaves the
+    entry naming two items, and a restore would write one while recording the other."""
+    missing = [attribute for attribute in key if attribute not in image]
+    if missing:
+        raise EntryFormatError(
+            f"{name} has no key attribute {', '.join(missing)} of the entry's key "
+            f"({describe_key(key)})"
+        )
+    carried = {attribute: image[attribute] for attribute in key}
+    try:
+        same = key_id(carried) == identity
+    except AttributeFormatError:
+        same = False
+    if not same:
+        raise EntryFormatError(
+            f"{name}'s key ({describe_key(carried)}) is not the entry's key ({describe_key(key)})"
+        )
 
 
 def _check_rank(name: str, rank: Any) -> None:

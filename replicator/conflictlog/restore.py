@@ -294,6 +294,14 @@ def restore(
             f"won the conflict (it changed since){compared}; nothing was written. --force "
             "writes the losing image anyway",
         )
+    if written.reason == "optimistic_conflicts":
+        return RestoreResult(
+            entry,
+            False,
+            f"not restored: the item at {entry.destination} kept changing while the restore "
+            f"checked it against the image that won: {redact(str(written.error))}; nothing "
+            "was written",
+        )
     if written.failed:
         # Reported, not dead-lettered: the operator is there to read it.
         why = redact(f"{written.reason}: {written.error}")

@@ -38,6 +38,7 @@ from replicator.aws.errors import (
     may_have_landed,
 )
 from replicator.conflictlog.base import ConflictRecorder, Loss
+from replicator.conflictlog.entry import describe_rule
 from replicator.exceptions import (
     DestinationRefused,
     DestinationUnavailable,
@@ -62,6 +63,8 @@ NOT_PASSED = "nothing was dead-lettered and the checkpoint has not passed these 
 
 # An item denied this many times while other writes to the destination succeed is
 # refused by a fine-grained policy, not by an outage: it fails (and is dead-lettered).
+# Only a denial: a missing table is every item's, even when writes succeeded between
+# its refusals (deleted, re-created, deleted again), and stops the worker instead.
 # Refusals are counted per change, never across the changes in flight: with many
 # changes pending, one burst of refusals would otherwise add up to ``refusal_limit``
 # within milliseconds, with no backoff, and a denied item would stop the worker even
@@ -411,7 +414,8 @@ class DestinationWriter:
         many changes are in flight. A success at the destination starts the change's
         count again; and a change denied ``_ITEM_DENIALS_BEFORE_DEAD_LETTER`` times while
         other writes succeed is denied for itself (a fine-grained policy) and fails, to
-        be dead-lettered.
+        be dead-lettered. A missing table never is: it is no item's, even when other
+        writes succeeded since (the table deleted, re-created, deleted again).
 
         A refusal of the tombstone table is never one item's: a change whose delete or
         check it refuses is retried as above, never dead-lettered (a delete left out at
@@ -476,7 +480,8 @@ class DestinationWriter:
                             f"{self._refuser(error)} refused {streak} writes in a row: "
                             f"{_answer(error)}{_missing_tombstones(error, kind)}"
                         ) from error
-                    if not isinstance(error, TombstoneTableError):
+                    # A missing table is no item's own (see _ITEM_DENIALS_BEFORE_DEAD_LETTER).
+                    if kind is ErrorKind.DENIED and not isinstance(error, TombstoneTableError):
                         denials += 1
                         if successes_at_first_denial is None:
                             successes_at_first_denial = seen_then.successes
@@ -701,11 +706,13 @@ class DestinationWriter:
             state.optimistic_conflicts += 1
             self.metrics.retries.labels(self.label, "optimistic_conflict").inc()
             if state.optimistic_conflicts >= self.max_optimistic_attempts:
+                # Named as the conflict log names the rule: the writer's, whichever it is
+                # (a custom resolver, a restore's check), never assumed to be custom.
                 return WriteResult(
                     Outcome.FAILED,
                     "optimistic_conflicts",
-                    f"the item changed under the custom resolver "
-                    f"{state.optimistic_conflicts} times in a row",
+                    f"the item changed between read and write {state.optimistic_conflicts} "
+                    f"times in a row (rule: {describe_rule(self.rule)})",
                 )
             return None
         # The item it returned is what the destination holds, and an ordered write that

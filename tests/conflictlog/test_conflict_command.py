@@ -91,6 +91,13 @@ def with_field(name: str, value: Any) -> bytes:
     return json.dumps(body).encode()
 
 
+def with_image_key(which: str, pk: str) -> bytes:
+    """An entry whose ``which`` image carries another ``pk`` than its key (an edited line)."""
+    body = json.loads(conflict(4).entry().to_json())
+    body[f"{which}_image"]["pk"] = {"S": pk}
+    return json.dumps(body).encode()
+
+
 CORRUPT_LINES: dict[str, Callable[[], bytes]] = {
     "cut in a UTF-8 character": cut_inside_a_character,
     "a JSON list": lambda: b"[1,2]",
@@ -104,6 +111,9 @@ CORRUPT_LINES: dict[str, Callable[[], bytes]] = {
     "a rank without its attribute": lambda: with_field("losing_rank", {"x": 1}),
     "an image that is not one": lambda: with_field("winning_image", {"a": {"S": 1}}),
     "a required field missing": lambda: with_field("id", None).replace(b'"id": null, ', b""),
+    "a losing image of another key": lambda: with_image_key("losing", "order-4-evil"),
+    "a winning image of another key": lambda: with_image_key("winning", "order-4-evil"),
+    "an item that is not its key": lambda: with_field("item", '[["pk","S","order-4-evil"]]'),
 }
 
 
@@ -355,6 +365,41 @@ def test_a_restore_never_overwrites_an_update_made_since_the_conflict(
     assert case.restores() == []
 
 
+@pytest.mark.parametrize("force", [False, True], ids=["conditional", "--force"])
+@pytest.mark.parametrize("which", ["losing", "winning"])
+def test_an_entry_whose_image_is_of_another_key_is_unreadable_and_never_restored(
+    moto_endpoint: str, unique: Any, tmp_path: Path, which: str, force: bool
+) -> None:
+    """A line edited by hand (or corrupted) so that an image's key is not the entry's:
+    neither item is the one the entry names for both, so the entry does not read. The
+    listing skips it naming its line and why; --restore finds no such entry and writes
+    nothing, under the entry's key or the image's, even with --force."""
+    case = Restorable(moto_endpoint, unique, tmp_path)
+    body = json.loads(case.log.path.read_text())
+    evil = f"{case.key['pk']['S']}-evil"
+    body[f"{which}_image"]["pk"] = {"S": evil}
+    case.log.path.write_text(json.dumps(body) + "\n")
+    expected_error = f"{which}_image's key (pk=S:{evil} sk=N:"
+
+    listing = invoke(case.config, "--format", "json")
+    assert listed_ids(listing) == []
+    (warning,) = warnings(listing)
+    assert (warning["file"], warning["line"]) == (str(case.log.path), 1)
+    assert warning["error"].startswith(expected_error), warning["error"]
+    assert "is not the entry's key (pk=S:" in warning["error"]
+
+    result = invoke(case.config, "--restore", case.entry.id, *(["--force"] if force else []))
+    no_traceback(result)
+    assert result.exit_code == 1, result.output
+    assert f"no conflict-log entry {case.entry.id!r}" in result.output
+    (warning,) = warnings(result)
+    assert warning["error"].startswith(expected_error), warning["error"]
+    assert case.held() == case.winner
+    evil_key = {**case.key, "pk": {"S": evil}}
+    assert "Item" not in case.ddb.get_item(TableName=case.table, Key=evil_key)
+    assert case.restores() == []
+
+
 def test_a_restore_writes_the_loser_once_and_again_says_it_is_already_restored(
     moto_endpoint: str, unique: Any, tmp_path: Path
 ) -> None:
@@ -518,6 +563,38 @@ def test_the_write_stays_conditional_for_a_change_between_the_read_and_the_write
     assert result.exit_code == 1, result.output
     assert "changed since" in result.stdout
     assert case.held() == changed[0]
+
+
+def test_an_item_that_keeps_changing_under_the_restore_is_said_so_naming_no_custom_rule(
+    moto_endpoint: str, unique: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every read shows the winner and the item changes before each write: the restore
+    gives up after the writer's limit of failed conditions, writes nothing, and says
+    why in the restore's terms (the job's rule is last_writer_wins, not custom)."""
+    case = Restorable(moto_endpoint, unique, tmp_path)
+    writes: list[int] = []
+
+    def read_then_someone_writes(writer: DestinationWriter, change: Any) -> Any:
+        writes.append(300 + len(writes))
+        case.ddb.update_item(
+            TableName=case.table,
+            Key=case.key,
+            UpdateExpression="SET updated_at = :t",
+            ExpressionAttributeValues={":t": {"N": str(writes[-1])}},
+        )
+        return case.winner
+
+    monkeypatch.setattr(DestinationWriter, "_read", read_then_someone_writes)
+    result = invoke(case.config, "--restore", case.entry.id)
+    assert result.exit_code == 1, result.output
+    assert result.stdout == (
+        "not restored: the item at eu kept changing while the restore checked it against "
+        "the image that won: the item changed between read and write 10 times in a row "
+        "(rule: restore); nothing was written\n"
+    )
+    assert len(writes) == 10
+    assert case.held() == {**case.winner, "updated_at": {"N": str(writes[-1])}}
+    assert case.restores() == []
 
 
 def with_truncated_winner(case: Restorable, *, digest: bool = True) -> ConflictEntry:

@@ -982,3 +982,65 @@ def test_items_denied_while_other_writes_succeed_fail_for_dead_letters_the_other
     runner.join(60)
     assert {results[key] for key in ok} == {Outcome.APPLIED}
     assert {results[key] for key in denied} == {Outcome.FAILED}
+
+
+class _TableGoneClient:
+    """A destination whose table is gone while ``gone`` is set: every put is answered
+    ResourceNotFoundException then, and accepted otherwise."""
+
+    def __init__(self) -> None:
+        self.gone = threading.Event()
+        self.gone.set()
+        self.calls: dict[str, int] = {}
+
+    def put_item(self, **kwargs: Any) -> dict[str, Any]:
+        key = kwargs["Item"]["pk"]["S"]
+        self.calls[key] = self.calls.get(key, 0) + 1
+        if self.gone.is_set():
+            raise client_error("ResourceNotFoundException", "Requested resource not found")
+        return {}
+
+
+class _AtFirstWait(threading.Event):
+    """``cancelled`` that runs ``step`` at the first wait of a retry, and never waits."""
+
+    def __init__(self, step: Any) -> None:
+        super().__init__()
+        self.step = step
+        self.waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1
+        if self.waits == 1:
+            self.step()
+        return False
+
+
+def test_a_table_re_created_and_deleted_again_under_a_retried_change_never_dead_letters_it(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    """A missing table is the whole destination's, never one item's: a change refused
+    with ResourceNotFoundException while other writes succeed (the table re-created,
+    then deleted again, between two of its retries) is retried until the destination
+    counts as refusing (``writer.access_denied_limit`` in a row, counted again from the
+    success), and stops the worker, never fails for a dead letter as ``access_denied``."""
+    table = _TableGoneClient()
+    writer = writer_for(table, tmp_path, metrics, **LWW)
+    others = [decode(put(f"other{index}", 1, ts=1)) for index in range(5)]
+
+    def re_created_then_deleted_again() -> None:
+        table.gone.clear()
+        assert {writer.write(change).outcome for change in others} == {Outcome.APPLIED}
+        table.gone.set()
+
+    writer.cancelled = _AtFirstWait(re_created_then_deleted_again)
+    target = FileDeadLetters(tmp_path / "dead.jsonl")
+    letters = DeadLetterer(target, metrics, "task", "shard-1")
+    with pytest.raises(DestinationRefused, match="refused 20 writes in a row") as refused:
+        letters.write(writer, decode(put("stuck", 1, ts=2)))
+    assert "ResourceNotFoundException: Requested resource not found" in str(refused.value)
+    assert target.letters() == []
+    # Refused once before the others' successes, then 20 in a row after them.
+    assert table.calls["stuck"] == 1 + writer.refusal_limit
+    retried = sample(metrics, "replicator_retries_total", destination="dest", reason="not_found")
+    assert retried == writer.refusal_limit

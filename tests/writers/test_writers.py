@@ -255,6 +255,27 @@ def test_custom_resolver_retries_when_the_item_changes_under_it(dest: Destinatio
     )
 
 
+def test_custom_resolver_gives_up_on_an_item_that_keeps_changing_naming_the_resolver(
+    dest: Destination,
+) -> None:
+    """Every plan is made on a read the item no longer matches: after
+    ``max_optimistic_attempts`` failed conditions the change fails, its letter naming
+    the resolver that read the item."""
+    dest.seed("a", count=2)
+    writer = dest.writer(policy="custom", resolver="tests.writers.test_writers:merge_counts")
+    original = writer.rule.plan
+    stale = {"pk": {"S": "a"}, "count": {"N": "1"}}
+    writer.rule.plan = lambda change, existing=None: original(change, stale)  # type: ignore[method-assign]
+    result = dest.letters.write(writer, decode(put("a", 1, count=7)))
+    assert (result.outcome, result.reason) == (Outcome.FAILED, "optimistic_conflicts")
+    (letter,) = dest.dead_letters.letters()
+    assert letter.error == (
+        "the item changed between read and write 10 times in a row "
+        "(rule: custom resolver tests.writers.test_writers:merge_counts)"
+    )
+    assert dest.get("a") == {"pk": {"S": "a"}, "count": {"N": "2"}}
+
+
 def test_custom_resolver_updates_an_item_with_more_attributes_than_one_condition_holds(
     dest: Destination,
 ) -> None:
