@@ -15,7 +15,8 @@ daemon's lifetime:
 * If this process dies without cleaning up (kill -9), the kernel kills the daemon too
   (Linux parent-death signal), and the children, whose input closes, follow.
 * A stop this process asked for ends with 0 once the daemon has answered the SIGTERM it
-  was sent (the JVM's 143, after its shutdown hook let every processor checkpoint), so
+  was sent (the JVM's 143, after its shutdown hook let every processor checkpoint, or at
+  once while the KCL is still starting and no processor has run), so
   restart policies and service managers see a clean stop. Any other end is a failure,
   with one line saying how: the daemon exiting on its own is exit 1 whatever its status,
   even 0 (the launcher returns 0 when the KCL's scheduler gives up starting, and a

@@ -68,8 +68,9 @@ import software.amazon.kinesis.retrieval.polling.PollingConfig;
  * <p>Usage: {@code java -cp 'jars/*' replicator.kcl.DynamoDbStreamsMultiLangDaemon
  * --properties-file FILE}. Exit status: 0 after a clean stop, 1 when the settings are
  * unusable, the scheduler fails or a processor child fails (the multilang processor ends
- * the JVM itself then), 143 after SIGTERM once every child has checkpointed, and 1 after
- * SIGTERM when the graceful shutdown did not complete within shutdownGraceMillis.
+ * the JVM itself then), 143 after SIGTERM once every child has checkpointed (at once when
+ * the scheduler had not finished starting: no child has run then), and 1 after SIGTERM
+ * when the graceful shutdown did not complete within shutdownGraceMillis.
  */
 public final class DynamoDbStreamsMultiLangDaemon {
     private static final Logger LOG = LoggerFactory.getLogger(DynamoDbStreamsMultiLangDaemon.class);
@@ -107,7 +108,8 @@ public final class DynamoDbStreamsMultiLangDaemon {
         settings.checkInitialPosition();
         MultiLangDaemonConfig multiLang = multiLangConfig(settings);
         MultiLangDaemonConfiguration configuration = multiLang.getMultiLangDaemonConfiguration();
-        Scheduler scheduler = scheduler(settings, configuration, multiLang.getRecordProcessorFactory());
+        StartWatch start = new StartWatch();
+        Scheduler scheduler = scheduler(settings, configuration, multiLang.getRecordProcessorFactory(), start);
 
         AtomicBoolean failed = new AtomicBoolean(false);
         Thread worker = new Thread(
@@ -122,7 +124,7 @@ public final class DynamoDbStreamsMultiLangDaemon {
                 "kcl-scheduler");
         long graceMillis = shutdownGraceMillis(configuration);
         Runtime.getRuntime()
-                .addShutdownHook(new Thread(() -> onTermination(scheduler, graceMillis), "shutdown"));
+                .addShutdownHook(new Thread(() -> onTermination(scheduler, start, graceMillis), "shutdown"));
         LOG.info(
                 "Reading {} as application {} (worker {})",
                 settings.streamArn(),
@@ -167,11 +169,18 @@ public final class DynamoDbStreamsMultiLangDaemon {
     /**
      * On SIGTERM: each child gets shutdownRequested and checkpoints, then the leases go.
      * The JVM then exits 143; if the shutdown did not complete, 1 instead, so that the
-     * supervisor can tell a clean stop from one that left work unfinished.
+     * supervisor can tell a clean stop from one that left work unfinished. A scheduler
+     * still starting has run no child and cannot be stopped before it has started (see
+     * {@link StartWatch}): the JVM exits 143 at once.
      */
-    private static void onTermination(Scheduler scheduler, long graceMillis) {
+    private static void onTermination(Scheduler scheduler, StartWatch start, long graceMillis) {
         if (EXITING.get()) {
             return; // main is exiting by itself: the scheduler has already stopped
+        }
+        if (start.abandonIfStarting()) {
+            LOG.info("Process terminated while the KCL scheduler was still starting: no processor has run,"
+                    + " so there is nothing to checkpoint; stopping without the graceful shutdown");
+            return;
         }
         LOG.info("Process terminated; shutting down gracefully (up to {} ms)", graceMillis);
         try {
@@ -189,7 +198,8 @@ public final class DynamoDbStreamsMultiLangDaemon {
     static Scheduler scheduler(
             LauncherSettings settings,
             MultiLangDaemonConfiguration configuration,
-            ShardRecordProcessorFactory multiLangProcessors) {
+            ShardRecordProcessorFactory multiLangProcessors,
+            StartWatch start) {
         Region region = Region.of(settings.region());
         MetricsLevel metricsLevel =
                 configuration.getMetricsLevel() == null ? MetricsLevel.NONE : configuration.getMetricsLevel();
@@ -254,6 +264,7 @@ public final class DynamoDbStreamsMultiLangDaemon {
         // new worker would block for the KCL's default of a minute.
         leases.shardSyncIntervalMillis(0);
         applyMultiLangSettings(configuration, configs, checkpoint, coordinator, leases, lifecycle, metrics, processor, retrieval);
+        coordinator.workerStateChangeListener(start);
 
         metrics.metricsLevel(metricsLevel);
         if (metricsLevel == MetricsLevel.NONE) {
