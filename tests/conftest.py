@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from replicator.metrics import Metrics
+from tests.support import ROOT
 from tests.support.iam import CallLog
 
 # Tests never reach AWS: dummy credentials, no instance metadata, explicit endpoints.
@@ -27,6 +28,12 @@ os.environ.update(
 )
 os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+# The tests start thousands of Python processes (runtimes, processors, every command run
+# as a user runs it). Where the environment forbids bytecode files beside the sources
+# (PYTHONDONTWRITEBYTECODE), each of them would compile the replicator's modules again, a
+# quarter of its start-up; they keep their bytecode under .cache/ instead (git ignores it).
+if os.environ.pop("PYTHONDONTWRITEBYTECODE", None) is not None:
+    os.environ.setdefault("PYTHONPYCACHEPREFIX", str(ROOT / ".cache" / "pycache"))
 
 _names = itertools.count(1)
 
