@@ -196,25 +196,30 @@ def test_an_already_complete_backfill_exits_as_the_run_that_completed_it(job: Jo
     assert "fix the cause, then run `replicator redrive`" in again.stdout
 
 
-@pytest.mark.parametrize("limit", [1, 50, 130])
-def test_max_items_copies_no_more_than_m_items_over_all_segments(job: Job, limit: int) -> None:
+def test_max_items_copies_no_more_than_m_items_over_all_segments(job: Job) -> None:
     """Each Scan asks for no more than what is left of M, shared by the segments: four
-    segments of 100-item pages copy M items, not a page or more of each."""
+    segments of 100-item pages copy M items, not a page or more of each; in a first run
+    (M = 1) and in runs that resume it (M = 50, then M = 130, more than a page), each
+    copies exactly M, and a run without a limit then completes the copy."""
     populate(job, 400)
-
-    result = backfill(job, segments=4, page_size=100, max_items=limit)
-
-    assert not result.complete
-    assert result.stopped == f"--max-items {limit} reached"
-    assert result.this_run.scanned == limit
     (eu, eu_table), (ap, ap_table) = job.destination_clients()
-    assert len(tables.scan_all(eu, eu_table)) == limit
-    assert len(tables.scan_all(ap, ap_table)) == limit
+    copied = 0
+    for limit in (1, 50, 130):
+        result = backfill(job, segments=4, page_size=100, max_items=limit)
+
+        assert not result.complete
+        assert result.stopped == f"--max-items {limit} reached"
+        assert result.this_run.scanned == limit
+        copied += limit
+        assert result.overall.scanned == copied
+        assert len(tables.scan_all(eu, eu_table)) == copied
+        assert len(tables.scan_all(ap, ap_table)) == copied
 
     rest = backfill(job)
 
     assert rest.complete
     assert rest.overall.scanned == 400
+    assert rest.this_run.scanned == 400 - copied
     assert job.converged()
 
 

@@ -97,14 +97,23 @@ def _copy(job: Job, path: Path) -> Job:
     return other
 
 
-def _as_worker(job: Job, tmp_path: Path, worker_id: str) -> Job:
+def _as_worker(job: Job, tmp_path: Path, worker_id: str, failover_time_ms: int = 6000) -> Job:
     """The same job under its own file, run by a worker with this id."""
     other = _copy(job, tmp_path / f"{worker_id}.yaml")
     other.write()
+    text = other.path.read_text()
+    assert "failover_time_ms: 6000" in text
     other.path.write_text(
-        other.path.read_text().replace("kcl: {", f"kcl: {{worker_id: {worker_id}, ")
+        text.replace("kcl: {", f"kcl: {{worker_id: {worker_id}, ").replace(
+            "failover_time_ms: 6000", f"failover_time_ms: {failover_time_ms}"
+        )
     )
     return other
+
+
+# The failover time of the takeover tests: the worker that took the lease, alone once the
+# other is dead or hung, waits this long at start-up for the lease's counter to stand still.
+TAKEOVER_FAILOVER_MS = 2000
 
 
 def _owner(job: Job) -> str | None:
@@ -118,7 +127,7 @@ def test_a_dead_workers_lease_is_taken_over_by_a_worker_with_another_id(
     """Worker host-a is killed -9 and never comes back; host-b, started after the
     failover time, takes its expired lease (the counter stood still) and replicates."""
     rng = random.Random(7)
-    first = _as_worker(job, tmp_path, "host-a")
+    first = _as_worker(job, tmp_path, "host-a", TAKEOVER_FAILOVER_MS)
     runtime = first.start(log=tmp_path / "a.log")
     job.put_demo_items(rng, 0, 10)
     wait_until(job.converged, 60, "host-a to replicate")
@@ -130,7 +139,7 @@ def test_a_dead_workers_lease_is_taken_over_by_a_worker_with_another_id(
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
     job.put_demo_items(rng, 10, 10)
-    second = _as_worker(job, tmp_path, "host-b").start(log=tmp_path / "b.log")
+    second = _as_worker(job, tmp_path, "host-b", TAKEOVER_FAILOVER_MS).start(log=tmp_path / "b.log")
     try:
         wait_until(lambda: _owner(job) == "host-b", 60, "host-b to take the lease over")
         wait_until(job.converged, 60, "host-b to replicate what host-a left")
@@ -151,7 +160,7 @@ def test_a_hung_worker_whose_lease_was_taken_over_stops_with_exit_5_when_it_wake
     and replicates. When host-a wakes, it finds the lease gone and stops (exit 5) instead
     of writing on; host-b keeps replicating."""
     rng = random.Random(8)
-    first = _as_worker(job, tmp_path, "host-a")
+    first = _as_worker(job, tmp_path, "host-a", TAKEOVER_FAILOVER_MS)
     runtime = first.start(log=tmp_path / "a.log")
     job.put_demo_items(rng, 0, 10)
     wait_until(job.converged, 60, "host-a to replicate")
@@ -162,7 +171,7 @@ def test_a_hung_worker_whose_lease_was_taken_over_stops_with_exit_5_when_it_wake
     # host-a's host lock is still held: host-b is another host, with its own lock.
     second_tmp = tmp_path / "host-b-tmp"
     second_tmp.mkdir()
-    second = _as_worker(job, tmp_path, "host-b").start(
+    second = _as_worker(job, tmp_path, "host-b", TAKEOVER_FAILOVER_MS).start(
         log=tmp_path / "b.log", env={"TMPDIR": str(second_tmp)}
     )
     try:
