@@ -78,6 +78,7 @@ _LONGEST_FIRST = (
     "runtime/local/test_redacted_outputs.py",  # 20: waits for the restart limit's exit 3
     "reliability/test_active_active_pair.py",  # 20
     "conflictlog/test_conflict_command.py",  # 20
+    "runtime/kcl/test_kcl_first_start.py",  # 20: a stop during a first start
     "runtime/local/test_source_outage.py",  # 19
     "reliability/test_bad_job_files_and_environment.py",  # 18
     "tools/test_dead_letter_outage.py",  # 17
