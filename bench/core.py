@@ -87,7 +87,7 @@ class PlanningWire:
     def send(self, operation: str, params: Mapping[str, Any], answered: Answered) -> None:
         request_body(params)
         self.sent += 1
-        self.loop.call_soon(answered, {}, None)
+        self.loop.call_soon(answered, {}, None, self.loop.time())
 
     def drop_waiting(self) -> None:
         pass

@@ -12,6 +12,8 @@ tested directly:
   shard delivered them.
 * **One write per key at a time, per destination.** A change whose key is being written
   waits until that write finishes, so writes to one item never overlap and arrive in order.
+  A key can be held past its write's end (``hold_key``: a request of it may still land),
+  its next change waiting meanwhile while the write's record settles as usual.
 * **Safe checkpoint.** Every record has a slot in stream order. A slot is done when each
   destination has applied (or dead-lettered) its change. A change squashed away (replaced
   by a newer change, or dropped behind an older one) is done at a destination when the
@@ -35,6 +37,7 @@ tested directly:
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -137,6 +140,10 @@ class ChangeBuffer:
         self._popped_top: str | None = None  # the highest number of a slot done and gone
         # Slots kept open after their write settled (:meth:`hold`), with how many holds.
         self._held: dict[Slot, int] = {}
+        # Per destination, the keys whose next write waits (:meth:`hold_key`), each with
+        # the token that releases it.
+        self._held_keys: dict[str, dict[KeyId, int]] = {d: {} for d in self.destinations}
+        self._key_holds = itertools.count()
         self.squashed = 0
 
     # -- intake ---------------------------------------------------------------------------
@@ -191,7 +198,7 @@ class ChangeBuffer:
                 queued[key] = deque((entry,))
             else:
                 queue.append(entry)
-            if key not in self._in_flight[destination]:
+            if key not in self._in_flight[destination] and key not in self._held_keys[destination]:
                 self._ready[destination][key] = None
         return entry
 
@@ -281,6 +288,7 @@ class ChangeBuffer:
         in_flight = self._in_flight[destination]
         queued = self._queued[destination]
         ready = self._ready[destination]
+        held_keys = self._held_keys[destination]
         chains = self._chains
         for entry in entries:
             key = entry.change.key
@@ -303,8 +311,48 @@ class ChangeBuffer:
                 chain.remove(entry)
                 if not chain:
                     del chains[key]
-            if key in queued:
+            if key in queued and key not in held_keys:
                 ready[key] = None
+
+    def hold_key(self, destination: str, entry: Entry) -> int | None:
+        """Keep ``entry``'s key from its next write to ``destination`` until
+        :meth:`release_key` with the token returned: the write of ``entry`` there sent a
+        request that may still land, over that next write
+        (``DestinationWriter.late_write_window_s``). Nothing else waits: the write
+        settles the record as usual (the checkpoint may pass it), and the key counts as
+        neither in flight nor outstanding; its queued changes do. Call it before
+        :meth:`complete`; None when ``entry`` is no longer owed (abandoned: nothing held)."""
+        if entry.forgotten:
+            return None
+        token = next(self._key_holds)
+        self._held_keys[destination][entry.change.key] = token
+        return token
+
+    def release_key(self, destination: str, key: KeyId, token: int) -> bool:
+        """End a :meth:`hold_key`; whether it was still held (not released since, nor
+        abandoned)."""
+        held_keys = self._held_keys[destination]
+        if held_keys.get(key) != token:
+            return False
+        del held_keys[key]
+        if key in self._queued[destination] and key not in self._in_flight[destination]:
+            self._ready[destination][key] = None
+        return True
+
+    def release_keys(self) -> list[str]:
+        """End every :meth:`hold_key` (a stop); the destinations that had held keys."""
+        released = []
+        for destination, held_keys in self._held_keys.items():
+            if not held_keys:
+                continue
+            released.append(destination)
+            queued = self._queued[destination]
+            ready = self._ready[destination]
+            for key in held_keys:
+                if key in queued:
+                    ready[key] = None
+            held_keys.clear()
+        return released
 
     def hold(self, destination: str, entry: Entry) -> Slot | None:
         """Keep ``entry``'s record open once its write to ``destination`` settles, until
@@ -336,6 +384,7 @@ class ChangeBuffer:
         for destination in self.destinations:
             self._ready[destination].clear()
             self._queued[destination].clear()
+            self._held_keys[destination].clear()
             for entry in self._in_flight[destination].values():
                 entry.superseded = True  # its completion must not settle a forgotten slot
                 entry.forgotten = True  # nor count as owed to the destination
@@ -418,8 +467,12 @@ class ChangeBuffer:
 
     @property
     def idle(self) -> bool:
-        """Nothing waiting, nothing in flight, every record done."""
-        return self._open_slots == 0 and not any(self._in_flight.values())
+        """Nothing waiting, nothing in flight, every record done, no key held."""
+        return (
+            self._open_slots == 0
+            and not any(self._in_flight.values())
+            and not any(self._held_keys.values())
+        )
 
     # -- internals ------------------------------------------------------------------------
 
@@ -469,7 +522,8 @@ class ChangeBuffer:
         queued = self._queued[destination]
         queue = queued.get(key)
         queued[key] = deque(entries) if queue is None else deque((*entries, *queue))
-        self._ready[destination][key] = None
+        if key not in self._held_keys[destination]:
+            self._ready[destination][key] = None
 
     def _drop_behind(
         self, queued: Entry, change: Change, slot: Slot, replaced: dict[str, list[Entry]]

@@ -7,7 +7,10 @@ letter that cannot be stored stops the shard like any other writer failure. Like
 change that lost its conflict keeps its record open in the buffer (``hold``) until the
 conflict log has stored its entry, or given it up and counted it
 (replicator/conflictlog/recorder.py): the checkpoint never passes a lost conflict left
-unrecorded and uncounted, while the destination's other writes go on.
+unrecorded and uncounted, while the destination's other writes go on. A write whose
+request may still land late (DestinationWriter.late_write_window_s) settles at once, and
+its key is held in the buffer (``hold_key``) until a timer ends the hold: no thread
+waits it out, and only that item's next change waits.
 
 At most ``max_in_flight`` writes per destination are in flight, so a slow destination
 neither stalls the others nor grows without limit, and intake blocks (backpressure)
@@ -45,9 +48,11 @@ from replicator.buffer import ChangeBuffer, Entry, Slot
 from replicator.deadletter.failed import DeadLetterer
 from replicator.exceptions import WriteCancelled
 from replicator.filters import Route
+from replicator.items import KeyId
 from replicator.metrics import Metrics
 from replicator.records import Change, Event
 from replicator.rules import WriteRequest
+from replicator.timer import Timer
 from replicator.watermark.publisher import ShardWatermark
 from replicator.writers.destination import DestinationWriter, FirstAnswer, WriteResult
 from replicator.writers.loopwire import EventLoopThread, LoopWire, RequestWire, WireFactory
@@ -157,6 +162,8 @@ class ShardPipeline:
         # destination stuck by it, not by the checkpoint, which moves past replaced
         # changes while a destination accepts nothing.
         self._progress_at: dict[str, float] = {}
+        # Ends the holds of keys whose write sent a request that may still land late.
+        self._holds = Timer(f"write-holds-{shard_id}")
         self._loop: EventLoopThread | None = None
         self._wires: dict[str, RequestWire] = {}
         direct = {
@@ -405,11 +412,18 @@ class ShardPipeline:
             self.count_applied()
 
     def release_holds(self) -> None:
-        """End every write held for a request that may still land late (a stop: see
-        DestinationWriter.late_write_window_s), so that the flush is not held by it."""
+        """End every hold for a request that may still land late (a stop: see
+        DestinationWriter.late_write_window_s), and start none from now on: the held
+        keys' next changes are written now, and the flush is not held by them."""
         for writer in self.writers.values():
             if isinstance(writer, DestinationWriter):
-                writer.holds_released.set()
+                writer.holds_released.set()  # before the lock: _write looks under it
+        self._holds.clear()
+        with self._cond:
+            released = self.buffer.release_keys()
+            self._wake()
+        for label in released:
+            self._dispatch(label)
 
     def checkpointable(self) -> str | None:
         with self._cond:
@@ -435,6 +449,7 @@ class ShardPipeline:
         if self._loop is not None:  # requests not yet on the wire are never sent
             for wire in self._wires.values():
                 self._loop.call(wire.drop_waiting)
+        self._holds.clear()
         with self._cond:
             self.buffer.abandon()
             self._batches.clear()
@@ -457,6 +472,7 @@ class ShardPipeline:
             self.watermark.close()
         for writer in self._targets.values():
             writer.cancelled.set()
+        self._holds.close()
         if self._loop is not None:
             for wire in self._wires.values():
                 self._loop.call(wire.close)
@@ -616,11 +632,13 @@ class ShardPipeline:
         request: WriteRequest,
         response: dict[str, Any] | None,
         error: BaseException | None,
+        sent_at: float | None,
     ) -> None:
         if writer.cancelled.is_set():
             return
         if error is not None or not writer.settled_by_success:
-            self._submit(writer.label, (entry,), FirstAnswer(request, response, error))
+            answer = FirstAnswer(request, response, error, sent_at)
+            self._submit(writer.label, (entry,), answer)
             return
         # Settled together with the other answers of this turn of the loop: one lock, one
         # wake-up and one dispatch for all of them.
@@ -681,11 +699,14 @@ class ShardPipeline:
     # -- writers (pool threads) -----------------------------------------------------------
 
     def _write(self, label: str, entry: Entry, first: FirstAnswer | None = None) -> None:
+        destination: DestinationWriter | None = None
         try:
             writer = self._targets[label]
             if isinstance(writer, DestinationWriter):
+                destination = writer
                 since_s = entry.stale_since_us(label) / 1_000_000
-                result = writer.write(entry.change, first, since_s=since_s)
+                # A hold is kept in the buffer, not waited out on this thread.
+                result = writer.write(entry.change, first, since_s=since_s, hold=False)
             else:
                 assert first is None
                 result = writer.write(entry.change)
@@ -712,15 +733,42 @@ class ShardPipeline:
                     # counted, so a kill -9 loses no entry of a checkpointed change
                     # (conflictlog/recorder.py). It counts against max_buffered meanwhile.
                     held = self.buffer.hold(label, entry)
+                key_hold = None
+                hold_until = result.hold_until
+                if (
+                    hold_until is not None
+                    and destination is not None
+                    # A stop sets it before it releases the held keys under this lock.
+                    and not destination.holds_released.is_set()
+                    and not destination.cancelled.is_set()  # abandoned or closed
+                ):
+                    # The write settles, but its request may still land until then: the
+                    # item's next change waits (other keys do not).
+                    key_hold = self.buffer.hold_key(label, entry)
                 self.buffer.complete(label, entry, failed=result.failed)
                 self._settle_batches()
                 self._wake()
             if recorded is not None and held is not None:
                 recorded.add_done_callback(lambda _: self._recorded(label, held))
+            if hold_until is not None and key_hold is not None:
+                key = entry.change.key
+                self._holds.call_at(hold_until, partial(self._hold_ended, label, key, key_hold))
             self._dispatch(label)
         except BaseException as error:  # noqa: BLE001  # raised here, it ends in the pool's future
             # Unseen there: the write would stay in flight for good, its item's later
             # changes behind it and the checkpoint before it, and nothing would say so.
+            self._fail(error, label)
+
+    def _hold_ended(self, label: str, key: KeyId, token: int) -> None:
+        """A key's hold (``hold_key``) has lasted its time (on the timer's thread): its
+        next change may be written, unless a stop released it already."""
+        try:
+            with self._cond:
+                if not self.buffer.release_key(label, key, token):
+                    return
+                self._wake()
+            self._dispatch(label)
+        except BaseException as error:  # noqa: BLE001  # else the key's changes wait for good
             self._fail(error, label)
 
     def _recorded(self, label: str, held: Slot) -> None:

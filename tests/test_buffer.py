@@ -63,6 +63,36 @@ def test_a_key_in_flight_is_not_written_again_until_it_completes() -> None:
     assert second.change.sequence_number == "2"
 
 
+def test_a_held_key_settles_its_write_and_keeps_back_only_its_next_change() -> None:
+    """A write whose request may still land: its record is done (the checkpoint passes
+    it), its key's next change waits until the hold is released, other keys do not; a
+    release with a stale token changes nothing, and a stop releases every key."""
+    buffer = ChangeBuffer(["d"], IN_STREAM_ORDER)
+    buffer.add(change("k", 1))
+    buffer.add(change("lone", 2))
+    first, lone = buffer.take_ready("d", 10)
+    token = buffer.hold_key("d", first)
+    lone_token = buffer.hold_key("d", lone)
+    assert token is not None and lone_token is not None
+    buffer.complete("d", first)
+    buffer.complete("d", lone)
+    assert buffer.checkpointable() == "2"
+    assert not buffer.idle  # held keys: a shard's end waits for them
+    buffer.add(change("k", 3))
+    buffer.add(change("j", 4))
+    assert [e.change.sequence_number for e in drain(buffer, "d")] == ["4"]
+    assert buffer.outstanding("d") == 1
+    assert buffer.checkpointable() == "2"
+    assert not buffer.release_key("d", first.change.key, token + 100)
+    assert buffer.take_ready("d", 10) == []
+    assert buffer.release_key("d", first.change.key, token)
+    assert [e.change.sequence_number for e in drain(buffer, "d")] == ["3"]
+    assert buffer.checkpointable() == "4"
+    assert buffer.release_keys() == ["d"]  # the stop: the key without a next change
+    assert buffer.idle
+    assert not buffer.release_key("d", lone.change.key, lone_token)  # released already
+
+
 def test_checkpoint_never_passes_an_unapplied_change() -> None:
     buffer = ChangeBuffer(["d"], IN_STREAM_ORDER)
     for seq, pk in [(1, "a"), (2, "b"), (3, "c")]:

@@ -70,7 +70,7 @@ NOT_PASSED = "nothing was dead-lettered and the checkpoint has not passed these 
 # within milliseconds, with no backoff, and a denied item would stop the worker even
 # while the writes around it succeed.
 _ITEM_DENIALS_BEFORE_DEAD_LETTER = 3
-# How often a held write (DestinationWriter._hold_late_write) looks at ``cancelled``,
+# How often a held write (DestinationWriter._wait_for_hold) looks at ``cancelled``,
 # which it cannot wait on together with ``holds_released``: a stop ends it this soon.
 _HOLD_CHECK_S = 0.2
 
@@ -103,6 +103,11 @@ class WriteResult:
     # (and counted). The pipeline keeps the change's record open, so that the checkpoint
     # does not pass it, until then (conflictlog/recorder.py). Not compared.
     recorded: Future[None] | None = field(default=None, compare=False)
+    # A request without a condition that got no answer may still land until then
+    # (time.monotonic()): the item's next change must not be sent before it. Only from
+    # ``write(..., hold=False)``, whose caller keeps the key that long (the pipeline);
+    # None: nothing to wait for. Not compared.
+    hold_until: float | None = field(default=None, compare=False)
 
     @property
     def failed(self) -> bool:
@@ -183,6 +188,9 @@ class FirstAnswer:
     request: WriteRequest
     response: dict[str, Any] | None = None
     error: BaseException | None = None
+    # When the request was sent (time.monotonic()); None: unknown, the time its answer
+    # is handled is taken instead (later: a hold then errs long).
+    sent_at: float | None = None
 
 
 @dataclass
@@ -276,11 +284,13 @@ class DestinationWriter:
     # cancelled: the write cannot be called back, the item it replaced can still be.
     put_back_after_cancel_s: float = 10.0
     # Seconds after an unconditional request that got no answer was sent during which
-    # it may still land (held in a proxy, a load balancer, a congested link): the
-    # change's write returns only once they have passed, so the item's next change
-    # (which waits for it: one write per key at a time) is not overwritten by it. Other
-    # keys flow meanwhile. 0: no hold. Ends early once ``holds_released`` or
-    # ``cancelled`` is set (a stop).
+    # it may still land (held in a proxy, a load balancer, a congested link): the item's
+    # next change is not sent before they have passed, so that it is not overwritten by
+    # that request. ``write`` returns only then, or (``hold=False``, the pipeline) at
+    # once with the time in ``WriteResult.hold_until``, for the caller to keep the key
+    # that long without a thread waiting. Other keys flow meanwhile. 0: no hold. No hold
+    # starts, and a waiting ``write`` returns, once ``holds_released`` or ``cancelled``
+    # is set (a stop).
     late_write_window_s: float = 0.0
     holds_released: threading.Event = field(default_factory=threading.Event)
 
@@ -305,34 +315,52 @@ class DestinationWriter:
             return True
 
     def write(
-        self, change: Change, first: FirstAnswer | None = None, *, since_s: float | None = None
+        self,
+        change: Change,
+        first: FirstAnswer | None = None,
+        *,
+        since_s: float | None = None,
+        hold: bool = True,
     ) -> WriteResult:
         """Settle ``change``; ``first``: its first request was sent already (by
         :meth:`first_request`), and this is how it was answered. ``since_s``: the creation
         time of the earliest change this write settles, when ``change`` replaced older
-        ones that were never written here (the apply delay counts from it)."""
+        ones that were never written here (the apply delay counts from it). ``hold``:
+        return only once a request of this write that may still land can no longer
+        (see :attr:`late_write_window_s`); False: return at once, with that time in
+        ``hold_until``, for a caller that keeps the item's next change back itself (the
+        pipeline, whose threads must not wait out windows one write at a time)."""
         state = _Attempts(first=first, since_s=since_s)
         result = self.retrying(
             change,
             lambda attempt: self._attempt(change, attempt, state),
             finishing=lambda: state.restore is not None,
         )
-        if state.unconditional_unanswered_at is not None:
-            self._hold_late_write(change, state.unconditional_unanswered_at)
-        return result if state.tombstone is None else replace(result, tombstone=state.tombstone)
+        if state.tombstone is not None:
+            result = replace(result, tombstone=state.tombstone)
+        if state.unconditional_unanswered_at is None:
+            return result
+        until = self._late_write_hold(change, state.unconditional_unanswered_at)
+        if until is None:
+            return result
+        if not hold:
+            return replace(result, hold_until=until)
+        self._wait_for_hold(until)
+        return result
 
-    def _hold_late_write(self, change: Change, sent_at: float) -> None:
-        """Return only once a request for ``change`` sent at ``sent_at`` without a
-        condition, whose answer never came, can no longer land (``late_write_window_s``
-        after it was sent): landing after the item's next change, it would replace that
-        change's image for good. Ordered writes need no hold: a late one fails its
-        condition on the newer item. A stop or a cancellation ends the hold early (the
-        change was applied all the same; the next change's order is then the gap
-        docs/reliability.md describes)."""
+    def _late_write_hold(self, change: Change, sent_at: float) -> float | None:
+        """Until when the item's next change must wait (time.monotonic()), after a
+        request for ``change`` sent at ``sent_at`` without a condition, whose answer never
+        came: it can land until ``late_write_window_s`` after it was sent, and landing
+        after the next change it would replace that change's image for good. None when
+        that time has passed, or a stop or a cancellation ended the holds (the change was
+        applied all the same; the next change's order is then the gap
+        docs/reliability.md describes). Ordered writes need no hold: a late one fails its
+        condition on the newer item."""
         until = sent_at + self.late_write_window_s
         left = until - time.monotonic()
-        if left <= 0:
-            return
+        if left <= 0 or self.holds_released.is_set() or self.cancelled.is_set():
+            return None
         self.metrics.late_write_holds.labels(self.label).inc()
         log.warning(
             "a write got no answer and may still land: the item's next change waits",
@@ -340,6 +368,11 @@ class DestinationWriter:
             key=describe_key(change.keys),
             hold_s=round(left, 3),
         )
+        return until
+
+    def _wait_for_hold(self, until: float) -> None:
+        """Wait until ``until`` (time.monotonic()), or a stop or a cancellation."""
+        left = until - time.monotonic()
         while left > 0 and not self.cancelled.is_set():
             if self.holds_released.wait(min(left, _HOLD_CHECK_S)):
                 return
@@ -584,8 +617,9 @@ class DestinationWriter:
                     return self._count(op, Outcome.UNCHANGED)
                 return self._lost(change, Winner(item=existing), plan.reason)
             removals = self._noting_removals(change, plan)
-            # A first request sent elsewhere went out earlier: holding from now errs long.
-            sent_at = time.monotonic()
+            # A first request sent elsewhere went out earlier: from its own send if known
+            # (the event loop's), else from now, which errs long.
+            sent_at = time.monotonic() if first is None or first.sent_at is None else first.sent_at
             try:
                 response = self._send(plan) if first is None else _answer_of(first)
             except Exception as error:

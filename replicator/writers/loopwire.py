@@ -39,8 +39,11 @@ from replicator.writers.sigv4 import host_of
 from replicator.writers.wire import WireWriteClient, ca_bundle
 
 # Called on the loop thread with the parsed output of a 200, or with the exception the
-# request raised (exactly one of them).
-Answered = Callable[[dict[str, Any] | None, BaseException | None], None]
+# request raised (exactly one of them), and when the request was written to its
+# connection (``loop.time()``, which is ``time.monotonic()``; None if it never was): a
+# request that got no answer may still be carried out, and how long after its send
+# decides how long the item's next change waits (DestinationWriter.late_write_window_s).
+Answered = Callable[[dict[str, Any] | None, BaseException | None, float | None], None]
 
 _MAX_HEAD = 64 * 1024
 _T = TypeVar("_T")
@@ -284,7 +287,7 @@ class LoopWire:
             error = ConnectionClosedError(endpoint_url=self.wire.endpoint_url, error=closed)
         if connection is None or error is not None:
             try:
-                answered(None, error)
+                answered(None, error, None)
             finally:
                 self._pump()
             return
@@ -302,7 +305,7 @@ class LoopWire:
             body, headers = self.wire.request(operation, params)
         except Exception as error:  # noqa: BLE001  # no credentials: the writer's to judge
             self._release(connection)
-            answered(None, error)
+            answered(None, error, None)
             return
         try:
             lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
@@ -313,7 +316,7 @@ class LoopWire:
             # the writer judge the error (one it does not know stops the shard).
             connection.abandon()
             self._forget(connection)
-            answered(None, error)
+            answered(None, error, None)
 
     def _release(self, connection: _Connection) -> None:
         """A connection whose answer is complete: reuse it, or forget it if it closed."""
@@ -365,6 +368,7 @@ class _Connection(asyncio.Protocol):
         self.answered: Answered | None = None
         self.operation = ""
         self.deadline = 0.0  # when the answer is overdue (loop time)
+        self.sent_at: float | None = None  # when the request was written (loop time)
         self.head: _Head | None = None
         self.lost = False
 
@@ -377,7 +381,8 @@ class _Connection(asyncio.Protocol):
         self.answered = answered
         self.operation = operation
         pool = self.pool
-        self.deadline = pool.loop.time() + pool.read_timeout
+        self.sent_at = now = pool.loop.time()
+        self.deadline = now + pool.read_timeout
         pool._awaiting(self)
         self.transport.write(payload)
 
@@ -436,6 +441,7 @@ class _Connection(asyncio.Protocol):
         self._done_waiting()
         answered = self.answered
         operation = self.operation
+        sent_at = self.sent_at
         self.answered = None
         self.head = None
         del self.buffer[:]
@@ -445,9 +451,9 @@ class _Connection(asyncio.Protocol):
             try:
                 result = self.pool.wire.answer(operation, head.status, body, head.crc32, head.date)
             except Exception as error:  # noqa: BLE001  # the botocore error, for the writer
-                answered(None, error)
+                answered(None, error, sent_at)
                 return
-            answered(result, None)
+            answered(result, None, sent_at)
         finally:  # this answer first, then the connection takes the next request
             if head.keep_alive and not head.until_close:
                 self.pool._release(self)
@@ -470,7 +476,7 @@ class _Connection(asyncio.Protocol):
     def _answer(self, result: dict[str, Any] | None, error: BaseException | None) -> None:
         answered, self.answered = self.answered, None
         if answered is not None:
-            answered(result, error)
+            answered(result, error, self.sent_at)
 
     def _close(self) -> None:
         self.lost = True

@@ -32,7 +32,9 @@ class LoopClient:
         done = threading.Event()
         outcome: list[tuple[dict[str, Any] | None, BaseException | None]] = []
 
-        def answered(result: dict[str, Any] | None, error: BaseException | None) -> None:
+        def answered(
+            result: dict[str, Any] | None, error: BaseException | None, _: float | None
+        ) -> None:
             outcome.append((result, error))
             done.set()
 

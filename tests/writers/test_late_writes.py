@@ -3,27 +3,34 @@ the item's next change: the change's write is held until it can no longer land."
 
 from __future__ import annotations
 
+import asyncio
+import queue
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import ReadTimeoutError
+from botocore.exceptions import ClientError, ReadTimeoutError
 
 from replicator.aws.backoff import Backoff
+from replicator.aws.errors import may_have_landed
 from replicator.buffer import ChangeBuffer
 from replicator.config.model import ConflictConfig
 from replicator.decode import decode
 from replicator.metrics import Metrics
 from replicator.rules import IN_STREAM_ORDER, rule_for
-from replicator.writers.destination import DestinationWriter, Outcome
+from replicator.writers.destination import DestinationWriter, FirstAnswer, Outcome
+from replicator.writers.loopwire import Answered, EventLoopThread, LoopWire
+from replicator.writers.wire import WireWriteClient
 from tests.support.aws import client, create_table
-from tests.support.faults.proxy import FaultProxy
+from tests.support.faults.proxy import Fault, FaultProxy, Mode
 from tests.support.metrics import sample
 from tests.support.records import put, remove
 from tests.test_pipeline import pipeline_of
 from tests.writers.test_loop_path import OVERWRITE, loop_pipeline
+from tests.writers.test_wire import direct_client
 
 WAIT_S = 30.0  # the most any condition below is waited for (a loaded machine)
 
@@ -74,7 +81,7 @@ class LateTable:
         return None if item is None else str(item["v"]["S"])
 
 
-def writer_for(table: LateTable, metrics: Metrics, window_s: float) -> DestinationWriter:
+def writer_for(table: object, metrics: Metrics, window_s: float) -> DestinationWriter:
     return DestinationWriter(
         label="dest",
         table="t",
@@ -155,7 +162,8 @@ def test_a_held_key_waits_while_other_keys_flow_and_a_stop_ends_the_hold(
         {"dest": writer}, ChangeBuffer(["dest"], IN_STREAM_ORDER), metrics, tmp_path, 100
     )
     try:
-        pipeline.submit(decode(put("a", 1, v="SLOWME-old")))
+        held = decode(put("a", 1, v="SLOWME-old"))
+        pipeline.submit(held)
         pipeline.dispatch()
         wait_for(lambda: holds(metrics) == 1)
         pipeline.submit(decode(put("a", 2, v="new")))  # a later batch: not squashed
@@ -164,7 +172,9 @@ def test_a_held_key_waits_while_other_keys_flow_and_a_stop_ends_the_hold(
         wait_for(lambda: table.value("b") == "other")
         assert table.landed.wait(WAIT_S)
         assert table.value("a") == "SLOWME-old"  # the next change still waits
-        assert pipeline.outstanding() == {"dest": 2}
+        # The held change was applied and settled: the checkpoint passes it, not its next.
+        assert pipeline.outstanding() == {"dest": 1}
+        assert pipeline.checkpointable() == held.sequence_number
         started = time.monotonic()
         pipeline.release_holds()  # a stop: the held change settles at once
         assert pipeline.flush(timeout=WAIT_S)
@@ -195,3 +205,208 @@ def test_no_hold_without_a_window_or_once_it_has_passed(metrics: Metrics) -> Non
     writer = writer_for(table, metrics, window_s=0.0)
     assert writer.write(decode(put("a", 1, v="SLOWME"))).outcome is Outcome.APPLIED
     assert holds(metrics) == 0
+
+
+def server_error(operation: str) -> ClientError:
+    """DynamoDB's 500: the request may have been carried out (in doubt)."""
+    answer: Any = {
+        "Error": {"Code": "InternalServerError", "Message": "Injected"},
+        "ResponseMetadata": {"HTTPStatusCode": 500},
+    }
+    return ClientError(answer, operation)
+
+
+class FirstFails:
+    """Items by key; the first write to each key is answered 500 and not carried out."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict[str, Any]] = {}
+        self.tried: set[str] = set()
+        self.lock = threading.Lock()
+
+    def put_item(self, **kwargs: Any) -> dict[str, Any]:
+        item = kwargs["Item"]
+        pk = item["pk"]["S"]
+        with self.lock:
+            if pk not in self.tried:
+                self.tried.add(pk)
+                raise server_error("PutItem")
+            self.items[pk] = item
+        return {}
+
+    def value(self, pk: str) -> str | None:
+        with self.lock:
+            item = self.items.get(pk)
+        return None if item is None else str(item["v"]["S"])
+
+
+KEYS = 200  # more than a destination's threads for the writes that leave the loop (32)
+
+
+def test_many_held_keys_settle_at_once_on_threads_and_only_a_next_change_waits(
+    metrics: Metrics, tmp_path: Path
+) -> None:
+    """Every key's first write is answered 500: each is held, yet all are applied and
+    checkpointed at once, with a window far longer than the test (a held write takes no
+    thread); a key's next change waits for the window, other keys' changes do not."""
+    table = FirstFails()
+    writer = writer_for(table, metrics, window_s=WAIT_S * 10)
+    pipeline = pipeline_of(
+        {"dest": writer}, ChangeBuffer(["dest"], IN_STREAM_ORDER), metrics, tmp_path, 1000
+    )
+    try:
+        first = [decode(put(f"k{n}", n + 1, v="first")) for n in range(KEYS)]
+        pipeline.submit_all(first)
+        pipeline.dispatch()
+        wait_for(lambda: pipeline.checkpointable() == first[-1].sequence_number)
+        assert holds(metrics) == KEYS
+        assert all(table.value(f"k{n}") == "first" for n in range(KEYS))
+        assert_a_next_change_waits(pipeline, table, first[-1].sequence_number)
+    finally:
+        pipeline.close()
+
+
+def assert_a_next_change_waits(pipeline: Any, table: Any, checkpointed: str) -> None:
+    """``k0`` is held: its next change waits (the checkpoint stays before it) while
+    another key's change is written; a stop ends the hold and it is written."""
+    pipeline.submit_all([decode(put("k0", 5000, v="second")), decode(put("other", 5001, v="x"))])
+    pipeline.dispatch()
+    wait_for(lambda: table.value("other") == "x")
+    assert table.value("k0") == "first"
+    assert pipeline.outstanding() == {"dest": 1}
+    assert pipeline.checkpointable() == checkpointed
+    pipeline.release_holds()
+    assert pipeline.flush(timeout=WAIT_S)
+    assert table.value("k0") == "second"
+
+
+class MotoTable:
+    """A new table at the moto server, and the ``value`` of its items."""
+
+    def __init__(self, moto_endpoint: str, unique: Any) -> None:
+        self.ddb = client("dynamodb", "eu-west-1", moto_endpoint)
+        self.name: str = unique("late")
+        create_table(self.ddb, self.name, stream=None)
+
+    def value(self, pk: str) -> str | None:
+        key = {"pk": {"S": pk}}
+        item = self.ddb.get_item(TableName=self.name, Key=key, ConsistentRead=True).get("Item")
+        return None if item is None else str(item["v"]["S"])
+
+    def count(self) -> int:
+        return int(self.ddb.scan(TableName=self.name, Select="COUNT")["Count"])
+
+
+def test_many_keys_answered_5xx_on_the_event_loop_settle_before_their_window(
+    proxy: FaultProxy, moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """The defect's case through a proxy: every write is carried out and answered 500 until
+    each key's has landed; then the proxy passes. The writes are all applied and
+    checkpointed while their window (far longer than the test) still runs: before, the
+    destination's 32 threads each waited out a window, about one key a second."""
+    table = MotoTable(moto_endpoint, unique)
+    pipeline = loop_pipeline(proxy.url, table.name, tmp_path, metrics, OVERWRITE, max_in_flight=256)
+    writer = pipeline.writers["dest"]
+    assert isinstance(writer, DestinationWriter)
+    writer.late_write_window_s = WAIT_S * 10
+    writer.backoff = Backoff(0.25, 0.5)  # retries that go easy on the shared moto server
+    try:
+        proxy.server_errors(after_forward=True)
+        first = [decode(put(f"k{n}", n + 1, v="first")) for n in range(KEYS)]
+        pipeline.submit_all(first)
+        pipeline.dispatch()
+        wait_for(lambda: table.count() == KEYS)
+        proxy.pass_through()
+        wait_for(lambda: pipeline.checkpointable() == first[-1].sequence_number)
+        assert holds(metrics) == KEYS
+        assert_a_next_change_waits(pipeline, table, first[-1].sequence_number)
+    finally:
+        pipeline.close()
+
+
+def test_a_first_answer_holds_from_when_its_request_was_sent(metrics: Metrics) -> None:
+    """A first request sent by another transport: the window counts from its send, not
+    from when its answer is handled."""
+    writer = writer_for(LateTable(), metrics, window_s=5.0)
+    change = decode(put("a", 1, v="x"))
+    request = writer.first_request(change)
+    assert request is not None
+    long_ago = FirstAnswer(request, error=server_error("PutItem"), sent_at=time.monotonic() - 10)
+    assert writer.write(change, long_ago).outcome is Outcome.APPLIED  # at once: window passed
+    assert holds(metrics) == 0
+
+    writer.late_write_window_s = WAIT_S * 10
+    sent_at = time.monotonic() - 1.0
+    answer = FirstAnswer(request, error=server_error("PutItem"), sent_at=sent_at)
+    result = writer.write(change, answer, hold=False)  # the caller keeps the key meanwhile
+    assert result.outcome is Outcome.APPLIED
+    assert result.hold_until == sent_at + writer.late_write_window_s
+    assert holds(metrics) == 1
+
+
+class LateAnswers:
+    """A destination's transport on the loop that answers every request 500 ``after_s``
+    after sending it (a request held on the way before a proxy gave up on it)."""
+
+    def __init__(self, wire: WireWriteClient, loop: asyncio.AbstractEventLoop) -> None:
+        self.wire = wire
+        self.loop = loop
+        self.after_s = 2.0
+
+    def send(self, operation: str, params: Mapping[str, Any], answered: Answered) -> None:
+        error = server_error(operation)
+        self.loop.call_later(self.after_s, answered, None, error, self.loop.time())
+
+    def drop_waiting(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_first_request_on_the_event_loop_is_held_from_its_send(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """Its 500 comes 2 s after the send, with a window of 1.5 s: the window has passed
+    when the answer is handled, and nothing is held (the retry goes straight to moto)."""
+    table = MotoTable(moto_endpoint, unique)
+    pipeline = loop_pipeline(
+        moto_endpoint, table.name, tmp_path, metrics, OVERWRITE, wire_factory=LateAnswers
+    )
+    writer = pipeline.writers["dest"]
+    assert isinstance(writer, DestinationWriter)
+    writer.late_write_window_s = 1.5
+    try:
+        pipeline.submit(decode(put("a", 1, v="x")))
+        pipeline.dispatch()
+        assert pipeline.flush(timeout=WAIT_S)
+        assert table.value("a") == "x"
+        assert holds(metrics) == 0
+    finally:
+        pipeline.close()
+
+
+def test_the_event_loop_says_when_an_unanswered_request_was_sent(
+    proxy: FaultProxy, moto_endpoint: str, unique: Any
+) -> None:
+    table = MotoTable(moto_endpoint, unique)
+    thread = EventLoopThread("test-loop")
+    wire = LoopWire(direct_client(proxy.url), thread.loop)
+    answers: queue.Queue[tuple[float, BaseException | None, float | None]] = queue.Queue()
+
+    def answered(_: object, error: BaseException | None, sent_at: float | None) -> None:
+        answers.put((time.monotonic(), error, sent_at))
+
+    try:
+        proxy.set(Mode(Fault.SERVER_ERROR, latency_s=1.0))
+        before = time.monotonic()
+        item = {"TableName": table.name, "Item": {"pk": {"S": "a"}}}
+        thread.call(wire.send, "PutItem", item, answered)
+        answered_at, error, sent_at = answers.get(timeout=WAIT_S)
+        assert isinstance(error, ClientError)
+        assert may_have_landed(error)
+        assert sent_at is not None
+        assert before <= sent_at <= answered_at - 1.0
+    finally:
+        thread.call(wire.close)
+        thread.stop()

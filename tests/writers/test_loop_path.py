@@ -29,7 +29,7 @@ from replicator.pipeline import ShardPipeline
 from replicator.records import Change
 from replicator.rules import rule_for, squash_order
 from replicator.writers.destination import DestinationWriter
-from replicator.writers.loopwire import EventLoopThread
+from replicator.writers.loopwire import EventLoopThread, LoopWire, WireFactory
 from replicator.writers.wire import WireWriteClient
 from tests.support.aws import client, create_table
 from tests.support.faults.proxy import FaultProxy
@@ -50,6 +50,8 @@ def loop_pipeline(
     metrics: Metrics,
     conflict: dict[str, str],
     read_timeout: float = 10.0,
+    max_in_flight: int = 8,
+    wire_factory: WireFactory = LoopWire,
 ) -> ShardPipeline:
     botocore_client = clients.dynamodb(Place(REGION, endpoint), sdk_retries=False)
     direct = WireWriteClient(
@@ -70,9 +72,10 @@ def loop_pipeline(
         ChangeBuffer(["dest"], squash_order([rule], ordered_stream=True)),
         metrics,
         "shard-1",
-        max_in_flight=8,
+        max_in_flight=max_in_flight,
         max_buffered=1000,
         dead_letters=DeadLetterer(FileDeadLetters(tmp_path / "dead.jsonl"), metrics, "t", "s"),
+        wire_factory=wire_factory,
     )
     assert "dest" in pipeline._wires  # the direct path goes out on the event loop
     return pipeline
