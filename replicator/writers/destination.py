@@ -45,12 +45,12 @@ from replicator.exceptions import (
     PlanError,
     WriteCancelled,
 )
-from replicator.items import Item, KeyId, describe_key, item_from_wire, same_item
+from replicator.items import Item, KeyId, describe_key, item_from_wire, key_id, same_item
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.rules import ConflictRule, OrderedRule, Skip, Verdict, WriteRequest
 from replicator.rules.order import below
-from replicator.rules.requests import holds_outcome, holds_write, write_over
+from replicator.rules.requests import exact_write, holds_outcome, holds_write, write_over
 from replicator.tombstones.model import Ranking, Tombstone, tombstone_of
 from replicator.tombstones.table import KEY_SCHEMA, TombstoneTable, TombstoneTableError
 from replicator.writers.wire import WireWriteClient
@@ -860,25 +860,71 @@ class DestinationWriter:
     def remove_below(self, keys: Item, tombstone: Tombstone, stale: Item | None) -> bool:
         """Delete the item while it ranks at or below ``tombstone`` (``stale``, an image
         known to be below it, settles the ties DynamoDB cannot compare). Whether an item
-        was deleted."""
+        was deleted.
+
+        The condition compares (value, origin) only, so an item tying the delete there
+        fails it: the deleted image itself, which a correction or another write-back may
+        have put over ``stale`` between the put that created ``stale`` and its tombstone
+        check (the put replaced an item, so it checks nothing). Such an item comes back
+        with the failure; one that ranks at or below the tombstone by the digest is then
+        deleted while it is still exactly that item, or it would stay for good."""
         rule = self.ordered_rule
         fields = rule.keyed_fields(keys)
         condition, names, values = below(fields, tombstone.ordering, tombstone.origin, None)
         if stale is not None:
-            # Only a whole comparison: nothing here puts back an item removed unseen.
+            # Only a whole comparison: this first delete puts nothing back.
             condition, names, values = rule.or_exactly(
                 (condition, names, values), stale, whole=True
             )
         request = WriteRequest(
             op="delete", key=keys, condition=condition, names=names, values=values
         )
+        for _ in range(_RECONSIDERED_LIMIT):
+            try:
+                return self._send_removal(keys, request, tombstone)
+            except ClientError as error:
+                if classify(error) is not ErrorKind.CONDITION_FAILED:
+                    raise
+                held = cast("Item | None", error.response.get("Item"))
+                if not held or not tombstone.blocks(rule.rank(held)):
+                    return False  # gone, or something ranking above the delete: it stays
+                request = exact_write("delete", keys, held, rule.exactly(held))
+        return False
+
+    def _send_removal(self, keys: Item, request: WriteRequest, tombstone: Tombstone) -> bool:
+        """Send a delete of :meth:`remove_below`. One that compares its item only in part
+        (a wide item tying the tombstone) may remove, unseen, a write that changed only
+        attributes it leaves out: that item is put back when it ranks above the tombstone,
+        and the source's stage is told (:attr:`removals`), as for any such delete."""
+        removals = self.removals if request.expects is not None else None
+        key = key_id(keys) if removals is not None else ()
+        if removals is not None:
+            removals.expect_removal(key)
+        put_back: Item | None = None
         try:
-            self._send(request)
+            response = self._send(request)
+            replaced = cast("Item | None", response.get("Attributes"))
+            if replaced and isinstance(self.client, WireWriteClient):
+                replaced = item_from_wire(replaced)
+            if (
+                replaced
+                and request.expects is not None
+                and not same_item(replaced, request.expects)
+                and not tombstone.blocks(self.ordered_rule.rank(replaced))
+            ):
+                put_back = replaced
+        finally:
+            if removals is not None:
+                removals.settle_removal(key, put_back)
+        if put_back is None:
+            return True
+        try:
+            self._send(write_over("put", keys, None, put_back))
         except ClientError as error:
-            if classify(error) is ErrorKind.CONDITION_FAILED:
-                return False  # something ranking above the delete is there now: it stays
-            raise
-        return True
+            if classify(error) is not ErrorKind.CONDITION_FAILED:
+                raise
+            # Yet another write landed since: it stays.
+        return False
 
     def _tombstone_won(self, tombstone: Tombstone) -> str:
         rule = self.ordered_rule

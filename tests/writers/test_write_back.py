@@ -25,7 +25,7 @@ from replicator.decode import decode
 from replicator.exceptions import DestinationRefused
 from replicator.filters import Route
 from replicator.highwater import HighWater
-from replicator.items import Item, KeyId
+from replicator.items import Item, KeyId, key_id
 from replicator.metrics import Metrics
 from replicator.records import Change, Event
 from replicator.rules import OrderedRule
@@ -480,6 +480,76 @@ def test_a_write_back_landing_before_a_local_delete_is_recorded_is_removed_with_
     pair.a.put_item(TableName=pair.table, Item=higher)  # a newer write stays
     assert pair.source.write(change("REMOVE", None, deleted, seq=3)).outcome is Outcome.UNCHANGED
     assert pair.get(pair.a) == higher
+
+
+@pytest.mark.parametrize("width", [0, 200])
+def test_the_deleted_image_put_back_over_a_write_back_before_its_check_is_removed(
+    pair: Pair, width: int
+) -> None:
+    """The application deleted its image in A and A's job recorded the delete. A
+    write-back of a lower image from B creates the item in A; before its tombstone check
+    reads the row, a correction of an older local write (the higher image the stage saw
+    before the delete) replaces it. That image ties the tombstone on (value, origin): the
+    check removes it too, or A would hold the deleted item for good. A wide image (more
+    attributes than one condition compares) is removed as well."""
+    deleted: Item = {
+        **image(20, "us-east-1", "deleted"),
+        **{f"a{i:03}": {"N": "1"} for i in range(width)},
+    }
+    assert pair.source.write(change("REMOVE", None, deleted)).outcome is Outcome.UNCHANGED
+    assert pair.tombs_a.get(KEY) is not None and pair.get(pair.a) is None
+    lower = image(15, "eu-west-1", "lower")
+    pair.b.put_item(TableName=pair.table, Item=lower)
+    read = pair.tombs_a.get
+    landed: list[Item] = []
+
+    def correction_lands_first(keys: Item) -> Tombstone | None:
+        if not landed:
+            landed.append(deleted)
+            assert pair.get(pair.a) == lower  # the write-back created the item
+            pair.a.put_item(TableName=pair.table, Item=deleted)  # the correction
+        return read(keys)
+
+    pair.tombs_a.get = correction_lands_first  # type: ignore[method-assign]
+    older = image(10, "us-east-1", "older")
+    assert pair.writer.write(change("INSERT", older)).outcome is Outcome.CONFLICT_LOST
+    assert landed == [deleted]
+    assert pair.get(pair.a) is None
+
+
+def test_a_wide_item_changed_unseen_under_a_tombstone_check_is_put_back(pair: Pair) -> None:
+    """The wide deleted image put back over a write-back is removed by a delete that
+    compares it in part: a write landing just before that delete, changing only an
+    attribute it leaves out and ranking above the deleted image by its digest, is
+    removed unseen and put back at once, and the stage is told its removal's record is
+    the job's own."""
+    deleted: Item = {**image(20, "us-east-1"), **{f"a{i:03}": {"N": "1"} for i in range(200)}}
+    assert pair.source.write(change("REMOVE", None, deleted)).outcome is Outcome.UNCHANGED
+    lower = image(15, "eu-west-1", "lower")
+    pair.b.put_item(TableName=pair.table, Item=lower)
+    pair.a.put_item(TableName=pair.table, Item=lower)  # the write-back, created
+    pair.a.put_item(TableName=pair.table, Item=deleted)  # the correction, over it
+    send = pair.source.writer._send
+    newer: list[Item] = []
+
+    def newer_lands_first(request: WriteRequest) -> dict[str, Any]:
+        if request.expects is not None and not newer:
+            left_out = max(set(deleted) - set(request.names.values()))
+            newer.append(
+                next(
+                    item
+                    for item in ({**deleted, left_out: {"N": str(n)}} for n in range(2, 50))
+                    if RULE.rank(item) > RULE.rank(deleted)
+                )
+            )
+            pair.a.put_item(TableName=pair.table, Item=newer[0])
+        return send(request)
+
+    pair.source.writer._send = newer_lands_first  # type: ignore[method-assign]
+    assert pair.source.writer.undo_if_deleted(KEY, lower) is not None
+    assert len(newer) == 1
+    assert pair.get(pair.a) == newer[0]  # removed, and put back
+    assert pair.source.notes.is_removal(key_id(KEY), newer[0])
 
 
 def test_the_record_of_a_write_back_stamped_here_is_not_sent_again(pair: Pair) -> None:
