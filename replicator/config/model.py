@@ -2022,14 +2022,17 @@ def disk_checks(job: JobConfig, *, directories_only: bool = False) -> Problems:
     """What only the files on disk tell (``validate``, in the working directory that
     ``run`` will use): a file target that names an existing directory, or (unless
     ``directories_only``) something else that is not a regular file (a FIFO, which
-    opening would wait on for ever, ``/dev/null``, which keeps nothing), each of which
-    ``run`` refuses at start."""
-    from replicator.appendfile import not_a_regular_file
+    opening would wait on for ever, ``/dev/null``, which keeps nothing) or a path no
+    file can have (a name too long), each of which ``run`` refuses at start."""
+    from replicator.appendfile import not_a_regular_file, unusable
 
     problems: Problems = []
     for where, what, path in _job_files(job):
         kind = None if directories_only else not_a_regular_file(path)
-        if kind is not None and kind != "a directory":
+        problem = None if directories_only else unusable(path)
+        if problem is not None:
+            problems.append((where, f"{what} {os.path.abspath(path)} cannot be written: {problem}"))
+        elif kind is not None and kind != "a directory":
             problems.append(
                 (
                     where,

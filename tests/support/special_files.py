@@ -26,3 +26,9 @@ def special_file(tmp_path: Path, special: str) -> tuple[Path, str]:
     target = tmp_path / "fifo"
     os.mkfifo(target)
     return target, "a FIFO (named pipe)"
+
+
+# Paths no file can have: one name over 255 bytes, and a whole path over 4096 (PATH_MAX).
+TOO_LONG = pytest.mark.parametrize(
+    "too_long", ["x" * 300 + ".jsonl", "d/" * 3000 + "f.jsonl"], ids=["name", "path"]
+)
