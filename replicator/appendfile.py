@@ -52,11 +52,16 @@ _KINDS = (
 def not_a_regular_file(path: str | Path) -> str | None:
     """What the existing ``path`` is when it is not a regular file (None: it is one, or
     there is nothing there), found without opening it: opening a FIFO waits for a
-    reader, for ever, and a device (``/dev/null``) takes lines and keeps none."""
+    reader, for ever, and a device (``/dev/null``) takes lines and keeps none. Symbolic
+    links are followed; ones that lead to each other are refused here too, as nothing
+    else would look past ``is_dir`` and ``exists`` (both say no to a loop) before the
+    first line to store failed."""
     try:
         mode = os.stat(path).st_mode
-    except OSError:  # nothing there (yet), or not to be looked at: opening it will tell
-        return None
+    except OSError as error:
+        if error.errno == errno.ELOOP:  # links that lead to each other: never a file
+            return "a loop of symbolic links (ELOOP)"
+        return None  # nothing there (yet), or not to be looked at: opening it will tell
     if stat.S_ISREG(mode):
         return None
     return next((kind for is_kind, kind in _KINDS if is_kind(mode)), "a special file")
