@@ -1,9 +1,10 @@
 """The ``replicator`` command's entry point (and ``python -m replicator``'s).
 
-Importing the CLI and the job's modules takes about half a second. A SIGTERM or SIGINT
-that reaches ``replicator run`` in that time would end it with no output (SIGTERM's
-default) or a ``KeyboardInterrupt`` traceback. So for ``run`` both signals are held from
-the first moment, before anything heavy is imported; the runtime's own handlers
+Importing the CLI and the job's modules takes about half a second. A SIGTERM, SIGINT or
+SIGHUP that reaches ``replicator run`` in that time would end it with no output (SIGTERM's
+and SIGHUP's default) or a ``KeyboardInterrupt`` traceback. So for ``run`` the three are
+held from the first moment (SIGHUP unless it was ignored at start, as by ``nohup``),
+before anything heavy is imported; the runtime's own handlers
 (:func:`replicator.runtime.supervisor.stop_signals`) then act on a held one as on any
 other, and a stop during start-up exits 0 as a stop at any other time does. For ``demo``
 a SIGINT, SIGTERM or SIGHUP before the demo installs its own handlers ends it at once: one
@@ -23,8 +24,8 @@ collecting botocore's objects) takes 0.2 s to over a second on a busy host, with
 signal handlers already reset to the defaults, so a SIGTERM in that time ended the
 command with 143 instead of the code it had already decided on.
 
-``processor`` (the record processor a daemon runs, one per shard) ignores SIGTERM and
-SIGINT from its first moment: its life is the protocol's (``shutdownRequested``,
+``processor`` (the record processor a daemon runs, one per shard) ignores SIGTERM,
+SIGINT and SIGHUP from its first moment: its life is the protocol's (``shutdownRequested``,
 ``leaseLost``, ``shardEnded``, and the end of its input when the daemon goes away). A
 stop signal reaches it beside its daemon's when a service manager signals every process
 of the service (systemd's default ``KillMode=control-group``) or Ctrl-C the whole
@@ -63,14 +64,22 @@ def stop_held() -> bool:
     return bool(_held)
 
 
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """The signals that ask ``run`` and the long-running commands for a clean stop:
+    SIGTERM, SIGINT, and SIGHUP (a closed terminal, an SSH session's end) unless it is
+    ignored, as ``nohup`` starts a command so that a closed terminal does not stop it."""
+    hangup = () if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN else (signal.SIGHUP,)
+    return (signal.SIGTERM, signal.SIGINT, *hangup)
+
+
 def hold_stop_signals() -> None:
-    """Hold SIGTERM and SIGINT until :func:`take_held_signal` is asked.
+    """Hold the stop signals (:func:`stop_signals`) until :func:`take_held_signal` is asked.
 
     Both are blocked while the handlers go in, so that the two are held from one moment:
     a SIGINT that came between the two installations (Ctrl-C just after a SIGTERM) would
     otherwise meet Python's own handler and end the start-up with a traceback. A signal
     that arrives meanwhile waits, and reaches :func:`_hold` when they are unblocked."""
-    stops = {signal.SIGTERM, signal.SIGINT}
+    stops = set(stop_signals())
     before = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     try:
         for sig in stops:
@@ -105,11 +114,12 @@ def _end_now(code: object) -> None:
 
 
 def ignore_stop_signals() -> None:
-    """SIGTERM and SIGINT ignored for good (the processor's; see the module's docstring).
+    """SIGTERM, SIGINT and SIGHUP ignored for good (the processor's; see the module's
+    docstring): a terminal that closes sends SIGHUP to the runtime and its processors.
 
     Ignored rather than handled: the kernel drops them at once, during imports too, and
     no handler can run in the middle of a log line or a checkpoint."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
 
 

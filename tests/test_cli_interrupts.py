@@ -141,3 +141,17 @@ def test_ctrl_c_while_the_cli_is_imported_exits_130_with_one_line() -> None:
     assert result.returncode == 130, result.stderr
     assert result.stderr == "replicator: SIGINT received; validate stopped\n"
     assert result.stdout == ""
+
+
+def test_sighup_stops_run_and_the_tools_unless_ignored_as_by_nohup() -> None:
+    """A closed terminal's SIGHUP is a stop request as SIGTERM is; one that was ignored at
+    start (``nohup``) stays ignored, as whoever started the command meant."""
+    from replicator import entry
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        assert entry.stop_signals() == (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        assert entry.stop_signals() == (signal.SIGTERM, signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGHUP, previous)

@@ -133,11 +133,12 @@ def stopped_while_starting(message: str) -> None:
 
 @contextlib.contextmanager
 def stop_signals(stop: Callable[[signal.Signals], None]) -> Iterator[None]:
-    """SIGTERM and SIGINT ask ``stop`` for a clean stop, naming the signal (a second one
-    may end the run with its number); the previous handlers are back afterwards. A signal
-    held since the command started (:mod:`replicator.entry`) asks at once."""
+    """SIGTERM, SIGINT and SIGHUP (:func:`replicator.entry.stop_signals`) ask ``stop``
+    for a clean stop, naming the signal (a second one may end the run with its number);
+    the previous handlers are back afterwards. A signal held since the command started
+    (:mod:`replicator.entry`) asks at once."""
     previous: dict[signal.Signals, Any] = {
-        sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)
+        sig: signal.getsignal(sig) for sig in entry.stop_signals()
     }
 
     def on_signal(signum: int, _: Any) -> None:

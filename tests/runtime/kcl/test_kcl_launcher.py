@@ -655,6 +655,18 @@ def stand_in(kinesis_job: dict[str, Any], tmp_path: Path) -> Any:
         one.kill()
 
 
+def test_sighup_to_the_run_is_a_clean_stop_as_sigterm_is(stand_in: Any) -> None:
+    """A closed terminal (an SSH session's end) sends SIGHUP: it ended the run at once
+    (129), the daemon killed by its parent-death signal, no processor checkpointed."""
+    run = stand_in("graceful")
+    record = run.record()
+    run.process.send_signal(signal.SIGHUP)
+    assert run.process.wait(30) == 0, run.log.read_text()[-2000:]
+    assert Path(str(run.record_path) + ".sigterm").exists()  # a graceful stop, forwarded
+    assert "the daemon stopped as asked" in run.log.read_text()
+    assert not Path(record["samples_dir"]).exists()
+
+
 def test_sigterm_reaches_the_daemon_and_a_stop_it_answers_is_a_clean_exit(stand_in: Any) -> None:
     run = stand_in("graceful")
     record = run.record()
@@ -740,7 +752,9 @@ def test_a_stop_signal_an_operator_sends_the_daemon_alone_exits_with_its_number(
     )
 
 
-@pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+@pytest.mark.parametrize(
+    "sent", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["TERM", "INT", "HUP"]
+)
 def test_a_stop_signal_sent_to_the_run_and_the_daemon_at_once_is_a_clean_stop(
     stand_in: Any, sent: signal.Signals
 ) -> None:

@@ -124,7 +124,9 @@ def test_kill_9_of_a_processor_child_is_restarted_from_the_checkpoint(job: Job) 
     assert "job file not found" not in log
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name
+)
 def test_a_stop_signal_to_the_runtime_and_its_processors_at_once_is_a_clean_stop(
     job: Job, sig: signal.Signals
 ) -> None:
