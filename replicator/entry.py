@@ -13,6 +13,8 @@ line, exit 128 + the signal (a SIGTERM or SIGHUP the demo was started with ignor
 run their preflight checks (which can wait minutes, creating tables) while the signals are
 still held, and look at :func:`stop_held` between steps; a second signal while held means
 stop now: one line, and exit 128 + the signal's number (130 for SIGINT, 143 for SIGTERM).
+A stop signal within :data:`REPEAT_S` of the first is no second one but the same request
+sent twice (``timeout``), here and once the runtime is set up: logged once, a clean stop.
 
 Every other command (but ``processor``) answers a SIGINT it was started with ignored, as
 a shell without job control starts a background command, as it answers one from a
@@ -39,9 +41,36 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from typing import Any
 
-_held: list[int] = []
+# A stop signal this soon after the first is the same request, sent twice: coreutils'
+# ``timeout`` signals the command and then its process group (0.3 ms apart), a service
+# manager may signal the main process and then every process of the service. Only a
+# later one is a second request (stop now).
+REPEAT_S = 1.0
+
+# The stop signal held while ``run`` starts, and when it came (:func:`_now`).
+_held: list[tuple[int, float]] = []
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+class StopRequests:
+    """The stop signals of one run told apart from their repeats (:data:`REPEAT_S`)."""
+
+    def __init__(self) -> None:
+        self.first_at: float | None = None
+
+    def repeated(self, at: float | None = None) -> bool:
+        """Note a stop signal (now, or ``at``); whether it repeats the first."""
+        at = _now() if at is None else at
+        if self.first_at is None:
+            self.first_at = at
+            return False
+        return at - self.first_at < REPEAT_S
 
 
 class StopNow(SystemExit):
@@ -51,12 +80,15 @@ class StopNow(SystemExit):
 
 
 def _hold(signum: int, _frame: Any) -> None:
+    now = _now()
+    if _held and now - _held[0][1] < REPEAT_S:
+        return  # the same request, sent twice
     if _held:  # asked twice while starting: do not wait for the start-up to finish
         name = signal.Signals(signum).name
         sys.stderr.write(f"replicator: {name} again while starting; stopping now\n")
         sys.stderr.flush()
         raise StopNow(128 + signum)
-    _held.append(signum)
+    _held.append((signum, now))
 
 
 def stop_held() -> bool:
@@ -88,13 +120,20 @@ def hold_stop_signals() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
-def take_held_signal() -> signal.Signals | None:
-    """The first stop signal held since :func:`hold_stop_signals` (once), else None."""
+def take_held() -> tuple[signal.Signals, float] | None:
+    """The first stop signal held since :func:`hold_stop_signals` and when it came
+    (once), else None."""
     if not _held:
         return None
-    first = _held[0]
+    first, at = _held[0]
     _held.clear()
-    return signal.Signals(first)
+    return signal.Signals(first), at
+
+
+def take_held_signal() -> signal.Signals | None:
+    """The first stop signal held since :func:`hold_stop_signals` (once), else None."""
+    held = take_held()
+    return None if held is None else held[0]
 
 
 def _end_now(code: object) -> None:
