@@ -52,17 +52,60 @@ _KINDS = (
 def not_a_regular_file(path: str | Path) -> str | None:
     """What the existing ``path`` is when it is not a regular file (None: it is one, or
     there is nothing there), found without opening it: opening a FIFO waits for a
-    reader, for ever, and a device (``/dev/null``) takes lines and keeps none."""
+    reader, for ever, and a device (``/dev/null``) takes lines and keeps none. Symbolic
+    links are followed; ones that lead to each other are refused here too, as nothing
+    else would look past ``is_dir`` and ``exists`` (both say no to a loop) before the
+    first line to store failed."""
     try:
         mode = os.stat(path).st_mode
-    except OSError:  # nothing there (yet), or not to be looked at: opening it will tell
-        return None
+    except OSError as error:
+        if error.errno == errno.ELOOP:  # links that lead to each other: never a file
+            return "a loop of symbolic links (ELOOP)"
+        return None  # nothing there (yet), or not to be looked at: opening it will tell
     if stat.S_ISREG(mode):
         return None
     return next((kind for is_kind, kind in _KINDS if is_kind(mode)), "a special file")
 
 
+# Why no file can ever be at a path, whoever runs the job, by the error its lookup gives.
+_UNUSABLE = {
+    errno.ENAMETOOLONG: "its name is too long (ENAMETOOLONG: a name in a path is at most 255 "
+    "bytes, a whole path at most 4096): give a shorter path",
+}
+
+
+def _said(error: OSError) -> str:
+    """An OSError in words, its errno's name with them (ELOOP, ENAMETOOLONG), without the
+    path, which the messages name themselves."""
+    code = errno.errorcode.get(error.errno or 0)
+    words = error.strerror or str(error)
+    return f"{words} ({code})" if code else words
+
+
+def unusable(path: str | Path) -> str | None:
+    """Why no file can be at ``path`` at all, as its lookup says (None: that is for
+    opening it to tell): a name too long, which a check that takes every error of
+    ``stat`` as "nothing there" would wave through to the first line to store."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        return _UNUSABLE.get(error.errno or 0)
+    return None
+
+
 def why_not_appendable(path: Path) -> str | None:
+    """:func:`_why_not_appendable`, with any error of the checks themselves (a name too
+    long, a directory that may not be searched) an answer rather than a traceback."""
+    problem = unusable(path)
+    if problem is not None:
+        return problem
+    try:
+        return _why_not_appendable(path)
+    except OSError as error:
+        return f"{_said(error)}{UNWRITABLE_HINT}"
+
+
+def _why_not_appendable(path: Path) -> str | None:
     """Why this process could not append to ``path`` (None: it can), found out at start
     rather than at the first line to store: its directory is created when missing, and
     the file opened for appending (a file created and removed at once beside it, when
@@ -99,7 +142,10 @@ def why_not_appendable(path: Path) -> str | None:
             finally:
                 os.close(descriptor)
         else:
-            descriptor, name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.")
+            # Named after the file, unless that would make a name too long where the
+            # file's own is not (mkstemp adds eight characters).
+            prefix = f".{path.name}." if len(os.fsencode(path.name)) < 240 else "."
+            descriptor, name = tempfile.mkstemp(dir=directory, prefix=prefix)
             os.close(descriptor)
             os.unlink(name)
     except OSError as error:

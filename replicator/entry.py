@@ -1,9 +1,10 @@
 """The ``replicator`` command's entry point (and ``python -m replicator``'s).
 
-Importing the CLI and the job's modules takes about half a second. A SIGTERM or SIGINT
-that reaches ``replicator run`` in that time would end it with no output (SIGTERM's
-default) or a ``KeyboardInterrupt`` traceback. So for ``run`` both signals are held from
-the first moment, before anything heavy is imported; the runtime's own handlers
+Importing the CLI and the job's modules takes about half a second. A SIGTERM, SIGINT or
+SIGHUP that reaches ``replicator run`` in that time would end it with no output (SIGTERM's
+and SIGHUP's default) or a ``KeyboardInterrupt`` traceback. So for ``run`` the three are
+held from the first moment (SIGHUP unless it was ignored at start, as by ``nohup``),
+before anything heavy is imported; the runtime's own handlers
 (:func:`replicator.runtime.supervisor.stop_signals`) then act on a held one as on any
 other, and a stop during start-up exits 0 as a stop at any other time does. For ``demo``
 a SIGINT, SIGTERM or SIGHUP before the demo installs its own handlers ends it at once: one
@@ -12,6 +13,8 @@ line, exit 128 + the signal (a SIGTERM or SIGHUP the demo was started with ignor
 run their preflight checks (which can wait minutes, creating tables) while the signals are
 still held, and look at :func:`stop_held` between steps; a second signal while held means
 stop now: one line, and exit 128 + the signal's number (130 for SIGINT, 143 for SIGTERM).
+A stop signal within :data:`REPEAT_S` of the first is no second one but the same request
+sent twice (``timeout``), here and once the runtime is set up: logged once, a clean stop.
 
 Every other command (but ``processor``) answers a SIGINT it was started with ignored, as
 a shell without job control starts a background command, as it answers one from a
@@ -23,8 +26,8 @@ collecting botocore's objects) takes 0.2 s to over a second on a busy host, with
 signal handlers already reset to the defaults, so a SIGTERM in that time ended the
 command with 143 instead of the code it had already decided on.
 
-``processor`` (the record processor a daemon runs, one per shard) ignores SIGTERM and
-SIGINT from its first moment: its life is the protocol's (``shutdownRequested``,
+``processor`` (the record processor a daemon runs, one per shard) ignores SIGTERM,
+SIGINT and SIGHUP from its first moment: its life is the protocol's (``shutdownRequested``,
 ``leaseLost``, ``shardEnded``, and the end of its input when the daemon goes away). A
 stop signal reaches it beside its daemon's when a service manager signals every process
 of the service (systemd's default ``KillMode=control-group``) or Ctrl-C the whole
@@ -38,9 +41,36 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from typing import Any
 
-_held: list[int] = []
+# A stop signal this soon after the first is the same request, sent twice: coreutils'
+# ``timeout`` signals the command and then its process group (0.3 ms apart), a service
+# manager may signal the main process and then every process of the service. Only a
+# later one is a second request (stop now).
+REPEAT_S = 1.0
+
+# The stop signal held while ``run`` starts, and when it came (:func:`_now`).
+_held: list[tuple[int, float]] = []
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+class StopRequests:
+    """The stop signals of one run told apart from their repeats (:data:`REPEAT_S`)."""
+
+    def __init__(self) -> None:
+        self.first_at: float | None = None
+
+    def repeated(self, at: float | None = None) -> bool:
+        """Note a stop signal (now, or ``at``); whether it repeats the first."""
+        at = _now() if at is None else at
+        if self.first_at is None:
+            self.first_at = at
+            return False
+        return at - self.first_at < REPEAT_S
 
 
 class StopNow(SystemExit):
@@ -50,12 +80,15 @@ class StopNow(SystemExit):
 
 
 def _hold(signum: int, _frame: Any) -> None:
+    now = _now()
+    if _held and now - _held[0][1] < REPEAT_S:
+        return  # the same request, sent twice
     if _held:  # asked twice while starting: do not wait for the start-up to finish
         name = signal.Signals(signum).name
         sys.stderr.write(f"replicator: {name} again while starting; stopping now\n")
         sys.stderr.flush()
         raise StopNow(128 + signum)
-    _held.append(signum)
+    _held.append((signum, now))
 
 
 def stop_held() -> bool:
@@ -63,14 +96,22 @@ def stop_held() -> bool:
     return bool(_held)
 
 
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """The signals that ask ``run`` and the long-running commands for a clean stop:
+    SIGTERM, SIGINT, and SIGHUP (a closed terminal, an SSH session's end) unless it is
+    ignored, as ``nohup`` starts a command so that a closed terminal does not stop it."""
+    hangup = () if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN else (signal.SIGHUP,)
+    return (signal.SIGTERM, signal.SIGINT, *hangup)
+
+
 def hold_stop_signals() -> None:
-    """Hold SIGTERM and SIGINT until :func:`take_held_signal` is asked.
+    """Hold the stop signals (:func:`stop_signals`) until :func:`take_held_signal` is asked.
 
     Both are blocked while the handlers go in, so that the two are held from one moment:
     a SIGINT that came between the two installations (Ctrl-C just after a SIGTERM) would
     otherwise meet Python's own handler and end the start-up with a traceback. A signal
     that arrives meanwhile waits, and reaches :func:`_hold` when they are unblocked."""
-    stops = {signal.SIGTERM, signal.SIGINT}
+    stops = set(stop_signals())
     before = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     try:
         for sig in stops:
@@ -79,13 +120,20 @@ def hold_stop_signals() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
-def take_held_signal() -> signal.Signals | None:
-    """The first stop signal held since :func:`hold_stop_signals` (once), else None."""
+def take_held() -> tuple[signal.Signals, float] | None:
+    """The first stop signal held since :func:`hold_stop_signals` and when it came
+    (once), else None."""
     if not _held:
         return None
-    first = _held[0]
+    first, at = _held[0]
     _held.clear()
-    return signal.Signals(first)
+    return signal.Signals(first), at
+
+
+def take_held_signal() -> signal.Signals | None:
+    """The first stop signal held since :func:`hold_stop_signals` (once), else None."""
+    held = take_held()
+    return None if held is None else held[0]
 
 
 def _end_now(code: object) -> None:
@@ -105,11 +153,12 @@ def _end_now(code: object) -> None:
 
 
 def ignore_stop_signals() -> None:
-    """SIGTERM and SIGINT ignored for good (the processor's; see the module's docstring).
+    """SIGTERM, SIGINT and SIGHUP ignored for good (the processor's; see the module's
+    docstring): a terminal that closes sends SIGHUP to the runtime and its processors.
 
     Ignored rather than handled: the kernel drops them at once, during imports too, and
     no handler can run in the middle of a log line or a checkpoint."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
 
 

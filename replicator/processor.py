@@ -14,7 +14,7 @@ from a processor and carries on, which would let the daemon read past changes th
 were never applied; so any unexpected error here ends the process with a non-zero
 status instead, and the shard resumes from the last checkpoint.
 
-SIGTERM and SIGINT are ignored (replicator/entry.py says why): the processor stops
+SIGTERM, SIGINT and SIGHUP are ignored (replicator/entry.py says why): the processor stops
 through the protocol, or when its input closes; SIGKILL still ends it.
 """
 

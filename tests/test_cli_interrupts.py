@@ -141,3 +141,65 @@ def test_ctrl_c_while_the_cli_is_imported_exits_130_with_one_line() -> None:
     assert result.returncode == 130, result.stderr
     assert result.stderr == "replicator: SIGINT received; validate stopped\n"
     assert result.stdout == ""
+
+
+def test_sighup_stops_run_and_the_tools_unless_ignored_as_by_nohup() -> None:
+    """A closed terminal's SIGHUP is a stop request as SIGTERM is; one that was ignored at
+    start (``nohup``) stays ignored, as whoever started the command meant."""
+    from replicator import entry
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        assert entry.stop_signals() == (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        assert entry.stop_signals() == (signal.SIGTERM, signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_a_later_second_stop_signal_while_starting_ends_the_command_a_repeat_does_not() -> None:
+    """Held while ``run`` starts: a repeat within entry.REPEAT_S of the first is the same
+    request (``timeout`` sends two at once); one later stops the command at once."""
+    code = """if True:
+        import os, signal
+        from replicator import entry
+        clock = [100.0]
+        entry._now = lambda: clock[0]
+        entry.hold_stop_signals()
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        clock[0] += entry.REPEAT_S / 2
+        os.kill(os.getpid(), signal.SIGINT)
+        print("one request", flush=True)
+        clock[0] += entry.REPEAT_S
+        os.kill(os.getpid(), signal.SIGINT)
+        print("not reached")
+    """
+    ended = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (ended.returncode, ended.stdout) == (130, "one request\n"), ended.stderr
+    assert ended.stderr == "replicator: SIGINT again while starting; stopping now\n"
+
+
+def test_the_runtimes_take_a_repeated_stop_signal_as_one_request_and_a_later_as_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """supervisor.stop_signals, which both runtimes stop through: the local runtime took
+    any second signal as the same stop, the KCL runtime killed its daemon on one sent a
+    fraction of a millisecond after the first (``timeout``)."""
+    from replicator import entry
+    from replicator.runtime import supervisor
+
+    clock = [100.0]
+    monkeypatch.setattr(entry, "_now", lambda: clock[0])
+    asked: list[signal.Signals] = []
+    with supervisor.stop_signals(asked.append):
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        clock[0] += entry.REPEAT_S * 0.9
+        os.kill(os.getpid(), signal.SIGINT)
+        assert asked == [signal.SIGTERM]
+        clock[0] += entry.REPEAT_S
+        os.kill(os.getpid(), signal.SIGINT)
+        assert asked == [signal.SIGTERM, signal.SIGINT]

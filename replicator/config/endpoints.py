@@ -13,8 +13,26 @@ import ipaddress
 from urllib.parse import urlsplit
 
 from replicator.hosts import host_problem
+from replicator.logs import redact
 
 EXAMPLE = "http://127.0.0.1:8000"
+USERINFO = "it must not carry a user name or password"
+
+
+def userinfo_problem(url: str) -> str | None:
+    """Why a URL key (an endpoint, a queue URL) refuses ``url``'s user name or password
+    (None: it has none): SDK requests do not carry them, so they would reach the server
+    without, and a password in a job file is printed wherever its URL is."""
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:  # not a URL: its other check says so
+        return None
+    return USERINFO if "@" in netloc else None
+
+
+def quoted(url: str) -> str:
+    """``url`` as a message quotes it: its user name and password never shown."""
+    return repr(redact(url))
 
 
 def endpoint_problem(url: str) -> str | None:
@@ -31,7 +49,7 @@ def endpoint_problem(url: str) -> str | None:
     if parts.scheme not in ("http", "https"):
         return "it must start with http:// or https://"
     if "@" in parts.netloc:
-        return "it must not carry a user name or password"
+        return USERINFO
     if not host:
         return "it names no host"
     try:
@@ -62,7 +80,7 @@ def check_endpoint(value: str | None) -> str | None:
     if problem:
         raise ValueError(
             f"expected an endpoint URL such as {EXAMPLE} (http or https, a host, an "
-            f"optional port): {problem}, got {value!r}"
+            f"optional port): {problem}, got {quoted(value)}"
         )
     return value.removesuffix("/")
 

@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from replicator.config.endpoints import check_endpoint, endpoint_identity
+from replicator.config.endpoints import check_endpoint, endpoint_identity, quoted, userinfo_problem
 from replicator.hosts import host_problem, unbracketed
 
 # How long a processor asked to stop (shutdownRequested) waits for its writes in flight
@@ -1945,7 +1945,17 @@ def _queue_url_checks(job: JobConfig) -> Problems:
     if job.conflict_log.kind is ConflictLogKind.SQS:
         targets.append(("conflict_log", job.conflict_log.queue_url, "conflict-log entry"))
     for section, url, what in targets:
-        if url and not _QUEUE_URL.fullmatch(url):
+        problem = userinfo_problem(url) if url else None
+        if url and problem:
+            # Refused as an endpoint_url with them is: the form has no place for them.
+            problems.append(
+                (
+                    (section, "queue_url"),
+                    f"expected an SQS queue URL, http(s)://host[:port]/<account id, 12 "
+                    f"digits>/<queue name>: {problem}, got {quoted(url)}",
+                )
+            )
+        elif url and not _QUEUE_URL.fullmatch(url):
             problems.append(
                 (
                     (section, "queue_url"),
@@ -2022,14 +2032,17 @@ def disk_checks(job: JobConfig, *, directories_only: bool = False) -> Problems:
     """What only the files on disk tell (``validate``, in the working directory that
     ``run`` will use): a file target that names an existing directory, or (unless
     ``directories_only``) something else that is not a regular file (a FIFO, which
-    opening would wait on for ever, ``/dev/null``, which keeps nothing), each of which
-    ``run`` refuses at start."""
-    from replicator.appendfile import not_a_regular_file
+    opening would wait on for ever, ``/dev/null``, which keeps nothing) or a path no
+    file can have (a name too long), each of which ``run`` refuses at start."""
+    from replicator.appendfile import not_a_regular_file, unusable
 
     problems: Problems = []
     for where, what, path in _job_files(job):
         kind = None if directories_only else not_a_regular_file(path)
-        if kind is not None and kind != "a directory":
+        problem = None if directories_only else unusable(path)
+        if problem is not None:
+            problems.append((where, f"{what} {os.path.abspath(path)} cannot be written: {problem}"))
+        elif kind is not None and kind != "a directory":
             problems.append(
                 (
                     where,

@@ -133,23 +133,38 @@ def stopped_while_starting(message: str) -> None:
 
 @contextlib.contextmanager
 def stop_signals(stop: Callable[[signal.Signals], None]) -> Iterator[None]:
-    """SIGTERM and SIGINT ask ``stop`` for a clean stop, naming the signal (a second one
-    may end the run with its number); the previous handlers are back afterwards. A signal
-    held since the command started (:mod:`replicator.entry`) asks at once."""
-    previous: dict[signal.Signals, Any] = {
-        sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)
-    }
+    """SIGTERM, SIGINT and SIGHUP (:func:`replicator.entry.stop_signals`) ask ``stop``
+    for a clean stop, naming the signal (a second one may end the run with its number);
+    the previous handlers are back afterwards. A signal held since the command started
+    (:mod:`replicator.entry`) asks at once.
+
+    One that repeats the first within :data:`replicator.entry.REPEAT_S` (``timeout``
+    signals the run and then its process group) is the same request: neither logged nor
+    asked again, so that it cannot count as the second request, which the KCL runtime
+    answers by killing its daemon."""
+    stops = entry.stop_signals()
+    previous: dict[signal.Signals, Any] = {sig: signal.getsignal(sig) for sig in stops}
+    requests = entry.StopRequests()
 
     def on_signal(signum: int, _: Any) -> None:
+        if requests.repeated():
+            return
         log.info("stop requested", signal=signal.Signals(signum).name)
         stop(signal.Signals(signum))
 
-    for sig in previous:
-        signal.signal(sig, on_signal)
-    held = entry.take_held_signal()
-    if held is not None:  # it came while the command was starting
-        log.info("stop requested", signal=held.name, during="start-up")
-        stop(held)
+    # Blocked while the handlers go in and the held signal is asked for: one arriving
+    # meanwhile waits for the handlers, and is a repeat or not by the held one's time.
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        for sig in previous:
+            signal.signal(sig, on_signal)
+        held = entry.take_held()
+        if held is not None:  # it came while the command was starting
+            requests.repeated(held[1])
+            log.info("stop requested", signal=held[0].name, during="start-up")
+            stop(held[0])
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
     try:
         yield
     finally:

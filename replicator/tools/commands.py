@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from replicator import logs
+from replicator import entry, logs
 from replicator.config.loader import load_job, refuse_directory
 from replicator.config.model import ResolvedJob
 
@@ -35,11 +35,12 @@ def load(config_path: Path, *, writes: bool = True) -> ResolvedJob:
 
 @contextmanager
 def interrupts(on_signal: Callable[[], None]) -> Iterator[None]:
-    """Route SIGINT and SIGTERM to ``on_signal`` (called once per signal) while inside."""
+    """Route SIGINT, SIGTERM and SIGHUP (:func:`replicator.entry.stop_signals`) to
+    ``on_signal`` (called once per signal) while inside."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    handled = (signal.SIGINT, signal.SIGTERM)
+    handled = entry.stop_signals()
     previous = {number: signal.getsignal(number) for number in handled}
     received = 0
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from replicator import logs, wiring
+from replicator import entry, logs, wiring
 from replicator.config.destinations import resolve_destination
 from replicator.config.model import DestinationConfig, ResolvedJob, StreamKind
 from replicator.epoch import ISO_TIME_FORM, date_alone, typed_iso_time
@@ -64,13 +64,14 @@ class _Stopped(BaseException):
 
 @contextmanager
 def _stopped_by_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM raise :class:`_Stopped` while inside (on the main thread; a
+    """SIGINT, SIGTERM and SIGHUP (unless ignored, as by ``nohup``: :func:`replicator.
+    entry.stop_signals`) raise :class:`_Stopped` while inside (on the main thread; a
     caller on another thread keeps its process's handlers). Without this click answers
     Ctrl-C with "Aborted!" and exit 1, the timeout's code, and SIGTERM kills silently."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    handled = (signal.SIGINT, signal.SIGTERM)
+    handled = entry.stop_signals()
     previous = {number: signal.getsignal(number) for number in handled}
 
     def stop(signum: int, _frame: object) -> None:

@@ -17,7 +17,7 @@ from replicator.config.model import MAX_TABLE_NAME, MAX_TASK_NAME, TASK_TABLE_SU
 from replicator.exceptions import ConfigError
 from tests.config.test_config import MINIMAL, run_cli
 from tests.support.cli import in_process, replicator, validate_in_process
-from tests.support.special_files import FILE_TARGETS, SPECIAL_FILES, special_file
+from tests.support.special_files import FILE_TARGETS, SPECIAL_FILES, TOO_LONG, special_file
 
 TWO = MINIMAL + "  - {region: ap-south-1, table: t22}\n"
 
@@ -552,6 +552,30 @@ def test_a_file_target_that_is_no_regular_file_is_refused_by_validate(
     target, kind = special_file(tmp_path, special)
     text = MINIMAL + setting.replace("PATH", f"'{target}'") + "\n"
     _refused(tmp_path, text, key, f"{what} {target} is {kind}, not a regular file")
+
+
+@FILE_TARGETS
+@TOO_LONG
+def test_a_file_target_too_long_for_a_file_name_is_refused_by_validate_and_conflicts(
+    tmp_path: Path, setting: str, key: str, what: str, too_long: str
+) -> None:
+    """A name over 255 bytes or a path over 4096 crashed run, redrive and conflicts with
+    a traceback (ENAMETOOLONG from a check that took only a missing file as an answer):
+    validate refuses it at its key, and conflicts, which reads the log, as validate."""
+    target = f"{tmp_path}/{too_long}"
+    text = (
+        MINIMAL
+        + "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+        + setting.replace("PATH", f"'{target}'")
+        + "\n"
+    )
+    line = _refused(tmp_path, text, key, f"{what} {target} cannot be written: its name is too long")
+    assert "ENAMETOOLONG" in line
+    if key == "conflict_log.path":
+        result = replicator("conflicts", "--config", str(tmp_path / "job.yaml"))
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        assert f"  {key} (line 6): {what} {target} cannot be written: its name" in result.stderr
 
 
 def test_conflicts_refuses_a_conflict_log_that_is_a_fifo_without_opening_it(

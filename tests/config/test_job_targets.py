@@ -14,6 +14,7 @@ from replicator.cli import cli
 from replicator.config.loader import load_job, parse_job
 from replicator.exceptions import ConfigError
 from tests.config.test_job_checks import _refused
+from tests.support.cli import replicator, validate_in_process
 
 JOB = (
     "task_name: shop\n"
@@ -109,6 +110,44 @@ def test_a_queue_url_that_is_not_one_is_refused_naming_it(
         "https://sqs.<region>.amazonaws.com/<account id, 12 digits>/<queue name>",
     )
     assert line.startswith(f"  {section}.queue_url (line 5)")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "dead_letter.queue_url",
+        "conflict_log.queue_url",
+        "dead_letter.endpoint_url",
+        "conflict_log.endpoint_url",
+        "source.endpoint_url",
+    ],
+)
+@pytest.mark.parametrize("userinfo", ["u:pw-secret@", "pw-secret@"])
+def test_a_url_with_a_user_name_or_password_is_refused_alike_in_every_key(
+    tmp_path: Path, key: str, userinfo: str
+) -> None:
+    """An endpoint_url with user info was refused, a queue_url with it taken (validate and
+    run passed, the queue reached without them): every URL key refuses it with the same
+    words, at its key, and the password is never printed."""
+    section, name = key.split(".")
+    endpoint = "http://127.0.0.1:9"
+    url = f"{endpoint}/123456789012/audit"
+    given = {"queue_url": url, "endpoint_url": endpoint}
+    given[name] = given[name].replace("http://", f"http://{userinfo}")
+    if section == "source":
+        text = JOB.replace("table: orders}", f"table: orders, endpoint_url: '{given[name]}'}}")
+    else:
+        text = JOB + (
+            f"{section}: {{kind: sqs, queue_url: '{given['queue_url']}', "
+            f"endpoint_url: '{given['endpoint_url']}'}}\n"
+        )
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    for result in (validate_in_process(path), replicator("run", "--config", str(path))):
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "pw-secret" not in result.stdout + result.stderr
+        (line,) = [line for line in result.stderr.splitlines() if line.startswith(f"  {key} (")]
+        assert "it must not carry a user name or password" in line
 
 
 def test_a_standard_queue_passes() -> None:

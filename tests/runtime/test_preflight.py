@@ -14,7 +14,7 @@ from replicator.exceptions import ConfigError, EnvironmentProblem
 from replicator.runtime import preflight
 from tests.support.aws import client, create_table
 from tests.support.cli import replicator
-from tests.support.special_files import FILE_TARGETS, SPECIAL_FILES, special_file
+from tests.support.special_files import FILE_TARGETS, SPECIAL_FILES, TOO_LONG, special_file
 
 
 def job_file(path: Path, endpoint: str, source: str, destination: str, extra: str = "") -> Path:
@@ -345,6 +345,16 @@ def test_a_dead_letter_queue_that_answers_only_errors_stops_the_start_a_conflict
     assert str(raised.value).startswith(f"dead_letter.queue_url: dead-letter queue {url}: ")
 
 
+def _with_file_target(job: Path, setting: str, key: str, target: str | Path) -> Path:
+    """``job`` with the file target ``setting`` (of ``key``) at ``target``, in place of
+    its own dead-letter file when that is the key."""
+    text = job.read_text()
+    if key == "dead_letter.path":
+        text = "\n".join(line for line in text.splitlines() if not line.startswith("dead_letter"))
+    job.write_text(text + "\n" + setting.replace("PATH", f"'{target}'") + "\n")
+    return job
+
+
 @FILE_TARGETS
 @SPECIAL_FILES
 def test_a_file_target_that_is_no_regular_file_stops_run_with_exit_3_unopened(
@@ -361,12 +371,34 @@ def test_a_file_target_that_is_no_regular_file_stops_run_with_exit_3_unopened(
     and the path."""
     target, kind = special_file(tmp_path, special)
     job = job_file(tmp_path / "job.yaml", moto_endpoint, tables["ours"], tables["dst"])
-    text = job.read_text()
-    if key == "dead_letter.path":
-        text = "\n".join(line for line in text.splitlines() if not line.startswith("dead_letter"))
-    job.write_text(text + "\n" + setting.replace("PATH", f"'{target}'") + "\n")
-    _, line = _refused_start(job)
+    _, line = _refused_start(_with_file_target(job, setting, key, target))
     assert line == (
         f"replicator: {key}: {what} {target} cannot be written: it is {kind}, not a regular "
         "file: name a file of its own"
     )
+
+
+@FILE_TARGETS
+@TOO_LONG
+def test_a_file_target_too_long_for_a_file_name_stops_run_and_redrive_with_exit_3(
+    moto_endpoint: str,
+    tables: dict[str, str],
+    tmp_path: Path,
+    setting: str,
+    key: str,
+    what: str,
+    too_long: str,
+) -> None:
+    """A name over 255 bytes or a path over 4096 (ENAMETOOLONG) ended run and redrive in
+    a traceback: it is one line naming the key, as a path that cannot be created is."""
+    target = f"{tmp_path}/{too_long}"
+    job = job_file(tmp_path / "job.yaml", moto_endpoint, tables["ours"], tables["dst"])
+    _, line = _refused_start(_with_file_target(job, setting, key, target))
+    assert line.startswith(
+        f"replicator: {key}: {what} {target} cannot be written: its name is too long"
+    )
+    if key == "dead_letter.path":
+        result = replicator("redrive", "--config", str(job))
+        assert result.returncode == 3, result.stderr
+        assert "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1] == line

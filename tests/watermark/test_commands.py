@@ -369,7 +369,9 @@ def test_watermark_json_is_a_list_without_a_destination_and_its_object_with_one(
 # -- stopped by a signal ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("sent", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("sent", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
 def test_a_wait_stopped_by_a_signal_exits_128_plus_its_number_with_one_line(
     silent: SilentEndpoint, tmp_path: Path, sent: signal.Signals, code: int
 ) -> None:

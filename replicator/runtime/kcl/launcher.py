@@ -6,9 +6,10 @@ runs one processor child per shard it holds. This process prepares its propertie
 metrics directory, serves ``/metrics`` and ``/healthz`` for all of them, and owns the
 daemon's lifetime:
 
-* SIGTERM/SIGINT are passed to the daemon alone, whose shutdown hook asks each child to
-  checkpoint and stop; a second signal, or a daemon still alive well after its grace
-  time, gets the daemon's whole process group killed.
+* SIGTERM/SIGINT/SIGHUP are passed to the daemon alone (as a SIGTERM), whose shutdown
+  hook asks each child to checkpoint and stop; a second signal (not a repeat of the
+  first within a second: supervisor.stop_signals), or a daemon still alive well after
+  its grace time, gets the daemon's whole process group killed.
 * The daemon runs in a process group of its own; when it has exited, whatever is left
   in that group (a child that did not notice) is given a moment and then killed, so no
   processor runs on unsupervised.

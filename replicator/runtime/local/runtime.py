@@ -3,7 +3,7 @@
 It does for a DynamoDB stream what the MultiLangDaemon does, minus balancing leases
 between hosts: it lists the stream's shards, starts a processor child per open shard
 (parents finished before children), keeps the shards' leases in the task-named lease
-table in the KCL's schema, renews them, and stops cleanly on SIGTERM or SIGINT:
+table in the KCL's schema, renews them, and stops cleanly on SIGTERM, SIGINT or SIGHUP:
 ``shutdownRequested`` to every child, final checkpoints, leases released, exit 0. A
 child holding a batch because its buffer is full (backpressure) is first told to answer
 it (``RELEASE_SIGNAL``), so that it takes its ``shutdownRequested`` in time. A child that
@@ -668,7 +668,7 @@ class _RuntimeCollector(Collector):
 
 
 def run_local(resolved: ResolvedJob, ready: Callable[[LocalRuntime], Any] | None = None) -> int:
-    """``replicator run`` with the local runtime: run until SIGTERM/SIGINT."""
+    """``replicator run`` with the local runtime: run until SIGTERM, SIGINT or SIGHUP."""
     supervisor.begin(resolved, "local")
     runtime = LocalRuntime(resolved)
     # Stop signals are still held (replicator.entry) while the preflight runs: one asks

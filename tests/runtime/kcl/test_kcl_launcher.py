@@ -16,12 +16,14 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from replicator import entry
 from replicator.config.loader import load_job
 from replicator.demo import tables
 from replicator.exceptions import KclUnavailable
@@ -195,7 +197,7 @@ def test_a_stop_held_while_starting_ends_the_preflight_with_0_before_the_daemon(
         destination=table,
         kcl=f", java: {sys.executable}, jars_dir: {jars}, worker_id: host-a",
     )
-    entry._held.append(signal.SIGTERM)  # as entry._hold does
+    entry._held.append((signal.SIGTERM, entry._now()))  # as entry._hold does
     try:
         assert run_kcl(load_job(job)) == 0  # the source table does not even exist
     finally:
@@ -655,6 +657,18 @@ def stand_in(kinesis_job: dict[str, Any], tmp_path: Path) -> Any:
         one.kill()
 
 
+def test_sighup_to_the_run_is_a_clean_stop_as_sigterm_is(stand_in: Any) -> None:
+    """A closed terminal (an SSH session's end) sends SIGHUP: it ended the run at once
+    (129), the daemon killed by its parent-death signal, no processor checkpointed."""
+    run = stand_in("graceful")
+    record = run.record()
+    run.process.send_signal(signal.SIGHUP)
+    assert run.process.wait(30) == 0, run.log.read_text()[-2000:]
+    assert Path(str(run.record_path) + ".sigterm").exists()  # a graceful stop, forwarded
+    assert "the daemon stopped as asked" in run.log.read_text()
+    assert not Path(record["samples_dir"]).exists()
+
+
 def test_sigterm_reaches_the_daemon_and_a_stop_it_answers_is_a_clean_exit(stand_in: Any) -> None:
     run = stand_in("graceful")
     record = run.record()
@@ -713,6 +727,9 @@ def test_a_second_stop_request_kills_a_daemon_that_does_not_stop_and_exits_with_
     run.process.send_signal(second)
     sigterm = Path(str(run.record_path) + ".sigterm")
     wait_until(sigterm.exists, 10, "the daemon to get the first SIGTERM")
+    # Past the time within which a repeat is the same request (the first was received
+    # before the daemon got its SIGTERM).
+    time.sleep(entry.REPEAT_S + 0.2)
     assert run.process.poll() is None  # still waiting for its graceful stop
     run.process.send_signal(second)
     assert run.process.wait(30) == 128 + second
@@ -722,6 +739,25 @@ def test_a_second_stop_request_kills_a_daemon_that_does_not_stop_and_exits_with_
     last = text.strip().splitlines()[-1]
     assert last.startswith(f"replicator: a second stop request ({second.name}) while the KCL")
     assert "were killed" in last
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_a_stop_signal_repeated_at_once_is_one_request_and_a_clean_stop(
+    stand_in: Any, second: signal.Signals
+) -> None:
+    """``timeout 60 replicator run`` signals the run and then its process group: two
+    SIGTERMs a fraction of a millisecond apart were a second stop request, and killed the
+    daemon and its processors before any checkpoint (143). A repeat within a second of
+    the first is the same request: logged once, a clean stop."""
+    run = stand_in("graceful")
+    run.record()
+    run.process.send_signal(signal.SIGTERM)
+    run.process.send_signal(second)
+    assert run.process.wait(30) == 0, run.log.read_text()[-2000:]
+    text = run.log.read_text()
+    assert "the daemon stopped as asked" in text
+    assert "second stop request" not in text
+    assert text.count('"event": "stop requested"') == 1, text
 
 
 def test_a_stop_signal_an_operator_sends_the_daemon_alone_exits_with_its_number(
@@ -740,7 +776,9 @@ def test_a_stop_signal_an_operator_sends_the_daemon_alone_exits_with_its_number(
     )
 
 
-@pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+@pytest.mark.parametrize(
+    "sent", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["TERM", "INT", "HUP"]
+)
 def test_a_stop_signal_sent_to_the_run_and_the_daemon_at_once_is_a_clean_stop(
     stand_in: Any, sent: signal.Signals
 ) -> None:
