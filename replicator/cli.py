@@ -360,6 +360,9 @@ def _threads_option(help: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
 MAX_RECHECK_PAUSE_S = 3600.0
 
 
+DEMO_JOB = Path("config/demo.yaml")
+
+
 def main(argv: list[str] | None = None) -> Any:
     return cli.main(args=argv, prog_name="replicator")
 
@@ -369,10 +372,11 @@ def main(argv: list[str] | None = None) -> Any:
     "--config",
     "-c",
     "config_path",
-    default=Path("config/demo.yaml"),
+    default=DEMO_JOB,
     show_default=True,
     type=JOB_FILE,
-    help="The job to demonstrate: config/demo.yaml or another job file; the demo runs "
+    help="The job to demonstrate: config/demo.yaml (the project's, where the working "
+    "directory has none) or another job file; the demo runs "
     "it all on its private endpoint with dummy credentials, and refuses (exit 2) one whose "
     "endpoint_url is not the demo's, or with a role_arn, an SQS queue, a source.stream or a "
     "custom conflict policy. Each write stamps the job's timestamp or version attribute.",
@@ -436,10 +440,23 @@ def demo(
         settle_timeout_s=settle_timeout,
         linger_s=linger,
     )
-    code = run_demo(config_path, options)
+    code = run_demo(_demo_job(config_path), options)
     for stop_signal in STOP_SIGNALS:  # the outcome is decided: keep it
         signal.signal(stop_signal, signal.SIG_IGN)
     sys.exit(code)
+
+
+def _demo_job(config_path: Path) -> Path:
+    """The demo's job file. The default, ``config/demo.yaml``, names the project's copy
+    when the working directory has none: a newcomer types ``replicator demo`` wherever the
+    activated environment is, not only at the project's root."""
+    context = click.get_current_context()
+    if context.get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT:
+        return config_path
+    if config_path.exists():
+        return config_path
+    project_copy = Path(__file__).resolve().parent.parent / DEMO_JOB
+    return project_copy if project_copy.is_file() else config_path
 
 
 @cli.command()

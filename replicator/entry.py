@@ -186,7 +186,9 @@ def interrupted(command: str | None) -> int:
 
 
 def _interrupted(signum: int, _frame: Any) -> None:
-    os.write(2, b"interrupted\n")
+    # As the demo says it once its own handlers are in (Ctrl-C's SIGINT unnamed).
+    named = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
+    os.write(2, f"interrupted{named}\n".encode())
     os._exit(128 + signum)
 
 
@@ -202,6 +204,11 @@ def answer_sigint() -> None:
 
 
 def main() -> Any:
+    try:
+        os.getcwd()
+    except OSError as error:  # a shell left in a directory deleted since
+        os.write(2, f"replicator: the working directory cannot be read ({error})\n".encode())
+        sys.exit(2)
     if sys.argv[1:2] == ["demo"]:
         # Importing the demo (moto, rich) takes over a second: a Ctrl-C (or SIGTERM,
         # SIGHUP) in that time ends it at once, one line and exit 128 + N, not a traceback

@@ -406,6 +406,7 @@ class _Demo:
             else None
         )
         last_line = 0.0
+        printed: str | None = None  # the last line printed
         if live:
             live.start()
         try:
@@ -414,7 +415,8 @@ class _Demo:
                 if live:
                     live.update(view)
                 elif time.monotonic() - last_line >= 5:
-                    self.console.print(self._line(runtime, workload, started))
+                    printed = self._line(runtime, workload, started)
+                    self.console.print(printed)
                     last_line = time.monotonic()
                 if not workload.is_alive():
                     if settle_deadline is None:
@@ -430,7 +432,9 @@ class _Demo:
                 live.update(self._view(runtime, workload, started))
                 live.stop()
         if not live:  # the figures the check is read against, not those of up to 5 s ago
-            self.console.print(self._line(runtime, workload, started))
+            line = self._line(runtime, workload, started)
+            if line != printed:  # not the same figures twice in a row
+                self.console.print(line)
         return converged
 
     def _samples(self, runtime: LocalRuntime) -> list[tuple[str, dict[str, str], float]]:

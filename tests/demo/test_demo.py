@@ -574,3 +574,45 @@ def test_the_summary_reports_the_rate_reached_beside_the_one_asked() -> None:
     assert rate_line(1, 10.0, 0.1) == "1 changes in 10 s: 0.1/s of the 0.1/s asked"
     assert rate_line(3, 300.0, 0.01) == "3 changes in 300 s: 0.01/s of the 0.01/s asked"
     assert rate_line(25, 10.0, 2.5) == "25 changes in 10 s: 2.5/s of the 2.5/s asked"
+
+
+def test_the_default_demo_job_is_the_projects_wherever_the_command_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``replicator demo`` typed outside the project's root (the environment activated,
+    as the README says) runs the project's config/demo.yaml; a path given with -c is
+    taken as given, relative to the working directory, and a missing one named."""
+    import replicator.demo.run as demo_run
+
+    ran: list[Path] = []
+
+    def run_demo(path: Path, options: object) -> int:
+        ran.append(path)
+        return 0
+
+    monkeypatch.setattr(demo_run, "run_demo", run_demo)
+    monkeypatch.chdir(tmp_path)
+    assert CliRunner().invoke(cli, ["demo"]).exit_code == 0
+    assert ran == [ROOT / "config" / "demo.yaml"]
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "demo.yaml").write_text("runtime: local\n")
+    assert CliRunner().invoke(cli, ["demo"]).exit_code == 0
+    assert ran[-1] == Path("config/demo.yaml")  # the working directory's own, first
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path / "config")
+    result = CliRunner().invoke(cli, ["demo", "-c", "config/demo.yaml"])
+    assert result.exit_code == 2, result.output
+    assert "config/demo.yaml: job file not found" in result.output, result.output
+
+
+def test_a_sigterm_while_the_demo_imports_is_named_with_exit_143(tmp_path: Path) -> None:
+    """Before the demo's own handlers are in, a stop other than Ctrl-C's is named as
+    they name it later (``interrupted (SIGTERM)``)."""
+    demo, lines = start_demo(free_port(), tmp_path)
+    while demo.poll() is None and not _loaded(demo.pid, "_pydantic_core"):
+        pass
+    demo.send_signal(signal.SIGTERM)
+    status, output = stopped_with_output(demo, lines, [])
+    assert status == 143, output
+    assert "Traceback" not in output, output
+    assert "interrupted (SIGTERM)" in output, output

@@ -364,3 +364,33 @@ def test_a_table_described_without_its_key_types_gives_one_clear_error_and_exit_
             if not any(bare in line and region in line for line in errors):
                 problems.append(f"{case.name}: {command} did not name {table}:\n{result.stderr}")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("command", ["validate", "demo"])
+def test_a_working_directory_deleted_under_the_shell_is_one_line_and_exit_2(
+    tmp_path: Path, command: str
+) -> None:
+    """A shell left in a directory removed since (a checkout deleted and cloned again):
+    every command reads relative paths from the working directory, so it says that it
+    cannot be read, in one line, instead of a traceback from wherever it was first read."""
+    from tests.support import ROOT
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    job = ROOT / "config" / "demo.yaml"
+    script = (
+        "import os, sys, runpy; os.chdir(sys.argv[1]); os.rmdir(sys.argv[1]); "
+        "sys.argv = ['replicator', *sys.argv[2:]]; runpy.run_module('replicator', "
+        "run_name='__main__')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(gone), command, "-c", str(job)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the working directory cannot be read" in lines[0], result.stderr
