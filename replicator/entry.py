@@ -13,8 +13,9 @@ line, exit 128 + the signal (a SIGTERM or SIGHUP the demo was started with ignor
 run their preflight checks (which can wait minutes, creating tables) while the signals are
 still held, and look at :func:`stop_held` between steps; a second signal while held means
 stop now: one line, and exit 128 + the signal's number (130 for SIGINT, 143 for SIGTERM).
-A stop signal within :data:`REPEAT_S` of the first is no second one but the same request
-sent twice (``timeout``), here and once the runtime is set up: logged once, a clean stop.
+The same stop signal (not SIGINT: each Ctrl-C is a key pressed) within :data:`REPEAT_S`
+of the first is no second one but the same request sent twice (``timeout``), here and
+once the runtime is set up: logged once, a clean stop.
 
 Every other command (but ``processor``) answers a SIGINT it was started with ignored, as
 a shell without job control starts a background command, as it answers one from a
@@ -58,19 +59,27 @@ def _now() -> float:
     return time.monotonic()
 
 
+def _repeats(signum: int, first: int, first_at: float, at: float) -> bool:
+    """Whether signal ``signum`` at ``at`` is the first one (``first`` at ``first_at``)
+    sent again: the same signal within :data:`REPEAT_S`, as ``timeout`` sends its SIGTERM
+    to the command and then to its process group. Not SIGINT: each Ctrl-C is a key a
+    person pressed, and a second one, however soon, means stop now."""
+    return signum == first and signum != signal.SIGINT and at - first_at < REPEAT_S
+
+
 class StopRequests:
-    """The stop signals of one run told apart from their repeats (:data:`REPEAT_S`)."""
+    """The stop signals of one run told apart from their repeats (:func:`_repeats`)."""
 
     def __init__(self) -> None:
-        self.first_at: float | None = None
+        self.first: tuple[int, float] | None = None
 
-    def repeated(self, at: float | None = None) -> bool:
-        """Note a stop signal (now, or ``at``); whether it repeats the first."""
+    def repeated(self, signum: int, at: float | None = None) -> bool:
+        """Note stop signal ``signum`` (now, or ``at``); whether it repeats the first."""
         at = _now() if at is None else at
-        if self.first_at is None:
-            self.first_at = at
+        if self.first is None:
+            self.first = (signum, at)
             return False
-        return at - self.first_at < REPEAT_S
+        return _repeats(signum, *self.first, at)
 
 
 class StopNow(SystemExit):
@@ -81,7 +90,7 @@ class StopNow(SystemExit):
 
 def _hold(signum: int, _frame: Any) -> None:
     now = _now()
-    if _held and now - _held[0][1] < REPEAT_S:
+    if _held and _repeats(signum, *_held[0], now):
         return  # the same request, sent twice
     if _held:  # asked twice while starting: do not wait for the start-up to finish
         name = signal.Signals(signum).name

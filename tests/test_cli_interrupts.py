@@ -169,17 +169,38 @@ def test_a_later_second_stop_signal_while_starting_ends_the_command_a_repeat_doe
         os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGTERM)
         clock[0] += entry.REPEAT_S / 2
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
         print("one request", flush=True)
         clock[0] += entry.REPEAT_S
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
         print("not reached")
     """
     ended = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
-    assert (ended.returncode, ended.stdout) == (130, "one request\n"), ended.stderr
-    assert ended.stderr == "replicator: SIGINT again while starting; stopping now\n"
+    assert (ended.returncode, ended.stdout) == (143, "one request\n"), ended.stderr
+    assert ended.stderr == "replicator: SIGTERM again while starting; stopping now\n"
+
+
+def test_a_second_ctrl_c_or_another_signal_while_starting_is_a_second_request() -> None:
+    """Each Ctrl-C is a key a person pressed: a second one, however soon, stops the
+    command at once; so does another signal than the first."""
+    for first, then, status in (("SIGINT", "SIGINT", 130), ("SIGTERM", "SIGINT", 130)):
+        code = f"""if True:
+            import os, signal
+            from replicator import entry
+            entry._now = lambda: 100.0
+            entry.hold_stop_signals()
+            os.kill(os.getpid(), signal.{first})
+            print("held", flush=True)
+            os.kill(os.getpid(), signal.{then})
+            print("not reached")
+        """
+        ended = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert (ended.returncode, ended.stdout) == (status, "held\n"), ended.stderr
+        assert ended.stderr == f"replicator: {then} again while starting; stopping now\n"
 
 
 def test_the_runtimes_take_a_repeated_stop_signal_as_one_request_and_a_later_as_a_second(
@@ -198,8 +219,19 @@ def test_the_runtimes_take_a_repeated_stop_signal_as_one_request_and_a_later_as_
         os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGTERM)
         clock[0] += entry.REPEAT_S * 0.9
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
         assert asked == [signal.SIGTERM]
-        clock[0] += entry.REPEAT_S
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # another signal: a second request
         assert asked == [signal.SIGTERM, signal.SIGINT]
+    asked.clear()
+    with supervisor.stop_signals(asked.append):
+        clock[0] += entry.REPEAT_S
+        os.kill(os.getpid(), signal.SIGTERM)
+        clock[0] += entry.REPEAT_S
+        os.kill(os.getpid(), signal.SIGTERM)  # a second or more later: a second request
+        assert asked == [signal.SIGTERM, signal.SIGTERM]
+    asked.clear()
+    with supervisor.stop_signals(asked.append):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # two Ctrl-C, however soon: two requests
+        assert asked == [signal.SIGINT, signal.SIGINT]

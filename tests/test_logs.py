@@ -83,8 +83,9 @@ def test_a_password_in_an_endpoint_url_is_never_printed_back(tmp_path: Path) -> 
         "dead_letter: {kind: sqs, queue_url: 'https://admin:QueuePw77@sqs.example/123456789012/q'}\n"
     )
     shown = CliRunner().invoke(cli, ["validate", "-c", str(job)], prog_name="replicator")
-    assert shown.exit_code == 0, shown.output
-    assert "QueuePw77" not in shown.output and "https://<redacted>@sqs.example" in shown.output
+    assert shown.exit_code == 2, shown.output  # refused as endpoint_url is, not echoed
+    assert "QueuePw77" not in shown.output and "admin" not in shown.output
+    assert "https://<redacted>@sqs.example" in shown.output
 
 
 def test_what_a_command_prints_goes_through_the_redacting_echo() -> None:

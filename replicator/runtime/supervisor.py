@@ -138,16 +138,16 @@ def stop_signals(stop: Callable[[signal.Signals], None]) -> Iterator[None]:
     the previous handlers are back afterwards. A signal held since the command started
     (:mod:`replicator.entry`) asks at once.
 
-    One that repeats the first within :data:`replicator.entry.REPEAT_S` (``timeout``
-    signals the run and then its process group) is the same request: neither logged nor
-    asked again, so that it cannot count as the second request, which the KCL runtime
-    answers by killing its daemon."""
+    The first signal again within :data:`replicator.entry.REPEAT_S` (``timeout``
+    signals the run and then its process group; never SIGINT) is the same request:
+    neither logged nor asked again, so that it cannot count as the second request, which
+    the KCL runtime answers by killing its daemon."""
     stops = entry.stop_signals()
     previous: dict[signal.Signals, Any] = {sig: signal.getsignal(sig) for sig in stops}
     requests = entry.StopRequests()
 
     def on_signal(signum: int, _: Any) -> None:
-        if requests.repeated():
+        if requests.repeated(signum):
             return
         log.info("stop requested", signal=signal.Signals(signum).name)
         stop(signal.Signals(signum))
@@ -160,7 +160,7 @@ def stop_signals(stop: Callable[[signal.Signals], None]) -> Iterator[None]:
             signal.signal(sig, on_signal)
         held = entry.take_held()
         if held is not None:  # it came while the command was starting
-            requests.repeated(held[1])
+            requests.repeated(held[0], held[1])
             log.info("stop requested", signal=held[0].name, during="start-up")
             stop(held[0])
     finally:

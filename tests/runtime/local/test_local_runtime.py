@@ -193,7 +193,7 @@ def test_two_stop_signals_at_once_while_run_is_still_starting_are_one_request(
     runtime = job.start(log=log)
     wait_until(lambda: _catches(runtime.pid, signal.SIGTERM), 10, "the stop signals held", 0.005)
     runtime.send_signal(signal.SIGTERM)
-    runtime.send_signal(signal.SIGINT)
+    runtime.send_signal(signal.SIGTERM)
     status = runtime.wait(60)
     output = log.read_text()
     assert status == 0, output
