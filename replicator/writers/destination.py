@@ -697,11 +697,9 @@ class DestinationWriter:
         unless another write changed it between the read and this write in attributes
         the condition left out."""
         checked = request.expects is not None or request.at_or_below
-        if not checked or not response.get("Attributes"):
+        replaced = self._returned_item(response) if checked else None
+        if replaced is None:
             return None
-        replaced = cast("Item", response["Attributes"])
-        if isinstance(self.client, WireWriteClient):
-            replaced = item_from_wire(replaced)  # the direct path answers in DynamoDB JSON
         if request.expects is not None:
             if same_item(replaced, request.expects):
                 return None
@@ -717,16 +715,28 @@ class DestinationWriter:
         )
         return replaced
 
-    def _put_back(self, state: _Attempts) -> None:
-        """Send ``state.restore`` (kept there until DynamoDB has answered it, so that a
-        retried attempt sends it first). Its condition fails only when yet another write
-        replaced the item since: that one stays."""
-        assert state.restore is not None
+    def _returned_item(self, response: Mapping[str, Any]) -> Item | None:
+        """The item a write's answer returned (``ReturnValues: ALL_OLD``) in boto3 form,
+        or None (the direct path answers in DynamoDB JSON)."""
+        item = cast("Item | None", response.get("Attributes"))
+        if not item:
+            return None
+        return item_from_wire(item) if isinstance(self.client, WireWriteClient) else item
+
+    def _send_put_back(self, request: WriteRequest) -> None:
+        """Send a put that brings back an item removed unseen. Its condition fails only
+        when yet another write replaced the item since: that one stays."""
         try:
-            self._send(state.restore)
+            self._send(request)
         except ClientError as error:
             if classify(error) is not ErrorKind.CONDITION_FAILED:
                 raise
+
+    def _put_back(self, state: _Attempts) -> None:
+        """Send ``state.restore`` (kept there until DynamoDB has answered it, so that a
+        retried attempt sends it first)."""
+        assert state.restore is not None
+        self._send_put_back(state.restore)
         state.restore = None
 
     def _condition_failed(
@@ -902,10 +912,7 @@ class DestinationWriter:
             removals.expect_removal(key)
         put_back: Item | None = None
         try:
-            response = self._send(request)
-            replaced = cast("Item | None", response.get("Attributes"))
-            if replaced and isinstance(self.client, WireWriteClient):
-                replaced = item_from_wire(replaced)
+            replaced = self._returned_item(self._send(request))
             if (
                 replaced
                 and request.expects is not None
@@ -918,12 +925,7 @@ class DestinationWriter:
                 removals.settle_removal(key, put_back)
         if put_back is None:
             return True
-        try:
-            self._send(write_over("put", keys, None, put_back))
-        except ClientError as error:
-            if classify(error) is not ErrorKind.CONDITION_FAILED:
-                raise
-            # Yet another write landed since: it stays.
+        self._send_put_back(write_over("put", keys, None, put_back))
         return False
 
     def _tombstone_won(self, tombstone: Tombstone) -> str:
