@@ -44,9 +44,9 @@ _T = TypeVar("_T")
 # Two typed decodes together say what ``item_from_wire`` says of an image, at about half
 # its cost (they build no item): ``_Value`` checks what each type key holds (a string,
 # a list of strings, base64 for a binary, true for NULL, maps and lists of values) and
-# refuses unknown keys; ``_OneKey`` checks that every value has exactly one type key.
+# refuses unknown keys; the one-key decoder checks that every value has exactly one type key.
 # Only when either refuses does the reference check run, to name the attribute at fault
-# (or to pass an image nested deeper than ``_ONE_KEY_DEPTH``, which ``_OneKey`` does
+# (or to pass an image nested deeper than ``_ONE_KEY_DEPTH``, which the one-key check does
 # not follow).
 # ``\Z``, not ``$``: msgspec searches with ``re``, whose ``$`` also matches before a final
 # newline, which base64 with validation refuses.
@@ -70,17 +70,29 @@ class _Value(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 _Kind = Literal["S", "N", "B", "SS", "NS", "BS", "M", "L", "NULL", "BOOL"]
 # msgspec types cannot refer to themselves outside a Struct, so the one-key check is
-# spelt out level by level (its cost to build doubles with each level; images nested
-# deeper fall back to the reference check).
-_ONE_KEY_DEPTH = 8
-_OneKey: Any = Annotated[dict[_Kind, str | bool | list[str]], Meta(min_length=1, max_length=1)]
-for _ in range(_ONE_KEY_DEPTH):
-    _OneKey = Annotated[
-        dict[_Kind, str | bool | list[str | _OneKey] | dict[str, _OneKey]],
-        Meta(min_length=1, max_length=1),
-    ]
+# spelt out level by level; images nested deeper fall back to the reference check. Its
+# cost to build grows about threefold with each level (6 levels: ~10 ms; 8: ~100 ms, in
+# every process that imported this module), so it is built at the first check, and
+# deep enough for the items people store (nesting past six levels is rare).
+_ONE_KEY_DEPTH = 6
 _VALUES = msgspec.json.Decoder(dict[str, _Value])
-_ONE_KEYS = msgspec.json.Decoder(dict[str, _OneKey])
+_one_keys: list[msgspec.json.Decoder[Any]] = []
+
+
+def _one_keys_decoder() -> msgspec.json.Decoder[Any]:
+    """The one-key check's decoder, built once per process, when first needed."""
+    if not _one_keys:
+        one_key: Any = Annotated[
+            dict[_Kind, str | bool | list[str]], Meta(min_length=1, max_length=1)
+        ]
+        for _ in range(_ONE_KEY_DEPTH):
+            one_key = Annotated[
+                dict[_Kind, str | bool | list[str | one_key] | dict[str, one_key]],
+                Meta(min_length=1, max_length=1),
+            ]
+        _one_keys.append(msgspec.json.Decoder(dict[str, one_key]))
+    return _one_keys[0]
+
 
 _ANY = msgspec.json.Decoder()
 _STRINGS = frozenset({"S", "N"})
@@ -155,7 +167,7 @@ class Image(Mapping[str, AttributeValue]):
             return
         try:
             values = _VALUES.decode(self.wire)
-            _ONE_KEYS.decode(self.wire)
+            _one_keys_decoder().decode(self.wire)
         except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
             # The reference check: raises naming the attribute, or passes (an image nested
             # deeper than the one-key check follows).
