@@ -17,4 +17,24 @@ Beside it: ``deadletter/`` (what no retry can apply), ``conflictlog/`` (the reco
 lost conflicts, written off the data path), ``metrics/``, ``runtime/`` and ``tools/``.
 """
 
+import sys
+
 __version__ = "0.1.0"
+
+
+def _structlog_without_rich() -> None:
+    """Import structlog without the rich tracebacks it loads whenever rich is installed
+    (the demo's table and the tools' progress bars need rich): about a tenth of a second
+    of CPU in every process this package starts (each processor, runtime and command),
+    for a console renderer that then prints an exception as Python does. Any module
+    that imports structlog gets it so; rich itself stays importable afterwards."""
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        return
+    sys.modules["rich"] = None  # type: ignore[assignment]  # what `import rich` then refuses
+    try:
+        import structlog  # noqa: F401
+    finally:
+        del sys.modules["rich"]
+
+
+_structlog_without_rich()
