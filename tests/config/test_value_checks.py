@@ -33,7 +33,10 @@ def test_a_number_too_long_to_quote_is_refused_at_its_key_by_its_digits(
     path = tmp_path / "job.yaml"
     path.write_text(text)
 
-    result = replicator(command, "--config", str(path))
+    # validate and run (whose process starts as no other's) as processes of their own for
+    # the first value, in this process for the others: the file is refused before any work.
+    first = key == "metrics.port (line 5)" and command in ("validate", "run")
+    result = (replicator if first else in_process)(command, "--config", str(path))
 
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr

@@ -226,11 +226,11 @@ def test_the_settings_beside_what_they_need_are_taken() -> None:
 def test_validate_shows_the_target_of_the_kind(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
     path.write_text("task_name: shop\n" + MINIMAL + "dead_letter: {path: 'dl/{task_name}.jsonl'}\n")
-    result = run_cli("validate", "--config", str(path))
+    result = validate_in_process(path)
     assert result.returncode == 0, result.stderr
     assert "dead letters: file dl/shop.jsonl" in result.stdout
     path.write_text(MINIMAL + "dead_letter: {kind: sqs, queue_url: 'http://sqs/123456789012/q'}\n")
-    result = run_cli("validate", "--config", str(path))
+    result = validate_in_process(path)
     assert "dead letters: sqs http://sqs/123456789012/q" in result.stdout
 
 

@@ -20,7 +20,7 @@ from replicator.owned_tables import ensure_table
 from replicator.runtime import preflight
 from replicator.shards.leases import Lease, LeaseTable, check_lease_table
 from tests.support.aws import client, create_table
-from tests.support.cli import replicator
+from tests.support.cli import replicator, validate_in_process
 from tests.support.e2e import Job
 
 
@@ -75,7 +75,7 @@ def test_a_task_name_that_names_a_destination_in_the_source_region_is_refused(
     job = Job(moto_endpoint, name, tmp_path, destinations=[(region, f"{name}-dst")])
     named(job, f"{name}-dst")
 
-    result = replicator("validate", "--config", str(job.path))
+    result = validate_in_process(job.path)  # validate reads the file alone
 
     assert result.returncode == status, result.stdout + result.stderr
     assert ("which is the table of destinations[0]" in result.stderr) == (status == 2)
@@ -87,7 +87,7 @@ def test_a_task_name_whose_watermark_table_is_a_destination_is_refused(
     name = unique("owned")
     job = Job(moto_endpoint, name, tmp_path, destinations=[("eu-west-1", f"{name}-watermark")])
 
-    result = replicator("validate", "--config", str(job.path))
+    result = validate_in_process(job.path)  # validate reads the file alone
 
     assert result.returncode == 2, result.stdout + result.stderr
     assert (

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -23,17 +28,27 @@ def replicator(
     )
 
 
-def in_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def in_process(
+    *args: str, env: dict[str, str | None] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``replicator ARGS``, run by the command's own code in this process (click's test
-    runner): for the many job files whose outcome is their parsing alone (``validate``,
-    ``properties``), each of which would otherwise pay a process start. A job naming a
-    custom resolver imports it, which stays imported here: check such jobs, and any
-    command that starts work, with :func:`replicator`."""
+    runner; stdout and stderr apart, as a process's): for the many refusals decided by
+    the arguments and the job file before any work starts (``validate``, ``properties``,
+    a bad option of ``wait``), each of which would otherwise pay a process start.
+
+    What a command sets for its process (signal handlers, the logging configuration, the
+    environment, the working directory, the import path) is put back afterwards, so that
+    the tests that run after it in this process see none of it. A job naming a custom
+    resolver imports it, which stays imported here: the test forgets it (see
+    tests/config/test_config.py). A command that starts work (threads still running
+    once it returns) is no case for this: it fails the test. ``env``: variables set
+    for the command (None: unset), as :func:`replicator`'s."""
     from click.testing import CliRunner
 
     from replicator.cli import cli
 
-    done = CliRunner().invoke(cli, list(args), env=env, prog_name="replicator")
+    with _process_state_kept():
+        done = CliRunner().invoke(cli, list(args), env=env, prog_name="replicator")
     if done.exception is not None and not isinstance(done.exception, SystemExit):
         raise done.exception
     return subprocess.CompletedProcess(
@@ -41,8 +56,55 @@ def in_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
     )
 
 
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def _process_state_kept() -> Iterator[None]:
+    """The process-wide state a command may set (see :func:`in_process`), restored."""
+    import structlog
+
+    from replicator import logs
+
+    handlers = {number: signal.getsignal(number) for number in _SIGNALS}
+    structlog_config = structlog.get_config()
+    root = logging.getLogger()
+    root_handlers, root_level = list(root.handlers), root.level
+    credentials = logging.getLogger("botocore.credentials")
+    credential_filters = list(credentials.filters)
+    as_json = list(logs._AS_JSON)
+    global_fields = dict(logs._GLOBAL_FIELDS)
+    environment = dict(os.environ)
+    cwd = os.getcwd()
+    path = list(sys.path)
+    threads = set(threading.enumerate())
+    try:
+        yield
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+        structlog.configure(**structlog_config)
+        root.handlers[:] = root_handlers
+        root.setLevel(root_level)
+        credentials.filters[:] = credential_filters
+        logs._AS_JSON[:] = as_json
+        logs._GLOBAL_FIELDS.clear()
+        logs._GLOBAL_FIELDS.update(global_fields)
+        if dict(os.environ) != environment:
+            os.environ.clear()
+            os.environ.update(environment)
+        os.chdir(cwd)
+        sys.path[:] = path
+    running = [
+        thread
+        for thread in threading.enumerate()
+        if thread not in threads and not thread.daemon and thread.is_alive()
+    ]
+    assert not running, f"the command left threads running: {running}; run it as a process"
+
+
 def validate_in_process(
-    path: Path, env: dict[str, str] | None = None
+    path: Path, env: dict[str, str | None] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``replicator validate --config PATH`` in this process (:func:`in_process`)."""
     return in_process("validate", "--config", str(path), env=env)

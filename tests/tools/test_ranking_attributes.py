@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from replicator.tools.backfill_state import state_table_name
-from tests.support.cli import replicator
+from tests.support.cli import in_process, replicator
 from tests.support.e2e import Job
 
 LWW = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}"
@@ -52,7 +52,10 @@ def test_a_ranking_attribute_that_is_a_key_attribute_is_refused(
     job.source.put_item(TableName=job.source_table, Item=item)
     (eu, eu_table), _ = job.destination_clients()
 
-    result = replicator(*COMMANDS[command], "--config", str(job.path))
+    # The first case as a process of its own; the others in this process: the refusal
+    # comes once the source's key schema is read, before any item is.
+    run = replicator if (command, ranking) == ("backfill", "origin") else in_process
+    result = run(*COMMANDS[command], "--config", str(job.path))
 
     assert result.returncode == 2, result.stdout + result.stderr
     head, line = result.stderr.strip().splitlines()

@@ -317,8 +317,8 @@ def test_a_replaceable_default_is_written_once_as_the_extra_properties_say(
         "maxLeasesForWorker": "2",
     }
     job = _job(tmp_path, VARIANTS["kinesis"], extra)
-    assert replicator("validate", "--config", str(job)).returncode == 0
-    result = replicator("properties", "--config", str(job))
+    assert in_process("validate", "--config", str(job)).returncode == 0
+    result = in_process("properties", "--config", str(job))
     assert result.returncode == 0, result.stderr
     read = java_properties(result.stdout)
     credentials = [key for key in read if key.lower() == "awscredentialsprovider"]
@@ -335,7 +335,7 @@ def test_two_casings_of_the_credentials_key_are_refused(tmp_path: Path) -> None:
         "AWSCredentialsProvider": "DefaultCredentialsProvider",
         "awsCredentialsProvider": "ProfileCredentialsProvider|ops",
     }
-    result = replicator("validate", "--config", str(_job(tmp_path, VARIANTS["kinesis"], extra)))
+    result = in_process("validate", "--config", str(_job(tmp_path, VARIANTS["kinesis"], extra)))
     assert result.returncode == 2, result.stderr
     (line,) = [line for line in result.stderr.splitlines() if "kcl.extra_properties." in line]
     assert " kcl.extra_properties.awsCredentialsProvider (" in line
@@ -588,7 +588,10 @@ def test_extra_properties_are_checked_alike_under_either_runtime(
         "destinations: [{region: eu-west-1, table: orders}]\n"
         "kcl: {extra_properties: {maxLeasesForWorker: 1.5}}\n"
     )
-    result = replicator(command, "--config", str(job))
+    # The first case as a process of its own, the others in this process (the file alone
+    # decides them).
+    first = (runtime, command) == ("local", "validate")
+    result = (replicator if first else in_process)(command, "--config", str(job))
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stdout == ""
     assert (
@@ -604,11 +607,14 @@ def test_an_empty_worker_id_option_is_refused_as_the_job_files_is(
     """It silently fell back to the host name, while the job file's empty
     kcl.worker_id is refused."""
     job = ROOT / "config" / "two-destinations.yaml"
-    result = replicator("properties", "--config", str(job), "--worker-id", worker_id)
+    # The first case as a process of its own, the rest in this process (the option alone
+    # decides them).
+    run = replicator if worker_id == "" else in_process
+    result = run("properties", "--config", str(job), "--worker-id", worker_id)
     assert result.returncode == 2, result.stdout
     assert result.stdout == ""
     assert f"Invalid value for '--worker-id': is empty ({worker_id!r})" in result.stderr
-    named = replicator("properties", "--config", str(job), "--worker-id", "host-b")
+    named = in_process("properties", "--config", str(job), "--worker-id", "host-b")
     assert "\nworkerId = host-b\n" in named.stdout
 
 
