@@ -24,10 +24,14 @@ messages (``ApproximateNumberOfMessages`` and ``ApproximateNumberOfMessagesNotVi
 than it has read lets its own go and waits for the others, up to ``HELD_WAIT_S``,
 receiving again as they come back; what is still held then is counted
 (:attr:`SqsConflictLog.held_elsewhere`) and logged, so a listing says it is incomplete
-rather than show a shorter log as the whole of it. Every such read counts as a receive,
-though: on a queue with a redrive policy, SQS moves the entries to its dead-letter queue
-after ``maxReceiveCount`` readings, so the command and the start of a run warn about
-such a queue (:meth:`SqsConflictLog.redrive_warning`).
+rather than show a shorter log as the whole of it. Those counts are approximate and not
+of one instant (entries another reader lets go while they are taken may be counted in
+neither), so a reader takes it that it has read everything only when two counts in a
+row say so, with a receive between them that brings nothing
+(:meth:`SqsConflictLog._hold_all`). Every such read counts as a receive, though: on a
+queue with a redrive policy, SQS moves the entries to its dead-letter queue after
+``maxReceiveCount`` readings, so the command and the start of a run warn about such a
+queue (:meth:`SqsConflictLog.redrive_warning`).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import json
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import structlog
@@ -248,23 +252,16 @@ class SqsConflictLog:
     def read(self, selection: Selection) -> Iterator[ConflictEntry]:
         """Every entry of the queue, received in passes (each one hides what it receives
         until it has received all it can, so that it gets every message once, then makes
-        them visible again) until the queue counts no message this read has not seen,
-        or for ``HELD_WAIT_S`` (or until :attr:`stopping` is set) some may have been:
-        their number is then :attr:`held_elsewhere`."""
+        them visible again) until one finds the queue holds no message this read has not
+        seen (:meth:`_hold_all`), or for ``HELD_WAIT_S`` (or until :attr:`stopping` is
+        set) some may have been: their number is then :attr:`held_elsewhere`."""
         self.held_elsewhere = 0
         seen: set[str] = set()
         deadline: float | None = None  # from the first pass that finds entries held
         while True:
             taken: dict[str, str] = {}  # this pass's messages: id -> receipt handle
             try:
-                for message in self._pass(taken):
-                    if message["MessageId"] in seen:
-                        continue
-                    seen.add(message["MessageId"])
-                    entry = self._entry(message)
-                    if entry is not None and selection.matches(entry):
-                        yield entry
-                held = self._unseen(seen)
+                held = yield from self._hold_all(taken, seen, selection)
             finally:
                 self._release(list(taken.values()))
             if not held:
@@ -279,6 +276,43 @@ class SqsConflictLog:
                     waited_s=HELD_WAIT_S,
                 )
                 return
+
+    def _hold_all(
+        self, taken: dict[str, str], seen: set[str], selection: Selection
+    ) -> Generator[ConflictEntry, None, int]:
+        """One pass: receive (and hold, in ``taken``) every message it can, yielding the
+        matching entries of those not yet ``seen``; then how many messages of the queue
+        it may not have seen (0: none).
+
+        0 is not taken from one count of the queue: its two counts are approximate and
+        not of one instant. The moto server computes each from the messages' state of
+        its own moment, so entries another reader lets go between the two are counted in
+        neither, and the queue seems to hold just what this read has seen (on a busy
+        machine, a listing run beside another one); SQS's counts are eventually
+        consistent, and may lag the same way. So the pass ends
+        with nothing unseen only after two counts in a row find nothing unseen, with a
+        receive between them that brings nothing (a long poll, which asks all of SQS's
+        servers, while this pass still hides its own messages): entries let go as the
+        first count is taken are visible by then, so that receive gets them, or, if
+        another reader has taken them again, the second count finds them in flight. Only
+        counts wrong twice in a row, each as another reader lets its entries go, could
+        still end a read short. A count that finds messages unseen ends the pass at once,
+        so that it lets its own go for the other readers."""
+        confirmed = False  # the last count found nothing unseen
+        while True:
+            received = False
+            for message in self._pass(taken):
+                received = True
+                if message["MessageId"] in seen:
+                    continue
+                seen.add(message["MessageId"])
+                entry = self._entry(message)
+                if entry is not None and selection.matches(entry):
+                    yield entry
+            held = self._unseen(seen)
+            if held or (confirmed and not received):
+                return held
+            confirmed = True
 
     def _pass(self, taken: dict[str, str]) -> Iterator[ReceivedMessage]:
         """Receive until a receive brings no message this pass has not received."""
@@ -304,8 +338,9 @@ class SqsConflictLog:
         """How many messages of the queue this read may not have seen: the messages SQS
         counts (visible, and in flight: this pass's, and those another reader or consumer
         holds), less those seen. Counted while this pass still holds its messages, so that
-        what it received cannot move meanwhile; as SQS counts them (approximately), and
-        assuming none of those seen was deleted meanwhile."""
+        what it received cannot move meanwhile; as SQS counts them (approximately: one
+        count proves nothing, :meth:`_hold_all`), and assuming none of those seen was
+        deleted meanwhile."""
         try:
             attributes = self.client.get_queue_attributes(
                 QueueUrl=self.queue_url,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from subprocess import CompletedProcess
@@ -23,6 +24,7 @@ from click.testing import CliRunner, Result
 from replicator.cli import cli
 from replicator.config.loader import load_job
 from replicator.conflictlog import sqs as sqs_log
+from replicator.conflictlog import targets
 from replicator.conflictlog.base import Selection
 from replicator.conflictlog.entry import ConflictEntry
 from replicator.conflictlog.reader import read_entries
@@ -208,3 +210,91 @@ def test_a_reader_stops_waiting_when_asked_and_counts_what_it_did_not_read(
     let_go(job, held)
     assert {e.id for e in read_entries(target, Selection())} == set(ids)
     assert target.held_elsewhere == 0
+
+
+COUNTS = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+
+
+class CountsOneByOne:
+    """An SQS client that reads the queue's two counts one after the other, and, at its
+    first count, does ``between`` between them and ``after`` once both are read: as the
+    moto server reads them (each from a computation of the queue's attributes of its
+    own, while other requests run) and as SQS's approximate counts may. Entries another
+    reader lets go ``between`` are counted in neither: the exact moment, made certain, of
+    two readings run at once."""
+
+    def __init__(
+        self, client: Any, between: Callable[[], object], after: Callable[[], object]
+    ) -> None:
+        self._client = client
+        self._steps: list[tuple[Callable[[], object], Callable[[], object]]] = [(between, after)]
+
+    def get_queue_attributes(self, **request: Any) -> Any:
+        if sorted(request["AttributeNames"]) != COUNTS:
+            return self._client.get_queue_attributes(**request)
+        between, after = self._steps.pop() if self._steps else (_nothing, _nothing)
+        url = request["QueueUrl"]
+        visible = self._client.get_queue_attributes(QueueUrl=url, AttributeNames=COUNTS[:1])
+        between()
+        in_flight = self._client.get_queue_attributes(QueueUrl=url, AttributeNames=COUNTS[1:])
+        after()
+        return {"Attributes": {**visible["Attributes"], **in_flight["Attributes"]}}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def _nothing() -> None:
+    pass
+
+
+def counted_one_by_one(
+    monkeypatch: pytest.MonkeyPatch,
+    between: Callable[[], object],
+    after: Callable[[], object] = _nothing,
+) -> None:
+    """The command's SQS log reads its counts with :class:`CountsOneByOne`."""
+
+    class Log(SqsConflictLog):
+        def __init__(self, client: Any, queue_url: str) -> None:
+            super().__init__(CountsOneByOne(client, between, after), queue_url)
+
+    monkeypatch.setattr(targets, "SqsConflictLog", Log)
+
+
+def test_entries_let_go_while_the_queue_is_counted_are_still_listed(
+    logged: tuple[SharedJob, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other reader lets its 10 entries go between the two counts: the queue counts 0
+    visible, then 15 in flight (the listing's own), as many as it has read. One such count
+    is no proof that it has read everything; the entries let go are listed."""
+    job, ids = logged
+    held = hold(job, 10, seconds=600)
+    counted_one_by_one(monkeypatch, lambda: let_go(job, held))
+    listed_whole(invoke(job, *LISTING), ids)
+
+
+def test_entries_let_go_while_counted_and_taken_again_make_the_listing_incomplete(
+    logged: tuple[SharedJob, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the other reader takes them again as soon as the queue is counted
+    (its next pass) and holds them past the wait: the listing shows 15 entries and says
+    10 were not read, exit 1."""
+    job, ids = logged
+    held = hold(job, 10, seconds=600)
+    again: dict[str, str] = {}
+    counted_one_by_one(
+        monkeypatch,
+        between=lambda: let_go(job, held),
+        after=lambda: again.update(hold(job, 10, seconds=600)),
+    )
+    monkeypatch.setattr(sqs_log, "HELD_WAIT_S", 1.0)
+    listing = invoke(job, *LISTING)
+    assert listing.exit_code == 1, listing.output
+    document = json.loads(listing.stdout)
+    assert set(again) == set(held)
+    assert conflict_ids(document) == sorted(set(ids) - set(held))
+    assert "10 entries" in document["incomplete"]
+
+    let_go(job, again)
+    listed_whole(invoke(job, *LISTING), ids)
