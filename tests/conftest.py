@@ -44,51 +44,67 @@ _names = itertools.count(1)
 # one process running a multi-minute scenario alone at the end. A file missing here only
 # runs later, in collection order.
 _LONGEST_FIRST = (
-    "runtime/kcl/test_kcl.py",  # 234: KCL daemons taking over leases after kill -9
-    "reliability/test_active_active.py",  # 135
-    "watermark/test_watermark_e2e.py",  # 131
-    "runtime/local/test_tombstone_table_gone.py",  # 100: four runs stopped by a refusal
-    "watermark/test_unread_spans_e2e.py",  # 92
-    "demo/test_demo.py",  # 88
-    "tools/test_backfill.py",  # 84
-    "runtime/kcl/test_kcl_kinesis.py",  # 72
-    "tools/test_redrive.py",  # 71
-    "tools/test_verify.py",  # 69
-    "runtime/local/test_local_runtime_leases.py",  # 66
-    "reliability/test_active_active_mesh.py",  # 66
-    "runtime/local/test_local_runtime.py",  # 64
-    "conflictlog/test_conflict_audit.py",  # 62: two bursts of 800 lost conflicts
-    "runtime/kcl/test_kcl_launcher.py",  # 55
-    "test_processor_protocol.py",  # 50
-    "reliability/test_kill_9.py",  # 48
-    "reliability/test_throttling.py",  # 44
-    "conflictlog/test_sqs_readers.py",  # 40
-    "runtime/local/test_local_runtime_failures.py",  # 39
-    "config/test_config.py",  # 39
-    "watermark/test_wait.py",  # 38
-    "test_squash_equivalence.py",  # 34
+    "runtime/kcl/test_kcl.py",  # 265: KCL daemons taking over leases after kill -9
+    "reliability/test_active_active.py",  # 215
+    "watermark/test_watermark_e2e.py",  # 192
+    "tools/test_backfill.py",  # 142
+    "demo/test_demo.py",  # 139
+    "tools/test_redrive.py",  # 133
+    "runtime/local/test_local_runtime.py",  # 125
+    "tools/test_verify.py",  # 117
+    "runtime/local/test_tombstone_table_gone.py",  # 106: four runs stopped by a refusal
+    "watermark/test_unread_spans_e2e.py",  # 104
+    "reliability/test_active_active_mesh.py",  # 99
+    "conflictlog/test_conflict_audit.py",  # 90: two bursts of 800 lost conflicts
+    "test_processor_protocol.py",  # 86
+    "runtime/local/test_local_runtime_leases.py",  # 82
+    "runtime/kcl/test_kcl_launcher.py",  # 80
+    "reliability/test_kill_9.py",  # 75
+    "runtime/kcl/test_kcl_kinesis.py",  # 67
+    "runtime/local/test_local_runtime_failures.py",  # 53
+    "conflictlog/test_sqs_readers.py",  # 50
+    "reliability/test_throttling.py",  # 41
+    "watermark/test_wait.py",  # 41
+    "runtime/local/test_stock_moto.py",  # 39: writers at once on moto's own server
+    "test_squash_equivalence.py",  # 36
+    "watermark/test_commands.py",  # 34
     "reliability/test_destination_down.py",  # 34
-    "reliability/test_active_active_restore.py",  # 31
-    "runtime/local/test_local_runtime_backpressure.py",  # 30
-    "metrics/test_metrics.py",  # 29
-    "watermark/test_commands.py",  # 25
-    "runtime/local/test_stock_moto.py",  # 24: writers at once on moto's own server
-    "reliability/test_malformed_answers.py",  # 22
-    "deadletter/test_deadletters.py",  # 21
-    "runtime/local/test_redacted_outputs.py",  # 20: waits for the restart limit's exit 3
-    "reliability/test_active_active_pair.py",  # 20
-    "conflictlog/test_conflict_command.py",  # 20
-    "runtime/kcl/test_kcl_first_start.py",  # 20: a stop during a first start
-    "runtime/local/test_source_outage.py",  # 19
-    "reliability/test_bad_job_files_and_environment.py",  # 18
-    "tools/test_dead_letter_outage.py",  # 17
-    "writers/test_late_writes.py",  # 15
-    "reliability/test_poison_input.py",  # 15
-    "tools/test_ranking_attributes.py",  # 13
-    "runtime/local/test_shard_worker.py",  # 13
-    "runtime/kcl/test_properties.py",  # 11
-    "writers/test_wide_items.py",  # 10: items of 600 and 2000 attributes
-    "runtime/local/test_wide_items.py",  # 8
+    "metrics/test_metrics.py",  # 34
+    "runtime/local/test_local_runtime_backpressure.py",  # 33
+    "writers/test_wide_items.py",  # 32: items of 600 and 2000 attributes
+    "runtime/test_preflight.py",  # 31
+    "config/test_config.py",  # 29
+    "reliability/test_malformed_answers.py",  # 28
+    "writers/test_late_writes.py",  # 28
+    "tools/test_ranking_attributes.py",  # 27
+    "reliability/test_active_active_restore.py",  # 27
+    "runtime/local/test_redacted_outputs.py",  # 22: waits for the restart limit's exit 3
+    "tools/test_dead_letter_outage.py",  # 22
+    "deadletter/test_deadletters.py",  # 22
+    "reliability/test_active_active_pair.py",  # 22
+    "conflictlog/test_conflict_command.py",  # 22
+    "reliability/test_bad_job_files_and_environment.py",  # 22
+    "reliability/test_poison_input.py",  # 20
+    "runtime/local/test_source_outage.py",  # 20
+    "runtime/test_owned_tables.py",  # 18
+    "runtime/local/test_wide_items.py",  # 18
+    "runtime/kcl/test_properties.py",  # 15
+    "config/test_job_checks.py",  # 15
+    "runtime/local/test_shard_worker.py",  # 15
+    "test_cli_interrupts.py",  # 14
+    "config/test_resolver_loading.py",  # 13
+    "writers/test_wire.py",  # 13
+    "conflictlog/test_shared_log.py",  # 11
+    "conflictlog/test_conflict_log.py",  # 11
+    "config/test_yaml_forms.py",  # 11
+    "test_role_not_assumed.py",  # 10
+    "config/test_value_checks.py",  # 10
+    "deadletter/test_dead_letters_across_restarts.py",  # 9
+    "test_tombstone_reads.py",  # 9
+    "runtime/local/test_binary_keys.py",  # 9
+    "watermark/test_watermark.py",  # 8
+    "rules/test_total_order.py",  # 8
+    "writers/test_write_outcomes.py",  # 8
 )
 _TESTS = Path(__file__).parent
 
