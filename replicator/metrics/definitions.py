@@ -51,7 +51,9 @@ class Metrics:
         )
         self.millis_behind_latest = Gauge(
             "replicator_millis_behind_latest",
-            "How far the last batch read was behind the tip of the shard, as the daemon reports.",
+            "How far the last batch read was behind the tip of the shard: the daemon's "
+            "millisBehindLatest under the KCL, the age of the batch's newest record under "
+            "the local runtime.",
             ["shard"],
             multiprocess_mode="livemax",
             registry=r,
@@ -72,7 +74,8 @@ class Metrics:
         self.retries = Counter(
             "replicator_retries",
             "Write attempts retried, by reason (throttled, server_error, network, "
-            "access_denied, not_found, key_schema, optimistic_conflict).",
+            "access_denied, not_found, key_schema, auth, clock_skew, already_applied, "
+            "optimistic_conflict).",
             ["destination", "reason"],
             registry=r,
         )
@@ -134,7 +137,8 @@ class Metrics:
         )
         self.squashed = Counter(
             "replicator_squashed",
-            "Changes not written because a newer change to the same key replaced them.",
+            "Changes not written because another change to the same key made them redundant "
+            "while they waited (replaced them, or left them nothing to change).",
             registry=r,
         )
         self.batch_flush = Histogram(

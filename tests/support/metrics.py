@@ -78,6 +78,9 @@ class _NoShards:
     def progress(self) -> list[Any]:
         return []
 
+    def restarts(self) -> int:
+        return 0
+
 
 class _OneWatermark:
     def read(self, timeout: float | None = None) -> Watermark:

@@ -130,6 +130,10 @@ class LocalRuntime:
         self.started = threading.Event()
         self.workers: dict[str, ShardWorker] = {}
         self.ended: set[str] = set()
+        # Restarts of the workers already gone (their shard ended, or they failed): the
+        # restarts counter is theirs and the running ones', and never goes down.
+        self._retired_restarts = 0
+        self._restarts_lock = threading.Lock()
         self.failure: BaseException | None = None
         self.metrics_port: int | None = None
         self.metrics_server: MetricsServer | None = None  # while running, if metrics are on
@@ -247,7 +251,7 @@ class LocalRuntime:
             for shard_id, worker in list(self.workers.items()):
                 if worker.is_alive():
                     continue
-                del self.workers[shard_id]
+                self._retire(shard_id)
                 if isinstance(worker.error, LeaseLost):
                     self.failure = LeaseHeld(
                         f"shard {shard_id}: {worker.error}; the local runtime runs one "
@@ -635,6 +639,19 @@ class LocalRuntime:
     def progress(self) -> list[ShardProgress]:
         return [worker.progress for worker in list(self.workers.values())]
 
+    def _retire(self, shard_id: str) -> None:
+        """Forget the worker of ``shard_id`` (no longer running), keeping its restarts."""
+        with self._restarts_lock:
+            worker = self.workers.pop(shard_id)
+            self._retired_restarts += worker.progress.restarts
+
+    def restarts(self) -> int:
+        """Processor restarts in this run, those of workers already gone included: a
+        shard that ends (DynamoDB Streams closes each within hours) takes none away, so
+        Prometheus never reads a drop of the counter as a reset."""
+        with self._restarts_lock:
+            return self._retired_restarts + sum(p.restarts for p in self.progress())
+
     def problems(self) -> list[str]:
         problems = []
         if self.failure is not None:
@@ -663,7 +680,7 @@ class _RuntimeCollector(Collector):
         restarts = CounterMetricFamily(
             "replicator_processor_restarts", "Processor children started again after failing."
         )
-        restarts.add_metric([], sum(p.restarts for p in progress))
+        restarts.add_metric([], self.runtime.restarts())
         yield restarts
 
 
