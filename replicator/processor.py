@@ -332,6 +332,9 @@ class ReplicationProcessor:
         if self._held:
             log.info("checkpoint no longer held by the watermark", batches_held=self._held)
             self._held = 0
+        # The writes the checkpoint passes are counted in the shared metrics first: a
+        # process killed after it is not read again, and would take their counts along.
+        pipeline.count_applied()
         checkpoints.write(checkpointer, position, required=False)
 
     def _store_watermark_at_end(self, intake: ShardIntake) -> None:
