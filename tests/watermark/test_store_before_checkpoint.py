@@ -99,6 +99,9 @@ class Pipeline:
     def checkpointable(self) -> str | None:
         return self.position
 
+    def count_applied(self) -> None:
+        pass
+
     def store_watermark_before_checkpoint(
         self, wait_s: float = 0.0, *, urgent: bool = False
     ) -> bool:
