@@ -21,6 +21,7 @@ which dead-letters the change as well.
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Annotated, Any, Literal, TypeVar, overload
 
@@ -76,22 +77,18 @@ _Kind = Literal["S", "N", "B", "SS", "NS", "BS", "M", "L", "NULL", "BOOL"]
 # deep enough for the items people store (nesting past six levels is rare).
 _ONE_KEY_DEPTH = 6
 _VALUES = msgspec.json.Decoder(dict[str, _Value])
-_one_keys: list[msgspec.json.Decoder[Any]] = []
 
 
+@functools.cache
 def _one_keys_decoder() -> msgspec.json.Decoder[Any]:
     """The one-key check's decoder, built once per process, when first needed."""
-    if not _one_keys:
-        one_key: Any = Annotated[
-            dict[_Kind, str | bool | list[str]], Meta(min_length=1, max_length=1)
+    one_key: Any = Annotated[dict[_Kind, str | bool | list[str]], Meta(min_length=1, max_length=1)]
+    for _ in range(_ONE_KEY_DEPTH):
+        one_key = Annotated[
+            dict[_Kind, str | bool | list[str | one_key] | dict[str, one_key]],
+            Meta(min_length=1, max_length=1),
         ]
-        for _ in range(_ONE_KEY_DEPTH):
-            one_key = Annotated[
-                dict[_Kind, str | bool | list[str | one_key] | dict[str, one_key]],
-                Meta(min_length=1, max_length=1),
-            ]
-        _one_keys.append(msgspec.json.Decoder(dict[str, one_key]))
-    return _one_keys[0]
+    return msgspec.json.Decoder(dict[str, one_key])
 
 
 _ANY = msgspec.json.Decoder()

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from replicator.config.loader import load_job
 from replicator.runtime.local.runtime import LocalRuntime, _RuntimeCollector
 from replicator.runtime.local.shard_worker import ShardProgress
+from tests.runtime.local.test_host_lock import _runtime
 
 
 class _Worker:
@@ -27,14 +27,7 @@ def _restarts_total(runtime: LocalRuntime) -> float:
 
 
 def test_a_shard_that_ends_takes_none_of_its_restarts_off_the_counter(tmp_path: Path) -> None:
-    path = tmp_path / "job.yaml"
-    path.write_text(
-        "runtime: local\n"
-        "source: {region: us-east-1, table: orders, endpoint_url: 'http://127.0.0.1:9'}\n"
-        "destinations: [{region: eu-west-1, table: orders, endpoint_url: 'http://127.0.0.1:9'}]\n"
-        "metrics: {enabled: false}\n"
-    )
-    runtime = LocalRuntime(load_job(path), worker_id="host-a")
+    runtime = _runtime(tmp_path, "http://127.0.0.1:9", "host-a", metrics="{enabled: false}")
     workers: dict[str, Any] = {"shard-1": _Worker("shard-1", 3), "shard-2": _Worker("shard-2", 2)}
     runtime.workers.update(workers)
     assert _restarts_total(runtime) == 5
