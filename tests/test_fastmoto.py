@@ -88,7 +88,16 @@ def test_each_fast_call_answers_what_motos_serializer_answers(
     ddb.batch_get_item(RequestItems={table: {"Keys": [key, {"pk": {"S": "no"}, "sk": {"N": "9"}}]}})
     arn = ddb.describe_table(TableName=table)["Table"]["LatestStreamArn"]
     shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
-    streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")
+    ddb.delete_item(TableName=table, Key={**key, "sk": {"N": "2"}}, ReturnValues="ALL_OLD")
+    ddb.delete_item(TableName=table, Key=key, ReturnConsumedCapacity="TOTAL")
+    ddb.delete_item(TableName=table, Key=key, ReturnValues="ALL_OLD")  # nothing there
+    iterator = streams.get_shard_iterator(
+        StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    records = streams.get_records(ShardIterator=iterator)
+    # inserts, a modify, removes: both images, binaries, sets, times
+    assert {r["eventName"] for r in records["Records"]} == {"INSERT", "MODIFY", "REMOVE"}
+    streams.get_records(ShardIterator=records["NextShardIterator"])  # none left
     actions = {action for action, _, _ in both_answers}
     assert actions == fastmoto.FAST_OPERATIONS
     for action, fast, reference in both_answers:
