@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -159,7 +160,34 @@ def session_for(
     """A session in ``region``; with ``role_arn``, one that assumes that role. A role
     that cannot be assumed raises :class:`RoleNotAssumed` where a request is signed,
     naming STS's endpoint: the request it was for was never sent, and an error that
-    named that request's endpoint would send an operator to the wrong service."""
+    named that request's endpoint would send an operator to the wrong service.
+
+    One session serves every client of the same region and role while the ``AWS_*``
+    environment stays as it was: a session costs about ten milliseconds of CPU to make,
+    and each resolves the credential chain (or assumes the role) on its own, so a
+    process with a client per table, destination and segment made them all again.
+    Clients are made from it one at a time (:data:`_MAKING`): a session is not safe to
+    make clients from on two threads at once; the clients themselves are."""
+    return _shared_session(region, role_arn, external_id, _aws_environment())
+
+
+def _aws_environment() -> tuple[tuple[str, str], ...]:
+    """What of the environment a session reads its credentials and settings from: a
+    command run again in one process with other credentials gets a session of its own."""
+    return tuple(sorted(item for item in os.environ.items() if item[0].startswith("AWS_")))
+
+
+_MAKING = threading.Lock()
+
+
+@functools.lru_cache(maxsize=32)
+def _shared_session(
+    region: str,
+    role_arn: str | None,
+    external_id: str | None,
+    environment: tuple[tuple[str, str], ...],
+) -> boto3.Session:
+    del environment  # part of the cache's key only
     if role_arn is None:
         return boto3.Session(botocore_session=_botocore_session(), region_name=region)
     base = _botocore_session()
@@ -259,11 +287,16 @@ def _client(service: str, place: Reach, tuning: Tuning) -> Any:
         return _checked(
             service,
             place,
-            lambda: _session(place).client(
-                service,  # type: ignore[call-overload]
-                endpoint_url=place.endpoint_url,
-                config=_config(place.region, tuning),
-            ),
+            lambda: _made_from(_session(place), service, place, tuning),
+        )
+
+
+def _made_from(session: boto3.Session, service: str, place: Reach, tuning: Tuning) -> Any:
+    with _MAKING:
+        return session.client(
+            service,  # type: ignore[call-overload]
+            endpoint_url=place.endpoint_url,
+            config=_config(place.region, tuning),
         )
 
 
