@@ -130,8 +130,8 @@ def moto_endpoint() -> Iterator[str]:
 
     from moto.server import ThreadedMotoServer
 
+    from replicator.demo import fastmoto
     from replicator.demo.endpoint import serialize_table_writes
-    from tests.support import fastmoto
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     serialize_table_writes()

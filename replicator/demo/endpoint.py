@@ -8,6 +8,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from replicator.demo import fastmoto
+
 _WRITES = threading.RLock()
 _PATCHED = False
 
@@ -59,6 +61,7 @@ class EmbeddedEndpoint:
             ) from error
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         serialize_table_writes()
+        fastmoto.install()
         self._server: Any = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.url = ""
 

@@ -37,9 +37,11 @@ def serve(ready_file: Path, host: str = "127.0.0.1") -> None:
     config.keep_alive_timeout = 75  # the SDKs keep pooled connections open
     config.h2_max_concurrent_streams = 1000
     config.wsgi_max_body_size = 64 * 1024 * 1024
+    from replicator.demo import fastmoto
     from replicator.demo.endpoint import serialize_table_writes
 
     serialize_table_writes()  # as every moto server of the project (tests/demo/test_moto_double.py)
+    fastmoto.install()
     app = DomainDispatcherApplication(create_backend_app)
 
     async def main() -> None:

@@ -1,14 +1,15 @@
-"""A quicker answer from the tests' moto server to the calls the tests make most.
+"""A quicker answer from the demo's and the tests' moto server to the calls made most.
 
 moto 5.2 serializes every answer through the service's botocore shapes, member by
-member; for the item calls the tests and the replicator make thousands of times a
-minute (puts, updates, gets, queries, scans), that walk is about a third of the
-server's CPU, and the suite runs on two shared cores. For those calls the result moto
-built is already the answer's JSON (DynamoDB's attribute values, binaries as bytes),
-so it is written with ``json.dumps``. Every other call, and every error, goes through
-moto's serializer as before. tests/test_fastmoto.py holds the two to the same JSON for
-each of these calls, so that a moto release that changes its results fails there, not
-as a replicator defect somewhere else.
+member; for the item calls the replicator, the demo's workload and the tests make
+thousands of times a minute (puts, updates, deletes, gets, queries, scans, stream
+reads), that walk is about a third of the server's CPU (a stream read of 1,000 records
+took over half a second), on the same cores as the replicator it serves. For those
+calls the result moto built is already the answer's JSON (DynamoDB's attribute values,
+binaries as bytes), so it is written with ``json.dumps``. Every other call, and every
+error, goes through moto's serializer as before. tests/test_fastmoto.py holds the two to
+the same JSON for each of these calls, so that a moto release that changes its results
+fails there, not as a replicator defect somewhere else.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ FAST_OPERATIONS = frozenset(
 # serializer leaves out what the shape does not name).
 _ANSWER_KEYS = {"DeleteItem": ("Attributes", "ConsumedCapacity", "ItemCollectionMetrics")}
 _CONTENT_TYPE = "application/x-amz-json-1.0"
+_SERVICES = frozenset({"moto.dynamodb.responses", "moto.dynamodbstreams.responses"})
 
 
 def _json_value(value: Any) -> Any:
@@ -71,6 +73,7 @@ def install() -> None:
             not isinstance(action_result, PaginatedResult)
             and isinstance(action_result.result, dict)
             and self._get_action() in FAST_OPERATIONS
+            and type(self).__module__ in _SERVICES  # Kinesis has a GetRecords of its own
         ):
             headers = {"Content-Type": _CONTENT_TYPE, **self.response_headers}
             return 200, headers, fast_body(action_result.result, self._get_action())
@@ -87,8 +90,9 @@ def _remember_lookups() -> None:
     about 150 entries, to match the Host header) and the methods of the service's
     response class (``inspect.getmembers``). About a fifth of the server's CPU per call."""
     from moto import backends
-    from moto.core import responses
+    from moto.core import responses, utils
 
     modules = tuple(backends.list_of_moto_modules())
-    backends.list_of_moto_modules = lambda: modules  # type: ignore[assignment]
-    responses.method_names_from_class = functools.cache(responses.method_names_from_class)
+    backends.list_of_moto_modules = lambda: modules
+    # responses imported it by name: its own reference is the one to replace.
+    responses.method_names_from_class = functools.cache(utils.method_names_from_class)  # type: ignore[attr-defined]
