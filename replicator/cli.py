@@ -29,6 +29,19 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+class _Number(click.FloatRange):
+    """A number option: click calls a value that is no number "not a valid float range"
+    (``--timeout 5s``), which tells an operator nothing; this says "number"."""
+
+    name = "number"
+
+
+class _WholeNumber(click.IntRange):
+    """A whole-number option (``--threads x``: "not a valid whole number")."""
+
+    name = "whole number"
+
+
 class _JobFilePath(click.Path):
     """The job file's path: an empty one (``--config ''``, ``--config "$UNSET"``) is
     refused as such, where pathlib would read it as ``.`` and the message would be about
@@ -340,7 +353,7 @@ def _read_rate_option(help: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """``--read-rate``, as ``backfill`` and ``verify`` both take it (their help differs)."""
     return click.option(
         "--read-rate",
-        type=click.FloatRange(min=0),
+        type=_Number(min=0),
         default=0.0,
         show_default=True,
         callback=_read_rate,
@@ -351,7 +364,7 @@ def _read_rate_option(help: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
 def _threads_option(help: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """``--threads``, as ``backfill`` and ``verify`` both take it (their help differs)."""
     return click.option(
-        "--threads", type=click.IntRange(1, 512), default=8, show_default=True, help=help
+        "--threads", type=_WholeNumber(1, 512), default=8, show_default=True, help=help
     )
 
 
@@ -383,7 +396,7 @@ def main(argv: list[str] | None = None) -> Any:
 )
 @click.option(
     "--duration",
-    type=click.FloatRange(min=0, min_open=True, max=_DEMO_MAX_S),
+    type=_Number(min=0, min_open=True, max=_DEMO_MAX_S),
     default=20.0,
     show_default=True,
     callback=_finite,
@@ -391,7 +404,7 @@ def main(argv: list[str] | None = None) -> Any:
 )
 @click.option(
     "--rate",
-    type=click.FloatRange(min=0.01, max=10_000),
+    type=_Number(min=0.01, max=10_000),
     default=40.0,
     show_default=True,
     callback=_finite,
@@ -399,14 +412,14 @@ def main(argv: list[str] | None = None) -> Any:
 )
 @click.option(
     "--keys",
-    type=click.IntRange(min=1, max=1_000_000),
+    type=_WholeNumber(min=1, max=1_000_000),
     default=200,
     show_default=True,
     help="Distinct items the workload touches.",
 )
 @click.option(
     "--settle-timeout",
-    type=click.FloatRange(min=0, max=_DEMO_MAX_S),
+    type=_Number(min=0, max=_DEMO_MAX_S),
     default=60.0,
     show_default=True,
     callback=_finite,
@@ -414,7 +427,7 @@ def main(argv: list[str] | None = None) -> Any:
 )
 @click.option(
     "--linger",
-    type=click.FloatRange(min=0, max=_DEMO_MAX_S),
+    type=_Number(min=0, max=_DEMO_MAX_S),
     default=0.0,
     show_default=True,
     callback=_finite,
@@ -463,7 +476,7 @@ def _demo_job(config_path: Path) -> Path:
 @CONFIG_OPTION
 @click.option(
     "--segments",
-    type=click.IntRange(1, 1_000_000),
+    type=_WholeNumber(1, 1_000_000),
     default=None,
     help="Parallel Scan segments [default: the interrupted run's, else 4].",
 )
@@ -471,14 +484,14 @@ def _demo_job(config_path: Path) -> Path:
 @_threads_option("Concurrent writes; also the most segments scanned at once.")
 @click.option(
     "--page-size",
-    type=click.IntRange(1, 10_000),
+    type=_WholeNumber(1, 10_000),
     default=100,
     show_default=True,
     help="Items per Scan page; progress is saved after each page.",
 )
 @click.option(
     "--max-items",
-    type=click.IntRange(min=1),
+    type=_WholeNumber(min=1),
     default=None,
     help="Stop after this many items, at most (progress kept; run again to continue).",
 )
@@ -500,7 +513,7 @@ def backfill(config_path: Path, **options: Any) -> None:
 @CONFIG_OPTION
 @click.option(
     "--segments",
-    type=click.IntRange(1, 1_000_000),
+    type=_WholeNumber(1, 1_000_000),
     default=4,
     show_default=True,
     help="Parallel Scan segments per table.",
@@ -509,13 +522,13 @@ def backfill(config_path: Path, **options: Any) -> None:
 @_read_rate_option("Items read per second from each table; 0 = unlimited.")
 @click.option(
     "--sample",
-    type=click.IntRange(min=1),
+    type=_WholeNumber(min=1),
     default=None,
     help="Check N items from random segments of each table instead of every item.",
 )
 @click.option(
     "--recheck",
-    type=click.IntRange(1, 100),
+    type=_WholeNumber(1, 100),
     default=3,
     show_default=True,
     help="Consistent reads of a difference before it is reported.",
@@ -523,7 +536,7 @@ def backfill(config_path: Path, **options: Any) -> None:
 @click.option(
     "--recheck-pause",
     "recheck_pause_s",
-    type=click.FloatRange(min=0, max=MAX_RECHECK_PAUSE_S),
+    type=_Number(min=0, max=MAX_RECHECK_PAUSE_S),
     default=2.0,
     show_default=True,
     callback=_finite,
@@ -661,7 +674,7 @@ def watermark(config_path: Path, destination: str | None, as_json: bool) -> None
 @click.option(
     "--timeout",
     required=True,
-    type=click.FloatRange(min=0),
+    type=_Number(min=0),
     callback=_finite_seconds,
     help="Seconds to wait at most (exit 1 when they pass; inf: no limit).",
 )
@@ -676,7 +689,7 @@ def watermark(config_path: Path, destination: str | None, as_json: bool) -> None
 @click.option(
     "--poll",
     "poll_interval",
-    type=float,
+    type=_Number(),
     callback=_poll_seconds,
     default=0.25,
     show_default=True,
@@ -741,7 +754,7 @@ def wait(
 )
 @click.option(
     "--limit",
-    type=click.IntRange(min=0),
+    type=_WholeNumber(min=0),
     default=50,
     show_default=True,
     help="Entries listed, newest first (0: all); the summary counts every entry selected.",

@@ -72,3 +72,29 @@ def test_the_command_itself_refuses_a_number_option_as_a_usage_error(tmp_path: P
     assert done.stdout == ""
     assert "Traceback" not in done.stderr
     assert done.stderr.splitlines()[-1].startswith("Error: Invalid value for '--recheck-pause': ")
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "needed", "kind"),
+    [
+        ("wait", "--timeout", WAIT, "number"),
+        ("wait", "--poll", (*WAIT, "--timeout", "1"), "number"),
+        ("demo", "--duration", (), "number"),
+        ("verify", "--recheck-pause", (), "number"),
+        ("backfill", "--threads", (), "whole number"),
+        ("backfill", "--segments", (), "whole number"),
+        ("conflicts", "--limit", (), "whole number"),
+    ],
+)
+def test_a_value_with_a_unit_or_a_word_is_named_as_no_number(
+    command: str, option: str, needed: tuple[str, ...], kind: str, tmp_path: Path
+) -> None:
+    """``--timeout 5s`` was "not a valid float range": click's name for its type."""
+    for value in ("5s", "ten"):
+        args = [command, "--config", str(tmp_path / "job.yaml"), *needed, option, value]
+        done = CliRunner().invoke(cli, args, prog_name="replicator")
+
+        assert done.exit_code == 2, done.stderr
+        assert done.stderr.splitlines()[-1] == (
+            f"Error: Invalid value for '{option}': '{value}' is not a valid {kind}."
+        )
