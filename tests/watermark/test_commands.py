@@ -21,7 +21,7 @@ from replicator.watermark.commands import SHOW_TIMEOUT_S
 from replicator.watermark.table import StatusTable
 from tests.support import ROOT
 from tests.support.aws import client
-from tests.support.cli import replicator
+from tests.support.cli import in_process, replicator
 from tests.support.faults.proxy import FaultProxy
 from tests.support.silent import SilentEndpoint, run_from_first_read
 
@@ -269,7 +269,10 @@ def test_the_wait_command_names_why_every_read_failed_not_a_hang(
             proxy.resets(1.0)
         else:
             proxy.garbage()
-        result = replicator(
+        # In this process (a process start costs about a second of CPU): it returns by
+        # itself and is judged by its exit status and message. The wait on a table
+        # throttled throughout runs as a process of its own, as do the signalled ones.
+        result = in_process(
             "wait", "--config", str(path), "-d", EU, "--until", str(T0 // S),
             "--timeout", "2", "--poll", "0.05",
         )  # fmt: skip

@@ -14,7 +14,7 @@ import pytest
 from replicator.demo import tables
 from replicator.watermark.table import StatusTable, table_name
 from tests.support.aws import client
-from tests.support.cli import replicator
+from tests.support.cli import in_process, replicator
 from tests.support.e2e import Job, stop, table_before_its_stream, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
 from tests.support.reliability import ProxiedJob
@@ -69,11 +69,16 @@ def test_a_wait_for_a_time_before_a_latest_start_is_told_the_change_was_never_re
         assert "kcl.initial_position LATEST" in lines[0] and "backfill" in lines[0]
         assert not held(job, region, table, "before")  # and it is indeed not there
 
+        # This file's first wait, watermark, backfill and verify run as processes of their
+        # own, as an operator runs them; the others, each of which returns by itself and is
+        # judged by its exit status and output, run in this process (a process start
+        # costs about a second of CPU).
+
         # A change after the start, waited for from after the start: replicated.
         since = time.time()
         job.source.put_item(TableName=job.source_table, Item=item("after", 2))
         later = time.time()
-        waited = replicator(
+        waited = in_process(
             "wait", "--config", str(job.path), "--destination", table, "--since",
             f"{since:.6f}", "--until", f"{later:.6f}", "--timeout", "60",
         )  # fmt: skip
@@ -83,14 +88,14 @@ def test_a_wait_for_a_time_before_a_latest_start_is_told_the_change_was_never_re
         shown = replicator("watermark", "-c", str(job.path), "-d", table)
         assert "never read: changes created before" in shown.stdout, shown
         as_json = json.loads(
-            replicator("watermark", "-c", str(job.path), "-d", table, "--json").stdout
+            in_process("watermark", "-c", str(job.path), "-d", table, "--json").stdout
         )
         assert [span["reason"] for span in as_json["unread"]] == ["latest"]
     finally:
         assert stop(runtime) == 0
 
     # The span is in the status table: a reader after the runtime stopped is told the same.
-    waited = replicator(
+    waited = in_process(
         "wait", "--config", str(job.path), "--destination", table,
         "--until", f"{before:.6f}", "--timeout", "5",
     )  # fmt: skip
@@ -117,7 +122,7 @@ def test_a_backfill_then_a_verify_that_finds_the_destination_equal_clears_the_sp
     try:
         wait_until(lambda: started(job.directory / "runtime.log"), 60, "the shard to start")
         args = ("-c", str(job.path), "-d", table, "--until", f"{before:.6f}", "--timeout", "60")
-        waited = replicator("wait", *args)
+        waited = in_process("wait", *args)
         assert waited.returncode == 4, waited
         # The backfill's hand-off check needs a checkpoint: a change after the start.
         job.source.put_item(TableName=job.source_table, Item=item("after", 2))
@@ -131,7 +136,7 @@ def test_a_backfill_then_a_verify_that_finds_the_destination_equal_clears_the_sp
         assert copied.returncode == 0, copied
         assert "`replicator verify`" in copied.stdout and "cannot copy deletes" in copied.stdout
         assert held(job, region, table, "before") and held(job, region, table, "gone")
-        assert replicator("wait", *args).returncode == 4  # a copy clears nothing
+        assert in_process("wait", *args).returncode == 4  # a copy clears nothing
 
         checked = replicator("verify", "--config", str(job.path), "--recheck-pause", "0.1")
         assert checked.returncode == 1, checked
@@ -140,9 +145,9 @@ def test_a_backfill_then_a_verify_that_finds_the_destination_equal_clears_the_sp
         (cleared,) = [line for line in checked.stdout.splitlines() if "watermark" in line]
         assert cleared.startswith("watermark: unread spans up to ")
         assert cleared.endswith(f"cleared at {other_region}/{other}"), cleared
-        assert replicator("wait", *args).returncode == 4
+        assert in_process("wait", *args).returncode == 4
 
-        repaired = replicator(
+        repaired = in_process(
             "verify", "--config", str(job.path), "--recheck-pause", "0.1", "--repair", "--json"
         )
         assert repaired.returncode == 0, repaired
@@ -151,15 +156,15 @@ def test_a_backfill_then_a_verify_that_finds_the_destination_equal_clears_the_sp
         assert extra["kind"] == "extra" and extra["repair"] == "repaired"
         assert f"{region}/{table}" in report["watermark"]["cleared"]
         assert not held(job, region, table, "gone")
-        waited = replicator("wait", *args)
+        waited = in_process("wait", *args)
         assert waited.returncode == 0, waited
         shown = json.loads(
-            replicator("watermark", "-c", str(job.path), "-d", table, "--json").stdout
+            in_process("watermark", "-c", str(job.path), "-d", table, "--json").stdout
         )
         assert shown["unread"] == []
 
         # Nothing left to clear: a verify says nothing about the watermark in its text.
-        again = replicator("verify", "--config", str(job.path))
+        again = in_process("verify", "--config", str(job.path))
         assert again.returncode == 0 and "watermark" not in again.stdout, again
     finally:
         assert stop(runtime) == 0
@@ -175,7 +180,7 @@ def test_a_destination_added_to_a_resumed_job_is_not_reported_replicated_before_
     try:
         job.source.put_item(TableName=job.source_table, Item=item("old", 1))
         written = time.time()
-        waited = replicator(
+        waited = in_process(
             "wait", "-c", str(job.path), "-d", eu, "--until", f"{written:.6f}", "--timeout", "60"
         )
         assert waited.returncode == 0, waited
@@ -191,27 +196,27 @@ def test_a_destination_added_to_a_resumed_job_is_not_reported_replicated_before_
     runtime = job.start(log=job.directory / "second.log")
     try:
         wait_until(lambda: started(job.directory / "second.log"), 60, "the shard to start")
-        waited = replicator(
+        waited = in_process(
             "wait", "-c", str(job.path), "-d", ap, "--until", f"{written:.6f}", "--timeout", "60"
         )
         assert waited.returncode == 4, waited
         assert "joined the job" in waited.stderr and "backfill" in waited.stderr
         assert not held(job, ap_region, ap, "old")
         # The old destination had everything all along; the new one has what came since.
-        waited = replicator(
+        waited = in_process(
             "wait", "-c", str(job.path), "-d", eu, "--until", f"{written:.6f}", "--timeout", "60"
         )
         assert waited.returncode == 0, waited
         # It joined when its processor started (the span's end, which the watermark shows):
         # a change after that, waited for from then on, is replicated there.
-        shown = replicator("watermark", "-c", str(job.path), "-d", ap, "--json")
+        shown = in_process("watermark", "-c", str(job.path), "-d", ap, "--json")
         (span,) = json.loads(shown.stdout)["unread"]
         assert span["reason"] == "joined" and span["to"] > written
         since = span["to"] + 0.001
         wait_until(lambda: time.time() > since, 5, "the join to be past")
         job.source.put_item(TableName=job.source_table, Item=item("new", 2))
         later = time.time()
-        waited = replicator(
+        waited = in_process(
             "wait", "-c", str(job.path), "-d", ap, "--since", f"{since:.6f}",
             "--until", f"{later:.6f}", "--timeout", "60",
         )  # fmt: skip
@@ -273,12 +278,12 @@ def test_a_first_start_stopped_before_a_destination_was_written_is_not_taken_for
                 "every item at the second destination",
             )
             for table in (eu, ap):
-                waited = replicator(
+                waited = in_process(
                     "wait", "-c", str(job.path), "-d", table, "--until", f"{written:.6f}",
                     "--timeout", "60",
                 )  # fmt: skip
                 assert waited.returncode == 0, waited
-                shown = replicator("watermark", "-c", str(job.path), "-d", table, "--json")
+                shown = in_process("watermark", "-c", str(job.path), "-d", table, "--json")
                 assert json.loads(shown.stdout)["unread"] == [], shown
         finally:
             assert stop(second) == 0
@@ -325,10 +330,10 @@ def kcl_processor_tells(job: Job, start: str, before: float, why: str) -> None:
 
         def told() -> bool:
             daemon.records([])  # an idle daemon's empty batches: the shard is caught up
-            return replicator("wait", *args).returncode == 4
+            return in_process("wait", *args).returncode == 4
 
         wait_until(told, 60, "wait to say the changes before the start were never read")
-        said = replicator("wait", *args).stderr
+        said = in_process("wait", *args).stderr
         assert why in said
     finally:
         daemon.act({"action": "shutdownRequested"})
@@ -359,7 +364,7 @@ def test_a_first_start_at_trim_horizon_is_told_what_came_before_the_stream(
     try:
         wait_until(lambda: started(job.directory / "runtime.log"), 60, "the shard to start")
         args = ("-c", str(job.path), "-d", table, "--until", f"{written:.6f}", "--timeout", "60")
-        waited = replicator("wait", *args)
+        waited = in_process("wait", *args)
         assert waited.returncode == 4, waited
         (line,) = waited.stderr.strip().splitlines()
         assert "were never read for this destination" in line
@@ -367,7 +372,7 @@ def test_a_first_start_at_trim_horizon_is_told_what_came_before_the_stream(
         assert "before the source's stream was enabled" in line and "backfill" in line
         assert not held(job, region, table, "old-order")  # and it is indeed not there
         shown = json.loads(
-            replicator("watermark", "-c", str(job.path), "-d", table, "--json").stdout
+            in_process("watermark", "-c", str(job.path), "-d", table, "--json").stdout
         )
         (span,) = shown["unread"]
         assert span["reason"] == "before_stream" and span["to"] < time.time()
@@ -376,22 +381,22 @@ def test_a_first_start_at_trim_horizon_is_told_what_came_before_the_stream(
         since = time.time()
         job.source.put_item(TableName=legacy, Item=item("new-order", 2))
         later = time.time()
-        waited = replicator(
+        waited = in_process(
             "wait", "-c", str(job.path), "-d", table, "--since", f"{since:.6f}",
             "--until", f"{later:.6f}", "--timeout", "60",
         )  # fmt: skip
         assert waited.returncode == 0, waited
 
-        copied = replicator("backfill", "--config", str(job.path))
+        copied = in_process("backfill", "--config", str(job.path))
         assert copied.returncode == 0, copied
         assert held(job, region, table, "old-order")
-        assert replicator("wait", *args).returncode == 4  # a copy clears nothing
+        assert in_process("wait", *args).returncode == 4  # a copy clears nothing
         # verify clears up to a second before its scans start: after the span's end.
         wait_until(lambda: time.time() > span["to"] + 1.1, 5, "the span's end to be past")
-        checked = replicator("verify", "--config", str(job.path), "--recheck-pause", "0.1")
+        checked = in_process("verify", "--config", str(job.path), "--recheck-pause", "0.1")
         assert checked.returncode == 0, checked
         assert f"cleared at {region}/{table}" in checked.stdout, checked.stdout
-        waited = replicator("wait", *args)
+        waited = in_process("wait", *args)
         assert waited.returncode == 0, waited
     finally:
         assert stop(runtime) == 0
