@@ -22,6 +22,7 @@ from replicator.tools import snapshot
 from replicator.tools.backfill import Backfill, BackfillHooks, BackfillOptions
 from replicator.tools.redrive import Redrive
 from tests.support.aws import client
+from tests.support.cli import in_process
 from tests.support.e2e import PATIENCE, Job, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
 from tests.support.tools import run_within
@@ -133,7 +134,10 @@ def test_a_dead_letter_path_that_cannot_be_written_is_exit_3_before_a_backfill_c
     job.source.put_item(TableName=job.source_table, Item=image("a"))
     job.dead_letters.mkdir()
 
-    result = command(job, "backfill", "--skip-handoff-check")
+    # In this process: a refusal the command decides before any read, judged by its exit
+    # status, its line and the empty destination. The test above runs each tool as a
+    # process of its own, bounded by a timeout: what it guards against is a hang.
+    result = in_process("backfill", "--skip-handoff-check", "--config", str(job.path))
 
     assert result.returncode == 3, result.stdout + result.stderr
     (line,) = message_lines(result.stderr)

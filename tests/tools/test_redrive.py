@@ -28,6 +28,7 @@ from replicator.tools import snapshot
 from replicator.tools.redrive import Redrive, RedriveReport
 from replicator.tools.snapshot import BACKFILL, REPAIR, synthetic_change
 from tests.support.aws import client
+from tests.support.cli import in_process, replicator
 from tests.support.deadletters import malformed
 from tests.support.e2e import PATIENCE, Job, binary_key_job, stop, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
@@ -117,16 +118,21 @@ def replayed_at_eu_only(job: Job, note: str, item: Item) -> None:
     assert FileDeadLetters(job.dead_letters).count() == 0
 
 
-def redrive(job: Job | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``replicator redrive`` of ``job`` (or of the job file at that path)."""
+def redrive(job: Job | Path) -> subprocess.CompletedProcess[str]:
+    """``replicator redrive`` of ``job`` (or of the job file at that path), in this
+    process: each of these runs to its end by itself and is judged by its exit status,
+    its output and what it left in the tables and the target, all of which the command's
+    own code decides, so a process start per run would buy nothing.
+    ``test_letters_whose_cause_is_fixed_are_applied_and_failing_ones_stay`` runs it as a
+    process of its own, as a user does; the tests that stop, kill or race a redrive
+    (:func:`started`, :func:`as_a_process`) do too."""
     path = job if isinstance(job, Path) else job.path
-    return subprocess.run(
-        [sys.executable, "-m", "replicator", "redrive", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return in_process("redrive", "--config", str(path))
+
+
+def as_a_process(job: Job, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``replicator redrive`` of ``job`` in a process of its own."""
+    return replicator("redrive", "--config", str(job.path), timeout=timeout)
 
 
 def eu_through(job: Job, proxy: FaultProxy) -> None:
@@ -244,7 +250,7 @@ def test_letters_whose_cause_is_fixed_are_applied_and_failing_ones_stay(job: Job
     assert "AccessDeniedException" in kept[(eu_label, "14")].error
 
     job.write()  # the cause is fixed
-    second = redrive(job)
+    second = as_a_process(job)  # end to end, as a user runs it
 
     assert second.returncode == 1
     assert "4 letters, 2 replayed, 2 failed again" in second.stdout
@@ -723,21 +729,14 @@ def test_a_destination_refusing_every_writes_credentials_exits_3_and_keeps_the_l
 def test_without_credentials_redrive_exits_3_and_keeps_the_letters(job: Job) -> None:
     """The source is read (its key schema) before any letter is claimed."""
     target = eu_letters(job, 41)
-    env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+    env: dict[str, str | None] = {name: None for name in os.environ if name.startswith("AWS_")}
     env.update(
         AWS_SHARED_CREDENTIALS_FILE="/dev/null",
         AWS_CONFIG_FILE="/dev/null",
         AWS_EC2_METADATA_DISABLED="true",
     )
 
-    result = subprocess.run(
-        [sys.executable, "-m", "replicator", "redrive", "--config", str(job.path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=env,
-    )
+    result = in_process("redrive", "--config", str(job.path), env=env)
 
     assert result.returncode == 3, result.stdout + result.stderr
     assert result.stdout == ""
@@ -1339,7 +1338,7 @@ def test_a_second_redrive_of_the_same_file_is_refused_while_the_first_runs(job: 
     def second_redrive() -> None:
         seen["aside"] = aside_file(job)
         seen["before"] = seen["aside"].read_bytes()
-        seen["second"] = redrive(job, timeout=60)
+        seen["second"] = as_a_process(job, timeout=60)  # a process racing this one's
 
     with eu_throttled(job) as proxy:
         report = interrupted_while_retrying(job, proxy, meanwhile=second_redrive)
