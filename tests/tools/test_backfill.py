@@ -32,7 +32,8 @@ from replicator.tools.backfill import Backfill, BackfillHooks, BackfillOptions, 
 from replicator.tools.snapshot import SnapshotRule, synthetic_change
 from replicator.tools.verify import Verify, VerifyOptions
 from tests.support.aws import client
-from tests.support.e2e import PATIENCE, Job, stop, wait_until
+from tests.support.cli import in_process, replicator
+from tests.support.e2e import Job, stop, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
 from tests.support.tools import run_within
 
@@ -68,13 +69,9 @@ def populate(job: Job, count: int, seed: int = 1) -> None:
 
 
 def cli(job: Job, command: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "replicator", command, "--config", str(job.path), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    """``replicator COMMAND --config JOB ARGS`` run in this process: see
+    :func:`test_backfill_beside_the_running_replicator_and_live_writes_verifies_equal`."""
+    return in_process(command, "--config", str(job.path), *args)
 
 
 def backfill(job: Job, hooks: BackfillHooks | None = None, **options: Any) -> BackfillResult:
@@ -121,7 +118,14 @@ def test_backfill_beside_the_running_replicator_and_live_writes_verifies_equal(j
             "the replicator's first checkpoint",
         )
         before = workload.stats.total
-        copied = cli(job, "backfill", "--segments", "3", "--page-size", "25")
+        # backfill and verify as processes of their own, as an operator runs them beside
+        # the replicator; the other tests run the commands in this process (cli): each
+        # runs to its end by itself and is checked by its exit status, output and tables.
+        # Ctrl-C is sent to a process of its own
+        # (test_ctrl_c_stops_after_the_pages_in_hand_and_the_run_resumes).
+        copied = replicator(
+            "backfill", "--config", str(job.path), "--segments", "3", "--page-size", "25"
+        )
         assert copied.returncode == 0, copied.stderr
         assert "complete" in copied.stdout
         assert workload.is_alive(), "the writes must continue during the whole backfill"
@@ -132,7 +136,7 @@ def test_backfill_beside_the_running_replicator_and_live_writes_verifies_equal(j
         assert workload.error is None
         assert workload.stats.deletes > 0 and workload.stats.updates > 0
         wait_until(job.converged, 60, "destinations to equal the source")
-        verified = cli(job, "verify", "--recheck-pause", "0.5")
+        verified = replicator("verify", "--config", str(job.path), "--recheck-pause", "0.5")
         assert verified.returncode == 0, verified.stdout + verified.stderr
         assert "equal" in verified.stdout
     finally:
@@ -692,16 +696,7 @@ def test_a_destination_that_refuses_every_write_stops_the_backfill_at_once(job: 
     try:
         proxy.set(Mode(Fault.DENY, operations=frozenset({"PutItem"})))
         through_proxy(job, f"{job.name}-ap", proxy)
-        result = subprocess.run(
-            [
-                *(sys.executable, "-m", "replicator", "backfill", "--config", str(job.path)),
-                *("--skip-handoff-check", "--page-size", "200"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60 * PATIENCE,
-            check=False,
-        )
+        result = cli(job, "backfill", "--skip-handoff-check", "--page-size", "200")
     finally:
         proxy.stop()
     assert result.returncode == 3, result.stdout + result.stderr

@@ -4,7 +4,6 @@ sampling, repair through the conflict policy, and the exit codes."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -28,7 +27,9 @@ from replicator.tools import snapshot
 from replicator.tools.compare import compare
 from replicator.tools.tables import TTL_HORIZON_S, expired_by_ttl
 from replicator.tools.verify import Finding, Verify, VerifyHooks, VerifyOptions, VerifyReport
-from tests.support.e2e import PATIENCE, Job, wait_until
+from tests.config.test_config import forget_modules
+from tests.support.cli import in_process, replicator
+from tests.support.e2e import Job, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
 from tests.support.tools import run_within
 
@@ -58,13 +59,9 @@ def key(item: Item) -> Item:
 
 
 def cli(job: Job, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "replicator", "verify", "--config", str(job.path), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    """``replicator verify --config JOB ARGS`` run in this process: see
+    :func:`test_hand_made_differences_are_reported_precisely_and_repair_brings_back_equality`."""
+    return in_process("verify", "--config", str(job.path), *args)
 
 
 def verify(job: Job, hooks: VerifyHooks | None = None, **options: Any) -> VerifyReport:
@@ -99,7 +96,11 @@ def test_hand_made_differences_are_reported_precisely_and_repair_brings_back_equ
         ExpressionAttributeValues={":t": {"SS": ["altered"]}},
     )
 
-    found = cli(job, "--recheck-pause", "0.1")
+    # This verify as a process of its own, as an operator runs it; the others in this
+    # process (cli): each runs to its end by itself and is checked by its exit status,
+    # output and tables. Signals are sent to a process of its own
+    # (test_repair_stuck_on_a_throttled_destination_stops_on_the_second_signal).
+    found = replicator("verify", "--config", str(job.path), "--recheck-pause", "0.1")
 
     assert found.returncode == 1, found.stderr
     lines = found.stdout.splitlines()
@@ -381,12 +382,7 @@ def test_sample_checks_n_items_of_each_table(job: Job) -> None:
 def test_exit_codes_for_a_bad_job_file_and_a_missing_table(job: Job, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("source: {region: nowhere, table: t}\n")
-    invalid = subprocess.run(
-        [sys.executable, "-m", "replicator", "verify", "--config", str(bad)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    invalid = in_process("verify", "--config", str(bad))
     assert invalid.returncode == 2
     assert "region" in invalid.stderr
 
@@ -751,16 +747,7 @@ def test_repair_to_a_destination_that_refuses_every_write_stops_at_once(job: Job
             "{max_in_flight: 16, access_denied_limit: 5, "
             "retry: {base_delay_ms: 1000, max_delay_ms: 1000}}",
         )
-        result = subprocess.run(
-            [
-                *(sys.executable, "-m", "replicator", "verify", "--config", str(job.path)),
-                *("--repair", "--recheck", "1", "--recheck-pause", "0"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60 * PATIENCE,
-            check=False,
-        )
+        result = cli(job, "--repair", "--recheck", "1", "--recheck-pause", "0")
     finally:
         proxy.stop()
     assert result.returncode == 3, result.stdout + result.stderr
@@ -794,7 +781,7 @@ def test_repair_to_a_destination_that_stops_answering_ends_the_command(
 
 
 def test_repair_refused_by_a_custom_resolver_gives_the_resolvers_reason(
-    job: Job, tmp_path: Path
+    job: Job, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The resolver keeps the destination's item: the repair is refused for that reason,
     not because the destination's item changed since it was read (it did not)."""
@@ -809,19 +796,10 @@ def test_repair_refused_by_a_custom_resolver_gives_the_resolvers_reason(
     items = replicated(job, 2)
     (eu, eu_table), _ = job.destination_clients()
     eu.put_item(TableName=eu_table, Item={**items[0], "v": {"S": "kept"}})
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    monkeypatch.syspath_prepend(str(tmp_path))
 
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "replicator", "verify", "--config", str(job.path)),
-            *("--repair", "--recheck", "1", "--recheck-pause", "0"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=env,
-    )
+    with forget_modules(tmp_path):
+        result = cli(job, "--repair", "--recheck", "1", "--recheck-pause", "0")
 
     assert result.returncode == 1, result.stdout + result.stderr
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("  different")]
