@@ -15,7 +15,7 @@ import pytest
 import structlog
 
 from replicator import logs
-from tests.support.cli import _process_state_kept, in_process
+from tests.support.cli import CommandHung, _process_state_kept, in_process
 
 
 def _state() -> dict[str, object]:
@@ -58,3 +58,27 @@ def test_a_command_that_leaves_a_thread_running_fails_the_test() -> None:
     with pytest.raises(AssertionError, match="left threads running"), _process_state_kept():
         threading.Thread(target=stop.wait, name="left-running").start()
     stop.set()
+
+
+def test_a_command_that_does_not_return_fails_the_test_at_its_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a process run by ``replicator(...)`` fails at its timeout: a hang in a command
+    run in process must fail its test, not hang the suite."""
+    from replicator.watermark import commands
+
+    monkeypatch.setattr(commands, "wait", lambda *args: threading.Event().wait(60))
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "source: {region: us-east-1, table: src, endpoint_url: 'http://127.0.0.1:9'}\n"
+        "destinations: [{region: eu-west-1, table: dst, endpoint_url: 'http://127.0.0.1:9'}]\n"
+    )
+    before = _state()
+    args = ("wait", "-c", str(job), "-d", "eu-west-1/dst", "--until", "1", "--timeout", "1")
+
+    with pytest.raises(CommandHung, match=r"did not return in 0\.5 s"):
+        in_process(*args, timeout=0.5)
+
+    assert _state() == before
+    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)

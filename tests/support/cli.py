@@ -28,8 +28,14 @@ def replicator(
     )
 
 
+class CommandHung(BaseException):
+    """An in-process command that did not return within its timeout: a BaseException, so
+    that neither the command's own handlers nor click's runner take it for the command's
+    failure; the test fails with it, as :func:`replicator`'s timeout fails a process."""
+
+
 def in_process(
-    *args: str, env: dict[str, str | None] | None = None
+    *args: str, env: dict[str, str | None] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """``replicator ARGS``, run by the command's own code in this process (click's test
     runner; stdout and stderr apart, as a process's): for the many refusals decided by
@@ -42,12 +48,14 @@ def in_process(
     resolver imports it, which stays imported here: the test forgets it (see
     tests/config/test_config.py). A command that starts work (threads still running
     once it returns) is no case for this: it fails the test. ``env``: variables set
-    for the command (None: unset), as :func:`replicator`'s."""
+    for the command (None: unset), as :func:`replicator`'s; ``timeout``: seconds after
+    which a command that has not returned fails the test (:class:`CommandHung`) instead
+    of hanging the suite (a timer signal to the main thread, where pytest runs tests)."""
     from click.testing import CliRunner
 
     from replicator.cli import cli
 
-    with _process_state_kept():
+    with _process_state_kept(), _bounded(timeout, args):
         done = CliRunner().invoke(cli, list(args), env=env, prog_name="replicator")
     if done.exception is not None and not isinstance(done.exception, SystemExit):
         raise done.exception
@@ -57,6 +65,24 @@ def in_process(
 
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def _bounded(timeout: float, args: tuple[str, ...]) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # a timer signal reaches only the main thread
+        return
+
+    def hung(number: int, frame: object) -> None:
+        raise CommandHung(f"replicator {' '.join(args)} did not return in {timeout} s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @contextmanager
