@@ -17,9 +17,34 @@ Beside it: ``deadletter/`` (what no retry can apply), ``conflictlog/`` (the reco
 lost conflicts, written off the data path), ``metrics/``, ``runtime/`` and ``tools/``.
 """
 
+import os
+import signal
 import sys
 
 __version__ = "0.1.0"
+
+
+def _started_as_the_processor() -> bool:
+    """Whether this process is ``python [options] -m replicator processor`` (as both
+    runtimes start it) or ``replicator processor``; read from the command line itself,
+    so that an application that imports the package is never taken for it."""
+    argv = list(getattr(sys, "orig_argv", ()))
+    if "-m" in argv:
+        at = argv.index("-m")
+        return argv[at + 1 : at + 3] == ["replicator", "processor"]
+    return os.path.basename(sys.argv[0]) == "replicator" and sys.argv[1:2] == ["processor"]
+
+
+def _processor_ignores_stop_signals_at_once() -> None:
+    """The processor ignores SIGTERM, SIGINT and SIGHUP for its whole life
+    (:mod:`replicator.entry`), from the first line of the package rather than after its
+    imports: a service manager that signals every process of the service (systemd's
+    KillMode=control-group) can do so just as the daemon starts a processor, and one that
+    died of it before its first answer left the KCL's stop waiting out
+    ``shutdownGraceMillis`` for it. What remains is the interpreter's own start."""
+    if _started_as_the_processor():
+        for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(stop, signal.SIG_IGN)
 
 
 def _structlog_without_rich() -> None:
@@ -37,4 +62,5 @@ def _structlog_without_rich() -> None:
         del sys.modules["rich"]
 
 
+_processor_ignores_stop_signals_at_once()
 _structlog_without_rich()

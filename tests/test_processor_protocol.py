@@ -29,13 +29,14 @@ REGION = "eu-west-1"
 class RawDaemon:
     """Just enough of the MultiLangDaemon to drive one child, recording every line."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "replicator", "processor", "--config", str(config)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=None if env is None else {**os.environ, **env},
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.checkpoints: list[Any] = []
@@ -364,6 +365,42 @@ def test_a_stop_signal_sent_to_the_processor_itself_leaves_the_stop_to_its_daemo
     assert daemon.finish() == 0
     (line,) = shutdown_lines(daemon)
     assert line["event"] in ("shutdown requested; checkpointed", NOTHING_NEW), line
+
+
+# Stands in for structlog, the first module the package imports: the stop signal comes
+# while the processor starts, before the real structlog (and everything after it) loads.
+_SIGNALLED_WHILE_STARTING = """
+import importlib, os, signal, sys
+os.kill(os.getpid(), signal.{name})
+sys.path.remove(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+del sys.modules["structlog"]
+sys.modules["structlog"] = importlib.import_module("structlog")
+"""
+
+
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name
+)
+def test_a_stop_signal_while_the_processor_starts_is_ignored_too(
+    job: dict[str, Any], tmp_path: Path, sig: signal.Signals
+) -> None:
+    """A service manager that signals every process of the service can do so just as the
+    daemon starts a processor; one that died of it before its first answer left the
+    KCL's stop waiting out shutdownGraceMillis for it (a 40 s stop, no checkpoint)."""
+    early = tmp_path / "early"
+    (early / "structlog").mkdir(parents=True)
+    (early / "structlog" / "__init__.py").write_text(
+        _SIGNALLED_WHILE_STARTING.format(name=sig.name)
+    )
+    daemon = RawDaemon(job["config"], env={"PYTHONPATH": str(early)})
+    daemon.act(
+        {"action": "initialize", "shardId": "s", "sequenceNumber": None, "subSequenceNumber": None}
+    )
+    daemon.records([put("a", 101, ts=1)])
+    daemon.until_checkpoint("101")
+    assert len(items(job)) == 1
+    assert daemon.act({"action": "shutdownRequested"}) == []
+    assert daemon.finish() == 0
 
 
 def test_a_shutdown_with_nothing_new_settled_says_it_did_not_checkpoint(

@@ -40,6 +40,7 @@ from tests.support.kcl_cluster import (
     REGION,
     TAKEOVER_S,
     Cluster,
+    Worker,
     task_name,
 )
 from tests.support.metrics import logged_metrics_port, matching, scrape
@@ -161,6 +162,25 @@ class KinesisScenario(Cluster):
         assert not self.dead_letters.exists() or not self.dead_letters.read_text().strip()
 
 
+def processor_answered(worker: Worker, shard: str) -> bool:
+    """Whether the worker's processor of ``shard`` has answered its initialize (it logs
+    "processor started") and not exited since. A processor the daemon has only just
+    started can still die of a stop signal sent to every process (the interpreter starts
+    before the processor can ignore it); the stock daemon then waits out its
+    shutdownGraceMillis: the stop below is meant for running processors."""
+    started = exited = -1
+    for number, line in enumerate(worker.text().splitlines()):
+        if shard not in line:
+            continue
+        logged = json.loads(line)
+        event = logged.get("event", "") if logged.get("shard") == shard else ""
+        if event == "processor started":
+            started = number
+        elif "exiting" in event:
+            exited = number
+    return started > exited
+
+
 @pytest.fixture
 def kinesis(endpoint: str, kcl_jars: Path, tmp_path: Path) -> Iterator[KinesisScenario]:
     with contextlib.closing(KinesisScenario(endpoint, tmp_path, task_name("kin"))) as scenario:
@@ -239,6 +259,10 @@ def test_kinesis_stream_shared_by_workers_of_the_stock_kcl3_daemon_survives_a_ki
             sorted(kinesis.owners().values()) == live
             and all(
                 matching(scrape(ports[name]), "replicator_shards_owned") == [1.0] for name in live
+            )
+            and all(
+                processor_answered(workers[owner], shard)
+                for shard, owner in kinesis.owners().items()
             )
         ),
         30,
