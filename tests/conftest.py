@@ -44,67 +44,60 @@ _names = itertools.count(1)
 # one process running a multi-minute scenario alone at the end. A file missing here only
 # runs later, in collection order.
 _LONGEST_FIRST = (
-    "runtime/kcl/test_kcl.py",  # 265: KCL daemons taking over leases after kill -9
-    "reliability/test_active_active.py",  # 215
-    "watermark/test_watermark_e2e.py",  # 192
-    "tools/test_backfill.py",  # 142
-    "demo/test_demo.py",  # 139
-    "tools/test_redrive.py",  # 133
-    "runtime/local/test_local_runtime.py",  # 125
-    "tools/test_verify.py",  # 117
-    "runtime/local/test_tombstone_table_gone.py",  # 106: four runs stopped by a refusal
-    "watermark/test_unread_spans_e2e.py",  # 104
-    "reliability/test_active_active_mesh.py",  # 99
-    "conflictlog/test_conflict_audit.py",  # 90: two bursts of 800 lost conflicts
-    "test_processor_protocol.py",  # 86
-    "runtime/local/test_local_runtime_leases.py",  # 82
-    "runtime/kcl/test_kcl_launcher.py",  # 80
-    "reliability/test_kill_9.py",  # 75
-    "runtime/kcl/test_kcl_kinesis.py",  # 67
-    "runtime/local/test_local_runtime_failures.py",  # 53
-    "conflictlog/test_sqs_readers.py",  # 50
-    "reliability/test_throttling.py",  # 41
-    "watermark/test_wait.py",  # 41
-    "runtime/local/test_stock_moto.py",  # 39: writers at once on moto's own server
-    "test_squash_equivalence.py",  # 36
-    "watermark/test_commands.py",  # 34
-    "reliability/test_destination_down.py",  # 34
-    "metrics/test_metrics.py",  # 34
-    "runtime/local/test_local_runtime_backpressure.py",  # 33
-    "writers/test_wide_items.py",  # 32: items of 600 and 2000 attributes
-    "runtime/test_preflight.py",  # 31
-    "config/test_config.py",  # 29
-    "reliability/test_malformed_answers.py",  # 28
-    "writers/test_late_writes.py",  # 28
-    "tools/test_ranking_attributes.py",  # 27
-    "reliability/test_active_active_restore.py",  # 27
-    "runtime/local/test_redacted_outputs.py",  # 22: waits for the restart limit's exit 3
-    "tools/test_dead_letter_outage.py",  # 22
+    "runtime/kcl/test_kcl.py",  # 202: KCL daemons taking over leases after kill -9
+    "reliability/test_active_active.py",  # 133
+    "watermark/test_watermark_e2e.py",  # 99
+    "demo/test_demo.py",  # 87
+    "runtime/local/test_tombstone_table_gone.py",  # 75: four runs stopped by a refusal
+    "runtime/local/test_local_runtime.py",  # 72
+    "runtime/kcl/test_kcl_kinesis.py",  # 65
+    "runtime/kcl/test_kcl_launcher.py",  # 61
+    "tools/test_backfill.py",  # 60
+    "test_processor_protocol.py",  # 60
+    "runtime/local/test_local_runtime_leases.py",  # 56
+    "conflictlog/test_conflict_audit.py",  # 56: two bursts of 800 lost conflicts
+    "conflictlog/test_sqs_readers.py",  # 55
+    "tools/test_verify.py",  # 51
+    "reliability/test_active_active_mesh.py",  # 50
+    "reliability/test_throttling.py",  # 42
+    "watermark/test_unread_spans_e2e.py",  # 41
+    "reliability/test_kill_9.py",  # 40
+    "watermark/test_wait.py",  # 39
+    "tools/test_redrive.py",  # 37
+    "runtime/local/test_local_runtime_failures.py",  # 33
+    "conflictlog/test_conflict_command.py",  # 33
+    "runtime/local/test_local_runtime_backpressure.py",  # 29
+    "runtime/local/test_stock_moto.py",  # 28: writers at once on moto's own server
+    "reliability/test_destination_down.py",  # 27
+    "metrics/test_metrics.py",  # 26
+    "test_squash_equivalence.py",  # 25
+    "watermark/test_commands.py",  # 24
     "deadletter/test_deadletters.py",  # 22
-    "reliability/test_active_active_pair.py",  # 22
-    "conflictlog/test_conflict_command.py",  # 22
-    "reliability/test_bad_job_files_and_environment.py",  # 22
-    "reliability/test_poison_input.py",  # 20
-    "runtime/local/test_source_outage.py",  # 20
-    "runtime/test_owned_tables.py",  # 18
-    "runtime/local/test_wide_items.py",  # 18
-    "runtime/kcl/test_properties.py",  # 15
-    "config/test_job_checks.py",  # 15
-    "runtime/local/test_shard_worker.py",  # 15
-    "test_cli_interrupts.py",  # 14
-    "config/test_resolver_loading.py",  # 13
-    "writers/test_wire.py",  # 13
-    "conflictlog/test_shared_log.py",  # 11
-    "conflictlog/test_conflict_log.py",  # 11
-    "config/test_yaml_forms.py",  # 11
-    "test_role_not_assumed.py",  # 10
-    "config/test_value_checks.py",  # 10
-    "deadletter/test_dead_letters_across_restarts.py",  # 9
+    "writers/test_late_writes.py",  # 21
+    "reliability/test_active_active_restore.py",  # 20
+    "writers/test_wide_items.py",  # 19: items of 600 and 2000 attributes
+    "runtime/local/test_source_outage.py",  # 18
+    "reliability/test_poison_input.py",  # 17
+    "reliability/test_malformed_answers.py",  # 17
+    "reliability/test_active_active_pair.py",  # 17
+    "runtime/local/test_redacted_outputs.py",  # 15: waits for the restart limit's exit 3
+    "runtime/test_preflight.py",  # 14
+    "reliability/test_bad_job_files_and_environment.py",  # 14
+    "conflictlog/test_shared_log.py",  # 14
+    "tools/test_dead_letter_outage.py",  # 13
+    "writers/test_wire.py",  # 12
+    "watermark/test_watermark.py",  # 11
+    "runtime/local/test_shard_worker.py",  # 11
+    "conflictlog/test_conflict_log.py",  # 10
     "test_tombstone_reads.py",  # 9
-    "runtime/local/test_binary_keys.py",  # 9
-    "watermark/test_watermark.py",  # 8
-    "rules/test_total_order.py",  # 8
+    "test_cli_interrupts.py",  # 9
+    "runtime/test_owned_tables.py",  # 9
+    "runtime/local/test_wide_items.py",  # 9
     "writers/test_write_outcomes.py",  # 8
+    "writers/test_loop_path.py",  # 8
+    "rules/test_total_order.py",  # 8
+    "deadletter/test_dead_letters_across_restarts.py",  # 8
+    "config/test_yaml_forms.py",  # 8
 )
 _TESTS = Path(__file__).parent
 
