@@ -26,13 +26,29 @@ __version__ = "0.1.0"
 
 def _started_as_the_processor() -> bool:
     """Whether this process is ``python [options] -m replicator processor`` (as both
-    runtimes start it) or ``replicator processor``; read from the command line itself,
-    so that an application that imports the package is never taken for it."""
-    argv = list(getattr(sys, "orig_argv", ()))
-    if "-m" in argv:
-        at = argv.index("-m")
-        return argv[at + 1 : at + 3] == ["replicator", "processor"]
-    return os.path.basename(sys.argv[0]) == "replicator" and sys.argv[1:2] == ["processor"]
+    runtimes start it) or ``replicator processor``, read from the interpreter's own
+    command line up to its script, ``-c`` or ``-m``: an application that imports the
+    package is never taken for it, whatever its own arguments say."""
+    argv = list(getattr(sys, "orig_argv", ()))[1:]
+    at = 0
+    while at < len(argv):
+        option = argv[at]
+        if option in ("-W", "-X"):  # the interpreter's options that take the next word
+            at += 2
+        elif option == "-m":
+            return argv[at + 1 : at + 3] == ["replicator", "processor"]
+        elif option.startswith("-m"):
+            return [option[2:], *argv[at + 1 : at + 2]] == ["replicator", "processor"]
+        elif option.startswith("-c") or option == "-" or not option.startswith("-"):
+            break
+        else:
+            at += 1
+    script = argv[at : at + 2]
+    return (
+        len(script) == 2
+        and os.path.basename(script[0]) == "replicator"
+        and script[1] == "processor"
+    )
 
 
 def _processor_ignores_stop_signals_at_once() -> None:
