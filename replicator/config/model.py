@@ -1148,9 +1148,38 @@ class JobConfig(Strict):
                 "written back to the source, and the two regions can end holding different "
                 "images. For an active-active pair, rank every destination like the job"
             )
+        if self.loop_prevention.origin_attribute and self.ordered_everywhere:
+            caution = self.untombstoned_deletes_caution
+            if caution:
+                cautions.append(caution)
         if self.task_name is None:
             cautions.append(self.derived_task_name_caution)
         return cautions
+
+    @property
+    def untombstoned_deletes_caution(self) -> str | None:
+        """What an ordered active-active job without tombstones cannot settle: nothing
+        records a delete, so a put ranking below it that lands after it (another region's
+        concurrent put, replicated or written back late) is taken for a new item in one
+        region while the other has already dropped it. No region can tell that late put
+        from a re-creation, so the regions can stay different; only tombstones close it
+        (docs/active-active.md). None with tombstones on."""
+        if self.active_active.tombstones:
+            return None
+        fix = "set active_active.tombstones: true"
+        if self.active_active.write_back is False:
+            fix += " and remove active_active.write_back: false (tombstones need write-back)"
+        if not self.ranks_alike:
+            fix += " and rank every destination like the job (tombstones compare ranks)"
+        return (
+            "active_active.tombstones is off, and this job replicates deletes: a put racing a "
+            "delete of the same item in another region (both regions writing it at once, "
+            "then one deleting it) can leave the regions holding different items for good "
+            "(one holds the other's put, the other holds no item), as no region keeps a "
+            "record of the delete. 'replicator verify' finds such differences and "
+            f"'verify --repair' settles them; to close the race, {fix} "
+            "(docs/active-active.md)"
+        )
 
     @property
     def derived_task_name_caution(self) -> str:

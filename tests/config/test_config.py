@@ -462,7 +462,8 @@ def test_loop_prevention_under_overwrite_is_valid_but_warned(tmp_path: Path) -> 
     assert "last_writer_wins or version" in warning
     lww = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
     pinned = "task_name: pinned\n" + MINIMAL  # a derived task name is cautioned about too
-    assert parse_job(pinned + loop + lww, job).job.cautions == []
+    tombstones = "active_active: {tombstones: true}\n"  # without: a caution of its own
+    assert parse_job(pinned + loop + lww + tombstones, job).job.cautions == []
     assert parse_job(pinned, job).job.cautions == []
     override = pinned + "  - {region: ap-south-1, table: t22, conflict: {policy: overwrite}}\n"
     (caution,) = parse_job(override + loop + lww, job).job.cautions
@@ -612,15 +613,124 @@ def test_write_back_turned_off_by_a_destination_ranking_otherwise_is_warned() ->
     """Loop prevention with a destination ranking otherwise leaves write-back off by
     default: validate says so; given explicitly off, or ranked alike, no warning."""
     pinned = "task_name: pinned\n" + RANKED_OTHERWISE
-    (caution,) = parse_job(pinned, Path("job.yaml")).job.cautions
+    caution, deletes = parse_job(pinned, Path("job.yaml")).job.cautions
     assert caution.startswith(
         "destinations[0] ranks items by version on 'ver' but the job by last_writer_wins "
         "on 'ts', so active-active write-back is off"
     )
+    assert deletes.startswith("active_active.tombstones is off")  # without tombstones
     chosen = pinned + "active_active: {write_back: false}\n"
-    assert parse_job(chosen, Path("job.yaml")).job.cautions == []
+    (only,) = parse_job(chosen, Path("job.yaml")).job.cautions
+    assert only.startswith("active_active.tombstones is off")
     alike = pinned.replace(", conflict: {policy: version, version_attribute: ver}", "")
+    alike += "active_active: {tombstones: true}\n"
     assert parse_job(alike, Path("job.yaml")).job.cautions == []
+
+
+ORDERED_PAIR = (
+    "task_name: pinned\n"
+    "source: {region: us-east-1, table: carts}\n"
+    "destinations:\n"
+    "  - {region: eu-west-1, table: carts}\n"
+    "loop_prevention: {origin_attribute: origin_region}\n"
+)
+UNTOMBSTONED = "warning: active_active.tombstones is off, and this job replicates deletes"
+
+
+@pytest.mark.parametrize(
+    "conflict",
+    [
+        "{policy: last_writer_wins, timestamp_attribute: updated_at}",
+        "{policy: version, version_attribute: ver}",
+    ],
+)
+def test_validate_warns_that_an_ordered_pair_without_tombstones_can_diverge_on_deletes(
+    tmp_path: Path, conflict: str
+) -> None:
+    """The defaults of an active-active pair (write-back on, tombstones off) leave a put
+    racing another region's delete of the item able to keep the regions apart for good
+    (docs/active-active.md): validate says so, naming verify and the setting that closes
+    it, and still exits 0; with tombstones on, or without loop prevention, it says
+    nothing of it."""
+    job = tmp_path / "job.yaml"
+    job.write_text(ORDERED_PAIR + f"conflict: {conflict}\n")
+    result = run_cli("validate", "--config", str(job))
+
+    assert result.returncode == 0, result.stderr
+    (warning,) = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert warning.startswith(UNTOMBSTONED)
+    assert "a put racing a delete of the same item in another region" in warning
+    assert "can leave the regions holding different items for good" in warning
+    assert "'replicator verify' finds such differences" in warning
+    assert "'verify --repair' settles them" in warning
+    assert warning.endswith(
+        "to close the race, set active_active.tombstones: true (docs/active-active.md)"
+    )
+
+    job.write_text(ORDERED_PAIR + f"conflict: {conflict}\nactive_active: {{tombstones: true}}\n")
+    closed = run_cli("validate", "--config", str(job))
+    assert closed.returncode == 0, closed.stderr
+    assert "warning:" not in closed.stdout
+    one_way = ORDERED_PAIR.replace("loop_prevention: {origin_attribute: origin_region}\n", "")
+    assert parse_job(one_way + f"conflict: {conflict}\n", job).job.cautions == []
+
+
+def test_run_logs_the_untombstoned_deletes_warning_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        ORDERED_PAIR + "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
+        "metrics: {enabled: false}\nlogging: {format: json}\n"
+    )
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}  # nothing listens: exit 3 after start
+    result = run_cli("run", "--config", str(path), env=env)
+    assert result.returncode == 3, result.stderr
+    logged = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if "active_active.tombstones is off" in line
+    ]
+    assert len(logged) == 1, result.stdout + result.stderr
+    assert '"level": "warning"' in logged[0]
+    assert "set active_active.tombstones: true" in logged[0]
+
+
+def _ordered_pair(active: dict[str, str], ranked_otherwise: bool) -> str:
+    text = ORDERED_PAIR + "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+    if ranked_otherwise:
+        text = text.replace(
+            "table: carts}\nloop",
+            "table: carts, conflict: {policy: version, version_attribute: v}}\nloop",
+        )
+    if active:
+        text += "active_active: {" + ", ".join(f"{k}: {v}" for k, v in active.items()) + "}\n"
+    return text
+
+
+@pytest.mark.parametrize(
+    ("active", "ranked_otherwise"),
+    [
+        ({}, False),
+        ({"write_back": "true"}, False),
+        ({"write_back": "false"}, False),
+        ({}, True),
+        ({"write_back": "false"}, True),
+    ],
+)
+def test_the_setting_the_untombstoned_deletes_warning_names_makes_it_go(
+    active: dict[str, str], ranked_otherwise: bool
+) -> None:
+    """Taken as written, what the warning says to do gives a valid job that has nothing
+    to warn about: tombstones need write-back and every destination ranked like the job,
+    so the warning says so where the job has either otherwise."""
+    cautions = parse_job(_ordered_pair(active, ranked_otherwise), Path("job.yaml")).job.cautions
+    (caution,) = [c for c in cautions if c.startswith("active_active.tombstones is off")]
+    (fix,) = re.findall(r"to close the race, (.*) \(docs/active-active\.md\)$", caution)
+    assert fix.startswith("set active_active.tombstones: true")
+    settings = {**active, "tombstones": "true"}
+    if "remove active_active.write_back: false" in fix:
+        assert settings.pop("write_back") == "false"
+    ranked = ranked_otherwise and "rank every destination like the job" not in fix
+    assert parse_job(_ordered_pair(settings, ranked), Path("job.yaml")).job.cautions == []
 
 
 @pytest.mark.parametrize("command", ["validate", "run", "properties", "conflicts", "demo"])
