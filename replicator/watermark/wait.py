@@ -106,6 +106,20 @@ def _number(value: object, name: str, hint: str) -> float:
     return number
 
 
+def _timeout(value: object, hint: str) -> float:
+    """``value`` as the seconds a wait or a read may take: a number from 0 (read once)
+    up, ``math.inf`` for no limit; else ValueError naming ``timeout`` and the value. A
+    negative one is refused, as ``replicator wait --timeout`` refuses it, rather than
+    taken for 0: it comes from a deadline computed wrong (or already past), and reading
+    once would hide that behind an answer that looks like a timeout."""
+    seconds_ = _number(value, "timeout", hint)
+    if math.isnan(seconds_):
+        raise ValueError(f"timeout {value!r}: not a number of seconds ({hint})")
+    if seconds_ < 0:
+        raise ValueError(f"timeout {value!r}: must be a number of seconds >= 0 ({hint})")
+    return seconds_
+
+
 def _name(value: object, name: str, what: str) -> str:
     """``value`` if it is a string with something in it; else ValueError naming ``name``,
     the value and ``what`` it must be. Sent as it is, an empty one is a server error at
@@ -404,7 +418,7 @@ def read_watermark(
 ) -> Watermark:
     """The destination's watermark now. Raises StatusTableMissing; ValueError, before
     reading anything, for a ``destination`` or ``status_table`` that is not a non-empty
-    string, or a ``timeout`` that is not a number.
+    string, or a ``timeout`` that is not a number (NaN included) or is negative.
 
     ``timeout`` None: one Query, waited for as long as the client takes, its error
     raised. Given (seconds, at least ``MIN_READ_S`` is given): the answer is waited for
@@ -418,10 +432,7 @@ def read_watermark(
     reader = WatermarkReader(StatusTable(client, status_table, destination))
     if timeout is None:
         return reader.read()
-    seconds_ = _number(timeout, "timeout", "None: as long as the client takes")
-    if math.isnan(seconds_):
-        raise ValueError(f"timeout {timeout!r}: not a number of seconds")
-    deadline = time.monotonic() + max(0.0, seconds_)
+    deadline = time.monotonic() + _timeout(timeout, "None: as long as the client takes")
     attempt = 0
     while True:
         left = max(deadline - time.monotonic(), MIN_READ_S)
@@ -462,7 +473,7 @@ def wait_until_replicated(
     ``<task_name>-watermark`` in the destination's region. Give ``client`` (a boto3
     DynamoDB client for that region) or ``region``.
 
-    ``timeout`` may be ``math.inf`` (no limit; a negative one is 0: read once).
+    ``timeout``: seconds from 0 (read once) up, or ``math.inf`` (no limit).
 
     Throttling and server errors of the status table (the classes the replicator
     retries everywhere) are retried until the timeout, and name themselves in the
@@ -474,7 +485,7 @@ def wait_until_replicated(
     a ``destination`` or ``status_table`` that is not a non-empty string, a time that is
     not from 1970 to before ``SECONDS_CEILING`` (epoch milliseconds given for seconds
     are named as such), ``since`` after ``until``, a timeout that is not a number
-    (None, a string, NaN), or a poll interval that is not a number of seconds from
+    (None, a string, NaN) or is negative, or a poll interval that is not a number of seconds from
     ``MIN_POLL_INTERVAL_S`` to ``MAX_POLL_INTERVAL_S`` (0.01 to 3600).
     """
     _names(destination, status_table)
@@ -494,13 +505,11 @@ def wait_until_replicated(
             f"poll_interval {poll_interval!r}: must be a number of seconds from "
             f"{MIN_POLL_INTERVAL_S:g} to {MAX_POLL_INTERVAL_S:g}"
         )
-    timeout_s = _number(timeout, "timeout", "math.inf: no limit")
-    if math.isnan(timeout_s):
-        raise ValueError(f"timeout {timeout!r}: not a number of seconds")
+    timeout_s = _timeout(timeout, "math.inf: no limit")
     client = client or _client(region, endpoint_url)
     reader = shared_reader(client, status_table, destination, poll_s)
     started = time.monotonic()
-    deadline = started + max(0.0, timeout_s)
+    deadline = started + timeout_s
     watermark: Watermark | None = None
     problem: str | None = None
     answered = False

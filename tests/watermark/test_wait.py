@@ -159,6 +159,64 @@ def test_a_destination_or_status_table_that_names_nothing_is_refused_before_read
             read_watermark(**given)
 
 
+@pytest.mark.parametrize("reads", ["wait", "read"])
+@pytest.mark.parametrize(
+    ("timeout", "shown"),
+    [
+        (-1, "-1"),
+        (-0.5, "-0.5"),
+        (-math.inf, "-inf"),
+        (Decimal(-1), "Decimal('-1')"),
+        (Decimal("-Infinity"), "Decimal('-Infinity')"),
+        (Fraction(-1, 3), "Fraction(-1, 3)"),
+    ],
+)
+def test_a_negative_timeout_is_refused_naming_it_before_reading(
+    reads: str, timeout: Any, shown: str
+) -> None:
+    """``replicator wait --timeout -1`` is a usage error; the API took -1 for 0 (read
+    once) and answered "not replicated", as if the wait had timed out. It is refused,
+    naming the argument, before anything is read: the stubbed client answers no call."""
+    stubbed = boto3.client("dynamodb", region_name="eu-west-1", endpoint_url="http://127.0.0.1:1")
+    given: dict[str, Any] = {
+        "destination": "eu-west-1/replica",
+        "status_table": "wm-timeout-watermark",
+        "client": stubbed,
+        "timeout": timeout,
+    }
+    message = f"timeout {shown}: must be a number of seconds >= 0"
+    with Stubber(stubbed), pytest.raises(ValueError, match=re.escape(message)):
+        if reads == "wait":
+            wait_until_replicated(1e9, **given)
+        else:
+            read_watermark(**given)
+
+
+@pytest.mark.parametrize("timeout", [math.nan, Decimal("NaN"), Decimal("sNaN")])
+def test_read_watermark_refuses_a_nan_timeout_naming_it(timeout: Any) -> None:
+    stubbed = boto3.client("dynamodb", region_name="eu-west-1", endpoint_url="http://127.0.0.1:1")
+    message = f"timeout {timeout!r}: not a number of seconds (None: as long as the client takes)"
+    with Stubber(stubbed), pytest.raises(ValueError, match=re.escape(message)):
+        read_watermark(
+            destination="eu-west-1/replica",
+            status_table="wm-timeout-watermark",
+            client=stubbed,
+            timeout=timeout,
+        )
+
+
+def test_a_timeout_of_zero_or_of_no_limit_is_taken(moto_endpoint: str, status_table: str) -> None:
+    """0 reads once, math.inf waits without limit (here: until the watermark passes, at
+    the first read); neither is refused with the negative ones."""
+    ddb = client("dynamodb", "eu-west-1", moto_endpoint)
+    for timeout in (0, -0.0, Decimal(0), math.inf, Decimal("Infinity")):
+        result = wait_at_t0(status_table, ddb, timeout=timeout)
+        assert result.replicated, (timeout, result.describe())
+        assert read_watermark(
+            destination="eu-west-1/replica", status_table=status_table, client=ddb, timeout=timeout
+        ).passes(T0)
+
+
 # -- a status table whose endpoint never answers ----------------------------------------------
 
 # Before each read was bounded a 2 s wait took 31 s (the CLI) and 240 s (the Python API):
