@@ -29,17 +29,51 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class _Number(click.FloatRange):
+class _Bounds:
+    """The range a number option's help shows: click's, or none when the option has
+    neither bound (its callback checks it, and its help says the bounds): click shows
+    such a range as ``x<=None``."""
+
+    min: Any
+    max: Any
+
+    def _describe_range(self) -> str:
+        if self.min is None and self.max is None:
+            return ""
+        described: str = super()._describe_range()  # type: ignore[misc]
+        return described
+
+
+class _Number(_Bounds, click.FloatRange):
     """A number option: click calls a value that is no number "not a valid float range"
     (``--timeout 5s``), which tells an operator nothing; this says "number"."""
 
     name = "number"
 
 
-class _WholeNumber(click.IntRange):
+class _WholeNumber(_Bounds, click.IntRange):
     """A whole-number option (``--threads x``: "not a valid whole number")."""
 
     name = "whole number"
+
+
+class _Timeout(_Number):
+    """``wait --timeout``: a number of seconds from 0, or ``inf`` for no limit, spelled so.
+    A number too large for a float (``1e400``) reads as infinity: taken as it is, a typo
+    of an exponent would wait without limit, which the number did not ask for."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not isinstance(value, str) or not math.isinf(number) or value == "inf":
+            return number
+        if value.strip().lstrip("+").lower() in ("inf", "infinity"):
+            self.fail(f"{value!r}: write inf to wait without limit", param, ctx)
+        self.fail(
+            f"{value!r} is too large a number of seconds (it overflows to infinity): "
+            "give a smaller number, or inf to wait without limit",
+            param,
+            ctx,
+        )
 
 
 class _JobFilePath(click.Path):
@@ -674,7 +708,7 @@ def watermark(config_path: Path, destination: str | None, as_json: bool) -> None
 @click.option(
     "--timeout",
     required=True,
-    type=_Number(min=0),
+    type=_Timeout(min=0),
     callback=_finite_seconds,
     help="Seconds to wait at most (exit 1 when they pass; inf: no limit).",
 )

@@ -8,8 +8,10 @@ so each case runs the command's parser in this process (click's test runner, as
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -98,3 +100,33 @@ def test_a_value_with_a_unit_or_a_word_is_named_as_no_number(
         assert done.stderr.splitlines()[-1] == (
             f"Error: Invalid value for '{option}': '{value}' is not a valid {kind}."
         )
+
+
+def _commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command's path under ``group``, hidden ones and subgroups' included."""
+    found = []
+    for name, command in sorted(group.commands.items()):
+        found.append((*path, name))
+        if isinstance(command, click.Group):
+            found += _commands(command, (*path, name))
+    return found
+
+
+@pytest.mark.parametrize("command", _commands(cli), ids=" ".join)
+def test_no_help_shows_a_range_with_a_missing_bound(command: tuple[str, ...]) -> None:
+    """``wait --help`` showed ``[default: 0.25; x<=None]`` for --poll: click's range of a
+    number option with neither bound. Every range shown has its bounds."""
+    done = CliRunner().invoke(cli, [*command, "--help"], prog_name="replicator", terminal_width=200)
+    assert done.exit_code == 0, done.output
+    assert "None]" not in done.stdout, done.stdout
+    assert "x<=None" not in done.stdout and "None<" not in done.stdout, done.stdout
+    ranges = re.findall(r"\[[^\]]*\]", done.stdout.replace("\n", " "))
+    shown = [r for r in ranges if "x" in r and ("<" in r or ">" in r)]
+    assert all(re.search(r"(\d[\d.e+]*<=?)?x(<=?|>=?)\d", r) for r in shown), shown
+
+
+def test_the_poll_option_shows_its_default_and_no_range_of_none() -> None:
+    done = CliRunner().invoke(cli, ["wait", "--help"], prog_name="replicator", terminal_width=200)
+    assert done.exit_code == 0, done.output
+    (poll,) = [line for line in done.stdout.splitlines() if "--poll" in line]
+    assert poll.endswith("(0.01 to 3600).  [default: 0.25]"), poll

@@ -419,3 +419,44 @@ def test_the_watermark_command_stopped_by_sigint_exits_130_with_one_line(
     assert shown.returncode == 130, (out, err)
     assert err == "replicator: SIGINT received; stopped before the watermark was read\n"
     assert out == ""
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        # Python reads these as infinity: taken as they were, each waited without limit.
+        ("1e400", "'1e400' is too large a number of seconds (it overflows to infinity)"),
+        ("9" * 400, "is too large a number of seconds (it overflows to infinity)"),
+        ("Infinity", "'Infinity': write inf to wait without limit"),
+        ("INF", "'INF': write inf to wait without limit"),
+        ("+inf", "'+inf': write inf to wait without limit"),
+    ],
+)
+def test_a_timeout_that_overflows_or_spells_infinity_otherwise_is_refused_naming_it(
+    tmp_path: Path, value: str, message: str
+) -> None:
+    """Only ``inf`` (as the docs write it) waits without limit; anything else Python reads
+    as infinity is refused with exit 2, naming --timeout, before anything is read."""
+    path = job_file(tmp_path, "wm-overflow", "http://127.0.0.1:1")  # never read
+    done = in_process("wait", "--config", str(path), "-d", EU, "--until", "1", "--timeout", value)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    (line,) = done.stderr.strip().splitlines()[-1:]
+    assert line.startswith("Error: Invalid value for '--timeout': "), done.stderr
+    assert message in line, done.stderr
+
+
+def test_a_timeout_of_inf_waits_without_limit_and_exits_0_once_passed(
+    moto_endpoint: str, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    task = unique("wm-inf")
+    table = StatusTable(client("dynamodb", "eu-west-1", moto_endpoint), f"{task}-watermark", EU)
+    table.ensure_exists()
+    table.raise_part("s1", T0, "test:1")
+    path = job_file(tmp_path, task, moto_endpoint)
+    until = str(T0 // S - 1)
+    for timeout in ("inf", "1e308"):
+        done = replicator(
+            "wait", "--config", str(path), "-d", EU, "--until", until, "--timeout", timeout
+        )
+        assert done.returncode == 0, done.stderr
