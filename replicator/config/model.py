@@ -2018,9 +2018,8 @@ def _shared_queue_checks(job: JobConfig) -> Problems:
     if not all(_QUEUE_URL.fullmatch(url) for url in urls):
         return []  # reported by _queue_url_checks
     source = job.source.region
-    if _queue_identity(
-        urls[0], letters.region or source, letters.endpoint_url
-    ) != _queue_identity(urls[1], log.region or source, log.endpoint_url):
+    letters_queue = _queue_identity(urls[0], letters.region or source, letters.endpoint_url)
+    if letters_queue != _queue_identity(urls[1], log.region or source, log.endpoint_url):
         return []
     return [
         (
