@@ -671,8 +671,16 @@ class Redrive:
             assert self._target is not None
             assert self._source is not None
             source, key_names = self._source
-            # Its writes dead-letter to the real target: nothing it does is held back.
-            letters = DeadLetterer(self._target, self.metrics, self.resolved.task_name, "redrive")
+            # Its writes dead-letter to the real target: nothing it does is held back. They
+            # carry this run's mark, as a letter put back does: a queue shows them to this
+            # run again at once, and they are for the next redrive, as in a file.
+            letters = DeadLetterer(
+                self._target,
+                self.metrics,
+                self.resolved.task_name,
+                "redrive",
+                redrive_run=self.run_id,
+            )
             self._guard = ResurrectionGuard(
                 source, key_names, self._snapshot_writers, ReadRate(0), letters, self._kept
             )

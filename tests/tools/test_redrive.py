@@ -1327,6 +1327,51 @@ def test_a_source_image_a_replayed_delete_cannot_write_back_is_dead_lettered(job
     assert kept.event == "MODIFY" and kept.keys == item_to_wire(keys_of(again))
 
 
+def test_a_queues_letter_the_source_check_dead_letters_waits_for_the_next_redrive(
+    job: Job,
+) -> None:
+    """As with a file: the letter that checking a replayed put against the source stores
+    (the source's image, whose timestamp last_writer_wins cannot order) is not replayed
+    by the redrive that stored it. It was received again at once, failed again (exit 1)
+    and was counted as a second letter of the run."""
+    sqs, queue = use_queue(job)
+    eu_label = "/".join(job.destinations[0])
+    replayed = image("n", 100, v="replayed")
+    letter = stream_letter(job, eu_label, replayed, 91, "unplannable", "ts was a BOOL")
+    SqsDeadLetters(sqs, queue).put(letter)
+    now = image("n", {"BOOL": True}, v="changed since")
+    job.source.put_item(TableName=job.source_table, Item=now)
+
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "redrive of SQS queue " in result.stdout
+    assert "1 letter, 1 replayed, 0 failed again" in result.stdout, result.stdout
+    assert "(checking it against the source failed: dead-lettered, see the target)" in (
+        result.stdout
+    )
+    assert get(job, 0, replayed) == replayed
+    (message,) = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1)[
+        "Messages"
+    ]
+    kept = DeadLetter.from_json(message["Body"])
+    assert (kept.shard_id, kept.destination, kept.reason, kept.attempts) == (
+        "redrive",
+        eu_label,
+        "unplannable",
+        1,
+    )
+    assert kept.keys == item_to_wire(keys_of(now))
+    sqs.change_message_visibility(
+        QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+    )
+
+    again = redrive(job)  # the next redrive takes it up
+
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "1 letter, 0 replayed, 1 failed again" in again.stdout, again.stdout
+
+
 def test_a_second_redrive_of_the_same_file_is_refused_while_the_first_runs(job: Job) -> None:
     """The first is stuck on a letter eu keeps throttling; the second would replay the
     aside file the first is working through (each letter twice) and fail once the
