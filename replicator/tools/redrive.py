@@ -46,7 +46,10 @@ ends the run: that letter is kept with one more attempt, the untried ones as aft
 interruption, and the exit status is 3 too. The dead-letter target is checked before
 any letter is claimed as well (as ``run`` checks it at start), and one that stops
 taking letters (a queue silent for that bound, a file that cannot be appended to)
-ends the run the same way, the letter in hand kept as it was.
+ends the run the same way, the letter in hand kept as it was. A file target with no
+file at all is only looked at, nothing created: an absolute path with none is an empty
+target (exit 0); a relative one may be the working directory's fault, which is said,
+with exit 1 (``_missing_file``).
 
 Only the job's own letters are replayed (their ``task_name`` is the job's task name):
 several jobs may share a dead-letter file or queue, and another job's letter is about
@@ -66,12 +69,13 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import closing
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry
 
-from replicator.config.model import ResolvedJob
+from replicator.config.model import DeadLetterKind, ResolvedJob
 from replicator.conflictlog.base import Loss
 from replicator.conflictlog.recorder import BackgroundRecorder, ShardConflicts
 from replicator.conflictlog.targets import recorder_for
@@ -202,6 +206,11 @@ class RedriveReport:
     # Where those letters are once interrupted, when the target can say (a file target:
     # the aside file of the replay and the live file); empty: in the target.
     kept_in: list[str] = field(default_factory=list)
+    # A file target with no file at all (nor an interrupted replay's): why there is
+    # nothing, and whether the path was relative (then the working directory is as likely
+    # the reason as an empty target: not said to be drained, exit 1).
+    missing: str | None = None
+    missing_relative: bool = False
     conflict_log: str | None = None  # where lost conflicts are recorded; None: kind none
     recorded: int = 0  # lost conflicts stored in the conflict log
     not_recorded: int = 0  # lost conflicts it could not store (dropped, counted)
@@ -239,6 +248,8 @@ class RedriveReport:
         first)."""
         if self.refused or self.unavailable:
             return 3
+        if self.missing_relative:
+            return 1
         return 0 if self.failed == 0 and not self.unreadable and not self.interrupted else 1
 
     @property
@@ -253,6 +264,8 @@ class RedriveReport:
         return "interrupted"
 
     def text(self) -> str:
+        if self.missing is not None:
+            return f"redrive: no dead letters in {self.target}: {self.missing}"
         if self.ended_early and not self.replays and not self.copies and not self.unreadable:
             return "\n".join(
                 [
@@ -394,6 +407,11 @@ class Redrive:
         shape = check_same_keys(self.resolved, source, destination_refs(self.resolved, 1))
         self._source = (source, shape.key_names)
         self._kept = KeptExpired.of(self.resolved, source)
+        if target is None:
+            missing = self._missing_file()
+            if missing is not None:
+                # Only read: checking the target as run does would create its directory.
+                return missing
         # And the dead-letter target, as run checks it: a queue that does not answer, or
         # a file that cannot be appended to, is exit 3 before a letter is claimed.
         target = target or tool_dead_letters(self.resolved, run_id=self.run_id)
@@ -423,6 +441,31 @@ class Redrive:
             unreadable=len(report.unreadable),
             other_tasks_left=sum(report.other_tasks.values()),
         )
+        return report
+
+    def _missing_file(self) -> RedriveReport | None:
+        """For a file target with nothing at its path (nor an interrupted replay's aside
+        file), the report that says so, with nothing created; None otherwise. A relative
+        ``dead_letter.path`` is taken from the working directory, and a redrive run from
+        another directory than the job's finds no file there however many letters wait:
+        that is said, as ``conflicts`` says it of its file, and the exit status is not 0."""
+        if self.resolved.job.dead_letter.kind is not DeadLetterKind.FILE:
+            return None
+        configured = self.resolved.dead_letter_path()
+        target = FileDeadLetters(Path.cwd() / configured)  # an absolute path stays as it is
+        if target.holds_files():
+            return None
+        report = RedriveReport(target.description, self.resolved.task_name)
+        if configured.is_absolute():
+            report.missing = "no such file (yet): nothing has been dead-lettered there"
+        else:
+            report.missing_relative = True
+            report.missing = (
+                f"no such file; dead_letter.path {str(configured)!r} is relative to the "
+                f"working directory ({Path.cwd()}): run the command where the job runs, or "
+                "make the path absolute"
+            )
+        log.info("redrive done: no dead-letter file", path=str(target.path))
         return report
 
     def _run(self, target: DeadLetterTarget, recorder: BackgroundRecorder | None) -> RedriveReport:

@@ -493,7 +493,75 @@ def test_a_letters_destination_event_and_task_are_quoted_on_their_summary_lines(
 def test_nothing_to_redrive_exits_0(job: Job) -> None:
     report = Redrive(load_job(job.path)).run()
     assert report.exit_code == 0
+    assert report.text() == (
+        f"redrive: no dead letters in file {job.dead_letters}: no such file (yet): nothing "
+        "has been dead-lettered there"
+    )
+    job.dead_letters.write_text("")  # a file, emptied by the last redrive
+    report = Redrive(load_job(job.path)).run()
+    assert report.exit_code == 0
     assert report.text() == f"redrive: no dead letters in file {job.dead_letters}"
+
+
+def dead_letters_at(job: Job, path: str) -> None:
+    """Point the job's file target at ``path`` (as written in the job file)."""
+    job.path.write_text(
+        job.path.read_text().replace(
+            f"dead_letter: {{kind: file, path: '{job.dead_letters}'}}",
+            f"dead_letter: {{kind: file, path: '{path}'}}",
+        )
+    )
+
+
+def test_a_dead_letter_file_not_there_at_an_absolute_path_is_read_not_created(job: Job) -> None:
+    """Nothing dead-lettered yet: exit 0, and the directory is not made by a command that
+    only looks."""
+    dead_letters_at(job, str(job.directory / "not-yet" / "{task_name}.jsonl"))
+
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == (
+        f"redrive: no dead letters in file {job.directory}/not-yet/{job.name}.jsonl: no such "
+        "file (yet): nothing has been dead-lettered there"
+    )
+    assert not (job.directory / "not-yet").exists()
+
+
+def test_a_redrive_from_another_directory_than_the_jobs_says_so_and_exits_1(
+    job: Job, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``dead_letter.path`` relative to the job's directory, the redrive run from another:
+    it said "no dead letters", exited 0 and created an empty directory there, while the
+    letters waited in the job's."""
+    dead_letters_at(job, "dl/{task_name}.jsonl")
+    eu_label = "/".join(job.destinations[0])
+    x = image("x")
+    waiting = job.directory / "dl" / f"{job.name}.jsonl"
+    waiting.parent.mkdir()
+    FileDeadLetters(waiting).put(stream_letter(job, eu_label, x, 11, "rejected", "e"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    wrong = redrive(job)
+
+    assert wrong.returncode == 1, wrong.stdout + wrong.stderr
+    assert wrong.stdout.strip() == (
+        f"redrive: no dead letters in file {elsewhere}/dl/{job.name}.jsonl: no such file; "
+        f"dead_letter.path 'dl/{job.name}.jsonl' is relative to the working directory "
+        f"({elsewhere}): run the command where the job runs, or make the path absolute"
+    )
+    assert list(elsewhere.iterdir()) == []  # nothing created
+    assert FileDeadLetters(waiting).count() == 1
+    assert get(job, 0, x) is None
+
+    monkeypatch.chdir(job.directory)
+    right = redrive(job)
+
+    assert right.returncode == 0, right.stdout + right.stderr
+    assert "1 letter, 1 replayed, 0 failed again" in right.stdout
+    assert get(job, 0, x) == x
 
 
 SAMPLE = malformed(DeadLetter({}, "d", "r", "e", "t", "s"))  # the shapes, by name
