@@ -20,9 +20,14 @@ destination holds no item (under an ordered policy: none, or one ranking below i
 A write the conflict policy declines counts as replayed: the destination holds a newer
 item, which is what the policy is for. It is a lost conflict like one met in
 replication, so it is recorded in the job's conflict log (under the letter's shard and
-sequence number, as replication would have recorded it) and counted in the summary; the
-entries are stored before the command exits (for up to ``conflict_log.retry_for_s``),
-and any that could not be are counted as not recorded. Synthetic letters (a backfill's
+sequence number, as replication would have recorded it) and counted in the summary. The
+conflict log is made ready first, as ``run`` makes it at start (``prepare``: a table
+created when missing, one of other keys refused). A letter is settled only once the
+entries of its lost conflicts are stored; one the log refuses, or cannot store within
+``conflict_log.retry_for_s``, is counted as not recorded and its letter kept as failed
+again (``conflict_not_recorded``), so the next redrive records it: a lost conflict is
+never dropped with its letter. A log that could not store one ends the run after that
+letter (exit 3), as a destination that stops answering does. Synthetic letters (a backfill's
 or a repair's copy of a read item) are not changes, and a copy the destination declines
 is not recorded, as in the backfill or the repair that wrote it first.
 
@@ -78,7 +83,7 @@ from prometheus_client import CollectorRegistry
 from replicator.config.model import DeadLetterKind, ResolvedJob
 from replicator.conflictlog.base import Loss
 from replicator.conflictlog.recorder import BackgroundRecorder, ShardConflicts
-from replicator.conflictlog.targets import recorder_for
+from replicator.conflictlog.targets import prepare, recorder_for
 from replicator.deadletter import (
     ALL_DESTINATIONS,
     Claimed,
@@ -89,6 +94,7 @@ from replicator.deadletter import (
 from replicator.deadletter.failed import DeadLetterer
 from replicator.deadletter.file import FileDeadLetters
 from replicator.exceptions import (
+    ConflictNotRecorded,
     DeadLetterUnavailable,
     DestinationRefused,
     DestinationUnavailable,
@@ -116,7 +122,7 @@ from replicator.tools.tables import (
     destination_refs,
     source_ref,
 )
-from replicator.writers.destination import NOT_PASSED, DestinationWriter, Outcome
+from replicator.writers.destination import NOT_PASSED, DestinationWriter, Outcome, WriteResult
 
 log = structlog.get_logger(__name__)
 
@@ -142,6 +148,9 @@ class Replay:
     failures: list[Failure]
     note: str = ""
     lost: list[str] = field(default_factory=list)  # destinations where its conflict was lost
+    # The conflict log's futures of those losses, by destination: the letter is settled
+    # only once each entry is stored or given up (``Redrive._await_entries``).
+    recording: list[tuple[str, Future[None]]] = field(default_factory=list)
     # The key of the change replayed, from its record (None: the record does not decode,
     # the letter's ``keys`` field is all there is), as the summary names it.
     key: Item | None = None
@@ -235,9 +244,10 @@ class RedriveReport:
         if self.conflict_log is None:
             return f" ({lost}; not recorded: conflict_log.kind is none)"
         if self.not_recorded:
+            kept = "its letter is" if self.not_recorded == 1 else "their letters are"
             return (
                 f" ({lost}: {self.recorded} recorded in the conflict log {self.conflict_log}, "
-                f"{self.not_recorded} could not be recorded, see the error lines)"
+                f"{self.not_recorded} could not be recorded: {kept} kept, see the error lines)"
             )
         return f" ({lost}, recorded in the conflict log {self.conflict_log})"
 
@@ -415,6 +425,11 @@ class Redrive:
         # And the dead-letter target, as run checks it: a queue that does not answer, or
         # a file that cannot be appended to, is exit 3 before a letter is claimed.
         target = target or tool_dead_letters(self.resolved, run_id=self.run_id)
+        # The conflict log made ready as run makes it (a table created when missing,
+        # one of other keys refused, exit 3), before a letter is claimed: a letter whose
+        # lost conflict cannot be recorded is kept, so a log that was never there would
+        # keep every such letter for nothing.
+        prepare(self.resolved)
         recorder = recorder_for(self.resolved, self.metrics)
         try:
             report = self._run(target, recorder)
@@ -601,7 +616,45 @@ class Redrive:
         change = routed.change
         replay = self._replay_change(letter, routed.route, change)
         replay.key = change.keys
+        self._await_entries(replay)
         return replay
+
+    def _await_entries(self, replay: Replay) -> None:
+        """Wait until the entry of each conflict the letter's change lost is stored or
+        given up, before the letter is settled. One given up (the log refused it, or
+        could not store it within ``conflict_log.retry_for_s``) makes the letter a
+        failure at that destination: it is kept, and the next redrive, whose replay
+        loses again, records it. An entry the log could not store stops the run after
+        this letter (exit 3): the next letters' entries would wait as long for nothing.
+        A stop at once (:meth:`interrupt`) ends the wait with WriteCancelled: the letter
+        is not settled, and stays."""
+        description = self._conflicts.recorder.target.description if self._conflicts else ""
+        for label, recorded in replay.recording:
+            while True:
+                try:
+                    recorded.result(timeout=0.5)
+                except TimeoutError:
+                    if self._cancelled:
+                        raise WriteCancelled(
+                            f"waiting for the conflict log {description} cancelled"
+                        ) from None
+                    continue
+                except ConflictNotRecorded as dropped:
+                    replay.failures.append(
+                        Failure(
+                            label,
+                            "conflict_not_recorded",
+                            f"its lost conflict could not be recorded in the conflict log "
+                            f"{description} ({dropped}); the letter is kept, and the next "
+                            "redrive records it",
+                        )
+                    )
+                    if dropped.reason != "rejected":
+                        self.unavailable = self.unavailable or (
+                            f"the conflict log {description} could not store a lost "
+                            f"conflict: {dropped}"
+                        )
+                break
 
     def _replay_change(self, letter: DeadLetter, route: Route, change: Change) -> Replay:
         if self._conflicts is not None:
@@ -629,22 +682,25 @@ class Redrive:
         failures: list[Failure] = []
         applied: list[str] = []
         lost: list[str] = []
+        recording: list[tuple[str, Future[None]]] = []
         for label in labels:
-            outcome = self._write(writers[label], change)
-            if isinstance(outcome, Failure):
-                failures.append(outcome)
+            result = self._write(writers[label], change)
+            if isinstance(result, Failure):
+                failures.append(result)
                 continue
             applied.append(label)
-            if outcome is Outcome.CONFLICT_LOST and not synthetic:
+            if result.outcome is Outcome.CONFLICT_LOST and not synthetic:
                 lost.append(label)
+                if result.recorded is not None:
+                    recording.append((label, result.recorded))
         note = ""
         if applied:
             # A replayed change is late: the source may have changed, deleted or created
             # the item again since, and that was applied at the destination before this.
             note = self._check_against_source(change, applied)
-        return Replay(letter, failures, note=note, lost=lost)
+        return Replay(letter, failures, note=note, lost=lost, recording=recording)
 
-    def _write(self, writer: DestinationWriter, change: Change) -> Failure | Outcome:
+    def _write(self, writer: DestinationWriter, change: Change) -> Failure | WriteResult:
         try:
             result = writer.write(change)
         except DestinationRefused as refused:
@@ -656,7 +712,7 @@ class Redrive:
             return Failure(writer.label, "unavailable", str(unanswered))
         if result.failed:
             return Failure(writer.label, result.reason or "failed", result.error or "")
-        return result.outcome
+        return result
 
     def _check_against_source(self, change: Change, labels: list[str]) -> str:
         """A replayed change is checked against the source like a backfill's copy (read
