@@ -22,7 +22,9 @@ from typing import Any
 import pytest
 
 from replicator.config.loader import load_job
+from replicator.conflictlog.dynamodb import DynamoDbConflictLog
 from replicator.deadletter import ALL_DESTINATIONS, DeadLetter, FileDeadLetters, SqsDeadLetters
+from replicator.exceptions import ConflictLogRejected
 from replicator.items import Item, item_to_wire
 from replicator.records import RawRecord
 from replicator.tools import snapshot
@@ -1200,6 +1202,43 @@ def test_a_letter_whose_lost_conflict_cannot_be_recorded_is_kept_for_the_next_re
     assert (entry["sequence_number"], entry["losing_image"]) == ("73", item_to_wire(older))
     assert get(job, 0, later) == later
     assert FileDeadLetters(job.dead_letters).count() == 0
+
+
+def test_a_letter_whose_lost_conflicts_entry_the_log_refuses_is_kept_and_the_rest_replayed(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry the log refuses as it is (a ValidationException) is given up at once: its
+    letter is kept (exit 1), and the redrive goes on with the next letters, whose entries
+    the log may well take."""
+    table = f"{job.name}-log"
+    job.write(conflict_log=f"{{kind: dynamodb, table: '{table}'}}")
+    eu_label = "/".join(job.destinations[0])
+    newer, older = lost_conflict_letter(job, 75)
+    later = image("later", 100)
+    FileDeadLetters(job.dead_letters).put(stream_letter(job, eu_label, later, 76, "rejected", "e"))
+
+    def refused(self: DynamoDbConflictLog, entries: list[Any]) -> list[Any]:
+        return [ConflictLogRejected(f"PutItem: ValidationException: {e.id}") for e in entries]
+
+    monkeypatch.setattr(DynamoDbConflictLog, "put_all", refused)
+
+    result = redrive(job)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "2 letters, 1 replayed (1 lost its conflict: 0 recorded" in result.stdout
+    assert "1 could not be recorded: its letter is kept, see the error lines), 1 failed again" in (
+        result.stdout
+    )
+    assert "stopped" not in result.stdout
+    assert "conflict_not_recorded: its lost conflict could not be recorded" in result.stdout
+    assert "(rejected: PutItem: ValidationException: " in result.stdout
+    assert (get(job, 0, older), get(job, 0, later)) == (newer, later)
+    (kept,) = FileDeadLetters(job.dead_letters).letters()
+    assert (kept.record["sequenceNumber"], kept.attempts, kept.reason) == (
+        "75",
+        2,
+        "conflict_not_recorded",
+    )
 
 
 # -- a replayed stream change checked against the source -------------------------------------
