@@ -67,6 +67,7 @@ not replayed: the exit status is 0 only when nothing is left for the job.
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from collections import Counter
@@ -80,6 +81,7 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry
 
+from replicator.appendfile import unusable
 from replicator.config.model import DeadLetterKind, ResolvedJob
 from replicator.conflictlog.base import Loss
 from replicator.conflictlog.recorder import BackgroundRecorder, ShardConflicts
@@ -468,7 +470,10 @@ class Redrive:
             return None
         configured = self.resolved.dead_letter_path()
         target = FileDeadLetters(Path.cwd() / configured)  # an absolute path stays as it is
-        if target.holds_files():
+        try:
+            if _in_the_way(target.path) or target.holds_files():
+                return None
+        except OSError:  # a directory that may not be read: the target's check says it
             return None
         report = RedriveReport(target.description, self.resolved.task_name)
         if configured.is_absolute():
@@ -784,6 +789,16 @@ class Redrive:
                 source, key_names, self._snapshot_writers, ReadRate(0), letters, self._kept
             )
         return self._guard
+
+
+def _in_the_way(path: Path) -> bool:
+    """Whether no file could ever be at ``path`` (a name too long, a file where a
+    directory of it should be): what the target's check at start refuses (exit 3), and
+    says so, rather than a target with nothing in it yet."""
+    if unusable(path) is not None:
+        return True
+    existing = next((parent for parent in path.parents if os.path.lexists(parent)), None)
+    return existing is not None and not existing.is_dir()
 
 
 class LetterConflicts:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from replicator.appendfile import UNWRITABLE_HINT
 from replicator.config.loader import load_job
 from replicator.conflictlog.dynamodb import DynamoDbConflictLog
 from replicator.deadletter import ALL_DESTINATIONS, DeadLetter, FileDeadLetters, SqsDeadLetters
@@ -529,6 +530,22 @@ def test_a_dead_letter_file_not_there_at_an_absolute_path_is_read_not_created(jo
         "file (yet): nothing has been dead-lettered there"
     )
     assert not (job.directory / "not-yet").exists()
+
+
+def test_a_dead_letter_path_no_file_can_have_is_still_refused_with_exit_3(job: Job) -> None:
+    """A file where a directory of the path should be is not an empty target: it is
+    refused as run refuses it, not taken for one with nothing dead-lettered yet."""
+    (job.directory / "a-file").write_text("")
+    dead_letters_at(job, str(job.directory / "a-file" / "dead.jsonl"))
+
+    result = redrive(job)
+
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"replicator: dead_letter.path: the dead-letter file {job.directory}/a-file/dead.jsonl "
+        f"cannot be written: {job.directory}/a-file is a file, so the directory "
+        f"{job.directory}/a-file cannot be created" + UNWRITABLE_HINT
+    )
 
 
 def test_a_redrive_from_another_directory_than_the_jobs_says_so_and_exits_1(
