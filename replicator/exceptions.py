@@ -206,6 +206,17 @@ class ConflictLogRejected(ReplicatorError):
     """The conflict log refuses this entry as it is; retrying the same entry cannot help."""
 
 
+class ConflictNotRecorded(ReplicatorError):
+    """A lost conflict's entry the recorder gave up (the exception of its future):
+    ``reason`` as replicator_conflict_log_dropped_total counts it (``rejected``,
+    ``unavailable``, ``backlog``, ``shutdown``), ``error`` what the log said last."""
+
+    def __init__(self, reason: str, error: str) -> None:
+        super().__init__(f"{reason}: {error}")
+        self.reason = reason
+        self.error = error
+
+
 class StatusTableMissing(ReplicatorError):
     """The status table does not exist (yet): the replicator has not published."""
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, Self, cast
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -2006,6 +2007,60 @@ def _queue_url_checks(job: JobConfig) -> Problems:
     return problems
 
 
+# The host of an SQS queue URL in AWS (``sqs.<region>.amazonaws.com``, the legacy
+# ``<region>.queue.amazonaws.com`` and ``queue.amazonaws.com`` of us-east-1, the
+# dual-stack ``sqs.<region>.api.aws``): the host names the region the queue is in.
+_AWS_QUEUE_HOST = re.compile(
+    r"(?:sqs\.(?P<sqs>[a-z0-9-]+)\.(?:amazonaws\.com(?:\.cn)?|api\.aws)"
+    r"|(?P<legacy>[a-z0-9-]+)\.queue\.amazonaws\.com(?:\.cn)?|queue\.amazonaws\.com)"
+)
+
+
+def _queue_identity(
+    url: str, region: str, endpoint_url: str | None
+) -> tuple[str, str | None, str, str]:
+    """The queue a (valid) queue URL names where a section reaches it: the region, the
+    endpoint (as the server it reaches, None for AWS's own), the account and the name.
+    Without an endpoint_url an AWS host in the URL says the region; nothing is looked
+    up, so two spellings of one emulator's host stay two places."""
+    parts = urlsplit(url)
+    account, name = parts.path.strip("/").split("/")
+    host = (parts.hostname or "").rstrip(".").lower()
+    if endpoint_url is not None:
+        return (region, endpoint_identity(endpoint_url, region), account, name)
+    found = _AWS_QUEUE_HOST.fullmatch(host)
+    if found:
+        region = found["sqs"] or found["legacy"] or "us-east-1"
+    return (region, None, account, name)
+
+
+def _shared_queue_checks(job: JobConfig) -> Problems:
+    """The conflict log and the dead letters are never one queue: ``redrive`` would read
+    every entry as an unreadable letter (kept, so every redrive exits 1), and
+    ``conflicts`` every letter as an unreadable entry (hiding it from ``redrive`` for its
+    visibility timeout). Queues are compared by region, endpoint, account and name, so
+    the same URL spelt with another case or the default port is the same queue."""
+    letters, log = job.dead_letter, job.conflict_log
+    if letters.kind is not DeadLetterKind.SQS or log.kind is not ConflictLogKind.SQS:
+        return []
+    urls = (letters.queue_url or "", log.queue_url or "")
+    if not all(_QUEUE_URL.fullmatch(url) for url in urls):
+        return []  # reported by _queue_url_checks
+    source = job.source.region
+    letters_queue = _queue_identity(urls[0], letters.region or source, letters.endpoint_url)
+    if letters_queue != _queue_identity(urls[1], log.region or source, log.endpoint_url):
+        return []
+    return [
+        (
+            ("conflict_log", "queue_url"),
+            f"gives {urls[1]!r}, which is also the dead-letter queue (dead_letter.queue_url: "
+            f"{urls[0]!r}): conflict-log entries and dead letters would be mixed in one "
+            "queue, each read as unreadable messages of the other (every redrive would exit "
+            "1, conflicts warn about every letter); give the conflict log a queue of its own",
+        )
+    ]
+
+
 def _job_files(job: JobConfig) -> list[tuple[tuple[str | int, ...], str, str]]:
     """The files the job appends to, each with its key, what it is and its path as the
     runtime makes it (``{task_name}`` filled in, relative to the working directory)."""
@@ -2188,6 +2243,7 @@ _CROSS_CHECKS: tuple[tuple[Callable[[JobConfig], Problems], frozenset[str]], ...
     (_kind_option_checks, frozenset({"dead_letter", "conflict_log"})),
     (_conflict_log_table_checks, _TASK | {"conflict_log"}),
     (_queue_url_checks, frozenset({"dead_letter", "conflict_log"})),
+    (_shared_queue_checks, frozenset({"dead_letter", "conflict_log", "source"})),
     (_task_table_checks, _TASK),
 )
 # The checks that read the files the job names, with the keys they read.

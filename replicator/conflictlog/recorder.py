@@ -56,7 +56,7 @@ import structlog
 from replicator.aws.backoff import Backoff
 from replicator.conflictlog.base import ConflictLogTarget, Loss, StoreOutcome
 from replicator.conflictlog.entry import ConflictEntry, LostConflict
-from replicator.exceptions import ConflictLogRejected
+from replicator.exceptions import ConflictLogRejected, ConflictNotRecorded
 from replicator.items import describe_key
 from replicator.metrics import Metrics
 
@@ -122,7 +122,8 @@ class BackgroundRecorder:
 
     def lost(self, conflict: LostConflict) -> Future[None]:
         """Queue ``conflict`` for storage (or count it dropped), without waiting; the
-        future is done once its entry is stored or given up."""
+        future is done once its entry is stored, or given up: then with
+        ConflictNotRecorded as its exception."""
         waiting = _Waiting(conflict, self._clock() + self.retry_for_s)
         with self._cond:
             queued = len(self._queue)
@@ -278,7 +279,9 @@ class BackgroundRecorder:
             if len(text) <= _LOGGED_ENTRY_LIMIT:
                 fields["entry"] = text
         log.error("lost conflict not recorded: the conflict log could not store it", **fields)
-        waiting.done.set_result(None)
+        # Done either way (the pipeline only waits for it); a caller that must know, as a
+        # redrive keeping the letter of an entry not stored, reads the exception.
+        waiting.done.set_exception(ConflictNotRecorded(reason, error))
 
 
 class ConflictQueue(Protocol):

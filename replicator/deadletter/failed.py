@@ -46,6 +46,10 @@ class DeadLetterer:
     metrics: Metrics
     task_name: str
     shard_id: str  # the shard, or the command (``backfill``, ``repair``, ...)
+    # A redrive's run id: its letters are marked with it (``redrive_run``), as a letter it
+    # puts back is, so that the same redrive passes them by in a queue and the next
+    # replays them (redrive.py, SqsDeadLetters.claim_all). None outside a redrive.
+    redrive_run: str | None = None
 
     @property
     def description(self) -> str:
@@ -75,6 +79,7 @@ class DeadLetterer:
                 region=writer.region,
                 event=change.event.value,
                 keys=item_to_wire(change.keys),
+                redrive_run=self.redrive_run,
             ),
         )
         self.metrics.writes.labels(writer.label, change.event.op, DEAD_LETTERED).inc()
@@ -114,6 +119,7 @@ class DeadLetterer:
                 error=error,
                 task_name=self.task_name,
                 shard_id=self.shard_id,
+                redrive_run=self.redrive_run,
             ),
         )
         self.metrics.records_received.labels("undecodable").inc()

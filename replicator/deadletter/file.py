@@ -182,6 +182,12 @@ class FileDeadLetters:
                 held[self.path] = count
         return held
 
+    def holds_files(self) -> bool:
+        """Whether there is anything to claim: the live file, or an aside file of an
+        interrupted replay. Looks only: nothing is created (a directory that is not there
+        holds nothing)."""
+        return os.path.lexists(self.path) or bool(self._aside_files())
+
     def letters(self) -> list[DeadLetter]:
         """Every letter in the live file, for inspection; does not remove them, and
         leaves out (with a warning) the lines that are not letters."""

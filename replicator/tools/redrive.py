@@ -20,9 +20,14 @@ destination holds no item (under an ordered policy: none, or one ranking below i
 A write the conflict policy declines counts as replayed: the destination holds a newer
 item, which is what the policy is for. It is a lost conflict like one met in
 replication, so it is recorded in the job's conflict log (under the letter's shard and
-sequence number, as replication would have recorded it) and counted in the summary; the
-entries are stored before the command exits (for up to ``conflict_log.retry_for_s``),
-and any that could not be are counted as not recorded. Synthetic letters (a backfill's
+sequence number, as replication would have recorded it) and counted in the summary. The
+conflict log is made ready first, as ``run`` makes it at start (``prepare``: a table
+created when missing, one of other keys refused). A letter is settled only once the
+entries of its lost conflicts are stored; one the log refuses, or cannot store within
+``conflict_log.retry_for_s``, is counted as not recorded and its letter kept as failed
+again (``conflict_not_recorded``), so the next redrive records it: a lost conflict is
+never dropped with its letter. A log that could not store one ends the run after that
+letter (exit 3), as a destination that stops answering does. Synthetic letters (a backfill's
 or a repair's copy of a read item) are not changes, and a copy the destination declines
 is not recorded, as in the backfill or the repair that wrote it first.
 
@@ -46,7 +51,10 @@ ends the run: that letter is kept with one more attempt, the untried ones as aft
 interruption, and the exit status is 3 too. The dead-letter target is checked before
 any letter is claimed as well (as ``run`` checks it at start), and one that stops
 taking letters (a queue silent for that bound, a file that cannot be appended to)
-ends the run the same way, the letter in hand kept as it was.
+ends the run the same way, the letter in hand kept as it was. A file target with no
+file at all is only looked at, nothing created: an absolute path with none is an empty
+target (exit 0); a relative one may be the working directory's fault, which is said,
+with exit 1 (``_missing_file``).
 
 Only the job's own letters are replayed (their ``task_name`` is the job's task name):
 several jobs may share a dead-letter file or queue, and another job's letter is about
@@ -59,6 +67,7 @@ not replayed: the exit status is 0 only when nothing is left for the job.
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from collections import Counter
@@ -66,15 +75,17 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import closing
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry
 
-from replicator.config.model import ResolvedJob
+from replicator.appendfile import unusable
+from replicator.config.model import DeadLetterKind, ResolvedJob
 from replicator.conflictlog.base import Loss
 from replicator.conflictlog.recorder import BackgroundRecorder, ShardConflicts
-from replicator.conflictlog.targets import recorder_for
+from replicator.conflictlog.targets import prepare, recorder_for
 from replicator.deadletter import (
     ALL_DESTINATIONS,
     Claimed,
@@ -85,6 +96,7 @@ from replicator.deadletter import (
 from replicator.deadletter.failed import DeadLetterer
 from replicator.deadletter.file import FileDeadLetters
 from replicator.exceptions import (
+    ConflictNotRecorded,
     DeadLetterUnavailable,
     DestinationRefused,
     DestinationUnavailable,
@@ -112,7 +124,7 @@ from replicator.tools.tables import (
     destination_refs,
     source_ref,
 )
-from replicator.writers.destination import NOT_PASSED, DestinationWriter, Outcome
+from replicator.writers.destination import NOT_PASSED, DestinationWriter, Outcome, WriteResult
 
 log = structlog.get_logger(__name__)
 
@@ -138,6 +150,9 @@ class Replay:
     failures: list[Failure]
     note: str = ""
     lost: list[str] = field(default_factory=list)  # destinations where its conflict was lost
+    # The conflict log's futures of those losses, by destination: the letter is settled
+    # only once each entry is stored or given up (``Redrive._await_entries``).
+    recording: list[tuple[str, Future[None]]] = field(default_factory=list)
     # The key of the change replayed, from its record (None: the record does not decode,
     # the letter's ``keys`` field is all there is), as the summary names it.
     key: Item | None = None
@@ -202,6 +217,11 @@ class RedriveReport:
     # Where those letters are once interrupted, when the target can say (a file target:
     # the aside file of the replay and the live file); empty: in the target.
     kept_in: list[str] = field(default_factory=list)
+    # A file target with no file at all (nor an interrupted replay's): why there is
+    # nothing, and whether the path was relative (then the working directory is as likely
+    # the reason as an empty target: not said to be drained, exit 1).
+    missing: str | None = None
+    missing_relative: bool = False
     conflict_log: str | None = None  # where lost conflicts are recorded; None: kind none
     recorded: int = 0  # lost conflicts stored in the conflict log
     not_recorded: int = 0  # lost conflicts it could not store (dropped, counted)
@@ -226,9 +246,10 @@ class RedriveReport:
         if self.conflict_log is None:
             return f" ({lost}; not recorded: conflict_log.kind is none)"
         if self.not_recorded:
+            kept = "its letter is" if self.not_recorded == 1 else "their letters are"
             return (
                 f" ({lost}: {self.recorded} recorded in the conflict log {self.conflict_log}, "
-                f"{self.not_recorded} could not be recorded, see the error lines)"
+                f"{self.not_recorded} could not be recorded: {kept} kept, see the error lines)"
             )
         return f" ({lost}, recorded in the conflict log {self.conflict_log})"
 
@@ -239,6 +260,8 @@ class RedriveReport:
         first)."""
         if self.refused or self.unavailable:
             return 3
+        if self.missing_relative:
+            return 1
         return 0 if self.failed == 0 and not self.unreadable and not self.interrupted else 1
 
     @property
@@ -253,6 +276,8 @@ class RedriveReport:
         return "interrupted"
 
     def text(self) -> str:
+        if self.missing is not None:
+            return f"redrive: no dead letters in {self.target}: {self.missing}"
         if self.ended_early and not self.replays and not self.copies and not self.unreadable:
             return "\n".join(
                 [
@@ -394,9 +419,19 @@ class Redrive:
         shape = check_same_keys(self.resolved, source, destination_refs(self.resolved, 1))
         self._source = (source, shape.key_names)
         self._kept = KeptExpired.of(self.resolved, source)
+        if target is None:
+            missing = self._missing_file()
+            if missing is not None:
+                # Only read: checking the target as run does would create its directory.
+                return missing
         # And the dead-letter target, as run checks it: a queue that does not answer, or
         # a file that cannot be appended to, is exit 3 before a letter is claimed.
         target = target or tool_dead_letters(self.resolved, run_id=self.run_id)
+        # The conflict log made ready as run makes it (a table created when missing,
+        # one of other keys refused, exit 3), before a letter is claimed: a letter whose
+        # lost conflict cannot be recorded is kept, so a log that was never there would
+        # keep every such letter for nothing.
+        prepare(self.resolved)
         recorder = recorder_for(self.resolved, self.metrics)
         try:
             report = self._run(target, recorder)
@@ -423,6 +458,34 @@ class Redrive:
             unreadable=len(report.unreadable),
             other_tasks_left=sum(report.other_tasks.values()),
         )
+        return report
+
+    def _missing_file(self) -> RedriveReport | None:
+        """For a file target with nothing at its path (nor an interrupted replay's aside
+        file), the report that says so, with nothing created; None otherwise. A relative
+        ``dead_letter.path`` is taken from the working directory, and a redrive run from
+        another directory than the job's finds no file there however many letters wait:
+        that is said, as ``conflicts`` says it of its file, and the exit status is not 0."""
+        if self.resolved.job.dead_letter.kind is not DeadLetterKind.FILE:
+            return None
+        configured = self.resolved.dead_letter_path()
+        target = FileDeadLetters(Path.cwd() / configured)  # an absolute path stays as it is
+        try:
+            if _in_the_way(target.path) or target.holds_files():
+                return None
+        except OSError:  # a directory that may not be read: the target's check says it
+            return None
+        report = RedriveReport(target.description, self.resolved.task_name)
+        if configured.is_absolute():
+            report.missing = "no such file (yet): nothing has been dead-lettered there"
+        else:
+            report.missing_relative = True
+            report.missing = (
+                f"no such file; dead_letter.path {str(configured)!r} is relative to the "
+                f"working directory ({Path.cwd()}): run the command where the job runs, or "
+                "make the path absolute"
+            )
+        log.info("redrive done: no dead-letter file", path=str(target.path))
         return report
 
     def _run(self, target: DeadLetterTarget, recorder: BackgroundRecorder | None) -> RedriveReport:
@@ -558,7 +621,45 @@ class Redrive:
         change = routed.change
         replay = self._replay_change(letter, routed.route, change)
         replay.key = change.keys
+        self._await_entries(replay)
         return replay
+
+    def _await_entries(self, replay: Replay) -> None:
+        """Wait until the entry of each conflict the letter's change lost is stored or
+        given up, before the letter is settled. One given up (the log refused it, or
+        could not store it within ``conflict_log.retry_for_s``) makes the letter a
+        failure at that destination: it is kept, and the next redrive, whose replay
+        loses again, records it. An entry the log could not store stops the run after
+        this letter (exit 3): the next letters' entries would wait as long for nothing.
+        A stop at once (:meth:`interrupt`) ends the wait with WriteCancelled: the letter
+        is not settled, and stays."""
+        description = self._conflicts.recorder.target.description if self._conflicts else ""
+        for label, recorded in replay.recording:
+            while True:
+                try:
+                    recorded.result(timeout=0.5)
+                except TimeoutError:
+                    if self._cancelled:
+                        raise WriteCancelled(
+                            f"waiting for the conflict log {description} cancelled"
+                        ) from None
+                    continue
+                except ConflictNotRecorded as dropped:
+                    replay.failures.append(
+                        Failure(
+                            label,
+                            "conflict_not_recorded",
+                            f"its lost conflict could not be recorded in the conflict log "
+                            f"{description} ({dropped}); the letter is kept, and the next "
+                            "redrive records it",
+                        )
+                    )
+                    if dropped.reason != "rejected":
+                        self.unavailable = self.unavailable or (
+                            f"the conflict log {description} could not store a lost "
+                            f"conflict: {dropped}"
+                        )
+                break
 
     def _replay_change(self, letter: DeadLetter, route: Route, change: Change) -> Replay:
         if self._conflicts is not None:
@@ -586,22 +687,25 @@ class Redrive:
         failures: list[Failure] = []
         applied: list[str] = []
         lost: list[str] = []
+        recording: list[tuple[str, Future[None]]] = []
         for label in labels:
-            outcome = self._write(writers[label], change)
-            if isinstance(outcome, Failure):
-                failures.append(outcome)
+            result = self._write(writers[label], change)
+            if isinstance(result, Failure):
+                failures.append(result)
                 continue
             applied.append(label)
-            if outcome is Outcome.CONFLICT_LOST and not synthetic:
+            if result.outcome is Outcome.CONFLICT_LOST and not synthetic:
                 lost.append(label)
+                if result.recorded is not None:
+                    recording.append((label, result.recorded))
         note = ""
         if applied:
             # A replayed change is late: the source may have changed, deleted or created
             # the item again since, and that was applied at the destination before this.
             note = self._check_against_source(change, applied)
-        return Replay(letter, failures, note=note, lost=lost)
+        return Replay(letter, failures, note=note, lost=lost, recording=recording)
 
-    def _write(self, writer: DestinationWriter, change: Change) -> Failure | Outcome:
+    def _write(self, writer: DestinationWriter, change: Change) -> Failure | WriteResult:
         try:
             result = writer.write(change)
         except DestinationRefused as refused:
@@ -613,7 +717,7 @@ class Redrive:
             return Failure(writer.label, "unavailable", str(unanswered))
         if result.failed:
             return Failure(writer.label, result.reason or "failed", result.error or "")
-        return result.outcome
+        return result
 
     def _check_against_source(self, change: Change, labels: list[str]) -> str:
         """A replayed change is checked against the source like a backfill's copy (read
@@ -671,12 +775,30 @@ class Redrive:
             assert self._target is not None
             assert self._source is not None
             source, key_names = self._source
-            # Its writes dead-letter to the real target: nothing it does is held back.
-            letters = DeadLetterer(self._target, self.metrics, self.resolved.task_name, "redrive")
+            # Its writes dead-letter to the real target: nothing it does is held back. They
+            # carry this run's mark, as a letter put back does: a queue shows them to this
+            # run again at once, and they are for the next redrive, as in a file.
+            letters = DeadLetterer(
+                self._target,
+                self.metrics,
+                self.resolved.task_name,
+                "redrive",
+                redrive_run=self.run_id,
+            )
             self._guard = ResurrectionGuard(
                 source, key_names, self._snapshot_writers, ReadRate(0), letters, self._kept
             )
         return self._guard
+
+
+def _in_the_way(path: Path) -> bool:
+    """Whether no file could ever be at ``path`` (a name too long, a file where a
+    directory of it should be): what the target's check at start refuses (exit 3), and
+    says so, rather than a target with nothing in it yet."""
+    if unusable(path) is not None:
+        return True
+    existing = next((parent for parent in path.parents if os.path.lexists(parent)), None)
+    return existing is not None and not existing.is_dir()
 
 
 class LetterConflicts:

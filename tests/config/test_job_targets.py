@@ -156,12 +156,82 @@ def test_a_url_with_a_user_name_or_password_is_refused_alike_in_every_key(
 
 def test_a_standard_queue_passes() -> None:
     url = "https://sqs.us-east-1.amazonaws.com/123456789012/fifo-audit"
+    letters = "https://sqs.us-east-1.amazonaws.com/123456789012/fifo-letters"
     job = parse_job(
         JOB + f"conflict_log: {{kind: sqs, queue_url: '{url}'}}\n"
-        f"dead_letter: {{kind: sqs, queue_url: '{url}'}}\n",
+        f"dead_letter: {{kind: sqs, queue_url: '{letters}'}}\n",
         Path("job.yaml"),
     ).job
-    assert job.conflict_log.queue_url == job.dead_letter.queue_url == url
+    assert (job.conflict_log.queue_url, job.dead_letter.queue_url) == (url, letters)
+
+
+LOCAL = "http://127.0.0.1:9"
+
+
+@pytest.mark.parametrize(
+    ("letters", "log"),
+    [
+        (f"{{queue_url: '{LOCAL}/123456789012/audit', endpoint_url: '{LOCAL}'}}",
+         f"{{queue_url: '{LOCAL}/123456789012/audit', endpoint_url: '{LOCAL}'}}"),
+        # The endpoint's other spellings: the same server.
+        (f"{{queue_url: '{LOCAL}/123456789012/audit', endpoint_url: '{LOCAL}'}}",
+         f"{{queue_url: 'HTTP://127.0.0.1:9/123456789012/audit', endpoint_url: '{LOCAL}/', "
+         "region: us-east-1}"),
+        # AWS's hosts of one region's queues, the case of a host, its default port.
+        ("{queue_url: 'https://sqs.us-east-1.amazonaws.com/123456789012/audit'}",
+         "{queue_url: 'https://SQS.us-east-1.amazonaws.com:443/123456789012/audit'}"),
+        ("{queue_url: 'https://sqs.eu-west-1.amazonaws.com/123456789012/audit'}",
+         "{queue_url: 'https://eu-west-1.queue.amazonaws.com/123456789012/audit', "
+         "region: eu-west-1}"),
+        ("{queue_url: 'https://queue.amazonaws.com/123456789012/audit'}",
+         "{queue_url: 'https://sqs.us-east-1.amazonaws.com/123456789012/audit'}"),
+    ],
+)  # fmt: skip
+def test_one_queue_for_the_conflict_log_and_the_dead_letters_is_refused(
+    tmp_path: Path, letters: str, log: str
+) -> None:
+    """Both were accepted: every redrive then exited 1 on the entries it read as
+    unreadable letters, and conflicts warned about every letter."""
+    text = (
+        JOB
+        + "dead_letter: " + letters.replace("{", "{kind: sqs, ", 1) + "\n"
+        + "conflict_log: " + log.replace("{", "{kind: sqs, ", 1) + "\n"
+    )  # fmt: skip
+    line = _refused(
+        tmp_path,
+        text,
+        "conflict_log.queue_url",
+        "which is also the dead-letter queue (dead_letter.queue_url: ",
+        "/123456789012/audit",
+        "give the conflict log a queue of its own",
+    )
+    assert line.startswith("  conflict_log.queue_url (line 6)")
+    for command in ("run", "redrive", "conflicts"):
+        result = in_process(command, "--config", str(tmp_path / "job.yaml"))
+        assert result.returncode == 2, command + result.stdout + result.stderr
+        assert "which is also the dead-letter queue" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "log",
+    [
+        "{queue_url: 'https://sqs.us-east-1.amazonaws.com/123456789012/audit-log'}",
+        # The same account and name in another region, or another account: other queues.
+        "{queue_url: 'https://sqs.eu-west-1.amazonaws.com/123456789012/audit'}",
+        "{queue_url: 'https://sqs.us-east-1.amazonaws.com/210987654321/audit'}",
+        f"{{queue_url: '{LOCAL}/123456789012/audit', endpoint_url: '{LOCAL}'}}",
+    ],
+)
+def test_queues_of_their_own_pass(log: str) -> None:
+    letters = "https://sqs.us-east-1.amazonaws.com/123456789012/audit"
+    parse_job(
+        JOB
+        + f"dead_letter: {{kind: sqs, queue_url: '{letters}'}}\n"
+        + "conflict_log: "
+        + log.replace("{", "{kind: sqs, ", 1)
+        + "\n",
+        Path("job.yaml"),
+    )
 
 
 def _problems(path: Path, text: str) -> str:

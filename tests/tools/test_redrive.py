@@ -4,6 +4,7 @@ leave the target, failing ones stay with one more attempt (file and SQS targets)
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import os
 import re
@@ -20,14 +21,17 @@ from typing import Any
 
 import pytest
 
+from replicator.appendfile import UNWRITABLE_HINT
 from replicator.config.loader import load_job
+from replicator.conflictlog.dynamodb import DynamoDbConflictLog
 from replicator.deadletter import ALL_DESTINATIONS, DeadLetter, FileDeadLetters, SqsDeadLetters
+from replicator.exceptions import ConflictLogRejected
 from replicator.items import Item, item_to_wire
 from replicator.records import RawRecord
 from replicator.tools import snapshot
 from replicator.tools.redrive import Redrive, RedriveReport
 from replicator.tools.snapshot import BACKFILL, REPAIR, synthetic_change
-from tests.support.aws import client
+from tests.support.aws import client, create_table
 from tests.support.cli import in_process, replicator
 from tests.support.deadletters import malformed
 from tests.support.e2e import PATIENCE, Job, binary_key_job, stop, wait_until
@@ -493,7 +497,91 @@ def test_a_letters_destination_event_and_task_are_quoted_on_their_summary_lines(
 def test_nothing_to_redrive_exits_0(job: Job) -> None:
     report = Redrive(load_job(job.path)).run()
     assert report.exit_code == 0
+    assert report.text() == (
+        f"redrive: no dead letters in file {job.dead_letters}: no such file (yet): nothing "
+        "has been dead-lettered there"
+    )
+    job.dead_letters.write_text("")  # a file, emptied by the last redrive
+    report = Redrive(load_job(job.path)).run()
+    assert report.exit_code == 0
     assert report.text() == f"redrive: no dead letters in file {job.dead_letters}"
+
+
+def dead_letters_at(job: Job, path: str) -> None:
+    """Point the job's file target at ``path`` (as written in the job file)."""
+    job.path.write_text(
+        job.path.read_text().replace(
+            f"dead_letter: {{kind: file, path: '{job.dead_letters}'}}",
+            f"dead_letter: {{kind: file, path: '{path}'}}",
+        )
+    )
+
+
+def test_a_dead_letter_file_not_there_at_an_absolute_path_is_read_not_created(job: Job) -> None:
+    """Nothing dead-lettered yet: exit 0, and the directory is not made by a command that
+    only looks."""
+    dead_letters_at(job, str(job.directory / "not-yet" / "{task_name}.jsonl"))
+
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == (
+        f"redrive: no dead letters in file {job.directory}/not-yet/{job.name}.jsonl: no such "
+        "file (yet): nothing has been dead-lettered there"
+    )
+    assert not (job.directory / "not-yet").exists()
+
+
+def test_a_dead_letter_path_no_file_can_have_is_still_refused_with_exit_3(job: Job) -> None:
+    """A file where a directory of the path should be is not an empty target: it is
+    refused as run refuses it, not taken for one with nothing dead-lettered yet."""
+    (job.directory / "a-file").write_text("")
+    dead_letters_at(job, str(job.directory / "a-file" / "dead.jsonl"))
+
+    result = redrive(job)
+
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"replicator: dead_letter.path: the dead-letter file {job.directory}/a-file/dead.jsonl "
+        f"cannot be written: {job.directory}/a-file is a file, so the directory "
+        f"{job.directory}/a-file cannot be created" + UNWRITABLE_HINT
+    )
+
+
+def test_a_redrive_from_another_directory_than_the_jobs_says_so_and_exits_1(
+    job: Job, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``dead_letter.path`` relative to the job's directory, the redrive run from another:
+    it said "no dead letters", exited 0 and created an empty directory there, while the
+    letters waited in the job's."""
+    dead_letters_at(job, "dl/{task_name}.jsonl")
+    eu_label = "/".join(job.destinations[0])
+    x = image("x")
+    waiting = job.directory / "dl" / f"{job.name}.jsonl"
+    waiting.parent.mkdir()
+    FileDeadLetters(waiting).put(stream_letter(job, eu_label, x, 11, "rejected", "e"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    wrong = redrive(job)
+
+    assert wrong.returncode == 1, wrong.stdout + wrong.stderr
+    assert wrong.stdout.strip() == (
+        f"redrive: no dead letters in file {elsewhere}/dl/{job.name}.jsonl: no such file; "
+        f"dead_letter.path 'dl/{job.name}.jsonl' is relative to the working directory "
+        f"({elsewhere}): run the command where the job runs, or make the path absolute"
+    )
+    assert list(elsewhere.iterdir()) == []  # nothing created
+    assert FileDeadLetters(waiting).count() == 1
+    assert get(job, 0, x) is None
+
+    monkeypatch.chdir(job.directory)
+    right = redrive(job)
+
+    assert right.returncode == 0, right.stdout + right.stderr
+    assert "1 letter, 1 replayed, 0 failed again" in right.stdout
+    assert get(job, 0, x) == x
 
 
 SAMPLE = malformed(DeadLetter({}, "d", "r", "e", "t", "s"))  # the shapes, by name
@@ -970,10 +1058,11 @@ def test_a_letter_a_custom_resolver_now_declines_is_recorded_as_a_lost_conflict(
     assert entry["winning_image"] == item_to_wire(locked)
 
 
-def test_a_lost_conflict_the_log_cannot_store_is_said_not_recorded(job: Job) -> None:
-    """The conflict log is a directory the file target cannot append to: the entry is
-    retried for conflict_log.retry_for_s, then counted as dropped, and the summary says
-    it could not be recorded (the letter is replayed all the same)."""
+def test_a_conflict_log_path_that_is_a_directory_is_refused_before_a_letter_is_touched(
+    job: Job,
+) -> None:
+    """As run refuses it at start (it was taken: each entry retried, then dropped, and the
+    letter removed all the same)."""
     in_the_way = job.directory / "a-directory"
     in_the_way.mkdir()
     job.write(conflict_log=f"{{kind: file, path: '{in_the_way}', retry_for_s: 0.5}}")
@@ -983,15 +1072,190 @@ def test_a_lost_conflict_the_log_cannot_store_is_said_not_recorded(job: Job) -> 
     FileDeadLetters(job.dead_letters).put(
         stream_letter(job, eu_label, image("e", 100), 61, "rejected", "throttled")
     )
+    stored = job.dead_letters.read_bytes()
 
-    report = Redrive(load_job(job.path)).run()
+    result = redrive(job)
 
-    assert (report.replayed, report.lost, report.recorded, report.not_recorded) == (1, 1, 0, 1)
-    assert (
-        f"1 replayed (1 lost its conflict: 0 recorded in the conflict log file {in_the_way}, "
-        "1 could not be recorded, see the error lines)" in report.text()
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"conflict_log.path (line 11): the conflict log {in_the_way} is a directory" in (
+        result.stderr
     )
+    assert job.dead_letters.read_bytes() == stored
+
+
+def conflict_entries(job: Job, table: str) -> list[dict[str, Any]]:
+    """The entries of a conflict-log table, as stored."""
+    items = job.source.scan(TableName=table, ConsistentRead=True)["Items"]
+    return [json.loads(gzip.decompress(item["entry"]["B"])) for item in items]
+
+
+def lost_conflict_letter(job: Job, seq: int) -> tuple[Item, Item]:
+    """eu holds a newer image of item c than the job's one letter puts: the replay loses
+    its conflict. The newer and the older image."""
+    eu_label = "/".join(job.destinations[0])
+    newer, older = image("c", 2000, v="newer"), image("c", 1000, v="older")
+    eu, eu_table = job.destination_clients()[0]
+    eu.put_item(TableName=eu_table, Item=newer)
+    FileDeadLetters(job.dead_letters).put(
+        stream_letter(job, eu_label, older, seq, "unplannable", "an old bug")
+    )
+    return newer, older
+
+
+def test_a_redrive_creates_a_missing_conflict_log_table_as_run_does(job: Job) -> None:
+    """The review's case: the table run would have created was not there; every entry
+    was retried for retry_for_s, then dropped, the letter removed, and the exit status 0."""
+    table = f"{job.name}-newlog"
+    job.write(conflict_log=f"{{kind: dynamodb, table: '{table}', retry_for_s: 10}}")
+    newer, older = lost_conflict_letter(job, 71)
+
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        f"1 letter, 1 replayed (1 lost its conflict, recorded in the conflict log DynamoDB "
+        f"table {table}" in result.stdout
+    ), result.stdout
+    assert get(job, 0, older) == newer
+    (entry,) = conflict_entries(job, table)
+    assert (entry["task_name"], entry["sequence_number"]) == (job.name, "71")
+    assert entry["losing_image"] == item_to_wire(older)
     assert FileDeadLetters(job.dead_letters).count() == 0
+
+
+def test_a_conflict_log_table_of_other_keys_is_refused_before_a_letter_is_touched(
+    job: Job,
+) -> None:
+    """As run refuses it (exit 3): every entry was refused by the table and dropped at
+    once, the letter removed, exit 0."""
+    table = f"{job.name}-app"
+    create_table(job.source, table, range_key="sk", stream=None)  # sk is a number
+    job.write(conflict_log=f"{{kind: dynamodb, table: '{table}'}}")
+    newer, _ = lost_conflict_letter(job, 72)
+    stored = job.dead_letters.read_bytes()
+
+    result = redrive(job)
+
+    assert result.returncode == 3, result.stdout + result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("replicator: ")]
+    assert f"conflict-log table {table}" in line
+    assert "the conflict log needs pk (HASH, S) and sk (RANGE, S)" in line
+    assert job.dead_letters.read_bytes() == stored
+    assert get(job, 0, newer) == newer
+    assert job.source.scan(TableName=table)["Items"] == []
+
+
+def test_a_letter_whose_lost_conflict_cannot_be_recorded_is_kept_for_the_next_redrive(
+    job: Job,
+) -> None:
+    """The conflict-log table answers every write with a server error: the entry is given
+    up after retry_for_s. It was dropped with its letter, and the exit status was 0; now
+    the letter is kept (one more attempt, the reason said), the redrive stops there (the
+    next letters' entries would wait as long for nothing) with exit 3, and the next
+    redrive, once the log takes entries again, records the conflict and removes it."""
+    table = f"{job.name}-log"
+    proxy = FaultProxy(job.endpoint).start()
+    try:
+        job.write(
+            conflict_log=f"{{kind: dynamodb, table: '{table}', endpoint_url: '{proxy.url}', "
+            "retry_for_s: 0.5}"
+        )
+        eu_label = "/".join(job.destinations[0])
+        newer, older = lost_conflict_letter(job, 73)
+        later = image("later", 100)
+        FileDeadLetters(job.dead_letters).put(
+            stream_letter(job, eu_label, later, 74, "throttled", "e")
+        )
+        proxy.set(Mode(Fault.SERVER_ERROR, operations=frozenset({"BatchWriteItem"})))
+
+        first = redrive(job)
+
+        assert first.returncode == 3, first.stdout + first.stderr
+        summary = first.stdout.splitlines()
+        assert summary[0].startswith(
+            f"redrive of file {job.dead_letters}: 1 letter, 0 replayed (1 lost its conflict: "
+            f"0 recorded in the conflict log DynamoDB table {table} "
+        ), first.stdout
+        assert (
+            "1 could not be recorded: its letter is kept, see the error lines), 1 failed"
+            in (summary[0])
+        )
+        assert f"; stopped: the conflict log DynamoDB table {table} " in summary[0]
+        assert summary[1].startswith(
+            f"  failed again  {eu_label}: MODIFY pk=S:c sk=N:1 (sequence 73): "
+            "conflict_not_recorded: its lost conflict could not be recorded in the conflict "
+            f"log DynamoDB table {table} "
+        ), first.stdout
+        assert get(job, 0, older) == newer
+        assert get(job, 0, later) is None  # not tried: kept for the next redrive
+        # Put back in the live file; the letter not tried is in the aside file still.
+        (again,) = FileDeadLetters(job.dead_letters).letters()
+        assert (again.record["sequenceNumber"], again.attempts, again.reason) == (
+            "73",
+            2,
+            "conflict_not_recorded",
+        )
+        assert FileDeadLetters(job.dead_letters).holding() == {
+            aside_file(job): 1,
+            job.dead_letters: 1,
+        }
+        assert summary[0].endswith(
+            f"2 letters now in file {aside_file(job)} and file {job.dead_letters} (the next "
+            "redrive takes them up)"
+        ), first.stdout
+        assert conflict_entries(job, table) == []
+
+        proxy.set(Mode())  # the conflict log takes entries again
+        second = redrive(job)
+    finally:
+        proxy.stop()
+
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert (
+        f"2 letters, 2 replayed (1 lost its conflict, recorded in the conflict log DynamoDB "
+        f"table {table}" in second.stdout
+    ), second.stdout
+    (entry,) = conflict_entries(job, table)
+    assert (entry["sequence_number"], entry["losing_image"]) == ("73", item_to_wire(older))
+    assert get(job, 0, later) == later
+    assert FileDeadLetters(job.dead_letters).count() == 0
+
+
+def test_a_letter_whose_lost_conflicts_entry_the_log_refuses_is_kept_and_the_rest_replayed(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry the log refuses as it is (a ValidationException) is given up at once: its
+    letter is kept (exit 1), and the redrive goes on with the next letters, whose entries
+    the log may well take."""
+    table = f"{job.name}-log"
+    job.write(conflict_log=f"{{kind: dynamodb, table: '{table}'}}")
+    eu_label = "/".join(job.destinations[0])
+    newer, older = lost_conflict_letter(job, 75)
+    later = image("later", 100)
+    FileDeadLetters(job.dead_letters).put(stream_letter(job, eu_label, later, 76, "rejected", "e"))
+
+    def refused(self: DynamoDbConflictLog, entries: list[Any]) -> list[Any]:
+        return [ConflictLogRejected(f"PutItem: ValidationException: {e.id}") for e in entries]
+
+    monkeypatch.setattr(DynamoDbConflictLog, "put_all", refused)
+
+    result = redrive(job)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "2 letters, 1 replayed (1 lost its conflict: 0 recorded" in result.stdout
+    assert "1 could not be recorded: its letter is kept, see the error lines), 1 failed again" in (
+        result.stdout
+    )
+    assert "stopped" not in result.stdout
+    assert "conflict_not_recorded: its lost conflict could not be recorded" in result.stdout
+    assert "(rejected: PutItem: ValidationException: " in result.stdout
+    assert (get(job, 0, older), get(job, 0, later)) == (newer, later)
+    (kept,) = FileDeadLetters(job.dead_letters).letters()
+    assert (kept.record["sequenceNumber"], kept.attempts, kept.reason) == (
+        "75",
+        2,
+        "conflict_not_recorded",
+    )
 
 
 # -- a replayed stream change checked against the source -------------------------------------
@@ -1325,6 +1589,51 @@ def test_a_source_image_a_replayed_delete_cannot_write_back_is_dead_lettered(job
     (kept,) = target.letters()
     assert (kept.shard_id, kept.destination, kept.reason) == ("redrive", eu_label, "unplannable")
     assert kept.event == "MODIFY" and kept.keys == item_to_wire(keys_of(again))
+
+
+def test_a_queues_letter_the_source_check_dead_letters_waits_for_the_next_redrive(
+    job: Job,
+) -> None:
+    """As with a file: the letter that checking a replayed put against the source stores
+    (the source's image, whose timestamp last_writer_wins cannot order) is not replayed
+    by the redrive that stored it. It was received again at once, failed again (exit 1)
+    and was counted as a second letter of the run."""
+    sqs, queue = use_queue(job)
+    eu_label = "/".join(job.destinations[0])
+    replayed = image("n", 100, v="replayed")
+    letter = stream_letter(job, eu_label, replayed, 91, "unplannable", "ts was a BOOL")
+    SqsDeadLetters(sqs, queue).put(letter)
+    now = image("n", {"BOOL": True}, v="changed since")
+    job.source.put_item(TableName=job.source_table, Item=now)
+
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "redrive of SQS queue " in result.stdout
+    assert "1 letter, 1 replayed, 0 failed again" in result.stdout, result.stdout
+    assert "(checking it against the source failed: dead-lettered, see the target)" in (
+        result.stdout
+    )
+    assert get(job, 0, replayed) == replayed
+    (message,) = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1)[
+        "Messages"
+    ]
+    kept = DeadLetter.from_json(message["Body"])
+    assert (kept.shard_id, kept.destination, kept.reason, kept.attempts) == (
+        "redrive",
+        eu_label,
+        "unplannable",
+        1,
+    )
+    assert kept.keys == item_to_wire(keys_of(now))
+    sqs.change_message_visibility(
+        QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+    )
+
+    again = redrive(job)  # the next redrive takes it up
+
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "1 letter, 0 replayed, 1 failed again" in again.stdout, again.stdout
 
 
 def test_a_second_redrive_of_the_same_file_is_refused_while_the_first_runs(job: Job) -> None:
