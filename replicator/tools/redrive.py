@@ -53,8 +53,9 @@ any letter is claimed as well (as ``run`` checks it at start), and one that stop
 taking letters (a queue silent for that bound, a file that cannot be appended to)
 ends the run the same way, the letter in hand kept as it was. A file target with no
 file at all is only looked at, nothing created: an absolute path with none is an empty
-target (exit 0); a relative one may be the working directory's fault, which is said,
-with exit 1 (``_missing_file``).
+target (exit 0), and so is a relative one whose directory is there (``run`` creates it
+at start); a relative one without even its directory may be the working directory's
+fault, which is said, with exit 1 (``_missing_file``).
 
 Only the job's own letters are replayed (their ``task_name`` is the job's task name):
 several jobs may share a dead-letter file or queue, and another job's letter is about
@@ -465,7 +466,8 @@ class Redrive:
         file), the report that says so, with nothing created; None otherwise. A relative
         ``dead_letter.path`` is taken from the working directory, and a redrive run from
         another directory than the job's finds no file there however many letters wait:
-        that is said, as ``conflicts`` says it of its file, and the exit status is not 0."""
+        when not even the file's directory is there (which ``run`` creates at start), that
+        is said, as ``conflicts`` says it of its file, and the exit status is not 0."""
         if self.resolved.job.dead_letter.kind is not DeadLetterKind.FILE:
             return None
         configured = self.resolved.dead_letter_path()
@@ -476,7 +478,9 @@ class Redrive:
         except OSError:  # a directory that may not be read: the target's check says it
             return None
         report = RedriveReport(target.description, self.resolved.task_name)
-        if configured.is_absolute():
+        if configured.is_absolute() or target.path.parent.is_dir():
+            # ``run`` creates the file's directory at start (its preflight), so a relative
+            # path whose directory is here is the job's: nothing was dead-lettered yet.
             report.missing = "no such file (yet): nothing has been dead-lettered there"
         else:
             report.missing_relative = True

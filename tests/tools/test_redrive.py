@@ -28,6 +28,7 @@ from replicator.deadletter import ALL_DESTINATIONS, DeadLetter, FileDeadLetters,
 from replicator.exceptions import ConflictLogRejected
 from replicator.items import Item, item_to_wire
 from replicator.records import RawRecord
+from replicator.runtime.preflight import check_dead_letter_file
 from replicator.tools import snapshot
 from replicator.tools.redrive import Redrive, RedriveReport
 from replicator.tools.snapshot import BACKFILL, REPAIR, synthetic_change
@@ -582,6 +583,28 @@ def test_a_redrive_from_another_directory_than_the_jobs_says_so_and_exits_1(
     assert right.returncode == 0, right.stdout + right.stderr
     assert "1 letter, 1 replayed, 0 failed again" in right.stdout
     assert get(job, 0, x) == x
+
+
+def test_a_relative_path_whose_directory_run_created_is_a_job_with_nothing_dead_lettered(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default ``dead_letter.path`` is relative: a job that ran here and dead-lettered
+    nothing has the directory ``run`` made at start and no file. A scheduled redrive there
+    has nothing to do (exit 0), and still creates nothing."""
+    dead_letters_at(job, "dl/{task_name}.jsonl")
+    monkeypatch.chdir(job.directory)
+    check_dead_letter_file(load_job(job.path))  # what ``run`` does at start
+    directory = job.directory / "dl"
+    assert directory.is_dir() and list(directory.iterdir()) == []
+
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == (
+        f"redrive: no dead letters in file {directory}/{job.name}.jsonl: no such file (yet): "
+        "nothing has been dead-lettered there"
+    )
+    assert list(directory.iterdir()) == []
 
 
 SAMPLE = malformed(DeadLetter({}, "d", "r", "e", "t", "s"))  # the shapes, by name
