@@ -57,13 +57,22 @@ def read_failure(error: ClientError | BotoCoreError, what: str, where: str) -> E
     return explain(error, what, where)
 
 
+def entry_place(entry: ConflictEntry) -> str:
+    """The ``<region>/<table>`` where the entry's conflict happened (or its restore)."""
+    return f"{entry.region}/{entry.table}"
+
+
 @dataclass(frozen=True, slots=True)
 class Selection:
     """Which entries a reader wants; every field narrows, None means any."""
 
     item: str | None = None  # canonical key (keys.canonical_key)
     since: str | None = None  # ISO time (reader.parse_since), compared with ConflictEntry.at
-    destination: str | None = None
+    destination: str | None = None  # a destination's name, as entries record it
+    # The destination's ``<region>/<table>``: when given, entries are selected by their
+    # own region and table, not by the name they were recorded under (a name given to
+    # a destination, or changed, since); ``destination`` is then what the listing shows.
+    place: str | None = None
 
     def matches(self, entry: ConflictEntry) -> bool:
         """Times are compared as times, not as text: ``--since`` keeps the precision it
@@ -71,8 +80,13 @@ class Selection:
         return (
             (self.item is None or entry.item == self.item)
             and (self.since is None or instant(entry.at) >= instant(self.since))
-            and (self.destination is None or entry.destination == self.destination)
+            and self._at_destination(entry)
         )
+
+    def _at_destination(self, entry: ConflictEntry) -> bool:
+        if self.place is not None:
+            return entry_place(entry) == self.place
+        return self.destination is None or entry.destination == self.destination
 
     @property
     def since_key(self) -> str | None:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
+from replicator.aws.errors import error_code
 from replicator.conflictlog.base import (
     Selection,
     StoreOutcome,
@@ -85,6 +86,8 @@ class DynamoDbConflictLog:
         self.where = where
         self.description = f"DynamoDB table {table} ({where})"
         self._clock = clock
+        # Set by read() when the table does not exist: a line that says so.
+        self.missing: str | None = None
 
     # -- writing --------------------------------------------------------------------------
 
@@ -174,10 +177,22 @@ class DynamoDbConflictLog:
 
     def read(self, selection: Selection) -> Iterator[ConflictEntry]:
         """The table's entries that match; EnvironmentProblem (exit 3) first when the
-        table's keys are not the log's, as ``replicator run`` refuses it."""
+        table's keys are not the log's, as ``replicator run`` refuses it.
+
+        A table that does not exist holds no entry: ``replicator run`` creates it at
+        start, so a job that has not run yet (or not since the table was named) has none.
+        That is said (:attr:`missing`), as for a log file that does not exist, not taken
+        for an outage."""
+        self.missing = None
         try:
             described = self.client.describe_table(TableName=self.table)["Table"]
         except (ClientError, BotoCoreError) as error:
+            if error_code(error) == "ResourceNotFoundException":
+                self.missing = (
+                    f"no conflict-log table {self.table} at {self.where} (yet): nothing has "
+                    "been recorded there; replicator run creates it at start"
+                )
+                return
             raise read_failure(error, f"conflict-log table {self.table}", self.where) from None
         check_key_schema(described, KEYS, f"conflict-log table {self.table}", self.where, HINT)
         kwargs: dict[str, Any] = {"TableName": self.table}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -34,7 +35,7 @@ from replicator.items import (
     value_from_wire,
 )
 from replicator.logs import redact
-from replicator.records import Change
+from replicator.records import Change, Event
 from replicator.rules.base import ConflictRule
 from replicator.rules.custom import CustomRule
 from replicator.rules.ordered import OrderedRule
@@ -60,6 +61,16 @@ def iso_exact(moment: datetime) -> str:
     before it is not taken as at or after it."""
     text = moment.astimezone(UTC).isoformat(timespec="microseconds")
     return text.replace("+00:00", "Z")
+
+
+def utc_text(moment: datetime) -> str:
+    """An entry's time as the log writes it (:func:`iso`: UTC, a ``Z``, milliseconds), with
+    microseconds when it has them, so that nothing of a time read from a log is lost, and
+    every time is listed as UTC whatever offset it was written with. OverflowError when it
+    is not between the years 1 and 9999 in UTC."""
+    utc = moment.astimezone(UTC)
+    spec = "milliseconds" if utc.microsecond % 1000 == 0 else "microseconds"
+    return utc.isoformat(timespec=spec).replace("+00:00", "Z")
 
 
 def instant(text: str) -> datetime:
@@ -140,7 +151,7 @@ class ConflictEntry:
         if missing:
             raise EntryFormatError("no " + ", ".join(missing))
         _check_fields(values)
-        return cls(**values)
+        return cls(**values | _utc_times(values))
 
     def fitted(
         self, limit: int, size: Callable[[ConflictEntry], int] | None = None
@@ -185,6 +196,9 @@ _TEXT = (
     *("policy", "rule", "why", "sequence_number", "shard_id", "created", "recorded_at"),
 )
 _OPS = ("put", "delete")
+# An id as entry_id makes it: what --restore and a restore entry's restored_entry name.
+_ID = re.compile(r"[0-9a-f]{16}")
+_TIMES = ("created", "recorded_at")
 
 
 def _check_fields(values: dict[str, Any]) -> None:
@@ -193,17 +207,31 @@ def _check_fields(values: dict[str, Any]) -> None:
     for name in _TEXT:
         if not isinstance(values[name], str):
             raise EntryFormatError(f"{name} is {_json_type(values[name])}, not a string")
-    for name in ("created", "recorded_at"):
-        try:
-            instant(values[name])
-        except ValueError:
-            raise EntryFormatError(
-                f"{name} is {values[name]!r}, not an ISO-8601 time with a zone"
-            ) from None
+    if not _ID.fullmatch(values["id"]):
+        raise EntryFormatError(f"id is {values['id']!r}, not 16 hexadecimal digits (0-9, a-f)")
+    for name in ("destination", "table", "region"):
+        if not values[name].strip():
+            raise EntryFormatError(f"{name} is {values[name]!r}, empty")
+    _utc_times(values)
     if values["kind"] not in (CONFLICT, RESTORE):
         raise EntryFormatError(f"kind is {values['kind']!r}, not {CONFLICT} or {RESTORE}")
+    restored = values.get("restored_entry")
+    shown = json.dumps(restored, ensure_ascii=False)
+    if values["kind"] == RESTORE and not (isinstance(restored, str) and _ID.fullmatch(restored)):
+        raise EntryFormatError(
+            f"restored_entry is {shown}: a restore entry names the id of the conflict it "
+            "restored (16 hexadecimal digits)"
+        )
+    if values["kind"] == CONFLICT and restored is not None:
+        raise EntryFormatError(f"restored_entry is {shown} on a conflict entry, not null")
     if values["op"] not in _OPS:
         raise EntryFormatError(f"op is {values['op']!r}, not put or delete")
+    events = {event.value: event for event in Event}
+    event = events.get(values["event"])
+    if event is None:
+        raise EntryFormatError(f"event is {values['event']!r}, not {', '.join(events)}")
+    if event.op != values["op"]:
+        raise EntryFormatError(f"op is {values['op']!r}, but event {event} is a {event.op}")
     try:
         key = item_from_wire(values["key"])
         identity = key_id(key)
@@ -234,6 +262,26 @@ def _check_fields(values: dict[str, Any]) -> None:
     for which, summary in values.get("truncated", {}).items():
         if which not in IMAGES or not isinstance(summary, dict):
             raise EntryFormatError(f"truncated.{which} is not the summary of an image")
+
+
+def _utc_times(values: dict[str, Any]) -> dict[str, str]:
+    """``created`` and ``recorded_at`` in UTC as the log writes them (:func:`utc_text`):
+    a time written by hand or by another program with an offset, or with nanoseconds, is
+    listed under TIME (UTC) and sorted as one; EntryFormatError, naming the field, for
+    what is no time with a zone, or none in the years 1 to 9999 UTC."""
+    times = {}
+    for name in _TIMES:
+        try:
+            times[name] = utc_text(instant(values[name]))
+        except ValueError:
+            raise EntryFormatError(
+                f"{name} is {values[name]!r}, not an ISO-8601 time with a zone"
+            ) from None
+        except OverflowError:
+            raise EntryFormatError(
+                f"{name} is {values[name]!r}, outside the years 1 to 9999 in UTC"
+            ) from None
+    return times
 
 
 def _check_item(item: str, key: Item) -> None:

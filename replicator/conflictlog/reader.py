@@ -85,7 +85,11 @@ def key_text(entry: ConflictEntry) -> str:
     return describe_key(item_from_wire(entry.key))
 
 
-def read_entries(target: ConflictLogTarget, selection: Selection) -> list[ConflictEntry]:
+def read_entries(
+    target: ConflictLogTarget,
+    selection: Selection,
+    aliases: dict[str, ConflictEntry] | None = None,
+) -> list[ConflictEntry]:
     """The matching entries, once each, oldest first.
 
     Once per task and lost change: a change replayed after a restart that loses again is
@@ -93,14 +97,25 @@ def read_entries(target: ConflictLogTarget, selection: Selection) -> list[Confli
     upgrade that put the task in entry ids; the entry recorded first is kept, as a
     restore made before the replay names it. Two tasks' entries are two even when their
     ids match (ids recorded before they named the task), since jobs may share a log.
+    ``aliases``, when given, is filled with the id of each entry left out for another
+    of the same change and the entry kept: ``--restore`` of either id restores that one.
     """
     unique: dict[tuple[str, ...], ConflictEntry] = {}
+    left_out: list[tuple[tuple[str, ...], ConflictEntry]] = []
     for entry in target.read(selection):
         if not selection.matches(entry):
             continue
-        kept = unique.setdefault(_identity(entry), entry)
+        identity = _identity(entry)
+        kept = unique.setdefault(identity, entry)
+        if kept is entry:
+            continue
         if _recorded(entry) < _recorded(kept):
-            unique[_identity(entry)] = entry
+            unique[identity] = entry
+        left_out.append((identity, kept if unique[identity] is entry else entry))
+    if aliases is not None:
+        for identity, entry in left_out:
+            if entry.id != unique[identity].id:
+                aliases.setdefault(entry.id, unique[identity])
     return sorted(unique.values(), key=lambda e: e.sort_key)
 
 
@@ -116,9 +131,13 @@ def _recorded(entry: ConflictEntry) -> tuple[datetime, str]:
 
 
 def read_task_entries(
-    target: ConflictLogTarget, selection: Selection, task: str
+    target: ConflictLogTarget,
+    selection: Selection,
+    task: str,
+    aliases: dict[str, ConflictEntry] | None = None,
 ) -> tuple[list[ConflictEntry], list[ConflictEntry]]:
-    """The matching entries of task ``task``, and those of other tasks, each oldest first.
+    """The matching entries of task ``task``, and those of other tasks, each oldest first
+    (``aliases``: as :func:`read_entries` fills it).
 
     Several jobs may share one log (a ``conflict_log.path`` or ``table`` without
     ``{task_name}``): another job's entries are about its own tables, even when a
@@ -126,7 +145,7 @@ def read_task_entries(
     restored as this job's (as ``redrive`` keeps to the job's own letters); callers say
     how many were skipped.
     """
-    entries = read_entries(target, selection)
+    entries = read_entries(target, selection, aliases)
     return (
         [e for e in entries if e.task_name == task],
         [e for e in entries if e.task_name != task],
@@ -203,8 +222,11 @@ class Listing:
         narrowed = ", ".join(
             f"{name} {value or repr(value)}"
             for name, value in asdict(self.selection).items()
-            if value is not None
+            if value is not None and name != "place"
         )
+        place = self.selection.place
+        if place is not None and place != self.selection.destination:
+            narrowed += f" at {place}"
         lines = [
             f"conflict log: {self.target}"
             + (f" ({narrowed})" if narrowed else "")

@@ -1,6 +1,8 @@
 """``replicator conflicts --restore ENTRY``: put a losing image back, on purpose, and say so.
 
-The losing image is written to the destination where it lost, by the job's own
+The losing image is written to the destination where it lost, the job's destination at
+the region and table the entry records (:func:`entry_destination`; never one the
+entry's destination name has since come to mean), by the job's own
 DestinationWriter for that destination (same client, credentials, retries), as a
 synthetic change (:mod:`replicator.tools.snapshot`, event source
 ``replicator:restore``); with loop prevention, stamped with the job's origin (see
@@ -42,8 +44,9 @@ from prometheus_client import CollectorRegistry
 
 from replicator import wiring
 from replicator.aws.tables import where
-from replicator.config.model import ResolvedJob
-from replicator.conflictlog.base import ConflictLogTarget, Selection
+from replicator.config.destinations import spelled
+from replicator.config.model import DestinationConfig, ResolvedJob
+from replicator.conflictlog.base import ConflictLogTarget, Selection, entry_place
 from replicator.conflictlog.entry import (
     CONFLICT,
     FORCED,
@@ -148,10 +151,27 @@ class RestoreResult:
         return 0 if self.restored and self.recorded else 1
 
 
-def find_entry(entries: list[ConflictEntry], wanted: str, where: str) -> ConflictEntry:
-    """The entry whose id is ``wanted`` (or starts with it, when only one does)."""
+def find_entry(
+    entries: list[ConflictEntry],
+    wanted: str,
+    where: str,
+    aliases: dict[str, ConflictEntry] | None = None,
+) -> ConflictEntry:
+    """The entry whose id is ``wanted`` (or starts with it, when only one does).
+
+    ``aliases``: the ids of entries the reading left out for another entry of the same
+    change (:func:`~replicator.conflictlog.reader.read_entries`), and that entry. An id
+    no entry kept has, but one left out does, names the entry kept: the one the listing
+    shows, and the one a restore made before names."""
     exact = [e for e in entries if e.id == wanted]
     found = exact or [e for e in entries if e.id.startswith(wanted)]
+    if not found and aliases:
+        kept_ids = {e.id for e in entries}
+        found = [
+            kept
+            for alias, kept in aliases.items()
+            if alias.startswith(wanted) and kept.id in kept_ids
+        ]
     ids = sorted({e.id for e in found})
     if not ids:
         raise EntryNotFound(f"no conflict-log entry {wanted!r} in {where}")
@@ -180,9 +200,10 @@ def restore(
     ``retry_for_s`` bounds the retries at the destination (default ``RETRY_FOR_S``).
     """
     searched = target.description + (f" under key {describe_key(key)}" if key else "")
-    entries, others = read_task_entries(target, selection_for(key), resolved.task_name)
+    aliases: dict[str, ConflictEntry] = {}
+    entries, others = read_task_entries(target, selection_for(key), resolved.task_name, aliases)
     try:
-        entry = find_entry(entries, wanted, searched)
+        entry = find_entry(entries, wanted, searched, aliases)
     except EntryNotFound:
         theirs = sorted(
             {f"{e.id} (task {e.task_name!r})" for e in others if e.id.startswith(wanted)}
@@ -194,6 +215,26 @@ def restore(
             f"the log is shared with other jobs, and {', '.join(theirs)} "
             f"{'is' if len(theirs) == 1 else 'are'} theirs: restore with that job's file"
         ) from None
+    result = _restore(resolved, target, entry, entries, key, force, retry_for_s)
+    if not entry.id.startswith(wanted):
+        same = sorted(a for a, kept in aliases.items() if kept is entry and a.startswith(wanted))
+        result.message = (
+            f"entry {same[0]} records the same lost change as entry {entry.id}, which was "
+            f"recorded first and is the one listed: {result.message}"
+        )
+    return result
+
+
+def _restore(
+    resolved: ResolvedJob,
+    target: ConflictLogTarget,
+    entry: ConflictEntry,
+    entries: list[ConflictEntry],
+    key: Item | None,
+    force: bool,
+    retry_for_s: float | None,
+) -> RestoreResult:
+    """:func:`restore` of ``entry``, found among ``entries`` (the task's, as read)."""
     if entry.correction:
         raise EntryNotFound(
             f"entry {entry.id} records a correction that lost at {entry.destination} "
@@ -209,39 +250,25 @@ def restore(
             f"entry {entry.id}: its losing image was too large for the conflict log and was "
             f"stored as its sha256 ({digest}); it cannot be restored from the log"
         )
+    destination = entry_destination(resolved, entry)
+    place = spelled(destination)
     digest = entry.truncated.get("winning", {}).get("sha256")
     if "winning" in entry.truncated and not isinstance(digest, str) and not force:
         raise EntryNotFound(
             f"entry {entry.id}: the image that won was too large for the conflict log and its "
-            "sha256 was not kept, so the restore cannot check that the item at "
-            f"{entry.destination} is still that image; nothing was written. Compare the item "
-            "with the entry yourself; --force writes the losing image without that check"
-        )
-    destinations = {d.label: d for d in resolved.job.destinations}
-    destination = destinations.get(entry.destination)
-    if destination is None and entry.destination == source_label(resolved):
-        raise EntryNotFound(
-            f"entry {entry.id} is for {entry.destination}, the job's source table: a local "
-            "write there that ranked below what the source held, corrected by the job "
-            "(active-active). It is not restored: a write to the source is replicated under "
-            "the conflict rule, and the restored image, which ranks below what the other "
-            "region holds, would lose there and leave the regions different. Write the item "
-            "again in the application (with a new timestamp or version) instead"
-        )
-    if destination is None:
-        raise EntryNotFound(
-            f"entry {entry.id} is for destination {entry.destination!r}, which the job file "
-            f"{resolved.path} does not have (destinations: {', '.join(destinations)})"
+            f"sha256 was not kept, so the restore cannot check that the item at {place} is "
+            "still that image; nothing was written. Compare the item with the entry "
+            "yourself; --force writes the losing image without that check"
         )
     if entry.op == "put" and entry.losing_image is None:
         raise EntryNotFound(f"entry {entry.id}: the losing put has no image to write back")
     metrics = Metrics(CollectorRegistry())
     writers = wiring.destination_writers(resolved, metrics)
-    ranked_by = writers[entry.destination].rule
+    ranked_by = writers[destination.label].rule
     winner_digest = digest if "winning" in entry.truncated and isinstance(digest, str) else None
     rule = RestoreRule(force, winner_digest)
     writer = replace(
-        writers[entry.destination],
+        writers[destination.label],
         rule=rule,
         conflict_log=None,
         tombstones=None,
@@ -260,11 +287,15 @@ def restore(
     try:
         written = writer.write(change)
     except DestinationRefused as refused:
-        return RestoreResult(entry, False, f"not restored: {redact(str(refused))}")
-    except DestinationUnavailable as error:
-        place = where(destination.region, destination.endpoint_url)
+        # What refuses every write (a missing table, access denied, credentials) is the
+        # environment's, as in the other tools (exit 3).
         raise EnvironmentProblem(
-            f"entry {entry.id} not restored at {place}: {error}; "
+            f"entry {entry.id} not restored at {place}: {redact(str(refused))}"
+        ) from None
+    except DestinationUnavailable as error:
+        endpoint = where(destination.region, destination.endpoint_url)
+        raise EnvironmentProblem(
+            f"entry {entry.id} not restored at {endpoint}: {error}; "
             + (
                 "a write was sent without an answer: run the command again to see whether "
                 "it applied"
@@ -277,6 +308,7 @@ def restore(
         return already_restored(
             entry,
             entries,
+            place,
             reread=lambda: read_task_entries(target, selection_for(key), resolved.task_name)[0],
         )
     if written.outcome is Outcome.CONFLICT_LOST:
@@ -290,7 +322,7 @@ def restore(
         return RestoreResult(
             entry,
             False,
-            f"not restored: the item at {entry.destination} is no longer the image that "
+            f"not restored: the item at {place} is no longer the image that "
             f"won the conflict (it changed since){compared}; nothing was written. --force "
             "writes the losing image anyway",
         )
@@ -298,22 +330,21 @@ def restore(
         return RestoreResult(
             entry,
             False,
-            f"not restored: the item at {entry.destination} kept changing while the restore "
+            f"not restored: the item at {place} kept changing while the restore "
             f"checked it against the image that won: {redact(str(written.error))}; nothing "
             "was written",
         )
     if written.failed:
         # Reported, not dead-lettered: the operator is there to read it.
         why = redact(f"{written.reason}: {written.error}")
-        return RestoreResult(entry, False, f"not restored: {entry.destination} refused it: {why}")
+        return RestoreResult(entry, False, f"not restored: {place} refused it: {why}")
     audit = restore_entry(entry, force=force, written=image, rule=ranked_by)
-    done = (
-        f"restored entry {entry.id}: {entry.op} of {key_text(entry)} at {entry.destination} "
-        f"({audit.rule})"
-    )
+    done = f"restored entry {entry.id}: {entry.op} of {key_text(entry)} at {place} ({audit.rule})"
     logged = {
         "id": entry.id,
-        "destination": entry.destination,
+        "destination": destination.label,
+        "region": destination.region,
+        "table": destination.table,
         "key": key_text(entry),
         "op": entry.op,
         "condition": audit.rule,
@@ -335,6 +366,7 @@ def restore(
 def already_restored(
     conflict: ConflictEntry,
     entries: list[ConflictEntry],
+    place: str,
     reread: Callable[[], list[ConflictEntry]] | None = None,
 ) -> RestoreResult:
     """The destination holds the losing image already: nothing to write. Restored and
@@ -354,9 +386,9 @@ def already_restored(
             if records or time.monotonic() >= deadline:
                 break
             time.sleep(_CONCURRENT_RECORD_POLL_S)
-    holds = f"the item at {conflict.destination} already holds this entry's losing image"
+    holds = f"the item at {place} already holds this entry's losing image"
     if conflict.op == "delete":
-        holds = f"the item at {conflict.destination} is already deleted"
+        holds = f"the item at {place} is already deleted"
     if records:
         last = records[-1]
         return RestoreResult(
@@ -426,6 +458,58 @@ def restore_entry(
         recorded_at=iso(now),
         write_back=False,
         restored_entry=conflict.id,
+    )
+
+
+def destination_place(destination: DestinationConfig) -> str:
+    """A destination's ``<region>/<table>``, as entries at it record theirs."""
+    return f"{destination.region}/{destination.table}"
+
+
+def entry_destination(resolved: ResolvedJob, entry: ConflictEntry) -> DestinationConfig:
+    """The job's destination where ``entry``'s conflict happened: the one at the entry's
+    region and table, whatever name the entry was recorded under (a name given to the
+    destination since, or changed, does not make its entries another's). Only where the
+    job has more than one destination at that region and table (other accounts), or its
+    source is there, does the name tell them apart.
+
+    EntryNotFound (exit 1, nothing written, also with ``--force``) when the job has no
+    destination there: a correction of a stale local write at the source (active-active),
+    or a destination removed from the job file or pointed elsewhere since. The name
+    alone would send the losing image to a table where the conflict never happened."""
+    place = entry_place(entry)
+    source = source_label(resolved)
+    destinations = resolved.job.destinations
+    there = [d for d in destinations if destination_place(d) == place]
+    if len(there) + (place == source) > 1:
+        there = [d for d in there if d.label == entry.destination]
+    if len(there) == 1:
+        return there[0]
+    if place == source and entry.destination == source:
+        raise EntryNotFound(
+            f"entry {entry.id} is for {place}, the job's source table: a local "
+            "write there that ranked below what the source held, corrected by the job "
+            "(active-active). It is not restored: a write to the source is replicated under "
+            "the conflict rule, and the restored image, which ranks below what the other "
+            "region holds, would lose there and leave the regions different. Write the item "
+            "again in the application (with a new timestamp or version) instead"
+        )
+    recorded = (
+        "" if entry.destination == place else f" (recorded as destination {entry.destination!r})"
+    )
+    named = [d for d in destinations if d.label == entry.destination]
+    moved = ""
+    if named:
+        moved = (
+            f"; the job's destination {entry.destination!r} is now at "
+            f"{destination_place(named[0])}, "
+            "where the conflict did not happen, and the losing image is not written there, "
+            "also not with --force"
+        )
+    raise EntryNotFound(
+        f"entry {entry.id} is for {place}{recorded}, which is not a destination of the job "
+        f"file {resolved.path} (destinations: {', '.join(spelled(d) for d in destinations)})"
+        f"{moved}; nothing was written"
     )
 
 

@@ -162,8 +162,9 @@ def conflicts(
             f"{resolved.path}: conflict_log.kind is none, so this job keeps no record of lost "
             "conflicts; set conflict_log.kind to file, sqs or dynamodb"
         )
+    place = None
     if destination is not None:
-        destination = _destination_label(resolved, destination)
+        destination, place = _destination_label(resolved, destination)
     with aws_failures(f"conflicts {resolved.task_name}"):
         if key is not None:
             _check_key_names(resolved, key)
@@ -176,7 +177,7 @@ def conflicts(
             try:
                 result = restore(resolved, target, restore_id, key=key, force=force)
             except EntryNotFound as error:
-                why = missing or _unread(target)
+                why = missing or _missing_table(target) or _unread(target)
                 if why is None:
                     raise
                 raise EntryNotFound(f"{error}: {why}") from None
@@ -186,6 +187,7 @@ def conflicts(
             item=canonical_key(key) if key is not None else None,
             since=since,
             destination=destination,
+            place=place,
         )
         own, others = read_task_entries(target, selection, resolved.task_name)
         listing = Listing(
@@ -193,7 +195,7 @@ def conflicts(
             selection,
             own,
             dict(Counter(e.task_name for e in others)),
-            missing=missing,
+            missing=missing or _missing_table(target),
             incomplete=_unread(target),
         )
     logs.echo(listing.as_json(limit) if output == "json" else listing.text(limit))
@@ -206,6 +208,13 @@ def _unread(target: Any) -> str | None:
     from replicator.conflictlog.sqs import SqsConflictLog
 
     return target.unread() if isinstance(target, SqsConflictLog) else None
+
+
+def _missing_table(target: Any) -> str | None:
+    """For a DynamoDB log whose table the last read found missing, a line that says so."""
+    from replicator.conflictlog.dynamodb import DynamoDbConflictLog
+
+    return target.missing if isinstance(target, DynamoDbConflictLog) else None
 
 
 def _missing_file(resolved: ResolvedJob, target: Any) -> str | None:
@@ -227,27 +236,38 @@ def _missing_file(resolved: ResolvedJob, target: Any) -> str | None:
     return line
 
 
-def _destination_label(resolved: ResolvedJob, destination: str) -> str:
-    """The name entries at ``destination`` are recorded under. A destination of the job
-    is found as ``wait`` finds it (its name, table or ``<region>/<table>``; several that
-    fit are refused, exit 2). The source's own ``<region>/<table>`` (active-active
-    corrections) is its entries' name, before any destination's ``<region>/<table>``,
-    which a named destination's entries do not go by. A name the job file does not have
-    is that of a destination since removed from it, whose entries keep it, or a typo:
-    listed with a warning, not refused. An empty one is no destination's, ever: refused
-    (exit 2), as by ``wait``."""
+def _destination_label(resolved: ResolvedJob, destination: str) -> tuple[str, str | None]:
+    """The name entries at ``destination`` are listed under, and the ``<region>/<table>``
+    they are selected by (None: by that name).
+
+    A destination of the job is found as ``wait`` finds it (its name, table or
+    ``<region>/<table>``; several that fit are refused, exit 2), and its entries are those
+    recorded at its region and table, whatever name they were recorded under: a name
+    given to the destination since, or changed, leaves its history its own. Only where
+    the job has another destination at that region and table (in another account), or
+    its source is there, does the name tell them apart. The source's own
+    ``<region>/<table>`` (active-active corrections) is its entries' name, before any
+    destination's ``<region>/<table>``, which a named destination's entries do not go
+    by. A name the job file does not have is that of a destination since removed from
+    it, whose entries keep it, or a typo: listed by that name with a warning, not
+    refused. An empty one is no destination's, ever: refused (exit 2), as by ``wait``."""
     from replicator.config.destinations import resolve_destination, spelled
-    from replicator.conflictlog.restore import source_label
+    from replicator.conflictlog.restore import destination_place, source_label
     from replicator.exceptions import UnknownDestination
 
     destinations = resolved.job.destinations
     source = source_label(resolved)
     if destination == source and all(d.label != source for d in destinations):
-        return source
+        return source, None
     try:
-        return resolve_destination(resolved, destination).label
+        found = resolve_destination(resolved, destination)
     except UnknownDestination:
         pass
+    else:
+        place = destination_place(found)
+        sharing = [d for d in destinations if destination_place(d) == place]
+        alone = len(sharing) == 1 and place != source
+        return found.label, place if alone else None
     logs.echo(
         f"replicator: warning: {destination!r} is neither a destination of {resolved.path} "
         f"(destinations: {', '.join(spelled(d) for d in destinations)}) nor its source "
@@ -255,7 +275,7 @@ def _destination_label(resolved: ResolvedJob, destination: str) -> str:
         "removed from the job file has some)",
         err=True,
     )
-    return destination
+    return destination, None
 
 
 def _warn_about_redrive(target: SqsConflictLog) -> None:

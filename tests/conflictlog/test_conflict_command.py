@@ -74,10 +74,24 @@ def moto_job(
     return path
 
 
+ELSEWHERE = "ap-southeast-2"
+
+
 def two_entries() -> tuple[ConflictEntry, ConflictEntry]:
-    # Destination "eu" is not in job_file's job: a --restore that finds one of them says
-    # so, without reaching any destination.
-    return conflict(1).entry(), conflict(2, pk="order-2").entry()
+    # Recorded in a region where job_file's job has no destination: a --restore that
+    # finds one of them says so, without reaching any destination.
+    return (
+        replace(conflict(1), region=ELSEWHERE).entry(),
+        replace(conflict(2, pk="order-2"), region=ELSEWHERE).entry(),
+    )
+
+
+def not_the_jobs(entry: ConflictEntry) -> str:
+    """How a --restore of a ``two_entries`` entry begins its refusal."""
+    return (
+        f"entry {entry.id} is for {ELSEWHERE}/orders (recorded as destination 'eu'), which "
+        "is not a destination of the job file"
+    )
 
 
 def cut_inside_a_character() -> bytes:
@@ -89,6 +103,11 @@ def with_field(name: str, value: Any) -> bytes:
     body = json.loads(conflict(4).entry().to_json())
     body[name] = value
     return json.dumps(body).encode()
+
+
+def with_fields(**values: Any) -> bytes:
+    body = json.loads(conflict(4).entry().to_json())
+    return json.dumps(body | values).encode()
 
 
 def with_image_key(which: str, pk: str) -> bytes:
@@ -114,6 +133,22 @@ CORRUPT_LINES: dict[str, Callable[[], bytes]] = {
     "a losing image of another key": lambda: with_image_key("losing", "order-4-evil"),
     "a winning image of another key": lambda: with_image_key("winning", "order-4-evil"),
     "an item that is not its key": lambda: with_field("item", '[["pk","S","order-4-evil"]]'),
+    # Hand-edited or foreign lines whose fields have the right JSON type but are no
+    # entry's: listed, they broke the table's rows or read as what they are not.
+    "an empty id": lambda: with_field("id", ""),
+    "an id with a newline": lambda: with_field("id", "0123456789ab\ncdef"),
+    "an id of 20 characters": lambda: with_field("id", "0123456789abcdef0123"),
+    "an id not hexadecimal": lambda: with_field("id", "0123456789abcdeg"),
+    "an empty table": lambda: with_field("table", ""),
+    "a blank region": lambda: with_field("region", " "),
+    "a restore naming no entry": lambda: with_fields(kind="restore", restored_entry=None),
+    "a restore naming no id": lambda: with_fields(kind="restore", restored_entry="a b"),
+    "a conflict naming a restored entry": lambda: with_field("restored_entry", "0" * 16),
+    "a delete of an INSERT": lambda: with_fields(op="delete", event="INSERT"),
+    "a put of a REMOVE": lambda: with_fields(op="put", event="REMOVE"),
+    "an event that is none": lambda: with_field("event", "FROB"),
+    "created before year 1 in UTC": lambda: with_field("created", "0001-01-01T00:00:00+01:00"),
+    "recorded_at after 9999 in UTC": lambda: with_field("recorded_at", "9999-12-31T23:00:00-05:00"),
 }
 
 
@@ -138,7 +173,7 @@ def test_a_corrupt_line_in_a_file_log_is_skipped_naming_its_line(
     found = invoke(config, "--restore", last.id)
     no_traceback(found)
     assert found.exit_code == 1
-    assert f"entry {last.id} is for destination 'eu'" in found.output
+    assert not_the_jobs(last) in " ".join(found.output.split())
     assert len(warnings(found)) == 1
 
 
@@ -224,7 +259,7 @@ def test_a_corrupt_item_in_a_dynamodb_log_is_skipped_naming_its_key(
     found = invoke(config, "--restore", last.id)
     no_traceback(found)
     assert found.exit_code == 1
-    assert f"entry {last.id} is for destination 'eu'" in found.output
+    assert not_the_jobs(last) in " ".join(found.output.split())
     assert len(warnings(found)) == 1
 
 
@@ -310,7 +345,8 @@ class Restorable:
         self.ddb = client("dynamodb", "eu-west-1", moto_endpoint)
         self.table = unique("restore-dst")
         create_table(self.ddb, self.table, range_key="sk", stream=None)
-        self.lost = conflict(seq)
+        # Recorded at the table the job's destination "eu" is (moto_job).
+        self.lost = replace(conflict(seq), table=self.table)
         self.entry = self.lost.entry()
         assert self.lost.existing is not None and self.lost.change.new_image is not None
         self.winner = self.lost.existing
@@ -412,8 +448,9 @@ def test_a_restore_writes_the_loser_once_and_again_says_it_is_already_restored(
     again = invoke(case.config, "--restore", case.entry.id)
     assert again.exit_code == 0, again.output
     assert again.stdout == (
-        f"already restored: the item at eu already holds this entry's losing image, restored "
-        f"by entry {record.id} at {record.recorded_at}; nothing was written\n"
+        f"already restored: the item at eu (eu-west-1/{case.table}) already holds this "
+        f"entry's losing image, restored by entry {record.id} at {record.recorded_at}; "
+        "nothing was written\n"
     )
     assert case.held() == case.loser
     assert len(case.restores()) == 1
@@ -435,8 +472,9 @@ def test_a_restore_whose_record_is_refused_says_it_was_not_recorded(
     assert result.exit_code == 1, result.output
     assert case.held() == case.loser
     assert result.stdout == (
-        f"restored entry {case.entry.id}: put of pk=S:order-1 sk=N:3 at eu (only while the "
-        "destination holds the image that won); but the restore could not be recorded: "
+        f"restored entry {case.entry.id}: put of pk=S:order-1 sk=N:3 at eu "
+        f"(eu-west-1/{case.table}) (only while the destination holds the image that won); "
+        "but the restore could not be recorded: "
         f"cannot append to conflict log {case.log.path}: refused\n"
     )
     monkeypatch.undo()
@@ -501,8 +539,9 @@ def test_a_restore_run_at_the_same_time_is_found_in_the_log_not_said_missing(
     assert result.exit_code == 0, result.output
     (record,) = case.restores()
     assert result.stdout == (
-        f"already restored: the item at eu already holds this entry's losing image, restored "
-        f"by entry {record.id} at {record.recorded_at}; nothing was written\n"
+        f"already restored: the item at eu (eu-west-1/{case.table}) already holds this "
+        f"entry's losing image, restored by entry {record.id} at {record.recorded_at}; "
+        "nothing was written\n"
     )
     assert case.held() == case.loser
 
@@ -588,7 +627,8 @@ def test_an_item_that_keeps_changing_under_the_restore_is_said_so_naming_no_cust
     result = invoke(case.config, "--restore", case.entry.id)
     assert result.exit_code == 1, result.output
     assert result.stdout == (
-        "not restored: the item at eu kept changing while the restore checked it against "
+        f"not restored: the item at eu (eu-west-1/{case.table}) kept changing while the "
+        "restore checked it against "
         "the image that won: the item changed between read and write 10 times in a row "
         "(rule: restore); nothing was written\n"
     )
@@ -785,21 +825,41 @@ def test_a_run_warns_about_a_conflict_log_queue_with_a_redrive_policy(
 # -- small things ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args", [(), ("--restore", "0123abcd")])
-def test_a_missing_conflict_log_table_is_named_with_its_region(
-    moto_endpoint: str, unique: Any, tmp_path: Path, args: tuple[str, ...]
+def test_a_missing_conflict_log_table_is_said_to_hold_nothing_yet_naming_it(
+    moto_endpoint: str, unique: Any, tmp_path: Path
 ) -> None:
+    """A DynamoDB log whose table ``replicator run`` has not created yet is what a log file
+    that does not exist is: no entries yet (exit 0), said under the header with the
+    table and where it was looked for, and no entry to restore (exit 1, same words)."""
     table = unique("missing")
     config = job_file(
         tmp_path, f"{{kind: dynamodb, table: {table}, endpoint_url: '{moto_endpoint}'}}"
     )
-    result = invoke(config, *args)
-    no_traceback(result)
-    assert result.exit_code == 3, result.output
-    (line,) = result.stderr.splitlines()
-    assert line.startswith(
-        f"replicator: conflict-log table {table}: not found at {moto_endpoint} (us-east-1)"
+    missing = (
+        f"no conflict-log table {table} at {moto_endpoint} (us-east-1) (yet): nothing has "
+        "been recorded there; replicator run creates it at start"
     )
+
+    listing = invoke(config)
+    no_traceback(listing)
+    assert listing.exit_code == 0, listing.output
+    assert listing.stdout.splitlines() == [
+        f"conflict log: DynamoDB table {table} ({moto_endpoint} (us-east-1)): "
+        "0 lost conflicts, 0 restores",
+        f"  {missing}",
+    ]
+    document = json.loads(invoke(config, "--format", "json").stdout)
+    assert document["missing"] == missing and document["entries"] == []
+
+    restore = invoke(config, "--restore", "0123abcd")
+    no_traceback(restore)
+    assert restore.exit_code == 1, restore.output
+    assert restore.stderr == (
+        f"replicator: no conflict-log entry '0123abcd' in DynamoDB table {table} "
+        f"({moto_endpoint} (us-east-1)): {missing}\n"
+    )
+    ddb = client("dynamodb", "us-east-1", moto_endpoint)
+    assert table not in ddb.list_tables()["TableNames"]
 
 
 @pytest.mark.parametrize("args", [(), ("--restore", "0123abcd")])

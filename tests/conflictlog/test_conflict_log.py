@@ -757,9 +757,11 @@ def test_entries_at_the_source_and_at_a_removed_destination_can_be_listed(
     are listed by --destination (the removed one with a warning), and neither is
     restored, each with a line that says why."""
     log = FileConflictLog(tmp_path / "c.jsonl")
-    at_source = replace(conflict(1).entry(), destination="us-east-1/orders")
-    at_removed = replace(conflict(2, pk="order-2").entry(), destination="ap-southeast-2/gone")
-    at_kept = replace(conflict(3, pk="order-3").entry(), destination="eu-west-1/orders")
+    at_source = _at(conflict(1).entry(), "us-east-1/orders", "us-east-1/orders")
+    at_removed = _at(
+        conflict(2, pk="order-2").entry(), "ap-southeast-2/gone", "ap-southeast-2/gone"
+    )
+    at_kept = _at(conflict(3, pk="order-3").entry(), "eu-west-1/orders", "eu-west-1/orders")
     for entry in (at_source, at_removed, at_kept):
         log.put(entry)
     config = job_file(tmp_path, f"{{kind: file, path: '{log.path}'}}")
@@ -786,8 +788,17 @@ def test_entries_at_the_source_and_at_a_removed_destination_can_be_listed(
     assert "It is not restored" in message
     restore = runner.invoke(cli, ["conflicts", "-c", str(config), "--restore", at_removed.id])
     assert restore.exit_code == 1, restore.output
-    assert "which the job file" in restore.stderr and "does not have" in restore.stderr
+    assert (
+        f"entry {at_removed.id} is for ap-southeast-2/gone, which is not a destination of the "
+        f"job file {config} (destinations: eu-west-1/orders); nothing was written"
+    ) in " ".join(restore.stderr.split())
     assert [e.kind for e in read_entries(log, Selection())] == ["conflict"] * 3
+
+
+def _at(entry: ConflictEntry, name: str, place: str) -> ConflictEntry:
+    """``entry`` as recorded at the destination ``name``, at ``<region>/<table>`` ``place``."""
+    region, _, table = place.partition("/")
+    return replace(entry, destination=name, region=region, table=table)
 
 
 def _destinations_job(tmp_path: Path, log: Path, destinations: str, extra: str = "") -> Path:
@@ -802,12 +813,13 @@ def _destinations_job(tmp_path: Path, log: Path, destinations: str, extra: str =
     return path
 
 
-def _logged_at(tmp_path: Path, *destinations: str) -> tuple[Path, list[ConflictEntry]]:
-    """A log file with one entry recorded under each of these destination names."""
+def _logged_at(tmp_path: Path, *destinations: tuple[str, str]) -> tuple[Path, list[ConflictEntry]]:
+    """A log file with one entry recorded at each of these destinations: its name, and
+    its ``<region>/<table>``."""
     log = FileConflictLog(tmp_path / "c.jsonl")
     entries = [
-        replace(conflict(seq, pk=f"order-{seq}").entry(), destination=name)
-        for seq, name in enumerate(destinations, 1)
+        _at(conflict(seq, pk=f"order-{seq}").entry(), name, place)
+        for seq, (name, place) in enumerate(destinations, 1)
     ]
     for entry in entries:
         log.put(entry)
@@ -817,8 +829,12 @@ def _logged_at(tmp_path: Path, *destinations: str) -> tuple[Path, list[ConflictE
 def test_a_destination_is_listed_by_every_name_wait_finds_it_by(tmp_path: Path) -> None:
     """--destination takes a destination's name, its table or its <region>/<table>, as
     ``replicator wait`` does: each lists and counts the entries recorded under its name,
-    without a warning."""
-    log, (at_dr, _) = _logged_at(tmp_path, "dr", "eu-west-1/orders")
+    without a warning; the header names its region and table."""
+    log, (at_dr, _) = _logged_at(
+        tmp_path,
+        ("dr", "ap-southeast-2/orders-replica"),
+        ("eu-west-1/orders", "eu-west-1/orders"),
+    )
     config = _destinations_job(
         tmp_path,
         log,
@@ -832,11 +848,14 @@ def test_a_destination_is_listed_by_every_name_wait_finds_it_by(tmp_path: Path) 
         listing = runner.invoke(cli, args)
         assert listing.exit_code == 0, listing.output
         assert listing.stderr == "", (spelling, listing.stderr)
-        assert "(destination dr): 1 lost conflicts, 0 restores" in listing.stdout
+        assert (
+            "(destination dr at ap-southeast-2/orders-replica): 1 lost conflicts, 0 restores"
+        ) in listing.stdout
         document = json.loads(runner.invoke(cli, [*args, "--format", "json"]).stdout)
         assert [e["id"] for e in document["entries"]] == [at_dr.id], spelling
         assert document["summary"]["per_destination"] == {"dr": 1}
         assert document["selection"]["destination"] == "dr"
+        assert document["selection"]["place"] == "ap-southeast-2/orders-replica"
     listing = runner.invoke(cli, ["conflicts", "-c", str(config), "--destination", "mars"])
     assert listing.exit_code == 0, listing.output
     assert (
@@ -871,7 +890,9 @@ def test_the_sources_region_and_table_lists_its_corrections_before_a_named_twin(
     """Active-active: corrections are recorded under the source's <region>/<table>; a
     destination at that region and table in another account goes by its name, which
     lists its own entries."""
-    log, (correction, at_twin) = _logged_at(tmp_path, "us-east-1/orders", "twin")
+    log, (correction, at_twin) = _logged_at(
+        tmp_path, ("us-east-1/orders", "us-east-1/orders"), ("twin", "us-east-1/orders")
+    )
     config = _destinations_job(
         tmp_path,
         log,
