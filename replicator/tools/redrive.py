@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -134,6 +135,7 @@ REFUSALS_BEFORE_GIVING_UP = 3
 # writes are cancelled as by a second: a letter whose write keeps being retried (a
 # throttling destination) would otherwise hold the command for as long as that lasts.
 INTERRUPT_GRACE_S = 10.0
+_CLOSE_POLL_S = 0.5  # how often the conflict log's close looks for a stop at once
 
 
 @dataclass(frozen=True)
@@ -437,13 +439,12 @@ class Redrive:
         try:
             report = self._run(target, recorder)
         finally:
+            if recorder is not None:
+                # Before the grace is called off: a first stop bounds this wait too.
+                self._close(recorder)
             with self._lock:
                 if self._grace is not None:
                     self._grace.cancel()
-            if recorder is not None:
-                # Stored before the command says it is done; what cannot be is counted
-                # (and logged at error level with the whole entry) as in replication.
-                recorder.close(timeout=self.resolved.job.conflict_log.retry_for_s)
         if recorder is not None:
             report.conflict_log = recorder.target.description
             report.recorded = _total(self.metrics.conflict_log_written)
@@ -460,6 +461,20 @@ class Redrive:
             other_tasks_left=sum(report.other_tasks.values()),
         )
         return report
+
+    def _close(self, recorder: BackgroundRecorder) -> None:
+        """Store what is queued before the command says it is done; what cannot be is
+        counted (and logged at error level with the whole entry) as in replication. The
+        wait is up to ``conflict_log.retry_for_s``, ended at once by a stop at once
+        (:meth:`interrupt`, also one made during the wait): an entry still pending then
+        is one whose letter was not settled, which stays in the target, and the next
+        redrive records it. So a log that does not answer does not hold up a stop."""
+        deadline = time.monotonic() + self.resolved.job.conflict_log.retry_for_s
+        while not self._cancelled:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or recorder.flush(min(remaining, _CLOSE_POLL_S)):
+                break
+        recorder.close(timeout=0)
 
     def _missing_file(self) -> RedriveReport | None:
         """For a file target with nothing at its path (nor an interrupted replay's aside

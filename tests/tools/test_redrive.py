@@ -1281,6 +1281,45 @@ def test_a_letter_whose_lost_conflicts_entry_the_log_refuses_is_kept_and_the_res
     )
 
 
+def test_a_second_interrupt_stops_a_redrive_waiting_for_a_conflict_log_that_does_not_answer(
+    job: Job,
+) -> None:
+    """The conflict log takes no write and gives no answer: the letter's entry waits, up
+    to ``retry_for_s``. A second interrupt stopped the wait for the entry, and then the
+    close of the log waited the whole ``retry_for_s`` again for that same entry, though
+    its letter is kept anyway. Now the command ends at once, the letter kept."""
+    table = f"{job.name}-log"
+    proxy = FaultProxy(job.endpoint).start()
+    try:
+        job.write(
+            conflict_log=f"{{kind: dynamodb, table: '{table}', endpoint_url: '{proxy.url}', "
+            "retry_for_s: 60}"
+        )
+        newer, older = lost_conflict_letter(job, 77)
+        proxy.set(Mode(Fault.BLACK_HOLE, operations=frozenset({"BatchWriteItem", "PutItem"})))
+        runner = Redrive(load_job(job.path))
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(runner.run)
+            try:
+                wait_until(lambda: proxy.counts()["black_holed"] >= 1, 30, "the entry sent")
+                assert running.running()
+            finally:
+                runner.interrupt()
+                runner.interrupt()  # the second: stop at once
+            report = running.result(timeout=20)  # retry_for_s is 60
+    finally:
+        proxy.stop()
+
+    assert report.exit_code == 1, report.text()
+    assert report.text().strip() == (
+        f"redrive of file {job.dead_letters}: interrupted: 1 letter not replayed, kept in "
+        f"file {aside_file(job)} (the next redrive takes them up)"
+    )
+    assert get(job, 0, older) == newer
+    (kept,) = FileDeadLetters(aside_file(job)).letters()
+    assert (kept.record["sequenceNumber"], kept.attempts) == ("77", 1)
+
+
 # -- a replayed stream change checked against the source -------------------------------------
 
 
