@@ -74,7 +74,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -135,7 +135,7 @@ REFUSALS_BEFORE_GIVING_UP = 3
 # writes are cancelled as by a second: a letter whose write keeps being retried (a
 # throttling destination) would otherwise hold the command for as long as that lasts.
 INTERRUPT_GRACE_S = 10.0
-_CLOSE_POLL_S = 0.5  # how often the conflict log's close looks for a stop at once
+_CLOSE_POLL_S = 0.5  # how often a wait for the conflict log looks for a stop
 
 
 @dataclass(frozen=True)
@@ -434,7 +434,8 @@ class Redrive:
         # one of other keys refused, exit 3), before a letter is claimed: a letter whose
         # lost conflict cannot be recorded is kept, so a log that was never there would
         # keep every such letter for nothing.
-        prepare(self.resolved)
+        if not self._prepare():
+            return self._stopped_before(target)
         recorder = recorder_for(self.resolved, self.metrics)
         try:
             report = self._run(target, recorder)
@@ -460,6 +461,39 @@ class Redrive:
             unreadable=len(report.unreadable),
             other_tasks_left=sum(report.other_tasks.values()),
         )
+        return report
+
+    def _prepare(self) -> bool:
+        """The conflict log made ready (``prepare``); False when a stop came first. A log
+        that does not answer takes the SDK's timeouts to say so, and a Ctrl-C meanwhile,
+        before any letter is claimed, ends the command without waiting for them: the
+        preparation is left to finish (or fail) by itself, as ``run`` would redo it."""
+        done: Future[None] = Future()
+
+        def preparing() -> None:
+            try:
+                prepare(self.resolved)
+            except BaseException as error:  # noqa: BLE001 - raised again in the command's thread
+                done.set_exception(error)
+            else:
+                done.set_result(None)
+
+        threading.Thread(target=preparing, name="conflict-log-prepare", daemon=True).start()
+        while not self.stop.is_set():
+            if wait([done], timeout=_CLOSE_POLL_S).done:
+                done.result()  # what prepare raised, as if called here
+                return not self.stop.is_set()
+        return False
+
+    def _stopped_before(self, target: DeadLetterTarget) -> RedriveReport:
+        """The report of a run stopped before its first letter: every letter kept."""
+        report = RedriveReport(target.description, self.resolved.task_name)
+        report.interrupted = True
+        if isinstance(target, FileDeadLetters):
+            holding = target.holding()
+            report.left = sum(holding.values())
+            report.kept_in = [str(path) for path in holding]
+        log.info("redrive stopped before its first letter")
         return report
 
     def _close(self, recorder: BackgroundRecorder) -> None:
@@ -555,6 +589,11 @@ class Redrive:
         # Replays of this run by the identity of their letter: a copy met later is
         # settled with the first one's outcome (module docstring).
         replayed: dict[bytes, Replay] = {}
+        if self.stop.is_set():
+            # Stopped before the first letter (while the conflict log was made ready,
+            # say): none is claimed after the stop, as none is after the letter in hand.
+            report.interrupted = True
+            return
         for claimed in claims:
             if isinstance(claimed, Unreadable):
                 report.unreadable.append(claimed)  # the target has kept it as it is

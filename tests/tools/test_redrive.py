@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from replicator.exceptions import ConflictLogRejected
 from replicator.items import Item, item_to_wire
 from replicator.records import RawRecord
 from replicator.runtime.preflight import check_dead_letter_file
+from replicator.tools import redrive as redrive_module
 from replicator.tools import snapshot
 from replicator.tools.redrive import Redrive, RedriveReport
 from replicator.tools.snapshot import BACKFILL, REPAIR, synthetic_change
@@ -1318,6 +1320,43 @@ def test_a_second_interrupt_stops_a_redrive_waiting_for_a_conflict_log_that_does
     assert get(job, 0, older) == newer
     (kept,) = FileDeadLetters(aside_file(job)).letters()
     assert (kept.record["sequenceNumber"], kept.attempts) == ("77", 1)
+
+
+@pytest.mark.parametrize("preparation", ["returns", "hangs"])
+def test_an_interrupt_while_the_conflict_log_is_prepared_replays_no_letter(
+    job: Job, monkeypatch: pytest.MonkeyPatch, preparation: str
+) -> None:
+    """A Ctrl-C while the conflict log is made ready (a log that does not answer takes
+    the SDK's timeouts to say so): the stop was looked for only after a letter, so one
+    was claimed and replayed after it. Now no letter is started once stopped, and a
+    preparation still waiting is not waited for: the letters stay, exit 1."""
+    job.write(conflict_log=f"{{kind: dynamodb, table: '{job.name}-log'}}")
+    eu_label = "/".join(job.destinations[0])
+    x = image("x")
+    FileDeadLetters(job.dead_letters).put(stream_letter(job, eu_label, x, 12, "rejected", "e"))
+    runner = Redrive(load_job(job.path))
+    released = threading.Event()
+
+    def prepare(resolved: Any) -> None:
+        runner.interrupt()  # the Ctrl-C, while the log is prepared
+        if preparation == "hangs":
+            released.wait(60)
+
+    monkeypatch.setattr(redrive_module, "prepare", prepare)
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(runner.run)
+        try:
+            report = running.result(timeout=20)
+        finally:
+            released.set()
+
+    assert report.exit_code == 1, report.text()
+    assert report.text().strip() == (
+        f"redrive of file {job.dead_letters}: interrupted: 1 letter not replayed, kept in "
+        f"file {job.dead_letters} (the next redrive takes them up)"
+    )
+    assert get(job, 0, x) is None
+    assert FileDeadLetters(job.dead_letters).count() == 1
 
 
 # -- a replayed stream change checked against the source -------------------------------------
