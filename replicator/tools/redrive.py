@@ -54,7 +54,8 @@ taking letters (a queue silent for that bound, a file that cannot be appended to
 ends the run the same way, the letter in hand kept as it was. A file target with no
 file at all is only looked at, nothing created: an absolute path with none is an empty
 target (exit 0), and so is a relative one whose directory is there (``run`` creates it
-at start); a relative one without even its directory may be the working directory's
+at start); a relative one without even its directory, or a bare file name (whose
+directory is the working directory, always there), may be the working directory's
 fault, which is said, with exit 1 (``_missing_file``).
 
 Only the job's own letters are replayed (their ``task_name`` is the job's task name):
@@ -516,7 +517,8 @@ class Redrive:
         ``dead_letter.path`` is taken from the working directory, and a redrive run from
         another directory than the job's finds no file there however many letters wait:
         when not even the file's directory is there (which ``run`` creates at start), that
-        is said, as ``conflicts`` says it of its file, and the exit status is not 0."""
+        is said, as ``conflicts`` says it of its file, and the exit status is not 0. So it
+        is for a bare file name, whose directory (the working directory) proves nothing."""
         if self.resolved.job.dead_letter.kind is not DeadLetterKind.FILE:
             return None
         configured = self.resolved.dead_letter_path()
@@ -527,16 +529,21 @@ class Redrive:
         except OSError:  # a directory that may not be read: the target's check says it
             return None
         report = RedriveReport(target.description, self.resolved.task_name)
-        if configured.is_absolute() or target.path.parent.is_dir():
+        # A bare file name's directory is the working directory, which is always there.
+        bare = not configured.is_absolute() and configured.parent == Path()
+        if configured.is_absolute() or (not bare and target.path.parent.is_dir()):
             # ``run`` creates the file's directory at start (its preflight), so a relative
             # path whose directory is here is the job's: nothing was dead-lettered yet.
             report.missing = "no such file (yet): nothing has been dead-lettered there"
         else:
+            # No directory, or only the working directory itself: this may as well be
+            # another directory than the job's, where the letters wait unseen.
             report.missing_relative = True
             report.missing = (
                 f"no such file; dead_letter.path {str(configured)!r} is relative to the "
                 f"working directory ({Path.cwd()}): run the command where the job runs, or "
                 "make the path absolute"
+                + (" (where the job runs, no file means nothing was dead-lettered)" if bare else "")
             )
         log.info("redrive done: no dead-letter file", path=str(target.path))
         return report
