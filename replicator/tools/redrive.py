@@ -3,7 +3,9 @@
 Every letter is claimed from the job's dead-letter target (file or SQS), decoded again
 (with whatever fix is deployed) and written by the job's writers:
 
-* a letter for one destination goes to that destination only;
+* a letter for one destination goes to that destination only: the one at the region
+  and table the letter records, whatever it is called now (``_destination_of``); one
+  whose region and table are no destination of the job stays, as failed again;
 * a letter for ``*`` (it could not be decoded, so it never reached any destination)
   passes the job's filters and then goes to every destination;
 * a synthetic letter of a backfill or repair is written with the same safeguards as
@@ -88,6 +90,7 @@ from replicator.appendfile import unusable
 from replicator.config.model import DeadLetterKind, ResolvedJob
 from replicator.conflictlog.base import Loss
 from replicator.conflictlog.recorder import BackgroundRecorder, ShardConflicts
+from replicator.conflictlog.restore import destination_place
 from replicator.conflictlog.targets import prepare, recorder_for
 from replicator.deadletter import (
     ALL_DESTINATIONS,
@@ -661,7 +664,11 @@ class Redrive:
         if not failures:
             target.settle(claimed, replayed=True)
             return
-        if len(failures) == 1 and failures[0].destination == letter.destination:
+        if letter.destination != ALL_DESTINATIONS or (
+            len(failures) == 1 and failures[0].destination == ALL_DESTINATIONS
+        ):
+            # A letter for one destination (by its region and table, whatever its
+            # destination is called now), or a ``*`` letter that fails as a whole.
             failure = failures[0]
             again = letter.retried(failure.error, failure.reason, self.run_id)
             target.settle(replace(claimed, letter=again), replayed=False)
@@ -669,9 +676,12 @@ class Redrive:
         # A letter for every destination that now fails at some of them only: one letter
         # per failing destination, stored before the original is removed.
         for failure in failures:
+            writer = self._writers[failure.destination]
             again = replace(
                 letter.retried(failure.error, failure.reason, self.run_id),
                 destination=failure.destination,
+                region=writer.region,  # where it failed, as a replication letter says
+                table=writer.table,
             )
             target.put(again)
         target.settle(claimed, replayed=True)
@@ -735,20 +745,14 @@ class Redrive:
             if route is not Route.REPLICATE:
                 return Replay(letter, [], note=f"({route.value}: nothing to write)")
             labels = list(writers)
-        elif letter.destination in writers:
-            labels = [letter.destination]
         else:
-            return Replay(
-                letter,
-                [
-                    Failure(
-                        letter.destination,
-                        "unknown_destination",
-                        f"the job file {self.resolved.path} has no destination named "
-                        f"{letter.destination!r} (destinations: {', '.join(writers)})",
-                    )
-                ],
-            )
+            found = _destination_of(letter, writers)
+            if isinstance(found, str):
+                return Replay(
+                    letter,
+                    [Failure(letter.destination, "unknown_destination", self._unknown(found))],
+                )
+            labels = [found[0]]
         failures: list[Failure] = []
         applied: list[str] = []
         lost: list[str] = []
@@ -769,6 +773,16 @@ class Redrive:
             # the item again since, and that was applied at the destination before this.
             note = self._check_against_source(change, applied)
         return Replay(letter, failures, note=note, lost=lost, recording=recording)
+
+    def _unknown(self, why: str) -> str:
+        places = ", ".join(
+            d.label if d.label == destination_place(d) else f"{d.label} at {destination_place(d)}"
+            for d in self.resolved.job.destinations
+        )
+        return (
+            f"{why}, which is not a destination of the job file {self.resolved.path} "
+            f"(destinations: {places}); the letter is kept, not written elsewhere"
+        )
 
     def _write(self, writer: DestinationWriter, change: Change) -> Failure | WriteResult:
         try:
@@ -878,6 +892,34 @@ class LetterConflicts:
 
     def lost(self, loss: Loss) -> Future[None] | None:
         return ShardConflicts(self.recorder, self.task_name, self.shard_id).lost(loss)
+
+
+def _destination_of(letter: DeadLetter, writers: dict[str, DestinationWriter]) -> tuple[str] | str:
+    """The label of the job's destination ``letter`` is for, or why there is none. A
+    letter records the region and table of the write that failed, and belongs to the
+    destination there whatever that destination is called now: a name given to it since,
+    or changed, does not make its letters another's, and a name pointed at another table
+    since does not send them there (where the change never failed). Only where the job
+    has more than one destination at that region and table (other accounts) does the
+    recorded name tell them apart, as ``conflicts`` tells its entries' destinations apart
+    (replicator/conflictlog/restore.py, ``entry_destination``). A letter without them (a
+    ``*`` letter split by an older version) is matched by its name."""
+    if letter.region is None or letter.table is None:
+        if letter.destination in writers:
+            return (letter.destination,)
+        return f"the letter is for the destination named {letter.destination!r}"
+    there = [
+        label
+        for label, writer in writers.items()
+        if (writer.region, writer.table) == (letter.region, letter.table)
+    ]
+    if len(there) > 1:
+        there = [label for label in there if label == letter.destination]
+    if len(there) == 1:
+        return (there[0],)
+    place = f"{letter.region}/{letter.table}"
+    recorded = "" if letter.destination == place else f" (recorded as {letter.destination!r})"
+    return f"the letter is for {place}{recorded}"
 
 
 def _total(counter: Any) -> int:

@@ -255,6 +255,10 @@ def test_letters_whose_cause_is_fixed_are_applied_and_failing_ones_stay(job: Job
     assert kept[(eu_label, "12")].reason == "unplannable"
     assert kept[("*", "13")].reason == "undecodable"
     assert "AccessDeniedException" in kept[(eu_label, "14")].error
+    # The * letter's part for eu records eu's region and table, as replication's do, so
+    # that it stays eu's if eu is given a name (a letter belongs to its region and table).
+    eu_letter = kept[(eu_label, "14")]
+    assert (eu_letter.region, eu_letter.table) == job.destinations[0]
 
     job.write()  # the cause is fixed
     second = as_a_process(job)  # end to end, as a user runs it
@@ -487,9 +491,10 @@ def test_a_letters_destination_event_and_task_are_quoted_on_their_summary_lines(
 
     assert report.text().splitlines()[1:] == [
         '  failed again  "eu-west-1/tab2\\n  replayed      x": MODIFY pk=S:x sk=N:1 '
-        "(sequence 41): unknown_destination: the job file "
-        f"{job.path} has no destination named 'eu-west-1/tab2\\n  replayed      x' "
-        f"(destinations: {', '.join('/'.join(d) for d in job.destinations)})",
+        "(sequence 41): unknown_destination: the letter is for the destination named "
+        "'eu-west-1/tab2\\n  replayed      x', which is not a destination of the job file "
+        f"{job.path} (destinations: {', '.join('/'.join(d) for d in job.destinations)}); "
+        "the letter is kept, not written elsewhere",
         f'  replayed      {eu_label}: "INSERT\\nreplayed" pk=S:y sk=N:1 (sequence 42)',
         f'  failed again  {eu_label}: MODIFY pk=S:y sk=N:1 (sequence "43)\\nreplayed (x"): '
         "undecodable: record has no usable sequenceNumber ('43)\\nreplayed (x')",
@@ -1394,6 +1399,77 @@ def test_an_interrupt_while_the_conflict_log_is_prepared_replays_no_letter(
     )
     assert get(job, 0, x) is None
     assert FileDeadLetters(job.dead_letters).count() == 1
+
+
+def placed_letter(job: Job, destination: str, item: Item, seq: int) -> DeadLetter:
+    """A letter as replication writes one for eu: its destination's label, region and
+    table (the table eu-west-1 holds for the job)."""
+    region, table = job.destinations[0]
+    return replace(
+        stream_letter(job, destination, item, seq, "throttled", "e"), region=region, table=table
+    )
+
+
+def eu_line(job: Job) -> str:
+    region, table = job.destinations[0]
+    return f"  - {{region: {region}, table: {table}, endpoint_url: '{job.endpoint}'}}\n"
+
+
+def test_a_letter_is_replayed_at_its_destination_after_the_destination_is_given_a_name(
+    job: Job,
+) -> None:
+    """The letter names eu by its label when it was written (``<region>/<table>``); a
+    ``name`` given to eu since made every redrive fail it as ``unknown_destination``. A
+    letter belongs to the destination at its region and table, whatever it is called."""
+    eu_label = "/".join(job.destinations[0])
+    x = image("x")
+    FileDeadLetters(job.dead_letters).put(placed_letter(job, eu_label, x, 14))
+    job.path.write_text(
+        job.path.read_text().replace(eu_line(job), eu_line(job).replace("{", "{name: eu, ", 1))
+    )
+
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 letter, 1 replayed, 0 failed again" in result.stdout
+    assert (get(job, 0, x), get(job, 1, x)) == (x, None)
+    assert FileDeadLetters(job.dead_letters).count() == 0
+
+
+def test_a_letter_whose_destination_name_now_names_another_table_is_kept_not_written_there(
+    job: Job,
+) -> None:
+    """The name ``eu`` now points at another table: the letter's change never failed
+    there, and a redrive wrote it there by name. Now it stays in the target (one more
+    attempt, exit 1), with a reason naming where it is for, and nothing is written."""
+    x = image("x")
+    FileDeadLetters(job.dead_letters).put(placed_letter(job, "eu", x, 15))
+    ap_region, ap_table = job.destinations[1]
+    job.path.write_text(
+        job.path.read_text()
+        .replace(eu_line(job), "")
+        .replace(f"{{region: {ap_region}, ", f"{{name: eu, region: {ap_region}, ")
+    )
+    eu_region, eu_table = job.destinations[0]
+
+    result = redrive(job)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 letter, 0 replayed, 1 failed again" in result.stdout
+    assert (
+        f"  failed again  eu: MODIFY pk=S:x sk=N:1 (sequence 15): unknown_destination: the "
+        f"letter is for {eu_region}/{eu_table} (recorded as 'eu'), which is not a "
+        f"destination of the job file {job.path} (destinations: eu at "
+        f"{ap_region}/{ap_table}); the letter is kept, not written elsewhere"
+    ) in result.stdout.splitlines()
+    assert (get(job, 0, x), get(job, 1, x)) == (None, None)
+    (kept,) = FileDeadLetters(job.dead_letters).letters()
+    assert (kept.destination, kept.region, kept.table, kept.attempts) == (
+        "eu",
+        eu_region,
+        eu_table,
+        2,
+    )
 
 
 # -- a replayed stream change checked against the source -------------------------------------
