@@ -32,7 +32,7 @@ from replicator.records import RawRecord
 from replicator.runtime.preflight import check_dead_letter_file
 from replicator.tools import redrive as redrive_module
 from replicator.tools import snapshot
-from replicator.tools.redrive import Redrive, RedriveReport
+from replicator.tools.redrive import INTERRUPT_GRACE_S, Redrive, RedriveReport
 from replicator.tools.snapshot import BACKFILL, REPAIR, synthetic_change
 from tests.support.aws import client, create_table
 from tests.support.cli import in_process, replicator
@@ -1325,19 +1325,21 @@ def test_a_letter_whose_lost_conflicts_entry_the_log_refuses_is_kept_and_the_res
     )
 
 
-def test_a_second_interrupt_stops_a_redrive_waiting_for_a_conflict_log_that_does_not_answer(
-    job: Job,
+@pytest.mark.parametrize("interrupts", [1, 2])
+def test_an_interrupt_stops_a_redrive_waiting_for_a_conflict_log_that_does_not_answer(
+    job: Job, interrupts: int
 ) -> None:
     """The conflict log takes no write and gives no answer: the letter's entry waits, up
-    to ``retry_for_s``. A second interrupt stopped the wait for the entry, and then the
-    close of the log waited the whole ``retry_for_s`` again for that same entry, though
-    its letter is kept anyway. Now the command ends at once, the letter kept."""
+    to ``retry_for_s``. An interrupt stopped the wait for the entry (a second at once, a
+    first after its grace), and then the close of the log waited the whole
+    ``retry_for_s`` again for that same entry, though its letter is kept anyway. Now the
+    command ends at once after a second, after the grace after a first, the letter kept."""
     table = f"{job.name}-log"
     proxy = FaultProxy(job.endpoint).start()
     try:
         job.write(
             conflict_log=f"{{kind: dynamodb, table: '{table}', endpoint_url: '{proxy.url}', "
-            "retry_for_s: 60}"
+            "retry_for_s: 120}"
         )
         newer, older = lost_conflict_letter(job, 77)
         proxy.set(Mode(Fault.BLACK_HOLE, operations=frozenset({"BatchWriteItem", "PutItem"})))
@@ -1348,9 +1350,10 @@ def test_a_second_interrupt_stops_a_redrive_waiting_for_a_conflict_log_that_does
                 wait_until(lambda: proxy.counts()["black_holed"] >= 1, 30, "the entry sent")
                 assert running.running()
             finally:
-                runner.interrupt()
-                runner.interrupt()  # the second: stop at once
-            report = running.result(timeout=20)  # retry_for_s is 60
+                for _ in range(interrupts):
+                    runner.interrupt()  # a second: stop at once
+            # retry_for_s is 120
+            report = running.result(timeout=20 + (INTERRUPT_GRACE_S if interrupts == 1 else 0))
     finally:
         proxy.stop()
 
