@@ -221,6 +221,10 @@ class Finding:
             text += f"  -> {self.repair}"
             if self.detail:
                 text += f": {redact(self.detail)}"
+        elif self.detail:
+            # Without a repair the detail is what an operator decides on: an extra
+            # item that a delete at the source ranks above names that delete.
+            text += f"  ({redact(self.detail)})"
         return text
 
     def as_dict(self) -> dict[str, Any]:
@@ -229,8 +233,8 @@ class Finding:
             body["attributes"] = self.attributes
         if self.repair:
             body["repair"] = self.repair
-            if self.detail:
-                body["detail"] = redact(self.detail)
+        if self.detail:
+            body["detail"] = redact(self.detail)
         return body
 
 

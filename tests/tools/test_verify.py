@@ -486,6 +486,22 @@ def test_with_tombstones_an_item_deleted_at_the_destination_is_deleted_at_the_so
     ]
     assert all("a delete in us-east-1" in detail for kind, _, detail in kinds if kind == "extra")
     assert "  deleted   pk=S:c0 sk=N:0" in report.text().splitlines()
+    # The report an operator reads before repairing names the delete too, as text
+    # and in --json, not only a --repair's outcome does.
+    extra_detail = next(detail for kind, _, detail in kinds if kind == "extra")
+    as_text = cli(job, "--recheck", "1", "--recheck-pause", "0.1")
+    assert as_text.returncode == 1, as_text.stderr
+    assert f"  extra     pk=S:c1 sk=N:1  ({extra_detail})" in as_text.stdout.splitlines()
+    as_json = cli(job, "--json", "--recheck", "1", "--recheck-pause", "0.1")
+    differences = [
+        difference
+        for destination in json.loads(as_json.stdout)["destinations"].values()
+        for difference in destination["differences"]
+        if difference["kind"] == "extra"
+    ]
+    assert len(differences) == 2
+    assert all(difference["detail"] == extra_detail for difference in differences)
+    assert all("repair" not in difference for difference in differences)
 
     repaired = verify(job, repair=True)
     assert repaired.equal, repaired.text()
