@@ -97,7 +97,8 @@ def _real(value: object) -> float | None:
     except ValueError:
         return math.nan
     except OverflowError:  # an int or a Fraction; a Decimal becomes inf by itself
-        return math.inf if value > 0 else -math.inf
+        negative = isinstance(value, numbers.Rational) and int(value.numerator) < 0
+        return -math.inf if negative else math.inf
 
 
 def _overflowed(value: object, number: float) -> bool:
