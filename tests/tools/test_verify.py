@@ -660,6 +660,32 @@ def test_an_aws_error_names_the_jobs_endpoints(job: Job) -> None:
     )
 
 
+@pytest.mark.parametrize("deleted", ["destination", "source"])
+def test_a_table_deleted_while_verify_reads_it_is_named(job: Job, deleted: str) -> None:
+    """A table deleted after the scans, before the re-check: the error names that table
+    and its endpoint, as backfill names its destination, where it said "not found at"
+    every endpoint of the job (DynamoDB's message names no table)."""
+    from replicator.exceptions import EnvironmentProblem
+    from replicator.tools.commands import aws_failures
+
+    items = replicated(job, 5)
+    (eu, eu_table), _ = job.destination_clients()
+    eu.delete_item(TableName=eu_table, Key=key(items[0]))  # a difference to re-check
+    if deleted == "destination":
+        ddb, table, label, region = eu, eu_table, f"eu-west-1/{eu_table}", "eu-west-1"
+    else:
+        ddb, table = job.source, job.source_table
+        label, region = f"source us-east-1/{table}", "us-east-1"
+
+    hooks = VerifyHooks(scanned=lambda: ddb.delete_table(TableName=table))
+    with pytest.raises(EnvironmentProblem) as raised, aws_failures("verify t", load_job(job.path)):
+        verify(job, hooks)
+
+    message = str(raised.value)
+    assert message.startswith(f"table {label}: not found at {job.endpoint} ({region}) ("), message
+    assert " or " not in message
+
+
 def _fill(ddb: Any, table: str, items: list[Item]) -> None:
     for start in range(0, len(items), 25):
         unprocessed = {table: [{"PutRequest": {"Item": i}} for i in items[start : start + 25]]}
