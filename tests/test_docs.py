@@ -69,3 +69,17 @@ def test_links_between_docs_name_pages_that_exist() -> None:
             if not (page.parent / target).resolve().exists():
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
     assert not broken, broken
+
+
+def test_the_active_active_repair_caution_names_pending_deletes_too() -> None:
+    """The caution before ``verify --repair`` of an active-active pair named only items
+    not yet replicated back (``extra``); a delete not yet replicated back looks
+    ``missing``, and a repair copies the item back into the region that deleted it."""
+    text = " ".join((ROOT / "docs" / "operator-tools.md").read_text().split())
+    start = text.index("In an active-active pair, items written at a destination")
+    caution = text[start : text.index("## redrive", start)]
+    assert "look `extra`" in caution
+    assert "deleted at a destination whose delete has not yet replicated back" in caution
+    assert "look `missing`" in caution
+    assert "copies such an item back into the region that deleted it" in caution
+    assert "repair a pair while it is quiet" in caution

@@ -2021,13 +2021,21 @@ def _queue_identity(
 ) -> tuple[str, str | None, str, str]:
     """The queue a (valid) queue URL names where a section reaches it: the region, the
     endpoint (as the server it reaches, None for AWS's own), the account and the name.
-    Without an endpoint_url an AWS host in the URL says the region; nothing is looked
-    up, so two spellings of one emulator's host stay two places."""
+    Without an endpoint_url an AWS host in the URL says the region; an endpoint_url that
+    is AWS's own SQS endpoint (``https://sqs.<region>.amazonaws.com``, default port) is
+    no endpoint in the region it names, where the SDK would send the requests too.
+    Nothing is looked up, so two spellings of one emulator's host stay two places."""
     parts = urlsplit(url)
     account, name = parts.path.strip("/").split("/")
     host = (parts.hostname or "").rstrip(".").lower()
     if endpoint_url is not None:
-        return (region, endpoint_identity(endpoint_url, region), account, name)
+        endpoint = urlsplit(endpoint_url)
+        scheme = endpoint.scheme.lower()
+        default_port = {"http": 80, "https": 443}.get(scheme)
+        aws = _AWS_QUEUE_HOST.fullmatch((endpoint.hostname or "").rstrip(".").lower())
+        if aws is None or (endpoint.port or default_port) != default_port:
+            return (region, endpoint_identity(endpoint_url, region), account, name)
+        return (aws["sqs"] or aws["legacy"] or "us-east-1", None, account, name)
     found = _AWS_QUEUE_HOST.fullmatch(host)
     if found:
         region = found["sqs"] or found["legacy"] or "us-east-1"

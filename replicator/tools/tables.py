@@ -9,6 +9,8 @@ the SDK's three attempts would.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -71,6 +73,19 @@ def destination_ref(destination: DestinationConfig, connections: int = 16) -> Ta
 
 def destination_refs(resolved: ResolvedJob, connections: int = 16) -> list[TableRef]:
     return [destination_ref(d, connections) for d in resolved.job.destinations]
+
+
+@contextmanager
+def reading(ref: TableRef) -> Iterator[None]:
+    """AWS errors (past the retries) while reading ``ref``'s items as an
+    EnvironmentProblem naming that table, as :func:`describe` names it at the start: a
+    table deleted while a command reads it is then said to be that table, not "not
+    found" somewhere among every endpoint of the job (DynamoDB's own message for a
+    Scan or a BatchGetItem of a table gone names no table)."""
+    try:
+        yield
+    except (ClientError, BotoCoreError) as error:
+        raise explain(error, f"table {ref.label}", ref.endpoint) from None
 
 
 def describe(ref: TableRef) -> TableShape:

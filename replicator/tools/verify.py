@@ -89,6 +89,7 @@ from replicator.tools.tables import (
     check_same_keys,
     describe,
     destination_refs,
+    reading,
     source_ref,
 )
 from replicator.tools.unread import MANUAL_STEP, Cleared, clear_unread
@@ -221,6 +222,10 @@ class Finding:
             text += f"  -> {self.repair}"
             if self.detail:
                 text += f": {redact(self.detail)}"
+        elif self.detail:
+            # Without a repair the detail is what an operator decides on: an extra
+            # item that a delete at the source ranks above names that delete.
+            text += f"  ({redact(self.detail)})"
         return text
 
     def as_dict(self) -> dict[str, Any]:
@@ -229,8 +234,8 @@ class Finding:
             body["attributes"] = self.attributes
         if self.repair:
             body["repair"] = self.repair
-            if self.detail:
-                body["detail"] = redact(self.detail)
+        if self.detail:
+            body["detail"] = redact(self.detail)
         return body
 
 
@@ -505,17 +510,18 @@ class Verify:
 
         def scan_segment(ref: TableRef, segment: int) -> None:
             found: dict[KeyId, bytes] = {}
-            for page in scan_pages(
-                ref,
-                segment,
-                self.options.segments,
-                self._rate(ref),
-                page_size=self.options.page_size,
-            ):
-                self._check_stop()
-                for item in page.items:
-                    found[key_id(project(item, key_names))] = item_digest(item)
-                report.advance(len(page.items))
+            with reading(ref):
+                for page in scan_pages(
+                    ref,
+                    segment,
+                    self.options.segments,
+                    self._rate(ref),
+                    page_size=self.options.page_size,
+                ):
+                    self._check_stop()
+                    for item in page.items:
+                        found[key_id(project(item, key_names))] = item_digest(item)
+                    report.advance(len(page.items))
             with lock:
                 digests[ref.label].update(found)
 
@@ -582,17 +588,18 @@ class Verify:
 
         def read_segment(segment: int) -> None:
             mine = Reservoir(count)
-            for page in scan_pages(
-                ref,
-                segment,
-                total,
-                rate,
-                page_size=self.options.page_size,
-                key_names=key_names,
-            ):
-                self._check_stop()
-                for item in page.items:
-                    mine.offer(key_id(project(item, key_names)))
+            with reading(ref):
+                for page in scan_pages(
+                    ref,
+                    segment,
+                    total,
+                    rate,
+                    page_size=self.options.page_size,
+                    key_names=key_names,
+                ):
+                    self._check_stop()
+                    for item in page.items:
+                        mine.offer(key_id(project(item, key_names)))
             with lock:
                 reservoir.merge(mine)
 
@@ -645,21 +652,10 @@ class Verify:
         # Destinations first, then the source: a source image read after the destination's
         # is at least as new as anything the replicator could have written there by then.
         destination_items = {
-            label: batch_get(
-                self.by_label[label],
-                [key_item(key, key_names) for key in wanted],
-                key_names,
-                self._rate(self.by_label[label]),
-            )
+            label: self._batch_get(self.by_label[label], wanted, key_names)
             for label, wanted in keys.items()
         }
-        everything = union(keys.values())
-        source_items = batch_get(
-            self.source,
-            [key_item(key, key_names) for key in everything],
-            key_names,
-            self._rate(self.source),
-        )
+        source_items = self._batch_get(self.source, union(keys.values()), key_names)
         states: dict[str, dict[KeyId, _State]] = {}
         for label, wanted in keys.items():
             theirs = destination_items[label]
@@ -667,6 +663,14 @@ class Verify:
                 key: _state(source_items.get(key), theirs.get(key), self._kept) for key in wanted
             }
         return states
+
+    def _batch_get(
+        self, ref: TableRef, keys: Iterable[KeyId], key_names: list[str]
+    ) -> dict[KeyId, Item]:
+        with reading(ref):
+            return batch_get(
+                ref, [key_item(key, key_names) for key in keys], key_names, self._rate(ref)
+            )
 
     # -- tombstones (active_active.tombstones) --------------------------------------------
 

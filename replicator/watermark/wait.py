@@ -87,22 +87,56 @@ stored in a table as a Decimal (a Fraction, any real number, is taken too)."""
 def _real(value: object) -> float | None:
     """``value`` as a float if it is a real number (an int, a float, a Decimal, a
     Fraction; not a bool, which no one means as seconds); else None. A signalling NaN
-    (``Decimal('sNaN')``, which float() refuses) is NaN, refused as NaN is."""
+    (``Decimal('sNaN')``, which float() refuses) is NaN, refused as NaN is. A finite
+    number too large for a float (``10**400``, ``Decimal('1e400')``) is an infinity of
+    its sign, which :func:`_overflowed` tells from one given as such."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real | Decimal):
         return None
     try:
         return float(value)
     except ValueError:
         return math.nan
+    except OverflowError:  # an int or a Fraction; a Decimal becomes inf by itself
+        negative = isinstance(value, numbers.Rational) and int(value.numerator) < 0
+        return -math.inf if negative else math.inf
+
+
+def _overflowed(value: object, number: float) -> bool:
+    """``number`` (``value`` as :func:`_real` read it) is infinite though ``value`` is
+    a finite number: an int or a Fraction is never infinite, a Decimal is when it says
+    so. Only an infinity given as one (``math.inf``, ``Decimal('Infinity')``) means it."""
+    if not math.isinf(number):
+        return False
+    if isinstance(value, Decimal):
+        return value.is_finite()
+    return isinstance(value, numbers.Rational)
+
+
+def _brief(value: object) -> str:
+    """``value``'s repr for a message, cut short: a number too large for a float can
+    have hundreds of digits (and an int of more than 4300 has no repr at all)."""
+    try:
+        shown = repr(value)
+    except ValueError:
+        return f"(an {type(value).__name__} too large to show)"
+    return shown if len(shown) <= 40 else f"{shown[:20]}...{shown[-8:]}"
 
 
 def _number(value: object, name: str, hint: str) -> float:
     """``value`` as a float if it is a real number (not a bool, not a string that spells
     one); else ValueError naming ``name`` and the value, as for every other bad input,
-    rather than the unnamed TypeError that comparing it would raise."""
+    rather than the unnamed TypeError that comparing it would raise. A finite number too
+    large for a float is refused so, as ``--timeout 1e400`` is, rather than raised as an
+    unnamed OverflowError or taken for an infinity no one gave."""
     number = _real(value)
     if number is None:
         raise ValueError(f"{name} {value!r}: not a number of seconds ({hint})")
+    if _overflowed(value, number):
+        sign = "" if number > 0 else "-"
+        raise ValueError(
+            f"{name} {_brief(value)}: too large a number of seconds "
+            f"(it overflows to {sign}infinity; {hint})"
+        )
     return number
 
 
@@ -159,6 +193,13 @@ def to_epoch_us(moment: Seconds | datetime, name: str = "until") -> int:
     if number is None:
         raise ValueError(
             f"{name} {moment!r}: expected epoch seconds (a number) or an aware datetime"
+        )
+    if _overflowed(moment, number):
+        if number < 0:
+            raise ValueError(f"{name} {_brief(moment)}: not a time (epoch seconds must be >= 0)")
+        raise ValueError(
+            f"{name} {_brief(moment)}: out of range: a time must be before {_LATEST} "
+            f"(epoch seconds below {SECONDS_CEILING})"
         )
     value = checked_seconds(number, f"{name} {_shown(moment)}", typed_as_number=True)
     if isinstance(moment, Decimal | numbers.Rational):
@@ -418,7 +459,8 @@ def read_watermark(
 ) -> Watermark:
     """The destination's watermark now. Raises StatusTableMissing; ValueError, before
     reading anything, for a ``destination`` or ``status_table`` that is not a non-empty
-    string, or a ``timeout`` that is not a number (NaN included) or is negative.
+    string, or a ``timeout`` that is not a number (NaN included), is negative, or is a
+    finite number too large for a float (``math.inf`` is how to say no limit).
 
     ``timeout`` None: one Query, waited for as long as the client takes, its error
     raised. Given (seconds, at least ``MIN_READ_S`` is given): the answer is waited for
@@ -485,8 +527,10 @@ def wait_until_replicated(
     a ``destination`` or ``status_table`` that is not a non-empty string, a time that is
     not from 1970 to before ``SECONDS_CEILING`` (epoch milliseconds given for seconds
     are named as such), ``since`` after ``until``, a timeout that is not a number
-    (None, a string, NaN) or is negative, or a poll interval that is not a number of seconds from
-    ``MIN_POLL_INTERVAL_S`` to ``MAX_POLL_INTERVAL_S`` (0.01 to 3600).
+    (None, a string, NaN), is negative, or is a finite number too large for a float
+    (``10**400``, ``Decimal('1e400')``: ``math.inf`` means no limit), or a poll
+    interval that is not a number of seconds from ``MIN_POLL_INTERVAL_S`` to
+    ``MAX_POLL_INTERVAL_S`` (0.01 to 3600).
     """
     _names(destination, status_table)
     until_us = to_epoch_us(until, "until")

@@ -185,6 +185,13 @@ LOCAL = "http://127.0.0.1:9"
          "region: eu-west-1}"),
         ("{queue_url: 'https://queue.amazonaws.com/123456789012/audit'}",
          "{queue_url: 'https://sqs.us-east-1.amazonaws.com/123456789012/audit'}"),
+        # AWS's own SQS endpoint given as an endpoint_url is no endpoint in its region.
+        ("{queue_url: 'https://sqs.us-east-1.amazonaws.com/123456789012/audit'}",
+         "{queue_url: 'https://sqs.us-east-1.amazonaws.com/123456789012/audit', "
+         "endpoint_url: 'https://sqs.us-east-1.amazonaws.com'}"),
+        ("{queue_url: 'https://sqs.eu-west-1.amazonaws.com/123456789012/audit', "
+         "endpoint_url: 'HTTPS://SQS.eu-west-1.amazonaws.com:443/'}",
+         "{queue_url: 'https://sqs.eu-west-1.amazonaws.com/123456789012/audit'}"),
     ],
 )  # fmt: skip
 def test_one_queue_for_the_conflict_log_and_the_dead_letters_is_refused(
@@ -220,6 +227,11 @@ def test_one_queue_for_the_conflict_log_and_the_dead_letters_is_refused(
         "{queue_url: 'https://sqs.eu-west-1.amazonaws.com/123456789012/audit'}",
         "{queue_url: 'https://sqs.us-east-1.amazonaws.com/210987654321/audit'}",
         f"{{queue_url: '{LOCAL}/123456789012/audit', endpoint_url: '{LOCAL}'}}",
+        # AWS's SQS endpoint of another region, or on another port: another place.
+        "{queue_url: 'https://sqs.us-east-1.amazonaws.com/123456789012/audit', "
+        "endpoint_url: 'https://sqs.eu-west-1.amazonaws.com'}",
+        "{queue_url: 'https://sqs.us-east-1.amazonaws.com/123456789012/audit', "
+        "endpoint_url: 'https://sqs.us-east-1.amazonaws.com:8443'}",
     ],
 )
 def test_queues_of_their_own_pass(log: str) -> None:

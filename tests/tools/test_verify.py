@@ -486,6 +486,22 @@ def test_with_tombstones_an_item_deleted_at_the_destination_is_deleted_at_the_so
     ]
     assert all("a delete in us-east-1" in detail for kind, _, detail in kinds if kind == "extra")
     assert "  deleted   pk=S:c0 sk=N:0" in report.text().splitlines()
+    # The report an operator reads before repairing names the delete too, as text
+    # and in --json, not only a --repair's outcome does.
+    extra_detail = next(detail for kind, _, detail in kinds if kind == "extra")
+    as_text = cli(job, "--recheck", "1", "--recheck-pause", "0.1")
+    assert as_text.returncode == 1, as_text.stderr
+    assert f"  extra     pk=S:c1 sk=N:1  ({extra_detail})" in as_text.stdout.splitlines()
+    as_json = cli(job, "--json", "--recheck", "1", "--recheck-pause", "0.1")
+    differences = [
+        difference
+        for destination in json.loads(as_json.stdout)["destinations"].values()
+        for difference in destination["differences"]
+        if difference["kind"] == "extra"
+    ]
+    assert len(differences) == 2
+    assert all(difference["detail"] == extra_detail for difference in differences)
+    assert all("repair" not in difference for difference in differences)
 
     repaired = verify(job, repair=True)
     assert repaired.equal, repaired.text()
@@ -642,6 +658,32 @@ def test_an_aws_error_names_the_jobs_endpoints(job: Job) -> None:
         f"verify t: InternalServerError: x (at {job.endpoint} (us-east-1) or {job.endpoint} "
         f"(eu-west-1) or {job.endpoint} (ap-southeast-2))"
     )
+
+
+@pytest.mark.parametrize("deleted", ["destination", "source"])
+def test_a_table_deleted_while_verify_reads_it_is_named(job: Job, deleted: str) -> None:
+    """A table deleted after the scans, before the re-check: the error names that table
+    and its endpoint, as backfill names its destination, where it said "not found at"
+    every endpoint of the job (DynamoDB's message names no table)."""
+    from replicator.exceptions import EnvironmentProblem
+    from replicator.tools.commands import aws_failures
+
+    items = replicated(job, 5)
+    (eu, eu_table), _ = job.destination_clients()
+    eu.delete_item(TableName=eu_table, Key=key(items[0]))  # a difference to re-check
+    if deleted == "destination":
+        ddb, table, label, region = eu, eu_table, f"eu-west-1/{eu_table}", "eu-west-1"
+    else:
+        ddb, table = job.source, job.source_table
+        label, region = f"source us-east-1/{table}", "us-east-1"
+
+    hooks = VerifyHooks(scanned=lambda: ddb.delete_table(TableName=table))
+    with pytest.raises(EnvironmentProblem) as raised, aws_failures("verify t", load_job(job.path)):
+        verify(job, hooks)
+
+    message = str(raised.value)
+    assert message.startswith(f"table {label}: not found at {job.endpoint} ({region}) ("), message
+    assert " or " not in message
 
 
 def _fill(ddb: Any, table: str, items: list[Item]) -> None:

@@ -192,6 +192,71 @@ def test_a_negative_timeout_is_refused_naming_it_before_reading(
             read_watermark(**given)
 
 
+@pytest.mark.parametrize("reads", ["wait", "read"])
+@pytest.mark.parametrize(
+    ("timeout", "shown"),
+    [
+        (10**400, "10000000000000000000...00000000"),
+        (-(10**400), "-1000000000000000000...00000000"),
+        (10**5000, "(an int too large to show)"),
+        (Fraction(10**400, 3), "Fraction(10000000000...0000, 3)"),
+        (Decimal("1e400"), "Decimal('1E+400')"),
+        (Decimal("-1e400"), "Decimal('-1E+400')"),
+    ],
+    ids=["int", "negative-int", "int-of-5001-digits", "fraction", "decimal", "negative-decimal"],
+)
+def test_a_timeout_too_large_for_a_float_is_refused_naming_it_before_reading(
+    reads: str, timeout: Any, shown: str
+) -> None:
+    """An int or a Fraction too large for a float raised an unnamed OverflowError, and a
+    Decimal so large was taken for no limit (``--timeout 1e400`` is refused): each is a
+    ValueError naming ``timeout``, before anything is read (the stubbed client answers
+    no call). Only an infinity given as such means no limit."""
+    stubbed = boto3.client("dynamodb", region_name="eu-west-1", endpoint_url="http://127.0.0.1:1")
+    given: dict[str, Any] = {
+        "destination": "eu-west-1/replica",
+        "status_table": "wm-timeout-watermark",
+        "client": stubbed,
+        "timeout": timeout,
+    }
+    message = f"timeout {shown}: too large a number of seconds (it overflows to "
+    with Stubber(stubbed), pytest.raises(ValueError, match=re.escape(message)):
+        if reads == "wait":
+            wait_until_replicated(1e9, **given)
+        else:
+            read_watermark(**given)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"until": 10**400}, "until 10000000000000000000...00000000: out of range"),
+        ({"until": Fraction(10**400)}, "out of range: a time must be before 5138-11-16"),
+        ({"until": Decimal("1e400")}, "until Decimal('1E+400'): out of range"),
+        (
+            {"until": 1e9, "since": -(10**400)},
+            "since -1000000000000000000...00000000: not a time (epoch seconds must be >= 0)",
+        ),
+        (
+            {"until": 1e9, "poll_interval": 10**400},
+            "poll_interval 10000000000000000000...00000000: too large a number",
+        ),
+        ({"until": 1e9, "poll_interval": Fraction(10**400)}, "too large a number of seconds"),
+    ],
+)
+def test_a_time_or_poll_too_large_for_a_float_is_refused_naming_it(
+    options: dict[str, Any], message: str
+) -> None:
+    stubbed = boto3.client("dynamodb", region_name="eu-west-1", endpoint_url="http://127.0.0.1:1")
+    with Stubber(stubbed), pytest.raises(ValueError, match=re.escape(message)):
+        wait_until_replicated(
+            **{"timeout": 1, **options},
+            destination="eu-west-1/replica",
+            status_table="wm-options-watermark",
+            client=stubbed,
+        )
+
+
 @pytest.mark.parametrize("timeout", [math.nan, Decimal("NaN"), Decimal("sNaN")])
 def test_read_watermark_refuses_a_nan_timeout_naming_it(timeout: Any) -> None:
     stubbed = boto3.client("dynamodb", region_name="eu-west-1", endpoint_url="http://127.0.0.1:1")
