@@ -79,7 +79,28 @@ def _listed(destinations: Sequence[DestinationConfig]) -> str:
     return ", ".join(spelled(d) for d in destinations)
 
 
+def destination_place(destination: DestinationConfig) -> str:
+    """A destination's ``<region>/<table>``, as its dead letters and conflict entries
+    record theirs."""
+    return f"{destination.region}/{destination.table}"
+
+
+def destinations_at(
+    destinations: Sequence[DestinationConfig], place: str, name: str, *, shared: bool = False
+) -> list[DestinationConfig]:
+    """The destinations at ``place`` (``<region>/<table>``) that a letter or entry
+    recorded there under ``name`` may be for: the place decides, whatever the
+    destination is called now (a name given since, or changed, does not make the
+    record another's, and a name pointed elsewhere since does not send it there). Only
+    where more than one is there (other accounts), or ``shared`` (the job's source is
+    there too), does the recorded name tell them apart. One answer, or none."""
+    there = [d for d in destinations if destination_place(d) == place]
+    if len(there) + shared > 1:
+        there = [d for d in there if d.label == name]
+    return there
+
+
 def spelled(destination: DestinationConfig) -> str:
     """The destination's label, and its ``<region>/<table>`` when the label is a name."""
-    where = f"{destination.region}/{destination.table}"
+    where = destination_place(destination)
     return where if destination.label == where else f"{destination.label} ({where})"

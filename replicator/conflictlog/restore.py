@@ -44,7 +44,7 @@ from prometheus_client import CollectorRegistry
 
 from replicator import wiring
 from replicator.aws.tables import where
-from replicator.config.destinations import spelled
+from replicator.config.destinations import destination_place, destinations_at, spelled
 from replicator.config.model import DestinationConfig, ResolvedJob
 from replicator.conflictlog.base import ConflictLogTarget, Selection, entry_place
 from replicator.conflictlog.entry import (
@@ -461,11 +461,6 @@ def restore_entry(
     )
 
 
-def destination_place(destination: DestinationConfig) -> str:
-    """A destination's ``<region>/<table>``, as entries at it record theirs."""
-    return f"{destination.region}/{destination.table}"
-
-
 def entry_destination(resolved: ResolvedJob, entry: ConflictEntry) -> DestinationConfig:
     """The job's destination where ``entry``'s conflict happened: the one at the entry's
     region and table, whatever name the entry was recorded under (a name given to the
@@ -480,9 +475,7 @@ def entry_destination(resolved: ResolvedJob, entry: ConflictEntry) -> Destinatio
     place = entry_place(entry)
     source = source_label(resolved)
     destinations = resolved.job.destinations
-    there = [d for d in destinations if destination_place(d) == place]
-    if len(there) + (place == source) > 1:
-        there = [d for d in there if d.label == entry.destination]
+    there = destinations_at(destinations, place, entry.destination, shared=place == source)
     if len(there) == 1:
         return there[0]
     if place == source and entry.destination == source:

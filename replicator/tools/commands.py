@@ -251,8 +251,8 @@ def _destination_label(resolved: ResolvedJob, destination: str) -> tuple[str, st
     by. A name the job file does not have is that of a destination since removed from
     it, whose entries keep it, or a typo: listed by that name with a warning, not
     refused. An empty one is no destination's, ever: refused (exit 2), as by ``wait``."""
-    from replicator.config.destinations import resolve_destination, spelled
-    from replicator.conflictlog.restore import destination_place, source_label
+    from replicator.config.destinations import destination_place, resolve_destination, spelled
+    from replicator.conflictlog.restore import source_label
     from replicator.exceptions import UnknownDestination
 
     destinations = resolved.job.destinations

@@ -87,10 +87,10 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from replicator.appendfile import unusable
+from replicator.config.destinations import destination_place, destinations_at
 from replicator.config.model import DeadLetterKind, ResolvedJob
 from replicator.conflictlog.base import Loss
 from replicator.conflictlog.recorder import BackgroundRecorder, ShardConflicts
-from replicator.conflictlog.restore import destination_place
 from replicator.conflictlog.targets import prepare, recorder_for
 from replicator.deadletter import (
     ALL_DESTINATIONS,
@@ -746,7 +746,7 @@ class Redrive:
                 return Replay(letter, [], note=f"({route.value}: nothing to write)")
             labels = list(writers)
         else:
-            found = _destination_of(letter, writers)
+            found = _destination_of(letter, self.resolved)
             if isinstance(found, str):
                 return Replay(
                     letter,
@@ -894,30 +894,21 @@ class LetterConflicts:
         return ShardConflicts(self.recorder, self.task_name, self.shard_id).lost(loss)
 
 
-def _destination_of(letter: DeadLetter, writers: dict[str, DestinationWriter]) -> tuple[str] | str:
+def _destination_of(letter: DeadLetter, resolved: ResolvedJob) -> tuple[str] | str:
     """The label of the job's destination ``letter`` is for, or why there is none. A
     letter records the region and table of the write that failed, and belongs to the
-    destination there whatever that destination is called now: a name given to it since,
-    or changed, does not make its letters another's, and a name pointed at another table
-    since does not send them there (where the change never failed). Only where the job
-    has more than one destination at that region and table (other accounts) does the
-    recorded name tell them apart, as ``conflicts`` tells its entries' destinations apart
-    (replicator/conflictlog/restore.py, ``entry_destination``). A letter without them (a
-    ``*`` letter split by an older version) is matched by its name."""
+    destination there whatever it is called now, as a conflict entry does
+    (``destinations_at``). A letter without them (a ``*`` letter split by an older
+    version) is matched by its name."""
+    destinations = resolved.job.destinations
     if letter.region is None or letter.table is None:
-        if letter.destination in writers:
+        if any(d.label == letter.destination for d in destinations):
             return (letter.destination,)
         return f"the letter is for the destination named {letter.destination!r}"
-    there = [
-        label
-        for label, writer in writers.items()
-        if (writer.region, writer.table) == (letter.region, letter.table)
-    ]
-    if len(there) > 1:
-        there = [label for label in there if label == letter.destination]
-    if len(there) == 1:
-        return (there[0],)
     place = f"{letter.region}/{letter.table}"
+    there = destinations_at(destinations, place, letter.destination)
+    if len(there) == 1:
+        return (there[0].label,)
     recorded = "" if letter.destination == place else f" (recorded as {letter.destination!r})"
     return f"the letter is for {place}{recorded}"
 
