@@ -907,15 +907,21 @@ class _RecordedWaits(threading.Event):
         super().__init__()
         self.until = until
         self.waits: dict[str, list[float]] = {}
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
 
     def wait(self, timeout: float | None = None) -> bool:
         with self.lock:
             name = threading.current_thread().name
             self.waits.setdefault(name, []).append(timeout or 0.0)
+            self.lock.notify_all()
         if self.until is not None:
             assert self.until.wait(60), "the other writes never finished"
         return False
+
+    def threads_waited(self, count: int) -> bool:
+        """Whether ``count`` threads have each waited once, within a minute."""
+        with self.lock:
+            return self.lock.wait_for(lambda: len(self.waits) >= count, 60)
 
 
 def _write_all(writer: DestinationWriter, keys: list[str]) -> dict[str, Any]:
@@ -969,14 +975,18 @@ def test_items_denied_while_other_writes_succeed_fail_for_dead_letters_the_other
     refusing = _RefusingClient("deny")
     others_done = threading.Event()
     writer = writer_for(refusing, tmp_path, metrics)
-    # A denied change waits out its backoff until the other writes have succeeded: the
-    # order in which they are answered does not depend on the threads' timing.
-    writer.cancelled = _RecordedWaits(until=others_done)
+    # Every denied change is refused once before the other writes start, and waits out
+    # its backoff until they have succeeded: the order in which they are answered does
+    # not depend on the threads' timing (a denied change first tried after the last
+    # success would see no other write succeed, and count the destination as refusing).
+    waits = _RecordedWaits(until=others_done)
+    writer.cancelled = waits
     denied = [f"deny{index}" for index in range(40)]
     ok = [f"ok{index}" for index in range(200)]
     results: dict[str, Any] = {}
     runner = threading.Thread(target=lambda: results.update(_write_all(writer, denied)))
     runner.start()
+    assert waits.threads_waited(len(denied)), "the denied changes were never refused"
     results.update(_write_all(writer, ok))
     others_done.set()
     runner.join(60)
