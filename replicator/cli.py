@@ -626,7 +626,8 @@ MIN_ENTRY_PREFIX = 4
 def _entry_id_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
-    wanted = value.strip()
+    # Ids are lower-case hexadecimal; one copied from a tool that shouts is the same id.
+    wanted = value.strip().lower()
     if len(wanted) < MIN_ENTRY_PREFIX:
         raise click.BadParameter(
             f"{value!r} is too short to name an entry: give its id (16 hexadecimal "

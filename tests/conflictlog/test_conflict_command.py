@@ -456,6 +456,24 @@ def test_a_restore_writes_the_loser_once_and_again_says_it_is_already_restored(
     assert len(case.restores()) == 1
 
 
+def test_an_entry_id_given_in_capitals_or_with_spaces_names_the_same_entry(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """Ids are lower-case hexadecimal; one typed in capitals, or pasted with spaces around
+    it, is the same id: the restore writes that entry's loser, and the full id in capitals
+    finds it restored."""
+    case = Restorable(moto_endpoint, unique, tmp_path)
+    first = invoke(case.config, "--restore", f" {case.entry.id[:8].upper()} ")
+    assert first.exit_code == 0, first.output
+    assert first.stdout.startswith(f"restored entry {case.entry.id}: "), first.stdout
+    assert case.held() == case.loser
+
+    again = invoke(case.config, "--restore", case.entry.id.upper())
+    assert again.exit_code == 0, again.output
+    assert again.stdout.startswith("already restored: "), again.stdout
+    assert len(case.restores()) == 1
+
+
 def test_a_restore_whose_record_is_refused_says_it_was_not_recorded(
     moto_endpoint: str, unique: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
