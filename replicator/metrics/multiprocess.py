@@ -38,16 +38,17 @@ class SamplesDirectory:
     """An operator's directory is held (flock) while the run uses it (``discard`` lets go)."""
 
 
-def prepare(directory: str | Path | None = None) -> SamplesDirectory:
+def prepare(directory: str | Path | None = None, *, private: bool = False) -> SamplesDirectory:
     """An empty directory for this run's samples.
 
     The caller hands ``path`` to the processes it starts as ``$PROMETHEUS_MULTIPROC_DIR``;
     this process's own environment is left alone, so a second runtime in one process
     gets a directory of its own. ``directory`` (or the operator's
     ``$PROMETHEUS_MULTIPROC_DIR``) is emptied of sample files only, never removed: it
-    may be a mount point.
+    may be a mount point. ``private``: a temporary directory whatever the environment
+    says (a job that serves no metrics).
     """
-    chosen = directory or os.environ.get(ENV)
+    chosen = directory or (None if private else os.environ.get(ENV))
     if not chosen:
         return SamplesDirectory(Path(tempfile.mkdtemp(prefix="replicator-metrics-")), True)
     path = Path(chosen)

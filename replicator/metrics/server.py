@@ -41,6 +41,69 @@ log = structlog.get_logger(__name__)
 Sample = tuple[str, dict[str, str], float]
 
 
+class ProcessSamples:
+    """The processes' samples in the multiprocess directory, and the job's health judged
+    from them, for the log every ``watch_every_s`` (see :class:`health_rules.Watch`).
+
+    Apart from the HTTP server because a job that serves no metrics still has processor
+    children writing samples, and its operator still needs the "unhealthy" warnings in
+    the log (with HTTP off, they are the only health signal it gives) and the runtime
+    still needs to know when a shard last settled a change."""
+
+    def __init__(
+        self,
+        directory: Path,
+        problems: Callable[[], list[str]],
+        stall_after_s: float,
+        watch_every_s: float = 5.0,
+    ) -> None:
+        self.directory = directory
+        self.problems = problems
+        self.stall_after_s = stall_after_s
+        self.started_at = time.time()
+        self._collecting = threading.Lock()
+        self._watch_every_s = watch_every_s
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="health-watch", daemon=True)
+
+    def families(self) -> list[Metric]:
+        """The processes' samples, read from the directory after reaping dead processes'
+        live gauges (one reader at a time)."""
+        with self._collecting:
+            reap_dead(self.directory)
+            merged = MultiProcessCollector.merge(_readable_files(self.directory), accumulate=True)  # type: ignore[no-untyped-call]
+            return list(merged)
+
+    def samples(self) -> list[Sample]:
+        return _flat(self.families())
+
+    def health(self) -> health_rules.Health:
+        """Judged from the sample files alone: the health rules read only the processes'
+        lag and checkpoint times. The runtime's problems quote AWS's errors, which can
+        quote a credential: they leave the process redacted, as the logs are."""
+        return health_rules.evaluate(
+            self.samples(),
+            now=time.time(),
+            stall_after_s=self.stall_after_s,
+            started_at=self.started_at,
+            problems=[redact(problem) for problem in self.problems()],
+        )
+
+    def _watch(self) -> None:
+        watch = health_rules.Watch()
+        while not self._stopping.wait(self._watch_every_s):
+            try:
+                watch.look(self.health())
+            except Exception as error:  # noqa: BLE001  # the watch must not end; /healthz tells
+                log.debug("health watch failed", error=str(error))
+
+    def start_watch(self) -> None:
+        self._watcher.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+
 class MetricsServer:
     def __init__(
         self,
@@ -53,13 +116,9 @@ class MetricsServer:
         watch_every_s: float = 5.0,
     ) -> None:
         """``watch_every_s``: how often health is judged for the log (see
-        :class:`health_rules.Watch`), whether or not anyone asks ``/healthz``."""
-        self.directory = directory
-        self.problems = problems
-        self.stall_after_s = stall_after_s
-        self.started_at = time.time()
+        :class:`ProcessSamples`), whether or not anyone asks ``/healthz``."""
+        self.process_samples = ProcessSamples(directory, problems, stall_after_s, watch_every_s)
         self.extra = list(extra)
-        self._collecting = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -112,25 +171,14 @@ class MetricsServer:
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="metrics-http", daemon=True
         )
-        self._watch_every_s = watch_every_s
-        self._stopping = threading.Event()
-        self._watcher = threading.Thread(target=self._watch, name="health-watch", daemon=True)
 
     @property
     def url(self) -> str:
         return f"http://{address(self.host, self.port)}/metrics"
 
-    def _from_files(self) -> list[Metric]:
-        """The processes' samples, read from the directory after reaping dead processes'
-        live gauges (one request at a time)."""
-        with self._collecting:
-            reap_dead(self.directory)
-            merged = MultiProcessCollector.merge(_readable_files(self.directory), accumulate=True)  # type: ignore[no-untyped-call]
-            return list(merged)
-
     def _registry(self) -> CollectorRegistry:
         registry = CollectorRegistry()
-        registry.register(_Collected(self._from_files()))
+        registry.register(_Collected(self.process_samples.families()))
         for collector in self.extra:
             registry.register(collector)
         return registry
@@ -145,32 +193,16 @@ class MetricsServer:
 
     def file_samples(self) -> list[Sample]:
         """The processes' samples alone (no collector that may wait on the network)."""
-        return _flat(self._from_files())
+        return self.process_samples.samples()
 
     def health(self) -> health_rules.Health:
-        """Judged from the sample files alone: the health rules read only the processes'
-        lag and checkpoint times, and the other collectors may wait on the network. The
-        runtime's problems quote AWS's errors, which can quote a credential: they leave
-        the process redacted, as the logs are."""
-        return health_rules.evaluate(
-            _flat(self._from_files()),
-            now=time.time(),
-            stall_after_s=self.stall_after_s,
-            started_at=self.started_at,
-            problems=[redact(problem) for problem in self.problems()],
-        )
-
-    def _watch(self) -> None:
-        watch = health_rules.Watch()
-        while not self._stopping.wait(self._watch_every_s):
-            try:
-                watch.look(self.health())
-            except Exception as error:  # noqa: BLE001  # the watch must not end; /healthz tells
-                log.debug("health watch failed", error=str(error))
+        """From the sample files alone (:meth:`ProcessSamples.health`): the other
+        collectors may wait on the network, and a health probe must not."""
+        return self.process_samples.health()
 
     def start(self) -> None:
         self._thread.start()
-        self._watcher.start()
+        self.process_samples.start_watch()
         where = {
             "url": self.url,
             "health": f"http://{address(self.host, self.port)}/healthz",
@@ -189,7 +221,7 @@ class MetricsServer:
             log.info("serving metrics", **where)
 
     def stop(self) -> None:
-        self._stopping.set()
+        self.process_samples.stop()
         if self._thread.is_alive():
             self._httpd.shutdown()  # waits for serve_forever, so only once it runs
         self._httpd.server_close()

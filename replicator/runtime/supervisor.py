@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from replicator import entry, logs
 from replicator.config.model import ResolvedJob
 from replicator.metrics import multiprocess
-from replicator.metrics.server import MetricsServer
+from replicator.metrics.server import MetricsServer, ProcessSamples
 from replicator.watermark import collector as watermark
 
 log = structlog.get_logger(__name__)
@@ -38,20 +38,24 @@ def begin(resolved: ResolvedJob, runtime: str) -> None:
 
 @dataclass
 class Served:
-    """The metrics directory the children write to, and the server (None when metrics are
-    off): bound to its port already, serving once ``start`` is called."""
+    """The metrics directory the children write to, what is read of it (the health
+    watch's warnings in the log, with metrics on or off), and the server (None when
+    metrics are off): bound to its port already, serving once ``start`` is called."""
 
     samples: multiprocess.SamplesDirectory
+    read: ProcessSamples
     server: MetricsServer | None
     marks: list[watermark.WatermarkCollector]
 
     def start(self) -> int | None:
-        """Serve, and start reading the watermarks in the background; the port (useful
-        when the job asked for port 0). No thread runs before this: the KCL launcher
-        starts its daemon first (a fork while other threads run can inherit their locks)."""
+        """Serve, and start reading the watermarks and judging health in the background;
+        the port (useful when the job asked for port 0). No thread runs before this: the
+        KCL launcher starts its daemon first (a fork while other threads run can inherit
+        their locks)."""
         for mark in self.marks:
             mark.start()  # read in the background: a scrape shows what was read
         if self.server is None:
+            self.read.start_watch()
             return None
         self.server.start()
         return self.server.port
@@ -65,9 +69,13 @@ def metrics_served(
     port is bound on entry (a runtime enters this through :class:`MetricsHold`, before
     its preflight creates anything); no thread is started before ``Served.start``."""
     job = resolved.job
-    samples = multiprocess.prepare()
+    # A job that serves no metrics keeps its samples in a directory of its own: the
+    # operator's $PROMETHEUS_MULTIPROC_DIR (set for a whole container, say) is for the
+    # job that serves them, and is neither emptied nor locked by this one.
+    samples = multiprocess.prepare(private=not job.metrics.enabled)
     server: MetricsServer | None = None
     marks: list[watermark.WatermarkCollector] = []
+    read = ProcessSamples(samples.path, problems, job.metrics.stall_after_s)
     try:
         if job.metrics.enabled:
             marks = watermark.collectors(resolved)
@@ -79,10 +87,12 @@ def metrics_served(
                 stall_after_s=job.metrics.stall_after_s,
                 extra=[*extra, *marks],
             )
-        yield Served(samples, server, marks)
+            read = server.process_samples
+        yield Served(samples, read, server, marks)
     finally:
         for mark in marks:
             mark.stop()
+        read.stop()
         if server is not None:
             server.stop()
         multiprocess.discard(samples)

@@ -848,22 +848,47 @@ def _lag(samples: list[Sample], destination: str) -> list[float]:
     return matching(samples, LAG, destination=destination)
 
 
-def test_metrics_can_be_turned_off(moto_endpoint: str, unique: Any, tmp_path: Path) -> None:
-    job = Job(moto_endpoint, unique("nometrics"), tmp_path)
-    configure(job, "metrics: {enabled: false}")
-    log = job.directory / "runtime.log"
-    runtime = job.start()
+def test_metrics_can_be_turned_off_and_health_is_still_logged(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """Nothing listens, and the log is the health signal: a stalled destination turns
+    the job ``unhealthy`` (after ``stall_after_s``) and back. The operator's
+    $PROMETHEUS_MULTIPROC_DIR, held by another job, is neither refused, emptied nor
+    locked: this job keeps its samples in a directory of its own."""
+    held = tmp_path / "held-samples"
+    other_job = multiprocess.prepare(held)
+    (held / "counter_1.db").write_bytes(b"the other job's samples")
+    changes = 3
     try:
-        wait_until(
-            lambda: log.exists() and "local runtime started" in log.read_text(),
-            30,
-            "the runtime to start",
-        )
-        put_items(job, range(3))
-        wait_until(job.converged, 30, "destinations to equal the source")
+        with FailingWritesProxy(moto_endpoint) as proxy:
+            job = Job(moto_endpoint, unique("nometrics"), tmp_path)
+            (_, ap_table) = job.destinations[1]
+            ap = f"ap-southeast-2/{ap_table}"
+            job.write(logging="{format: json, level: warning}")
+            configure(job, "metrics: {enabled: false, stall_after_s: 3}", **{ap_table: proxy.url})
+            log = job.directory / "runtime.log"
+            runtime = job.start(env={multiprocess.ENV: str(held)})
+            try:
+                put_items(job, range(changes))
+                wait_until(job.converged, 60, "destinations to equal the source")
+                proxy.failing.set()
+                put_items(job, range(changes, changes + 1))
+                unhealthy = wait_until(
+                    lambda: _logged(log, "unhealthy"), 60, "the turn to unhealthy to be logged"
+                )[0]
+                assert unhealthy["stalled_destinations"] == [ap], unhealthy
+                proxy.failing.clear()
+                again = wait_until(
+                    lambda: _logged(log, "healthy again"), 60, "the recovery to be logged"
+                )[0]
+                assert again["stalled_destinations"] == [ap], again
+                wait_until(job.converged, 30, "destinations to equal the source")
+            finally:
+                assert stop(runtime) == 0
+        assert not _logged(log, "serving metrics")
+        assert sorted(path.name for path in held.iterdir()) == [".replicator.lock", "counter_1.db"]
     finally:
-        assert stop(runtime) == 0
-    assert "serving metrics" not in log.read_text()
+        multiprocess.discard(other_job)
 
 
 @pytest.mark.parametrize("level", ["warning", "error"])

@@ -59,7 +59,7 @@ from replicator.exceptions import (
     ReplicatorError,
 )
 from replicator.metrics import health, multiprocess
-from replicator.metrics.server import MetricsServer
+from replicator.metrics.server import MetricsServer, ProcessSamples
 from replicator.runtime import preflight, supervisor
 from replicator.runtime.jobcopy import JOB_FILE_ENV, write_job_copy
 from replicator.runtime.local import hostlock
@@ -137,6 +137,7 @@ class LocalRuntime:
         self.failure: BaseException | None = None
         self.metrics_port: int | None = None
         self.metrics_server: MetricsServer | None = None  # while running, if metrics are on
+        self._process_samples: ProcessSamples | None = None  # while running
         self._samples: multiprocess.SamplesDirectory | None = None
         self._job_copy: Path | None = None
         source = self.job.source
@@ -220,6 +221,7 @@ class LocalRuntime:
             self._job_copy = write_job_copy(self.resolved, Path(workdir))
             self._samples = served.samples
             self.metrics_server = served.server
+            self._process_samples = served.read
             try:
                 self.metrics_port = served.start()
                 self.leases.ensure_exists()
@@ -413,14 +415,14 @@ class LocalRuntime:
 
     def _settled_at(self, shard_id: str, destination: str) -> float | None:
         """When a change of the shard last settled at the destination, from the
-        processors' samples (None without metrics, or before anything settled there)."""
-        server = self.metrics_server
-        if server is None:
+        processors' samples (None before anything settled there, or before the run)."""
+        samples = self._process_samples
+        if samples is None:
             return None
         return max(
             (
                 value
-                for name, labels, value in server.file_samples()
+                for name, labels, value in samples.samples()
                 if name == health.PROGRESS
                 and labels.get("shard") == shard_id
                 and labels.get("destination") == destination
