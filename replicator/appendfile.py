@@ -93,6 +93,19 @@ def unusable(path: str | Path) -> str | None:
     return None
 
 
+def file_in_the_way(path: str | Path) -> Path | None:
+    """The nearest existing part of ``path``'s directory when that is no directory (a
+    file where a directory must be made), else None (also when the path cannot be
+    looked at: a name too long, a directory that may not be searched, which the other
+    checks and opening it name)."""
+    directory = Path(path).parent
+    try:
+        existing = next((p for p in (directory, *directory.parents) if p.exists()), None)
+        return existing if existing is not None and not existing.is_dir() else None
+    except OSError:
+        return None
+
+
 def why_not_appendable(path: Path) -> str | None:
     """:func:`_why_not_appendable`, with any error of the checks themselves (a name too
     long, a directory that may not be searched) an answer rather than a traceback."""
@@ -120,8 +133,8 @@ def _why_not_appendable(path: Path) -> str | None:
     if kind is not None:
         return f"it is {kind}, not a regular file: name a file of its own"
     directory = path.parent
-    blocking = next((p for p in (directory, *directory.parents) if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
+    blocking = file_in_the_way(path)
+    if blocking is not None:
         return (
             f"{blocking} is a file, so the directory {directory} cannot be created{UNWRITABLE_HINT}"
         )

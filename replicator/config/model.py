@@ -2125,14 +2125,25 @@ def disk_checks(job: JobConfig, *, directories_only: bool = False) -> Problems:
     ``run`` will use): a file target that names an existing directory, or (unless
     ``directories_only``) something else that is not a regular file (a FIFO, which
     opening would wait on for ever, ``/dev/null``, which keeps nothing) or a path no
-    file can have (a name too long), each of which ``run`` refuses at start."""
-    from replicator.appendfile import not_a_regular_file, unusable
+    file can have (a name too long, a directory to make where a file is), each of which
+    ``run`` refuses at start."""
+    from replicator.appendfile import file_in_the_way, not_a_regular_file, unusable
 
     problems: Problems = []
     for where, what, path in _job_files(job):
         kind = None if directories_only else not_a_regular_file(path)
         problem = None if directories_only else unusable(path)
-        if problem is not None:
+        blocking = None if directories_only else file_in_the_way(path)
+        if blocking is not None:
+            shown = os.path.abspath(path)
+            problems.append(
+                (
+                    where,
+                    f"{what} {shown} cannot be written: {os.path.abspath(blocking)} is a file, "
+                    f"so the directory {os.path.dirname(shown)} cannot be created",
+                )
+            )
+        elif problem is not None:
             problems.append((where, f"{what} {os.path.abspath(path)} cannot be written: {problem}"))
         elif kind is not None and kind != "a directory":
             problems.append(

@@ -341,6 +341,27 @@ def test_validate_reports_a_file_target_that_is_a_directory(tmp_path: Path, sect
     )
 
 
+@pytest.mark.parametrize("section", ["dead_letter", "conflict_log"])
+@pytest.mark.parametrize("under", ["in-a-file.jsonl", "sub/in-a-file.jsonl"])
+def test_validate_reports_a_file_target_whose_directory_would_be_made_in_a_file(
+    tmp_path: Path, section: str, under: str
+) -> None:
+    """run refused it at start (exit 3) while validate passed it; nothing is created."""
+    blocking = tmp_path / "afile"
+    blocking.write_text("a file, not a directory")
+    path = blocking / under
+    kind = "kind: file, " if section == "conflict_log" else ""
+    what = "the conflict log" if section == "conflict_log" else "the dead-letter file"
+    _refused(
+        tmp_path,
+        JOB + f"{section}: {{{kind}path: '{path}'}}\n",
+        f"{section}.path",
+        f"{what} {path} cannot be written: {blocking} is a file, so the directory "
+        f"{path.parent} cannot be created",
+    )
+    assert blocking.read_text() == "a file, not a directory"
+
+
 def test_validate_reports_a_directory_with_the_other_problems(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
     path.write_text(
