@@ -127,6 +127,30 @@ def parsed_away(operation: str, reason: str) -> MalformedAnswer:
     )
 
 
+# The errors botocore's response parser raises on a value of an unexpected type deep in
+# an answer (a map where a string is, a string where a map is, a blob that is not
+# base64): its top level passed :func:`check_before_parse`.
+PARSER_ERRORS = (AttributeError, TypeError, ValueError, KeyError, IndexError)
+
+
+def unparsed(operation: str, error: BaseException, where: str = "") -> MalformedAnswer | None:
+    """:class:`MalformedAnswer` for ``error`` (one of :data:`PARSER_ERRORS`) if botocore's
+    response parser raised it: the answer is garbled below its top level, which is a
+    failed call (retried) naming the operation and ``where`` it was read, not a bug of
+    the caller's to stop on with a bare ``AttributeError``. None for an error raised
+    anywhere else."""
+    trace = error.__traceback__
+    while trace is not None:
+        if trace.tb_frame.f_globals.get("__name__") == "botocore.parsers":
+            return MalformedAnswer(
+                operation=operation,
+                reason=f"botocore could not read it: {type(error).__name__}: {error}",
+                body=f"(the body is not kept){where}",
+            )
+        trace = trace.tb_next
+    return None
+
+
 def _malformed(operation: str, reason: str, body: bytes) -> MalformedAnswer:
     shown = excerpt(body[:_SHOWN_CHARS].decode("utf-8", "replace")) or "(empty)"
     return MalformedAnswer(operation=operation, reason=reason, body=repr(shown))

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
-from replicator.aws.answers import MalformedAnswer
+from replicator.aws.answers import PARSER_ERRORS, MalformedAnswer, unparsed
 from replicator.aws.backoff import Backoff
 from replicator.aws.errors import ErrorKind, classify, error_code, excerpt
 from replicator.config.model import PROCESSOR_FLUSH_TIMEOUT_MS, OnTrimmedData, processor_stop_s
@@ -636,6 +636,8 @@ class ShardWorker(threading.Thread):
         def make() -> None:
             try:
                 outcome.append(call())
+            except PARSER_ERRORS as error:
+                outcome.append(unparsed(operation, error, self._reading_where()) or error)
             except BaseException as error:  # noqa: BLE001  # raised on the worker's thread
                 outcome.append(error)
             finally:
@@ -651,6 +653,13 @@ class ShardWorker(threading.Thread):
         if isinstance(result, BaseException):
             raise result
         return result, reported
+
+    def _reading_where(self) -> str:
+        """Where the shard is being read, for a message about an answer that could not be
+        read: after the highest record delivered, else from the checkpoint."""
+        if self._highest_delivered is not None:
+            return f"; shard {self.shard_id}, read after sequence number {self._highest_delivered}"
+        return f"; shard {self.shard_id}, read from its checkpoint {self.lease.checkpoint}"
 
     def _until_report(self) -> float:
         """Seconds until the processor is due to hear how far behind the reader may be:

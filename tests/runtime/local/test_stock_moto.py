@@ -143,3 +143,51 @@ def test_writers_at_once_on_an_unpatched_moto_all_reach_the_destination(
     assert any(line.get("event") == LOWER for line in lines)
     assert not [line for line in lines if "StreamOrderBroken" in json.dumps(line)]
     assert not [line for line in lines if line.get("event", "").startswith("processor child")]
+
+
+def test_a_stream_answer_botocore_cannot_read_is_a_failed_read_naming_it_not_a_crash(
+    stock_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """moto (unpatched) answers GetRecords for an item whose map has an empty attribute name with a
+    map where the value's type should be, which botocore's parser fails on deep in the
+    answer (an AttributeError). That is a garbled answer: a failed read, retried and
+    logged naming GetRecords, the shard and where it was read, with the run going on
+    (and stopping cleanly); it was exit 1 with a bare "'str' object has no attribute
+    'get'"."""
+    name = unique("garbled")
+    job = Job(stock_endpoint, name, tmp_path, destinations=[("eu-west-1", f"{name}-eu")])
+    log = tmp_path / "run.log"
+    runtime = job.start(log=log)
+    (region, table) = job.destinations[0]
+    destination = client("dynamodb", region, stock_endpoint)
+    try:
+        wait_until(lambda: "shard started" in log.read_text(), 60, "the shard to start")
+        job.source.put_item(TableName=job.source_table, Item=_key("fine"))
+        wait_until(
+            lambda: "Item" in destination.get_item(TableName=table, Key=_key("fine")),
+            60,
+            "the first item to be replicated",
+        )
+        job.source.put_item(
+            TableName=job.source_table,
+            Item={**_key("garbled"), "m": {"M": {"": {"S": "an empty attribute name"}}}},
+        )
+        wait_until(
+            lambda: "botocore could not read it" in log.read_text(),
+            60,
+            "the garbled answer to be logged",
+        )
+        assert runtime.poll() is None  # still running: the read is retried
+    finally:
+        status = stop(runtime)
+    output = log.read_text()
+    assert status == 0, output.splitlines()[-1]
+    assert "Traceback" not in output
+    line = next(text for text in output.splitlines() if "botocore could not read it" in text)
+    assert "GetRecords answered HTTP 200 with a body that is not a well-formed answer" in line
+    assert "AttributeError" in line and "read after sequence number" in line
+    assert "reading the stream failed; retrying" in line and "shard shardId-" in line
+
+
+def _key(pk: str) -> dict[str, Any]:
+    return {"pk": {"S": pk}, "sk": {"N": "1"}}
