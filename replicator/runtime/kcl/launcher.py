@@ -87,6 +87,9 @@ _CLASSPATH_FAILURE = re.compile(
 # The JVM refusing its own options (a heap size it cannot read, an unknown option): the
 # line before "Could not create the Java Virtual Machine" says which.
 _JVM_REFUSED = "Could not create the Java Virtual Machine"
+# The JVM failing as it initialises with options it read (an initial heap above the
+# maximum, a heap too small to start in): the line after this one says why.
+_VM_INIT_FAILED = "Error occurred during initialization of VM"
 # How long a line of the daemon's output that may be followed by its stack trace is held.
 _HELD_S = 0.25
 
@@ -165,6 +168,10 @@ class DaemonProcess:
         # The daemon's exit status (128 + N for a signal N), once it has ended.
         self.status: int | None = None
         self._previous_line = ""
+        self._reason_follows = False  # the JVM's next line says why it could not start
+        # Whether the daemon wrote anything at all: a kcl.java that is no Java runtime
+        # (/bin/false) ends at once in silence.
+        self.said_anything = False
         self._process: subprocess.Popen[bytes] | None = None
         self._pump: threading.Thread | None = None
         self._stop_requests: list[signal.Signals] = []
@@ -365,11 +372,19 @@ class DaemonProcess:
         """``line``, after noting what it says of a daemon that cannot start (each line of
         a logged event's message and stack trace on its own)."""
         for text in daemon_log.text_lines(line):
+            stripped = text.strip()
+            self.said_anything = self.said_anything or bool(stripped)
             if self.classpath_failure is None and _CLASSPATH_FAILURE.search(text):
-                self.classpath_failure = text.strip()
-            if self.jvm_refused is None and _JVM_REFUSED in text:
-                self.jvm_refused = self._previous_line or text.strip()
-            self._previous_line = text.strip()
+                self.classpath_failure = stripped
+            if self._reason_follows and stripped:
+                self.jvm_refused = f"{self.jvm_refused}: {stripped}"
+                self._reason_follows = False
+            elif self.jvm_refused is None and _JVM_REFUSED in text:
+                self.jvm_refused = self._previous_line or stripped
+            elif self.jvm_refused is None and _VM_INIT_FAILED in text:
+                self.jvm_refused = stripped
+                self._reason_follows = True
+            self._previous_line = stripped
         return line
 
     def _write(self, entries: list[daemon_log.Entry]) -> None:
@@ -532,6 +547,14 @@ def run_kcl(
             raise KclUnavailable(
                 f"the JVM could not start: {daemon.jvm_refused}; check the options in "
                 f"${java.JVM_OPTIONS_ENV}"
+            )
+        if not daemon.said_anything and (daemon.status or 0) < 128:
+            # No JVM ends without a word, not even one refusing its options: what ran
+            # was no Java runtime (kcl.java: /bin/false, a wrapper script that fails).
+            raise KclUnavailable(
+                f"the KCL daemon ({prepared.argv[0]}) exited with status {daemon.status} "
+                "before writing a line: check that kcl.java names a Java 17 runtime "
+                f"(`{prepared.argv[0]} -version`)"
             )
         if daemon.classpath_failure:
             raise KclUnavailable(

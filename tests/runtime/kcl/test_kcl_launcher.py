@@ -532,6 +532,14 @@ def test_a_classpath_that_cannot_start_is_a_clear_error(
     [
         ("-Xmx1g '-Dfoo", ["REPLICATOR_KCL_JVM_OPTIONS", "No closing quotation"]),
         ("-Xmx1q", ["the JVM could not start", "Invalid maximum heap size: -Xmx1q"]),
+        (
+            "-Xms2g -Xmx1g",
+            [
+                "the JVM could not start: Error occurred during initialization of VM: "
+                "Initial heap size set to a larger value than the maximum heap size",
+                "REPLICATOR_KCL_JVM_OPTIONS",
+            ],
+        ),
     ],
 )
 def test_jvm_options_the_jvm_cannot_take_are_one_line_and_exit_4(
@@ -544,6 +552,27 @@ def test_jvm_options_the_jvm_cannot_take_are_one_line_and_exit_4(
     result = run_cli(job, env={"REPLICATOR_KCL_JVM_OPTIONS": options})
     assert_refused(result, 4, *needles)
     assert_json_lines("\n".join(result.stderr.strip().splitlines()[:-1]))
+
+
+@pytest.mark.parametrize("executable", ["/bin/false", "/bin/true"])
+def test_a_kcl_java_that_is_no_java_runtime_is_one_line_naming_it_and_exit_4(
+    kinesis_job: dict[str, Any], tmp_path: Path, executable: str
+) -> None:
+    """An executable that ends at once without a word (no JVM does, not even one refusing
+    its options) is no Java runtime: exit 4 naming it, not "stopped on its own; its log
+    above says why" over a log that says nothing."""
+    jars = fake_jars(tmp_path / "jars", [java.MULTILANG_DAEMON])
+    job = write_job(
+        tmp_path / "job.yaml", **kinesis_job, kcl=f", jars_dir: {jars}, java: {executable}"
+    )
+    result = run_cli(job)
+    assert_refused(
+        result,
+        4,
+        f"the KCL daemon ({executable}) exited with status {int(executable == '/bin/false')} "
+        "before writing a line",
+        "kcl.java names a Java 17 runtime",
+    )
 
 
 # -- lifecycle, with a stand-in daemon ----------------------------------------------------
