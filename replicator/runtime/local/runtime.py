@@ -382,6 +382,7 @@ class LocalRuntime:
             shutdown_timeout_s=stop_answer_limit_s(self.job.kcl.shutdown_flush_ms),
             read_stall_after_s=self.job.metrics.stall_after_s,
             explain=self._explained,
+            read_timeout_s=float(getattr(self._streams.meta.config, "read_timeout", 10.0)),
         )
         worker = ShardWorker(
             lease,

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import structlog
-from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError, ReadTimeoutError
 
 from replicator.aws.answers import PARSER_ERRORS, MalformedAnswer, unparsed
 from replicator.aws.backoff import Backoff
@@ -165,6 +165,13 @@ class ShardSettings:
     # ends with (naming the stream or lease table, where, and what to do); None: the
     # error as it is.
     explain: Callable[[ClientError | BotoCoreError, str], EnvironmentProblem] | None = None
+    # The stream client's read timeout: a GetRecords page that is not answered within it
+    # is asked for again at half the size (see ShardWorker._page_unanswered).
+    read_timeout_s: float = 10.0
+
+
+# The fewest records a GetRecords call asks for, however often a page goes unanswered.
+_SMALLEST_PAGE = 10
 
 
 class ShardWorker(threading.Thread):
@@ -221,6 +228,10 @@ class ShardWorker(threading.Thread):
         self._lease_confirmed_at = monotonic()
         self._lease_taken = False  # the runtime found the lease renewed by another worker
         self._settled_at = settled_at
+        # How many records a GetRecords call asks for: kcl.max_records, halved after a
+        # page went unanswered, doubled back after a page answered in a quarter of the
+        # read timeout (an endpoint slow to serve a full page: moto under load).
+        self._page = settings.max_records
         # The last read that succeeded for the running child: when, and how far behind
         # the tip it was (None: none yet).
         self._read_at: float | None = None
@@ -511,6 +522,8 @@ class ShardWorker(threading.Thread):
                     position = self._highest_delivered or self.lease.checkpoint
                     iterator = self._trimmed(child, position)
                     continue
+                if isinstance(error, ReadTimeoutError):
+                    self._page_unanswered()
                 self._read_failed(child, error)
                 self._wait_and_retry(error, attempt, child=child)
                 attempt += 1
@@ -603,13 +616,18 @@ class ShardWorker(threading.Thread):
     ) -> tuple[GetRecordsOutputTypeDef, bool]:
         """One GetRecords call (see :meth:`_while_out`), and whether the processor was
         told anything while it was out, or while the shard's end was confirmed."""
+        page = self._page
+        asked_at = time.monotonic()
         result, reported = self._while_out(
             child,
             "GetRecords",
-            lambda: self.streams.get_records(
-                ShardIterator=iterator, Limit=self.settings.max_records
-            ),
+            lambda: self.streams.get_records(ShardIterator=iterator, Limit=page),
         )
+        if (
+            page < self.settings.max_records
+            and time.monotonic() - asked_at < self.settings.read_timeout_s / 4
+        ):
+            self._page = min(self.settings.max_records, page * 2)
         if not isinstance(result.get("Records"), list):
             raise MalformedAnswer(
                 operation="GetRecords", reason="no Records", body=repr(result)[:80]
@@ -653,6 +671,19 @@ class ShardWorker(threading.Thread):
         if isinstance(result, BaseException):
             raise result
         return result, reported
+
+    def _page_unanswered(self) -> None:
+        """A GetRecords call went unanswered for the read timeout: an endpoint that takes
+        that long to serve a page (moto under load serves a thousand records in seconds)
+        would time out on every retry of the same page, and the shard would never move.
+        Ask for half as many records from now on, down to :data:`_SMALLEST_PAGE`."""
+        if self._page > _SMALLEST_PAGE:
+            self._page = max(_SMALLEST_PAGE, self._page // 2)
+            log.info(
+                "GetRecords went unanswered; asking for fewer records a call",
+                shard=self.shard_id,
+                records_a_call=self._page,
+            )
 
     def _reading_where(self) -> str:
         """Where the shard is being read, for a message about an answer that could not be
@@ -915,6 +946,8 @@ class ShardWorker(threading.Thread):
                         position,
                         f"not a sequence number of the stream ({excerpt(str(error))})",
                     ) from None
+                if isinstance(error, ReadTimeoutError):
+                    self._page_unanswered()
                 self._read_failed(child, error)
                 self._wait_and_retry(error, attempt, child=child)
                 attempt += 1

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import structlog.testing
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ReadTimeoutError
 
 from replicator.aws.backoff import Backoff
 from replicator.config.model import OnTrimmedData
@@ -67,6 +67,7 @@ class ScriptedStream:
         self.closed = True  # whether DescribeStream shows shard-1 closed
         self.iterator_requests: list[tuple[str, str | None]] = []
         self.reads: list[str] = []  # the iterator of each GetRecords
+        self.limits: list[int] = []  # the Limit of each GetRecords
 
     def get_shard_iterator(self, **kwargs: Any) -> dict[str, str]:
         self.iterator_requests.append((kwargs["ShardIteratorType"], kwargs.get("SequenceNumber")))
@@ -81,6 +82,7 @@ class ScriptedStream:
 
     def get_records(self, **kwargs: Any) -> dict[str, Any]:
         self.reads.append(kwargs["ShardIterator"])
+        self.limits.append(kwargs["Limit"])
         if not self.script:
             self.stop.set()
             return {"Records": [], "NextShardIterator": "idle"}
@@ -230,6 +232,27 @@ def test_an_expired_iterator_is_replaced_after_the_last_record_delivered(
     worker, stream, children = run_worker(leases, script)
     assert worker.error is None
     assert stream.iterator_requests == [("TRIM_HORIZON", None), ("AFTER_SEQUENCE_NUMBER", "2")]
+    assert [r["sequenceNumber"] for b in children[0].batches for r in b] == ["1", "2", "3"]
+    assert leases.get("shard-1").checkpoint == "3"  # type: ignore[union-attr]
+
+
+def test_a_page_that_goes_unanswered_is_asked_for_again_at_half_the_size(
+    leases: LeaseTable,
+) -> None:
+    """An endpoint that cannot serve kcl.max_records within the read timeout (moto under
+    load) would time out on every retry of the same page: each unanswered call halves
+    the page, and pages answered fast double it back to kcl.max_records (100 here)."""
+    timeout = ReadTimeoutError(endpoint_url="http://127.0.0.1:9")
+    script = [
+        timeout,
+        timeout,
+        {"Records": [record(1)], "NextShardIterator": "x"},
+        {"Records": [record(2)], "NextShardIterator": "y"},
+        {"Records": [record(3)], "NextShardIterator": "z"},
+    ]
+    worker, stream, children = run_worker(leases, script)
+    assert worker.error is None
+    assert stream.limits[:6] == [100, 50, 25, 50, 100, 100]
     assert [r["sequenceNumber"] for b in children[0].batches for r in b] == ["1", "2", "3"]
     assert leases.get("shard-1").checkpoint == "3"  # type: ignore[union-attr]
 
