@@ -30,6 +30,7 @@ daemon's lifetime:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -51,6 +52,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from replicator import logs
+from replicator.config.endpoints import endpoint_identity
 from replicator.config.model import ResolvedJob, StreamKind
 from replicator.entry import stop_held
 from replicator.exceptions import DaemonStopped, KclUnavailable
@@ -64,6 +66,7 @@ from replicator.runtime.kcl.properties import (
     render_properties,
     shutdown_grace_ms,
 )
+from replicator.runtime.local import hostlock
 
 log = structlog.get_logger(__name__)
 
@@ -169,9 +172,6 @@ class DaemonProcess:
         self.status: int | None = None
         self._previous_line = ""
         self._reason_follows = False  # the JVM's next line says why it could not start
-        # Whether the daemon wrote anything at all: a kcl.java that is no Java runtime
-        # (/bin/false) ends at once in silence.
-        self.said_anything = False
         self._process: subprocess.Popen[bytes] | None = None
         self._pump: threading.Thread | None = None
         self._stop_requests: list[signal.Signals] = []
@@ -373,7 +373,6 @@ class DaemonProcess:
         a logged event's message and stack trace on its own)."""
         for text in daemon_log.text_lines(line):
             stripped = text.strip()
-            self.said_anything = self.said_anything or bool(stripped)
             if self.classpath_failure is None and _CLASSPATH_FAILURE.search(text):
                 self.classpath_failure = stripped
             if self._reason_follows and stripped:
@@ -481,6 +480,31 @@ def prepare_run(
     return PreparedRun(argv=argv, properties=properties, jars_dir=installation.jars_dir)
 
 
+def _worker_id(resolved: ResolvedJob) -> str:
+    return resolved.job.kcl.worker_id or socket.gethostname()
+
+
+def _worker_lock(resolved: ResolvedJob) -> hostlock.HostLock:
+    """Two runs of one worker (task, lease table's place and worker id) on one host would
+    each hold the other's leases as their own and write every change twice, without a
+    word from the KCL: the second is refused (exit 5), as the local runtime refuses a
+    second run of its task. Workers of other ids on this host share the shards as on
+    other hosts."""
+    source = resolved.job.source
+    server = endpoint_identity(source.endpoint_url, source.region) or "aws"
+    place = f"{server} {source.region} {source.role_arn or ''} worker {_worker_id(resolved)}"
+    path = hostlock.lock_path(Path(tempfile.gettempdir()), resolved.task_name, place)
+    return hostlock.HostLock(
+        path,
+        hint="each worker of a task needs a worker id of its own (kcl.worker_id, by default "
+        "the host name): stop that process first, or give this one another worker id",
+    )
+
+
+def _worker_refused(resolved: ResolvedJob) -> str:
+    return f"task {resolved.task_name} with KCL worker id {_worker_id(resolved)!r}"
+
+
 def run_kcl(
     resolved: ResolvedJob, ready: Callable[[DaemonProcess, MetricsServer | None], Any] | None = None
 ) -> int:
@@ -493,22 +517,34 @@ def run_kcl(
     def problems() -> list[str]:
         return daemon.problems() if daemon is not None else []
 
+    lock = _worker_lock(resolved)
     with (
         tempfile.TemporaryDirectory(prefix="replicator-kcl-") as workdir,
         supervisor.MetricsHold(resolved, problems, [_DaemonCollector(lambda: daemon)]) as held,
+        contextlib.ExitStack() as let_go,
     ):
+        let_go.callback(lock.release)
+
+        def before_creating() -> supervisor.Served:
+            # The worker's host lock, then the metrics port: a second run of this worker
+            # here (which has the same port) is told it is one (exit 5), not that its
+            # port is taken.
+            if not lock.held:
+                lock.hold(_worker_refused(resolved))
+            return held.bind()
+
         # Stop signals are still held (replicator.entry) while the preflight runs: one
         # asks it to stop between its steps, a second one ends the command at once. The
         # metrics port is bound once its checks have passed, before it creates anything:
         # a port in use refuses the start having created nothing.
         try:
             prepared = prepare_run(
-                resolved, Path(workdir), stopped=stop_held, before_creating=held.bind
+                resolved, Path(workdir), stopped=stop_held, before_creating=before_creating
             )
         except preflight.Stopped:
             supervisor.stopped_while_starting("KCL runtime stopped before it started")
             return 0
-        served = held.bind()  # bound by the preflight already
+        served = before_creating()  # taken and bound by the preflight already
         # The processors expand ${VAR} in the job's copy from this same environment,
         # and name the operator's file in their messages.
         env = {
@@ -528,7 +564,7 @@ def run_kcl(
                 served.start()
                 log.info(
                     "KCL runtime started",
-                    worker_id=job.kcl.worker_id or socket.gethostname(),
+                    worker_id=_worker_id(resolved),
                     lease_table=resolved.lease_table,
                     properties=str(prepared.properties),
                 )
@@ -547,14 +583,6 @@ def run_kcl(
             raise KclUnavailable(
                 f"the JVM could not start: {daemon.jvm_refused}; check the options in "
                 f"${java.JVM_OPTIONS_ENV}"
-            )
-        if not daemon.said_anything and (daemon.status or 0) < 128:
-            # No JVM ends without a word, not even one refusing its options: what ran
-            # was no Java runtime (kcl.java: /bin/false, a wrapper script that fails).
-            raise KclUnavailable(
-                f"the KCL daemon ({prepared.argv[0]}) exited with status {daemon.status} "
-                "before writing a line: check that kcl.java names a Java 17 runtime "
-                f"(`{prepared.argv[0]} -version`)"
             )
         if daemon.classpath_failure:
             raise KclUnavailable(

@@ -1,4 +1,5 @@
-"""The local runtime's host lock: one run of a task per host and lease table.
+"""The runtimes' host lock: one run of a task per host and lease table (under
+``runtime: kcl``, of a task's worker id).
 
 Two local runtimes of one task on one host would share a worker id and each take the
 other's leases for its own. The lock is an ``flock`` on a file in the temporary
@@ -46,8 +47,14 @@ def lock_path(directory: Path, task: str, place: str) -> Path:
 class HostLock:
     """Held from :meth:`hold` until :meth:`release` (or this process ends)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        hint: str = "the local runtime runs one worker per task name; stop that process first",
+    ) -> None:
+        """``hint``: what a refused start is told to do, after naming the holder."""
         self.path = path
+        self.hint = hint
         self._fd: int | None = None
 
     @property
@@ -134,8 +141,7 @@ class HostLock:
     def _held(self, refused: str, holder: int | None) -> LeaseHeld:
         by = f"process {holder}" if holder else "another process"
         return LeaseHeld(
-            f"{refused} is being run by {by} on this host (lock {self.path}): the "
-            "local runtime runs one worker per task name; stop that process first"
+            f"{refused} is being run by {by} on this host (lock {self.path}): {self.hint}"
         )
 
     def _unusable(self, refused: str, why: str) -> EnvironmentProblem:

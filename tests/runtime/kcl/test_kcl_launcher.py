@@ -554,27 +554,6 @@ def test_jvm_options_the_jvm_cannot_take_are_one_line_and_exit_4(
     assert_json_lines("\n".join(result.stderr.strip().splitlines()[:-1]))
 
 
-@pytest.mark.parametrize("executable", ["/bin/false", "/bin/true"])
-def test_a_kcl_java_that_is_no_java_runtime_is_one_line_naming_it_and_exit_4(
-    kinesis_job: dict[str, Any], tmp_path: Path, executable: str
-) -> None:
-    """An executable that ends at once without a word (no JVM does, not even one refusing
-    its options) is no Java runtime: exit 4 naming it, not "stopped on its own; its log
-    above says why" over a log that says nothing."""
-    jars = fake_jars(tmp_path / "jars", [java.MULTILANG_DAEMON])
-    job = write_job(
-        tmp_path / "job.yaml", **kinesis_job, kcl=f", jars_dir: {jars}, java: {executable}"
-    )
-    result = run_cli(job)
-    assert_refused(
-        result,
-        4,
-        f"the KCL daemon ({executable}) exited with status {int(executable == '/bin/false')} "
-        "before writing a line",
-        "kcl.java names a Java 17 runtime",
-    )
-
-
 # -- lifecycle, with a stand-in daemon ----------------------------------------------------
 
 STAND_IN_DAEMON = """\
@@ -684,6 +663,30 @@ def stand_in(kinesis_job: dict[str, Any], tmp_path: Path) -> Any:
     yield start
     for one in started:
         one.kill()
+
+
+def test_a_second_run_of_one_worker_id_on_the_host_is_refused_with_exit_5(
+    stand_in: Any,
+) -> None:
+    """Two runs of one task with one worker id would each take the other's leases for
+    their own and write every change twice, without a word from the KCL: the second is
+    refused before it creates anything, naming the first, and the first runs on."""
+    run = stand_in("graceful")
+    record = run.record()
+    second = subprocess.run(
+        [sys.executable, "-m", "replicator", "run", "--config", str(run.job)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert second.returncode == 5, second.stderr[-2000:]
+    last = second.stderr.strip().splitlines()[-1]
+    assert "with KCL worker id 'stand-in' is being run by process " in last, last
+    assert "each worker of a task needs a worker id of its own (kcl.worker_id" in last
+    assert alive(record["pid"]) and run.process.poll() is None
+    run.process.send_signal(signal.SIGTERM)
+    assert run.process.wait(30) == 0, run.log.read_text()[-2000:]
 
 
 def test_sighup_to_the_run_is_a_clean_stop_as_sigterm_is(stand_in: Any) -> None:
