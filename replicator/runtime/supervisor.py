@@ -74,8 +74,8 @@ def metrics_served(
     # job that serves them, and is neither emptied nor locked by this one.
     samples = multiprocess.prepare(private=not job.metrics.enabled)
     server: MetricsServer | None = None
+    read: ProcessSamples | None = None
     marks: list[watermark.WatermarkCollector] = []
-    read = ProcessSamples(samples.path, problems, job.metrics.stall_after_s)
     try:
         if job.metrics.enabled:
             marks = watermark.collectors(resolved)
@@ -88,13 +88,16 @@ def metrics_served(
                 extra=[*extra, *marks],
             )
             read = server.process_samples
+        else:
+            read = ProcessSamples(samples.path, problems, job.metrics.stall_after_s)
         yield Served(samples, read, server, marks)
     finally:
         for mark in marks:
             mark.stop()
-        read.stop()
         if server is not None:
-            server.stop()
+            server.stop()  # its ProcessSamples too
+        elif read is not None:
+            read.stop()
         multiprocess.discard(samples)
 
 

@@ -556,17 +556,28 @@ def test_a_dead_letter_path_no_file_can_have_is_still_refused_with_exit_3(job: J
     )
 
 
+@pytest.mark.parametrize(
+    ("directory", "suffix"),
+    [
+        ("dl/", ""),
+        ("", " (where the job runs, no file means nothing was dead-lettered)"),
+    ],
+    ids=["relative", "bare file name"],
+)
 def test_a_redrive_from_another_directory_than_the_jobs_says_so_and_exits_1(
-    job: Job, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    job: Job, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, directory: str, suffix: str
 ) -> None:
     """``dead_letter.path`` relative to the job's directory, the redrive run from another:
     it said "no dead letters", exited 0 and created an empty directory there, while the
-    letters waited in the job's."""
-    dead_letters_at(job, "dl/{task_name}.jsonl")
+    letters waited in the job's. A bare file name's directory is the working directory,
+    which is always there: it said "nothing has been dead-lettered there" and exited 0.
+    Nothing tells that apart without the file: the working directory is named, and the
+    exit status is 1."""
+    dead_letters_at(job, f"{directory}{{task_name}}.jsonl")
     eu_label = "/".join(job.destinations[0])
     x = image("x")
-    waiting = job.directory / "dl" / f"{job.name}.jsonl"
-    waiting.parent.mkdir()
+    waiting = job.directory / f"{directory}{job.name}.jsonl"
+    waiting.parent.mkdir(exist_ok=True)
     FileDeadLetters(waiting).put(stream_letter(job, eu_label, x, 11, "rejected", "e"))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -576,50 +587,14 @@ def test_a_redrive_from_another_directory_than_the_jobs_says_so_and_exits_1(
 
     assert wrong.returncode == 1, wrong.stdout + wrong.stderr
     assert wrong.stdout.strip() == (
-        f"redrive: no dead letters in file {elsewhere}/dl/{job.name}.jsonl: no such file; "
-        f"dead_letter.path 'dl/{job.name}.jsonl' is relative to the working directory "
-        f"({elsewhere}): run the command where the job runs, or make the path absolute"
+        f"redrive: no dead letters in file {elsewhere}/{directory}{job.name}.jsonl: no such "
+        f"file; dead_letter.path '{directory}{job.name}.jsonl' is relative to the working "
+        f"directory ({elsewhere}): run the command where the job runs, or make the path "
+        f"absolute{suffix}"
     )
     assert list(elsewhere.iterdir()) == []  # nothing created
     assert FileDeadLetters(waiting).count() == 1
     assert get(job, 0, x) is None
-
-    monkeypatch.chdir(job.directory)
-    right = redrive(job)
-
-    assert right.returncode == 0, right.stdout + right.stderr
-    assert "1 letter, 1 replayed, 0 failed again" in right.stdout
-    assert get(job, 0, x) == x
-
-
-def test_a_bare_file_name_as_dead_letter_path_from_another_directory_says_so_and_exits_1(
-    job: Job, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``dead_letter.path`` a file name with no directory part: its directory is the
-    working directory, which is always there, so a redrive run from another directory
-    than the job's said "nothing has been dead-lettered there" and exited 0 while the
-    letter waited in the job's. Nothing tells the two apart without the file: the
-    working directory is named, and the exit status is 1."""
-    dead_letters_at(job, "{task_name}.jsonl")
-    eu_label = "/".join(job.destinations[0])
-    x = image("x")
-    waiting = job.directory / f"{job.name}.jsonl"
-    FileDeadLetters(waiting).put(stream_letter(job, eu_label, x, 13, "rejected", "e"))
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
-
-    wrong = redrive(job)
-
-    assert wrong.returncode == 1, wrong.stdout + wrong.stderr
-    assert wrong.stdout.strip() == (
-        f"redrive: no dead letters in file {elsewhere}/{job.name}.jsonl: no such file; "
-        f"dead_letter.path '{job.name}.jsonl' is relative to the working directory "
-        f"({elsewhere}): run the command where the job runs, or make the path absolute "
-        "(where the job runs, no file means nothing was dead-lettered)"
-    )
-    assert list(elsewhere.iterdir()) == []  # nothing created
-    assert FileDeadLetters(waiting).count() == 1
 
     monkeypatch.chdir(job.directory)
     right = redrive(job)

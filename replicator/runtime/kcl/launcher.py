@@ -52,13 +52,12 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from replicator import logs
-from replicator.config.endpoints import endpoint_identity
 from replicator.config.model import ResolvedJob, StreamKind
 from replicator.entry import stop_held
 from replicator.exceptions import DaemonStopped, KclUnavailable
 from replicator.metrics import multiprocess
 from replicator.metrics.server import MetricsServer
-from replicator.runtime import preflight, supervisor
+from replicator.runtime import hostlock, preflight, supervisor
 from replicator.runtime.jobcopy import JOB_FILE_ENV, write_job_copy
 from replicator.runtime.kcl import daemon_log, java
 from replicator.runtime.kcl.properties import (
@@ -66,7 +65,6 @@ from replicator.runtime.kcl.properties import (
     render_properties,
     shutdown_grace_ms,
 )
-from replicator.runtime.local import hostlock
 
 log = structlog.get_logger(__name__)
 
@@ -491,8 +489,8 @@ def _worker_lock(resolved: ResolvedJob) -> hostlock.HostLock:
     second run of its task. Workers of other ids on this host share the shards as on
     other hosts."""
     source = resolved.job.source
-    server = endpoint_identity(source.endpoint_url, source.region) or "aws"
-    place = f"{server} {source.region} {source.role_arn or ''} worker {_worker_id(resolved)}"
+    lease_table = hostlock.lease_table_place(source.endpoint_url, source.region, source.role_arn)
+    place = f"{lease_table} worker {_worker_id(resolved)}"
     path = hostlock.lock_path(Path(tempfile.gettempdir()), resolved.task_name, place)
     return hostlock.HostLock(
         path,

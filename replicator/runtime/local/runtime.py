@@ -48,7 +48,6 @@ from prometheus_client.registry import Collector
 from replicator import entry, wiring
 from replicator.aws import clients, tables
 from replicator.aws.errors import ErrorKind, classify, error_code
-from replicator.config.endpoints import endpoint_identity
 from replicator.config.model import InitialPosition, ResolvedJob
 from replicator.exceptions import (
     ChildFailed,
@@ -60,9 +59,8 @@ from replicator.exceptions import (
 )
 from replicator.metrics import health, multiprocess
 from replicator.metrics.server import MetricsServer, ProcessSamples
-from replicator.runtime import preflight, supervisor
+from replicator.runtime import hostlock, preflight, supervisor
 from replicator.runtime.jobcopy import JOB_FILE_ENV, write_job_copy
-from replicator.runtime.local import hostlock
 from replicator.runtime.local.protocol import CheckpointHandler, ProcessorChild
 from replicator.runtime.local.shard_worker import (
     ShardProgress,
@@ -605,15 +603,10 @@ class LocalRuntime:
         """Two local runtimes of one task on one host would share a worker id: refuse.
 
         The lock is keyed by the task and by where its lease table is (the source client's
-        endpoint, the region and the role it is reached as): two runtimes of one task name
-        against different endpoints (two demos, each on its own private endpoint), or in two
-        regions of one local endpoint (an active-active pair on one emulator), have
-        different lease tables and do not block each other."""
+        endpoint, the region and the role it is reached as: :func:`hostlock.lease_table_place`)."""
         where = self._ddb.meta.endpoint_url
-        region = self.job.source.region
-        # However the job file spells the endpoint (HTTP://, a trailing /, :80): one server.
-        server = endpoint_identity(where, region) or "aws"
-        place = f"{server} {region} {self.job.source.role_arn or ''}"
+        source = self.job.source
+        place = hostlock.lease_table_place(where, source.region, source.role_arn)
         task = self.resolved.task_name
         path = hostlock.lock_path(Path(tempfile.gettempdir()), task, place)
         lock = hostlock.HostLock(path)

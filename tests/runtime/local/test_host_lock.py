@@ -22,8 +22,7 @@ from replicator.config.loader import load_job
 from replicator.config.model import MAX_TASK_NAME
 from replicator.demo import tables
 from replicator.exceptions import EnvironmentProblem, OperatorError
-from replicator.runtime import preflight
-from replicator.runtime.local import hostlock
+from replicator.runtime import hostlock, preflight
 from replicator.runtime.local.runtime import LeaseHeld, LocalRuntime
 from tests.support.aws import client
 

@@ -32,10 +32,21 @@ import os
 import stat
 from pathlib import Path
 
+from replicator.config.endpoints import endpoint_identity
 from replicator.exceptions import EnvironmentProblem, LeaseHeld, OperatorError
 
 # The task name's characters in the file name: enough to recognise it in a listing.
 NAME_PREFIX = 64
+
+
+def lease_table_place(endpoint_url: str | None, region: str, role_arn: str | None) -> str:
+    """Where a task's lease table is, for the lock's key: the server however the job
+    file spells its endpoint (HTTP://, a trailing /, :80), the region and the role it is
+    reached as. Runs of one task name against different endpoints (two demos, each on
+    its own private endpoint), or in two regions of one local endpoint (an active-active
+    pair on one emulator), have different lease tables and do not block each other."""
+    server = endpoint_identity(endpoint_url, region) or "aws"
+    return f"{server} {region} {role_arn or ''}"
 
 
 def lock_path(directory: Path, task: str, place: str) -> Path:
