@@ -1969,12 +1969,31 @@ def _queue_url_checks(job: JobConfig) -> Problems:
     dead letter stopping the worker and an entry counted as dropped. A FIFO queue's
     name, the last part of its URL, ends in ``.fifo``."""
     problems: Problems = []
-    targets: list[tuple[str, str | None, str]] = []
+    targets: list[tuple[str, str | None, str, str | None, str]] = []
+    source = job.source.region
     if job.dead_letter.kind is DeadLetterKind.SQS:
-        targets.append(("dead_letter", job.dead_letter.queue_url, "dead letter"))
+        letters = job.dead_letter
+        targets.append(
+            (
+                "dead_letter",
+                letters.queue_url,
+                "dead letter",
+                letters.endpoint_url,
+                letters.region or source,
+            )
+        )
     if job.conflict_log.kind is ConflictLogKind.SQS:
-        targets.append(("conflict_log", job.conflict_log.queue_url, "conflict-log entry"))
-    for section, url, what in targets:
+        log = job.conflict_log
+        targets.append(
+            (
+                "conflict_log",
+                log.queue_url,
+                "conflict-log entry",
+                log.endpoint_url,
+                log.region or source,
+            )
+        )
+    for section, url, what, endpoint_url, region in targets:
         problem = userinfo_problem(url) if url else None
         if url and problem:
             # Refused as an endpoint_url with them is: the form has no place for them.
@@ -2004,7 +2023,48 @@ def _queue_url_checks(job: JobConfig) -> Problems:
                     "FIFO queues are not supported: give a standard queue",
                 )
             )
+        elif url and endpoint_url is None:
+            sent_to = _aws_sqs_endpoint_for(url, region)
+            if sent_to is not None:
+                problems.append(
+                    (
+                        (section, "queue_url"),
+                        f"{url!r} is not at AWS's SQS host, and {section}.endpoint_url is "
+                        f"not set: every request about it would go to {sent_to}, AWS's own "
+                        f"SQS endpoint in {region}, not to the server in the URL; give "
+                        f"{section}.endpoint_url, the endpoint that serves this queue",
+                    )
+                )
     return problems
+
+
+def _aws_sqs_endpoint_for(url: str, region: str) -> str | None:
+    """AWS's SQS endpoint, where a section without an ``endpoint_url`` sends its requests
+    about queue ``url`` (botocore sends them to the client's endpoint, whatever host the
+    URL names), when the URL names another server: a queue of an emulator or a proxy
+    that the requests would never reach. None when the URL is at an AWS host, or when an
+    endpoint comes from ``AWS_ENDPOINT_URL_SQS``, ``AWS_ENDPOINT_URL`` or the AWS config
+    file, which the job cannot see but botocore uses (a client is made to ask it, only
+    for a URL at another host)."""
+    if _AWS_QUEUE_HOST.fullmatch((urlsplit(url).hostname or "").rstrip(".").lower()):
+        return None
+    import botocore.exceptions  # here: only a URL at another host pays for them
+    import botocore.session
+
+    try:
+        # Placeholder keys: making a client without any would walk the credential chain,
+        # which can wait on the instance metadata service; the endpoint needs none.
+        client = botocore.session.Session().create_client(
+            "sqs",
+            region_name=region,
+            aws_access_key_id="placeholder",
+            aws_secret_access_key="placeholder",  # noqa: S106 - never sent anywhere
+        )
+        endpoint = str(client.meta.endpoint_url)
+    except (botocore.exceptions.BotoCoreError, ValueError):
+        return None  # a profile or an endpoint botocore refuses: run reports it, naming it
+    host = (urlsplit(endpoint).hostname or "").rstrip(".").lower()
+    return endpoint if _AWS_QUEUE_HOST.fullmatch(host) else None
 
 
 # The host of an SQS queue URL in AWS (``sqs.<region>.amazonaws.com``, the legacy

@@ -55,7 +55,9 @@ def _refused(tmp_path: Path, text: str, key: str, *fragments: str) -> str:
             "port is not a number",
         ),
         (
-            MINIMAL + "dead_letter: {kind: sqs, queue_url: 'http://sqs/123456789012/q', "
+            MINIMAL
+            + "dead_letter: {kind: sqs, queue_url: 'https://queue.amazonaws.com/123456789012/q'"
+            ", "
             "endpoint_url: 'localhost:4566'}\n",
             "dead_letter.endpoint_url",
             "must start with http:// or https://",
@@ -348,17 +350,20 @@ def test_run_logs_the_derived_task_name_caution_at_start(tmp_path: Path) -> None
     ("setting", "key", "says"),
     [
         (
-            "dead_letter: {kind: sqs, queue_url: 'http://sqs/123456789012/q', region: 'eu west 1'}",
+            "dead_letter: {kind: sqs, queue_url: 'https://queue.amazonaws.com/123456789012/q'"
+            ", region: 'eu west 1'}",
             "dead_letter.region",
             "AWS region",
         ),
         (
-            "conflict_log: {kind: sqs, queue_url: 'http://sqs/123456789012/q', region: Europe}",
+            "conflict_log: {kind: sqs, queue_url: 'https://queue.amazonaws.com/123456789012/q'"
+            ", region: Europe}",
             "conflict_log.region",
             "AWS region",
         ),
         (
-            "dead_letter: {kind: sqs, queue_url: 'http://sqs/123456789012/q', role_arn: my-role}",
+            "dead_letter: {kind: sqs, queue_url: 'https://queue.amazonaws.com/123456789012/q'"
+            ", role_arn: my-role}",
             "dead_letter.role_arn",
             "role ARN",
         ),

@@ -165,6 +165,38 @@ def test_a_standard_queue_passes() -> None:
     assert (job.conflict_log.queue_url, job.dead_letter.queue_url) == (url, letters)
 
 
+@pytest.mark.parametrize(
+    ("section", "what"), [("conflict_log", "the conflict log"), ("dead_letter", "dead letters")]
+)
+def test_a_queue_at_another_host_without_its_endpoint_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, section: str, what: str
+) -> None:
+    """A moto queue's URL without endpoint_url passed validate: the requests about it went
+    to AWS's own SQS endpoint (run stopped later with 'cannot reach', conflicts exit 3).
+    The section's endpoint_url, or an SQS endpoint botocore takes from its environment,
+    makes the same URL right."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS"):
+        monkeypatch.delenv(name, raising=False)
+    url = "http://127.0.0.1:9/123456789012/audit"
+    text = JOB + f"{section}: {{kind: sqs, queue_url: '{url}', region: eu-west-1}}\n"
+    line = _refused(
+        tmp_path,
+        text,
+        f"{section}.queue_url",
+        f"{url!r} is not at AWS's SQS host, and {section}.endpoint_url is not set",
+        "every request about it would go to https://sqs.eu-west-1.amazonaws.com, AWS's own "
+        "SQS endpoint in eu-west-1",
+        f"give {section}.endpoint_url",
+    )
+    assert line.startswith(f"  {section}.queue_url (line 5)"), what
+    with_endpoint = text.replace("region: eu-west-1}", "endpoint_url: 'http://127.0.0.1:9'}")
+    assert parse_job(with_endpoint, Path("job.yaml")).job
+    for name in ("AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+        assert validate_in_process(tmp_path / "job.yaml").returncode == 0, name
+        monkeypatch.delenv(name)
+
+
 LOCAL = "http://127.0.0.1:9"
 
 
@@ -307,7 +339,7 @@ def test_file_targets_are_compared_as_the_files_they_name(
     load_job_text = (
         JOB
         + "conflict_log: {kind: file}\n"
-        + "dead_letter: {kind: sqs, queue_url: 'http://sqs/123456789012/q'}\n"
+        + "dead_letter: {kind: sqs, queue_url: 'https://queue.amazonaws.com/123456789012/q'}\n"
     )
     job.write_text(load_job_text)
     assert load_job(job).job.conflict_log.path == "conflicts/{task_name}.jsonl"

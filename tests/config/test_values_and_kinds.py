@@ -108,19 +108,20 @@ def test_a_file_target_ending_in_a_slash_is_refused(tmp_path: Path) -> None:
     ("section", "key", "belongs", "kind"),
     [
         (
-            "dead_letter: {kind: file, queue_url: 'http://sqs/123456789012/q'}",
+            "dead_letter: {kind: file, queue_url: 'https://queue.amazonaws.com/123456789012/q'}",
             "dead_letter.queue_url",
             "sqs",
             "file",
         ),
         (
-            "dead_letter: {queue_url: 'http://sqs/123456789012/q'}",
+            "dead_letter: {queue_url: 'https://queue.amazonaws.com/123456789012/q'}",
             "dead_letter.queue_url",
             "sqs",
             "file",
         ),
         (
-            "dead_letter: {kind: sqs, queue_url: 'http://sqs/123456789012/q', path: dl.jsonl}",
+            "dead_letter: {kind: sqs, queue_url: 'https://queue.amazonaws.com/123456789012/q'"
+            ", path: dl.jsonl}",
             "dead_letter.path",
             "file",
             "sqs",
@@ -132,13 +133,15 @@ def test_a_file_target_ending_in_a_slash_is_refused(tmp_path: Path) -> None:
             "file",
         ),
         (
-            "conflict_log: {kind: dynamodb, queue_url: 'http://sqs/123456789012/q'}",
+            "conflict_log: {kind: dynamodb, queue_url: 'https://queue.amazonaws.com/123456789012/q'"
+            "}",
             "conflict_log.queue_url",
             "sqs",
             "dynamodb",
         ),
         (
-            "conflict_log: {kind: sqs, queue_url: 'http://sqs/123456789012/q', path: c.jsonl}",
+            "conflict_log: {kind: sqs, queue_url: 'https://queue.amazonaws.com/123456789012/q'"
+            ", path: c.jsonl}",
             "conflict_log.path",
             "file",
             "sqs",
@@ -229,9 +232,12 @@ def test_validate_shows_the_target_of_the_kind(tmp_path: Path) -> None:
     result = validate_in_process(path)
     assert result.returncode == 0, result.stderr
     assert "dead letters: file dl/shop.jsonl" in result.stdout
-    path.write_text(MINIMAL + "dead_letter: {kind: sqs, queue_url: 'http://sqs/123456789012/q'}\n")
+    path.write_text(
+        MINIMAL + "dead_letter: {kind: sqs, queue_url: 'https://queue.amazonaws.com/123456789012/q'"
+        "}\n"
+    )
     result = validate_in_process(path)
-    assert "dead letters: sqs http://sqs/123456789012/q" in result.stdout
+    assert "dead letters: sqs https://queue.amazonaws.com/123456789012/q" in result.stdout
 
 
 @pytest.mark.parametrize("command", ["validate", "run"])
@@ -283,7 +289,8 @@ def test_a_kinesis_source_takes_up_to_10000_records() -> None:
             "source: {region: us-east-1}\n"
             "destinations: [{region: eu-west-1, table: t11}]\n"
             "kcl: {max_records: 2000}\n"
-            "dead_letter: {kind: sqs, queue_url: 'http://sqs/123456789012/q', path: dl.jsonl}\n",
+            "dead_letter: {kind: sqs, queue_url: 'https://queue.amazonaws.com/123456789012/q'"
+            ", path: dl.jsonl}\n",
             "source.table",
             "dead_letter.path",
             "belongs to kind file",
