@@ -159,7 +159,7 @@ class DynamoDbConflictLog:
                 id=entry.id,
                 destination=entry.destination,
             )
-            entry = entry.fitted(room)
+            entry = entry.fitted(room, size=_compressed_size)
             blob = gzip.compress(entry.to_json().encode("utf-8"))
         return {
             "pk": {"S": partition_key(entry.item)},
@@ -269,3 +269,10 @@ def _unpacked(item: dict[str, Any]) -> bytes:
         return gzip.decompress(blob)
     except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
         raise EntryFormatError(f"entry is not gzip-compressed JSON: {error}") from None
+
+
+def _compressed_size(entry: ConflictEntry) -> int:
+    """What the table stores of an entry (its JSON, gzip-compressed): an image is only
+    replaced by its digest when the compressed entry would not fit, so that a losing
+    image that fits compressed stays restorable."""
+    return len(gzip.compress(entry.to_json().encode("utf-8")))

@@ -1038,6 +1038,30 @@ def test_a_conflict_log_path_that_is_a_directory_stops_the_start(tmp_path: Path)
     )
 
 
+def test_dynamodb_log_truncates_only_the_images_the_compressed_entry_has_no_room_for(
+    moto_endpoint: str, unique: Any
+) -> None:
+    """Both images together do not fit one item, the losing one alone does once
+    compressed (as the table stores it) though not as JSON: only the winning image is
+    replaced by its digest, and the entry stays restorable. Measured as JSON, both were
+    replaced, and the losing image was lost."""
+    ddb = client("dynamodb", "us-east-1", moto_endpoint)
+    target = DynamoDbConflictLog(ddb, unique("conflicts"), retention_days=30, where="moto")
+    target.ensure_exists()
+    lost = conflict(11, size=300_000)  # ~400 KB of JSON, ~303 KB compressed
+    winner = lost.existing | {"blob": {"B": random.Random(12).randbytes(350_000)}}
+    entry = replace(lost, existing=winner).entry()
+    assert entry.losing_image is not None
+    assert entry.fitted(390_000).losing_image is None  # measured as JSON, it does not fit
+    target.put(entry)
+    (stored,) = read_entries(target, Selection(item=entry.item))
+    assert stored.losing_image == entry.losing_image
+    assert stored.winning_image is None
+    assert entry.winning_image is not None
+    assert stored.truncated["winning"]["sha256"] == image_digest(entry.winning_image)
+    assert "losing" not in stored.truncated
+
+
 def test_dynamodb_log_keeps_an_item_whose_key_is_near_2_kb(moto_endpoint: str, unique: Any) -> None:
     """The canonical key of a legal item key near 2 KB is longer than a partition key
     may be: the entry is stored under the key's digest and found by the key."""
