@@ -47,7 +47,7 @@ from replicator.conflictlog.base import (
 )
 from replicator.conflictlog.entry import ConflictEntry
 from replicator.conflictlog.keys import partition_key
-from replicator.exceptions import ConflictLogUnavailable, EntryFormatError
+from replicator.exceptions import ConflictLogUnavailable, EntryFormatError, EnvironmentProblem
 from replicator.items import describe_key, item_from_wire
 from replicator.owned_tables import check_key_schema, ensure_table
 
@@ -64,6 +64,9 @@ BATCH_WRITE_LIMIT = 25  # items in one BatchWriteItem
 # Room for the other attributes of the item (keys, names, times) beside the entry blob.
 _ENVELOPE = 8 * 1024
 _DAY_S = 86_400
+# How long a store waits for a table it made again to become ACTIVE (the start waits 120 s):
+# entries wait meanwhile, and the checkpoint with them, up to their retry_for_s.
+_MAKE_AGAIN_WAIT_S = 60.0
 KEYS: dict[str, KeyTypeType] = {"pk": "HASH", "sk": "RANGE"}
 HINT = (
     "the conflict log needs pk (HASH, S) and sk (RANGE, S): name another table in "
@@ -92,7 +95,10 @@ class DynamoDbConflictLog:
     # -- writing --------------------------------------------------------------------------
 
     def put(self, entry: ConflictEntry) -> None:
-        failure = self._put_item(self._item(entry))
+        item = self._item(entry)
+        failure = self._put_item(item)
+        if failure is not None and self._made_again(failure.__cause__):
+            failure = self._put_item(item)
         if failure is not None:
             raise failure
 
@@ -119,14 +125,23 @@ class DynamoDbConflictLog:
         return [outcomes[first] for first in copies.values()]
 
     def _write_batch(
-        self, batch: list[int], items: list[dict[str, Any]], outcomes: list[StoreOutcome]
+        self,
+        batch: list[int],
+        items: list[dict[str, Any]],
+        outcomes: list[StoreOutcome],
+        *,
+        again: bool = False,
     ) -> None:
-        """Write ``items[i]`` for each ``i`` of ``batch``, noting each one's outcome."""
+        """Write ``items[i]`` for each ``i`` of ``batch``, noting each one's outcome
+        (``again``: once more, the table having been made again)."""
         try:
             answer = self.client.batch_write_item(
                 RequestItems={self.table: [{"PutRequest": {"Item": items[i]}} for i in batch]}
             )
         except (ClientError, BotoCoreError) as error:
+            if not again and self._made_again(error):
+                self._write_batch(batch, items, outcomes, again=True)
+                return
             failure = storage_failure(error, f"BatchWriteItem to {self.description}")
             if isinstance(failure, ConflictLogUnavailable):
                 raise failure from error
@@ -235,6 +250,29 @@ class DynamoDbConflictLog:
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     # -- the table ------------------------------------------------------------------------
+
+    def _made_again(self, error: BaseException | None) -> bool:
+        """Whether the table was missing (``error``) and is there now, made by this call:
+        the start could not make it (its endpoint did not answer), or it was deleted
+        while the job ran. Without this, every entry until a restart would be dropped.
+        What stops it being made (an outage, access denied) is logged, and the entries
+        wait as for any outage."""
+        if not isinstance(error, ClientError | BotoCoreError):
+            return False
+        if error_code(error) != "ResourceNotFoundException":
+            return False
+        try:
+            self.ensure_exists(wait_s=_MAKE_AGAIN_WAIT_S)
+        except (ClientError, BotoCoreError, EnvironmentProblem) as failure:
+            log.error(
+                "conflict-log table missing and not made; entries are retried and counted",
+                table=self.table,
+                where=self.where,
+                error=str(failure),
+            )
+            return False
+        log.warning("conflict-log table was missing; made it", table=self.table, where=self.where)
+        return True
 
     def ensure_exists(self, wait_s: float = 120.0) -> None:
         """Create the table and turn its TTL on, unless that is already done.

@@ -1038,6 +1038,27 @@ def test_a_conflict_log_path_that_is_a_directory_stops_the_start(tmp_path: Path)
     )
 
 
+def test_dynamodb_log_makes_its_table_when_a_store_finds_it_missing(
+    moto_endpoint: str, unique: Any
+) -> None:
+    """The start could not make the table (its endpoint did not answer), or it was deleted
+    while the job ran: every entry was dropped until a restart (ResourceNotFoundException).
+    A store that finds it missing makes it, TTL on, and stores; batches and single puts."""
+    ddb = client("dynamodb", "us-east-1", moto_endpoint)
+    table = unique("conflicts")
+    target = DynamoDbConflictLog(ddb, table, retention_days=30, where="moto")
+    entries = [conflict(seq, pk=f"order-{seq}").entry() for seq in range(1, 4)]
+    assert target.put_all(entries) == [None, None, None]  # never made at start
+    ttl = ddb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+    assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", TTL_ATTRIBUTE)
+    ddb.delete_table(TableName=table)
+    target.put(entries[0])  # deleted while running
+    assert target.put_all(entries[1:]) == [None, None]
+    assert sorted(e.id for e in read_entries(target, Selection())) == sorted(
+        e.id for e in entries
+    )
+
+
 def test_dynamodb_log_truncates_only_the_images_the_compressed_entry_has_no_room_for(
     moto_endpoint: str, unique: Any
 ) -> None:
