@@ -474,16 +474,6 @@ class ConflictConfig(Strict):
         setting = _DECIDED_BY.get(self.policy)
         return None if setting is None else cast("str | None", getattr(self, setting))
 
-    @property
-    def unused(self) -> list[str]:
-        """Settings given that the policy does not read (a likely mix-up)."""
-        used = _DECIDED_BY.get(self.policy)
-        return [
-            name
-            for name in _DECIDED_BY.values()
-            if name != used and getattr(self, name) is not None
-        ]
-
     @model_validator(mode="after")
     def _policy_needs_its_attribute(self) -> Self:
         if self.policy is ConflictPolicyName.LAST_WRITER_WINS and not self.timestamp_attribute:
@@ -1117,12 +1107,6 @@ class JobConfig(Strict):
         """Settings that are valid but rarely what an operator means: ``validate`` prints
         them and ``run`` logs them as warnings at start."""
         cautions = []
-        for place, conflict in self.conflict_settings:
-            for name in conflict.unused:
-                cautions.append(
-                    f"{place}.{name} is not read by policy {conflict.policy.value}"
-                    + (f" (it decides by {conflict.ranked_by})" if conflict.ranked_by else "")
-                )
         if self.loop_prevention.origin_attribute and not self.ordered_everywhere:
             policies = {self.conflict_for(d).policy for d in self.destinations}
             unordered = sorted(
@@ -1608,6 +1592,50 @@ def _kind_option_checks(job: JobConfig) -> Problems:
                         "remove it, or set the kind it belongs to",
                     )
                 )
+    return problems
+
+
+# The conflict settings each policy reads: any other one given is refused.
+_CONFLICT_OPTIONS: dict[str, tuple[ConflictPolicyName, ...]] = {
+    "timestamp_attribute": (ConflictPolicyName.LAST_WRITER_WINS,),
+    "version_attribute": (ConflictPolicyName.VERSION,),
+    "resolver": (ConflictPolicyName.CUSTOM,),
+    "max_attempts": (ConflictPolicyName.CUSTOM,),
+}
+
+
+def _conflict_option_checks(job: JobConfig) -> Problems:
+    """Every setting given in a conflict section is one its policy reads. A destination's
+    ``conflict: {timestamp_attribute: t}`` replaced the job's section whole, policy
+    included: that destination was written with overwrite, unconditionally, with only a
+    warning; a setting of another policy beside the one chosen is as likely a mix-up."""
+    problems: Problems = []
+    for (where, section), (place, _) in zip(
+        job.conflict_sections, job.conflict_settings, strict=True
+    ):
+        for option, policies in _CONFLICT_OPTIONS.items():
+            if option not in section.model_fields_set or getattr(section, option) is None:
+                continue
+            if section.policy in policies:
+                continue
+            note = ""
+            if "policy" in section.model_fields_set:
+                chosen = f"{place}.policy is {section.policy.value}"
+            else:
+                chosen = f"{place} gives no policy, so it is {section.policy.value}, the default"
+                if where != ("conflict",):
+                    note = (
+                        " (a destination's conflict section replaces the job's whole "
+                        "conflict section, its policy included)"
+                    )
+            problems.append(
+                (
+                    (*where, option),
+                    f"is read only by policy {' or '.join(p.value for p in policies)}, but "
+                    f"{chosen}, which does not read it{note}: remove it, or set the policy "
+                    "it belongs to",
+                )
+            )
     return problems
 
 
@@ -2320,6 +2348,7 @@ _CROSS_CHECKS: tuple[tuple[Callable[[JobConfig], Problems], frozenset[str]], ...
     (_kinesis_policy_checks, frozenset({"source", "conflict", "destinations"})),
     (_max_records_checks, frozenset({"source", "kcl"})),
     (_kind_option_checks, frozenset({"dead_letter", "conflict_log"})),
+    (_conflict_option_checks, frozenset({"conflict", "destinations"})),
     (_conflict_log_table_checks, _TASK | {"conflict_log"}),
     (_queue_url_checks, frozenset({"dead_letter", "conflict_log"})),
     (_shared_queue_checks, frozenset({"dead_letter", "conflict_log", "source"})),

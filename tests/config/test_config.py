@@ -536,24 +536,59 @@ def test_validate_shows_an_ipv6_metrics_address_in_brackets(tmp_path: Path) -> N
     assert "http://[::1]:19463/metrics" in result.stdout
 
 
-def test_validate_shows_the_attribute_the_policy_reads_and_warns_of_the_others(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("conflict", "key", "says"),
+    [
+        ("conflict: {policy: version, version_attribute: v, timestamp_attribute: ts}",
+         "conflict.timestamp_attribute (line 5)",
+         "is read only by policy last_writer_wins, but conflict.policy is version, which "
+         "does not read it: remove it, or set the policy it belongs to"),
+        ("conflict: {policy: overwrite, resolver: 'a:b'}",
+         "conflict.resolver (line 5)",
+         "is read only by policy custom, but conflict.policy is overwrite"),
+        ("conflict: {max_attempts: 5}",
+         "conflict.max_attempts (line 5)",
+         "is read only by policy custom, but conflict gives no policy, so it is overwrite, "
+         "the default, which does not read it: remove it"),
+        # A destination's section replaces the job's whole: that destination was written
+        # with overwrite, unconditionally, with only a warning.
+        ("conflict: {policy: last_writer_wins, timestamp_attribute: ts}",
+         "destinations[0].conflict.timestamp_attribute (line 4)",
+         "but destinations[0].conflict gives no policy, so it is overwrite, the default, "
+         "which does not read it (a destination's conflict section replaces the job's "
+         "whole conflict section, its policy included)"),
+    ],
+)  # fmt: skip
+def test_a_conflict_setting_its_policy_does_not_read_is_refused(
+    tmp_path: Path, conflict: str, key: str, says: str
 ) -> None:
     job = tmp_path / "job.yaml"
+    text = MINIMAL + conflict + "\n"
+    if key.startswith("destinations"):
+        text = text.replace(
+            "eu-west-1, table: orders}",
+            "eu-west-1, table: orders, conflict: {timestamp_attribute: t}}",
+        )
+    job.write_text(text)
+    result = validate_in_process(job)
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith(f"  {key}")]
+    assert says in line
+
+
+def test_validate_shows_the_attribute_each_policy_reads(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
     job.write_text(
-        MINIMAL + "conflict: {policy: version, version_attribute: v, timestamp_attribute: ts}\n"
-    )
+        MINIMAL.replace("eu-west-1, table: orders}", "eu-west-1, table: orders, conflict: "
+                        "{policy: version, version_attribute: v}}")
+        + "  - {region: eu-west-2, table: orders}\n"
+        + "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+    )  # fmt: skip
     result = validate_in_process(job)
     assert result.returncode == 0, result.stderr
     assert "policy version on v" in result.stdout
-    assert (
-        "warning: conflict.timestamp_attribute is not read by policy version (it decides by v)"
-        in result.stdout
-    )
-    plain = parse_job(
-        "task_name: pinned\n" + MINIMAL + "conflict: {policy: overwrite, resolver: 'a:b'}\n", job
-    )
-    assert plain.job.cautions == ["conflict.resolver is not read by policy overwrite"]
+    assert "policy last_writer_wins on ts" in result.stdout
+    assert "warning: " not in result.stdout.replace("warning: task_name is derived", "")
 
 
 def test_verify_without_repair_does_not_need_the_resolver(tmp_path: Path) -> None:
