@@ -27,6 +27,7 @@ after a read that did not show it, and finding it counts the write applied.
 from __future__ import annotations
 
 import importlib
+import inspect
 import signal
 from collections.abc import Callable
 from typing import cast
@@ -74,7 +75,38 @@ def load_resolver(dotted: str) -> Resolver:
             f"custom resolver {dotted!r}: {module_name}.{attribute} is a "
             f"{type(function).__name__}, not a function"
         )
+    problem = _uncallable_as_resolver(function)
+    if problem is not None:
+        raise PlanError(f"custom resolver {dotted!r}: {module_name}.{attribute} {problem}")
     return cast(Resolver, function)
+
+
+def _uncallable_as_resolver(function: object) -> str | None:
+    """Why ``function`` cannot decide a change as the writer calls it, ``function(incoming,
+    existing)``, taking its answer as it returns it: each of these was accepted, and then
+    dead-lettered every change of the job. None when nothing says so (a function whose
+    signature Python cannot read is taken as it is)."""
+    if inspect.isclass(function):
+        return "is a class, not a function: calling it makes an instance, not a decision"
+    if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
+        return (
+            "is an async function: the writer calls the resolver and does not await it, "
+            "so its answer would be a coroutine; make it a plain def"
+        )
+    if inspect.isgeneratorfunction(function):
+        return "is a generator function (it yields): its answer would be a generator"
+    try:
+        signature = inspect.signature(function)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # a builtin without a signature Python can read
+        return None
+    try:
+        signature.bind(None, None)
+    except TypeError as error:
+        return (
+            f"cannot be called as resolver(incoming, existing): its signature is "
+            f"{signature} ({error})"
+        )
+    return None
 
 
 def _ctrl_c_raises() -> bool:

@@ -140,3 +140,71 @@ metrics: {port: 99999}
     ]
     assert "No module named 'no_such_module_b'" in problems[4]
     assert "No module named 'no_such_module_a'" in problems[5]
+
+
+SIGNATURES = """
+import collections
+
+def one_arg(change):
+    return True
+
+def three_args(change, existing, extra):
+    return True
+
+async def awaited(change, existing):
+    return True
+
+def yields(change, existing):
+    yield True
+
+def keyword_only(change, *, existing):
+    return True
+
+Kind = collections.OrderedDict
+
+def with_defaults(change, existing=None, extra=1):
+    return True
+
+def any_args(*args, **kwargs):
+    return True
+"""
+
+
+REFUSED = [
+    ("one_arg", "cannot be called as resolver(incoming, existing): its signature is "
+     "(change) (too many positional arguments)"),
+    ("three_args", "its signature is (change, existing, extra) (missing a required "
+     "argument: 'extra')"),
+    ("keyword_only", "its signature is (change, *, existing)"),
+    ("awaited", "is an async function: the writer calls the resolver and does not await "
+     "it"),
+    ("yields", "is a generator function (it yields)"),
+    ("Kind", "is a class, not a function"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("command", "function", "says"),
+    [("validate", *case) for case in REFUSED] + [("run", *case) for case in REFUSED[::3]],
+)
+def test_a_resolver_that_cannot_decide_as_it_is_called_is_refused(
+    tmp_path: Path, command: str, function: str, says: str
+) -> None:
+    """Each was accepted, and every change of the job then dead-lettered (resolver_failed
+    or unplannable) with the destination left empty."""
+    job = JOB.replace("resolver_module:decide", f"resolver_module:{function}")
+    (line,) = _problems(_command(tmp_path, command, SIGNATURES, job))
+    assert line.startswith(
+        f"  conflict.resolver (line 4): custom resolver 'resolver_module:{function}': "
+        f"resolver_module.{function} "
+    ), line
+    assert says in line, line
+
+
+@pytest.mark.parametrize("function", ["with_defaults", "any_args", "decide"])
+def test_a_resolver_callable_with_incoming_and_existing_passes(
+    tmp_path: Path, function: str
+) -> None:
+    job = JOB.replace("resolver_module:decide", f"resolver_module:{function}")
+    result = _command(tmp_path, "validate", SIGNATURES, job)
+    assert result.returncode == 0, result.stdout + result.stderr
