@@ -1508,10 +1508,12 @@ def _kinesis_policy_checks(job: JobConfig) -> Problems:
         return []
     problems: Problems = []
     if job.conflict.policy is ConflictPolicyName.OVERWRITE:
+        given = "policy" in job.conflict.model_fields_set
         problems.append(
             (
                 ("conflict", "policy"),
-                "a kinesis stream may deliver an item's changes out of order; "
+                ("" if given else "is overwrite, the default (the job file gives none): ")
+                + "a kinesis stream may deliver an item's changes out of order; "
                 "use last_writer_wins or version (overwrite could keep an older image)",
             )
         )

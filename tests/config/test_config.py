@@ -156,7 +156,8 @@ BROKEN = {
         "source: {region: us-east-1, table: aaa, stream: {kind: kinesis, name: s}}\n"
         "destinations: [{region: eu-west-1, table: aaa}]\n",
         "conflict.policy",
-        "out of order",
+        "is overwrite, the default (the job file gives none): a kinesis stream may deliver "
+        "an item's changes out of order",
     ),
     "same-as-source": (
         "source: {region: us-east-1, table: aaa}\n"
