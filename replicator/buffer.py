@@ -466,6 +466,12 @@ class ChangeBuffer:
         return oldest
 
     @property
+    def held_records(self) -> int:
+        """Holds not yet released (:meth:`hold`): changes whose writes settled, waiting
+        for their conflict-log entries to be stored."""
+        return sum(self._held.values())
+
+    @property
     def idle(self) -> bool:
         """Nothing waiting, nothing in flight, every record done, no key held."""
         return (

@@ -62,6 +62,10 @@ from replicator.writers.wire import WireWriteClient
 log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
 
+# What :meth:`Pipeline.outstanding` counts the changes waiting for their conflict-log
+# entries under, beside the destinations' labels.
+CONFLICT_LOG_WAIT = "conflict-log entries"
+
 # Done records held only for checkpoint order, behind one that is still open, are
 # cheap but not free: past this multiple of max_buffered, intake waits as well.
 _TRACKED_FACTOR = 10
@@ -431,9 +435,12 @@ class ShardPipeline:
 
     def outstanding(self) -> dict[str, int]:
         """Changes each target (a destination, or the source under active-active) has
-        not yet settled, waiting or being written; targets with none are left out."""
+        not yet settled, waiting or being written; targets with none are left out. Under
+        :data:`CONFLICT_LOG_WAIT`: the lost conflicts whose entries are not stored yet,
+        which hold their records open too."""
         with self._cond:
             counts = {label: self.buffer.outstanding(label) for label in self.buffer.destinations}
+            counts[CONFLICT_LOG_WAIT] = counts.get(CONFLICT_LOG_WAIT, 0) + self.buffer.held_records
         return {label: count for label, count in counts.items() if count}
 
     def abandon(self) -> None:

@@ -49,6 +49,7 @@ from replicator.exceptions import (
 )
 from replicator.intake import ShardIntake
 from replicator.metrics import Metrics
+from replicator.pipeline import CONFLICT_LOG_WAIT
 from replicator.runtime.local.protocol import RELEASE_SIGNAL
 from replicator.shards.leases import LATEST, TRIM_HORIZON
 
@@ -273,13 +274,14 @@ class ReplicationProcessor:
         ``outstanding``: the changes each destination had not settled when the flush
         timed out (None: it did not)."""
         flush_timeout_s = self._shutdown_flush_timeout_s
+        unsettled = _unsettled(outstanding or {})
         if checkpointed is not None and outstanding is None:
             log.info("shutdown requested; checkpointed", sequence_number=checkpointed)
         elif checkpointed is not None:
             log.warning(
                 "shutdown requested; checkpointed what every destination has settled, but "
-                "writes were still outstanding after the flush timeout: the shard's next "
-                "owner reads them again from this checkpoint",
+                f"{unsettled} were still outstanding after the flush timeout: the shard's "
+                "next owner reads their changes again from this checkpoint",
                 sequence_number=checkpointed,
                 outstanding=outstanding,
                 flush_timeout_s=flush_timeout_s,
@@ -292,9 +294,9 @@ class ReplicationProcessor:
             )
         else:
             log.warning(
-                "shutdown requested; not checkpointed: writes were still outstanding after "
-                "the flush timeout and nothing new has settled at every destination; the "
-                "shard's next owner reads from the last checkpoint",
+                f"shutdown requested; not checkpointed: {unsettled} were still outstanding "
+                "after the flush timeout and nothing new has settled at every destination; "
+                "the shard's next owner reads from the last checkpoint",
                 last_checkpoint=last_checkpoint,
                 outstanding=outstanding,
                 flush_timeout_s=flush_timeout_s,
@@ -716,3 +718,13 @@ def serve_daemon(resolved: Any) -> NoReturn:
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
     os._exit(0)
+
+
+def _unsettled(outstanding: dict[str, int]) -> str:
+    """What a stop's flush left unsettled, in words: writes (to destinations) and
+    conflict-log entries being stored, which hold their changes' records open too."""
+    entries = CONFLICT_LOG_WAIT in outstanding
+    writes = len(outstanding) > entries
+    if entries and writes:
+        return "writes and conflict-log entries"
+    return "conflict-log entries" if entries else "writes"

@@ -492,6 +492,48 @@ def test_a_shutdown_with_writes_outstanding_warns_naming_the_destination(
     assert "a" in items(job)  # the other destination applied it
 
 
+def test_a_shutdown_with_a_conflict_log_entry_outstanding_says_so(
+    job: dict[str, Any], tmp_path: Path
+) -> None:
+    """A lost conflict whose entry the log never takes holds its record open: the stop's
+    warning names the conflict-log entries it waited for, not writes (it said "writes were
+    still outstanding" with outstanding {}), and nothing is checkpointed."""
+    job["ddb"].put_item(TableName=job["table"], Item={"pk": {"S": "a"}, "ts": {"N": "5"}})
+    with SilentEndpoint() as silent:
+        config = tmp_path / "logged.yaml"
+        config.write_text(
+            job["config"].read_text()
+            + f"conflict_log: {{kind: dynamodb, endpoint_url: '{silent.url}', "
+            "retry_for_s: 600}\n" + "kcl: {shutdown_flush_ms: 2000}\n"
+        )
+        daemon = RawDaemon(config)
+        try:
+            daemon.act(
+                {
+                    "action": "initialize",
+                    "shardId": "s",
+                    "sequenceNumber": None,
+                    "subSequenceNumber": None,
+                }
+            )
+            assert daemon.records([put("a", 901, ts=1)]) == []
+            assert silent.connected.wait(30 * PATIENCE), "the entry was never sent"
+            assert daemon.act({"action": "shutdownRequested"}) == []
+            assert daemon.finish() == 0
+        finally:
+            if daemon.process.poll() is None:
+                daemon.process.kill()
+    (line,) = shutdown_lines(daemon)
+    assert line["level"] == "warning"
+    assert line["outstanding"] == {"conflict-log entries": 1}
+    assert line["event"].startswith(
+        "shutdown requested; not checkpointed: conflict-log entries were still outstanding "
+        "after the flush timeout"
+    )
+    assert daemon.checkpoints == []
+    assert items(job)["a"]["ts"] == {"N": "5"}  # the conflict was lost, as it should be
+
+
 def test_shard_ended_checkpoints_with_no_sequence_number(job: dict[str, Any]) -> None:
     daemon = RawDaemon(job["config"])
     daemon.act(
