@@ -85,6 +85,13 @@ def key_text(entry: ConflictEntry) -> str:
     return describe_key(item_from_wire(entry.key))
 
 
+def _key_shown(canonical: str) -> str:
+    """A ``--key`` filter in the header, as the KEY column shows keys (``pk=S:order-1
+    sk=N:3``), not in the canonical form the log groups entries by."""
+    parts = json.loads(canonical)
+    return describe_key(item_from_wire({name: {kind: value} for name, kind, value in parts}))
+
+
 def read_entries(
     target: ConflictLogTarget,
     selection: Selection,
@@ -220,7 +227,9 @@ class Listing:
         # Every filter given is named (an empty one quoted, so that it shows): a count of
         # what it selected must not read as the count of the whole log.
         narrowed = ", ".join(
-            f"{name} {value or repr(value)}"
+            f"key {_key_shown(value)}"
+            if name == "item" and value
+            else f"{name} {value or repr(value)}"
             for name, value in asdict(self.selection).items()
             if value is not None and name != "place"
         )

@@ -1177,3 +1177,20 @@ def test_the_listing_prints_keys_and_images_exactly_however_they_look(
     assert table.exit_code == 0, table.output
     assert describe_key(item_from_wire(key)) in table.stdout
     assert "<redacted>" not in table.stdout
+
+
+def test_the_header_of_a_listing_by_key_shows_the_key_as_given(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """It showed the log's canonical form, ``(item [["pk","S","order-1"],["sk","N","3"]])``,
+    not the form --key takes and the KEY column shows."""
+    source = unique("orders")
+    create_table(client("dynamodb", "us-east-1", moto_endpoint), source, range_key="sk")
+    path = tmp_path / "conflicts.jsonl"
+    config = moto_job(tmp_path, moto_endpoint, source, "unused", f"{{kind: file, path: '{path}'}}")
+    FileConflictLog(path).put(conflict(5).entry())
+    listing = invoke(config, "--key", "pk=S:order-1 sk=N:3.0")
+    assert listing.exit_code == 0, listing.output
+    header = listing.stdout.splitlines()[0]
+    assert "(key pk=S:order-1 sk=N:3): 1 lost conflicts" in header, header
+    assert "pk=S:order-1 sk=N:3" in listing.stdout.splitlines()[-1]
