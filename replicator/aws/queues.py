@@ -31,6 +31,13 @@ log = structlog.get_logger(__name__)
 _NO_QUEUE = frozenset(
     {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "InvalidAddress"}
 )
+
+
+def names_no_queue(error: Exception) -> bool:
+    """Whether an SQS error says the queue URL names no queue."""
+    return error_code(error) in _NO_QUEUE
+
+
 # GetQueueAttributes not allowed: the queue may well be there (docs/security.md lets a
 # policy leave that action out).
 _NOT_ALLOWED = frozenset({"AccessDenied", "AccessDeniedException"})

@@ -283,9 +283,13 @@ def _warn_about_redrive(target: SqsConflictLog) -> None:
     to a dead-letter queue. Not being allowed to look is no reason to stop."""
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from replicator.aws.queues import names_no_queue
+
     try:
         warning = target.redrive_warning()
     except (ClientError, BotoCoreError) as error:
+        if names_no_queue(error):
+            return  # the read says so, in its one line
         warning = f"the queue's redrive policy could not be read ({error})"
     if warning:
         logs.echo(f"replicator: warning: {warning}", err=True)

@@ -1194,3 +1194,20 @@ def test_the_header_of_a_listing_by_key_shows_the_key_as_given(
     header = listing.stdout.splitlines()[0]
     assert "(key pk=S:order-1 sk=N:3): 1 lost conflicts" in header, header
     assert "pk=S:order-1 sk=N:3" in listing.stdout.splitlines()[-1]
+
+
+def test_a_conflict_log_queue_that_does_not_exist_is_one_line_exit_3(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """A warning that the redrive policy could not be read came first, then the line
+    that says why: the queue names none."""
+    queue = f"{moto_endpoint}/123456789012/{unique('no-such-queue')}"
+    config = job_file(
+        tmp_path, f"{{kind: sqs, queue_url: '{queue}', endpoint_url: '{moto_endpoint}'}}"
+    )
+    result = invoke(config)
+    no_traceback(result)
+    assert result.exit_code == 3, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("replicator: ") and queue in line, line
+    assert "warning" not in line
