@@ -103,6 +103,17 @@ class RawDaemon:
             assert reply == {"action": "status", "responseFor": message["action"]}, reply
             return asked
 
+    def initialize(self, shard: str) -> list[Any]:
+        """The daemon's first action: ``shard`` from its start (no checkpoint yet)."""
+        return self.act(
+            {
+                "action": "initialize",
+                "shardId": shard,
+                "sequenceNumber": None,
+                "subSequenceNumber": None,
+            }
+        )
+
     def records(self, records: list[Any], millis_behind: int = 0) -> list[Any]:
         return self.act(
             {
@@ -446,14 +457,7 @@ def test_a_shutdown_with_writes_outstanding_warns_naming_the_destination(
         )
         daemon = RawDaemon(config)
         try:
-            daemon.act(
-                {
-                    "action": "initialize",
-                    "shardId": "s",
-                    "sequenceNumber": None,
-                    "subSequenceNumber": None,
-                }
-            )
+            daemon.initialize("s")
             records = [put("a", 901, ts=1)]
             if settled:
                 records.insert(0, daemon_record(b"not json", 900))
@@ -508,14 +512,7 @@ def test_a_shutdown_with_a_conflict_log_entry_outstanding_says_so(
         )
         daemon = RawDaemon(config)
         try:
-            daemon.act(
-                {
-                    "action": "initialize",
-                    "shardId": "s",
-                    "sequenceNumber": None,
-                    "subSequenceNumber": None,
-                }
-            )
+            daemon.initialize("s")
             assert daemon.records([put("a", 901, ts=1)]) == []
             assert silent.connected.wait(30 * PATIENCE), "the entry was never sent"
             assert daemon.act({"action": "shutdownRequested"}) == []
