@@ -156,35 +156,43 @@ class ConflictEntry:
     def fitted(
         self, limit: int, size: Callable[[ConflictEntry], int] | None = None
     ) -> ConflictEntry:
-        """This entry, with its largest images replaced by their digest until its JSON fits
-        (``size``: what the target stores of it, if not its JSON as it is).
+        """This entry, with as few of its images replaced by their digest as make it fit
+        (``size``: what the target stores of it, if not its JSON as it is): the winning
+        image first when dropping either one would do, since the destination still holds
+        it (a restore finds it by its digest) while the losing image is what a restore
+        puts back; both when one is not enough.
 
         A truncated image keeps its size, its attribute names and its sha256
         (:func:`~replicator.items.image_summary`) under ``truncated``; the image itself
         is dropped from the entry, never the entry.
         """
         measure = size or (lambda entry: len(entry.to_json().encode("utf-8")))
+        if measure(self) <= limit:
+            return self
+        present = [
+            which
+            for which, image in (("winning", self.winning_image), ("losing", self.losing_image))
+            if image is not None
+        ]
+        for which in present:
+            entry = self._without(which)
+            if measure(entry) <= limit:
+                return entry
         entry = self
-        while measure(entry) > limit:
-            present = [
-                (len(json.dumps(image)), which)
-                for which, image in (
-                    ("losing", entry.losing_image),
-                    ("winning", entry.winning_image),
-                )
-                if image is not None
-            ]
-            if not present:
-                break
-            _, which = max(present)
-            image = entry.losing_image if which == "losing" else entry.winning_image
-            assert image is not None
-            entry = replace(
-                entry,
-                truncated={**entry.truncated, which: image_summary(image)},
-                **{f"{which}_image": None},  # type: ignore[arg-type]
-            )
+        for which in present:
+            entry = entry._without(which)
         return entry
+
+    def _without(self, which: str) -> ConflictEntry:
+        """This entry with its ``which`` ("losing" or "winning") image replaced by its
+        summary and digest."""
+        image = self.losing_image if which == "losing" else self.winning_image
+        assert image is not None
+        return replace(
+            self,
+            truncated={**self.truncated, which: image_summary(image)},
+            **{f"{which}_image": None},  # type: ignore[arg-type]
+        )
 
 
 _FIELDS = {f.name for f in fields(ConflictEntry)}

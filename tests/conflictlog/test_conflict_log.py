@@ -3,6 +3,7 @@ write/read round trip against a moto server over HTTP (file, SQS, DynamoDB)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import threading
@@ -252,6 +253,33 @@ def test_an_entry_too_large_keeps_the_digest_of_what_it_leaves_out() -> None:
     assert entry.losing_image is not None
     assert fitted.truncated["losing"]["sha256"] == image_digest(entry.losing_image)
     assert "blob" in fitted.truncated["losing"]["attributes"]
+
+
+def test_an_entry_too_large_drops_the_winning_image_first_when_that_is_enough() -> None:
+    """The losing image is the larger JSON but compresses well; dropping the winning one
+    alone makes the compressed entry fit: it alone is dropped (the losing image was, as
+    the larger one, and the entry could not be restored)."""
+    rng = random.Random(3)
+    lost = conflict(12)
+    text = " ".join(rng.choice(["alpha", "beta", "gamma", "delta"]) for _ in range(70_000))
+    entry = replace(
+        lost,
+        existing=lost.existing | {"blob": {"B": rng.randbytes(200_000)}},
+    ).entry()
+    entry = replace(entry, losing_image=(entry.losing_image or {}) | {"doc": {"S": text}})
+    assert entry.losing_image is not None and entry.winning_image is not None
+    assert len(json.dumps(entry.losing_image)) > len(json.dumps(entry.winning_image))
+
+    def compressed(e: ConflictEntry) -> int:
+        return len(gzip.compress(e.to_json().encode()))
+
+    fitted = entry.fitted(compressed(replace(entry, winning_image=None)) + 1024, compressed)
+    assert fitted.losing_image == entry.losing_image
+    assert fitted.winning_image is None and list(fitted.truncated) == ["winning"]
+    # Only the losing image dropped fits (the winning one alone does not): it is dropped.
+    small = conflict(13, size=300_000).entry()
+    assert small.fitted(200_000).losing_image is None
+    assert small.fitted(200_000).winning_image == small.winning_image
 
 
 # -- the recorder -----------------------------------------------------------------------------
@@ -1054,9 +1082,7 @@ def test_dynamodb_log_makes_its_table_when_a_store_finds_it_missing(
     ddb.delete_table(TableName=table)
     target.put(entries[0])  # deleted while running
     assert target.put_all(entries[1:]) == [None, None]
-    assert sorted(e.id for e in read_entries(target, Selection())) == sorted(
-        e.id for e in entries
-    )
+    assert sorted(e.id for e in read_entries(target, Selection())) == sorted(e.id for e in entries)
 
 
 def test_dynamodb_log_truncates_only_the_images_the_compressed_entry_has_no_room_for(
