@@ -8,6 +8,7 @@ are errors: a misspelt ``timestamp_atribute`` must not silently fall back to a d
 from __future__ import annotations
 
 import decimal
+import functools
 import math
 import os
 import re
@@ -2072,11 +2073,12 @@ def _aws_sqs_endpoint_for(url: str, region: str) -> str | None:
     """AWS's SQS endpoint, where a section without an ``endpoint_url`` sends its requests
     about queue ``url`` (botocore sends them to the client's endpoint, whatever host the
     URL names), when the URL names another server: a queue of an emulator or a proxy
-    that the requests would never reach. None when the URL is at an AWS host, or when an
-    endpoint comes from ``AWS_ENDPOINT_URL_SQS``, ``AWS_ENDPOINT_URL`` or the AWS config
-    file, which the job cannot see but botocore uses (a client is made to ask it, only
-    for a URL at another host)."""
-    if _AWS_QUEUE_HOST.fullmatch((urlsplit(url).hostname or "").rstrip(".").lower()):
+    that the requests would never reach. None when the URL is at an AWS host (any of
+    AWS's endpoints serves the queue its path names), or when an endpoint comes from
+    ``AWS_ENDPOINT_URL_SQS``, ``AWS_ENDPOINT_URL`` or the AWS config file, which the job
+    cannot see but botocore uses (a client is made to ask it, only for a URL at another
+    host). FIPS, dual-stack and the other partitions' endpoints are AWS's too."""
+    if _at_aws(url):
         return None
     import botocore.exceptions  # here: only a URL at another host pays for them
     import botocore.session
@@ -2093,8 +2095,28 @@ def _aws_sqs_endpoint_for(url: str, region: str) -> str | None:
         endpoint = str(client.meta.endpoint_url)
     except (botocore.exceptions.BotoCoreError, ValueError):
         return None  # a profile or an endpoint botocore refuses: run reports it, naming it
-    host = (urlsplit(endpoint).hostname or "").rstrip(".").lower()
-    return endpoint if _AWS_QUEUE_HOST.fullmatch(host) else None
+    return endpoint if _at_aws(endpoint) else None
+
+
+def _at_aws(url: str) -> bool:
+    """Whether ``url``'s host is in one of AWS's DNS domains (every partition's, as
+    botocore lists them: amazonaws.com, api.aws, amazonaws.com.cn, c2s.ic.gov, ...)."""
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    return any(host.endswith(f".{suffix}") for suffix in _aws_dns_suffixes())
+
+
+@functools.cache
+def _aws_dns_suffixes() -> tuple[str, ...]:
+    import botocore.loaders
+
+    partitions = botocore.loaders.create_loader().load_data("partitions")["partitions"]
+    suffixes = {
+        str(partition["outputs"][name]).lower()
+        for partition in partitions
+        for name in ("dnsSuffix", "dualStackDnsSuffix")
+        if partition["outputs"].get(name)
+    }
+    return tuple(sorted(suffixes))
 
 
 # The host of an SQS queue URL in AWS (``sqs.<region>.amazonaws.com``, the legacy

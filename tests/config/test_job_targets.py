@@ -197,6 +197,40 @@ def test_a_queue_at_another_host_without_its_endpoint_is_refused(
         monkeypatch.delenv(name)
 
 
+@pytest.mark.parametrize(
+    ("url", "env", "refused"),
+    [
+        # AWS's endpoints, whatever their host form: any of them serves the queue.
+        ("https://vpce-0abc-xyz.sqs.us-east-1.vpce.amazonaws.com/123456789012/q", {}, False),
+        ("https://sqs-fips.us-east-1.amazonaws.com/123456789012/q", {}, False),
+        ("https://sqs.cn-north-1.amazonaws.com.cn/123456789012/q", {}, False),
+        # An emulator's queue, its requests sent to AWS's FIPS endpoint: refused.
+        ("http://localhost:4566/000000000000/q", {"AWS_USE_FIPS_ENDPOINT": "true"}, True),
+        # ... and reached where botocore's configuration sends SQS requests: taken.
+        ("http://localhost:4566/000000000000/q", {"AWS_ENDPOINT_URL": "http://localhost:4566"},
+         False),
+        ("http://localhost:4566/000000000000/q",
+         {"AWS_ENDPOINT_URL": "http://localhost:4566",
+          "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true"},
+         True),
+    ],
+)  # fmt: skip
+def test_a_queue_url_is_judged_by_where_the_sdk_sends_its_requests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, env: dict[str, str], refused: bool
+) -> None:
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS", "AWS_USE_FIPS_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    path = tmp_path / "job.yaml"
+    path.write_text(JOB + f"dead_letter: {{kind: sqs, queue_url: '{url}'}}\n")
+    result = validate_in_process(path)
+    assert result.returncode == (2 if refused else 0), result.stdout + result.stderr
+    if refused:
+        assert "dead_letter.queue_url (line 5)" in result.stderr
+        assert "AWS's own SQS endpoint in us-east-1" in result.stderr
+
+
 LOCAL = "http://127.0.0.1:9"
 
 
