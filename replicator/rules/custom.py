@@ -88,15 +88,19 @@ def _uncallable_as_resolver(function: object) -> str | None:
     signature Python cannot read is taken as it is)."""
     if inspect.isclass(function):
         return "is a class, not a function: calling it makes an instance, not a decision"
-    if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
+    # What runs when it is called: the function, or an instance's __call__.
+    called = [function, type(function).__call__]
+    if any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f) for f in called):
         return (
             "is an async function: the writer calls the resolver and does not await it, "
             "so its answer would be a coroutine; make it a plain def"
         )
-    if inspect.isgeneratorfunction(function):
+    if any(inspect.isgeneratorfunction(f) for f in called):
         return "is a generator function (it yields): its answer would be a generator"
     try:
-        signature = inspect.signature(function)  # type: ignore[arg-type]
+        # The wrapper a decorator made is what is called, not the function it wraps,
+        # which functools.wraps would otherwise have the signature read from.
+        signature = inspect.signature(function, follow_wrapped=False)  # type: ignore[arg-type]
     except (TypeError, ValueError):  # a builtin without a signature Python can read
         return None
     try:

@@ -144,6 +144,7 @@ metrics: {port: 99999}
 
 SIGNATURES = """
 import collections
+import functools
 
 def one_arg(change):
     return True
@@ -167,6 +168,32 @@ def with_defaults(change, existing=None, extra=1):
 
 def any_args(*args, **kwargs):
     return True
+
+def inject(function):
+    @functools.wraps(function)
+    def wrapper(*args):
+        return function("logger", *args)
+    return wrapper
+
+@inject
+def injected(logger, change, existing):
+    return True
+
+class AsyncDecider:
+    async def __call__(self, change, existing):
+        return True
+
+class YieldingDecider:
+    def __call__(self, change, existing):
+        yield True
+
+class Decider:
+    def __call__(self, change, existing):
+        return True
+
+async_instance = AsyncDecider()
+yielding_instance = YieldingDecider()
+instance = Decider()
 """
 
 
@@ -180,6 +207,8 @@ REFUSED = [
      "it"),
     ("yields", "is a generator function (it yields)"),
     ("Kind", "is a class, not a function"),
+    ("async_instance", "is an async function"),
+    ("yielding_instance", "is a generator function (it yields)"),
 ]  # fmt: skip
 
 
@@ -201,7 +230,11 @@ def test_a_resolver_that_cannot_decide_as_it_is_called_is_refused(
     assert says in line, line
 
 
-@pytest.mark.parametrize("function", ["with_defaults", "any_args", "decide"])
+# ``injected``: a decorator's wrapper takes (change, existing) and passes the function
+# one more argument; its signature, read through functools.wraps, would not.
+@pytest.mark.parametrize(
+    "function", ["with_defaults", "any_args", "decide", "injected", "instance"]
+)
 def test_a_resolver_callable_with_incoming_and_existing_passes(
     tmp_path: Path, function: str
 ) -> None:
