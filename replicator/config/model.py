@@ -1508,7 +1508,11 @@ def _kinesis_policy_checks(job: JobConfig) -> Problems:
     if job.source.stream.kind is not StreamKind.KINESIS:
         return []
     problems: Problems = []
-    if job.conflict.policy is ConflictPolicyName.OVERWRITE:
+    # The job's section decides only for the destinations without their own (write-back
+    # and tombstones need an ordered policy there, which their own checks say).
+    if job.conflict.policy is ConflictPolicyName.OVERWRITE and any(
+        destination.conflict is None for destination in job.destinations
+    ):
         given = "policy" in job.conflict.model_fields_set
         problems.append(
             (
@@ -1519,7 +1523,12 @@ def _kinesis_policy_checks(job: JobConfig) -> Problems:
             )
         )
     for index, destination in enumerate(job.destinations):
-        if destination.conflict and destination.conflict.policy is ConflictPolicyName.OVERWRITE:
+        conflict = destination.conflict
+        if (
+            conflict is not None
+            and conflict.policy is ConflictPolicyName.OVERWRITE
+            and "policy" in conflict.model_fields_set  # else _conflict_option_checks says
+        ):
             problems.append(
                 (
                     ("destinations", index, "conflict", "policy"),
@@ -1616,6 +1625,22 @@ def _conflict_option_checks(job: JobConfig) -> Problems:
     for (where, section), (place, _) in zip(
         job.conflict_sections, job.conflict_settings, strict=True
     ):
+        if (
+            where != ("conflict",)
+            and not section.model_fields_set - {"policy"}
+            and ("policy" not in section.model_fields_set)
+        ):
+            problems.append(
+                (
+                    where,
+                    "gives no policy: a destination's conflict section replaces the job's "
+                    "whole conflict section, its policy included, so this destination would "
+                    f"be written with {section.policy.value}, the default; give its policy "
+                    f"(policy: {section.policy.value} to mean that), or remove the section to "
+                    "use the job's",
+                )
+            )
+            continue
         for option, policies in _CONFLICT_OPTIONS.items():
             if option not in section.model_fields_set or getattr(section, option) is None:
                 continue

@@ -577,6 +577,42 @@ def test_a_conflict_setting_its_policy_does_not_read_is_refused(
     assert says in line
 
 
+def test_a_destination_conflict_section_without_a_policy_is_refused(tmp_path: Path) -> None:
+    """``conflict: {}`` replaced the job's section with overwrite, the default, silently."""
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        MINIMAL.replace("eu-west-1, table: orders}", "eu-west-1, table: orders, conflict: {}}")
+        + "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+    )
+    result = validate_in_process(job)
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("  destinations")]
+    assert line.startswith(
+        "  destinations[0].conflict (line 4): gives no policy: a destination's conflict "
+        "section replaces the job's whole conflict section, its policy included, so this "
+        "destination would be written with overwrite, the default"
+    ), line
+
+
+KINESIS = (
+    "runtime: kcl\nsource: {region: us-east-1, table: orders, stream: {kind: kinesis, name: s}}\n"
+)
+
+
+def test_a_kinesis_job_whose_destinations_all_have_their_own_policy_needs_none_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """The job's default overwrite decides for no destination: it was refused at line 1."""
+    job = tmp_path / "job.yaml"
+    own = "conflict: {policy: last_writer_wins, timestamp_attribute: ts}"
+    job.write_text(KINESIS + f"destinations:\n  - {{region: eu-west-1, table: orders, {own}}}\n")
+    assert validate_in_process(job).returncode == 0
+    job.write_text(KINESIS + "destinations:\n  - {region: eu-west-1, table: orders}\n")
+    refused = validate_in_process(job)
+    assert refused.returncode == 2
+    assert "conflict.policy (line 1): is overwrite, the default" in refused.stderr
+
+
 def test_validate_shows_the_attribute_each_policy_reads(tmp_path: Path) -> None:
     job = tmp_path / "job.yaml"
     job.write_text(
