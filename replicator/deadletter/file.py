@@ -42,7 +42,9 @@ a replay that finds it has locked a file no longer at the path locks the path ag
 from __future__ import annotations
 
 import fcntl
+import glob
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -207,10 +209,15 @@ class FileDeadLetters:
         return found
 
     def _aside_files(self) -> list[Path]:
+        """This file's aside files (``<name>.redrive-<time in ns>``), oldest first. The
+        name is escaped: read as a pattern, ``dead[1].jsonl`` found none of its own (its
+        letters were set aside and never read again) and ``a*.jsonl`` took the aside
+        files of every file its pattern matched, another job's among them."""
+        own = re.compile(re.escape(self.path.name + _ASIDE) + r"[0-9]+")
         return sorted(
             p
-            for p in self.path.parent.glob(self.path.name + _ASIDE + "*")
-            if not p.name.endswith(_SETTLED)
+            for p in self.path.parent.glob(glob.escape(self.path.name) + _ASIDE + "*")
+            if own.fullmatch(p.name)
         )
 
     def claim_all(self) -> Generator[Claimed | Unreadable, None, None]:

@@ -120,6 +120,27 @@ def test_a_letter_the_file_holds_is_not_appended_again(tmp_path: Path) -> None:
     assert target.count() == 1 + len(others)
 
 
+@pytest.mark.parametrize("name", ["dead[1].jsonl", "a*.jsonl", "what?.jsonl"])
+def test_a_file_whose_name_reads_as_a_pattern_claims_its_own_letters_only(
+    tmp_path: Path, name: str
+) -> None:
+    """Its name was read as a glob pattern: ``dead[1].jsonl`` set its letters aside and
+    never found them again (a redrive said "no dead letters", exit 0), ``a*.jsonl`` took
+    another file's aside letters (another job's)."""
+    target = FileDeadLetters(tmp_path / name)
+    for seq in (1, 2):
+        assert target.put(letter(seq)) is True
+    other = FileDeadLetters(tmp_path / "ab.jsonl")
+    other.put(replace(letter(3), task_name="other"))
+    (tmp_path / "ab.jsonl").rename(tmp_path / "ab.jsonl.redrive-1000")  # an interrupted redrive
+    claimed = list(target.claim_all())
+    assert sorted(c.letter.record["sequenceNumber"] for c in claimed) == ["1", "2"]
+    for one in claimed:
+        target.settle(one, replayed=True)
+    assert list(target.claim_all()) == []
+    assert (tmp_path / "ab.jsonl.redrive-1000").read_text().count("\n") == 1
+
+
 def _put_the_same(path: str) -> None:
     target = FileDeadLetters(Path(path))
     for seq in range(40):
