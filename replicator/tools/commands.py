@@ -72,9 +72,12 @@ def backfill(config_path: Path, **options: Any) -> int:
 
     resolved = load(config_path)
     runner = Backfill(resolved, BackfillOptions(**options))
+    # The summary is printed with the signals still routed to the runner: a second
+    # Ctrl-C just after the work ended would otherwise end the command with 130, not
+    # with the summary's exit code.
     with interrupts(runner.interrupt), aws_failures(f"backfill {resolved.task_name}", resolved):
         result = runner.run()
-    logs.echo(result.summary())
+        logs.echo(result.summary())
     return result.exit_code
 
 
@@ -85,7 +88,7 @@ def verify(config_path: Path, as_json: bool, **options: Any) -> int:
     runner = Verify(resolved, VerifyOptions(**options))
     with interrupts(runner.interrupt), aws_failures(f"verify {resolved.task_name}", resolved):
         report = runner.run()
-    logs.echo(report.as_json() if as_json else report.text())
+        logs.echo(report.as_json() if as_json else report.text())  # as backfill's
     return report.exit_code
 
 
@@ -131,7 +134,7 @@ def redrive(config_path: Path) -> int:
     runner = Redrive(resolved)
     with interrupts(runner.interrupt), aws_failures(f"redrive {resolved.task_name}", resolved):
         report = runner.run()
-    logs.echo(report.text())
+        logs.echo(report.text())  # as backfill's
     return report.exit_code
 
 

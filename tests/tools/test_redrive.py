@@ -515,6 +515,34 @@ def test_nothing_to_redrive_exits_0(job: Job) -> None:
     assert report.text() == f"redrive: no dead letters in file {job.dead_letters}"
 
 
+def test_a_second_ctrl_c_as_the_summary_is_printed_keeps_the_summarys_exit_code(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The summary was printed after the command's own signal handling ended: a second
+    Ctrl-C just after the first one's stop reached the process's "stop now" handler, and
+    the command exited 130 where its summary said 1 or 0."""
+    from replicator.tools import commands
+
+    def stop_now(number: int, frame: object) -> None:
+        raise SystemExit(128 + number)  # as the entry point's handler ends a command
+
+    printed = []
+
+    def echo_with_a_ctrl_c(text: str, **kwargs: Any) -> None:
+        if text.startswith("redrive:"):  # the summary: Ctrl-C as it is printed
+            os.kill(os.getpid(), signal.SIGINT)
+        printed.append(text)
+
+    monkeypatch.setattr(commands.logs, "echo", echo_with_a_ctrl_c)
+    previous = signal.signal(signal.SIGINT, stop_now)
+    try:
+        code = commands.redrive(job.path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 0
+    assert printed[-1].startswith("redrive: no dead letters in file")
+
+
 def dead_letters_at(job: Job, path: str) -> None:
     """Point the job's file target at ``path`` (as written in the job file)."""
     job.path.write_text(
