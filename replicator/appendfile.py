@@ -125,10 +125,10 @@ def _why_not_appendable(path: Path) -> str | None:
     there is none yet), so that nothing is left behind. A check by permission bits
     (``os.access``) would say yes to root over a read-only mount. An existing path that
     is not a regular file (a FIFO, ``/dev/null``) is never opened: it is refused. Every
-    answer but that one ends with :data:`UNWRITABLE_HINT`, which a special file has no
-    use for."""
+    answer but those ends with :data:`UNWRITABLE_HINT`, which a directory or a special
+    file has no use for (no owner or mode makes it a file)."""
     if path.is_dir():
-        return f"it is a directory, not a file{UNWRITABLE_HINT}"
+        return "it is a directory, not a file: name a file in it, or remove the directory"
     kind = not_a_regular_file(path)
     if kind is not None:
         return f"it is {kind}, not a regular file: name a file of its own"

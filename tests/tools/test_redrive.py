@@ -825,8 +825,9 @@ def test_a_dead_letter_path_that_is_a_directory_is_one_line_and_exit_3(job: Job)
     (line,) = [line for line in result.stderr.splitlines() if not line.startswith("{")]
     assert line.startswith(
         f"replicator: dead_letter.path: the dead-letter file {job.dead_letters} cannot be "
-        "written: it is a directory, not a file"
+        "written: it is a directory, not a file: name a file in it, or remove the directory"
     ), line
+    assert "chown" not in line  # no owner or mode makes a directory a file
 
 
 def test_an_interrupted_redrive_says_how_many_letters_it_kept_and_the_next_takes_them_up(
