@@ -46,7 +46,7 @@ from replicator.tools.backfill_state import (
     SegmentProgress,
     state_table_name,
 )
-from replicator.tools.futures import wait_in_steps
+from replicator.tools.futures import INTERRUPT_GRACE_S, wait_in_steps
 from replicator.tools.handoff import Handoff, check_handoff
 from replicator.tools.progress import ProgressReport
 from replicator.tools.scan import ReadRate, ReadStopped, scan_pages
@@ -259,14 +259,23 @@ class Backfill:
         self._this_run = Tally()
         self._dead_letters: DeadLetterTarget | None = None
         self._cancelled = False
+        self._grace: threading.Timer | None = None  # cancels the writes after a first stop
         self.budget = ItemBudget(options.max_items, self.stop)
 
     def interrupt(self) -> None:
-        """First call: finish the pages being copied, then stop. Second: stop writing now."""
+        """First call: finish the pages being copied, then stop; writes still retried
+        ``INTERRUPT_GRACE_S`` later (a destination answering 500s, or throttling, without
+        end) are given up then, as by a second call, and their pages are not saved (the
+        next run copies them again). Second: stop writing now."""
         if self.stop.is_set():
             self._cancel_writes()
             return
         self._stop_because("interrupted")
+        with self._lock:
+            if self._grace is None:
+                self._grace = threading.Timer(INTERRUPT_GRACE_S, self._cancel_writes)
+                self._grace.daemon = True
+                self._grace.start()
 
     def _fail(self) -> None:
         """A segment failed (a destination that refuses every write, a dead-letter target
@@ -360,6 +369,9 @@ class Backfill:
             self._copy(plan, source, shape.key_names, shape.item_count, state, kept)
             complete = plan.complete
         finally:
+            with self._lock:
+                if self._grace is not None:
+                    self._grace.cancel()
             try:
                 state.finish(complete=complete)
             except (ClientError, BotoCoreError) as error:

@@ -14,6 +14,10 @@ from typing import TypeVar
 T = TypeVar("T")
 
 STEP_S = 0.5
+# Seconds the work in hand has, after a first Ctrl-C or SIGTERM, to settle before its
+# writes are cancelled as by a second: a write that keeps being retried (a throttling or
+# failing destination) would otherwise hold the command for as long as that lasts.
+INTERRUPT_GRACE_S = 10.0
 
 
 def wait_in_steps(futures: list[Future[T]], on_error: Callable[[], None] | None = None) -> None:

@@ -115,6 +115,7 @@ from replicator.items import Item, describe_key, item_from_wire, key_id, key_tok
 from replicator.logs import redact
 from replicator.metrics import Metrics
 from replicator.records import Change, Event
+from replicator.tools.futures import INTERRUPT_GRACE_S
 from replicator.tools.scan import ReadRate
 from replicator.tools.snapshot import (
     ResurrectionGuard,
@@ -135,10 +136,6 @@ from replicator.writers.destination import NOT_PASSED, DestinationWriter, Outcom
 log = structlog.get_logger(__name__)
 
 REFUSALS_BEFORE_GIVING_UP = 3
-# Seconds the letter in hand has, after a first Ctrl-C or SIGTERM, to settle before its
-# writes are cancelled as by a second: a letter whose write keeps being retried (a
-# throttling destination) would otherwise hold the command for as long as that lasts.
-INTERRUPT_GRACE_S = 10.0
 _CLOSE_POLL_S = 0.5  # how often a wait for the conflict log looks for a stop
 
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from replicator.tombstones.setup import prepare as prepare_tombstones
 from replicator.tombstones.table import TombstoneTable
 from replicator.tools import snapshot
 from replicator.tools.backfill import Backfill, BackfillHooks, BackfillOptions, BackfillResult
+from replicator.tools.futures import INTERRUPT_GRACE_S
 from replicator.tools.snapshot import SnapshotRule, synthetic_change
 from replicator.tools.verify import Verify, VerifyOptions
 from tests.support.aws import client
@@ -734,6 +736,38 @@ def test_a_destination_that_stops_answering_stops_the_backfill(
     assert f"destination ap-southeast-2/{job.name}-ap" in message, message
     assert "did not answer for 3 s" in message and proxy.url in message, message
     assert message.endswith("progress is saved: fix it and run the backfill again to continue")
+
+
+def test_one_ctrl_c_stops_a_backfill_whose_writes_a_destination_keeps_failing(
+    job: Job,
+) -> None:
+    """ap answers every write with a 500, which is waited out as an outage: a first
+    Ctrl-C waited for the writes in hand without end (only a second stopped it). They are
+    given up after the grace, as a second Ctrl-C gives them up, and their pages are not
+    saved: the next run copies them again."""
+    populate(job, 50)
+    proxy = FaultProxy(job.endpoint).start()
+    try:
+        proxy.set(Mode(Fault.SERVER_ERROR, operations=frozenset({"PutItem"})))
+        through_proxy(job, f"{job.name}-ap", proxy)
+        runner = Backfill(load_job(job.path), BackfillOptions(skip_handoff_check=True))
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(runner.run)
+            try:
+                wait_until(
+                    lambda: proxy.counts("PutItem")["server_error"] >= 3, 60, "writes failing"
+                )
+                assert running.running()
+            finally:
+                runner.interrupt()  # one Ctrl-C
+            try:
+                result = running.result(timeout=60 + INTERRUPT_GRACE_S)
+            finally:
+                runner.interrupt()  # a second, so that a run still going ends all the same
+    finally:
+        proxy.stop()
+    assert result.stopped == "interrupted" and not result.complete
+    assert result.exit_code == 1
 
 
 def test_with_tombstones_a_copy_ranking_at_or_below_a_delete_is_not_brought_back(
