@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 
 from replicator.config.loader import load_job
 from replicator.demo.workload import demo_item
-from replicator.exceptions import DestinationUnavailable
+from replicator.exceptions import DestinationUnavailable, OperatorError
 from replicator.items import Item
 from replicator.rules import OrderedRule, rule_for
 from replicator.tombstones.model import tombstone_of
@@ -25,6 +26,7 @@ from replicator.tombstones.setup import prepare as prepare_tombstones
 from replicator.tombstones.table import TombstoneTable
 from replicator.tools import snapshot
 from replicator.tools.compare import compare
+from replicator.tools.futures import INTERRUPT_GRACE_S
 from replicator.tools.tables import TTL_HORIZON_S, expired_by_ttl
 from replicator.tools.verify import Finding, Verify, VerifyHooks, VerifyOptions, VerifyReport
 from tests.config.test_config import forget_modules
@@ -798,6 +800,35 @@ def test_repair_to_a_destination_that_refuses_every_write_stops_at_once(job: Job
     assert result.stdout == ""
     # a few seconds for the first streaks; 300 streaks 8 at a time would take minutes
     assert proxy.counts("PutItem")["denied"] < 100, proxy.counts("PutItem")
+
+
+def test_one_ctrl_c_stops_a_repair_whose_writes_a_destination_keeps_failing(job: Job) -> None:
+    """ap answers every repair write with a 500, waited out as an outage: a first Ctrl-C
+    waited for the writes in hand without end. They are given up after the grace, as a
+    second Ctrl-C gives them up, and the command ends with no report."""
+    replicated(job, 30, to=(0,))  # 30 items missing at the second destination
+    proxy = FaultProxy(job.endpoint).start()
+    try:
+        proxy.set(Mode(Fault.SERVER_ERROR, operations=frozenset({"PutItem"})))
+        ap_through(job, proxy, "{max_in_flight: 16}")
+        options = VerifyOptions(repair=True, recheck=1, recheck_pause_s=0)
+        runner = Verify(load_job(job.path), options)
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(runner.run)
+            try:
+                wait_until(
+                    lambda: proxy.counts("PutItem")["server_error"] >= 3, 60, "repairs failing"
+                )
+                assert running.running()
+            finally:
+                runner.interrupt()  # one Ctrl-C
+            try:
+                with pytest.raises(OperatorError, match="verify --repair interrupted: 0 of 30"):
+                    running.result(timeout=60 + INTERRUPT_GRACE_S)
+            finally:
+                runner.interrupt()  # a second, so that a run still going ends all the same
+    finally:
+        proxy.stop()
 
 
 def test_repair_to_a_destination_that_stops_answering_ends_the_command(
