@@ -46,7 +46,7 @@ from replicator.tools.backfill_state import (
     SegmentProgress,
     state_table_name,
 )
-from replicator.tools.futures import INTERRUPT_GRACE_S, wait_in_steps
+from replicator.tools.futures import StopGrace, wait_in_steps
 from replicator.tools.handoff import Handoff, check_handoff
 from replicator.tools.progress import ProgressReport
 from replicator.tools.scan import ReadRate, ReadStopped, scan_pages
@@ -259,7 +259,7 @@ class Backfill:
         self._this_run = Tally()
         self._dead_letters: DeadLetterTarget | None = None
         self._cancelled = False
-        self._grace: threading.Timer | None = None  # cancels the writes after a first stop
+        self._grace = StopGrace(self._cancel_writes)  # after a first stop
         self.budget = ItemBudget(options.max_items, self.stop)
 
     def interrupt(self) -> None:
@@ -271,11 +271,7 @@ class Backfill:
             self._cancel_writes()
             return
         self._stop_because("interrupted")
-        with self._lock:
-            if self._grace is None:
-                self._grace = threading.Timer(INTERRUPT_GRACE_S, self._cancel_writes)
-                self._grace.daemon = True
-                self._grace.start()
+        self._grace.start()
 
     def _fail(self) -> None:
         """A segment failed (a destination that refuses every write, a dead-letter target
@@ -369,9 +365,7 @@ class Backfill:
             self._copy(plan, source, shape.key_names, shape.item_count, state, kept)
             complete = plan.complete
         finally:
-            with self._lock:
-                if self._grace is not None:
-                    self._grace.cancel()
+            self._grace.cancel()
             try:
                 state.finish(complete=complete)
             except (ClientError, BotoCoreError) as error:

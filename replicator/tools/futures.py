@@ -7,6 +7,7 @@ in short steps instead."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from typing import TypeVar
@@ -18,6 +19,30 @@ STEP_S = 0.5
 # writes are cancelled as by a second: a write that keeps being retried (a throttling or
 # failing destination) would otherwise hold the command for as long as that lasts.
 INTERRUPT_GRACE_S = 10.0
+
+
+class StopGrace:
+    """The grace a first stop gives the work in hand: ``INTERRUPT_GRACE_S`` after
+    :meth:`start` (the first call counts), ``give_up`` is called, as a second stop would;
+    :meth:`cancel` once the run has ended calls it off. Started from a signal handler,
+    which may run while the main thread is inside either method: hence a reentrant lock."""
+
+    def __init__(self, give_up: Callable[[], None]) -> None:
+        self._give_up = give_up
+        self._lock = threading.RLock()
+        self._timer: threading.Timer | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._timer is None:
+                self._timer = threading.Timer(INTERRUPT_GRACE_S, self._give_up)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
 
 
 def wait_in_steps(futures: list[Future[T]], on_error: Callable[[], None] | None = None) -> None:

@@ -115,7 +115,7 @@ from replicator.items import Item, describe_key, item_from_wire, key_id, key_tok
 from replicator.logs import redact
 from replicator.metrics import Metrics
 from replicator.records import Change, Event
-from replicator.tools.futures import INTERRUPT_GRACE_S
+from replicator.tools.futures import StopGrace
 from replicator.tools.scan import ReadRate
 from replicator.tools.snapshot import (
     ResurrectionGuard,
@@ -390,7 +390,7 @@ class Redrive:
         self.unavailable: str | None = None  # the first destination that did not answer
         # Reentrant: a signal handler (interrupt) may run while the main thread holds it.
         self._lock = threading.RLock()
-        self._grace: threading.Timer | None = None  # cancels the writes after a first stop
+        self._grace = StopGrace(self._cancel_writes)  # after a first stop
         self._cancelled = False  # the writes and the target's calls are given up
 
     def interrupt(self) -> None:
@@ -399,9 +399,7 @@ class Redrive:
         with self._lock:
             if self.stop.is_set():
                 self._cancel_writes()
-            elif self._grace is None:
-                self._grace = threading.Timer(INTERRUPT_GRACE_S, self._cancel_writes)
-                self._grace.daemon = True
+            else:
                 self._grace.start()
             self.stop.set()
 
@@ -444,9 +442,7 @@ class Redrive:
             if recorder is not None:
                 # Before the grace is called off: a first stop bounds this wait too.
                 self._close(recorder)
-            with self._lock:
-                if self._grace is not None:
-                    self._grace.cancel()
+            self._grace.cancel()
         if recorder is not None:
             report.conflict_log = recorder.target.description
             report.recorded = _total(self.metrics.conflict_log_written)

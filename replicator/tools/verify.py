@@ -73,7 +73,7 @@ from replicator.tombstones.model import Tombstone
 from replicator.tombstones.setup import job_ranking
 from replicator.tombstones.table import TombstoneTable
 from replicator.tools.compare import differing_attributes, normalised
-from replicator.tools.futures import INTERRUPT_GRACE_S, results_in_steps, wait_in_steps
+from replicator.tools.futures import StopGrace, results_in_steps, wait_in_steps
 from replicator.tools.progress import ProgressReport
 from replicator.tools.scan import ReadRate, ReadStopped, batch_get, scan_pages
 from replicator.tools.snapshot import (
@@ -390,7 +390,7 @@ class Verify:
         self._writers: list[DestinationWriter | SourceWriter] = []
         # Reentrant: a signal handler (interrupt) may run while the main thread holds it.
         self._writers_lock = threading.RLock()
-        self._grace: threading.Timer | None = None  # cancels the writes after a first stop
+        self._grace = StopGrace(self._cancel_writes)  # after a first stop
         self._cancelled = False
         self._samples: dict[str, Sample] = {}
         self._kept = KeptExpired(None)
@@ -406,11 +406,7 @@ class Verify:
         if self.stop.is_set():
             self._cancel_writes()
         self.stop.set()
-        with self._writers_lock:
-            if self._grace is None:
-                self._grace = threading.Timer(INTERRUPT_GRACE_S, self._cancel_writes)
-                self._grace.daemon = True
-                self._grace.start()
+        self._grace.start()
 
     def _cancel_writes(self) -> None:
         with self._writers_lock:
@@ -441,9 +437,7 @@ class Verify:
         except ReadStopped:
             raise OperatorError(_INTERRUPTED) from None
         finally:
-            with self._writers_lock:
-                if self._grace is not None:
-                    self._grace.cancel()
+            self._grace.cancel()
 
     def _run(self) -> VerifyReport:
         shape = check_same_keys(self.resolved, self.source, self.destinations)

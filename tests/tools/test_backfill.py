@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from tests.support.aws import client
 from tests.support.cli import in_process, replicator
 from tests.support.e2e import Job, stop, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
-from tests.support.tools import run_within
+from tests.support.tools import interrupted_once, run_within
 
 LWW = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}"
 
@@ -750,20 +749,11 @@ def test_one_ctrl_c_stops_a_backfill_whose_writes_a_destination_keeps_failing(
     try:
         proxy.set(Mode(Fault.SERVER_ERROR, operations=frozenset({"PutItem"})))
         through_proxy(job, f"{job.name}-ap", proxy)
-        runner = Backfill(load_job(job.path), BackfillOptions(skip_handoff_check=True))
-        with ThreadPoolExecutor(1) as pool:
-            running = pool.submit(runner.run)
-            try:
-                wait_until(
-                    lambda: proxy.counts("PutItem")["server_error"] >= 3, 60, "writes failing"
-                )
-                assert running.running()
-            finally:
-                runner.interrupt()  # one Ctrl-C
-            try:
-                result = running.result(timeout=60 + INTERRUPT_GRACE_S)
-            finally:
-                runner.interrupt()  # a second, so that a run still going ends all the same
+        result = interrupted_once(
+            Backfill(load_job(job.path), BackfillOptions(skip_handoff_check=True)),
+            lambda: proxy.counts("PutItem")["server_error"] >= 3,
+            60 + INTERRUPT_GRACE_S,
+        )
     finally:
         proxy.stop()
     assert result.stopped == "interrupted" and not result.complete

@@ -32,7 +32,8 @@ from replicator.records import RawRecord
 from replicator.runtime.preflight import check_dead_letter_file
 from replicator.tools import redrive as redrive_module
 from replicator.tools import snapshot
-from replicator.tools.redrive import INTERRUPT_GRACE_S, Redrive, RedriveReport
+from replicator.tools.futures import INTERRUPT_GRACE_S
+from replicator.tools.redrive import Redrive, RedriveReport
 from replicator.tools.snapshot import BACKFILL, REPAIR, synthetic_change
 from tests.support.aws import client, create_table
 from tests.support.cli import in_process, replicator

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from tests.config.test_config import forget_modules
 from tests.support.cli import in_process, replicator
 from tests.support.e2e import Job, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
-from tests.support.tools import run_within
+from tests.support.tools import interrupted_once, run_within
 
 LWW = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}"
 
@@ -812,21 +811,12 @@ def test_one_ctrl_c_stops_a_repair_whose_writes_a_destination_keeps_failing(job:
         proxy.set(Mode(Fault.SERVER_ERROR, operations=frozenset({"PutItem"})))
         ap_through(job, proxy, "{max_in_flight: 16}")
         options = VerifyOptions(repair=True, recheck=1, recheck_pause_s=0)
-        runner = Verify(load_job(job.path), options)
-        with ThreadPoolExecutor(1) as pool:
-            running = pool.submit(runner.run)
-            try:
-                wait_until(
-                    lambda: proxy.counts("PutItem")["server_error"] >= 3, 60, "repairs failing"
-                )
-                assert running.running()
-            finally:
-                runner.interrupt()  # one Ctrl-C
-            try:
-                with pytest.raises(OperatorError, match="verify --repair interrupted: 0 of 30"):
-                    running.result(timeout=60 + INTERRUPT_GRACE_S)
-            finally:
-                runner.interrupt()  # a second, so that a run still going ends all the same
+        with pytest.raises(OperatorError, match="verify --repair interrupted: 0 of 30"):
+            interrupted_once(
+                Verify(load_job(job.path), options),
+                lambda: proxy.counts("PutItem")["server_error"] >= 3,
+                60 + INTERRUPT_GRACE_S,
+            )
     finally:
         proxy.stop()
 
