@@ -103,14 +103,24 @@ class RawDaemon:
             assert reply == {"action": "status", "responseFor": message["action"]}, reply
             return asked
 
-    def initialize(self, shard: str) -> list[Any]:
-        """The daemon's first action: ``shard`` from its start (no checkpoint yet)."""
+    def __enter__(self) -> RawDaemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Leave no child behind when a test fails before it finished."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def initialize(self, shard: str, sequence_number: str | None = None) -> list[Any]:
+        """The daemon's first action: ``shard`` from ``sequence_number`` (None: no
+        checkpoint yet; ``TRIM_HORIZON`` as the KCL sends it for a new lease)."""
         return self.act(
             {
                 "action": "initialize",
                 "shardId": shard,
-                "sequenceNumber": None,
-                "subSequenceNumber": None,
+                "sequenceNumber": sequence_number,
+                "subSequenceNumber": None if sequence_number is None else 0,
             }
         )
 
@@ -192,17 +202,7 @@ def test_a_batch_with_bad_records_applies_the_good_and_checkpoints_past_all(
     job: dict[str, Any],
 ) -> None:
     daemon = RawDaemon(job["config"])
-    assert (
-        daemon.act(
-            {
-                "action": "initialize",
-                "shardId": "shardId-1",
-                "sequenceNumber": "TRIM_HORIZON",
-                "subSequenceNumber": 0,
-            }
-        )
-        == []
-    )
+    assert daemon.initialize("shardId-1", "TRIM_HORIZON") == []
     undecodable = daemon_record(b"\x00 not json", 102)
     # A key DynamoDB refuses as a value (an empty string): the item's own fault. (A key
     # of another type than the destination table's means the table's key schema is not
@@ -244,14 +244,7 @@ def test_a_put_whose_image_lacks_its_key_is_dead_lettered_and_the_rest_flows(
     would stop on it again at every restart. It is the record that is at fault: it is
     dead-lettered as undecodable, naming it, and the records after it are replicated."""
     daemon = RawDaemon(job["config"])
-    daemon.act(
-        {
-            "action": "initialize",
-            "shardId": "s",
-            "sequenceNumber": "TRIM_HORIZON",
-            "subSequenceNumber": 0,
-        }
-    )
+    daemon.initialize("s", "TRIM_HORIZON")
     keyless = daemon_record(
         stream_record("INSERT", {"pk": {"S": "k"}}, {"v": {"S": "x"}, "ts": {"N": "1"}}, seq=151),
         151,
@@ -295,9 +288,7 @@ def test_a_squashed_change_is_written_when_the_change_standing_for_it_is_rejecte
     )
     ddb.put_item(TableName=table, Item={"pk": {"S": "gone"}, "ts": {"N": "1"}})
     daemon = RawDaemon(job["config"])
-    daemon.act(
-        {"action": "initialize", "shardId": "s", "sequenceNumber": None, "subSequenceNumber": None}
-    )
+    daemon.initialize("s")
     daemon.records(
         [
             put("replaced", 301, ts=1, v="good"),
@@ -334,9 +325,7 @@ NOTHING_NEW = "shutdown requested; not checkpointed: nothing new settled since t
 
 def test_shutdown_requested_flushes_and_checkpoints(job: dict[str, Any]) -> None:
     daemon = RawDaemon(job["config"])
-    daemon.act(
-        {"action": "initialize", "shardId": "s", "sequenceNumber": None, "subSequenceNumber": None}
-    )
+    daemon.initialize("s")
     daemon.records([put(f"k{i}", 200 + i, ts=1) for i in range(20)])
     asked = daemon.act({"action": "shutdownRequested"})
     assert (daemon.checkpoints or asked)[-1] == "219"
@@ -365,9 +354,7 @@ def test_a_stop_signal_sent_to_the_processor_itself_leaves_the_stop_to_its_daemo
     shutdownRequested, which the processor must still be alive to answer with its final
     checkpoint; it used to die of the signal (143), unheard."""
     daemon = RawDaemon(job["config"])
-    daemon.act(
-        {"action": "initialize", "shardId": "s", "sequenceNumber": None, "subSequenceNumber": None}
-    )
+    daemon.initialize("s")
     daemon.records([put(f"k{i}", 500 + i, ts=1) for i in range(10)])
     os.kill(daemon.process.pid, sig)
     asked = daemon.act({"action": "shutdownRequested"})
@@ -404,9 +391,7 @@ def test_a_stop_signal_while_the_processor_starts_is_ignored_too(
         _SIGNALLED_WHILE_STARTING.format(name=sig.name)
     )
     daemon = RawDaemon(job["config"], env={"PYTHONPATH": str(early)})
-    daemon.act(
-        {"action": "initialize", "shardId": "s", "sequenceNumber": None, "subSequenceNumber": None}
-    )
+    daemon.initialize("s")
     daemon.records([put("a", 101, ts=1)])
     daemon.until_checkpoint("101")
     assert len(items(job)) == 1
@@ -418,9 +403,7 @@ def test_a_shutdown_with_nothing_new_settled_says_it_did_not_checkpoint(
     job: dict[str, Any],
 ) -> None:
     daemon = RawDaemon(job["config"])
-    daemon.act(
-        {"action": "initialize", "shardId": "s", "sequenceNumber": None, "subSequenceNumber": None}
-    )
+    daemon.initialize("s")
     daemon.records([put("a", 101, ts=1)])
     daemon.until_checkpoint("101")
     assert daemon.act({"action": "shutdownRequested"}) == []
@@ -455,8 +438,7 @@ def test_a_shutdown_with_writes_outstanding_warns_naming_the_destination(
             )
             + "kcl: {shutdown_flush_ms: 2000}\n"
         )
-        daemon = RawDaemon(config)
-        try:
+        with RawDaemon(config) as daemon:
             daemon.initialize("s")
             records = [put("a", 901, ts=1)]
             if settled:
@@ -472,9 +454,6 @@ def test_a_shutdown_with_writes_outstanding_warns_naming_the_destination(
             assert silent.connected.wait(30 * PATIENCE), "the put was never sent"
             asked = daemon.act({"action": "shutdownRequested"})
             assert daemon.finish() == 0
-        finally:
-            if daemon.process.poll() is None:
-                daemon.process.kill()
     (line,) = shutdown_lines(daemon)
     assert line["level"] == "warning"
     assert line["outstanding"] == {"hung": 1}
@@ -510,16 +489,12 @@ def test_a_shutdown_with_a_conflict_log_entry_outstanding_says_so(
             + f"conflict_log: {{kind: dynamodb, endpoint_url: '{silent.url}', "
             "retry_for_s: 600}\n" + "kcl: {shutdown_flush_ms: 2000}\n"
         )
-        daemon = RawDaemon(config)
-        try:
+        with RawDaemon(config) as daemon:
             daemon.initialize("s")
             assert daemon.records([put("a", 901, ts=1)]) == []
             assert silent.connected.wait(30 * PATIENCE), "the entry was never sent"
             assert daemon.act({"action": "shutdownRequested"}) == []
             assert daemon.finish() == 0
-        finally:
-            if daemon.process.poll() is None:
-                daemon.process.kill()
     (line,) = shutdown_lines(daemon)
     assert line["level"] == "warning"
     assert line["outstanding"] == {"conflict-log entries": 1}
@@ -533,14 +508,7 @@ def test_a_shutdown_with_a_conflict_log_entry_outstanding_says_so(
 
 def test_shard_ended_checkpoints_with_no_sequence_number(job: dict[str, Any]) -> None:
     daemon = RawDaemon(job["config"])
-    daemon.act(
-        {
-            "action": "initialize",
-            "shardId": "s",
-            "sequenceNumber": "TRIM_HORIZON",
-            "subSequenceNumber": 0,
-        }
-    )
+    daemon.initialize("s", "TRIM_HORIZON")
     daemon.records([put("end", 300, ts=1)])
     assert daemon.act({"action": "shardEnded"}) == [None]
     assert "end" in items(job)
@@ -549,14 +517,7 @@ def test_shard_ended_checkpoints_with_no_sequence_number(job: dict[str, Any]) ->
 
 def test_lease_lost_drops_the_buffer_and_never_checkpoints(job: dict[str, Any]) -> None:
     daemon = RawDaemon(job["config"])
-    daemon.act(
-        {
-            "action": "initialize",
-            "shardId": "s",
-            "sequenceNumber": "TRIM_HORIZON",
-            "subSequenceNumber": 0,
-        }
-    )
+    daemon.initialize("s", "TRIM_HORIZON")
     assert daemon.act({"action": "leaseLost"}) == []
     assert daemon.records([put("late", 400, ts=1)]) == []
     assert daemon.finish() == 0
@@ -569,9 +530,7 @@ def test_the_lease_given_up_after_a_requested_shutdown_is_no_warning(
     """On a graceful stop the KCL tells each processor its lease is gone right after it
     checkpointed: expected, so info; a lease lost otherwise is still a warning."""
     daemon = RawDaemon(job["config"])
-    daemon.act(
-        {"action": "initialize", "shardId": "s", "sequenceNumber": None, "subSequenceNumber": None}
-    )
+    daemon.initialize("s")
     daemon.records([put("k", 500, ts=1)])
     daemon.act({"action": "shutdownRequested"})
     assert daemon.act({"action": "leaseLost"}) == []
@@ -580,9 +539,7 @@ def test_the_lease_given_up_after_a_requested_shutdown_is_no_warning(
     assert json.loads(line)["event"] == "lease given up after the requested shutdown"
     assert json.loads(line)["level"] == "info"
     other = RawDaemon(job["config"])
-    other.act(
-        {"action": "initialize", "shardId": "s", "sequenceNumber": None, "subSequenceNumber": None}
-    )
+    other.initialize("s")
     other.act({"action": "leaseLost"})
     assert other.finish() == 0
     (line,) = [line for line in other.stderr if "lease" in json.loads(line)["event"]]
@@ -592,14 +549,7 @@ def test_the_lease_given_up_after_a_requested_shutdown_is_no_warning(
 
 def test_checkpoint_refused_as_shutdown_means_lease_gone(job: dict[str, Any]) -> None:
     daemon = RawDaemon(job["config"])
-    daemon.act(
-        {
-            "action": "initialize",
-            "shardId": "s",
-            "sequenceNumber": "TRIM_HORIZON",
-            "subSequenceNumber": 0,
-        }
-    )
+    daemon.initialize("s", "TRIM_HORIZON")
     daemon.records([put("x", 500, ts=1)])
     deadline = time.monotonic() + 30 * PATIENCE
     while not daemon.checkpoints:
@@ -618,14 +568,7 @@ def test_shard_ended_after_lease_lost_asks_for_no_checkpoint(job: dict[str, Any]
     """The KCL puts a lost lease before a shard's end: the end is then another worker's to
     checkpoint."""
     daemon = RawDaemon(job["config"])
-    daemon.act(
-        {
-            "action": "initialize",
-            "shardId": "s",
-            "sequenceNumber": "TRIM_HORIZON",
-            "subSequenceNumber": 0,
-        }
-    )
+    daemon.initialize("s", "TRIM_HORIZON")
     daemon.records([put("a", 450, ts=1)])
     assert daemon.act({"action": "leaseLost"}) == []
     assert daemon.act({"action": "shardEnded"}) == []
@@ -651,16 +594,8 @@ def test_shard_ended_after_the_lease_was_lost_is_answered_at_once_without_a_chec
             f"metrics: {{enabled: false}}\n"
             f"watermark: {{enabled: false}}\n"  # the checkpoint asked for is not held
         )
-        daemon = RawDaemon(config)
-        try:
-            daemon.act(
-                {
-                    "action": "initialize",
-                    "shardId": "s",
-                    "sequenceNumber": "TRIM_HORIZON",
-                    "subSequenceNumber": 0,
-                }
-            )
+        with RawDaemon(config) as daemon:
+            daemon.initialize("s", "TRIM_HORIZON")
 
             def in_flight() -> None:  # refused only once the put is in flight
                 assert destination.connected.wait(30 * PATIENCE), "the put was never sent"
@@ -695,21 +630,11 @@ def test_shard_ended_after_the_lease_was_lost_is_answered_at_once_without_a_chec
             assert len(daemon.checkpoints) == count
             assert daemon.finish() == 0
             assert any("shard ended after the lease was lost" in line for line in daemon.stderr)
-        finally:
-            if daemon.process.poll() is None:  # it hung: leave no process behind
-                daemon.process.kill()
 
 
 def test_checkpoint_invalid_state_ends_the_process_nonzero(job: dict[str, Any]) -> None:
     daemon = RawDaemon(job["config"])
-    daemon.act(
-        {
-            "action": "initialize",
-            "shardId": "s",
-            "sequenceNumber": "TRIM_HORIZON",
-            "subSequenceNumber": 0,
-        }
-    )
+    daemon.initialize("s", "TRIM_HORIZON")
     # The checkpoint may be asked for within this batch or after a later one.
     batch = [{"action": "record", **put("x", 600, ts=1)}]
     daemon.write({"action": "processRecords", "millisBehindLatest": 0, "records": batch})
@@ -760,9 +685,7 @@ def test_an_action_of_another_protocol_ends_the_processor_in_one_json_line(
     config = job["config"]
     config.write_text(config.read_text() + "logging: {format: json}\n")
     daemon = RawDaemon(config)
-    daemon.act(
-        {"action": "initialize", "shardId": "s", "sequenceNumber": None, "subSequenceNumber": None}
-    )
+    daemon.initialize("s")
     daemon.records([put("a", 101, ts=1)])
     daemon.write(action)
     assert daemon.read() is None  # no status, nothing else on stdout (read() parses JSON)
@@ -818,9 +741,7 @@ def json_logged(job: dict[str, Any], level: str = "info") -> RawDaemon:
     config = job["config"]
     config.write_text(config.read_text() + f"logging: {{level: {level}, format: json}}\n")
     daemon = RawDaemon(config)
-    daemon.act(
-        {"action": "initialize", "shardId": "s", "sequenceNumber": None, "subSequenceNumber": None}
-    )
+    daemon.initialize("s")
     return daemon
 
 
@@ -1024,14 +945,7 @@ def test_a_daemon_gone_while_a_checkpoint_waits_is_a_warning_not_a_refusal(
     ends. The child says the daemon went away (a warning, no traceback) and exits; it
     never calls that a refusal."""
     daemon = RawDaemon(job["config"])
-    daemon.act(
-        {
-            "action": "initialize",
-            "shardId": "s",
-            "sequenceNumber": "TRIM_HORIZON",
-            "subSequenceNumber": 0,
-        }
-    )
+    daemon.initialize("s", "TRIM_HORIZON")
     daemon.until_asked(put("x", 700, ts=1))  # never answered
     assert daemon.process.stdin
     daemon.process.stdin.close()  # no answer: the daemon is gone
