@@ -155,8 +155,12 @@ class ShardTracker:
             self._deliver(change.position, change.created_us)
             for state in self._destinations.values():
                 # Changes to the item queued after ``behind`` were replaced by this one
-                # before it was dropped: their effect now stands or falls with ``behind``.
+                # before it was dropped: their effect now stands or falls with ``behind``,
+                # and so does that of the changes dropped behind them (their followers),
+                # which nothing would settle once they left ``pending``.
                 replaced = self._take_pending_after(state, change.key, behind.position)
+                for position in tuple(replaced):
+                    replaced.extend(state.followers.pop(position, ()))
                 if behind.position not in state.unsettled:
                     for position in replaced:  # already settled there, and their effect
                         state.unsettled.pop(position, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -365,6 +366,54 @@ def test_claims_never_pass_an_unsettled_change_with_echoes_of_one_destination() 
     assert checked > 20_000
 
 
+@pytest.mark.parametrize("policy", ["last_writer_wins", "version"])
+def test_every_change_settles_once_written_when_the_squash_drops_and_replaces(
+    policy: str,
+) -> None:
+    """Ranks out of stream order and deletes over few keys make the buffer drop and replace
+    changes in every combination; writes settle in any order. Once every write has
+    settled, the claim reaches the last empty read: no change is left unsettled (one
+    dropped behind a change later replaced was, and the watermark stood still for good)."""
+    rule = OrderedRule(policy, "v", None, numeric_only=policy == "version")
+    for seed in range(40):
+        rng = random.Random(seed)
+        buffer = ChangeBuffer(["d"], squash_order([rule], ordered_stream=True))
+        t = tracker("d")
+        submit = feeder(buffer, t)
+        in_flight: list[Entry] = []
+        seq = 0
+        for _ in range(150):
+            if rng.random() < 0.6:
+                seq += 1
+                pk, rank = f"k{rng.randrange(3)}", rng.randrange(1, 6)
+                if rng.random() < 0.3:
+                    image = {"pk": {"S": pk}, "v": {"N": str(rank)}}
+                    payload = stream_record(
+                        "REMOVE",
+                        {"pk": {"S": pk}},
+                        None,
+                        image,
+                        seq=seq,
+                        created_ms=(T0 + seq * S) // 1000,
+                    )
+                    submit(decode(daemon_record(payload, seq)))
+                else:
+                    submit(stamped(pk, seq, T0 + seq * S, ts=rank, attribute="v"))
+            elif rng.random() < 0.5:
+                in_flight += buffer.take_ready("d", rng.randrange(1, 3))
+            elif in_flight:
+                entry = in_flight.pop(rng.randrange(len(in_flight)))
+                t.settled("d", entry.change, dead_lettered=False)
+                buffer.complete("d", entry)
+        while not buffer.idle:
+            in_flight += buffer.take_ready("d", 5)
+            entry = in_flight.pop(rng.randrange(len(in_flight)))
+            t.settled("d", entry.change, dead_lettered=False)
+            buffer.complete("d", entry)
+        t.caught_up(T0 + (seq + 1) * S)
+        assert t.claim("d") == T0 + (seq + 1) * S - 1, f"seed {seed}"
+
+
 # -- combining parts ----------------------------------------------------------------------
 
 
@@ -463,12 +512,10 @@ def stamped(pk: str, seq: int, created_us: int, ts: int, attribute: str = "ts") 
     return decode(daemon_record(payload, seq))
 
 
-def test_a_dropped_change_settles_wherever_the_change_it_sits_behind_settles() -> None:
-    rule = OrderedRule("last_writer_wins", "ts", None, numeric_only=False)
-    buffer = ChangeBuffer(["eu", "ap"], squash_order([rule, rule], ordered_stream=True))
-    t = tracker("eu", "ap")
+def feeder(buffer: ChangeBuffer, t: ShardTracker) -> Callable[[Change], bool]:
+    """Hands a change to ``buffer`` and tells ``t``, as ShardPipeline.submit does."""
 
-    def submit(c: Change) -> bool:  # as ShardPipeline.submit feeds the tracker
+    def submit(c: Change) -> bool:
         queued = buffer.add(c)
         behind = None if queued else buffer.newest_queued(c.key)
         if behind is None:
@@ -476,6 +523,16 @@ def test_a_dropped_change_settles_wherever_the_change_it_sits_behind_settles() -
         else:
             t.dropped(c, behind=behind)
         return queued
+
+    return submit
+
+
+def test_a_dropped_change_settles_wherever_the_change_it_sits_behind_settles() -> None:
+    rule = OrderedRule("last_writer_wins", "ts", None, numeric_only=False)
+    buffer = ChangeBuffer(["eu", "ap"], squash_order([rule, rule], ordered_stream=True))
+    t = tracker("eu", "ap")
+
+    submit = feeder(buffer, t)
 
     high = stamped("a", 1, T0 + 1 * S, ts=10)
     assert submit(high)
@@ -521,14 +578,7 @@ def test_a_change_replaced_and_then_dropped_settles_with_the_change_it_sits_behi
         )
         return decode(daemon_record(payload, seq))
 
-    def submit(c: Change) -> bool:  # as ShardPipeline.submit feeds the tracker
-        queued = buffer.add(c)
-        behind = None if queued else buffer.newest_queued(c.key)
-        if behind is None:
-            t.received(c)
-        else:
-            t.dropped(c, behind=behind)
-        return queued
+    submit = feeder(buffer, t)
 
     first = removal(1, 7)
     assert submit(first)
@@ -540,3 +590,33 @@ def test_a_change_replaced_and_then_dropped_settles_with_the_change_it_sits_behi
     assert buffer.idle
     t.caught_up(T0 + 4 * S)
     assert t.claim("d") == T0 + 4 * S - 1
+
+
+def test_a_change_dropped_behind_a_change_later_replaced_settles_too() -> None:
+    """As above, with a change dropped behind the re-create before the re-create was
+    replaced: it follows the re-create, and so, once the re-create is replaced, the first
+    delete. The watermark stayed below it for good once the first delete settled."""
+    rule = OrderedRule("version", "v", None, numeric_only=True)
+    buffer = ChangeBuffer(["d"], squash_order([rule], ordered_stream=True))
+    t = tracker("d")
+    submit = feeder(buffer, t)
+
+    def removal(seq: int, version: int) -> Change:
+        old = {"pk": {"S": "a"}, "v": {"N": str(version)}}
+        payload = stream_record(
+            "REMOVE", {"pk": {"S": "a"}}, None, old, seq=seq, created_ms=(T0 + seq * S) // 1000
+        )
+        return decode(daemon_record(payload, seq))
+
+    first = removal(1, 7)
+    assert submit(first)
+    assert submit(stamped("a", 2, T0 + 2 * S, ts=2, attribute="v"))  # sent after the delete
+    assert not submit(stamped("a", 3, T0 + 3 * S, ts=1, attribute="v"))  # behind the re-create
+    assert not submit(removal(4, 2))  # replaces the re-create, then dropped behind `first`
+    (entry,) = buffer.take_ready("d", 5)
+    assert entry.change is first
+    t.settled("d", first, dead_lettered=False)
+    buffer.complete("d", entry)
+    assert buffer.idle
+    t.caught_up(T0 + 5 * S)
+    assert t.claim("d") == T0 + 5 * S - 1
