@@ -37,6 +37,7 @@ from replicator.conflictlog.targets import prepare
 from replicator.exceptions import EnvironmentProblem
 from replicator.shards.leases import check_lease_table
 from replicator.tombstones.setup import prepare as prepare_tombstones
+from replicator.watermark.off import record_watermark_off
 from replicator.watermark.table import check_status_table
 
 _ORDERED = (ConflictPolicyName.LAST_WRITER_WINS, ConflictPolicyName.VERSION)
@@ -219,6 +220,19 @@ def check_task_tables(resolved: ResolvedJob) -> None:
             raise explain(error, f"status table {name}", where) from None
 
 
+def mark_watermark_off(resolved: ResolvedJob) -> None:
+    """With the watermark off, its status tables (where they exist) say so from now on
+    (replicator/watermark/off.py)."""
+    if resolved.publishes_watermark:
+        return
+    for destination in resolved.job.destinations:
+        where = tables.where(destination.region, destination.endpoint_url, destination.role_arn)
+        try:
+            record_watermark_off(resolved, destination)
+        except (ClientError, BotoCoreError) as error:
+            raise explain(error, f"status table {resolved.watermark_table}", where) from None
+
+
 def check_kinesis_stream(resolved: ResolvedJob, where: str) -> str:
     """The Kinesis data stream's ARN, once it is known to exist and be readable.
 
@@ -345,6 +359,8 @@ def check(
     check_task_tables(resolved)
     go_on()
     before_creating()
+    mark_watermark_off(resolved)
+    go_on()
     check_dead_letter_file(resolved)
     go_on()
     prepare(resolved)

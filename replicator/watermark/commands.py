@@ -29,6 +29,7 @@ from replicator.exceptions import (
 from replicator.logs import redact
 from replicator.runtime.preflight import explain
 from replicator.watermark.parts import Watermark, iso, seconds
+from replicator.watermark.spans import UNWATCHED
 from replicator.watermark.wait import (
     WaitResult,
     checked_seconds,
@@ -267,7 +268,10 @@ def _describe(
         lines.append(f"  dead letters: {mark.dead_letters} (changes created in {spans})")
     else:
         lines.append("  dead letters: none")
-    lines.extend(f"  never read: {span.describe()}" for span in mark.unread_spans)
+    lines.extend(
+        f"  {'unwatched' if span.reason == UNWATCHED else 'never read'}: {span.describe()}"
+        for span in mark.unread_spans
+    )
     return "\n".join(lines)
 
 

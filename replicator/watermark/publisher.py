@@ -42,7 +42,7 @@ from replicator.watermark import spans
 from replicator.watermark.history import SourceHistory, before_stream_through
 from replicator.watermark.parts import ListedShard, merge_ranges, plan_registration
 from replicator.watermark.spans import UnreadSpan, merge_spans
-from replicator.watermark.table import STARTED_WITH, PartLost, StatusTable
+from replicator.watermark.table import STARTED_WITH, UNREAD, PartLost, StatusTable
 from replicator.watermark.tracker import DeadLetters, ShardTracker
 
 log = structlog.get_logger(__name__)
@@ -130,6 +130,7 @@ class ShardWatermark:
         self._undecided: set[str] = set()
         self._had_parts: dict[str, bool] = {}
         self._started_with: dict[str, frozenset[str]] = {}
+        self._unwatched: dict[str, bool] = {}  # open unwatched spans found (see off.py)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -506,8 +507,8 @@ class ShardWatermark:
             }
             records = [self._started_with.get(other, frozenset()) for other in others]
         recorded = frozenset().union(*(record for record in records if label in record))
-        if mine:
-            return self._decide(target, None)  # in the job before
+        if mine:  # in the job before
+            return self._watched_again(target) and self._decide(target, None)
         if recorded:
             return self._first_start(target, recorded)
         if not any(others.values()):
@@ -525,6 +526,30 @@ class ShardWatermark:
             destination=label,
             shard=self.shard_id,
         )
+        return True
+
+    def _watched_again(self, target: _Target) -> bool:
+        """End the destination's open ``unwatched`` spans (the job ran with the watermark
+        off: replicator/watermark/off.py) at this processor's start, before it claims
+        anything there; False when the status table could not be written (tried again)."""
+        with self._state:
+            if not self._unwatched.get(target.label):
+                return True
+        try:
+            closed = target.table.close_unwatched(self._started_us + self._margin_us)
+        except _FAILURES as error:
+            self._failed(target, error)
+            return False
+        with self._state:
+            self._unwatched[target.label] = False
+        if closed:
+            log.warning(
+                "the watermark is on again after the job ran with it off: a wait whose "
+                "window meets that time is told its changes were replicated unwatched "
+                "(dead letters then were not recorded) until `replicator verify` clears it",
+                destination=target.label,
+                shard=self.shard_id,
+            )
         return True
 
     def _first_start(self, target: _Target, started_with: frozenset[str]) -> bool:
@@ -605,13 +630,17 @@ class ShardWatermark:
         at its first start that they record, noted for :meth:`_decided` (nothing else of
         them is needed; a record that cannot be read is taken for none, which at worst
         takes a destination for one added later: a span too wide, never too narrow)."""
+        read = (*STARTED_WITH, *UNREAD)
         try:
-            parts = target.table.parts_if_any(STARTED_WITH, unreadable_as_unset=STARTED_WITH)
+            parts = target.table.parts_if_any(read, unreadable_as_unset=read)
         except _FAILURES as error:
             self._failed(target, error)
             return False
         with self._state:
             self._had_parts[target.label] = bool(parts)
+            self._unwatched[target.label] = any(
+                span.open for part in parts for span in part.unread_spans
+            )
             self._started_with[target.label] = frozenset().union(
                 *(part.started_with for part in parts)
             )

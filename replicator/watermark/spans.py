@@ -35,6 +35,11 @@ JOINED = "joined"
 TRIMMED = "trimmed"
 EXPIRED = "expired"
 BEFORE_STREAM = "before_stream"
+UNWATCHED = "unwatched"
+
+OPEN_US = 253_402_300_799_999_999
+"""The end of a span still open (9999-12-31T23:59:59.999999Z): an ``unwatched`` span
+while the job runs with the watermark off, closed when it is turned on again."""
 
 _WHY = {
     LATEST: (
@@ -52,6 +57,11 @@ _WHY = {
     EXPIRED: (
         "the shard's pinned LATEST position expired before any record arrived and "
         "reading went on from the stream's tip; copy them with `replicator backfill`"
+    ),
+    UNWATCHED: (
+        "the job ran with watermark.enabled: false, which follows no change and records "
+        "no dead letter: one dead-lettered then is not known here (the span ends when a "
+        "processor starts with the watermark on again)"
     ),
     BEFORE_STREAM: (
         "the job first started at kcl.initial_position TRIM_HORIZON, which reads only "
@@ -78,12 +88,20 @@ class UnreadSpan:
 
     def describe(self) -> str:
         """One line: which changes, why (``LATEST``/``JOINED`` explained), and what clears it."""
-        if self.from_us <= 0:
+        if self.to_us >= OPEN_US:
+            which = f"changes created since {_iso(max(self.from_us, 0))}"
+        elif self.from_us <= 0:
             which = f"changes created before {_iso(self.to_us)}"
         else:
             which = f"changes created {_iso(self.from_us)}..{_iso(self.to_us)}"
+        done = "were replicated unwatched" if self.reason == UNWATCHED else "were never read"
         why = _WHY.get(self.reason, self.reason)
-        return f"{which} were never read for this destination: {why}; {_CLEARED_BY}"
+        return f"{which} {done} for this destination: {why}; {_CLEARED_BY}"
+
+    @property
+    def open(self) -> bool:
+        """An ``unwatched`` span the job has not closed: it runs with the watermark off."""
+        return self.reason == UNWATCHED and self.to_us >= OPEN_US
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -127,6 +145,15 @@ def covered_through(spans: Iterable[UnreadSpan], through_us: int) -> tuple[Unrea
             continue
         remaining.append(UnreadSpan(max(span.from_us, through_us + 1), span.to_us, span.reason))
     return tuple(remaining)
+
+
+def closed_at(spans: Iterable[UnreadSpan], to_us: int) -> tuple[UnreadSpan, ...]:
+    """``spans`` with each open one (:attr:`UnreadSpan.open`) ending at ``to_us``: the
+    watermark is on again from then."""
+    return tuple(
+        UnreadSpan(span.from_us, max(to_us, span.from_us), span.reason) if span.open else span
+        for span in spans
+    )
 
 
 def dumps(spans: Iterable[UnreadSpan]) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -31,7 +31,15 @@ from replicator.watermark.parts import (
     Placeholder,
     merge_ranges,
 )
-from replicator.watermark.spans import UnreadSpan, covered_through, dumps, merge_spans
+from replicator.watermark.spans import (
+    OPEN_US,
+    UNWATCHED,
+    UnreadSpan,
+    closed_at,
+    covered_through,
+    dumps,
+    merge_spans,
+)
 from replicator.watermark.tracker import DeadLetters
 
 if TYPE_CHECKING:
@@ -404,15 +412,47 @@ class StatusTable:
         """Remove from every part what a complete copy covers: changes created at or before
         ``through_us`` (see spans.covered_through). Conditional on the version read, so a
         span added meanwhile is kept. The number of parts changed."""
+        return self._rewrite_spans(lambda spans: covered_through(spans, through_us), attempts)
+
+    def open_unwatched(self, attempts: int = 5) -> int:
+        """Add to every part that has none an open ``unwatched`` span from the part's
+        watermark on: the job runs with the watermark off (replicator/watermark/off.py).
+        A ``watermark_us`` that cannot be read opens it from the start. The number of
+        parts changed (0 when the table does not exist)."""
+        opened = 0
+        read = ("watermark_us", *UNREAD)
+        for part in self.parts_if_any(read, unreadable_as_unset=("watermark_us",)):
+            if any(span.open for span in part.unread_spans):
+                continue
+            start = part.watermark_us + 1 if part.watermark_us > 0 else 0
+            self.add_unread_spans(part.shard, (UnreadSpan(start, OPEN_US, UNWATCHED),), attempts)
+            opened += 1
+        return opened
+
+    def close_unwatched(self, to_us: int, attempts: int = 5) -> int:
+        """End every open ``unwatched`` span at ``to_us``: a processor starts with the
+        watermark on again. The number of parts changed."""
+        return self._rewrite_spans(lambda spans: closed_at(spans, to_us), attempts)
+
+    def _rewrite_spans(
+        self,
+        rewrite: Callable[[tuple[UnreadSpan, ...]], tuple[UnreadSpan, ...]],
+        attempts: int,
+    ) -> int:
         changed = 0
         for stored in self.parts_if_any(UNREAD):
-            if stored.unread_spans and self._clear_part(stored, through_us, attempts):
+            if stored.unread_spans and self._rewrite_part(stored, rewrite, attempts):
                 changed += 1
         return changed
 
-    def _clear_part(self, part: Part, through_us: int, attempts: int) -> bool:
+    def _rewrite_part(
+        self,
+        part: Part,
+        rewrite: Callable[[tuple[UnreadSpan, ...]], tuple[UnreadSpan, ...]],
+        attempts: int,
+    ) -> bool:
         for _ in range(attempts):
-            remaining = covered_through(part.unread_spans, through_us)
+            remaining = rewrite(part.unread_spans)
             if remaining == part.unread_spans:
                 return False
             try:
@@ -437,5 +477,5 @@ class StatusTable:
             part = fresh
         raise EnvironmentProblem(
             f"status table {self.name}: unread spans of shard {part.shard} could not be "
-            f"cleared after {attempts} attempts (the part kept changing)"
+            f"rewritten after {attempts} attempts (the part kept changing)"
         )

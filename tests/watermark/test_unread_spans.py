@@ -8,22 +8,28 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from botocore.exceptions import ClientError
 
+from replicator.config.loader import parse_job
 from replicator.metrics import Metrics
 from replicator.shards.stream import Shard
 from replicator.tools.backfill import BackfillResult, Tally
 from replicator.tools.unread import Cleared, cleared_through_us
 from replicator.tools.verify import VerifyReport
 from replicator.watermark.history import SourceHistory
+from replicator.watermark.off import record_watermark_off
 from replicator.watermark.parts import Part, Watermark, combine
 from replicator.watermark.publisher import ShardWatermark
 from replicator.watermark.spans import (
     JOINED,
     LATEST,
+    OPEN_US,
+    UNWATCHED,
     UnreadSpan,
     covered_through,
     dumps,
@@ -167,6 +173,50 @@ def test_a_latest_start_stores_its_span_before_it_claims_and_a_restart_keeps_it(
     again.publish()
     assert not wait(table, START - 30 * S).replicated
     assert combine(table.destination, table.parts()).unread_spans == (UnreadSpan(0, START, LATEST),)
+
+
+def test_a_run_with_the_watermark_off_leaves_an_open_span_that_the_next_start_ends(
+    ddb: Any, status: str, metrics: Metrics
+) -> None:
+    """The watermark on, then off (the run opens a span on every part from the part's
+    watermark: idempotent), then on again (a resumed processor ends it at its start,
+    before it claims anything): waits meeting the time off are told so, later ones not."""
+    table = table_of(ddb, status, "eu-west-1/replica")
+    shards = [Shard("s1", None, False), Shard("s2", None, False)]
+    for shard in ("s1", "s2"):
+        first = publisher(shard, {table.destination: table}, shards, metrics)
+        first.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+        first.publish()
+    assert table.open_unwatched() == 2
+    assert table.open_unwatched() == 0  # a second run with it off adds nothing
+    open_span = UnreadSpan(START + S, OPEN_US, UNWATCHED)  # the parts stood at START + S - 1
+    assert combine(table.destination, table.parts()).unread_spans == (open_span,)
+    assert open_span.describe().startswith(
+        "changes created since 2023-11-14T22:15:01.000000Z were replicated unwatched for "
+        "this destination: the job ran with watermark.enabled: false"
+    )
+    told = wait(table, START + 30 * S)
+    assert told.reached is False  # nothing claims past START while the job runs with it off
+
+    on_again = START + 60 * S
+    again = publisher(
+        "s1", {table.destination: table}, shards, metrics, resumed=True, now_us=on_again
+    )
+    again.empty_read(previous_answer_at=(on_again + 5 * S) / S, received_at=0)
+    again.publish()
+    ended = UnreadSpan(START + S, on_again, UNWATCHED)
+    assert {part.shard: part.unread_spans for part in table.parts()} == {
+        "s1": (ended,),
+        "s2": (ended,),
+    }
+    assert table.close_unwatched(on_again + S) == 0  # nothing open any more
+    s2 = publisher("s2", {table.destination: table}, shards, metrics, resumed=True, now_us=on_again)
+    s2.empty_read(previous_answer_at=(on_again + 5 * S) / S, received_at=0)
+    s2.publish()
+    during = wait(table, START + 30 * S)
+    assert during.reached and not during.replicated and during.unread == (ended,)
+    after = wait(table, on_again + 4 * S, since_us=on_again + 1)
+    assert after.replicated, after.describe()
 
 
 def test_a_stop_and_start_before_the_first_checkpoint_widens_the_span(
@@ -507,3 +557,33 @@ def test_a_backfill_says_a_verify_clears_the_spans_because_it_cannot_copy_delete
     assert said is watermark
     if watermark:
         assert "`replicator verify` (with --repair" in result.summary()
+
+
+@pytest.mark.parametrize(("code", "raised"), [("AccessDeniedException", False), ("Boom", True)])
+def test_a_status_table_the_job_may_not_touch_with_the_watermark_off_is_a_warning(
+    monkeypatch: pytest.MonkeyPatch, code: str, raised: bool
+) -> None:
+    """A job with the watermark off need not be granted the status table: denied, it
+    says what that risks and goes on; any other error is the caller's to explain."""
+    resolved = parse_job(
+        "task_name: job\nsource: {region: us-east-1, table: src}\n"
+        "destinations: [{region: eu-west-1, table: dst}]\nwatermark: {enabled: false}\n",
+        Path("job.yaml"),
+    )
+    error = ClientError({"Error": {"Code": code, "Message": "no"}}, "Query")
+
+    def refused(self: StatusTable, attempts: int = 5) -> int:
+        raise error
+
+    monkeypatch.setattr(StatusTable, "open_unwatched", refused)
+    with structlog.testing.capture_logs() as logs:
+        if raised:
+            with pytest.raises(ClientError):
+                record_watermark_off(resolved, resolved.job.destinations[0])
+        else:
+            record_watermark_off(resolved, resolved.job.destinations[0])
+    warned = [line for line in logs if line["log_level"] == "warning"]
+    assert len(warned) == (0 if raised else 1)
+    if not raised:
+        assert warned[0]["status_table"] == "job-watermark"
+        assert warned[0]["destination"] == "eu-west-1/dst"

@@ -202,6 +202,77 @@ def test_a_dead_lettered_change_is_never_reported_replicated(job: Job) -> None:
         assert stop(runtime) == 0
 
 
+def test_a_change_dead_lettered_while_the_watermark_was_off_is_never_reported_replicated(
+    job: Job,
+) -> None:
+    """On, off, on again: the run with the watermark off dead-letters a change and
+    checkpoints past it, recording nothing. Its start leaves an open span on the status
+    table's parts, so a wait meeting that time is told "replicated unwatched" (exit 4),
+    not "replicated"; the run with it on again ends the span at its start, and waits for
+    changes made after that are answered as before."""
+    (eu_region, eu), _ = job.destinations
+    eu_client = client("dynamodb", eu_region, job.endpoint)
+    with_email_index(eu_client, eu)  # eu refuses an empty email; the source takes it
+
+    def waited(until: float, since: float | None = None) -> subprocess.CompletedProcess[str]:
+        window = ["--until", f"{until:.6f}"] + (
+            [] if since is None else ["--since", f"{since:.6f}"]
+        )
+        return in_process("wait", "-c", str(job.path), "-d", eu, "--timeout", "30", *window)
+
+    runtime = job.start()
+    try:
+        job.source.put_item(TableName=job.source_table, Item=item("a", 1, "A"))
+        assert waited(time.time()).returncode == 0
+    finally:
+        assert stop(runtime) == 0
+
+    job.extra = ""
+    job.write(watermark="{enabled: false}")
+    runtime = job.start()
+    try:
+        poison = {**item("poison", 2, "P"), "email": {"S": ""}}
+        job.source.put_item(TableName=job.source_table, Item=poison)
+        wait_until(
+            lambda: job.dead_letters.exists() and job.dead_letters.read_text().strip() != "",
+            30,
+            "the poisoned change to be dead-lettered",
+        )
+        poisoned = time.time()
+    finally:
+        assert stop(runtime) == 0
+    assert "replicated unwatched" in (job.directory / "runtime.log").read_text()
+
+    job.extra = FAST
+    job.write()
+    runtime = job.start()
+    try:
+
+        def unwatched_ends() -> list[float]:
+            shown = in_process("watermark", "-c", str(job.path), "-d", eu, "--json")
+            spans = json.loads(shown.stdout)["unread"]
+            return [span["to"] for span in spans if span["reason"] == "unwatched"]
+
+        assert unwatched_ends() != []
+        wait_until(lambda: max(unwatched_ends()) < 1e11, 30, "the open span to be ended")
+        since = max(unwatched_ends()) + 1  # creation times name their second only
+        wait_until(lambda: time.time() > since, 5, "the span's last second to end")
+        job.source.put_item(TableName=job.source_table, Item=item("later", 3, "L"))
+        later = time.time()
+        assert waited(later, since=since).returncode == 0
+        told = waited(poisoned)
+        assert told.returncode == 4, told
+        assert "replicated unwatched" in told.stderr and "watermark.enabled: false" in told.stderr
+        shown = in_process("watermark", "-c", str(job.path), "-d", eu)
+        assert "unwatched: changes created " in shown.stdout, shown
+        assert "9999" not in shown.stdout  # the span was ended when the watermark came back
+    finally:
+        assert stop(runtime) == 0
+    assert "email" not in eu_client.get_item(
+        TableName=eu, Key={"pk": {"S": "poison"}, "sk": {"N": "0"}}
+    ).get("Item", {})
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
