@@ -321,6 +321,6 @@ def wait(
         )
     target = f"{destination.label} until {iso(to_epoch_us(until))}"
     logs.echo(f"{target}: {result.describe()}", err=not result.replicated)
-    if not result.reached:
+    if not result.reached and not result.unread:
         return EXIT_TIMEOUT
     return EXIT_DEAD_LETTERED if result.dead_lettered or result.unread else EXIT_REPLICATED

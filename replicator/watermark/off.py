@@ -23,6 +23,7 @@ from botocore.exceptions import ClientError
 from replicator.aws import clients
 from replicator.aws.errors import error_code
 from replicator.config.model import DestinationConfig, ResolvedJob, StreamKind
+from replicator.exceptions import EnvironmentProblem
 from replicator.watermark.table import StatusTable
 
 log = structlog.get_logger(__name__)
@@ -33,8 +34,9 @@ _DENIED = frozenset({"AccessDeniedException", "AccessDenied"})
 def record_watermark_off(resolved: ResolvedJob, destination: DestinationConfig) -> None:
     """Open an ``unwatched`` span on every part of the destination's status table, if the
     job's watermark is off and the table exists. A table the job may not read or write
-    (its IAM policy, without the watermark, need not grant it) is named in a warning;
-    other errors (ClientError, BotoCoreError) are raised for the caller to explain. A
+    (its IAM policy, without the watermark, need not grant it), an item of it that does
+    not read, or a part that kept changing is named in a warning; other errors
+    (ClientError, BotoCoreError) are raised for the caller to explain. A
     Kinesis job never publishes a watermark: nothing to do."""
     if resolved.publishes_watermark:
         return
@@ -43,16 +45,19 @@ def record_watermark_off(resolved: ResolvedJob, destination: DestinationConfig) 
     table = StatusTable(clients.dynamodb(destination), resolved.watermark_table, destination.label)
     try:
         opened = table.open_unwatched()
-    except ClientError as error:
-        if error_code(error) not in _DENIED:
+    except (ClientError, EnvironmentProblem) as error:
+        # Refused, an item that does not read (a hand edit; readers refuse it until it is
+        # corrected), or a part that kept changing: the job goes on, as it would with the
+        # watermark on, and says what that risks.
+        if isinstance(error, ClientError) and error_code(error) not in _DENIED:
             raise
         log.warning(
-            "watermark.enabled is false and the status table could not be read or "
-            "written: if the watermark was on before, a wait there may be told "
-            "'replicated' for a change dead-lettered while it is off",
+            "watermark.enabled is false and the status table's parts could not be marked: "
+            "if the watermark was on before, a wait there may be told 'replicated' for a "
+            "change dead-lettered while it is off",
             destination=destination.label,
             status_table=resolved.watermark_table,
-            error_code=error_code(error),
+            error=str(error),
         )
         return
     if opened:

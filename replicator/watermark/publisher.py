@@ -131,6 +131,7 @@ class ShardWatermark:
         self._had_parts: dict[str, bool] = {}
         self._started_with: dict[str, frozenset[str]] = {}
         self._unwatched: dict[str, bool] = {}  # open unwatched spans found (see off.py)
+        self._watched: set[str] = set()  # destinations whose open spans were ended
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -495,11 +496,15 @@ class ShardWatermark:
         without it."""
         label = target.label
         with self._state:
-            if label not in self._undecided:
-                return True
+            undecided = label in self._undecided
+            watched = label in self._watched
             known = label in self._had_parts
-        if not known and not self._learn(target):
+        if (undecided or not watched) and not known and not self._learn(target):
             return False
+        if not watched and not self._watched_again(target):
+            return False
+        if not undecided:
+            return True
         with self._state:
             mine = self._had_parts[label]
             others = {
@@ -508,7 +513,7 @@ class ShardWatermark:
             records = [self._started_with.get(other, frozenset()) for other in others]
         recorded = frozenset().union(*(record for record in records if label in record))
         if mine:  # in the job before
-            return self._watched_again(target) and self._decide(target, None)
+            return self._decide(target, None)
         if recorded:
             return self._first_start(target, recorded)
         if not any(others.values()):
@@ -516,7 +521,7 @@ class ShardWatermark:
                 return False  # another destination's parts unknown: a join is not ruled out
             if self._at_horizon:
                 return self._first_start(target, frozenset(self._targets))
-            return self._decide(target, None)  # nothing to compare
+            return self._unwatched_before(target)
         if not self._decide(target, UnreadSpan(0, self._started_us, spans.JOINED)):
             return False
         log.warning(
@@ -528,20 +533,39 @@ class ShardWatermark:
         )
         return True
 
+    def _unwatched_before(self, target: _Target) -> bool:
+        """A resumed processor, and no destination of the job has parts: the checkpoints
+        passed changes that no watermark followed (it was off, or its status tables were
+        emptied), whose dead letters were recorded nowhere. They get an ``unwatched``
+        span up to this start, stored at once as a joined destination's is."""
+        span = UnreadSpan(0, self._started_us + self._margin_us, spans.UNWATCHED)
+        if not self._decide(target, span):
+            return False
+        log.warning(
+            "the job resumes from checkpoints and its status table has no part: changes "
+            "made before now were replicated without the watermark, and a wait for them "
+            "is told so until `replicator verify` clears it",
+            destination=target.label,
+            shard=self.shard_id,
+        )
+        return True
+
     def _watched_again(self, target: _Target) -> bool:
         """End the destination's open ``unwatched`` spans (the job ran with the watermark
         off: replicator/watermark/off.py) at this processor's start, before it claims
-        anything there; False when the status table could not be written (tried again)."""
+        anything there, however it starts; False when the status table could not be
+        written (tried again)."""
         with self._state:
-            if not self._unwatched.get(target.label):
-                return True
-        try:
-            closed = target.table.close_unwatched(self._started_us + self._margin_us)
-        except _FAILURES as error:
-            self._failed(target, error)
-            return False
+            found = self._unwatched.get(target.label, False)
+        closed = 0
+        if found:
+            try:
+                closed = target.table.close_unwatched(self._started_us + self._margin_us)
+            except _FAILURES as error:
+                self._failed(target, error)
+                return False
         with self._state:
-            self._unwatched[target.label] = False
+            self._watched.add(target.label)
         if closed:
             log.warning(
                 "the watermark is on again after the job ran with it off: a wait whose "

@@ -59,9 +59,9 @@ _WHY = {
         "reading went on from the stream's tip; copy them with `replicator backfill`"
     ),
     UNWATCHED: (
-        "the job ran with watermark.enabled: false, which follows no change and records "
-        "no dead letter: one dead-lettered then is not known here (the span ends when a "
-        "processor starts with the watermark on again)"
+        "the job replicated them without the watermark (watermark.enabled: false, or "
+        "before its status table held any part), which records no dead letter: one "
+        "dead-lettered then is not known here"
     ),
     BEFORE_STREAM: (
         "the job first started at kcl.initial_position TRIM_HORIZON, which reads only "
@@ -96,6 +96,11 @@ class UnreadSpan:
             which = f"changes created {_iso(self.from_us)}..{_iso(self.to_us)}"
         done = "were replicated unwatched" if self.reason == UNWATCHED else "were never read"
         why = _WHY.get(self.reason, self.reason)
+        if self.open:
+            why += (
+                " (the job runs with watermark.enabled: false: the span ends when a "
+                "processor starts with the watermark on again)"
+            )
         return f"{which} {done} for this destination: {why}; {_CLEARED_BY}"
 
     @property
@@ -106,8 +111,8 @@ class UnreadSpan:
     def as_dict(self) -> dict[str, object]:
         return {
             "from": self.from_us / US,
-            "to": self.to_us / US,
-            "to_utc": _iso(self.to_us),
+            "to": None if self.open else self.to_us / US,  # open: no end yet
+            "to_utc": None if self.open else _iso(self.to_us),
             "reason": self.reason,
             "why": self.describe(),
         }

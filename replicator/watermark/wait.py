@@ -370,7 +370,9 @@ class WaitResult:
     answers slower than the timeout."""
     unread: tuple[UnreadSpan, ...] = field(default=())
     """Spans meeting [since, until] whose changes were never read for the destination
-    (a LATEST start, a destination that joined late): passed, but not applied."""
+    (a LATEST start, a destination that joined late): passed, but not applied. Not
+    reached, the open ``unwatched`` spans that ended the wait: the job runs with the
+    watermark off, and nothing follows its changes."""
 
     @property
     def replicated(self) -> bool:
@@ -401,6 +403,8 @@ class WaitResult:
             why = redact(self.problem) if self.problem else "no watermark published yet"
             return f"no watermark after {self.waited_s:.2f}s: {why}"
         mark = f"watermark {self.watermark.seconds:.6f}"
+        if not self.reached and self.unread:  # an open span: the job runs without it
+            return f"{mark} stands, and " + "; ".join(span.describe() for span in self.unread)
         if not self.reached:
             why = f" ({redact(self.problem)})" if self.problem else self._stale()
             return f"timed out after {self.waited_s:.2f}s at {mark}{why}"
@@ -515,7 +519,9 @@ def wait_until_replicated(
     ``<task_name>-watermark`` in the destination's region. Give ``client`` (a boto3
     DynamoDB client for that region) or ``region``.
 
-    ``timeout``: seconds from 0 (read once) up, or ``math.inf`` (no limit).
+    ``timeout``: seconds from 0 (read once) up, or ``math.inf`` (no limit). A window
+    that meets an open ``unwatched`` span (the job runs with ``watermark.enabled:
+    false``) ends the wait at once, not reached, that span in ``unread``.
 
     Throttling and server errors of the status table (the classes the replicator
     retries everywhere) are retried until the timeout, and name themselves in the
@@ -588,6 +594,14 @@ def wait_until_replicated(
             dead = tuple(watermark.dead_lettered_between(since_us, until_us))
             unread = tuple(watermark.unread_between(since_us, until_us))
             return WaitResult(True, watermark, dead, time.monotonic() - started, unread=unread)
+        if watermark is not None:
+            # The job runs with the watermark off: its changes in the window are followed
+            # by nothing, and the answer, once it is on again, is this span's.
+            unwatched = tuple(s for s in watermark.unread_between(since_us, until_us) if s.open)
+            if unwatched:
+                return WaitResult(
+                    False, watermark, (), time.monotonic() - started, unread=unwatched
+                )
         now = time.monotonic()
         if now >= deadline:
             hung = not answered and not failed

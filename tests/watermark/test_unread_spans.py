@@ -16,6 +16,7 @@ import structlog
 from botocore.exceptions import ClientError
 
 from replicator.config.loader import parse_job
+from replicator.exceptions import StatusItemUnreadable
 from replicator.metrics import Metrics
 from replicator.shards.stream import Shard
 from replicator.tools.backfill import BackfillResult, Tally
@@ -193,10 +194,13 @@ def test_a_run_with_the_watermark_off_leaves_an_open_span_that_the_next_start_en
     assert combine(table.destination, table.parts()).unread_spans == (open_span,)
     assert open_span.describe().startswith(
         "changes created since 2023-11-14T22:15:01.000000Z were replicated unwatched for "
-        "this destination: the job ran with watermark.enabled: false"
+        "this destination: the job replicated them without the watermark"
     )
-    told = wait(table, START + 30 * S)
-    assert told.reached is False  # nothing claims past START while the job runs with it off
+    assert "(the job runs with watermark.enabled: false: the span ends" in open_span.describe()
+    assert "the span ends" not in UnreadSpan(START, START + S, UNWATCHED).describe()
+    told = wait(table, START + 30 * S)  # the job runs with it off: told at once, not reached
+    assert not told.reached and told.unread == (open_span,)
+    assert told.describe().startswith(f"watermark {(START + S - 1) / S:.6f} stands, and ")
 
     on_again = START + 60 * S
     again = publisher(
@@ -217,6 +221,36 @@ def test_a_run_with_the_watermark_off_leaves_an_open_span_that_the_next_start_en
     assert during.reached and not during.replicated and during.unread == (ended,)
     after = wait(table, on_again + 4 * S, since_us=on_again + 1)
     assert after.replicated, after.describe()
+
+
+@pytest.mark.parametrize("start", ["latest", "fresh"])
+def test_a_start_without_a_checkpoint_ends_the_open_span_too(
+    ddb: Any, status: str, metrics: Metrics, start: str
+) -> None:
+    """A job at LATEST that never checkpointed (an idle table) starts again with the
+    watermark on after a run with it off: the span ended at its start as a resumed
+    processor's does (it stayed open, and every wait after exited 4)."""
+    table = table_of(ddb, status, "eu-west-1/replica")
+    shards = [Shard("s1", None, False)]
+    first = publisher("s1", {table.destination: table}, shards, metrics, at_latest=True)
+    first.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+    first.publish()
+    assert table.open_unwatched() == 1
+    on_again = START + 60 * S
+    again = publisher(
+        "s1",
+        {table.destination: table},
+        shards,
+        metrics,
+        at_latest=start == "latest",
+        now_us=on_again,
+    )
+    again.empty_read(previous_answer_at=(on_again + 5 * S) / S, received_at=0)
+    again.publish()
+    (part,) = table.parts()
+    assert not any(span.open for span in part.unread_spans)
+    assert UnreadSpan(START + S, on_again, UNWATCHED) in part.unread_spans
+    assert wait(table, on_again + 4 * S, since_us=on_again + 1).replicated
 
 
 def test_a_stop_and_start_before_the_first_checkpoint_widens_the_span(
@@ -356,17 +390,24 @@ def test_a_first_start_cut_short_before_a_destination_was_written_is_not_a_join(
     assert wait(eu, START - 30 * S).replicated
 
 
-def test_no_join_is_seen_when_no_destination_has_parts(
+def test_a_resumed_job_whose_destinations_all_lack_parts_records_what_it_did_unwatched(
     ddb: Any, status: str, metrics: Metrics
 ) -> None:
-    """Every destination without parts: the status table was emptied, or the watermark
-    was just enabled; a job whose destinations all lack parts has nothing to compare."""
+    """Every destination without parts while the job resumes from checkpoints: the
+    watermark was just turned on, or its status table was emptied (deleted while it was
+    off, say). The checkpoints passed changes no watermark followed, whose dead letters
+    were recorded nowhere: each destination gets an ``unwatched`` span up to this start,
+    and a wait for those times is told so (it said "replicated")."""
     one, two = (table_of(ddb, status, f"eu-west-1/{n}") for n in ("one", "two"))
     tables = {one.destination: one, two.destination: two}
     watermark = publisher("s1", tables, [Shard("s1", None, False)], metrics, resumed=True)
     watermark.empty_read(previous_answer_at=(START + S) / S, received_at=0)
     watermark.publish()
-    assert all(not part.unread_spans for t in (one, two) for part in t.parts())
+    for table in (one, two):
+        assert [part.unread_spans for part in table.parts()] == [(UnreadSpan(0, START, UNWATCHED),)]
+        before = wait(table, START - 30 * S)
+        assert before.reached and not before.replicated
+        assert wait(table, START + S - 1, since_us=START + 1).replicated
 
 
 def test_a_shard_hands_its_spans_down_to_its_children_at_its_end(
@@ -559,18 +600,23 @@ def test_a_backfill_says_a_verify_clears_the_spans_because_it_cannot_copy_delete
         assert "`replicator verify` (with --repair" in result.summary()
 
 
-@pytest.mark.parametrize(("code", "raised"), [("AccessDeniedException", False), ("Boom", True)])
+@pytest.mark.parametrize(
+    ("code", "raised"), [("AccessDeniedException", False), ("unreadable", False), ("Boom", True)]
+)
 def test_a_status_table_the_job_may_not_touch_with_the_watermark_off_is_a_warning(
     monkeypatch: pytest.MonkeyPatch, code: str, raised: bool
 ) -> None:
-    """A job with the watermark off need not be granted the status table: denied, it
-    says what that risks and goes on; any other error is the caller's to explain."""
+    """A job with the watermark off need not be granted the status table: denied, or an
+    item that does not read (turning the watermark off is a way past one), it says what
+    that risks and goes on; any other error is the caller's to explain (exit 3)."""
     resolved = parse_job(
         "task_name: job\nsource: {region: us-east-1, table: src}\n"
         "destinations: [{region: eu-west-1, table: dst}]\nwatermark: {enabled: false}\n",
         Path("job.yaml"),
     )
-    error = ClientError({"Error": {"Code": code, "Message": "no"}}, "Query")
+    error: Exception = ClientError({"Error": {"Code": code, "Message": "no"}}, "Query")
+    if code == "unreadable":
+        error = StatusItemUnreadable("status table job-watermark: the item ... cannot be read")
 
     def refused(self: StatusTable, attempts: int = 5) -> int:
         raise error

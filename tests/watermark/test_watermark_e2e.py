@@ -239,23 +239,33 @@ def test_a_change_dead_lettered_while_the_watermark_was_off_is_never_reported_re
             "the poisoned change to be dead-lettered",
         )
         poisoned = time.time()
+        # Waited for meanwhile (with the job file that has it on): told at once, not
+        # after the timeout with "is the job running?".
+        job.extra = FAST
+        job.write()
+        meanwhile = waited(poisoned)
+        assert meanwhile.returncode == 4, meanwhile
+        assert "stands, and changes created since" in meanwhile.stderr
+        assert "the job runs with watermark.enabled: false" in meanwhile.stderr
     finally:
         assert stop(runtime) == 0
     assert "replicated unwatched" in (job.directory / "runtime.log").read_text()
 
-    job.extra = FAST
-    job.write()
     runtime = job.start()
     try:
 
-        def unwatched_ends() -> list[float]:
+        def unwatched_ends() -> list[float | None]:
             shown = in_process("watermark", "-c", str(job.path), "-d", eu, "--json")
             spans = json.loads(shown.stdout)["unread"]
             return [span["to"] for span in spans if span["reason"] == "unwatched"]
 
-        assert unwatched_ends() != []
-        wait_until(lambda: max(unwatched_ends()) < 1e11, 30, "the open span to be ended")
-        since = max(unwatched_ends()) + 1  # creation times name their second only
+        assert unwatched_ends() != []  # open: "to" is null
+
+        def ended() -> bool:
+            return all(end is not None for end in unwatched_ends())
+
+        wait_until(ended, 30, "the open span to be ended")
+        since = max(end for end in unwatched_ends() if end is not None) + 1  # whole seconds
         wait_until(lambda: time.time() > since, 5, "the span's last second to end")
         job.source.put_item(TableName=job.source_table, Item=item("later", 3, "L"))
         later = time.time()
