@@ -658,7 +658,8 @@ class LocalRuntime:
             if worker.error is not None:
                 problems.append(f"shard {worker.shard_id}: {worker.error}")
             elif not worker.is_alive() and not worker.progress.ended:
-                problems.append(f"shard {worker.shard_id}: worker not running")
+                if not self.stopping.is_set():  # a stop ends every worker: not a fault
+                    problems.append(f"shard {worker.shard_id}: worker not running")
             elif trouble is not None:
                 problems.append(f"shard {worker.shard_id}: {trouble}")
         return problems

@@ -391,3 +391,34 @@ def test_a_start_whose_metrics_port_is_taken_is_exit_3_and_creates_nothing(
     assert f"{job.name}-conflicts" not in set().union(*job.tables_named().values())
     assert job.tables_named() == before
     assert not made.exists()
+
+
+class _Stopped:
+    """A shard worker whose child is gone, neither failed nor at its shard's end."""
+
+    shard_id = "shardId-1"
+    error = None
+
+    class progress:  # noqa: N801  # as ShardWorker.progress reads
+        ended = False
+
+    def is_alive(self) -> bool:
+        return False
+
+    def trouble(self, now: float) -> None:
+        return None
+
+
+def test_workers_ended_by_a_requested_stop_are_no_health_problem(tmp_path: Path) -> None:
+    """Between the workers' end and the metrics server's, a health watch of a clean stop
+    logged "unhealthy: worker not running" (a false alarm at every deploy it met)."""
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "task_name: health-job\nruntime: local\nsource: {region: us-east-1, table: src}\n"
+        "destinations: [{region: eu-west-1, table: dst}]\n"
+    )
+    runtime = LocalRuntime(load_job(path))
+    runtime.workers["shardId-1"] = _Stopped()  # type: ignore[assignment]
+    assert runtime.problems() == ["shard shardId-1: worker not running"]
+    runtime.stop()
+    assert runtime.problems() == []
