@@ -921,6 +921,74 @@ def test_health_names_a_daemon_that_is_not_running() -> None:
         daemon.clean_up()
 
 
+PROCESSOR = """
+import os, sys
+from replicator import lastwords
+lastwords.started(sys.argv[1])
+if sys.argv[2] == "fails":
+    lastwords.leave("destination eu refused every write")
+    os._exit(3)
+if sys.argv[2] == "clean":
+    lastwords.ended_cleanly()
+    os._exit(0)
+sys.stdin.read()
+"""
+
+
+def test_health_names_a_processor_that_died_while_the_daemon_runs_on(tmp_path: Path) -> None:
+    """A processor killed or failed while the daemon runs on: the daemon may take minutes
+    to give its shard up (or end), and /healthz said "ok" meanwhile. Its note names the
+    shard (and the reason it left), until a live processor holds the shard again."""
+    processors = tmp_path / "processors"
+    processors.mkdir()
+    daemon = DaemonProcess(
+        [sys.executable, "-c", "import time; time.sleep(600)"],
+        os.environ,
+        grace_s=1,
+        processors=processors,
+    )
+    env = {**os.environ, "REPLICATOR_PROCESSORS_DIR": str(processors)}
+
+    def processor(shard: str, how: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-c", PROCESSOR, shard, how], env=env, stdin=subprocess.PIPE
+        )
+
+    daemon.start()
+    running: list[subprocess.Popen[bytes]] = []
+    try:
+        for how in ("clean", "fails"):
+            assert processor(f"shardId-{how}", how).wait(30) == (0 if how == "clean" else 3)
+        running.append(processor("shardId-killed", "runs"))
+        wait_until((processors / str(running[0].pid)).exists, 30, "its note")
+        assert daemon.problems() == [
+            f"shard shardId-fails: its processor (pid {p}) died: destination eu refused every write"
+            for p in [int(path.name) for path in processors.iterdir()]
+            if p != running[0].pid
+        ]
+        running[0].kill()
+        running[0].wait(10)
+        died = daemon.problems()
+        assert len(died) == 2
+        assert died[1 if died[0].startswith("shard shardId-fails") else 0] == (
+            f"shard shardId-killed: its processor (pid {running[0].pid}) died: see its last "
+            "log lines"
+        )
+        for shard in ("shardId-killed", "shardId-fails"):  # the daemon starts them again
+            running.append(processor(shard, "runs"))
+        wait_until(lambda: daemon.problems() == [], 30, "live processors to hold both shards")
+        assert sorted(int(path.name) for path in processors.iterdir()) == sorted(
+            p.pid for p in running[1:]
+        )  # the dead ones' notes removed
+        daemon.request_stop()
+        assert daemon.problems() == []  # processors ending in a requested stop are no fault
+    finally:
+        for child in running:
+            child.kill()
+            child.wait(10)
+        daemon.clean_up()
+
+
 def test_a_daemon_killed_for_not_stopping_in_time_is_a_stop_that_did_not_complete(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
