@@ -150,7 +150,6 @@ class ReplicationProcessor:
             )
         shard_id = str(initialize_input.shard_id)
         logs.bind_everywhere(shard=shard_id)
-        lastwords.started(shard_id)
         self.intake = self._build(shard_id)
         self.checkpoints = Checkpoints(self.metrics, shard_id)
         start = initialize_input.sequence_number
@@ -718,7 +717,6 @@ def serve_daemon(resolved: Any) -> NoReturn:
     for stream in (protocol_out, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
-    lastwords.ended_cleanly()
     os._exit(0)
 
 

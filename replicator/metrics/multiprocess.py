@@ -107,13 +107,13 @@ def reap_dead(path: Path) -> list[int]:
     """Remove the live-gauge files of processes that no longer exist; returns their pids."""
     reaped = []
     for pid in sorted(pids_with_live_gauges(path)):
-        if not process_alive(pid):
+        if not _alive(pid):
             multiprocess.mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]
             reaped.append(pid)
     return reaped
 
 
-def process_alive(pid: int) -> bool:
+def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -51,7 +51,7 @@ import structlog
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from replicator import lastwords, logs
+from replicator import logs
 from replicator.config.model import ResolvedJob, StreamKind
 from replicator.entry import stop_held
 from replicator.exceptions import DaemonStopped, KclUnavailable
@@ -151,13 +151,8 @@ class DaemonProcess:
         output: IO[str] | None = None,
         as_json: bool | None = None,
         level: str = "debug",
-        processors: Path | None = None,
     ) -> None:
-        """``processors``: where the processors the daemon starts note themselves
-        (:mod:`replicator.lastwords`), so that one that died is a health problem while
-        the daemon runs on."""
         self.argv = argv
-        self.processors = processors
         self.env = dict(env)
         self.grace_s = grace_s
         self.output = output or sys.stderr
@@ -222,13 +217,8 @@ class DaemonProcess:
         return self._process is not None and self._process.poll() is None
 
     def problems(self) -> list[str]:
-        """What ``/healthz`` reports about the daemon: not running, or running with a
-        processor that died (the daemon may take minutes to give up its shard, or end)."""
-        if not self.running():
-            return ["the daemon is not running"]
-        if self.processors is None or self._stop_requests:
-            return []
-        return lastwords.died(self.processors, multiprocess.process_alive)
+        """What ``/healthz`` reports about the daemon."""
+        return [] if self.running() else ["the daemon is not running"]
 
     @property
     def stop_requested(self) -> bool:
@@ -555,20 +545,13 @@ def run_kcl(
         served = before_creating()  # taken and bound by the preflight already
         # The processors expand ${VAR} in the job's copy from this same environment,
         # and name the operator's file in their messages.
-        processors = Path(workdir) / "processors"
-        processors.mkdir()
         env = {
             **os.environ,
             multiprocess.ENV: str(served.samples.path),
             JOB_FILE_ENV: str(resolved.path),
-            lastwords.PROCESSORS_ENV: str(processors),
         }
         daemon = DaemonProcess(
-            prepared.argv,
-            env,
-            grace_s=shutdown_grace_ms(job) / 1000,
-            level=job.logging.level,
-            processors=processors,
+            prepared.argv, env, grace_s=shutdown_grace_ms(job) / 1000, level=job.logging.level
         )
         try:
             with supervisor.stop_signals(daemon.request_stop):
