@@ -520,7 +520,11 @@ class ShardWatermark:
             if not all(had is False for had in others.values()):
                 return False  # another destination's parts unknown: a join is not ruled out
             if self._at_horizon:
-                return self._first_start(target, frozenset(self._targets))
+                child = self._child_of_a_listed_shard(target)
+                if child is None:
+                    return False
+                if not child:
+                    return self._first_start(target, frozenset(self._targets))
             return self._unwatched_before(target)
         if not self._decide(target, UnreadSpan(0, self._started_us, spans.JOINED)):
             return False
@@ -533,11 +537,29 @@ class ShardWatermark:
         )
         return True
 
+    def _child_of_a_listed_shard(self, target: _Target) -> bool | None:
+        """Whether this shard's parent is still in the stream (None: the listing failed,
+        tried again). A first start reads a parent before its children, and its
+        processor writes parts before its children start: a child at TRIM_HORIZON that
+        finds no part anywhere while its parent is listed follows a parent read without
+        the watermark, and the job does not start here (its other shards may resume from
+        checkpoints, deciding after this one). A parent trimmed from the stream is no
+        sign: such a child is where a first start on an old stream begins."""
+        try:
+            listed = self._shards_for_registration()
+        except _FAILURES as error:
+            self._failed(target, error)
+            return None
+        ids = {shard.shard_id for shard in listed}
+        mine = next((shard for shard in listed if shard.shard_id == self.shard_id), None)
+        return mine is not None and mine.parent_id is not None and mine.parent_id in ids
+
     def _unwatched_before(self, target: _Target) -> bool:
-        """A resumed processor, and no destination of the job has parts: the checkpoints
-        passed changes that no watermark followed (it was off, or its status tables were
-        emptied), whose dead letters were recorded nowhere. They get an ``unwatched``
-        span up to this start, stored at once as a joined destination's is."""
+        """A resumed processor (or a child whose parent was read before it), and no
+        destination of the job has parts: the checkpoints passed changes that no
+        watermark followed (it was off, or its status tables were emptied), whose dead
+        letters were recorded nowhere. They get an ``unwatched`` span up to this start,
+        stored at once as a joined destination's is."""
         span = UnreadSpan(0, self._started_us + self._margin_us, spans.UNWATCHED)
         if not self._decide(target, span):
             return False

@@ -223,6 +223,44 @@ def test_a_run_with_the_watermark_off_leaves_an_open_span_that_the_next_start_en
     assert after.replicated, after.describe()
 
 
+def test_a_child_whose_parent_was_read_without_the_watermark_records_it_deciding_first(
+    ddb: Any, status: str, metrics: Metrics
+) -> None:
+    """The job ran with the watermark off (no parts anywhere); on again, the child of a
+    parent read meanwhile starts at TRIM_HORIZON with no checkpoint and decides before
+    the resumed shard. It took the job for a first start (a before_stream span at most),
+    the resumed shard then found its part, and a dead letter of the time off was
+    reported replicated. A parent still listed is what tells: it was read before."""
+    table = table_of(ddb, status, "eu-west-1/replica")
+    tables = {table.destination: table}
+    shards = [Shard("s0", None, True), Shard("s1", None, False), Shard("s2", "s0", False)]
+    child = publisher("s2", tables, shards, metrics, at_horizon=True)
+    child.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+    child.publish()
+    resumed = publisher("s1", tables, shards, metrics, resumed=True)
+    resumed.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+    resumed.publish()
+    assert combine(table.destination, table.parts()).unread_spans == (
+        UnreadSpan(0, START, UNWATCHED),
+    )
+    told = wait(table, START - 30 * S)
+    assert told.reached and not told.replicated
+
+
+def test_a_child_whose_parent_was_trimmed_still_starts_the_job(
+    ddb: Any, status: str, metrics: Metrics
+) -> None:
+    """A first start on a stream older than a day begins at shards whose parents were
+    trimmed: a first start still (its span is before_stream's, not unwatched)."""
+    table = table_of(ddb, status, "eu-west-1/replica")
+    shards = [Shard("s2", "s0-trimmed", False)]
+    first = publisher("s2", {table.destination: table}, shards, metrics, at_horizon=True)
+    first.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+    first.publish()
+    reasons = {span.reason for part in table.parts() for span in part.unread_spans}
+    assert UNWATCHED not in reasons
+
+
 @pytest.mark.parametrize("start", ["latest", "fresh"])
 def test_a_start_without_a_checkpoint_ends_the_open_span_too(
     ddb: Any, status: str, metrics: Metrics, start: str
