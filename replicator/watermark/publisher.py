@@ -519,12 +519,8 @@ class ShardWatermark:
         if not any(others.values()):
             if not all(had is False for had in others.values()):
                 return False  # another destination's parts unknown: a join is not ruled out
-            if self._at_horizon:
-                child = self._child_of_a_listed_shard(target)
-                if child is None:
-                    return False
-                if not child:
-                    return self._first_start(target, frozenset(self._targets))
+            if self._at_horizon and not self._child_of_a_listed_shard():
+                return self._first_start(target, frozenset(self._targets))
             return self._unwatched_before(target)
         if not self._decide(target, UnreadSpan(0, self._started_us, spans.JOINED)):
             return False
@@ -537,19 +533,29 @@ class ShardWatermark:
         )
         return True
 
-    def _child_of_a_listed_shard(self, target: _Target) -> bool | None:
-        """Whether this shard's parent is still in the stream (None: the listing failed,
-        tried again). A first start reads a parent before its children, and its
-        processor writes parts before its children start: a child at TRIM_HORIZON that
-        finds no part anywhere while its parent is listed follows a parent read without
-        the watermark, and the job does not start here (its other shards may resume from
-        checkpoints, deciding after this one). A parent trimmed from the stream is no
-        sign: such a child is where a first start on an old stream begins."""
+    def _child_of_a_listed_shard(self) -> bool:
+        """Whether this shard's parent is still in the stream. A first start reads a
+        parent before its children, and its processor writes parts before its children
+        start: a child at TRIM_HORIZON that finds no part anywhere while its parent is
+        listed follows a parent read without the watermark, and the job does not start
+        here (its other shards may resume from checkpoints, deciding after this one). A
+        parent trimmed from the stream is no sign: such a child is where a first start on
+        an old stream begins.
+
+        A stream that cannot be listed is taken for a child's (the error is logged): its
+        span reaches this start, as a first start's does when the source cannot be
+        described, so the decision waits on no request that may keep failing."""
         try:
             listed = self._shards_for_registration()
-        except _FAILURES as error:
-            self._failed(target, error)
-            return None
+        except Exception as error:  # noqa: BLE001  # whatever it is, fail safe
+            log.error(
+                "could not list the source stream's shards; changes made before this start "
+                "are recorded as replicated unwatched: run `replicator verify` to clear them",
+                shard=self.shard_id,
+                error=str(error),
+                error_type=type(error).__name__,
+            )
+            return True
         ids = {shard.shard_id for shard in listed}
         mine = next((shard for shard in listed if shard.shard_id == self.shard_id), None)
         return mine is not None and mine.parent_id is not None and mine.parent_id in ids

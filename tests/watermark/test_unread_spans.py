@@ -247,6 +247,25 @@ def test_a_child_whose_parent_was_read_without_the_watermark_records_it_deciding
     assert told.reached and not told.replicated
 
 
+class _Unlistable(list[Shard]):
+    def __iter__(self) -> Any:
+        raise RuntimeError("DescribeStream: could not connect")
+
+
+def test_a_start_at_trim_horizon_that_cannot_list_the_stream_decides_without_it(
+    ddb: Any, status: str, metrics: Metrics
+) -> None:
+    """The decision waits on no request that may keep failing (it held the first
+    checkpoint while the stream could not be listed): the span reaches this start."""
+    table = table_of(ddb, status, "eu-west-1/replica")
+    first = publisher("s1", {table.destination: table}, _Unlistable(), metrics, at_horizon=True)
+    first.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+    assert first.store_before_checkpoint(5.0)
+    assert combine(table.destination, table.parts()).unread_spans == (
+        UnreadSpan(0, START, UNWATCHED),
+    )
+
+
 def test_a_child_whose_parent_was_trimmed_still_starts_the_job(
     ddb: Any, status: str, metrics: Metrics
 ) -> None:
