@@ -222,8 +222,10 @@ def check_task_tables(resolved: ResolvedJob) -> None:
 
 def mark_watermark_off(resolved: ResolvedJob) -> None:
     """With the watermark off, its status tables (where they exist) say so from now on
-    (replicator/watermark/off.py)."""
-    if resolved.publishes_watermark:
+    (replicator/watermark/off.py). A Kinesis job never publishes one: nothing to mark."""
+    if resolved.job.watermark.enabled or resolved.job.source.stream.kind is not (
+        StreamKind.DYNAMODB_STREAMS
+    ):
         return
     for destination in resolved.job.destinations:
         where = tables.where(destination.region, destination.endpoint_url, destination.role_arn)

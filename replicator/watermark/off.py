@@ -22,7 +22,7 @@ from botocore.exceptions import ClientError
 
 from replicator.aws import clients
 from replicator.aws.errors import error_code
-from replicator.config.model import DestinationConfig, ResolvedJob, StreamKind
+from replicator.config.model import DestinationConfig, ResolvedJob
 from replicator.exceptions import EnvironmentProblem
 from replicator.watermark.table import StatusTable
 
@@ -36,12 +36,8 @@ def record_watermark_off(resolved: ResolvedJob, destination: DestinationConfig) 
     job's watermark is off and the table exists. A table the job may not read or write
     (its IAM policy, without the watermark, need not grant it), an item of it that does
     not read, or a part that kept changing is named in a warning; other errors
-    (ClientError, BotoCoreError) are raised for the caller to explain. A
-    Kinesis job never publishes a watermark: nothing to do."""
-    if resolved.publishes_watermark:
-        return
-    if resolved.job.source.stream.kind is not StreamKind.DYNAMODB_STREAMS:
-        return
+    (ClientError, BotoCoreError) are raised for the caller to explain. The caller asks
+    only for a job that could publish one (a DynamoDB stream's) and does not."""
     table = StatusTable(clients.dynamodb(destination), resolved.watermark_table, destination.label)
     try:
         opened = table.open_unwatched()
