@@ -208,15 +208,23 @@ class FileDeadLetters:
                     )
         return found
 
+    def _real_path(self) -> Path:
+        """The file the path leads to, through symbolic links: what a replay renames aside
+        (and keeps its aside files and lock beside). Renaming the link itself left the
+        letters in its target, replayed again by every later redrive, and turned the
+        configured path into a regular file new letters went to."""
+        return Path(os.path.realpath(self.path))
+
     def _aside_files(self) -> list[Path]:
         """This file's aside files (``<name>.redrive-<time in ns>``), oldest first. The
         name is escaped: read as a pattern, ``dead[1].jsonl`` found none of its own (its
         letters were set aside and never read again) and ``a*.jsonl`` took the aside
         files of every file its pattern matched, another job's among them."""
-        own = re.compile(re.escape(self.path.name + _ASIDE) + r"[0-9]+")
+        real = self._real_path()
+        own = re.compile(re.escape(real.name + _ASIDE) + r"[0-9]+")
         return sorted(
             p
-            for p in self.path.parent.glob(glob.escape(self.path.name) + _ASIDE + "*")
+            for p in real.parent.glob(glob.escape(real.name) + _ASIDE + "*")
             if own.fullmatch(p.name)
         )
 
@@ -234,7 +242,8 @@ class FileDeadLetters:
     def _replaying(self) -> Iterator[None]:
         """Hold this file's replay lock (module docstring), or refuse: another replay
         has it."""
-        lock = self.path.with_name(self.path.name + _LOCK)
+        real = self._real_path()
+        lock = real.with_name(real.name + _LOCK)
         while True:
             file = lock.open("a+", encoding="utf-8")
             try:
@@ -262,9 +271,10 @@ class FileDeadLetters:
     def _claim_all(self) -> Generator[Claimed | Unreadable, None, None]:
         with locked_file(self.path, create=False) as file:
             if file is not None:
-                aside = self.path.with_name(f"{self.path.name}{_ASIDE}{time.time_ns()}")
-                self.path.rename(aside)
-                fsync_directory(self.path.parent)
+                real = self._real_path()
+                aside = real.with_name(f"{real.name}{_ASIDE}{time.time_ns()}")
+                real.rename(aside)
+                fsync_directory(real.parent)
         for aside_file in self._aside_files():
             settled = _settled(aside_file)
             with aside_file.open("rb") as lines:
@@ -284,17 +294,22 @@ class FileDeadLetters:
     def _keep_unreadable(
         self, aside_file: Path, number: int, line: bytes, error: str
     ) -> Unreadable:
-        """Move a line that is not a letter to the live file as it is, once."""
+        """Move a line that is not a letter to the live file as it is, once. It is named
+        where it now is, the live file's line, which a person repairs or removes: the
+        aside file it was read from is gone once the replay ends."""
+        start = self._append(line)
+        kept_at = _line_number(self.path, start) if start is not None else None
         log.warning(
             "unreadable dead letter kept as it is",
             file=str(aside_file),
             line=number,
             error=error,
             kept_in=str(self.path),
+            kept_at_line=kept_at,
         )
-        self._append(line)
         _note_settled(aside_file, number)
-        return Unreadable(f"{aside_file} line {number}", error)
+        where = f"{self.path} line {kept_at}" if kept_at is not None else str(self.path)
+        return Unreadable(where, error)
 
     def settle(self, claimed: Claimed, *, replayed: bool) -> None:
         """Put a failed letter back in the live file, then note its line as settled."""
@@ -337,6 +352,24 @@ def _line_at(descriptor: int, start: int, size: int) -> bytes | None:
         line += chunk
         position += len(chunk)
     return None
+
+
+def _line_number(path: Path, start: int) -> int | None:
+    """The number of the line that starts at byte ``start`` of ``path`` (None when the
+    file cannot be read: the line is kept all the same)."""
+    try:
+        with path.open("rb") as file:
+            newlines = 0
+            left = start
+            while left > 0:
+                chunk = file.read(min(_CHUNK, left))
+                if not chunk:
+                    break
+                newlines += chunk.count(b"\n")
+                left -= len(chunk)
+    except OSError:
+        return None
+    return newlines + 1
 
 
 def _note_settled(aside_file: Path, number: int) -> None:

@@ -307,15 +307,77 @@ def test_a_line_that_is_not_a_letter_is_kept_once_and_the_replay_goes_on(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["letters.jsonl"]
 
 
-def test_an_unreadable_line_is_kept_once_across_an_interrupted_replay(tmp_path: Path) -> None:
-    """The interrupted replay has moved the bad line to the live file already; the next
-    replay resumes the aside file after it, so it must not move it a second time."""
+def torn_between_letters_1_and_3(tmp_path: Path) -> tuple[Path, FileDeadLetters]:
+    """A live file holding letter 1, a torn line, then letter 3."""
     path = tmp_path / "letters.jsonl"
     target = FileDeadLetters(path)
     target.put(letter(1))
     with path.open("ab") as file:
         file.write(b'{"torn\n')
     target.put(letter(3))
+    return path, target
+
+
+def test_an_unreadable_line_is_named_where_it_is_kept(tmp_path: Path) -> None:
+    """The aside file the line was read from is gone once the replay ends: the summary
+    names the live file's line, where a person repairs or removes it."""
+    path, target = torn_between_letters_1_and_3(tmp_path)
+    met = []
+    for claimed in target.claim_all():
+        if isinstance(claimed, Unreadable):
+            met.append(claimed.where)
+        else:
+            target.settle(claimed, replayed=claimed.letter.record["sequenceNumber"] == "1")
+    assert met == [f"{path} line 1"]  # letter 3, failed again, is put back after it
+    assert path.read_bytes().split(b"\n")[0] == b'{"torn'
+    target.put(letter(4))
+    with path.open("ab") as file:
+        file.write(b"not a letter\n")
+    met = []
+    for claimed in target.claim_all():  # every letter fails again: put back in order
+        if isinstance(claimed, Unreadable):
+            met.append(claimed.where)
+        else:
+            target.settle(claimed, replayed=False)
+    assert met == [f"{path} line 1", f"{path} line 4"]
+    lines = path.read_bytes().split(b"\n")
+    assert lines[0] == b'{"torn' and lines[3] == b"not a letter"
+
+
+def test_a_path_that_is_a_symbolic_link_is_replayed_through_it(tmp_path: Path) -> None:
+    """A replay renames the link's target aside, not the link: renaming the link left
+    the letters in its target, replayed again by every later redrive, and made the
+    configured path a regular file."""
+    (tmp_path / "real").mkdir()
+    real = tmp_path / "real" / "letters.jsonl"
+    link = tmp_path / "letters.jsonl"
+    link.symlink_to(real)
+    target = FileDeadLetters(link)
+    for seq in (1, 2, 3):
+        target.put(letter(seq))
+    assert FileDeadLetters(real).count() == 3
+
+    claims = FileDeadLetters(link).claim_all()
+    for claimed in claims:
+        assert isinstance(claimed, Claimed)
+        sequence_number = claimed.letter.record["sequenceNumber"]
+        if sequence_number == "1":
+            target.put(letter(4))  # the running replicator, meanwhile
+        target.settle(claimed, replayed=sequence_number != "2")
+
+    assert link.is_symlink() and link.resolve() == real
+    kept = [stored.record["sequenceNumber"] for stored in FileDeadLetters(real).letters()]
+    assert sorted(kept) == ["2", "4"]
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["letters.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["letters.jsonl", "real"]
+    assert claim_everything(target) == ["4", "2"]
+    assert not real.exists() and link.is_symlink()
+
+
+def test_an_unreadable_line_is_kept_once_across_an_interrupted_replay(tmp_path: Path) -> None:
+    """The interrupted replay has moved the bad line to the live file already; the next
+    replay resumes the aside file after it, so it must not move it a second time."""
+    path, target = torn_between_letters_1_and_3(tmp_path)
     claims = target.claim_all()
     first = next(claims)
     assert isinstance(first, Claimed)
