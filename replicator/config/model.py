@@ -1181,7 +1181,10 @@ class JobConfig(Strict):
                 if self.kcl.initial_position is InitialPosition.LATEST
                 else "up to 24 hours of changes are replayed to every destination"
             )
-            + "; see 'The task name' in docs/configuration.md). To keep this lease table, "
+            + "), and to new files named after it ({task_name} in dead_letter.path or "
+            "conflict_log.path: the letters stored before stay in the old dead-letter file, "
+            "which redrive names but does not read; see 'The task name' in "
+            "docs/configuration.md). To keep this lease table and these files, "
             f"add this line to the job file: task_name: {default_task_name(self)}"
         )
 

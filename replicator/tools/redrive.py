@@ -124,6 +124,7 @@ from replicator.tools.snapshot import (
     tool_writers,
     with_snapshot_rules,
 )
+from replicator.tools.stranded import StrandedFile, stranded_files, stranded_lines
 from replicator.tools.tables import (
     KeptExpired,
     TableRef,
@@ -226,6 +227,8 @@ class RedriveReport:
     # the reason as an empty target: not said to be drained, exit 1).
     missing: str | None = None
     missing_relative: bool = False
+    # Files of other derived task names beside the job's (replicator/tools/stranded.py).
+    stranded: list[StrandedFile] = field(default_factory=list)
     conflict_log: str | None = None  # where lost conflicts are recorded; None: kind none
     recorded: int = 0  # lost conflicts stored in the conflict log
     not_recorded: int = 0  # lost conflicts it could not store (dropped, counted)
@@ -264,7 +267,8 @@ class RedriveReport:
         first)."""
         if self.refused or self.unavailable:
             return 3
-        if self.missing_relative:
+        if self.missing_relative or (self.missing is not None and self.stranded):
+            # "nothing was dead-lettered" may be false: the letters may be in those files
             return 1
         return 0 if self.failed == 0 and not self.unreadable and not self.interrupted else 1
 
@@ -281,7 +285,12 @@ class RedriveReport:
 
     def text(self) -> str:
         if self.missing is not None:
-            return f"redrive: no dead letters in {self.target}: {self.missing}"
+            return "\n".join(
+                [
+                    f"redrive: no dead letters in {self.target}: {self.missing}",
+                    *stranded_lines(self.stranded),
+                ]
+            )
         if self.ended_early and not self.replays and not self.copies and not self.unreadable:
             return "\n".join(
                 [
@@ -302,6 +311,7 @@ class RedriveReport:
                     f"redrive: no dead letters{mine} in {self.target}"
                     + (f" ({self._how_it_ended()})" if self.ended_early else ""),
                     *self._left(),
+                    *stranded_lines(self.stranded),
                 ]
             )
         total = len(self.replays) + len(self.copies) + len(self.unreadable)
@@ -325,6 +335,7 @@ class RedriveReport:
             f"  unreadable    {item.where}: {redact(item.error)}" for item in self.unreadable
         )
         lines.extend(self._left())
+        lines.extend(stranded_lines(self.stranded))
         return "\n".join(lines)
 
     def _kept_in(self) -> str:
@@ -425,6 +436,7 @@ class Redrive:
             missing = self._missing_file()
             if missing is not None:
                 # Only read: checking the target as run does would create its directory.
+                missing.stranded = stranded_files(self.resolved)
                 return missing
         # And the dead-letter target, as run checks it: a queue that does not answer, or
         # a file that cannot be appended to, is exit 3 before a letter is claimed.
@@ -443,6 +455,7 @@ class Redrive:
                 # Before the grace is called off: a first stop bounds this wait too.
                 self._close(recorder)
             self._grace.cancel()
+        report.stranded = stranded_files(self.resolved)
         if recorder is not None:
             report.conflict_log = recorder.target.description
             report.recorded = _total(self.metrics.conflict_log_written)

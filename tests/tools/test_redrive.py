@@ -655,6 +655,62 @@ def test_a_relative_path_whose_directory_run_created_is_a_job_with_nothing_dead_
     assert list(directory.iterdir()) == []
 
 
+def test_letters_left_under_an_earlier_derived_task_name_are_named_not_hidden(job: Job) -> None:
+    """A job without ``task_name`` gets a name derived from its destinations, and the
+    default path holds it: removing a destination moves the job to a new file, and the
+    letters stored before stay in the old one. A redrive of the changed job said "no
+    dead letters ... nothing has been dead-lettered there" and exited 0."""
+    directory = job.directory / "letters"
+    derived = job.path.read_text().replace(f"task_name: {job.name}\n", "")
+    job.path.write_text(derived)
+    dead_letters_at(job, f"{directory}/{{task_name}}.jsonl")
+    before = load_job(job.path)
+    eu_label, ap_label = ("/".join(place) for place in job.destinations)
+    x, y = image("x"), image("y")
+    old_file = before.dead_letter_path()
+    old = FileDeadLetters(old_file)
+    old.put(
+        replace(stream_letter(job, eu_label, x, 11, "rejected", "e"), task_name=before.task_name)
+    )
+    old.put(
+        replace(stream_letter(job, ap_label, y, 12, "rejected", "e"), task_name=before.task_name)
+    )
+    job.path.write_text(  # ap removed from the job
+        "".join(
+            line for line in job.path.read_text().splitlines(keepends=True) if "-ap," not in line
+        )
+    )
+    after = load_job(job.path)
+    assert after.task_name != before.task_name
+
+    result = redrive(job)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        f"redrive: no dead letters in file {after.dead_letter_path()}: no such file (yet): "
+        "nothing has been dead-lettered there",
+        "other dead-letter files beside it, of another derived task name (this job's "
+        "letters from before its destinations changed, or another job's):",
+        f"  {old_file} (2 lines): task {before.task_name}",
+        "  to replay such a file, run redrive with a copy of the job file that sets "
+        "task_name to its task (letters for a destination no longer in the job are kept, "
+        "as unknown_destination)",
+    ]
+    assert old.count() == 2  # nothing in it touched
+    assert get(job, 0, x) is None
+
+    # Replayed as the summary says: eu's letter; ap's is kept (no longer in the job).
+    copy = job.directory / "replay-old.yaml"
+    copy.write_text(f"task_name: {before.task_name}\n" + job.path.read_text())
+    replayed = redrive(copy)
+
+    assert replayed.returncode == 1, replayed.stdout + replayed.stderr
+    assert "2 letters, 1 replayed, 1 failed again" in replayed.stdout
+    assert "unknown_destination" in replayed.stdout
+    assert get(job, 0, x) == x
+    assert [letter.destination for letter in old.letters()] == [ap_label]
+
+
 SAMPLE = malformed(DeadLetter({}, "d", "r", "e", "t", "s"))  # the shapes, by name
 
 
@@ -698,7 +754,9 @@ def test_a_file_holding_only_an_unreadable_letter_is_not_reported_empty(job: Job
     # Read from the file as the redrive renamed it aside, kept in the live file.
     assert re.fullmatch(re.escape(str(job.dead_letters)) + r"\.redrive-\d+", warning["file"])
     assert (warning["line"], warning["kept_in"]) == (1, str(job.dead_letters))
-    assert f"  unreadable    {warning['file']} line 1: not JSON" in result.stdout
+    assert warning["kept_at_line"] == 1
+    # The summary names where it is now, for a person to repair: the aside file is gone.
+    assert f"  unreadable    {job.dead_letters} line 1: not JSON" in result.stdout
     assert job.dead_letters.read_text() == torn + "\n"
 
 
