@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from replicator.config.stranded import StrandedFile, stranded_lines
 from replicator.conflictlog.base import ConflictLogTarget, Selection
 from replicator.conflictlog.entry import (
     CONFLICT,
@@ -171,6 +172,8 @@ class Listing:
     # What the reading left out, when it could not read the whole log (entries of an SQS
     # log another reader held past the wait): the listing is then no summary of the log.
     incomplete: str | None = None
+    # Files of other derived task names beside a file log (replicator/config/stranded.py).
+    stranded: list[StrandedFile] = field(default_factory=list)
     restores: dict[str, ConflictEntry] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -214,6 +217,10 @@ class Listing:
                 "target": self.target,
                 "missing": self.missing,
                 "incomplete": self.incomplete,
+                "other_files": [
+                    {"path": str(file.path), "task_name": file.task_name, "lines": file.lines}
+                    for file in self.stranded
+                ],
                 "selection": asdict(self.selection),
                 "summary": self.summary(),
                 "entries": entries,
@@ -243,6 +250,12 @@ class Listing:
             + self._skipped()
         ]
         lines += [f"  {why}" for why in (self.missing, self.incomplete) if why]
+        lines += stranded_lines(
+            self.stranded,
+            "conflict-log files",
+            "to read such a file, run conflicts with a copy of the job file that sets "
+            "task_name to its task",
+        )
         if summary["lost_conflicts"]:
             lines.append(f"  from {summary['first']} to {summary['last']}")
             lines.append("  per destination: " + _counts(summary["per_destination"]))

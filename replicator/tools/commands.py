@@ -149,6 +149,7 @@ def conflicts(
     force: bool,
 ) -> int:
     from replicator.config.model import ConflictLogKind
+    from replicator.config.stranded import stranded_files
     from replicator.conflictlog import sqs
     from replicator.conflictlog.base import Selection
     from replicator.conflictlog.keys import canonical_key
@@ -201,6 +202,8 @@ def conflicts(
             missing=missing or _missing_table(target),
             incomplete=_unread(target),
         )
+        if resolved.job.conflict_log.kind is ConflictLogKind.FILE:
+            listing.stranded = stranded_files(resolved, resolved.job.conflict_log.path)
     logs.echo(listing.as_json(limit) if output == "json" else listing.text(limit))
     return 1 if listing.incomplete else 0
 

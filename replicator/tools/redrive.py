@@ -89,6 +89,7 @@ from prometheus_client import CollectorRegistry
 from replicator.appendfile import unusable
 from replicator.config.destinations import destination_place, destinations_at
 from replicator.config.model import DeadLetterKind, ResolvedJob
+from replicator.config.stranded import StrandedFile, stranded_files, stranded_lines
 from replicator.conflictlog.base import Loss
 from replicator.conflictlog.recorder import BackgroundRecorder, ShardConflicts
 from replicator.conflictlog.targets import prepare, recorder_for
@@ -124,7 +125,6 @@ from replicator.tools.snapshot import (
     tool_writers,
     with_snapshot_rules,
 )
-from replicator.tools.stranded import StrandedFile, stranded_files, stranded_lines
 from replicator.tools.tables import (
     KeptExpired,
     TableRef,
@@ -227,7 +227,7 @@ class RedriveReport:
     # the reason as an empty target: not said to be drained, exit 1).
     missing: str | None = None
     missing_relative: bool = False
-    # Files of other derived task names beside the job's (replicator/tools/stranded.py).
+    # Files of other derived task names beside the job's (replicator/config/stranded.py).
     stranded: list[StrandedFile] = field(default_factory=list)
     conflict_log: str | None = None  # where lost conflicts are recorded; None: kind none
     recorded: int = 0  # lost conflicts stored in the conflict log
@@ -288,7 +288,7 @@ class RedriveReport:
             return "\n".join(
                 [
                     f"redrive: no dead letters in {self.target}: {self.missing}",
-                    *stranded_lines(self.stranded),
+                    *stranded_lines(self.stranded, *_STRANDED),
                 ]
             )
         if self.ended_early and not self.replays and not self.copies and not self.unreadable:
@@ -311,7 +311,7 @@ class RedriveReport:
                     f"redrive: no dead letters{mine} in {self.target}"
                     + (f" ({self._how_it_ended()})" if self.ended_early else ""),
                     *self._left(),
-                    *stranded_lines(self.stranded),
+                    *stranded_lines(self.stranded, *_STRANDED),
                 ]
             )
         total = len(self.replays) + len(self.copies) + len(self.unreadable)
@@ -335,7 +335,7 @@ class RedriveReport:
             f"  unreadable    {item.where}: {redact(item.error)}" for item in self.unreadable
         )
         lines.extend(self._left())
-        lines.extend(stranded_lines(self.stranded))
+        lines.extend(stranded_lines(self.stranded, *_STRANDED))
         return "\n".join(lines)
 
     def _kept_in(self) -> str:
@@ -363,6 +363,14 @@ class RedriveReport:
         return [
             f"left as they are: {total} letter{'' if total == 1 else 's'} of other tasks ({tasks})"
         ]
+
+
+_STRANDED = (
+    "dead-letter files",
+    "to replay such a file, run redrive with a copy of the job file that sets task_name to "
+    "its task (letters for a destination no longer in the job are kept, as "
+    "unknown_destination)",
+)
 
 
 def _shown(text: str) -> str:
@@ -436,7 +444,7 @@ class Redrive:
             missing = self._missing_file()
             if missing is not None:
                 # Only read: checking the target as run does would create its directory.
-                missing.stranded = stranded_files(self.resolved)
+                missing.stranded = self._stranded()
                 return missing
         # And the dead-letter target, as run checks it: a queue that does not answer, or
         # a file that cannot be appended to, is exit 3 before a letter is claimed.
@@ -455,7 +463,7 @@ class Redrive:
                 # Before the grace is called off: a first stop bounds this wait too.
                 self._close(recorder)
             self._grace.cancel()
-        report.stranded = stranded_files(self.resolved)
+        report.stranded = self._stranded()
         if recorder is not None:
             report.conflict_log = recorder.target.description
             report.recorded = _total(self.metrics.conflict_log_written)
@@ -519,6 +527,13 @@ class Redrive:
             if remaining <= 0 or recorder.flush(min(remaining, _CLOSE_POLL_S)):
                 break
         recorder.close(timeout=0)
+
+    def _stranded(self) -> list[StrandedFile]:
+        """Dead-letter files of other derived task names beside the job's."""
+        dead_letter = self.resolved.job.dead_letter
+        if dead_letter.kind is not DeadLetterKind.FILE:
+            return []
+        return stranded_files(self.resolved, dead_letter.path)
 
     def _missing_file(self) -> RedriveReport | None:
         """For a file target with nothing at its path (nor an interrupted replay's aside

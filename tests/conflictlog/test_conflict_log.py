@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from replicator.aws.backoff import Backoff
 from replicator.aws.queues import ASSUMED_LIMIT
 from replicator.cli import cli
+from replicator.config.loader import load_job
 from replicator.conflictlog.base import ConflictRecorder, Loss, Selection, StoreOutcome
 from replicator.conflictlog.dynamodb import TTL_ATTRIBUTE, DynamoDbConflictLog
 from replicator.conflictlog.entry import ConflictEntry, LostConflict
@@ -971,6 +972,54 @@ def test_a_log_shared_by_several_jobs_lists_only_the_jobs_own_entries(tmp_path: 
     message = " ".join(restore.stderr.split())
     assert f"no conflict-log entry {theirs[0].id!r} of task 'orders-audit'" in message
     assert f"{theirs[0].id} (task 'payments') is theirs" in message
+
+
+def test_a_log_file_under_an_earlier_derived_task_name_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job without ``task_name``: a destination added gives it a new derived name and,
+    with the default path, a new log file; the entries recorded before are in the old
+    one, which the listing names (it read nothing of them before)."""
+    monkeypatch.chdir(tmp_path)
+    config = job_file(tmp_path, "{kind: file}")
+    config.write_text(config.read_text().replace("task_name: orders-audit\n", ""))
+    before = load_job(config).task_name
+    old = tmp_path / "conflicts" / f"{before}.jsonl"
+    old.parent.mkdir()
+    old.write_text('{"an": "entry"}\n{"another": "entry"}\n')
+    (tmp_path / "conflicts" / "orders-audit.jsonl").write_text('{"not": "derived"}\n')
+    config.write_text(
+        config.read_text().replace(
+            "destinations:\n",
+            "destinations:\n  - {region: ap-southeast-2, table: orders, "
+            "endpoint_url: 'http://127.0.0.1:9'}\n",
+        )
+    )
+    after = load_job(config).task_name
+    assert after != before
+    runner = CliRunner()
+
+    listing = runner.invoke(cli, ["conflicts", "-c", str(config)])
+
+    assert listing.exit_code == 0, listing.output
+    lines = listing.stdout.splitlines()
+    assert lines[0].endswith(": 0 lost conflicts, 0 restores")
+    assert lines[2:] == [
+        "other conflict-log files beside it, of another derived task name (this job's from "
+        "before its destinations changed, or another job's):",
+        f"  {old} (2 lines): task {before}",
+        "  to read such a file, run conflicts with a copy of the job file that sets "
+        "task_name to its task",
+    ]
+    document = json.loads(
+        runner.invoke(cli, ["conflicts", "-c", str(config), "--format", "json"]).stdout
+    )
+    assert document["other_files"] == [{"path": str(old), "task_name": before, "lines": 2}]
+
+    pinned = tmp_path / "pinned.yaml"
+    pinned.write_text(f"task_name: {after}\n" + config.read_text())
+    listing = runner.invoke(cli, ["conflicts", "-c", str(pinned)])
+    assert listing.exit_code == 0 and "other conflict-log files" not in listing.stdout
 
 
 def test_a_missing_log_file_is_said_to_be_missing_not_listed_as_empty(

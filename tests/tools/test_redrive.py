@@ -689,8 +689,8 @@ def test_letters_left_under_an_earlier_derived_task_name_are_named_not_hidden(jo
     assert result.stdout.splitlines() == [
         f"redrive: no dead letters in file {after.dead_letter_path()}: no such file (yet): "
         "nothing has been dead-lettered there",
-        "other dead-letter files beside it, of another derived task name (this job's "
-        "letters from before its destinations changed, or another job's):",
+        "other dead-letter files beside it, of another derived task name (this job's from "
+        "before its destinations changed, or another job's):",
         f"  {old_file} (2 lines): task {before.task_name}",
         "  to replay such a file, run redrive with a copy of the job file that sets "
         "task_name to its task (letters for a destination no longer in the job are kept, "
