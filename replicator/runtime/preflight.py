@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -39,6 +40,9 @@ from replicator.shards.leases import check_lease_table
 from replicator.tombstones.setup import prepare as prepare_tombstones
 from replicator.watermark.off import record_watermark_off
 from replicator.watermark.table import check_status_table
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 _ORDERED = (ConflictPolicyName.LAST_WRITER_WINS, ConflictPolicyName.VERSION)
 
@@ -84,6 +88,40 @@ def explain(error: BaseException, what: str, where: str) -> EnvironmentProblem:
     if isinstance(error, BotoCoreError):
         return EnvironmentProblem(f"{what}: cannot reach {where}: {excerpt(str(error))}")
     return EnvironmentProblem(f"{what}: {excerpt(str(error))}")
+
+
+def stream_replaced(resolved: ResolvedJob, ddb: DynamoDBClient, stream_arn: str) -> str | None:
+    """While a job runs: why the DynamoDB stream it reads (``stream_arn``, its source
+    table's latest stream at start) is no longer the table's, or None while it is.
+
+    A table deleted and created again under its name, or whose stream was disabled (and
+    perhaps enabled again), has another latest stream or none. The old stream is still
+    described (DynamoDB keeps it 24 hours, disabled; moto answers for the new one under
+    the old ARN), so reading it goes on without an error and without a change: the job
+    would wait for ever with every lag at 0. A job that pins ``source.stream.arn`` reads
+    that stream whatever the table's latest is. Errors are the caller's (DescribeTable)."""
+    source = resolved.job.source
+    if source.stream.kind is not StreamKind.DYNAMODB_STREAMS or source.stream.arn:
+        return None
+    table = ddb.describe_table(TableName=source.table)["Table"]
+    latest = table.get("LatestStreamArn")
+    enabled = tables.stream_enabled(table)
+    if latest == stream_arn and enabled:
+        return None
+    where = tables.where(source.region, source.endpoint_url, source.role_arn)
+    now = f"its stream is now {latest}" if latest and enabled else "it has no stream enabled now"
+    return (
+        f"source table {source.table} at {where}: {now}, not the stream {stream_arn} this "
+        "run reads (the table was deleted and created again, or its stream disabled, while "
+        "the job ran); the changes made since are not in the stream being read. "
+        + (
+            "Start the job again to read the new stream from its oldest record"
+            if latest and enabled
+            else "Enable the table's stream (NEW_AND_OLD_IMAGES) and start the job again"
+        )
+        + ", then run `replicator backfill` and `replicator verify` for what the old "
+        "stream held that was not read"
+    )
 
 
 def check_source(resolved: ResolvedJob) -> SourceInfo:

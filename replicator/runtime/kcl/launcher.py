@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import re
 import select
@@ -54,7 +55,7 @@ from prometheus_client.registry import Collector
 from replicator import logs
 from replicator.config.model import ResolvedJob, StreamKind
 from replicator.entry import stop_held
-from replicator.exceptions import DaemonStopped, KclUnavailable
+from replicator.exceptions import DaemonStopped, EnvironmentProblem, KclUnavailable
 from replicator.metrics import multiprocess
 from replicator.metrics.server import MetricsServer
 from replicator.runtime import hostlock, preflight, supervisor
@@ -65,6 +66,7 @@ from replicator.runtime.kcl.properties import (
     render_properties,
     shutdown_grace_ms,
 )
+from replicator.runtime.kcl.stream_watch import StreamWatch
 
 log = structlog.get_logger(__name__)
 
@@ -100,6 +102,8 @@ class PreparedRun:
     argv: list[str]
     properties: Path
     jars_dir: Path
+    # The DynamoDB stream the daemon reads (None for a Kinesis source).
+    stream_arn: str | None = None
 
 
 def _parent_death_signal() -> Callable[[], None] | None:
@@ -475,7 +479,9 @@ def prepare_run(
         encoding="utf-8",
     )
     argv = java.daemon_command(resolved, installation, properties, environ)
-    return PreparedRun(argv=argv, properties=properties, jars_dir=installation.jars_dir)
+    return PreparedRun(
+        argv=argv, properties=properties, jars_dir=installation.jars_dir, stream_arn=stream_arn
+    )
 
 
 def _worker_id(resolved: ResolvedJob) -> str:
@@ -511,6 +517,7 @@ def run_kcl(
     job = resolved.job
     supervisor.begin(resolved, "kcl")
     daemon: DaemonProcess | None = None
+    watch: StreamWatch | None = None
 
     def problems() -> list[str]:
         return daemon.problems() if daemon is not None else []
@@ -560,6 +567,13 @@ def run_kcl(
                     return 0
                 daemon.start()
                 served.start()
+                if prepared.stream_arn is not None and not job.source.stream.arn:
+                    watch = StreamWatch(
+                        resolved,
+                        prepared.stream_arn,
+                        functools.partial(daemon.request_stop, signal.SIGTERM),
+                    )
+                    watch.start()
                 log.info(
                     "KCL runtime started",
                     worker_id=_worker_id(resolved),
@@ -572,8 +586,12 @@ def run_kcl(
                     ).start()
                 status = daemon.wait()
         finally:
+            if watch is not None:
+                watch.stop()
             daemon.clean_up()
     log.info("KCL daemon exited", status=daemon.status, exit_code=status)
+    if watch is not None and watch.replaced is not None:
+        raise EnvironmentProblem(watch.replaced)
     if daemon.failure is not None and not daemon.stop_requested:
         # A daemon that ended on its own may not have started at all: say why if its
         # output shows the JVM or the classpath at fault.

@@ -157,10 +157,16 @@ class LocalRuntime:
         # for the failover time at start-up: shard id -> (owner, counter) as watched;
         # _start takes them over if unchanged.
         self._expired: dict[str, tuple[str | None, int]] = {}
+        # When a stop signal asked for the stop: the shards begin stopping then (they
+        # watch ``stopping``), and the stop deadline counts from then, not from when a
+        # housekeeping call in flight (up to the SDK's timeouts) lets the loop see it.
+        self._stop_asked_at: float | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def stop(self) -> None:
+        if self._stop_asked_at is None:
+            self._stop_asked_at = time.monotonic()
         self.stopping.set()
 
     def run_preflight(self, stopped: Callable[[], bool] | None = None) -> None:
@@ -272,7 +278,7 @@ class LocalRuntime:
             # A processor holding a batch while its buffer is full answers it now, and
             # takes its shutdownRequested next.
             worker.release_processor()
-        deadline = time.monotonic() + STOP_DEADLINE_S
+        deadline = (self._stop_asked_at or time.monotonic()) + STOP_DEADLINE_S
         for worker in list(self.workers.values()):
             worker.join(timeout=max(0.1, deadline - time.monotonic()))
         for worker in self.workers.values():
@@ -303,6 +309,13 @@ class LocalRuntime:
 
     def _sync_shards(self) -> None:
         _, shards = list_shards(self._streams, self.stream_arn)
+        replaced = preflight.stream_replaced(self.resolved, self._ddb, self.stream_arn)
+        if replaced is not None:
+            # Stopped as for a stream that is gone: what was applied is checkpointed.
+            log.error("the source table's stream was replaced", stream=self.stream_arn)
+            self.failure = EnvironmentProblem(replaced)
+            self.stopping.set()
+            return
         leases = self.leases.all()
         fresh_job = not leases
         for shard in shards:
@@ -545,7 +558,16 @@ class LocalRuntime:
         where = tables.where(source.region, source.endpoint_url, source.role_arn)
         operation = getattr(error, "operation_name", None)
         lease_table = self.resolved.lease_table
-        if operation in _STREAM_OPERATIONS:
+        if operation == "DescribeTable":  # the source table, asked whether it was replaced
+            resource = f"source table {source.table}"
+            advice = (
+                f"; the source table {source.table} was deleted: create it again with its "
+                "stream, start the job again and run `replicator backfill` for what changed "
+                "meanwhile"
+                if error_code(error) == "ResourceNotFoundException"
+                else ""
+            )
+        elif operation in _STREAM_OPERATIONS:
             resource = f"stream {self.stream_arn} of source table {source.table}"
             if error_code(error) == "ResourceNotFoundException":
                 advice = (

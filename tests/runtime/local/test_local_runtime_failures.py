@@ -20,6 +20,7 @@ from botocore.exceptions import ClientError
 
 from replicator.config.loader import load_job
 from replicator.deadletter import FileDeadLetters
+from replicator.demo import tables
 from replicator.exceptions import EnvironmentProblem
 from replicator.runtime.local.runtime import LocalRuntime
 from replicator.shards.leases import TRIM_HORIZON, LeaseTable
@@ -285,9 +286,60 @@ def test_a_source_table_deleted_while_running_is_exit_3_and_a_line_naming_it(
     assert "re-create the table or enable its stream" in last, last
 
 
+def test_a_source_table_created_again_while_running_is_exit_3_and_a_restart_reads_it(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """Deleted and created again under its name while the job runs, the source table
+    has a new stream; the old one still answered (moto answers for the new one under the
+    old ARN), so the run went on with nothing more to read, /healthz ok and every lag
+    0, while the new table's changes never arrived. It now ends with exit 3 and a line
+    that says so, and the next start reads the new stream."""
+    job, _ = _job(moto_endpoint, unique, tmp_path, "conflict: {policy: overwrite}")
+    ((ddb, table),) = job.destination_clients()
+    first = job.source.describe_table(TableName=job.source_table)["Table"]["LatestStreamArn"]
+
+    def replace_the_table(log: Path) -> None:
+        job.source.put_item(TableName=job.source_table, Item=_key("before"))
+        wait_until(
+            lambda: "Item" in ddb.get_item(TableName=table, Key=_key("before")),
+            60,
+            "the change before to be applied",
+        )
+        job.source.delete_table(TableName=job.source_table)
+        tables.create(job.source, job.source_table, stream=True)
+        job.source.put_item(TableName=job.source_table, Item=_key("after"))
+
+    status, output, last = _run_to_its_end(job, tmp_path, replace_the_table)
+
+    second = job.source.describe_table(TableName=job.source_table)["Table"]["LatestStreamArn"]
+    assert second != first
+    assert status == 3, last
+    assert last.startswith("replicator: "), last
+    assert (
+        f"source table {job.source_table} at {moto_endpoint} (us-east-1): its stream is now "
+        f"{second}, not the stream {first} this run reads"
+    ) in last, last
+    assert "Start the job again to read the new stream" in last, last
+    assert "Traceback" not in output
+
+    restarted = job.start(log=tmp_path / "restart.log")
+    try:
+        wait_until(
+            lambda: "Item" in ddb.get_item(TableName=table, Key=_key("after")),
+            60,
+            "the new table's change to be applied after the restart",
+        )
+    finally:
+        assert stop(restarted) == 0
+
+
 @pytest.mark.parametrize(
     ("operation", "named"),
     [
+        (
+            "DescribeTable",
+            "syncing shards and leases: source table {source}: not found at {where}",
+        ),
         ("Scan", "syncing shards and leases: lease table {task}: not found at {where}"),
         (
             "DescribeStream",
