@@ -22,7 +22,7 @@ from replicator.config.loader import load_job
 from replicator.deadletter import FileDeadLetters
 from replicator.demo import tables
 from replicator.exceptions import EnvironmentProblem
-from replicator.runtime.local.runtime import LocalRuntime
+from replicator.runtime.local.runtime import STOP_DEADLINE_S, LocalRuntime
 from replicator.shards.leases import TRIM_HORIZON, LeaseTable
 from tests.support.aws import client
 from tests.support.e2e import PATIENCE, Job, stop, wait_until
@@ -474,3 +474,46 @@ def test_workers_ended_by_a_requested_stop_are_no_health_problem(tmp_path: Path)
     assert runtime.problems() == ["shard shardId-1: worker not running"]
     runtime.stop()
     assert runtime.problems() == []
+
+
+class _StuckShard:
+    """A shard worker whose stop never ends, recording how long it was waited for."""
+
+    shard_id = "shardId-stuck"
+    child = None
+    stop_failure = None
+
+    def __init__(self) -> None:
+        self.waited: list[float] = []
+
+    def release_processor(self) -> None:
+        pass
+
+    def join(self, timeout: float) -> None:
+        self.waited.append(timeout)
+
+    def is_alive(self) -> bool:
+        return True
+
+
+def test_the_stop_deadline_counts_from_the_stop_signal(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """The shards begin their stop at the signal; a housekeeping call in flight then (a
+    stream or lease table that does not answer: up to the SDK's timeouts) kept the loop
+    from shutting down, and the 35 s were counted from its end: a stop of about a minute
+    said "did not stop within 35s"."""
+    job, _ = _job(moto_endpoint, unique, tmp_path, "conflict: {policy: overwrite}")
+    runtime = LocalRuntime(load_job(job.path))
+    stuck = _StuckShard()
+    runtime.workers = {stuck.shard_id: stuck}  # type: ignore[dict-item]
+    runtime.stop()
+    assert runtime._stop_asked_at is not None
+    runtime._stop_asked_at -= 30.0  # the loop saw the stop 30 s after the signal
+
+    runtime._shut_down()
+
+    (waited,) = stuck.waited
+    assert waited <= STOP_DEADLINE_S - 29.0, waited
+    assert isinstance(runtime.failure, Exception)
+    assert f"did not stop within {STOP_DEADLINE_S:g}s" in str(runtime.failure)
