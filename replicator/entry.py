@@ -98,6 +98,24 @@ def _hold(signum: int, _frame: Any) -> None:
         sys.stderr.flush()
         raise StopNow(128 + signum)
     _held.append((signum, now))
+    _acknowledge(signum)
+
+
+def _acknowledge(signum: int) -> None:
+    """Say at once that a stop signal is held: a start-up step in flight (a table or
+    endpoint that does not answer) may take the SDK's timeouts, some 30 s, before the
+    start stops, and nothing was said meanwhile. Only once the job's logging is set up
+    (before that, a log line would go to stdout, the command's output)."""
+    from replicator import logs
+
+    if logs.configured():
+        import structlog
+
+        structlog.get_logger(__name__).info(
+            "stop signal received while starting; the start-up stops after the step in "
+            "flight, which may wait for an endpoint's timeouts (a second signal stops at once)",
+            signal=signal.Signals(signum).name,
+        )
 
 
 def stop_held() -> bool:

@@ -252,6 +252,12 @@ def bound_fields() -> dict[str, Any]:
 
 
 _AS_JSON = [True]
+_CONFIGURED = [False]
+
+
+def configured() -> bool:
+    """Whether :func:`configure` has run in this process (log lines go to stderr)."""
+    return _CONFIGURED[0]
 
 
 def renders_json() -> bool:
@@ -270,6 +276,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     stream = stream or sys.stderr
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
     _AS_JSON[0] = not use_console
+    _CONFIGURED[0] = True
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=stream.isatty())
         if use_console

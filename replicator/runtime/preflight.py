@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import structlog
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -35,7 +36,7 @@ from replicator.config.model import (
     StreamKind,
 )
 from replicator.conflictlog.targets import prepare
-from replicator.exceptions import EnvironmentProblem
+from replicator.exceptions import EnvironmentProblem, OperatorError
 from replicator.shards.leases import check_lease_table
 from replicator.tombstones.setup import prepare as prepare_tombstones
 from replicator.watermark.off import record_watermark_off
@@ -43,6 +44,8 @@ from replicator.watermark.table import check_status_table
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+
+log = structlog.get_logger(__name__)
 
 _ORDERED = (ConflictPolicyName.LAST_WRITER_WINS, ConflictPolicyName.VERSION)
 
@@ -385,6 +388,19 @@ def check(
     the lock refuses creates nothing, and a job the checks refuse is told why whatever
     else runs."""
 
+    try:
+        return _checked(resolved, stopped, before_creating)
+    except OperatorError:
+        if stopped():  # asked to stop while the failing step was in flight: said first
+            log.info(
+                "stop requested", during="preflight", note="the start-up step in flight failed"
+            )
+        raise
+
+
+def _checked(
+    resolved: ResolvedJob, stopped: Callable[[], bool], before_creating: Callable[[], object]
+) -> SourceInfo:
     def go_on() -> None:
         if stopped():
             raise Stopped

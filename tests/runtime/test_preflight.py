@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from replicator.config.loader import load_job
 from replicator.exceptions import ConfigError, EnvironmentProblem
@@ -404,3 +405,32 @@ def test_a_file_target_too_long_for_a_file_name_stops_run_and_redrive_with_exit_
         assert result.returncode == 3, result.stderr
         assert "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines()[-1] == line
+
+
+def test_a_stop_asked_for_while_a_failing_step_was_in_flight_is_said_with_its_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step's error ends the start (its exit code); the stop asked for meanwhile was
+    dropped without a word."""
+    job = job_file(tmp_path / "job.yaml", "http://127.0.0.1:9", "orders", "orders-eu")
+    asked: list[bool] = []
+
+    def check_source(resolved: Any) -> None:
+        asked.append(True)  # the signal comes while the step waits for its answer
+        raise EnvironmentProblem("source table orders: cannot reach it")
+
+    monkeypatch.setattr(preflight, "check_dead_letter_queue", lambda resolved: None)
+    monkeypatch.setattr(preflight, "check_source", check_source)
+    with (
+        structlog.testing.capture_logs() as logged,
+        pytest.raises(EnvironmentProblem, match="cannot reach it"),
+    ):
+        preflight.check(load_job(job), stopped=lambda: bool(asked))
+    assert logged == [
+        {
+            "event": "stop requested",
+            "during": "preflight",
+            "note": "the start-up step in flight failed",
+            "log_level": "info",
+        }
+    ]

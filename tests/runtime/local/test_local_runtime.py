@@ -20,6 +20,7 @@ import pytest
 
 from replicator.demo.workload import Workload, demo_item
 from tests.support.e2e import PATIENCE, Job, children_of, stop, wait_until
+from tests.support.silent import SilentEndpoint
 
 
 def test_every_change_converges_and_the_lease_holds_the_last_checkpoint(job: Job) -> None:
@@ -199,6 +200,45 @@ def test_two_stop_signals_at_once_while_run_is_still_starting_are_one_request(
     assert status == 0, output
     assert "again while starting" not in output
     assert output.count('"event": "stop requested"') == 1, output
+    assert "Traceback" not in output
+
+
+def test_a_stop_signal_while_a_start_up_check_hangs_is_said_at_once(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """A destination endpoint that accepts and never answers holds the start-up check in
+    flight for the SDK's timeouts (some 30 s): a Ctrl-C then was held without a word,
+    and the run ended later with exit 3 and no sign of it. It is said at once; a second
+    one ends the command at once (130)."""
+    with SilentEndpoint() as silent:
+        name = unique("hung")
+        job = Job(moto_endpoint, name, tmp_path, destinations=[("eu-west-1", f"{name}-eu")])
+        job.path.write_text(
+            job.path.read_text().replace(
+                f"table: {name}-eu, endpoint_url: '{moto_endpoint}'",
+                f"table: {name}-eu, endpoint_url: '{silent.url}'",
+            )
+        )
+        log = tmp_path / "hung.log"
+        runtime = job.start(log=log)
+        try:
+            assert silent.connected.wait(60 * PATIENCE), log.read_text()
+            runtime.send_signal(signal.SIGINT)
+            wait_until(
+                lambda: "stop signal received while starting" in log.read_text(),
+                10 * PATIENCE,
+                "the stop to be said",
+            )
+            time.sleep(1.5)  # past entry.REPEAT_S: a second request, not the same one
+            runtime.send_signal(signal.SIGINT)
+            status = runtime.wait(30 * PATIENCE)
+        finally:
+            if runtime.poll() is None:
+                runtime.kill()
+    output = log.read_text()
+    assert status == 130, output
+    (said,) = [json.loads(line) for line in output.splitlines() if "stop signal" in line]
+    assert said["signal"] == "SIGINT" and said["level"] == "info"
     assert "Traceback" not in output
 
 
