@@ -275,6 +275,22 @@ def _unacceptable(source: str, error: yaml.reader.ReaderError) -> str:
     )
 
 
+def _flow_hint(source: str, error: yaml.MarkedYAMLError) -> str:
+    """A hint for the usual cause of a syntax error on a line with ``${VAR}`` in braces
+    (``{table: ${TABLE}}``): in YAML's flow style ``{`` and ``}`` end the value, so an
+    unquoted ``${...}`` there breaks the mapping. Quoted, it is expanded as anywhere."""
+    marks = [mark for mark in (error.problem_mark, error.context_mark) if mark is not None]
+    lines = source.splitlines()
+    for mark in marks:
+        text = lines[mark.line] if mark.line < len(lines) else ""
+        if "${" in text and "{" in text.replace("${", ""):
+            return (
+                "; a ${VAR} inside { } must be quoted (table: \"${TABLE}\"): in YAML's "
+                "flow style { and } end a value"
+            )
+    return ""
+
+
 class _Document:
     """A YAML document as plain values, and the line of each key path in it.
 
@@ -304,6 +320,7 @@ class _Document:
             where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
             raise ConfigError(
                 f"{file}: YAML syntax error at {where}: {error.problem or error}"
+                + _flow_hint(source, error)
             ) from None
         except yaml.reader.ReaderError as error:
             raise ConfigError(f"{file}: {_unacceptable(source, error)}") from None

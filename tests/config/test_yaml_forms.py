@@ -333,3 +333,24 @@ def test_lists_nested_hundreds_deep_are_one_line_not_a_traceback(
         f"replicator: {tmp_path / 'job.yaml'}: lists and mappings nested too deeply to read "
         "(hundreds of [ or { inside each other); a job file nests a few levels\n"
     )
+
+
+def test_an_unquoted_variable_inside_braces_is_a_syntax_error_that_says_to_quote_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flow style ends a value at { and }: ``{table: ${TABLE}}`` does not parse, and the
+    error alone ("did not find expected ',' or '}'") does not say why."""
+    monkeypatch.setenv("SRC_TABLE", "orders")
+    text = "destinations: [{region: eu-west-1, table: orders}]\n"
+    code, _, err = _validate(tmp_path, "source: {region: us-east-1, table: ${SRC_TABLE}}\n" + text)
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line.startswith(f"replicator: {tmp_path / 'job.yaml'}: YAML syntax error at line 1")
+    assert line.endswith(
+        '; a ${VAR} inside { } must be quoted (table: "${TABLE}"): in YAML\'s flow style { and '
+        "} end a value"
+    )
+    quoted = 'source: {region: us-east-1, table: "${SRC_TABLE}"}\n' + text
+    assert _validate(tmp_path, quoted)[0] == 0
+    code, _, err = _validate(tmp_path, "source: {region: us-east-1, table: orders\n" + text)
+    assert code == 2 and "must be quoted" not in err  # a brace left open, no variable
