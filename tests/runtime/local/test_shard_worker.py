@@ -1620,6 +1620,7 @@ def test_a_shard_that_does_not_stop_by_the_deadline_is_killed_and_the_stop_is_a_
     runtime = local_runtime.LocalRuntime.__new__(local_runtime.LocalRuntime)
     runtime.stopping = threading.Event()
     runtime.failure = None
+    runtime._stop_asked_at = None
     worker = Hung()
     worker.start()
     runtime.workers = {"shard-1": worker}  # type: ignore[dict-item]
