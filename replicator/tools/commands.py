@@ -36,12 +36,12 @@ def load(config_path: Path, *, writes: bool = True) -> ResolvedJob:
 @contextmanager
 def interrupts(on_signal: Callable[[], None]) -> Iterator[None]:
     """Route SIGINT, SIGTERM and SIGHUP (:func:`replicator.entry.stop_signals`) to
-    ``on_signal`` (called once per signal) while inside."""
+    ``on_signal`` (called once per signal) while inside; from its end on, they are noted
+    only (the command's result is decided)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     handled = entry.stop_signals()
-    previous = {number: signal.getsignal(number) for number in handled}
     received = 0
 
     def handler(number: int, frame: Any) -> None:
@@ -63,8 +63,18 @@ def interrupts(on_signal: Callable[[], None]) -> Iterator[None]:
     try:
         yield
     finally:
-        for number, action in previous.items():
-            signal.signal(number, action)
+        # The work is over and its result decided: a signal from here to the process's
+        # end (its summary printed, the interpreter ending) is noted, not acted on. The
+        # handlers before (Python's KeyboardInterrupt) turned a second Ctrl-C just after
+        # the summary into exit 130 with no word; ``replicator.entry`` ends these
+        # commands without the interpreter's shutdown, which puts SIG_DFL back.
+        for number in handled:
+            signal.signal(number, _after_the_work)
+
+
+def _after_the_work(number: int, frame: Any) -> None:
+    name = signal.Signals(number).name
+    logs.echo(f"replicator: {name} received as the command ends; its result stands", err=True)
 
 
 def backfill(config_path: Path, **options: Any) -> int:

@@ -5,6 +5,7 @@ to retry a throttled read."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -182,13 +183,22 @@ def test_a_second_signal_says_the_command_stops_at_once(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     received: list[str] = []
-    with interrupts(lambda: received.append("stop")):
+    before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with interrupts(lambda: received.append("stop")):
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+        # Once the work is over, a signal is noted only: the result stands (a Ctrl-C just
+        # after a backfill's summary ended it with 130 and no word).
         os.kill(os.getpid(), signal.SIGINT)
-        os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        for number, action in before.items():
+            signal.signal(number, action)
     assert received == ["stop", "stop"]
     assert capsys.readouterr().err.splitlines() == [
         "replicator: SIGINT received; stopping after the work in hand (again to stop at once)",
         "replicator: SIGTERM received again; stopping at once",
+        "replicator: SIGINT received as the command ends; its result stands",
     ]
 
 
@@ -212,10 +222,25 @@ def test_ctrl_c_stops_a_verify_at_a_low_read_rate_promptly(job: Job, tmp_path: P
     assert "replicator: verify interrupted before it finished; no report" in stderr
 
 
-def interrupted_at_a_low_rate(job: Job, tmp_path: Path, command: str) -> tuple[int, str, str]:
+def test_ctrl_c_pressed_over_and_over_still_ends_a_backfill_with_its_exit_code(
+    job: Job, tmp_path: Path
+) -> None:
+    """Ctrl-C after Ctrl-C, until the process is gone: those that come once the summary
+    is printed, or while the process ends, ended it with 130 and no word (the
+    interpreter's shutdown puts the default SIGINT action back)."""
+    code, stdout, stderr = interrupted_at_a_low_rate(job, tmp_path, "backfill", again=True)
+    assert code == 1, stdout + stderr
+    assert "stopped before the end (interrupted)" in stdout
+    assert "Traceback" not in stderr
+
+
+def interrupted_at_a_low_rate(
+    job: Job, tmp_path: Path, command: str, *, again: bool = False
+) -> tuple[int, str, str]:
     """``command`` at ``--read-rate 0.01``, sent SIGINT once each of its four segments has
     read a page of the source (through a proxy that counts the Scans): its exit status,
-    output and error output, the documented first-signal line checked."""
+    output and error output, the documented first-signal line checked. ``again``: SIGINT
+    sent on every 10 ms until the process is gone."""
     populate(job, 40)
     proxy = FaultProxy(job.endpoint).start()
     errors = tmp_path / "stderr"
@@ -244,6 +269,16 @@ def interrupted_at_a_low_rate(job: Job, tmp_path: Path, command: str) -> tuple[i
                 interval=0.1,
             )
             process.send_signal(signal.SIGINT)
+            if again:
+                wait_until(
+                    lambda: "stopping after the work in hand" in errors.read_text(),
+                    20 * PATIENCE,
+                    "the first signal to be said",
+                )
+                while process.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        process.send_signal(signal.SIGINT)
+                    time.sleep(0.01)
             # Before the read rate heeded a stop, this took up to 400 s.
             stdout, _ = process.communicate(timeout=20 * PATIENCE)
         except BaseException:
