@@ -285,7 +285,7 @@ def _flow_hint(source: str, error: yaml.MarkedYAMLError) -> str:
         text = lines[mark.line] if mark.line < len(lines) else ""
         if "${" in text and "{" in text.replace("${", ""):
             return (
-                "; a ${VAR} inside { } must be quoted (table: \"${TABLE}\"): in YAML's "
+                '; a ${VAR} inside { } must be quoted (table: "${TABLE}"): in YAML\'s '
                 "flow style { and } end a value"
             )
     return ""

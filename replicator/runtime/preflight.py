@@ -33,6 +33,7 @@ from replicator.config.model import (
     DeadLetterKind,
     Problems,
     ResolvedJob,
+    RuntimeKind,
     StreamKind,
 )
 from replicator.conflictlog.targets import prepare
@@ -113,16 +114,26 @@ def stream_replaced(resolved: ResolvedJob, ddb: DynamoDBClient, stream_arn: str)
         return None
     where = tables.where(source.region, source.endpoint_url, source.role_arn)
     now = f"its stream is now {latest}" if latest and enabled else "it has no stream enabled now"
+    if resolved.job.runtime is RuntimeKind.KCL:
+        # The KCL's leases do not say which stream they are of, and it resumes any of
+        # them: a new stream's shard of an old shard's id (moto gives every stream's
+        # shard the same one) would be read after the old checkpoint, finding nothing.
+        start = (
+            f"With the job stopped, delete the lease table {resolved.lease_table} (the old "
+            "stream's leases), "
+            + ("then start the job again" if latest and enabled else "enable the table's stream")
+        )
+        if not (latest and enabled):
+            start += " (NEW_AND_OLD_IMAGES) and start the job again"
+    elif latest and enabled:
+        start = "Start the job again to read the new stream from its oldest record"
+    else:
+        start = "Enable the table's stream (NEW_AND_OLD_IMAGES) and start the job again"
     return (
         f"source table {source.table} at {where}: {now}, not the stream {stream_arn} this "
         "run reads (the table was deleted and created again, or its stream disabled, while "
         "the job ran); the changes made since are not in the stream being read. "
-        + (
-            "Start the job again to read the new stream from its oldest record"
-            if latest and enabled
-            else "Enable the table's stream (NEW_AND_OLD_IMAGES) and start the job again"
-        )
-        + ", then run `replicator backfill` and `replicator verify` for what the old "
+        f"{start}, then run `replicator backfill` and `replicator verify` for what the old "
         "stream held that was not read"
     )
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from replicator.config.loader import load_job
 from replicator.demo import tables
+from replicator.runtime import preflight
 from replicator.runtime.kcl.stream_watch import StreamWatch
 from tests.support.e2e import PATIENCE, Job
 
@@ -86,3 +87,24 @@ def test_a_job_that_pins_its_stream_is_not_watched(
     finally:
         watch.stop()
     assert watch.replaced is None
+
+
+def test_under_the_kcl_the_line_says_to_delete_the_old_streams_leases(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """The KCL resumes any lease: a new stream's shard of the old shard's id (moto gives
+    every stream's shard the same one) would be read after the old checkpoint."""
+    job = _job(moto_endpoint, unique, tmp_path)
+    job.path.write_text("runtime: kcl\n" + job.path.read_text())
+    resolved = load_job(job.path)
+    first = job.source.describe_table(TableName=job.source_table)["Table"]["LatestStreamArn"]
+    job.source.delete_table(TableName=job.source_table)
+    tables.create(job.source, job.source_table, stream=True)
+
+    said = preflight.stream_replaced(resolved, job.source, first)
+
+    assert said is not None
+    assert (
+        f"With the job stopped, delete the lease table {resolved.lease_table} (the old "
+        "stream's leases), then start the job again, then run `replicator backfill`"
+    ) in said

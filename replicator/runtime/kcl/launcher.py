@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import os
 import re
 import select
@@ -177,6 +176,11 @@ class DaemonProcess:
         self._process: subprocess.Popen[bytes] | None = None
         self._pump: threading.Thread | None = None
         self._stop_requests: list[signal.Signals] = []
+        # A clean stop this process asked for itself (the source's stream replaced: see
+        # stream_watch.py), not an operator's signal: an operator's first signal after it
+        # is still a first request (a graceful stop already under way), not the second
+        # that kills the daemon.
+        self._stop_of_our_own = False
         self._stop_deadline: float | None = None
         self._stop_sent = 0
         self._killed_on: signal.Signals | None = None  # the second stop request's signal
@@ -226,11 +230,17 @@ class DaemonProcess:
 
     @property
     def stop_requested(self) -> bool:
-        return bool(self._stop_requests)
+        return bool(self._stop_requests) or self._stop_of_our_own
 
     def request_stop(self, signum: signal.Signals = signal.SIGTERM) -> None:
         """Called from a signal handler: only notes it; the wait loop acts on it."""
         self._stop_requests.append(signum)
+
+    def stop_of_our_own(self) -> None:
+        """Ask for the daemon's clean stop from this process (any thread): the wait loop
+        sends it SIGTERM as for a first stop signal, which an operator's signal then
+        does not count as the second."""
+        self._stop_of_our_own = True
 
     def wait(self) -> int:
         """Wait for the daemon to exit (forwarding stop requests); the run's exit code,
@@ -286,9 +296,17 @@ class DaemonProcess:
 
     def _act_on_stop_requests(self) -> None:
         requests = len(self._stop_requests)
-        if requests > self._stop_sent:
+        if self._stop_of_our_own and self._stop_deadline is None and not self._stop_sent:
+            log.info("asking the daemon to shut down", grace_s=self.grace_s)
+            self._signal(signal.SIGTERM, group=False)
+            self._stop_deadline = time.monotonic() + self.grace_s + STOP_MARGIN_S
+            self._stop_sent = -1  # sent: an operator's first signal sends nothing more
+        if requests > max(self._stop_sent, 0):
+            first = self._stop_sent <= 0
             self._stop_sent = requests
-            if requests == 1:
+            if requests == 1 and first and self._stop_deadline is not None:
+                log.info("stop requested; the daemon is shutting down already")
+            elif requests == 1:
                 log.info("stop requested; asking the daemon to shut down", grace_s=self.grace_s)
                 self._signal(signal.SIGTERM, group=False)
                 self._stop_deadline = time.monotonic() + self.grace_s + STOP_MARGIN_S
@@ -571,7 +589,7 @@ def run_kcl(
                     watch = StreamWatch(
                         resolved,
                         prepared.stream_arn,
-                        functools.partial(daemon.request_stop, signal.SIGTERM),
+                        daemon.stop_of_our_own,
                     )
                     watch.start()
                 log.info(

@@ -29,6 +29,7 @@ from TRIM_HORIZON.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
@@ -308,13 +309,16 @@ class LocalRuntime:
     # -- shards and leases ----------------------------------------------------------------
 
     def _sync_shards(self) -> None:
-        _, shards = list_shards(self._streams, self.stream_arn)
-        replaced = preflight.stream_replaced(self.resolved, self._ddb, self.stream_arn)
-        if replaced is not None:
-            # Stopped as for a stream that is gone: what was applied is checkpointed.
-            log.error("the source table's stream was replaced", stream=self.stream_arn)
-            self.failure = EnvironmentProblem(replaced)
-            self.stopping.set()
+        try:
+            _, shards = list_shards(self._streams, self.stream_arn)
+        except (ClientError, BotoCoreError):
+            # A stream disabled may fail to be described (moto answers 500): the table
+            # says why, where the error alone would be retried for ever.
+            with contextlib.suppress(ClientError, BotoCoreError):
+                if self._stream_replaced():
+                    return
+            raise
+        if self._stream_replaced():
             return
         leases = self.leases.all()
         fresh_job = not leases
@@ -329,6 +333,17 @@ class LocalRuntime:
         for shard_id in startable(shards, self.ended, set(self.workers)):
             if shard_id in leases:
                 self._start(leases[shard_id], listed[shard_id])
+
+    def _stream_replaced(self) -> bool:
+        """Whether the source table no longer has the stream read (stopping the run,
+        as for a stream that is gone: what was applied is checkpointed)."""
+        replaced = preflight.stream_replaced(self.resolved, self._ddb, self.stream_arn)
+        if replaced is None:
+            return False
+        log.error("the source table's stream was replaced", stream=self.stream_arn)
+        self.failure = EnvironmentProblem(replaced)
+        self.stopping.set()
+        return True
 
     def _create_lease(self, shard: Shard, fresh_job: bool) -> Lease | None:
         position = TRIM_HORIZON

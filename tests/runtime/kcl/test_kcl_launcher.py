@@ -8,6 +8,7 @@ driven in tests/runtime/kcl/test_kcl.py.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -947,6 +948,40 @@ def test_a_daemon_killed_for_not_stopping_in_time_is_a_stop_that_did_not_complet
         assert daemon.failure.startswith("the KCL daemon did not stop within 0.5 s of the stop")
     finally:
         daemon.clean_up()
+
+
+def test_an_operators_first_signal_after_a_stop_of_our_own_is_not_the_second(
+    tmp_path: Path,
+) -> None:
+    """The run asks the daemon to stop by itself (the source's stream was replaced); an
+    operator's SIGTERM then (``docker stop``) was counted as the second stop request and
+    killed the daemon and its stopping processors. It lets the graceful stop go on."""
+    ready, stopping = tmp_path / "ready", tmp_path / "stopping"
+    slow_stop = (
+        "import signal, sys, time\n"
+        f"def stop(*_): open({str(stopping)!r}, 'w').close(); time.sleep(1.0); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        f"open({str(ready)!r}, 'w').close()\n"
+        "time.sleep(60)\n"
+    )
+    output = io.StringIO()
+    daemon = DaemonProcess(
+        [sys.executable, "-c", slow_stop], os.environ, grace_s=30, output=output, as_json=True
+    )
+    daemon.start()
+    try:
+        wait_until(ready.exists, 30, "the daemon to start")
+        daemon.stop_of_our_own()
+        waiting = threading.Thread(target=daemon.wait)
+        waiting.start()
+        wait_until(stopping.exists, 30, "the daemon's graceful stop to begin")
+        daemon.request_stop(signal.SIGTERM)  # the operator's one signal
+        waiting.join(30)
+        assert not waiting.is_alive()
+    finally:
+        daemon.clean_up()
+    assert daemon.status == 0, daemon.failure
+    assert daemon.failure is None
 
 
 def test_the_daemon_logs_each_processor_line_once() -> None:

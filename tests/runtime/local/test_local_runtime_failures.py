@@ -333,6 +333,28 @@ def test_a_source_table_created_again_while_running_is_exit_3_and_a_restart_read
         assert stop(restarted) == 0
 
 
+def test_a_source_stream_disabled_while_running_is_exit_3_saying_so(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """moto answers DescribeStream of a disabled stream with a 500, which the shard sync
+    retried for ever, every 10 s, so the table was never asked."""
+    job, _ = _job(moto_endpoint, unique, tmp_path, "conflict: {policy: overwrite}")
+
+    def disable(log: Path) -> None:
+        wait_until(lambda: "shard started" in log.read_text(), 60, "the shard to start")
+        job.source.update_table(
+            TableName=job.source_table, StreamSpecification={"StreamEnabled": False}
+        )
+
+    status, output, last = _run_to_its_end(job, tmp_path, disable)
+    assert status == 3, last
+    assert (
+        f"source table {job.source_table} at {moto_endpoint} (us-east-1): it has no stream "
+        "enabled now"
+    ) in last, last
+    assert "Enable the table's stream (NEW_AND_OLD_IMAGES) and start the job again" in last
+
+
 @pytest.mark.parametrize(
     ("operation", "named"),
     [
