@@ -346,7 +346,7 @@ def test_a_source_stream_disabled_while_running_is_exit_3_saying_so(
             TableName=job.source_table, StreamSpecification={"StreamEnabled": False}
         )
 
-    status, output, last = _run_to_its_end(job, tmp_path, disable)
+    status, _, last = _run_to_its_end(job, tmp_path, disable)
     assert status == 3, last
     assert (
         f"source table {job.source_table} at {moto_endpoint} (us-east-1): it has no stream "
