@@ -45,6 +45,7 @@ from replicator.tools.backfill_state import (
     Plan,
     SegmentProgress,
     state_table_name,
+    table_identity,
 )
 from replicator.tools.futures import StopGrace, wait_in_steps
 from replicator.tools.handoff import Handoff, check_handoff
@@ -328,6 +329,10 @@ class Backfill:
             segments=self.options.segments,
             default_segments=DEFAULT_SEGMENTS,
             restart=self.options.restart,
+            tables={
+                ref.label: table_identity(ref)
+                for ref in [source, *writer_tables(resolved, self._writers)]
+            },
         )
         result = BackfillResult(
             task_name=resolved.task_name,
@@ -361,6 +366,7 @@ class Backfill:
             read_rate=self.options.read_rate or "unlimited",
         )
         complete = False
+        state.keep_alive(self._stop_because)
         try:
             self._copy(plan, source, shape.key_names, shape.item_count, state, kept)
             complete = plan.complete

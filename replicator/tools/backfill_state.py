@@ -5,7 +5,8 @@ The table is ``<task_name>-backfill`` in the source's region (and endpoint), key
 table as a shard lease. Rows:
 
 * ``segment = -1``: the run: ``total_segments``, ``destinations`` (the labels the copy
-  writes to), ``source``, ``owner`` and ``heartbeat`` of the process running it,
+  writes to), ``source``, ``tables`` (which table each label was: see
+  :func:`table_identity`), ``owner`` and ``heartbeat`` of the process running it,
   ``started_at`` and ``finished_at``;
 * ``segment = 0..n-1``: ``last_key`` (the segment's LastEvaluatedKey as wire JSON, absent
   until its first page is done), ``done``, and counters ``scanned``, ``applied``,
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -109,6 +111,26 @@ class BackfillState:
         self.owner = owner
         self._lock = threading.Lock()
         self._last_heartbeat = 0.0
+        # Told once another process has taken the run over (its owner is not ours).
+        self._on_lost: Callable[[str], None] | None = None
+        self._beating = threading.Event()  # set: the heartbeat thread is to end
+
+    def keep_alive(self, on_lost: Callable[[str], None]) -> None:
+        """Beat the run's heartbeat every few seconds from a thread until :meth:`finish`:
+        a page that takes longer than ``STALE_AFTER_S`` to copy (a low ``--read-rate``)
+        left it stale, and a second backfill of the job took the run while the first
+        went on copying. ``on_lost`` is told, once, when another has taken the run over
+        (then this one must stop)."""
+        self._on_lost = on_lost
+
+        def beat() -> None:
+            while not self._beating.wait(_HEARTBEAT_EVERY_S):
+                try:
+                    self._update_run("SET heartbeat = :now", {":now": {"N": str(int(time.time()))}})
+                except (ClientError, BotoCoreError) as error:  # the next beat tries again
+                    log.warning("could not update the backfill heartbeat", error=str(error))
+
+        threading.Thread(target=beat, name="backfill-heartbeat", daemon=True).start()
 
     @property
     def table(self) -> str:
@@ -162,8 +184,10 @@ class BackfillState:
         segments: int | None,
         default_segments: int,
         restart: bool,
+        tables: Mapping[str, str] | None = None,
     ) -> Plan:
-        """Resume the stored run, or start a new one (``restart``, or none stored)."""
+        """Resume the stored run, or start a new one (``restart``, or none stored).
+        ``tables``: each label's :func:`table_identity` (the source's too)."""
         rows = self.rows()
         run = rows.get(RUN_ROW)
         if run is not None:
@@ -178,6 +202,7 @@ class BackfillState:
                     f"{stored_destinations}, but the job now copies {source} to "
                     f"{sorted(destinations)}; run with --restart to copy from the start"
                 )
+            self._refuse_other_tables(run, tables or {})
             if segments is not None and segments != stored_segments:
                 raise EnvironmentProblem(
                     f"the stored backfill in {self.table} uses {stored_segments} segments; "
@@ -189,7 +214,7 @@ class BackfillState:
                 for n in range(stored_segments)
             ]
             started_at = run.get("started_at", {}).get("S", _now())
-            self._claim(run, stored_segments, source, destinations, started_at)
+            self._claim(run, stored_segments, source, destinations, started_at, tables)
             return Plan(stored_segments, progress, resumed=True, started_at=started_at)
         total = segments or default_segments
         started_at = _now()
@@ -208,7 +233,7 @@ class BackfillState:
         progress = [SegmentProgress(n) for n in range(total)]
         for segment in progress:
             self.save(segment, heartbeat=False)
-        self._claim(run, total, source, destinations, started_at)
+        self._claim(run, total, source, destinations, started_at, tables)
         return Plan(total, progress, resumed=False, started_at=started_at)
 
     def save(self, progress: SegmentProgress, *, heartbeat: bool = True) -> None:
@@ -226,6 +251,7 @@ class BackfillState:
 
     def finish(self, complete: bool) -> None:
         """Give the run up (it may be resumed by anyone); note when it completed."""
+        self._beating.set()
         expression = "REMOVE #o"
         values: dict[str, Any] = {}
         if complete:
@@ -249,6 +275,13 @@ class BackfillState:
             if error_code(error) != "ConditionalCheckFailedException":
                 raise
             log.warning("another backfill has taken this run over", table=self.table)
+            on_lost, self._on_lost = self._on_lost, None
+            if on_lost is not None:
+                self._beating.set()
+                on_lost(
+                    f"another backfill of this job has taken the run over ({self.table}): "
+                    "this one stops; its progress so far is saved"
+                )
 
     def _refuse_if_running(self, run: dict[str, Any]) -> None:
         owner = run.get("owner", {}).get("S")
@@ -260,6 +293,29 @@ class BackfillState:
                 f"{age:.0f} s ago; stop it first, or wait {STALE_AFTER_S:.0f} s if it has died"
             )
 
+    def _refuse_other_tables(self, run: dict[str, Any], tables: Mapping[str, str]) -> None:
+        """A stored run is of the tables it copied, not of their names: a table deleted
+        and created again (the source, re-created as the runbook says, before a backfill;
+        a destination deleted mid-copy, whose copied items went with it) or a named
+        destination pointed at another table would be taken up where the stored run
+        stopped, or reported "already complete", with items never copied. A run stored
+        before the tables were recorded has none to compare."""
+        stored = {
+            label: value.get("S") for label, value in run.get("tables", {}).get("M", {}).items()
+        }
+        changed = sorted(
+            label
+            for label, identity in tables.items()
+            if label in stored and stored[label] != identity
+        )
+        if changed:
+            raise EnvironmentProblem(
+                f"the stored backfill in {self.table} copied other tables than the job names "
+                f"now: {', '.join(changed)} (created again since, or another table under "
+                "its name); what it saved as copied may not be there: run with --restart "
+                "to copy from the start"
+            )
+
     def _claim(
         self,
         run: dict[str, Any] | None,
@@ -267,6 +323,7 @@ class BackfillState:
         source: str,
         destinations: list[str],
         started_at: str,
+        tables: Mapping[str, str] | None = None,
     ) -> None:
         item: dict[str, Any] = {
             "segment": {"N": str(RUN_ROW)},
@@ -277,6 +334,8 @@ class BackfillState:
             "heartbeat": {"N": str(int(time.time()))},
             "started_at": {"S": started_at},
         }
+        if tables:
+            item["tables"] = {"M": {label: {"S": identity} for label, identity in tables.items()}}
         if run is not None and "finished_at" in run and started_at == run["started_at"]["S"]:
             item["finished_at"] = run["finished_at"]
         # Conditional on the row as it was read: two runs starting at once cannot both win.
@@ -298,6 +357,15 @@ class BackfillState:
                 ) from None
             raise
         self._last_heartbeat = time.monotonic()
+
+
+def table_identity(ref: TableRef) -> str:
+    """Which table ``ref`` is: where it is, and its ``TableId`` (or, where an endpoint
+    gives none, its creation time), which a table created again under its name does
+    not share."""
+    table = call(ref.client.describe_table, f"describe {ref.label}", TableName=ref.table)["Table"]
+    made = table.get("TableId") or table.get("CreationDateTime")
+    return f"{ref.region}/{ref.table} at {ref.endpoint_url or 'AWS'} #{made}"
 
 
 def _now() -> str:

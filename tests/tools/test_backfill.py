@@ -27,10 +27,11 @@ from replicator.shards.leases import LeaseTable
 from replicator.tombstones.model import tombstone_of
 from replicator.tombstones.setup import prepare as prepare_tombstones
 from replicator.tombstones.table import TombstoneTable
-from replicator.tools import snapshot
+from replicator.tools import backfill_state, snapshot
 from replicator.tools.backfill import Backfill, BackfillHooks, BackfillOptions, BackfillResult
 from replicator.tools.futures import INTERRUPT_GRACE_S
 from replicator.tools.snapshot import SnapshotRule, synthetic_change
+from replicator.tools.tables import source_ref
 from replicator.tools.verify import Verify, VerifyOptions
 from tests.support.aws import client
 from tests.support.cli import in_process, replicator
@@ -199,6 +200,42 @@ def test_an_already_complete_backfill_exits_as_the_run_that_completed_it(job: Jo
     assert "already complete" in again.stdout
     assert "dead-lettered:      2" in again.stdout
     assert "fix the cause, then run `replicator redrive`" in again.stdout
+
+
+@pytest.mark.parametrize("created_again", ["source", "destination"])
+def test_a_stored_run_of_a_table_created_again_is_not_taken_for_this_ones(
+    job: Job, created_again: str
+) -> None:
+    """A stored run was known by the tables' names only: after the source was created
+    again (as the runbook's recovery does before a backfill), or a destination deleted
+    mid-copy and created again, the backfill said "already complete" (exit 0), or took
+    up where it stopped, with items never copied."""
+    populate(job, 10)
+    assert cli(job, "backfill").returncode == 0
+    ddb, table = (
+        (job.source, job.source_table)
+        if created_again == "source"
+        else job.destination_clients()[0]
+    )
+    ddb.delete_table(TableName=table)
+    tables.create(ddb, table, stream=created_again == "source")
+    populate(job, 5, seed=2)
+
+    again = cli(job, "backfill", "--skip-handoff-check")
+
+    assert again.returncode == 3, again.stdout + again.stderr
+    label = f"source us-east-1/{job.source_table}" if created_again == "source" else eu_label(job)
+    assert (
+        f"the stored backfill in {job.name}-backfill copied other tables than the job names "
+        f"now: {label} (created again since, or another table under its name)"
+    ) in again.stderr
+    assert "run with --restart to copy from the start" in again.stderr
+
+    restarted = cli(job, "backfill", "--skip-handoff-check", "--restart")
+
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    if created_again == "destination":  # (a source created again leaves extra items)
+        assert cli(job, "verify").returncode == 0
 
 
 def test_max_items_copies_no_more_than_m_items_over_all_segments(job: Job) -> None:
@@ -941,3 +978,37 @@ def test_a_restart_that_crashes_part_way_never_leaves_progress_of_another_run(
             assert all(c or o for c, o in zip(cleared, as_left, strict=True)), crash_after
         else:  # the new run: nothing of the old one's progress
             assert all(cleared), (crash_after, resumed)
+
+
+def test_a_run_beats_its_heartbeat_between_pages_and_stops_once_taken_over(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heartbeat was beaten only as a page's progress was saved: a page taking longer
+    than 60 s to copy (a low --read-rate) left it stale, a second backfill of the job
+    took the run, and the first went on copying with a warning."""
+    monkeypatch.setattr(backfill_state, "_HEARTBEAT_EVERY_S", 0.05)
+    resolved = load_job(job.path)
+    ref = replace(
+        source_ref(resolved), table=backfill_state.state_table_name(job.name), label="progress"
+    )
+    first = backfill_state.BackfillState(ref, owner="first")
+    first.ensure_exists()
+    first.begin(source="s", destinations=["d"], segments=1, default_segments=1, restart=False)
+    lost: list[str] = []
+    first.keep_alive(lost.append)
+    try:
+
+        def heartbeat() -> int:
+            return int(state_rows(job)[backfill_state.RUN_ROW]["heartbeat"]["N"])
+
+        beaten = heartbeat()
+        wait_until(lambda: heartbeat() > beaten, 30, "a beat with no page saved")
+        # Another backfill takes the run over (as one would once the heartbeat is stale).
+        row = state_rows(job)[backfill_state.RUN_ROW]
+        job.source.put_item(TableName=ref.table, Item={**row, "owner": {"S": "second"}})
+        wait_until(lambda: bool(lost), 30, "the first run to be told")
+    finally:
+        first.finish(complete=False)
+    (said,) = lost
+    assert said.startswith(f"another backfill of this job has taken the run over ({ref.table})")
+    assert state_rows(job)[backfill_state.RUN_ROW]["owner"]["S"] == "second"
