@@ -276,19 +276,24 @@ def _unacceptable(source: str, error: yaml.reader.ReaderError) -> str:
 
 
 def _flow_hint(source: str, error: yaml.MarkedYAMLError) -> str:
-    """A hint for the usual cause of a syntax error on a line with ``${VAR}`` in braces
+    """A hint for the usual cause of a syntax error in braces with ``${VAR}`` in them
     (``{table: ${TABLE}}``): in YAML's flow style ``{`` and ``}`` end the value, so an
-    unquoted ``${...}`` there breaks the mapping. Quoted, it is expanded as anywhere."""
-    marks = [mark for mark in (error.problem_mark, error.context_mark) if mark is not None]
-    lines = source.splitlines()
-    for mark in marks:
-        text = lines[mark.line] if mark.line < len(lines) else ""
-        if "${" in text and "{" in text.replace("${", ""):
-            return (
-                '; a ${VAR} inside { } must be quoted (table: "${TABLE}"): in YAML\'s '
-                "flow style { and } end a value"
-            )
+    unquoted ``${...}`` there breaks the mapping. Quoted, it is expanded as anywhere.
+    Looked for from where the flow mapping or sequence began to where the error is."""
+    marks = [mark for mark in (error.context_mark, error.problem_mark) if mark is not None]
+    if not marks or "flow" not in f"{error.context or ''} {error.problem or ''}":
+        return ""
+    lines = source.splitlines()[min(m.line for m in marks) : max(m.line for m in marks) + 1]
+    if any(_UNQUOTED_VARIABLE.search(line) for line in lines):
+        return (
+            '; a ${VAR} inside { } or [ ] must be quoted (table: "${TABLE}"): in YAML\'s '
+            "flow style { and } end a value"
+        )
     return ""
+
+
+# ``${`` that does not open a quoted value (``"${`` or ``'${``).
+_UNQUOTED_VARIABLE = re.compile(r"""(?<!["'])\$\{""")
 
 
 class _Document:

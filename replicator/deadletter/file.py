@@ -188,7 +188,8 @@ class FileDeadLetters:
         """Whether there is anything to claim: the live file, or an aside file of an
         interrupted replay. Looks only: nothing is created (a directory that is not there
         holds nothing)."""
-        return os.path.lexists(self.path) or bool(self._aside_files())
+        # exists, not lexists: a symbolic link whose target is not there holds nothing.
+        return os.path.exists(self.path) or bool(self._aside_files())
 
     def letters(self) -> list[DeadLetter]:
         """Every letter in the live file, for inspection; does not remove them, and

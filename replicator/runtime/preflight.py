@@ -133,8 +133,9 @@ def stream_replaced(resolved: ResolvedJob, ddb: DynamoDBClient, stream_arn: str)
         f"source table {source.table} at {where}: {now}, not the stream {stream_arn} this "
         "run reads (the table was deleted and created again, or its stream disabled, while "
         "the job ran); the changes made since are not in the stream being read. "
-        f"{start}, then run `replicator backfill` and `replicator verify` for what the old "
-        "stream held that was not read"
+        f"{start}, then run `replicator backfill --restart` and `replicator verify` for what "
+        "the old stream held that was not read (--restart: a backfill stored before copies "
+        "nothing new)"
     )
 
 

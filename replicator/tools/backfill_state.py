@@ -360,12 +360,13 @@ class BackfillState:
 
 
 def table_identity(ref: TableRef) -> str:
-    """Which table ``ref`` is: where it is, and its ``TableId`` (or, where an endpoint
-    gives none, its creation time), which a table created again under its name does
-    not share."""
+    """Which table ``ref`` is: its ``TableId`` (or, where an endpoint gives none, its
+    region, name and creation time), which a table created again under its name does not
+    share. Not the endpoint's spelling: ``localhost`` and ``127.0.0.1`` reach one table."""
     table = call(ref.client.describe_table, f"describe {ref.label}", TableName=ref.table)["Table"]
-    made = table.get("TableId") or table.get("CreationDateTime")
-    return f"{ref.region}/{ref.table} at {ref.endpoint_url or 'AWS'} #{made}"
+    if table.get("TableId"):
+        return f"id {table['TableId']}"
+    return f"{ref.region}/{ref.table} created {table.get('CreationDateTime')}"
 
 
 def _now() -> str:

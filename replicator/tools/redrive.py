@@ -267,8 +267,7 @@ class RedriveReport:
         first)."""
         if self.refused or self.unavailable:
             return 3
-        if self.missing_relative or (self.missing is not None and self.stranded):
-            # "nothing was dead-lettered" may be false: the letters may be in those files
+        if self.missing_relative:
             return 1
         return 0 if self.failed == 0 and not self.unreadable and not self.interrupted else 1
 

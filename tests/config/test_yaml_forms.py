@@ -346,11 +346,21 @@ def test_an_unquoted_variable_inside_braces_is_a_syntax_error_that_says_to_quote
     assert code == 2
     (line,) = err.splitlines()
     assert line.startswith(f"replicator: {tmp_path / 'job.yaml'}: YAML syntax error at line 1")
-    assert line.endswith(
-        '; a ${VAR} inside { } must be quoted (table: "${TABLE}"): in YAML\'s flow style { and '
-        "} end a value"
+    hint = (
+        '; a ${VAR} inside { } or [ ] must be quoted (table: "${TABLE}"): in YAML\'s flow '
+        "style { and } end a value"
     )
+    assert line.endswith(hint)
+    # A mapping over two lines: the variable is on the line the error is found on.
+    code, _, err = _validate(
+        tmp_path, "source: {region: us-east-1,\n  table: ${SRC_TABLE}}\n" + text
+    )
+    assert code == 2 and err.strip().endswith(hint), err
     quoted = 'source: {region: us-east-1, table: "${SRC_TABLE}"}\n' + text
     assert _validate(tmp_path, quoted)[0] == 0
     code, _, err = _validate(tmp_path, "source: {region: us-east-1, table: orders\n" + text)
     assert code == 2 and "must be quoted" not in err  # a brace left open, no variable
+    code, _, err = _validate(
+        tmp_path, 'source: {region: us-east-1, table: "${SRC_TABLE}", x: [}\n' + text
+    )
+    assert code == 2 and "must be quoted" not in err  # quoted already: another mistake

@@ -799,3 +799,13 @@ def test_a_fifo_put_at_the_dead_letter_path_is_refused_without_blocking(tmp_path
     assert isinstance(error, OSError)
     assert error.filename == str(fifo)
     assert "not a regular file" in str(error)
+
+
+def test_a_path_that_is_a_link_to_nothing_holds_no_letters(tmp_path: Path) -> None:
+    """Taken for a file, it sent a redrive to lock beside a target whose directory is not
+    there: exit 3, and the same at every redrive."""
+    link = tmp_path / "letters.jsonl"
+    link.symlink_to(tmp_path / "nowhere" / "letters.jsonl")
+    target = FileDeadLetters(link)
+    assert not target.holds_files()
+    assert target.count() == 0

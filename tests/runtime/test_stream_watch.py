@@ -36,9 +36,14 @@ def test_a_source_table_created_again_asks_for_the_stop_naming_both_streams(
     watch, asked, first = _watching(job)
     try:
         assert not asked.wait(0.5)  # the same stream: nothing to say
-        assert watch.replaced is None
-        job.source.delete_table(TableName=job.source_table)
-        tables.create(job.source, job.source_table, stream=True)
+    finally:
+        watch.stop()
+    assert watch.replaced is None
+    job.source.delete_table(TableName=job.source_table)
+    tables.create(job.source, job.source_table, stream=True)
+    watch = StreamWatch(load_job(job.path), first, asked.set, interval_s=0.05)
+    watch.start()
+    try:
         assert asked.wait(30 * PATIENCE)
     finally:
         watch.stop()
@@ -63,7 +68,8 @@ def test_a_source_table_deleted_asks_for_the_stop_saying_so(
     assert watch.replaced == (
         f"source table {job.source_table} at {moto_endpoint} (us-east-1) was deleted while "
         f"the job ran (the daemon reads its stream {first}); create it again with its "
-        "stream, start the job again and run `replicator backfill` for what changed meanwhile"
+        "stream, start the job again and run `replicator backfill --restart` for what changed "
+        "meanwhile"
     )
 
 
@@ -106,5 +112,5 @@ def test_under_the_kcl_the_line_says_to_delete_the_old_streams_leases(
     assert said is not None
     assert (
         f"With the job stopped, delete the lease table {resolved.lease_table} (the old "
-        "stream's leases), then start the job again, then run `replicator backfill`"
+        "stream's leases), then start the job again, then run `replicator backfill --restart`"
     ) in said

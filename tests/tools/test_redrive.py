@@ -685,7 +685,9 @@ def test_letters_left_under_an_earlier_derived_task_name_are_named_not_hidden(jo
 
     result = redrive(job)
 
-    assert result.returncode == 1, result.stdout + result.stderr
+    # Named, not an exit status: jobs with derived names in one directory share it, and
+    # another job's file would fail every redrive of this one.
+    assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines() == [
         f"redrive: no dead letters in file {after.dead_letter_path()}: no such file (yet): "
         "nothing has been dead-lettered there",

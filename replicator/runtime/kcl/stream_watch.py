@@ -69,8 +69,8 @@ class StreamWatch:
                 why = (
                     f"source table {source.table} at {where} was deleted while the job ran "
                     f"(the daemon reads its stream {self.stream_arn}); create it again with "
-                    "its stream, start the job again and run `replicator backfill` for what "
-                    "changed meanwhile"
+                    "its stream, start the job again and run `replicator backfill --restart` "
+                    "for what changed meanwhile"
                 )
             except BotoCoreError as error:  # no answer: asked again at the next turn
                 log.warning("could not ask the source table for its stream", error=str(error))

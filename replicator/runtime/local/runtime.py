@@ -577,8 +577,8 @@ class LocalRuntime:
             resource = f"source table {source.table}"
             advice = (
                 f"; the source table {source.table} was deleted: create it again with its "
-                "stream, start the job again and run `replicator backfill` for what changed "
-                "meanwhile"
+                "stream, start the job again and run `replicator backfill --restart` for what "
+                "changed meanwhile"
                 if error_code(error) == "ResourceNotFoundException"
                 else ""
             )
