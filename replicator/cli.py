@@ -21,7 +21,7 @@ from click.core import ParameterSource
 
 from replicator.config.loader import load_job
 from replicator.config.model import ResolvedJob
-from replicator.entry import interrupted
+from replicator.entry import interrupted, outcome_decided
 from replicator.exceptions import KeySyntaxError, OperatorError, SinceSyntaxError
 from replicator.logs import echo, redact
 
@@ -106,6 +106,7 @@ def _operator_errors(function: Callable[P, R]) -> Callable[P, R]:
         try:
             return function(*args, **kwargs)
         except OperatorError as error:
+            outcome_decided()
             echo(f"replicator: {error}", err=True)
             sys.exit(error.exit_code)
 

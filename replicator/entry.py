@@ -53,6 +53,14 @@ REPEAT_S = 1.0
 
 # The stop signal held while ``run`` starts, and when it came (:func:`_now`).
 _held: list[tuple[int, float]] = []
+# Set once the command's outcome is decided (its one-line error printed): a signal held
+# from then on is not said to stop a start-up that has already ended.
+_decided: list[bool] = []
+
+
+def outcome_decided() -> None:
+    """The command has printed how it ends: a held stop signal is no longer news."""
+    _decided.append(True)
 
 
 def _now() -> float:
@@ -108,7 +116,7 @@ def _acknowledge(signum: int) -> None:
     (before that, a log line would go to stdout, the command's output)."""
     from replicator import logs
 
-    if logs.configured():
+    if logs.configured() and not _decided:
         import structlog
 
         structlog.get_logger(__name__).info(
