@@ -260,17 +260,16 @@ def main() -> Any:
             from replicator.cli import main as cli_main
         except KeyboardInterrupt:  # importing the CLI takes half a second
             sys.exit(interrupted(next(iter(sys.argv[1:2]), None)))
-        if sys.argv[1:2] not in (["backfill"], ["verify"], ["redrive"]):
-            return cli_main()
         try:
             return cli_main()
         except SystemExit as ended:
-            # These route the stop signals to their work until it is over, and note them
-            # from then on (replicator.tools.commands.interrupts); the interpreter's
-            # shutdown would put SIG_DFL back, and a Ctrl-C in it would end the process
-            # with 130 whatever its result. Everything they own is stopped by now.
-            _end_now(ended.code)
-            raise  # not reached
+            if sys.argv[1:2] in (["backfill"], ["verify"], ["redrive"]):
+                # These route the stop signals to their work until it is over, and note
+                # them from then on (replicator.tools.commands.interrupts); the
+                # interpreter's shutdown would put SIG_DFL back, and a Ctrl-C in it would
+                # end the process with 130 whatever its result. All they own is stopped.
+                _end_now(ended.code)
+            raise
     hold_stop_signals()
     from replicator.cli import main as cli_main
 

@@ -94,6 +94,13 @@ def explain(error: BaseException, what: str, where: str) -> EnvironmentProblem:
     return EnvironmentProblem(f"{what}: {excerpt(str(error))}")
 
 
+# What to do once the source table was deleted while the job ran (run's two runtimes).
+SOURCE_DELETED_ADVICE = (
+    "create it again with its stream, start the job again and run "
+    "`replicator backfill --restart` for what changed meanwhile"
+)
+
+
 def stream_replaced(resolved: ResolvedJob, ddb: DynamoDBClient, stream_arn: str) -> str | None:
     """While a job runs: why the DynamoDB stream it reads (``stream_arn``, its source
     table's latest stream at start) is no longer the table's, or None while it is.
@@ -113,22 +120,25 @@ def stream_replaced(resolved: ResolvedJob, ddb: DynamoDBClient, stream_arn: str)
     if latest == stream_arn and enabled:
         return None
     where = tables.where(source.region, source.endpoint_url, source.role_arn)
-    now = f"its stream is now {latest}" if latest and enabled else "it has no stream enabled now"
+    has_one = bool(latest and enabled)
+    now = f"its stream is now {latest}" if has_one else "it has no stream enabled now"
+    again = (
+        "start the job again"
+        if has_one
+        else "enable the table's stream (NEW_AND_OLD_IMAGES) and start the job again"
+    )
     if resolved.job.runtime is RuntimeKind.KCL:
         # The KCL's leases do not say which stream they are of, and it resumes any of
         # them: a new stream's shard of an old shard's id (moto gives every stream's
         # shard the same one) would be read after the old checkpoint, finding nothing.
         start = (
             f"With the job stopped, delete the lease table {resolved.lease_table} (the old "
-            "stream's leases), "
-            + ("then start the job again" if latest and enabled else "enable the table's stream")
+            f"stream's leases), {'then ' if has_one else ''}{again}"
         )
-        if not (latest and enabled):
-            start += " (NEW_AND_OLD_IMAGES) and start the job again"
-    elif latest and enabled:
+    elif has_one:
         start = "Start the job again to read the new stream from its oldest record"
     else:
-        start = "Enable the table's stream (NEW_AND_OLD_IMAGES) and start the job again"
+        start = again[0].upper() + again[1:]
     return (
         f"source table {source.table} at {where}: {now}, not the stream {stream_arn} this "
         "run reads (the table was deleted and created again, or its stream disabled, while "

@@ -182,7 +182,8 @@ class DaemonProcess:
         # that kills the daemon.
         self._stop_of_our_own = False
         self._stop_deadline: float | None = None
-        self._stop_sent = 0
+        self._stop_sent = 0  # the operator's stop requests acted on
+        self._shut_down_asked = False  # SIGTERM sent to the daemon (once)
         self._killed_on: signal.Signals | None = None  # the second stop request's signal
         self._overdue = False
 
@@ -295,21 +296,17 @@ class DaemonProcess:
         return 1
 
     def _act_on_stop_requests(self) -> None:
-        requests = len(self._stop_requests)
-        if self._stop_of_our_own and self._stop_deadline is None and not self._stop_sent:
+        if self._stop_of_our_own and not self._shut_down_asked:
             log.info("asking the daemon to shut down", grace_s=self.grace_s)
-            self._signal(signal.SIGTERM, group=False)
-            self._stop_deadline = time.monotonic() + self.grace_s + STOP_MARGIN_S
-            self._stop_sent = -1  # sent: an operator's first signal sends nothing more
-        if requests > max(self._stop_sent, 0):
-            first = self._stop_sent <= 0
+            self._ask_to_shut_down()
+        requests = len(self._stop_requests)
+        if requests > self._stop_sent:
             self._stop_sent = requests
-            if requests == 1 and first and self._stop_deadline is not None:
+            if requests == 1 and self._shut_down_asked:
                 log.info("stop requested; the daemon is shutting down already")
             elif requests == 1:
                 log.info("stop requested; asking the daemon to shut down", grace_s=self.grace_s)
-                self._signal(signal.SIGTERM, group=False)
-                self._stop_deadline = time.monotonic() + self.grace_s + STOP_MARGIN_S
+                self._ask_to_shut_down()
             elif self._killed_on is None:
                 log.warning("second stop request; killing the daemon and its processors")
                 self._killed_on = self._stop_requests[1]
@@ -319,6 +316,12 @@ class DaemonProcess:
             self._stop_deadline = None
             self._overdue = self._killed_on is None
             self._signal(signal.SIGKILL, group=True)
+
+    def _ask_to_shut_down(self) -> None:
+        """SIGTERM to the daemon (its graceful stop), bounded by the grace and a margin."""
+        self._shut_down_asked = True
+        self._signal(signal.SIGTERM, group=False)
+        self._stop_deadline = time.monotonic() + self.grace_s + STOP_MARGIN_S
 
     def _signal(self, signum: int, *, group: bool) -> None:
         try:
@@ -586,11 +589,7 @@ def run_kcl(
                 daemon.start()
                 served.start()
                 if prepared.stream_arn is not None and not job.source.stream.arn:
-                    watch = StreamWatch(
-                        resolved,
-                        prepared.stream_arn,
-                        daemon.stop_of_our_own,
-                    )
+                    watch = StreamWatch(resolved, prepared.stream_arn, daemon.stop_of_our_own)
                     watch.start()
                 log.info(
                     "KCL runtime started",

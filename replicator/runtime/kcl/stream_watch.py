@@ -68,9 +68,8 @@ class StreamWatch:
                 where = tables.where(source.region, source.endpoint_url, source.role_arn)
                 why = (
                     f"source table {source.table} at {where} was deleted while the job ran "
-                    f"(the daemon reads its stream {self.stream_arn}); create it again with "
-                    "its stream, start the job again and run `replicator backfill --restart` "
-                    "for what changed meanwhile"
+                    f"(the daemon reads its stream {self.stream_arn}); "
+                    f"{preflight.SOURCE_DELETED_ADVICE}"
                 )
             except BotoCoreError as error:  # no answer: asked again at the next turn
                 log.warning("could not ask the source table for its stream", error=str(error))

@@ -576,9 +576,7 @@ class LocalRuntime:
         if operation == "DescribeTable":  # the source table, asked whether it was replaced
             resource = f"source table {source.table}"
             advice = (
-                f"; the source table {source.table} was deleted: create it again with its "
-                "stream, start the job again and run `replicator backfill --restart` for what "
-                "changed meanwhile"
+                f"; the source table {source.table} was deleted: {preflight.SOURCE_DELETED_ADVICE}"
                 if error_code(error) == "ResourceNotFoundException"
                 else ""
             )
