@@ -8,17 +8,19 @@ listed in one go rather than one per attempt.
 from __future__ import annotations
 
 import datetime
+import difflib
 import math
 import os
 import re
 import reprlib
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from replicator.config.model import (
     FILE_CHECK_KEYS,
@@ -588,7 +590,7 @@ def _pydantic_problems(error: ValidationError, document: _Document) -> list[_Pro
         )
         kind = item["type"]
         if kind == "extra_forbidden":
-            message = "unknown key"
+            message = "unknown key" + _did_you_mean(path)
         elif kind == "missing":
             message = "required key is missing"
         else:
@@ -597,6 +599,40 @@ def _pydantic_problems(error: ValidationError, document: _Document) -> list[_Pro
                 message += f" ({_got(item['input'], document.written(path))})"
         problems.append(_Problem(path, message))
     return problems
+
+
+def _did_you_mean(path: KeyPath) -> str:
+    """A hint naming the section's key closest to an unknown one (a typo such as
+    ``resolvr`` or ``max_inflight``), or nothing when none is close."""
+    if not path or not isinstance(path[-1], str):
+        return ""
+    section: Any = JobConfig
+    for part in path[:-1]:
+        if isinstance(part, int):
+            continue
+        field = section.model_fields.get(part) if _is_model(section) else None
+        section = _model_in(field.annotation) if field is not None else None
+        if section is None:
+            return ""
+    if not _is_model(section):
+        return ""
+    close = difflib.get_close_matches(path[-1], list(section.model_fields), n=1, cutoff=0.7)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _is_model(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, BaseModel)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The section model an annotation holds (through Optional, Annotated and list)."""
+    if _is_model(annotation):
+        return typing.cast(type[BaseModel], annotation)
+    for argument in typing.get_args(annotation):
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None
 
 
 # An input shown in a message: a list or mapping to a few items and levels, as one

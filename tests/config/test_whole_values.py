@@ -206,3 +206,35 @@ def test_every_problem_of_the_file_is_reported_at_once(tmp_path: Path) -> None:
         "  source.external_id (line 2)",
         "  task_name (line 1)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "hint"),
+    [
+        (MINIMAL + "conflict: {policy: custom, resolvr: 'm:f'}\n", "conflict.resolvr", "resolver"),
+        (MINIMAL + "writer: {max_inflight: 3}\n", "writer.max_inflight", "max_in_flight"),
+        (MINIMAL + "conflcit: {policy: overwrite}\n", "conflcit", "conflict"),
+        (
+            MINIMAL.replace("eu-west-1, table: orders}", "eu-west-1, table: orders, endpoint: x}"),
+            "destinations[0].endpoint",
+            "endpoint_url",
+        ),
+        (
+            MINIMAL.replace(
+                "eu-west-1, table: orders}", "eu-west-1, table: orders, conflict: {polcy: v}}"
+            ),
+            "destinations[0].conflict.polcy",
+            "policy",
+        ),
+    ],
+)
+def test_an_unknown_key_names_the_key_it_is_close_to(
+    tmp_path: Path, text: str, key: str, hint: str
+) -> None:
+    line = _refused(tmp_path, text, key)
+    assert line.endswith(f": unknown key (did you mean {hint}?)"), line
+
+
+def test_an_unknown_key_close_to_nothing_gets_no_hint(tmp_path: Path) -> None:
+    line = _refused(tmp_path, MINIMAL + "writer: {colour: blue}\n", "writer.colour")
+    assert line.endswith(": unknown key"), line

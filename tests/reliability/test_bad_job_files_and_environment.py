@@ -127,7 +127,7 @@ def test_bad_job_files_give_one_clear_error_and_exit_2(tmp_path: Path) -> None:
         Case(
             "unknown key",
             good.replace("table: orders-copy", "tabel: orders-copy"),
-            "destinations[0].tabel (line 4): unknown key",
+            "destinations[0].tabel (line 4): unknown key (did you mean table?)",
             2,
         ),
         Case(
