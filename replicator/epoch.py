@@ -39,6 +39,7 @@ _ISO_TIME = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
     r"(?:T[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?)?"
 )
+_ZONE = re.compile(r"T[^+-]*([+-]([0-9]{2}):([0-9]{2}))\Z")
 _TIME_FORM = "YYYY-MM-DDThh:mm[:ss[.fraction]]"
 ISO_TIME_FORM = f"{_TIME_FORM} with Z, +hh:mm or -hh:mm"
 """The forms of a time with a zone (``replicator wait``)."""
@@ -54,6 +55,10 @@ def typed_iso_time(text: str) -> datetime:
     value = text.strip()
     if not _ISO_TIME.fullmatch(value):
         raise ValueError(_hint(value))
+    zone = _ZONE.search(value)
+    if zone is not None and (int(zone[2]) > 23 or int(zone[3]) > 59):
+        # datetime's own error names its timedelta bounds, in Python's words.
+        raise ValueError(f"the zone offset {zone[1]} is not one: hours 00-23, minutes 00-59")
     return datetime.fromisoformat(value)  # a month 13 or a hour 25: ValueError
 
 

@@ -382,10 +382,12 @@ class WaitResult:
         return self.replicated
 
     def _stale(self) -> str:
-        """Why the watermark may not be moving: a running job publishes each shard's part
+        """Why the watermark may not be moving: a running job raises each shard's part
         every ``watermark.publish_interval_ms`` (a second by default; an idle shard's
-        too), so parts all older than ``_STALE_PARTS_S`` mostly mean no processor
-        publishes them: the job is stopped, or stuck."""
+        too) unless a change of the shard is not settled at the destination yet, so
+        parts all older than ``_STALE_PARTS_S`` mean the job is stopped or stuck, or a
+        change is held there: the destination fails or refuses its writes (retried
+        until they apply, or until they are dead-lettered)."""
         assert self.watermark is not None
         times = [part.updated_at for part in self.watermark.counted if part.updated_at]
         if not times:
@@ -395,7 +397,9 @@ class WaitResult:
             return ""
         return (
             f" (no shard's part of it was published in the last {age:.0f}s: is the job "
-            "running? it publishes every watermark.publish_interval_ms, a second by default)"
+            "running? it publishes every watermark.publish_interval_ms, a second by default, "
+            "unless a change is held at the destination: see the job's log and "
+            "replicator_retries_total for writes it fails or refuses)"
         )
 
     def describe(self) -> str:

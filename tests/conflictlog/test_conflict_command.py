@@ -981,6 +981,14 @@ def test_the_header_of_a_narrowed_listing_names_every_filter(tmp_path: Path) -> 
         ("2026-12-01T17:00:00,5Z", ""),
         ("2026-12-01T17:00:00+0100", ""),
         ("2026-13-01", "; month must be in 1..12"),
+        (
+            "2026-12-01T17:00+25:00",
+            "; the zone offset +25:00 is not one: hours 00-23, minutes 00-59",
+        ),
+        (
+            "2026-12-01T17:00-05:60",
+            "; the zone offset -05:60 is not one: hours 00-23, minutes 00-59",
+        ),
         ("\u0662\u0660\u0662\u0666-12-01", ""),  # digits of another script
         ("\u0663\u0660m", ""),  # a duration in digits of another script
     ],

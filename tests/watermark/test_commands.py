@@ -134,6 +134,10 @@ def refused_time(tmp_path: Path, option: str, value: str) -> str:
         ("2026-12-01t17:00:00Z", "; write T and Z in capitals: '2026-12-01T17:00:00Z'"),
         ("20261201T170000Z", ""),
         ("2026-W49-2T17:00:00Z", ""),
+        (
+            "2026-12-05T00:00:00+25:00",
+            "; the zone offset +25:00 is not one: hours 00-23, minutes 00-59",
+        ),
         ("1_767_225_600", ""),  # Python's digit grouping, which float() takes
         ("\u0661\u0662", ""),  # digits of another script, which float() takes too
     ],

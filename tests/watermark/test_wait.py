@@ -738,6 +738,10 @@ def test_a_timeout_names_parts_no_processor_has_published_for_a_minute() -> None
     said = WaitResult(False, stopped, waited_s=3.0).describe()
     assert said.startswith("timed out after 3.00s at watermark 0.000001 (no shard's part")
     assert "published in the last 600s: is the job running?" in said
+    # A running job whose destination refuses a change's writes does not raise the part
+    # either: the message names that too.
+    assert "unless a change is held at the destination" in said
+    assert "replicator_retries_total" in said
     running = combine("d", [Part("d", "s1", watermark_us=1, updated_at=now - 2)])
     assert WaitResult(False, running, waited_s=3.0).describe().endswith("watermark 0.000001")
 
