@@ -40,7 +40,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import structlog
-from prometheus_client import CollectorRegistry
 
 from replicator import wiring
 from replicator.aws.tables import where
@@ -68,7 +67,7 @@ from replicator.exceptions import (
 )
 from replicator.items import Item, describe_key, image_digest, item_to_wire
 from replicator.logs import redact
-from replicator.metrics import Metrics
+from replicator.metrics import in_memory_metrics
 from replicator.records import Change
 from replicator.rules import ConflictRule, Skip, Verdict, WriteRequest
 from replicator.rules.requests import holds_outcome
@@ -262,7 +261,7 @@ def _restore(
         )
     if entry.op == "put" and entry.losing_image is None:
         raise EntryNotFound(f"entry {entry.id}: the losing put has no image to write back")
-    metrics = Metrics(CollectorRegistry())
+    metrics = in_memory_metrics()
     writers = wiring.destination_writers(resolved, metrics)
     ranked_by = writers[destination.label].rule
     winner_digest = digest if "winning" in entry.truncated and isinstance(digest, str) else None

@@ -15,7 +15,11 @@ new process checkpoints, which health and alerts rely on.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+
+from replicator.metrics.multiprocess import ENV as MULTIPROC_ENV
 
 DELAY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 FLUSH_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -194,3 +198,15 @@ class Metrics:
             ["destination"],
             registry=r,
         )
+
+
+def in_memory_metrics() -> Metrics:
+    """The metrics of a command that serves none (``verify``, ``backfill``, ``redrive``,
+    ``conflicts --restore``): kept in this process's memory. prometheus-client chooses
+    multiprocess mode from ``PROMETHEUS_MULTIPROC_DIR`` when it is imported, and an
+    operator's variable, set for a whole container, names the running job's directory:
+    its ``/metrics`` would add this command's writes to the job's (its writes_total over
+    the records it received) until the job restarts."""
+    os.environ.pop(MULTIPROC_ENV, None)  # and for whatever this command starts
+    values.ValueClass = values.MutexValue
+    return Metrics(CollectorRegistry())

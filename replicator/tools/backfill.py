@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
-from prometheus_client import CollectorRegistry
 
 from replicator.aws import tables
 from replicator.aws.tables import TableShape
@@ -36,7 +35,7 @@ from replicator.exceptions import (
     WriteCancelled,
 )
 from replicator.items import Item, project
-from replicator.metrics import Metrics
+from replicator.metrics import Metrics, in_memory_metrics
 from replicator.records import Change
 from replicator.runtime import preflight
 from replicator.tools.backfill_state import (
@@ -250,7 +249,7 @@ class Backfill:
         self.resolved = resolved
         self.options = options
         self.hooks = hooks or BackfillHooks()
-        self.metrics = metrics or Metrics(CollectorRegistry())
+        self.metrics = metrics or in_memory_metrics()
         self.stop = threading.Event()
         self.stopped: str | None = None
         self.run_id = uuid.uuid4().hex[:12]

@@ -84,7 +84,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry
 
 from replicator.appendfile import unusable
 from replicator.config.destinations import destination_place, destinations_at
@@ -114,7 +113,7 @@ from replicator.filters import ChangeFilter, Route
 from replicator.intake import Reader
 from replicator.items import Item, describe_key, item_from_wire, key_id, key_token
 from replicator.logs import redact
-from replicator.metrics import Metrics
+from replicator.metrics import Metrics, in_memory_metrics
 from replicator.records import Change, Event
 from replicator.tools.futures import StopGrace
 from replicator.tools.scan import ReadRate
@@ -390,7 +389,7 @@ def _task(name: str) -> str:
 class Redrive:
     def __init__(self, resolved: ResolvedJob, *, metrics: Metrics | None = None) -> None:
         self.resolved = resolved
-        self.metrics = metrics or Metrics(CollectorRegistry())
+        self.metrics = metrics or in_memory_metrics()
         self.run_id = uuid.uuid4().hex[:12]
         self.stop = threading.Event()
         self._writers: dict[str, DestinationWriter] = {}

@@ -48,7 +48,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import structlog
-from prometheus_client import CollectorRegistry
 
 from replicator import wiring
 from replicator.aws.tables import TableShape
@@ -66,7 +65,7 @@ from replicator.items import (
     project,
 )
 from replicator.logs import redact
-from replicator.metrics import Metrics
+from replicator.metrics import Metrics, in_memory_metrics
 from replicator.records import Change
 from replicator.rules import OrderedRule, rule_for
 from replicator.tombstones.model import Tombstone
@@ -380,7 +379,7 @@ class Verify:
         self.resolved = resolved
         self.options = options
         self.hooks = hooks or VerifyHooks()
-        self.metrics = metrics or Metrics(CollectorRegistry())
+        self.metrics = metrics or in_memory_metrics()
         connections = options.threads + 4
         self.source = source_ref(resolved, connections)
         self.destinations = destination_refs(resolved, connections)

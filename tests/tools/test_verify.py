@@ -970,3 +970,27 @@ def test_an_expiry_counts_only_within_the_five_years_dynamodbs_ttl_acts_on() -> 
         None,
     ):
         assert not expired_by_ttl(value, now), value
+
+
+def test_repair_and_backfill_leave_a_running_jobs_metrics_directory_alone(
+    job: Job, tmp_path: Path
+) -> None:
+    """``PROMETHEUS_MULTIPROC_DIR`` set for a whole container names the running job's
+    samples: a ``verify --repair`` or ``backfill`` run beside it wrote its own writes
+    there, and the job's /metrics counted them as its own until it restarted."""
+    job.path.write_text(job.path.read_text().replace(LWW, "conflict: {policy: overwrite}"))
+    items = replicated(job, 4)
+    (eu, eu_table), _ = job.destination_clients()
+    eu.delete_item(TableName=eu_table, Key=key(items[0]))
+    samples = tmp_path / "job-samples"
+    samples.mkdir()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(samples)}
+
+    repaired = replicator("verify", "--config", str(job.path), "--repair", env=env)
+    copied = replicator("backfill", "--config", str(job.path), env=env)
+
+    assert repaired.returncode == 0, repaired.stderr
+    assert "1 repaired" in repaired.stdout + repaired.stderr
+    assert copied.returncode == 0, copied.stderr
+    assert job.converged()
+    assert sorted(path.name for path in samples.iterdir()) == []
