@@ -595,10 +595,30 @@ def _pydantic_problems(error: ValidationError, document: _Document) -> list[_Pro
             message = "required key is missing"
         else:
             message = item["msg"].removeprefix("Value error, ")
+            written = document.written(path)
+            set_by = _set_by(written)
+            said = [set_by] if set_by else []
             if "input" in item and kind not in {"value_error", "assertion_error"}:
-                message += f" ({_got(item['input'], document.written(path))})"
+                said.insert(0, _got(item["input"], written))
+            if said:
+                message += f" ({', '.join(said)})"
         problems.append(_Problem(path, message))
     return problems
+
+
+def _set_by(written: str | None) -> str:
+    """Where a value came from when the environment gave it (``${VAR}`` in the file, the
+    variable set): the variable is what to change, not the file's line."""
+    if not written:
+        return ""
+    names = [
+        name
+        for match in _VARIABLE.finditer(written)
+        if (name := match.group("name")) is not None and os.environ.get(name)
+    ]
+    if not names:
+        return ""
+    return f"from the environment: {', '.join(dict.fromkeys(names))}"
 
 
 def _did_you_mean(path: KeyPath) -> str:

@@ -65,7 +65,7 @@ def test_a_long_text_where_a_number_belongs_is_quoted_short(tmp_path: Path) -> N
 
     assert result.returncode == 2, result.stderr
     (line,) = [line for line in result.stderr.splitlines() if "metrics.port (line 5)" in line]
-    assert line.endswith(f"(got {'9' * 40!r}… (5,000 characters))")
+    assert line.endswith(f"(got {'9' * 40!r}… (5,000 characters), from the environment: PORT)")
 
 
 @pytest.mark.parametrize(

@@ -238,3 +238,17 @@ def test_an_unknown_key_names_the_key_it_is_close_to(
 def test_an_unknown_key_close_to_nothing_gets_no_hint(tmp_path: Path) -> None:
     line = _refused(tmp_path, MINIMAL + "writer: {colour: blue}\n", "writer.colour")
     assert line.endswith(": unknown key"), line
+
+
+def test_a_bad_value_from_the_environment_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REPLICATOR_TEST_TABLE", "ab")
+    monkeypatch.delenv("REPLICATOR_TEST_UNSET_PORT", raising=False)
+    text = MINIMAL.replace("table: orders}", "table: '${REPLICATOR_TEST_TABLE}'}", 1)
+    line = _refused(tmp_path, text, "source.table")
+    assert line.endswith("got 'ab' (from the environment: REPLICATOR_TEST_TABLE)"), line
+    # A default the file gives is the file's value: no variable is named.
+    port = MINIMAL + "metrics: {port: '${REPLICATOR_TEST_UNSET_PORT:-x}'}\n"
+    line = _refused(tmp_path, port, "metrics.port")
+    assert "from the environment" not in line, line

@@ -18,6 +18,7 @@ from replicator.demo import run
 from replicator.demo.workload import WorkloadStats
 from replicator.metrics.server import check_listen
 from tests.support import ROOT
+from tests.support.cli import in_process
 
 EU = "eu-west-1/orders"
 Sample = tuple[str, dict[str, str], float]
@@ -207,3 +208,13 @@ def test_a_metrics_port_taken_after_the_check_ends_the_demo_with_exit_3(
         f"(Address already in use); set {run.METRICS_PORT_ENV} to another port "
         "(0 picks a free one)"
     ], printed(demo)
+
+
+@pytest.mark.parametrize("value", ["abc", "70000", "-1"])
+def test_a_bad_demo_metrics_port_names_the_variable_that_gave_it(value: str) -> None:
+    """The demo's job file takes its port from REPLICATOR_DEMO_METRICS_PORT: a bad value
+    named only the project's file and line, which the user never wrote."""
+    said = in_process("demo", env={run.METRICS_PORT_ENV: value})
+    assert said.returncode == 2, said.stderr
+    (line,) = [line for line in said.stderr.splitlines() if "metrics.port" in line]
+    assert line.endswith(f"(got '{value}', from the environment: {run.METRICS_PORT_ENV})"), line
