@@ -126,6 +126,9 @@ class ShardProgress:
     # Stream reads failing since (None while they succeed), and the last error.
     read_failing_since: float | None = None
     read_error: str | None = None
+    # Since when the processor has not answered a processRecords (None while none is
+    # out): a processor that is stuck freezes its own lag gauges, so only this shows it.
+    answer_awaited_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -366,6 +369,13 @@ class ShardWorker(threading.Thread):
             failing_s = now - progress.read_failing_since
             if failing_s >= self.settings.read_stall_after_s:
                 return f"reading the stream failed for {failing_s:.0f}s: {progress.read_error}"
+        awaited = progress.answer_awaited_since
+        if awaited is not None and now - awaited >= self.settings.read_stall_after_s:
+            return (
+                f"the processor (pid {progress.child_pid}) has not answered processRecords "
+                f"for {now - awaited:.0f}s: it waits for room in its buffer (a destination "
+                "takes no writes) or is stuck"
+            )
         if progress.failed_at is None or progress.ended:
             return None
         if progress.child_up_since is None:
@@ -563,7 +573,7 @@ class ShardWorker(threading.Thread):
                 if self.lease.checkpoint == LATEST and self._first_delivered is None:
                     self._first_delivered = batch[0]["sequenceNumber"]
             self._check_lease()
-            child.process_records(batch, millis_behind)
+            self._answered(child, batch, millis_behind)
             if batch:
                 self.progress.records_delivered += len(batch)
                 self.progress.last_records_at = time.time()
@@ -749,8 +759,18 @@ class ShardWorker(threading.Thread):
         if self._read_at is None:
             return False
         behind_ms = self._millis_behind + max(0, int((self._clock() - self._read_at) * 1000))
-        child.process_records([], max(1, behind_ms))
+        self._answered(child, [], max(1, behind_ms))
         return True
+
+    def _answered(
+        self, child: ProcessorChild, batch: list[dict[str, Any]], millis_behind: int | None
+    ) -> None:
+        """``processRecords``, with the time it has been out kept for :meth:`trouble`."""
+        self.progress.answer_awaited_since = self._clock()
+        try:
+            child.process_records(batch, millis_behind)
+        finally:
+            self.progress.answer_awaited_since = None
 
     def _shut_down(self, child: ProcessorChild) -> None:
         """Stop the child: ``shutdownRequested`` (it flushes its pending writes and

@@ -6,6 +6,7 @@ removed dead-letter directory, which does not end it)."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -25,7 +26,8 @@ from replicator.exceptions import EnvironmentProblem
 from replicator.runtime.local.runtime import STOP_DEADLINE_S, LocalRuntime
 from replicator.shards.leases import TRIM_HORIZON, LeaseTable
 from tests.support.aws import client
-from tests.support.e2e import PATIENCE, Job, stop, wait_until
+from tests.support.e2e import PATIENCE, Job, children_of, stop, wait_until
+from tests.support.metrics import health, logged_metrics_port
 
 GATE = "REPLICATOR_TEST_GATE"
 
@@ -539,3 +541,50 @@ def test_the_stop_deadline_counts_from_the_stop_signal(
     assert waited <= STOP_DEADLINE_S - 29.0, waited
     assert isinstance(runtime.failure, Exception)
     assert f"did not stop within {STOP_DEADLINE_S:g}s" in str(runtime.failure)
+
+
+def test_a_stuck_processor_makes_healthz_unhealthy_until_it_answers(job: Job) -> None:
+    """A processor that stops answering (deadlocked; here SIGSTOP) freezes its own lag
+    gauges at 0: /healthz said ok while changes went unreplicated. The runtime knows its
+    processRecords is out: past ``metrics.stall_after_s`` /healthz answers 503 naming it,
+    and once the processor answers again replication goes on and /healthz is 200."""
+    job.path.write_text(
+        job.path.read_text().replace(
+            "metrics: {host: 127.0.0.1, port: 0}",
+            "metrics: {host: 127.0.0.1, port: 0, stall_after_s: 2}",
+        )
+    )
+    rng = random.Random(5)
+    runtime = job.start()
+    stopped: list[int] = []
+    try:
+        port = logged_metrics_port(job.directory / "runtime.log")
+        job.put_demo_items(rng, 0, 3)
+        wait_until(job.converged, 60, "destinations to equal the source")
+        processors = children_of(runtime.pid)
+        assert processors
+        for pid in processors:
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+        job.put_demo_items(rng, 3, 3)
+        said = wait_until(
+            lambda: (answer := health(port))[0] == 503 and answer[1],
+            60,
+            "/healthz to report the stuck processor",
+        )
+        assert any(
+            "has not answered processRecords" in reason and "(pid " in reason
+            for reason in said["reasons"]
+        ), said
+        assert not job.converged()
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        stopped.clear()
+        wait_until(job.converged, 60, "the processor to replicate again")
+        wait_until(lambda: health(port)[0] == 200, 60, "/healthz to be ok again")
+        assert stop(runtime) == 0
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        if runtime.poll() is None:
+            runtime.kill()

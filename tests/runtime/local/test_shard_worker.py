@@ -1635,3 +1635,38 @@ def test_a_shard_that_does_not_stop_by_the_deadline_is_killed_and_the_stop_is_a_
     assert str(failure).startswith(
         "shard shard-1 did not stop within 0.2s; its processor was killed"
     )
+
+
+def test_a_processor_that_does_not_answer_process_records_reports_the_shard() -> None:
+    """A processor that is stuck (deadlocked, SIGSTOP) freezes its own lag gauges at
+    their last value: /healthz said ok and the lag 0 while changes went unreplicated.
+    The worker knows how long its processRecords has been out: past
+    ``read_stall_after_s`` the shard is in trouble, until the processor answers.
+    Simulated time: 100 s pass at each look while the first batch is held."""
+    clock = [1_000_000.0]
+    stop = threading.Event()
+    stream = ScriptedStream([{"Records": [record(1)], "NextShardIterator": "a"}], stop)
+    holder: list[ShardWorker] = []
+    troubles: list[str | None] = []
+
+    class Stuck(StandInChild):
+        def process_records(self, records: list[dict[str, Any]], millis_behind: int | None) -> None:
+            if records and not troubles:
+                for _ in range(4):
+                    troubles.append(holder[0].trouble(clock[0]))
+                    clock[0] += 100.0
+            super().process_records(records, millis_behind)
+
+    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL, read_stall_after_s=250.0)
+    worker = _worker_in_simulated_time(
+        MemoryLeases(), stream, settings, lambda _, on_checkpoint: Stuck(on_checkpoint), stop, clock
+    )
+    holder.append(worker)
+    worker.run()
+    assert worker.error is None
+    assert troubles[:3] == [None, None, None]
+    assert troubles[3] == (
+        "the processor (pid 4242) has not answered processRecords for 300s: it waits for "
+        "room in its buffer (a destination takes no writes) or is stuck"
+    )
+    assert worker.trouble(clock[0]) is None  # answered since
