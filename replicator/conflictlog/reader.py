@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from replicator.config.stranded import StrandedFile, stranded_lines
-from replicator.conflictlog.base import ConflictLogTarget, Selection
+from replicator.conflictlog.base import ConflictLogTarget, Selection, entry_place
 from replicator.conflictlog.entry import (
     CONFLICT,
     FORCED,
@@ -97,6 +97,7 @@ def read_entries(
     target: ConflictLogTarget,
     selection: Selection,
     aliases: dict[str, ConflictEntry] | None = None,
+    named_places: frozenset[str] = frozenset(),
 ) -> list[ConflictEntry]:
     """The matching entries, once each, oldest first.
 
@@ -107,13 +108,17 @@ def read_entries(
     ids match (ids recorded before they named the task), since jobs may share a log.
     ``aliases``, when given, is filled with the id of each entry left out for another
     of the same change and the entry kept: ``--restore`` of either id restores that one.
+
+    A change is the same at one region and table whatever name its destination had when
+    it was recorded (a name given or changed between a loss and its replay), except at
+    ``named_places`` (:func:`named_places`), where only the name tells destinations apart.
     """
     unique: dict[tuple[str, ...], ConflictEntry] = {}
     left_out: list[tuple[tuple[str, ...], ConflictEntry]] = []
     for entry in target.read(selection):
         if not selection.matches(entry):
             continue
-        identity = _identity(entry)
+        identity = _identity(entry, named_places)
         kept = unique.setdefault(identity, entry)
         if kept is entry:
             continue
@@ -127,10 +132,12 @@ def read_entries(
     return sorted(unique.values(), key=lambda e: e.sort_key)
 
 
-def _identity(entry: ConflictEntry) -> tuple[str, ...]:
+def _identity(entry: ConflictEntry, named_places: frozenset[str]) -> tuple[str, ...]:
     """What one entry records: a task's lost change at a destination, or its restore."""
     if entry.kind == CONFLICT:
-        return (entry.task_name, entry.destination, entry.shard_id, entry.sequence_number)
+        place = entry_place(entry)
+        at = entry.destination if place in named_places else place
+        return (entry.task_name, at, entry.shard_id, entry.sequence_number)
     return (entry.task_name, RESTORE, entry.id)
 
 
@@ -143,6 +150,7 @@ def read_task_entries(
     selection: Selection,
     task: str,
     aliases: dict[str, ConflictEntry] | None = None,
+    named_places: frozenset[str] = frozenset(),
 ) -> tuple[list[ConflictEntry], list[ConflictEntry]]:
     """The matching entries of task ``task``, and those of other tasks, each oldest first
     (``aliases``: as :func:`read_entries` fills it).
@@ -153,7 +161,7 @@ def read_task_entries(
     restored as this job's (as ``redrive`` keeps to the job's own letters); callers say
     how many were skipped.
     """
-    entries = read_entries(target, selection, aliases)
+    entries = read_entries(target, selection, aliases, named_places)
     return (
         [e for e in entries if e.task_name == task],
         [e for e in entries if e.task_name != task],

@@ -36,7 +36,8 @@ entry again finds the item already holding its losing image, writes nothing and 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import structlog
@@ -200,7 +201,10 @@ def restore(
     """
     searched = target.description + (f" under key {describe_key(key)}" if key else "")
     aliases: dict[str, ConflictEntry] = {}
-    entries, others = read_task_entries(target, selection_for(key), resolved.task_name, aliases)
+    named = named_places(resolved)
+    entries, others = read_task_entries(
+        target, selection_for(key), resolved.task_name, aliases, named
+    )
     try:
         entry = find_entry(entries, wanted, searched, aliases)
     except EntryNotFound:
@@ -308,7 +312,9 @@ def _restore(
             entry,
             entries,
             place,
-            reread=lambda: read_task_entries(target, selection_for(key), resolved.task_name)[0],
+            reread=lambda: read_task_entries(
+                target, selection_for(key), resolved.task_name, named_places=named_places(resolved)
+            )[0],
         )
     if written.outcome is Outcome.CONFLICT_LOST:
         compared = ""
@@ -503,6 +509,34 @@ def entry_destination(resolved: ResolvedJob, entry: ConflictEntry) -> Destinatio
         f"file {resolved.path} (destinations: {', '.join(spelled(d) for d in destinations)})"
         f"{moved}; nothing was written"
     )
+
+
+def named_places(resolved: ResolvedJob) -> frozenset[str]:
+    """The ``<region>/<table>`` places where an entry's recorded name, not its place,
+    says which of the job's tables it is about: two destinations there (other
+    accounts), or a destination at the source's own place."""
+    source = source_label(resolved)
+    places = Counter(destination_place(d) for d in resolved.job.destinations)
+    return frozenset(place for place, count in places.items() if count > 1 or place == source)
+
+
+def under_current_names(
+    resolved: ResolvedJob, entries: Sequence[ConflictEntry]
+) -> list[ConflictEntry]:
+    """The entries as a listing shows them: each lost conflict under the name its
+    destination has now (found by region and table, as :func:`entry_destination` finds
+    it), so that a destination named, or renamed, since is counted as one."""
+    named = named_places(resolved)
+    labels = {destination_place(d): d.label for d in resolved.job.destinations}
+    shown = []
+    for entry in entries:
+        place = entry_place(entry)
+        label = labels.get(place)
+        if entry.kind == CONFLICT and label is not None and place not in named:
+            shown.append(replace(entry, destination=label))
+        else:
+            shown.append(entry)
+    return shown
 
 
 def source_label(resolved: ResolvedJob) -> str:

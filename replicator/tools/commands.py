@@ -164,7 +164,7 @@ def conflicts(
     from replicator.conflictlog.base import Selection
     from replicator.conflictlog.keys import canonical_key
     from replicator.conflictlog.reader import Listing, read_task_entries
-    from replicator.conflictlog.restore import restore
+    from replicator.conflictlog.restore import named_places, restore, under_current_names
     from replicator.conflictlog.targets import conflict_log_target
     from replicator.exceptions import ConfigError, EntryNotFound
 
@@ -203,7 +203,10 @@ def conflicts(
             destination=destination,
             place=place,
         )
-        own, others = read_task_entries(target, selection, resolved.task_name)
+        own, others = read_task_entries(
+            target, selection, resolved.task_name, named_places=named_places(resolved)
+        )
+        own = under_current_names(resolved, own)
         listing = Listing(
             target.description,
             selection,

@@ -542,8 +542,8 @@ def test_a_restore_run_at_the_same_time_is_found_in_the_log_not_said_missing(
     real_read = restore_module.read_task_entries
     reads: list[int] = []
 
-    def read_then_other_restore(*args: Any) -> Any:
-        read = real_read(*args)
+    def read_then_other_restore(*args: Any, **kwargs: Any) -> Any:
+        read = real_read(*args, **kwargs)
         reads.append(len(read[0]))
         if len(reads) == 1:  # the other command runs whole after this first read
             resolved = load_job(case.config)

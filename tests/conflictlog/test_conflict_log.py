@@ -1183,3 +1183,59 @@ def test_an_entry_stores_a_credential_quoted_in_why_a_change_lost_redacted(
     stored = (tmp_path / "conflicts.jsonl").read_text()
     assert "CONFLICTqqqTOKEN7" not in stored
     assert ConflictEntry.from_json(stored).why == "resolver said sessiontoken=<redacted>"
+
+
+def test_a_change_lost_again_after_its_destination_was_renamed_is_listed_once(
+    tmp_path: Path,
+) -> None:
+    """A destination named ``dr``, renamed ``disaster``, then a replay of the change that
+    lost there (a restart before the checkpoint passed it): it loses again and is
+    recorded again under the new name, with a new id. It is one lost change at one
+    region and table: listed and counted once, under the name the destination has now,
+    by the id recorded first (which a restore made before the replay names)."""
+    place = "ap-southeast-2/orders-replica"
+    first = _at(conflict(1).entry(), "dr", place)
+    lost_again = replace(conflict(1), destination="disaster", recorded_s=1_800_000_060.0)
+    again = _at(lost_again.entry(), "disaster", place)
+    assert again.id != first.id
+    log = FileConflictLog(tmp_path / "c.jsonl")
+    log.put(first)
+    log.put(again)
+    config = _destinations_job(
+        tmp_path,
+        log.path,
+        "  - {name: disaster, region: ap-southeast-2, table: orders-replica, "
+        "endpoint_url: 'http://127.0.0.1:9'}\n",
+    )
+    runner = CliRunner()
+    listing = runner.invoke(cli, ["conflicts", "-c", str(config), "--format", "json"])
+    assert listing.exit_code == 0, listing.output
+    document = json.loads(listing.stdout)
+    assert document["summary"]["lost_conflicts"] == 1
+    assert document["summary"]["per_destination"] == {"disaster": 1}
+    assert [(e["id"], e["destination"]) for e in document["entries"]] == [(first.id, "disaster")]
+    named = runner.invoke(cli, ["conflicts", "-c", str(config), "--destination", "disaster"])
+    assert "1 lost conflicts, 0 restores" in named.stdout, named.output
+
+
+def test_two_destinations_at_one_place_keep_their_entries_apart_by_name(tmp_path: Path) -> None:
+    """Two destinations at one region and table (two accounts) that both lose one change:
+    two entries, told apart by the name each was recorded under."""
+    place = "ap-southeast-2/orders-replica"
+    at_a = _at(conflict(1).entry(), "account-a", place)
+    at_b = _at(replace(conflict(1), destination="account-b").entry(), "account-b", place)
+    log = FileConflictLog(tmp_path / "c.jsonl")
+    log.put(at_a)
+    log.put(at_b)
+    config = _destinations_job(
+        tmp_path,
+        log.path,
+        "  - {name: account-a, region: ap-southeast-2, table: orders-replica, "
+        "endpoint_url: 'http://127.0.0.1:9'}\n"
+        "  - {name: account-b, region: ap-southeast-2, table: orders-replica, "
+        "endpoint_url: 'http://127.0.0.1:9', role_arn: 'arn:aws:iam::222222222222:role/w'}\n",
+    )
+    listing = CliRunner().invoke(cli, ["conflicts", "-c", str(config), "--format", "json"])
+    assert listing.exit_code == 0, listing.output
+    summary = json.loads(listing.stdout)["summary"]
+    assert summary["per_destination"] == {"account-a": 1, "account-b": 1}
