@@ -73,7 +73,7 @@ from replicator.records import Change
 from replicator.rules import ConflictRule, Skip, Verdict, WriteRequest
 from replicator.rules.requests import holds_outcome
 from replicator.tools.snapshot import expected_request, same_item, synthetic_change
-from replicator.writers.destination import Outcome
+from replicator.writers.destination import NOT_PASSED, Outcome
 
 log = structlog.get_logger(__name__)
 
@@ -292,8 +292,10 @@ def _restore(
     except DestinationRefused as refused:
         # What refuses every write (a missing table, access denied, credentials) is the
         # environment's, as in the other tools (exit 3).
+        # Its words are replication's (a checkpoint, dead letters): a restore has neither.
+        said = str(refused).replace(NOT_PASSED, "nothing was written")
         raise EnvironmentProblem(
-            f"entry {entry.id} not restored at {place}: {redact(str(refused))}"
+            f"entry {entry.id} not restored at {place}: {redact(said)}"
         ) from None
     except DestinationUnavailable as error:
         endpoint = where(destination.region, destination.endpoint_url)

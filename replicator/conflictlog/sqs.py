@@ -83,13 +83,15 @@ def encode(entry: ConflictEntry, limit: int) -> str:
     body = _fitting(entry.to_json(), limit)
     if body is not None:
         return body
+    fitted_entry = entry.fitted(limit, size=lambda e: _stored_size(e.to_json(), limit))
     log.warning(
         "conflict entry too large for SQS even compressed; images stored as their sha256",
         id=entry.id,
         destination=entry.destination,
         limit=limit,
+        images=sorted(fitted_entry.truncated),  # which: the winning one goes first
     )
-    fitted = entry.fitted(limit, size=lambda e: _stored_size(e.to_json(), limit)).to_json()
+    fitted = fitted_entry.to_json()
     return _fitting(fitted, limit) or fitted
 
 

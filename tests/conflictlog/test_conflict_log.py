@@ -1239,3 +1239,21 @@ def test_two_destinations_at_one_place_keep_their_entries_apart_by_name(tmp_path
     assert listing.exit_code == 0, listing.output
     summary = json.loads(listing.stdout)["summary"]
     assert summary["per_destination"] == {"account-a": 1, "account-b": 1}
+
+
+def test_an_sqs_entry_fitted_to_the_queue_names_the_images_it_stored_as_their_sha256() -> None:
+    """Only the winning image was replaced (the destination still holds it), yet the
+    warning read as if both were."""
+    import structlog.testing
+
+    from replicator.conflictlog.sqs import encode
+
+    lost = conflict(1)
+    assert lost.existing is not None
+    big_winner = {**lost.existing, "blob": {"B": random.Random(2).randbytes(6000)}}
+    entry = replace(lost, existing=big_winner).entry()
+    with structlog.testing.capture_logs() as logs:
+        body = encode(entry, 4096)
+    assert len(body.encode()) <= 4096
+    (warning,) = [e for e in logs if e["event"].startswith("conflict entry too large for SQS")]
+    assert warning["images"] == ["winning"]

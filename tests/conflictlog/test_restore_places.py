@@ -120,6 +120,41 @@ def test_a_restore_to_a_destination_whose_table_is_missing_ends_with_exit_3(
     assert case.restores() == []
 
 
+def test_a_restore_refused_for_its_credentials_says_nothing_was_written(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """A restore has no dead letters and no checkpoint: its refusal said replication's
+    "nothing was dead-lettered and the checkpoint has not passed these changes"."""
+    from click.testing import CliRunner
+
+    from replicator.cli import cli
+
+    case = Restorable(moto_endpoint, unique, tmp_path)
+    no_credentials = {
+        "AWS_ACCESS_KEY_ID": None,
+        "AWS_SECRET_ACCESS_KEY": None,
+        "AWS_SESSION_TOKEN": None,
+        "AWS_PROFILE": None,
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI": None,
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": None,
+    }
+    result = CliRunner().invoke(
+        cli, ["conflicts", "-c", str(case.config), "--restore", case.entry.id], env=no_credentials
+    )
+
+    no_traceback(result)
+    assert result.exit_code == 3, result.output
+    (line,) = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert line.startswith(f"replicator: entry {case.entry.id} not restored at eu "), line
+    assert line.endswith("; nothing was written"), line
+    assert "dead-lettered" not in line and "checkpoint" not in line, line
+    assert case.held() != case.loser
+    assert case.restores() == []
+
+
 def test_entry_times_written_with_an_offset_or_nanoseconds_are_listed_in_utc(
     tmp_path: Path,
 ) -> None:
