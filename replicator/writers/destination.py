@@ -163,10 +163,11 @@ class RecordedDelete:
     """A delete's tombstone once recorded: the row its table holds for it (``held``: the
     delete's own, just written or already there, or another job's ranking above it), and
     whether a row another job wrote covers the delete (then whoever wrote that row
-    removes the item)."""
+    removes the item). ``written``: the row was written now (not found there)."""
 
     held: Tombstone
     covered: bool
+    written: bool = False
 
 
 class Removals(Protocol):
@@ -813,7 +814,7 @@ class DestinationWriter:
         held = self.tombstones.record(tombstone)
         if held is None:
             self.metrics.tombstones_written.labels(self.label).inc()
-            return RecordedDelete(tombstone, covered=False)
+            return RecordedDelete(tombstone, covered=False, written=True)
         # A correction removes a stale item: it always tries.
         covered = change.corrects is None and (
             held.rank > tombstone.rank or held.written_by != self.origin
@@ -838,13 +839,37 @@ class DestinationWriter:
             ranking=self.tombstone_ranking,
         )
 
-    def remove_held_below(self, change: Change, tombstone: Tombstone) -> bool:
+    def remove_held_below(
+        self, change: Change, tombstone: Tombstone, *, spare: Callable[[Item], bool] | None = None
+    ) -> bool:
         """Read the item, and delete it while it ranks at or below ``tombstone``: a read
         first, since the item is almost always gone and a failed conditional delete costs
-        a write."""
-        if self._read(change) is None:
+        a write. ``spare``: an item it says yes to stays, unless it is the deleted image
+        itself (``change``'s)."""
+        held = self._read(change)
+        if held is None:
+            return False
+        deleted = change.image
+        if spare is not None and spare(held) and (deleted is None or not same_item(held, deleted)):
             return False
         return self.remove_below(change.keys, tombstone, change.image)
+
+    def replace_exactly(self, keys: Item, expected: Item | None, item: Item | None) -> bool:
+        """Put ``item`` (None: delete the item) while the table holds exactly ``expected``
+        (None: no item); whether it was written. A correction of a stale local write
+        writes this way: it is meant for that stale image alone, and a job reading the
+        write again (after a restart) must not replace or remove what the application
+        wrote since. ``expected`` compared in part (a wide item): an item the write
+        replaced unseen is put back, and the source's stage is told (:attr:`removals`)."""
+        rule = self.ordered_rule
+        op = "put" if item is not None else "delete"
+        request = write_over(op, keys, expected, item, first=rule.ranking)
+        try:
+            return self._send_removal(keys, request, None)
+        except ClientError as error:
+            if classify(error) is not ErrorKind.CONDITION_FAILED:
+                raise
+            return False
 
     def undo_if_deleted(self, keys: Item, image: Item) -> Tombstone | None:
         """After a put created an item: if a live tombstone ranks at or above the image,
@@ -901,12 +926,14 @@ class DestinationWriter:
                 request = exact_write("delete", keys, held, rule.exactly(held))
         return False
 
-    def _send_removal(self, keys: Item, request: WriteRequest, tombstone: Tombstone) -> bool:
-        """Send a delete of :meth:`remove_below`. One that compares its item only in part
-        (a wide item tying the tombstone) may remove, unseen, a write that changed only
-        attributes it leaves out: that item is put back when it ranks above the tombstone,
-        and the source's stage is told (:attr:`removals`), as for any such delete."""
-        removals = self.removals if request.expects is not None else None
+    def _send_removal(self, keys: Item, request: WriteRequest, tombstone: Tombstone | None) -> bool:
+        """Send a delete of :meth:`remove_below` (or a write of :meth:`replace_exactly`,
+        ``tombstone`` None). One that compares its item only in part (a wide item tying
+        the tombstone) may replace, unseen, a write that changed only attributes it leaves
+        out: that item is put back when it ranks above the tombstone (without one:
+        whatever it is), and the source's stage is told of a delete (:attr:`removals`),
+        as for any such delete."""
+        removals = self.removals if request.expects is not None and request.op == "delete" else None
         key = key_id(keys) if removals is not None else ()
         if removals is not None:
             removals.expect_removal(key)
@@ -917,7 +944,7 @@ class DestinationWriter:
                 replaced
                 and request.expects is not None
                 and not same_item(replaced, request.expects)
-                and not tombstone.blocks(self.ordered_rule.rank(replaced))
+                and (tombstone is None or not tombstone.blocks(self.ordered_rule.rank(replaced)))
             ):
                 put_back = replaced
         finally:
@@ -925,7 +952,8 @@ class DestinationWriter:
                 removals.settle_removal(key, put_back)
         if put_back is None:
             return True
-        self._send_put_back(write_over("put", keys, None, put_back))
+        written = request.item if request.op == "put" else None
+        self._send_put_back(write_over("put", keys, cast("Item | None", written), put_back))
         return False
 
     def _tombstone_won(self, tombstone: Tombstone) -> str:

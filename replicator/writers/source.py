@@ -177,37 +177,77 @@ class SourceWriter:
         return stamp is not None and stamp.get("S") == self.writer.origin
 
     def _record_local_delete(self, change: Change) -> WriteResult:
-        self.writer.record_tombstone(change)
+        recorded = self.writer.record_tombstone(change)
         # A write-back from another region's job may have put an item ranking at or
         # below this delete into the source after the application's delete and before
         # this record (its tombstone check found nothing yet): remove it now.
         tombstone = self.writer.tombstone_for(change)
-        if tombstone is not None:
-            self.writer.remove_held_below(change, tombstone)
+        if tombstone is None:
+            return APPLIED
+        # This job recorded this very delete already (the record is read again, after a
+        # restart): it removed what was held then, and a write landing since checked the
+        # row. This region's own image held now is the application's later write (an
+        # update below the delete, on top of an image above it), which the stage corrects
+        # from its own record: it stays.
+        again = (
+            recorded is not None
+            and not recorded.written
+            and recorded.held.written_by == self.writer.origin
+            and recorded.held.rank == tombstone.rank
+        )
+        self.writer.remove_held_below(
+            change, tombstone, spare=self._stamped_here if again else None
+        )
         return APPLIED
 
     def _correct(self, change: Change, stale: Change) -> WriteResult:
-        """Write the higher state ``change`` carries in place of the local ``stale``."""
+        """Write the higher state ``change`` carries in place of the local ``stale``.
+
+        Only in place of ``stale``: the write applies while the source holds exactly the
+        stale image (no item, for a stale delete). The record may be read long after it
+        was made (a restart reads it again from the checkpoint), when the source holds
+        what the application wrote since: a newer image, or another stale one that its
+        own record corrects. Removing or replacing that would be a write the stream
+        shows as the application's (a delete of it, sent everywhere)."""
         self.notes.take_insert(change.key, change.position)
-        if change.tombstone is not None:
-            # A delete known by its tombstone, in this table already: remove the stale
-            # item while it ranks at or below it.
-            tombstone = change.tombstone
+        held = stale.new_image
+        if change.op_is_delete:
+            # A delete (remembered, or known by its tombstone alone): remove the stale
+            # image. A remembered one's tombstone is recorded first, as its record did.
+            rows: list[Tombstone | None] = []
             removed: list[bool] = []
 
             def remove(_: int) -> WriteResult:
-                removed.append(self.writer.remove_below(change.keys, tombstone, change.image))
+                if not rows:
+                    recorded = None
+                    if change.tombstone is None and self.writer.tombstones is not None:
+                        recorded = self.writer.record_tombstone(change)
+                    rows.append(recorded.held if recorded is not None else None)
+                removed.append(self.writer.replace_exactly(change.keys, held, None))
                 return APPLIED
 
-            self._retrying(change, remove)
-            return self._record(stale, None, tombstone, written=bool(removed and removed[-1]))
-        result = self._settled(change, self.writer.write(change))
-        written = result.outcome is Outcome.APPLIED
-        if change.op_is_delete:
-            return self._record(
-                stale, None, self._delete_of(change, result.tombstone), written=written
+            result = self._retrying(change, remove)
+            written = result.outcome is Outcome.APPLIED and bool(removed and removed[-1])
+            tombstone = change.tombstone or self._delete_of(change, rows[0] if rows else None)
+            return self._record(stale, None, tombstone, written=written)
+        image = change.new_image
+        assert image is not None
+        put: list[bool] = []
+
+        def put_over(_: int) -> WriteResult:
+            put.append(self.writer.replace_exactly(change.keys, held, image))
+            return APPLIED
+
+        result = self._retrying(change, put_over)
+        written = result.outcome is Outcome.APPLIED and bool(put and put[-1])
+        if written and held is None and self.writer.tombstones is not None:
+            # The put created the item: a delete recorded meanwhile may outrank it.
+            undone: list[Tombstone | None] = []
+            self._retrying(
+                change, lambda _: _keep(undone, self.writer.undo_if_deleted(change.keys, image))
             )
-        return self._record(stale, change.new_image, None, written=written)
+            written = not (undone and undone[-1] is not None)
+        return self._record(stale, image, None, written=written)
 
     def _delete_of(self, change: Change, held: Tombstone | None) -> Tombstone:
         """The delete a correction carries (one this job read in its stream), as the

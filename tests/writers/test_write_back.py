@@ -30,7 +30,7 @@ from replicator.metrics import Metrics
 from replicator.records import Change, Event
 from replicator.rules import OrderedRule
 from replicator.rules.order import image_digest
-from replicator.rules.requests import WriteRequest
+from replicator.rules.requests import WriteRequest, write_over
 from replicator.tombstones.model import Tombstone, tombstone_of
 from replicator.tombstones.table import TombstoneTable
 from replicator.writers.destination import DestinationWriter, Outcome
@@ -342,6 +342,60 @@ def test_a_stale_insert_below_a_delete_the_stage_forgot_is_corrected_from_its_to
     assert stage.route(update, Route.REPLICATE)[0].tombstone is not None
 
 
+@pytest.mark.parametrize("replayed_from", ["delete", "insert"])
+def test_a_restarted_job_corrects_only_the_stale_images_it_reads_again(
+    pair: Pair, replayed_from: str
+) -> None:
+    """The application deleted an item, created it again below the delete, updated it
+    above the delete, then wrote a stale update below both (clock behind). A new process
+    reads those records again (from the delete, or from the insert when the delete was
+    checkpointed): the source now holds the last, stale image. Recording the delete
+    again, and correcting the old stale insert, must not remove that image (it is not
+    the one they were meant for); its own correction puts the highest image back over
+    it, and that correction's record is the job's own."""
+    deleted = image(20, "us-east-1", "deleted")
+    delete = change("REMOVE", None, deleted)
+    first = HighWater(RULE, tombstones=True, keep_echoes_apart=True, notes=pair.source.notes)
+    assert pair.source.write(first.route(delete, Route.REPLICATE)[0]).outcome is (
+        Outcome.UNCHANGED
+    )  # recorded by the process that was stopped
+    stale, higher, later = (
+        image(18, "us-east-1", "stale"),
+        image(30, "us-east-1", "higher"),
+        image(19, "us-east-1", "later"),
+    )
+    pair.a.put_item(TableName=pair.table, Item=later)  # the application's last write
+    stage = HighWater(
+        RULE, tombstones=True, keep_echoes_apart=True, read_tombstones=pair.source.read_tombstones
+    )
+    pair.source.notes = stage.notes
+    if replayed_from == "delete":
+        again, _, _ = stage.route(delete, Route.REPLICATE)
+        stage.prefetch([])
+        assert pair.source.write(again).outcome is Outcome.UNCHANGED
+        assert pair.get(pair.a) == later
+    insert = change("INSERT", stale, seq=2)
+    correction, route, _ = stage.route(insert, Route.REPLICATE)
+    assert route is Route.REPLICATE and correction.corrects is insert
+    assert correction.event is Event.REMOVE
+    assert pair.source.write(correction).outcome is Outcome.CONFLICT_LOST
+    assert pair.get(pair.a) == later  # not the stale insert: it stays
+    update = change("MODIFY", higher, stale, seq=3)
+    assert stage.route(update, Route.REPLICATE) == (update, Route.REPLICATE, False)
+    stale_update = change("MODIFY", later, higher, seq=4)
+    put_back, _, _ = stage.route(stale_update, Route.REPLICATE)
+    assert put_back.corrects is stale_update and put_back.new_image == higher
+    assert pair.source.write(put_back).outcome is Outcome.CONFLICT_LOST
+    assert pair.get(pair.a) == higher
+    landed = change("MODIFY", higher, later, seq=5)  # the correction's own record
+    assert stage.route(landed, Route.REPLICATE)[1] is Route.LOOP_SKIPPED
+    assert [(e["loser"], e["write_back"]) for e in pair.log.entries] == [
+        (stale, False),
+        (later, True),
+    ]
+    assert stage.corrections == 2
+
+
 def test_an_insert_above_a_forgotten_delete_is_sent_on_and_read_once(pair: Pair) -> None:
     """A legitimate re-creation above the tombstone is replicated as it is; the stage's
     read of the tombstone stands for the source writer's, which reads nothing more."""
@@ -642,26 +696,24 @@ def test_a_local_record_read_while_a_write_back_of_its_image_is_in_flight_is_sen
 
 
 def _wide_tie(pair: Pair, stage: HighWater) -> tuple[Change, Item, Item]:
-    """A correction of a stale insert below a delete of a wide image in A, and the newer
-    item the application writes in A before the correction lands: the same timestamp and
-    stamp as the deleted image, differing only in an attribute the correction's delete
-    compares not, and ranking above that image by its digest. (The correction, the
-    deleted image, the newer item.)"""
-    deleted: Item = {**image(20, "us-east-1"), **{f"a{i:03}": {"N": "1"} for i in range(200)}}
+    """A correction of a stale wide insert below a delete in A, and the newer item the
+    application writes in A before the correction lands: the same timestamp and stamp as
+    the stale image, differing only in an attribute the correction's delete (of that
+    stale image alone) compares not, and ranking above the delete by its digest. (The
+    correction, the deleted image, the newer item.)"""
+    wide: Item = {**image(20, "us-east-1"), **{f"a{i:03}": {"N": "1"} for i in range(200)}}
+    compared = write_over("delete", KEY, wide, None, first=RULE.ranking)
+    assert compared.expects is not None  # compared in part
+    left_out = max(set(wide) - set(compared.names.values()))
+    variants = [{**wide, left_out: {"N": str(n)}} for n in range(2, 50)]
+    deleted = variants[0]
+    stale = next(item for item in variants if RULE.rank(item) < RULE.rank(deleted))
+    newer = next(item for item in variants if RULE.rank(item) > RULE.rank(deleted))
     delete, _, _ = stage.route(change("REMOVE", None, deleted), Route.REPLICATE)
     assert pair.source.write(delete).outcome is Outcome.UNCHANGED  # recorded
-    stale = image(10, "us-east-1", "stale")
     pair.a.put_item(TableName=pair.table, Item=stale)  # the application, unconditionally
     correction, _, _ = stage.route(change("INSERT", stale, seq=2), Route.REPLICATE)
     assert correction.corrects is not None and correction.old_image == deleted
-    plan = RULE.plan(correction)
-    assert isinstance(plan, WriteRequest) and plan.at_or_below
-    left_out = max(set(deleted) - set(plan.names.values()))
-    newer = next(
-        item
-        for item in ({**deleted, left_out: {"N": str(n)}} for n in range(2, 50))
-        if RULE.rank(item) > RULE.rank(deleted)
-    )
     pair.a.put_item(TableName=pair.table, Item=newer)
     written = change("MODIFY", newer, stale, seq=3)
     assert stage.route(written, Route.REPLICATE) == (written, Route.REPLICATE, False)
@@ -671,8 +723,9 @@ def _wide_tie(pair: Pair, stage: HighWater) -> tuple[Change, Item, Item]:
 def test_a_wide_item_the_source_writer_removed_unseen_and_put_back_is_not_deleted(
     pair: Pair,
 ) -> None:
-    """A correction's delete of a wide image compares it only in part: the application's
-    newer item, tying with it on everything compared, is removed and put back at once
+    """A correction's delete of a wide stale image compares it only in part: the
+    application's newer item, tying with it on everything compared, is removed and put
+    back at once
     (docs/conflict-rules.md, "Wide items"). The source's stream then carries that removal
     and the put-back: both are the job's own writes, not the application's delete and a
     stale insert below it, which would delete the newer item in every region."""
