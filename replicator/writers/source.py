@@ -15,7 +15,9 @@ holding something that ranks lower, so that it never replaces a newer write:
   write-back is on the wire waits for its answer, and is sent on if the write-back
   wrote nothing (the application's own record, see :class:`~replicator.highwater.SharedNotes`).
 * **corrections**: a local write that ranks below what the source held (stage
-  :mod:`replicator.highwater`) is replaced by the higher state, here and everywhere.
+  :mod:`replicator.highwater`) is replaced by the higher state, here and everywhere;
+  here only while the source still holds that stale image (a record read again after a
+  restart must not remove or replace what the application wrote since).
 * **tombstones** (``active_active.tombstones``): a local delete is recorded in the
   source's tombstone table, and a local put that ranks at or below a recorded delete is
   removed again.
