@@ -45,12 +45,26 @@ from replicator.exceptions import (
     PlanError,
     WriteCancelled,
 )
-from replicator.items import Item, KeyId, describe_key, item_from_wire, key_id, same_item
+from replicator.items import (
+    AttributeValue,
+    Item,
+    KeyId,
+    describe_key,
+    item_from_wire,
+    key_id,
+    same_item,
+)
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.rules import ConflictRule, OrderedRule, Skip, Verdict, WriteRequest
-from replicator.rules.order import below
-from replicator.rules.requests import exact_write, holds_outcome, holds_write, write_over
+from replicator.rules.order import all_of, any_of, below
+from replicator.rules.requests import (
+    exact_write,
+    expecting,
+    holds_outcome,
+    holds_write,
+    write_over,
+)
 from replicator.tombstones.model import Ranking, Tombstone, tombstone_of
 from replicator.tombstones.table import KEY_SCHEMA, TombstoneTable, TombstoneTableError
 from replicator.writers.wire import WireWriteClient
@@ -854,18 +868,73 @@ class DestinationWriter:
             return False
         return self.remove_below(change.keys, tombstone, change.image)
 
-    def replace_exactly(self, keys: Item, expected: Item | None, item: Item | None) -> bool:
+    def replace_exactly(
+        self,
+        keys: Item,
+        expected: Item | None,
+        item: Item | None,
+        *,
+        or_foreign_below: tuple[AttributeValue | None, AttributeValue | None] | None = None,
+    ) -> bool:
         """Put ``item`` (None: delete the item) while the table holds exactly ``expected``
         (None: no item); whether it was written. A correction of a stale local write
         writes this way: it is meant for that stale image alone, and a job reading the
         write again (after a restart) must not replace or remove what the application
-        wrote since. ``expected`` compared in part (a wide item): an item the write
-        replaced unseen is put back, and the source's stage is told (:attr:`removals`)."""
+        wrote since.
+
+        ``or_foreign_below``: a rank's (value, origin); the write also applies to an item
+        stamped by another region's job that ranks below it, which such a job wrote over
+        the stale image (a replicated write is conditional on what it replaces ranking
+        lower) and which no record of this region corrects (it is an echo here). An item
+        stamped here, or with no stamp, is the application's own later write: its own
+        record settles it.
+
+        ``expected`` compared in part (a wide item): an item the write replaced unseen
+        is put back (unless it is such a foreign item), and the source's stage is told
+        of a delete (:attr:`removals`)."""
         rule = self.ordered_rule
         op = "put" if item is not None else "delete"
         request = write_over(op, keys, expected, item, first=rule.ranking)
+        foreign: Callable[[Item], bool] = _nothing
+        if or_foreign_below is not None and rule.origin_attribute and self.origin:
+            ordering, origin = or_foreign_below
+            lower, names, values = below(rule.keyed_fields(keys), ordering, origin, None)
+            condition = (
+                all_of(lower, "#fo <> :fo"),
+                {**names, "#fo": rule.origin_attribute},
+                {**values, ":fo": {"S": self.origin}},
+            )
+            if expected is None:
+                joined = (
+                    any_of(request.condition, condition[0]),
+                    {**request.names, **condition[1]},
+                    {**request.values, **condition[2]},
+                )
+            else:
+                joined = rule.or_exactly(condition, expected)
+            fields = {rule.attribute: ordering, rule.origin_attribute: origin}
+            ceiling = rule.rank({k: v for k, v in fields.items() if v is not None})[:3]
+            stamp_of = rule.origin_attribute
+            here = self.origin
+
+            def foreign(held: Item) -> bool:
+                stamp = held.get(stamp_of)
+                text = stamp.get("S") if stamp is not None else None
+                return isinstance(text, str) and text != here and rule.rank(held)[:3] < ceiling
+
+            request = WriteRequest(
+                op=op,
+                item=item,
+                key=keys if item is None else None,
+                condition=joined[0],
+                names=joined[1],
+                values=joined[2],
+                expects=None
+                if expected is None
+                else cast("Item | None", expecting(expected, joined[1])),
+            )
         try:
-            return self._send_removal(keys, request, None)
+            return self._send_removal(keys, request, lambda replaced: not foreign(replaced))
         except ClientError as error:
             if classify(error) is not ErrorKind.CONDITION_FAILED:
                 raise
@@ -916,7 +985,9 @@ class DestinationWriter:
         )
         for _ in range(_RECONSIDERED_LIMIT):
             try:
-                return self._send_removal(keys, request, tombstone)
+                return self._send_removal(
+                    keys, request, lambda held: not tombstone.blocks(rule.rank(held))
+                )
             except ClientError as error:
                 if classify(error) is not ErrorKind.CONDITION_FAILED:
                     raise
@@ -926,13 +997,15 @@ class DestinationWriter:
                 request = exact_write("delete", keys, held, rule.exactly(held))
         return False
 
-    def _send_removal(self, keys: Item, request: WriteRequest, tombstone: Tombstone | None) -> bool:
-        """Send a delete of :meth:`remove_below` (or a write of :meth:`replace_exactly`,
-        ``tombstone`` None). One that compares its item only in part (a wide item tying
-        the tombstone) may replace, unseen, a write that changed only attributes it leaves
-        out: that item is put back when it ranks above the tombstone (without one:
-        whatever it is), and the source's stage is told of a delete (:attr:`removals`),
-        as for any such delete."""
+    def _send_removal(
+        self, keys: Item, request: WriteRequest, puts_back: Callable[[Item], bool]
+    ) -> bool:
+        """Send a delete of :meth:`remove_below` (or a write of :meth:`replace_exactly`).
+        One that compares its item only in part (a wide item tying the tombstone) may
+        replace, unseen, a write that changed only attributes it leaves out: that item is
+        put back when ``puts_back`` says so (for a removal, when it ranks above the
+        tombstone), and the source's stage is told of a delete (:attr:`removals`), as
+        for any such delete."""
         removals = self.removals if request.expects is not None and request.op == "delete" else None
         key = key_id(keys) if removals is not None else ()
         if removals is not None:
@@ -944,7 +1017,7 @@ class DestinationWriter:
                 replaced
                 and request.expects is not None
                 and not same_item(replaced, request.expects)
-                and (tombstone is None or not tombstone.blocks(self.ordered_rule.rank(replaced)))
+                and puts_back(replaced)
             ):
                 put_back = replaced
         finally:
@@ -1119,3 +1192,7 @@ def _missing_tombstones(error: BaseException, kind: ErrorKind) -> str:
             "(see 'Delete tombstones' in docs/active-active.md)"
         )
     return ""
+
+
+def _nothing(_: Item) -> bool:
+    return False

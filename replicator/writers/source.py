@@ -44,7 +44,7 @@ from replicator.config.model import SOURCE_LABEL_PREFIX
 from replicator.conflictlog.base import ConflictRecorder, Loss
 from replicator.highwater import SharedNotes
 from replicator.images import Image
-from replicator.items import Item, KeyId, describe_key
+from replicator.items import AttributeValue, Item, KeyId, describe_key
 from replicator.metrics import Metrics
 from replicator.records import Change, Event
 from replicator.rules.ordered import OrderedRule
@@ -173,6 +173,11 @@ class SourceWriter:
                 )
         return found
 
+    def _rank_fields(self, image: Item) -> tuple[AttributeValue | None, AttributeValue | None]:
+        """``image``'s (value, origin), which a correction's condition compares."""
+        origin = self.rule.origin_attribute
+        return image.get(self.rule.attribute), image.get(origin) if origin else None
+
     def _stamped_here(self, image: Item) -> bool:
         origin = self.rule.origin_attribute
         stamp = image.get(origin) if origin else None
@@ -218,6 +223,11 @@ class SourceWriter:
             # image. A remembered one's tombstone is recorded first, as its record did.
             rows: list[Tombstone | None] = []
             removed: list[bool] = []
+            if change.tombstone is not None:
+                ceiling = (change.tombstone.ordering, change.tombstone.origin)
+            else:
+                assert change.old_image is not None
+                ceiling = self._rank_fields(change.old_image)
 
             def remove(_: int) -> WriteResult:
                 if not rows:
@@ -225,7 +235,9 @@ class SourceWriter:
                     if change.tombstone is None and self.writer.tombstones is not None:
                         recorded = self.writer.record_tombstone(change)
                     rows.append(recorded.held if recorded is not None else None)
-                removed.append(self.writer.replace_exactly(change.keys, held, None))
+                removed.append(
+                    self.writer.replace_exactly(change.keys, held, None, or_foreign_below=ceiling)
+                )
                 return APPLIED
 
             result = self._retrying(change, remove)
@@ -237,7 +249,11 @@ class SourceWriter:
         put: list[bool] = []
 
         def put_over(_: int) -> WriteResult:
-            put.append(self.writer.replace_exactly(change.keys, held, image))
+            put.append(
+                self.writer.replace_exactly(
+                    change.keys, held, image, or_foreign_below=self._rank_fields(image)
+                )
+            )
             return APPLIED
 
         result = self._retrying(change, put_over)

@@ -396,6 +396,43 @@ def test_a_restarted_job_corrects_only_the_stale_images_it_reads_again(
     assert stage.corrections == 2
 
 
+def test_a_correction_replaces_another_regions_write_landed_over_the_stale_image(
+    pair: Pair,
+) -> None:
+    """B's job replicated an image into A over the stale local write before its
+    correction landed (its put applies onto an item ranking below it). That image ranks
+    below the correction's and is an echo in A's stream, which nothing else corrects:
+    the correction replaces it (or, below a delete, removes it), as it would the stale
+    image itself. A later write of A's own application is left to its own record."""
+    stage = HighWater(RULE, tombstones=True, keep_echoes_apart=True, notes=pair.source.notes)
+    higher, stale = image(30, "us-east-1", "higher"), image(10, "us-east-1", "stale")
+    stage.route(change("INSERT", higher), Route.REPLICATE)
+    stale_update = change("MODIFY", stale, higher, seq=2)
+    put_back, _, _ = stage.route(stale_update, Route.REPLICATE)
+    landed = image(20, "eu-west-1", "landed")
+    pair.a.put_item(TableName=pair.table, Item=landed)  # B's job, over the stale image
+    assert pair.source.write(put_back).outcome is Outcome.CONFLICT_LOST
+    assert pair.get(pair.a) == higher
+    # Below a delete: the stale insert's correction removes such an image too.
+    delete = change("REMOVE", None, higher, seq=3)
+    stage.route(delete, Route.REPLICATE)
+    pair.a.delete_item(TableName=pair.table, Key=KEY)
+    assert pair.source.write(delete).outcome is Outcome.UNCHANGED
+    again = image(25, "us-east-1", "again")
+    correction, _, _ = stage.route(change("INSERT", again, seq=4), Route.REPLICATE)
+    assert correction.event is Event.REMOVE and correction.old_image == higher
+    pair.a.put_item(TableName=pair.table, Item=image(28, "eu-west-1", "landed"))
+    assert pair.source.write(correction).outcome is Outcome.CONFLICT_LOST
+    assert pair.get(pair.a) is None
+    # This region's own later image below the delete stays: its own record settles it.
+    correction, _, _ = stage.route(change("INSERT", image(26, "us-east-1"), seq=5), Route.REPLICATE)
+    mine = image(27, "us-east-1", "mine")
+    pair.a.put_item(TableName=pair.table, Item=mine)
+    assert pair.source.write(correction).outcome is Outcome.CONFLICT_LOST
+    assert pair.get(pair.a) == mine
+    assert [e["write_back"] for e in pair.log.entries] == [True, True, False]
+
+
 def test_an_insert_above_a_forgotten_delete_is_sent_on_and_read_once(pair: Pair) -> None:
     """A legitimate re-creation above the tombstone is replicated as it is; the stage's
     read of the tombstone stands for the source writer's, which reads nothing more."""
