@@ -899,10 +899,13 @@ class DestinationWriter:
         if or_foreign_below is not None and rule.origin_attribute and self.origin:
             ordering, origin = or_foreign_below
             lower, names, values = below(rule.keyed_fields(keys), ordering, origin, None)
+            # Stamped, as a string, by another region: no item, or one without a stamp
+            # (the application's own later write), is no such item (``<>`` alone holds
+            # for a missing attribute, and ``below`` for a missing item).
             condition = (
-                all_of(lower, "#fo <> :fo"),
+                all_of(lower, "attribute_type(#fo, :fs) AND #fo <> :fo"),
                 {**names, "#fo": rule.origin_attribute},
-                {**values, ":fo": {"S": self.origin}},
+                {**values, ":fo": {"S": self.origin}, ":fs": {"S": "S"}},
             )
             if expected is None:
                 joined = (

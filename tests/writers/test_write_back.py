@@ -433,6 +433,35 @@ def test_a_correction_replaces_another_regions_write_landed_over_the_stale_image
     assert [e["write_back"] for e in pair.log.entries] == [True, True, False]
 
 
+def test_a_correction_read_again_writes_nothing_where_the_item_is_gone_or_unstamped(
+    pair: Pair,
+) -> None:
+    """A stale update corrected, then the item deleted by the application (replicated
+    everywhere): a restart reads the stale update again, and its correction must not put
+    the higher image back into an empty source (without tombstones nothing would remove
+    it again, and the regions would stay apart). Nor does it replace an image without an
+    origin stamp, the application's own later write, which its own record settles."""
+    higher, stale = image(30, "eu-west-1", "higher"), image(10, "us-east-1", "stale")
+    pair.a.put_item(TableName=pair.table, Item=stale)
+    stage = HighWater(RULE, tombstones=False, keep_echoes_apart=True, notes=pair.source.notes)
+    first, _, _ = stage.route(change("MODIFY", stale, higher, seq=2), Route.REPLICATE)
+    assert first.corrects is not None
+    pair.source.write(first)
+    assert pair.get(pair.a) == higher
+    pair.a.delete_item(TableName=pair.table, Key=KEY)  # the application, replicated
+    again = HighWater(RULE, tombstones=False, keep_echoes_apart=True, notes=pair.source.notes)
+    replayed, _, _ = again.route(change("MODIFY", stale, higher, seq=2), Route.REPLICATE)
+    assert replayed.corrects is not None
+    pair.source.write(replayed)
+    assert pair.get(pair.a) is None
+    unstamped = {**KEY, "ts": {"N": "12"}, "v": {"S": "unstamped"}}
+    pair.a.put_item(TableName=pair.table, Item=unstamped)
+    later = HighWater(RULE, tombstones=False, keep_echoes_apart=True, notes=pair.source.notes)
+    replayed, _, _ = later.route(change("MODIFY", stale, higher, seq=2), Route.REPLICATE)
+    pair.source.write(replayed)
+    assert pair.get(pair.a) == unstamped
+
+
 def test_an_insert_above_a_forgotten_delete_is_sent_on_and_read_once(pair: Pair) -> None:
     """A legitimate re-creation above the tombstone is replicated as it is; the stage's
     read of the tombstone stands for the source writer's, which reads nothing more."""
