@@ -17,7 +17,7 @@ from replicator.conflictlog.entry import entry_id
 from replicator.conflictlog.file import FileConflictLog
 from tests.conflictlog.test_conflict_command import Restorable, invoke, listed_ids, no_traceback
 from tests.conflictlog.test_conflict_log import conflict, job_file
-from tests.support.aws import client, create_table
+from tests.support.aws import client, create_table, no_aws_credentials
 
 
 def repointed(case: Restorable, tmp_path: Path, region: str, table: str) -> Path:
@@ -130,17 +130,7 @@ def test_a_restore_refused_for_its_credentials_says_nothing_was_written(
     from replicator.cli import cli
 
     case = Restorable(moto_endpoint, unique, tmp_path)
-    no_credentials = {
-        "AWS_ACCESS_KEY_ID": None,
-        "AWS_SECRET_ACCESS_KEY": None,
-        "AWS_SESSION_TOKEN": None,
-        "AWS_PROFILE": None,
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-        "AWS_CONFIG_FILE": str(tmp_path / "none"),
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI": None,
-        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": None,
-    }
+    no_credentials = no_aws_credentials(tmp_path)
     result = CliRunner().invoke(
         cli, ["conflicts", "-c", str(case.config), "--restore", case.entry.id], env=no_credentials
     )

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from replicator.cli import cli
 from replicator.demo import tables
-from tests.support.aws import client
+from tests.support.aws import client, no_aws_credentials
 from tests.support.cli import in_process
 from tests.support.faults.proxy import FaultProxy
 
@@ -195,18 +195,7 @@ def test_a_bad_environment_gives_one_clear_error_and_exit_3(
             moto_endpoint, kwargs.pop("source", src), kwargs.pop("destination", dst), **kwargs
         )
 
-    no_credentials: dict[str, str | None] = {
-        "AWS_ACCESS_KEY_ID": None,
-        "AWS_SECRET_ACCESS_KEY": None,
-        "AWS_SESSION_TOKEN": None,
-        "AWS_PROFILE": None,
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
-        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": None,
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI": None,
-        "AWS_WEB_IDENTITY_TOKEN_FILE": None,
-    }
+    no_credentials = no_aws_credentials(tmp_path)
     failing = tmp_path / "failing-config"
     failing.write_text("[profile failing]\ncredential_process = /bin/false\n")
     cases = [

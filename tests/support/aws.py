@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -75,3 +76,20 @@ class LostAnswers:
         mode, self.mode = self.mode, None
         if mode == "landed":
             raise self._timeout()
+
+
+def no_aws_credentials(directory: Path) -> dict[str, str | None]:
+    """Variables that leave the AWS default chain with nothing to find (no keys, no
+    profile files, no instance or container metadata), for a process's environment."""
+    return {
+        "AWS_ACCESS_KEY_ID": None,
+        "AWS_SECRET_ACCESS_KEY": None,
+        "AWS_SESSION_TOKEN": None,
+        "AWS_PROFILE": None,
+        "AWS_SHARED_CREDENTIALS_FILE": str(directory / "no-credentials"),
+        "AWS_CONFIG_FILE": str(directory / "no-config"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": None,
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI": None,
+        "AWS_WEB_IDENTITY_TOKEN_FILE": None,
+    }
