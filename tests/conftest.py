@@ -67,7 +67,7 @@ _LONGEST_FIRST = (
     "runtime/local/test_local_runtime_failures.py",  # 33
     "conflictlog/test_conflict_command.py",  # 33
     "runtime/local/test_local_runtime_backpressure.py",  # 29
-    "runtime/local/test_stock_moto.py",  # 28: writers at once on moto's own server
+    "runtime/local/test_stock_moto.py",  # 25: writers at once on moto's own server
     "reliability/test_destination_down.py",  # 27
     "metrics/test_metrics.py",  # 26
     "test_squash_equivalence.py",  # 25

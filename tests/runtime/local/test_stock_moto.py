@@ -29,7 +29,7 @@ from tests.support.e2e import Job, stop, wait_until
 from tests.support.stock_moto import HELD, StockMoto
 
 WRITERS = 8
-PUTS = 100  # per writer at least: each goes on until the held write has returned
+PUTS = 25  # per writer at least: each goes on until the held write has returned
 LOWER = (
     "a stream record carries a sequence number below the last one read; applied in the order read"
 )
