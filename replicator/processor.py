@@ -50,6 +50,7 @@ from replicator.exceptions import (
 from replicator.intake import ShardIntake
 from replicator.metrics import Metrics
 from replicator.pipeline import CONFLICT_LOG_WAIT
+from replicator.runtime.kcl.awaited import AnswerNotes
 from replicator.runtime.local.protocol import RELEASE_SIGNAL
 from replicator.shards.leases import LATEST, TRIM_HORIZON
 
@@ -118,8 +119,12 @@ class ReplicationProcessor:
         report_interval_s: float = 1.0,
         shutdown_flush_timeout_s: float = PROCESSOR_FLUSH_TIMEOUT_MS / 1000,
         pause: Callable[[float], None] = time.sleep,
+        notes: AnswerNotes | None = None,
     ) -> None:
+        """``notes``: where the launcher of ``runtime: kcl`` learns of a processRecords
+        held unanswered (:mod:`replicator.runtime.kcl.awaited`)."""
         self._build = build
+        self._notes = notes
         self.metrics = metrics
         self._exit = exit_process
         self._report_interval_s = report_interval_s
@@ -176,16 +181,25 @@ class ReplicationProcessor:
         if self._lease_lost:
             return
         received_at = time.time()
-        records = process_records_input.records
-        pipeline = intake.pipeline
-        behind = process_records_input.millis_behind_latest
-        if not records and at_the_tip(behind):
-            # The local runtime reads again only after this process answered the previous
-            # action, so this empty read started after ``_answered_at``.
-            pipeline.note_empty_read(previous_answer_at=self._answered_at, received_at=received_at)
-        intake.accept(records, int(behind or 0))
-        pipeline.wait_for_room()
-        self._advance(process_records_input.checkpointer, intake)
+        notes = self._notes
+        if notes is not None:
+            notes.received(self._checkpoints().shard_id, received_at)
+        try:
+            records = process_records_input.records
+            pipeline = intake.pipeline
+            behind = process_records_input.millis_behind_latest
+            if not records and at_the_tip(behind):
+                # The local runtime reads again only after this process answered the
+                # previous action, so this empty read started after ``_answered_at``.
+                pipeline.note_empty_read(
+                    previous_answer_at=self._answered_at, received_at=received_at
+                )
+            intake.accept(records, int(behind or 0))
+            pipeline.wait_for_room()
+            self._advance(process_records_input.checkpointer, intake)
+        finally:
+            if notes is not None:
+                notes.answered()
         self._answered_at = time.time()
 
     @_fail_fast
@@ -662,7 +676,10 @@ def serve_daemon(resolved: Any) -> NoReturn:
         )
 
     processor = ReplicationProcessor(
-        build, metrics, shutdown_flush_timeout_s=resolved.job.kcl.shutdown_flush_ms / 1000
+        build,
+        metrics,
+        shutdown_flush_timeout_s=resolved.job.kcl.shutdown_flush_ms / 1000,
+        notes=AnswerNotes.from_environment(),
     )
     # Before the protocol starts: the local runtime signals only a processor that has
     # answered initialize.

@@ -59,7 +59,7 @@ from replicator.metrics import multiprocess
 from replicator.metrics.server import MetricsServer
 from replicator.runtime import hostlock, preflight, supervisor
 from replicator.runtime.jobcopy import JOB_FILE_ENV, write_job_copy
-from replicator.runtime.kcl import daemon_log, java
+from replicator.runtime.kcl import awaited, daemon_log, java
 from replicator.runtime.kcl.properties import (
     check_template,
     render_properties,
@@ -541,11 +541,16 @@ def run_kcl(
     watch: StreamWatch | None = None
 
     def problems() -> list[str]:
-        return daemon.problems() if daemon is not None else []
+        if daemon is None:
+            return []
+        return daemon.problems() + awaited.unanswered(notes, job.metrics.stall_after_s)
 
     lock = _worker_lock(resolved)
+    workdir = tempfile.TemporaryDirectory(prefix="replicator-kcl-")
+    # Each processor's note of the processRecords it has not answered yet (awaited.py).
+    notes = Path(workdir.name) / "awaited"
     with (
-        tempfile.TemporaryDirectory(prefix="replicator-kcl-") as workdir,
+        workdir,
         supervisor.MetricsHold(resolved, problems, [_DaemonCollector(lambda: daemon)]) as held,
         contextlib.ExitStack() as let_go,
     ):
@@ -565,18 +570,20 @@ def run_kcl(
         # a port in use refuses the start having created nothing.
         try:
             prepared = prepare_run(
-                resolved, Path(workdir), stopped=stop_held, before_creating=before_creating
+                resolved, Path(workdir.name), stopped=stop_held, before_creating=before_creating
             )
         except preflight.Stopped:
             supervisor.stopped_while_starting("KCL runtime stopped before it started")
             return 0
         served = before_creating()  # taken and bound by the preflight already
+        notes.mkdir()
         # The processors expand ${VAR} in the job's copy from this same environment,
         # and name the operator's file in their messages.
         env = {
             **os.environ,
             multiprocess.ENV: str(served.samples.path),
             JOB_FILE_ENV: str(resolved.path),
+            awaited.ENV: str(notes),
         }
         daemon = DaemonProcess(
             prepared.argv, env, grace_s=shutdown_grace_ms(job) / 1000, level=job.logging.level

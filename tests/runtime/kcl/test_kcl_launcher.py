@@ -572,6 +572,12 @@ child_code = (
     "time.sleep(600)\\n"
     if mode == "stubborn-child"
     else "import os, sys, time\\n"
+    # A processor that received a processRecords long ago and never answered it.
+    "from replicator.runtime.kcl.awaited import AnswerNotes\\n"
+    "AnswerNotes.from_environment().received('shardId-held', time.time() - 1000)\\n"
+    "while os.getppid() == int(sys.argv[1]): time.sleep(0.1)\\n"
+    if mode == "held"
+    else "import os, sys, time\\n"
     "while os.getppid() == int(sys.argv[1]): time.sleep(0.1)\\n"
 )
 children = [
@@ -920,6 +926,40 @@ def test_health_names_a_daemon_that_is_not_running() -> None:
         assert daemon.problems() == ["the daemon is not running"]
     finally:
         daemon.clean_up()
+
+
+def test_health_names_each_processor_holding_a_process_records_unanswered(
+    stand_in: Any,
+) -> None:
+    """The daemon waits on its processors without limit: one that stops answering (stuck,
+    SIGSTOP) froze its lag while /healthz said ok. Each processor notes the processRecords
+    it holds in the directory the run names; /healthz is 503 naming every one held for
+    metrics.stall_after_s, and forgets a processor once it is gone."""
+    run = stand_in("held")
+    record = run.record()
+    port = logged_metrics_port(run.log)
+    first, second = record["children"]
+
+    def reasons() -> list[str]:
+        status, body = health(port)
+        assert status == (503 if body["reasons"] else 200), body
+        return list(body["reasons"])
+
+    def held(pid: int) -> str:
+        return f"the processor (pid {pid}) of shard shardId-held has not answered processRecords"
+
+    found = wait_until(lambda: len(reasons()) == 2 and reasons(), 30, "both processors named")
+    assert [reason[: len(held(first))] for reason in sorted(found)] == sorted(
+        [held(first), held(second)]
+    )
+    assert all("is stuck" in reason for reason in found)
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: [r[: len(held(second))] for r in reasons()] == [held(second)], 30, "one")
+    os.kill(second, signal.SIGKILL)
+    wait_until(lambda: reasons() == [], 30, "/healthz ok once neither processor is left")
+    assert run.process.poll() is None
+    run.process.send_signal(signal.SIGTERM)
+    assert run.process.wait(30) == 0, run.log.read_text()[-2000:]
 
 
 def test_a_daemon_killed_for_not_stopping_in_time_is_a_stop_that_did_not_complete(
