@@ -155,6 +155,8 @@ class ReplicationProcessor:
             )
         shard_id = str(initialize_input.shard_id)
         logs.bind_everywhere(shard=shard_id)
+        if self._notes is not None:
+            self._notes.started(shard_id)
         self.intake = self._build(shard_id)
         self.checkpoints = Checkpoints(self.metrics, shard_id)
         start = initialize_input.sequence_number
@@ -183,7 +185,7 @@ class ReplicationProcessor:
         received_at = time.time()
         notes = self._notes
         if notes is not None:
-            notes.received(self._checkpoints().shard_id, received_at)
+            notes.received(received_at)
         try:
             records = process_records_input.records
             pipeline = intake.pipeline
@@ -431,6 +433,8 @@ class ReplicationProcessor:
                 log.error("the daemon is gone; exiting")
                 self._exit(1)
                 return
+            if self._notes is not None:
+                self._notes.heard()
             intake = self.intake
             if intake is None or self._lease_lost:
                 continue

@@ -1,13 +1,16 @@
-"""Which ``processRecords`` a processor has held unanswered, for ``/healthz`` under the KCL.
+"""Which processor has held a ``processRecords``, or gone silent, for ``/healthz`` under the KCL.
 
 Under ``runtime: kcl`` the Java daemon, not this package, talks to the processors, and it
 waits on a processor without limit. A processor that stops answering (deadlocked, stopped
 by SIGSTOP, a frozen host) keeps its gauges, lag included, at their last values, so lag
-alerts stay quiet while its shard replicates nothing. Each processor therefore notes, in
-a file of its own in the directory the launcher names in :data:`ENV`, when it received
-the ``processRecords`` it is working on, and removes the note when it answers; the
-launcher reads the notes whenever health is judged and reports a processor that has held
-one for ``metrics.stall_after_s``, in the words the local runtime uses.
+alerts stay quiet while its shard replicates nothing. Each processor therefore keeps a
+note, a file of its own in the directory the launcher names in :data:`ENV`: written when
+it starts a shard, again when a ``processRecords`` arrives (with its time) and when it is
+answered, and touched every second by the processor's report thread. The launcher reads
+the notes whenever health is judged and reports a processor that has held one batch for
+``metrics.stall_after_s`` (in the words the local runtime uses), or whose note nobody
+touched for as long (the whole process stopped: a processor stopped between batches
+never reads the next one).
 
 A note whose process is gone is dropped: a processor that died is the daemon's to start
 again, and its shard may be taken by another host meanwhile. A process is told from a
@@ -43,10 +46,11 @@ def _started(pid: int) -> str | None:
 
 @dataclass
 class AnswerNotes:
-    """The processor's side: one note file, written when a ``processRecords`` arrives."""
+    """The processor's side: its one note."""
 
     directory: Path
     pid: int
+    shard_id: str = ""
     _failed: bool = False
 
     @classmethod
@@ -60,18 +64,29 @@ class AnswerNotes:
     def path(self) -> Path:
         return self.directory / f"{self.pid}.json"
 
-    def received(self, shard_id: str, at: float) -> None:
-        note = {"shard": shard_id, "since": at, "started": _started(self.pid)}
+    def started(self, shard_id: str) -> None:
+        self.shard_id = shard_id
+        self._write(None)
+
+    def received(self, at: float) -> None:
+        self._write(at)
+
+    def answered(self) -> None:
+        self._write(None)
+
+    def heard(self) -> None:
+        """The process runs (the report thread's beat, every second)."""
+        try:
+            os.utime(self.path)
+        except OSError as error:
+            self._could_not(error)
+
+    def _write(self, since: float | None) -> None:
+        note = {"shard": self.shard_id, "since": since, "started": _started(self.pid)}
         partial = self.directory / f".{self.pid}.json"
         try:
             partial.write_text(json.dumps(note))
             partial.replace(self.path)  # whole, for a reader at any moment
-        except OSError as error:
-            self._could_not(error)
-
-    def answered(self) -> None:
-        try:
-            self.path.unlink(missing_ok=True)
         except OSError as error:
             self._could_not(error)
 
@@ -80,8 +95,8 @@ class AnswerNotes:
         if not self._failed:
             self._failed = True
             log.warning(
-                "the processor cannot note its processRecords for /healthz, which will not "
-                "see it if it stops answering",
+                "the processor cannot keep its note for /healthz, which will not see it "
+                "if it stops answering",
                 directory=str(self.directory),
                 error=str(error),
             )
@@ -89,8 +104,8 @@ class AnswerNotes:
 
 def unanswered(directory: Path, stall_after_s: float, now: float | None = None) -> list[str]:
     """The launcher's side: a reason for each live processor that has held a
-    ``processRecords`` for ``stall_after_s`` or longer. Notes of processes that are gone
-    are removed."""
+    ``processRecords``, or not touched its note, for ``stall_after_s`` or longer. Notes
+    of processes that are gone are removed."""
     now = time.time() if now is None else now
     reasons = []
     try:
@@ -100,20 +115,27 @@ def unanswered(directory: Path, stall_after_s: float, now: float | None = None) 
     for path in notes:
         try:
             pid = int(path.stem)
+            heard = path.stat().st_mtime
             note = json.loads(path.read_text())
-            since = float(note["since"])
+            since = None if note["since"] is None else float(note["since"])
             shard = str(note["shard"])
         except (OSError, ValueError, KeyError, TypeError):
-            continue  # answered meanwhile (removed), or not a note of ours
+            continue  # being replaced, or not a note of ours
         started = _started(pid)
         if started is None or started != note.get("started"):
             path.unlink(missing_ok=True)  # the processor is gone (its pid may be reused)
             continue
-        held_s = now - since
-        if held_s >= stall_after_s:
+        silent_s = now - heard
+        held_s = None if since is None else now - since
+        if held_s is not None and held_s >= stall_after_s:
             reasons.append(
                 f"the processor (pid {pid}) of shard {shard} has not answered processRecords "
                 f"for {held_s:.0f}s: it waits for room in its buffer (a destination takes no "
                 "writes) or is stuck"
+            )
+        elif silent_s >= stall_after_s:
+            reasons.append(
+                f"the processor (pid {pid}) of shard {shard} has not been heard from for "
+                f"{silent_s:.0f}s: the process is stopped (SIGSTOP) or cannot run"
             )
     return reasons

@@ -17,6 +17,7 @@ from amazon_kclpy import messages
 from replicator.metrics import Metrics
 from replicator.processor import ReplicationProcessor
 from replicator.runtime.kcl.awaited import ENV, AnswerNotes, unanswered
+from tests.support.e2e import wait_until
 from tests.test_processor_protocol import EmptyReadIntake
 
 
@@ -58,14 +59,41 @@ def run_one_batch(notes: AnswerNotes | None, intake: EmptyReadIntake) -> list[in
     return exits
 
 
-def test_a_batch_is_noted_while_it_is_held_and_the_note_goes_with_the_answer(
-    tmp_path: Path,
-) -> None:
+def note_of(directory: Path, pid: int) -> dict[str, Any]:
+    note: dict[str, Any] = json.loads((directory / f"{pid}.json").read_text())
+    return note
+
+
+def test_a_batch_is_noted_while_it_is_held_and_answered_with_it(tmp_path: Path) -> None:
     intake = NotedIntake(tmp_path)
     assert run_one_batch(AnswerNotes(tmp_path, os.getpid()), intake) == []
-    (note,) = intake.seen
-    assert note["shard"] == "shardId-7" and note["started"]
-    assert list(tmp_path.iterdir()) == []  # answered: nothing held
+    (held,) = intake.seen
+    assert held["shard"] == "shardId-7" and held["since"] and held["started"]
+    assert note_of(tmp_path, os.getpid()) == {**held, "since": None}
+
+
+def test_the_report_thread_touches_the_note_every_beat(tmp_path: Path) -> None:
+    notes = AnswerNotes(tmp_path, os.getpid())
+    processor = ReplicationProcessor(
+        lambda _shard: EmptyReadIntake(),  # type: ignore[arg-type,return-value]
+        Metrics(),
+        report_interval_s=0.05,
+        notes=notes,
+    )
+    messages.InitializeInput(
+        {
+            "action": "initialize",
+            "shardId": "shardId-7",
+            "sequenceNumber": "TRIM_HORIZON",
+            "subSequenceNumber": 0,
+        }
+    ).dispatch(object(), processor)
+    try:
+        os.utime(notes.path, (0, 0))
+        wait_until(lambda: notes.path.stat().st_mtime > 0, 10, "the note touched")
+    finally:
+        processor.close()
+    assert note_of(tmp_path, os.getpid())["since"] is None
 
 
 def test_the_notes_are_taken_from_the_launchers_variable(
@@ -85,15 +113,18 @@ def test_a_note_that_cannot_be_written_is_said_once_and_the_batches_go_on(
     notes = AnswerNotes(gone, os.getpid())
     assert run_one_batch(notes, intake) == []
     assert run_one_batch(notes, intake) == []
+    notes.heard()
     assert intake.accepted == [0, 0]
     captured = capsys.readouterr()
-    said = [line for line in (captured.out + captured.err).splitlines() if "cannot note" in line]
+    said = [line for line in (captured.out + captured.err).splitlines() if "cannot keep" in line]
     assert len(said) == 1 and str(gone) in said[0]
 
 
 def test_a_live_processor_holding_a_batch_past_the_limit_is_named(tmp_path: Path) -> None:
     notes = AnswerNotes(tmp_path, os.getpid())
-    notes.received("shardId-7", at=1000.0)
+    notes.started("shardId-7")
+    notes.received(at=1000.0)
+    os.utime(notes.path, (1290.0, 1290.0))  # heard from since
     assert unanswered(tmp_path, 300, now=1299.0) == []
     (reason,) = unanswered(tmp_path, 300, now=1300.0)
     assert reason == (
@@ -102,18 +133,36 @@ def test_a_live_processor_holding_a_batch_past_the_limit_is_named(tmp_path: Path
         "writes) or is stuck"
     )
     notes.answered()
+    os.utime(notes.path, (4990.0, 4990.0))
     assert unanswered(tmp_path, 300, now=5000.0) == []
+
+
+def test_a_live_processor_not_heard_from_past_the_limit_is_named(tmp_path: Path) -> None:
+    """Stopped between batches (SIGSTOP), a processor never reads the next one: its note
+    holds no batch, and nothing touches it."""
+    notes = AnswerNotes(tmp_path, os.getpid())
+    notes.started("shardId-7")
+    os.utime(notes.path, (1000.0, 1000.0))
+    assert unanswered(tmp_path, 300, now=1299.0) == []
+    (reason,) = unanswered(tmp_path, 300, now=1300.0)
+    assert reason == (
+        f"the processor (pid {os.getpid()}) of shard shardId-7 has not been heard from for "
+        "300s: the process is stopped (SIGSTOP) or cannot run"
+    )
+    notes.heard()
+    assert unanswered(tmp_path, 300) == []
 
 
 def test_the_note_of_a_processor_that_is_gone_is_dropped(tmp_path: Path) -> None:
     finished = subprocess.Popen([sys.executable, "-c", "pass"])
     finished.wait()
-    AnswerNotes(tmp_path, finished.pid).received("shardId-1", at=0.0)
+    ended = AnswerNotes(tmp_path, finished.pid)
+    ended.started("shardId-1")
+    ended.received(at=0.0)
     # A pid in use again by another process: its start time is not the note's.
     reused = AnswerNotes(tmp_path, os.getpid())
-    reused.received("shardId-2", at=0.0)
-    note = json.loads(reused.path.read_text())
-    reused.path.write_text(json.dumps({**note, "started": "1"}))
+    reused.started("shardId-2")
+    reused.path.write_text(json.dumps({**note_of(tmp_path, os.getpid()), "started": "1"}))
     (tmp_path / "notes.txt").write_text("not a note")
     (tmp_path / "123.json").write_text("{")  # a note being replaced: read next time
 

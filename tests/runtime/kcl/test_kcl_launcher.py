@@ -574,7 +574,9 @@ child_code = (
     else "import os, sys, time\\n"
     # A processor that received a processRecords long ago and never answered it.
     "from replicator.runtime.kcl.awaited import AnswerNotes\\n"
-    "AnswerNotes.from_environment().received('shardId-held', time.time() - 1000)\\n"
+    "notes = AnswerNotes.from_environment()\\n"
+    "notes.started('shardId-held')\\n"
+    "notes.received(time.time() - 1000)\\n"
     "while os.getppid() == int(sys.argv[1]): time.sleep(0.1)\\n"
     if mode == "held"
     else "import os, sys, time\\n"
