@@ -185,7 +185,7 @@ class ReplicationProcessor:
         received_at = time.time()
         notes = self._notes
         if notes is not None:
-            notes.received(received_at)
+            notes.received()
         try:
             records = process_records_input.records
             pipeline = intake.pipeline

@@ -6,10 +6,10 @@ by SIGSTOP, a frozen host) keeps its gauges, lag included, at their last values,
 alerts stay quiet while its shard replicates nothing. Each processor therefore keeps a
 note, a file of its own in the directory the launcher names in :data:`ENV`: written when
 it starts a shard, again when a ``processRecords`` arrives (with its time) and when it is
-answered, and touched every second by the processor's report thread. The launcher reads
+answered, and again every second by the processor's report thread. The launcher reads
 the notes whenever health is judged and reports a processor that has held one batch for
-``metrics.stall_after_s`` (in the words the local runtime uses), or whose note nobody
-touched for as long (the whole process stopped: a processor stopped between batches
+``metrics.stall_after_s`` (in the words the local runtime uses), or whose note was not
+written for as long (the whole process stopped: a processor stopped between batches
 never reads the next one).
 
 A note whose process is gone is dropped: a processor that died is the daemon's to start
@@ -19,10 +19,12 @@ later one with its pid by its start time (``/proc/PID/stat``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -44,14 +46,29 @@ def _started(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 and fields[0] != "Z" else None
 
 
+# The report thread's beat (replicator.processor: every second), and how many beats a
+# processor may miss before it counts as not heard from, whatever metrics.stall_after_s
+# says (a limit below a few beats would name idle, healthy processors between two).
+BEAT_S = 1.0
+MISSED_BEATS = 5
+
+
 @dataclass
 class AnswerNotes:
-    """The processor's side: its one note."""
+    """The processor's side: its one note. Times are ``time.monotonic()``, which is one
+    clock for every process of the host and does not step with the wall clock."""
 
     directory: Path
     pid: int
     shard_id: str = ""
-    _failed: bool = False
+    _since: float | None = field(default=None, init=False)
+    _start_ticks: str | None = field(default=None, init=False)
+    _failed: bool = field(default=False, init=False)
+    # The protocol's thread and the report thread both write the note.
+    _writing: threading.Lock = field(default_factory=threading.Lock, init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._start_ticks = _started(self.pid)
 
     @classmethod
     def from_environment(cls) -> AnswerNotes | None:
@@ -66,37 +83,46 @@ class AnswerNotes:
 
     def started(self, shard_id: str) -> None:
         self.shard_id = shard_id
-        self._write(None)
+        self._write()
 
-    def received(self, at: float) -> None:
-        self._write(at)
+    def received(self) -> None:
+        self._since = time.monotonic()
+        self._write()
 
     def answered(self) -> None:
-        self._write(None)
+        self._since = None
+        self._write()
 
     def heard(self) -> None:
-        """The process runs (the report thread's beat, every second)."""
-        try:
-            os.utime(self.path)
-        except OSError as error:
-            self._could_not(error)
+        """The process runs (the report thread's beat): the note again, as it stands."""
+        self._write()
 
-    def _write(self, since: float | None) -> None:
-        note = {"shard": self.shard_id, "since": since, "started": _started(self.pid)}
-        partial = self.directory / f".{self.pid}.json"
-        try:
-            partial.write_text(json.dumps(note))
-            partial.replace(self.path)  # whole, for a reader at any moment
-        except OSError as error:
-            self._could_not(error)
+    def _write(self) -> None:
+        with self._writing:
+            note = {
+                "shard": self.shard_id,
+                "since": self._since,
+                "heard": time.monotonic(),
+                "started": self._start_ticks,
+            }
+            partial = self.directory / f".{self.pid}.json"
+            try:
+                partial.write_text(json.dumps(note))
+                partial.replace(self.path)  # whole, for a reader at any moment
+            except OSError as error:
+                self._could_not(error)
 
     def _could_not(self, error: OSError) -> None:
-        """Replication goes on without the note (it only feeds /healthz), said once."""
+        """Replication goes on without the note (it only feeds /healthz). A note left as
+        it was could say a batch answered since is still held, so it is removed: health
+        then sees nothing of this processor until a later note is written. Said once."""
+        with contextlib.suppress(OSError):
+            self.path.unlink(missing_ok=True)
         if not self._failed:
             self._failed = True
             log.warning(
-                "the processor cannot keep its note for /healthz, which will not see it "
-                "if it stops answering",
+                "the processor cannot keep its note for /healthz, which does not name it "
+                "if it stops answering while no note can be written",
                 directory=str(self.directory),
                 error=str(error),
             )
@@ -104,9 +130,10 @@ class AnswerNotes:
 
 def unanswered(directory: Path, stall_after_s: float, now: float | None = None) -> list[str]:
     """The launcher's side: a reason for each live processor that has held a
-    ``processRecords``, or not touched its note, for ``stall_after_s`` or longer. Notes
-    of processes that are gone are removed."""
-    now = time.time() if now is None else now
+    ``processRecords`` for ``stall_after_s`` or longer, or not written its note for as
+    long (at least :data:`MISSED_BEATS` beats). ``now``: ``time.monotonic()``. Notes of
+    processes that are gone are removed."""
+    now = time.monotonic() if now is None else now
     reasons = []
     try:
         notes = sorted(directory.glob("[0-9]*.json"))
@@ -115,15 +142,17 @@ def unanswered(directory: Path, stall_after_s: float, now: float | None = None) 
     for path in notes:
         try:
             pid = int(path.stem)
-            heard = path.stat().st_mtime
             note = json.loads(path.read_text())
             since = None if note["since"] is None else float(note["since"])
+            heard = float(note["heard"])
             shard = str(note["shard"])
         except (OSError, ValueError, KeyError, TypeError):
             continue  # being replaced, or not a note of ours
         started = _started(pid)
         if started is None or started != note.get("started"):
-            path.unlink(missing_ok=True)  # the processor is gone (its pid may be reused)
+            # The processor is gone (its pid may be in use again by another process).
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
             continue
         silent_s = now - heard
         held_s = None if since is None else now - since
@@ -133,7 +162,7 @@ def unanswered(directory: Path, stall_after_s: float, now: float | None = None) 
                 f"for {held_s:.0f}s: it waits for room in its buffer (a destination takes no "
                 "writes) or is stuck"
             )
-        elif silent_s >= stall_after_s:
+        elif silent_s >= max(stall_after_s, MISSED_BEATS * BEAT_S):
             reasons.append(
                 f"the processor (pid {pid}) of shard {shard} has not been heard from for "
                 f"{silent_s:.0f}s: the process is stopped (SIGSTOP) or cannot run"

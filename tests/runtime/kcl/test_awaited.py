@@ -4,10 +4,12 @@ test_kcl_launcher.py (``test_health_names_each_processor_holding_...``)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,15 +66,26 @@ def note_of(directory: Path, pid: int) -> dict[str, Any]:
     return note
 
 
+def this_processors_note(directory: Path, **values: Any) -> AnswerNotes:
+    """This process's note for shard shardId-7, with ``values`` (since, heard) in it."""
+    notes = AnswerNotes(directory, os.getpid())
+    notes.started("shardId-7")
+    notes.path.write_text(json.dumps({**note_of(directory, os.getpid()), **values}))
+    return notes
+
+
 def test_a_batch_is_noted_while_it_is_held_and_answered_with_it(tmp_path: Path) -> None:
     intake = NotedIntake(tmp_path)
+    before = time.monotonic()
     assert run_one_batch(AnswerNotes(tmp_path, os.getpid()), intake) == []
     (held,) = intake.seen
-    assert held["shard"] == "shardId-7" and held["since"] and held["started"]
-    assert note_of(tmp_path, os.getpid()) == {**held, "since": None}
+    assert held["shard"] == "shardId-7" and held["started"]
+    assert before <= held["since"] <= held["heard"] <= time.monotonic()
+    after = note_of(tmp_path, os.getpid())
+    assert after["since"] is None and after["heard"] >= held["heard"]
 
 
-def test_the_report_thread_touches_the_note_every_beat(tmp_path: Path) -> None:
+def test_the_report_thread_writes_the_note_every_beat(tmp_path: Path) -> None:
     notes = AnswerNotes(tmp_path, os.getpid())
     processor = ReplicationProcessor(
         lambda _shard: EmptyReadIntake(),  # type: ignore[arg-type,return-value]
@@ -89,8 +102,11 @@ def test_the_report_thread_touches_the_note_every_beat(tmp_path: Path) -> None:
         }
     ).dispatch(object(), processor)
     try:
-        os.utime(notes.path, (0, 0))
-        wait_until(lambda: notes.path.stat().st_mtime > 0, 10, "the note touched")
+        # A note deleted meanwhile (by anyone) is written again at the next beat.
+        notes.path.unlink()
+        wait_until(notes.path.exists, 10, "the note written again")
+        first = note_of(tmp_path, os.getpid())["heard"]
+        wait_until(lambda: note_of(tmp_path, os.getpid())["heard"] > first, 10, "a beat")
     finally:
         processor.close()
     assert note_of(tmp_path, os.getpid())["since"] is None
@@ -120,11 +136,29 @@ def test_a_note_that_cannot_be_written_is_said_once_and_the_batches_go_on(
     assert len(said) == 1 and str(gone) in said[0]
 
 
-def test_a_live_processor_holding_a_batch_past_the_limit_is_named(tmp_path: Path) -> None:
+def test_an_answer_that_cannot_be_noted_leaves_no_note_saying_the_batch_is_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk after the batch was noted: the note that says it is held would name a
+    healthy processor stuck; it is removed instead."""
     notes = AnswerNotes(tmp_path, os.getpid())
     notes.started("shardId-7")
-    notes.received(at=1000.0)
-    os.utime(notes.path, (1290.0, 1290.0))  # heard from since
+    notes.received()
+    write_text = Path.write_text
+
+    def full(path: Path, *args: Any, **kwargs: Any) -> int:
+        if path.name.startswith("."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    notes.answered()
+    assert list(tmp_path.iterdir()) == []
+    assert unanswered(tmp_path, 1, now=time.monotonic() + 3600) == []
+
+
+def test_a_live_processor_holding_a_batch_past_the_limit_is_named(tmp_path: Path) -> None:
+    this_processors_note(tmp_path, since=1000.0, heard=1290.0)
     assert unanswered(tmp_path, 300, now=1299.0) == []
     (reason,) = unanswered(tmp_path, 300, now=1300.0)
     assert reason == (
@@ -132,17 +166,14 @@ def test_a_live_processor_holding_a_batch_past_the_limit_is_named(tmp_path: Path
         "processRecords for 300s: it waits for room in its buffer (a destination takes no "
         "writes) or is stuck"
     )
-    notes.answered()
-    os.utime(notes.path, (4990.0, 4990.0))
-    assert unanswered(tmp_path, 300, now=5000.0) == []
+    this_processors_note(tmp_path, since=None, heard=1299.0)
+    assert unanswered(tmp_path, 300, now=1300.0) == []
 
 
 def test_a_live_processor_not_heard_from_past_the_limit_is_named(tmp_path: Path) -> None:
     """Stopped between batches (SIGSTOP), a processor never reads the next one: its note
-    holds no batch, and nothing touches it."""
-    notes = AnswerNotes(tmp_path, os.getpid())
-    notes.started("shardId-7")
-    os.utime(notes.path, (1000.0, 1000.0))
+    holds no batch, and is not written again."""
+    notes = this_processors_note(tmp_path, since=None, heard=1000.0)
     assert unanswered(tmp_path, 300, now=1299.0) == []
     (reason,) = unanswered(tmp_path, 300, now=1300.0)
     assert reason == (
@@ -153,18 +184,27 @@ def test_a_live_processor_not_heard_from_past_the_limit_is_named(tmp_path: Path)
     assert unanswered(tmp_path, 300) == []
 
 
+def test_a_limit_below_a_few_beats_does_not_name_a_processor_between_two(
+    tmp_path: Path,
+) -> None:
+    this_processors_note(tmp_path, since=None, heard=1000.0)
+    assert unanswered(tmp_path, 0.5, now=1001.5) == []
+    assert unanswered(tmp_path, 0.5, now=1004.9) == []
+    assert len(unanswered(tmp_path, 0.5, now=1005.0)) == 1
+    this_processors_note(tmp_path, since=1000.0, heard=1000.0)
+    assert len(unanswered(tmp_path, 0.5, now=1000.5)) == 1  # a batch held: the limit
+
+
 def test_the_note_of_a_processor_that_is_gone_is_dropped(tmp_path: Path) -> None:
     finished = subprocess.Popen([sys.executable, "-c", "pass"])
     finished.wait()
     ended = AnswerNotes(tmp_path, finished.pid)
     ended.started("shardId-1")
-    ended.received(at=0.0)
+    ended.received()
     # A pid in use again by another process: its start time is not the note's.
-    reused = AnswerNotes(tmp_path, os.getpid())
-    reused.started("shardId-2")
-    reused.path.write_text(json.dumps({**note_of(tmp_path, os.getpid()), "started": "1"}))
+    this_processors_note(tmp_path, started="1")
     (tmp_path / "notes.txt").write_text("not a note")
     (tmp_path / "123.json").write_text("{")  # a note being replaced: read next time
 
-    assert unanswered(tmp_path, 1, now=10_000.0) == []
+    assert unanswered(tmp_path, 1, now=time.monotonic() + 10_000) == []
     assert sorted(path.name for path in tmp_path.iterdir()) == ["123.json", "notes.txt"]

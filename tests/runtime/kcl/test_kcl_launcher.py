@@ -576,7 +576,8 @@ child_code = (
     "from replicator.runtime.kcl.awaited import AnswerNotes\\n"
     "notes = AnswerNotes.from_environment()\\n"
     "notes.started('shardId-held')\\n"
-    "notes.received(time.time() - 1000)\\n"
+    "notes._since = time.monotonic() - 1000\\n"  # received 1000 s ago
+    "notes.heard()\\n"
     "while os.getppid() == int(sys.argv[1]): time.sleep(0.1)\\n"
     if mode == "held"
     else "import os, sys, time\\n"
