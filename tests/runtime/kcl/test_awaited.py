@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 from amazon_kclpy import messages
 
 from replicator.metrics import Metrics
@@ -122,18 +123,18 @@ def test_the_notes_are_taken_from_the_launchers_variable(
 
 
 def test_a_note_that_cannot_be_written_is_said_once_and_the_batches_go_on(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
 ) -> None:
     gone = tmp_path / "removed"
     intake = EmptyReadIntake()
     notes = AnswerNotes(gone, os.getpid())
-    assert run_one_batch(notes, intake) == []
-    assert run_one_batch(notes, intake) == []
-    notes.heard()
+    with structlog.testing.capture_logs() as logged:
+        assert run_one_batch(notes, intake) == []
+        assert run_one_batch(notes, intake) == []
+        notes.heard()
     assert intake.accepted == [0, 0]
-    captured = capsys.readouterr()
-    said = [line for line in (captured.out + captured.err).splitlines() if "cannot keep" in line]
-    assert len(said) == 1 and str(gone) in said[0]
+    said = [line for line in logged if "cannot keep" in line["event"]]
+    assert len(said) == 1 and said[0]["directory"] == str(gone), logged
 
 
 def test_an_answer_that_cannot_be_noted_leaves_no_note_saying_the_batch_is_held(
