@@ -29,21 +29,11 @@ from pathlib import Path
 
 import structlog
 
+from replicator.shards.holder import start_time
+
 ENV = "REPLICATOR_AWAITED_DIR"
 
 log = structlog.get_logger("replicator")
-
-
-def _started(pid: int) -> str | None:
-    """The live process's start time in clock ticks since boot; None for a process that
-    has ended (a zombie included: its daemon may not have reaped it yet), or where /proc
-    says nothing."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return fields[19] if len(fields) > 19 and fields[0] != "Z" else None
 
 
 # The report thread's beat (replicator.processor: every second), and how many beats a
@@ -62,13 +52,13 @@ class AnswerNotes:
     pid: int
     shard_id: str = ""
     _since: float | None = field(default=None, init=False)
-    _start_ticks: str | None = field(default=None, init=False)
+    _start_ticks: int | None = field(default=None, init=False)
     _failed: bool = field(default=False, init=False)
     # The protocol's thread and the report thread both write the note.
     _writing: threading.Lock = field(default_factory=threading.Lock, init=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._start_ticks = _started(self.pid)
+        self._start_ticks = start_time(self.pid)
 
     @classmethod
     def from_environment(cls) -> AnswerNotes | None:
@@ -148,7 +138,7 @@ def unanswered(directory: Path, stall_after_s: float, now: float | None = None) 
             shard = str(note["shard"])
         except (OSError, ValueError, KeyError, TypeError):
             continue  # being replaced, or not a note of ours
-        started = _started(pid)
+        started = start_time(pid)
         if started is None or started != note.get("started"):
             # The processor is gone (its pid may be in use again by another process).
             with contextlib.suppress(OSError):

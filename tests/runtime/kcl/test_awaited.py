@@ -37,16 +37,17 @@ class NotedIntake(EmptyReadIntake):
         self.seen.append(json.loads((self.notes / f"{os.getpid()}.json").read_text()))
 
 
-def run_one_batch(notes: AnswerNotes | None, intake: EmptyReadIntake) -> list[int]:
-    exits: list[int] = []
+def started_processor(
+    intake: EmptyReadIntake, notes: AnswerNotes | None, exits: list[int], beat_s: float = 3600
+) -> ReplicationProcessor:
+    """A processor of shard shardId-7 that has answered initialize."""
     processor = ReplicationProcessor(
         lambda _shard: intake,  # type: ignore[arg-type,return-value]
         Metrics(),
         exit_process=exits.append,
-        report_interval_s=3600,
+        report_interval_s=beat_s,
         notes=notes,
     )
-    checkpointer = object()
     messages.InitializeInput(
         {
             "action": "initialize",
@@ -54,10 +55,16 @@ def run_one_batch(notes: AnswerNotes | None, intake: EmptyReadIntake) -> list[in
             "sequenceNumber": "TRIM_HORIZON",
             "subSequenceNumber": 0,
         }
-    ).dispatch(checkpointer, processor)
+    ).dispatch(object(), processor)
+    return processor
+
+
+def run_one_batch(notes: AnswerNotes | None, intake: EmptyReadIntake) -> list[int]:
+    exits: list[int] = []
+    processor = started_processor(intake, notes, exits)
     messages.ProcessRecordsInput(
         {"action": "processRecords", "millisBehindLatest": 0, "records": []}
-    ).dispatch(checkpointer, processor)
+    ).dispatch(object(), processor)
     processor.close()
     return exits
 
@@ -88,20 +95,8 @@ def test_a_batch_is_noted_while_it_is_held_and_answered_with_it(tmp_path: Path) 
 
 def test_the_report_thread_writes_the_note_every_beat(tmp_path: Path) -> None:
     notes = AnswerNotes(tmp_path, os.getpid())
-    processor = ReplicationProcessor(
-        lambda _shard: EmptyReadIntake(),  # type: ignore[arg-type,return-value]
-        Metrics(),
-        report_interval_s=0.05,
-        notes=notes,
-    )
-    messages.InitializeInput(
-        {
-            "action": "initialize",
-            "shardId": "shardId-7",
-            "sequenceNumber": "TRIM_HORIZON",
-            "subSequenceNumber": 0,
-        }
-    ).dispatch(object(), processor)
+    exits: list[int] = []
+    processor = started_processor(EmptyReadIntake(), notes, exits, beat_s=0.05)
     try:
         # A note deleted meanwhile (by anyone) is written again at the next beat.
         notes.path.unlink()
