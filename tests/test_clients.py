@@ -3,12 +3,15 @@ role and AWS environment."""
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import botocore.exceptions
+import botocore.loaders
 import pytest
 
-from replicator.aws import clients
+from replicator.aws import clients, models
 
 
 def test_clients_of_many_sessions_share_one_loader_whose_paths_do_not_grow() -> None:
@@ -17,7 +20,11 @@ def test_clients_of_many_sessions_share_one_loader_whose_paths_do_not_grow() -> 
         for region in ("us-east-1", "eu-west-1", "us-east-1")
     ]
     assert [client.meta.region_name for client in made] == ["us-east-1", "eu-west-1", "us-east-1"]
-    loader = clients._data_loader()
+    loader = models.data_loader(None)
+    assert all(
+        client._loader is loader
+        for client in made  # type: ignore[attr-defined]
+    )
     before = list(loader.search_paths)
     for _ in range(3):
         clients.session_for("us-east-1").client("sqs", endpoint_url="http://127.0.0.1:9")
@@ -55,9 +62,40 @@ def test_clients_made_on_many_threads_at_once_are_all_usable() -> None:
 def test_the_shared_loader_honours_aws_data_path(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """A model of DynamoDB's in $AWS_DATA_PATH (a customer's override, as botocore allows)
+    is the one a client is made from."""
+    model = botocore.loaders.Loader().load_service_model("dynamodb", "service-2")
+    model["metadata"]["serviceFullName"] = "Amazon DynamoDB from AWS_DATA_PATH"
+    latest = botocore.loaders.Loader().determine_latest_version("dynamodb", "service-2")
+    (tmp_path / "dynamodb" / latest).mkdir(parents=True)
+    (tmp_path / "dynamodb" / latest / "service-2.json").write_text(json.dumps(model))
     monkeypatch.setenv("AWS_DATA_PATH", str(tmp_path))
-    clients._data_loader.cache_clear()
-    try:
-        assert clients._data_loader().search_paths[0] == str(tmp_path)
-    finally:
-        clients._data_loader.cache_clear()
+    client = clients.dynamodb(clients.Place("sa-east-1", "http://127.0.0.1:9"))
+    assert client.meta.service_model.metadata["serviceFullName"] == (
+        "Amazon DynamoDB from AWS_DATA_PATH"
+    )
+    assert models.data_loader(str(tmp_path)).search_paths[0] == str(tmp_path)
+
+
+def test_the_loader_reads_what_botocore_reads_and_knows_the_same_services() -> None:
+    """msgspec parses the files as the standard library does, and a service is known to
+    the quick check exactly when botocore's own listing has it. (A fresh loader: the
+    shared one's endpoint data carries what botocore's resolver added to it in place.)"""
+    ours, botocores = models.data_loader.__wrapped__(None), botocore.loaders.Loader()
+    for service, kind in [
+        ("dynamodb", "service-2"),
+        ("dynamodbstreams", "service-2"),
+        ("sts", "endpoint-rule-set-1"),
+        ("sqs", "paginators-1"),
+        ("kinesis", "waiters-2"),
+    ]:
+        assert ours.load_service_model(service, kind) == botocores.load_service_model(service, kind)
+    assert ours.load_data("endpoints") == botocores.load_data("endpoints")
+    listed = botocores.list_available_services("service-2")
+    known = ours.list_available_services("service-2")
+    assert list(known) == listed
+    assert all(service in known for service in ("dynamodb", "s3", "sts", listed[-1]))
+    for unknown in ("dynamo", "", ".", "..", "dynamodb/2012-08-10", "Dynamodb"):
+        assert unknown not in known
+    with pytest.raises(botocore.exceptions.UnknownServiceError, match="dynamodb, "):
+        ours.load_service_model("dynamo", "service-2")

@@ -1,6 +1,6 @@
 """Everything that knows about AWS itself, apart from the pipeline's stages.
 
-* :mod:`.clients`: the one place boto3 sessions and clients are built (default credential
+* :mod:`.clients`: the one place sessions and clients are built (default credential
   chain or an assumed role), and the :class:`~.clients.WriteClient` the writers call;
 * :mod:`.errors`: AWS errors sorted by what the replicator must do about them;
 * :mod:`.backoff`: the delay between retries of a request AWS may accept later;

@@ -1,11 +1,16 @@
 """AWS clients: credentials from the default chain, or from an assumed role that refreshes.
 
-The one place the package builds boto3 sessions and clients, so that every client gets
-the same User-Agent, timeouts and retry settings, and so that credentials are handled in
-one module. Credentials are never read, copied or logged here: boto3 resolves them
+The one place the package builds sessions and clients, so that every client gets the
+same User-Agent, timeouts and retry settings, and so that credentials are handled in one
+module. Credentials are never read, copied or logged here: botocore resolves them
 (environment, shared config, container or instance role), and for a table in another
 account botocore's assume-role fetcher obtains temporary credentials and renews them
 before they expire.
+
+Clients are made by botocore sessions directly: boto3 adds resources and S3 transfers to
+them, neither used here, and importing it (with s3transfer) cost every processor, runtime
+and command a twentieth of a second of CPU at start. Only :func:`default_dynamodb`, for
+applications that embed the watermark reader, uses boto3's default session.
 """
 
 from __future__ import annotations
@@ -19,8 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
-import boto3
-import botocore.loaders
 import botocore.session
 from botocore.config import Config
 from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
@@ -35,6 +38,7 @@ from botocore.exceptions import (
 from replicator import __version__
 from replicator.aws.answers import watch_answers
 from replicator.aws.errors import RoleNotAssumed
+from replicator.aws.models import data_loader
 from replicator.config.endpoints import endpoint_problem
 from replicator.exceptions import EnvironmentProblem
 
@@ -122,41 +126,31 @@ class WriteClient(Protocol):
     ) -> BatchGetItemOutputTypeDef: ...
 
 
-class _SearchPaths(list[str]):
-    """The shared loader's directories: boto3 appends its own to the loader of every
-    session it makes, which on a shared loader would grow the list for ever."""
+@dataclass(frozen=True)
+class RegionSession:
+    """A botocore session and the region its clients are made in: what a boto3 session
+    is to this package."""
 
-    def append(self, path: str) -> None:
-        if path not in self:
-            super().append(path)
+    botocore_session: botocore.session.Session
+    region: str
 
-
-@functools.cache
-def _data_loader() -> botocore.loaders.Loader:
-    """One loader of botocore's data files for every session this process makes. A
-    session with a loader of its own parses the service's model (megabytes of JSON) again
-    for each client: about a tenth of a second of CPU per client, paid by every tool,
-    runtime and processor that makes a client per destination, table or segment. The
-    files are only read, so sharing their parsed form changes nothing else; credentials,
-    region and configuration stay per session. ``AWS_DATA_PATH`` (or ``data_path`` in
-    the config file) is honoured as botocore's own loader honours it."""
-    data_path = botocore.session.Session().get_config_variable("data_path")
-    paths = _SearchPaths()
-    for path in (data_path or "").split(os.pathsep):
-        if path:
-            paths.append(os.path.expandvars(os.path.expanduser(path)))
-    return botocore.loaders.Loader(extra_search_paths=paths)
+    def client(
+        self, service: str, endpoint_url: str | None = None, config: Config | None = None
+    ) -> Any:
+        return self.botocore_session.create_client(
+            service, region_name=self.region, endpoint_url=endpoint_url, config=config
+        )
 
 
 def _botocore_session() -> botocore.session.Session:
     session = botocore.session.Session()
-    session.register_component("data_loader", _data_loader())
+    session.register_component("data_loader", data_loader(session.get_config_variable("data_path")))
     return session
 
 
 def session_for(
     region: str, role_arn: str | None = None, external_id: str | None = None
-) -> boto3.Session:
+) -> RegionSession:
     """A session in ``region``; with ``role_arn``, one that assumes that role. A role
     that cannot be assumed raises :class:`RoleNotAssumed` where a request is signed,
     naming STS's endpoint: the request it was for was never sent, and an error that
@@ -186,10 +180,12 @@ def _shared_session(
     role_arn: str | None,
     external_id: str | None,
     environment: tuple[tuple[str, str], ...],
-) -> boto3.Session:
+) -> RegionSession:
     del environment  # part of the cache's key only
     if role_arn is None:
-        return boto3.Session(botocore_session=_botocore_session(), region_name=region)
+        plain = _botocore_session()
+        plain.set_config_variable("region", region)
+        return RegionSession(plain, region)
     base = _botocore_session()
     base.set_config_variable("region", region)
     extra: dict[str, Any] = {"RoleSessionName": SESSION_NAME}
@@ -223,7 +219,7 @@ def _shared_session(
     assumed._credentials = DeferredRefreshableCredentials(  # type: ignore[attr-defined]
         method="assume-role", refresh_using=fetch_credentials
     )
-    return boto3.Session(botocore_session=assumed, region_name=region)
+    return RegionSession(assumed, region)
 
 
 def _config(region: str, tuning: Tuning) -> Config:
@@ -291,12 +287,10 @@ def _client(service: str, place: Reach, tuning: Tuning) -> Any:
         )
 
 
-def _made_from(session: boto3.Session, service: str, place: Reach, tuning: Tuning) -> Any:
+def _made_from(session: RegionSession, service: str, place: Reach, tuning: Tuning) -> Any:
     with _MAKING:
         return session.client(
-            service,  # type: ignore[call-overload]
-            endpoint_url=place.endpoint_url,
-            config=_config(place.region, tuning),
+            service, endpoint_url=place.endpoint_url, config=_config(place.region, tuning)
         )
 
 
@@ -324,7 +318,7 @@ def _checked(service: str, place: Reach, make: Callable[[], Any]) -> Any:
     )
 
 
-def _session(place: Reach) -> boto3.Session:
+def _session(place: Reach) -> RegionSession:
     return session_for(place.region, place.role_arn, place.external_id)
 
 
@@ -361,6 +355,8 @@ def default_dynamodb(
     """A DynamoDB client with boto3's own defaults (its default session, and retries and
     timeouts unless ``config`` says otherwise), for code an application embeds (the
     watermark reader) and the demo."""
+    import boto3  # an application that embeds the reader has it loaded already
+
     client: DynamoDBClient = _checked(
         "dynamodb",
         Place(region or "the default region", endpoint_url),
