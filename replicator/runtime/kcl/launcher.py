@@ -171,6 +171,7 @@ class DaemonProcess:
         self.failure: str | None = None
         # The daemon's exit status (128 + N for a signal N), once it has ended.
         self.status: int | None = None
+        self.printed = False  # whether the daemon wrote a line of output, blank ones aside
         self._previous_line = ""
         self._reason_follows = False  # the JVM's next line says why it could not start
         self._process: subprocess.Popen[bytes] | None = None
@@ -396,6 +397,7 @@ class DaemonProcess:
         a logged event's message and stack trace on its own)."""
         for text in daemon_log.text_lines(line):
             stripped = text.strip()
+            self.printed = self.printed or bool(stripped)
             if self.classpath_failure is None and _CLASSPATH_FAILURE.search(text):
                 self.classpath_failure = stripped
             if self._reason_follows and stripped:
@@ -629,6 +631,16 @@ def run_kcl(
                 f"the KCL daemon could not start from {prepared.jars_dir}: "
                 f"{daemon.classpath_failure}; the jars there do not form a working KCL "
                 "classpath for this java (see docs/kcl-and-docker.md for the pinned set)"
+            )
+        if not daemon.printed and daemon.status is not None and daemon.status < 128:
+            # A JVM that started, or failed to, always says something: a kcl.java that
+            # is no Java runtime (a wrapper script, /bin/true) exits without a word.
+            raise DaemonStopped(
+                f"the KCL daemon stopped on its own without being asked to (status "
+                f"{daemon.status}) and printed nothing: kcl.java ({daemon.argv[0]}) may not be "
+                f"a Java runtime ('{daemon.argv[0]} -version' names one); the command is in "
+                "the 'KCL daemon started' line above",
+                status,
             )
     if daemon.failure is not None:
         raise DaemonStopped(daemon.failure, status)
