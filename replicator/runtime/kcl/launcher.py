@@ -638,8 +638,8 @@ def run_kcl(
             raise DaemonStopped(
                 f"the KCL daemon stopped on its own without being asked to (status "
                 f"{daemon.status}) and printed nothing: kcl.java ({daemon.argv[0]}) may not be "
-                f"a Java runtime ('{daemon.argv[0]} -version' names one); the command is in "
-                "the 'KCL daemon started' line above",
+                f"a Java runtime ('{daemon.argv[0]} -version' shows whether it is one); the "
+                "command is in the 'KCL daemon started' line above",
                 status,
             )
     if daemon.failure is not None:
