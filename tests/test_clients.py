@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import botocore.exceptions
 import botocore.loaders
@@ -95,7 +96,35 @@ def test_the_loader_reads_what_botocore_reads_and_knows_the_same_services() -> N
     known = ours.list_available_services("service-2")
     assert list(known) == listed
     assert all(service in known for service in ("dynamodb", "s3", "sts", listed[-1]))
-    for unknown in ("dynamo", "", ".", "..", "dynamodb/2012-08-10", "Dynamodb"):
+    for unknown in ("dynamo", "", ".", "..", "dynamodb/2012-08-10"):
         assert unknown not in known
     with pytest.raises(botocore.exceptions.UnknownServiceError, match="dynamodb, "):
         ours.load_service_model("dynamo", "service-2")
+
+
+def test_a_client_sends_the_replicators_user_agent_then_botocores() -> None:
+    """The header CloudTrail records: the replicator's name and Python's, then botocore's
+    name and version (as when clients came from boto3's sessions); the direct writer path
+    sends the same."""
+    import botocore
+
+    from replicator.writers.wire import WireWriteClient
+
+    client = clients.dynamodb(clients.Place("us-east-1", "http://127.0.0.1:9"), sdk_retries=False)
+    sent: list[str] = []
+
+    def capture(request: Any, **_: Any) -> None:
+        sent.append(request.headers["User-Agent"].decode())
+        raise _Captured
+
+    client.meta.events.register("before-send.dynamodb", capture)
+    with pytest.raises(_Captured):
+        client.list_tables()
+    expected = f"{clients.USER_AGENT} Botocore/{botocore.__version__}"
+    assert sent == [expected]
+    direct = WireWriteClient(client, max_connections=1, connect_timeout=1.0, read_timeout=1.0)
+    assert direct._user_agent == expected
+
+
+class _Captured(Exception):
+    """Stops a request once its headers were seen."""

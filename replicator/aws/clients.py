@@ -142,9 +142,15 @@ class RegionSession:
         )
 
 
-def _botocore_session() -> botocore.session.Session:
+def _botocore_session(*, makes_clients: bool = True) -> botocore.session.Session:
+    """A session on the shared loader. One that ``makes_clients`` adds botocore's name and
+    version to their User-Agent after :data:`USER_AGENT`, as boto3's sessions did: the
+    header CloudTrail records, and filters match, is the same whichever made the client.
+    (The session an assumed role's STS client comes from keeps botocore's own header.)"""
     session = botocore.session.Session()
     session.register_component("data_loader", data_loader(session.get_config_variable("data_path")))
+    if makes_clients:
+        session.user_agent_extra = f"Botocore/{session.user_agent_version}"
     return session
 
 
@@ -186,7 +192,7 @@ def _shared_session(
         plain = _botocore_session()
         plain.set_config_variable("region", region)
         return RegionSession(plain, region)
-    base = _botocore_session()
+    base = _botocore_session(makes_clients=False)
     base.set_config_variable("region", region)
     extra: dict[str, Any] = {"RoleSessionName": SESSION_NAME}
     if external_id:

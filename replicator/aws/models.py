@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import gzip
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 import botocore.exceptions
@@ -41,10 +41,11 @@ class _FileLoader(botocore.loaders.JSONFileLoader):
         return None
 
 
-class _KnownServices:
+class _KnownServices(Sequence[str]):
     """The services that have a ``type_name`` file, as botocore's loader asks for them
     before it loads one: whether a service is among them is answered from that service's
-    own directory; listing them all (for an unknown service's error) reads every one."""
+    own directory; anything else (listing them for an unknown service's error, indexing)
+    reads every one, as botocore's list does."""
 
     def __init__(self, loader: _Loader, type_name: str) -> None:
         self._loader = loader
@@ -68,6 +69,9 @@ class _KnownServices:
 
     def __len__(self) -> int:
         return len(self._loader.every_service(self._type_name))
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._loader.every_service(self._type_name)[index]
 
 
 class _Loader(botocore.loaders.Loader):
