@@ -679,11 +679,12 @@ def serve_daemon(resolved: Any) -> NoReturn:
             stream_keys=stream_keys,
         )
 
+    notes = AnswerNotes.from_environment()
     processor = ReplicationProcessor(
         build,
         metrics,
         shutdown_flush_timeout_s=resolved.job.kcl.shutdown_flush_ms / 1000,
-        notes=AnswerNotes.from_environment(),
+        notes=notes,
     )
     # Before the protocol starts: the local runtime signals only a processor that has
     # answered initialize.
@@ -722,6 +723,8 @@ def serve_daemon(resolved: Any) -> NoReturn:
     if conflict_log is not None:
         conflict_log.close()
     if processor.told_to_stop:
+        if notes is not None:
+            notes.ended()  # a finished shard, not a processor that died (awaited.py)
         log.info("daemon closed the protocol; processor exiting")
     else:
         # Our input ended with no stop told: the runtime or daemon died (killed, or

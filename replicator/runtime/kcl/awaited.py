@@ -12,9 +12,15 @@ the notes whenever health is judged and reports a processor that has held one ba
 written for as long (the whole process stopped: a processor stopped between batches
 never reads the next one).
 
-A note whose process is gone is dropped: a processor that died is the daemon's to start
-again, and its shard may be taken by another host meanwhile. A process is told from a
-later one with its pid by its start time (``/proc/PID/stat``).
+A processor that finishes its shard (its stop told and answered) removes its note, so a
+note whose process is gone is one that died without finishing: killed (the out-of-memory
+killer), or crashed. Its shard has no processor until the daemon starts another, which
+the KCL does by itself within a minute or two. Until then, once the note is
+``stall_after_s`` old, the launcher names the shard. The note is dropped as soon as a
+processor of the same shard runs here, or at :data:`FORGET_AFTER` times the limit (its
+lease may have gone to another worker, whose own health then speaks for it), with a
+warning. A process is told from a later one with its pid by its start time
+(``/proc/PID/stat``).
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ log = structlog.get_logger("replicator")
 # says (a limit below a few beats would name idle, healthy processors between two).
 BEAT_S = 1.0
 MISSED_BEATS = 5
+# A dead processor's note is forgotten this many limits after its last beat.
+FORGET_AFTER = 10
 
 
 @dataclass
@@ -54,6 +62,7 @@ class AnswerNotes:
     _since: float | None = field(default=None, init=False)
     _start_ticks: int | None = field(default=None, init=False)
     _failed: bool = field(default=False, init=False)
+    _ended: bool = field(default=False, init=False)
     # The protocol's thread and the report thread both write the note.
     _writing: threading.Lock = field(default_factory=threading.Lock, init=False, compare=False)
 
@@ -87,8 +96,19 @@ class AnswerNotes:
         """The process runs (the report thread's beat): the note again, as it stands."""
         self._write()
 
+    def ended(self) -> None:
+        """The processor finished its shard (a stop told and answered, the protocol
+        closed): no note is left, and no later beat writes one, so that its exit is not
+        taken for a death."""
+        with self._writing:
+            self._ended = True
+            with contextlib.suppress(OSError):
+                self.path.unlink(missing_ok=True)
+
     def _write(self) -> None:
         with self._writing:
+            if self._ended:
+                return
             note = {
                 "shard": self.shard_id,
                 "since": self._since,
@@ -121,10 +141,13 @@ class AnswerNotes:
 def unanswered(directory: Path, stall_after_s: float, now: float | None = None) -> list[str]:
     """The launcher's side: a reason for each live processor that has held a
     ``processRecords`` for ``stall_after_s`` or longer, or not written its note for as
-    long (at least :data:`MISSED_BEATS` beats). ``now``: ``time.monotonic()``. Notes of
-    processes that are gone are removed."""
+    long (at least :data:`MISSED_BEATS` beats), and for each shard whose processor died
+    as long ago with none started since. ``now``: ``time.monotonic()``."""
     now = time.monotonic() if now is None else now
+    limit = max(stall_after_s, MISSED_BEATS * BEAT_S)
     reasons = []
+    running: set[str] = set()
+    dead: list[tuple[Path, int, str, float]] = []
     try:
         notes = sorted(directory.glob("[0-9]*.json"))
     except OSError:
@@ -141,9 +164,9 @@ def unanswered(directory: Path, stall_after_s: float, now: float | None = None) 
         started = start_time(pid)
         if started is None or started != note.get("started"):
             # The processor is gone (its pid may be in use again by another process).
-            with contextlib.suppress(OSError):
-                path.unlink(missing_ok=True)
+            dead.append((path, pid, shard, heard))
             continue
+        running.add(shard)
         silent_s = now - heard
         held_s = None if since is None else now - since
         if held_s is not None and held_s >= stall_after_s:
@@ -152,9 +175,28 @@ def unanswered(directory: Path, stall_after_s: float, now: float | None = None) 
                 f"for {held_s:.0f}s: it waits for room in its buffer (a destination takes no "
                 "writes) or is stuck"
             )
-        elif silent_s >= max(stall_after_s, MISSED_BEATS * BEAT_S):
+        elif silent_s >= limit:
             reasons.append(
                 f"the processor (pid {pid}) of shard {shard} has not been heard from for "
                 f"{silent_s:.0f}s: the process is stopped (SIGSTOP) or cannot run"
+            )
+    for path, pid, shard, heard in dead:
+        gone_s = now - heard
+        if not shard or shard in running or gone_s >= FORGET_AFTER * limit:
+            if shard and shard not in running:
+                log.warning(
+                    "no processor has run the shard here since its last one died; /healthz "
+                    "no longer names it (its lease may be another worker's now)",
+                    shard=shard,
+                    pid=pid,
+                    dead_for_s=round(gone_s),
+                )
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        elif gone_s >= limit:
+            reasons.append(
+                f"the processor (pid {pid}) of shard {shard} ended {gone_s:.0f}s ago without "
+                "finishing its shard (killed, or it crashed), and no processor has taken the "
+                "shard since: the daemon starts one by itself, usually within two minutes"
             )
     return reasons

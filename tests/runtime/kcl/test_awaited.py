@@ -20,8 +20,9 @@ from amazon_kclpy import messages
 from replicator.metrics import Metrics
 from replicator.processor import ReplicationProcessor
 from replicator.runtime.kcl.awaited import ENV, AnswerNotes, unanswered
+from tests.support.aws import client, create_table
 from tests.support.e2e import wait_until
-from tests.test_processor_protocol import EmptyReadIntake
+from tests.test_processor_protocol import EmptyReadIntake, RawDaemon
 
 
 class NotedIntake(EmptyReadIntake):
@@ -191,16 +192,103 @@ def test_a_limit_below_a_few_beats_does_not_name_a_processor_between_two(
     assert len(unanswered(tmp_path, 0.5, now=1000.5)) == 1  # a batch held: the limit
 
 
-def test_the_note_of_a_processor_that_is_gone_is_dropped(tmp_path: Path) -> None:
+def a_dead_processors_note(directory: Path, shard: str, heard: float) -> Path:
+    """The note a processor left when it was killed: its pid belongs to no process."""
     finished = subprocess.Popen([sys.executable, "-c", "pass"])
     finished.wait()
-    ended = AnswerNotes(tmp_path, finished.pid)
-    ended.started("shardId-1")
-    ended.received()
-    # A pid in use again by another process: its start time is not the note's.
-    this_processors_note(tmp_path, started="1")
+    dead = AnswerNotes(directory, finished.pid)
+    dead.started(shard)
+    dead.path.write_text(json.dumps({**note_of(directory, finished.pid), "heard": heard}))
+    return dead.path
+
+
+def test_a_shard_whose_processor_died_is_named_until_a_processor_takes_it_again(
+    tmp_path: Path,
+) -> None:
+    """Killed (the out-of-memory killer), a processor leaves its note: its shard has no
+    processor until the daemon starts another, and /healthz says so once that lasts the
+    limit; the note goes as soon as a processor of the shard runs here."""
+    dead = a_dead_processors_note(tmp_path, "shardId-7", heard=1000.0)
+    pid = int(dead.stem)
+    assert unanswered(tmp_path, 300, now=1299.0) == []
+    assert unanswered(tmp_path, 300, now=1300.0) == [
+        f"the processor (pid {pid}) of shard shardId-7 ended 300s ago without finishing its "
+        "shard (killed, or it crashed), and no processor has taken the shard since: the "
+        "daemon starts one by itself, usually within two minutes"
+    ]
+    this_processors_note(tmp_path, since=None, heard=1350.0)  # the daemon's new processor
+    assert unanswered(tmp_path, 300, now=1351.0) == []
+    assert not dead.exists()
+
+
+def test_a_dead_processors_note_is_forgotten_with_a_warning_after_ten_limits(
+    tmp_path: Path,
+) -> None:
+    """Its lease may have gone to another worker, whose health speaks for the shard."""
+    dead = a_dead_processors_note(tmp_path, "shardId-3", heard=1000.0)
+    assert len(unanswered(tmp_path, 300, now=3999.0)) == 1
+    with structlog.testing.capture_logs() as logged:
+        assert unanswered(tmp_path, 300, now=4000.0) == []
+    assert not dead.exists()
+    (said,) = [entry for entry in logged if entry["log_level"] == "warning"]
+    assert said["shard"] == "shardId-3" and said["dead_for_s"] == 3000
+    assert unanswered(tmp_path, 300, now=4001.0) == []
+
+
+def test_a_pid_in_use_again_counts_as_its_processors_death(tmp_path: Path) -> None:
+    """Another process has the pid now: its start time is not the note's."""
+    this_processors_note(tmp_path, started="1", since=None, heard=1000.0)
+    (reason,) = unanswered(tmp_path, 5, now=1005.0)
+    assert reason.startswith(f"the processor (pid {os.getpid()}) of shard shardId-7 ended 5s")
+
+
+def test_a_note_before_any_shard_and_files_not_ours_are_left_as_they_are(
+    tmp_path: Path,
+) -> None:
+    unstarted = a_dead_processors_note(tmp_path, "", heard=1000.0)  # died before initialize
     (tmp_path / "notes.txt").write_text("not a note")
     (tmp_path / "123.json").write_text("{")  # a note being replaced: read next time
-
-    assert unanswered(tmp_path, 1, now=time.monotonic() + 10_000) == []
+    assert unanswered(tmp_path, 1, now=1000.0 + 10_000) == []
+    assert not unstarted.exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["123.json", "notes.txt"]
+
+
+def test_a_processor_that_finished_its_shard_leaves_no_note_and_writes_none_after(
+    tmp_path: Path,
+) -> None:
+    notes = this_processors_note(tmp_path, since=None, heard=1000.0)
+    notes.ended()
+    notes.heard()  # the report thread's last beat, after the end
+    notes.answered()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_processor_removes_its_note_when_it_finishes_and_leaves_it_when_killed(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """The real processor over the protocol, as the KCL runs it: a clean stop is no
+    death; a kill -9 leaves the note that names its shard."""
+    table = unique("noted")
+    create_table(client("dynamodb", "eu-west-1", moto_endpoint), table, stream=None)
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        "task_name: noted-test\n"
+        "source: {region: us-east-1, table: source-table}\n"
+        f"destinations: [{{region: eu-west-1, table: {table}, endpoint_url: '{moto_endpoint}'}}]\n"
+        "metrics: {enabled: false}\n"
+        "watermark: {enabled: false}\n"
+    )
+    notes = tmp_path / "awaited"
+    notes.mkdir()
+    with RawDaemon(config, env={ENV: str(notes)}) as finishing:
+        assert finishing.initialize("shardId-1", "TRIM_HORIZON") == []
+        assert note_of(notes, finishing.process.pid)["shard"] == "shardId-1"
+        assert finishing.act({"action": "shutdownRequested"}) == []
+        assert finishing.finish() == 0
+    assert list(notes.iterdir()) == []
+    with RawDaemon(config, env={ENV: str(notes)}) as killed:
+        assert killed.initialize("shardId-2", "TRIM_HORIZON") == []
+        killed.process.kill()
+        killed.process.wait()
+    (reason,) = unanswered(notes, 1, now=time.monotonic() + 5)
+    assert reason.startswith(f"the processor (pid {killed.process.pid}) of shard shardId-2 ended")

@@ -29,6 +29,7 @@ from replicator.config.loader import load_job
 from replicator.demo import tables
 from replicator.exceptions import KclUnavailable
 from replicator.runtime.kcl import java
+from replicator.runtime.kcl.awaited import AnswerNotes
 from replicator.runtime.kcl.launcher import DaemonProcess, group_members, prepare_run
 from replicator.runtime.kcl.properties import templates_dir
 from tests.support import ROOT
@@ -578,6 +579,10 @@ child_code = (
     "notes.started('shardId-held')\\n"
     "notes._since = time.monotonic() - 1000\\n"  # received 1000 s ago
     "notes.heard()\\n"
+    # and last heard from then: no beat (a stopped process), seen once the batch is not
+    "import json\\n"
+    "note = json.loads(notes.path.read_text())\\n"
+    "notes.path.write_text(json.dumps({{**note, 'heard': note['since']}}))\\n"
     "while os.getppid() == int(sys.argv[1]): time.sleep(0.1)\\n"
     if mode == "held"
     else "import os, sys, time\\n"
@@ -597,6 +602,7 @@ record = {{
     "pgid": os.getpgid(0),
     "children": [child.pid for child in children],
     "samples_dir": os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
+    "awaited": os.environ.get("REPLICATOR_AWAITED_DIR"),
     "properties": properties,
 }}
 with open(os.environ["STAND_IN_RECORD"] + ".tmp", "w") as out:
@@ -941,7 +947,8 @@ def test_health_names_each_processor_holding_a_process_records_unanswered(
     """The daemon waits on its processors without limit: one that stops answering (stuck,
     SIGSTOP) froze its lag while /healthz said ok. Each processor notes the processRecords
     it holds in the directory the run names; /healthz is 503 naming every one held for
-    metrics.stall_after_s, and forgets a processor once it is gone."""
+    metrics.stall_after_s. A processor killed leaves its shard without one: named until
+    the daemon starts another for the shard (as the KCL does within a minute or two)."""
     run = stand_in("held")
     record = run.record()
     port = logged_metrics_port(run.log)
@@ -963,7 +970,22 @@ def test_health_names_each_processor_holding_a_process_records_unanswered(
     os.kill(first, signal.SIGKILL)
     wait_until(lambda: [r[: len(held(second))] for r in reasons()] == [held(second)], 30, "one")
     os.kill(second, signal.SIGKILL)
-    wait_until(lambda: reasons() == [], 30, "/healthz ok once neither processor is left")
+    died = f"the processor (pid {second}) of shard shardId-held ended"
+    (gone,) = wait_until(
+        lambda: [r for r in reasons() if r.startswith(died)], 30, "the shard named without one"
+    )
+    assert "without finishing its shard (killed, or it crashed)" in gone
+    assert len(reasons()) == 1
+    # The daemon starts a processor for the shard again (here: this process's note).
+    again = AnswerNotes(Path(record["awaited"]), os.getpid())
+    again.started("shardId-held")
+
+    def healthy() -> bool:
+        again.heard()
+        return reasons() == []
+
+    wait_until(healthy, 30, "/healthz ok once the shard has a processor again")
+    assert not list(Path(record["awaited"]).glob(f"{second}.json"))
     assert run.process.poll() is None
     run.process.send_signal(signal.SIGTERM)
     assert run.process.wait(30) == 0, run.log.read_text()[-2000:]
