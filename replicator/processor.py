@@ -719,12 +719,15 @@ def serve_daemon(resolved: Any) -> NoReturn:
         )
         lastwords.leave(f"the daemon's line could not be read: {type(error).__name__}: {error}")
         _hard_exit(1)
+    if processor.told_to_stop and notes is not None:
+        # Its shard is finished here, whatever happens while this process closes (a
+        # write still in flight failing, the conflict log draining): its exit is no death
+        # for /healthz to name (awaited.py).
+        notes.ended()
     processor.close()
     if conflict_log is not None:
         conflict_log.close()
     if processor.told_to_stop:
-        if notes is not None:
-            notes.ended()  # a finished shard, not a processor that died (awaited.py)
         log.info("daemon closed the protocol; processor exiting")
     else:
         # Our input ended with no stop told: the runtime or daemon died (killed, or

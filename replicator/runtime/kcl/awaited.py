@@ -14,13 +14,12 @@ never reads the next one).
 
 A processor that finishes its shard (its stop told and answered) removes its note, so a
 note whose process is gone is one that died without finishing: killed (the out-of-memory
-killer), or crashed. Its shard has no processor until the daemon starts another, which
-the KCL does by itself within a minute or two. Until then, once the note is
-``stall_after_s`` old, the launcher names the shard. The note is dropped as soon as a
-processor of the same shard runs here, or at :data:`FORGET_AFTER` times the limit (its
-lease may have gone to another worker, whose own health then speaks for it), with a
-warning. A process is told from a later one with its pid by its start time
-(``/proc/PID/stat``).
+killer), crashed, or exited on an error. The KCL starts no other processor for the shard:
+it notices at its next ``processRecords`` and the daemon exits 1 after its grace time
+(``kcl.shutdown_flush_ms`` + ``kcl.failover_time_ms`` + 10 s: a minute and a half by
+default), the shard replicating nothing meanwhile. The launcher names the shard at once,
+until a processor of the same shard runs here again. A process is told from a later one with its pid by its
+start time (``/proc/PID/stat``).
 """
 
 from __future__ import annotations
@@ -47,8 +46,6 @@ log = structlog.get_logger("replicator")
 # says (a limit below a few beats would name idle, healthy processors between two).
 BEAT_S = 1.0
 MISSED_BEATS = 5
-# A dead processor's note is forgotten this many limits after its last beat.
-FORGET_AFTER = 10
 
 
 @dataclass
@@ -142,7 +139,7 @@ def unanswered(directory: Path, stall_after_s: float, now: float | None = None) 
     """The launcher's side: a reason for each live processor that has held a
     ``processRecords`` for ``stall_after_s`` or longer, or not written its note for as
     long (at least :data:`MISSED_BEATS` beats), and for each shard whose processor died
-    as long ago with none started since. ``now``: ``time.monotonic()``."""
+    (with no processor of the shard here since). ``now``: ``time.monotonic()``."""
     now = time.monotonic() if now is None else now
     limit = max(stall_after_s, MISSED_BEATS * BEAT_S)
     reasons = []
@@ -181,22 +178,14 @@ def unanswered(directory: Path, stall_after_s: float, now: float | None = None) 
                 f"{silent_s:.0f}s: the process is stopped (SIGSTOP) or cannot run"
             )
     for path, pid, shard, heard in dead:
-        gone_s = now - heard
-        if not shard or shard in running or gone_s >= FORGET_AFTER * limit:
-            if shard and shard not in running:
-                log.warning(
-                    "no processor has run the shard here since its last one died; /healthz "
-                    "no longer names it (its lease may be another worker's now)",
-                    shard=shard,
-                    pid=pid,
-                    dead_for_s=round(gone_s),
-                )
+        if not shard or shard in running:
+            # Died before it started a shard, or the shard has a processor again.
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
-        elif gone_s >= limit:
+        else:
             reasons.append(
-                f"the processor (pid {pid}) of shard {shard} ended {gone_s:.0f}s ago without "
-                "finishing its shard (killed, or it crashed), and no processor has taken the "
-                "shard since: the daemon starts one by itself, usually within two minutes"
+                f"the processor (pid {pid}) of shard {shard} died without finishing its shard "
+                f"(killed, or it exited on an error; last heard from {now - heard:.0f}s ago): "
+                "the daemon starts no other, and exits 1 after its grace time"
             )
     return reasons

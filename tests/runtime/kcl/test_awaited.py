@@ -202,44 +202,31 @@ def a_dead_processors_note(directory: Path, shard: str, heard: float) -> Path:
     return dead.path
 
 
-def test_a_shard_whose_processor_died_is_named_until_a_processor_takes_it_again(
+def test_a_shard_whose_processor_died_is_named_at_once_until_one_takes_it_again(
     tmp_path: Path,
 ) -> None:
-    """Killed (the out-of-memory killer), a processor leaves its note: its shard has no
-    processor until the daemon starts another, and /healthz says so once that lasts the
-    limit; the note goes as soon as a processor of the shard runs here."""
+    """Killed (the out-of-memory killer), a processor leaves its note: the KCL starts no
+    other for its shard and the daemon exits 1 after its grace time, the shard
+    replicating nothing meanwhile. The note goes once a processor of the shard runs."""
     dead = a_dead_processors_note(tmp_path, "shardId-7", heard=1000.0)
     pid = int(dead.stem)
-    assert unanswered(tmp_path, 300, now=1299.0) == []
-    assert unanswered(tmp_path, 300, now=1300.0) == [
-        f"the processor (pid {pid}) of shard shardId-7 ended 300s ago without finishing its "
-        "shard (killed, or it crashed), and no processor has taken the shard since: the "
-        "daemon starts one by itself, usually within two minutes"
-    ]
-    this_processors_note(tmp_path, since=None, heard=1350.0)  # the daemon's new processor
+    expected = (
+        f"the processor (pid {pid}) of shard shardId-7 died without finishing its shard "
+        "(killed, or it exited on an error; last heard from 1s ago): the daemon starts no "
+        "other, and exits 1 after its grace time"
+    )
+    assert unanswered(tmp_path, 300, now=1001.0) == [expected]
+    assert unanswered(tmp_path, 300, now=1001.0) == [expected]  # until the shard runs
+    this_processors_note(tmp_path, since=None, heard=1350.0)  # a processor of shardId-7
     assert unanswered(tmp_path, 300, now=1351.0) == []
     assert not dead.exists()
-
-
-def test_a_dead_processors_note_is_forgotten_with_a_warning_after_ten_limits(
-    tmp_path: Path,
-) -> None:
-    """Its lease may have gone to another worker, whose health speaks for the shard."""
-    dead = a_dead_processors_note(tmp_path, "shardId-3", heard=1000.0)
-    assert len(unanswered(tmp_path, 300, now=3999.0)) == 1
-    with structlog.testing.capture_logs() as logged:
-        assert unanswered(tmp_path, 300, now=4000.0) == []
-    assert not dead.exists()
-    (said,) = [entry for entry in logged if entry["log_level"] == "warning"]
-    assert said["shard"] == "shardId-3" and said["dead_for_s"] == 3000
-    assert unanswered(tmp_path, 300, now=4001.0) == []
 
 
 def test_a_pid_in_use_again_counts_as_its_processors_death(tmp_path: Path) -> None:
     """Another process has the pid now: its start time is not the note's."""
     this_processors_note(tmp_path, started="1", since=None, heard=1000.0)
-    (reason,) = unanswered(tmp_path, 5, now=1005.0)
-    assert reason.startswith(f"the processor (pid {os.getpid()}) of shard shardId-7 ended 5s")
+    (reason,) = unanswered(tmp_path, 300, now=1005.0)
+    assert reason.startswith(f"the processor (pid {os.getpid()}) of shard shardId-7 died")
 
 
 def test_a_note_before_any_shard_and_files_not_ours_are_left_as_they_are(
@@ -280,15 +267,21 @@ def test_the_processor_removes_its_note_when_it_finishes_and_leaves_it_when_kill
     )
     notes = tmp_path / "awaited"
     notes.mkdir()
-    with RawDaemon(config, env={ENV: str(notes)}) as finishing:
-        assert finishing.initialize("shardId-1", "TRIM_HORIZON") == []
-        assert note_of(notes, finishing.process.pid)["shard"] == "shardId-1"
-        assert finishing.act({"action": "shutdownRequested"}) == []
-        assert finishing.finish() == 0
-    assert list(notes.iterdir()) == []
+    # Each way the KCL ends a processor's shard: a stop, a lease gone, the shard's end.
+    for shard, stop, checkpoints in [
+        ("shardId-1", "shutdownRequested", []),
+        ("shardId-3", "leaseLost", []),
+        ("shardId-4", "shardEnded", [None]),
+    ]:
+        with RawDaemon(config, env={ENV: str(notes)}) as finishing:
+            assert finishing.initialize(shard, "TRIM_HORIZON") == []
+            assert note_of(notes, finishing.process.pid)["shard"] == shard
+            assert finishing.act({"action": stop}) == checkpoints
+            assert finishing.finish() == 0
+        assert list(notes.iterdir()) == [], stop
     with RawDaemon(config, env={ENV: str(notes)}) as killed:
         assert killed.initialize("shardId-2", "TRIM_HORIZON") == []
         killed.process.kill()
         killed.process.wait()
-    (reason,) = unanswered(notes, 1, now=time.monotonic() + 5)
-    assert reason.startswith(f"the processor (pid {killed.process.pid}) of shard shardId-2 ended")
+    (reason,) = unanswered(notes, 300)
+    assert reason.startswith(f"the processor (pid {killed.process.pid}) of shard shardId-2 died")
