@@ -18,8 +18,8 @@ killer), crashed, or exited on an error. The KCL starts no other processor for t
 it notices at its next ``processRecords`` and the daemon exits 1 after its grace time
 (``kcl.shutdown_flush_ms`` + ``kcl.failover_time_ms`` + 10 s: a minute and a half by
 default), the shard replicating nothing meanwhile. The launcher names the shard at once,
-until a processor of the same shard runs here again. A process is told from a later one with its pid by its
-start time (``/proc/PID/stat``).
+until a processor of the same shard runs here again. A process is told from a later one
+with its pid by its start time (``/proc/PID/stat``).
 """
 
 from __future__ import annotations
