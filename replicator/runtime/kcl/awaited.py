@@ -29,6 +29,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,11 +136,34 @@ class AnswerNotes:
             )
 
 
-def unanswered(directory: Path, stall_after_s: float, now: float | None = None) -> list[str]:
+@dataclass(frozen=True)
+class Death:
+    """A processor gone without finishing its shard, with no processor of the shard here
+    since."""
+
+    pid: int
+    shard: str
+    heard: float  # its last beat, time.monotonic()
+
+    def said(self, now: float) -> str:
+        return (
+            f"the processor (pid {self.pid}) of shard {self.shard} died without finishing its "
+            f"shard (killed, or it exited on an error; last heard from {now - self.heard:.0f}s "
+            "ago)"
+        )
+
+
+def unanswered(
+    directory: Path,
+    stall_after_s: float,
+    now: float | None = None,
+    on_death: Callable[[Death], object] | None = None,
+) -> list[str]:
     """The launcher's side: a reason for each live processor that has held a
     ``processRecords`` for ``stall_after_s`` or longer, or not written its note for as
     long (at least :data:`MISSED_BEATS` beats), and for each shard whose processor died
-    (with no processor of the shard here since). ``now``: ``time.monotonic()``."""
+    (with no processor of the shard here since; ``on_death`` is told of each, for the
+    run's final line). ``now``: ``time.monotonic()``."""
     now = time.monotonic() if now is None else now
     limit = max(stall_after_s, MISSED_BEATS * BEAT_S)
     reasons = []
@@ -183,9 +207,10 @@ def unanswered(directory: Path, stall_after_s: float, now: float | None = None) 
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
         else:
+            death = Death(pid, shard, heard)
+            if on_death is not None:
+                on_death(death)
             reasons.append(
-                f"the processor (pid {pid}) of shard {shard} died without finishing its shard "
-                f"(killed, or it exited on an error; last heard from {now - heard:.0f}s ago): "
-                "the daemon starts no other, and exits 1 after its grace time"
+                f"{death.said(now)}: the daemon starts no other, and exits 1 after its grace time"
             )
     return reasons

@@ -542,10 +542,20 @@ def run_kcl(
     daemon: DaemonProcess | None = None
     watch: StreamWatch | None = None
 
+    # The first processor death seen while the daemon ran: the daemon then exits 1 on its
+    # own, and the run's final line says what came first.
+    deaths: list[awaited.Death] = []
+
+    def died(death: awaited.Death) -> None:
+        if not deaths and daemon is not None and daemon.running():
+            deaths.append(death)
+
     def problems() -> list[str]:
         if daemon is None:
             return []
-        return daemon.problems() + awaited.unanswered(notes, job.metrics.stall_after_s)
+        return daemon.problems() + awaited.unanswered(
+            notes, job.metrics.stall_after_s, on_death=died
+        )
 
     lock = _worker_lock(resolved)
     workdir = tempfile.TemporaryDirectory(prefix="replicator-kcl-")
@@ -631,6 +641,10 @@ def run_kcl(
                 f"the KCL daemon could not start from {prepared.jars_dir}: "
                 f"{daemon.classpath_failure}; the jars there do not form a working KCL "
                 "classpath for this java (see docs/kcl-and-docker.md for the pinned set)"
+            )
+        if deaths:  # it ran processors: a daemon, whatever it printed
+            raise DaemonStopped(
+                f"{daemon.failure}; before it ended, {deaths[0].said(time.monotonic())}", status
             )
         if not daemon.printed and daemon.status is not None and daemon.status < 128:
             # A JVM that started, or failed to, always says something: a kcl.java that

@@ -19,7 +19,7 @@ from amazon_kclpy import messages
 
 from replicator.metrics import Metrics
 from replicator.processor import ReplicationProcessor
-from replicator.runtime.kcl.awaited import ENV, AnswerNotes, unanswered
+from replicator.runtime.kcl.awaited import ENV, AnswerNotes, Death, unanswered
 from tests.support.aws import client, create_table
 from tests.support.e2e import wait_until
 from tests.test_processor_protocol import EmptyReadIntake, RawDaemon
@@ -215,7 +215,13 @@ def test_a_shard_whose_processor_died_is_named_at_once_until_one_takes_it_again(
         "(killed, or it exited on an error; last heard from 1s ago): the daemon starts no "
         "other, and exits 1 after its grace time"
     )
-    assert unanswered(tmp_path, 300, now=1001.0) == [expected]
+    told: list[Death] = []
+    assert unanswered(tmp_path, 300, now=1001.0, on_death=told.append) == [expected]
+    assert told == [Death(pid, "shardId-7", 1000.0)]  # for the run's final line
+    assert told[0].said(1021.0) == (
+        f"the processor (pid {pid}) of shard shardId-7 died without finishing its shard "
+        "(killed, or it exited on an error; last heard from 21s ago)"
+    )
     assert unanswered(tmp_path, 300, now=1001.0) == [expected]  # until the shard runs
     this_processors_note(tmp_path, since=None, heard=1350.0)  # a processor of shardId-7
     assert unanswered(tmp_path, 300, now=1351.0) == []

@@ -581,6 +581,12 @@ child_code = (
     "notes.heard()\\n"
     "while os.getppid() == int(sys.argv[1]): time.sleep(0.1)\\n"
     if mode == "held"
+    else "import sys\\n"
+    # A processor that dies (exits on an error) once it has started its shard.
+    "from replicator.runtime.kcl.awaited import AnswerNotes\\n"
+    "AnswerNotes.from_environment().started('shardId-dead')\\n"
+    "sys.exit(1)\\n"
+    if mode == "died"
     else "import os, sys, time\\n"
     "while os.getppid() == int(sys.argv[1]): time.sleep(0.1)\\n"
 )
@@ -607,6 +613,11 @@ os.replace(os.environ["STAND_IN_RECORD"] + ".tmp", os.environ["STAND_IN_RECORD"]
 if mode == "stubborn-child":
     time.sleep(0.5)
     sys.exit(1)  # a processor failed: the daemon exits 1 and leaves its children behind
+if mode == "died":
+    # As the KCL after a processor's death: it exits 1 by itself (here once told to).
+    while not os.path.exists(os.environ["STAND_IN_RECORD"] + ".release"):
+        time.sleep(0.05)
+    sys.exit(1)
 while not stopping or mode == "deaf":
     if stopping and not os.path.exists(os.environ["STAND_IN_RECORD"] + ".sigterm"):
         open(os.environ["STAND_IN_RECORD"] + ".sigterm", "w").close()
@@ -986,6 +997,34 @@ def test_health_names_each_processor_holding_a_process_records_unanswered(
     assert run.process.poll() is None
     run.process.send_signal(signal.SIGTERM)
     assert run.process.wait(30) == 0, run.log.read_text()[-2000:]
+
+
+def test_the_final_line_of_a_daemon_that_exits_after_a_processor_died_names_the_processor(
+    stand_in: Any,
+) -> None:
+    """The KCL starts no other processor for a dead one's shard: the daemon exits 1 by
+    itself, and the run's last line said only that, over a log with no word of the death
+    (a kill -9 leaves none). It names the processor /healthz named meanwhile."""
+    run = stand_in("died")
+    record = run.record()
+    port = logged_metrics_port(run.log)
+    wait_until(
+        lambda: any(" died without finishing its shard " in r for r in health(port)[1]["reasons"]),
+        30,
+        "/healthz to name the dead processors",
+    )
+    Path(str(run.record_path) + ".release").touch()
+    assert run.process.wait(30) == 1, run.log.read_text()[-2000:]
+    last = run.log.read_text().strip().splitlines()[-1]
+    assert last.startswith(
+        "replicator: the KCL daemon stopped on its own without being asked to (status 1; its "
+        "log above says why); before it ended, the processor (pid "
+    ), last
+    assert any(
+        f"(pid {pid}) of shard shardId-dead died without finishing its shard (killed, or it "
+        "exited on an error; last heard from " in last
+        for pid in record["children"]
+    ), last
 
 
 def test_a_daemon_killed_for_not_stopping_in_time_is_a_stop_that_did_not_complete(
