@@ -168,7 +168,7 @@ def unanswered(
     limit = max(stall_after_s, MISSED_BEATS * BEAT_S)
     reasons = []
     running: set[str] = set()
-    dead: list[tuple[Path, int, str, float]] = []
+    dead: list[tuple[Path, Death]] = []
     try:
         notes = sorted(directory.glob("[0-9]*.json"))
     except OSError:
@@ -185,7 +185,7 @@ def unanswered(
         started = start_time(pid)
         if started is None or started != note.get("started"):
             # The processor is gone (its pid may be in use again by another process).
-            dead.append((path, pid, shard, heard))
+            dead.append((path, Death(pid, shard, heard)))
             continue
         running.add(shard)
         silent_s = now - heard
@@ -201,13 +201,12 @@ def unanswered(
                 f"the processor (pid {pid}) of shard {shard} has not been heard from for "
                 f"{silent_s:.0f}s: the process is stopped (SIGSTOP) or cannot run"
             )
-    for path, pid, shard, heard in dead:
-        if not shard or shard in running:
+    for path, death in dead:
+        if not death.shard or death.shard in running:
             # Died before it started a shard, or the shard has a processor again.
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
         else:
-            death = Death(pid, shard, heard)
             if on_death is not None:
                 on_death(death)
             reasons.append(

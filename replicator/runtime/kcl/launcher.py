@@ -88,6 +88,8 @@ _CLASSPATH_FAILURE = re.compile(
 )
 # The JVM refusing its own options (a heap size it cannot read, an unknown option): the
 # line before "Could not create the Java Virtual Machine" says which.
+# How the run's final line begins when the daemon ended with no stop asked of it.
+_STOPPED_UNASKED = "the KCL daemon stopped on its own without being asked to"
 _JVM_REFUSED = "Could not create the Java Virtual Machine"
 # The JVM failing as it initialises with options it read (an initial heap above the
 # maximum, a heap too small to start in): the line after this one says why.
@@ -290,10 +292,7 @@ class DaemonProcess:
             return 1
         # The launcher exits 0 when the KCL's scheduler gave up starting (its lease
         # coordinator could not initialise): nobody asked it to stop, so it failed.
-        self.failure = (
-            f"the KCL daemon stopped on its own without being asked to (status {status}; its "
-            "log above says why)"
-        )
+        self.failure = f"{_STOPPED_UNASKED} (status {status}; its log above says why)"
         return 1
 
     def _act_on_stop_requests(self) -> None:
@@ -650,8 +649,8 @@ def run_kcl(
             # A JVM that started, or failed to, always says something: a kcl.java that
             # is no Java runtime (a wrapper script, /bin/true) exits without a word.
             raise DaemonStopped(
-                f"the KCL daemon stopped on its own without being asked to (status "
-                f"{daemon.status}) and printed nothing: kcl.java ({daemon.argv[0]}) may not be "
+                f"{_STOPPED_UNASKED} (status {daemon.status}) and printed nothing: kcl.java "
+                f"({daemon.argv[0]}) may not be "
                 f"a Java runtime ('{daemon.argv[0]} -version' shows whether it is one); the "
                 "command is in the 'KCL daemon started' line above",
                 status,
