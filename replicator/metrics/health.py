@@ -82,6 +82,12 @@ def evaluate(
             in_flight[destination] = in_flight.get(destination, 0.0) + value
         elif name == BEHIND:
             reader_behind[shard] = max(reader_behind.get(shard, 0.0), value / 1000.0)
+    # Judged on the lag as the body shows it (to the millisecond), so that a stalled
+    # destination is never shown at its limit: 3.0004 s is 3.0 s, not past a 3 s limit.
+    lag = {
+        shard: {destination: round(seconds, 3) for destination, seconds in per_shard.items()}
+        for shard, per_shard in lag.items()
+    }
     for shard in sorted(lag):
         for destination, seconds in sorted(lag[shard].items()):
             # Nothing in flight: nothing is held back there (the lag is the reader's

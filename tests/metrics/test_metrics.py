@@ -263,6 +263,16 @@ def test_lag_just_at_the_limit_is_still_healthy() -> None:
     assert evaluate([lag("ap", "s1", 500.0), progress("ap", "s1", NOW - 60)]).healthy
 
 
+def test_a_stalled_destination_is_never_shown_at_its_limit() -> None:
+    """The body shows the lag to the millisecond; the verdict is taken on that number, so
+    a lag a fraction of a millisecond past the limit (shown as the limit) is healthy."""
+    stuck = progress("ap", "s1", NOW - 500)
+    assert evaluate([lag("ap", "s1", 60.0004), stuck]).healthy
+    result = evaluate([lag("ap", "s1", 60.0006), stuck])
+    assert not result.healthy
+    assert result.as_dict()["destinations"] == {"ap": {"lag_seconds": 60.001}}
+
+
 def test_a_destination_that_never_settled_anything_counts_from_the_runtime_start() -> None:
     samples = [lag("ap", "s1", 120.0), checkpoint("s1", NOW - 1)]
     assert not evaluate(samples).healthy  # started an hour ago
