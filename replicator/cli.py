@@ -13,6 +13,7 @@ import signal
 import sys
 from collections import Counter
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -32,10 +33,19 @@ R = TypeVar("R")
 class _Bounds:
     """The range a number option's help shows: click's, or none when the option has
     neither bound (its callback checks it, and its help says the bounds): click shows
-    such a range as ``x<=None``."""
+    such a range as ``x<=None``. A number is written in ASCII digits without ``_``:
+    Python's float() and int() also take ``1_0`` (its literal grouping) and digits of
+    other scripts, which no one types as a number of seconds or threads, and which
+    ``wait --until`` refuses too."""
 
     min: Any
     max: Any
+    name: str
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and (not value.isascii() or "_" in value):
+            self.fail(f"{value!r} is not a valid {self.name}.", param, ctx)  # type: ignore[attr-defined]
+        return super().convert(value, param, ctx)  # type: ignore[misc]
 
     def _describe_range(self) -> str:
         if self.min is None and self.max is None:
@@ -597,8 +607,10 @@ def redrive(config_path: Path) -> None:
     sys.exit(commands.redrive(config_path))
 
 
-def _time_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    """Epoch seconds (fractions allowed) or ISO 8601 with a zone."""
+def _time_option(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> float | Decimal | None:
+    """Epoch seconds (fractions allowed, kept exactly) or ISO 8601 with a zone."""
     if value is None:
         return None
     from replicator.watermark.commands import parse_time
@@ -735,9 +747,9 @@ def watermark(config_path: Path, destination: str | None, as_json: bool) -> None
 def wait(
     config_path: Path,
     destination: str,
-    until: float,
+    until: float | Decimal,
     timeout: float,
-    since: float | None,
+    since: float | Decimal | None,
     poll_interval: float,
 ) -> None:
     """Wait until DESTINATION's watermark passes --until: exit 0, 1 on timeout, 4 if a change

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from decimal import Decimal
 
 SECONDS_CEILING = 100_000_000_000
 """Epoch seconds are below this (5138-11-16T09:46:40Z); larger numbers are a finer unit."""
@@ -19,7 +20,7 @@ SECONDS_CEILING = 100_000_000_000
 _FINER_UNITS = (("milliseconds", 1_000), ("microseconds", 1_000_000), ("nanoseconds", 10**9))
 
 
-def finer_unit(value: float) -> tuple[str, int] | None:
+def finer_unit(value: float | Decimal) -> tuple[str, int] | None:
     """For a number at or above the ceiling: the unit it is most likely in and how many of
     it make a second (the coarsest unit that makes it a date before the ceiling), or None
     when no unit does."""

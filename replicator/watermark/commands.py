@@ -7,11 +7,13 @@ own credentials (its endpoint and role), exactly as an application there would.
 from __future__ import annotations
 
 import json
+import math
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -31,6 +33,7 @@ from replicator.runtime.preflight import explain
 from replicator.watermark.parts import Watermark, iso, seconds
 from replicator.watermark.spans import UNWATCHED
 from replicator.watermark.wait import (
+    Seconds,
     WaitResult,
     checked_seconds,
     read_watermark,
@@ -92,10 +95,13 @@ def _stopped_line(stop: _Stopped, what: str) -> int:
     return stop.exit_code
 
 
-def parse_time(text: str, option: str) -> float:
+def parse_time(text: str, option: str) -> Seconds:
     """Epoch seconds (fractions allowed) or ISO 8601 with a zone (read by
     :func:`typed_iso_time`, as ``conflicts --since`` reads it), from 1970 to before
-    ``SECONDS_CEILING``; ValueError naming ``option`` and ``text``."""
+    ``SECONDS_CEILING``; ValueError naming ``option`` and ``text``. A number is kept
+    exactly (a Decimal), as an application's Decimal is: a float would round
+    ``1796466592.9999999`` up to the next second, and ``99999999999.9999999`` up to
+    the ceiling, where every time is later rounded down to the microsecond."""
     shown = f"{option} {text!r}"
     try:
         # float() alone would also take digits of other scripts and 1_000 (Python's
@@ -104,7 +110,8 @@ def parse_time(text: str, option: str) -> float:
     except ValueError:
         value = None
     if value is not None:
-        return checked_seconds(value, shown, typed_as_number=True)
+        exact = Decimal(text) if math.isfinite(value) else value
+        return checked_seconds(exact, shown, typed_as_number=True)
     midnight = date_alone(text)
     if midnight is not None:
         raise ValueError(
@@ -278,9 +285,9 @@ def _describe(
 def wait(
     resolved: ResolvedJob,
     name: str,
-    until: float,
+    until: Seconds,
     timeout: float,
-    since: float | None,
+    since: Seconds | None,
     poll_interval: float,
 ) -> int:
     """Wait until the destination's watermark passes ``until``: 0, 1 (timeout), 4 (dead

@@ -50,7 +50,7 @@ MAX_POLL_INTERVAL_S = 3600.0
 _LATEST = "5138-11-16T09:46:40Z"  # SECONDS_CEILING
 
 
-def checked_seconds(value: float, shown: str, *, typed_as_number: bool) -> float:
+def checked_seconds(value: Seconds, shown: str, *, typed_as_number: bool) -> Seconds:
     """``value`` (epoch seconds) if a wait can use it as a time; else ValueError
     ``"<shown>: <why>"``.
 
@@ -70,7 +70,7 @@ def checked_seconds(value: float, shown: str, *, typed_as_number: bool) -> float
         unit = finer_unit(value) if typed_as_number else None
         if unit is not None:
             name, per_second = unit
-            given = f"{value / per_second:.6f}".rstrip("0").rstrip(".")
+            given = f"{float(value) / per_second:.6f}".rstrip("0").rstrip(".")
             raise ValueError(f"{shown}: looks like epoch {name}: give seconds, e.g. {given}")
         raise ValueError(
             f"{shown}: out of range: a time must be before {_LATEST} "
@@ -201,10 +201,15 @@ def to_epoch_us(moment: Seconds | datetime, name: str = "until") -> int:
             f"{name} {_brief(moment)}: out of range: a time must be before {_LATEST} "
             f"(epoch seconds below {SECONDS_CEILING})"
         )
-    value = checked_seconds(number, f"{name} {_shown(moment)}", typed_as_number=True)
-    if isinstance(moment, Decimal | numbers.Rational):
-        return math.floor(moment * US)
-    return math.floor(value * US)
+    # A Decimal (an int, a Fraction) is checked exactly too: as a float,
+    # 99999999999.9999999 would be the ceiling itself, and refused.
+    exact = isinstance(moment, Decimal | numbers.Rational) and math.isfinite(number)
+    checked = checked_seconds(
+        moment if exact else number,
+        f"{name} {_shown(moment)}",
+        typed_as_number=True,
+    )
+    return math.floor(checked * US)
 
 
 MIN_READ_S = 2.0

@@ -96,6 +96,16 @@ AP = "ap-southeast-2/replica"
             "'--poll': 0.001 is less than 0.01 seconds between reads",
         ),
         (["wait", "-d", EU, "--until", "1", "--timeout", "0", "--poll", "-1"], "-1.0 is less"),
+        # Numbers are ASCII digits without Python's grouping, as --until takes them.
+        (
+            ["wait", "-d", EU, "--until", "1", "--timeout", "1_0"],
+            "'--timeout': '1_0' is not a valid number.",
+        ),
+        (
+            ["wait", "-d", EU, "--until", "1", "--timeout", "0", "--poll", "\u0661"],
+            "'--poll': '\u0661' is not a valid number.",
+        ),
+        (["verify", "--sample", "1_0"], "'--sample': '1_0' is not a valid whole number."),
     ],
 )
 def test_an_option_given_twice_or_a_poll_out_of_its_bounds_is_refused_with_exit_2(
@@ -464,3 +474,41 @@ def test_a_timeout_of_inf_waits_without_limit_and_exits_0_once_passed(
             "wait", "--config", str(path), "-d", EU, "--until", until, "--timeout", timeout
         )
         assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("until", "shown"),
+    [
+        # As a float, 1796466592.9999999 was the next second, where the same time written
+        # in ISO 8601 was the microsecond below it.
+        ("1796466592.9999999", "2026-12-05T10:29:52.999999Z"),
+        ("2026-12-05T10:29:52.9999999Z", "2026-12-05T10:29:52.999999Z"),
+    ],
+)
+def test_a_time_is_taken_to_the_microsecond_below_it_however_it_is_written(
+    tmp_path: Path, until: str, shown: str
+) -> None:
+    """The window a wait names is the time it was given, rounded down to the microsecond
+    (the status table is never read: --since after --until is refused first)."""
+    path = job_file(tmp_path, "wm-exact", "http://127.0.0.1:1")  # never read
+    done = in_process(
+        *("wait", "--config", str(path), "-d", EU, "--until", until),
+        *("--since", "1800000000", "--timeout", "0"),
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"is after --until {shown}: the window from --since to --until is inverted" in (
+        " ".join(done.stderr.split())
+    ), done.stderr
+
+
+def test_a_time_just_below_the_ceiling_is_waited_for(tmp_path: Path) -> None:
+    """As a float, 99999999999.9999999 was the ceiling itself, refused as epoch
+    milliseconds (exit 2): it is a time, and the wait goes on to read the status table
+    (which cannot be reached here: exit 3)."""
+    path = job_file(tmp_path, "wm-ceiling", "http://127.0.0.1:1")
+    done = in_process(
+        *("wait", "--config", str(path), "-d", EU),
+        *("--until", "99999999999.9999999", "--timeout", "0"),
+    )
+    assert done.returncode == 3, done.stderr
+    assert "status table wm-ceiling-watermark: cannot reach http://127.0.0.1:1" in done.stderr

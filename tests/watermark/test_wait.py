@@ -32,6 +32,7 @@ from replicator.watermark import (
 )
 from replicator.watermark.parts import Part, combine
 from replicator.watermark.table import StatusTable
+from replicator.watermark.wait import to_epoch_us
 from tests.support.aws import client
 from tests.support.e2e import PATIENCE
 from tests.support.faults.proxy import FaultProxy
@@ -102,6 +103,7 @@ def test_a_time_it_cannot_wait_for_is_refused_before_waiting(
         ({"until": Decimal("Infinity")}, "until Decimal('Infinity'): not a time"),
         ({"until": Decimal(-1)}, "until Decimal('-1'): not a time (epoch seconds must be >= 0)"),
         ({"until": Decimal(1796097900000)}, "looks like epoch milliseconds: give seconds"),
+        ({"until": Decimal("100000000000.0000001")}, "looks like epoch milliseconds"),
         ({"until": 1e9, "timeout": Decimal("NaN")}, "timeout Decimal('NaN'): not a number of"),
         ({"until": 1e9, "poll_interval": Decimal(0)}, "poll_interval Decimal('0'): must be a"),
         ({"until": 1e9, "poll_interval": Decimal("Infinity")}, "from 0.01 to 3600"),
@@ -759,3 +761,21 @@ def test_importing_the_wait_loads_no_job_file_schema() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(
+    ("until", "epoch_us"),
+    [
+        # As floats, the first is the ceiling itself (refused as milliseconds) and the
+        # second the next second: a Decimal or a Fraction is taken exactly, then rounded
+        # down to the microsecond as every time is.
+        (Decimal("99999999999.9999999"), 99_999_999_999_999_999),
+        (Decimal("1796466592.9999999"), 1_796_466_592_999_999),
+        (Fraction(3_592_933_185, 2), 1_796_466_592_500_000),
+        (1796466592.25, 1_796_466_592_250_000),
+    ],
+)
+def test_a_time_given_exactly_is_taken_to_the_microsecond_below_it(
+    until: Any, epoch_us: int
+) -> None:
+    assert to_epoch_us(until) == epoch_us
