@@ -83,7 +83,10 @@ def _out_of_range(text: str) -> SinceSyntaxError:
 
 
 def key_text(entry: ConflictEntry) -> str:
-    return describe_key(item_from_wire(entry.key))
+    """The entry's key in its one spelling (numbers canonical, as the log groups entries):
+    moto keeps ``1.0`` as written, and the listing's rows, its top keys and its header
+    showed one item as ``sk=N:1.0`` and ``sk=N:1``, and counted it as two keys."""
+    return _key_shown(entry.item)
 
 
 def _key_shown(canonical: str) -> str:

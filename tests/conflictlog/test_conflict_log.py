@@ -724,6 +724,19 @@ def test_the_listing_summarizes_and_marks_restores() -> None:
     assert marked[entries[0].id] == "r1"
 
 
+def test_the_listing_spells_a_number_in_a_key_one_way_and_counts_the_item_once() -> None:
+    """moto keeps a number key as written (``3.0``), DynamoDB as ``3``: the rows, the top
+    keys and a --key header all show the item's one spelling, and count it once."""
+    plain = conflict(1).entry()
+    spelled = replace(conflict(2).entry(), key={**plain.key, "sk": {"N": "3.0"}})
+    assert spelled.item == plain.item
+    listing = Listing("fake", Selection(), [plain, spelled])
+    assert listing.summary()["top_keys"] == [{"key": "pk=S:order-1 sk=N:3", "conflicts": 2}]
+    text = listing.text(limit=0)
+    assert "sk=N:3.0" not in text
+    assert text.count("pk=S:order-1 sk=N:3") == 3, text  # the top key and both rows
+
+
 def test_the_listing_shows_the_digests_of_a_loser_and_winner_that_tie() -> None:
     """A conflict decided by the digest (same timestamp and origin) lists the digests
     beside the ranks, which alone would read the same in LOSER and WINNER."""
