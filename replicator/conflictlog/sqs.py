@@ -129,9 +129,12 @@ def decode(body: str) -> ConflictEntry:
 
 
 class SqsConflictLog:
-    def __init__(self, client: SQSClient, queue_url: str) -> None:
+    def __init__(self, client: SQSClient, queue_url: str, where: str | None = None) -> None:
         self.client = client
         self.queue_url = queue_url
+        # Where the queue is read, as errors name it: the endpoint and region, or the
+        # region alone (the endpoint a queue URL names need not be the one called).
+        self.where = where or client.meta.region_name
         self.description = f"SQS queue {queue_url}"
         self.limit = MessageLimit(client, queue_url, "conflict-log queue")
         # Set to end a read's wait for entries another reader holds (a stop, a test).
@@ -358,9 +361,7 @@ class SqsConflictLog:
         return max(0, visible + in_flight - len(seen))
 
     def _read_failure(self, error: ClientError | BotoCoreError) -> Exception:
-        return read_failure(
-            error, f"conflict-log queue {self.queue_url}", self.client.meta.region_name
-        )
+        return read_failure(error, f"conflict-log queue {self.queue_url}", self.where)
 
     def _entry(self, message: ReceivedMessage) -> ConflictEntry | None:
         try:

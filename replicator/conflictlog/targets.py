@@ -70,17 +70,14 @@ def conflict_log_target(resolved: ResolvedJob, *, sdk_retries: bool = True) -> C
         return FileConflictLog(conflict_log_path(resolved))
     if settings.kind is ConflictLogKind.SQS:
         assert settings.queue_url
+        region = settings.region or resolved.job.source.region
         queue = clients.sqs(
-            Place(
-                settings.region or resolved.job.source.region,
-                settings.endpoint_url,
-                settings.role_arn,
-            ),
+            Place(region, settings.endpoint_url, settings.role_arn),
             connect_timeout=3.0,
             read_timeout=10.0,
             sdk_retries=sdk_retries,
         )
-        return SqsConflictLog(queue, settings.queue_url)
+        return SqsConflictLog(queue, settings.queue_url, where(region, settings.endpoint_url))
     if settings.kind is ConflictLogKind.DYNAMODB:
         client, place = _table_client(resolved, sdk_retries)
         return DynamoDbConflictLog(client, conflict_table(resolved), settings.retention_days, place)

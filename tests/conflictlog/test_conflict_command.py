@@ -293,6 +293,25 @@ def test_a_corrupt_message_in_an_sqs_log_is_skipped_naming_its_id(
     assert (warning["queue"], warning["message_id"]) == (url, broken)
 
 
+def test_a_queue_that_is_not_there_is_named_with_its_endpoint_as_a_table_is(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """Exit 3, one line naming the queue and where it was read (the endpoint and the
+    region, as the DynamoDB log's messages say it)."""
+    sqs = client("sqs", "us-east-1", moto_endpoint)
+    url = sqs.create_queue(QueueName=unique("conflicts"))["QueueUrl"]
+    sqs.delete_queue(QueueUrl=url)
+    config = job_file(
+        tmp_path, f"{{kind: sqs, queue_url: '{url}', endpoint_url: '{moto_endpoint}'}}"
+    )
+
+    listing = invoke(config)
+    no_traceback(listing)
+    assert listing.exit_code == 3, listing.output
+    assert f"conflict-log queue {url}: " in listing.stderr
+    assert f"(at {moto_endpoint} (us-east-1))" in listing.stderr, listing.stderr
+
+
 @pytest.mark.parametrize(
     ("option", "value", "said"),
     [
