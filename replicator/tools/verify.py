@@ -273,19 +273,19 @@ class VerifyReport:
 
     def text(self) -> str:
         scope = "sampled" if self.sampled else "scanned"
-        outstanding = [f for f in self.findings if not f.settled]
-        verdict = "equal" if self.equal else _differences(len(outstanding))
+        outstanding = sum(1 for f in self.findings if not f.settled)
+        verdict, repaired = _verdict(len(self.findings), outstanding)
         lines = [
-            f"verify {self.source}: {verdict} ({scope} {self.source_items} source items"
-            f"{self._read('source')}; {self.rechecked} re-checked)"
+            f"verify {self.source}: {verdict} ({f'{repaired} repaired; ' if repaired else ''}"
+            f"{scope} {self.source_items} source items{self._read('source')}; "
+            f"{self.rechecked} re-checked)"
         ]
         lines.extend(self._notes("source"))
         for label in self.destinations:
             mine = [f for f in self.findings if f.destination == label]
-            left = [f for f in mine if not f.settled]
-            state = "equal" if not left else _differences(len(left))
-            if mine and not left:
-                state = f"equal after repair ({len(mine)} repaired)"
+            state, repaired = _verdict(len(mine), sum(1 for f in mine if not f.settled))
+            if repaired:
+                state += f" ({repaired} repaired)"
             lines.append(
                 f"{label}: {scope} {self.destination_items.get(label, 0)} items"
                 f"{self._read(label)}, {state}{self._kept(label)}"
@@ -871,6 +871,18 @@ class Verify:
 
 def _differences(count: int) -> str:
     return f"{count} difference{'s' if count != 1 else ''}"
+
+
+def _verdict(found: int, left: int) -> tuple[str, int]:
+    """What the report says of ``found`` differences, ``left`` of them not repaired, and
+    how many were repaired: a count alone would read as what was found, where the lines
+    under it show more."""
+    settled = found - left
+    if not found:
+        return "equal", 0
+    if not left:
+        return "equal after repair", settled
+    return (f"{_differences(left)} left" if settled else _differences(left)), settled
 
 
 def _state(

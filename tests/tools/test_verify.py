@@ -298,8 +298,13 @@ def test_attribute_names_and_ranking_values_in_the_text_report_cannot_add_a_line
         ["updated_at"],
     ]
     assert found.returncode == 1, found.stderr
+    # The counts say what was repaired, beside what is left: "1 difference" over two
+    # lines read as what was found.
+    assert found.stdout.splitlines()[0].startswith(
+        f"verify us-east-1/{job.source_table}: 1 difference left (1 repaired; scanned 2 "
+    )
     assert found.stdout.splitlines()[1:] == [
-        f"eu-west-1/{job.name}-eu: scanned 2 items, 1 difference",
+        f"eu-west-1/{job.name}-eu: scanned 2 items, 1 difference left (1 repaired)",
         '  different pk=S:c0 sk=N:0  attributes: "a, b", "evil\\nname"  -> repaired',
         "  different pk=S:c1 sk=N:1  attributes: updated_at  -> refused: last_writer_wins: "
         "the destination's item (updated_at=9999) ranks above the put's image "
