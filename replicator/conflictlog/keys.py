@@ -195,5 +195,20 @@ def _typed(text: str, name: str, kind: str, value: str) -> AttributeValue:
         try:
             return {"B": base64.b64decode(value, validate=True)}
         except (binascii.Error, ValueError):
-            raise KeySyntaxError(f"{text!r}: {name}=B:{value} is not base64") from None
+            raise KeySyntaxError(
+                f"{text!r}: {name}=B:{value} is not base64{_base64_hint(value)}"
+            ) from None
     return {"S": value}
+
+
+def _base64_hint(value: str) -> str:
+    """What to write instead, when the value is base64 but for its form: its padding left
+    out (``AAE`` for ``AAE=``), or the URL-safe alphabet (``-`` and ``_`` for ``+``
+    and ``/``), as listings and log lines never show it."""
+    standard = value.replace("-", "+").replace("_", "/")
+    padded = standard + "=" * (-len(standard) % 4)
+    try:
+        base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError):
+        return ""
+    return f" as keys are shown (standard alphabet, padded with =): {padded}"

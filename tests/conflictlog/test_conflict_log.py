@@ -168,6 +168,8 @@ def test_every_key_reads_back_as_shown(key: Item) -> None:
         ("pk=N:" + "1" * 39, "key attribute pk: '" + "1" * 39 + "' has 39 significant digits"),
         ("pk=N:1_000", "'1_000' is not a DynamoDB number"),
         ("b=B:not base64!", "b=B:not base64! is not base64"),
+        ("b=B:AAE", "b=B:AAE is not base64 as keys are shown (standard alphabet, padded "),
+        ("b=B:-_8", "b=B:-_8 is not base64 as keys are shown (standard alphabet, padded "),
         ("pk=S:a pk=S:b", "names key attribute 'pk' twice"),
         ('{"pk":{"S":"a"},"pk":{"S":"b"}}', "names key attribute 'pk' twice"),
         ('{"pk":{"S":"a","S":"b"}}', "attribute 'pk' must be one typed value"),
