@@ -114,11 +114,25 @@ _DOTTED_CALLABLE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
 SHOWN_CHARACTERS = 200
 
 
-def shown(value: str) -> str:
-    """A text as a message quotes it: whole, or its start and how long it is."""
+def shown(value: object) -> str:
+    """A value as a message quotes it: whole, or the start of a long text and how long it
+    is (a 5,000-character ``${VAR}`` would otherwise fill the screen, and hide the key the
+    message names). Any other value as its repr, cut the same way."""
+    if isinstance(value, str):
+        if len(value) <= SHOWN_CHARACTERS:
+            return repr(value)
+        return f"{value[:40]!r}… ({len(value):,} characters)"
+    text = repr(value)
+    if len(text) <= SHOWN_CHARACTERS:
+        return text
+    return f"{text[:40]}… ({len(text):,} characters)"
+
+
+def shown_with_length(value: str) -> str:
+    """:func:`shown`, with the length of a short text too (a long one's is given)."""
     if len(value) <= SHOWN_CHARACTERS:
-        return repr(value)
-    return f"{value[:40]!r}… ({len(value):,} characters)"
+        return f"{value!r} ({len(value)} characters)"
+    return shown(value)
 
 
 def _yes_or_no(value: object) -> object:
@@ -130,7 +144,7 @@ def _yes_or_no(value: object) -> object:
         return value
     if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
         return value.strip().lower() == "true"
-    raise ValueError(f"expected true or false, got {value!r}")
+    raise ValueError(f"expected true or false, got {shown(value)}")
 
 
 def _not_a_switch(value: object) -> object:
@@ -142,7 +156,7 @@ def _not_a_switch(value: object) -> object:
         raise ValueError(f"expected a number, got {str(value).lower()}")
     if isinstance(value, str) and "_" in value:
         raise ValueError(
-            f"expected a number, got {value!r}: a number is written without _ "
+            f"expected a number, got {shown(value)}: a number is written without _ "
             f"(such as {value.replace('_', '')})"
         )
     return value
@@ -186,7 +200,7 @@ def _not_empty(value: str) -> str:
     what an operator means: leaving the key out gives its default."""
     if not value.strip():
         raise ValueError(
-            f"is empty ({value!r}): give a value, or leave the key out for its default"
+            f"is empty ({shown(value)}): give a value, or leave the key out for its default"
         )
     return value
 
@@ -208,7 +222,7 @@ def _file_path(value: str) -> str:
     _path_text(value)
     if value.endswith("/"):
         raise ValueError(
-            f"names a directory ({value!r}): name the file, such as {value}{{task_name}}.jsonl"
+            f"names a directory ({shown(value)}): name the file, such as {value}{{task_name}}.jsonl"
         )
     return value
 
@@ -281,7 +295,7 @@ class Strict(BaseModel):
 
 def _check_region(value: str) -> str:
     if not _REGION.fullmatch(value):
-        raise ValueError(f"expected an AWS region name such as us-east-1, got {value!r}")
+        raise ValueError(f"expected an AWS region name such as us-east-1, got {shown(value)}")
     return value
 
 
@@ -293,7 +307,7 @@ def _check_table(value: str) -> str:
     if not _TABLE.fullmatch(value):
         raise ValueError(
             "expected a DynamoDB table name (3-255 characters of letters, digits, _ . -), "
-            f"got {value!r}"
+            f"got {shown(value)}"
         )
     return value
 
@@ -301,7 +315,8 @@ def _check_table(value: str) -> str:
 def _check_role(value: str | None) -> str | None:
     if value is not None and not _ROLE_ARN.fullmatch(value):
         raise ValueError(
-            f"expected an IAM role ARN such as arn:aws:iam::123456789012:role/name, got {value!r}"
+            "expected an IAM role ARN such as arn:aws:iam::123456789012:role/name, "
+            f"got {shown(value)}"
         )
     return value
 
@@ -323,7 +338,7 @@ def _check_external_id(value: str | None, info: ValidationInfo) -> str | None:
     if value is not None and not _EXTERNAL_ID.fullmatch(value):
         raise ValueError(
             "expected an external id of 2 to 1224 characters of letters, digits and "
-            f"_ + = , . @ : / - (STS's rule), got {shown(value)} ({len(value)} characters)"
+            f"_ + = , . @ : / - (STS's rule), got {shown_with_length(value)}"
         )
     return value
 
@@ -385,13 +400,13 @@ class StreamConfig(Strict):
         if not _KINESIS_STREAM_NAME.fullmatch(value):
             raise ValueError(
                 "expected a Kinesis data stream name (1-128 characters of letters, digits, "
-                f"_ . -), got {value!r}"
+                f"_ . -), got {shown(value)}"
             )
         arn = info.data.get("arn")
         if arn is not None and arn.rsplit(":stream/", 1)[-1] != value:
             # The KCL would read the stream by this name and the ARN would be ignored.
             raise ValueError(
-                f"is {value!r}, but source.stream.arn names the stream "
+                f"is {shown(value)}, but source.stream.arn names the stream "
                 f"{arn.rsplit(':stream/', 1)[-1]!r}: give one of them (or the same stream in "
                 "both)"
             )
@@ -415,7 +430,7 @@ class StreamConfig(Strict):
             )
             raise ValueError(
                 "expected a Kinesis data stream ARN such as arn:aws:kinesis:us-east-1:"
-                f"123456789012:stream/NAME{hint}, got {value!r}"
+                f"123456789012:stream/NAME{hint}, got {shown(value)}"
             )
         return value
 
@@ -486,7 +501,7 @@ class ConflictConfig(Strict):
                 raise ValueError("policy custom needs 'resolver' (module.path:function)")
             if not _DOTTED_CALLABLE.fullmatch(self.resolver):
                 raise ValueError(
-                    f"resolver must look like module.path:function, got {self.resolver!r}"
+                    f"resolver must look like module.path:function, got {shown(self.resolver)}"
                 )
         return self
 
@@ -516,7 +531,7 @@ class DestinationConfig(Strict):
         if value is not None and value.startswith(SOURCE_LABEL_PREFIX):
             raise ValueError(
                 f"names starting with {SOURCE_LABEL_PREFIX!r} are reserved for the writer of "
-                f"the job's own source table (active-active), got {value!r}"
+                f"the job's own source table (active-active), got {shown(value)}"
             )
         return value
 
@@ -561,11 +576,11 @@ class ActiveActiveConfig(Strict):
         if "{table}" not in value:
             raise ValueError(
                 f"tombstone_table must contain {{table}}, so that every table has its own "
-                f"tombstone table beside it, got {value!r}"
+                f"tombstone table beside it, got {shown(value)}"
             )
         problem = _pattern_problem(value, "table")
         if problem:
-            raise ValueError(f"tombstone_table may use only {{table}}: {value!r} ({problem})")
+            raise ValueError(f"tombstone_table may use only {{table}}: {shown(value)} ({problem})")
         return value  # the names it gives the job's tables: cross_checks
 
 
@@ -809,7 +824,7 @@ def _credentials_provider_problem(value: str) -> str | None:
     if names and not bad:
         return None
     return (
-        f"{value!r} does not name a credentials provider: expected the class name of an "
+        f"{shown(value)} does not name a credentials provider: expected the class name of an "
         "AWS SDK for Java v2 provider (for example DefaultCredentialsProvider, or a fully "
         "qualified class), optionally with |-separated arguments, several separated by "
         "commas" + (f" ({bad[0]!r} is not a class name)" if bad else "")
@@ -842,7 +857,7 @@ def _numeric_property_problem(key: str, value: str) -> str | None:
             # Each is a count, a size, a percentage or a time: the KCL takes a negative
             # one and its scheduler throws at start-up (leaseAssignmentIntervalMillis), or
             # it runs with a nonsense bound.
-            return f"{value!r} is negative: it is a count, a size or a time, 0 or more"
+            return f"{shown(value)} is negative: it is a count, a size or a time, 0 or more"
         return None
     if key in KCL_DECIMAL_PROPERTIES:
         if not _DECIMAL.fullmatch(text):
@@ -873,7 +888,7 @@ def _property_text(value: object) -> object:
         return str(value)
     if isinstance(value, str) and value.strip().lower() in _TEXT_BOOLEANS:
         raise ValueError(
-            f"{value!r} is not a boolean the KCL reads (it reads anything but true as "
+            f"{shown(value)} is not a boolean the KCL reads (it reads anything but true as "
             "false): write true or false"
         )
     return value
@@ -1062,7 +1077,7 @@ class JobConfig(Strict):
             raise ValueError(
                 "names the lease table and the tables beside it: at least 3 characters, "
                 "letters, digits, _ . - only (DynamoDB's table-name rules), got "
-                f"{value!r} ({len(value)} characters)"
+                f"{shown_with_length(value)}"
             )
         if len(value) > MAX_TASK_NAME:
             longest = max(TASK_TABLE_SUFFIXES, key=len)
@@ -1380,7 +1395,7 @@ def _name_place_checks(job: JobConfig) -> Problems:
         problems.append(
             (
                 ("destinations", index, "name"),
-                f"{name!r} is the <region>/<table> of destinations[{places[name]}], which "
+                f"{shown(name)} is the <region>/<table> of destinations[{places[name]}], which "
                 "--destination would then not find by it: give this destination another name",
             )
         )
@@ -1803,7 +1818,8 @@ def _task_pattern_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], st
             problems.append(
                 (
                     where,
-                    f"gives {name!r} for task {task!r}, which is not a DynamoDB table name "
+                    f"gives {shown(name)} for task {shown(task)}, which is not a DynamoDB "
+                    "table name "
                     "(3-255 characters of letters, digits, _ . -)",
                 )
             )
@@ -1830,7 +1846,7 @@ def _stream_arn_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]
                 where,
                 "expected a DynamoDB stream ARN such as arn:aws:dynamodb:us-east-1:"
                 f"123456789012:table/{source.table}/stream/2026-01-01T00:00:00.000{hint}, "
-                f"got {arn!r}",
+                f"got {shown(arn)}",
             )
         ]
     problems: list[tuple[tuple[str | int, ...], str]] = []
@@ -1839,7 +1855,7 @@ def _stream_arn_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]
         problems.append(
             (
                 where,
-                f"is a stream of table {table!r}, but source.table is {source.table!r}: a "
+                f"is a stream of table {shown(table)}, but source.table is {source.table!r}: a "
                 "stream carries only its own table's changes; name the source table's "
                 "stream, or leave stream.arn out to use the table's latest",
             )
@@ -1904,7 +1920,7 @@ def _tombstone_table_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...],
             return [
                 (
                     where,
-                    f"gives {name!r} for the table {table!r} ({len(name)} characters), "
+                    f"gives {shown(name)} for the table {shown(table)} ({len(name)} characters), "
                     "which is not a DynamoDB table name (3-255 characters of letters, "
                     f"digits, _ . -){shorter}",
                 )
@@ -1917,7 +1933,8 @@ def _tombstone_table_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...],
             return [
                 (
                     where,
-                    f"gives {name!r} in {region} for the table {table!r}, which is one of the "
+                    f"gives {shown(name)} in {region} for the table {shown(table)}, which is "
+                    "one of the "
                     f"job's own tables ({clash}): "
                     "choose a pattern (or a task_name) that gives the tombstones a table "
                     "of their own",
@@ -1980,7 +1997,8 @@ def _task_table_checks(job: JobConfig) -> Problems:
             return [
                 (
                     ("task_name",),
-                    f"{task!r} names the job's {what} {name!r} in {region}, which is {clash}: "
+                    f"{shown(task)} names the job's {what} {shown(name)} in {region}, "
+                    f"which is {clash}: "
                     "the replicator keeps its own items in that table; give the job a "
                     "task_name that names none of its tables",
                 )
@@ -2006,7 +2024,7 @@ def _conflict_log_table_checks(job: JobConfig) -> Problems:
     return [
         (
             ("conflict_log", "table"),
-            f"gives {name!r} in {region}, which is one of the job's own tables ({clash}): "
+            f"gives {shown(name)} in {region}, which is one of the job's own tables ({clash}): "
             "the entries would be written as items of that table, and its TTL turned on; "
             "give the conflict log a table of its own (the default is "
             "{task_name}-conflicts)",
@@ -2067,7 +2085,7 @@ def _queue_url_checks(job: JobConfig) -> Problems:
             problems.append(
                 (
                     (section, "queue_url"),
-                    f"{url!r} is not an SQS queue URL, which has the form "
+                    f"{shown(url)} is not an SQS queue URL, which has the form "
                     "https://sqs.<region>.amazonaws.com/<account id, 12 digits>/<queue name> "
                     "(or the same path after the endpoint_url of an SQS-compatible "
                     "endpoint); give the QueueUrl that aws sqs get-queue-url prints",
@@ -2077,7 +2095,7 @@ def _queue_url_checks(job: JobConfig) -> Problems:
             problems.append(
                 (
                     (section, "queue_url"),
-                    f"{url!r} is a FIFO queue (its name ends in .fifo), which refuses every "
+                    f"{shown(url)} is a FIFO queue (its name ends in .fifo), which refuses every "
                     f"message sent without a MessageGroupId, as each {what} is; "
                     "FIFO queues are not supported: give a standard queue",
                 )
@@ -2088,7 +2106,7 @@ def _queue_url_checks(job: JobConfig) -> Problems:
                 problems.append(
                     (
                         (section, "queue_url"),
-                        f"{url!r} is not at AWS's SQS host, and {section}.endpoint_url is "
+                        f"{shown(url)} is not at AWS's SQS host, and {section}.endpoint_url is "
                         f"not set: every request about it would go to {sent_to}, AWS's own "
                         f"SQS endpoint in {region}, not to the server in the URL; give "
                         f"{section}.endpoint_url, the endpoint that serves this queue",
@@ -2348,7 +2366,7 @@ def kcl_setting_problem(job: JobConfig, key: str, value: str) -> str | None:
     dynamodb = job.source.stream.kind is StreamKind.DYNAMODB_STREAMS
     if key in KCL_ENUM_PROPERTIES and value != value.strip():
         return (
-            f"{value!r} has blanks around it, which the KCL reads as part of the name of "
+            f"{shown(value)} has blanks around it, which the KCL reads as part of the name of "
             f"its constant ({value.upper()!r} is none): write {value.strip()!r}"
         )
     if key == "initialPositionInStream":

@@ -68,6 +68,30 @@ def test_a_long_text_where_a_number_belongs_is_quoted_short(tmp_path: Path) -> N
     assert line.endswith(f"(got {'9' * 40!r}… (5,000 characters), from the environment: PORT)")
 
 
+def test_long_texts_refused_at_any_key_are_quoted_short(tmp_path: Path) -> None:
+    """A 256-character table name, a 5,000-character ${VAR} where a region, a role ARN,
+    a task name or a queue URL belongs: each key's line quotes the value's start and its
+    length (the docs' promise for text over 200 characters), not the whole value."""
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "task_name: '${LONG}'\n"
+        f"source: {{region: '${{LONG}}', table: {'t' * 256}, role_arn: '${{LONG}}'}}\n"
+        "destinations:\n"
+        "  - {region: eu-west-1, table: orders}\n"
+        "dead_letter: {kind: sqs, queue_url: '${LONG}'}\n"
+    )
+
+    result = in_process("validate", "--config", str(path), env={"LONG": "x" * 5000})
+
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()[1:]
+    for key in ("source.region", "source.table", "source.role_arn", "dead_letter.queue_url"):
+        (line,) = [line for line in lines if line.startswith(f"  {key} (line ")]
+        assert "characters)" in line and "x" * 100 not in line and "t" * 100 not in line, line
+    (task,) = [line for line in lines if line.startswith("  task_name (line 1)")]
+    assert "x" * 100 not in task, task
+
+
 @pytest.mark.parametrize(
     ("character", "column"), [("\x07", 14), ("\x00", 14), ("\ufffe", 14), ("\x1b", 14)]
 )
