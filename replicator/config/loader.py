@@ -599,7 +599,7 @@ def _pydantic_problems(error: ValidationError, document: _Document) -> list[_Pro
             set_by = _set_by(written)
             said = [set_by] if set_by else []
             if "input" in item and kind not in {"value_error", "assertion_error"}:
-                said.insert(0, _got(item["input"], written))
+                said.insert(0, _got(item["input"], written, text_expected=kind == "string_type"))
             if said:
                 message += f" ({', '.join(said)})"
         problems.append(_Problem(path, message))
@@ -662,9 +662,24 @@ _SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict = 2, 4, 4
 _SHOWN.maxstring = _SHOWN.maxother = 200
 
 
-def _got(value: object, written: str | None) -> str:
+def _got(value: object, written: str | None, *, text_expected: bool = False) -> str:
     """What a value was, in the words of the file: a date is the date written (YAML reads
-    2026-01-01 as a date, not the text ``datetime.date(2026, 1, 1)`` shows)."""
+    2026-01-01 as a date, not the text ``datetime.date(2026, 1, 1)`` shows). Where text
+    is expected, a number or a boolean YAML read from a bare word is named as such, with
+    the quotes that make it text (``table: 12345`` is a fine table name), and a null as
+    YAML writes it, not as Python's None."""
+    if text_expected and value is None:
+        return f"got {written or 'null'}, an empty value: give the text"
+    if text_expected and isinstance(value, bool | int | float):
+        literal = written or (
+            repr(value) if not isinstance(value, int) or value.bit_length() < 10_000 else "…"
+        )
+        what = "a boolean" if isinstance(value, bool) else "a number"
+        return (
+            f"got {literal if len(literal) <= 40 else shown(literal)}, which YAML reads as "
+            f"{what}: write it in quotes, "
+            f'"{literal}", to give it as text'
+        )
     if isinstance(value, datetime.date):
         date = written or value.isoformat()
         return (

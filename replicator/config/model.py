@@ -637,7 +637,10 @@ class DeadLetterConfig(Strict):
     @model_validator(mode="after")
     def _sqs_needs_a_queue(self) -> Self:
         if self.kind is DeadLetterKind.SQS and not self.queue_url:
-            raise ValueError("a dead-letter queue of kind sqs needs 'queue_url'")
+            raise ValueError(
+                "a dead-letter queue of kind sqs needs 'queue_url'"
+                + _foreign_options(self, _DEAD_LETTER_OPTIONS)
+            )
         return self
 
 
@@ -679,7 +682,10 @@ class ConflictLogConfig(Strict):
     @model_validator(mode="after")
     def _sqs_needs_a_queue(self) -> Self:
         if self.kind is ConflictLogKind.SQS and not self.queue_url:
-            raise ValueError("a conflict log of kind sqs needs 'queue_url'")
+            raise ValueError(
+                "a conflict log of kind sqs needs 'queue_url'"
+                + _foreign_options(self, _CONFLICT_LOG_OPTIONS)
+            )
         return self
 
 
@@ -1601,6 +1607,24 @@ _CONFLICT_LOG_OPTIONS: dict[str, tuple[StrEnum, ...]] = {
     "max_pending": _RECORDING,
     "retry_for_s": _RECORDING,
 }
+
+
+def _foreign_options(
+    section: DeadLetterConfig | ConflictLogConfig, options: dict[str, tuple[StrEnum, ...]]
+) -> str:
+    """The options given that the section's kind does not read, for the message that
+    refuses the section for another reason: the job-file check that names them
+    (:func:`_kind_option_checks`) reads only a section that passed, so they would be
+    named one run later."""
+    foreign = [
+        f"{option!r} belongs to kind {' or '.join(kind.value for kind in kinds)}"
+        for option, kinds in options.items()
+        if option in section.model_fields_set and section.kind not in kinds
+    ]
+    if not foreign:
+        return ""
+    it = "it" if len(foreign) == 1 else "them"
+    return f"; and {', '.join(foreign)}, not {section.kind.value}: remove {it}"
 
 
 def _kind_option_checks(job: JobConfig) -> Problems:

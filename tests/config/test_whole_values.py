@@ -130,6 +130,28 @@ def test_a_date_where_text_is_expected_is_named_as_the_date_written(tmp_path: Pa
     )
 
 
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [
+        ("12345", 'got 12345, which YAML reads as a number: write it in quotes, "12345", to'),
+        ("1.50", 'got 1.50, which YAML reads as a number: write it in quotes, "1.50", to give'),
+        ("true", 'got true, which YAML reads as a boolean: write it in quotes, "true", to'),
+        ("null", "got null, an empty value: give the text)"),
+        ("~", "got ~, an empty value: give the text)"),
+    ],
+)
+def test_a_number_boolean_or_null_where_text_is_expected_is_named_as_written(
+    tmp_path: Path, written: str, said: str
+) -> None:
+    """``table: 12345`` is a fine table name, once quoted; the message said ``(got 12345)``
+    with no word of the quotes, and a null was Python's ``None``."""
+    line = _refused(
+        tmp_path, MINIMAL.replace("table: orders}", f"table: {written}}}", 1), "source.table"
+    )
+    assert line.startswith("  source.table (line 2): Input should be a valid string ("), line
+    assert said in line, line
+
+
 @pytest.mark.parametrize("key", ["null", "true", "~", "010"])
 def test_a_key_is_named_as_it_is_written(tmp_path: Path, key: str) -> None:
     """``null:`` and ``true:`` were named None and True."""
@@ -252,3 +274,24 @@ def test_a_bad_value_from_the_environment_names_the_variable(
     port = MINIMAL + "metrics: {port: '${REPLICATOR_TEST_UNSET_PORT:-x}'}\n"
     line = _refused(tmp_path, port, "metrics.port")
     assert "from the environment" not in line, line
+
+
+def test_a_section_of_kind_sqs_without_its_queue_names_the_other_kinds_options_too(
+    tmp_path: Path,
+) -> None:
+    """Every problem at once: the stray options were named only once queue_url was added."""
+    text = (
+        MINIMAL
+        + "dead_letter: {kind: sqs, path: /tmp/x.jsonl}\n"
+        + "conflict_log: {kind: sqs, path: /tmp/c.jsonl, table: t}\n"
+    )
+    letters = _refused(tmp_path, text, "dead_letter")
+    assert letters.endswith(
+        "a dead-letter queue of kind sqs needs 'queue_url'; and 'path' belongs to kind "
+        "file, not sqs: remove it"
+    ), letters
+    log = _refused(tmp_path, text, "conflict_log")
+    assert log.endswith(
+        "a conflict log of kind sqs needs 'queue_url'; and 'path' belongs to kind file, "
+        "'table' belongs to kind dynamodb, not sqs: remove them"
+    ), log
