@@ -551,7 +551,7 @@ class DestinationWriter:
                     left = self.unanswered_for_s - (time.monotonic() - unanswered.since)
                     if left <= 0:
                         raise DestinationUnavailable(
-                            f"destination {self.label} ({self.region}/{self.table}) did not "
+                            f"{self._named()} did not "
                             f"answer for {self.unanswered_for_s:g} s ({attempt + 1} attempts "
                             f"of one write); last error: {_describe(error)}"
                         ) from error
@@ -562,7 +562,7 @@ class DestinationWriter:
                     left = self.retry_for_s - (time.monotonic() - started)
                     if left <= 0:
                         raise DestinationUnavailable(
-                            f"destination {self.label} ({self.region}/{self.table}) did not "
+                            f"{self._named()} did not "
                             f"take the write in {self.retry_for_s:g} s ({attempt + 1} "
                             f"attempts); last error: {_describe(error)}"
                         ) from error
@@ -591,7 +591,13 @@ class DestinationWriter:
         table, or the tombstone table beside it."""
         if isinstance(error, TombstoneTableError):
             return error.table
-        return f"destination {self.label} ({self.region}/{self.table})"
+        return self._named()
+
+    def _named(self) -> str:
+        """This destination in a message: its name, and its table beside a name given to
+        it (a default name is the ``<region>/<table>`` itself, said once)."""
+        place = f"{self.region}/{self.table}"
+        return f"destination {self.label}" + (f" ({place})" if self.label != place else "")
 
     def _attempt(self, change: Change, attempt: int, state: _Attempts) -> WriteResult:
         """One try at settling ``change``; AWS errors other than a failed condition

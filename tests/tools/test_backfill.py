@@ -739,7 +739,7 @@ def test_a_destination_that_refuses_every_write_stops_the_backfill_at_once(job: 
         proxy.stop()
     assert result.returncode == 3, result.stdout + result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("replicator:")]
-    assert f"{job.name}-ap) refused 5 writes in a row" in line, line
+    assert f"destination ap-southeast-2/{job.name}-ap refused 5 writes in a row" in line, line
     assert "progress is saved" in line
     # a few seconds for the streak; 800 streaks 8 at a time would take minutes
     assert proxy.counts("PutItem")["denied"] < 100, proxy.counts("PutItem")

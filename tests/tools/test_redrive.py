@@ -1038,7 +1038,7 @@ def test_a_destination_that_stops_answering_ends_the_redrive_with_exit_3(
         2,
         "unavailable",
     )
-    unanswered = f"destination {eu_label} ({eu_label}) did not answer for 3 s"
+    unanswered = f"destination {eu_label} did not answer for 3 s"
     assert unanswered in again.error and proxy.url in again.error
     first_line = report.text().splitlines()[0]
     assert first_line.startswith(

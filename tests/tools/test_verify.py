@@ -800,7 +800,7 @@ def test_repair_to_a_destination_that_refuses_every_write_stops_at_once(job: Job
         proxy.stop()
     assert result.returncode == 3, result.stdout + result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("replicator:")]
-    assert f"{job.name}-ap) refused 5 writes in a row" in line, line
+    assert f"destination ap-southeast-2/{job.name}-ap refused 5 writes in a row" in line, line
     assert result.stdout == ""
     # a few seconds for the first streaks; 300 streaks 8 at a time would take minutes
     assert proxy.counts("PutItem")["denied"] < 100, proxy.counts("PutItem")
