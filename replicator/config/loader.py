@@ -218,13 +218,13 @@ class _Repeats:
     def __init__(self, problems: list[_Problem], path: KeyPath) -> None:
         self._problems = problems
         self._path = path
-        self._lines: dict[str, list[int]] = {}
+        self._lines: dict[str, list[tuple[int, int]]] = {}  # (line, column) of each
         self._places: dict[str, int] = {}  # where in ``problems`` each repeated key's goes
 
     def seen(self, key: str, node: yaml.Node) -> bool:
         """Note ``key`` written at ``node``; whether it was written before."""
         lines = self._lines.setdefault(key, [])
-        lines.append(node.start_mark.line + 1)
+        lines.append((node.start_mark.line + 1, node.start_mark.column + 1))
         if len(lines) == 2:
             self._places[key] = len(self._problems)
             self._problems.append(_Problem((*self._path, key), ""))  # its text: report()
@@ -233,12 +233,14 @@ class _Repeats:
     def report(self) -> None:
         """Give each repeated key's problem its text, once the mapping is read."""
         for key, place in self._places.items():
-            lines = self._lines[key]
-            times = "twice" if len(lines) == 2 else f"{len(lines)} times"
-            self._problems[place] = _Problem(
-                (*self._path, key),
-                f"key appears {times} (lines {', '.join(str(line) for line in lines)})",
-            )
+            places = self._lines[key]
+            times = "twice" if len(places) == 2 else f"{len(places)} times"
+            numbers = [line for line, _ in places]
+            if len(set(numbers)) == len(numbers):
+                where = f"lines {', '.join(str(line) for line in numbers)}"
+            else:  # twice on one line, in a {...} mapping: the columns tell them apart
+                where = ", ".join(f"line {line} column {column}" for line, column in places)
+            self._problems[place] = _Problem((*self._path, key), f"key appears {times} ({where})")
 
 
 def format_path(path: KeyPath) -> str:

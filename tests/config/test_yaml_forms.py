@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from replicator.config.loader import _Document, parse_job
+from tests.config.test_config import MINIMAL
 from tests.support.cli import in_process, replicator, validate_in_process
 
 MERGED = """\
@@ -60,6 +61,16 @@ def test_a_merge_key_gives_the_anchors_keys_that_the_mapping_does_not_set(
         "role_arn": "arn:aws:iam::222222222222:role/replica-writer",
         "conflict": {"policy": "version", "version_attribute": "v"},
     }
+
+
+def test_a_key_given_twice_on_one_line_is_placed_by_its_columns(tmp_path: Path) -> None:
+    """``{table: a, table: b}``: "lines 1, 1" told the two apart by nothing."""
+    text = MINIMAL.replace("table: orders}", "table: a, table: b}", 1)
+    code, _, err = _validate(tmp_path, text)
+    assert code == 2
+    assert "source.table (line 2): key appears twice (line 2 column 29, line 2 column 39)" in err, (
+        err
+    )
 
 
 def test_a_merged_key_that_is_wrong_is_reported_at_the_mapping_that_merges_it(
