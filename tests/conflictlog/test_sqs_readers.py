@@ -256,8 +256,8 @@ def counted_one_by_one(
     """The command's SQS log reads its counts with :class:`CountsOneByOne`."""
 
     class Log(SqsConflictLog):
-        def __init__(self, client: Any, queue_url: str) -> None:
-            super().__init__(CountsOneByOne(client, between, after), queue_url)
+        def __init__(self, client: Any, queue_url: str, where: str | None = None) -> None:
+            super().__init__(CountsOneByOne(client, between, after), queue_url, where)
 
     monkeypatch.setattr(targets, "SqsConflictLog", Log)
 
