@@ -237,6 +237,11 @@ class _State:
     created_us: int = 0  # of the record that showed it: a remembered delete's age
     # A delete known by its tombstone alone (``image`` is then only the item's keys).
     tombstone: Tombstone | None = None
+    # The rule can order the image (:meth:`OrderedRule.order`): its ordering attribute is
+    # of the rule's types. One that is not (an application's ``updated_at: true``) ranks
+    # above every number and string, so remembered it would turn each later write of
+    # the item, the application's own fix among them, into a correction back to it.
+    orderable: bool = True
 
 
 class HighWater:
@@ -464,25 +469,34 @@ class HighWater:
         size = len(change.raw.get("data") or "") if change.raw else 0
         if image is None:  # a REMOVE without an old image: dead-lettered by the rule
             return _State((NO_ITEM, 1), {}, True, size, change.created_us)
+        ordered = self.rule.order(change.ranked)
+        rank = self.rule.rank(change.ranked) if ordered is None else ordered
         return _State(
-            self.rule.op_rank(change), image, change.op_is_delete, size, change.created_us
+            (rank, 1 if change.op_is_delete else 0),
+            image,
+            change.op_is_delete,
+            size,
+            change.created_us,
+            orderable=ordered is not None,
         )
 
     def _observe(self, change: Change, outcome: _State) -> _State | None:
         """Take what ``change`` shows; the highest state when the source's newest state
-        (``outcome``) is below it, else None."""
+        (``outcome``) is below it, else None. A state the rule cannot order is no state
+        of the item's order: it is dead-lettered when written, and what was known of the
+        item before it still stands."""
         key = change.key
         highest = self._highest.get(key)
         if change.event is not Event.REMOVE and change.old_image is not None:
-            before = _State(
-                (self.rule.rank(change.old_image), 0),
-                change.old_image,
-                False,
-                outcome.size,
-                change.created_us,
-            )
-            if highest is None or before.rank > highest.rank:
-                highest = before
+            ordered = self.rule.order(change.old_image)
+            if ordered is not None and (highest is None or (ordered, 0) > highest.rank):
+                highest = _State(
+                    (ordered, 0), change.old_image, False, outcome.size, change.created_us
+                )
+        if not outcome.orderable:
+            if highest is not None:
+                self._remember(key, highest)
+            return None
         if highest is None or outcome.rank >= highest.rank:
             if outcome.image:
                 self._remember(key, outcome)

@@ -3,7 +3,10 @@
 Every image ranks by four fields, compared left to right:
 
 1. the ordering attribute's tier: an image without it ranks below every image that has
-   it (tier 0); numbers are tier 1 and strings tier 2 (a table uses one type);
+   it (tier 0); numbers are tier 1 and strings tier 2 (a table uses one type). A value
+   of a type the rule does not order by (a boolean, a map; a string under ``version``)
+   ranks as no value: a change bringing one is dead-lettered, and an item holding one
+   loses to every valid write;
 2. its value (numbers numerically, strings by code point, which is DynamoDB's UTF-8
    byte order);
 3. the origin stamp: an image without one (or with a non-string one) ranks below every
@@ -88,6 +91,8 @@ class Digest:
 
 NO_ITEM: Rank = (-1, 0, (0, ""), Digest(text=""))
 _TIERS = {"N": 1, "S": 2}
+ORDERED_TYPES = ("N", "S")
+"""The types an ordering attribute is compared by (``version`` takes numbers only)."""
 
 
 def exact_number(text: str) -> str:
@@ -132,12 +137,19 @@ def image_digest(image: ItemView) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def ordering_rank(ordering: AttributeValue | None) -> tuple[int, Any]:
-    """Tier and value of the ordering attribute's value."""
+def ordering_rank(
+    ordering: AttributeValue | None, types: tuple[str, ...] = ORDERED_TYPES
+) -> tuple[int, Any]:
+    """Tier and value of the ordering attribute's value. A value of a type the rule does
+    not order by (``updated_at: true``, a string version) ranks as no value: a change
+    bringing one is dead-lettered, and an item holding one (an application's mistake in
+    some region) must not outrank, and so never be fixed by, every valid write of it."""
     if ordering is None:
         return (0, 0)
     kind, value = next(iter(ordering.items()))
-    tier = _TIERS.get(kind, 3)
+    if kind not in types:
+        return (0, 0)
+    tier = _TIERS[kind]
     if kind == "N":
         try:
             return (tier, Decimal(canonical_number(value)))
@@ -159,13 +171,14 @@ class RankFields:
     origin: str | None
     digest: str | None = None
     key: str | None = None  # an attribute every existing item has (for "no item")
+    types: tuple[str, ...] = ORDERED_TYPES  # of the value, ranked (:func:`ordering_rank`)
 
     def rank(self, item: ItemView | None) -> Rank:
         """The rank of an item whose fields are stored under these names. Without a
         digest attribute the digest is computed from the whole item."""
         if item is None:
             return NO_ITEM
-        tier, value = ordering_rank(item.get(self.value))
+        tier, value = ordering_rank(item.get(self.value), self.types)
         origin = origin_rank(item.get(self.origin)) if self.origin else (0, "")
         if self.digest is None:
             digest = Digest(image=item)

@@ -43,6 +43,7 @@ from replicator.items import (
 )
 from replicator.records import Change, Event
 from replicator.rules.order import (
+    ORDERED_TYPES,
     Condition,
     OpRank,
     Rank,
@@ -65,8 +66,6 @@ from replicator.rules.requests import (
     operator_count,
     write_over,
 )
-
-_COMPARABLE = ("N", "S")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +99,8 @@ class OrderedRule:
         self.attribute = attribute
         self.origin_attribute = origin_attribute
         self.peers = peers if origin_attribute else None
-        self._types = ("N",) if numeric_only else _COMPARABLE
-        self.fields = RankFields(attribute, origin_attribute)
+        self._types = ("N",) if numeric_only else ORDERED_TYPES
+        self.fields = RankFields(attribute, origin_attribute, types=self._types)
         # The attributes an item ranks by, which a wide item's conditions compare first.
         self.ranking = [attribute] + ([origin_attribute] if origin_attribute else [])
         self._keyed: dict[str, RankFields] = {}

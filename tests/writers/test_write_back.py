@@ -255,6 +255,59 @@ def test_a_stale_insert_below_a_delete_is_corrected_logged_and_counted_once(pair
     assert stage.corrections == 1
 
 
+def test_an_applications_fix_of_a_timestamp_of_the_wrong_type_is_sent_on_not_undone(
+    pair: Pair,
+) -> None:
+    """``ts: true`` is dead-lettered; the application's fix (a number) after it is not a
+    stale write below it: it is sent on and stays in the source. The wrong-typed image
+    ranked above every number and became the item's highest state: the fix was
+    "corrected" back to it in the source, and dead-lettered in its place."""
+    stage = HighWater(RULE, tombstones=True, keep_echoes_apart=True, notes=pair.source.notes)
+    wrong = {**image(0, "us-east-1", "bad"), "ts": {"BOOL": True}}
+    pair.a.put_item(TableName=pair.table, Item=wrong)  # the application
+    insert, route, _ = stage.route(change("INSERT", wrong), Route.REPLICATE)
+    assert insert.corrects is None and route is Route.REPLICATE
+    result = pair.writer.write(insert)
+    assert (result.outcome, result.reason) == (Outcome.FAILED, "unplannable")
+    fix = image(1800000000000, "us-east-1", "fixed")
+    pair.a.put_item(TableName=pair.table, Item=fix)  # the application repairs it
+    sent, route, _ = stage.route(change("MODIFY", fix, wrong, seq=2), Route.REPLICATE)
+    assert sent.corrects is None and sent.new_image == fix and route is Route.REPLICATE
+    assert stage.corrections == 0
+    assert pair.writer.write(sent).outcome is Outcome.APPLIED
+    assert pair.get(pair.a) == fix == pair.get(pair.b)
+
+
+# Not a map or a list: moto answers 500 when a condition compares one with a number
+# (DynamoDB finds the condition false), and the write is retried for ever.
+@pytest.mark.parametrize("held", [{"BOOL": True}, {"NULL": True}])
+def test_a_valid_put_replaces_an_item_whose_timestamp_is_of_the_wrong_type(
+    pair: Pair, held: Any
+) -> None:
+    """An item an application wrote in B with ``ts: true`` (its own job dead-letters it)
+    ranks as an item without a timestamp: a valid put from A replaces it, and nothing is
+    written back to A. It outranked every number, so A's write was lost there and the
+    wrong item written back over A's."""
+    wrong = {**image(0, "eu-west-1", "bad"), "ts": held}
+    pair.b.put_item(TableName=pair.table, Item=wrong)
+    valid = image(1800000000000, "us-east-1", "valid")
+    pair.a.put_item(TableName=pair.table, Item=valid)
+    assert pair.writer.write(change("MODIFY", valid)).outcome is Outcome.APPLIED
+    assert pair.get(pair.a) == valid == pair.get(pair.b)
+    assert sample(pair.metrics, "replicator_conflict_writebacks_total", destination="b") == 0
+    assert pair.log.entries == []
+
+
+def test_a_string_version_ranks_as_no_version() -> None:
+    """Under ``version`` (numbers only) a string version is of the wrong type: it ranks
+    below every numeric version, as a missing one does; under last_writer_wins a string
+    timestamp ranks above numbers (a table uses one type)."""
+    version = OrderedRule("version", "ts", "origin", numeric_only=True)
+    as_string = {**image(0, "us-east-1"), "ts": {"S": "9"}}
+    assert version.rank(as_string)[:2] == (0, 0) < version.rank(image(1, "us-east-1"))[:2]
+    assert RULE.rank(as_string) > RULE.rank(image(10**30, "us-east-1"))
+
+
 def test_a_local_write_corrected_by_the_digest_tie_break_says_so(pair: Pair) -> None:
     """Two local writes with the same timestamp and origin rank by their digests: the
     second, below the first, is corrected, and its explanation shows the digests that
