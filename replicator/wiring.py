@@ -63,7 +63,13 @@ def dead_letter_target(
     if settings.kind is DeadLetterKind.SQS:
         assert settings.queue_url
         region = settings.region or resolved.job.source.region
-        client = clients.sqs(Place(region, settings.endpoint_url, settings.role_arn))
+        # As many connections as writes may fail at once: each writer thread sends its own
+        # letters, and a pool of botocore's default 10 discarded the rest with a warning
+        # each ("Connection pool is full") when a destination refused a burst.
+        client = clients.sqs(
+            Place(region, settings.endpoint_url, settings.role_arn),
+            max_pool_connections=max(10, resolved.job.writer.max_in_flight),
+        )
         return SqsDeadLetters(
             client, settings.queue_url, run_id=run_id, unanswered_for_s=unanswered_for_s
         )

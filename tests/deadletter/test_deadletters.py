@@ -489,6 +489,45 @@ def test_a_large_letter_fits_a_queue_that_takes_1_mib(moto_endpoint: str, unique
     assert isinstance(claimed, Claimed) and claimed.letter.record == large.record
 
 
+def test_letters_sent_by_many_writers_at_once_each_reuse_a_connection(
+    moto_endpoint: str, unique: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The job's SQS target keeps as many connections as writes may fail at once: with
+    botocore's default pool of 10, 32 writers dead-lettering a burst had most of their
+    connections discarded, each with urllib3's "Connection pool is full" warning."""
+    from replicator.config.loader import load_job
+    from replicator.wiring import dead_letter_target
+
+    sqs = client("sqs", "us-east-1", moto_endpoint)
+    url = sqs.create_queue(QueueName=unique("dlq"))["QueueUrl"]
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "source: {region: us-east-1, table: src}\n"
+        "destinations: [{region: eu-west-1, table: dst}]\n"
+        "writer: {max_in_flight: 32}\n"
+        f"dead_letter: {{kind: sqs, queue_url: '{url}', endpoint_url: '{moto_endpoint}'}}\n"
+    )
+    target = dead_letter_target(load_job(job))
+    start = threading.Barrier(32)
+
+    def send(seq: int) -> None:
+        start.wait()
+        for n in range(4):
+            target.put(letter(seq * 10 + n))
+
+    with caplog.at_level("WARNING", logger="urllib3"):
+        threads = [threading.Thread(target=send, args=(seq,)) for seq in range(32)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not [r for r in caplog.records if "Connection pool is full" in r.getMessage()]
+    counted = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]["ApproximateNumberOfMessages"]
+    assert int(counted) == 128
+
+
 def test_a_letter_larger_than_the_queues_limit_is_refused_naming_it(
     moto_endpoint: str, unique: Any
 ) -> None:
