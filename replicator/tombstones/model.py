@@ -30,7 +30,15 @@ from typing import Any
 
 from replicator.conflictlog.keys import canonical_key, partition_key
 from replicator.items import AttributeValue, Item, describe_field, key_token
-from replicator.rules.order import Digest, OpRank, Rank, RankFields, ordering_rank, origin_rank
+from replicator.rules.order import (
+    ORDERED_TYPES,
+    Digest,
+    OpRank,
+    Rank,
+    RankFields,
+    ordering_rank,
+    origin_rank,
+)
 
 PARTITION_KEY = "pk"
 TTL_ATTRIBUTE = "expires_at"
@@ -83,7 +91,9 @@ class Tombstone:
     @property
     def rank(self) -> Rank:
         """The deleted image's rank (the delete itself ranks just above it)."""
-        tier, value = ordering_rank(self.ordering)
+        # Ranked as the rule ranks the deleted image: a string under version is no value.
+        numeric = self.ranking is not None and self.ranking.policy == "version"
+        tier, value = ordering_rank(self.ordering, ("N",) if numeric else ORDERED_TYPES)
         return (tier, value, origin_rank(self.origin), Digest(text=self.digest))
 
     @property

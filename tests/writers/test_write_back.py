@@ -31,7 +31,7 @@ from replicator.records import Change, Event
 from replicator.rules import OrderedRule
 from replicator.rules.order import image_digest
 from replicator.rules.requests import WriteRequest, write_over
-from replicator.tombstones.model import Tombstone, tombstone_of
+from replicator.tombstones.model import Ranking, Tombstone, tombstone_of
 from replicator.tombstones.table import TombstoneTable
 from replicator.writers.destination import DestinationWriter, Outcome
 from replicator.writers.source import SourceWriter
@@ -306,6 +306,19 @@ def test_a_string_version_ranks_as_no_version() -> None:
     as_string = {**image(0, "us-east-1"), "ts": {"S": "9"}}
     assert version.rank(as_string)[:2] == (0, 0) < version.rank(image(1, "us-east-1"))[:2]
     assert RULE.rank(as_string) > RULE.rank(image(10**30, "us-east-1"))
+    # A tombstone of such an image ranks it as its rule does.
+    for rule in (version, RULE):
+        stone = tombstone_of(
+            as_string,
+            KEY,
+            rule.fields,
+            deleted_in="us-east-1",
+            written_by="us-east-1",
+            deleted_at_ms=1,
+            expires_at=2,
+            ranking=Ranking(rule.name, "ts"),
+        )
+        assert stone.rank == rule.rank(as_string)
 
 
 def test_a_local_write_corrected_by_the_digest_tie_break_says_so(pair: Pair) -> None:
