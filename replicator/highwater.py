@@ -238,9 +238,9 @@ class _State:
     # A delete known by its tombstone alone (``image`` is then only the item's keys).
     tombstone: Tombstone | None = None
     # The rule can order the image (:meth:`OrderedRule.order`): its ordering attribute is
-    # of the rule's types. One that is not (an application's ``updated_at: true``) ranks
-    # above every number and string, so remembered it would turn each later write of
-    # the item, the application's own fix among them, into a correction back to it.
+    # of the rule's types. One that is not (an application's ``updated_at: true``) is
+    # dead-lettered as it is: the stage takes no state from it, neither to correct it
+    # (as a write below what the item held) nor to correct later writes by it.
     orderable: bool = True
 
 

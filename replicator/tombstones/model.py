@@ -211,9 +211,15 @@ def tombstone_of(
     origin = deleted.get(fields.origin) if fields.origin else None
     if origin is not None and not isinstance(origin.get("S"), str):
         origin = None
+    ordering = deleted.get(fields.value)
+    if ordering is not None and next(iter(ordering)) not in fields.types:
+        # A value the rule does not order by ranks as none (rules/order.py); kept, a
+        # boolean or a map would be compared with < in the row's conditions, which
+        # DynamoDB refuses for such types.
+        ordering = None
     return Tombstone(
         keys=keys,
-        ordering=deleted.get(fields.value),
+        ordering=ordering,
         origin=origin,
         digest=digest,
         deleted_in=deleted_in,

@@ -319,6 +319,20 @@ def test_a_string_version_ranks_as_no_version() -> None:
             ranking=Ranking(rule.name, "ts"),
         )
         assert stone.rank == rule.rank(as_string)
+    # A value of no ordered type is kept as none: a boolean in the row would be compared
+    # with < in its conditions, which DynamoDB refuses for booleans.
+    as_bool = {**image(0, "us-east-1"), "ts": {"BOOL": True}}
+    stone = tombstone_of(
+        as_bool,
+        KEY,
+        RULE.fields,
+        deleted_in="us-east-1",
+        written_by="us-east-1",
+        deleted_at_ms=1,
+        expires_at=2,
+        ranking=Ranking(RULE.name, "ts"),
+    )
+    assert stone.ordering is None and stone.rank == RULE.rank(as_bool)
 
 
 def test_a_local_write_corrected_by_the_digest_tie_break_says_so(pair: Pair) -> None:
