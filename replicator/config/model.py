@@ -786,16 +786,22 @@ KCL_DECIMAL_PROPERTIES = frozenset({"maxThroughputPerHostKBps", "workerMetricsEM
 # ("No enum constant ...MetricsLevel. NONE "). kcl.extra_properties holds them trimmed, as
 # they are checked; a template that writes one with blanks at its end (which
 # java.util.Properties keeps) is refused.
-KCL_ENUM_PROPERTIES = frozenset(
-    {
-        "clientVersionConfig",
-        "coordinatorStateBillingMode",
-        "initialPositionInStream",
-        "metricsLevel",
-        "retrievalMode",
-        "workerMetricsBillingMode",
-    }
-)
+# The KCL's constants for each property it reads as one of them (KCL 3.1's
+# MultiLangDaemonConfiguration: upper-cased, then Enum.valueOf; an unknown name ends the
+# daemon's start with "No enum constant", exit 1, a crash loop under a restart policy).
+# The SDK's BillingMode also has UNKNOWN_TO_SDK_VERSION, which creates no table.
+KCL_ENUM_VALUES: dict[str, tuple[str, ...]] = {
+    "clientVersionConfig": (
+        "CLIENT_VERSION_CONFIG_3X",
+        "CLIENT_VERSION_CONFIG_COMPATIBLE_WITH_2X",
+    ),
+    "coordinatorStateBillingMode": ("PAY_PER_REQUEST", "PROVISIONED"),
+    "initialPositionInStream": ("TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"),
+    "metricsLevel": ("NONE", "SUMMARY", "DETAILED"),
+    "retrievalMode": ("DEFAULT", "FANOUT", "POLLING"),
+    "workerMetricsBillingMode": ("PAY_PER_REQUEST", "PROVISIONED"),
+}
+KCL_ENUM_PROPERTIES = frozenset(KCL_ENUM_VALUES)
 _JAVA_LONG = 2**63
 # AWSCredentialsProvider (and its DynamoDB and CloudWatch variants, whose keys the KCL
 # matches case-insensitively): providers separated by commas, each a Java class name
@@ -2392,6 +2398,11 @@ def kcl_setting_problem(job: JobConfig, key: str, value: str) -> str | None:
         return (
             f"{shown(value)} has blanks around it, which the KCL reads as part of the name of "
             f"its constant ({value.upper()!r} is none): write {value.strip()!r}"
+        )
+    if key in KCL_ENUM_VALUES and value.upper() not in KCL_ENUM_VALUES[key]:
+        return (
+            f"{shown(value)} is none of the values the KCL takes for {key}: "
+            f"{', '.join(KCL_ENUM_VALUES[key])} (in any case)"
         )
     if key == "initialPositionInStream":
         if dynamodb and value.strip().upper() == "AT_TIMESTAMP":

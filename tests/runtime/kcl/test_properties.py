@@ -600,6 +600,52 @@ def test_extra_properties_are_checked_alike_under_either_runtime(
     )
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        (
+            "clientVersionConfig",
+            "bogus",
+            "CLIENT_VERSION_CONFIG_3X, CLIENT_VERSION_CONFIG_COMPATIBLE_WITH_2X",
+        ),
+        ("metricsLevel", "bogus", "NONE, SUMMARY, DETAILED"),
+        ("workerMetricsBillingMode", "unknown_to_sdk_version", "PAY_PER_REQUEST, PROVISIONED"),
+        ("coordinatorStateBillingMode", "on-demand", "PAY_PER_REQUEST, PROVISIONED"),
+        ("retrievalMode", "push", "DEFAULT, FANOUT, POLLING"),
+    ],
+)
+def test_a_kcl_constant_the_kcl_does_not_know_is_refused_naming_those_it_does(
+    tmp_path: Path, key: str, value: str, named: str
+) -> None:
+    """The daemon's start ended with "No enum constant ..." (exit 1, restarted for ever by
+    a restart policy) where validate had said nothing; the endpoint the job reads
+    (metricsLevel's own check) does not change what is said."""
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "runtime: kcl\n"
+        "source: {region: us-east-1, table: orders, endpoint_url: 'http://127.0.0.1:9'}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        f"kcl: {{extra_properties: {{{key}: {value}}}}}\n"
+    )
+    result = in_process("validate", "--config", str(job))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert (
+        f"  kcl.extra_properties.{key} (line 4): {value!r} is none of the values the KCL takes "
+        f"for {key}: {named} (in any case)" in result.stderr
+    ), result.stderr
+
+
+def test_a_kcl_constant_in_any_case_is_taken(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "runtime: kcl\n"
+        "source: {region: us-east-1, table: orders}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        "kcl: {extra_properties: {retrievalMode: polling, metricsLevel: Summary}}\n"
+    )
+    assert in_process("validate", "--config", str(job)).returncode == 0
+
+
 @pytest.mark.parametrize("worker_id", ["", "  "])
 def test_an_empty_worker_id_option_is_refused_as_the_job_files_is(
     tmp_path: Path, worker_id: str
