@@ -237,11 +237,14 @@ def off_endpoint(resolved: ResolvedJob, url: str) -> str | None:
 
 def rate_line(changes: int, elapsed_s: float, asked: float) -> str:
     """The rate the workload reached beside the one asked: a loaded host writes slower."""
-    achieved = changes / elapsed_s if elapsed_s > 0 else 0.0
+    # The workload writes its first change at once and never faster than asked: a count
+    # over a short run (1 change in 0.01 s) would read as far above the rate asked.
+    achieved = min(changes / elapsed_s, asked) if elapsed_s > 0 else 0.0
     # Whole changes a second where that says enough; below 10/s to the hundredth, the
     # smallest --rate (0.1/s reached is not "0/s").
     reached = f"{achieved:.0f}" if achieved >= 10 else f"{round(achieved, 2):g}"
-    line = f"{changes} changes in {elapsed_s:.0f} s: {reached}/s of the {asked:g}/s asked"
+    noun = "change" if changes == 1 else "changes"
+    line = f"{changes} {noun} in {elapsed_s:.0f} s: {reached}/s of the {asked:g}/s asked"
     if achieved < 0.9 * asked:
         line += " (the endpoint or this host could not take them faster)"
     return line

@@ -571,9 +571,12 @@ def test_the_summary_reports_the_rate_reached_beside_the_one_asked() -> None:
     )
     assert rate_line(400, 10.0, 40) == "400 changes in 10 s: 40/s of the 40/s asked"
     # The slowest rates the demo takes, not "0/s".
-    assert rate_line(1, 10.0, 0.1) == "1 changes in 10 s: 0.1/s of the 0.1/s asked"
+    assert rate_line(1, 10.0, 0.1) == "1 change in 10 s: 0.1/s of the 0.1/s asked"
     assert rate_line(3, 300.0, 0.01) == "3 changes in 300 s: 0.01/s of the 0.01/s asked"
     assert rate_line(25, 10.0, 2.5) == "25 changes in 10 s: 2.5/s of the 2.5/s asked"
+    # A run shorter than one interval wrote its first change at once: never above asked.
+    assert rate_line(1, 0.011, 40) == "1 change in 0 s: 40/s of the 40/s asked"
+    assert rate_line(1, 1.0, 0.01) == "1 change in 1 s: 0.01/s of the 0.01/s asked"
 
 
 def test_the_default_demo_job_is_the_projects_wherever_the_command_runs(
