@@ -91,6 +91,10 @@ _CLASSPATH_FAILURE = re.compile(
 # How the run's final line begins when the daemon ended with no stop asked of it.
 _STOPPED_UNASKED = "the KCL daemon stopped on its own without being asked to"
 _JVM_REFUSED = "Could not create the Java Virtual Machine"
+# The launcher refusing a setting it cannot work with (an IllegalArgumentException of its
+# configuration: a credentials provider that gives none, an unreadable property), in one
+# line, before the KCL starts (docker/launcher: DynamoDbStreamsMultiLangDaemon.main).
+_CANNOT_START = "Cannot start: "
 # The JVM failing as it initialises with options it read (an initial heap above the
 # maximum, a heap too small to start in): the line after this one says why.
 _VM_INIT_FAILED = "Error occurred during initialization of VM"
@@ -168,6 +172,8 @@ class DaemonProcess:
         # a logback configuration of one's own sets its own levels).
         self.level_rank = logs.LEVELS[level]
         self.classpath_failure: str | None = None
+        # What the launcher said it cannot start with (its "Cannot start:" line).
+        self.cannot_start: str | None = None
         self.jvm_refused: str | None = None
         # How the daemon's end was a failure (the run's final line), once it has ended.
         self.failure: str | None = None
@@ -399,6 +405,10 @@ class DaemonProcess:
             self.printed = self.printed or bool(stripped)
             if self.classpath_failure is None and _CLASSPATH_FAILURE.search(text):
                 self.classpath_failure = stripped
+            if self.cannot_start is None and _CANNOT_START in stripped:
+                # Anywhere in the line: a logback configuration of one's own may put
+                # the time and level before the message.
+                self.cannot_start = stripped.split(_CANNOT_START, 1)[1].strip()
             if self._reason_follows and stripped:
                 self.jvm_refused = f"{self.jvm_refused}: {stripped}"
                 self._reason_follows = False
@@ -640,6 +650,13 @@ def run_kcl(
                 f"the KCL daemon could not start from {prepared.jars_dir}: "
                 f"{daemon.classpath_failure}; the jars there do not form a working KCL "
                 "classpath for this java (see docs/kcl-and-docker.md for the pinned set)"
+            )
+        if daemon.cannot_start:
+            # A setting the launcher refused before the KCL started: exit 4, as a
+            # runtime that cannot start as set up (1 would be restarted for ever).
+            raise KclUnavailable(
+                f"the KCL daemon could not start: {daemon.cannot_start} (see the "
+                "job's kcl.extra_properties and docs/kcl-and-docker.md)"
             )
         if deaths:  # it ran processors: a daemon, whatever it printed
             raise DaemonStopped(

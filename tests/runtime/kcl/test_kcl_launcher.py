@@ -918,6 +918,31 @@ def test_an_http_client_the_sdk_cannot_load_is_a_classpath_failure_with_exit_4(
     assert "working KCL classpath" in message
 
 
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "::kcl::2026-12-05T11:50:00.000Z\tERROR\treplicator.kcl.DynamoDbStreamsMultiLangDaemon\tmain\t",
+        "11:50:00.000 [main] ERROR r.k.DynamoDbStreamsMultiLangDaemon - ",
+    ],
+    ids=["our-logback", "own-logback"],
+)
+def test_a_setting_the_launcher_cannot_start_with_is_exit_4_naming_it(
+    kinesis_job: dict[str, Any], tmp_path: Path, prefix: str
+) -> None:
+    """The launcher's "Cannot start:" line (a credentials provider that gives none): the
+    run said only that the daemon stopped on its own (exit 1, which a restart policy
+    restarts for ever); it is a runtime that cannot start as set up, exit 4."""
+    why = "AWSCredentialsProvider ProfileCredentialsProvider|nosuchprofile gives no credentials"
+    line = f"{prefix}Cannot start: {why}"
+    program = fake_java(tmp_path, f"print({line!r}, flush=True); sys.exit(1)")
+    jars = fake_jars(tmp_path / "jars", [java.MULTILANG_DAEMON])
+    job = write_job(
+        tmp_path / "job.yaml", **kinesis_job, kcl=f", java: {program}, jars_dir: {jars}"
+    )
+    message = assert_refused(run_cli(job), 4, f"the KCL daemon could not start: {why}")
+    assert "stopped on its own" not in message
+
+
 def test_killing_the_supervisor_takes_the_daemon_with_it(stand_in: Any) -> None:
     run = stand_in("graceful")
     record = run.record()
