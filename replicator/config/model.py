@@ -848,8 +848,37 @@ _UNREAD = "the KCL takes it without a word, and does not use it"
 _JAVA_LONG_DIGITS = 19
 
 
+# KCL 3.1's multilang properties it reads as booleans (MultiLangDaemonConfiguration's
+# setters of a boolean): a word other than true or false is read as false, or as the
+# default, without a word ("maybe", "enabled", "1").
+KCL_BOOLEAN_PROPERTIES = frozenset(
+    {
+        "allowThroughputOvershoot",
+        "callProcessRecordsEvenForEmptyRecordList",
+        "cleanupLeasesUponShardCompletion",
+        "coordinatorStateDeletionProtectionEnabled",
+        "coordinatorStatePointInTimeRecoveryEnabled",
+        "disableWorkerMetrics",
+        "enablePriorityLeaseAssignment",
+        "ignoreUnexpectedChildShards",
+        "isGracefulLeaseHandoffEnabled",
+        "leaseTableDeletionProtectionEnabled",
+        "leaseTablePitrEnabled",
+        "skipShardSyncAtWorkerInitializationIfLeasesExist",
+        "validateSequenceNumberBeforeCheckpointing",
+        "workerMetricsDeletionProtectionEnabled",
+        "workerMetricsPointInTimeRecoveryEnabled",
+    }
+)
+
+
 def _numeric_property_problem(key: str, value: str) -> str | None:
     text = value.strip()
+    if key in KCL_BOOLEAN_PROPERTIES and text.lower() not in ("true", "false"):
+        return (
+            f"{shown(value)} is not true or false: the KCL would read it as false, or its "
+            "default, without a word"
+        )
     if key in KCL_INTEGER_PROPERTIES:
         # Python turns no text of more than 4,300 digits into an integer: the digits are
         # counted before they are read.

@@ -635,6 +635,25 @@ def test_a_kcl_constant_the_kcl_does_not_know_is_refused_naming_those_it_does(
     ), result.stderr
 
 
+@pytest.mark.parametrize("value", ["maybe", "1", "enabled"])
+def test_a_kcl_boolean_property_takes_true_or_false_only(tmp_path: Path, value: str) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "runtime: kcl\n"
+        "source: {region: us-east-1, table: orders}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        f"kcl: {{extra_properties: {{leaseTablePitrEnabled: TRUE, disableWorkerMetrics: "
+        f"'{value}'}}}}\n"
+    )
+    result = in_process("validate", "--config", str(job))
+    assert result.returncode == 2, result.stdout + result.stderr
+    problems = [line for line in result.stderr.splitlines() if line.startswith("  ")]
+    assert problems == [
+        f"  kcl.extra_properties.disableWorkerMetrics (line 4): {value!r} is not true or "
+        "false: the KCL would read it as false, or its default, without a word"
+    ], result.stderr
+
+
 def test_a_kcl_constant_in_any_case_is_taken(tmp_path: Path) -> None:
     job = tmp_path / "job.yaml"
     job.write_text(
