@@ -600,6 +600,19 @@ def test_extra_properties_are_checked_alike_under_either_runtime(
     )
 
 
+def kcl_job(tmp_path: Path, extra_properties: str, source: str = "") -> Path:
+    """A runtime-kcl job with these ``kcl.extra_properties`` (a YAML flow mapping's
+    inside) on line 4; ``source``: more of the source's settings."""
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "runtime: kcl\n"
+        f"source: {{region: us-east-1, table: orders{source}}}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        f"kcl: {{extra_properties: {{{extra_properties}}}}}\n"
+    )
+    return job
+
+
 @pytest.mark.parametrize(
     ("key", "value", "named"),
     [
@@ -620,13 +633,7 @@ def test_a_kcl_constant_the_kcl_does_not_know_is_refused_naming_those_it_does(
     """The daemon's start ended with "No enum constant ..." (exit 1, restarted for ever by
     a restart policy) where validate had said nothing; the endpoint the job reads
     (metricsLevel's own check) does not change what is said."""
-    job = tmp_path / "job.yaml"
-    job.write_text(
-        "runtime: kcl\n"
-        "source: {region: us-east-1, table: orders, endpoint_url: 'http://127.0.0.1:9'}\n"
-        "destinations: [{region: eu-west-1, table: orders}]\n"
-        f"kcl: {{extra_properties: {{{key}: {value}}}}}\n"
-    )
+    job = kcl_job(tmp_path, f"{key}: {value}", ", endpoint_url: 'http://127.0.0.1:9'")
     result = in_process("validate", "--config", str(job))
     assert result.returncode == 2, result.stdout + result.stderr
     assert (
@@ -637,14 +644,7 @@ def test_a_kcl_constant_the_kcl_does_not_know_is_refused_naming_those_it_does(
 
 @pytest.mark.parametrize("value", ["maybe", "1", "enabled"])
 def test_a_kcl_boolean_property_takes_true_or_false_only(tmp_path: Path, value: str) -> None:
-    job = tmp_path / "job.yaml"
-    job.write_text(
-        "runtime: kcl\n"
-        "source: {region: us-east-1, table: orders}\n"
-        "destinations: [{region: eu-west-1, table: orders}]\n"
-        f"kcl: {{extra_properties: {{leaseTablePitrEnabled: TRUE, disableWorkerMetrics: "
-        f"'{value}'}}}}\n"
-    )
+    job = kcl_job(tmp_path, f"leaseTablePitrEnabled: TRUE, disableWorkerMetrics: '{value}'")
     result = in_process("validate", "--config", str(job))
     assert result.returncode == 2, result.stdout + result.stderr
     problems = [line for line in result.stderr.splitlines() if line.startswith("  ")]
@@ -655,13 +655,7 @@ def test_a_kcl_boolean_property_takes_true_or_false_only(tmp_path: Path, value: 
 
 
 def test_a_kcl_constant_in_any_case_is_taken(tmp_path: Path) -> None:
-    job = tmp_path / "job.yaml"
-    job.write_text(
-        "runtime: kcl\n"
-        "source: {region: us-east-1, table: orders}\n"
-        "destinations: [{region: eu-west-1, table: orders}]\n"
-        "kcl: {extra_properties: {retrievalMode: polling, metricsLevel: Summary}}\n"
-    )
+    job = kcl_job(tmp_path, "retrievalMode: polling, metricsLevel: Summary")
     assert in_process("validate", "--config", str(job)).returncode == 0
 
 
