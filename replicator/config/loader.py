@@ -673,9 +673,9 @@ def _got(value: object, written: str | None, *, text_expected: bool = False) -> 
     if text_expected and value is None:
         return f"got {written or 'null'}, an empty value: give the text"
     if text_expected and isinstance(value, bool | int | float):
-        literal = written or (
-            repr(value) if not isinstance(value, int) or value.bit_length() < 10_000 else "…"
-        )
+        # A number of more than MAX_NUMBER_DIGITS digits was refused as it was read
+        # (_LongNumber), so its text can be made (Python refuses above 4,300).
+        literal = written or repr(value)
         what = "a boolean" if isinstance(value, bool) else "a number"
         return (
             f"got {literal if len(literal) <= 40 else shown(literal)}, which YAML reads as "

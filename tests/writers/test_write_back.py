@@ -49,16 +49,24 @@ def image(ts: int, origin: str, v: str = "x") -> Item:
     return {**KEY, "ts": {"N": str(ts)}, "origin": {"S": origin}, "v": {"S": v}}
 
 
-def tombstone(deleted: Item, region: str, deleted_at_ms: int, expires_at: int) -> Tombstone:
-    """The tombstone ``region``'s job records for its delete of ``deleted``."""
+def tombstone(
+    deleted: Item,
+    region: str,
+    deleted_at_ms: int,
+    expires_at: int,
+    rule: OrderedRule | None = None,
+) -> Tombstone:
+    """The tombstone ``region``'s job records for its delete of ``deleted``; ``rule``:
+    ranked by that rule, and saying so (else by RULE, a row that does not say)."""
     return tombstone_of(
         deleted,
         KEY,
-        RULE.fields,
+        (rule or RULE).fields,
         deleted_in=region,
         written_by=region,
         deleted_at_ms=deleted_at_ms,
         expires_at=expires_at,
+        ranking=Ranking(rule.name, rule.attribute) if rule else None,
     )
 
 
@@ -308,30 +316,11 @@ def test_a_string_version_ranks_as_no_version() -> None:
     assert RULE.rank(as_string) > RULE.rank(image(10**30, "us-east-1"))
     # A tombstone of such an image ranks it as its rule does.
     for rule in (version, RULE):
-        stone = tombstone_of(
-            as_string,
-            KEY,
-            rule.fields,
-            deleted_in="us-east-1",
-            written_by="us-east-1",
-            deleted_at_ms=1,
-            expires_at=2,
-            ranking=Ranking(rule.name, "ts"),
-        )
-        assert stone.rank == rule.rank(as_string)
+        assert tombstone(as_string, "us-east-1", 1, 2, rule).rank == rule.rank(as_string)
     # A value of no ordered type is kept as none: a boolean in the row would be compared
     # with < in its conditions, which DynamoDB refuses for booleans.
     as_bool = {**image(0, "us-east-1"), "ts": {"BOOL": True}}
-    stone = tombstone_of(
-        as_bool,
-        KEY,
-        RULE.fields,
-        deleted_in="us-east-1",
-        written_by="us-east-1",
-        deleted_at_ms=1,
-        expires_at=2,
-        ranking=Ranking(RULE.name, "ts"),
-    )
+    stone = tombstone(as_bool, "us-east-1", 1, 2, RULE)
     assert stone.ordering is None and stone.rank == RULE.rank(as_bool)
 
 

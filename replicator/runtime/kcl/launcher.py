@@ -86,10 +86,10 @@ _CLASSPATH_FAILURE = re.compile(
     r"|NoSuchFieldError|AbstractMethodError|IncompatibleClassChangeError"
     r"|java\.lang\.LinkageError|ServiceConfigurationError|Unable to load an HTTP implementation"
 )
-# The JVM refusing its own options (a heap size it cannot read, an unknown option): the
-# line before "Could not create the Java Virtual Machine" says which.
 # How the run's final line begins when the daemon ended with no stop asked of it.
 _STOPPED_UNASKED = "the KCL daemon stopped on its own without being asked to"
+# The JVM refusing its own options (a heap size it cannot read, an unknown option): the
+# line before "Could not create the Java Virtual Machine" says which.
 _JVM_REFUSED = "Could not create the Java Virtual Machine"
 # The launcher refusing a setting it cannot work with (an IllegalArgumentException of its
 # configuration: a credentials provider that gives none, an unreadable property), in one
