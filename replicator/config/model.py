@@ -1890,9 +1890,11 @@ def _stream_arn_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]
     source's (DescribeStream at run checks that the stream exists)."""
     source = job.source
     arn = source.stream.arn
-    if source.stream.kind is not StreamKind.DYNAMODB_STREAMS or not arn:
+    if not arn:
         return []
     where: tuple[str | int, ...] = ("source", "stream", "arn")
+    if source.stream.kind is StreamKind.KINESIS:
+        return _kinesis_arn_checks(arn, source.region, where)
     match = _DYNAMODB_STREAM_ARN.fullmatch(arn)
     if match is None:
         hint = (
@@ -1929,6 +1931,26 @@ def _stream_arn_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]
             )
         )
     return problems
+
+
+def _kinesis_arn_checks(
+    arn: str, source_region: str, where: tuple[str | int, ...]
+) -> list[tuple[tuple[str | int, ...], str]]:
+    """DynamoDB streams a table's changes only to a Kinesis data stream in the table's own
+    region, and the KCL reads the stream's name in source.region: an ARN of another
+    region names a stream that cannot carry the table's changes (the name, not the ARN,
+    is what would be read). The ARN's text was checked by StreamConfig."""
+    region = arn.split(":")[3]
+    if region == source_region or not _REGION.fullmatch(region):
+        return []
+    return [
+        (
+            where,
+            f"is a Kinesis data stream in region {region}, but source.region is "
+            f"{source_region}: DynamoDB streams a table's changes only to a Kinesis data "
+            "stream in the table's region, and the KCL reads the stream in source.region",
+        )
+    ]
 
 
 def _runtime_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:

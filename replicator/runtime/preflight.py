@@ -311,25 +311,18 @@ def check_kinesis_stream(resolved: ResolvedJob, where: str) -> str:
     kinesis = clients.kinesis(source)
     what = f"kinesis stream {stream.arn or stream.name}"
 
-    def not_read(there: str) -> EnvironmentProblem:
-        return EnvironmentProblem(
-            f"{what} (source.stream.arn) is not the stream runtime kcl would read: the KCL "
-            f"reads a stream by name, in source.region with the host's account, {there}; "
-            "run the workers in the stream's account and set source.region to its region"
-        )
-
+    # The job file's check keeps an ARN in source.region: only its account can differ.
     try:
         summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
     except (ClientError, BotoCoreError) as error:
-        # Not found in source.region is no answer about a stream the ARN places elsewhere.
-        if stream.arn and error_code(error) == "ResourceNotFoundException":
-            region = stream.arn.split(":")[3]
-            if region != source.region:
-                raise not_read(f"where there is no stream {name} ({where})") from None
         raise explain(error, what, where) from None
     found = str(summary["StreamARN"])
     if stream.arn and found != stream.arn:
-        raise not_read(f"which is {found}")
+        raise EnvironmentProblem(
+            f"{what} (source.stream.arn) is not the stream runtime kcl would read: the KCL "
+            f"reads a stream by name, in source.region with the host's account, which is "
+            f"{found}; run the workers with credentials of the stream's account"
+        )
     status = summary.get("StreamStatus")
     if status not in ("ACTIVE", "UPDATING"):
         raise EnvironmentProblem(

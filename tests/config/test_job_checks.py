@@ -303,11 +303,28 @@ def test_the_source_tables_own_stream_arn_passes(arn: str) -> None:
     assert parse_job(_with_stream(arn), Path("job.yaml")).job.source.stream.arn == arn
 
 
+KCL_VERSION_JOB = "runtime: kcl\nconflict: {policy: version, version_attribute: v}\n"
+
+
 def test_a_kinesis_stream_arn_is_not_compared_with_the_table() -> None:
-    arn = "arn:aws:kinesis:eu-west-1:123456789012:stream/other-changes"
-    text = "runtime: kcl\nconflict: {policy: version, version_attribute: v}\n"
-    job = parse_job(text + _with_stream(arn, "kind: kinesis, "), Path("job.yaml")).job
+    arn = "arn:aws:kinesis:us-east-1:123456789012:stream/other-changes"
+    job = parse_job(KCL_VERSION_JOB + _with_stream(arn, "kind: kinesis, "), Path("job.yaml")).job
     assert job.source.stream.arn == arn
+
+
+def test_a_kinesis_stream_arn_of_another_region_is_refused_naming_both(tmp_path: Path) -> None:
+    """validate passed it, and the run refused it at start: DynamoDB streams a table only
+    to a Kinesis data stream of its own region, and the KCL reads the name in
+    source.region."""
+    arn = "arn:aws:kinesis:eu-west-1:123456789012:stream/orders-changes"
+    text = KCL_VERSION_JOB + _with_stream(arn, "kind: kinesis, ")
+    _refused(
+        tmp_path,
+        text,
+        "source.stream.arn",
+        "Kinesis data stream in region eu-west-1",
+        "source.region is us-east-1",
+    )
 
 
 def test_a_derived_task_name_is_cautioned_about_with_the_line_that_pins_it(
@@ -485,7 +502,10 @@ def test_a_kinesis_stream_name_or_arn_that_names_no_stream_is_refused(
 def test_a_kinesis_stream_name_or_arn_is_read_by_the_kcl_by_its_name(stream: str) -> None:
     from replicator.runtime.kcl.properties import render_properties
 
-    resolved = parse_job(KINESIS.replace("name: aaa-changes", stream, 1), Path("job.yaml"))
+    text = KINESIS.replace("name: aaa-changes", stream, 1)
+    if "cn-north-1" in stream:  # the stream is in the table's region
+        text = text.replace("region: us-east-1", "region: cn-north-1", 1)
+    resolved = parse_job(text, Path("job.yaml"))
     name = stream.split("'")[1].rsplit("/", 1)[-1]
     assert f"\nstreamName = {name}\n" in render_properties(resolved, worker_id="w")
 

@@ -365,27 +365,36 @@ def test_a_kinesis_source_is_backfilled_with_its_hand_off_checked(job: Job, by: 
     assert job.converged()
 
 
-@pytest.mark.parametrize("also_in_the_source_region", [True, False])
-def test_a_kinesis_arn_the_kcl_would_not_read_is_explained_as_run_explains_it(
-    job: Job, also_in_the_source_region: bool
-) -> None:
-    """An ARN of a stream in another region than source.region: the KCL would read the
-    stream of that name in source.region (or find none). backfill listed the ARN's shards
-    and said only that the stream was not found in source.region; it now says what
-    ``run`` says, and why."""
-    arn = _kinesis_stream(job, "us-west-2")
-    if also_in_the_source_region:
-        _kinesis_stream(job, "us-east-1")
+def test_a_kinesis_arn_the_kcl_would_not_read_is_explained_as_run_explains_it(job: Job) -> None:
+    """An ARN of a stream in another account than the workers': the KCL would read the
+    stream of that name in their own account. backfill listed the ARN's shards and said
+    only that the stream was not found; it now says what ``run`` says, and why."""
+    arn = _kinesis_stream(job, "us-east-1").replace(":123456789012:", ":210987654321:", 1)
     _read_from_kinesis(job, f"arn: '{arn}'")
     with pytest.raises(EnvironmentProblem) as raised:
         preflight.check_source(load_job(job.path))  # what `replicator run` checks first
     explained = str(raised.value)
     assert f"kinesis stream {arn} (source.stream.arn) is not the stream runtime kcl" in explained
-    assert "the KCL reads a stream by name, in source.region" in explained
+    assert "the KCL reads a stream by name, in source.region with the host's account" in explained
 
     refused = cli(job, "backfill")
     assert refused.returncode == 3, refused.stderr
     assert refused.stderr.strip().splitlines()[-1] == f"replicator: {explained}"
+
+
+def test_a_kinesis_arn_of_another_region_is_refused_before_anything_is_read(job: Job) -> None:
+    """DynamoDB streams a table only to a Kinesis data stream of its own region: an ARN
+    of another region is a job-file error (exit 2, naming the key), before any shard is
+    listed or any item copied."""
+    arn = _kinesis_stream(job, "us-west-2")
+    _read_from_kinesis(job, f"arn: '{arn}'")
+    populate(job, 2)
+    refused = cli(job, "backfill")
+    assert refused.returncode == 2, refused.stderr
+    assert "source.stream.arn (line" in refused.stderr
+    assert "Kinesis data stream in region us-west-2" in refused.stderr
+    for ddb, table in job.destination_clients():
+        assert tables.scan_all(ddb, table) == []
 
 
 def test_skip_handoff_check_copies_without_the_guarantee(job: Job) -> None:
