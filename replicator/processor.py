@@ -52,6 +52,7 @@ from replicator.metrics import Metrics
 from replicator.pipeline import CONFLICT_LOG_WAIT
 from replicator.runtime.kcl.awaited import AnswerNotes
 from replicator.runtime.local.protocol import RELEASE_SIGNAL
+from replicator.shards.fence import LeaseFence, worker_id_from_environment
 from replicator.shards.leases import LATEST, TRIM_HORIZON
 
 log = structlog.get_logger(__name__)
@@ -65,6 +66,11 @@ _END_STORE_WAIT_S = 10.0
 _HELD_WARN_AFTER = 3
 _END_RETRY_S = 1.0
 _END_LOG_EVERY_S = 30.0
+# A batch held this long (the buffer full) has its lease read, and again as often, while
+# it is held (replicator/shards/fence.py says why); a batch answered sooner needs none:
+# the daemon's own leaseLost then comes between two actions.
+FENCE_AFTER_S = 5.0
+FENCE_EVERY_S = 5.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -120,11 +126,17 @@ class ReplicationProcessor:
         shutdown_flush_timeout_s: float = PROCESSOR_FLUSH_TIMEOUT_MS / 1000,
         pause: Callable[[float], None] = time.sleep,
         notes: AnswerNotes | None = None,
+        lease_taker: Callable[[str], str | None] | None = None,
     ) -> None:
         """``notes``: where the launcher of ``runtime: kcl`` learns of a processRecords
-        held unanswered (:mod:`replicator.runtime.kcl.awaited`)."""
+        held unanswered (:mod:`replicator.runtime.kcl.awaited`). ``lease_taker``: who
+        holds the shard's lease if this worker no longer does (None: it does), read
+        while a batch is held (:mod:`replicator.shards.fence`)."""
         self._build = build
         self._notes = notes
+        self._lease_taker = lease_taker
+        self._held_since: float | None = None  # the batch held for room, since (monotonic)
+        self._lease_read_at = 0.0
         self.metrics = metrics
         self._exit = exit_process
         self._report_interval_s = report_interval_s
@@ -197,8 +209,13 @@ class ReplicationProcessor:
                     previous_answer_at=self._answered_at, received_at=received_at
                 )
             intake.accept(records, int(behind or 0))
-            pipeline.wait_for_room()
-            self._advance(process_records_input.checkpointer, intake)
+            self._held_since = time.monotonic()
+            try:
+                pipeline.wait_for_room()
+            finally:
+                self._held_since = None
+            if not self._lease_lost:  # else taken while held: nothing is ours to checkpoint
+                self._advance(process_records_input.checkpointer, intake)
         finally:
             if notes is not None:
                 notes.answered()
@@ -438,10 +455,43 @@ class ReplicationProcessor:
             intake = self.intake
             if intake is None or self._lease_lost:
                 continue
+            self._fence_held_batch(intake)
             try:
                 intake.pipeline.report()
             except Exception as error:  # noqa: BLE001  # reporting must never stop the worker
                 log.warning("metrics report failed", error=str(error))
+
+    def _fence_held_batch(self, intake: ShardIntake) -> None:
+        """Drop what this processor holds once its lease is found taken while a batch is
+        held for room: the daemon could only say so after the batch is answered, and the
+        writes retried meanwhile would land over the new owner's."""
+        held_since, taker_of = self._held_since, self._lease_taker
+        now = time.monotonic()
+        if (
+            taker_of is None
+            or held_since is None
+            or now - held_since < FENCE_AFTER_S
+            or now - self._lease_read_at < FENCE_EVERY_S
+        ):
+            return
+        self._lease_read_at = now
+        shard_id = self._checkpoints().shard_id
+        try:
+            taker = taker_of(shard_id)
+        except Exception as error:  # noqa: BLE001  # the batch stays held, as without the read
+            log.warning("could not read the lease of a held batch", error=str(error))
+            return
+        if taker is None:
+            return
+        log.warning(
+            "lease taken while a batch was held (the buffer full); changes not yet written "
+            "are dropped, not checkpointed, and the shard is read again from the last "
+            "checkpoint by its new owner",
+            taker=taker,
+            held_s=round(now - held_since, 1),
+        )
+        self._drop()
+        intake.pipeline.release_wait()
 
 
 def at_the_tip(millis_behind_latest: Any) -> bool:
@@ -647,6 +697,7 @@ def serve_daemon(resolved: Any) -> NoReturn:
     from amazon_kclpy import kcl
 
     from replicator import wiring
+    from replicator.aws import clients
     from replicator.conflictlog.targets import recorder_for
     from replicator.deadletter import SqsDeadLetters
     from replicator.decode import StreamKeys
@@ -680,11 +731,17 @@ def serve_daemon(resolved: Any) -> NoReturn:
         )
 
     notes = AnswerNotes.from_environment()
+    worker_id = worker_id_from_environment()
+    fence = None
+    if worker_id is not None:
+        logs.bind_everywhere(worker_id=worker_id)
+        fence = LeaseFence(clients.dynamodb(job.source), resolved.lease_table, worker_id)
     processor = ReplicationProcessor(
         build,
         metrics,
         shutdown_flush_timeout_s=resolved.job.kcl.shutdown_flush_ms / 1000,
         notes=notes,
+        lease_taker=None if fence is None else fence.taker,
     )
     # Before the protocol starts: the local runtime signals only a processor that has
     # answered initialize.

@@ -66,6 +66,7 @@ from replicator.runtime.kcl.properties import (
     shutdown_grace_ms,
 )
 from replicator.runtime.kcl.stream_watch import StreamWatch
+from replicator.shards.fence import WORKER_ID_ENV
 
 log = structlog.get_logger(__name__)
 
@@ -605,6 +606,8 @@ def run_kcl(
             multiprocess.ENV: str(served.samples.path),
             JOB_FILE_ENV: str(resolved.path),
             awaited.ENV: str(notes),
+            # The processors read their lease with it while a batch is held (fence.py).
+            WORKER_ID_ENV: _worker_id(resolved),
         }
         daemon = DaemonProcess(
             prepared.argv, env, grace_s=shutdown_grace_ms(job) / 1000, level=job.logging.level

@@ -269,6 +269,13 @@ def test_kinesis_stream_shared_by_workers_of_the_stock_kcl3_daemon_survives_a_ki
         "each live worker to hold one shard and run one processor",
     )
     kinesis.assert_no_dead_letters()
+    for name in live:  # each processor knows its worker: it reads its lease by that id
+        started = [
+            json.loads(line)
+            for line in workers[name].text().splitlines()
+            if '"processor started"' in line
+        ]
+        assert started and all(line["worker_id"] == name for line in started), started
     print(
         f"kill -9 of {victim}: {kinesis.owners()[shard]} took over {shard} after {takeover_s:.1f}s"
     )
