@@ -34,6 +34,7 @@ from pydantic import (
 
 from replicator.config.endpoints import check_endpoint, endpoint_identity, quoted, userinfo_problem
 from replicator.hosts import host_problem, unbracketed
+from replicator.logs import redact
 
 # How long a processor asked to stop (shutdownRequested) waits for its writes in flight
 # before it checkpoints what was applied (a destination that is down holds them back),
@@ -253,6 +254,21 @@ def _encodable(value: str) -> str:
         raise ValueError(
             f"contains {odd!r}, a byte that is not UTF-8 (from a ${{VAR}}), which the KCL "
             f"properties file cannot hold: give UTF-8 text, got {shown(value)}"
+        )
+    return value
+
+
+def _no_credentials(value: str) -> str:
+    """The properties file is written to disk and printed (``replicator properties``),
+    and credentials are never written: a value holding the secret key or session token
+    of this environment (given as ``${AWS_SECRET_ACCESS_KEY}``, say) is refused. The
+    KCL takes its credentials from its provider, the AWS default chain by default."""
+    if redact(value) != value:
+        raise ValueError(
+            "holds a credential (a secret access key or session token of this environment, "
+            "such as ${AWS_SECRET_ACCESS_KEY}): the KCL properties file is written to disk "
+            "and printed by 'replicator properties', and credentials are never written; "
+            "the KCL takes them from AWSCredentialsProvider (the AWS default chain)"
         )
     return value
 
@@ -978,7 +994,12 @@ class KclConfig(Strict):
     )
     extra_properties: dict[
         Annotated[str, AfterValidator(_unreserved_property), AfterValidator(_encodable)],
-        Annotated[str, BeforeValidator(_property_text), AfterValidator(_encodable)],
+        Annotated[
+            str,
+            BeforeValidator(_property_text),
+            AfterValidator(_encodable),
+            AfterValidator(_no_credentials),
+        ],
     ] = Field(default_factory=dict)
 
     @field_validator("extra_properties", mode="before")

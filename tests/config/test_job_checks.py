@@ -618,3 +618,34 @@ def test_conflicts_refuses_a_conflict_log_that_is_a_fifo_without_opening_it(
     result = replicator("conflicts", "--config", str(path))
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"  conflict_log.path (line 6): the conflict log {fifo} is a FIFO" in result.stderr
+
+
+@pytest.mark.parametrize("variable", ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"])
+def test_a_kcl_property_holding_a_credential_is_refused_and_never_printed(
+    tmp_path: Path, variable: str
+) -> None:
+    """``replicator properties`` printed it, and ``run`` wrote it to the properties file;
+    credentials are never written (the KCL takes them from its provider)."""
+    secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        KINESIS
+        + "kcl:\n  extra_properties:\n    maxLeasesForWorker: 2\n"
+        + f"    someSecret: 'prefix-${{{variable}}}'\n"
+    )
+    env: dict[str, str | None] = {variable: secret}
+    for command in ("validate", "properties"):
+        result = in_process(command, "--config", str(path), env=env)
+        assert result.returncode == 2, result.stdout + result.stderr
+        (line,) = [
+            line
+            for line in result.stderr.splitlines()
+            if line.startswith("  kcl.extra_properties.someSecret (line 8)")
+        ]
+        assert "holds a credential" in line
+        assert f"from the environment: {variable}" in line
+        assert secret not in result.stdout + result.stderr
+    # A local endpoint's stand-in ("testing") is no credential, as in the logs.
+    done = in_process("properties", "--config", str(path), env={variable: "testing"})
+    assert done.returncode == 0, done.stderr
+    assert "\nsomeSecret = prefix-testing\n" in done.stdout
