@@ -8,6 +8,7 @@ are errors: a misspelt ``timestamp_atribute`` must not silently fall back to a d
 from __future__ import annotations
 
 import decimal
+import difflib
 import functools
 import math
 import os
@@ -888,6 +889,63 @@ KCL_BOOLEAN_PROPERTIES = frozenset(
 )
 
 
+# Every property KCL 3.1's MultiLangDaemon reads (the setters of its multilang
+# configuration and of the beans it reads into, executableName, processingLanguage and
+# maxActiveThreads), and those the DynamoDB Streams launcher reads besides: the KCL takes
+# any other key without a word and uses it for nothing (a misspelt maxLeaseForWorker).
+KCL_KNOWN_PROPERTIES = (
+    KCL_INTEGER_PROPERTIES
+    | KCL_DECIMAL_PROPERTIES
+    | KCL_ENUM_PROPERTIES
+    | KCL_BOOLEAN_PROPERTIES
+    | frozenset(
+        {
+            "applicationName",
+            "awsCredentialsProvider",
+            "awsCredentialsProviderCloudWatch",
+            "awsCredentialsProviderDynamoDB",
+            "consumerArn",
+            "consumerName",
+            "coordinatorStateTableName",
+            "coordinatorStateTags",
+            "dynamoDBEndpoint",
+            "dynamoDBStreamArn",
+            "executableName",
+            "initialPositionInStreamExtended",
+            "kinesisEndpoint",
+            "maxActiveThreads",
+            "metricsEnabledDimensions",
+            "processingLanguage",
+            "regionName",
+            "shardPrioritization",
+            "skipRecordsBehavior",
+            "staleWorkerMetricsEntryCleanupDuration",
+            "streamArn",
+            "streamName",
+            "tableName",
+            "workerId",
+            "workerIdentifier",
+            "workerMetricsTableName",
+            "workerMetricsTags",
+        }
+    )
+)
+
+
+def unknown_kcl_property_caution(key: str) -> str | None:
+    """What ``validate`` says of a key of kcl.extra_properties that the KCL does not read
+    (a caution, not an error: jars of a later KCL in kcl.jars_dir may read it)."""
+    name = kcl_property_name(key)
+    if name in KCL_KNOWN_PROPERTIES:
+        return None
+    close = difflib.get_close_matches(name, sorted(KCL_KNOWN_PROPERTIES), n=1, cutoff=0.75)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return (
+        f"kcl.extra_properties.{key} is not a property KCL 3.1's MultiLangDaemon reads: "
+        f"the KCL takes it without a word and uses it for nothing{hint}"
+    )
+
+
 def _numeric_property_problem(key: str, value: str) -> str | None:
     text = value.strip()
     if key in KCL_BOOLEAN_PROPERTIES and text.lower() not in ("true", "false"):
@@ -1217,6 +1275,10 @@ class JobConfig(Strict):
                 cautions.append(caution)
         if self.task_name is None:
             cautions.append(self.derived_task_name_caution)
+        for key in self.kcl.extra_properties:
+            caution = unknown_kcl_property_caution(key)
+            if caution:
+                cautions.append(caution)
         return cautions
 
     @property

@@ -1071,3 +1071,68 @@ def test_an_enum_property_a_template_writes_with_blanks_after_it_is_refused(
     )
     for line in _refusals_of_a_template(tmp_path, env):
         assert line.startswith(expected), line
+
+
+def _setters(jars: Path, class_name: str) -> set[str]:
+    """The properties a class of the KCL's multilang jar sets: its public setters."""
+    (jar,) = jars.glob("amazon-kinesis-client-multilang-*.jar")
+    javap = shutil.which("javap")
+    assert javap is not None, "javap (the JDK) is needed to read the KCL's classes"
+    listed = subprocess.run(
+        [javap, "-cp", str(jar), "-public", class_name],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    names = set()
+    for line in listed.splitlines():
+        head, _, _ = line.strip().partition("(")
+        method = head.rsplit(" ", 1)[-1]
+        if head.startswith("public void set") and len(method) > 3:
+            names.add(method[3].lower() + method[4:])
+    return names
+
+
+def test_every_property_the_kcl_multilang_configuration_sets_is_known(kcl_jars: Path) -> None:
+    """The properties validate does not caution about are those of the jars the image
+    ships: each setter of KCL 3.1's multilang configuration (and of the fan-out bean it
+    reads into) is known."""
+    from replicator.config.model import KCL_KNOWN_PROPERTIES
+
+    package = "software.amazon.kinesis.multilang.config."
+    setters = _setters(kcl_jars, package + "MultiLangDaemonConfiguration") | _setters(
+        kcl_jars, package + "FanoutConfigBean"
+    )
+    assert "maxLeasesForWorker" in setters and "awsCredentialsProvider" in setters
+    assert setters - KCL_KNOWN_PROPERTIES == set()
+
+
+def test_a_property_the_kcl_does_not_read_is_cautioned_about_with_the_closest(
+    tmp_path: Path,
+) -> None:
+    """The KCL takes a misspelt key without a word (maxLeaseForWorkr: nothing is capped);
+    validate says so, and still passes (a later KCL in kcl.jars_dir may read it)."""
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "runtime: kcl\n"
+        "source: {region: us-east-1, table: orders}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        "task_name: orders-to-eu\n"
+        "kcl:\n"
+        "  extra_properties:\n"
+        "    maxLeaseForWorkr: 2\n"
+        "    AWSCredentialsProvider: ProfileCredentialsProvider|ops\n"
+        "    leaseTablePitrEnabled: true\n"
+        "    somethingElse: x\n"
+    )
+    result = in_process("validate", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: kcl.extra_properties.maxLeaseForWorkr is not a property KCL 3.1's "
+        "MultiLangDaemon reads: the KCL takes it without a word and uses it for nothing "
+        "(did you mean maxLeasesForWorker?)",
+        "warning: kcl.extra_properties.somethingElse is not a property KCL 3.1's "
+        "MultiLangDaemon reads: the KCL takes it without a word and uses it for nothing",
+    ]
