@@ -17,6 +17,7 @@ from replicator.rules.custom import CustomRule, load_resolver
 from replicator.rules.ordered import OrderedRule, Peers
 from replicator.rules.overwrite import OverwriteRule
 from replicator.rules.requests import Skip, Verdict, WriteRequest
+from replicator.rules.ties import TIES
 
 __all__ = [
     "BY_CREATION_TIME",
@@ -163,7 +164,12 @@ def _by_rank(rule: OrderedRule) -> Callable[[Change, Change], Squash]:
         try:
             if (queued.op_is_delete or incoming.op_is_delete) and new[:3] == old[:3] and new != old:
                 return Squash.BOTH
-            return Squash.REPLACE if new >= old else Squash.DROP
+            if new >= old:
+                return Squash.REPLACE
+            if new[:3] == old[:3]:  # two puts (a tie with a delete is sent both ways)
+                kept, lost = rule.shown_apart(queued.ranked, incoming.ranked)
+                TIES.later_put_lost(rule.attribute, incoming.keys, kept, lost, "squash")
+            return Squash.DROP
         except MalformedImage:  # a tie broken by the digest of an image that is not one
             return Squash.BOTH
 

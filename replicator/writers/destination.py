@@ -42,6 +42,7 @@ from replicator.conflictlog.entry import describe_rule
 from replicator.exceptions import (
     DestinationRefused,
     DestinationUnavailable,
+    MalformedImage,
     PlanError,
     WriteCancelled,
 )
@@ -65,6 +66,7 @@ from replicator.rules.requests import (
     holds_write,
     write_over,
 )
+from replicator.rules.ties import TIES
 from replicator.tombstones.model import Ranking, Tombstone, tombstone_of
 from replicator.tombstones.table import KEY_SCHEMA, TombstoneTable, TombstoneTableError
 from replicator.writers.wire import WireWriteClient
@@ -1068,6 +1070,8 @@ class DestinationWriter:
         written_back = False
         if self.write_back is not None and (winner.item is not None or winner.tombstone):
             written_back = self.write_back.send(self, change, winner)
+        if winner.item is not None and not change.op_is_delete:
+            self._note_tie(change, winner.item)
         log.debug(
             "conflict lost",
             destination=self.label,
@@ -1091,6 +1095,21 @@ class DestinationWriter:
             )
         self._count(change.event.op, Outcome.CONFLICT_LOST)
         return WriteResult(Outcome.CONFLICT_LOST, why=why, recorded=recorded)
+
+    def _note_tie(self, change: Change, held: Item) -> None:
+        """A put lost to an item ranking above it only by the digest (same value and
+        origin): replicator/rules/ties.py says why that is worth a warning."""
+        rule = self.rule
+        image = change.ranked
+        if not isinstance(rule, OrderedRule) or image is None:
+            return
+        try:
+            if rule.rank(held)[:3] != rule.rank(image)[:3]:
+                return
+        except MalformedImage:
+            return
+        kept, lost = rule.shown_apart(held, image)
+        TIES.later_put_lost(rule.attribute, change.keys, kept, lost, self.label)
 
     def _winning_rank(self, winner: Winner) -> dict[str, Any] | None:
         rule = self.ordering or self.rule
