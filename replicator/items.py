@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from decimal import Context, Decimal, InvalidOperation
 from typing import Any
@@ -254,10 +255,13 @@ def key_token(text: str, *, forbidden: str = "") -> str:
     """``text`` as it is when it reads back unambiguously (not empty, printable, no
     whitespace, none of ``forbidden``, not starting with a double quote, which starts a
     quoted token, nor with ``{``, which makes a whole key read as JSON), else as a JSON
-    string of printable ASCII."""
+    string of printable ASCII. Text not in Unicode's composed form (NFC: ``cafe`` and a
+    combining accent) is quoted too: printed as it is, it looks the same as the composed
+    ``café``, another key to DynamoDB, and a report would seem to list one key twice."""
     plain = (
         text
         and text.isprintable()
+        and unicodedata.is_normalized("NFC", text)
         and not any(character.isspace() or character in forbidden for character in text)
         and not text.startswith(('"', "{"))
     )

@@ -123,6 +123,9 @@ def test_a_key_typed_as_log_lines_show_it_or_as_json_names_one_canonical_item() 
         ({"pk": {"S": "x sk=N:2"}, "sk": {"N": "3"}}, 'pk=S:"x sk=N:2" sk=N:3'),
         ({"pk": {"S": '"q"'}}, 'pk=S:"\\"q\\""'),
         ({"pk": {"S": "caf\u00e9"}}, "pk=S:caf\u00e9"),
+        # The same word decomposed (an accent mark after the e): another key, which
+        # printed as it is would look like the one above.
+        ({"pk": {"S": "cafe\u0301"}}, 'pk=S:"cafe\\u0301"'),
         ({"pk": {"S": "a\u2028b"}}, 'pk=S:"a\\u2028b"'),
         ({"a=b": {"S": "v"}, "c d": {"N": "1"}}, '"a=b"=S:v "c d"=N:1'),
         ({"b": {"B": b"\x00\xff"}}, "b=B:AP8="),
