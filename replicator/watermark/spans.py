@@ -35,6 +35,7 @@ JOINED = "joined"
 TRIMMED = "trimmed"
 EXPIRED = "expired"
 BEFORE_STREAM = "before_stream"
+EARLIER_STREAM = "earlier_stream"
 UNWATCHED = "unwatched"
 
 OPEN_US = 253_402_300_799_999_999
@@ -62,6 +63,13 @@ _WHY = {
         "the job replicated them without the watermark (watermark.enabled: false, or "
         "before its status table held any part), which records no dead letter: one "
         "dead-lettered then is not known here"
+    ),
+    EARLIER_STREAM: (
+        "the shard's lease was of an earlier stream of the source table (the table deleted "
+        "and created again, or its stream disabled and enabled), read from the stream's "
+        "oldest record: what the earlier stream held after its checkpoint, and what was "
+        "written while no stream was enabled, was not read; copy them with `replicator "
+        "backfill --restart`"
     ),
     BEFORE_STREAM: (
         "the job first started at kcl.initial_position TRIM_HORIZON, which reads only "

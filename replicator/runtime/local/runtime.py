@@ -72,6 +72,7 @@ from replicator.runtime.local.shard_worker import (
 from replicator.shards.holder import Standing
 from replicator.shards.leases import LATEST, SHARD_END, TRIM_HORIZON, Lease, LeaseTable
 from replicator.shards.stream import Shard, list_shards
+from replicator.watermark import spans
 from replicator.watermark.spans import UnreadSpan
 from replicator.watermark.table import StatusTable
 
@@ -422,6 +423,10 @@ class LocalRuntime:
         # Before "shard started": a change made after that line is read, whatever the
         # child's start-up takes.
         worker.pin_latest()
+        if earlier is not None:
+            # Stored before the processor gets a record of this stream, whose claims
+            # would pass what the earlier stream held unread.
+            worker.passed_over_before(spans.EARLIER_STREAM)
         self.workers[lease.shard_id] = worker
         log.info("shard started", shard=lease.shard_id, checkpoint=lease.checkpoint)
         worker.start()

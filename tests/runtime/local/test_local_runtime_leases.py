@@ -17,6 +17,7 @@ import pytest
 from replicator.demo import tables
 from replicator.tools.compare import compare
 from tests.support.aws import client
+from tests.support.cli import in_process
 from tests.support.e2e import KEYS, PATIENCE, Job, children_of, stop, wait_until
 from tests.support.metrics import logged_metrics_port
 
@@ -399,7 +400,8 @@ def test_a_lease_of_an_earlier_stream_is_not_resumed_when_the_source_is_re_creat
     stream's shard the earlier one's id and sequence numbers, and the lease table keeps
     the earlier stream's lease, checkpointed past every record the new stream holds yet.
     The run after it reads the shard from TRIM_HORIZON, says why, and replicates the new
-    table's items."""
+    table's items. A change the earlier table got while the job was stopped is never read:
+    a wait for its time is told so (exit 4), not "replicated"."""
     rng = random.Random(11)
     first = job.start(log=tmp_path / "first.log")
     try:
@@ -408,6 +410,8 @@ def test_a_lease_of_an_earlier_stream_is_not_resumed_when_the_source_is_re_creat
         job.wait_checkpointed()
     finally:
         assert stop(first) == 0
+    job.put_demo_items(rng, 100, 1)  # never read: its stream goes with its table
+    unread_at = time.time()
     earlier, shard_id = _stream_and_shard(job)
     job.source.delete_table(TableName=job.source_table)
     tables.create(job.source, job.source_table, stream=True)
@@ -422,5 +426,17 @@ def test_a_lease_of_an_earlier_stream_is_not_resumed_when_the_source_is_re_creat
         assert row["replicatorStream"] == {"S": current}
     finally:
         assert stop(second) == 0
-    (line,) = [text for text in log.read_text().splitlines() if "earlier stream" in text]
+    lines = log.read_text().splitlines()
+    (line,) = [text for text in lines if "the shard's lease is of an earlier stream" in text]
     assert shard_id in line and earlier in line and current in line, line
+    (recorded,) = [text for text in lines if "changes passed over; recorded" in text]
+    assert "lease was of an earlier stream" in recorded
+    ((_, table), *_) = job.destinations
+    waited = in_process(
+        "wait", "--config", str(job.path), "--destination", table,
+        "--until", f"{unread_at:.6f}", "--timeout", "5",
+    )  # fmt: skip
+    assert waited.returncode == 4, waited
+    (said,) = waited.stderr.strip().splitlines()
+    assert "were never read for this destination" in said
+    assert "lease was of an earlier stream" in said and "backfill --restart" in said
