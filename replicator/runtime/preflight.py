@@ -174,6 +174,20 @@ def check_source(resolved: ResolvedJob) -> SourceInfo:
             "NEW_AND_OLD_IMAGES (aws dynamodb update-table --stream-specification "
             "StreamEnabled=true,StreamViewType=NEW_AND_OLD_IMAGES)"
         )
+    if source.stream.arn and (
+        source.stream.arn != table.get("LatestStreamArn") or not tables.stream_enabled(table)
+    ):
+        # Pinned on purpose (an earlier stream read to its end within its 24 hours), or
+        # left pinned after the table was created again: then nothing new ever arrives.
+        log.warning(
+            "source.stream.arn is not the source table's current stream: the job reads an "
+            "earlier stream, which holds no change made since the table's stream was "
+            "replaced (and lag stays at 0 once it is read to its end); when that is not "
+            "meant, remove source.stream.arn to read the table's latest stream, then run "
+            "`replicator backfill --restart` and `replicator verify`",
+            pinned=source.stream.arn,
+            latest=table.get("LatestStreamArn") if tables.stream_enabled(table) else None,
+        )
     streams = clients.dynamodb_streams(source)
     try:
         description = streams.describe_stream(StreamArn=stream_arn, Limit=1)["StreamDescription"]

@@ -434,3 +434,27 @@ def test_a_stop_asked_for_while_a_failing_step_was_in_flight_is_said_with_its_er
             "log_level": "info",
         }
     ]
+
+
+def test_a_pinned_stream_that_is_not_the_tables_current_one_is_warned_about(
+    moto_endpoint: str, tables: dict[str, str], tmp_path: Path
+) -> None:
+    """The source table created again while its job pins the earlier stream's ARN: the
+    job starts (reading an earlier stream to its end is what pinning is for) but says
+    that it reads no change made since; pinned to the current stream, it says nothing."""
+    east = client("dynamodb", "us-east-1", moto_endpoint)
+    current = east.describe_table(TableName=tables["ours"])["Table"]["LatestStreamArn"]
+    pinned = f", stream: {{arn: '{current}'}}"
+    job = job_file(tmp_path / "job.yaml", moto_endpoint, tables["ours"], tables["dst"], pinned)
+    with structlog.testing.capture_logs() as lines:
+        preflight.check_source(load_job(job))
+    assert [line for line in lines if line["log_level"] == "warning"] == []
+
+    east.delete_table(TableName=tables["ours"])
+    latest = create_table(east, tables["ours"])["LatestStreamArn"]
+    assert latest != current
+    with structlog.testing.capture_logs() as lines:
+        preflight.check_source(load_job(job))
+    (warning,) = [line for line in lines if line["log_level"] == "warning"]
+    assert warning["event"].startswith("source.stream.arn is not the source table's current")
+    assert warning["pinned"] == current and warning["latest"] == latest
