@@ -91,3 +91,47 @@ def test_a_role_not_assumed_was_never_sent_and_is_never_the_changes_fault() -> N
     ]
     assert not any(may_have_landed(failure) for failure in failures.values())
     assert may_have_landed(ClientError({"Error": {"Code": "InternalServerError"}}, "PutItem"))
+
+
+def test_a_role_sts_keeps_refusing_stops_the_writer_naming_the_trust_policy(
+    metrics: Any,
+) -> None:
+    """STS refusing the role (AccessDenied) every time: the destination stops the worker
+    after its refusal limit, saying no write was sent and what to check (the trust
+    policy, sts:AssumeRole, the external id), not the host's clock."""
+    from replicator.aws.backoff import Backoff
+    from replicator.config.model import ConflictConfig
+    from replicator.decode import decode
+    from replicator.exceptions import DestinationRefused
+    from replicator.rules import rule_for
+    from replicator.writers.destination import DestinationWriter
+    from tests.support.records import put
+
+    denied = ClientError(
+        {"Error": {"Code": "AccessDenied", "Message": "not authorized to perform sts:AssumeRole"}},
+        "AssumeRole",
+    )
+
+    class RoleRefused:
+        def put_item(self, **_: Any) -> Any:
+            raise RoleNotAssumed(
+                role_arn=ROLE, sts_endpoint="https://sts.amazonaws.com", error=denied
+            )
+
+    writer = DestinationWriter(
+        label="acct-a",
+        table="orders",
+        region="eu-west-1",
+        client=RoleRefused(),  # type: ignore[arg-type]
+        rule=rule_for(ConflictConfig(policy="overwrite"), None),
+        metrics=metrics,
+        backoff=Backoff(0.0001, 0.001),
+        refusal_limit=3,
+    )
+    with pytest.raises(DestinationRefused) as refused:
+        writer.write(decode(put("a", 1, v="x")))
+    said = str(refused.value)
+    assert said.startswith("destination acct-a (eu-west-1/orders): STS refused the role")
+    assert "no write was sent" in said and ROLE in said
+    assert "trust policy" in said and "sts:AssumeRole" in said and "external_id" in said
+    assert "NTP" not in said

@@ -31,6 +31,7 @@ from replicator.aws.clients import WriteClient
 from replicator.aws.errors import (
     CLOCK_SKEW,
     ErrorKind,
+    RoleNotAssumed,
     classify,
     error_code,
     error_message,
@@ -516,6 +517,14 @@ class DestinationWriter:
                     return WriteResult(Outcome.FAILED, "rejected", _describe(error))
                 if kind is ErrorKind.AUTH:
                     streak, seen_then = self._note_refusal(error, streak, seen_then)
+                    if streak >= self.refusal_limit and isinstance(error, RoleNotAssumed):
+                        raise DestinationRefused(
+                            f"{self._named()}: STS refused the role to write with {streak} "
+                            f"times in a row (no write was sent): {_answer(error)}. Check the "
+                            "role's trust policy (it must trust the identity this worker "
+                            "runs with, with the job's external_id if it sets one) and that "
+                            f"this identity may call sts:AssumeRole on it; {NOT_PASSED}"
+                        ) from error
                     if streak >= self.refusal_limit:
                         raise DestinationRefused(
                             f"{self._refuser(error)} did not accept the signature or "
