@@ -329,11 +329,32 @@ def _check_table(value: str) -> str:
     return value
 
 
-def _check_role(value: str | None) -> str | None:
+# The partition of each region family that has one of its own, by the region's prefix.
+_PARTITIONS = (("cn-", "aws-cn"), ("us-gov-", "aws-us-gov"))
+
+
+def _partition_of(region: str) -> str:
+    return next((name for prefix, name in _PARTITIONS if region.startswith(prefix)), "aws")
+
+
+def _check_role(value: str | None, info: ValidationInfo) -> str | None:
     if value is not None and not _ROLE_ARN.fullmatch(value):
         raise ValueError(
             "expected an IAM role ARN such as arn:aws:iam::123456789012:role/name, "
             f"got {shown(value)}"
+        )
+    region = info.data.get("region")
+    if value is None or not isinstance(region, str) or not _REGION.fullmatch(region):
+        return value
+    # STS of a region assumes only roles of its own partition (aws, aws-cn, aws-us-gov):
+    # another one's is refused at run; other partitions (isolated regions) are not judged.
+    partition, expected = value.split(":", 2)[1], _partition_of(region)
+    known = {"aws", *(name for _, name in _PARTITIONS)}
+    if partition != expected and partition in known:
+        raise ValueError(
+            f"is a role of partition {partition}, but region {region} is in partition "
+            f"{expected}: a role is assumed in its own partition only (arn:{expected}:iam::"
+            f"...), got {shown(value)}"
         )
     return value
 

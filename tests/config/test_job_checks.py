@@ -649,3 +649,43 @@ def test_a_kcl_property_holding_a_credential_is_refused_and_never_printed(
     done = in_process("properties", "--config", str(path), env={variable: "testing"})
     assert done.returncode == 0, done.stderr
     assert "\nsomeSecret = prefix-testing\n" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("region", "role", "says"),
+    [
+        (
+            "eu-west-1",
+            "arn:aws-cn:iam::222222222222:role/w",
+            "partition aws-cn, but region eu-west-1",
+        ),
+        ("cn-north-1", "arn:aws:iam::222222222222:role/w", "partition aws, but region cn-north-1"),
+        ("us-gov-west-1", "arn:aws:iam::222222222222:role/w", "is in partition aws-us-gov"),
+    ],
+)
+def test_a_role_of_another_partition_than_its_region_is_refused(
+    tmp_path: Path, region: str, role: str, says: str
+) -> None:
+    """validate passed them; STS of the region refuses a role of another partition at run."""
+    text = MINIMAL.replace(
+        "  - {region: eu-west-1, table: orders}",
+        f"  - {{region: {region}, table: orders, role_arn: '{role}'}}",
+    )
+    _refused(tmp_path, text, "destinations[0].role_arn", says)
+
+
+@pytest.mark.parametrize(
+    ("region", "role"),
+    [
+        ("cn-northwest-1", "arn:aws-cn:iam::222222222222:role/w"),
+        ("us-gov-east-1", "arn:aws-us-gov:iam::222222222222:role/w"),
+        ("eu-west-1", "arn:aws:iam::222222222222:role/w"),
+        ("us-iso-east-1", "arn:aws-iso:iam::222222222222:role/w"),  # not judged
+    ],
+)
+def test_a_role_of_its_regions_partition_passes(region: str, role: str) -> None:
+    text = MINIMAL.replace(
+        "  - {region: eu-west-1, table: orders}",
+        f"  - {{region: {region}, table: orders, role_arn: '{role}'}}",
+    )
+    assert parse_job(text, Path("job.yaml")).job.destinations[0].role_arn == role

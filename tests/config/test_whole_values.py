@@ -96,7 +96,7 @@ def test_a_role_arn_is_an_iam_role_name_and_path(tmp_path: Path, role: str) -> N
 def test_a_role_of_a_path_and_every_character_iam_allows_is_taken(tmp_path: Path) -> None:
     role = "arn:aws-us-gov:iam::222222222222:role/service-role/team.a/w+=,.@_-1"
     text = MINIMAL.replace(
-        "eu-west-1, table: orders", f"eu-west-1, table: orders, role_arn: '{role}'"
+        "eu-west-1, table: orders", f"us-gov-west-1, table: orders, role_arn: '{role}'"
     )
     path = tmp_path / "job.yaml"
     path.write_text(text)
