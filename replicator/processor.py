@@ -735,7 +735,7 @@ def serve_daemon(resolved: Any) -> NoReturn:
     fence = None
     if worker_id is not None:
         logs.bind_everywhere(worker_id=worker_id)
-        fence = LeaseFence(clients.dynamodb(job.source), resolved.lease_table, worker_id)
+        fence = LeaseFence(lambda: clients.dynamodb(job.source), resolved.lease_table, worker_id)
     processor = ReplicationProcessor(
         build,
         metrics,

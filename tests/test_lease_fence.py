@@ -55,7 +55,7 @@ def test_the_lease_is_taken_only_when_its_row_names_another_owner(
 ) -> None:
     name = unique("fence")
     ddb = lease_table(moto_endpoint, name, **lease)
-    fence = LeaseFence(ddb, name, "w1")
+    fence = LeaseFence(lambda: ddb, name, "w1")
     assert fence.taker(SHARD) == taker
     assert fence.taker("shardId-of-no-lease-row") is None  # nothing says otherwise
 

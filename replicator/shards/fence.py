@@ -17,7 +17,8 @@ as the local runtime's workers do (:mod:`replicator.runtime.local.shard_worker`)
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -29,13 +30,21 @@ WORKER_ID_ENV = "REPLICATOR_KCL_WORKER_ID"
 NO_OWNER = "no worker (the lease is free to take)"
 
 
-@dataclass(frozen=True)
+@dataclass
 class LeaseFence:
-    """One daemon's view of its lease table: ``worker_id`` is its ``workerId``."""
+    """One daemon's view of its lease table: ``worker_id`` is its ``workerId``.
+    ``connect`` makes the client, at the first read (most processors never need one)."""
 
-    client: DynamoDBClient
+    connect: Callable[[], DynamoDBClient]
     table: str
     worker_id: str
+    _client: DynamoDBClient | None = field(default=None, init=False, repr=False)
+
+    @property
+    def client(self) -> DynamoDBClient:
+        if self._client is None:
+            self._client = self.connect()
+        return self._client
 
     def taker(self, shard_id: str) -> str | None:
         """Who holds the shard's lease if this worker does not: its owner, or
