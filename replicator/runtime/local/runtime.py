@@ -69,6 +69,7 @@ from replicator.runtime.local.shard_worker import (
     ShardWorker,
     stop_answer_limit_s,
 )
+from replicator.shards.fence import WORKER_ID_ENV
 from replicator.shards.holder import Standing
 from replicator.shards.leases import LATEST, SHARD_END, TRIM_HORIZON, Lease, LeaseTable
 from replicator.shards.stream import Shard, list_shards
@@ -471,6 +472,8 @@ class LocalRuntime:
         # or an edit of the file must not reach a processor started later in the run),
         # and names the operator's file in its messages.
         env[JOB_FILE_ENV] = str(self.resolved.path)
+        # The KCL launcher's word to its processors; this runtime watches its leases itself.
+        env.pop(WORKER_ID_ENV, None)
         return ProcessorChild(
             processor_command(self._job_copy or self.resolved.path),
             env,
