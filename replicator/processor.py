@@ -214,7 +214,7 @@ class ReplicationProcessor:
                 pipeline.wait_for_room()
             finally:
                 self._held_since = None
-            if not self._lease_lost:  # else taken while held: nothing is ours to checkpoint
+            if not self._taken():  # else taken while held: nothing is ours to checkpoint
                 self._advance(process_records_input.checkpointer, intake)
         finally:
             if notes is not None:
@@ -248,10 +248,24 @@ class ReplicationProcessor:
             # cancelled never settle, so a flush would wait for ever. Answer at once.
             log.warning("shard ended after the lease was lost; not checkpointing")
             return
-        intake.pipeline.flush()
-        # Before the checkpoint: once it is written the shard is never read again.
-        intake.pipeline.end_watermark()
-        self._store_watermark_at_end(intake)
+        # The flush waits for every destination, as a full buffer does: the lease is
+        # read meanwhile (_fence_held_batch), and once another worker holds it this
+        # processor writes nothing more and leaves the shard's end to that worker.
+        self._held_since = time.monotonic()
+        try:
+            # In steps: the writes the fence cancels never settle, so one wait for all of
+            # them would not end.
+            while not intake.pipeline.flush(timeout=_END_RETRY_S) and not self._taken():
+                pass
+            if not self._taken():
+                # Before the checkpoint: once it is written the shard is never read again.
+                intake.pipeline.end_watermark()
+                self._store_watermark_at_end(intake)
+        finally:
+            self._held_since = None
+        if self._taken():
+            log.warning("shard ended, but its lease was taken meanwhile; not checkpointing")
+            return
         self._checkpoints().write(shard_ended_input.checkpointer, None, required=True)
         log.info("shard ended; checkpointed at its end")
 
@@ -380,6 +394,8 @@ class ReplicationProcessor:
         since = time.monotonic()
         logged_at: float | None = None
         while not pipeline.store_watermark_before_checkpoint(_END_STORE_WAIT_S, urgent=True):
+            if self._lease_lost:
+                return
             now = time.monotonic()
             if logged_at is None or now - logged_at >= _END_LOG_EVERY_S:
                 logged_at = now
@@ -418,6 +434,11 @@ class ReplicationProcessor:
         if self.checkpoints is None:
             raise RuntimeError("the daemon sent an action before initialize")
         return self.checkpoints
+
+    def _taken(self) -> bool:
+        """Whether the lease is gone, read afresh: the report thread's lease read
+        (:meth:`_fence_held_batch`) may have found it taken while this thread waited."""
+        return self._lease_lost
 
     def _drop(self) -> None:
         self._lease_lost = True
@@ -462,9 +483,10 @@ class ReplicationProcessor:
                 log.warning("metrics report failed", error=str(error))
 
     def _fence_held_batch(self, intake: ShardIntake) -> None:
-        """Drop what this processor holds once its lease is found taken while a batch is
-        held for room: the daemon could only say so after the batch is answered, and the
-        writes retried meanwhile would land over the new owner's."""
+        """Drop what this processor holds once its lease is found taken while it waits
+        on its writes (a batch held for room, the flush at a shard's end): the daemon
+        could only say so after that action is answered, and the writes retried
+        meanwhile would land over the new owner's."""
         held_since, taker_of = self._held_since, self._lease_taker
         now = time.monotonic()
         if (
@@ -484,9 +506,10 @@ class ReplicationProcessor:
         if taker is None:
             return
         log.warning(
-            "lease taken while a batch was held (the buffer full); changes not yet written "
-            "are dropped, not checkpointed, and the shard is read again from the last "
-            "checkpoint by its new owner",
+            "lease taken while the processor waited on its writes (a batch held for room, "
+            "or the flush at the shard's end); changes not yet written are dropped, not "
+            "checkpointed, and the shard is read again from the last checkpoint by its "
+            "new owner",
             taker=taker,
             held_s=round(now - held_since, 1),
         )
@@ -735,7 +758,15 @@ def serve_daemon(resolved: Any) -> NoReturn:
     fence = None
     if worker_id is not None:
         logs.bind_everywhere(worker_id=worker_id)
-        fence = LeaseFence(lambda: clients.dynamodb(job.source), resolved.lease_table, worker_id)
+        # Short waits, no SDK retries: the read runs on the report thread, whose beat
+        # /healthz listens for (awaited.py); a read that fails is tried again in 5 s.
+        fence = LeaseFence(
+            lambda: clients.dynamodb(
+                job.source, connect_timeout=2.0, read_timeout=2.0, sdk_retries=False
+            ),
+            resolved.lease_table,
+            worker_id,
+        )
     processor = ReplicationProcessor(
         build,
         metrics,

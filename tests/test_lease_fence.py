@@ -45,8 +45,10 @@ def lease_table(moto_endpoint: str, name: str, **lease: str) -> Any:
         ({"leaseOwner": "w2"}, "w2"),
         # A graceful handoff to w2 waits for w1's checkpoint: w2 reads nothing yet.
         ({"leaseOwner": "w2", "checkpointOwner": "w1"}, None),
-        # A handoff between two others (w1 lost the lease before it).
-        ({"leaseOwner": "w3", "checkpointOwner": "w2"}, "w3"),
+        # A handoff between two others (w1 lost the lease before it): w2 holds it still.
+        ({"leaseOwner": "w3", "checkpointOwner": "w2"}, "w2"),
+        # A handoff from w2 to w1: w2 checkpoints until it is done.
+        ({"leaseOwner": "w1", "checkpointOwner": "w2"}, "w2"),
         ({}, NO_OWNER),
     ],
 )
@@ -60,14 +62,16 @@ def test_the_lease_is_taken_only_when_its_row_names_another_owner(
     assert fence.taker("shardId-of-no-lease-row") is None  # nothing says otherwise
 
 
-def test_a_batch_held_for_room_is_dropped_once_another_worker_holds_the_lease(
-    moto_endpoint: str, unique: Any, tmp_path: Path
+@pytest.mark.parametrize("waiting_in", ["processRecords", "shardEnded"])
+def test_writes_waited_on_are_dropped_once_another_worker_holds_the_lease(
+    moto_endpoint: str, unique: Any, tmp_path: Path, waiting_in: str
 ) -> None:
-    """The destination refuses connections and the buffer holds two changes, so the
-    batch of five is held. While the lease is this worker's it stays held (its lease is
-    read, through a proxy that counts the reads); once the row names w2, the batch is
-    answered without a checkpoint, and when the destination is back nothing of it is
-    written over what the new owner wrote."""
+    """The destination refuses connections. ``processRecords``: the buffer holds two
+    changes, so a batch of five is held for room. ``shardEnded``: a batch of one is
+    answered, and the shard's end waits for its writes. While the lease is this worker's
+    the action stays unanswered (its lease is read, through a proxy that counts the
+    reads); once the row names w2, it is answered without a checkpoint, and when the
+    destination is back nothing of it is written over what the new owner wrote."""
     table, leases = unique("fenced"), unique("fence-task")
     destination = client("dynamodb", REGION, moto_endpoint)
     create_table(destination, table, stream=None)
@@ -88,21 +92,25 @@ def test_a_batch_held_for_room_is_dropped_once_another_worker_holds_the_lease(
         "watermark: {enabled: false}\n"
         "logging: {format: json}\n"
     )
+    count = 5 if waiting_in == "processRecords" else 1
     try:
         with RawDaemon(config, env={WORKER_ID_ENV: "w1"}) as daemon:
             daemon.initialize(SHARD)
-            records = [put(f"z{n}", 100 + n, v="OLD") for n in range(5)]
-            daemon.write(
-                {
-                    "action": "processRecords",
-                    "millisBehindLatest": 0,
-                    "records": [{"action": "record", **record} for record in records],
-                }
-            )
+            records = [put(f"z{n}", 100 + n, v="OLD") for n in range(count)]
+            batch = {
+                "action": "processRecords",
+                "millisBehindLatest": 0,
+                "records": [{"action": "record", **record} for record in records],
+            }
+            if waiting_in == "shardEnded":
+                daemon.act(batch)  # room for it: answered at once
+                daemon.write({"action": "shardEnded"})
+            else:
+                daemon.write(batch)
             wait_until(
                 lambda: source.counts("GetItem")["upstream_200"] >= 1, 30, "the lease's first read"
             )
-            with pytest.raises(queue.Empty):  # read while ours: still held
+            with pytest.raises(queue.Empty):  # read while ours: still waiting
                 daemon.lines.get_nowait()
             lease_ddb.update_item(
                 TableName=leases,
@@ -110,16 +118,14 @@ def test_a_batch_held_for_room_is_dropped_once_another_worker_holds_the_lease(
                 UpdateExpression="SET leaseOwner = :w2",
                 ExpressionAttributeValues={":w2": {"S": "w2"}},
             )
-            assert daemon.read(timeout=30) == {
-                "action": "status",
-                "responseFor": "processRecords",
-            }
+            assert daemon.read(timeout=30) == {"action": "status", "responseFor": waiting_in}
             down.pass_through()
-            for n in range(5):  # the new owner's writes
+            for n in range(count):  # the new owner's writes
                 destination.put_item(
                     TableName=table, Item={"pk": {"S": f"z{n}"}, "v": {"S": "NEW"}}
                 )
-            daemon.act({"action": "leaseLost"})
+            if waiting_in == "processRecords":
+                daemon.act({"action": "leaseLost"})
             assert daemon.finish() == 0
     finally:
         down.stop()
@@ -128,12 +134,12 @@ def test_a_batch_held_for_room_is_dropped_once_another_worker_holds_the_lease(
     assert down.counts("PutItem")["upstream_200"] == 0
     scanned = destination.scan(TableName=table, ConsistentRead=True)["Items"]
     assert sorted((item["pk"]["S"], item["v"]["S"]) for item in scanned) == [
-        (f"z{n}", "NEW") for n in range(5)
+        (f"z{n}", "NEW") for n in range(count)
     ]
     (taken,) = [
         line
         for line in map(json.loads, filter(str.strip, daemon.stderr))
-        if line["event"].startswith("lease taken while a batch was held")
+        if line["event"].startswith("lease taken while the processor waited on its writes")
     ]
     assert taken["level"] == "warning"
     assert taken["taker"] == "w2"

@@ -48,10 +48,11 @@ class LeaseFence:
 
     def taker(self, shard_id: str) -> str | None:
         """Who holds the shard's lease if this worker does not: its owner, or
-        :data:`NO_OWNER`. None while the lease is this worker's, while a graceful
-        handoff waits for this worker's checkpoint (``checkpointOwner``), and when no
-        lease row says otherwise (a lease key of another form than the shard id: the
-        KCL's own ``leaseLost`` then still ends the processor's writes)."""
+        :data:`NO_OWNER`. None while the lease is this worker's (a graceful handoff
+        from it waits for its checkpoint: ``checkpointOwner``), and when no lease row
+        says otherwise (a lease key of another form than the shard id: the KCL's own
+        ``leaseLost`` then still ends the processor's writes). The owner is compared by
+        name: a lease lost and taken again under this worker id counts as this one's."""
         item = self.client.get_item(
             TableName=self.table,
             Key={"leaseKey": {"S": shard_id}},
@@ -60,8 +61,10 @@ class LeaseFence:
         ).get("Item")
         if item is None:
             return None
-        owner = item.get("leaseOwner", {}).get("S")
-        if owner == self.worker_id or item.get("checkpointOwner", {}).get("S") == self.worker_id:
+        # As the KCL reads it: during a graceful handoff the worker that still checkpoints
+        # (checkpointOwner) holds the lease, not the one it goes to (leaseOwner).
+        owner = item.get("checkpointOwner", {}).get("S") or item.get("leaseOwner", {}).get("S")
+        if owner == self.worker_id:
             return None
         return owner or NO_OWNER
 

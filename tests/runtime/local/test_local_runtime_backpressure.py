@@ -92,6 +92,6 @@ def test_a_full_buffer_raises_every_lag_and_a_stop_still_answers_and_checkpoints
     assert answer["level"] == "warning"
     assert answer["outstanding"].get(f"ap-southeast-2/{name}-ap", 0) > 0
     assert "stopped cleanly" in output
-    assert "lease taken while a batch was held" not in output
+    assert "lease taken while the processor waited" not in output
     (row,) = job.lease_rows()
     assert "leaseOwner" not in row  # released on a clean stop
