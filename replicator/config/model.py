@@ -266,10 +266,11 @@ def _no_credentials(value: str) -> str:
     KCL takes its credentials from its provider, the AWS default chain by default."""
     if redact(value) != value:
         raise ValueError(
-            "holds a credential (a secret access key or session token of this environment, "
-            "such as ${AWS_SECRET_ACCESS_KEY}): the KCL properties file is written to disk "
-            "and printed by 'replicator properties', and credentials are never written; "
-            "the KCL takes them from AWSCredentialsProvider (the AWS default chain)"
+            "holds a credential (the secret access key or session token of this "
+            "environment, such as ${AWS_SECRET_ACCESS_KEY}, or text that reads as one: a "
+            "password in a URL, a security token): the KCL properties file is written to "
+            "disk and printed by 'replicator properties', and credentials are never "
+            "written; the KCL takes them from AWSCredentialsProvider (the AWS default chain)"
         )
     return value
 
@@ -957,7 +958,9 @@ def unknown_kcl_property_caution(key: str) -> str | None:
     """What ``validate`` says of a key of kcl.extra_properties that the KCL does not read
     (a caution, not an error: jars of a later KCL in kcl.jars_dir may read it)."""
     name = kcl_property_name(key)
-    if name in KCL_KNOWN_PROPERTIES:
+    # A dotted key sets a property of one of the configuration's beans (the KCL applies
+    # kinesisClient.endpointOverride, say): not judged.
+    if name in KCL_KNOWN_PROPERTIES or "." in name:
         return None
     close = difflib.get_close_matches(name, sorted(KCL_KNOWN_PROPERTIES), n=1, cutoff=0.75)
     hint = f" (did you mean {close[0]}?)" if close else ""

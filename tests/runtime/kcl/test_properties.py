@@ -1125,6 +1125,7 @@ def test_a_property_the_kcl_does_not_read_is_cautioned_about_with_the_closest(
         "    AWSCredentialsProvider: ProfileCredentialsProvider|ops\n"
         "    leaseTablePitrEnabled: true\n"
         "    somethingElse: x\n"
+        "    kinesisClient.endpointOverride: 'https://kinesis.example'\n"
     )
     result = in_process("validate", "--config", str(path))
     assert result.returncode == 0, result.stderr
