@@ -62,6 +62,9 @@ SENTINELS = frozenset({TRIM_HORIZON, LATEST, SHARD_END, AT_TIMESTAMP})
 _SEQUENCE_NUMBER = re.compile(r"[0-9]+")
 WRITE_ID = "replicatorWriteId"
 STREAM = "replicatorStream"
+# On a lease of an earlier stream: the stream whose start recorded, for the watermark,
+# what the earlier one held unread (replicator/runtime/local/runtime.py).
+SUPERSEDED_BY = "replicatorSupersededBy"
 KEYS: dict[str, KeyTypeType] = {"leaseKey": "HASH"}
 # What to do about a table of another key schema under the lease table's name.
 OTHER_KEYS_HINT = (
@@ -99,6 +102,8 @@ class Lease:
     holder: Holder | None = None
     # The stream whose shard this is, when a write of ours recorded it.
     stream: str | None = None
+    # The later stream that has taken this earlier stream's place (SUPERSEDED_BY).
+    superseded_by: str | None = None
 
     @property
     def ended(self) -> bool:
@@ -143,6 +148,7 @@ class Lease:
             parents=sorted(_attribute(item, "parentShardId", "SS", [])),
             holder=Holder.from_item(item, counter),
             stream=_attribute(item, STREAM, "S", None),
+            superseded_by=_attribute(item, SUPERSEDED_BY, "S", None),
         )
 
 
@@ -390,6 +396,19 @@ class LeaseTable:
                 "parents": sorted(parents),
             },
         )
+
+    def mark_superseded(self, lease: Lease, stream: str) -> None:
+        """Note on a lease of an earlier stream that ``stream`` has taken its place (its
+        unread changes recorded): a later start does not record them again. Owner and
+        counter are left alone; a lease that is gone needs no note."""
+        with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
+            self.client.update_item(
+                TableName=self.table,
+                Key={"leaseKey": {"S": lease.shard_id}},
+                UpdateExpression=f"SET {SUPERSEDED_BY} = :s",
+                ConditionExpression="attribute_exists(leaseKey)",
+                ExpressionAttributeValues={":s": {"S": stream}},
+            )
 
     def renew(self, lease: Lease) -> Lease:
         return self._update(lease, "SET leaseCounter = :next", {}, owned=True, changes={})

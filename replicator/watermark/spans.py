@@ -65,11 +65,10 @@ _WHY = {
         "dead-lettered then is not known here"
     ),
     EARLIER_STREAM: (
-        "the shard's lease was of an earlier stream of the source table (the table deleted "
-        "and created again, or its stream disabled and enabled), read from the stream's "
-        "oldest record: what the earlier stream held after its checkpoint, and what was "
-        "written while no stream was enabled, was not read; copy them with `replicator "
-        "backfill --restart`"
+        "the job's leases were of an earlier stream of the source table (the table "
+        "deleted and created again, or its stream disabled and enabled): what that stream "
+        "held after their checkpoints, and what was written while no stream was enabled, "
+        "was not read; copy them with `replicator backfill --restart`"
     ),
     BEFORE_STREAM: (
         "the job first started at kcl.initial_position TRIM_HORIZON, which reads only "

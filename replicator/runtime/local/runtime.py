@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ from replicator.shards.holder import Standing
 from replicator.shards.leases import LATEST, SHARD_END, TRIM_HORIZON, Lease, LeaseTable
 from replicator.shards.stream import Shard, list_shards
 from replicator.watermark import spans
+from replicator.watermark.history import stream_created_us
 from replicator.watermark.spans import UnreadSpan
 from replicator.watermark.table import StatusTable
 
@@ -131,6 +132,7 @@ class LocalRuntime:
         self.started = threading.Event()
         self.workers: dict[str, ShardWorker] = {}
         self.ended: set[str] = set()
+        self._earlier_recorded = False  # what leases of an earlier stream left unread
         # Restarts of the workers already gone (their shard ended, or they failed): the
         # restarts counter is theirs and the running ones', and never goes down.
         self._retired_restarts = 0
@@ -324,6 +326,7 @@ class LocalRuntime:
             return
         leases = self.leases.all()
         fresh_job = not leases
+        self._record_earlier_stream(leases, shards)
         for shard in shards:
             lease = leases.get(shard.shard_id) or self._create_lease(shard, fresh_job)
             if lease is not None:
@@ -424,13 +427,54 @@ class LocalRuntime:
         # Before "shard started": a change made after that line is read, whatever the
         # child's start-up takes.
         worker.pin_latest()
-        if earlier is not None:
-            # Stored before the processor gets a record of this stream, whose claims
-            # would pass what the earlier stream held unread.
-            worker.passed_over_before(spans.EARLIER_STREAM)
         self.workers[lease.shard_id] = worker
         log.info("shard started", shard=lease.shard_id, checkpoint=lease.checkpoint)
         worker.start()
+
+    def _record_earlier_stream(self, leases: dict[str, Lease], shards: Sequence[Shard]) -> None:
+        """Record, for the watermark, what leases of an earlier stream of the source left
+        unread, once, before any shard of this stream starts (a processor's claims would
+        pass it): the table was deleted and created again, or its stream disabled and
+        enabled, so what the earlier stream held after those leases' checkpoints, and
+        what was written while no stream was enabled, is read by no one. Every change
+        created before this stream was is in that span. A lease of the same shard id is
+        reset by its take (_start); the others are marked, so that a later start does not
+        record it again (after a backfill and verify cleared it). A span that cannot be
+        stored stops the start: nothing of this stream has been read yet."""
+        if self._earlier_recorded or not shards or not self.resolved.publishes_watermark:
+            return
+        earlier = [
+            lease
+            for lease in leases.values()
+            if lease.of_earlier_stream(self.stream_arn) and lease.superseded_by != self.stream_arn
+        ]
+        if earlier:
+            try:
+                created_us = stream_created_us(self.stream_arn)
+            except ValueError:  # an ARN without its creation time: everything before now
+                created_us = int(time.time() * spans.US)
+            margin_us = self.job.watermark.caught_up_margin_ms * 1000
+            span = UnreadSpan(0, created_us + margin_us, spans.EARLIER_STREAM)
+            try:
+                self._record_unread(shards[0].shard_id, span)
+            except (ClientError, BotoCoreError, ReplicatorError) as error:
+                raise EnvironmentProblem(
+                    "the lease table holds leases of an earlier stream of the source table, "
+                    "and what that stream left unread could not be recorded in the "
+                    f"watermark's status tables ({error}); nothing of stream "
+                    f"{self.stream_arn} was read: start the job again"
+                ) from None
+            log.warning(
+                "changes passed over; recorded for the watermark",
+                unread=span.describe(),
+                earlier_streams=sorted({str(lease.stream) for lease in earlier}),
+                stream=self.stream_arn,
+            )
+            current = {shard.shard_id for shard in shards}
+            for lease in earlier:
+                if lease.shard_id not in current:
+                    self.leases.mark_superseded(lease, self.stream_arn)
+        self._earlier_recorded = True
 
     def _record_unread(self, shard_id: str, span: UnreadSpan) -> None:
         """Store a span of changes a shard passed over on its part in every destination's

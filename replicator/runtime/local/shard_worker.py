@@ -993,12 +993,6 @@ class ShardWorker(threading.Thread):
 
     # -- changes passed over, told to the watermark ----------------------------------------
 
-    def passed_over_before(self, reason: str) -> None:
-        """Every change created before the first record this worker reads was passed over
-        (``reason``: a lease of an earlier stream, read from this stream's oldest
-        record): recorded as the first read comes back, as any gap (:meth:`_record_gap`)."""
-        self._note_gap(0, reason)
-
     def _note_gap(self, from_us: int, reason: str) -> None:
         """Changes created from ``from_us`` on are being passed over; the span ends where
         reading picks up again (see :meth:`_record_gap`)."""

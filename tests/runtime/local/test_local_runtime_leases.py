@@ -382,6 +382,18 @@ def _stream_and_shard(job: Job) -> tuple[str, str]:
     return arn, shard["ShardId"]
 
 
+def _told_never_read(job: Job, until: float) -> str:
+    """``replicator wait`` for a time at the first destination: exit 4, its one line."""
+    ((_, table), *_) = job.destinations
+    waited = in_process(
+        "wait", "--config", str(job.path), "--destination", table,
+        "--until", f"{until:.6f}", "--timeout", "5",
+    )  # fmt: skip
+    assert waited.returncode == 4, waited
+    (said,) = waited.stderr.strip().splitlines()
+    return said
+
+
 def _in_every_destination(job: Job) -> bool:
     """Whether every source item is in every destination, as it is in the source (the
     destinations may hold more: items of the source table before it was re-created)."""
@@ -430,13 +442,53 @@ def test_a_lease_of_an_earlier_stream_is_not_resumed_when_the_source_is_re_creat
     (line,) = [text for text in lines if "the shard's lease is of an earlier stream" in text]
     assert shard_id in line and earlier in line and current in line, line
     (recorded,) = [text for text in lines if "changes passed over; recorded" in text]
-    assert "lease was of an earlier stream" in recorded
-    ((_, table), *_) = job.destinations
-    waited = in_process(
-        "wait", "--config", str(job.path), "--destination", table,
-        "--until", f"{unread_at:.6f}", "--timeout", "5",
-    )  # fmt: skip
-    assert waited.returncode == 4, waited
-    (said,) = waited.stderr.strip().splitlines()
+    assert "leases were of an earlier stream" in recorded
+    said = _told_never_read(job, unread_at)
     assert "were never read for this destination" in said
-    assert "lease was of an earlier stream" in said and "backfill --restart" in said
+    assert "leases were of an earlier stream" in said and "backfill --restart" in said
+
+
+def test_leases_of_an_earlier_streams_other_shards_have_what_they_left_unread_recorded_once(
+    job: Job, tmp_path: Path
+) -> None:
+    """On DynamoDB a re-created table's stream has shards of new ids: the earlier
+    stream's leases stay beside the new ones, which start from TRIM_HORIZON as new
+    leases. What the earlier stream left unread is recorded for the watermark all the
+    same (a wait for a time before the stream exits 4), and the earlier leases are
+    marked, so that the next start does not record it again."""
+    current, _ = _stream_and_shard(job)
+    earlier = current.rsplit("/stream/", 1)[0] + "/stream/2020-01-01T00:00:00.000"
+    job.source.create_table(
+        TableName=job.name,
+        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    job.source.put_item(
+        TableName=job.name,
+        Item={
+            "leaseKey": {"S": "shardId-of-the-earlier-stream"},
+            "leaseCounter": {"N": "4"},
+            "checkpoint": {"S": "4100000000000000000001"},
+            "replicatorStream": {"S": earlier},
+        },
+    )
+    before = time.time()
+    rng = random.Random(12)
+    for run in ("first", "second"):
+        log = tmp_path / f"{run}.log"
+        runtime = job.start(log=log)
+        try:
+            job.put_demo_items(rng, 0 if run == "first" else 5, 5)
+            wait_until(job.converged, 60, f"the {run} run to replicate")
+        finally:
+            assert stop(runtime) == 0
+        recorded = [
+            line for line in log.read_text().splitlines() if "changes passed over; recorded" in line
+        ]
+        assert len(recorded) == (1 if run == "first" else 0), recorded
+    old = job.source.get_item(
+        TableName=job.name, Key={"leaseKey": {"S": "shardId-of-the-earlier-stream"}}
+    )["Item"]
+    assert old["replicatorSupersededBy"] == {"S": current}
+    assert "leases were of an earlier stream" in _told_never_read(job, before - 3600)
