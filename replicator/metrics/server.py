@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -179,6 +179,7 @@ class MetricsServer:
     def _registry(self) -> CollectorRegistry:
         registry = CollectorRegistry()
         registry.register(_Collected(self.process_samples.families()))
+        registry.register(HealthGauge(self.process_samples.health))
         for collector in self.extra:
             registry.register(collector)
         return registry
@@ -271,6 +272,27 @@ class _IPv6Server(ThreadingHTTPServer):
     """The HTTP server on an IPv6 address (ThreadingHTTPServer binds IPv4 only)."""
 
     address_family = socket.AF_INET6
+
+
+HEALTHY = "replicator_healthy"
+
+
+class HealthGauge(Collector):
+    """``/healthz`` as a gauge, judged at each scrape: 1 while it would answer 200, 0
+    while 503. A processor that stops answering (SIGSTOP, a deadlock, a frozen host)
+    keeps its lag gauges at their last values, so the lag alerts stay quiet while its
+    shard replicates nothing; only the health judgement, which also reads when each
+    processor was last heard from, sees it, and Prometheus reads no ``/healthz``."""
+
+    def __init__(self, health: Callable[[], health_rules.Health]) -> None:
+        self._health = health
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            HEALTHY,
+            "1 while GET /healthz would answer 200 (healthy), 0 while it would answer 503",
+            value=1.0 if self._health().healthy else 0.0,
+        )
 
 
 class _Collected(Collector):

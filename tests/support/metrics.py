@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from replicator.metrics import Metrics
+from replicator.metrics.health import Health
+from replicator.metrics.server import HealthGauge
 from replicator.runtime.local.runtime import _RuntimeCollector
 from replicator.watermark.collector import WatermarkCollector
 from replicator.watermark.parts import Watermark
@@ -104,6 +106,7 @@ def exported_samples() -> dict[str, frozenset[str]]:
     watermarks = WatermarkCollector({"x": _OneWatermark()})
     watermarks.refresh()
     families += list(watermarks.collect())
+    families += list(HealthGauge(lambda: Health(healthy=True)).collect())
     names: dict[str, frozenset[str]] = {}
     for family in families:
         for sample in family.samples:
