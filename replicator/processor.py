@@ -264,7 +264,10 @@ class ReplicationProcessor:
         finally:
             self._held_since = None
         if self._taken():
-            log.warning("shard ended, but its lease was taken meanwhile; not checkpointing")
+            log.warning(
+                "shard ended, but its lease was taken while its writes were flushed; not "
+                "checkpointing: the new owner reads it from the last checkpoint"
+            )
             return
         self._checkpoints().write(shard_ended_input.checkpointer, None, required=True)
         log.info("shard ended; checkpointed at its end")
@@ -436,8 +439,10 @@ class ReplicationProcessor:
         return self.checkpoints
 
     def _taken(self) -> bool:
-        """Whether the lease is gone, read afresh: the report thread's lease read
-        (:meth:`_fence_held_batch`) may have found it taken while this thread waited."""
+        """Whether the lease is gone. A method, not the attribute read in place, because
+        the report thread's lease read (:meth:`_fence_held_batch`) may set it while this
+        thread waits, after this thread last looked (a type checker narrows the attribute
+        for good after one look)."""
         return self._lease_lost
 
     def _drop(self) -> None:

@@ -288,10 +288,15 @@ class HealthGauge(Collector):
         self._health = health
 
     def collect(self) -> Iterator[Metric]:
+        try:
+            healthy = self._health().healthy
+        except Exception as error:  # noqa: BLE001  # /healthz fails too: 0, and /metrics lives on
+            log.error("health could not be judged", error=redact(str(error)))
+            healthy = False
         yield GaugeMetricFamily(
             HEALTHY,
             "1 while GET /healthz would answer 200 (healthy), 0 while it would answer 503",
-            value=1.0 if self._health().healthy else 0.0,
+            value=1.0 if healthy else 0.0,
         )
 
 

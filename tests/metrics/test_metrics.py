@@ -924,3 +924,18 @@ def test_a_picked_port_is_logged_at_every_logging_level(
     (line,) = [entry for entry in entries if entry.get("event") == "serving metrics"]
     assert (line["level"], line["port"]) == ("warning", port)
     assert "picked at start" in line["note"]
+
+
+def test_the_health_gauge_reads_0_when_health_cannot_be_judged() -> None:
+    """A failure judging health fails /healthz; it must not fail the whole scrape (every
+    series would go stale, and the replicator would look down)."""
+    from replicator.metrics.health import Health
+    from replicator.metrics.server import HealthGauge
+
+    def broken() -> Health:
+        raise OSError("the samples directory is gone")
+
+    ((gauge,),) = [list(HealthGauge(broken).collect())]
+    assert [(s.name, s.value) for s in gauge.samples] == [("replicator_healthy", 0.0)]
+    ((gauge,),) = [list(HealthGauge(lambda: Health(healthy=True)).collect())]
+    assert [(s.name, s.value) for s in gauge.samples] == [("replicator_healthy", 1.0)]

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from replicator.demo.workload import demo_item
+from tests.metrics.test_alert_rules import ALERTS
 from tests.support import ROOT
 from tests.support.e2e import Job, stop, wait_until
 from tests.support.metrics import logged_metrics_port
@@ -220,11 +221,6 @@ def test_prometheus_scrapes_lag_and_write_outcomes_per_destination(
         "the alert rules to be evaluated",
     )
     assert len(groups) == 1
-    assert {rule["name"] for rule in evaluated} == {
-        "ReplicatorReplicationLagHigh",
-        "ReplicatorDeadLetters",
-        "ReplicatorDestinationStalled",
-        "ReplicatorCheckpointsStalled",
-    }
+    assert {rule["name"] for rule in evaluated} == ALERTS
     alerts = prometheus.get("/api/v1/alerts")["data"]["alerts"]
     assert [alert for alert in alerts if alert["state"] == "firing"] == []

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,7 @@ from replicator.shards.holder import Standing
 from replicator.shards.leases import LATEST, SHARD_END, TRIM_HORIZON, Lease, LeaseTable
 from replicator.shards.stream import Shard, list_shards
 from replicator.watermark import spans
-from replicator.watermark.history import stream_created_us
+from replicator.watermark.history import SourceHistory, before_stream_through, stream_created_us
 from replicator.watermark.spans import UnreadSpan
 from replicator.watermark.table import StatusTable
 
@@ -326,7 +326,6 @@ class LocalRuntime:
             return
         leases = self.leases.all()
         fresh_job = not leases
-        self._record_earlier_stream(leases, shards)
         for shard in shards:
             lease = leases.get(shard.shard_id) or self._create_lease(shard, fresh_job)
             if lease is not None:
@@ -335,9 +334,15 @@ class LocalRuntime:
                 if lease.ended and not lease.of_earlier_stream(self.stream_arn):
                     self.ended.add(shard.shard_id)
         listed = {shard.shard_id: shard for shard in shards}
-        for shard_id in startable(shards, self.ended, set(self.workers)):
-            if shard_id in leases:
-                self._start(leases[shard_id], listed[shard_id])
+        starting = [
+            shard_id
+            for shard_id in startable(shards, self.ended, set(self.workers))
+            if shard_id in leases
+        ]
+        if starting:
+            self._record_earlier_stream(leases, starting[0])
+        for shard_id in starting:
+            self._start(leases[shard_id], listed[shard_id])
 
     def _stream_replaced(self) -> bool:
         """Whether the source table no longer has the stream read (stopping the run,
@@ -431,17 +436,20 @@ class LocalRuntime:
         log.info("shard started", shard=lease.shard_id, checkpoint=lease.checkpoint)
         worker.start()
 
-    def _record_earlier_stream(self, leases: dict[str, Lease], shards: Sequence[Shard]) -> None:
+    def _record_earlier_stream(self, leases: dict[str, Lease], shard_id: str) -> None:
         """Record, for the watermark, what leases of an earlier stream of the source left
-        unread, once, before any shard of this stream starts (a processor's claims would
-        pass it): the table was deleted and created again, or its stream disabled and
-        enabled, so what the earlier stream held after those leases' checkpoints, and
-        what was written while no stream was enabled, is read by no one. Every change
-        created before this stream was is in that span. A lease of the same shard id is
-        reset by its take (_start); the others are marked, so that a later start does not
-        record it again (after a backfill and verify cleared it). A span that cannot be
-        stored stops the start: nothing of this stream has been read yet."""
-        if self._earlier_recorded or not shards or not self.resolved.publishes_watermark:
+        unread, before a shard of this stream starts (its processor's claims would pass
+        it; ``shard_id`` is the first to start, whose part then holds the span): the
+        table was deleted and created again, or its stream disabled and enabled, so what
+        the earlier stream held after those leases' checkpoints, and what was written
+        while no stream was enabled, is read by no one. The span reaches this stream's
+        creation, or what it may have trimmed since (a first read more than a day
+        later), as a first start's ``before_stream`` would. Each such lease is then
+        marked, so that a later start does not record it again (after a backfill and
+        verify cleared it). Throttling or an outage of a status table is retried at the
+        next sync (nothing starts meanwhile); any other failure stops the start, before
+        anything of this stream is read."""
+        if self._earlier_recorded or not self.resolved.publishes_watermark:
             return
         earlier = [
             lease
@@ -449,32 +457,39 @@ class LocalRuntime:
             if lease.of_earlier_stream(self.stream_arn) and lease.superseded_by != self.stream_arn
         ]
         if earlier:
+            now_us = int(time.time() * spans.US)
             try:
                 created_us = stream_created_us(self.stream_arn)
             except ValueError:  # an ARN without its creation time: everything before now
-                created_us = int(time.time() * spans.US)
+                created_us = now_us
             margin_us = self.job.watermark.caught_up_margin_ms * 1000
-            span = UnreadSpan(0, created_us + margin_us, spans.EARLIER_STREAM)
+            through = before_stream_through(SourceHistory(0, created_us), now_us, margin_us)
+            span = UnreadSpan(0, now_us if through is None else through, spans.EARLIER_STREAM)
             try:
-                self._record_unread(shards[0].shard_id, span)
-            except (ClientError, BotoCoreError, ReplicatorError) as error:
-                raise EnvironmentProblem(
-                    "the lease table holds leases of an earlier stream of the source table, "
-                    "and what that stream left unread could not be recorded in the "
-                    f"watermark's status tables ({error}); nothing of stream "
-                    f"{self.stream_arn} was read: start the job again"
-                ) from None
+                self._record_unread(shard_id, span)
+            except (ClientError, BotoCoreError) as error:
+                if classify(error) in (ErrorKind.THROTTLED, ErrorKind.RETRY):
+                    raise  # housekeeping tries again at the next sync
+                raise self._unrecorded(error) from None
+            except ReplicatorError as error:
+                raise self._unrecorded(error) from None
             log.warning(
                 "changes passed over; recorded for the watermark",
                 unread=span.describe(),
                 earlier_streams=sorted({str(lease.stream) for lease in earlier}),
                 stream=self.stream_arn,
             )
-            current = {shard.shard_id for shard in shards}
             for lease in earlier:
-                if lease.shard_id not in current:
-                    self.leases.mark_superseded(lease, self.stream_arn)
+                self.leases.mark_superseded(lease, self.stream_arn)
         self._earlier_recorded = True
+
+    def _unrecorded(self, error: BaseException) -> EnvironmentProblem:
+        return EnvironmentProblem(
+            "the lease table holds leases of an earlier stream of the source table, and "
+            "what that stream left unread could not be recorded in the watermark's status "
+            f"tables ({error}); nothing of stream {self.stream_arn} was read: "
+            "fix the status tables' access, then start the job again"
+        )
 
     def _record_unread(self, shard_id: str, span: UnreadSpan) -> None:
         """Store a span of changes a shard passed over on its part in every destination's
