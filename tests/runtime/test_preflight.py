@@ -208,8 +208,10 @@ def test_a_queue_that_exists_passes_and_one_whose_attributes_are_denied_is_a_war
 def test_a_kinesis_arn_the_kcl_would_not_read_is_refused(
     moto_endpoint: str, unique: Any, tmp_path: Path
 ) -> None:
-    """The KCL reads a Kinesis stream by name in source.region: an ARN of a stream in
-    another region (or account) would be read as this region's stream of that name."""
+    """The KCL reads a Kinesis stream by name in source.region with the host's account:
+    an ARN of a stream in another account would be read as this account's stream of that
+    name (one of another region is a job-file error: DynamoDB streams a table only to a
+    stream of its own region)."""
     table, name = unique("kin-src"), unique("kin-changes")
     create_table(client("dynamodb", "us-east-1", moto_endpoint), table, stream=None)
     kinesis = client("kinesis", "us-east-1", moto_endpoint)
@@ -228,11 +230,14 @@ def test_a_kinesis_arn_the_kcl_would_not_read_is_refused(
         return load_job(path)
 
     assert preflight.check_source(job(arn)).stream_arn == arn
-    elsewhere = arn.replace(":us-east-1:", ":us-west-2:")
+    elsewhere = arn.replace(":123456789012:", ":210987654321:", 1)
+    assert elsewhere != arn
     with pytest.raises(EnvironmentProblem) as raised:
         preflight.check_source(job(elsewhere))
     assert elsewhere in str(raised.value)
     assert arn in str(raised.value)
+    with pytest.raises(ConfigError, match="Kinesis data stream in region us-west-2"):
+        job(arn.replace(":us-east-1:", ":us-west-2:"))
 
 
 def test_a_timestamp_that_is_a_key_attribute_stops_the_start_naming_the_key(
