@@ -754,8 +754,9 @@ def wait(
 ) -> None:
     """Wait until DESTINATION's watermark passes --until: exit 0, 1 on timeout, 4 if a change
     created from --since to --until was dead-lettered there or never read for it (a LATEST
-    start, a destination added later, trimmed data) or replicated while the watermark was
-    off (at once while the job runs with it off), 130/143 if interrupted."""
+    start, a destination added later, trimmed data, a source table created again) or
+    replicated while the watermark was off (at once while the job runs with it off),
+    130/143 if interrupted."""
     from replicator.watermark import commands
     from replicator.watermark.parts import iso
     from replicator.watermark.wait import to_epoch_us

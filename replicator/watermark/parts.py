@@ -9,6 +9,9 @@ parts of one destination without knowing anything else about the stream:
 * A shard that has **ended** (it was read to its end, so its children hold the newer
   changes) stops counting once each of its children has a part; until then it counts at
   its last value, which holds the watermark where the children's changes begin.
+* A part **superseded** (a shard of an earlier stream of the source, once what that
+  stream left unread is recorded as an ``earlier_stream`` span) never counts again: no
+  processor will read that shard, and the span covers every change it could hold.
 * Dead-lettered changes are collected from every part, counted or not.
 
 Shards are registered (a part of their parent's value, or 0) by the processor that
@@ -39,6 +42,7 @@ EVERY = frozenset(
         "parents",
         "children",
         "ended",
+        "superseded",
         "dead_letters",
         "dead_letter_ranges",
         "dead_letter_version",
@@ -62,6 +66,7 @@ class Part:
     parents: frozenset[str] = frozenset()
     children: frozenset[str] = frozenset()
     ended: bool = False
+    superseded: bool = False
     dead_letters: int = 0
     dead_letter_ranges: tuple[DeadLetterRange, ...] = ()
     dead_letter_version: int = 0
@@ -101,6 +106,7 @@ class Part:
             "parents": read.texts,
             "children": read.texts,
             "ended": read.flag,
+            "superseded": read.flag,
             "dead_letters": read.whole,
             "dead_letter_ranges": lambda name: read.rows(name, "[[from_us, to_us], ...]", _ranges),
             "dead_letter_version": read.whole,
@@ -125,6 +131,7 @@ class Part:
             "watermark": seconds(self.watermark_us),
             "watermark_utc": iso(self.watermark_us),
             "ended": self.ended,
+            "superseded": self.superseded,
             "parents": sorted(self.parents),
             "children": sorted(self.children),
             "dead_letters": self.dead_letters,
@@ -257,7 +264,9 @@ def combine(destination: str, parts: Iterable[Part]) -> Watermark:
     counted: list[Part] = []
     retired: list[Part] = []
     for part in sorted(every.values(), key=lambda p: p.shard):
-        if part.ended and part.children and all(child in every for child in part.children):
+        if part.superseded or (
+            part.ended and part.children and all(child in every for child in part.children)
+        ):
             retired.append(part)
         else:
             counted.append(part)

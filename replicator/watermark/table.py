@@ -288,11 +288,21 @@ class StatusTable:
 
     def mark_ended(self, shard: str) -> None:
         """The shard was read to its end; once its children have parts it stops counting."""
+        self._set_flag_to_expire(shard, "ended")
+
+    def mark_superseded(self, shard: str) -> None:
+        """The shard is of an earlier stream of the source, whose unread changes are
+        recorded as a span: its part stops counting (parts.combine)."""
+        self._set_flag_to_expire(shard, "superseded")
+
+    def _set_flag_to_expire(self, shard: str, flag: str) -> None:
+        """Set ``flag`` on the shard's part, which then goes with the ended parts' time
+        to live. A part that does not exist needs nothing."""
         try:
             self.client.update_item(
                 TableName=self.name,
                 Key=self._key(shard),
-                UpdateExpression="SET ended = :t, expires_at = :e",
+                UpdateExpression=f"SET {flag} = :t, expires_at = :e",
                 ConditionExpression="attribute_exists(#shard)",
                 ExpressionAttributeNames={"#shard": "shard"},
                 ExpressionAttributeValues={

@@ -340,7 +340,7 @@ class LocalRuntime:
             if shard_id in leases
         ]
         if starting:
-            self._record_earlier_stream(leases, starting[0])
+            self._record_earlier_stream(leases, starting[0], set(listed))
         for shard_id in starting:
             self._start(leases[shard_id], listed[shard_id])
 
@@ -436,7 +436,9 @@ class LocalRuntime:
         log.info("shard started", shard=lease.shard_id, checkpoint=lease.checkpoint)
         worker.start()
 
-    def _record_earlier_stream(self, leases: dict[str, Lease], shard_id: str) -> None:
+    def _record_earlier_stream(
+        self, leases: dict[str, Lease], shard_id: str, current: set[str]
+    ) -> None:
         """Record, for the watermark, what leases of an earlier stream of the source left
         unread, before a shard of this stream starts (its processor's claims would pass
         it; ``shard_id`` is the first to start, whose part then holds the span): the
@@ -446,9 +448,11 @@ class LocalRuntime:
         creation, or what it may have trimmed since (a first read more than a day
         later), as a first start's ``before_stream`` would. Each such lease is then
         marked, so that a later start does not record it again (after a backfill and
-        verify cleared it). Throttling or an outage of a status table is retried at the
-        next sync (nothing starts meanwhile); any other failure stops the start, before
-        anything of this stream is read."""
+        verify cleared it), and its part in each status table (a shard id this stream
+        does not have: on DynamoDB, every one) superseded, so that it stops holding the
+        watermark back: no processor will read it again. Throttling or an outage of a
+        status table is retried at the next sync (nothing starts meanwhile); any other
+        failure stops the start, before anything of this stream is read."""
         if self._earlier_recorded or not self.resolved.publishes_watermark:
             return
         earlier = [
@@ -465,8 +469,10 @@ class LocalRuntime:
             margin_us = self.job.watermark.caught_up_margin_ms * 1000
             through = before_stream_through(SourceHistory(0, created_us), now_us, margin_us)
             span = UnreadSpan(0, now_us if through is None else through, spans.EARLIER_STREAM)
+            gone = sorted({lease.shard_id for lease in earlier} - current)
             try:
                 self._record_unread(shard_id, span)
+                self._supersede_parts(gone)
             except (ClientError, BotoCoreError) as error:
                 if classify(error) in (ErrorKind.THROTTLED, ErrorKind.RETRY):
                     raise  # housekeeping tries again at the next sync
@@ -482,6 +488,18 @@ class LocalRuntime:
             for lease in earlier:
                 self.leases.mark_superseded(lease, self.stream_arn)
         self._earlier_recorded = True
+
+    def _supersede_parts(self, shards: list[str]) -> None:
+        """Stop the parts of ``shards`` (of an earlier stream) counting in every
+        destination's watermark: after the span that covers their changes is stored."""
+        for destination in self.job.destinations:
+            table = StatusTable(
+                wiring.status_client(self.resolved, destination.label),
+                self.resolved.watermark_table,
+                destination.label,
+            )
+            for shard in shards:
+                table.mark_superseded(shard)
 
     def _unrecorded(self, error: BaseException) -> EnvironmentProblem:
         return EnvironmentProblem(

@@ -16,6 +16,7 @@ import pytest
 
 from replicator.demo import tables
 from replicator.tools.compare import compare
+from replicator.watermark.table import StatusTable
 from tests.support.aws import client
 from tests.support.cli import in_process
 from tests.support.e2e import KEYS, PATIENCE, Job, children_of, stop, wait_until
@@ -455,8 +456,24 @@ def test_leases_of_an_earlier_streams_other_shards_have_what_they_left_unread_re
     stream's leases stay beside the new ones, which start from TRIM_HORIZON as new
     leases. What the earlier stream left unread is recorded for the watermark all the
     same (a wait for a time before the stream exits 4), and the earlier leases are
-    marked, so that the next start does not record it again."""
+    marked, so that the next start does not record it again. The earlier shard's part in
+    each status table, which no processor will claim past its old value again, stops
+    counting: a wait for a change of the new stream succeeds."""
     current, _ = _stream_and_shard(job)
+    old_part_us = int((time.time() - 7200) * 1_000_000)
+    for region, table in job.destinations:
+        status = StatusTable(
+            client("dynamodb", region, job.endpoint), f"{job.name}-watermark", f"{region}/{table}"
+        )
+        status.ensure_exists()
+        status.client.put_item(
+            TableName=status.name,
+            Item={
+                "destination": {"S": f"{region}/{table}"},
+                "shard": {"S": "shardId-of-the-earlier-stream"},
+                "watermark_us": {"N": str(old_part_us)},
+            },
+        )
     earlier = current.rsplit("/stream/", 1)[0] + "/stream/2020-01-01T00:00:00.000"
     job.source.create_table(
         TableName=job.name,
@@ -479,8 +496,17 @@ def test_leases_of_an_earlier_streams_other_shards_have_what_they_left_unread_re
         log = tmp_path / f"{run}.log"
         runtime = job.start(log=log)
         try:
+            since = time.time()
             job.put_demo_items(rng, 0 if run == "first" else 5, 5)
+            until = time.time()
             wait_until(job.converged, 60, f"the {run} run to replicate")
+            if run == "second":
+                ((_, table), *_) = job.destinations
+                waited = in_process(
+                    "wait", "--config", str(job.path), "--destination", table,
+                    "--since", f"{since:.6f}", "--until", f"{until:.6f}", "--timeout", "60",
+                )  # fmt: skip
+                assert waited.returncode == 0, waited
         finally:
             assert stop(runtime) == 0
         recorded = [
