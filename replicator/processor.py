@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
 
 import msgspec
@@ -209,11 +209,8 @@ class ReplicationProcessor:
                     previous_answer_at=self._answered_at, received_at=received_at
                 )
             intake.accept(records, int(behind or 0))
-            self._held_since = time.monotonic()
-            try:
+            with self._waiting_on_writes():
                 pipeline.wait_for_room()
-            finally:
-                self._held_since = None
             if not self._taken():  # else taken while held: nothing is ours to checkpoint
                 self._advance(process_records_input.checkpointer, intake)
         finally:
@@ -251,8 +248,7 @@ class ReplicationProcessor:
         # The flush waits for every destination, as a full buffer does: the lease is
         # read meanwhile (_fence_held_batch), and once another worker holds it this
         # processor writes nothing more and leaves the shard's end to that worker.
-        self._held_since = time.monotonic()
-        try:
+        with self._waiting_on_writes():
             # In steps: the writes the fence cancels never settle, so one wait for all of
             # them would not end.
             while not intake.pipeline.flush(timeout=_END_RETRY_S) and not self._taken():
@@ -261,8 +257,6 @@ class ReplicationProcessor:
                 # Before the checkpoint: once it is written the shard is never read again.
                 intake.pipeline.end_watermark()
                 self._store_watermark_at_end(intake)
-        finally:
-            self._held_since = None
         if self._taken():
             log.warning(
                 "shard ended, but its lease was taken while its writes were flushed; not "
@@ -437,6 +431,16 @@ class ReplicationProcessor:
         if self.checkpoints is None:
             raise RuntimeError("the daemon sent an action before initialize")
         return self.checkpoints
+
+    @contextlib.contextmanager
+    def _waiting_on_writes(self) -> Iterator[None]:
+        """While this thread waits on the writes, the report thread reads the lease
+        (:meth:`_fence_held_batch`)."""
+        self._held_since = time.monotonic()
+        try:
+            yield
+        finally:
+            self._held_since = None
 
     def _taken(self) -> bool:
         """Whether the lease is gone. A method, not the attribute read in place, because

@@ -167,8 +167,12 @@ def _by_rank(rule: OrderedRule) -> Callable[[Change, Change], Squash]:
             if new >= old:
                 return Squash.REPLACE
             if new[:3] == old[:3]:  # two puts (a tie with a delete is sent both ways)
-                kept, lost = rule.shown_apart(queued.ranked, incoming.ranked)
-                TIES.later_put_lost(rule.attribute, incoming.keys, kept, lost, "squash")
+                TIES.later_put_lost(
+                    rule.attribute,
+                    incoming.keys,
+                    lambda: rule.shown_apart(queued.ranked, incoming.ranked),
+                    "squash",
+                )
             return Squash.DROP
         except MalformedImage:  # a tie broken by the digest of an image that is not one
             return Squash.BOTH

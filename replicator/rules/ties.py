@@ -39,19 +39,20 @@ class TieWatch:
         self,
         attribute: str,
         keys: Mapping[str, AttributeValue],
-        kept: str,
-        lost: str,
+        shown: Callable[[], tuple[str, str]],
         where: str,
     ) -> None:
         """A put lost to an image that ranks above it only by its digest, though it was
-        written after it: ``kept`` and ``lost`` show the two images' ranking fields,
-        ``where`` is the destination, or the buffer's squash."""
+        written after it: ``shown`` gives the kept and the lost image's ranking fields
+        (asked only when a warning is due), ``where`` is the destination, or the
+        buffer's squash."""
         with self._lock:
             self._seen += 1
             now = self._clock()
             if self._warned_at is not None and now - self._warned_at < WARN_EVERY_S:
                 return
             seen, self._seen, self._warned_at = self._seen, 0, now
+        kept, lost = shown()
         log.warning(
             f"two different images of one item have the same {attribute}: the one with the "
             "higher digest is kept, which need not be the later write, so the destination "

@@ -1117,8 +1117,9 @@ class DestinationWriter:
                 return
         except MalformedImage:
             return
-        kept, lost = rule.shown_apart(held, image)
-        TIES.later_put_lost(rule.attribute, change.keys, kept, lost, self.label)
+        TIES.later_put_lost(
+            rule.attribute, change.keys, lambda: rule.shown_apart(held, image), self.label
+        )
 
     def _winning_rank(self, winner: Winner) -> dict[str, Any] | None:
         rule = self.ordering or self.rule

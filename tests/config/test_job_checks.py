@@ -651,6 +651,14 @@ def test_a_kcl_property_holding_a_credential_is_refused_and_never_printed(
     assert "\nsomeSecret = prefix-testing\n" in done.stdout
 
 
+def _destination_with_role(region: str, role: str) -> str:
+    """MINIMAL with its destination in ``region``, reached through ``role``."""
+    return MINIMAL.replace(
+        "  - {region: eu-west-1, table: orders}",
+        f"  - {{region: {region}, table: orders, role_arn: '{role}'}}",
+    )
+
+
 @pytest.mark.parametrize(
     ("region", "role", "says"),
     [
@@ -667,10 +675,7 @@ def test_a_role_of_another_partition_than_its_region_is_refused(
     tmp_path: Path, region: str, role: str, says: str
 ) -> None:
     """validate passed them; STS of the region refuses a role of another partition at run."""
-    text = MINIMAL.replace(
-        "  - {region: eu-west-1, table: orders}",
-        f"  - {{region: {region}, table: orders, role_arn: '{role}'}}",
-    )
+    text = _destination_with_role(region, role)
     _refused(tmp_path, text, "destinations[0].role_arn", says)
 
 
@@ -684,8 +689,5 @@ def test_a_role_of_another_partition_than_its_region_is_refused(
     ],
 )
 def test_a_role_of_its_regions_partition_passes(region: str, role: str) -> None:
-    text = MINIMAL.replace(
-        "  - {region: eu-west-1, table: orders}",
-        f"  - {{region: {region}, table: orders, role_arn: '{role}'}}",
-    )
+    text = _destination_with_role(region, role)
     assert parse_job(text, Path("job.yaml")).job.destinations[0].role_arn == role

@@ -93,6 +93,6 @@ def test_the_warning_comes_at_most_once_a_minute_with_the_count_between() -> Non
     with structlog.testing.capture_logs() as lines:
         for step in range(5):
             now[0] += WARN_EVERY_S / 4
-            watch.later_put_lost("ts", {"pk": {"S": f"k{step}"}}, "a", "b", "d")
+            watch.later_put_lost("ts", {"pk": {"S": f"k{step}"}}, lambda: ("a", "b"), "d")
     assert [line["since_last_warning"] for line in ties_warned(lines)] == [1, 4]
     assert [line["key"] for line in ties_warned(lines)] == ["pk=S:k0", "pk=S:k4"]

@@ -460,44 +460,40 @@ class LocalRuntime:
             for lease in leases.values()
             if lease.of_earlier_stream(self.stream_arn) and lease.superseded_by != self.stream_arn
         ]
-        if earlier:
-            now_us = int(time.time() * spans.US)
-            try:
-                created_us = stream_created_us(self.stream_arn)
-            except ValueError:  # an ARN without its creation time: everything before now
-                created_us = now_us
-            margin_us = self.job.watermark.caught_up_margin_ms * 1000
-            through = before_stream_through(SourceHistory(0, created_us), now_us, margin_us)
-            span = UnreadSpan(0, now_us if through is None else through, spans.EARLIER_STREAM)
-            gone = sorted({lease.shard_id for lease in earlier} - current)
-            try:
-                self._record_unread(shard_id, span)
-                self._supersede_parts(gone)
-            except (ClientError, BotoCoreError) as error:
-                if classify(error) in (ErrorKind.THROTTLED, ErrorKind.RETRY):
-                    raise  # housekeeping tries again at the next sync
-                raise self._unrecorded(error) from None
-            except ReplicatorError as error:
-                raise self._unrecorded(error) from None
-            log.warning(
-                "changes passed over; recorded for the watermark",
-                unread=span.describe(),
-                earlier_streams=sorted({str(lease.stream) for lease in earlier}),
-                stream=self.stream_arn,
-            )
-            for lease in earlier:
-                self.leases.mark_superseded(lease, self.stream_arn)
+        if not earlier:
+            self._earlier_recorded = True
+            return
+        now_us = int(time.time() * spans.US)
+        try:
+            created_us = stream_created_us(self.stream_arn)
+        except ValueError:  # an ARN without its creation time: everything before now
+            created_us = now_us
+        margin_us = self.job.watermark.caught_up_margin_ms * 1000
+        through = before_stream_through(SourceHistory(0, created_us), now_us, margin_us)
+        span = UnreadSpan(0, now_us if through is None else through, spans.EARLIER_STREAM)
+        try:
+            self._record_unread(shard_id, span)
+            self._supersede_parts(sorted({lease.shard_id for lease in earlier} - current))
+        except (ClientError, BotoCoreError) as error:
+            if classify(error) in (ErrorKind.THROTTLED, ErrorKind.RETRY):
+                raise  # housekeeping tries again at the next sync
+            raise self._unrecorded(error) from None
+        except ReplicatorError as error:
+            raise self._unrecorded(error) from None
+        log.warning(
+            "changes passed over; recorded for the watermark",
+            unread=span.describe(),
+            earlier_streams=sorted({str(lease.stream) for lease in earlier}),
+            stream=self.stream_arn,
+        )
+        for lease in earlier:
+            self.leases.mark_superseded(lease, self.stream_arn)
         self._earlier_recorded = True
 
     def _supersede_parts(self, shards: list[str]) -> None:
         """Stop the parts of ``shards`` (of an earlier stream) counting in every
         destination's watermark: after the span that covers their changes is stored."""
-        for destination in self.job.destinations:
-            table = StatusTable(
-                wiring.status_client(self.resolved, destination.label),
-                self.resolved.watermark_table,
-                destination.label,
-            )
+        for table in self._status_tables():
             for shard in shards:
                 table.mark_superseded(shard)
 
@@ -514,14 +510,18 @@ class LocalRuntime:
         status table. The runtime reads the stream, so it alone knows of the gap; it
         stores the span before the processor gets any record after it (whose claim
         would pass it)."""
+        for table in self._status_tables():
+            table.ensure_exists()
+            table.add_unread_spans(shard_id, (span,))
+
+    def _status_tables(self) -> Iterator[StatusTable]:
+        """Each destination's status table."""
         for destination in self.job.destinations:
-            table = StatusTable(
+            yield StatusTable(
                 wiring.status_client(self.resolved, destination.label),
                 self.resolved.watermark_table,
                 destination.label,
             )
-            table.ensure_exists()
-            table.add_unread_spans(shard_id, (span,))
 
     def _settled_at(self, shard_id: str, destination: str) -> float | None:
         """When a change of the shard last settled at the destination, from the
