@@ -13,7 +13,8 @@ tested directly:
 * **One write per key at a time, per destination.** A change whose key is being written
   waits until that write finishes, so writes to one item never overlap and arrive in order.
   A key can be held past its write's end (``hold_key``: a request of it may still land),
-  its next change waiting meanwhile while the write's record settles as usual.
+  its next change (or only its next delete, after a conditional put) waiting meanwhile
+  while the write's record settles as usual.
 * **Safe checkpoint.** Every record has a slot in stream order. A slot is done when each
   destination has applied (or dead-lettered) its change. A change squashed away (replaced
   by a newer change, or dropped behind an older one) is done at a destination when the
@@ -143,6 +144,9 @@ class ChangeBuffer:
         # Per destination, the keys whose next write waits (:meth:`hold_key`), each with
         # the token that releases it.
         self._held_keys: dict[str, dict[KeyId, int]] = {d: {} for d in self.destinations}
+        # The same for holds that keep back only the key's next delete (``hold_key``
+        # with ``deletes_only``): its puts are taken as usual.
+        self._delete_holds: dict[str, dict[KeyId, int]] = {d: {} for d in self.destinations}
         self._key_holds = itertools.count()
         self.squashed = 0
 
@@ -264,8 +268,11 @@ class ChangeBuffer:
             keys = list(islice(ready, limit))
             for key in keys:
                 del ready[key]
+        delete_holds = self._delete_holds[destination]
         for key in keys:
             queue = queued[key]
+            if delete_holds and key in delete_holds and queue[0].change.op_is_delete:
+                continue  # ready again once its hold ends (release_key)
             entry = queue.popleft()
             if not queue:
                 del queued[key]
@@ -314,44 +321,56 @@ class ChangeBuffer:
             if key in queued and key not in held_keys:
                 ready[key] = None
 
-    def hold_key(self, destination: str, entry: Entry) -> int | None:
-        """Keep ``entry``'s key from its next write to ``destination`` until
-        :meth:`release_key` with the token returned: the write of ``entry`` there sent a
-        request that may still land, over that next write
-        (``DestinationWriter.late_write_window_s``). Nothing else waits: the write
-        settles the record as usual (the checkpoint may pass it), and the key counts as
-        neither in flight nor outstanding; its queued changes do. Call it before
-        :meth:`complete`; None when ``entry`` is no longer owed (abandoned: nothing held)."""
+    def hold_key(self, destination: str, entry: Entry, *, deletes_only: bool = False) -> int | None:
+        """Keep ``entry``'s key from its next write to ``destination`` (``deletes_only``:
+        from its next delete; puts are taken meanwhile) until :meth:`release_key` with
+        the token returned: the write of ``entry`` there sent a request that may still
+        land, over that next write (``DestinationWriter.late_write_window_s``). Nothing
+        else waits: the write settles the record as usual (the checkpoint may pass it),
+        and the key counts as neither in flight nor outstanding; its queued changes do.
+        Call it before :meth:`complete`; None when ``entry`` is no longer owed
+        (abandoned: nothing held)."""
         if entry.forgotten:
             return None
         token = next(self._key_holds)
-        self._held_keys[destination][entry.change.key] = token
+        holds = self._delete_holds if deletes_only else self._held_keys
+        holds[destination][entry.change.key] = token
         return token
 
     def release_key(self, destination: str, key: KeyId, token: int) -> bool:
         """End a :meth:`hold_key`; whether it was still held (not released since, nor
         abandoned)."""
-        held_keys = self._held_keys[destination]
-        if held_keys.get(key) != token:
+        for holds in (self._held_keys[destination], self._delete_holds[destination]):
+            if holds.get(key) == token:
+                del holds[key]
+                break
+        else:
             return False
-        del held_keys[key]
-        if key in self._queued[destination] and key not in self._in_flight[destination]:
+        if (
+            key in self._queued[destination]
+            and key not in self._in_flight[destination]
+            and key not in self._held_keys[destination]
+        ):
             self._ready[destination][key] = None
         return True
 
     def release_keys(self) -> list[str]:
         """End every :meth:`hold_key` (a stop); the destinations that had held keys."""
         released = []
-        for destination, held_keys in self._held_keys.items():
-            if not held_keys:
+        for destination in self.destinations:
+            held_keys = self._held_keys[destination]
+            delete_holds = self._delete_holds[destination]
+            if not held_keys and not delete_holds:
                 continue
             released.append(destination)
             queued = self._queued[destination]
+            in_flight = self._in_flight[destination]
             ready = self._ready[destination]
-            for key in held_keys:
-                if key in queued:
+            for key in (*held_keys, *delete_holds):
+                if key in queued and key not in in_flight:
                     ready[key] = None
             held_keys.clear()
+            delete_holds.clear()
         return released
 
     def hold(self, destination: str, entry: Entry) -> Slot | None:
@@ -385,6 +404,7 @@ class ChangeBuffer:
             self._ready[destination].clear()
             self._queued[destination].clear()
             self._held_keys[destination].clear()
+            self._delete_holds[destination].clear()
             for entry in self._in_flight[destination].values():
                 entry.superseded = True  # its completion must not settle a forgotten slot
                 entry.forgotten = True  # nor count as owed to the destination
@@ -478,6 +498,7 @@ class ChangeBuffer:
             self._open_slots == 0
             and not any(self._in_flight.values())
             and not any(self._held_keys.values())
+            and not any(self._delete_holds.values())
         )
 
     # -- internals ------------------------------------------------------------------------

@@ -120,11 +120,14 @@ class WriteResult:
     # (and counted). The pipeline keeps the change's record open, so that the checkpoint
     # does not pass it, until then (conflictlog/recorder.py). Not compared.
     recorded: Future[None] | None = field(default=None, compare=False)
-    # A request without a condition that got no answer may still land until then
-    # (time.monotonic()): the item's next change must not be sent before it. Only from
+    # A request that got no answer may still land until then (time.monotonic()): the
+    # item's next change must not be sent before it. Only from
     # ``write(..., hold=False)``, whose caller keeps the key that long (the pipeline);
     # None: nothing to wait for. Not compared.
     hold_until: float | None = field(default=None, compare=False)
+    # Only the item's next delete waits for ``hold_until`` (a conditional put that may
+    # still land; see DestinationWriter._unanswered); its puts do not.
+    hold_deletes_only: bool = field(default=False, compare=False)
 
     @property
     def failed(self) -> bool:
@@ -237,6 +240,11 @@ class _Attempts:
     # after the retry that settled the change, over the item's next change, as no
     # condition stops it (see DestinationWriter.late_write_window_s).
     unconditional_unanswered_at: float | None = None
+    # When the last conditional put among them was sent: its condition stops it on a newer
+    # item, not on no item at all (every such condition admits a missing item, which a
+    # new item is), so landing after the item's next change, a delete, it would bring
+    # the item back for good.
+    put_unanswered_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,10 +309,11 @@ class DestinationWriter:
     # Seconds a put-back (a wide item replaced unseen) is still retried once the write is
     # cancelled: the write cannot be called back, the item it replaced can still be.
     put_back_after_cancel_s: float = 10.0
-    # Seconds after an unconditional request that got no answer was sent during which
-    # it may still land (held in a proxy, a load balancer, a congested link): the item's
-    # next change is not sent before they have passed, so that it is not overwritten by
-    # that request. ``write`` returns only then, or (``hold=False``, the pipeline) at
+    # Seconds after a request that got no answer was sent during which it may still
+    # land (held in a proxy, a load balancer, a congested link): the item's next change
+    # is not sent before they have passed, so that it is not overwritten by that request
+    # (after an ordered rule's conditional put, only the item's next delete waits: see
+    # :meth:`_unanswered`). ``write`` returns only then, or (``hold=False``, the pipeline) at
     # once with the time in ``WriteResult.hold_until``, for the caller to keep the key
     # that long without a thread waiting. Other keys flow meanwhile. 0: no hold. No hold
     # starts, and a waiting ``write`` returns, once ``holds_released`` or ``cancelled``
@@ -356,32 +365,54 @@ class DestinationWriter:
         )
         if state.tombstone is not None:
             result = replace(result, tombstone=state.tombstone)
-        if state.unconditional_unanswered_at is None:
+        sent_at, deletes_only = self._unanswered(state)
+        if sent_at is None:
             return result
-        until = self._late_write_hold(change, state.unconditional_unanswered_at)
+        until = self._late_write_hold(change, sent_at, deletes_only=deletes_only)
         if until is None:
             return result
         if not hold:
-            return replace(result, hold_until=until)
+            return replace(result, hold_until=until, hold_deletes_only=deletes_only)
+        # A caller that waits (the operator commands) waits out either kind: what it does
+        # next (reading the source again for a delete since) must come after the landing.
         self._wait_for_hold(until)
         return result
 
-    def _late_write_hold(self, change: Change, sent_at: float) -> float | None:
-        """Until when the item's next change must wait (time.monotonic()), after a
-        request for ``change`` sent at ``sent_at`` without a condition, whose answer never
-        came: it can land until ``late_write_window_s`` after it was sent, and landing
-        after the next change it would replace that change's image for good. None when
-        that time has passed, or a stop or a cancellation ended the holds (the change was
-        applied all the same; the next change's order is then the gap
-        docs/reliability.md describes). Ordered writes need no hold: a late one fails its
-        condition on the newer item."""
+    def _unanswered(self, state: _Attempts) -> tuple[float | None, bool]:
+        """When the last request of the write that may still land was sent (None: none
+        may), and whether only the item's next delete must wait for it.
+
+        A request without a condition lands over anything. A conditional put fails its
+        condition on a newer item, but not on no item: under an ordered rule it can land
+        only over a delete, so only a delete waits, and the item's next puts flow (each
+        ranks above it). A custom rule's writes follow its resolver, which may turn any
+        change into a delete: its next change waits, whatever it is."""
+        unconditional, put = state.unconditional_unanswered_at, state.put_unanswered_at
+        if put is None:
+            return unconditional, False
+        if unconditional is not None or self.rule.reads_existing:
+            return max(put, unconditional or put), False
+        return put, True
+
+    def _late_write_hold(
+        self, change: Change, sent_at: float, *, deletes_only: bool
+    ) -> float | None:
+        """Until when the item's next change (``deletes_only``: its next delete) must
+        wait (time.monotonic()), after a request for ``change`` sent at ``sent_at``, whose
+        answer never came: it can land until ``late_write_window_s`` after it was sent,
+        and landing after the next change it would replace that change's image (or bring
+        back the item that change deleted) for good. None when that time has passed, or a
+        stop or a cancellation ended the holds (the change was applied all the same; the
+        next change's order is then the gap docs/reliability.md describes)."""
         until = sent_at + self.late_write_window_s
         left = until - time.monotonic()
         if left <= 0 or self.holds_released.is_set() or self.cancelled.is_set():
             return None
         self.metrics.late_write_holds.labels(self.label).inc()
         log.warning(
-            "a write got no answer and may still land: the item's next change waits",
+            "a write got no answer and may still land: the item's next "
+            + ("delete" if deletes_only else "change")
+            + " waits",
             destination=self.label,
             key=describe_key(change.keys),
             hold_s=round(left, 3),
@@ -661,6 +692,8 @@ class DestinationWriter:
                     state.in_doubt.append(plan)
                     if not plan.condition:
                         state.unconditional_unanswered_at = sent_at
+                    elif plan.op == "put":
+                        state.put_unanswered_at = sent_at
                 if not isinstance(error, ClientError) or (
                     classify(error) is not ErrorKind.CONDITION_FAILED
                 ):

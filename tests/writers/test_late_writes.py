@@ -1,5 +1,6 @@
-"""A write without a condition whose request got no answer may land after its retry, over
-the item's next change: the change's write is held until it can no longer land."""
+"""A write whose request got no answer may land after its retry, over the item's next
+change: the change's write is held until it can no longer land. A conditional put fails
+its condition on a newer item but not on none: only the item's next delete waits for it."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from tests.support.faults.proxy import Fault, FaultProxy, Mode
 from tests.support.metrics import sample
 from tests.support.records import put, remove
 from tests.test_pipeline import pipeline_of
-from tests.writers.test_loop_path import OVERWRITE, loop_pipeline
+from tests.writers.test_loop_path import LWW, OVERWRITE, VERSION, loop_pipeline
 from tests.writers.test_wire import direct_client
 
 WAIT_S = 30.0  # the most any condition below is waited for (a loaded machine)
@@ -81,13 +82,15 @@ class LateTable:
         return None if item is None else str(item["v"]["S"])
 
 
-def writer_for(table: object, metrics: Metrics, window_s: float) -> DestinationWriter:
+def writer_for(
+    table: object, metrics: Metrics, window_s: float, conflict: dict[str, str] = OVERWRITE
+) -> DestinationWriter:
     return DestinationWriter(
         label="dest",
         table="t",
         region="eu-west-1",
         client=table,  # type: ignore[arg-type]
-        rule=rule_for(ConflictConfig(policy="overwrite"), "origin"),
+        rule=rule_for(ConflictConfig(**conflict), "origin"),
         metrics=metrics,
         backoff=Backoff(0.0001, 0.001),
         late_write_window_s=window_s,
@@ -410,3 +413,97 @@ def test_the_event_loop_says_when_an_unanswered_request_was_sent(
     finally:
         thread.call(wire.close)
         thread.stop()
+
+
+class FirstPutFails(FirstFails):
+    """FirstFails that deletes too (every delete carried out and answered)."""
+
+    def delete_item(self, **kwargs: Any) -> dict[str, Any]:
+        with self.lock:
+            self.items.pop(kwargs["Key"]["pk"]["S"], None)
+        return {}
+
+
+@pytest.mark.parametrize("conflict", [LWW, VERSION], ids=["last_writer_wins", "version"])
+def test_an_ordered_put_without_an_answer_holds_only_the_items_next_delete(
+    metrics: Metrics, tmp_path: Path, conflict: dict[str, str]
+) -> None:
+    """The put's 500 may hide a request still on its way: a later put of the item is
+    written at once (the late one would fail its condition on it), a delete waits for
+    the window, here far longer than the test, until a stop ends the hold."""
+    table = FirstPutFails()
+    writer = writer_for(table, metrics, window_s=WAIT_S * 10, conflict=conflict)
+    pipeline = pipeline_of(
+        {"dest": writer}, ChangeBuffer(["dest"], IN_STREAM_ORDER), metrics, tmp_path, 100
+    )
+    try:
+        first = decode(put("a", 1, ts=100, v="first"))
+        pipeline.submit(first)
+        pipeline.dispatch()
+        wait_for(lambda: pipeline.checkpointable() == first.sequence_number)
+        assert holds(metrics) == 1
+        second = decode(put("a", 2, ts=200, v="second"))
+        pipeline.submit(second)
+        pipeline.dispatch()
+        wait_for(lambda: pipeline.checkpointable() == second.sequence_number)
+        assert table.value("a") == "second"
+        pipeline.submit_all([decode(remove("a", 3, ts=200)), decode(put("b", 4, ts=1, v="x"))])
+        pipeline.dispatch()
+        wait_for(lambda: table.value("b") == "x")
+        assert table.value("a") == "second"  # the delete waits
+        assert pipeline.outstanding() == {"dest": 1}
+        assert pipeline.checkpointable() == second.sequence_number
+        pipeline.release_holds()
+        assert pipeline.flush(timeout=WAIT_S)
+        assert table.value("a") is None
+        assert pipeline.outstanding() == {}
+    finally:
+        pipeline.close()
+
+
+@pytest.mark.parametrize("conflict", [LWW, VERSION], ids=["last_writer_wins", "version"])
+def test_an_ordered_put_landing_late_does_not_bring_back_the_item_deleted_after_it(
+    proxy: FaultProxy,
+    moto_endpoint: str,
+    unique: Any,
+    tmp_path: Path,
+    metrics: Metrics,
+    conflict: dict[str, str],
+) -> None:
+    """The reviewer's case through a proxy: the first PutItem is held 3 s against a 1 s
+    read timeout, its retry applied, and the item deleted at the source next. The late
+    put's condition (no item, or one ranking lower) holds on the deleted item: sent
+    before it lands, the delete would leave the item back for good. It waits for the
+    window (8 s), and the destination ends without the item."""
+    table = MotoTable(moto_endpoint, unique)
+    pipeline = loop_pipeline(proxy.url, table.name, tmp_path, metrics, conflict, read_timeout=1.0)
+    writer = pipeline.writers["dest"]
+    assert isinstance(writer, DestinationWriter)
+    writer.late_write_window_s = 8.0
+    try:
+        proxy.late_landing_once(3.0)
+        pipeline.submit(decode(put("a", 1, ts=100, v="old")))
+        pipeline.dispatch()
+        wait_for(lambda: proxy.counts("PutItem")["upstream_200"] == 1)  # the retry
+        pipeline.submit(decode(remove("a", 2, ts=100, v="old")))  # a later batch
+        pipeline.dispatch()
+        assert pipeline.flush(timeout=WAIT_S)
+        # Carried out on the item its retry wrote, the late put fails its condition (400).
+        wait_for(lambda: proxy.counts("PutItem")["late_landing_400"] == 1)
+        assert table.value("a") is None
+        assert holds(metrics) == 1
+    finally:
+        pipeline.close()
+
+
+def test_an_operator_commands_ordered_put_without_an_answer_returns_after_the_window(
+    metrics: Metrics,
+) -> None:
+    """A waiting caller (backfill, repair, redrive) gets the put's result only once the
+    request can no longer land: what it reads of the source next (an item deleted since,
+    whose copy it then removes) comes after any landing."""
+    writer = writer_for(FirstPutFails(), metrics, window_s=1.5, conflict=LWW)
+    started = time.monotonic()
+    assert writer.write(decode(put("a", 1, ts=100, v="x"))).outcome is Outcome.APPLIED
+    assert time.monotonic() - started >= 1.5
+    assert holds(metrics) == 1
