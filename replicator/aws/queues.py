@@ -14,6 +14,7 @@ URL naming no queue stops the start in one line instead of the first message.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 import structlog
@@ -128,3 +129,22 @@ def check_exists(client: SQSClient, queue_url: str, setting: str, what: str, whe
         )
         return False
     return True
+
+
+def redrive_policy(client: SQSClient, queue_url: str) -> tuple[str, str] | None:
+    """The queue's redrive policy as (its ``maxReceiveCount``, the name of its dead-letter
+    queue), or None when it has none. Every receive of a message counts towards that
+    count, and SQS moves a message received that often out of the queue: a target read
+    more than once (a dead-letter queue at each ``redrive``, a conflict log at each
+    listing) loses what it leaves in place. Raises the AWS error when the queue's
+    attributes cannot be read."""
+    attributes = client.get_queue_attributes(
+        QueueUrl=queue_url, AttributeNames=["RedrivePolicy"]
+    ).get("Attributes", {})
+    if "RedrivePolicy" not in attributes:
+        return None
+    try:
+        policy = json.loads(attributes["RedrivePolicy"])
+        return str(policy["maxReceiveCount"]), str(policy["deadLetterTargetArn"]).rpartition(":")[2]
+    except (ValueError, TypeError, KeyError):
+        return "maxReceiveCount", "its dead-letter queue"

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from replicator.aws.queues import MessageLimit
+from replicator.aws.queues import MessageLimit, redrive_policy
 from replicator.conflictlog.base import (
     Selection,
     StoreOutcome,
@@ -234,17 +234,10 @@ class SqsConflictLog:
         """What to tell the operator about the queue's redrive policy, if it has one.
 
         Raises the AWS error when the queue's attributes cannot be read."""
-        attributes = self.client.get_queue_attributes(
-            QueueUrl=self.queue_url, AttributeNames=["RedrivePolicy"]
-        ).get("Attributes", {})
-        if "RedrivePolicy" not in attributes:
+        policy = redrive_policy(self.client, self.queue_url)
+        if policy is None:
             return None
-        try:
-            policy = json.loads(attributes["RedrivePolicy"])
-            count = policy["maxReceiveCount"]
-            dead_letters = str(policy["deadLetterTargetArn"]).rpartition(":")[2]
-        except (ValueError, TypeError, KeyError):
-            count, dead_letters = "maxReceiveCount", "its dead-letter queue"
+        count, dead_letters = policy
         return (
             f"the conflict log's queue {self.queue_url} has a redrive policy: every listing "
             "of the log (and every --restore lookup) receives each entry once (more often "

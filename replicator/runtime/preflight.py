@@ -387,9 +387,28 @@ def check_dead_letter_queue(resolved: ResolvedJob) -> None:
     client = clients.sqs(Place(region, settings.endpoint_url, settings.role_arn))
     what = "dead-letter queue"
     try:
-        queues.check_exists(client, settings.queue_url, "dead_letter.queue_url", what, where)
+        if not queues.check_exists(
+            client, settings.queue_url, "dead_letter.queue_url", what, where
+        ):
+            return
     except (ClientError, BotoCoreError) as error:
         raise explain(error, f"dead_letter.queue_url: {what} {settings.queue_url}", where) from None
+    try:
+        policy = queues.redrive_policy(client, settings.queue_url)
+    except (ClientError, BotoCoreError) as error:
+        log.info("dead-letter queue's redrive policy not checked", error=str(error))
+        return
+    if policy is not None:
+        count, moved_to = policy
+        log.warning(
+            f"the dead-letter queue {settings.queue_url} has a redrive policy: every "
+            "`replicator redrive` receives each message in it once (more while another "
+            f"reader holds messages), and after {count} receives SQS moves a message to "
+            f"the queue {moved_to}, out of the dead-letter target, where no redrive finds "
+            "it: the letters of other tasks and the unreadable messages a redrive leaves "
+            "in place, and this job's letters a redrive stopped early left unsettled; "
+            "give the dead letters a queue without a redrive policy"
+        )
 
 
 def check_dead_letter_target(resolved: ResolvedJob) -> None:

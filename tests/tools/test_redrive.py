@@ -862,6 +862,29 @@ def test_letters_of_other_tasks_in_a_shared_queue_stay_visible_and_unchanged(job
     assert {m["Body"] for m in left["Messages"]} == theirs  # visible at once, as sent
 
 
+def test_a_dead_letter_queue_with_a_redrive_policy_is_warned_about(job: Job) -> None:
+    """Every redrive receives each message once: after maxReceiveCount redrives SQS moves
+    another task's letter (or an unreadable message) out of the queue, where no redrive
+    finds it. Both the redrive and the checks at a run's start say so; a queue without
+    a policy gets no such warning."""
+    sqs, plain = use_queue(job)
+    assert not [w for w in warnings_in(redrive(job).stderr) if "redrive policy" in w["event"]]
+    moved_to = f"{job.name}-dlq-dlq"
+    dlq_url = sqs.create_queue(QueueName=moved_to)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
+    policy = {"deadLetterTargetArn": arn["Attributes"]["QueueArn"], "maxReceiveCount": "2"}
+    sqs.set_queue_attributes(QueueUrl=plain, Attributes={"RedrivePolicy": json.dumps(policy)})
+    sqs.send_message(QueueUrl=plain, MessageBody=other_jobs_letters(job)[2].to_json())
+
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stderr
+    (warning,) = [w for w in warnings_in(result.stderr) if "redrive policy" in w["event"]]
+    assert warning["event"].startswith(f"the dead-letter queue {plain} has a redrive policy")
+    assert f"after 2 receives SQS moves a message to the queue {moved_to}" in warning["event"]
+    assert "give the dead letters a queue without a redrive policy" in warning["event"]
+
+
 def test_a_target_holding_only_other_tasks_letters_says_so(job: Job) -> None:
     target = FileDeadLetters(job.dead_letters)
     target.put(other_jobs_letters(job)[2])
