@@ -20,18 +20,19 @@ message with a visibility timeout, then makes them visible again as soon as it h
 received them all. While it reads, another consumer of the queue does not see those
 messages, nor does another reader of the log: SQS cannot show a message without
 hiding it. So a reader that finds nothing more to receive while the queue counts more
-messages (``ApproximateNumberOfMessages`` and ``ApproximateNumberOfMessagesNotVisible``)
-than it has read lets its own go and waits for the others, up to ``HELD_WAIT_S``,
-receiving again as they come back; what is still held then is counted
-(:attr:`SqsConflictLog.held_elsewhere`) and logged, so a listing says it is incomplete
-rather than show a shorter log as the whole of it. Those counts are approximate and not
-of one instant (entries another reader lets go while they are taken may be counted in
-neither), so a reader takes it that it has read everything only when two counts in a
-row say so, with a receive between them that brings nothing
-(:meth:`SqsConflictLog._hold_all`). Every such read counts as a receive, though: on a
-queue with a redrive policy, SQS moves the entries to its dead-letter queue after
-``maxReceiveCount`` readings, so the command and the start of a run warn about such a
-queue (:meth:`SqsConflictLog.redrive_warning`).
+messages in flight (``ApproximateNumberOfMessagesNotVisible``) than it holds lets its
+own go and waits for the others, up to ``HELD_WAIT_S``, receiving again as they come
+back; what is still held then is counted (:attr:`SqsConflictLog.held_elsewhere`) and
+logged, so a listing says it is incomplete rather than show a shorter log as the whole
+of it. That count is approximate (entries another reader lets go while it is taken are
+counted neither in flight nor received yet), so a reader takes it that it has read
+everything only when two counts in a row say so, with a receive between them that
+brings no message sent before the reading started (:meth:`SqsConflictLog._hold_all`):
+the entries a running job sends meanwhile are listed when received, not waited for, or
+a reading would wait as long as conflicts keep being lost. Every such read counts as
+a receive, though: on a queue with a redrive policy, SQS moves the entries to its
+dead-letter queue after ``maxReceiveCount`` readings, so the command and the start of a
+run warn about such a queue (:meth:`SqsConflictLog.redrive_warning`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ _READ_VISIBILITY_S = 120
 # or restore lets them go within seconds; a consumer of your own, after its visibility
 # timeout, 30 s by default), and how often it looks again meanwhile.
 HELD_WAIT_S = 35.0
+# How far after a reading's start (by the local clock) an entry's SentTimestamp may be
+# and still be waited for: SQS's clock may run a little behind the host's.
+_LATE_MARGIN_MS = 2_000
 _HELD_POLL_S = 0.5
 # SendMessageBatch's limits: messages in one request, and their bodies' total size.
 BATCH_MESSAGES = 10
@@ -256,10 +260,14 @@ class SqsConflictLog:
         self.held_elsewhere = 0
         seen: set[str] = set()
         deadline: float | None = None  # from the first pass that finds entries held
+        # Entries sent after this (by SQS's clock, give or take _LATE_MARGIN_MS) are not
+        # waited for: a job losing conflicts as it runs sends them faster than a pass
+        # could receive them all, which would never end. Those received are listed.
+        started_ms = int(time.time() * 1000) + _LATE_MARGIN_MS
         while True:
             taken: dict[str, str] = {}  # this pass's messages: id -> receipt handle
             try:
-                held = yield from self._hold_all(taken, seen, selection)
+                held = yield from self._hold_all(taken, seen, selection, started_ms)
             finally:
                 self._release(list(taken.values()))
             if not held:
@@ -276,44 +284,44 @@ class SqsConflictLog:
                 return
 
     def _hold_all(
-        self, taken: dict[str, str], seen: set[str], selection: Selection
+        self, taken: dict[str, str], seen: set[str], selection: Selection, started_ms: int
     ) -> Generator[ConflictEntry, None, int]:
         """One pass: receive (and hold, in ``taken``) every message it can, yielding the
         matching entries of those not yet ``seen``; then how many messages of the queue
-        it may not have seen (0: none).
+        another reader holds (0: none).
 
-        0 is not taken from one count of the queue: its two counts are approximate and
-        not of one instant. The moto server computes each from the messages' state of
-        its own moment, so entries another reader lets go between the two are counted in
-        neither, and the queue seems to hold just what this read has seen (on a busy
-        machine, a listing run beside another one); SQS's counts are eventually
-        consistent, and may lag the same way. So the pass ends
-        with nothing unseen only after two counts in a row find nothing unseen, with a
-        receive between them that brings nothing (a long poll, which asks all of SQS's
+        0 is not taken from one count of the queue: its counts are approximate, and
+        entries another reader lets go just as the queue is counted are neither in
+        flight any more nor received by this pass yet (on the moto server, a listing run
+        beside another one on a busy machine; SQS's counts are eventually consistent, and
+        may lag the same way). So the pass ends with nothing held elsewhere only after
+        two counts in a row find none, with a receive between them that brings no
+        message sent before the reading started (a long poll, which asks all of SQS's
         servers, while this pass still hides its own messages): entries let go as the
         first count is taken are visible by then, so that receive gets them, or, if
         another reader has taken them again, the second count finds them in flight. Only
         counts wrong twice in a row, each as another reader lets its entries go, could
-        still end a read short. A count that finds messages unseen ends the pass at once,
-        so that it lets its own go for the other readers."""
+        still end a read short. A count that finds messages held elsewhere ends the pass
+        at once,         so that it lets its own go for the other readers."""
         confirmed = False  # the last count found nothing unseen
         while True:
             received = False
-            for message in self._pass(taken):
-                received = True
+            for message in self._pass(taken, started_ms):
+                received = received or _sent_ms(message) <= started_ms
                 if message["MessageId"] in seen:
                     continue
                 seen.add(message["MessageId"])
                 entry = self._entry(message)
                 if entry is not None and selection.matches(entry):
                     yield entry
-            held = self._unseen(seen)
+            held = self._unseen(taken)
             if held or (confirmed and not received):
                 return held
             confirmed = True
 
-    def _pass(self, taken: dict[str, str]) -> Iterator[ReceivedMessage]:
-        """Receive until a receive brings no message this pass has not received."""
+    def _pass(self, taken: dict[str, str], started_ms: int) -> Iterator[ReceivedMessage]:
+        """Receive until a receive brings no message this pass has not received that was
+        sent before ``started_ms``; those sent later that it receives are yielded too."""
         while True:
             try:
                 response = self.client.receive_message(
@@ -321,6 +329,7 @@ class SqsConflictLog:
                     MaxNumberOfMessages=10,
                     WaitTimeSeconds=1,
                     VisibilityTimeout=_READ_VISIBILITY_S,
+                    MessageSystemAttributeNames=["SentTimestamp"],
                 )
             except (ClientError, BotoCoreError) as error:
                 raise self._read_failure(error) from None
@@ -328,30 +337,27 @@ class SqsConflictLog:
             fresh = [m for m in messages if m["MessageId"] not in taken]
             # The newest handle: one received again (its timeout ran out) answers to it only.
             taken.update((m["MessageId"], m["ReceiptHandle"]) for m in messages)
-            if not fresh:
-                return
             yield from fresh
+            if not any(_sent_ms(m) <= started_ms for m in fresh):
+                return
 
-    def _unseen(self, seen: set[str]) -> int:
-        """How many messages of the queue this read may not have seen: the messages SQS
-        counts (visible, and in flight: this pass's, and those another reader or consumer
-        holds), less those seen. Counted while this pass still holds its messages, so that
-        what it received cannot move meanwhile; as SQS counts them (approximately: one
-        count proves nothing, :meth:`_hold_all`), and assuming none of those seen was
-        deleted meanwhile."""
+    def _unseen(self, taken: dict[str, str]) -> int:
+        """How many messages of the queue another reader or consumer holds: the messages
+        SQS counts in flight, less this pass's (``taken``). Counted while this pass still
+        holds its messages, so that what it received cannot move meanwhile; as SQS counts
+        them (approximately: one count proves nothing, :meth:`_hold_all`). The visible
+        messages are left to the receives: a pass ends only with a receive that brings
+        none sent before the read started, and the visible ones sent since (a job
+        losing conflicts as it runs) would keep a count above what was seen for good."""
         try:
             attributes = self.client.get_queue_attributes(
                 QueueUrl=self.queue_url,
-                AttributeNames=[
-                    "ApproximateNumberOfMessages",
-                    "ApproximateNumberOfMessagesNotVisible",
-                ],
+                AttributeNames=["ApproximateNumberOfMessagesNotVisible"],
             ).get("Attributes", {})
         except (ClientError, BotoCoreError) as error:
             raise self._read_failure(error) from None
-        visible = int(attributes.get("ApproximateNumberOfMessages", "0"))
         in_flight = int(attributes.get("ApproximateNumberOfMessagesNotVisible", "0"))
-        return max(0, visible + in_flight - len(seen))
+        return max(0, in_flight - len(taken))
 
     def _read_failure(self, error: ClientError | BotoCoreError) -> Exception:
         return read_failure(error, f"conflict-log queue {self.queue_url}", self.where)
@@ -392,3 +398,12 @@ class SqsConflictLog:
                     for index, handle in enumerate(batch)
                 ],
             )
+
+
+def _sent_ms(message: ReceivedMessage) -> int:
+    """When SQS took ``message`` (milliseconds since the epoch; 0 when not said, which
+    counts it as sent before any reading)."""
+    try:
+        return int(message.get("Attributes", {}).get("SentTimestamp", "0"))
+    except ValueError:
+        return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -212,16 +213,15 @@ def test_a_reader_stops_waiting_when_asked_and_counts_what_it_did_not_read(
     assert target.held_elsewhere == 0
 
 
-COUNTS = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+IN_FLIGHT = ["ApproximateNumberOfMessagesNotVisible"]
 
 
-class CountsOneByOne:
-    """An SQS client that reads the queue's two counts one after the other, and, at its
-    first count, does ``between`` between them and ``after`` once both are read: as the
-    moto server reads them (each from a computation of the queue's attributes of its
-    own, while other requests run) and as SQS's approximate counts may. Entries another
-    reader lets go ``between`` are counted in neither: the exact moment, made certain, of
-    two readings run at once."""
+class CountedBetween:
+    """An SQS client that, at the first count of the queue's messages in flight, does
+    ``between`` just before it and ``after`` just after: entries another reader lets go
+    ``between`` are no longer in flight, and not yet received by the listing (the exact
+    moment, made certain, of two readings run at once, which a count may meet on the
+    moto server and on SQS, whose counts are approximate and lag)."""
 
     def __init__(
         self, client: Any, between: Callable[[], object], after: Callable[[], object]
@@ -230,15 +230,13 @@ class CountsOneByOne:
         self._steps: list[tuple[Callable[[], object], Callable[[], object]]] = [(between, after)]
 
     def get_queue_attributes(self, **request: Any) -> Any:
-        if sorted(request["AttributeNames"]) != COUNTS:
+        if request["AttributeNames"] != IN_FLIGHT:
             return self._client.get_queue_attributes(**request)
         between, after = self._steps.pop() if self._steps else (_nothing, _nothing)
-        url = request["QueueUrl"]
-        visible = self._client.get_queue_attributes(QueueUrl=url, AttributeNames=COUNTS[:1])
         between()
-        in_flight = self._client.get_queue_attributes(QueueUrl=url, AttributeNames=COUNTS[1:])
+        counted = self._client.get_queue_attributes(**request)
         after()
-        return {"Attributes": {**visible["Attributes"], **in_flight["Attributes"]}}
+        return counted
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -253,11 +251,11 @@ def counted_one_by_one(
     between: Callable[[], object],
     after: Callable[[], object] = _nothing,
 ) -> None:
-    """The command's SQS log reads its counts with :class:`CountsOneByOne`."""
+    """The command's SQS log reads its counts with :class:`CountedBetween`."""
 
     class Log(SqsConflictLog):
         def __init__(self, client: Any, queue_url: str, where: str | None = None) -> None:
-            super().__init__(CountsOneByOne(client, between, after), queue_url, where)
+            super().__init__(CountedBetween(client, between, after), queue_url, where)
 
     monkeypatch.setattr(targets, "SqsConflictLog", Log)
 
@@ -265,9 +263,9 @@ def counted_one_by_one(
 def test_entries_let_go_while_the_queue_is_counted_are_still_listed(
     logged: tuple[SharedJob, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The other reader lets its 10 entries go between the two counts: the queue counts 0
-    visible, then 15 in flight (the listing's own), as many as it has read. One such count
-    is no proof that it has read everything; the entries let go are listed."""
+    """The other reader lets its 10 entries go just as the queue is counted: it counts 15
+    in flight, the listing's own. One such count is no proof that it has read
+    everything; the entries let go are listed."""
     job, ids = logged
     held = hold(job, 10, seconds=600)
     counted_one_by_one(monkeypatch, lambda: let_go(job, held))
@@ -298,3 +296,33 @@ def test_entries_let_go_while_counted_and_taken_again_make_the_listing_incomplet
 
     let_go(job, again)
     listed_whole(invoke(job, *LISTING), ids)
+
+
+def test_a_listing_ends_while_lost_conflicts_keep_arriving(
+    logged: tuple[SharedJob, list[str]],
+) -> None:
+    """A running job sends entries faster than a receive a second: a reading that waited
+    for every message it had not received never ended (and hid the queue's entries from
+    its consumers meanwhile). It waits for those sent before it started, and ends."""
+    job, ids = logged
+    queue, url = queue_of(job)
+    stop = threading.Event()
+
+    def send() -> None:
+        seq = 1000
+        while not stop.wait(0.1):
+            seq += 1
+            body = conflict(seq, pk=f"late-{seq}").entry().to_json()
+            queue.send_message(QueueUrl=url, MessageBody=body)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        (done,) = at_once(job, LISTING)  # bounded by COMMAND_TIMEOUT_S
+    finally:
+        stop.set()
+        sender.join()
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    assert set(ids) <= set(conflict_ids(document))
+    assert document["incomplete"] is None
