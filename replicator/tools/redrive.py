@@ -851,18 +851,27 @@ class Redrive:
         if result.restored:
             log.info("the source holds an item a replayed delete removed; its image was written")
             notes.append("(the source holds it again: its image written)")
-        if result.declined:
+        for gone in (False, True):
             # Nothing written: the destination keeps an item the source does not hold
             # (a writer's clock behind, an item written there since), as verify reports.
-            kept = "; ".join(f"at {_shown(label)}: {why}" for label, why in result.declined)
+            declined = [(label, why) for label, why, removal in result.declined if removal == gone]
+            if not declined:
+                continue
+            kept = "; ".join(f"at {_shown(label)}: {why}" for label, why in declined)
             log.info(
-                "the policy kept the destination's item over the source's image",
+                "the policy kept the destination's item over the source's "
+                + ("deletion" if gone else "image"),
                 key=describe_key(change.keys),
-                declined=result.declined,
+                declined=declined,
             )
             notes.append(
-                "(the source holds another image, not written: the policy kept the "
-                f"destination's item {kept}; run `replicator verify` to compare them)"
+                (
+                    "(the source has deleted it since, not removed"
+                    if gone
+                    else "(the source holds another image, not written"
+                )
+                + f": the policy kept the destination's item {kept}; run `replicator "
+                "verify` to compare them)"
             )
         if result.dead_lettered:
             notes.append("(checking it against the source failed: dead-lettered, see the target)")

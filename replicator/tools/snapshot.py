@@ -296,10 +296,11 @@ class GuardTally:
     expired: int = 0  # copies of items the source's TTL deleted, kept (ttl_deletes: skip)
     kept: int = 0  # the destination had changed since, or holds the source's image: left alone
     dead_lettered: int = 0
-    # Where the policy kept the destination's item over the source's image (or removal),
-    # and why (the rule's explanation): (destination, why). The destination may then
-    # differ from the source, which only verify can say.
-    declined: list[tuple[str, str]] = field(default_factory=list)
+    # Where the policy kept the destination's item over the source's image (or, ``gone``,
+    # over its removal: the source no longer holds the item), and why (the rule's
+    # explanation): (destination, why, gone). The destination may then differ from the
+    # source, which only verify can say.
+    declined: list[tuple[str, str, bool]] = field(default_factory=list)
 
 
 class ResurrectionGuard:
@@ -415,7 +416,7 @@ class ResurrectionGuard:
             if outcome is Outcome.CONFLICT_LOST:
                 writer = self.writers[label]
                 why = result.why or f"{writer.rule.name}: the destination's item was kept"
-                tally.declined.append((label, why))
+                tally.declined.append((label, why, current is None))
             if outcome is Outcome.APPLIED:
                 if current is None:
                     tally.undone += 1

@@ -1709,6 +1709,34 @@ def test_a_replay_the_policy_keeps_over_the_sources_image_is_noted_with_the_poli
     assert FileDeadLetters(job.dead_letters).count() == 0
 
 
+def test_a_replay_the_policy_keeps_over_the_sources_deletion_says_the_source_deleted_it(
+    job: Job,
+) -> None:
+    """The letter's put (updated_at 100) is replayed; another writer has since put the
+    item at eu with updated_at 500, and the source has deleted it. The policy keeps eu's
+    item over the removal: the note says the source deleted the item (it said "the source
+    holds another image", the opposite of the truth)."""
+    eu_label = "/".join(job.destinations[0])
+    replayed, newer = image("d", 100, v="letter"), image("d", 500, v="eu's own")
+    FileDeadLetters(job.dead_letters).put(
+        stream_letter(job, eu_label, replayed, 72, "throttled", "e", at_source=False)
+    )
+    eu, eu_table = job.destination_clients()[0]
+    eu.put_item(TableName=eu_table, Item=newer)
+
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("  replayed")]
+    assert "(the source holds another image" not in line
+    assert (
+        "(the source has deleted it since, not removed: the policy kept the destination's "
+        f"item at {eu_label}: the destination's item changed since it was read; run "
+        "`replicator verify` to compare them)"
+    ) in line
+    assert get(job, 0, replayed) == newer
+
+
 @pytest.mark.parametrize("purpose", [BACKFILL, REPAIR])
 @pytest.mark.parametrize("conflict", ["conflict: {policy: overwrite}", LWW])
 def test_a_replayed_synthetic_put_of_an_item_the_source_changed_since_leaves_the_sources_image(
