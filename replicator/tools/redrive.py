@@ -160,6 +160,9 @@ class Replay:
     # The key of the change replayed, from its record (None: the record does not decode,
     # the letter's ``keys`` field is all there is), as the summary names it.
     key: Item | None = None
+    # Writes of the check against the source that were dead-lettered (new letters, in
+    # the target): the destination may still hold the late image.
+    check_letters: int = 0
 
     @property
     def replayed(self) -> bool:
@@ -241,6 +244,11 @@ class RedriveReport:
         return sum(1 for replay in self.replays if not replay.replayed)
 
     @property
+    def check_letters(self) -> int:
+        """New letters stored by the checks against the source (see :class:`Replay`)."""
+        return sum(replay.check_letters for replay in self.replays)
+
+    @property
     def lost(self) -> int:
         """Lost conflicts: one per destination where a replayed letter lost."""
         return sum(len(replay.lost) for replay in self.replays)
@@ -268,7 +276,8 @@ class RedriveReport:
             return 3
         if self.missing_relative:
             return 1
-        return 0 if self.failed == 0 and not self.unreadable and not self.interrupted else 1
+        failed = self.failed or self.check_letters or self.unreadable
+        return 0 if not failed and not self.interrupted else 1
 
     @property
     def ended_early(self) -> bool:
@@ -325,6 +334,13 @@ class RedriveReport:
                 else ""
             )
             + (f", {len(self.unreadable)} unreadable (kept as they are)" if self.unreadable else "")
+            + (
+                f", {self.check_letters} new "
+                f"{'letter' if self.check_letters == 1 else 'letters'} from checking replays "
+                "against the source (in the target: the next redrive replays them)"
+                if self.check_letters
+                else ""
+            )
             + (f"; {self._how_it_ended()}: {self._rest()}" if self.ended_early else "")
         ]
         lines.extend(replay.line() for replay in self.replays)
@@ -786,12 +802,19 @@ class Redrive:
                 lost.append(label)
                 if result.recorded is not None:
                     recording.append((label, result.recorded))
-        note = ""
+        note, check_letters = "", 0
         if applied:
             # A replayed change is late: the source may have changed, deleted or created
             # the item again since, and that was applied at the destination before this.
-            note = self._check_against_source(change, applied)
-        return Replay(letter, failures, note=note, lost=lost, recording=recording)
+            note, check_letters = self._check_against_source(change, applied)
+        return Replay(
+            letter,
+            failures,
+            note=note,
+            lost=lost,
+            recording=recording,
+            check_letters=check_letters,
+        )
 
     def _unknown(self, why: str) -> str:
         places = ", ".join(
@@ -817,7 +840,7 @@ class Redrive:
             return Failure(writer.label, result.reason or "failed", result.error or "")
         return result
 
-    def _check_against_source(self, change: Change, labels: list[str]) -> str:
+    def _check_against_source(self, change: Change, labels: list[str]) -> tuple[str, int]:
         """A replayed change is checked against the source like a backfill's copy (read
         again, strongly consistent). After a put: an item the source no longer holds is
         removed from the destinations where the put was applied, while they still hold
@@ -833,7 +856,8 @@ class Redrive:
         replayed image, written where the destination held what was expected, would stay
         for good). A destination never keeps the late image of an item the source has
         deleted or changed since, nor lacks one the source holds because of a late
-        delete. Returns a note for the summary."""
+        delete. Returns a note for the summary, and how many of its writes were
+        dead-lettered (new letters: the run then ends with exit 1)."""
         guard = self._source_guard()
         if change.event is Event.REMOVE:
             result = guard.restore([(change, labels)])
@@ -875,7 +899,7 @@ class Redrive:
             )
         if result.dead_lettered:
             notes.append("(checking it against the source failed: dead-lettered, see the target)")
-        return " ".join(notes)
+        return " ".join(notes), result.dead_lettered
 
     def _source_guard(self) -> ResurrectionGuard:
         if self._guard is None:

@@ -1914,10 +1914,16 @@ def test_a_source_image_a_replayed_delete_cannot_write_back_is_dead_lettered(job
 
     report = Redrive(load_job(job.path)).run()
 
-    assert (report.replayed, report.exit_code) == (1, 0)
+    # Replayed, but the destination is not as the source: exit 1, as for a letter
+    # that failed again, so that a scheduled redrive's exit status shows it.
+    assert (report.replayed, report.check_letters, report.exit_code) == (1, 1, 1)
     assert "(checking it against the source failed: dead-lettered, see the target)" in (
         report.text()
     )
+    assert (
+        "1 replayed, 0 failed again (kept in the target), 1 new letter from checking replays "
+        "against the source (in the target: the next redrive replays them)"
+    ) in report.text()
     assert get(job, 0, again) is None
     (kept,) = target.letters()
     assert (kept.shard_id, kept.destination, kept.reason) == ("redrive", eu_label, "unplannable")
@@ -1929,8 +1935,9 @@ def test_a_queues_letter_the_source_check_dead_letters_waits_for_the_next_redriv
 ) -> None:
     """As with a file: the letter that checking a replayed put against the source stores
     (the source's image, whose timestamp last_writer_wins cannot order) is not replayed
-    by the redrive that stored it. It was received again at once, failed again (exit 1)
-    and was counted as a second letter of the run."""
+    by the redrive that stored it (it was received again at once, failed again and was
+    counted as a second letter of the run); the run ends with exit 1, a new letter
+    being in the target."""
     sqs, queue = use_queue(job)
     eu_label = "/".join(job.destinations[0])
     replayed = image("n", 100, v="replayed")
@@ -1941,9 +1948,10 @@ def test_a_queues_letter_the_source_check_dead_letters_waits_for_the_next_redriv
 
     result = redrive(job)
 
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr
     assert "redrive of SQS queue " in result.stdout
     assert "1 letter, 1 replayed, 0 failed again" in result.stdout, result.stdout
+    assert "1 new letter from checking replays against the source" in result.stdout
     assert "(checking it against the source failed: dead-lettered, see the target)" in (
         result.stdout
     )
