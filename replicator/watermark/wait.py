@@ -392,7 +392,8 @@ class WaitResult:
         too) unless a change of the shard is not settled at the destination yet, so
         parts all older than ``_STALE_PARTS_S`` mean the job is stopped or stuck, or a
         change is held there: the destination fails or refuses its writes (retried
-        until they apply, or until they are dead-lettered)."""
+        until they apply, or until they are dead-lettered), or another destination does,
+        and the shard's buffer, full of its changes, keeps the shard from being read."""
         assert self.watermark is not None
         times = [part.updated_at for part in self.watermark.counted if part.updated_at]
         if not times:
@@ -403,8 +404,10 @@ class WaitResult:
         return (
             f" (no shard's part of it was published in the last {age:.0f}s: is the job "
             "running? it publishes every watermark.publish_interval_ms, a second by default, "
-            "unless a change is held at the destination: see the job's log and "
-            "replicator_retries_total for writes it fails or refuses)"
+            "unless a change is held at the destination, or the shard's reading waits "
+            "on another destination of the job that holds its buffer full: see the job's "
+            "log, replicator_retries_total (by destination) for writes failed or refused, "
+            "and replicator_buffered_changes)"
         )
 
     def describe(self) -> str:

@@ -744,6 +744,9 @@ def test_a_timeout_names_parts_no_processor_has_published_for_a_minute() -> None
     # either: the message names that too.
     assert "unless a change is held at the destination" in said
     assert "replicator_retries_total" in said
+    # Nor one whose reading waits on another destination that keeps the buffer full.
+    assert "another destination of the job that holds its buffer full" in said
+    assert "replicator_buffered_changes" in said
     running = combine("d", [Part("d", "s1", watermark_us=1, updated_at=now - 2)])
     assert WaitResult(False, running, waited_s=3.0).describe().endswith("watermark 0.000001")
 
