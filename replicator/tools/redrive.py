@@ -163,6 +163,9 @@ class Replay:
     # Writes of the check against the source that were dead-lettered (new letters, in
     # the target): the destination may still hold the late image.
     check_letters: int = 0
+    # The destinations where it was written (all of them unless it failed somewhere: a
+    # ``*`` letter may fail at some destinations only).
+    applied: list[str] = field(default_factory=list)
 
     @property
     def replayed(self) -> bool:
@@ -171,19 +174,34 @@ class Replay:
     def line(self) -> str:
         letter = self.letter
         what = _what(letter, self.key)
+        note = self.note
+        if self.lost:
+            note = (note + " " if note else "") + (
+                f"(lost its conflict at {', '.join(self.lost)}: the destination kept its item)"
+            )
         if self.replayed:
-            note = self.note
-            if self.lost:
-                note = (note + " " if note else "") + (
-                    f"(lost its conflict at {', '.join(self.lost)}: the destination kept its item)"
-                )
             return f"  replayed      {_shown(letter.destination)}: {what}" + (
                 f" {note}" if note else ""
             )
+        # A ``*`` letter written at some destinations: said too, before where it failed
+        # (not where it failed after the write: a lost conflict the log did not store).
+        failed = {failure.destination for failure in self.failures}
+        written = [label for label in self.applied if label not in failed]
+        shown = (
+            [
+                f"  replayed      {', '.join(map(_shown, written))}: {what}"
+                + (f" {note}" if note else "")
+            ]
+            if written
+            else []
+        )
         return "\n".join(
-            f"  failed again  {_shown(failure.destination)}: {what}: "
-            f"{redact(f'{failure.reason}: {failure.error}')}"
-            for failure in self.failures
+            shown
+            + [
+                f"  failed again  {_shown(failure.destination)}: {what}: "
+                f"{redact(f'{failure.reason}: {failure.error}')}"
+                for failure in self.failures
+            ]
         )
 
 
@@ -814,6 +832,7 @@ class Redrive:
             lost=lost,
             recording=recording,
             check_letters=check_letters,
+            applied=applied,
         )
 
     def _unknown(self, why: str) -> str:

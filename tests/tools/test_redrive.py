@@ -246,6 +246,11 @@ def test_letters_whose_cause_is_fixed_are_applied_and_failing_ones_stay(job: Job
     assert first.returncode == 3, first.stderr  # refused every write: exit 3, as documented
     assert "4 letters, 0 replayed, 4 failed again" in first.stdout
     assert get(job, 1, z) == z  # the * letter reached the destination that works
+    ap_label = "/".join(job.destinations[1])
+    z_lines = [line for line in first.stdout.splitlines() if "(sequence 14)" in line]
+    assert z_lines[0] == f"  replayed      {ap_label}: MODIFY pk=S:z sk=N:1 (sequence 14)"
+    assert z_lines[1].startswith(f"  failed again  {eu_label}: MODIFY pk=S:z sk=N:1 (sequence 14)")
+    assert len(z_lines) == 2
     kept = {
         (letter.destination, letter.record["sequenceNumber"]): letter for letter in target.letters()
     }
