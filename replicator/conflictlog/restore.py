@@ -525,16 +525,17 @@ def named_places(resolved: ResolvedJob) -> frozenset[str]:
 def under_current_names(
     resolved: ResolvedJob, entries: Sequence[ConflictEntry]
 ) -> list[ConflictEntry]:
-    """The entries as a listing shows them: each lost conflict under the name its
-    destination has now (found by region and table, as :func:`entry_destination` finds
-    it), so that a destination named, or renamed, since is counted as one."""
+    """The entries as a listing shows them: each lost conflict, and each restore, under
+    the name its destination has now (found by region and table, as
+    :func:`entry_destination` finds it), so that a destination named, or renamed, since
+    is counted as one."""
     named = named_places(resolved)
     labels = {destination_place(d): d.label for d in resolved.job.destinations}
     shown = []
     for entry in entries:
         place = entry_place(entry)
         label = labels.get(place)
-        if entry.kind == CONFLICT and label is not None and place not in named:
+        if label is not None and place not in named:
             shown.append(replace(entry, destination=label))
         else:
             shown.append(entry)

@@ -24,6 +24,7 @@ from replicator.aws.backoff import Backoff
 from replicator.aws.queues import ASSUMED_LIMIT
 from replicator.cli import cli
 from replicator.config.loader import load_job
+from replicator.config.model import ConflictConfig
 from replicator.conflictlog.base import ConflictRecorder, Loss, Selection, StoreOutcome
 from replicator.conflictlog.dynamodb import TTL_ATTRIBUTE, DynamoDbConflictLog
 from replicator.conflictlog.entry import ConflictEntry, LostConflict
@@ -31,6 +32,7 @@ from replicator.conflictlog.file import FileConflictLog
 from replicator.conflictlog.keys import canonical_key, parse_key
 from replicator.conflictlog.reader import Listing, parse_since, read_entries
 from replicator.conflictlog.recorder import BackgroundRecorder
+from replicator.conflictlog.restore import restore_entry
 from replicator.conflictlog.sqs import SqsConflictLog
 from replicator.decode import decode
 from replicator.demo.workload import demo_item
@@ -43,7 +45,7 @@ from replicator.exceptions import (
 from replicator.images import Image
 from replicator.items import AttributeValue, Item, describe_key, image_digest, item_to_wire
 from replicator.metrics import Metrics
-from replicator.rules import OrderedRule
+from replicator.rules import OrderedRule, rule_for
 from replicator.writers.destination import DestinationWriter, Outcome
 from tests.support.aws import client, create_table
 from tests.support.e2e import wait_until
@@ -1234,6 +1236,16 @@ def test_a_change_lost_again_after_its_destination_was_renamed_is_listed_once(
     assert [(e["id"], e["destination"]) for e in document["entries"]] == [(first.id, "disaster")]
     named = runner.invoke(cli, ["conflicts", "-c", str(config), "--destination", "disaster"])
     assert "1 lost conflicts, 0 restores" in named.stdout, named.output
+
+    # A restore made under the old name is shown under the new one too (it showed "dr").
+    restored = restore_entry(first, force=False, written=None, rule=rule_for(ConflictConfig(), "x"))
+    log.put(restored)
+    listing = runner.invoke(cli, ["conflicts", "-c", str(config), "--format", "json"])
+    assert listing.exit_code == 0, listing.output
+    shown = {e["id"]: e["destination"] for e in json.loads(listing.stdout)["entries"]}
+    assert shown == {first.id: "disaster", restored.id: "disaster"}
+    named = runner.invoke(cli, ["conflicts", "-c", str(config), "--destination", "disaster"])
+    assert "1 lost conflicts, 1 restores" in named.stdout, named.output
 
 
 def test_two_destinations_at_one_place_keep_their_entries_apart_by_name(tmp_path: Path) -> None:
