@@ -46,7 +46,7 @@ from enum import Enum
 from itertools import islice
 
 from replicator.items import KeyId
-from replicator.records import Change
+from replicator.records import Change, Held
 
 Supersedes = Callable[[Change, Change], bool]
 
@@ -144,9 +144,12 @@ class ChangeBuffer:
         # Per destination, the keys whose next write waits (:meth:`hold_key`), each with
         # the token that releases it.
         self._held_keys: dict[str, dict[KeyId, int]] = {d: {} for d in self.destinations}
-        # The same for holds that keep back only the key's next delete (``hold_key``
-        # with ``deletes_only``): its puts are taken as usual.
-        self._delete_holds: dict[str, dict[KeyId, int]] = {d: {} for d in self.destinations}
+        # The same for holds that keep back only the key's next deletes, or only its next
+        # puts (``hold_key`` with ``Held.DELETE`` or ``Held.PUT``): the others are taken
+        # as usual. Each with its token and which it holds.
+        self._op_holds: dict[str, dict[KeyId, tuple[int, Held]]] = {
+            d: {} for d in self.destinations
+        }
         self._key_holds = itertools.count()
         self.squashed = 0
 
@@ -261,6 +264,9 @@ class ChangeBuffer:
         # The keys are taken in one pass over ``ready``: looking for its first key once per
         # key would walk past every slot deleted from its front each time (quadratic).
         limit = max(limit, 0)
+        op_holds = self._op_holds[destination]
+        if op_holds:
+            return self._take_past_holds(destination, limit, op_holds)
         if len(ready) <= limit:
             keys = list(ready)
             ready.clear()
@@ -268,16 +274,41 @@ class ChangeBuffer:
             keys = list(islice(ready, limit))
             for key in keys:
                 del ready[key]
-        delete_holds = self._delete_holds[destination]
         for key in keys:
             queue = queued[key]
-            if delete_holds and key in delete_holds and queue[0].change.op_is_delete:
-                continue  # ready again once its hold ends (release_key)
             entry = queue.popleft()
             if not queue:
                 del queued[key]
             in_flight[key] = entry
             taken.append(entry)
+        return taken
+
+    def _take_past_holds(
+        self, destination: str, limit: int, op_holds: dict[KeyId, tuple[int, Held]]
+    ) -> list[Entry]:
+        """:meth:`take_ready` while some keys hold their next deletes or puts: a key whose
+        next change waits is passed by (ready again once its hold ends, release_key), and
+        the keys behind it are taken up to ``limit``."""
+        ready = self._ready[destination]
+        queued = self._queued[destination]
+        in_flight = self._in_flight[destination]
+        taken: list[Entry] = []
+        passed: list[KeyId] = []
+        for key in ready:
+            if len(taken) >= limit:
+                break
+            passed.append(key)
+            queue = queued[key]
+            held = op_holds.get(key)
+            if held is not None and held[1].waits_for(queue[0].change):
+                continue
+            entry = queue.popleft()
+            if not queue:
+                del queued[key]
+            in_flight[key] = entry
+            taken.append(entry)
+        for key in passed:
+            del ready[key]
         return taken
 
     def complete(self, destination: str, entry: Entry, *, failed: bool = False) -> None:
@@ -321,35 +352,39 @@ class ChangeBuffer:
             if key in queued and key not in held_keys:
                 ready[key] = None
 
-    def hold_key(self, destination: str, entry: Entry, *, deletes_only: bool = False) -> int | None:
-        """Keep ``entry``'s key from its next write to ``destination`` (``deletes_only``:
-        from its next delete; puts are taken meanwhile) until :meth:`release_key` with
-        the token returned: the write of ``entry`` there sent a request that may still
-        land, over that next write (``DestinationWriter.late_write_window_s``). Nothing
-        else waits: the write settles the record as usual (the checkpoint may pass it),
-        and the key counts as neither in flight nor outstanding; its queued changes do.
-        Call it before :meth:`complete`; None when ``entry`` is no longer owed
-        (abandoned: nothing held)."""
+    def hold_key(self, destination: str, entry: Entry, held: Held = Held.CHANGE) -> int | None:
+        """Keep ``entry``'s key from its next write to ``destination`` (``held``: from its
+        next change, or only its next delete, or only its next put; the others are taken
+        meanwhile) until :meth:`release_key` with the token returned: the write of
+        ``entry`` there sent a request that may still land, over that next write
+        (``DestinationWriter.late_write_window_s``). Nothing else waits: the write
+        settles the record as usual (the checkpoint may pass it), and the key counts as
+        neither in flight nor outstanding; its queued changes do. Call it before
+        :meth:`complete`; None when ``entry`` is no longer owed (abandoned: nothing held)."""
         if entry.forgotten:
             return None
         token = next(self._key_holds)
-        holds = self._delete_holds if deletes_only else self._held_keys
-        holds[destination][entry.change.key] = token
+        key = entry.change.key
+        if held is Held.CHANGE:
+            self._held_keys[destination][key] = token
+        else:
+            self._op_holds[destination][key] = (token, held)
         return token
 
     def release_key(self, destination: str, key: KeyId, token: int) -> bool:
         """End a :meth:`hold_key`; whether it was still held (not released since, nor
         abandoned)."""
-        for holds in (self._held_keys[destination], self._delete_holds[destination]):
-            if holds.get(key) == token:
-                del holds[key]
-                break
+        held_keys, op_holds = self._held_keys[destination], self._op_holds[destination]
+        if held_keys.get(key) == token:
+            del held_keys[key]
+        elif key in op_holds and op_holds[key][0] == token:
+            del op_holds[key]
         else:
             return False
         if (
             key in self._queued[destination]
             and key not in self._in_flight[destination]
-            and key not in self._held_keys[destination]
+            and key not in held_keys
         ):
             self._ready[destination][key] = None
         return True
@@ -359,18 +394,18 @@ class ChangeBuffer:
         released = []
         for destination in self.destinations:
             held_keys = self._held_keys[destination]
-            delete_holds = self._delete_holds[destination]
-            if not held_keys and not delete_holds:
+            op_holds = self._op_holds[destination]
+            if not held_keys and not op_holds:
                 continue
             released.append(destination)
             queued = self._queued[destination]
             in_flight = self._in_flight[destination]
             ready = self._ready[destination]
-            for key in (*held_keys, *delete_holds):
+            for key in (*held_keys, *op_holds):
                 if key in queued and key not in in_flight:
                     ready[key] = None
             held_keys.clear()
-            delete_holds.clear()
+            op_holds.clear()
         return released
 
     def hold(self, destination: str, entry: Entry) -> Slot | None:
@@ -404,7 +439,7 @@ class ChangeBuffer:
             self._ready[destination].clear()
             self._queued[destination].clear()
             self._held_keys[destination].clear()
-            self._delete_holds[destination].clear()
+            self._op_holds[destination].clear()
             for entry in self._in_flight[destination].values():
                 entry.superseded = True  # its completion must not settle a forgotten slot
                 entry.forgotten = True  # nor count as owed to the destination
@@ -498,7 +533,7 @@ class ChangeBuffer:
             self._open_slots == 0
             and not any(self._in_flight.values())
             and not any(self._held_keys.values())
-            and not any(self._delete_holds.values())
+            and not any(self._op_holds.values())
         )
 
     # -- internals ------------------------------------------------------------------------

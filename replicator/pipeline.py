@@ -10,8 +10,8 @@ conflict log has stored its entry, or given it up and counted it
 unrecorded and uncounted, while the destination's other writes go on. A write whose
 request may still land late (DestinationWriter.late_write_window_s) settles at once, and
 its key is held in the buffer (``hold_key``) until a timer ends the hold: no thread
-waits it out, and only that item's next change (after a conditional put: its next
-delete) waits.
+waits it out, and only that item's next change (after a conditional put, its next
+delete; after a conditional delete, its next put) waits.
 
 At most ``max_in_flight`` writes per destination are in flight, so a slow destination
 neither stalls the others nor grows without limit, and intake blocks (backpressure)
@@ -752,9 +752,7 @@ class ShardPipeline:
                 ):
                     # The write settles, but its request may still land until then: the
                     # item's next change waits (other keys do not).
-                    key_hold = self.buffer.hold_key(
-                        label, entry, deletes_only=result.hold_deletes_only
-                    )
+                    key_hold = self.buffer.hold_key(label, entry, result.held)
                 self.buffer.complete(label, entry, failed=result.failed)
                 self._settle_batches()
                 self._wake()

@@ -45,6 +45,19 @@ class Event(StrEnum):
         return "delete" if self is Event.REMOVE else "put"
 
 
+class Held(StrEnum):
+    """Which of an item's next changes waits for a request that may still land (the
+    write's ``hold_until``): any of them, or only its deletes, or only its puts."""
+
+    CHANGE = "change"  # a request without a condition lands over anything
+    DELETE = "delete"  # a conditional put lands on no item: after a delete
+    PUT = "put"  # a conditional delete removes an item created again below it
+
+    def waits_for(self, change: Change) -> bool:
+        """Whether ``change``, the item's next, must wait."""
+        return self is Held.CHANGE or (self is Held.DELETE) is change.op_is_delete
+
+
 class Change(msgspec.Struct, frozen=True, kw_only=True):
     """One change to one item, decoded from a stream record.
 

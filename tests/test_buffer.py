@@ -8,9 +8,9 @@ import pytest
 
 from replicator.buffer import ChangeBuffer, Entry, Squash, SquashOrder
 from replicator.decode import decode
-from replicator.records import Change
+from replicator.records import Change, Held
 from replicator.rules import IN_STREAM_ORDER, OrderedRule, OverwriteRule, squash_order
-from tests.support.records import daemon_record, kinesis_record, put, stream_record
+from tests.support.records import daemon_record, kinesis_record, put, remove, stream_record
 
 # Two DynamoDB numbers of 38 significant digits that differ only in the last one.
 BIG_1 = "1" + "0" * 36 + "1"
@@ -528,3 +528,50 @@ def test_a_hold_released_after_the_buffer_was_abandoned_changes_nothing() -> Non
     buffer.release(held)
     assert buffer.open_changes == 0 and buffer.idle
     assert buffer.hold("a", entry) is None  # settled there: nothing to hold
+
+
+def test_a_key_holding_its_next_delete_or_put_lets_the_other_kind_and_other_keys_through() -> None:
+    """After a put with no answer only the item's next delete waits, after a delete only
+    its next put; a key passed by does not take the place of a key behind it (a limit of
+    one still takes the next key), and the hold's release makes it ready again."""
+    buffer = ChangeBuffer(["d"], IN_STREAM_ORDER)
+    buffer.add(decode(put("a", 1, v="x")))
+    buffer.add(decode(put("b", 2, v="x")))
+    (first_a, first_b) = buffer.take_ready("d", 10)
+    token_a = buffer.hold_key("d", first_a, Held.DELETE)
+    token_b = buffer.hold_key("d", first_b, Held.PUT)
+    buffer.complete("d", first_a)
+    buffer.complete("d", first_b)
+    assert token_a is not None and token_b is not None
+    buffer.add(versioned("REMOVE", 3, 1))  # key "k": no hold
+    buffer.add(decode(remove("a", 4)))
+    buffer.add(decode(put("b", 5, v="y")))
+    buffer.add(decode(put("c", 6, v="y")))
+    (taken,) = buffer.take_ready("d", 1)
+    assert taken.change.sequence_number == "3"
+    assert [e.change.sequence_number for e in buffer.take_ready("d", 1)] == ["6"]
+    assert buffer.take_ready("d", 10) == []  # a's delete and b's put wait
+    assert not buffer.idle
+    assert buffer.release_key("d", first_a.change.key, token_a)
+    assert [e.change.sequence_number for e in buffer.take_ready("d", 10)] == ["4"]
+    assert buffer.release_key("d", first_b.change.key, token_b)
+    assert [e.change.sequence_number for e in buffer.take_ready("d", 10)] == ["5"]
+
+
+def test_a_delete_hold_lets_the_items_puts_through_and_keeps_its_delete_after_them() -> None:
+    buffer = ChangeBuffer(["d"], IN_STREAM_ORDER)
+    buffer.add(decode(put("a", 1, v="x")))
+    (first,) = buffer.take_ready("d", 10)
+    token = buffer.hold_key("d", first, Held.DELETE)
+    buffer.complete("d", first)
+    buffer.add(decode(put("a", 2, v="y")))
+    (second,) = buffer.take_ready("d", 10)
+    assert second.change.sequence_number == "2"
+    buffer.complete("d", second)
+    buffer.add(decode(remove("a", 3)))
+    assert buffer.take_ready("d", 10) == []
+    assert buffer.checkpointable() == "2"
+    assert buffer.release_keys() == ["d"]  # a stop
+    assert [e.change.sequence_number for e in buffer.take_ready("d", 10)] == ["3"]
+    assert token is not None
+    assert not buffer.release_key("d", first.change.key, token)  # released already

@@ -57,7 +57,7 @@ from replicator.items import (
     same_item,
 )
 from replicator.metrics import Metrics
-from replicator.records import Change
+from replicator.records import Change, Held
 from replicator.rules import ConflictRule, OrderedRule, Skip, Verdict, WriteRequest
 from replicator.rules.order import all_of, any_of, below
 from replicator.rules.requests import (
@@ -125,9 +125,10 @@ class WriteResult:
     # ``write(..., hold=False)``, whose caller keeps the key that long (the pipeline);
     # None: nothing to wait for. Not compared.
     hold_until: float | None = field(default=None, compare=False)
-    # Only the item's next delete waits for ``hold_until`` (a conditional put that may
-    # still land; see DestinationWriter._unanswered); its puts do not.
-    hold_deletes_only: bool = field(default=False, compare=False)
+    # Which of the item's next changes wait for ``hold_until``: all, or only its deletes
+    # (after a conditional put that may still land), or only its puts (after a
+    # conditional delete); see DestinationWriter._unanswered.
+    held: Held = field(default=Held.CHANGE, compare=False)
 
     @property
     def failed(self) -> bool:
@@ -245,6 +246,10 @@ class _Attempts:
     # new item is), so landing after the item's next change, a delete, it would bring
     # the item back for good.
     put_unanswered_at: float | None = None
+    # When the last conditional delete among them was sent: its condition (the item ranks
+    # at or below the delete's image) holds on an item created again since with a lower
+    # timestamp or version, which it would remove for good.
+    delete_unanswered_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,40 +370,50 @@ class DestinationWriter:
         )
         if state.tombstone is not None:
             result = replace(result, tombstone=state.tombstone)
-        sent_at, deletes_only = self._unanswered(state)
+        sent_at, held = self._unanswered(state)
         if sent_at is None:
             return result
-        until = self._late_write_hold(change, sent_at, deletes_only=deletes_only)
+        until = self._late_write_hold(change, sent_at, held)
         if until is None:
             return result
         if not hold:
-            return replace(result, hold_until=until, hold_deletes_only=deletes_only)
+            return replace(result, hold_until=until, held=held)
         # A caller that waits (the operator commands) waits out either kind: what it does
         # next (reading the source again for a delete since) must come after the landing.
         self._wait_for_hold(until)
         return result
 
-    def _unanswered(self, state: _Attempts) -> tuple[float | None, bool]:
+    def _unanswered(self, state: _Attempts) -> tuple[float | None, Held]:
         """When the last request of the write that may still land was sent (None: none
-        may), and whether only the item's next delete must wait for it.
+        may), and which of the item's next changes must wait for it.
 
         A request without a condition lands over anything. A conditional put fails its
         condition on a newer item, but not on no item: under an ordered rule it can land
         only over a delete, so only a delete waits, and the item's next puts flow (each
-        ranks above it). A custom rule's writes follow its resolver, which may turn any
-        change into a delete: its next change waits, whatever it is."""
-        unconditional, put = state.unconditional_unanswered_at, state.put_unanswered_at
-        if put is None:
-            return unconditional, False
-        if unconditional is not None or self.rule.reads_existing:
-            return max(put, unconditional or put), False
-        return put, True
+        ranks above it). A conditional delete removes what ranks at or below its image:
+        an item created again since with a lower timestamp or version (a writer's clock
+        behind) too, so the item's next put waits, and its deletes flow. A custom rule's
+        writes follow its resolver, which may turn any change into a put or a delete: its
+        next change waits, whatever it is."""
+        conditional = [
+            (at, held)
+            for at, held in (
+                (state.put_unanswered_at, Held.DELETE),
+                (state.delete_unanswered_at, Held.PUT),
+            )
+            if at is not None
+        ]
+        unconditional = state.unconditional_unanswered_at
+        if not conditional:
+            return unconditional, Held.CHANGE
+        latest = max(at for at, _ in conditional)
+        if unconditional is not None or len(conditional) > 1 or self.rule.reads_existing:
+            return max(latest, unconditional or latest), Held.CHANGE
+        return latest, conditional[0][1]
 
-    def _late_write_hold(
-        self, change: Change, sent_at: float, *, deletes_only: bool
-    ) -> float | None:
-        """Until when the item's next change (``deletes_only``: its next delete) must
-        wait (time.monotonic()), after a request for ``change`` sent at ``sent_at``, whose
+    def _late_write_hold(self, change: Change, sent_at: float, held: Held) -> float | None:
+        """Until when the item's next change (``held``: or only its next delete, or put)
+        must wait (time.monotonic()), after a request for ``change`` sent at ``sent_at``, whose
         answer never came: it can land until ``late_write_window_s`` after it was sent,
         and landing after the next change it would replace that change's image (or bring
         back the item that change deleted) for good. None when that time has passed, or a
@@ -410,9 +425,7 @@ class DestinationWriter:
             return None
         self.metrics.late_write_holds.labels(self.label).inc()
         log.warning(
-            "a write got no answer and may still land: the item's next "
-            + ("delete" if deletes_only else "change")
-            + " waits",
+            f"a write got no answer and may still land: the item's next {held.value} waits",
             destination=self.label,
             key=describe_key(change.keys),
             hold_s=round(left, 3),
@@ -694,6 +707,8 @@ class DestinationWriter:
                         state.unconditional_unanswered_at = sent_at
                     elif plan.op == "put":
                         state.put_unanswered_at = sent_at
+                    else:
+                        state.delete_unanswered_at = sent_at
                 if not isinstance(error, ClientError) or (
                     classify(error) is not ErrorKind.CONDITION_FAILED
                 ):

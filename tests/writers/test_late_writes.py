@@ -507,3 +507,45 @@ def test_an_operator_commands_ordered_put_without_an_answer_returns_after_the_wi
     assert writer.write(decode(put("a", 1, ts=100, v="x"))).outcome is Outcome.APPLIED
     assert time.monotonic() - started >= 1.5
     assert holds(metrics) == 1
+
+
+def late_landings(proxy: FaultProxy, operation: str) -> int:
+    counts = proxy.counts(operation)
+    return sum(count for outcome, count in counts.items() if outcome.startswith("late_landing"))
+
+
+@pytest.mark.parametrize("conflict", [LWW, VERSION], ids=["last_writer_wins", "version"])
+def test_an_ordered_delete_landing_late_does_not_remove_the_item_created_again_after_it(
+    proxy: FaultProxy,
+    moto_endpoint: str,
+    unique: Any,
+    tmp_path: Path,
+    metrics: Metrics,
+    conflict: dict[str, str],
+) -> None:
+    """The item is deleted at ts 5 and created again at ts 1 (a writer's clock behind):
+    the delete's first request is held 3 s against a 1 s read timeout, its retry applied.
+    Its condition (no item, or one ranking at or below its image) holds on the item
+    created again: sent before it lands, the put would be removed for good. The put
+    waits for the window (8 s), and the destination ends with the item."""
+    table = MotoTable(moto_endpoint, unique)
+    pipeline = loop_pipeline(proxy.url, table.name, tmp_path, metrics, conflict, read_timeout=1.0)
+    writer = pipeline.writers["dest"]
+    assert isinstance(writer, DestinationWriter)
+    writer.late_write_window_s = 8.0
+    try:
+        pipeline.submit(decode(put("a", 1, ts=5, v="first")))
+        pipeline.dispatch()
+        assert pipeline.flush(timeout=WAIT_S)
+        proxy.late_landing_once(3.0)
+        pipeline.submit(decode(remove("a", 2, ts=5, v="first")))
+        pipeline.dispatch()
+        wait_for(lambda: proxy.counts("DeleteItem")["upstream_200"] == 1)  # the retry
+        pipeline.submit(decode(put("a", 3, ts=1, v="again")))  # a later batch
+        pipeline.dispatch()
+        assert pipeline.flush(timeout=WAIT_S)
+        wait_for(lambda: late_landings(proxy, "DeleteItem") == 1)
+        assert table.value("a") == "again"
+        assert holds(metrics) == 1
+    finally:
+        pipeline.close()
