@@ -38,13 +38,14 @@ run warn about such a queue (:meth:`SqsConflictLog.redrive_warning`).
 from __future__ import annotations
 
 import base64
+import email.utils
 import gzip
 import json
 import threading
 import time
 import zlib
 from collections.abc import Generator, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
@@ -71,9 +72,11 @@ _READ_VISIBILITY_S = 120
 # or restore lets them go within seconds; a consumer of your own, after its visibility
 # timeout, 30 s by default), and how often it looks again meanwhile.
 HELD_WAIT_S = 35.0
-# How far after a reading's start (by the local clock) an entry's SentTimestamp may be
-# and still be waited for: SQS's clock may run a little behind the host's.
+# How far after a reading's start (by SQS's clock, whose answers' Date is in whole
+# seconds) an entry's SentTimestamp may be and still be waited for.
 _LATE_MARGIN_MS = 2_000
+# Receives in a row that bring only entries sent after the reading started, ending a pass.
+_LATE_ONLY_RECEIVES = 3
 _HELD_POLL_S = 0.5
 # SendMessageBatch's limits: messages in one request, and their bodies' total size.
 BATCH_MESSAGES = 10
@@ -260,14 +263,15 @@ class SqsConflictLog:
         self.held_elsewhere = 0
         seen: set[str] = set()
         deadline: float | None = None  # from the first pass that finds entries held
-        # Entries sent after this (by SQS's clock, give or take _LATE_MARGIN_MS) are not
-        # waited for: a job losing conflicts as it runs sends them faster than a pass
-        # could receive them all, which would never end. Those received are listed.
-        started_ms = int(time.time() * 1000) + _LATE_MARGIN_MS
+        # Entries sent after the reading's first receive (by SQS's clock: its answer's
+        # Date, as SentTimestamp is) are not waited for: a job losing conflicts as it
+        # runs sends them faster than a pass could receive them all, which would never
+        # end. Those received are listed.
+        started = _Start()
         while True:
             taken: dict[str, str] = {}  # this pass's messages: id -> receipt handle
             try:
-                held = yield from self._hold_all(taken, seen, selection, started_ms)
+                held = yield from self._hold_all(taken, seen, selection, started)
             finally:
                 self._release(list(taken.values()))
             if not held:
@@ -284,7 +288,7 @@ class SqsConflictLog:
                 return
 
     def _hold_all(
-        self, taken: dict[str, str], seen: set[str], selection: Selection, started_ms: int
+        self, taken: dict[str, str], seen: set[str], selection: Selection, started: _Start
     ) -> Generator[ConflictEntry, None, int]:
         """One pass: receive (and hold, in ``taken``) every message it can, yielding the
         matching entries of those not yet ``seen``; then how many messages of the queue
@@ -306,8 +310,8 @@ class SqsConflictLog:
         confirmed = False  # the last count found nothing unseen
         while True:
             received = False
-            for message in self._pass(taken, started_ms):
-                received = received or _sent_ms(message) <= started_ms
+            for message in self._pass(taken, started):
+                received = received or started.before(message)
                 if message["MessageId"] in seen:
                     continue
                 seen.add(message["MessageId"])
@@ -319,9 +323,13 @@ class SqsConflictLog:
                 return held
             confirmed = True
 
-    def _pass(self, taken: dict[str, str], started_ms: int) -> Iterator[ReceivedMessage]:
-        """Receive until a receive brings no message this pass has not received that was
-        sent before ``started_ms``; those sent later that it receives are yielded too."""
+    def _pass(self, taken: dict[str, str], started: _Start) -> Iterator[ReceivedMessage]:
+        """Receive until a receive brings no message this pass has not received, or
+        ``_LATE_ONLY_RECEIVES`` in a row bring only messages sent after the reading
+        started (``started``); those it receives are yielded too. A queue returns its
+        messages in no order: one receive of new entries alone does not show that none
+        sent before is left."""
+        late_only = 0
         while True:
             try:
                 response = self.client.receive_message(
@@ -333,12 +341,16 @@ class SqsConflictLog:
                 )
             except (ClientError, BotoCoreError) as error:
                 raise self._read_failure(error) from None
+            started.answered(response)
             messages = response.get("Messages", [])
             fresh = [m for m in messages if m["MessageId"] not in taken]
             # The newest handle: one received again (its timeout ran out) answers to it only.
             taken.update((m["MessageId"], m["ReceiptHandle"]) for m in messages)
             yield from fresh
-            if not any(_sent_ms(m) <= started_ms for m in fresh):
+            if not fresh:
+                return
+            late_only = 0 if any(started.before(m) for m in fresh) else late_only + 1
+            if late_only >= _LATE_ONLY_RECEIVES:
                 return
 
     def _unseen(self, taken: dict[str, str]) -> int:
@@ -400,10 +412,29 @@ class SqsConflictLog:
             )
 
 
-def _sent_ms(message: ReceivedMessage) -> int:
-    """When SQS took ``message`` (milliseconds since the epoch; 0 when not said, which
-    counts it as sent before any reading)."""
-    try:
-        return int(message.get("Attributes", {}).get("SentTimestamp", "0"))
-    except ValueError:
-        return 0
+class _Start:
+    """When a reading started, by SQS's clock (the ``Date`` of its first answer: the host's
+    may be seconds or minutes off SQS's, which stamps ``SentTimestamp``), with
+    ``_LATE_MARGIN_MS`` to spare; the host's clock only when the answer has no date."""
+
+    def __init__(self) -> None:
+        self.ms: int | None = None
+
+    def answered(self, response: Any) -> None:
+        if self.ms is not None:
+            return
+        date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        try:
+            at = email.utils.parsedate_to_datetime(date).timestamp() if date else time.time()
+        except (TypeError, ValueError):
+            at = time.time()
+        self.ms = int(at * 1000) + _LATE_MARGIN_MS
+
+    def before(self, message: ReceivedMessage) -> bool:
+        """Whether ``message`` was sent before the reading started (one that does not
+        say when is taken as sent before)."""
+        try:
+            sent = int(message.get("Attributes", {}).get("SentTimestamp", "0"))
+        except ValueError:
+            sent = 0
+        return self.ms is None or sent <= self.ms

@@ -326,3 +326,15 @@ def test_a_listing_ends_while_lost_conflicts_keep_arriving(
     document = json.loads(done.stdout)
     assert set(ids) <= set(conflict_ids(document))
     assert document["incomplete"] is None
+
+
+def test_a_listing_reads_the_whole_log_with_the_hosts_clock_a_minute_behind_sqss(
+    logged: tuple[SharedJob, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries sent after a reading started are not waited for, by SQS's clock (its
+    answers' Date), which stamps SentTimestamp: by the host's, a minute behind, every
+    entry would seem sent after the start, and the listing ended after two receives."""
+    job, ids = logged
+    real = sqs_log.time.time
+    monkeypatch.setattr(sqs_log.time, "time", lambda: real() - 60)
+    listed_whole(invoke(job, *LISTING), ids)
