@@ -816,7 +816,13 @@ class DestinationWriter:
         """Send ``state.restore`` (kept there until DynamoDB has answered it, so that a
         retried attempt sends it first)."""
         assert state.restore is not None
-        self._send_put_back(state.restore)
+        sent_at = time.monotonic()
+        try:
+            self._send_put_back(state.restore)
+        except Exception as error:
+            if may_have_landed(error):  # a put on the condition "no item": as a put's
+                state.put_unanswered_at = sent_at
+            raise
         state.restore = None
 
     def _condition_failed(

@@ -18,7 +18,7 @@ from replicator.decode import decode
 from replicator.exceptions import WriteCancelled
 from replicator.items import Item, ItemView
 from replicator.metrics import Metrics
-from replicator.records import Change
+from replicator.records import Change, Held
 from replicator.rules import OrderedRule, Verdict, WriteRequest
 from replicator.rules.requests import MAX_EXPRESSION, MAX_OPERATORS, operator_count
 from replicator.tombstones.model import tombstone_of
@@ -306,3 +306,55 @@ def test_a_put_back_is_retried_after_a_cancellation_for_a_bounded_time(
     seen = _put_back_cancelled(dest, throttled=10**9)
     assert seen["puts"] > 4  # retried after the cancellation, then abandoned
     assert seen["held"] == seen["image"]
+
+
+class PutBackAnswered500:
+    """The destination's client, carrying out the put-back (the third put) and answering
+    it 500, as a request whose answer is lost: it may land again later."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.puts = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def put_item(self, **kwargs: Any) -> Any:
+        self.puts += 1
+        answer = self._client.put_item(**kwargs)
+        if self.puts == 3:
+            raise ClientError(
+                {
+                    "Error": {"Code": "InternalServerError", "Message": "x"},
+                    "ResponseMetadata": {"HTTPStatusCode": 500},
+                },
+                "PutItem",
+            )
+        return answer
+
+
+def test_a_put_back_without_an_answer_holds_the_items_next_delete(dest: Destination) -> None:
+    """A put-back writes on the condition that there is no item (or the one it
+    replaced): carried out late, after the item's next delete, it would bring the item
+    back, as a put with no answer would. Its write holds the item's next delete."""
+    rule = RacingRule()
+    lowest, low = sorted(
+        (wide(WIDE, a5=f"v{number}") for number in range(40)),
+        key=lambda attributes: rule.rank(image_of("a", attributes)),
+    )[:2]
+    dest.seed("a", **lowest)
+    image = image_of("a", low)
+    left_out = _same_ts_in_an_attribute_left_out
+    later = left_out(lowest, above(rule, image, lambda v: image_of("a", left_out(lowest, v))))
+    rule.races.append(lambda: dest.seed("a", **later))
+    writer = writer_with(dest, rule)
+    writer.late_write_window_s = 600.0
+    client = PutBackAnswered500(dest.ddb)
+    writer.client = client
+
+    result = writer.write(decode(put("a", 2, **low)), hold=False)
+
+    assert client.puts >= 3
+    assert dest.get("a") == image_of("a", later)
+    assert result.hold_until is not None
+    assert result.held is Held.DELETE
