@@ -264,9 +264,12 @@ class CancelledDuringPutBack:
         return self._client.put_item(**kwargs)
 
 
-def _put_back_cancelled(dest: Destination, throttled: int) -> dict[str, Any]:
-    """A wide write that lands over a change made in attributes its condition leaves out,
-    cancelled while its put-back is throttled; what the destination holds after."""
+def _racing_in_attributes_left_out(
+    dest: Destination,
+) -> tuple[DestinationWriter, dict[str, Any], dict[str, Any]]:
+    """A writer whose wide write (of the attributes returned second) lands over a change
+    made meanwhile in attributes its condition leaves out (returned third): it puts
+    that change back."""
     rule = RacingRule()
     lowest, low = sorted(
         (wide(WIDE, a5=f"v{number}") for number in range(40)),
@@ -277,7 +280,14 @@ def _put_back_cancelled(dest: Destination, throttled: int) -> dict[str, Any]:
     left_out = _same_ts_in_an_attribute_left_out
     later = left_out(lowest, above(rule, image, lambda v: image_of("a", left_out(lowest, v))))
     rule.races.append(lambda: dest.seed("a", **later))
-    writer = writer_with(dest, rule)
+    return writer_with(dest, rule), low, later
+
+
+def _put_back_cancelled(dest: Destination, throttled: int) -> dict[str, Any]:
+    """A wide write that lands over a change made in attributes its condition leaves out,
+    cancelled while its put-back is throttled; what the destination holds after."""
+    writer, low, later = _racing_in_attributes_left_out(dest)
+    image = image_of("a", low)
     writer.put_back_after_cancel_s = 0.2
     client = CancelledDuringPutBack(dest.ddb, writer.cancelled, throttled)
     writer.client = client
@@ -337,17 +347,7 @@ def test_a_put_back_without_an_answer_holds_the_items_next_delete(dest: Destinat
     """A put-back writes on the condition that there is no item (or the one it
     replaced): carried out late, after the item's next delete, it would bring the item
     back, as a put with no answer would. Its write holds the item's next delete."""
-    rule = RacingRule()
-    lowest, low = sorted(
-        (wide(WIDE, a5=f"v{number}") for number in range(40)),
-        key=lambda attributes: rule.rank(image_of("a", attributes)),
-    )[:2]
-    dest.seed("a", **lowest)
-    image = image_of("a", low)
-    left_out = _same_ts_in_an_attribute_left_out
-    later = left_out(lowest, above(rule, image, lambda v: image_of("a", left_out(lowest, v))))
-    rule.races.append(lambda: dest.seed("a", **later))
-    writer = writer_with(dest, rule)
+    writer, low, later = _racing_in_attributes_left_out(dest)
     writer.late_write_window_s = 600.0
     client = PutBackAnswered500(dest.ddb)
     writer.client = client
