@@ -389,6 +389,11 @@ class ChangeBuffer:
             self._ready[destination][key] = None
         return True
 
+    def held_keys(self) -> dict[str, int]:
+        """How many keys hold their next change (or delete, or put), by destination."""
+        counts = {d: len(self._held_keys[d]) + len(self._op_holds[d]) for d in self.destinations}
+        return {d: count for d, count in counts.items() if count}
+
     def release_keys(self) -> list[str]:
         """End every :meth:`hold_key` (a stop); the destinations that had held keys."""
         released = []

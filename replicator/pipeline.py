@@ -425,8 +425,18 @@ class ShardPipeline:
                 writer.holds_released.set()  # before the lock: _write looks under it
         self._holds.clear()
         with self._cond:
+            held = self.buffer.held_keys()
             released = self.buffer.release_keys()
             self._wake()
+        if held:
+            # Their next changes go out now: a request still on its way may land after
+            # them (docs/reliability.md), and only a comparison can tell.
+            log.warning(
+                "stopping with items whose next change waited for a write that may still "
+                "land: it is sent now; run `replicator verify` once the job is back",
+                shard=self.shard_id,
+                held_keys=held,
+            )
         for label in released:
             self._dispatch(label)
 

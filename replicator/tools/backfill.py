@@ -514,10 +514,14 @@ class _SegmentCopy:
         tally = Tally(scanned=len(items))
         applied: dict[int, tuple[Change, list[str]]] = {}
         for change, label, future in futures:
-            outcome = future.result().outcome
+            result = future.result()
+            outcome = result.outcome
+            if outcome is Outcome.APPLIED or (result.unanswered and not result.failed):
+                # A copy whose request got no answer may have landed whatever its retry
+                # found (kept, unchanged): checked against the source all the same.
+                applied.setdefault(id(change), (change, []))[1].append(label)
             if outcome is Outcome.APPLIED:
                 tally.applied += 1
-                applied.setdefault(id(change), (change, []))[1].append(label)
             elif outcome is Outcome.UNCHANGED:
                 tally.equal += 1  # this very image is there already
             elif outcome is Outcome.CONFLICT_LOST:

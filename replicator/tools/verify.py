@@ -787,7 +787,10 @@ class Verify:
         self._judge(jobs, results, dead_letters)
         applied_puts: dict[int, tuple[Change, list[str]]] = {}
         for (finding, _, change, _), result in zip(jobs, results, strict=True):
-            if result.outcome is Outcome.APPLIED and change.new_image is not None:
+            landed = result.outcome is Outcome.APPLIED or (
+                result.unanswered and not result.failed  # may have, whatever it found
+            )
+            if landed and change.new_image is not None:
                 applied_puts.setdefault(id(change), (change, []))[1].append(finding.destination)
         guard = ResurrectionGuard(
             self.source, key_names, writers, self._rate(self.source), letters, self._kept

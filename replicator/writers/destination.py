@@ -129,6 +129,11 @@ class WriteResult:
     # (after a conditional put that may still land), or only its puts (after a
     # conditional delete); see DestinationWriter._unanswered.
     held: Held = field(default=Held.CHANGE, compare=False)
+    # A request of the write got no answer (a read timeout, a dropped connection, a 5xx):
+    # it may have been carried out, or may be later, whatever the outcome says (kept by
+    # the policy after a retry, say). A tool that reads the source again after its
+    # writes (an item deleted meanwhile: ResurrectionGuard) checks such a write too.
+    unanswered: bool = field(default=False, compare=False)
 
     @property
     def failed(self) -> bool:
@@ -373,6 +378,7 @@ class DestinationWriter:
         sent_at, held = self._unanswered(state)
         if sent_at is None:
             return result
+        result = replace(result, unanswered=True)
         until = self._late_write_hold(change, sent_at, held)
         if until is None:
             return result

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 from botocore.exceptions import ClientError, ReadTimeoutError
 
 from replicator.aws.backoff import Backoff
@@ -179,7 +180,11 @@ def test_a_held_key_waits_while_other_keys_flow_and_a_stop_ends_the_hold(
         assert pipeline.outstanding() == {"dest": 1}
         assert pipeline.checkpointable() == held.sequence_number
         started = time.monotonic()
-        pipeline.release_holds()  # a stop: the held change settles at once
+        with structlog.testing.capture_logs() as logs:
+            pipeline.release_holds()  # a stop: the held change settles at once
+        (said,) = [line for line in logs if line["event"].startswith("stopping with items")]
+        assert said["held_keys"] == {"dest": 1}  # so that an operator knows to verify
+        assert "replicator verify" in said["event"]
         assert pipeline.flush(timeout=WAIT_S)
         assert time.monotonic() - started < WAIT_S
         assert table.value("a") == "new"
@@ -549,3 +554,48 @@ def test_an_ordered_delete_landing_late_does_not_remove_the_item_created_again_a
         assert holds(metrics) == 1
     finally:
         pipeline.close()
+
+
+class FirstPut500:
+    """A destination's client whose first PutItem is answered 500 without being carried
+    out (it could have been); the rest go to the table."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.failed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def put_item(self, **kwargs: Any) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise server_error("PutItem")
+        return self._client.put_item(**kwargs)
+
+
+def test_a_put_kept_by_the_policy_after_a_request_with_no_answer_says_it_may_have_landed(
+    moto_endpoint: str, unique: Any, metrics: Metrics
+) -> None:
+    """The retry finds a newer item (a lost conflict), yet the first request may still
+    land, after that item's delete: a backfill or repair reads the source again after
+    such a write too (``unanswered``), not only after one applied."""
+    table = MotoTable(moto_endpoint, unique)
+    newer = {"pk": {"S": "a"}, "ts": {"N": "200"}, "v": {"S": "newer"}}
+    table.ddb.put_item(TableName=table.name, Item=newer)
+    writer = DestinationWriter(
+        label="dest",
+        table=table.name,
+        region="eu-west-1",
+        client=FirstPut500(table.ddb),
+        rule=rule_for(ConflictConfig(**LWW), "origin"),
+        metrics=metrics,
+        backoff=Backoff(0.0001, 0.001),
+        late_write_window_s=0.5,
+    )
+    result = writer.write(decode(put("a", 1, ts=100, v="older")))
+    assert result.outcome is Outcome.CONFLICT_LOST
+    assert result.unanswered
+    assert table.value("a") == "newer"
+    plain = writer.write(decode(put("b", 2, ts=100, v="x")))
+    assert plain.outcome is Outcome.APPLIED and not plain.unanswered
