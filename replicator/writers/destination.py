@@ -379,7 +379,7 @@ class DestinationWriter:
         if sent_at is None:
             return result
         result = replace(result, unanswered=True)
-        until = self._late_write_hold(change, sent_at, held)
+        until = self._late_write_hold(change, sent_at, held, waits_here=hold)
         if until is None:
             return result
         if not hold:
@@ -417,7 +417,9 @@ class DestinationWriter:
             return max(latest, unconditional or latest), Held.CHANGE
         return latest, conditional[0][1]
 
-    def _late_write_hold(self, change: Change, sent_at: float, held: Held) -> float | None:
+    def _late_write_hold(
+        self, change: Change, sent_at: float, held: Held, *, waits_here: bool
+    ) -> float | None:
         """Until when the item's next change (``held``: or only its next delete, or put)
         must wait (time.monotonic()), after a request for ``change`` sent at ``sent_at``, whose
         answer never came: it can land until ``late_write_window_s`` after it was sent,
@@ -431,7 +433,14 @@ class DestinationWriter:
             return None
         self.metrics.late_write_holds.labels(self.label).inc()
         log.warning(
-            f"a write got no answer and may still land: the item's next {held.value} waits",
+            # ``waits_here``: the caller (an operator command) waits, before it reads the
+            # source again; else the item's next change waits in the shard's buffer.
+            "a write got no answer and may still land: "
+            + (
+                "waiting until it no longer can before going on"
+                if waits_here
+                else f"the item's next {held.value} waits"
+            ),
             destination=self.label,
             key=describe_key(change.keys),
             hold_s=round(left, 3),

@@ -509,9 +509,13 @@ def test_an_operator_commands_ordered_put_without_an_answer_returns_after_the_wi
     whose copy it then removes) comes after any landing."""
     writer = writer_for(FirstPutFails(), metrics, window_s=1.5, conflict=LWW)
     started = time.monotonic()
-    assert writer.write(decode(put("a", 1, ts=100, v="x"))).outcome is Outcome.APPLIED
+    with structlog.testing.capture_logs() as logs:
+        assert writer.write(decode(put("a", 1, ts=100, v="x"))).outcome is Outcome.APPLIED
     assert time.monotonic() - started >= 1.5
     assert holds(metrics) == 1
+    # The command waits, not the item's next delete, as a shard's hold would say.
+    (said,) = [line for line in logs if "may still land" in line["event"]]
+    assert said["event"].endswith("waiting until it no longer can before going on")
 
 
 def late_landings(proxy: FaultProxy, operation: str) -> int:
