@@ -365,6 +365,11 @@ class ChangeBuffer:
             return None
         token = next(self._key_holds)
         key = entry.change.key
+        prior = self._op_holds[destination].get(key)
+        if held is not Held.CHANGE and prior is not None and prior[1] is not held:
+            # A hold of the other kind still runs (a delete's, then a put-back's): both
+            # kinds wait now; the earlier hold ends with its own timer.
+            held = Held.CHANGE
         if held is Held.CHANGE:
             self._held_keys[destination][key] = token
         else:

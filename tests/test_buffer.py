@@ -575,3 +575,24 @@ def test_a_delete_hold_lets_the_items_puts_through_and_keeps_its_delete_after_th
     assert [e.change.sequence_number for e in buffer.take_ready("d", 10)] == ["3"]
     assert token is not None
     assert not buffer.release_key("d", first.change.key, token)  # released already
+
+
+def test_a_hold_of_the_other_kind_on_a_held_key_holds_both() -> None:
+    """A delete's hold (its next put waits) runs when a put-back of a later write holds
+    the item's next delete: both kinds wait then, the earlier hold is not lost."""
+    buffer = ChangeBuffer(["d"], IN_STREAM_ORDER)
+    buffer.add(decode(remove("a", 1)))
+    (delete,) = buffer.take_ready("d", 10)
+    first = buffer.hold_key("d", delete, Held.PUT)
+    buffer.complete("d", delete)
+    buffer.add(decode(remove("a", 2)))
+    (again,) = buffer.take_ready("d", 10)  # a delete: not held by the first
+    second = buffer.hold_key("d", again, Held.DELETE)
+    buffer.complete("d", again)
+    buffer.add(decode(put("a", 3, v="x")))
+    assert buffer.take_ready("d", 10) == []  # still held by the delete's hold
+    assert first is not None and second is not None
+    assert buffer.release_key("d", delete.change.key, first)
+    assert buffer.take_ready("d", 10) == []  # and by the second, now of both kinds
+    assert buffer.release_key("d", again.change.key, second)
+    assert [e.change.sequence_number for e in buffer.take_ready("d", 10)] == ["3"]

@@ -38,6 +38,7 @@ run warn about such a queue (:meth:`SqsConflictLog.redrive_warning`).
 from __future__ import annotations
 
 import base64
+import datetime
 import email.utils
 import gzip
 import json
@@ -425,9 +426,12 @@ class _Start:
             return
         date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
         try:
-            at = email.utils.parsedate_to_datetime(date).timestamp() if date else time.time()
+            when = email.utils.parsedate_to_datetime(date) if date else None
         except (TypeError, ValueError):
-            at = time.time()
+            when = None
+        if when is not None and when.tzinfo is None:  # "-0000": UTC, not the host's zone
+            when = when.replace(tzinfo=datetime.UTC)
+        at = when.timestamp() if when is not None else time.time()
         self.ms = int(at * 1000) + _LATE_MARGIN_MS
 
     def before(self, message: ReceivedMessage) -> bool:

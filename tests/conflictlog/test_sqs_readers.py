@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -338,3 +339,20 @@ def test_a_listing_reads_the_whole_log_with_the_hosts_clock_a_minute_behind_sqss
     real = sqs_log.time.time
     monkeypatch.setattr(sqs_log.time, "time", lambda: real() - 60)
     listed_whole(invoke(job, *LISTING), ids)
+
+
+@pytest.mark.parametrize("zone", ["GMT", "-0000", "+0000"])
+def test_a_readings_start_is_sqss_date_in_utc_whatever_the_hosts_zone(
+    zone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        start = sqs_log._Start()
+        start.answered(
+            {"ResponseMetadata": {"HTTPHeaders": {"date": f"Wed, 21 Oct 2015 07:28:00 {zone}"}}}
+        )
+        assert start.ms == 1_445_412_480_000 + sqs_log._LATE_MARGIN_MS
+    finally:
+        monkeypatch.undo()  # the host's zone back, for the tests after this one
+        time.tzset()
