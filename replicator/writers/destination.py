@@ -401,21 +401,14 @@ class DestinationWriter:
         behind) too, so the item's next put waits, and its deletes flow. A custom rule's
         writes follow its resolver, which may turn any change into a put or a delete: its
         next change waits, whatever it is."""
-        conditional = [
-            (at, held)
-            for at, held in (
-                (state.put_unanswered_at, Held.DELETE),
-                (state.delete_unanswered_at, Held.PUT),
-            )
-            if at is not None
-        ]
+        put, delete = state.put_unanswered_at, state.delete_unanswered_at
         unconditional = state.unconditional_unanswered_at
-        if not conditional:
-            return unconditional, Held.CHANGE
-        latest = max(at for at, _ in conditional)
-        if unconditional is not None or len(conditional) > 1 or self.rule.reads_existing:
-            return max(latest, unconditional or latest), Held.CHANGE
-        return latest, conditional[0][1]
+        sent = [at for at in (put, delete, unconditional) if at is not None]
+        if not sent:
+            return None, Held.CHANGE
+        if len(sent) > 1 or unconditional is not None or self.rule.reads_existing:
+            return max(sent), Held.CHANGE
+        return (put, Held.DELETE) if put is not None else (delete, Held.PUT)
 
     def _late_write_hold(
         self, change: Change, sent_at: float, held: Held, *, waits_here: bool

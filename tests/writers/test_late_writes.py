@@ -22,6 +22,7 @@ from replicator.buffer import ChangeBuffer
 from replicator.config.model import ConflictConfig
 from replicator.decode import decode
 from replicator.metrics import Metrics
+from replicator.pipeline import ShardPipeline
 from replicator.rules import IN_STREAM_ORDER, rule_for
 from replicator.writers.destination import DestinationWriter, FirstAnswer, Outcome
 from replicator.writers.loopwire import Answered, EventLoopThread, LoopWire
@@ -128,6 +129,19 @@ def test_an_unanswered_write_landing_late_does_not_replace_the_next_change(
     assert holds(metrics) == 1
 
 
+def late_landing_pipeline(
+    proxy: FaultProxy, table: str, tmp_path: Path, metrics: Metrics, conflict: dict[str, str]
+) -> ShardPipeline:
+    """A pipeline writing to ``table`` through ``proxy`` with a 1 s read timeout and an
+    8 s late-write window: a request the proxy holds 3 s gets no answer, is retried, and
+    lands well within the window."""
+    pipeline = loop_pipeline(proxy.url, table, tmp_path, metrics, conflict, read_timeout=1.0)
+    writer = pipeline.writers["dest"]
+    assert isinstance(writer, DestinationWriter)
+    writer.late_write_window_s = 8.0
+    return pipeline
+
+
 def test_an_unanswered_first_request_on_the_event_loop_holds_the_key(
     proxy: FaultProxy, moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
 ) -> None:
@@ -137,10 +151,7 @@ def test_an_unanswered_first_request_on_the_event_loop_holds_the_key(
     ddb = client("dynamodb", "eu-west-1", moto_endpoint)
     name = unique("late")
     create_table(ddb, name, stream=None)
-    pipeline = loop_pipeline(proxy.url, name, tmp_path, metrics, OVERWRITE, read_timeout=1.0)
-    writer = pipeline.writers["dest"]
-    assert isinstance(writer, DestinationWriter)
-    writer.late_write_window_s = 8.0
+    pipeline = late_landing_pipeline(proxy, name, tmp_path, metrics, OVERWRITE)
     try:
         proxy.late_landing_once(3.0)
         pipeline.submit(decode(put("a", 1, v="SLOWME-old")))
@@ -481,10 +492,7 @@ def test_an_ordered_put_landing_late_does_not_bring_back_the_item_deleted_after_
     before it lands, the delete would leave the item back for good. It waits for the
     window (8 s), and the destination ends without the item."""
     table = MotoTable(moto_endpoint, unique)
-    pipeline = loop_pipeline(proxy.url, table.name, tmp_path, metrics, conflict, read_timeout=1.0)
-    writer = pipeline.writers["dest"]
-    assert isinstance(writer, DestinationWriter)
-    writer.late_write_window_s = 8.0
+    pipeline = late_landing_pipeline(proxy, table.name, tmp_path, metrics, conflict)
     try:
         proxy.late_landing_once(3.0)
         pipeline.submit(decode(put("a", 1, ts=100, v="old")))
@@ -538,10 +546,7 @@ def test_an_ordered_delete_landing_late_does_not_remove_the_item_created_again_a
     created again: sent before it lands, the put would be removed for good. The put
     waits for the window (8 s), and the destination ends with the item."""
     table = MotoTable(moto_endpoint, unique)
-    pipeline = loop_pipeline(proxy.url, table.name, tmp_path, metrics, conflict, read_timeout=1.0)
-    writer = pipeline.writers["dest"]
-    assert isinstance(writer, DestinationWriter)
-    writer.late_write_window_s = 8.0
+    pipeline = late_landing_pipeline(proxy, table.name, tmp_path, metrics, conflict)
     try:
         pipeline.submit(decode(put("a", 1, ts=5, v="first")))
         pipeline.dispatch()
