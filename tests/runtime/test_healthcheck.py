@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -16,14 +17,35 @@ from replicator.runtime.healthcheck import url_of
 from tests.support.healthcheck import healthcheck
 
 
-@pytest.fixture
-def ipv6_server() -> Iterator[MetricsServer]:
+def _serving(host: str) -> Iterator[MetricsServer]:
     directory = multiprocess.prepare()
-    server = MetricsServer("::1", 0, directory.path, problems=list, stall_after_s=60)
+    server = MetricsServer(host, 0, directory.path, problems=list, stall_after_s=60)
     server.start()
     yield server
     server.stop()
     multiprocess.discard(directory)
+
+
+@pytest.fixture
+def ipv6_server() -> Iterator[MetricsServer]:
+    yield from _serving("::1")
+
+
+@pytest.fixture
+def ipv4_server() -> Iterator[MetricsServer]:
+    yield from _serving("127.0.0.1")
+
+
+def _job_file(tmp_path: Path, metrics: str) -> str:
+    """A job file as mounted at /config/job.yaml, with ``metrics`` as its metrics section."""
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "runtime: local\n"
+        "source: {region: us-east-1, table: orders}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        f"metrics: {metrics}\n"
+    )
+    return str(path)
 
 
 @pytest.mark.parametrize("port", ["abc", "0", "70000"])
@@ -95,3 +117,61 @@ def test_wildcard_hosts_are_probed_on_loopback() -> None:
     assert url_of("::", 9400) == "http://[::1]:9400/healthz"
     assert url_of("[fd00::5]", 9400) == "http://[fd00::5]:9400/healthz"
     assert url_of("10.1.2.3", 9400) == "http://10.1.2.3:9400/healthz"
+
+
+def test_the_job_file_s_metrics_port_and_host_are_probed(
+    tmp_path: Path, ipv4_server: MetricsServer, ipv6_server: MetricsServer
+) -> None:
+    """The image sets REPLICATOR_CONFIG to the mounted job file: a job that moved its
+    metrics elsewhere is probed there, with no variable of its own (it was probed on 9400
+    and reported unhealthy while it replicated)."""
+    job = _job_file(tmp_path, f"{{port: {ipv4_server.port}}}")  # host: 0.0.0.0, the default
+    assert healthcheck(REPLICATOR_CONFIG=job).returncode == 0
+    job = _job_file(tmp_path, f"{{port: {ipv6_server.port}, host: '::1'}}")
+    assert healthcheck(REPLICATOR_CONFIG=job).returncode == 0
+    # The variables still decide over the file.
+    missed = healthcheck(REPLICATOR_CONFIG=job, REPLICATOR_METRICS_HOST="127.0.0.1")
+    assert missed.returncode == 1 and "unreachable" in missed.stderr
+    given = healthcheck(REPLICATOR_CONFIG=job, REPLICATOR_METRICS_PORT=str(ipv4_server.port))
+    assert given.returncode == 1, "the job's host ::1 with the variable's port"
+    assert f"[::1]:{ipv4_server.port}" in given.stderr
+
+
+@pytest.mark.parametrize(
+    ("metrics", "said"),
+    [
+        ("{enabled: false}", "metrics.enabled is false, so /healthz is not served"),
+        ("{port: 0}", "metrics.port is 0 (a port picked at start): give the job a fixed port"),
+    ],
+)
+def test_job_metrics_no_probe_can_reach_are_one_line_naming_the_file(
+    tmp_path: Path, metrics: str, said: str
+) -> None:
+    job = _job_file(tmp_path, metrics)
+    result = healthcheck(REPLICATOR_CONFIG=job)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(f"healthcheck: {job}: {said}"), result.stderr
+
+
+def test_a_port_0_job_is_probed_on_the_port_the_variable_gives(
+    tmp_path: Path, ipv4_server: MetricsServer
+) -> None:
+    job = _job_file(tmp_path, "{port: 0}")
+    result = healthcheck(REPLICATOR_CONFIG=job, REPLICATOR_METRICS_PORT=str(ipv4_server.port))
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_job_file_the_probe_cannot_read_leaves_the_defaults_and_says_why(
+    tmp_path: Path, ipv4_server: MetricsServer
+) -> None:
+    """``run --config other.yaml`` with nothing at REPLICATOR_CONFIG: the probe asks the
+    port the variable gives, else 9400, and a failure says the file was not read."""
+    missing = str(tmp_path / "absent.yaml")
+    given = healthcheck(REPLICATOR_CONFIG=missing, REPLICATOR_METRICS_PORT=str(ipv4_server.port))
+    assert given.returncode == 0, given.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("runtime: [\n")
+    failed = healthcheck(REPLICATOR_CONFIG=str(bad), REPLICATOR_METRICS_PORT="9")
+    assert failed.returncode == 1
+    assert "http://127.0.0.1:9/healthz" in failed.stderr
+    assert f"(the job file was not read: REPLICATOR_CONFIG: {bad}" in failed.stderr, failed.stderr
