@@ -35,6 +35,7 @@ no retry can fix records the error and wakes the processor, which ends the proce
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import Counter, deque
@@ -169,6 +170,11 @@ class ShardPipeline:
         self._progress_at: dict[str, float] = {}
         # Ends the holds of keys whose write sent a request that may still land late.
         self._holds = Timer(f"write-holds-{shard_id}")
+        # Active-active puts to check again once their late-write window has passed
+        # (WriteResult.recheck), by id: (destination, change, the record they keep open).
+        self._rechecks: dict[int, tuple[str, Change, Slot]] = {}
+        self._recheck_ids = itertools.count()
+        self._rechecks_open: Counter[str] = Counter()  # per destination, due or running
         self._loop: EventLoopThread | None = None
         self._wires: dict[str, RequestWire] = {}
         direct = {
@@ -427,7 +433,10 @@ class ShardPipeline:
         with self._cond:
             held = self.buffer.held_keys()
             released = self.buffer.release_keys()
+            rechecks = list(self._rechecks)
             self._wake()
+        for recheck in rechecks:  # their timers are gone: checked now, before the flush
+            self._recheck_due(recheck)
         if held:
             # Their next changes go out now: a request still on its way may land after
             # them (docs/reliability.md), and only a comparison can tell.
@@ -451,7 +460,14 @@ class ShardPipeline:
         which hold their records open too."""
         with self._cond:
             counts = {label: self.buffer.outstanding(label) for label in self.buffer.destinations}
-            counts[CONFLICT_LOG_WAIT] = counts.get(CONFLICT_LOG_WAIT, 0) + self.buffer.held_records
+            # A put checked again after its late-write window is its destination's.
+            rechecks = 0
+            for label, open_ in self._rechecks_open.items():
+                counts[label] = counts.get(label, 0) + open_
+                rechecks += open_
+            counts[CONFLICT_LOG_WAIT] = (
+                counts.get(CONFLICT_LOG_WAIT, 0) + self.buffer.held_records - rechecks
+            )
         return {label: count for label, count in counts.items() if count}
 
     def abandon(self) -> None:
@@ -469,6 +485,8 @@ class ShardPipeline:
                 self._loop.call(wire.drop_waiting)
         self._holds.clear()
         with self._cond:
+            self._rechecks.clear()
+            self._rechecks_open.clear()
             self.buffer.abandon()
             self._batches.clear()
             self._cond.notify_all()
@@ -763,6 +781,15 @@ class ShardPipeline:
                     # The write settles, but its request may still land until then: the
                     # item's next change waits (other keys do not).
                     key_hold = self.buffer.hold_key(label, entry, result.held)
+                recheck = None
+                if key_hold is not None and result.recheck:
+                    # Its record stays open (no checkpoint passes it) until the put is
+                    # checked again, once its request can no longer land.
+                    slot = self.buffer.hold(label, entry)
+                    if slot is not None:
+                        recheck = next(self._recheck_ids)
+                        self._rechecks[recheck] = (label, entry.change, slot)
+                        self._rechecks_open[label] += 1
                 self.buffer.complete(label, entry, failed=result.failed)
                 self._settle_batches()
                 self._wake()
@@ -771,6 +798,8 @@ class ShardPipeline:
             if hold_until is not None and key_hold is not None:
                 key = entry.change.key
                 self._holds.call_at(hold_until, partial(self._hold_ended, label, key, key_hold))
+            if hold_until is not None and recheck is not None:
+                self._holds.call_at(hold_until, partial(self._recheck_due, recheck))
             self._dispatch(label)
         except BaseException as error:  # noqa: BLE001  # raised here, it ends in the pool's future
             # Unseen there: the write would stay in flight for good, its item's later
@@ -787,6 +816,37 @@ class ShardPipeline:
                 self._wake()
             self._dispatch(label)
         except BaseException as error:  # noqa: BLE001  # else the key's changes wait for good
+            self._fail(error, label)
+
+    def _recheck_due(self, recheck: int) -> None:
+        """A put's late-write window has passed (on the timer's thread, or at a stop):
+        its check against the item's tombstone runs again on the destination's threads."""
+        with self._cond:
+            due = self._rechecks.pop(recheck, None)
+        if due is None:
+            return
+        label = due[0]
+        try:
+            self._executors[label].submit(self._recheck, *due)
+        except RuntimeError:  # the executor is shut down: the pipeline is closed
+            return
+
+    def _recheck(self, label: str, change: Change, slot: Slot) -> None:
+        """Check the put again (DestinationWriter.recheck_late_put), then let its record
+        be checkpointed. A failure stops the shard with the record still open."""
+        try:
+            writer = self._targets[label]
+            assert isinstance(writer, DestinationWriter)
+            writer.recheck_late_put(change)
+            with self._cond:
+                if self._rechecks_open[label] > 0:  # else abandoned since
+                    self._rechecks_open[label] -= 1
+                self.buffer.release(slot)
+                self._settle_batches()
+                self._wake()
+        except WriteCancelled:  # the lease is gone: another worker writes the change again
+            return
+        except BaseException as error:  # noqa: BLE001  # else the checkpoint stays behind it
             self._fail(error, label)
 
     def _recorded(self, label: str, held: Slot) -> None:

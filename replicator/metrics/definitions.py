@@ -90,6 +90,13 @@ class Metrics:
             ["destination"],
             registry=r,
         )
+        self.late_puts_removed = Counter(
+            "replicator_late_puts_removed",
+            "Active-active: items a put that got no answer created after its check against "
+            "a delete that outranks it, removed again once it could no longer land.",
+            ["destination"],
+            registry=r,
+        )
         self.dead_letters = Counter(
             "replicator_dead_letters",
             "Changes written to the dead-letter target, by reason.",

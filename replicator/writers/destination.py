@@ -134,6 +134,12 @@ class WriteResult:
     # the policy after a retry, say). A tool that reads the source again after its
     # writes (an item deleted meanwhile: ResurrectionGuard) checks such a write too.
     unanswered: bool = field(default=False, compare=False)
+    # Active-active: a put with such a request was checked against the item's tombstone
+    # before that request could no longer land, and landing after the check it would
+    # stay below a delete that outranks it. The caller that keeps ``hold_until`` calls
+    # :meth:`DestinationWriter.recheck_late_put` once it has passed, and the change's
+    # record stays open until then. Not compared.
+    recheck: bool = field(default=False, compare=False)
 
     @property
     def failed(self) -> bool:
@@ -382,12 +388,59 @@ class DestinationWriter:
         until = self._late_write_hold(change, sent_at, held, waits_here=hold)
         if until is None:
             return result
+        recheck = (
+            self.tombstones is not None
+            and state.put_unanswered_at is not None
+            and change.new_image is not None
+        )
         if not hold:
-            return replace(result, hold_until=until, held=held)
+            return replace(result, hold_until=until, held=held, recheck=recheck)
         # A caller that waits (the operator commands) waits out either kind: what it does
         # next (reading the source again for a delete since) must come after the landing.
         self._wait_for_hold(until)
+        if recheck:
+            self.recheck_late_put(change)
         return result
+
+    def recheck_late_put(self, change: Change) -> bool:
+        """After the late-write window of a put with a request that got no answer (see
+        :attr:`WriteResult.recheck`): remove the item while a live tombstone outranks the
+        put's image and the item ranks at or below it, as the put's own check did; whether
+        an item was removed (the request landed after that check). Retried as a write is;
+        DestinationUnavailable or a FAILED check raises: the change's record is still open,
+        and read again after a restart, its put is checked again."""
+        assert self.tombstones is not None and change.new_image is not None
+        image = change.new_image
+        removed: list[bool] = []
+
+        def check_once(_attempt: int) -> WriteResult:
+            assert self.tombstones is not None
+            tombstone = self.tombstones.get(change.keys)
+            rule = self.ordered_rule
+            if tombstone is None or not tombstone.blocks(rule.rank(image)):
+                return UNCHANGED
+            if tombstone.expired(self.tombstones.now()):
+                return UNCHANGED
+            if not self.remove_below(change.keys, tombstone, image):
+                return UNCHANGED
+            removed.append(True)
+            self.metrics.late_puts_removed.labels(self.label).inc()
+            log.warning(
+                "a put that got no answer landed after its check against a delete that "
+                "outranks it: the item is removed again",
+                destination=self.label,
+                key=describe_key(change.keys),
+                delete=tombstone.described(rule.attribute, rule.origin_attribute),
+            )
+            return APPLIED
+
+        result = self.retrying(change, check_once)
+        if result.failed:
+            raise DestinationRefused(
+                f"{self.label}: the tombstone check after a put with no answer failed: "
+                f"{result.error or result.reason}"
+            )
+        return bool(removed)
 
     def _unanswered(self, state: _Attempts) -> tuple[float | None, Held]:
         """When the last request of the write that may still land was sent (None: none

@@ -58,6 +58,7 @@ DOCUMENTED = {
     "replicator_writes_total": {"destination", "op", "outcome"},
     "replicator_retries_total": {"destination", "reason"},
     "replicator_late_write_holds_total": {"destination"},
+    "replicator_late_puts_removed_total": {"destination"},
     "replicator_dead_letters_total": {"destination", "reason"},
     "replicator_conflict_log_written_total": {"destination"},
     "replicator_conflict_log_dropped_total": {"destination", "reason"},

@@ -9,6 +9,7 @@ import queue
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,16 @@ import pytest
 import structlog.testing
 from botocore.exceptions import ClientError, ReadTimeoutError
 
+from replicator.aws import clients
 from replicator.aws.backoff import Backoff
+from replicator.aws.clients import Place
 from replicator.aws.errors import may_have_landed
 from replicator.buffer import ChangeBuffer
 from replicator.config.model import ConflictConfig
 from replicator.decode import decode
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
+from replicator.records import Change
 from replicator.rules import IN_STREAM_ORDER, rule_for
 from replicator.writers.destination import DestinationWriter, FirstAnswer, Outcome
 from replicator.writers.loopwire import Answered, EventLoopThread, LoopWire
@@ -34,6 +38,8 @@ from tests.support.records import put, remove
 from tests.test_pipeline import pipeline_of
 from tests.writers.test_loop_path import LWW, OVERWRITE, VERSION, loop_pipeline
 from tests.writers.test_wire import direct_client
+from tests.writers.test_write_back import Pair, image, tombstone
+from tests.writers.test_write_back import change as aa_change
 
 WAIT_S = 30.0  # the most any condition below is waited for (a loaded machine)
 
@@ -608,3 +614,81 @@ def test_a_put_kept_by_the_policy_after_a_request_with_no_answer_says_it_may_hav
     assert table.value("a") == "newer"
     plain = writer.write(decode(put("b", 2, ts=100, v="x")))
     assert plain.outcome is Outcome.APPLIED and not plain.unanswered
+
+
+# -- active-active: a put landing after its check against a delete's tombstone ------------
+
+
+def _active_active_through(proxy: FaultProxy, pair: Pair, window_s: float) -> DestinationWriter:
+    """``pair``'s writer to region B, its requests through ``proxy`` with a 1 s read
+    timeout: a request the proxy holds 3 s gets no answer, is retried, and lands later."""
+    slow = clients.dynamodb(
+        Place("eu-west-1", proxy.url), sdk_retries=False, read_timeout=1.0, connect_timeout=2.0
+    )
+    return replace(pair.writer, client=slow, late_write_window_s=window_s)
+
+
+def _below_a_recorded_delete(pair: Pair) -> Change:
+    """A put from region A ranked below a delete region B's tombstone table holds."""
+    deleted = image(20, "eu-west-1", "deleted")
+    assert pair.tombs_b.record(tombstone(deleted, "eu-west-1", 1, pair.tombs_b.expiry())) is None
+    stale = image(19, "us-east-1", "stale")
+    pair.a.put_item(TableName=pair.table, Item=stale)
+    return aa_change("MODIFY", stale)
+
+
+def removed_again(metrics: Metrics) -> float:
+    return sample(metrics, "replicator_late_puts_removed_total", destination="b")
+
+
+def test_an_active_active_put_landing_after_its_tombstone_check_is_removed_again(
+    proxy: FaultProxy, moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """The put's first request is held 3 s; its retry creates the item, finds the
+    tombstone above it and removes the item; then the first request lands, creating it
+    again below the delete (it stayed for good). An operator command's write waits out
+    the window (8 s) and checks again: the item goes."""
+    pair = Pair(moto_endpoint, unique("late-aa"), tmp_path, metrics)
+    writer = _active_active_through(proxy, pair, window_s=8.0)
+    stale = _below_a_recorded_delete(pair)
+    proxy.late_landing_once(3.0)
+    assert writer.write(stale).outcome is Outcome.CONFLICT_LOST
+    assert proxy.counts("PutItem")["late_landing_200"] == 1  # it landed, after the check
+    assert pair.get(pair.b) is None
+    assert removed_again(metrics) == 1
+
+
+@pytest.mark.parametrize("ended_by", ["window", "stop"])
+def test_a_replicated_put_is_checked_again_before_its_record_is_checkpointed(
+    proxy: FaultProxy,
+    moto_endpoint: str,
+    unique: Any,
+    tmp_path: Path,
+    metrics: Metrics,
+    ended_by: str,
+) -> None:
+    """In a shard the write settles at once (its key held), but its record stays open
+    until the put is checked again: at the end of the window (8 s), or at once when a
+    stop ends the holds. A restart before then reads the record again."""
+    pair = Pair(moto_endpoint, unique("late-aa"), tmp_path, metrics)
+    writer = _active_active_through(proxy, pair, window_s=8.0 if ended_by == "window" else 600.0)
+    pipeline = pipeline_of(
+        {"b": writer}, ChangeBuffer(["b"], IN_STREAM_ORDER), metrics, tmp_path, 100
+    )
+    try:
+        stale = _below_a_recorded_delete(pair)
+        proxy.late_landing_once(3.0)
+        pipeline.submit(stale)
+        pipeline.dispatch()
+        wait_for(lambda: proxy.counts("PutItem")["late_landing_200"] == 1)
+        if pair.get(pair.b) is not None:  # landed and not yet checked again
+            assert pipeline.checkpointable() is None
+            assert pipeline.outstanding() == {"b": 1}
+        if ended_by == "stop":
+            pipeline.release_holds()
+        assert pipeline.flush(timeout=WAIT_S)
+        assert pipeline.checkpointable() == stale.sequence_number
+        assert pair.get(pair.b) is None
+        assert removed_again(metrics) == 1
+    finally:
+        pipeline.close()
