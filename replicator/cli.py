@@ -488,7 +488,10 @@ def demo(
     settle_timeout: float,
     linger: float,
 ) -> None:
-    """Run the embedded demo: local endpoint, demo tables, live progress, convergence check."""
+    """Run the embedded demo: local endpoint, demo tables, live progress, convergence check.
+
+    The job runs on the local runtime, whatever its file's ``runtime`` says.
+    """
     from replicator.demo.run import STOP_SIGNALS, DemoOptions, run_demo
 
     options = DemoOptions(

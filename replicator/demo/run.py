@@ -10,6 +10,7 @@ destinations equal the source.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import sys
@@ -29,7 +30,7 @@ from rich.table import Table
 from replicator import logs
 from replicator.aws import clients
 from replicator.config.loader import load_job
-from replicator.config.model import ResolvedJob
+from replicator.config.model import ResolvedJob, RuntimeKind
 from replicator.demo import tables
 from replicator.demo.endpoint import EmbeddedEndpoint
 from replicator.demo.workload import Stamps, Workload
@@ -235,6 +236,21 @@ def off_endpoint(resolved: ResolvedJob, url: str) -> str | None:
     return None
 
 
+# ``port: ${NAME}`` or ``port: ${NAME:-9400}`` (block or flow style): the variable a job
+# file takes its metrics port from. ``port`` is the only key of that name a job has.
+_PORT_VARIABLE = re.compile(r"\bport\s*:\s*[\"']?\$\{([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _port_variable(text: str) -> str | None:
+    """The environment variable ``text`` (a job file) takes ``metrics.port`` from."""
+    found = _PORT_VARIABLE.search(text)
+    return None if found is None else found.group(1)
+
+
 def rate_line(changes: int, elapsed_s: float, asked: float) -> str:
     """The rate the workload reached beside the one asked: a loaded host writes slower."""
     # The workload writes its first change at once and never faster than asked: a count
@@ -299,6 +315,13 @@ class _Demo:
             + ", ".join(self.destinations)
             + f"; task {self.resolved.task_name}"
         )
+        if self.job.runtime is not RuntimeKind.LOCAL:
+            # Nothing else says so but a JSON log line: a KCL job seen converging here
+            # could be taken for one the KCL has run.
+            console.print(
+                f"runtime: local (the job file says {self.job.runtime.value}; the demo runs "
+                "every job on the local runtime, one process, no KCL)"
+            )
         runtime = LocalRuntime(self.resolved, shard_sync_interval_s=2.0)
         failure: list[BaseException] = []
 
@@ -347,14 +370,15 @@ class _Demo:
         return 0 if equal else 1
 
     def _advice(self, error: BaseException) -> str:
-        """The error, with the demo's own way to pick a metrics port where the job file
-        takes it from the demo's environment variable (not the job file's settings)."""
+        """The error, with the way to pick another metrics port where the job file takes
+        its port from an environment variable (``${METRICS_PORT:-9400}``, the demo's
+        own in config/demo.yaml): that variable, not the file, is what to change."""
         message = str(error)
-        text = self.resolved.path.read_text()
         busy = message.startswith("metrics: cannot listen on") and "metrics.port" in message
-        if busy and METRICS_PORT_ENV in text:
+        variable = _port_variable(self.resolved.path.read_text()) if busy else None
+        if variable is not None:
             cause = message.split("; ", maxsplit=1)[0]
-            return f"{cause}; set {METRICS_PORT_ENV} to another port (0 picks a free one)"
+            return f"{cause}; set {variable} to another port (0 picks a free one)"
         return message
 
     def _replicate(
@@ -509,8 +533,9 @@ class _Demo:
         source_items = tables.scan_all(self.source, self.job.source.table)
         stats = workload.stats
         self.console.print(
-            f"\n[bold]convergence check[/]: {len(source_items)} items in the source after "
-            f"{stats.puts} puts, {stats.updates} updates, {stats.deletes} deletes"
+            f"\n[bold]convergence check[/]: {_count(len(source_items), 'item')} in the source "
+            f"after {_count(stats.puts, 'put')}, {_count(stats.updates, 'update')}, "
+            f"{_count(stats.deletes, 'delete')}"
         )
         self.console.print(rate_line(stats.total, workload.elapsed_s, self.options.rate))
         all_equal = True
@@ -520,7 +545,7 @@ class _Demo:
                 self.console.print(f"  [green]{label}: equal[/] (every item compared)")
                 continue
             all_equal = False
-            self.console.print(f"  [red]{label}: {len(differences)} differences[/]")
+            self.console.print(f"  [red]{label}: {_count(len(differences), 'difference')}[/]")
             for difference in differences[:10]:
                 detail = f" ({', '.join(difference.attributes)})" if difference.attributes else ""
                 self.console.print(f"    {difference.kind} {describe(difference.key)}{detail}")

@@ -8,6 +8,7 @@ import io
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -190,17 +191,8 @@ def test_a_metrics_port_taken_after_the_check_ends_the_demo_with_exit_3(
         taken.listen()
         port = taken.getsockname()[1]
         monkeypatch.setenv(run.METRICS_PORT_ENV, str(port))
-        resolved = load_job(ROOT / "config" / "demo.yaml")
-        demo = run._Demo.__new__(run._Demo)
-        demo.resolved, demo.job, demo.url = resolved, resolved.job, "http://127.0.0.1:1"
-        demo.options = run.DemoOptions()
-        demo.console = Console(file=io.StringIO(), width=200, soft_wrap=True)
-        demo.source = None  # type: ignore[assignment]
-        demo.destinations = {}
         monkeypatch.setattr(run, "check_listen", lambda *_: None)  # free when checked
-        monkeypatch.setattr(run.tables, "create", lambda *_, **__: None)
-        monkeypatch.setattr(run, "LocalRuntime", lambda *_, **__: Unstarted(port))
-        monkeypatch.setattr(run, "Workload", lambda *_, **__: Unwritten())
+        demo = unstarted_demo(monkeypatch, ROOT / "config" / "demo.yaml", port)
         assert demo.run() == 3
     said = [line for line in printed(demo) if "did not start" in line]
     assert said == [
@@ -208,6 +200,61 @@ def test_a_metrics_port_taken_after_the_check_ends_the_demo_with_exit_3(
         f"(Address already in use); set {run.METRICS_PORT_ENV} to another port "
         "(0 picks a free one)"
     ], printed(demo)
+
+
+def unstarted_demo(monkeypatch: pytest.MonkeyPatch, job_file: Path, port: int) -> run._Demo:
+    """A demo of ``job_file`` whose tables are never created and whose runtime finds
+    ``port`` taken (:class:`Unstarted`), printing to a string."""
+    resolved = load_job(job_file)
+    demo = run._Demo.__new__(run._Demo)
+    demo.resolved, demo.job, demo.url = resolved, resolved.job, "http://127.0.0.1:1"
+    demo.options = run.DemoOptions()
+    demo.console = Console(file=io.StringIO(), width=200, soft_wrap=True)
+    demo.source = None  # type: ignore[assignment]
+    demo.destinations = {}
+    monkeypatch.setattr(run.tables, "create", lambda *_, **__: None)
+    monkeypatch.setattr(run, "LocalRuntime", lambda *_, **__: Unstarted(port))
+    monkeypatch.setattr(run, "Workload", lambda *_, **__: Unwritten())
+    return demo
+
+
+def test_a_taken_port_of_another_job_file_names_the_variable_the_file_takes_it_from(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """config/one-way.yaml takes its port from $METRICS_PORT: the refusal said "choose
+    another metrics.port", a file the user had not written, instead of the variable."""
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))  # the file's metrics.host
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("METRICS_PORT", str(port))
+        demo = unstarted_demo(monkeypatch, ROOT / "config" / "one-way.yaml", port)
+        assert demo.run() == 3
+    (said,) = [line for line in printed(demo) if "did not start" in line]
+    assert said.endswith("; set METRICS_PORT to another port (0 picks a free one)"), said
+
+
+def test_a_kcl_job_is_said_to_run_on_the_local_runtime(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A `runtime: kcl` job converged in the demo with nothing but a JSON log line saying
+    the local runtime ran it: it could be taken for a run of the KCL."""
+    job = tmp_path / "kcl.yaml"
+    job.write_text(
+        "runtime: kcl\n"
+        "source: {region: us-east-1, table: orders}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        "metrics: {port: 0}\n"
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        demo = unstarted_demo(monkeypatch, job, taken.getsockname()[1])
+        demo.run()
+    assert (
+        "runtime: local (the job file says kcl; the demo runs every job on the local runtime, "
+        "one process, no KCL)"
+    ) in printed(demo)
 
 
 @pytest.mark.parametrize("value", ["abc", "70000", "-1"])
