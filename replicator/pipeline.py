@@ -41,6 +41,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
@@ -97,6 +98,17 @@ class Destination(ChangeWriter, Protocol):
     label: str
     table: str
     region: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Recheck:
+    """An active-active put to check again once its late-write window has passed: its
+    destination, the change, the record it keeps open and the hold on its key."""
+
+    label: str
+    change: Change
+    slot: Slot
+    key_hold: int | None
 
 
 class ShardPipeline:
@@ -171,10 +183,13 @@ class ShardPipeline:
         # Ends the holds of keys whose write sent a request that may still land late.
         self._holds = Timer(f"write-holds-{shard_id}")
         # Active-active puts to check again once their late-write window has passed
-        # (WriteResult.recheck), by id: (destination, change, the record they keep open).
-        self._rechecks: dict[int, tuple[str, Change, Slot]] = {}
+        # (WriteResult.recheck), by id: (destination, change, the record they keep open,
+        # the item's key and its hold, ended after the check). On a timer of their own:
+        # a stop ends the holds, not these checks, which its flush waits for.
+        self._rechecks: dict[int, _Recheck] = {}
         self._recheck_ids = itertools.count()
         self._rechecks_open: Counter[str] = Counter()  # per destination, due or running
+        self._recheck_timer = Timer(f"write-rechecks-{shard_id}")
         self._loop: EventLoopThread | None = None
         self._wires: dict[str, RequestWire] = {}
         direct = {
@@ -433,10 +448,7 @@ class ShardPipeline:
         with self._cond:
             held = self.buffer.held_keys()
             released = self.buffer.release_keys()
-            rechecks = list(self._rechecks)
             self._wake()
-        for recheck in rechecks:  # their timers are gone: checked now, before the flush
-            self._recheck_due(recheck)
         if held:
             # Their next changes go out now: a request still on its way may land after
             # them (docs/reliability.md), and only a comparison can tell.
@@ -487,6 +499,7 @@ class ShardPipeline:
         with self._cond:
             self._rechecks.clear()
             self._rechecks_open.clear()
+            self._recheck_timer.clear()
             self.buffer.abandon()
             self._batches.clear()
             self._cond.notify_all()
@@ -509,6 +522,7 @@ class ShardPipeline:
         for writer in self._targets.values():
             writer.cancelled.set()
         self._holds.close()
+        self._recheck_timer.close()
         if self._loop is not None:
             for wire in self._wires.values():
                 self._loop.call(wire.close)
@@ -782,24 +796,34 @@ class ShardPipeline:
                     # item's next change waits (other keys do not).
                     key_hold = self.buffer.hold_key(label, entry, result.held)
                 recheck = None
-                if key_hold is not None and result.recheck:
+                if (
+                    result.recheck
+                    and hold_until is not None
+                    and destination is not None
+                    and not destination.cancelled.is_set()
+                ):
                     # Its record stays open (no checkpoint passes it) until the put is
-                    # checked again, once its request can no longer land.
+                    # checked again, once its request can no longer land; after a stop
+                    # too, which ends the key's hold but waits for the check in its flush
+                    # (and past the flush's time, checkpoints before the record).
                     slot = self.buffer.hold(label, entry)
                     if slot is not None:
                         recheck = next(self._recheck_ids)
-                        self._rechecks[recheck] = (label, entry.change, slot)
+                        self._rechecks[recheck] = _Recheck(label, entry.change, slot, key_hold)
                         self._rechecks_open[label] += 1
                 self.buffer.complete(label, entry, failed=result.failed)
                 self._settle_batches()
                 self._wake()
             if recorded is not None and held is not None:
                 recorded.add_done_callback(lambda _: self._recorded(label, held))
-            if hold_until is not None and key_hold is not None:
+            if hold_until is not None and recheck is not None:
+                # The key's hold ends after the check: the item's next delete, recording
+                # its tombstone first, would be taken by the check for one that outranks
+                # the put, and the put's image removed as a late landing.
+                self._recheck_timer.call_at(hold_until, partial(self._recheck_due, recheck))
+            elif hold_until is not None and key_hold is not None:
                 key = entry.change.key
                 self._holds.call_at(hold_until, partial(self._hold_ended, label, key, key_hold))
-            if hold_until is not None and recheck is not None:
-                self._holds.call_at(hold_until, partial(self._recheck_due, recheck))
             self._dispatch(label)
         except BaseException as error:  # noqa: BLE001  # raised here, it ends in the pool's future
             # Unseen there: the write would stay in flight for good, its item's later
@@ -819,31 +843,37 @@ class ShardPipeline:
             self._fail(error, label)
 
     def _recheck_due(self, recheck: int) -> None:
-        """A put's late-write window has passed (on the timer's thread, or at a stop):
-        its check against the item's tombstone runs again on the destination's threads."""
+        """A put's late-write window has passed (on the recheck timer's thread): its
+        check against the item's tombstone runs again on the destination's threads."""
         with self._cond:
             due = self._rechecks.pop(recheck, None)
         if due is None:
             return
-        label = due[0]
         try:
-            self._executors[label].submit(self._recheck, *due)
+            self._executors[due.label].submit(self._recheck, due)
         except RuntimeError:  # the executor is shut down: the pipeline is closed
             return
 
-    def _recheck(self, label: str, change: Change, slot: Slot) -> None:
-        """Check the put again (DestinationWriter.recheck_late_put), then let its record
-        be checkpointed. A failure stops the shard with the record still open."""
+    def _recheck(self, due: _Recheck) -> None:
+        """Check the put again (DestinationWriter.recheck_late_put), dead-letter it if the
+        check cannot be made, then let its record be checkpointed and the item's next
+        change be written."""
+        label = due.label
         try:
             writer = self._targets[label]
             assert isinstance(writer, DestinationWriter)
-            writer.recheck_late_put(change)
+            result = writer.recheck_late_put(due.change)
+            if result.failed:
+                self.dead_letters.store(writer, due.change, result)
             with self._cond:
                 if self._rechecks_open[label] > 0:  # else abandoned since
                     self._rechecks_open[label] -= 1
-                self.buffer.release(slot)
+                self.buffer.release(due.slot)
+                if due.key_hold is not None:  # else a stop had ended the holds
+                    self.buffer.release_key(label, due.change.key, due.key_hold)
                 self._settle_batches()
                 self._wake()
+            self._dispatch(label)
         except WriteCancelled:  # the lease is gone: another worker writes the change again
             return
         except BaseException as error:  # noqa: BLE001  # else the checkpoint stays behind it

@@ -236,9 +236,12 @@ def off_endpoint(resolved: ResolvedJob, url: str) -> str | None:
     return None
 
 
-# ``port: ${NAME}`` or ``port: ${NAME:-9400}`` (block or flow style): the variable a job
-# file takes its metrics port from. ``port`` is the only key of that name a job has.
-_PORT_VARIABLE = re.compile(r"\bport\s*:\s*[\"']?\$\{([A-Za-z_][A-Za-z0-9_]*)")
+# ``port: ${NAME}`` or ``port: ${NAME:-9400}`` (block or flow style, the key quoted or
+# not), not in a comment: the variable a job file takes its metrics port from. ``port``
+# is the only key of that name a job has.
+_PORT_VARIABLE = re.compile(
+    r"^[^#\n]*?\bport[\"']?\s*:\s*[\"']?\$\{([A-Za-z_][A-Za-z0-9_]*)", re.MULTILINE
+)
 
 
 def _count(number: int, noun: str) -> str:

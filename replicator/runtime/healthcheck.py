@@ -114,8 +114,11 @@ def _host(job_host: str | None = None) -> str:
 def main(argv: list[str]) -> int:
     unread = None
     try:
+        port_given = bool(argv) or bool(os.environ.get(PORT_ENV))
         job_port, job_host, unread = (
-            (None, None, None) if argv else _job_metrics(bool(os.environ.get(PORT_ENV)))
+            (None, None, None)
+            if port_given and os.environ.get(HOST_ENV)  # nothing left to read in the file
+            else _job_metrics(port_given)
         )
         port = _port(argv, job_port)
         host = _host(job_host)

@@ -137,8 +137,8 @@ class WriteResult:
     # Active-active: a put with such a request was checked against the item's tombstone
     # before that request could no longer land, and landing after the check it would
     # stay below a delete that outranks it. The caller that keeps ``hold_until`` calls
-    # :meth:`DestinationWriter.recheck_late_put` once it has passed, and the change's
-    # record stays open until then. Not compared.
+    # :meth:`DestinationWriter.recheck_late_put` once it has passed (then only lets the
+    # item's next change go), and keeps the change's record open until then. Not compared.
     recheck: bool = field(default=False, compare=False)
 
     @property
@@ -399,31 +399,32 @@ class DestinationWriter:
         # next (reading the source again for a delete since) must come after the landing.
         self._wait_for_hold(until)
         if recheck:
-            self.recheck_late_put(change)
+            checked = self.recheck_late_put(change)
+            if checked.failed:
+                return checked
         return result
 
-    def recheck_late_put(self, change: Change) -> bool:
+    def recheck_late_put(self, change: Change) -> WriteResult:
         """After the late-write window of a put with a request that got no answer (see
-        :attr:`WriteResult.recheck`): remove the item while a live tombstone outranks the
-        put's image and the item ranks at or below it, as the put's own check did; whether
-        an item was removed (the request landed after that check). Retried as a write is;
-        DestinationUnavailable or a FAILED check raises: the change's record is still open,
-        and read again after a restart, its put is checked again."""
+        :attr:`WriteResult.recheck`): while a live tombstone outranks the put's image,
+        remove the item if it is still exactly that image (the request landed after the
+        put's own check). Nothing else is removed: an item written since is another
+        change's, settled by its own write. APPLIED when the item was removed,
+        UNCHANGED when nothing was to be done, FAILED (to be dead-lettered) when the
+        check could not be made; retried as a write is."""
         assert self.tombstones is not None and change.new_image is not None
         image = change.new_image
-        removed: list[bool] = []
+        rule = self.ordered_rule
 
         def check_once(_attempt: int) -> WriteResult:
             assert self.tombstones is not None
             tombstone = self.tombstones.get(change.keys)
-            rule = self.ordered_rule
             if tombstone is None or not tombstone.blocks(rule.rank(image)):
                 return UNCHANGED
             if tombstone.expired(self.tombstones.now()):
                 return UNCHANGED
-            if not self.remove_below(change.keys, tombstone, image):
+            if not self.replace_exactly(change.keys, image, None):
                 return UNCHANGED
-            removed.append(True)
             self.metrics.late_puts_removed.labels(self.label).inc()
             log.warning(
                 "a put that got no answer landed after its check against a delete that "
@@ -434,13 +435,7 @@ class DestinationWriter:
             )
             return APPLIED
 
-        result = self.retrying(change, check_once)
-        if result.failed:
-            raise DestinationRefused(
-                f"{self.label}: the tombstone check after a put with no answer failed: "
-                f"{result.error or result.reason}"
-            )
-        return bool(removed)
+        return self.retrying(change, check_once)
 
     def _unanswered(self, state: _Attempts) -> tuple[float | None, Held]:
         """When the last request of the write that may still land was sent (None: none
@@ -930,6 +925,14 @@ class DestinationWriter:
             state.request = decision
             return None
         if decision is Verdict.UNCHANGED:
+            if self.tombstones is not None and change.new_image is not None:
+                # The put's own image is there already: written by this change before
+                # (read again after a restart, or a request of it that landed late),
+                # perhaps after a delete that outranks it was recorded. It is checked as
+                # a put that created the item is.
+                undone = self.undo_if_deleted(change.keys, change.new_image)
+                if undone is not None:
+                    return self._lost(change, Winner(tombstone=undone), self._tombstone_won(undone))
             return self._count(op, Outcome.UNCHANGED)
         return self._lost(change, Winner(item=old), self.rule.explain_loss(change, old))
 

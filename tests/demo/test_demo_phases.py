@@ -265,3 +265,18 @@ def test_a_bad_demo_metrics_port_names_the_variable_that_gave_it(value: str) -> 
     assert said.returncode == 2, said.stderr
     (line,) = [line for line in said.stderr.splitlines() if "metrics.port" in line]
     assert line.endswith(f"(got '{value}', from the environment: {run.METRICS_PORT_ENV})"), line
+
+
+@pytest.mark.parametrize(
+    ("text", "variable"),
+    [
+        ("metrics:\n  port: ${METRICS_PORT:-9400}\n", "METRICS_PORT"),
+        ('metrics: {"port": "${PORT_OF_JOB}"}\n', "PORT_OF_JOB"),
+        ("metrics:\n  # port: ${OLD}\n  port: ${NEW:-1}\n", "NEW"),
+        ("# port: ${OLD}\nmetrics: {port: 9400}\n", None),
+    ],
+)
+def test_the_variable_a_job_file_takes_its_metrics_port_from(
+    text: str, variable: str | None
+) -> None:
+    assert run._port_variable(text) == variable

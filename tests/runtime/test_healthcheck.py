@@ -175,3 +175,24 @@ def test_a_job_file_the_probe_cannot_read_leaves_the_defaults_and_says_why(
     assert failed.returncode == 1
     assert "http://127.0.0.1:9/healthz" in failed.stderr
     assert f"(the job file was not read: REPLICATOR_CONFIG: {bad}" in failed.stderr, failed.stderr
+
+
+def test_a_port_given_still_probes_the_job_file_s_host(
+    tmp_path: Path, ipv6_server: MetricsServer
+) -> None:
+    job = _job_file(tmp_path, "{port: 9, host: '::1'}")
+    assert healthcheck(str(ipv6_server.port), REPLICATOR_CONFIG=job).returncode == 0
+
+
+def test_both_variables_leave_the_job_file_unread(
+    tmp_path: Path, ipv4_server: MetricsServer
+) -> None:
+    """Set when `run` reads another file than REPLICATOR_CONFIG: that file's metrics
+    section (here off) is not the running job's."""
+    job = _job_file(tmp_path, "{enabled: false}")
+    result = healthcheck(
+        REPLICATOR_CONFIG=job,
+        REPLICATOR_METRICS_PORT=str(ipv4_server.port),
+        REPLICATOR_METRICS_HOST="127.0.0.1",
+    )
+    assert result.returncode == 0, result.stderr

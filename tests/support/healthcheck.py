@@ -10,13 +10,13 @@ import sys
 from tests.support import ROOT
 
 
-def healthcheck(**env: str) -> subprocess.CompletedProcess[str]:
-    """The probe's run with ``env`` on top of this environment (REPLICATOR_METRICS_HOST
-    only when given: a probe of 127.0.0.1 by default)."""
+def healthcheck(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The probe's run with ``argv`` (a port) and ``env`` on top of this environment
+    (REPLICATOR_METRICS_HOST only when given: a probe of 127.0.0.1 by default)."""
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     environment.pop("REPLICATOR_METRICS_HOST", None)
     return subprocess.run(
-        [sys.executable, "-m", "replicator.runtime.healthcheck"],
+        [sys.executable, "-m", "replicator.runtime.healthcheck", *argv],
         check=False,
         capture_output=True,
         text=True,

@@ -28,6 +28,7 @@ from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.records import Change
 from replicator.rules import IN_STREAM_ORDER, rule_for
+from replicator.tombstones.table import TombstoneTable
 from replicator.writers.destination import DestinationWriter, FirstAnswer, Outcome
 from replicator.writers.loopwire import Answered, EventLoopThread, LoopWire
 from replicator.writers.wire import WireWriteClient
@@ -38,7 +39,7 @@ from tests.support.records import put, remove
 from tests.test_pipeline import pipeline_of
 from tests.writers.test_loop_path import LWW, OVERWRITE, VERSION, loop_pipeline
 from tests.writers.test_wire import direct_client
-from tests.writers.test_write_back import Pair, image, tombstone
+from tests.writers.test_write_back import KEY, Pair, image, tombstone
 from tests.writers.test_write_back import change as aa_change
 
 WAIT_S = 30.0  # the most any condition below is waited for (a loaded machine)
@@ -625,7 +626,14 @@ def _active_active_through(proxy: FaultProxy, pair: Pair, window_s: float) -> De
     slow = clients.dynamodb(
         Place("eu-west-1", proxy.url), sdk_retries=False, read_timeout=1.0, connect_timeout=2.0
     )
-    return replace(pair.writer, client=slow, late_write_window_s=window_s)
+    # Events of its own: closing a pipeline cancels its writers, not the pair's.
+    return replace(
+        pair.writer,
+        client=slow,
+        late_write_window_s=window_s,
+        cancelled=threading.Event(),
+        holds_released=threading.Event(),
+    )
 
 
 def _below_a_recorded_delete(pair: Pair) -> Change:
@@ -658,37 +666,141 @@ def test_an_active_active_put_landing_after_its_tombstone_check_is_removed_again
     assert removed_again(metrics) == 1
 
 
-@pytest.mark.parametrize("ended_by", ["window", "stop"])
+def aa_holds(metrics: Metrics) -> float:
+    return sample(metrics, "replicator_late_write_holds_total", destination="b")
+
+
 def test_a_replicated_put_is_checked_again_before_its_record_is_checkpointed(
-    proxy: FaultProxy,
-    moto_endpoint: str,
-    unique: Any,
-    tmp_path: Path,
-    metrics: Metrics,
-    ended_by: str,
+    proxy: FaultProxy, moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
 ) -> None:
     """In a shard the write settles at once (its key held), but its record stays open
-    until the put is checked again: at the end of the window (8 s), or at once when a
-    stop ends the holds. A restart before then reads the record again."""
+    until the put is checked again at the end of the window (12 s; the request lands
+    after 3 s): the checkpoint does not pass it before."""
     pair = Pair(moto_endpoint, unique("late-aa"), tmp_path, metrics)
-    writer = _active_active_through(proxy, pair, window_s=8.0 if ended_by == "window" else 600.0)
-    pipeline = pipeline_of(
-        {"b": writer}, ChangeBuffer(["b"], IN_STREAM_ORDER), metrics, tmp_path, 100
-    )
+    writer = _active_active_through(proxy, pair, window_s=12.0)
+    buffer = ChangeBuffer(["b"], IN_STREAM_ORDER)
+    pipeline = pipeline_of({"b": writer}, buffer, metrics, tmp_path, 100)
     try:
         stale = _below_a_recorded_delete(pair)
         proxy.late_landing_once(3.0)
         pipeline.submit(stale)
         pipeline.dispatch()
         wait_for(lambda: proxy.counts("PutItem")["late_landing_200"] == 1)
-        if pair.get(pair.b) is not None:  # landed and not yet checked again
-            assert pipeline.checkpointable() is None
-            assert pipeline.outstanding() == {"b": 1}
-        if ended_by == "stop":
-            pipeline.release_holds()
+        assert pair.get(pair.b) == stale.new_image  # landed, not yet checked again
+        assert pipeline.checkpointable() is None
+        assert pipeline.outstanding() == {"b": 1}
         assert pipeline.flush(timeout=WAIT_S)
         assert pipeline.checkpointable() == stale.sequence_number
         assert pair.get(pair.b) is None
         assert removed_again(metrics) == 1
+    finally:
+        pipeline.close()
+
+
+def test_a_stop_does_not_checkpoint_past_a_put_not_yet_checked_again(
+    proxy: FaultProxy, moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """A stop ends the key's hold, not the check: its flush (bounded) ends with the record
+    still open, so the stop checkpoints before it; the request lands after the stop, and
+    the shard's next owner, writing the put again, finds its image below the delete and
+    removes it (a check made at the stop came before the landing: it stayed for good)."""
+    pair = Pair(moto_endpoint, unique("late-aa"), tmp_path, metrics)
+    writer = _active_active_through(proxy, pair, window_s=600.0)
+    buffer = ChangeBuffer(["b"], IN_STREAM_ORDER)
+    pipeline = pipeline_of({"b": writer}, buffer, metrics, tmp_path, 100)
+    try:
+        stale = _below_a_recorded_delete(pair)
+        proxy.late_landing_once(3.0)
+        pipeline.submit(stale)
+        pipeline.dispatch()
+        wait_for(lambda: aa_holds(metrics) == 1)  # settled with its request in the proxy
+        pipeline.release_holds()
+        assert not pipeline.flush(timeout=0.5)
+        assert pipeline.checkpointable() is None
+        assert pipeline.outstanding() == {"b": 1}
+        wait_for(lambda: proxy.counts("PutItem")["late_landing_200"] == 1)
+    finally:
+        pipeline.close()
+    assert pair.get(pair.b) == stale.new_image  # back below the delete
+    assert pair.writer.write(stale).outcome is Outcome.CONFLICT_LOST  # the next owner
+    assert pair.get(pair.b) is None
+
+
+def test_a_put_written_again_over_its_own_image_below_a_delete_removes_it(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """A put read again (a restart) finds its own image, which a request of it that
+    landed late left below a recorded delete: it was UNCHANGED, and the item stayed."""
+    pair = Pair(moto_endpoint, unique("late-aa"), tmp_path, metrics)
+    stale = _below_a_recorded_delete(pair)
+    pair.b.put_item(TableName=pair.table, Item=stale.new_image)  # the late landing
+    assert pair.writer.write(stale).outcome is Outcome.CONFLICT_LOST
+    assert pair.get(pair.b) is None
+
+
+def test_the_check_again_removes_only_the_put_s_own_image(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """After the late landing, region A's application wrote the item again below the
+    delete (a clock behind), and it was replicated over the put's image: both regions
+    hold it. The check removed it from B alone, which the regions then disagreed on."""
+    pair = Pair(moto_endpoint, unique("late-aa"), tmp_path, metrics)
+    stale = _below_a_recorded_delete(pair)
+    pair.b.put_item(TableName=pair.table, Item=stale.new_image)  # the late landing
+    later = {**image(19, "us-east-1", "later"), "ts": {"N": "19.5"}}
+    pair.a.put_item(TableName=pair.table, Item=later)
+    written = pair.writer.write(aa_change("MODIFY", later, stale.new_image, seq=2))
+    assert written.outcome is Outcome.APPLIED
+    assert pair.writer.recheck_late_put(stale).outcome is Outcome.UNCHANGED
+    assert pair.get(pair.a) == later == pair.get(pair.b)
+    assert removed_again(metrics) == 0
+
+
+class RecordingTakesASecond:
+    """A tombstone table whose ``record`` returns a second after the row is written: a
+    delete's tombstone is then there a second before the delete removes the item, so
+    that a check running beside the delete reads it in that second."""
+
+    def __init__(self, table: TombstoneTable) -> None:
+        self.table = table
+
+    def record(self, row: Any) -> Any:
+        held = self.table.record(row)
+        time.sleep(1.0)
+        return held
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.table, name)
+
+
+def test_the_item_s_next_delete_waits_for_the_check_again(
+    proxy: FaultProxy, moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """A put applied with a request that got no answer (no delete recorded), then the
+    item's own delete, held for the window. Released together, the delete recorded its
+    tombstone first and the check took it for one the put had landed below: a late
+    landing counted and warned about that never was."""
+    pair = Pair(moto_endpoint, unique("late-aa"), tmp_path, metrics)
+    writer = replace(
+        _active_active_through(proxy, pair, window_s=4.0),
+        tombstones=RecordingTakesASecond(pair.tombs_b),
+    )
+    buffer = ChangeBuffer(["b"], IN_STREAM_ORDER)
+    pipeline = pipeline_of({"b": writer}, buffer, metrics, tmp_path, 100)
+    try:
+        put_image = image(19, "us-east-1", "p")
+        pair.a.put_item(TableName=pair.table, Item=put_image)
+        proxy.late_landing_once(1.5)
+        with structlog.testing.capture_logs() as logs:
+            pipeline.submit(aa_change("MODIFY", put_image, seq=1))
+            pipeline.dispatch()
+            wait_for(lambda: aa_holds(metrics) == 1)
+            pipeline.submit(aa_change("REMOVE", None, put_image, seq=2))
+            pipeline.dispatch()
+            assert pipeline.flush(timeout=WAIT_S)
+        assert pair.get(pair.b) is None
+        assert pair.tombs_b.get(KEY) is not None  # the delete's own
+        assert removed_again(metrics) == 0
+        assert not [line for line in logs if "landed after its check" in line["event"]]
     finally:
         pipeline.close()
