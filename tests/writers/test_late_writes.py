@@ -670,6 +670,21 @@ def aa_holds(metrics: Metrics) -> float:
     return sample(metrics, "replicator_late_write_holds_total", destination="b")
 
 
+def _late_put_in_a_shard(
+    proxy: FaultProxy, pair: Pair, tmp_path: Path, window_s: float
+) -> tuple[ShardPipeline, Change]:
+    """A shard's pipeline writing ``pair``'s region B through ``proxy``, given a put below
+    a recorded delete whose first request the proxy holds 3 s."""
+    writer = _active_active_through(proxy, pair, window_s=window_s)
+    buffer = ChangeBuffer(["b"], IN_STREAM_ORDER)
+    pipeline = pipeline_of({"b": writer}, buffer, pair.metrics, tmp_path, 100)
+    stale = _below_a_recorded_delete(pair)
+    proxy.late_landing_once(3.0)
+    pipeline.submit(stale)
+    pipeline.dispatch()
+    return pipeline, stale
+
+
 def test_a_replicated_put_is_checked_again_before_its_record_is_checkpointed(
     proxy: FaultProxy, moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
 ) -> None:
@@ -677,14 +692,8 @@ def test_a_replicated_put_is_checked_again_before_its_record_is_checkpointed(
     until the put is checked again at the end of the window (12 s; the request lands
     after 3 s): the checkpoint does not pass it before."""
     pair = Pair(moto_endpoint, unique("late-aa"), tmp_path, metrics)
-    writer = _active_active_through(proxy, pair, window_s=12.0)
-    buffer = ChangeBuffer(["b"], IN_STREAM_ORDER)
-    pipeline = pipeline_of({"b": writer}, buffer, metrics, tmp_path, 100)
+    pipeline, stale = _late_put_in_a_shard(proxy, pair, tmp_path, window_s=12.0)
     try:
-        stale = _below_a_recorded_delete(pair)
-        proxy.late_landing_once(3.0)
-        pipeline.submit(stale)
-        pipeline.dispatch()
         wait_for(lambda: proxy.counts("PutItem")["late_landing_200"] == 1)
         assert pair.get(pair.b) == stale.new_image  # landed, not yet checked again
         assert pipeline.checkpointable() is None
@@ -705,14 +714,8 @@ def test_a_stop_does_not_checkpoint_past_a_put_not_yet_checked_again(
     the shard's next owner, writing the put again, finds its image below the delete and
     removes it (a check made at the stop came before the landing: it stayed for good)."""
     pair = Pair(moto_endpoint, unique("late-aa"), tmp_path, metrics)
-    writer = _active_active_through(proxy, pair, window_s=600.0)
-    buffer = ChangeBuffer(["b"], IN_STREAM_ORDER)
-    pipeline = pipeline_of({"b": writer}, buffer, metrics, tmp_path, 100)
+    pipeline, stale = _late_put_in_a_shard(proxy, pair, tmp_path, window_s=600.0)
     try:
-        stale = _below_a_recorded_delete(pair)
-        proxy.late_landing_once(3.0)
-        pipeline.submit(stale)
-        pipeline.dispatch()
         wait_for(lambda: aa_holds(metrics) == 1)  # settled with its request in the proxy
         pipeline.release_holds()
         assert not pipeline.flush(timeout=0.5)
