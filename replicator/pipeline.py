@@ -49,9 +49,9 @@ import structlog
 
 from replicator.buffer import ChangeBuffer, Entry, Slot
 from replicator.deadletter.failed import DeadLetterer
-from replicator.exceptions import WriteCancelled
+from replicator.exceptions import DestinationRefused, WriteCancelled
 from replicator.filters import Route
-from replicator.items import KeyId
+from replicator.items import KeyId, describe_key
 from replicator.metrics import Metrics
 from replicator.records import Change, Event
 from replicator.rules import WriteRequest
@@ -855,16 +855,22 @@ class ShardPipeline:
             return
 
     def _recheck(self, due: _Recheck) -> None:
-        """Check the put again (DestinationWriter.recheck_late_put), dead-letter it if the
-        check cannot be made, then let its record be checkpointed and the item's next
-        change be written."""
+        """Check the put again (DestinationWriter.recheck_late_put), then let its record
+        be checkpointed and the item's next change be written. A check that cannot be
+        made stops the shard with the record open: read again after the restart, the put
+        finds its own image and checks the tombstone then (its write settled already, so
+        a dead letter would tell the watermark and the counts a second outcome)."""
         label = due.label
         try:
             writer = self._targets[label]
             assert isinstance(writer, DestinationWriter)
             result = writer.recheck_late_put(due.change)
             if result.failed:
-                self.dead_letters.store(writer, due.change, result)
+                raise DestinationRefused(
+                    f"{label}: the check of key {describe_key(due.change.keys)} against its "
+                    "tombstone, after a put of it got no answer, failed: "
+                    f"{result.error or result.reason}"
+                )
             with self._cond:
                 if self._rechecks_open[label] > 0:  # else abandoned since
                     self._rechecks_open[label] -= 1

@@ -386,13 +386,18 @@ class DestinationWriter:
             return result
         result = replace(result, unanswered=True)
         until = self._late_write_hold(change, sent_at, held, waits_here=hold)
-        if until is None:
-            return result
         recheck = (
             self.tombstones is not None
             and state.put_unanswered_at is not None
             and change.new_image is not None
         )
+        if until is None and recheck and not self.cancelled.is_set():
+            # A stop ends holds, not this check: the put may still land, and the caller
+            # keeps its record open until the check has been made.
+            late = sent_at + self.late_write_window_s
+            until = late if late > time.monotonic() else None
+        if until is None:
+            return result
         if not hold:
             return replace(result, hold_until=until, held=held, recheck=recheck)
         # A caller that waits (the operator commands) waits out either kind: what it does
@@ -410,8 +415,8 @@ class DestinationWriter:
         remove the item if it is still exactly that image (the request landed after the
         put's own check). Nothing else is removed: an item written since is another
         change's, settled by its own write. APPLIED when the item was removed,
-        UNCHANGED when nothing was to be done, FAILED (to be dead-lettered) when the
-        check could not be made; retried as a write is."""
+        UNCHANGED when nothing was to be done, FAILED when the check could not be made;
+        retried as a write is."""
         assert self.tombstones is not None and change.new_image is not None
         image = change.new_image
         rule = self.ordered_rule
@@ -925,7 +930,11 @@ class DestinationWriter:
             state.request = decision
             return None
         if decision is Verdict.UNCHANGED:
-            if self.tombstones is not None and change.new_image is not None:
+            if (
+                self.tombstones is not None
+                and self.records_tombstones  # not an operator command's copy
+                and change.new_image is not None
+            ):
                 # The put's own image is there already: written by this change before
                 # (read again after a restart, or a request of it that landed late),
                 # perhaps after a delete that outranks it was recorded. It is checked as

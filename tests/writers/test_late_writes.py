@@ -24,6 +24,7 @@ from replicator.aws.errors import may_have_landed
 from replicator.buffer import ChangeBuffer
 from replicator.config.model import ConflictConfig
 from replicator.decode import decode
+from replicator.exceptions import DestinationRefused
 from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.records import Change
@@ -807,3 +808,140 @@ def test_the_item_s_next_delete_waits_for_the_check_again(
         assert not [line for line in logs if "landed after its check" in line["event"]]
     finally:
         pipeline.close()
+
+
+class FirstPutLate:
+    """Region B's client whose first PutItem is sent (``sent`` set), answered with a read
+    timeout after ``answer_after_s`` and carried out ``lands_after_s`` after it was sent;
+    with ``refused_deletes``, every DeleteItem after the first that many is refused."""
+
+    def __init__(
+        self,
+        inner: Any,
+        answer_after_s: float,
+        lands_after_s: float,
+        refused_deletes: int | None = None,
+    ) -> None:
+        self.inner = inner
+        self.answer_after_s = answer_after_s
+        self.lands_after_s = lands_after_s
+        self.refused_deletes = refused_deletes
+        self.deletes = 0
+        self.first = True
+        self.sent = threading.Event()
+        self.landed = threading.Event()
+        self.lock = threading.Lock()
+
+    def put_item(self, **kwargs: Any) -> Any:
+        with self.lock:
+            first, self.first = self.first, False
+        if not first:
+            return self.inner.put_item(**kwargs)
+
+        def land() -> None:
+            self.inner.put_item(**kwargs)
+            self.landed.set()
+
+        threading.Timer(self.lands_after_s, land).start()
+        self.sent.set()
+        time.sleep(self.answer_after_s)  # the read timeout
+        raise ReadTimeoutError(endpoint_url="http://127.0.0.1:1")
+
+    def delete_item(self, **kwargs: Any) -> Any:
+        with self.lock:
+            self.deletes += 1
+            refused = self.refused_deletes is not None and self.deletes > self.refused_deletes
+        if refused:
+            error = {"Code": "ValidationException", "Message": "refused for the test"}
+            raise ClientError({"Error": error}, "DeleteItem")
+        return self.inner.delete_item(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _shard_writing(pair: Pair, client: FirstPutLate, window_s: float, tmp_path: Path) -> Any:
+    writer = replace(
+        pair.writer,
+        client=client,
+        late_write_window_s=window_s,
+        cancelled=threading.Event(),
+        holds_released=threading.Event(),
+    )
+    buffer = ChangeBuffer(["b"], IN_STREAM_ORDER)
+    return pipeline_of({"b": writer}, buffer, pair.metrics, tmp_path, 100)
+
+
+def test_a_put_settling_during_a_stop_is_checked_again_too(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """The stop began while the put's first request waited for its answer: the write
+    settled after it with no hold, and the stop checkpointed past it; the request then
+    landed below the delete, for good."""
+    pair = Pair(moto_endpoint, unique("late-aa"), tmp_path, metrics)
+    client = FirstPutLate(pair.b, answer_after_s=1.0, lands_after_s=2.5)
+    pipeline = _shard_writing(pair, client, 600.0, tmp_path)
+    stale = _below_a_recorded_delete(pair)
+    try:
+        pipeline.submit(stale)
+        pipeline.dispatch()
+        assert client.sent.wait(WAIT_S)
+        pipeline.release_holds()  # the stop begins
+        wait_for(lambda: aa_holds(metrics) == 1 or client.landed.is_set())
+        assert not pipeline.flush(timeout=0.5)
+        assert pipeline.checkpointable() is None
+        assert client.landed.wait(WAIT_S)
+    finally:
+        pipeline.close()
+    assert pair.writer.write(stale).outcome is Outcome.CONFLICT_LOST  # the next owner
+    assert pair.get(pair.b) is None
+
+
+def test_a_check_that_cannot_be_made_stops_the_shard_before_its_record(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """The retry removed the item below the delete (one DeleteItem); the late request
+    landed; the check's delete is refused: the shard stops with the record open (a dead
+    letter would have told the watermark a second outcome for a settled write)."""
+    pair = Pair(moto_endpoint, unique("late-aa"), tmp_path, metrics)
+    client = FirstPutLate(pair.b, answer_after_s=0.0, lands_after_s=0.5, refused_deletes=1)
+    pipeline = _shard_writing(pair, client, 2.0, tmp_path)
+    stale = _below_a_recorded_delete(pair)
+    try:
+        pipeline.submit(stale)
+        pipeline.dispatch()
+        with pytest.raises(DestinationRefused, match="against its tombstone"):
+            pipeline.flush(timeout=WAIT_S)
+        assert pipeline.checkpointable() is None
+        assert not (tmp_path / "dead.jsonl").exists()
+    finally:
+        pipeline.close()
+
+
+class CountedReads:
+    """A tombstone table that counts its reads."""
+
+    def __init__(self, table: TombstoneTable) -> None:
+        self.table = table
+        self.reads = 0
+
+    def get(self, keys: Any) -> Any:
+        self.reads += 1
+        return self.table.get(keys)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.table, name)
+
+
+def test_an_operator_command_s_copy_over_its_own_image_reads_no_tombstone(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """A backfill over items copied already finds each one's own image: a tombstone read
+    for each would double its reads (its source check settles what it copied)."""
+    pair = Pair(moto_endpoint, unique("late-aa"), tmp_path, metrics)
+    counted = CountedReads(pair.tombs_b)
+    tool = replace(pair.writer, tombstones=counted, records_tombstones=False)
+    same = image(19, "us-east-1", "same")
+    pair.b.put_item(TableName=pair.table, Item=same)
+    assert tool.write(aa_change("MODIFY", same)).outcome is Outcome.UNCHANGED
+    assert counted.reads == 0
