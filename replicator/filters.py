@@ -22,9 +22,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+import structlog
+
 from replicator.config.model import JobConfig, StreamKind, TtlDeletes
 from replicator.exceptions import MalformedImage
 from replicator.records import Change, Event
+
+log = structlog.get_logger(__name__)
+
+# Puts read without the origin stamp, none with it, before the watch says so.
+UNSTAMPED_PUTS_WARNED_AFTER = 1000
 
 
 class Route(StrEnum):
@@ -79,3 +86,63 @@ class ChangeFilter:
             return None
         text = value.get("S")
         return text if isinstance(text, str) else None
+
+
+@dataclass(slots=True)
+class StampWatch:
+    """What a shard's puts show of its loop prevention settings, said once each as a
+    warning: a mistake in them replicates nothing, or everything twice, and no write
+    fails for it.
+
+    * A put stamped with the source table's region, where ``origin_value`` is another
+      value: taken for another region's echo and skipped. When that region is what this
+      region's applications stamp (``origin_value`` mistyped), none of their writes is
+      replicated, and the watermark counts them as settled.
+    * :data:`UNSTAMPED_PUTS_WARNED_AFTER` puts without ``origin_attribute``, none with
+      it: a misspelt attribute, or applications that do not stamp. Every put is then
+      taken for this region's own and echoes go back and forth (a wasted write each,
+      stopped by the rule's condition)."""
+
+    origin_attribute: str
+    origin_value: str
+    source_region: str
+    unstamped: int = 0
+    stamp_seen: bool = False
+    region_warned: bool = False
+
+    @classmethod
+    def for_job(cls, job: JobConfig) -> StampWatch | None:
+        attribute = job.loop_prevention.origin_attribute
+        if not attribute:
+            return None
+        return cls(attribute, job.origin_value, job.source.region)
+
+    def saw(self, change: Change, origin: str | None) -> None:
+        """A put read (``origin``: its stamp, None for none)."""
+        if origin is None:
+            if not self.stamp_seen:
+                self.unstamped += 1
+                if self.unstamped == UNSTAMPED_PUTS_WARNED_AFTER:
+                    log.warning(
+                        f"none of the first {UNSTAMPED_PUTS_WARNED_AFTER} puts read carried "
+                        "the origin stamp (loop_prevention.origin_attribute): each is "
+                        "replicated as this region's own, and the other regions' writes "
+                        "echo back; check the attribute's name and that the applications "
+                        "stamp every put",
+                        origin_attribute=self.origin_attribute,
+                        sequence_number=change.sequence_number,
+                    )
+            return
+        self.stamp_seen = True
+        if origin == self.source_region and origin != self.origin_value and not self.region_warned:
+            self.region_warned = True
+            log.warning(
+                "a put stamped with the source table's region was skipped as another "
+                "region's echo: loop_prevention.origin_value is another value. If this "
+                "region's applications stamp the region, none of their writes is "
+                "replicated: set origin_value to it",
+                origin_attribute=self.origin_attribute,
+                stamp=origin,
+                origin_value=self.origin_value,
+                sequence_number=change.sequence_number,
+            )

@@ -40,7 +40,7 @@ import structlog
 
 from replicator.decode import StreamKeys, decode
 from replicator.exceptions import RecordDecodeError
-from replicator.filters import ChangeFilter, Route
+from replicator.filters import ChangeFilter, Route, StampWatch
 from replicator.highwater import HighWater
 from replicator.pipeline import ShardPipeline
 from replicator.records import Change, Event, RawRecord, raw_record_from
@@ -78,6 +78,8 @@ class Reader:
     # How the source stream writes binary keys, as its records read so far have shown:
     # shared by the readers of one process that read it (wiring.shard_intake).
     stream_keys: StreamKeys = field(default_factory=StreamKeys)
+    # Loop prevention: what the puts read show of its settings (warned about once).
+    stamps: StampWatch | None = None
 
     def decode(self, raw: RawRecord) -> Change:
         """Decode ``raw``; RecordDecodeError when it cannot be decoded.
@@ -120,6 +122,8 @@ class Reader:
         route = self.change_filter.route(change)
         if route is Route.OTHER_TABLE:  # another job's record: nothing here to rank
             return Routed(change, route, False)
+        if self.stamps is not None and change.event is not Event.REMOVE:
+            self.stamps.saw(change, self.change_filter.origin_of(change))
         replaces_older = route is Route.LOOP_SKIPPED
         if self.high_water is not None:
             change, route, replaces_older = self.high_water.route(change, route)

@@ -31,7 +31,7 @@ from replicator.deadletter import DeadLetterTarget, FileDeadLetters, SqsDeadLett
 from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import StreamKeys
 from replicator.exceptions import EnvironmentProblem
-from replicator.filters import ChangeFilter
+from replicator.filters import ChangeFilter, StampWatch
 from replicator.highwater import HighWater
 from replicator.intake import Reader, ShardIntake
 from replicator.metrics import Metrics
@@ -247,6 +247,7 @@ def reader(
         high_water(resolved, pipeline),
         read_ahead=read_ahead,
         stream_keys=stream_keys if stream_keys is not None else StreamKeys(),
+        stamps=StampWatch.for_job(resolved.job),
     )
 
 

@@ -1263,6 +1263,33 @@ class JobConfig(Strict):
         ]
 
     @property
+    def origin_value_caution(self) -> str | None:
+        """An ``origin_value`` that looks mistyped: the job takes every put stamped
+        otherwise for another region's echo and skips it, so a typo replicates none of
+        its region's writes, without an error (``wait`` even says they arrived)."""
+        loop = self.loop_prevention
+        origin, region = loop.origin_value, self.source.region
+        if not loop.origin_attribute or origin is None or origin == region:
+            return None
+        skipped = (
+            f"loop_prevention.origin_value {origin!r} is not the source table's region "
+            f"{region!r}: the job skips every put not stamped {origin!r} in "
+            f"{loop.origin_attribute} as another region's echo"
+        )
+        if origin in {d.region for d in self.destinations}:
+            return (
+                f"{skipped}, and {origin!r} is a destination's region: its writes, echoed "
+                "back, would be replicated while this region's are skipped. Set it to the "
+                "value this region's applications stamp"
+            )
+        if difflib.SequenceMatcher(None, origin, region).ratio() >= 0.8:
+            return (
+                f"{skipped}; if this region's applications stamp {region!r}, none of their "
+                f"writes is replicated. Did you mean {region!r} (or leave origin_value out)?"
+            )
+        return None
+
+    @property
     def cautions(self) -> list[str]:
         """Settings that are valid but rarely what an operator means: ``validate`` prints
         them and ``run`` logs them as warnings at start."""
@@ -1297,6 +1324,9 @@ class JobConfig(Strict):
             caution = self.untombstoned_deletes_caution
             if caution:
                 cautions.append(caution)
+        caution = self.origin_value_caution
+        if caution:
+            cautions.append(caution)
         if self.task_name is None:
             cautions.append(self.derived_task_name_caution)
         for key in self.kcl.extra_properties:

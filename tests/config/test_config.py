@@ -814,3 +814,40 @@ def test_an_empty_config_option_is_refused_as_empty(command: str) -> None:
         result.stderr
     )
     assert "directory" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("origin_value", "said"),
+    [
+        ("us-east1", "Did you mean 'us-east-1' (or leave origin_value out)?"),
+        ("eu-west-1", "and 'eu-west-1' is a destination's region"),
+        ("use1", None),  # a stamp of its own
+        ("us-east-1", None),
+    ],
+)
+def test_validate_warns_of_an_origin_value_that_looks_mistyped(
+    tmp_path: Path, origin_value: str, said: str | None
+) -> None:
+    """A typo in origin_value (us-east1) passed validate: the job then skipped every
+    write of its region's applications as another region's echo, and nothing said so."""
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        ORDERED_PAIR.replace(
+            "{origin_attribute: origin_region}",
+            f"{{origin_attribute: origin_region, origin_value: {origin_value}}}",
+        )
+        + "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
+        + "active_active: {tombstones: true}\n"
+    )
+    result = run_cli("validate", "--config", str(job))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    if said is None:
+        assert warnings == []
+        return
+    (warning,) = warnings
+    assert warning.startswith(
+        f"warning: loop_prevention.origin_value '{origin_value}' is not the source table's "
+        "region 'us-east-1': the job skips every put not stamped"
+    )
+    assert said in warning

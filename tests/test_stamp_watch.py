@@ -1,0 +1,77 @@
+"""Loop prevention's settings, as the puts read show them: a mistyped origin_value or
+origin_attribute makes no write fail, so the shard says so in a warning, once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog.testing
+
+from replicator.config.loader import parse_job
+from replicator.decode import decode
+from replicator.filters import UNSTAMPED_PUTS_WARNED_AFTER, ChangeFilter, Route, StampWatch
+from replicator.intake import Reader
+from tests.support.records import put, remove
+
+PAIR = (
+    "source: {region: us-east-1, table: carts}\n"
+    "destinations: [{region: eu-west-1, table: carts}]\n"
+    "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+    "active_active: {tombstones: true}\n"
+)
+
+
+def reader_of(loop_prevention: str) -> Reader:
+    job = parse_job(PAIR + f"loop_prevention: {loop_prevention}\n", Path("job.yaml")).job
+    return Reader(ChangeFilter.for_job(job), stamps=StampWatch.for_job(job))
+
+
+def warnings_of(logs: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [line for line in logs if line["log_level"] == "warning"]
+
+
+def test_a_put_stamped_with_the_source_region_under_another_origin_value_is_warned_once() -> None:
+    """origin_value us-east1 where the applications stamp us-east-1: every local put was
+    skipped as an echo, nothing replicated, and nothing above info was logged."""
+    reader = reader_of("{origin_attribute: origin, origin_value: us-east1}")
+    with structlog.testing.capture_logs() as logs:
+        routes = [reader.route(decode(put(f"k{i}", i, origin="us-east-1"))).route for i in range(3)]
+    assert routes == [Route.LOOP_SKIPPED] * 3
+    (warning,) = warnings_of(logs)
+    assert str(warning["event"]).startswith(
+        "a put stamped with the source table's region was skipped as another region's echo"
+    )
+    assert (warning["stamp"], warning["origin_value"]) == ("us-east-1", "us-east1")
+
+
+def test_the_right_origin_value_and_echoes_say_nothing() -> None:
+    reader = reader_of("{origin_attribute: origin}")
+    with structlog.testing.capture_logs() as logs:
+        reader.route(decode(put("a", 1, origin="us-east-1")))
+        reader.route(decode(put("b", 2, origin="eu-west-1")))  # an echo
+        reader.route(decode(remove("c", 3, origin="us-east-1")))
+    assert warnings_of(logs) == []
+
+
+def test_puts_that_never_carry_the_origin_attribute_are_warned_about_once() -> None:
+    """origin_attribute orign_region (misspelt): no put carries it, every put is taken
+    for this region's own, and the other region's writes echo back."""
+    reader = reader_of("{origin_attribute: orign_region}")
+    with structlog.testing.capture_logs() as logs:
+        for i in range(UNSTAMPED_PUTS_WARNED_AFTER + 5):
+            reader.route(decode(put(f"k{i}", i + 1, origin_region="us-east-1")))
+    (warning,) = warnings_of(logs)
+    assert str(warning["event"]).startswith(
+        f"none of the first {UNSTAMPED_PUTS_WARNED_AFTER} puts read carried the origin stamp"
+    )
+    assert warning["origin_attribute"] == "orign_region"
+    assert warning["sequence_number"] == str(UNSTAMPED_PUTS_WARNED_AFTER)
+
+
+def test_one_stamped_put_among_the_first_ends_the_unstamped_count() -> None:
+    reader = reader_of("{origin_attribute: origin}")
+    with structlog.testing.capture_logs() as logs:
+        reader.route(decode(put("a", 1, origin="us-east-1")))
+        for i in range(UNSTAMPED_PUTS_WARNED_AFTER + 5):
+            reader.route(decode(put(f"k{i}", i + 2)))
+    assert warnings_of(logs) == []
