@@ -512,6 +512,14 @@ _DECIDED_BY = {
 }
 
 
+def _other_policys(setting: str, policy: str, value: str | None) -> str:
+    """What to say of ``setting``, another policy's attribute, given where the policy's
+    own is missing: a policy changed without renaming its attribute."""
+    if value is None:
+        return ""
+    return f" ({setting}: {value!r} is the {policy} policy's: rename it, or set policy: {policy})"
+
+
 class ConflictConfig(Strict):
     """How a change and the item already at a destination are reconciled."""
 
@@ -532,9 +540,17 @@ class ConflictConfig(Strict):
     @model_validator(mode="after")
     def _policy_needs_its_attribute(self) -> Self:
         if self.policy is ConflictPolicyName.LAST_WRITER_WINS and not self.timestamp_attribute:
-            raise ValueError("policy last_writer_wins needs 'timestamp_attribute'")
+            raise ValueError(
+                "policy last_writer_wins needs 'timestamp_attribute'"
+                + _other_policys("version_attribute", "version", self.version_attribute)
+            )
         if self.policy is ConflictPolicyName.VERSION and not self.version_attribute:
-            raise ValueError("policy version needs 'version_attribute'")
+            raise ValueError(
+                "policy version needs 'version_attribute'"
+                + _other_policys(
+                    "timestamp_attribute", "last_writer_wins", self.timestamp_attribute
+                )
+            )
         if self.policy is ConflictPolicyName.CUSTOM:
             if not self.resolver:
                 raise ValueError("policy custom needs 'resolver' (module.path:function)")
@@ -1630,7 +1646,23 @@ def _active_active_checks(job: JobConfig) -> Problems:
                     "its origin, or the source's own corrections would be sent on)",
                 )
             )
-        if not job.ordered_everywhere:
+        overridden = [
+            (index, destination.conflict.policy)
+            for index, destination in enumerate(job.destinations)
+            if destination.conflict is not None and destination.conflict.policy not in _ORDERED
+        ]
+        if job.conflict.policy in _ORDERED and overridden:
+            # The job's own policy ranks: the override is what to change, named there.
+            problems += [
+                (
+                    ("destinations", index, "conflict"),
+                    f"policy {policy.value} here, but active_active.{what} needs the "
+                    "last_writer_wins or version policy for the job and every destination "
+                    f"(they rank images and deletes): drop this override, or {turn_off}",
+                )
+                for index, policy in overridden
+            ]
+        elif not job.ordered_everywhere:
             problems.append(
                 (
                     ("active_active", what),

@@ -851,3 +851,57 @@ def test_validate_warns_of_an_origin_value_that_looks_mistyped(
         "region 'us-east-1': the job skips every put not stamped"
     )
     assert said in warning
+
+
+@pytest.mark.parametrize(
+    ("conflict", "said"),
+    [
+        (
+            "{policy: version, timestamp_attribute: updated_at}",
+            "conflict (line 6): policy version needs 'version_attribute' (timestamp_attribute: "
+            "'updated_at' is the last_writer_wins policy's: rename it, or set policy: "
+            "last_writer_wins)",
+        ),
+        (
+            "{policy: last_writer_wins, version_attribute: ver}",
+            "conflict (line 6): policy last_writer_wins needs 'timestamp_attribute' "
+            "(version_attribute: 'ver' is the version policy's: rename it, or set policy: "
+            "version)",
+        ),
+        ("{policy: version}", "conflict (line 6): policy version needs 'version_attribute'"),
+    ],
+)
+def test_a_policy_changed_without_its_attribute_names_the_attribute_left(
+    tmp_path: Path, conflict: str, said: str
+) -> None:
+    """Only "needs 'version_attribute'" was said, the timestamp_attribute left beside it
+    not named."""
+    job = tmp_path / "job.yaml"
+    job.write_text(ORDERED_PAIR + f"conflict: {conflict}\n")
+    result = run_cli("validate", "--config", str(job))
+    assert result.returncode == 2
+    assert [line.strip() for line in result.stderr.splitlines()[1:]] == [said]
+
+
+def test_tombstones_refused_for_a_destination_s_override_name_that_override(
+    tmp_path: Path,
+) -> None:
+    """The refusal named active_active.tombstones, not the destination whose conflict
+    section set overwrite."""
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        ORDERED_PAIR.replace(
+            "{region: eu-west-1, table: carts}",
+            "{region: eu-west-1, table: carts, conflict: {policy: overwrite}}",
+        )
+        + "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
+        + "active_active: {tombstones: true}\n"
+    )
+    result = run_cli("validate", "--config", str(job))
+    assert result.returncode == 2
+    assert [line.strip() for line in result.stderr.splitlines()[1:]] == [
+        "destinations[0].conflict (line 4): policy overwrite here, but "
+        "active_active.tombstones needs the last_writer_wins or version policy for the job "
+        "and every destination (they rank images and deletes): drop this override, or set "
+        "active_active.tombstones: false and active_active.write_back: false"
+    ]
