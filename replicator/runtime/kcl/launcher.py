@@ -48,10 +48,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import structlog
+from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from replicator import logs
+from replicator.aws import tables
 from replicator.config.model import ResolvedJob, StreamKind
 from replicator.entry import stop_held
 from replicator.exceptions import DaemonStopped, EnvironmentProblem, KclUnavailable
@@ -59,7 +61,7 @@ from replicator.metrics import multiprocess
 from replicator.metrics.server import MetricsServer
 from replicator.runtime import hostlock, preflight, supervisor
 from replicator.runtime.jobcopy import JOB_FILE_ENV, write_job_copy
-from replicator.runtime.kcl import awaited, daemon_log, java
+from replicator.runtime.kcl import awaited, daemon_log, java, ownership
 from replicator.runtime.kcl.properties import (
     check_template,
     render_properties,
@@ -110,6 +112,10 @@ class PreparedRun:
     jars_dir: Path
     # The DynamoDB stream the daemon reads (None for a Kinesis source).
     stream_arn: str | None = None
+    # The job's source as the lease table's owner tag names it (ownership.py), and
+    # whether the table was claimed at start (else the KCL creates it: claimed then).
+    source_identity: str = ""
+    lease_table_claimed: bool = True
 
 
 def _parent_death_signal() -> Callable[[], None] | None:
@@ -502,6 +508,13 @@ def prepare_run(
     installation = java.locate(resolved, environ)
     check_template(resolved.job)
     info = preflight.check(resolved, stopped, before_creating)
+    identity = ownership.source_identity(resolved, info.stream_arn)
+    source = resolved.job.source
+    try:
+        claimed = ownership.claim(resolved, identity)
+    except (ClientError, BotoCoreError) as error:
+        where = tables.where(source.region, source.endpoint_url, source.role_arn)
+        raise preflight.explain(error, f"lease table {resolved.lease_table}", where) from None
     job = resolved.job
     worker_id = job.kcl.worker_id or socket.gethostname()
     stream_arn = info.stream_arn if job.source.stream.kind is StreamKind.DYNAMODB_STREAMS else None
@@ -513,7 +526,12 @@ def prepare_run(
     )
     argv = java.daemon_command(resolved, installation, properties, environ)
     return PreparedRun(
-        argv=argv, properties=properties, jars_dir=installation.jars_dir, stream_arn=stream_arn
+        argv=argv,
+        properties=properties,
+        jars_dir=installation.jars_dir,
+        stream_arn=stream_arn,
+        source_identity=identity,
+        lease_table_claimed=claimed,
     )
 
 
@@ -551,6 +569,7 @@ def run_kcl(
     supervisor.begin(resolved, "kcl")
     daemon: DaemonProcess | None = None
     watch: StreamWatch | None = None
+    claim_watch: ownership.ClaimWatch | None = None
 
     # The first processor death seen while the daemon ran: the daemon then exits 1 on its
     # own, and the run's final line says what came first.
@@ -622,6 +641,11 @@ def run_kcl(
                 if prepared.stream_arn is not None and not job.source.stream.arn:
                     watch = StreamWatch(resolved, prepared.stream_arn, daemon.stop_of_our_own)
                     watch.start()
+                if not prepared.lease_table_claimed:
+                    claim_watch = ownership.ClaimWatch(
+                        resolved, prepared.source_identity, daemon.stop_of_our_own
+                    )
+                    claim_watch.start()
                 log.info(
                     "KCL runtime started",
                     worker_id=_worker_id(resolved),
@@ -636,10 +660,14 @@ def run_kcl(
         finally:
             if watch is not None:
                 watch.stop()
+            if claim_watch is not None:
+                claim_watch.stop()
             daemon.clean_up()
     log.info("KCL daemon exited", status=daemon.status, exit_code=status)
     if watch is not None and watch.replaced is not None:
         raise EnvironmentProblem(watch.replaced)
+    if claim_watch is not None and claim_watch.refused is not None:
+        raise EnvironmentProblem(claim_watch.refused)
     if daemon.failure is not None and not daemon.stop_requested:
         # A daemon that ended on its own may not have started at all: say why if its
         # output shows the JVM or the classpath at fault.

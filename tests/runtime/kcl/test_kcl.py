@@ -216,6 +216,14 @@ def test_a_dynamodb_stream_job_moves_between_hosts_on_kill_9_and_sigterm(
     wait_until(streams.converged, 60, "the first batch at both destinations")
     wait_until(streams.checkpointed_to_the_end, 30, "a checkpoint at the end of the stream")
     checkpoint = streams.checkpoint()
+    # The KCL created the lease table; a run claimed it for the job's source table.
+    lease_table_arn = streams.ddb.describe_table(TableName=streams.task)["Table"]["TableArn"]
+    source_arn = streams.ddb.describe_table(TableName=streams.job.source_table)["Table"]
+    assert wait_until(
+        lambda: streams.ddb.list_tags_of_resource(ResourceArn=lease_table_arn)["Tags"],
+        30,
+        "the lease table's owner tag",
+    ) == [{"Key": "replicator:source", "Value": source_arn["TableArn"]}]
     # The holder publishes the shard's part of the watermark in each destination's region.
     written = time.time()
     marks = [wait_until(lambda: streams.watermarks_pass(written), 60, "the watermark")]

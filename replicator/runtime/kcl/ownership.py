@@ -1,0 +1,123 @@
+"""Under the KCL: which job's leases the task's lease table holds.
+
+The KCL names the lease table after the task and records no stream in a lease (a lease
+is keyed by its shard's id alone). Two jobs given one ``task_name`` (another source
+table, the same name copied from an example) would share the table: each worker takes
+the other's leases and reads its checkpoints in its own stream, where those positions
+mean nothing (moto gives every stream's shard the same id: a job took over the other's
+lease and never read a record of its own stream), and each moves the other's
+checkpoints. Nothing fails, and changes are lost.
+
+So the lease table carries a tag naming the job's source (:data:`OWNER_TAG`): the
+source table's ARN, or a Kinesis data stream's ARN and the table read from it. A run
+claims the table at start (the KCL creates it on a first start: then as soon as it
+exists, from a thread of the launcher), and a run whose source is not the one the tag
+names is refused (exit 3) or, the table claimed by the other job after it started, has
+its daemon stopped.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+
+from replicator.aws import clients, tables
+from replicator.aws.errors import error_code
+from replicator.config.model import ResolvedJob, StreamKind
+from replicator.exceptions import EnvironmentProblem
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+log = structlog.get_logger(__name__)
+
+OWNER_TAG = "replicator:source"
+CLAIM_INTERVAL_S = 5.0
+
+
+def source_identity(resolved: ResolvedJob, stream_arn: str) -> str:
+    """What the job reads, as the tag names it: the source table's ARN (a DynamoDB
+    stream's ARN less its ``/stream/<label>``, so that a stream enabled again keeps the
+    table's owner), or a Kinesis data stream's ARN with the table (one data stream may
+    carry several tables, each replicated by a job of its own)."""
+    source = resolved.job.source
+    if source.stream.kind is StreamKind.DYNAMODB_STREAMS:
+        return stream_arn.split("/stream/", 1)[0]
+    return f"{stream_arn} table {source.table}"
+
+
+def claim(resolved: ResolvedJob, identity: str, client: DynamoDBClient | None = None) -> bool:
+    """Tag the lease table as this job's, or find it is already: True. False while the
+    table does not exist (the KCL creates it). EnvironmentProblem when the tag names
+    another source."""
+    source = resolved.job.source
+    ddb = client if client is not None else clients.dynamodb(source)
+    table = resolved.lease_table
+    try:
+        arn = ddb.describe_table(TableName=table)["Table"]["TableArn"]
+        tags = ddb.list_tags_of_resource(ResourceArn=arn).get("Tags", [])
+        owner = next((tag["Value"] for tag in tags if tag["Key"] == OWNER_TAG), None)
+        if owner is None:
+            ddb.tag_resource(ResourceArn=arn, Tags=[{"Key": OWNER_TAG, "Value": identity}])
+            log.info("lease table claimed for the job's source", lease_table=table, source=identity)
+            return True
+    except ClientError as error:
+        if error_code(error) == "ResourceNotFoundException":
+            return False
+        raise
+    if owner != identity:
+        where = tables.where(source.region, source.endpoint_url, source.role_arn)
+        raise EnvironmentProblem(
+            f"lease table {table} at {where} is another job's: its tag {OWNER_TAG} names the "
+            f"source {owner}, and this job reads {identity}. Jobs with one task_name share "
+            "one lease table, and each would take the other's leases and checkpoints "
+            "(reading none of its own changes); give this job a task_name of its own"
+        )
+    return True
+
+
+class ClaimWatch:
+    """Claims the lease table once the KCL has created it (a first start), from a thread;
+    on a table another job's run claimed first, records why (``refused``) and asks the
+    daemon for its clean stop (``on_refused``)."""
+
+    def __init__(
+        self,
+        resolved: ResolvedJob,
+        identity: str,
+        on_refused: Callable[[], None],
+        interval_s: float = CLAIM_INTERVAL_S,
+    ) -> None:
+        self.resolved = resolved
+        self.identity = identity
+        self.on_refused = on_refused
+        self.interval_s = interval_s
+        self.refused: str | None = None
+        self._ended = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="lease-claim", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._ended.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=1.0)
+
+    def _watch(self) -> None:
+        ddb = clients.dynamodb(self.resolved.job.source)
+        while not self._ended.wait(self.interval_s):
+            try:
+                if claim(self.resolved, self.identity, ddb):
+                    return
+            except EnvironmentProblem as problem:
+                log.error("the lease table is another job's; stopping the daemon")
+                self.refused = str(problem)
+                self.on_refused()
+                return
+            except (ClientError, BotoCoreError) as error:  # asked again at the next turn
+                log.warning("could not claim the lease table", error=str(error))

@@ -1,0 +1,126 @@
+"""The KCL's lease table is the job's by a tag naming its source: a second job given the
+same task_name (another source table) shared the table, took the first job's leases and
+read none of its own changes, without an error."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replicator.config.loader import load_job
+from replicator.demo import tables
+from replicator.exceptions import EnvironmentProblem
+from replicator.runtime.kcl import java, ownership
+from replicator.runtime.kcl.launcher import prepare_run
+from tests.runtime.kcl.test_kcl_launcher import (
+    STREAMS_CLASSES,
+    assert_refused,
+    fake_jars,
+    write_job,
+)
+from tests.runtime.kcl.test_kcl_launcher import run_cli as run_kcl_cli
+from tests.support.aws import client
+
+
+@pytest.fixture
+def two_jobs(moto_endpoint: str, unique: Any, tmp_path: Path) -> tuple[Path, Path]:
+    """Jobs of two source tables (each with a stream) under one task name, the second's
+    file in a directory of its own; both on fake jars (nothing gets past the preflight)."""
+    task = unique("shared-task")
+    files = []
+    for name in ("a", "b"):
+        table = unique(f"src-{name}")
+        tables.create(client("dynamodb", "us-east-1", moto_endpoint), table, stream=True)
+        tables.create(client("dynamodb", "eu-west-1", moto_endpoint), table, stream=False)
+        directory = tmp_path / name
+        jars = fake_jars(directory / "jars", [java.MULTILANG_DAEMON, *STREAMS_CLASSES])
+        files.append(
+            write_job(
+                directory / "job.yaml",
+                kind="dynamodb",
+                endpoint=moto_endpoint,
+                table=table,
+                destination=table,
+                task_name=task,
+                kcl=f", java: {sys.executable}, jars_dir: {jars}",
+            )
+        )
+    return files[0], files[1]
+
+
+def create_lease_table(endpoint: str, name: str) -> None:
+    """The lease table as the KCL creates it on a first start."""
+    client("dynamodb", "us-east-1", endpoint).create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
+def identity_of(job: Path) -> str:
+    resolved = load_job(job)
+    ddb = client("dynamodb", "us-east-1", str(resolved.job.source.endpoint_url))
+    stream = ddb.describe_table(TableName=resolved.job.source.table)["Table"]["LatestStreamArn"]
+    return ownership.source_identity(resolved, stream)
+
+
+def test_a_lease_table_is_claimed_once_it_exists_and_kept_by_its_job(
+    two_jobs: tuple[Path, Path], moto_endpoint: str
+) -> None:
+    first, _ = two_jobs
+    resolved = load_job(first)
+    identity = identity_of(first)
+    assert identity.endswith(f":table/{resolved.job.source.table}")
+    assert not ownership.claim(resolved, identity)  # the KCL has not created it yet
+    create_lease_table(moto_endpoint, resolved.lease_table)
+    assert ownership.claim(resolved, identity)
+    assert ownership.claim(resolved, identity)  # its own tag: claimed again
+    ddb = client("dynamodb", "us-east-1", moto_endpoint)
+    arn = ddb.describe_table(TableName=resolved.lease_table)["Table"]["TableArn"]
+    tags = ddb.list_tags_of_resource(ResourceArn=arn)["Tags"]
+    assert tags == [{"Key": ownership.OWNER_TAG, "Value": identity}]
+
+
+def test_a_second_job_of_the_task_name_is_refused_at_start_naming_both_sources(
+    two_jobs: tuple[Path, Path], moto_endpoint: str, tmp_path: Path
+) -> None:
+    first, second = two_jobs
+    resolved = load_job(first)
+    create_lease_table(moto_endpoint, resolved.lease_table)
+    assert ownership.claim(resolved, identity_of(first))
+    with pytest.raises(EnvironmentProblem, match="is another job's"):
+        prepare_run(load_job(second), tmp_path / "run")
+    message = assert_refused(
+        run_kcl_cli(second),
+        3,
+        f"lease table {resolved.lease_table}",
+        f"names the source {identity_of(first)}, and this job reads {identity_of(second)}",
+        "give this job a task_name of its own",
+    )
+    assert "Traceback" not in message
+
+
+def test_the_claim_made_after_the_kcl_created_the_table_stops_a_job_it_is_not_for(
+    two_jobs: tuple[Path, Path], moto_endpoint: str
+) -> None:
+    """Both started before either's daemon created the table: the watch of the one that
+    claims second asks its daemon to stop, and says why."""
+    first, second = two_jobs
+    resolved = load_job(first)
+    stopped: list[bool] = []
+    watch = ownership.ClaimWatch(
+        load_job(second), identity_of(second), lambda: stopped.append(True), interval_s=0.05
+    )
+    create_lease_table(moto_endpoint, resolved.lease_table)
+    assert ownership.claim(resolved, identity_of(first))
+    watch.start()
+    try:
+        watch._thread.join(timeout=30)
+    finally:
+        watch.stop()
+    assert stopped == [True]
+    assert watch.refused is not None and "is another job's" in watch.refused
