@@ -18,7 +18,6 @@ its daemon stopped.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -29,6 +28,7 @@ from replicator.aws import clients, tables
 from replicator.aws.errors import error_code
 from replicator.config.model import ResolvedJob, StreamKind
 from replicator.exceptions import EnvironmentProblem
+from replicator.runtime.kcl.every import Every
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -95,29 +95,20 @@ class ClaimWatch:
         self.resolved = resolved
         self.identity = identity
         self.on_refused = on_refused
-        self.interval_s = interval_s
         self.refused: str | None = None
-        self._ended = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="lease-claim", daemon=True)
+        self._ddb = clients.dynamodb(resolved.job.source)
+        self._every = Every("lease-claim", interval_s, self._turn)
+        self.start, self.stop, self.join = self._every.start, self._every.stop, self._every.join
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._ended.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=1.0)
-
-    def _watch(self) -> None:
-        ddb = clients.dynamodb(self.resolved.job.source)
-        while not self._ended.wait(self.interval_s):
-            try:
-                if claim(self.resolved, self.identity, ddb):
-                    return
-            except EnvironmentProblem as problem:
-                log.error("the lease table is another job's; stopping the daemon")
-                self.refused = str(problem)
-                self.on_refused()
-                return
-            except (ClientError, BotoCoreError) as error:  # asked again at the next turn
-                log.warning("could not claim the lease table", error=str(error))
+    def _turn(self) -> bool:
+        """Whether the claim is settled (made, or refused)."""
+        try:
+            return claim(self.resolved, self.identity, self._ddb)
+        except EnvironmentProblem as problem:
+            log.error("the lease table is another job's; stopping the daemon")
+            self.refused = str(problem)
+            self.on_refused()
+            return True
+        except (ClientError, BotoCoreError) as error:  # asked again at the next turn
+            log.warning("could not claim the lease table", error=str(error))
+            return False

@@ -12,7 +12,6 @@ daemon for its clean stop; ``run`` then ends with exit 3 and the reason.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import structlog
@@ -22,6 +21,7 @@ from replicator.aws import clients, tables
 from replicator.aws.errors import error_code
 from replicator.config.model import ResolvedJob
 from replicator.runtime import preflight
+from replicator.runtime.kcl.every import Every
 
 log = structlog.get_logger(__name__)
 
@@ -39,43 +39,35 @@ class StreamWatch:
         self.resolved = resolved
         self.stream_arn = stream_arn
         self.on_replaced = on_replaced
-        self.interval_s = interval_s
         # Why the stream is no longer the table's, once found (then the watch ends).
         self.replaced: str | None = None
-        self._ended = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="stream-watch", daemon=True)
+        self._ddb = clients.dynamodb(resolved.job.source)
+        self._every = Every("stream-watch", interval_s, self._turn)
+        self.start, self.stop = self._every.start, self._every.stop
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._ended.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=1.0)
-
-    def _watch(self) -> None:
+    def _turn(self) -> bool:
+        """Whether the stream was found replaced (the watch then ends)."""
         source = self.resolved.job.source
-        ddb = clients.dynamodb(source)
-        while not self._ended.wait(self.interval_s):
-            try:
-                why = preflight.stream_replaced(self.resolved, ddb, self.stream_arn)
-            except ClientError as error:
-                if error_code(error) != "ResourceNotFoundException":
-                    # Throttling, access taken away: the KCL's own reads say more; asked
-                    # again at the next turn.
-                    log.warning("could not ask the source table for its stream", error=str(error))
-                    continue
-                where = tables.where(source.region, source.endpoint_url, source.role_arn)
-                why = (
-                    f"source table {source.table} at {where} was deleted while the job ran "
-                    f"(the daemon reads its stream {self.stream_arn}); "
-                    f"{preflight.SOURCE_DELETED_ADVICE}"
-                )
-            except BotoCoreError as error:  # no answer: asked again at the next turn
+        try:
+            why = preflight.stream_replaced(self.resolved, self._ddb, self.stream_arn)
+        except ClientError as error:
+            if error_code(error) != "ResourceNotFoundException":
+                # Throttling, access taken away: the KCL's own reads say more; asked
+                # again at the next turn.
                 log.warning("could not ask the source table for its stream", error=str(error))
-                continue
-            if why is not None:
-                log.error("the source table's stream was replaced; stopping the daemon")
-                self.replaced = why
-                self.on_replaced()
-                return
+                return False
+            where = tables.where(source.region, source.endpoint_url, source.role_arn)
+            why = (
+                f"source table {source.table} at {where} was deleted while the job ran "
+                f"(the daemon reads its stream {self.stream_arn}); "
+                f"{preflight.SOURCE_DELETED_ADVICE}"
+            )
+        except BotoCoreError as error:  # no answer: asked again at the next turn
+            log.warning("could not ask the source table for its stream", error=str(error))
+            return False
+        if why is None:
+            return False
+        log.error("the source table's stream was replaced; stopping the daemon")
+        self.replaced = why
+        self.on_replaced()
+        return True

@@ -119,7 +119,7 @@ def test_the_claim_made_after_the_kcl_created_the_table_stops_a_job_it_is_not_fo
     assert ownership.claim(resolved, identity_of(first))
     watch.start()
     try:
-        watch._thread.join(timeout=30)
+        watch.join(timeout=30)
     finally:
         watch.stop()
     assert stopped == [True]
