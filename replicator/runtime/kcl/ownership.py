@@ -68,6 +68,17 @@ def claim(resolved: ResolvedJob, identity: str, client: DynamoDBClient | None = 
     except ClientError as error:
         if error_code(error) == "ResourceNotFoundException":
             return False
+        if error_code(error) == "AccessDeniedException":
+            # A role written before the check (docs/security.md): the job runs unchecked
+            # rather than not at all after an upgrade, and says what to grant.
+            log.warning(
+                "could not check which job's leases the lease table holds: grant "
+                "dynamodb:ListTagsOfResource and dynamodb:TagResource on it "
+                "(docs/security.md, LeaseTableOwnerTag)",
+                lease_table=table,
+                error=str(error),
+            )
+            return True
         raise
     if owner != identity:
         where = tables.where(source.region, source.endpoint_url, source.role_arn)

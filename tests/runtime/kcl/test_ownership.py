@@ -7,8 +7,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
+import structlog.testing
+from botocore.exceptions import ClientError
 
 from replicator.config.loader import load_job
 from replicator.demo import tables
@@ -124,3 +127,24 @@ def test_the_claim_made_after_the_kcl_created_the_table_stops_a_job_it_is_not_fo
         watch.stop()
     assert stopped == [True]
     assert watch.refused is not None and "is another job's" in watch.refused
+
+
+def test_a_role_without_the_tag_permissions_runs_unchecked_and_says_what_to_grant(
+    two_jobs: tuple[Path, Path], moto_endpoint: str
+) -> None:
+    """A role written before the check: the job must not stop starting after an upgrade."""
+    first, _ = two_jobs
+    resolved = load_job(first)
+    create_lease_table(moto_endpoint, resolved.lease_table)
+    ddb = client("dynamodb", "us-east-1", moto_endpoint)
+    denied = ClientError(
+        {"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}},
+        "ListTagsOfResource",
+    )
+    with (
+        mock.patch.object(ddb, "list_tags_of_resource", side_effect=denied),
+        structlog.testing.capture_logs() as logs,
+    ):
+        assert ownership.claim(resolved, identity_of(first), ddb)
+    (warning,) = [line for line in logs if line["log_level"] == "warning"]
+    assert "grant dynamodb:ListTagsOfResource and dynamodb:TagResource" in warning["event"]
