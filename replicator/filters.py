@@ -30,8 +30,10 @@ from replicator.records import Change, Event
 
 log = structlog.get_logger(__name__)
 
-# Puts read without the origin stamp, none with it, before the watch says so.
+# Puts read without the origin stamp, none with it, before the watch says so; and puts
+# stamped with the source's region (not origin_value), none with origin_value.
 UNSTAMPED_PUTS_WARNED_AFTER = 1000
+REGION_STAMPED_PUTS_WARNED_AFTER = 100
 
 
 class Route(StrEnum):
@@ -94,10 +96,12 @@ class StampWatch:
     warning: a mistake in them replicates nothing, or everything twice, and no write
     fails for it.
 
-    * A put stamped with the source table's region, where ``origin_value`` is another
-      value: taken for another region's echo and skipped. When that region is what this
-      region's applications stamp (``origin_value`` mistyped), none of their writes is
-      replicated, and the watermark counts them as settled.
+    * :data:`REGION_STAMPED_PUTS_WARNED_AFTER` puts stamped with the source table's
+      region, where ``origin_value`` is another value, and none stamped with
+      ``origin_value``: each taken for another region's echo and skipped. When that
+      region is what this region's applications stamp (``origin_value`` mistyped), none
+      of their writes is replicated, and the watermark counts them as settled. (Two
+      tables of one region, each with its own value, show puts of both stamps.)
     * :data:`UNSTAMPED_PUTS_WARNED_AFTER` puts without ``origin_attribute``, none with
       it: a misspelt attribute, or applications that do not stamp. Every put is then
       taken for this region's own and echoes go back and forth (a wasted write each,
@@ -108,7 +112,8 @@ class StampWatch:
     source_region: str
     unstamped: int = 0
     stamp_seen: bool = False
-    region_warned: bool = False
+    region_stamped: int = 0
+    own_stamp_seen: bool = False
 
     @classmethod
     def for_job(cls, job: JobConfig) -> StampWatch | None:
@@ -134,15 +139,22 @@ class StampWatch:
                     )
             return
         self.stamp_seen = True
-        if origin == self.source_region and origin != self.origin_value and not self.region_warned:
-            self.region_warned = True
-            log.warning(
-                "a put stamped with the source table's region was skipped as another "
-                "region's echo: loop_prevention.origin_value is another value. If this "
-                "region's applications stamp the region, none of their writes is "
-                "replicated: set origin_value to it",
-                origin_attribute=self.origin_attribute,
-                stamp=origin,
-                origin_value=self.origin_value,
-                sequence_number=change.sequence_number,
-            )
+        if self.own_stamp_seen:
+            return
+        if origin == self.origin_value:
+            self.own_stamp_seen = True
+        elif origin == self.source_region:
+            self.region_stamped += 1
+            if self.region_stamped == REGION_STAMPED_PUTS_WARNED_AFTER:
+                log.warning(
+                    f"{REGION_STAMPED_PUTS_WARNED_AFTER} puts stamped with the source "
+                    "table's region, and none with loop_prevention.origin_value, were "
+                    "skipped as another region's echoes. If this region's applications "
+                    "stamp the region, none of their writes is replicated: set "
+                    "origin_value to it (if another job's table in this region stamps it, "
+                    "nothing is wrong)",
+                    origin_attribute=self.origin_attribute,
+                    stamp=origin,
+                    origin_value=self.origin_value,
+                    sequence_number=change.sequence_number,
+                )

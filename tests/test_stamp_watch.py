@@ -9,7 +9,13 @@ import structlog.testing
 
 from replicator.config.loader import parse_job
 from replicator.decode import decode
-from replicator.filters import UNSTAMPED_PUTS_WARNED_AFTER, ChangeFilter, Route, StampWatch
+from replicator.filters import (
+    REGION_STAMPED_PUTS_WARNED_AFTER,
+    UNSTAMPED_PUTS_WARNED_AFTER,
+    ChangeFilter,
+    Route,
+    StampWatch,
+)
 from replicator.intake import Reader
 from tests.support.records import put, remove
 
@@ -30,18 +36,36 @@ def warnings_of(logs: list[dict[str, object]]) -> list[dict[str, object]]:
     return [line for line in logs if line["log_level"] == "warning"]
 
 
-def test_a_put_stamped_with_the_source_region_under_another_origin_value_is_warned_once() -> None:
+def test_puts_stamped_with_the_source_region_under_another_origin_value_are_warned_once() -> None:
     """origin_value us-east1 where the applications stamp us-east-1: every local put was
     skipped as an echo, nothing replicated, and nothing above info was logged."""
     reader = reader_of("{origin_attribute: origin, origin_value: us-east1}")
+    count = REGION_STAMPED_PUTS_WARNED_AFTER + 5
     with structlog.testing.capture_logs() as logs:
-        routes = [reader.route(decode(put(f"k{i}", i, origin="us-east-1"))).route for i in range(3)]
-    assert routes == [Route.LOOP_SKIPPED] * 3
+        routes = [
+            reader.route(decode(put(f"k{i}", i + 1, origin="us-east-1"))).route
+            for i in range(count)
+        ]
+    assert routes == [Route.LOOP_SKIPPED] * count
     (warning,) = warnings_of(logs)
     assert str(warning["event"]).startswith(
-        "a put stamped with the source table's region was skipped as another region's echo"
+        f"{REGION_STAMPED_PUTS_WARNED_AFTER} puts stamped with the source table's region, "
+        "and none with loop_prevention.origin_value, were skipped"
     )
     assert (warning["stamp"], warning["origin_value"]) == ("us-east-1", "us-east1")
+    assert warning["sequence_number"] == str(REGION_STAMPED_PUTS_WARNED_AFTER)
+
+
+def test_two_tables_of_one_region_each_with_its_own_stamp_say_nothing() -> None:
+    """docs/active-active.md: two tables in one region need two origin values. The job
+    of the one stamped us-east-1b reads the other's echoes, stamped us-east-1: no
+    warning (following it would have put both jobs on one value)."""
+    reader = reader_of("{origin_attribute: origin, origin_value: us-east-1b}")
+    with structlog.testing.capture_logs() as logs:
+        reader.route(decode(put("own", 1, origin="us-east-1b")))
+        for i in range(REGION_STAMPED_PUTS_WARNED_AFTER + 5):
+            reader.route(decode(put(f"k{i}", i + 2, origin="us-east-1")))
+    assert warnings_of(logs) == []
 
 
 def test_the_right_origin_value_and_echoes_say_nothing() -> None:

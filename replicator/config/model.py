@@ -1298,7 +1298,11 @@ class JobConfig(Strict):
                 "back, would be replicated while this region's are skipped. Set it to the "
                 "value this region's applications stamp"
             )
-        if difflib.SequenceMatcher(None, origin, region).ratio() >= 0.8:
+        # A value that starts with the region is one of its own (two tables of one
+        # region need two: us-east-1b); one close to it otherwise is likely a typo.
+        if not origin.startswith(region) and (
+            difflib.SequenceMatcher(None, origin, region).ratio() >= 0.8
+        ):
             return (
                 f"{skipped}; if this region's applications stamp {region!r}, none of their "
                 f"writes is replicated. Did you mean {region!r} (or leave origin_value out)?"

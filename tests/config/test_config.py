@@ -822,6 +822,7 @@ def test_an_empty_config_option_is_refused_as_empty(command: str) -> None:
         ("us-east1", "Did you mean 'us-east-1' (or leave origin_value out)?"),
         ("eu-west-1", "and 'eu-west-1' is a destination's region"),
         ("use1", None),  # a stamp of its own
+        ("us-east-1b", None),  # two tables of one region: a value each
         ("us-east-1", None),
     ],
 )

@@ -8,10 +8,13 @@ from collections.abc import Callable
 
 
 class Every:
-    """Calls ``turn`` every ``interval_s`` on a daemon thread, from ``interval_s`` after
-    :meth:`start`, until it returns True (its answer is in) or :meth:`stop`."""
+    """Calls ``turn`` every ``interval_s`` (a number of seconds, or a function giving the
+    next wait) on a daemon thread, from one interval after :meth:`start`, until it
+    returns True (its answer is in) or :meth:`stop`."""
 
-    def __init__(self, name: str, interval_s: float, turn: Callable[[], bool]) -> None:
+    def __init__(
+        self, name: str, interval_s: float | Callable[[], float], turn: Callable[[], bool]
+    ) -> None:
         self.interval_s = interval_s
         self._turn = turn
         self._ended = threading.Event()
@@ -29,6 +32,10 @@ class Every:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        while not self._ended.wait(self.interval_s):
+        while not self._ended.wait(self._next_wait()):
             if self._turn():
                 return
+
+    def _next_wait(self) -> float:
+        interval = self.interval_s
+        return interval() if callable(interval) else interval

@@ -513,8 +513,16 @@ def prepare_run(
     try:
         claimed = ownership.claim(resolved, identity)
     except (ClientError, BotoCoreError) as error:
+        # Throttled, say (TagResource is limited per account, and a fleet restarts at
+        # once): the run's watch claims it, retrying.
         where = tables.where(source.region, source.endpoint_url, source.role_arn)
-        raise preflight.explain(error, f"lease table {resolved.lease_table}", where) from None
+        log.warning(
+            "could not claim the lease table at start; the run claims it once it can",
+            lease_table=resolved.lease_table,
+            where=where,
+            error=str(error),
+        )
+        claimed = False
     job = resolved.job
     worker_id = job.kcl.worker_id or socket.gethostname()
     stream_arn = info.stream_arn if job.source.stream.kind is StreamKind.DYNAMODB_STREAMS else None
@@ -641,11 +649,13 @@ def run_kcl(
                 if prepared.stream_arn is not None and not job.source.stream.arn:
                     watch = StreamWatch(resolved, prepared.stream_arn, daemon.stop_of_our_own)
                     watch.start()
-                if not prepared.lease_table_claimed:
-                    claim_watch = ownership.ClaimWatch(
-                        resolved, prepared.source_identity, daemon.stop_of_our_own
-                    )
-                    claim_watch.start()
+                claim_watch = ownership.ClaimWatch(
+                    resolved,
+                    prepared.source_identity,
+                    daemon.stop_of_our_own,
+                    claimed=prepared.lease_table_claimed,
+                )
+                claim_watch.start()
                 log.info(
                     "KCL runtime started",
                     worker_id=_worker_id(resolved),

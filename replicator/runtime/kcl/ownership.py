@@ -11,13 +11,16 @@ checkpoints. Nothing fails, and changes are lost.
 So the lease table carries a tag naming the job's source (:data:`OWNER_TAG`): the
 source table's ARN, or a Kinesis data stream's ARN and the table read from it. A run
 claims the table at start (the KCL creates it on a first start: then as soon as it
-exists, from a thread of the launcher), and a run whose source is not the one the tag
-names is refused (exit 3) or, the table claimed by the other job after it started, has
-its daemon stopped.
+exists), and a run whose source is not the one the tag names is refused (exit 3). The
+claim is no transaction (tags are read, then written, and a read may lag a write by
+seconds): two jobs starting together may both find no tag. So a launcher thread reads
+the tag again for as long as the daemon runs, and stops the daemon of a job the tag
+no longer names.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -36,7 +39,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 OWNER_TAG = "replicator:source"
-CLAIM_INTERVAL_S = 5.0
+CLAIM_INTERVAL_S = 5.0  # until the KCL has created the table and it is claimed
+CHECK_INTERVAL_S = 60.0  # then: TagResource and its reads are limited per account
+TAG_VALUE_LIMIT = 256  # DynamoDB's longest tag value
 
 
 def source_identity(resolved: ResolvedJob, stream_arn: str) -> str:
@@ -46,8 +51,14 @@ def source_identity(resolved: ResolvedJob, stream_arn: str) -> str:
     carry several tables, each replicated by a job of its own)."""
     source = resolved.job.source
     if source.stream.kind is StreamKind.DYNAMODB_STREAMS:
-        return stream_arn.split("/stream/", 1)[0]
-    return f"{stream_arn} table {source.table}"
+        identity = stream_arn.split("/stream/", 1)[0]
+    else:
+        identity = f"{stream_arn} table {source.table}"
+    if len(identity) <= TAG_VALUE_LIMIT:
+        return identity
+    # A name near DynamoDB's or Kinesis's longest: its end as a digest, still its own.
+    suffix = f"...sha256:{hashlib.sha256(identity.encode()).hexdigest()[:32]}"
+    return identity[: TAG_VALUE_LIMIT - len(suffix)] + suffix
 
 
 def claim(resolved: ResolvedJob, identity: str, client: DynamoDBClient | None = None) -> bool:
@@ -86,40 +97,52 @@ def claim(resolved: ResolvedJob, identity: str, client: DynamoDBClient | None = 
             f"lease table {table} at {where} is another job's: its tag {OWNER_TAG} names the "
             f"source {owner}, and this job reads {identity}. Jobs with one task_name share "
             "one lease table, and each would take the other's leases and checkpoints "
-            "(reading none of its own changes); give this job a task_name of its own"
+            "(reading none of its own changes); give this job a task_name of its own (if "
+            f"this job's source was changed on purpose, stop its workers and delete the "
+            f"lease table {table}: the new source is read from kcl.initial_position)"
         )
     return True
 
 
 class ClaimWatch:
-    """Claims the lease table once the KCL has created it (a first start), from a thread;
-    on a table another job's run claimed first, records why (``refused``) and asks the
-    daemon for its clean stop (``on_refused``)."""
+    """Claims the lease table once the KCL has created it (a first start), then reads its
+    tag again every :data:`CHECK_INTERVAL_S` while the daemon runs; on a table another
+    job's run has claimed, records why (``refused``) and asks the daemon for its clean
+    stop (``on_refused``)."""
 
     def __init__(
         self,
         resolved: ResolvedJob,
         identity: str,
         on_refused: Callable[[], None],
+        *,
+        claimed: bool = False,
         interval_s: float = CLAIM_INTERVAL_S,
+        check_interval_s: float = CHECK_INTERVAL_S,
     ) -> None:
         self.resolved = resolved
         self.identity = identity
         self.on_refused = on_refused
+        self.claimed = claimed
         self.refused: str | None = None
         self._ddb = clients.dynamodb(resolved.job.source)
-        self._every = Every("lease-claim", interval_s, self._turn)
+        self._every = Every(
+            "lease-claim",
+            lambda: check_interval_s if self.claimed else interval_s,
+            self._turn,
+        )
         self.start, self.stop, self.join = self._every.start, self._every.stop, self._every.join
 
     def _turn(self) -> bool:
-        """Whether the claim is settled (made, or refused)."""
+        """Whether the watch ends (the table is another job's)."""
         try:
-            return claim(self.resolved, self.identity, self._ddb)
+            self.claimed = claim(self.resolved, self.identity, self._ddb)
+            return False
         except EnvironmentProblem as problem:
             log.error("the lease table is another job's; stopping the daemon")
             self.refused = str(problem)
             self.on_refused()
             return True
         except (ClientError, BotoCoreError) as error:  # asked again at the next turn
-            log.warning("could not claim the lease table", error=str(error))
+            log.warning("could not read the lease table's owner tag", error=str(error))
             return False

@@ -148,3 +148,44 @@ def test_a_role_without_the_tag_permissions_runs_unchecked_and_says_what_to_gran
         assert ownership.claim(resolved, identity_of(first), ddb)
     (warning,) = [line for line in logs if line["log_level"] == "warning"]
     assert "grant dynamodb:ListTagsOfResource and dynamodb:TagResource" in warning["event"]
+
+
+def test_a_run_whose_tag_another_job_wrote_since_has_its_daemon_stopped(
+    two_jobs: tuple[Path, Path], moto_endpoint: str
+) -> None:
+    """Two jobs started together can both find no tag and both write one (a read of the
+    tags may lag a write): the run the tag no longer names is stopped while it runs."""
+    first, second = two_jobs
+    resolved = load_job(first)
+    create_lease_table(moto_endpoint, resolved.lease_table)
+    assert ownership.claim(resolved, identity_of(first))
+    stopped: list[bool] = []
+    watch = ownership.ClaimWatch(
+        resolved,
+        identity_of(first),
+        lambda: stopped.append(True),
+        claimed=True,
+        check_interval_s=0.05,
+    )
+    watch.start()
+    try:
+        ddb = client("dynamodb", "us-east-1", moto_endpoint)
+        arn = ddb.describe_table(TableName=resolved.lease_table)["Table"]["TableArn"]
+        ddb.untag_resource(ResourceArn=arn, TagKeys=[ownership.OWNER_TAG])
+        ddb.tag_resource(
+            ResourceArn=arn, Tags=[{"Key": ownership.OWNER_TAG, "Value": identity_of(second)}]
+        )
+        watch.join(timeout=30)
+    finally:
+        watch.stop()
+    assert stopped == [True]
+    assert watch.refused is not None
+    assert f"names the source {identity_of(second)}, and this job reads" in watch.refused
+
+
+def test_a_source_named_near_the_longest_name_fits_a_tag(two_jobs: tuple[Path, Path]) -> None:
+    resolved = load_job(two_jobs[0])
+    long_arn = f"arn:aws:dynamodb:us-east-1:123456789012:table/{'t' * 255}/stream/2026-01-01"
+    identity = ownership.source_identity(resolved, long_arn)
+    assert len(identity) <= ownership.TAG_VALUE_LIMIT
+    assert identity != ownership.source_identity(resolved, long_arn.replace("tt/", "tu/"))
