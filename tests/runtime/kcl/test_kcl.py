@@ -219,11 +219,17 @@ def test_a_dynamodb_stream_job_moves_between_hosts_on_kill_9_and_sigterm(
     # The KCL created the lease table; a run claimed it for the job's source table.
     lease_table_arn = streams.ddb.describe_table(TableName=streams.task)["Table"]["TableArn"]
     source_arn = streams.ddb.describe_table(TableName=streams.job.source_table)["Table"]
-    assert wait_until(
-        lambda: streams.ddb.list_tags_of_resource(ResourceArn=lease_table_arn)["Tags"],
+    owners = wait_until(
+        lambda: [
+            tag["Value"]
+            for tag in streams.ddb.list_tags_of_resource(ResourceArn=lease_table_arn)["Tags"]
+            if tag["Key"] == "replicator:source"
+        ],
         30,
         "the lease table's owner tag",
-    ) == [{"Key": "replicator:source", "Value": source_arn["TableArn"]}]
+    )
+    # Both hosts may have found no tag and written one (moto keeps each): the same value.
+    assert set(owners) == {source_arn["TableArn"]}
     # The holder publishes the shard's part of the watermark in each destination's region.
     written = time.time()
     marks = [wait_until(lambda: streams.watermarks_pass(written), 60, "the watermark")]
