@@ -113,12 +113,16 @@ def _acknowledge(signum: int) -> None:
     """Say at once that a stop signal is held: a start-up step in flight (a table or
     endpoint that does not answer) may take the SDK's timeouts, some 30 s, before the
     start stops, and nothing was said meanwhile. Only once the job's logging is set up
-    (before that, a log line would go to stdout, the command's output)."""
-    from replicator import logs
+    (before that, a log line would go to stdout, the command's output).
 
-    if logs.configured() and not _decided:
-        import structlog
-
+    Nothing is imported here: the handler may run in the middle of an import (the CLI's
+    take half a second), and an import from it then breaks that one in CPython 3.11
+    (``KeyError`` from the import lock's bookkeeping, a traceback and exit 1 for a
+    clean stop). Logging set up means both modules are loaded already."""
+    logs = sys.modules.get("replicator.logs")
+    configured = getattr(logs, "configured", None)
+    structlog = sys.modules.get("structlog")
+    if configured is not None and structlog is not None and configured() and not _decided:
         structlog.get_logger(__name__).info(
             "stop signal received while starting; the start-up stops after the step in "
             "flight, which may wait for an endpoint's timeouts (a second signal stops at once)",

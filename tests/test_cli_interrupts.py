@@ -235,3 +235,26 @@ def test_the_runtimes_take_a_repeated_stop_signal_as_one_request_and_a_later_as_
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)  # two Ctrl-C, however soon: two requests
         assert asked == [signal.SIGINT, signal.SIGINT]
+
+
+def test_the_held_stop_signal_s_handler_imports_nothing() -> None:
+    """The handler runs wherever the main thread is, an import of the CLI's modules
+    included: importing from it then broke that import in CPython 3.11 (``KeyError`` in
+    the import lock's bookkeeping), and a SIGTERM sent during start-up ended ``run`` with
+    a traceback and exit 1 instead of a clean stop."""
+    checked = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import signal, sys\n"
+            "import replicator.entry as entry\n"
+            "before = set(sys.modules)\n"
+            "entry._hold(signal.SIGTERM, None)\n"
+            "print(sorted(set(sys.modules) - before))\n",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert checked.stdout.strip() == "[]"
