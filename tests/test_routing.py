@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
+from replicator.filters import REGION_STAMPED_PUTS_WARNED_AFTER
 from replicator.metrics import Metrics
 from tests.support.aws import client, create_table
 from tests.support.inprocess import InProcessShard
@@ -217,3 +219,22 @@ def test_a_destination_can_override_the_conflict_policy(setup: Setup) -> None:
     shard.settle()
     assert setup.items("eu")["k"]["v"] == {"S": "older"}  # overwrite
     assert setup.items("ap")["k"]["v"] == {"S": "newer"}  # last writer wins
+
+
+def test_a_shard_warns_of_an_origin_value_no_put_is_stamped_with(setup: Setup) -> None:
+    """Through the processor's own wiring: origin_value us-east1, puts stamped us-east-1
+    (the applications' region): every one skipped as an echo, none replicated, and the
+    shard says so once."""
+    shard = setup.shard(
+        "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+        "loop_prevention: {origin_attribute: origin, origin_value: us-east1}\n"
+    )
+    count = REGION_STAMPED_PUTS_WARNED_AFTER + 1
+    with structlog.testing.capture_logs() as logs:
+        shard.send([put(f"k{i}", i + 1, ts=1, origin="us-east-1") for i in range(count)])
+        shard.settle()
+    assert setup.items("eu") == {} and setup.items("ap") == {}
+    warned = [
+        line for line in logs if "puts stamped with the source table's region" in line["event"]
+    ]
+    assert len(warned) == 1 and warned[0]["origin_value"] == "us-east1"
