@@ -183,12 +183,10 @@ class ShardPipeline:
         # Ends the holds of keys whose write sent a request that may still land late.
         self._holds = Timer(f"write-holds-{shard_id}")
         # Active-active puts to check again once their late-write window has passed
-        # (WriteResult.recheck), by id: (destination, change, the record they keep open,
-        # the item's key and its hold, ended after the check). On a timer of their own:
-        # a stop ends the holds, not these checks, which its flush waits for.
+        # (WriteResult.recheck), by id, from the write until the check is made. On a timer
+        # of their own: a stop ends the holds, not these checks, which its flush waits for.
         self._rechecks: dict[int, _Recheck] = {}
         self._recheck_ids = itertools.count()
-        self._rechecks_open: Counter[str] = Counter()  # per destination, due or running
         self._recheck_timer = Timer(f"write-rechecks-{shard_id}")
         self._loop: EventLoopThread | None = None
         self._wires: dict[str, RequestWire] = {}
@@ -473,12 +471,11 @@ class ShardPipeline:
         with self._cond:
             counts = {label: self.buffer.outstanding(label) for label in self.buffer.destinations}
             # A put checked again after its late-write window is its destination's.
-            rechecks = 0
-            for label, open_ in self._rechecks_open.items():
+            rechecks = Counter(due.label for due in self._rechecks.values())
+            for label, open_ in rechecks.items():
                 counts[label] = counts.get(label, 0) + open_
-                rechecks += open_
             counts[CONFLICT_LOG_WAIT] = (
-                counts.get(CONFLICT_LOG_WAIT, 0) + self.buffer.held_records - rechecks
+                counts.get(CONFLICT_LOG_WAIT, 0) + self.buffer.held_records - rechecks.total()
             )
         return {label: count for label, count in counts.items() if count}
 
@@ -498,7 +495,6 @@ class ShardPipeline:
         self._holds.clear()
         with self._cond:
             self._rechecks.clear()
-            self._rechecks_open.clear()
             self._recheck_timer.clear()
             self.buffer.abandon()
             self._batches.clear()
@@ -810,7 +806,6 @@ class ShardPipeline:
                     if slot is not None:
                         recheck = next(self._recheck_ids)
                         self._rechecks[recheck] = _Recheck(label, entry.change, slot, key_hold)
-                        self._rechecks_open[label] += 1
                 self.buffer.complete(label, entry, failed=result.failed)
                 self._settle_batches()
                 self._wake()
@@ -846,15 +841,15 @@ class ShardPipeline:
         """A put's late-write window has passed (on the recheck timer's thread): its
         check against the item's tombstone runs again on the destination's threads."""
         with self._cond:
-            due = self._rechecks.pop(recheck, None)
-        if due is None:
+            due = self._rechecks.get(recheck)
+        if due is None:  # abandoned
             return
         try:
-            self._executors[due.label].submit(self._recheck, due)
+            self._executors[due.label].submit(self._recheck, recheck, due)
         except RuntimeError:  # the executor is shut down: the pipeline is closed
             return
 
-    def _recheck(self, due: _Recheck) -> None:
+    def _recheck(self, recheck: int, due: _Recheck) -> None:
         """Check the put again (DestinationWriter.recheck_late_put), then let its record
         be checkpointed and the item's next change be written. A check that cannot be
         made stops the shard with the record open: read again after the restart, the put
@@ -872,8 +867,8 @@ class ShardPipeline:
                     f"{result.error or result.reason}"
                 )
             with self._cond:
-                if self._rechecks_open[label] > 0:  # else abandoned since
-                    self._rechecks_open[label] -= 1
+                if self._rechecks.pop(recheck, None) is None:  # abandoned since
+                    return
                 self.buffer.release(due.slot)
                 if due.key_hold is not None:  # else a stop had ended the holds
                     self.buffer.release_key(label, due.change.key, due.key_hold)

@@ -417,18 +417,14 @@ class DestinationWriter:
         change's, settled by its own write. APPLIED when the item was removed,
         UNCHANGED when nothing was to be done, FAILED when the check could not be made;
         retried as a write is."""
-        assert self.tombstones is not None and change.new_image is not None
+        assert change.new_image is not None
         image = change.new_image
         rule = self.ordered_rule
 
         def check_once(_attempt: int) -> WriteResult:
-            assert self.tombstones is not None
-            tombstone = self.tombstones.get(change.keys)
-            if tombstone is None or not tombstone.blocks(rule.rank(image)):
-                return UNCHANGED
-            if tombstone.expired(self.tombstones.now()):
-                return UNCHANGED
-            if not self.replace_exactly(change.keys, image, None):
+            # An expired one was counted by the put's own check.
+            tombstone = self._outranking_tombstone(change.keys, image, note_expired=False)
+            if tombstone is None or not self.replace_exactly(change.keys, image, None):
                 return UNCHANGED
             self.metrics.late_puts_removed.labels(self.label).inc()
             log.warning(
@@ -1091,12 +1087,25 @@ class DestinationWriter:
         """After a put created an item: if a live tombstone ranks at or above the image,
         remove the item again (while it ranks at or below that tombstone) and return the
         tombstone."""
+        tombstone = self._outranking_tombstone(keys, image, note_expired=True)
+        if tombstone is not None:
+            self.remove_below(keys, tombstone, image)
+        return tombstone
+
+    def _outranking_tombstone(
+        self, keys: Item, image: Item, *, note_expired: bool
+    ) -> Tombstone | None:
+        """The live tombstone of ``keys`` that ranks at or above ``image``, if any.
+        ``note_expired``: one that does but is past the retention is counted and logged
+        (the put is applied)."""
         assert self.tombstones is not None
         rule = self.ordered_rule
         tombstone = self.tombstones.get(keys)
         if tombstone is None or not tombstone.blocks(rule.rank(image)):
             return None
-        if tombstone.expired(self.tombstones.now()):
+        if not tombstone.expired(self.tombstones.now()):
+            return tombstone
+        if note_expired:
             self.metrics.tombstones_expired.labels(self.label).inc()
             log.warning(
                 "a put ranked below a delete older than the tombstone retention was applied",
@@ -1104,9 +1113,7 @@ class DestinationWriter:
                 key=describe_key(keys),
                 delete=tombstone.described(rule.attribute, rule.origin_attribute),
             )
-            return None
-        self.remove_below(keys, tombstone, image)
-        return tombstone
+        return None
 
     def remove_below(self, keys: Item, tombstone: Tombstone, stale: Item | None) -> bool:
         """Delete the item while it ranks at or below ``tombstone`` (``stale``, an image
