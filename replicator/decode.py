@@ -214,8 +214,14 @@ def _change(
     keys, key = _keys(keys_wire, old if event is Event.REMOVE else new, stream_keys)
     if event is not Event.REMOVE and new is None:
         raise RecordDecodeError(
-            f"record {sequence_number}: {event.value} without NewImage; the stream view "
-            "type must be NEW_IMAGE or NEW_AND_OLD_IMAGES"
+            f"record {sequence_number}: {event.value} without NewImage; "
+            + (
+                # Kinesis Data Streams for DynamoDB has no view type: both images, always.
+                "a Kinesis Data Streams for DynamoDB record always carries it (this one "
+                "was not written by DynamoDB)"
+                if table is not None
+                else "the stream view type must be NEW_IMAGE or NEW_AND_OLD_IMAGES"
+            )
         )
     ttl_delete = event is Event.REMOVE and _by_ttl(document.user_identity)
     # Before the creation time, as the record's other faults are: ``isdigit`` passes

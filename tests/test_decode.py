@@ -222,6 +222,22 @@ def test_a_table_name_that_is_not_text_is_a_decode_error_not_this_jobs_table(
     assert str(caught.value) == f"record 79: tableName {table!r} is not a table name"
 
 
+@pytest.mark.parametrize("event", ["INSERT", "MODIFY"])
+def test_a_kinesis_put_without_new_image_names_no_stream_view_type(event: str) -> None:
+    """Kinesis Data Streams for DynamoDB has no view type to set: the reason must not
+    send the operator to one; a DynamoDB stream's record still names it."""
+    payload = kinesis_record(event, {"pk": {"S": "k"}}, None, {"pk": {"S": "k"}})
+    with pytest.raises(RecordDecodeError) as caught:
+        decode(daemon_record(payload, 81))
+    assert str(caught.value) == (
+        f"record 81: {event} without NewImage; a Kinesis Data Streams for DynamoDB record "
+        "always carries it (this one was not written by DynamoDB)"
+    )
+    ordered = stream_record(event, {"pk": {"S": "k"}}, None, seq=82)
+    with pytest.raises(RecordDecodeError, match="the stream view type must be NEW_IMAGE"):
+        decode(daemon_record(ordered, 82))
+
+
 def test_no_table_name_or_a_null_one_is_the_jobs_own_table() -> None:
     """DynamoDB Streams records carry no tableName: the stream is the table's own."""
     ordered = stream_record("INSERT", {"pk": {"S": "k"}}, {"pk": {"S": "k"}}, seq=1)

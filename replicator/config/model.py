@@ -1764,10 +1764,32 @@ def _kinesis_policy_checks(job: JobConfig) -> Problems:
             problems.append(
                 (
                     ("destinations", index, "conflict", "policy"),
-                    "a kinesis stream needs last_writer_wins or version, not overwrite",
+                    "a kinesis stream may deliver an item's changes out of order; use "
+                    "last_writer_wins, version or custom (overwrite could keep an older image)",
                 )
             )
     return problems
+
+
+def _kinesis_watermark_checks(job: JobConfig) -> Problems:
+    """The watermark needs a DynamoDB stream (its shards keep the table's order): asked
+    for by name with a kinesis source, it would be off without a word, and ``wait``
+    refused later."""
+    watermark = job.watermark
+    if (
+        job.source.stream.kind is StreamKind.KINESIS
+        and watermark.enabled
+        and "enabled" in watermark.model_fields_set
+    ):
+        return [
+            (
+                ("watermark", "enabled"),
+                "the watermark needs a DynamoDB Streams source (a kinesis stream may "
+                "deliver an item's changes out of order, so no time can be said to be "
+                "replicated); remove the key or set it to false",
+            )
+        ]
+    return []
 
 
 # GetRecords on a DynamoDB stream takes a Limit of at most 1000 (ValidationException
@@ -2675,6 +2697,7 @@ _CROSS_CHECKS: tuple[tuple[Callable[[JobConfig], Problems], frozenset[str]], ...
     (_settings_read_beside_checks, frozenset({"loop_prevention", "active_active"})),
     (_kcl_checks, frozenset({"runtime", "kcl", "source"})),
     (_kinesis_policy_checks, frozenset({"source", "conflict", "destinations"})),
+    (_kinesis_watermark_checks, frozenset({"source", "watermark"})),
     (_max_records_checks, frozenset({"source", "kcl"})),
     (_kind_option_checks, frozenset({"dead_letter", "conflict_log"})),
     (_conflict_option_checks, frozenset({"conflict", "destinations"})),

@@ -26,9 +26,11 @@ after a read that did not show it, and finding it counts the write applied.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import signal
+import traceback
 from collections.abc import Callable
 from typing import cast
 
@@ -142,7 +144,9 @@ class CustomRule:
 
     def plan(self, change: Change, existing: Item | None = None) -> WriteRequest | Skip:
         try:
-            decision = self.resolver(change, existing)
+            # A copy: a resolver may change the item it is given (``existing["v"] = ...;
+            # return existing``), and the write's condition is the item as read.
+            decision = self.resolver(change, copy.deepcopy(existing))
         except KeyboardInterrupt:
             # Ctrl-C, which a command resolving on its main thread may meet inside the
             # call: the operator stopping the process, not this change failing.
@@ -153,7 +157,8 @@ class CustomRule:
             # handler of the replicator raises them), and let through they would end the
             # writer and crash-loop the shard, naming neither the resolver nor the change.
             raise ResolverFailed(
-                f"custom resolver {_name_of(self.resolver)} raised {type(error).__name__}: {error}"
+                f"custom resolver {_name_of(self.resolver)} raised {type(error).__name__}: "
+                f"{error}{_where(error)}"
             ) from error
         if decision is True:
             if change.event is Event.REMOVE:
@@ -162,6 +167,15 @@ class CustomRule:
         if decision is False:
             return Skip("the custom resolver kept the destination's item")
         if isinstance(decision, dict):
+            unformed = next(
+                (name for name, value in decision.items() if not _attribute_value(value)), None
+            )
+            if unformed is not None:
+                raise PlanError(
+                    f"custom resolver returned an item not in attribute-value form: its "
+                    f"{unformed!r} is {_shown(decision[unformed])}, where one type key and "
+                    "its value are expected (such as {'S': 'text'} or {'N': '1'})"
+                )
             missing = [name for name in change.keys if name not in decision]
             if missing:
                 raise PlanError(
@@ -191,6 +205,34 @@ class CustomRule:
 
     def explain_loss(self, change: Change, existing: Item | None) -> str:
         return "the custom resolver kept the destination's item"
+
+
+_TYPE_KEYS = frozenset({"S", "N", "B", "SS", "NS", "BS", "M", "L", "NULL", "BOOL"})
+
+
+def _attribute_value(value: object) -> bool:
+    """Whether ``value`` has an attribute value's form at its top (one type key); what the
+    type key holds is the destination's to refuse (the change is then dead-lettered)."""
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in _TYPE_KEYS
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _where(error: BaseException) -> str:
+    """Where in the user's code the resolver raised (the dead letter and the log carry the
+    message only, no traceback): the line of the resolver that raised, and the innermost
+    line when that is deeper (in a function it called)."""
+    frames = traceback.extract_tb(error.__traceback__)[1:]  # the first is plan's own
+    if not frames:
+        return ""
+    outer, inner = frames[0], frames[-1]
+    where = f" (at {outer.filename}:{outer.lineno}, in {outer.name}"
+    if inner is not outer:
+        where += f"; raised at {inner.filename}:{inner.lineno}, in {inner.name}"
+    return where + ")"
 
 
 def _same_key(returned: object, value: AttributeValue) -> bool:

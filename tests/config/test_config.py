@@ -159,6 +159,21 @@ BROKEN = {
         "is overwrite, the default (the job file gives none): a kinesis stream may deliver "
         "an item's changes out of order",
     ),
+    "kinesis-overwrite-destination": (
+        "runtime: kcl\nsource: {region: us-east-1, table: aaa, stream: {kind: kinesis, name: s}}\n"
+        "conflict: {policy: version, version_attribute: v}\n"
+        "destinations: [{region: eu-west-1, table: aaa, conflict: {policy: overwrite}}]\n",
+        "destinations[0].conflict.policy",
+        "a kinesis stream may deliver an item's changes out of order; use last_writer_wins, "
+        "version or custom",
+    ),
+    "kinesis-watermark-on": (
+        "runtime: kcl\nsource: {region: us-east-1, table: aaa, stream: {kind: kinesis, name: s}}\n"
+        "conflict: {policy: version, version_attribute: v}\n"
+        "destinations: [{region: eu-west-1, table: aaa}]\nwatermark: {enabled: true}\n",
+        "watermark.enabled",
+        "the watermark needs a DynamoDB Streams source",
+    ),
     "same-as-source": (
         "source: {region: us-east-1, table: aaa}\n"
         "destinations: [{region: us-east-1, table: aaa}]\n",

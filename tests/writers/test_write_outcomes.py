@@ -622,11 +622,12 @@ def exploding_resolver(incoming: Any, existing: Any) -> bool:
     return True
 
 
-def test_an_exception_in_a_custom_resolver_dead_letters_that_change_and_goes_on(
-    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
-) -> None:
+def resolving_writer(
+    moto_endpoint: str, table: str, tmp_path: Path, metrics: Metrics, resolver: str
+) -> tuple[Any, DestinationWriter, FileDeadLetters, DeadLetterer]:
+    """A table on moto, a ``custom`` writer to it with ``resolver`` (of this module), and
+    its file dead letters."""
     ddb = client("dynamodb", REGION, moto_endpoint)
-    table = unique("resolver")
     create_table(ddb, table, stream=None)
     writer = writer_for(
         ddb,
@@ -634,10 +635,19 @@ def test_an_exception_in_a_custom_resolver_dead_letters_that_change_and_goes_on(
         metrics,
         table,
         policy="custom",
-        resolver="tests.writers.test_write_outcomes:exploding_resolver",
+        resolver=f"tests.writers.test_write_outcomes:{resolver}",
     )
     target = FileDeadLetters(tmp_path / "dead.jsonl")
-    letters = DeadLetterer(target, metrics, "task", "shard-1")
+    return ddb, writer, target, DeadLetterer(target, metrics, "task", "shard-1")
+
+
+def test_an_exception_in_a_custom_resolver_dead_letters_that_change_and_goes_on(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    ddb, writer, target, letters = resolving_writer(
+        moto_endpoint, unique("resolver"), tmp_path, metrics, "exploding_resolver"
+    )
+    table = writer.table
     assert letters.write(writer, decode(put("bad", 1))).outcome is Outcome.FAILED
     assert letters.write(writer, decode(put("good", 2))).outcome is Outcome.APPLIED
     (letter,) = target.letters()
@@ -651,6 +661,93 @@ def test_an_exception_in_a_custom_resolver_dead_letters_that_change_and_goes_on(
         )
         == 1
     )
+
+
+def test_a_resolver_exception_names_the_resolver_line_that_raised(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """The letter carries no traceback: its message says where the user's code raised."""
+    _, writer, target, letters = resolving_writer(
+        moto_endpoint, unique("resolver-where"), tmp_path, metrics, "exploding_resolver"
+    )
+    assert letters.write(writer, decode(put("bad", 1))).outcome is Outcome.FAILED
+    (letter,) = target.letters()
+    line = exploding_resolver.__code__.co_firstlineno + 2  # its ``raise``
+    assert f"(at {__file__}:{line}, in exploding_resolver)" in letter.error
+
+
+def _price_of(item: Any) -> Any:
+    return item["price"]
+
+
+def test_a_resolver_exception_raised_deeper_names_both_lines() -> None:
+    from replicator.exceptions import ResolverFailed
+    from replicator.rules.custom import CustomRule
+
+    def resolver(incoming: Any, existing: Any) -> bool:
+        return bool(_price_of({}))
+
+    with pytest.raises(ResolverFailed) as failed:
+        CustomRule(resolver).plan(decode(put("bad", 1)), None)
+    message = str(failed.value)
+    assert f"(at {__file__}:{resolver.__code__.co_firstlineno + 1}, in resolver; " in message
+    assert f"raised at {__file__}:{_price_of.__code__.co_firstlineno + 1}, in _price_of)" in (
+        message
+    )
+
+
+def raising_the_existing_price(incoming: Any, existing: Any) -> Any:
+    """Changes the item it is given and returns it: an ordinary Python idiom."""
+    existing["price"] = {"N": str(int(existing["price"]["N"]) + 1)}
+    return existing
+
+
+def marking_the_existing_item(incoming: Any, existing: Any) -> bool:
+    existing["seen"] = {"BOOL": True}
+    return True
+
+
+@pytest.mark.parametrize("resolver", ["raising_the_existing_price", "marking_the_existing_item"])
+def test_a_resolver_that_changes_the_item_it_is_given_is_written_not_a_conflict(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, resolver: str
+) -> None:
+    """The write's condition is the item as read, whatever the resolver did to its copy:
+    nothing else writes the destination, so the first write applies."""
+    table = unique("resolver-mutates")
+    ddb, writer, target, letters = resolving_writer(
+        moto_endpoint, table, tmp_path, metrics, resolver
+    )
+    ddb.put_item(TableName=table, Item={"pk": {"S": "a"}, "price": {"N": "1"}})
+    assert letters.write(writer, decode(put("a", 1, price=7))).outcome is Outcome.APPLIED
+    assert target.letters() == []
+    item = ddb.get_item(TableName=table, Key={"pk": {"S": "a"}}, ConsistentRead=True)["Item"]
+    expected = "2" if resolver == "raising_the_existing_price" else "7"
+    assert item == {"pk": {"S": "a"}, "price": {"N": expected}}
+
+
+@pytest.mark.parametrize(
+    ("returned", "named"),
+    [
+        ({"pk": "bad", "price": 1}, "its 'pk' is 'bad'"),
+        ({"pk": {"S": "bad"}, "price": 1}, "its 'price' is 1"),
+        (
+            {"pk": {"S": "bad"}, "price": {"N": "1", "S": "1"}},
+            "its 'price' is {'N': '1', 'S': '1'}",
+        ),
+        ({"pk": {"S": "bad"}, "price": {"Number": "1"}}, "its 'price' is {'Number': '1'}"),
+    ],
+)
+def test_a_resolver_returning_an_item_not_in_attribute_value_form_is_told_so(
+    returned: dict[str, Any], named: str
+) -> None:
+    from replicator.exceptions import PlanError
+    from replicator.rules.custom import CustomRule
+
+    with pytest.raises(PlanError) as refused:
+        CustomRule(lambda incoming, existing: returned).plan(decode(put("bad", 1)), None)
+    message = str(refused.value)
+    assert f"custom resolver returned an item not in attribute-value form: {named}," in message
+    assert "differ" not in message
 
 
 @pytest.mark.parametrize("raised", [SystemExit(2), GeneratorExit(), KeyboardInterrupt()])
