@@ -166,6 +166,14 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.resolver_calls_running = Gauge(
+            "replicator_resolver_calls_running",
+            "Calls of the custom conflict resolver running now per destination, summed over "
+            "the shards. /healthz names them beside a destination that stalls while one runs.",
+            ["destination"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self.buffered_changes = Gauge(
             "replicator_buffered_changes",
             "Changes received and not yet applied everywhere.",

@@ -29,6 +29,7 @@ LAG = "replicator_replication_lag_seconds"
 LAST_CHECKPOINT = "replicator_last_checkpoint_timestamp_seconds"
 PROGRESS = "replicator_destination_progress_timestamp_seconds"
 IN_FLIGHT = "replicator_in_flight_writes"
+RESOLVER_CALLS = "replicator_resolver_calls_running"
 BEHIND = "replicator_millis_behind_latest"
 # Lag within this much of the shard's own millisBehindLatest is the reader's distance from
 # the tip, not a change the destination holds back (the two are rounded apart).
@@ -65,6 +66,7 @@ def evaluate(
     checkpoint_at: dict[str, float] = {}
     progress_at: dict[tuple[str, str], float] = {}  # (shard, destination) -> unix time
     in_flight: dict[str, float] = {}  # destination -> writes being sent, all shards
+    resolving: dict[str, float] = {}  # destination -> custom resolver calls running
     reader_behind: dict[str, float] = {}  # shard -> seconds the reader is behind the tip
     for name, labels, value in samples:
         shard = labels.get("shard", "")
@@ -80,6 +82,9 @@ def evaluate(
         elif name == IN_FLIGHT:
             destination = labels.get("destination", "")
             in_flight[destination] = in_flight.get(destination, 0.0) + value
+        elif name == RESOLVER_CALLS:
+            destination = labels.get("destination", "")
+            resolving[destination] = resolving.get(destination, 0.0) + value
         elif name == BEHIND:
             reader_behind[shard] = max(reader_behind.get(shard, 0.0), value / 1000.0)
     # Judged on the lag as the body shows it (to the millisecond), so that a stalled
@@ -107,6 +112,7 @@ def evaluate(
                     f"destination {destination} is stalled on shard {shard}: "
                     f"{seconds:.0f}s behind and nothing settled there for "
                     f"{since_progress:.0f}s (limit {stall_after_s:g}s)"
+                    + _resolving(resolving.get(destination, 0.0))
                 )
                 stalled.setdefault(destination, reasons[-1])
     destinations: dict[str, float] = {}
@@ -134,6 +140,18 @@ def evaluate(
                 for shard in sorted(set(lag) | set(checkpoint_at))
             },
         },
+    )
+
+
+def _resolving(calls: float) -> str:
+    """What a stalled destination waits on when its custom resolver is running: the
+    user's code, not the destination (whose reads answered, or it would not run). Worded
+    alike for any count: the log's watch compares reasons without their numbers."""
+    if calls < 1:
+        return ""
+    return (
+        f"; the custom resolver is running there (calls now: {int(calls)}): a resolver "
+        "that does not return holds its change (conflict.resolver)"
     )
 
 

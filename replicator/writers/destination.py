@@ -167,6 +167,8 @@ _RECONSIDERED_LIMIT = 10
 # A retried write is logged at warning at most this often per writer (a destination, in
 # one shard's processor): see DestinationWriter._retry_warns.
 RETRY_WARNING_EVERY_S = 60.0
+# A custom resolver's call taking this long is logged (a call takes microseconds).
+SLOW_RESOLVER_S = 5.0
 _RETRY_WARNING_NOTE = (
     f"a warning at most once in {RETRY_WARNING_EVERY_S:g} s per destination and shard; "
     "every retry is logged at info"
@@ -711,6 +713,29 @@ class DestinationWriter:
         place = f"{self.region}/{self.table}"
         return f"destination {self.label}" + (f" ({place})" if self.label != place else "")
 
+    def _plan(self, change: Change, existing: Item | None) -> WriteRequest | Skip:
+        """The rule's plan. A custom resolver is the user's code: while one runs it is
+        counted (``/healthz`` names it beside a destination that stalls on a call that
+        does not return), and a slow one is logged with the key it decided."""
+        if not self.rule.reads_existing:
+            return self.rule.plan(change, existing)
+        running = self.metrics.resolver_calls_running.labels(self.label)
+        running.inc()
+        started = time.monotonic()
+        try:
+            return self.rule.plan(change, existing)
+        finally:
+            running.dec()
+            took = time.monotonic() - started
+            if took >= SLOW_RESOLVER_S:
+                log.warning(
+                    "the custom resolver was slow to decide",
+                    destination=self.label,
+                    key=describe_key(change.keys),
+                    seconds=round(took, 1),
+                    rule=describe_rule(self.rule),
+                )
+
     def _attempt(self, change: Change, attempt: int, state: _Attempts) -> WriteResult:
         """One try at settling ``change``; AWS errors other than a failed condition
         propagate to :meth:`retrying`."""
@@ -738,7 +763,7 @@ class DestinationWriter:
                 if _holds_one_of(state.in_doubt, existing):
                     return self._own_write_found(change, state)
             first, state.first = state.first, None
-            plan = first.request if first else state.request or self.rule.plan(change, existing)
+            plan = first.request if first else state.request or self._plan(change, existing)
             if isinstance(plan, Skip):
                 if self.rule.reads_existing and holds_outcome(change, existing):
                     # The rule kept an item that is what the change leaves there (a replay,

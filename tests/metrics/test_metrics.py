@@ -72,6 +72,7 @@ DOCUMENTED = {
     "replicator_batch_flush_seconds_sum": set(),
     "replicator_batch_flush_seconds_count": set(),
     "replicator_in_flight_writes": {"destination"},
+    "replicator_resolver_calls_running": {"destination"},
     "replicator_buffered_changes": {"shard"},
     "replicator_last_checkpoint_timestamp_seconds": {"shard"},
     "replicator_destination_progress_timestamp_seconds": {"destination", "shard"},
@@ -207,6 +208,34 @@ def test_a_destination_behind_with_nothing_settled_for_the_stall_time_is_unhealt
     body = result.as_dict()
     assert body["status"] == "unhealthy"
     assert body["destinations"] == {"ap": {"lag_seconds": 90.0}, "eu": {"lag_seconds": 0.0}}
+
+
+@pytest.mark.parametrize("calls", [1.0, 3.0])
+def test_a_destination_stalled_while_its_custom_resolver_runs_names_the_resolver(
+    calls: float,
+) -> None:
+    """The user's resolver holds the change, not the destination: the on-call must not be
+    sent to the destination's region. The words do not change with the count (the log's
+    watch compares reasons without their numbers)."""
+    running = ("replicator_resolver_calls_running", {"destination": "ap"}, calls)
+    idle = ("replicator_resolver_calls_running", {"destination": "eu"}, 0.0)
+    result = evaluate(
+        [
+            lag("ap", "s1", 90.0),
+            progress("ap", "s1", NOW - 100),
+            lag("eu", "s1", 90.0),
+            progress("eu", "s1", NOW - 100),
+            running,
+            idle,
+        ]
+    )
+    assert result.reasons == [
+        "destination ap is stalled on shard s1: 90s behind and nothing settled there for "
+        f"100s (limit 60s); the custom resolver is running there (calls now: {int(calls)}): "
+        "a resolver that does not return holds its change (conflict.resolver)",
+        "destination eu is stalled on shard s1: 90s behind and nothing settled there for "
+        "100s (limit 60s)",
+    ]
 
 
 def test_a_moving_checkpoint_does_not_hide_a_stuck_destination() -> None:

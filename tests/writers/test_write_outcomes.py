@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -723,6 +724,47 @@ def test_a_resolver_that_changes_the_item_it_is_given_is_written_not_a_conflict(
     item = ddb.get_item(TableName=table, Key={"pk": {"S": "a"}}, ConsistentRead=True)["Item"]
     expected = "2" if resolver == "raising_the_existing_price" else "7"
     assert item == {"pk": {"S": "a"}, "price": {"N": expected}}
+
+
+RESOLVER_CALLS_SEEN: list[float] = []
+RESOLVER_METRICS: list[Metrics] = []
+
+
+def counting_resolver(incoming: Any, existing: Any) -> bool:
+    """Records what the metric says while it runs (the test reads it), as a slow one."""
+    metrics = RESOLVER_METRICS[0]
+    RESOLVER_CALLS_SEEN.append(
+        sample(metrics, "replicator_resolver_calls_running", destination="dest")
+    )
+    time.sleep(0.2)
+    return True
+
+
+def test_a_running_resolver_is_counted_and_a_slow_one_logged_with_its_key(
+    moto_endpoint: str,
+    unique: Any,
+    tmp_path: Path,
+    metrics: Metrics,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(destination, "SLOW_RESOLVER_S", 0.1)
+    RESOLVER_METRICS[:] = [metrics]
+    RESOLVER_CALLS_SEEN.clear()
+    _, writer, _, letters = resolving_writer(
+        moto_endpoint, unique("resolver-slow"), tmp_path, metrics, "counting_resolver"
+    )
+    with structlog.testing.capture_logs() as logs:
+        assert letters.write(writer, decode(put("slow", 1))).outcome is Outcome.APPLIED
+    assert RESOLVER_CALLS_SEEN == [1.0]
+    assert sample(metrics, "replicator_resolver_calls_running", destination="dest") == 0
+    (slow,) = [
+        entry for entry in logs if entry["event"] == "the custom resolver was slow to decide"
+    ]
+    assert slow["log_level"] == "warning"
+    assert slow["key"] == "pk=S:slow"
+    assert slow["destination"] == "dest"
+    assert slow["rule"] == "custom resolver tests.writers.test_write_outcomes:counting_resolver"
+    assert slow["seconds"] >= 0.2
 
 
 @pytest.mark.parametrize(
