@@ -883,16 +883,23 @@ class Redrive:
         else:
             result = guard.check([(change, labels)], catch_up=True)
         notes = []
+        # The key and destinations in each line: a log pipeline ties it to the item.
+        about = {"key": describe_key(change.keys), "destinations": labels}
         if result.undone:
-            log.info("the source no longer holds a replayed item; its copy was removed")
+            log.info("the source no longer holds a replayed item; its copy was removed", **about)
             notes.append("(the source has deleted it since: removed again)")
         if result.expired:
             notes.append(f"(the source has deleted it since, {self._kept.why}: kept)")
         if result.caught_up:
-            log.info("the source holds a replayed item changed since; its image was written")
+            log.info(
+                "the source holds a replayed item changed since; its image was written", **about
+            )
             notes.append("(the source has changed it since: the source's image written)")
         if result.restored:
-            log.info("the source holds an item a replayed delete removed; its image was written")
+            log.info(
+                "the source holds an item a replayed delete removed; its image was written",
+                **about,
+            )
             notes.append("(the source holds it again: its image written)")
         for gone in (False, True):
             # Nothing written: the destination keeps an item the source does not hold

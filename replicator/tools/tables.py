@@ -39,6 +39,16 @@ class TableRef:
     client: DynamoDBClient
 
     @property
+    def named(self) -> str:
+        """The table in a message: a destination given a name of its own (``label``) is
+        named by it and by its table, as ``run`` names it; otherwise the label is the
+        table's place."""
+        place = f"{self.region}/{self.table}"
+        if self.label.endswith(place):
+            return f"table {self.label}"
+        return f"destination {self.label} (table {place})"
+
+    @property
     def where(self) -> str:
         return f"{self.table} at {self.endpoint}"
 
@@ -85,7 +95,7 @@ def reading(ref: TableRef) -> Iterator[None]:
     try:
         yield
     except (ClientError, BotoCoreError) as error:
-        raise explain(error, f"table {ref.label}", ref.endpoint) from None
+        raise explain(error, ref.named, ref.endpoint) from None
 
 
 def describe(ref: TableRef) -> TableShape:
@@ -93,8 +103,8 @@ def describe(ref: TableRef) -> TableShape:
     try:
         table = ref.client.describe_table(TableName=ref.table)["Table"]
     except (ClientError, BotoCoreError) as error:
-        raise explain(error, f"table {ref.label}", ref.endpoint) from None
-    return tables.shape_of(table, f"table {ref.label}", ref.endpoint)
+        raise explain(error, ref.named, ref.endpoint) from None
+    return tables.shape_of(table, ref.named, ref.endpoint)
 
 
 def checked_source(resolved: ResolvedJob, source: TableRef) -> TableShape:

@@ -27,7 +27,7 @@ from replicator.config.loader import load_job
 from replicator.conflictlog.dynamodb import DynamoDbConflictLog
 from replicator.deadletter import ALL_DESTINATIONS, DeadLetter, FileDeadLetters, SqsDeadLetters
 from replicator.exceptions import ConflictLogRejected
-from replicator.items import Item, item_to_wire
+from replicator.items import Item, describe_key, item_to_wire
 from replicator.records import RawRecord
 from replicator.runtime.preflight import check_dead_letter_file
 from replicator.tools import redrive as redrive_module
@@ -121,9 +121,20 @@ def replayed_at_eu_only(job: Job, note: str, item: Item) -> None:
     assert result.returncode == 0, result.stderr
     assert "1 letter, 1 replayed, 0 failed again" in result.stdout
     assert note in result.stdout
+    if "changed it since" in note:
+        (line,) = logged(
+            result.stderr, "the source holds a replayed item changed since; its image was written"
+        )
+        assert line["key"] == describe_key(keys_of(item))
     assert get(job, 0, item) == item
     assert get(job, 1, item) is None
     assert FileDeadLetters(job.dead_letters).count() == 0
+
+
+def logged(stderr: str, event: str) -> list[dict[str, Any]]:
+    """The JSON log lines of ``event`` in a command's stderr."""
+    lines = (json.loads(line) for line in stderr.splitlines() if line.startswith("{"))
+    return [line for line in lines if line.get("event") == event]
 
 
 def redrive(job: Job | Path) -> subprocess.CompletedProcess[str]:
@@ -1593,6 +1604,10 @@ def test_a_replayed_put_of_an_item_the_source_deleted_since_is_not_brought_back(
     assert result.returncode == 0, result.stderr
     assert "1 letter, 1 replayed, 0 failed again" in result.stdout
     assert "(the source has deleted it since: removed again)" in result.stdout
+    (line,) = logged(
+        result.stderr, "the source no longer holds a replayed item; its copy was removed"
+    )
+    assert line["key"] == describe_key(keys_of(p2)) and line["destinations"] == [ap_label]
     assert get(job, 1, p2) is None  # not brought back
     assert get(job, 0, p2) is None
     assert FileDeadLetters(job.dead_letters).count() == 0
@@ -1900,6 +1915,10 @@ def test_a_replayed_synthetic_delete_of_an_item_the_source_holds_again_leaves_it
 
     assert result.returncode == 0, result.stderr
     assert "(the source holds it again: its image written)" in result.stdout
+    (line,) = logged(
+        result.stderr, "the source holds an item a replayed delete removed; its image was written"
+    )
+    assert line["key"] == describe_key(keys_of(item)) and line["destinations"] == [eu_label]
     assert get(job, 0, item) == item
 
 

@@ -401,6 +401,38 @@ def test_exit_codes_for_a_bad_job_file_and_a_missing_table(job: Job, tmp_path: P
     assert expected in missing.stderr, missing.stderr
 
 
+@pytest.mark.parametrize(
+    ("label", "named"),
+    [
+        ("denied", "destination denied (table ap-southeast-2/{table})"),
+        ("ap-southeast-2/{table}", "table ap-southeast-2/{table}"),
+        ("source ap-southeast-2/{table}", "table source ap-southeast-2/{table}"),
+    ],
+)
+def test_a_missing_table_of_a_named_destination_is_named_by_its_name_and_table(
+    moto_endpoint: str, unique: Any, label: str, named: str
+) -> None:
+    """A destination's ``name`` is no table: the commands said "table denied" of a
+    destination named ``denied`` whose table is another, as ``run`` does not."""
+    from replicator.exceptions import EnvironmentProblem
+    from replicator.tools.tables import TableRef, describe
+    from tests.support.aws import client
+
+    table = unique("gone")
+    ref = TableRef(
+        label=label.format(table=table),
+        region="ap-southeast-2",
+        table=table,
+        endpoint_url=moto_endpoint,
+        client=client("dynamodb", "ap-southeast-2", moto_endpoint),
+    )
+    with pytest.raises(EnvironmentProblem) as raised:
+        describe(ref)
+    assert str(raised.value).startswith(f"{named.format(table=table)}: not found at "), str(
+        raised.value
+    )
+
+
 BIG_1 = "1" + "0" * 36 + "1"  # 38 significant digits
 BIG_2 = "1" + "0" * 36 + "2"  # the same but for the 38th digit
 
