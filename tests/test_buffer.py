@@ -249,6 +249,45 @@ def test_kinesis_order_keeps_the_newer_image_even_when_it_arrives_first() -> Non
     assert buffer.checkpointable() == "101"
 
 
+def _kinesis_put(version: int, created_us: int, seq: int) -> Change:
+    image = {"pk": {"S": "k"}, "v": {"N": str(version)}}
+    record = kinesis_record("MODIFY", {"pk": {"S": "k"}}, image, created_us=created_us)
+    return decode(daemon_record(record, seq))
+
+
+def test_kinesis_changes_created_in_one_tick_are_all_sent_under_custom_in_turn() -> None:
+    """Which of two changes made in one millisecond came later cannot be told, and Kinesis
+    may deliver either first: squashed by delivery order, the resolver never saw the
+    newer one (v1, v3, v2 in one batch left v2)."""
+    from replicator.rules.custom import CustomRule
+
+    rule = CustomRule(lambda incoming, existing: True)
+    buffer = ChangeBuffer(["d"], squash_order([rule], ordered_stream=False))
+    tick = 1_700_000_000_000_000
+    for seq, version in enumerate([1, 3, 2], start=1):
+        assert buffer.add(_kinesis_put(version, tick, seq))
+    sent = []
+    while taken := drain(buffer, "d"):
+        sent += [entry.change.new_image["v"]["N"] for entry in taken]  # type: ignore[index]
+    assert sent == ["1", "3", "2"]
+    assert buffer.squashed == 0
+    assert buffer.checkpointable() == "3"
+
+
+def test_kinesis_changes_created_apart_squash_to_the_later_one_under_custom() -> None:
+    from replicator.rules.custom import CustomRule
+
+    rule = CustomRule(lambda incoming, existing: True)
+    buffer = ChangeBuffer(["d"], squash_order([rule], ordered_stream=False))
+    tick = 1_700_000_000_000_000
+    assert buffer.add(_kinesis_put(3, tick + 2000, 1))
+    assert not buffer.add(_kinesis_put(1, tick, 2))  # created earlier, arrived later
+    assert buffer.add(_kinesis_put(4, tick + 3000, 3))
+    (written,) = drain(buffer, "d")
+    assert written.change.new_image["v"] == {"N": "4"}  # type: ignore[index]
+    assert buffer.checkpointable() == "3"
+
+
 def test_abandon_forgets_everything_unwritten() -> None:
     buffer = ChangeBuffer(["d"], IN_STREAM_ORDER)
     buffer.add(change("a", 1))

@@ -474,6 +474,43 @@ def test_a_kinesis_record_of_another_table_is_skipped_counted_and_checkpointed_p
     assert not dead.exists() or dead.read_text() == ""
 
 
+def higher_version_wins(incoming: Any, existing: Any) -> bool:
+    """A user's resolver: the higher ``v`` stays (a delete always applies)."""
+    if existing is None or incoming.new_image is None:
+        return True
+    return int(incoming.new_image["v"]["N"]) > int(existing["v"]["N"])
+
+
+def test_custom_on_kinesis_sees_every_change_created_in_one_tick_and_keeps_the_newest(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, closing: Any
+) -> None:
+    """v1, v3 and v2 of one item, made in one millisecond, delivered in that order in one
+    batch: the destination must end at v3, as one record at a time leaves it."""
+    from replicator.rules.custom import CustomRule
+
+    pipeline, ddb, table = one_destination(
+        moto_endpoint,
+        unique,
+        tmp_path,
+        metrics,
+        CustomRule(higher_version_wins),
+        ordered_stream=False,
+    )
+    closing(pipeline)
+    keys = {"pk": {"S": "k"}}
+    records = [
+        daemon_record(
+            kinesis_record("MODIFY", keys, {"pk": {"S": "k"}, "v": {"N": str(version)}}), seq
+        )
+        for seq, version in enumerate([1, 3, 2], start=1)
+    ]
+    ShardIntake(pipeline, Reader(ChangeFilter.for_job(kinesis_job("orders")))).accept(records, 0)
+    assert pipeline.flush(timeout=30)
+    assert pipeline.checkpointable() == "3"
+    item = ddb.get_item(TableName=table, Key=keys, ConsistentRead=True)["Item"]
+    assert item == {"pk": {"S": "k"}, "v": {"N": "3"}}
+
+
 def test_a_kinesis_record_whose_table_name_is_not_text_is_dead_lettered_not_written(
     moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, closing: Any
 ) -> None:

@@ -75,8 +75,10 @@ def squash_order(rules: Sequence[ConflictRule], ordered_stream: bool) -> SquashO
     * ``last_writer_wins`` and ``version``: by the rule's order, see :func:`_by_rank`.
     * ``custom`` (and ``overwrite`` on Kinesis, which the configuration refuses): the later
       change replaces the earlier one on a DynamoDB stream; on Kinesis the change created
-      later wins. The resolver sees only the change that remains, so this squash holds only
-      for a resolver that decides from the incoming change and the destination's item.
+      later wins, and two created in the same tick are both sent, in turn (which was made
+      later cannot be told). The resolver sees only the change that remains, so this
+      squash holds only for a resolver that decides from the incoming change and the
+      destination's item.
     """
     orders = [_order_for(rule, ordered_stream) for rule in rules]
     if not orders:
@@ -116,11 +118,21 @@ def _created_later(newer: Change, older: Change) -> bool:
 
 
 def _replace_if_created_later(queued: Change, incoming: Change) -> Squash:
-    return Squash.REPLACE if _created_later(incoming, queued) else Squash.DROP
+    """On Kinesis, without a rank: the change created later stands for both. Two created
+    in the same tick (a millisecond, the default precision) cannot be told apart, and
+    Kinesis may deliver either first: both are sent, in turn, for the rule (a custom
+    resolver) to decide each."""
+    if incoming.created_us == queued.created_us:
+        return Squash.BOTH
+    return Squash.REPLACE if incoming.created_us > queued.created_us else Squash.DROP
+
+
+def _created_strictly_later(newer: Change, older: Change) -> bool:
+    return newer.created_us > older.created_us
 
 
 IN_STREAM_ORDER = SquashOrder(_replace, _later)
-BY_CREATION_TIME = SquashOrder(_replace_if_created_later, _created_later)
+BY_CREATION_TIME = SquashOrder(_replace_if_created_later, _created_strictly_later)
 
 
 def _by_rank(rule: OrderedRule) -> Callable[[Change, Change], Squash]:
