@@ -158,6 +158,7 @@ def destination_writers(
     metrics: Metrics,
     conflict_log: ConflictRecorder | None = None,
     write_back: SourceWriter | None = None,
+    shard: str = "",
 ) -> dict[str, DestinationWriter]:
     job = resolved.job
     settings = job.writer
@@ -187,6 +188,7 @@ def destination_writers(
             write_back=write_back,
             origin=job.origin_value,
             late_write_window_s=settings.late_write_window_s,
+            shard=shard,
         )
     return writers
 
@@ -264,7 +266,7 @@ def shard_pipeline(
     benchmark's answers without a network)."""
     job = resolved.job
     source = source_writer(resolved, metrics, conflict_log)
-    writers = destination_writers(resolved, metrics, conflict_log, source)
+    writers = destination_writers(resolved, metrics, conflict_log, source, shard_id)
     ordered = job.source.stream.kind is StreamKind.DYNAMODB_STREAMS
     rules: list[ConflictRule] = [writer.rule for writer in writers.values()]
     labels = list(writers)

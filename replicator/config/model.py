@@ -1750,8 +1750,8 @@ def _kinesis_policy_checks(job: JobConfig) -> Problems:
             (
                 ("conflict", "policy"),
                 ("" if given else "is overwrite, the default (the job file gives none): ")
-                + "a kinesis stream may deliver an item's changes out of order; "
-                "use last_writer_wins or version (overwrite could keep an older image)",
+                + "a kinesis stream may deliver an item's changes out of order; use "
+                "last_writer_wins, version or custom (overwrite could keep an older image)",
             )
         )
     for index, destination in enumerate(job.destinations):

@@ -168,9 +168,9 @@ class Metrics:
         )
         self.resolver_calls_running = Gauge(
             "replicator_resolver_calls_running",
-            "Calls of the custom conflict resolver running now per destination, summed over "
-            "the shards. /healthz names them beside a destination that stalls while one runs.",
-            ["destination"],
+            "Calls of the custom conflict resolver running now per destination and shard. "
+            "/healthz names them beside a destination that stalls on the shard while one runs.",
+            ["destination", "shard"],
             multiprocess_mode="livesum",
             registry=r,
         )

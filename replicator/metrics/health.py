@@ -66,7 +66,7 @@ def evaluate(
     checkpoint_at: dict[str, float] = {}
     progress_at: dict[tuple[str, str], float] = {}  # (shard, destination) -> unix time
     in_flight: dict[str, float] = {}  # destination -> writes being sent, all shards
-    resolving: dict[str, float] = {}  # destination -> custom resolver calls running
+    resolving: dict[tuple[str, str], float] = {}  # (shard, destination) -> resolver calls
     reader_behind: dict[str, float] = {}  # shard -> seconds the reader is behind the tip
     for name, labels, value in samples:
         shard = labels.get("shard", "")
@@ -83,8 +83,8 @@ def evaluate(
             destination = labels.get("destination", "")
             in_flight[destination] = in_flight.get(destination, 0.0) + value
         elif name == RESOLVER_CALLS:
-            destination = labels.get("destination", "")
-            resolving[destination] = resolving.get(destination, 0.0) + value
+            series = (shard, labels.get("destination", ""))
+            resolving[series] = resolving.get(series, 0.0) + value
         elif name == BEHIND:
             reader_behind[shard] = max(reader_behind.get(shard, 0.0), value / 1000.0)
     # Judged on the lag as the body shows it (to the millisecond), so that a stalled
@@ -112,7 +112,7 @@ def evaluate(
                     f"destination {destination} is stalled on shard {shard}: "
                     f"{seconds:.0f}s behind and nothing settled there for "
                     f"{since_progress:.0f}s (limit {stall_after_s:g}s)"
-                    + _resolving(resolving.get(destination, 0.0))
+                    + _resolving(resolving.get((shard, destination), 0.0))
                 )
                 stalled.setdefault(destination, reasons[-1])
     destinations: dict[str, float] = {}

@@ -338,6 +338,9 @@ class DestinationWriter:
     # is set (a stop).
     late_write_window_s: float = 0.0
     holds_released: threading.Event = field(default_factory=threading.Event)
+    # The shard whose changes this writer settles (a shard's pipeline has writers of its
+    # own), for the series that /healthz judges per shard; "" in the operator tools.
+    shard: str = ""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -719,7 +722,7 @@ class DestinationWriter:
         does not return), and a slow one is logged with the key it decided."""
         if not self.rule.reads_existing:
             return self.rule.plan(change, existing)
-        running = self.metrics.resolver_calls_running.labels(self.label)
+        running = self.metrics.resolver_calls_running.labels(self.label, self.shard)
         running.inc()
         started = time.monotonic()
         try:

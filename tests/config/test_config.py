@@ -157,7 +157,7 @@ BROKEN = {
         "destinations: [{region: eu-west-1, table: aaa}]\n",
         "conflict.policy",
         "is overwrite, the default (the job file gives none): a kinesis stream may deliver "
-        "an item's changes out of order",
+        "an item's changes out of order; use last_writer_wins, version or custom",
     ),
     "kinesis-overwrite-destination": (
         "runtime: kcl\nsource: {region: us-east-1, table: aaa, stream: {kind: kinesis, name: s}}\n"

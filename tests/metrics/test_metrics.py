@@ -72,7 +72,7 @@ DOCUMENTED = {
     "replicator_batch_flush_seconds_sum": set(),
     "replicator_batch_flush_seconds_count": set(),
     "replicator_in_flight_writes": {"destination"},
-    "replicator_resolver_calls_running": {"destination"},
+    "replicator_resolver_calls_running": {"destination", "shard"},
     "replicator_buffered_changes": {"shard"},
     "replicator_last_checkpoint_timestamp_seconds": {"shard"},
     "replicator_destination_progress_timestamp_seconds": {"destination", "shard"},
@@ -217,8 +217,10 @@ def test_a_destination_stalled_while_its_custom_resolver_runs_names_the_resolver
     """The user's resolver holds the change, not the destination: the on-call must not be
     sent to the destination's region. The words do not change with the count (the log's
     watch compares reasons without their numbers)."""
-    running = ("replicator_resolver_calls_running", {"destination": "ap"}, calls)
-    idle = ("replicator_resolver_calls_running", {"destination": "eu"}, 0.0)
+    running = ("replicator_resolver_calls_running", {"destination": "ap", "shard": "s1"}, calls)
+    idle = ("replicator_resolver_calls_running", {"destination": "eu", "shard": "s1"}, 0.0)
+    # A call on another shard (healthy there) says nothing of this shard's stall.
+    elsewhere = ("replicator_resolver_calls_running", {"destination": "eu", "shard": "s2"}, 1.0)
     result = evaluate(
         [
             lag("ap", "s1", 90.0),
@@ -227,6 +229,7 @@ def test_a_destination_stalled_while_its_custom_resolver_runs_names_the_resolver
             progress("eu", "s1", NOW - 100),
             running,
             idle,
+            elsewhere,
         ]
     )
     assert result.reasons == [

@@ -734,7 +734,7 @@ def counting_resolver(incoming: Any, existing: Any) -> bool:
     """Records what the metric says while it runs (the test reads it), as a slow one."""
     metrics = RESOLVER_METRICS[0]
     RESOLVER_CALLS_SEEN.append(
-        sample(metrics, "replicator_resolver_calls_running", destination="dest")
+        sample(metrics, "replicator_resolver_calls_running", destination="dest", shard="")
     )
     time.sleep(0.2)
     return True
@@ -756,7 +756,7 @@ def test_a_running_resolver_is_counted_and_a_slow_one_logged_with_its_key(
     with structlog.testing.capture_logs() as logs:
         assert letters.write(writer, decode(put("slow", 1))).outcome is Outcome.APPLIED
     assert RESOLVER_CALLS_SEEN == [1.0]
-    assert sample(metrics, "replicator_resolver_calls_running", destination="dest") == 0
+    assert sample(metrics, "replicator_resolver_calls_running", destination="dest", shard="") == 0
     (slow,) = [
         entry for entry in logs if entry["event"] == "the custom resolver was slow to decide"
     ]
