@@ -21,6 +21,7 @@ which dead-letters the change as well.
 from __future__ import annotations
 
 import base64
+import copy
 import functools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Annotated, Any, Literal, TypeVar, overload
@@ -124,6 +125,18 @@ class Image(Mapping[str, AttributeValue]):
     def of(cls, item: Item | None) -> Image | None:
         """An image of ``item`` (None for no item)."""
         return None if item is None else cls(item=item)
+
+    def copy(self) -> Image:
+        """An image of the same item that shares nothing this one can be changed through:
+        the record's bytes (immutable) are decoded again when read, an item is copied."""
+        if self.wire is not None:
+            return Image(wire=self.wire)
+        return Image(item=copy.deepcopy(self._item))
+
+    @property
+    def decoded(self) -> Item | None:
+        """The item, if something has read it whole (None: only the bytes so far)."""
+        return self._item
 
     @property
     def item(self) -> Item:

@@ -32,7 +32,10 @@ import inspect
 import signal
 import traceback
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
+
+import msgspec
+from boto3.dynamodb.types import Binary
 
 from replicator.entry import StopNow
 from replicator.exceptions import PlanError, ResolverFailed
@@ -143,10 +146,12 @@ class CustomRule:
         self.key_names = key_names
 
     def plan(self, change: Change, existing: Item | None = None) -> WriteRequest | Skip:
+        # Copies: a resolver may change what it is given (``existing["v"] = ...; return
+        # existing``), while the write's condition is the item as read, and the change
+        # is shared by every destination's writer and each retry.
+        incoming = _own_copy(change)
         try:
-            # A copy: a resolver may change the item it is given (``existing["v"] = ...;
-            # return existing``), and the write's condition is the item as read.
-            decision = self.resolver(change, copy.deepcopy(existing))
+            decision = self.resolver(incoming, copy.deepcopy(existing))
         except KeyboardInterrupt:
             # Ctrl-C, which a command resolving on its main thread may meet inside the
             # call: the operator stopping the process, not this change failing.
@@ -163,10 +168,14 @@ class CustomRule:
         if decision is True:
             if change.event is Event.REMOVE:
                 return write_over("delete", change.keys, existing, first=change.keys)
-            return write_over("put", change.keys, existing, change.new_image, first=change.keys)
+            changed = _changed_image(change, incoming)
+            if changed is None:
+                return write_over("put", change.keys, existing, change.new_image, first=change.keys)
+            decision = changed  # the new image, changed in place by the resolver
         if decision is False:
             return Skip("the custom resolver kept the destination's item")
         if isinstance(decision, dict):
+            decision = _plain_binaries(decision)
             unformed = next(
                 (name for name, value in decision.items() if not _attribute_value(value)), None
             )
@@ -205,6 +214,42 @@ class CustomRule:
 
     def explain_loss(self, change: Change, existing: Item | None) -> str:
         return "the custom resolver kept the destination's item"
+
+
+def _own_copy(change: Change) -> Change:
+    """``change`` as the resolver may change it, sharing nothing with the change itself
+    (its images are decoded again when read, its key copied)."""
+    return msgspec.structs.replace(
+        change,
+        keys=copy.deepcopy(change.keys),
+        new=None if change.new is None else change.new.copy(),
+        old=None if change.old is None else change.old.copy(),
+        raw=change.raw.copy(),
+    )
+
+
+def _changed_image(change: Change, incoming: Change) -> Item | None:
+    """The new image the resolver changed in place before it answered True (adding an
+    attribute to ``incoming.new_image``, say): what it means to write. None if unchanged."""
+    read = None if incoming.new is None else incoming.new.decoded
+    if read is None or read == change.new_image:
+        return None
+    return read
+
+
+def _plain_binaries(value: Any) -> Any:
+    """``value`` with boto3's ``Binary`` wrappers as the bytes they hold: the form every
+    other item here has (botocore refuses a ``Binary`` where it expects bytes, and then
+    fails to say so)."""
+    if isinstance(value, Binary):
+        return cast(Any, value).value  # the stubs do not declare it
+    if isinstance(value, dict):
+        return {name: _plain_binaries(inner) for name, inner in value.items()}
+    if isinstance(value, list):
+        return [_plain_binaries(inner) for inner in value]
+    if isinstance(value, set | frozenset):
+        return type(value)(_plain_binaries(inner) for inner in value)
+    return value
 
 
 _TYPE_KEYS = frozenset({"S", "N", "B", "SS", "NS", "BS", "M", "L", "NULL", "BOOL"})

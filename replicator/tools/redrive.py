@@ -883,8 +883,9 @@ class Redrive:
         else:
             result = guard.check([(change, labels)], catch_up=True)
         notes = []
-        # The key and destinations in each line: a log pipeline ties it to the item.
-        about = {"key": describe_key(change.keys), "destinations": labels}
+        # The key in each line, and the destinations the replay was checked at: a log
+        # pipeline ties it to the item (the summary says what was done where).
+        about = {"key": describe_key(change.keys), "destinations_checked": labels}
         if result.undone:
             log.info("the source no longer holds a replayed item; its copy was removed", **about)
             notes.append("(the source has deleted it since: removed again)")

@@ -44,7 +44,7 @@ class TableRef:
         named by it and by its table, as ``run`` names it; otherwise the label is the
         table's place."""
         place = f"{self.region}/{self.table}"
-        if self.label.endswith(place):
+        if self.label in (place, f"source {place}"):
             return f"table {self.label}"
         return f"destination {self.label} (table {place})"
 

@@ -1607,7 +1607,7 @@ def test_a_replayed_put_of_an_item_the_source_deleted_since_is_not_brought_back(
     (line,) = logged(
         result.stderr, "the source no longer holds a replayed item; its copy was removed"
     )
-    assert line["key"] == describe_key(keys_of(p2)) and line["destinations"] == [ap_label]
+    assert line["key"] == describe_key(keys_of(p2)) and line["destinations_checked"] == [ap_label]
     assert get(job, 1, p2) is None  # not brought back
     assert get(job, 0, p2) is None
     assert FileDeadLetters(job.dead_letters).count() == 0
@@ -1918,7 +1918,7 @@ def test_a_replayed_synthetic_delete_of_an_item_the_source_holds_again_leaves_it
     (line,) = logged(
         result.stderr, "the source holds an item a replayed delete removed; its image was written"
     )
-    assert line["key"] == describe_key(keys_of(item)) and line["destinations"] == [eu_label]
+    assert line["key"] == describe_key(keys_of(item)) and line["destinations_checked"] == [eu_label]
     assert get(job, 0, item) == item
 
 

@@ -405,6 +405,10 @@ def test_exit_codes_for_a_bad_job_file_and_a_missing_table(job: Job, tmp_path: P
     ("label", "named"),
     [
         ("denied", "destination denied (table ap-southeast-2/{table})"),
+        (
+            "backup ap-southeast-2/{table}",
+            "destination backup ap-southeast-2/{table} (table ap-southeast-2/{table})",
+        ),
         ("ap-southeast-2/{table}", "table ap-southeast-2/{table}"),
         ("source ap-southeast-2/{table}", "table source ap-southeast-2/{table}"),
     ],

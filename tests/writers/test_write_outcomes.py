@@ -703,12 +703,19 @@ def raising_the_existing_price(incoming: Any, existing: Any) -> Any:
     return existing
 
 
+def tagging_the_incoming(incoming: Any, existing: Any) -> bool:
+    incoming.new_image["price"] = {"N": "9"}
+    return True
+
+
 def marking_the_existing_item(incoming: Any, existing: Any) -> bool:
     existing["seen"] = {"BOOL": True}
     return True
 
 
-@pytest.mark.parametrize("resolver", ["raising_the_existing_price", "marking_the_existing_item"])
+@pytest.mark.parametrize(
+    "resolver", ["raising_the_existing_price", "marking_the_existing_item", "tagging_the_incoming"]
+)
 def test_a_resolver_that_changes_the_item_it_is_given_is_written_not_a_conflict(
     moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, resolver: str
 ) -> None:
@@ -722,8 +729,58 @@ def test_a_resolver_that_changes_the_item_it_is_given_is_written_not_a_conflict(
     assert letters.write(writer, decode(put("a", 1, price=7))).outcome is Outcome.APPLIED
     assert target.letters() == []
     item = ddb.get_item(TableName=table, Key={"pk": {"S": "a"}}, ConsistentRead=True)["Item"]
-    expected = "2" if resolver == "raising_the_existing_price" else "7"
+    expected = {"raising_the_existing_price": "2", "tagging_the_incoming": "9"}.get(resolver, "7")
     assert item == {"pk": {"S": "a"}, "price": {"N": expected}}
+
+
+def counting_up(incoming: Any, existing: Any) -> bool:
+    """Changes the new image it is given in place and answers True: an ordinary idiom."""
+    image = incoming.new_image
+    image["n"] = {"N": str(int(image["n"]["N"]) + 1)}
+    return True
+
+
+def test_a_resolver_changing_the_new_image_in_place_writes_it_and_changes_nothing_shared() -> None:
+    """The change is shared by every destination's writer and each retry: what one call
+    did to its image must not reach the next (n grew by one per call), nor the change."""
+    from replicator.rules.custom import CustomRule
+
+    change = decode(put("k", 1, n=1))
+    rule = CustomRule(counting_up)
+    planned = [rule.plan(change, None) for _ in range(3)]
+    assert [request.item for request in planned] == [{"pk": {"S": "k"}, "n": {"N": "2"}}] * 3  # type: ignore[union-attr]
+    assert change.new_image == {"pk": {"S": "k"}, "n": {"N": "1"}}
+
+
+def binary_resolver(incoming: Any, existing: Any) -> Any:
+    from boto3.dynamodb.types import Binary
+
+    return {
+        "pk": incoming.keys["pk"],
+        "blob": {"B": Binary(b"\x00\x01")},
+        "blobs": {"BS": [Binary(b"\x02")]},
+        "nested": {"M": {"inner": {"B": Binary(b"\x03")}}},
+    }
+
+
+def test_a_resolver_returning_boto3_binary_values_is_written_not_a_crash(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """botocore refuses ``Binary`` where it expects bytes, and fails while saying so: the
+    writer stopped the shard, again after every restart."""
+    table = unique("resolver-binary")
+    ddb, writer, target, letters = resolving_writer(
+        moto_endpoint, table, tmp_path, metrics, "binary_resolver"
+    )
+    assert letters.write(writer, decode(put("b", 1))).outcome is Outcome.APPLIED
+    assert target.letters() == []
+    item = ddb.get_item(TableName=table, Key={"pk": {"S": "b"}}, ConsistentRead=True)["Item"]
+    assert item == {
+        "pk": {"S": "b"},
+        "blob": {"B": b"\x00\x01"},
+        "blobs": {"BS": [b"\x02"]},
+        "nested": {"M": {"inner": {"B": b"\x03"}}},
+    }
 
 
 RESOLVER_CALLS_SEEN: list[float] = []
