@@ -274,6 +274,21 @@ def test_kinesis_changes_created_in_one_tick_are_all_sent_under_custom_in_turn()
     assert buffer.checkpointable() == "3"
 
 
+def test_a_kinesis_record_delivered_twice_is_sent_once_under_custom() -> None:
+    """The same change twice (Kinesis delivers at least once): one write, not two."""
+    from replicator.rules.custom import CustomRule
+
+    rule = CustomRule(lambda incoming, existing: True)
+    buffer = ChangeBuffer(["d"], squash_order([rule], ordered_stream=False))
+    tick = 1_700_000_000_000_000
+    assert buffer.add(_kinesis_put(1, tick, 1))
+    assert buffer.add(_kinesis_put(1, tick, 2))
+    (written,) = drain(buffer, "d")
+    assert written.change.sequence_number == "2"
+    assert buffer.squashed == 1
+    assert buffer.checkpointable() == "2"
+
+
 def test_kinesis_changes_created_apart_squash_to_the_later_one_under_custom() -> None:
     from replicator.rules.custom import CustomRule
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from replicator.buffer import Squash, SquashOrder, Supersedes
 from replicator.config.model import ConflictConfig, ConflictPolicyName
 from replicator.exceptions import MalformedImage
+from replicator.images import Image
 from replicator.records import Change
 from replicator.rules.base import ConflictRule
 from replicator.rules.custom import CustomRule, load_resolver
@@ -123,8 +124,22 @@ def _replace_if_created_later(queued: Change, incoming: Change) -> Squash:
     Kinesis may deliver either first: both are sent, in turn, for the rule (a custom
     resolver) to decide each."""
     if incoming.created_us == queued.created_us:
-        return Squash.BOTH
+        # A record delivered twice (Kinesis may) is one change: the copy stands for both.
+        return Squash.REPLACE if _same_change(queued, incoming) else Squash.BOTH
     return Squash.REPLACE if incoming.created_us > queued.created_us else Squash.DROP
+
+
+def _same_change(one: Change, other: Change) -> bool:
+    """Whether two records carry one change: the same event and images, byte for byte."""
+    return (
+        one.event is other.event
+        and _wire(one.new) == _wire(other.new)
+        and _wire(one.old) == _wire(other.old)
+    )
+
+
+def _wire(image: Image | None) -> object:
+    return None if image is None else (image.wire if image.wire is not None else image.item)
 
 
 def _created_strictly_later(newer: Change, older: Change) -> bool:

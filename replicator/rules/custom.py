@@ -10,7 +10,8 @@ importable by the worker. It receives the :class:`~replicator.records.Change` an
 existing item (``None`` when there is none), both in boto3's attribute-value form,
 and returns:
 
-* ``True``: write the change as it is (put the new image, or delete);
+* ``True``: write the change as it is (put the new image, or delete); a new image the
+  function changed in place (``incoming.new_image["tag"] = ...``) is written as changed;
 * ``False``: keep the destination's item (counted and recorded as a lost conflict, unless
   that item is already what the change leaves there, its new image or, for a delete, no
   item: then the outcome is ``unchanged`` and nothing is recorded);
@@ -165,6 +166,7 @@ class CustomRule:
                 f"custom resolver {_name_of(self.resolver)} raised {type(error).__name__}: "
                 f"{error}{_where(error)}"
             ) from error
+        given = "returned an item"
         if decision is True:
             if change.event is Event.REMOVE:
                 return write_over("delete", change.keys, existing, first=change.keys)
@@ -172,6 +174,7 @@ class CustomRule:
             if changed is None:
                 return write_over("put", change.keys, existing, change.new_image, first=change.keys)
             decision = changed  # the new image, changed in place by the resolver
+            given = "answered True with incoming.new_image changed in place into an item"
         if decision is False:
             return Skip("the custom resolver kept the destination's item")
         if isinstance(decision, dict):
@@ -181,15 +184,13 @@ class CustomRule:
             )
             if unformed is not None:
                 raise PlanError(
-                    f"custom resolver returned an item not in attribute-value form: its "
+                    f"custom resolver {given} not in attribute-value form: its "
                     f"{unformed!r} is {_shown(decision[unformed])}, where one type key and "
                     "its value are expected (such as {'S': 'text'} or {'N': '1'})"
                 )
             missing = [name for name in change.keys if name not in decision]
             if missing:
-                raise PlanError(
-                    f"custom resolver returned an item without key attributes {missing}"
-                )
+                raise PlanError(f"custom resolver {given} without key attributes {missing}")
             # A put under another key would write another item and leave this one as it
             # was, counted as applied: the change's own key or nothing.
             moved = [
@@ -197,7 +198,7 @@ class CustomRule:
             ]
             if moved:
                 raise PlanError(
-                    f"custom resolver returned an item whose key attributes {moved} differ "
+                    f"custom resolver {given} whose key attributes {moved} differ "
                     f"from the change's ({describe_key(change.keys)}): it may only decide "
                     "what this item holds"
                 )
@@ -217,8 +218,9 @@ class CustomRule:
 
 
 def _own_copy(change: Change) -> Change:
-    """``change`` as the resolver may change it, sharing nothing with the change itself
-    (its images are decoded again when read, its key copied)."""
+    """``change`` as the resolver may change it: its key, images and record are its own
+    (the images decoded again when read). ``corrects`` and ``tombstone`` stay shared:
+    only the active-active stage sets them, which takes an ordered rule, never custom."""
     return msgspec.structs.replace(
         change,
         keys=copy.deepcopy(change.keys),

@@ -752,6 +752,22 @@ def test_a_resolver_changing_the_new_image_in_place_writes_it_and_changes_nothin
     assert change.new_image == {"pk": {"S": "k"}, "n": {"N": "1"}}
 
 
+def test_an_image_changed_in_place_into_no_item_is_named_as_such() -> None:
+    from replicator.exceptions import PlanError
+    from replicator.rules.custom import CustomRule
+
+    def resolver(incoming: Any, existing: Any) -> bool:
+        incoming.new_image["n"] = 2
+        return True
+
+    with pytest.raises(PlanError) as refused:
+        CustomRule(resolver).plan(decode(put("k", 1, n=1)), None)
+    assert str(refused.value).startswith(
+        "custom resolver answered True with incoming.new_image changed in place into an item "
+        "not in attribute-value form: its 'n' is 2,"
+    )
+
+
 def binary_resolver(incoming: Any, existing: Any) -> Any:
     from boto3.dynamodb.types import Binary
 
