@@ -613,11 +613,15 @@ def _set_by(written: str | None) -> str:
     variable set): the variable is what to change, not the file's line."""
     if not written:
         return ""
-    names = [
-        name
-        for match in _VARIABLE.finditer(written)
-        if (name := match.group("name")) is not None and os.environ.get(name)
-    ]
+    names = []
+    for match in _VARIABLE.finditer(written):
+        name = match.group("name")
+        if name is None or name not in os.environ:
+            continue
+        if os.environ[name]:
+            names.append(name)
+        elif match.group("default") is None:  # set but empty, and no default in its place
+            names.append(f"{name} (set, empty)")
     if not names:
         return ""
     return f"from the environment: {', '.join(dict.fromkeys(names))}"

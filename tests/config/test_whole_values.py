@@ -276,6 +276,35 @@ def test_a_bad_value_from_the_environment_names_the_variable(
     assert "from the environment" not in line, line
 
 
+@pytest.mark.parametrize(
+    ("written", "key"),
+    [
+        ("metrics: {port: '${REPLICATOR_TEST_EMPTY}'}\n", "metrics.port"),
+        ("writer: {max_in_flight: '${REPLICATOR_TEST_EMPTY}'}\n", "writer.max_in_flight"),
+    ],
+)
+def test_a_variable_set_empty_is_named_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written: str, key: str
+) -> None:
+    """An empty variable is the commonest mistake of all: it was not named."""
+    monkeypatch.setenv("REPLICATOR_TEST_EMPTY", "")
+    line = _refused(tmp_path, MINIMAL + written, key)
+    assert line.endswith("(got '', from the environment: REPLICATOR_TEST_EMPTY (set, empty))"), line
+    # With a default in the file, an empty variable takes it: the file's value.
+    defaulted = written.replace("}'", ":-x}'")
+    line = _refused(tmp_path, MINIMAL + defaulted, key)
+    assert "from the environment" not in line, line
+
+
+def test_an_empty_table_name_from_the_environment_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REPLICATOR_TEST_EMPTY", "")
+    text = MINIMAL.replace("table: orders}", "table: '${REPLICATOR_TEST_EMPTY}'}", 1)
+    line = _refused(tmp_path, text, "source.table")
+    assert "from the environment: REPLICATOR_TEST_EMPTY (set, empty)" in line, line
+
+
 def test_a_section_of_kind_sqs_without_its_queue_names_the_other_kinds_options_too(
     tmp_path: Path,
 ) -> None:
