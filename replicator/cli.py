@@ -179,6 +179,16 @@ def cli() -> None:
     """Replicate a DynamoDB table to other regions and accounts through its stream."""
 
 
+def _metrics_line(enabled: bool, host: str, port: int) -> str:
+    from replicator.metrics.server import address
+
+    if not enabled:
+        return "off"
+    if port == 0:  # the system picks one as run starts, and run logs it
+        return f"on {address(host, 0).rsplit(':', 1)[0]}, a port chosen at start (logged)"
+    return f"http://{address(host, port)}/metrics"
+
+
 def _active_active(resolved: ResolvedJob) -> str:
     job = resolved.job
     if not job.writes_back:
@@ -235,7 +245,6 @@ def _trimmed_data(resolved: ResolvedJob) -> str:
 def describe(resolved: ResolvedJob) -> str:
     from replicator.config.model import DeadLetterKind
     from replicator.conflictlog.places import describe_target
-    from replicator.metrics.server import address as metrics_address
 
     job = resolved.job
     source = job.source
@@ -277,12 +286,7 @@ def describe(resolved: ResolvedJob) -> str:
         f"conflict log: {describe_target(resolved)}",
         "active-active: " + _active_active(resolved),
         "trimmed data: " + _trimmed_data(resolved),
-        "metrics: "
-        + (
-            f"http://{metrics_address(job.metrics.host, job.metrics.port)}/metrics"
-            if job.metrics.enabled
-            else "off"
-        ),
+        "metrics: " + _metrics_line(job.metrics.enabled, job.metrics.host, job.metrics.port),
         "watermark: "
         + (
             f"status table {resolved.watermark_table} in each destination's region, "
@@ -590,7 +594,12 @@ def backfill(config_path: Path, **options: Any) -> None:
     callback=_finite,
     help=f"Seconds between those reads (at most {MAX_RECHECK_PAUSE_S:g}).",
 )
-@click.option("--repair", is_flag=True, help="Rewrite differences through the conflict policy.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Rewrite differences through the conflict policy; an item the source lacks is "
+    "deleted (docs/operator-tools.md).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_operator_errors
 def verify(config_path: Path, as_json: bool, **options: Any) -> None:

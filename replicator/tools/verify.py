@@ -277,7 +277,7 @@ class VerifyReport:
         verdict, repaired = _verdict(len(self.findings), outstanding)
         lines = [
             f"verify {self.source}: {verdict} ({f'{repaired} repaired; ' if repaired else ''}"
-            f"{scope} {self.source_items} source items{self._read('source')}; "
+            f"{scope} {_items(self.source_items, 'source item')}{self._read('source')}; "
             f"{self.rechecked} re-checked)"
         ]
         lines.extend(self._notes("source"))
@@ -287,7 +287,7 @@ class VerifyReport:
             if repaired:
                 state += f" ({repaired} repaired)"
             lines.append(
-                f"{label}: {scope} {self.destination_items.get(label, 0)} items"
+                f"{label}: {scope} {_items(self.destination_items.get(label, 0), 'item')}"
                 f"{self._read(label)}, {state}{self._kept(label)}"
             )
             lines.extend(self._notes(label))
@@ -932,3 +932,7 @@ def union(sets: Iterable[set[KeyId]]) -> set[KeyId]:
     for keys in sets:
         result |= keys
     return result
+
+
+def _items(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")

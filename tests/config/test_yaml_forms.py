@@ -208,6 +208,23 @@ def test_numbers_are_read_as_yaml_1_2_writes_them(tmp_path: Path, written: str, 
     assert f"maxLeasesForWorker = {value}" in lines
 
 
+@pytest.mark.parametrize(
+    ("metrics", "said"),
+    [
+        ("{port: 0, host: '::1'}", "metrics: on [::1], a port chosen at start (logged)"),
+        ("{port: 0}", "metrics: on 0.0.0.0, a port chosen at start (logged)"),
+        ("{enabled: false}", "metrics: off"),
+        ("{port: 9555, host: '::1'}", "metrics: http://[::1]:9555/metrics"),
+    ],
+)
+def test_validate_says_where_metrics_listen_without_an_address_nobody_can_reach(
+    tmp_path: Path, metrics: str, said: str
+) -> None:
+    code, out, err = _validate(tmp_path, KCL_JOB + f"metrics: {metrics}\n")
+    assert code == 0, err
+    assert said in out.splitlines(), out
+
+
 def test_a_number_with_a_leading_zero_is_that_decimal_number(tmp_path: Path) -> None:
     text = KCL_JOB + "metrics: {port: 010000}\nkcl: {failover_time_ms: 030000}\n"
     assert "failoverTimeMillis = 30000" in _properties(tmp_path, text)

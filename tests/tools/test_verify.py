@@ -385,6 +385,15 @@ def test_sample_checks_n_items_of_each_table(job: Job) -> None:
     assert "sampled 10 source items" in report.text()
 
 
+def test_one_item_is_counted_as_one_item(job: Job) -> None:
+    replicated(job, 1, to=(0,))
+    result = cli(job)
+    assert result.returncode == 1, result.stderr  # missing at the second destination
+    assert "scanned 1 source item;" in result.stdout, result.stdout
+    assert ": scanned 1 item, equal" in result.stdout, result.stdout
+    assert ": scanned 0 items, 1 difference" in result.stdout, result.stdout
+
+
 def test_exit_codes_for_a_bad_job_file_and_a_missing_table(job: Job, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("source: {region: nowhere, table: t}\n")
