@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import logging
 import os
@@ -270,6 +271,43 @@ def write_line(stream: IO[str], text: str) -> None:
     with _WRITING:
         stream.write(text + "\n")
         stream.flush()
+
+
+class PrintedLines(io.TextIOBase):
+    """``sys.stdout`` of a process whose log is JSON lines: what its code prints (a custom
+    resolver's ``print()``, a library's) is logged, each line as an ``info`` line
+    ``printed`` with its ``text``, so that every line of the log still parses on its own
+    (printed raw, two threads' prints even ran into one line between the JSON ones)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream  # where bytes written to ``buffer`` still go
+        self._partial = ""
+        self._lock = threading.Lock()
+        self._log = structlog.get_logger("printed")
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            self._log.info("printed", text=line)
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            partial, self._partial = self._partial, ""
+        if partial:
+            self._log.info("printed", text=partial)
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._stream, "encoding", "utf-8")
+
+    @property
+    def buffer(self) -> Any:
+        return self._stream.buffer
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:

@@ -741,6 +741,8 @@ def serve_daemon(resolved: Any) -> NoReturn:
     sys.stdout = sys.stderr
     job = resolved.job
     logs.configure(job.logging.level, job.logging.format.value)
+    if logs.renders_json():
+        sys.stdout = logs.PrintedLines(sys.stderr)
     logs.bind_everywhere(job=str(resolved.path), task=resolved.task_name, pid=os.getpid())
     _raise_open_file_limit(job.writer.max_in_flight * len(job.destinations))
     metrics = Metrics()

@@ -5,6 +5,7 @@ removed dead-letter directory, which does not end it)."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -48,6 +49,8 @@ def exits_on_bad(incoming: Any, existing: Any) -> Any:
     """Test resolver: calls sys.exit() for the item ``bad`` (a resolver's own bug)."""
     if incoming.keys["pk"]["S"] == "bad":
         sys.exit(2)
+    print("deciding", incoming.keys["pk"]["S"], end="")  # as a user's resolver may
+    print(": yes")
     return True
 
 
@@ -223,6 +226,11 @@ def test_a_resolver_that_calls_sys_exit_dead_letters_that_change_and_the_run_goe
     assert "Item" not in ddb.get_item(TableName=table, Key=_key("bad"))
     assert "processor child failed" not in output
     assert "destination writer failed" not in output
+    # What the resolver printed is a log line of its own, as every other line is JSON.
+    lines = [json.loads(line) for line in output.splitlines()]
+    printed = [line for line in lines if line.get("event") == "printed"]
+    assert [line["text"] for line in printed] == ["deciding good: yes"], printed
+    assert printed[0]["level"] == "info" and "pid" in printed[0]
 
 
 def _key(pk: str) -> dict[str, Any]:
