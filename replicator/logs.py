@@ -273,41 +273,63 @@ def write_line(stream: IO[str], text: str) -> None:
         stream.flush()
 
 
+# A printed line without its end is logged once it holds this many characters (a
+# resolver printing progress dots would otherwise be held until the process ends).
+PRINTED_LINE_MAX = 4096
+
+
 class PrintedLines(io.TextIOBase):
     """``sys.stdout`` of a process whose log is JSON lines: what its code prints (a custom
     resolver's ``print()``, a library's) is logged, each line as an ``info`` line
-    ``printed`` with its ``text``, so that every line of the log still parses on its own
-    (printed raw, two threads' prints even ran into one line between the JSON ones)."""
+    ``printed`` with its ``text``, whatever ``logging.level`` says (the text reached the
+    log at every level before), so that every line of the log still parses on its own
+    (printed raw, it went between the JSON lines). Each thread's line is its own (a
+    ``print`` writes its text and its end in two calls)."""
 
     def __init__(self, stream: TextIO) -> None:
-        self._stream = stream  # where bytes written to ``buffer`` still go
-        self._partial = ""
-        self._lock = threading.Lock()
-        self._log = structlog.get_logger("printed")
+        self._stream = stream
+        self._lines = threading.local()
+        self._log = unfiltered("printed")
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
-        with self._lock:
-            *lines, self._partial = (self._partial + text).split("\n")
-        for line in lines:
-            self._log.info("printed", text=line)
+        pieces: list[str] = self._pieces()
+        *ended, rest = text.split("\n")
+        for piece in ended:
+            pieces.append(piece)
+            self._emit(pieces)
+        pieces.append(rest)
+        if len(pieces) > 64:  # many small writes: kept as one piece
+            pieces[:] = ["".join(pieces)]
+        if sum(len(piece) for piece in pieces) >= PRINTED_LINE_MAX:
+            self._emit(pieces)
         return len(text)
 
     def flush(self) -> None:
-        with self._lock:
-            partial, self._partial = self._partial, ""
-        if partial:
-            self._log.info("printed", text=partial)
+        pieces = self._pieces()
+        if any(pieces):
+            self._emit(pieces)
+
+    def fileno(self) -> int:
+        """The stream's own (a child process handed ``sys.stdout`` writes there raw)."""
+        return self._stream.fileno()
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return getattr(self._stream, "encoding", "utf-8")
 
-    @property
-    def buffer(self) -> Any:
-        return self._stream.buffer
+    def _pieces(self) -> list[str]:
+        pieces: list[str] | None = getattr(self._lines, "pieces", None)
+        if pieces is None:
+            pieces = self._lines.pieces = []
+        return pieces
+
+    def _emit(self, pieces: list[str]) -> None:
+        line = "".join(pieces)
+        pieces.clear()
+        self._log.info("printed", text=line)
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:

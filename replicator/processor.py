@@ -840,7 +840,7 @@ def serve_daemon(resolved: Any) -> NoReturn:
     # answer): the interpreter's exit would join their threads, up to a read timeout and
     # its retries, and the runtime would kill the child after its stop. Nothing they
     # settle counts any more: every checkpoint and log line is written.
-    for stream in (protocol_out, sys.stderr):
+    for stream in (protocol_out, sys.stdout, sys.stderr):  # stdout: a line printed unended
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
     os._exit(0)

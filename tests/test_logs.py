@@ -9,6 +9,7 @@ import re
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -159,6 +160,70 @@ def test_a_line_and_its_newline_are_one_write_and_an_ending_process_waits_for_it
         assert [json.loads(line)["event"] for line in lines][-1] == "being written"
     finally:
         logs.configure("info", "json", original)
+
+
+def _printed(level: str, write: Any) -> list[str]:
+    """What ``write(printed_lines)`` logged, with the log configured at ``level``."""
+    original = sys.stderr
+    stream = io.StringIO()
+    logs.configure(level, "json", stream)
+    try:
+        write(logs.PrintedLines(stream))
+    finally:
+        logs.configure("info", "json", original)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert all(line["event"] == "printed" and line["level"] == "info" for line in lines)
+    return [line["text"] for line in lines]
+
+
+def test_printed_lines_are_log_lines_at_every_level() -> None:
+    """At logging.level warning a user's print reached the log raw before: it must not
+    vanish now that it is a JSON line."""
+
+    def write(out: Any) -> None:
+        print("one", "two", file=out)
+        print("three", end="", file=out)
+        print("-four", file=out)
+        print("", file=out)
+
+    assert _printed("warning", write) == ["one two", "three-four", ""]
+
+
+def test_a_line_printed_without_its_end_is_logged_at_a_flush_or_when_long() -> None:
+    def write(out: Any) -> None:
+        for _ in range(logs.PRINTED_LINE_MAX):
+            out.write(".")  # progress dots, one write each
+        out.write("tail")
+        out.flush()
+        out.flush()  # nothing left: no empty line
+
+    assert _printed("info", write) == ["." * logs.PRINTED_LINE_MAX, "tail"]
+
+
+def test_each_threads_printed_line_is_its_own() -> None:
+    """print() writes its text and its end in two calls: two threads' lines ran into
+    one when the unended line was shared."""
+    barrier = threading.Barrier(2)
+
+    def write(out: Any) -> None:
+        def printing(name: str) -> None:
+            out.write(name * 3)
+            barrier.wait(30)  # both halfway through a line
+            out.write("\n")
+
+        threads = [threading.Thread(target=printing, args=(name,)) for name in "AB"]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+
+    assert sorted(_printed("info", write)) == ["AAA", "BBB"]
+
+
+def test_printed_lines_keep_the_streams_file_number() -> None:
+    """A resolver may hand ``sys.stdout`` to a child process (subprocess.run): it takes
+    the stream's file number (it raised io.UnsupportedOperation)."""
+    assert logs.PrintedLines(sys.__stderr__).fileno() == sys.__stderr__.fileno()
 
 
 def test_a_credential_variables_value_is_redacted_from_the_documented_length(

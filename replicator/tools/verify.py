@@ -177,7 +177,7 @@ class Sample:
     def note(self) -> str | None:
         if self.whole_table and len(self.keys) < self.wanted:
             return (
-                f"the table holds {self.read} items, fewer than --sample {self.wanted}: "
+                f"the table holds {_items(self.read, 'item')}, fewer than --sample {self.wanted}: "
                 "all of them were checked"
             )
         if not self.whole_table:
