@@ -140,13 +140,15 @@ class SnapshotRule:
         expected = change.old_image
         if self.reads_existing and not same_item(existing, expected):
             return Skip(self._changed(expected))
+        if isinstance(self.policy, CustomRule):
+            # The resolver decides every write, a command's removals too (a copy undone,
+            # an extra item): it may leave a soft-delete marker as it does for a delete.
+            return self.policy.plan(change, existing)
         ranking = self.policy.ranking if isinstance(self.policy, OrderedRule) else None
         if change.event is Event.REMOVE:
             return expected_request("delete", change, expected, ranking)
         if self._ordered(change):
             return self.policy.plan(change)
-        if isinstance(self.policy, CustomRule):
-            return self.policy.plan(change, existing)
         return expected_request("put", change, expected, ranking)
 
     def shows_applied(self, change: Change, existing: Item | None) -> bool:

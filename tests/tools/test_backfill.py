@@ -653,6 +653,31 @@ def test_snapshot_rule_keeps_read_images_from_overwriting_newer_items() -> None:
     assert _plan(custom, scanned, None, existing=None).condition == "attribute_not_exists(#k)"
 
 
+def test_a_commands_removal_under_custom_is_the_resolvers_to_decide() -> None:
+    """A copy undone, or an extra item repaired, is a delete the resolver is asked about
+    as it is about the stream's: a soft-delete resolver leaves its marker (redrive
+    removed the marker a replayed put had replaced, and left no item)."""
+    at_destination = item("A", 1, 50)
+    marker = {**key("A", 1), "deleted": {"BOOL": True}}
+    seen: list[tuple[str, Item | None, Item | None]] = []
+
+    def soft_delete(change: Any, existing: Item | None) -> Any:
+        seen.append((change.event.value, change.old_image, existing))
+        return marker if change.event.value == "REMOVE" else True
+
+    removal = _plan(CustomRule(soft_delete), None, at_destination, existing=at_destination)
+    assert (removal.op, removal.item) == ("put", marker)
+    # While the destination holds exactly the item read (every attribute compared).
+    assert sorted(removal.names.values()) == ["pk", "sk", "updated_at"]
+    assert seen == [("REMOVE", at_destination, at_destination)]
+    # Kept by the resolver: nothing is written, the command reports it kept.
+    keeping = CustomRule(lambda change, existing: False)
+    assert isinstance(_plan(keeping, None, at_destination, existing=at_destination), Skip)
+    # An item changed since the command read it: the resolver is not asked.
+    assert isinstance(_plan(CustomRule(soft_delete), None, at_destination, existing=marker), Skip)
+    assert len(seen) == 1
+
+
 def test_ctrl_c_stops_after_the_pages_in_hand_and_the_run_resumes(job: Job) -> None:
     populate(job, 150)
     process = subprocess.Popen(
