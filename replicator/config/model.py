@@ -551,14 +551,18 @@ class ConflictConfig(Strict):
                     "timestamp_attribute", "last_writer_wins", self.timestamp_attribute
                 )
             )
-        if self.policy is ConflictPolicyName.CUSTOM:
-            if not self.resolver:
-                raise ValueError("policy custom needs 'resolver' (module.path:function)")
-            if not _DOTTED_CALLABLE.fullmatch(self.resolver):
-                raise ValueError(
-                    f"resolver must look like module.path:function, got {shown(self.resolver)}"
-                )
+        if self.policy is ConflictPolicyName.CUSTOM and not self.resolver:
+            raise ValueError("policy custom needs 'resolver' (module.path:function)")
         return self
+
+    @field_validator("resolver")
+    @classmethod
+    def _resolver_is_dotted(cls, value: str | None) -> str | None:
+        """At the key itself (the problem is named ``conflict.resolver``, as an import
+        that fails is)."""
+        if value is not None and not _DOTTED_CALLABLE.fullmatch(value):
+            raise ValueError(f"must look like module.path:function, got {shown(value)}")
+        return value
 
 
 class DestinationConfig(Strict):

@@ -193,8 +193,8 @@ BROKEN = {
     ),
     "bad-resolver": (
         MINIMAL + "conflict: {policy: custom, resolver: 'not a path'}\n",
-        "conflict",
-        "module.path:function",
+        "conflict.resolver",
+        "must look like module.path:function, got 'not a path'",
     ),
     "port-range": (MINIMAL + "metrics: {port: 70000}\n", "metrics.port", "65535"),
     "empty-metrics-host": (

@@ -61,7 +61,7 @@ def _only_problem(tmp_path: Path, text: str, key: str, *fragments: str) -> None:
         ),
         (
             MINIMAL + 'conflict: {policy: custom, resolver: "rules:pick\\n"}\n',
-            "conflict",
+            "conflict.resolver",
         ),
     ],
 )
