@@ -87,7 +87,7 @@ import structlog
 
 from replicator.appendfile import unusable
 from replicator.config.destinations import destination_place, destinations_at
-from replicator.config.model import DeadLetterKind, ResolvedJob
+from replicator.config.model import ConflictPolicyName, DeadLetterKind, ResolvedJob
 from replicator.config.stranded import StrandedFile, stranded_files, stranded_lines
 from replicator.conflictlog.base import Loss
 from replicator.conflictlog.recorder import BackgroundRecorder, ShardConflicts
@@ -887,8 +887,20 @@ class Redrive:
         # pipeline ties it to the item (the summary says what was done where).
         about = {"key": describe_key(change.keys), "destinations_checked": labels}
         if result.undone:
-            log.info("the source no longer holds a replayed item; its copy was removed", **about)
-            notes.append("(the source has deleted it since: removed again)")
+            if self._resolver_decides(labels):
+                # The resolver decided that removal, as a delete: it may have left a marker.
+                log.info(
+                    "the source no longer holds a replayed item; the resolver decided its removal",
+                    **about,
+                )
+                notes.append(
+                    "(the source has deleted it since: its removal as the resolver decided)"
+                )
+            else:
+                log.info(
+                    "the source no longer holds a replayed item; its copy was removed", **about
+                )
+                notes.append("(the source has deleted it since: removed again)")
         if result.expired:
             notes.append(f"(the source has deleted it since, {self._kept.why}: kept)")
         if result.caught_up:
@@ -927,6 +939,16 @@ class Redrive:
         if result.dead_lettered:
             notes.append("(checking it against the source failed: dead-lettered, see the target)")
         return " ".join(notes), result.dead_lettered
+
+    def _resolver_decides(self, labels: list[str]) -> bool:
+        """Whether a custom resolver decides the writes at every one of ``labels``."""
+        job = self.resolved.job
+        policies = {
+            job.conflict_for(destination).policy
+            for destination in job.destinations
+            if destination.label in labels
+        }
+        return policies == {ConflictPolicyName.CUSTOM}
 
     def _source_guard(self) -> ResurrectionGuard:
         if self._guard is None:

@@ -1829,6 +1829,43 @@ def test_a_wide_replayed_put_of_an_item_the_source_changed_since_leaves_the_sour
 OVERWRITE = "conflict: {policy: overwrite}"
 
 
+def soft_deleting(incoming: Any, existing: Any) -> Any:
+    """A resolver that keeps a marker for a deleted item (an application's soft delete)."""
+    if incoming.event.value == "REMOVE":
+        return {**incoming.keys, "updated_at": {"N": "0"}, "deleted": {"BOOL": True}}
+    return True
+
+
+def test_a_replayed_put_of_an_item_deleted_since_is_removed_as_the_resolver_decides(
+    job: Job,
+) -> None:
+    """Under custom, the run left the resolver's soft-delete marker for the delete that
+    followed the dead-lettered put. The replay puts the image over it; the source no
+    longer holds the item, and the copy's removal is the resolver's to decide, as the
+    delete was: the marker comes back (a plain delete left no item at all)."""
+    custom = f"conflict: {{policy: custom, resolver: '{__name__}:soft_deleting'}}"
+    job.path.write_text(job.path.read_text().replace(LWW, custom))
+    eu_label = "/".join(job.destinations[0])
+    put = image("m", 100, v="put")
+    marker = {**keys_of(put), "updated_at": {"N": "0"}, "deleted": {"BOOL": True}}
+    eu, eu_table = job.destination_clients()[0]
+    eu.put_item(TableName=eu_table, Item=marker)
+    FileDeadLetters(job.dead_letters).put(
+        stream_letter(
+            job, eu_label, put, 51, "resolver_failed", "custom resolver raised", at_source=False
+        )
+    )
+
+    result = redrive(job)
+
+    assert result.returncode == 0, result.stderr
+    assert "(the source has deleted it since: its removal as the resolver decided)" in (
+        result.stdout
+    )
+    assert get(job, 0, put) == marker
+    assert FileDeadLetters(job.dead_letters).count() == 0
+
+
 def delete_letter(job: Job, destination: str, old: Item, seq: int) -> DeadLetter:
     """The letter of a stream change deleting ``old`` (the REMOVE's old image)."""
     record = stream_record("REMOVE", keys_of(old), old=item_to_wire(old), seq=seq)
