@@ -249,6 +249,17 @@ def test_kinesis_order_keeps_the_newer_image_even_when_it_arrives_first() -> Non
     assert buffer.checkpointable() == "101"
 
 
+TICK = 1_700_000_000_000_000  # one ApproximateCreationDateTime, in microseconds
+
+
+def _custom_on_kinesis() -> ChangeBuffer:
+    """A buffer squashing as a custom rule does on a Kinesis source."""
+    from replicator.rules.custom import CustomRule
+
+    rule = CustomRule(lambda incoming, existing: True)
+    return ChangeBuffer(["d"], squash_order([rule], ordered_stream=False))
+
+
 def _kinesis_put(version: int, created_us: int, seq: int) -> Change:
     image = {"pk": {"S": "k"}, "v": {"N": str(version)}}
     record = kinesis_record("MODIFY", {"pk": {"S": "k"}}, image, created_us=created_us)
@@ -259,13 +270,9 @@ def test_kinesis_changes_created_in_one_tick_are_all_sent_under_custom_in_turn()
     """Which of two changes made in one millisecond came later cannot be told, and Kinesis
     may deliver either first: squashed by delivery order, the resolver never saw the
     newer one (v1, v3, v2 in one batch left v2)."""
-    from replicator.rules.custom import CustomRule
-
-    rule = CustomRule(lambda incoming, existing: True)
-    buffer = ChangeBuffer(["d"], squash_order([rule], ordered_stream=False))
-    tick = 1_700_000_000_000_000
+    buffer = _custom_on_kinesis()
     for seq, version in enumerate([1, 3, 2], start=1):
-        assert buffer.add(_kinesis_put(version, tick, seq))
+        assert buffer.add(_kinesis_put(version, TICK, seq))
     sent = []
     while taken := drain(buffer, "d"):
         sent += [entry.change.new_image["v"]["N"] for entry in taken]  # type: ignore[index]
@@ -276,13 +283,9 @@ def test_kinesis_changes_created_in_one_tick_are_all_sent_under_custom_in_turn()
 
 def test_a_kinesis_record_delivered_twice_is_sent_once_under_custom() -> None:
     """The same change twice (Kinesis delivers at least once): one write, not two."""
-    from replicator.rules.custom import CustomRule
-
-    rule = CustomRule(lambda incoming, existing: True)
-    buffer = ChangeBuffer(["d"], squash_order([rule], ordered_stream=False))
-    tick = 1_700_000_000_000_000
-    assert buffer.add(_kinesis_put(1, tick, 1))
-    assert buffer.add(_kinesis_put(1, tick, 2))
+    buffer = _custom_on_kinesis()
+    assert buffer.add(_kinesis_put(1, TICK, 1))
+    assert buffer.add(_kinesis_put(1, TICK, 2))
     (written,) = drain(buffer, "d")
     assert written.change.sequence_number == "2"
     assert buffer.squashed == 1
@@ -290,14 +293,10 @@ def test_a_kinesis_record_delivered_twice_is_sent_once_under_custom() -> None:
 
 
 def test_kinesis_changes_created_apart_squash_to_the_later_one_under_custom() -> None:
-    from replicator.rules.custom import CustomRule
-
-    rule = CustomRule(lambda incoming, existing: True)
-    buffer = ChangeBuffer(["d"], squash_order([rule], ordered_stream=False))
-    tick = 1_700_000_000_000_000
-    assert buffer.add(_kinesis_put(3, tick + 2000, 1))
-    assert not buffer.add(_kinesis_put(1, tick, 2))  # created earlier, arrived later
-    assert buffer.add(_kinesis_put(4, tick + 3000, 3))
+    buffer = _custom_on_kinesis()
+    assert buffer.add(_kinesis_put(3, TICK + 2000, 1))
+    assert not buffer.add(_kinesis_put(1, TICK, 2))  # created earlier, arrived later
+    assert buffer.add(_kinesis_put(4, TICK + 3000, 3))
     (written,) = drain(buffer, "d")
     assert written.change.new_image["v"] == {"N": "4"}  # type: ignore[index]
     assert buffer.checkpointable() == "3"

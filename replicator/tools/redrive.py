@@ -887,20 +887,15 @@ class Redrive:
         # pipeline ties it to the item (the summary says what was done where).
         about = {"key": describe_key(change.keys), "destinations_checked": labels}
         if result.undone:
-            if self._resolver_decides(labels):
-                # The resolver decided that removal, as a delete: it may have left a marker.
-                log.info(
-                    "the source no longer holds a replayed item; the resolver decided its removal",
-                    **about,
-                )
-                notes.append(
-                    "(the source has deleted it since: its removal as the resolver decided)"
-                )
-            else:
-                log.info(
-                    "the source no longer holds a replayed item; its copy was removed", **about
-                )
-                notes.append("(the source has deleted it since: removed again)")
+            # Under custom the resolver decided that removal, as a delete: it may have
+            # left a marker.
+            logged, noted = (
+                ("the resolver decided its removal", "its removal as the resolver decided")
+                if self._resolver_decides(labels)
+                else ("its copy was removed", "removed again")
+            )
+            log.info(f"the source no longer holds a replayed item; {logged}", **about)
+            notes.append(f"(the source has deleted it since: {noted})")
         if result.expired:
             notes.append(f"(the source has deleted it since, {self._kept.why}: kept)")
         if result.caught_up:
