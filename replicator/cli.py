@@ -304,7 +304,7 @@ def _worker_id(ctx: click.Context, param: click.Parameter, value: str | None) ->
     silently fall back to the host name, and one with a control character, a byte that
     is not UTF-8 or a space at either end names a worker no one meant (or cannot be
     written in the properties file at all)."""
-    from replicator.config.model import check_name
+    from replicator.config.fields import check_name
 
     if value is None:
         return None

@@ -22,15 +22,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from replicator.config.model import (
-    FILE_CHECK_KEYS,
-    JobConfig,
-    Problems,
-    ResolvedJob,
-    cross_checks,
-    disk_checks,
-    shown,
-)
+from replicator.config.cross_checks import FILE_CHECK_KEYS, Problems, cross_checks, disk_checks
+from replicator.config.fields import shown
+from replicator.config.model import JobConfig, ResolvedJob
 from replicator.config.resolvers import resolver_problems
 from replicator.config.task_name import default_task_name
 from replicator.exceptions import ConfigError

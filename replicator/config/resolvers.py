@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from replicator.config.model import ConflictConfig, ConflictPolicyName, Problems
+from replicator.config.cross_checks import Problems
+from replicator.config.model import ConflictConfig, ConflictPolicyName
 from replicator.exceptions import Interrupted, PlanError
 
 

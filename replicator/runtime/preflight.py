@@ -27,11 +27,11 @@ from replicator.appendfile import why_not_appendable
 from replicator.aws import clients, queues, tables
 from replicator.aws.clients import Place
 from replicator.aws.errors import error_code, error_message, excerpt
+from replicator.config.cross_checks import Problems
 from replicator.config.loader import job_file_error
 from replicator.config.model import (
     ConflictPolicyName,
     DeadLetterKind,
-    Problems,
     ResolvedJob,
     RuntimeKind,
     StreamKind,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from replicator.config.fields import MAX_TABLE_NAME, MAX_TASK_NAME, TASK_TABLE_SUFFIXES
 from replicator.config.loader import parse_job
-from replicator.config.model import MAX_TABLE_NAME, MAX_TASK_NAME, TASK_TABLE_SUFFIXES
 from replicator.exceptions import ConfigError
 from tests.config.test_config import MINIMAL, run_cli
 from tests.support.cli import in_process, replicator, validate_in_process

@@ -16,12 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from replicator.config.model import (
-    CREDENTIALS_PROVIDER_KEY,
-    ResolvedJob,
-    StreamKind,
-    credentials_provider_names,
-)
+from replicator.config.kcl_settings import CREDENTIALS_PROVIDER_KEY, credentials_provider_names
+from replicator.config.model import ResolvedJob, StreamKind
 from replicator.exceptions import KclUnavailable
 from replicator.runtime.kcl.properties import templates_dir
 

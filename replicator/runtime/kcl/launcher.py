@@ -504,7 +504,7 @@ def prepare_run(
     (``run_kcl`` binds the metrics port there).
     """
     # What the KCL cannot work with in the job file itself (source.role_arn) was refused
-    # when the job was loaded (replicator/config/model.py).
+    # when the job was loaded (replicator/config/cross_checks.py).
     installation = java.locate(resolved, environ)
     check_template(resolved.job)
     info = preflight.check(resolved, stopped, before_creating)

@@ -24,14 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from replicator.config.model import (
-    JobConfig,
-    OnTrimmedData,
-    ResolvedJob,
-    StreamKind,
-    kcl_property_name,
-    kcl_setting_problem,
-)
+from replicator.config.cross_checks import kcl_setting_problem
+from replicator.config.kcl_settings import kcl_property_name
+from replicator.config.model import JobConfig, OnTrimmedData, ResolvedJob, StreamKind
 from replicator.exceptions import KclUnavailable
 
 TEMPLATE_ENV = "REPLICATOR_PROPERTIES_DIR"
@@ -286,7 +281,7 @@ def _escape(text: str, *, key: bool) -> str:
     they would end it or start a comment); a leading space in a value (else trimmed);
     anything outside printable ASCII as ``\\uXXXX`` (UTF-16, as Java strings are). A
     lone surrogate (a byte that is not UTF-8 in a path) is written as the one UTF-16 unit
-    it is: the job file refuses one in any value (replicator/config/model.py), but the
+    it is: the job file refuses one in any value (replicator/config/fields.py), but the
     job file's own path, in a comment, may hold one."""
     out = []
     for index, char in enumerate(text):

@@ -1098,7 +1098,7 @@ def test_every_property_the_kcl_multilang_configuration_sets_is_known(kcl_jars: 
     """The properties validate does not caution about are those of the jars the image
     ships: each setter of KCL 3.1's multilang configuration (and of the fan-out bean it
     reads into) is known."""
-    from replicator.config.model import KCL_KNOWN_PROPERTIES
+    from replicator.config.kcl_settings import KCL_KNOWN_PROPERTIES
 
     package = "software.amazon.kinesis.multilang.config."
     setters = _setters(kcl_jars, package + "MultiLangDaemonConfiguration") | _setters(

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from replicator.config.fields import MAX_TASK_NAME
 from replicator.config.loader import load_job
-from replicator.config.model import MAX_TASK_NAME
 from replicator.demo import tables
 from replicator.exceptions import EnvironmentProblem, OperatorError
 from replicator.runtime import hostlock, preflight
