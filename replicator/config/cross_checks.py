@@ -21,13 +21,13 @@ from urllib.parse import urlsplit
 
 from replicator.config.endpoints import endpoint_identity, quoted, userinfo_problem
 from replicator.config.fields import (
-    _DYNAMODB_STREAM_ARN,
-    _REGION,
-    _ROLE_ARN,
-    _TABLE,
+    DYNAMODB_STREAM_ARN_PATTERN,
     MAX_TABLE_NAME,
+    REGION_PATTERN,
+    ROLE_ARN_PATTERN,
+    TABLE_PATTERN,
     TASK_TABLE_SUFFIXES,
-    _pattern_problem,
+    pattern_problem,
     shown,
 )
 from replicator.config.kcl_settings import (
@@ -36,15 +36,15 @@ from replicator.config.kcl_settings import (
     KCL_ENUM_VALUES,
     KCL_FIXED_PROPERTIES,
     KCL_PROPERTY_SETTINGS,
-    _credentials_provider_problem,
-    _numeric_property_problem,
+    credentials_provider_problem,
     kcl_property_name,
+    numeric_property_problem,
 )
 from replicator.config.model import (
-    _CONFLICT_LOG_OPTIONS,
-    _DEAD_LETTER_OPTIONS,
-    _ORDERED,
-    _TIMES,
+    CONFLICT_LOG_OPTIONS,
+    DEAD_LETTER_OPTIONS,
+    INITIAL_POSITION_ADVICE,
+    ORDERED_POLICIES,
     ConflictLogConfig,
     ConflictLogKind,
     ConflictPolicyName,
@@ -56,8 +56,8 @@ from replicator.config.model import (
     RuntimeKind,
     SourceConfig,
     StreamKind,
-    _described,
-    _ranking,
+    policy_described,
+    policy_ranking,
 )
 
 Problems = list[tuple[tuple[str | int, ...], str]]
@@ -92,12 +92,12 @@ def _accounts(job: JobConfig) -> Callable[[str | None], str]:
     role's account, or, without a role, the default chain's, which is known only when a
     source without a role names it in its DynamoDB stream ARN."""
     default = _DEFAULT_CHAIN
-    match = _DYNAMODB_STREAM_ARN.match(job.source.stream.arn or "")
+    match = DYNAMODB_STREAM_ARN_PATTERN.match(job.source.stream.arn or "")
     if job.source.role_arn is None and match and re.fullmatch(r"\d{12}", match["account"]):
         default = match["account"]
 
     def account(role_arn: str | None) -> str:
-        found = _ROLE_ARN.match(role_arn or "")
+        found = ROLE_ARN_PATTERN.match(role_arn or "")
         return found["account"] if found else default
 
     return account
@@ -237,9 +237,10 @@ def _active_active_checks(job: JobConfig) -> Problems:
         overridden = [
             (index, destination.conflict.policy)
             for index, destination in enumerate(job.destinations)
-            if destination.conflict is not None and destination.conflict.policy not in _ORDERED
+            if destination.conflict is not None
+            and destination.conflict.policy not in ORDERED_POLICIES
         ]
-        if job.conflict.policy in _ORDERED and overridden:
+        if job.conflict.policy in ORDERED_POLICIES and overridden:
             # The job's own policy ranks: the override is what to change, named there.
             problems += [
                 (
@@ -262,8 +263,8 @@ def _active_active_checks(job: JobConfig) -> Problems:
             problems += [
                 (
                     ("destinations", index, "conflict"),
-                    f"ranks items by {_described(job.conflict_for(destination))} but the "
-                    f"job by {_described(job.conflict)}: active_active.{what} compares "
+                    f"ranks items by {policy_described(job.conflict_for(destination))} but the "
+                    f"job by {policy_described(job.conflict)}: active_active.{what} compares "
                     "ranks across regions, so every destination must rank like the job "
                     f"(drop this override, or {turn_off})",
                 )
@@ -405,8 +406,8 @@ def _kind_option_checks(job: JobConfig) -> Problems:
     problems: Problems = []
     sections: list[tuple[str, DeadLetterConfig | ConflictLogConfig, dict[str, tuple[StrEnum, ...]]]]
     sections = [
-        ("dead_letter", job.dead_letter, _DEAD_LETTER_OPTIONS),
-        ("conflict_log", job.conflict_log, _CONFLICT_LOG_OPTIONS),
+        ("dead_letter", job.dead_letter, DEAD_LETTER_OPTIONS),
+        ("conflict_log", job.conflict_log, CONFLICT_LOG_OPTIONS),
     ]
     for name, section, options in sections:
         for option, kinds in options.items():
@@ -548,9 +549,9 @@ def _origin_attribute_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...]
         return []
     problems: list[tuple[tuple[str | int, ...], str]] = []
     for place, conflict in job.conflict_sections:
-        if conflict.policy not in _ORDERED:
+        if conflict.policy not in ORDERED_POLICIES:
             continue
-        policy, attribute = _ranking(conflict)
+        policy, attribute = policy_ranking(conflict)
         if attribute == origin:
             name = (
                 "version_attribute"
@@ -593,14 +594,14 @@ def _task_pattern_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], st
         patterns.append((("conflict_log", "table"), job.conflict_log.table, True))
     problems: list[tuple[tuple[str | int, ...], str]] = []
     for where, pattern, is_table in patterns:
-        what = _pattern_problem(pattern, "task_name")
+        what = pattern_problem(pattern, "task_name")
         if what:
             problems.append(
                 (where, f"may use only {{task_name}} (and {{{{ }}}} for a brace): {what}")
             )
             continue
         name = pattern.format(task_name=task)
-        if is_table and not _TABLE.fullmatch(name):
+        if is_table and not TABLE_PATTERN.fullmatch(name):
             problems.append(
                 (
                     where,
@@ -622,7 +623,7 @@ def _stream_arn_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]
     where: tuple[str | int, ...] = ("source", "stream", "arn")
     if source.stream.kind is StreamKind.KINESIS:
         return _kinesis_arn_checks(arn, source.region, where)
-    match = _DYNAMODB_STREAM_ARN.fullmatch(arn)
+    match = DYNAMODB_STREAM_ARN_PATTERN.fullmatch(arn)
     if match is None:
         hint = (
             "; for a Kinesis data stream set source.stream.kind: kinesis"
@@ -649,7 +650,7 @@ def _stream_arn_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]
             )
         )
     # A local emulator's ARNs may carry a region of its own (DynamoDB Local: ddblocal).
-    if region != source.region and _REGION.fullmatch(region):
+    if region != source.region and REGION_PATTERN.fullmatch(region):
         problems.append(
             (
                 where,
@@ -668,7 +669,7 @@ def _kinesis_arn_checks(
     region names a stream that cannot carry the table's changes (the name, not the ARN,
     is what would be read). The ARN's text was checked by StreamConfig."""
     region = arn.split(":")[3]
-    if region == source_region or not _REGION.fullmatch(region):
+    if region == source_region or not REGION_PATTERN.fullmatch(region):
         return []
     return [
         (
@@ -719,7 +720,7 @@ def _tombstone_table_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...],
         return []  # no tombstone table: a one-way job's long table name is no problem
     for _, table in tables:
         name = job.tombstone_table(table)
-        if not _TABLE.fullmatch(name):
+        if not TABLE_PATTERN.fullmatch(name):
             shorter = (
                 ": set a shorter active_active.tombstone_table pattern"
                 if len(name) > MAX_TABLE_NAME
@@ -767,7 +768,7 @@ def _own_tables(job: JobConfig, *, conflict_log: bool = True) -> dict[tuple[str,
     if (
         conflict_log
         and log.kind is ConflictLogKind.DYNAMODB
-        and not _pattern_problem(log.table, "task_name")
+        and not pattern_problem(log.table, "task_name")
     ):
         own[(log.region or source, log.table.format(task_name=task))] = (
             "its conflict log, conflict_log.table"
@@ -822,7 +823,7 @@ def _conflict_log_table_checks(job: JobConfig) -> Problems:
     Tables are compared as the tombstone tables are, by region and name. A tombstone
     table that is the log's is reported at active_active.tombstone_table."""
     log = job.conflict_log
-    if log.kind is not ConflictLogKind.DYNAMODB or _pattern_problem(log.table, "task_name"):
+    if log.kind is not ConflictLogKind.DYNAMODB or pattern_problem(log.table, "task_name"):
         return []
     name = log.table.format(task_name=_task(job))
     region = log.region or job.source.region
@@ -1042,7 +1043,7 @@ def _job_files(job: JobConfig) -> list[tuple[tuple[str | int, ...], str, str]]:
     return [
         (where, what, pattern.format(task_name=task))
         for where, what, pattern in _file_patterns(job)
-        if not _pattern_problem(pattern, "task_name")
+        if not pattern_problem(pattern, "task_name")
     ]
 
 
@@ -1149,8 +1150,8 @@ def _start_time_problem(value: str, dynamodb: bool) -> str:
         # the KCL applies the two in no fixed order (a hash map's): the start would be
         # either, by chance.
         else "which is not supported for a kinesis source: it and kcl.initial_position set "
-        f"the same start position, and the KCL applies them in no fixed order; {_TIMES} "
-        "(kcl.initial_position)"
+        "the same start position, and the KCL applies them in no fixed order; "
+        f"{INITIAL_POSITION_ADVICE} (kcl.initial_position)"
     )
     return (
         f"is {shown(value)}: the KCL reads this property as a time (seconds since 1970) to "
@@ -1201,9 +1202,9 @@ def kcl_setting_problem(job: JobConfig, key: str, value: str) -> str | None:
                 "NONE (the replicator serves its own metrics on /metrics)"
             )
         return None
-    problem = _numeric_property_problem(key, value)
+    problem = numeric_property_problem(key, value)
     if problem is None and key.lower().startswith(CREDENTIALS_PROVIDER_KEY):
-        problem = _credentials_provider_problem(value)
+        problem = credentials_provider_problem(value)
     return problem
 
 

@@ -23,28 +23,28 @@ from replicator.logs import redact
 
 # Each pattern is the whole value, to its very end (\Z): ``$`` would also stop before a
 # final newline, and take "us-east-1\n" as a region. Read them with fullmatch.
-_REGION = re.compile(r"[a-z]{2,4}(-[a-z]+)+-\d+\Z", re.ASCII)
-_TABLE = re.compile(r"[a-zA-Z0-9_.-]{3,255}\Z")
+REGION_PATTERN = re.compile(r"[a-z]{2,4}(-[a-z]+)+-\d+\Z", re.ASCII)
+TABLE_PATTERN = re.compile(r"[a-zA-Z0-9_.-]{3,255}\Z")
 # IAM role names and the parts of their paths: letters, digits and + = , . @ _ -
 # (role/NAME or role/PATH/NAME); a role name has at most 64 characters.
 _IAM_NAME = r"[A-Za-z0-9+=,.@_-]"
-_ROLE_ARN = re.compile(
+ROLE_ARN_PATTERN = re.compile(
     rf"arn:aws[a-z-]*:iam::(?P<account>[0-9]{{12}}):role/(?:{_IAM_NAME}+/)*{_IAM_NAME}{{1,64}}\Z"
 )
 # arn:PARTITION:dynamodb:REGION:ACCOUNT:table/TABLE/stream/LABEL
-_DYNAMODB_STREAM_ARN = re.compile(
+DYNAMODB_STREAM_ARN_PATTERN = re.compile(
     r"arn:aws[a-z-]*:dynamodb:(?P<region>[^:\s]*):(?P<account>[^:\s]*)"
     r":table/(?P<table>[^/\s]+)/stream/[^/\s]+\Z"
 )
 # A Kinesis data stream's name, and its ARN: arn:PARTITION:kinesis:REGION:ACCOUNT:stream/NAME
-_KINESIS_STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,128}\Z")
-_KINESIS_STREAM_ARN = re.compile(
+KINESIS_STREAM_NAME_PATTERN = re.compile(r"[a-zA-Z0-9_.-]{1,128}\Z")
+KINESIS_STREAM_ARN_PATTERN = re.compile(
     r"arn:aws[a-z-]*:kinesis:[a-z]{2,4}(-[a-z]+)+-[0-9]+:[0-9]{12}:stream/(?P<name>[^:/]+)\Z"
 )
-_TASK_NAME = re.compile(r"[a-zA-Z0-9_.-]{3,}\Z")
+TASK_NAME_PATTERN = re.compile(r"[a-zA-Z0-9_.-]{3,}\Z")
 
 
-def _pattern_problem(pattern: str, field: str) -> str | None:
+def pattern_problem(pattern: str, field: str) -> str | None:
     """What is wrong with ``pattern`` as a ``str.format`` pattern of ``{field}`` alone.
 
     ``format`` itself would also take ``{field.attr}``, ``{field[0]}``, ``{field!r}`` and
@@ -73,7 +73,7 @@ TASK_TABLE_SUFFIXES = ("-watermark", "-backfill", "-CoordinatorState", "-WorkerM
 # The longest task name whose every table fits in MAX_TABLE_NAME (the longest suffix decides:
 # a job may move between runtimes, and keeps its task name when it does).
 MAX_TASK_NAME = MAX_TABLE_NAME - max(len(suffix) for suffix in TASK_TABLE_SUFFIXES)
-_DOTTED_CALLABLE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
+DOTTED_CALLABLE_PATTERN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
 
 
 # The longest text a message quotes whole: a longer one (a ${VAR} may hold a file's
@@ -130,18 +130,18 @@ def _not_a_switch(value: object) -> object:
 
 
 # A number as decimal text: digits with a point or an exponent (1e3, 1000.0, .5).
-_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+DECIMAL_PATTERN = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 # The largest power of ten read as a whole number from decimal text (a Java long's 19
 # digits): past it, a message has no plain integer to suggest that any key takes.
 _LARGEST_EXPONENT = 18
 
 
-def _whole_decimal(text: str) -> int | None:
+def whole_decimal(text: str) -> int | None:
     """The whole number that decimal text (``"1e3"``, ``"1000.0"``, quoted or from a
     ``${VAR}``) stands for, which a whole-number key cannot read as it is written.
     None for digits alone (which it reads), a fraction, or no number at all."""
     bare = text.strip()
-    if re.fullmatch(r"[+-]?[0-9]+", bare) or not _DECIMAL.fullmatch(bare):
+    if re.fullmatch(r"[+-]?[0-9]+", bare) or not DECIMAL_PATTERN.fullmatch(bare):
         return None
     number = decimal.Decimal(bare)
     if number.adjusted() > _LARGEST_EXPONENT or number != number.to_integral_value():
@@ -153,7 +153,7 @@ def _plain_integer_text(value: object) -> object:
     """A whole-number key takes YAML's number 1e3 as 1000, but text (quoted, or from a
     ``${VAR}``) only as digits: pydantic's own refusal of ``"1e3"`` ("unable to parse
     string as an integer") did not say what to write instead."""
-    whole = _whole_decimal(value) if isinstance(value, str) else None
+    whole = whole_decimal(value) if isinstance(value, str) else None
     if whole is not None:
         raise ValueError(
             f"expected a whole number as a plain integer, got {shown(cast(str, value))}: "
@@ -211,7 +211,7 @@ def _plain(value: str) -> str:
     return value
 
 
-def _encodable(value: str) -> str:
+def encodable(value: str) -> str:
     """Text the properties file can hold: a ``${VAR}`` holding a byte that is not UTF-8
     gives a lone surrogate (``'\\udcff'``), which no Java string or file encoding
     writes, so that rendering the file would fail once the job runs."""
@@ -224,7 +224,7 @@ def _encodable(value: str) -> str:
     return value
 
 
-def _no_credentials(value: str) -> str:
+def without_credentials(value: str) -> str:
     """The properties file is written to disk and printed (``replicator properties``),
     and credentials are never written: a value holding the secret key or session token
     of this environment (given as ``${AWS_SECRET_ACCESS_KEY}``, say) is refused. The
@@ -260,18 +260,18 @@ Int = Annotated[int, BeforeValidator(_not_a_switch), BeforeValidator(_plain_inte
 Float = Annotated[float, BeforeValidator(_not_a_switch), AllowInfNan(False)]
 
 
-def _check_region(value: str) -> str:
-    if not _REGION.fullmatch(value):
+def check_region(value: str) -> str:
+    if not REGION_PATTERN.fullmatch(value):
         raise ValueError(f"expected an AWS region name such as us-east-1, got {shown(value)}")
     return value
 
 
-def _check_optional_region(value: str | None) -> str | None:
-    return None if value is None else _check_region(value)
+def check_optional_region(value: str | None) -> str | None:
+    return None if value is None else check_region(value)
 
 
-def _check_table(value: str) -> str:
-    if not _TABLE.fullmatch(value):
+def check_table(value: str) -> str:
+    if not TABLE_PATTERN.fullmatch(value):
         raise ValueError(
             "expected a DynamoDB table name (3-255 characters of letters, digits, _ . -), "
             f"got {shown(value)}"
@@ -287,14 +287,14 @@ def _partition_of(region: str) -> str:
     return next((name for prefix, name in _PARTITIONS if region.startswith(prefix)), "aws")
 
 
-def _check_role(value: str | None, info: ValidationInfo) -> str | None:
-    if value is not None and not _ROLE_ARN.fullmatch(value):
+def check_role(value: str | None, info: ValidationInfo) -> str | None:
+    if value is not None and not ROLE_ARN_PATTERN.fullmatch(value):
         raise ValueError(
             "expected an IAM role ARN such as arn:aws:iam::123456789012:role/name, "
             f"got {shown(value)}"
         )
     region = info.data.get("region")
-    if value is None or not isinstance(region, str) or not _REGION.fullmatch(region):
+    if value is None or not isinstance(region, str) or not REGION_PATTERN.fullmatch(region):
         return value
     # STS of a region assumes only roles of its own partition (aws, aws-cn, aws-us-gov):
     # another one's is refused at run; other partitions (isolated regions) are not judged.
@@ -314,7 +314,7 @@ def _check_role(value: str | None, info: ValidationInfo) -> str | None:
 _EXTERNAL_ID = re.compile(r"[\w+=,.@:/-]{2,1224}\Z", re.ASCII)
 
 
-def _check_external_id(value: str | None, info: ValidationInfo) -> str | None:
+def check_external_id(value: str | None, info: ValidationInfo) -> str | None:
     """An external id is sent only when a role is assumed: without ``role_arn`` it would
     be ignored without a word, while its author believes the role's condition is met.
     (A role_arn that is itself invalid is reported on its own.)"""

@@ -15,7 +15,7 @@ import difflib
 import math
 import re
 
-from replicator.config.fields import _DECIMAL, _whole_decimal, shown
+from replicator.config.fields import DECIMAL_PATTERN, shown, whole_decimal
 
 # KCL properties that point the KCL's clients at an endpoint other than AWS's.
 KCL_ENDPOINT_KEYS = ("kinesisEndpoint", "dynamoDBEndpoint")
@@ -134,7 +134,7 @@ KCL_ENUM_VALUES: dict[str, tuple[str, ...]] = {
     "workerMetricsBillingMode": ("PAY_PER_REQUEST", "PROVISIONED"),
 }
 KCL_ENUM_PROPERTIES = frozenset(KCL_ENUM_VALUES)
-_JAVA_LONG = 2**63
+JAVA_LONG = 2**63
 # AWSCredentialsProvider (and its DynamoDB and CloudWatch variants, whose keys the KCL
 # matches case-insensitively): providers separated by commas, each a Java class name
 # (short, as in DefaultCredentialsProvider, or fully qualified) with optional
@@ -162,7 +162,7 @@ def credentials_provider_names(value: str) -> list[str]:
     return [element.split("|", 1)[0].strip() for element in elements if element]
 
 
-def _credentials_provider_problem(value: str) -> str | None:
+def credentials_provider_problem(value: str) -> str | None:
     names = credentials_provider_names(value)
     bad = [name for name in names if not _JAVA_CLASS.fullmatch(name)]
     if names and not bad:
@@ -263,7 +263,7 @@ def unknown_kcl_property_caution(key: str) -> str | None:
     )
 
 
-def _numeric_property_problem(key: str, value: str) -> str | None:
+def numeric_property_problem(key: str, value: str) -> str | None:
     text = value.strip()
     if key in KCL_BOOLEAN_PROPERTIES and text.lower() not in ("true", "false"):
         return (
@@ -276,9 +276,9 @@ def _numeric_property_problem(key: str, value: str) -> str | None:
         if not (
             re.fullmatch(r"[+-]?[0-9]+", text)
             and len(text.lstrip("+-").lstrip("0")) <= _JAVA_LONG_DIGITS
-            and -_JAVA_LONG <= int(text) < _JAVA_LONG
+            and -JAVA_LONG <= int(text) < JAVA_LONG
         ):
-            whole = _whole_decimal(text)
+            whole = whole_decimal(text)
             if whole is not None:
                 return (
                     f"{shown(value)} is not a plain integer, the only form the KCL reads "
@@ -292,14 +292,14 @@ def _numeric_property_problem(key: str, value: str) -> str | None:
             return f"{shown(value)} is negative: it is a count, a size or a time, 0 or more"
         return None
     if key in KCL_DECIMAL_PROPERTIES:
-        if not _DECIMAL.fullmatch(text):
+        if not DECIMAL_PATTERN.fullmatch(text):
             return f"{shown(value)} is not a number ({_UNREAD})"
         if not math.isfinite(float(text)):
             return f"{shown(value)} is beyond the largest number the KCL reads (a Java double)"
     return None
 
 
-def _unreserved_property(key: str) -> str:
+def unreserved_property(key: str) -> str:
     if key in CONTRADICTING_KCL_PROPERTIES:
         raise ValueError(f"is written from the job file, set {KCL_PROPERTY_SETTINGS[key]} instead")
     if not key:
@@ -312,7 +312,7 @@ def _unreserved_property(key: str) -> str:
 _TEXT_BOOLEANS = frozenset({"yes", "no", "on", "off", "y", "n"})
 
 
-def _property_text(value: object) -> object:
+def property_text(value: object) -> object:
     """YAML's plain integers, numbers and booleans, as the KCL reads them: text."""
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -28,13 +28,13 @@ from pydantic import (
 
 from replicator.config.endpoints import check_endpoint
 from replicator.config.fields import (
-    _DOTTED_CALLABLE,
-    _DYNAMODB_STREAM_ARN,
-    _KINESIS_STREAM_ARN,
-    _KINESIS_STREAM_NAME,
-    _TASK_NAME,
+    DOTTED_CALLABLE_PATTERN,
+    DYNAMODB_STREAM_ARN_PATTERN,
+    KINESIS_STREAM_ARN_PATTERN,
+    KINESIS_STREAM_NAME_PATTERN,
     MAX_TABLE_NAME,
     MAX_TASK_NAME,
+    TASK_NAME_PATTERN,
     TASK_TABLE_SUFFIXES,
     Bool,
     FilePath,
@@ -43,25 +43,25 @@ from replicator.config.fields import (
     Name,
     PathText,
     Text,
-    _check_external_id,
-    _check_optional_region,
-    _check_region,
-    _check_role,
-    _check_table,
-    _encodable,
-    _no_credentials,
-    _pattern_problem,
+    check_external_id,
+    check_optional_region,
+    check_region,
+    check_role,
+    check_table,
+    encodable,
+    pattern_problem,
     shown,
     shown_with_length,
+    without_credentials,
 )
 from replicator.config.kcl_settings import (
-    _JAVA_LONG,
+    JAVA_LONG,
     KCL_ENDPOINT_KEYS,
     KCL_ENUM_PROPERTIES,
     KCL_INTEGER_PROPERTIES,
-    _property_text,
-    _unreserved_property,
+    property_text,
     unknown_kcl_property_caution,
+    unreserved_property,
 )
 from replicator.hosts import host_problem, unbracketed
 
@@ -115,7 +115,7 @@ class ConflictPolicyName(StrEnum):
     CUSTOM = "custom"
 
 
-_ORDERED = (ConflictPolicyName.LAST_WRITER_WINS, ConflictPolicyName.VERSION)
+ORDERED_POLICIES = (ConflictPolicyName.LAST_WRITER_WINS, ConflictPolicyName.VERSION)
 # The active-active source writer's label is this prefix and the source's <region>/<table>.
 SOURCE_LABEL_PREFIX = "source:"
 
@@ -139,7 +139,7 @@ class StreamConfig(Strict):
     """Which change stream carries the source table's changes."""
 
     kind: StreamKind = StreamKind.DYNAMODB_STREAMS
-    arn: Annotated[Text, AfterValidator(_encodable)] | None = Field(
+    arn: Annotated[Text, AfterValidator(encodable)] | None = Field(
         default=None,
         description="DynamoDB stream ARN or Kinesis stream ARN; default: the table's latest "
         "DynamoDB stream (dynamodb-streams only).",
@@ -152,7 +152,7 @@ class StreamConfig(Strict):
         """The KCL would be handed any text as its streamName and fail on AWS's answer."""
         if value is None or info.data.get("kind") is not StreamKind.KINESIS:
             return value
-        if not _KINESIS_STREAM_NAME.fullmatch(value):
+        if not KINESIS_STREAM_NAME_PATTERN.fullmatch(value):
             raise ValueError(
                 "expected a Kinesis data stream name (1-128 characters of letters, digits, "
                 f"_ . -), got {shown(value)}"
@@ -175,12 +175,12 @@ class StreamConfig(Strict):
         against the source table by _stream_arn_checks)."""
         if value is None or info.data.get("kind") is not StreamKind.KINESIS:
             return value
-        match = _KINESIS_STREAM_ARN.fullmatch(value)
-        if match is None or not _KINESIS_STREAM_NAME.fullmatch(match["name"]):
+        match = KINESIS_STREAM_ARN_PATTERN.fullmatch(value)
+        if match is None or not KINESIS_STREAM_NAME_PATTERN.fullmatch(match["name"]):
             hint = (
                 "; it is a DynamoDB stream's ARN: for a DynamoDB stream set "
                 "source.stream.kind: dynamodb-streams (the default)"
-                if _DYNAMODB_STREAM_ARN.fullmatch(value)
+                if DYNAMODB_STREAM_ARN_PATTERN.fullmatch(value)
                 else ""
             )
             raise ValueError(
@@ -213,11 +213,11 @@ class SourceConfig(Strict):
     stream: StreamConfig = StreamConfig()
     on_trimmed_data: OnTrimmedData = OnTrimmedData.FAIL
 
-    _region = field_validator("region")(_check_region)
-    _table = field_validator("table")(_check_table)
-    _role = field_validator("role_arn")(_check_role)
+    _region = field_validator("region")(check_region)
+    _table = field_validator("table")(check_table)
+    _role = field_validator("role_arn")(check_role)
     _endpoint = field_validator("endpoint_url")(check_endpoint)
-    _external_id = field_validator("external_id")(_check_external_id)
+    _external_id = field_validator("external_id")(check_external_id)
 
 
 # The setting each policy decides by (overwrite reads none).
@@ -236,14 +236,14 @@ def _other_policys(setting: str, policy: str, value: str | None) -> str:
     return f" ({setting}: {value!r} is the {policy} policy's: rename it, or set policy: {policy})"
 
 
-def _ranking(conflict: ConflictConfig) -> tuple[ConflictPolicyName, str | None]:
+def policy_ranking(conflict: ConflictConfig) -> tuple[ConflictPolicyName, str | None]:
     if conflict.policy is ConflictPolicyName.VERSION:
         return conflict.policy, conflict.version_attribute
     return conflict.policy, conflict.timestamp_attribute
 
 
-def _described(conflict: ConflictConfig) -> str:
-    policy, attribute = _ranking(conflict)
+def policy_described(conflict: ConflictConfig) -> str:
+    policy, attribute = policy_ranking(conflict)
     return f"{policy.value} on {attribute!r}"
 
 
@@ -287,7 +287,7 @@ class ConflictConfig(Strict):
     def _resolver_is_dotted(cls, value: str | None) -> str | None:
         """At the key itself (the problem is named ``conflict.resolver``, as an import
         that fails is)."""
-        if value is not None and not _DOTTED_CALLABLE.fullmatch(value):
+        if value is not None and not DOTTED_CALLABLE_PATTERN.fullmatch(value):
             raise ValueError(f"must look like module.path:function, got {shown(value)}")
         return value
 
@@ -305,11 +305,11 @@ class DestinationConfig(Strict):
         default=None, description="Overrides the job's conflict section for this destination."
     )
 
-    _region = field_validator("region")(_check_region)
-    _table = field_validator("table")(_check_table)
-    _role = field_validator("role_arn")(_check_role)
+    _region = field_validator("region")(check_region)
+    _table = field_validator("table")(check_table)
+    _role = field_validator("role_arn")(check_role)
     _endpoint = field_validator("endpoint_url")(check_endpoint)
-    _external_id = field_validator("external_id")(_check_external_id)
+    _external_id = field_validator("external_id")(check_external_id)
 
     @field_validator("name")
     @classmethod
@@ -364,7 +364,7 @@ class ActiveActiveConfig(Strict):
                 f"tombstone_table must contain {{table}}, so that every table has its own "
                 f"tombstone table beside it, got {shown(value)}"
             )
-        problem = _pattern_problem(value, "table")
+        problem = pattern_problem(value, "table")
         if problem:
             raise ValueError(f"tombstone_table may use only {{table}}: {shown(value)} ({problem})")
         return value  # the names it gives the job's tables: cross_checks
@@ -417,15 +417,15 @@ class DeadLetterConfig(Strict):
     role_arn: str | None = None
 
     _endpoint = field_validator("endpoint_url")(check_endpoint)
-    _role = field_validator("role_arn")(_check_role)
-    _region = field_validator("region")(_check_optional_region)
+    _role = field_validator("role_arn")(check_role)
+    _region = field_validator("region")(check_optional_region)
 
     @model_validator(mode="after")
     def _sqs_needs_a_queue(self) -> Self:
         if self.kind is DeadLetterKind.SQS and not self.queue_url:
             raise ValueError(
                 "a dead-letter queue of kind sqs needs 'queue_url'"
-                + _foreign_options(self, _DEAD_LETTER_OPTIONS)
+                + _foreign_options(self, DEAD_LETTER_OPTIONS)
             )
         return self
 
@@ -461,23 +461,23 @@ class ConflictLogConfig(Strict):
     max_pending: Annotated[Int, Field(ge=1, le=1_000_000)] = 1000
     retry_for_s: Annotated[Float, Field(gt=0, le=ONE_DAY_S)] = 60.0
 
-    _role = field_validator("role_arn")(_check_role)
+    _role = field_validator("role_arn")(check_role)
     _endpoint = field_validator("endpoint_url")(check_endpoint)
-    _region = field_validator("region")(_check_optional_region)
+    _region = field_validator("region")(check_optional_region)
 
     @model_validator(mode="after")
     def _sqs_needs_a_queue(self) -> Self:
         if self.kind is ConflictLogKind.SQS and not self.queue_url:
             raise ValueError(
                 "a conflict log of kind sqs needs 'queue_url'"
-                + _foreign_options(self, _CONFLICT_LOG_OPTIONS)
+                + _foreign_options(self, CONFLICT_LOG_OPTIONS)
             )
         return self
 
 
 # The options each kind of target reads: given under another kind, an option would be
 # silently ignored (a queue_url under kind file, the dead letters going to a file).
-_DEAD_LETTER_OPTIONS: dict[str, tuple[StrEnum, ...]] = {
+DEAD_LETTER_OPTIONS: dict[str, tuple[StrEnum, ...]] = {
     "path": (DeadLetterKind.FILE,),
     "queue_url": (DeadLetterKind.SQS,),
     "region": (DeadLetterKind.SQS,),
@@ -485,7 +485,7 @@ _DEAD_LETTER_OPTIONS: dict[str, tuple[StrEnum, ...]] = {
     "role_arn": (DeadLetterKind.SQS,),
 }
 _RECORDING = (ConflictLogKind.FILE, ConflictLogKind.SQS, ConflictLogKind.DYNAMODB)
-_CONFLICT_LOG_OPTIONS: dict[str, tuple[StrEnum, ...]] = {
+CONFLICT_LOG_OPTIONS: dict[str, tuple[StrEnum, ...]] = {
     "path": (ConflictLogKind.FILE,),
     "table": (ConflictLogKind.DYNAMODB,),
     "retention_days": (ConflictLogKind.DYNAMODB,),
@@ -518,23 +518,23 @@ def _foreign_options(
 
 # The context key under which JobConfig tells KclConfig the source's stream kind.
 STREAM_KIND_CONTEXT = "stream_kind"
-_TIMES = "use TRIM_HORIZON (the oldest record the stream holds) or LATEST"
+INITIAL_POSITION_ADVICE = "use TRIM_HORIZON (the oldest record the stream holds) or LATEST"
 # Why kcl.initial_position cannot be AT_TIMESTAMP, by the source's stream kind (None: the
 # source is invalid, its kind unknown).
 _START_TIME_REFUSALS: dict[StreamKind | None, str] = {
     StreamKind.DYNAMODB_STREAMS: (
         "AT_TIMESTAMP is not supported: a DynamoDB stream has no shard iterator at a time "
         "(the DynamoDB Streams Kinesis Adapter that runtime kcl reads it through starts new "
-        f"leases only at TRIM_HORIZON or LATEST); {_TIMES}"
+        f"leases only at TRIM_HORIZON or LATEST); {INITIAL_POSITION_ADVICE}"
     ),
     StreamKind.KINESIS: (
         "AT_TIMESTAMP is not supported for a kinesis source: the KCL starts a lease at a "
         "time only when given that time (its initialPositionInStreamExtended), and the job "
-        f"file has no key for it; {_TIMES}"
+        f"file has no key for it; {INITIAL_POSITION_ADVICE}"
     ),
     None: (
         "AT_TIMESTAMP is not supported: a DynamoDB stream has no shard iterator at a time, "
-        f"and for a kinesis source the job file has no key for the time; {_TIMES}"
+        f"and for a kinesis source the job file has no key for the time; {INITIAL_POSITION_ADVICE}"
     ),
 }
 
@@ -558,12 +558,12 @@ class KclConfig(Strict):
         default=None, description="Directory of KCL jars; default $REPLICATOR_KCL_JARS."
     )
     extra_properties: dict[
-        Annotated[str, AfterValidator(_unreserved_property), AfterValidator(_encodable)],
+        Annotated[str, AfterValidator(unreserved_property), AfterValidator(encodable)],
         Annotated[
             str,
-            BeforeValidator(_property_text),
-            AfterValidator(_encodable),
-            AfterValidator(_no_credentials),
+            BeforeValidator(property_text),
+            AfterValidator(encodable),
+            AfterValidator(without_credentials),
         ],
     ] = Field(default_factory=dict)
 
@@ -581,7 +581,7 @@ class KclConfig(Strict):
             and key in KCL_INTEGER_PROPERTIES
             and isinstance(item, float)
             and item.is_integer()
-            and abs(item) < _JAVA_LONG
+            and abs(item) < JAVA_LONG
             else item
             for key, item in value.items()
         }
@@ -698,7 +698,7 @@ class JobConfig(Strict):
     def _task_name(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        if not _TASK_NAME.fullmatch(value):
+        if not TASK_NAME_PATTERN.fullmatch(value):
             # Both rules in one message: a short name of good characters ("sA") must not
             # be told its characters are wrong.
             raise ValueError(
@@ -784,7 +784,7 @@ class JobConfig(Strict):
         if self.loop_prevention.origin_attribute and not self.ordered_everywhere:
             policies = {self.conflict_for(d).policy for d in self.destinations}
             unordered = sorted(
-                p.value for p in policies | {self.conflict.policy} if p not in _ORDERED
+                p.value for p in policies | {self.conflict.policy} if p not in ORDERED_POLICIES
             )
             cautions.append(
                 f"loop_prevention with the {' and '.join(unordered)} policy: an item written "
@@ -801,8 +801,8 @@ class JobConfig(Strict):
             index, destination = self.ranked_otherwise[0]
             cautions.append(
                 f"destinations[{index}] ranks items by "
-                f"{_described(self.conflict_for(destination))} but the job by "
-                f"{_described(self.conflict)}, so active-active write-back is off (it "
+                f"{policy_described(self.conflict_for(destination))} but the job by "
+                f"{policy_described(self.conflict)}, so active-active write-back is off (it "
                 "compares ranks across regions): a conflict lost at that destination is not "
                 "written back to the source, and the two regions can end holding different "
                 "images. For an active-active pair, rank every destination like the job"
@@ -871,8 +871,8 @@ class JobConfig(Strict):
     @property
     def ordered_everywhere(self) -> bool:
         """Whether the job and every destination use last_writer_wins or version."""
-        return all(self.conflict_for(d).policy in _ORDERED for d in self.destinations) and (
-            self.conflict.policy in _ORDERED
+        return all(self.conflict_for(d).policy in ORDERED_POLICIES for d in self.destinations) and (
+            self.conflict.policy in ORDERED_POLICIES
         )
 
     @property
@@ -884,11 +884,11 @@ class JobConfig(Strict):
     @property
     def ranked_otherwise(self) -> list[tuple[int, DestinationConfig]]:
         """The destinations (with their index) that rank items otherwise than the job."""
-        job_ranking = _ranking(self.conflict)
+        job_ranking = policy_ranking(self.conflict)
         return [
             (index, destination)
             for index, destination in enumerate(self.destinations)
-            if _ranking(self.conflict_for(destination)) != job_ranking
+            if policy_ranking(self.conflict_for(destination)) != job_ranking
         ]
 
     @property
