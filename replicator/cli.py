@@ -10,6 +10,7 @@ import functools
 import math
 import os
 import signal
+import socket
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -21,7 +22,7 @@ import click
 from click.core import ParameterSource
 
 from replicator.config.loader import load_job
-from replicator.config.model import ResolvedJob
+from replicator.config.model import LogFormat, ResolvedJob, RuntimeKind, WriterConfig
 from replicator.entry import interrupted, outcome_decided
 from replicator.exceptions import KeySyntaxError, OperatorError, SinceSyntaxError
 from replicator.logs import echo, redact
@@ -273,6 +274,7 @@ def describe(resolved: ResolvedJob) -> str:
             + (f" on {attribute}" if attribute else "")
         )
     origin = job.loop_prevention.origin_attribute
+    auto_format = job.logging.format is LogFormat.AUTO
     lines += [
         "loop prevention: "
         + (f"skip puts whose {origin} is not {job.origin_value!r}" if origin else "off"),
@@ -295,8 +297,31 @@ def describe(resolved: ResolvedJob) -> str:
             if resolved.publishes_watermark
             else "off"
         ),
+        "writer: " + _writer_line(job.writer),
+        f"logging: {job.logging.level}, format {job.logging.format.value}"
+        + (" (JSON unless the output is a terminal)" if auto_format else ""),
     ]
+    if job.runtime is RuntimeKind.KCL:
+        kcl = job.kcl
+        worker = kcl.worker_id or f"{socket.gethostname()} (the host name)"
+        lines.append(
+            f"kcl: new leases start at {kcl.initial_position.value}, up to {kcl.max_records} "
+            f"records a read, worker id {worker}, java {kcl.java} "
+            "(every KCL property: replicator properties)"
+        )
     return "\n".join(lines)
+
+
+def _writer_line(writer: WriterConfig) -> str:
+    """The writer's limits in one line: what bounds a shard's memory and its writes in
+    flight, and how long a destination that does not answer is waited for."""
+    return (
+        f"up to {writer.max_in_flight} writes in flight per destination, "
+        f"{writer.max_buffered_changes} changes buffered, retries after "
+        f"{writer.retry.base_delay_ms}-{writer.retry.max_delay_ms} ms, timeouts "
+        f"{writer.connect_timeout_s:g} s to connect, {writer.read_timeout_s:g} s to answer"
+        + (", sent through botocore" if writer.send_with_botocore else "")
+    )
 
 
 def _worker_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

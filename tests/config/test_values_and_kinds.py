@@ -240,6 +240,33 @@ def test_validate_shows_the_target_of_the_kind(tmp_path: Path) -> None:
     assert "dead letters: sqs https://queue.amazonaws.com/123456789012/q" in result.stdout
 
 
+def test_validate_shows_the_writer_logging_and_kcl_settings(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        MINIMAL + "writer: {max_in_flight: 8, retry: {base_delay_ms: 10, max_delay_ms: 900}}\n"
+        "logging: {level: debug, format: console}\n"
+    )
+    result = validate_in_process(path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert (
+        "writer: up to 8 writes in flight per destination, 2000 changes buffered, retries "
+        "after 10-900 ms, timeouts 5 s to connect, 10 s to answer" in lines
+    )
+    assert "logging: debug, format console" in lines
+    assert not [line for line in lines if line.startswith("kcl:")]  # runtime local
+    path.write_text(
+        "runtime: kcl\n" + MINIMAL + "kcl: {worker_id: host-a, initial_position: LATEST, "
+        "max_records: 250}\n"
+    )
+    result = validate_in_process(path)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "kcl: new leases start at LATEST, up to 250 records a read, worker id host-a, java "
+        "java (every KCL property: replicator properties)" in result.stdout.splitlines()
+    )
+
+
 @pytest.mark.parametrize("command", ["validate", "run"])
 def test_more_records_than_a_dynamodb_stream_returns_is_refused(
     tmp_path: Path, command: str
