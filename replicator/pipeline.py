@@ -57,8 +57,9 @@ from replicator.records import Change, Event
 from replicator.rules import WriteRequest
 from replicator.timer import Timer
 from replicator.watermark.publisher import ShardWatermark
-from replicator.writers.destination import DestinationWriter, FirstAnswer, WriteResult
+from replicator.writers.destination import DestinationWriter
 from replicator.writers.loopwire import EventLoopThread, LoopWire, RequestWire, WireFactory
+from replicator.writers.outcomes import FirstAnswer, WriteResult
 from replicator.writers.source import SourceWriter
 from replicator.writers.wire import WireWriteClient
 

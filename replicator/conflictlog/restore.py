@@ -73,7 +73,8 @@ from replicator.records import Change
 from replicator.rules import ConflictRule, Skip, Verdict, WriteRequest
 from replicator.rules.requests import holds_outcome
 from replicator.tools.snapshot import expected_request, same_item, synthetic_change
-from replicator.writers.destination import NOT_PASSED, Outcome
+from replicator.writers.outcomes import Outcome
+from replicator.writers.refusals import NOT_PASSED
 
 log = structlog.get_logger(__name__)
 

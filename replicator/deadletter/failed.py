@@ -20,7 +20,7 @@ from replicator.exceptions import DeadLetterUnavailable
 from replicator.items import describe_key, item_to_wire
 from replicator.metrics import Metrics
 from replicator.records import Change, RawRecord
-from replicator.writers.destination import WriteResult
+from replicator.writers.outcomes import WriteResult
 
 log = structlog.get_logger(__name__)
 

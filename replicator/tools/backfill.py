@@ -60,7 +60,8 @@ from replicator.tools.snapshot import (
     writer_tables,
 )
 from replicator.tools.tables import KeptExpired, TableRef, check_same_keys, source_ref
-from replicator.writers.destination import DestinationWriter, Outcome, WriteResult
+from replicator.writers.destination import DestinationWriter
+from replicator.writers.outcomes import Outcome, WriteResult
 
 log = structlog.get_logger(__name__)
 

@@ -131,7 +131,9 @@ from replicator.tools.tables import (
     destination_refs,
     source_ref,
 )
-from replicator.writers.destination import NOT_PASSED, DestinationWriter, Outcome, WriteResult
+from replicator.writers.destination import DestinationWriter
+from replicator.writers.outcomes import Outcome, WriteResult
+from replicator.writers.refusals import NOT_PASSED
 
 log = structlog.get_logger(__name__)
 

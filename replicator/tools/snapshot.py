@@ -60,7 +60,8 @@ from replicator.runtime import preflight
 from replicator.tools.compare import differing_attributes
 from replicator.tools.scan import ReadRate, batch_get
 from replicator.tools.tables import KeptExpired, TableRef
-from replicator.writers.destination import DestinationWriter, Outcome
+from replicator.writers.destination import DestinationWriter
+from replicator.writers.outcomes import Outcome
 from replicator.writers.wire import botocore_client_of
 
 SYNTHETIC_SEQUENCE_NUMBER = "0"

@@ -92,7 +92,8 @@ from replicator.tools.tables import (
     source_ref,
 )
 from replicator.tools.unread import MANUAL_STEP, Cleared, clear_unread
-from replicator.writers.destination import DestinationWriter, Outcome, WriteResult
+from replicator.writers.destination import DestinationWriter
+from replicator.writers.outcomes import Outcome, WriteResult
 from replicator.writers.source import SourceWriter
 
 log = structlog.get_logger(__name__)

@@ -18,9 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from typing import Any, Protocol, cast
 
 import structlog
@@ -34,8 +32,6 @@ from replicator.aws.errors import (
     RoleNotAssumed,
     classify,
     error_code,
-    error_message,
-    excerpt,
     may_have_landed,
 )
 from replicator.conflictlog.base import ConflictRecorder, Loss
@@ -69,14 +65,28 @@ from replicator.rules.requests import (
 )
 from replicator.rules.ties import TIES
 from replicator.tombstones.model import Ranking, Tombstone, tombstone_of
-from replicator.tombstones.table import KEY_SCHEMA, TombstoneTable, TombstoneTableError
+from replicator.tombstones.table import TombstoneTable, TombstoneTableError
+from replicator.writers.outcomes import (
+    APPLIED,
+    CONFLICT_LOST,
+    UNCHANGED,
+    FirstAnswer,
+    Outcome,
+    RecordedDelete,
+    Winner,
+    WriteResult,
+)
+from replicator.writers.refusals import (
+    NOT_PASSED,
+    answer,
+    describe,
+    expected_key,
+    key_schema_differs,
+    missing_tombstones,
+)
 from replicator.writers.wire import WireWriteClient
 
 log = structlog.get_logger(__name__)
-
-# How a refusal that stops the worker ends: what it did not do. Commands that are not the
-# worker (``redrive``) say instead what became of their own work.
-NOT_PASSED = "nothing was dead-lettered and the checkpoint has not passed these changes"
 
 # An item denied this many times while other writes to the destination succeed is
 # refused by a fine-grained policy, not by an outage: it fails (and is dead-lettered).
@@ -91,66 +101,7 @@ _ITEM_DENIALS_BEFORE_DEAD_LETTER = 3
 # which it cannot wait on together with ``holds_released``: a stop ends it this soon.
 _HOLD_CHECK_S = 0.2
 
-
-class Outcome(StrEnum):
-    APPLIED = "applied"
-    UNCHANGED = "unchanged"
-    CONFLICT_LOST = "conflict_lost"
-    # Not applied, and no retry would apply it as it is: the caller dead-letters it.
-    FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    """How a write settled; ``reason`` and ``error`` say why a FAILED one failed
-    (reasons: ``rejected``, ``access_denied``, ``unplannable``, ``resolver_failed``,
-    ``optimistic_conflicts``, ...)."""
-
-    outcome: Outcome
-    reason: str | None = None
-    error: str | None = None
-    # CONFLICT_LOST: why the change lost (the rule's explanation), for reports; not
-    # compared, so that a lost conflict equals CONFLICT_LOST whatever its reason.
-    why: str | None = field(default=None, compare=False)
-    # A delete recorded in a tombstone table: the row the table holds for it after the
-    # write (this delete's, or the one another job had recorded at or above it, which
-    # names the region that deleted). Not compared either.
-    tombstone: Tombstone | None = field(default=None, compare=False)
-    # CONFLICT_LOST with a conflict log: done once the loss's entry is stored or given up
-    # (and counted). The pipeline keeps the change's record open, so that the checkpoint
-    # does not pass it, until then (conflictlog/recorder.py). Not compared.
-    recorded: Future[None] | None = field(default=None, compare=False)
-    # A request that got no answer may still land until then (time.monotonic()): the
-    # item's next change must not be sent before it. Only from
-    # ``write(..., hold=False)``, whose caller keeps the key that long (the pipeline);
-    # None: nothing to wait for. Not compared.
-    hold_until: float | None = field(default=None, compare=False)
-    # Which of the item's next changes wait for ``hold_until``: all, or only its deletes
-    # (after a conditional put that may still land), or only its puts (after a
-    # conditional delete); see DestinationWriter._unanswered.
-    held: Held = field(default=Held.CHANGE, compare=False)
-    # A request of the write got no answer (a read timeout, a dropped connection, a 5xx):
-    # it may have been carried out, or may be later, whatever the outcome says (kept by
-    # the policy after a retry, say). A tool that reads the source again after its
-    # writes (an item deleted meanwhile: ResurrectionGuard) checks such a write too.
-    unanswered: bool = field(default=False, compare=False)
-    # Active-active: a put with such a request was checked against the item's tombstone
-    # before that request could no longer land, and landing after the check it would
-    # stay below a delete that outranks it. The caller that keeps ``hold_until`` calls
-    # :meth:`DestinationWriter.recheck_late_put` once it has passed (then only lets the
-    # item's next change go), and keeps the change's record open until then. Not compared.
-    recheck: bool = field(default=False, compare=False)
-
-    @property
-    def failed(self) -> bool:
-        return self.outcome is Outcome.FAILED
-
-
-APPLIED = WriteResult(Outcome.APPLIED)
-UNCHANGED = WriteResult(Outcome.UNCHANGED)
-CONFLICT_LOST = WriteResult(Outcome.CONFLICT_LOST)
 _SETTLED = {r.outcome: r for r in (APPLIED, UNCHANGED, CONFLICT_LOST)}
-
 
 _RETRY_REASON = {
     ErrorKind.THROTTLED: "throttled",
@@ -184,26 +135,6 @@ class WriteBack(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class Winner:
-    """What a change lost to: the destination's item, or a delete kept as a tombstone."""
-
-    item: Item | None = None
-    tombstone: Tombstone | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RecordedDelete:
-    """A delete's tombstone once recorded: the row its table holds for it (``held``: the
-    delete's own, just written or already there, or another job's ranking above it), and
-    whether a row another job wrote covers the delete (then whoever wrote that row
-    removes the item). ``written``: the row was written now (not found there)."""
-
-    held: Tombstone
-    covered: bool
-    written: bool = False
-
-
 class Removals(Protocol):
     """Who reads the stream of the table a writer writes (the source's own writer): told
     of each delete that may remove an item unseen, and of the item it put back
@@ -212,20 +143,6 @@ class Removals(Protocol):
     def expect_removal(self, key: KeyId) -> None: ...
 
     def settle_removal(self, key: KeyId, put_back: Item | None) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class FirstAnswer:
-    """How a write's first request, sent by another transport (the pipeline's event
-    loop), was answered: the output of a 200 or the error it raised. :meth:`write` takes
-    it as its first attempt's answer instead of sending that request itself."""
-
-    request: WriteRequest
-    response: dict[str, Any] | None = None
-    error: BaseException | None = None
-    # When the request was sent (time.monotonic()); None: unknown, the time its answer
-    # is handled is taken instead (later: a hold then errs long).
-    sent_at: float | None = None
 
 
 @dataclass
@@ -616,17 +533,17 @@ class DestinationWriter:
                     if max(streak, schema_refusals) >= self.refusal_limit:
                         raise DestinationRefused(
                             f"{self._refuser(error)} refused {max(streak, schema_refusals)} "
-                            f"writes in a row: {_answer(error)}. Its key schema is not "
-                            f"{_expected_key(error)} (was it re-created?); {NOT_PASSED}"
+                            f"writes in a row: {answer(error)}. Its key schema is not "
+                            f"{expected_key(error)} (was it re-created?); {NOT_PASSED}"
                         ) from error
                 elif kind is ErrorKind.REJECTED:
-                    return WriteResult(Outcome.FAILED, "rejected", _describe(error))
+                    return WriteResult(Outcome.FAILED, "rejected", describe(error))
                 if kind is ErrorKind.AUTH:
                     streak, seen_then = self._note_refusal(error, streak, seen_then)
                     if streak >= self.refusal_limit and isinstance(error, RoleNotAssumed):
                         raise DestinationRefused(
                             f"{self._named()}: STS refused the role to write with {streak} "
-                            f"times in a row (no write was sent): {_answer(error)}. Check the "
+                            f"times in a row (no write was sent): {answer(error)}. Check the "
                             "role's trust policy (it must trust the identity this worker "
                             "runs with, with the job's external_id if it sets one) and that "
                             f"this identity may call sts:AssumeRole on it; {NOT_PASSED}"
@@ -634,7 +551,7 @@ class DestinationWriter:
                     if streak >= self.refusal_limit:
                         raise DestinationRefused(
                             f"{self._refuser(error)} did not accept the signature or "
-                            f"credentials of {streak} writes in a row: {_answer(error)}. "
+                            f"credentials of {streak} writes in a row: {answer(error)}. "
                             f"Check this host's clock (NTP) and the credentials the worker "
                             f"runs with; {NOT_PASSED}"
                         ) from error
@@ -643,7 +560,7 @@ class DestinationWriter:
                     if streak >= self.refusal_limit:
                         raise DestinationRefused(
                             f"{self._refuser(error)} refused {streak} writes in a row: "
-                            f"{_answer(error)}{_missing_tombstones(error, kind)}"
+                            f"{answer(error)}{missing_tombstones(error, kind)}"
                         ) from error
                     # A missing table is no item's own (see _ITEM_DENIALS_BEFORE_DEAD_LETTER).
                     if kind is ErrorKind.DENIED and not isinstance(error, TombstoneTableError):
@@ -654,7 +571,7 @@ class DestinationWriter:
                             seen_then.successes > successes_at_first_denial
                             and denials >= _ITEM_DENIALS_BEFORE_DEAD_LETTER
                         ):
-                            return WriteResult(Outcome.FAILED, "access_denied", _describe(error))
+                            return WriteResult(Outcome.FAILED, "access_denied", describe(error))
                 reason = _RETRY_REASON.get(kind, "server_error")
                 if kind is ErrorKind.REJECTED:  # only a key schema not the source's is retried
                     reason = "key_schema"
@@ -670,7 +587,7 @@ class DestinationWriter:
                         raise DestinationUnavailable(
                             f"{self._named()} did not "
                             f"answer for {self.unanswered_for_s:g} s ({attempt + 1} attempts "
-                            f"of one write); last error: {_describe(error)}"
+                            f"of one write); last error: {describe(error)}"
                         ) from error
                     delay = min(delay, left)
                 else:
@@ -681,7 +598,7 @@ class DestinationWriter:
                         raise DestinationUnavailable(
                             f"{self._named()} did not "
                             f"take the write in {self.retry_for_s:g} s ({attempt + 1} "
-                            f"attempts); last error: {_describe(error)}"
+                            f"attempts); last error: {describe(error)}"
                         ) from error
                     delay = min(delay, left)
                 if finish_by is not None:
@@ -693,7 +610,7 @@ class DestinationWriter:
                     "write failed, retrying",
                     destination=self.label,
                     key=describe_key(change.keys),
-                    error=_describe(error),
+                    error=describe(error),
                     attempt=attempt,
                     delay_s=round(delay, 3),
                     **({"note": _RETRY_WARNING_NOTE} if warns else {}),
@@ -1328,29 +1245,6 @@ class DestinationWriter:
         return streak + 1, seen
 
 
-# DynamoDB's answers to a write whose item or key lacks, or mistypes, an attribute of
-# the table's key. The replicator always writes the source's key with the source's
-# types, so at a destination these mean the table's key schema is not the source's.
-# "Type mismatch for key pk expected: N actual: S" is a put whose item carries the
-# table's key attribute with another type (a table re-created with the same key name
-# and another type). A mistyped index key is worded "Type mismatch for Index Key ..."
-# and is the item's own problem: it does not match here and stays a dead letter.
-_KEY_SCHEMA_MESSAGES = (
-    "Missing the key ",
-    "The provided key element does not match the schema",
-    "Type mismatch for key ",
-)
-
-
-def key_schema_differs(error: BaseException) -> bool:
-    """Whether ``error`` is a ValidationException that says the table's key is not the
-    one the written item or key carries."""
-    if not isinstance(error, ClientError) or error_code(error) != "ValidationException":
-        return False
-    message = str(error.response.get("Error", {}).get("Message", ""))
-    return any(text in message for text in _KEY_SCHEMA_MESSAGES)
-
-
 def _holds_one_of(sent: Sequence[WriteRequest], existing: Item | None) -> bool:
     """Whether the destination's item is what one of the writes ``sent`` leaves there."""
     return any(holds_write(request, existing) for request in sent)
@@ -1361,37 +1255,6 @@ def _answer_of(first: FirstAnswer) -> dict[str, Any]:
     if first.error is not None:
         raise first.error
     return first.response if first.response is not None else {}
-
-
-def _describe(error: BaseException) -> str:
-    """``error`` as log lines, dead letters and messages quote it: DynamoDB's answer, and
-    the tombstone table it came from when it was one (the writer's own table is fine)."""
-    if isinstance(error, TombstoneTableError):
-        return f"{error.table}: {_answer(error)}"
-    return _answer(error)
-
-
-def _answer(error: BaseException) -> str:
-    if isinstance(error, ClientError):
-        return f"{error_code(error)}: {error_message(error)}"
-    return f"{type(error).__name__}: {excerpt(str(error))}"
-
-
-def _expected_key(error: BaseException) -> str:
-    """The key a refused table should have had, for a refusal's message."""
-    if isinstance(error, TombstoneTableError):
-        return f"a tombstone table's, {KEY_SCHEMA}"
-    return "the source table's"
-
-
-def _missing_tombstones(error: BaseException, kind: ErrorKind) -> str:
-    """What to do about a missing tombstone table, for a refusal's message."""
-    if isinstance(error, TombstoneTableError) and kind is ErrorKind.NOT_FOUND:
-        return (
-            ". The job creates a missing tombstone table when it starts: start it again "
-            "(see 'Delete tombstones' in docs/active-active.md)"
-        )
-    return ""
 
 
 def _nothing(_: Item) -> bool:

@@ -49,11 +49,11 @@ from replicator.metrics import Metrics
 from replicator.records import Change, Event
 from replicator.rules.ordered import OrderedRule
 from replicator.tombstones.model import Tombstone, row_key, tombstone_of
-from replicator.writers.destination import (
+from replicator.writers.destination import DestinationWriter
+from replicator.writers.outcomes import (
     APPLIED,
     CONFLICT_LOST,
     UNCHANGED,
-    DestinationWriter,
     Outcome,
     Winner,
     WriteResult,

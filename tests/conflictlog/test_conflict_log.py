@@ -46,7 +46,8 @@ from replicator.images import Image
 from replicator.items import AttributeValue, Item, describe_key, image_digest, item_to_wire
 from replicator.metrics import Metrics
 from replicator.rules import OrderedRule, rule_for
-from replicator.writers.destination import DestinationWriter, Outcome
+from replicator.writers.destination import DestinationWriter
+from replicator.writers.outcomes import Outcome
 from tests.support.aws import client, create_table
 from tests.support.e2e import wait_until
 from tests.support.metrics import sample, summed

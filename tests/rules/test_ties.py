@@ -16,7 +16,7 @@ from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.rules import OrderedRule, squash_order
 from replicator.rules.ties import TIES, WARN_EVERY_S, TieWatch
-from replicator.writers.destination import Outcome
+from replicator.writers.outcomes import Outcome
 from tests.support.records import put
 from tests.writers.test_writers import LWW, Destination
 

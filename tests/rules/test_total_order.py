@@ -18,7 +18,8 @@ from replicator.rules import OrderedRule, rule_for
 from replicator.rules.order import NO_ITEM, exact_number, image_digest
 from replicator.tombstones.model import tombstone_of
 from replicator.tombstones.table import TombstoneTable
-from replicator.writers.destination import DestinationWriter, Outcome
+from replicator.writers.destination import DestinationWriter
+from replicator.writers.outcomes import Outcome
 from tests.support.aws import client, create_table
 from tests.support.records import daemon_record, stream_record
 

@@ -30,8 +30,9 @@ from replicator.pipeline import ShardPipeline
 from replicator.records import Change
 from replicator.rules import IN_STREAM_ORDER, rule_for
 from replicator.tombstones.table import TombstoneTable
-from replicator.writers.destination import DestinationWriter, FirstAnswer, Outcome
+from replicator.writers.destination import DestinationWriter
 from replicator.writers.loopwire import Answered, EventLoopThread, LoopWire
+from replicator.writers.outcomes import FirstAnswer, Outcome
 from replicator.writers.wire import WireWriteClient
 from tests.support.aws import client, create_table
 from tests.support.faults.proxy import Fault, FaultProxy, Mode

@@ -20,7 +20,8 @@ from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.rules import Skip, WriteRequest, rule_for
 from replicator.shards.stream import to_daemon_record
-from replicator.writers.destination import DestinationWriter, Outcome
+from replicator.writers.destination import DestinationWriter
+from replicator.writers.outcomes import Outcome
 from replicator.writers.wire import WireWriteClient, request_body
 from tests.support.aws import client, create_table
 from tests.support.records import daemon_record, stream_record

@@ -22,7 +22,8 @@ from replicator.records import Change, Held
 from replicator.rules import OrderedRule, Verdict, WriteRequest
 from replicator.rules.requests import MAX_EXPRESSION, MAX_OPERATORS, operator_count
 from replicator.tombstones.model import tombstone_of
-from replicator.writers.destination import DestinationWriter, Outcome
+from replicator.writers.destination import DestinationWriter
+from replicator.writers.outcomes import Outcome
 from tests.support.records import put, remove
 from tests.writers.test_writers import REGION, Destination
 

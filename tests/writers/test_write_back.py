@@ -33,7 +33,8 @@ from replicator.rules.order import image_digest
 from replicator.rules.requests import WriteRequest, write_over
 from replicator.tombstones.model import Ranking, Tombstone, tombstone_of
 from replicator.tombstones.table import TombstoneTable
-from replicator.writers.destination import DestinationWriter, Outcome
+from replicator.writers.destination import DestinationWriter
+from replicator.writers.outcomes import Outcome
 from replicator.writers.source import SourceWriter
 from tests.support.aws import client, create_table
 from tests.support.e2e import wait_until

@@ -37,7 +37,9 @@ from replicator.metrics import Metrics
 from replicator.pipeline import ShardPipeline
 from replicator.rules import IN_STREAM_ORDER, rule_for
 from replicator.writers import destination
-from replicator.writers.destination import DestinationWriter, Outcome, key_schema_differs
+from replicator.writers.destination import DestinationWriter
+from replicator.writers.outcomes import Outcome
+from replicator.writers.refusals import key_schema_differs
 from replicator.writers.wire import WireWriteClient
 from tests.support.aws import client, create_table
 from tests.support.faults.proxy import FaultProxy

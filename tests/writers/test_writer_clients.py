@@ -18,7 +18,7 @@ from replicator.decode import decode
 from replicator.items import Item
 from replicator.metrics import Metrics
 from replicator.records import Change
-from replicator.writers.destination import Outcome
+from replicator.writers.outcomes import Outcome
 from replicator.writers.wire import WireWriteClient
 from tests.support.aws import client, create_table
 from tests.support.records import put

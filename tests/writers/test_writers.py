@@ -18,7 +18,8 @@ from replicator.decode import decode
 from replicator.exceptions import DestinationRefused
 from replicator.metrics import Metrics
 from replicator.rules import rule_for
-from replicator.writers.destination import DestinationWriter, Outcome
+from replicator.writers.destination import DestinationWriter
+from replicator.writers.outcomes import Outcome
 from tests.support.aws import client, create_table
 from tests.support.metrics import sample
 from tests.support.records import daemon_record, put, remove, stream_record
