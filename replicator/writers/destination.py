@@ -78,11 +78,11 @@ from replicator.writers.outcomes import (
 )
 from replicator.writers.refusals import (
     NOT_PASSED,
-    answer,
-    describe,
+    describe_refusal,
     expected_key,
     key_schema_differs,
     missing_tombstones,
+    refusal_answer,
 )
 from replicator.writers.wire import WireWriteClient
 
@@ -533,25 +533,25 @@ class DestinationWriter:
                     if max(streak, schema_refusals) >= self.refusal_limit:
                         raise DestinationRefused(
                             f"{self._refuser(error)} refused {max(streak, schema_refusals)} "
-                            f"writes in a row: {answer(error)}. Its key schema is not "
+                            f"writes in a row: {refusal_answer(error)}. Its key schema is not "
                             f"{expected_key(error)} (was it re-created?); {NOT_PASSED}"
                         ) from error
                 elif kind is ErrorKind.REJECTED:
-                    return WriteResult(Outcome.FAILED, "rejected", describe(error))
+                    return WriteResult(Outcome.FAILED, "rejected", describe_refusal(error))
                 if kind is ErrorKind.AUTH:
                     streak, seen_then = self._note_refusal(error, streak, seen_then)
                     if streak >= self.refusal_limit and isinstance(error, RoleNotAssumed):
                         raise DestinationRefused(
                             f"{self._named()}: STS refused the role to write with {streak} "
-                            f"times in a row (no write was sent): {answer(error)}. Check the "
-                            "role's trust policy (it must trust the identity this worker "
+                            f"times in a row (no write was sent): {refusal_answer(error)}. "
+                            "Check the role's trust policy (it must trust the identity this worker "
                             "runs with, with the job's external_id if it sets one) and that "
                             f"this identity may call sts:AssumeRole on it; {NOT_PASSED}"
                         ) from error
                     if streak >= self.refusal_limit:
                         raise DestinationRefused(
                             f"{self._refuser(error)} did not accept the signature or "
-                            f"credentials of {streak} writes in a row: {answer(error)}. "
+                            f"credentials of {streak} writes in a row: {refusal_answer(error)}. "
                             f"Check this host's clock (NTP) and the credentials the worker "
                             f"runs with; {NOT_PASSED}"
                         ) from error
@@ -560,7 +560,7 @@ class DestinationWriter:
                     if streak >= self.refusal_limit:
                         raise DestinationRefused(
                             f"{self._refuser(error)} refused {streak} writes in a row: "
-                            f"{answer(error)}{missing_tombstones(error, kind)}"
+                            f"{refusal_answer(error)}{missing_tombstones(error, kind)}"
                         ) from error
                     # A missing table is no item's own (see _ITEM_DENIALS_BEFORE_DEAD_LETTER).
                     if kind is ErrorKind.DENIED and not isinstance(error, TombstoneTableError):
@@ -571,7 +571,9 @@ class DestinationWriter:
                             seen_then.successes > successes_at_first_denial
                             and denials >= _ITEM_DENIALS_BEFORE_DEAD_LETTER
                         ):
-                            return WriteResult(Outcome.FAILED, "access_denied", describe(error))
+                            return WriteResult(
+                                Outcome.FAILED, "access_denied", describe_refusal(error)
+                            )
                 reason = _RETRY_REASON.get(kind, "server_error")
                 if kind is ErrorKind.REJECTED:  # only a key schema not the source's is retried
                     reason = "key_schema"
@@ -587,7 +589,7 @@ class DestinationWriter:
                         raise DestinationUnavailable(
                             f"{self._named()} did not "
                             f"answer for {self.unanswered_for_s:g} s ({attempt + 1} attempts "
-                            f"of one write); last error: {describe(error)}"
+                            f"of one write); last error: {describe_refusal(error)}"
                         ) from error
                     delay = min(delay, left)
                 else:
@@ -598,7 +600,7 @@ class DestinationWriter:
                         raise DestinationUnavailable(
                             f"{self._named()} did not "
                             f"take the write in {self.retry_for_s:g} s ({attempt + 1} "
-                            f"attempts); last error: {describe(error)}"
+                            f"attempts); last error: {describe_refusal(error)}"
                         ) from error
                     delay = min(delay, left)
                 if finish_by is not None:
@@ -610,7 +612,7 @@ class DestinationWriter:
                     "write failed, retrying",
                     destination=self.label,
                     key=describe_key(change.keys),
-                    error=describe(error),
+                    error=describe_refusal(error),
                     attempt=attempt,
                     delay_s=round(delay, 3),
                     **({"note": _RETRY_WARNING_NOTE} if warns else {}),

@@ -3,8 +3,8 @@
 DynamoDB refuses a write for reasons that call for different answers, and its words are
 what tells them apart: :func:`key_schema_differs` finds the refusals that say the
 table's key is not the source's (a table re-created with another key), which are
-retried and stop the worker rather than dead-letter each change. :func:`describe` and
-:func:`answer` quote an error as log lines, dead letters and messages show it (with the
+retried and stop the worker rather than dead-letter each change. :func:`describe_refusal` and
+:func:`refusal_answer` quote an error as log lines, dead letters and messages show it (with the
 tombstone table it came from); :func:`expected_key` and :func:`missing_tombstones`
 complete the message of a refusal that stops the worker, and :data:`NOT_PASSED` ends
 it. Kept apart from the writer's retry loop (destination.py), which decides what each
@@ -47,15 +47,17 @@ def key_schema_differs(error: BaseException) -> bool:
     return any(text in message for text in _KEY_SCHEMA_MESSAGES)
 
 
-def describe(error: BaseException) -> str:
+def describe_refusal(error: BaseException) -> str:
     """``error`` as log lines, dead letters and messages quote it: DynamoDB's answer, and
     the tombstone table it came from when it was one (the writer's own table is fine)."""
     if isinstance(error, TombstoneTableError):
-        return f"{error.table}: {answer(error)}"
-    return answer(error)
+        return f"{error.table}: {refusal_answer(error)}"
+    return refusal_answer(error)
 
 
-def answer(error: BaseException) -> str:
+def refusal_answer(error: BaseException) -> str:
+    """``error`` as DynamoDB answered it (code and message), or the exception's type and
+    the start of its text when no answer came (a timeout, a dropped connection)."""
     if isinstance(error, ClientError):
         return f"{error_code(error)}: {error_message(error)}"
     return f"{type(error).__name__}: {excerpt(str(error))}"

@@ -650,11 +650,11 @@ def test_an_error_page_in_place_of_an_aws_answer_is_one_short_line(job: Job) -> 
 
     from botocore.exceptions import ClientError
 
-    from replicator.writers.refusals import describe
+    from replicator.writers.refusals import describe_refusal
 
     page = "<!doctype html>\n<html lang=en>\n<title>404 Not Found</title>\n<p>" + "x" * 500
     error = ClientError({"Error": {"Code": "404", "Message": page}}, "PutItem")
-    assert describe(error) == "404: 404 Not Found " + "x" * 185 + "\u2026"
+    assert describe_refusal(error) == "404: 404 Not Found " + "x" * 185 + "\u2026"
 
     class NotAws(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
