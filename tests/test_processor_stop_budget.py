@@ -22,7 +22,7 @@ from replicator.metrics import Metrics
 from replicator.processor import ReplicationProcessor
 from replicator.runtime.kcl.properties import shutdown_grace_ms
 from replicator.runtime.local.runtime import STOP_DEADLINE_S
-from replicator.runtime.local.shard_worker import stop_answer_limit_s
+from replicator.runtime.local.shard_settings import stop_answer_limit_s
 
 
 class _StuckPipeline:

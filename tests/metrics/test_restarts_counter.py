@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from replicator.runtime.local.runtime import LocalRuntime, _RuntimeCollector
-from replicator.runtime.local.shard_worker import ShardProgress
+from replicator.runtime.local.shard_progress import ShardProgress
 from tests.runtime.local.test_host_lock import _runtime
 
 

@@ -63,12 +63,9 @@ from replicator.metrics.server import MetricsServer, ProcessSamples
 from replicator.runtime import hostlock, preflight, supervisor
 from replicator.runtime.jobcopy import JOB_FILE_ENV, write_job_copy
 from replicator.runtime.local.protocol import CheckpointHandler, ProcessorChild
-from replicator.runtime.local.shard_worker import (
-    ShardProgress,
-    ShardSettings,
-    ShardWorker,
-    stop_answer_limit_s,
-)
+from replicator.runtime.local.shard_progress import ShardProgress
+from replicator.runtime.local.shard_settings import ShardSettings, stop_answer_limit_s
+from replicator.runtime.local.shard_worker import ShardWorker
 from replicator.shards.fence import WORKER_ID_ENV
 from replicator.shards.holder import Standing
 from replicator.shards.leases import LATEST, SHARD_END, TRIM_HORIZON, Lease, LeaseTable

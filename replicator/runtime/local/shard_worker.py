@@ -19,12 +19,10 @@ nothing.
 from __future__ import annotations
 
 import functools
-import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import structlog
@@ -33,7 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 from replicator.aws.answers import PARSER_ERRORS, MalformedAnswer, unparsed
 from replicator.aws.backoff import Backoff
 from replicator.aws.errors import ErrorKind, classify, error_code, excerpt
-from replicator.config.model import PROCESSOR_FLUSH_TIMEOUT_MS, OnTrimmedData, processor_stop_s
+from replicator.config.model import OnTrimmedData
 from replicator.exceptions import (
     ChildFailed,
     ChildKeepsFailing,
@@ -43,6 +41,8 @@ from replicator.exceptions import (
     TrimmedData,
 )
 from replicator.runtime.local.protocol import ProcessorChild
+from replicator.runtime.local.shard_progress import ShardProgress, refusing_destination
+from replicator.runtime.local.shard_settings import ShardSettings
 from replicator.shards.leases import (
     AT_TIMESTAMP,
     LATEST,
@@ -68,18 +68,8 @@ _T = TypeVar("_T")
 _STOP_READ_ATTEMPTS = 4
 
 
-# Above what a processor takes to answer shutdownRequested: the checkpoint it asks for
-# written to the lease table, and its answer read.
-_STOP_ANSWER_MARGIN_S = 5.0
 # The reason /healthz gives for a call to the stream still out, after its operation's name.
 _UNANSWERED = " not answered yet (sent "
-
-
-def stop_answer_limit_s(shutdown_flush_ms: int) -> float:
-    """How long a processor is given to answer ``shutdownRequested`` with
-    ``kcl.shutdown_flush_ms``: what it may take (:func:`processor_stop_s`) and a margin,
-    so that one that waited its flush and the watermark in full is not killed."""
-    return processor_stop_s(shutdown_flush_ms) + _STOP_ANSWER_MARGIN_S
 
 
 class ShardStillOpen(BotoCoreError):
@@ -96,81 +86,6 @@ class _Stopping(Exception):
     """The runtime began to stop while reading the stream was being retried: the worker
     goes on to stop its processor rather than retry on (a stop no longer waits between
     the attempts, so retrying would spin until the runtime's deadline killed it)."""
-
-
-@dataclass
-class ShardProgress:
-    """What the runtime shows and judges health by, per shard."""
-
-    shard_id: str
-    records_delivered: int = 0
-    checkpoint: str | None = None
-    last_checkpoint_at: float | None = None
-    last_records_at: float | None = None
-    restarts: int = 0
-    child_pid: int | None = None
-    ended: bool = False
-    # Since when the current child has run (None between a failure and its restart), and
-    # the last failure: /healthz reports a shard whose processor is down or crash-looping.
-    child_up_since: float | None = None
-    failed_at: float | None = None
-    last_failure: str | None = None
-    # The last failure carried exit code 3 (a destination refusing every write): only a
-    # write settled there or a checkpoint of every record delivered after it counts as
-    # recovered, not time running (the next child takes minutes of retries to fail the
-    # same way). ``refusing_destination``: its label, as its last words name it.
-    refusing: bool = False
-    refusing_destination: str | None = None
-    # When the last checkpoint covering every record delivered was written.
-    last_full_checkpoint_at: float | None = None
-    # Stream reads failing since (None while they succeed), and the last error.
-    read_failing_since: float | None = None
-    read_error: str | None = None
-    # Since when the processor has not answered a processRecords (None while none is
-    # out): a processor that is stuck freezes its own lag gauges, so only this shows it.
-    answer_awaited_since: float | None = None
-
-
-@dataclass(frozen=True)
-class ShardSettings:
-    stream_arn: str
-    max_records: int
-    idle_s: float
-    on_trimmed: OnTrimmedData
-    # Failures allowed in restart_window_s; also exit-3 failures allowed in a row with no
-    # checkpoint between them, however far apart.
-    restart_limit: int = 5
-    restart_window_s: float = 300.0
-    # How long a processor may take to answer shutdownRequested before it is killed:
-    # see stop_answer_limit_s (27 s with the default kcl.shutdown_flush_ms).
-    shutdown_timeout_s: float = stop_answer_limit_s(PROCESSOR_FLUSH_TIMEOUT_MS)
-    # A restarted processor counts as recovered once it has checkpointed, or has run
-    # this long without failing (an idle stream gives it nothing to checkpoint), unless
-    # it last failed with exit code 3: then only a checkpoint counts.
-    recovered_after_s: float = 60.0
-    # Stores a span of changes this shard passed over (trimmed, an expired LATEST) in
-    # every destination's status table, so that the watermark never claims them; None
-    # when no watermark is published.
-    record_unread: Callable[[str, UnreadSpan], None] | None = None
-    record_unread_attempts: int = 8
-    # The lease's failover time: a worker that has not confirmed its lease (a renewal or
-    # a checkpoint) for this long checks that the lease is still its own before handing
-    # its processor another batch. None: no check.
-    lease_expiry_s: float | None = None
-    # Seconds of failing stream reads before the shard is reported (metrics.stall_after_s).
-    read_stall_after_s: float = 300.0
-    # While a call to the stream goes unanswered (an endpoint that hangs GetRecords or
-    # GetShardIterator until botocore's read timeout), and in the waits between retries,
-    # the processor is told every this many seconds how far behind the reader may be by
-    # now, so that its lag grows with the wait, not once per failed read.
-    outstanding_read_report_s: float = 1.0
-    # Turns an AWS error no retry fixes, met while doing ``what``, into the line the run
-    # ends with (naming the stream or lease table, where, and what to do); None: the
-    # error as it is.
-    explain: Callable[[ClientError | BotoCoreError, str], EnvironmentProblem] | None = None
-    # The stream client's read timeout: a GetRecords page that is not answered within it
-    # is asked for again at half the size (see ShardWorker._page_unanswered).
-    read_timeout_s: float = 10.0
 
 
 # The fewest records a GetRecords call asks for, however often a page goes unanswered.
@@ -463,7 +378,7 @@ class ShardWorker(threading.Thread):
                 self.progress.last_failure = str(error)
                 self.progress.refusing = refused
                 self.progress.refusing_destination = (
-                    _refusing_destination(error.reason) if refused else None
+                    refusing_destination(error.reason) if refused else None
                 )
                 limit = self.settings.restart_limit
                 if refused and error.reason and (refusals > limit or len(failures) > limit):
@@ -1123,20 +1038,7 @@ class ShardWorker(threading.Thread):
         return None
 
 
-_REFUSING = re.compile(r"^destination (.+?) \(")
-
-
 def _refuses_position(error: ClientError | BotoCoreError) -> bool:
     """Whether GetShardIterator refused the sequence number itself (botocore's check of
     its length, or the service's validation), which no retry changes."""
     return isinstance(error, ParamValidationError) or error_code(error) == "ValidationException"
-
-
-def _refusing_destination(reason: str | None) -> str | None:
-    """The label of the destination a processor's last words say refused its writes
-    (``destination <label> (<region>/<table>) refused ...``), if they say so. A tombstone
-    table's refusal (``tombstone table <name> (<where>) refused ...``) names none: a write
-    settled at the table beside it (an update, which reads no tombstone) does not show the
-    tombstone table back, so only a checkpoint of every record delivered ends it."""
-    match = _REFUSING.match(reason or "")
-    return match.group(1) if match else None

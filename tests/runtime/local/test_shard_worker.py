@@ -20,7 +20,8 @@ from replicator.aws.backoff import Backoff
 from replicator.config.model import OnTrimmedData
 from replicator.exceptions import ChildFailed, ChildKeepsFailing, EnvironmentProblem, TrimmedData
 from replicator.runtime.local.runtime import startable
-from replicator.runtime.local.shard_worker import ShardSettings, ShardWorker
+from replicator.runtime.local.shard_settings import ShardSettings
+from replicator.runtime.local.shard_worker import ShardWorker
 from replicator.shards.leases import SHARD_END, Lease, LeaseTable
 from replicator.shards.stream import Shard
 from replicator.watermark.spans import EXPIRED, TRIMMED, UnreadSpan
