@@ -68,5 +68,5 @@ class ShardSettings:
     # error as it is.
     explain: Callable[[ClientError | BotoCoreError, str], EnvironmentProblem] | None = None
     # The stream client's read timeout: a GetRecords page that is not answered within it
-    # is asked for again at half the size (see ShardWorker._page_unanswered).
+    # is asked for again at half the size (see PageSize.unanswered).
     read_timeout_s: float = 10.0

@@ -14,11 +14,16 @@ Recovery from such a failure is a write settled at the refusing destination, or 
 checkpoint of every record delivered (the whole batch applied); any checkpoint is not
 enough: it moves past changes that newer ones replaced while the destination accepts
 nothing.
+
+The lease it holds (:mod:`~replicator.runtime.local.held_lease`), the changes it passes
+over (:mod:`~replicator.runtime.local.passed_over`) and the size of its GetRecords pages
+(:mod:`~replicator.runtime.local.page_size`) are kept by objects of their own; the
+reading, its retries and reports to the processor, the shard iterators, the restarts and
+the stop stay here, since they share the running child and the positions read.
 """
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from collections import deque
@@ -37,9 +42,11 @@ from replicator.exceptions import (
     ChildKeepsFailing,
     EnvironmentProblem,
     LeaseLost,
-    ReplicatorError,
     TrimmedData,
 )
+from replicator.runtime.local.held_lease import HeldLease
+from replicator.runtime.local.page_size import PageSize
+from replicator.runtime.local.passed_over import PassedOver
 from replicator.runtime.local.protocol import ProcessorChild
 from replicator.runtime.local.shard_progress import ShardProgress, refusing_destination
 from replicator.runtime.local.shard_settings import ShardSettings
@@ -54,7 +61,6 @@ from replicator.shards.leases import (
 )
 from replicator.shards.stream import created_ms_of, list_shards, to_daemon_record
 from replicator.watermark import spans
-from replicator.watermark.spans import UnreadSpan
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
@@ -63,10 +69,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
-
-# Reads of the lease at a stop, throttling and 5xx retried (stopping no longer waits).
-_STOP_READ_ATTEMPTS = 4
-
 
 # The reason /healthz gives for a call to the stream still out, after its operation's name.
 _UNANSWERED = " not answered yet (sent "
@@ -86,10 +88,6 @@ class _Stopping(Exception):
     """The runtime began to stop while reading the stream was being retried: the worker
     goes on to stop its processor rather than retry on (a stop no longer waits between
     the attempts, so retrying would spin until the runtime's deadline killed it)."""
-
-
-# The fewest records a GetRecords call asks for, however often a page goes unanswered.
-_SMALLEST_PAGE = 10
 
 
 class ShardWorker(threading.Thread):
@@ -135,21 +133,33 @@ class ShardWorker(threading.Thread):
         self._latest_iterator: str | None = None
         self._first_delivered: str | None = None
         self._last_created_us: int | None = None
-        # Changes passed over and not yet recorded: (created from, reason).
-        self._gap: tuple[int, str] | None = None
         self._shard_ending = False
         self._backoff = Backoff(0.2, 10.0)
         self._clock = clock
         self._monotonic = monotonic
         self._pause = pause or self.stopping.wait
         self._checkpoints = 0  # checkpoints stored by this worker's children
-        self._lease_confirmed_at = monotonic()
-        self._lease_taken = False  # the runtime found the lease renewed by another worker
+        self._held = HeldLease(
+            lease=lease,
+            leases=leases,
+            stopping=stopping,
+            retry=self._wait_and_retry,
+            expiry_s=settings.lease_expiry_s,
+            backoff=self._backoff,
+            monotonic=monotonic,
+        )
+        # Changes passed over (trimmed, an expired LATEST), told to the watermark.
+        self._passed_over = PassedOver(
+            shard_id=lease.shard_id,
+            record_unread=settings.record_unread,
+            attempts=settings.record_unread_attempts,
+            stopping=stopping,
+            clock=clock,
+            backoff=self._backoff,
+        )
         self._settled_at = settled_at
-        # How many records a GetRecords call asks for: kcl.max_records, halved after a
-        # page went unanswered, doubled back after a page answered in a quarter of the
-        # read timeout (an endpoint slow to serve a full page: moto under load).
-        self._page = settings.max_records
+        # How many records a GetRecords call asks for.
+        self._pages = PageSize(lease.shard_id, settings.max_records, settings.read_timeout_s)
         # The last read that succeeded for the running child: when, and how far behind
         # the tip it was (None: none yet).
         self._read_at: float | None = None
@@ -186,77 +196,14 @@ class ShardWorker(threading.Thread):
 
     def lease_confirmed(self) -> None:
         """The lease was just renewed as ours (called by the runtime after a renewal)."""
-        self._lease_confirmed_at = self._monotonic()
+        self._held.confirmed()
 
     def lease_taken(self) -> None:
         """The runtime's renewal found the lease taken by another worker (called before it
         stops): the child is told its lease is lost, so it drops what it still holds,
         rather than asked to shut down, which would flush those writes over the new
         owner's."""
-        self._lease_taken = True
-
-    def _check_lease(self) -> None:
-        """Raise LeaseLost if the lease may have expired and is no longer ours.
-
-        A worker that was hung (SIGSTOP, a frozen VM) for longer than the failover time
-        may have been replaced; when it wakes up, the batch it has just read must not be
-        written over the new owner's. Renewals confirm the lease every third of the
-        failover time, so this reads the lease only after such a pause.
-
-        The owner alone does not tell: two hosts can share a worker id (``kcl.worker_id``
-        pinned in a shared job file, fixed hostnames), and the other one takes the lease
-        over under the same name. Its take moved the counter, so the stored counter must
-        also be the one this worker holds (see :meth:`_lease_is_ours`).
-        """
-        expiry = self.settings.lease_expiry_s
-        if expiry is None or self._monotonic() - self._lease_confirmed_at < expiry * 2 / 3:
-            return
-        ours, stored = self._lease_is_ours(self._read_lease)
-        if not ours:
-            raise LeaseLost(
-                f"lease on shard {self.shard_id} was taken over by {self._taker(stored)} "
-                "while this one was not renewing it"
-            )
-        self._lease_confirmed_at = self._monotonic()
-
-    def _holds(self, stored: Lease | None) -> bool:
-        """Whether the stored lease is the one this worker holds: its owner, and the
-        counter of this worker's last take, renewal or checkpoint of it (the runtime's
-        renewals update ``self.lease``, the object this worker holds)."""
-        return (
-            stored is not None
-            and stored.owner == self.leases.owner
-            and stored.counter == self.lease.counter
-        )
-
-    def _lease_is_ours(
-        self, read: Callable[[Callable[[str], Lease | None]], Lease | None]
-    ) -> tuple[bool, Lease | None]:
-        """Whether the lease is still this worker's as stored, and the lease as read
-        (``read`` reads it with the function it is given).
-
-        The runtime renews the lease on its own thread: a renewal landing between the
-        read and its update of ``self.lease`` shows a counter one ahead of ours. So a
-        read that disagrees is made once more, while no update of the lease table is in
-        progress (:meth:`LeaseTable.get_settled`), before the lease is taken as lost. That
-        read also recognises a renewal or checkpoint of ours whose answer was lost but
-        which landed (it brings ``self.lease`` up to it): not a takeover either."""
-        stored = read(self.leases.get)
-        if self._holds(stored):
-            return True, stored
-        stored = read(functools.partial(self.leases.get_settled, held=self.lease))
-        return self._holds(stored), stored
-
-    def _taker(self, stored: Lease | None) -> str:
-        """Who has the lease now, as the error says it."""
-        if stored is None:
-            return "no worker (the lease is gone)"
-        if stored.owner == self.leases.owner:
-            return (
-                f"another worker with this worker's id {stored.owner} (its counter moved "
-                f"from {self.lease.counter} to {stored.counter}: two hosts share the id)"
-            )
-        return f"worker {stored.owner}"
+        self._held.taken = True
 
     def recovered_since(self, failed_at: float) -> bool:
         """Whether the refusing destination has come back since ``failed_at``: a write
@@ -328,7 +275,7 @@ class ShardWorker(threading.Thread):
             if self.error is not None and not isinstance(self.error, LeaseLost):
                 # The child is gone and the checkpoint is the last one it stored: let
                 # another worker take the shard at once rather than after the failover.
-                self._release_lease()
+                self._held.release()
 
     # -- main loop ------------------------------------------------------------------------
 
@@ -406,11 +353,11 @@ class ShardWorker(threading.Thread):
                     error=str(error),
                     restarts=self.progress.restarts,
                 )
-                ours, fresh = self._lease_is_ours(self._read_lease)
+                ours, fresh = self._held.is_ours(self._held.read)
                 if fresh is None or not ours:
                     raise LeaseLost(
                         f"shard {self.shard_id}: lease gone while restarting: taken over by "
-                        f"{self._taker(fresh)}"
+                        f"{self._held.taker(fresh)}"
                     ) from None
                 self.lease.checkpoint = fresh.checkpoint
                 self.lease.sub_sequence_number = fresh.sub_sequence_number
@@ -439,7 +386,7 @@ class ShardWorker(threading.Thread):
                             "changes made in between may not be replicated",
                             shard=self.shard_id,
                         )
-                        self._note_gap(0, spans.EXPIRED)
+                        self._passed_over.note(0, spans.EXPIRED)
                         self._latest_iterator = self._iterator(child, LATEST)
                     iterator = self._resume_iterator(child)
                     continue
@@ -448,7 +395,7 @@ class ShardWorker(threading.Thread):
                     iterator = self._trimmed(child, position)
                     continue
                 if isinstance(error, ReadTimeoutError):
-                    self._page_unanswered()
+                    self._pages.unanswered()
                 self._read_failed(child, error)
                 self._wait_and_retry(error, attempt, child=child)
                 attempt += 1
@@ -463,9 +410,9 @@ class ShardWorker(threading.Thread):
             self.progress.read_error = None
             records = response.get("Records", [])
             batch = [to_daemon_record(record) for record in records]
-            if self._gap is not None:
+            if self._passed_over.pending:
                 # Before the child sees anything after the gap, whose claim would pass it.
-                self._record_gap(created_ms_of(records[0]) * 1000 if records else None)
+                self._passed_over.record(created_ms_of(records[0]) * 1000 if records else None)
             # DynamoDB Streams says nothing of how far behind an empty read is (records
             # may lie further along the shard): not known, rather than 0. Unless the
             # processor answered a report while it was out: the watermark would then
@@ -487,7 +434,7 @@ class ShardWorker(threading.Thread):
                     self._highest_delivered = highest
                 if self.lease.checkpoint == LATEST and self._first_delivered is None:
                     self._first_delivered = batch[0]["sequenceNumber"]
-            self._check_lease()
+            self._held.check()
             self._answered(child, batch, millis_behind)
             if batch:
                 self.progress.records_delivered += len(batch)
@@ -541,18 +488,14 @@ class ShardWorker(threading.Thread):
     ) -> tuple[GetRecordsOutputTypeDef, bool]:
         """One GetRecords call (see :meth:`_while_out`), and whether the processor was
         told anything while it was out, or while the shard's end was confirmed."""
-        page = self._page
+        page = self._pages.records
         asked_at = time.monotonic()
         result, reported = self._while_out(
             child,
             "GetRecords",
             lambda: self.streams.get_records(ShardIterator=iterator, Limit=page),
         )
-        if (
-            page < self.settings.max_records
-            and time.monotonic() - asked_at < self.settings.read_timeout_s / 4
-        ):
-            self._page = min(self.settings.max_records, page * 2)
+        self._pages.answered(page, asked_at)
         if not isinstance(result.get("Records"), list):
             raise MalformedAnswer(
                 operation="GetRecords", reason="no Records", body=repr(result)[:80]
@@ -596,19 +539,6 @@ class ShardWorker(threading.Thread):
         if isinstance(result, BaseException):
             raise result
         return result, reported
-
-    def _page_unanswered(self) -> None:
-        """A GetRecords call went unanswered for the read timeout: an endpoint that takes
-        that long to serve a page (moto under load serves a thousand records in seconds)
-        would time out on every retry of the same page, and the shard would never move.
-        Ask for half as many records from now on, down to :data:`_SMALLEST_PAGE`."""
-        if self._page > _SMALLEST_PAGE:
-            self._page = max(_SMALLEST_PAGE, self._page // 2)
-            log.info(
-                "GetRecords went unanswered; asking for fewer records a call",
-                shard=self.shard_id,
-                records_a_call=self._page,
-            )
 
     def _reading_where(self) -> str:
         """Where the shard is being read, for a message about an answer that could not be
@@ -696,9 +626,10 @@ class ShardWorker(threading.Thread):
         others stop because it does. A runtime that was hung while another worker took
         all its leases would have them flush old changes over the new owner's: so a
         worker not told reads its lease first (one GetItem)."""
-        if not self._lease_taken and not self._lease_ours_at_stop():
-            self._lease_taken = True
-        if self._lease_taken:
+        held = self._held
+        if not held.taken and not held.ours_at_stop():
+            held.taken = True
+        if held.taken:
             try:
                 child.lease_lost(timeout=self.settings.shutdown_timeout_s)
             except ChildFailed as error:
@@ -721,7 +652,7 @@ class ShardWorker(threading.Thread):
             else:
                 self._failed_while_stopping(error)
         child.close(timeout=5.0)
-        self._release_lease()
+        self._held.release()
 
     def _failed_while_stopping(self, error: ChildFailed) -> None:
         """The processor failed (exited, broke the protocol) once the runtime was
@@ -742,79 +673,6 @@ class ShardWorker(threading.Thread):
             )
         else:
             self.stop_failure = error
-
-    def _lease_ours_at_stop(self) -> bool:
-        """Whether the lease is still this worker's at a stop. A lease that cannot be read
-        (a few attempts) counts as lost: the child then drops what it has not written,
-        which the next owner reads again from the checkpoint, rather than write it over
-        a new owner's."""
-        try:
-            ours, stored = self._lease_is_ours(
-                functools.partial(self._read_lease, attempts=_STOP_READ_ATTEMPTS)
-            )
-        except (ClientError, BotoCoreError) as error:
-            log.warning(
-                "could not read the lease at the stop; the processor is told it is lost",
-                shard=self.shard_id,
-                error=str(error),
-            )
-            return False
-        if not ours:
-            log.warning(
-                "the lease was taken over; the processor is told it is lost",
-                shard=self.shard_id,
-                taken_by=self._taker(stored),
-            )
-        return ours
-
-    # -- the lease, read and given up on the way through outages ---------------------------
-
-    def _read_lease(
-        self,
-        read: Callable[[str], Lease | None] | None = None,
-        attempts: int | None = None,
-    ) -> Lease | None:
-        """The lease as stored (``read``: how, by default ``leases.get``), retried
-        through throttling so a restart is not lost to it: until the runtime stops, or
-        ``attempts`` times (throttling and 5xx only; at a stop, when ``stopping`` no
-        longer waits)."""
-        read = read or self.leases.get
-        attempt = 0
-        while True:
-            try:
-                return read(self.shard_id)
-            except (ClientError, BotoCoreError) as error:
-                if attempts is not None:
-                    retried = classify(error) in (ErrorKind.THROTTLED, ErrorKind.RETRY)
-                    if not retried or attempt + 1 >= attempts:
-                        raise
-                    time.sleep(self._backoff.delay(attempt))
-                else:
-                    if self.stopping.is_set():
-                        raise
-                    self._wait_and_retry(error, attempt, what="reading the shard's lease")
-                attempt += 1
-
-    def _release_lease(self) -> None:
-        """Give the lease up at a clean stop; a few attempts, then leave it to expire.
-
-        Releasing only lets another worker take the shard before the failover time; the
-        checkpoint is already stored, so failing here must not turn a clean stop into an
-        error.
-        """
-        for attempt in range(4):
-            try:
-                self.leases.release(self.lease)
-                return
-            except (ClientError, BotoCoreError) as error:
-                if classify(error) not in (ErrorKind.THROTTLED, ErrorKind.RETRY) or attempt == 3:
-                    log.warning(
-                        "could not release the lease; it expires after the failover time",
-                        shard=self.shard_id,
-                        error=str(error),
-                    )
-                    return
-                time.sleep(self._backoff.delay(attempt))
 
     # -- iterators ------------------------------------------------------------------------
 
@@ -882,7 +740,7 @@ class ShardWorker(threading.Thread):
                         f"not a sequence number of the stream ({excerpt(str(error))})",
                     ) from None
                 if isinstance(error, ReadTimeoutError):
-                    self._page_unanswered()
+                    self._pages.unanswered()
                 self._read_failed(child, error)
                 self._wait_and_retry(error, attempt, child=child)
                 attempt += 1
@@ -903,55 +761,8 @@ class ShardWorker(threading.Thread):
             shard=self.shard_id,
             policy=self.settings.on_trimmed.value,
         )
-        self._note_gap(self._last_created_us or 0, spans.TRIMMED)
+        self._passed_over.note(self._last_created_us or 0, spans.TRIMMED)
         return self._iterator(child, TRIM_HORIZON)
-
-    # -- changes passed over, told to the watermark ----------------------------------------
-
-    def _note_gap(self, from_us: int, reason: str) -> None:
-        """Changes created from ``from_us`` on are being passed over; the span ends where
-        reading picks up again (see :meth:`_record_gap`)."""
-        if self.settings.record_unread is None:
-            return
-        if self._gap is not None:
-            from_us = min(from_us, self._gap[0])
-        self._gap = (from_us, reason)
-
-    def _record_gap(self, first_created_us: int | None) -> None:
-        """Store the span passed over, up to the first record read after it (to the end
-        of its second: creation times are whole seconds), or up to now when the read
-        came back empty. Tried a few times; if the status tables keep failing,
-        replication goes on and the error says the watermark may pass the span."""
-        assert self._gap is not None and self.settings.record_unread is not None
-        from_us, reason = self._gap
-        if first_created_us is not None:
-            to_us = first_created_us + spans.US - 1
-        else:
-            to_us = int(self._clock() * spans.US)
-        span = UnreadSpan(from_us, max(from_us, to_us), reason)
-        self._gap = None
-        attempts = self.settings.record_unread_attempts
-        for attempt in range(attempts):
-            try:
-                self.settings.record_unread(self.shard_id, span)
-            except (ClientError, BotoCoreError, ReplicatorError, OSError) as error:
-                if attempt + 1 < attempts and not self.stopping.is_set():
-                    self.stopping.wait(self._backoff.delay(attempt))
-                    continue
-                log.error(
-                    "could not record the changes passed over in the status tables; the "
-                    "watermark may claim them",
-                    shard=self.shard_id,
-                    unread=span.describe(),
-                    error=str(error),
-                )
-                return
-            log.warning(
-                "changes passed over; recorded for the watermark",
-                shard=self.shard_id,
-                unread=span.describe(),
-            )
-            return
 
     def _wait_and_retry(
         self,
@@ -1031,7 +842,7 @@ class ShardWorker(threading.Thread):
             return "KinesisClientLibDependencyException"
         self.progress.checkpoint = target
         self.progress.last_checkpoint_at = self._clock()
-        self._lease_confirmed_at = self._monotonic()
+        self._held.confirmed()
         if target in (self._highest_delivered, SHARD_END):
             self.progress.last_full_checkpoint_at = self.progress.last_checkpoint_at
         self._checkpoints += 1
