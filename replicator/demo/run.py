@@ -38,6 +38,7 @@ from replicator.entry import demo_stop_signals
 from replicator.exceptions import EnvironmentProblem, OperatorError
 from replicator.metrics.server import address as metrics_address
 from replicator.metrics.server import check_listen
+from replicator.runtime.file_owners import OWNERS_SUFFIX
 from replicator.runtime.local.runtime import LocalRuntime
 from replicator.tools.compare import compare, describe
 
@@ -171,7 +172,9 @@ def _files_directory(console: Console) -> Iterator[None]:
         yield
     finally:
         os.chdir(previous)
-        if any(path.is_file() for path in directory.rglob("*")):
+        # An owners file alone (runtime/file_owners.py) is bookkeeping, not the job's output.
+        kept = [p for p in directory.rglob("*") if p.is_file() and p.suffix != OWNERS_SUFFIX]
+        if kept:
             console.print(f"the job's files (dead letters, conflict log): {directory}")
         else:
             shutil.rmtree(directory, ignore_errors=True)

@@ -38,6 +38,7 @@ from replicator.config.model import (
 )
 from replicator.conflictlog.targets import prepare
 from replicator.exceptions import EnvironmentProblem, OperatorError
+from replicator.runtime import file_owners
 from replicator.shards.leases import check_lease_table
 from replicator.tombstones.setup import prepare as prepare_tombstones
 from replicator.watermark.off import record_watermark_off
@@ -468,6 +469,8 @@ def _checked(
     check_dead_letter_file(resolved)
     go_on()
     prepare(resolved)
+    go_on()
+    file_owners.claim(resolved)
     go_on()
     prepare_tombstones(resolved)
     go_on()

@@ -167,6 +167,7 @@ def conflicts(
     from replicator.conflictlog.restore import named_places, restore, under_current_names
     from replicator.conflictlog.targets import conflict_log_target
     from replicator.exceptions import ConfigError, EntryNotFound
+    from replicator.runtime import file_owners
 
     resolved = load(config_path, writes=restore_id is not None)
     if force and restore_id is None:
@@ -183,6 +184,7 @@ def conflicts(
         if key is not None:
             _check_key_names(resolved, key)
         refuse_directory(resolved, "conflict_log", any_kind=True)
+        file_owners.check(resolved, ("conflict_log.path",))
         target = conflict_log_target(resolved)
         if isinstance(target, sqs.SqsConflictLog):
             _warn_about_redrive(target)

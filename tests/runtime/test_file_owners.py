@@ -1,0 +1,110 @@
+"""One task name, one source: the owners file beside a dead-letter or conflict-log file.
+
+The second direction of an active-active pair copied from the first with its
+``task_name`` unchanged has a lease table of its own (in its own region), and on one
+host both wrote the same files: each one's ``conflicts`` listed the other's entries and
+``--restore`` wrote one into a table it was not about."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replicator.config.loader import load_job
+from replicator.exceptions import EnvironmentProblem
+from replicator.runtime import file_owners, preflight
+from tests.runtime.test_preflight import _refused_start, job_file
+from tests.support.aws import client, create_table
+from tests.support.cli import replicator
+
+TASK = "carts-us-east-1-to-eu-west-1"
+
+
+def _job(path: Path, endpoint: str, source: str, destination: str, task: str = TASK) -> Path:
+    job = job_file(path, endpoint, source, destination)
+    text = job.read_text().replace(f"task_name: preflight-{source}", f"task_name: {task}")
+    conflicts = f"{path.parent}/conflicts/{{task_name}}.jsonl"
+    job.write_text(text + f"conflict_log: {{kind: file, path: '{conflicts}'}}\n")
+    return job
+
+
+@pytest.fixture
+def sources(moto_endpoint: str, unique: Any) -> dict[str, str]:
+    east = client("dynamodb", "us-east-1", moto_endpoint)
+    first, second = unique("first"), unique("second")
+    create_table(east, first)
+    create_table(east, second)
+    destination = unique("dst")
+    create_table(client("dynamodb", "eu-west-1", moto_endpoint), destination, stream=None)
+    return {"first": first, "second": second, "dst": destination}
+
+
+def test_a_second_source_under_one_task_name_is_refused_by_run_redrive_and_conflicts(
+    moto_endpoint: str, sources: dict[str, str], tmp_path: Path
+) -> None:
+    first = _job(tmp_path / "first.yaml", moto_endpoint, sources["first"], sources["dst"])
+    second = _job(tmp_path / "second.yaml", moto_endpoint, sources["second"], sources["dst"])
+    preflight.check(load_job(first))  # run's start: records the first job's source
+    letters = tmp_path / "dead" / f"{TASK}.jsonl"
+    owners = json.loads(Path(f"{letters}.owners").read_text())
+    assert owners == {TASK: f"us-east-1/{sources['first']}"}
+
+    _, line = _refused_start(second)
+    assert line.startswith(f"replicator: dead_letter.path: {letters} holds the entries of task")
+    assert f"for the source us-east-1/{sources['first']}" in line
+    assert f"this job reads us-east-1/{sources['second']}" in line
+    assert "Give this job a task_name of its own" in line
+    letters.write_text("{}\n")  # a letter of the first job's: redrive reads no further
+    for command in (("redrive",), ("conflicts",), ("backfill",)):
+        result = replicator(*command, "--config", str(second))
+        assert result.returncode == 3, (command, result.stdout, result.stderr)
+        assert "holds the entries of task" in result.stderr, command
+        assert "Traceback" not in result.stderr
+    # Nothing of the second job was recorded, and the first still starts.
+    assert json.loads(Path(f"{letters}.owners").read_text()) == owners
+    preflight.check(load_job(first))
+
+
+def test_owners_are_recorded_per_task_and_a_source_changed_on_purpose_is_let_through(
+    moto_endpoint: str, sources: dict[str, str], tmp_path: Path
+) -> None:
+    first = load_job(_job(tmp_path / "a.yaml", moto_endpoint, sources["first"], sources["dst"]))
+    other_task = load_job(
+        _job(tmp_path / "b.yaml", moto_endpoint, sources["second"], sources["dst"], "other-task")
+    )
+    moved = load_job(_job(tmp_path / "c.yaml", moto_endpoint, sources["second"], sources["dst"]))
+    for resolved in (first, other_task):
+        (tmp_path / "dead").mkdir(exist_ok=True)
+        (tmp_path / "conflicts").mkdir(exist_ok=True)
+        file_owners.claim(resolved)
+        file_owners.claim(resolved)  # again: the same source, nothing changes
+    conflicts = tmp_path / "conflicts" / f"{TASK}.jsonl.owners"
+    assert json.loads(conflicts.read_text()) == {TASK: f"us-east-1/{sources['first']}"}
+    with pytest.raises(EnvironmentProblem, match=r"^dead_letter\.path: .* remove the entry"):
+        file_owners.claim(moved)
+    with pytest.raises(EnvironmentProblem, match=r"^conflict_log\.path: "):
+        file_owners.check(moved, ("conflict_log.path",))
+    file_owners.check(moved, ())  # a command that reads neither file
+    # The entry removed, as the message says: the job's new source is recorded.
+    for owners_file in (conflicts, tmp_path / "dead" / f"{TASK}.jsonl.owners"):
+        owners_file.write_text("{}\n")
+    file_owners.claim(moved)
+    assert json.loads(conflicts.read_text()) == {TASK: f"us-east-1/{sources['second']}"}
+
+
+def test_a_command_before_any_run_creates_nothing_and_a_damaged_owners_file_is_named(
+    moto_endpoint: str, sources: dict[str, str], tmp_path: Path
+) -> None:
+    resolved = load_job(_job(tmp_path / "a.yaml", moto_endpoint, sources["first"], sources["dst"]))
+    file_owners.check(resolved, ("dead_letter.path", "conflict_log.path"))
+    assert not (tmp_path / "dead").exists()
+    (tmp_path / "dead").mkdir()
+    damaged = tmp_path / "dead" / f"{TASK}.jsonl.owners"
+    damaged.write_text("[1, 2]\n")
+    with pytest.raises(EnvironmentProblem) as raised:
+        file_owners.claim(resolved)
+    assert str(raised.value).startswith(f"dead_letter.path: {damaged}, which says which job")
+    assert damaged.read_text() == "[1, 2]\n"  # left for a person to look at
