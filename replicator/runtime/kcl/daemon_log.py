@@ -46,6 +46,18 @@ _RELAYED = (
 )
 # The lines of a stack trace after its first: frames, causes, suppressed exceptions.
 _CONTINUATION = re.compile(r"^(\s+at |\s*\.\.\. \d+ |\s*Caused by: |\s*Suppressed: |\t)")
+# The KCL's periodic shard sync checks that its leases' hash key ranges cover a Kinesis
+# stream's whole range, and logs an ERROR every two minutes when they do not. A DynamoDB
+# stream has no hash key ranges: the adapter gives every lease the same placeholder, so
+# the check always fails (it names one lease as both ends of the gap) on a healthy
+# worker. Under a DynamoDB Streams source the line is info, with a note; under a Kinesis
+# source it stays an error (a real gap there).
+_SHARD_SYNC_LOGGER = "software.amazon.kinesis.coordinator.PeriodicShardSyncManager"
+_HASH_RANGE_NOISE = "Incomplete hash range found"
+HASH_RANGE_NOTE = (
+    "a DynamoDB stream has no hash key ranges (the adapter gives every lease a "
+    "placeholder): the KCL's check cannot pass, and nothing is wrong"
+)
 _ERROR = re.compile(r"\b(error|exception|fatal)\b|^Exception in thread", re.IGNORECASE)
 _WARNING = re.compile(r"\bwarn(ing)?\b", re.IGNORECASE)
 
@@ -90,8 +102,11 @@ class DaemonLog:
     it, or ``flush`` is called (the reader does when no line came for a moment).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, dynamodb_streams: bool = False) -> None:
         self._pending: Entry | None = None
+        # The DynamoDB Streams adapter's daemon: its shard sync's "incomplete hash range"
+        # errors are noise (see _HASH_RANGE_NOISE).
+        self.dynamodb_streams = dynamodb_streams
 
     @property
     def pending(self) -> bool:
@@ -141,6 +156,13 @@ class DaemonLog:
             record["exception"] = logs.redact(exception)
         record.update(_bound(record))
         record["level"] = _LEVELS.get(level.strip(), "error")
+        if (
+            self.dynamodb_streams
+            and java_logger == _SHARD_SYNC_LOGGER
+            and message.startswith(_HASH_RANGE_NOISE)
+        ):
+            record["level"] = "info"
+            record["note"] = HASH_RANGE_NOTE
         record["timestamp"] = timestamp
         return Entry(record)
 

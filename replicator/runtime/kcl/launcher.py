@@ -167,8 +167,10 @@ class DaemonProcess:
         output: IO[str] | None = None,
         as_json: bool | None = None,
         level: str = "debug",
+        dynamodb_streams: bool = False,
     ) -> None:
         self.argv = argv
+        self.dynamodb_streams = dynamodb_streams  # the adapter's daemon (daemon_log.py)
         self.env = dict(env)
         self.grace_s = grace_s
         self.output = output or sys.stderr
@@ -388,7 +390,7 @@ class DaemonProcess:
         if process is None or process.stdout is None:
             return
         fd = process.stdout.fileno()
-        converter = daemon_log.DaemonLog()
+        converter = daemon_log.DaemonLog(dynamodb_streams=self.dynamodb_streams)
         unfinished = b""
         while True:
             if converter.pending and not select.select([fd], [], [], _HELD_S)[0]:
@@ -637,7 +639,11 @@ def run_kcl(
             WORKER_ID_ENV: _worker_id(resolved),
         }
         daemon = DaemonProcess(
-            prepared.argv, env, grace_s=shutdown_grace_ms(job) / 1000, level=job.logging.level
+            prepared.argv,
+            env,
+            grace_s=shutdown_grace_ms(job) / 1000,
+            level=job.logging.level,
+            dynamodb_streams=job.source.stream.kind is StreamKind.DYNAMODB_STREAMS,
         )
         try:
             with supervisor.stop_signals(daemon.request_stop):

@@ -60,6 +60,29 @@ def test_a_daemon_record_is_one_json_object_with_its_fields_unescaped() -> None:
     }
 
 
+HASH_RANGE = (
+    "::kcl::2026-12-05T22:50:01.000Z\tERROR\t"
+    "software.amazon.kinesis.coordinator.PeriodicShardSyncManager\tshard-sync\t"
+    "Incomplete hash range found for stream us-east-1$123456789012$carts$1 between "
+    "Lease(leaseKey=shardId-1, hashKeyRangeForLease=(0,1)) and "
+    "Lease(leaseKey=shardId-1, hashKeyRangeForLease=(0,1)).\t"
+)
+
+
+@pytest.mark.parametrize(("dynamodb_streams", "level"), [(True, "info"), (False, "error")])
+def test_the_shard_syncs_hash_range_error_is_info_under_a_dynamodb_stream_only(
+    dynamodb_streams: bool, level: str
+) -> None:
+    """Every two minutes on a healthy worker of a DynamoDB stream: an alert on error lines
+    paged for it (a Kinesis data stream's gap is real, and stays an error)."""
+    daemon = DaemonLog(dynamodb_streams=dynamodb_streams)
+    (entry,) = daemon.feed(HASH_RANGE) + daemon.flush()
+    record = json.loads(render(entry, as_json=True))
+    assert record["level"] == level
+    assert record["event"].startswith("Incomplete hash range found for stream")
+    assert ("placeholder" in record.get("note", "")) is dynamodb_streams
+
+
 def test_a_stack_trace_is_the_exception_of_its_record() -> None:
     (record,) = as_json(LINES[1:2])
     assert record["event"] == "failed"
