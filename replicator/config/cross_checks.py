@@ -124,13 +124,11 @@ def _destination_checks(job: JobConfig) -> Problems:
     accounts, and are taken as such."""
     problems: Problems = []
     account = _accounts(job)
-    source = job.source
-    source_where = (*_table_place(source), account(source.role_arn))
     seen: dict[tuple[str, str | None, str, str], int] = {}
     labels: dict[str, int] = {}
     for index, destination in enumerate(job.destinations):
         where = (*_table_place(destination), account(destination.role_arn))
-        if where == source_where:
+        if _is_the_source(job, destination):
             problems.append((("destinations", index), "is the source table itself"))
             continue
         if where in seen:
@@ -155,6 +153,15 @@ def _destination_checks(job: JobConfig) -> Problems:
         labels.setdefault(label, index)
     named = {key for key, _ in problems}  # a name said once: shared, or another's place
     return problems + [problem for problem in _name_place_checks(job) if problem[0] not in named]
+
+
+def _is_the_source(job: JobConfig, destination: DestinationConfig) -> bool:
+    """Whether ``destination`` is the source table (region, name, endpoint, account)."""
+    account = _accounts(job)
+    return (*_table_place(destination), account(destination.role_arn)) == (
+        *_table_place(job.source),
+        account(job.source.role_arn),
+    )
 
 
 def _name_place_checks(job: JobConfig) -> Problems:
@@ -210,7 +217,8 @@ def _source_name_checks(job: JobConfig) -> Problems:
             f"(active_active write-back): {_GIVE_A_NAME}",
         )
         for index, destination in enumerate(job.destinations)
-        if destination.label == source_name
+        # The source itself is said to be (_destination_checks): a name would not help.
+        if destination.label == source_name and not _is_the_source(job, destination)
     ]
 
 

@@ -186,3 +186,18 @@ def test_a_task_table_at_the_sources_endpoint_written_otherwise_is_refused(
         "  - {region: us-east-1, table: orders-leases, endpoint_url: 'HTTP://127.0.0.1:48200'}\n"
     )
     _refused(tmp_path, text, "task_name", "names the job's lease table 'orders-leases'")
+
+
+def test_an_active_active_destination_that_is_the_source_is_said_once(tmp_path: Path) -> None:
+    """The second direction of a pair copied with its destination left at the source: a
+    second problem asked for a name, which would not have fixed the file."""
+    text = (
+        SOURCE + "destinations:\n" + _destination() + "loop_prevention: {origin_attribute: o}\n"
+        "active_active: {write_back: true}\n"
+    )
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    result = validate_in_process(path)
+    assert result.returncode == 2
+    assert "is the source table itself" in result.stderr
+    assert "destinations[0].name" not in result.stderr, result.stderr
