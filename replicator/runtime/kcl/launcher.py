@@ -62,6 +62,7 @@ from replicator.metrics.server import MetricsServer
 from replicator.runtime import hostlock, preflight, supervisor
 from replicator.runtime.jobcopy import JOB_FILE_ENV, write_job_copy
 from replicator.runtime.kcl import awaited, daemon_log, java, ownership
+from replicator.runtime.kcl.idle import IdleWatch
 from replicator.runtime.kcl.properties import (
     check_template,
     render_properties,
@@ -580,6 +581,7 @@ def run_kcl(
     daemon: DaemonProcess | None = None
     watch: StreamWatch | None = None
     claim_watch: ownership.ClaimWatch | None = None
+    idle_watch: IdleWatch | None = None
 
     # The first processor death seen while the daemon ran: the daemon then exits 1 on its
     # own, and the run's final line says what came first.
@@ -662,6 +664,10 @@ def run_kcl(
                     claimed=prepared.lease_table_claimed,
                 )
                 claim_watch.start()
+                idle_watch = IdleWatch(
+                    daemon.processor_count, resolved.task_name, job.kcl.failover_time_ms
+                )
+                idle_watch.start()
                 log.info(
                     "KCL runtime started",
                     worker_id=_worker_id(resolved),
@@ -678,6 +684,8 @@ def run_kcl(
                 watch.stop()
             if claim_watch is not None:
                 claim_watch.stop()
+            if idle_watch is not None:
+                idle_watch.stop()
             daemon.clean_up()
     log.info("KCL daemon exited", status=daemon.status, exit_code=status)
     if watch is not None and watch.replaced is not None:
