@@ -12,32 +12,46 @@ them into tables they are not about, and ``redrive`` replays the other's letters
 So each file has an owners file beside it (``<file>.owners``: a JSON object, task name to
 the source it reads, written under an ``flock``). ``run`` records its task's source there
 at start, and refuses to start (exit 3) when the task is recorded for another source; the
-commands that read the file refuse likewise, and record nothing. The source is named by
-its region and table (and a Kinesis data stream's name or ARN), as the job file gives
-them: endpoints and roles are left out, so that a demo on a new local port each run, or
-a job given a role, stays the same job.
+commands that read the file refuse likewise, and record nothing. ``run`` checks before
+it creates anything (a refused start leaves nothing behind), and records once the files'
+directories exist. The source is named by its region and table (and a Kinesis data
+stream's name, however the job file spells the stream): endpoints and roles are left
+out, so that a demo on a new local port each run, or a job given a role, stays the same
+job (two accounts' tables of one region and name under one task name are not told
+apart). Where nothing can be recorded (a directory this user may not create files in),
+``run`` warns and starts: the check is a guard against a mistake, not a lock.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import stat
 from pathlib import Path
+from typing import TextIO, cast
+
+import structlog
 
 from replicator.config.model import ConflictLogKind, DeadLetterKind, ResolvedJob, StreamKind
 from replicator.conflictlog.places import conflict_log_path
 from replicator.exceptions import EnvironmentProblem
 
+log = structlog.get_logger(__name__)
+
 OWNERS_SUFFIX = ".owners"
+_NOTHING_THERE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG})
 
 
 def source_of(resolved: ResolvedJob) -> str:
-    """The job's source as the owners file names it."""
+    """The job's source as the owners file names it: a Kinesis data stream by its name,
+    however the job file spells it (a name, or an ARN, which is of the source's region)."""
     source = resolved.job.source
     text = f"{source.region}/{source.table}"
     if source.stream.kind is StreamKind.KINESIS:
-        text += f" via kinesis {source.stream.arn or source.stream.name}"
+        stream = source.stream.arn or source.stream.name or ""
+        text += f" via kinesis {stream.rsplit(':stream/', 1)[-1]}"
     return text
 
 
@@ -53,60 +67,120 @@ def job_files(resolved: ResolvedJob) -> list[tuple[str, Path]]:
 
 
 def claim(resolved: ResolvedJob) -> None:
-    """Record the job's source for its task beside each of its files (``run``, at start),
-    or raise EnvironmentProblem when another source is recorded there."""
+    """Record the job's source for its task beside each of its files (``run``, once the
+    files' directories exist), or raise EnvironmentProblem when another source is
+    recorded there. Where nothing can be recorded (a directory this user may not create
+    files in, another user's owners file), a warning, and the start goes on."""
     for setting, path in job_files(resolved):
-        _check(resolved, setting, path, record=True)
+        if _recorded(resolved, setting, path) is None:
+            _record(resolved, setting, path)
 
 
 def check(resolved: ResolvedJob, settings: tuple[str, ...]) -> None:
-    """Raise EnvironmentProblem when a file of ``settings`` holds the task's entries for
-    another source (an operator command, before it reads the file); record nothing."""
+    """Raise EnvironmentProblem when a file of ``settings`` is recorded for the task with
+    another source (before anything is created or read); record nothing."""
     for setting, path in job_files(resolved):
         if setting in settings:
-            _check(resolved, setting, path, record=False)
+            _recorded(resolved, setting, path)
 
 
-def _check(resolved: ResolvedJob, setting: str, path: Path, *, record: bool) -> None:
-    owners_path = path.with_name(path.name + OWNERS_SUFFIX)
+def _owners_path(path: Path) -> Path:
+    return path.with_name(path.name + OWNERS_SUFFIX)
+
+
+def _recorded(resolved: ResolvedJob, setting: str, path: Path) -> str | None:
+    """The source recorded for the job's task beside ``path`` (None: none), refused when
+    it is not the job's."""
+    owners_path = _owners_path(path)
+    try:
+        file = _open(owners_path, os.O_RDONLY)
+    except OSError as error:
+        if error.errno in _NOTHING_THERE:
+            # Nothing recorded: no run has recorded a task beside the file (a path that
+            # cannot be a file at all is the file checks' to refuse, naming the file).
+            return None
+        raise _unusable(setting, owners_path, path, f"cannot be read: {error.strerror}") from None
+    with file:
+        fcntl.flock(file, fcntl.LOCK_SH)
+        owners = _owners(setting, owners_path, path, file.read())
+    recorded = owners.get(resolved.task_name)
+    _refuse_another(resolved, setting, path, recorded)
+    return recorded
+
+
+def _record(resolved: ResolvedJob, setting: str, path: Path) -> None:
+    owners_path = _owners_path(path)
     task, source = resolved.task_name, source_of(resolved)
     try:
-        descriptor = os.open(owners_path, (os.O_RDWR | os.O_CREAT) if record else os.O_RDONLY)
-    except FileNotFoundError:
-        return  # nothing recorded yet: no run of any task has written the file
+        file = _open(owners_path, os.O_RDWR | os.O_CREAT, mode="r+")
     except OSError as error:
-        raise EnvironmentProblem(
-            f"{setting}: cannot read {owners_path}, which says which job's entries "
-            f"{path} holds: {error.strerror or error}"
-        ) from None
-    with os.fdopen(descriptor, "r+" if record else "r", encoding="utf-8") as file:
-        fcntl.flock(file, fcntl.LOCK_EX if record else fcntl.LOCK_SH)
-        text = file.read()
-        try:
-            owners = json.loads(text) if text.strip() else {}
-        except ValueError:
-            owners = None
-        if not isinstance(owners, dict):
-            raise EnvironmentProblem(
-                f"{setting}: {owners_path}, which says which job's entries {path} holds, "
-                "is not the JSON object the replicator writes there; remove it (the "
-                "next run writes it again) if the file holds this job's entries only"
-            )
+        log.warning(
+            "could not record which source this task reads beside its file: a second job "
+            "given this task_name would not be refused",
+            setting=setting,
+            owners_file=str(owners_path),
+            error=error.strerror or str(error),
+        )
+        return
+    with file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        owners = _owners(setting, owners_path, path, file.read())
         recorded = owners.get(task)
-        if recorded is not None and recorded != source:
-            raise EnvironmentProblem(
-                f"{setting}: {path} holds the entries of task {task!r} for the source "
-                f"{recorded} ({owners_path}), and this job reads {source}: two jobs with "
-                "one task_name would mix their dead letters and lost conflicts (each "
-                "one's redrive and conflicts would act on the other's). Give this job a "
-                "task_name of its own; if its source was changed on purpose, remove the "
-                f"entry {task!r} from {owners_path} (the entries already in {path} are "
-                "the earlier source's)"
-            )
-        if recorded is None and record:
-            owners[task] = source
-            file.seek(0)
-            file.truncate()
-            file.write(json.dumps(owners, indent=1, sort_keys=True) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
+        _refuse_another(resolved, setting, path, recorded)  # another start, meanwhile
+        if recorded is not None:
+            return
+        owners[task] = source
+        file.seek(0)
+        file.truncate()
+        file.write(json.dumps(owners, indent=1, sort_keys=True) + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _open(owners_path: Path, flags: int, mode: str = "r") -> TextIO:
+    """The owners file, opened without blocking (a FIFO there would hang a read) and
+    refused unless it is a regular file."""
+    descriptor = os.open(owners_path, flags | os.O_NONBLOCK, 0o666)
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise IsADirectoryError(errno.EISDIR, "not a regular file")
+        os.set_blocking(descriptor, True)
+        return cast(TextIO, os.fdopen(descriptor, mode, encoding="utf-8"))
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def _owners(setting: str, owners_path: Path, path: Path, text: str) -> dict[str, str]:
+    try:
+        owners = json.loads(text) if text.strip() else {}
+    except ValueError:
+        owners = None
+    if not isinstance(owners, dict):
+        raise _unusable(
+            setting,
+            owners_path,
+            path,
+            "is not the JSON object the replicator writes there; remove it (the next run "
+            "writes it again) if no other job's task writes beside the file",
+        )
+    return owners
+
+
+def _unusable(setting: str, owners_path: Path, path: Path, why: str) -> EnvironmentProblem:
+    return EnvironmentProblem(
+        f"{setting}: {owners_path}, which records the source each task writing {path} reads, {why}"
+    )
+
+
+def _refuse_another(resolved: ResolvedJob, setting: str, path: Path, recorded: str | None) -> None:
+    task, source = resolved.task_name, source_of(resolved)
+    if recorded is None or recorded == source:
+        return
+    raise EnvironmentProblem(
+        f"{setting}: task {task!r} is recorded beside {path} for the source {recorded} "
+        f"({_owners_path(path)}), and this job reads {source}: two jobs with one task_name "
+        "would mix their dead letters and lost conflicts (each one's redrive and conflicts "
+        "would act on the other's). Give this job a task_name of its own; if its source "
+        f"was changed on purpose, remove the entry {task!r} from {_owners_path(path)}"
+    )

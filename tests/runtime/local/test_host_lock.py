@@ -50,6 +50,7 @@ def _runtime(
 @pytest.fixture(autouse=True)
 def _own_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(_locks(tmp_path)))
+    monkeypatch.chdir(tmp_path)  # the jobs' relative dead-letter files land here
 
 
 def _locks(tmp_path: Path) -> Path:
