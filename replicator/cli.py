@@ -306,7 +306,7 @@ def describe(resolved: ResolvedJob) -> str:
         worker = kcl.worker_id or f"{socket.gethostname()} (the host name)"
         lines.append(
             f"kcl: new leases start at {kcl.initial_position.value}, up to {kcl.max_records} "
-            f"records a read, worker id {worker}, java {kcl.java} "
+            f"records a read, worker id {worker}, Java runtime {kcl.java} "
             "(every KCL property: replicator properties)"
         )
     return "\n".join(lines)

@@ -18,8 +18,10 @@ directories exist. The source is named by its region and table (and a Kinesis da
 stream's name, however the job file spells the stream): endpoints and roles are left
 out, so that a demo on a new local port each run, or a job given a role, stays the same
 job (two accounts' tables of one region and name under one task name are not told
-apart). Where nothing can be recorded (a directory this user may not create files in),
-``run`` warns and starts: the check is a guard against a mistake, not a lock.
+apart). Where nothing can be recorded or read (a directory this user may not create
+files in, another user's owners file), ``run`` warns and starts: the check is a guard
+against a mistake, not a lock. Only files are guarded: two jobs of one task name sharing
+a dead-letter or conflict-log queue or table are not told apart.
 """
 
 from __future__ import annotations
@@ -78,10 +80,17 @@ def claim(resolved: ResolvedJob) -> None:
 
 def check(resolved: ResolvedJob, settings: tuple[str, ...]) -> None:
     """Raise EnvironmentProblem when a file of ``settings`` is recorded for the task with
-    another source (before anything is created or read); record nothing."""
+    another source (before anything is created or read), naming every such file at once
+    (one message to act on, not one a try); record nothing."""
+    problems: list[str] = []
     for setting, path in job_files(resolved):
         if setting in settings:
-            _recorded(resolved, setting, path)
+            try:
+                _recorded(resolved, setting, path)
+            except EnvironmentProblem as problem:
+                problems.append(str(problem))
+    if problems:
+        raise EnvironmentProblem("; ".join(problems))
 
 
 def _owners_path(path: Path) -> Path:
@@ -90,7 +99,7 @@ def _owners_path(path: Path) -> Path:
 
 def _recorded(resolved: ResolvedJob, setting: str, path: Path) -> str | None:
     """The source recorded for the job's task beside ``path`` (None: none), refused when
-    it is not the job's."""
+    it is not the job's (the job's own when the file cannot be read: nothing to do)."""
     owners_path = _owners_path(path)
     try:
         file = _open(owners_path, os.O_RDONLY)
@@ -99,6 +108,13 @@ def _recorded(resolved: ResolvedJob, setting: str, path: Path) -> str | None:
             # Nothing recorded: no run has recorded a task beside the file (a path that
             # cannot be a file at all is the file checks' to refuse, naming the file).
             return None
+        if isinstance(error, PermissionError):
+            # Another user's file this one may not read: unknown, as one that cannot be
+            # created is, so a warning and no refusal (nor a try to record).
+            _unguarded(
+                "read which source each task writing this file reads", setting, owners_path, error
+            )
+            return source_of(resolved)
         raise _unusable(setting, owners_path, path, f"cannot be read: {error.strerror}") from None
     with file:
         fcntl.flock(file, fcntl.LOCK_SH)
@@ -114,12 +130,8 @@ def _record(resolved: ResolvedJob, setting: str, path: Path) -> None:
     try:
         file = _open(owners_path, os.O_RDWR | os.O_CREAT, mode="r+")
     except OSError as error:
-        log.warning(
-            "could not record which source this task reads beside its file: a second job "
-            "given this task_name would not be refused",
-            setting=setting,
-            owners_file=str(owners_path),
-            error=error.strerror or str(error),
+        _unguarded(
+            "record which source this task reads beside its file", setting, owners_path, error
         )
         return
     with file:
@@ -135,6 +147,15 @@ def _record(resolved: ResolvedJob, setting: str, path: Path) -> None:
         file.write(json.dumps(owners, indent=1, sort_keys=True) + "\n")
         file.flush()
         os.fsync(file.fileno())
+
+
+def _unguarded(what: str, setting: str, owners_path: Path, error: OSError) -> None:
+    log.warning(
+        f"could not {what}: a second job given this task_name would not be refused",
+        setting=setting,
+        owners_file=str(owners_path),
+        error=error.strerror or str(error),
+    )
 
 
 def _open(owners_path: Path, flags: int, mode: str = "r") -> TextIO:

@@ -262,8 +262,8 @@ def test_validate_shows_the_writer_logging_and_kcl_settings(tmp_path: Path) -> N
     result = validate_in_process(path)
     assert result.returncode == 0, result.stderr
     assert (
-        "kcl: new leases start at LATEST, up to 250 records a read, worker id host-a, java "
-        "java (every KCL property: replicator properties)" in result.stdout.splitlines()
+        "kcl: new leases start at LATEST, up to 250 records a read, worker id host-a, Java "
+        "runtime java (every KCL property: replicator properties)" in result.stdout.splitlines()
     )
 
 

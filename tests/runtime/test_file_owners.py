@@ -62,6 +62,7 @@ def test_a_second_source_under_one_task_name_is_refused_by_run_redrive_and_confl
     assert f"for the source us-east-1/{sources['first']}" in line
     assert f"this job reads us-east-1/{sources['second']}" in line
     assert "Give this job a task_name of its own" in line
+    assert "; conflict_log.path: task" in line  # every file to act on, in one message
     letters.write_text("{}\n")  # a letter of the first job's: redrive reads no further
     for command in (("redrive",), ("conflicts",), ("backfill",)):
         result = replicator(*command, "--config", str(second))
@@ -198,3 +199,19 @@ def test_an_owners_path_that_is_no_file_is_exit_3_and_one_that_cannot_be_made_a_
     (warning,) = [line for line in logged if line["log_level"] == "warning"]
     assert warning["owners_file"] == str(owners)
     assert "a second job given this task_name would not be refused" in warning["event"]
+    # Another user's owners file this user may not read: a warning too, not exit 3.
+    owners.write_text('{"ttt": "us-east-1/orders"}\n')
+
+    def unreadable(path: Any, flags: int, *args: Any) -> int:
+        if str(path) == str(owners):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    with structlog.testing.capture_logs() as logged, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(file_owners.os, "open", unreadable)
+        file_owners.check(resolved, ("dead_letter.path",))
+        file_owners.claim(resolved)
+    assert [line["owners_file"] for line in logged if line["log_level"] == "warning"] == [
+        str(owners)
+    ] * 2
+    assert owners.read_text() == '{"ttt": "us-east-1/orders"}\n'
