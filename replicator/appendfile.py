@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 import structlog
 
@@ -266,17 +266,23 @@ def locked_file(path: Path, *, create: bool) -> Iterator[TextIO | None]:
 
 
 def _open_regular(path: Path, *, create: bool) -> TextIO:
-    """``path`` opened as :func:`locked_file` opens it, only if it is a regular file:
+    """``path`` opened as :func:`locked_file` opens it (see :func:`open_regular`)."""
+    if create:
+        return open_regular(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, "a+")
+    return open_regular(path, os.O_RDONLY, "r")
+
+
+def open_regular(path: Path, flags: int, mode: str) -> TextIO:
+    """``path`` opened with ``flags`` (text ``mode``), only if it is a regular file:
     without blocking (a FIFO put at the path while the job runs would wait for a reader
     for ever), and an OSError naming the path for anything else (a device would take
     the lines and keep none)."""
-    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT if create else os.O_RDONLY
     descriptor = os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, 0o666)
     try:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
         os.set_blocking(descriptor, True)
-        return open(descriptor, "a+" if create else "r", encoding="utf-8")
+        return cast(TextIO, open(descriptor, mode, encoding="utf-8"))
     except BaseException:
         os.close(descriptor)
         raise

@@ -30,12 +30,11 @@ import errno
 import fcntl
 import json
 import os
-import stat
 from pathlib import Path
-from typing import TextIO, cast
 
 import structlog
 
+from replicator.appendfile import open_regular
 from replicator.config.model import ConflictLogKind, DeadLetterKind, ResolvedJob, StreamKind
 from replicator.conflictlog.places import conflict_log_path
 from replicator.exceptions import EnvironmentProblem
@@ -102,7 +101,7 @@ def _recorded(resolved: ResolvedJob, setting: str, path: Path) -> str | None:
     it is not the job's (the job's own when the file cannot be read: nothing to do)."""
     owners_path = _owners_path(path)
     try:
-        file = _open(owners_path, os.O_RDONLY)
+        file = open_regular(owners_path, os.O_RDONLY, "r")
     except OSError as error:
         if error.errno in _NOTHING_THERE:
             # Nothing recorded: no run has recorded a task beside the file (a path that
@@ -128,7 +127,7 @@ def _record(resolved: ResolvedJob, setting: str, path: Path) -> None:
     owners_path = _owners_path(path)
     task, source = resolved.task_name, source_of(resolved)
     try:
-        file = _open(owners_path, os.O_RDWR | os.O_CREAT, mode="r+")
+        file = open_regular(owners_path, os.O_RDWR | os.O_CREAT, "r+")
     except OSError as error:
         _unguarded(
             "record which source this task reads beside its file", setting, owners_path, error
@@ -156,20 +155,6 @@ def _unguarded(what: str, setting: str, owners_path: Path, error: OSError) -> No
         owners_file=str(owners_path),
         error=error.strerror or str(error),
     )
-
-
-def _open(owners_path: Path, flags: int, mode: str = "r") -> TextIO:
-    """The owners file, opened without blocking (a FIFO there would hang a read) and
-    refused unless it is a regular file."""
-    descriptor = os.open(owners_path, flags | os.O_NONBLOCK, 0o666)
-    try:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise IsADirectoryError(errno.EISDIR, "not a regular file")
-        os.set_blocking(descriptor, True)
-        return cast(TextIO, os.fdopen(descriptor, mode, encoding="utf-8"))
-    except BaseException:
-        os.close(descriptor)
-        raise
 
 
 def _owners(setting: str, owners_path: Path, path: Path, text: str) -> dict[str, str]:
