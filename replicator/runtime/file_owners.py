@@ -56,6 +56,10 @@ def source_of(resolved: ResolvedJob) -> str:
     return text
 
 
+# The settings that name a file of entries: what the start and the tools check.
+EVERY_FILE = ("dead_letter.path", "conflict_log.path")
+
+
 def job_files(resolved: ResolvedJob) -> list[tuple[str, Path]]:
     """The job's files of entries, each with the setting that names it."""
     job = resolved.job
@@ -77,7 +81,7 @@ def claim(resolved: ResolvedJob) -> None:
             _record(resolved, setting, path)
 
 
-def check(resolved: ResolvedJob, settings: tuple[str, ...]) -> None:
+def check(resolved: ResolvedJob, settings: tuple[str, ...] = EVERY_FILE) -> None:
     """Raise EnvironmentProblem when a file of ``settings`` is recorded for the task with
     another source (before anything is created or read), naming every such file at once
     (one message to act on, not one a try); record nothing."""

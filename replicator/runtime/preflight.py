@@ -463,7 +463,7 @@ def _checked(
     go_on()
     check_task_tables(resolved)
     go_on()
-    file_owners.check(resolved, ("dead_letter.path", "conflict_log.path"))
+    file_owners.check(resolved)
     before_creating()
     mark_watermark_off(resolved)
     go_on()

@@ -248,7 +248,7 @@ def tool_dead_letters(resolved: ResolvedJob, run_id: str | None = None) -> DeadL
     queue stops answering, as the writers are: a letter that cannot be stored ends the
     command (exit 3) instead of holding it for ever."""
     preflight.check_dead_letter_target(resolved)
-    file_owners.check(resolved, ("dead_letter.path", "conflict_log.path"))
+    file_owners.check(resolved)
     return wiring.dead_letter_target(resolved, run_id=run_id, unanswered_for_s=UNANSWERED_FOR_S)
 
 
