@@ -1025,13 +1025,23 @@ def _total(counter: Any) -> int:
 
 def _what(letter: DeadLetter, key: Item | None = None) -> str:
     """A letter's change as a summary line names it: by ``key``, the key of the change
-    its record holds, which is what a replay writes; by the letter's ``keys`` field only
-    when its record does not decode. A ``keys`` field that names another item (a letter
-    edited by hand) is shown beside it, so that neither is hidden: the record is the
-    change as the stream gave it, the field only a copy of its key made to name it."""
+    its record holds, which is what a replay writes; as unknown when its record does not
+    decode (the letter's ``event`` and ``keys`` fields beside it, marked unchecked). A
+    ``keys`` field that names another item (a letter edited by hand) is shown beside it,
+    so that neither is hidden: the record is the change as the stream gave it, the field
+    only a copy of its key made to name it."""
     sequence = f"(sequence {_sequence(letter)})"
     if key is None:
-        return f"{_event(letter)} {letter.key_text()} {sequence}"
+        # Only the record says what the change is: a letter's ``event`` and ``keys``
+        # fields of a record that does not decode (edited by hand, the record garbled
+        # after it was stored) are shown as what they are, never as the change's.
+        shown = f"? (key unknown) {sequence}"
+        if letter.event or letter.keys:
+            shown += (
+                f" (the letter's fields name {_event(letter)} {letter.key_text()}, "
+                "unchecked: its record does not decode)"
+            )
+        return shown
     shown = f"{_event(letter)} {describe_key(key)} {sequence}"
     if _names_another_item(letter, key):
         shown += (

@@ -294,6 +294,36 @@ def test_letters_whose_cause_is_fixed_are_applied_and_failing_ones_stay(job: Job
     assert target.count() == 2
 
 
+def test_a_letter_whose_record_does_not_decode_shows_its_own_fields_as_unchecked(
+    job: Job,
+) -> None:
+    """A letter's ``event`` and ``keys`` are copies made to name its change; once its record
+    no longer decodes (garbled by hand) they are all that names it, and nothing checks
+    them: the line says the key is unknown and shows them marked so, never as the change."""
+    eu_label = "/".join(job.destinations[0])
+    target = FileDeadLetters(job.dead_letters)
+    held = image("held", name="in the destination")
+    ddb, table = job.destination_clients()[0]
+    ddb.put_item(TableName=table, Item=held)
+    garbled = daemon_record(b"{}", 21)
+    garbled["data"] = "!!!notbase64"
+    target.put(
+        _letter(job, eu_label, garbled, "rejected", "an old failure", keys_of(held), "REMOVE")
+    )
+
+    result = redrive(job)
+
+    assert result.returncode == 1, result.stderr
+    assert (
+        f"  failed again  {eu_label}: ? (key unknown) (sequence 21) (the letter's fields name "
+        "REMOVE pk=S:held sk=N:1, unchecked: its record does not decode): undecodable: "
+        "record 21: data is not base64 of UTF-8 text (Non-base64 digit found)"
+    ) in result.stdout.splitlines(), result.stdout
+    assert get(job, 0, held) == held  # nothing was deleted on the letter's word
+    (kept,) = target.letters()
+    assert (kept.reason, kept.attempts, kept.record["data"]) == ("undecodable", 2, "!!!notbase64")
+
+
 def use_queue(job: Job, conflict: str = LWW) -> tuple[Any, str]:
     """Point the job's dead letters at a new SQS queue: its client and URL."""
     sqs = client("sqs", "us-east-1", job.endpoint)
@@ -513,7 +543,8 @@ def test_a_letters_destination_event_and_task_are_quoted_on_their_summary_lines(
         f"{job.path} (destinations: {', '.join('/'.join(d) for d in job.destinations)}); "
         "the letter is kept, not written elsewhere",
         f'  replayed      {eu_label}: "INSERT\\nreplayed" pk=S:y sk=N:1 (sequence 42)',
-        f'  failed again  {eu_label}: MODIFY pk=S:y sk=N:1 (sequence "43)\\nreplayed (x"): '
+        f'  failed again  {eu_label}: ? (key unknown) (sequence "43)\\nreplayed (x") (the '
+        "letter's fields name MODIFY pk=S:y sk=N:1, unchecked: its record does not decode): "
         "undecodable: record has no usable sequenceNumber ('43)\\nreplayed (x')",
         'left as they are: 1 letter of other tasks ("other\\ntask": 1)',
     ]
