@@ -594,19 +594,35 @@ def _file_patterns(job: JobConfig) -> list[tuple[tuple[str | int, ...], str, str
     return files
 
 
-def _task_pattern_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
-    """The names made from ``{task_name}`` patterns (the files and table the job uses)."""
-    task = _task(job)
+def _task_patterns(job: JobConfig) -> list[tuple[tuple[str | int, ...], str, bool]]:
+    """The ``{task_name}`` patterns of the files and table the job uses: each key, its
+    pattern, and whether it names a table."""
     patterns = [(where, pattern, False) for where, _, pattern in _file_patterns(job)]
     if job.conflict_log.kind is ConflictLogKind.DYNAMODB:
         patterns.append((("conflict_log", "table"), job.conflict_log.table, True))
+    return patterns
+
+
+def _pattern_syntax_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """A pattern's own faults, which need no task name: said beside a source's or a
+    destination's problem, not after it is fixed."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
-    for where, pattern, is_table in patterns:
+    for where, pattern, _ in _task_patterns(job):
         what = pattern_problem(pattern, "task_name")
         if what:
             problems.append(
                 (where, f"may use only {{task_name}} (and {{{{ }}}} for a brace): {what}")
             )
+    return problems
+
+
+def _task_pattern_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """The names made from ``{task_name}`` patterns (the files and table the job uses);
+    a pattern with a fault of its own is :func:`_pattern_syntax_checks`' to name."""
+    task = _task(job)
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for where, pattern, is_table in _task_patterns(job):
+        if pattern_problem(pattern, "task_name"):
             continue
         name = pattern.format(task_name=task)
         if is_table and not TABLE_PATTERN.fullmatch(name):
@@ -1225,6 +1241,7 @@ _CROSS_CHECKS: tuple[tuple[Callable[[JobConfig], Problems], frozenset[str]], ...
         _source_name_checks,
         frozenset({"source", "destinations", "active_active", "loop_prevention", "conflict"}),
     ),
+    (_pattern_syntax_checks, frozenset({"dead_letter", "conflict_log"})),
     (_task_pattern_checks, _TASK | {"dead_letter", "conflict_log"}),
     (_runtime_checks, frozenset({"runtime", "source"})),
     (_stream_arn_checks, frozenset({"source"})),

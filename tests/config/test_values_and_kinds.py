@@ -322,6 +322,23 @@ def test_a_kinesis_source_takes_up_to_10000_records() -> None:
             "dead_letter.path",
             "belongs to kind file",
         ),
+        (
+            "task_name: orders\n"
+            "source: {region: us-east-1, table: aaa, endpoint_url: 'http://127.0.0.1:1/p'}\n"
+            "destinations: [{region: eu-west-1, table: aaa}]\n"
+            "conflict_log: {kind: file, path: 'c/{x}.jsonl'}\n",
+            "source.endpoint_url",
+            "conflict_log.path",
+            "may use only {task_name}",
+        ),
+        (
+            "source: {region: us-east-1, table: aaa}\n"
+            "destinations: [{region: eu-west-1, tabel: aaa}]\n"
+            "dead_letter: {path: 'dl/{task}.jsonl'}\n",
+            "destinations[0].tabel",
+            "dead_letter.path",
+            "may use only {task_name}",
+        ),
     ],
 )
 def test_cross_field_checks_that_read_only_valid_keys_are_reported_with_the_field_errors(
