@@ -220,9 +220,16 @@ class BackfillResult:
             "`replicator verify --repair` to compare them)",
             f"  copies undone:      {self.overall.undone} (deleted at the source meanwhile)",
             f"  dead-lettered:      {self.overall.dead_lettered}",
-            f"  progress table:     {self.state_table} ({self.total_segments} segments)",
+            f"  progress table:     {self.state_table} ({_segments(self.total_segments)})",
         ]
-        if self.watermark and (self.complete or self.already_complete):
+        if self.watermark and self.already_complete:
+            # Not read here: a verify since the copy may have cleared them already.
+            lines.append(
+                "  watermark:          changes never read stay reported until a whole-table "
+                "`replicator verify` after the copy clears them (if one has, nothing is left "
+                "to clear)"
+            )
+        elif self.watermark and self.complete:
             # A scan copies only items the source holds: a delete the job never read
             # leaves its item at the destination, which only a whole-table verify finds.
             lines.append(
@@ -236,6 +243,10 @@ class BackfillResult:
                 f"{self.dead_letters}: fix the cause, then run `replicator redrive`"
             )
         return "\n".join(lines)
+
+
+def _segments(count: int) -> str:
+    return f"{count} segment" + ("" if count == 1 else "s")
 
 
 class Backfill:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -655,6 +656,20 @@ def test_a_backfill_says_a_verify_clears_the_spans_because_it_cannot_copy_delete
     assert said is watermark
     if watermark:
         assert "`replicator verify` (with --repair" in result.summary()
+    # A later run finds the copy done and reads no watermark: a verify since the copy may
+    # have cleared the spans, so it does not repeat the first run's line as a fact.
+    later = replace(result, already_complete=True).summary().splitlines()
+    assert [line for line in later if "watermark:" in line] == (
+        [
+            "  watermark:          changes never read stay reported until a whole-table "
+            "`replicator verify` after the copy clears them (if one has, nothing is left to "
+            "clear)"
+        ]
+        if watermark
+        else []
+    )
+    assert "  progress table:     t-backfill (4 segments)" in later
+    assert "(1 segment)" in replace(result, total_segments=1).summary()
 
 
 @pytest.mark.parametrize(
