@@ -28,7 +28,7 @@ from replicator.aws.errors import ErrorKind, cause, classify, error_code, error_
 from replicator.epoch import SECONDS_CEILING, finer_unit
 from replicator.exceptions import StatusTableMissing, StatusTableSilent
 from replicator.logs import redact
-from replicator.watermark.parts import US, Watermark, combine, seconds
+from replicator.watermark.parts import US, Watermark, combine, iso, seconds
 from replicator.watermark.spans import UnreadSpan
 from replicator.watermark.table import StatusTable
 from replicator.watermark.tracker import DeadLetterRange
@@ -414,7 +414,9 @@ class WaitResult:
         if self.watermark is None or self.watermark.watermark_us is None:
             why = redact(self.problem) if self.problem else "no watermark published yet"
             return f"no watermark after {self.waited_s:.2f}s: {why}"
-        mark = f"watermark {self.watermark.seconds:.6f}"
+        # As ``replicator watermark`` shows it: the time, then the epoch seconds --until takes.
+        us = self.watermark.watermark_us
+        mark = f"watermark {iso(us)} ({seconds(us):.6f})"
         if not self.reached and self.unread:  # an open span: the job runs without it
             return f"{mark} stands, and " + "; ".join(span.describe() for span in self.unread)
         if not self.reached:

@@ -25,7 +25,7 @@ from replicator.tools.unread import Cleared, cleared_through_us
 from replicator.tools.verify import VerifyReport
 from replicator.watermark.history import SourceHistory
 from replicator.watermark.off import record_watermark_off
-from replicator.watermark.parts import Part, Watermark, combine
+from replicator.watermark.parts import Part, Watermark, combine, iso
 from replicator.watermark.publisher import ShardWatermark
 from replicator.watermark.spans import (
     JOINED,
@@ -163,7 +163,8 @@ def test_a_latest_start_stores_its_span_before_it_claims_and_a_restart_keeps_it(
     before = wait(table, START - 30 * S)
     assert before.reached and not before.replicated
     assert before.unread == (UnreadSpan(0, START, LATEST),)
-    assert before.describe().startswith(f"watermark {(START + 5 * S - 1) / S:.6f} passed, but")
+    mark = START + 5 * S - 1
+    assert before.describe().startswith(f"watermark {iso(mark)} ({mark / S:.6f}) passed, but")
     after = wait(table, START + 4 * S, since_us=START + S)
     assert after.replicated, after.describe()
 
@@ -201,7 +202,8 @@ def test_a_run_with_the_watermark_off_leaves_an_open_span_that_the_next_start_en
     assert "the span ends" not in UnreadSpan(START, START + S, UNWATCHED).describe()
     told = wait(table, START + 30 * S)  # the job runs with it off: told at once, not reached
     assert not told.reached and told.unread == (open_span,)
-    assert told.describe().startswith(f"watermark {(START + S - 1) / S:.6f} stands, and ")
+    mark = START + S - 1
+    assert told.describe().startswith(f"watermark {iso(mark)} ({mark / S:.6f}) stands, and ")
 
     on_again = START + 60 * S
     again = publisher(
