@@ -153,6 +153,7 @@ class ReplicationProcessor:
         self._stop = threading.Event()
         self._reporter: threading.Thread | None = None
         self._answered_at = time.time()  # when the last action finished (see process_records)
+        self._started_at_latest = False  # a shard with no checkpoint, started at LATEST
 
     # -- the five actions -----------------------------------------------------------------
 
@@ -182,6 +183,7 @@ class ReplicationProcessor:
         self._reporter.start()
         # A shard with no checkpoint that starts at LATEST never reads what came before;
         # one at TRIM_HORIZON, what came before the stream's oldest record.
+        self._started_at_latest = start == LATEST
         self.intake.pipeline.begin_watermark(
             resumed=self.checkpoints.last is not None,
             at_latest=start == LATEST,
@@ -329,6 +331,14 @@ class ReplicationProcessor:
                 sequence_number=checkpointed,
                 outstanding=outstanding,
                 flush_timeout_s=flush_timeout_s,
+            )
+        elif outstanding is None and last_checkpoint is None and self._started_at_latest:
+            # The lease keeps LATEST: the next start is at the tip of the stream then.
+            log.warning(
+                "shutdown requested; the shard has no checkpoint yet: it started at LATEST "
+                "and no change has been read, so the next start begins again at the stream's "
+                "tip and changes made until then are not replicated (the watermark reports "
+                "them as never read; `replicator backfill` copies them)",
             )
         elif outstanding is None:
             log.info(

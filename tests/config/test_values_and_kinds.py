@@ -255,6 +255,11 @@ def test_validate_shows_the_writer_logging_and_kcl_settings(tmp_path: Path) -> N
     )
     assert "logging: debug, format console" in lines
     assert not [line for line in lines if line.startswith("kcl:")]  # runtime local
+    # What the local runtime reads of kcl: where a shard with no checkpoint starts.
+    assert (
+        "reading: new leases start at TRIM_HORIZON, up to 1000 records a read "
+        "(kcl.initial_position, kcl.max_records)" in lines
+    )
     path.write_text(
         "runtime: kcl\n" + MINIMAL + "kcl: {worker_id: host-a, initial_position: LATEST, "
         "max_records: 250}\n"

@@ -362,6 +362,8 @@ class LocalRuntime:
 
     def _start(self, lease: Lease, shard: Shard) -> None:
         expired = self._expired.pop(lease.shard_id, None)
+        # Read before the take below counts it: a lease some run took before this one.
+        taken_before = lease.counter > 0
         standing = self._standing(lease)
         if standing is Standing.RUNNING:
             raise self._running_here(lease)
@@ -430,6 +432,16 @@ class LocalRuntime:
         # child's start-up takes.
         worker.pin_latest()
         self.workers[lease.shard_id] = worker
+        if lease.checkpoint == LATEST and taken_before and earlier is None:
+            # Taken before, by a run that stopped before the shard's first checkpoint: what
+            # was written from that run's start until now is passed over.
+            log.warning(
+                "the shard was started before at LATEST and has no checkpoint yet: it starts "
+                "again at the stream's tip, so changes made since the earlier start are not "
+                "replicated (the watermark reports them as never read; `replicator backfill` "
+                "copies them)",
+                shard=lease.shard_id,
+            )
         log.info("shard started", shard=lease.shard_id, checkpoint=lease.checkpoint)
         worker.start()
 

@@ -419,3 +419,60 @@ def test_latest_kill_9_of_the_processor_before_the_first_record_loses_nothing(
     assert "restarting from the checkpoint" in log.read_text()
     (row,) = job.lease_rows()
     assert row["checkpoint"]["S"] == job.last_stream_sequence()
+
+
+def test_latest_stopped_before_its_first_checkpoint_warns_at_the_stop_and_the_next_start(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """Under LATEST a stop before the first record keeps the lease at LATEST, so the next
+    start begins at the tip again and what was written meanwhile is passed over (as the
+    KCL does, documented): both the stop and the next start say so at warning level."""
+    name = unique("latest-stop")
+    job = Job(
+        moto_endpoint,
+        name,
+        tmp_path,
+        destinations=[("eu-west-1", f"{name}-eu")],
+        kcl="{idle_time_between_reads_ms: 100, initial_position: LATEST}",
+    )
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    first = job.start(log=first_log)
+    try:
+        wait_until(lambda: "processor started" in first_log.read_text(), 60, "the processor")
+    finally:
+        assert stop(first) == 0
+    warnings = [
+        json.loads(line) for line in first_log.read_text().splitlines() if '"warning"' in line
+    ]
+    assert [w["event"] for w in warnings if "LATEST" in w["event"]] == [
+        "shutdown requested; the shard has no checkpoint yet: it started at LATEST and no "
+        "change has been read, so the next start begins again at the stream's tip and "
+        "changes made until then are not replicated (the watermark reports them as never "
+        "read; `replicator backfill` copies them)"
+    ]
+    (row,) = job.lease_rows()
+    assert row["checkpoint"]["S"] == "LATEST"
+    job.source.put_item(  # while the job is stopped: passed over, as documented
+        TableName=job.source_table, Item={"pk": {"S": "stopped"}, "sk": {"N": "0"}}
+    )
+    second = job.start(log=second_log)
+    try:
+        wait_until(lambda: "shard started" in second_log.read_text(), 60, "the shard to start")
+        job.source.put_item(
+            TableName=job.source_table, Item={"pk": {"S": "after"}, "sk": {"N": "0"}}
+        )
+        ((ddb, table),) = job.destination_clients()
+        wait_until(lambda: ddb.scan(TableName=table)["Items"], 60, "the change after the start")
+        assert [item["pk"]["S"] for item in ddb.scan(TableName=table)["Items"]] == ["after"]
+    finally:
+        assert stop(second) == 0
+    started = [
+        json.loads(line)
+        for line in second_log.read_text().splitlines()
+        if "was started before at LATEST" in line
+    ]
+    assert [(line["level"], line["shard"]) for line in started] == [
+        ("warning", row["leaseKey"]["S"])
+    ]
+    # It read a change and checkpointed it: its stop says nothing of LATEST.
+    assert "the shard has no checkpoint yet" not in second_log.read_text()
