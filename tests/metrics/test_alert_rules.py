@@ -109,6 +109,9 @@ def test_the_dashboards_counts_in_the_time_range_include_a_new_series_first_coun
         "targets"
     ]
     expression = target["expr"].replace("$__range", "10m").replace('"$instance"', '".*"')
+    assert "$destination" in expression  # the dashboard's destination selection applies
+    one_destination = expression.replace("$destination", "eu")
+    expression = expression.replace("$destination", ".*")
     series = {
         # Counted before the time range [10m, 20m] and once in it.
         "eu": ("3x12 4x8", 1),
@@ -141,7 +144,12 @@ def test_the_dashboards_counts_in_the_time_range_include_a_new_series_first_coun
                             {"labels": f'{{destination="{name}",reason="r"}}', "value": count}
                             for name, (_, count) in series.items()
                         ],
-                    }
+                    },
+                    {
+                        "expr": one_destination,
+                        "eval_time": "20m",
+                        "exp_samples": [{"labels": '{destination="eu",reason="r"}', "value": 1}],
+                    },
                 ],
             }
         ]
