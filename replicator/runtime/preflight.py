@@ -63,6 +63,16 @@ class SourceInfo:
     key_schema: dict[str, str]
 
 
+# After "cannot reach": what a network error at a check means, and what to do. A job
+# starts only once every table it uses answers (a destination down at start holds back
+# the others too), where a running job rides out a destination's outage.
+UNREACHABLE_ADVICE = (
+    "check the endpoint and region set for it and this host's network (DNS, proxy, "
+    "firewall), then start again once it answers: a job starts only once everything it "
+    "uses answers (one already running waits out such an outage instead)"
+)
+
+
 def explain(error: BaseException, what: str, where: str) -> EnvironmentProblem:
     """Turn an AWS error met while checking ``what`` (at ``where``) into one clear sentence."""
     if isinstance(error, NoCredentialsError | PartialCredentialsError):
@@ -76,7 +86,7 @@ def explain(error: BaseException, what: str, where: str) -> EnvironmentProblem:
             f"{what}: AWS credentials could not be loaded: {excerpt(str(error))}"
         )
     if isinstance(error, EndpointConnectionError):
-        return EnvironmentProblem(f"{what}: cannot reach {where}: {excerpt(str(error))}")
+        return _unreachable(what, where, error)
     if isinstance(error, ClientError):
         code = error_code(error)
         message = error_message(error)
@@ -91,8 +101,14 @@ def explain(error: BaseException, what: str, where: str) -> EnvironmentProblem:
             return EnvironmentProblem(f"{what}: access denied at {where}: {code}: {message}")
         return EnvironmentProblem(f"{what}: {code}: {message} (at {where})")
     if isinstance(error, BotoCoreError):
-        return EnvironmentProblem(f"{what}: cannot reach {where}: {excerpt(str(error))}")
+        return _unreachable(what, where, error)
     return EnvironmentProblem(f"{what}: {excerpt(str(error))}")
+
+
+def _unreachable(what: str, where: str, error: BaseException) -> EnvironmentProblem:
+    return EnvironmentProblem(
+        f"{what}: cannot reach {where}: {excerpt(str(error))}; {UNREACHABLE_ADVICE}"
+    )
 
 
 # What to do once the source table was deleted while the job ran (run's two runtimes).

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import structlog.testing
+from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
 
 from replicator.config.loader import load_job
 from replicator.exceptions import ConfigError, EnvironmentProblem
@@ -463,3 +464,23 @@ def test_a_pinned_stream_that_is_not_the_tables_current_one_is_warned_about(
     (warning,) = [line for line in lines if line["log_level"] == "warning"]
     assert warning["event"].startswith("source.stream.arn is not the source table's current")
     assert warning["pinned"] == current and warning["latest"] == latest
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        EndpointConnectionError(endpoint_url="http://127.0.0.1:9/"),
+        ReadTimeoutError(endpoint_url="http://127.0.0.1:9/"),
+    ],
+)
+def test_an_endpoint_that_does_not_answer_is_named_with_what_to_do(error: Exception) -> None:
+    """A destination down at start stops the whole job (exit 3), where a running job waits
+    out the same outage: the line says so, and what to check, not only the error."""
+    problem = preflight.explain(error, "destinations[1] table orders", "http://127.0.0.1:9")
+    said = str(problem)
+    assert said.startswith("destinations[1] table orders: cannot reach http://127.0.0.1:9: ")
+    assert said.endswith(
+        "; check the endpoint and region set for it and this host's network (DNS, proxy, "
+        "firewall), then start again once it answers: a job starts only once everything it "
+        "uses answers (one already running waits out such an outage instead)"
+    )
