@@ -234,6 +234,7 @@ class ReplicationProcessor:
             log.warning(
                 "lease lost; changes not yet written are dropped, and the shard is read "
                 "again from the last checkpoint by whichever worker holds it next"
+                + self._no_checkpoint_yet(self.checkpoints.last if self.checkpoints else None)
             )
         self._drop()
 
@@ -299,7 +300,7 @@ class ReplicationProcessor:
                 "shutdown requested; not checkpointed: the watermark's dead-letter "
                 "ranges or unread spans could not be stored in the status table, and a "
                 "checkpoint past them would lose them; the shard's next owner reads "
-                "from the last checkpoint",
+                f"from the last checkpoint{self._no_checkpoint_yet(checkpoints.last)}",
                 destinations=pipeline.watermark_unstored(),
                 sequence_number=position,
                 last_checkpoint=checkpoints.last,
@@ -308,6 +309,25 @@ class ReplicationProcessor:
             return
         checkpoints.write(shutdown_requested_input.checkpointer, position, required=True)
         self._report_stop(position, checkpoints.last, outstanding)
+
+    def _no_checkpoint_yet(self, last_checkpoint: str | None) -> str:
+        """What "the next owner reads from the last checkpoint" means for a shard that
+        started at LATEST and has none yet: its lease keeps LATEST, so the next start is
+        at the stream's tip then, and what this processor read but did not settle there
+        is passed over."""
+        if last_checkpoint is not None or not self._started_at_latest:
+            return ""
+        return (
+            ", which this shard does not have yet (it started at LATEST): its next start "
+            "begins at the stream's tip, so the changes read here and not settled are not "
+            f"replicated ({self._copy_advice()})"
+        )
+
+    def _copy_advice(self) -> str:
+        """How changes a LATEST start passes over are found and copied."""
+        pipeline = self._require_intake().pipeline
+        said = "the watermark reports them as never read; " if pipeline.watermark else ""
+        return said + "`replicator backfill` copies them"
 
     def _report_stop(
         self,
@@ -337,8 +357,7 @@ class ReplicationProcessor:
             log.warning(
                 "shutdown requested; the shard has no checkpoint yet: it started at LATEST "
                 "and no change has been read, so the next start begins again at the stream's "
-                "tip and changes made until then are not replicated (the watermark reports "
-                "them as never read; `replicator backfill` copies them)",
+                f"tip and changes made until then are not replicated ({self._copy_advice()})",
             )
         elif outstanding is None:
             log.info(
@@ -350,7 +369,8 @@ class ReplicationProcessor:
             log.warning(
                 f"shutdown requested; not checkpointed: {unsettled} were still outstanding "
                 "after the flush timeout and nothing new has settled at every destination; "
-                "the shard's next owner reads from the last checkpoint",
+                "the shard's next owner reads from the last checkpoint"
+                + self._no_checkpoint_yet(last_checkpoint),
                 last_checkpoint=last_checkpoint,
                 outstanding=outstanding,
                 flush_timeout_s=flush_timeout_s,

@@ -415,9 +415,37 @@ def test_a_shutdown_with_nothing_new_settled_says_it_did_not_checkpoint(
     assert "sequence_number" not in line
 
 
-@pytest.mark.parametrize("settled", [False, True], ids=["nothing-settled", "some-settled"])
+@pytest.mark.parametrize("start", ["LATEST", "TRIM_HORIZON", "101"])
+def test_a_stop_before_a_latest_shards_first_checkpoint_warns_that_the_next_start_passes_over(
+    job: dict[str, Any], start: str
+) -> None:
+    """A lease at LATEST keeps LATEST until its first checkpoint, so the next start of a
+    shard stopped before one is at the stream's tip then (the KCL's and the local
+    runtime's behaviour alike): what is written meanwhile is passed over, which the stop
+    says at warning level. A TRIM_HORIZON lease, or one with a checkpoint, loses nothing."""
+    daemon = RawDaemon(job["config"])
+    daemon.initialize("s", start)
+    assert daemon.act({"action": "shutdownRequested"}) == []
+    assert daemon.finish() == 0
+    (line,) = shutdown_lines(daemon)
+    if start == "LATEST":
+        assert line["level"] == "warning"
+        assert line["event"] == (
+            "shutdown requested; the shard has no checkpoint yet: it started at LATEST and no "
+            "change has been read, so the next start begins again at the stream's tip and "
+            "changes made until then are not replicated (`replicator backfill` copies them)"
+        )  # the job runs with the watermark off: nothing reports them
+    else:
+        assert (line["level"], line["event"]) == ("info", NOTHING_NEW)
+
+
+@pytest.mark.parametrize(
+    ("settled", "start"),
+    [(False, None), (True, None), (False, "LATEST")],
+    ids=["nothing-settled", "some-settled", "nothing-settled-at-latest"],
+)
 def test_a_shutdown_with_writes_outstanding_warns_naming_the_destination(
-    job: dict[str, Any], tmp_path: Path, settled: bool
+    job: dict[str, Any], tmp_path: Path, settled: bool, start: str | None
 ) -> None:
     """A destination that never answers holds a change back: after the job's flush
     timeout (``kcl.shutdown_flush_ms``, 2 s here: waiting out the default 20 s proves
@@ -439,7 +467,7 @@ def test_a_shutdown_with_writes_outstanding_warns_naming_the_destination(
             + "kcl: {shutdown_flush_ms: 2000}\n"
         )
         with RawDaemon(config) as daemon:
-            daemon.initialize("s")
+            daemon.initialize("s", start)
             records = [put("a", 901, ts=1)]
             if settled:
                 records.insert(0, daemon_record(b"not json", 900))
@@ -472,6 +500,14 @@ def test_a_shutdown_with_writes_outstanding_warns_naming_the_destination(
             "flush timeout"
         )
         assert line["last_checkpoint"] is None
+        # No checkpoint to read from at all under LATEST: the next start is at the tip.
+        said = (
+            "the shard's next owner reads from the last checkpoint, which this shard does not "
+            "have yet (it started at LATEST): its next start begins at the stream's tip, so "
+            "the changes read here and not settled are not replicated (`replicator backfill` "
+            "copies them)"
+        )
+        assert line["event"].endswith(said) is (start == "LATEST"), line["event"]
     assert "a" in items(job)  # the other destination applied it
 
 

@@ -159,6 +159,8 @@ class LocalRuntime:
         # for the failover time at start-up: shard id -> (owner, counter) as watched;
         # _start takes them over if unchanged.
         self._expired: dict[str, tuple[str | None, int]] = {}
+        # Shards whose lease this run has taken (see _start: not an earlier run's start).
+        self._taken_here: set[str] = set()
         # When a stop signal asked for the stop: the shards begin stopping then (they
         # watch ``stopping``), and the stop deadline counts from then, not from when a
         # housekeeping call in flight (up to the SDK's timeouts) lets the loop see it.
@@ -362,8 +364,9 @@ class LocalRuntime:
 
     def _start(self, lease: Lease, shard: Shard) -> None:
         expired = self._expired.pop(lease.shard_id, None)
-        # Read before the take below counts it: a lease some run took before this one.
-        taken_before = lease.counter > 0
+        # Read before the take below counts it: a lease another run took before this one
+        # (a take of this run's, whose shard did not start, is no earlier start).
+        taken_before = lease.counter > 0 and lease.shard_id not in self._taken_here
         standing = self._standing(lease)
         if standing is Standing.RUNNING:
             raise self._running_here(lease)
@@ -430,6 +433,7 @@ class LocalRuntime:
         )
         # Before "shard started": a change made after that line is read, whatever the
         # child's start-up takes.
+        self._taken_here.add(lease.shard_id)
         worker.pin_latest()
         self.workers[lease.shard_id] = worker
         if lease.checkpoint == LATEST and taken_before and earlier is None:
@@ -438,8 +442,13 @@ class LocalRuntime:
             log.warning(
                 "the shard was started before at LATEST and has no checkpoint yet: it starts "
                 "again at the stream's tip, so changes made since the earlier start are not "
-                "replicated (the watermark reports them as never read; `replicator backfill` "
-                "copies them)",
+                "replicated ("
+                + (
+                    "the watermark reports them as never read; "
+                    if self.resolved.publishes_watermark
+                    else ""
+                )
+                + "`replicator backfill` copies them)",
                 shard=lease.shard_id,
             )
         log.info("shard started", shard=lease.shard_id, checkpoint=lease.checkpoint)
