@@ -313,8 +313,9 @@ def describe(resolved: ResolvedJob) -> str:
         # The local runtime reads these kcl keys too: where a job with no checkpoint starts
         # is what an operator must know before a first run (or one stopped before it).
         lines.append(
-            f"reading: new leases start at {job.kcl.initial_position.value}, up to "
-            f"{job.kcl.max_records} records a read (kcl.initial_position, kcl.max_records)"
+            f"reading: a new job's shards start at {job.kcl.initial_position.value} (shards "
+            f"added later at TRIM_HORIZON), up to {job.kcl.max_records} records a read "
+            "(kcl.initial_position, kcl.max_records)"
         )
     return "\n".join(lines)
 

@@ -603,17 +603,22 @@ def _task_patterns(job: JobConfig) -> list[tuple[tuple[str | int, ...], str, boo
     return patterns
 
 
-def _pattern_syntax_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
-    """A pattern's own faults, which need no task name: said beside a source's or a
-    destination's problem, not after it is fixed."""
-    problems: list[tuple[tuple[str | int, ...], str]] = []
-    for where, pattern, _ in _task_patterns(job):
-        what = pattern_problem(pattern, "task_name")
-        if what:
-            problems.append(
-                (where, f"may use only {{task_name}} (and {{{{ }}}} for a brace): {what}")
-            )
-    return problems
+def _pattern_syntax_checks(section: str) -> Callable[[JobConfig], Problems]:
+    """The check of ``section``'s patterns' own faults, which need no task name (nor the
+    other section): said beside a source's or a destination's problem, not after it is
+    fixed."""
+
+    def check(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for where, pattern, _ in _task_patterns(job):
+            what = pattern_problem(pattern, "task_name") if where[0] == section else None
+            if what:
+                problems.append(
+                    (where, f"may use only {{task_name}} (and {{{{ }}}} for a brace): {what}")
+                )
+        return problems
+
+    return check
 
 
 def _task_pattern_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...], str]]:
@@ -1241,7 +1246,8 @@ _CROSS_CHECKS: tuple[tuple[Callable[[JobConfig], Problems], frozenset[str]], ...
         _source_name_checks,
         frozenset({"source", "destinations", "active_active", "loop_prevention", "conflict"}),
     ),
-    (_pattern_syntax_checks, frozenset({"dead_letter", "conflict_log"})),
+    (_pattern_syntax_checks("dead_letter"), frozenset({"dead_letter"})),
+    (_pattern_syntax_checks("conflict_log"), frozenset({"conflict_log"})),
     (_task_pattern_checks, _TASK | {"dead_letter", "conflict_log"}),
     (_runtime_checks, frozenset({"runtime", "source"})),
     (_stream_arn_checks, frozenset({"source"})),

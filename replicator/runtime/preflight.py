@@ -18,10 +18,14 @@ from botocore.exceptions import (
     ClientError,
     CredentialRetrievalError,
     EndpointConnectionError,
+    HTTPClientError,
     NoCredentialsError,
     PartialCredentialsError,
     ProfileNotFound,
+    SSOError,
+    TokenRetrievalError,
 )
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from replicator.appendfile import why_not_appendable
 from replicator.aws import clients, queues, tables
@@ -100,8 +104,14 @@ def explain(error: BaseException, what: str, where: str) -> EnvironmentProblem:
         ):
             return EnvironmentProblem(f"{what}: access denied at {where}: {code}: {message}")
         return EnvironmentProblem(f"{what}: {code}: {message} (at {where})")
-    if isinstance(error, BotoCoreError):
+    if isinstance(error, SSOError | TokenRetrievalError):  # an SSO login expired, say
+        return EnvironmentProblem(
+            f"{what}: AWS credentials could not be loaded: {excerpt(str(error))}"
+        )
+    if isinstance(error, BotoConnectionError | HTTPClientError):
         return _unreachable(what, where, error)
+    if isinstance(error, BotoCoreError):
+        return EnvironmentProblem(f"{what}: cannot reach {where}: {excerpt(str(error))}")
     return EnvironmentProblem(f"{what}: {excerpt(str(error))}")
 
 

@@ -206,7 +206,7 @@ class BackfillResult:
         ]
         if self.resumed and not self.already_complete:
             lines.append(
-                f"  resumed: {self.segments_done_before} of {self.total_segments} segments "
+                f"  resumed: {self.segments_done_before} of {_segments(self.total_segments)} "
                 "were already done"
             )
         lines += [

@@ -706,9 +706,16 @@ class Redrive:
             self._settle_in(target, claimed, replay)
         except DeadLetterUnavailable as error:
             letter = claimed.letter
+            # Named by its record's key, as the summary names it (the letter's own fields
+            # are no more than copies made to name it).
+            named = (
+                f"{_event(letter)} {describe_key(replay.key)}"
+                if replay.key is not None
+                else "? (key unknown)"
+            )
             raise DeadLetterUnavailable(
                 f"the letter of record {_sequence(letter)} ({_shown(letter.destination)}: "
-                f"{_event(letter)} {letter.key_text()}) could not be "
+                f"{named}) could not be "
                 f"{'removed from' if replay.replayed else 'put back in'} the target after "
                 f"its replay, so it stays there as it was: {error}"
             ) from error

@@ -382,5 +382,10 @@ def seconds(us: int) -> float:
 
 
 def iso(us: int) -> str:
-    moment = datetime.fromtimestamp(us // US, tz=UTC).replace(microsecond=us % US)
+    """``us`` as an ISO time; beyond the years a datetime holds (a status item edited by
+    hand), its epoch seconds instead, so that a message naming it can still be said."""
+    try:
+        moment = datetime.fromtimestamp(us // US, tz=UTC).replace(microsecond=us % US)
+    except (ValueError, OverflowError, OSError):
+        return f"{seconds(us):.6f}"
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -416,7 +416,8 @@ class WaitResult:
             return f"no watermark after {self.waited_s:.2f}s: {why}"
         # As ``replicator watermark`` shows it: the time, then the epoch seconds --until takes.
         us = self.watermark.watermark_us
-        mark = f"watermark {iso(us)} ({seconds(us):.6f})"
+        shown, epoch = iso(us), f"{seconds(us):.6f}"
+        mark = f"watermark {shown}" + ("" if shown == epoch else f" ({epoch})")
         if not self.reached and self.unread:  # an open span: the job runs without it
             return f"{mark} stands, and " + "; ".join(span.describe() for span in self.unread)
         if not self.reached:
@@ -425,9 +426,7 @@ class WaitResult:
         if self.unread or self.dead_lettered:
             reasons = [span.describe() for span in self.unread]
             if self.dead_lettered:
-                spans = ", ".join(
-                    f"{seconds(lo):.6f}..{seconds(hi):.6f}" for lo, hi in self.dead_lettered
-                )
+                spans = ", ".join(f"{iso(lo)}..{iso(hi)}" for lo, hi in self.dead_lettered)
                 reasons.append(
                     f"changes created in {spans} were dead-lettered at this destination "
                     "(settled, not applied): see the dead letters, then redrive"

@@ -257,8 +257,14 @@ def test_validate_shows_the_writer_logging_and_kcl_settings(tmp_path: Path) -> N
     assert not [line for line in lines if line.startswith("kcl:")]  # runtime local
     # What the local runtime reads of kcl: where a shard with no checkpoint starts.
     assert (
-        "reading: new leases start at TRIM_HORIZON, up to 1000 records a read "
-        "(kcl.initial_position, kcl.max_records)" in lines
+        "reading: a new job's shards start at TRIM_HORIZON (shards added later at "
+        "TRIM_HORIZON), up to 1000 records a read (kcl.initial_position, kcl.max_records)" in lines
+    )
+    path.write_text(MINIMAL + "kcl: {initial_position: LATEST, max_records: 100}\n")
+    assert (
+        "reading: a new job's shards start at LATEST (shards added later at TRIM_HORIZON), "
+        "up to 100 records a read (kcl.initial_position, kcl.max_records)"
+        in validate_in_process(path).stdout.splitlines()
     )
     path.write_text(
         "runtime: kcl\n" + MINIMAL + "kcl: {worker_id: host-a, initial_position: LATEST, "
@@ -341,6 +347,13 @@ def test_a_kinesis_source_takes_up_to_10000_records() -> None:
             "destinations: [{region: eu-west-1, tabel: aaa}]\n"
             "dead_letter: {path: 'dl/{task}.jsonl'}\n",
             "destinations[0].tabel",
+            "dead_letter.path",
+            "may use only {task_name}",
+        ),
+        (
+            MINIMAL + "dead_letter: {path: 'dl/{x}.jsonl'}\n"
+            "conflict_log: {kind: file, path: c.jsonl, colour: red}\n",
+            "conflict_log.colour",
             "dead_letter.path",
             "may use only {task_name}",
         ),

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import structlog.testing
-from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
+from botocore.exceptions import EndpointConnectionError, ReadTimeoutError, SSOTokenLoadError
 
 from replicator.config.loader import load_job
 from replicator.exceptions import ConfigError, EnvironmentProblem
@@ -484,3 +484,9 @@ def test_an_endpoint_that_does_not_answer_is_named_with_what_to_do(error: Except
         "firewall), then start again once it answers: a job starts only once everything it "
         "uses answers (one already running waits out such an outage instead)"
     )
+
+
+def test_an_expired_sso_login_is_a_credentials_problem_not_the_network() -> None:
+    said = str(preflight.explain(SSOTokenLoadError(error_msg="expired"), "source table t", "AWS"))
+    assert said.startswith("source table t: AWS credentials could not be loaded: ")
+    assert "network" not in said

@@ -757,6 +757,24 @@ def test_a_timeout_names_parts_no_processor_has_published_for_a_minute() -> None
     )
 
 
+def test_a_wait_names_its_times_as_iso_and_a_watermark_beyond_any_date_as_seconds() -> None:
+    """Every time in the message is an ISO time, the watermark with the epoch seconds
+    ``--until`` takes beside it; one no date holds (a status item edited by hand) is still
+    said, in seconds, not a crash."""
+    now = time.time()
+    mark = combine("d", [Part("d", "s1", watermark_us=3 * S + 5, updated_at=now)])
+    said = WaitResult(True, mark, dead_lettered=((S, 2 * S),)).describe()
+    assert said == (
+        "watermark 1970-01-01T00:00:03.000005Z (3.000005) passed, but changes created in "
+        "1970-01-01T00:00:01.000000Z..1970-01-01T00:00:02.000000Z were dead-lettered at this "
+        "destination (settled, not applied): see the dead letters, then redrive"
+    )
+    huge = combine("d", [Part("d", "s1", watermark_us=300_000_000 * 10**9, updated_at=now)])
+    assert WaitResult(True, huge).describe() == (
+        "replicated: watermark 300000000000.000000 passed after 0.00s"
+    )
+
+
 def test_importing_the_wait_loads_no_job_file_schema() -> None:
     """Applications import the wait in request handlers (a Lambda's cold start): it reads
     no job file, so the schema's libraries must not be loaded with it."""
