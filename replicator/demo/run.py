@@ -48,11 +48,6 @@ if TYPE_CHECKING:
 ENDPOINT_ENV = "REPLICATOR_DEMO_ENDPOINT"
 METRICS_PORT_ENV = "REPLICATOR_DEMO_METRICS_PORT"  # config/demo.yaml's metrics.port
 KEY_NAMES = ["pk", "sk"]
-# Why the progress can show more stream records read than source changes made.
-READ_LEGEND = (
-    "records read can exceed source changes: the local endpoint (moto) writes two stream "
-    "records for an UpdateItem that creates an item"
-)
 
 
 @dataclass
@@ -403,7 +398,6 @@ class _Demo:
                 f"have caught up, so the check comes after the settle time "
                 f"({self.options.settle_timeout_s:g}s, --settle-timeout)"
             )
-        self.console.print(READ_LEGEND)
         started = time.monotonic()
         workload.start()
         converged = self._watch(runtime, workload, started)

@@ -201,13 +201,24 @@ class Workload(threading.Thread):
             if "visits" not in values:  # a count the stamps do not own
                 expression += " ADD visits :one"
                 bound[":one"] = {"N": "1"}
-            self.ddb.update_item(
-                TableName=self.table,
-                Key={"pk": {"S": pk}, "sk": {"N": str(sk)}},
-                UpdateExpression=expression,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=bound,
-            )
+            try:
+                # Only an item that exists is updated: the local endpoint (moto) writes two
+                # stream records for an UpdateItem that creates one, the first holding only
+                # the key, which DynamoDB does not (an active-active job would take it for a
+                # local write and log a conflict that never happened).
+                self.ddb.update_item(
+                    TableName=self.table,
+                    Key={"pk": {"S": pk}, "sk": {"N": str(sk)}},
+                    UpdateExpression=expression,
+                    ConditionExpression="attribute_exists(pk)",
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=bound,
+                )
+            except self.ddb.exceptions.ConditionalCheckFailedException:
+                item = {**_payload(rng, pk, sk), **self.stamper.next(pk, sk)}
+                self.ddb.put_item(TableName=self.table, Item=item)
+                self.stats.puts += 1
+                return
             self.stats.updates += 1
         else:
             self.ddb.delete_item(TableName=self.table, Key={"pk": {"S": pk}, "sk": {"N": str(sk)}})
