@@ -321,6 +321,6 @@ def property_text(value: object) -> object:
     if isinstance(value, str) and value.strip().lower() in _TEXT_BOOLEANS:
         raise ValueError(
             f"{shown(value)} is not a boolean the KCL reads (it reads anything but true as "
-            "false): write true or false"
+            "false): write true or false for a boolean property, a number for a numeric one"
         )
     return value

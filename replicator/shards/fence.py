@@ -3,8 +3,8 @@
 The KCL tells a processor that its lease is gone (``leaseLost``) only between two actions,
 and a processor holding a batch because its buffer is full (backpressure: a destination
 accepts nothing) answers that batch only once the destination settles changes. The lease
-can move meanwhile: KCL 3 moves leases between live workers (load balancing on EC2, ECS
-and EKS, after a graceful handoff that timed out), and a worker that cannot renew its
+can move meanwhile: KCL 3 moves leases between live workers (its load balancing, after
+a graceful handoff that timed out), and a worker that cannot renew its
 leases loses them. The new owner reads the shard again from the last checkpoint, while
 the old processor goes on retrying the writes it holds: once the destination is back,
 they land over the new owner's newer writes, and under ``overwrite`` nothing stops them.

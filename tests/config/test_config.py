@@ -234,6 +234,11 @@ BROKEN = {
         "kcl.extra_properties.callProcessRecordsEvenForEmptyRecordList",
         "write true or false",
     ),
+    "kcl-numeric-property-yes": (
+        MINIMAL + "runtime: kcl\nkcl: {extra_properties: {maxLeasesForWorker: yes}}\n",
+        "kcl.extra_properties.maxLeasesForWorker",
+        "write true or false for a boolean property, a number for a numeric one",
+    ),
     "kcl-table-name-property": (
         MINIMAL + "runtime: kcl\nkcl: {extra_properties: {tableName: other-leases}}\n",
         "kcl.extra_properties.tableName",

@@ -15,9 +15,10 @@ requires. Workers are real process trees (launcher, JVM, one processor per shard
 in their own sessions and killed whole on teardown, whatever happened.
 
 How KCL 3 assigns leases shapes these tests. A leader, elected through a lock in the
-`<task>-CoordinatorState` table, assigns every lease; off EC2/ECS/EKS the KCL has no CPU
-metrics, so it never moves a lease between live workers, only hands out leases that are
-new or expired to the first workers it finds alive. A worker counts as gone once it misses
+`<task>-CoordinatorState` table, assigns every lease: new or expired ones to the first
+workers it finds alive; off EC2/ECS/EKS it has no CPU metrics, yet it may still move a
+lease between live workers by a graceful handoff (the holder checkpoints first), which
+these tests do not count on. A worker counts as gone once it misses
 two metric reports, and a dead leader's lock is given up only after its two minutes run
 out. The tests set kcl.failover_time_ms to 5 s and, through kcl.extra_properties, report
 worker metrics every second and assign leases every 2 s, so that takeovers are quick
