@@ -54,6 +54,7 @@ from replicator.runtime.kcl.awaited import AnswerNotes
 from replicator.runtime.local.protocol import RELEASE_SIGNAL
 from replicator.shards.fence import LeaseFence, worker_id_from_environment
 from replicator.shards.leases import LATEST, TRIM_HORIZON
+from replicator.watermark.spans import passed_over_advice
 
 log = structlog.get_logger(__name__)
 
@@ -186,7 +187,7 @@ class ReplicationProcessor:
         self._started_at_latest = start == LATEST
         self.intake.pipeline.begin_watermark(
             resumed=self.checkpoints.last is not None,
-            at_latest=start == LATEST,
+            at_latest=self._started_at_latest,
             at_horizon=start == TRIM_HORIZON,
         )
         self._answered_at = time.time()
@@ -324,10 +325,7 @@ class ReplicationProcessor:
         )
 
     def _copy_advice(self) -> str:
-        """How changes a LATEST start passes over are found and copied."""
-        pipeline = self._require_intake().pipeline
-        said = "the watermark reports them as never read; " if pipeline.watermark else ""
-        return said + "`replicator backfill` copies them"
+        return passed_over_advice(self._require_intake().pipeline.watermark is not None)
 
     def _report_stop(
         self,

@@ -41,6 +41,7 @@ from replicator.metrics.server import check_listen
 from replicator.runtime.file_owners import OWNERS_SUFFIX
 from replicator.runtime.local.runtime import LocalRuntime
 from replicator.tools.compare import compare, describe
+from replicator.wording import counted
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -240,10 +241,6 @@ def off_endpoint(resolved: ResolvedJob, url: str) -> str | None:
 _PORT_VARIABLE = re.compile(
     r"^[^#\n]*?\bport[\"']?\s*:\s*[\"']?\$\{([A-Za-z_][A-Za-z0-9_]*)", re.MULTILINE
 )
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _port_variable(text: str) -> str | None:
@@ -533,9 +530,9 @@ class _Demo:
         source_items = tables.scan_all(self.source, self.job.source.table)
         stats = workload.stats
         self.console.print(
-            f"\n[bold]convergence check[/]: {_count(len(source_items), 'item')} in the source "
-            f"after {_count(stats.puts, 'put')}, {_count(stats.updates, 'update')}, "
-            f"{_count(stats.deletes, 'delete')}"
+            f"\n[bold]convergence check[/]: {counted(len(source_items), 'item')} in the source "
+            f"after {counted(stats.puts, 'put')}, {counted(stats.updates, 'update')}, "
+            f"{counted(stats.deletes, 'delete')}"
         )
         self.console.print(rate_line(stats.total, workload.elapsed_s, self.options.rate))
         all_equal = True
@@ -545,7 +542,7 @@ class _Demo:
                 self.console.print(f"  [green]{label}: equal[/] (every item compared)")
                 continue
             all_equal = False
-            self.console.print(f"  [red]{label}: {_count(len(differences), 'difference')}[/]")
+            self.console.print(f"  [red]{label}: {counted(len(differences), 'difference')}[/]")
             for difference in differences[:10]:
                 detail = f" ({', '.join(difference.attributes)})" if difference.attributes else ""
                 self.console.print(f"    {difference.kind} {describe(difference.key)}{detail}")

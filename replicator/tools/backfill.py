@@ -60,6 +60,7 @@ from replicator.tools.snapshot import (
     writer_tables,
 )
 from replicator.tools.tables import KeptExpired, TableRef, check_same_keys, source_ref
+from replicator.wording import counted
 from replicator.writers.destination import DestinationWriter
 from replicator.writers.outcomes import Outcome, WriteResult
 
@@ -206,8 +207,8 @@ class BackfillResult:
         ]
         if self.resumed and not self.already_complete:
             lines.append(
-                f"  resumed: {self.segments_done_before} of {_segments(self.total_segments)} "
-                "were already done"
+                f"  resumed: {self.segments_done_before} of "
+                f"{counted(self.total_segments, 'segment')} were already done"
             )
         lines += [
             f"  items scanned:      {self.overall.scanned} ({self.this_run.scanned} this run)",
@@ -220,7 +221,7 @@ class BackfillResult:
             "`replicator verify --repair` to compare them)",
             f"  copies undone:      {self.overall.undone} (deleted at the source meanwhile)",
             f"  dead-lettered:      {self.overall.dead_lettered}",
-            f"  progress table:     {self.state_table} ({_segments(self.total_segments)})",
+            f"  progress table:     {self.state_table} ({counted(self.total_segments, 'segment')})",
         ]
         if self.watermark and self.already_complete:
             # Not read here: a verify since the copy may have cleared them already.
@@ -243,10 +244,6 @@ class BackfillResult:
                 f"{self.dead_letters}: fix the cause, then run `replicator redrive`"
             )
         return "\n".join(lines)
-
-
-def _segments(count: int) -> str:
-    return f"{count} segment" + ("" if count == 1 else "s")
 
 
 class Backfill:

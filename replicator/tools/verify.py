@@ -92,6 +92,7 @@ from replicator.tools.tables import (
     source_ref,
 )
 from replicator.tools.unread import MANUAL_STEP, Cleared, clear_unread
+from replicator.wording import counted
 from replicator.writers.destination import DestinationWriter
 from replicator.writers.outcomes import Outcome, WriteResult
 from replicator.writers.source import SourceWriter
@@ -178,7 +179,7 @@ class Sample:
     def note(self) -> str | None:
         if self.whole_table and len(self.keys) < self.wanted:
             return (
-                f"the table holds {_items(self.read, 'item')}, fewer than --sample {self.wanted}: "
+                f"the table holds {counted(self.read, 'item')}, fewer than --sample {self.wanted}: "
                 "all of them were checked"
             )
         if not self.whole_table:
@@ -278,7 +279,7 @@ class VerifyReport:
         verdict, repaired = _verdict(len(self.findings), outstanding)
         lines = [
             f"verify {self.source}: {verdict} ({f'{repaired} repaired; ' if repaired else ''}"
-            f"{scope} {_items(self.source_items, 'source item')}{self._read('source')}; "
+            f"{scope} {counted(self.source_items, 'source item')}{self._read('source')}; "
             f"{self.rechecked} re-checked)"
         ]
         lines.extend(self._notes("source"))
@@ -288,7 +289,7 @@ class VerifyReport:
             if repaired:
                 state += f" ({repaired} repaired)"
             lines.append(
-                f"{label}: {scope} {_items(self.destination_items.get(label, 0), 'item')}"
+                f"{label}: {scope} {counted(self.destination_items.get(label, 0), 'item')}"
                 f"{self._read(label)}, {state}{self._kept(label)}"
             )
             lines.extend(self._notes(label))
@@ -933,7 +934,3 @@ def union(sets: Iterable[set[KeyId]]) -> set[KeyId]:
     for keys in sets:
         result |= keys
     return result
-
-
-def _items(count: int, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "s")

@@ -38,6 +38,14 @@ BEFORE_STREAM = "before_stream"
 EARLIER_STREAM = "earlier_stream"
 UNWATCHED = "unwatched"
 
+
+def passed_over_advice(publishes_watermark: bool) -> str:
+    """How changes a ``LATEST`` start passes over are found (when the job publishes a
+    watermark) and copied: the end of the lines that warn of such a start."""
+    said = "the watermark reports them as never read; " if publishes_watermark else ""
+    return said + "`replicator backfill` copies them"
+
+
 OPEN_US = 253_402_300_799_999_999
 """The end of a span still open (9999-12-31T23:59:59.999999Z): an ``unwatched`` span
 while the job runs with the watermark off, closed when it is turned on again."""

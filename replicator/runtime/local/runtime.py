@@ -72,7 +72,7 @@ from replicator.shards.leases import LATEST, SHARD_END, TRIM_HORIZON, Lease, Lea
 from replicator.shards.stream import Shard, list_shards
 from replicator.watermark import spans
 from replicator.watermark.history import SourceHistory, before_stream_through, stream_created_us
-from replicator.watermark.spans import UnreadSpan
+from replicator.watermark.spans import UnreadSpan, passed_over_advice
 from replicator.watermark.table import StatusTable
 
 log = structlog.get_logger(__name__)
@@ -442,13 +442,7 @@ class LocalRuntime:
             log.warning(
                 "the shard was started before at LATEST and has no checkpoint yet: it starts "
                 "again at the stream's tip, so changes made since the earlier start are not "
-                "replicated ("
-                + (
-                    "the watermark reports them as never read; "
-                    if self.resolved.publishes_watermark
-                    else ""
-                )
-                + "`replicator backfill` copies them)",
+                f"replicated ({passed_over_advice(self.resolved.publishes_watermark)})",
                 shard=lease.shard_id,
             )
         log.info("shard started", shard=lease.shard_id, checkpoint=lease.checkpoint)
