@@ -34,6 +34,7 @@ from replicator.items import (
     key_token,
     value_from_wire,
 )
+from replicator.wording import counted
 
 _RELATIVE = re.compile(r"([0-9]+)\s*([smhd])")  # ASCII digits, as documented
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -257,7 +258,8 @@ class Listing:
         lines = [
             f"conflict log: {self.target}"
             + (f" ({narrowed})" if narrowed else "")
-            + f": {summary['lost_conflicts']} lost conflicts, {summary['restores']} restores"
+            + f": {counted(summary['lost_conflicts'], 'lost conflict')}"
+            + f", {counted(summary['restores'], 'restore')}"
             + self._skipped()
         ]
         lines += [f"  {why}" for why in (self.missing, self.incomplete) if why]

@@ -977,7 +977,7 @@ def test_the_header_of_a_narrowed_listing_names_every_filter(tmp_path: Path) -> 
     narrowed = invoke(config, "--destination", "orders", "--since", "2000-01-01")
     assert narrowed.exit_code == 0, narrowed.output
     assert (
-        "(since 2000-01-01T00:00:00.000000Z, destination eu-west-1/orders): 1 lost conflicts"
+        "(since 2000-01-01T00:00:00.000000Z, destination eu-west-1/orders): 1 lost conflict"
         in narrowed.stdout
     ), narrowed.stdout
     everything = Listing(log.description, Selection(), [], {})
@@ -1219,7 +1219,7 @@ def test_the_header_of_a_listing_by_key_shows_the_key_as_given(
     listing = invoke(config, "--key", "pk=S:order-1 sk=N:3.0")
     assert listing.exit_code == 0, listing.output
     header = listing.stdout.splitlines()[0]
-    assert "(key pk=S:order-1 sk=N:3): 1 lost conflicts" in header, header
+    assert "(key pk=S:order-1 sk=N:3): 1 lost conflict" in header, header
     assert "pk=S:order-1 sk=N:3" in listing.stdout.splitlines()[-1]
 
 

@@ -725,7 +725,7 @@ def test_the_listing_summarizes_and_marks_restores() -> None:
     assert summary["per_destination"] == {"eu": 7}
     assert summary["top_keys"][0] == {"key": "pk=S:order-1 sk=N:3", "conflicts": 3}
     text = listing.text(limit=3)
-    assert "7 lost conflicts, 1 restores" in text
+    assert "7 lost conflicts, 1 restore" in text
     assert "updated_at=100 origin_region=us-east-1" in text
     document = json.loads(listing.as_json(limit=0))
     marked = {e["id"]: e["restored_by"] for e in document["entries"]}
@@ -821,14 +821,14 @@ def test_entries_at_the_source_and_at_a_removed_destination_can_be_listed(
         cli, ["conflicts", "-c", str(config), "--destination", "us-east-1/orders"]
     )
     assert source.exit_code == 0, source.output
-    assert "1 lost conflicts" in source.stdout and at_source.id in source.stdout
+    assert "1 lost conflict" in source.stdout and at_source.id in source.stdout
     assert "warning" not in source.stderr
 
     removed = runner.invoke(
         cli, ["conflicts", "-c", str(config), "--destination", "ap-southeast-2/gone"]
     )
     assert removed.exit_code == 0, removed.output
-    assert "1 lost conflicts" in removed.stdout and at_removed.id in removed.stdout
+    assert "1 lost conflict" in removed.stdout and at_removed.id in removed.stdout
     assert "'ap-southeast-2/gone' is neither a destination of" in removed.stderr
 
     restore = runner.invoke(cli, ["conflicts", "-c", str(config), "--restore", at_source.id])
@@ -899,7 +899,7 @@ def test_a_destination_is_listed_by_every_name_wait_finds_it_by(tmp_path: Path) 
         assert listing.exit_code == 0, listing.output
         assert listing.stderr == "", (spelling, listing.stderr)
         assert (
-            "(destination dr at ap-southeast-2/orders-replica): 1 lost conflicts, 0 restores"
+            "(destination dr at ap-southeast-2/orders-replica): 1 lost conflict, 0 restores"
         ) in listing.stdout
         document = json.loads(runner.invoke(cli, [*args, "--format", "json"]).stdout)
         assert [e["id"] for e in document["entries"]] == [at_dr.id], spelling
@@ -976,7 +976,7 @@ def test_a_log_shared_by_several_jobs_lists_only_the_jobs_own_entries(tmp_path: 
     assert listing.exit_code == 0, listing.output
     header = listing.stdout.splitlines()[0]
     assert header.endswith(
-        ": 1 lost conflicts, 0 restores (skipped 2 entries of other tasks sharing the log: "
+        ": 1 lost conflict, 0 restores (skipped 2 entries of other tasks sharing the log: "
         "'payments': 2)"
     )
     assert own.id in listing.stdout
@@ -1236,7 +1236,7 @@ def test_a_change_lost_again_after_its_destination_was_renamed_is_listed_once(
     assert document["summary"]["per_destination"] == {"disaster": 1}
     assert [(e["id"], e["destination"]) for e in document["entries"]] == [(first.id, "disaster")]
     named = runner.invoke(cli, ["conflicts", "-c", str(config), "--destination", "disaster"])
-    assert "1 lost conflicts, 0 restores" in named.stdout, named.output
+    assert "1 lost conflict, 0 restores" in named.stdout, named.output
 
     # A restore made under the old name is shown under the new one too (it showed "dr").
     restored = restore_entry(first, force=False, written=None, rule=rule_for(ConflictConfig(), "x"))
@@ -1246,7 +1246,7 @@ def test_a_change_lost_again_after_its_destination_was_renamed_is_listed_once(
     shown = {e["id"]: e["destination"] for e in json.loads(listing.stdout)["entries"]}
     assert shown == {first.id: "disaster", restored.id: "disaster"}
     named = runner.invoke(cli, ["conflicts", "-c", str(config), "--destination", "disaster"])
-    assert "1 lost conflicts, 1 restores" in named.stdout, named.output
+    assert "1 lost conflict, 1 restore" in named.stdout, named.output
 
 
 def test_two_destinations_at_one_place_keep_their_entries_apart_by_name(tmp_path: Path) -> None:

@@ -86,7 +86,7 @@ def test_naming_a_destination_keeps_its_history_listed_and_restorable(
         assert listed_ids(listing) == [unnamed.id], spelling
         assert json.loads(listing.stdout)["selection"]["place"] == place
     header = invoke(case.config, "--destination", place).stdout.splitlines()[0]
-    assert header.endswith(f"(destination eu at {place}): 1 lost conflicts, 0 restores")
+    assert header.endswith(f"(destination eu at {place}): 1 lost conflict, 0 restores")
 
     result = invoke(case.config, "--restore", unnamed.id)
 
