@@ -221,5 +221,18 @@ class Workload(threading.Thread):
                 return
             self.stats.updates += 1
         else:
-            self.ddb.delete_item(TableName=self.table, Key={"pk": {"S": pk}, "sk": {"N": str(sk)}})
+            try:
+                # Only an item that exists is deleted: a delete of one that is not there
+                # writes no stream record, and the progress would read fewer records than
+                # the changes it counts.
+                self.ddb.delete_item(
+                    TableName=self.table,
+                    Key={"pk": {"S": pk}, "sk": {"N": str(sk)}},
+                    ConditionExpression="attribute_exists(pk)",
+                )
+            except self.ddb.exceptions.ConditionalCheckFailedException:
+                item = {**_payload(rng, pk, sk), **self.stamper.next(pk, sk)}
+                self.ddb.put_item(TableName=self.table, Item=item)
+                self.stats.puts += 1
+                return
             self.stats.deletes += 1
