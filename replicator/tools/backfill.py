@@ -46,10 +46,10 @@ from replicator.tools.backfill_state import (
     state_table_name,
     table_identity,
 )
-from replicator.tools.futures import StopGrace, wait_in_steps
+from replicator.tools.futures import StopGrace, each_in_threads, wait_in_steps
 from replicator.tools.handoff import Handoff, check_handoff
 from replicator.tools.progress import ProgressReport
-from replicator.tools.scan import ReadRate, ReadStopped, scan_pages
+from replicator.tools.scan import ReadRate, ReadStopped, scan_pages, warn_of_empty_segments
 from replicator.tools.snapshot import (
     BACKFILL,
     ResurrectionGuard,
@@ -373,6 +373,7 @@ class Backfill:
             state_table=state.table,
             read_rate=self.options.read_rate or "unlimited",
         )
+        warn_of_empty_segments("backfill", plan.total_segments, shape.item_count)
         complete = False
         state.keep_alive(self._stop_because)
         try:
@@ -415,14 +416,16 @@ class Backfill:
         with (
             report,
             ThreadPoolExecutor(options.threads, thread_name_prefix="write") as write_pool,
-            ThreadPoolExecutor(
-                min(len(pending), options.threads), thread_name_prefix="scan"
-            ) as scan_pool,
         ):
             copy.write_pool = write_pool
-            futures = [scan_pool.submit(copy.run, segment) for segment in pending]
-            wait_in_steps(futures, on_error=self._fail)
-        errors = [e for e in (f.exception() for f in futures) if e is not None]
+            errors = each_in_threads(
+                pending,
+                copy.run,
+                min(len(pending), options.threads),
+                name="scan",
+                stop=self.stop,
+                on_error=self._fail,
+            )
         real = [e for e in errors if not isinstance(e, WriteCancelled)]
         if real:
             raise _operator_error(real[0], source)

@@ -223,7 +223,10 @@ class BackfillState:
         # that is its own or cleared, which a resumed run at worst copies again. The other
         # order would leave the new run's row beside the old run's progress: segments done
         # under another segmentation, or by the copy --restart meant to repeat, skipped.
-        for number in [n for n in rows if n >= total]:
+        # A segment without a row is one not begun (see the resume above), so only the
+        # rows there are cleared and none is written ahead: a million segments start at
+        # once, not after a million writes.
+        for number in [n for n in rows if n != RUN_ROW]:
             call(
                 self.ref.client.delete_item,
                 "clear backfill progress",
@@ -231,12 +234,10 @@ class BackfillState:
                 Key={"segment": {"N": str(number)}},
             )
         progress = [SegmentProgress(n) for n in range(total)]
-        for segment in progress:
-            self.save(segment, heartbeat=False)
         self._claim(run, total, source, destinations, started_at, tables)
         return Plan(total, progress, resumed=False, started_at=started_at)
 
-    def save(self, progress: SegmentProgress, *, heartbeat: bool = True) -> None:
+    def save(self, progress: SegmentProgress) -> None:
         with self._lock:
             call(
                 self.ref.client.put_item,
@@ -245,7 +246,7 @@ class BackfillState:
                 Item=progress.to_item(self.owner),
             )
             now = time.monotonic()
-            if heartbeat and now - self._last_heartbeat >= _HEARTBEAT_EVERY_S:
+            if now - self._last_heartbeat >= _HEARTBEAT_EVERY_S:
                 self._last_heartbeat = now
                 self._update_run("SET heartbeat = :now", {":now": {"N": str(int(time.time()))}})
 

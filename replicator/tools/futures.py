@@ -8,8 +8,8 @@ in short steps instead."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from concurrent.futures import Future, wait
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -60,3 +60,53 @@ def results_in_steps(futures: list[Future[T]]) -> list[T]:
     raises."""
     wait_in_steps(futures)
     return [future.result() for future in futures]
+
+
+def each_in_threads(
+    tasks: Iterable[T],
+    work: Callable[[T], None],
+    threads: int,
+    *,
+    name: str,
+    stop: threading.Event,
+    on_error: Callable[[], None] | None = None,
+) -> list[BaseException]:
+    """``work`` on each of ``tasks`` on up to ``threads`` threads, each thread taking the
+    next task only once its last is done, and none once ``stop`` is set or a task has
+    failed: a stop is then as prompt with a million scan segments as with four (a
+    thread pool given every task at once would still start each one queued, and hold a
+    future for each). The calling thread waits in steps, so signals reach it;
+    ``on_error`` is called from it at the first failure. The failures, in the order they
+    happened; tasks never started are the caller's to notice (``stop`` is set)."""
+    source = iter(tasks)
+    lock = threading.Lock()
+    failures: list[BaseException] = []
+
+    def take_and_work() -> None:
+        while not stop.is_set():
+            with lock:
+                if failures:
+                    return
+                try:
+                    task = next(source)
+                except StopIteration:
+                    return
+            try:
+                work(task)
+            except BaseException as error:  # noqa: BLE001  # raised again by the caller
+                with lock:
+                    failures.append(error)
+                return
+
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix=name) as pool:
+        runners = [pool.submit(take_and_work) for _ in range(max(1, threads))]
+        told = False
+        pending = set(runners)
+        while pending:
+            _, pending = wait(pending, timeout=STEP_S)
+            if failures and not told and on_error is not None:
+                told = True
+                on_error()
+    for runner in runners:
+        runner.result()  # take_and_work raises nothing; a bug in it must not be lost
+    return failures

@@ -124,6 +124,25 @@ class ReadRate:
             self._stop.wait(wait)
 
 
+# Segments past which more segments than items is worth a word: a few thousand empty
+# segments cost seconds, a million hours.
+_MANY_SEGMENTS = 1000
+
+
+def warn_of_empty_segments(command: str, segments: int, items: int) -> None:
+    """Warn when ``segments`` is far above the ``items`` there are to read: every segment
+    costs at least one Scan request, empty or not, so such a run takes about
+    ``segments`` requests per table for what a few segments read as fast."""
+    if segments > max(_MANY_SEGMENTS, items):
+        log.warning(
+            f"{command}: {segments} scan segments for about {items} items (the tables' "
+            "estimate): each segment is at least one Scan request, empty or not; fewer "
+            "segments read as fast",
+            segments=segments,
+            estimated_items=items,
+        )
+
+
 @dataclass(frozen=True)
 class Page:
     items: list[Item]

@@ -42,7 +42,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -72,9 +72,15 @@ from replicator.tombstones.model import Tombstone
 from replicator.tombstones.setup import job_ranking
 from replicator.tombstones.table import TombstoneTable
 from replicator.tools.compare import differing_attributes, normalised
-from replicator.tools.futures import StopGrace, results_in_steps, wait_in_steps
+from replicator.tools.futures import StopGrace, each_in_threads, wait_in_steps
 from replicator.tools.progress import ProgressReport
-from replicator.tools.scan import ReadRate, ReadStopped, batch_get, scan_pages
+from replicator.tools.scan import (
+    ReadRate,
+    ReadStopped,
+    batch_get,
+    scan_pages,
+    warn_of_empty_segments,
+)
 from replicator.tools.snapshot import (
     REPAIR,
     ResurrectionGuard,
@@ -508,7 +514,9 @@ class Verify:
     def _scan(self, key_names: list[str]) -> tuple[dict[str, int], dict[str, set[KeyId]]]:
         """Digest every item of every table; the keys whose digests differ, per destination."""
         tables = [self.source, *self.destinations]
-        estimate = sum(describe(ref).item_count for ref in tables)
+        estimates = [describe(ref).item_count for ref in tables]
+        estimate = sum(estimates)
+        warn_of_empty_segments("verify", self.options.segments, max(estimates))
         digests: dict[str, dict[KeyId, bytes]] = {ref.label: {} for ref in tables}
         lock = threading.Lock()
         report = ProgressReport(
@@ -532,13 +540,17 @@ class Verify:
             with lock:
                 digests[ref.label].update(found)
 
-        with report, ThreadPoolExecutor(self.options.threads, thread_name_prefix="scan") as pool:
-            futures = [
-                pool.submit(scan_segment, ref, segment)
-                for ref in tables
-                for segment in range(self.options.segments)
-            ]
-            results_in_steps(futures)
+        with report:
+            failures = each_in_threads(
+                ((ref, segment) for ref in tables for segment in range(self.options.segments)),
+                lambda task: scan_segment(*task),
+                self.options.threads,
+                name="scan",
+                stop=self.stop,
+            )
+        if failures:
+            raise failures[0]
+        self._check_stop()  # segments left unread: no report
         source = digests[self.source.label]
         candidates: dict[str, set[KeyId]] = {}
         for ref in self.destinations:
@@ -608,16 +620,23 @@ class Verify:
                     for item in page.items:
                         mine.offer(key_id(project(item, key_names)))
             with lock:
+                nonlocal visited
                 reservoir.merge(mine)
+                visited += 1
 
-        with ThreadPoolExecutor(self.options.threads, thread_name_prefix="sample") as pool:
-            step = len(order) if enough is None else self.options.threads
-            for start in range(0, len(order), step):
-                batch = order[start : start + step]
-                results_in_steps([pool.submit(read_segment, segment) for segment in batch])
-                visited += len(batch)
-                if enough is not None and reservoir.seen >= enough:
-                    break
+        def wanted() -> Iterator[int]:
+            for segment in order:
+                with lock:
+                    if enough is not None and reservoir.seen >= enough:
+                        return
+                yield segment
+
+        failures = each_in_threads(
+            wanted(), read_segment, self.options.threads, name="sample", stop=self.stop
+        )
+        if failures:
+            raise failures[0]
+        self._check_stop()  # segments left unread: no report
         return Sample(
             keys=reservoir.keys(),
             read=reservoir.seen,

@@ -831,6 +831,31 @@ def test_one_ctrl_c_stops_a_backfill_whose_writes_a_destination_keeps_failing(
     assert result.exit_code == 1
 
 
+def test_a_backfill_of_many_segments_starts_at_once_and_stops_at_one_ctrl_c(job: Job) -> None:
+    """Every segment's progress row was written before the first Scan (200,000 writes for
+    ``--segments 200000``, Ctrl-C unheard meanwhile), and every segment was then queued to
+    the scan threads at once, each still reading a page after a Ctrl-C. Rows are written
+    as segments are read now, and no segment starts after the Ctrl-C."""
+    populate(job, 20)
+    runner = Backfill(
+        load_job(job.path),
+        BackfillOptions(segments=200_000, threads=2, skip_handoff_check=True),
+    )
+
+    def segments_read() -> int:
+        try:
+            return len(state_rows(job)) - 1  # the run's own row
+        except job.source.exceptions.ResourceNotFoundException:  # not created yet
+            return 0
+
+    result = interrupted_once(runner, lambda: segments_read() >= 3, 60)
+    assert result.stopped == "interrupted" and not result.complete
+    assert result.exit_code == 1
+    rows = state_rows(job)
+    assert rows[-1]["total_segments"] == {"N": "200000"}
+    assert len(rows) < 1000, len(rows)  # the segments read, not every segment
+
+
 def test_with_tombstones_a_copy_ranking_at_or_below_a_delete_is_not_brought_back(
     job: Job,
 ) -> None:
@@ -989,7 +1014,7 @@ def test_a_restart_that_crashes_part_way_never_leaves_progress_of_another_run(
     ddb = client("dynamodb", "us-east-1", moto_endpoint)
     owner = "run"  # the same process id each time: a crashed run's heartbeat is not in the way
     plan_args = {"source": "us-east-1/src", "destinations": ["eu-west-1/dst"]}
-    writes = 1 + after + max(0, before - after)  # the run row, the segments, the deletions
+    writes = before + 1  # the old run's segments cleared, then the run row
     for crash_after in range(writes):
         ref = TableRef("progress", "us-east-1", unique("progress"), moto_endpoint, ddb)
         state = BackfillState(ref, owner)

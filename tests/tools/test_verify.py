@@ -871,6 +871,16 @@ def test_one_ctrl_c_stops_a_repair_whose_writes_a_destination_keeps_failing(job:
         proxy.stop()
 
 
+def test_verify_of_many_more_segments_than_items_stops_at_one_ctrl_c(job: Job) -> None:
+    """``--segments 1000000`` on a small table queued every segment of every table to
+    the scan threads at once, each of them still reading its first page after a Ctrl-C:
+    the command went on for hours and ignored Ctrl-C. No segment starts after it now."""
+    replicated(job, 20)
+    runner = Verify(load_job(job.path), VerifyOptions(segments=200_000, threads=2))
+    with pytest.raises(OperatorError, match="verify interrupted before it finished"):
+        interrupted_once(runner, lambda: bool(runner._rates), 60)
+
+
 def test_repair_to_a_destination_that_stops_answering_ends_the_command(
     job: Job, monkeypatch: pytest.MonkeyPatch
 ) -> None:
