@@ -830,8 +830,8 @@ def wait(
     "--since",
     callback=_since_option,
     metavar="T",
-    help="Only what happened from T on: a duration before now (30m, 12h, 7d) or an "
-    "ISO-8601 date or time (UTC unless it says).",
+    help="Only what happened from T on: a duration before now (30m, 12h, 7d), epoch "
+    "seconds, or an ISO-8601 date or time (UTC unless it says).",
 )
 @click.option(
     "--destination",

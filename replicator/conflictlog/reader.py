@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from replicator.config.stranded import StrandedFile, stranded_lines
@@ -25,7 +26,7 @@ from replicator.conflictlog.entry import (
     instant,
     iso_exact,
 )
-from replicator.epoch import ISO_FORMS, typed_iso_time
+from replicator.epoch import ISO_FORMS, SECONDS_CEILING, finer_unit, typed_iso_time
 from replicator.exceptions import SinceSyntaxError
 from replicator.items import (
     describe_field,
@@ -37,12 +38,16 @@ from replicator.items import (
 from replicator.wording import counted
 
 _RELATIVE = re.compile(r"([0-9]+)\s*([smhd])")  # ASCII digits, as documented
+# Epoch seconds, as `replicator watermark` prints them and `replicator wait` takes them.
+_EPOCH_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 TOP_KEYS = 10
 
 
 def parse_since(text: str, now: datetime | None = None) -> str:
-    """``30m``, ``12h``, ``7d`` (before now) or an ISO-8601 date or time (UTC unless it says).
+    """``30m``, ``12h``, ``7d`` (before now), epoch seconds (``1796527700.25``, as
+    ``replicator watermark`` prints a watermark), or an ISO-8601 date or time (UTC
+    unless it says).
 
     The time keeps the precision it was typed with, to the microsecond (more digits are
     cut there, as ``datetime`` does): cut to the log's milliseconds, a time just after
@@ -61,13 +66,16 @@ def parse_since(text: str, now: datetime | None = None) -> str:
             return iso_exact(now - delta)
     except (OverflowError, ValueError, OSError):
         raise _out_of_range(text) from None
+    if _EPOCH_SECONDS.fullmatch(value):
+        return _from_epoch_seconds(value, text)
     try:
         moment = typed_iso_time(value)
     except ValueError as error:
         hint = f"; {error}" if str(error) else ""
         raise SinceSyntaxError(
-            f"{text!r} is neither a duration (30m, 12h, 7d) nor an ISO-8601 date or time "
-            f"({ISO_FORMS}, such as 2026-12-01 or 2026-12-01T10:00:00Z){hint}"
+            f"{text!r} is neither a duration (30m, 12h, 7d), epoch seconds (such as "
+            f"1796527700.25) nor an ISO-8601 date or time ({ISO_FORMS}, such as "
+            f"2026-12-01 or 2026-12-01T10:00:00Z){hint}"
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
@@ -75,6 +83,24 @@ def parse_since(text: str, now: datetime | None = None) -> str:
         return iso_exact(moment)
     except (OverflowError, ValueError, OSError):
         raise _out_of_range(text) from None
+
+
+def _from_epoch_seconds(value: str, text: str) -> str:
+    """Epoch seconds ``value`` to the microsecond (more digits are cut, as an ISO time's
+    are), below ``SECONDS_CEILING`` as ``replicator wait`` takes them: a number above is
+    refused naming the finer unit it is a time in (epoch milliseconds pasted from a log)."""
+    exact = Decimal(value)
+    if exact >= SECONDS_CEILING:
+        unit = finer_unit(exact)
+        if unit is None:
+            raise _out_of_range(text)
+        name, per_second = unit
+        given = f"{exact / per_second:f}"
+        given = given.rstrip("0").rstrip(".") if "." in given else given
+        raise SinceSyntaxError(f"{text!r} looks like epoch {name}: give seconds, such as {given}")
+    whole = int(exact)
+    moment = datetime.fromtimestamp(whole, UTC)
+    return iso_exact(moment + timedelta(microseconds=int((exact - whole) * 1_000_000)))
 
 
 def _out_of_range(text: str) -> SinceSyntaxError:

@@ -1022,14 +1022,23 @@ def test_since_takes_only_the_iso_times_the_docs_name(
     assert result.exit_code == 2, result.output
     said = " ".join(result.stderr.split())
     assert (
-        f"'--since': {value!r} is neither a duration (30m, 12h, 7d) nor an ISO-8601 date or "
-        "time (YYYY-MM-DD, or YYYY-MM-DDThh:mm[:ss[.fraction]] with an optional Z, +hh:mm or "
-        f"-hh:mm, such as 2026-12-01 or 2026-12-01T10:00:00Z){hint}" in said
+        f"'--since': {value!r} is neither a duration (30m, 12h, 7d), epoch seconds (such as "
+        "1796527700.25) nor an ISO-8601 date or time (YYYY-MM-DD, or "
+        "YYYY-MM-DDThh:mm[:ss[.fraction]] with an optional Z, +hh:mm or -hh:mm, such as "
+        f"2026-12-01 or 2026-12-01T10:00:00Z){hint}" in said
     ), said
 
 
 @pytest.mark.parametrize(
-    "value", ["2026-12-01", "2026-12-01T17:00", "2026-12-01T17:00:00.5Z", "2026-12-01T19:00+02:00"]
+    "value",
+    [
+        "2026-12-01",
+        "2026-12-01T17:00",
+        "2026-12-01T17:00:00.5Z",
+        "2026-12-01T19:00+02:00",
+        "1796527700",  # epoch seconds, as replicator watermark prints them
+        "1796527700.25",
+    ],
 )
 def test_since_takes_a_date_or_a_time_with_or_without_a_zone(tmp_path: Path, value: str) -> None:
     config = job_file(tmp_path, f"{{kind: file, path: '{tmp_path}/c.jsonl'}}")

@@ -200,6 +200,11 @@ def test_since_takes_durations_and_dates_and_names_a_bad_value() -> None:
     assert parse_since("2026-11-30T10:00:00+02:00", now) == "2026-11-30T08:00:00.000000Z"
     # The precision typed is kept (to the microsecond), not cut to the log's milliseconds.
     assert parse_since("2026-12-01T11:21:26.8604999Z", now) == "2026-12-01T11:21:26.860499Z"
+    # Epoch seconds, as replicator watermark prints a watermark and wait takes it.
+    assert parse_since("1796527700", now) == "2026-12-06T03:28:20.000000Z"
+    assert parse_since("1796527700.2512345", now) == "2026-12-06T03:28:20.251234Z"
+    with pytest.raises(SinceSyntaxError, match="looks like epoch milliseconds: give seconds"):
+        parse_since("1796527700251", now)
     with pytest.raises(SinceSyntaxError, match="'yesterday'") as refused:
         parse_since("yesterday", now)
     assert "capitals" not in str(refused.value)
