@@ -67,13 +67,14 @@ class SourceInfo:
     key_schema: dict[str, str]
 
 
-# After "cannot reach": what a network error at a check means, and what to do. A job
-# starts only once every table it uses answers (a destination down at start holds back
-# the others too), where a running job rides out a destination's outage.
+# After "cannot reach": what a network error at a check means, and what to do; said by
+# every command (run, and the operator commands reading the same tables). A job starts
+# only once every table it uses answers (a destination down at start holds back the
+# others too), where a running job rides out a destination's outage.
 UNREACHABLE_ADVICE = (
     "check the endpoint and region set for it and this host's network (DNS, proxy, "
-    "firewall), then start again once it answers: a job starts only once everything it "
-    "uses answers (one already running waits out such an outage instead)"
+    "firewall), then try again once it answers (`replicator run` starts a job only once "
+    "everything it uses answers; a job already running waits out such an outage instead)"
 )
 
 

@@ -481,8 +481,8 @@ def test_an_endpoint_that_does_not_answer_is_named_with_what_to_do(error: Except
     assert said.startswith("destinations[1] table orders: cannot reach http://127.0.0.1:9: ")
     assert said.endswith(
         "; check the endpoint and region set for it and this host's network (DNS, proxy, "
-        "firewall), then start again once it answers: a job starts only once everything it "
-        "uses answers (one already running waits out such an outage instead)"
+        "firewall), then try again once it answers (`replicator run` starts a job only once "
+        "everything it uses answers; a job already running waits out such an outage instead)"
     )
 
 
