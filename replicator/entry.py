@@ -191,6 +191,16 @@ def _end_now(code: object) -> None:
     os._exit(status)
 
 
+def noted_after_the_work(signum: int, _frame: Any) -> None:
+    """A stop signal once a command's work is over and its result decided: said, not
+    acted on (the handlers before, Python's KeyboardInterrupt, turned a second Ctrl-C
+    just after the work into exit 130, or a traceback from the interpreter's shutdown)."""
+    from replicator import logs
+
+    name = signal.Signals(signum).name
+    logs.echo(f"replicator: {name} received as the command ends; its result stands", err=True)
+
+
 def ignore_stop_signals() -> None:
     """SIGTERM, SIGINT and SIGHUP ignored for good (the processor's; see the module's
     docstring): a terminal that closes sends SIGHUP to the runtime and its processors.
@@ -267,11 +277,12 @@ def main() -> Any:
         try:
             return cli_main()
         except SystemExit as ended:
-            if sys.argv[1:2] in (["backfill"], ["verify"], ["redrive"]):
+            if sys.argv[1:2] in (["backfill"], ["verify"], ["redrive"], ["wait"], ["watermark"]):
                 # These route the stop signals to their work until it is over, and note
-                # them from then on (replicator.tools.commands.interrupts); the
-                # interpreter's shutdown would put SIG_DFL back, and a Ctrl-C in it would
-                # end the process with 130 whatever its result. All they own is stopped.
+                # them from then on (noted_after_the_work); the interpreter's shutdown
+                # would put SIG_DFL back, and a Ctrl-C in it would end the process with
+                # 130 whatever its result, or print a traceback from joining a thread.
+                # All they own is stopped.
                 _end_now(ended.code)
             raise
     hold_stop_signals()

@@ -69,12 +69,7 @@ def interrupts(on_signal: Callable[[], None]) -> Iterator[None]:
         # the summary into exit 130 with no word; ``replicator.entry`` ends these
         # commands without the interpreter's shutdown, which puts SIG_DFL back.
         for number in handled:
-            signal.signal(number, _after_the_work)
-
-
-def _after_the_work(number: int, frame: Any) -> None:
-    name = signal.Signals(number).name
-    logs.echo(f"replicator: {name} received as the command ends; its result stands", err=True)
+            signal.signal(number, entry.noted_after_the_work)
 
 
 def backfill(config_path: Path, **options: Any) -> int:

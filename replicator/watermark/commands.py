@@ -76,9 +76,10 @@ def _stopped_by_signals() -> Iterator[None]:
         yield
         return
     handled = entry.stop_signals()
-    previous = {number: signal.getsignal(number) for number in handled}
 
     def stop(signum: int, _frame: object) -> None:
+        for number in handled:  # the first decides; another is noted, not raised again
+            signal.signal(number, entry.noted_after_the_work)
         raise _Stopped(signum)
 
     for number in handled:
@@ -86,8 +87,12 @@ def _stopped_by_signals() -> Iterator[None]:
     try:
         yield
     finally:
-        for number, action in previous.items():
-            signal.signal(number, action)
+        # The result is decided: a signal from here to the process's end (a second
+        # Ctrl-C, or coreutils' timeout signalling the process group after the process)
+        # is noted, not a KeyboardInterrupt in the line being printed or in the
+        # interpreter's shutdown (``replicator.entry`` ends the command without it).
+        for number in handled:
+            signal.signal(number, entry.noted_after_the_work)
 
 
 def _stopped_line(stop: _Stopped, what: str) -> int:

@@ -386,6 +386,19 @@ def test_watermark_json_is_a_list_without_a_destination_and_its_object_with_one(
 # -- stopped by a signal ---------------------------------------------------------------------
 
 
+def _waiting_until_2026(path: Path) -> subprocess.Popen[str]:
+    """``replicator wait`` for EU until 2026-01-01, started."""
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "replicator", "wait", "--config", str(path)),
+            *("-d", EU, "--until", "1767225600", "--timeout", "60"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 @pytest.mark.parametrize(
     ("sent", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
 )
@@ -395,15 +408,7 @@ def test_a_wait_stopped_by_a_signal_exits_128_plus_its_number_with_one_line(
     """Ctrl-C printed "Aborted!" and exited 1, the timeout's code: a script could not
     tell an interrupted wait from one that timed out."""
     path = job_file(tmp_path, "wm-stopped", silent.url)
-    waiting = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "replicator", "wait", "--config", str(path)),
-            *("-d", EU, "--until", "1767225600", "--timeout", "60"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    waiting = _waiting_until_2026(path)
     try:
         assert silent.connected.wait(60), "the wait never read"
         waiting.send_signal(sent)
@@ -417,6 +422,37 @@ def test_a_wait_stopped_by_a_signal_exits_128_plus_its_number_with_one_line(
         "2026-01-01T00:00:00.000000Z: not known to be replicated\n"
     )
     assert out == ""
+
+
+def test_a_wait_sent_sigint_twice_at_once_exits_130_without_a_traceback(
+    silent: SilentEndpoint, tmp_path: Path
+) -> None:
+    """coreutils' ``timeout`` (and a service manager) signals the process and then its
+    process group: the second SIGINT met Python's own handler again, put back after the
+    first, and sometimes printed a KeyboardInterrupt traceback from the interpreter's
+    shutdown after the wait's line."""
+    path = job_file(tmp_path, "wm-stopped-twice", silent.url)
+    for _ in range(3):
+        silent.connected.clear()
+        waiting = _waiting_until_2026(path)
+        try:
+            assert silent.connected.wait(60), "the wait never read"
+            waiting.send_signal(signal.SIGINT)
+            waiting.send_signal(signal.SIGINT)
+            out, err = waiting.communicate(timeout=30)
+        finally:
+            if waiting.poll() is None:
+                waiting.kill()
+        assert waiting.returncode == 130, (out, err)
+        stopped = (
+            f"replicator: SIGINT received; stopped waiting for {EU} until "
+            "2026-01-01T00:00:00.000000Z: not known to be replicated"
+        )
+        noted = "replicator: SIGINT received as the command ends; its result stands"
+        lines = err.splitlines()
+        assert lines.count(stopped) == 1, err
+        assert all(line in (stopped, noted) for line in lines), err
+        assert out == ""
 
 
 def test_the_watermark_command_stopped_by_sigint_exits_130_with_one_line(
