@@ -40,9 +40,12 @@ ends it.
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 # A stop signal this soon after the first is the same request, sent twice: coreutils'
@@ -65,6 +68,40 @@ def outcome_decided() -> None:
 
 def _now() -> float:
     return time.monotonic()
+
+
+class SignalRelay:
+    """Stop signals acted on by a thread of their own, not in the handler: a handler runs
+    on the main thread between two of its bytecodes, also while that thread holds a lock
+    the action takes (a threading.Event's, waited on by a main loop) or inside the
+    handler of a signal just before (coreutils' timeout signals a command and then its
+    process group), and taking that lock again there hangs the process for good. The
+    handler only queues the signal and when it came (``SimpleQueue.put`` is safe in a
+    handler); ``act(signum, at)`` runs on the relay thread, from :meth:`start` on (a
+    caller that must fork while it is the one thread starts it after that; signals wait
+    in the queue until then). :meth:`close` acts on what is queued, then ends the
+    thread."""
+
+    def __init__(self, act: Callable[[int, float], None]) -> None:
+        self._act = act
+        self._received: queue.SimpleQueue[tuple[int, float] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._relay, name="stop-signals", daemon=True)
+
+    def start(self) -> None:
+        if not self._thread.is_alive() and self._thread.ident is None:
+            self._thread.start()
+
+    def handler(self, signum: int, _frame: Any) -> None:
+        self._received.put((signum, _now()))
+
+    def _relay(self) -> None:
+        while (received := self._received.get()) is not None:
+            self._act(*received)
+
+    def close(self) -> None:
+        self.start()
+        self._received.put(None)
+        self._thread.join()
 
 
 def _repeats(signum: int, first: int, first_at: float, at: float) -> bool:

@@ -10,7 +10,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -215,26 +217,69 @@ def test_the_runtimes_take_a_repeated_stop_signal_as_one_request_and_a_later_as_
     clock = [100.0]
     monkeypatch.setattr(entry, "_now", lambda: clock[0])
     asked: list[signal.Signals] = []
+    # The signals are acted on by the relay thread, which the end of each block waits for.
     with supervisor.stop_signals(asked.append):
         os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGTERM)
         clock[0] += entry.REPEAT_S * 0.9
         os.kill(os.getpid(), signal.SIGTERM)
-        assert asked == [signal.SIGTERM]
+    assert asked == [signal.SIGTERM]
+    asked.clear()
+    with supervisor.stop_signals(asked.append):
+        os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGINT)  # another signal: a second request
-        assert asked == [signal.SIGTERM, signal.SIGINT]
+    assert asked == [signal.SIGTERM, signal.SIGINT]
     asked.clear()
     with supervisor.stop_signals(asked.append):
         clock[0] += entry.REPEAT_S
         os.kill(os.getpid(), signal.SIGTERM)
         clock[0] += entry.REPEAT_S
         os.kill(os.getpid(), signal.SIGTERM)  # a second or more later: a second request
-        assert asked == [signal.SIGTERM, signal.SIGTERM]
+    assert asked == [signal.SIGTERM, signal.SIGTERM]
     asked.clear()
     with supervisor.stop_signals(asked.append):
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)  # two Ctrl-C, however soon: two requests
-        assert asked == [signal.SIGINT, signal.SIGINT]
+    assert asked == [signal.SIGINT, signal.SIGINT]
+
+
+def test_a_stop_signal_while_the_main_thread_holds_the_stop_event_s_lock_stops_the_run() -> None:
+    """The handler set the runtime's stop event on the main thread, which may be inside
+    that event's wait, holding its (non-reentrant) lock, or inside the handler of a signal
+    just before (coreutils' timeout signals the run and then its process group): the run
+    hung for good, "stop requested" logged and nothing after. Held here as the main
+    loop's ``stopping.wait()`` holds it when the signal comes."""
+    from replicator.runtime import supervisor
+
+    stopping = threading.Event()
+    hung = _alarm_in(30)
+    try:
+        with supervisor.stop_signals(lambda _signal: stopping.set()):
+            with stopping._cond:  # type: ignore[attr-defined]  # as inside stopping.wait()
+                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGTERM)
+                held_for = sum(range(1000))  # bytecodes, where the handlers run
+            assert stopping.wait(30), "the stop was never asked"
+    finally:
+        hung()
+    assert held_for == 499500
+
+
+def _alarm_in(seconds: int) -> Callable[[], None]:
+    """SIGALRM raises TimeoutError in ``seconds`` (a lock acquire on the main thread is
+    interrupted by it): a hang fails the test rather than the suite. Returns its cancel."""
+
+    def raise_timeout(_signum: int, _frame: Any) -> None:
+        raise TimeoutError(f"hung for {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, raise_timeout)
+    signal.alarm(seconds)
+
+    def cancel() -> None:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+    return cancel
 
 
 def test_the_held_stop_signal_s_handler_imports_nothing() -> None:

@@ -145,7 +145,9 @@ def stopped_while_starting(message: str) -> None:
 
 
 @contextlib.contextmanager
-def stop_signals(stop: Callable[[signal.Signals], None]) -> Iterator[None]:
+def stop_signals(
+    stop: Callable[[signal.Signals], None], *, relay_later: bool = False
+) -> Iterator[entry.SignalRelay]:
     """SIGTERM, SIGINT and SIGHUP (:func:`replicator.entry.stop_signals`) ask ``stop``
     for a clean stop, naming the signal (a second one may end the run with its number);
     the previous handlers are back afterwards. A signal held since the command started
@@ -154,23 +156,31 @@ def stop_signals(stop: Callable[[signal.Signals], None]) -> Iterator[None]:
     The first signal again within :data:`replicator.entry.REPEAT_S` (``timeout``
     signals the run and then its process group; never SIGINT) is the same request:
     neither logged nor asked again, so that it cannot count as the second request, which
-    the KCL runtime answers by killing its daemon."""
+    the KCL runtime answers by killing its daemon.
+
+    ``stop`` is asked on a thread of its own (:class:`replicator.entry.SignalRelay`),
+    started at once, or with ``relay_later`` by the caller (``relay.start()``, the
+    relay yielded) once it has forked what must be forked while it is the one thread."""
     stops = entry.stop_signals()
     previous: dict[signal.Signals, Any] = {sig: signal.getsignal(sig) for sig in stops}
     requests = entry.StopRequests()
 
-    def on_signal(signum: int, _: Any) -> None:
-        if requests.repeated(signum):
+    def on_signal(signum: int, at: float) -> None:
+        if requests.repeated(signum, at):
             return
         log.info("stop requested", signal=signal.Signals(signum).name)
         stop(signal.Signals(signum))
+
+    relay = entry.SignalRelay(on_signal)  # acted on off the handler: see SignalRelay
+    if not relay_later:
+        relay.start()
 
     # Blocked while the handlers go in and the held signal is asked for: one arriving
     # meanwhile waits for the handlers, and is a repeat or not by the held one's time.
     before = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     try:
         for sig in previous:
-            signal.signal(sig, on_signal)
+            signal.signal(sig, relay.handler)
         held = entry.take_held()
         if held is not None:  # it came while the command was starting
             requests.repeated(held[0], held[1])
@@ -179,7 +189,8 @@ def stop_signals(stop: Callable[[signal.Signals], None]) -> Iterator[None]:
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
     try:
-        yield
+        yield relay
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        relay.close()  # after any signal still queued

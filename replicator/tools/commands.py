@@ -44,7 +44,7 @@ def interrupts(on_signal: Callable[[], None]) -> Iterator[None]:
     handled = entry.stop_signals()
     received = 0
 
-    def handler(number: int, frame: Any) -> None:
+    def act(number: int, _at: float) -> None:
         nonlocal received
         received += 1
         name = signal.Signals(number).name
@@ -58,8 +58,10 @@ def interrupts(on_signal: Callable[[], None]) -> Iterator[None]:
             logs.echo(f"replicator: {name} received again; stopping at once", err=True)
         on_signal()
 
+    relay = entry.SignalRelay(act)  # acted on off the handler: see SignalRelay
+    relay.start()
     for number in handled:
-        signal.signal(number, handler)
+        signal.signal(number, relay.handler)
     try:
         yield
     finally:
@@ -70,6 +72,7 @@ def interrupts(on_signal: Callable[[], None]) -> Iterator[None]:
         # commands without the interpreter's shutdown, which puts SIG_DFL back.
         for number in handled:
             signal.signal(number, entry.noted_after_the_work)
+        relay.close()  # a signal that came during the work is acted on all the same
 
 
 def backfill(config_path: Path, **options: Any) -> int:

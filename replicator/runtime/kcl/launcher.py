@@ -648,11 +648,14 @@ def run_kcl(
             dynamodb_streams=job.source.stream.kind is StreamKind.DYNAMODB_STREAMS,
         )
         try:
-            with supervisor.stop_signals(daemon.request_stop):
+            # The relay thread starts once the daemon is started: its parent-death
+            # signal is armed only while this process runs one thread (DaemonProcess.start).
+            with supervisor.stop_signals(daemon.request_stop, relay_later=True) as relay:
                 if daemon.stop_requested:
                     log.info("KCL runtime stopped before it started")
                     return 0
                 daemon.start()
+                relay.start()
                 served.start()
                 if prepared.stream_arn is not None and not job.source.stream.arn:
                     watch = StreamWatch(resolved, prepared.stream_arn, daemon.stop_of_our_own)
