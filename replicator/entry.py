@@ -228,14 +228,29 @@ def _end_now(code: object) -> None:
     os._exit(status)
 
 
+# The commands that main() ends with _end_now once their work is over (their stop
+# signals are noted from then on, see noted_after_the_work).
+_ENDED_AT_ONCE = (["backfill"], ["verify"], ["redrive"], ["wait"], ["watermark"])
+_running_from_main: list[bool] = []
+
+
+def ends_at_once() -> bool:
+    """Whether this process is the ``replicator`` command, run by :func:`main`, of one of
+    the commands it ends without the interpreter's shutdown: only then may they leave
+    their stop signals noted for good (an in-process caller, a test or a script, gets
+    its own handlers back)."""
+    return bool(_running_from_main) and sys.argv[1:2] in _ENDED_AT_ONCE
+
+
 def noted_after_the_work(signum: int, _frame: Any) -> None:
     """A stop signal once a command's work is over and its result decided: said, not
     acted on (the handlers before, Python's KeyboardInterrupt, turned a second Ctrl-C
     just after the work into exit 130, or a traceback from the interpreter's shutdown)."""
-    from replicator import logs
-
+    # os.write, not a buffered stream: the main thread may be inside a write to stderr
+    # (its result, or the flush before the process ends), and a buffered write from the
+    # handler would raise "reentrant call" there.
     name = signal.Signals(signum).name
-    logs.echo(f"replicator: {name} received as the command ends; its result stands", err=True)
+    os.write(2, f"replicator: {name} received as the command ends; its result stands\n".encode())
 
 
 def ignore_stop_signals() -> None:
@@ -311,10 +326,11 @@ def main() -> Any:
             from replicator.cli import main as cli_main
         except KeyboardInterrupt:  # importing the CLI takes half a second
             sys.exit(interrupted(next(iter(sys.argv[1:2]), None)))
+        _running_from_main.append(True)
         try:
             return cli_main()
         except SystemExit as ended:
-            if sys.argv[1:2] in (["backfill"], ["verify"], ["redrive"], ["wait"], ["watermark"]):
+            if sys.argv[1:2] in _ENDED_AT_ONCE:
                 # These route the stop signals to their work until it is over, and note
                 # them from then on (noted_after_the_work); the interpreter's shutdown
                 # would put SIG_DFL back, and a Ctrl-C in it would end the process with

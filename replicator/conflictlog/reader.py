@@ -40,6 +40,7 @@ from replicator.wording import counted
 _RELATIVE = re.compile(r"([0-9]+)\s*([smhd])")  # ASCII digits, as documented
 # Epoch seconds, as `replicator watermark` prints them and `replicator wait` takes them.
 _EPOCH_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_EPOCH_FLOOR = 1_000_000_000  # 2001-09-09: no conflict log is older
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 TOP_KEYS = 10
 
@@ -90,6 +91,13 @@ def _from_epoch_seconds(value: str, text: str) -> str:
     are), below ``SECONDS_CEILING`` as ``replicator wait`` takes them: a number above is
     refused naming the finer unit it is a time in (epoch milliseconds pasted from a log)."""
     exact = Decimal(value)
+    if exact < _EPOCH_FLOOR:
+        # 30 (a duration without its unit), 2026 (a year), 20251201 (a date without its
+        # dashes): a time before 2001 would list the whole log without a word.
+        raise SinceSyntaxError(
+            f"{text!r} as epoch seconds is before 2001-09-09: write a duration with its "
+            "unit (30m, 12h, 7d) or a date as YYYY-MM-DD (2026-12-01)"
+        )
     if exact >= SECONDS_CEILING:
         unit = finer_unit(exact)
         if unit is None:

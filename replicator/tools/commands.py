@@ -42,6 +42,7 @@ def interrupts(on_signal: Callable[[], None]) -> Iterator[None]:
         yield
         return
     handled = entry.stop_signals()
+    previous = {number: signal.getsignal(number) for number in handled}
     received = 0
 
     def act(number: int, _at: float) -> None:
@@ -71,7 +72,8 @@ def interrupts(on_signal: Callable[[], None]) -> Iterator[None]:
         # the summary into exit 130 with no word; ``replicator.entry`` ends these
         # commands without the interpreter's shutdown, which puts SIG_DFL back.
         for number in handled:
-            signal.signal(number, entry.noted_after_the_work)
+            kept = entry.noted_after_the_work if entry.ends_at_once() else previous[number]
+            signal.signal(number, kept)
         relay.close()  # a signal that came during the work is acted on all the same
 
 

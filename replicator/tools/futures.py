@@ -81,9 +81,10 @@ def each_in_threads(
     source = iter(tasks)
     lock = threading.Lock()
     failures: list[BaseException] = []
+    abandoned = threading.Event()  # the calling thread raised (a KeyboardInterrupt)
 
     def take_and_work() -> None:
-        while not stop.is_set():
+        while not stop.is_set() and not abandoned.is_set():
             with lock:
                 if failures:
                     return
@@ -102,11 +103,15 @@ def each_in_threads(
         runners = [pool.submit(take_and_work) for _ in range(max(1, threads))]
         told = False
         pending = set(runners)
-        while pending:
-            _, pending = wait(pending, timeout=STEP_S)
-            if failures and not told and on_error is not None:
-                told = True
-                on_error()
+        try:
+            while pending:
+                _, pending = wait(pending, timeout=STEP_S)
+                if failures and not told and on_error is not None:
+                    told = True
+                    on_error()
+        except BaseException:
+            abandoned.set()  # no further task; the pool's end waits for those in hand
+            raise
     for runner in runners:
         runner.result()  # take_and_work raises nothing; a bug in it must not be lost
     return failures

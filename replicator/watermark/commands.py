@@ -76,6 +76,7 @@ def _stopped_by_signals() -> Iterator[None]:
         yield
         return
     handled = entry.stop_signals()
+    previous = {number: signal.getsignal(number) for number in handled}
 
     def stop(signum: int, _frame: object) -> None:
         for number in handled:  # the first decides; another is noted, not raised again
@@ -91,8 +92,10 @@ def _stopped_by_signals() -> Iterator[None]:
         # Ctrl-C, or coreutils' timeout signalling the process group after the process)
         # is noted, not a KeyboardInterrupt in the line being printed or in the
         # interpreter's shutdown (``replicator.entry`` ends the command without it).
+        # An in-process caller gets its own handlers back.
         for number in handled:
-            signal.signal(number, entry.noted_after_the_work)
+            kept = entry.noted_after_the_work if entry.ends_at_once() else previous[number]
+            signal.signal(number, kept)
 
 
 def _stopped_line(stop: _Stopped, what: str) -> int:

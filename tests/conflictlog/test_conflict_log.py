@@ -205,6 +205,10 @@ def test_since_takes_durations_and_dates_and_names_a_bad_value() -> None:
     assert parse_since("1796527700.2512345", now) == "2026-12-06T03:28:20.251234Z"
     with pytest.raises(SinceSyntaxError, match="looks like epoch milliseconds: give seconds"):
         parse_since("1796527700251", now)
+    # A duration without its unit, a year, a date without dashes: no 1970 time.
+    for mistaken in ("30", "2026", "20251201"):
+        with pytest.raises(SinceSyntaxError, match="before 2001-09-09: write a duration"):
+            parse_since(mistaken, now)
     with pytest.raises(SinceSyntaxError, match="'yesterday'") as refused:
         parse_since("yesterday", now)
     assert "capitals" not in str(refused.value)

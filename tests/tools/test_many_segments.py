@@ -4,7 +4,9 @@ items is warned of."""
 
 from __future__ import annotations
 
+import signal
 import threading
+import time
 
 import pytest
 from structlog.testing import capture_logs
@@ -47,6 +49,32 @@ def test_the_first_failure_starts_no_further_task_and_is_told_once() -> None:
     assert [str(failure) for failure in failures] == ["segment 2 refused"]
     assert started == [0, 1, 2]
     assert told == [True]
+
+
+def test_an_error_in_the_calling_thread_starts_no_further_task() -> None:
+    """A KeyboardInterrupt in a script's call (no handler of ours installed): the
+    threads went on through every task before it surfaced. Raised here by a timer
+    signal, which the calling thread takes while it waits."""
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def work(task: int) -> None:
+        with lock:
+            started.append(task)
+        time.sleep(0.01)
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            each_in_threads(range(100_000), work, 2, name="t", stop=threading.Event())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(started) < 100_000, len(started)
 
 
 @pytest.mark.parametrize("threads", [1, 3, 16])

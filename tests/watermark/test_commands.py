@@ -548,3 +548,15 @@ def test_a_time_just_below_the_ceiling_is_waited_for(tmp_path: Path) -> None:
     )
     assert done.returncode == 3, done.stderr
     assert "status table wm-ceiling-watermark: cannot reach http://127.0.0.1:1" in done.stderr
+
+
+def test_an_in_process_call_gets_its_own_signal_handlers_back() -> None:
+    """Only the command run by ``replicator`` itself keeps its stop signals noted once
+    its result is decided: a script or a test calling it in-process lost Ctrl-C and
+    SIGTERM for the rest of its life."""
+    from replicator.watermark.commands import _stopped_by_signals
+
+    before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    with _stopped_by_signals():
+        pass
+    assert {number: signal.getsignal(number) for number in before} == before
