@@ -88,7 +88,7 @@ class SignalRelay:
         self._thread = threading.Thread(target=self._relay, name="stop-signals", daemon=True)
 
     def start(self) -> None:
-        if not self._thread.is_alive() and self._thread.ident is None:
+        if self._thread.ident is None:  # not started yet
             self._thread.start()
 
     def handler(self, signum: int, _frame: Any) -> None:
@@ -240,6 +240,14 @@ def ends_at_once() -> bool:
     their stop signals noted for good (an in-process caller, a test or a script, gets
     its own handlers back)."""
     return bool(_running_from_main) and sys.argv[1:2] in _ENDED_AT_ONCE
+
+
+def after_the_work(previous: dict[signal.Signals, Any]) -> None:
+    """A command's stop signals once its result is decided: noted for good when this
+    process ends without the interpreter's shutdown (:func:`ends_at_once`), else the
+    caller's own handlers, ``previous``, back."""
+    for number, handler in previous.items():
+        signal.signal(number, noted_after_the_work if ends_at_once() else handler)
 
 
 def noted_after_the_work(signum: int, _frame: Any) -> None:

@@ -190,9 +190,7 @@ class Workload(threading.Thread):
         pk, sk = f"customer-{index % 40:03d}", index // 40
         roll = rng.random()
         if roll < 0.55:
-            item = {**_payload(rng, pk, sk), **self.stamper.next(pk, sk)}
-            self.ddb.put_item(TableName=self.table, Item=item)
-            self.stats.puts += 1
+            self._put_fresh(pk, sk)
         elif roll < 0.8:
             values = {"price": {"N": str(rng.randint(1, 500))}, **self.stamper.next(pk, sk)}
             names = {f"#a{i}": name for i, name in enumerate(values)}
@@ -215,9 +213,7 @@ class Workload(threading.Thread):
                     ExpressionAttributeValues=bound,
                 )
             except self.ddb.exceptions.ConditionalCheckFailedException:
-                item = {**_payload(rng, pk, sk), **self.stamper.next(pk, sk)}
-                self.ddb.put_item(TableName=self.table, Item=item)
-                self.stats.puts += 1
+                self._put_fresh(pk, sk)
                 return
             self.stats.updates += 1
         else:
@@ -231,8 +227,11 @@ class Workload(threading.Thread):
                     ConditionExpression="attribute_exists(pk)",
                 )
             except self.ddb.exceptions.ConditionalCheckFailedException:
-                item = {**_payload(rng, pk, sk), **self.stamper.next(pk, sk)}
-                self.ddb.put_item(TableName=self.table, Item=item)
-                self.stats.puts += 1
+                self._put_fresh(pk, sk)
                 return
             self.stats.deletes += 1
+
+    def _put_fresh(self, pk: str, sk: int) -> None:
+        item = {**_payload(self.rng, pk, sk), **self.stamper.next(pk, sk)}
+        self.ddb.put_item(TableName=self.table, Item=item)
+        self.stats.puts += 1

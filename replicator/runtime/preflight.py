@@ -86,7 +86,9 @@ def explain(error: BaseException, what: str, where: str) -> EnvironmentProblem:
             "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance or "
             "container role)."
         )
-    if isinstance(error, CredentialRetrievalError | ProfileNotFound):
+    if isinstance(
+        error, CredentialRetrievalError | ProfileNotFound | SSOError | TokenRetrievalError
+    ):
         return EnvironmentProblem(
             f"{what}: AWS credentials could not be loaded: {excerpt(str(error))}"
         )
@@ -105,10 +107,6 @@ def explain(error: BaseException, what: str, where: str) -> EnvironmentProblem:
         ):
             return EnvironmentProblem(f"{what}: access denied at {where}: {code}: {message}")
         return EnvironmentProblem(f"{what}: {code}: {message} (at {where})")
-    if isinstance(error, SSOError | TokenRetrievalError):  # an SSO login expired, say
-        return EnvironmentProblem(
-            f"{what}: AWS credentials could not be loaded: {excerpt(str(error))}"
-        )
     if isinstance(error, BotoConnectionError | HTTPClientError):
         return _unreachable(what, where, error)
     if isinstance(error, BotoCoreError):

@@ -71,9 +71,7 @@ def interrupts(on_signal: Callable[[], None]) -> Iterator[None]:
         # handlers before (Python's KeyboardInterrupt) turned a second Ctrl-C just after
         # the summary into exit 130 with no word; ``replicator.entry`` ends these
         # commands without the interpreter's shutdown, which puts SIG_DFL back.
-        for number in handled:
-            kept = entry.noted_after_the_work if entry.ends_at_once() else previous[number]
-            signal.signal(number, kept)
+        entry.after_the_work(previous)
         relay.close()  # a signal that came during the work is acted on all the same
 
 

@@ -55,13 +55,6 @@ def wait_in_steps(futures: list[Future[T]], on_error: Callable[[], None] | None 
             on_error()
 
 
-def results_in_steps(futures: list[Future[T]]) -> list[T]:
-    """The futures' results, in order, once all are done; the first failure in order
-    raises."""
-    wait_in_steps(futures)
-    return [future.result() for future in futures]
-
-
 def each_in_threads(
     tasks: Iterable[T],
     work: Callable[[T], None],

@@ -431,6 +431,13 @@ class Verify:
                 writer.cancelled.set()
         return writer
 
+    def _all_read(self, failures: list[BaseException]) -> None:
+        """After the segments' reads: the first failure, or the stop that left some
+        unread (no report), raised."""
+        if failures:
+            raise failures[0]
+        self._check_stop()
+
     def _check_stop(self) -> None:
         if self.stop.is_set():
             raise OperatorError(_INTERRUPTED)
@@ -548,9 +555,7 @@ class Verify:
                 name="scan",
                 stop=self.stop,
             )
-        if failures:
-            raise failures[0]
-        self._check_stop()  # segments left unread: no report
+        self._all_read(failures)
         source = digests[self.source.label]
         candidates: dict[str, set[KeyId]] = {}
         for ref in self.destinations:
@@ -634,9 +639,7 @@ class Verify:
         failures = each_in_threads(
             wanted(), read_segment, self.options.threads, name="sample", stop=self.stop
         )
-        if failures:
-            raise failures[0]
-        self._check_stop()  # segments left unread: no report
+        self._all_read(failures)
         return Sample(
             keys=reservoir.keys(),
             read=reservoir.seen,

@@ -93,9 +93,7 @@ def _stopped_by_signals() -> Iterator[None]:
         # is noted, not a KeyboardInterrupt in the line being printed or in the
         # interpreter's shutdown (``replicator.entry`` ends the command without it).
         # An in-process caller gets its own handlers back.
-        for number in handled:
-            kept = entry.noted_after_the_work if entry.ends_at_once() else previous[number]
-            signal.signal(number, kept)
+        entry.after_the_work(previous)
 
 
 def _stopped_line(stop: _Stopped, what: str) -> int:
