@@ -61,7 +61,8 @@ from replicator.metrics import multiprocess
 from replicator.metrics.server import MetricsServer
 from replicator.runtime import hostlock, preflight, supervisor
 from replicator.runtime.jobcopy import JOB_FILE_ENV, write_job_copy
-from replicator.runtime.kcl import awaited, daemon_log, java, ownership
+from replicator.runtime.kcl import awaited, daemon_log, java
+from replicator.runtime.kcl.claim_watch import ClaimWatch
 from replicator.runtime.kcl.idle import IdleWatch
 from replicator.runtime.kcl.properties import (
     check_template,
@@ -69,6 +70,7 @@ from replicator.runtime.kcl.properties import (
     shutdown_grace_ms,
 )
 from replicator.runtime.kcl.stream_watch import StreamWatch
+from replicator.shards import ownership
 from replicator.shards.fence import WORKER_ID_ENV
 
 log = structlog.get_logger(__name__)
@@ -113,7 +115,7 @@ class PreparedRun:
     jars_dir: Path
     # The DynamoDB stream the daemon reads (None for a Kinesis source).
     stream_arn: str | None = None
-    # The job's source as the lease table's owner tag names it (ownership.py), and
+    # The job's source as the lease table's owner tag names it (shards/ownership.py), and
     # whether the table was claimed at start (else the KCL creates it: claimed then).
     source_identity: str = ""
     lease_table_claimed: bool = True
@@ -580,7 +582,7 @@ def run_kcl(
     supervisor.begin(resolved, "kcl")
     daemon: DaemonProcess | None = None
     watch: StreamWatch | None = None
-    claim_watch: ownership.ClaimWatch | None = None
+    claim_watch: ClaimWatch | None = None
     idle_watch: IdleWatch | None = None
 
     # The first processor death seen while the daemon ran: the daemon then exits 1 on its
@@ -660,7 +662,7 @@ def run_kcl(
                 if prepared.stream_arn is not None and not job.source.stream.arn:
                     watch = StreamWatch(resolved, prepared.stream_arn, daemon.stop_of_our_own)
                     watch.start()
-                claim_watch = ownership.ClaimWatch(
+                claim_watch = ClaimWatch(
                     resolved,
                     prepared.source_identity,
                     daemon.stop_of_our_own,

@@ -66,6 +66,7 @@ from replicator.runtime.local.protocol import CheckpointHandler, ProcessorChild
 from replicator.runtime.local.shard_progress import ShardProgress
 from replicator.runtime.local.shard_settings import ShardSettings, stop_answer_limit_s
 from replicator.runtime.local.shard_worker import ShardWorker
+from replicator.shards import ownership
 from replicator.shards.fence import WORKER_ID_ENV
 from replicator.shards.holder import Standing
 from replicator.shards.leases import LATEST, SHARD_END, TRIM_HORIZON, Lease, LeaseTable
@@ -119,12 +120,17 @@ class LocalRuntime:
         worker_id: str | None = None,
         shard_sync_interval_s: float = SHARD_SYNC_INTERVAL_S,
         restart_limit: int = PROCESSOR_RESTART_LIMIT,
+        owner_check_interval_s: float = ownership.CHECK_INTERVAL_S,
     ) -> None:
         self.resolved = resolved
         self.job = resolved.job
         self.worker_id = worker_id or self.job.kcl.worker_id or socket.gethostname()
         self.shard_sync_interval_s = shard_sync_interval_s
         self.restart_limit = restart_limit
+        self.owner_check_interval_s = owner_check_interval_s
+        # Whether the lease table's owner tag names this job's source (shards/ownership.py):
+        # claimed at start, read again while running, as the KCL runtime does.
+        self._owner_claimed = False
         self.stopping = threading.Event()
         self.started = threading.Event()
         self.workers: dict[str, ShardWorker] = {}
@@ -233,6 +239,7 @@ class LocalRuntime:
             try:
                 self.metrics_port = served.start()
                 self.leases.ensure_exists()
+                self._claim_lease_table()
                 self._claim_leases_held_elsewhere()
                 log.info(
                     "local runtime started",
@@ -245,12 +252,46 @@ class LocalRuntime:
             finally:
                 self._shut_down()
 
+    def _claim_lease_table(self) -> None:
+        """Claim the lease table for the job's source, or find it claimed. Another job's
+        claim (a KCL job's leases say nothing of their stream, and would be resumed as this
+        job's) raises EnvironmentProblem: exit 3 at start, the run stopped later. A claim
+        AWS did not answer is made at a later turn."""
+        identity = ownership.source_identity(self.resolved, self.stream_arn)
+        try:
+            self._owner_claimed = ownership.claim(self.resolved, identity, self._ddb)
+        except (ClientError, BotoCoreError) as error:
+            log.warning(
+                "could not read the lease table's owner tag; asked again later",
+                lease_table=self.resolved.lease_table,
+                error=str(error),
+            )
+
+    def _recheck_owner(self) -> None:
+        try:
+            self._claim_lease_table()
+        except EnvironmentProblem as problem:
+            log.error("the lease table is another job's; stopping")
+            self.failure = problem
+            self.stopping.set()
+
     def _loop(self) -> None:
         last_sync = 0.0
         last_renew = time.monotonic()
+        last_owner_check = time.monotonic()
         renew_every = self.job.kcl.failover_time_ms / 3000
         while not self.stopping.is_set():
             now = time.monotonic()
+            owner_every = (
+                self.owner_check_interval_s
+                if self._owner_claimed
+                else min(ownership.CLAIM_INTERVAL_S, self.owner_check_interval_s)
+            )
+            if now - last_owner_check >= owner_every:
+                last_owner_check = now
+                self._recheck_owner()
+                if self.stopping.is_set():
+                    break
             if now - last_sync >= self.shard_sync_interval_s:
                 last_sync = now
                 if not self._tolerating_outages(self._sync_shards, "syncing shards and leases"):

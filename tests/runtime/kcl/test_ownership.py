@@ -16,8 +16,10 @@ from botocore.exceptions import ClientError
 from replicator.config.loader import load_job
 from replicator.demo import tables
 from replicator.exceptions import EnvironmentProblem
-from replicator.runtime.kcl import java, ownership
+from replicator.runtime.kcl import java
+from replicator.runtime.kcl.claim_watch import ClaimWatch
 from replicator.runtime.kcl.launcher import prepare_run
+from replicator.shards import ownership
 from tests.runtime.kcl.test_kcl_launcher import (
     STREAMS_CLASSES,
     assert_refused,
@@ -115,7 +117,7 @@ def test_the_claim_made_after_the_kcl_created_the_table_stops_a_job_it_is_not_fo
     first, second = two_jobs
     resolved = load_job(first)
     stopped: list[bool] = []
-    watch = ownership.ClaimWatch(
+    watch = ClaimWatch(
         load_job(second), identity_of(second), lambda: stopped.append(True), interval_s=0.05
     )
     create_lease_table(moto_endpoint, resolved.lease_table)
@@ -160,7 +162,7 @@ def test_a_run_whose_tag_another_job_wrote_since_has_its_daemon_stopped(
     create_lease_table(moto_endpoint, resolved.lease_table)
     assert ownership.claim(resolved, identity_of(first))
     stopped: list[bool] = []
-    watch = ownership.ClaimWatch(
+    watch = ClaimWatch(
         resolved,
         identity_of(first),
         lambda: stopped.append(True),

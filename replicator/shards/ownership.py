@@ -1,37 +1,36 @@
-"""Under the KCL: which job's leases the task's lease table holds.
+"""Which job's leases a task's lease table holds: a tag on the table names the source.
 
-The KCL names the lease table after the task and records no stream in a lease (a lease
+The lease table is named after the task and the KCL records no stream in a lease (a lease
 is keyed by its shard's id alone). Two jobs given one ``task_name`` (another source
 table, the same name copied from an example) would share the table: each worker takes
 the other's leases and reads its checkpoints in its own stream, where those positions
 mean nothing (moto gives every stream's shard the same id: a job took over the other's
 lease and never read a record of its own stream), and each moves the other's
-checkpoints. Nothing fails, and changes are lost.
+checkpoints. Nothing fails, and changes are lost. The local runtime records its stream
+in the leases it writes, but not in the KCL's: a ``runtime: local`` job under another
+job's task name took a KCL job's lease and checkpoint the same way.
 
 So the lease table carries a tag naming the job's source (:data:`OWNER_TAG`): the
-source table's ARN, or a Kinesis data stream's ARN and the table read from it. A run
-claims the table at start (the KCL creates it on a first start: then as soon as it
-exists), and a run whose source is not the one the tag names is refused (exit 3). The
-claim is no transaction (tags are read, then written, and a read may lag a write by
-seconds): two jobs starting together may both find no tag. So a launcher thread reads
-the tag again for as long as the daemon runs, and stops the daemon of a job the tag
-no longer names.
+source table's ARN, or a Kinesis data stream's ARN and the table read from it. A run of
+either runtime claims the table at start (the KCL creates it on a first start: then as
+soon as it exists), and a run whose source is not the one the tag names is refused
+(exit 3). The claim is no transaction (tags are read, then written, and a read may lag
+a write by seconds): two jobs starting together may both find no tag, so both runtimes
+read the tag again while they run (:data:`CHECK_INTERVAL_S`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from replicator.aws import clients, tables
 from replicator.aws.errors import error_code
 from replicator.config.model import ResolvedJob, StreamKind
 from replicator.exceptions import EnvironmentProblem
-from replicator.runtime.kcl.every import Every
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -39,7 +38,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 OWNER_TAG = "replicator:source"
-CLAIM_INTERVAL_S = 5.0  # until the KCL has created the table and it is claimed
+CLAIM_INTERVAL_S = 5.0  # until the table is claimed (the KCL creates it on a first start)
 CHECK_INTERVAL_S = 60.0  # then: TagResource and its reads are limited per account
 TAG_VALUE_LIMIT = 256  # DynamoDB's longest tag value
 
@@ -102,47 +101,3 @@ def claim(resolved: ResolvedJob, identity: str, client: DynamoDBClient | None = 
             f"lease table {table}: the new source is read from kcl.initial_position)"
         )
     return True
-
-
-class ClaimWatch:
-    """Claims the lease table once the KCL has created it (a first start), then reads its
-    tag again every :data:`CHECK_INTERVAL_S` while the daemon runs; on a table another
-    job's run has claimed, records why (``refused``) and asks the daemon for its clean
-    stop (``on_refused``)."""
-
-    def __init__(
-        self,
-        resolved: ResolvedJob,
-        identity: str,
-        on_refused: Callable[[], None],
-        *,
-        claimed: bool = False,
-        interval_s: float = CLAIM_INTERVAL_S,
-        check_interval_s: float = CHECK_INTERVAL_S,
-    ) -> None:
-        self.resolved = resolved
-        self.identity = identity
-        self.on_refused = on_refused
-        self.claimed = claimed
-        self.refused: str | None = None
-        self._ddb = clients.dynamodb(resolved.job.source)
-        self._every = Every(
-            "lease-claim",
-            lambda: check_interval_s if self.claimed else interval_s,
-            self._turn,
-        )
-        self.start, self.stop, self.join = self._every.start, self._every.stop, self._every.join
-
-    def _turn(self) -> bool:
-        """Whether the watch ends (the table is another job's)."""
-        try:
-            self.claimed = claim(self.resolved, self.identity, self._ddb)
-            return False
-        except EnvironmentProblem as problem:
-            log.error("the lease table is another job's; stopping the daemon")
-            self.refused = str(problem)
-            self.on_refused()
-            return True
-        except (ClientError, BotoCoreError) as error:  # asked again at the next turn
-            log.warning("could not read the lease table's owner tag", error=str(error))
-            return False

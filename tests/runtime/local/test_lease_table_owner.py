@@ -1,0 +1,104 @@
+"""A task's lease table is one job's under either runtime: the local runtime claims it with
+the tag the KCL runtime writes (``replicator:source``), and refuses a table claimed for
+another source. A ``runtime: local`` job given a KCL job's task name took that job's
+lease (the KCL records no stream in it) and resumed its checkpoint in its own stream,
+reading none of its own changes and looking healthy."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+from replicator.config.loader import load_job
+from replicator.demo import tables
+from replicator.exceptions import EnvironmentProblem
+from replicator.runtime.local.runtime import LocalRuntime
+from replicator.shards import ownership
+from tests.support.e2e import PATIENCE, Job, stop, wait_until
+
+
+def _owner_tag(job: Job) -> str | None:
+    arn = job.source.describe_table(TableName=job.name)["Table"]["TableArn"]
+    tags = job.source.list_tags_of_resource(ResourceArn=arn).get("Tags", [])
+    return next((tag["Value"] for tag in tags if tag["Key"] == ownership.OWNER_TAG), None)
+
+
+def _table_arn(job: Job) -> str:
+    return str(job.source.describe_table(TableName=job.source_table)["Table"]["TableArn"])
+
+
+def _other_source(job: Job, unique: Any, tmp_path: Path) -> Job:
+    """A job of another source table (with its own destination and dead-letter file, so
+    that no file check refuses it) given ``job``'s task name."""
+    table = unique("other-src")
+    tables.create(job.source, table, stream=True)
+    directory = tmp_path / "other"
+    directory.mkdir()
+    return Job(
+        job.endpoint, job.name, directory, source_of=table, destinations=[("eu-west-1", table)]
+    )
+
+
+def test_a_job_of_another_source_is_refused_and_moves_no_lease_of_the_kcl_jobs(
+    job: Job, unique: Any, tmp_path: Path
+) -> None:
+    runtime = job.start()
+    try:
+        job.put_demo_items(random.Random(7), 0, 5)
+        job.wait_checkpointed()
+    finally:
+        assert stop(runtime) == 0
+    assert _owner_tag(job) == _table_arn(job)  # claimed as the KCL runtime claims it
+    # The lease as the KCL leaves it: no stream recorded in it.
+    (row,) = job.lease_rows()
+    job.source.update_item(
+        TableName=job.name,
+        Key={"leaseKey": row["leaseKey"]},
+        UpdateExpression="REMOVE replicatorStream",
+    )
+    before = job.lease_rows()
+    other = _other_source(job, unique, tmp_path)
+    other.put_demo_items(random.Random(8), 0, 5)
+    log = tmp_path / "other.log"
+    assert other.start(log=log).wait(60 * PATIENCE) == 3
+    lines = log.read_text().splitlines()
+    said = [line for line in lines if line.startswith("replicator: ")]
+    assert len(said) == 1 and not any("Traceback" in line for line in lines), lines
+    assert f"lease table {job.name} at {job.endpoint} (us-east-1) is another job's" in said[0]
+    assert f"names the source {_table_arn(job)}, and this job reads {_table_arn(other)}" in said[0]
+    assert job.lease_rows() == before
+    assert _owner_tag(job) == _table_arn(job)
+
+
+def test_a_run_whose_lease_table_another_job_claimed_since_stops_naming_it(job: Job) -> None:
+    """Two jobs starting together can both find no tag: the run the tag no longer names
+    stops (exit 3 from ``run``), as a KCL run stops its daemon."""
+    runtime = LocalRuntime(load_job(job.path), owner_check_interval_s=0.2)
+    ended: list[BaseException | int] = []
+
+    def run() -> None:
+        try:
+            ended.append(runtime.run())
+        except BaseException as error:
+            ended.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert runtime.started.wait(30 * PATIENCE)
+        assert _owner_tag(job) == _table_arn(job)
+        arn = job.source.describe_table(TableName=job.name)["Table"]["TableArn"]
+        job.source.untag_resource(ResourceArn=arn, TagKeys=[ownership.OWNER_TAG])
+        another = _table_arn(job).replace(job.source_table, "another-source")
+        job.source.tag_resource(
+            ResourceArn=arn, Tags=[{"Key": ownership.OWNER_TAG, "Value": another}]
+        )
+        wait_until(lambda: not thread.is_alive(), 60 * PATIENCE, "the run to stop")
+    finally:
+        runtime.stop()
+        thread.join(60 * PATIENCE)
+    (error,) = ended
+    assert isinstance(error, EnvironmentProblem), error
+    assert f"names the source {another}, and this job reads {_table_arn(job)}" in str(error)
