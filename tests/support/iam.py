@@ -138,6 +138,8 @@ def documented_resource(
         )
     # A batch names its tables in RequestItems (the job's batches read one table).
     named = call.body.get("TableName") or next(iter(call.body.get("RequestItems") or {}), "")
+    if not named and "ResourceArn" in call.body:  # the tag calls name the table by its ARN
+        named = str(call.body["ResourceArn"]).split(":table/", 1)[-1]
     table = _documented_name(str(named), names)
     index = f"/index/{call.body['IndexName']}" if "IndexName" in call.body else ""
     return f"{service}:{call.action}", arn + table + index
