@@ -588,7 +588,12 @@ def operator_exit_code(error: BaseException) -> int | None:
 
 def on_writer_failure(error: BaseException) -> None:
     """A writer thread hit an error no retry fixes: end the process now, checkpoint untouched."""
-    log.error("stopping: a destination cannot be written", error=str(error))
+    what = (
+        "a dead letter cannot be stored"
+        if isinstance(error, DeadLetterUnavailable)
+        else "a destination cannot be written"
+    )
+    log.error(f"stopping: {what}", error=str(error))
     lastwords.leave(str(error), operator_exit_code(error))
     _hard_exit(1)
 

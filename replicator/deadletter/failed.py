@@ -65,7 +65,32 @@ class DeadLetterer:
     def store(self, writer: WrittenTable, change: Change, result: WriteResult) -> None:
         reason = result.reason or "failed"
         error = result.error or ""
-        stored = self._put(
+        # Counted while the target has not taken it: /healthz then tells a destination
+        # stalled by its dead-letter target from one that takes no writes.
+        storing = self.metrics.dead_letters_storing.labels(writer.label)
+        storing.inc()
+        try:
+            stored = self._store(writer, change, result, reason, error)
+        finally:
+            storing.dec()
+        self.metrics.writes.labels(writer.label, change.event.op, DEAD_LETTERED).inc()
+        about = {
+            "destination": writer.label,
+            "key": describe_key(change.keys),
+            "sequence_number": change.sequence_number,
+            "reason": reason,
+            "target": self.target.description,
+        }
+        if not stored:
+            log.info("change dead-lettered already: its letter is stored", **about)
+            return
+        self.metrics.dead_letters.labels(writer.label, reason).inc()
+        log.warning("change dead-lettered", error=error, **about)
+
+    def _store(
+        self, writer: WrittenTable, change: Change, result: WriteResult, reason: str, error: str
+    ) -> bool:
+        return self._put(
             f"record {change.sequence_number} (destination {writer.label}, key "
             f"{describe_key(change.keys)})",
             DeadLetter(
@@ -82,19 +107,6 @@ class DeadLetterer:
                 redrive_run=self.redrive_run,
             ),
         )
-        self.metrics.writes.labels(writer.label, change.event.op, DEAD_LETTERED).inc()
-        about = {
-            "destination": writer.label,
-            "key": describe_key(change.keys),
-            "sequence_number": change.sequence_number,
-            "reason": reason,
-            "target": self.target.description,
-        }
-        if not stored:
-            log.info("change dead-lettered already: its letter is stored", **about)
-            return
-        self.metrics.dead_letters.labels(writer.label, reason).inc()
-        log.warning("change dead-lettered", error=error, **about)
 
     def _put(self, what: str, letter: DeadLetter) -> bool:
         """Store ``letter``; an operator told the target failed must also learn which

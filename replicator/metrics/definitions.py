@@ -174,6 +174,15 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.dead_letters_storing = Gauge(
+            "replicator_dead_letters_storing",
+            "Dead letters per destination that the dead-letter target has not taken yet (a "
+            "queue or file not answering). /healthz names them beside a destination that "
+            "stalls meanwhile: the target holds those changes, not the destination.",
+            ["destination"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self.buffered_changes = Gauge(
             "replicator_buffered_changes",
             "Changes received and not yet applied everywhere.",

@@ -30,6 +30,7 @@ LAST_CHECKPOINT = "replicator_last_checkpoint_timestamp_seconds"
 PROGRESS = "replicator_destination_progress_timestamp_seconds"
 IN_FLIGHT = "replicator_in_flight_writes"
 RESOLVER_CALLS = "replicator_resolver_calls_running"
+DEAD_LETTERS_STORING = "replicator_dead_letters_storing"
 BEHIND = "replicator_millis_behind_latest"
 # Lag within this much of the shard's own millisBehindLatest is the reader's distance from
 # the tip, not a change the destination holds back (the two are rounded apart).
@@ -67,6 +68,7 @@ def evaluate(
     progress_at: dict[tuple[str, str], float] = {}  # (shard, destination) -> unix time
     in_flight: dict[str, float] = {}  # destination -> writes being sent, all shards
     resolving: dict[tuple[str, str], float] = {}  # (shard, destination) -> resolver calls
+    storing: dict[str, float] = {}  # destination -> dead letters the target has not taken
     reader_behind: dict[str, float] = {}  # shard -> seconds the reader is behind the tip
     for name, labels, value in samples:
         shard = labels.get("shard", "")
@@ -85,6 +87,9 @@ def evaluate(
         elif name == RESOLVER_CALLS:
             series = (shard, labels.get("destination", ""))
             resolving[series] = resolving.get(series, 0.0) + value
+        elif name == DEAD_LETTERS_STORING:
+            destination = labels.get("destination", "")
+            storing[destination] = storing.get(destination, 0.0) + value
         elif name == BEHIND:
             reader_behind[shard] = max(reader_behind.get(shard, 0.0), value / 1000.0)
     # Judged on the lag as the body shows it (to the millisecond), so that a stalled
@@ -113,6 +118,7 @@ def evaluate(
                     f"{seconds:.0f}s behind and nothing settled there for "
                     f"{since_progress:.0f}s (limit {stall_after_s:g}s)"
                     + _resolving(resolving.get((shard, destination), 0.0))
+                    + _storing(storing.get(destination, 0.0))
                 )
                 stalled.setdefault(destination, reasons[-1])
     destinations: dict[str, float] = {}
@@ -152,6 +158,18 @@ def _resolving(calls: float) -> str:
     return (
         f"; the custom resolver is running there (calls now: {int(calls)}): a resolver "
         "that does not return holds its change (conflict.resolver)"
+    )
+
+
+def _storing(letters: float) -> str:
+    """What a stalled destination waits on when its dead letters are not taken: the
+    dead-letter target (a queue that does not answer, a file that cannot be written),
+    not the destination, which may take every other write. Worded alike for any count."""
+    if letters < 1:
+        return ""
+    return (
+        f"; its dead letters wait for the dead-letter target (now: {int(letters)}): the "
+        "target (dead_letter) holds those changes, not the destination; the log says why"
     )
 
 

@@ -35,6 +35,8 @@ from replicator.tools.snapshot import REPAIR, synthetic_change
 from replicator.writers.destination import DestinationWriter
 from tests.support.aws import client, create_table
 from tests.support.deadletters import malformed
+from tests.support.e2e import wait_until
+from tests.support.metrics import sample
 from tests.support.records import daemon_record, put, stream_record
 
 
@@ -848,3 +850,84 @@ def test_a_path_that_is_a_link_to_nothing_holds_no_letters(tmp_path: Path) -> No
     target = FileDeadLetters(link)
     assert not target.holds_files()
     assert target.count() == 0
+
+
+class _UnansweringTarget:
+    """A dead-letter target that takes no letter until released (a queue not answering)."""
+
+    description = "queue https://sqs.example/q (not answering)"
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.letters: list[DeadLetter] = []
+
+    def put(self, letter: DeadLetter) -> bool:
+        assert self.released.wait(60)
+        self.letters.append(letter)
+        return True
+
+
+def test_letters_the_target_has_not_taken_are_counted_for_their_destination(
+    moto_endpoint: str, unique: Any, metrics: Metrics
+) -> None:
+    """/healthz tells a destination held by its dead-letter target from one that takes no
+    writes by this gauge: a queue that stopped answering was reported as the destination
+    stalled, and the runbook sent the on-call to debug a destination that took every
+    other write."""
+    table = unique("reject")
+    ddb = client("dynamodb", "eu-west-1", moto_endpoint)
+    create_table(ddb, table, stream=None)
+    writer = DestinationWriter(
+        label="eu",
+        table=table,
+        region="eu-west-1",
+        client=ddb,
+        rule=rule_for(ConflictConfig(), None),
+        metrics=metrics,
+    )
+    target = _UnansweringTarget()
+    letterer = DeadLetterer(target, metrics, "t", "s")  # type: ignore[arg-type]
+    bad = daemon_record(
+        stream_record("INSERT", {"pk": {"S": "a"}}, {"pk": {"S": "a"}, "bad": {"NS": []}}, seq=1), 1
+    )
+    storing = threading.Thread(target=letterer.write, args=(writer, decode(bad)))
+    storing.start()
+    try:
+        wait_until(
+            lambda: sample(metrics, "replicator_dead_letters_storing", destination="eu") == 1.0,
+            60,
+            "the letter to be counted while the target has not taken it",
+        )
+    finally:
+        target.released.set()
+        storing.join(60)
+    assert [letter.destination for letter in target.letters] == ["eu"]
+    assert sample(metrics, "replicator_dead_letters_storing", destination="eu") == 0.0
+    assert (
+        sample(metrics, "replicator_dead_letters_total", destination="eu", reason="rejected") == 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (
+            DeadLetterUnavailable("SQS SendMessage failed: NonExistentQueue"),
+            "a dead letter cannot be stored",
+        ),
+        (RuntimeError("refused"), "a destination cannot be written"),
+    ],
+)
+def test_the_processors_last_line_names_what_could_not_be_written(
+    error: BaseException, said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deleted dead-letter queue was reported as a destination that cannot be written."""
+    from replicator import processor
+
+    exits: list[int] = []
+    monkeypatch.setattr(processor, "_hard_exit", exits.append)
+    with structlog.testing.capture_logs() as logged:
+        processor.on_writer_failure(error)
+    assert exits == [1]
+    (line,) = [entry for entry in logged if entry["log_level"] == "error"]
+    assert line["event"] == f"stopping: {said}"

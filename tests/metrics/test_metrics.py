@@ -73,6 +73,7 @@ DOCUMENTED = {
     "replicator_batch_flush_seconds_count": set(),
     "replicator_in_flight_writes": {"destination"},
     "replicator_resolver_calls_running": {"destination", "shard"},
+    "replicator_dead_letters_storing": {"destination"},
     "replicator_buffered_changes": {"shard"},
     "replicator_last_checkpoint_timestamp_seconds": {"shard"},
     "replicator_destination_progress_timestamp_seconds": {"destination", "shard"},
@@ -236,6 +237,29 @@ def test_a_destination_stalled_while_its_custom_resolver_runs_names_the_resolver
         "destination ap is stalled on shard s1: 90s behind and nothing settled there for "
         f"100s (limit 60s); the custom resolver is running there (calls now: {int(calls)}): "
         "a resolver that does not return holds its change (conflict.resolver)",
+        "destination eu is stalled on shard s1: 90s behind and nothing settled there for "
+        "100s (limit 60s)",
+    ]
+
+
+def test_a_destination_stalled_while_its_dead_letters_wait_names_the_dead_letter_target() -> None:
+    """A dead-letter queue that stopped answering held the changes it was to take, and
+    /healthz said only that the destination was stalled: the on-call debugged a
+    destination that took every other write."""
+    result = evaluate(
+        [
+            lag("ap", "s1", 90.0),
+            progress("ap", "s1", NOW - 100),
+            lag("eu", "s1", 90.0),
+            progress("eu", "s1", NOW - 100),
+            ("replicator_dead_letters_storing", {"destination": "ap"}, 5.0),
+            ("replicator_dead_letters_storing", {"destination": "eu"}, 0.0),
+        ]
+    )
+    assert result.reasons == [
+        "destination ap is stalled on shard s1: 90s behind and nothing settled there for "
+        "100s (limit 60s); its dead letters wait for the dead-letter target (now: 5): the "
+        "target (dead_letter) holds those changes, not the destination; the log says why",
         "destination eu is stalled on shard s1: 90s behind and nothing settled there for "
         "100s (limit 60s)",
     ]
