@@ -860,12 +860,14 @@ def wait(
     metavar="ENTRY",
     callback=_entry_id_option,
     help="Write entry ENTRY's losing image back to its destination, only while the "
-    "destination still holds the image that won; the restore is recorded in the log.",
+    "destination still holds the image that won and no later change of the item lost "
+    "there too; the restore is recorded in the log.",
 )
 @click.option(
     "--force",
     is_flag=True,
-    help="With --restore: write the losing image even if the item changed since.",
+    help="With --restore: write the losing image even if the item changed since, or a "
+    "later change of it lost too.",
 )
 @_operator_errors
 def conflicts(config_path: Path, **options: Any) -> None:

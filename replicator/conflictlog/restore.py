@@ -13,8 +13,11 @@ because a condition expression can only check the attributes it names, and an at
 added since would pass it. Only when the item is exactly that image is the write sent,
 and it is still conditional on every attribute of the winner, so that a change or
 removal between the read and the write stops it; an attribute added in those
-milliseconds is the one change neither sees. ``--force`` writes unconditionally, without
-reading. A lost delete is restored by deleting the item, under the same checks. An entry
+milliseconds is the one change neither sees. The item cannot tell an older loss from a
+later loss to the same winner: an entry of a later change of the item that lost at the
+same table, not restored, refuses the older's restore (:func:`_later_losses`).
+``--force`` writes unconditionally, without reading. A lost delete is restored by
+deleting the item, under the same checks. An entry
 whose winning image was truncated (too large for its log) keeps the image's sha256
 (:func:`~replicator.items.image_digest`): the item read must have that
 digest, computed the same way, and the write is then conditional on the item read. It is
@@ -266,6 +269,21 @@ def _restore(
         )
     if entry.op == "put" and entry.losing_image is None:
         raise EntryNotFound(f"entry {entry.id}: the losing put has no image to write back")
+    later = _later_losses(entry, entries)
+    if later and not force:
+        # The item's check below cannot see it: the later change lost to the same winner,
+        # which the item still holds, and the older image would replace it unremarked.
+        newest = later[-1]
+        return RestoreResult(
+            entry,
+            False,
+            f"not restored: entry {newest.id} records a later change of {key_text(entry)} "
+            f"that lost at {place} too ({newest.at}"
+            + (f", and {len(later) - 1} more" if len(later) > 1 else "")
+            + "): this entry's image is older than what the source wrote since; restore "
+            f"{newest.id} instead, or give --force to write this one anyway; nothing was "
+            "written",
+        )
     metrics = in_memory_metrics()
     writers = wiring.destination_writers(resolved, metrics)
     ranked_by = writers[destination.label].rule
@@ -412,6 +430,34 @@ def already_restored(
         f"not restored: {holds}, but no restore of it is recorded in the log (something "
         "else wrote it, or a restore whose record could not be stored); nothing was written",
     )
+
+
+def _later_losses(conflict: ConflictEntry, entries: list[ConflictEntry]) -> list[ConflictEntry]:
+    """The conflicts of the same item at the same place whose losing change came after
+    ``conflict``'s and that no restore has written back, oldest first."""
+
+    def later(other: ConflictEntry) -> bool:
+        if other.created != conflict.created:
+            return other.created > conflict.created
+        if other.shard_id != conflict.shard_id:
+            return False  # one millisecond on two shards: no order to go by
+        try:
+            return int(other.sequence_number) > int(conflict.sequence_number)
+        except ValueError:
+            return False
+
+    found = [
+        other
+        for other in entries
+        if other.kind == CONFLICT
+        and not other.correction
+        and other.id != conflict.id
+        and other.item == conflict.item
+        and entry_place(other) == entry_place(conflict)
+        and later(other)
+        and not _restores_of(other, entries)
+    ]
+    return sorted(found, key=lambda other: other.sort_key)
 
 
 def _restores_of(conflict: ConflictEntry, entries: list[ConflictEntry]) -> list[ConflictEntry]:

@@ -29,11 +29,13 @@ from replicator.conflictlog.keys import canonical_key
 from replicator.conflictlog.reader import Listing, read_entries
 from replicator.conflictlog.sqs import SqsConflictLog
 from replicator.conflictlog.targets import conflict_log_target
+from replicator.decode import decode
 from replicator.exceptions import ConflictLogRejected
-from replicator.items import describe_key, image_digest, item_from_wire
+from replicator.items import describe_key, image_digest, item_from_wire, item_to_wire
 from replicator.writers.destination import DestinationWriter
 from tests.conflictlog.test_conflict_log import conflict, job_file
 from tests.support.aws import client, create_table
+from tests.support.records import daemon_record, stream_record
 
 SKIPPED = "unreadable conflict-log entry skipped"
 
@@ -453,6 +455,51 @@ def test_an_entry_whose_image_is_of_another_key_is_unreadable_and_never_restored
     evil_key = {**case.key, "pk": {"S": evil}}
     assert "Item" not in case.ddb.get_item(TableName=case.table, Key=evil_key)
     assert case.restores() == []
+
+
+@pytest.mark.parametrize("later_ms", [0, 5_000], ids=["same millisecond", "a later millisecond"])
+def test_an_older_loss_is_not_restored_over_a_later_change_of_the_item_that_lost_too(
+    moto_endpoint: str, unique: Any, tmp_path: Path, later_ms: int
+) -> None:
+    """Two changes of one item lost to the same winner, which the item still holds, so
+    the item's check passes for both: restoring the older one wrote an image the source
+    had replaced since, with exit 0. It is refused naming the later entry; that one
+    restores, and --force still writes the older."""
+    case = Restorable(moto_endpoint, unique, tmp_path)
+    newer_loser = {**case.loser, "name": {"S": "written later"}}
+    record = stream_record(
+        "MODIFY",
+        item_to_wire(case.key),
+        item_to_wire(newer_loser),
+        seq=22,
+        created_ms=1_700_000_000_000 + later_ms,
+    )
+    later = replace(case.lost, change=decode(daemon_record(record, 22))).entry()
+    case.log.put(later)
+
+    refused = invoke(case.config, "--restore", case.entry.id)
+    no_traceback(refused)
+    assert refused.exit_code == 1, refused.output
+    assert refused.stdout.startswith(
+        f"not restored: entry {later.id} records a later change of {describe_key(case.key)} "
+        f"that lost at eu (eu-west-1/{case.table}) too"
+    ), refused.stdout
+    assert f"restore {later.id} instead, or give --force" in refused.stdout
+    assert case.held() == case.winner
+    assert case.restores() == []
+
+    newest = invoke(case.config, "--restore", later.id)
+    assert newest.exit_code == 0, newest.output
+    assert case.held() == newer_loser
+    # The later loss restored, the item is no longer the winner: the older is refused
+    # by the item's own check.
+    again = invoke(case.config, "--restore", case.entry.id)
+    assert again.exit_code == 1 and "changed since" in again.stdout, again.output
+    assert case.held() == newer_loser
+
+    forced = invoke(case.config, "--restore", case.entry.id, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert case.held() == case.loser
 
 
 def test_a_restore_writes_the_loser_once_and_again_says_it_is_already_restored(
