@@ -216,6 +216,12 @@ class FileDeadLetters:
         configured path into a regular file new letters went to."""
         return Path(os.path.realpath(self.path))
 
+    def settled_markers(self) -> list[Path]:
+        """The ``.settled`` files beside this file's aside files, which name the lines
+        already done: an aside file moved or copied without its own is replayed whole."""
+        markers = (aside.with_name(aside.name + _SETTLED) for aside in self._aside_files())
+        return [marker for marker in markers if marker.exists()]
+
     def _aside_files(self) -> list[Path]:
         """This file's aside files (``<name>.redrive-<time in ns>``), oldest first. The
         name is escaped: read as a pattern, ``dead[1].jsonl`` found none of its own (its

@@ -244,6 +244,8 @@ class RedriveReport:
     # Where those letters are once interrupted, when the target can say (a file target:
     # the aside file of the replay and the live file); empty: in the target.
     kept_in: list[str] = field(default_factory=list)
+    # The .settled files beside aside files among kept_in (the lines already done).
+    settled_in: list[str] = field(default_factory=list)
     # A file target with no file at all (nor an interrupted replay's): why there is
     # nothing, and whether the path was relative (then the working directory is as likely
     # the reason as an empty target: not said to be drained, exit 1).
@@ -327,7 +329,8 @@ class RedriveReport:
                         if self.left is not None
                         else "no letter replayed"
                     )
-                    + f", kept in {self._kept_in()} (the next redrive takes them up)",
+                    + f", kept in {self._kept_in()} (the next redrive takes them up"
+                    + f"{self._settled_note()})",
                     *self._left(),
                 ]
             )
@@ -383,7 +386,17 @@ class RedriveReport:
             return "the rest are still in the target"
         return (
             f"{self.left} letter{'' if self.left == 1 else 's'} now in {self._kept_in()} "
-            "(the next redrive takes them up)"
+            f"(the next redrive takes them up{self._settled_note()})"
+        )
+
+    def _settled_note(self) -> str:
+        """An aside file still holds its lines already done: its .settled file names them."""
+        if not self.settled_in:
+            return ""
+        files = " and ".join(f"file {path}" for path in self.settled_in)
+        return (
+            f"; the lines already done are named in {files}: move or copy "
+            f"{'it' if len(self.settled_in) == 1 else 'each'} with its aside file"
         )
 
     def _left(self) -> list[str]:
@@ -545,6 +558,7 @@ class Redrive:
             holding = target.holding()
             report.left = sum(holding.values())
             report.kept_in = [str(path) for path in holding]
+            report.settled_in = [str(path) for path in target.settled_markers()]
         log.info("redrive stopped before its first letter")
         return report
 
@@ -642,6 +656,7 @@ class Redrive:
             holding = target.holding()
             report.left = sum(holding.values())
             report.kept_in = [str(path) for path in holding]
+            report.settled_in = [str(path) for path in target.settled_markers()]
         return report
 
     def _replay_all(

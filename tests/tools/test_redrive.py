@@ -1119,7 +1119,8 @@ def test_a_destination_that_stops_answering_ends_the_redrive_with_exit_3(
     ), first_line
     assert first_line.endswith(
         f"2 letters now in file {aside} and file {job.dead_letters} (the next redrive takes "
-        "them up)"
+        f"them up; the lines already done are named in file {aside}.settled: move or copy it "
+        "with its aside file)"
     )
     job.write()  # eu answering again
     assert Redrive(load_job(job.path)).run().exit_code == 0
@@ -1405,7 +1406,8 @@ def test_a_letter_whose_lost_conflict_cannot_be_recorded_is_kept_for_the_next_re
         }
         assert summary[0].endswith(
             f"2 letters now in file {aside_file(job)} and file {job.dead_letters} (the next "
-            "redrive takes them up)"
+            f"redrive takes them up; the lines already done are named in file "
+            f"{aside_file(job)}.settled: move or copy it with its aside file)"
         ), first.stdout
         assert conflict_entries(job, table) == []
 
