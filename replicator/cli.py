@@ -651,8 +651,8 @@ def redrive(config_path: Path) -> None:
     A replayed put is checked against the source once written (an item deleted or
     changed there since is deleted again, or written as the source has it). Copies of a
     letter replayed once are removed with it, lines that are not letters are kept as
-    they are (exit 1), letters of other tasks are left alone. Ctrl-C stops after the letter in hand; the next redrive takes up the rest.
-    See docs/operator-tools.md.
+    they are (exit 1), letters of other tasks are left alone. Ctrl-C stops after the
+    letter in hand; the next redrive takes up the rest. See docs/operator-tools.md.
     """
     from replicator.tools import commands
 
