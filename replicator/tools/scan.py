@@ -62,7 +62,18 @@ def call(
                 raise
             delay = _BACKOFF.delay(attempt)
             attempt += 1
-            log.info("read failed, retrying", what=what, error=str(error), delay_s=round(delay, 2))
+            # The first failure of a read is a warning, so that an operator at
+            # logging.level warning sees an outage while the command waits it out (about
+            # three minutes before it stops); the retries after it are info.
+            said = log.warning if attempt == 1 else log.info
+            said(
+                "read failed, retrying",
+                what=what,
+                error=str(error),
+                delay_s=round(delay, 2),
+                attempt=attempt,
+                gives_up_after=MAX_ATTEMPTS,
+            )
             _back_off(delay, stop, what)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 from botocore.exceptions import ClientError
 
 from replicator.aws.backoff import Backoff
@@ -109,6 +110,30 @@ def test_a_stop_request_ends_the_wait_to_retry_a_throttled_read() -> None:
     assert calls == [{"TableName": "t"}], "no read is tried once the stop came"
     assert len(stop.waits) == 1
     assert stop.waits[0] is not None and 0 <= stop.waits[0] <= scan._BACKOFF.cap_s
+
+
+def test_a_reads_first_failure_is_a_warning_and_its_retries_info(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An endpoint that stopped answering in the middle of a verify logged only at info
+    for the minutes the reads were retried: at logging.level warning, nothing at all."""
+    monkeypatch.setattr(scan, "_back_off", lambda delay, stop, what: None)
+    answers: list[Any] = [_throttled(), _throttled(), {"Items": []}]
+
+    def flaky(**kwargs: Any) -> Any:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    with structlog.testing.capture_logs() as logged:
+        assert scan.call(flaky, "scan t", TableName="t") == {"Items": []}
+    said = [(line["log_level"], line["event"], line["attempt"]) for line in logged]
+    assert said == [
+        ("warning", "read failed, retrying", 1),
+        ("info", "read failed, retrying", 2),
+    ]
+    assert logged[0]["gives_up_after"] == scan.MAX_ATTEMPTS
 
 
 class ThrottledScans:
