@@ -973,6 +973,22 @@ def test_health_names_a_daemon_that_is_not_running() -> None:
         daemon.clean_up()
 
 
+def test_a_daemon_ended_by_the_stop_asked_for_is_no_health_problem() -> None:
+    """Every requested stop logged the warning ``unhealthy: the daemon is not running``
+    just before its end: a log-based alert fired on each deploy."""
+    daemon = DaemonProcess(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], os.environ, grace_s=1
+    )
+    daemon.start()
+    try:
+        daemon.request_stop()
+        daemon.wait()
+        assert not daemon.running()
+        assert daemon.problems() == []
+    finally:
+        daemon.clean_up()
+
+
 def test_health_names_each_processor_holding_a_process_records_unanswered(
     stand_in: Any,
 ) -> None:
