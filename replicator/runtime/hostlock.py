@@ -17,6 +17,14 @@ That removal is safe because a starting run checks, once it holds the lock, that
 file it locked is still the one at the path; if the holder removed it meanwhile, it
 locks the new one instead (two runs can never hold two files of one path).
 
+A task's lock is also held *shared* by every KCL run of the task on the host (any
+worker id; each holds its own worker lock as well, exclusively): a local runtime, which
+runs one worker per task and holds the task's lock exclusively, and a KCL run on one
+host would otherwise take each other's leases under one worker id (the host name), a
+lease fight in which a write of the loser's could land after the winner's. Shared
+holders write no pid (the file is the exclusive holder's), and the last of them to let
+go removes the file.
+
 A lock file this process cannot open for writing (another user's, in a temporary
 directory with the sticky bit) may still be held: ``flock`` works on a read-only
 descriptor, so a read-only open tells a run that holds it (refused as any holder is,
@@ -30,6 +38,7 @@ import fcntl
 import hashlib
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 from replicator.config.endpoints import endpoint_identity
@@ -49,6 +58,30 @@ def lease_table_place(endpoint_url: str | None, region: str, role_arn: str | Non
     return f"{server} {region} {role_arn or ''}"
 
 
+# A job of another source given the task's name meets the same lock: its remedy is told
+# too, or the operator stops the other job, or renames a worker, and only then learns it.
+OTHER_JOB_HINT = "if it runs another job (another source), give this job a task_name of its own"
+LOCAL_HINT = (
+    f"the local runtime runs one worker per task name; stop that process first ({OTHER_JOB_HINT})"
+)
+
+
+def task_lock(
+    task: str,
+    endpoint_url: str | None,
+    region: str,
+    role_arn: str | None,
+    *,
+    shared: bool = False,
+    hint: str = LOCAL_HINT,
+) -> HostLock:
+    """The lock of ``task`` whose lease table the source client reaches at
+    ``endpoint_url`` (the client's own, AWS's included): exclusive for a local runtime,
+    shared for the KCL runs of the task."""
+    place = lease_table_place(endpoint_url, region, role_arn)
+    return HostLock(lock_path(Path(tempfile.gettempdir()), task, place), hint, shared=shared)
+
+
 def lock_path(directory: Path, task: str, place: str) -> Path:
     """The lock file of ``task`` whose lease table is at ``place``."""
     digest = hashlib.sha256(f"{task}\0{place}".encode()).hexdigest()[:16]
@@ -58,14 +91,12 @@ def lock_path(directory: Path, task: str, place: str) -> Path:
 class HostLock:
     """Held from :meth:`hold` until :meth:`release` (or this process ends)."""
 
-    def __init__(
-        self,
-        path: Path,
-        hint: str = "the local runtime runs one worker per task name; stop that process first",
-    ) -> None:
-        """``hint``: what a refused start is told to do, after naming the holder."""
+    def __init__(self, path: Path, hint: str = LOCAL_HINT, *, shared: bool = False) -> None:
+        """``hint``: what a refused start is told to do, after naming the holder.
+        ``shared``: held beside other shared holders, refused by an exclusive one."""
         self.path = path
         self.hint = hint
+        self.shared = shared
         self._fd: int | None = None
 
     @property
@@ -80,7 +111,7 @@ class HostLock:
         while True:
             fd = self._open(refused)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = _read_pid(fd)
                 os.close(fd)
@@ -89,6 +120,8 @@ class HostLock:
                 break
             os.close(fd)  # its holder removed it as it let go: lock the path's new file
         self._fd = fd
+        if self.shared:
+            return  # the pid written is the exclusive holder's
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
@@ -159,11 +192,17 @@ class HostLock:
         return EnvironmentProblem(f"{refused}: cannot take the host lock {self.path}: {why}")
 
     def release(self) -> None:
-        """Remove the file, then let go: a run waiting to start locks a new file."""
+        """Remove the file, then let go: a run waiting to start locks a new file. A shared
+        holder removes it only when no other holds it (it can take it exclusively)."""
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
         try:
+            if self.shared:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return  # another shared holder keeps it
             if _same_file(fd, self.path):
                 self.path.unlink()
         finally:

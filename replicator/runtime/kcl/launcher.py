@@ -53,7 +53,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from replicator import logs
-from replicator.aws import tables
+from replicator.aws import clients, tables
 from replicator.config.model import ResolvedJob, StreamKind
 from replicator.entry import stop_held
 from replicator.exceptions import DaemonStopped, EnvironmentProblem, KclUnavailable
@@ -567,8 +567,28 @@ def _worker_lock(resolved: ResolvedJob) -> hostlock.HostLock:
     return hostlock.HostLock(
         path,
         hint="each worker of a task needs a worker id of its own (kcl.worker_id, by default "
-        "the host name): stop that process first, or give this one another worker id",
+        "the host name): stop that process first, or give this one another worker id "
+        f"({hostlock.OTHER_JOB_HINT})",
     )
+
+
+def _task_lock(resolved: ResolvedJob) -> tuple[hostlock.HostLock, str]:
+    """The task's host lock, held shared (hostlock.py), and the lease table's endpoint it
+    names: a local runtime of the task on this host holds it exclusively, and a KCL run
+    beside it would take its leases under the same worker id (the host name)."""
+    source = resolved.job.source
+    where = clients.dynamodb(source).meta.endpoint_url
+    lock = hostlock.task_lock(
+        resolved.task_name,
+        where,
+        source.region,
+        source.role_arn,
+        shared=True,
+        hint="a local runtime of the task runs here (runtime: local runs one worker per "
+        "task name, and a KCL run beside it would take its leases): stop it first "
+        f"({hostlock.OTHER_JOB_HINT})",
+    )
+    return lock, where
 
 
 def _worker_refused(resolved: ResolvedJob) -> str:
@@ -603,6 +623,7 @@ def run_kcl(
         )
 
     lock = _worker_lock(resolved)
+    task_lock, task_where = _task_lock(resolved)
     workdir = tempfile.TemporaryDirectory(prefix="replicator-kcl-")
     # Each processor's note of the processRecords it has not answered yet (awaited.py).
     notes = Path(workdir.name) / "awaited"
@@ -612,13 +633,17 @@ def run_kcl(
         contextlib.ExitStack() as let_go,
     ):
         let_go.callback(lock.release)
+        let_go.callback(task_lock.release)
 
         def before_creating() -> supervisor.Served:
-            # The worker's host lock, then the metrics port: a second run of this worker
-            # here (which has the same port) is told it is one (exit 5), not that its
-            # port is taken.
+            # The worker's host lock and the task's (shared with the task's other KCL
+            # runs here, refused by a local runtime's), then the metrics port: a second
+            # run of this worker here (which has the same port) is told it is one
+            # (exit 5), not that its port is taken.
             if not lock.held:
                 lock.hold(_worker_refused(resolved))
+            if not task_lock.held:
+                task_lock.hold(f"task {resolved.task_name} on {task_where}")
             return held.bind()
 
         # Stop signals are still held (replicator.entry) while the preflight runs: one

@@ -779,10 +779,8 @@ class LocalRuntime:
         endpoint, the region and the role it is reached as: :func:`hostlock.lease_table_place`)."""
         where = self._ddb.meta.endpoint_url
         source = self.job.source
-        place = hostlock.lease_table_place(where, source.region, source.role_arn)
         task = self.resolved.task_name
-        path = hostlock.lock_path(Path(tempfile.gettempdir()), task, place)
-        lock = hostlock.HostLock(path)
+        lock = hostlock.task_lock(task, where, source.region, source.role_arn)
         lock.hold(f"task {task} on {where}")
         return lock
 

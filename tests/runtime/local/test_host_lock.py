@@ -23,6 +23,7 @@ from replicator.config.loader import load_job
 from replicator.demo import tables
 from replicator.exceptions import EnvironmentProblem, OperatorError
 from replicator.runtime import hostlock, preflight
+from replicator.runtime.kcl import launcher
 from replicator.runtime.local.runtime import LeaseHeld, LocalRuntime
 from tests.support.aws import client
 
@@ -130,6 +131,52 @@ def test_the_longest_task_names_validate_accepts_have_locks_of_their_own(
     finally:
         for lock in locks:
             lock.release()
+
+
+def _kcl_task_lock(tmp_path: Path, endpoint: str, name: str) -> hostlock.HostLock:
+    """The task lock a KCL run of same-task holds (shared)."""
+    path = tmp_path / f"{name}-kcl.yaml"
+    path.write_text(
+        "runtime: kcl\n"
+        "task_name: same-task\n"
+        f"source: {{region: us-east-1, table: orders, endpoint_url: '{endpoint}'}}\n"
+        f"destinations: [{{region: eu-west-1, table: orders, endpoint_url: '{endpoint}'}}]\n"
+        f"kcl: {{worker_id: {name}}}\n"
+    )
+    lock, _ = launcher._task_lock(load_job(path))
+    return lock
+
+
+def test_kcl_runs_of_a_task_share_its_lock_and_a_local_runtime_and_they_refuse_each_other(
+    tmp_path: Path,
+) -> None:
+    """A KCL run started while a local runtime of the task ran on the host was not
+    refused: under one worker id (the host name) the two took the lease from each other
+    for a minute and a half, and an item ended stale behind a checkpoint at the stream's
+    end. KCL workers of other ids still run side by side."""
+    endpoint = "http://127.0.0.1:6261"
+    kcl_runs = [_kcl_task_lock(tmp_path, endpoint, name) for name in ("k1", "k2")]
+    for lock in kcl_runs:
+        lock.hold("task same-task")
+    local = _runtime(tmp_path, endpoint, "a")
+    with pytest.raises(LeaseHeld, match="is being run by another process on this host"):
+        local._hold_host_lock()
+    kcl_runs[0].release()
+    assert len(list(_locks(tmp_path).iterdir())) == 1  # the other KCL run keeps the file
+    with pytest.raises(LeaseHeld):
+        local._hold_host_lock()
+    kcl_runs[1].release()
+    assert list(_locks(tmp_path).iterdir()) == []  # the last one removes it
+    held = local._hold_host_lock()
+    try:
+        with pytest.raises(LeaseHeld) as refused:
+            _kcl_task_lock(tmp_path, endpoint, "k3").hold(f"task same-task on {endpoint}")
+        assert (
+            f"task same-task on {endpoint} is being run by process {os.getpid()} on this host"
+        ) in str(refused.value)
+        assert "a local runtime of the task runs here" in str(refused.value)
+    finally:
+        held.release()
 
 
 def test_the_lock_file_is_removed_when_its_holder_lets_go(tmp_path: Path) -> None:

@@ -518,3 +518,48 @@ def test_leases_of_an_earlier_streams_other_shards_have_what_they_left_unread_re
     )["Item"]
     assert old["replicatorSupersededBy"] == {"S": current}
     assert "leases were of an earlier stream" in _told_never_read(job, before - 3600)
+
+
+def test_a_kcl_run_of_a_task_a_local_runtime_runs_here_is_refused_before_it_starts(
+    job: Job, tmp_path: Path
+) -> None:
+    """Started while the local runtime ran (an operator switching runtimes before the old
+    run had exited), the KCL run took the lease under the same worker id, the host name:
+    the two took it from each other for a minute and a half and an item ended stale
+    behind a checkpoint at the stream's end. It is refused (exit 5) before its daemon
+    starts, naming the local runtime's process; the local runtime runs on."""
+    import sys
+
+    from replicator.runtime.kcl import java
+    from tests.runtime.kcl.test_kcl_launcher import (
+        STREAMS_CLASSES,
+        assert_refused,
+        fake_jars,
+        write_job,
+    )
+    from tests.runtime.kcl.test_kcl_launcher import run_cli as run_kcl_cli
+
+    runtime = job.start()
+    try:
+        wait_until(lambda: _owner(job), 30, "the local runtime to own the lease")
+        before = job.lease_rows()
+        jars = fake_jars(tmp_path / "kcl" / "jars", [java.MULTILANG_DAEMON, *STREAMS_CLASSES])
+        kcl_job = write_job(
+            tmp_path / "kcl" / "job.yaml",
+            kind="dynamodb",
+            endpoint=job.endpoint,
+            table=job.source_table,
+            destination=job.destinations[0][1],
+            task_name=job.name,
+            kcl=f", java: {sys.executable}, jars_dir: {jars}",
+        )
+        assert_refused(
+            run_kcl_cli(kcl_job),
+            5,
+            f"is being run by process {runtime.pid} on this host",
+            "a local runtime of the task runs here",
+        )
+        assert runtime.poll() is None
+        assert _owner(job) == before[0]["leaseOwner"]["S"]
+    finally:
+        assert stop(runtime) == 0
