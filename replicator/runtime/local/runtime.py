@@ -663,8 +663,16 @@ class LocalRuntime:
             return
         wait_s = self.job.kcl.failover_time_ms / 1000
         owners = sorted({str(lease.owner) for lease in foreign.values()})
+        # Our own worker id with no holder named: a KCL run's leases on this host (the
+        # KCL records none), left by a run of the task under the other runtime.
+        unnamed_ours = all(
+            lease.owner == self.worker_id and lease.holder is None for lease in foreign.values()
+        )
         log.warning(
-            "leases are held by another worker or host; checking whether it is alive",
+            "leases are held under this worker id with no holder recorded (a KCL run's or "
+            "an earlier version's); checking that it is gone"
+            if unnamed_ours
+            else "leases are held by another worker or host; checking whether it is alive",
             owners=owners,
             holders=sorted({str(lease.holder) for lease in foreign.values() if lease.holder}),
             wait_s=wait_s,

@@ -563,3 +563,38 @@ def test_a_kcl_run_of_a_task_a_local_runtime_runs_here_is_refused_before_it_star
         assert _owner(job) == before[0]["leaseOwner"]["S"]
     finally:
         assert stop(runtime) == 0
+
+
+def test_a_kcl_runs_lease_under_our_worker_id_is_named_as_such_while_it_is_watched(
+    job: Job, tmp_path: Path
+) -> None:
+    """Switching back from the KCL on one host: the lease the KCL run left is under this
+    host's worker id and names no holder. The wait was logged as if another worker or
+    host held the task."""
+    import structlog.testing
+
+    from replicator.config.loader import load_job
+    from replicator.runtime.local.runtime import LocalRuntime
+
+    worker = _as_worker(job, tmp_path, "host-a", failover_time_ms=1000)
+    runtime = LocalRuntime(load_job(worker.path))
+    runtime.leases.ensure_exists()
+    job.source.put_item(
+        TableName=job.name,
+        Item={
+            "leaseKey": {"S": "shardId-kcl"},
+            "leaseOwner": {"S": "host-a"},
+            "leaseCounter": {"N": "7"},
+            "checkpoint": {"S": "TRIM_HORIZON"},
+            "checkpointSubSequenceNumber": {"N": "0"},
+            "ownerSwitchesSinceCheckpoint": {"N": "0"},
+        },
+    )
+    with structlog.testing.capture_logs() as logged:
+        runtime._claim_leases_held_elsewhere()
+    (warning,) = [line for line in logged if line["log_level"] == "warning"]
+    assert warning["event"].startswith(
+        "leases are held under this worker id with no holder recorded (a KCL run's"
+    ), warning
+    assert warning["owners"] == ["host-a"]
+    assert runtime._expired == {"shardId-kcl": ("host-a", 7)}
