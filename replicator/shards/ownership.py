@@ -22,6 +22,7 @@ read the tag again while they run (:data:`CHECK_INTERVAL_S`).
 from __future__ import annotations
 
 import hashlib
+from enum import IntEnum
 from typing import TYPE_CHECKING
 
 import structlog
@@ -41,6 +42,17 @@ OWNER_TAG = "replicator:source"
 CLAIM_INTERVAL_S = 5.0  # until the table is claimed (the KCL creates it on a first start)
 CHECK_INTERVAL_S = 60.0  # then: TagResource and its reads are limited per account
 TAG_VALUE_LIMIT = 256  # DynamoDB's longest tag value
+# What an endpoint answers for tag calls it does not offer (an emulator's answer; DynamoDB
+# offers them): as for a role without the permissions, the job runs unchecked.
+_NO_TAGS = frozenset({"UnknownOperationException", "NotImplemented", "NotImplementedException"})
+
+
+class Claim(IntEnum):
+    """How :func:`claim` found the lease table (false only while it does not exist)."""
+
+    ABSENT = 0  # the table does not exist yet (the KCL creates it): claim it later
+    CLAIMED = 1  # tagged for this job's source, now or before
+    UNCHECKED = 2  # the tag cannot be read or written here (permissions, an emulator)
 
 
 def source_identity(resolved: ResolvedJob, stream_arn: str) -> str:
@@ -60,10 +72,10 @@ def source_identity(resolved: ResolvedJob, stream_arn: str) -> str:
     return identity[: TAG_VALUE_LIMIT - len(suffix)] + suffix
 
 
-def claim(resolved: ResolvedJob, identity: str, client: DynamoDBClient | None = None) -> bool:
-    """Tag the lease table as this job's, or find it is already: True. False while the
-    table does not exist (the KCL creates it). EnvironmentProblem when the tag names
-    another source."""
+def claim(resolved: ResolvedJob, identity: str, client: DynamoDBClient | None = None) -> Claim:
+    """Tag the lease table as this job's, or find it is already (:class:`Claim`).
+    EnvironmentProblem when the tag names another source; any other error of AWS's
+    (throttling, 5xx) is raised for the caller to try again."""
     source = resolved.job.source
     ddb = client if client is not None else clients.dynamodb(source)
     table = resolved.lease_table
@@ -74,10 +86,18 @@ def claim(resolved: ResolvedJob, identity: str, client: DynamoDBClient | None = 
         if owner is None:
             ddb.tag_resource(ResourceArn=arn, Tags=[{"Key": OWNER_TAG, "Value": identity}])
             log.info("lease table claimed for the job's source", lease_table=table, source=identity)
-            return True
+            return Claim.CLAIMED
     except ClientError as error:
         if error_code(error) == "ResourceNotFoundException":
-            return False
+            return Claim.ABSENT
+        if error_code(error) in _NO_TAGS:
+            log.warning(
+                "the endpoint offers no tags: which job's leases the lease table holds is "
+                "not checked (give each job a task_name of its own)",
+                lease_table=table,
+                error=str(error),
+            )
+            return Claim.UNCHECKED
         if error_code(error) == "AccessDeniedException":
             # A role written before the check (docs/security.md): the job runs unchecked
             # rather than not at all after an upgrade, and says what to grant.
@@ -88,7 +108,7 @@ def claim(resolved: ResolvedJob, identity: str, client: DynamoDBClient | None = 
                 lease_table=table,
                 error=str(error),
             )
-            return True
+            return Claim.UNCHECKED
         raise
     if owner != identity:
         where = tables.where(source.region, source.endpoint_url, source.role_arn)
@@ -100,4 +120,4 @@ def claim(resolved: ResolvedJob, identity: str, client: DynamoDBClient | None = 
             f"this job's source was changed on purpose, stop its workers and delete the "
             f"lease table {table}: the new source is read from kcl.initial_position)"
         )
-    return True
+    return Claim.CLAIMED

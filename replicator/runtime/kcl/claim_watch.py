@@ -13,7 +13,7 @@ from replicator.aws import clients
 from replicator.config.model import ResolvedJob
 from replicator.exceptions import EnvironmentProblem
 from replicator.runtime.kcl.every import Every
-from replicator.shards.ownership import CHECK_INTERVAL_S, CLAIM_INTERVAL_S, claim
+from replicator.shards.ownership import CHECK_INTERVAL_S, CLAIM_INTERVAL_S, Claim, claim
 
 log = structlog.get_logger(__name__)
 
@@ -48,10 +48,12 @@ class ClaimWatch:
         self.start, self.stop, self.join = self._every.start, self._every.stop, self._every.join
 
     def _turn(self) -> bool:
-        """Whether the watch ends (the table is another job's)."""
+        """Whether the watch ends (the table is another job's, or its tag cannot be read:
+        said once, not every minute)."""
         try:
-            self.claimed = claim(self.resolved, self.identity, self._ddb)
-            return False
+            found = claim(self.resolved, self.identity, self._ddb)
+            self.claimed = found is not Claim.ABSENT
+            return found is Claim.UNCHECKED
         except EnvironmentProblem as problem:
             log.error("the lease table is another job's; stopping the daemon")
             self.refused = str(problem)

@@ -119,6 +119,9 @@ class PreparedRun:
     # whether the table was claimed at start (else the KCL creates it: claimed then).
     source_identity: str = ""
     lease_table_claimed: bool = True
+    # The tag cannot be read or written (a role without the permissions, an emulator):
+    # warned once at start, not checked while running.
+    lease_table_unchecked: bool = False
 
 
 def _parent_death_signal() -> Callable[[], None] | None:
@@ -517,8 +520,11 @@ def prepare_run(
     info = preflight.check(resolved, stopped, before_creating)
     identity = ownership.source_identity(resolved, info.stream_arn)
     source = resolved.job.source
+    unchecked = False
     try:
-        claimed = ownership.claim(resolved, identity)
+        found = ownership.claim(resolved, identity)
+        claimed = found is not ownership.Claim.ABSENT
+        unchecked = found is ownership.Claim.UNCHECKED
     except (ClientError, BotoCoreError) as error:
         # Throttled, say (TagResource is limited per account, and a fleet restarts at
         # once): the run's watch claims it, retrying.
@@ -547,6 +553,7 @@ def prepare_run(
         stream_arn=stream_arn,
         source_identity=identity,
         lease_table_claimed=claimed,
+        lease_table_unchecked=unchecked,
     )
 
 
@@ -689,13 +696,14 @@ def run_kcl(
                 if prepared.stream_arn is not None and not job.source.stream.arn:
                     watch = StreamWatch(resolved, prepared.stream_arn, daemon.stop_of_our_own)
                     watch.start()
-                claim_watch = ClaimWatch(
-                    resolved,
-                    prepared.source_identity,
-                    daemon.stop_of_our_own,
-                    claimed=prepared.lease_table_claimed,
-                )
-                claim_watch.start()
+                if not prepared.lease_table_unchecked:
+                    claim_watch = ClaimWatch(
+                        resolved,
+                        prepared.source_identity,
+                        daemon.stop_of_our_own,
+                        claimed=prepared.lease_table_claimed,
+                    )
+                    claim_watch.start()
                 idle_watch = IdleWatch(
                     daemon.processor_count, resolved.task_name, job.kcl.failover_time_ms
                 )

@@ -48,6 +48,7 @@ from prometheus_client.registry import Collector
 
 from replicator import entry, wiring
 from replicator.aws import clients, tables
+from replicator.aws.backoff import Backoff
 from replicator.aws.errors import ErrorKind, classify, error_code
 from replicator.config.model import InitialPosition, ResolvedJob
 from replicator.exceptions import (
@@ -90,6 +91,9 @@ PROCESSOR_RESTART_LIMIT = 5
 STOP_DEADLINE_S = 35.0
 # A shard sync that failed on a transient AWS error is tried again this much later.
 _HOUSEKEEPING_RETRY_S = 2.0
+# Claiming the lease table at start, throttled or failing with 5xx: retried with backoff
+# (capped) for as long as it takes, before any shard starts.
+_CLAIM_BACKOFF = Backoff(base_s=0.2, cap_s=20.0)
 # The housekeeping calls made to the source's stream; every other one is to the lease table.
 _STREAM_OPERATIONS = frozenset({"DescribeStream", "ListShards", "GetShardIterator", "GetRecords"})
 
@@ -131,6 +135,7 @@ class LocalRuntime:
         # Whether the lease table's owner tag names this job's source (shards/ownership.py):
         # claimed at start, read again while running, as the KCL runtime does.
         self._owner_claimed = False
+        self._owner_unchecked = False  # the tag cannot be read here: warned once, not again
         self.stopping = threading.Event()
         self.started = threading.Event()
         self.workers: dict[str, ShardWorker] = {}
@@ -239,7 +244,7 @@ class LocalRuntime:
             try:
                 self.metrics_port = served.start()
                 self.leases.ensure_exists()
-                self._claim_lease_table()
+                self._claim_lease_table(at_start=True)
                 self._claim_leases_held_elsewhere()
                 log.info(
                     "local runtime started",
@@ -252,20 +257,49 @@ class LocalRuntime:
             finally:
                 self._shut_down()
 
-    def _claim_lease_table(self) -> None:
+    def _claim_lease_table(self, *, at_start: bool = False) -> None:
         """Claim the lease table for the job's source, or find it claimed. Another job's
         claim (a KCL job's leases say nothing of their stream, and would be resumed as this
-        job's) raises EnvironmentProblem: exit 3 at start, the run stopped later. A claim
-        AWS did not answer is made at a later turn."""
+        job's) raises EnvironmentProblem: exit 3 at start, the run stopped later.
+
+        At start no lease is read or taken until AWS has answered: throttling and 5xx (a
+        fleet restarting at once) are waited out with backoff, another error is exit 3.
+        While running, a claim AWS did not answer is made at a later turn."""
         identity = ownership.source_identity(self.resolved, self.stream_arn)
-        try:
-            self._owner_claimed = ownership.claim(self.resolved, identity, self._ddb)
-        except (ClientError, BotoCoreError) as error:
-            log.warning(
-                "could not read the lease table's owner tag; asked again later",
-                lease_table=self.resolved.lease_table,
-                error=str(error),
-            )
+        attempt = 0
+        while True:
+            try:
+                found = ownership.claim(self.resolved, identity, self._ddb)
+            except (ClientError, BotoCoreError) as error:
+                if not at_start:
+                    log.warning(
+                        "could not read the lease table's owner tag; asked again later",
+                        lease_table=self.resolved.lease_table,
+                        error=str(error),
+                    )
+                    return
+                if classify(error) not in (ErrorKind.THROTTLED, ErrorKind.RETRY):
+                    source = self.job.source
+                    raise preflight.explain(
+                        error,
+                        f"claiming the lease table {self.resolved.lease_table} for the job's "
+                        "source (its owner tag)",
+                        tables.where(source.region, source.endpoint_url, source.role_arn),
+                    ) from None
+                delay = _CLAIM_BACKOFF.delay(attempt)
+                attempt += 1
+                log.warning(
+                    "could not claim the lease table at start; no shard starts until it is",
+                    lease_table=self.resolved.lease_table,
+                    error=str(error),
+                    delay_s=round(delay, 2),
+                )
+                if self.stopping.wait(delay):
+                    return
+                continue
+            self._owner_claimed = found is not ownership.Claim.ABSENT
+            self._owner_unchecked = found is ownership.Claim.UNCHECKED
+            return
 
     def _recheck_owner(self) -> None:
         try:
@@ -287,7 +321,7 @@ class LocalRuntime:
                 if self._owner_claimed
                 else min(ownership.CLAIM_INTERVAL_S, self.owner_check_interval_s)
             )
-            if now - last_owner_check >= owner_every:
+            if not self._owner_unchecked and now - last_owner_check >= owner_every:
                 last_owner_check = now
                 self._recheck_owner()
                 if self.stopping.is_set():

@@ -191,3 +191,28 @@ def test_a_source_named_near_the_longest_name_fits_a_tag(two_jobs: tuple[Path, P
     identity = ownership.source_identity(resolved, long_arn)
     assert len(identity) <= ownership.TAG_VALUE_LIMIT
     assert identity != ownership.source_identity(resolved, long_arn.replace("tt/", "tu/"))
+
+
+def test_a_watch_whose_tag_cannot_be_read_ends_after_saying_so_once(
+    two_jobs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A role without the tag permissions (or an endpoint without tags) runs unchecked:
+    its warning came again every minute for as long as the daemon ran."""
+    from replicator.runtime.kcl import claim_watch
+
+    calls: list[bool] = []
+
+    def unchecked(*args: Any) -> ownership.Claim:
+        calls.append(True)
+        return ownership.Claim.UNCHECKED
+
+    monkeypatch.setattr(claim_watch, "claim", unchecked)
+    resolved = load_job(two_jobs[0])
+    watch = ClaimWatch(resolved, identity_of(two_jobs[0]), lambda: None, interval_s=0.01)
+    watch.start()
+    try:
+        watch.join(timeout=30)
+    finally:
+        watch.stop()
+    assert calls == [True]
+    assert watch.refused is None

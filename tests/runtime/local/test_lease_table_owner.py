@@ -10,6 +10,11 @@ import random
 import threading
 from pathlib import Path
 from typing import Any
+from unittest import mock
+
+import pytest
+import structlog.testing
+from botocore.exceptions import ClientError
 
 from replicator.config.loader import load_job
 from replicator.demo import tables
@@ -102,3 +107,102 @@ def test_a_run_whose_lease_table_another_job_claimed_since_stops_naming_it(job: 
     (error,) = ended
     assert isinstance(error, EnvironmentProblem), error
     assert f"names the source {another}, and this job reads {_table_arn(job)}" in str(error)
+
+
+def _run_in_thread(runtime: LocalRuntime) -> tuple[threading.Thread, list[BaseException | int]]:
+    ended: list[BaseException | int] = []
+
+    def run() -> None:
+        try:
+            ended.append(runtime.run())
+        except BaseException as error:
+            ended.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, ended
+
+
+def _aws_error(code: str, operation: str = "ListTagsOfResource") -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": code}}, operation)
+
+
+def test_no_lease_is_read_before_a_throttled_claim_at_start_succeeds(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim throttled at start (a fleet restarting at once) was logged and the run went
+    on: it took another job's lease and resumed its checkpoint before the claim, 5 s
+    later, refused it."""
+    runtime = LocalRuntime(load_job(job.path))
+    happened: list[str] = []
+    claim = ownership.claim
+
+    def throttled_once(*args: Any, **kwargs: Any) -> ownership.Claim:
+        if not happened:
+            happened.append("throttled")
+            raise _aws_error("ThrottlingException")
+        happened.append("claimed")
+        return claim(*args, **kwargs)
+
+    leases = runtime._claim_leases_held_elsewhere
+
+    def leases_read() -> None:
+        happened.append("leases read")
+        leases()
+
+    monkeypatch.setattr(ownership, "claim", throttled_once)
+    monkeypatch.setattr(runtime, "_claim_leases_held_elsewhere", leases_read)
+    thread, ended = _run_in_thread(runtime)
+    try:
+        assert runtime.started.wait(30 * PATIENCE)
+    finally:
+        runtime.stop()
+        thread.join(60 * PATIENCE)
+    assert ended == [0]
+    assert happened[:3] == ["throttled", "claimed", "leases read"]
+
+
+def test_a_role_without_the_tag_permissions_runs_unchecked_warned_once(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upgrade must not stop a job whose role predates the check; it says what to grant,
+    once, not every minute."""
+    runtime = LocalRuntime(load_job(job.path), owner_check_interval_s=0.05)
+    calls: list[str] = []
+    ddb = runtime._ddb
+
+    def denied(**kwargs: Any) -> Any:
+        calls.append("ListTagsOfResource")
+        raise _aws_error("AccessDeniedException")
+
+    monkeypatch.setattr(ddb, "list_tags_of_resource", denied)
+    with structlog.testing.capture_logs() as logged:
+        thread, ended = _run_in_thread(runtime)
+        try:
+            assert runtime.started.wait(30 * PATIENCE)
+            job.put_demo_items(random.Random(9), 0, 3)
+            job.wait_checkpointed()
+        finally:
+            runtime.stop()
+            thread.join(60 * PATIENCE)
+    assert ended == [0]
+    assert calls == ["ListTagsOfResource"]
+    grants = [line for line in logged if "grant dynamodb:ListTagsOfResource" in line["event"]]
+    assert len(grants) == 1 and grants[0]["log_level"] == "warning"
+    assert _owner_tag(job) is None
+
+
+def test_a_claim_refused_for_another_reason_at_start_is_exit_3_naming_it(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = LocalRuntime(load_job(job.path))
+    monkeypatch.setattr(
+        runtime._ddb,
+        "list_tags_of_resource",
+        mock.Mock(side_effect=_aws_error("ValidationException")),
+    )
+    with pytest.raises(EnvironmentProblem) as refused:
+        runtime.run()
+    assert refused.value.exit_code == 3
+    assert f"claiming the lease table {job.name} for the job's source" in str(refused.value)
+    assert job.lease_rows() == []
