@@ -42,6 +42,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 import structlog
 
@@ -56,6 +57,7 @@ from replicator.conflictlog.entry import (
     RESTORE,
     ConflictEntry,
     entry_id,
+    instant,
     iso,
     rank_of,
 )
@@ -222,7 +224,7 @@ def restore(
             f"the log is shared with other jobs, and {', '.join(theirs)} "
             f"{'is' if len(theirs) == 1 else 'are'} theirs: restore with that job's file"
         ) from None
-    result = _restore(resolved, target, entry, entries, key, force, retry_for_s)
+    result = _restore(resolved, target, entry, entries, key, force, retry_for_s, others)
     if not entry.id.startswith(wanted):
         same = sorted(a for a, kept in aliases.items() if kept is entry and a.startswith(wanted))
         result.message = (
@@ -240,8 +242,10 @@ def _restore(
     key: Item | None,
     force: bool,
     retry_for_s: float | None,
+    others: Sequence[ConflictEntry] = (),
 ) -> RestoreResult:
-    """:func:`restore` of ``entry``, found among ``entries`` (the task's, as read)."""
+    """:func:`restore` of ``entry``, found among ``entries`` (the task's, as read; ``others``:
+    other tasks' entries read beside them, as a fan-in's other source's)."""
     if entry.correction:
         raise EntryNotFound(
             f"entry {entry.id} records a correction that lost at {entry.destination} "
@@ -269,20 +273,25 @@ def _restore(
         )
     if entry.op == "put" and entry.losing_image is None:
         raise EntryNotFound(f"entry {entry.id}: the losing put has no image to write back")
-    later = _later_losses(entry, entries)
+    later = _later_losses(entry, [*entries, *others])
     if later and not force:
         # The item's check below cannot see it: the later change lost to the same winner,
         # which the item still holds, and the older image would replace it unremarked.
         newest = later[-1]
+        theirs = (
+            f" (task {newest.task_name!r}'s: restore it with that job's file)"
+            if newest.task_name != entry.task_name
+            else ""
+        )
         return RestoreResult(
             entry,
             False,
             f"not restored: entry {newest.id} records a later change of {key_text(entry)} "
             f"that lost at {place} too ({newest.at}"
             + (f", and {len(later) - 1} more" if len(later) > 1 else "")
-            + "): this entry's image is older than what the source wrote since; restore "
-            f"{newest.id} instead, or give --force to write this one anyway; nothing was "
-            "written",
+            + "): this entry's image is older than what was written since; restore "
+            f"{newest.id} instead{theirs}, or give --force to write this one anyway; "
+            "nothing was written",
         )
     metrics = in_memory_metrics()
     writers = wiring.destination_writers(resolved, metrics)
@@ -434,13 +443,22 @@ def already_restored(
 
 def _later_losses(conflict: ConflictEntry, entries: list[ConflictEntry]) -> list[ConflictEntry]:
     """The conflicts of the same item at the same place whose losing change came after
-    ``conflict``'s and that no restore has written back, oldest first."""
+    ``conflict``'s, or may have, and that no restore has written back, oldest first.
+
+    Times are compared as instants (as text, ``…26.860Z`` sorts after ``…26.860499Z``);
+    at one instant, a later record of the same shard is later, and a change of another
+    shard or source may be (a stream's creation times can be whole seconds): counted, as
+    ``--force`` is there for the operator who knows better."""
+    this = _created_at(conflict)
 
     def later(other: ConflictEntry) -> bool:
-        if other.created != conflict.created:
-            return other.created > conflict.created
-        if other.shard_id != conflict.shard_id:
-            return False  # one millisecond on two shards: no order to go by
+        that = _created_at(other)
+        if this is None or that is None:
+            return False  # a time that does not read: nothing to go by
+        if that != this:
+            return that > this
+        if other.shard_id != conflict.shard_id or other.task_name != conflict.task_name:
+            return True  # sequence numbers order the records of one stream's shard only
         try:
             return int(other.sequence_number) > int(conflict.sequence_number)
         except ValueError:
@@ -458,6 +476,13 @@ def _later_losses(conflict: ConflictEntry, entries: list[ConflictEntry]) -> list
         and not _restores_of(other, entries)
     ]
     return sorted(found, key=lambda other: other.sort_key)
+
+
+def _created_at(entry: ConflictEntry) -> datetime | None:
+    try:
+        return instant(entry.created)
+    except ValueError:
+        return None
 
 
 def _restores_of(conflict: ConflictEntry, entries: list[ConflictEntry]) -> list[ConflictEntry]:

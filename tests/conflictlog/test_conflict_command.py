@@ -502,6 +502,46 @@ def test_an_older_loss_is_not_restored_over_a_later_change_of_the_item_that_lost
     assert case.held() == case.loser
 
 
+@pytest.mark.parametrize(
+    ("shard", "task", "created_ms"),
+    [
+        ("shardId-2", "orders-audit", 1_700_000_000_000),
+        ("shardId-1", "orders-other-source", 1_700_000_000_000),
+        ("shardId-1", "orders-audit", 1_700_000_000_500),
+    ],
+    ids=["another shard, same instant", "another task's", "a later instant in microseconds"],
+)
+def test_a_loss_of_another_shard_or_task_that_may_be_later_refuses_the_older_restore(
+    moto_endpoint: str, unique: Any, tmp_path: Path, shard: str, task: str, created_ms: int
+) -> None:
+    """A stream's creation times may be whole seconds, so one instant on two shards gives
+    no order; a fan-in's other source writes the same item at the same table. Either may
+    be the later change, and --force is there for an operator who knows it is not."""
+    case = Restorable(moto_endpoint, unique, tmp_path)
+    newer_loser = {**case.loser, "name": {"S": "written later"}}
+    record = stream_record(
+        "MODIFY", item_to_wire(case.key), item_to_wire(newer_loser), seq=5, created_ms=created_ms
+    )
+    other = replace(
+        case.lost, change=decode(daemon_record(record, 5)), shard_id=shard, task_name=task
+    ).entry()
+    if created_ms % 1000:  # kept to the microsecond, as a log written elsewhere may hold it
+        other = replace(other, created=other.created.replace("Z", "499Z"))
+    case.log.put(other)
+
+    refused = invoke(case.config, "--restore", case.entry.id)
+    no_traceback(refused)
+    assert refused.exit_code == 1, refused.output
+    assert refused.stdout.startswith(f"not restored: entry {other.id} records a later change")
+    if task != case.entry.task_name:
+        assert f"(task {task!r}'s: restore it with that job's file)" in refused.stdout
+    assert case.held() == case.winner
+
+    forced = invoke(case.config, "--restore", case.entry.id, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert case.held() == case.loser
+
+
 def test_a_restore_writes_the_loser_once_and_again_says_it_is_already_restored(
     moto_endpoint: str, unique: Any, tmp_path: Path
 ) -> None:
