@@ -22,7 +22,7 @@ worker id; each holds its own worker lock as well, exclusively): a local runtime
 runs one worker per task and holds the task's lock exclusively, and a KCL run on one
 host would otherwise take each other's leases under one worker id (the host name), a
 lease fight in which a write of the loser's could land after the winner's. Shared
-holders write no pid (the file is the exclusive holder's), and the last of them to let
+holders write no pid (and clear a dead exclusive holder's), and the last of them to let
 go removes the file.
 
 A lock file this process cannot open for writing (another user's, in a temporary
@@ -34,6 +34,7 @@ a lock path that is no file at all, or that cannot be opened even to read).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -121,7 +122,11 @@ class HostLock:
             os.close(fd)  # its holder removed it as it let go: lock the path's new file
         self._fd = fd
         if self.shared:
-            return  # the pid written is the exclusive holder's
+            # No exclusive holder can hold it now: a pid in the file is a dead one's (a
+            # local runtime killed), which a refused local start would name.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            return
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())

@@ -598,6 +598,11 @@ def _task_lock(resolved: ResolvedJob) -> tuple[hostlock.HostLock, str]:
     return lock, where
 
 
+def _release_all(locks: list[hostlock.HostLock]) -> None:
+    for lock in locks:
+        lock.release()
+
+
 def _worker_refused(resolved: ResolvedJob) -> str:
     return f"task {resolved.task_name} with KCL worker id {_worker_id(resolved)!r}"
 
@@ -630,7 +635,9 @@ def run_kcl(
         )
 
     lock = _worker_lock(resolved)
-    task_lock, task_where = _task_lock(resolved)
+    # Taken with the worker's lock in before_creating: made then, its client resolving
+    # credentials only once the local checks (java, jars) have passed.
+    task_locks: list[hostlock.HostLock] = []
     workdir = tempfile.TemporaryDirectory(prefix="replicator-kcl-")
     # Each processor's note of the processRecords it has not answered yet (awaited.py).
     notes = Path(workdir.name) / "awaited"
@@ -640,7 +647,7 @@ def run_kcl(
         contextlib.ExitStack() as let_go,
     ):
         let_go.callback(lock.release)
-        let_go.callback(task_lock.release)
+        let_go.callback(_release_all, task_locks)
 
         def before_creating() -> supervisor.Served:
             # The worker's host lock and the task's (shared with the task's other KCL
@@ -649,8 +656,10 @@ def run_kcl(
             # (exit 5), not that its port is taken.
             if not lock.held:
                 lock.hold(_worker_refused(resolved))
-            if not task_lock.held:
+            if not task_locks:
+                task_lock, task_where = _task_lock(resolved)
                 task_lock.hold(f"task {resolved.task_name} on {task_where}")
+                task_locks.append(task_lock)
             return held.bind()
 
         # Stop signals are still held (replicator.entry) while the preflight runs: one

@@ -179,6 +179,26 @@ def test_kcl_runs_of_a_task_share_its_lock_and_a_local_runtime_and_they_refuse_e
         held.release()
 
 
+def test_a_kcl_run_clears_the_pid_a_killed_local_runtime_left(tmp_path: Path) -> None:
+    """A local runtime killed (kill -9) leaves its pid in the file a KCL run then locks: a
+    refused local start named that dead pid (perhaps another process's by now) to stop."""
+    endpoint = "http://127.0.0.1:6261"
+    local = _runtime(tmp_path, endpoint, "a")
+    held = local._hold_host_lock()
+    (path,) = _locks(tmp_path).iterdir()
+    assert held._fd is not None
+    os.close(held._fd)  # as a process killed leaves it: the file with its pid, no holder
+    held._fd = None
+    kcl_run = _kcl_task_lock(tmp_path, endpoint, "k1")
+    kcl_run.hold("task same-task")
+    try:
+        assert path.read_text() == ""
+        with pytest.raises(LeaseHeld, match="is being run by another process on this host"):
+            _runtime(tmp_path, endpoint, "b")._hold_host_lock()
+    finally:
+        kcl_run.release()
+
+
 def test_the_lock_file_is_removed_when_its_holder_lets_go(tmp_path: Path) -> None:
     """Every demo has a lock of its own (its endpoint's port is picked at random): kept,
     they piled up in the temporary directory."""
