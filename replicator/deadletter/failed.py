@@ -67,7 +67,7 @@ class DeadLetterer:
         error = result.error or ""
         # Counted while the target has not taken it: /healthz then tells a destination
         # stalled by its dead-letter target from one that takes no writes.
-        storing = self.metrics.dead_letters_storing.labels(writer.label)
+        storing = self.metrics.dead_letters_storing.labels(writer.label, self.shard_id)
         storing.inc()
         try:
             stored = self._store(writer, change, result, reason, error)

@@ -176,10 +176,10 @@ class Metrics:
         )
         self.dead_letters_storing = Gauge(
             "replicator_dead_letters_storing",
-            "Dead letters per destination that the dead-letter target has not taken yet (a "
-            "queue or file not answering). /healthz names them beside a destination that "
-            "stalls meanwhile: the target holds those changes, not the destination.",
-            ["destination"],
+            "Dead letters per destination and shard that the dead-letter target has not taken "
+            "yet (a queue or file not answering). /healthz names them beside a destination "
+            "that stalls on the shard meanwhile: the target holds those changes.",
+            ["destination", "shard"],
             multiprocess_mode="livesum",
             registry=r,
         )

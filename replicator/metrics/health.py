@@ -68,7 +68,7 @@ def evaluate(
     progress_at: dict[tuple[str, str], float] = {}  # (shard, destination) -> unix time
     in_flight: dict[str, float] = {}  # destination -> writes being sent, all shards
     resolving: dict[tuple[str, str], float] = {}  # (shard, destination) -> resolver calls
-    storing: dict[str, float] = {}  # destination -> dead letters the target has not taken
+    storing: dict[tuple[str, str], float] = {}  # (shard, destination) -> letters not taken
     reader_behind: dict[str, float] = {}  # shard -> seconds the reader is behind the tip
     for name, labels, value in samples:
         shard = labels.get("shard", "")
@@ -88,8 +88,8 @@ def evaluate(
             series = (shard, labels.get("destination", ""))
             resolving[series] = resolving.get(series, 0.0) + value
         elif name == DEAD_LETTERS_STORING:
-            destination = labels.get("destination", "")
-            storing[destination] = storing.get(destination, 0.0) + value
+            series = (shard, labels.get("destination", ""))
+            storing[series] = storing.get(series, 0.0) + value
         elif name == BEHIND:
             reader_behind[shard] = max(reader_behind.get(shard, 0.0), value / 1000.0)
     # Judged on the lag as the body shows it (to the millisecond), so that a stalled
@@ -118,7 +118,7 @@ def evaluate(
                     f"{seconds:.0f}s behind and nothing settled there for "
                     f"{since_progress:.0f}s (limit {stall_after_s:g}s)"
                     + _resolving(resolving.get((shard, destination), 0.0))
-                    + _storing(storing.get(destination, 0.0))
+                    + _storing(storing.get((shard, destination), 0.0))
                 )
                 stalled.setdefault(destination, reasons[-1])
     destinations: dict[str, float] = {}

@@ -73,7 +73,7 @@ DOCUMENTED = {
     "replicator_batch_flush_seconds_count": set(),
     "replicator_in_flight_writes": {"destination"},
     "replicator_resolver_calls_running": {"destination", "shard"},
-    "replicator_dead_letters_storing": {"destination"},
+    "replicator_dead_letters_storing": {"destination", "shard"},
     "replicator_buffered_changes": {"shard"},
     "replicator_last_checkpoint_timestamp_seconds": {"shard"},
     "replicator_destination_progress_timestamp_seconds": {"destination", "shard"},
@@ -252,8 +252,10 @@ def test_a_destination_stalled_while_its_dead_letters_wait_names_the_dead_letter
             progress("ap", "s1", NOW - 100),
             lag("eu", "s1", 90.0),
             progress("eu", "s1", NOW - 100),
-            ("replicator_dead_letters_storing", {"destination": "ap"}, 5.0),
-            ("replicator_dead_letters_storing", {"destination": "eu"}, 0.0),
+            ("replicator_dead_letters_storing", {"destination": "ap", "shard": "s1"}, 5.0),
+            ("replicator_dead_letters_storing", {"destination": "eu", "shard": "s1"}, 0.0),
+            # Letters of another shard say nothing of this shard's stall.
+            ("replicator_dead_letters_storing", {"destination": "eu", "shard": "s2"}, 2.0),
         ]
     )
     assert result.reasons == [
