@@ -87,6 +87,11 @@ class Worker:
     log_at_stop: int = 0
 
     def tree(self) -> list[int]:
+        """The launcher's live process tree; none once the launcher has been reaped. Its
+        pid is then free, and may be another test's process by now: a cleanup that killed
+        the group of a worker killed minutes before killed another test's KCL daemon."""
+        if self.process.poll() is not None:
+            return []
         return process_tree(self.process.pid)
 
     def kill(self) -> None:
@@ -176,11 +181,13 @@ class Cluster:
         return worker
 
     def close(self) -> None:
-        """Kill every worker, whatever happened; none may leave a process behind."""
+        """Kill every worker, whatever happened; none may leave a process behind. Each
+        tree is read while its launcher is unreaped (its pid still its own)."""
+        trees = {worker.name: worker.tree() for worker in self.workers}
         for worker in self.workers:
             worker.kill()
-        for worker in self.workers:
-            assert not worker.tree(), f"{worker.name} left processes behind: {worker.tree()}"
+        for name, tree in trees.items():
+            wait_until(lambda tree=tree: gone(tree), 15, f"{name}'s processes to exit")
 
     def _scan(self, table: str) -> list[dict[str, Any]]:
         try:

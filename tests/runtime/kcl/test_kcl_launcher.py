@@ -635,6 +635,20 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def started_at(pid: int) -> float | None:
+    """When process ``pid`` started (epoch seconds), from /proc; None when it is gone."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, IndexError, ValueError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
 class StandIn:
     def __init__(self, kinesis_job: dict[str, Any], tmp_path: Path, mode: str) -> None:
         script = tmp_path / "java"
@@ -670,8 +684,14 @@ class StandIn:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
         if self.record_path.exists():
+            # A pid of the record whose process has ended may be another test's process
+            # by now (pids wrap at 32768 here): only one started before the record was
+            # written (the boot time read is whole seconds: one second's slack) is the
+            # stand-in's.
+            written = self.record_path.stat().st_mtime + 1.0
             for pid in [self.record()["pid"], *self.record()["children"]]:
-                if alive(pid):
+                started = started_at(pid)
+                if alive(pid) and started is not None and started <= written:
                     os.kill(pid, signal.SIGKILL)
 
 
