@@ -70,7 +70,7 @@ class DeadLetterer:
         storing = self.metrics.dead_letters_storing.labels(writer.label, self.shard_id)
         storing.inc()
         try:
-            stored = self._store(writer, change, result, reason, error)
+            stored = self._store(writer, change, reason, error)
         finally:
             storing.dec()
         self.metrics.writes.labels(writer.label, change.event.op, DEAD_LETTERED).inc()
@@ -87,9 +87,7 @@ class DeadLetterer:
         self.metrics.dead_letters.labels(writer.label, reason).inc()
         log.warning("change dead-lettered", error=error, **about)
 
-    def _store(
-        self, writer: WrittenTable, change: Change, result: WriteResult, reason: str, error: str
-    ) -> bool:
+    def _store(self, writer: WrittenTable, change: Change, reason: str, error: str) -> bool:
         return self._put(
             f"record {change.sequence_number} (destination {writer.label}, key "
             f"{describe_key(change.keys)})",

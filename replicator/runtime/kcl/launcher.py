@@ -116,12 +116,10 @@ class PreparedRun:
     # The DynamoDB stream the daemon reads (None for a Kinesis source).
     stream_arn: str | None = None
     # The job's source as the lease table's owner tag names it (shards/ownership.py), and
-    # whether the table was claimed at start (else the KCL creates it: claimed then).
+    # how the claim at start found the table: ABSENT (the KCL creates it, or AWS did not
+    # answer) is claimed by the run's watch; UNCHECKED was warned of once, not watched.
     source_identity: str = ""
-    lease_table_claimed: bool = True
-    # The tag cannot be read or written (a role without the permissions, an emulator):
-    # warned once at start, not checked while running.
-    lease_table_unchecked: bool = False
+    lease_table_claim: ownership.Claim = ownership.Claim.CLAIMED
 
 
 def _parent_death_signal() -> Callable[[], None] | None:
@@ -520,11 +518,8 @@ def prepare_run(
     info = preflight.check(resolved, stopped, before_creating)
     identity = ownership.source_identity(resolved, info.stream_arn)
     source = resolved.job.source
-    unchecked = False
     try:
         found = ownership.claim(resolved, identity)
-        claimed = found is not ownership.Claim.ABSENT
-        unchecked = found is ownership.Claim.UNCHECKED
     except (ClientError, BotoCoreError) as error:
         # Throttled, say (TagResource is limited per account, and a fleet restarts at
         # once): the run's watch claims it, retrying.
@@ -535,7 +530,7 @@ def prepare_run(
             where=where,
             error=str(error),
         )
-        claimed = False
+        found = ownership.Claim.ABSENT
     job = resolved.job
     worker_id = job.kcl.worker_id or socket.gethostname()
     stream_arn = info.stream_arn if job.source.stream.kind is StreamKind.DYNAMODB_STREAMS else None
@@ -552,8 +547,7 @@ def prepare_run(
         jars_dir=installation.jars_dir,
         stream_arn=stream_arn,
         source_identity=identity,
-        lease_table_claimed=claimed,
-        lease_table_unchecked=unchecked,
+        lease_table_claim=found,
     )
 
 
@@ -598,11 +592,6 @@ def _task_lock(resolved: ResolvedJob) -> tuple[hostlock.HostLock, str]:
     return lock, where
 
 
-def _release_all(locks: list[hostlock.HostLock]) -> None:
-    for lock in locks:
-        lock.release()
-
-
 def _worker_refused(resolved: ResolvedJob) -> str:
     return f"task {resolved.task_name} with KCL worker id {_worker_id(resolved)!r}"
 
@@ -637,7 +626,7 @@ def run_kcl(
     lock = _worker_lock(resolved)
     # Taken with the worker's lock in before_creating: made then, its client resolving
     # credentials only once the local checks (java, jars) have passed.
-    task_locks: list[hostlock.HostLock] = []
+    task_lock: hostlock.HostLock | None = None
     workdir = tempfile.TemporaryDirectory(prefix="replicator-kcl-")
     # Each processor's note of the processRecords it has not answered yet (awaited.py).
     notes = Path(workdir.name) / "awaited"
@@ -647,7 +636,6 @@ def run_kcl(
         contextlib.ExitStack() as let_go,
     ):
         let_go.callback(lock.release)
-        let_go.callback(_release_all, task_locks)
 
         def before_creating() -> supervisor.Served:
             # The worker's host lock and the task's (shared with the task's other KCL
@@ -656,10 +644,11 @@ def run_kcl(
             # (exit 5), not that its port is taken.
             if not lock.held:
                 lock.hold(_worker_refused(resolved))
-            if not task_locks:
+            nonlocal task_lock
+            if task_lock is None:
                 task_lock, task_where = _task_lock(resolved)
+                let_go.callback(task_lock.release)
                 task_lock.hold(f"task {resolved.task_name} on {task_where}")
-                task_locks.append(task_lock)
             return held.bind()
 
         # Stop signals are still held (replicator.entry) while the preflight runs: one
@@ -705,12 +694,12 @@ def run_kcl(
                 if prepared.stream_arn is not None and not job.source.stream.arn:
                     watch = StreamWatch(resolved, prepared.stream_arn, daemon.stop_of_our_own)
                     watch.start()
-                if not prepared.lease_table_unchecked:
+                if prepared.lease_table_claim is not ownership.Claim.UNCHECKED:
                     claim_watch = ClaimWatch(
                         resolved,
                         prepared.source_identity,
                         daemon.stop_of_our_own,
-                        claimed=prepared.lease_table_claimed,
+                        claimed=prepared.lease_table_claim is ownership.Claim.CLAIMED,
                     )
                     claim_watch.start()
                 idle_watch = IdleWatch(

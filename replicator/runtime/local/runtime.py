@@ -132,10 +132,10 @@ class LocalRuntime:
         self.shard_sync_interval_s = shard_sync_interval_s
         self.restart_limit = restart_limit
         self.owner_check_interval_s = owner_check_interval_s
-        # Whether the lease table's owner tag names this job's source (shards/ownership.py):
-        # claimed at start, read again while running, as the KCL runtime does.
-        self._owner_claimed = False
-        self._owner_unchecked = False  # the tag cannot be read here: warned once, not again
+        # How the lease table's owner tag was last found (shards/ownership.py): claimed at
+        # start, read again while running, as the KCL runtime does; UNCHECKED (the tag
+        # cannot be read here) was warned of once and is not asked again.
+        self._owner_claim = ownership.Claim.ABSENT
         self.stopping = threading.Event()
         self.started = threading.Event()
         self.workers: dict[str, ShardWorker] = {}
@@ -297,8 +297,7 @@ class LocalRuntime:
                 if self.stopping.wait(delay):
                     return
                 continue
-            self._owner_claimed = found is not ownership.Claim.ABSENT
-            self._owner_unchecked = found is ownership.Claim.UNCHECKED
+            self._owner_claim = found
             return
 
     def _recheck_owner(self) -> None:
@@ -318,10 +317,11 @@ class LocalRuntime:
             now = time.monotonic()
             owner_every = (
                 self.owner_check_interval_s
-                if self._owner_claimed
+                if self._owner_claim is ownership.Claim.CLAIMED
                 else min(ownership.CLAIM_INTERVAL_S, self.owner_check_interval_s)
             )
-            if not self._owner_unchecked and now - last_owner_check >= owner_every:
+            unchecked = self._owner_claim is ownership.Claim.UNCHECKED
+            if not unchecked and now - last_owner_check >= owner_every:
                 last_owner_check = now
                 self._recheck_owner()
                 if self.stopping.is_set():

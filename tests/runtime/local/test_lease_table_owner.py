@@ -46,6 +46,20 @@ def _other_source(job: Job, unique: Any, tmp_path: Path) -> Job:
     )
 
 
+def _run_in_thread(runtime: LocalRuntime) -> tuple[threading.Thread, list[BaseException | int]]:
+    ended: list[BaseException | int] = []
+
+    def run() -> None:
+        try:
+            ended.append(runtime.run())
+        except BaseException as error:
+            ended.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, ended
+
+
 def test_a_job_of_another_source_is_refused_and_moves_no_lease_of_the_kcl_jobs(
     job: Job, unique: Any, tmp_path: Path
 ) -> None:
@@ -81,16 +95,7 @@ def test_a_run_whose_lease_table_another_job_claimed_since_stops_naming_it(job: 
     """Two jobs starting together can both find no tag: the run the tag no longer names
     stops (exit 3 from ``run``), as a KCL run stops its daemon."""
     runtime = LocalRuntime(load_job(job.path), owner_check_interval_s=0.2)
-    ended: list[BaseException | int] = []
-
-    def run() -> None:
-        try:
-            ended.append(runtime.run())
-        except BaseException as error:
-            ended.append(error)
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    thread, ended = _run_in_thread(runtime)
     try:
         assert runtime.started.wait(30 * PATIENCE)
         assert _owner_tag(job) == _table_arn(job)
@@ -107,20 +112,6 @@ def test_a_run_whose_lease_table_another_job_claimed_since_stops_naming_it(job: 
     (error,) = ended
     assert isinstance(error, EnvironmentProblem), error
     assert f"names the source {another}, and this job reads {_table_arn(job)}" in str(error)
-
-
-def _run_in_thread(runtime: LocalRuntime) -> tuple[threading.Thread, list[BaseException | int]]:
-    ended: list[BaseException | int] = []
-
-    def run() -> None:
-        try:
-            ended.append(runtime.run())
-        except BaseException as error:
-            ended.append(error)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, ended
 
 
 def _aws_error(code: str, operation: str = "ListTagsOfResource") -> ClientError:
