@@ -54,8 +54,10 @@ _TOKEN_IN_TEXT = re.compile(
     re.IGNORECASE,
 )
 # A user name and password in a URL (an endpoint or queue URL typed with them): refused
-# by the job checks, whose message must not print them back.
-_USERINFO_IN_URL = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"<>]+@")
+# by the job checks, whose message must not print them back. Everything from the scheme
+# to the URL's last ``@`` goes: a password may hold ``/`` or ``@`` itself (urllib then
+# reads part of it as the path), and hiding a path that holds an ``@`` costs nothing.
+_USERINFO_IN_URL = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*:/+)[^\s'\"<>]*@")
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 # A credential variable's value is replaced wherever it appears only from this length
 # on. AWS's own are far longer (a secret key is 40 characters, a session token hundreds);

@@ -89,6 +89,50 @@ def test_a_password_in_an_endpoint_url_is_never_printed_back(tmp_path: Path) -> 
     assert "https://<redacted>@sqs.example" in shown.output
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://u:pa/ss0rdQQ@127.0.0.1:5741",
+        "http://u:p@ss0rdQQ@127.0.0.1:5741",
+        "http://u:ss0rd QQ@127.0.0.1:5741",
+        "http://u:ss0'rdQQ@127.0.0.1:5741",
+        "u:ss0rdQQ@127.0.0.1:5741",
+        "http:/u:ss0rdQQ@127.0.0.1:5741",
+    ],
+)
+def test_a_password_holding_any_character_is_never_printed_back(
+    tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A password with ``/``, ``@``, a blank or a quote, or a URL without its scheme, was
+    printed whole or in part: refused at its key (exit 2) all the same, and from the
+    environment (AWS_ENDPOINT_URL) at run (exit 3), with nothing before the ``@`` shown."""
+    from click.testing import CliRunner
+
+    from replicator.cli import cli
+
+    monkeypatch.setenv("EP", url)
+    job = tmp_path / "job.yaml"
+    for endpoint, command, code in (
+        (", endpoint_url: '${EP}'", "validate", 2),
+        ("", "run", 3),  # AWS_ENDPOINT_URL, set below, read when the run makes a client
+    ):
+        job.write_text(
+            f"source: {{region: us-east-1, table: orders{endpoint}}}\n"
+            "destinations: [{region: eu-west-1, table: orders}]\nmetrics: {port: 0}\n"
+        )
+        result = CliRunner().invoke(cli, [command, "-c", str(job)], prog_name="replicator")
+        assert result.exit_code == code, result.output
+        assert "it must not carry a user name or password" in result.output
+        assert "ss0rd" not in result.output and "<redacted>@127.0.0.1:5741" in result.output
+        monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+
+
+def test_a_log_line_hides_a_url_password_up_to_its_last_at() -> None:
+    assert logs.redact("at http://u:pa/ss0rd@h:1/ now") == "at http://<redacted>@h:1/ now"
+    assert logs.redact("at http://u:p@ss@h:1 now") == "at http://<redacted>@h:1 now"
+    assert logs.redact("http://h:1/path ok, mail a@b") == "http://h:1/path ok, mail a@b"
+
+
 def test_what_a_command_prints_goes_through_the_redacting_echo() -> None:
     """A command's one-line errors may quote what AWS said, so what a command prints
     goes through ``logs.echo``, which redacts stderr lines as the logs are (its output's

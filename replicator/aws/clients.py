@@ -39,7 +39,7 @@ from replicator import __version__
 from replicator.aws.answers import watch_answers
 from replicator.aws.errors import RoleNotAssumed
 from replicator.aws.models import data_loader
-from replicator.config.endpoints import endpoint_problem
+from replicator.config.endpoints import endpoint_problem, quoted
 from replicator.exceptions import EnvironmentProblem
 
 if TYPE_CHECKING:
@@ -317,7 +317,7 @@ def _checked(service: str, place: Reach, make: Callable[[], Any]) -> Any:
         if checked is None:
             return client
         problem = checked
-    shown = f" {url!r}" if url is not None else ""
+    shown = f" {quoted(url)}" if url is not None else ""
     raise EnvironmentProblem(
         f"the {service} endpoint{shown} for {place.region}, from {origin}, is not usable: "
         f"{problem} (an endpoint is http:// or https://, a host and an optional port)"

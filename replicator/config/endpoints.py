@@ -10,33 +10,42 @@ somewhere else. A job file's endpoint, and one set for botocore in the environme
 from __future__ import annotations
 
 import ipaddress
+import re
 from urllib.parse import urlsplit
 
 from replicator.hosts import host_problem
-from replicator.logs import redact
+from replicator.logs import REDACTED, redact
 
 EXAMPLE = "http://127.0.0.1:8000"
 USERINFO = "it must not carry a user name or password"
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/+")
 
 
 def userinfo_problem(url: str) -> str | None:
     """Why a URL key (an endpoint, a queue URL) refuses ``url``'s user name or password
     (None: it has none): SDK requests do not carry them, so they would reach the server
-    without, and a password in a job file is printed wherever its URL is."""
-    try:
-        netloc = urlsplit(url).netloc
-    except ValueError:  # not a URL: its other check says so
-        return None
-    return USERINFO if "@" in netloc else None
+    without, and a password in a job file is printed wherever its URL is. Any ``@`` counts:
+    neither an endpoint nor a queue URL has one elsewhere, and a password holding ``/``
+    makes urllib read the rest of it as the path."""
+    return USERINFO if "@" in url else None
 
 
 def quoted(url: str) -> str:
-    """``url`` as a message quotes it: its user name and password never shown."""
+    """``url`` as a message quotes it: its user name and password never shown, whatever
+    they hold (a blank, a quote, ``/``, ``@``) and with or without a scheme: all before
+    the last ``@`` (the scheme kept) is hidden."""
+    at = url.rfind("@")
+    if at >= 0:
+        scheme = _SCHEME.match(url)
+        start = scheme.end() if scheme else 0
+        url = url[:start] + REDACTED + url[at:]
     return repr(redact(url))
 
 
 def endpoint_problem(url: str) -> str | None:
     """What is wrong with ``url`` as an endpoint (scheme, host, optional port), or None."""
+    if "@" in url:
+        return USERINFO
     if any(c.isspace() or not c.isprintable() for c in url):
         return "it contains whitespace or a control character"
     try:
@@ -48,8 +57,6 @@ def endpoint_problem(url: str) -> str | None:
         return "its host is not a host name or IP address (an IPv6 address goes in [ ], as in http://[::1]:8000)"
     if parts.scheme not in ("http", "https"):
         return "it must start with http:// or https://"
-    if "@" in parts.netloc:
-        return USERINFO
     if not host:
         return "it names no host"
     try:

@@ -651,6 +651,23 @@ def test_a_kcl_property_holding_a_credential_is_refused_and_never_printed(
     assert "\nsomeSecret = prefix-testing\n" in done.stdout
 
 
+@pytest.mark.parametrize(
+    "proxy", ["http://u:pa/ss0rdQQ@proxy:3128", "http://u:pa ss0rdQQ@proxy:3128"]
+)
+def test_a_kcl_property_holding_a_url_password_of_any_form_is_refused(
+    tmp_path: Path, proxy: str
+) -> None:
+    """A password holding ``/`` or a blank did not read as one, and the URL was printed
+    and written to the properties file whole."""
+    path = tmp_path / "job.yaml"
+    path.write_text(KINESIS + "kcl:\n  extra_properties:\n    kinesisClient.proxyUrl: ${P}\n")
+    for command in ("validate", "properties"):
+        result = in_process(command, "--config", str(path), env={"P": proxy})
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "holds a credential" in result.stderr
+        assert "ss0rdQQ" not in result.stdout + result.stderr
+
+
 def _destination_with_role(region: str, role: str) -> str:
     """MINIMAL with its destination in ``region``, reached through ``role``."""
     return MINIMAL.replace(
