@@ -22,6 +22,8 @@ read the tag again while they run (:data:`CHECK_INTERVAL_S`).
 from __future__ import annotations
 
 import hashlib
+import re
+import threading
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
@@ -42,6 +44,7 @@ OWNER_TAG = "replicator:source"
 CLAIM_INTERVAL_S = 5.0  # until the table is claimed (the KCL creates it on a first start)
 CHECK_INTERVAL_S = 60.0  # then: TagResource and its reads are limited per account
 TAG_VALUE_LIMIT = 256  # DynamoDB's longest tag value
+_DIGEST_MARK = "...sha256:"  # an identity too long for a tag ends in its digest
 # What an endpoint answers for tag calls it does not offer (an emulator's answer; DynamoDB
 # offers them): as for a role without the permissions, the job runs unchecked.
 _NO_TAGS = frozenset({"UnknownOperationException", "NotImplemented", "NotImplementedException"})
@@ -68,7 +71,7 @@ def source_identity(resolved: ResolvedJob, stream_arn: str) -> str:
     if len(identity) <= TAG_VALUE_LIMIT:
         return identity
     # A name near DynamoDB's or Kinesis's longest: its end as a digest, still its own.
-    suffix = f"...sha256:{hashlib.sha256(identity.encode()).hexdigest()[:32]}"
+    suffix = f"{_DIGEST_MARK}{hashlib.sha256(identity.encode()).hexdigest()[:32]}"
     return identity[: TAG_VALUE_LIMIT - len(suffix)] + suffix
 
 
@@ -121,3 +124,56 @@ def claim(resolved: ResolvedJob, identity: str, client: DynamoDBClient | None = 
             f"lease table {table}: the new source is read from kcl.initial_position)"
         )
     return Claim.CLAIMED
+
+
+# A DynamoDB source's identity as source_identity writes it (not cut to a digest).
+_TABLE_ARN = re.compile(r"arn:[^:]+:dynamodb:([^:]*):[^:]*:table/([^/]+)")
+# How long a command waits for the tag: an endpoint answers the two calls in
+# milliseconds, and the command's own reads keep their bound but for this.
+_READ_BOUND_S = 2.0
+
+
+def check_reader(resolved: ResolvedJob) -> None:
+    """For a command that reads what the job's runs publish under its task name (the
+    watermark's status tables): EnvironmentProblem when the lease table's tag names
+    another source, whose runs published it. A job under another job's task name is
+    refused by ``run``, and its ``wait`` would otherwise pass on the other job's
+    watermark. The tag is compared by region and table, so that no call reaches the
+    source table; a tag that cannot be read in :data:`_READ_BOUND_S` (no lease table
+    yet, no permission to read tags, an endpoint without them, one that hangs) leaves
+    the check undone, as a run leaves it unchecked: the status table is still read."""
+    found: list[str | None] = []
+
+    def read() -> None:
+        found.append(_recorded_owner(resolved))
+
+    reader = threading.Thread(target=read, name="owner-tag-read", daemon=True)
+    reader.start()
+    reader.join(_READ_BOUND_S)
+    owner = found[0] if found else None
+    source = resolved.job.source
+    if owner is None or _DIGEST_MARK in owner:
+        return
+    match = _TABLE_ARN.fullmatch(owner)
+    if match is not None and match.groups() == (source.region, source.table):
+        return
+    where = tables.where(source.region, source.endpoint_url, source.role_arn)
+    raise EnvironmentProblem(
+        f"lease table {resolved.lease_table} at {where} is another job's: its tag "
+        f"{OWNER_TAG} names the source {owner}, and this job reads {source.region}/"
+        f"{source.table}; what the task publishes (its watermark) is that job's, not "
+        "this one's: give this job a task_name of its own"
+    )
+
+
+def _recorded_owner(resolved: ResolvedJob) -> str | None:
+    """The lease table's owner tag, or None (none, or it cannot be read)."""
+    ddb = clients.dynamodb(
+        resolved.job.source, connect_timeout=1.0, read_timeout=2.0, sdk_retries=False
+    )
+    try:
+        arn = ddb.describe_table(TableName=resolved.lease_table)["Table"]["TableArn"]
+        tags = ddb.list_tags_of_resource(ResourceArn=arn).get("Tags", [])
+    except Exception:  # noqa: BLE001  # any failure leaves the check undone, as documented
+        return None
+    return next((tag["Value"] for tag in tags if tag["Key"] == OWNER_TAG), None)

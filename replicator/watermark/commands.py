@@ -30,6 +30,7 @@ from replicator.exceptions import (
 )
 from replicator.logs import redact
 from replicator.runtime.preflight import explain
+from replicator.shards import ownership
 from replicator.watermark.parts import Watermark, iso, seconds
 from replicator.watermark.spans import UNWATCHED
 from replicator.watermark.wait import (
@@ -237,6 +238,7 @@ def show(resolved: ResolvedJob, name: str | None, as_json: bool) -> int:
     now = time.time()
     try:
         with _stopped_by_signals():
+            ownership.check_reader(resolved)
             found = list(zip(chosen, _read_all(resolved, chosen), strict=True))
     except _Stopped as stop:
         return _stopped_line(stop, "stopped before the watermark was read")
@@ -303,6 +305,7 @@ def wait(
     destination = resolve_destination(resolved, name)
     try:
         with _stopped_by_signals():
+            ownership.check_reader(resolved)
             result: WaitResult = wait_until_replicated(
                 until,
                 destination=destination.label,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -21,6 +22,7 @@ from replicator.demo import tables
 from replicator.exceptions import EnvironmentProblem
 from replicator.runtime.local.runtime import LocalRuntime
 from replicator.shards import ownership
+from tests.support.cli import in_process
 from tests.support.e2e import PATIENCE, Job, stop, wait_until
 
 
@@ -60,15 +62,20 @@ def _run_in_thread(runtime: LocalRuntime) -> tuple[threading.Thread, list[BaseEx
     return thread, ended
 
 
-def test_a_job_of_another_source_is_refused_and_moves_no_lease_of_the_kcl_jobs(
-    job: Job, unique: Any, tmp_path: Path
-) -> None:
+def _replicate_five_items(job: Job) -> None:
+    """Run the job until five changes are checkpointed, and stop it (exit 0)."""
     runtime = job.start()
     try:
         job.put_demo_items(random.Random(7), 0, 5)
         job.wait_checkpointed()
     finally:
         assert stop(runtime) == 0
+
+
+def test_a_job_of_another_source_is_refused_and_moves_no_lease_of_the_kcl_jobs(
+    job: Job, unique: Any, tmp_path: Path
+) -> None:
+    _replicate_five_items(job)
     assert _owner_tag(job) == _table_arn(job)  # claimed as the KCL runtime claims it
     # The lease as the KCL leaves it: no stream recorded in it.
     (row,) = job.lease_rows()
@@ -89,6 +96,34 @@ def test_a_job_of_another_source_is_refused_and_moves_no_lease_of_the_kcl_jobs(
     assert f"names the source {_table_arn(job)}, and this job reads {_table_arn(other)}" in said[0]
     assert job.lease_rows() == before
     assert _owner_tag(job) == _table_arn(job)
+
+
+def test_the_watermark_commands_refuse_a_job_of_another_source_under_the_task_name(
+    job: Job, unique: Any, tmp_path: Path
+) -> None:
+    """``run`` refused the job of another source, but ``wait`` passed on the other job's
+    watermark (exit 0, "replicated", for a source never read) and ``watermark`` showed it
+    as this job's. Both refuse it now (exit 3); the job's own commands still read it."""
+    _replicate_five_items(job)
+    table = unique("other-src")
+    tables.create(job.source, table, stream=True)
+    other = tmp_path / "other.yaml"
+    other.write_text(
+        job.path.read_text().replace(f"table: {job.source_table},", f"table: {table},")
+    )
+    destination = f"{job.destinations[0][0]}/{job.destinations[0][1]}"
+    until = ("--until", str(int(time.time()) - 3600), "--timeout", "5")
+    for path, code in ((job.path, 0), (other, 3)):
+        waited = in_process("wait", "-c", str(path), "-d", destination, *until)
+        shown = in_process("watermark", "-c", str(path))
+        for result in (waited, shown):
+            assert result.returncode == code, result.stdout + result.stderr
+        if code == 3:
+            for result in (waited, shown):
+                said = result.stderr
+                assert f"lease table {job.name} at {job.endpoint} (us-east-1) is another" in said
+                assert f"names the source {_table_arn(job)}, and this job reads " in said
+                assert f"us-east-1/{table}" in said and "replicated" not in result.stdout
 
 
 def test_a_run_whose_lease_table_another_job_claimed_since_stops_naming_it(job: Job) -> None:
