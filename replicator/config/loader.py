@@ -636,7 +636,10 @@ def _did_you_mean(path: KeyPath) -> str:
             return ""
     if not _is_model(section):
         return ""
-    close = difflib.get_close_matches(path[-1], list(section.model_fields), n=1, cutoff=0.7)
+    keys = list(section.model_fields)
+    close = difflib.get_close_matches(path[-1], keys, n=1, cutoff=0.7)
+    # A key cut short (``role`` for role_arn) is too short for difflib's ratio.
+    close = close or [key for key in keys if key.startswith(f"{path[-1]}_")][:1]
     return f" (did you mean {close[0]}?)" if close else ""
 
 

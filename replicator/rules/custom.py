@@ -77,9 +77,11 @@ def load_resolver(dotted: str) -> Resolver:
     if function is None:
         raise PlanError(f"custom resolver {dotted!r}: {module_name} has no function {attribute}")
     if not callable(function):
+        kind = type(function).__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
         raise PlanError(
-            f"custom resolver {dotted!r}: {module_name}.{attribute} is a "
-            f"{type(function).__name__}, not a function"
+            f"custom resolver {dotted!r}: {module_name}.{attribute} is {article} {kind}, "
+            "not a function"
         )
     problem = _uncallable_as_resolver(function)
     if problem is not None:

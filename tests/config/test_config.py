@@ -496,7 +496,7 @@ def test_loop_prevention_under_overwrite_is_valid_but_warned(tmp_path: Path) -> 
     [
         ("nomod:f", "cannot import nomod: ModuleNotFoundError"),
         ("goodres:missing", "goodres has no function missing"),
-        ("goodres:not_callable", "goodres.not_callable is a int, not a function"),
+        ("goodres:not_callable", "goodres.not_callable is an int, not a function"),
         ("raises_at_import:f", "cannot import raises_at_import: RuntimeError: boom"),
         ("bad_syntax:f", "cannot import bad_syntax: SyntaxError"),
         ("goodres.py:f", "not a file"),

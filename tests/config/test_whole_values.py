@@ -248,6 +248,11 @@ def test_every_problem_of_the_file_is_reported_at_once(tmp_path: Path) -> None:
             "destinations[0].conflict.polcy",
             "policy",
         ),
+        (  # a key cut short: too short for a close match by letters
+            MINIMAL.replace("eu-west-1, table: orders}", "eu-west-1, table: orders, role: x}"),
+            "destinations[0].role",
+            "role_arn",
+        ),
     ],
 )
 def test_an_unknown_key_names_the_key_it_is_close_to(
