@@ -13,6 +13,8 @@ import ipaddress
 import re
 from urllib.parse import urlsplit
 
+from pydantic import ValidationInfo
+
 from replicator.hosts import host_problem
 from replicator.logs import REDACTED, redact
 
@@ -79,11 +81,17 @@ def endpoint_problem(url: str) -> str | None:
     return None
 
 
-def check_endpoint(value: str | None) -> str | None:
-    """A pydantic validator: the endpoint, without a trailing slash, or ValueError."""
+def check_endpoint(value: str | None, info: ValidationInfo) -> str | None:
+    """A pydantic validator: the endpoint, without a trailing slash, or ValueError. The
+    section's ``region`` (validated before it, when given) must be the region of an AWS
+    endpoint: AWS refuses every request signed for another region, which a run would
+    retry for minutes before it stopped."""
     if value is None:
         return None
-    problem = endpoint_problem(value)
+    region = info.data.get("region")
+    problem = endpoint_problem(value) or (
+        aws_region_problem(value, region) if isinstance(region, str) else None
+    )
     if problem:
         raise ValueError(
             f"expected an endpoint URL such as {EXAMPLE} (http or https, a host, an "
@@ -93,6 +101,25 @@ def check_endpoint(value: str | None) -> str | None:
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# An AWS region as a label of an AWS service's host name (dynamodb.eu-west-1.amazonaws.com).
+_REGION_LABEL = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
+_AWS_DOMAINS = ("amazonaws.com", "amazonaws.com.cn", "api.aws")
+
+
+def aws_region_problem(url: str, region: str) -> str | None:
+    """Why an AWS endpoint cannot serve ``region`` (None: it is no AWS endpoint, or the
+    region's own): its host names another region."""
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    if not any(host.endswith(f".{domain}") for domain in _AWS_DOMAINS):
+        return None
+    named = next((label for label in host.split(".") if _REGION_LABEL.fullmatch(label)), None)
+    if named is None or named == region:
+        return None
+    return (
+        f"it is AWS's endpoint in {named}, and the section's region is {region} (AWS "
+        f"refuses a request signed for another region): give region: {named}, or leave "
+        "endpoint_url out to reach the region's own endpoint"
+    )
 
 
 def endpoint_identity(url: str | None, region: str) -> str | None:

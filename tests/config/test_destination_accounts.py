@@ -164,7 +164,6 @@ def test_a_destination_at_the_sources_endpoint_written_otherwise_is_the_source(
         pytest.param("http://localhost:8000", "http://localhost:8001", id="port"),
         pytest.param("http://localhost:443", "https://localhost:443", id="scheme"),
         pytest.param("http://127.0.0.1:8000", "http://localhost:8000", id="no-dns-lookup"),
-        pytest.param(None, "https://dynamodb.us-west-2.amazonaws.com", id="another-region"),
         pytest.param(None, "http://127.0.0.1:443", id="a-local-endpoint"),
     ],
 )

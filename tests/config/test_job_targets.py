@@ -439,3 +439,52 @@ def test_validate_reports_a_directory_with_the_other_problems(tmp_path: Path) ->
     assert f"  conflict_log.path (line 5): the conflict log {tmp_path} is a directory" in (
         result.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "named"),
+    [
+        (  # the source table itself, reached through us-east-1's endpoint: was exit 0
+            "source: {region: us-east-1, table: orders}\n"
+            "destinations: [{region: eu-west-1, table: orders, "
+            "endpoint_url: 'https://dynamodb.us-east-1.amazonaws.com'}]\n",
+            "destinations[0].endpoint_url",
+            "us-east-1",
+        ),
+        (
+            "source: {region: us-east-1, table: orders, "
+            "endpoint_url: 'https://dynamodb-fips.us-west-2.amazonaws.com'}\n"
+            "destinations: [{region: eu-west-1, table: orders}]\n",
+            "source.endpoint_url",
+            "us-west-2",
+        ),
+        (
+            "source: {region: us-east-1, table: orders}\n"
+            "destinations: [{region: eu-west-1, table: orders}]\n"
+            "dead_letter: {kind: sqs, region: eu-west-1, endpoint_url: "
+            "'https://sqs.us-east-1.amazonaws.com', "
+            "queue_url: 'https://sqs.eu-west-1.amazonaws.com/123456789012/letters'}\n",
+            "dead_letter.endpoint_url",
+            "us-east-1",
+        ),
+    ],
+)
+def test_an_aws_endpoint_of_another_region_than_its_section_is_refused(
+    tmp_path: Path, text: str, key: str, named: str
+) -> None:
+    """AWS refuses every request signed for another region than its endpoint's: a run
+    retried the refusals for minutes before it stopped (exit 3)."""
+    line = _refused(tmp_path, text, key, f"it is AWS's endpoint in {named}, and the section")
+    assert f"give region: {named}, or leave endpoint_url out" in line
+
+
+def test_an_aws_endpoint_of_the_sections_own_region_is_taken(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "source: {region: us-east-1, table: orders, "
+        "endpoint_url: 'https://dynamodb-fips.us-east-1.amazonaws.com'}\n"
+        "destinations: [{region: eu-west-1, table: orders, "
+        "endpoint_url: 'https://vpce-1a2b.dynamodb.eu-west-1.vpce.amazonaws.com'}]\n"
+    )
+    result = validate_in_process(path)
+    assert result.returncode == 0, result.stderr
