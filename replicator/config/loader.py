@@ -590,7 +590,7 @@ def _pydantic_problems(error: ValidationError, document: _Document) -> list[_Pro
         elif kind == "missing":
             message = "required key is missing"
         else:
-            message = item["msg"].removeprefix("Value error, ")
+            message = _in_plain_words(kind, item["msg"], item.get("ctx") or {})
             written = document.written(path)
             set_by = _set_by(written)
             said = [set_by] if set_by else []
@@ -600,6 +600,45 @@ def _pydantic_problems(error: ValidationError, document: _Document) -> list[_Pro
                 message += f" ({', '.join(said)})"
         problems.append(_Problem(path, message))
     return problems
+
+
+# pydantic's words for a value of the wrong kind name its classes (``instance of
+# SourceConfig``) and its steps (``after validation``): a job file's reader knows keys.
+_PLAIN_WORDS = {
+    "model_type": "expected a section of keys (key: value lines, or {key: value})",
+    "dict_type": "expected a section of keys (key: value lines, or {key: value})",
+    "list_type": "expected a list (- item lines, or [item, ...])",
+    "string_type": "expected text",
+    "int_type": "expected a whole number",
+    "int_parsing": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+}
+_BOUND_WORDS = {
+    "greater_than_equal": ("ge", "must be at least"),
+    "greater_than": ("gt", "must be more than"),
+    "less_than_equal": ("le", "must be at most"),
+    "less_than": ("lt", "must be less than"),
+}
+
+
+def _in_plain_words(kind: str, message: str, context: Mapping[str, Any]) -> str:
+    """pydantic's message for a problem of ``kind``, in the words of a job file."""
+    if kind in _PLAIN_WORDS:
+        return _PLAIN_WORDS[kind]
+    if kind in _BOUND_WORDS and _BOUND_WORDS[kind][0] in context:
+        bound, words = _BOUND_WORDS[kind]
+        return f"{words} {context[bound]}"
+    if kind == "too_short" and "min_length" in context:
+        least = context["min_length"]
+        return f"needs at least {least} entr{'y' if least == 1 else 'ies'}"
+    message = message.removeprefix("Value error, ")
+    return (
+        f"expected {message.removeprefix('Input should be ')}"
+        if message.startswith("Input should be ")
+        else message
+    )
 
 
 def _set_by(written: str | None) -> str:

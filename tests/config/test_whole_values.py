@@ -125,7 +125,7 @@ def test_an_endpoint_of_a_broken_ipv6_host_is_refused_in_the_usual_words(
 def test_a_date_where_text_is_expected_is_named_as_the_date_written(tmp_path: Path) -> None:
     line = _refused(tmp_path, "task_name: 2026-01-01\n" + MINIMAL, "task_name")
     assert line == (
-        "  task_name (line 1): Input should be a valid string (got 2026-01-01, which YAML "
+        "  task_name (line 1): expected text (got 2026-01-01, which YAML "
         'reads as a date: write it in quotes, "2026-01-01", to give it as text)'
     )
 
@@ -148,7 +148,7 @@ def test_a_number_boolean_or_null_where_text_is_expected_is_named_as_written(
     line = _refused(
         tmp_path, MINIMAL.replace("table: orders}", f"table: {written}}}", 1), "source.table"
     )
-    assert line.startswith("  source.table (line 2): Input should be a valid string ("), line
+    assert line.startswith("  source.table (line 2): expected text ("), line
     assert said in line, line
 
 
@@ -329,3 +329,24 @@ def test_a_section_of_kind_sqs_without_its_queue_names_the_other_kinds_options_t
         "a conflict log of kind sqs needs 'queue_url'; and 'path' belongs to kind file, "
         "'table' belongs to kind dynamodb, not sqs: remove them"
     ), log
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "says"),
+    [
+        (MINIMAL + "dead_letter: file\n", "dead_letter", "expected a section of keys ("),
+        ("source: []\ndestinations: [{region: eu-west-1, table: o}]\n", "source", "a section"),
+        ("source: {region: us-east-1, table: orders}\ndestinations: []\n", "destinations", ""),
+        (MINIMAL + "writer: {max_in_flight: abc}\n", "writer.max_in_flight", "a whole number"),
+    ],
+)
+def test_a_value_of_the_wrong_kind_is_told_in_a_job_files_words(
+    tmp_path: Path, text: str, key: str, says: str
+) -> None:
+    """pydantic's words named its classes (``instance of DeadLetterConfig``) and its steps
+    (``List should have at least 1 item after validation``)."""
+    line = _refused(tmp_path, text, key, says)
+    assert "Input should" not in line and "instance of" not in line, line
+    assert "validation" not in line and "Config" not in line, line
+    if key == "destinations":
+        assert "needs at least 1 entry (got [])" in line, line

@@ -310,7 +310,7 @@ def test_an_alias_is_its_anchors_value_not_a_copy(tmp_path: Path) -> None:
     code, _, err = _validate(tmp_path, text)
     assert code == 2
     (line,) = [line for line in err.splitlines() if line.startswith("  source.region")]
-    assert line.startswith("  source.region (line 7): Input should be a valid string (got [[[")
+    assert line.startswith("  source.region (line 7): expected text (got [[[")
     assert len(line) < 300  # a few items of two levels, not 66,430 values
 
 
