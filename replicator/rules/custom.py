@@ -27,10 +27,12 @@ after a read that did not show it, and finding it counts the write applied.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import inspect
 import signal
+import sys
 import traceback
 from collections.abc import Callable
 from typing import Any, cast
@@ -56,8 +58,13 @@ Resolver = Callable[[Change, Item | None], bool | Item]
 def load_resolver(dotted: str) -> Resolver:
     """Import ``module.path:function``; errors name the path and what went wrong."""
     module_name, _, attribute = dotted.partition(":")
+    # What the module prints as it is imported goes to stderr in an operator command,
+    # whose stdout is its report (``verify --json``, ``validate``'s summary); the
+    # processor has its stdout logged already (``printed`` lines).
+    printed_to = sys.stderr if sys.stdout is sys.__stdout__ else sys.stdout
     try:
-        module = importlib.import_module(module_name)
+        with contextlib.redirect_stdout(printed_to):
+            module = importlib.import_module(module_name)
     except StopNow:
         raise  # a second stop signal while ``run`` starts: the operator's, not the module's
     except BaseException as error:  # the user's module: a SyntaxError, its own error, sys.exit()

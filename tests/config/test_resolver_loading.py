@@ -46,6 +46,18 @@ def _problems(result: subprocess.CompletedProcess[str]) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.startswith("  ")]
 
 
+def test_what_a_resolver_module_prints_as_it_is_imported_is_kept_off_stdout(
+    tmp_path: Path,
+) -> None:
+    """It was the first line of ``validate``'s summary (and of any command's report a
+    script reads from stdout)."""
+    result = _command(tmp_path, "validate", 'print("hello from import")')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("job file:"), result.stdout
+    assert "hello from import" not in result.stdout
+    assert "hello from import" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("module", "did"),
     [
