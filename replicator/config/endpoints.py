@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-from pydantic import ValidationInfo
 
 from replicator.hosts import host_problem
 from replicator.logs import REDACTED, redact
+
+if TYPE_CHECKING:  # the wait imports this module: pydantic is the job file's, not its
+    from pydantic import ValidationInfo
 
 EXAMPLE = "http://127.0.0.1:8000"
 USERINFO = "it must not carry a user name or password"

@@ -447,8 +447,7 @@ class ShardWatermark:
                 table=table.name,
                 error=str(lost),
             )
-            target.ready = False
-            target.published_us = 0
+            self._table_lost(target)
             if not again:
                 self._write(target, tracker, again=True)
         except _FAILURES as error:
@@ -730,14 +729,25 @@ class ShardWatermark:
         for parent in plan.ended:
             table.mark_ended(parent)
 
+    def _table_lost(self, target: _Target) -> None:
+        """The status table was deleted since this process used it: register again and
+        store again what this process stored, before any claim. What processes no longer
+        running stored there (a dead letter of a processor killed since) is gone, so the
+        changes created until now get a span (:data:`spans.STATUS_TABLE_LOST`): a wait
+        for them is not told "replicated" until a ``verify`` finds nothing different."""
+        target.ready = False
+        target.published_us = 0
+        span = UnreadSpan(0, int(self._clock() * US), spans.STATUS_TABLE_LOST)
+        with self._state:
+            target.unread.append(span)
+
     def _failed(self, target: _Target, error: BaseException) -> None:
-        if error_code(error) == "ResourceNotFoundException":
+        if error_code(error) == "ResourceNotFoundException" and target.ready:
             # The status table was deleted: create it again and register the stream's
             # shards before anything else (every other shard's part enters at 0, so no
             # reader is told of a watermark from this part alone), then store this
             # process's dead letters and spans again and claim anew.
-            target.ready = False
-            target.published_us = 0
+            self._table_lost(target)
         target.failures += 1
         delay = min(_MAX_RETRY_S, self._interval_s * 2 ** min(target.failures, 10))
         target.retry_at = time.monotonic() + delay

@@ -37,6 +37,7 @@ EXPIRED = "expired"
 BEFORE_STREAM = "before_stream"
 EARLIER_STREAM = "earlier_stream"
 UNWATCHED = "unwatched"
+STATUS_TABLE_LOST = "status_table_lost"
 
 
 def passed_over_advice(publishes_watermark: bool) -> str:
@@ -78,11 +79,22 @@ _WHY = {
         "held after their checkpoints, and what was written while no stream was enabled, "
         "was not read; copy them with `replicator backfill --restart`"
     ),
+    STATUS_TABLE_LOST: (
+        "the status table was deleted while the job ran, and what it recorded then is "
+        "gone: dead letters and spans of processes no longer running (a change "
+        "dead-lettered before is not known here)"
+    ),
     BEFORE_STREAM: (
         "the job first started at kcl.initial_position TRIM_HORIZON, which reads only "
         "what the stream still held: changes made before the source's stream was "
         "enabled, or trimmed from it after 24 hours; copy them with `replicator backfill`"
     ),
+}
+
+# What became of the changes of a span, where "never read" is not it.
+_DONE = {
+    UNWATCHED: "were replicated unwatched",
+    STATUS_TABLE_LOST: "were replicated before the status table was created again",
 }
 
 # A copy brings the items; only a comparison also finds the deletes it cannot copy.
@@ -109,7 +121,7 @@ class UnreadSpan:
             which = f"changes created before {_iso(self.to_us)}"
         else:
             which = f"changes created {_iso(self.from_us)}..{_iso(self.to_us)}"
-        done = "were replicated unwatched" if self.reason == UNWATCHED else "were never read"
+        done = _DONE.get(self.reason, "were never read")
         why = _WHY.get(self.reason, self.reason)
         if self.open:
             why += (

@@ -21,7 +21,7 @@ from replicator.shards.stream import Shard
 from replicator.watermark.history import SourceHistory
 from replicator.watermark.parts import Part, combine
 from replicator.watermark.publisher import ShardWatermark
-from replicator.watermark.spans import BEFORE_STREAM, LATEST, UnreadSpan
+from replicator.watermark.spans import BEFORE_STREAM, LATEST, STATUS_TABLE_LOST, UnreadSpan
 from replicator.watermark.table import StatusTable
 from tests.support.metrics import sample
 from tests.support.status_table import FakeStatusTable, Region, created_with_its_stream
@@ -491,6 +491,9 @@ def test_a_deleted_status_table_is_created_again_and_registered(metrics: Metrics
         mark = combine(table.destination, table.stored())
         assert mark.unknown == ("s2",) and mark.watermark_us is None
         assert mark.dead_letter_ranges == ((T0 + 5 * S, T0 + 6 * S - 1),)
+        # What processes no longer running stored there is gone: the changes until the
+        # table was found deleted are not answered "replicated" (a wait exits 4).
+        assert mark.unread_between(0, START) == [UnreadSpan(0, START, STATUS_TABLE_LOST)]
         part = mine(table)
         assert part is not None and part.watermark_us == T0 + 20 * S - 1
 
@@ -536,6 +539,7 @@ def test_a_processor_that_finds_the_table_created_again_by_another_stores_again(
         other.publish()
         mark = combine(table.destination, table.stored())
         assert mark.dead_letter_ranges == ((T0 + 7 * S, T0 + 8 * S - 1),)
+        assert mark.unread_between(0, START) == [UnreadSpan(0, START, STATUS_TABLE_LOST)]
         assert mark.unknown == ("s1",)  # registered again: no watermark from s2 alone
         part = mine(table, "s2")
         assert part is not None and part.watermark_us == T0 + 20 * S - 1

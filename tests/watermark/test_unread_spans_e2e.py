@@ -170,6 +170,49 @@ def test_a_backfill_then_a_verify_that_finds_the_destination_equal_clears_the_sp
         assert stop(runtime) == 0
 
 
+def test_a_status_table_deleted_while_the_job_runs_answers_no_earlier_wait_replicated(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """The table was created again with this process's own records only: a change
+    dead-lettered before by a processor since killed was gone from it, and a wait for it
+    exited 0, "replicated". The changes until the deletion was noticed get a span (exit
+    4, saying why) until a verify finds nothing different; later ones are answered."""
+    job = Job(moto_endpoint, unique("wd"), tmp_path, extra=FAST)
+    (region, table), _ = job.destinations
+    runtime = job.start()
+    try:
+        job.source.put_item(TableName=job.source_table, Item=item("first", 1))
+        first = time.time()
+        args = ("-c", str(job.path), "-d", table, "--timeout", "60")
+        assert in_process("wait", *args, "--until", f"{first:.6f}").returncode == 0
+        client("dynamodb", region, job.endpoint).delete_table(TableName=table_name(job.name))
+        job.source.put_item(TableName=job.source_table, Item=item("second", 2))
+        second = time.time()
+
+        def answered(until: float) -> int:
+            return in_process("wait", *args[:-1], "1", "--until", f"{until:.6f}").returncode
+
+        wait_until(lambda: answered(first) == 4, 60, "the wait to exit 4 for the lost span")
+        waited = in_process("wait", *args, "--until", f"{first:.6f}")
+        assert waited.returncode == 4, waited
+        assert "were replicated before the status table was created again" in waited.stderr
+        assert "verify" in waited.stderr
+
+        # A verify clears what was created before it started, less a second (stream
+        # times are whole seconds): the one that starts a second after the span's end.
+        wait_until(
+            lambda: (
+                in_process("verify", "-c", str(job.path)).returncode == 0 and answered(second) == 0
+            ),
+            60,
+            "a verify to clear the span",
+        )
+        assert in_process("wait", *args, "--until", f"{first:.6f}").returncode == 0
+        assert held(job, region, table, "first") and held(job, region, table, "second")
+    finally:
+        assert stop(runtime) == 0
+
+
 def test_a_destination_added_to_a_resumed_job_is_not_reported_replicated_before_it_joined(
     moto_endpoint: str, unique: Any, tmp_path: Path
 ) -> None:
