@@ -19,7 +19,12 @@ from enum import StrEnum
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from replicator.config.endpoints import endpoint_identity, quoted, userinfo_problem
+from replicator.config.endpoints import (
+    aws_region_problem,
+    endpoint_identity,
+    quoted,
+    userinfo_problem,
+)
 from replicator.config.fields import (
     DYNAMODB_STREAM_ARN_PATTERN,
     MAX_TABLE_NAME,
@@ -953,6 +958,23 @@ def _queue_url_checks(job: JobConfig) -> Problems:
     return problems
 
 
+def _inherited_region_checks(job: JobConfig) -> Problems:
+    """An AWS endpoint in a section that gives no ``region`` is checked against the
+    region the section takes, the source's (a section's own ``region`` is checked at
+    its key, with the endpoint)."""
+    problems: Problems = []
+    for section, settings in (("dead_letter", job.dead_letter), ("conflict_log", job.conflict_log)):
+        if settings.region is not None or settings.endpoint_url is None:
+            continue
+        whose = f"the region {section} takes, source.region (it gives none),"
+        problem = aws_region_problem(settings.endpoint_url, job.source.region, whose)
+        if problem is not None:
+            problems.append(
+                ((section, "endpoint_url"), f"{problem}, got {quoted(settings.endpoint_url)}")
+            )
+    return problems
+
+
 def _aws_sqs_endpoint_for(url: str, region: str) -> str | None:
     """AWS's SQS endpoint, where a section without an ``endpoint_url`` sends its requests
     about queue ``url`` (botocore sends them to the client's endpoint, whatever host the
@@ -1267,6 +1289,7 @@ _CROSS_CHECKS: tuple[tuple[Callable[[JobConfig], Problems], frozenset[str]], ...
     (_conflict_option_checks, frozenset({"conflict", "destinations"})),
     (_conflict_log_table_checks, _TASK | {"conflict_log"}),
     (_queue_url_checks, frozenset({"dead_letter", "conflict_log"})),
+    (_inherited_region_checks, frozenset({"dead_letter", "conflict_log", "source"})),
     (_shared_queue_checks, frozenset({"dead_letter", "conflict_log", "source"})),
     (_task_table_checks, _TASK),
 )

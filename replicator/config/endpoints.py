@@ -103,22 +103,31 @@ def check_endpoint(value: str | None, info: ValidationInfo) -> str | None:
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-# An AWS region as a label of an AWS service's host name (dynamodb.eu-west-1.amazonaws.com).
-_REGION_LABEL = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
-_AWS_DOMAINS = ("amazonaws.com", "amazonaws.com.cn", "api.aws")
+# The host of an AWS service endpoint of the replicator's services, with its region: the
+# service (FIPS and account-based DynamoDB endpoints, and a VPC endpoint's name before it,
+# included), the region, then AWS's domain; or SQS's legacy <region>.queue.amazonaws.com.
+# Only these: other hosts under amazonaws.com (an EC2 instance's public name, a load
+# balancer's) may serve an emulator that takes any region.
+_REGION = r"([a-z]{2,4}(?:-[a-z]+)+-\d+)"
+_AWS_SERVICE_HOST = re.compile(
+    r"(?:(?:[a-z0-9-]+\.)*(?:dynamodb|dynamodb-fips|ddb|sqs|sqs-fips|kinesis|kinesis-fips)"
+    rf"\.{_REGION}(?:\.vpce)?\.(?:amazonaws\.com|amazonaws\.com\.cn|api\.aws)"
+    rf"|{_REGION}\.queue\.amazonaws\.com)",
+    re.ASCII,
+)
 
 
-def aws_region_problem(url: str, region: str) -> str | None:
-    """Why an AWS endpoint cannot serve ``region`` (None: it is no AWS endpoint, or the
-    region's own): its host names another region."""
+def aws_region_problem(url: str, region: str, whose: str = "the section's region") -> str | None:
+    """Why an AWS service endpoint cannot serve ``region`` (``whose``, as the message
+    names it; None: it is no such endpoint, or the region's own): its host names another
+    region."""
     host = (urlsplit(url).hostname or "").rstrip(".").lower()
-    if not any(host.endswith(f".{domain}") for domain in _AWS_DOMAINS):
-        return None
-    named = next((label for label in host.split(".") if _REGION_LABEL.fullmatch(label)), None)
-    if named is None or named == region:
+    match = _AWS_SERVICE_HOST.fullmatch(host)
+    named = match and next(found for found in match.groups() if found)
+    if not named or named == region:
         return None
     return (
-        f"it is AWS's endpoint in {named}, and the section's region is {region} (AWS "
+        f"it is AWS's endpoint in {named}, and {whose} is {region} (AWS "
         f"refuses a request signed for another region): give region: {named}, or leave "
         "endpoint_url out to reach the region's own endpoint"
     )

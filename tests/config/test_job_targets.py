@@ -295,7 +295,7 @@ def test_one_queue_for_the_conflict_log_and_the_dead_letters_is_refused(
         f"{{queue_url: '{LOCAL}/123456789012/audit', endpoint_url: '{LOCAL}'}}",
         # AWS's SQS endpoint of another region, or on another port: another place.
         "{queue_url: 'https://sqs.us-east-1.amazonaws.com/123456789012/audit', "
-        "endpoint_url: 'https://sqs.eu-west-1.amazonaws.com'}",
+        "region: eu-west-1, endpoint_url: 'https://sqs.eu-west-1.amazonaws.com'}",
         "{queue_url: 'https://sqs.us-east-1.amazonaws.com/123456789012/audit', "
         "endpoint_url: 'https://sqs.us-east-1.amazonaws.com:8443'}",
     ],
@@ -467,6 +467,14 @@ def test_validate_reports_a_directory_with_the_other_problems(tmp_path: Path) ->
             "dead_letter.endpoint_url",
             "us-east-1",
         ),
+        (  # no region of its own: the source's, which the message names
+            "source: {region: us-east-1, table: orders}\n"
+            "destinations: [{region: eu-west-1, table: orders}]\n"
+            "conflict_log: {kind: dynamodb, "
+            "endpoint_url: 'https://dynamodb.eu-west-1.amazonaws.com'}\n",
+            "conflict_log.endpoint_url",
+            "eu-west-1",
+        ),
     ],
 )
 def test_an_aws_endpoint_of_another_region_than_its_section_is_refused(
@@ -474,7 +482,7 @@ def test_an_aws_endpoint_of_another_region_than_its_section_is_refused(
 ) -> None:
     """AWS refuses every request signed for another region than its endpoint's: a run
     retried the refusals for minutes before it stopped (exit 3)."""
-    line = _refused(tmp_path, text, key, f"it is AWS's endpoint in {named}, and the section")
+    line = _refused(tmp_path, text, key, f"it is AWS's endpoint in {named}, and the ")
     assert f"give region: {named}, or leave endpoint_url out" in line
 
 
@@ -484,7 +492,13 @@ def test_an_aws_endpoint_of_the_sections_own_region_is_taken(tmp_path: Path) -> 
         "source: {region: us-east-1, table: orders, "
         "endpoint_url: 'https://dynamodb-fips.us-east-1.amazonaws.com'}\n"
         "destinations: [{region: eu-west-1, table: orders, "
-        "endpoint_url: 'https://vpce-1a2b.dynamodb.eu-west-1.vpce.amazonaws.com'}]\n"
+        "endpoint_url: 'https://vpce-1a2b.dynamodb.eu-west-1.vpce.amazonaws.com'}, "
+        # Other hosts under amazonaws.com may serve an emulator taking any region: an EC2
+        # instance's public name, a load balancer's chosen name.
+        "{region: us-east-1, table: copy, "
+        "endpoint_url: 'http://ec2-3-250-1-2.eu-west-1.compute.amazonaws.com:8000'}, "
+        "{region: eu-west-1, table: copy, "
+        "endpoint_url: 'http://my-alb-1234567890.us-east-1.elb.amazonaws.com'}]\n"
     )
     result = validate_in_process(path)
     assert result.returncode == 0, result.stderr
