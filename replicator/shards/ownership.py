@@ -32,6 +32,7 @@ from botocore.exceptions import ClientError
 
 from replicator.aws import clients, tables
 from replicator.aws.errors import error_code
+from replicator.config.fields import REGION_PATTERN
 from replicator.config.model import ResolvedJob, StreamKind
 from replicator.exceptions import EnvironmentProblem
 
@@ -127,7 +128,7 @@ def claim(resolved: ResolvedJob, identity: str, client: DynamoDBClient | None = 
 
 
 # A DynamoDB source's identity as source_identity writes it (not cut to a digest).
-_TABLE_ARN = re.compile(r"arn:[^:]+:dynamodb:([^:]*):[^:]*:table/([^/]+)")
+_TABLE_ARN = re.compile(r"arn:[^:]+:dynamodb:(?P<region>[^:]*):[^:]*:table/(?P<table>[^/]+)")
 # How long a command waits for the tag: an endpoint answers the two calls in
 # milliseconds, and the command's own reads keep their bound but for this.
 _READ_BOUND_S = 2.0
@@ -140,12 +141,17 @@ def check_reader(resolved: ResolvedJob) -> None:
     refused by ``run``, and its ``wait`` would otherwise pass on the other job's
     watermark. The tag is compared by region and table, so that no call reaches the
     source table; a tag that cannot be read in :data:`_READ_BOUND_S` (no lease table
-    yet, no permission to read tags, an endpoint without them, one that hangs) leaves
-    the check undone, as a run leaves it unchecked: the status table is still read."""
+    yet, no permission to read tags, an endpoint without them, one that hangs, no
+    credentials for the source) leaves the check undone, as a run leaves it unchecked:
+    the status table is still read. For a DynamoDB stream's job (the watermark's): a
+    Kinesis job's tag names another job."""
     found: list[str | None] = []
 
     def read() -> None:
-        found.append(_recorded_owner(resolved))
+        try:
+            found.append(_recorded_owner(resolved))
+        except BaseException:  # noqa: BLE001  # a thread's error would print a traceback
+            found.append(None)
 
     reader = threading.Thread(target=read, name="owner-tag-read", daemon=True)
     reader.start()
@@ -154,8 +160,7 @@ def check_reader(resolved: ResolvedJob) -> None:
     source = resolved.job.source
     if owner is None or _DIGEST_MARK in owner:
         return
-    match = _TABLE_ARN.fullmatch(owner)
-    if match is not None and match.groups() == (source.region, source.table):
+    if _names_table(owner, source.region, source.table):
         return
     where = tables.where(source.region, source.endpoint_url, source.role_arn)
     raise EnvironmentProblem(
@@ -166,12 +171,21 @@ def check_reader(resolved: ResolvedJob) -> None:
     )
 
 
+def _names_table(owner: str, region: str, table: str) -> bool:
+    """Whether the tag ``owner`` names the DynamoDB table ``table`` in ``region`` (in
+    whatever region, for an emulator that writes its own word where an ARN has it)."""
+    match = _TABLE_ARN.fullmatch(owner)
+    if match is None or match["table"] != table:
+        return False
+    return match["region"] == region or not REGION_PATTERN.fullmatch(match["region"])
+
+
 def _recorded_owner(resolved: ResolvedJob) -> str | None:
     """The lease table's owner tag, or None (none, or it cannot be read)."""
-    ddb = clients.dynamodb(
-        resolved.job.source, connect_timeout=1.0, read_timeout=2.0, sdk_retries=False
-    )
     try:
+        ddb = clients.dynamodb(
+            resolved.job.source, connect_timeout=1.0, read_timeout=2.0, sdk_retries=False
+        )
         arn = ddb.describe_table(TableName=resolved.lease_table)["Table"]["TableArn"]
         tags = ddb.list_tags_of_resource(ResourceArn=arn).get("Tags", [])
     except Exception:  # noqa: BLE001  # any failure leaves the check undone, as documented

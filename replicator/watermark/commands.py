@@ -1,7 +1,9 @@
 """``replicator watermark`` and ``replicator wait``: the watermark from a job file.
 
-Both read only the status table in each destination's region, with the destination's
-own credentials (its endpoint and role), exactly as an application there would.
+Both read the status table in each destination's region, with the destination's own
+credentials (its endpoint and role), exactly as an application there would; first, the
+task's owner tag on the lease table with the source's (ownership.check_reader), which
+leaves its check undone when it cannot be read.
 """
 
 from __future__ import annotations

@@ -30,11 +30,18 @@ T0 = 1_700_000_000 * S
 SLACK_S = 15.0  # as in test_wait: far above a bounded command, far below an unbounded one
 
 
-def job_file(tmp_path: Path, task: str, endpoint: str) -> Path:
+REFUSED = "http://127.0.0.1:1"  # nothing listens: a connection to it is refused at once
+
+
+def job_file(tmp_path: Path, task: str, endpoint: str, source: str = REFUSED) -> Path:
+    """A job whose destinations are at ``endpoint``. Both commands first read the
+    task's owner tag at the ``source``'s endpoint (ownership.check_reader), which by
+    default refuses the connection, leaving that check undone at once: each test meets
+    the stage it is about, the status tables' reads."""
     path = tmp_path / "job.yaml"
     path.write_text(
         f"task_name: {task}\n"
-        f"source: {{region: us-east-1, table: src, endpoint_url: '{endpoint}'}}\n"
+        f"source: {{region: us-east-1, table: src, endpoint_url: '{source}'}}\n"
         "destinations:\n"
         f"  - {{region: eu-west-1, table: replica, endpoint_url: '{endpoint}'}}\n"
         f"  - {{region: ap-southeast-2, table: replica, endpoint_url: '{endpoint}'}}\n"
@@ -469,6 +476,39 @@ def test_the_watermark_command_stopped_by_sigint_exits_130_with_one_line(
     assert shown.returncode == 130, (out, err)
     assert err == "replicator: SIGINT received; stopped before the watermark was read\n"
     assert out == ""
+
+
+@pytest.mark.parametrize("command", ["watermark", "wait"])
+def test_a_command_stopped_while_it_reads_the_owner_tag_exits_143_with_one_line(
+    silent: SilentEndpoint, tmp_path: Path, command: str
+) -> None:
+    """The owner tag is read before the status tables, at the source's endpoint (here
+    one that never answers): a stop meanwhile ends the command as during the reads."""
+    path = job_file(tmp_path, "wm-stopped-tag", REFUSED, source=silent.url)
+    args = ["-d", EU, "--until", "1767225600", "--timeout", "60"] if command == "wait" else []
+    stopped = run_from_first_read(
+        silent,
+        [command, "--config", str(path), *args],
+        lambda running: running.send_signal(signal.SIGTERM),
+    )
+    assert stopped.returncode == 143, (stopped.stdout, stopped.stderr)
+    (line,) = stopped.stderr.splitlines()
+    assert line.startswith("replicator: SIGTERM received; stopped "), line
+    assert stopped.stdout == ""
+
+
+def test_a_source_without_credentials_leaves_the_owner_check_undone_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """A client that could not be made for the source (a profile that does not exist)
+    printed the owner-tag thread's traceback before the command's own line."""
+    path = job_file(tmp_path, "wm-no-profile", REFUSED)
+    # A process of its own: pytest takes a thread's uncaught error for a warning.
+    shown = replicator("watermark", "--config", str(path), env={"AWS_PROFILE": "no-such-one"})
+    assert shown.returncode == 3, shown
+    assert "Traceback" not in shown.stderr and "Exception in thread" not in shown.stderr
+    (line,) = shown.stderr.splitlines()
+    assert line.startswith("replicator: "), line
 
 
 @pytest.mark.parametrize(

@@ -354,7 +354,8 @@ def test_the_wait_command_exits_3_by_its_timeout_when_the_status_table_never_ans
     path = tmp_path / "job.yaml"
     path.write_text(
         "task_name: wm-silent\n"
-        f"source: {{region: us-east-1, table: src, endpoint_url: '{silent_endpoint}'}}\n"
+        # The owner tag's read, before the status table's, finds nothing listening.
+        "source: {region: us-east-1, table: src, endpoint_url: 'http://127.0.0.1:1'}\n"
         "destinations:\n"
         f"  - {{region: eu-west-1, table: replica, endpoint_url: '{silent_endpoint}'}}\n"
     )
