@@ -54,10 +54,48 @@ _TOKEN_IN_TEXT = re.compile(
     re.IGNORECASE,
 )
 # A user name and password in a URL (an endpoint or queue URL typed with them): refused
-# by the job checks, whose message must not print them back. Everything from the scheme
-# to the URL's last ``@`` goes: a password may hold ``/`` or ``@`` itself (urllib then
-# reads part of it as the path), and hiding a path that holds an ``@`` costs nothing.
-_USERINFO_IN_URL = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*:/+)[^\s'\"<>]*@")
+# by the job checks, whose message must not print them back (those quote the URL whole:
+# config.endpoints.quoted). In a log line a URL ends at a blank or a quote; see
+# _userinfo_end for where its user name and password end.
+_URL_START = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]+://")
+_URL_ENDS = frozenset("'\"<>")
+
+
+def _userinfo_end(url: str) -> int | None:
+    """Where the user name and password end in ``url`` (what follows its ``://``): at
+    the last ``@`` before which they read as such, or None. A password may hold ``@``
+    or ``/`` (urllib then reads part of it as the path); what comes before an ``@`` is
+    taken for them if it holds no ``/``, or a ``:`` before its first ``/`` that is not a
+    port's (a password is more than digits). So a path's ``@`` (``/@alice``, ``/users/
+    a@b.com``, ``host:8000/x@y``) is left alone."""
+    at = url.rfind("@")
+    while at >= 0:
+        before = url[:at]
+        slash = before.find("/")
+        colon = before.find(":")
+        if slash < 0 or (0 <= colon < slash and not before[colon + 1 : slash].isdigit()):
+            return at
+        at = url.rfind("@", 0, at)
+    return None
+
+
+def _without_userinfo(text: str) -> str:
+    parts: list[str] = []
+    done = 0
+    for start in _URL_START.finditer(text):
+        begin = start.end()
+        if begin <= done:
+            continue
+        end = begin
+        while end < len(text) and text[end] not in _URL_ENDS and not text[end].isspace():
+            end += 1
+        at = _userinfo_end(text[begin:end])
+        if at is not None:
+            parts += [text[done:begin], REDACTED]
+            done = begin + at
+    return "".join(parts) + text[done:]
+
+
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 # A credential variable's value is replaced wherever it appears only from this length
 # on. AWS's own are far longer (a secret key is 40 characters, a session token hundreds);
@@ -124,7 +162,7 @@ def redact(text: str) -> str:
     this process's environment (:data:`SECRET_MIN_CHARS` or longer), in every form a
     quote gives it (:func:`_written_forms`). Credentials are never logged nor printed."""
     text = _TOKEN_IN_TEXT.sub(lambda match: match.group(1) + REDACTED, text)
-    text = _USERINFO_IN_URL.sub(lambda match: match.group(1) + REDACTED + "@", text)
+    text = _without_userinfo(text)
     for name in _SECRET_VARIABLES:
         value = os.environ.get(name)
         if value and len(value) >= SECRET_MIN_CHARS:

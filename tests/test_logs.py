@@ -131,6 +131,27 @@ def test_a_log_line_hides_a_url_password_up_to_its_last_at() -> None:
     assert logs.redact("at http://u:pa/ss0rd@h:1/ now") == "at http://<redacted>@h:1/ now"
     assert logs.redact("at http://u:p@ss@h:1 now") == "at http://<redacted>@h:1 now"
     assert logs.redact("http://h:1/path ok, mail a@b") == "http://h:1/path ok, mail a@b"
+    assert logs.redact("'http://u:x@h' 'http://v:y@k'") == (
+        "'http://<redacted>@h' 'http://<redacted>@k'"
+    )
+    assert logs.redact("http://user@host/path/@x") == "http://<redacted>@host/path/@x"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "pk=S:/users/alice@example.com/avatar.png",  # a key as describe_key writes it
+        "pk=S:https://medium.com/@alice",
+        '{"S": "https://www.npmjs.com/package/@scope/pkg"}',
+        "s3://bucket/users/alice@example.com/f.json",
+        "http://localhost:8000/users/a@b.com",
+        "file:/run/user@1000/x",
+    ],
+)
+def test_an_at_in_a_urls_path_is_data_left_as_it_is(data: str) -> None:
+    """A key or an attribute holding a URL with an ``@`` in its path was cut from the
+    scheme to the ``@`` in every log line naming it (a dead letter's, a conflict's)."""
+    assert logs.redact(data) == data
 
 
 def test_what_a_command_prints_goes_through_the_redacting_echo() -> None:
