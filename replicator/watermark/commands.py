@@ -34,7 +34,6 @@ from replicator.logs import redact
 from replicator.runtime.preflight import explain
 from replicator.shards import ownership
 from replicator.watermark.parts import Watermark, iso, seconds
-from replicator.watermark.spans import UNWATCHED
 from replicator.watermark.wait import (
     Seconds,
     WaitResult,
@@ -285,10 +284,7 @@ def _describe(
         lines.append(f"  dead letters: {mark.dead_letters} (changes created in {spans})")
     else:
         lines.append("  dead letters: none")
-    lines.extend(
-        f"  {'unwatched' if span.reason == UNWATCHED else 'never read'}: {span.describe()}"
-        for span in mark.unread_spans
-    )
+    lines.extend(f"  {span.heading}: {span.describe()}" for span in mark.unread_spans)
     return "\n".join(lines)
 
 

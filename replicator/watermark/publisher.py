@@ -737,7 +737,8 @@ class ShardWatermark:
         for them is not told "replicated" until a ``verify`` finds nothing different."""
         target.ready = False
         target.published_us = 0
-        span = UnreadSpan(0, int(self._clock() * US), spans.STATUS_TABLE_LOST)
+        now_us = int(self._clock() * US)
+        span = UnreadSpan(0, now_us + self._margin_us, spans.STATUS_TABLE_LOST)
         with self._state:
             target.unread.append(span)
 

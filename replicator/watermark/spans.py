@@ -94,8 +94,11 @@ _WHY = {
 # What became of the changes of a span, where "never read" is not it.
 _DONE = {
     UNWATCHED: "were replicated unwatched",
-    STATUS_TABLE_LOST: "were replicated before the status table was created again",
+    STATUS_TABLE_LOST: "are not known to be replicated (the status table, deleted since, "
+    "held what was known of them)",
 }
+# How ``replicator watermark`` heads a span's line, where "never read" is not it.
+_HEADINGS = {UNWATCHED: "unwatched", STATUS_TABLE_LOST: "status table lost"}
 
 # A copy brings the items; only a comparison also finds the deletes it cannot copy.
 _CLEARED_BY = "then `replicator verify` (--repair if it finds differences) clears this"
@@ -129,6 +132,10 @@ class UnreadSpan:
                 "processor starts with the watermark on again)"
             )
         return f"{which} {done} for this destination: {why}; {_CLEARED_BY}"
+
+    @property
+    def heading(self) -> str:
+        return _HEADINGS.get(self.reason, "never read")
 
     @property
     def open(self) -> bool:

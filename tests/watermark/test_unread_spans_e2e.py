@@ -195,8 +195,10 @@ def test_a_status_table_deleted_while_the_job_runs_answers_no_earlier_wait_repli
         wait_until(lambda: answered(first) == 4, 60, "the wait to exit 4 for the lost span")
         waited = in_process("wait", *args, "--until", f"{first:.6f}")
         assert waited.returncode == 4, waited
-        assert "were replicated before the status table was created again" in waited.stderr
+        assert "are not known to be replicated (the status table, deleted since" in waited.stderr
         assert "verify" in waited.stderr
+        shown = in_process("watermark", "-c", str(job.path), "-d", table)
+        assert "  status table lost: changes created before " in shown.stdout, shown
 
         # A verify clears what was created before it started, less a second (stream
         # times are whole seconds): the one that starts a second after the span's end.
