@@ -677,8 +677,10 @@ def _did_you_mean(path: KeyPath) -> str:
         return ""
     keys = list(section.model_fields)
     close = difflib.get_close_matches(path[-1], keys, n=1, cutoff=0.7)
-    # A key cut short (``role`` for role_arn) is too short for difflib's ratio.
-    close = close or [key for key in keys if key.startswith(f"{path[-1]}_")][:1]
+    # A key cut short (``role`` for role_arn) is too short for difflib's ratio; told
+    # only when one key begins so (``max`` could be any of several).
+    begun = [key for key in keys if key.startswith(f"{path[-1]}_")]
+    close = close or (begun if len(begun) == 1 else [])
     return f" (did you mean {close[0]}?)" if close else ""
 
 

@@ -33,6 +33,7 @@ import importlib
 import inspect
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Any, cast
@@ -60,10 +61,12 @@ def load_resolver(dotted: str) -> Resolver:
     module_name, _, attribute = dotted.partition(":")
     # What the module prints as it is imported goes to stderr in an operator command,
     # whose stdout is its report (``verify --json``, ``validate``'s summary); the
-    # processor has its stdout logged already (``printed`` lines).
-    printed_to = sys.stderr if sys.stdout is sys.__stdout__ else sys.stdout
+    # processor has its stdout logged already (``printed`` lines). Only on the main
+    # thread, where the commands load it: the swap is the whole process's.
+    on_main = threading.current_thread() is threading.main_thread()
+    redirected = on_main and sys.stdout is sys.__stdout__
     try:
-        with contextlib.redirect_stdout(printed_to):
+        with contextlib.redirect_stdout(sys.stderr) if redirected else contextlib.nullcontext():
             module = importlib.import_module(module_name)
     except StopNow:
         raise  # a second stop signal while ``run`` starts: the operator's, not the module's

@@ -262,8 +262,15 @@ def test_an_unknown_key_names_the_key_it_is_close_to(
     assert line.endswith(f": unknown key (did you mean {hint}?)"), line
 
 
-def test_an_unknown_key_close_to_nothing_gets_no_hint(tmp_path: Path) -> None:
-    line = _refused(tmp_path, MINIMAL + "writer: {colour: blue}\n", "writer.colour")
+@pytest.mark.parametrize(
+    ("given", "key"),
+    [
+        ("writer: {colour: blue}", "writer.colour"),
+        ("writer: {max: 5}", "writer.max"),  # begins several keys: none is told
+    ],
+)
+def test_an_unknown_key_close_to_nothing_gets_no_hint(tmp_path: Path, given: str, key: str) -> None:
+    line = _refused(tmp_path, MINIMAL + given + "\n", key)
     assert line.endswith(": unknown key"), line
 
 
