@@ -130,7 +130,9 @@ class WatermarkCollector(Collector):
         with self._lock:
             before = self._known[label]
             self._known[label] = replace(before, failing=kind)
-        if before.failing != kind:
+        # Warned once an outage, as documented: an endpoint that resets connections fails
+        # by turns as two kinds of error, once a second.
+        if before.failing is None:
             log.warning(
                 "cannot read the watermark; /metrics shows the last one read until it can",
                 destination=label,
