@@ -278,6 +278,9 @@ def shard_pipeline(
     watermark = (
         shard_watermark(resolved, shard_id, metrics) if resolved.publishes_watermark else None
     )
+    if watermark is not None:
+        for writer in writers.values():
+            writer.on_table_lost = watermark.destination_lost
     return ShardPipeline(
         writers,
         buffer,

@@ -742,6 +742,26 @@ class ShardWatermark:
         with self._state:
             target.unread.append(span)
 
+    def destination_lost(self, destination: str) -> None:
+        """The destination's table answered that it does not exist, or has another key:
+        it was deleted (or re-created) while the job ran, and what was applied there
+        before, which the checkpoints have passed, is gone. The changes created until
+        now get a span (:data:`spans.DESTINATION_LOST`), stored before any claim: a wait
+        for them is not told "replicated" until a ``verify`` finds nothing different
+        (after a ``backfill``). Called from the writers' threads, once per refusal."""
+        target = self._targets.get(destination)
+        if target is None:
+            return
+        now_us = int(self._clock() * US)
+        span = UnreadSpan(0, now_us + self._margin_us, spans.DESTINATION_LOST)
+        with self._state:
+            # One not stored yet covers every change applied before the table went: each
+            # refusal tells it, and each span is one more write to the status table.
+            if any(pending.reason == spans.DESTINATION_LOST for pending in target.unread):
+                return
+            target.unread.append(span)
+        target.wake.set()
+
     def _failed(self, target: _Target, error: BaseException) -> None:
         if error_code(error) == "ResourceNotFoundException" and target.ready:
             # The status table was deleted: create it again and register the stream's

@@ -38,6 +38,7 @@ BEFORE_STREAM = "before_stream"
 EARLIER_STREAM = "earlier_stream"
 UNWATCHED = "unwatched"
 STATUS_TABLE_LOST = "status_table_lost"
+DESTINATION_LOST = "destination_lost"
 
 
 def passed_over_advice(publishes_watermark: bool) -> str:
@@ -84,6 +85,11 @@ _WHY = {
         "gone: dead letters and spans of processes no longer running (a change "
         "dead-lettered before is not known here)"
     ),
+    DESTINATION_LOST: (
+        "the destination's table answered that it does not exist, or has another key "
+        "(deleted or re-created while the job ran): what was applied there before is "
+        "gone; copy it again with `replicator backfill`"
+    ),
     BEFORE_STREAM: (
         "the job first started at kcl.initial_position TRIM_HORIZON, which reads only "
         "what the stream still held: changes made before the source's stream was "
@@ -96,9 +102,14 @@ _DONE = {
     UNWATCHED: "were replicated unwatched",
     STATUS_TABLE_LOST: "are not known to be replicated (the status table, deleted since, "
     "held what was known of them)",
+    DESTINATION_LOST: "may be gone from the destination",
 }
 # How ``replicator watermark`` heads a span's line, where "never read" is not it.
-_HEADINGS = {UNWATCHED: "unwatched", STATUS_TABLE_LOST: "status table lost"}
+_HEADINGS = {
+    UNWATCHED: "unwatched",
+    STATUS_TABLE_LOST: "status table lost",
+    DESTINATION_LOST: "destination table lost",
+}
 
 # A copy brings the items; only a comparison also finds the deletes it cannot copy.
 _CLEARED_BY = "then `replicator verify` (--repair if it finds differences) clears this"

@@ -238,6 +238,11 @@ class DestinationWriter:
     # sets it: a destination that answers, even with throttling, is there and worth
     # waiting for; one that does not answer is an environment to fix.
     unanswered_for_s: float | None = None
+    # Told the label when the destination's table answers that it does not exist, or
+    # has another key (deleted, or re-created, while the job runs): what was applied
+    # there before is gone, and the watermark must not pass it on (see ShardWatermark.
+    # destination_lost). None: nobody to tell (the operator commands).
+    on_table_lost: Callable[[str], None] | None = None
     # The source's own writer: its stream's reader, told which delete records are of an
     # item removed unseen and put back (the job's own, not the application's deletes).
     removals: Removals | None = None
@@ -529,6 +534,7 @@ class DestinationWriter:
                     # re-created with another one). Retried like a missing table, never
                     # dead-lettered; persisting, it stops the worker.
                     streak, seen_then = self._note_refusal(error, streak, seen_then)
+                    self._table_lost(error)
                     schema_refusals += 1
                     if max(streak, schema_refusals) >= self.refusal_limit:
                         raise DestinationRefused(
@@ -557,6 +563,8 @@ class DestinationWriter:
                         ) from error
                 elif kind in (ErrorKind.DENIED, ErrorKind.NOT_FOUND):
                     streak, seen_then = self._note_refusal(error, streak, seen_then)
+                    if kind is ErrorKind.NOT_FOUND:
+                        self._table_lost(error)
                     if streak >= self.refusal_limit:
                         raise DestinationRefused(
                             f"{self._refuser(error)} refused {streak} writes in a row: "
@@ -1226,6 +1234,12 @@ class DestinationWriter:
         if unanswered is None or unanswered.successes != successes:
             return _Unanswered(tried_at, successes)
         return unanswered
+
+    def _table_lost(self, error: BaseException) -> None:
+        """The destination's table (not its tombstone table, whose loss loses no item)
+        answered that it is missing or has another key: tell ``on_table_lost``."""
+        if self.on_table_lost is not None and not isinstance(error, TombstoneTableError):
+            self.on_table_lost(self.label)
 
     def _note_refusal(
         self, error: BaseException, streak: int, seen_then: _Seen | None
