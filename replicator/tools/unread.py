@@ -26,8 +26,8 @@ from replicator.watermark.table import StatusTable
 log = structlog.get_logger(__name__)
 
 MANUAL_STEP = (
-    "they stay reported until removed (REMOVE unread_spans on the destination's items in "
-    "the status table)"
+    "they stay reported until removed (REMOVE unread_spans and dead_letter_ranges on the "
+    "destination's items in the status table)"
 )
 
 
@@ -51,9 +51,10 @@ def cleared_through_us(started_s: float, margin_ms: int) -> int:
 def clear_unread(
     resolved: ResolvedJob, started_s: float, destinations: Iterable[str]
 ) -> Cleared | None:
-    """Clear, at each of ``destinations``, the unread spans up to what a comparison that
-    started at ``started_s`` covers; None when the job publishes no watermark. A failure
-    is logged with the manual step and reported: the comparison itself succeeded."""
+    """Clear, at each of ``destinations``, the unread spans and dead-letter ranges up to
+    what a comparison that started at ``started_s`` covers; None when the job publishes
+    no watermark. A failure is logged with the manual step and reported: the comparison
+    itself succeeded."""
     if not resolved.publishes_watermark:
         return None
     through_us = cleared_through_us(started_s, resolved.job.watermark.caught_up_margin_ms)
@@ -62,7 +63,8 @@ def clear_unread(
     for label in destinations:
         table = StatusTable(wiring.status_client(resolved, label), resolved.watermark_table, label)
         try:
-            if table.clear_unread_through(through_us):
+            spans = table.clear_unread_through(through_us)
+            if table.clear_dead_letters_through(through_us) or spans:
                 result.cleared.append(label)
         except (ClientError, BotoCoreError, ReplicatorError) as error:
             result.failed.append(label)

@@ -302,12 +302,14 @@ class VerifyReport:
             lines.extend(finding.line() for finding in mine)
         if self.unread and self.unread.cleared:
             lines.append(
-                f"watermark: unread spans up to {self.unread.through} cleared at "
+                f"watermark: unread spans and dead-letter ranges up to {self.unread.through} "
+                "cleared at "
                 f"{', '.join(self.unread.cleared)}"
             )
         if self.unread and self.unread.failed:
             lines.append(
-                f"watermark: could not clear the unread spans up to {self.unread.through} at "
+                "watermark: could not clear the unread spans and dead-letter ranges up to "
+                f"{self.unread.through} at "
                 f"{', '.join(self.unread.failed)}; {MANUAL_STEP}"
             )
         return "\n".join(lines)

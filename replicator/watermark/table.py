@@ -67,6 +67,10 @@ OTHER_KEYS_HINT = (
 )
 
 
+# An update of a part: its UpdateExpression, ConditionExpression and values.
+_Update = tuple[str, str, dict[str, Any]]
+
+
 class PartLost(Exception):
     """A part raised before has no owner: the status table was created again."""
 
@@ -424,6 +428,46 @@ class StatusTable:
         span added meanwhile is kept. The number of parts changed."""
         return self._rewrite_spans(lambda spans: covered_through(spans, through_us), attempts)
 
+    def clear_dead_letters_through(self, through_us: int, attempts: int = 5) -> int:
+        """Remove from every part the dead-letter ranges a comparison that found the
+        destination equal covers: changes created at or before ``through_us`` (a range
+        reaching past it is cut there). Such a change is settled: the destination holds
+        what the source held then, so neither the letter's change nor the one that
+        replaced it is missing. Conditional on the version read, so a dead letter added
+        meanwhile is kept; a part left without ranges counts no dead letters. The number
+        of parts changed."""
+        changed = 0
+        for part in self.parts_if_any(DEAD_LETTERS):
+            if part.dead_letter_ranges and self._clear_letters(part, through_us, attempts):
+                changed += 1
+        return changed
+
+    def _clear_letters(self, part: Part, through_us: int, attempts: int) -> bool:
+        def update(part: Part) -> _Update | None:
+            remaining = tuple(
+                (max(low, through_us + 1), high)
+                for low, high in part.dead_letter_ranges
+                if high > through_us
+            )
+            if remaining == part.dead_letter_ranges:
+                return None
+            version = part.dead_letter_version
+            expression = "SET dead_letter_ranges = :r, dead_letter_version = :next"
+            values: dict[str, Any] = {
+                ":r": {"S": json.dumps([list(r) for r in remaining])},
+                ":v": {"N": str(version)},
+                ":next": {"N": str(version + 1)},
+            }
+            if not remaining:
+                expression += ", dead_letters = :none"
+                values[":none"] = {"N": "0"}
+            condition = "dead_letter_version = :v"
+            if version == 0:
+                condition = f"attribute_not_exists(dead_letter_version) OR {condition}"
+            return expression, condition, values
+
+        return self._rewrite_versioned(part, DEAD_LETTERS, update, "dead-letter ranges", attempts)
+
     def open_unwatched(self, attempts: int = 5) -> int:
         """Add to every part that has none an open ``unwatched`` span from the part's
         watermark on: the job runs with the watermark off (replicator/watermark/off.py).
@@ -461,31 +505,52 @@ class StatusTable:
         rewrite: Callable[[tuple[UnreadSpan, ...]], tuple[UnreadSpan, ...]],
         attempts: int,
     ) -> bool:
-        for _ in range(attempts):
+        def update(part: Part) -> _Update | None:
             remaining = rewrite(part.unread_spans)
             if remaining == part.unread_spans:
+                return None
+            values = {
+                ":s": {"S": dumps(remaining)},
+                ":v": {"N": str(part.unread_version)},
+                ":next": {"N": str(part.unread_version + 1)},
+            }
+            return "SET unread_spans = :s, unread_version = :next", "unread_version = :v", values
+
+        return self._rewrite_versioned(part, UNREAD, update, "unread spans", attempts)
+
+    def _rewrite_versioned(
+        self,
+        part: Part,
+        attributes: Collection[str],
+        update: Callable[[Part], _Update | None],
+        what: str,
+        attempts: int,
+    ) -> bool:
+        """Write the part as ``update`` plans it from what was read (None: nothing to
+        change), conditional on the version read; read again and plan again when a
+        writer came between. Whether it was changed."""
+        for _ in range(attempts):
+            planned = update(part)
+            if planned is None:
                 return False
+            expression, condition, values = planned
             try:
                 self.client.update_item(
                     TableName=self.name,
                     Key=self._key(part.shard),
-                    UpdateExpression="SET unread_spans = :s, unread_version = :next",
-                    ConditionExpression="unread_version = :v",
-                    ExpressionAttributeValues={
-                        ":s": {"S": dumps(remaining)},
-                        ":v": {"N": str(part.unread_version)},
-                        ":next": {"N": str(part.unread_version + 1)},
-                    },
+                    UpdateExpression=expression,
+                    ConditionExpression=condition,
+                    ExpressionAttributeValues=values,
                 )
                 return True
             except ClientError as error:
                 if error_code(error) != "ConditionalCheckFailedException":
                     raise
-            fresh = self.part(part.shard, UNREAD)
+            fresh = self.part(part.shard, attributes)
             if fresh is None:
                 return False
             part = fresh
         raise EnvironmentProblem(
-            f"status table {self.name}: unread spans of shard {part.shard} could not be "
-            f"rewritten after {attempts} attempts (the part kept changing)"
+            f"status table {self.name}: {what} of shard {part.shard} could not be rewritten "
+            f"after {attempts} attempts (the part kept changing)"
         )

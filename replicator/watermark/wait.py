@@ -429,8 +429,8 @@ class WaitResult:
                 spans = ", ".join(f"{iso(lo)}..{iso(hi)}" for lo, hi in self.dead_lettered)
                 reasons.append(
                     f"changes created in {spans} were dead-lettered at this destination "
-                    "(settled, not applied): see the dead letters, then redrive; the "
-                    "ranges stay reported after (docs/watermark.md, Dead letters)"
+                    "(settled, not applied): see the dead letters, then redrive; a "
+                    "verify that finds the destination equal clears them here"
                 )
             return f"{mark} passed, but " + "; ".join(reasons)
         return f"replicated: {mark} passed after {self.waited_s:.2f}s"

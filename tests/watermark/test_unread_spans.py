@@ -622,7 +622,10 @@ def test_verify_says_where_it_cleared_spans_and_where_it_could_not() -> None:
         unread=Cleared("2023-11-14T22:13:19.000Z", ["eu-west-1/a"], ["ap-southeast-2/b"]),
     )
     lines = report.text().splitlines()
-    assert "watermark: unread spans up to 2023-11-14T22:13:19.000Z cleared at eu-west-1/a" in lines
+    assert (
+        "watermark: unread spans and dead-letter ranges up to 2023-11-14T22:13:19.000Z "
+        "cleared at eu-west-1/a"
+    ) in lines
     (failed,) = [line for line in lines if "could not clear" in line]
     assert "ap-southeast-2/b" in failed and "REMOVE unread_spans" in failed
     body = json.loads(report.as_json())["watermark"]

@@ -143,7 +143,7 @@ def test_a_backfill_then_a_verify_that_finds_the_destination_equal_clears_the_sp
         assert "  extra     pk=S:gone" in checked.stdout, checked.stdout
         # The other destination is equal: its span is cleared, this one's is not.
         (cleared,) = [line for line in checked.stdout.splitlines() if "watermark" in line]
-        assert cleared.startswith("watermark: unread spans up to ")
+        assert cleared.startswith("watermark: unread spans and dead-letter ranges up to ")
         assert cleared.endswith(f"cleared at {other_region}/{other}"), cleared
         assert in_process("wait", *args).returncode == 4
 

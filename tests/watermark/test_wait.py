@@ -768,8 +768,8 @@ def test_a_wait_names_its_times_as_iso_and_a_watermark_beyond_any_date_as_second
     assert said == (
         "watermark 1970-01-01T00:00:03.000005Z (3.000005) passed, but changes created in "
         "1970-01-01T00:00:01.000000Z..1970-01-01T00:00:02.000000Z were dead-lettered at this "
-        "destination (settled, not applied): see the dead letters, then redrive; the ranges "
-        "stay reported after (docs/watermark.md, Dead letters)"
+        "destination (settled, not applied): see the dead letters, then redrive; a verify "
+        "that finds the destination equal clears them here"
     )
     huge = combine("d", [Part("d", "s1", watermark_us=300_000_000 * 10**9, updated_at=now)])
     assert WaitResult(True, huge).describe() == (
