@@ -26,8 +26,9 @@ from replicator.watermark.table import StatusTable
 log = structlog.get_logger(__name__)
 
 MANUAL_STEP = (
-    "they stay reported until removed (REMOVE unread_spans and dead_letter_ranges on the "
-    "destination's items in the status table)"
+    "they stay reported until a later verify clears them (or edit the destination's items "
+    "in the status table by hand: remove the unread spans and dead-letter ranges that end "
+    "at or before that time, and set dead_letters to 0 where no range is left)"
 )
 
 

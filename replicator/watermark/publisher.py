@@ -743,7 +743,8 @@ class ShardWatermark:
             target.unread.append(span)
 
     def destination_lost(self, destination: str) -> None:
-        """The destination's table answered that it does not exist, or has another key:
+        """The destination's table answered that it does not exist, or has another key,
+        after it had accepted this process's writes (see DestinationWriter._table_lost):
         it was deleted (or re-created) while the job ran, and what was applied there
         before, which the checkpoints have passed, is gone. The changes created until
         now get a span (:data:`spans.DESTINATION_LOST`), stored before any claim: a wait
@@ -755,9 +756,13 @@ class ShardWatermark:
         now_us = int(self._clock() * US)
         span = UnreadSpan(0, now_us + self._margin_us, spans.DESTINATION_LOST)
         with self._state:
-            # One not stored yet covers every change applied before the table went: each
-            # refusal tells it, and each span is one more write to the status table.
-            if any(pending.reason == spans.DESTINATION_LOST for pending in target.unread):
+            # Each refusal tells it, and each span is one more write to the status table:
+            # one a second at most (a later one is still taken, the table may have gone
+            # again since; stored spans of the reason are merged into one).
+            if any(
+                pending.reason == spans.DESTINATION_LOST and pending.to_us >= span.to_us - US
+                for pending in target.unread
+            ):
                 return
             target.unread.append(span)
         target.wake.set()

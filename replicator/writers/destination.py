@@ -1237,8 +1237,14 @@ class DestinationWriter:
 
     def _table_lost(self, error: BaseException) -> None:
         """The destination's table (not its tombstone table, whose loss loses no item)
-        answered that it is missing or has another key: tell ``on_table_lost``."""
-        if self.on_table_lost is not None and not isinstance(error, TombstoneTableError):
+        answered that it is missing or has another key after it had accepted writes of
+        this process: tell ``on_table_lost``. Not before: a table still being created
+        answers as a missing one (DynamoDB, until it is ACTIVE), and loses nothing."""
+        if self.on_table_lost is None or isinstance(error, TombstoneTableError):
+            return
+        with self._lock:
+            accepted = self._successes > 0
+        if accepted:
             self.on_table_lost(self.label)
 
     def _note_refusal(

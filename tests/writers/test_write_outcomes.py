@@ -1268,3 +1268,26 @@ def test_a_table_re_created_and_deleted_again_under_a_retried_change_never_dead_
     assert table.calls["stuck"] == 1 + writer.refusal_limit
     retried = sample(metrics, "replicator_retries_total", destination="dest", reason="not_found")
     assert retried == writer.refusal_limit
+
+
+def test_a_table_missing_is_told_lost_only_after_it_accepted_writes(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    """DynamoDB answers ResourceNotFoundException for a table still being created, which
+    loses nothing: told to the watermark as lost (``on_table_lost``), every wait for an
+    earlier time exited 4 until a backfill and a verify. A table that accepted this
+    writer's writes and then answers so was deleted (or re-created) under it."""
+    table = _TableGoneClient()
+    writer = writer_for(table, tmp_path, metrics, **LWW)
+    told: list[str] = []
+    writer.on_table_lost = told.append
+    writer.refusal_limit = 3
+    with pytest.raises(DestinationRefused):
+        writer.write(decode(put("creating", 1, ts=1)))
+    assert told == []  # still being created, as far as this writer knows
+    table.gone.clear()
+    assert writer.write(decode(put("created", 1, ts=1))).outcome is Outcome.APPLIED
+    table.gone.set()
+    with pytest.raises(DestinationRefused):
+        writer.write(decode(put("deleted", 1, ts=1)))
+    assert told and set(told) == {"dest"}
