@@ -23,6 +23,14 @@ if TYPE_CHECKING:  # the wait imports this module: pydantic is the job file's, n
 EXAMPLE = "http://127.0.0.1:8000"
 USERINFO = "it must not carry a user name or password"
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/+")
+# A URL with a user name or password in a text, whatever the password holds (a blank too,
+# which ends a URL for the log filter): ``http://user:pass word@proxy:3128``.
+_USERINFO_IN_TEXT = re.compile(rf"\b{_SCHEME.pattern}[^@]*@")
+
+
+def holds_userinfo(text: str) -> bool:
+    """Whether ``text`` holds a URL with a user name or password (see above)."""
+    return _USERINFO_IN_TEXT.search(text) is not None
 
 
 def userinfo_problem(url: str) -> str | None:

@@ -19,6 +19,7 @@ from typing import Annotated, cast
 
 from pydantic import AfterValidator, AllowInfNan, BeforeValidator, ValidationInfo
 
+from replicator.config.endpoints import holds_userinfo
 from replicator.logs import redact
 
 # Each pattern is the whole value, to its very end (\Z): ``$`` would also stop before a
@@ -224,17 +225,12 @@ def encodable(value: str) -> str:
     return value
 
 
-# A URL with a user name or password, whatever the password holds (a blank too, which
-# ends the URL for the log filter): ``http://user:pass word@proxy:3128``.
-_USERINFO = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*:/+[^@]*@")
-
-
 def without_credentials(value: str) -> str:
     """The properties file is written to disk and printed (``replicator properties``),
     and credentials are never written: a value holding the secret key or session token
     of this environment (given as ``${AWS_SECRET_ACCESS_KEY}``, say) is refused. The
     KCL takes its credentials from its provider, the AWS default chain by default."""
-    if redact(value) != value or _USERINFO.search(value):
+    if redact(value) != value or holds_userinfo(value):
         raise ValueError(
             "holds a credential (the secret access key or session token of this "
             "environment, such as ${AWS_SECRET_ACCESS_KEY}, or text that reads as one: a "

@@ -84,9 +84,7 @@ def claim(resolved: ResolvedJob, identity: str, client: DynamoDBClient | None = 
     ddb = client if client is not None else clients.dynamodb(source)
     table = resolved.lease_table
     try:
-        arn = ddb.describe_table(TableName=table)["Table"]["TableArn"]
-        tags = ddb.list_tags_of_resource(ResourceArn=arn).get("Tags", [])
-        owner = next((tag["Value"] for tag in tags if tag["Key"] == OWNER_TAG), None)
+        arn, owner = _owner_tag(ddb, table)
         if owner is None:
             ddb.tag_resource(ResourceArn=arn, Tags=[{"Key": OWNER_TAG, "Value": identity}])
             log.info("lease table claimed for the job's source", lease_table=table, source=identity)
@@ -149,9 +147,12 @@ def check_reader(resolved: ResolvedJob) -> None:
 
     def read() -> None:
         try:
-            found.append(_recorded_owner(resolved))
-        except BaseException:  # noqa: BLE001  # a thread's error would print a traceback
-            found.append(None)
+            ddb = clients.dynamodb(
+                resolved.job.source, connect_timeout=1.0, read_timeout=2.0, sdk_retries=False
+            )
+            found.append(_owner_tag(ddb, resolved.lease_table)[1])
+        except BaseException:  # noqa: BLE001  # any failure leaves the check undone, as
+            found.append(None)  # documented (and a thread's error would print a traceback)
 
     reader = threading.Thread(target=read, name="owner-tag-read", daemon=True)
     reader.start()
@@ -180,14 +181,8 @@ def _names_table(owner: str, region: str, table: str) -> bool:
     return match["region"] == region or not REGION_PATTERN.fullmatch(match["region"])
 
 
-def _recorded_owner(resolved: ResolvedJob) -> str | None:
-    """The lease table's owner tag, or None (none, or it cannot be read)."""
-    try:
-        ddb = clients.dynamodb(
-            resolved.job.source, connect_timeout=1.0, read_timeout=2.0, sdk_retries=False
-        )
-        arn = ddb.describe_table(TableName=resolved.lease_table)["Table"]["TableArn"]
-        tags = ddb.list_tags_of_resource(ResourceArn=arn).get("Tags", [])
-    except Exception:  # noqa: BLE001  # any failure leaves the check undone, as documented
-        return None
-    return next((tag["Value"] for tag in tags if tag["Key"] == OWNER_TAG), None)
+def _owner_tag(ddb: DynamoDBClient, table: str) -> tuple[str, str | None]:
+    """The lease table's ARN and its owner tag (None: it has none)."""
+    arn = ddb.describe_table(TableName=table)["Table"]["TableArn"]
+    tags = ddb.list_tags_of_resource(ResourceArn=arn).get("Tags", [])
+    return arn, next((tag["Value"] for tag in tags if tag["Key"] == OWNER_TAG), None)

@@ -729,6 +729,10 @@ class ShardWatermark:
         for parent in plan.ended:
             table.mark_ended(parent)
 
+    def _span_until_now(self, reason: str) -> UnreadSpan:
+        """Every change created until now, plus the margin the clocks may differ by."""
+        return UnreadSpan(0, int(self._clock() * US) + self._margin_us, reason)
+
     def _table_lost(self, target: _Target) -> None:
         """The status table was deleted since this process used it: register again and
         store again what this process stored, before any claim. What processes no longer
@@ -737,8 +741,7 @@ class ShardWatermark:
         for them is not told "replicated" until a ``verify`` finds nothing different."""
         target.ready = False
         target.published_us = 0
-        now_us = int(self._clock() * US)
-        span = UnreadSpan(0, now_us + self._margin_us, spans.STATUS_TABLE_LOST)
+        span = self._span_until_now(spans.STATUS_TABLE_LOST)
         with self._state:
             target.unread.append(span)
 
@@ -753,8 +756,7 @@ class ShardWatermark:
         target = self._targets.get(destination)
         if target is None:
             return
-        now_us = int(self._clock() * US)
-        span = UnreadSpan(0, now_us + self._margin_us, spans.DESTINATION_LOST)
+        span = self._span_until_now(spans.DESTINATION_LOST)
         with self._state:
             # Each refusal tells it, and each span is one more write to the status table:
             # one a second at most (a later one is still taken, the table may have gone
