@@ -20,16 +20,19 @@ message with a visibility timeout, then makes them visible again as soon as it h
 received them all. While it reads, another consumer of the queue does not see those
 messages, nor does another reader of the log: SQS cannot show a message without
 hiding it. So a reader that finds nothing more to receive while the queue counts more
-messages in flight (``ApproximateNumberOfMessagesNotVisible``) than it holds lets its
-own go and waits for the others, up to ``HELD_WAIT_S``, receiving again as they come
-back; what is still held then is counted (:attr:`SqsConflictLog.held_elsewhere`) and
-logged, so a listing says it is incomplete rather than show a shorter log as the whole
-of it. That count is approximate (entries another reader lets go while it is taken are
-counted neither in flight nor received yet), so a reader takes it that it has read
-everything only when two counts in a row say so, with a receive between them that
-brings no message sent before the reading started (:meth:`SqsConflictLog._hold_all`):
-the entries a running job sends meanwhile are listed when received, not waited for, or
-a reading would wait as long as conflicts keep being lost. Every such read counts as
+messages in flight (``ApproximateNumberOfMessagesNotVisible``) than it holds waits for
+the others, up to ``HELD_WAIT_S``, receiving again as they come back: holding on to its
+own if it holds the larger part, letting them go otherwise (and pausing a random,
+growing time before it receives again, so that readers started together do not keep
+splitting the queue between them); what is still held then is counted
+(:attr:`SqsConflictLog.held_elsewhere`) and logged, so a listing says it is incomplete
+rather than show a shorter log as the whole of it. That count is approximate (entries
+another reader lets go while it is taken are counted neither in flight nor received
+yet), so a reader takes it that it has read everything only when two counts in a row
+say so, with a receive between them that brings no message sent before the reading
+started (:meth:`SqsConflictLog._hold_all`): the entries a running job sends meanwhile
+are listed when received, not waited for, or a reading would wait as long as conflicts
+keep being lost. Every such read counts as
 a receive, though: on a queue with a redrive policy, SQS moves the entries to its
 dead-letter queue after ``maxReceiveCount`` readings, so the command and the start of a
 run warn about such a queue (:meth:`SqsConflictLog.redrive_warning`).
@@ -42,6 +45,7 @@ import datetime
 import email.utils
 import gzip
 import json
+import random
 import threading
 import time
 import zlib
@@ -79,6 +83,7 @@ _LATE_MARGIN_MS = 2_000
 # Receives in a row that bring only entries sent after the reading started, ending a pass.
 _LATE_ONLY_RECEIVES = 3
 _HELD_POLL_S = 0.5
+_HELD_PAUSE_MAX_S = 4.0
 # SendMessageBatch's limits: messages in one request, and their bodies' total size.
 BATCH_MESSAGES = 10
 BATCH_BYTES = 256 * 1024
@@ -263,7 +268,7 @@ class SqsConflictLog:
         set) some may have been: their number is then :attr:`held_elsewhere`."""
         self.held_elsewhere = 0
         seen: set[str] = set()
-        deadline: float | None = None  # from the first pass that finds entries held
+        patience = _Patience(self.stopping)
         # Entries sent after the reading's first receive (by SQS's clock: its answer's
         # Date, as SentTimestamp is) are not waited for: a job losing conflicts as it
         # runs sends them faster than a pass could receive them all, which would never
@@ -272,13 +277,12 @@ class SqsConflictLog:
         while True:
             taken: dict[str, str] = {}  # this pass's messages: id -> receipt handle
             try:
-                held = yield from self._hold_all(taken, seen, selection, started)
+                held = yield from self._hold_all(taken, seen, selection, started, patience)
             finally:
                 self._release(list(taken.values()))
             if not held:
                 return
-            deadline = deadline or time.monotonic() + HELD_WAIT_S
-            if time.monotonic() >= deadline or self.stopping.wait(_HELD_POLL_S):
+            if patience.backed_off():
                 self.held_elsewhere = held
                 log.warning(
                     "conflict-log entries held by another reader not read",
@@ -289,7 +293,12 @@ class SqsConflictLog:
                 return
 
     def _hold_all(
-        self, taken: dict[str, str], seen: set[str], selection: Selection, started: _Start
+        self,
+        taken: dict[str, str],
+        seen: set[str],
+        selection: Selection,
+        started: _Start,
+        patience: _Patience,
     ) -> Generator[ConflictEntry, None, int]:
         """One pass: receive (and hold, in ``taken``) every message it can, yielding the
         matching entries of those not yet ``seen``; then how many messages of the queue
@@ -306,8 +315,16 @@ class SqsConflictLog:
         first count is taken are visible by then, so that receive gets them, or, if
         another reader has taken them again, the second count finds them in flight. Only
         counts wrong twice in a row, each as another reader lets its entries go, could
-        still end a read short. A count that finds messages held elsewhere ends the pass
-        at once,         so that it lets its own go for the other readers."""
+        still end a read short.
+
+        A count that finds messages held elsewhere ends the pass, so that it lets its own
+        go for the other readers, unless this pass holds more than they do: then it
+        keeps them and receives on (each receive a long poll) until the others let
+        theirs go, or its patience ends. Two readings started together split the queue
+        between them; were both to let go and receive again, they would split it again
+        for as long as they kept in step (two listings on a busy machine did, until both
+        gave up). The one holding the larger part keeps it, so one of them completes,
+        lets everything go, and the other then reads it all."""
         confirmed = False  # the last count found nothing unseen
         while True:
             received = False
@@ -320,6 +337,9 @@ class SqsConflictLog:
                 if entry is not None and selection.matches(entry):
                     yield entry
             held = self._unseen(taken)
+            if held and len(taken) > held and not patience.ended():
+                confirmed = False
+                continue
             if held or (confirmed and not received):
                 return held
             confirmed = True
@@ -411,6 +431,32 @@ class SqsConflictLog:
                     for index, handle in enumerate(batch)
                 ],
             )
+
+
+class _Patience:
+    """How long a reading waits for entries other readers hold: ``HELD_WAIT_S`` from the
+    first count that finds some, less if :attr:`SqsConflictLog.stopping` is set. Between
+    passes it pauses for a random time, longer each time (up to ``_HELD_PAUSE_MAX_S``), so
+    that readings started together, each letting its entries go for the others, fall
+    out of step instead of taking them from each other again at the same moment."""
+
+    def __init__(self, stopping: threading.Event) -> None:
+        self._stopping = stopping
+        self._deadline: float | None = None
+        self._pause_s = _HELD_POLL_S
+
+    def ended(self) -> bool:
+        if self._deadline is None:
+            self._deadline = time.monotonic() + HELD_WAIT_S
+        return self._stopping.is_set() or time.monotonic() >= self._deadline
+
+    def backed_off(self) -> bool:
+        """Pause before the next pass; whether the wait has ended instead (read no more)."""
+        if self.ended():
+            return True
+        pause = random.uniform(_HELD_POLL_S, self._pause_s)
+        self._pause_s = min(2 * self._pause_s, _HELD_PAUSE_MAX_S)
+        return self._stopping.wait(pause) or self.ended()
 
 
 class _Start:

@@ -356,3 +356,68 @@ def test_a_readings_start_is_sqss_date_in_utc_whatever_the_hosts_zone(
     finally:
         monkeypatch.undo()  # the host's zone back, for the tests after this one
         time.tzset()
+
+
+class ReleasesRecorded:
+    """An SQS client that records how many entries each release of the reader makes
+    visible again, and at its ``at``-th count of the queue's messages in flight does
+    ``then`` (just after the count)."""
+
+    def __init__(self, client: Any, at: int, then: Callable[[], object]) -> None:
+        self._client = client
+        self._counts = 0
+        self._at, self._then = at, then
+        self.released: list[int] = []
+
+    def change_message_visibility_batch(self, **request: Any) -> Any:
+        self.released.append(len(request["Entries"]))
+        return self._client.change_message_visibility_batch(**request)
+
+    def get_queue_attributes(self, **request: Any) -> Any:
+        counted = self._client.get_queue_attributes(**request)
+        if request["AttributeNames"] == IN_FLIGHT:
+            self._counts += 1
+            if self._counts == self._at:
+                self._then()
+        return counted
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def read_beside(
+    logged: tuple[SharedJob, list[str]], others: int, let_go_at: int
+) -> ReleasesRecorded:
+    """Read the whole log (every id of ``logged``) while another reader holds ``others``
+    of its entries, which it lets go at the reader's ``let_go_at``-th count; the
+    reader's client, as recorded."""
+    job, ids = logged
+    held = hold(job, others, seconds=600)
+    queue, url = queue_of(job)
+    recorded = ReleasesRecorded(queue, at=let_go_at, then=lambda: let_go(job, held))
+    reader = SqsConflictLog(recorded, url)  # type: ignore[arg-type]
+    got: list[ConflictEntry] = read_entries(reader, Selection())
+    assert reader.held_elsewhere == 0
+    assert sorted(e.id for e in got) == sorted(ids)
+    return recorded
+
+
+def test_a_reader_holding_most_of_the_log_keeps_it_until_the_others_let_theirs_go(
+    logged: tuple[SharedJob, list[str]],
+) -> None:
+    """Two readings started together split the queue; both letting go and receiving
+    again split it again, for as long as they keep in step (two listings on a busy
+    machine did so until both gave up, exit 1). The reader holding the larger part
+    (15 of 25) keeps it, receives the other 10 once they are let go (here at its third
+    count), and lets all 25 go together, once, at the end."""
+    recorded = read_beside(logged, others=10, let_go_at=3)
+    assert recorded.released == [10, 10, 5]  # one release of 25, in batches of 10
+
+
+def test_a_reader_holding_the_smaller_part_lets_it_go_for_the_others(
+    logged: tuple[SharedJob, list[str]],
+) -> None:
+    """The other side of the rule: 15 entries held elsewhere, the reader's 10 are let go
+    at once (another reading may be waiting for them), and read again once the 15 are."""
+    recorded = read_beside(logged, others=15, let_go_at=1)
+    assert recorded.released[0] == 10
