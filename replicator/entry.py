@@ -230,7 +230,14 @@ def _end_now(code: object) -> None:
 
 # The commands that main() ends with _end_now once their work is over (their stop
 # signals are noted from then on, see noted_after_the_work).
-_ENDED_AT_ONCE = (["backfill"], ["verify"], ["redrive"], ["wait"], ["watermark"])
+_ENDED_AT_ONCE = (
+    ["backfill"],
+    ["verify"],
+    ["redrive"],
+    ["wait"],
+    ["watermark"],
+    ["conflicts"],
+)
 _running_from_main: list[bool] = []
 
 

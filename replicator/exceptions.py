@@ -206,6 +206,11 @@ class ConflictLogRejected(ReplicatorError):
     """The conflict log refuses this entry as it is; retrying the same entry cannot help."""
 
 
+class LogReadingStopped(ReplicatorError):
+    """A reading of the conflict log ended because it was asked to (its target's
+    ``stopping``, set by a stop signal): what it read is not the whole log."""
+
+
 class ConflictNotRecorded(ReplicatorError):
     """A lost conflict's entry the recorder gave up (the exception of its future):
     ``reason`` as replicator_conflict_log_dropped_total counts it (``rejected``,

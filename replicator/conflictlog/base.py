@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -112,6 +113,10 @@ class ConflictLogTarget(Protocol):
     """
 
     description: str
+    # Set to end a reading (a stop signal): :func:`replicator.conflictlog.reader.
+    # read_entries` raises LogReadingStopped at its next entry, and a target that waits
+    # while it reads (an SQS queue's) stops waiting, letting go what it holds.
+    stopping: threading.Event
 
     def put(self, entry: ConflictEntry) -> None: ...
 

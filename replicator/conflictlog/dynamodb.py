@@ -29,6 +29,7 @@ a few days after ``expires_at``; expired items are not returned by the reader).
 from __future__ import annotations
 
 import gzip
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -88,6 +89,7 @@ class DynamoDbConflictLog:
         self.retention_s = retention_days * _DAY_S
         self.where = where
         self.description = f"DynamoDB table {table} ({where})"
+        self.stopping = threading.Event()
         self._clock = clock
         # Set by read() when the table does not exist: a line that says so.
         self.missing: str | None = None

@@ -11,6 +11,7 @@ oldest first).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class FileConflictLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.description = f"file {path}"
+        self.stopping = threading.Event()
 
     def put(self, entry: ConflictEntry) -> None:
         self.put_all((entry,))

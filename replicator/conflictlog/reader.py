@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -27,7 +28,7 @@ from replicator.conflictlog.entry import (
     iso_exact,
 )
 from replicator.epoch import ISO_FORMS, SECONDS_CEILING, finer_unit, typed_iso_time
-from replicator.exceptions import SinceSyntaxError
+from replicator.exceptions import LogReadingStopped, SinceSyntaxError
 from replicator.items import (
     describe_field,
     describe_key,
@@ -153,7 +154,7 @@ def read_entries(
     """
     unique: dict[tuple[str, ...], ConflictEntry] = {}
     left_out: list[tuple[tuple[str, ...], ConflictEntry]] = []
-    for entry in target.read(selection):
+    for entry in _until_stopped(target, selection):
         if not selection.matches(entry):
             continue
         identity = _identity(entry, named_places)
@@ -181,6 +182,24 @@ def _identity(entry: ConflictEntry, named_places: frozenset[str]) -> tuple[str, 
 
 def _recorded(entry: ConflictEntry) -> tuple[datetime, str]:
     return instant(entry.recorded_at), entry.id
+
+
+def _until_stopped(target: ConflictLogTarget, selection: Selection) -> Iterator[ConflictEntry]:
+    """``target.read(selection)``, raising LogReadingStopped once ``target.stopping`` is
+    set, and closing the target's reading whatever ends it: an SQS log's reading lets go
+    of the messages it holds only when its generator ends (their visibility timeout
+    would hide them from the queue's consumers and the next reading for two minutes)."""
+    entries = target.read(selection)
+    try:
+        for entry in entries:
+            if target.stopping.is_set():
+                break
+            yield entry
+    finally:
+        if isinstance(entries, Generator):
+            entries.close()
+    if target.stopping.is_set():
+        raise LogReadingStopped(f"the reading of {target.description} was stopped")
 
 
 def read_task_entries(

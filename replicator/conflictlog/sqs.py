@@ -150,7 +150,8 @@ class SqsConflictLog:
         self.where = where or client.meta.region_name
         self.description = f"SQS queue {queue_url}"
         self.limit = MessageLimit(client, queue_url, "conflict-log queue")
-        # Set to end a read's wait for entries another reader holds (a stop, a test).
+        # Set to end a reading (a stop signal): it receives no more, lets go what it
+        # holds and ends (:class:`ConflictLogTarget`).
         self.stopping = threading.Event()
         # After a read: how many entries another reader held past its wait, unread.
         self.held_elsewhere = 0
@@ -264,8 +265,9 @@ class SqsConflictLog:
         """Every entry of the queue, received in passes (each one hides what it receives
         until it has received all it can, so that it gets every message once, then makes
         them visible again) until one finds the queue holds no message this read has not
-        seen (:meth:`_hold_all`), or for ``HELD_WAIT_S`` (or until :attr:`stopping` is
-        set) some may have been: their number is then :attr:`held_elsewhere`."""
+        seen (:meth:`_hold_all`), or for ``HELD_WAIT_S`` some may have been: their
+        number is then :attr:`held_elsewhere`. :attr:`stopping` ends it at its next
+        receive, what it holds let go."""
         self.held_elsewhere = 0
         seen: set[str] = set()
         patience = _Patience(self.stopping)
@@ -280,9 +282,11 @@ class SqsConflictLog:
                 held = yield from self._hold_all(taken, seen, selection, started, patience)
             finally:
                 self._release(list(taken.values()))
-            if not held:
+            if not held or self.stopping.is_set():
                 return
             if patience.backed_off():
+                if self.stopping.is_set():
+                    return
                 self.held_elsewhere = held
                 log.warning(
                     "conflict-log entries held by another reader not read",
@@ -336,6 +340,8 @@ class SqsConflictLog:
                 entry = self._entry(message)
                 if entry is not None and selection.matches(entry):
                     yield entry
+            if self.stopping.is_set():
+                return 0
             held = self._unseen(taken)
             if held and len(taken) > held and not patience.ended():
                 confirmed = False
@@ -351,7 +357,7 @@ class SqsConflictLog:
         messages in no order: one receive of new entries alone does not show that none
         sent before is left."""
         late_only = 0
-        while True:
+        while not self.stopping.is_set():
             try:
                 response = self.client.receive_message(
                     QueueUrl=self.queue_url,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,9 @@ class NoConflictLog:
     """``kind: none``: lost conflicts are counted and logged at debug level only."""
 
     description = NO_CONFLICT_LOG
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
 
     def put(self, entry: ConflictEntry) -> None:
         return None

@@ -6,6 +6,7 @@ scripts without touching the process's signal handlers or stdout.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections import Counter
@@ -21,6 +22,7 @@ from replicator.config.loader import load_job, refuse_directory
 from replicator.config.model import ResolvedJob
 
 if TYPE_CHECKING:
+    from replicator.conflictlog.base import ConflictLogTarget, Selection
     from replicator.conflictlog.sqs import SqsConflictLog
 
 
@@ -38,14 +40,9 @@ def interrupts(on_signal: Callable[[], None]) -> Iterator[None]:
     """Route SIGINT, SIGTERM and SIGHUP (:func:`replicator.entry.stop_signals`) to
     ``on_signal`` (called once per signal) while inside; from its end on, they are noted
     only (the command's result is decided)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    handled = entry.stop_signals()
-    previous = {number: signal.getsignal(number) for number in handled}
     received = 0
 
-    def act(number: int, _at: float) -> None:
+    def act(number: int) -> None:
         nonlocal received
         received += 1
         name = signal.Signals(number).name
@@ -59,7 +56,21 @@ def interrupts(on_signal: Callable[[], None]) -> Iterator[None]:
             logs.echo(f"replicator: {name} received again; stopping at once", err=True)
         on_signal()
 
-    relay = entry.SignalRelay(act)  # acted on off the handler: see SignalRelay
+    with routed_signals(act):
+        yield
+
+
+@contextmanager
+def routed_signals(act: Callable[[int], None]) -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP (:func:`replicator.entry.stop_signals`) handed to
+    ``act`` (with the signal's number, on a thread of its own) while inside; from its
+    end on, they are noted only (the command's result is decided)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handled = entry.stop_signals()
+    previous = {number: signal.getsignal(number) for number in handled}
+    relay = entry.SignalRelay(lambda number, _at: act(number))  # off the handler
     relay.start()
     for number in handled:
         signal.signal(number, relay.handler)
@@ -157,15 +168,9 @@ def conflicts(
     force: bool,
 ) -> int:
     from replicator.config.model import ConflictLogKind
-    from replicator.config.stranded import stranded_files
-    from replicator.conflictlog import sqs
     from replicator.conflictlog.base import Selection
     from replicator.conflictlog.keys import canonical_key
-    from replicator.conflictlog.reader import Listing, read_task_entries
-    from replicator.conflictlog.restore import named_places, restore, under_current_names
-    from replicator.conflictlog.targets import conflict_log_target
-    from replicator.exceptions import ConfigError, EntryNotFound
-    from replicator.runtime import file_owners
+    from replicator.exceptions import ConfigError, LogReadingStopped
 
     resolved = load(config_path, writes=restore_id is not None)
     if force and restore_id is None:
@@ -178,12 +183,89 @@ def conflicts(
     place = None
     if destination is not None:
         destination, place = _destination_label(resolved, destination)
+    selection = Selection(
+        item=canonical_key(key) if key is not None else None,
+        since=since,
+        destination=destination,
+        place=place,
+    )
+    stop = _ReadingStop()
+    with routed_signals(stop.act):
+        try:
+            exit_code = _conflicts(resolved, stop, key, selection, output, limit, restore_id, force)
+        except LogReadingStopped:
+            return stop.ended()
+        stop.after_the_work()
+        return exit_code
+
+
+class _ReadingStop:
+    """The stop signals while ``conflicts`` runs. The first ends the log's reading (an
+    SQS log's reader lets go of the messages it holds at once: the queue's consumers
+    and the next reading need them), and the command says so and exits 128 + the
+    signal's number, as a shell reports a command the signal ended; once the reading is
+    over (a restore writing), the work in hand ends and its result stands. A second
+    signal ends the process at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._target: ConflictLogTarget | None = None
+
+    def act(self, number: int) -> None:
+        if self.signum is not None:
+            name = signal.Signals(number).name
+            os.write(2, f"replicator: {name} received again; conflicts stopped\n".encode())
+            os._exit(128 + self.signum)
+        self.signum = number
+        if self._target is not None:
+            self._target.stopping.set()
+
+    def watch(self, target: ConflictLogTarget) -> None:
+        self._target = target
+        if self.signum is not None:
+            target.stopping.set()
+
+    def ended(self) -> int:
+        signum = self.signum if self.signum is not None else signal.SIGINT
+        logs.echo(
+            f"replicator: {signal.Signals(signum).name} received; conflicts stopped", err=True
+        )
+        return 128 + signum
+
+    def after_the_work(self) -> None:
+        if self.signum is not None:
+            name = signal.Signals(self.signum).name
+            logs.echo(
+                f"replicator: {name} received as the command ends; its result stands", err=True
+            )
+
+
+def _conflicts(
+    resolved: ResolvedJob,
+    stop: _ReadingStop,
+    key: Any,
+    selection: Selection,
+    output: str,
+    limit: int,
+    restore_id: str | None,
+    force: bool,
+) -> int:
+    from replicator.config.model import ConflictLogKind
+    from replicator.config.stranded import stranded_files
+    from replicator.conflictlog import sqs
+    from replicator.conflictlog.reader import Listing, read_task_entries
+    from replicator.conflictlog.restore import named_places, restore, under_current_names
+    from replicator.conflictlog.targets import conflict_log_target
+    from replicator.exceptions import EntryNotFound
+    from replicator.runtime import file_owners
+
     with aws_failures(f"conflicts {resolved.task_name}"):
         if key is not None:
             _check_key_names(resolved, key)
         refuse_directory(resolved, "conflict_log", any_kind=True)
         file_owners.check(resolved, ("conflict_log.path",))
         target = conflict_log_target(resolved)
+        stop.watch(target)
         if isinstance(target, sqs.SqsConflictLog):
             _warn_about_redrive(target)
         missing = _missing_file(resolved, target)
@@ -197,12 +279,6 @@ def conflicts(
                 raise EntryNotFound(f"{error}: {why}") from None
             logs.echo(result.message)
             return result.exit_code
-        selection = Selection(
-            item=canonical_key(key) if key is not None else None,
-            since=since,
-            destination=destination,
-            place=place,
-        )
         own, others = read_task_entries(
             target, selection, resolved.task_name, named_places=named_places(resolved)
         )

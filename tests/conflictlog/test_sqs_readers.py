@@ -10,11 +10,12 @@ its wait) says so instead of listing a shorter log as the whole of it.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from subprocess import CompletedProcess
@@ -31,6 +32,7 @@ from replicator.conflictlog.base import Selection
 from replicator.conflictlog.entry import ConflictEntry
 from replicator.conflictlog.reader import read_entries
 from replicator.conflictlog.sqs import SqsConflictLog
+from replicator.exceptions import LogReadingStopped
 from tests.conflictlog.test_conflict_log import conflict
 from tests.conflictlog.test_shared_log import SharedJob, record, shared_log, two_jobs
 from tests.support.aws import client
@@ -197,21 +199,80 @@ def test_entries_held_past_the_wait_are_named_and_the_listing_exits_1(
     listed_whole(invoke(job, *LISTING), ids)
 
 
-def test_a_reader_stops_waiting_when_asked_and_counts_what_it_did_not_read(
+def test_a_reading_asked_to_stop_lets_go_of_what_it_holds_and_says_it_stopped(
     logged: tuple[SharedJob, list[str]],
 ) -> None:
+    """Asked to stop (a stop signal, below), a reading ends at its next entry or receive
+    and lets go of the messages it holds: left hidden, they would be missing for two
+    minutes from the queue's consumers and from the next reading."""
     job, ids = logged
     held = hold(job, 10, seconds=600)
     queue, url = queue_of(job)
     target = SqsConflictLog(queue, url)
-    target.stopping.set()  # the wait (HELD_WAIT_S) ends at once
-    got: list[ConflictEntry] = read_entries(target, Selection())
-    assert sorted(e.id for e in got) == sorted(set(ids) - set(held))
-    assert target.held_elsewhere == 10
+    read = 0
+
+    def stopping_after_one() -> Iterator[ConflictEntry]:
+        nonlocal read
+        for entry in SqsConflictLog.read(target, Selection()):
+            read += 1
+            target.stopping.set()
+            yield entry
+
+    target.read = lambda selection: stopping_after_one()  # type: ignore[method-assign]
+    with pytest.raises(LogReadingStopped):
+        read_entries(target, Selection())
+    assert read == 1
+    assert in_flight(job) == len(held)  # the other reader's alone
+    del target.read  # its own again
     target.stopping.clear()
     let_go(job, held)
     assert {e.id for e in read_entries(target, Selection())} == set(ids)
-    assert target.held_elsewhere == 0
+
+
+def in_flight(job: SharedJob) -> int:
+    queue, url = queue_of(job)
+    attributes = queue.get_queue_attributes(QueueUrl=url, AttributeNames=IN_FLIGHT)
+    return int(attributes["Attributes"]["ApproximateNumberOfMessagesNotVisible"])
+
+
+@pytest.mark.parametrize(
+    ("stop_signal", "restoring"),
+    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGTERM, True)],
+    ids=["listing-SIGTERM", "listing-SIGINT", "restore-SIGTERM"],
+)
+def test_a_stop_signal_ends_the_command_with_the_queue_s_messages_visible_again(
+    logged: tuple[SharedJob, list[str]], stop_signal: signal.Signals, restoring: bool
+) -> None:
+    """A listing (or a restore's reading) waiting for the entries another reader holds
+    is stopped by SIGTERM or Ctrl-C: one line, exit 128 + the signal, nothing written,
+    and the 15 messages it held visible again at once (they stayed hidden for the
+    reading's two-minute visibility timeout, and the next listing found the log empty)."""
+    job, ids = logged
+    held = hold(job, 10, seconds=600)
+    args = ("--restore", next(iter(held))) if restoring else LISTING
+    with subprocess.Popen(
+        [sys.executable, "-m", "replicator", "conflicts", "-c", str(job.config), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as command:
+        try:
+            deadline = time.monotonic() + COMMAND_TIMEOUT_S
+            while in_flight(job) < ENTRIES:  # it holds the 15 others, waiting for the 10
+                assert command.poll() is None, command.communicate()
+                assert time.monotonic() < deadline, "the command never held the log"
+                time.sleep(0.1)
+            command.send_signal(stop_signal)
+            out, err = command.communicate(timeout=COMMAND_TIMEOUT_S)
+        finally:
+            if command.poll() is None:
+                command.kill()
+    assert command.returncode == 128 + stop_signal, err
+    assert out == ""
+    assert f"replicator: {stop_signal.name} received; conflicts stopped" in err
+    assert in_flight(job) == len(held)
+    let_go(job, held)
+    listed_whole(invoke(job, *LISTING), ids)  # no restore was recorded
 
 
 IN_FLIGHT = ["ApproximateNumberOfMessagesNotVisible"]
