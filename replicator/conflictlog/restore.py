@@ -70,6 +70,7 @@ from replicator.exceptions import (
     DestinationUnavailable,
     EntryNotFound,
     EnvironmentProblem,
+    LogReadingStopped,
 )
 from replicator.items import Item, describe_key, image_digest, item_to_wire
 from replicator.logs import redact
@@ -315,6 +316,8 @@ def _restore(
         new_image=image,
         expected=entry.image("winning"),
     )
+    if target.stopping.is_set():  # a stop signal since the reading: nothing is written
+        raise LogReadingStopped(f"entry {entry.id} not restored: stopped before its write")
     try:
         written = writer.write(change)
     except DestinationRefused as refused:

@@ -84,6 +84,9 @@ _LATE_MARGIN_MS = 2_000
 _LATE_ONLY_RECEIVES = 3
 _HELD_POLL_S = 0.5
 _HELD_PAUSE_MAX_S = 4.0
+# Receives in a row that bring nothing new while a reader keeps its part of the queue
+# (:meth:`SqsConflictLog._hold_all`): then it lets go, as a reader holding less does.
+_KEPT_IDLE_POLLS = 3
 # SendMessageBatch's limits: messages in one request, and their bodies' total size.
 BATCH_MESSAGES = 10
 BATCH_BYTES = 256 * 1024
@@ -322,16 +325,23 @@ class SqsConflictLog:
         still end a read short.
 
         A count that finds messages held elsewhere ends the pass, so that it lets its own
-        go for the other readers, unless this pass holds more than they do: then it
-        keeps them and receives on (each receive a long poll) until the others let
-        theirs go, or its patience ends. Two readings started together split the queue
-        between them; were both to let go and receive again, they would split it again
-        for as long as they kept in step (two listings on a busy machine did, until both
-        gave up). The one holding the larger part keeps it, so one of them completes,
-        lets everything go, and the other then reads it all."""
+        go for the other readers, unless this pass holds more than all of them together:
+        then it keeps them and receives on (each receive a long poll) until the others
+        let theirs go, or its patience ends. Two readings started together split the
+        queue between them; were both to let go and receive again, they would split it
+        again for as long as they kept in step (two listings on a busy machine did, until
+        both gave up). The one holding the larger part keeps it, so one of them
+        completes, lets everything go, and the other then reads it all. SQS's count may
+        lag, though, and two readers whose counts are both short could each take itself
+        for the larger: a reader keeps its part for ``_KEPT_IDLE_POLLS`` receives that
+        bring nothing and leave the count as it was at most, then lets go as a smaller
+        one does."""
         confirmed = False  # the last count found nothing unseen
+        idle = 0  # polls in a row, while keeping, that brought nothing and changed nothing
+        counted: int | None = None
         while True:
             received = False
+            holding = len(taken)
             for message in self._pass(taken, started):
                 received = received or started.before(message)
                 if message["MessageId"] in seen:
@@ -343,7 +353,9 @@ class SqsConflictLog:
             if self.stopping.is_set():
                 return 0
             held = self._unseen(taken)
-            if held and len(taken) > held and not patience.ended():
+            idle = idle + 1 if len(taken) == holding and held == counted else 0
+            counted = held
+            if held and len(taken) > held and idle < _KEPT_IDLE_POLLS and not patience.ended():
                 confirmed = False
                 continue
             if held or (confirmed and not received):
@@ -442,7 +454,8 @@ class SqsConflictLog:
 class _Patience:
     """How long a reading waits for entries other readers hold: ``HELD_WAIT_S`` from the
     first count that finds some, less if :attr:`SqsConflictLog.stopping` is set. Between
-    passes it pauses for a random time, longer each time (up to ``_HELD_PAUSE_MAX_S``), so
+    passes it pauses for a random time (from a quarter to half a second at first), longer
+    each time (up to ``_HELD_PAUSE_MAX_S``), so
     that readings started together, each letting its entries go for the others, fall
     out of step instead of taking them from each other again at the same moment."""
 
@@ -460,7 +473,7 @@ class _Patience:
         """Pause before the next pass; whether the wait has ended instead (read no more)."""
         if self.ended():
             return True
-        pause = random.uniform(_HELD_POLL_S, self._pause_s)
+        pause = random.uniform(_HELD_POLL_S / 2, self._pause_s)
         self._pause_s = min(2 * self._pause_s, _HELD_PAUSE_MAX_S)
         return self._stopping.wait(pause) or self.ended()
 

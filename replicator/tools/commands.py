@@ -64,13 +64,24 @@ def interrupts(on_signal: Callable[[], None]) -> Iterator[None]:
 def routed_signals(act: Callable[[int], None]) -> Iterator[None]:
     """SIGINT, SIGTERM and SIGHUP (:func:`replicator.entry.stop_signals`) handed to
     ``act`` (with the signal's number, on a thread of its own) while inside; from its
-    end on, they are noted only (the command's result is decided)."""
+    end on, they are noted only (the command's result is decided).
+
+    The first signal sent again within a second is one request, not two: coreutils'
+    ``timeout`` signals the command and then its process group, and a closing terminal
+    may send SIGHUP twice; taken for a second request, either stopped the command at
+    once, skipping what a stop does first (:class:`replicator.entry.StopRequests`)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     handled = entry.stop_signals()
     previous = {number: signal.getsignal(number) for number in handled}
-    relay = entry.SignalRelay(lambda number, _at: act(number))  # off the handler
+    requests = entry.StopRequests()
+
+    def relayed(number: int, at: float) -> None:
+        if not requests.repeated(number, at):
+            act(number)
+
+    relay = entry.SignalRelay(relayed)  # acted on off the handler: see SignalRelay
     relay.start()
     for number in handled:
         signal.signal(number, relay.handler)
@@ -202,10 +213,10 @@ def conflicts(
 class _ReadingStop:
     """The stop signals while ``conflicts`` runs. The first ends the log's reading (an
     SQS log's reader lets go of the messages it holds at once: the queue's consumers
-    and the next reading need them), and the command says so and exits 128 + the
-    signal's number, as a shell reports a command the signal ended; once the reading is
-    over (a restore writing), the work in hand ends and its result stands. A second
-    signal ends the process at once."""
+    and the next reading need them) or a restore before its write, and the command
+    says so and exits 128 + the signal's number, as a shell reports a command the
+    signal ended; a restore's write under way ends first, and its result stands. A
+    second signal ends the process at once, whatever is in hand."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -217,6 +228,11 @@ class _ReadingStop:
             os.write(2, f"replicator: {name} received again; conflicts stopped\n".encode())
             os._exit(128 + self.signum)
         self.signum = number
+        logs.echo(
+            f"replicator: {signal.Signals(number).name} received; stopping (again to stop at "
+            "once, leaving an SQS log's messages this reading holds hidden for up to 120 s)",
+            err=True,
+        )
         if self._target is not None:
             self._target.stopping.set()
 
@@ -228,7 +244,9 @@ class _ReadingStop:
     def ended(self) -> int:
         signum = self.signum if self.signum is not None else signal.SIGINT
         logs.echo(
-            f"replicator: {signal.Signals(signum).name} received; conflicts stopped", err=True
+            f"replicator: conflicts stopped by {signal.Signals(signum).name}; nothing was listed "
+            "or written",
+            err=True,
         )
         return 128 + signum
 

@@ -30,7 +30,7 @@ from replicator.conflictlog.reader import Listing, read_entries
 from replicator.conflictlog.sqs import SqsConflictLog
 from replicator.conflictlog.targets import conflict_log_target
 from replicator.decode import decode
-from replicator.exceptions import ConflictLogRejected
+from replicator.exceptions import ConflictLogRejected, LogReadingStopped
 from replicator.items import describe_key, image_digest, item_from_wire, item_to_wire
 from replicator.writers.destination import DestinationWriter
 from tests.conflictlog.test_conflict_log import conflict, job_file
@@ -560,6 +560,27 @@ def test_a_restore_writes_the_loser_once_and_again_says_it_is_already_restored(
     )
     assert case.held() == case.loser
     assert len(case.restores()) == 1
+
+
+def test_a_stop_between_the_reading_and_the_write_writes_nothing(
+    moto_endpoint: str, unique: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file log is read in milliseconds, so a Ctrl-C during a restore lands between
+    its reading and its write more often than not: the restore was written and exit 0.
+    It is stopped there, nothing written and nothing recorded."""
+    case = Restorable(moto_endpoint, unique, tmp_path)
+    target = FileConflictLog(case.log.path)
+    planned = restore_module.restored_image
+
+    def stop_signal_now(*args: Any) -> Any:
+        target.stopping.set()  # as the command's first stop signal does
+        return planned(*args)
+
+    monkeypatch.setattr(restore_module, "restored_image", stop_signal_now)
+    with pytest.raises(LogReadingStopped, match="not restored: stopped before its write"):
+        restore_module.restore(load_job(case.config), target, case.entry.id)
+    assert case.held() == case.winner
+    assert case.restores() == []
 
 
 def test_an_entry_id_given_in_capitals_or_with_spaces_names_the_same_entry(

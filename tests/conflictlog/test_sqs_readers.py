@@ -244,9 +244,11 @@ def test_a_stop_signal_ends_the_command_with_the_queue_s_messages_visible_again(
     logged: tuple[SharedJob, list[str]], stop_signal: signal.Signals, restoring: bool
 ) -> None:
     """A listing (or a restore's reading) waiting for the entries another reader holds
-    is stopped by SIGTERM or Ctrl-C: one line, exit 128 + the signal, nothing written,
-    and the 15 messages it held visible again at once (they stayed hidden for the
-    reading's two-minute visibility timeout, and the next listing found the log empty)."""
+    is stopped by SIGTERM or Ctrl-C: exit 128 + the signal, nothing written, and the 15
+    messages it held visible again at once (they stayed hidden for the reading's
+    two-minute visibility timeout, and the next listing found the log empty). The same
+    SIGTERM sent twice at once, as ``timeout`` sends it (to the command, then to its
+    process group), is one request, not a second one stopping at once."""
     job, ids = logged
     held = hold(job, 10, seconds=600)
     args = ("--restore", next(iter(held))) if restoring else LISTING
@@ -269,7 +271,11 @@ def test_a_stop_signal_ends_the_command_with_the_queue_s_messages_visible_again(
                 command.kill()
     assert command.returncode == 128 + stop_signal, err
     assert out == ""
-    assert f"replicator: {stop_signal.name} received; conflicts stopped" in err
+    assert err.splitlines()[-2:] == [
+        f"replicator: {stop_signal.name} received; stopping (again to stop at once, leaving an "
+        "SQS log's messages this reading holds hidden for up to 120 s)",
+        f"replicator: conflicts stopped by {stop_signal.name}; nothing was listed or written",
+    ]
     assert in_flight(job) == len(held)
     let_go(job, held)
     listed_whole(invoke(job, *LISTING), ids)  # no restore was recorded
@@ -482,3 +488,44 @@ def test_a_reader_holding_the_smaller_part_lets_it_go_for_the_others(
     at once (another reading may be waiting for them), and read again once the 15 are."""
     recorded = read_beside(logged, others=15, let_go_at=1)
     assert recorded.released[0] == 10
+
+
+class CountedShort(ReleasesRecorded):
+    """As :class:`ReleasesRecorded`, with SQS's count of messages in flight ``short_by``
+    too low (it lags the receives, up to a minute on SQS), and ``on_release`` done after
+    each release of the reader."""
+
+    def __init__(self, client: Any, short_by: int, on_release: Callable[[], object]) -> None:
+        super().__init__(client, at=0, then=_nothing)
+        self._short_by, self._on_release = short_by, on_release
+
+    def get_queue_attributes(self, **request: Any) -> Any:
+        counted = super().get_queue_attributes(**request)
+        if request["AttributeNames"] == IN_FLIGHT:
+            attributes = counted["Attributes"]
+            real = int(attributes["ApproximateNumberOfMessagesNotVisible"])
+            attributes["ApproximateNumberOfMessagesNotVisible"] = str(max(0, real - self._short_by))
+        return counted
+
+    def change_message_visibility_batch(self, **request: Any) -> Any:
+        released = super().change_message_visibility_batch(**request)
+        self._on_release()
+        return released
+
+
+def test_two_readers_that_each_count_themselves_the_larger_do_not_keep_for_ever(
+    logged: tuple[SharedJob, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A count 6 short: the reader holding 15 counts 4 held elsewhere, the other (10)
+    counts itself the larger too, and both kept their part until both gave up. A keeper
+    whose receives bring nothing lets go after a few; here the other reader does the
+    same as soon as it does, and the reading then gets all 25."""
+    job, ids = logged
+    monkeypatch.setattr(sqs_log, "HELD_WAIT_S", 20.0)  # far longer than three idle polls
+    held = hold(job, 10, seconds=600)
+    queue, url = queue_of(job)
+    lets_go = CountedShort(queue, short_by=6, on_release=lambda: let_go(job, held))
+    reader = SqsConflictLog(lets_go, url)  # type: ignore[arg-type]
+    got: list[ConflictEntry] = read_entries(reader, Selection())
+    assert sorted(e.id for e in got) == sorted(ids)
+    assert reader.held_elsewhere == 0

@@ -230,6 +230,29 @@ def test_a_second_signal_says_the_command_stops_at_once(
     ]
 
 
+def test_the_same_signal_sent_twice_at_once_is_one_request(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``timeout`` sends its SIGTERM to the command and then to its process group: taken
+    for a second request, it stopped a command at once, skipping what its stop does
+    first (a backfill's progress saved, a conflict listing's SQS messages let go)."""
+    from replicator import entry
+
+    monkeypatch.setattr(entry, "ends_at_once", lambda: True)  # as the command run by main()
+    received: list[str] = []
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with interrupts(lambda: received.append("stop")):
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert received == ["stop"]
+    assert capfd.readouterr().err.splitlines() == [
+        "replicator: SIGTERM received; stopping after the work in hand (again to stop at once)",
+    ]
+
+
 @pytest.fixture
 def job(moto_endpoint: str, unique: Any, tmp_path: Path) -> Job:
     return Job(moto_endpoint, unique("rate"), tmp_path)
