@@ -43,6 +43,7 @@ from replicator.config.model import (
 from replicator.conflictlog.targets import prepare
 from replicator.exceptions import EnvironmentProblem, OperatorError
 from replicator.runtime import file_owners
+from replicator.shards import ownership
 from replicator.shards.leases import check_lease_table
 from replicator.tombstones.setup import prepare as prepare_tombstones
 from replicator.watermark.off import record_watermark_off
@@ -487,6 +488,8 @@ def _checked(
     check_destinations(resolved, info.key_schema)
     go_on()
     check_task_tables(resolved)
+    go_on()
+    ownership.refuse_another_jobs(resolved, ownership.source_identity(resolved, info.stream_arn))
     go_on()
     file_owners.check(resolved)
     before_creating()

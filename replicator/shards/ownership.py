@@ -28,7 +28,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING
 
 import structlog
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.aws import clients, tables
 from replicator.aws.errors import error_code
@@ -113,16 +113,37 @@ def claim(resolved: ResolvedJob, identity: str, client: DynamoDBClient | None = 
             return Claim.UNCHECKED
         raise
     if owner != identity:
-        where = tables.where(source.region, source.endpoint_url, source.role_arn)
-        raise EnvironmentProblem(
-            f"lease table {table} at {where} is another job's: its tag {OWNER_TAG} names the "
-            f"source {owner}, and this job reads {identity}. Jobs with one task_name share "
-            "one lease table, and each would take the other's leases and checkpoints "
-            "(reading none of its own changes); give this job a task_name of its own (if "
-            f"this job's source was changed on purpose, stop its workers and delete the "
-            f"lease table {table}: the new source is read from kcl.initial_position)"
-        )
+        raise _another_jobs(resolved, owner, identity)
     return Claim.CLAIMED
+
+
+def refuse_another_jobs(resolved: ResolvedJob, identity: str) -> None:
+    """At a run's start, before it creates anything (a dead-letter directory, the owners
+    file beside it recording this source for the task, tables): EnvironmentProblem when
+    the lease table's tag names another source, as :func:`claim` finds later. A refused
+    start had recorded its source beside the job's files, and the job of the right
+    source was then refused by that record on the host. Any failure to read the tag
+    leaves it to the claim, which tells them apart (:class:`Claim`)."""
+    try:
+        owner = _owner_tag(clients.dynamodb(resolved.job.source), resolved.lease_table)[1]
+    except (ClientError, BotoCoreError):
+        return
+    if owner is not None and owner != identity:
+        raise _another_jobs(resolved, owner, identity)
+
+
+def _another_jobs(resolved: ResolvedJob, owner: str, identity: str) -> EnvironmentProblem:
+    source = resolved.job.source
+    table = resolved.lease_table
+    where = tables.where(source.region, source.endpoint_url, source.role_arn)
+    return EnvironmentProblem(
+        f"lease table {table} at {where} is another job's: its tag {OWNER_TAG} names the "
+        f"source {owner}, and this job reads {identity}. Jobs with one task_name share "
+        "one lease table, and each would take the other's leases and checkpoints "
+        "(reading none of its own changes); give this job a task_name of its own (if "
+        f"this job's source was changed on purpose, stop its workers and delete the "
+        f"lease table {table}: the new source is read from kcl.initial_position)"
+    )
 
 
 # A DynamoDB source's identity as source_identity writes it (not cut to a digest).

@@ -7,6 +7,8 @@ reading none of its own changes and looking healthy."""
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -232,3 +234,34 @@ def test_a_claim_refused_for_another_reason_at_start_is_exit_3_naming_it(
     assert refused.value.exit_code == 3
     assert f"claiming the lease table {job.name} for the job's source" in str(refused.value)
     assert job.lease_rows() == []
+
+
+def test_a_start_refused_by_the_tag_creates_nothing_and_the_job_s_own_run_starts_after_it(
+    job: Job, unique: Any, tmp_path: Path
+) -> None:
+    """A job file copied with another source (its task name kept, its dead letters in a new
+    directory) was refused by the tag, exit 3, but only after it had made the directory
+    and recorded its source for the task beside the dead-letter file: the job of the
+    right source, given that file, was then refused on the host as another source's.
+    The tag is read before anything is created."""
+    _replicate_five_items(job)
+    fresh = tmp_path / "fresh" / "dead.jsonl"
+    text = job.path.read_text().replace(str(job.dead_letters), str(fresh))
+    table = unique("other-src")
+    tables.create(job.source, table, stream=True)
+    other = tmp_path / "other.yaml"
+    other.write_text(text.replace(f"table: {job.source_table},", f"table: {table},"))
+    refused = subprocess.run(
+        [sys.executable, "-m", "replicator", "run", "--config", str(other)],
+        capture_output=True,
+        text=True,
+        timeout=120 * PATIENCE,
+        check=False,
+    )
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "is another job's" in refused.stderr
+    assert not fresh.parent.exists()
+
+    job.path.write_text(text)
+    _replicate_five_items(job)  # refused (exit 3) when the other source had been recorded
+    assert fresh.parent.is_dir()
