@@ -16,6 +16,7 @@ from replicator.aws.backoff import Backoff
 from replicator.aws.clients import Place, Reach, WriteClient
 from replicator.aws.tables import where
 from replicator.buffer import ChangeBuffer
+from replicator.config.destinations import destination_place
 from replicator.config.model import (
     DeadLetterKind,
     DestinationConfig,
@@ -320,7 +321,10 @@ def shard_watermark(resolved: ResolvedJob, shard_id: str, metrics: Metrics) -> S
     job = resolved.job
     tables = {
         destination.label: StatusTable(
-            status_client(resolved, destination.label), resolved.watermark_table, destination.label
+            status_client(resolved, destination.label),
+            resolved.watermark_table,
+            destination.label,
+            place=destination_place(destination),
         )
         for destination in job.destinations
     }

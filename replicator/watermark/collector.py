@@ -26,6 +26,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from replicator import wiring
+from replicator.config.destinations import destination_place
 from replicator.config.model import ResolvedJob
 from replicator.exceptions import StatusTableMissing
 from replicator.watermark.parts import Watermark
@@ -183,6 +184,7 @@ def collectors(resolved: ResolvedJob) -> list[WatermarkCollector]:
                 ),
                 resolved.watermark_table,
                 d.label,
+                destination_place(d),
             )
         )
         for d in resolved.job.destinations

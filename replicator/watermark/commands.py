@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator import entry, logs, wiring
-from replicator.config.destinations import resolve_destination
+from replicator.config.destinations import destination_place, resolve_destination
 from replicator.config.model import DestinationConfig, ResolvedJob, StreamKind
 from replicator.epoch import ISO_TIME_FORM, date_alone, typed_iso_time
 from replicator.exceptions import (
@@ -173,6 +173,7 @@ def _read(resolved: ResolvedJob, destination: DestinationConfig) -> Watermark | 
             status_table=resolved.watermark_table,
             client=_status_client(resolved, destination),
             timeout=SHOW_TIMEOUT_S,
+            destination_table=destination_place(destination),
         )
     except StatusTableMissing:
         return None
@@ -312,6 +313,7 @@ def wait(
                 since=since,
                 poll_interval=poll_interval,
                 client=_status_client(resolved, destination),
+                destination_table=destination_place(destination),
             )
     except _Stopped as stop:
         return _stopped_line(

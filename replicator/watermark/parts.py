@@ -50,6 +50,7 @@ EVERY = frozenset(
         "owner",
         "unread_spans",
         "unread_version",
+        "destination_table",
     }
 )
 """Every attribute of a part but the key that a reader that combines parts checks (not
@@ -76,6 +77,9 @@ class Part:
     unread_version: int = 0
     started_with: frozenset[str] = frozenset()
     """The job's destinations at its first start, on the parts written then."""
+    destination_table: str | None = None
+    """The ``<region>/<table>`` the destination named when this part was last claimed
+    (parts written before it was recorded have none)."""
 
     @classmethod
     def from_item(
@@ -115,6 +119,7 @@ class Part:
             "unread_spans": lambda name: read.rows(name, "[[from_us, to_us, reason], ...]", loads),
             "unread_version": read.whole,
             "started_with": read.texts,
+            "destination_table": read.optional_text,
         }
         fields: dict[str, Any] = {}
         for name in attributes:
@@ -259,7 +264,12 @@ class Watermark:
         }
 
 
-def combine(destination: str, parts: Iterable[Part]) -> Watermark:
+def combine(destination: str, parts: Iterable[Part], place: str | None = None) -> Watermark:
+    """The destination's watermark from its parts. ``place``: the ``<region>/<table>`` the
+    destination names now; a counted part claimed for another table (its name was given
+    to this one since) holds the watermark at None, as a shard not yet published does,
+    until its processor has recorded this table there, after the ``joined`` span that
+    tells a waiter what the table never got."""
     every = {part.shard: part for part in parts}
     counted: list[Part] = []
     retired: list[Part] = []
@@ -270,7 +280,12 @@ def combine(destination: str, parts: Iterable[Part]) -> Watermark:
             retired.append(part)
         else:
             counted.append(part)
-    unknown = tuple(part.shard for part in counted if part.watermark_us <= 0)
+    unknown = tuple(
+        part.shard
+        for part in counted
+        if part.watermark_us <= 0
+        or (place is not None and part.destination_table not in (None, place))
+    )
     value: int | None = None
     if counted and not unknown:
         value = min(part.watermark_us for part in counted)

@@ -42,7 +42,7 @@ from replicator.watermark import spans
 from replicator.watermark.history import SourceHistory, before_stream_through
 from replicator.watermark.parts import ListedShard, merge_ranges, plan_registration
 from replicator.watermark.spans import UnreadSpan, merge_spans
-from replicator.watermark.table import STARTED_WITH, UNREAD, PartLost, StatusTable
+from replicator.watermark.table import PLACE, STARTED_WITH, UNREAD, PartLost, StatusTable
 from replicator.watermark.tracker import DeadLetters, ShardTracker
 
 log = structlog.get_logger(__name__)
@@ -130,6 +130,9 @@ class ShardWatermark:
         self._undecided: set[str] = set()
         self._had_parts: dict[str, bool] = {}
         self._started_with: dict[str, frozenset[str]] = {}
+        # The <region>/<table> this shard's part at a destination names, where that is
+        # not the destination's now (its name was given to another table).
+        self._moved_from: dict[str, str] = {}
         self._unwatched: dict[str, bool] = {}  # open unwatched spans found (see off.py)
         self._watched: set[str] = set()  # destinations whose open spans were ended
 
@@ -510,7 +513,10 @@ class ShardWatermark:
                 other: self._had_parts.get(other) for other in self._targets if other != label
             }
             records = [self._started_with.get(other, frozenset()) for other in others]
+            moved_from = self._moved_from.get(label)
         recorded = frozenset().union(*(record for record in records if label in record))
+        if mine and moved_from is not None:
+            return self._moved(target, moved_from)
         if mine:  # in the job before
             return self._decide(target, None)
         if recorded:
@@ -528,6 +534,33 @@ class ShardWatermark:
             "before now are not replicated to it; run `replicator backfill` to it, then "
             "`replicator verify`",
             destination=label,
+            shard=self.shard_id,
+        )
+        return True
+
+    def _moved(self, target: _Target, moved_from: str) -> bool:
+        """The destination's name was given to another table since this shard's part was
+        claimed: its parts are the old table's (they are kept by name), and the new one
+        holds none of the changes before this start. It gets a ``joined`` span up to
+        then, as a destination added to the job does, stored before the part is told the
+        new table (a crash between them records the span again, never loses it)."""
+        if not self._decide(target, UnreadSpan(0, self._started_us, spans.JOINED)):
+            return False
+        try:
+            target.table.record_place(self.shard_id)
+        except _FAILURES as error:  # the next claim records it; the span is stored
+            log.warning(
+                "could not record the destination's table on its status part",
+                destination=target.label,
+                error=str(error),
+            )
+        log.warning(
+            "destination now names another table than its status table's parts: changes "
+            "made before now are not replicated to it; run `replicator backfill` to it, "
+            "then `replicator verify`",
+            destination=target.label,
+            table=target.table.place,
+            before=moved_from,
             shard=self.shard_id,
         )
         return True
@@ -681,13 +714,21 @@ class ShardWatermark:
         at its first start that they record, noted for :meth:`_decided` (nothing else of
         them is needed; a record that cannot be read is taken for none, which at worst
         takes a destination for one added later: a span too wide, never too narrow)."""
-        read = (*STARTED_WITH, *UNREAD)
+        read = (*STARTED_WITH, *UNREAD, *PLACE)
         try:
             parts = target.table.parts_if_any(read, unreadable_as_unset=read)
         except _FAILURES as error:
             self._failed(target, error)
             return False
+        mine = next((part for part in parts if part.shard == self.shard_id), None)
         with self._state:
+            if (
+                mine is not None
+                and mine.destination_table is not None
+                and target.table.place is not None
+                and mine.destination_table != target.table.place
+            ):
+                self._moved_from[target.label] = mine.destination_table
             self._had_parts[target.label] = bool(parts)
             self._unwatched[target.label] = any(
                 span.open for part in parts for span in part.unread_spans

@@ -55,6 +55,9 @@ DEAD_LETTERS = ("dead_letters", "dead_letter_ranges", "dead_letter_version")
 UNREAD = ("unread_spans", "unread_version")
 STARTED_WITH = ("started_with",)
 """Telling whether a destination without parts was in the job at its first start."""
+PLACE = ("destination_table",)
+"""Telling whether a destination's name was given to another table (its parts are kept
+by name)."""
 
 ENDED_PARTS_KEPT_S = 2 * 24 * 3600  # longer than the stream keeps records (24 h)
 SUFFIX = "-watermark"
@@ -86,10 +89,15 @@ def check_status_table(client: DynamoDBClient, name: str, where: str) -> bool:
 
 
 class StatusTable:
-    def __init__(self, client: DynamoDBClient, name: str, destination: str) -> None:
+    def __init__(
+        self, client: DynamoDBClient, name: str, destination: str, place: str | None = None
+    ) -> None:
         self.client = client
         self.name = name
         self.destination = destination
+        # The destination's <region>/<table> (None: not known): a publisher records it on
+        # the parts it claims, a reader counts no part claimed for another table.
+        self.place = place
 
     def _key(self, shard: str) -> dict[str, Any]:
         return {"destination": {"S": self.destination}, "shard": {"S": shard}}
@@ -223,18 +231,23 @@ class StatusTable:
         condition = "attribute_not_exists(watermark_us) OR watermark_us < :w"
         if raised_before:
             condition = f"attribute_exists(#owner) AND ({condition})"
+        update = "SET watermark_us = :w, updated_at = :now, #owner = :owner"
+        values: dict[str, Any] = {
+            ":w": {"N": str(watermark_us)},
+            ":now": {"N": f"{time.time():.3f}"},
+            ":owner": {"S": owner},
+        }
+        if self.place is not None:
+            update += ", destination_table = :place"
+            values[":place"] = {"S": self.place}
         try:
             self.client.update_item(
                 TableName=self.name,
                 Key=self._key(shard),
-                UpdateExpression="SET watermark_us = :w, updated_at = :now, #owner = :owner",
+                UpdateExpression=update,
                 ConditionExpression=condition,
                 ExpressionAttributeNames={"#owner": "owner"},
-                ExpressionAttributeValues={
-                    ":w": {"N": str(watermark_us)},
-                    ":now": {"N": f"{time.time():.3f}"},
-                    ":owner": {"S": owner},
-                },
+                ExpressionAttributeValues=values,
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as error:
@@ -409,6 +422,24 @@ class StatusTable:
             f"status table {self.name}: unread spans of shard {shard} could not be recorded "
             f"after {attempts} attempts (the part kept changing)"
         )
+
+    def record_place(self, shard: str) -> None:
+        """Record on the shard's part, if it has one, the table the destination names now
+        (:attr:`place`): a part is claimed only as its watermark rises, and one whose
+        stored value is higher would keep naming the table it named before."""
+        if self.place is None:
+            return
+        try:
+            self.client.update_item(
+                TableName=self.name,
+                Key=self._key(shard),
+                UpdateExpression="SET destination_table = :place",
+                ConditionExpression="attribute_exists(watermark_us)",
+                ExpressionAttributeValues={":place": {"S": self.place}},
+            )
+        except ClientError as error:
+            if error_code(error) != "ConditionalCheckFailedException":
+                raise
 
     def add_started_with(self, shard: str, destinations: frozenset[str]) -> None:
         """Record on the part that the job had ``destinations`` when it first started (a

@@ -330,7 +330,9 @@ class WatermarkReader:
 
     def _query(self, pending: _Read) -> None:
         try:
-            pending.watermark = combine(self.table.destination, self.table.parts())
+            pending.watermark = combine(
+                self.table.destination, self.table.parts(), self.table.place
+            )
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
                 pending.error = StatusTableMissing(
@@ -437,7 +439,7 @@ class WaitResult:
 
 
 _clients: dict[tuple[str | None, str | None], DynamoDBClient] = {}
-_states: weakref.WeakKeyDictionary[DynamoDBClient, dict[tuple[str, str], ReadState]] = (
+_states: weakref.WeakKeyDictionary[DynamoDBClient, dict[tuple[str, str, str | None], ReadState]] = (
     weakref.WeakKeyDictionary()
 )
 """Per client (held weakly: an application may make one per request), per status table
@@ -454,16 +456,23 @@ def _client(region: str | None, endpoint_url: str | None) -> DynamoDBClient:
 
 
 def shared_reader(
-    client: DynamoDBClient, status_table: str, destination: str, poll_s: float
+    client: DynamoDBClient,
+    status_table: str,
+    destination: str,
+    poll_s: float,
+    destination_table: str | None = None,
 ) -> WatermarkReader:
     """A reader sharing its reads with every other one for (client, table, destination)
     in this process. What they share goes with the client: a client the application
     dropped is not kept, and a new one (even at a dropped one's address) reads anew."""
     with _shared:
         by_table = _states.setdefault(client, {})
-        state = by_table.setdefault((status_table, destination), ReadState(poll_s / 2))
+        state = by_table.setdefault(
+            (status_table, destination, destination_table), ReadState(poll_s / 2)
+        )
         state.min_interval_s = min(state.min_interval_s, poll_s / 2)
-    return WatermarkReader(StatusTable(client, status_table, destination), state=state)
+    table = StatusTable(client, status_table, destination, destination_table)
+    return WatermarkReader(table, state=state)
 
 
 def read_watermark(
@@ -474,6 +483,7 @@ def read_watermark(
     client: DynamoDBClient | None = None,
     endpoint_url: str | None = None,
     timeout: Seconds | None = None,
+    destination_table: str | None = None,
 ) -> Watermark:
     """The destination's watermark now. Raises StatusTableMissing; ValueError, before
     reading anything, for a ``destination`` or ``status_table`` that is not a non-empty
@@ -489,7 +499,7 @@ def read_watermark(
     """
     _names(destination, status_table)
     client = client or _client(region, endpoint_url)
-    reader = WatermarkReader(StatusTable(client, status_table, destination))
+    reader = WatermarkReader(StatusTable(client, status_table, destination, destination_table))
     if timeout is None:
         return reader.read()
     deadline = time.monotonic() + _timeout(timeout, "None: as long as the client takes")
@@ -519,6 +529,7 @@ def wait_until_replicated(
     poll_interval: Seconds = DEFAULT_POLL_INTERVAL_S,
     client: DynamoDBClient | None = None,
     endpoint_url: str | None = None,
+    destination_table: str | None = None,
 ) -> WaitResult:
     """Wait until every source change created at or before ``until`` is settled at
     ``destination``, or ``timeout`` seconds pass.
@@ -531,7 +542,10 @@ def wait_until_replicated(
     make ``replicated`` false. ``destination`` is the destination's label in the job
     (its ``name``, default ``<region>/<table>``); ``status_table`` is
     ``<task_name>-watermark`` in the destination's region. Give ``client`` (a boto3
-    DynamoDB client for that region) or ``region``.
+    DynamoDB client for that region) or ``region``. ``destination_table``: the
+    destination's ``<region>/<table>``, for a destination with a ``name``: its status
+    parts are kept by name, and while they were last claimed for another table (the
+    name given to this one since) the wait does not pass on them.
 
     ``timeout``: seconds from 0 (read once) up, or ``math.inf`` (no limit). A window
     that meets an open ``unwatched`` span (the job runs with ``watermark.enabled:
@@ -571,7 +585,7 @@ def wait_until_replicated(
         )
     timeout_s = _timeout(timeout, "math.inf: no limit")
     client = client or _client(region, endpoint_url)
-    reader = shared_reader(client, status_table, destination, poll_s)
+    reader = shared_reader(client, status_table, destination, poll_s, destination_table)
     started = time.monotonic()
     deadline = started + timeout_s
     watermark: Watermark | None = None

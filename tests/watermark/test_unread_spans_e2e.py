@@ -287,6 +287,62 @@ def test_a_destination_added_to_a_resumed_job_is_not_reported_replicated_before_
         assert stop(runtime) == 0
 
 
+def test_a_destination_name_given_to_another_table_is_not_reported_replicated_before(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """A destination's parts are kept by its name: given to another (empty) table of the
+    region, it kept the old table's watermark, and ``wait -d NAME`` answered exit 0 for
+    changes the new table never got. It is taken as a destination that joined then, once:
+    a later restart records no second span over what the new table was given since."""
+    name = unique("wm")
+    old, new = f"{name}-old", f"{name}-new"
+    job = Job(
+        moto_endpoint,
+        name,
+        tmp_path,
+        extra=FAST,
+        destinations=[("eu-west-1", old)],
+        destination_name="dr",
+    )
+    runtime = job.start()
+    try:
+        job.source.put_item(TableName=job.source_table, Item=item("before", 1))
+        written = time.time()
+        waited = in_process(
+            "wait", "-c", str(job.path), "-d", "dr", "--until", f"{written:.6f}", "--timeout", "60"
+        )
+        assert waited.returncode == 0, waited
+    finally:
+        assert stop(runtime) == 0
+
+    tables.create(client("dynamodb", "eu-west-1", job.endpoint), new, stream=False)
+    job.destinations = [("eu-west-1", new)]
+    job.write()
+    time.sleep(1.1)  # the stream's creation times are whole seconds
+    for run in ("second", "third"):
+        log = job.directory / f"{run}.log"
+        runtime = job.start(log=log)
+        try:
+            wait_until(lambda log=log: started(log), 60, "the shard to start")
+            waited = in_process(
+                "wait", "-c", str(job.path), "-d", "dr", "--until", f"{written:.6f}",
+                "--timeout", "60",
+            )  # fmt: skip
+            assert waited.returncode == 4, waited
+            assert "joined the job" in waited.stderr and "backfill" in waited.stderr
+            assert not held(job, "eu-west-1", new, "before")
+            shown = in_process("watermark", "-c", str(job.path), "-d", "dr", "--json")
+            (span,) = json.loads(shown.stdout)["unread"]
+            assert span["reason"] == "joined" and span["to"] > written
+            if run == "second":
+                first_span = span
+                assert "now names another table" in log.read_text()
+            else:
+                assert span == first_span  # no second span at a plain restart
+        finally:
+            assert stop(runtime) == 0
+
+
 def test_a_first_start_stopped_before_a_destination_was_written_is_not_taken_for_a_join(
     moto_endpoint: str, unique: Any, tmp_path: Path
 ) -> None:
