@@ -378,6 +378,14 @@ def _restore(
         return RestoreResult(entry, False, f"not restored: {place} refused it: {why}")
     audit = restore_entry(entry, force=force, written=image, rule=ranked_by)
     done = f"restored entry {entry.id}: {entry.op} of {key_text(entry)} at {place} ({audit.rule})"
+    if entry.op == "put" and entry.write_back:
+        source = resolved.job.source
+        done += (
+            f"; the source {source.region}/{source.table} keeps the winner written back "
+            "there: the regions differ on this item until the application writes it again "
+            "above the winner (active-active converges on the highest rank; replicator "
+            "verify reports the difference)"
+        )
     logged = {
         "id": entry.id,
         "destination": destination.label,

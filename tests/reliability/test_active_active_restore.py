@@ -95,6 +95,8 @@ def test_a_restored_unstamped_put_carries_the_jobs_stamp_and_stays(
     assert record["restored_entry"] == entry["id"]
     assert record["losing_image"] == {**entry["losing_image"], "origin_region": {"S": A}}
     assert f"recorded as entry {record['id']}" in output
+    source = f"{A}/{mesh.table[A]}"
+    assert f"the source {source} keeps the winner written back there" in output
 
     read_to_the_end(mesh, B)
     assert held(mesh, B) == restored
