@@ -73,6 +73,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 _PACKED = "entry_gzip_b64"
 _READ_VISIBILITY_S = 120
+# How often a reading renews the visibility timeout of the messages it holds: a reading
+# of a long log (or of a slow endpoint) outlasts the timeout, and messages that come back
+# to the queue meanwhile were taken for the end of the log.
+_RENEW_EVERY_S = 40.0
 # How long a reader waits for entries another reader of the queue holds (another listing
 # or restore lets them go within seconds; a consumer of your own, after its visibility
 # timeout, 30 s by default), and how often it looks again meanwhile.
@@ -158,6 +162,9 @@ class SqsConflictLog:
         self.stopping = threading.Event()
         # After a read: how many entries another reader held past its wait, unread.
         self.held_elsewhere = 0
+        # After a read: how many messages came back to the queue while it held them.
+        self.lapsed = 0
+        self._renewed_at = 0.0
 
     def put(self, entry: ConflictEntry) -> None:
         body = self._body(entry, self.limit.bytes())
@@ -272,6 +279,8 @@ class SqsConflictLog:
         number is then :attr:`held_elsewhere`. :attr:`stopping` ends it at its next
         receive, what it holds let go."""
         self.held_elsewhere = 0
+        self.lapsed = 0
+        self._renewed_at = time.monotonic()
         seen: set[str] = set()
         patience = _Patience(self.stopping)
         # Entries sent after the reading's first receive (by SQS's clock: its answer's
@@ -383,14 +392,42 @@ class SqsConflictLog:
             started.answered(response)
             messages = response.get("Messages", [])
             fresh = [m for m in messages if m["MessageId"] not in taken]
+            # One this pass holds, received again: its visibility timeout ran out.
+            self.lapsed += len(messages) - len(fresh)
             # The newest handle: one received again (its timeout ran out) answers to it only.
             taken.update((m["MessageId"], m["ReceiptHandle"]) for m in messages)
+            self._renew_if_due(taken)
             yield from fresh
             if not fresh:
                 return
             late_only = 0 if any(started.before(m) for m in fresh) else late_only + 1
             if late_only >= _LATE_ONLY_RECEIVES:
                 return
+
+    def _renew_if_due(self, taken: dict[str, str]) -> None:
+        """Every ``_RENEW_EVERY_S``, the messages this pass holds hidden for another
+        ``_READ_VISIBILITY_S``; one whose handle is refused has come back to the queue
+        (counted in :attr:`lapsed`)."""
+        if time.monotonic() - self._renewed_at < _RENEW_EVERY_S:
+            return
+        self._renewed_at = time.monotonic()
+        handles = list(taken.values())
+        for start in range(0, len(handles), 10):
+            try:
+                answer = self.client.change_message_visibility_batch(
+                    QueueUrl=self.queue_url,
+                    Entries=[
+                        {
+                            "Id": str(index),
+                            "ReceiptHandle": handle,
+                            "VisibilityTimeout": _READ_VISIBILITY_S,
+                        }
+                        for index, handle in enumerate(handles[start : start + 10])
+                    ],
+                )
+            except (ClientError, BotoCoreError) as error:
+                raise self._read_failure(error) from None
+            self.lapsed += len(answer.get("Failed", []))
 
     def _unseen(self, taken: dict[str, str]) -> int:
         """How many messages of the queue another reader or consumer holds: the messages
@@ -427,6 +464,13 @@ class SqsConflictLog:
 
     def unread(self) -> str | None:
         """What the last read left out, in words, or None when it read the whole log."""
+        if self.lapsed:
+            return (
+                f"{self.lapsed} message(s) of the log came back to the queue while this "
+                f"reading held them (a receive outlasted the {_READ_VISIBILITY_S} s "
+                "visibility timeout it holds them for): entries may be missing from this "
+                "reading; run the command again"
+            )
         count = self.held_elsewhere
         if not count:
             return None

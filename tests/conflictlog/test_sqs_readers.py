@@ -529,3 +529,44 @@ def test_two_readers_that_each_count_themselves_the_larger_do_not_keep_for_ever(
     got: list[ConflictEntry] = read_entries(reader, Selection())
     assert sorted(e.id for e in got) == sorted(ids)
     assert reader.held_elsewhere == 0
+
+
+class SlowReceives:
+    """An SQS client whose receives take ``seconds`` longer (a far endpoint, a throttled
+    one): with a short visibility timeout, a reading outlasts it."""
+
+    def __init__(self, client: Any, seconds: float) -> None:
+        self._client, self._seconds = client, seconds
+
+    def receive_message(self, **request: Any) -> Any:
+        time.sleep(self._seconds)  # the endpoint's latency, not a wait for an outcome
+        return self._client.receive_message(**request)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+@pytest.mark.parametrize("renewed", [True, False], ids=["renewed", "not-renewed"])
+def test_a_reading_longer_than_its_visibility_timeout_lists_everything_or_says_not(
+    logged: tuple[SharedJob, list[str]], monkeypatch: pytest.MonkeyPatch, renewed: bool
+) -> None:
+    """A log too long to receive within the 120 s the reading hides its messages for: the
+    first ones came back to the queue, were received again, taken for the end of the
+    log, and the listing showed part of it with exit 0. The reading renews the timeout
+    as it goes; where that fails (here: never renewed), what came back is counted and
+    the reading says it may be incomplete, never a shorter log as the whole."""
+    job, ids = logged
+    # Receives of 1.2 s each (one more second when the queue has nothing to give): the
+    # reading takes about 8 s, its messages hidden for 5 s, renewed after every receive.
+    monkeypatch.setattr(sqs_log, "_READ_VISIBILITY_S", 5)
+    monkeypatch.setattr(sqs_log, "_RENEW_EVERY_S", 0.5 if renewed else 3600.0)
+    queue, url = queue_of(job)
+    reader = SqsConflictLog(SlowReceives(queue, 1.2), url)  # type: ignore[arg-type]
+    got: list[ConflictEntry] = read_entries(reader, Selection())
+    if renewed:
+        assert sorted(e.id for e in got) == sorted(ids)
+        assert reader.lapsed == 0 and reader.unread() is None
+    else:
+        assert reader.lapsed > 0
+        unread = reader.unread()
+        assert unread is not None and "came back to the queue" in unread
