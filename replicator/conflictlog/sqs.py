@@ -162,9 +162,10 @@ class SqsConflictLog:
         self.stopping = threading.Event()
         # After a read: how many entries another reader held past its wait, unread.
         self.held_elsewhere = 0
-        # After a read: how many messages came back to the queue while it held them.
-        self.lapsed = 0
-        self._renewed_at = 0.0
+        # After a read: the messages that came back to the queue while it held them.
+        self._lapsed: set[str] = set()
+        # Of the messages a pass holds: when each was last received or renewed.
+        self._held_at: dict[str, float] = {}
 
     def put(self, entry: ConflictEntry) -> None:
         body = self._body(entry, self.limit.bytes())
@@ -279,8 +280,7 @@ class SqsConflictLog:
         number is then :attr:`held_elsewhere`. :attr:`stopping` ends it at its next
         receive, what it holds let go."""
         self.held_elsewhere = 0
-        self.lapsed = 0
-        self._renewed_at = time.monotonic()
+        self._lapsed = set()
         seen: set[str] = set()
         patience = _Patience(self.stopping)
         # Entries sent after the reading's first receive (by SQS's clock: its answer's
@@ -290,6 +290,7 @@ class SqsConflictLog:
         started = _Start()
         while True:
             taken: dict[str, str] = {}  # this pass's messages: id -> receipt handle
+            self._held_at = {}
             try:
                 held = yield from self._hold_all(taken, seen, selection, started, patience)
             finally:
@@ -393,9 +394,11 @@ class SqsConflictLog:
             messages = response.get("Messages", [])
             fresh = [m for m in messages if m["MessageId"] not in taken]
             # One this pass holds, received again: its visibility timeout ran out.
-            self.lapsed += len(messages) - len(fresh)
+            self._lapsed.update(m["MessageId"] for m in messages if m["MessageId"] in taken)
             # The newest handle: one received again (its timeout ran out) answers to it only.
             taken.update((m["MessageId"], m["ReceiptHandle"]) for m in messages)
+            now = time.monotonic()
+            self._held_at.update((m["MessageId"], now) for m in messages)
             self._renew_if_due(taken)
             yield from fresh
             if not fresh:
@@ -404,30 +407,39 @@ class SqsConflictLog:
             if late_only >= _LATE_ONLY_RECEIVES:
                 return
 
+    @property
+    def lapsed(self) -> int:
+        """How many messages came back to the queue while the last read held them."""
+        return len(self._lapsed)
+
     def _renew_if_due(self, taken: dict[str, str]) -> None:
-        """Every ``_RENEW_EVERY_S``, the messages this pass holds hidden for another
-        ``_READ_VISIBILITY_S``; one whose handle is refused has come back to the queue
-        (counted in :attr:`lapsed`)."""
-        if time.monotonic() - self._renewed_at < _RENEW_EVERY_S:
-            return
-        self._renewed_at = time.monotonic()
-        handles = list(taken.values())
-        for start in range(0, len(handles), 10):
+        """The messages this pass has held for ``_RENEW_EVERY_S`` since they were received
+        or renewed, hidden for another ``_READ_VISIBILITY_S``: each by its own clock, so
+        that a long log is renewed a little at a time (each message about once per
+        ``_RENEW_EVERY_S``), not all of it after every receive. One whose handle is
+        refused has come back to the queue (:attr:`lapsed`)."""
+        now = time.monotonic()
+        due = [mid for mid, at in self._held_at.items() if now - at >= _RENEW_EVERY_S]
+        for start in range(0, len(due), 10):
+            batch = due[start : start + 10]
             try:
                 answer = self.client.change_message_visibility_batch(
                     QueueUrl=self.queue_url,
                     Entries=[
                         {
                             "Id": str(index),
-                            "ReceiptHandle": handle,
+                            "ReceiptHandle": taken[mid],
                             "VisibilityTimeout": _READ_VISIBILITY_S,
                         }
-                        for index, handle in enumerate(handles[start : start + 10])
+                        for index, mid in enumerate(batch)
                     ],
                 )
             except (ClientError, BotoCoreError) as error:
                 raise self._read_failure(error) from None
-            self.lapsed += len(answer.get("Failed", []))
+            renewed_at = time.monotonic()
+            self._held_at.update((mid, renewed_at) for mid in batch)
+            for failed in answer.get("Failed", []):
+                self._lapsed.add(batch[int(failed["Id"])])
 
     def _unseen(self, taken: dict[str, str]) -> int:
         """How many messages of the queue another reader or consumer holds: the messages
