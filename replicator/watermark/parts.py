@@ -272,6 +272,11 @@ def combine(destination: str, parts: Iterable[Part], place: str | None = None) -
     tells a waiter what the table never got."""
     every = {part.shard: part for part in parts}
     counted: list[Part] = []
+    moved = {
+        shard
+        for shard in every
+        if place is not None and claimed_for(shard, every) not in (None, place)
+    }
     retired: list[Part] = []
     for part in sorted(every.values(), key=lambda p: p.shard):
         if part.superseded or (
@@ -280,12 +285,7 @@ def combine(destination: str, parts: Iterable[Part], place: str | None = None) -
             retired.append(part)
         else:
             counted.append(part)
-    unknown = tuple(
-        part.shard
-        for part in counted
-        if part.watermark_us <= 0
-        or (place is not None and part.destination_table not in (None, place))
-    )
+    unknown = tuple(part.shard for part in counted if part.watermark_us <= 0 or part.shard in moved)
     value: int | None = None
     if counted and not unknown:
         value = min(part.watermark_us for part in counted)
@@ -300,6 +300,19 @@ def combine(destination: str, parts: Iterable[Part], place: str | None = None) -
         dead_letter_ranges=tuple(ranges),
         unread_spans=tuple(merge_spans(s for part in every.values() for s in part.unread_spans)),
     )
+
+
+def claimed_for(shard: str, every: Mapping[str, Part]) -> str | None:
+    """The ``<region>/<table>`` the shard's part was claimed for; for a placeholder not
+    claimed yet (a child registered with its parent's value), its parents' (None: not
+    recorded)."""
+    part = every[shard]
+    if part.destination_table is not None:
+        return part.destination_table
+    for parent in sorted(part.parents):
+        if parent in every and every[parent].destination_table is not None:
+            return every[parent].destination_table
+    return None
 
 
 def merge_ranges(

@@ -40,7 +40,7 @@ from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.watermark import spans
 from replicator.watermark.history import SourceHistory, before_stream_through
-from replicator.watermark.parts import ListedShard, merge_ranges, plan_registration
+from replicator.watermark.parts import ListedShard, claimed_for, merge_ranges, plan_registration
 from replicator.watermark.spans import UnreadSpan, merge_spans
 from replicator.watermark.table import PLACE, STARTED_WITH, UNREAD, PartLost, StatusTable
 from replicator.watermark.tracker import DeadLetters, ShardTracker
@@ -714,21 +714,18 @@ class ShardWatermark:
         at its first start that they record, noted for :meth:`_decided` (nothing else of
         them is needed; a record that cannot be read is taken for none, which at worst
         takes a destination for one added later: a span too wide, never too narrow)."""
-        read = (*STARTED_WITH, *UNREAD, *PLACE)
+        read = (*STARTED_WITH, *UNREAD, *PLACE, "parents")
         try:
             parts = target.table.parts_if_any(read, unreadable_as_unset=read)
         except _FAILURES as error:
             self._failed(target, error)
             return False
-        mine = next((part for part in parts if part.shard == self.shard_id), None)
+        every = {part.shard: part for part in parts}
+        # A placeholder (a child registered with its parent's value) names its parents'.
+        claimed = claimed_for(self.shard_id, every) if self.shard_id in every else None
         with self._state:
-            if (
-                mine is not None
-                and mine.destination_table is not None
-                and target.table.place is not None
-                and mine.destination_table != target.table.place
-            ):
-                self._moved_from[target.label] = mine.destination_table
+            if claimed is not None and target.table.place not in (None, claimed):
+                self._moved_from[target.label] = claimed
             self._had_parts[target.label] = bool(parts)
             self._unwatched[target.label] = any(
                 span.open for part in parts for span in part.unread_spans

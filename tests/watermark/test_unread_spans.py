@@ -710,3 +710,20 @@ def test_a_status_table_the_job_may_not_touch_with_the_watermark_off_is_a_warnin
     if not raised:
         assert warned[0]["status_table"] == "job-watermark"
         assert warned[0]["destination"] == "eu-west-1/dst"
+
+
+def test_a_child_placeholder_counts_for_the_table_its_parents_were_claimed_for() -> None:
+    """A destination's name given to another table while a child shard had only its
+    placeholder (registered with its parent's value, claimed for nothing yet): the
+    placeholder counted for the new table, and a wait passed on the parent's changes,
+    which only the old table got. It counts as its parents' table."""
+    parent = Part(
+        "dr", "s-1", 5_000_000, children=frozenset({"s-2"}), ended=True,
+        destination_table="eu-west-1/old",
+    )  # fmt: skip
+    child = Part("dr", "s-2", 5_000_000, parents=frozenset({"s-1"}))  # a placeholder
+    assert combine("dr", [parent, child], "eu-west-1/old").watermark_us == 5_000_000
+    moved = combine("dr", [parent, child], "eu-west-1/new")
+    assert moved.watermark_us is None and moved.unknown == ("s-2",)
+    claimed = replace(child, destination_table="eu-west-1/new", watermark_us=6_000_000)
+    assert combine("dr", [parent, claimed], "eu-west-1/new").watermark_us == 6_000_000
