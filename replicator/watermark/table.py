@@ -290,14 +290,19 @@ class StatusTable:
 
     def add_children(self, shard: str, children: frozenset[str]) -> None:
         """Name a part's children (only on an existing part: a bare item would count as 0)."""
+        self._update_existing(shard, "ADD children :c", {":c": {"SS": sorted(children)}})
+
+    def _update_existing(self, shard: str, update: str, values: dict[str, Any]) -> None:
+        """``update`` on the shard's part if it exists; nothing where it does not (an item
+        created by an update alone, without ``watermark_us``, would read as a part)."""
         try:
             self.client.update_item(
                 TableName=self.name,
                 Key=self._key(shard),
-                UpdateExpression="ADD children :c",
+                UpdateExpression=update,
                 ConditionExpression="attribute_exists(#shard)",
                 ExpressionAttributeNames={"#shard": "shard"},
-                ExpressionAttributeValues={":c": {"SS": sorted(children)}},
+                ExpressionAttributeValues=values,
             )
         except ClientError as error:
             if error_code(error) != "ConditionalCheckFailedException":
@@ -427,19 +432,10 @@ class StatusTable:
         """Record on the shard's part, if it has one, the table the destination names now
         (:attr:`place`): a part is claimed only as its watermark rises, and one whose
         stored value is higher would keep naming the table it named before."""
-        if self.place is None:
-            return
-        try:
-            self.client.update_item(
-                TableName=self.name,
-                Key=self._key(shard),
-                UpdateExpression="SET destination_table = :place",
-                ConditionExpression="attribute_exists(watermark_us)",
-                ExpressionAttributeValues={":place": {"S": self.place}},
+        if self.place is not None:
+            self._update_existing(
+                shard, "SET destination_table = :place", {":place": {"S": self.place}}
             )
-        except ClientError as error:
-            if error_code(error) != "ConditionalCheckFailedException":
-                raise
 
     def add_started_with(self, shard: str, destinations: frozenset[str]) -> None:
         """Record on the part that the job had ``destinations`` when it first started (a
