@@ -33,7 +33,7 @@ from replicator.exceptions import (
 from replicator.logs import redact
 from replicator.runtime.preflight import explain
 from replicator.shards import ownership
-from replicator.watermark.parts import Watermark, iso, seconds
+from replicator.watermark.parts import Watermark, iso, seconds, waiting_on
 from replicator.watermark.wait import (
     Seconds,
     WaitResult,
@@ -247,7 +247,7 @@ def show(resolved: ResolvedJob, name: str | None, as_json: bool) -> int:
     if as_json:
         report = [
             (mark.as_dict() if mark else {"destination": d.label, "watermark": None})
-            | {"status_table": resolved.watermark_table, "region": d.region}
+            | {"status_table": resolved.watermark_table, "region": d.region, "table": d.table}
             for d, mark in found
         ]
         logs.echo(json.dumps(report if name is None else report[0], indent=2))
@@ -267,7 +267,7 @@ def _describe(
         lines.append("  watermark: none (the status table does not exist yet)")
         return "\n".join(lines)
     if mark.watermark_us is None and mark.unknown:
-        lines.append(f"  watermark: none yet (waiting for {', '.join(mark.unknown)} to publish)")
+        lines.append(f"  watermark: none yet ({waiting_on(mark)})")
     elif mark.watermark_us is None:
         lines.append(
             "  watermark: none yet (no shard has published for this destination: its "

@@ -143,6 +143,7 @@ class Part:
             "unread": [span.as_dict() for span in self.unread_spans],
             "updated_at": self.updated_at,
             "owner": self.owner,
+            "destination_table": self.destination_table,
         }
 
 
@@ -226,7 +227,12 @@ class Watermark:
     counted: tuple[Part, ...] = ()
     retired: tuple[Part, ...] = ()
     unknown: tuple[str, ...] = ()
-    """Shards registered whose processor has not published yet (they hold it at None)."""
+    """Shards registered whose processor has not published yet (they hold it at None),
+    and those of ``claimed_elsewhere``."""
+    claimed_elsewhere: tuple[tuple[str, str], ...] = ()
+    """Counted shards, each with the ``<region>/<table>`` its part was last claimed for,
+    when that is not the destination's table now (its name was given to this table
+    since): they hold the watermark at None until their processors record the change."""
     dead_letters: int = 0
     dead_letter_ranges: tuple[DeadLetterRange, ...] = field(default=())
     unread_spans: tuple[UnreadSpan, ...] = field(default=())
@@ -273,9 +279,9 @@ def combine(destination: str, parts: Iterable[Part], place: str | None = None) -
     every = {part.shard: part for part in parts}
     counted: list[Part] = []
     moved = {
-        shard
+        shard: claimed
         for shard in every
-        if place is not None and claimed_for(shard, every) not in (None, place)
+        if place is not None and (claimed := claimed_for(shard, every)) not in (None, place)
     }
     retired: list[Part] = []
     for part in sorted(every.values(), key=lambda p: p.shard):
@@ -296,10 +302,33 @@ def combine(destination: str, parts: Iterable[Part], place: str | None = None) -
         counted=tuple(counted),
         retired=tuple(retired),
         unknown=unknown,
+        claimed_elsewhere=tuple(
+            (part.shard, moved[part.shard]) for part in counted if part.shard in moved
+        ),
         dead_letters=sum(part.dead_letters for part in every.values()),
         dead_letter_ranges=tuple(ranges),
         unread_spans=tuple(merge_spans(s for part in every.values() for s in part.unread_spans)),
     )
+
+
+def waiting_on(watermark: Watermark) -> str:
+    """What holds a watermark at None, for ``wait`` and ``watermark`` to say: shards that
+    have not published, and shards whose parts were claimed for another table."""
+    elsewhere = dict(watermark.claimed_elsewhere)
+    unpublished = [shard for shard in watermark.unknown if shard not in elsewhere]
+    said = []
+    if unpublished:
+        said.append(f"shards {', '.join(unpublished)} have not published yet")
+    by_table: dict[str, list[str]] = {}
+    for shard, table in watermark.claimed_elsewhere:
+        by_table.setdefault(table, []).append(shard)
+    said.extend(
+        f"shards {', '.join(shards)} were last claimed for table {table}, not the "
+        "destination's table now: they count again once the job runs with its table now "
+        "and their processors record it"
+        for table, shards in by_table.items()
+    )
+    return "; ".join(said)
 
 
 def claimed_for(shard: str, every: Mapping[str, Part]) -> str | None:

@@ -28,7 +28,7 @@ from replicator.aws.errors import ErrorKind, cause, classify, error_code, error_
 from replicator.epoch import SECONDS_CEILING, finer_unit
 from replicator.exceptions import StatusTableMissing, StatusTableSilent
 from replicator.logs import redact
-from replicator.watermark.parts import US, Watermark, combine, iso, seconds
+from replicator.watermark.parts import US, Watermark, combine, iso, seconds, waiting_on
 from replicator.watermark.spans import UnreadSpan
 from replicator.watermark.table import StatusTable
 from replicator.watermark.tracker import DeadLetterRange
@@ -660,4 +660,4 @@ def _unpublished(watermark: Watermark, status_table: str) -> str | None:
             "not the destination's label in the job (its name, default <region>/<table>; "
             "check the spelling)"
         )
-    return f"shards {', '.join(watermark.unknown)} have not published yet"
+    return waiting_on(watermark)

@@ -356,7 +356,9 @@ def test_a_registered_shard_that_has_not_published_is_named(
     path = job_file(tmp_path, task, moto_endpoint)
     result = CliRunner().invoke(cli, ["watermark", "--config", str(path), "-d", EU])
     assert result.exit_code == 1, result.output
-    assert "  watermark: none yet (waiting for s2 to publish)" in result.stdout, result.stdout
+    assert "  watermark: none yet (shards s2 have not published yet)" in result.stdout, (
+        result.stdout
+    )
 
 
 def _json_paragraph() -> str:

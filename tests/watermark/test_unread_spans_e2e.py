@@ -318,6 +318,19 @@ def test_a_destination_name_given_to_another_table_is_not_reported_replicated_be
     tables.create(client("dynamodb", "eu-west-1", job.endpoint), new, stream=False)
     job.destinations = [("eu-west-1", new)]
     job.write()
+    # Before the job runs with the new table, the readers name what holds them.
+    shown = in_process("watermark", "-c", str(job.path), "-d", "dr", "--json")
+    assert shown.returncode == 1, shown
+    report = json.loads(shown.stdout)
+    assert report["watermark"] is None and report["table"] == new
+    assert {part["destination_table"] for part in report["shards"]} == {f"eu-west-1/{old}"}
+    waited = in_process(
+        "wait", "-c", str(job.path), "-d", "dr", "--until", f"{written:.6f}", "--timeout", "1"
+    )
+    assert waited.returncode == 1, waited
+    assert f"last claimed for table eu-west-1/{old}, not the destination's table" in (
+        waited.stderr
+    ), waited
     time.sleep(1.1)  # the stream's creation times are whole seconds
     for run in ("second", "third"):
         log = job.directory / f"{run}.log"

@@ -123,6 +123,12 @@ def test_wait_and_watermark_commands_status_tables_and_the_metric(job: Job) -> N
             assert entry["watermark"] >= written
             assert entry["status_table"] == f"{job.name}-watermark"
             assert all(shard["shard"].startswith("shardId-") for shard in entry["shards"])
+            # Which table each part was claimed for: a destination's name given to another
+            # table shows here before its processor records it.
+            assert entry["destination"] == f"{entry['region']}/{entry['table']}"
+            assert {shard["destination_table"] for shard in entry["shards"]} == {
+                entry["destination"]
+            }
         # This file's first wait and watermark run as processes of their own, as an
         # operator runs them; the others, each of which returns by itself and is judged by
         # its exit status and output, run in this process (a process start costs about a
