@@ -67,7 +67,10 @@ class DeadLetter:
         the identity of the ones already stored. Attempts, times and error texts are left
         out (they differ between two stores of one failure); the data is in, so that
         letters of different changes sharing a sequence number (a backfill's or repair's
-        are all numbered 0) are never taken for one."""
+        are all numbered 0) are never taken for one. Of a backfill's or repair's record,
+        the data without the time it was made: each run makes its record anew, and a
+        scheduled ``verify --repair`` would otherwise store one more letter per run for an
+        item that cannot be written."""
         record: dict[str, Any] = dict(self.record)
         named = [
             self.task_name,
@@ -76,7 +79,7 @@ class DeadLetter:
             record.get("sequenceNumber"),
             record.get("subSequenceNumber"),
             redact(self.reason),
-            record.get("data"),
+            _timeless(record.get("data")),
         ]
         text = json.dumps(named, separators=(",", ":"), sort_keys=True)
         return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
@@ -252,3 +255,24 @@ def _json_type(value: Any) -> str:
     )
     text = json.dumps(value)
     return f"{kind} ({text if len(text) <= 40 else text[:37] + '...'})"
+
+
+def _timeless(data: Any) -> Any:
+    """A synthetic record's data (a backfill's or repair's) without ``eventID`` and the
+    creation time, both the moment the command made it; any other data as it is."""
+    if not isinstance(data, str):
+        return data
+    try:
+        document = json.loads(base64.b64decode(data, validate=True))
+    except (binascii.Error, ValueError, RecursionError):
+        return data
+    if not (
+        isinstance(document, dict)
+        and isinstance(document.get("eventSource"), str)
+        and document["eventSource"].startswith(SYNTHETIC_SOURCE_PREFIX)
+        and isinstance(document.get("dynamodb"), dict)
+    ):
+        return data
+    body = {k: v for k, v in document["dynamodb"].items() if k != "ApproximateCreationDateTime"}
+    kept = {k: v for k, v in document.items() if k != "eventID"} | {"dynamodb": body}
+    return json.dumps(kept, separators=(",", ":"), sort_keys=True)

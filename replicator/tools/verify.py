@@ -58,6 +58,7 @@ from replicator.exceptions import OperatorError, WriteCancelled
 from replicator.items import (
     Item,
     KeyId,
+    describe_field,
     describe_key,
     describe_names,
     item_to_wire,
@@ -216,6 +217,9 @@ class Finding:
     repair: str | None = None  # repaired | resolved | refused | dead_lettered | unresolved
     detail: str | None = None
     tombstone: Tombstone | None = field(default=None, repr=False)
+    written_elsewhere: bool = False
+    """An extra item stamped by another region than the source's (active-active):
+    ``--repair`` leaves it (see :meth:`Verifier._mark_written_elsewhere`)."""
 
     @property
     def settled(self) -> bool:
@@ -487,6 +491,7 @@ class Verify:
             for label, per_key in states.items()
         }
         self._read_tombstones(findings, states)
+        self._mark_written_elsewhere(findings, states)
         findings.sort(key=lambda f: (f.destination, f.kind, describe_key(f.keys)))
         report = VerifyReport(
             source=f"{self.source.region}/{self.source.table}",
@@ -729,6 +734,39 @@ class Verify:
                 tombstone = self._tombstone(self.source, finding.keys)
                 if tombstone and tombstone.blocks(rule.rank(state.destination_item)):
                     finding.detail = tombstone.described(rule.attribute, rule.origin_attribute)
+                    finding.tombstone = tombstone
+
+    def _mark_written_elsewhere(
+        self, findings: list[Finding], states: dict[str, dict[KeyId, _State]]
+    ) -> None:
+        """In an active-active job, an extra item that does not carry the source's stamp
+        was written in another region (the destination's own, most often) and has not
+        reached the source yet: that region's job lags, stopped, or dead-lettered it.
+        Deleting it at the destination would be replicated as that region's delete, and
+        the write would be gone from every region, so ``--repair`` leaves it (reported,
+        a difference for the exit code). An item the source stamped was written there
+        and deleted since (the delete never arrived), and a delete at the source that
+        ranks above the item (its tombstone) decides by the job's order: both are
+        deleted as before. An item without any stamp is left too: it may be either."""
+        job = self.resolved.job
+        attribute = job.loop_prevention.origin_attribute
+        if attribute is None:
+            return
+        stamp = {"S": job.origin_value}
+        for finding in findings:
+            if finding.kind != EXTRA or finding.tombstone is not None:
+                continue
+            item = states[finding.destination][key_id(finding.keys)].destination_item
+            if item is None or item.get(attribute) == stamp:
+                continue
+            finding.written_elsewhere = True
+            finding.detail = (
+                f"written with {describe_field(attribute, item.get(attribute))}, not "
+                f"{job.origin_value}: another region's write the source has not received "
+                "(its job lags, is stopped or dead-lettered it); deleting it here would "
+                "delete it in every region, so --repair leaves it: verify again once that "
+                "job has caught up, or repair from that region's job"
+            )
 
     def _rule(self) -> OrderedRule | None:
         job = self.resolved.job
@@ -774,6 +812,9 @@ class Verify:
             self._delete_at_source(deleted, states)
         for finding in findings:
             if finding.kind == DELETED:
+                continue
+            if finding.written_elsewhere:
+                finding.repair = "refused"
                 continue
             state = states[finding.destination][key_id(finding.keys)]
             new_image = None if finding.kind == EXTRA else state.source_item
@@ -893,7 +934,10 @@ class Verify:
                     finding.repair, finding.detail = "resolved", "equal when read again"
             elif finding.repair == "repaired":
                 finding.repair = "unresolved"
-                finding.detail = f"still {state.kind} when read again"
+                # The item may have changed kind since (an extra one written again at
+                # the source, say, is now different): "still" only when it has not.
+                again = "still" if state.kind == finding.kind else "now"
+                finding.detail = f"{again} {state.kind} when read again"
                 if state.attributes:
                     finding.detail += f" ({', '.join(state.attributes)})"
 

@@ -333,6 +333,28 @@ def test_repair_goes_through_the_policy_and_reports_what_it_refused(job: Job) ->
     assert eu.get_item(TableName=eu_table, Key=key(items[0]), ConsistentRead=True)["Item"] == newer
 
 
+def test_repair_run_again_stores_no_second_letter_for_an_item_that_cannot_be_written(
+    job: Job,
+) -> None:
+    """A source item whose ordering attribute is not a number cannot be written under
+    ``last_writer_wins``: each repair dead-letters it. A repair run again (a scheduled
+    ``verify --repair``) stored another letter per destination each time, every copy
+    alike but for the time its record was made, and each redrive then failed them all."""
+    items = replicated(job, 2)
+    unwritable = {**items[0], "pk": {"S": "bad"}, "updated_at": {"BOOL": True}}
+    job.source.put_item(TableName=job.source_table, Item=unwritable)
+
+    for _ in range(3):
+        result = cli(job, "--repair", "--recheck", "1", "--recheck-pause", "0.1")
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert result.stdout.count("-> dead_lettered") == 2, result.stdout
+    letters = [json.loads(line) for line in job.dead_letters.read_text().splitlines()]
+    assert sorted(letter["destination"] for letter in letters) == sorted(
+        f"{region}/{table}" for region, table in job.destinations
+    ), letters
+    assert {letter["shard_id"] for letter in letters} == {"repair"}
+
+
 def test_repair_under_overwrite_replaces_a_stale_item_and_deletes_an_extra_one(job: Job) -> None:
     job.path.write_text(job.path.read_text().replace(LWW, "conflict: {policy: overwrite}"))
     items = replicated(job, 6)
@@ -562,6 +584,69 @@ def test_with_tombstones_an_item_deleted_at_the_destination_is_deleted_at_the_so
         assert "Item" not in ddb.get_item(TableName=table, Key=gone)
         assert "Item" not in ddb.get_item(TableName=table, Key=key(items[1]))
     assert verify(job).equal
+
+
+@pytest.mark.parametrize("tombstones", [False, True])
+def test_an_extra_item_another_region_wrote_is_left_by_repair_in_an_active_active_job(
+    job: Job, tombstones: bool
+) -> None:
+    """Active-active: an item written at the destination that has not reached the source
+    yet (the reverse job lags or is stopped) looks ``extra``. A repair that deleted it
+    had that delete replicated back as the region's own: the write was gone from both
+    regions for good, reported as "equal after repair". An extra item stamped by another
+    region, or not stamped at all, is left and reported (exit 1); one the source stamped
+    (written there, its delete lost) is deleted as before."""
+    job.extra = "loop_prevention: {origin_attribute: origin_region}\n" + (
+        "active_active: {tombstones: true}\n" if tombstones else ""
+    )
+    job.write()
+    if tombstones:
+        prepare_tombstones(load_job(job.path))
+    replicated(job, 3)
+    rng = random.Random(5)
+    (eu, eu_table), _ = job.destination_clients()
+    theirs = demo_item(rng, "theirs", 1, "eu-west-1")
+    unstamped = {name: value for name, value in demo_item(rng, "bare", 2, "eu-west-1").items()}
+    del unstamped["origin_region"]
+    ours = demo_item(rng, "ours", 3, "us-east-1")
+    for made in (theirs, unstamped, ours):
+        eu.put_item(TableName=eu_table, Item=made)
+
+    plain = cli(job, "--recheck", "1", "--recheck-pause", "0.1")
+    assert plain.returncode == 1, plain.stderr
+    assert (
+        "  extra     pk=S:theirs sk=N:1  (written with origin_region=eu-west-1, not us-east-1"
+        in (plain.stdout)
+    ), plain.stdout
+
+    repaired = cli(job, "--repair", "--recheck", "1", "--recheck-pause", "0.1")
+    assert repaired.returncode == 1, repaired.stdout + repaired.stderr
+    lines = repaired.stdout.splitlines()
+    assert any(
+        line.startswith("  extra     pk=S:theirs sk=N:1  -> refused: written with origin_region=")
+        and "--repair leaves it" in line
+        for line in lines
+    ), repaired.stdout
+    assert any(
+        line.startswith(
+            "  extra     pk=S:bare sk=N:2  -> refused: written with origin_region=(absent)"
+        )
+        for line in lines
+    ), repaired.stdout
+    assert "  extra     pk=S:ours sk=N:3  -> repaired" in lines, repaired.stdout
+    assert eu.get_item(TableName=eu_table, Key=key(theirs), ConsistentRead=True)["Item"] == theirs
+    assert eu.get_item(TableName=eu_table, Key=key(unstamped), ConsistentRead=True)["Item"] == (
+        unstamped
+    )
+    assert "Item" not in eu.get_item(TableName=eu_table, Key=key(ours), ConsistentRead=True)
+
+    # Once the write has reached the source, the regions are equal.
+    job.source.put_item(TableName=job.source_table, Item=theirs)
+    job.source.put_item(TableName=job.source_table, Item=unstamped)
+    _, (ap, ap_table) = job.destination_clients()
+    for made in (theirs, unstamped):
+        ap.put_item(TableName=ap_table, Item=made)
+    assert cli(job, "--recheck", "1", "--recheck-pause", "0.1").returncode == 0
 
 
 def test_repair_stuck_on_a_throttled_destination_stops_on_the_second_signal(
