@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -100,6 +101,25 @@ def test_the_metrics_document_describes_every_metric() -> None:
     }
     missing = sorted(family for family in families if f"`{family}" not in text)
     assert not missing, f"docs/metrics.md does not describe {missing}"
+
+
+def test_every_metric_name_the_docs_give_is_exported() -> None:
+    """A name copied from a page into a Prometheus query must find a series: a page that
+    named ``replicator_retries`` for ``replicator_retries_total`` gave an empty query."""
+    families = {
+        name.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count")
+        for name in DOCUMENTED
+    }
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    unknown = sorted(
+        {
+            (page.name, name)
+            for page in pages
+            for name in re.findall(r"\breplicator_[a-z_]+", page.read_text())
+            if name not in families
+        }
+    )
+    assert not unknown, f"pages name metrics that are not exported: {unknown}"
 
 
 def test_every_metric_the_dashboard_queries_is_exported() -> None:
