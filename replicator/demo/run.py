@@ -129,6 +129,15 @@ def run_demo(config_path: Path, options: DemoOptions, console: Console | None = 
                 signal.signal(stop_signal, handler)
 
 
+_ANY = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104  # names, not a bind
+
+
+def _reachable(host: str) -> str:
+    """An address a browser on this host can open: a job listening on every interface
+    (``0.0.0.0``, the default of a job file) is reached on the loopback one."""
+    return _ANY.get(host, host)
+
+
 def off_directory(resolved: ResolvedJob) -> str | None:
     """Why the job's files would be written outside the demo's own directory, else None.
 
@@ -350,6 +359,15 @@ class _Demo:
             runtime.stop()
             thread.join(60)
             return code
+        except BaseException:
+            # Its output closed (`| head`: click ends the command, exit 1), or a failure
+            # of the demo's own: the replicator is stopped as on every other way out, so
+            # that it lets go of its host lock (and removes the file) before the process
+            # ends, rather than dying with the demo as a daemon thread.
+            workload.stop_event.set()
+            runtime.stop()
+            thread.join(60)
+            raise
         runtime.stop()
         thread.join(60)
         if workload.error is not None:
@@ -387,8 +405,10 @@ class _Demo:
         if failure:
             return False
         if runtime.metrics_port is not None:
-            base = f"http://{metrics_address(self.job.metrics.host, runtime.metrics_port)}"
-            self.console.print(f"metrics: {base}/metrics  health: {base}/healthz")
+            host = self.job.metrics.host
+            base = f"http://{metrics_address(_reachable(host), runtime.metrics_port)}"
+            wide = f" (listening on every interface: metrics.host {host})" if host in _ANY else ""
+            self.console.print(f"metrics: {base}/metrics  health: {base}/healthz{wide}")
         else:
             self.console.print(
                 "metrics are off (metrics.enabled: false): no lag tells when the destinations "
@@ -413,7 +433,7 @@ class _Demo:
     def _linger(self, runtime: LocalRuntime) -> None:
         where = ""
         if runtime.metrics_port is not None:
-            listen = metrics_address(self.job.metrics.host, runtime.metrics_port)
+            listen = metrics_address(_reachable(self.job.metrics.host), runtime.metrics_port)
             where = f": curl http://{listen}/metrics"
         self.console.print(
             f"the replicator keeps running for {self.options.linger_s:g}s{where} (Ctrl-C to stop)"

@@ -219,6 +219,37 @@ def test_the_demo_stops_cleanly_on_a_stop_signal_while_it_replicates(
     assert_nothing_left(tmp_path)
 
 
+def test_a_demo_whose_output_is_closed_stops_its_replicator_and_leaves_no_lock(
+    tmp_path: Path,
+) -> None:
+    """`replicator demo | head -3`: the demo ends at its next line (exit 1, as a click
+    command whose output closed), and its replicator is stopped first. It was left to die
+    with the process, its host lock file left in the temporary directory for each run."""
+    env = {**os.environ, "REPLICATOR_DEMO_METRICS_PORT": str(free_port()), "TMPDIR": str(tmp_path)}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "replicator", "demo", "--duration", "60", "--rate", "30"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert demo.stdout is not None and demo.stderr is not None
+    try:
+        seen = [demo.stdout.readline() for _ in range(3)]
+        assert "metrics:" in seen[-1], seen
+        demo.stdout.close()  # as `head -3` does once it has its lines
+        status = demo.wait(timeout=90 * PATIENCE)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    errors = demo.stderr.read()
+    assert status == 1, errors
+    assert "Traceback" not in errors, errors
+    assert_nothing_left(tmp_path)
+
+
 @pytest.mark.parametrize("stop", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
 def test_a_stop_signal_the_demo_was_started_with_ignored_stays_ignored(
     tmp_path: Path, stop: signal.Signals
@@ -308,9 +339,17 @@ def test_another_job_file_runs_entirely_on_the_demos_endpoint(tmp_path: Path) ->
             "AWS_ACCESS_KEY_ID": "AKIAREALKEY",
             "AWS_SESSION_TOKEN": "real-token",
             "AWS_PROFILE": "no-such-profile",
-            "METRICS_PORT": str(free_port()),
+            "METRICS_PORT": str(port := free_port()),
         },
     )
+    seen: list[str] = []
+    read_until(lines, "metrics:", seen)
+    # The file listens on every interface (no metrics.host): the URL shown is one a
+    # browser opens, not http://0.0.0.0:...
+    assert (
+        f"metrics: http://127.0.0.1:{port}/metrics  health: http://127.0.0.1:{port}/healthz "
+        "(listening on every interface: metrics.host 0.0.0.0)"
+    ) in seen[-1], seen
     assert_converged_at_eu_west_1(demo, lines)
 
 
