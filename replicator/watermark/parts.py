@@ -80,6 +80,11 @@ class Part:
     destination_table: str | None = None
     """The ``<region>/<table>`` the destination named when this part was last claimed
     (parts written before it was recorded have none)."""
+    members: frozenset[str] = frozenset()
+    """The job's destinations (labels) when this part was last raised (parts written
+    before it was recorded have none): a destination missing there was out of the job
+    then, which a processor that finds it back in the job must know (see
+    ShardWatermark._rejoined)."""
 
     @classmethod
     def from_item(
@@ -120,6 +125,7 @@ class Part:
             "unread_version": read.whole,
             "started_with": read.texts,
             "destination_table": read.optional_text,
+            "members": read.texts,
         }
         fields: dict[str, Any] = {}
         for name in attributes:

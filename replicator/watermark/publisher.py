@@ -42,7 +42,14 @@ from replicator.watermark import spans
 from replicator.watermark.history import SourceHistory, before_stream_through
 from replicator.watermark.parts import ListedShard, claimed_for, merge_ranges, plan_registration
 from replicator.watermark.spans import UnreadSpan, merge_spans
-from replicator.watermark.table import PLACE, STARTED_WITH, UNREAD, PartLost, StatusTable
+from replicator.watermark.table import (
+    MEMBERS,
+    PLACE,
+    STARTED_WITH,
+    UNREAD,
+    PartLost,
+    StatusTable,
+)
 from replicator.watermark.tracker import DeadLetters, ShardTracker
 
 log = structlog.get_logger(__name__)
@@ -51,6 +58,9 @@ US = 1_000_000
 _FAILURES = (ClientError, BotoCoreError, ReplicatorError, OSError)
 _MAX_RETRY_S = 60.0
 _LISTING_REUSED_S = 10.0
+_OTHERS_LEARNT_S = 10.0
+"""How long a destination with parts waits, after the start, for the other destinations'
+status tables to be read before it is decided (see ShardWatermark._rejoined)."""
 
 
 @dataclass
@@ -133,6 +143,13 @@ class ShardWatermark:
         # The <region>/<table> this shard's part at a destination names, where that is
         # not the destination's now (its name was given to another table).
         self._moved_from: dict[str, str] = {}
+        # From each status table read at the start: when its destination's parts were
+        # last raised, and, by destination, when a part of another destination was last
+        # raised by a run of the job without it (see _rejoined).
+        self._last_raised: dict[str, float] = {}
+        self._left_out_at: dict[str, float] = {}
+        self._unreadable: set[str] = set()  # status tables whose read failed (not hung)
+        self._begun = time.monotonic()
         self._unwatched: dict[str, bool] = {}  # open unwatched spans found (see off.py)
         self._watched: set[str] = set()  # destinations whose open spans were ended
 
@@ -153,6 +170,7 @@ class ShardWatermark:
         """
         now_us = int(self._clock() * US)
         self._started_us = now_us
+        self._begun = time.monotonic()
         if at_latest:
             for target in self._targets.values():
                 target.unread.append(UnreadSpan(0, now_us + self._margin_us, spans.LATEST))
@@ -517,8 +535,8 @@ class ShardWatermark:
         recorded = frozenset().union(*(record for record in records if label in record))
         if mine and moved_from is not None:
             return self._moved(target, moved_from)
-        if mine:  # in the job before
-            return self._decide(target, None)
+        if mine:  # in the job before; out of it for a while since?
+            return self._rejoined(target, others)
         if recorded:
             return self._first_start(target, recorded)
         if not any(others.values()):
@@ -527,15 +545,20 @@ class ShardWatermark:
             if self._at_horizon and not self._child_of_a_listed_shard():
                 return self._first_start(target, frozenset(self._targets))
             return self._unwatched_before(target)
-        if not self._decide(target, UnreadSpan(0, self._started_us, spans.JOINED)):
-            return False
-        log.warning(
+        return self._joined(
+            target,
             "destination joined a job that resumes from checkpoints: changes made "
             "before now are not replicated to it; run `replicator backfill` to it, then "
             "`replicator verify`",
-            destination=label,
-            shard=self.shard_id,
         )
+
+    def _joined(self, target: _Target, warning: str, **about: object) -> bool:
+        """Store a ``joined`` span up to this start for the destination (it holds none of
+        the changes before it), then log ``warning``; False when it could not be stored
+        (tried again)."""
+        if not self._decide(target, UnreadSpan(0, self._started_us, spans.JOINED)):
+            return False
+        log.warning(warning, destination=target.label, shard=self.shard_id, **about)
         return True
 
     def _moved(self, target: _Target, moved_from: str) -> bool:
@@ -544,7 +567,14 @@ class ShardWatermark:
         holds none of the changes before this start. It gets a ``joined`` span up to
         then, as a destination added to the job does, stored before the part is told the
         new table (a crash between them records the span again, never loses it)."""
-        if not self._decide(target, UnreadSpan(0, self._started_us, spans.JOINED)):
+        if not self._joined(
+            target,
+            "destination now names another table than its status table's parts: changes "
+            "made before now are not replicated to it; run `replicator backfill` to it, "
+            "then `replicator verify`",
+            table=target.table.place,
+            before=moved_from,
+        ):
             return False
         try:
             target.table.record_place(self.shard_id)
@@ -554,16 +584,41 @@ class ShardWatermark:
                 destination=target.label,
                 error=str(error),
             )
-        log.warning(
-            "destination now names another table than its status table's parts: changes "
-            "made before now are not replicated to it; run `replicator backfill` to it, "
-            "then `replicator verify`",
-            destination=target.label,
-            table=target.table.place,
-            before=moved_from,
-            shard=self.shard_id,
-        )
         return True
+
+    def _rejoined(self, target: _Target, others: Mapping[str, bool | None]) -> bool:
+        """Decide a destination that has parts: in the job before, and perhaps removed
+        from it and added again since. Each part records the job's destinations when it
+        was last raised (``members``): a part of another destination raised, without
+        this one among them, after this destination's parts were last raised, tells that
+        the job ran without it meanwhile, and passed over changes this destination never
+        got. It then gets a ``joined`` span up to this start, as a destination added to
+        the job does (its old parts would otherwise let a wait pass those changes).
+
+        The other destinations' tables are read on their own threads: they are waited
+        for up to ``_OTHERS_LEARNT_S`` after the start, so that one that hangs does not
+        hold this destination back for longer (decided then on what was read), and one
+        whose read failed is not waited for."""
+        label = target.label
+        with self._state:
+            unknown = any(
+                had is None and other not in self._unreadable for other, had in others.items()
+            )
+        if unknown and time.monotonic() - self._begun < _OTHERS_LEARNT_S:
+            return False  # tried again at the next publish
+        with self._state:
+            left_out_at = self._left_out_at.get(label)
+            last_raised = self._last_raised.get(label)
+        if left_out_at is None or (last_raised is not None and left_out_at <= last_raised):
+            return self._decide(target, None)
+        return self._joined(
+            target,
+            "destination was out of the job for a while (removed from the job file and "
+            "added again): changes made meanwhile were not replicated to it; run "
+            "`replicator backfill --restart` to it, then `replicator verify`",
+            last_raised_here=last_raised,
+            job_ran_without_it=left_out_at,
+        )
 
     def _child_of_a_listed_shard(self) -> bool:
         """Whether this shard's parent is still in the stream. A first start reads a
@@ -714,19 +769,32 @@ class ShardWatermark:
         at its first start that they record, noted for :meth:`_decided` (nothing else of
         them is needed; a record that cannot be read is taken for none, which at worst
         takes a destination for one added later: a span too wide, never too narrow)."""
-        read = (*STARTED_WITH, *UNREAD, *PLACE, "parents")
+        read = (*STARTED_WITH, *UNREAD, *PLACE, *MEMBERS, "parents")
         try:
             parts = target.table.parts_if_any(read, unreadable_as_unset=read)
         except _FAILURES as error:
+            with self._state:
+                self._unreadable.add(target.label)
             self._failed(target, error)
             return False
         every = {part.shard: part for part in parts}
+        raised = [part.updated_at for part in parts if part.updated_at is not None]
+        left_out: dict[str, float] = {}
+        for part in parts:
+            if part.members and part.updated_at is not None:
+                for other in set(self._targets) - part.members:
+                    left_out[other] = max(left_out.get(other, 0.0), part.updated_at)
         # A placeholder (a child registered with its parent's value) names its parents'.
         claimed = claimed_for(self.shard_id, every) if self.shard_id in every else None
         with self._state:
+            self._unreadable.discard(target.label)
             if claimed is not None and target.table.place not in (None, claimed):
                 self._moved_from[target.label] = claimed
             self._had_parts[target.label] = bool(parts)
+            if raised:
+                self._last_raised[target.label] = max(raised)
+            for other, at in left_out.items():
+                self._left_out_at[other] = max(self._left_out_at.get(other, 0.0), at)
             self._unwatched[target.label] = any(
                 span.open for part in parts for span in part.unread_spans
             )

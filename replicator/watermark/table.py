@@ -58,6 +58,9 @@ STARTED_WITH = ("started_with",)
 PLACE = ("destination_table",)
 """Telling whether a destination's name was given to another table (its parts are kept
 by name)."""
+MEMBERS = ("members", "updated_at")
+"""Telling whether a destination with parts was out of the job for a while (removed from
+the job file, then added again)."""
 
 ENDED_PARTS_KEPT_S = 2 * 24 * 3600  # longer than the stream keeps records (24 h)
 SUFFIX = "-watermark"
@@ -90,7 +93,12 @@ def check_status_table(client: DynamoDBClient, name: str, where: str) -> bool:
 
 class StatusTable:
     def __init__(
-        self, client: DynamoDBClient, name: str, destination: str, place: str | None = None
+        self,
+        client: DynamoDBClient,
+        name: str,
+        destination: str,
+        place: str | None = None,
+        members: frozenset[str] = frozenset(),
     ) -> None:
         self.client = client
         self.name = name
@@ -98,6 +106,9 @@ class StatusTable:
         # The destination's <region>/<table> (None: not known): a publisher records it on
         # the parts it claims, a reader counts no part claimed for another table.
         self.place = place
+        # The job's destinations (labels): a publisher records them on the parts it
+        # raises, so that a destination removed from the job and added again is told.
+        self.members = members
 
     def _key(self, shard: str) -> dict[str, Any]:
         return {"destination": {"S": self.destination}, "shard": {"S": shard}}
@@ -240,6 +251,9 @@ class StatusTable:
         if self.place is not None:
             update += ", destination_table = :place"
             values[":place"] = {"S": self.place}
+        if self.members:
+            update += ", members = :members"
+            values[":members"] = {"SS": sorted(self.members)}
         try:
             self.client.update_item(
                 TableName=self.name,

@@ -18,6 +18,7 @@ from amazon_kclpy import messages
 from replicator.metrics import Metrics
 from replicator.processor import ReplicationProcessor
 from replicator.shards.stream import Shard
+from replicator.watermark import publisher as publisher_module
 from replicator.watermark.history import SourceHistory
 from replicator.watermark.parts import Part, combine
 from replicator.watermark.publisher import ShardWatermark
@@ -432,11 +433,14 @@ def test_a_status_table_that_hangs_holds_back_only_its_own_destination(
 
 
 def test_a_status_table_that_hangs_does_not_hold_back_a_resumed_destination(
-    closing: list[ShardWatermark],
+    closing: list[ShardWatermark], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Resumed: each destination asks its own status table whether it has parts, so one
-    that hangs holds back no destination that had parts (only one without parts, which
-    cannot be told apart from a new one while the other may have some)."""
+    that hangs holds back a destination that had parts only for the bound it waits for
+    the others' (which tell whether it was out of the job for a while), and no longer
+    (only one without parts, which cannot be told apart from a new one while the other
+    may have some)."""
+    monkeypatch.setattr(publisher_module, "_OTHERS_LEARNT_S", 0.5)
     region = Region()
     well = FakeStatusTable("well", region)
     hung = FakeStatusTable("hung", region)

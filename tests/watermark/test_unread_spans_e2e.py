@@ -39,6 +39,34 @@ def held(job: Job, region: str, table: str, key: str) -> bool:
     return "Item" in found
 
 
+def written_and_replicated(job: Job, destination: str, name: str, counter: int) -> float:
+    """Put item ``name`` at the source and wait until ``destination`` has it (exit 0);
+    when it was written."""
+    job.source.put_item(TableName=job.source_table, Item=item(name, counter))
+    written = time.time()
+    waited = in_process(
+        "wait", "-c", str(job.path), "-d", destination, "--until", f"{written:.6f}",
+        "--timeout", "60",
+    )  # fmt: skip
+    assert waited.returncode == 0, waited
+    return written
+
+
+def joined_before(job: Job, destination: str, written: float) -> dict[str, Any]:
+    """The destination's one unread span, a ``joined`` one past ``written``, which a
+    wait for ``written`` is told of (exit 4)."""
+    waited = in_process(
+        "wait", "-c", str(job.path), "-d", destination, "--until", f"{written:.6f}",
+        "--timeout", "60",
+    )  # fmt: skip
+    assert waited.returncode == 4, waited
+    assert "joined the job" in waited.stderr and "backfill" in waited.stderr
+    shown = in_process("watermark", "-c", str(job.path), "-d", destination, "--json")
+    (span,) = json.loads(shown.stdout)["unread"]
+    assert span["reason"] == "joined" and span["to"] > written
+    return dict(span)
+
+
 def started(log: Path) -> bool:
     return log.exists() and "shard started" in log.read_text(errors="replace")
 
@@ -239,12 +267,7 @@ def test_a_destination_added_to_a_resumed_job_is_not_reported_replicated_before_
     _, eu = job.destinations[0]
     runtime = job.start()
     try:
-        job.source.put_item(TableName=job.source_table, Item=item("old", 1))
-        written = time.time()
-        waited = in_process(
-            "wait", "-c", str(job.path), "-d", eu, "--until", f"{written:.6f}", "--timeout", "60"
-        )
-        assert waited.returncode == 0, waited
+        written = written_and_replicated(job, eu, "old", 1)
     finally:
         assert stop(runtime) == 0  # checkpointed: the job resumes from there
 
@@ -337,21 +360,65 @@ def test_a_destination_name_given_to_another_table_is_not_reported_replicated_be
         runtime = job.start(log=log)
         try:
             wait_until(lambda log=log: started(log), 60, "the shard to start")
-            waited = in_process(
-                "wait", "-c", str(job.path), "-d", "dr", "--until", f"{written:.6f}",
-                "--timeout", "60",
-            )  # fmt: skip
-            assert waited.returncode == 4, waited
-            assert "joined the job" in waited.stderr and "backfill" in waited.stderr
+            span = joined_before(job, "dr", written)
             assert not held(job, "eu-west-1", new, "before")
-            shown = in_process("watermark", "-c", str(job.path), "-d", "dr", "--json")
-            (span,) = json.loads(shown.stdout)["unread"]
-            assert span["reason"] == "joined" and span["to"] > written
             if run == "second":
                 first_span = span
                 assert "now names another table" in log.read_text()
             else:
                 assert span == first_span  # no second span at a plain restart
+        finally:
+            assert stop(runtime) == 0
+
+
+def test_a_destination_removed_and_added_again_is_told_what_the_job_replicated_without_it(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """A destination removed from the job file, the job run without it, then added back:
+    its old parts were taken for its being in the job all along, and ``wait`` answered
+    exit 0 for changes made while it was out, which it never got. Each part records the
+    job's destinations when raised; a part of another destination raised without it,
+    after its own were last raised, gives it a ``joined`` span up to its return. A plain
+    restart after that records no second span."""
+    name = unique("wr")
+    job = Job(moto_endpoint, name, tmp_path, extra=FAST)
+    (eu_region, eu), (ap_region, ap) = job.destinations
+    runtime = job.start(log=job.directory / "first.log")
+    try:
+        written_and_replicated(job, ap, "first", 1)
+    finally:
+        assert stop(runtime) == 0
+
+    job.destinations = [(eu_region, eu)]
+    job.write()
+    runtime = job.start(log=job.directory / "without.log")
+    try:
+        during = written_and_replicated(job, eu, "without", 2)
+    finally:
+        assert stop(runtime) == 0
+
+    job.destinations = [(eu_region, eu), (ap_region, ap)]
+    job.write()
+    first_span: dict[str, Any] = {}
+    for run in ("back", "again"):
+        log = job.directory / f"{run}.log"
+        runtime = job.start(log=log)
+        try:
+            wait_until(lambda log=log: started(log), 60, "the shard to start")
+            span = joined_before(job, ap, during)
+            assert not held(job, ap_region, ap, "without")
+            if run == "back":
+                first_span = span
+                assert "destination was out of the job for a while" in log.read_text()
+            else:
+                assert span == first_span  # no second span at a plain restart
+                assert "out of the job" not in log.read_text()
+            # The destination that stayed is told nothing new.
+            waited = in_process(
+                "wait", "-c", str(job.path), "-d", eu, "--until", f"{during:.6f}",
+                "--timeout", "60",
+            )  # fmt: skip
+            assert waited.returncode == 0, waited
         finally:
             assert stop(runtime) == 0
 
