@@ -633,11 +633,23 @@ def backfill(config_path: Path, **options: Any) -> None:
     help="Rewrite differences through the conflict policy; an item the source lacks is "
     "deleted (docs/operator-tools.md).",
 )
+@click.option(
+    "--delete-extra-written-elsewhere",
+    "delete_written_elsewhere",
+    is_flag=True,
+    help="With --repair, in an active-active job: also delete an extra item another "
+    "region stamped (or none did), which --repair otherwise leaves as that region's "
+    "write on its way here. Only once that region's job has caught up: an item still "
+    "extra then is one the source deleted (docs/operator-tools.md).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_operator_errors
 def verify(config_path: Path, as_json: bool, **options: Any) -> None:
     """Compare every destination with the source: exit 0 when equal, 1 when not."""
     from replicator.tools import commands
+
+    if options["delete_written_elsewhere"] and not options["repair"]:
+        raise click.UsageError("--delete-extra-written-elsewhere deletes only with --repair")
 
     sys.exit(commands.verify(config_path, as_json, **options))
 

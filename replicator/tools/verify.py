@@ -138,6 +138,9 @@ class VerifyOptions:
     recheck: int = 3  # consistent reads of a difference before it is reported
     recheck_pause_s: float = 2.0
     repair: bool = False
+    delete_written_elsewhere: bool = False
+    """--repair deletes an extra item another region stamped too (see
+    Verify._mark_written_elsewhere)."""
     page_size: int = 1000
     progress_interval_s: float = 10.0
 
@@ -247,6 +250,8 @@ class Finding:
             body["repair"] = self.repair
         if self.detail:
             body["detail"] = redact(self.detail)
+        if self.written_elsewhere:
+            body["written_elsewhere"] = True
         return body
 
 
@@ -747,11 +752,17 @@ class Verify:
         a difference for the exit code). An item the source stamped was written there
         and deleted since (the delete never arrived), and a delete at the source that
         ranks above the item (its tombstone) decides by the job's order: both are
-        deleted as before. An item without any stamp is left too: it may be either."""
+        deleted as before. An item without any stamp is left too: it may be either.
+
+        Without tombstones, such an item may also be one the source deleted whose delete
+        this job never delivered (a stop past the stream's retention, a LATEST start): an
+        item still extra once the other region's job has caught up is that, and
+        ``--delete-extra-written-elsewhere`` deletes it."""
         job = self.resolved.job
         attribute = job.loop_prevention.origin_attribute
         if attribute is None:
             return
+        deleting = self.options.repair and self.options.delete_written_elsewhere
         stamp = {"S": job.origin_value}
         for finding in findings:
             if finding.kind != EXTRA or finding.tombstone is not None:
@@ -759,13 +770,19 @@ class Verify:
             item = states[finding.destination][key_id(finding.keys)].destination_item
             if item is None or item.get(attribute) == stamp:
                 continue
+            stamped = describe_field(attribute, item.get(attribute))
+            if deleting:
+                finding.detail = f"written with {stamped} (--delete-extra-written-elsewhere)"
+                continue
             finding.written_elsewhere = True
             finding.detail = (
-                f"written with {describe_field(attribute, item.get(attribute))}, not "
-                f"{job.origin_value}: another region's write the source has not received "
-                "(its job lags, is stopped or dead-lettered it); deleting it here would "
-                "delete it in every region, so --repair leaves it: verify again once that "
-                "job has caught up, or repair from that region's job"
+                f"written with {stamped}, not {job.origin_value}: another region's write "
+                "the source has not received yet (its job lags, is stopped or "
+                "dead-lettered it), or one the source deleted whose delete never arrived; "
+                "deleting it here would be replicated as that region's delete, so --repair "
+                "leaves it: verify again once that region's job has caught up, and an item "
+                "still extra then was deleted at the source (--repair "
+                "--delete-extra-written-elsewhere deletes it)"
             )
 
     def _rule(self) -> OrderedRule | None:

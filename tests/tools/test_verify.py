@@ -609,8 +609,23 @@ def test_an_extra_item_another_region_wrote_is_left_by_repair_in_an_active_activ
     unstamped = {name: value for name, value in demo_item(rng, "bare", 2, "eu-west-1").items()}
     del unstamped["origin_region"]
     ours = demo_item(rng, "ours", 3, "us-east-1")
-    for made in (theirs, unstamped, ours):
+    deleted_here = demo_item(rng, "deleted", 4, "eu-west-1")
+    for made in (theirs, unstamped, ours, deleted_here):
         eu.put_item(TableName=eu_table, Item=made)
+    if tombstones:  # a delete at the source that ranks above eu's image decides
+        rule = rule_for(load_job(job.path).job.conflict, "origin_region")
+        assert isinstance(rule, OrderedRule)
+        later = {**deleted_here, "updated_at": {"N": "99999999999999"}}
+        row = tombstone_of(
+            later,
+            key(later),
+            rule.fields,
+            deleted_in="us-east-1",
+            written_by="us-east-1",
+            deleted_at_ms=1,
+            expires_at=int(time.time()) + 3600,
+        )
+        TombstoneTable(job.source, f"{job.source_table}-tombstones", "us-east-1", 3600).record(row)
 
     plain = cli(job, "--recheck", "1", "--recheck-pause", "0.1")
     assert plain.returncode == 1, plain.stderr
@@ -634,18 +649,47 @@ def test_an_extra_item_another_region_wrote_is_left_by_repair_in_an_active_activ
         for line in lines
     ), repaired.stdout
     assert "  extra     pk=S:ours sk=N:3  -> repaired" in lines, repaired.stdout
+    if tombstones:
+        assert any(
+            line.startswith("  extra     pk=S:deleted sk=N:4  -> repaired: a delete in us-east-1")
+            for line in lines
+        ), repaired.stdout
+        assert "Item" not in eu.get_item(TableName=eu_table, Key=key(deleted_here))
+    else:
+        assert "  extra     pk=S:deleted sk=N:4  -> refused: written with" in repaired.stdout
+    as_json = cli(job, "--json", "--recheck", "1", "--recheck-pause", "0.1")
+    left = {
+        difference["key"]["pk"]["S"]
+        for difference in json.loads(as_json.stdout)["destinations"][f"eu-west-1/{eu_table}"][
+            "differences"
+        ]
+        if difference.get("written_elsewhere")
+    }
+    assert left == {"theirs", "bare"} | (set() if tombstones else {"deleted"}), as_json.stdout
     assert eu.get_item(TableName=eu_table, Key=key(theirs), ConsistentRead=True)["Item"] == theirs
     assert eu.get_item(TableName=eu_table, Key=key(unstamped), ConsistentRead=True)["Item"] == (
         unstamped
     )
     assert "Item" not in eu.get_item(TableName=eu_table, Key=key(ours), ConsistentRead=True)
 
-    # Once the write has reached the source, the regions are equal.
+    # Once the write has reached the source, they are equal; an item still extra then
+    # was deleted at the source, and the operator deletes it on purpose.
+    alone = cli(job, "--delete-extra-written-elsewhere")
+    assert alone.returncode == 2 and "only with --repair" in alone.stderr, alone.stderr
     job.source.put_item(TableName=job.source_table, Item=theirs)
-    job.source.put_item(TableName=job.source_table, Item=unstamped)
     _, (ap, ap_table) = job.destination_clients()
-    for made in (theirs, unstamped):
-        ap.put_item(TableName=ap_table, Item=made)
+    ap.put_item(TableName=ap_table, Item=theirs)
+    forced = cli(
+        job, "--repair", "--delete-extra-written-elsewhere", "--recheck", "1",
+        "--recheck-pause", "0.1",
+    )  # fmt: skip
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert (
+        "  extra     pk=S:bare sk=N:2  -> repaired: written with origin_region=(absent) "
+        "(--delete-extra-written-elsewhere)"
+    ) in forced.stdout.splitlines(), forced.stdout
+    assert "Item" not in eu.get_item(TableName=eu_table, Key=key(unstamped), ConsistentRead=True)
+    assert eu.get_item(TableName=eu_table, Key=key(theirs), ConsistentRead=True)["Item"] == theirs
     assert cli(job, "--recheck", "1", "--recheck-pause", "0.1").returncode == 0
 
 
