@@ -61,7 +61,9 @@ class DeadLetter:
     @property
     def identity(self) -> bytes:
         """A digest of what makes two letters stand for one failure of one change: the
-        task, the shard, the destination, the record's sequence and subsequence numbers,
+        task, the shard, the destination (its label, region and table: a label given to
+        another table since names another destination), the record's sequence and
+        subsequence numbers,
         the reason (as stored), and the record's data. A restart reads the records after
         its checkpoint again and dead-letters their failures again; those letters have
         the identity of the ones already stored. Attempts, times and error texts are left
@@ -76,6 +78,8 @@ class DeadLetter:
             self.task_name,
             self.shard_id,
             self.destination,
+            self.region,
+            self.table,
             record.get("sequenceNumber"),
             record.get("subSequenceNumber"),
             redact(self.reason),

@@ -934,3 +934,36 @@ def test_the_processors_last_line_names_what_could_not_be_written(
     assert exits == [1]
     (line,) = [entry for entry in logged if entry["log_level"] == "error"]
     assert line["event"] == f"stopping: {said}"
+
+
+def test_a_letter_made_again_by_a_repair_is_a_copy_unless_what_it_writes_or_where_differs(
+    tmp_path: Path,
+) -> None:
+    """A repair (or backfill) makes its record anew each run, with the time it was made:
+    run again for an item that cannot be written, it stored one more letter each time. A
+    letter that differs only in that time is a copy; one of another image, or for another
+    table under the same destination name, is not."""
+    keys = {"pk": {"S": "k"}}
+
+    def repair_letter(read_ms: int, value: str = "1", table: str = "orders") -> DeadLetter:
+        change = synthetic_change(
+            REPAIR, keys, "us-east-1", new_image={**keys, "v": {"N": value}}, expected=None,
+            read_ms=read_ms,
+        )  # fmt: skip
+        return DeadLetter(
+            record=change.raw,
+            destination="dr",
+            reason="rejected",
+            error="boom",
+            task_name="t",
+            shard_id=REPAIR,
+            table=table,
+            region="eu-west-1",
+        )
+
+    target = FileDeadLetters(tmp_path / "dl.jsonl")
+    assert target.put(repair_letter(1_000))
+    assert not target.put(repair_letter(2_000))  # the same repair, a run later
+    assert target.put(repair_letter(3_000, value="2"))
+    assert target.put(repair_letter(4_000, table="orders-v2"))
+    assert target.count() == 3
