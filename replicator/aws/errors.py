@@ -208,6 +208,13 @@ def classify(error: BaseException) -> ErrorKind:
             return ErrorKind.DENIED
         if code == "ResourceNotFoundException":
             return ErrorKind.NOT_FOUND
+        if status == 403:
+            # A refusal without an AWS error type (moto's IAM checks answer so, as may a
+            # gateway or proxy in front of the endpoint): access, not the change, so it
+            # is retried and, persisting, stops the worker rather than dead-lettered.
+            return ErrorKind.DENIED
+        if status == 401:
+            return ErrorKind.AUTH
         return ErrorKind.REJECTED
     if isinstance(error, ParamValidationError):
         return ErrorKind.REJECTED

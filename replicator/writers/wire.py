@@ -323,7 +323,8 @@ def _error_response(status: int, parsed: dict[str, Any], data: bytes) -> dict[st
     code = kind.rsplit("#", 1)[-1] if kind else str(status)
     message = parsed.get("message") or parsed.get("Message")
     if message is None:
-        message = data[:200].decode("utf-8", "replace") if not parsed else ""
+        # Not cut here: a cut in a tag would stay in the line; excerpt() cuts the text.
+        message = data[:8192].decode("utf-8", "replace") if not parsed else ""
     response: dict[str, Any] = {
         "Error": {"Code": code, "Message": str(message)},
         "ResponseMetadata": {"HTTPStatusCode": status},

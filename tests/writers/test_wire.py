@@ -37,7 +37,13 @@ from cryptography.x509.oid import NameOID
 from replicator.aws import clients
 from replicator.aws.answers import MalformedAnswer
 from replicator.aws.clients import Place
-from replicator.aws.errors import ErrorKind, classify, error_code, may_have_landed
+from replicator.aws.errors import (
+    ErrorKind,
+    classify,
+    error_code,
+    error_message,
+    may_have_landed,
+)
 from replicator.writers.sigv4 import DynamoDBSigner, host_of
 from replicator.writers.wire import WireWriteClient, _error_response, direct_write_client
 from tests.support.aws import client, create_table
@@ -425,3 +431,58 @@ def test_tls_is_verified_against_the_ca_bundle_by_both_transports(
     finally:
         server.shutdown()
         server.server_close()
+
+
+_DENIAL = (
+    b'<?xml version="1.0" encoding="UTF-8"?><ErrorResponse><Error><Code>AccessDenied</Code>'
+    b"<Message>User: arn:aws:iam::123456789012:user/replicator is not authorized to perform: "
+    b"dynamodb:PutItem on resource: arn:aws:dynamodb:eu-west-1:123456789012:table/orders"
+    b"</Message></Error><RequestId>" + b"7" * 52 + b"</RequestId></ErrorResponse>"
+)
+
+
+class _DenyingHandler(BaseHTTPRequestHandler):
+    """Answers 403 with an XML body and no JSON error type, as moto's IAM checks do (and
+    as a gateway in front of an endpoint may)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(403)
+        self.send_header("Content-Length", str(len(_DENIAL)))
+        self.end_headers()
+        self.wfile.write(_DENIAL)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_403_without_an_aws_error_type_is_access_denied_on_both_paths(
+    connect: Connect,
+) -> None:
+    """It was classified ``rejected``, a property of the change: the writer dead-lettered
+    each refused change and the checkpoint moved past it, where a refusal of access must
+    be retried and, persisting, stop the worker (the stream reader already stopped)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _DenyingHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        direct = connect(url)
+        botocore_client = clients.dynamodb(Place(REGION, url), sdk_retries=False)
+        for send in (direct.put_item, botocore_client.put_item):
+            with pytest.raises(ClientError) as raised:
+                send(TableName="orders", Item={"pk": {"S": "a"}})
+            assert classify(raised.value) is ErrorKind.DENIED
+            assert not may_have_landed(raised.value)
+        # The direct path's message: the page's text, no tag cut in two.
+        message = direct_message(direct)
+        assert "not authorized to perform: dynamodb:PutItem" in message, message
+        assert "<" not in message, message
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def direct_message(direct: Any) -> str:
+    with pytest.raises(ClientError) as raised:
+        direct.put_item(TableName="orders", Item={"pk": {"S": "a"}})
+    return error_message(raised.value)
