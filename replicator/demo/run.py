@@ -9,6 +9,7 @@ destinations equal the source.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -129,13 +130,20 @@ def run_demo(config_path: Path, options: DemoOptions, console: Console | None = 
                 signal.signal(stop_signal, handler)
 
 
-_ANY = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104  # names, not a bind
+def _every_interface(host: str) -> bool:
+    """``0.0.0.0`` (a job file's default), ``::`` or another spelling of them."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:  # a host name
+        return False
 
 
 def _reachable(host: str) -> str:
     """An address a browser on this host can open: a job listening on every interface
-    (``0.0.0.0``, the default of a job file) is reached on the loopback one."""
-    return _ANY.get(host, host)
+    is reached on the loopback one (of its address family)."""
+    if not _every_interface(host):
+        return host
+    return "::1" if ipaddress.ip_address(host).version == 6 else "127.0.0.1"
 
 
 def off_directory(resolved: ResolvedJob) -> str | None:
@@ -407,7 +415,8 @@ class _Demo:
         if runtime.metrics_port is not None:
             host = self.job.metrics.host
             base = f"http://{metrics_address(_reachable(host), runtime.metrics_port)}"
-            wide = f" (listening on every interface: metrics.host {host})" if host in _ANY else ""
+            wide = f" (listening on every interface: metrics.host {host})"
+            wide = wide if _every_interface(host) else ""
             self.console.print(f"metrics: {base}/metrics  health: {base}/healthz{wide}")
         else:
             self.console.print(

@@ -664,3 +664,22 @@ def test_a_sigterm_while_the_demo_imports_is_named_with_exit_143(tmp_path: Path)
     assert status == 143, output
     assert "Traceback" not in output, output
     assert "interrupted (SIGTERM)" in output, output
+
+
+@pytest.mark.parametrize(
+    ("host", "shown"),
+    [
+        ("0.0.0.0", "127.0.0.1"),
+        ("::", "::1"),
+        ("::0", "::1"),
+        ("0:0:0:0:0:0:0:0", "::1"),
+        ("127.0.0.1", "127.0.0.1"),
+        ("metrics.internal", "metrics.internal"),
+    ],
+)
+def test_the_demo_shows_a_url_a_browser_opens_for_every_spelling_of_every_interface(
+    host: str, shown: str
+) -> None:
+    from replicator.demo.run import _reachable
+
+    assert _reachable(host) == shown
