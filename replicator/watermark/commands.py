@@ -247,7 +247,11 @@ def show(resolved: ResolvedJob, name: str | None, as_json: bool) -> int:
     if as_json:
         report = [
             (mark.as_dict() if mark else {"destination": d.label, "watermark": None})
-            | {"status_table": resolved.watermark_table, "region": d.region, "table": d.table}
+            | {
+                "status_table": resolved.watermark_table,
+                "region": d.region,
+                "destination_table": destination_place(d),
+            }
             for d, mark in found
         ]
         logs.echo(json.dumps(report if name is None else report[0], indent=2))

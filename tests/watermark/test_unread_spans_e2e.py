@@ -345,7 +345,7 @@ def test_a_destination_name_given_to_another_table_is_not_reported_replicated_be
     shown = in_process("watermark", "-c", str(job.path), "-d", "dr", "--json")
     assert shown.returncode == 1, shown
     report = json.loads(shown.stdout)
-    assert report["watermark"] is None and report["table"] == new
+    assert report["watermark"] is None and report["destination_table"] == f"eu-west-1/{new}"
     assert {part["destination_table"] for part in report["shards"]} == {f"eu-west-1/{old}"}
     waited = in_process(
         "wait", "-c", str(job.path), "-d", "dr", "--until", f"{written:.6f}", "--timeout", "1"

@@ -125,9 +125,9 @@ def test_wait_and_watermark_commands_status_tables_and_the_metric(job: Job) -> N
             assert all(shard["shard"].startswith("shardId-") for shard in entry["shards"])
             # Which table each part was claimed for: a destination's name given to another
             # table shows here before its processor records it.
-            assert entry["destination"] == f"{entry['region']}/{entry['table']}"
+            assert entry["destination"] == entry["destination_table"]
             assert {shard["destination_table"] for shard in entry["shards"]} == {
-                entry["destination"]
+                entry["destination_table"]
             }
         # This file's first wait and watermark run as processes of their own, as an
         # operator runs them; the others, each of which returns by itself and is judged by
