@@ -72,6 +72,22 @@ def test_a_role_whose_sts_cannot_be_reached_is_named_with_sts_by_every_command(
     assert "cannot reach" not in result.stderr, result.stderr
 
 
+def test_an_sts_endpoint_carrying_a_password_is_refused_and_never_shown(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """$AWS_ENDPOINT_URL with a user name or password is refused (exit 3, the password
+    not shown); $AWS_ENDPOINT_URL_STS, through which a role is assumed, was used as it was,
+    the password sent along to the endpoint."""
+    config = job_file(tmp_path, moto_endpoint, unique)
+    secret = "s3cretPassw0rd"
+    sts = moto_endpoint.replace("http://", f"http://op:{secret}@")
+    result = replicator("verify", "--config", str(config), env={"AWS_ENDPOINT_URL_STS": sts})
+    assert result.returncode == 3, result
+    assert secret not in result.stdout + result.stderr
+    assert f"assuming role {ROLE} at STS endpoint http://<redacted>@" in result.stderr, result
+    assert "it must not carry a user name or password" in result.stderr, result.stderr
+
+
 def test_a_role_not_assumed_was_never_sent_and_is_never_the_changes_fault() -> None:
     """A write whose role could not be assumed was never signed: it cannot have landed,
     and it is retried as its STS failure would be, never dead-lettered as rejected."""

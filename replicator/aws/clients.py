@@ -202,7 +202,22 @@ def _shared_session(
     def sts_client(service: str, **kwargs: Any) -> Any:
         nonlocal sts_endpoint
         client = base.create_client(service, **kwargs)
-        sts_endpoint = client.meta.endpoint_url
+        url = str(client.meta.endpoint_url)
+        problem = endpoint_problem(url)
+        if problem is not None:
+            # As for the services' own endpoints (_checked), and never shown: a user
+            # name and password in $AWS_ENDPOINT_URL_STS are refused, not sent along.
+            sts_endpoint = quoted(url).strip("'\"")
+            raise ClientError(
+                {
+                    "Error": {
+                        "Code": "InvalidEndpoint",
+                        "Message": f"the sts endpoint {quoted(url)} is not usable: {problem}",
+                    }
+                },
+                "AssumeRole",
+            )
+        sts_endpoint = url
         return client
 
     fetcher = AssumeRoleCredentialFetcher(
