@@ -187,9 +187,12 @@ def _read(resolved: ResolvedJob, destination: DestinationConfig) -> Watermark | 
         raise _problem(resolved, destination, error) from None
 
 
-def _read_all(resolved: ResolvedJob, chosen: list[DestinationConfig]) -> list[Watermark | None]:
+def _read_all(
+    resolved: ResolvedJob, chosen: list[DestinationConfig]
+) -> list[Watermark | EnvironmentProblem | None]:
     """Each destination's watermark, read all at once so that ``SHOW_TIMEOUT_S`` bounds
-    the command rather than each destination; the first destination's error is raised.
+    the command rather than each destination; in place of one that could not be read,
+    why (any other error is raised).
 
     Daemon threads, not an executor: a command that ends (an error, an interrupt) must
     not wait at exit for reads nobody wants any more."""
@@ -214,9 +217,12 @@ def _read_all(resolved: ResolvedJob, chosen: list[DestinationConfig]) -> list[Wa
         while thread.is_alive():
             thread.join(0.1)
     for error in errors:
-        if error is not None:
+        if error is not None and not isinstance(error, EnvironmentProblem):
             raise error
-    return marks
+    return [
+        error if isinstance(error, EnvironmentProblem) else mark
+        for mark, error in zip(marks, errors, strict=True)
+    ]
 
 
 def _problem(
@@ -244,9 +250,12 @@ def show(resolved: ResolvedJob, name: str | None, as_json: bool) -> int:
             found = list(zip(chosen, _read_all(resolved, chosen), strict=True))
     except _Stopped as stop:
         return _stopped_line(stop, "stopped before the watermark was read")
+    # A destination whose status table cannot be read (its role not assumed, say) does
+    # not hide the others': they are shown, then the command ends naming it (exit 3).
+    unread = [(d, mark) for d, mark in found if isinstance(mark, EnvironmentProblem)]
     if as_json:
         report = [
-            (mark.as_dict() if mark else {"destination": d.label, "watermark": None})
+            _as_dict(d, mark)
             | {
                 "status_table": resolved.watermark_table,
                 "region": d.region,
@@ -257,8 +266,24 @@ def show(resolved: ResolvedJob, name: str | None, as_json: bool) -> int:
         logs.echo(json.dumps(report if name is None else report[0], indent=2))
     else:
         for destination, mark in found:
-            logs.echo(_describe(resolved, destination, mark, now))
-    return 0 if all(mark and mark.watermark_us is not None for _, mark in found) else 1
+            if not isinstance(mark, EnvironmentProblem):
+                logs.echo(_describe(resolved, destination, mark, now))
+    if unread:
+        raise EnvironmentProblem("; ".join(str(problem) for _, problem in unread))
+    return (
+        0 if all(isinstance(m, Watermark) and m.watermark_us is not None for _, m in found) else 1
+    )
+
+
+def _as_dict(
+    destination: DestinationConfig, mark: Watermark | EnvironmentProblem | None
+) -> dict[str, object]:
+    if isinstance(mark, Watermark):
+        return dict(mark.as_dict())
+    shown: dict[str, object] = {"destination": destination.label, "watermark": None}
+    if isinstance(mark, EnvironmentProblem):
+        shown["error"] = str(mark)
+    return shown
 
 
 def _describe(

@@ -361,6 +361,35 @@ def test_a_registered_shard_that_has_not_published_is_named(
     )
 
 
+def test_a_status_table_that_cannot_be_read_hides_no_other_destination(
+    moto_endpoint: str, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    """One destination's status table out of reach (its role not assumed, its endpoint
+    refusing): ``watermark`` printed nothing at all, not even the destinations it had
+    read. They are shown; the command then ends naming the one it could not read."""
+    task = unique("wm-partial")
+    table = StatusTable(client("dynamodb", "eu-west-1", moto_endpoint), f"{task}-watermark", EU)
+    table.ensure_exists()
+    table.raise_part("s1", T0, "test:1")
+    path = job_file(tmp_path, task, moto_endpoint)
+    path.write_text(
+        path.read_text().replace(
+            f"ap-southeast-2, table: replica, endpoint_url: '{moto_endpoint}'",
+            f"ap-southeast-2, table: replica, endpoint_url: '{REFUSED}'",
+        )
+    )
+    text = CliRunner().invoke(cli, ["watermark", "--config", str(path)])
+    assert text.exit_code == 3, text.output
+    assert f"{EU}: status table {task}-watermark in eu-west-1" in text.stdout, text.stdout
+    assert AP not in text.stdout, text.stdout
+    assert f"status table {task}-watermark" in text.stderr and REFUSED in text.stderr, text.stderr
+    as_json = CliRunner().invoke(cli, ["watermark", "--config", str(path), "--json"])
+    assert as_json.exit_code == 3, as_json.output
+    eu, ap = json.loads(as_json.stdout)
+    assert eu["watermark"] == T0 / S and "error" not in eu
+    assert ap["watermark"] is None and REFUSED in ap["error"], ap
+
+
 def _json_paragraph() -> str:
     """The paragraph of docs/watermark.md that describes ``replicator watermark``."""
     docs = (ROOT / "docs" / "watermark.md").read_text()
