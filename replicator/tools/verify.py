@@ -946,6 +946,8 @@ class Verify:
         after = self._settle(confirm, key_names)
         for finding in findings:
             state = after[finding.destination][key_id(finding.keys)]
+            # A ``deleted`` finding is a missing item read with its tombstone.
+            read_as = MISSING if finding.kind == DELETED else finding.kind
             if state.kind is None:
                 if finding.repair != "repaired":
                     finding.repair, finding.detail = "resolved", "equal when read again"
@@ -953,10 +955,15 @@ class Verify:
                 finding.repair = "unresolved"
                 # The item may have changed kind since (an extra one written again at
                 # the source, say, is now different): "still" only when it has not.
-                again = "still" if state.kind == finding.kind else "now"
+                again = "still" if state.kind == read_as else "now"
                 finding.detail = f"{again} {state.kind} when read again"
                 if state.attributes:
                     finding.detail += f" ({', '.join(state.attributes)})"
+            elif state.kind != read_as:
+                # Left (refused, dead-lettered) and changed since: what it says of the item
+                # read first is told as such.
+                now = f"now {state.kind} when read again"
+                finding.detail = f"{finding.detail}; {now}" if finding.detail else now
 
 
 def _differences(count: int) -> str:

@@ -693,6 +693,40 @@ def test_an_extra_item_another_region_wrote_is_left_by_repair_in_an_active_activ
     assert cli(job, "--recheck", "1", "--recheck-pause", "0.1").returncode == 0
 
 
+def test_a_repaired_or_left_item_that_changed_kind_since_says_so(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a repair's outcome says of an item is of the item it read: one that changed
+    kind before the reading that confirms it (written meanwhile at the source) read "still
+    missing" for an item reported ``extra``, or kept a detail of the item first read."""
+    job.extra = "loop_prevention: {origin_attribute: origin_region}\n"
+    job.write()
+    replicated(job, 2)
+    rng = random.Random(7)
+    (eu, eu_table), _ = job.destination_clients()
+    theirs = demo_item(rng, "theirs", 1, "eu-west-1")  # left: another region's write
+    eu.put_item(TableName=eu_table, Item=theirs)
+    gone = demo_item(rng, "gone", 2, "us-east-1")  # missing at ap: copied there
+    job.source.put_item(TableName=job.source_table, Item=gone)
+    eu.put_item(TableName=eu_table, Item=gone)
+    confirm = Verify._confirm
+
+    def meanwhile(self: Verify, findings: list[Finding], key_names: list[str]) -> None:
+        job.source.put_item(TableName=job.source_table, Item={**theirs, "name": {"S": "new"}})
+        job.source.delete_item(TableName=job.source_table, Key=key(gone))
+        confirm(self, findings, key_names)
+
+    monkeypatch.setattr(Verify, "_confirm", meanwhile)
+    report = verify(job, repair=True)
+    lines = report.text().splitlines()
+    assert any(
+        line.startswith("  extra     pk=S:theirs sk=N:1  -> refused: written with")
+        and line.endswith("; now different when read again")
+        for line in lines
+    ), lines
+    assert "  missing   pk=S:gone sk=N:2  -> unresolved: now extra when read again" in lines, lines
+
+
 def test_repair_stuck_on_a_throttled_destination_stops_on_the_second_signal(
     moto_endpoint: str, unique: Any, tmp_path: Path
 ) -> None:
