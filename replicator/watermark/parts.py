@@ -81,10 +81,21 @@ class Part:
     """The ``<region>/<table>`` the destination named when this part was last claimed
     (parts written before it was recorded have none)."""
     members: frozenset[str] = frozenset()
-    """The job's destinations (labels) when this part was last raised (parts written
-    before it was recorded have none): a destination missing there was out of the job
-    then, which a processor that finds it back in the job must know (see
+    """The job's destinations (labels) when this part was raised at ``members_at`` (parts
+    written before it was recorded have none): a destination missing there was out of
+    the job then, which a processor that finds it back in the job must know (see
     ShardWatermark._rejoined)."""
+    members_at: float | None = None
+    """The ``updated_at`` of the raise that wrote ``members``: a raise by a version that
+    does not record them leaves them behind, and only members of the part's latest
+    raise say who was in the job then."""
+
+    @property
+    def current_members(self) -> frozenset[str] | None:
+        """``members`` if the part's latest raise wrote them, else None (not known)."""
+        if not self.members or self.members_at is None or self.members_at != self.updated_at:
+            return None
+        return self.members
 
     @classmethod
     def from_item(
@@ -126,6 +137,7 @@ class Part:
             "started_with": read.texts,
             "destination_table": read.optional_text,
             "members": read.texts,
+            "members_at": read.number,
         }
         fields: dict[str, Any] = {}
         for name in attributes:

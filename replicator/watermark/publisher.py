@@ -781,8 +781,9 @@ class ShardWatermark:
         raised = [part.updated_at for part in parts if part.updated_at is not None]
         left_out: dict[str, float] = {}
         for part in parts:
-            if part.members and part.updated_at is not None:
-                for other in set(self._targets) - part.members:
+            members = part.current_members
+            if members is not None and part.updated_at is not None:
+                for other in set(self._targets) - members:
                     left_out[other] = max(left_out.get(other, 0.0), part.updated_at)
         # A placeholder (a child registered with its parent's value) names its parents'.
         claimed = claimed_for(self.shard_id, every) if self.shard_id in every else None

@@ -58,7 +58,7 @@ STARTED_WITH = ("started_with",)
 PLACE = ("destination_table",)
 """Telling whether a destination's name was given to another table (its parts are kept
 by name)."""
-MEMBERS = ("members", "updated_at")
+MEMBERS = ("members", "members_at", "updated_at")
 """Telling whether a destination with parts was out of the job for a while (removed from
 the job file, then added again)."""
 
@@ -252,7 +252,7 @@ class StatusTable:
             update += ", destination_table = :place"
             values[":place"] = {"S": self.place}
         if self.members:
-            update += ", members = :members"
+            update += ", members = :members, members_at = :now"
             values[":members"] = {"SS": sorted(self.members)}
         try:
             self.client.update_item(

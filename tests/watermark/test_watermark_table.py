@@ -360,3 +360,32 @@ def test_a_part_raised_before_that_has_no_owner_now_is_not_raised(table: StatusT
     assert table.raise_part("s", T0 + S, "me", raised_before=True) == T0 + S
     assert table.raise_part("s", T0, "me", raised_before=True) == T0 + S  # only raised
     assert table.part("missing") is None
+
+
+def test_members_count_only_when_the_parts_latest_raise_wrote_them(
+    ddb: Any, unique: Callable[[str], str]
+) -> None:
+    """A part records the job's destinations with each raise. A version that does not
+    (run after this one: a downgrade) raises the part on, leaving them behind: taken as
+    they were, a destination it ran without looked in the job, and one re-added after
+    it got no ``joined`` span (wait answered "replicated" for changes it never got)."""
+    name = unique("wm-members")
+    table = StatusTable(ddb, name, "eu-west-1/r", members=frozenset({"eu-west-1/r", "ap/r"}))
+    table.ensure_exists()
+    table.raise_part("s1", 1_000_000, "new:1")
+    (part,) = table.parts(("members", "members_at", "updated_at"))
+    assert part.current_members == {"eu-west-1/r", "ap/r"}
+    # As an earlier version raises a part: no members.
+    ddb.update_item(
+        TableName=name,
+        Key={"destination": {"S": "eu-west-1/r"}, "shard": {"S": "s1"}},
+        UpdateExpression="SET watermark_us = :w, updated_at = :now, #owner = :o",
+        ExpressionAttributeNames={"#owner": "owner"},
+        ExpressionAttributeValues={
+            ":w": {"N": "2000000"},
+            ":now": {"N": f"{(part.updated_at or 0) + 5:.3f}"},
+            ":o": {"S": "old:1"},
+        },
+    )
+    (part,) = table.parts(("members", "members_at", "updated_at"))
+    assert part.members == {"eu-west-1/r", "ap/r"} and part.current_members is None
