@@ -58,9 +58,6 @@ US = 1_000_000
 _FAILURES = (ClientError, BotoCoreError, ReplicatorError, OSError)
 _MAX_RETRY_S = 60.0
 _LISTING_REUSED_S = 10.0
-_OTHERS_LEARNT_S = 10.0
-"""How long a destination with parts waits, after the start, for the other destinations'
-status tables to be read before it is decided (see ShardWatermark._rejoined)."""
 
 
 @dataclass
@@ -148,8 +145,6 @@ class ShardWatermark:
         # raised by a run of the job without it (see _rejoined).
         self._last_raised: dict[str, float] = {}
         self._left_out_at: dict[str, float] = {}
-        self._unreadable: set[str] = set()  # status tables whose read failed (not hung)
-        self._begun = time.monotonic()
         self._unwatched: dict[str, bool] = {}  # open unwatched spans found (see off.py)
         self._watched: set[str] = set()  # destinations whose open spans were ended
 
@@ -170,7 +165,6 @@ class ShardWatermark:
         """
         now_us = int(self._clock() * US)
         self._started_us = now_us
-        self._begun = time.monotonic()
         if at_latest:
             for target in self._targets.values():
                 target.unread.append(UnreadSpan(0, now_us + self._margin_us, spans.LATEST))
@@ -454,7 +448,11 @@ class ShardWatermark:
                     target.stored_unread = merge_spans([*target.stored_unread, *unread])
             if claim > target.published_us:
                 raised = target.published_us > 0
-                stored = table.raise_part(self.shard_id, claim, self._owner, raised_before=raised)
+                with self._state:
+                    members = frozenset(self._targets) - self._undecided
+                stored = table.raise_part(
+                    self.shard_id, claim, self._owner, raised_before=raised, members=members
+                )
                 target.published_us = max(claim, stored)
             target.failures = 0
         except PartLost as lost:
@@ -589,22 +587,19 @@ class ShardWatermark:
     def _rejoined(self, target: _Target, others: Mapping[str, bool | None]) -> bool:
         """Decide a destination that has parts: in the job before, and perhaps removed
         from it and added again since. Each part records the job's destinations when it
-        was last raised (``members``): a part of another destination raised, without
-        this one among them, after this destination's parts were last raised, tells that
-        the job ran without it meanwhile, and passed over changes this destination never
-        got. It then gets a ``joined`` span up to this start, as a destination added to
-        the job does (its old parts would otherwise let a wait pass those changes).
+        was last raised (``members``, of destinations decided then): a part of another
+        destination raised, without this one among them, after this destination's parts
+        were last raised, tells that the job ran without it meanwhile, and passed over
+        changes this destination never got. It then gets a ``joined`` span up to this
+        start, as a destination added to the job does (its old parts would otherwise let
+        a wait pass those changes).
 
-        The other destinations' tables are read on their own threads: they are waited
-        for up to ``_OTHERS_LEARNT_S`` after the start, so that one that hangs does not
-        hold this destination back for longer (decided then on what was read), and one
-        whose read failed is not waited for."""
+        The other destinations' tables are read on their own threads, and this one waits
+        for all of them (one that hangs or fails holds it back until it answers): decided
+        without them, a destination out of the job for a while would be told to waiters
+        as replicated."""
         label = target.label
-        with self._state:
-            unknown = any(
-                had is None and other not in self._unreadable for other, had in others.items()
-            )
-        if unknown and time.monotonic() - self._begun < _OTHERS_LEARNT_S:
+        if any(had is None for had in others.values()):
             return False  # tried again at the next publish
         with self._state:
             left_out_at = self._left_out_at.get(label)
@@ -773,8 +768,6 @@ class ShardWatermark:
         try:
             parts = target.table.parts_if_any(read, unreadable_as_unset=read)
         except _FAILURES as error:
-            with self._state:
-                self._unreadable.add(target.label)
             self._failed(target, error)
             return False
         every = {part.shard: part for part in parts}
@@ -788,7 +781,6 @@ class ShardWatermark:
         # A placeholder (a child registered with its parent's value) names its parents'.
         claimed = claimed_for(self.shard_id, every) if self.shard_id in every else None
         with self._state:
-            self._unreadable.discard(target.label)
             if claimed is not None and target.table.place not in (None, claimed):
                 self._moved_from[target.label] = claimed
             self._had_parts[target.label] = bool(parts)

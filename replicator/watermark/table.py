@@ -231,9 +231,17 @@ class StatusTable:
     # -- writing ----------------------------------------------------------------------
 
     def raise_part(
-        self, shard: str, watermark_us: int, owner: str, *, raised_before: bool = False
+        self,
+        shard: str,
+        watermark_us: int,
+        owner: str,
+        *,
+        raised_before: bool = False,
+        members: frozenset[str] | None = None,
     ) -> int:
         """Set the shard's value if it is higher than the stored one; the stored value.
+
+        ``members``: the job's destinations to record (by default the table's own).
 
         ``raised_before``: the caller raised this part before, so it has an owner; one
         without (a placeholder, or no item: the table was deleted and created again) is
@@ -251,9 +259,10 @@ class StatusTable:
         if self.place is not None:
             update += ", destination_table = :place"
             values[":place"] = {"S": self.place}
-        if self.members:
+        members = self.members if members is None else members
+        if members:
             update += ", members = :members, members_at = :now"
-            values[":members"] = {"SS": sorted(self.members)}
+            values[":members"] = {"SS": sorted(members)}
         try:
             self.client.update_item(
                 TableName=self.name,

@@ -116,7 +116,13 @@ class FakeStatusTable(StatusTable):
             return self._table().get((self.destination, shard))
 
     def raise_part(
-        self, shard: str, watermark_us: int, owner: str, *, raised_before: bool = False
+        self,
+        shard: str,
+        watermark_us: int,
+        owner: str,
+        *,
+        raised_before: bool = False,
+        members: frozenset[str] | None = None,
     ) -> int:
         self._enter("raise_part")
         with self.region.lock:
@@ -126,8 +132,14 @@ class FakeStatusTable(StatusTable):
                 raise PartLost(f"the part of shard {shard} was never raised")
             if (self.destination, shard) in parts and current.watermark_us >= watermark_us:
                 return current.watermark_us
+            now = time.time()
+            recorded = self.members if members is None else members
             parts[self.destination, shard] = dataclasses.replace(
-                current, watermark_us=watermark_us, owner=owner
+                current,
+                watermark_us=watermark_us,
+                owner=owner,
+                updated_at=now,
+                **({"members": recorded, "members_at": now} if recorded else {}),
             )
         self.raised.set()
         return watermark_us

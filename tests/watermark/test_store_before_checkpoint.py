@@ -18,7 +18,6 @@ from amazon_kclpy import messages
 from replicator.metrics import Metrics
 from replicator.processor import ReplicationProcessor
 from replicator.shards.stream import Shard
-from replicator.watermark import publisher as publisher_module
 from replicator.watermark.history import SourceHistory
 from replicator.watermark.parts import Part, combine
 from replicator.watermark.publisher import ShardWatermark
@@ -432,15 +431,14 @@ def test_a_status_table_that_hangs_holds_back_only_its_own_destination(
     assert part is not None and part.dead_letters == 1
 
 
-def test_a_status_table_that_hangs_does_not_hold_back_a_resumed_destination(
-    closing: list[ShardWatermark], monkeypatch: pytest.MonkeyPatch
+def test_a_status_table_that_hangs_holds_back_a_resumed_destination_with_parts_until_it_answers(
+    closing: list[ShardWatermark],
 ) -> None:
-    """Resumed: each destination asks its own status table whether it has parts, so one
-    that hangs holds back a destination that had parts only for the bound it waits for
-    the others' (which tell whether it was out of the job for a while), and no longer
-    (only one without parts, which cannot be told apart from a new one while the other
-    may have some)."""
-    monkeypatch.setattr(publisher_module, "_OTHERS_LEARNT_S", 0.5)
+    """Resumed: each destination asks its own status table whether it has parts. One
+    without parts while another has them joined, whatever a table that hangs holds, and
+    is published at once; one that had parts waits for the table that hangs, whose
+    parts alone could tell that the job ran without it for a while, and is published
+    once it answers."""
     region = Region()
     well = FakeStatusTable("well", region)
     hung = FakeStatusTable("hung", region)
@@ -453,14 +451,15 @@ def test_a_status_table_that_hangs_does_not_hold_back_a_resumed_destination(
     closing.append(watermark)
     watermark.begin(resumed=True)
     watermark.empty_read(previous_answer_at=(START + S) / S, received_at=0)
-    assert well.raised.wait(10), "the destination that had parts was never published"
-    part = mine(well)
-    assert part is not None and part.watermark_us == START + S - 1
     # "empty" joined (it has no parts while "well" has), whatever "hung" holds.
     assert empty.raised.wait(10), "the destination that joined was never published"
     joined = mine(empty)
     assert joined is not None and joined.unread_spans[0].reason == "joined"
+    assert not well.raised.is_set(), "published before the other status table was read"
     hung.open.set()
+    assert well.raised.wait(10), "the destination that had parts was never published"
+    part = mine(well)
+    assert part is not None and part.watermark_us == START + S - 1
 
 
 # -- a status table deleted while the job runs ---------------------------------------------
@@ -574,3 +573,30 @@ def test_a_requested_shutdown_is_not_held_up_by_a_status_table_that_hangs() -> N
     finally:
         table.open.set()
         shard.close()
+
+
+def test_a_destination_back_in_the_job_is_not_recorded_a_member_before_its_span_is_stored(
+    closing: list[ShardWatermark],
+) -> None:
+    """A destination removed and added again, its span not stored yet (its status table
+    refusing writes): the other destination's part, raised meanwhile, recorded it among
+    the job's members, erasing the only record that the job had run without it, and a
+    stop then left it with no span. Its parts are raised with the destinations decided."""
+    region = Region()
+    stayed = FakeStatusTable("stayed", region)
+    back = FakeStatusTable("back", region)
+    for table in (stayed, back):
+        table.ensure_exists()
+    back.raise_part("s1", T0, "before", members=frozenset({"stayed", "back"}))
+    time.sleep(0.01)  # the run without it raised the other part later
+    stayed.raise_part("s1", T0 + S, "without", members=frozenset({"stayed"}))
+    stayed.raised.clear()
+    back.refuse.add("add_unread_spans")  # its joined span cannot be stored yet
+    watermark = publisher([stayed, back], Metrics(), interval_s=0.02)
+    closing.append(watermark)
+    watermark.begin(resumed=True)
+    watermark.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+    assert stayed.raised.wait(10), "the destination that stayed was never published"
+    part = mine(stayed)
+    assert part is not None and part.current_members == {"stayed"}, part
+    back.refuse.clear()

@@ -221,10 +221,8 @@ class RecordingTable(StatusTable):
         self.seen_at_raise: list[tuple[int | None, int]] = []
         self.fail_dead_letters = fail_dead_letters
 
-    def raise_part(
-        self, shard: str, watermark_us: int, owner: str, *, raised_before: bool = False
-    ) -> int:
-        stored = super().raise_part(shard, watermark_us, owner, raised_before=raised_before)
+    def raise_part(self, shard: str, watermark_us: int, owner: str, **options: Any) -> int:
+        stored = super().raise_part(shard, watermark_us, owner, **options)
         whole = combine(self.destination, self.parts())
         self.seen_at_raise.append((whole.watermark_us, whole.dead_letters))
         return stored
