@@ -58,6 +58,7 @@ US = 1_000_000
 _FAILURES = (ClientError, BotoCoreError, ReplicatorError, OSError)
 _MAX_RETRY_S = 60.0
 _LISTING_REUSED_S = 10.0
+_WAITING_SAID_AFTER_S = 10.0
 
 
 @dataclass
@@ -145,6 +146,8 @@ class ShardWatermark:
         # raised by a run of the job without it (see _rejoined).
         self._last_raised: dict[str, float] = {}
         self._left_out_at: dict[str, float] = {}
+        self._waiting_since: dict[str, float] = {}  # see _waiting_for_others
+        self._waiting_said: set[str] = set()
         self._unwatched: dict[str, bool] = {}  # open unwatched spans found (see off.py)
         self._watched: set[str] = set()  # destinations whose open spans were ended
 
@@ -599,7 +602,9 @@ class ShardWatermark:
         without them, a destination out of the job for a while would be told to waiters
         as replicated."""
         label = target.label
-        if any(had is None for had in others.values()):
+        unread = sorted(other for other, had in others.items() if had is None)
+        if unread:
+            self._waiting_for_others(label, unread)
             return False  # tried again at the next publish
         with self._state:
             left_out_at = self._left_out_at.get(label)
@@ -613,6 +618,26 @@ class ShardWatermark:
             "`replicator backfill --restart` to it, then `replicator verify`",
             last_raised_here=last_raised,
             job_ran_without_it=left_out_at,
+        )
+
+    def _waiting_for_others(self, label: str, unread: list[str]) -> None:
+        """Say once, after ``_WAITING_SAID_AFTER_S``, why a destination's watermark is not
+        published: it waits for other status tables to be read (their own failures are
+        logged and counted by their threads; one that hangs says nothing else)."""
+        now = time.monotonic()
+        with self._state:
+            since = self._waiting_since.setdefault(label, now)
+            if now - since < _WAITING_SAID_AFTER_S or label in self._waiting_said:
+                return
+            self._waiting_said.add(label)
+        log.warning(
+            "the destination's watermark is not published until the other destinations' "
+            "status tables have been read: their parts tell whether it was out of the job "
+            "for a while",
+            destination=label,
+            waiting_for=unread,
+            waited_s=round(now - since, 1),
+            shard=self.shard_id,
         )
 
     def _child_of_a_listed_shard(self) -> bool:

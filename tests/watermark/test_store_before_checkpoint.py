@@ -13,16 +13,19 @@ from typing import Any
 
 import pytest
 import structlog
+import structlog.testing
 from amazon_kclpy import messages
 
 from replicator.metrics import Metrics
 from replicator.processor import ReplicationProcessor
 from replicator.shards.stream import Shard
+from replicator.watermark import publisher as publisher_module
 from replicator.watermark.history import SourceHistory
 from replicator.watermark.parts import Part, combine
 from replicator.watermark.publisher import ShardWatermark
 from replicator.watermark.spans import BEFORE_STREAM, LATEST, STATUS_TABLE_LOST, UnreadSpan
 from replicator.watermark.table import StatusTable
+from tests.support.e2e import wait_until
 from tests.support.metrics import sample
 from tests.support.status_table import FakeStatusTable, Region, created_with_its_stream
 
@@ -432,7 +435,7 @@ def test_a_status_table_that_hangs_holds_back_only_its_own_destination(
 
 
 def test_a_status_table_that_hangs_holds_back_a_resumed_destination_with_parts_until_it_answers(
-    closing: list[ShardWatermark],
+    closing: list[ShardWatermark], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Resumed: each destination asks its own status table whether it has parts. One
     without parts while another has them joined, whatever a table that hangs holds, and
@@ -447,15 +450,27 @@ def test_a_status_table_that_hangs_holds_back_a_resumed_destination_with_parts_u
     well.raise_part("s1", T0, "before")
     well.raised.clear()
     hung.open.clear()
+    monkeypatch.setattr(publisher_module, "_WAITING_SAID_AFTER_S", 0.0)
     watermark = publisher([hung, well, empty], Metrics(), interval_s=0.02)
     closing.append(watermark)
-    watermark.begin(resumed=True)
-    watermark.empty_read(previous_answer_at=(START + S) / S, received_at=0)
-    # "empty" joined (it has no parts while "well" has), whatever "hung" holds.
-    assert empty.raised.wait(10), "the destination that joined was never published"
-    joined = mine(empty)
-    assert joined is not None and joined.unread_spans[0].reason == "joined"
-    assert not well.raised.is_set(), "published before the other status table was read"
+    with structlog.testing.capture_logs() as logs:
+        watermark.begin(resumed=True)
+        watermark.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+        # "empty" joined (it has no parts while "well" has), whatever "hung" holds.
+        assert empty.raised.wait(10), "the destination that joined was never published"
+        joined = mine(empty)
+        assert joined is not None and joined.unread_spans[0].reason == "joined"
+        assert not well.raised.is_set(), "published before the other status table was read"
+        # What holds it is said once (the hung table's own thread says nothing).
+        wait_until(
+            lambda: any("hung" in entry.get("waiting_for", ()) for entry in logs),
+            10,
+            "the line saying what the destination waits for",
+        )
+    said = [entry for entry in logs if entry.get("waiting_for")]
+    assert [(entry["destination"], entry["log_level"]) for entry in said] == [
+        ("well", "warning")
+    ], said
     hung.open.set()
     assert well.raised.wait(10), "the destination that had parts was never published"
     part = mine(well)
