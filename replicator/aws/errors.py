@@ -60,6 +60,7 @@ _THROTTLING = frozenset(
         "TooManyRequestsException",
         "LimitExceededException",
         "RequestThrottled",
+        "OverLimit",  # SQS: too many messages in flight (HTTP 403)
     }
 )
 _TRANSIENT = frozenset(
@@ -208,12 +209,12 @@ def classify(error: BaseException) -> ErrorKind:
             return ErrorKind.DENIED
         if code == "ResourceNotFoundException":
             return ErrorKind.NOT_FOUND
-        if status == 403:
+        if status == 403 and code in ("403", "Unknown", ""):
             # A refusal without an AWS error type (moto's IAM checks answer so, as may a
             # gateway or proxy in front of the endpoint): access, not the change, so it
             # is retried and, persisting, stops the worker rather than dead-lettered.
             return ErrorKind.DENIED
-        if status == 401:
+        if status == 401 and code in ("401", "Unknown", ""):
             return ErrorKind.AUTH
         return ErrorKind.REJECTED
     if isinstance(error, ParamValidationError):

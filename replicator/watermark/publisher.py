@@ -58,7 +58,7 @@ US = 1_000_000
 _FAILURES = (ClientError, BotoCoreError, ReplicatorError, OSError)
 _MAX_RETRY_S = 60.0
 _LISTING_REUSED_S = 10.0
-_WAITING_SAID_AFTER_S = 10.0
+_OTHERS_AWAITED_S = 30.0
 
 
 @dataclass
@@ -146,6 +146,7 @@ class ShardWatermark:
         # raised by a run of the job without it (see _rejoined).
         self._last_raised: dict[str, float] = {}
         self._left_out_at: dict[str, float] = {}
+        self._back_stored: set[str] = set()  # their joined span stored (see _rejoined)
         self._waiting_since: dict[str, float] = {}  # see _waiting_for_others
         self._waiting_said: set[str] = set()
         self._unwatched: dict[str, bool] = {}  # open unwatched spans found (see off.py)
@@ -452,7 +453,7 @@ class ShardWatermark:
             if claim > target.published_us:
                 raised = target.published_us > 0
                 with self._state:
-                    members = frozenset(self._targets) - self._undecided
+                    members = frozenset(self._targets) - self._back_unstored()
                 stored = table.raise_part(
                     self.shard_id, claim, self._owner, raised_before=raised, members=members
                 )
@@ -590,55 +591,77 @@ class ShardWatermark:
     def _rejoined(self, target: _Target, others: Mapping[str, bool | None]) -> bool:
         """Decide a destination that has parts: in the job before, and perhaps removed
         from it and added again since. Each part records the job's destinations when it
-        was last raised (``members``, of destinations decided then): a part of another
-        destination raised, without this one among them, after this destination's parts
-        were last raised, tells that the job ran without it meanwhile, and passed over
-        changes this destination never got. It then gets a ``joined`` span up to this
-        start, as a destination added to the job does (its old parts would otherwise let
-        a wait pass those changes).
+        was raised (``members``): this shard's part at another destination raised,
+        without this one among them, after this destination's part of the shard was last
+        raised, tells that the job ran this shard without it meanwhile, and passed over
+        changes it never got. It then gets a ``joined`` span up to this start, as a
+        destination added to the job does (its old parts would otherwise let a wait pass
+        those changes). Shard by shard: workers of a rolling change raise other shards'
+        parts meanwhile, with or without it.
 
-        The other destinations' tables are read on their own threads, and this one waits
-        for all of them (one that hangs or fails holds it back until it answers): decided
-        without them, a destination out of the job for a while would be told to waiters
-        as replicated."""
+        The other destinations' tables are read on their own threads; this one waits for
+        them up to ``_OTHERS_AWAITED_S`` (saying so), then is decided on what was read: a
+        status table that hangs or fails (a region down) must not hold every other
+        destination's watermark at each new shard's start."""
         label = target.label
         unread = sorted(other for other, had in others.items() if had is None)
-        if unread:
-            self._waiting_for_others(label, unread)
+        if unread and not self._waiting_for_others(label, unread):
             return False  # tried again at the next publish
         with self._state:
             left_out_at = self._left_out_at.get(label)
             last_raised = self._last_raised.get(label)
         if left_out_at is None or (last_raised is not None and left_out_at <= last_raised):
             return self._decide(target, None)
-        return self._joined(
+        if not self._joined(
             target,
             "destination was out of the job for a while (removed from the job file and "
             "added again): changes made meanwhile were not replicated to it; run "
             "`replicator backfill --restart` to it, then `replicator verify`",
             last_raised_here=last_raised,
             job_ran_without_it=left_out_at,
-        )
+        ):
+            return False
+        with self._state:
+            self._back_stored.add(label)
+        return True
 
-    def _waiting_for_others(self, label: str, unread: list[str]) -> None:
-        """Say once, after ``_WAITING_SAID_AFTER_S``, why a destination's watermark is not
-        published: it waits for other status tables to be read (their own failures are
-        logged and counted by their threads; one that hangs says nothing else)."""
+    def _back_unstored(self) -> set[str]:
+        """Destinations this shard's parts tell were out of the job, whose ``joined``
+        span is not stored yet, and undecided ones whose status table has not been read:
+        the parts raised meanwhile leave them out of their members, which are the only
+        record of it (a stop now would otherwise lose it)."""
+        back = {
+            label
+            for label, at in self._left_out_at.items()
+            if label not in self._back_stored
+            and (self._last_raised.get(label) is None or at > self._last_raised[label])
+        }
+        # Not read yet (its table failing past the wait): whether it was out is not
+        # known, and recording it as in would erase what the others' parts tell.
+        unknown = set(self._undecided) - set(self._had_parts)
+        return back | unknown
+
+    def _waiting_for_others(self, label: str, unread: list[str]) -> bool:
+        """Whether to decide the destination without the status tables not read yet:
+        after ``_OTHERS_AWAITED_S``, saying so once (their own failures are logged and
+        counted by their threads; one that hangs says nothing else)."""
         now = time.monotonic()
         with self._state:
             since = self._waiting_since.setdefault(label, now)
-            if now - since < _WAITING_SAID_AFTER_S or label in self._waiting_said:
-                return
+            if now - since < _OTHERS_AWAITED_S or label in self._waiting_said:
+                return now - since >= _OTHERS_AWAITED_S
             self._waiting_said.add(label)
         log.warning(
-            "the destination's watermark is not published until the other destinations' "
-            "status tables have been read: their parts tell whether it was out of the job "
-            "for a while",
+            "destination decided without the other destinations' status tables, which "
+            "could not be read: whether it was out of the job for a while (removed from "
+            "the job file and added again) is not known; if it was, run `replicator "
+            "backfill --restart` to it and `replicator verify`",
             destination=label,
-            waiting_for=unread,
+            not_read=unread,
             waited_s=round(now - since, 1),
             shard=self.shard_id,
         )
+        return True
 
     def _child_of_a_listed_shard(self) -> bool:
         """Whether this shard's parent is still in the stream. A first start reads a
@@ -796,21 +819,20 @@ class ShardWatermark:
             self._failed(target, error)
             return False
         every = {part.shard: part for part in parts}
-        raised = [part.updated_at for part in parts if part.updated_at is not None]
+        # This shard's part alone: other shards' parts are other processors' to read.
+        mine = every.get(self.shard_id)
         left_out: dict[str, float] = {}
-        for part in parts:
-            members = part.current_members
-            if members is not None and part.updated_at is not None:
-                for other in set(self._targets) - members:
-                    left_out[other] = max(left_out.get(other, 0.0), part.updated_at)
+        members = None if mine is None else mine.current_members
+        if mine is not None and members is not None and mine.updated_at is not None:
+            left_out = dict.fromkeys(set(self._targets) - members, mine.updated_at)
         # A placeholder (a child registered with its parent's value) names its parents'.
         claimed = claimed_for(self.shard_id, every) if self.shard_id in every else None
         with self._state:
             if claimed is not None and target.table.place not in (None, claimed):
                 self._moved_from[target.label] = claimed
             self._had_parts[target.label] = bool(parts)
-            if raised:
-                self._last_raised[target.label] = max(raised)
+            if mine is not None and mine.updated_at is not None:
+                self._last_raised[target.label] = mine.updated_at
             for other, at in left_out.items():
                 self._left_out_at[other] = max(self._left_out_at.get(other, 0.0), at)
             self._unwatched[target.label] = any(

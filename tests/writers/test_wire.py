@@ -486,3 +486,15 @@ def direct_message(direct: Any) -> str:
     with pytest.raises(ClientError) as raised:
         direct.put_item(TableName="orders", Item={"pk": {"S": "a"}})
     return error_message(raised.value)
+
+
+def test_a_403_with_an_aws_error_type_keeps_its_own_kind() -> None:
+    """Only a 403 without an AWS error type is taken for access denied: SQS's ``OverLimit``
+    (too many messages in flight, HTTP 403) is throttling."""
+    over = {
+        "Error": {"Code": "OverLimit", "Message": "m"},
+        "ResponseMetadata": {"HTTPStatusCode": 403},
+    }
+    assert classify(ClientError(over, "SendMessage")) is ErrorKind.THROTTLED
+    untyped = _error_response(403, {}, b"<html>Forbidden</html>")
+    assert classify(ClientError(untyped, "PutItem")) is ErrorKind.DENIED
