@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 # The ``eventSource`` prefix of a record the tools make of an image read from a table
 # (replicator/tools/snapshot.py): its OldImage is the destination item its write expects.
 SYNTHETIC_SOURCE_PREFIX = "replicator:"
+SYNTHETIC_SEQUENCE_NUMBER = "0"
+"""The sequence number of a backfill's or repair's record (a stream's are never 0)."""
 
 
 class RawRecord(TypedDict):

@@ -325,7 +325,6 @@ def shard_watermark(resolved: ResolvedJob, shard_id: str, metrics: Metrics) -> S
             resolved.watermark_table,
             destination.label,
             place=destination_place(destination),
-            members=frozenset(d.label for d in job.destinations),
         )
         for destination in job.destinations
     }

@@ -39,7 +39,7 @@ from replicator import __version__
 from replicator.aws.answers import watch_answers
 from replicator.aws.errors import RoleNotAssumed
 from replicator.aws.models import data_loader
-from replicator.config.endpoints import endpoint_problem, quoted
+from replicator.config.endpoints import endpoint_problem, quoted, without_userinfo
 from replicator.exceptions import EnvironmentProblem
 
 if TYPE_CHECKING:
@@ -207,7 +207,7 @@ def _shared_session(
         if problem is not None:
             # As for the services' own endpoints (_checked), and never shown: a user
             # name and password in $AWS_ENDPOINT_URL_STS are refused, not sent along.
-            sts_endpoint = quoted(url).strip("'\"")
+            sts_endpoint = without_userinfo(url)
             raise ClientError(
                 {
                     "Error": {

@@ -43,7 +43,12 @@ def userinfo_problem(url: str) -> str | None:
 
 
 def quoted(url: str) -> str:
-    """``url`` as a message quotes it: its user name and password never shown, whatever
+    """``url`` as a message quotes it (:func:`without_userinfo`, in quotes)."""
+    return repr(without_userinfo(url))
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` as a message shows it: its user name and password never shown, whatever
     they hold (a blank, a quote, ``/``, ``@``) and with or without a scheme: all before
     the last ``@`` (the scheme kept) is hidden."""
     at = url.rfind("@")
@@ -51,7 +56,7 @@ def quoted(url: str) -> str:
         scheme = _SCHEME.match(url)
         start = scheme.end() if scheme else 0
         url = url[:start] + REDACTED + url[at:]
-    return repr(redact(url))
+    return redact(url)
 
 
 def endpoint_problem(url: str) -> str | None:

@@ -15,7 +15,7 @@ from typing import Any
 from replicator.exceptions import DeadLetterFormatError
 from replicator.items import describe_key, image_summary, item_from_wire
 from replicator.logs import redact
-from replicator.records import SYNTHETIC_SOURCE_PREFIX, RawRecord
+from replicator.records import SYNTHETIC_SEQUENCE_NUMBER, SYNTHETIC_SOURCE_PREFIX, RawRecord
 
 ALL_DESTINATIONS = "*"
 
@@ -83,7 +83,9 @@ class DeadLetter:
             record.get("sequenceNumber"),
             record.get("subSequenceNumber"),
             redact(self.reason),
-            _timeless(record.get("data")),
+            _timeless(record)
+            if record.get("sequenceNumber") == SYNTHETIC_SEQUENCE_NUMBER
+            else record.get("data"),
         ]
         text = json.dumps(named, separators=(",", ":"), sort_keys=True)
         return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
@@ -261,9 +263,12 @@ def _json_type(value: Any) -> str:
     return f"{kind} ({text if len(text) <= 40 else text[:37] + '...'})"
 
 
-def _timeless(data: Any) -> Any:
+def _timeless(record: dict[str, Any]) -> Any:
     """A synthetic record's data (a backfill's or repair's) without ``eventID`` and the
-    creation time, both the moment the command made it; any other data as it is."""
+    creation time, both the moment the command made it; any other data as it is. Asked
+    only of records numbered as synthetic ones are: a stream letter's data is not
+    decoded (every letter of a live file is indexed by its identity)."""
+    data = record.get("data")
     if not isinstance(data, str):
         return data
     try:

@@ -130,20 +130,17 @@ def run_demo(config_path: Path, options: DemoOptions, console: Console | None = 
                 signal.signal(stop_signal, handler)
 
 
-def _every_interface(host: str) -> bool:
-    """``0.0.0.0`` (a job file's default), ``::`` or another spelling of them."""
-    try:
-        return ipaddress.ip_address(host).is_unspecified
-    except ValueError:  # a host name
-        return False
-
-
 def _reachable(host: str) -> str:
     """An address a browser on this host can open: a job listening on every interface
-    is reached on the loopback one (of its address family)."""
-    if not _every_interface(host):
+    (``0.0.0.0``, a job file's default, ``::`` or another spelling of them) is reached
+    on the loopback one of its address family."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:  # a host name
         return host
-    return "::1" if ipaddress.ip_address(host).version == 6 else "127.0.0.1"
+    if not address.is_unspecified:
+        return host
+    return "::1" if address.version == 6 else "127.0.0.1"
 
 
 def off_directory(resolved: ResolvedJob) -> str | None:
@@ -414,9 +411,11 @@ class _Demo:
             return False
         if runtime.metrics_port is not None:
             host = self.job.metrics.host
-            base = f"http://{metrics_address(_reachable(host), runtime.metrics_port)}"
-            wide = f" (listening on every interface: metrics.host {host})"
-            wide = wide if _every_interface(host) else ""
+            reachable = _reachable(host)
+            base = f"http://{metrics_address(reachable, runtime.metrics_port)}"
+            wide = (
+                "" if reachable == host else f" (listening on every interface: metrics.host {host})"
+            )
             self.console.print(f"metrics: {base}/metrics  health: {base}/healthz{wide}")
         else:
             self.console.print(

@@ -46,7 +46,13 @@ from replicator.deadletter.failed import DeadLetterer
 from replicator.decode import decode
 from replicator.items import Item, item_to_wire
 from replicator.metrics import Metrics
-from replicator.records import SYNTHETIC_SOURCE_PREFIX, Change, Event, RawRecord
+from replicator.records import (
+    SYNTHETIC_SEQUENCE_NUMBER,
+    SYNTHETIC_SOURCE_PREFIX,
+    Change,
+    Event,
+    RawRecord,
+)
 from replicator.rules import (
     ConflictRule,
     CustomRule,
@@ -64,7 +70,6 @@ from replicator.writers.destination import DestinationWriter
 from replicator.writers.outcomes import Outcome
 from replicator.writers.wire import botocore_client_of
 
-SYNTHETIC_SEQUENCE_NUMBER = "0"
 BACKFILL = "backfill"
 REPAIR = "repair"
 

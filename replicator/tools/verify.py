@@ -222,7 +222,7 @@ class Finding:
     tombstone: Tombstone | None = field(default=None, repr=False)
     written_elsewhere: bool = False
     """An extra item stamped by another region than the source's (active-active):
-    ``--repair`` leaves it (see :meth:`Verifier._mark_written_elsewhere`)."""
+    ``--repair`` leaves it (see :meth:`Verify._mark_written_elsewhere`)."""
 
     @property
     def settled(self) -> bool:

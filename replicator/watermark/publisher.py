@@ -141,9 +141,9 @@ class ShardWatermark:
         # The <region>/<table> this shard's part at a destination names, where that is
         # not the destination's now (its name was given to another table).
         self._moved_from: dict[str, str] = {}
-        # From each status table read at the start: when its destination's parts were
-        # last raised, and, by destination, when a part of another destination was last
-        # raised by a run of the job without it (see _rejoined).
+        # From each status table read at the start, of this shard's parts: when its
+        # destination's was last raised, and, by destination, when another destination's
+        # was last raised by a run of the job without it (see _rejoined).
         self._last_raised: dict[str, float] = {}
         self._left_out_at: dict[str, float] = {}
         self._back_stored: set[str] = set()  # their joined span stored (see _rejoined)
@@ -648,8 +648,10 @@ class ShardWatermark:
         now = time.monotonic()
         with self._state:
             since = self._waiting_since.setdefault(label, now)
-            if now - since < _OTHERS_AWAITED_S or label in self._waiting_said:
-                return now - since >= _OTHERS_AWAITED_S
+            if now - since < _OTHERS_AWAITED_S:
+                return False
+            if label in self._waiting_said:
+                return True
             self._waiting_said.add(label)
         log.warning(
             "destination decided without the other destinations' status tables, which "

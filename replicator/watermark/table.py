@@ -98,7 +98,6 @@ class StatusTable:
         name: str,
         destination: str,
         place: str | None = None,
-        members: frozenset[str] = frozenset(),
     ) -> None:
         self.client = client
         self.name = name
@@ -106,9 +105,6 @@ class StatusTable:
         # The destination's <region>/<table> (None: not known): a publisher records it on
         # the parts it claims, a reader counts no part claimed for another table.
         self.place = place
-        # The job's destinations (labels): a publisher records them on the parts it
-        # raises, so that a destination removed from the job and added again is told.
-        self.members = members
 
     def _key(self, shard: str) -> dict[str, Any]:
         return {"destination": {"S": self.destination}, "shard": {"S": shard}}
@@ -241,7 +237,8 @@ class StatusTable:
     ) -> int:
         """Set the shard's value if it is higher than the stored one; the stored value.
 
-        ``members``: the job's destinations to record (by default the table's own).
+        ``members``: the job's destinations to record with the raise (a publisher's: a
+        destination removed from the job and added again is told by them).
 
         ``raised_before``: the caller raised this part before, so it has an owner; one
         without (a placeholder, or no item: the table was deleted and created again) is
@@ -259,7 +256,6 @@ class StatusTable:
         if self.place is not None:
             update += ", destination_table = :place"
             values[":place"] = {"S": self.place}
-        members = self.members if members is None else members
         if members:
             update += ", members = :members, members_at = :now"
             values[":members"] = {"SS": sorted(members)}

@@ -133,13 +133,12 @@ class FakeStatusTable(StatusTable):
             if (self.destination, shard) in parts and current.watermark_us >= watermark_us:
                 return current.watermark_us
             now = time.time()
-            recorded = self.members if members is None else members
             parts[self.destination, shard] = dataclasses.replace(
                 current,
                 watermark_us=watermark_us,
                 owner=owner,
                 updated_at=now,
-                **({"members": recorded, "members_at": now} if recorded else {}),
+                **({"members": members, "members_at": now} if members else {}),
             )
         self.raised.set()
         return watermark_us

@@ -368,9 +368,9 @@ def test_members_count_only_when_the_parts_latest_raise_wrote_them(
     they were, a destination it ran without looked in the job, and one re-added after
     it got no ``joined`` span (wait answered "replicated" for changes it never got)."""
     name = unique("wm-members")
-    table = StatusTable(ddb, name, "eu-west-1/r", members=frozenset({"eu-west-1/r", "ap/r"}))
+    table = StatusTable(ddb, name, "eu-west-1/r")
     table.ensure_exists()
-    table.raise_part("s1", 1_000_000, "new:1")
+    table.raise_part("s1", 1_000_000, "new:1", members=frozenset({"eu-west-1/r", "ap/r"}))
     (part,) = table.parts(("members", "members_at", "updated_at"))
     assert part.current_members == {"eu-west-1/r", "ap/r"}
     # As an earlier version raises a part: no members.
