@@ -30,7 +30,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from replicator.appendfile import why_not_appendable
 from replicator.aws import clients, queues, tables
 from replicator.aws.clients import Place
-from replicator.aws.errors import error_code, error_message, excerpt
+from replicator.aws.errors import ErrorKind, classify, error_code, error_message, excerpt
 from replicator.config.cross_checks import Problems
 from replicator.config.loader import job_file_error
 from replicator.config.model import (
@@ -369,7 +369,78 @@ def check_kinesis_stream(resolved: ResolvedJob, where: str) -> str:
         raise EnvironmentProblem(
             f"{what} at {where} is {status}; the KCL reads only an ACTIVE stream"
         )
-    return str(summary["StreamARN"])
+    check_table_streams_to(resolved, found, where)
+    return found
+
+
+# A Kinesis streaming destination's states in which the table writes its changes there.
+_STREAMING = ("ACTIVE", "ENABLING", "UPDATING")
+
+
+def check_table_streams_to(resolved: ResolvedJob, stream_arn: str, where: str) -> None:
+    """Refuse a Kinesis stream the source table does not write its changes to.
+
+    Every record of another table is skipped as such: a job given another table's stream
+    (a name mistyped, a job file copied) would read it to its end and report lag 0 and
+    ``/healthz`` ok while its own table is never replicated. DynamoDB lists the streams a
+    table writes to. A table that wrote there once (streaming since disabled) is warned
+    about, not refused: its stream still holds changes worth draining. Where the list
+    cannot be had (a policy without the action, an endpoint without it: moto answers
+    HTTP 500) the start goes on, saying the stream was not checked."""
+    source = resolved.job.source
+    what = f"source table {source.table}"
+    ddb = clients.dynamodb(source, sdk_retries=False)
+    try:
+        answer = ddb.describe_kinesis_streaming_destination(TableName=source.table)
+    except (ClientError, BotoCoreError) as error:
+        kind = classify(error)
+        if not isinstance(error, ClientError) or kind in (ErrorKind.AUTH, ErrorKind.NOT_FOUND):
+            raise explain(error, what, where) from None
+        log.warning(
+            "not checked at start whether the source table writes its changes to the "
+            "kinesis stream: "
+            + (
+                "dynamodb:DescribeKinesisStreamingDestination is not allowed"
+                if kind is ErrorKind.DENIED
+                else f"the endpoint did not answer DescribeKinesisStreamingDestination "
+                f"({error_code(error)}: {error_message(error)})"
+            ),
+            table=source.table,
+            stream=stream_arn,
+            at=where,
+        )
+        return
+    listed = [
+        (str(d.get("StreamArn")), str(d.get("DestinationStatus")))
+        for d in answer.get("KinesisDataStreamDestinations", [])
+    ]
+    states = [state for arn, state in listed if arn == stream_arn]
+    if any(state in _STREAMING for state in states):
+        return
+    if states:
+        log.warning(
+            "the source table no longer writes its changes to the kinesis stream the job "
+            "reads: the job replicates what the stream still holds, and no change made "
+            "since; when that is not meant, enable it again (aws dynamodb "
+            "enable-kinesis-streaming-destination), then run `replicator backfill` and "
+            "`replicator verify`",
+            table=source.table,
+            stream=stream_arn,
+            destination_status=states[-1],
+        )
+        return
+    writes_to = (
+        "it writes to " + ", ".join(f"{arn} ({state})" for arn, state in listed)
+        if listed
+        else "it writes to no Kinesis stream"
+    )
+    raise EnvironmentProblem(
+        f"{what} at {where} does not write its changes to kinesis stream {stream_arn} "
+        f"({writes_to}): the job would skip every record there as another table's and "
+        "replicate nothing; name the stream the table writes to in source.stream, or turn "
+        f"streaming to it on (aws dynamodb enable-kinesis-streaming-destination "
+        f"--table-name {source.table} --stream-arn {stream_arn})"
+    )
 
 
 def check_destinations(resolved: ResolvedJob, source_keys: dict[str, str]) -> None:

@@ -10,7 +10,8 @@ scan starts:
 * no lease yet, and the job starts from TRIM_HORIZON (``kcl.initial_position``), or the
   shard's parent has a lease (runtimes start a child shard from its beginning): when
   the replicator starts, it reads the shard from its oldest record, which includes the
-  scan's period as long as it starts within the stream's 24 hours.
+  scan's period as long as it starts within the stream's retention (24 hours for a
+  DynamoDB stream; a Kinesis data stream's retention period).
 
 A lease still at LATEST, or no lease under ``initial_position: LATEST``, means the
 replicator will begin wherever the stream's tip is when it gets there, which can be
@@ -45,13 +46,23 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
     from mypy_boto3_kinesis import KinesisClient
 
-PROCEDURE = (
-    "Start the replicator first (`replicator run --config FILE`) and wait until it has "
-    "checkpointed on every shard (after its first record), then run the backfill while it "
-    "runs; or set kcl.initial_position: TRIM_HORIZON and start the replicator within 24 "
-    "hours of the backfill's start. See docs/operator-tools.md. "
-    "(--skip-handoff-check copies without this guarantee.)"
-)
+
+def _procedure(within: str) -> str:
+    return (
+        "Start the replicator first (`replicator run --config FILE`) and wait until it has "
+        "checkpointed on every shard (after its first record), then run the backfill while "
+        f"it runs; or set kcl.initial_position: TRIM_HORIZON and start the replicator {within} "
+        "of the backfill's start. See docs/operator-tools.md. "
+        "(--skip-handoff-check copies without this guarantee.)"
+    )
+
+
+# How long the stream keeps the scan's period: a DynamoDB stream 24 hours; a Kinesis data
+# stream its retention period, 24 hours unless raised (up to 365 days).
+_WITHIN = {
+    StreamKind.DYNAMODB_STREAMS: "within 24 hours",
+    StreamKind.KINESIS: "within the Kinesis stream's retention period (24 hours unless raised)",
+}
 NO_LEASE = "TRIM_HORIZON (no lease yet)"
 EARLIER_STREAM = "TRIM_HORIZON (a lease of an earlier stream)"
 
@@ -81,6 +92,7 @@ def check_handoff(resolved: ResolvedJob, stream_arn: str, ddb: DynamoDBClient) -
     trim_horizon = job.kcl.initial_position is InitialPosition.TRIM_HORIZON
     # The runtime that reads the recorded stream: the KCL resumes any lease.
     local = job.runtime is RuntimeKind.LOCAL
+    within = _WITHIN[source.stream.kind]
     positions: dict[str, str] = {}
     problems: list[str] = []
     for shard in shards:
@@ -105,20 +117,20 @@ def check_handoff(resolved: ResolvedJob, stream_arn: str, ddb: DynamoDBClient) -
         raise EnvironmentProblem(
             f"backfill refused: the replicator of task {resolved.task_name} (lease table "
             f"{resolved.lease_table}) has no fixed starting position, so changes made during "
-            "the scan could be missed:\n  " + "\n  ".join(problems) + "\n" + PROCEDURE
+            "the scan could be missed:\n  " + "\n  ".join(problems) + "\n" + _procedure(within)
         )
     if streams is not None:
         _check_not_trimmed(streams, stream_arn, leases, positions, where, resolved.lease_table)
     if all(p == NO_LEASE for p in positions.values()):
         note = (
             "no leases yet: the job will start from TRIM_HORIZON; start the replicator "
-            "within 24 hours of this backfill's start"
+            f"{within} of this backfill's start"
         )
     elif all(p in (NO_LEASE, EARLIER_STREAM) for p in positions.values()):
         note = (
             "no leases of this stream yet (those of its shards are of an earlier stream): "
-            "the job will read it from TRIM_HORIZON; start the replicator within 24 hours "
-            "of this backfill's start"
+            f"the job will read it from TRIM_HORIZON; start the replicator {within} of this "
+            "backfill's start"
         )
     else:
         note = "the replicator's leases fix where it continues"

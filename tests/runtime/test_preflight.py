@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -490,3 +492,126 @@ def test_an_expired_sso_login_is_a_credentials_problem_not_the_network() -> None
     said = str(preflight.explain(SSOTokenLoadError(error_msg="expired"), "source table t", "AWS"))
     assert said.startswith("source table t: AWS credentials could not be loaded: ")
     assert "network" not in said
+
+
+def _kinesis_job(tmp_path: Path, endpoint: str, table: str, stream: str) -> Any:
+    path = tmp_path / "kinesis.yaml"
+    path.write_text(
+        "runtime: kcl\n"
+        f"source: {{region: us-east-1, table: {table}, endpoint_url: '{endpoint}', "
+        f"stream: {{kind: kinesis, name: {stream}}}}}\n"
+        f"destinations: [{{region: eu-west-1, table: {table}}}]\n"
+        "conflict: {policy: version, version_attribute: v}\n"
+    )
+    return load_job(path)
+
+
+@pytest.fixture
+def streaming_destinations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[dict[str, list[dict[str, str]]]]:
+    """DynamoDB's DescribeKinesisStreamingDestination on the in-process moto server (moto
+    has no such call, and answers HTTP 500): the listing per table is the test's."""
+    from moto.dynamodb.responses import DynamoHandler
+
+    listings: dict[str, list[dict[str, str]]] = {}
+
+    def describe(handler: Any) -> str:
+        table = handler.body["TableName"]
+        return json.dumps(
+            {"TableName": table, "KinesisDataStreamDestinations": listings.get(table, [])}
+        )
+
+    monkeypatch.setattr(
+        DynamoHandler, "describe_kinesis_streaming_destination", describe, raising=False
+    )
+    _forget_method_names()  # the demo's fast moto keeps each handler's list of calls
+    yield listings
+    monkeypatch.undo()
+    _forget_method_names()
+
+
+def _forget_method_names() -> None:
+    from moto.core import responses
+
+    getattr(responses.method_names_from_class, "cache_clear", lambda: None)()
+
+
+def test_a_kinesis_stream_the_source_table_does_not_write_to_is_refused(
+    moto_endpoint: str,
+    unique: Any,
+    tmp_path: Path,
+    streaming_destinations: dict[str, list[dict[str, str]]],
+) -> None:
+    """Another table's stream (a mistyped name, a copied job file) was read to its end,
+    each record skipped as another table's, lag 0 and /healthz ok, the job's table never
+    replicated. A stream the table wrote to once (streaming disabled since) is drained,
+    with a warning; one it writes to starts quietly."""
+    table, other_table = unique("kin-src"), unique("kin-other")
+    ours, theirs = unique("kin-ours"), unique("kin-theirs")
+    create_table(client("dynamodb", "us-east-1", moto_endpoint), table, stream=None)
+    kinesis = client("kinesis", "us-east-1", moto_endpoint)
+    arns = {}
+    for name in (ours, theirs):
+        kinesis.create_stream(StreamName=name, ShardCount=1)
+        summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
+        arns[name] = summary["StreamARN"]
+    streaming_destinations[table] = [{"StreamArn": arns[ours], "DestinationStatus": "ACTIVE"}]
+    streaming_destinations[other_table] = [
+        {"StreamArn": arns[theirs], "DestinationStatus": "ACTIVE"}
+    ]
+
+    with structlog.testing.capture_logs() as lines:
+        assert (
+            preflight.check_source(_kinesis_job(tmp_path, moto_endpoint, table, ours)).stream_arn
+            == arns[ours]
+        )
+    assert not [line for line in lines if line["log_level"] == "warning"]
+
+    with pytest.raises(EnvironmentProblem) as raised:
+        preflight.check_source(_kinesis_job(tmp_path, moto_endpoint, table, theirs))
+    assert str(raised.value).startswith(
+        f"source table {table} at {moto_endpoint} (us-east-1) does not write its changes to "
+        f"kinesis stream {arns[theirs]} (it writes to {arns[ours]} (ACTIVE)): the job would "
+        "skip every record there"
+    )
+    streaming_destinations[table] = []
+    with pytest.raises(EnvironmentProblem, match="it writes to no Kinesis stream"):
+        preflight.check_source(_kinesis_job(tmp_path, moto_endpoint, table, ours))
+
+    streaming_destinations[table] = [{"StreamArn": arns[ours], "DestinationStatus": "DISABLED"}]
+    with structlog.testing.capture_logs() as lines:
+        preflight.check_source(_kinesis_job(tmp_path, moto_endpoint, table, ours))
+    [warning] = [line for line in lines if line["log_level"] == "warning"]
+    assert warning["event"].startswith(
+        "the source table no longer writes its changes to the kinesis stream the job reads"
+    )
+    assert warning["destination_status"] == "DISABLED"
+
+
+def test_a_stream_that_cannot_be_checked_against_the_table_is_a_warning(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """moto has no DescribeKinesisStreamingDestination (HTTP 500), and a policy may leave
+    it out: the start goes on, saying the stream was not checked, and why."""
+    from tests.support.faults.proxy import Fault, FaultProxy, Mode
+
+    table, name = unique("kin-src"), unique("kin-changes")
+    create_table(client("dynamodb", "us-east-1", moto_endpoint), table, stream=None)
+    client("kinesis", "us-east-1", moto_endpoint).create_stream(StreamName=name, ShardCount=1)
+    with structlog.testing.capture_logs() as lines:
+        preflight.check_source(_kinesis_job(tmp_path, moto_endpoint, table, name))
+    [warning] = [line for line in lines if line["log_level"] == "warning"]
+    assert warning["event"].startswith(
+        "not checked at start whether the source table writes its changes to the kinesis "
+        "stream: the endpoint did not answer DescribeKinesisStreamingDestination (500: "
+    )
+    proxy = FaultProxy(moto_endpoint).start()
+    try:
+        proxy.set(Mode(Fault.DENY, operations=frozenset({"DescribeKinesisStreamingDestination"})))
+        with structlog.testing.capture_logs() as lines:
+            preflight.check_source(_kinesis_job(tmp_path, proxy.url, table, name))
+    finally:
+        proxy.stop()
+    [warning] = [line for line in lines if line["log_level"] == "warning"]
+    assert warning["event"].endswith("dynamodb:DescribeKinesisStreamingDestination is not allowed")

@@ -362,6 +362,12 @@ def test_a_kinesis_source_is_backfilled_with_its_hand_off_checked(job: Job, by: 
     copied = cli(job, "backfill")
     assert copied.returncode == 0, copied.stderr
     assert "no leases yet" in copied.stderr
+    # A Kinesis data stream keeps records for its retention period, not a DynamoDB
+    # stream's 24 hours.
+    assert (
+        "start the replicator within the Kinesis stream's retention period (24 hours unless "
+        "raised) of this backfill's start" in copied.stderr
+    )
     assert job.converged()
 
 

@@ -162,6 +162,10 @@ class KinesisScenario(Cluster):
         assert not self.dead_letters.exists() or not self.dead_letters.read_text().strip()
 
 
+# The multilang protocol's loggers, which at INFO log each message to and from a processor.
+_PER_MESSAGE_LOGGERS = ("MessageWriter", "LineReaderTask", "MultiLangProtocol")
+
+
 def processor_answered(worker: Worker, shard: str) -> bool:
     """Whether the worker's processor of ``shard`` has answered its initialize (it logs
     "processor started") and not exited since. A processor the daemon has only just
@@ -288,6 +292,19 @@ def test_kinesis_stream_shared_by_workers_of_the_stock_kcl3_daemon_survives_a_ki
         assert worker.stopped(tree, timeout=FAILOVER_S + 30) == 0
         assert worker.checkpoints_at_stop() == 1, worker.text()[-3000:]
         worker.assert_json_lines()  # the KCL's logs and stack traces, the processors' too
+        records = [json.loads(line) for line in worker.text().splitlines()]
+        # properties/logback.xml: the multilang protocol's per-message lines (about ten a
+        # second per idle shard at INFO) are off; the KCL's other info lines are kept.
+        assert not [
+            record
+            for record in records
+            if record.get("java_logger", "").rsplit(".", 1)[-1] in _PER_MESSAGE_LOGGERS
+        ]
+        assert [
+            record
+            for record in records
+            if record.get("level") == "info" and record.get("java_logger")
+        ]
 
 
 # -- the launcher's refusals ------------------------------------------------------------------
