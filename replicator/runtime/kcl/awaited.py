@@ -10,7 +10,12 @@ answered, and again every second by the processor's report thread. The launcher 
 the notes whenever health is judged and reports a processor that has held one batch for
 ``metrics.stall_after_s`` (in the words the local runtime uses), or whose note was not
 written for as long (the whole process stopped: a processor stopped between batches
-never reads the next one).
+never reads the next one), or that was passed no batch for as long. The KCL passes a
+batch, empty or not, after every read of the shard that succeeds
+(``callProcessRecordsEvenForEmptyRecordList``); a processor passed none is one whose
+shard the daemon cannot read (GetRecords not allowed, the stream unreachable: the KCL
+retries such reads for ever, logging warnings) or a daemon that is stuck, and
+replicates nothing while its gauges stay at their last values.
 
 A processor that finishes its shard (its stop told and answered) removes its note, so a
 note whose process is gone is one that died without finishing: killed (the out-of-memory
@@ -58,6 +63,7 @@ class AnswerNotes:
     pid: int
     shard_id: str = ""
     _since: float | None = field(default=None, init=False)
+    _batch_at: float | None = field(default=None, init=False)  # the last batch passed or answered
     _start_ticks: int | None = field(default=None, init=False)
     _failed: bool = field(default=False, init=False)
     _ended: bool = field(default=False, init=False)
@@ -80,14 +86,17 @@ class AnswerNotes:
 
     def started(self, shard_id: str) -> None:
         self.shard_id = shard_id
+        self._batch_at = time.monotonic()
         self._write()
 
     def received(self) -> None:
-        self._since = time.monotonic()
+        self._since = self._batch_at = time.monotonic()
         self._write()
 
     def answered(self) -> None:
-        self._since = None
+        # From the answer: the next batch is read only then (a batch held for minutes
+        # is another reason's).
+        self._since, self._batch_at = None, time.monotonic()
         self._write()
 
     def heard(self) -> None:
@@ -110,6 +119,7 @@ class AnswerNotes:
             note = {
                 "shard": self.shard_id,
                 "since": self._since,
+                "batch_at": self._batch_at,
                 "heard": time.monotonic(),
                 "started": self._start_ticks,
             }
@@ -158,14 +168,18 @@ def unanswered(
     stall_after_s: float,
     now: float | None = None,
     on_death: Callable[[Death], object] | None = None,
+    reads_every_s: float = 0.0,
 ) -> list[str]:
     """The launcher's side: a reason for each live processor that has held a
     ``processRecords`` for ``stall_after_s`` or longer, or not written its note for as
-    long (at least :data:`MISSED_BEATS` beats), and for each shard whose processor died
-    (with no processor of the shard here since; ``on_death`` is told of each, for the
-    run's final line). ``now``: ``time.monotonic()``."""
+    long (at least :data:`MISSED_BEATS` beats), or been passed no batch for as long (and
+    at least three of the daemon's reads, one every ``reads_every_s`` while idle), and for
+    each shard whose processor died (with no processor of the shard here since;
+    ``on_death`` is told of each, for the run's final line). ``now``:
+    ``time.monotonic()``."""
     now = time.monotonic() if now is None else now
     limit = max(stall_after_s, MISSED_BEATS * BEAT_S)
+    unread_limit = max(limit, 3 * reads_every_s)
     reasons = []
     running: set[str] = set()
     dead: list[tuple[Path, Death]] = []
@@ -180,6 +194,8 @@ def unanswered(
             since = None if note["since"] is None else float(note["since"])
             heard = float(note["heard"])
             shard = str(note["shard"])
+            batch_at = note.get("batch_at")
+            unread_s = None if batch_at is None else now - float(batch_at)
         except (OSError, ValueError, KeyError, TypeError):
             continue  # being replaced, or not a note of ours
         started = start_time(pid)
@@ -200,6 +216,13 @@ def unanswered(
             reasons.append(
                 f"the processor (pid {pid}) of shard {shard} has not been heard from for "
                 f"{silent_s:.0f}s: the process is stopped (SIGSTOP) or cannot run"
+            )
+        elif unread_s is not None and unread_s >= unread_limit:
+            reasons.append(
+                f"the KCL has passed no batch to the processor (pid {pid}) of shard {shard} "
+                f"for {unread_s:.0f}s, not even an empty one (it passes one after every read "
+                "of the shard): the daemon's reads of the stream fail (its warnings say why: "
+                "GetRecords not allowed, the stream unreachable) or it is stuck"
             )
     for path, death in dead:
         if not death.shard or death.shard in running:

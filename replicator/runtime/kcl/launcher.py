@@ -620,7 +620,10 @@ def run_kcl(
         if daemon is None:
             return []
         return daemon.problems() + awaited.unanswered(
-            notes, job.metrics.stall_after_s, on_death=died
+            notes,
+            job.metrics.stall_after_s,
+            on_death=died,
+            reads_every_s=job.kcl.idle_time_between_reads_ms / 1000,
         )
 
     lock = _worker_lock(resolved)

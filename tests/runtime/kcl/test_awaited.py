@@ -181,6 +181,31 @@ def test_a_live_processor_not_heard_from_past_the_limit_is_named(tmp_path: Path)
     assert unanswered(tmp_path, 300) == []
 
 
+def test_a_live_processor_passed_no_batch_past_the_limit_is_named(tmp_path: Path) -> None:
+    """The KCL passes a batch after every read of the shard, empty or not: none for the
+    limit (and for at least three of its idle reads) is a shard it cannot read."""
+    notes = this_processors_note(tmp_path, since=None, heard=1299.0, batch_at=1000.0)
+    assert unanswered(tmp_path, 300, now=1299.0) == []
+    (reason,) = unanswered(tmp_path, 300, now=1300.0)
+    assert reason.startswith(
+        f"the KCL has passed no batch to the processor (pid {os.getpid()}) of shard shardId-7 "
+        "for 300s, not even an empty one"
+    )
+    assert unanswered(tmp_path, 300, now=1300.0, reads_every_s=120) == []
+    assert len(unanswered(tmp_path, 300, now=1360.0, reads_every_s=120)) == 1
+    # A batch passed (and answered) starts the count again; one held is another reason's.
+    notes.received()
+    assert unanswered(tmp_path, 300, now=time.monotonic() + 299) == []
+    (held,) = unanswered(tmp_path, 300, now=time.monotonic() + 300)
+    assert "has not answered processRecords" in held
+    notes.answered()
+    assert unanswered(tmp_path, 300, now=time.monotonic() + 299) == []
+    assert len(unanswered(tmp_path, 300, now=time.monotonic() + 300)) == 1
+    # A processor just started counts from its start.
+    notes.started("shardId-7")
+    assert unanswered(tmp_path, 300, now=time.monotonic() + 299) == []
+
+
 def test_a_limit_below_a_few_beats_does_not_name_a_processor_between_two(
     tmp_path: Path,
 ) -> None:

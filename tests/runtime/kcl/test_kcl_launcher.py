@@ -581,6 +581,15 @@ child_code = (
     "notes.heard()\\n"
     "while os.getppid() == int(sys.argv[1]): time.sleep(0.1)\\n"
     if mode == "held"
+    else "import os, sys, time\\n"
+    # A processor the daemon has passed no batch for 1000 s (its reads of the shard fail).
+    "from replicator.runtime.kcl.awaited import AnswerNotes\\n"
+    "notes = AnswerNotes.from_environment()\\n"
+    "notes.started('shardId-unread')\\n"
+    "notes._batch_at = time.monotonic() - 1000\\n"
+    "notes.heard()\\n"
+    "while os.getppid() == int(sys.argv[1]): time.sleep(0.1)\\n"
+    if mode == "unread"
     else "import sys\\n"
     # A processor that dies (exits on an error) once it has started its shard.
     "from replicator.runtime.kcl.awaited import AnswerNotes\\n"
@@ -1056,6 +1065,37 @@ def test_health_names_each_processor_holding_a_process_records_unanswered(
     wait_until(healthy, 30, "/healthz ok once the shard has a processor again")
     assert not list(Path(record["awaited"]).glob(f"{second}.json"))
     assert run.process.poll() is None
+    run.process.send_signal(signal.SIGTERM)
+    assert run.process.wait(30) == 0, run.log.read_text()[-2000:]
+
+
+def test_health_names_each_processor_the_kcl_passes_no_batch(stand_in: Any) -> None:
+    """GetRecords refused (a policy without it): the KCL retried the shard's reads for
+    ever, logging warnings, its processor got no batch, and /healthz said ok while the
+    shard replicated nothing. The KCL passes a batch after every read, empty or not: a
+    processor passed none for metrics.stall_after_s is named."""
+    run = stand_in("unread")
+    record = run.record()
+    port = logged_metrics_port(run.log)
+
+    def reasons() -> list[str]:
+        status, body = health(port)
+        assert status == (503 if body["reasons"] else 200), body
+        return list(body["reasons"])
+
+    found = wait_until(lambda: len(reasons()) == 2 and reasons(), 30, "both processors named")
+    assert sorted(reason.split(" for ", 1)[0] for reason in found) == sorted(
+        f"the KCL has passed no batch to the processor (pid {pid}) of shard shardId-unread"
+        for pid in record["children"]
+    )
+    assert all(
+        reason.endswith(
+            "not even an empty one (it passes one after every read of the shard): the "
+            "daemon's reads of the stream fail (its warnings say why: GetRecords not "
+            "allowed, the stream unreachable) or it is stuck"
+        )
+        for reason in found
+    )
     run.process.send_signal(signal.SIGTERM)
     assert run.process.wait(30) == 0, run.log.read_text()[-2000:]
 
