@@ -53,7 +53,7 @@ from replicator.items import (
     same_item,
 )
 from replicator.metrics import Metrics
-from replicator.records import Change, Held
+from replicator.records import Change, Event, Held
 from replicator.rules import ConflictRule, OrderedRule, Skip, Verdict, WriteRequest
 from replicator.rules.order import all_of, any_of, below
 from replicator.rules.requests import (
@@ -97,6 +97,13 @@ log = structlog.get_logger(__name__)
 # within milliseconds, with no backoff, and a denied item would stop the worker even
 # while the writes around it succeed.
 _ITEM_DENIALS_BEFORE_DEAD_LETTER = 3
+# What a refused write is compared with: a put's refusal with the puts the destination
+# accepted, a delete's with its deletes. A policy that allows one and not the other
+# (DeleteItem granted, PutItem left out) refused every put while deletes succeeded: each
+# put looked denied for itself and was dead-lettered, the worker healthy, instead of the
+# destination refusing everything of a kind, which stops the worker. Other requests (a
+# rule's read) are compared with every write accepted.
+_KIND_OF_OPERATION = {"PutItem": "put", "DeleteItem": "delete"}
 # How often a held write (DestinationWriter._wait_for_hold) looks at ``cancelled``,
 # which it cannot wait on together with ``holds_released``: a stop ends it this soon.
 _HOLD_CHECK_S = 0.2
@@ -184,8 +191,9 @@ class _Attempts:
 
 @dataclass(frozen=True, slots=True)
 class _Seen:
-    """What a change's refusal compares with its last: the writes the destination's table
-    had accepted then, and the requests its tombstone table had answered."""
+    """What a change's refusal compares with its last: the writes of the refused kind
+    (``_KIND_OF_OPERATION``) the destination's table had accepted then, and the requests
+    its tombstone table had answered."""
 
     successes: int
     tombstone_answers: int
@@ -267,6 +275,7 @@ class DestinationWriter:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._successes = 0  # writes the destination accepted (refusals compare it)
+        self._successes_of = {"put": 0, "delete": 0}  # the same, by kind of write
         self._retry_warned_at: float | None = None  # monotonic; see _retry_warns
 
     def _retry_warns(self) -> bool:
@@ -465,7 +474,9 @@ class DestinationWriter:
         note the successes and return the apply delays (from ``since_s``, each change's
         earliest replaced change as in :meth:`write`, else from their creation); the caller
         counts the writes and observes the delays (in batches)."""
-        self._note_success(len(changes))
+        deletes = sum(change.event is Event.REMOVE for change in changes)
+        self._note_success("delete", deletes)
+        self._note_success("put", len(changes) - deletes)
         now = self.clock()
         if since_s is None:
             return [max(0.0, now - change.created_s) for change in changes]
@@ -492,9 +503,10 @@ class DestinationWriter:
         destination succeeded meanwhile: about two minutes with the defaults, however
         many changes are in flight. A success at the destination starts the change's
         count again; and a change denied ``_ITEM_DENIALS_BEFORE_DEAD_LETTER`` times while
-        other writes succeed is denied for itself (a fine-grained policy) and fails, to
-        be dead-lettered. A missing table never is: it is no item's, even when other
-        writes succeeded since (the table deleted, re-created, deleted again).
+        other writes of its kind succeed (puts for a put, deletes for a delete) is denied
+        for itself (a fine-grained policy) and fails, to be dead-lettered. A missing
+        table never is: it is no item's, even when other writes succeeded since (the
+        table deleted, re-created, deleted again).
 
         A refusal of the tombstone table is never one item's: a change whose delete or
         check it refuses is retried as above, never dead-lettered (a delete left out at
@@ -725,7 +737,7 @@ class DestinationWriter:
                     classify(error) is not ErrorKind.CONDITION_FAILED
                 ):
                     raise
-                self._note_success()
+                self._note_success(plan.op)
                 old: Item | None = error.response.get("Item")  # type: ignore[assignment]
                 outcome = self._condition_failed(change, old, state)
                 if outcome is None:
@@ -755,7 +767,7 @@ class DestinationWriter:
                         return self._lost(
                             change, Winner(tombstone=undone), self._tombstone_won(undone)
                         )
-            return self._applied(change, state)
+            return self._applied(change, state, plan.op)
 
     def _own_write_found(self, change: Change, state: _Attempts) -> WriteResult:
         """A rule that reads first found (by a read, or in a failed condition's answer)
@@ -1143,8 +1155,10 @@ class DestinationWriter:
         shown = tombstone.described(rule.attribute, rule.origin_attribute)
         return f"{rule.name}: {shown} (a tombstone) ranks at or above the put's image"
 
-    def _applied(self, change: Change, state: _Attempts) -> WriteResult:
-        self._note_success()
+    def _applied(self, change: Change, state: _Attempts, op: str | None = None) -> WriteResult:
+        """``op``: the kind of write the destination accepted (by default the change's:
+        an earlier attempt's answer was lost, and a read found it landed)."""
+        self._note_success(op or ("delete" if change.event is Event.REMOVE else "put"))
         if self.counted:
             since = change.created_s if state.since_s is None else state.since_s
             self.metrics.apply_delay.labels(self.label).observe(max(0.0, self.clock() - since))
@@ -1221,9 +1235,10 @@ class DestinationWriter:
             self.metrics.writes.labels(self.label, op, outcome.value).inc()
         return _SETTLED[outcome] if why is None else WriteResult(outcome, why=why)
 
-    def _note_success(self, count: int = 1) -> None:
+    def _note_success(self, op: str, count: int = 1) -> None:
         with self._lock:
             self._successes += count
+            self._successes_of[op] = self._successes_of.get(op, 0) + count
 
     def _still_unanswered(self, unanswered: _Unanswered | None, tried_at: float) -> _Unanswered:
         """One more unanswered attempt, sent at ``tried_at``: since when the destination
@@ -1254,8 +1269,9 @@ class DestinationWriter:
         ``seen_then`` at the last of them: the change's new streak (1 again if the table
         that refused accepted a request since: the destination's table, or the tombstone
         table for its own refusals) and what is seen now, to compare the next with."""
+        kind = _KIND_OF_OPERATION.get(getattr(error, "operation_name", ""))
         with self._lock:
-            successes = self._successes
+            successes = self._successes if kind is None else self._successes_of[kind]
         seen = _Seen(successes, self.tombstones.answered if self.tombstones is not None else 0)
         if seen_then is not None:
             if isinstance(error, TombstoneTableError):

@@ -1270,6 +1270,64 @@ def test_a_table_re_created_and_deleted_again_under_a_retried_change_never_dead_
     assert retried == writer.refusal_limit
 
 
+class _PutsDeniedClient:
+    """A destination whose policy allows DeleteItem but not PutItem: every put is denied
+    (as botocore raises it, naming its operation), every delete accepted."""
+
+    def __init__(self) -> None:
+        self.puts = 0
+        self.deletes = 0
+
+    def put_item(self, **kwargs: Any) -> dict[str, Any]:
+        self.puts += 1
+        raise ClientError(
+            {
+                "Error": {"Code": "AccessDeniedException", "Message": "not authorized"},
+                "ResponseMetadata": {"HTTPStatusCode": 400},
+            },
+            "PutItem",
+        )
+
+    def delete_item(self, **kwargs: Any) -> dict[str, Any]:
+        self.deletes += 1
+        return {}
+
+
+class _AtEveryWait(threading.Event):
+    """``cancelled`` that runs ``step`` at every wait of a retry, and never waits."""
+
+    def __init__(self, step: Any) -> None:
+        super().__init__()
+        self.step = step
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.step()
+        return False
+
+
+def test_puts_denied_while_deletes_succeed_stop_the_worker_not_dead_lettered(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    """A policy with DeleteItem and without PutItem: every put looked denied for itself
+    (other writes, the deletes, succeeded), was dead-lettered as access_denied and
+    checkpointed past, the worker healthy. A refused put is compared with the puts the
+    destination accepted: none, so the destination refuses puts, and the worker stops."""
+    table = _PutsDeniedClient()
+    writer = writer_for(table, tmp_path, metrics)
+    deletes = iter(range(1000))
+    writer.cancelled = _AtEveryWait(
+        lambda: writer.write(decode(remove(f"gone{next(deletes)}", 1))).outcome
+    )
+    target = FileDeadLetters(tmp_path / "dead.jsonl")
+    letters = DeadLetterer(target, metrics, "task", "shard-1")
+    with pytest.raises(DestinationRefused, match="refused 20 writes in a row") as refused:
+        letters.write(writer, decode(put("k", 1)))
+    assert "AccessDeniedException: not authorized" in str(refused.value)
+    assert target.letters() == []
+    assert table.puts == writer.refusal_limit
+    assert table.deletes == writer.refusal_limit - 1  # one between each two of the put's
+
+
 def test_a_table_missing_is_told_lost_only_after_it_accepted_writes(
     tmp_path: Path, metrics: Metrics
 ) -> None:
