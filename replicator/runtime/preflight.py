@@ -339,7 +339,7 @@ def mark_watermark_off(resolved: ResolvedJob) -> None:
             raise explain(error, f"status table {resolved.watermark_table}", where) from None
 
 
-def check_kinesis_stream(resolved: ResolvedJob, where: str) -> str:
+def check_kinesis_stream(resolved: ResolvedJob, where: str, *, for_backfill: bool = False) -> str:
     """The Kinesis data stream's ARN, once it is known to exist and be readable.
 
     The KCL's MultiLangDaemon reads a stream by name, in ``source.region`` and the
@@ -369,32 +369,40 @@ def check_kinesis_stream(resolved: ResolvedJob, where: str) -> str:
         raise EnvironmentProblem(
             f"{what} at {where} is {status}; the KCL reads only an ACTIVE stream"
         )
-    check_table_streams_to(resolved, found, where)
+    check_table_streams_to(resolved, found, where, for_backfill=for_backfill)
     return found
 
 
-# A Kinesis streaming destination's states in which the table writes its changes there.
+# A Kinesis streaming destination's states in which the table writes its changes there,
+# and those in which it did and stopped.
 _STREAMING = ("ACTIVE", "ENABLING", "UPDATING")
+_STOPPED = ("DISABLED", "DISABLING")
 
 
-def check_table_streams_to(resolved: ResolvedJob, stream_arn: str, where: str) -> None:
+def check_table_streams_to(
+    resolved: ResolvedJob, stream_arn: str, where: str, *, for_backfill: bool = False
+) -> None:
     """Refuse a Kinesis stream the source table does not write its changes to.
 
     Every record of another table is skipped as such: a job given another table's stream
     (a name mistyped, a job file copied) would read it to its end and report lag 0 and
     ``/healthz`` ok while its own table is never replicated. DynamoDB lists the streams a
-    table writes to. A table that wrote there once (streaming since disabled) is warned
-    about, not refused: its stream still holds changes worth draining. Where the list
-    cannot be had (a policy without the action, an endpoint without it: moto answers
-    HTTP 500) the start goes on, saying the stream was not checked."""
+    table writes to. One whose streaming failed to start (ENABLE_FAILED) never held the
+    table's changes: refused. A table that wrote there once (streaming since disabled) is
+    warned about at ``run``, which drains what the stream still holds; a backfill is
+    refused, since changes made during its scan would reach no destination. Where the
+    list cannot be had (a policy without the action, an endpoint that fails or does not
+    answer it: moto has no such call) the start goes on, saying the stream was not
+    checked."""
     source = resolved.job.source
     what = f"source table {source.table}"
-    ddb = clients.dynamodb(source, sdk_retries=False)
     try:
-        answer = ddb.describe_kinesis_streaming_destination(TableName=source.table)
+        answer = clients.dynamodb(source).describe_kinesis_streaming_destination(
+            TableName=source.table
+        )
     except (ClientError, BotoCoreError) as error:
         kind = classify(error)
-        if not isinstance(error, ClientError) or kind in (ErrorKind.AUTH, ErrorKind.NOT_FOUND):
+        if kind in (ErrorKind.AUTH, ErrorKind.NOT_FOUND):
             raise explain(error, what, where) from None
         log.warning(
             "not checked at start whether the source table writes its changes to the "
@@ -402,8 +410,13 @@ def check_table_streams_to(resolved: ResolvedJob, stream_arn: str, where: str) -
             + (
                 "dynamodb:DescribeKinesisStreamingDestination is not allowed"
                 if kind is ErrorKind.DENIED
-                else f"the endpoint did not answer DescribeKinesisStreamingDestination "
-                f"({error_code(error)}: {error_message(error)})"
+                else "the endpoint did not answer DescribeKinesisStreamingDestination ("
+                + (
+                    f"{error_code(error)}: {error_message(error)}"
+                    if isinstance(error, ClientError)
+                    else excerpt(str(error))
+                )
+                + ")"
             ),
             table=source.table,
             stream=stream_arn,
@@ -411,35 +424,66 @@ def check_table_streams_to(resolved: ResolvedJob, stream_arn: str, where: str) -
         )
         return
     listed = [
-        (str(d.get("StreamArn")), str(d.get("DestinationStatus")))
+        (
+            str(d.get("StreamArn")),
+            str(d.get("DestinationStatus")),
+            str(d.get("DestinationStatusDescription") or ""),
+        )
         for d in answer.get("KinesisDataStreamDestinations", [])
     ]
-    states = [state for arn, state in listed if arn == stream_arn]
-    if any(state in _STREAMING for state in states):
+    states = [(state, why) for arn, state, why in listed if arn == stream_arn]
+    if any(state in _STREAMING for state, _ in states):
         return
-    if states:
+    writes_to = (
+        "it writes to "
+        + ", ".join(f"{arn} ({state})" for arn, state, _ in listed if state in _STREAMING)
+        if any(state in _STREAMING for _, state, _ in listed)
+        else "it writes to no Kinesis stream"
+    )
+    enable = (
+        f"aws dynamodb enable-kinesis-streaming-destination --table-name {source.table} "
+        f"--stream-arn {stream_arn}"
+    )
+    if states and states[-1][0] not in ("ENABLE_FAILED", *_STOPPED):
+        log.warning(
+            "the source table's streaming to the kinesis stream is in a state this "
+            "version does not know; the job reads the stream",
+            table=source.table,
+            stream=stream_arn,
+            destination_status=states[-1][0],
+        )
+        return
+    if states and states[-1][0] in _STOPPED and not for_backfill:
         log.warning(
             "the source table no longer writes its changes to the kinesis stream the job "
             "reads: the job replicates what the stream still holds, and no change made "
-            "since; when that is not meant, enable it again (aws dynamodb "
-            "enable-kinesis-streaming-destination), then run `replicator backfill` and "
-            "`replicator verify`",
+            f"since ({writes_to}); when that is not meant, enable it again ({enable}), "
+            "then run `replicator backfill` and `replicator verify`",
             table=source.table,
             stream=stream_arn,
-            destination_status=states[-1],
+            destination_status=states[-1][0],
         )
         return
-    writes_to = (
-        "it writes to " + ", ".join(f"{arn} ({state})" for arn, state in listed)
-        if listed
-        else "it writes to no Kinesis stream"
-    )
+    if states:
+        state, why = states[-1]
+        said = f"; {excerpt(why)}" if why else ""
+        now = f"its streaming to kinesis stream {stream_arn} is {state}{said} ({writes_to})"
+        if state in _STOPPED:
+            raise EnvironmentProblem(
+                f"{what} at {where}: {now}: the changes made during the backfill's scan "
+                f"would reach no destination; turn streaming on again ({enable}), start "
+                "the replicator, then run the backfill"
+            )
+        raise EnvironmentProblem(
+            f"{what} at {where}: {now}: the stream never received the table's changes, "
+            f"and the job would replicate nothing; turn streaming on ({enable}) once the "
+            "cause is fixed, or name the stream the table writes to in source.stream"
+        )
     raise EnvironmentProblem(
         f"{what} at {where} does not write its changes to kinesis stream {stream_arn} "
         f"({writes_to}): the job would skip every record there as another table's and "
         "replicate nothing; name the stream the table writes to in source.stream, or turn "
-        f"streaming to it on (aws dynamodb enable-kinesis-streaming-destination "
-        f"--table-name {source.table} --stream-arn {stream_arn})"
+        f"streaming to it on ({enable})"
     )
 
 

@@ -567,7 +567,7 @@ def _stream_of(resolved: ResolvedJob, shape: TableShape) -> str:
         # The stream the KCL would read, as `run` finds it (a name in source.region), not
         # whatever stream.arn names.
         where = tables.where(source.region, source.endpoint_url, source.role_arn)
-        return preflight.check_kinesis_stream(resolved, where)
+        return preflight.check_kinesis_stream(resolved, where, for_backfill=True)
     arn = stream.arn or shape.stream_arn
     if not arn:
         raise EnvironmentProblem(

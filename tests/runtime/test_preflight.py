@@ -587,6 +587,32 @@ def test_a_kinesis_stream_the_source_table_does_not_write_to_is_refused(
         "the source table no longer writes its changes to the kinesis stream the job reads"
     )
     assert warning["destination_status"] == "DISABLED"
+    # A backfill is refused: the changes made during its scan would reach no destination.
+    where = f"{moto_endpoint} (us-east-1)"
+    job = _kinesis_job(tmp_path, moto_endpoint, table, ours)
+    with pytest.raises(EnvironmentProblem) as raised:
+        preflight.check_kinesis_stream(job, where, for_backfill=True)
+    assert str(raised.value).startswith(
+        f"source table {table} at {where}: its streaming to kinesis stream {arns[ours]} is "
+        "DISABLED (it writes to no Kinesis stream): the changes made during the backfill's "
+        "scan would reach no destination"
+    )
+    # Streaming that never started held no change of the table: refused, with AWS's reason.
+    streaming_destinations[table] = [
+        {
+            "StreamArn": arns[ours],
+            "DestinationStatus": "ENABLE_FAILED",
+            "DestinationStatusDescription": "User does not have a permission",
+        },
+        {"StreamArn": arns[theirs], "DestinationStatus": "ACTIVE"},
+    ]
+    with pytest.raises(EnvironmentProblem) as raised:
+        preflight.check_source(job)
+    assert str(raised.value).startswith(
+        f"source table {table} at {where}: its streaming to kinesis stream {arns[ours]} is "
+        f"ENABLE_FAILED; User does not have a permission (it writes to {arns[theirs]} "
+        "(ACTIVE)): the stream never received the table's changes"
+    )
 
 
 def test_a_stream_that_cannot_be_checked_against_the_table_is_a_warning(
@@ -599,19 +625,31 @@ def test_a_stream_that_cannot_be_checked_against_the_table_is_a_warning(
     table, name = unique("kin-src"), unique("kin-changes")
     create_table(client("dynamodb", "us-east-1", moto_endpoint), table, stream=None)
     client("kinesis", "us-east-1", moto_endpoint).create_stream(StreamName=name, ShardCount=1)
-    with structlog.testing.capture_logs() as lines:
-        preflight.check_source(_kinesis_job(tmp_path, moto_endpoint, table, name))
-    [warning] = [line for line in lines if line["log_level"] == "warning"]
-    assert warning["event"].startswith(
-        "not checked at start whether the source table writes its changes to the kinesis "
-        "stream: the endpoint did not answer DescribeKinesisStreamingDestination (500: "
+
+    def warned(fault: Fault | None) -> str:
+        """The one warning of a start whose streaming check meets ``fault`` (None: moto)."""
+        proxy = FaultProxy(moto_endpoint).start()
+        try:
+            if fault is not None:
+                checked = frozenset({"DescribeKinesisStreamingDestination"})
+                proxy.set(Mode(fault, operations=checked))
+            with structlog.testing.capture_logs() as lines:
+                preflight.check_source(_kinesis_job(tmp_path, proxy.url, table, name))
+        finally:
+            proxy.stop()
+        [warning] = [line for line in lines if line["log_level"] == "warning"]
+        return str(warning["event"])
+
+    unchecked = (
+        "not checked at start whether the source table writes its changes to the kinesis stream: "
     )
-    proxy = FaultProxy(moto_endpoint).start()
-    try:
-        proxy.set(Mode(Fault.DENY, operations=frozenset({"DescribeKinesisStreamingDestination"})))
-        with structlog.testing.capture_logs() as lines:
-            preflight.check_source(_kinesis_job(tmp_path, proxy.url, table, name))
-    finally:
-        proxy.stop()
-    [warning] = [line for line in lines if line["log_level"] == "warning"]
-    assert warning["event"].endswith("dynamodb:DescribeKinesisStreamingDestination is not allowed")
+    assert warned(None).startswith(
+        f"{unchecked}the endpoint did not answer DescribeKinesisStreamingDestination (500: "
+    )
+    assert warned(Fault.DENY) == (
+        f"{unchecked}dynamodb:DescribeKinesisStreamingDestination is not allowed"
+    )
+    # No answer at all (connections reset): the start goes on too, warned.
+    assert warned(Fault.RESET).startswith(
+        f"{unchecked}the endpoint did not answer DescribeKinesisStreamingDestination ("
+    )
