@@ -134,6 +134,7 @@ class Checkpoints:
         self.backoff = backoff or Backoff(base_s=0.2, cap_s=5.0)
         self.sleep = sleep
         self.last: str | None = None
+        self.deferred_by: str | None = None  # the daemon's answer when the last was deferred
 
     def moves(self, sequence_number: str | None) -> bool:
         """Whether a checkpoint at ``sequence_number`` would be past the last one."""
@@ -171,6 +172,7 @@ class Checkpoints:
                     ) from None
                 attempt += 1
                 if not required and attempt >= self.attempts:
+                    self.deferred_by = value
                     log.warning(
                         "checkpoint deferred to the next batch",
                         shard=self.shard_id,
@@ -180,7 +182,7 @@ class Checkpoints:
                     return False
                 self.sleep(self.backoff.delay(attempt))
                 continue
-            self.last = sequence_number
+            self.last, self.deferred_by = sequence_number, None
             self.metrics.checkpoints.inc()
             self.metrics.last_checkpoint.labels(self.shard_id).set(time.time())
             log.debug("checkpointed", shard=self.shard_id, sequence_number=sequence_number)

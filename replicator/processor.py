@@ -195,10 +195,12 @@ class ReplicationProcessor:
     @_fail_fast
     def process_records(self, process_records_input: Any) -> None:
         intake = self._require_intake()
+        notes = self._notes
         if self._lease_lost:
+            if notes is not None:
+                notes.answered()  # a batch passed all the same: the shard is read
             return
         received_at = time.time()
-        notes = self._notes
         if notes is not None:
             notes.received()
         try:
@@ -221,9 +223,16 @@ class ReplicationProcessor:
                 notes.answered()
         self._answered_at = time.time()
 
+    def _no_more_batches(self) -> None:
+        """Told to stop (a stop, a lease gone, the shard's end): the daemon passes no
+        batch after that, which the note's reader must not take for reads that fail."""
+        if self._notes is not None:
+            self._notes.no_more_batches()
+
     @_fail_fast
     def lease_lost(self, lease_lost_input: Any) -> None:
         self.told_to_stop = True
+        self._no_more_batches()
         if self._shutdown_requested:
             # A graceful stop: the KCL gives up the leases after the processors have
             # checkpointed, and tells each of them so. Nothing was taken from this worker.
@@ -243,6 +252,7 @@ class ReplicationProcessor:
     def shard_ended(self, shard_ended_input: Any) -> None:
         intake = self._require_intake()
         self.told_to_stop = True
+        self._no_more_batches()
         if self._lease_lost:
             # The KCL puts a lost lease before a shard's end: the checkpoint at SHARD_END
             # is no longer ours to write (it would be refused), and the writes abandon()
@@ -275,6 +285,7 @@ class ReplicationProcessor:
         intake = self._require_intake()
         self._shutdown_requested = True
         self.told_to_stop = True
+        self._no_more_batches()
         if self._lease_lost:
             return
         pipeline = intake.pipeline
@@ -409,7 +420,9 @@ class ReplicationProcessor:
         # The writes the checkpoint passes are counted in the shared metrics first: a
         # process killed after it is not read again, and would take their counts along.
         pipeline.count_applied()
-        checkpoints.write(checkpointer, position, required=False)
+        written = checkpoints.write(checkpointer, position, required=False)
+        if self._notes is not None:
+            self._notes.checkpoint_result(None if written else checkpoints.deferred_by)
 
     def _store_watermark_at_end(self, intake: ShardIntake) -> None:
         """At the shard's end, wait until the watermark's dead-letter ranges and unread

@@ -25,6 +25,15 @@ it notices at its next ``processRecords`` and the daemon exits 1 after its grace
 default), the shard replicating nothing meanwhile. The launcher names the shard at once,
 until a processor of the same shard runs here again. A process is told from a later one
 with its pid by its start time (``/proc/PID/stat``).
+
+A checkpoint the daemon refuses (the KCL cannot write the lease table: a policy without
+``dynamodb:UpdateItem`` on it) is deferred to the next batch; the KCL then loses the
+lease, starts another processor for the shard from the last checkpoint, and the loop
+goes on, writing the same changes again, while every processor looks healthy. So the
+refusals are noted per shard (``checkpoint-<shard>.json``), outliving the processors
+that made them, since when and the last answer, and a success removes the note; the
+launcher names a shard whose checkpoints have been refused for ``stall_after_s`` while a
+processor of it runs here and the last refusal is recent.
 """
 
 from __future__ import annotations
@@ -47,6 +56,10 @@ ENV = "REPLICATOR_AWAITED_DIR"
 log = structlog.get_logger("replicator")
 
 
+# Refusals of a shard's checkpoints further apart than this begin a new spell (a shard
+# whose checkpoints were refused an hour ago and are again now has not been refused for
+# an hour); the launcher names a spell only while its last refusal is this recent.
+REFUSALS_APART_S = 120.0
 # The report thread's beat (replicator.processor: every second), and how many beats a
 # processor may miss before it counts as not heard from, whatever metrics.stall_after_s
 # says (a limit below a few beats would name idle, healthy processors between two).
@@ -93,11 +106,39 @@ class AnswerNotes:
         self._since = self._batch_at = time.monotonic()
         self._write()
 
+    def no_more_batches(self) -> None:
+        """Told to stop or that the shard ended: no batch follows, none is awaited."""
+        self._batch_at = None
+        self._write()
+
     def answered(self) -> None:
         # From the answer: the next batch is read only then (a batch held for minutes
-        # is another reason's).
-        self._since, self._batch_at = None, time.monotonic()
+        # is another reason's). None once no batch is awaited any more.
+        self._since = None
+        if self._batch_at is not None:
+            self._batch_at = time.monotonic()
         self._write()
+
+    def checkpoint_result(self, refused_by: str | None) -> None:
+        """A checkpoint taken (``None``: the shard's note of refusals is removed) or
+        deferred on the daemon's answer ``refused_by`` (noted, with since when)."""
+        path = self.directory / f"checkpoint-{self.shard_id}.json"
+        with self._writing:
+            try:
+                if refused_by is None:
+                    path.unlink(missing_ok=True)
+                    return
+                now = time.monotonic()
+                since = now
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    earlier = json.loads(path.read_text())
+                    if now - float(earlier["last"]) <= REFUSALS_APART_S:
+                        since = float(earlier["since"])
+                partial = self.directory / f".checkpoint-{self.pid}.json"
+                partial.write_text(json.dumps({"since": since, "last": now, "by": refused_by}))
+                partial.replace(path)
+            except OSError as error:
+                self._could_not(error)
 
     def heard(self) -> None:
         """The process runs (the report thread's beat): the note again, as it stands."""
@@ -224,6 +265,7 @@ def unanswered(
                 "of the shard): the daemon's reads of the stream fail (its warnings say why: "
                 "GetRecords not allowed, the stream unreachable) or it is stuck"
             )
+    reasons.extend(_refused_checkpoints(directory, running, stall_after_s, now))
     for path, death in dead:
         if not death.shard or death.shard in running:
             # Died before it started a shard, or the shard has a processor again.
@@ -235,4 +277,34 @@ def unanswered(
             reasons.append(
                 f"{death.said(now)}: the daemon starts no other, and exits 1 after its grace time"
             )
+    return reasons
+
+
+def _refused_checkpoints(
+    directory: Path, running: set[str], stall_after_s: float, now: float
+) -> list[str]:
+    """A reason for each shard with a processor here whose checkpoints have been refused
+    for ``stall_after_s``, the last refusal within :data:`REFUSALS_APART_S`."""
+    reasons = []
+    try:
+        notes = sorted(directory.glob("checkpoint-*.json"))
+    except OSError:
+        return []
+    for path in notes:
+        shard = path.stem.removeprefix("checkpoint-")
+        if shard not in running:
+            continue  # read elsewhere now, or between two processors
+        try:
+            note = json.loads(path.read_text())
+            since, last, by = float(note["since"]), float(note["last"]), str(note["by"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if now - last > REFUSALS_APART_S or last - since < stall_after_s:
+            continue
+        reasons.append(
+            f"the daemon has refused the checkpoints of shard {shard} for {last - since:.0f}s "
+            f"(last: {by}): the KCL cannot write its lease table (dynamodb:UpdateItem on it "
+            "not allowed, the table unreachable); each lease it loses meanwhile has the "
+            "shard read again from its last checkpoint"
+        )
     return reasons

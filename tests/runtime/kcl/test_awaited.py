@@ -204,6 +204,15 @@ def test_a_live_processor_passed_no_batch_past_the_limit_is_named(tmp_path: Path
     # A processor just started counts from its start.
     notes.started("shardId-7")
     assert unanswered(tmp_path, 300, now=time.monotonic() + 299) == []
+    # Told to stop or that its shard ended, it awaits no batch: a stop's flush, a lease
+    # handoff's wait, a shard's end held by a destination are not reads that fail.
+    notes.no_more_batches()
+    notes.answered()
+    assert not [
+        reason
+        for reason in unanswered(tmp_path, 300, now=time.monotonic() + 3600)
+        if "passed no batch" in reason
+    ]
 
 
 def test_a_limit_below_a_few_beats_does_not_name_a_processor_between_two(
@@ -281,23 +290,30 @@ def test_a_processor_that_finished_its_shard_leaves_no_note_and_writes_none_afte
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_processor_removes_its_note_when_it_finishes_and_leaves_it_when_killed(
-    moto_endpoint: str, unique: Any, tmp_path: Path
-) -> None:
-    """The real processor over the protocol, as the KCL runs it: a clean stop is no
-    death; a kill -9 leaves the note that names its shard."""
-    table = unique("noted")
-    create_table(client("dynamodb", "eu-west-1", moto_endpoint), table, stream=None)
+def noted_job(endpoint: str, table: str, tmp_path: Path) -> tuple[Path, Path]:
+    """A job writing ``table`` (created in eu-west-1) and the notes' directory for its
+    processors: (job file, directory)."""
+    create_table(client("dynamodb", "eu-west-1", endpoint), table, stream=None)
     config = tmp_path / "job.yaml"
     config.write_text(
-        "task_name: noted-test\n"
+        f"task_name: {table}\n"
         "source: {region: us-east-1, table: source-table}\n"
-        f"destinations: [{{region: eu-west-1, table: {table}, endpoint_url: '{moto_endpoint}'}}]\n"
+        f"destinations: [{{region: eu-west-1, table: {table}, endpoint_url: '{endpoint}'}}]\n"
         "metrics: {enabled: false}\n"
         "watermark: {enabled: false}\n"
     )
     notes = tmp_path / "awaited"
     notes.mkdir()
+    return config, notes
+
+
+def test_the_processor_removes_its_note_when_it_finishes_and_leaves_it_when_killed(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """The real processor over the protocol, as the KCL runs it: a clean stop is no
+    death; a kill -9 leaves the note that names its shard."""
+    config, _ = noted_job(moto_endpoint, unique("noted"), tmp_path)
+    notes = tmp_path / "awaited"
     # Each way the KCL ends a processor's shard: a stop, a lease gone, the shard's end.
     for shard, stop, checkpoints in [
         ("shardId-1", "shutdownRequested", []),
@@ -316,3 +332,90 @@ def test_the_processor_removes_its_note_when_it_finishes_and_leaves_it_when_kill
         killed.process.wait()
     (reason,) = unanswered(notes, 300)
     assert reason.startswith(f"the processor (pid {killed.process.pid}) of shard shardId-2 died")
+
+
+def _refusals(reasons: list[str]) -> list[str]:
+    return [reason for reason in reasons if "refused the checkpoints" in reason]
+
+
+def test_a_shards_checkpoints_refused_past_the_limit_are_named_across_its_processors(
+    tmp_path: Path,
+) -> None:
+    """The lease table not writable (dynamodb:UpdateItem left out of the policy): each
+    checkpoint was deferred, the KCL lost the lease and started another processor from
+    the last checkpoint, over and over, writing the same changes again, and /healthz said
+    ok. The refusals are noted per shard, across its processors, until one succeeds."""
+    first = AnswerNotes(tmp_path, os.getpid())
+    first.started("shardId-7")
+    first.checkpoint_result("KinesisClientLibDependencyException")
+    path = tmp_path / "checkpoint-shardId-7.json"
+    began = json.loads(path.read_text())["since"]
+    assert _refusals(unanswered(tmp_path, 300, now=began + 60)) == []
+    # The next processor of the shard (here: a note of this process again) is refused too.
+    path.write_text(json.dumps({**json.loads(path.read_text()), "last": began + 290}))
+    second = AnswerNotes(tmp_path, os.getpid())
+    second.started("shardId-7")
+    second.checkpoint_result("ThrottlingException")
+    noted = json.loads(path.read_text())
+    assert noted["since"] == began and noted["by"] == "ThrottlingException"
+    last = noted["last"]
+    assert _refusals(unanswered(tmp_path, last - began + 1, now=last)) == []
+    (reason,) = _refusals(unanswered(tmp_path, last - began, now=last))
+    assert reason.startswith(
+        f"the daemon has refused the checkpoints of shard shardId-7 for {last - began:.0f}s "
+        "(last: ThrottlingException): the KCL cannot write its lease table "
+        "(dynamodb:UpdateItem on it not allowed"
+    )
+    # Said only while a processor of the shard runs here, and the last refusal is recent.
+    assert _refusals(unanswered(tmp_path, 0, now=last + 121)) == []
+    second.ended()
+    assert _refusals(unanswered(tmp_path, 0, now=last)) == []
+    # A checkpoint taken ends the spell.
+    third = AnswerNotes(tmp_path, os.getpid())
+    third.started("shardId-7")
+    third.checkpoint_result(None)
+    assert not path.exists()
+
+
+def test_refusals_further_apart_than_two_minutes_begin_a_new_spell(tmp_path: Path) -> None:
+    notes = AnswerNotes(tmp_path, os.getpid())
+    notes.started("shardId-7")
+    path = tmp_path / "checkpoint-shardId-7.json"
+    now = time.monotonic()
+    path.write_text(json.dumps({"since": now - 3600, "last": now - 121, "by": "x"}))
+    notes.checkpoint_result("KinesisClientLibDependencyException")
+    assert json.loads(path.read_text())["since"] >= now
+    path.write_text(json.dumps({"since": now - 3600, "last": now - 100, "by": "x"}))
+    notes.checkpoint_result("KinesisClientLibDependencyException")
+    assert json.loads(path.read_text())["since"] == now - 3600
+
+
+def test_the_processor_notes_a_deferred_checkpoint_and_clears_it_with_the_next_taken(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """The real processor over the protocol: a checkpoint the daemon refuses on every
+    attempt is deferred and noted for the shard; the next batch's checkpoint, taken,
+    removes the note."""
+    from tests.support.records import put
+
+    table = unique("refused")
+    config, notes = noted_job(moto_endpoint, table, tmp_path)
+    refusals = notes / "checkpoint-shardId-5.json"
+    with RawDaemon(config, env={ENV: str(notes)}) as daemon:
+        assert daemon.initialize("shardId-5", "TRIM_HORIZON") == []
+        batch = {"action": "processRecords", "millisBehindLatest": 0, "records": []}
+        put_a = {"action": "record", **put("a", 101)}
+        assert daemon.act({**batch, "records": [put_a]}) == []
+        destination = client("dynamodb", "eu-west-1", moto_endpoint)
+        wait_until(
+            lambda: "Item" in destination.get_item(TableName=table, Key={"pk": {"S": "a"}}),
+            30,
+            "the put applied",
+        )
+        refused = daemon.act(batch, checkpoint_error="KinesisClientLibDependencyException")
+        assert refused == ["101"] * 5  # every attempt refused: deferred to the next batch
+        assert json.loads(refusals.read_text())["by"] == "KinesisClientLibDependencyException"
+        assert daemon.act(batch) == ["101"]
+        assert not refusals.exists()
+        assert daemon.act({"action": "shutdownRequested"}) == []
+        assert daemon.finish() == 0

@@ -659,7 +659,9 @@ def started_at(pid: int) -> float | None:
 
 
 class StandIn:
-    def __init__(self, kinesis_job: dict[str, Any], tmp_path: Path, mode: str) -> None:
+    def __init__(
+        self, kinesis_job: dict[str, Any], tmp_path: Path, mode: str, kcl: str = ""
+    ) -> None:
         script = tmp_path / "java"
         script.write_text(STAND_IN_DAEMON.format(python=sys.executable))
         script.chmod(0o755)
@@ -667,7 +669,7 @@ class StandIn:
         self.job = write_job(
             tmp_path / "job.yaml",
             **kinesis_job,
-            kcl=f", java: {script}, jars_dir: {jars}, worker_id: stand-in",
+            kcl=f", java: {script}, jars_dir: {jars}, worker_id: stand-in{kcl}",
         )
         self.record_path = tmp_path / "record.json"
         self.log = tmp_path / "run.log"
@@ -708,8 +710,8 @@ class StandIn:
 def stand_in(kinesis_job: dict[str, Any], tmp_path: Path) -> Any:
     started: list[StandIn] = []
 
-    def start(mode: str) -> StandIn:
-        started.append(StandIn(kinesis_job, tmp_path, mode))
+    def start(mode: str, kcl: str = "") -> StandIn:
+        started.append(StandIn(kinesis_job, tmp_path, mode, kcl))
         return started[-1]
 
     yield start
@@ -1096,6 +1098,29 @@ def test_health_names_each_processor_the_kcl_passes_no_batch(stand_in: Any) -> N
         )
         for reason in found
     )
+    run.process.send_signal(signal.SIGTERM)
+    assert run.process.wait(30) == 0, run.log.read_text()[-2000:]
+
+
+def test_a_processor_passed_no_batch_within_three_idle_reads_is_not_named(stand_in: Any) -> None:
+    """The daemon reads an idle shard every kcl.idle_time_between_reads_ms: with reads 10
+    minutes apart, a processor passed no batch for 1000 s (under three of them) is not
+    one whose reads fail."""
+    run = stand_in("unread", ", idle_time_between_reads_ms: 600000")
+    record = run.record()
+    port = logged_metrics_port(run.log)
+    awaited = Path(record["awaited"])
+    wait_until(
+        lambda: all(
+            (awaited / f"{pid}.json").exists()
+            and json.loads((awaited / f"{pid}.json").read_text())["batch_at"] is not None
+            for pid in record["children"]
+        ),
+        30,
+        "both processors' notes",
+    )
+    status, body = health(port)
+    assert (status, body["reasons"]) == (200, []), body
     run.process.send_signal(signal.SIGTERM)
     assert run.process.wait(30) == 0, run.log.read_text()[-2000:]
 
