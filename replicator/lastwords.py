@@ -12,22 +12,32 @@ module.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 ENV = "REPLICATOR_LAST_WORDS"
 
 _lock = threading.Lock()
 _left: list[str] = []
+_also: list[Callable[[str], object]] = []
+
+
+def tell_also(hook: Callable[[str], object]) -> None:
+    """Have ``hook`` told the reason too: under the KCL the daemon, not a runtime of ours,
+    starts the processors, and the launcher reads a processor's reason from its note
+    (replicator/runtime/kcl/awaited.py)."""
+    _also.append(hook)
 
 
 def leave(reason: str, exit_code: int | None = None) -> None:
-    """Write ``reason`` (and the CLI's ``exit_code`` for it) where the runtime asked
-    (nothing when it did not ask)."""
+    """Write ``reason`` (and the CLI's ``exit_code`` for it) where the runtime asked, and
+    tell the hooks (nothing when neither asked)."""
     path = os.environ.get(ENV)
-    if not path:
+    if not path and not _also:
         return
     # Several writer threads may fail at once, each about to end the process: the first
     # one's words are kept whole (written aside, then renamed into place), and the others
@@ -36,12 +46,16 @@ def leave(reason: str, exit_code: int | None = None) -> None:
         if _left:
             return
         _left.append(reason)
-        try:
-            with open(path + ".tmp", "w", encoding="utf-8") as file:
-                file.write(json.dumps({"reason": reason[:2000], "exit_code": exit_code}))
-            os.replace(path + ".tmp", path)
-        except OSError:
-            pass  # only an explanation: the exit itself must happen
+        if path:
+            try:
+                with open(path + ".tmp", "w", encoding="utf-8") as file:
+                    file.write(json.dumps({"reason": reason[:2000], "exit_code": exit_code}))
+                os.replace(path + ".tmp", path)
+            except OSError:
+                pass  # only an explanation: the exit itself must happen
+        for hook in _also:
+            with contextlib.suppress(Exception):  # likewise
+                hook(reason)
 
 
 def read(path: Path) -> tuple[str, int | None]:

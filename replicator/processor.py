@@ -811,6 +811,8 @@ def serve_daemon(resolved: Any) -> NoReturn:
         )
 
     notes = AnswerNotes.from_environment()
+    if notes is not None:
+        lastwords.tell_also(notes.last_words)
     worker_id = worker_id_from_environment()
     fence = None
     if worker_id is not None:

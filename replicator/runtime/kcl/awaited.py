@@ -77,6 +77,7 @@ class AnswerNotes:
     shard_id: str = ""
     _since: float | None = field(default=None, init=False)
     _batch_at: float | None = field(default=None, init=False)  # the last batch passed or answered
+    _last_words: str = field(default="", init=False)  # why it is exiting on an error
     _start_ticks: int | None = field(default=None, init=False)
     _failed: bool = field(default=False, init=False)
     _ended: bool = field(default=False, init=False)
@@ -104,6 +105,12 @@ class AnswerNotes:
 
     def received(self) -> None:
         self._since = self._batch_at = time.monotonic()
+        self._write()
+
+    def last_words(self, reason: str) -> None:
+        """The processor exits on an error: its note keeps why, for the launcher's line
+        naming its death (without it: "killed, or it exited on an error")."""
+        self._last_words = reason[:1000]
         self._write()
 
     def no_more_batches(self) -> None:
@@ -161,6 +168,7 @@ class AnswerNotes:
                 "shard": self.shard_id,
                 "since": self._since,
                 "batch_at": self._batch_at,
+                **({"last_words": self._last_words} if self._last_words else {}),
                 "heard": time.monotonic(),
                 "started": self._start_ticks,
             }
@@ -195,8 +203,15 @@ class Death:
     pid: int
     shard: str
     heard: float  # its last beat, time.monotonic()
+    last_words: str = ""  # the reason it gave, exiting on an error
 
     def said(self, now: float) -> str:
+        if self.last_words:
+            return (
+                f"the processor (pid {self.pid}) of shard {self.shard} exited on an error "
+                f"without finishing its shard: {self.last_words} (last heard from "
+                f"{now - self.heard:.0f}s ago)"
+            )
         return (
             f"the processor (pid {self.pid}) of shard {self.shard} died without finishing its "
             f"shard (killed, or it exited on an error; last heard from {now - self.heard:.0f}s "
@@ -242,7 +257,8 @@ def unanswered(
         started = start_time(pid)
         if started is None or started != note.get("started"):
             # The processor is gone (its pid may be in use again by another process).
-            dead.append((path, Death(pid, shard, heard)))
+            words = note.get("last_words")
+            dead.append((path, Death(pid, shard, heard, words if isinstance(words, str) else "")))
             continue
         running.add(shard)
         silent_s = now - heard

@@ -257,6 +257,10 @@ def test_a_shard_whose_processor_died_is_named_at_once_until_one_takes_it_again(
         "(killed, or it exited on an error; last heard from 21s ago)"
     )
     assert unanswered(tmp_path, 300, now=1001.0) == [expected]  # until the shard runs
+    assert Death(pid, "shardId-7", 1000.0, "a reason").said(1021.0) == (
+        f"the processor (pid {pid}) of shard shardId-7 exited on an error without finishing "
+        "its shard: a reason (last heard from 21s ago)"
+    )
     this_processors_note(tmp_path, since=None, heard=1350.0)  # a processor of shardId-7
     assert unanswered(tmp_path, 300, now=1351.0) == []
     assert not dead.exists()
@@ -419,3 +423,31 @@ def test_the_processor_notes_a_deferred_checkpoint_and_clears_it_with_the_next_t
         assert not refusals.exists()
         assert daemon.act({"action": "shutdownRequested"}) == []
         assert daemon.finish() == 0
+
+
+def test_a_processor_that_exits_on_an_error_is_named_with_its_reason(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """A processor that stopped on an error (a dead letter it could not store: sqs
+    SendMessage not allowed) was named "killed, or it exited on an error" in /healthz and
+    the run's last line, its reason only in a log line long before. Its note keeps the
+    reason it gives as it exits."""
+    config, notes = noted_job(moto_endpoint, unique("worded"), tmp_path)
+    with RawDaemon(config, env={ENV: str(notes)}) as daemon:
+        assert daemon.initialize("shardId-8", "TRIM_HORIZON") == []
+        daemon.write(
+            {
+                "action": "initialize",
+                "shardId": "shardId-9",
+                "sequenceNumber": "TRIM_HORIZON",
+                "subSequenceNumber": 0,
+            }
+        )
+        assert daemon.exit_code() == 1
+    (reason,) = unanswered(notes, 300)
+    assert reason.startswith(
+        f"the processor (pid {daemon.process.pid}) of shard shardId-8 exited on an error "
+        "without finishing its shard: initialize failed: ProtocolViolation: the daemon sent a "
+        "second initialize (shard shardId-9) "
+        "to the processor of shard shardId-8 (last heard from "
+    ), reason
