@@ -134,7 +134,11 @@ class Checkpoints:
         self.backoff = backoff or Backoff(base_s=0.2, cap_s=5.0)
         self.sleep = sleep
         self.last: str | None = None
-        self.deferred_by: str | None = None  # the daemon's answer when the last was deferred
+        # Told each checkpoint's outcome: None once taken, else the daemon's answer, once
+        # per ``attempts`` refusals in a row (a deferred one, and a required one retried
+        # for ever at a shard's end or a stop): /healthz names refusals that last
+        # (replicator/runtime/kcl/awaited.py).
+        self.on_result: Callable[[str | None], object] | None = None
 
     def moves(self, sequence_number: str | None) -> bool:
         """Whether a checkpoint at ``sequence_number`` would be past the last one."""
@@ -171,8 +175,9 @@ class Checkpoints:
                         f"{sequence_number or 'SHARD_END'}: {value}"
                     ) from None
                 attempt += 1
+                if attempt % self.attempts == 0 and self.on_result is not None:
+                    self.on_result(value)
                 if not required and attempt >= self.attempts:
-                    self.deferred_by = value
                     log.warning(
                         "checkpoint deferred to the next batch",
                         shard=self.shard_id,
@@ -182,7 +187,9 @@ class Checkpoints:
                     return False
                 self.sleep(self.backoff.delay(attempt))
                 continue
-            self.last, self.deferred_by = sequence_number, None
+            self.last = sequence_number
+            if self.on_result is not None:
+                self.on_result(None)
             self.metrics.checkpoints.inc()
             self.metrics.last_checkpoint.labels(self.shard_id).set(time.time())
             log.debug("checkpointed", shard=self.shard_id, sequence_number=sequence_number)

@@ -173,6 +173,8 @@ class ReplicationProcessor:
             self._notes.started(shard_id)
         self.intake = self._build(shard_id)
         self.checkpoints = Checkpoints(self.metrics, shard_id)
+        if self._notes is not None:
+            self.checkpoints.on_result = self._notes.checkpoint_result
         start = initialize_input.sequence_number
         self.checkpoints.last = start if isinstance(start, str) and start.isdigit() else None
         log.info(
@@ -420,9 +422,7 @@ class ReplicationProcessor:
         # The writes the checkpoint passes are counted in the shared metrics first: a
         # process killed after it is not read again, and would take their counts along.
         pipeline.count_applied()
-        written = checkpoints.write(checkpointer, position, required=False)
-        if self._notes is not None:
-            self._notes.checkpoint_result(None if written else checkpoints.deferred_by)
+        checkpoints.write(checkpointer, position, required=False)
 
     def _store_watermark_at_end(self, intake: ShardIntake) -> None:
         """At the shard's end, wait until the watermark's dead-letter ranges and unread

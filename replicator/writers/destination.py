@@ -197,6 +197,7 @@ class _Seen:
 
     successes: int
     tombstone_answers: int
+    kind: str | None  # the refused write's kind (``_KIND_OF_OPERATION``), None: any write
 
 
 @dataclass(frozen=True)
@@ -518,6 +519,7 @@ class DestinationWriter:
         attempt = 0
         denials = 0
         successes_at_first_denial: int | None = None
+        denied_kind: str | None = None  # the kind of write that count is of
         schema_refusals = 0
         streak = 0  # this change's refusals in a row, no success at the destination between
         seen_then: _Seen | None = None
@@ -585,8 +587,9 @@ class DestinationWriter:
                     # A missing table is no item's own (see _ITEM_DENIALS_BEFORE_DEAD_LETTER).
                     if kind is ErrorKind.DENIED and not isinstance(error, TombstoneTableError):
                         denials += 1
-                        if successes_at_first_denial is None:
+                        if successes_at_first_denial is None or denied_kind != seen_then.kind:
                             successes_at_first_denial = seen_then.successes
+                            denied_kind = seen_then.kind
                         elif (
                             seen_then.successes > successes_at_first_denial
                             and denials >= _ITEM_DENIALS_BEFORE_DEAD_LETTER
@@ -703,7 +706,7 @@ class DestinationWriter:
             if self.rule.reads_existing:
                 existing = self._read(change)
                 if _holds_one_of(state.in_doubt, existing):
-                    return self._own_write_found(change, state)
+                    return self._own_write_found(change, state, existing)
             first, state.first = state.first, None
             plan = first.request if first else state.request or self._plan(change, existing)
             if isinstance(plan, Skip):
@@ -769,15 +772,17 @@ class DestinationWriter:
                         )
             return self._applied(change, state, plan.op)
 
-    def _own_write_found(self, change: Change, state: _Attempts) -> WriteResult:
+    def _own_write_found(self, change: Change, state: _Attempts, found: Item | None) -> WriteResult:
         """A rule that reads first found (by a read, or in a failed condition's answer)
         what one of its writes sent without an answer leaves there: that write landed. The
         write is the rule's (a custom resolver's item, not necessarily the change's image),
         so its outcome, not the change's, is what is compared; asked again, the resolver
         would judge the item it wrote itself, and keeping it would record a lost conflict
-        against our own write."""
+        against our own write. The success counted is that write's kind (``found``:
+        the item it leaves there), which need not be the change's."""
         self.metrics.retries.labels(self.label, "already_applied").inc()
-        return self._applied(change, state)
+        landed = next((sent.op for sent in state.in_doubt if holds_write(sent, found)), None)
+        return self._applied(change, state, landed)
 
     def _noting_removals(self, change: Change, request: WriteRequest) -> Removals | None:
         """:attr:`removals`, told of ``request`` about to be sent, when it is a delete that
@@ -856,7 +861,7 @@ class DestinationWriter:
         op = change.event.op
         if self.rule.reads_existing:
             if _holds_one_of(state.in_doubt, old):
-                return self._own_write_found(change, state)
+                return self._own_write_found(change, state, old)
             state.optimistic_conflicts += 1
             self.metrics.retries.labels(self.label, "optimistic_conflict").inc()
             if state.optimistic_conflicts >= self.max_optimistic_attempts:
@@ -1272,12 +1277,15 @@ class DestinationWriter:
         kind = _KIND_OF_OPERATION.get(getattr(error, "operation_name", ""))
         with self._lock:
             successes = self._successes if kind is None else self._successes_of[kind]
-        seen = _Seen(successes, self.tombstones.answered if self.tombstones is not None else 0)
+        answers = self.tombstones.answered if self.tombstones is not None else 0
+        seen = _Seen(successes, answers, kind)
         if seen_then is not None:
             if isinstance(error, TombstoneTableError):
                 moved = seen.tombstone_answers != seen_then.tombstone_answers
             else:
-                moved = seen.successes != seen_then.successes
+                # A refusal of another kind than the last counts on: no success of its
+                # kind is known since (the counts compared would be of two kinds).
+                moved = seen.kind == seen_then.kind and seen.successes != seen_then.successes
             if moved:
                 streak = 0
         return streak + 1, seen

@@ -145,7 +145,8 @@ class AnswerNotes:
                 partial.write_text(json.dumps({"since": since, "last": now, "by": refused_by}))
                 partial.replace(path)
             except OSError as error:
-                self._could_not(error)
+                # A note of refusals left as it was could name a shard taken since: gone.
+                self._could_not(error, path)
 
     def heard(self) -> None:
         """The process runs (the report thread's beat): the note again, as it stands."""
@@ -179,12 +180,13 @@ class AnswerNotes:
             except OSError as error:
                 self._could_not(error)
 
-    def _could_not(self, error: OSError) -> None:
+    def _could_not(self, error: OSError, path: Path | None = None) -> None:
         """Replication goes on without the note (it only feeds /healthz). A note left as
-        it was could say a batch answered since is still held, so it is removed: health
-        then sees nothing of this processor until a later note is written. Said once."""
+        it was could say a batch answered since is still held, so it is removed (``path``,
+        by default this processor's): health then sees nothing of it until a later note is
+        written. Said once."""
         with contextlib.suppress(OSError):
-            self.path.unlink(missing_ok=True)
+            (path or self.path).unlink(missing_ok=True)
         if not self._failed:
             self._failed = True
             log.warning(
@@ -317,10 +319,15 @@ def _refused_checkpoints(
             continue
         if now - last > REFUSALS_APART_S or last - since < stall_after_s:
             continue
+        why = (
+            "the lease table is throttled (raise its capacity, or make it PAY_PER_REQUEST)"
+            if by == "ThrottlingException"
+            else "the KCL cannot write its lease table (dynamodb:UpdateItem on it not "
+            "allowed, the table unreachable)"
+        )
         reasons.append(
             f"the daemon has refused the checkpoints of shard {shard} for {last - since:.0f}s "
-            f"(last: {by}): the KCL cannot write its lease table (dynamodb:UpdateItem on it "
-            "not allowed, the table unreachable); each lease it loses meanwhile has the "
-            "shard read again from its last checkpoint"
+            f"(last: {by}): {why}; each lease it loses meanwhile has the shard read again "
+            "from its last checkpoint"
         )
     return reasons

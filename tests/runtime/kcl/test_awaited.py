@@ -206,13 +206,14 @@ def test_a_live_processor_passed_no_batch_past_the_limit_is_named(tmp_path: Path
     assert unanswered(tmp_path, 300, now=time.monotonic() + 299) == []
     # Told to stop or that its shard ended, it awaits no batch: a stop's flush, a lease
     # handoff's wait, a shard's end held by a destination are not reads that fail.
+    later = time.monotonic() + 3600
+    heard_later = {**note_of(tmp_path, os.getpid()), "heard": later}
+    notes.path.write_text(json.dumps(heard_later))
+    assert len(unanswered(tmp_path, 300, now=later)) == 1
     notes.no_more_batches()
     notes.answered()
-    assert not [
-        reason
-        for reason in unanswered(tmp_path, 300, now=time.monotonic() + 3600)
-        if "passed no batch" in reason
-    ]
+    notes.path.write_text(json.dumps({**note_of(tmp_path, os.getpid()), "heard": later}))
+    assert unanswered(tmp_path, 300, now=later) == []
 
 
 def test_a_limit_below_a_few_beats_does_not_name_a_processor_between_two(
@@ -359,17 +360,22 @@ def test_a_shards_checkpoints_refused_past_the_limit_are_named_across_its_proces
     path.write_text(json.dumps({**json.loads(path.read_text()), "last": began + 290}))
     second = AnswerNotes(tmp_path, os.getpid())
     second.started("shardId-7")
-    second.checkpoint_result("ThrottlingException")
+    second.checkpoint_result("KinesisClientLibDependencyException")
     noted = json.loads(path.read_text())
-    assert noted["since"] == began and noted["by"] == "ThrottlingException"
+    assert noted["since"] == began and noted["by"] == "KinesisClientLibDependencyException"
     last = noted["last"]
     assert _refusals(unanswered(tmp_path, last - began + 1, now=last)) == []
     (reason,) = _refusals(unanswered(tmp_path, last - began, now=last))
     assert reason.startswith(
         f"the daemon has refused the checkpoints of shard shardId-7 for {last - began:.0f}s "
-        "(last: ThrottlingException): the KCL cannot write its lease table "
+        "(last: KinesisClientLibDependencyException): the KCL cannot write its lease table "
         "(dynamodb:UpdateItem on it not allowed"
     )
+    # Throttled, the lease table wants capacity, not a policy.
+    second.checkpoint_result("ThrottlingException")
+    last = json.loads(path.read_text())["last"]
+    (reason,) = _refusals(unanswered(tmp_path, last - began, now=last))
+    assert "(last: ThrottlingException): the lease table is throttled (raise its" in reason
     # Said only while a processor of the shard runs here, and the last refusal is recent.
     assert _refusals(unanswered(tmp_path, 0, now=last + 121)) == []
     second.ended()
@@ -451,3 +457,71 @@ def test_a_processor_that_exits_on_an_error_is_named_with_its_reason(
         "second initialize (shard shardId-9) "
         "to the processor of shard shardId-8 (last heard from "
     ), reason
+
+
+def test_a_processor_told_to_stop_or_that_its_shard_ended_awaits_no_batch(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """The real processor over the protocol: after a stop, a lease lost or the shard's end
+    the KCL passes no batch, and the note says none is awaited (a stop's flush, a lease
+    handoff's wait, a shard end held by a destination were named as failing reads)."""
+    config, notes = noted_job(moto_endpoint, unique("stopped"), tmp_path)
+    for stop, checkpoints in [
+        ("shutdownRequested", []),
+        ("leaseLost", []),
+        ("shardEnded", [None]),
+    ]:
+        with RawDaemon(config, env={ENV: str(notes)}) as daemon:
+            assert daemon.initialize("shardId-6", "TRIM_HORIZON") == []
+            assert note_of(notes, daemon.process.pid)["batch_at"] is not None
+            assert daemon.act({"action": stop}) == checkpoints
+            # Answered, the protocol still open: the note stands until the process ends.
+            assert note_of(notes, daemon.process.pid)["batch_at"] is None, stop
+            assert daemon.finish() == 0
+
+
+def test_a_fenced_processors_batches_count_as_passed(tmp_path: Path) -> None:
+    """A processor that found its lease taken drops the batches it is still passed: they
+    are batches all the same, the shard being read."""
+    notes = AnswerNotes(tmp_path, os.getpid())
+    exits: list[int] = []
+    processor = started_processor(EmptyReadIntake(), notes, exits)
+    try:
+        before = note_of(tmp_path, os.getpid())["batch_at"]
+        processor._lease_lost = True
+        messages.ProcessRecordsInput(
+            {"action": "processRecords", "millisBehindLatest": 0, "records": []}
+        ).dispatch(object(), processor)
+        assert note_of(tmp_path, os.getpid())["batch_at"] > before
+    finally:
+        processor.close()
+
+
+class _RefusedCheckpoint(Exception):
+    def __init__(self, value: str) -> None:
+        super().__init__(value)
+        self.value = value
+
+
+def test_checkpoints_refused_are_told_once_per_round_of_attempts_also_when_required() -> None:
+    """A shard's end (or a stop) retries its checkpoint for ever: its refusals are told
+    too, as a deferred checkpoint's are, and the one taken at last clears them."""
+    from replicator.checkpoint import Checkpoints
+
+    refusals = iter(["ThrottlingException"] * 12)
+    told: list[str | None] = []
+
+    class Checkpointer:
+        def checkpoint(self, sequence_number: str | None) -> None:
+            value = next(refusals, None)
+            if value is not None:
+                raise _RefusedCheckpoint(value)
+
+    checkpoints = Checkpoints(Metrics(), "shardId-7", sleep=lambda _s: None)
+    checkpoints.on_result = told.append
+    assert checkpoints.write(Checkpointer(), None, required=True)
+    assert told == ["ThrottlingException", "ThrottlingException", None]  # 5, 10, taken
+    told.clear()
+    refusals = iter(["KinesisClientLibDependencyException"] * 5)
+    assert not checkpoints.write(Checkpointer(), "12", required=False)
+    assert told == ["KinesisClientLibDependencyException"]
