@@ -717,8 +717,8 @@ class ShardPipeline:
                     / 1_000_000
                     for entry, change in zip(entries, changes, strict=True)
                 ]
-                delays[label] = writer.applied_elsewhere(changes, since)
                 deletes[label] = sum(change.event is Event.REMOVE for change in changes)
+                delays[label] = writer.applied_elsewhere(changes, since, deletes[label])
                 if self.watermark is not None:
                     self.watermark.applied(label, changes)
             with self._cond:

@@ -469,13 +469,18 @@ class DestinationWriter:
         return self.tombstones is None and not self.rule.reads_existing
 
     def applied_elsewhere(
-        self, changes: Sequence[Change], since_s: Sequence[float] | None = None
+        self,
+        changes: Sequence[Change],
+        since_s: Sequence[float] | None = None,
+        deletes: int | None = None,
     ) -> list[float]:
         """The first requests, sent elsewhere, applied ``changes`` (:attr:`settled_by_success`):
         note the successes and return the apply delays (from ``since_s``, each change's
         earliest replaced change as in :meth:`write`, else from their creation); the caller
-        counts the writes and observes the delays (in batches)."""
-        deletes = sum(change.event is Event.REMOVE for change in changes)
+        counts the writes and observes the delays (in batches). ``deletes``: how many of
+        ``changes`` are deletes, when the caller has counted them."""
+        if deletes is None:
+            deletes = sum(change.event is Event.REMOVE for change in changes)
         self._note_success("delete", deletes)
         self._note_success("put", len(changes) - deletes)
         now = self.clock()
