@@ -32,8 +32,8 @@ lease, starts another processor for the shard from the last checkpoint, and the 
 goes on, writing the same changes again, while every processor looks healthy. So the
 refusals are noted per shard (``checkpoint-<shard>.json``), outliving the processors
 that made them, since when and the last answer, and a success removes the note; the
-launcher names a shard whose checkpoints have been refused for ``stall_after_s`` while a
-processor of it runs here and the last refusal is recent.
+launcher names a shard whose checkpoints have been refused for ``stall_after_s`` while the
+last refusal is recent (two minutes), between its processors too.
 """
 
 from __future__ import annotations
@@ -283,7 +283,7 @@ def unanswered(
                 "of the shard): the daemon's reads of the stream fail (its warnings say why: "
                 "GetRecords not allowed, the stream unreachable) or it is stuck"
             )
-    reasons.extend(_refused_checkpoints(directory, running, stall_after_s, now))
+    reasons.extend(_refused_checkpoints(directory, stall_after_s, now))
     for path, death in dead:
         if not death.shard or death.shard in running:
             # Died before it started a shard, or the shard has a processor again.
@@ -298,11 +298,12 @@ def unanswered(
     return reasons
 
 
-def _refused_checkpoints(
-    directory: Path, running: set[str], stall_after_s: float, now: float
-) -> list[str]:
-    """A reason for each shard with a processor here whose checkpoints have been refused
-    for ``stall_after_s``, the last refusal within :data:`REFUSALS_APART_S`."""
+def _refused_checkpoints(directory: Path, stall_after_s: float, now: float) -> list[str]:
+    """A reason for each shard whose checkpoints have been refused for ``stall_after_s``,
+    the last refusal within :data:`REFUSALS_APART_S`: also between two of its processors
+    (the KCL, losing the lease, starts the next some seconds later; named only while one
+    runs, the shard was healthy two thirds of the time, and a probe that wants three
+    failures in a row never saw it unhealthy)."""
     reasons = []
     try:
         notes = sorted(directory.glob("checkpoint-*.json"))
@@ -310,8 +311,6 @@ def _refused_checkpoints(
         return []
     for path in notes:
         shard = path.stem.removeprefix("checkpoint-")
-        if shard not in running:
-            continue  # read elsewhere now, or between two processors
         try:
             note = json.loads(path.read_text())
             since, last, by = float(note["since"]), float(note["last"]), str(note["by"])

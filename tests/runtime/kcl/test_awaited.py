@@ -376,10 +376,13 @@ def test_a_shards_checkpoints_refused_past_the_limit_are_named_across_its_proces
     last = json.loads(path.read_text())["last"]
     (reason,) = _refusals(unanswered(tmp_path, last - began, now=last))
     assert "(last: ThrottlingException): the lease table is throttled (raise its" in reason
-    # Said only while a processor of the shard runs here, and the last refusal is recent.
-    assert _refusals(unanswered(tmp_path, 0, now=last + 121)) == []
+    # Said while the last refusal is recent: between two processors of the shard too (the
+    # KCL starts the next some seconds after a lease lost; named only while one ran, the
+    # shard was unhealthy a third of the time, and a probe wanting three failures in a row
+    # never saw it).
     second.ended()
-    assert _refusals(unanswered(tmp_path, 0, now=last)) == []
+    assert len(_refusals(unanswered(tmp_path, 0, now=last + 120))) == 1
+    assert _refusals(unanswered(tmp_path, 0, now=last + 121)) == []
     # A checkpoint taken ends the spell.
     third = AnswerNotes(tmp_path, os.getpid())
     third.started("shardId-7")
