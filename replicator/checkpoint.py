@@ -146,6 +146,16 @@ class Checkpoints:
             return False
         return self.last is None or int(sequence_number) > int(self.last)
 
+    def _tell(self, outcome: str | None) -> None:
+        """``on_result``, which only feeds /healthz: its failure must not fail a checkpoint
+        taken or change how a refused one is retried."""
+        if self.on_result is None:
+            return
+        try:
+            self.on_result(outcome)
+        except Exception as error:  # noqa: BLE001  # said, and the checkpoint goes on
+            log.warning("a checkpoint's outcome could not be noted", error=str(error))
+
     def write(
         self, checkpointer: DaemonCheckpointer, sequence_number: str | None, *, required: bool
     ) -> bool:
@@ -175,8 +185,8 @@ class Checkpoints:
                         f"{sequence_number or 'SHARD_END'}: {value}"
                     ) from None
                 attempt += 1
-                if attempt % self.attempts == 0 and self.on_result is not None:
-                    self.on_result(value)
+                if attempt % self.attempts == 0:
+                    self._tell(value)
                 if not required and attempt >= self.attempts:
                     log.warning(
                         "checkpoint deferred to the next batch",
@@ -188,10 +198,9 @@ class Checkpoints:
                 self.sleep(self.backoff.delay(attempt))
                 continue
             self.last = sequence_number
-            if self.on_result is not None:
-                self.on_result(None)
             self.metrics.checkpoints.inc()
             self.metrics.last_checkpoint.labels(self.shard_id).set(time.time())
+            self._tell(None)
             log.debug("checkpointed", shard=self.shard_id, sequence_number=sequence_number)
             return True
 

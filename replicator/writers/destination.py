@@ -593,8 +593,10 @@ class DestinationWriter:
                     if kind is ErrorKind.DENIED and not isinstance(error, TombstoneTableError):
                         denials += 1
                         if successes_at_first_denial is None or denied_kind != seen_then.kind:
+                            # Counted again for this kind: its count is the one compared.
                             successes_at_first_denial = seen_then.successes
                             denied_kind = seen_then.kind
+                            denials = 1
                         elif (
                             seen_then.successes > successes_at_first_denial
                             and denials >= _ITEM_DENIALS_BEFORE_DEAD_LETTER

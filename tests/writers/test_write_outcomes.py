@@ -1328,6 +1328,36 @@ def test_puts_denied_while_deletes_succeed_stop_the_worker_not_dead_lettered(
     assert table.deletes == writer.refusal_limit - 1  # one between each two of the put's
 
 
+def _denied(operation: str) -> ClientError:
+    return ClientError(
+        {
+            "Error": {"Code": "AccessDeniedException", "Message": "not authorized"},
+            "ResponseMetadata": {"HTTPStatusCode": 400},
+        },
+        operation,  # type: ignore[arg-type]
+    )
+
+
+def test_a_refusal_streak_starts_again_only_with_a_success_of_its_kind(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    """A put's refusals count on while deletes succeed, start again once a put succeeds;
+    a refusal of another kind (a rule's read) counts on rather than comparing the counts
+    of two kinds."""
+    writer = writer_for(_PutsDeniedClient(), tmp_path, metrics)
+    streak, seen = writer._note_refusal(_denied("PutItem"), 0, None)
+    assert (streak, seen.kind) == (1, "put")
+    writer._note_success("delete", 3)
+    streak, seen = writer._note_refusal(_denied("PutItem"), streak, seen)
+    assert streak == 2
+    writer._note_success("put")
+    streak, seen = writer._note_refusal(_denied("PutItem"), streak, seen)
+    assert streak == 1
+    writer._note_success("put")
+    streak, seen = writer._note_refusal(_denied("GetItem"), streak, seen)
+    assert (streak, seen.kind) == (2, None)  # no success of a read's kind is known
+
+
 def test_a_table_missing_is_told_lost_only_after_it_accepted_writes(
     tmp_path: Path, metrics: Metrics
 ) -> None:

@@ -33,7 +33,8 @@ goes on, writing the same changes again, while every processor looks healthy. So
 refusals are noted per shard (``checkpoint-<shard>.json``), outliving the processors
 that made them, since when and the last answer, and a success removes the note; the
 launcher names a shard whose checkpoints have been refused for ``stall_after_s`` while the
-last refusal is recent (two minutes), between its processors too.
+last refusal is recent (two minutes), between its processors too (until its lease could
+have expired).
 """
 
 from __future__ import annotations
@@ -227,6 +228,7 @@ def unanswered(
     now: float | None = None,
     on_death: Callable[[Death], object] | None = None,
     reads_every_s: float = 0.0,
+    failover_s: float = 60.0,
 ) -> list[str]:
     """The launcher's side: a reason for each live processor that has held a
     ``processRecords`` for ``stall_after_s`` or longer, or not written its note for as
@@ -283,7 +285,7 @@ def unanswered(
                 "of the shard): the daemon's reads of the stream fail (its warnings say why: "
                 "GetRecords not allowed, the stream unreachable) or it is stuck"
             )
-    reasons.extend(_refused_checkpoints(directory, stall_after_s, now))
+    reasons.extend(_refused_checkpoints(directory, running, stall_after_s, now, failover_s))
     for path, death in dead:
         if not death.shard or death.shard in running:
             # Died before it started a shard, or the shard has a processor again.
@@ -298,12 +300,16 @@ def unanswered(
     return reasons
 
 
-def _refused_checkpoints(directory: Path, stall_after_s: float, now: float) -> list[str]:
+def _refused_checkpoints(
+    directory: Path, running: set[str], stall_after_s: float, now: float, failover_s: float
+) -> list[str]:
     """A reason for each shard whose checkpoints have been refused for ``stall_after_s``,
-    the last refusal within :data:`REFUSALS_APART_S`: also between two of its processors
-    (the KCL, losing the lease, starts the next some seconds later; named only while one
-    runs, the shard was healthy two thirds of the time, and a probe that wants three
-    failures in a row never saw it unhealthy)."""
+    the last refusal within :data:`REFUSALS_APART_S` while a processor of it runs here,
+    and within ``failover_s`` + 30 s (the lease's expiry, after which the KCL starts the
+    next processor) while none does: named only while one ran, the shard was healthy
+    two thirds of the time, and a probe that wants three failures in a row never saw it
+    unhealthy; named for as long as a processor could still come, a shard whose lease
+    went to another host kept this one unhealthy for two minutes."""
     reasons = []
     try:
         notes = sorted(directory.glob("checkpoint-*.json"))
@@ -316,7 +322,8 @@ def _refused_checkpoints(directory: Path, stall_after_s: float, now: float) -> l
             since, last, by = float(note["since"]), float(note["last"]), str(note["by"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if now - last > REFUSALS_APART_S or last - since < stall_after_s:
+        recent_s = REFUSALS_APART_S if shard in running else min(REFUSALS_APART_S, failover_s + 30)
+        if now - last > recent_s or last - since < stall_after_s:
             continue
         why = (
             "the lease table is throttled (raise its capacity, or make it PAY_PER_REQUEST)"

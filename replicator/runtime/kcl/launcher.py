@@ -624,6 +624,7 @@ def run_kcl(
             job.metrics.stall_after_s,
             on_death=died,
             reads_every_s=job.kcl.idle_time_between_reads_ms / 1000,
+            failover_s=job.kcl.failover_time_ms / 1000,
         )
 
     lock = _worker_lock(resolved)

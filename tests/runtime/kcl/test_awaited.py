@@ -380,9 +380,15 @@ def test_a_shards_checkpoints_refused_past_the_limit_are_named_across_its_proces
     # KCL starts the next some seconds after a lease lost; named only while one ran, the
     # shard was unhealthy a third of the time, and a probe wanting three failures in a row
     # never saw it).
-    second.ended()
     assert len(_refusals(unanswered(tmp_path, 0, now=last + 120))) == 1
     assert _refusals(unanswered(tmp_path, 0, now=last + 121)) == []
+    # With none running, until the lease could have expired and the next one started (a
+    # lease gone to another host, which checkpoints there, is not named much longer).
+    second.ended()
+    assert len(_refusals(unanswered(tmp_path, 0, now=last + 40, failover_s=10))) == 1
+    assert _refusals(unanswered(tmp_path, 0, now=last + 41, failover_s=10)) == []
+    assert len(_refusals(unanswered(tmp_path, 0, now=last + 90))) == 1  # 60 s by default
+    assert _refusals(unanswered(tmp_path, 0, now=last + 91)) == []
     # A checkpoint taken ends the spell.
     third = AnswerNotes(tmp_path, os.getpid())
     third.started("shardId-7")
@@ -528,3 +534,14 @@ def test_checkpoints_refused_are_told_once_per_round_of_attempts_also_when_requi
     refusals = iter(["KinesisClientLibDependencyException"] * 5)
     assert not checkpoints.write(Checkpointer(), "12", required=False)
     assert told == ["KinesisClientLibDependencyException"]
+
+    # A note that cannot be told never fails a checkpoint, taken or refused.
+    def broken(_outcome: str | None) -> None:
+        raise OSError("disk full")
+
+    checkpoints.on_result = broken
+    refusals = iter(["ThrottlingException"] * 5)
+    assert checkpoints.write(Checkpointer(), None, required=True)
+    assert checkpoints.last is None
+    assert checkpoints.write(Checkpointer(), "13", required=False)
+    assert checkpoints.last == "13"
