@@ -283,7 +283,8 @@ def unanswered(
                 f"the KCL has passed no batch to the processor (pid {pid}) of shard {shard} "
                 f"for {unread_s:.0f}s, not even an empty one (it passes one after every read "
                 "of the shard): the daemon's reads of the stream fail (its warnings say why: "
-                "GetRecords not allowed, the stream unreachable) or it is stuck"
+                "GetRecords or, for a Kinesis stream, ListShards not allowed, the stream "
+                "unreachable) or it is stuck"
             )
     reasons.extend(_refused_checkpoints(directory, running, stall_after_s, now, failover_s))
     for path, death in dead:

@@ -61,7 +61,10 @@ class IdleWatch:
                     "the KCL's leader assigns leases: expected while other workers of task "
                     f"{self.task} hold every shard; otherwise a stopped worker's leases are "
                     f"taken once they expire (kcl.failover_time_ms: {self.failover_time_ms} "
-                    "ms), and a first start waits for the leader lock (about 2 minutes)"
+                    "ms), and a first start waits for the leader lock (about 2 minutes); "
+                    "a shard whose lease this worker holds but whose reading the KCL cannot "
+                    "start (GetShardIterator not allowed, the stream unreachable) has no "
+                    "processor either: the daemon's kcl warnings say so"
                 ),
             )
         return False

@@ -26,6 +26,7 @@ def test_no_shard_for_a_minute_is_said_once_per_spell() -> None:
         assert line["for_s"] == 60
         assert "other workers of task carts-us hold every shard" in line["note"]
         assert "kcl.failover_time_ms: 10000 ms" in line["note"]
+        assert "(GetShardIterator not allowed, the stream unreachable)" in line["note"]
         shards[0] = 1
         now[0] = 210.0
         watch.turn()

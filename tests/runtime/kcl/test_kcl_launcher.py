@@ -1093,8 +1093,8 @@ def test_health_names_each_processor_the_kcl_passes_no_batch(stand_in: Any) -> N
     assert all(
         reason.endswith(
             "not even an empty one (it passes one after every read of the shard): the "
-            "daemon's reads of the stream fail (its warnings say why: GetRecords not "
-            "allowed, the stream unreachable) or it is stuck"
+            "daemon's reads of the stream fail (its warnings say why: GetRecords or, for a "
+            "Kinesis stream, ListShards not allowed, the stream unreachable) or it is stuck"
         )
         for reason in found
     )
