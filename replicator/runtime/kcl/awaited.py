@@ -44,7 +44,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,6 +229,7 @@ def unanswered(
     on_death: Callable[[Death], object] | None = None,
     reads_every_s: float = 0.0,
     failover_s: float = 60.0,
+    held: Mapping[str, float] | None = None,
 ) -> list[str]:
     """The launcher's side: a reason for each live processor that has held a
     ``processRecords`` for ``stall_after_s`` or longer, or not written its note for as
@@ -287,6 +288,15 @@ def unanswered(
                 "unreachable) or it is stuck"
             )
     reasons.extend(_refused_checkpoints(directory, running, stall_after_s, now, failover_s))
+    dead_shards = {death.shard for _, death in dead}
+    for shard, since in sorted((held or {}).items()):
+        if shard in running or shard in dead_shards or now - since < limit:
+            continue
+        reasons.append(
+            f"this worker has held the lease of shard {shard} for {now - since:.0f}s without "
+            "a processor of it: the KCL cannot start reading the shard (GetShardIterator "
+            "not allowed, the stream unreachable: the daemon's kcl warnings say why)"
+        )
     for path, death in dead:
         if not death.shard or death.shard in running:
             # Died before it started a shard, or the shard has a processor again.

@@ -62,7 +62,9 @@ from replicator.metrics.server import MetricsServer
 from replicator.runtime import hostlock, preflight, supervisor
 from replicator.runtime.jobcopy import JOB_FILE_ENV, write_job_copy
 from replicator.runtime.kcl import awaited, daemon_log, java
+from replicator.runtime.kcl import held as lease_holds
 from replicator.runtime.kcl.claim_watch import ClaimWatch
+from replicator.runtime.kcl.held import HeldWatch
 from replicator.runtime.kcl.idle import IdleWatch
 from replicator.runtime.kcl.properties import (
     check_template,
@@ -607,6 +609,7 @@ def run_kcl(
     watch: StreamWatch | None = None
     claim_watch: ClaimWatch | None = None
     idle_watch: IdleWatch | None = None
+    held_watch: HeldWatch | None = None
 
     # The first processor death seen while the daemon ran: the daemon then exits 1 on its
     # own, and the run's final line says what came first.
@@ -625,6 +628,7 @@ def run_kcl(
             on_death=died,
             reads_every_s=job.kcl.idle_time_between_reads_ms / 1000,
             failover_s=job.kcl.failover_time_ms / 1000,
+            held=None if held_watch is None else held_watch.since(),
         )
 
     lock = _worker_lock(resolved)
@@ -710,6 +714,14 @@ def run_kcl(
                     daemon.processor_count, resolved.task_name, job.kcl.failover_time_ms
                 )
                 idle_watch.start()
+                held_watch = HeldWatch(
+                    resolved,
+                    _worker_id(resolved),
+                    interval_s=min(
+                        lease_holds.CHECK_INTERVAL_S, max(1.0, job.metrics.stall_after_s / 2)
+                    ),
+                )
+                held_watch.start()
                 log.info(
                     "KCL runtime started",
                     worker_id=_worker_id(resolved),
@@ -728,6 +740,8 @@ def run_kcl(
                 claim_watch.stop()
             if idle_watch is not None:
                 idle_watch.stop()
+            if held_watch is not None:
+                held_watch.stop()
             daemon.clean_up()
     log.info("KCL daemon exited", status=daemon.status, exit_code=status)
     if watch is not None and watch.replaced is not None:

@@ -61,6 +61,7 @@ def write_job(
     stream: str = "orders-changes",
     destination: str = "orders",
     task_name: str = "orders-kcl",
+    metrics: str = "",
 ) -> Path:
     endpoint_key = f", endpoint_url: '{endpoint}'" if endpoint else ""
     stream_spec = f"{{kind: kinesis, name: {stream}}}" if kind == "kinesis" else "{}"
@@ -71,7 +72,7 @@ def write_job(
         f"destinations: [{{region: eu-west-1, table: {destination}{endpoint_key}}}]\n"
         "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
         f"dead_letter: {{kind: file, path: '{path.parent / 'dead.jsonl'}'}}\n"
-        "metrics: {host: 127.0.0.1, port: 0}\n"
+        f"metrics: {{host: 127.0.0.1, port: 0{metrics}}}\n"
         f"kcl: {{failover_time_ms: 5000{kcl}}}\n"
     )
     return path
@@ -660,7 +661,12 @@ def started_at(pid: int) -> float | None:
 
 class StandIn:
     def __init__(
-        self, kinesis_job: dict[str, Any], tmp_path: Path, mode: str, kcl: str = ""
+        self,
+        kinesis_job: dict[str, Any],
+        tmp_path: Path,
+        mode: str,
+        kcl: str = "",
+        **job: str,
     ) -> None:
         script = tmp_path / "java"
         script.write_text(STAND_IN_DAEMON.format(python=sys.executable))
@@ -670,6 +676,7 @@ class StandIn:
             tmp_path / "job.yaml",
             **kinesis_job,
             kcl=f", java: {script}, jars_dir: {jars}, worker_id: stand-in{kcl}",
+            **job,
         )
         self.record_path = tmp_path / "record.json"
         self.log = tmp_path / "run.log"
@@ -710,8 +717,8 @@ class StandIn:
 def stand_in(kinesis_job: dict[str, Any], tmp_path: Path) -> Any:
     started: list[StandIn] = []
 
-    def start(mode: str, kcl: str = "") -> StandIn:
-        started.append(StandIn(kinesis_job, tmp_path, mode, kcl))
+    def start(mode: str, kcl: str = "", **job: str) -> StandIn:
+        started.append(StandIn(kinesis_job, tmp_path, mode, kcl, **job))
         return started[-1]
 
     yield start
@@ -1098,6 +1105,46 @@ def test_health_names_each_processor_the_kcl_passes_no_batch(stand_in: Any) -> N
         )
         for reason in found
     )
+    run.process.send_signal(signal.SIGTERM)
+    assert run.process.wait(30) == 0, run.log.read_text()[-2000:]
+
+
+def test_health_names_a_lease_held_without_a_processor(
+    stand_in: Any, kinesis_job: dict[str, Any], unique: Any
+) -> None:
+    """GetShardIterator refused: the KCL held the shards' leases and retried for ever
+    before starting any processor; nothing ran, so nothing was named, and /healthz said
+    ok while the worker replicated nothing. The launcher reads the leases its worker id
+    holds: one held for metrics.stall_after_s without a processor here is named."""
+    task = unique("held-kcl")
+    ddb = client("dynamodb", "us-east-1", kinesis_job["endpoint"])
+    ddb.create_table(
+        TableName=task,
+        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    for shard, owner in (("shardId-unstarted", "stand-in"), ("shardId-elsewhere", "w2")):
+        ddb.put_item(
+            TableName=task,
+            Item={
+                "leaseKey": {"S": shard},
+                "leaseOwner": {"S": owner},
+                "leaseCounter": {"N": "1"},
+                "checkpoint": {"S": "TRIM_HORIZON"},
+            },
+        )
+    run = stand_in("graceful", task_name=task, metrics=", stall_after_s: 2")
+    run.record()
+    port = logged_metrics_port(run.log)
+    (reason,) = wait_until(
+        lambda: health(port)[1]["reasons"], 30, "the lease held without a processor named"
+    )
+    assert reason.startswith("this worker has held the lease of shard shardId-unstarted for "), (
+        reason
+    )
+    assert "(GetShardIterator not allowed, the stream unreachable" in reason
+    assert health(port)[0] == 503
     run.process.send_signal(signal.SIGTERM)
     assert run.process.wait(30) == 0, run.log.read_text()[-2000:]
 

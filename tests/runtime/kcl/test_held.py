@@ -1,0 +1,95 @@
+"""The leases a KCL worker holds, read from the lease table, for /healthz
+(replicator/runtime/kcl/held.py). The launcher's /healthz over HTTP is tested in
+test_kcl_launcher.py (``test_health_names_a_lease_held_without_a_processor``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from replicator.config.loader import parse_job
+from replicator.runtime.kcl.awaited import AnswerNotes, unanswered
+from replicator.runtime.kcl.held import HeldWatch, held_shards
+from tests.support.aws import client
+
+
+def lease(shard: str, owner: str | None, checkpoint: str = "TRIM_HORIZON", **extra: Any) -> Any:
+    row: dict[str, Any] = {"leaseKey": {"S": shard}, "checkpoint": {"S": checkpoint}}
+    if owner is not None:
+        row["leaseOwner"] = {"S": owner}
+    return {**row, **extra}
+
+
+def test_the_shards_a_worker_holds_and_should_be_reading() -> None:
+    """Left out: other workers' leases, shards read to their end, children whose parent
+    is not read to its end yet (the KCL starts them only then), leases being handed over."""
+    rows = [
+        lease("s-mine", "w1", "4900"),
+        lease("s-theirs", "w2"),
+        lease("s-free", None),
+        lease("s-ended", "w1", "SHARD_END"),
+        lease("s-handed", "w1", checkpointOwner={"S": "w1"}),
+        lease("s-parent", "w2", "5100"),
+        lease("s-waiting", "w1", parentShardId={"SS": ["s-parent"]}),
+        lease("s-after-end", "w1", parentShardId={"SS": ["s-ended"]}),
+        lease("s-after-gone", "w1", parentShardId={"SS": ["s-cleaned-up"]}),
+    ]
+    assert held_shards(rows, "w1") == {"s-mine", "s-after-end", "s-after-gone"}
+    assert held_shards(rows, "w3") == set()
+
+
+def test_a_lease_held_without_a_processor_past_the_limit_is_named(tmp_path: Path) -> None:
+    """GetShardIterator refused: the KCL holds the lease and retries for ever before it
+    starts the shard's processor, so no note, no gauge, nothing said; /healthz was 200."""
+    assert unanswered(tmp_path, 300, now=1299.0, held={"s-1": 1000.0}) == []
+    (reason,) = unanswered(tmp_path, 300, now=1300.0, held={"s-1": 1000.0})
+    assert reason == (
+        "this worker has held the lease of shard s-1 for 300s without a processor of it: the "
+        "KCL cannot start reading the shard (GetShardIterator not allowed, the stream "
+        "unreachable: the daemon's kcl warnings say why)"
+    )
+    # A processor of the shard running here: nothing to say.
+    notes = AnswerNotes(tmp_path, os.getpid())
+    notes.started("s-1")
+    notes.path.write_text(json.dumps({**json.loads(notes.path.read_text()), "heard": 1299.0}))
+    assert [
+        reason
+        for reason in unanswered(tmp_path, 300, now=1300.0, held={"s-1": 1000.0})
+        if "held the lease" in reason
+    ] == []
+
+
+def test_the_watch_reads_the_workers_leases_from_the_lease_table(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    task = unique("held")
+    resolved = parse_job(
+        "runtime: kcl\n"
+        f"task_name: {task}\n"
+        f"source: {{region: us-east-1, table: orders, endpoint_url: '{moto_endpoint}'}}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n",
+        tmp_path / "job.yaml",
+    )
+    now = [100.0]
+    watch = HeldWatch(resolved, "w1", clock=lambda: now[0])
+    assert watch.turn() is False and watch.since() == {}  # no lease table yet: said nothing
+    ddb = client("dynamodb", "us-east-1", moto_endpoint)
+    ddb.create_table(
+        TableName=resolved.lease_table,
+        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    for row in (lease("s-1", "w1"), lease("s-2", "w2")):
+        ddb.put_item(TableName=resolved.lease_table, Item=row)
+    watch.turn()
+    assert watch.since() == {"s-1": 100.0}
+    now[0] = 130.0
+    ddb.put_item(TableName=resolved.lease_table, Item=lease("s-2", "w1"))
+    watch.turn()
+    assert watch.since() == {"s-1": 100.0, "s-2": 130.0}  # held in a row since first seen
+    ddb.put_item(TableName=resolved.lease_table, Item=lease("s-1", "w2"))
+    watch.turn()
+    assert watch.since() == {"s-2": 130.0}
