@@ -444,16 +444,24 @@ def check_table_streams_to(
         f"aws dynamodb enable-kinesis-streaming-destination --table-name {source.table} "
         f"--stream-arn {stream_arn}"
     )
-    if states and states[-1][0] not in ("ENABLE_FAILED", *_STOPPED):
+    if not states:
+        raise EnvironmentProblem(
+            f"{what} at {where} does not write its changes to kinesis stream {stream_arn} "
+            f"({writes_to}): the job would skip every record there as another table's and "
+            "replicate nothing; name the stream the table writes to in source.stream, or turn "
+            f"streaming to it on ({enable})"
+        )
+    state, why = states[-1]
+    if state not in ("ENABLE_FAILED", *_STOPPED):
         log.warning(
             "the source table's streaming to the kinesis stream is in a state this "
             "version does not know; the job reads the stream",
             table=source.table,
             stream=stream_arn,
-            destination_status=states[-1][0],
+            destination_status=state,
         )
         return
-    if states and states[-1][0] in _STOPPED and not for_backfill:
+    if state in _STOPPED and not for_backfill:
         log.warning(
             "the source table no longer writes its changes to the kinesis stream the job "
             "reads: the job replicates what the stream still holds, and no change made "
@@ -461,29 +469,21 @@ def check_table_streams_to(
             "then run `replicator backfill` and `replicator verify`",
             table=source.table,
             stream=stream_arn,
-            destination_status=states[-1][0],
+            destination_status=state,
         )
         return
-    if states:
-        state, why = states[-1]
-        said = f"; {excerpt(why)}" if why else ""
-        now = f"its streaming to kinesis stream {stream_arn} is {state}{said} ({writes_to})"
-        if state in _STOPPED:
-            raise EnvironmentProblem(
-                f"{what} at {where}: {now}: the changes made during the backfill's scan "
-                f"would reach no destination; turn streaming on again ({enable}), start "
-                "the replicator, then run the backfill"
-            )
+    said = f"; {excerpt(why)}" if why else ""
+    now = f"its streaming to kinesis stream {stream_arn} is {state}{said} ({writes_to})"
+    if state in _STOPPED:
         raise EnvironmentProblem(
-            f"{what} at {where}: {now}: the stream never received the table's changes, "
-            f"and the job would replicate nothing; turn streaming on ({enable}) once the "
-            "cause is fixed, or name the stream the table writes to in source.stream"
+            f"{what} at {where}: {now}: the changes made during the backfill's scan "
+            f"would reach no destination; turn streaming on again ({enable}), start "
+            "the replicator, then run the backfill"
         )
     raise EnvironmentProblem(
-        f"{what} at {where} does not write its changes to kinesis stream {stream_arn} "
-        f"({writes_to}): the job would skip every record there as another table's and "
-        "replicate nothing; name the stream the table writes to in source.stream, or turn "
-        f"streaming to it on ({enable})"
+        f"{what} at {where}: {now}: the stream never received the table's changes, "
+        f"and the job would replicate nothing; turn streaming on ({enable}) once the "
+        "cause is fixed, or name the stream the table writes to in source.stream"
     )
 
 

@@ -104,6 +104,8 @@ class Lease:
     stream: str | None = None
     # The later stream that has taken this earlier stream's place (SUPERSEDED_BY).
     superseded_by: str | None = None
+    # The worker handing the lease over to ``owner`` (KCL 3's graceful handoff), if any.
+    checkpoint_owner: str | None = None
 
     @property
     def ended(self) -> bool:
@@ -149,6 +151,7 @@ class Lease:
             holder=Holder.from_item(item, counter),
             stream=_attribute(item, STREAM, "S", None),
             superseded_by=_attribute(item, SUPERSEDED_BY, "S", None),
+            checkpoint_owner=_attribute(item, "checkpointOwner", "S", None),
         )
 
 

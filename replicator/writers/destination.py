@@ -275,8 +275,8 @@ class DestinationWriter:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._successes = 0  # writes the destination accepted (refusals compare it)
-        self._successes_of = {"put": 0, "delete": 0}  # the same, by kind of write
+        # The writes the destination accepted, by kind (refusals compare them).
+        self._successes_of = {"put": 0, "delete": 0}
         self._retry_warned_at: float | None = None  # monotonic; see _retry_warns
 
     def _retry_warns(self) -> bool:
@@ -1249,15 +1249,20 @@ class DestinationWriter:
 
     def _note_success(self, op: str, count: int = 1) -> None:
         with self._lock:
-            self._successes += count
             self._successes_of[op] = self._successes_of.get(op, 0) + count
+
+    def _accepted(self, kind: str | None = None) -> int:
+        """The writes of ``kind`` the destination accepted (None: of every kind)."""
+        with self._lock:
+            if kind is None:
+                return sum(self._successes_of.values())
+            return self._successes_of[kind]
 
     def _still_unanswered(self, unanswered: _Unanswered | None, tried_at: float) -> _Unanswered:
         """One more unanswered attempt, sent at ``tried_at``: since when the destination
         has not answered, counted again from that attempt if it accepted a write since the
         last one."""
-        with self._lock:
-            successes = self._successes
+        successes = self._accepted()
         if unanswered is None or unanswered.successes != successes:
             return _Unanswered(tried_at, successes)
         return unanswered
@@ -1269,9 +1274,7 @@ class DestinationWriter:
         answers as a missing one (DynamoDB, until it is ACTIVE), and loses nothing."""
         if self.on_table_lost is None or isinstance(error, TombstoneTableError):
             return
-        with self._lock:
-            accepted = self._successes > 0
-        if accepted:
+        if self._accepted() > 0:
             self.on_table_lost(self.label)
 
     def _note_refusal(
@@ -1282,8 +1285,7 @@ class DestinationWriter:
         that refused accepted a request since: the destination's table, or the tombstone
         table for its own refusals) and what is seen now, to compare the next with."""
         kind = _KIND_OF_OPERATION.get(getattr(error, "operation_name", ""))
-        with self._lock:
-            successes = self._successes if kind is None else self._successes_of[kind]
+        successes = self._accepted(kind)
         answers = self.tombstones.answered if self.tombstones is not None else 0
         seen = _Seen(successes, answers, kind)
         if seen_then is not None:

@@ -20,64 +20,61 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from replicator.aws import clients
+from replicator.aws import clients, tables
 from replicator.aws.errors import error_code
 from replicator.config.model import ResolvedJob
+from replicator.exceptions import OperatorError
 from replicator.runtime.kcl.every import Every
+from replicator.shards.leases import Lease, LeaseTable
 
 log = structlog.get_logger(__name__)
 
 CHECK_INTERVAL_S = 30.0
-_ENDED = "SHARD_END"
 
 
-def held_shards(rows: list[Mapping[str, Any]], worker_id: str) -> set[str]:
-    """The shards of ``rows`` (the lease table's items) that ``worker_id`` holds and
-    should be reading now."""
-    checkpoints = {
-        str(row.get("leaseKey", {}).get("S", "")): str(row.get("checkpoint", {}).get("S", ""))
-        for row in rows
-    }
+def held_shards(leases: Mapping[str, Lease], worker_id: str) -> set[str]:
+    """The shards of ``leases`` (the lease table's) that ``worker_id`` holds and should
+    be reading now."""
     held = set()
-    for row in rows:
-        if row.get("leaseOwner", {}).get("S") != worker_id:
+    for shard, lease in leases.items():
+        if lease.owner != worker_id or lease.ended or lease.checkpoint_owner is not None:
             continue
-        shard = str(row.get("leaseKey", {}).get("S", ""))
-        if not shard or checkpoints.get(shard) == _ENDED or "checkpointOwner" in row:
-            continue
-        parents = row.get("parentShardId", {}).get("SS", [])
-        if any(checkpoints.get(parent, _ENDED) != _ENDED for parent in parents):
+        if any(parent in leases and not leases[parent].ended for parent in lease.parents):
             continue  # started once its parent is read to its end
         held.add(shard)
     return held
 
 
 class HeldWatch:
-    """Reads the leases ``worker_id`` holds every ``interval_s``; :meth:`since` gives
+    """Reads the leases ``worker_id`` holds every :data:`CHECK_INTERVAL_S` (or half
+    ``stall_after_s``, if less: a shard is named after that long); :meth:`since` gives
     each held shard with the time (``clock``) it was first seen held in a row."""
 
     def __init__(
         self,
         resolved: ResolvedJob,
         worker_id: str,
+        stall_after_s: float,
         *,
-        interval_s: float = CHECK_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.resolved = resolved
-        self.worker_id = worker_id
         self.clock = clock
         self._since: dict[str, float] = {}
         self._lock = threading.Lock()
         self._failed = False
-        self._ddb = clients.dynamodb(
-            resolved.job.source, connect_timeout=2.0, read_timeout=5.0, sdk_retries=False
+        source = resolved.job.source
+        self._leases = LeaseTable(
+            clients.dynamodb(source, connect_timeout=2.0, read_timeout=5.0, sdk_retries=False),
+            resolved.lease_table,
+            owner=worker_id,
+            where=tables.where(source.region, source.endpoint_url, source.role_arn),
         )
+        interval_s = min(CHECK_INTERVAL_S, max(1.0, stall_after_s / 2))
         every = Every("lease-holds", interval_s, self.turn)
         self.start, self.stop = every.start, every.stop
 
@@ -88,8 +85,8 @@ class HeldWatch:
     def turn(self) -> bool:
         """One reading; never ends the watch (False)."""
         try:
-            rows = self._scan()
-        except (ClientError, BotoCoreError) as error:
+            leases = self._leases.all()
+        except (ClientError, BotoCoreError, OperatorError) as error:
             if error_code(error) == "ResourceNotFoundException":
                 return False  # a first start: the KCL creates it
             if not self._failed:
@@ -101,22 +98,8 @@ class HeldWatch:
                     error=str(error),
                 )
             return False
-        held = held_shards(rows, self.worker_id)
+        held = held_shards(leases, self._leases.owner)
         now = self.clock()
         with self._lock:
             self._since = {shard: self._since.get(shard, now) for shard in held}
         return False
-
-    def _scan(self) -> list[Mapping[str, Any]]:
-        rows: list[Mapping[str, Any]] = []
-        arguments: dict[str, Any] = {
-            "TableName": self.resolved.lease_table,
-            "ProjectionExpression": "leaseKey, leaseOwner, checkpoint, parentShardId, "
-            "checkpointOwner",
-        }
-        while True:
-            page = self._ddb.scan(**arguments)
-            rows.extend(page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return rows
-            arguments["ExclusiveStartKey"] = page["LastEvaluatedKey"]

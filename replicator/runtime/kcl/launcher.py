@@ -62,7 +62,6 @@ from replicator.metrics.server import MetricsServer
 from replicator.runtime import hostlock, preflight, supervisor
 from replicator.runtime.jobcopy import JOB_FILE_ENV, write_job_copy
 from replicator.runtime.kcl import awaited, daemon_log, java
-from replicator.runtime.kcl import held as lease_holds
 from replicator.runtime.kcl.claim_watch import ClaimWatch
 from replicator.runtime.kcl.held import HeldWatch
 from replicator.runtime.kcl.idle import IdleWatch
@@ -714,13 +713,7 @@ def run_kcl(
                     daemon.processor_count, resolved.task_name, job.kcl.failover_time_ms
                 )
                 idle_watch.start()
-                held_watch = HeldWatch(
-                    resolved,
-                    _worker_id(resolved),
-                    interval_s=min(
-                        lease_holds.CHECK_INTERVAL_S, max(1.0, job.metrics.stall_after_s / 2)
-                    ),
-                )
+                held_watch = HeldWatch(resolved, _worker_id(resolved), job.metrics.stall_after_s)
                 held_watch.start()
                 log.info(
                     "KCL runtime started",

@@ -12,6 +12,7 @@ from typing import Any
 from replicator.config.loader import parse_job
 from replicator.runtime.kcl.awaited import AnswerNotes, unanswered
 from replicator.runtime.kcl.held import HeldWatch, held_shards
+from replicator.shards.leases import Lease
 from tests.support.aws import client
 
 
@@ -36,8 +37,9 @@ def test_the_shards_a_worker_holds_and_should_be_reading() -> None:
         lease("s-after-end", "w1", parentShardId={"SS": ["s-ended"]}),
         lease("s-after-gone", "w1", parentShardId={"SS": ["s-cleaned-up"]}),
     ]
-    assert held_shards(rows, "w1") == {"s-mine", "s-after-end", "s-after-gone"}
-    assert held_shards(rows, "w3") == set()
+    leases = {lease.shard_id: lease for lease in map(Lease.from_item, rows)}
+    assert held_shards(leases, "w1") == {"s-mine", "s-after-end", "s-after-gone"}
+    assert held_shards(leases, "w3") == set()
 
 
 def test_a_lease_held_without_a_processor_past_the_limit_is_named(tmp_path: Path) -> None:
@@ -73,7 +75,7 @@ def test_the_watch_reads_the_workers_leases_from_the_lease_table(
         tmp_path / "job.yaml",
     )
     now = [100.0]
-    watch = HeldWatch(resolved, "w1", clock=lambda: now[0])
+    watch = HeldWatch(resolved, "w1", 300, clock=lambda: now[0])
     assert watch.turn() is False and watch.since() == {}  # no lease table yet: said nothing
     ddb = client("dynamodb", "us-east-1", moto_endpoint)
     ddb.create_table(
