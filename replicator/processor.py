@@ -236,9 +236,15 @@ class ReplicationProcessor:
         self.told_to_stop = True
         self._no_more_batches()
         if self._shutdown_requested:
-            # A graceful stop: the KCL gives up the leases after the processors have
-            # checkpointed, and tells each of them so. Nothing was taken from this worker.
-            log.info("lease given up after the requested shutdown")
+            # A graceful stop or a handoff: the KCL tells each processor so once it has
+            # checkpointed. Nothing was taken from this worker. The lease row keeps this
+            # worker as its owner until it expires (a stop), so the words say when the
+            # shard goes on: an operator timing a rolling restart reads this line.
+            log.info(
+                "processor done after the requested shutdown; another worker goes on "
+                "from its checkpoint: at once in a handoff, once the lease expires "
+                "(kcl.failover_time_ms) when this worker stops"
+            )
         else:
             # Another worker took the lease, or the runtime could not read it (the lease
             # table gone, say): the shard is read again from the last checkpoint by

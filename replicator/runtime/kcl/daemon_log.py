@@ -58,6 +58,21 @@ HASH_RANGE_NOTE = (
     "a DynamoDB stream has no hash key ranges (the adapter gives every lease a "
     "placeholder): the KCL's check cannot pass, and nothing is wrong"
 )
+# Warnings every healthy daemon logs in places: each is info, with a note saying why.
+# (Java logger, the message's start) -> note.
+HARMLESS_WARNINGS = {
+    (
+        "software.amazon.kinesis.worker.WorkerMetricsSelector",
+        "Did not find an operating range metadata provider",
+    ): (
+        "off EC2, ECS and EKS the KCL finds no CPU figure for this worker and balances "
+        "leases without it (docs/kcl-and-docker.md, scaling out); nothing is wrong"
+    ),
+    (
+        "software.amazon.kinesis.metrics.CloudWatchPublisherRunnable",
+        "Dropping metrics [] because",
+    ): "the KCL's CloudWatch publisher stops with the daemon and had nothing to send",
+}
 _ERROR = re.compile(r"\b(error|exception|fatal)\b|^Exception in thread", re.IGNORECASE)
 _WARNING = re.compile(r"\bwarn(ing)?\b", re.IGNORECASE)
 
@@ -163,6 +178,11 @@ class DaemonLog:
         ):
             record["level"] = "info"
             record["note"] = HASH_RANGE_NOTE
+        elif record["level"] == "warning":
+            for (logger, start), note in HARMLESS_WARNINGS.items():
+                if java_logger == logger and message.startswith(start):
+                    record["level"] = "info"
+                    record["note"] = note
         record["timestamp"] = timestamp
         return Entry(record)
 

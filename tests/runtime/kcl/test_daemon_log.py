@@ -83,6 +83,47 @@ def test_the_shard_syncs_hash_range_error_is_info_under_a_dynamodb_stream_only(
     assert ("placeholder" in record.get("note", "")) is dynamodb_streams
 
 
+@pytest.mark.parametrize(
+    ("logger", "message", "level"),
+    [
+        (
+            "software.amazon.kinesis.worker.WorkerMetricsSelector",
+            "Did not find an operating range metadata provider.",
+            "info",
+        ),
+        (
+            "software.amazon.kinesis.metrics.CloudWatchPublisherRunnable",
+            "Dropping metrics [] because CloudWatchPublisherRunnable is shutting down.",
+            "info",
+        ),
+        # metrics that were there to send are dropped: the warning stays
+        (
+            "software.amazon.kinesis.metrics.CloudWatchPublisherRunnable",
+            "Dropping metrics [MetricDatum(name=X)] because CloudWatchPublisherRunnable is "
+            "shutting down.",
+            "warning",
+        ),
+        # the same words from another logger stay what they were
+        (
+            "software.amazon.kinesis.coordinator.Scheduler",
+            "Did not find an operating range metadata provider.",
+            "warning",
+        ),
+    ],
+)
+def test_warnings_every_healthy_daemon_logs_are_info_with_a_note(
+    logger: str, message: str, level: str
+) -> None:
+    """Every start off EC2, and every stop, logged these as warnings on a healthy worker:
+    an alert on warning lines would fire on each."""
+    line = f"::kcl::2026-12-06T20:30:02.009Z\tWARN\t{logger}\tmain\t{message}\t"
+    (entry,) = DaemonLog().feed(line) + DaemonLog().flush()
+    record = json.loads(render(entry, as_json=True))
+    assert record["event"] == message
+    assert record["level"] == level
+    assert ("note" in record) is (level == "info")
+
+
 def test_a_stack_trace_is_the_exception_of_its_record() -> None:
     (record,) = as_json(LINES[1:2])
     assert record["event"] == "failed"
