@@ -23,6 +23,7 @@ from replicator.exceptions import StreamOrderBroken
 from replicator.filters import ChangeFilter
 from replicator.intake import Reader, ShardIntake
 from replicator.metrics import Metrics
+from replicator.metrics.health import PROGRESS, evaluate
 from replicator.pipeline import ShardPipeline
 from replicator.records import Change
 from replicator.rules import IN_STREAM_ORDER, ConflictRule, OrderedRule, squash_order
@@ -178,6 +179,45 @@ def test_lag_is_zero_when_caught_up_and_grows_while_a_destination_waits(
     assert pipeline.flush(timeout=30)
     assert pipeline.lag_seconds("ap", now=change.created_s + 200) == 0.0
     pipeline.close()
+
+
+def test_a_shard_started_with_a_backlog_is_judged_stalled_from_its_start_not_the_runtimes(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics, closing: Any
+) -> None:
+    """A shard taken over from another worker, long after this runtime started, with a
+    backlog and a destination still writing its first change: /healthz said "nothing
+    settled there for <the runtime's age>" at once (503 for one poll on every takeover).
+    The pipeline's start is when its destinations' progress is counted from."""
+    runtime_started = 1_800_000_000.0
+    now = [runtime_started + 600.0]
+    pipeline, _, wrappers = build(
+        moto_endpoint, unique, tmp_path, metrics, throttle={"ap"}, clock=lambda: now[0]
+    )
+    closing(pipeline)
+    started = now[0]
+    pipeline.note_millis_behind(0)
+    pipeline.submit(decode(put("k", 1, ts=1)))  # created long before: lag far past the limit
+    pipeline.dispatch()
+    while pipeline.buffer.outstanding("eu") or not wrappers["ap"].throttled:
+        threading.Event().wait(0.01)
+
+    def judged(at: float) -> list[str]:
+        now[0] = at
+        pipeline.report()
+        samples = [
+            (s.name, s.labels, s.value)
+            for family in metrics.registry.collect()
+            for s in family.samples
+        ]
+        return evaluate(samples, now=at, stall_after_s=30, started_at=runtime_started).reasons
+
+    assert judged(started + 20) == []
+    assert sample(metrics, PROGRESS, destination="ap", shard="s") == started
+    (reason,) = judged(started + 31)
+    assert reason.startswith("destination ap is stalled on shard s:")
+    assert "nothing settled there for 31s" in reason
+    wrappers["ap"].released.set()
+    assert pipeline.flush(timeout=30)
 
 
 def test_lag_and_apply_delay_count_from_the_first_change_a_newer_one_replaced(

@@ -202,8 +202,8 @@ class Metrics:
             "replicator_destination_progress_timestamp_seconds",
             "Unix time a change of the shard last settled at the destination (applied, "
             "unchanged, lost a conflict, dead-lettered, or a replaced change's write that "
-            "landed). /healthz reports a destination stalled when it is behind, has writes in "
-            "flight and this stands still.",
+            "landed); until then, when the shard's processor started. /healthz reports a "
+            "destination stalled when it is behind, has writes in flight and this stands still.",
             ["destination", "shard"],
             multiprocess_mode="max",
             registry=r,

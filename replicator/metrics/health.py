@@ -9,9 +9,10 @@ destination, not by the shard's checkpoint: the checkpoint legitimately moves pa
 changes that newer ones replaced, so it keeps moving while a destination whose items
 keep changing accepts nothing. An idle stream (nothing waiting) is healthy however old
 its last write; a backlog being worked off (writes settling) is healthy however large
-its lag. A destination that has never settled anything on a shard counts from
-``started_at``, so a runtime that has just started is given ``stall_after_s`` to
-catch up.
+its lag. Each shard's processor reports its own start as its destinations' progress
+until something settles there, so a shard taken over with a backlog is given
+``stall_after_s`` from then; a destination with no progress at all counts from
+``started_at``, so a runtime that has just started is given as long to catch up.
 """
 
 from __future__ import annotations

@@ -229,15 +229,16 @@ def unanswered(
     on_death: Callable[[Death], object] | None = None,
     reads_every_s: float = 0.0,
     failover_s: float = 60.0,
-    held: Mapping[str, float] | None = None,
+    held: Callable[[set[str]], Mapping[str, float]] | None = None,
 ) -> list[str]:
     """The launcher's side: a reason for each live processor that has held a
     ``processRecords`` for ``stall_after_s`` or longer, or not written its note for as
     long (at least :data:`MISSED_BEATS` beats), or been passed no batch for as long (and
     at least three of the daemon's reads, one every ``reads_every_s`` while idle), and for
     each shard whose processor died (with no processor of the shard here since;
-    ``on_death`` is told of each, for the run's final line). ``now``:
-    ``time.monotonic()``."""
+    ``on_death`` is told of each, for the run's final line), and for each shard ``held``
+    gives (told the shards with a processor running here: :meth:`HeldWatch.since`) held
+    that long without one. ``now``: ``time.monotonic()``."""
     now = time.monotonic() if now is None else now
     limit = max(stall_after_s, MISSED_BEATS * BEAT_S)
     unread_limit = max(limit, 3 * reads_every_s)
@@ -289,7 +290,7 @@ def unanswered(
             )
     reasons.extend(_refused_checkpoints(directory, running, stall_after_s, now, failover_s))
     dead_shards = {death.shard for _, death in dead}
-    for shard, since in sorted((held or {}).items()):
+    for shard, since in sorted((held(running) if held is not None else {}).items()):
         if shard in running or shard in dead_shards or now - since < limit:
             continue
         reasons.append(

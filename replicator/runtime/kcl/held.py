@@ -6,7 +6,8 @@ stream unreachable): the worker holds the lease, no processor runs, nothing is r
 every other signal (the processors' notes, their gauges) is silent, since there is no
 processor to give one. So the launcher reads the leases its worker id holds every
 :data:`CHECK_INTERVAL_S`, and ``/healthz`` names a shard held for ``stall_after_s`` with
-no processor of it running here (:func:`replicator.runtime.kcl.awaited.unanswered`).
+no processor of it running here (:func:`replicator.runtime.kcl.awaited.unanswered`),
+counted from the last time one was seen running.
 
 Left out, as leases a worker holds without a processor on purpose: a shard read to its
 end (checkpoint ``SHARD_END``), a child shard whose parent is not read to its end yet
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
@@ -52,7 +53,8 @@ def held_shards(leases: Mapping[str, Lease], worker_id: str) -> set[str]:
 class HeldWatch:
     """Reads the leases ``worker_id`` holds every :data:`CHECK_INTERVAL_S` (or half
     ``stall_after_s``, if less: a shard is named after that long); :meth:`since` gives
-    each held shard with the time (``clock``) it was first seen held in a row."""
+    each held shard with the time (``clock``) since which it has been held without a
+    processor of it seen running here."""
 
     def __init__(
         self,
@@ -78,8 +80,17 @@ class HeldWatch:
         every = Every("lease-holds", interval_s, self.turn)
         self.start, self.stop = every.start, every.stop
 
-    def since(self) -> dict[str, float]:
+    def since(self, running: Collection[str] = ()) -> dict[str, float]:
+        """The held shards and since when, ``running`` (the shards with a processor here
+        now) counted from now: the lease row names this worker for a while after a
+        processor ends on purpose (a graceful stop, a handoff, one the KCL shut down and
+        starts again), and a shard held for an hour was named at once, blaming
+        GetShardIterator."""
+        now = self.clock()
         with self._lock:
+            for shard in running:
+                if shard in self._since:
+                    self._since[shard] = now
             return dict(self._since)
 
     def turn(self) -> bool:

@@ -627,7 +627,7 @@ def run_kcl(
             on_death=died,
             reads_every_s=job.kcl.idle_time_between_reads_ms / 1000,
             failover_s=job.kcl.failover_time_ms / 1000,
-            held=None if held_watch is None else held_watch.since(),
+            held=None if held_watch is None else held_watch.since,
         )
 
     lock = _worker_lock(resolved)

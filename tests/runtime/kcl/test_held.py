@@ -45,8 +45,8 @@ def test_the_shards_a_worker_holds_and_should_be_reading() -> None:
 def test_a_lease_held_without_a_processor_past_the_limit_is_named(tmp_path: Path) -> None:
     """GetShardIterator refused: the KCL holds the lease and retries for ever before it
     starts the shard's processor, so no note, no gauge, nothing said; /healthz was 200."""
-    assert unanswered(tmp_path, 300, now=1299.0, held={"s-1": 1000.0}) == []
-    (reason,) = unanswered(tmp_path, 300, now=1300.0, held={"s-1": 1000.0})
+    assert unanswered(tmp_path, 300, now=1299.0, held=lambda running: {"s-1": 1000.0}) == []
+    (reason,) = unanswered(tmp_path, 300, now=1300.0, held=lambda running: {"s-1": 1000.0})
     assert reason == (
         "this worker has held the lease of shard s-1 for 300s without a processor of it: the "
         "KCL cannot start reading the shard (GetShardIterator not allowed, the stream "
@@ -58,32 +58,72 @@ def test_a_lease_held_without_a_processor_past_the_limit_is_named(tmp_path: Path
     notes.path.write_text(json.dumps({**json.loads(notes.path.read_text()), "heard": 1299.0}))
     assert [
         reason
-        for reason in unanswered(tmp_path, 300, now=1300.0, held={"s-1": 1000.0})
+        for reason in unanswered(tmp_path, 300, now=1300.0, held=lambda running: {"s-1": 1000.0})
         if "held the lease" in reason
     ] == []
+
+
+def test_a_shard_whose_processor_ended_on_purpose_counts_from_when_it_last_ran(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """A graceful stop, a handoff to another worker, a processor the KCL shut down and
+    starts again: the lease row names this worker for a while after, and a shard held
+    for minutes with a processor was named at once (503 naming GetShardIterator on every
+    deploy and rebalance). Counted from the last time a processor of it was seen here."""
+    resolved, ddb = watched_job(moto_endpoint, unique, tmp_path)
+    ddb.put_item(TableName=resolved.lease_table, Item=lease("s-1", "w1"))
+    now = [100.0]
+    watch = HeldWatch(resolved, "w1", 30, clock=lambda: now[0])
+    watch.turn()
+    notes = AnswerNotes(tmp_path, os.getpid())
+    notes.started("s-1")
+    for at in (110.0, 200.0, 400.0):  # the processor runs, health judged now and then
+        now[0] = at
+        assert [r for r in unanswered(tmp_path, 30, now=at, held=watch.since) if "held" in r] == []
+    notes.path.unlink()  # it ended on purpose (a handoff): its note goes, the lease row stays
+    now[0] = 429.0
+    watch.turn()
+    assert unanswered(tmp_path, 30, now=429.0, held=watch.since) == []
+    now[0] = 430.0
+    (reason,) = unanswered(tmp_path, 30, now=430.0, held=watch.since)
+    assert reason.startswith("this worker has held the lease of shard s-1 for 30s without a ")
+
+
+def watched_job(
+    moto_endpoint: str, unique: Any, tmp_path: Path, *, create: bool = True
+) -> tuple[Any, Any]:
+    """A KCL job of its own task, and a client of its source region; with its lease table
+    made (as the KCL makes it) if ``create``."""
+    resolved = parse_job(
+        "runtime: kcl\n"
+        f"task_name: {unique('held')}\n"
+        f"source: {{region: us-east-1, table: orders, endpoint_url: '{moto_endpoint}'}}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n",
+        tmp_path / "job.yaml",
+    )
+    ddb = client("dynamodb", "us-east-1", moto_endpoint)
+    if create:
+        create_lease_table(ddb, resolved.lease_table)
+    return resolved, ddb
+
+
+def create_lease_table(ddb: Any, name: str) -> None:
+    ddb.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
 
 
 def test_the_watch_reads_the_workers_leases_from_the_lease_table(
     moto_endpoint: str, unique: Any, tmp_path: Path
 ) -> None:
-    task = unique("held")
-    resolved = parse_job(
-        "runtime: kcl\n"
-        f"task_name: {task}\n"
-        f"source: {{region: us-east-1, table: orders, endpoint_url: '{moto_endpoint}'}}\n"
-        "destinations: [{region: eu-west-1, table: orders}]\n",
-        tmp_path / "job.yaml",
-    )
+    resolved, ddb = watched_job(moto_endpoint, unique, tmp_path, create=False)
     now = [100.0]
     watch = HeldWatch(resolved, "w1", 300, clock=lambda: now[0])
     assert watch.turn() is False and watch.since() == {}  # no lease table yet: said nothing
-    ddb = client("dynamodb", "us-east-1", moto_endpoint)
-    ddb.create_table(
-        TableName=resolved.lease_table,
-        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_lease_table(ddb, resolved.lease_table)
     for row in (lease("s-1", "w1"), lease("s-2", "w2")):
         ddb.put_item(TableName=resolved.lease_table, Item=row)
     watch.turn()
