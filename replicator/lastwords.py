@@ -15,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 ENV = "REPLICATOR_LAST_WORDS"
+_LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
 
 _lock = threading.Lock()
 _left: list[str] = []
@@ -39,6 +41,9 @@ def leave(reason: str, exit_code: int | None = None) -> None:
     path = os.environ.get(ENV)
     if not path and not _also:
         return
+    # One line: it ends the run's last line, which log tools take whole or not at all,
+    # and an error an endpoint answered can hold line breaks (an XML body, say).
+    reason = _LINE_BREAKS.sub(" ", reason.strip())
     # Several writer threads may fail at once, each about to end the process: the first
     # one's words are kept whole (written aside, then renamed into place), and the others
     # wait for them rather than cut them short.

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -527,6 +528,30 @@ def test_a_child_that_exits_leaves_its_reason_in_the_runtimes_error() -> None:
     message = str(failed.value)
     assert "refused 20 writes in a row: ResourceNotFoundException" in message
     assert "during initialize" in message or "cannot send initialize" in message
+
+
+def test_a_reason_with_line_breaks_is_left_as_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error an endpoint answered with an XML body split the run's last line in two,
+    and a log tool that keeps the last line got half the reason."""
+    from replicator import lastwords
+
+    told: list[str] = []
+    monkeypatch.setattr(lastwords, "_left", [])
+    monkeypatch.setattr(lastwords, "_also", [told.append])
+    monkeypatch.setenv(lastwords.ENV, str(tmp_path / "words"))
+    lastwords.leave(
+        "the dead letter could not be stored: SQS SendMessage failed: (403) "
+        '<?xml version="1.0"?>\r\n<ErrorResponse>\n  <Error>denied</Error>\n',
+        3,
+    )
+    one_line = (
+        "the dead letter could not be stored: SQS SendMessage failed: (403) "
+        '<?xml version="1.0"?> <ErrorResponse> <Error>denied</Error>'
+    )
+    assert lastwords.read(tmp_path / "words") == (one_line, 3)
+    assert told == [one_line]
 
 
 def test_a_child_killed_between_actions_is_named_killed_by_its_signal() -> None:
