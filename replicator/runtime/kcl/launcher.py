@@ -65,6 +65,7 @@ from replicator.runtime.kcl import awaited, daemon_log, java
 from replicator.runtime.kcl.claim_watch import ClaimWatch
 from replicator.runtime.kcl.held import HeldWatch
 from replicator.runtime.kcl.idle import IdleWatch
+from replicator.runtime.kcl.leader_lock import give_up_leader_lock
 from replicator.runtime.kcl.properties import (
     check_template,
     render_properties,
@@ -737,6 +738,11 @@ def run_kcl(
                 held_watch.stop()
             daemon.clean_up()
     log.info("KCL daemon exited", status=daemon.status, exit_code=status)
+    if daemon.failure is not None and not (
+        daemon.jvm_refused or daemon.classpath_failure or daemon.cannot_start
+    ):
+        # Not its graceful stop, which gives up the lock itself; its process is gone.
+        give_up_leader_lock(resolved, _worker_id(resolved))
     if watch is not None and watch.replaced is not None:
         raise EnvironmentProblem(watch.replaced)
     if claim_watch is not None and claim_watch.refused is not None:

@@ -1173,12 +1173,27 @@ def test_a_processor_passed_no_batch_within_three_idle_reads_is_not_named(stand_
 
 
 def test_the_final_line_of_a_daemon_that_exits_after_a_processor_died_names_the_processor(
-    stand_in: Any,
+    stand_in: Any, moto_endpoint: str, unique: Any
 ) -> None:
     """The KCL starts no other processor for a dead one's shard: the daemon exits 1 by
     itself, and the run's last line said only that, over a log with no word of the death
-    (a kill -9 leaves none). It names the processor /healthz named meanwhile."""
-    run = stand_in("died")
+    (a kill -9 leaves none). It names the processor /healthz named meanwhile. The
+    leader's lock the daemon left is given up (the other workers waited out its two
+    minutes before assigning this worker's leases)."""
+    task = unique("died")
+    ddb = client("dynamodb", "us-east-1", moto_endpoint)
+    ddb.create_table(
+        TableName=f"{task}-CoordinatorState",
+        KeySchema=[{"AttributeName": "key", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "key", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    lock = {"key": {"S": "Leader"}}
+    ddb.put_item(
+        TableName=f"{task}-CoordinatorState",
+        Item={**lock, "ownerName": {"S": "stand-in"}, "recordVersionNumber": {"S": "v"}},
+    )
+    run = stand_in("died", task_name=task)
     record = run.record()
     port = logged_metrics_port(run.log)
     wait_until(
@@ -1198,6 +1213,8 @@ def test_the_final_line_of_a_daemon_that_exits_after_a_processor_died_names_the_
         "exited on an error; last heard from " in last
         for pid in record["children"]
     ), last
+    assert "Item" not in ddb.get_item(TableName=f"{task}-CoordinatorState", Key=lock)
+    assert "gave up the leader's lock this worker held" in run.log.read_text()
 
 
 def test_a_daemon_killed_for_not_stopping_in_time_is_a_stop_that_did_not_complete(
