@@ -179,12 +179,11 @@ class ShardPipeline:
         # Per destination, when a change last settled there (applied, unchanged, lost,
         # dead-lettered, or a replaced change's write that landed): health judges a
         # destination stuck by it, not by the checkpoint, which moves past replaced
-        # changes while a destination accepts nothing. From this pipeline's start until
-        # something settles: a shard taken over with a backlog (or taken back, its old
-        # processor's time kept) is given stall_after_s from then, not from the runtime's
-        # start or the last change that settled here long ago.
-        started = clock()
-        self._progress_at: dict[str, float] = dict.fromkeys(self.writers, started)
+        # changes while a destination accepts nothing.
+        self._progress_at: dict[str, float] = {}
+        # When this processor started the shard: the runtime keeps the earliest of its
+        # processors', which health counts a destination that settled nothing from.
+        self._started_at = clock()
         # Ends the holds of keys whose write sent a request that may still land late.
         self._holds = Timer(f"write-holds-{shard_id}")
         # Active-active puts to check again once their late-write window has passed
@@ -579,6 +578,7 @@ class ShardPipeline:
         with self._cond:
             open_changes = self.buffer.open_changes
         self.metrics.buffered_changes.labels(self.shard_id).set(open_changes)
+        self.metrics.shard_started.labels(self.shard_id).set(self._started_at)
 
     def _publish_lag(self, now: float) -> None:
         with self._cond:

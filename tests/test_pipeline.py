@@ -23,7 +23,7 @@ from replicator.exceptions import StreamOrderBroken
 from replicator.filters import ChangeFilter
 from replicator.intake import Reader, ShardIntake
 from replicator.metrics import Metrics
-from replicator.metrics.health import PROGRESS, evaluate
+from replicator.metrics.health import PROGRESS, SHARD_STARTED, evaluate
 from replicator.pipeline import ShardPipeline
 from replicator.records import Change
 from replicator.rules import IN_STREAM_ORDER, ConflictRule, OrderedRule, squash_order
@@ -187,7 +187,8 @@ def test_a_shard_started_with_a_backlog_is_judged_stalled_from_its_start_not_the
     """A shard taken over from another worker, long after this runtime started, with a
     backlog and a destination still writing its first change: /healthz said "nothing
     settled there for <the runtime's age>" at once (503 for one poll on every takeover).
-    The pipeline's start is when its destinations' progress is counted from."""
+    A destination that settled nothing is counted from the shard's first processor's
+    start (the gauge's earliest across processes), not from the runtime's start."""
     runtime_started = 1_800_000_000.0
     now = [runtime_started + 600.0]
     pipeline, _, wrappers = build(
@@ -212,7 +213,10 @@ def test_a_shard_started_with_a_backlog_is_judged_stalled_from_its_start_not_the
         return evaluate(samples, now=at, stall_after_s=30, started_at=runtime_started).reasons
 
     assert judged(started + 20) == []
-    assert sample(metrics, PROGRESS, destination="ap", shard="s") == started
+    assert sample(metrics, SHARD_STARTED, shard="s") == started
+    # Nothing settled there: no progress (the local runtime reads it as the destination's
+    # recovery from refusals, so a processor's start must not stand for it).
+    assert sample(metrics, PROGRESS, destination="ap", shard="s") == 0.0
     (reason,) = judged(started + 31)
     assert reason.startswith("destination ap is stalled on shard s:")
     assert "nothing settled there for 31s" in reason

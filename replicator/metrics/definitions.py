@@ -202,10 +202,19 @@ class Metrics:
             "replicator_destination_progress_timestamp_seconds",
             "Unix time a change of the shard last settled at the destination (applied, "
             "unchanged, lost a conflict, dead-lettered, or a replaced change's write that "
-            "landed); until then, when the shard's processor started. /healthz reports a "
-            "destination stalled when it is behind, has writes in flight and this stands still.",
+            "landed). /healthz reports a destination stalled when it is behind, has writes in "
+            "flight and this stands still.",
             ["destination", "shard"],
             multiprocess_mode="max",
+            registry=r,
+        )
+        self.shard_started = Gauge(
+            "replicator_shard_started_timestamp_seconds",
+            "Unix time the runtime first started a processor of the shard (kept for "
+            "processes that have exited). /healthz counts a destination that has settled "
+            "nothing on the shard from then.",
+            ["shard"],
+            multiprocess_mode="min",
             registry=r,
         )
         self.last_record = Gauge(

@@ -9,10 +9,11 @@ destination, not by the shard's checkpoint: the checkpoint legitimately moves pa
 changes that newer ones replaced, so it keeps moving while a destination whose items
 keep changing accepts nothing. An idle stream (nothing waiting) is healthy however old
 its last write; a backlog being worked off (writes settling) is healthy however large
-its lag. Each shard's processor reports its own start as its destinations' progress
-until something settles there, so a shard taken over with a backlog is given
-``stall_after_s`` from then; a destination with no progress at all counts from
-``started_at``, so a runtime that has just started is given as long to catch up.
+its lag. A destination that has never settled anything on a shard counts from the
+first start of a processor of the shard in this runtime (``SHARD_STARTED``, the earliest
+across its processes: a processor restarting over and over does not restart the count),
+so a shard taken over with a backlog long after the runtime started is given
+``stall_after_s`` from then; failing that, from ``started_at``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ IN_FLIGHT = "replicator_in_flight_writes"
 RESOLVER_CALLS = "replicator_resolver_calls_running"
 DEAD_LETTERS_STORING = "replicator_dead_letters_storing"
 BEHIND = "replicator_millis_behind_latest"
+SHARD_STARTED = "replicator_shard_started_timestamp_seconds"
 # Lag within this much of the shard's own millisBehindLatest is the reader's distance from
 # the tip, not a change the destination holds back (the two are rounded apart).
 READER_LAG_SLACK_S = 1.0
@@ -71,6 +73,7 @@ def evaluate(
     resolving: dict[tuple[str, str], float] = {}  # (shard, destination) -> resolver calls
     storing: dict[tuple[str, str], float] = {}  # (shard, destination) -> letters not taken
     reader_behind: dict[str, float] = {}  # shard -> seconds the reader is behind the tip
+    first_started: dict[str, float] = {}  # shard -> when a processor of it first started
     for name, labels, value in samples:
         shard = labels.get("shard", "")
         if name == LAG:
@@ -93,6 +96,8 @@ def evaluate(
             storing[series] = storing.get(series, 0.0) + value
         elif name == BEHIND:
             reader_behind[shard] = max(reader_behind.get(shard, 0.0), value / 1000.0)
+        elif name == SHARD_STARTED:
+            first_started[shard] = min(first_started.get(shard, value), value)
     # Judged on the lag as the body shows it (to the millisecond), so that a stalled
     # destination is never shown at its limit: 3.0004 s is 3.0 s, not past a 3 s limit.
     lag = {
@@ -112,7 +117,9 @@ def evaluate(
                 continue
             if seconds <= reader_behind.get(shard, 0.0) + READER_LAG_SLACK_S:
                 continue
-            since_progress = now - progress_at.get((shard, destination), started_at)
+            since_progress = now - progress_at.get(
+                (shard, destination), first_started.get(shard, started_at)
+            )
             if since_progress > stall_after_s:
                 reasons.append(
                     f"destination {destination} is stalled on shard {shard}: "

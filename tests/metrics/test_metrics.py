@@ -79,6 +79,7 @@ DOCUMENTED = {
     "replicator_last_checkpoint_timestamp_seconds": {"shard"},
     "replicator_destination_progress_timestamp_seconds": {"destination", "shard"},
     "replicator_last_record_received_timestamp_seconds": {"shard"},
+    "replicator_shard_started_timestamp_seconds": {"shard"},
     "replicator_shards_owned": set(),
     "replicator_processor_restarts_total": set(),
     "replicator_watermark_timestamp_seconds": {"destination"},
@@ -202,6 +203,25 @@ def progress(destination: str, shard: str, at: float) -> Sample:
         {"destination": destination, "shard": shard},
         at,
     )
+
+
+def started(shard: str, at: float) -> Sample:
+    return (health_rules.SHARD_STARTED, {"shard": shard}, at)
+
+
+def test_a_destination_that_settled_nothing_counts_from_the_shards_first_processor() -> None:
+    """A shard taken over long after the runtime started, with a backlog, was named
+    stalled for the runtime's age at its first report; a processor that restarts again
+    and again (each start a sample of its own process, the earliest kept) must not
+    restart the count, or a destination that refuses everything would never be named."""
+    assert evaluate([lag("ap", "s1", 500.0), started("s1", NOW - 30)]).healthy
+    restarted = evaluate([lag("ap", "s1", 500.0), started("s1", NOW - 5), started("s1", NOW - 61)])
+    assert restarted.reasons == [
+        "destination ap is stalled on shard s1: 500s behind and nothing settled there for "
+        "61s (limit 60s)"
+    ]
+    (reason,) = evaluate([lag("ap", "s1", 500.0)]).reasons  # no start known: the runtime's
+    assert "nothing settled there for 3600s" in reason
 
 
 def test_a_backlog_being_worked_off_is_healthy_however_large_its_lag() -> None:
@@ -407,6 +427,7 @@ metrics.in_flight_writes.labels(destination).set(2)
 metrics.writes.labels(destination, "put", "applied").inc(5)
 metrics.apply_delay.labels(destination).observe(0.3)
 metrics.last_checkpoint.labels(shard).set(1000.0 + lag)
+metrics.shard_started.labels(shard).set(500.0 + lag)
 print("ready", flush=True)
 sys.stdin.read()
 """
@@ -476,6 +497,12 @@ def test_a_killed_processor_s_live_gauges_are_reaped_and_its_totals_kept(
         assert matching(samples, "replicator_last_checkpoint_timestamp_seconds", shard="s1") == [
             1007.0
         ]
+        # The shard's first processor's start survives it, a later one's does not hide it
+        # (mode min): a processor restarting again and again does not restart the count.
+        third = SampleWriter(directory, "ap", "s1", 9.0)
+        assert matching(scrape(server.port), health_rules.SHARD_STARTED, shard="s1") == [507.0]
+        third.process.kill()
+        third.process.wait(10)
         files = {path.name for path in directory.iterdir()}
         assert not {name for name in files if name.endswith(f"_{first.pid}.db") and "live" in name}
         assert f"counter_{first.pid}.db" in files
