@@ -79,6 +79,7 @@ class AnswerNotes:
     _since: float | None = field(default=None, init=False)
     _batch_at: float | None = field(default=None, init=False)  # the last batch passed or answered
     _last_words: str = field(default="", init=False)  # why it is exiting on an error
+    _read: bool = field(default=False, init=False)  # passed a batch once
     _start_ticks: int | None = field(default=None, init=False)
     _failed: bool = field(default=False, init=False)
     _ended: bool = field(default=False, init=False)
@@ -106,6 +107,7 @@ class AnswerNotes:
 
     def received(self) -> None:
         self._since = self._batch_at = time.monotonic()
+        self._read = True
         self._write()
 
     def last_words(self, reason: str) -> None:
@@ -170,6 +172,7 @@ class AnswerNotes:
                 "shard": self.shard_id,
                 "since": self._since,
                 "batch_at": self._batch_at,
+                "read": self._read,
                 **({"last_words": self._last_words} if self._last_words else {}),
                 "heard": time.monotonic(),
                 "started": self._start_ticks,
@@ -237,13 +240,14 @@ def unanswered(
     at least three of the daemon's reads, one every ``reads_every_s`` while idle), and for
     each shard whose processor died (with no processor of the shard here since;
     ``on_death`` is told of each, for the run's final line), and for each shard ``held``
-    gives (told the shards with a processor running here: :meth:`HeldWatch.since`) held
-    that long without one. ``now``: ``time.monotonic()``."""
+    gives (told the shards whose processor here has been passed a batch:
+    :meth:`HeldWatch.since`) held that long without one. ``now``: ``time.monotonic()``."""
     now = time.monotonic() if now is None else now
     limit = max(stall_after_s, MISSED_BEATS * BEAT_S)
     unread_limit = max(limit, 3 * reads_every_s)
     reasons = []
     running: set[str] = set()
+    reading: set[str] = set()  # of those, the ones the KCL has passed a batch
     dead: list[tuple[Path, Death]] = []
     try:
         notes = sorted(directory.glob("[0-9]*.json"))
@@ -267,6 +271,8 @@ def unanswered(
             dead.append((path, Death(pid, shard, heard, words if isinstance(words, str) else "")))
             continue
         running.add(shard)
+        if note.get("read"):
+            reading.add(shard)
         silent_s = now - heard
         held_s = None if since is None else now - since
         if held_s is not None and held_s >= stall_after_s:
@@ -290,7 +296,9 @@ def unanswered(
             )
     reasons.extend(_refused_checkpoints(directory, running, stall_after_s, now, failover_s))
     dead_shards = {death.shard for _, death in dead}
-    for shard, since in sorted((held(running) if held is not None else {}).items()):
+    # A processor the KCL starts and shuts down again before any read (leases lost over
+    # and over) does not restart the count: only one that has read the shard does.
+    for shard, since in sorted((held(reading) if held is not None else {}).items()):
         if shard in running or shard in dead_shards or now - since < limit:
             continue
         reasons.append(

@@ -7,7 +7,7 @@ every other signal (the processors' notes, their gauges) is silent, since there 
 processor to give one. So the launcher reads the leases its worker id holds every
 :data:`CHECK_INTERVAL_S`, and ``/healthz`` names a shard held for ``stall_after_s`` with
 no processor of it running here (:func:`replicator.runtime.kcl.awaited.unanswered`),
-counted from the last time one was seen running.
+counted from the last time one that had read the shard was seen running.
 
 Left out, as leases a worker holds without a processor on purpose: a shard read to its
 end (checkpoint ``SHARD_END``), a child shard whose parent is not read to its end yet
@@ -80,15 +80,15 @@ class HeldWatch:
         every = Every("lease-holds", interval_s, self.turn)
         self.start, self.stop = every.start, every.stop
 
-    def since(self, running: Collection[str] = ()) -> dict[str, float]:
-        """The held shards and since when, ``running`` (the shards with a processor here
-        now) counted from now: the lease row names this worker for a while after a
-        processor ends on purpose (a graceful stop, a handoff, one the KCL shut down and
+    def since(self, reading: Collection[str] = ()) -> dict[str, float]:
+        """The held shards and since when, ``reading`` (the shards whose processor here
+        has been passed a batch) counted from now: the lease row names this worker for a
+        while after a processor ends on purpose (a handoff, one the KCL shut down and
         starts again), and a shard held for an hour was named at once, blaming
         GetShardIterator."""
         now = self.clock()
         with self._lock:
-            for shard in running:
+            for shard in reading:
                 if shard in self._since:
                     self._since[shard] = now
             return dict(self._since)

@@ -628,7 +628,9 @@ def run_kcl(
             on_death=died,
             reads_every_s=job.kcl.idle_time_between_reads_ms / 1000,
             failover_s=job.kcl.failover_time_ms / 1000,
-            held=None if held_watch is None else held_watch.since,
+            # A stop's processors end while the lease rows name this worker until they
+            # expire: a held lease says nothing then.
+            held=None if held_watch is None or daemon.stop_requested else held_watch.since,
         )
 
     lock = _worker_lock(resolved)

@@ -77,7 +77,15 @@ def test_a_shard_whose_processor_ended_on_purpose_counts_from_when_it_last_ran(
     watch.turn()
     notes = AnswerNotes(tmp_path, os.getpid())
     notes.started("s-1")
-    for at in (110.0, 200.0, 400.0):  # the processor runs, health judged now and then
+    now[0] = 140.0  # started, yet no batch passed (started and stopped again and again)
+    assert unanswered(tmp_path, 30, now=140.0, held=watch.since) == []  # it runs
+    notes.ended()
+    (reason,) = unanswered(tmp_path, 30, now=140.0, held=watch.since)
+    assert "for 40s without a processor" in reason  # counted on from the first reading
+    notes = AnswerNotes(tmp_path, os.getpid())
+    notes.started("s-1")
+    notes.received()
+    for at in (150.0, 200.0, 400.0):  # the processor reads, health judged now and then
         now[0] = at
         assert [r for r in unanswered(tmp_path, 30, now=at, held=watch.since) if "held" in r] == []
     notes.path.unlink()  # it ended on purpose (a handoff): its note goes, the lease row stays

@@ -1109,6 +1109,28 @@ def test_health_names_each_processor_the_kcl_passes_no_batch(stand_in: Any) -> N
     assert run.process.wait(30) == 0, run.log.read_text()[-2000:]
 
 
+def lease_table(endpoint: str, task: str, **owners: str) -> None:
+    """The task's lease table as the KCL makes it, a lease per shard (``shardId_x``
+    names shard ``shardId-x``) held by its worker id."""
+    ddb = client("dynamodb", "us-east-1", endpoint)
+    ddb.create_table(
+        TableName=task,
+        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    for shard, owner in owners.items():
+        ddb.put_item(
+            TableName=task,
+            Item={
+                "leaseKey": {"S": shard.replace("_", "-")},
+                "leaseOwner": {"S": owner},
+                "leaseCounter": {"N": "1"},
+                "checkpoint": {"S": "TRIM_HORIZON"},
+            },
+        )
+
+
 def test_health_names_a_lease_held_without_a_processor(
     stand_in: Any, kinesis_job: dict[str, Any], unique: Any
 ) -> None:
@@ -1117,23 +1139,7 @@ def test_health_names_a_lease_held_without_a_processor(
     ok while the worker replicated nothing. The launcher reads the leases its worker id
     holds: one held for metrics.stall_after_s without a processor here is named."""
     task = unique("held-kcl")
-    ddb = client("dynamodb", "us-east-1", kinesis_job["endpoint"])
-    ddb.create_table(
-        TableName=task,
-        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    for shard, owner in (("shardId-unstarted", "stand-in"), ("shardId-elsewhere", "w2")):
-        ddb.put_item(
-            TableName=task,
-            Item={
-                "leaseKey": {"S": shard},
-                "leaseOwner": {"S": owner},
-                "leaseCounter": {"N": "1"},
-                "checkpoint": {"S": "TRIM_HORIZON"},
-            },
-        )
+    lease_table(kinesis_job["endpoint"], task, shardId_unstarted="stand-in", shardId_elsewhere="w2")
     run = stand_in("graceful", task_name=task, metrics=", stall_after_s: 2")
     run.record()
     port = logged_metrics_port(run.log)
@@ -1147,6 +1153,24 @@ def test_health_names_a_lease_held_without_a_processor(
     assert health(port)[0] == 503
     run.process.send_signal(signal.SIGTERM)
     assert run.process.wait(30) == 0, run.log.read_text()[-2000:]
+
+
+def test_a_lease_held_without_a_processor_is_not_named_once_a_stop_is_asked(
+    stand_in: Any, kinesis_job: dict[str, Any], unique: Any
+) -> None:
+    """A stop's processors end first, and the lease rows name this worker until they
+    expire: each graceful stop was named unhealthy for a lease-table reading, blaming
+    GetShardIterator."""
+    task = unique("held-stop")
+    lease_table(kinesis_job["endpoint"], task, shardId_stopping="stand-in")
+    run = stand_in("deaf", task_name=task, metrics=", stall_after_s: 2")  # slow to stop
+    run.record()
+    port = logged_metrics_port(run.log)
+    wait_until(lambda: health(port)[1]["reasons"], 30, "the lease held without a processor")
+    run.process.send_signal(signal.SIGTERM)
+    wait_until(Path(str(run.record_path) + ".sigterm").exists, 30, "the daemon told to stop")
+    status, body = health(port)
+    assert (status, body["reasons"]) == (200, []), body
 
 
 def test_a_processor_passed_no_batch_within_three_idle_reads_is_not_named(stand_in: Any) -> None:
