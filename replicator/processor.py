@@ -241,9 +241,9 @@ class ReplicationProcessor:
             # worker as its owner until it expires (a stop), so the words say when the
             # shard goes on: an operator timing a rolling restart reads this line.
             log.info(
-                "processor done after the requested shutdown; another worker goes on "
-                "from its checkpoint: at once in a handoff, once the lease expires "
-                "(kcl.failover_time_ms) when this worker stops"
+                "processor done after the requested shutdown; the shard goes on from its "
+                "checkpoint wherever its lease goes next: at once in a handoff, once the "
+                "lease has expired (kcl.failover_time_ms) after a stop"
             )
         else:
             # Another worker took the lease, or the runtime could not read it (the lease

@@ -573,7 +573,7 @@ def test_the_lease_given_up_after_a_requested_shutdown_is_no_warning(
     assert daemon.finish() == 0
     (line,) = [line for line in daemon.stderr if "requested shutdown" in json.loads(line)["event"]]
     assert json.loads(line)["event"].startswith(
-        "processor done after the requested shutdown; another worker goes on from its checkpoint"
+        "processor done after the requested shutdown; the shard goes on from its checkpoint"
     )
     assert json.loads(line)["level"] == "info"
     other = RawDaemon(job["config"])

@@ -290,6 +290,13 @@ def numeric_property_problem(key: str, value: str) -> str | None:
             # one and its scheduler throws at start-up (leaseAssignmentIntervalMillis), or
             # it runs with a nonsense bound.
             return f"{shown(value)} is negative: it is a count, a size or a time, 0 or more"
+        if key == "maxLeasesForWorker" and int(text) == 0:
+            # KCL 3 hands a worker that holds no lease one whatever its cap.
+            return (
+                f"{shown(value)} would still let the worker take a lease (KCL 3 gives one to "
+                "a worker holding none, whatever its cap): give 1 or more, and stop a worker "
+                "that should take none"
+            )
         return None
     if key in KCL_DECIMAL_PROPERTIES:
         if not DECIMAL_PATTERN.fullmatch(text):

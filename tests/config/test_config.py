@@ -260,6 +260,11 @@ BROKEN = {
         "kcl.extra_properties.leaseAssignmentIntervalMillis",
         "'-5' is negative: it is a count, a size or a time, 0 or more",
     ),
+    "kcl-max-leases-zero": (
+        MINIMAL + "runtime: kcl\nkcl: {extra_properties: {maxLeasesForWorker: 0}}\n",
+        "kcl.extra_properties.maxLeasesForWorker",
+        "would still let the worker take a lease (KCL 3 gives one to a worker holding none",
+    ),
     "kcl-decimal-property-not-a-number": (
         MINIMAL + "runtime: kcl\nkcl: {extra_properties: {workerMetricsEMAAlpha: half}}\n",
         "kcl.extra_properties.workerMetricsEMAAlpha",

@@ -58,6 +58,7 @@ HASH_RANGE_NOTE = (
     "a DynamoDB stream has no hash key ranges (the adapter gives every lease a "
     "placeholder): the KCL's check cannot pass, and nothing is wrong"
 )
+_ADAPTER_FACTORY = "com.amazonaws.services.dynamodbv2.streamsadapter.StreamsSchedulerFactory"
 # Warnings every healthy daemon logs in places: each is info, with a note saying why.
 # (Java logger, the message's start) -> note.
 HARMLESS_WARNINGS = {
@@ -65,13 +66,22 @@ HARMLESS_WARNINGS = {
         "software.amazon.kinesis.worker.WorkerMetricsSelector",
         "Did not find an operating range metadata provider",
     ): (
-        "off EC2, ECS and EKS the KCL finds no CPU figure for this worker and balances "
-        "leases without it (docs/kcl-and-docker.md, scaling out); nothing is wrong"
+        "the KCL finds no CPU figure for this worker (expected off EC2, ECS and EKS; on "
+        "them, the instance or task metadata is out of reach) and balances leases "
+        "without it (docs/kcl-and-docker.md, scaling out)"
     ),
     (
         "software.amazon.kinesis.metrics.CloudWatchPublisherRunnable",
         "Dropping metrics [] because",
     ): "the KCL's CloudWatch publisher stops with the daemon and had nothing to send",
+    **dict.fromkeys(
+        (
+            (_ADAPTER_FACTORY, "skipShardSyncAtWorkerInitializationIfLeasesExist is not set"),
+            (_ADAPTER_FACTORY, "leasesRecoveryAuditorInconsistencyConfidenceThreshold is"),
+            (_ADAPTER_FACTORY, "Setting the delay to complete a shard sync task as 0"),
+        ),
+        "the DynamoDB Streams adapter sets what a DynamoDB stream needs, on every start",
+    ),
 }
 _ERROR = re.compile(r"\b(error|exception|fatal)\b|^Exception in thread", re.IGNORECASE)
 _WARNING = re.compile(r"\bwarn(ing)?\b", re.IGNORECASE)

@@ -96,6 +96,23 @@ def test_the_shard_syncs_hash_range_error_is_info_under_a_dynamodb_stream_only(
             "Dropping metrics [] because CloudWatchPublisherRunnable is shutting down.",
             "info",
         ),
+        (
+            "com.amazonaws.services.dynamodbv2.streamsadapter.StreamsSchedulerFactory",
+            "leasesRecoveryAuditorInconsistencyConfidenceThreshold is greater than 0. DynamoDB "
+            "Streams adapter does not do hole tracking. Setting this to 0.",
+            "info",
+        ),
+        (
+            "com.amazonaws.services.dynamodbv2.streamsadapter.StreamsSchedulerFactory",
+            "skipShardSyncAtWorkerInitializationIfLeasesExist is not set to true. This will "
+            "cause the worker to delay working on lease. Setting this to true",
+            "info",
+        ),
+        (
+            "com.amazonaws.services.dynamodbv2.streamsadapter.StreamsSchedulerFactory",
+            "Setting the delay to complete a shard sync task as 0.",
+            "info",
+        ),
         # metrics that were there to send are dropped: the warning stays
         (
             "software.amazon.kinesis.metrics.CloudWatchPublisherRunnable",
