@@ -477,8 +477,8 @@ def test_an_ordered_put_without_an_answer_holds_only_the_items_next_delete(
         pipeline.submit_all([decode(remove("a", 3, ts=200)), decode(put("b", 4, ts=1, v="x"))])
         pipeline.dispatch()
         wait_for(lambda: table.value("b") == "x")
+        wait_for(lambda: pipeline.outstanding() == {"dest": 1})  # b's write settled too
         assert table.value("a") == "second"  # the delete waits
-        assert pipeline.outstanding() == {"dest": 1}
         assert pipeline.checkpointable() == second.sequence_number
         pipeline.release_holds()
         assert pipeline.flush(timeout=WAIT_S)
