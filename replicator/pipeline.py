@@ -564,6 +564,8 @@ class ShardPipeline:
         """Refresh the gauges that change with time, and count the writes applied on the
         event loop since the last report (called about once a second)."""
         now = self._clock()
+        # Before the lag, which health judges from it.
+        self.metrics.shard_started.labels(self.shard_id).set(self._started_at)
         # The lag before the count: a lag of 0 says every write read so far has settled,
         # and the count that follows then holds them all.
         self._publish_lag(now)
@@ -578,7 +580,6 @@ class ShardPipeline:
         with self._cond:
             open_changes = self.buffer.open_changes
         self.metrics.buffered_changes.labels(self.shard_id).set(open_changes)
-        self.metrics.shard_started.labels(self.shard_id).set(self._started_at)
 
     def _publish_lag(self, now: float) -> None:
         with self._cond:

@@ -302,7 +302,8 @@ def assert_a_next_change_waits(pipeline: Any, table: Any, checkpointed: str) -> 
     wait_for(lambda: table.value("other") == "x")
     # Its write lands before its answer is settled (a loaded machine shows the gap): the
     # held key's change is the one left once it is.
-    wait_for(lambda: pipeline.outstanding() == {"dest": 1})
+    wait_for(lambda: pipeline.outstanding().get("dest", 0) <= 1)
+    assert pipeline.outstanding() == {"dest": 1}
     assert table.value("k0") == "first"
     assert pipeline.checkpointable() == checkpointed
     pipeline.release_holds()
@@ -477,7 +478,8 @@ def test_an_ordered_put_without_an_answer_holds_only_the_items_next_delete(
         pipeline.submit_all([decode(remove("a", 3, ts=200)), decode(put("b", 4, ts=1, v="x"))])
         pipeline.dispatch()
         wait_for(lambda: table.value("b") == "x")
-        wait_for(lambda: pipeline.outstanding() == {"dest": 1})  # b's write settled too
+        wait_for(lambda: pipeline.outstanding().get("dest", 0) <= 1)  # b's write settled too
+        assert pipeline.outstanding() == {"dest": 1}
         assert table.value("a") == "second"  # the delete waits
         assert pipeline.checkpointable() == second.sequence_number
         pipeline.release_holds()

@@ -77,7 +77,11 @@ HARMLESS_WARNINGS = {
     **dict.fromkeys(
         (
             (_ADAPTER_FACTORY, "skipShardSyncAtWorkerInitializationIfLeasesExist is not set"),
-            (_ADAPTER_FACTORY, "leasesRecoveryAuditorInconsistencyConfidenceThreshold is"),
+            (
+                _ADAPTER_FACTORY,
+                "leasesRecoveryAuditorInconsistencyConfidenceThreshold is greater than 0. "
+                "DynamoDB Streams adapter does not do hole tracking",
+            ),
             (_ADAPTER_FACTORY, "Setting the delay to complete a shard sync task as 0"),
         ),
         "the DynamoDB Streams adapter sets what a DynamoDB stream needs, on every start",

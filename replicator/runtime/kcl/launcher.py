@@ -739,12 +739,13 @@ def run_kcl(
             if held_watch is not None:
                 held_watch.stop()
             daemon.clean_up()
+            if daemon.failure is not None and not (
+                daemon.jvm_refused or daemon.classpath_failure or daemon.cannot_start
+            ):
+                # Not its graceful stop, which gives up the lock itself; its process group
+                # is gone, and the worker's host lock still held (released on leaving).
+                give_up_leader_lock(resolved, _worker_id(resolved))
     log.info("KCL daemon exited", status=daemon.status, exit_code=status)
-    if daemon.failure is not None and not (
-        daemon.jvm_refused or daemon.classpath_failure or daemon.cannot_start
-    ):
-        # Not its graceful stop, which gives up the lock itself; its process is gone.
-        give_up_leader_lock(resolved, _worker_id(resolved))
     if watch is not None and watch.replaced is not None:
         raise EnvironmentProblem(watch.replaced)
     if claim_watch is not None and claim_watch.refused is not None:

@@ -16,7 +16,6 @@ it). Any failure only leaves the lock to expire as before.
 from __future__ import annotations
 
 import structlog
-from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.aws import clients
 from replicator.aws.errors import error_code
@@ -31,7 +30,10 @@ VERSION = "recordVersionNumber"
 
 
 def coordinator_table(resolved: ResolvedJob) -> str:
-    return f"{resolved.task_name}-CoordinatorState"
+    """The KCL's table: ``coordinatorStateTableName`` if the job sets it, as the KCL reads
+    it, else named after the task."""
+    named = resolved.job.kcl.extra_properties.get("coordinatorStateTableName", "").strip()
+    return named or f"{resolved.task_name}-CoordinatorState"
 
 
 def give_up_leader_lock(resolved: ResolvedJob, worker_id: str) -> bool:
@@ -39,8 +41,8 @@ def give_up_leader_lock(resolved: ResolvedJob, worker_id: str) -> bool:
     True when it was deleted. Called only once the daemon's process is gone."""
     source = resolved.job.source
     table = coordinator_table(resolved)
-    ddb = clients.dynamodb(source, connect_timeout=2.0, read_timeout=5.0, sdk_retries=False)
     try:
+        ddb = clients.dynamodb(source, connect_timeout=2.0, read_timeout=5.0, sdk_retries=False)
         row = ddb.get_item(TableName=table, Key=LEADER_KEY, ConsistentRead=True).get("Item")
         if not row or row.get(OWNER, {}).get("S") != worker_id or VERSION not in row:
             return False
@@ -51,13 +53,14 @@ def give_up_leader_lock(resolved: ResolvedJob, worker_id: str) -> bool:
             ExpressionAttributeNames={"#owner": OWNER, "#version": VERSION},
             ExpressionAttributeValues={":owner": {"S": worker_id}, ":version": row[VERSION]},
         )
-    except (ClientError, BotoCoreError) as error:
+    except Exception as error:  # noqa: BLE001  # only an aid: the run's end stands as it is
         code = error_code(error)
         if code in ("ConditionalCheckFailedException", "ResourceNotFoundException"):
             return False  # taken by another worker meanwhile, or no KCL table yet
         log.warning(
-            "the leader's lock this worker held could not be given up; another worker "
-            "leads, and assigns this worker's leases, once it expires (about two minutes)",
+            "the leader's lock could not be read or given up; if this worker held it, "
+            "another worker leads, and assigns this worker's leases, once it expires "
+            "(about two minutes)",
             table=table,
             error=str(error),
         )

@@ -1109,6 +1109,24 @@ def test_health_names_each_processor_the_kcl_passes_no_batch(stand_in: Any) -> N
     assert run.process.wait(30) == 0, run.log.read_text()[-2000:]
 
 
+def leader_lock(endpoint: str, task: str) -> tuple[Any, dict[str, Any]]:
+    """KCL 3's leader-lock row held by the stand-in's worker id, as the lock client writes
+    it in ``<task>-CoordinatorState``: a client of that region, and the row's key."""
+    ddb = client("dynamodb", "us-east-1", endpoint)
+    ddb.create_table(
+        TableName=f"{task}-CoordinatorState",
+        KeySchema=[{"AttributeName": "key", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "key", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    lock = {"key": {"S": "Leader"}}
+    ddb.put_item(
+        TableName=f"{task}-CoordinatorState",
+        Item={**lock, "ownerName": {"S": "stand-in"}, "recordVersionNumber": {"S": "v"}},
+    )
+    return ddb, lock
+
+
 def lease_table(endpoint: str, task: str, **owners: str) -> None:
     """The task's lease table as the KCL makes it, a lease per shard (``shardId_x``
     names shard ``shardId-x``) held by its worker id."""
@@ -1140,6 +1158,8 @@ def test_health_names_a_lease_held_without_a_processor(
     holds: one held for metrics.stall_after_s without a processor here is named."""
     task = unique("held-kcl")
     lease_table(kinesis_job["endpoint"], task, shardId_unstarted="stand-in", shardId_elsewhere="w2")
+    # The leader's lock, which a graceful stop leaves to the daemon (it gives it up itself).
+    ddb, lock = leader_lock(kinesis_job["endpoint"], task)
     run = stand_in("graceful", task_name=task, metrics=", stall_after_s: 2")
     run.record()
     port = logged_metrics_port(run.log)
@@ -1153,6 +1173,7 @@ def test_health_names_a_lease_held_without_a_processor(
     assert health(port)[0] == 503
     run.process.send_signal(signal.SIGTERM)
     assert run.process.wait(30) == 0, run.log.read_text()[-2000:]
+    assert "Item" in ddb.get_item(TableName=f"{task}-CoordinatorState", Key=lock)
 
 
 def test_a_lease_held_without_a_processor_is_not_named_once_a_stop_is_asked(
@@ -1205,18 +1226,7 @@ def test_the_final_line_of_a_daemon_that_exits_after_a_processor_died_names_the_
     leader's lock the daemon left is given up (the other workers waited out its two
     minutes before assigning this worker's leases)."""
     task = unique("died")
-    ddb = client("dynamodb", "us-east-1", moto_endpoint)
-    ddb.create_table(
-        TableName=f"{task}-CoordinatorState",
-        KeySchema=[{"AttributeName": "key", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "key", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    lock = {"key": {"S": "Leader"}}
-    ddb.put_item(
-        TableName=f"{task}-CoordinatorState",
-        Item={**lock, "ownerName": {"S": "stand-in"}, "recordVersionNumber": {"S": "v"}},
-    )
+    ddb, lock = leader_lock(moto_endpoint, task)
     run = stand_in("died", task_name=task)
     record = run.record()
     port = logged_metrics_port(run.log)

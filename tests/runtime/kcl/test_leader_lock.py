@@ -67,6 +67,20 @@ def test_the_lock_this_worker_held_is_deleted_and_another_workers_kept(
     assert line["event"].startswith("gave up the leader's lock this worker held")
 
 
+def test_the_table_is_the_one_the_job_names_for_the_kcl(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    resolved = parse_job(
+        "runtime: kcl\n"
+        f"task_name: {unique('lock')}\n"
+        f"source: {{region: us-east-1, table: orders, endpoint_url: '{moto_endpoint}'}}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        "kcl: {extra_properties: {coordinatorStateTableName: ' ops-coordination '}}\n",
+        tmp_path / "job.yaml",
+    )
+    assert coordinator_table(resolved) == "ops-coordination"
+
+
 def test_a_lock_renewed_between_the_read_and_the_delete_is_kept(
     moto_endpoint: str, unique: Any, tmp_path: Path, monkeypatch: Any
 ) -> None:
