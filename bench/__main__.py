@@ -2,7 +2,7 @@
 
 Options (also as environment variables, for ``make bench``):
 
-  --quick          (BENCH_QUICK=1)   one run of each, smaller workloads (about 2 minutes)
+  --quick          (BENCH_QUICK=1)   one run of each, smaller workloads (1.5 to 3 minutes)
   --runs N         (BENCH_RUNS)      runs per measurement (default 3)
   --only a,b       (BENCH_ONLY)      scenarios: ceiling, core, e2e, paced, memory, hot, naive, host
   --latencies ...  (BENCH_LATENCIES) e.g. 100 or 0,20,100
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import REQUIRED_KEYS, machine, summarize, table, verdicts
-from bench.runner import Plan, run_all
+from bench.runner import POLICIES, Plan, run_all
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -34,15 +34,74 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value if value else default
 
 
+def _positive(text: str) -> int:
+    """A count of 1 or more (argparse names the option and the value it refuses)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+_positive.__name__ = "count of 1 or more"
+
+
+def _listed(
+    parser: argparse.ArgumentParser, option: str, text: str, allowed: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The comma-separated names of ``text``, each one of ``allowed``: a name measured
+    nothing and still replaced the results with empty figures."""
+    names = tuple(part.strip() for part in text.split(","))
+    wrong = [name for name in names if name not in allowed]
+    if wrong or not names:
+        parser.error(
+            f"{option} {text!r}: {', '.join(map(repr, wrong)) or 'nothing'} is not one of "
+            + ", ".join(allowed)
+        )
+    return names
+
+
+def _latencies(parser: argparse.ArgumentParser, text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0 <= value < 60_000 for value in values):
+        parser.error(f"--latencies {text!r}: give milliseconds from 0, comma-separated")
+    return values
+
+
+def _quick_default(parser: argparse.ArgumentParser) -> bool:
+    text = (_env("BENCH_QUICK") or "").strip().lower()
+    if text not in ("", "0", "1", "true", "false", "yes", "no"):
+        parser.error(f"BENCH_QUICK={text!r}: give 1 (or 0)")
+    return text in ("1", "true", "yes")
+
+
+def _writable(parser: argparse.ArgumentParser, output: Path) -> Path:
+    """Refused before the run, which takes minutes: a directory that does not exist (it
+    was made, from the root), a directory given as the file, a place not writable."""
+    if output.is_dir():
+        parser.error(f"--output {output}: is a directory; give the results file's path")
+    if not output.parent.is_dir():
+        parser.error(f"--output {output}: its directory {output.parent} does not exist")
+    probe = output.with_name(output.name + ".tmp")
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        parser.error(f"--output {output}: cannot be written ({error.strerror or error})")
+    return output
+
+
 def parse(argv: list[str] | None) -> tuple[Plan, Path]:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", default=_env("BENCH_QUICK") == "1")
-    parser.add_argument("--runs", type=int, default=_env("BENCH_RUNS"))
+    parser.add_argument("--quick", action="store_true", default=_quick_default(parser))
+    parser.add_argument("--runs", type=_positive, default=_env("BENCH_RUNS"))
     parser.add_argument("--only", default=_env("BENCH_ONLY"))
     parser.add_argument("--latencies", default=_env("BENCH_LATENCIES"))
     parser.add_argument("--policies", default=_env("BENCH_POLICIES"))
-    parser.add_argument("--max-in-flight", type=int, default=_env("BENCH_MAX_IN_FLIGHT"))
-    parser.add_argument("--max-buffered", type=int, default=_env("BENCH_MAX_BUFFERED"))
+    parser.add_argument("--max-in-flight", type=_positive, default=_env("BENCH_MAX_IN_FLIGHT"))
+    parser.add_argument("--max-buffered", type=_positive, default=_env("BENCH_MAX_BUFFERED"))
     parser.add_argument("--profile", type=Path, default=_env("BENCH_PROFILE"))
     parser.add_argument(
         "--output",
@@ -52,21 +111,31 @@ def parse(argv: list[str] | None) -> tuple[Plan, Path]:
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan()
     changes: dict[str, Any] = {}
-    if args.runs:
-        changes["runs"] = int(args.runs)
-    if args.only:
-        changes["scenarios"] = tuple(part.strip() for part in args.only.split(","))
-    if args.latencies:
-        changes["latencies_ms"] = tuple(float(part) for part in args.latencies.split(","))
-    if args.policies:
-        changes["policies"] = tuple(part.strip() for part in args.policies.split(","))
-    if args.max_in_flight:
-        changes["max_in_flight"] = int(args.max_in_flight)
-    if args.max_buffered:
-        changes["max_buffered"] = int(args.max_buffered)
+    # Given (not None): an empty --only or a 0 count is refused, not taken as the default.
+    if args.runs is not None:
+        changes["runs"] = _positive_or_error(parser, "--runs", args.runs)
+    if args.only is not None:
+        changes["scenarios"] = _listed(parser, "--only", args.only, Plan().scenarios)
+    if args.latencies is not None:
+        changes["latencies_ms"] = _latencies(parser, args.latencies)
+    if args.policies is not None:
+        changes["policies"] = _listed(parser, "--policies", args.policies, POLICIES)
+    if args.max_in_flight is not None:
+        changes["max_in_flight"] = _positive_or_error(parser, "--max-in-flight", args.max_in_flight)
+    if args.max_buffered is not None:
+        changes["max_buffered"] = _positive_or_error(parser, "--max-buffered", args.max_buffered)
     if args.profile:
         changes["profile_dir"] = Path(args.profile)
-    return replace(plan, **changes), args.output
+    return replace(plan, **changes), _writable(parser, args.output)
+
+
+def _positive_or_error(parser: argparse.ArgumentParser, option: str, value: Any) -> int:
+    """An environment variable's value (argparse converts only what the command line
+    gives) as a count of 1 or more."""
+    try:
+        return _positive(str(value))
+    except ValueError:
+        parser.error(f"{option} {value!r}: give a count of 1 or more")
 
 
 def main(argv: list[str] | None = None) -> int:

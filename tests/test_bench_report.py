@@ -3,6 +3,7 @@ fabricated scenario results, without running a benchmark."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -194,3 +195,47 @@ def test_the_table_prints_a_verdict_value_and_bound_for_every_target() -> None:
 def test_shards_per_core_is_a_core_over_a_saturated_shards_cpu() -> None:
     assert shards_per_core(500.0) == 2.0
     assert shards_per_core(1437.0) == pytest.approx(0.696, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--only", "nosuch"], "--only 'nosuch': 'nosuch' is not one of ceiling, core"),
+        (["--only", ""], "--only '': '' is not one of"),
+        (["--runs", "0"], "argument --runs: invalid count of 1 or more value: '0'"),
+        (["--latencies", "-5"], "--latencies '-5': give milliseconds from 0"),
+        (["--latencies", "abc"], "--latencies 'abc': give milliseconds from 0"),
+        (["--policies", "nosuch"], "--policies 'nosuch': 'nosuch' is not one of last_writer_wins"),
+        (["--max-in-flight", "-3"], "argument --max-in-flight: invalid count of 1 or more"),
+        (["--output", "/nonexistent/dir/r.json"], "its directory /nonexistent/dir does not exist"),
+    ],
+)
+def test_a_bad_option_is_refused_before_anything_runs(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each ran for minutes first and ended in a traceback, or measured nothing, exited 0
+    and replaced bench/results.json with empty figures."""
+    from bench.__main__ import parse
+
+    with pytest.raises(SystemExit) as refused:
+        parse(argv)
+    assert refused.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+def test_an_output_that_is_a_directory_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench.__main__ import parse
+
+    with pytest.raises(SystemExit):
+        parse(["--output", str(tmp_path)])
+    assert "is a directory; give the results file's path" in capsys.readouterr().err
+    monkeypatch.setenv("BENCH_QUICK", "maybe")
+    with pytest.raises(SystemExit):
+        parse([])
+    assert "BENCH_QUICK='maybe': give 1 (or 0)" in capsys.readouterr().err
+    monkeypatch.setenv("BENCH_QUICK", "1")
+    plan, output = parse(["--output", str(tmp_path / "r.json"), "--only", "core,host"])
+    assert (plan.runs, plan.scenarios, output) == (1, ("core", "host"), tmp_path / "r.json")
+    assert list(tmp_path.iterdir()) == []  # the probe of the place left nothing
