@@ -153,7 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     started = time.time()
-    runs = run_all(plan, say)
+    try:
+        runs = run_all(plan, say)
+    except KeyboardInterrupt:
+        # The scenarios stop their servers and processors as the interrupt unwinds them.
+        print(f"benchmarks interrupted; {output} left as it was", file=sys.stderr)
+        return 130
     duration_s = round(time.time() - started, 1)
     summary = summarize(runs)
     rows = verdicts(summary)
