@@ -153,12 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     started = time.time()
-    try:
-        runs = run_all(plan, say)
-    except KeyboardInterrupt:
-        # The scenarios stop their servers and processors as the interrupt unwinds them.
-        print(f"benchmarks interrupted; {output} left as it was", file=sys.stderr)
-        return 130
+    runs = run_all(plan, say)
     duration_s = round(time.time() - started, 1)
     summary = summarize(runs)
     rows = verdicts(summary)

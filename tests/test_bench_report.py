@@ -239,30 +239,3 @@ def test_an_output_that_is_a_directory_is_refused(
     plan, output = parse(["--output", str(tmp_path / "r.json"), "--only", "core,host"])
     assert (plan.runs, plan.scenarios, output) == (1, ("core", "host"), tmp_path / "r.json")
     assert list(tmp_path.iterdir()) == []  # the probe of the place left nothing
-
-
-def test_ctrl_c_ends_the_bench_with_one_line_and_the_results_file_as_it_was(
-    tmp_path: Path,
-) -> None:
-    """It printed a KeyboardInterrupt traceback."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    output = tmp_path / "results.json"
-    output.write_text("{}\n")
-    bench = subprocess.Popen(
-        [sys.executable, "-m", "bench", "--quick", "--only", "core", "--output", str(output)],
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    assert bench.stderr is not None
-    assert bench.stderr.readline().startswith("benchmarks: 1 run(s) each; scenarios core")
-    os.killpg(bench.pid, signal.SIGINT)  # as a terminal's Ctrl-C reaches the whole group
-    rest = bench.stderr.read()
-    assert bench.wait(60) == 130, rest
-    assert "Traceback" not in rest, rest
-    assert rest.strip().splitlines()[-1] == f"benchmarks interrupted; {output} left as it was"
-    assert output.read_text() == "{}\n"
