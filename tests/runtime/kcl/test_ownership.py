@@ -162,6 +162,15 @@ def test_a_run_whose_tag_another_job_wrote_since_has_its_daemon_stopped(
     create_lease_table(moto_endpoint, resolved.lease_table)
     assert ownership.claim(resolved, identity_of(first))
     stopped: list[bool] = []
+    # The other job's tag replaces this one's before the watch's first reading: a watch
+    # reading between the removal and the new tag found none and tagged the table again
+    # (moto keeps both values under one key), and ran on.
+    ddb = client("dynamodb", "us-east-1", moto_endpoint)
+    arn = ddb.describe_table(TableName=resolved.lease_table)["Table"]["TableArn"]
+    ddb.untag_resource(ResourceArn=arn, TagKeys=[ownership.OWNER_TAG])
+    ddb.tag_resource(
+        ResourceArn=arn, Tags=[{"Key": ownership.OWNER_TAG, "Value": identity_of(second)}]
+    )
     watch = ClaimWatch(
         resolved,
         identity_of(first),
@@ -171,12 +180,6 @@ def test_a_run_whose_tag_another_job_wrote_since_has_its_daemon_stopped(
     )
     watch.start()
     try:
-        ddb = client("dynamodb", "us-east-1", moto_endpoint)
-        arn = ddb.describe_table(TableName=resolved.lease_table)["Table"]["TableArn"]
-        ddb.untag_resource(ResourceArn=arn, TagKeys=[ownership.OWNER_TAG])
-        ddb.tag_resource(
-            ResourceArn=arn, Tags=[{"Key": ownership.OWNER_TAG, "Value": identity_of(second)}]
-        )
         watch.join(timeout=30)
     finally:
         watch.stop()
