@@ -13,7 +13,7 @@ import pytest
 
 from replicator.processor import FENCE_AFTER_S
 from replicator.shards.fence import NO_OWNER, WORKER_ID_ENV, LeaseFence
-from tests.support.aws import client, create_table
+from tests.support.aws import client, create_lease_table, create_table
 from tests.support.e2e import wait_until
 from tests.support.faults.proxy import FaultProxy
 from tests.support.records import put
@@ -26,12 +26,7 @@ SHARD = "shardId-00000001700000000000-0000fence"
 def lease_table(moto_endpoint: str, name: str, **lease: str) -> Any:
     """The job's lease table in the KCL's schema, holding ``SHARD``'s lease."""
     ddb = client("dynamodb", "us-east-1", moto_endpoint)
-    ddb.create_table(
-        TableName=name,
-        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_lease_table(ddb, name)
     item = {"leaseKey": {"S": SHARD}, "leaseCounter": {"N": "7"}, "checkpoint": {"S": "1"}}
     item.update({name: {"S": value} for name, value in lease.items()})
     ddb.put_item(TableName=name, Item=item)

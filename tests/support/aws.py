@@ -44,6 +44,16 @@ def create_table(
     return table
 
 
+def create_lease_table(ddb: Any, name: str) -> None:
+    """A lease table in the KCL's schema, as the KCL creates it on a first start."""
+    ddb.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
 class LostAnswers:
     """Makes a DynamoDB client's next UpdateItem call raise a read timeout, as botocore
     does when a proxy holds the request past its read timeout: after the write reached

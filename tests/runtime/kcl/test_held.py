@@ -13,7 +13,7 @@ from replicator.config.loader import parse_job
 from replicator.runtime.kcl.awaited import AnswerNotes, unanswered
 from replicator.runtime.kcl.held import HeldWatch, held_shards
 from replicator.shards.leases import Lease
-from tests.support.aws import client
+from tests.support.aws import client, create_lease_table
 
 
 def lease(shard: str, owner: str | None, checkpoint: str = "TRIM_HORIZON", **extra: Any) -> Any:
@@ -113,15 +113,6 @@ def watched_job(
     if create:
         create_lease_table(ddb, resolved.lease_table)
     return resolved, ddb
-
-
-def create_lease_table(ddb: Any, name: str) -> None:
-    ddb.create_table(
-        TableName=name,
-        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
 
 
 def test_the_watch_reads_the_workers_leases_from_the_lease_table(

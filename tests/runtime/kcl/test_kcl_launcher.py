@@ -33,7 +33,7 @@ from replicator.runtime.kcl.awaited import AnswerNotes
 from replicator.runtime.kcl.launcher import DaemonProcess, group_members, prepare_run
 from replicator.runtime.kcl.properties import templates_dir
 from tests.support import ROOT
-from tests.support.aws import client
+from tests.support.aws import client, create_lease_table
 from tests.support.e2e import wait_until
 from tests.support.healthcheck import healthcheck
 from tests.support.kcl_cluster import assert_json_lines
@@ -1131,12 +1131,7 @@ def lease_table(endpoint: str, task: str, **owners: str) -> None:
     """The task's lease table as the KCL makes it, a lease per shard (``shardId_x``
     names shard ``shardId-x``) held by its worker id."""
     ddb = client("dynamodb", "us-east-1", endpoint)
-    ddb.create_table(
-        TableName=task,
-        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_lease_table(ddb, task)
     for shard, owner in owners.items():
         ddb.put_item(
             TableName=task,

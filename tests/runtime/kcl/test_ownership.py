@@ -27,7 +27,7 @@ from tests.runtime.kcl.test_kcl_launcher import (
     write_job,
 )
 from tests.runtime.kcl.test_kcl_launcher import run_cli as run_kcl_cli
-from tests.support.aws import client
+from tests.support.aws import client, create_lease_table
 
 
 @pytest.fixture
@@ -56,16 +56,6 @@ def two_jobs(moto_endpoint: str, unique: Any, tmp_path: Path) -> tuple[Path, Pat
     return files[0], files[1]
 
 
-def create_lease_table(endpoint: str, name: str) -> None:
-    """The lease table as the KCL creates it on a first start."""
-    client("dynamodb", "us-east-1", endpoint).create_table(
-        TableName=name,
-        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-
-
 def identity_of(job: Path) -> str:
     resolved = load_job(job)
     ddb = client("dynamodb", "us-east-1", str(resolved.job.source.endpoint_url))
@@ -81,7 +71,7 @@ def test_a_lease_table_is_claimed_once_it_exists_and_kept_by_its_job(
     identity = identity_of(first)
     assert identity.endswith(f":table/{resolved.job.source.table}")
     assert not ownership.claim(resolved, identity)  # the KCL has not created it yet
-    create_lease_table(moto_endpoint, resolved.lease_table)
+    create_lease_table(client("dynamodb", "us-east-1", moto_endpoint), resolved.lease_table)
     assert ownership.claim(resolved, identity)
     assert ownership.claim(resolved, identity)  # its own tag: claimed again
     ddb = client("dynamodb", "us-east-1", moto_endpoint)
@@ -95,7 +85,7 @@ def test_a_second_job_of_the_task_name_is_refused_at_start_naming_both_sources(
 ) -> None:
     first, second = two_jobs
     resolved = load_job(first)
-    create_lease_table(moto_endpoint, resolved.lease_table)
+    create_lease_table(client("dynamodb", "us-east-1", moto_endpoint), resolved.lease_table)
     assert ownership.claim(resolved, identity_of(first))
     with pytest.raises(EnvironmentProblem, match="is another job's"):
         prepare_run(load_job(second), tmp_path / "run")
@@ -120,7 +110,7 @@ def test_the_claim_made_after_the_kcl_created_the_table_stops_a_job_it_is_not_fo
     watch = ClaimWatch(
         load_job(second), identity_of(second), lambda: stopped.append(True), interval_s=0.05
     )
-    create_lease_table(moto_endpoint, resolved.lease_table)
+    create_lease_table(client("dynamodb", "us-east-1", moto_endpoint), resolved.lease_table)
     assert ownership.claim(resolved, identity_of(first))
     watch.start()
     try:
@@ -137,7 +127,7 @@ def test_a_role_without_the_tag_permissions_runs_unchecked_and_says_what_to_gran
     """A role written before the check: the job must not stop starting after an upgrade."""
     first, _ = two_jobs
     resolved = load_job(first)
-    create_lease_table(moto_endpoint, resolved.lease_table)
+    create_lease_table(client("dynamodb", "us-east-1", moto_endpoint), resolved.lease_table)
     ddb = client("dynamodb", "us-east-1", moto_endpoint)
     denied = ClientError(
         {"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}},
@@ -159,7 +149,7 @@ def test_a_run_whose_tag_another_job_wrote_since_has_its_daemon_stopped(
     tags may lag a write): the run the tag no longer names is stopped while it runs."""
     first, second = two_jobs
     resolved = load_job(first)
-    create_lease_table(moto_endpoint, resolved.lease_table)
+    create_lease_table(client("dynamodb", "us-east-1", moto_endpoint), resolved.lease_table)
     assert ownership.claim(resolved, identity_of(first))
     stopped: list[bool] = []
     # The other job's tag replaces this one's before the watch's first reading: a watch

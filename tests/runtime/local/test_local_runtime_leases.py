@@ -17,7 +17,7 @@ import pytest
 from replicator.demo import tables
 from replicator.tools.compare import compare
 from replicator.watermark.table import StatusTable
-from tests.support.aws import client
+from tests.support.aws import client, create_lease_table
 from tests.support.cli import in_process
 from tests.support.e2e import KEYS, PATIENCE, Job, children_of, stop, wait_until
 from tests.support.metrics import logged_metrics_port
@@ -303,12 +303,7 @@ def _held_on_another_host(job: Job, counter: int) -> None:
 
 def _pinned(job: Job, failover_time_ms: int) -> None:
     """The job run under the worker id ``pinned``, its lease held on another host."""
-    job.source.create_table(
-        TableName=job.name,
-        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_lease_table(job.source, job.name)
     _held_on_another_host(job, 7)
     job.kcl = (
         "{idle_time_between_reads_ms: 100, "
@@ -475,12 +470,7 @@ def test_leases_of_an_earlier_streams_other_shards_have_what_they_left_unread_re
             },
         )
     earlier = current.rsplit("/stream/", 1)[0] + "/stream/2020-01-01T00:00:00.000"
-    job.source.create_table(
-        TableName=job.name,
-        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_lease_table(job.source, job.name)
     job.source.put_item(
         TableName=job.name,
         Item={
