@@ -11,11 +11,23 @@ Times typed as ISO 8601 are read by one grammar everywhere (:func:`typed_iso_tim
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 SECONDS_CEILING = 100_000_000_000
 """Epoch seconds are below this (5138-11-16T09:46:40Z); larger numbers are a finer unit."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def exact_seconds(moment: datetime) -> Decimal:
+    """An aware datetime as epoch seconds, exact to its microsecond. ``timestamp()`` is a
+    float, which from the year 2500 on has no room for every microsecond: a time just
+    below the ceiling would round up to it (and be refused), others a few microseconds
+    up, where every time is meant to be taken rounded down."""
+    return Decimal((moment - _EPOCH) // _MICROSECOND).scaleb(-6)
+
 
 _FINER_UNITS = (("milliseconds", 1_000), ("microseconds", 1_000_000), ("nanoseconds", 10**9))
 

@@ -23,7 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from replicator import entry, logs, wiring
 from replicator.config.destinations import destination_place, resolve_destination
 from replicator.config.model import DestinationConfig, ResolvedJob, StreamKind
-from replicator.epoch import ISO_TIME_FORM, date_alone, typed_iso_time
+from replicator.epoch import ISO_TIME_FORM, date_alone, exact_seconds, typed_iso_time
 from replicator.exceptions import (
     ConfigError,
     EnvironmentProblem,
@@ -139,7 +139,7 @@ def parse_time(text: str, option: str) -> Seconds:
             f"{shown}: an ISO 8601 time needs a zone (Z or +hh:mm); without one it "
             "could be any of 24 hours"
         )
-    return checked_seconds(moment.timestamp(), shown, typed_as_number=False)
+    return checked_seconds(exact_seconds(moment), shown, typed_as_number=False)
 
 
 def _require_watermark(resolved: ResolvedJob) -> None:

@@ -25,7 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 from replicator.aws import clients
 from replicator.aws.backoff import Backoff
 from replicator.aws.errors import ErrorKind, cause, classify, error_code, error_message
-from replicator.epoch import SECONDS_CEILING, finer_unit
+from replicator.epoch import SECONDS_CEILING, exact_seconds, finer_unit
 from replicator.exceptions import StatusTableMissing, StatusTableSilent
 from replicator.logs import redact
 from replicator.watermark.parts import US, Watermark, combine, iso, seconds, waiting_on
@@ -186,7 +186,7 @@ def to_epoch_us(moment: Seconds | datetime, name: str = "until") -> int:
         if moment.tzinfo is None:
             raise ValueError(f"{name} {_shown(moment)}: has no time zone; give one (such as UTC)")
         value = checked_seconds(
-            moment.timestamp(), f"{name} {_shown(moment)}", typed_as_number=False
+            exact_seconds(moment), f"{name} {_shown(moment)}", typed_as_number=False
         )
         return math.floor(value * US)
     number = _real(moment)

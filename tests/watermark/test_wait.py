@@ -30,6 +30,7 @@ from replicator.watermark import (
     read_watermark,
     wait_until_replicated,
 )
+from replicator.watermark.commands import parse_time
 from replicator.watermark.parts import Part, combine
 from replicator.watermark.table import StatusTable
 from replicator.watermark.wait import to_epoch_us
@@ -808,3 +809,19 @@ def test_a_time_given_exactly_is_taken_to_the_microsecond_below_it(
     until: Any, epoch_us: int
 ) -> None:
     assert to_epoch_us(until) == epoch_us
+
+
+@pytest.mark.parametrize(
+    ("text", "epoch_us"),
+    [
+        # As a float (datetime.timestamp()), the first was the ceiling itself, refused as
+        # out of range though before it, and the second 7 microseconds later.
+        ("5138-11-16T09:46:39.999999Z", 99_999_999_999_999_999),
+        ("5138-11-16T09:46:39.000009Z", 99_999_999_999_000_009),
+        ("2026-12-01T17:00:00.000001+01:00", 1_796_140_800_000_001),
+    ],
+)
+def test_an_iso_time_is_taken_exactly_to_its_microsecond(text: str, epoch_us: int) -> None:
+    """``wait --until`` and an aware datetime given to ``wait_until_replicated``."""
+    assert to_epoch_us(parse_time(text, "--until")) == epoch_us
+    assert to_epoch_us(datetime.fromisoformat(text)) == epoch_us
