@@ -130,6 +130,10 @@ class DeadLetter:
             allowed = _TYPES[name]
             if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
                 raise DeadLetterFormatError(f"{name} is {_json_type(value)}")
+        for name in _COUNTS_FROM_ONE:
+            if name in values and values[name] < 1:
+                # Stored back one higher, a count of -5 would read as a letter tried -4 times.
+                raise DeadLetterFormatError(f"{name} is {values[name]}, not a count from 1")
         others = {name: value for name, value in body.items() if name not in _FIELDS}
         return cls(**values, other_fields=others)
 
@@ -197,6 +201,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "version": (int,),
 }
 _FIELDS = set(_TYPES)
+_COUNTS_FROM_ONE = ("attempts", "version")
 _REQUIRED = [
     f.name
     for f in fields(DeadLetter)

@@ -36,6 +36,8 @@ def malformed(valid: DeadLetter) -> dict[str, bytes]:
         "no task_name": with_(task_name=...),
         "attempts a string": with_(attempts="two"),
         "attempts a boolean": with_(attempts=True),
+        "attempts below one": with_(attempts=-5),
+        "version below one": with_(version=0),
         "record_gzip_b64 not gzip": compact_with(base64.b64encode(b"not gzip").decode()),
         "record_gzip_b64 not base64": compact_with("%%%"),
         "record_gzip_b64 gzip of no JSON": compact_with(
