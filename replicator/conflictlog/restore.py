@@ -378,11 +378,18 @@ def _restore(
         return RestoreResult(entry, False, f"not restored: {place} refused it: {why}")
     audit = restore_entry(entry, force=force, written=image, rule=ranked_by)
     done = f"restored entry {entry.id}: {entry.op} of {key_text(entry)} at {place} ({audit.rule})"
-    if entry.op == "put" and entry.write_back:
+    if entry.op == "put" and (entry.write_back or resolved.job.loop_prevention.origin_attribute):
+        # In a pair the winner reaches the source either way: written back by this job,
+        # or replicated by the destination's own job before this one read its loser.
         source = resolved.job.source
+        how = (
+            " written back there"
+            if entry.write_back
+            else f", which reached it from {destination.region}"
+        )
         done += (
-            f"; the source {source.region}/{source.table} keeps the winner written back "
-            "there: the regions differ on this item until the application writes it again "
+            f"; the source {source.region}/{source.table} keeps the winner{how}: "
+            "the regions differ on this item until the application writes it again "
             "above the winner (active-active converges on the highest rank; replicator "
             "verify reports the difference)"
         )

@@ -110,6 +110,33 @@ def test_a_restored_unstamped_put_carries_the_jobs_stamp_and_stays(
     assert f"already restored: the item at {B}/{mesh.table[B]} already holds" in again.stdout
 
 
+def test_a_restore_says_the_regions_differ_also_when_the_winner_reached_the_source_by_itself(
+    mesh_of: Callable[..., Mesh],
+) -> None:
+    """B's job replicated the winner to A before A's job read its losing put: nothing
+    was written back (``write_back: false``), yet A holds the winner as surely, and the
+    restore left the regions different without a word. One record per batch: read with
+    its echo, the loser is squashed under it and sent nowhere."""
+    mesh = mesh_of((A, B), tombstones=False, max_records=1)
+    winner = {**KEY, "updated_at": {"N": "200"}, "origin_region": {"S": B}}
+    loser = {**KEY, "updated_at": {"N": "100"}, "origin_region": {"S": A}}
+    mesh.ddb[B].put_item(TableName=mesh.table[B], Item=winner)
+    mesh.ddb[A].put_item(TableName=mesh.table[A], Item=loser)
+    read_to_the_end(mesh, B)
+    assert held(mesh, A) == winner
+
+    read_to_the_end(mesh, A)
+    entry = lost_at_b(mesh, "put")
+    assert entry["write_back"] is False
+
+    output = restore(mesh, entry["id"])
+    assert held(mesh, B) == loser
+    assert held(mesh, A) == winner
+    source = f"{A}/{mesh.table[A]}"
+    assert f"the source {source} keeps the winner, which reached it from {B}" in output
+    assert "the regions differ on this item until the application writes it again" in output
+
+
 @pytest.mark.parametrize("tombstones", [False, True], ids=["plain", "tombstones"])
 def test_a_restored_delete_is_sent_on_by_the_other_job_and_deletes_everywhere(
     mesh_of: Callable[..., Mesh], tombstones: bool

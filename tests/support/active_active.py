@@ -50,9 +50,12 @@ class Mesh:
         *,
         tombstones: bool = True,
         loop_prevention: dict[str, str] | None = None,
+        max_records: int | None = None,
     ) -> None:
         """``loop_prevention``: a region's job's setting (a YAML flow mapping), when not
-        the documented ``{origin_attribute: origin_region}``."""
+        the documented ``{origin_attribute: origin_region}``. ``max_records``: the jobs'
+        ``kcl.max_records`` (1: every record is a batch of its own)."""
+        self.max_records = max_records
         self.endpoint = endpoint
         self.tombstones = tombstones
         self.loop_prevention = loop_prevention or {}
@@ -90,7 +93,9 @@ class Mesh:
             f"dead_letter: {{kind: file, path: '{where}-dead.jsonl'}}\n"
             f"conflict_log: {{kind: file, path: '{where}-conflicts.jsonl'}}\n"
             "metrics: {host: 127.0.0.1, port: 0}\n"
-            "kcl: {idle_time_between_reads_ms: 100, failover_time_ms: 6000}\n"
+            "kcl: {idle_time_between_reads_ms: 100, failover_time_ms: 6000"
+            + (f", max_records: {self.max_records}" if self.max_records else "")
+            + "}\n"
             "writer: {max_in_flight: 16}\n"
             + ("logging: {level: debug}\n" if os.environ.get("AA_DEBUG") else "")
         )
