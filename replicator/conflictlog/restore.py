@@ -385,7 +385,7 @@ def _restore(
         how = (
             " written back there"
             if entry.write_back
-            else f", which reached it from {destination.region}"
+            else ", replicated there by another region's job"
         )
         done += (
             f"; the source {source.region}/{source.table} keeps the winner{how}: "

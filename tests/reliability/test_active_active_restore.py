@@ -133,7 +133,9 @@ def test_a_restore_says_the_regions_differ_also_when_the_winner_reached_the_sour
     assert held(mesh, B) == loser
     assert held(mesh, A) == winner
     source = f"{A}/{mesh.table[A]}"
-    assert f"the source {source} keeps the winner, which reached it from {B}" in output
+    assert (
+        f"the source {source} keeps the winner, replicated there by another region's job" in output
+    )
     assert "the regions differ on this item until the application writes it again" in output
 
 
