@@ -25,7 +25,7 @@ from replicator.config.loader import load_job
 from replicator.config.model import LogFormat, ResolvedJob, RuntimeKind, WriterConfig
 from replicator.entry import interrupted, outcome_decided
 from replicator.exceptions import KeySyntaxError, OperatorError, SinceSyntaxError
-from replicator.logs import echo, redact
+from replicator.logs import echo, redact, report_kept_apart
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -591,7 +591,9 @@ def backfill(config_path: Path, **options: Any) -> None:
     """Copy the source table to every destination through the conflict policy (resumable)."""
     from replicator.tools import commands
 
-    sys.exit(commands.backfill(config_path, **options))
+    with report_kept_apart():
+        code = commands.backfill(config_path, **options)
+    sys.exit(code)
 
 
 @cli.command()
@@ -651,7 +653,9 @@ def verify(config_path: Path, as_json: bool, **options: Any) -> None:
     if options["delete_written_elsewhere"] and not options["repair"]:
         raise click.UsageError("--delete-extra-written-elsewhere deletes only with --repair")
 
-    sys.exit(commands.verify(config_path, as_json, **options))
+    with report_kept_apart():
+        code = commands.verify(config_path, as_json, **options)
+    sys.exit(code)
 
 
 @cli.command()
@@ -668,7 +672,9 @@ def redrive(config_path: Path) -> None:
     """
     from replicator.tools import commands
 
-    sys.exit(commands.redrive(config_path))
+    with report_kept_apart():
+        code = commands.redrive(config_path)
+    sys.exit(code)
 
 
 def _time_option(
@@ -761,7 +767,8 @@ def _since_option(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with every shard's part).")
 @_operator_errors
 def watermark(config_path: Path, destination: str | None, as_json: bool) -> None:
-    """Print each destination's replication watermark (exit 1 if one has none yet)."""
+    """Print each destination's replication watermark (exit 1 if one has none yet, 3 if
+    the status table cannot be read or the task is another source's)."""
     from replicator.watermark import commands
 
     sys.exit(commands.show(load_job(config_path), destination, as_json))
@@ -819,8 +826,9 @@ def wait(
     """Wait until DESTINATION's watermark passes --until: exit 0, 1 on timeout, 4 if a change
     created from --since to --until was dead-lettered there or never read for it (a LATEST
     start, a destination added later, trimmed data, a source table created again) or
-    replicated while the watermark was off (at once while the job runs with it off),
-    130/143 if interrupted."""
+    replicated while the watermark was off (at once while the job runs with it off), 2 for
+    a wrong option, 3 if the status table cannot be read or the task is another source's,
+    130/143/129 on SIGINT/SIGTERM/SIGHUP."""
     from replicator.watermark import commands
     from replicator.watermark.parts import iso
     from replicator.watermark.wait import to_epoch_us

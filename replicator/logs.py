@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import IO, Any, TextIO
 
 import structlog
@@ -195,7 +195,84 @@ def echo(text: str, err: bool = False) -> None:
     text as a whole, redacted as the logs are."""
     import click
 
-    click.echo(redact(text) if err else text, err=err)
+    if err:
+        click.echo(redact(text), err=True)
+    else:
+        click.echo(text, file=_REPORTS[-1] if _REPORTS else None)
+
+
+# The stdout a command's report goes to while others' prints are kept out of it.
+_REPORTS: list[TextIO] = []
+
+
+def moved_off_stdout(out: TextIO) -> tuple[TextIO, int] | None:
+    """``out``'s file descriptor (the process's 1) moved to a private one, and 1 made
+    stderr from then on: a child process inherits 1, and C code or ``os.write(1, ...)``
+    write there, past ``sys.stdout``, into what the process itself owns on stdout (the
+    MultiLang protocol, a ``--json`` report). Returns a stream on the private descriptor
+    and the descriptor ``out`` had; None when ``out`` has no descriptor of its own (a
+    test's captured stream), or is not the process's stdout."""
+    if out is not sys.__stdout__:
+        return None
+    try:
+        descriptor = out.fileno()
+        errors_to = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return None
+    out.flush()
+    private = os.dup(descriptor)  # not inherited by child processes
+    os.dup2(errors_to, descriptor)
+    moved = open(  # noqa: SIM115  # it lives as long as the process's use of it
+        private, "w", encoding=out.encoding, errors=out.errors, closefd=True
+    )
+    return moved, descriptor
+
+
+class _PrintsAside(io.TextIOBase):
+    """``sys.stdout`` while a command keeps its report apart: what others print (a custom
+    resolver deciding on a writer's thread) goes to stderr, logged as ``printed`` lines
+    when the log is JSON (configured once the job is read, after this is in place)."""
+
+    def __init__(self) -> None:
+        self._printed: PrintedLines | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if renders_json() and configured():
+            if self._printed is None:
+                self._printed = PrintedLines(sys.stderr)
+            return self._printed.write(text)
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        (self._printed or sys.stderr).flush()
+
+    def fileno(self) -> int:
+        return sys.stderr.fileno()
+
+
+@contextlib.contextmanager
+def report_kept_apart() -> Iterator[None]:
+    """While inside, :func:`echo` writes the command's report to the stdout it started
+    with, and nothing else reaches it: a custom resolver's prints as it decides (``verify
+    --repair --json`` was then no JSON), a child process it starts."""
+    out = sys.stdout
+    moved = moved_off_stdout(out)
+    _REPORTS.append(out if moved is None else moved[0])
+    sys.stdout = _PrintsAside()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        sys.stdout = out
+        report = _REPORTS.pop()
+        if moved is not None:
+            report.flush()
+            os.dup2(report.fileno(), moved[1])
+            report.close()
 
 
 def _redacted(value: Any) -> Any:

@@ -775,8 +775,10 @@ def _raise_open_file_limit(sockets: int) -> None:
 def serve_daemon(resolved: Any) -> NoReturn:
     """Run as the daemon's child: the protocol on stdin/stdout, logs on stderr.
 
-    stdout is handed to amazon-kclpy and then pointed at stderr, so that nothing else in
-    the process (a library's print, a stray warning) can corrupt the protocol.
+    stdout is handed to amazon-kclpy on a descriptor of its own, and both ``sys.stdout``
+    and file descriptor 1 are pointed at stderr, so that nothing else in the process (a
+    library's print, a custom resolver's child process or C code) can corrupt the
+    protocol.
     """
     from amazon_kclpy import kcl
 
@@ -789,7 +791,8 @@ def serve_daemon(resolved: Any) -> NoReturn:
 
     # Already so from the start under `replicator processor`; here for any other way in.
     ignore_stop_signals()
-    protocol_out = sys.stdout
+    moved = logs.moved_off_stdout(sys.stdout)
+    protocol_out = sys.stdout if moved is None else moved[0]
     sys.stdout = sys.stderr
     job = resolved.job
     logs.configure(job.logging.level, job.logging.format.value)

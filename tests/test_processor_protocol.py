@@ -1099,3 +1099,38 @@ def test_an_empty_batch_counts_as_caught_up_only_when_not_behind(
     assert not exits
     assert len(intake.pipeline.empty_reads) == (1 if caught_up else 0)
     assert intake.accepted == [millis_behind or 0]
+
+
+def test_what_a_resolver_writes_below_sys_stdout_stays_out_of_the_protocol(
+    job: dict[str, Any], tmp_path: Path
+) -> None:
+    """A child process a custom resolver starts inherits file descriptor 1, and C code or
+    ``os.write(1, ...)`` write there past ``sys.stdout``: their text went into the
+    protocol, the runtime killed the processor for it and restarted it on the same
+    change, which was never applied nor dead-lettered. Now it reaches stderr."""
+    (tmp_path / "noisy_rule.py").write_text(
+        "import os, subprocess, sys\n"
+        "def decide(incoming, existing):\n"
+        "    os.write(1, b'written to fd 1\\n')\n"
+        "    subprocess.run([sys.executable, '-c', 'print(\"a child says hi\")'], check=True)\n"
+        "    return True\n"
+    )
+    config = (
+        job["config"]
+        .read_text()
+        .replace(
+            "conflict: {policy: last_writer_wins, timestamp_attribute: ts}",
+            "conflict: {policy: custom, resolver: 'noisy_rule:decide'}",
+        )
+    )
+    job["config"].write_text(config)
+    daemon = RawDaemon(job["config"], env={"PYTHONPATH": str(tmp_path)})
+    with daemon:
+        assert daemon.initialize("shardId-1", "TRIM_HORIZON") == []
+        daemon.records([put("a", 101, ts=1, v="kept")])  # read() fails on a line not JSON
+        daemon.until_checkpoint("101")
+        assert items(job)["a"]["v"] == {"S": "kept"}
+        assert daemon.act({"action": "shutdownRequested"}) == []
+        assert daemon.finish() == 0
+    said = "".join(daemon.stderr)
+    assert "written to fd 1" in said and "a child says hi" in said

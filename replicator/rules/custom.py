@@ -138,6 +138,15 @@ def _ctrl_c_raises() -> bool:
     return signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def _ctrl_c_may_be_met_here() -> bool:
+    """Whether a KeyboardInterrupt raised here may be Ctrl-C's: only on the main thread
+    (Python raises a signal's exception nowhere else) of a process where SIGINT raises
+    it. A processor ignores SIGINT, and the tools route it to their own handler: there,
+    a KeyboardInterrupt is the resolver's own, and let through it crash-looped the shard
+    (the processor then said SIGINT received, which it never was)."""
+    return threading.current_thread() is threading.main_thread() and _ctrl_c_raises()
+
+
 def _failure(error: BaseException) -> str:
     """What the module's import did, in words: a ``sys.exit()`` there, let through, would
     end ``validate`` or ``run`` with the module's exit code and no word (0 passing for
@@ -165,11 +174,11 @@ class CustomRule:
         incoming = _own_copy(change)
         try:
             decision = self.resolver(incoming, copy.deepcopy(existing))
-        except KeyboardInterrupt:
-            # Ctrl-C, which a command resolving on its main thread may meet inside the
-            # call: the operator stopping the process, not this change failing.
-            raise
         except BaseException as error:  # the user's code: dead-letter, go on
+            if isinstance(error, KeyboardInterrupt) and _ctrl_c_may_be_met_here():
+                # Ctrl-C, which a command resolving on its main thread may meet inside
+                # the call: the operator stopping the process, not this change failing.
+                raise
             # SystemExit (a sys.exit() in the resolver), GeneratorExit, CancelledError
             # too: nothing but the resolver raises them inside this call (no stop signal
             # handler of the replicator raises them), and let through they would end the

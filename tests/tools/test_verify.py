@@ -1066,22 +1066,35 @@ def test_repair_to_a_destination_that_stops_answering_ends_the_command(
     assert "did not answer for 3 s" in message and proxy.url in message, message
 
 
+def differing_under_a_resolver(
+    job: Job, tmp_path: Path, module: str, code: str
+) -> tuple[list[Item], Any, str]:
+    """The job under ``module:decide`` (``code``, in ``tmp_path``), two items replicated
+    and the first changed at the first destination: the items, that destination's client
+    and table."""
+    (tmp_path / f"{module}.py").write_text(code)
+    job.path.write_text(
+        job.path.read_text().replace(
+            LWW, f"conflict: {{policy: custom, resolver: '{module}:decide'}}"
+        )
+    )
+    items = replicated(job, 2)
+    (eu, eu_table), _ = job.destination_clients()
+    eu.put_item(TableName=eu_table, Item={**items[0], "v": {"S": "changed"}})
+    return items, eu, eu_table
+
+
 def test_repair_refused_by_a_custom_resolver_gives_the_resolvers_reason(
     job: Job, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The resolver keeps the destination's item: the repair is refused for that reason,
     not because the destination's item changed since it was read (it did not)."""
-    (tmp_path / "keep_resolver.py").write_text(
-        "def decide(incoming, existing):\n    return existing is None\n"
+    differing_under_a_resolver(
+        job,
+        tmp_path,
+        "keep_resolver",
+        "def decide(incoming, existing):\n    return existing is None\n",
     )
-    job.path.write_text(
-        job.path.read_text().replace(
-            LWW, "conflict: {policy: custom, resolver: 'keep_resolver:decide'}"
-        )
-    )
-    items = replicated(job, 2)
-    (eu, eu_table), _ = job.destination_clients()
-    eu.put_item(TableName=eu_table, Item={**items[0], "v": {"S": "kept"}})
     monkeypatch.syspath_prepend(str(tmp_path))
 
     with forget_modules(tmp_path):
@@ -1217,3 +1230,43 @@ def test_repair_and_backfill_leave_a_running_jobs_metrics_directory_alone(
     assert copied.returncode == 0, copied.stderr
     assert job.converged()
     assert sorted(path.name for path in samples.iterdir()) == []
+
+
+def test_what_a_resolver_prints_while_it_decides_stays_out_of_the_json_report(
+    job: Job, tmp_path: Path
+) -> None:
+    """Only the module's import was kept off stdout: its prints as it decided (and what a
+    child process of it wrote) went into ``verify --repair --json``'s report, which was
+    then no JSON. They go to stderr, logged as ``printed`` lines (the log is JSON)."""
+    items, eu, eu_table = differing_under_a_resolver(
+        job,
+        tmp_path,
+        "noisy_resolver",
+        "import os, subprocess, sys\n"
+        "def decide(incoming, existing):\n"
+        "    print('deciding', incoming.keys['pk']['S'])\n"
+        "    os.write(1, b'written to fd 1\\n')\n"
+        "    subprocess.run([sys.executable, '-c', 'print(\"a child says hi\")'], check=True)\n"
+        "    return True\n",
+    )
+
+    done = replicator(
+        "verify",
+        "--config",
+        str(job.path),
+        "--repair",
+        "--json",
+        "--recheck-pause",
+        "0",
+        env={"PYTHONPATH": str(tmp_path)},
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)  # the report alone
+    repairs = [d["repair"] for at in report["destinations"].values() for d in at["differences"]]
+    assert repairs == ["repaired"], report
+    key = {name: items[0][name] for name in ("pk", "sk")}
+    assert eu.get_item(TableName=eu_table, Key=key, ConsistentRead=True)["Item"] == items[0]
+    printed = [json.loads(line) for line in done.stderr.splitlines() if '"printed"' in line]
+    assert [line["text"] for line in printed] == [f"deciding {items[0]['pk']['S']}"], done.stderr
+    assert "written to fd 1" in done.stderr and "a child says hi" in done.stderr

@@ -890,6 +890,48 @@ def test_a_resolver_raising_what_is_no_exception_fails_the_change_unless_it_is_c
     assert f"resolver raised {type(raised).__name__}" in str(failed.value)
 
 
+@pytest.mark.parametrize("where", ["sigint ignored", "sigint routed", "another thread"])
+def test_a_resolvers_own_keyboard_interrupt_fails_the_change_where_ctrl_c_cannot_raise_it(
+    where: str,
+) -> None:
+    """A processor ignores SIGINT, the tools route it to their own handler, and Python
+    raises a signal's exception on the main thread only: a KeyboardInterrupt there is the
+    resolver's own. Let through, it crash-looped the shard, the processor saying SIGINT
+    received, which it never was."""
+    import signal
+    import threading
+
+    from replicator.exceptions import ResolverFailed
+    from replicator.rules.custom import CustomRule
+
+    def resolver(incoming: Any, existing: Any) -> bool:
+        raise KeyboardInterrupt("the resolver's")
+
+    rule = CustomRule(resolver)
+    failures: list[BaseException] = []
+
+    def plan() -> None:
+        try:
+            rule.plan(decode(put("bad", 1)), None)
+        except BaseException as error:  # what it raised, to assert on
+            failures.append(error)
+
+    handlers = {"sigint ignored": signal.SIG_IGN, "sigint routed": lambda *_: None}
+    previous = signal.signal(signal.SIGINT, handlers.get(where, signal.default_int_handler))
+    try:
+        if where == "another thread":
+            thread = threading.Thread(target=plan)
+            thread.start()
+            thread.join()
+        else:
+            plan()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    (failure,) = failures
+    assert isinstance(failure, ResolverFailed), repr(failure)
+    assert "resolver raised KeyboardInterrupt: the resolver's" in str(failure)
+
+
 # -- a lost lease -----------------------------------------------------------------------------
 
 
