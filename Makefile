@@ -24,9 +24,9 @@ test: setup lint kcl-jars
 	scripts/ensure-debian-package.sh tini tini
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
-## make unit: the fast tests only
+## make unit: the suite less its real-KCL, Prometheus and reliability tests (no Java needed)
 unit: setup
-	$(PY) -m pytest -m "not kcl and not prometheus and not reliability" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not kcl and not prometheus and not reliability" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check replicator tests bench
