@@ -353,7 +353,7 @@ def finish_lines(timeout_s: float = 2.0) -> bool:
     ``timeout_s`` bounds the wait for a writer stuck on a full pipe; False when it ran
     out (the buffers are flushed all the same)."""
     held = _WRITING.acquire(timeout=timeout_s)
-    for stream in (sys.stderr, sys.stdout):
+    for stream in (sys.stderr, sys.stdout, *_REPORTS):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
     return held
