@@ -201,13 +201,18 @@ class CustomRule:
         if isinstance(decision, dict):
             decision = _plain_binaries(decision)
             unformed = next(
-                (name for name, value in decision.items() if not _attribute_value(value)), None
+                (
+                    found
+                    for name, value in decision.items()
+                    if (found := _unformed(repr(name), value)) is not None
+                ),
+                None,
             )
             if unformed is not None:
+                where, value, expected = unformed
                 raise PlanError(
                     f"custom resolver {given} not in attribute-value form: its "
-                    f"{unformed!r} is {_shown(decision[unformed])}, where one type key and "
-                    "its value are expected (such as {'S': 'text'} or {'N': '1'})"
+                    f"{where} is {_shown(value)}, where {expected}"
                 )
             missing = [name for name in change.keys if name not in decision]
             if missing:
@@ -279,9 +284,58 @@ _TYPE_KEYS = frozenset({"S", "N", "B", "SS", "NS", "BS", "M", "L", "NULL", "BOOL
 
 
 def _attribute_value(value: object) -> bool:
-    """Whether ``value`` has an attribute value's form at its top (one type key); what the
-    type key holds is the destination's to refuse (the change is then dead-lettered)."""
+    """Whether ``value`` has an attribute value's form at its top (one type key)."""
     return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in _TYPE_KEYS
+
+
+_ONE_TYPE_KEY = "one type key and its value are expected (such as {'S': 'text'} or {'N': '1'})"
+_SCALARS: dict[str, tuple[tuple[type, ...], str]] = {
+    "S": ((str,), "a string is expected"),
+    "N": ((str,), "the number as a string is expected (such as '1')"),
+    "B": ((bytes, bytearray), "bytes are expected"),
+    "BOOL": ((bool,), "True or False is expected"),
+    "NULL": ((bool,), "True is expected"),
+}
+_SETS: dict[str, tuple[tuple[type, ...], str]] = {
+    "SS": ((str,), "a list of strings is expected"),
+    "NS": ((str,), "a list of numbers as strings is expected"),
+    "BS": ((bytes, bytearray), "a list of bytes is expected"),
+}
+
+
+def _unformed(where: str, value: object) -> tuple[str, object, str] | None:
+    """Where ``value`` (an attribute value named ``where``) first leaves the form the SDK
+    sends, what is there and what is expected; None when it has that form. The SDK
+    refuses such an item before any request (``{'N': 5}``: not a string), and the change
+    was dead-lettered as the destination's refusal; it is the resolver's answer that
+    cannot be planned. What DynamoDB itself checks (an empty set, a number's digits) is
+    left to it."""
+    if not _attribute_value(value):
+        return where, value, _ONE_TYPE_KEY
+    assert isinstance(value, dict)
+    ((kind, inner),) = value.items()
+    at = f"{where}.{kind}"
+    if kind in _SCALARS:
+        types, expected = _SCALARS[kind]
+        return None if isinstance(inner, types) else (at, inner, expected)
+    if kind in _SETS:
+        types, expected = _SETS[kind]
+        if isinstance(inner, list | tuple) and all(isinstance(m, types) for m in inner):
+            return None
+        return at, inner, expected
+    if kind == "M":
+        if not isinstance(inner, dict) or not all(isinstance(name, str) for name in inner):
+            return at, inner, "a dict of attribute values by name is expected"
+        return next(
+            (found for name, v in inner.items() if (found := _unformed(f"{at}[{name!r}]", v))),
+            None,
+        )
+    if not isinstance(inner, list | tuple):  # L
+        return at, inner, "a list of attribute values is expected"
+    return next(
+        (found for index, v in enumerate(inner) if (found := _unformed(f"{at}[{index}]", v))),
+        None,
+    )
 
 
 def _shown(value: object) -> str:

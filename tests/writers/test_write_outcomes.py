@@ -852,6 +852,15 @@ def test_a_running_resolver_is_counted_and_a_slow_one_logged_with_its_key(
             "its 'price' is {'N': '1', 'S': '1'}",
         ),
         ({"pk": {"S": "bad"}, "price": {"Number": "1"}}, "its 'price' is {'Number': '1'}"),
+        # What the SDK refuses before any request: dead-lettered as the destination's
+        # refusal (rejected) before, where the resolver's answer is what cannot be planned.
+        ({"pk": {"S": "bad"}, "price": {"N": 5}}, "its 'price'.N is 5"),
+        ({"pk": {"S": "bad"}, "note": {"S": None}}, "its 'note'.S is None"),
+        ({"pk": {"S": "bad"}, "ok": {"BOOL": "yes"}}, "its 'ok'.BOOL is 'yes'"),
+        ({"pk": {"S": "bad"}, "tags": {"SS": {"a"}}}, "its 'tags'.SS is {'a'}"),
+        ({"pk": {"S": "bad"}, "m": {"M": {"a": 1}}}, "its 'm'.M['a'] is 1"),
+        ({"pk": {"S": "bad"}, "l": {"L": [{"S": "x"}, {"N": 2}]}}, "its 'l'.L[1].N is 2"),
+        ({"pk": {"S": "bad"}, "l": {"L": "x"}}, "its 'l'.L is 'x'"),
     ],
 )
 def test_a_resolver_returning_an_item_not_in_attribute_value_form_is_told_so(
@@ -865,6 +874,25 @@ def test_a_resolver_returning_an_item_not_in_attribute_value_form_is_told_so(
     message = str(refused.value)
     assert f"custom resolver returned an item not in attribute-value form: {named}," in message
     assert "differ" not in message
+
+
+def test_a_resolver_returning_every_type_of_attribute_value_is_written() -> None:
+    from replicator.rules.custom import CustomRule
+    from replicator.rules.requests import WriteRequest
+
+    item = {
+        "pk": {"S": "bad"},
+        "n": {"N": "1.5"},
+        "b": {"B": b"\x00"},
+        "t": {"BOOL": False},
+        "z": {"NULL": True},
+        "ss": {"SS": ["a"]},
+        "ns": {"NS": ("1", "2")},
+        "bs": {"BS": [b"x"]},
+        "m": {"M": {"inner": {"L": [{"S": "x"}, {"M": {}}, {"BS": [bytearray(b"y")]}]}}},
+    }
+    planned = CustomRule(lambda incoming, existing: item).plan(decode(put("bad", 1)), None)
+    assert isinstance(planned, WriteRequest)
 
 
 @pytest.mark.parametrize("raised", [SystemExit(2), GeneratorExit(), KeyboardInterrupt()])
