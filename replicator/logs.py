@@ -252,6 +252,19 @@ class _PrintsAside(io.TextIOBase):
     def fileno(self) -> int:
         return sys.stderr.fileno()
 
+    # What code that writes bytes or encodes for stdout reads of it: stderr's.
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return sys.stderr.encoding
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return sys.stderr.errors
+
+    @property
+    def buffer(self) -> Any:
+        return sys.stderr.buffer
+
 
 @contextlib.contextmanager
 def report_kept_apart() -> Iterator[None]:
@@ -270,9 +283,16 @@ def report_kept_apart() -> Iterator[None]:
         sys.stdout = out
         report = _REPORTS.pop()
         if moved is not None:
-            report.flush()
-            os.dup2(report.fileno(), moved[1])
-            report.close()
+            # A report that cannot be written (a closed pipe, a full disk) fails its
+            # flush, and that error is the command's: descriptor 1 is given back first.
+            try:
+                report.flush()
+            finally:
+                try:
+                    os.dup2(report.fileno(), moved[1])
+                finally:
+                    with contextlib.suppress(OSError, ValueError):
+                        report.close()
 
 
 def _redacted(value: Any) -> Any:

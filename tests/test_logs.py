@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import re
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -393,3 +394,27 @@ def test_a_password_option_or_url_password_with_escapes_is_redacted() -> None:
     said = redact(repr(b"http://admin:Pw\r\nSecret@proxy:3128/"))
     assert "Secret" not in said and "admin" not in said
     assert said == f"b'http://{REDACTED}@proxy:3128/'"
+
+
+def test_a_report_that_cannot_be_written_gives_stdout_back_and_says_so() -> None:
+    """``report_kept_apart`` with stdout a pipe nobody reads: the report's flush fails,
+    and that error is the command's; descriptor 1 was left pointing at stderr, and the
+    report's own descriptor open, when the failing flush skipped the rest."""
+    code = (
+        "import os, sys\n"
+        "from replicator import logs\n"
+        "r, w = os.pipe(); os.dup2(w, 1); os.close(w); os.close(r)\n"
+        "pipe = os.readlink('/proc/self/fd/1'); before = sorted(os.listdir('/proc/self/fd'))\n"
+        "try:\n"
+        "    with logs.report_kept_apart():\n"
+        "        logs.echo('x' * 100)\n"
+        "except BrokenPipeError:\n"
+        "    sys.stderr.write('broken pipe raised\\n')\n"
+        "assert os.readlink('/proc/self/fd/1') == pipe, 'fd 1 not given back'\n"
+        "assert sorted(os.listdir('/proc/self/fd')) == before, 'a descriptor left open'\n"
+        "sys.stderr.write('restored\\n')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stderr.splitlines()[-2:] == ["broken pipe raised", "restored"], done.stderr

@@ -40,13 +40,16 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 import structlog
+from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator import wiring
+from replicator.aws import clients
 from replicator.aws.tables import where
 from replicator.config.destinations import destination_place, destinations_at, spelled
 from replicator.config.model import DestinationConfig, ResolvedJob
@@ -379,20 +382,7 @@ def _restore(
     audit = restore_entry(entry, force=force, written=image, rule=ranked_by)
     done = f"restored entry {entry.id}: {entry.op} of {key_text(entry)} at {place} ({audit.rule})"
     if entry.op == "put" and (entry.write_back or resolved.job.loop_prevention.origin_attribute):
-        # In a pair the winner reaches the source either way: written back by this job,
-        # or replicated by the destination's own job before this one read its loser.
-        source = resolved.job.source
-        how = (
-            " written back there"
-            if entry.write_back
-            else ", replicated there by another region's job"
-        )
-        done += (
-            f"; the source {source.region}/{source.table} keeps the winner{how}: "
-            "the regions differ on this item until the application writes it again "
-            "above the winner (active-active converges on the highest rank; replicator "
-            "verify reports the difference)"
-        )
+        done += _what_the_source_holds(resolved, entry, image)
     logged = {
         "id": entry.id,
         "destination": destination.label,
@@ -522,6 +512,45 @@ def restored_image(resolved: ResolvedJob, entry: ConflictEntry) -> Item | None:
     if image is None or not origin:
         return image
     return {**image, origin: {"S": resolved.job.origin_value}}
+
+
+def _what_the_source_holds(resolved: ResolvedJob, entry: ConflictEntry, image: Item | None) -> str:
+    """In a job whose destination replicates back (loop prevention), what the restore's
+    line adds about the source: the restore writes the destination only, and the source
+    may hold the winner (written back there by this job, or replicated there by another
+    region's job) or still the restored image (write-back off, or not applied). Read, so
+    that the line says the regions differ only when they do."""
+    source = resolved.job.source
+    named = f"the source {source.region}/{source.table}"
+    until = (
+        "the regions differ on this item until the application writes it again above the "
+        "winner (active-active converges on the highest rank; replicator verify reports "
+        "the difference)"
+    )
+    try:
+        found = (
+            clients.dynamodb(source, connect_timeout=5.0, read_timeout=10.0)
+            .get_item(TableName=source.table, Key=entry.key_item(), ConsistentRead=True)
+            .get("Item")
+        )
+    except (BotoCoreError, ClientError) as error:
+        return (
+            f"; {named} could not be read to compare ({redact(str(error))}): if it holds "
+            f"another image, {until}"
+        )
+    origin = resolved.job.loop_prevention.origin_attribute
+
+    def unstamped(item: Mapping[str, Any] | None) -> Item | None:
+        # The restored image carries this job's stamp, which an application's own write
+        # of the same image may lack.
+        return None if item is None else {k: v for k, v in item.items() if k != origin}
+
+    if same_item(unstamped(found), unstamped(image)):
+        return ""
+    if entry.write_back:
+        return f"; {named} keeps the winner written back there: {until}"
+    held = "no item" if found is None else "another image"
+    return f"; {named} holds {held}: {until}"
 
 
 def restore_entry(

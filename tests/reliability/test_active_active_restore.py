@@ -70,6 +70,15 @@ def lost_at_b(mesh: Mesh, op: str) -> dict[str, Any]:
     return entry
 
 
+WINNER: Item = {**KEY, "updated_at": {"N": "200"}, "origin_region": {"S": B}}
+
+
+def conflicting_puts(mesh: Mesh, loser: Item) -> None:
+    """B's ``WINNER`` and A's ``loser`` of the same item, written by the applications."""
+    mesh.ddb[B].put_item(TableName=mesh.table[B], Item=WINNER)
+    mesh.ddb[A].put_item(TableName=mesh.table[A], Item=loser)
+
+
 def test_a_restored_unstamped_put_carries_the_jobs_stamp_and_stays(
     mesh_of: Callable[..., Mesh],
 ) -> None:
@@ -78,10 +87,8 @@ def test_a_restored_unstamped_put_carries_the_jobs_stamp_and_stays(
     (a new conflict in B's log): the restore was undone. Carrying A's stamp, it is B's
     echo of A's write and is skipped: only B's table changes, as the docs say."""
     mesh = mesh_of((A, B), tombstones=False)
-    winner = {**KEY, "updated_at": {"N": "200"}, "origin_region": {"S": B}}
-    loser = {**KEY, "updated_at": {"N": "100"}}  # the application forgot its stamp
-    mesh.ddb[B].put_item(TableName=mesh.table[B], Item=winner)
-    mesh.ddb[A].put_item(TableName=mesh.table[A], Item=loser)
+    winner, loser = WINNER, {**KEY, "updated_at": {"N": "100"}}  # the application forgot its stamp
+    conflicting_puts(mesh, loser)
 
     read_to_the_end(mesh, A)
     entry = lost_at_b(mesh, "put")
@@ -118,10 +125,8 @@ def test_a_restore_says_the_regions_differ_also_when_the_winner_reached_the_sour
     restore left the regions different without a word. One record per batch: read with
     its echo, the loser is squashed under it and sent nowhere."""
     mesh = mesh_of((A, B), tombstones=False, max_records=1)
-    winner = {**KEY, "updated_at": {"N": "200"}, "origin_region": {"S": B}}
-    loser = {**KEY, "updated_at": {"N": "100"}, "origin_region": {"S": A}}
-    mesh.ddb[B].put_item(TableName=mesh.table[B], Item=winner)
-    mesh.ddb[A].put_item(TableName=mesh.table[A], Item=loser)
+    winner, loser = WINNER, {**KEY, "updated_at": {"N": "100"}, "origin_region": {"S": A}}
+    conflicting_puts(mesh, loser)
     read_to_the_end(mesh, B)
     assert held(mesh, A) == winner
 
@@ -133,10 +138,26 @@ def test_a_restore_says_the_regions_differ_also_when_the_winner_reached_the_sour
     assert held(mesh, B) == loser
     assert held(mesh, A) == winner
     source = f"{A}/{mesh.table[A]}"
-    assert (
-        f"the source {source} keeps the winner, replicated there by another region's job" in output
-    )
-    assert "the regions differ on this item until the application writes it again" in output
+    assert f"the source {source} holds another image: the regions differ on this item" in output
+
+
+def test_a_restore_says_nothing_of_the_source_when_it_holds_the_restored_image(
+    mesh_of: Callable[..., Mesh],
+) -> None:
+    """Write-back off: the source keeps its own losing write, so once it is restored at
+    the destination the regions agree (the restore's stamp aside), and the line says
+    nothing of a difference that is not there."""
+    mesh = mesh_of((A, B), tombstones=False, write_back=False)
+    loser = {**KEY, "updated_at": {"N": "100"}}  # the application forgot its stamp
+    conflicting_puts(mesh, loser)
+    read_to_the_end(mesh, A)
+    entry = lost_at_b(mesh, "put")
+    assert entry["write_back"] is False
+
+    output = restore(mesh, entry["id"])
+    assert held(mesh, B) == {**loser, "origin_region": {"S": A}}
+    assert held(mesh, A) == loser
+    assert "regions differ" not in output, output
 
 
 @pytest.mark.parametrize("tombstones", [False, True], ids=["plain", "tombstones"])

@@ -51,11 +51,14 @@ class Mesh:
         tombstones: bool = True,
         loop_prevention: dict[str, str] | None = None,
         max_records: int | None = None,
+        write_back: bool | None = None,
     ) -> None:
         """``loop_prevention``: a region's job's setting (a YAML flow mapping), when not
         the documented ``{origin_attribute: origin_region}``. ``max_records``: the jobs'
-        ``kcl.max_records`` (1: every record is a batch of its own)."""
+        ``kcl.max_records`` (1: every record is a batch of its own). ``write_back``: the
+        jobs' ``active_active.write_back`` (None: its default)."""
         self.max_records = max_records
+        self.write_back = write_back
         self.endpoint = endpoint
         self.tombstones = tombstones
         self.loop_prevention = loop_prevention or {}
@@ -89,7 +92,9 @@ class Mesh:
             "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
             "loop_prevention: "
             f"{self.loop_prevention.get(region, '{origin_attribute: origin_region}')}\n"
-            f"active_active: {{tombstones: {str(self.tombstones).lower()}}}\n"
+            f"active_active: {{tombstones: {str(self.tombstones).lower()}"
+            + ("" if self.write_back is None else f", write_back: {str(self.write_back).lower()}")
+            + "}\n"
             f"dead_letter: {{kind: file, path: '{where}-dead.jsonl'}}\n"
             f"conflict_log: {{kind: file, path: '{where}-conflicts.jsonl'}}\n"
             "metrics: {host: 127.0.0.1, port: 0}\n"

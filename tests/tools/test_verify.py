@@ -1246,6 +1246,8 @@ def test_what_a_resolver_prints_while_it_decides_stays_out_of_the_json_report(
         "def decide(incoming, existing):\n"
         "    print('deciding', incoming.keys['pk']['S'])\n"
         "    os.write(1, b'written to fd 1\\n')\n"
+        "    sys.stdout.buffer.write('bytes in '.encode(sys.stdout.encoding) + b'stdout\\n')\n"
+        "    sys.stdout.buffer.flush()\n"
         "    subprocess.run([sys.executable, '-c', 'print(\"a child says hi\")'], check=True)\n"
         "    return True\n",
     )
@@ -1270,3 +1272,4 @@ def test_what_a_resolver_prints_while_it_decides_stays_out_of_the_json_report(
     printed = [json.loads(line) for line in done.stderr.splitlines() if '"printed"' in line]
     assert [line["text"] for line in printed] == [f"deciding {items[0]['pk']['S']}"], done.stderr
     assert "written to fd 1" in done.stderr and "a child says hi" in done.stderr
+    assert "bytes in stdout" in done.stderr
