@@ -1,6 +1,7 @@
 """The DynamoDB clients wiring builds for the writers, against a real moto server: decoded
 images go out without botocore's client-side check (decode has checked them), while a
-custom resolver's own items keep it, so a malformed one is dead-lettered, never sent."""
+custom resolver's own items keep it; a malformed one is dead-lettered, never sent (the
+custom rule checks its form first, naming the place)."""
 
 from __future__ import annotations
 
@@ -70,8 +71,9 @@ def test_writer_clients(moto_endpoint: str, unique: Any, tmp_path: Path, metrics
     assert letters.write(resolver, change).outcome is Outcome.FAILED
     assert "Item" not in ddb.get_item(TableName=custom, Key={"pk": {"S": "a"}})
     (letter,) = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
-    assert letter["reason"] == "rejected"
-    assert "ParamValidationError" in letter["error"]
+    # The rule names the place before botocore's check (still wired, above) would refuse it.
+    assert letter["reason"] == "unplannable"
+    assert "its 'tags'.SS is 'abc', where a list of strings is expected" in letter["error"]
 
 
 def test_send_with_botocore_keeps_botocores_pipeline(
