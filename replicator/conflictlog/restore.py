@@ -46,7 +46,6 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator import wiring
 from replicator.aws import clients
@@ -381,8 +380,6 @@ def _restore(
         return RestoreResult(entry, False, f"not restored: {place} refused it: {why}")
     audit = restore_entry(entry, force=force, written=image, rule=ranked_by)
     done = f"restored entry {entry.id}: {entry.op} of {key_text(entry)} at {place} ({audit.rule})"
-    if entry.op == "put" and (entry.write_back or resolved.job.loop_prevention.origin_attribute):
-        done += _what_the_source_holds(resolved, entry, image)
     logged = {
         "id": entry.id,
         "destination": destination.label,
@@ -398,12 +395,32 @@ def _restore(
         # The record's id is not said: no entry of the log has it.
         log.warning("conflict entry restored but not recorded", **logged, error=str(error))
         return RestoreResult(
-            entry, True, f"{done}; but the restore could not be recorded: {redact(str(error))}"
+            entry,
+            True,
+            f"{done}; but the restore could not be recorded: {redact(str(error))}"
+            + _source_note(resolved, entry, image, target),
         )
     log.info("conflict entry restored", **logged, restore_id=audit.id)
     return RestoreResult(
-        entry, True, f"{done}; recorded as entry {audit.id}", record=audit, recorded=True
+        entry,
+        True,
+        f"{done}; recorded as entry {audit.id}" + _source_note(resolved, entry, image, target),
+        record=audit,
+        recorded=True,
     )
+
+
+def _source_note(
+    resolved: ResolvedJob, entry: ConflictEntry, image: Item | None, target: ConflictLogTarget
+) -> str:
+    """What the restore's line says of the source, once the restore is written and
+    recorded (a read that fails or hangs must not stand between the two): only for a put
+    in a job whose destination replicates back, and not once a stop was asked for."""
+    if entry.op != "put" or not (entry.write_back or resolved.job.loop_prevention.origin_attribute):
+        return ""
+    if target.stopping.is_set():
+        return ""
+    return _what_the_source_holds(resolved, entry, image)
 
 
 def already_restored(
@@ -528,12 +545,13 @@ def _what_the_source_holds(resolved: ResolvedJob, entry: ConflictEntry, image: I
         "the difference)"
     )
     try:
+        # One short attempt: the line waits on it, and it only informs.
         found = (
-            clients.dynamodb(source, connect_timeout=5.0, read_timeout=10.0)
+            clients.dynamodb(source, connect_timeout=2.0, read_timeout=3.0, sdk_retries=False)
             .get_item(TableName=source.table, Key=entry.key_item(), ConsistentRead=True)
             .get("Item")
         )
-    except (BotoCoreError, ClientError) as error:
+    except Exception as error:  # noqa: BLE001  # credentials, endpoint, refusal: said in the line
         return (
             f"; {named} could not be read to compare ({redact(str(error))}): if it holds "
             f"another image, {until}"

@@ -273,8 +273,8 @@ def _plain_binaries(value: Any) -> Any:
         return cast(Any, value).value  # the stubs do not declare it
     if isinstance(value, dict):
         return {name: _plain_binaries(inner) for name, inner in value.items()}
-    if isinstance(value, list):
-        return [_plain_binaries(inner) for inner in value]
+    if isinstance(value, list | tuple):
+        return type(value)(_plain_binaries(inner) for inner in value)
     if isinstance(value, set | frozenset):
         return type(value)(_plain_binaries(inner) for inner in value)
     return value
@@ -292,14 +292,15 @@ _ONE_TYPE_KEY = "one type key and its value are expected (such as {'S': 'text'} 
 _SCALARS: dict[str, tuple[tuple[type, ...], str]] = {
     "S": ((str,), "a string is expected"),
     "N": ((str,), "the number as a string is expected (such as '1')"),
-    "B": ((bytes, bytearray), "bytes are expected"),
+    # A string is taken too: the SDK sends its UTF-8 bytes.
+    "B": ((bytes, bytearray, str), "bytes are expected"),
     "BOOL": ((bool,), "True or False is expected"),
     "NULL": ((bool,), "True is expected"),
 }
 _SETS: dict[str, tuple[tuple[type, ...], str]] = {
     "SS": ((str,), "a list of strings is expected"),
     "NS": ((str,), "a list of numbers as strings is expected"),
-    "BS": ((bytes, bytearray), "a list of bytes is expected"),
+    "BS": ((bytes, bytearray, str), "a list of bytes is expected"),
 }
 
 

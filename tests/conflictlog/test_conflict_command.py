@@ -1355,3 +1355,34 @@ def test_a_conflict_log_queue_that_does_not_exist_is_one_line_exit_3(
     (line,) = result.stderr.splitlines()
     assert line.startswith("replicator: ") and queue in line, line
     assert "warning" not in line
+
+
+def test_a_restore_is_recorded_whatever_the_read_of_the_source_meets(
+    moto_endpoint: str, unique: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a job with loop prevention the restore reads the source's item to say whether
+    the regions differ. That read came before the record: a source client that could not
+    be made (credentials not loaded) ended the command with exit 3, the image written
+    and no restore recorded. It is read after, and only informs the line."""
+    from replicator.aws import clients
+    from replicator.exceptions import EnvironmentProblem
+
+    case = Restorable(moto_endpoint, unique, tmp_path)
+    case.config.write_text(
+        case.config.read_text() + "loop_prevention: {origin_attribute: origin}\n"
+    )
+    made = clients.dynamodb
+
+    def source_unreachable(place: Any, **tuning: Any) -> Any:
+        if getattr(place, "table", None) == "unused":  # the job's source
+            raise EnvironmentProblem("credentials could not be loaded (a test's)")
+        return made(place, **tuning)
+
+    monkeypatch.setattr(clients, "dynamodb", source_unreachable)
+    result = invoke(case.config, "--restore", case.entry.id)
+
+    assert result.exit_code == 0, result.output
+    assert case.held() is not None
+    (record,) = case.restores()
+    assert f"recorded as entry {record.id}" in result.stdout
+    assert "could not be read to compare (credentials could not be loaded" in result.stdout

@@ -877,6 +877,8 @@ def test_a_resolver_returning_an_item_not_in_attribute_value_form_is_told_so(
 
 
 def test_a_resolver_returning_every_type_of_attribute_value_is_written() -> None:
+    from boto3.dynamodb.types import Binary
+
     from replicator.rules.custom import CustomRule
     from replicator.rules.requests import WriteRequest
 
@@ -888,11 +890,13 @@ def test_a_resolver_returning_every_type_of_attribute_value_is_written() -> None
         "z": {"NULL": True},
         "ss": {"SS": ["a"]},
         "ns": {"NS": ("1", "2")},
-        "bs": {"BS": [b"x"]},
+        "bs": {"BS": [b"x", "text"]},  # a string: the SDK sends its UTF-8 bytes
+        "bt": {"B": "text"},
+        "wrapped": {"L": ({"B": Binary(b"b")}, {"BS": (Binary(b"c"),)})},
         "m": {"M": {"inner": {"L": [{"S": "x"}, {"M": {}}, {"BS": [bytearray(b"y")]}]}}},
     }
     planned = CustomRule(lambda incoming, existing: item).plan(decode(put("bad", 1)), None)
-    assert isinstance(planned, WriteRequest)
+    assert isinstance(planned, WriteRequest)  # nothing refused that the SDK sends
 
 
 @pytest.mark.parametrize("raised", [SystemExit(2), GeneratorExit(), KeyboardInterrupt()])
