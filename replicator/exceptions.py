@@ -22,6 +22,11 @@ class OperatorError(ReplicatorError):
     exit_code = 1
 
 
+class ReportUnwritten(OperatorError):
+    """A command's report could not be written to its stdout (a closed pipe, a full disk):
+    its work is done, but whoever runs it has not got the report."""
+
+
 class ConfigError(OperatorError):
     """The job file is unreadable or invalid; the message lists every problem."""
 

@@ -197,8 +197,19 @@ def echo(text: str, err: bool = False) -> None:
 
     if err:
         click.echo(redact(text), err=True)
+    elif _REPORTS:
+        try:
+            click.echo(text, file=_REPORTS[-1])
+        except OSError as error:
+            raise _unwritten(error) from None
     else:
-        click.echo(text, file=_REPORTS[-1] if _REPORTS else None)
+        click.echo(text)
+
+
+def _unwritten(error: OSError) -> Exception:
+    from replicator.exceptions import ReportUnwritten
+
+    return ReportUnwritten(f"the report could not be written to stdout: {error}")
 
 
 # The stdout a command's report goes to while others' prints are kept out of it.
@@ -249,6 +260,12 @@ class _PrintsAside(io.TextIOBase):
     def flush(self) -> None:
         (self._printed or sys.stderr).flush()
 
+    def flush_all(self) -> None:
+        """Every thread's line printed without its end, as the command ends."""
+        if self._printed is not None:
+            self._printed.flush_all()
+        sys.stderr.flush()
+
     def fileno(self) -> int:
         return sys.stderr.fileno()
 
@@ -272,21 +289,28 @@ def report_kept_apart() -> Iterator[None]:
     with, and nothing else reaches it: a custom resolver's prints as it decides (``verify
     --repair --json`` was then no JSON), a child process it starts."""
     out = sys.stdout
+    if out is None:  # no stdout at all (closed when the process started): no report
+        yield
+        return
     moved = moved_off_stdout(out)
     _REPORTS.append(out if moved is None else moved[0])
-    sys.stdout = _PrintsAside()
+    aside = _PrintsAside()
+    sys.stdout = aside
     try:
         yield
     finally:
         with contextlib.suppress(OSError, ValueError):
-            sys.stdout.flush()
+            aside.flush_all()
         sys.stdout = out
         report = _REPORTS.pop()
         if moved is not None:
             # A report that cannot be written (a closed pipe, a full disk) fails its
             # flush, and that error is the command's: descriptor 1 is given back first.
             try:
-                report.flush()
+                try:
+                    report.flush()
+                except OSError as error:
+                    raise _unwritten(error) from None
             finally:
                 try:
                     os.dup2(report.fileno(), moved[1])
@@ -374,6 +398,8 @@ def finish_lines(timeout_s: float = 2.0) -> bool:
     out (the buffers are flushed all the same)."""
     held = _WRITING.acquire(timeout=timeout_s)
     for stream in (sys.stderr, sys.stdout, *_REPORTS):
+        if stream is None:  # closed when the process started
+            continue
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
     return held
@@ -426,6 +452,7 @@ class PrintedLines(io.TextIOBase):
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._lines = threading.local()
+        self._every_threads: list[list[str]] = []  # for flush_all
         self._log = unfiltered("printed")
 
     def writable(self) -> bool:
@@ -461,7 +488,16 @@ class PrintedLines(io.TextIOBase):
         pieces: list[str] | None = getattr(self._lines, "pieces", None)
         if pieces is None:
             pieces = self._lines.pieces = []
+            self._every_threads.append(pieces)
         return pieces
+
+    def flush_all(self) -> None:
+        """Every thread's line printed without its end, logged: as the process or the
+        command ends, when a writer thread's ``print(..., end="")`` would otherwise be
+        lost (a flush is the calling thread's)."""
+        for pieces in list(self._every_threads):
+            if any(pieces):
+                self._emit(pieces)
 
     def _emit(self, pieces: list[str]) -> None:
         line = "".join(pieces)

@@ -897,7 +897,10 @@ def serve_daemon(resolved: Any) -> NoReturn:
     # answer): the interpreter's exit would join their threads, up to a read timeout and
     # its retries, and the runtime would kill the child after its stop. Nothing they
     # settle counts any more: every checkpoint and log line is written.
-    for stream in (protocol_out, sys.stdout, sys.stderr):  # stdout: a line printed unended
+    if isinstance(sys.stdout, logs.PrintedLines):  # any thread's line printed unended
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush_all()
+    for stream in (protocol_out, sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
     os._exit(0)

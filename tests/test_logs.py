@@ -286,6 +286,25 @@ def test_each_threads_printed_line_is_its_own() -> None:
     assert sorted(_printed("info", write)) == ["AAA", "BBB"]
 
 
+def test_every_threads_unended_line_is_logged_as_the_work_ends() -> None:
+    """A writer thread's ``print(..., end="")`` was lost as a tool or a processor ended:
+    their flush is the main thread's, whose own line alone it logged."""
+
+    def write(out: Any) -> None:
+        threads = [
+            threading.Thread(target=lambda n=name: print(f"{n}-unended", end="", file=out))
+            for name in "AB"
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        out.flush()  # the main thread's: nothing of its own
+        out.flush_all()
+
+    assert sorted(_printed("info", write)) == ["A-unended", "B-unended"]
+
+
 def test_printed_lines_keep_the_streams_file_number() -> None:
     """A resolver may hand ``sys.stdout`` to a child process (subprocess.run): it takes
     the stream's file number (it raised io.UnsupportedOperation)."""
@@ -408,8 +427,8 @@ def test_a_report_that_cannot_be_written_gives_stdout_back_and_says_so() -> None
         "try:\n"
         "    with logs.report_kept_apart():\n"
         "        logs.echo('x' * 100)\n"
-        "except BrokenPipeError:\n"
-        "    sys.stderr.write('broken pipe raised\\n')\n"
+        "except Exception as error:\n"
+        "    sys.stderr.write(f'{type(error).__name__}: {error}\\n')\n"
         "assert os.readlink('/proc/self/fd/1') == pipe, 'fd 1 not given back'\n"
         "assert sorted(os.listdir('/proc/self/fd')) == before, 'a descriptor left open'\n"
         "sys.stderr.write('restored\\n')\n"
@@ -417,4 +436,7 @@ def test_a_report_that_cannot_be_written_gives_stdout_back_and_says_so() -> None
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
-    assert done.stderr.splitlines()[-2:] == ["broken pipe raised", "restored"], done.stderr
+    assert done.stderr.splitlines()[-2:] == [
+        "ReportUnwritten: the report could not be written to stdout: [Errno 32] Broken pipe",
+        "restored",
+    ], done.stderr

@@ -4,6 +4,7 @@ sampling, repair through the conflict policy, and the exit codes."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -1273,3 +1274,48 @@ def test_what_a_resolver_prints_while_it_decides_stays_out_of_the_json_report(
     assert [line["text"] for line in printed] == [f"deciding {items[0]['pk']['S']}"], done.stderr
     assert "written to fd 1" in done.stderr and "a child says hi" in done.stderr
     assert "bytes in stdout" in done.stderr
+
+
+@pytest.mark.parametrize("stdout", ["a full disk", "a pipe nobody reads", "closed"])
+def test_a_report_that_cannot_be_written_is_said_in_one_line(job: Job, stdout: str) -> None:
+    """A full disk ended in a traceback, a closed pipe in exit 1 without a word (click's
+    own handling), and a stdout closed at start in a traceback and exit 1 after the work
+    had succeeded."""
+    replicated(job, 3)
+    command = [sys.executable, "-m", "replicator", "verify", "--config", str(job.path), "--json"]
+    if stdout == "closed":
+        done = subprocess.run(
+            ["sh", "-c", '"$@" >&-', "sh", *command],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr  # equal: nothing to report it to
+        assert "Traceback" not in done.stderr
+        return
+    if stdout == "a full disk":
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(
+                command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120, check=False
+            )
+        said = "[Errno 28] No space left on device"
+    else:
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            done = subprocess.run(
+                command,
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+        finally:
+            os.close(write_end)
+        said = "[Errno 32] Broken pipe"
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == f"replicator: the report could not be written to stdout: {said}", done.stderr
