@@ -452,7 +452,10 @@ class PrintedLines(io.TextIOBase):
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._lines = threading.local()
-        self._every_threads: list[list[str]] = []  # for flush_all
+        # Each thread's unended line, for flush_all; a thread gone with nothing left
+        # unended is dropped as the next one registers (threads come and go for days).
+        self._every_threads: list[tuple[threading.Thread, list[str]]] = []
+        self._registering = threading.Lock()
         self._log = unfiltered("printed")
 
     def writable(self) -> bool:
@@ -488,14 +491,22 @@ class PrintedLines(io.TextIOBase):
         pieces: list[str] | None = getattr(self._lines, "pieces", None)
         if pieces is None:
             pieces = self._lines.pieces = []
-            self._every_threads.append(pieces)
+            with self._registering:
+                self._every_threads = [
+                    (thread, kept)
+                    for thread, kept in self._every_threads
+                    if thread.is_alive() or any(kept)
+                ]
+                self._every_threads.append((threading.current_thread(), pieces))
         return pieces
 
     def flush_all(self) -> None:
         """Every thread's line printed without its end, logged: as the process or the
         command ends, when a writer thread's ``print(..., end="")`` would otherwise be
         lost (a flush is the calling thread's)."""
-        for pieces in list(self._every_threads):
+        with self._registering:
+            every = list(self._every_threads)
+        for _, pieces in every:
             if any(pieces):
                 self._emit(pieces)
 

@@ -305,6 +305,20 @@ def test_every_threads_unended_line_is_logged_as_the_work_ends() -> None:
     assert sorted(_printed("info", write)) == ["A-unended", "B-unended"]
 
 
+def test_threads_gone_with_nothing_unended_are_not_kept() -> None:
+    """A processor runs for days while threads come and go: each thread that printed was
+    kept for flush_all for ever."""
+
+    def write(out: Any) -> None:
+        for index in range(50):
+            thread = threading.Thread(target=lambda i=index: print(f"line {i}", file=out))
+            thread.start()
+            thread.join(30)
+        assert len(out._every_threads) <= 2  # the last one, at most one other
+
+    assert len(_printed("info", write)) == 50
+
+
 def test_printed_lines_keep_the_streams_file_number() -> None:
     """A resolver may hand ``sys.stdout`` to a child process (subprocess.run): it takes
     the stream's file number (it raised io.UnsupportedOperation)."""
