@@ -456,22 +456,25 @@ class PrintedLines(io.TextIOBase):
         # unended is dropped as the next one registers (threads come and go for days).
         self._every_threads: list[tuple[threading.Thread, list[str]]] = []
         self._registering = threading.Lock()
+        self._lines_lock = threading.RLock()
         self._log = unfiltered("printed")
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
-        pieces: list[str] = self._pieces()
-        *ended, rest = text.split("\n")
-        for piece in ended:
-            pieces.append(piece)
-            self._emit(pieces)
-        pieces.append(rest)
-        if len(pieces) > 64:  # many small writes: kept as one piece
-            pieces[:] = ["".join(pieces)]
-        if sum(len(piece) for piece in pieces) >= PRINTED_LINE_MAX:
-            self._emit(pieces)
+        # Under the lock flush_all takes: it may log this thread's line as it ends.
+        with self._lines_lock:
+            pieces: list[str] = self._pieces()
+            *ended, rest = text.split("\n")
+            for piece in ended:
+                pieces.append(piece)
+                self._emit(pieces)
+            pieces.append(rest)
+            if len(pieces) > 64:  # many small writes: kept as one piece
+                pieces[:] = ["".join(pieces)]
+            if sum(len(piece) for piece in pieces) >= PRINTED_LINE_MAX:
+                self._emit(pieces)
         return len(text)
 
     def flush(self) -> None:
@@ -504,11 +507,12 @@ class PrintedLines(io.TextIOBase):
         """Every thread's line printed without its end, logged: as the process or the
         command ends, when a writer thread's ``print(..., end="")`` would otherwise be
         lost (a flush is the calling thread's)."""
-        with self._registering:
-            every = list(self._every_threads)
-        for _, pieces in every:
-            if any(pieces):
-                self._emit(pieces)
+        with self._lines_lock:
+            with self._registering:
+                every = list(self._every_threads)
+            for _, pieces in every:
+                if any(pieces):
+                    self._emit(pieces)
 
     def _emit(self, pieces: list[str]) -> None:
         line = "".join(pieces)

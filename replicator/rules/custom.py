@@ -214,6 +214,7 @@ class CustomRule:
                     f"custom resolver {given} not in attribute-value form: its "
                     f"{where} is {_shown(value)}, where {expected}"
                 )
+            decision = {name: _text_as_bytes(value) for name, value in decision.items()}
             missing = [name for name in change.keys if name not in decision]
             if missing:
                 raise PlanError(f"custom resolver {given} without key attributes {missing}")
@@ -273,8 +274,10 @@ def _plain_binaries(value: Any) -> Any:
         return cast(Any, value).value  # the stubs do not declare it
     if isinstance(value, dict):
         return {name: _plain_binaries(inner) for name, inner in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_plain_binaries(inner) for inner in value)
+    if isinstance(value, list):
+        return [_plain_binaries(inner) for inner in value]
+    if isinstance(value, tuple):  # a plain one: a namedtuple's type takes no iterable
+        return tuple(_plain_binaries(inner) for inner in value)
     if isinstance(value, set | frozenset):
         return type(value)(_plain_binaries(inner) for inner in value)
     return value
@@ -302,6 +305,22 @@ _SETS: dict[str, tuple[tuple[type, ...], str]] = {
     "NS": ((str,), "a list of numbers as strings is expected"),
     "BS": ((bytes, bytearray, str), "a list of bytes is expected"),
 }
+
+
+def _text_as_bytes(value: Any) -> Any:
+    """An attribute value in the form ``_unformed`` took, its binaries as bytes: a string
+    under ``B`` or ``BS`` as its UTF-8 bytes, which is what the SDK sends, so that the
+    write compares with what the destination then holds (a string never equals bytes)."""
+    ((kind, inner),) = value.items()
+    if kind == "B" and isinstance(inner, str):
+        return {"B": inner.encode("utf-8")}
+    if kind == "BS":
+        return {"BS": [m.encode("utf-8") if isinstance(m, str) else m for m in inner]}
+    if kind == "M":
+        return {"M": {name: _text_as_bytes(v) for name, v in inner.items()}}
+    if kind == "L":
+        return {"L": [_text_as_bytes(v) for v in inner]}
+    return value
 
 
 def _unformed(where: str, value: object) -> tuple[str, object, str] | None:

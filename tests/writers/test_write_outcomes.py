@@ -897,6 +897,9 @@ def test_a_resolver_returning_every_type_of_attribute_value_is_written() -> None
     }
     planned = CustomRule(lambda incoming, existing: item).plan(decode(put("bad", 1)), None)
     assert isinstance(planned, WriteRequest)  # nothing refused that the SDK sends
+    written = planned.item  # strings under B and BS as the bytes the SDK sends
+    assert isinstance(written, dict)
+    assert (written["bt"], written["bs"]) == ({"B": b"text"}, {"BS": [b"x", b"text"]})
 
 
 @pytest.mark.parametrize("raised", [SystemExit(2), GeneratorExit(), KeyboardInterrupt()])
