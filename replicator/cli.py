@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -122,6 +122,13 @@ def _operator_errors(function: Callable[P, R]) -> Callable[P, R]:
             sys.exit(error.exit_code)
 
     return wrapper
+
+
+def _exit_with_report(run: Callable[[], int]) -> NoReturn:
+    """Exit with the code of ``run``, a tool whose report keeps stdout to itself."""
+    with report_kept_apart():
+        code = run()
+    sys.exit(code)
 
 
 class _OnceEach(click.Command):
@@ -591,9 +598,7 @@ def backfill(config_path: Path, **options: Any) -> None:
     """Copy the source table to every destination through the conflict policy (resumable)."""
     from replicator.tools import commands
 
-    with report_kept_apart():
-        code = commands.backfill(config_path, **options)
-    sys.exit(code)
+    _exit_with_report(lambda: commands.backfill(config_path, **options))
 
 
 @cli.command()
@@ -653,9 +658,7 @@ def verify(config_path: Path, as_json: bool, **options: Any) -> None:
     if options["delete_written_elsewhere"] and not options["repair"]:
         raise click.UsageError("--delete-extra-written-elsewhere deletes only with --repair")
 
-    with report_kept_apart():
-        code = commands.verify(config_path, as_json, **options)
-    sys.exit(code)
+    _exit_with_report(lambda: commands.verify(config_path, as_json, **options))
 
 
 @cli.command()
@@ -672,9 +675,7 @@ def redrive(config_path: Path) -> None:
     """
     from replicator.tools import commands
 
-    with report_kept_apart():
-        code = commands.redrive(config_path)
-    sys.exit(code)
+    _exit_with_report(lambda: commands.redrive(config_path))
 
 
 def _time_option(

@@ -304,19 +304,24 @@ def report_kept_apart() -> Iterator[None]:
         sys.stdout = out
         report = _REPORTS.pop()
         if moved is not None:
-            # A report that cannot be written (a closed pipe, a full disk) fails its
-            # flush, and that error is the command's: descriptor 1 is given back first.
-            try:
-                try:
-                    report.flush()
-                except OSError as error:
-                    raise _unwritten(error) from None
-            finally:
-                try:
-                    os.dup2(report.fileno(), moved[1])
-                finally:
-                    with contextlib.suppress(OSError, ValueError):
-                        report.close()
+            _give_back(report, moved[1])
+
+
+def _give_back(report: TextIO, descriptor: int) -> None:
+    """The report's descriptor made ``descriptor`` (1) again, the report flushed first.
+    A report that cannot be written (a closed pipe, a full disk) fails its flush, and that
+    error is the command's: the descriptor is given back before it is raised."""
+    unwritten: Exception | None = None
+    try:
+        report.flush()
+    except OSError as error:
+        unwritten = _unwritten(error)
+    finally:
+        os.dup2(report.fileno(), descriptor)
+        with contextlib.suppress(OSError, ValueError):  # bytes a failed flush kept
+            report.close()
+    if unwritten is not None:
+        raise unwritten
 
 
 def _redacted(value: Any) -> Any:
@@ -455,7 +460,7 @@ class PrintedLines(io.TextIOBase):
         # Each thread's unended line, for flush_all; a thread gone with nothing left
         # unended is dropped as the next one registers (threads come and go for days).
         self._every_threads: list[tuple[threading.Thread, list[str]]] = []
-        self._registering = threading.Lock()
+        # Held by every use of the lines, so flush_all may log another thread's.
         self._lines_lock = threading.RLock()
         self._log = unfiltered("printed")
 
@@ -463,7 +468,6 @@ class PrintedLines(io.TextIOBase):
         return True
 
     def write(self, text: str) -> int:
-        # Under the lock flush_all takes: it may log this thread's line as it ends.
         with self._lines_lock:
             pieces: list[str] = self._pieces()
             *ended, rest = text.split("\n")
@@ -478,9 +482,10 @@ class PrintedLines(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
-        pieces = self._pieces()
-        if any(pieces):
-            self._emit(pieces)
+        with self._lines_lock:
+            pieces = self._pieces()
+            if any(pieces):
+                self._emit(pieces)
 
     def fileno(self) -> int:
         """The stream's own (a child process handed ``sys.stdout`` writes there raw)."""
@@ -494,13 +499,12 @@ class PrintedLines(io.TextIOBase):
         pieces: list[str] | None = getattr(self._lines, "pieces", None)
         if pieces is None:
             pieces = self._lines.pieces = []
-            with self._registering:
-                self._every_threads = [
-                    (thread, kept)
-                    for thread, kept in self._every_threads
-                    if thread.is_alive() or any(kept)
-                ]
-                self._every_threads.append((threading.current_thread(), pieces))
+            self._every_threads = [
+                (thread, kept)
+                for thread, kept in self._every_threads
+                if thread.is_alive() or any(kept)
+            ]
+            self._every_threads.append((threading.current_thread(), pieces))
         return pieces
 
     def flush_all(self) -> None:
@@ -508,9 +512,7 @@ class PrintedLines(io.TextIOBase):
         command ends, when a writer thread's ``print(..., end="")`` would otherwise be
         lost (a flush is the calling thread's)."""
         with self._lines_lock:
-            with self._registering:
-                every = list(self._every_threads)
-            for _, pieces in every:
+            for _, pieces in self._every_threads:
                 if any(pieces):
                     self._emit(pieces)
 
