@@ -325,12 +325,16 @@ class RedriveReport:
                 [
                     f"redrive of {self.target}: {self._how_it_ended()}: "
                     + (
-                        f"{self.left} letter{'' if self.left == 1 else 's'} not replayed"
-                        if self.left is not None
-                        else "no letter replayed"
-                    )
-                    + f", kept in {self._kept_in()} (the next redrive takes them up"
-                    + f"{self._settled_note()})",
+                        f"no letter replayed, none left{self._cleared_note()}"
+                        if self.left == 0
+                        else (
+                            f"{self.left} letter{'' if self.left == 1 else 's'} not replayed"
+                            if self.left is not None
+                            else "no letter replayed"
+                        )
+                        + f", kept in {self._kept_in()} (the next redrive takes them up"
+                        + f"{self._settled_note()})"
+                    ),
                     *self._left(),
                 ]
             )
@@ -384,10 +388,23 @@ class RedriveReport:
     def _rest(self) -> str:
         if self.left is None:
             return "the rest are still in the target"
+        if self.left == 0:
+            # Stopped after its last letter was settled: nothing waits in any file (the
+            # target's file may not even be there), only what the replay set aside.
+            return f"no letter left{self._cleared_note()}"
         return (
             f"{self.left} letter{'' if self.left == 1 else 's'} now in {self._kept_in()} "
             f"(the next redrive takes them up{self._settled_note()})"
         )
+
+    def _cleared_note(self) -> str:
+        """With no letter left, the files an interrupted replay set aside hold only lines
+        already done, which the next redrive removes (nothing to move with them)."""
+        if not self.settled_in:
+            return ""
+        asides = [path.removesuffix(".settled") for path in self.settled_in]
+        files = " and ".join(f"file {path}" for path in [*asides, *self.settled_in])
+        return f" (the next redrive removes {files}, whose lines are all done)"
 
     def _settled_note(self) -> str:
         """An aside file still holds its lines already done: its .settled file names them."""

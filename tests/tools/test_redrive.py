@@ -1067,6 +1067,48 @@ def test_a_destination_not_there_exits_3_before_a_letter_is_touched(job: Job, wh
     assert list(job.dead_letters.parent.glob(f"{job.dead_letters.name}.*")) == []
 
 
+def test_a_stop_on_the_last_letter_says_no_letter_is_left(job: Job) -> None:
+    """A stop that came while the last letter's write was answered: that letter is
+    settled, so nothing is left. The summary said "0 letters now in file <the target>
+    (the next redrive takes them up ...)" of a file that was not there; it says none is
+    left, and that the next redrive removes the aside files, whose lines are all done."""
+    target = eu_letters(job, 81)
+    items = [image(name) for name in "abc"]
+    runners: list[Redrive] = []
+    answered = []
+
+    def after_answer(operation: str, body: bytes, status: int) -> None:
+        if operation == "PutItem":
+            answered.append(status)
+            if len(answered) == len(items):  # the stop, as the last letter's write lands
+                runners[0].interrupt()
+
+    proxy = FaultProxy(job.endpoint, observe=after_answer).start()
+    try:
+        eu_through(job, proxy)
+        runners.append(Redrive(load_job(job.path)))
+        report = run_within(runners[0], 60)
+    finally:
+        proxy.stop()
+
+    assert answered == [200, 200, 200]
+    assert (report.replayed, report.failed, report.interrupted) == (3, 0, True)
+    assert [get(job, 0, item) for item in items] == items
+    aside = aside_file(job)
+    assert target.holding() == {}
+    assert not job.dead_letters.exists()
+    first_line = report.text().splitlines()[0]
+    assert first_line == (
+        f"redrive of file {job.dead_letters}: 3 letters, 3 replayed, 0 failed again (kept in "
+        f"the target); interrupted: no letter left (the next redrive removes file {aside} "
+        f"and file {aside}.settled, whose lines are all done)"
+    ), first_line
+    job.write()  # eu without the proxy
+    again = Redrive(load_job(job.path)).run()
+    assert again.exit_code == 0, again.text()
+    assert list(job.dead_letters.parent.glob(f"{job.dead_letters.name}*")) == []
+
+
 def test_a_destination_that_stops_answering_ends_the_redrive_with_exit_3(
     job: Job, monkeypatch: pytest.MonkeyPatch
 ) -> None:
