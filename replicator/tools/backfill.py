@@ -187,6 +187,9 @@ class BackfillResult:
     """The job publishes a watermark, whose unread spans a copy alone cannot clear."""
     tombstones: bool = False
     """The job keeps tombstones (active_active): a delete can rank above a copy."""
+    unsaved_dead_lettered: int = 0
+    """Letters stored for pages this run stopped in (a second Ctrl-C, a failed segment):
+    in the dead-letter target, though the pages' counts are not saved."""
 
     @property
     def exit_code(self) -> int:
@@ -220,7 +223,13 @@ class BackfillResult:
             "overwrite: under overwrite or custom, or without the ordering attribute; run "
             "`replicator verify --repair` to compare them)",
             f"  copies undone:      {self.overall.undone} (deleted at the source meanwhile)",
-            f"  dead-lettered:      {self.overall.dead_lettered}",
+            f"  dead-lettered:      {self.overall.dead_lettered}"
+            + (
+                f" (and {self.unsaved_dead_lettered} in pages not finished, which the next "
+                "run copies again)"
+                if self.unsaved_dead_lettered
+                else ""
+            ),
             f"  progress table:     {self.state_table} ({counted(self.total_segments, 'segment')})",
         ]
         if self.watermark and self.already_complete:
@@ -238,9 +247,9 @@ class BackfillResult:
                 "stay reported; `replicator verify` (with --repair if it finds "
                 "differences) clears them"
             )
-        if self.overall.dead_lettered:
+        if letters := self.overall.dead_lettered + self.unsaved_dead_lettered:
             lines.append(
-                f"  {self.overall.dead_lettered} writes were dead-lettered to "
+                f"  {letters} writes were dead-lettered to "
                 f"{self.dead_letters}: fix the cause, then run `replicator redrive`"
             )
         return "\n".join(lines)
@@ -266,6 +275,7 @@ class Backfill:
         # Reentrant: a signal handler (interrupt) may run while the main thread holds it.
         self._lock = threading.RLock()
         self._this_run = Tally()
+        self._unsaved_letters = 0  # see BackfillResult.unsaved_dead_lettered
         self._dead_letters: DeadLetterTarget | None = None
         self._cancelled = False
         self._grace = StopGrace(self._cancel_writes)  # after a first stop
@@ -388,7 +398,13 @@ class Backfill:
         result.complete = complete
         result.stopped = None if complete else (self.stopped or "stopped")
         result.overall = _overall(plan)
-        log.info("backfill ended", complete=complete, **result.overall.as_dict())
+        result.unsaved_dead_lettered = self._unsaved_letters
+        log.info(
+            "backfill ended",
+            complete=complete,
+            **result.overall.as_dict(),
+            dead_lettered_in_pages_not_saved=self._unsaved_letters,
+        )
         return result
 
     def _copy(
@@ -433,6 +449,10 @@ class Backfill:
     def _counts_this_run(self) -> dict[str, int]:
         """A resumed run's counts, named as this run's beside the items of every run."""
         return {f"{name}_this_run": count for name, count in self._this_run.as_dict().items()}
+
+    def count_unsaved_letters(self, count: int) -> None:
+        with self._lock:
+            self._unsaved_letters += count
 
     def count_page(self, tally: Tally, taken: int) -> None:
         """Count a page done, whose Scan was allowed ``taken`` items of the budget."""
@@ -521,6 +541,9 @@ class _SegmentCopy:
         wait_in_steps([future for _, _, future in futures], on_error=self.backfill._fail)
         failures = [e for e in (f.exception() for _, _, f in futures) if e is not None]
         if failures:
+            # The page is not saved, but letters its settled writes stored are in the
+            # target: the report counts them apart, or it said none were written.
+            self.backfill.count_unsaved_letters(sum(1 for _, _, f in futures if _lettered(f)))
             real = [e for e in failures if not isinstance(e, WriteCancelled)]
             raise (real or failures)[0]
         tally = Tally(scanned=len(items))
@@ -602,3 +625,8 @@ def _operator_error(error: BaseException, source: TableRef) -> BaseException:
         problem = preflight.explain(error, "backfill", source.where)
         return EnvironmentProblem(f"{problem}{suffix}")
     return error
+
+
+def _lettered(write: Future[WriteResult]) -> bool:
+    """A write that settled as a dead letter (stored before it returned)."""
+    return not write.cancelled() and write.exception() is None and write.result().failed

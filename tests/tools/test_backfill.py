@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 
 from replicator.config.loader import load_job
 from replicator.config.model import ConflictConfig
+from replicator.deadletter.file import FileDeadLetters
 from replicator.demo import tables
 from replicator.demo.workload import Workload, demo_item
 from replicator.exceptions import EnvironmentProblem
@@ -835,6 +837,48 @@ def test_one_ctrl_c_stops_a_backfill_whose_writes_a_destination_keeps_failing(
         proxy.stop()
     assert result.stopped == "interrupted" and not result.complete
     assert result.exit_code == 1
+
+
+def test_letters_stored_for_a_page_a_second_ctrl_c_gave_up_are_counted(job: Job) -> None:
+    """An item last_writer_wins cannot order is dead-lettered at once; the page's other
+    writes to ap get no answer, and a second Ctrl-C gives them up: the page is not saved,
+    and the summary said "dead-lettered: 0" with the letters in the file. They are
+    counted apart, and the summary says where they are."""
+    job.source.put_item(
+        TableName=job.source_table, Item=item("bad", 1, 5) | {"updated_at": {"BOOL": True}}
+    )
+    for sk in range(2, 8):
+        job.source.put_item(TableName=job.source_table, Item=item("good", sk, 100 + sk))
+    proxy = FaultProxy(job.endpoint).start()
+    try:
+        proxy.set(Mode(Fault.BLACK_HOLE, operations=frozenset({"PutItem"})))
+        through_proxy(job, f"{job.name}-ap", proxy)
+        runner = Backfill(load_job(job.path), BackfillOptions(skip_handoff_check=True, segments=1))
+        letters = FileDeadLetters(job.dead_letters)
+
+        def lettered_and_waiting() -> bool:
+            return letters.count() == 2 and proxy.counts("PutItem")["black_holed"] >= 1
+
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(runner.run)
+            try:
+                wait_until(lettered_and_waiting, 60, "the letters and a write in hand")
+            finally:
+                runner.interrupt()
+                runner.interrupt()  # the second: the writes in hand are given up
+            result = running.result(timeout=60)
+    finally:
+        proxy.stop()
+
+    assert result.stopped == "interrupted" and not result.complete
+    assert result.exit_code == 1
+    assert (result.overall.dead_lettered, result.unsaved_dead_lettered) == (0, 2)
+    summary = result.summary()
+    assert (
+        "  dead-lettered:      0 (and 2 in pages not finished, which the next run copies again)"
+    ) in summary.splitlines(), summary
+    assert f"  2 writes were dead-lettered to {letters.description}: fix the cause" in summary
+    assert {letter.reason for letter in letters.letters()} == {"unplannable"}
 
 
 def test_a_backfill_of_many_segments_starts_at_once_and_stops_at_one_ctrl_c(job: Job) -> None:
