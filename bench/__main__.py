@@ -188,4 +188,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the scenarios' processes too (one process group): each ends, and
+        # results are written only at the end, so the last run's file is as it was.
+        print("benchmarks: interrupted; no results written", file=sys.stderr)
+        sys.exit(130)

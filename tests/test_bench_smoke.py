@@ -4,7 +4,12 @@ changes to the write that applied them."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +25,7 @@ from replicator.aws.clients import Place
 from replicator.aws.errors import ErrorKind, classify
 from replicator.decode import decode
 from replicator.records import raw_record_from
+from tests.support.e2e import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +171,43 @@ def test_the_host_scenario_drives_every_shards_processor_to_its_last_record(
     assert result["cpu_us_per_change"] > 0
     assert result["shards_per_core"] == shards_per_core(result["cpu_us_per_change"])
     assert result["endpoint_cpu_s"] > 0
+
+
+def _group(pgid: int) -> list[str]:
+    """The command lines of the processes in process group ``pgid``."""
+    listed = subprocess.run(
+        ["ps", "-o", "args=", "-g", str(pgid)], capture_output=True, text=True, check=False
+    )
+    return listed.stdout.splitlines()
+
+
+def test_ctrl_c_ends_the_benchmarks_with_130_and_one_line(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group) while a scenario runs ended the
+    benchmarks in a traceback; they end with one line and exit 130, every scenario's
+    process gone and no results file written."""
+    output = tmp_path / "results.json"
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "bench", "--quick", "--only", "core", "--output", str(output)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group, as a terminal's foreground job
+    )
+    try:
+        wait_until(
+            lambda: any("bench.core" in line for line in _group(bench.pid)),
+            60,
+            "the core scenario's process",
+        )
+        os.killpg(bench.pid, signal.SIGINT)
+        out, err = bench.communicate(timeout=60)
+    finally:
+        if bench.poll() is None:
+            os.killpg(bench.pid, signal.SIGKILL)
+            bench.wait()
+    assert bench.returncode == 130, err
+    assert err.splitlines()[-1] == "benchmarks: interrupted; no results written", err
+    assert "Traceback" not in err
+    assert out == ""
+    assert not output.exists()
+    wait_until(lambda: _group(bench.pid) == [], 30, "the scenario's processes to end")
