@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -705,6 +706,7 @@ def _finite_seconds(
 # The shortest prefix of an entry id --restore takes: shorter ones (the empty one names
 # every entry) are a mistake to refuse, not a choice among many entries to list.
 MIN_ENTRY_PREFIX = 4
+ENTRY_ID_LENGTH = 16
 
 
 def _entry_id_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -716,6 +718,14 @@ def _entry_id_option(ctx: click.Context, param: click.Parameter, value: str | No
         raise click.BadParameter(
             f"{value!r} is too short to name an entry: give its id (16 hexadecimal "
             f"characters, as the listing shows them) or at least its first {MIN_ENTRY_PREFIX}"
+        )
+    # One that no id can start with is a mistake too: said at once, not after a read of
+    # the whole log (a pass over every message of a queue) that could only find nothing.
+    if len(wanted) > ENTRY_ID_LENGTH or not re.fullmatch("[0-9a-f]+", wanted):
+        raise click.BadParameter(
+            f"{value!r} names no entry: an id is {ENTRY_ID_LENGTH} hexadecimal characters "
+            "(0-9, a-f), as the listing shows them; give it or at least its first "
+            f"{MIN_ENTRY_PREFIX}"
         )
     return wanted
 
@@ -740,9 +750,12 @@ def _poll_seconds(ctx: click.Context, param: click.Parameter, value: float) -> f
 
 def _key_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     from replicator.conflictlog.keys import parse_key
+    from replicator.tools.commands import KEY_AS_GIVEN
 
     if value is None:
         return None
+    # As typed, for a later check's message (a JSON key is quoted as JSON, not respelled).
+    ctx.meta[KEY_AS_GIVEN] = value
     try:
         return parse_key(value)
     except KeySyntaxError as error:

@@ -9,6 +9,7 @@ restores.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Generator, Iterator
@@ -39,8 +40,6 @@ from replicator.items import (
 from replicator.wording import counted
 
 _RELATIVE = re.compile(r"([0-9]+)\s*([smhd])")  # ASCII digits, as documented
-# Epoch seconds, as `replicator watermark` prints them and `replicator wait` takes them.
-_EPOCH_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _EPOCH_FLOOR = 1_000_000_000  # 2001-09-09: no conflict log is older
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 TOP_KEYS = 10
@@ -68,7 +67,7 @@ def parse_since(text: str, now: datetime | None = None) -> str:
             return iso_exact(now - delta)
     except (OverflowError, ValueError, OSError):
         raise _out_of_range(text) from None
-    if _EPOCH_SECONDS.fullmatch(value):
+    if _is_a_number(value):
         return _from_epoch_seconds(value, text)
     try:
         moment = typed_iso_time(value)
@@ -85,6 +84,19 @@ def parse_since(text: str, now: datetime | None = None) -> str:
         return iso_exact(moment)
     except (OverflowError, ValueError, OSError):
         raise _out_of_range(text) from None
+
+
+def _is_a_number(value: str) -> bool:
+    """Epoch seconds in every form ``replicator wait --until`` takes them (a decimal
+    number Python's float reads in ASCII: ``1796527700.25``, ``1.7965277e9``, ``+...``,
+    ``1796527700.``), so that a time copied from one command reads in the other. Not
+    ``1_000`` (Python's literal grouping) nor ``nan``/``inf``, which are no time."""
+    if not value.isascii() or "_" in value:
+        return False
+    try:
+        return math.isfinite(float(value))
+    except ValueError:
+        return False
 
 
 def _from_epoch_seconds(value: str, text: str) -> str:

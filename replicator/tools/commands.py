@@ -408,6 +408,10 @@ def _warn_about_redrive(target: SqsConflictLog) -> None:
         logs.echo(f"replicator: warning: {warning}", err=True)
 
 
+# Where --key's text is kept as typed (click's context meta), for the messages below.
+KEY_AS_GIVEN = "replicator.key_as_given"
+
+
 def _check_key_names(resolved: ResolvedJob, key: Any) -> None:
     """A --key must name exactly the source table's key attributes, each with the type
     the table gives it: ``pk=S:7`` can never name an item whose key pk is a number, and
@@ -417,9 +421,12 @@ def _check_key_names(resolved: ResolvedJob, key: Any) -> None:
 
     shape = describe(source_ref(resolved, connections=1))
     table = resolved.job.source.table
+    context = click.get_current_context(silent=True)
+    given_as = context.meta.get(KEY_AS_GIVEN) if context is not None else None
+    shown = given_as if isinstance(given_as, str) else describe_key(key)
     if sorted(key) != sorted(shape.key_names):
         raise click.BadParameter(
-            f"{describe_key(key)!r} names {', '.join(sorted(key))}, but the key of "
+            f"{shown!r} names {', '.join(sorted(key))}, but the key of "
             f"{table} is {', '.join(shape.key_names)}: give every key attribute",
             param_hint="'--key'",
         )
@@ -428,7 +435,7 @@ def _check_key_names(resolved: ResolvedJob, key: Any) -> None:
         (given,) = key[name]
         if given != wanted:
             raise click.BadParameter(
-                f"{describe_key(key)!r} gives {name} as type {given}, but in {table} the key "
+                f"{shown!r} gives {name} as type {given}, but in {table} the key "
                 f"attribute {name} is of type {wanted}: write {name}={wanted}:...",
                 param_hint="'--key'",
             )

@@ -354,6 +354,18 @@ def test_a_key_of_the_wrong_type_for_the_table_is_refused_naming_both_types(
     right = invoke(config, "--key", "pk=N:7")
     assert right.exit_code == 0, right.output
     assert "0 lost conflicts" in right.stdout
+    # Given as JSON, quoted as typed (it was respelled as 'pk=S:7', which nobody typed).
+    typed = '{"pk": {"S": "7"}}'
+    as_json = invoke(config, "--key", typed)
+    assert as_json.exit_code == 2, as_json.output
+    assert f"{typed!r} gives pk as type S, but in {source} the key attribute pk" in (
+        " ".join(as_json.stderr.split())
+    )
+    extra = invoke(config, "--key", '{"pk": {"N": "7"}, "sk": {"N": "1"}}')
+    assert extra.exit_code == 2, extra.output
+    assert """'{"pk": {"N": "7"}, "sk": {"N": "1"}}' names pk, sk, but the key of""" in (
+        " ".join(extra.stderr.split())
+    )
 
 
 # -- --restore ---------------------------------------------------------------------------------

@@ -203,6 +203,16 @@ def test_since_takes_durations_and_dates_and_names_a_bad_value() -> None:
     # Epoch seconds, as replicator watermark prints a watermark and wait takes it.
     assert parse_since("1796527700", now) == "2026-12-06T03:28:20.000000Z"
     assert parse_since("1796527700.2512345", now) == "2026-12-06T03:28:20.251234Z"
+    # Every number form wait --until takes (they were refused here): a time copied from
+    # one command reads in the other.
+    assert parse_since("1.7965277e9", now) == "2026-12-06T03:28:20.000000Z"
+    assert parse_since("+1796527700.", now) == "2026-12-06T03:28:20.000000Z"
+    assert parse_since(" 1796527700.25 ", now) == "2026-12-06T03:28:20.250000Z"
+    for no_time in ("nan", "inf", "1_796_527_700", "\uff11" * 10):
+        with pytest.raises(SinceSyntaxError, match="is neither a duration"):
+            parse_since(no_time, now)
+    with pytest.raises(SinceSyntaxError, match="before 2001-09-09"):
+        parse_since("-1796527700", now)
     with pytest.raises(SinceSyntaxError, match="looks like epoch milliseconds: give seconds"):
         parse_since("1796527700251", now)
     # A duration without its unit, a year, a date without dashes: no 1970 time.
@@ -1107,6 +1117,22 @@ def test_an_empty_or_too_short_entry_id_is_a_bad_option(tmp_path: Path, given: s
     )
     assert "names" not in result.stderr
     assert [e.kind for e in read_entries(log, Selection())] == ["conflict"] * 3
+
+
+@pytest.mark.parametrize("given", ["zzzz", "0f61a355ba9e7516ab", "0f61 a355", "0x0f61"])
+def test_an_entry_id_no_id_can_start_with_is_a_bad_option(tmp_path: Path, given: str) -> None:
+    """Not hexadecimal, or longer than an id: it was looked for through the whole log
+    (every message of a queue) and ended "no conflict-log entry", exit 1."""
+    log = FileConflictLog(tmp_path / "c.jsonl")
+    log.put(conflict(1, pk="order-1").entry())
+    config = job_file(tmp_path, f"{{kind: file, path: '{log.path}'}}")
+    result = CliRunner().invoke(cli, ["conflicts", "-c", str(config), "--restore", given])
+    assert result.exit_code == 2, result.output
+    assert (
+        f"Invalid value for '--restore': {given!r} names no entry: an id is 16 hexadecimal "
+        "characters (0-9, a-f)"
+    ) in " ".join(result.stderr.split())
+    assert [e.kind for e in read_entries(log, Selection())] == ["conflict"]
 
 
 def test_the_command_says_when_the_job_keeps_no_conflict_log(tmp_path: Path) -> None:
