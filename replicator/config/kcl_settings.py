@@ -285,6 +285,9 @@ def numeric_property_problem(key: str, value: str) -> str | None:
                     f"here ({_UNREAD}): write {whole}"
                 )
             return f"{shown(value)} is not a whole number that a Java long holds ({_UNREAD})"
+        if int(text) < 0 and key == "maxLeasesForWorker":
+            # Its least is 1 (below): "0 or more" sent the user to a second refusal.
+            return f"{shown(value)} is negative: it is a count of leases, 1 or more"
         if int(text) < 0:
             # Each is a count, a size, a percentage or a time: the KCL takes a negative
             # one and its scheduler throws at start-up (leaseAssignmentIntervalMillis), or

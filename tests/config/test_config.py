@@ -265,6 +265,11 @@ BROKEN = {
         "kcl.extra_properties.maxLeasesForWorker",
         "would still let the worker take a lease (KCL 3 gives one to a worker holding none",
     ),
+    "kcl-max-leases-negative": (
+        MINIMAL + "runtime: kcl\nkcl: {extra_properties: {maxLeasesForWorker: -1}}\n",
+        "kcl.extra_properties.maxLeasesForWorker",
+        "'-1' is negative: it is a count of leases, 1 or more",  # not "0 or more", refused too
+    ),
     "kcl-decimal-property-not-a-number": (
         MINIMAL + "runtime: kcl\nkcl: {extra_properties: {workerMetricsEMAAlpha: half}}\n",
         "kcl.extra_properties.workerMetricsEMAAlpha",
