@@ -209,6 +209,7 @@ class DaemonProcess:
         self._stop_sent = 0  # the operator's stop requests acted on
         self._shut_down_asked = False  # SIGTERM sent to the daemon (once)
         self._killed_on: signal.Signals | None = None  # the second stop request's signal
+        self._processors_killed = 0  # processors running when a second request killed all
         self._overdue = False
 
     @property
@@ -280,6 +281,13 @@ class DaemonProcess:
             time.sleep(_POLL_S)
         status = process.returncode
         self.status = 128 - status if status < 0 else status
+        if self._killed_on is not None and not self._processors_killed:
+            self.failure = (
+                f"a second stop request ({self._killed_on.name}) while the KCL daemon was "
+                "stopping: it was killed after every processor had ended (their shards' "
+                "stop was done; only the daemon's own shutdown was cut short)"
+            )
+            return 128 + self._killed_on
         if self._killed_on is not None:
             self.failure = (
                 f"a second stop request ({self._killed_on.name}) while the KCL daemon was "
@@ -331,7 +339,13 @@ class DaemonProcess:
                 log.info("stop requested; asking the daemon to shut down", grace_s=self.grace_s)
                 self._ask_to_shut_down()
             elif self._killed_on is None:
-                log.warning("second stop request; killing the daemon and its processors")
+                # Counted first: processors all gone by then have ended their shards'
+                # stop, and the last line must not say they were cut short.
+                self._processors_killed = len(children_of(self.pid))
+                log.warning(
+                    "second stop request; killing the daemon and its processors",
+                    processors=self._processors_killed,
+                )
                 self._killed_on = self._stop_requests[1]
                 self._signal(signal.SIGKILL, group=True)
         if self._stop_deadline is not None and time.monotonic() > self._stop_deadline:
@@ -767,9 +781,12 @@ def run_kcl(
         if daemon.cannot_start:
             # A setting the launcher refused before the KCL started: exit 4, as a
             # runtime that cannot start as set up (1 would be restarted for ever).
+            # The launcher names the properties file it read, which here is this run's
+            # temporary one (gone once it exits): the setting is the job file's.
+            said = daemon.cannot_start.removeprefix(f"{prepared.properties}: ")
             raise KclUnavailable(
-                f"the KCL daemon could not start: {daemon.cannot_start} (see the "
-                "job's kcl.extra_properties and docs/kcl-and-docker.md)"
+                f"the KCL daemon could not start: {said} (see kcl.extra_properties in "
+                f"{resolved.path} and docs/kcl-and-docker.md)"
             )
         if deaths:  # it ran processors: a daemon, whatever it printed
             raise DaemonStopped(

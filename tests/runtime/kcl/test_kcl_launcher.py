@@ -834,6 +834,31 @@ def test_a_second_stop_request_kills_a_daemon_that_does_not_stop_and_exits_with_
     assert "were killed" in last
 
 
+def test_a_second_stop_request_after_every_processor_ended_does_not_say_they_were_cut(
+    stand_in: Any,
+) -> None:
+    """The processors had answered their shutdown and exited; only the daemon's own stop
+    was still running when the second Ctrl-C came. The last line said shards stopping
+    then did not checkpoint, which none was: it says the processors had ended."""
+    run = stand_in("deaf")
+    record = run.record()
+    run.process.send_signal(signal.SIGINT)
+    sigterm = Path(str(run.record_path) + ".sigterm")
+    wait_until(sigterm.exists, 10, "the daemon to get the first SIGTERM")
+    for child in record["children"]:  # each processor done with its shard's stop
+        os.kill(child, signal.SIGKILL)
+    wait_until(lambda: not any(alive(pid) for pid in record["children"]), 10, "the processors' end")
+    time.sleep(entry.REPEAT_S + 0.2)  # past the time a repeat is the same request
+    run.process.send_signal(signal.SIGINT)
+    assert run.process.wait(30) == 128 + signal.SIGINT
+    last = run.log.read_text().strip().splitlines()[-1]
+    assert last == (
+        "replicator: a second stop request (SIGINT) while the KCL daemon was stopping: it "
+        "was killed after every processor had ended (their shards' stop was done; only the "
+        "daemon's own shutdown was cut short)"
+    ), last
+
+
 @pytest.mark.parametrize("second", [signal.SIGTERM], ids=["TERM"])
 def test_a_stop_signal_repeated_at_once_is_one_request_and_a_clean_stop(
     stand_in: Any, second: signal.Signals
@@ -971,13 +996,21 @@ def test_a_setting_the_launcher_cannot_start_with_is_exit_4_naming_it(
     run said only that the daemon stopped on its own (exit 1, which a restart policy
     restarts for ever); it is a runtime that cannot start as set up, exit 4."""
     why = "AWSCredentialsProvider ProfileCredentialsProvider|nosuchprofile gives no credentials"
-    line = f"{prefix}Cannot start: {why}"
-    program = fake_java(tmp_path, f"print({line!r}, flush=True); sys.exit(1)")
+    # As the launcher says it: after the properties file it read, this run's temporary
+    # one, gone once the run exits. The line names the job file instead.
+    line = f"{prefix}Cannot start: " + "{file}: " + why
+    program = fake_java(
+        tmp_path,
+        f"file = sys.argv[sys.argv.index('--properties-file') + 1]\n"
+        f"print({line!r}.format(file=file), flush=True); sys.exit(1)",
+    )
     jars = fake_jars(tmp_path / "jars", [java.MULTILANG_DAEMON])
     job = write_job(
         tmp_path / "job.yaml", **kinesis_job, kcl=f", java: {program}, jars_dir: {jars}"
     )
     message = assert_refused(run_cli(job), 4, f"the KCL daemon could not start: {why}")
+    assert message.endswith(f"(see kcl.extra_properties in {job} and docs/kcl-and-docker.md)")
+    assert ".properties" not in message
     assert "stopped on its own" not in message
 
 
