@@ -153,7 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     started = time.time()
-    runs = run_all(plan, say)
+    try:
+        runs = run_all(plan, say)
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the scenarios' processes too (one process group): each ends, and
+        # results are written only at the end, so the last run's file is as it was.
+        print("benchmarks: interrupted; no results written", file=sys.stderr)
+        return 130
     duration_s = round(time.time() - started, 1)
     summary = summarize(runs)
     rows = verdicts(summary)
@@ -188,10 +194,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        # Ctrl-C reaches the scenarios' processes too (one process group): each ends, and
-        # results are written only at the end, so the last run's file is as it was.
-        print("benchmarks: interrupted; no results written", file=sys.stderr)
-        sys.exit(130)
+    sys.exit(main())

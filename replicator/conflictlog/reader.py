@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 from replicator.config.stranded import StrandedFile, stranded_lines
@@ -40,6 +40,7 @@ from replicator.items import (
 from replicator.wording import counted
 
 _RELATIVE = re.compile(r"([0-9]+)\s*([smhd])")  # ASCII digits, as documented
+_MICROSECOND = Decimal("0.000001")
 _EPOCH_FLOOR = 1_000_000_000  # 2001-09-09: no conflict log is older
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 TOP_KEYS = 10
@@ -94,16 +95,25 @@ def _is_a_number(value: str) -> bool:
     if not value.isascii() or "_" in value:
         return False
     try:
-        return math.isfinite(float(value))
+        float(value)
     except ValueError:
         return False
+    # A number too large for a float (1e400) is still one, refused as out of range.
+    return any(character.isdigit() for character in value)
 
 
 def _from_epoch_seconds(value: str, text: str) -> str:
     """Epoch seconds ``value`` to the microsecond (more digits are cut, as an ISO time's
     are), below ``SECONDS_CEILING`` as ``replicator wait`` takes them: a number above is
     refused naming the finer unit it is a time in (epoch milliseconds pasted from a log)."""
-    exact = Decimal(value)
+    try:
+        exact = Decimal(value)
+    except ArithmeticError:
+        # An exponent beyond what a Decimal takes: 1e-99999999999999999999999 is 0 as a
+        # float, and 1e99999999999999999999999 no time either.
+        if not math.isfinite(float(value)):
+            raise _out_of_range(text) from None
+        exact = Decimal(float(value))
     if exact < _EPOCH_FLOOR:
         # 30 (a duration without its unit), 2026 (a year), 20251201 (a date without its
         # dashes): a time before 2001 would list the whole log without a word.
@@ -119,9 +129,12 @@ def _from_epoch_seconds(value: str, text: str) -> str:
         given = f"{exact / per_second:f}"
         given = given.rstrip("0").rstrip(".") if "." in given else given
         raise SinceSyntaxError(f"{text!r} looks like epoch {name}: give seconds, such as {given}")
-    whole = int(exact)
+    # Cut to the microsecond first: the fraction's own arithmetic rounds at 28 digits,
+    # and .99999999999999999999999999999 became a whole second more.
+    micro = exact.quantize(_MICROSECOND, rounding=ROUND_DOWN)
+    whole = int(micro)
     moment = datetime.fromtimestamp(whole, UTC)
-    return iso_exact(moment + timedelta(microseconds=int((exact - whole) * 1_000_000)))
+    return iso_exact(moment + timedelta(microseconds=int((micro - whole) * 1_000_000)))
 
 
 def _out_of_range(text: str) -> SinceSyntaxError:

@@ -52,6 +52,7 @@ from replicator.tools.progress import ProgressReport
 from replicator.tools.scan import ReadRate, ReadStopped, scan_pages, warn_of_empty_segments
 from replicator.tools.snapshot import (
     BACKFILL,
+    GuardTally,
     ResurrectionGuard,
     SnapshotRule,
     snapshot_writers,
@@ -188,8 +189,9 @@ class BackfillResult:
     tombstones: bool = False
     """The job keeps tombstones (active_active): a delete can rank above a copy."""
     unsaved_dead_lettered: int = 0
-    """Letters stored for pages this run stopped in (a second Ctrl-C, a failed segment):
-    in the dead-letter target, though the pages' counts are not saved."""
+    """Letters stored for pages this run stopped in (their writes or the check after them
+    given up at a stop): in the dead-letter target, though the pages' counts are not
+    saved."""
 
     @property
     def exit_code(self) -> int:
@@ -444,7 +446,10 @@ class Backfill:
             )
         real = [e for e in errors if not isinstance(e, WriteCancelled)]
         if real:
-            raise _operator_error(real[0], source)
+            # No summary follows the error's line: it says what this run dead-lettered.
+            with self._lock:
+                letters = self._this_run.dead_lettered + self._unsaved_letters
+            raise _operator_error(real[0], source, letters, self._letters.description)
 
     def _counts_this_run(self) -> dict[str, int]:
         """A resumed run's counts, named as this run's beside the items of every run."""
@@ -569,7 +574,15 @@ class _SegmentCopy:
                 tally.dead_lettered += 1
         if self.backfill.hooks.page_written:
             self.backfill.hooks.page_written(segment, items)
-        guarded = self.guard.check(list(applied.values()))
+        guarded = GuardTally()
+        try:
+            self.guard.check(list(applied.values()), into=guarded)
+        except BaseException:
+            # A stop while the source was read again (a throttled read is not retried
+            # then) or the undo writes were given up: the page is not saved, and the
+            # letters its writes and the check stored are counted apart.
+            self.backfill.count_unsaved_letters(tally.dead_lettered + guarded.dead_lettered)
+            raise
         tally.undone += guarded.undone
         tally.dead_lettered += guarded.dead_lettered
         if guarded.undone:
@@ -616,9 +629,16 @@ def _add_counts(into: object, other: object) -> None:
         setattr(into, name, getattr(into, name) + getattr(other, name))
 
 
-def _operator_error(error: BaseException, source: TableRef) -> BaseException:
+def _operator_error(
+    error: BaseException, source: TableRef, letters: int, target: str
+) -> BaseException:
     """Expected failures become one clear message; progress so far is kept."""
     suffix = "; progress is saved: fix it and run the backfill again to continue"
+    if letters:
+        suffix += (
+            f" (this run dead-lettered {letters} {'write' if letters == 1 else 'writes'} to "
+            f"{target}: run `replicator redrive` once their cause is fixed)"
+        )
     if isinstance(error, DestinationRefused | DestinationUnavailable | DeadLetterUnavailable):
         return EnvironmentProblem(f"{error}{suffix}")
     if isinstance(error, ClientError | BotoCoreError):

@@ -423,7 +423,7 @@ def _check_key_names(resolved: ResolvedJob, key: Any) -> None:
     table = resolved.job.source.table
     context = click.get_current_context(silent=True)
     given_as = context.meta.get(KEY_AS_GIVEN) if context is not None else None
-    shown = given_as if isinstance(given_as, str) else describe_key(key)
+    shown = given_as.strip() if isinstance(given_as, str) else describe_key(key)
     if sorted(key) != sorted(shape.key_names):
         raise click.BadParameter(
             f"{shown!r} names {', '.join(sorted(key))}, but the key of "

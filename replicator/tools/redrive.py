@@ -299,7 +299,9 @@ class RedriveReport:
         if self.missing_relative:
             return 1
         failed = self.failed or self.check_letters or self.unreadable
-        return 0 if not failed and not self.interrupted else 1
+        # A stop that came as the last letter settled left nothing: done, as without it.
+        cut_short = self.interrupted and self.left != 0
+        return 0 if not failed and not cut_short else 1
 
     @property
     def ended_early(self) -> bool:

@@ -349,7 +349,11 @@ class ResurrectionGuard:
         self.kept = kept
 
     def check(
-        self, applied: list[tuple[Change, list[str]]], *, catch_up: bool = False
+        self,
+        applied: list[tuple[Change, list[str]]],
+        *,
+        catch_up: bool = False,
+        into: GuardTally | None = None,
     ) -> GuardTally:
         """``applied``: puts, each with the destinations where it was applied.
 
@@ -361,8 +365,9 @@ class ResurrectionGuard:
         holds exactly the replayed image (under an ordered policy: one ranking below the
         source's), so that nothing newer is overwritten. A backfill or repair itself
         does not catch up: the source's later changes are in the stream after its read,
-        and the replicator writes them."""
-        tally = GuardTally()
+        and the replicator writes them. ``into``: the tally to count in, which keeps what
+        was done (letters stored) when a stop or a failure ends the check part way."""
+        tally = into if into is not None else GuardTally()
         if not applied:
             return tally
         present = batch_get(self.source, [c.keys for c, _ in applied], self.key_names, self.rate)

@@ -118,7 +118,12 @@ def parse_time(text: str, option: str) -> Seconds:
     except ValueError:
         value = None
     if value is not None:
-        exact = Decimal(text) if math.isfinite(value) else value
+        try:
+            exact: Seconds = Decimal(text) if math.isfinite(value) else value
+        except ArithmeticError:
+            # An exponent beyond what a Decimal takes (1e-99999999999999999999999):
+            # the float's reading, 0 there.
+            exact = value
         return checked_seconds(exact, shown, typed_as_number=True)
     midnight = date_alone(text)
     if midnight is not None:

@@ -211,8 +211,17 @@ def test_since_takes_durations_and_dates_and_names_a_bad_value() -> None:
     for no_time in ("nan", "inf", "1_796_527_700", "\uff11" * 10):
         with pytest.raises(SinceSyntaxError, match="is neither a duration"):
             parse_since(no_time, now)
-    with pytest.raises(SinceSyntaxError, match="before 2001-09-09"):
-        parse_since("-1796527700", now)
+    # Exponents beyond a Decimal's (a traceback), a number beyond a float's (called
+    # neither a duration nor a time), and more digits than a Decimal's arithmetic keeps
+    # (rounded up to the next second): each read as a number, cut at the microsecond.
+    for before in ("-1796527700", "1e-99999999999999999999999"):
+        with pytest.raises(SinceSyntaxError, match="before 2001-09-09"):
+            parse_since(before, now)
+    for beyond in ("1e99999999999999999999999", "1e400"):
+        with pytest.raises(SinceSyntaxError, match="is outside the times"):
+            parse_since(beyond, now)
+    fraction = "1000000000." + "9" * 29
+    assert parse_since(fraction, now) == "2001-09-09T01:46:40.999999Z"
     with pytest.raises(SinceSyntaxError, match="looks like epoch milliseconds: give seconds"):
         parse_since("1796527700251", now)
     # A duration without its unit, a year, a date without dashes: no 1970 time.

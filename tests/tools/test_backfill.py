@@ -768,23 +768,45 @@ def through_proxy(job: Job, table: str, proxy: FaultProxy) -> None:
     job.path.write_text(text.replace("writer: {max_in_flight: 16}", REFUSING_WRITER))
 
 
-def test_a_destination_that_refuses_every_write_stops_the_backfill_at_once(job: Job) -> None:
-    """The first write to reach the refusal limit ends the run (exit 3): the hundreds of
-    writes queued behind it are given up, not each retried through its own streak."""
-    populate(job, 800)
+def refused_by_ap(job: Job, *args: str) -> tuple[str, FaultProxy]:
+    """``backfill`` with ap refusing every write (access denied): its exit 3 asserted,
+    its error's line, and the proxy that refused (stopped)."""
     proxy = FaultProxy(job.endpoint).start()
     try:
         proxy.set(Mode(Fault.DENY, operations=frozenset({"PutItem"})))
         through_proxy(job, f"{job.name}-ap", proxy)
-        result = cli(job, "backfill", "--skip-handoff-check", "--page-size", "200")
+        result = cli(job, "backfill", "--skip-handoff-check", *args)
     finally:
         proxy.stop()
     assert result.returncode == 3, result.stdout + result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("replicator:")]
+    return line, proxy
+
+
+def test_a_destination_that_refuses_every_write_stops_the_backfill_at_once(job: Job) -> None:
+    """The first write to reach the refusal limit ends the run (exit 3): the hundreds of
+    writes queued behind it are given up, not each retried through its own streak."""
+    populate(job, 800)
+    line, proxy = refused_by_ap(job, "--page-size", "200")
     assert f"destination ap-southeast-2/{job.name}-ap refused 5 writes in a row" in line, line
     assert "progress is saved" in line
+    assert "dead-lettered" not in line  # none was
     # a few seconds for the streak; 800 streaks 8 at a time would take minutes
     assert proxy.counts("PutItem")["denied"] < 100, proxy.counts("PutItem")
+
+
+def test_a_failed_backfills_line_says_what_it_dead_lettered(job: Job) -> None:
+    """A failed run prints its error's line and no summary: letters it stored (here for
+    an item last_writer_wins cannot order, before ap refused the rest) went unmentioned."""
+    one_unorderable_and_good_items(job, 10)
+    line, _ = refused_by_ap(job, "--segments", "1")
+    letters = FileDeadLetters(job.dead_letters)
+    assert letters.count() == 2  # the bad item, at each destination
+    assert line.endswith(
+        "; progress is saved: fix it and run the backfill again to continue (this run "
+        f"dead-lettered 2 writes to {letters.description}: run `replicator redrive` once "
+        "their cause is fixed)"
+    ), line
 
 
 def test_a_destination_that_stops_answering_stops_the_backfill(
@@ -839,16 +861,22 @@ def test_one_ctrl_c_stops_a_backfill_whose_writes_a_destination_keeps_failing(
     assert result.exit_code == 1
 
 
+def one_unorderable_and_good_items(job: Job, good: int) -> None:
+    """In the source: an item last_writer_wins cannot order (``updated_at`` true), which
+    every destination's write dead-letters at once, and ``good`` items after it."""
+    job.source.put_item(
+        TableName=job.source_table, Item=item("bad", 1, 5) | {"updated_at": {"BOOL": True}}
+    )
+    for sk in range(2, 2 + good):
+        job.source.put_item(TableName=job.source_table, Item=item("good", sk, 100 + sk))
+
+
 def test_letters_stored_for_a_page_a_second_ctrl_c_gave_up_are_counted(job: Job) -> None:
     """An item last_writer_wins cannot order is dead-lettered at once; the page's other
     writes to ap get no answer, and a second Ctrl-C gives them up: the page is not saved,
     and the summary said "dead-lettered: 0" with the letters in the file. They are
     counted apart, and the summary says where they are."""
-    job.source.put_item(
-        TableName=job.source_table, Item=item("bad", 1, 5) | {"updated_at": {"BOOL": True}}
-    )
-    for sk in range(2, 8):
-        job.source.put_item(TableName=job.source_table, Item=item("good", sk, 100 + sk))
+    one_unorderable_and_good_items(job, 6)
     proxy = FaultProxy(job.endpoint).start()
     try:
         proxy.set(Mode(Fault.BLACK_HOLE, operations=frozenset({"PutItem"})))
@@ -879,6 +907,44 @@ def test_letters_stored_for_a_page_a_second_ctrl_c_gave_up_are_counted(job: Job)
     ) in summary.splitlines(), summary
     assert f"  2 writes were dead-lettered to {letters.description}: fix the cause" in summary
     assert {letter.reason for letter in letters.letters()} == {"unplannable"}
+
+
+def test_letters_of_a_page_whose_check_a_ctrl_c_ended_are_counted(job: Job) -> None:
+    """The page's writes settled (one dead-lettered), then the source was read again for
+    the resurrection check, throttled, and not retried after the Ctrl-C: the page is not
+    saved, and its letters were in neither count."""
+    one_unorderable_and_good_items(job, 3)
+    proxy = FaultProxy(job.endpoint).start()
+    runners: list[Backfill] = []
+
+    def page_written(segment: int, items: list[Item]) -> None:
+        runners[0].interrupt()  # the Ctrl-C, once the page's writes have settled
+        proxy.set(Mode(Fault.THROTTLE, operations=frozenset({"BatchGetItem"})))
+
+    try:
+        job.path.write_text(
+            job.path.read_text().replace(
+                f"table: {job.source_table}, endpoint_url: '{job.endpoint}'",
+                f"table: {job.source_table}, endpoint_url: '{proxy.url}'",
+            )
+        )
+        runners.append(
+            Backfill(
+                load_job(job.path),
+                BackfillOptions(skip_handoff_check=True, segments=1),
+                hooks=BackfillHooks(page_written=page_written),
+            )
+        )
+        result = run_within(runners[0], 60)
+    finally:
+        proxy.stop()
+
+    assert proxy.counts("BatchGetItem")["throttled"] >= 1
+    assert result.stopped == "interrupted" and not result.complete
+    letters = FileDeadLetters(job.dead_letters)
+    assert letters.count() == 2  # the bad item, for each destination
+    assert (result.overall.dead_lettered, result.unsaved_dead_lettered) == (0, 2)
+    assert f"  2 writes were dead-lettered to {letters.description}" in result.summary()
 
 
 def test_a_backfill_of_many_segments_starts_at_once_and_stops_at_one_ctrl_c(job: Job) -> None:

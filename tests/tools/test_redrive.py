@@ -1093,6 +1093,7 @@ def test_a_stop_on_the_last_letter_says_no_letter_is_left(job: Job) -> None:
 
     assert answered == [200, 200, 200]
     assert (report.replayed, report.failed, report.interrupted) == (3, 0, True)
+    assert report.exit_code == 0  # nothing left: done, as without the stop
     assert [get(job, 0, item) for item in items] == items
     aside = aside_file(job)
     assert target.holding() == {}

@@ -825,3 +825,11 @@ def test_an_iso_time_is_taken_exactly_to_its_microsecond(text: str, epoch_us: in
     """``wait --until`` and an aware datetime given to ``wait_until_replicated``."""
     assert to_epoch_us(parse_time(text, "--until")) == epoch_us
     assert to_epoch_us(datetime.fromisoformat(text)) == epoch_us
+
+
+def test_a_number_with_an_exponent_beyond_a_decimals_is_read_not_a_traceback() -> None:
+    """``--until 1e-99999999999999999999999``: a float reads it (0), a Decimal does not,
+    and the command ended in a traceback (exit 1)."""
+    assert to_epoch_us(parse_time("1e-99999999999999999999999", "--until")) == 0
+    with pytest.raises(ValueError, match="'1e99999999999999999999999': not a time"):
+        parse_time("1e99999999999999999999999", "--until")
