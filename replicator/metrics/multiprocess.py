@@ -17,12 +17,12 @@ import fcntl
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import multiprocess
 
+from replicator import scratch
 from replicator.exceptions import EnvironmentProblem
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -50,7 +50,9 @@ def prepare(directory: str | Path | None = None, *, private: bool = False) -> Sa
     """
     chosen = directory or (None if private else os.environ.get(ENV))
     if not chosen:
-        return SamplesDirectory(Path(tempfile.mkdtemp(prefix="replicator-metrics-")), True)
+        # Held while in use: one a run killed outright left is removed by the next.
+        made = scratch.make("replicator-metrics-")
+        return SamplesDirectory(made.path, True, made.lock)
     path = Path(chosen)
     # A file, a path under a file, or a directory this user cannot create or write to
     # is the operator's setting to fix: one line naming it (exit 3), not a traceback.

@@ -52,7 +52,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from replicator import logs
+from replicator import logs, scratch
 from replicator.aws import clients, tables
 from replicator.config.model import ResolvedJob, StreamKind
 from replicator.entry import stop_held
@@ -284,8 +284,8 @@ class DaemonProcess:
         if self._killed_on is not None and not self._processors_killed:
             self.failure = (
                 f"a second stop request ({self._killed_on.name}) while the KCL daemon was "
-                "stopping: it was killed after every processor had ended (their shards' "
-                "stop was done; only the daemon's own shutdown was cut short)"
+                "stopping: it was killed with no processor running (any that ran had ended "
+                "its shard's stop; only the daemon's own shutdown was cut short)"
             )
             return 128 + self._killed_on
         if self._killed_on is not None:
@@ -651,11 +651,12 @@ def run_kcl(
     # Taken with the worker's lock in before_creating: made then, its client resolving
     # credentials only once the local checks (java, jars) have passed.
     task_lock: hostlock.HostLock | None = None
-    workdir = tempfile.TemporaryDirectory(prefix="replicator-kcl-")
+    # Removed on the way out; one a run killed outright left is removed by the next.
+    workdir = scratch.make("replicator-kcl-")
     # Each processor's note of the processRecords it has not answered yet (awaited.py).
-    notes = Path(workdir.name) / "awaited"
+    notes = workdir.path / "awaited"
     with (
-        workdir,
+        contextlib.closing(workdir),
         supervisor.MetricsHold(resolved, problems, [_DaemonCollector(lambda: daemon)]) as held,
         contextlib.ExitStack() as let_go,
     ):
@@ -681,7 +682,7 @@ def run_kcl(
         # a port in use refuses the start having created nothing.
         try:
             prepared = prepare_run(
-                resolved, Path(workdir.name), stopped=stop_held, before_creating=before_creating
+                resolved, workdir.path, stopped=stop_held, before_creating=before_creating
             )
         except preflight.Stopped:
             supervisor.stopped_while_starting("KCL runtime stopped before it started")
@@ -785,8 +786,9 @@ def run_kcl(
             # temporary one (gone once it exits): the setting is the job file's.
             said = daemon.cannot_start.removeprefix(f"{prepared.properties}: ")
             raise KclUnavailable(
-                f"the KCL daemon could not start: {said} (see kcl.extra_properties in "
-                f"{resolved.path} and docs/kcl-and-docker.md)"
+                f"the KCL daemon could not start: {said} (a setting of kcl.extra_properties "
+                f"in {resolved.path}, or of the properties template; see "
+                "docs/kcl-and-docker.md)"
             )
         if deaths:  # it ran processors: a daemon, whatever it printed
             raise DaemonStopped(

@@ -34,7 +34,6 @@ import functools
 import os
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,7 +45,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from replicator import entry, wiring
+from replicator import entry, scratch, wiring
 from replicator.aws import clients, tables
 from replicator.aws.backoff import Backoff
 from replicator.aws.errors import ErrorKind, classify, error_code
@@ -236,8 +235,9 @@ class LocalRuntime:
 
     def _run_holding_lock(self) -> None:
         served = self._metrics.bind()  # bound by the preflight, with the host lock held
-        with tempfile.TemporaryDirectory(prefix="replicator-local-") as workdir:
-            self._job_copy = write_job_copy(self.resolved, Path(workdir))
+        # Removed on the way out; one a run killed outright left is removed by the next.
+        with contextlib.closing(scratch.make("replicator-local-")) as workdir:
+            self._job_copy = write_job_copy(self.resolved, workdir.path)
             self._samples = served.samples
             self.metrics_server = served.server
             self._process_samples = served.read

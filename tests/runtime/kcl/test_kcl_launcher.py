@@ -854,8 +854,8 @@ def test_a_second_stop_request_after_every_processor_ended_does_not_say_they_wer
     last = run.log.read_text().strip().splitlines()[-1]
     assert last == (
         "replicator: a second stop request (SIGINT) while the KCL daemon was stopping: it "
-        "was killed after every processor had ended (their shards' stop was done; only the "
-        "daemon's own shutdown was cut short)"
+        "was killed with no processor running (any that ran had ended its shard's stop; "
+        "only the daemon's own shutdown was cut short)"
     ), last
 
 
@@ -1009,7 +1009,10 @@ def test_a_setting_the_launcher_cannot_start_with_is_exit_4_naming_it(
         tmp_path / "job.yaml", **kinesis_job, kcl=f", java: {program}, jars_dir: {jars}"
     )
     message = assert_refused(run_cli(job), 4, f"the KCL daemon could not start: {why}")
-    assert message.endswith(f"(see kcl.extra_properties in {job} and docs/kcl-and-docker.md)")
+    assert message.endswith(
+        f"(a setting of kcl.extra_properties in {job}, or of the properties template; see "
+        "docs/kcl-and-docker.md)"
+    )
     assert ".properties" not in message
     assert "stopped on its own" not in message
 
@@ -1024,6 +1027,16 @@ def test_killing_the_supervisor_takes_the_daemon_with_it(stand_in: Any) -> None:
         15,
         "the daemon (parent-death signal) and its children (parent gone) to exit",
     )
+    # Its temporary directory (the job's copy, the properties, the processors' notes)
+    # could not be removed by it: the next run removes it (they piled up on a host that
+    # restarted a crashing run).
+    left = Path(record["awaited"]).parent
+    run.record_path.unlink()
+    again = stand_in("graceful")
+    again.record()
+    assert not left.exists()
+    again.process.send_signal(signal.SIGTERM)
+    assert again.process.wait(30) == 0
 
 
 def test_health_names_a_daemon_that_is_not_running() -> None:

@@ -70,6 +70,15 @@ def test_kill_9_of_the_runtime_mid_stream_then_restart_loses_nothing(job: Job) -
         30,
         "a first checkpoint",
     )
+    # The run's temporary directory, where its processors read the job's copy.
+    (workdir,) = {
+        Path(argv[argv.index("--config") + 1]).parent
+        for argv in (
+            Path(f"/proc/{child}/cmdline").read_text().split("\0")
+            for child in children_of(runtime.pid)
+        )
+        if "--config" in argv
+    }
     runtime.send_signal(signal.SIGKILL)
     runtime.wait(10)
     for child in children_of(runtime.pid):
@@ -80,6 +89,9 @@ def test_kill_9_of_the_runtime_mid_stream_then_restart_loses_nothing(job: Job) -
         workload.join(60)
         assert workload.error is None
         wait_until(job.converged, 90, "destinations to equal the source after the restart")
+        # Left by the killed run, removed by the next (they piled up on a host that
+        # restarted a crashing run).
+        assert not workdir.exists()
     finally:
         assert stop(restarted) == 0
     # The lease names the killed process as its holder, gone: taken at once, without
