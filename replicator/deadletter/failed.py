@@ -82,6 +82,7 @@ class DeadLetterer:
             "target": self.target.description,
         }
         if not stored:
+            self.metrics.dead_letters_already_stored.labels(writer.label, reason).inc()
             log.info("change dead-lettered already: its letter is stored", **about)
             return
         self.metrics.dead_letters.labels(writer.label, reason).inc()

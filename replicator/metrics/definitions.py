@@ -97,9 +97,25 @@ class Metrics:
             ["destination"],
             registry=r,
         )
+        self.destination_tables_lost = Counter(
+            "replicator_destination_tables_lost",
+            "Destination tables that answered missing, or with another key, after accepting "
+            "this process's writes: deleted or re-created while the job ran, the items they "
+            "held gone (a backfill brings them back).",
+            ["destination"],
+            registry=r,
+        )
         self.dead_letters = Counter(
             "replicator_dead_letters",
             "Changes written to the dead-letter target, by reason.",
+            ["destination", "reason"],
+            registry=r,
+        )
+        self.dead_letters_already_stored = Counter(
+            "replicator_dead_letters_already_stored",
+            "Changes that failed again after a restart whose letter the dead-letter file "
+            "already held (not stored twice): counted apart, so that the dead-letter alert "
+            "still sees letters a process that has ended had counted.",
             ["destination", "reason"],
             registry=r,
         )

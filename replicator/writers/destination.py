@@ -277,6 +277,9 @@ class DestinationWriter:
         self._lock = threading.Lock()
         # The writes the destination accepted, by kind (refusals compare them).
         self._successes_of = {"put": 0, "delete": 0}
+        # The accepted writes when the table's loss was last reported: one report per
+        # loss, not per refusal (a loss again after it accepted writes is reported again).
+        self._loss_reported_at = -1
         self._retry_warned_at: float | None = None  # monotonic; see _retry_warns
 
     def _retry_warns(self) -> bool:
@@ -1270,11 +1273,32 @@ class DestinationWriter:
     def _table_lost(self, error: BaseException) -> None:
         """The destination's table (not its tombstone table, whose loss loses no item)
         answered that it is missing or has another key after it had accepted writes of
-        this process: tell ``on_table_lost``. Not before: a table still being created
-        answers as a missing one (DynamoDB, until it is ACTIVE), and loses nothing."""
-        if self.on_table_lost is None or isinstance(error, TombstoneTableError):
+        this process: count and log the loss (once per loss), and tell ``on_table_lost``.
+        Not before: a table still being created answers as a missing one (DynamoDB, until
+        it is ACTIVE), and loses nothing."""
+        if isinstance(error, TombstoneTableError):
             return
-        if self._accepted() > 0:
+        accepted = self._accepted()
+        if accepted == 0:
+            return
+        with self._lock:
+            new_loss = self._loss_reported_at != accepted
+            self._loss_reported_at = accepted
+        if new_loss:
+            # Nothing else would say it: the writes wait (retried, not dead-lettered) and
+            # go on once the table is back, lag and /healthz clear, and the items it held
+            # before, which no change will write again, stay missing.
+            self.metrics.destination_tables_lost.labels(self.label).inc()
+            log.error(
+                "destination table lost: it answered that it does not exist, or has another "
+                "key, after accepting this job's writes (deleted or re-created while the job "
+                "ran); the items it held are gone, and replication writes only items that "
+                "change from now on. Once it takes writes again, run `replicator backfill "
+                "--restart`, then `replicator verify` (runbook)",
+                destination=self.label,
+                error=refusal_answer(error),
+            )
+        if self.on_table_lost is not None:
             self.on_table_lost(self.label)
 
     def _note_refusal(

@@ -90,7 +90,11 @@ def test_a_change_dead_lettered_before_a_restart_is_stored_and_counted_once(
     try:
         wait_until(lambda: holds(job, 1, BAD), 60, "ap to get the change read again")
         job.wait_checkpointed()  # eu's failure settled again: stored, or found stored
-        samples = scrape(logged_metrics_port(second_log))
+        port = logged_metrics_port(second_log)
+        # Counted apart, for the alert: the first run's count went with its process.
+        stored = "replicator_dead_letters_already_stored_total"
+        wait_until(lambda: total(scrape(port), stored, reason="rejected") == 1, 30, "its count")
+        samples = scrape(port)
     finally:
         assert stop(runtime) == 0, second_log.read_text()[-3000:]
 
@@ -103,6 +107,7 @@ def test_a_change_dead_lettered_before_a_restart_is_stored_and_counted_once(
     )
     assert letter.keys == {"pk": {"S": "bad"}, "sk": {"N": "1"}}
     assert total(samples, "replicator_dead_letters_total") == 0
+    assert total(samples, stored, destination=letter.destination) == 1
     (again,) = logged(second_log, "change dead-lettered already: its letter is stored")
     assert again["level"] == "info"
     assert again["destination"] == letter.destination

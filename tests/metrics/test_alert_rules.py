@@ -24,6 +24,7 @@ PROMETHEUS_DIR = ROOT / "docker" / "prometheus"
 ALERTS = {
     "ReplicatorReplicationLagHigh",
     "ReplicatorDeadLetters",
+    "ReplicatorDestinationTableLost",
     "ReplicatorDestinationStalled",
     "ReplicatorCheckpointsStalled",
     "ReplicatorUnhealthy",

@@ -61,6 +61,8 @@ DOCUMENTED = {
     "replicator_late_write_holds_total": {"destination"},
     "replicator_late_puts_removed_total": {"destination"},
     "replicator_dead_letters_total": {"destination", "reason"},
+    "replicator_dead_letters_already_stored_total": {"destination", "reason"},
+    "replicator_destination_tables_lost_total": {"destination"},
     "replicator_conflict_log_written_total": {"destination"},
     "replicator_conflict_log_dropped_total": {"destination", "reason"},
     "replicator_conflict_log_retries_total": set(),

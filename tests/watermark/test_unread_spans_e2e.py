@@ -17,6 +17,7 @@ from tests.support.aws import client
 from tests.support.cli import in_process, replicator
 from tests.support.e2e import Job, stop, table_before_its_stream, wait_until
 from tests.support.faults.proxy import Fault, FaultProxy, Mode
+from tests.support.metrics import logged_metrics_port, scrape, total
 from tests.support.reliability import ProxiedJob
 from tests.test_processor_protocol import RawDaemon
 
@@ -243,6 +244,21 @@ def test_a_table_deleted_while_the_job_runs_answers_no_earlier_wait_replicated(
 
         wait_until(lambda: held(job, region, table, "second"), 60, "the later change")
         assert held(job, region, table, "first") == (lost == "status table")
+        # Once the table takes writes again, the lag and /healthz clear: the counter and
+        # the error line are what say its earlier items are gone (nothing else did).
+        port = logged_metrics_port(job.directory / "runtime.log")
+        named = f"{region}/{table}"
+        losses = total(scrape(port), "replicator_destination_tables_lost_total", destination=named)
+        logged = [
+            entry
+            for entry in map(json.loads, (job.directory / "runtime.log").read_text().splitlines())
+            if str(entry.get("event", "")).startswith("destination table lost")
+        ]
+        if lost == "destination table":
+            assert losses >= 1
+            assert {(e["level"], e["destination"]) for e in logged} == {("error", named)}
+        else:  # the status table's loss loses no item of the destination
+            assert (losses, logged) == (0, [])
         # A verify clears what was created before it started, less a second (stream
         # times are whole seconds): the one that starts a second after the span's end.
         wait_until(

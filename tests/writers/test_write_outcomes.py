@@ -1456,3 +1456,16 @@ def test_a_table_missing_is_told_lost_only_after_it_accepted_writes(
     with pytest.raises(DestinationRefused):
         writer.write(decode(put("deleted", 1, ts=1)))
     assert told and set(told) == {"dest"}
+    # Counted (and logged at error level) once per loss, not per refusal: the writes wait
+    # and go on once the table is back, and nothing else said its items were gone.
+    lost = "replicator_destination_tables_lost_total"
+    assert metrics.registry.get_sample_value(lost, {"destination": "dest"}) == 1
+    with pytest.raises(DestinationRefused):
+        writer.write(decode(put("still-deleted", 1, ts=1)))
+    assert metrics.registry.get_sample_value(lost, {"destination": "dest"}) == 1
+    table.gone.clear()  # re-created, takes writes, and is lost again
+    assert writer.write(decode(put("again", 1, ts=1))).outcome is Outcome.APPLIED
+    table.gone.set()
+    with pytest.raises(DestinationRefused):
+        writer.write(decode(put("lost-again", 1, ts=1)))
+    assert metrics.registry.get_sample_value(lost, {"destination": "dest"}) == 2
