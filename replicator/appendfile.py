@@ -37,6 +37,16 @@ UNWRITABLE_HINT = (
     "; the Docker image runs as uid 10001: chown 10001 the host directory of a bind "
     "mount, or use a named volume (docs/kcl-and-docker.md)"
 )
+IMAGE_UID = 10001  # the image's user (docker/Dockerfile)
+
+
+def unwritable_hint() -> str:
+    """:data:`UNWRITABLE_HINT` where it can be the cause: as the image's user or in a
+    container. Elsewhere (a host, root, an immutable directory) it sent the reader to
+    chown a bind mount that does not exist."""
+    if os.getuid() == IMAGE_UID or os.path.exists("/.dockerenv"):
+        return UNWRITABLE_HINT
+    return ""
 
 
 # What a path is, by its mode, when it is not a regular file.
@@ -115,7 +125,7 @@ def why_not_appendable(path: Path) -> str | None:
     try:
         return _why_not_appendable(path)
     except OSError as error:
-        return f"{_said(error)}{UNWRITABLE_HINT}"
+        return f"{_said(error)}{unwritable_hint()}"
 
 
 def _why_not_appendable(path: Path) -> str | None:
@@ -125,7 +135,7 @@ def _why_not_appendable(path: Path) -> str | None:
     there is none yet), so that nothing is left behind. A check by permission bits
     (``os.access``) would say yes to root over a read-only mount. An existing path that
     is not a regular file (a FIFO, ``/dev/null``) is never opened: it is refused. Every
-    answer but those ends with :data:`UNWRITABLE_HINT`, which a directory or a special
+    answer but those ends with :func:`unwritable_hint`, which a directory or a special
     file has no use for (no owner or mode makes it a file)."""
     if path.is_dir():
         return "it is a directory, not a file: name a file in it, or remove the directory"
@@ -136,13 +146,14 @@ def _why_not_appendable(path: Path) -> str | None:
     blocking = file_in_the_way(path)
     if blocking is not None:
         return (
-            f"{blocking} is a file, so the directory {directory} cannot be created{UNWRITABLE_HINT}"
+            f"{blocking} is a file, so the directory {directory} cannot be created"
+            f"{unwritable_hint()}"
         )
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         return (
-            f"cannot create the directory {directory}: {error.strerror or error}{UNWRITABLE_HINT}"
+            f"cannot create the directory {directory}: {error.strerror or error}{unwritable_hint()}"
         )
     try:
         if path.exists():
@@ -162,7 +173,7 @@ def _why_not_appendable(path: Path) -> str | None:
             os.close(descriptor)
             os.unlink(name)
     except OSError as error:
-        return f"cannot write in {directory}: {error.strerror or error}{UNWRITABLE_HINT}"
+        return f"cannot write in {directory}: {error.strerror or error}{unwritable_hint()}"
     return None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import pytest
 import structlog.testing
 from botocore.exceptions import EndpointConnectionError, ReadTimeoutError, SSOTokenLoadError
 
+from replicator.appendfile import unwritable_hint
 from replicator.config.loader import load_job
 from replicator.exceptions import ConfigError, EnvironmentProblem
 from replicator.runtime import preflight
@@ -108,8 +110,25 @@ def test_a_dead_letter_directory_that_cannot_be_created_stops_run_with_exit_3(
     _, line = _refused_start(job)
     assert line.startswith("replicator: dead_letter.path: ")
     assert f"{tmp_path}/dead/preflight-{tables['ours']}.jsonl" in line
-    assert "chown 10001" in line
+    # The image's advice, where it can be the cause (see the next test).
+    assert ("chown 10001" in line) == bool(unwritable_hint())
     assert (tmp_path / "dead").read_text() == "in the way\n"
+
+
+def test_the_images_chown_advice_is_given_only_as_its_user_or_in_a_container(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given to root on a host (an immutable directory there), it sent the reader to
+    chown a bind mount that does not exist."""
+    real_exists = os.path.exists
+    for uid, container, advised in [(0, False, False), (10001, False, True), (0, True, True)]:
+        monkeypatch.setattr(os, "getuid", lambda uid=uid: uid)
+        monkeypatch.setattr(
+            os.path,
+            "exists",
+            lambda path, c=container: c if path == "/.dockerenv" else real_exists(path),
+        )
+        assert ("chown 10001 the host directory" in unwritable_hint()) == advised
 
 
 def test_a_writable_dead_letter_directory_is_created_and_left_without_junk(

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from replicator.appendfile import UNWRITABLE_HINT
+from replicator.appendfile import unwritable_hint
 from replicator.config.loader import load_job
 from replicator.conflictlog.dynamodb import DynamoDbConflictLog
 from replicator.deadletter import ALL_DESTINATIONS, DeadLetter, FileDeadLetters, SqsDeadLetters
@@ -630,7 +630,7 @@ def test_a_dead_letter_path_no_file_can_have_is_still_refused_with_exit_3(job: J
     assert result.stderr.strip().splitlines()[-1] == (
         f"replicator: dead_letter.path: the dead-letter file {job.directory}/a-file/dead.jsonl "
         f"cannot be written: {job.directory}/a-file is a file, so the directory "
-        f"{job.directory}/a-file cannot be created" + UNWRITABLE_HINT
+        f"{job.directory}/a-file cannot be created" + unwritable_hint()
     )
 
 
