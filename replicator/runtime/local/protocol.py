@@ -142,7 +142,7 @@ class ProcessorChild:
             process.stdin.write(json.dumps(message, separators=(",", ":")) + "\n")
             process.stdin.flush()
         except (BrokenPipeError, OSError) as error:
-            raise self._failed(f"{self._gone()}; cannot send {action}: {error}") from None
+            raise self._failed(self._unsent(action, error)) from None
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             reply = self._next_message(action, deadline)
@@ -206,7 +206,7 @@ class ProcessorChild:
             process.stdin.write(json.dumps(reply) + "\n")
             process.stdin.flush()
         except (BrokenPipeError, OSError) as error_:
-            raise self._failed(f"{self._gone()}; cannot answer checkpoint: {error_}") from None
+            raise self._failed(self._unsent("the checkpoint's answer", error_)) from None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -246,14 +246,23 @@ class ProcessorChild:
     def poll(self) -> int | None:
         return self._require().poll()
 
-    def _gone(self) -> str:
-        """How the child whose input just broke ended: its input closes as it exits, so
-        its status follows at once (a child killed by the OOM killer shows SIGKILL here,
-        where the broken pipe alone says nothing of it)."""
+    def _unsent(self, what: str, error: OSError) -> str:
+        """Why ``what`` could not be written to the child. Its end is the news when it
+        has ended; the broken pipe is only how it was met (it read like a second failure
+        after the reason the child gave)."""
+        gone = self._gone()
+        if gone is None:
+            return f"closed its input and is still running; cannot send {what}: {error}"
+        return f"{gone} before {what} could be sent"
+
+    def _gone(self) -> str | None:
+        """How the child whose input just broke ended (None: it still runs): its input
+        closes as it exits, so its status follows at once (a child killed by the OOM
+        killer shows SIGKILL here, where the broken pipe alone says nothing of it)."""
         try:
             return exit_status(self._require().wait(timeout=_EXIT_AFTER_BROKEN_PIPE_S))
         except subprocess.TimeoutExpired:
-            return "closed its input and is still running"
+            return None
 
     def _failed(self, what: str) -> ChildFailed:
         """``what`` the runtime saw of a failed child, with the reason the child gave."""
