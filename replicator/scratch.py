@@ -15,6 +15,7 @@ import fcntl
 import glob
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +34,15 @@ class ScratchDirectory:
     """The descriptor holding the lock on the directory's owner file while it is in use."""
 
     def close(self) -> None:
-        """Remove it (``contextlib.closing`` fits)."""
+        """Remove it (``contextlib.closing`` fits); once: a descriptor closed twice could
+        be another directory's lock by then. Removed before the lock is let go of, so that
+        no sweep takes it for an ended run's."""
+        if self.lock < 0:
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
         with contextlib.suppress(OSError):
             os.close(self.lock)
-        shutil.rmtree(self.path, ignore_errors=True)
+        self.lock = -1
 
 
 def make(prefix: str, directory: Path | None = None) -> ScratchDirectory:
@@ -54,14 +60,29 @@ def make(prefix: str, directory: Path | None = None) -> ScratchDirectory:
 
 
 def _remove_ended(parent: Path, prefix: str, own: Path) -> None:
+    """Only this user's directories whose owner file is a regular file of theirs: one put
+    there by someone else is no run's of ours, and a FIFO in its place (opened as it is,
+    it waits for a writer) held every start of the host's runs."""
+    user = os.geteuid()
     for other in parent.glob(glob.escape(prefix) + "*"):
-        if other == own or other.is_symlink() or not other.is_dir():
+        if other == own:
             continue
         try:
-            lock = os.open(other / OWNER_FILE, os.O_RDONLY)
+            found = os.lstat(other)
+            lock = os.open(
+                other / OWNER_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+            )
         except OSError:
             continue  # not made here, or not ours to read
         try:
+            owner = os.fstat(lock)
+            if not (
+                stat.S_ISDIR(found.st_mode)
+                and found.st_uid == user
+                and stat.S_ISREG(owner.st_mode)
+                and owner.st_uid == user
+            ):
+                continue
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:

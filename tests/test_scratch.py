@@ -47,9 +47,14 @@ def test_the_directory_of_a_killed_run_is_removed_and_a_live_ones_kept(tmp_path:
         # owner file there, still empty): each left as it is.
         foreign = tmp_path / "replicator-kcl-foreign"
         foreign.mkdir()
-        other_kind = tmp_path / "replicator-metrics-x"
+        other_kind = tmp_path / "replicator-metrics-x"  # ended too, but not of this kind
         other_kind.mkdir()
-        (other_kind / scratch.OWNER_FILE).write_text("")
+        (other_kind / scratch.OWNER_FILE).write_text("12345\n")
+        # A FIFO in an owner file's place: opened as it is, it waited for a writer, and
+        # every start of the host's runs with it.
+        fifo = tmp_path / "replicator-kcl-fifo"
+        fifo.mkdir()
+        os.mkfifo(fifo / scratch.OWNER_FILE)
         starting = tmp_path / "replicator-kcl-starting"
         starting.mkdir()
         (starting / scratch.OWNER_FILE).write_text("")
@@ -58,7 +63,11 @@ def test_the_directory_of_a_killed_run_is_removed_and_a_live_ones_kept(tmp_path:
             assert mine.path.is_dir()
             assert not left.exists()
             assert held.is_dir() and foreign.is_dir() and starting.is_dir()
-            assert other_kind.is_dir()
+            assert other_kind.is_dir() and fifo.is_dir()
+            # Another in this process: a live one's lock is its own open file, not the
+            # process's, so the two leave each other alone.
+            with contextlib.closing(scratch.make("replicator-kcl-", tmp_path)) as beside:
+                assert mine.path.is_dir() and beside.path.is_dir()
         assert not mine.path.exists()  # removed on the way out
     finally:
         alive.kill()
@@ -79,3 +88,17 @@ def test_a_runs_metrics_samples_directory_is_one_the_next_run_can_sweep(
     finally:
         multiprocess.discard(second)
     assert not second.path.exists()
+
+
+def test_a_directory_of_another_user_is_left_alone(tmp_path: Path) -> None:
+    """Ended as it looks (an owner file of its own, unlocked, not empty), but not this
+    user's: a run as root removed every user's."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to make a file another user owns")
+    theirs = tmp_path / "replicator-local-theirs"
+    theirs.mkdir()
+    (theirs / scratch.OWNER_FILE).write_text("12345\n")
+    os.chown(theirs / scratch.OWNER_FILE, 10001, 10001)
+    os.chown(theirs, 10001, 10001)
+    with contextlib.closing(scratch.make("replicator-local-", tmp_path)):
+        assert theirs.is_dir()

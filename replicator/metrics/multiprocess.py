@@ -90,10 +90,11 @@ def prepare(directory: str | Path | None = None, *, private: bool = False) -> Sa
 def discard(directory: SamplesDirectory) -> None:
     """Remove a directory ``prepare`` created (one the operator chose is left in place,
     and let go of)."""
+    if directory.owned:
+        # Before its lock is let go of: no other run's sweep takes it for an ended one's.
+        shutil.rmtree(directory.path, ignore_errors=True)
     if directory.lock is not None:
         os.close(directory.lock)
-    if directory.owned:
-        shutil.rmtree(directory.path, ignore_errors=True)
 
 
 def pids_with_live_gauges(path: Path) -> set[int]:

@@ -1284,7 +1284,10 @@ class DestinationWriter:
         with self._lock:
             new_loss = self._loss_reported_at != accepted
             self._loss_reported_at = accepted
-        if new_loss:
+        # A replicated destination's, in a shard's pipeline: not the source's own writer
+        # (write-backs; a lost source is the job's stop), nor an operator tool's, whose
+        # own failure line says what happened to the command.
+        if new_loss and self.counted and self.shard:
             # Nothing else would say it: the writes wait (retried, not dead-lettered) and
             # go on once the table is back, lag and /healthz clear, and the items it held
             # before, which no change will write again, stay missing.

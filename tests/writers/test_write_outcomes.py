@@ -1444,6 +1444,7 @@ def test_a_table_missing_is_told_lost_only_after_it_accepted_writes(
     writer's writes and then answers so was deleted (or re-created) under it."""
     table = _TableGoneClient()
     writer = writer_for(table, tmp_path, metrics, **LWW)
+    writer.shard = "shardId-1"  # a shard's pipeline's writer
     told: list[str] = []
     writer.on_table_lost = told.append
     writer.refusal_limit = 3
@@ -1469,3 +1470,24 @@ def test_a_table_missing_is_told_lost_only_after_it_accepted_writes(
     with pytest.raises(DestinationRefused):
         writer.write(decode(put("lost-again", 1, ts=1)))
     assert metrics.registry.get_sample_value(lost, {"destination": "dest"}) == 2
+
+
+@pytest.mark.parametrize("whose", ["an operator tool's", "the source's own (write-backs)"])
+def test_a_table_lost_is_counted_for_a_replicated_destination_only(
+    tmp_path: Path, metrics: Metrics, whose: str
+) -> None:
+    """A tool's writer (its own failure line says what happened to the command) and the
+    source's own writer (a lost source is the job's stop, and "backfill the destination"
+    would be wrong for it) count and log no destination table lost."""
+    table = _TableGoneClient()
+    writer = writer_for(table, tmp_path, metrics, **LWW)
+    if whose == "the source's own (write-backs)":
+        writer.shard, writer.counted = "shardId-1", False
+    writer.refusal_limit = 3
+    table.gone.clear()
+    assert writer.write(decode(put("created", 1, ts=1))).outcome is Outcome.APPLIED
+    table.gone.set()
+    with pytest.raises(DestinationRefused):
+        writer.write(decode(put("deleted", 1, ts=1)))
+    lost = "replicator_destination_tables_lost_total"
+    assert metrics.registry.get_sample_value(lost, {"destination": "dest"}) is None
