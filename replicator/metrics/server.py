@@ -244,12 +244,36 @@ def _listen(host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> Thre
                 "check metrics.host: it must be an address of this host (0.0.0.0 or :: "
                 "for all of them)"
             )
+        elif error.errno == errno.EADDRINUSE and not _listened_on(host, port):
+            # Nothing answers there: a connection of this host has the port as its own
+            # end (ports the kernel hands outgoing connections can be asked for here).
+            hint = (
+                f"nothing listens on port {port}, but a connection of this host uses it "
+                "(an outgoing one, or one closing): choose another metrics.port (0 picks a "
+                "free one; one below the host's range for outgoing connections, "
+                "net.ipv4.ip_local_port_range, stays free)"
+            )
         else:
             hint = "choose another metrics.port (0 picks a free one)"
         raise EnvironmentProblem(
             f"metrics: cannot listen on {address(host, port)} ({error.strerror or error}); "
             f"{hint} or set metrics.enabled: false"
         ) from None
+
+
+def _listened_on(host: str, port: int) -> bool:
+    """Whether a server answers at ``host:port`` (0.0.0.0 and :: reached on loopback);
+    True when it cannot be told, so that only a refused connection changes the hint."""
+    # Every address of the host: asked on loopback (a connection, not a listen).
+    every_address = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104
+    where = every_address.get(host, host)
+    try:
+        with socket.create_connection((where, port), timeout=1):
+            return True
+    except ConnectionRefusedError:
+        return False
+    except OSError:
+        return True
 
 
 def check_listen(host: str, port: int) -> None:

@@ -651,6 +651,31 @@ def test_the_configured_port_is_used_and_a_taken_port_is_a_clear_error(
         server.stop()
 
 
+def test_a_port_a_connection_holds_with_nothing_listening_is_said_so(
+    samples_directory: multiprocess.SamplesDirectory,
+) -> None:
+    """The port was an outgoing connection's own end (the kernel hands those out from
+    the same numbers): "Address already in use" with nothing listening there, and the
+    line gave no hint of it."""
+    with socket.socket() as server, socket.socket() as client:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        client.bind(("127.0.0.1", 0))
+        port = client.getsockname()[1]
+        client.connect(server.getsockname())  # the port is this connection's end
+        with pytest.raises(EnvironmentProblem) as refused:
+            MetricsServer(
+                "127.0.0.1", port, samples_directory.path, problems=list, stall_after_s=60
+            )
+    assert str(refused.value) == (
+        f"metrics: cannot listen on 127.0.0.1:{port} (Address already in use); nothing "
+        f"listens on port {port}, but a connection of this host uses it (an outgoing one, "
+        "or one closing): choose another metrics.port (0 picks a free one; one below the "
+        "host's range for outgoing connections, net.ipv4.ip_local_port_range, stays free) "
+        "or set metrics.enabled: false"
+    )
+
+
 def test_an_ipv6_address_is_listened_on_and_shown_in_brackets(
     samples_directory: multiprocess.SamplesDirectory,
 ) -> None:
