@@ -41,12 +41,10 @@ IMAGE_UID = 10001  # the image's user (docker/Dockerfile)
 
 
 def unwritable_hint() -> str:
-    """:data:`UNWRITABLE_HINT` where it can be the cause: as the image's user or in a
-    container. Elsewhere (a host, root, an immutable directory) it sent the reader to
-    chown a bind mount that does not exist."""
-    if os.getuid() == IMAGE_UID or os.path.exists("/.dockerenv"):
-        return UNWRITABLE_HINT
-    return ""
+    """:data:`UNWRITABLE_HINT` where it can be the cause: as the image's user. Elsewhere
+    (root on a host, an immutable directory; a container run with another ``--user``,
+    whose uid it does not name) it sent the reader to chown for uid 10001."""
+    return UNWRITABLE_HINT if os.geteuid() == IMAGE_UID else ""
 
 
 # What a path is, by its mode, when it is not a regular file.

@@ -90,8 +90,14 @@ def _remove_ended(parent: Path, prefix: str, own: Path) -> None:
             if not os.read(lock, 32):
                 continue  # its run is between making it and taking the lock
             shutil.rmtree(other, ignore_errors=True)
-            log.info(
-                "removed the temporary directory of a run that ended without it", path=str(other)
-            )
+            if other.exists():  # a part this user may not remove: said once per start
+                log.warning(
+                    "could not remove the temporary directory of an ended run", path=str(other)
+                )
+            else:
+                log.info(
+                    "removed the temporary directory of a run that ended without it",
+                    path=str(other),
+                )
         finally:
             os.close(lock)

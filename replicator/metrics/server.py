@@ -244,7 +244,7 @@ def _listen(host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> Thre
                 "check metrics.host: it must be an address of this host (0.0.0.0 or :: "
                 "for all of them)"
             )
-        elif error.errno == errno.EADDRINUSE and not _listened_on(host, port):
+        elif error.errno == errno.EADDRINUSE and not _listened_on(port):
             # Nothing answers there: a connection of this host has the port as its own
             # end (ports the kernel hands outgoing connections can be asked for here).
             hint = (
@@ -261,19 +261,24 @@ def _listen(host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> Thre
         ) from None
 
 
-def _listened_on(host: str, port: int) -> bool:
-    """Whether a server answers at ``host:port`` (0.0.0.0 and :: reached on loopback);
-    True when it cannot be told, so that only a refused connection changes the hint."""
-    # Every address of the host: asked on loopback (a connection, not a listen).
-    every_address = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104
-    where = every_address.get(host, host)
-    try:
-        with socket.create_connection((where, port), timeout=1):
-            return True
-    except ConnectionRefusedError:
-        return False
-    except OSError:
-        return True
+def _listened_on(port: int) -> bool:
+    """Whether a socket of this host listens on ``port``, on any address (the kernel's
+    tables: a connection to one address would miss a server on another); True when they
+    cannot be read, so that only a port known to have no listener changes the hint."""
+    read = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue  # no IPv6 here, or no /proc
+        read = True
+        for line in lines:
+            fields = line.split()
+            # local address as HEX_ADDRESS:HEX_PORT; state 0A is LISTEN
+            listening = len(fields) > 3 and fields[3] == "0A"
+            if listening and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return not read
 
 
 def check_listen(host: str, port: int) -> None:

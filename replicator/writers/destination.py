@@ -280,6 +280,10 @@ class DestinationWriter:
         # The accepted writes when the table's loss was last reported: one report per
         # loss, not per refusal (a loss again after it accepted writes is reported again).
         self._loss_reported_at = -1
+        if self.counted and self.shard:
+            # Born at 0 with the pipeline: a later count is an increase() sees, also in a
+            # run after one that had counted a loss (the series' labels are the same).
+            self.metrics.destination_tables_lost.labels(self.label)
         self._retry_warned_at: float | None = None  # monotonic; see _retry_warns
 
     def _retry_warns(self) -> bool:

@@ -676,6 +676,23 @@ def test_a_port_a_connection_holds_with_nothing_listening_is_said_so(
     )
 
 
+def test_a_port_a_server_holds_on_another_address_keeps_the_plain_hint(
+    samples_directory: multiprocess.SamplesDirectory,
+) -> None:
+    """A server on 127.0.0.2 holds the port that 0.0.0.0 asks for: a connection to
+    127.0.0.1 is refused, which was taken for "nothing listens"."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.2", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with pytest.raises(EnvironmentProblem) as refused:
+            MetricsServer("0.0.0.0", port, samples_directory.path, problems=list, stall_after_s=60)
+    assert str(refused.value) == (
+        f"metrics: cannot listen on 0.0.0.0:{port} (Address already in use); choose another "
+        "metrics.port (0 picks a free one) or set metrics.enabled: false"
+    )
+
+
 def test_an_ipv6_address_is_listened_on_and_shown_in_brackets(
     samples_directory: multiprocess.SamplesDirectory,
 ) -> None:
