@@ -10,6 +10,7 @@ Times typed as ISO 8601 are read by one grammar everywhere (:func:`typed_iso_tim
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -27,6 +28,25 @@ def exact_seconds(moment: datetime) -> Decimal:
     below the ceiling would round up to it (and be refused), others a few microseconds
     up, where every time is meant to be taken rounded down."""
     return Decimal((moment - _EPOCH) // _MICROSECOND).scaleb(-6)
+
+
+def typed_number(text: str) -> Decimal | float | None:
+    """Epoch seconds typed as a number, as ``wait --until`` and ``conflicts --since``
+    take them: any decimal number Python's float reads in ASCII (not ``1_000``, its
+    literal grouping, nor digits of other scripts), kept exactly as a Decimal (a float
+    would round ``1796466592.9999999`` up to the next second). The float's reading where
+    it is not finite (``inf``, ``1e400``) or no Decimal takes the exponent
+    (``1e-99999999999999999999999``, 0 there). None: not a number."""
+    if not text.isascii() or "_" in text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    try:
+        return Decimal(text) if math.isfinite(value) else value
+    except ArithmeticError:
+        return value
 
 
 _FINER_UNITS = (("milliseconds", 1_000), ("microseconds", 1_000_000), ("nanoseconds", 10**9))

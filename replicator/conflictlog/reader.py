@@ -9,7 +9,6 @@ restores.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections import Counter
 from collections.abc import Generator, Iterator
@@ -28,7 +27,7 @@ from replicator.conflictlog.entry import (
     instant,
     iso_exact,
 )
-from replicator.epoch import ISO_FORMS, SECONDS_CEILING, finer_unit, typed_iso_time
+from replicator.epoch import ISO_FORMS, SECONDS_CEILING, finer_unit, typed_iso_time, typed_number
 from replicator.exceptions import LogReadingStopped, SinceSyntaxError
 from replicator.items import (
     describe_field,
@@ -68,8 +67,10 @@ def parse_since(text: str, now: datetime | None = None) -> str:
             return iso_exact(now - delta)
     except (OverflowError, ValueError, OSError):
         raise _out_of_range(text) from None
-    if _is_a_number(value):
-        return _from_epoch_seconds(value, text)
+    number = typed_number(value)
+    # A word float reads (inf, nan) is no number here: said as neither form.
+    if number is not None and any(character.isdigit() for character in value):
+        return _from_epoch_seconds(number, text)
     try:
         moment = typed_iso_time(value)
     except ValueError as error:
@@ -87,33 +88,12 @@ def parse_since(text: str, now: datetime | None = None) -> str:
         raise _out_of_range(text) from None
 
 
-def _is_a_number(value: str) -> bool:
-    """Epoch seconds in every form ``replicator wait --until`` takes them (a decimal
-    number Python's float reads in ASCII: ``1796527700.25``, ``1.7965277e9``, ``+...``,
-    ``1796527700.``), so that a time copied from one command reads in the other. Not
-    ``1_000`` (Python's literal grouping) nor ``nan``/``inf``, which are no time."""
-    if not value.isascii() or "_" in value:
-        return False
-    try:
-        float(value)
-    except ValueError:
-        return False
-    # A number too large for a float (1e400) is still one, refused as out of range.
-    return any(character.isdigit() for character in value)
-
-
-def _from_epoch_seconds(value: str, text: str) -> str:
-    """Epoch seconds ``value`` to the microsecond (more digits are cut, as an ISO time's
-    are), below ``SECONDS_CEILING`` as ``replicator wait`` takes them: a number above is
-    refused naming the finer unit it is a time in (epoch milliseconds pasted from a log)."""
-    try:
-        exact = Decimal(value)
-    except ArithmeticError:
-        # An exponent beyond what a Decimal takes: 1e-99999999999999999999999 is 0 as a
-        # float, and 1e99999999999999999999999 no time either.
-        if not math.isfinite(float(value)):
-            raise _out_of_range(text) from None
-        exact = Decimal(float(value))
+def _from_epoch_seconds(exact: Decimal | float, text: str) -> str:
+    """Epoch seconds (:func:`typed_number`, every form ``replicator wait --until`` takes,
+    so that a time copied from one command reads in the other) to the microsecond (more
+    digits are cut, as an ISO time's are), below ``SECONDS_CEILING`` as ``replicator
+    wait`` takes them: a number above is refused naming the finer unit it is a time in
+    (epoch milliseconds pasted from a log), one beyond a float's (1e400) as out of range."""
     if exact < _EPOCH_FLOOR:
         # 30 (a duration without its unit), 2026 (a year), 20251201 (a date without its
         # dashes): a time before 2001 would list the whole log without a word.
@@ -131,7 +111,7 @@ def _from_epoch_seconds(value: str, text: str) -> str:
         raise SinceSyntaxError(f"{text!r} looks like epoch {name}: give seconds, such as {given}")
     # Cut to the microsecond first: the fraction's own arithmetic rounds at 28 digits,
     # and .99999999999999999999999999999 became a whole second more.
-    micro = exact.quantize(_MICROSECOND, rounding=ROUND_DOWN)
+    micro = Decimal(exact).quantize(_MICROSECOND, rounding=ROUND_DOWN)  # finite by now
     whole = int(micro)
     moment = datetime.fromtimestamp(whole, UTC)
     return iso_exact(moment + timedelta(microseconds=int((micro - whole) * 1_000_000)))

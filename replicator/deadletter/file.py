@@ -65,7 +65,7 @@ from replicator.exceptions import (
 
 log = structlog.get_logger(__name__)
 _ASIDE = ".redrive-"
-_SETTLED = ".settled"
+SETTLED = ".settled"  # beside an aside file: its lines already done
 _LOCK = ".redrive.lock"
 _CHUNK = 1 << 20  # bytes read at a time when the index reads the file
 
@@ -219,7 +219,7 @@ class FileDeadLetters:
     def settled_markers(self) -> list[Path]:
         """The ``.settled`` files beside this file's aside files, which name the lines
         already done: an aside file moved or copied without its own is replayed whole."""
-        markers = (aside.with_name(aside.name + _SETTLED) for aside in self._aside_files())
+        markers = (aside.with_name(aside.name + SETTLED) for aside in self._aside_files())
         return [marker for marker in markers if marker.exists()]
 
     def _aside_files(self) -> list[Path]:
@@ -296,7 +296,7 @@ class FileDeadLetters:
                         continue
                     yield Claimed(letter, receipt=f"{aside_file}:{number}", raw=line)
             aside_file.unlink()
-            aside_file.with_name(aside_file.name + _SETTLED).unlink(missing_ok=True)
+            aside_file.with_name(aside_file.name + SETTLED).unlink(missing_ok=True)
 
     def _keep_unreadable(
         self, aside_file: Path, number: int, line: bytes, error: str
@@ -384,7 +384,7 @@ def _note_settled(aside_file: Path, number: int) -> None:
 
     Appended like a letter (locked, fsynced), so that a number cut short by a crash is
     followed by a new line rather than joined to the next number."""
-    marker = aside_file.with_name(aside_file.name + _SETTLED)
+    marker = aside_file.with_name(aside_file.name + SETTLED)
     try:
         append_line(marker, str(number))
     except OSError as error:
@@ -400,7 +400,7 @@ def _unavailable(what: str, path: Path, error: OSError) -> DeadLetterUnavailable
 
 def _settled(aside_file: Path) -> set[int]:
     """Line numbers of an aside file already replayed or put back (survives interruption)."""
-    marker = aside_file.with_name(aside_file.name + _SETTLED)
+    marker = aside_file.with_name(aside_file.name + SETTLED)
     if not marker.exists():
         return set()
     return {int(n) for n in marker.read_bytes().split() if n.isdigit()}

@@ -100,7 +100,7 @@ from replicator.deadletter import (
     Unreadable,
 )
 from replicator.deadletter.failed import DeadLetterer
-from replicator.deadletter.file import FileDeadLetters
+from replicator.deadletter.file import SETTLED, FileDeadLetters
 from replicator.exceptions import (
     ConflictNotRecorded,
     DeadLetterUnavailable,
@@ -404,7 +404,7 @@ class RedriveReport:
         already done, which the next redrive removes (nothing to move with them)."""
         if not self.settled_in:
             return ""
-        asides = [path.removesuffix(".settled") for path in self.settled_in]
+        asides = [path.removesuffix(SETTLED) for path in self.settled_in]
         files = " and ".join(f"file {path}" for path in [*asides, *self.settled_in])
         return f" (the next redrive removes {files}, whose lines are all done)"
 

@@ -9,13 +9,11 @@ leaves its check undone when it cannot be read.
 from __future__ import annotations
 
 import json
-import math
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -23,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from replicator import entry, logs, wiring
 from replicator.config.destinations import destination_place, resolve_destination
 from replicator.config.model import DestinationConfig, ResolvedJob, StreamKind
-from replicator.epoch import ISO_TIME_FORM, date_alone, exact_seconds, typed_iso_time
+from replicator.epoch import ISO_TIME_FORM, date_alone, exact_seconds, typed_iso_time, typed_number
 from replicator.exceptions import (
     ConfigError,
     EnvironmentProblem,
@@ -111,19 +109,8 @@ def parse_time(text: str, option: str) -> Seconds:
     ``1796466592.9999999`` up to the next second, and ``99999999999.9999999`` up to
     the ceiling, where every time is later rounded down to the microsecond."""
     shown = f"{option} {text!r}"
-    try:
-        # float() alone would also take digits of other scripts and 1_000 (Python's
-        # literal grouping), which are no epoch seconds anyone writes.
-        value = float(text) if text.isascii() and "_" not in text else None
-    except ValueError:
-        value = None
-    if value is not None:
-        try:
-            exact: Seconds = Decimal(text) if math.isfinite(value) else value
-        except ArithmeticError:
-            # An exponent beyond what a Decimal takes (1e-99999999999999999999999):
-            # the float's reading, 0 there.
-            exact = value
+    exact = typed_number(text)
+    if exact is not None:
         return checked_seconds(exact, shown, typed_as_number=True)
     midnight = date_alone(text)
     if midnight is not None:

@@ -280,7 +280,7 @@ class DestinationWriter:
         # The accepted writes when the table's loss was last reported: one report per
         # loss, not per refusal (a loss again after it accepted writes is reported again).
         self._loss_reported_at = -1
-        if self.counted and self.shard:
+        if self._replicated:
             # Born at 0 with the pipeline: a later count is an increase() sees, also in a
             # run after one that had counted a loss (the series' labels are the same).
             self.metrics.destination_tables_lost.labels(self.label)
@@ -1274,6 +1274,13 @@ class DestinationWriter:
             return _Unanswered(tried_at, successes)
         return unanswered
 
+    @property
+    def _replicated(self) -> bool:
+        """A replicated destination's writer, in a shard's pipeline: not the source's own
+        (write-backs; a lost source is the job's stop), nor an operator tool's, whose own
+        failure line says what happened to the command."""
+        return self.counted and bool(self.shard)
+
     def _table_lost(self, error: BaseException) -> None:
         """The destination's table (not its tombstone table, whose loss loses no item)
         answered that it is missing or has another key after it had accepted writes of
@@ -1288,10 +1295,7 @@ class DestinationWriter:
         with self._lock:
             new_loss = self._loss_reported_at != accepted
             self._loss_reported_at = accepted
-        # A replicated destination's, in a shard's pipeline: not the source's own writer
-        # (write-backs; a lost source is the job's stop), nor an operator tool's, whose
-        # own failure line says what happened to the command.
-        if new_loss and self.counted and self.shard:
+        if new_loss and self._replicated:
             # Nothing else would say it: the writes wait (retried, not dead-lettered) and
             # go on once the table is back, lag and /healthz clear, and the items it held
             # before, which no change will write again, stay missing.
