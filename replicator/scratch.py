@@ -95,7 +95,8 @@ def _remove_ended(parent: Path, prefix: str, own: Path) -> None:
                     "could not remove the temporary directory of an ended run", path=str(other)
                 )
             else:
-                log.info(
+                # Debug: a start refused for its job file says that in one line, alone.
+                log.debug(
                     "removed the temporary directory of a run that ended without it",
                     path=str(other),
                 )

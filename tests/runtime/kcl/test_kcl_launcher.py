@@ -394,7 +394,16 @@ def test_a_template_the_kcl_cannot_take_is_refused_before_the_preflight(
     )
     jars = fake_jars(tmp_path / "jars", [java.MULTILANG_DAEMON])
     job = write_job(tmp_path / "job.yaml", kcl=f", java: {sys.executable}, jars_dir: {jars}")
-    result = run_cli(job, env={"REPLICATOR_PROPERTIES_DIR": str(templates)})
+    # An ended run's temporary directory there: its removal is no line of the refusal's
+    # (a run killed beside this one made it two lines).
+    scratch_dir = tmp_path / "tmp"
+    ended = scratch_dir / "replicator-kcl-ended"
+    ended.mkdir(parents=True)
+    (ended / ".owner").write_text("12345\n")
+    result = run_cli(
+        job, env={"REPLICATOR_PROPERTIES_DIR": str(templates), "TMPDIR": str(scratch_dir)}
+    )
+    assert not ended.exists()
     message = assert_refused(
         result,
         4,
