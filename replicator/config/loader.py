@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from replicator.config.cross_checks import FILE_CHECK_KEYS, Problems, cross_checks, disk_checks
 from replicator.config.fields import shown
-from replicator.config.model import JobConfig, ResolvedJob
+from replicator.config.model import NULL_FOR_A_DEFAULT, JobConfig, ResolvedJob
 from replicator.config.resolvers import resolver_problems
 from replicator.config.task_name import default_task_name
 from replicator.exceptions import ConfigError
@@ -589,6 +589,12 @@ def _pydantic_problems(error: ValidationError, document: _Document) -> list[_Pro
             message = "unknown key" + _did_you_mean(path)
         elif kind == "missing":
             message = "required key is missing"
+        elif kind == NULL_FOR_A_DEFAULT:
+            written = document.written(path)
+            message = (
+                f"got {written or 'null'}, an empty value: give a value, or leave the key "
+                "out for its default"
+            )
         else:
             message = _in_plain_words(kind, item["msg"], item.get("ctx") or {})
             written = document.written(path)

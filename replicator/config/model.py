@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from replicator.config.endpoints import check_endpoint
 from replicator.config.fields import (
@@ -92,10 +93,26 @@ MAX_REQUEST_TIMEOUT_S = 600
 ONE_DAY_S = 86_400
 
 
+# The kind of problem of a key written with no value where leaving it out has a meaning.
+NULL_FOR_A_DEFAULT = "null_for_a_default"
+
+
 class Strict(BaseModel):
     """Base for every section: unknown keys are errors, values are frozen after loading."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_null_for_a_default(cls, value: object, info: ValidationInfo) -> object:
+        """A key written with no value (``task_name:``, ``role_arn:``) was meant to be set:
+        taken as left out, it would quietly run the job another way (a lease table named
+        after a derived task name, writes without the role), so it is refused as an empty
+        text is. Keys that take no null say so through their type."""
+        field = cls.model_fields.get(info.field_name or "")
+        if value is None and field is not None and field.default is None:
+            raise PydanticCustomError(NULL_FOR_A_DEFAULT, "an empty value")
+        return value
 
 
 class RuntimeKind(StrEnum):

@@ -357,3 +357,49 @@ def test_a_value_of_the_wrong_kind_is_told_in_a_job_files_words(
     assert "validation" not in line and "Config" not in line, line
     if key == "destinations":
         assert "needs at least 1 entry (got [])" in line, line
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("task_name:\n" + MINIMAL, "task_name"),
+        ("task_name: ~\n" + MINIMAL, "task_name"),
+        (
+            MINIMAL.replace("table: orders}", "table: orders, endpoint_url: }", 1),
+            "source.endpoint_url",
+        ),
+        (
+            MINIMAL.replace("eu-west-1, table: orders", "eu-west-1, table: orders, role_arn: null"),
+            "destinations[0].role_arn",
+        ),
+        (
+            MINIMAL.replace("eu-west-1, table: orders", "eu-west-1, table: orders, name: "),
+            "destinations[0].name",
+        ),
+        (
+            MINIMAL.replace("eu-west-1, table: orders", "eu-west-1, table: orders, conflict: "),
+            "destinations[0].conflict",
+        ),
+        (MINIMAL + "loop_prevention:\n  origin_attribute:\n", "loop_prevention.origin_attribute"),
+        (MINIMAL + "kcl: {worker_id: }\n", "kcl.worker_id"),
+        (MINIMAL + "dead_letter: {kind: sqs, queue_url: }\n", "dead_letter.queue_url"),
+    ],
+)
+def test_a_key_written_with_no_value_is_refused_not_taken_as_left_out(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    """``task_name:`` with its value forgotten ran the job on the lease table of a derived
+    task name (a replay of the stream, or under LATEST changes skipped), and ``role_arn:``
+    wrote without the role: a key with no value was taken as a key left out."""
+    _only_problem(
+        tmp_path, text, key, "an empty value: give a value, or leave the key out for its default"
+    )
+
+
+def test_run_refuses_a_task_name_written_with_no_value(tmp_path: Path) -> None:
+    """``run`` refuses it before reaching any table (no endpoint answers here)."""
+    path = tmp_path / "job.yaml"
+    path.write_text("task_name:\n" + MINIMAL)
+    result = run_cli("run", "-c", str(path))
+    assert result.returncode == 2, result.stderr
+    assert "task_name (line 1): got null, an empty value" in result.stderr
