@@ -25,6 +25,7 @@ from replicator.config.model import (
     RuntimeKind,
     SourceConfig,
     StreamKind,
+    sqs_region,
 )
 from replicator.conflictlog.base import ConflictRecorder
 from replicator.conflictlog.recorder import BackgroundRecorder
@@ -63,7 +64,7 @@ def dead_letter_target(
     settings = resolved.job.dead_letter
     if settings.kind is DeadLetterKind.SQS:
         assert settings.queue_url
-        region = settings.region or resolved.job.source.region
+        region = sqs_region(settings, resolved.job.source.region)
         # As many connections as writes may fail at once: each writer thread sends its own
         # letters, and a pool of botocore's default 10 discarded the rest with a warning
         # each ("Connection pool is full") when a destination refused a burst.

@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from replicator.config.endpoints import (
+    aws_queue_region,
     aws_region_problem,
     endpoint_identity,
     quoted,
@@ -63,6 +64,7 @@ from replicator.config.model import (
     StreamKind,
     policy_described,
     policy_ranking,
+    sqs_region,
 )
 
 Problems = list[tuple[tuple[str | int, ...], str]]
@@ -889,31 +891,14 @@ def _queue_url_checks(job: JobConfig) -> Problems:
     dead letter stopping the worker and an entry counted as dropped. A FIFO queue's
     name, the last part of its URL, ends in ``.fifo``."""
     problems: Problems = []
-    targets: list[tuple[str, str | None, str, str | None, str]] = []
-    source = job.source.region
+    targets: list[tuple[str, DeadLetterConfig | ConflictLogConfig, str]] = []
     if job.dead_letter.kind is DeadLetterKind.SQS:
-        letters = job.dead_letter
-        targets.append(
-            (
-                "dead_letter",
-                letters.queue_url,
-                "dead letter",
-                letters.endpoint_url,
-                letters.region or source,
-            )
-        )
+        targets.append(("dead_letter", job.dead_letter, "dead letter"))
     if job.conflict_log.kind is ConflictLogKind.SQS:
-        log = job.conflict_log
-        targets.append(
-            (
-                "conflict_log",
-                log.queue_url,
-                "conflict-log entry",
-                log.endpoint_url,
-                log.region or source,
-            )
-        )
-    for section, url, what, endpoint_url, region in targets:
+        targets.append(("conflict_log", job.conflict_log, "conflict-log entry"))
+    for section, settings, what in targets:
+        url, endpoint_url = settings.queue_url, settings.endpoint_url
+        region = sqs_region(settings, job.source.region)
         problem = userinfo_problem(url) if url else None
         if url and problem:
             # Refused as an endpoint_url with them is: the form has no place for them.
@@ -943,7 +928,7 @@ def _queue_url_checks(job: JobConfig) -> Problems:
                     "FIFO queues are not supported: give a standard queue",
                 )
             )
-        elif url and endpoint_url is None:
+        elif url and endpoint_url is None and not _at_aws(url):
             sent_to = _aws_sqs_endpoint_for(url, region)
             if sent_to is not None:
                 problems.append(
@@ -955,6 +940,16 @@ def _queue_url_checks(job: JobConfig) -> Problems:
                         f"{section}.endpoint_url, the endpoint that serves this queue",
                     )
                 )
+        elif url and endpoint_url is None and aws_queue_region(url) not in (None, region):
+            problems.append(
+                (
+                    (section, "region"),
+                    f"is {region}, but {section}.queue_url's queue is in "
+                    f"{aws_queue_region(url)} (its host says so): SQS answers about a queue "
+                    f"only in the queue's region, and would say {shown(url)} does not exist; "
+                    "leave region out (the queue URL's region is taken) or give the queue's",
+                )
+            )
     return problems
 
 
@@ -1025,15 +1020,6 @@ def _aws_dns_suffixes() -> tuple[str, ...]:
     return tuple(sorted(suffixes))
 
 
-# The host of an SQS queue URL in AWS (``sqs.<region>.amazonaws.com``, the legacy
-# ``<region>.queue.amazonaws.com`` and ``queue.amazonaws.com`` of us-east-1, the
-# dual-stack ``sqs.<region>.api.aws``): the host names the region the queue is in.
-_AWS_QUEUE_HOST = re.compile(
-    r"(?:sqs\.(?P<sqs>[a-z0-9-]+)\.(?:amazonaws\.com(?:\.cn)?|api\.aws)"
-    r"|(?P<legacy>[a-z0-9-]+)\.queue\.amazonaws\.com(?:\.cn)?|queue\.amazonaws\.com)"
-)
-
-
 def _queue_identity(
     url: str, region: str, endpoint_url: str | None
 ) -> tuple[str, str | None, str, str]:
@@ -1045,19 +1031,15 @@ def _queue_identity(
     Nothing is looked up, so two spellings of one emulator's host stay two places."""
     parts = urlsplit(url)
     account, name = parts.path.strip("/").split("/")
-    host = (parts.hostname or "").rstrip(".").lower()
     if endpoint_url is not None:
         endpoint = urlsplit(endpoint_url)
         scheme = endpoint.scheme.lower()
         default_port = {"http": 80, "https": 443}.get(scheme)
-        aws = _AWS_QUEUE_HOST.fullmatch((endpoint.hostname or "").rstrip(".").lower())
+        aws = aws_queue_region(endpoint_url)
         if aws is None or (endpoint.port or default_port) != default_port:
             return (region, endpoint_identity(endpoint_url, region), account, name)
-        return (aws["sqs"] or aws["legacy"] or "us-east-1", None, account, name)
-    found = _AWS_QUEUE_HOST.fullmatch(host)
-    if found:
-        region = found["sqs"] or found["legacy"] or "us-east-1"
-    return (region, None, account, name)
+        return (aws, None, account, name)
+    return (aws_queue_region(url) or region, None, account, name)
 
 
 def _shared_queue_checks(job: JobConfig) -> Problems:

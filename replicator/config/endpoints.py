@@ -28,6 +28,22 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/+")
 _USERINFO_IN_TEXT = re.compile(rf"\b{_SCHEME.pattern}[^@]*@")
 
 
+# The host of an SQS queue URL in AWS (``sqs.<region>.amazonaws.com``, the legacy
+# ``<region>.queue.amazonaws.com`` and ``queue.amazonaws.com`` of us-east-1, the
+# dual-stack ``sqs.<region>.api.aws``, FIPS's ``sqs-fips.<region>.amazonaws.com``): the host names the region the queue is in.
+_AWS_QUEUE_HOST = re.compile(
+    r"(?:sqs(?:-fips)?\.(?P<sqs>[a-z0-9-]+)\.(?:amazonaws\.com(?:\.cn)?|api\.aws)"
+    r"|(?P<legacy>[a-z0-9-]+)\.queue\.amazonaws\.com(?:\.cn)?|queue\.amazonaws\.com)"
+)
+
+
+def aws_queue_region(url: str) -> str | None:
+    """The region an AWS queue URL's (or SQS endpoint's) host names; None for any other
+    host. SQS answers about a queue only in the queue's own region."""
+    found = _AWS_QUEUE_HOST.fullmatch((urlsplit(url).hostname or "").rstrip(".").lower())
+    return None if found is None else found["sqs"] or found["legacy"] or "us-east-1"
+
+
 def holds_userinfo(text: str) -> bool:
     """Whether ``text`` holds a URL with a user name or password (see above)."""
     return _USERINFO_IN_TEXT.search(text) is not None

@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from replicator.config.endpoints import check_endpoint
+from replicator.config.endpoints import aws_queue_region, check_endpoint
 from replicator.config.fields import (
     DOTTED_CALLABLE_PATTERN,
     DYNAMODB_STREAM_ARN_PATTERN,
@@ -445,6 +445,18 @@ class DeadLetterConfig(Strict):
                 + _foreign_options(self, DEAD_LETTER_OPTIONS)
             )
         return self
+
+
+def sqs_region(settings: DeadLetterConfig | ConflictLogConfig, source_region: str) -> str:
+    """The region of a section's SQS client: its own ``region``; else, without an
+    ``endpoint_url``, the region an AWS queue URL's host names (SQS answers about a queue
+    only in the queue's region: a client in the source's was told the queue did not
+    exist); else the source's."""
+    if settings.region is not None:
+        return settings.region
+    if settings.endpoint_url is None and settings.queue_url:
+        return aws_queue_region(settings.queue_url) or source_region
+    return source_region
 
 
 class ConflictLogKind(StrEnum):

@@ -15,7 +15,7 @@ from replicator.aws.clients import Place
 from replicator.aws.queues import check_exists
 from replicator.aws.tables import where
 from replicator.config.loader import refuse_directory
-from replicator.config.model import ConflictLogKind, ResolvedJob
+from replicator.config.model import ConflictLogKind, ResolvedJob, sqs_region
 from replicator.conflictlog.base import ConflictLogTarget, Selection, StoreOutcome
 from replicator.conflictlog.dynamodb import DynamoDbConflictLog
 from replicator.conflictlog.entry import ConflictEntry
@@ -74,7 +74,7 @@ def conflict_log_target(resolved: ResolvedJob, *, sdk_retries: bool = True) -> C
         return FileConflictLog(conflict_log_path(resolved))
     if settings.kind is ConflictLogKind.SQS:
         assert settings.queue_url
-        region = settings.region or resolved.job.source.region
+        region = sqs_region(settings, resolved.job.source.region)
         queue = clients.sqs(
             Place(region, settings.endpoint_url, settings.role_arn),
             connect_timeout=3.0,
@@ -125,7 +125,7 @@ def prepare(resolved: ResolvedJob) -> None:
     if settings.kind is ConflictLogKind.SQS:
         queue = conflict_log_target(resolved, sdk_retries=False)  # one try: only a warning
         assert isinstance(queue, SqsConflictLog)
-        region = settings.region or resolved.job.source.region
+        region = sqs_region(settings, resolved.job.source.region)
         try:
             if not check_exists(
                 queue.client,

@@ -39,6 +39,7 @@ from replicator.config.model import (
     ResolvedJob,
     RuntimeKind,
     StreamKind,
+    sqs_region,
 )
 from replicator.conflictlog.targets import prepare
 from replicator.exceptions import EnvironmentProblem, OperatorError
@@ -524,7 +525,7 @@ def check_dead_letter_queue(resolved: ResolvedJob) -> None:
     if settings.kind is not DeadLetterKind.SQS:
         return
     assert settings.queue_url
-    region = settings.region or resolved.job.source.region
+    region = sqs_region(settings, resolved.job.source.region)
     where = tables.where(region, settings.endpoint_url, settings.role_arn)
     client = clients.sqs(Place(region, settings.endpoint_url, settings.role_arn))
     what = "dead-letter queue"

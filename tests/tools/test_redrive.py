@@ -337,6 +337,43 @@ def use_queue(job: Job, conflict: str = LWW) -> tuple[Any, str]:
     return sqs, queue
 
 
+def test_an_aws_queue_url_of_another_region_is_read_in_the_queues_region(job: Job) -> None:
+    """A dead-letter queue in eu-west-1 for a source in us-east-1, its AWS URL given
+    without ``region``: the client was the source region's, and SQS, which answers about
+    a queue only in its region, said the queue did not exist (exit 3). The requests
+    reach the moto server through botocore's ``AWS_ENDPOINT_URL_SQS``."""
+    sqs = client("sqs", "eu-west-1", job.endpoint)
+    name = f"{job.name}-dlq"
+    sqs.create_queue(QueueName=name)
+    url = f"https://sqs.eu-west-1.amazonaws.com/123456789012/{name}"
+    text = job.path.read_text()
+    text = text.replace(
+        f"dead_letter: {{kind: file, path: '{job.dead_letters}'}}",
+        f"dead_letter: {{kind: sqs, queue_url: '{url}'}}",
+    )
+    job.path.write_text(text)
+    u = image("u", name="fine")
+    ap_label = "/".join(job.destinations[1])
+    letter = stream_letter(job, ap_label, u, 22, "rejected", "a transient refusal")
+    sqs.send_message(
+        QueueUrl=sqs.get_queue_url(QueueName=name)["QueueUrl"], MessageBody=letter.to_json()
+    )
+
+    result = replicator("redrive", "-c", str(job.path), env={"AWS_ENDPOINT_URL_SQS": job.endpoint})
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    (_, _), (ap, ap_table) = job.destination_clients()
+    assert ap.get_item(TableName=ap_table, Key=keys_of(u), ConsistentRead=True)["Item"] == u
+    explicit = text.replace(f"queue_url: '{url}'", f"queue_url: '{url}', region: us-east-1")
+    job.path.write_text(explicit)
+    refused = in_process("validate", "-c", str(job.path))
+    assert refused.returncode == 2, refused.stderr
+    assert (
+        "dead_letter.region (line " in refused.stderr
+        and "is us-east-1, but dead_letter.queue_url's queue is in eu-west-1" in refused.stderr
+    ), refused.stderr
+
+
 def append_raw(path: Path, line: bytes) -> None:
     with path.open("ab") as file:
         file.write(line + b"\n")
