@@ -30,7 +30,8 @@ _USERINFO_IN_TEXT = re.compile(rf"\b{_SCHEME.pattern}[^@]*@")
 
 # The host of an SQS queue URL in AWS (``sqs.<region>.amazonaws.com``, the legacy
 # ``<region>.queue.amazonaws.com`` and ``queue.amazonaws.com`` of us-east-1, the
-# dual-stack ``sqs.<region>.api.aws``, FIPS's ``sqs-fips.<region>.amazonaws.com``): the host names the region the queue is in.
+# dual-stack ``sqs.<region>.api.aws``, FIPS's ``sqs-fips.<region>.amazonaws.com``): the
+# host names the region the queue is in.
 _AWS_QUEUE_HOST = re.compile(
     r"(?:sqs(?:-fips)?\.(?P<sqs>[a-z0-9-]+)\.(?:amazonaws\.com(?:\.cn)?|api\.aws)"
     r"|(?P<legacy>[a-z0-9-]+)\.queue\.amazonaws\.com(?:\.cn)?|queue\.amazonaws\.com)"
