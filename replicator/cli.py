@@ -26,7 +26,7 @@ from replicator.config.loader import load_job
 from replicator.config.model import LogFormat, ResolvedJob, RuntimeKind, WriterConfig
 from replicator.entry import interrupted, outcome_decided
 from replicator.exceptions import KeySyntaxError, OperatorError, SinceSyntaxError
-from replicator.logs import echo, redact, report_kept_apart
+from replicator.logs import HeldPrints, configure, echo, redact, report_kept_apart
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -217,10 +217,11 @@ def _active_active(resolved: ResolvedJob) -> str:
 @_operator_errors
 def validate(config_path: Path) -> None:
     """Check a job file and print the job as it resolves (exit 0), or every problem (exit 2)."""
-    resolved = load_job(config_path, on_disk=True, resolvers=True)
-    echo(redact(describe(resolved)))  # the job's URLs, not data: as a URL in an error
-    for caution in resolved.job.cautions:
-        echo(f"warning: {caution}")
+    with report_kept_apart():  # a resolver's output as it is imported: not the report
+        resolved = load_job(config_path, on_disk=True, resolvers=True)
+        echo(redact(describe(resolved)))  # the job's URLs, not data: as a URL in an error
+        for caution in resolved.job.cautions:
+            echo(f"warning: {caution}")
 
 
 def _trimmed_data(resolved: ResolvedJob) -> str:
@@ -401,7 +402,10 @@ def run(config_path: Path) -> None:
     """Run the job with the runtime its file names (local or kcl) until stopped."""
     from replicator.config.model import RuntimeKind
 
-    resolved = load_job(config_path.resolve(), resolvers=True)
+    with HeldPrints() as imported:  # a resolver's prints: logged as the job says
+        resolved = load_job(config_path.resolve(), resolvers=True)
+    configure(resolved.job.logging.level, resolved.job.logging.format.value)
+    imported.release()
     if resolved.job.runtime is RuntimeKind.KCL:
         from replicator.runtime.kcl.launcher import run_kcl
 

@@ -522,6 +522,40 @@ class PrintedLines(io.TextIOBase):
         self._log.info("printed", text=line)
 
 
+class HeldPrints:
+    """``sys.stdout`` while a job's custom resolvers are imported, before the job has said
+    how to log: what a module prints as it is imported is held, and given out by
+    :meth:`release` once the log is configured, as ``printed`` lines when it is JSON
+    (printed then, it was the one raw line of a JSON log). If the job does not load, it
+    goes to stderr as it was, before the job's error."""
+
+    def __init__(self) -> None:
+        self._held = io.StringIO()
+        self._out: TextIO | None = None
+
+    def __enter__(self) -> HeldPrints:
+        self._out = sys.stdout
+        sys.stdout = self._held
+        return self
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        sys.stdout = self._out  # what it was
+        if error is not None:
+            self.release()
+
+    def release(self) -> None:
+        text, self._held = self._held.getvalue(), io.StringIO()
+        if not text:
+            return
+        if renders_json() and configured():
+            printed = PrintedLines(sys.stderr)
+            printed.write(text)
+            printed.flush_all()
+        else:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())

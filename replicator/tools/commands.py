@@ -29,8 +29,10 @@ if TYPE_CHECKING:
 def load(config_path: Path, *, writes: bool = True) -> ResolvedJob:
     """The job, logging as it asks; ``writes``: the command plans writes, so its custom
     resolvers must load (a ConfigError, exit 2, when one does not)."""
-    resolved = load_job(config_path.resolve(), resolvers=writes)
+    with logs.HeldPrints() as imported:  # a resolver's prints: logged as the job says
+        resolved = load_job(config_path.resolve(), resolvers=writes)
     logs.configure(resolved.job.logging.level, resolved.job.logging.format.value)
+    imported.release()
     logs.bind_everywhere(job=str(resolved.path), task=resolved.task_name)
     return resolved
 

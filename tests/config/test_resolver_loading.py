@@ -51,11 +51,18 @@ def test_what_a_resolver_module_prints_as_it_is_imported_is_kept_off_stdout(
 ) -> None:
     """It was the first line of ``validate``'s summary (and of any command's report a
     script reads from stdout)."""
-    result = _command(tmp_path, "validate", 'print("hello from import")')
+    result = _command(
+        tmp_path,
+        "validate",
+        'import os, subprocess, sys\nprint("hello from import")\nos.write(1, b"raw fd 1\\n")\n'
+        "subprocess.run([sys.executable, '-c', 'print(\"a child\")'], check=True)",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("job file:"), result.stdout
-    assert "hello from import" not in result.stdout
-    assert "hello from import" in result.stderr
+    # What is written below sys.stdout too (os.write, a child): it went into the summary.
+    for said in ("hello from import", "raw fd 1", "a child"):
+        assert said not in result.stdout
+        assert said in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -1238,12 +1238,14 @@ def test_what_a_resolver_prints_while_it_decides_stays_out_of_the_json_report(
 ) -> None:
     """Only the module's import was kept off stdout: its prints as it decided (and what a
     child process of it wrote) went into ``verify --repair --json``'s report, which was
-    then no JSON. They go to stderr, logged as ``printed`` lines (the log is JSON)."""
+    then no JSON. They go to stderr, logged as ``printed`` lines (the log is JSON), and
+    so does what it printed as it was imported."""
     items, eu, eu_table = differing_under_a_resolver(
         job,
         tmp_path,
         "noisy_resolver",
         "import os, subprocess, sys\n"
+        "print('imported')\n"
         "def decide(incoming, existing):\n"
         "    print('deciding', incoming.keys['pk']['S'])\n"
         "    os.write(1, b'written to fd 1\\n')\n"
@@ -1271,7 +1273,12 @@ def test_what_a_resolver_prints_while_it_decides_stays_out_of_the_json_report(
     key = {name: items[0][name] for name in ("pk", "sk")}
     assert eu.get_item(TableName=eu_table, Key=key, ConsistentRead=True)["Item"] == items[0]
     printed = [json.loads(line) for line in done.stderr.splitlines() if '"printed"' in line]
-    assert [line["text"] for line in printed] == [f"deciding {items[0]['pk']['S']}"], done.stderr
+    # The import's print too, made before the job said how to log (a raw line before).
+    assert [line["text"] for line in printed] == [
+        "imported",
+        f"deciding {items[0]['pk']['S']}",
+    ], done.stderr
+    assert "\nimported\n" not in f"\n{done.stderr}"
     assert "written to fd 1" in done.stderr and "a child says hi" in done.stderr
     assert "bytes in stdout" in done.stderr
 

@@ -11,6 +11,7 @@ import random
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -597,3 +598,38 @@ def test_a_stuck_processor_makes_healthz_unhealthy_until_it_answers(job: Job) ->
             os.kill(pid, signal.SIGCONT)
         if runtime.poll() is None:
             runtime.kill()
+
+
+def test_what_a_resolver_prints_as_it_is_imported_is_a_json_log_line_of_run(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """``run`` imports the job's resolver before the job has said how to log: what the
+    module printed then was the one raw line of a JSON log. It is a ``printed`` line,
+    here before the run stops on a source table that does not exist (exit 3)."""
+    (tmp_path / "loud_at_import.py").write_text(
+        "print('imported')\ndef decide(incoming, existing):\n    return True\n"
+    )
+    name = unique("printsatimport")
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        f"task_name: {name}-job\n"
+        f"source: {{region: us-east-1, table: {name}, endpoint_url: '{moto_endpoint}'}}\n"
+        f"destinations: [{{region: eu-west-1, table: {name}, endpoint_url: '{moto_endpoint}'}}]\n"
+        "conflict: {policy: custom, resolver: 'loud_at_import:decide'}\n"
+        "metrics: {enabled: false}\n"
+        "logging: {format: json}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "replicator", "run", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 3, done.stderr
+    # Every line JSON, but the last: the command's error, as every command's.
+    *logged, last = done.stderr.splitlines()
+    assert last.startswith("replicator: source table "), done.stderr
+    lines = [json.loads(line) for line in logged]
+    assert [line["text"] for line in lines if line["event"] == "printed"] == ["imported"]
