@@ -11,7 +11,6 @@ import random
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -27,7 +26,9 @@ from replicator.demo import tables
 from replicator.exceptions import EnvironmentProblem
 from replicator.runtime.local.runtime import STOP_DEADLINE_S, LocalRuntime
 from replicator.shards.leases import TRIM_HORIZON, LeaseTable
+from tests.support import ROOT
 from tests.support.aws import client
+from tests.support.cli import replicator
 from tests.support.e2e import PATIENCE, Job, children_of, stop, wait_until
 from tests.support.metrics import health, logged_metrics_port
 
@@ -619,14 +620,7 @@ def test_what_a_resolver_prints_as_it_is_imported_is_a_json_log_line_of_run(
         "metrics: {enabled: false}\n"
         "logging: {format: json}\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "replicator", "run", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        check=False,
-    )
+    done = replicator("run", "-c", str(path), env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
     assert done.returncode == 3, done.stderr
     # Every line JSON, but the last: the command's error, as every command's.
     *logged, last = done.stderr.splitlines()
