@@ -560,9 +560,11 @@ class _Document:
         return entries
 
     def line_of(self, path: KeyPath) -> int | None:
-        """The line of the deepest part of ``path`` that the file actually contains."""
+        """The line of the deepest part of ``path`` that the file actually contains; None
+        when it contains none of it (the document's first line is not where a section
+        the file leaves out would be)."""
         found = self._nodes(path)
-        return found[-1][1] if found else None
+        return found[-1][1] if len(found) > (1 if path else 0) else None
 
     def written(self, path: KeyPath) -> str | None:
         """The text written for the scalar at ``path``, if the file has one there."""

@@ -10,6 +10,7 @@ kcl_settings.py, and the rules that span sections in cross_checks.py.
 from __future__ import annotations
 
 import difflib
+import functools
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, Self, cast
@@ -95,6 +96,19 @@ ONE_DAY_S = 86_400
 
 # The kind of problem of a key written with no value where leaving it out has a meaning.
 NULL_FOR_A_DEFAULT = "null_for_a_default"
+
+
+@functools.cache
+def _known_regions() -> frozenset[str]:
+    """Every region botocore lists for DynamoDB, in every partition."""
+    import botocore.session  # here: only the commands that print cautions pay for it
+
+    session = botocore.session.get_session()
+    return frozenset(
+        region
+        for partition in session.get_available_partitions()
+        for region in session.get_available_regions("dynamodb", partition_name=partition)
+    )
 
 
 class Strict(BaseModel):
@@ -849,7 +863,35 @@ class JobConfig(Strict):
             caution = unknown_kcl_property_caution(key)
             if caution:
                 cautions.append(caution)
+        cautions.extend(self.unknown_region_cautions)
         return cautions
+
+    @property
+    def unknown_region_cautions(self) -> list[str]:
+        """A region AWS's SDK here does not know for DynamoDB, at a key with no endpoint:
+        a misspelling (``us-east-9``) otherwise surfaced only as ``cannot reach`` at start,
+        which reads like a network problem. A caution, not a refusal: a region newer than
+        the installed SDK is reached all the same."""
+        places: list[tuple[str, str | None]] = [
+            ("source.region", None if self.source.endpoint_url else self.source.region)
+        ]
+        places += [
+            (f"destinations[{index}].region", None if d.endpoint_url else d.region)
+            for index, d in enumerate(self.destinations)
+        ]
+        for section, settings in (
+            ("dead_letter", self.dead_letter),
+            ("conflict_log", self.conflict_log),
+        ):
+            places.append((f"{section}.region", None if settings.endpoint_url else settings.region))
+        known = _known_regions()
+        return [
+            f"{key} is {region!r}, which is no DynamoDB region this host's AWS SDK knows (a "
+            "misspelling? `run` would say it cannot reach it); a region newer than the SDK is "
+            "reached all the same"
+            for key, region in places
+            if region is not None and region not in known
+        ]
 
     @property
     def untombstoned_deletes_caution(self) -> str | None:

@@ -403,3 +403,27 @@ def test_run_refuses_a_task_name_written_with_no_value(tmp_path: Path) -> None:
     result = run_cli("run", "-c", str(path))
     assert result.returncode == 2, result.stderr
     assert "task_name (line 1): got null, an empty value" in result.stderr
+
+
+def test_a_region_the_sdk_does_not_know_is_a_warning_where_no_endpoint_is_set(
+    tmp_path: Path,
+) -> None:
+    """``us-east-9`` passed ``validate`` without a word, and ``run`` then said it could
+    not reach it, which reads like the network. A warning, not a refusal: a region newer
+    than the installed SDK is reached all the same. A local endpoint takes any name."""
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "task_name: orders-job\n"
+        "source: {region: us-east-9, table: orders}\n"
+        "destinations:\n"
+        "  - {region: eu-west-1, table: orders}\n"
+        "  - {region: mars-north-1, table: orders, endpoint_url: 'http://127.0.0.1:9'}\n"
+    )
+    result = validate_in_process(path)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning: ")]
+    assert warnings == [
+        "warning: source.region is 'us-east-9', which is no DynamoDB region this host's AWS "
+        "SDK knows (a misspelling? `run` would say it cannot reach it); a region newer than "
+        "the SDK is reached all the same"
+    ], result.stdout
