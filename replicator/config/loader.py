@@ -335,6 +335,10 @@ class _Document:
             if loader is not None:
                 loader.dispose()
         self._alias_lines = loader.alias_lines
+        # A document of a null alone (``~``, ``---`` then ``...``) is as empty as an empty
+        # file, and is told the same: which keys it needs.
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+            node = None
         self._root: yaml.Node | None = node
         try:
             self.value: Any = {} if node is None else self._build(node, ())

@@ -427,3 +427,19 @@ def test_a_region_the_sdk_does_not_know_is_a_warning_where_no_endpoint_is_set(
         "SDK knows (a misspelling? `run` would say it cannot reach it); a region newer than "
         "the SDK is reached all the same"
     ], result.stdout
+
+
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "~\n", "null\n", "---\n...\n"])
+def test_an_empty_job_file_is_told_the_keys_it_needs_however_it_is_empty(
+    tmp_path: Path, text: str
+) -> None:
+    """A document of a null alone was told ``expected a mapping`` at line 1, where an
+    empty file was told the keys it lacks."""
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    result = validate_in_process(path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[1:] == [
+        "  source: required key is missing",
+        "  destinations: required key is missing",
+    ], result.stderr
