@@ -239,7 +239,29 @@ def moved_off_stdout(out: TextIO) -> tuple[TextIO, int] | None:
     return moved, descriptor
 
 
-class _PrintsAside(io.TextIOBase):
+class _StderrBelow(io.TextIOBase):
+    """A ``sys.stdout`` stand-in whose text its subclass takes: what is written below the
+    text (bytes to its ``buffer``, its descriptor) and what code encoding for it reads of
+    it are stderr's."""
+
+    def fileno(self) -> int:
+        return sys.stderr.fileno()
+
+    # What code that writes bytes or encodes for stdout reads of it: stderr's.
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return sys.stderr.encoding
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return sys.stderr.errors
+
+    @property
+    def buffer(self) -> Any:
+        return sys.stderr.buffer
+
+
+class _PrintsAside(_StderrBelow):
     """``sys.stdout`` while a command keeps its report apart: what others print (a custom
     resolver deciding on a writer's thread) goes to stderr, logged as ``printed`` lines
     when the log is JSON (configured once the job is read, after this is in place)."""
@@ -265,22 +287,6 @@ class _PrintsAside(io.TextIOBase):
         if self._printed is not None:
             self._printed.flush_all()
         sys.stderr.flush()
-
-    def fileno(self) -> int:
-        return sys.stderr.fileno()
-
-    # What code that writes bytes or encodes for stdout reads of it: stderr's.
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return sys.stderr.encoding
-
-    @property
-    def errors(self) -> str | None:  # type: ignore[override]
-        return sys.stderr.errors
-
-    @property
-    def buffer(self) -> Any:
-        return sys.stderr.buffer
 
 
 @contextlib.contextmanager
@@ -527,10 +533,12 @@ class HeldPrints:
     how to log: what a module prints as it is imported is held, and given out by
     :meth:`release` once the log is configured, as ``printed`` lines when it is JSON
     (printed then, it was the one raw line of a JSON log). If the job does not load, it
-    goes to stderr as it was, before the job's error."""
+    goes to stderr as it was, before the job's error. What is written below the text
+    (``sys.stdout.buffer``, its descriptor) goes to stderr at once, as under
+    :func:`report_kept_apart`."""
 
     def __init__(self) -> None:
-        self._held = io.StringIO()
+        self._held = _HeldText()
         self._out: TextIO | None = None
 
     def __enter__(self) -> HeldPrints:
@@ -544,7 +552,8 @@ class HeldPrints:
             self.release()
 
     def release(self) -> None:
-        text, self._held = self._held.getvalue(), io.StringIO()
+        text = "".join(self._held.pieces)
+        self._held.pieces.clear()
         if not text:
             return
         if renders_json() and configured():
@@ -554,6 +563,20 @@ class HeldPrints:
         else:
             sys.stderr.write(text)
             sys.stderr.flush()
+
+
+class _HeldText(_StderrBelow):
+    """The text of :class:`HeldPrints`; the rest of a stream is stderr's."""
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.pieces.append(text)
+        return len(text)
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
