@@ -252,7 +252,13 @@ class FileDeadLetters:
         real = self._real_path()
         lock = real.with_name(real.name + _LOCK)
         while True:
-            file = lock.open("a+", encoding="utf-8")
+            try:
+                file = lock.open("a+", encoding="utf-8")
+            except OSError as error:  # the file's name, not "cannot read" it
+                raise DeadLetterUnavailable(
+                    f"cannot open {lock}, the lock a redrive holds beside dead-letter file "
+                    f"{real}: {error.strerror or error}"
+                ) from error
             try:
                 fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

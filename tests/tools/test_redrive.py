@@ -1000,6 +1000,29 @@ def test_a_dead_letter_path_that_is_a_directory_is_one_line_and_exit_3(job: Job)
     assert "chown" not in line  # no owner or mode makes a directory a file
 
 
+def test_a_lock_that_cannot_be_opened_is_named_as_the_lock_exit_3(job: Job) -> None:
+    """The lock beside the file could not be made (here a directory holds its name): the
+    line said ``cannot read dead-letter file <file>.redrive.lock``, a file no one had
+    asked to read, and the letters stay where they are."""
+    eu_label = "/".join(job.destinations[0])
+    FileDeadLetters(job.dead_letters).put(
+        stream_letter(job, eu_label, image("k"), 41, "throttled", "e")
+    )
+    lock = job.dead_letters.with_name(job.dead_letters.name + ".redrive.lock")
+    lock.mkdir()
+
+    result = redrive(job)
+
+    assert result.returncode == 3, result.stderr
+    assert (
+        f"cannot open {lock}, the lock a redrive holds beside dead-letter file "
+        f"{job.dead_letters}: Is a directory"
+    ) in result.stdout + result.stderr, result.stdout + result.stderr
+    assert [letter.keys for letter in FileDeadLetters(job.dead_letters).letters()] == [
+        keys_of(image("k"))
+    ]
+
+
 def test_an_interrupted_redrive_says_how_many_letters_it_kept_and_the_next_takes_them_up(
     job: Job,
 ) -> None:
