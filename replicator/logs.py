@@ -260,6 +260,14 @@ class _StderrBelow(io.TextIOBase):
     def buffer(self) -> Any:
         return sys.stderr.buffer
 
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+    def __getattr__(self, name: str) -> Any:
+        """The rest of a text stream (``reconfigure``, ``line_buffering``, ``name``...):
+        stderr's, so that code which asks for them of stdout works as it did."""
+        return getattr(sys.stderr, name)
+
 
 class _PrintsAside(_StderrBelow):
     """``sys.stdout`` while a command keeps its report apart: what others print (a custom
@@ -535,7 +543,8 @@ class HeldPrints:
     (printed then, it was the one raw line of a JSON log). If the job does not load, it
     goes to stderr as it was, before the job's error. What is written below the text
     (``sys.stdout.buffer``, its descriptor) goes to stderr at once, as under
-    :func:`report_kept_apart`."""
+    :func:`report_kept_apart`; a module that keeps this ``sys.stdout`` (a logging handler
+    made on it) writes through it as through that command's, once released."""
 
     def __init__(self) -> None:
         self._held = _HeldText()
@@ -552,31 +561,36 @@ class HeldPrints:
             self.release()
 
     def release(self) -> None:
-        text = "".join(self._held.pieces)
-        self._held.pieces.clear()
-        if not text:
-            return
-        if renders_json() and configured():
-            printed = PrintedLines(sys.stderr)
-            printed.write(text)
-            printed.flush_all()
-        else:
-            sys.stderr.write(text)
-            sys.stderr.flush()
+        self._held.release()
 
 
-class _HeldText(_StderrBelow):
-    """The text of :class:`HeldPrints`; the rest of a stream is stderr's."""
+class _HeldText(_PrintsAside):
+    """The stand-in of :class:`HeldPrints`: its text is held until released, then written
+    as :class:`_PrintsAside` writes it."""
 
     def __init__(self) -> None:
-        self.pieces: list[str] = []
-
-    def writable(self) -> bool:
-        return True
+        super().__init__()
+        self._pieces: list[str] | None = []
+        self._holding = threading.Lock()
 
     def write(self, text: str) -> int:
-        self.pieces.append(text)
-        return len(text)
+        with self._holding:
+            if self._pieces is not None:
+                self._pieces.append(text)
+                return len(text)
+        return super().write(text)
+
+    def flush(self) -> None:
+        if self._pieces is None:
+            super().flush()
+
+    def release(self) -> None:
+        with self._holding:
+            text = "".join(self._pieces or [])
+            self._pieces = None
+        if text:
+            super().write(text)
+        self.flush_all()
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:

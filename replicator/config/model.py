@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, Self, cast
@@ -99,16 +100,25 @@ NULL_FOR_A_DEFAULT = "null_for_a_default"
 
 
 @functools.cache
-def _known_regions() -> frozenset[str]:
-    """Every region botocore lists for DynamoDB, in every partition."""
-    import botocore.session  # here: only the commands that print cautions pay for it
+def _known_regions() -> frozenset[str] | None:
+    """Every region of botocore's endpoint data, in every partition (DynamoDB is in each);
+    None when that data cannot be read. Read as data, not through a session, which would
+    read the AWS profile: a profile missing here (a CI host) is ``run``'s to report."""
+    import botocore.loaders  # here: only the commands that print cautions pay for it
 
-    session = botocore.session.get_session()
-    return frozenset(
-        region
-        for partition in session.get_available_partitions()
-        for region in session.get_available_regions("dynamodb", partition_name=partition)
-    )
+    try:
+        data = botocore.loaders.create_loader().load_data("endpoints")
+        return frozenset(
+            str(region) for partition in data["partitions"] for region in partition["regions"]
+        )
+    except Exception:  # noqa: BLE001 - a caution only: without the data, none is given
+        return None
+
+
+def _endpoint_from_environment(service: str) -> bool:
+    """Whether botocore takes ``service``'s endpoint from the environment (an emulator's,
+    which takes any region name)."""
+    return bool(os.environ.get(f"AWS_ENDPOINT_URL_{service}") or os.environ.get("AWS_ENDPOINT_URL"))
 
 
 class Strict(BaseModel):
@@ -872,19 +882,29 @@ class JobConfig(Strict):
         a misspelling (``us-east-9``) otherwise surfaced only as ``cannot reach`` at start,
         which reads like a network problem. A caution, not a refusal: a region newer than
         the installed SDK is reached all the same."""
-        places: list[tuple[str, str | None]] = [
-            ("source.region", None if self.source.endpoint_url else self.source.region)
-        ]
-        places += [
-            (f"destinations[{index}].region", None if d.endpoint_url else d.region)
-            for index, d in enumerate(self.destinations)
-        ]
-        for section, settings in (
-            ("dead_letter", self.dead_letter),
-            ("conflict_log", self.conflict_log),
-        ):
-            places.append((f"{section}.region", None if settings.endpoint_url else settings.region))
+        aws_dynamodb = not _endpoint_from_environment("DYNAMODB")
+        places: list[tuple[str, str | None]] = []
+        if aws_dynamodb and not self.kcl_endpoint_override():
+            places.append(("source.region", self.source.region))
+        if aws_dynamodb:
+            places += [
+                (f"destinations[{index}].region", d.region)
+                for index, d in enumerate(self.destinations)
+                if not d.endpoint_url
+            ]
+        log = self.conflict_log
+        if (
+            log.kind is ConflictLogKind.DYNAMODB
+            and aws_dynamodb
+            and not (log.endpoint_url or self.source.endpoint_url)
+        ) or (log.kind is ConflictLogKind.SQS and not _endpoint_from_environment("SQS")):
+            places.append(("conflict_log.region", None if log.endpoint_url else log.region))
+        if self.dead_letter.kind is DeadLetterKind.SQS and not _endpoint_from_environment("SQS"):
+            letters = self.dead_letter
+            places.append(("dead_letter.region", None if letters.endpoint_url else letters.region))
         known = _known_regions()
+        if known is None:
+            return []
         return [
             f"{key} is {region!r}, which is no DynamoDB region this host's AWS SDK knows (a "
             "misspelling? `run` would say it cannot reach it); a region newer than the SDK is "

@@ -255,10 +255,7 @@ class FileDeadLetters:
             try:
                 file = lock.open("a+", encoding="utf-8")
             except OSError as error:  # the file's name, not "cannot read" it
-                raise DeadLetterUnavailable(
-                    f"cannot open {lock}, the lock a redrive holds beside dead-letter file "
-                    f"{real}: {error.strerror or error}"
-                ) from error
+                raise _lock_unavailable("open", lock, real, error) from error
             try:
                 fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -273,9 +270,12 @@ class FileDeadLetters:
                 break
             file.close()  # removed by the replay that held it: lock the path again
         try:
-            file.truncate(0)
-            file.write(f"{os.getpid()}\n")
-            file.flush()
+            try:
+                file.truncate(0)
+                file.write(f"{os.getpid()}\n")
+                file.flush()
+            except OSError as error:
+                raise _lock_unavailable("write", lock, real, error) from error
             yield
         finally:
             lock.unlink(missing_ok=True)
@@ -395,6 +395,13 @@ def _note_settled(aside_file: Path, number: int) -> None:
         append_line(marker, str(number))
     except OSError as error:
         raise _unavailable("append to", marker, error) from error
+
+
+def _lock_unavailable(what: str, lock: Path, real: Path, error: OSError) -> DeadLetterUnavailable:
+    return DeadLetterUnavailable(
+        f"cannot {what} {lock}, the lock a redrive holds beside dead-letter file {real}: "
+        f"{error.strerror or error}"
+    )
 
 
 def _unavailable(what: str, path: Path, error: OSError) -> DeadLetterUnavailable:

@@ -32,8 +32,8 @@ def load(config_path: Path, *, writes: bool = True) -> ResolvedJob:
     with logs.HeldPrints() as imported:  # a resolver's prints: logged as the job says
         resolved = load_job(config_path.resolve(), resolvers=writes)
     logs.configure(resolved.job.logging.level, resolved.job.logging.format.value)
-    imported.release()
     logs.bind_everywhere(job=str(resolved.path), task=resolved.task_name)
+    imported.release()
     return resolved
 
 

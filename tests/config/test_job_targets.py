@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from replicator.cli import cli
 from replicator.config.loader import load_job, parse_job
+from replicator.config.model import sqs_region
 from replicator.exceptions import ConfigError
 from tests.config.test_job_checks import _refused
 from tests.support.cli import in_process, replicator, validate_in_process
@@ -502,3 +503,31 @@ def test_an_aws_endpoint_of_the_sections_own_region_is_taken(tmp_path: Path) -> 
     )
     result = validate_in_process(path)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "region"),
+    [
+        ("https://sqs.eu-west-1.amazonaws.com/123456789012/q", "eu-west-1"),
+        ("https://sqs-fips.us-gov-west-1.amazonaws.com/123456789012/q", "us-gov-west-1"),
+        ("https://sqs.ap-south-1.api.aws/123456789012/q", "ap-south-1"),
+        ("https://eu-central-1.queue.amazonaws.com/123456789012/q", "eu-central-1"),
+        ("https://queue.amazonaws.com/123456789012/q", "us-east-1"),
+        ("https://sqs.cn-north-1.amazonaws.com.cn/123456789012/q", "cn-north-1"),
+        # Not a host that names a region: the source's.
+        ("https://vpce-0abc-xyz.sqs.us-east-1.vpce.amazonaws.com/123456789012/q", "sa-east-1"),
+    ],
+)
+@pytest.mark.parametrize("section", ["dead_letter", "conflict_log"])
+def test_a_queue_is_reached_in_the_region_its_aws_url_names(
+    section: str, url: str, region: str
+) -> None:
+    """A queue in another region than the source's, given without ``region``: its client
+    was the source region's, and SQS answers about a queue only in its own region."""
+    job = parse_job(
+        "source: {region: sa-east-1, table: orders}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        f"{section}: {{kind: sqs, queue_url: '{url}'}}\n",
+        Path("job.yaml"),
+    ).job
+    assert sqs_region(getattr(job, section), job.source.region) == region
