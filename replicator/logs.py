@@ -263,6 +263,10 @@ class _StderrBelow(io.TextIOBase):
     def isatty(self) -> bool:
         return sys.stderr.isatty()
 
+    def reconfigure(self, **_: Any) -> None:
+        """Nothing: what code asks of its stdout is not stderr's to change (an encoding
+        of ``ascii`` made every later log line with an accent fail)."""
+
     def __getattr__(self, name: str) -> Any:
         """The rest of a text stream (``reconfigure``, ``line_buffering``, ``name``...):
         stderr's, so that code which asks for them of stdout works as it did."""
@@ -574,6 +578,8 @@ class _HeldText(_PrintsAside):
         self._holding = threading.Lock()
 
     def write(self, text: str) -> int:
+        if not isinstance(text, str):  # as a text stream does (click writes b"" to ask)
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         with self._holding:
             if self._pieces is not None:
                 self._pieces.append(text)
@@ -585,12 +591,12 @@ class _HeldText(_PrintsAside):
             super().flush()
 
     def release(self) -> None:
-        with self._holding:
+        with self._holding:  # held: another thread's next line waits, and comes after
             text = "".join(self._pieces or [])
             self._pieces = None
-        if text:
-            super().write(text)
-        self.flush_all()
+            if text:
+                super().write(text)
+            self.flush_all()
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:

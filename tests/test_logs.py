@@ -454,3 +454,30 @@ def test_a_report_that_cannot_be_written_gives_stdout_back_and_says_so() -> None
         "ReportUnwritten: the report could not be written to stdout: [Errno 32] Broken pipe",
         "restored",
     ], done.stderr
+
+
+def test_what_a_module_does_with_the_held_stdout_works_as_on_a_text_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While a resolver's import is held: click's echo (which asks a stream whether it
+    takes bytes by writing ``b""``) made the held text bytes, and the release a
+    traceback; ``reconfigure(encoding="ascii")`` reached stderr, whose later lines with
+    an accent then failed; a ``sys.stdout`` kept by the module writes once released."""
+    import click
+
+    stderr = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    monkeypatch.setattr(sys, "stderr", stderr)
+    monkeypatch.setattr(logs, "_AS_JSON", [False])
+    with logs.HeldPrints() as held:
+        click.echo("echoed")
+        sys.stdout.reconfigure(encoding="ascii")  # type: ignore[attr-defined]
+        with pytest.raises(TypeError):
+            sys.stdout.write(b"")  # type: ignore[arg-type]
+        kept = sys.stdout
+        print("café")
+    assert stderr.encoding == "utf-8"
+    assert stderr.buffer.getvalue() == b""  # held
+    held.release()
+    kept.write("later\n")
+    kept.flush()
+    assert stderr.buffer.getvalue().decode() == "echoed\ncafé\nlater\n"  # type: ignore[attr-defined]

@@ -11,7 +11,6 @@ failed its own validation; :func:`disk_checks` adds what only the files on disk 
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from collections.abc import Callable, Collection
@@ -20,6 +19,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from replicator.config.endpoints import (
+    at_aws,
+    aws_endpoint_of,
     aws_queue_region,
     aws_region_problem,
     endpoint_identity,
@@ -928,7 +929,7 @@ def _queue_url_checks(job: JobConfig) -> Problems:
                     "FIFO queues are not supported: give a standard queue",
                 )
             )
-        elif url and endpoint_url is None and not _at_aws(url):
+        elif url and endpoint_url is None and not at_aws(url):
             sent_to = _aws_sqs_endpoint_for(url, region)
             if sent_to is not None:
                 problems.append(
@@ -974,50 +975,11 @@ def _aws_sqs_endpoint_for(url: str, region: str) -> str | None:
     """AWS's SQS endpoint, where a section without an ``endpoint_url`` sends its requests
     about queue ``url`` (botocore sends them to the client's endpoint, whatever host the
     URL names), when the URL names another server: a queue of an emulator or a proxy
-    that the requests would never reach. None when the URL is at an AWS host (any of
-    AWS's endpoints serves the queue its path names), or when an endpoint comes from
+    that the requests would never reach. None when the URL is at an AWS host (the client
+    is made in the region it names: ``sqs_region``), or when an endpoint comes from
     ``AWS_ENDPOINT_URL_SQS``, ``AWS_ENDPOINT_URL`` or the AWS config file, which the job
-    cannot see but botocore uses (a client is made to ask it, only for a URL at another
-    host). FIPS, dual-stack and the other partitions' endpoints are AWS's too."""
-    if _at_aws(url):
-        return None
-    import botocore.exceptions  # here: only a URL at another host pays for them
-    import botocore.session
-
-    try:
-        # Placeholder keys: making a client without any would walk the credential chain,
-        # which can wait on the instance metadata service; the endpoint needs none.
-        client = botocore.session.Session().create_client(
-            "sqs",
-            region_name=region,
-            aws_access_key_id="placeholder",
-            aws_secret_access_key="placeholder",  # noqa: S106 - never sent anywhere
-        )
-        endpoint = str(client.meta.endpoint_url)
-    except (botocore.exceptions.BotoCoreError, ValueError):
-        return None  # a profile or an endpoint botocore refuses: run reports it, naming it
-    return endpoint if _at_aws(endpoint) else None
-
-
-def _at_aws(url: str) -> bool:
-    """Whether ``url``'s host is in one of AWS's DNS domains (every partition's, as
-    botocore lists them: amazonaws.com, api.aws, amazonaws.com.cn, c2s.ic.gov, ...)."""
-    host = (urlsplit(url).hostname or "").rstrip(".").lower()
-    return any(host.endswith(f".{suffix}") for suffix in _aws_dns_suffixes())
-
-
-@functools.cache
-def _aws_dns_suffixes() -> tuple[str, ...]:
-    import botocore.loaders
-
-    partitions = botocore.loaders.create_loader().load_data("partitions")["partitions"]
-    suffixes = {
-        str(partition["outputs"][name]).lower()
-        for partition in partitions
-        for name in ("dnsSuffix", "dualStackDnsSuffix")
-        if partition["outputs"].get(name)
-    }
-    return tuple(sorted(suffixes))
+    cannot see but botocore uses."""
+    return None if at_aws(url) else aws_endpoint_of("sqs", region)
 
 
 def _queue_identity(

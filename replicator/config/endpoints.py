@@ -9,6 +9,7 @@ somewhere else. A job file's endpoint, and one set for botocore in the environme
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import TYPE_CHECKING
@@ -43,6 +44,51 @@ def aws_queue_region(url: str) -> str | None:
     host. SQS answers about a queue only in the queue's own region."""
     found = _AWS_QUEUE_HOST.fullmatch((urlsplit(url).hostname or "").rstrip(".").lower())
     return None if found is None else found["sqs"] or found["legacy"] or "us-east-1"
+
+
+def aws_endpoint_of(service: str, region: str) -> str | None:
+    """The endpoint botocore sends ``service``'s requests in ``region`` to, when it is
+    AWS's own; None when it comes from ``AWS_ENDPOINT_URL_<SERVICE>``,
+    ``AWS_ENDPOINT_URL`` or the AWS config file (an emulator's, which the job cannot see
+    but botocore uses), or when botocore refuses to say (a missing profile: what uses
+    it reports that). FIPS, dual-stack and the other partitions' endpoints are AWS's."""
+    import botocore.exceptions  # here: only its callers' rare cases pay for botocore
+    import botocore.session
+
+    try:
+        # Placeholder keys: making a client without any would walk the credential chain,
+        # which can wait on the instance metadata service; the endpoint needs none.
+        client = botocore.session.Session().create_client(
+            service,
+            region_name=region,
+            aws_access_key_id="placeholder",
+            aws_secret_access_key="placeholder",  # noqa: S106 - never sent anywhere
+        )
+        endpoint = str(client.meta.endpoint_url)
+    except (botocore.exceptions.BotoCoreError, ValueError):
+        return None
+    return endpoint if at_aws(endpoint) else None
+
+
+def at_aws(url: str) -> bool:
+    """Whether ``url``'s host is in one of AWS's DNS domains (every partition's, as
+    botocore lists them: amazonaws.com, api.aws, amazonaws.com.cn, c2s.ic.gov, ...)."""
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    return any(host.endswith(f".{suffix}") for suffix in _aws_dns_suffixes())
+
+
+@functools.cache
+def _aws_dns_suffixes() -> tuple[str, ...]:
+    import botocore.loaders
+
+    partitions = botocore.loaders.create_loader().load_data("partitions")["partitions"]
+    suffixes = {
+        str(partition["outputs"][name]).lower()
+        for partition in partitions
+        for name in ("dnsSuffix", "dualStackDnsSuffix")
+        if partition["outputs"].get(name)
+    }
+    return tuple(sorted(suffixes))
 
 
 def holds_userinfo(text: str) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, Self, cast
@@ -29,7 +28,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from replicator.config.endpoints import aws_queue_region, check_endpoint
+from replicator.config.endpoints import aws_endpoint_of, aws_queue_region, check_endpoint
 from replicator.config.fields import (
     DOTTED_CALLABLE_PATTERN,
     DYNAMODB_STREAM_ARN_PATTERN,
@@ -101,24 +100,30 @@ NULL_FOR_A_DEFAULT = "null_for_a_default"
 
 @functools.cache
 def _known_regions() -> frozenset[str] | None:
-    """Every region of botocore's endpoint data, in every partition (DynamoDB is in each);
-    None when that data cannot be read. Read as data, not through a session, which would
-    read the AWS profile: a profile missing here (a CI host) is ``run``'s to report."""
+    """Every region of botocore's endpoint data, in every partition (DynamoDB is in each),
+    and the names its DynamoDB endpoints take (``us-east-1-fips``); None when that data
+    cannot be read. Read as data, not through a session, which would read the AWS
+    profile: a profile missing here (a CI host) is ``run``'s to report."""
     import botocore.loaders  # here: only the commands that print cautions pay for it
 
     try:
         data = botocore.loaders.create_loader().load_data("endpoints")
         return frozenset(
-            str(region) for partition in data["partitions"] for region in partition["regions"]
+            str(name)
+            for partition in data["partitions"]
+            for names in (
+                partition["regions"],
+                partition["services"].get("dynamodb", {}).get("endpoints", {}),
+            )
+            for name in names
         )
     except Exception:  # noqa: BLE001 - a caution only: without the data, none is given
         return None
 
 
-def _endpoint_from_environment(service: str) -> bool:
-    """Whether botocore takes ``service``'s endpoint from the environment (an emulator's,
-    which takes any region name)."""
-    return bool(os.environ.get(f"AWS_ENDPOINT_URL_{service}") or os.environ.get("AWS_ENDPOINT_URL"))
+def _region_name(region: str) -> str:
+    """A region without the ``fips-`` prefix botocore also takes (``fips-us-east-1``)."""
+    return region.removeprefix("fips-")
 
 
 class Strict(BaseModel):
@@ -882,35 +887,37 @@ class JobConfig(Strict):
         a misspelling (``us-east-9``) otherwise surfaced only as ``cannot reach`` at start,
         which reads like a network problem. A caution, not a refusal: a region newer than
         the installed SDK is reached all the same."""
-        aws_dynamodb = not _endpoint_from_environment("DYNAMODB")
-        places: list[tuple[str, str | None]] = []
-        if aws_dynamodb and not self.kcl_endpoint_override():
-            places.append(("source.region", self.source.region))
-        if aws_dynamodb:
-            places += [
-                (f"destinations[{index}].region", d.region)
-                for index, d in enumerate(self.destinations)
-                if not d.endpoint_url
-            ]
+        # (key, region, service) of each region a section reaches AWS in by itself.
+        places: list[tuple[str, str | None, str]] = []
+        if not self.kcl_endpoint_override():
+            places.append(("source.region", self.source.region, "dynamodb"))
+        places += [
+            (f"destinations[{index}].region", d.region, "dynamodb")
+            for index, d in enumerate(self.destinations)
+            if not d.endpoint_url
+        ]
         log = self.conflict_log
-        if (
-            log.kind is ConflictLogKind.DYNAMODB
-            and aws_dynamodb
-            and not (log.endpoint_url or self.source.endpoint_url)
-        ) or (log.kind is ConflictLogKind.SQS and not _endpoint_from_environment("SQS")):
-            places.append(("conflict_log.region", None if log.endpoint_url else log.region))
-        if self.dead_letter.kind is DeadLetterKind.SQS and not _endpoint_from_environment("SQS"):
-            letters = self.dead_letter
-            places.append(("dead_letter.region", None if letters.endpoint_url else letters.region))
+        if log.kind is ConflictLogKind.DYNAMODB and not (
+            log.endpoint_url or self.source.endpoint_url
+        ):
+            places.append(("conflict_log.region", log.region, "dynamodb"))
+        for section, settings in (("dead_letter", self.dead_letter), ("conflict_log", log)):
+            if settings.kind == "sqs" and not settings.endpoint_url and settings.queue_url:
+                # The region written, or the one the queue URL names (``sqs_region``).
+                where = settings.region or aws_queue_region(settings.queue_url)
+                key = f"{section}.{'region' if settings.region else 'queue_url'}"
+                places.append((key, where, "sqs"))
         known = _known_regions()
         if known is None:
             return []
         return [
-            f"{key} is {region!r}, which is no DynamoDB region this host's AWS SDK knows (a "
+            f"{key} names the region {region!r}, which this host's AWS SDK does not know (a "
             "misspelling? `run` would say it cannot reach it); a region newer than the SDK is "
             "reached all the same"
-            for key, region in places
-            if region is not None and region not in known
+            for key, region, service in places
+            if region is not None
+            and _region_name(region) not in known
+            and aws_endpoint_of(service, region) is not None  # not an endpoint set elsewhere
         ]
 
     @property

@@ -41,6 +41,7 @@ a replay that finds it has locked a file no longer at the path locks the path ag
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import glob
 import os
@@ -279,7 +280,8 @@ class FileDeadLetters:
             yield
         finally:
             lock.unlink(missing_ok=True)
-            file.close()
+            with contextlib.suppress(OSError):  # a write that failed fails its close too
+                file.close()
 
     def _claim_all(self) -> Generator[Claimed | Unreadable, None, None]:
         with locked_file(self.path, create=False) as file:

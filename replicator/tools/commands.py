@@ -31,9 +31,11 @@ def load(config_path: Path, *, writes: bool = True) -> ResolvedJob:
     resolvers must load (a ConfigError, exit 2, when one does not)."""
     with logs.HeldPrints() as imported:  # a resolver's prints: logged as the job says
         resolved = load_job(config_path.resolve(), resolvers=writes)
-    logs.configure(resolved.job.logging.level, resolved.job.logging.format.value)
-    logs.bind_everywhere(job=str(resolved.path), task=resolved.task_name)
-    imported.release()
+    try:
+        logs.configure(resolved.job.logging.level, resolved.job.logging.format.value)
+        logs.bind_everywhere(job=str(resolved.path), task=resolved.task_name)
+    finally:
+        imported.release()
     return resolved
 
 

@@ -410,27 +410,43 @@ def test_a_region_the_sdk_does_not_know_is_a_warning_where_no_endpoint_is_set(
 ) -> None:
     """``us-east-9`` passed ``validate`` without a word, and ``run`` then said it could
     not reach it, which reads like the network. A warning, not a refusal: a region newer
-    than the installed SDK is reached all the same. A local endpoint takes any name."""
+    than the installed SDK is reached all the same. A local endpoint takes any name, and
+    so does one botocore takes from the environment or the AWS config file."""
     path = tmp_path / "job.yaml"
     path.write_text(
         "task_name: orders-job\n"
         "source: {region: us-east-9, table: orders}\n"
         "destinations:\n"
-        "  - {region: eu-west-1, table: orders}\n"
+        "  - {region: fips-us-east-1, table: orders}\n"
         "  - {region: mars-north-1, table: orders, endpoint_url: 'http://127.0.0.1:9'}\n"
+        "dead_letter: {kind: sqs, queue_url: 'https://sqs.eu-wset-1.amazonaws.com/123456789012/q'}\n"
     )
-    unknown = (
-        "warning: source.region is 'us-east-9', which is no DynamoDB region this host's AWS "
-        "SDK knows (a misspelling? `run` would say it cannot reach it); a region newer than "
-        "the SDK is reached all the same"
-    )
+    unknown = [
+        f"warning: {key} names the region {region!r}, which this host's AWS SDK does not know "
+        "(a misspelling? `run` would say it cannot reach it); a region newer than the SDK "
+        "is reached all the same"
+        for key, region in (("source.region", "us-east-9"), ("dead_letter.queue_url", "eu-wset-1"))
+    ]
+    config = tmp_path / "aws-config"
+    config.write_text("[default]\nendpoint_url = http://127.0.0.1:9\n")
+    clean: dict[str, str | None] = {
+        name: None
+        for name in (
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_DYNAMODB",
+            "AWS_ENDPOINT_URL_SQS",
+            "AWS_PROFILE",
+        )
+    }
     # A profile this host does not have is run's to report (a traceback, exit 1, when the
-    # check read it); an endpoint botocore takes from the environment takes any region.
+    # check read it).
     for env, said in (
-        ({"AWS_PROFILE": "no-such-profile"}, [unknown]),
-        ({"AWS_ENDPOINT_URL_DYNAMODB": "http://127.0.0.1:9"}, []),
+        ({}, unknown),
+        ({"AWS_PROFILE": "no-such-profile"}, []),
+        ({"AWS_ENDPOINT_URL_DYNAMODB": "http://127.0.0.1:9"}, unknown[1:]),
+        ({"AWS_CONFIG_FILE": str(config)}, []),
     ):
-        result = validate_in_process(path, env={"AWS_ENDPOINT_URL": None, **env})
+        result = validate_in_process(path, env={**clean, **env})
         assert result.returncode == 0, result.stderr
         warnings = [line for line in result.stdout.splitlines() if line.startswith("warning: ")]
         assert warnings == said, (env, result.stdout)
