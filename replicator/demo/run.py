@@ -77,7 +77,18 @@ class Interrupted(KeyboardInterrupt):
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+# The signal that began the demo's stop, once one has: a second one (Ctrl-C twice, a
+# service manager's SIGTERM after a SIGHUP) is noted only, so that the stop under way
+# ends its work (the replicator stopped, the demo's files removed) and is reported with
+# the first one's exit code. Raised again, it cut that work short, leaving files behind,
+# and reached the command's own handler, which named it SIGINT whatever it was.
+_STOPPING: list[int] = []
+
+
 def _interrupt(signum: int, _frame: object) -> None:
+    if _STOPPING:
+        return
+    _STOPPING.append(signum)
     raise Interrupted(signum)
 
 
@@ -97,6 +108,7 @@ def run_demo(config_path: Path, options: DemoOptions, console: Console | None = 
         console = Console() if sys.stdout.isatty() else Console(width=200, soft_wrap=True)
     endpoint = EmbeddedEndpoint()
     previous = {stop_signal: signal.getsignal(stop_signal) for stop_signal in STOP_SIGNALS}
+    _STOPPING.clear()
     try:
         # Ctrl-C (SIGINT) stops the demo cleanly even where it was started with SIGINT
         # ignored (a background job of a non-interactive shell inherits that, and Python
@@ -316,8 +328,8 @@ class _Demo:
             # with 3 (the runtime binds it before creating tables of its own).
             try:
                 check_listen(metrics.host, metrics.port)
-            except EnvironmentProblem as error:
-                console.print(f"[red]the replicator did not start: {self._advice(error)}[/]")
+            except EnvironmentProblem as error:  # checked before the replicator starts
+                console.print(f"[red]cannot start the replicator: {self._advice(error)}[/]")
                 return error.exit_code
         tables.create(self.source, self.job.source.table, stream=True)
         for ddb, table in self.destinations.values():
@@ -333,6 +345,13 @@ class _Demo:
             console.print(
                 f"runtime: local (the job file says {self.job.runtime.value}; the demo runs "
                 "every job on the local runtime, one process, no KCL)"
+            )
+        if self.job.logging.level in ("debug", "info"):
+            # The example job files log at info: their lines come between the progress.
+            console.print(
+                f"the job logs at {self.job.logging.level} level: its log lines come "
+                "between the progress (logging.level: warning in the job file shows "
+                "warnings and errors only)"
             )
         runtime = LocalRuntime(self.resolved, shard_sync_interval_s=2.0)
         failure: list[BaseException] = []
@@ -398,7 +417,10 @@ class _Demo:
         busy = message.startswith("metrics: cannot listen on") and "metrics.port" in message
         variable = _port_variable(self.resolved.path.read_text()) if busy else None
         if variable is not None:
-            cause = message.split("; ", maxsplit=1)[0]
+            cause, _, hint = message.partition("; ")
+            if hint.startswith("nothing listens on port"):
+                # Kept: the port is a connection's end, not another server's.
+                cause += "; " + hint.split(": ", maxsplit=1)[0]
             return f"{cause}; set {variable} to another port (0 picks a free one)"
         return message
 

@@ -219,6 +219,28 @@ def test_the_demo_stops_cleanly_on_a_stop_signal_while_it_replicates(
     assert_nothing_left(tmp_path)
 
 
+@pytest.mark.parametrize("when", ["at once", "during the stop"])
+def test_a_second_stop_signal_lets_the_first_ones_stop_finish(tmp_path: Path, when: str) -> None:
+    """SIGTERM, then SIGTERM again while the demo stopped: the second cut the stop short
+    (its files and lock left in the temporary directory, the replicator's children
+    logging after the demo had ended) and, raised from the demo's own handler, was
+    named ``SIGINT received`` with exit 130. The first signal's stop is finished."""
+    port = free_port()
+    demo, lines = start_demo(port, tmp_path, "--duration", "60")
+    seen: list[str] = []
+    read_until(lines, "metrics:", seen)
+    demo.send_signal(signal.SIGTERM)
+    if when == "during the stop":
+        read_until(lines, "stopping the replicator", seen)
+    demo.send_signal(signal.SIGTERM)
+    status, output = stopped_with_output(demo, lines, seen)
+    assert status == 128 + signal.SIGTERM, output
+    assert "interrupted (SIGTERM): stopping the replicator" in output, output
+    assert "SIGINT" not in output, output
+    assert "Traceback" not in output, output
+    assert_nothing_left(tmp_path)
+
+
 def test_a_demo_whose_output_is_closed_stops_its_replicator_and_leaves_no_lock(
     tmp_path: Path,
 ) -> None:
@@ -315,12 +337,14 @@ def test_ctrl_c_while_the_demo_sets_up_exits_130(monkeypatch: pytest.MonkeyPatch
 
 def assert_converged_at_eu_west_1(
     demo: subprocess.Popen[str], lines: queue.Queue[str | None]
-) -> None:
-    """The demo of a job like config/one-way.yaml ends with exit 0, its destination equal."""
+) -> str:
+    """The demo of a job like config/one-way.yaml ends with exit 0, its destination equal;
+    its output."""
     seen: list[str] = []
     status, output = stopped_with_output(demo, lines, seen)
     assert status == 0, output
     assert "eu-west-1/orders: equal (every item compared)" in output
+    return output
 
 
 def test_another_job_file_runs_entirely_on_the_demos_endpoint(tmp_path: Path) -> None:
@@ -380,8 +404,13 @@ def test_the_job_files_are_written_in_the_demos_own_directory(tmp_path: Path) ->
     demo, lines = start_demo(
         free_port(), tmp_path, "-c", str(ROOT / "config" / "one-way.yaml"), cwd=work
     )
-    assert_converged_at_eu_west_1(demo, lines)
+    output = assert_converged_at_eu_west_1(demo, lines)
     assert list(work.iterdir()) == []
+    # The file logs at info (its default): said once, before its lines come.
+    assert (
+        "the job logs at info level: its log lines come between the progress "
+        "(logging.level: warning in the job file shows warnings and errors only)"
+    ) in output, output
 
 
 @pytest.mark.parametrize("section", ["dead_letter", "conflict_log"])
@@ -600,6 +629,29 @@ def test_a_busy_metrics_port_names_the_demos_variable(tmp_path: Path) -> None:
     assert "source us-east-1/demo-orders" not in output, output
     assert "set REPLICATOR_DEMO_METRICS_PORT to another port" in output, output
     assert "metrics.enabled" not in output and "metrics.port" not in output, output
+
+
+def test_a_metrics_port_a_connection_holds_is_said_so_with_the_demos_variable(
+    tmp_path: Path,
+) -> None:
+    """A port that an outgoing connection of this host holds, with nothing listening
+    there: the demo cut ``run``'s explanation off, leaving "Address already in use" of a
+    port no server had, and said the replicator "did not start" of its own check."""
+    with socket.socket() as server, socket.socket() as client:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        client.bind(("127.0.0.1", 0))
+        port = client.getsockname()[1]
+        client.connect(server.getsockname())
+        demo, lines = start_demo(port, tmp_path)
+        status, output = stopped_with_output(demo, lines, [])
+    assert status == 3, output
+    assert (
+        f"cannot start the replicator: metrics: cannot listen on 127.0.0.1:{port} (Address "
+        f"already in use); nothing listens on port {port}, but a connection of this host "
+        "uses it (an outgoing one, or one closing); set REPLICATOR_DEMO_METRICS_PORT to "
+        "another port (0 picks a free one)"
+    ) in " ".join(output.split()), output
 
 
 def test_the_summary_reports_the_rate_reached_beside_the_one_asked() -> None:
