@@ -77,19 +77,36 @@ class Interrupted(KeyboardInterrupt):
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-# The signal that began the demo's stop, once one has: a second one (Ctrl-C twice, a
-# service manager's SIGTERM after a SIGHUP) is noted only, so that the stop under way
-# ends its work (the replicator stopped, the demo's files removed) and is reported with
-# the first one's exit code. Raised again, it cut that work short, leaving files behind,
-# and reached the command's own handler, which named it SIGINT whatever it was.
-_STOPPING: list[int] = []
+# Set once the demo's stop is under way (a signal's, or the one after the check, or
+# after a failure): a stop signal then is noted only, the first one kept here, so that
+# the stop ends its work (the replicator stopped, the demo's files removed) and the
+# demo then ends with 128 + that first signal. Raised there, a second Ctrl-C or SIGTERM
+# cut that work short, leaving files behind, and reached the command's own handler,
+# which named it SIGINT whatever it was.
+_STOPPING: list[bool] = []
+_NOTED: list[int] = []
 
 
 def _interrupt(signum: int, _frame: object) -> None:
     if _STOPPING:
+        _NOTED[:] = _NOTED or [signum]
         return
-    _STOPPING.append(signum)
     raise Interrupted(signum)
+
+
+def _stop_under_way(signum: int | None = None) -> None:
+    """From now on a stop signal is noted only (``signum``: the one that began it)."""
+    _STOPPING[:] = [True]
+    if signum is not None:
+        _NOTED[:] = _NOTED or [signum]
+
+
+def _noted_stop(console: Console) -> int:
+    """128 + the signal noted while stopping, said in one line."""
+    signum = _NOTED[0]
+    named = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
+    console.print(f"\ninterrupted{named}")
+    return 128 + signum
 
 
 def _interruption(error: KeyboardInterrupt) -> tuple[str, int]:
@@ -109,6 +126,7 @@ def run_demo(config_path: Path, options: DemoOptions, console: Console | None = 
     endpoint = EmbeddedEndpoint()
     previous = {stop_signal: signal.getsignal(stop_signal) for stop_signal in STOP_SIGNALS}
     _STOPPING.clear()
+    _NOTED.clear()
     try:
         # Ctrl-C (SIGINT) stops the demo cleanly even where it was started with SIGINT
         # ignored (a background job of a non-interactive shell inherits that, and Python
@@ -132,10 +150,12 @@ def run_demo(config_path: Path, options: DemoOptions, console: Console | None = 
         with _files_directory(console):
             return _Demo(resolved, url, options, console).run()
     except KeyboardInterrupt as error:  # while setting up; the replication phase has its own
+        _stop_under_way()
         said, code = _interruption(error)
         console.print(f"\n{said}")
         return code
     finally:
+        _stop_under_way()
         endpoint.stop()
         for stop_signal, handler in previous.items():  # a caller's own (the tests')
             if handler is not None:
@@ -377,6 +397,7 @@ class _Demo:
         try:
             equal = self._replicate(runtime, workload, failure)
         except KeyboardInterrupt as error:  # the linger's too
+            _stop_under_way()
             said, code = _interruption(error)
             console.print(f"\n{said}: stopping the replicator")
             workload.stop_event.set()
@@ -388,12 +409,16 @@ class _Demo:
             # of the demo's own: the replicator is stopped as on every other way out, so
             # that it lets go of its host lock (and removes the file) before the process
             # ends, rather than dying with the demo as a daemon thread.
+            _stop_under_way()
             workload.stop_event.set()
             runtime.stop()
             thread.join(60)
             raise
+        _stop_under_way()  # a signal now waits for the stop below, then ends the demo
         runtime.stop()
         thread.join(60)
+        if _NOTED:
+            return _noted_stop(console)
         if workload.error is not None:
             console.print(f"[red]the workload failed: {logs.redact(str(workload.error))}[/]")
             return 1

@@ -241,6 +241,21 @@ def test_a_second_stop_signal_lets_the_first_ones_stop_finish(tmp_path: Path, wh
     assert_nothing_left(tmp_path)
 
 
+def test_a_stop_signal_after_the_check_waits_for_the_replicators_stop(tmp_path: Path) -> None:
+    """A SIGTERM while the demo stopped its replicator after the check cut that stop
+    short: the lock and the run's directories were left. The stop finishes, and the
+    demo ends with 128 + the signal."""
+    port = free_port()
+    demo, lines = start_demo(port, tmp_path, "--duration", "1")
+    seen: list[str] = []
+    read_until(lines, "equal (every item compared)", seen)
+    demo.send_signal(signal.SIGTERM)
+    status, output = stopped_with_output(demo, lines, seen)
+    assert status == 128 + signal.SIGTERM, output
+    assert "Traceback" not in output, output
+    assert_nothing_left(tmp_path)
+
+
 def test_a_demo_whose_output_is_closed_stops_its_replicator_and_leaves_no_lock(
     tmp_path: Path,
 ) -> None:
