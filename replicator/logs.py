@@ -268,7 +268,7 @@ class _StderrBelow(io.TextIOBase):
         of ``ascii`` made every later log line with an accent fail)."""
 
     def __getattr__(self, name: str) -> Any:
-        """The rest of a text stream (``reconfigure``, ``line_buffering``, ``name``...):
+        """The rest of a text stream (``line_buffering``, ``name``, ``mode``...):
         stderr's, so that code which asks for them of stdout works as it did."""
         return getattr(sys.stderr, name)
 
@@ -319,6 +319,7 @@ def report_kept_apart() -> Iterator[None]:
     finally:
         with contextlib.suppress(OSError, ValueError):
             aside.flush_all()
+        _keep_if_replaced(aside)
         sys.stdout = out
         report = _REPORTS.pop()
         if moved is not None:
@@ -540,6 +541,20 @@ class PrintedLines(io.TextIOBase):
         self._log.info("printed", text=line)
 
 
+# Streams code put in place of a stand-in's ``sys.stdout`` (``io.TextIOWrapper(
+# sys.stdout.buffer, ...)``, a module's own encoding): they wrap stderr's buffer, and one
+# dropped would close it as it is collected ("lost sys.stderr", every later line failing).
+_REPLACED: list[object] = []
+
+
+def _keep_if_replaced(stand_in: object) -> None:
+    """Keep (flushed) the stream that replaced ``stand_in`` as ``sys.stdout``, if any."""
+    if sys.stdout is not stand_in and sys.stdout is not None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        _REPLACED.append(sys.stdout)
+
+
 class HeldPrints:
     """``sys.stdout`` while a job's custom resolvers are imported, before the job has said
     how to log: what a module prints as it is imported is held, and given out by
@@ -560,6 +575,7 @@ class HeldPrints:
         return self
 
     def __exit__(self, kind: object, error: object, trace: object) -> None:
+        _keep_if_replaced(self._held)
         sys.stdout = self._out  # what it was
         if error is not None:
             self.release()
@@ -575,7 +591,7 @@ class _HeldText(_PrintsAside):
     def __init__(self) -> None:
         super().__init__()
         self._pieces: list[str] | None = []
-        self._holding = threading.Lock()
+        self._holding = threading.RLock()
 
     def write(self, text: str) -> int:
         if not isinstance(text, str):  # as a text stream does (click writes b"" to ask)

@@ -481,3 +481,27 @@ def test_what_a_module_does_with_the_held_stdout_works_as_on_a_text_stream(
     kept.write("later\n")
     kept.flush()
     assert stderr.buffer.getvalue().decode() == "echoed\ncafé\nlater\n"  # type: ignore[attr-defined]
+
+
+def test_a_stdout_a_module_wraps_anew_while_held_does_not_close_stderr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``sys.stdout = io.TextIOWrapper(sys.stdout.buffer, ...)`` at import wraps stderr's
+    buffer: dropped as the held stdout was put back, the wrapper closed stderr as it was
+    collected, and every later log line failed ("lost sys.stderr")."""
+    import gc
+
+    stderr = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    monkeypatch.setattr(sys, "stderr", stderr)
+    monkeypatch.setattr(logs, "_AS_JSON", [False])
+    with logs.HeldPrints() as held:
+        sys.stdout = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8")
+        print("through the module's own wrapper")
+    held.release()
+    gc.collect()
+    assert not stderr.closed
+    stderr.write("a later line\n")
+    stderr.flush()
+    assert stderr.buffer.getvalue().decode() == (  # type: ignore[attr-defined]
+        "through the module's own wrapper\na later line\n"
+    )

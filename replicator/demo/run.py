@@ -439,15 +439,19 @@ class _Demo:
         its port from an environment variable (``${METRICS_PORT:-9400}``, the demo's
         own in config/demo.yaml): that variable, not the file, is what to change."""
         message = str(error)
-        busy = message.startswith("metrics: cannot listen on") and "metrics.port" in message
+        cause, _, hint = message.partition("); ")
+        taken = hint.startswith(("choose another metrics.port", "nothing listens on port"))
+        busy = message.startswith("metrics: cannot listen on") and taken
         variable = _port_variable(self.resolved.path.read_text()) if busy else None
-        if variable is not None:
-            cause, _, hint = message.partition("; ")
-            if hint.startswith("nothing listens on port"):
-                # Kept: the port is a connection's end, not another server's.
-                cause += "; " + hint.split(": ", maxsplit=1)[0]
-            return f"{cause}; set {variable} to another port (0 picks a free one)"
-        return message
+        if variable is None:
+            return message
+        advice = f"set {variable} to another port (0 picks a free one"
+        if hint.startswith("nothing listens on port"):
+            # Kept: the port is a connection's end, not another server's.
+            advice = f"{hint.split(': ', maxsplit=1)[0]}: {advice}; one below the host's " + (
+                "range for outgoing connections, net.ipv4.ip_local_port_range, stays free"
+            )
+        return f"{cause}); {advice})"
 
     def _replicate(
         self, runtime: LocalRuntime, workload: Workload, failure: list[BaseException]

@@ -664,8 +664,9 @@ def test_a_metrics_port_a_connection_holds_is_said_so_with_the_demos_variable(
     assert (
         f"cannot start the replicator: metrics: cannot listen on 127.0.0.1:{port} (Address "
         f"already in use); nothing listens on port {port}, but a connection of this host "
-        "uses it (an outgoing one, or one closing); set REPLICATOR_DEMO_METRICS_PORT to "
-        "another port (0 picks a free one)"
+        "uses it (an outgoing one, or one closing): set REPLICATOR_DEMO_METRICS_PORT to "
+        "another port (0 picks a free one; one below the host's range for outgoing "
+        "connections, net.ipv4.ip_local_port_range, stays free)"
     ) in " ".join(output.split()), output
 
 
