@@ -230,7 +230,7 @@ def test_a_taken_port_of_another_job_file_names_the_variable_the_file_takes_it_f
         monkeypatch.setenv("METRICS_PORT", str(port))
         demo = unstarted_demo(monkeypatch, ROOT / "config" / "one-way.yaml", port)
         assert demo.run() == 3
-    (said,) = [line for line in printed(demo) if "did not start" in line]
+    (said,) = [line for line in printed(demo) if "cannot start the replicator" in line]
     assert said.endswith("; set METRICS_PORT to another port (0 picks a free one)"), said
 
 
