@@ -26,7 +26,7 @@ from replicator.config.loader import load_job
 from replicator.config.model import LogFormat, ResolvedJob, RuntimeKind, WriterConfig
 from replicator.entry import interrupted, outcome_decided
 from replicator.exceptions import KeySyntaxError, OperatorError, SinceSyntaxError
-from replicator.logs import HeldPrints, bind_everywhere, configure, echo, redact, report_kept_apart
+from replicator.logs import echo, redact, report_kept_apart
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -401,14 +401,9 @@ def processor(config_path: Path) -> None:
 def run(config_path: Path) -> None:
     """Run the job with the runtime its file names (local or kcl) until stopped."""
     from replicator.config.model import RuntimeKind
+    from replicator.tools.commands import load
 
-    with HeldPrints() as imported:  # a resolver's prints: logged as the job says
-        resolved = load_job(config_path.resolve(), resolvers=True)
-    try:
-        configure(resolved.job.logging.level, resolved.job.logging.format.value)
-        bind_everywhere(job=str(resolved.path), task=resolved.task_name)
-    finally:
-        imported.release()
+    resolved = load(config_path)  # logging as the job asks, a resolver's prints with it
     if resolved.job.runtime is RuntimeKind.KCL:
         from replicator.runtime.kcl.launcher import run_kcl
 

@@ -900,6 +900,7 @@ def _queue_url_checks(job: JobConfig) -> Problems:
     for section, settings, what in targets:
         url, endpoint_url = settings.queue_url, settings.endpoint_url
         region = sqs_region(settings, job.source.region)
+        named_region = aws_queue_region(url) if url else None
         problem = userinfo_problem(url) if url else None
         if url and problem:
             # Refused as an endpoint_url with them is: the form has no place for them.
@@ -941,12 +942,12 @@ def _queue_url_checks(job: JobConfig) -> Problems:
                         f"{section}.endpoint_url, the endpoint that serves this queue",
                     )
                 )
-        elif url and endpoint_url is None and aws_queue_region(url) not in (None, region):
+        elif url and endpoint_url is None and named_region not in (None, region):
             problems.append(
                 (
                     (section, "region"),
                     f"is {region}, but {section}.queue_url's queue is in "
-                    f"{aws_queue_region(url)} (its host says so): SQS answers about a queue "
+                    f"{named_region} (its host says so): SQS answers about a queue "
                     f"only in the queue's region, and would say {shown(url)} does not exist; "
                     "leave region out (the queue URL's region is taken) or give the queue's",
                 )

@@ -94,19 +94,16 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise Interrupted(signum)
 
 
-def _stop_under_way(signum: int | None = None) -> None:
-    """From now on a stop signal is noted only (``signum``: the one that began it)."""
+def _stop_under_way() -> None:
+    """From now on a stop signal is noted only."""
     _STOPPING[:] = [True]
-    if signum is not None:
-        _NOTED[:] = _NOTED or [signum]
 
 
 def _noted_stop(console: Console) -> int:
     """128 + the signal noted while stopping, said in one line."""
-    signum = _NOTED[0]
-    named = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
-    console.print(f"\ninterrupted{named}")
-    return 128 + signum
+    said, code = _interruption(Interrupted(_NOTED[0]))
+    console.print(f"\n{said}")
+    return code
 
 
 def _interruption(error: KeyboardInterrupt) -> tuple[str, int]:
