@@ -7,14 +7,18 @@ themselves take plain collaborators and test without AWS.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Unpack
+
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.aws import clients
 from replicator.aws.backoff import Backoff
 from replicator.aws.clients import Place, Reach, WriteClient
-from replicator.aws.tables import where
+from replicator.aws.tables import shape_of, where
 from replicator.buffer import ChangeBuffer
 from replicator.config.destinations import destination_place
 from replicator.config.model import (
@@ -50,6 +54,8 @@ from replicator.writers.destination import DestinationWriter
 from replicator.writers.loopwire import LoopWire, WireFactory
 from replicator.writers.source import SourceWriter
 from replicator.writers.wire import direct_write_client
+
+log = structlog.get_logger(__name__)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -165,6 +171,7 @@ def destination_writers(
     job = resolved.job
     settings = job.writer
     backoff = _backoff(resolved)
+    source_key = source_key_schema(resolved)
     writers = {}
     for destination in job.destinations:
         conflict = job.conflict_for(destination)
@@ -191,8 +198,39 @@ def destination_writers(
             origin=job.origin_value,
             late_write_window_s=settings.late_write_window_s,
             shard=shard,
+            source_key_schema=source_key,
         )
     return writers
+
+
+def source_key_schema(resolved: ResolvedJob) -> Callable[[], Mapping[str, str] | None]:
+    """The source table's key schema, read once (DescribeTable) when a writer first needs
+    it: only a destination's refusal of a key asks (DestinationWriter.source_key_schema).
+    Not read (None) while the source cannot be described: the refusal is then taken as
+    the destination's, as before, and asked about again at its next refusal."""
+    source = resolved.job.source
+    known: list[Mapping[str, str]] = []
+    lock = threading.Lock()
+
+    def key_schema() -> Mapping[str, str] | None:
+        with lock:
+            if not known:
+                what = f"source table {source.table}"
+                place = where(source.region, source.endpoint_url, source.role_arn)
+                try:
+                    known.append(shape_of(_describe_source(source), what, place).key_schema)
+                except (ClientError, BotoCoreError, EnvironmentProblem) as error:
+                    log.warning(
+                        "the source table's key could not be read to tell whether a "
+                        "destination's refusal of a key is the record's or the table's; "
+                        "taken as the table's",
+                        source=f"{source.region}/{source.table}",
+                        error=str(error),
+                    )
+                    return None
+            return known[0]
+
+    return key_schema
 
 
 def peers_of(job: JobConfig, destination: DestinationConfig) -> Peers | None:

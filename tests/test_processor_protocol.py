@@ -262,6 +262,55 @@ def test_a_put_whose_image_lacks_its_key_is_dead_lettered_and_the_rest_flows(
     assert daemon.finish() == 0
 
 
+def test_a_record_whose_keys_are_not_the_source_tables_is_dead_lettered_and_the_rest_flows(
+    job: dict[str, Any], moto_endpoint: str, unique: Any
+) -> None:
+    """A (hand-made) record whose Keys, and image, are not the source table's key: the
+    destination refuses it as if its own key were not the source's. The source's key
+    (read when that refusal comes) says the record is at fault: it is dead-lettered, the
+    records after it are replicated and checkpointed past, and the worker goes on."""
+    source = unique("keyed-source")
+    create_table(client("dynamodb", "us-east-1", moto_endpoint), source, stream=None)
+    config = (
+        job["config"]
+        .read_text()
+        .replace(
+            "source: {region: us-east-1, table: source-table}",
+            f"source: {{region: us-east-1, table: {source}, endpoint_url: '{moto_endpoint}'}}",
+        )
+    )
+    job["config"].write_text(config)
+    daemon = RawDaemon(job["config"])
+    daemon.initialize("s", "TRIM_HORIZON")
+    other_name = stream_record("INSERT", {"id": {"S": "k"}}, {"id": {"S": "k"}}, seq=161)
+    other_type = stream_record(
+        "INSERT", {"pk": {"N": "1"}}, {"pk": {"N": "1"}, "ts": {"N": "1"}}, seq=162
+    )
+    daemon.records(
+        [
+            put("a", 160, ts=1),
+            daemon_record(other_name, 161),
+            daemon_record(other_type, 162),
+            put("b", 163, ts=1),
+        ]
+    )
+    daemon.until_checkpoint("163")
+    assert set(items(job)) == {"a", "b"}
+    letters = [json.loads(line) for line in job["dead"].read_text().splitlines()]
+    assert sorted((letter["record"]["sequenceNumber"], letter["reason"]) for letter in letters) == [
+        ("161", "rejected"),
+        ("162", "rejected"),
+    ]
+    errors = {letter["record"]["sequenceNumber"]: letter["error"] for letter in letters}
+    assert errors["161"].startswith("its key lacks pk; has id, which is no key attribute")
+    assert errors["162"].startswith("its key has pk of type N, not S")
+    lost = [line for line in daemon.stderr if "destination table lost" in line]
+    assert lost == []
+    numeric = [int(s) for s in daemon.checkpoints]
+    assert numeric == sorted(numeric) and numeric[-1] == 163
+    assert daemon.finish() == 0
+
+
 def test_a_squashed_change_is_written_when_the_change_standing_for_it_is_rejected(
     job: dict[str, Any],
 ) -> None:

@@ -81,6 +81,7 @@ from replicator.writers.refusals import (
     describe_refusal,
     expected_key,
     key_schema_differs,
+    keys_not_of,
     missing_tombstones,
     refusal_answer,
 )
@@ -252,6 +253,12 @@ class DestinationWriter:
     # there before is gone, and the watermark must not pass it on (see ShardWatermark.
     # destination_lost). None: nobody to tell (the operator commands).
     on_table_lost: Callable[[str], None] | None = None
+    # The source table's key schema (name -> ``HASH:S``), read only when this table
+    # refuses a write as if its key were not the written one's: a change whose own keys
+    # are not the source's (a hand-made record) is then dead-lettered as rejected, the
+    # destination not taken as lost. None, or None returned (it could not be read): every
+    # such refusal is the table's.
+    source_key_schema: Callable[[], Mapping[str, str] | None] | None = None
     # The source's own writer: its stream's reader, told which delete records are of an
     # item removed unseen and put back (the job's own, not the application's deletes).
     removals: Removals | None = None
@@ -556,6 +563,13 @@ class DestinationWriter:
             except (ClientError, BotoCoreError) as error:
                 kind = classify(error)
                 if kind is ErrorKind.REJECTED and key_schema_differs(error):
+                    stray = self._keys_not_the_sources(change, error)
+                    if stray is not None:
+                        return WriteResult(
+                            Outcome.FAILED,
+                            "rejected",
+                            f"{stray}: a record not of the source table; {describe_refusal(error)}",
+                        )
                     # Not this change's fault: the table's key is not the source's (it was
                     # re-created with another one). Retried like a missing table, never
                     # dead-lettered; persisting, it stops the worker.
@@ -658,6 +672,14 @@ class DestinationWriter:
                     self.cancelled.wait(delay)
                 else:
                     time.sleep(delay)  # cancelled already: only the put-back is left
+
+    def _keys_not_the_sources(self, change: Change, error: BaseException) -> str | None:
+        """Why ``change``'s keys are not the source table's, when they are not (see
+        :attr:`source_key_schema`); a tombstone table's refusal is never the change's."""
+        if self.source_key_schema is None or isinstance(error, TombstoneTableError):
+            return None
+        schema = self.source_key_schema()
+        return None if schema is None else keys_not_of(change.keys, schema)
 
     def _refuser(self, error: BaseException) -> str:
         """Who refused ``error``'s request, for a refusal's message: this destination's

@@ -14,6 +14,9 @@ the tests read the same words.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from botocore.exceptions import ClientError
 
 from replicator.aws.errors import ErrorKind, error_code, error_message, excerpt
@@ -45,6 +48,26 @@ def key_schema_differs(error: BaseException) -> bool:
         return False
     message = str(error.response.get("Error", {}).get("Message", ""))
     return any(text in message for text in _KEY_SCHEMA_MESSAGES)
+
+
+def keys_not_of(keys: Mapping[str, Mapping[str, Any]], schema: Mapping[str, str]) -> str | None:
+    """Why ``keys`` (a change's, boto3 form) are not a key of a table whose key schema is
+    ``schema`` (name -> ``HASH:S``, :class:`~replicator.aws.tables.TableShape`), or None
+    when they are. A stream record always carries its table's key; keys that are not the
+    source table's are a hand-made record's (one put on a Kinesis stream by hand), whose
+    refusal at a destination says nothing of the destination's own key."""
+    wanted = {name: kind.split(":", 1)[1] for name, kind in schema.items()}
+    problems = [f"lacks {name}" for name in wanted if name not in keys]
+    problems += [
+        f"has {name} of type {next(iter(keys[name]), '?')}, not {kind}"
+        for name, kind in wanted.items()
+        if name in keys and set(keys[name]) != {kind}
+    ]
+    problems += [f"has {name}, which is no key attribute" for name in keys if name not in wanted]
+    if not problems:
+        return None
+    key = ", ".join(f"{name} ({kind})" for name, kind in wanted.items())
+    return f"its key {'; '.join(problems)} (the source table's key: {key})"
 
 
 def describe_refusal(error: BaseException) -> str:

@@ -39,12 +39,12 @@ from replicator.rules import IN_STREAM_ORDER, rule_for
 from replicator.writers import destination
 from replicator.writers.destination import DestinationWriter
 from replicator.writers.outcomes import Outcome
-from replicator.writers.refusals import key_schema_differs
+from replicator.writers.refusals import key_schema_differs, keys_not_of
 from replicator.writers.wire import WireWriteClient
 from tests.support.aws import client, create_table
 from tests.support.faults.proxy import FaultProxy
 from tests.support.metrics import sample
-from tests.support.records import put, remove
+from tests.support.records import daemon_record, put, remove, stream_record
 
 REGION = "eu-west-1"
 LWW = {"policy": "last_writer_wins", "timestamp_attribute": "ts"}
@@ -1127,6 +1127,109 @@ def test_a_destination_re_created_with_another_key_stops_the_worker_nothing_dead
     assert target.letters() == []
     assert sample(metrics, "replicator_retries_total", destination="dest", reason="key_schema") == 2
     assert ddb.scan(TableName=table)["Items"] == []
+
+
+def hand_made(event: str, keys: dict[str, Any], seq: int, **attributes: Any) -> Any:
+    """A record whose Keys (and image) are what a hand-made record gives, not the
+    table's: a put's image holds its Keys, so that it decodes."""
+    image = {**keys, **attributes}
+    if event == "REMOVE":
+        return decode(daemon_record(stream_record(event, keys, None, image, seq=seq), seq))
+    return decode(daemon_record(stream_record(event, keys, image, seq=seq), seq))
+
+
+@pytest.mark.parametrize(
+    ("conflict", "change", "why"),
+    [
+        (
+            {"policy": "overwrite"},
+            ("MODIFY", {"id": {"S": "a"}}),
+            "lacks pk; has id, which is no key attribute",
+        ),
+        (
+            {"policy": "overwrite"},
+            ("REMOVE", {"id": {"S": "a"}}),
+            "lacks pk; has id, which is no key attribute",
+        ),
+        (
+            LWW,
+            ("MODIFY", {"id": {"S": "a"}}),
+            "lacks pk; has id, which is no key attribute",
+        ),  # reads the item first
+        ({"policy": "overwrite"}, ("MODIFY", {"pk": {"N": "1"}}), "has pk of type N, not S"),
+        (LWW, ("MODIFY", {"pk": {"N": "1"}}), "has pk of type N, not S"),
+    ],
+)
+def test_a_change_whose_keys_are_not_the_sources_is_dead_lettered_not_a_lost_table(
+    moto_endpoint: str,
+    unique: Any,
+    tmp_path: Path,
+    metrics: Metrics,
+    conflict: Any,
+    change: tuple[str, dict[str, Any]],
+    why: str,
+) -> None:
+    """A hand-made record (one put on a Kinesis stream by hand) whose keys are not the
+    source table's: the destination, keyed as the source, refuses its write in the words
+    of a table re-created with another key. Its keys say it is the record's fault: it is
+    dead-lettered, naming why, and the destination is not taken as lost (no alert, no
+    stop of the worker at every restart)."""
+    ddb = client("dynamodb", REGION, moto_endpoint)
+    table = unique("keyed")
+    create_table(ddb, table, stream=None)  # pk (S), as the source
+    writer = writer_for(ddb, tmp_path, metrics, table, **conflict)
+    writer.refusal_limit = 3
+    asked: list[int] = []
+    writer.source_key_schema = lambda: asked.append(1) or {"pk": "HASH:S"}
+    target = FileDeadLetters(tmp_path / "dead.jsonl")
+    letters = DeadLetterer(target, metrics, "task", "shard-1")
+    event, keys = change
+    letters.write(writer, hand_made(event, keys, 7, ts={"N": "5"}))
+    [letter] = target.letters()
+    assert letter.reason == "rejected"
+    assert f"its key {why} (the source table's key: pk (S))" in letter.error
+    assert "a record not of the source table; ValidationException: " in letter.error
+    assert sample(metrics, "replicator_destination_tables_lost_total", destination="dest") == 0
+    assert sample(metrics, "replicator_retries_total", destination="dest", reason="key_schema") == 0
+    assert asked == [1]
+    assert ddb.scan(TableName=table)["Items"] == []
+
+
+def test_a_change_of_the_sources_key_refused_by_a_re_keyed_destination_still_stops(
+    moto_endpoint: str, unique: Any, tmp_path: Path, metrics: Metrics
+) -> None:
+    """The source's key read, a change that has it refused at a destination re-created
+    with another key is the table's problem, as without the source's key: it stops the
+    worker, nothing dead-lettered. The source's key unreadable (None) changes nothing."""
+    ddb = client("dynamodb", REGION, moto_endpoint)
+    table = unique("rekeyed")
+    ddb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    for schema in ({"pk": "HASH:S"}, None):
+        writer = writer_for(ddb, tmp_path, metrics, table)
+        writer.refusal_limit = 2
+        writer.source_key_schema = lambda schema=schema: schema  # type: ignore[misc]
+        target = FileDeadLetters(tmp_path / "dead.jsonl")
+        with pytest.raises(DestinationRefused, match="key schema is not the source table's"):
+            DeadLetterer(target, metrics, "task", "shard-1").write(writer, decode(put("a", 1)))
+        assert target.letters() == []
+    assert sample(metrics, "replicator_retries_total", destination="dest", reason="key_schema") == 2
+
+
+def test_why_keys_are_not_a_tables_key() -> None:
+    schema = {"pk": "HASH:S", "sk": "RANGE:N"}
+    assert keys_not_of({"pk": {"S": "a"}, "sk": {"N": "1"}}, schema) is None
+    assert keys_not_of({"pk": {"S": "a"}}, schema) == (
+        "its key lacks sk (the source table's key: pk (S), sk (N))"
+    )
+    assert keys_not_of({"pk": {"S": "a"}, "sk": {"S": "1"}, "x": {"S": "b"}}, schema) == (
+        "its key has sk of type S, not N; has x, which is no key attribute "
+        "(the source table's key: pk (S), sk (N))"
+    )
 
 
 def test_an_item_whose_index_key_has_another_type_is_dead_lettered_not_a_key_schema(
