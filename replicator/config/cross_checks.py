@@ -39,6 +39,7 @@ from replicator.config.fields import (
 )
 from replicator.config.kcl_settings import (
     CREDENTIALS_PROVIDER_KEY,
+    KCL_ENDPOINT_KEYS,
     KCL_ENUM_PROPERTIES,
     KCL_ENUM_VALUES,
     KCL_FIXED_PROPERTIES,
@@ -758,6 +759,8 @@ def _tombstone_table_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...],
     for _, table in tables:
         name = job.tombstone_table(table)
         if not TABLE_PATTERN.fullmatch(name):
+            # A long name's length is in what shown() gives: said once.
+            length = "" if shown(name) != repr(name) else f" ({len(name)} characters)"
             shorter = (
                 ": set a shorter active_active.tombstone_table pattern"
                 if len(name) > MAX_TABLE_NAME
@@ -766,7 +769,7 @@ def _tombstone_table_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...],
             return [
                 (
                     where,
-                    f"gives {shown(name)} for the table {shown(table)} ({len(name)} characters), "
+                    f"gives {shown(name)} for the table {shown(table)}{length}, "
                     "which is not a DynamoDB table name (3-255 characters of letters, "
                     f"digits, _ . -){shorter}",
                 )
@@ -1191,17 +1194,62 @@ def kcl_setting_problem(job: JobConfig, key: str, value: str) -> str | None:
         return _start_time_problem(value, dynamodb)
     if key == "metricsLevel":
         level = value.strip().upper()
+        extra_keys = job.kcl.extra_properties
         if level != "NONE" and job.kcl_endpoint_override():
+            given = [f"kcl.extra_properties.{k}" for k in KCL_ENDPOINT_KEYS if k in extra_keys]
+            named = "source.endpoint_url" if job.source.endpoint_url else " and ".join(given)
             return (
                 f"{level} would make the KCL publish its metrics to CloudWatch in AWS while "
-                "the job reads a local endpoint (source.endpoint_url); leave metricsLevel at "
+                f"the job reads a local endpoint ({named}); leave metricsLevel at "
                 "NONE (the replicator serves its own metrics on /metrics)"
             )
         return None
+    if key in _KCL_TABLE_SUFFIX:
+        return _kcl_table_problem(job, key, value)
     problem = numeric_property_problem(key, value)
     if problem is None and key.lower().startswith(CREDENTIALS_PROVIDER_KEY):
         problem = credentials_provider_problem(value)
     return problem
+
+
+# The KCL 3 properties that name a table of the task's beside its lease table, and the
+# suffix of its default name (``<task_name>-CoordinatorState``).
+_KCL_TABLE_SUFFIX = {
+    "coordinatorStateTableName": "-CoordinatorState",
+    "workerMetricsTableName": "-WorkerMetricStats",
+}
+
+
+def _kcl_table_problem(job: JobConfig, key: str, value: str) -> str | None:
+    """A KCL table moved by name must still be a table of its own: the KCL writes its
+    coordination (leader lock, migration state) or worker metrics there, and in any
+    other of the job's tables (the lease table, the source, the other KCL table) its
+    items have another key, so the scheduler retries its start for ever, reading no
+    shard. The KCL takes the name as written, blanks around it dropped."""
+    name = value.strip()
+    if not TABLE_PATTERN.fullmatch(name):
+        return (
+            f"{shown(value)} is not a DynamoDB table name (3-255 characters of letters, "
+            "digits, _ . -): the KCL could not create its table"
+        )
+    task = _task(job)
+    source = job.source.region
+    own = _own_tables(job)
+    if job.active_active.tombstones:
+        own.setdefault((source, job.tombstone_table(job.source.table)), "its tombstone table")
+    for other, suffix in _KCL_TABLE_SUFFIX.items():
+        if other != key:
+            named = job.kcl.extra_properties.get(other, "").strip() or task + suffix
+            own[(source, named)] = f"the KCL's table of {other}"
+    clash = own.get((source, name))
+    if clash is None or name == task + _KCL_TABLE_SUFFIX[key]:
+        return None
+    return (
+        f"{shown(value)} names a table the job already uses in {source}, {clash}: the KCL "
+        "keeps items of its own key there "
+        f"and would retry its start for ever; leave {key} out (the KCL then uses "
+        f"{task + _KCL_TABLE_SUFFIX[key]!r}) or name a table the job has no other use for"
+    )
 
 
 # Every cross-field check, with the top-level keys it reads (a derived task name reads

@@ -356,7 +356,8 @@ BROKEN = {
         "destinations: [{region: eu-west-1, table: orders}]\n"
         "active_active: {tombstones: true}\n",
         "active_active.tombstone_table",
-        "(261 characters), which is not a DynamoDB table name",
+        "(261 characters) for the table 'tttttttttttttttttttttttttttttttttttttttt'… (250 "
+        "characters), which is not a DynamoDB table name",
     ),
     "timestamp-attribute-is-the-origin-attribute": (
         MINIMAL + "conflict: {policy: last_writer_wins, timestamp_attribute: origin}\n"

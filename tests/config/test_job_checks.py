@@ -708,3 +708,80 @@ def test_a_role_of_another_partition_than_its_region_is_refused(
 def test_a_role_of_its_regions_partition_passes(region: str, role: str) -> None:
     text = _destination_with_role(region, role)
     assert parse_job(text, Path("job.yaml")).job.destinations[0].role_arn == role
+
+
+KCL_TABLES = (
+    "runtime: kcl\ntask_name: orders-x\n"
+    "source: {region: us-east-1, table: orders}\n"
+    "destinations: [{region: eu-west-1, table: orders}]\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("properties", "key", "says"),
+    [
+        ("coordinatorStateTableName: orders", "coordinatorStateTableName", "the source table"),
+        ("workerMetricsTableName: orders-x", "workerMetricsTableName", "its lease table"),
+        (
+            "coordinatorStateTableName: orders-x-backfill",
+            "coordinatorStateTableName",
+            "its backfill table",
+        ),
+        (
+            "workerMetricsTableName: orders-x-CoordinatorState",
+            "workerMetricsTableName",
+            "the KCL's table of coordinatorStateTableName",
+        ),
+        (
+            "coordinatorStateTableName: kcl, workerMetricsTableName: kcl",
+            "coordinatorStateTableName",
+            "the KCL's table of workerMetricsTableName",
+        ),
+        ("coordinatorStateTableName: 'a b'", "coordinatorStateTableName", "not a DynamoDB table"),
+    ],
+)
+def test_a_kcl_table_moved_onto_another_of_the_jobs_tables_is_refused(
+    tmp_path: Path, properties: str, key: str, says: str
+) -> None:
+    """The KCL would keep its items in a table whose key is another's and retry its start
+    for ever, reading no shard; validate names the property instead."""
+    text = KCL_TABLES + f"kcl: {{extra_properties: {{{properties}}}}}\n"
+    line = _refused(tmp_path, text, f"kcl.extra_properties.{key}", says)
+    assert f"leave {key} out" in line or "not a DynamoDB table" in line
+
+
+@pytest.mark.parametrize(
+    "properties",
+    [
+        "coordinatorStateTableName: ' ops-coordination '",
+        "coordinatorStateTableName: orders-x-CoordinatorState",
+        "workerMetricsTableName: orders-x-WorkerMetricStats",
+        "coordinatorStateTableName: ops-a, workerMetricsTableName: ops-b",
+    ],
+)
+def test_a_kcl_table_of_its_own_name_is_taken(properties: str) -> None:
+    job = parse_job(KCL_TABLES + f"kcl: {{extra_properties: {{{properties}}}}}\n", Path("j.yaml"))
+    assert job.job.kcl.extra_properties
+
+
+@pytest.mark.parametrize(
+    ("source", "properties", "named"),
+    [
+        ("endpoint_url: 'http://127.0.0.1:8000'", "", "(source.endpoint_url)"),
+        (
+            "",
+            "kinesisEndpoint: 'http://127.0.0.1:8000', ",
+            "(kcl.extra_properties.kinesisEndpoint)",
+        ),
+    ],
+)
+def test_cloudwatch_metrics_with_a_local_endpoint_name_where_the_endpoint_is_set(
+    tmp_path: Path, source: str, properties: str, named: str
+) -> None:
+    text = (
+        "runtime: kcl\ntask_name: orders-x\n"
+        f"source: {{region: us-east-1, table: orders{', ' + source if source else ''}}}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        f"kcl: {{extra_properties: {{{properties}metricsLevel: SUMMARY}}}}\n"
+    )
+    _refused(tmp_path, text, "kcl.extra_properties.metricsLevel", f"reads a local endpoint {named}")
