@@ -31,6 +31,9 @@ DEFAULT_HOST = "127.0.0.1"
 PORT_ENV = "REPLICATOR_METRICS_PORT"
 HOST_ENV = "REPLICATOR_METRICS_HOST"
 CONFIG_ENV = "REPLICATOR_CONFIG"
+# The lines of a job file's refusal a failed probe repeats: its header and the first
+# problems (``validate`` lists them all).
+_PROBLEMS_SHOWN = 4
 # Listening on every address is reached through loopback of the same family.
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": DEFAULT_HOST}  # noqa: S104
 
@@ -68,7 +71,12 @@ def _job_metrics(port_given: bool) -> tuple[int | None, str | None, str | None]:
     try:
         metrics = load_job(path).job.metrics
     except ConfigError as error:
-        return None, None, f"{CONFIG_ENV}: {str(error).splitlines()[0]}"
+        # The problems themselves, not only their count: the probe's output is all a
+        # container's health log keeps.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        more = len(lines) - _PROBLEMS_SHOWN
+        said = " ".join(lines[:_PROBLEMS_SHOWN]) + (f" (and {more} more)" if more > 0 else "")
+        return None, None, f"{CONFIG_ENV}: {said}"
     if not metrics.enabled:
         raise ValueError(
             f"healthcheck: {path}: metrics.enabled is false, so /healthz is not served "

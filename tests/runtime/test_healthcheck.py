@@ -175,6 +175,17 @@ def test_a_job_file_the_probe_cannot_read_leaves_the_defaults_and_says_why(
     assert failed.returncode == 1
     assert "http://127.0.0.1:9/healthz" in failed.stderr
     assert f"(the job file was not read: REPLICATOR_CONFIG: {bad}" in failed.stderr, failed.stderr
+    # The problem itself, naming the key, not only the count of problems.
+    unset = tmp_path / "unset.yaml"
+    unset.write_text(
+        "source: {region: us-east-1, table: t10}\ndestinations: [{region: eu-west-1, table: t10}]\n"
+        "task_name: ${HEALTHCHECK_UNSET_VARIABLE}\n"
+    )
+    failed = healthcheck(REPLICATOR_CONFIG=str(unset), REPLICATOR_METRICS_PORT="9")
+    assert failed.returncode == 1
+    (said,) = [line for line in failed.stderr.splitlines() if "was not read" in line]
+    assert "1 problem in the job file: task_name (line 3): " in said, said
+    assert "HEALTHCHECK_UNSET_VARIABLE is not set" in said, said
 
 
 def test_a_port_given_still_probes_the_job_file_s_host(
