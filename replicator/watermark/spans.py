@@ -102,7 +102,7 @@ _DONE = {
     UNWATCHED: "were replicated unwatched",
     STATUS_TABLE_LOST: "are not known to be replicated (the status table, deleted since, "
     "held what was known of them)",
-    DESTINATION_LOST: "may be gone from the destination",
+    DESTINATION_LOST: "may be gone from this destination",
 }
 # How ``replicator watermark`` heads a span's line, where "never read" is not it.
 _HEADINGS = {
@@ -142,7 +142,8 @@ class UnreadSpan:
                 " (the job runs with watermark.enabled: false: the span ends when a "
                 "processor starts with the watermark on again)"
             )
-        return f"{which} {done} for this destination: {why}; {_CLEARED_BY}"
+        where = "" if "this destination" in done else " for this destination"
+        return f"{which} {done}{where}: {why}; {_CLEARED_BY}"
 
     @property
     def heading(self) -> str:

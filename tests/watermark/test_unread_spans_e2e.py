@@ -207,7 +207,7 @@ def test_a_backfill_then_a_verify_that_finds_the_destination_equal_clears_the_sp
         ("status table", "are not known to be replicated (the status table", "status table"),
         # The runbook's fix (re-create it, start again) left the changes applied before
         # the deletion gone from the destination.
-        ("destination table", "may be gone from the destination", "destination table"),
+        ("destination table", "may be gone from this destination: ", "destination table"),
     ],
 )
 def test_a_table_deleted_while_the_job_runs_answers_no_earlier_wait_replicated(
