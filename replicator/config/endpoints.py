@@ -209,6 +209,27 @@ def aws_region_problem(url: str, region: str, whose: str = "the section's region
     )
 
 
+def check_source_endpoint(value: str | None, info: ValidationInfo) -> str | None:
+    """:func:`check_endpoint`, and not an AWS service's own endpoint: the source is
+    reached through it for two services, DynamoDB (its table, the lease table) and its
+    stream's (DynamoDB Streams or Kinesis), which AWS serves at hosts of their own. Only
+    an emulator serves both at one URL; another host under amazonaws.com (an EC2
+    instance's, a load balancer's) may be one."""
+    value = check_endpoint(value, info)
+    if value is None:
+        return None
+    host = (urlsplit(value).hostname or "").rstrip(".").lower()
+    if _AWS_SERVICE_HOST.fullmatch(host):
+        raise ValueError(
+            f"{quoted(value)} is AWS's endpoint of one service ({host}), and the source is "
+            "reached through this URL for two: DynamoDB (the source table, the lease "
+            "table) and its stream's service (DynamoDB Streams, or Kinesis), which AWS "
+            "serves at another host: leave endpoint_url out to reach AWS's own endpoints "
+            "(endpoint_url is for an emulator, such as DynamoDB Local or moto, serving both)"
+        )
+    return value
+
+
 def endpoint_identity(url: str | None, region: str) -> str | None:
     """The server an endpoint (a valid one) reaches, for telling two tables apart:
     ``scheme://host:port`` with the scheme and host lower-cased and the default port

@@ -28,7 +28,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from replicator.config.endpoints import aws_endpoint_of, aws_queue_region, check_endpoint
+from replicator.config.endpoints import (
+    aws_endpoint_of,
+    aws_queue_region,
+    check_endpoint,
+    check_source_endpoint,
+)
 from replicator.config.fields import (
     DOTTED_CALLABLE_PATTERN,
     DYNAMODB_STREAM_ARN_PATTERN,
@@ -262,7 +267,7 @@ class SourceConfig(Strict):
     _region = field_validator("region")(check_region)
     _table = field_validator("table")(check_table)
     _role = field_validator("role_arn")(check_role)
-    _endpoint = field_validator("endpoint_url")(check_endpoint)
+    _endpoint = field_validator("endpoint_url")(check_source_endpoint)
     _external_id = field_validator("external_id")(check_external_id)
 
 

@@ -490,9 +490,10 @@ def test_an_aws_endpoint_of_another_region_than_its_section_is_refused(
 def test_an_aws_endpoint_of_the_sections_own_region_is_taken(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
     path.write_text(
-        "source: {region: us-east-1, table: orders, "
-        "endpoint_url: 'https://dynamodb-fips.us-east-1.amazonaws.com'}\n"
-        "destinations: [{region: eu-west-1, table: orders, "
+        "source: {region: us-east-1, table: orders}\n"
+        "destinations: [{region: us-west-2, table: orders, "
+        "endpoint_url: 'https://dynamodb-fips.us-west-2.amazonaws.com'}, "
+        "{region: eu-west-1, table: orders, "
         "endpoint_url: 'https://vpce-1a2b.dynamodb.eu-west-1.vpce.amazonaws.com'}, "
         # Other hosts under amazonaws.com may serve an emulator taking any region: an EC2
         # instance's public name, a load balancer's chosen name.
@@ -531,3 +532,35 @@ def test_a_queue_is_reached_in_the_region_its_aws_url_names(
         Path("job.yaml"),
     ).job
     assert sqs_region(getattr(job, section), job.source.region) == region
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://dynamodb.us-east-1.amazonaws.com",
+        "https://dynamodb-fips.us-east-1.amazonaws.com",
+        "https://streams.dynamodb.us-east-1.amazonaws.com",
+        "https://vpce-1a2b.dynamodb.us-east-1.vpce.amazonaws.com",
+        "https://kinesis.us-east-1.amazonaws.com",
+    ],
+)
+def test_an_aws_service_endpoint_for_the_source_is_refused(tmp_path: Path, url: str) -> None:
+    """The source's endpoint_url is used for DynamoDB and for its stream's service, which
+    AWS serves at hosts of their own: an AWS endpoint of one service cannot serve the
+    other (the stream reads, or the table and lease calls, would fail at run time)."""
+    text = (
+        f"source: {{region: us-east-1, table: orders, endpoint_url: '{url}'}}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+    )
+    line = _refused(tmp_path, text, "source.endpoint_url", "is AWS's endpoint of one service")
+    assert "leave endpoint_url out to reach AWS's own endpoints" in line
+
+
+def test_an_emulator_under_an_aws_domain_is_taken_for_the_source(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "source: {region: us-east-1, table: orders, "
+        "endpoint_url: 'http://ec2-3-250-1-2.eu-west-1.compute.amazonaws.com:8000'}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+    )
+    assert validate_in_process(path).returncode == 0

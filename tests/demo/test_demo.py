@@ -483,7 +483,7 @@ def test_a_file_target_leading_out_of_the_demos_directory_is_refused(
 @pytest.mark.parametrize(
     "section",
     [
-        "  endpoint_url: https://dynamodb.us-east-1.amazonaws.com\n",
+        "  endpoint_url: http://dynamodb.internal.example.com:8000\n",
         "  role_arn: arn:aws:iam::123456789012:role/replicator\n",
     ],
 )
