@@ -7,18 +7,14 @@ themselves take plain collaborators and test without AWS.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Unpack
-
-import structlog
-from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.aws import clients
 from replicator.aws.backoff import Backoff
 from replicator.aws.clients import Place, Reach, WriteClient
-from replicator.aws.tables import shape_of, where
+from replicator.aws.tables import where
 from replicator.buffer import ChangeBuffer
 from replicator.config.destinations import destination_place
 from replicator.config.model import (
@@ -53,9 +49,8 @@ from replicator.watermark.table import StatusTable
 from replicator.writers.destination import DestinationWriter
 from replicator.writers.loopwire import LoopWire, WireFactory
 from replicator.writers.source import SourceWriter
+from replicator.writers.source_key import SourceKeySchema
 from replicator.writers.wire import direct_write_client
-
-log = structlog.get_logger(__name__)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -203,34 +198,24 @@ def destination_writers(
     return writers
 
 
-def source_key_schema(resolved: ResolvedJob) -> Callable[[], Mapping[str, str] | None]:
-    """The source table's key schema, read once (DescribeTable) when a writer first needs
-    it: only a destination's refusal of a key asks (DestinationWriter.source_key_schema).
-    Not read (None) while the source cannot be described: the refusal is then taken as
-    the destination's, as before, and asked about again at its next refusal."""
+def source_key_schema(resolved: ResolvedJob) -> SourceKeySchema:
+    """The source's key schema for the writers (see SourceKeySchema): read with short
+    timeouts and no SDK retries, each writer thread refused at once waiting on one read."""
     source = resolved.job.source
-    known: list[Mapping[str, str]] = []
-    lock = threading.Lock()
+    made: list[DynamoDBClient] = []  # built at the first read: most runs never read
 
-    def key_schema() -> Mapping[str, str] | None:
-        with lock:
-            if not known:
-                what = f"source table {source.table}"
-                place = where(source.region, source.endpoint_url, source.role_arn)
-                try:
-                    known.append(shape_of(_describe_source(source), what, place).key_schema)
-                except (ClientError, BotoCoreError, EnvironmentProblem) as error:
-                    log.warning(
-                        "the source table's key could not be read to tell whether a "
-                        "destination's refusal of a key is the record's or the table's; "
-                        "taken as the table's",
-                        source=f"{source.region}/{source.table}",
-                        error=str(error),
-                    )
-                    return None
-            return known[0]
+    def describe() -> TableDescriptionTypeDef:
+        if not made:
+            made.append(
+                clients.dynamodb(source, connect_timeout=2.0, read_timeout=5.0, sdk_retries=False)
+            )
+        return made[0].describe_table(TableName=source.table)["Table"]
 
-    return key_schema
+    return SourceKeySchema(
+        describe,
+        f"source table {source.table}",
+        where(source.region, source.endpoint_url, source.role_arn),
+    )
 
 
 def peers_of(job: JobConfig, destination: DestinationConfig) -> Peers | None:
