@@ -1225,8 +1225,13 @@ def _kcl_table_problem(job: JobConfig, key: str, value: str) -> str | None:
     coordination (leader lock, migration state) or worker metrics there, and in any
     other of the job's tables (the lease table, the source, the other KCL table) its
     items have another key, so the scheduler retries its start for ever, reading no
-    shard. The KCL takes the name as written, blanks around it dropped."""
-    name = value.strip()
+    shard. The KCL takes the name as written, blanks around it included."""
+    name = value
+    if name != name.strip() and TABLE_PATTERN.fullmatch(name.strip()):
+        return (
+            f"{shown(value)} has blanks around it, which the KCL keeps in the table's name "
+            f"(no DynamoDB table name): write {name.strip()!r}"
+        )
     if not TABLE_PATTERN.fullmatch(name):
         return (
             f"{shown(value)} is not a DynamoDB table name (3-255 characters of letters, "
@@ -1236,10 +1241,14 @@ def _kcl_table_problem(job: JobConfig, key: str, value: str) -> str | None:
     source = job.source.region
     own = _own_tables(job)
     if job.active_active.tombstones:
-        own.setdefault((source, job.tombstone_table(job.source.table)), "its tombstone table")
+        for region, table in [(source, job.source.table)] + [
+            (d.region, d.table) for d in job.destinations
+        ]:
+            own.setdefault((region, job.tombstone_table(table)), "a tombstone table of the job")
     for other, suffix in _KCL_TABLE_SUFFIX.items():
         if other != key:
-            named = job.kcl.extra_properties.get(other, "").strip() or task + suffix
+            named = job.kcl.extra_properties.get(other) or task + suffix
+            own.pop((source, task + suffix), None)  # moved: its default name is free
             own[(source, named)] = f"the KCL's table of {other}"
     clash = own.get((source, name))
     if clash is None or name == task + _KCL_TABLE_SUFFIX[key]:

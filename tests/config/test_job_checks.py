@@ -738,6 +738,11 @@ KCL_TABLES = (
             "the KCL's table of workerMetricsTableName",
         ),
         ("coordinatorStateTableName: 'a b'", "coordinatorStateTableName", "not a DynamoDB table"),
+        (
+            "coordinatorStateTableName: ' ops-coordination '",
+            "coordinatorStateTableName",
+            "has blanks around it, which the KCL keeps in the table's name",
+        ),
     ],
 )
 def test_a_kcl_table_moved_onto_another_of_the_jobs_tables_is_refused(
@@ -747,13 +752,13 @@ def test_a_kcl_table_moved_onto_another_of_the_jobs_tables_is_refused(
     for ever, reading no shard; validate names the property instead."""
     text = KCL_TABLES + f"kcl: {{extra_properties: {{{properties}}}}}\n"
     line = _refused(tmp_path, text, f"kcl.extra_properties.{key}", says)
-    assert f"leave {key} out" in line or "not a DynamoDB table" in line
+    assert f"leave {key} out" in line or "not a DynamoDB table" in line or "write 'ops" in line
 
 
 @pytest.mark.parametrize(
     "properties",
     [
-        "coordinatorStateTableName: ' ops-coordination '",
+        "coordinatorStateTableName: ops-coordination",
         "coordinatorStateTableName: orders-x-CoordinatorState",
         "workerMetricsTableName: orders-x-WorkerMetricStats",
         "coordinatorStateTableName: ops-a, workerMetricsTableName: ops-b",
@@ -785,3 +790,30 @@ def test_cloudwatch_metrics_with_a_local_endpoint_name_where_the_endpoint_is_set
         f"kcl: {{extra_properties: {{{properties}metricsLevel: SUMMARY}}}}\n"
     )
     _refused(tmp_path, text, "kcl.extra_properties.metricsLevel", f"reads a local endpoint {named}")
+
+
+def test_a_kcl_table_moved_onto_a_tombstone_table_in_the_source_region_is_refused(
+    tmp_path: Path,
+) -> None:
+    text = (
+        "runtime: kcl\ntask_name: orders-x\n"
+        "source: {region: us-east-1, table: orders}\n"
+        "destinations: [{region: us-east-1, table: copy}]\n"
+        "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+        "active_active: {tombstones: true}\n"
+        "kcl: {extra_properties: {workerMetricsTableName: copy-tombstones}}\n"
+    )
+    _refused(
+        tmp_path,
+        text,
+        "kcl.extra_properties.workerMetricsTableName",
+        "a tombstone table of the job",
+    )
+
+
+def test_a_kcl_tables_default_name_is_free_once_that_table_is_moved() -> None:
+    text = KCL_TABLES + (
+        "kcl: {extra_properties: {coordinatorStateTableName: ops-coordination, "
+        "workerMetricsTableName: orders-x-CoordinatorState}}\n"
+    )
+    assert parse_job(text, Path("j.yaml")).job.kcl.extra_properties

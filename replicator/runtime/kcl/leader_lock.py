@@ -30,9 +30,9 @@ VERSION = "recordVersionNumber"
 
 
 def coordinator_table(resolved: ResolvedJob) -> str:
-    """The KCL's table: ``coordinatorStateTableName`` if the job sets it, as the KCL reads
-    it, else named after the task."""
-    named = resolved.job.kcl.extra_properties.get("coordinatorStateTableName", "").strip()
+    """The KCL's table: ``coordinatorStateTableName`` if the job sets it (as the KCL reads
+    it: blanks kept, which ``validate`` refuses), else named after the task."""
+    named = resolved.job.kcl.extra_properties.get("coordinatorStateTableName", "")
     return named or f"{resolved.task_name}-CoordinatorState"
 
 

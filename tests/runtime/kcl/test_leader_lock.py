@@ -75,7 +75,7 @@ def test_the_table_is_the_one_the_job_names_for_the_kcl(
         f"task_name: {unique('lock')}\n"
         f"source: {{region: us-east-1, table: orders, endpoint_url: '{moto_endpoint}'}}\n"
         "destinations: [{region: eu-west-1, table: orders}]\n"
-        "kcl: {extra_properties: {coordinatorStateTableName: ' ops-coordination '}}\n",
+        "kcl: {extra_properties: {coordinatorStateTableName: ops-coordination}}\n",
         tmp_path / "job.yaml",
     )
     assert coordinator_table(resolved) == "ops-coordination"
