@@ -87,6 +87,20 @@ HARMLESS_WARNINGS = {
         "the DynamoDB Streams adapter sets what a DynamoDB stream needs, on every start",
     ),
 }
+# Info lines a healthy daemon repeats: the leader's once a second, a lease's at every
+# checkpoint of every shard (most of a worker's log at info). Debug: `logging.level:
+# debug` shows them; the same loggers' other lines (a lease taken, a leader elected) stay
+# at their level. (Java logger, the whole message).
+ROUTINE_LINES = (
+    (
+        "software.amazon.kinesis.leader.DynamoDBLockBasedLeaderDecider",
+        re.compile(r"Worker : .* is the current leader\.", re.DOTALL),
+    ),
+    (
+        "software.amazon.kinesis.leases.dynamodb.DynamoDBLeaseRefresher",
+        re.compile(r"Updated lease \S+\."),
+    ),
+)
 _ERROR = re.compile(r"\b(error|exception|fatal)\b|^Exception in thread", re.IGNORECASE)
 _WARNING = re.compile(r"\bwarn(ing)?\b", re.IGNORECASE)
 
@@ -192,6 +206,11 @@ class DaemonLog:
         ):
             record["level"] = "info"
             record["note"] = HASH_RANGE_NOTE
+        elif record["level"] == "info" and not exception:
+            if any(
+                java_logger == logger and line.fullmatch(message) for logger, line in ROUTINE_LINES
+            ):
+                record["level"] = "debug"
         elif record["level"] == "warning":
             for (logger, start), note in HARMLESS_WARNINGS.items():
                 if java_logger == logger and message.startswith(start):

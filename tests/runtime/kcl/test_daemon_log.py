@@ -299,3 +299,33 @@ def test_the_jobs_logging_level_filters_the_daemons_records(level: str, events: 
     written = [json.loads(line)["event"] for line in output.getvalue().splitlines()]
     assert len(written) == len(events), written
     assert all(event.startswith(start) for event, start in zip(written, events, strict=True))
+
+
+def _line(level: str, logger: str, message: str) -> str:
+    return (
+        f"::kcl::2026-12-07T08:24:53.613Z\t{level}\t{logger}\tmulti-lang-daemon-0000\t{message}\t"
+    )
+
+
+LEADER = "software.amazon.kinesis.leader.DynamoDBLockBasedLeaderDecider"
+REFRESHER = "software.amazon.kinesis.leases.dynamodb.DynamoDBLeaseRefresher"
+
+
+@pytest.mark.parametrize(
+    ("level", "logger", "message", "said"),
+    [
+        # Once a second on the leader, at every checkpoint of every shard: debug.
+        ("INFO", LEADER, "Worker : host-a is the current leader.", "debug"),
+        ("INFO", REFRESHER, "Updated lease shardId-000000000001.", "debug"),
+        # The same loggers' other lines, and those lines at another level, are kept.
+        ("INFO", LEADER, "Worker host-a acquired the leader lock", "info"),
+        ("INFO", REFRESHER, "Created new lease table for coordinator with ...", "info"),
+        ("WARN", REFRESHER, "Updated lease shardId-000000000001.", "warning"),
+        ("INFO", "software.amazon.kinesis.coordinator.Scheduler", "Updated lease x.", "info"),
+    ],
+)
+def test_the_daemons_routine_lines_are_debug(
+    level: str, logger: str, message: str, said: str
+) -> None:
+    (record,) = as_json([_line(level, logger, message)])
+    assert record["level"] == said
