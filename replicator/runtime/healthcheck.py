@@ -31,9 +31,9 @@ DEFAULT_HOST = "127.0.0.1"
 PORT_ENV = "REPLICATOR_METRICS_PORT"
 HOST_ENV = "REPLICATOR_METRICS_HOST"
 CONFIG_ENV = "REPLICATOR_CONFIG"
-# The lines of a job file's refusal a failed probe repeats: its header and the first
-# problems (``validate`` lists them all).
-_PROBLEMS_SHOWN = 4
+# The problems of a job file's refusal a failed probe repeats (``validate`` lists them
+# all); each problem is one line of the refusal.
+_PROBLEMS_SHOWN = 3
 # Listening on every address is reached through loopback of the same family.
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": DEFAULT_HOST}  # noqa: S104
 
@@ -73,10 +73,10 @@ def _job_metrics(port_given: bool) -> tuple[int | None, str | None, str | None]:
     except ConfigError as error:
         # The problems themselves, not only their count: the probe's output is all a
         # container's health log keeps.
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        more = len(lines) - _PROBLEMS_SHOWN
-        said = " ".join(lines[:_PROBLEMS_SHOWN]) + (f" (and {more} more)" if more > 0 else "")
-        return None, None, f"{CONFIG_ENV}: {said}"
+        heading, *problems = [line.strip() for line in str(error).splitlines() if line.strip()]
+        more = len(problems) - _PROBLEMS_SHOWN
+        said = "; ".join(problems[:_PROBLEMS_SHOWN]) + (f"; and {more} more" if more > 0 else "")
+        return None, None, f"{CONFIG_ENV}: {heading} {said}".rstrip()
     if not metrics.enabled:
         raise ValueError(
             f"healthcheck: {path}: metrics.enabled is false, so /healthz is not served "

@@ -142,7 +142,7 @@ class UnreadSpan:
                 " (the job runs with watermark.enabled: false: the span ends when a "
                 "processor starts with the watermark on again)"
             )
-        where = "" if "this destination" in done else " for this destination"
+        where = "" if self.reason == DESTINATION_LOST else " for this destination"
         return f"{which} {done}{where}: {why}; {_CLEARED_BY}"
 
     @property
