@@ -108,6 +108,12 @@ _KIND_OF_OPERATION = {"PutItem": "put", "DeleteItem": "delete"}
 # How often a held write (DestinationWriter._wait_for_hold) looks at ``cancelled``,
 # which it cannot wait on together with ``holds_released``: a stop ends it this soon.
 _HOLD_CHECK_S = 0.2
+# Said in the stop of a key-schema refusal when the source's key could not be read: the
+# changes may be records not of the source table, which the key would have told.
+_SOURCE_KEY_UNREAD = (
+    " (or these changes' keys are not the source table's: a hand-made record's; the "
+    "source table's key could not be read to tell, see the warning before)"
+)
 
 _SETTLED = {r.outcome: r for r in (APPLIED, UNCHANGED, CONFLICT_LOST)}
 
@@ -563,7 +569,7 @@ class DestinationWriter:
             except (ClientError, BotoCoreError) as error:
                 kind = classify(error)
                 if kind is ErrorKind.REJECTED and key_schema_differs(error):
-                    stray = self._keys_not_the_sources(change, error)
+                    stray, source_key_unread = self._keys_not_the_sources(change, error)
                     if stray is not None:
                         return WriteResult(
                             Outcome.FAILED,
@@ -580,7 +586,8 @@ class DestinationWriter:
                         raise DestinationRefused(
                             f"{self._refuser(error)} refused {max(streak, schema_refusals)} "
                             f"writes in a row: {refusal_answer(error)}. Its key schema is not "
-                            f"{expected_key(error)} (was it re-created?); {NOT_PASSED}"
+                            f"{expected_key(error)} (was it re-created?)"
+                            f"{_SOURCE_KEY_UNREAD if source_key_unread else ''}; {NOT_PASSED}"
                         ) from error
                 elif kind is ErrorKind.REJECTED:
                     return WriteResult(Outcome.FAILED, "rejected", describe_refusal(error))
@@ -673,13 +680,18 @@ class DestinationWriter:
                 else:
                     time.sleep(delay)  # cancelled already: only the put-back is left
 
-    def _keys_not_the_sources(self, change: Change, error: BaseException) -> str | None:
+    def _keys_not_the_sources(
+        self, change: Change, error: BaseException
+    ) -> tuple[str | None, bool]:
         """Why ``change``'s keys are not the source table's, when they are not (see
-        :attr:`source_key_schema`); a tombstone table's refusal is never the change's."""
+        :attr:`source_key_schema`), and whether the source's key could not be read to
+        tell; a tombstone table's refusal is never the change's."""
         if self.source_key_schema is None or isinstance(error, TombstoneTableError):
-            return None
+            return None, False
         schema = self.source_key_schema()
-        return None if schema is None else keys_not_of(change.keys, schema)
+        if schema is None:
+            return None, True
+        return keys_not_of(change.keys, schema), False
 
     def _refuser(self, error: BaseException) -> str:
         """Who refused ``error``'s request, for a refusal's message: this destination's

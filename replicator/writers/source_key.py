@@ -9,7 +9,7 @@ while the job runs (nothing watches a Kinesis source for that), and a change of 
 table must then read as the destination's problem again, not as a stray record.
 
 A source that cannot be described gives None (the refusal is the table's, as without
-this check) and is not asked again for a minute, so that writer threads refused at once
+this check) and is not asked again for ten seconds, so that writer threads refused at once
 do not each wait out a describe that does not answer; the reads are short and not
 retried by the SDK, and one at a time.
 """
@@ -35,8 +35,10 @@ log = structlog.get_logger(__name__)
 # Seconds a key schema read is used for: a source re-created with another key is seen
 # this soon after.
 KEPT_FOR_S = 5.0
-# Seconds after a failed read before the source is described again (a warning each time).
-FAILED_FOR_S = 60.0
+# Seconds after a failed read before the source is described again (a warning each
+# time): long enough that writer threads refused at once meet one failed read, short
+# enough that a refusal after a passing outage reads the key again.
+FAILED_FOR_S = 10.0
 
 
 class SourceKeySchema:

@@ -3,6 +3,8 @@ kept a few seconds, a failed read not repeated for a minute."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,35 @@ def test_a_failed_read_is_none_and_not_repeated_for_a_minute(
     assert len(warned) == 1 and "source table t at us-east-1" in warned[0]
     clock.now += 2
     assert schema() == {"pk": "HASH:S"} and describe.calls == 2
+
+
+def test_writer_threads_refused_at_once_wait_on_one_read() -> None:
+    """Every thread meets the one read's answer, none a read of its own."""
+    started = threading.Event()
+
+    def slow() -> Any:
+        started.set()
+        time.sleep(0.3)  # a describe on its way: the others arrive meanwhile
+        return KEYED_PK
+
+    calls: list[int] = []
+
+    def counted() -> Any:
+        calls.append(1)
+        return slow()
+
+    schema = SourceKeySchema(counted, "source table t", "us-east-1")
+    answers: list[Any] = []
+    first = threading.Thread(target=lambda: answers.append(schema()))
+    first.start()
+    assert started.wait(10)
+    others = [threading.Thread(target=lambda: answers.append(schema())) for _ in range(5)]
+    for thread in others:
+        thread.start()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert answers == [{"pk": "HASH:S"}] * 6
+    assert len(calls) == 1
 
 
 def test_a_refused_describe_is_none_too() -> None:

@@ -1214,9 +1214,14 @@ def test_a_change_of_the_sources_key_refused_by_a_re_keyed_destination_still_sto
         writer.refusal_limit = 2
         writer.source_key_schema = lambda schema=schema: schema  # type: ignore[misc]
         target = FileDeadLetters(tmp_path / "dead.jsonl")
-        with pytest.raises(DestinationRefused, match="key schema is not the source table's"):
+        with pytest.raises(
+            DestinationRefused, match="key schema is not the source table's"
+        ) as refused:
             DeadLetterer(target, metrics, "task", "shard-1").write(writer, decode(put("a", 1)))
         assert target.letters() == []
+        # Unread, the stop says the changes may be records not of the source table.
+        unread = "the source table's key could not be read to tell" in str(refused.value)
+        assert unread is (schema is None)
     assert sample(metrics, "replicator_retries_total", destination="dest", reason="key_schema") == 2
 
 
