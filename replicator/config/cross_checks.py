@@ -1247,8 +1247,9 @@ def _kcl_table_problem(job: JobConfig, key: str, value: str) -> str | None:
             own.setdefault((region, job.tombstone_table(table)), "a tombstone table of the job")
     for other, suffix in _KCL_TABLE_SUFFIX.items():
         if other != key:
+            # Its default name stays the job's even when it is moved: an earlier run may
+            # have left that table, holding the other table's items.
             named = job.kcl.extra_properties.get(other) or task + suffix
-            own.pop((source, task + suffix), None)  # moved: its default name is free
             own[(source, named)] = f"the KCL's table of {other}"
     clash = own.get((source, name))
     if clash is None or name == task + _KCL_TABLE_SUFFIX[key]:
