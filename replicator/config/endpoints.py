@@ -184,13 +184,25 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 # included), the region, then AWS's domain; or SQS's legacy <region>.queue.amazonaws.com.
 # Only these: other hosts under amazonaws.com (an EC2 instance's public name, a load
 # balancer's) may serve an emulator that takes any region.
-_REGION = r"([a-z]{2,4}(?:-[a-z]+)+-\d+)"
+_REGION = r"[a-z]{2,4}(?:-[a-z]+)+-\d+"
 _AWS_SERVICE_HOST = re.compile(
     r"(?:(?:[a-z0-9-]+\.)*(?:dynamodb|dynamodb-fips|ddb|sqs|sqs-fips|kinesis|kinesis-fips)"
-    rf"\.{_REGION}(?:\.vpce)?\.(?:amazonaws\.com|amazonaws\.com\.cn|api\.aws)"
-    rf"|{_REGION}\.queue\.amazonaws\.com)",
+    rf"\.(?P<region>{_REGION})(?:\.vpce)?\.(?P<domain>[a-z0-9.-]+)"
+    rf"|(?P<legacy>{_REGION})\.queue\.amazonaws\.com)",
     re.ASCII,
 )
+
+
+def _aws_service_region(host: str) -> str | None:
+    """The region of an AWS service endpoint's host (``host`` lower-case), or None when it
+    is no such host. The domain must be one of AWS's (every partition's, as botocore
+    lists them), read only for a host that names a service and a region."""
+    match = _AWS_SERVICE_HOST.fullmatch(host)
+    if match is None:
+        return None
+    if match["legacy"]:
+        return match["legacy"]
+    return match["region"] if match["domain"] in _aws_dns_suffixes() else None
 
 
 def aws_region_problem(url: str, region: str, whose: str = "the section's region") -> str | None:
@@ -198,8 +210,7 @@ def aws_region_problem(url: str, region: str, whose: str = "the section's region
     names it; None: it is no such endpoint, or the region's own): its host names another
     region."""
     host = (urlsplit(url).hostname or "").rstrip(".").lower()
-    match = _AWS_SERVICE_HOST.fullmatch(host)
-    named = match and next(found for found in match.groups() if found)
+    named = _aws_service_region(host)
     if not named or named == region:
         return None
     return (
@@ -215,19 +226,21 @@ def check_source_endpoint(value: str | None, info: ValidationInfo) -> str | None
     stream's (DynamoDB Streams or Kinesis), which AWS serves at hosts of their own. Only
     an emulator serves both at one URL; another host under amazonaws.com (an EC2
     instance's, a load balancer's) may be one."""
-    value = check_endpoint(value, info)
-    if value is None:
-        return None
+    if value is None or endpoint_problem(value):
+        return check_endpoint(value, info)  # its refusal of a malformed URL
     host = (urlsplit(value).hostname or "").rstrip(".").lower()
-    if _AWS_SERVICE_HOST.fullmatch(host):
+    if _aws_service_region(host):  # before its region is compared: no region helps
         raise ValueError(
             f"{quoted(value)} is AWS's endpoint of one service ({host}), and the source is "
             "reached through this URL for two: DynamoDB (the source table, the lease "
             "table) and its stream's service (DynamoDB Streams, or Kinesis), which AWS "
             "serves at another host: leave endpoint_url out to reach AWS's own endpoints "
-            "(endpoint_url is for an emulator, such as DynamoDB Local or moto, serving both)"
+            "(for FIPS or dual-stack ones set AWS_USE_FIPS_ENDPOINT or "
+            "AWS_USE_DUALSTACK_ENDPOINT=true; a VPC endpoint with private DNS answers "
+            "under AWS's own names); endpoint_url is for an emulator, such as DynamoDB "
+            "Local or moto, serving both"
         )
-    return value
+    return check_endpoint(value, info)
 
 
 def endpoint_identity(url: str | None, region: str) -> str | None:

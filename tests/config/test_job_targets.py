@@ -453,11 +453,18 @@ def test_validate_reports_a_directory_with_the_other_problems(tmp_path: Path) ->
             "us-east-1",
         ),
         (
-            "source: {region: us-east-1, table: orders, "
-            "endpoint_url: 'https://dynamodb-fips.us-west-2.amazonaws.com'}\n"
-            "destinations: [{region: eu-west-1, table: orders}]\n",
-            "source.endpoint_url",
+            "source: {region: us-east-1, table: orders}\n"
+            "destinations: [{region: eu-west-1, table: orders, "
+            "endpoint_url: 'https://dynamodb-fips.us-west-2.amazonaws.com'}]\n",
+            "destinations[0].endpoint_url",
             "us-west-2",
+        ),
+        (  # another partition's domain
+            "source: {region: us-east-1, table: orders}\n"
+            "destinations: [{region: eu-west-1, table: orders, "
+            "endpoint_url: 'https://dynamodb.us-iso-east-1.c2s.ic.gov'}]\n",
+            "destinations[0].endpoint_url",
+            "us-iso-east-1",
         ),
         (
             "source: {region: us-east-1, table: orders}\n"
@@ -542,6 +549,9 @@ def test_a_queue_is_reached_in_the_region_its_aws_url_names(
         "https://streams.dynamodb.us-east-1.amazonaws.com",
         "https://vpce-1a2b.dynamodb.us-east-1.vpce.amazonaws.com",
         "https://kinesis.us-east-1.amazonaws.com",
+        "https://dynamodb.us-west-2.amazonaws.com",  # another region: no region would help
+        "https://dynamodb.us-iso-east-1.c2s.ic.gov",  # another partition's domain
+        "https://dynamodb.eu-central-1.api.aws",
     ],
 )
 def test_an_aws_service_endpoint_for_the_source_is_refused(tmp_path: Path, url: str) -> None:
@@ -554,13 +564,20 @@ def test_an_aws_service_endpoint_for_the_source_is_refused(tmp_path: Path, url: 
     )
     line = _refused(tmp_path, text, "source.endpoint_url", "is AWS's endpoint of one service")
     assert "leave endpoint_url out to reach AWS's own endpoints" in line
+    assert "AWS_USE_FIPS_ENDPOINT" in line and "give region" not in line
 
 
-def test_an_emulator_under_an_aws_domain_is_taken_for_the_source(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://ec2-3-250-1-2.eu-west-1.compute.amazonaws.com:8000",  # an EC2 instance's
+        "http://dynamodb.us-east-1.example.com:8000",  # a service's name, not AWS's domain
+    ],
+)
+def test_an_emulator_under_an_aws_domain_is_taken_for_the_source(tmp_path: Path, url: str) -> None:
     path = tmp_path / "job.yaml"
     path.write_text(
-        "source: {region: us-east-1, table: orders, "
-        "endpoint_url: 'http://ec2-3-250-1-2.eu-west-1.compute.amazonaws.com:8000'}\n"
+        f"source: {{region: us-east-1, table: orders, endpoint_url: '{url}'}}\n"
         "destinations: [{region: eu-west-1, table: orders}]\n"
     )
     assert validate_in_process(path).returncode == 0
