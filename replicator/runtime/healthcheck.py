@@ -73,7 +73,9 @@ def _job_metrics(port_given: bool) -> tuple[int | None, str | None, str | None]:
     except ConfigError as error:
         # The problems themselves, not only their count: the probe's output is all a
         # container's health log keeps.
-        heading, *problems = [line.strip() for line in str(error).splitlines() if line.strip()]
+        heading, *problems = [line.strip() for line in str(error).splitlines() if line.strip()] or [
+            "the job file could not be read"
+        ]
         more = len(problems) - _PROBLEMS_SHOWN
         said = "; ".join(problems[:_PROBLEMS_SHOWN]) + (f"; and {more} more" if more > 0 else "")
         return None, None, f"{CONFIG_ENV}: {heading} {said}".rstrip()

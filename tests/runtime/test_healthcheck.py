@@ -186,6 +186,16 @@ def test_a_job_file_the_probe_cannot_read_leaves_the_defaults_and_says_why(
     (said,) = [line for line in failed.stderr.splitlines() if "was not read" in line]
     assert "1 problem in the job file: task_name (line 3): " in said, said
     assert "HEALTHCHECK_UNSET_VARIABLE is not set" in said, said
+    # Several: separated, the first three said and the rest counted.
+    many = tmp_path / "many.yaml"
+    many.write_text(
+        "source: {region: us-east-1, table: t1}\ndestinations: [{region: eu-west-1, table: t2}]\n"
+        "task_name: ${HEALTHCHECK_UNSET_VARIABLE}\nruntime: nowhere\n"
+    )
+    failed = healthcheck(REPLICATOR_CONFIG=str(many), REPLICATOR_METRICS_PORT="9")
+    (said,) = [line for line in failed.stderr.splitlines() if "was not read" in line]
+    assert "4 problems in the job file: " in said and said.endswith("; and 1 more)"), said
+    assert said.count("; ") == 3, said
 
 
 def test_a_port_given_still_probes_the_job_file_s_host(

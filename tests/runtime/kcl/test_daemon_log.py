@@ -318,7 +318,7 @@ REFRESHER = "software.amazon.kinesis.leases.dynamodb.DynamoDBLeaseRefresher"
         ("INFO", LEADER, "Worker : host-a is the current leader.", "debug"),
         ("INFO", REFRESHER, "Updated lease shardId-000000000001.", "debug"),
         # The same loggers' other lines, and those lines at another level, are kept.
-        ("INFO", LEADER, "Worker host-a acquired the leader lock", "info"),
+        ("INFO", LEADER, "Worker : host-a is new leader", "info"),
         ("INFO", REFRESHER, "Created new lease table for coordinator with ...", "info"),
         ("WARN", REFRESHER, "Updated lease shardId-000000000001.", "warning"),
         ("INFO", "software.amazon.kinesis.coordinator.Scheduler", "Updated lease x.", "info"),
