@@ -1250,6 +1250,11 @@ def _kcl_table_problem(job: JobConfig, key: str, value: str) -> str | None:
             # Its default name stays the job's even when it is moved: an earlier run may
             # have left that table, holding the other table's items.
             named = job.kcl.extra_properties.get(other) or task + suffix
+            if named != task + suffix:
+                own[(source, task + suffix)] = (
+                    f"the default name of the KCL's table of {other}, which an earlier run "
+                    "may have left holding that table's items"
+                )
             own[(source, named)] = f"the KCL's table of {other}"
     clash = own.get((source, name))
     if clash is None or name == task + _KCL_TABLE_SUFFIX[key]:

@@ -820,4 +820,9 @@ def test_a_kcl_tables_default_name_stays_the_jobs_once_that_table_is_moved(
         "kcl: {extra_properties: {coordinatorStateTableName: ops-coordination, "
         "workerMetricsTableName: orders-x-CoordinatorState}}\n"
     )
-    _refused(tmp_path, text, "kcl.extra_properties.workerMetricsTableName", "CoordinatorState")
+    _refused(
+        tmp_path,
+        text,
+        "kcl.extra_properties.workerMetricsTableName",
+        "the default name of the KCL's table of coordinatorStateTableName, which an earlier run",
+    )

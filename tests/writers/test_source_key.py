@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from replicator.deadletter import FileDeadLetters
@@ -66,18 +67,17 @@ def test_a_read_is_kept_a_few_seconds_then_read_again() -> None:
     assert schema() == {"id": "HASH:S"} and describe.calls == 2
 
 
-def test_a_failed_read_is_none_and_not_repeated_for_a_minute(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_a_failed_read_is_none_and_not_repeated_for_a_while() -> None:
     clock = Clock()
     down = EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
     describe = Describe(down, KEYED_PK)
     schema = SourceKeySchema(describe, "source table t", "us-east-1", clock)
-    assert schema() is None
-    clock.now += source_key.FAILED_FOR_S - 1
-    assert schema() is None and describe.calls == 1  # every writer thread at once: one read
-    warned = [line for line in capsys.readouterr().out.splitlines() if "could not be read" in line]
-    assert len(warned) == 1 and "source table t at us-east-1" in warned[0]
+    with structlog.testing.capture_logs() as logs:
+        assert schema() is None
+        clock.now += source_key.FAILED_FOR_S - 1
+        assert schema() is None and describe.calls == 1  # writer threads at once: one read
+    warned = [line for line in logs if "could not be read" in line["event"]]
+    assert len(warned) == 1 and warned[0]["source"] == "source table t at us-east-1"
     clock.now += 2
     assert schema() == {"pk": "HASH:S"} and describe.calls == 2
 
