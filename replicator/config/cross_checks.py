@@ -36,6 +36,7 @@ from replicator.config.fields import (
     TASK_TABLE_SUFFIXES,
     pattern_problem,
     shown,
+    shown_with_length,
 )
 from replicator.config.kcl_settings import (
     CREDENTIALS_PROVIDER_KEY,
@@ -759,8 +760,6 @@ def _tombstone_table_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...],
     for _, table in tables:
         name = job.tombstone_table(table)
         if not TABLE_PATTERN.fullmatch(name):
-            # A long name's length is in what shown() gives: said once.
-            length = "" if shown(name) != repr(name) else f" ({len(name)} characters)"
             shorter = (
                 ": set a shorter active_active.tombstone_table pattern"
                 if len(name) > MAX_TABLE_NAME
@@ -769,7 +768,7 @@ def _tombstone_table_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...],
             return [
                 (
                     where,
-                    f"gives {shown(name)} for the table {shown(table)}{length}, "
+                    f"gives {shown_with_length(name)} for the table {shown(table)}, "
                     "which is not a DynamoDB table name (3-255 characters of letters, "
                     f"digits, _ . -){shorter}",
                 )

@@ -235,8 +235,9 @@ def check_source_endpoint(value: str | None, info: ValidationInfo) -> str | None
             "reached through this URL for two: DynamoDB (the source table, the lease "
             "table) and its stream's service (DynamoDB Streams, or Kinesis), which AWS "
             "serves at another host: leave endpoint_url out to reach AWS's own endpoints "
-            "(for FIPS or dual-stack ones set AWS_USE_FIPS_ENDPOINT=true or "
-            "AWS_USE_DUALSTACK_ENDPOINT=true; a VPC endpoint with private DNS answers "
+            "(FIPS or dual-stack ones through AWS_USE_FIPS_ENDPOINT=true or "
+            "AWS_USE_DUALSTACK_ENDPOINT=true, which the AWS SDKs apply to every client of "
+            "the worker, destinations included; a VPC endpoint with private DNS answers "
             "under AWS's own names); endpoint_url is for an emulator, such as DynamoDB "
             "Local or moto, serving both"
         )

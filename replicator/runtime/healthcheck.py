@@ -23,6 +23,7 @@ import sys
 import urllib.error
 import urllib.request
 
+from replicator import logs
 from replicator.exceptions import ConfigError
 from replicator.hosts import host_problem, unbracketed
 
@@ -77,8 +78,10 @@ def _job_metrics(port_given: bool) -> tuple[int | None, str | None, str | None]:
             "the job file could not be read"
         ]
         more = len(problems) - _PROBLEMS_SHOWN
-        said = "; ".join(problems[:_PROBLEMS_SHOWN]) + (f"; and {more} more" if more > 0 else "")
-        return None, None, f"{CONFIG_ENV}: {heading} {said}".rstrip()
+        # " | " between problems: their own messages use "; ".
+        said = " | ".join(problems[:_PROBLEMS_SHOWN]) + (f" | and {more} more" if more > 0 else "")
+        # As validate shows them: a value from the environment may be a credential.
+        return None, None, logs.redact(f"{CONFIG_ENV}: {heading} {said}".rstrip())
     if not metrics.enabled:
         raise ValueError(
             f"healthcheck: {path}: metrics.enabled is false, so /healthz is not served "

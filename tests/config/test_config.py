@@ -349,7 +349,7 @@ BROKEN = {
         "destinations: [{region: eu-west-1, table: carts}]\n"
         "active_active: {tombstones: true, tombstone_table: '{table}/t'}\n",
         "active_active.tombstone_table",
-        "gives 'carts/t' for the table 'carts'",
+        "gives 'carts/t' (7 characters) for the table 'carts'",
     ),
     "tombstone-table-too-long-for-a-long-table": (
         f"source: {{region: us-east-1, table: {'t' * 250}}}\n"

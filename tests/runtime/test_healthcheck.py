@@ -194,8 +194,8 @@ def test_a_job_file_the_probe_cannot_read_leaves_the_defaults_and_says_why(
     )
     failed = healthcheck(REPLICATOR_CONFIG=str(many), REPLICATOR_METRICS_PORT="9")
     (said,) = [line for line in failed.stderr.splitlines() if "was not read" in line]
-    assert "4 problems in the job file: " in said and said.endswith("; and 1 more)"), said
-    assert said.count("; ") == 3, said
+    assert "4 problems in the job file: " in said and said.endswith(" | and 1 more)"), said
+    assert said.count(" | ") == 3, said
 
 
 def test_a_port_given_still_probes_the_job_file_s_host(
@@ -217,3 +217,21 @@ def test_both_variables_leave_the_job_file_unread(
         REPLICATOR_METRICS_HOST="127.0.0.1",
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_a_credential_in_a_refused_value_is_not_repeated_by_the_probe(tmp_path: Path) -> None:
+    """The probe's output is kept in the container's health log (`docker inspect`): a
+    refused value from the environment is shown as validate shows it, redacted."""
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "source: {region: us-east-1, table: t10}\ndestinations: [{region: eu-west-1, table: t10}]\n"
+        "task_name: ${AWS_SECRET_ACCESS_KEY}\n"
+    )
+    failed = healthcheck(
+        REPLICATOR_CONFIG=str(job), REPLICATOR_METRICS_PORT="9", AWS_SECRET_ACCESS_KEY=secret
+    )
+    assert failed.returncode == 1
+    (said,) = [line for line in failed.stderr.splitlines() if "was not read" in line]
+    assert "task_name (line 3)" in said, said
+    assert secret not in failed.stderr and "EXAMPLEKEY" not in failed.stderr, failed.stderr

@@ -1,5 +1,5 @@
 """The source's key schema as the writers read it when a destination refuses a key:
-kept a few seconds, a failed read not repeated for a minute."""
+kept a few seconds, a failed read not repeated for ten seconds."""
 
 from __future__ import annotations
 

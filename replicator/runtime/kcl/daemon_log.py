@@ -208,7 +208,7 @@ class DaemonLog:
             record["note"] = HASH_RANGE_NOTE
         elif record["level"] == "info" and not exception:
             if any(
-                java_logger == logger and line.fullmatch(message) for logger, line in ROUTINE_LINES
+                java_logger == name and words.fullmatch(message) for name, words in ROUTINE_LINES
             ):
                 record["level"] = "debug"
         elif record["level"] == "warning":
