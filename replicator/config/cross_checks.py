@@ -45,8 +45,10 @@ from replicator.config.kcl_settings import (
     KCL_ENUM_VALUES,
     KCL_FIXED_PROPERTIES,
     KCL_PROPERTY_SETTINGS,
+    KCL_TABLE_SUFFIXES,
     credentials_provider_problem,
     kcl_property_name,
+    kcl_table,
     numeric_property_problem,
 )
 from replicator.config.model import (
@@ -752,9 +754,7 @@ def _tombstone_table_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...],
     keeps for itself (lease, watermark, backfill, KCL, conflict log), whose items the
     tombstone writes would mix with (or which has another key)."""
     where: tuple[str | int, ...] = ("active_active", "tombstone_table")
-    tables = [(job.source.region, job.source.table)] + [
-        (d.region, d.table) for d in job.destinations
-    ]
+    tables = _tombstone_places(job)
     if not job.active_active.tombstones:
         return []  # no tombstone table: a one-way job's long table name is no problem
     for _, table in tables:
@@ -789,6 +789,12 @@ def _tombstone_table_checks(job: JobConfig) -> list[tuple[tuple[str | int, ...],
                 )
             ]
     return []
+
+
+def _tombstone_places(job: JobConfig) -> list[tuple[str, str]]:
+    """(region, table) of every table a tombstone table is kept beside: the source's and
+    each destination's."""
+    return [(job.source.region, job.source.table)] + [(d.region, d.table) for d in job.destinations]
 
 
 def _own_tables(job: JobConfig, *, conflict_log: bool = True) -> dict[tuple[str, str], str]:
@@ -1193,9 +1199,9 @@ def kcl_setting_problem(job: JobConfig, key: str, value: str) -> str | None:
         return _start_time_problem(value, dynamodb)
     if key == "metricsLevel":
         level = value.strip().upper()
-        extra_keys = job.kcl.extra_properties
         if level != "NONE" and job.kcl_endpoint_override():
-            given = [f"kcl.extra_properties.{k}" for k in KCL_ENDPOINT_KEYS if k in extra_keys]
+            extra = job.kcl.extra_properties
+            given = [f"kcl.extra_properties.{k}" for k in KCL_ENDPOINT_KEYS if k in extra]
             named = "source.endpoint_url" if job.source.endpoint_url else " and ".join(given)
             return (
                 f"{level} would make the KCL publish its metrics to CloudWatch in AWS while "
@@ -1203,7 +1209,7 @@ def kcl_setting_problem(job: JobConfig, key: str, value: str) -> str | None:
                 "NONE (the replicator serves its own metrics on /metrics)"
             )
         return None
-    if key in _KCL_TABLE_SUFFIX:
+    if key in KCL_TABLE_SUFFIXES:
         return _kcl_table_problem(job, key, value)
     problem = numeric_property_problem(key, value)
     if problem is None and key.lower().startswith(CREDENTIALS_PROVIDER_KEY):
@@ -1211,44 +1217,34 @@ def kcl_setting_problem(job: JobConfig, key: str, value: str) -> str | None:
     return problem
 
 
-# The KCL 3 properties that name a table of the task's beside its lease table, and the
-# suffix of its default name (``<task_name>-CoordinatorState``).
-_KCL_TABLE_SUFFIX = {
-    "coordinatorStateTableName": "-CoordinatorState",
-    "workerMetricsTableName": "-WorkerMetricStats",
-}
-
-
-def _kcl_table_problem(job: JobConfig, key: str, value: str) -> str | None:
+def _kcl_table_problem(job: JobConfig, key: str, name: str) -> str | None:
     """A KCL table moved by name must still be a table of its own: the KCL writes its
     coordination (leader lock, migration state) or worker metrics there, and in any
     other of the job's tables (the lease table, the source, the other KCL table) its
     items have another key, so the scheduler retries its start for ever, reading no
     shard. The KCL takes the name as written, blanks around it included."""
-    name = value
     if name != name.strip() and TABLE_PATTERN.fullmatch(name.strip()):
         return (
-            f"{shown(value)} has blanks around it, which the KCL keeps in the table's name "
+            f"{shown(name)} has blanks around it, which the KCL keeps in the table's name "
             f"(no DynamoDB table name): write {name.strip()!r}"
         )
     if not TABLE_PATTERN.fullmatch(name):
         return (
-            f"{shown(value)} is not a DynamoDB table name (3-255 characters of letters, "
+            f"{shown(name)} is not a DynamoDB table name (3-255 characters of letters, "
             "digits, _ . -): the KCL could not create its table"
         )
     task = _task(job)
     source = job.source.region
+    default = task + KCL_TABLE_SUFFIXES[key]
     own = _own_tables(job)
     if job.active_active.tombstones:
-        for region, table in [(source, job.source.table)] + [
-            (d.region, d.table) for d in job.destinations
-        ]:
+        for region, table in _tombstone_places(job):
             own.setdefault((region, job.tombstone_table(table)), "a tombstone table of the job")
-    for other, suffix in _KCL_TABLE_SUFFIX.items():
+    for other, suffix in KCL_TABLE_SUFFIXES.items():
         if other != key:
             # Its default name stays the job's even when it is moved: an earlier run may
             # have left that table, holding the other table's items.
-            named = job.kcl.extra_properties.get(other) or task + suffix
+            named = kcl_table(job.kcl.extra_properties, task, other)
             if named != task + suffix:
                 own[(source, task + suffix)] = (
                     f"the default name of the KCL's table of {other}, which an earlier run "
@@ -1256,13 +1252,13 @@ def _kcl_table_problem(job: JobConfig, key: str, value: str) -> str | None:
                 )
             own[(source, named)] = f"the KCL's table of {other}"
     clash = own.get((source, name))
-    if clash is None or name == task + _KCL_TABLE_SUFFIX[key]:
+    if clash is None or name == default:
         return None
     return (
-        f"{shown(value)} names a table the job already uses in {source}, {clash}: the KCL "
+        f"{shown(name)} names a table the job already uses in {source}, {clash}: the KCL "
         "keeps items of its own key there "
         f"and would retry its start for ever; leave {key} out (the KCL then uses "
-        f"{task + _KCL_TABLE_SUFFIX[key]!r}) or name a table the job has no other use for"
+        f"{default!r}) or name a table the job has no other use for"
     )
 
 

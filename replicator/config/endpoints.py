@@ -42,7 +42,7 @@ _AWS_QUEUE_HOST = re.compile(
 def aws_queue_region(url: str) -> str | None:
     """The region an AWS queue URL's (or SQS endpoint's) host names; None for any other
     host. SQS answers about a queue only in the queue's own region."""
-    found = _AWS_QUEUE_HOST.fullmatch((urlsplit(url).hostname or "").rstrip(".").lower())
+    found = _AWS_QUEUE_HOST.fullmatch(_host(url))
     return None if found is None else found["sqs"] or found["legacy"] or "us-east-1"
 
 
@@ -73,8 +73,13 @@ def aws_endpoint_of(service: str, region: str) -> str | None:
 def at_aws(url: str) -> bool:
     """Whether ``url``'s host is in one of AWS's DNS domains (every partition's, as
     botocore lists them: amazonaws.com, api.aws, amazonaws.com.cn, c2s.ic.gov, ...)."""
-    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    host = _host(url)
     return any(host.endswith(f".{suffix}") for suffix in _aws_dns_suffixes())
+
+
+def _host(url: str) -> str:
+    """``url``'s host as DNS compares it: lower-case, without a final dot."""
+    return (urlsplit(url).hostname or "").rstrip(".").lower()
 
 
 @functools.cache
@@ -193,11 +198,11 @@ _AWS_SERVICE_HOST = re.compile(
 )
 
 
-def _aws_service_region(host: str) -> str | None:
-    """The region of an AWS service endpoint's host (``host`` lower-case), or None when it
-    is no such host. The domain must be one of AWS's (every partition's, as botocore
-    lists them), read only for a host that names a service and a region."""
-    match = _AWS_SERVICE_HOST.fullmatch(host)
+def _aws_service_region(url: str) -> str | None:
+    """The region of ``url`` when it is an AWS service endpoint, else None. The domain
+    must be one of AWS's (every partition's, as botocore lists them), read only for a
+    host that names a service and a region."""
+    match = _AWS_SERVICE_HOST.fullmatch(_host(url))
     if match is None:
         return None
     if match["legacy"]:
@@ -209,8 +214,7 @@ def aws_region_problem(url: str, region: str, whose: str = "the section's region
     """Why an AWS service endpoint cannot serve ``region`` (``whose``, as the message
     names it; None: it is no such endpoint, or the region's own): its host names another
     region."""
-    host = (urlsplit(url).hostname or "").rstrip(".").lower()
-    named = _aws_service_region(host)
+    named = _aws_service_region(url)
     if not named or named == region:
         return None
     return (
@@ -228,10 +232,9 @@ def check_source_endpoint(value: str | None, info: ValidationInfo) -> str | None
     instance's, a load balancer's) may be one."""
     if value is None or endpoint_problem(value):
         return check_endpoint(value, info)  # its refusal of a malformed URL
-    host = (urlsplit(value).hostname or "").rstrip(".").lower()
-    if _aws_service_region(host):  # before its region is compared: no region helps
+    if _aws_service_region(value):  # before its region is compared: no region helps
         raise ValueError(
-            f"{quoted(value)} is AWS's endpoint of one service ({host}), and the source is "
+            f"{quoted(value)} is AWS's endpoint of one service ({_host(value)}), and the source is "
             "reached through this URL for two: DynamoDB (the source table, the lease "
             "table) and its stream's service (DynamoDB Streams, or Kinesis), which AWS "
             "serves at another host: leave endpoint_url out to reach AWS's own endpoints "

@@ -19,6 +19,18 @@ from replicator.config.fields import DECIMAL_PATTERN, shown, whole_decimal
 
 # KCL properties that point the KCL's clients at an endpoint other than AWS's.
 KCL_ENDPOINT_KEYS = ("kinesisEndpoint", "dynamoDBEndpoint")
+# The KCL 3 properties that name a table of the task's beside its lease table, and the
+# suffix of its default name (``<task_name>-CoordinatorState``).
+KCL_TABLE_SUFFIXES = {
+    "coordinatorStateTableName": "-CoordinatorState",
+    "workerMetricsTableName": "-WorkerMetricStats",
+}
+
+
+def kcl_table(extra_properties: dict[str, str], task_name: str, key: str) -> str:
+    """The table the KCL uses for property ``key``: the name given (as written: the KCL
+    keeps blanks, which ``validate`` refuses), else the task's default."""
+    return extra_properties.get(key) or task_name + KCL_TABLE_SUFFIXES[key]
 
 
 # What to set instead of a KCL property that the rendered properties file writes from the

@@ -19,6 +19,7 @@ import structlog
 
 from replicator.aws import clients
 from replicator.aws.errors import error_code
+from replicator.config.kcl_settings import kcl_table
 from replicator.config.model import ResolvedJob
 
 log = structlog.get_logger(__name__)
@@ -32,8 +33,9 @@ VERSION = "recordVersionNumber"
 def coordinator_table(resolved: ResolvedJob) -> str:
     """The KCL's table: ``coordinatorStateTableName`` if the job sets it (as the KCL reads
     it: blanks kept, which ``validate`` refuses), else named after the task."""
-    named = resolved.job.kcl.extra_properties.get("coordinatorStateTableName", "")
-    return named or f"{resolved.task_name}-CoordinatorState"
+    return kcl_table(
+        resolved.job.kcl.extra_properties, resolved.task_name, "coordinatorStateTableName"
+    )
 
 
 def give_up_leader_lock(resolved: ResolvedJob, worker_id: str) -> bool:
