@@ -376,9 +376,10 @@ def properties(config_path: Path, worker_id: str | None) -> None:
     """Print the KCL MultiLangDaemon properties for the job."""
     from replicator.runtime.kcl.properties import render_properties
 
-    resolved = load_job(config_path)
-    # verbatim: the file the KCL reads (it holds no credentials: docs/security.md)
-    click.echo(render_properties(resolved, worker_id=worker_id), nl=False)
+    with report_kept_apart():  # a resolver's output as it is imported: not the file
+        resolved = load_job(config_path)
+        # verbatim: the file the KCL reads (it holds no credentials: docs/security.md)
+        echo(render_properties(resolved, worker_id=worker_id), nl=False)
 
 
 @cli.command()
@@ -919,7 +920,7 @@ def conflicts(config_path: Path, **options: Any) -> None:
 
     if options["restore_id"] is not None:
         _refuse_listing_options_with_restore()
-    sys.exit(commands.conflicts(config_path, **options))
+    _exit_with_report(lambda: commands.conflicts(config_path, **options))
 
 
 def _refuse_listing_options_with_restore() -> None:

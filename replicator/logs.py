@@ -184,7 +184,7 @@ def unfiltered(name: str) -> Any:
     )
 
 
-def echo(text: str, err: bool = False) -> None:
+def echo(text: str, err: bool = False, *, nl: bool = True) -> None:
     """Print a command's output (stdout) or a one-line error or warning (``err``).
 
     Output is printed exactly: it holds data (items, conflict images, keys, dead-letter
@@ -196,14 +196,14 @@ def echo(text: str, err: bool = False) -> None:
     import click
 
     if err:
-        click.echo(redact(text), err=True)
+        click.echo(redact(text), err=True, nl=nl)
     elif _REPORTS:
         try:
-            click.echo(text, file=_REPORTS[-1])
+            click.echo(text, file=_REPORTS[-1], nl=nl)
         except OSError as error:
             raise _unwritten(error) from None
     else:
-        click.echo(text)
+        click.echo(text, nl=nl)
 
 
 def _unwritten(error: OSError) -> Exception:
@@ -214,6 +214,16 @@ def _unwritten(error: OSError) -> Exception:
 
 # The stdout a command's report goes to while others' prints are kept out of it.
 _REPORTS: list[TextIO] = []
+# Those of them whose unwritten report the command has said on stderr instead.
+_SAID_ELSEWHERE: set[int] = set()
+
+
+def report_said_elsewhere() -> None:
+    """The report that could not be written to stdout has been said on stderr, and the
+    command's exit code stands on its work (a restore that was made): the report's
+    failing flush as the command ends is not its error any more."""
+    if _REPORTS:
+        _SAID_ELSEWHERE.add(id(_REPORTS[-1]))
 
 
 def moved_off_stdout(out: TextIO) -> tuple[TextIO, int] | None:
@@ -322,19 +332,23 @@ def report_kept_apart() -> Iterator[None]:
         _keep_if_replaced(aside)
         sys.stdout = out
         report = _REPORTS.pop()
+        said_elsewhere = id(report) in _SAID_ELSEWHERE
+        _SAID_ELSEWHERE.discard(id(report))
         if moved is not None:
-            _give_back(report, moved[1])
+            _give_back(report, moved[1], said_elsewhere=said_elsewhere)
 
 
-def _give_back(report: TextIO, descriptor: int) -> None:
+def _give_back(report: TextIO, descriptor: int, *, said_elsewhere: bool = False) -> None:
     """The report's descriptor made ``descriptor`` (1) again, the report flushed first.
     A report that cannot be written (a closed pipe, a full disk) fails its flush, and that
-    error is the command's: the descriptor is given back before it is raised."""
+    error is the command's (unless ``said_elsewhere``): the descriptor is given back
+    before it is raised."""
     unwritten: Exception | None = None
     try:
         report.flush()
     except OSError as error:
-        unwritten = _unwritten(error)
+        if not said_elsewhere:
+            unwritten = _unwritten(error)
     finally:
         os.dup2(report.fileno(), descriptor)
         with contextlib.suppress(OSError, ValueError):  # bytes a failed flush kept

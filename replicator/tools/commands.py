@@ -278,7 +278,7 @@ def _conflicts(
     from replicator.conflictlog.reader import Listing, read_task_entries
     from replicator.conflictlog.restore import named_places, restore, under_current_names
     from replicator.conflictlog.targets import conflict_log_target
-    from replicator.exceptions import EntryNotFound
+    from replicator.exceptions import EntryNotFound, ReportUnwritten
     from replicator.runtime import file_owners
 
     with aws_failures(f"conflicts {resolved.task_name}"):
@@ -299,7 +299,13 @@ def _conflicts(
                 if why is None:
                     raise
                 raise EntryNotFound(f"{error}: {why}") from None
-            logs.echo(result.message)
+            try:
+                logs.echo(result.message)
+            except ReportUnwritten as unwritten:
+                # The restore is made (or refused) whether or not its line is read:
+                # the exit code says which, and stderr says the line.
+                logs.report_said_elsewhere()
+                logs.echo(f"replicator: {unwritten}; it said: {result.message}", err=True)
             return result.exit_code
         own, others = read_task_entries(
             target, selection, resolved.task_name, named_places=named_places(resolved)

@@ -35,6 +35,7 @@ from replicator.items import describe_key, image_digest, item_from_wire, item_to
 from replicator.writers.destination import DestinationWriter
 from tests.conflictlog.test_conflict_log import conflict, job_file
 from tests.support.aws import client, create_table
+from tests.support.cli import replicator_into_a_pipe_nobody_reads
 from tests.support.records import daemon_record, stream_record
 
 SKIPPED = "unreadable conflict-log entry skipped"
@@ -572,6 +573,36 @@ def test_a_restore_writes_the_loser_once_and_again_says_it_is_already_restored(
     )
     assert case.held() == case.loser
     assert len(case.restores()) == 1
+
+
+UNWRITTEN = "replicator: the report could not be written to stdout: [Errno 32] Broken pipe"
+
+
+def test_a_restore_whose_line_cannot_be_written_says_it_on_stderr_and_exits_as_restored(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """With stdout a pipe whose reader had gone (``| true``), a restore that was made
+    exited 1 without a word (click's own handling of a closed pipe), as if not restored;
+    a listing too."""
+    case = Restorable(moto_endpoint, unique, tmp_path)
+    restore = ("conflicts", "-c", str(case.config), "--restore", case.entry.id)
+    done = replicator_into_a_pipe_nobody_reads(*restore)
+    assert done.returncode == 0, done.stderr
+    assert case.held() == case.loser
+    (record,) = case.restores()
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"{UNWRITTEN}; it said: restored"), done.stderr
+    assert "Traceback" not in done.stderr
+
+    again = replicator_into_a_pipe_nobody_reads(*restore)
+    assert again.returncode == 0, again.stderr
+    assert f"{UNWRITTEN}; it said: already restored" in again.stderr
+    assert f"restored by entry {record.id}" in again.stderr
+    assert len(case.restores()) == 1
+
+    listing = replicator_into_a_pipe_nobody_reads("conflicts", "-c", str(case.config))
+    assert listing.returncode == 1, listing.stderr
+    assert listing.stderr.strip().splitlines()[-1] == UNWRITTEN, listing.stderr
 
 
 def test_a_stop_between_the_reading_and_the_write_writes_nothing(

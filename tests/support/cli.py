@@ -28,6 +28,26 @@ def replicator(
     )
 
 
+def replicator_into_a_pipe_nobody_reads(
+    *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -m replicator ARGS`` with its stdout a pipe whose reader has gone (``|
+    head`` done, a log shipper stopped): its stderr captured, whatever its exit status."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "replicator", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+
+
 class CommandHung(BaseException):
     """An in-process command that did not return within its timeout: a BaseException, so
     that neither the command's own handlers nor click's runner take it for the command's

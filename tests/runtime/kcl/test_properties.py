@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.support import ROOT
-from tests.support.cli import in_process, replicator
+from tests.support.cli import in_process, replicator, replicator_into_a_pipe_nobody_reads
 
 
 def properties(path: Path) -> dict[str, str]:
@@ -1137,3 +1137,15 @@ def test_a_property_the_kcl_does_not_read_is_cautioned_about_with_the_closest(
         "warning: kcl.extra_properties.somethingElse is not a property KCL 3.1's "
         "MultiLangDaemon reads: the KCL takes it without a word and uses it for nothing",
     ]
+
+
+def test_properties_that_cannot_be_written_are_said_in_one_line() -> None:
+    """``properties -c job.yaml | head -0`` exited 1 without a word (click's handling of
+    a closed pipe), where the other commands name what failed."""
+    done = replicator_into_a_pipe_nobody_reads(
+        "properties", "-c", str(ROOT / "config/one-way.yaml")
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "replicator: the report could not be written to stdout: [Errno 32] Broken pipe"
+    ], done.stderr
