@@ -788,7 +788,7 @@ def watermark(config_path: Path, destination: str | None, as_json: bool) -> None
     the status table cannot be read or the task is another source's)."""
     from replicator.watermark import commands
 
-    sys.exit(commands.show(load_job(config_path), destination, as_json))
+    _exit_with_report(lambda: commands.show(load_job(config_path), destination, as_json))
 
 
 @cli.command()
@@ -857,7 +857,9 @@ def wait(
             param_hint="'--since'",
         )
     resolved = load_job(config_path)
-    sys.exit(commands.wait(resolved, destination, until, timeout, since, poll_interval))
+    _exit_with_report(
+        lambda: commands.wait(resolved, destination, until, timeout, since, poll_interval)
+    )
 
 
 @cli.command()

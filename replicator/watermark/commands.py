@@ -25,6 +25,7 @@ from replicator.epoch import ISO_TIME_FORM, date_alone, exact_seconds, typed_iso
 from replicator.exceptions import (
     ConfigError,
     EnvironmentProblem,
+    ReportUnwritten,
     StatusTableMissing,
     StatusTableSilent,
 )
@@ -356,8 +357,13 @@ def wait(
             f"{redact(result.problem or '')} (at {where}, no read answered in "
             f"{result.waited_s:.1f}s)"
         )
-    target = f"{destination.label} until {iso(to_epoch_us(until))}"
-    logs.echo(f"{target}: {result.describe()}", err=not result.replicated)
+    said = f"{destination.label} until {iso(to_epoch_us(until))}: {result.describe()}"
+    try:
+        logs.echo(said, err=not result.replicated)
+    except ReportUnwritten as unwritten:
+        # What was waited for is known: the exit code says it, and stderr the line.
+        logs.report_said_elsewhere()
+        logs.echo(f"replicator: {unwritten}; it said: {said}", err=True)
     if not result.reached and not result.unread:
         return EXIT_TIMEOUT
     return EXIT_DEAD_LETTERED if result.dead_lettered or result.unread else EXIT_REPLICATED

@@ -21,7 +21,7 @@ from replicator.watermark.commands import SHOW_TIMEOUT_S
 from replicator.watermark.table import StatusTable
 from tests.support import ROOT
 from tests.support.aws import client
-from tests.support.cli import in_process, replicator
+from tests.support.cli import in_process, replicator, replicator_into_a_pipe_nobody_reads
 from tests.support.faults.proxy import FaultProxy
 from tests.support.silent import SilentEndpoint, run_from_first_read
 
@@ -581,6 +581,32 @@ def test_a_timeout_of_inf_waits_without_limit_and_exits_0_once_passed(
             "wait", "--config", str(path), "-d", EU, "--until", until, "--timeout", timeout
         )
         assert done.returncode == 0, done.stderr
+
+
+def test_a_wait_whose_line_cannot_be_written_still_exits_0_and_says_it_on_stderr(
+    moto_endpoint: str, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    """With stdout a pipe whose reader had gone, a wait that was answered exited 1
+    without a word (click's handling of a closed pipe), which a script reads as a
+    timeout; ``watermark`` too."""
+    task = unique("wm-pipe")
+    table = StatusTable(client("dynamodb", "eu-west-1", moto_endpoint), f"{task}-watermark", EU)
+    table.ensure_exists()
+    table.raise_part("s1", T0, "test:1")
+    path = job_file(tmp_path, task, moto_endpoint)
+    until = str(T0 // S - 1)
+    done = replicator_into_a_pipe_nobody_reads(
+        "wait", "--config", str(path), "-d", EU, "--until", until, "--timeout", "30"
+    )
+    assert done.returncode == 0, done.stderr
+    (last,) = done.stderr.strip().splitlines()[-1:]
+    unwritten = "replicator: the report could not be written to stdout: [Errno 32] Broken pipe"
+    assert last.startswith(f"{unwritten}; it said: {EU} until "), done.stderr
+    assert ": replicated: " in last, done.stderr
+
+    shown = replicator_into_a_pipe_nobody_reads("watermark", "--config", str(path))
+    assert shown.returncode == 1, shown.stderr
+    assert shown.stderr.strip().splitlines()[-1] == unwritten, shown.stderr
 
 
 @pytest.mark.parametrize(
