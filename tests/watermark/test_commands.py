@@ -567,15 +567,18 @@ def test_a_timeout_that_overflows_or_spells_infinity_otherwise_is_refused_naming
     assert message in line, done.stderr
 
 
+def passed_job(endpoint: str, task: str, tmp_path: Path) -> tuple[Path, str]:
+    """A job whose destination EU's watermark is at T0, and a time it has passed."""
+    table = StatusTable(client("dynamodb", "eu-west-1", endpoint), f"{task}-watermark", EU)
+    table.ensure_exists()
+    table.raise_part("s1", T0, "test:1")
+    return job_file(tmp_path, task, endpoint), str(T0 // S - 1)
+
+
 def test_a_timeout_of_inf_waits_without_limit_and_exits_0_once_passed(
     moto_endpoint: str, unique: Callable[[str], str], tmp_path: Path
 ) -> None:
-    task = unique("wm-inf")
-    table = StatusTable(client("dynamodb", "eu-west-1", moto_endpoint), f"{task}-watermark", EU)
-    table.ensure_exists()
-    table.raise_part("s1", T0, "test:1")
-    path = job_file(tmp_path, task, moto_endpoint)
-    until = str(T0 // S - 1)
+    path, until = passed_job(moto_endpoint, unique("wm-inf"), tmp_path)
     for timeout in ("inf", "1e308"):
         done = replicator(
             "wait", "--config", str(path), "-d", EU, "--until", until, "--timeout", timeout
@@ -589,12 +592,7 @@ def test_a_wait_whose_line_cannot_be_written_still_exits_0_and_says_it_on_stderr
     """With stdout a pipe whose reader had gone, a wait that was answered exited 1
     without a word (click's handling of a closed pipe), which a script reads as a
     timeout; ``watermark`` too."""
-    task = unique("wm-pipe")
-    table = StatusTable(client("dynamodb", "eu-west-1", moto_endpoint), f"{task}-watermark", EU)
-    table.ensure_exists()
-    table.raise_part("s1", T0, "test:1")
-    path = job_file(tmp_path, task, moto_endpoint)
-    until = str(T0 // S - 1)
+    path, until = passed_job(moto_endpoint, unique("wm-pipe"), tmp_path)
     done = replicator_into_a_pipe_nobody_reads(
         "wait", "--config", str(path), "-d", EU, "--until", until, "--timeout", "30"
     )
