@@ -6,6 +6,7 @@ message and exit non-zero without a traceback; the exit codes are listed in the 
 
 from __future__ import annotations
 
+import errno
 import functools
 import math
 import os
@@ -538,7 +539,7 @@ def demo(
 ) -> None:
     """Run the embedded demo: local endpoint, demo tables, live progress, convergence check.
 
-    The job runs on the local runtime, whatever its file's ``runtime`` says.
+    The job runs on the local runtime, whatever the job file's runtime says.
     """
     from replicator.demo.run import STOP_SIGNALS, DemoOptions, run_demo
 
@@ -549,10 +550,32 @@ def demo(
         settle_timeout_s=settle_timeout,
         linger_s=linger,
     )
-    code = run_demo(_demo_job(config_path), options)
+    try:
+        code = run_demo(_demo_job(config_path), options)
+    except OSError as error:
+        # Its progress could not be written (`| head` done, a full disk): the replicator
+        # was stopped and the demo's files removed on the way out; say so in one line
+        # (click would end it with exit 1 and no word, which reads as a failed check).
+        if error.errno not in (errno.EPIPE, errno.ENOSPC):
+            raise
+        _stdout_gone()
+        echo(f"replicator: the demo's output could not be written to stdout: {error}", err=True)
+        code = 1
     for stop_signal in STOP_SIGNALS:  # the outcome is decided: keep it
         signal.signal(stop_signal, signal.SIG_IGN)
     sys.exit(code)
+
+
+def _stdout_gone() -> None:
+    """stdout made the null device, so that what is still held for it is dropped rather
+    than failing again (a traceback) as the interpreter flushes it at exit."""
+    descriptor = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(descriptor, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # no stdout of its own (a test's)
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def _demo_job(config_path: Path) -> Path:

@@ -9,8 +9,10 @@ destinations equal the source.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
+import pty
 import re
 import shutil
 import signal
@@ -115,11 +117,20 @@ def _interruption(error: KeyboardInterrupt) -> tuple[str, int]:
     return f"interrupted ({signal.Signals(signum).name})", 128 + signum
 
 
+class _Console(Console):
+    """rich's console, but a closed stdout raises the error rather than ending the
+    process (rich's ``SystemExit(1)``, which skipped the command's one line saying so)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
 def run_demo(config_path: Path, options: DemoOptions, console: Console | None = None) -> int:
     if console is None:
         # Off a terminal (CI logs, a pipe) one progress line per interval, not wrapped at
         # rich's default 80 columns, so that each line can be grepped whole.
-        console = Console() if sys.stdout.isatty() else Console(width=200, soft_wrap=True)
+        console = _Console() if sys.stdout.isatty() else _Console(width=200, soft_wrap=True)
     endpoint = EmbeddedEndpoint()
     previous = {stop_signal: signal.getsignal(stop_signal) for stop_signal in STOP_SIGNALS}
     _STOPPING.clear()
@@ -293,14 +304,18 @@ def _port_variable(text: str) -> str | None:
 
 
 def rate_line(changes: int, elapsed_s: float, asked: float) -> str:
-    """The rate the workload reached beside the one asked: a loaded host writes slower."""
+    """The rate the workload reached beside the one asked: a loaded host writes slower.
+    A run under a second says no rate (its first change is written at once: 1 change
+    in 0.06 s is no rate of 17/s, nor a slow endpoint)."""
+    noun = "change" if changes == 1 else "changes"
+    if elapsed_s < 1:
+        return f"{changes} {noun} in {elapsed_s:.2g} s: too short a run to tell its rate"
     # The workload writes its first change at once and never faster than asked: a count
     # over a short run (1 change in 0.01 s) would read as far above the rate asked.
     achieved = min(changes / elapsed_s, asked) if elapsed_s > 0 else 0.0
     # Whole changes a second where that says enough; below 10/s to the hundredth, the
     # smallest --rate (0.1/s reached is not "0/s").
     reached = f"{achieved:.0f}" if achieved >= 10 else f"{round(achieved, 2):g}"
-    noun = "change" if changes == 1 else "changes"
     line = f"{changes} {noun} in {elapsed_s:.0f} s: {reached}/s of the {asked:g}/s asked"
     if achieved < 0.9 * asked:
         line += " (the endpoint or this host could not take them faster)"
@@ -318,6 +333,57 @@ def _figures(stats: dict[str, float]) -> tuple[str, str, str, str]:
     counts = [str(int(stats.get(key, 0))) if stats else UNKNOWN for key in _SHOWN_OUTCOMES]
     lag = f"{stats['lag']:.2f}" if "lag" in stats else UNKNOWN
     return counts[0], counts[1], counts[2], lag
+
+
+class _ChildLines:
+    """A terminal of its own for the processors' log lines, each line written on through
+    this process's ``sys.stderr``: while the live progress shows, rich takes that and
+    prints the line above the table. Written straight to the terminal, a processor's
+    line was glued to the table's last border and the next refresh wrote over it. A
+    pseudo-terminal, not a pipe, so that the processors still see a terminal and log as
+    they would on one (``logging.format: auto``)."""
+
+    def __init__(self) -> None:
+        self.reading, self.writing = pty.openpty()
+        self._thread = threading.Thread(target=self._forward, name="child-lines", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    @contextmanager
+    def for_console(cls, console: Console) -> Iterator[int | None]:
+        """The descriptor processors write to while ``console`` shows the live progress
+        on the terminal that is also stderr; None (stderr as it is) otherwise."""
+        if not (console.is_terminal and sys.stderr.isatty()):
+            yield None
+            return
+        lines = cls()
+        try:
+            yield lines.writing
+        finally:
+            lines.close()
+
+    def _forward(self) -> None:
+        pending = b""
+        while True:
+            try:
+                chunk = os.read(self.reading, 65536)
+            except OSError:  # EIO: every process writing to it has closed it
+                break
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                sys.stderr.write(line.rstrip(b"\r").decode("utf-8", "replace") + "\n")
+        if pending:
+            sys.stderr.write(pending.rstrip(b"\r").decode("utf-8", "replace") + "\n")
+
+    def close(self) -> None:
+        """Once the processors are gone: their last lines written on, the terminal closed
+        (a processor still alive keeps the reading end open, in a daemon thread)."""
+        os.close(self.writing)
+        self._thread.join(5)
+        if not self._thread.is_alive():
+            os.close(self.reading)
 
 
 class _Demo:
@@ -370,7 +436,12 @@ class _Demo:
                 "between the progress (logging.level: warning in the job file shows "
                 "warnings and errors only)"
             )
-        runtime = LocalRuntime(self.resolved, shard_sync_interval_s=2.0)
+        with _ChildLines.for_console(console) as child_lines:
+            return self._run(child_lines)
+
+    def _run(self, child_lines: int | None) -> int:
+        console = self.console
+        runtime = LocalRuntime(self.resolved, shard_sync_interval_s=2.0, child_stderr=child_lines)
         failure: list[BaseException] = []
 
         def run_runtime() -> None:
@@ -567,8 +638,11 @@ class _Demo:
             f"stream records read {read}  shards {len(progress)}"
         )
         table = Table(title=title, title_justify="left")
-        for column in ("destination", "applied", "lost conflict", "dead-lettered", "lag (s)"):
-            table.add_column(column, justify="right" if column != "destination" else "left")
+        # A name too long for the terminal is folded onto more lines, never cut: two
+        # destinations whose names differ at the end would look alike.
+        table.add_column("destination", overflow="fold")
+        for column in ("applied", "lost conflict", "dead-lettered", "lag (s)"):
+            table.add_column(column, justify="right")
         for label, stats in self._per_destination(runtime).items():
             table.add_row(label, *_figures(stats))
         return table

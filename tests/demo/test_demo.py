@@ -259,8 +259,8 @@ def test_a_stop_signal_after_the_check_waits_for_the_replicators_stop(tmp_path: 
 def test_a_demo_whose_output_is_closed_stops_its_replicator_and_leaves_no_lock(
     tmp_path: Path,
 ) -> None:
-    """`replicator demo | head -3`: the demo ends at its next line (exit 1, as a click
-    command whose output closed), and its replicator is stopped first. It was left to die
+    """`replicator demo | head -3`: the demo ends at its next line (exit 1 and one line
+    saying so), and its replicator is stopped first. It was left to die
     with the process, its host lock file left in the temporary directory for each run."""
     env = {**os.environ, "REPLICATOR_DEMO_METRICS_PORT": str(free_port()), "TMPDIR": str(tmp_path)}
     demo = subprocess.Popen(
@@ -284,7 +284,115 @@ def test_a_demo_whose_output_is_closed_stops_its_replicator_and_leaves_no_lock(
     errors = demo.stderr.read()
     assert status == 1, errors
     assert "Traceback" not in errors, errors
+    # It said why (it ended without a word, which reads as a failed check).
+    assert errors.strip().splitlines()[-1] == (
+        "replicator: the demo's output could not be written to stdout: [Errno 32] Broken pipe"
+    ), errors
     assert_nothing_left(tmp_path)
+
+
+def on_a_terminal(*args: str, width: int) -> tuple[int, str]:
+    """``replicator demo ARGS`` with a terminal (a pseudo-terminal ``width`` columns wide)
+    as its stdin, stdout and stderr: its exit status and everything it wrote there."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    reading, writing = pty.openpty()
+    fcntl.ioctl(writing, termios.TIOCSWINSZ, struct.pack("HHHH", 40, width, 0, 0))
+    env = {**os.environ, "REPLICATOR_DEMO_METRICS_PORT": "0", "TERM": "xterm", "COLUMNS": ""}
+    env.pop("COLUMNS")
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "replicator", "demo", *args],
+        cwd=ROOT,
+        env=env,
+        stdin=writing,
+        stdout=writing,
+        stderr=writing,
+    )
+    os.close(writing)
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: _read_all(reading, chunks), daemon=True)
+    reader.start()
+    try:
+        status = demo.wait(timeout=120 * PATIENCE)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    reader.join(30)
+    os.close(reading)
+    return status, b"".join(chunks).decode("utf-8", "replace")
+
+
+def as_shown(output: str) -> list[str]:
+    """The lines a terminal shows (its scrollback included) once ``output`` is written
+    to it: the cursor movements, line erasures and colours rich's live display uses."""
+    rows: list[list[str]] = [[]]
+    row = column = 0
+    for token in re.findall(r"\x1b\[[0-9;?]*[A-Za-z]|\r|\n|[^\x1b\r\n]", output):
+        if token == "\r":
+            column = 0
+        elif token == "\n":
+            row += 1
+            column = 0
+            if row == len(rows):
+                rows.append([])
+        elif token.startswith("\x1b["):
+            if token.endswith("A"):  # cursor up
+                row = max(0, row - int(token[2:-1] or 1))
+            elif token == "\x1b[2K":  # erase the line
+                rows[row] = []
+        else:
+            line = rows[row]
+            line.extend(" " * (column - len(line)))
+            line[column : column + 1] = [token]
+            column += 1
+    return ["".join(line) for line in rows]
+
+
+def _read_all(descriptor: int, into: list[bytes]) -> None:
+    while True:
+        try:
+            chunk = os.read(descriptor, 65536)
+        except OSError:  # EIO: the terminal's other end closed
+            return
+        if not chunk:
+            return
+        into.append(chunk)
+
+
+def test_a_processors_log_lines_come_above_the_live_progress_on_a_terminal(
+    tmp_path: Path,
+) -> None:
+    """A processor's log line (``processor started``, a child process's) was written
+    straight to the terminal, glued to the live table's last border, and the table's
+    next refresh wrote over it; destination names were cut to fit 80 columns, so two
+    whose names differ at the end looked alike."""
+    job = tmp_path / "long-names.yaml"
+    job.write_text(
+        "task_name: demo-long-names\n"
+        "source: {region: us-east-1, table: customer-orders}\n"
+        "destinations:\n"
+        "  - {region: ap-southeast-2, table: customer-orders-replica-blue}\n"
+        "  - {region: ap-southeast-2, table: customer-orders-replica-green}\n"
+        "conflict: {policy: overwrite}\n"
+        "metrics: {port: 0}\n"
+        "logging: {level: info}\n"
+    )
+    status, screen = on_a_terminal("-c", str(job), "--duration", "3", "--rate", "10", width=80)
+    assert status == 0, screen
+    lines = as_shown(screen)
+    started = [line for line in lines if "processor started" in line]
+    assert started, "\n".join(lines)
+    for line in started:  # a line of its own, printed above the table, not after its border
+        assert not any(border in line for border in "┘┐│┃└"), repr(line)
+    # Each destination's whole name is on the screen (folded, not cut with an ellipsis).
+    assert "…" not in screen, screen
+    table = re.sub(r"[^a-z0-9/-]", "", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen))
+    for name in ("replica-blue", "replica-green"):
+        assert name in table or name.replace("-", "") in table, screen
 
 
 @pytest.mark.parametrize("stop", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
@@ -682,8 +790,11 @@ def test_the_summary_reports_the_rate_reached_beside_the_one_asked() -> None:
     assert rate_line(1, 10.0, 0.1) == "1 change in 10 s: 0.1/s of the 0.1/s asked"
     assert rate_line(3, 300.0, 0.01) == "3 changes in 300 s: 0.01/s of the 0.01/s asked"
     assert rate_line(25, 10.0, 2.5) == "25 changes in 10 s: 2.5/s of the 2.5/s asked"
-    # A run shorter than one interval wrote its first change at once: never above asked.
-    assert rate_line(1, 0.011, 40) == "1 change in 0 s: 40/s of the 40/s asked"
+    # A run under a second wrote its first change at once: no rate, and no slow endpoint.
+    too_short = "too short a run to tell its rate"
+    assert rate_line(1, 0.011, 40) == f"1 change in 0.011 s: {too_short}"
+    assert rate_line(0, 1e-9, 40) == f"0 changes in 1e-09 s: {too_short}"
+    assert rate_line(5, 0.5, 2) == f"5 changes in 0.5 s: {too_short}"
     assert rate_line(1, 1.0, 0.01) == "1 change in 1 s: 0.01/s of the 0.01/s asked"
 
 

@@ -4,7 +4,8 @@ This is what the Java MultiLangDaemon does for each shard: write one JSON action
 line to the child's stdin, serve the child's ``checkpoint`` requests while the action
 runs, and wait for ``{"action": "status", "responseFor": <action>}``. A wrong or
 missing status is a protocol failure, as it is for the daemon: the child is killed.
-The child's stderr is passed through to ours (its structured logs).
+The child's stderr is passed through to ours (its structured logs), or to the
+descriptor the runtime is given for it.
 """
 
 from __future__ import annotations
@@ -64,11 +65,14 @@ class ProcessorChild:
         env: Mapping[str, str],
         on_checkpoint: CheckpointHandler,
         name: str,
+        stderr: int | None = None,
     ) -> None:
+        """``stderr``: a file descriptor for the child's log lines (None: ours)."""
         self.argv = list(argv)
         self.env = dict(env)
         self.on_checkpoint = on_checkpoint
         self.name = name
+        self.stderr = stderr
         self._process: subprocess.Popen[str] | None = None
         self._lines: queue.Queue[object] = queue.Queue()
         self._last_words: Path | None = None  # where the child leaves why it exits
@@ -85,7 +89,7 @@ class ProcessorChild:
             self.argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=None,
+            stderr=self.stderr,
             env={**self.env, lastwords.ENV: path},
             text=True,
             bufsize=1,

@@ -124,8 +124,12 @@ class LocalRuntime:
         shard_sync_interval_s: float = SHARD_SYNC_INTERVAL_S,
         restart_limit: int = PROCESSOR_RESTART_LIMIT,
         owner_check_interval_s: float = ownership.CHECK_INTERVAL_S,
+        child_stderr: int | None = None,
     ) -> None:
+        """``child_stderr``: a file descriptor the processors write their log lines to
+        (None: this process's stderr); the demo reads them through its progress display."""
         self.resolved = resolved
+        self.child_stderr = child_stderr
         self.job = resolved.job
         self.worker_id = worker_id or self.job.kcl.worker_id or socket.gethostname()
         self.shard_sync_interval_s = shard_sync_interval_s
@@ -643,6 +647,7 @@ class LocalRuntime:
             env,
             on_checkpoint,
             name=f"processor-{shard_id}",
+            stderr=self.child_stderr,
         )
 
     def _standing(self, lease: Lease) -> Standing | None:
