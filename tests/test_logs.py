@@ -418,6 +418,24 @@ def test_a_named_credential_quoted_as_bytes_or_twice_is_redacted() -> None:
     assert said == twice.replace("short\\\\rTk\\\\r", REDACTED)
 
 
+def test_a_bare_token_and_an_external_id_are_redacted_where_a_text_names_them() -> None:
+    """A credential_process's error quoted what it fetched (``token=...``), and an STS
+    answer quoting the AssumeRole request its ``ExternalId``; an error code that ends in
+    ``Token`` is not taken for one."""
+    from replicator.logs import REDACTED, redact
+
+    said = redact("helper failed: token=ProcSessionToken123 expired")
+    assert said == f"helper failed: token={REDACTED} expired"
+    said = redact("Action=AssumeRole&ExternalId=ExtIdSecret-987&RoleArn=arn:aws:iam::1:role/r")
+    assert said == f"Action=AssumeRole&ExternalId={REDACTED}&RoleArn=arn:aws:iam::1:role/r"
+    assert redact('external_id: "ExtIdSecret-987"') == f'external_id: "{REDACTED}"'
+    kept = "ExpiredToken: The security token included in the request is expired"
+    assert redact(kept) == kept
+    assert redact("(MissingAuthenticationToken) when calling") == (
+        "(MissingAuthenticationToken) when calling"
+    )
+
+
 def test_a_password_option_or_url_password_with_escapes_is_redacted() -> None:
     """The JVM options and URLs quoted by repr (a list of arguments, a bytes URL)."""
     from replicator.logs import REDACTED, redact

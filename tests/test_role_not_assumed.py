@@ -4,13 +4,21 @@ tables exist, with STS at a closed port of this host."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import (
+    ClientError,
+    CredentialRetrievalError,
+    EndpointConnectionError,
+    NoCredentialsError,
+)
 
 from replicator.aws.errors import ErrorKind, RoleNotAssumed, classify, may_have_landed
 from tests.support.aws import client, create_table
@@ -72,6 +80,38 @@ def test_a_role_whose_sts_cannot_be_reached_is_named_with_sts_by_every_command(
     assert "cannot reach" not in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("args", COMMANDS.values(), ids=COMMANDS.keys())
+def test_a_role_with_no_credentials_to_assume_it_with_is_one_line_and_exit_3(
+    moto_endpoint: str, unique: Any, tmp_path: Path, args: list[str]
+) -> None:
+    """No credentials at all (none in the environment, no files, no instance): ``wait``
+    and ``watermark``, which reach only the destination's role, ended in a traceback
+    (botocore's fetcher asked None for credentials) and exit 1, which ``wait`` means
+    for a timeout."""
+    config = job_file(tmp_path, moto_endpoint, unique)
+    credentials = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+    env = {name: value for name, value in os.environ.items() if name not in credentials}
+    env |= {
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_ENDPOINT_URL_STS": moto_endpoint,
+    }
+    command, *rest = args
+    result = subprocess.run(
+        [sys.executable, "-m", "replicator", command, "--config", str(config), *rest],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 3, result
+    assert "Traceback" not in result.stderr, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("replicator:")]
+    assert "credentials" in line, result.stderr
+
+
 def test_an_sts_endpoint_carrying_a_password_is_refused_and_never_shown(
     moto_endpoint: str, unique: Any, tmp_path: Path
 ) -> None:
@@ -109,12 +149,20 @@ def test_a_role_not_assumed_was_never_sent_and_is_never_the_changes_fault() -> N
     assert may_have_landed(ClientError({"Error": {"Code": "InternalServerError"}}, "PutItem"))
 
 
-def test_a_role_sts_keeps_refusing_stops_the_writer_naming_the_trust_policy(
-    metrics: Any,
-) -> None:
-    """STS refusing the role (AccessDenied) every time: the destination stops the worker
-    after its refusal limit, saying no write was sent and what to check (the trust
-    policy, sts:AssumeRole, the external id), not the host's clock."""
+def test_a_credential_source_that_fails_is_access_not_the_network() -> None:
+    """A credential_process (or a container's or instance's credential endpoint) that
+    fails while the worker runs was retried for ever as a network failure (``reason=
+    "network"``, the worker healthy); it is access, which persisting stops the worker
+    as a role STS refuses does. A write it failed was never signed, so never sent."""
+    failed = CredentialRetrievalError(provider="custom-process", error_msg="exit 1")
+    assert classify(failed) is ErrorKind.AUTH
+    assert classify(NoCredentialsError()) is ErrorKind.AUTH
+    assert not may_have_landed(failed)
+
+
+def stop_of_writing_with(client: Any, metrics: Any) -> str:
+    """Why a destination writer through ``client`` stops the worker, writing one change
+    (after 3 refusals in a row)."""
     from replicator.aws.backoff import Backoff
     from replicator.config.model import ConflictConfig
     from replicator.decode import decode
@@ -123,6 +171,53 @@ def test_a_role_sts_keeps_refusing_stops_the_writer_naming_the_trust_policy(
     from replicator.writers.destination import DestinationWriter
     from tests.support.records import put
 
+    writer = DestinationWriter(
+        label="acct-a",
+        table="orders",
+        region="eu-west-1",
+        client=client,
+        rule=rule_for(ConflictConfig(policy="overwrite"), None),
+        metrics=metrics,
+        backoff=Backoff(0.0001, 0.001),
+        refusal_limit=3,
+    )
+    with pytest.raises(DestinationRefused) as refused:
+        writer.write(decode(put("a", 1, v="x")))
+    return str(refused.value)
+
+
+def test_a_credential_process_that_keeps_failing_stops_the_writer_naming_the_credentials(
+    metrics: Any,
+) -> None:
+    """Every write failing to get credentials (the profile's credential_process exits
+    1): retried as ``auth``, not ``network``, and after the refusal limit the worker
+    stops, saying no write was sent and what to check, not the host's clock."""
+
+    class NoCredentials:
+        def put_item(self, **_: Any) -> Any:
+            raise CredentialRetrievalError(
+                provider="custom-process", error_msg="helper exited 1: SSO session expired"
+            )
+
+    said = stop_of_writing_with(NoCredentials(), metrics)
+    assert said.startswith(
+        "destination acct-a (eu-west-1/orders): no credentials to write with, 3 times in a row "
+        "(no write was sent): "
+    ), said
+    assert "SSO session expired" in said and "credential_process" in said, said
+    assert "NTP" not in said
+    retries = metrics.registry.get_sample_value(
+        "replicator_retries_total", {"destination": "acct-a", "reason": "auth"}
+    )
+    assert retries == 2, retries
+
+
+def test_a_role_sts_keeps_refusing_stops_the_writer_naming_the_trust_policy(
+    metrics: Any,
+) -> None:
+    """STS refusing the role (AccessDenied) every time: the destination stops the worker
+    after its refusal limit, saying no write was sent and what to check (the trust
+    policy, sts:AssumeRole, the external id), not the host's clock."""
     denied = ClientError(
         {"Error": {"Code": "AccessDenied", "Message": "not authorized to perform sts:AssumeRole"}},
         "AssumeRole",
@@ -134,19 +229,7 @@ def test_a_role_sts_keeps_refusing_stops_the_writer_naming_the_trust_policy(
                 role_arn=ROLE, sts_endpoint="https://sts.amazonaws.com", error=denied
             )
 
-    writer = DestinationWriter(
-        label="acct-a",
-        table="orders",
-        region="eu-west-1",
-        client=RoleRefused(),  # type: ignore[arg-type]
-        rule=rule_for(ConflictConfig(policy="overwrite"), None),
-        metrics=metrics,
-        backoff=Backoff(0.0001, 0.001),
-        refusal_limit=3,
-    )
-    with pytest.raises(DestinationRefused) as refused:
-        writer.write(decode(put("a", 1, v="x")))
-    said = str(refused.value)
+    said = stop_of_writing_with(RoleRefused(), metrics)
     assert said.startswith("destination acct-a (eu-west-1/orders): STS refused the role")
     assert "no write was sent" in said and ROLE in said
     assert "trust policy" in said and "sts:AssumeRole" in said and "external_id" in said

@@ -32,6 +32,7 @@ from botocore.exceptions import (
     ClientError,
     CredentialRetrievalError,
     InvalidConfigError,
+    NoCredentialsError,
     ProfileNotFound,
 )
 
@@ -220,15 +221,20 @@ def _shared_session(
         sts_endpoint = url
         return client
 
+    source_credentials = base.get_credentials()
     fetcher = AssumeRoleCredentialFetcher(
         client_creator=sts_client,
-        source_credentials=base.get_credentials(),
+        source_credentials=source_credentials,
         role_arn=role_arn,
         extra_args=extra,
     )
 
     def fetch_credentials() -> dict[str, Any]:
         try:
+            if source_credentials is None:
+                # No credentials to ask STS with: botocore's fetcher would fail on None
+                # (an AttributeError, a traceback where the operator needs one line).
+                raise NoCredentialsError()
             return fetcher.fetch_credentials()
         except (ClientError, BotoCoreError) as error:
             raise RoleNotAssumed(
@@ -270,8 +276,9 @@ def _loading_credentials(place: Reach) -> Iterator[None]:
         yield
     except (ProfileNotFound, CredentialRetrievalError, InvalidConfigError) as error:
         whose = f" to assume {place.role_arn}" if place.role_arn else ""
+        said = " ".join(str(error).split())  # a credential process's own lines, as one
         raise EnvironmentProblem(
-            f"AWS credentials{whose} for {place.region} could not be loaded: {error}. "
+            f"AWS credentials{whose} for {place.region} could not be loaded: {said}. "
             "Check AWS_PROFILE and the shared config and credentials files"
         ) from None
 

@@ -219,7 +219,10 @@ def classify(error: BaseException) -> ErrorKind:
         return ErrorKind.REJECTED
     if isinstance(error, ParamValidationError):
         return ErrorKind.REJECTED
-    if isinstance(error, NoCredentialsError):
+    if isinstance(error, NoCredentialsError | CredentialRetrievalError):
+        # No credentials, or a source of them failing (a credential_process, a container
+        # or instance endpoint): access, not the network nor the change. Retried and,
+        # persisting, it stops the worker, as a role STS refuses does.
         return ErrorKind.AUTH
     if isinstance(error, BotoConnectionError | HTTPClientError | ReadTimeoutError):
         return ErrorKind.RETRY

@@ -22,7 +22,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, cast
 
 import structlog
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    CredentialRetrievalError,
+    NoCredentialsError,
+)
 
 from replicator.aws.backoff import Backoff
 from replicator.aws.clients import WriteClient
@@ -117,6 +122,8 @@ _SOURCE_KEY_UNREAD = (
 
 _SETTLED = {r.outcome: r for r in (APPLIED, UNCHANGED, CONFLICT_LOST)}
 
+# No credentials to sign a write with (a role not assumed is said apart, naming STS).
+_NO_CREDENTIALS = (CredentialRetrievalError, NoCredentialsError)
 _RETRY_REASON = {
     ErrorKind.THROTTLED: "throttled",
     ErrorKind.RETRY: "server_error",
@@ -600,6 +607,13 @@ class DestinationWriter:
                             "Check the role's trust policy (it must trust the identity this worker "
                             "runs with, with the job's external_id if it sets one) and that "
                             f"this identity may call sts:AssumeRole on it; {NOT_PASSED}"
+                        ) from error
+                    if streak >= self.refusal_limit and isinstance(error, _NO_CREDENTIALS):
+                        raise DestinationRefused(
+                            f"{self._named()}: no credentials to write with, {streak} times "
+                            f"in a row (no write was sent): {refusal_answer(error)}. Check "
+                            "the credentials the worker runs with (its profile and any "
+                            f"credential_process, its container or instance role); {NOT_PASSED}"
                         ) from error
                     if streak >= self.refusal_limit:
                         raise DestinationRefused(
