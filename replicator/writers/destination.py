@@ -266,6 +266,11 @@ class DestinationWriter:
     # there before is gone, and the watermark must not pass it on (see ShardWatermark.
     # destination_lost). None: nobody to tell (the operator commands).
     on_table_lost: Callable[[str], None] | None = None
+    # Seconds after the table last answered that it is missing within which a loss is
+    # the same loss, however many writes it accepted meanwhile: as a table comes back,
+    # answers to writes sent before and after it did interleave (hundreds of losses were
+    # told for one deletion). A loss after it has taken writes that long is a new one.
+    table_loss_settle_s: float = 30.0
     # The source table's key schema (name -> ``HASH:S``), read only when this table
     # refuses a write as if its key were not the written one's: a change whose own keys
     # are not the source's (a hand-made record) is then dead-lettered as rejected, the
@@ -300,6 +305,7 @@ class DestinationWriter:
         # The accepted writes when the table's loss was last reported: one report per
         # loss, not per refusal (a loss again after it accepted writes is reported again).
         self._loss_reported_at = -1
+        self._lost_answered_at: float | None = None  # monotonic: the last such answer
         if self._replicated:
             # Born at 0 with the pipeline: a later count is an increase() sees, also in a
             # run after one that had counted a loss (the series' labels are the same).
@@ -1332,7 +1338,8 @@ class DestinationWriter:
     def _table_lost(self, error: BaseException) -> None:
         """The destination's table (not its tombstone table, whose loss loses no item)
         answered that it is missing or has another key after it had accepted writes of
-        this process: count and log the loss (once per loss), and tell ``on_table_lost``.
+        this process: count and log the loss (once per loss: see
+        ``table_loss_settle_s``), and tell ``on_table_lost``.
         Not before: a table still being created answers as a missing one (DynamoDB, until
         it is ACTIVE), and loses nothing."""
         if isinstance(error, TombstoneTableError):
@@ -1340,9 +1347,13 @@ class DestinationWriter:
         accepted = self._accepted()
         if accepted == 0:
             return
+        now = time.monotonic()
         with self._lock:
-            new_loss = self._loss_reported_at != accepted
+            last = self._lost_answered_at
+            settling = last is not None and now - last < self.table_loss_settle_s
+            new_loss = self._loss_reported_at != accepted and not settling
             self._loss_reported_at = accepted
+            self._lost_answered_at = now
         if new_loss and self._replicated:
             # Nothing else would say it: the writes wait (retried, not dead-lettered) and
             # go on once the table is back, lag and /healthz clear, and the items it held
