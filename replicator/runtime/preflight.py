@@ -80,6 +80,13 @@ UNREACHABLE_ADVICE = (
 )
 
 
+# After a check that was throttled or failed on the server's side throughout its retries.
+TRANSIENT_ADVICE = (
+    "it is throttled or failing for now: try again once it answers (a job already "
+    "running retries such answers without limit)"
+)
+
+
 def explain(error: BaseException, what: str, where: str) -> EnvironmentProblem:
     """Turn an AWS error met while checking ``what`` (at ``where``) into one clear sentence."""
     if isinstance(error, NoCredentialsError | PartialCredentialsError):
@@ -108,6 +115,12 @@ def explain(error: BaseException, what: str, where: str) -> EnvironmentProblem:
             "ExpiredTokenException",
         ):
             return EnvironmentProblem(f"{what}: access denied at {where}: {code}: {message}")
+        if classify(error) in (ErrorKind.THROTTLED, ErrorKind.RETRY):
+            # Throttling or a server error that outlasted the SDK's retries: it passes.
+            return EnvironmentProblem(
+                f"{what}: {code}: {message} (at {where}), still after the SDK's retries; "
+                f"{TRANSIENT_ADVICE}"
+            )
         return EnvironmentProblem(f"{what}: {code}: {message} (at {where})")
     if isinstance(error, BotoConnectionError | HTTPClientError):
         return _unreachable(what, where, error)

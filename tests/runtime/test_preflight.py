@@ -12,7 +12,12 @@ from typing import Any
 
 import pytest
 import structlog.testing
-from botocore.exceptions import EndpointConnectionError, ReadTimeoutError, SSOTokenLoadError
+from botocore.exceptions import (
+    ClientError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+    SSOTokenLoadError,
+)
 
 from replicator.appendfile import unwritable_hint
 from replicator.config.loader import load_job
@@ -498,6 +503,29 @@ def test_an_endpoint_that_does_not_answer_is_named_with_what_to_do(error: Except
         "; check the endpoint and region set for it and this host's network (DNS, proxy, "
         "firewall), then try again once it answers (`replicator run` starts a job only once "
         "everything it uses answers; a job already running waits out such an outage instead)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [("ProvisionedThroughputExceededException", 400), ("InternalServerError", 500)],
+)
+def test_a_table_throttled_or_failing_at_start_is_said_to_pass(code: str, status: int) -> None:
+    """A destination throttled throughout the start's retries ended the start with a bare
+    ``ProvisionedThroughputExceededException`` line (exit 3): a crash loop under a restart
+    policy, with nothing saying it passes."""
+    error = ClientError(
+        {
+            "Error": {"Code": code, "Message": "slow down"},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
+        "DescribeTable",
+    )
+    said = str(preflight.explain(error, "destinations[0] table orders", "eu-west-1"))
+    assert said == (
+        f"destinations[0] table orders: {code}: slow down (at eu-west-1), still after the "
+        "SDK's retries; it is throttled or failing for now: try again once it answers (a "
+        "job already running retries such answers without limit)"
     )
 
 

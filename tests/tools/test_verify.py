@@ -871,7 +871,9 @@ def test_an_aws_error_names_the_jobs_endpoints(job: Job) -> None:
         raise error
     assert str(raised.value) == (
         f"verify t: InternalServerError: x (at {job.endpoint} (us-east-1) or {job.endpoint} "
-        f"(eu-west-1) or {job.endpoint} (ap-southeast-2))"
+        f"(eu-west-1) or {job.endpoint} (ap-southeast-2)), still after the SDK's retries; it "
+        "is throttled or failing for now: try again once it answers (a job already running "
+        "retries such answers without limit)"
     )
 
 
