@@ -45,14 +45,10 @@ def _add_global_fields(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapp
 # in the KCL daemon's output and in the launcher's errors. A quote around the name or the
 # value may be escaped (a text quoted in another: JSON in a JSON line, a repr in a repr),
 # and the value a bytes repr (b'...', how urllib3 and http.client print a header); a
-# value's escapes (\r, \\n) are part of it, an escaped quote ends it. A bare ``token=``
-# (what a credential_process may print of what it fetched) and a role's external id
-# (STS's answer may quote the AssumeRole request) are taken as such too.
+# value's escapes (\r, \\n) are part of it, an escaped quote ends it.
 _TOKEN_IN_TEXT = re.compile(
     r"((?:x-amz-security-token|aws_session_token|aws_secret_access_key|secretaccesskey|"
-    r"sessiontoken|(?<![a-z])token|(?<![a-z])external_?id|"
-    r"-D[\w.-]*(?:password|secret|token)[\w.-]*)"
-    r"(?:\\*['\"])?\s*[:=]\s*"
+    r"sessiontoken|-D[\w.-]*(?:password|secret|token)[\w.-]*)(?:\\*['\"])?\s*[:=]\s*"
     r"(?:b?\\*['\"])?)"
     r"(?:(?<=['\"])(?:[^'\"\\]|\\+[^'\"\\])+|(?:[^\s,;&'\"}\\]|\\+[^\s,;&'\"}\\])+)",
     re.IGNORECASE,

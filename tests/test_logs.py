@@ -418,22 +418,20 @@ def test_a_named_credential_quoted_as_bytes_or_twice_is_redacted() -> None:
     assert said == twice.replace("short\\\\rTk\\\\r", REDACTED)
 
 
-def test_a_bare_token_and_an_external_id_are_redacted_where_a_text_names_them() -> None:
-    """A credential_process's error quoted what it fetched (``token=...``), and an STS
-    answer quoting the AssumeRole request its ``ExternalId``; an error code that ends in
-    ``Token`` is not taken for one."""
-    from replicator.logs import REDACTED, redact
+def test_an_item_key_or_a_word_named_token_or_external_id_is_not_redacted() -> None:
+    """Data is never redacted: an item key whose attribute is named ``token`` or
+    ``external_id`` (in a log line's or a dead letter's reason) keeps its value, and so
+    do botocore's words after ``Token``."""
+    from replicator.logs import redact
 
-    said = redact("helper failed: token=ProcSessionToken123 expired")
-    assert said == f"helper failed: token={REDACTED} expired"
-    said = redact("Action=AssumeRole&ExternalId=ExtIdSecret-987&RoleArn=arn:aws:iam::1:role/r")
-    assert said == f"Action=AssumeRole&ExternalId={REDACTED}&RoleArn=arn:aws:iam::1:role/r"
-    assert redact('external_id: "ExtIdSecret-987"') == f'external_id: "{REDACTED}"'
-    kept = "ExpiredToken: The security token included in the request is expired"
-    assert redact(kept) == kept
-    assert redact("(MissingAuthenticationToken) when calling") == (
-        "(MissingAuthenticationToken) when calling"
-    )
+    for kept in (
+        "key token=S:user-42 sk=N:1",
+        "device_token=S:abc",
+        "ExternalId=S:cust-9",
+        "Error loading SSO Token: Token for x does not exist",
+        "ExpiredToken: The security token included in the request is expired",
+    ):
+        assert redact(kept) == kept
 
 
 def test_a_password_option_or_url_password_with_escapes_is_redacted() -> None:

@@ -149,15 +149,48 @@ def test_a_role_not_assumed_was_never_sent_and_is_never_the_changes_fault() -> N
     assert may_have_landed(ClientError({"Error": {"Code": "InternalServerError"}}, "PutItem"))
 
 
-def test_a_credential_source_that_fails_is_access_not_the_network() -> None:
+def test_a_credential_source_that_fails_is_retried_as_credentials_not_the_network(
+    metrics: Any,
+) -> None:
     """A credential_process (or a container's or instance's credential endpoint) that
-    fails while the worker runs was retried for ever as a network failure (``reason=
-    "network"``, the worker healthy); it is access, which persisting stops the worker
-    as a role STS refuses does. A write it failed was never signed, so never sent."""
+    fails while the worker runs may pass (an endpoint timing out): retried, as before,
+    but counted as ``auth``, not ``network``, where the runbook sends the operator to the
+    credentials. A write it failed was never signed, so never sent."""
+    from replicator.aws.backoff import Backoff
+    from replicator.config.model import ConflictConfig
+    from replicator.decode import decode
+    from replicator.exceptions import DestinationUnavailable
+    from replicator.rules import rule_for
+    from replicator.writers.destination import DestinationWriter
+    from tests.support.records import put
+
     failed = CredentialRetrievalError(provider="custom-process", error_msg="exit 1")
-    assert classify(failed) is ErrorKind.AUTH
-    assert classify(NoCredentialsError()) is ErrorKind.AUTH
+    assert classify(failed) is ErrorKind.RETRY
     assert not may_have_landed(failed)
+
+    class HelperFailing:
+        def put_item(self, **_: Any) -> Any:
+            raise failed
+
+    writer = DestinationWriter(
+        label="acct-a",
+        table="orders",
+        region="eu-west-1",
+        client=HelperFailing(),  # type: ignore[arg-type]
+        rule=rule_for(ConflictConfig(policy="overwrite"), None),
+        metrics=metrics,
+        backoff=Backoff(0.0001, 0.001),
+        refusal_limit=3,
+        retry_for_s=0.2,  # bounded here; replication retries without limit
+    )
+    with pytest.raises(DestinationUnavailable):
+        writer.write(decode(put("a", 1, v="x")))
+    sample = metrics.registry.get_sample_value
+    assert sample("replicator_retries_total", {"destination": "acct-a", "reason": "auth"}) > 3
+    assert sample("replicator_retries_total", {"destination": "acct-a", "reason": "network"}) in (
+        None,
+        0,
+    )
 
 
 def stop_of_writing_with(client: Any, metrics: Any) -> str:
@@ -186,26 +219,29 @@ def stop_of_writing_with(client: Any, metrics: Any) -> str:
     return str(refused.value)
 
 
-def test_a_credential_process_that_keeps_failing_stops_the_writer_naming_the_credentials(
-    metrics: Any,
+@pytest.mark.parametrize("whose", ["the worker's", "the role's"])
+def test_no_credentials_at_all_stops_the_writer_naming_the_credentials(
+    metrics: Any, whose: str
 ) -> None:
-    """Every write failing to get credentials (the profile's credential_process exits
-    1): retried as ``auth``, not ``network``, and after the refusal limit the worker
-    stops, saying no write was sent and what to check, not the host's clock."""
+    """No credentials to write with (or to assume the destination's role with: STS was
+    never asked): after the refusal limit the worker stops, saying no write was sent and
+    what to check, not the host's clock nor the role's trust policy."""
+    missing = NoCredentialsError()
+    error: Exception = missing
+    if whose == "the role's":
+        error = RoleNotAssumed(role_arn=ROLE, sts_endpoint="of eu-west-1", error=missing)
 
     class NoCredentials:
         def put_item(self, **_: Any) -> Any:
-            raise CredentialRetrievalError(
-                provider="custom-process", error_msg="helper exited 1: SSO session expired"
-            )
+            raise error
 
     said = stop_of_writing_with(NoCredentials(), metrics)
     assert said.startswith(
         "destination acct-a (eu-west-1/orders): no credentials to write with, 3 times in a row "
         "(no write was sent): "
     ), said
-    assert "SSO session expired" in said and "credential_process" in said, said
-    assert "NTP" not in said
+    assert "Unable to locate credentials" in said and "credential_process" in said, said
+    assert "NTP" not in said and "trust policy" not in said
     retries = metrics.registry.get_sample_value(
         "replicator_retries_total", {"destination": "acct-a", "reason": "auth"}
     )

@@ -219,10 +219,7 @@ def classify(error: BaseException) -> ErrorKind:
         return ErrorKind.REJECTED
     if isinstance(error, ParamValidationError):
         return ErrorKind.REJECTED
-    if isinstance(error, NoCredentialsError | CredentialRetrievalError):
-        # No credentials, or a source of them failing (a credential_process, a container
-        # or instance endpoint): access, not the network nor the change. Retried and,
-        # persisting, it stops the worker, as a role STS refuses does.
+    if isinstance(error, NoCredentialsError):
         return ErrorKind.AUTH
     if isinstance(error, BotoConnectionError | HTTPClientError | ReadTimeoutError):
         return ErrorKind.RETRY
@@ -246,9 +243,9 @@ def may_have_landed(error: BaseException) -> bool:
     refusal (throttling, access, a missing table, signatures, validation, a failed
     condition) and for a TCP connection that was never made: nothing was written, and
     an item found there later is someone else's, whatever it holds; and no for a role
-    that could not be assumed: the write was never signed, so never sent."""
-    if isinstance(error, RoleNotAssumed):
-        return False
+    that could not be assumed or no credentials: the write was never signed, so never sent."""
+    if isinstance(error, CredentialRetrievalError | NoCredentialsError):
+        return False  # a role not assumed, or no credentials: never signed, never sent
     if isinstance(error, ClientError):
         status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         return status >= 500 or error_code(error) in _AFTER_THE_WRITE

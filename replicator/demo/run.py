@@ -9,6 +9,7 @@ destinations equal the source.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
@@ -24,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from rich.console import Console
 from rich.live import Live
@@ -154,7 +155,11 @@ def run_demo(config_path: Path, options: DemoOptions, console: Console | None = 
         if problem is not None:
             logs.echo(f"replicator demo: {config_path}: {problem}", err=True)
             return 2
-        logs.configure(resolved.job.logging.level, resolved.job.logging.format.value)
+        logs.configure(
+            resolved.job.logging.level,
+            resolved.job.logging.format.value,
+            cast(TextIO, _CurrentStderr()),  # write, flush and isatty are all it uses
+        )
         with _files_directory(console):
             return _Demo(resolved, url, options, console).run()
     except KeyboardInterrupt as error:  # while setting up; the replication phase has its own
@@ -309,7 +314,7 @@ def rate_line(changes: int, elapsed_s: float, asked: float) -> str:
     in 0.06 s is no rate of 17/s, nor a slow endpoint)."""
     noun = "change" if changes == 1 else "changes"
     if elapsed_s < 1:
-        return f"{changes} {noun} in {elapsed_s:.2g} s: too short a run to tell its rate"
+        return f"{changes} {noun} in {elapsed_s:.3g} s: too short a run to tell its rate"
     # The workload writes its first change at once and never faster than asked: a count
     # over a short run (1 change in 0.01 s) would read as far above the rate asked.
     achieved = min(changes / elapsed_s, asked) if elapsed_s > 0 else 0.0
@@ -335,6 +340,21 @@ def _figures(stats: dict[str, float]) -> tuple[str, str, str, str]:
     return counts[0], counts[1], counts[2], lag
 
 
+class _CurrentStderr:
+    """The demo's own log lines' stream: whatever ``sys.stderr`` is when a line is
+    written, so that while the live progress shows, rich takes the line and prints it
+    above the table (a stream taken at start wrote past it, glued to the table)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 class _ChildLines:
     """A terminal of its own for the processors' log lines, each line written on through
     this process's ``sys.stderr``: while the live progress shows, rich takes that and
@@ -345,6 +365,7 @@ class _ChildLines:
 
     def __init__(self) -> None:
         self.reading, self.writing = pty.openpty()
+        self._closed = threading.Event()  # lines after it are dropped (the demo is ending)
         self._thread = threading.Thread(target=self._forward, name="child-lines", daemon=True)
         self._thread.start()
 
@@ -373,15 +394,23 @@ class _ChildLines:
                 break
             *lines, pending = (pending + chunk).split(b"\n")
             for line in lines:
-                sys.stderr.write(line.rstrip(b"\r").decode("utf-8", "replace") + "\n")
+                self._write(line)
         if pending:
-            sys.stderr.write(pending.rstrip(b"\r").decode("utf-8", "replace") + "\n")
+            self._write(pending)
+
+    def _write(self, line: bytes) -> None:
+        # Not once the demo is ending: a processor that outlived the runtime's stop would
+        # have this daemon thread write to stderr while the interpreter shuts down.
+        if not self._closed.is_set():
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(line.rstrip(b"\r").decode("utf-8", "replace") + "\n")
 
     def close(self) -> None:
         """Once the processors are gone: their last lines written on, the terminal closed
         (a processor still alive keeps the reading end open, in a daemon thread)."""
         os.close(self.writing)
         self._thread.join(5)
+        self._closed.set()
         if not self._thread.is_alive():
             os.close(self.reading)
 

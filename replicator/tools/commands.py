@@ -6,6 +6,7 @@ scripts without touching the process's signal handlers or stdout.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -305,7 +306,8 @@ def _conflicts(
                 # The restore is made (or refused) whether or not its line is read:
                 # the exit code says which, and stderr says the line.
                 logs.report_said_elsewhere()
-                logs.echo(f"replicator: {unwritten}; it said: {result.message}", err=True)
+                with contextlib.suppress(OSError):  # stderr gone too: the exit code says it
+                    logs.echo(f"replicator: {unwritten}; it said: {result.message}", err=True)
             return result.exit_code
         own, others = read_task_entries(
             target, selection, resolved.task_name, named_places=named_places(resolved)

@@ -8,6 +8,7 @@ leaves its check undone when it cannot be read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -363,7 +364,8 @@ def wait(
     except ReportUnwritten as unwritten:
         # What was waited for is known: the exit code says it, and stderr the line.
         logs.report_said_elsewhere()
-        logs.echo(f"replicator: {unwritten}; it said: {said}", err=True)
+        with contextlib.suppress(OSError):  # stderr gone too: the exit code says it
+            logs.echo(f"replicator: {unwritten}; it said: {said}", err=True)
     if not result.reached and not result.unread:
         return EXIT_TIMEOUT
     return EXIT_DEAD_LETTERED if result.dead_lettered or result.unread else EXIT_REPLICATED

@@ -122,8 +122,15 @@ _SOURCE_KEY_UNREAD = (
 
 _SETTLED = {r.outcome: r for r in (APPLIED, UNCHANGED, CONFLICT_LOST)}
 
-# No credentials to sign a write with (a role not assumed is said apart, naming STS).
-_NO_CREDENTIALS = (CredentialRetrievalError, NoCredentialsError)
+
+def _no_credentials(error: BaseException) -> bool:
+    """No credentials to sign a write with: none found, a source of them failing, or
+    none to assume the destination's role with (STS was never asked)."""
+    if isinstance(error, RoleNotAssumed):
+        return isinstance(error.error, NoCredentialsError)
+    return isinstance(error, CredentialRetrievalError | NoCredentialsError)
+
+
 _RETRY_REASON = {
     ErrorKind.THROTTLED: "throttled",
     ErrorKind.RETRY: "server_error",
@@ -606,6 +613,13 @@ class DestinationWriter:
                     return WriteResult(Outcome.FAILED, "rejected", describe_refusal(error))
                 if kind is ErrorKind.AUTH:
                     streak, seen_then = self._note_refusal(error, streak, seen_then)
+                    if streak >= self.refusal_limit and _no_credentials(error):
+                        raise DestinationRefused(
+                            f"{self._named()}: no credentials to write with, {streak} times "
+                            f"in a row (no write was sent): {refusal_answer(error)}. Check "
+                            "the credentials the worker runs with (its profile and any "
+                            f"credential_process, its container or instance role); {NOT_PASSED}"
+                        ) from error
                     if streak >= self.refusal_limit and isinstance(error, RoleNotAssumed):
                         raise DestinationRefused(
                             f"{self._named()}: STS refused the role to write with {streak} "
@@ -613,13 +627,6 @@ class DestinationWriter:
                             "Check the role's trust policy (it must trust the identity this worker "
                             "runs with, with the job's external_id if it sets one) and that "
                             f"this identity may call sts:AssumeRole on it; {NOT_PASSED}"
-                        ) from error
-                    if streak >= self.refusal_limit and isinstance(error, _NO_CREDENTIALS):
-                        raise DestinationRefused(
-                            f"{self._named()}: no credentials to write with, {streak} times "
-                            f"in a row (no write was sent): {refusal_answer(error)}. Check "
-                            "the credentials the worker runs with (its profile and any "
-                            f"credential_process, its container or instance role); {NOT_PASSED}"
                         ) from error
                     if streak >= self.refusal_limit:
                         raise DestinationRefused(
@@ -657,6 +664,10 @@ class DestinationWriter:
                     reason = "key_schema"
                 elif error_code(error) in CLOCK_SKEW:
                     reason = "clock_skew"
+                elif _no_credentials(error):
+                    # A credential source failing (a credential_process, a container's or
+                    # instance's endpoint): retried as it may pass, counted as credentials.
+                    reason = "auth"
                 elif isinstance(error, BotoCoreError) and kind is not ErrorKind.AUTH:
                     reason = "network"
                 delay = self.backoff.delay(attempt)
