@@ -149,8 +149,9 @@ def test_a_role_not_assumed_was_never_sent_and_is_never_the_changes_fault() -> N
     assert may_have_landed(ClientError({"Error": {"Code": "InternalServerError"}}, "PutItem"))
 
 
+@pytest.mark.parametrize("whose", ["the worker's", "the role's"])
 def test_a_credential_source_that_fails_is_retried_as_credentials_not_the_network(
-    metrics: Any,
+    metrics: Any, whose: str
 ) -> None:
     """A credential_process (or a container's or instance's credential endpoint) that
     fails while the worker runs may pass (an endpoint timing out): retried, as before,
@@ -164,7 +165,9 @@ def test_a_credential_source_that_fails_is_retried_as_credentials_not_the_networ
     from replicator.writers.destination import DestinationWriter
     from tests.support.records import put
 
-    failed = CredentialRetrievalError(provider="custom-process", error_msg="exit 1")
+    failed: Exception = CredentialRetrievalError(provider="custom-process", error_msg="exit 1")
+    if whose == "the role's":  # the credentials the role is assumed with
+        failed = RoleNotAssumed(role_arn=ROLE, sts_endpoint="of eu-west-1", error=failed)
     assert classify(failed) is ErrorKind.RETRY
     assert not may_have_landed(failed)
 
@@ -181,10 +184,14 @@ def test_a_credential_source_that_fails_is_retried_as_credentials_not_the_networ
         metrics=metrics,
         backoff=Backoff(0.0001, 0.001),
         refusal_limit=3,
-        retry_for_s=0.2,  # bounded here; replication retries without limit
+        # An operator command's bound (it had none: retried for ever); replication has none.
+        unanswered_for_s=0.2,
     )
-    with pytest.raises(DestinationUnavailable):
+    with pytest.raises(DestinationUnavailable) as unavailable:
         writer.write(decode(put("a", 1, v="x")))
+    assert str(unavailable.value).startswith(
+        "destination acct-a (eu-west-1/orders) had no credentials to write with for 0.2 s ("
+    ), unavailable.value
     sample = metrics.registry.get_sample_value
     assert sample("replicator_retries_total", {"destination": "acct-a", "reason": "auth"}) > 3
     assert sample("replicator_retries_total", {"destination": "acct-a", "reason": "network"}) in (

@@ -601,7 +601,14 @@ class _Demo:
         settle_deadline: float | None = None
         converged = False
         live = (
-            Live(console=self.console, refresh_per_second=4, transient=False)
+            # stderr taken through the display only where it is that terminal too (with
+            # `2>file` the log lines go to the file, as the processors' do).
+            Live(
+                console=self.console,
+                refresh_per_second=4,
+                transient=False,
+                redirect_stderr=sys.stderr.isatty(),
+            )
             if self.console.is_terminal
             else None
         )

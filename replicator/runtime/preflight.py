@@ -115,7 +115,11 @@ def explain(error: BaseException, what: str, where: str) -> EnvironmentProblem:
             "ExpiredTokenException",
         ):
             return EnvironmentProblem(f"{what}: access denied at {where}: {code}: {message}")
-        if classify(error) in (ErrorKind.THROTTLED, ErrorKind.RETRY):
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        kind = classify(error)
+        # Not 501 (a call the endpoint does not implement) nor a limit that can be a quota.
+        passes = kind is ErrorKind.THROTTLED or (kind is ErrorKind.RETRY and status != 501)
+        if passes and code != "LimitExceededException":
             # Throttling or a server error that outlasted the SDK's retries: it passes.
             return EnvironmentProblem(
                 f"{what}: {code}: {message} (at {where}), still after the SDK's retries; "

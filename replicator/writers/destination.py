@@ -123,12 +123,23 @@ _SOURCE_KEY_UNREAD = (
 _SETTLED = {r.outcome: r for r in (APPLIED, UNCHANGED, CONFLICT_LOST)}
 
 
+def _credential_failure(error: BaseException) -> BaseException:
+    """What failed for want of credentials: the error of getting those a role is assumed
+    with (STS never asked), else ``error`` itself."""
+    return error.error if isinstance(error, RoleNotAssumed) else error
+
+
 def _no_credentials(error: BaseException) -> bool:
-    """No credentials to sign a write with: none found, a source of them failing, or
-    none to assume the destination's role with (STS was never asked)."""
-    if isinstance(error, RoleNotAssumed):
-        return isinstance(error.error, NoCredentialsError)
-    return isinstance(error, CredentialRetrievalError | NoCredentialsError)
+    """No credentials at all to sign a write with (or to assume the destination's role
+    with): persisting, it stops the writer, naming them."""
+    return isinstance(_credential_failure(error), NoCredentialsError)
+
+
+def _credentials_unavailable(error: BaseException) -> bool:
+    """No credentials to sign a write with, or a source of them failing (a
+    credential_process, a container's or instance's endpoint), for the writer or for the
+    role it assumes: retried as it may pass, counted as credentials (``auth``)."""
+    return isinstance(_credential_failure(error), CredentialRetrievalError | NoCredentialsError)
 
 
 _RETRY_REASON = {
@@ -664,20 +675,26 @@ class DestinationWriter:
                     reason = "key_schema"
                 elif error_code(error) in CLOCK_SKEW:
                     reason = "clock_skew"
-                elif _no_credentials(error):
-                    # A credential source failing (a credential_process, a container's or
-                    # instance's endpoint): retried as it may pass, counted as credentials.
+                elif _credentials_unavailable(error):
                     reason = "auth"
                 elif isinstance(error, BotoCoreError) and kind is not ErrorKind.AUTH:
                     reason = "network"
                 delay = self.backoff.delay(attempt)
-                if reason == "network" and self.unanswered_for_s is not None:
+                # An operator command's bound on a destination it cannot talk to: no answer,
+                # or no credentials to ask with (nothing was sent either way).
+                bounded = reason == "network" or _credentials_unavailable(error)
+                if bounded and self.unanswered_for_s is not None:
                     unanswered = self._still_unanswered(unanswered, tried_at)
                     left = self.unanswered_for_s - (time.monotonic() - unanswered.since)
                     if left <= 0:
+                        failed = (
+                            "had no credentials to write with"
+                            if reason == "auth"
+                            else ("did not answer")
+                        )
                         raise DestinationUnavailable(
-                            f"{self._named()} did not "
-                            f"answer for {self.unanswered_for_s:g} s ({attempt + 1} attempts "
+                            f"{self._named()} {failed} "
+                            f"for {self.unanswered_for_s:g} s ({attempt + 1} attempts "
                             f"of one write); last error: {describe_refusal(error)}"
                         ) from error
                     delay = min(delay, left)
@@ -1361,7 +1378,9 @@ class DestinationWriter:
         now = time.monotonic()
         with self._lock:
             last = self._lost_answered_at
-            settling = last is not None and now - last < self.table_loss_settle_s
+            # Never shorter than the longest pause between two retries of one write.
+            window = max(self.table_loss_settle_s, self.backoff.cap_s)
+            settling = last is not None and now - last < window
             new_loss = self._loss_reported_at != accepted and not settling
             self._loss_reported_at = accepted
             self._lost_answered_at = now

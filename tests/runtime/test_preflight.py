@@ -529,6 +529,20 @@ def test_a_table_throttled_or_failing_at_start_is_said_to_pass(code: str, status
     )
 
 
+@pytest.mark.parametrize(
+    ("code", "status"), [("LimitExceededException", 400), ("NotImplemented", 501)]
+)
+def test_a_quota_or_a_call_not_implemented_is_not_said_to_pass(code: str, status: int) -> None:
+    """A table quota (CreateTable's LimitExceededException) or an endpoint that does not
+    implement the call does not pass by waiting: no advice to try again."""
+    error = ClientError(
+        {"Error": {"Code": code, "Message": "no"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "CreateTable",
+    )
+    said = str(preflight.explain(error, "status table t", "eu-west-1"))
+    assert said == f"status table t: {code}: no (at eu-west-1)"
+
+
 def test_an_expired_sso_login_is_a_credentials_problem_not_the_network() -> None:
     said = str(preflight.explain(SSOTokenLoadError(error_msg="expired"), "source table t", "AWS"))
     assert said.startswith("source table t: AWS credentials could not be loaded: ")

@@ -1581,8 +1581,10 @@ def test_a_table_missing_is_told_lost_only_after_it_accepted_writes(
         with pytest.raises(DestinationRefused):
             writer.write(decode(put(f"in-flight-{turn}", 1, ts=1)))
     assert metrics.registry.get_sample_value(lost, {"destination": "dest"}) == 1
-    # Lost again after it took writes longer than that: a new loss.
+    # Lost again after it took writes longer than that (and than the longest pause
+    # between two retries): a new loss.
     writer.table_loss_settle_s = 0.0
+    writer.backoff = Backoff(0.0, 0.0)
     table.gone.clear()
     assert writer.write(decode(put("again", 1, ts=1))).outcome is Outcome.APPLIED
     table.gone.set()
