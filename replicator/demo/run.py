@@ -105,7 +105,8 @@ def _stop_under_way() -> None:
 def _noted_stop(console: Console) -> int:
     """128 + the signal noted while stopping, said in one line."""
     said, code = _interruption(Interrupted(_NOTED[0]))
-    console.print(f"\n{said}")
+    with contextlib.suppress(OSError):  # stdout gone with the signal: the code says it
+        console.print(f"\n{said}")
     return code
 
 
@@ -165,7 +166,8 @@ def run_demo(config_path: Path, options: DemoOptions, console: Console | None = 
     except KeyboardInterrupt as error:  # while setting up; the replication phase has its own
         _stop_under_way()
         said, code = _interruption(error)
-        console.print(f"\n{said}")
+        with contextlib.suppress(OSError):  # stdout gone with the signal: the code says it
+            console.print(f"\n{said}")
         return code
     finally:
         _stop_under_way()
@@ -496,7 +498,10 @@ class _Demo:
         except KeyboardInterrupt as error:  # the linger's too
             _stop_under_way()
             said, code = _interruption(error)
-            console.print(f"\n{said}: stopping the replicator")
+            # Said before the stop, which takes a while; a stdout gone with the Ctrl-C (a
+            # pipe's reader ended by it) neither skips the stop nor changes the exit code.
+            with contextlib.suppress(OSError):
+                console.print(f"\n{said}: stopping the replicator")
             workload.stop_event.set()
             runtime.stop()
             thread.join(60)

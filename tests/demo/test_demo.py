@@ -256,14 +256,11 @@ def test_a_stop_signal_after_the_check_waits_for_the_replicators_stop(tmp_path: 
     assert_nothing_left(tmp_path)
 
 
-def test_a_demo_whose_output_is_closed_stops_its_replicator_and_leaves_no_lock(
-    tmp_path: Path,
-) -> None:
-    """`replicator demo | head -3`: the demo ends at its next line (exit 1 and one line
-    saying so), and its replicator is stopped first. It was left to die
-    with the process, its host lock file left in the temporary directory for each run."""
+def piped_demo(tmp_path: Path) -> subprocess.Popen[str]:
+    """A minute's demo with its stdout and stderr pipes, its temporary files in
+    ``tmp_path``."""
     env = {**os.environ, "REPLICATOR_DEMO_METRICS_PORT": str(free_port()), "TMPDIR": str(tmp_path)}
-    demo = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "replicator", "demo", "--duration", "60", "--rate", "30"],
         cwd=ROOT,
         env=env,
@@ -271,23 +268,63 @@ def test_a_demo_whose_output_is_closed_stops_its_replicator_and_leaves_no_lock(
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert demo.stdout is not None and demo.stderr is not None
+
+
+def ended(demo: subprocess.Popen[str]) -> tuple[int, str]:
+    """A piped demo's exit status once it ends (killed if it does not, so that it cannot
+    outlive the test), and what it wrote to stderr."""
     try:
-        seen = [demo.stdout.readline() for _ in range(3)]
-        assert "metrics:" in seen[-1], seen
-        demo.stdout.close()  # as `head -3` does once it has its lines
         status = demo.wait(timeout=90 * PATIENCE)
     finally:
         if demo.poll() is None:
             demo.kill()
             demo.wait()
-    errors = demo.stderr.read()
+    assert demo.stderr is not None
+    return status, demo.stderr.read()
+
+
+def test_a_demo_whose_output_is_closed_stops_its_replicator_and_leaves_no_lock(
+    tmp_path: Path,
+) -> None:
+    """`replicator demo | head -3`: the demo ends at its next line (exit 1 and one line
+    saying so), and its replicator is stopped first. It was left to die
+    with the process, its host lock file left in the temporary directory for each run."""
+    demo = piped_demo(tmp_path)
+    assert demo.stdout is not None and demo.stderr is not None
+    try:
+        seen = [demo.stdout.readline() for _ in range(3)]
+        assert "metrics:" in seen[-1], seen
+        demo.stdout.close()  # as `head -3` does once it has its lines
+    finally:
+        status, errors = ended(demo)
     assert status == 1, errors
     assert "Traceback" not in errors, errors
     # It said why (it ended without a word, which reads as a failed check).
     assert errors.strip().splitlines()[-1] == (
         "replicator: the demo's output could not be written to stdout: [Errno 32] Broken pipe"
     ), errors
+    assert_nothing_left(tmp_path)
+
+
+def test_ctrl_c_that_also_ends_the_pipe_reading_the_demo_stops_it_cleanly_with_130(
+    tmp_path: Path,
+) -> None:
+    """`replicator demo | tee log`, then Ctrl-C: the signal ends the pipe's reader too, and
+    the demo's first words about the stop met a closed stdout, which skipped the
+    replicator's stop (its lock left behind) and ended it with exit 1."""
+    demo = piped_demo(tmp_path)
+    assert demo.stdout is not None and demo.stderr is not None
+    try:
+        seen = [demo.stdout.readline() for _ in range(4)]
+        # The first progress line: the next one is 5 s away, so the stop's words are the
+        # first write to the closed pipe.
+        assert re.match(r"\s*\d+\.\ds ", seen[-1]), seen
+        demo.stdout.close()
+        demo.send_signal(signal.SIGINT)
+    finally:
+        status, errors = ended(demo)
+    assert status == 130, errors
+    assert "Traceback" not in errors, errors
     assert_nothing_left(tmp_path)
 
 
