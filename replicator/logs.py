@@ -218,12 +218,21 @@ _REPORTS: list[TextIO] = []
 _SAID_ELSEWHERE: set[int] = set()
 
 
-def report_said_elsewhere() -> None:
-    """The report that could not be written to stdout has been said on stderr, and the
-    command's exit code stands on its work (a restore that was made): the report's
-    failing flush as the command ends is not its error any more."""
-    if _REPORTS:
-        _SAID_ELSEWHERE.add(id(_REPORTS[-1]))
+def echo_outcome(text: str, err: bool = False) -> None:
+    """Print the line that says a command's outcome (:func:`echo`), for a command whose
+    exit code stands on its work (a restore made, a wait answered): a line that cannot be
+    written to stdout is said on stderr after why, and the report's failing flush as the
+    command ends is no longer the command's error; with stderr gone too, the exit code
+    alone says it."""
+    from replicator.exceptions import ReportUnwritten
+
+    try:
+        echo(text, err=err)
+    except ReportUnwritten as unwritten:
+        if _REPORTS:
+            _SAID_ELSEWHERE.add(id(_REPORTS[-1]))
+        with contextlib.suppress(OSError):
+            echo(f"replicator: {unwritten}; it said: {text}", err=True)
 
 
 def moved_off_stdout(out: TextIO) -> tuple[TextIO, int] | None:

@@ -188,6 +188,11 @@ def cause(error: BaseException) -> BaseException:
     return error.error if isinstance(error, RoleNotAssumed) else error
 
 
+def http_status(error: ClientError) -> int:
+    """The HTTP status of an error's answer (0 when the answer gave none)."""
+    return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
 def classify(error: BaseException) -> ErrorKind:
     if isinstance(error, RoleNotAssumed):
         # STS throttling or not answering may pass; a role STS refuses is no property of
@@ -196,7 +201,7 @@ def classify(error: BaseException) -> ErrorKind:
         return kind if kind in (ErrorKind.THROTTLED, ErrorKind.RETRY) else ErrorKind.AUTH
     if isinstance(error, ClientError):
         code = error_code(error)
-        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        status = http_status(error)
         if code == "ConditionalCheckFailedException":
             return ErrorKind.CONDITION_FAILED
         if code in _THROTTLING:
@@ -247,7 +252,7 @@ def may_have_landed(error: BaseException) -> bool:
     if isinstance(error, CredentialRetrievalError | NoCredentialsError):
         return False  # a role not assumed, or no credentials: never signed, never sent
     if isinstance(error, ClientError):
-        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        status = http_status(error)
         return status >= 500 or error_code(error) in _AFTER_THE_WRITE
     if isinstance(error, _NEVER_CONNECTED):
         return False  # nothing was sent

@@ -30,7 +30,14 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from replicator.appendfile import why_not_appendable
 from replicator.aws import clients, queues, tables
 from replicator.aws.clients import Place
-from replicator.aws.errors import ErrorKind, classify, error_code, error_message, excerpt
+from replicator.aws.errors import (
+    ErrorKind,
+    classify,
+    error_code,
+    error_message,
+    excerpt,
+    http_status,
+)
 from replicator.config.cross_checks import Problems
 from replicator.config.loader import job_file_error
 from replicator.config.model import (
@@ -115,7 +122,7 @@ def explain(error: BaseException, what: str, where: str) -> EnvironmentProblem:
             "ExpiredTokenException",
         ):
             return EnvironmentProblem(f"{what}: access denied at {where}: {code}: {message}")
-        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        status = http_status(error)
         kind = classify(error)
         # Not 501 (a call the endpoint does not implement) nor a limit that can be a quota.
         passes = kind is ErrorKind.THROTTLED or (kind is ErrorKind.RETRY and status != 501)

@@ -6,7 +6,6 @@ scripts without touching the process's signal handlers or stdout.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import threading
@@ -279,7 +278,7 @@ def _conflicts(
     from replicator.conflictlog.reader import Listing, read_task_entries
     from replicator.conflictlog.restore import named_places, restore, under_current_names
     from replicator.conflictlog.targets import conflict_log_target
-    from replicator.exceptions import EntryNotFound, ReportUnwritten
+    from replicator.exceptions import EntryNotFound
     from replicator.runtime import file_owners
 
     with aws_failures(f"conflicts {resolved.task_name}"):
@@ -300,14 +299,8 @@ def _conflicts(
                 if why is None:
                     raise
                 raise EntryNotFound(f"{error}: {why}") from None
-            try:
-                logs.echo(result.message)
-            except ReportUnwritten as unwritten:
-                # The restore is made (or refused) whether or not its line is read:
-                # the exit code says which, and stderr says the line.
-                logs.report_said_elsewhere()
-                with contextlib.suppress(OSError):  # stderr gone too: the exit code says it
-                    logs.echo(f"replicator: {unwritten}; it said: {result.message}", err=True)
+            # Made (or refused) whether or not its line is read: the exit code says which.
+            logs.echo_outcome(result.message)
             return result.exit_code
         own, others = read_task_entries(
             target, selection, resolved.task_name, named_places=named_places(resolved)

@@ -8,7 +8,6 @@ leaves its check undone when it cannot be read.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import threading
@@ -26,7 +25,6 @@ from replicator.epoch import ISO_TIME_FORM, date_alone, exact_seconds, typed_iso
 from replicator.exceptions import (
     ConfigError,
     EnvironmentProblem,
-    ReportUnwritten,
     StatusTableMissing,
     StatusTableSilent,
 )
@@ -359,13 +357,7 @@ def wait(
             f"{result.waited_s:.1f}s)"
         )
     said = f"{destination.label} until {iso(to_epoch_us(until))}: {result.describe()}"
-    try:
-        logs.echo(said, err=not result.replicated)
-    except ReportUnwritten as unwritten:
-        # What was waited for is known: the exit code says it, and stderr the line.
-        logs.report_said_elsewhere()
-        with contextlib.suppress(OSError):  # stderr gone too: the exit code says it
-            logs.echo(f"replicator: {unwritten}; it said: {said}", err=True)
+    logs.echo_outcome(said, err=not result.replicated)  # the exit code says it too
     if not result.reached and not result.unread:
         return EXIT_TIMEOUT
     return EXIT_DEAD_LETTERED if result.dead_lettered or result.unread else EXIT_REPLICATED

@@ -687,11 +687,9 @@ class DestinationWriter:
                     unanswered = self._still_unanswered(unanswered, tried_at)
                     left = self.unanswered_for_s - (time.monotonic() - unanswered.since)
                     if left <= 0:
-                        failed = (
-                            "had no credentials to write with"
-                            if reason == "auth"
-                            else ("did not answer")
-                        )
+                        failed = "did not answer"
+                        if reason == "auth":
+                            failed = "had no credentials to write with"
                         raise DestinationUnavailable(
                             f"{self._named()} {failed} "
                             f"for {self.unanswered_for_s:g} s ({attempt + 1} attempts "

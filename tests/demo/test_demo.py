@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -270,15 +271,20 @@ def piped_demo(tmp_path: Path) -> subprocess.Popen[str]:
     )
 
 
-def ended(demo: subprocess.Popen[str]) -> tuple[int, str]:
-    """A piped demo's exit status once it ends (killed if it does not, so that it cannot
-    outlive the test), and what it wrote to stderr."""
+def waited(demo: subprocess.Popen[Any], timeout: float) -> int:
+    """The demo's exit status once it ends; killed if it does not end within ``timeout``
+    seconds (the wait then fails the test), so that it cannot outlive the test."""
     try:
-        status = demo.wait(timeout=90 * PATIENCE)
+        return demo.wait(timeout=timeout)
     finally:
         if demo.poll() is None:
             demo.kill()
             demo.wait()
+
+
+def ended(demo: subprocess.Popen[str]) -> tuple[int, str]:
+    """A piped demo's exit status once it ends (:func:`waited`), and its stderr."""
+    status = waited(demo, 90 * PATIENCE)
     assert demo.stderr is not None
     return status, demo.stderr.read()
 
@@ -352,12 +358,7 @@ def on_a_terminal(*args: str, width: int) -> tuple[int, str]:
     chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: _read_all(reading, chunks), daemon=True)
     reader.start()
-    try:
-        status = demo.wait(timeout=120 * PATIENCE)
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
+    status = waited(demo, 120 * PATIENCE)
     reader.join(30)
     os.close(reading)
     return status, b"".join(chunks).decode("utf-8", "replace")
