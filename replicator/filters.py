@@ -105,7 +105,10 @@ class StampWatch:
     * :data:`UNSTAMPED_PUTS_WARNED_AFTER` puts without ``origin_attribute``, none with
       it: a misspelt attribute, or applications that do not stamp. Every put is then
       taken for this region's own and echoes go back and forth (a wasted write each,
-      stopped by the rule's condition)."""
+      stopped by the rule's condition).
+    * A put whose ``origin_attribute`` holds another type than text (``{"N": "1"}``):
+      stamps are compared as strings, so it is taken for unstamped, as above, and no
+      stamp of that application's ever stops an echo."""
 
     origin_attribute: str
     origin_value: str
@@ -114,6 +117,7 @@ class StampWatch:
     stamp_seen: bool = False
     region_stamped: int = 0
     own_stamp_seen: bool = False
+    mistyped_told: bool = False
 
     @classmethod
     def for_job(cls, job: JobConfig) -> StampWatch | None:
@@ -125,6 +129,8 @@ class StampWatch:
     def saw(self, change: Change, origin: str | None) -> None:
         """A put read (``origin``: its stamp, None for none)."""
         if origin is None:
+            if not self.mistyped_told:
+                self._check_type(change)
             if not self.stamp_seen:
                 self.unstamped += 1
                 if self.unstamped == UNSTAMPED_PUTS_WARNED_AFTER:
@@ -158,3 +164,24 @@ class StampWatch:
                     origin_value=self.origin_value,
                     sequence_number=change.sequence_number,
                 )
+
+    def _check_type(self, change: Change) -> None:
+        """Warn once of a put whose stamp attribute is there but not text (the image
+        has already read it: a lookup)."""
+        if change.new is None:
+            return
+        try:
+            value = change.new.get(self.origin_attribute)
+        except MalformedImage:
+            return
+        if value is None:
+            return
+        self.mistyped_told = True
+        log.warning(
+            "a put's origin stamp (loop_prevention.origin_attribute) is not text: stamps "
+            "are compared as strings (S), so the put is replicated as unstamped, as this "
+            "region's own; have the applications write the stamp as a string",
+            origin_attribute=self.origin_attribute,
+            stamp_type=next(iter(value), "?") if isinstance(value, dict) else type(value).__name__,
+            sequence_number=change.sequence_number,
+        )

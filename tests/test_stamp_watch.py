@@ -99,3 +99,29 @@ def test_one_stamped_put_among_the_first_ends_the_unstamped_count() -> None:
         for i in range(UNSTAMPED_PUTS_WARNED_AFTER + 5):
             reader.route(decode(put(f"k{i}", i + 2)))
     assert warnings_of(logs) == []
+
+
+def test_a_stamp_written_as_a_number_is_warned_about_once_and_replicated() -> None:
+    """An application writing ``origin: {N: "1"}``: stamps are compared as text, so its
+    puts are replicated as unstamped, and none of its echoes is ever stopped by the
+    stamp. Said once, naming the attribute and the type."""
+    reader = reader_of("{origin_attribute: origin}")
+    with structlog.testing.capture_logs() as logs:
+        routes = [reader.route(decode(put(f"k{i}", i + 1, origin=7))).route for i in range(5)]
+        reader.route(decode(put("text", 9, origin={"L": []})))
+    assert routes == [Route.REPLICATE] * 5
+    (warning,) = warnings_of(logs)
+    assert str(warning["event"]).startswith(
+        "a put's origin stamp (loop_prevention.origin_attribute) is not text"
+    )
+    assert (warning["origin_attribute"], warning["stamp_type"]) == ("origin", "N")
+    assert warning["sequence_number"] == "1"
+
+
+def test_unstamped_puts_and_text_stamps_say_nothing_of_the_stamps_type() -> None:
+    reader = reader_of("{origin_attribute: origin}")
+    with structlog.testing.capture_logs() as logs:
+        reader.route(decode(put("a", 1)))
+        reader.route(decode(put("b", 2, origin="us-east-1")))
+        reader.route(decode(put("c", 3)))
+    assert warnings_of(logs) == []

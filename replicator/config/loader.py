@@ -693,7 +693,43 @@ def _did_you_mean(path: KeyPath) -> str:
     # only when one key begins so (``max`` could be any of several).
     begun = [key for key in keys if key.startswith(f"{path[-1]}_")]
     close = close or (begun if len(begun) == 1 else [])
-    return f" (did you mean {close[0]}?)" if close else ""
+    if close:
+        return f" (did you mean {close[0]}?)"
+    # A key of another section written here (``worker_id`` at the top level for
+    # ``kcl.worker_id``): named where it belongs when one other section alone has it.
+    here = tuple(part for part in path[:-1] if isinstance(part, str))
+    elsewhere = [
+        text for section_path, text in _places_of(path[-1], JobConfig, ()) if section_path != here
+    ]
+    return f" (did you mean {elsewhere[0]}?)" if len(elsewhere) == 1 else ""
+
+
+def _places_of(
+    name: str, section: type[BaseModel], within: tuple[str, ...]
+) -> list[tuple[tuple[str, ...], str]]:
+    """Each section holding a key called ``name``: its path of keys and the key as a
+    reader would write it (``kcl.worker_id``, ``destinations[].role_arn``)."""
+    found: list[tuple[tuple[str, ...], str]] = []
+    for key, field in section.model_fields.items():
+        if key == name:
+            found.append((within, ".".join((*within, key))))
+        inner = _model_in(field.annotation)
+        if inner is not None:
+            found.extend(
+                (
+                    path,
+                    text.replace(f"{key}.", f"{key}[].", 1) if _is_list(field.annotation) else text,
+                )
+                for path, text in _places_of(name, inner, (*within, key))
+            )
+    return found
+
+
+def _is_list(annotation: Any) -> bool:
+    """Whether an annotation is a list (through Optional and Annotated)."""
+    return typing.get_origin(annotation) is list or any(
+        _is_list(argument) for argument in typing.get_args(annotation)
+    )
 
 
 def _is_model(kind: Any) -> bool:

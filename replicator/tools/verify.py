@@ -775,11 +775,17 @@ class Verify:
                 finding.detail = f"written with {stamped} (--delete-extra-written-elsewhere)"
                 continue
             finding.written_elsewhere = True
+            maybe = (
+                "unstamped, so either another region's write the source has not received "
+                "yet or one the source wrote and deleted"
+                if item.get(attribute) is None
+                else f"not {job.origin_value}: another region's write the source has not "
+                "received yet (its job lags, is stopped or dead-lettered it), or one the "
+                "source deleted"
+            )
             finding.detail = (
-                f"written with {stamped}, not {job.origin_value}: another region's write "
-                "the source has not received yet (its job lags, is stopped or "
-                "dead-lettered it), or one the source deleted whose delete never arrived; "
-                "deleting it here would be replicated as that region's delete, so --repair "
+                f"written with {stamped}, {maybe} whose delete never arrived; deleting it "
+                "here would be replicated as that region's delete, so --repair "
                 "leaves it: verify again once that region's job has caught up, and an item "
                 "still extra then was deleted at the source (--repair "
                 "--delete-extra-written-elsewhere deletes it)"

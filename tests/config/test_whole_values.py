@@ -253,6 +253,16 @@ def test_every_problem_of_the_file_is_reported_at_once(tmp_path: Path) -> None:
             "destinations[0].role",
             "role_arn",
         ),
+        # a key of another section, written where it does not belong
+        (MINIMAL + "worker_id: host-a\n", "worker_id", "kcl.worker_id"),
+        (MINIMAL + "kcl: {port: 9401}\n", "kcl.port", "metrics.port"),
+        (
+            MINIMAL.replace(
+                "eu-west-1, table: orders}", "eu-west-1, table: orders, tombstones: true}"
+            ),
+            "destinations[0].tombstones",
+            "active_active.tombstones",
+        ),
     ],
 )
 def test_an_unknown_key_names_the_key_it_is_close_to(
@@ -267,6 +277,7 @@ def test_an_unknown_key_names_the_key_it_is_close_to(
     [
         ("writer: {colour: blue}", "writer.colour"),
         ("writer: {max: 5}", "writer.max"),  # begins several keys: none is told
+        ("kcl: {region: eu-west-1}", "kcl.region"),  # a key of several other sections
     ],
 )
 def test_an_unknown_key_close_to_nothing_gets_no_hint(tmp_path: Path, given: str, key: str) -> None:

@@ -645,7 +645,9 @@ def test_an_extra_item_another_region_wrote_is_left_by_repair_in_an_active_activ
     ), repaired.stdout
     assert any(
         line.startswith(
-            "  extra     pk=S:bare sk=N:2  -> refused: written with origin_region=(absent)"
+            "  extra     pk=S:bare sk=N:2  -> refused: written with origin_region=(absent), "
+            "unstamped, so either another region's write the source has not received yet "
+            "or one the source wrote and deleted whose delete never arrived;"
         )
         for line in lines
     ), repaired.stdout
