@@ -305,7 +305,7 @@ class VerifyReport:
                 state += f" ({repaired} repaired)"
             lines.append(
                 f"{label}: {scope} {counted(self.destination_items.get(label, 0), 'item')}"
-                f"{self._read(label)}, {state}{self._kept(label)}"
+                f"{self._read(label)}, {state}{self._kept(label)}{self._moved(label, mine)}"
             )
             lines.extend(self._notes(label))
             lines.extend(finding.line() for finding in mine)
@@ -328,6 +328,21 @@ class VerifyReport:
         if not count:
             return ""
         return f"; {count} kept: {self.kept_because}"
+
+    def _moved(self, label: str, findings: list[Finding]) -> str:
+        """Why a table found equal was counted otherwise than the source: items written
+        or deleted while the tables were scanned, read at different moments (each
+        difference seen was read again and found settled)."""
+        if self.sampled or findings:
+            return ""
+        apart = self.destination_items.get(label, 0) - self.kept.get(label, 0) - self.source_items
+        if not apart:
+            return ""
+        return (
+            f" (counted {abs(apart)} {'more' if apart > 0 else 'fewer'} than the source: items "
+            "changed while the tables were scanned, and each difference seen then was "
+            "read again and found settled)"
+        )
 
     def _read(self, label: str) -> str:
         sample = self.samples.get(label)

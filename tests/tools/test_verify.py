@@ -1336,3 +1336,34 @@ def test_a_report_that_cannot_be_written_is_said_in_one_line(job: Job, stdout: s
     assert "Traceback" not in done.stderr, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last == f"replicator: the report could not be written to stdout: {said}", done.stderr
+
+
+def test_a_table_found_equal_with_another_count_says_why() -> None:
+    """Under traffic the tables are scanned at different moments: a destination found
+    equal may be counted otherwise than the source. The line says why, so that the
+    counts do not read as a difference; a kept item accounts for its own count."""
+    report = VerifyReport(
+        source="us-east-1/orders",
+        destinations=["eu-west-1/orders", "ap-southeast-2/orders", "eu-central-1/orders"],
+        sampled=False,
+        source_items=123,
+        destination_items={
+            "eu-west-1/orders": 121,
+            "ap-southeast-2/orders": 123,
+            "eu-central-1/orders": 125,
+        },
+        rechecked=4,
+        findings=[],
+        kept={"eu-central-1/orders": 2},
+        kept_because="expired at the source",
+    )
+    lines = report.text().splitlines()
+    assert lines[1] == (
+        "eu-west-1/orders: scanned 121 items, equal (counted 2 fewer than the source: "
+        "items changed while the tables were scanned, and each difference seen then was "
+        "read again and found settled)"
+    ), lines
+    assert lines[2] == "ap-southeast-2/orders: scanned 123 items, equal", lines
+    assert lines[3] == (
+        "eu-central-1/orders: scanned 125 items, equal; 2 kept: expired at the source"
+    ), lines
