@@ -37,6 +37,7 @@ from replicator.watermark.wait import (
     WaitResult,
     checked_seconds,
     read_watermark,
+    stale_note,
     to_epoch_us,
     wait_until_replicated,
 )
@@ -300,6 +301,9 @@ def _describe(
             f"  watermark: {iso(mark.watermark_us)} ({seconds(mark.watermark_us):.6f}), "
             f"{max(0.0, now - seconds(mark.watermark_us)):.1f}s ago"
         )
+        stale = stale_note(mark, now)
+        if stale:
+            lines.append(f"  published: {stale}")
     lines.append(f"  shards: {len(mark.counted)} counted, {len(mark.retired)} ended")
     if mark.dead_letters:
         spans = ", ".join(f"{iso(lo)}..{iso(hi)}" for lo, hi in mark.dead_letter_ranges)

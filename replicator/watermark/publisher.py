@@ -132,6 +132,7 @@ class ShardWatermark:
         self._out_of_order_logged = 0
         self._started_us = 0
         self._at_horizon = False
+        self._resumed = False
         # Resumed, or started at TRIM_HORIZON: destinations whose unread span (joined,
         # before_stream) is not yet decided (see _decided), and what each status table
         # held when first asked.
@@ -173,6 +174,7 @@ class ShardWatermark:
             for target in self._targets.values():
                 target.unread.append(UnreadSpan(0, now_us + self._margin_us, spans.LATEST))
         self._at_horizon = at_horizon
+        self._resumed = resumed
         self._undecided = set(self._targets) if resumed or at_horizon else set()
         self._tracker = ShardTracker(
             list(self._targets),
@@ -488,14 +490,20 @@ class ShardWatermark:
         destinations (``started_with``) as a joined destination's span is.
 
         So does one without parts that another destination's parts record
-        (``started_with``) as one of the job's at its first start: that start was cut
-        short (a crash or a stop) before anything was written at this destination, or
-        several shards start at once and another shard's processor wrote its first parts
-        at the other destination first. No change was passed over for it: every
+        (``started_with``) as one of the job's at its first start, when this processor
+        did not resume from a checkpoint: that start was cut short (a crash or a stop)
+        before anything was written at this destination, or several shards start at
+        once and another shard's processor wrote its first parts at the other
+        destination first. No change was passed over for it: every
         processor that starts the job writes the record before anything else at a
         destination, and holds its checkpoint until each destination is decided (so its
         shard is read again from its start). It must not be taken for one that joined:
         its ``joined`` span would cover changes it holds, and waits for them answer 4.
+        A resumed processor that finds such a destination without parts finds its status
+        table deleted or emptied while the job was stopped (the processor that wrote
+        this shard's checkpoint had decided it, writing there): what it recorded of the
+        changes before (dead letters, spans) is gone, and it gets an ``unwatched`` span
+        up to this start, as when no destination has parts.
 
         A destination with no part in its status table while another destination of the
         job has parts, none of which record it, joined a job that resumes from
@@ -540,6 +548,12 @@ class ShardWatermark:
         if mine:  # in the job before; out of it for a while since?
             return self._rejoined(target, others)
         if recorded:
+            if self._resumed:
+                # This shard's checkpoint was written after each destination was
+                # decided, which wrote at this one's status table: its table was
+                # deleted or emptied while the job was stopped, and the dead letters
+                # and spans it held are gone.
+                return self._unwatched_before(target)
             return self._first_start(target, recorded)
         if not any(others.values()):
             if not all(had is False for had in others.values()):

@@ -389,28 +389,9 @@ class WaitResult:
         return self.replicated
 
     def _stale(self) -> str:
-        """Why the watermark may not be moving: a running job raises each shard's part
-        every ``watermark.publish_interval_ms`` (a second by default; an idle shard's
-        too) unless a change of the shard is not settled at the destination yet, so
-        parts all older than ``_STALE_PARTS_S`` mean the job is stopped or stuck, or a
-        change is held there: the destination fails or refuses its writes (retried
-        until they apply, or until they are dead-lettered), or another destination does,
-        and the shard's buffer, full of its changes, keeps the shard from being read."""
         assert self.watermark is not None
-        times = [part.updated_at for part in self.watermark.counted if part.updated_at]
-        if not times:
-            return ""
-        age = time.time() - max(times)
-        if age < _STALE_PARTS_S:
-            return ""
-        return (
-            f" (no shard's part of it was published in the last {age:.0f}s: is the job "
-            "running? it publishes every watermark.publish_interval_ms, a second by default, "
-            "unless a change is held at the destination, or the shard's reading waits "
-            "on another destination of the job that holds its buffer full: see the job's "
-            "log, replicator_retries_total (by destination) for writes failed or refused, "
-            "and replicator_buffered_changes)"
-        )
+        note = stale_note(self.watermark, time.time())
+        return f" ({note})" if note else ""
 
     def describe(self) -> str:
         if self.watermark is None or self.watermark.watermark_us is None:
@@ -661,3 +642,28 @@ def _unpublished(watermark: Watermark, status_table: str) -> str | None:
             "check the spelling)"
         )
     return waiting_on(watermark)
+
+
+def stale_note(watermark: Watermark, now: float) -> str:
+    """Why the watermark may not be moving, or "" when a part was raised lately: a
+    running job raises each shard's part every ``watermark.publish_interval_ms`` (a
+    second by default; an idle shard's too) unless a change of the shard is not settled
+    at the destination yet, so parts all older than ``_STALE_PARTS_S`` mean the job is
+    stopped or stuck, or a change is held there: the destination fails or refuses its
+    writes (retried until they apply, or until they are dead-lettered), or another
+    destination does, and the shard's buffer, full of its changes, keeps the shard from
+    being read."""
+    times = [part.updated_at for part in watermark.counted if part.updated_at]
+    if not times:
+        return ""
+    age = now - max(times)
+    if age < _STALE_PARTS_S:
+        return ""
+    return (
+        f"no shard's part of it was published in the last {age:.0f}s: is the job "
+        "running? it publishes every watermark.publish_interval_ms, a second by default, "
+        "unless a change is held at the destination, or the shard's reading waits "
+        "on another destination of the job that holds its buffer full: see the job's "
+        "log, replicator_retries_total (by destination) for writes failed or refused, "
+        "and replicator_buffered_changes"
+    )

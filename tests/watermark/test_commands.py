@@ -6,6 +6,7 @@ code and its message."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -359,6 +360,37 @@ def test_a_registered_shard_that_has_not_published_is_named(
     assert "  watermark: none yet (shards s2 have not published yet)" in result.stdout, (
         result.stdout
     )
+
+
+def test_the_report_says_when_no_part_was_published_for_a_minute(
+    moto_endpoint: str, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    """A stopped job's watermark stands; ``watermark`` says, as ``wait`` does, that no
+    part was published lately, instead of a time that reads as a slow replication."""
+    task = unique("wm-stale")
+    ddb = client("dynamodb", "eu-west-1", moto_endpoint)
+    table = StatusTable(ddb, f"{task}-watermark", EU)
+    table.ensure_exists()
+    table.raise_part("s1", T0, "test:1")
+    path = job_file(tmp_path, task, moto_endpoint)
+    fresh = CliRunner().invoke(cli, ["watermark", "--config", str(path), "-d", EU])
+    assert fresh.exit_code == 0, fresh.output
+    assert "published:" not in fresh.stdout, fresh.stdout
+    ddb.update_item(
+        TableName=table.name,
+        Key={"destination": {"S": EU}, "shard": {"S": "s1"}},
+        UpdateExpression="SET updated_at = :t",
+        ExpressionAttributeValues={":t": {"N": str(time.time() - 600)}},
+    )
+    stale = CliRunner().invoke(cli, ["watermark", "--config", str(path), "-d", EU])
+    assert stale.exit_code == 0, stale.output
+    (line,) = [line for line in stale.stdout.splitlines() if line.startswith("  published:")]
+    # 600 s and the moments the command took (a loaded host's seconds among them)
+    assert re.match(
+        r"  published: no shard's part of it was published in the last 6\d\ds: is the job "
+        "running[?]",
+        line,
+    ), line
 
 
 def test_a_status_table_that_cannot_be_read_hides_no_other_destination(

@@ -39,6 +39,7 @@ from replicator.watermark.spans import (
     merge_spans,
 )
 from replicator.watermark.table import STARTED_WITH, StatusTable
+from replicator.watermark.tracker import DeadLetters
 from replicator.watermark.wait import WaitResult, wait_until_replicated
 from tests.support.aws import client
 from tests.support.metrics import sample
@@ -448,6 +449,46 @@ def test_a_first_start_cut_short_before_a_destination_was_written_is_not_a_join(
     resumed.close()
     assert wait(late, START - 30 * S).unread == (UnreadSpan(0, START + 10 * S, JOINED),)
     assert wait(eu, START - 30 * S).replicated
+
+
+def test_a_status_table_emptied_while_the_job_was_stopped_is_not_a_first_start(
+    ddb: Any, status: str, metrics: Metrics
+) -> None:
+    """Two destinations; one's status table deleted (here: emptied) while the job was
+    stopped, the other's kept, its parts recording both as the job's at its first start.
+    The processor resumes from its checkpoint: the destination without parts did not
+    have its first start cut short (the checkpoint came after it was decided, which
+    wrote there), and what its table held (a dead letter here) is gone. It gets an
+    ``unwatched`` span up to the restart, and a wait for the dead-lettered change's time
+    is told so (it was told "replicated"); the kept destination still names its letter."""
+    ap = table_of(ddb, status, "ap-southeast-2/dst")
+    eu = table_of(ddb, status, "eu-west-1/dst")
+    shards = [Shard("s1", None, False)]
+    tables = {ap.destination: ap, eu.destination: eu}
+    first = publisher("s1", tables, shards, metrics, at_horizon=True, now_us=T0)
+    first.empty_read(previous_answer_at=(T0 + S) / S, received_at=0)
+    first.publish()
+    first.close()
+    letter = DeadLetters(1, ((T0 + 5 * S, T0 + 5 * S),), through=1)
+    for table in (ap, eu):
+        table.add_dead_letters("s1", letter)
+        assert not wait(table, T0 + 5 * S).replicated
+    for part in ap.parts():
+        ddb.delete_item(
+            TableName=status, Key={"destination": {"S": ap.destination}, "shard": {"S": part.shard}}
+        )
+
+    again = publisher("s1", tables, shards, metrics, resumed=True)
+    again.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+    again.publish()
+    again.close()
+    after = wait(ap, T0 + 5 * S)
+    assert after.reached and not after.replicated
+    assert after.unread == (UnreadSpan(0, START, UNWATCHED),)
+    assert "deleted or emptied while the job was stopped" in after.describe()
+    assert wait(ap, START + S - 1, since_us=START + 1).replicated
+    kept = wait(eu, T0 + 5 * S)
+    assert not kept.replicated and kept.unread == () and kept.dead_lettered
 
 
 def test_a_resumed_job_whose_destinations_all_lack_parts_records_what_it_did_unwatched(
