@@ -673,8 +673,10 @@ def _set_by(written: str | None) -> str:
 
 
 def _did_you_mean(path: KeyPath) -> str:
-    """A hint naming the section's key closest to an unknown one (a typo such as
-    ``resolvr`` or ``max_inflight``), or nothing when none is close."""
+    """A hint naming the key an unknown one was meant to be: where it belongs, when it is
+    another section's (``kcl: {metrics: ...}``, ``worker_id`` at the top level), else
+    the section's key closest to it (a typo such as ``resolvr`` or ``max_inflight``), or
+    nothing when none is close."""
     if not path or not isinstance(path[-1], str):
         return ""
     section: Any = JobConfig
@@ -687,21 +689,21 @@ def _did_you_mean(path: KeyPath) -> str:
             return ""
     if not _is_model(section):
         return ""
+    # A key of another section written here (``worker_id`` at the top level for
+    # ``kcl.worker_id``) is named where it belongs when one other section alone has it,
+    # before a close spelling here (``conflict.origin_attribute`` is not the
+    # ``version_attribute`` next to it).
+    here = tuple(part for part in path[:-1] if isinstance(part, str))
+    elsewhere = [text for where, text in _places_of(path[-1], JobConfig, ()) if where != here]
+    if len(elsewhere) == 1:
+        return f" (did you mean {elsewhere[0]}?)"
     keys = list(section.model_fields)
     close = difflib.get_close_matches(path[-1], keys, n=1, cutoff=0.7)
     # A key cut short (``role`` for role_arn) is too short for difflib's ratio; told
     # only when one key begins so (``max`` could be any of several).
     begun = [key for key in keys if key.startswith(f"{path[-1]}_")]
     close = close or (begun if len(begun) == 1 else [])
-    if close:
-        return f" (did you mean {close[0]}?)"
-    # A key of another section written here (``worker_id`` at the top level for
-    # ``kcl.worker_id``): named where it belongs when one other section alone has it.
-    here = tuple(part for part in path[:-1] if isinstance(part, str))
-    elsewhere = [
-        text for section_path, text in _places_of(path[-1], JobConfig, ()) if section_path != here
-    ]
-    return f" (did you mean {elsewhere[0]}?)" if len(elsewhere) == 1 else ""
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _places_of(
@@ -712,7 +714,7 @@ def _places_of(
     found: list[tuple[tuple[str, ...], str]] = []
     for key, field in section.model_fields.items():
         if key == name:
-            found.append((within, ".".join((*within, key))))
+            found.append((within, ".".join((*within, key)) if within else f"the top-level {key}"))
         inner = _model_in(field.annotation)
         if inner is not None:
             found.extend(

@@ -793,7 +793,7 @@ class Verify:
             maybe = (
                 "unstamped, so either another region's write the source has not received "
                 "yet or one the source wrote and deleted"
-                if item.get(attribute) is None
+                if not isinstance((item.get(attribute) or {}).get("S"), str)  # as the job reads it
                 else f"not {job.origin_value}: another region's write the source has not "
                 "received yet (its job lags, is stopped or dead-lettered it), or one the "
                 "source deleted"

@@ -8,6 +8,7 @@ leaves its check undone when it cannot be read.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import threading
@@ -37,6 +38,7 @@ from replicator.watermark.wait import (
     WaitResult,
     checked_seconds,
     read_watermark,
+    stale_after_s,
     stale_note,
     to_epoch_us,
     wait_until_replicated,
@@ -301,7 +303,7 @@ def _describe(
             f"  watermark: {iso(mark.watermark_us)} ({seconds(mark.watermark_us):.6f}), "
             f"{max(0.0, now - seconds(mark.watermark_us)):.1f}s ago"
         )
-        stale = stale_note(mark, now)
+        stale = stale_note(mark, now, _stale_after(resolved))
         if stale:
             lines.append(f"  published: {stale}")
     lines.append(f"  shards: {len(mark.counted)} counted, {len(mark.retired)} ended")
@@ -312,6 +314,11 @@ def _describe(
         lines.append("  dead letters: none")
     lines.extend(f"  {span.heading}: {span.describe()}" for span in mark.unread_spans)
     return "\n".join(lines)
+
+
+def _stale_after(resolved: ResolvedJob) -> float:
+    job = resolved.job
+    return stale_after_s(job.watermark.publish_interval_ms, job.kcl.idle_time_between_reads_ms)
 
 
 def wait(
@@ -360,6 +367,7 @@ def wait(
             f"{redact(result.problem or '')} (at {where}, no read answered in "
             f"{result.waited_s:.1f}s)"
         )
+    result = dataclasses.replace(result, stale_after_s=_stale_after(resolved))
     said = f"{destination.label} until {iso(to_epoch_us(until))}: {result.describe()}"
     logs.echo_outcome(said, err=not result.replicated)  # the exit code says it too
     if not result.reached and not result.unread:

@@ -491,7 +491,8 @@ class ShardWatermark:
 
         So does one without parts that another destination's parts record
         (``started_with``) as one of the job's at its first start, when this processor
-        did not resume from a checkpoint: that start was cut short (a crash or a stop)
+        did not resume from a checkpoint and is no child of a listed shard (else see
+        :meth:`_table_emptied`): that start was cut short (a crash or a stop)
         before anything was written at this destination, or several shards start at
         once and another shard's processor wrote its first parts at the other
         destination first. No change was passed over for it: every
@@ -499,11 +500,6 @@ class ShardWatermark:
         destination, and holds its checkpoint until each destination is decided (so its
         shard is read again from its start). It must not be taken for one that joined:
         its ``joined`` span would cover changes it holds, and waits for them answer 4.
-        A resumed processor that finds such a destination without parts finds its status
-        table deleted or emptied while the job was stopped (the processor that wrote
-        this shard's checkpoint had decided it, writing there): what it recorded of the
-        changes before (dead letters, spans) is gone, and it gets an ``unwatched`` span
-        up to this start, as when no destination has parts.
 
         A destination with no part in its status table while another destination of the
         job has parts, none of which record it, joined a job that resumes from
@@ -548,12 +544,8 @@ class ShardWatermark:
         if mine:  # in the job before; out of it for a while since?
             return self._rejoined(target, others)
         if recorded:
-            if self._resumed:
-                # This shard's checkpoint was written after each destination was
-                # decided, which wrote at this one's status table: its table was
-                # deleted or emptied while the job was stopped, and the dead letters
-                # and spans it held are gone.
-                return self._unwatched_before(target)
+            if self._resumed or (self._at_horizon and self._child_of_a_listed_shard()):
+                return self._table_emptied(target)
             return self._first_start(target, recorded)
         if not any(others.values()):
             if not all(had is False for had in others.values()):
@@ -567,6 +559,30 @@ class ShardWatermark:
             "before now are not replicated to it; run `replicator backfill` to it, then "
             "`replicator verify`",
         )
+
+    def _table_emptied(self, target: _Target) -> bool:
+        """Decide a destination that another destination's parts record as the job's at
+        its first start (``started_with``, written only by a first start at
+        TRIM_HORIZON, which holds each shard's checkpoint until every destination's
+        decision is stored there), that has no part, found by a processor that comes
+        after such a checkpoint: resumed from one, or a child whose parent, still
+        listed, ended with one. The destination's status table held this job's parts,
+        and was deleted or emptied while the job was stopped: the dead letters and spans
+        it recorded are gone, and it gets an ``unwatched`` span up to this start (a
+        ``joined`` one when this shard's part at another destination tells that the job
+        ran without it meanwhile: removed from the job file and added again)."""
+        with self._state:
+            left_out_at = self._left_out_at.get(target.label)
+        if left_out_at is not None:
+            return self._joined(
+                target,
+                "destination was out of the job for a while (removed from the job file "
+                "and added again), and its status table has no part: changes made "
+                "meanwhile were not replicated to it; run `replicator backfill "
+                "--restart` to it, then `replicator verify`",
+                job_ran_without_it=left_out_at,
+            )
+        return self._unwatched_before(target)
 
     def _joined(self, target: _Target, warning: str, **about: object) -> bool:
         """Store a ``joined`` span up to this start for the destination (it holds none of

@@ -71,9 +71,10 @@ _WHY = {
     ),
     UNWATCHED: (
         "the job replicated them without the watermark (watermark.enabled: false, or "
-        "before its status table held any part of this destination: the table deleted "
-        "or emptied while the job was stopped, or the destination given another name), "
-        "which records no dead letter: one dead-lettered then is not known here"
+        "before its status table held any part of this destination, as when the watermark "
+        "is turned on, the table was deleted or emptied while the job was stopped, or the "
+        "destination was given another name), which records no dead letter: one "
+        "dead-lettered then is not known here"
     ),
     EARLIER_STREAM: (
         "the job's leases were of an earlier stream of the source table (the table "

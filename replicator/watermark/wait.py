@@ -219,8 +219,9 @@ status table takes to answer, or if it never does."""
 READ_PATIENCE_S = 5.0
 """How long a read is waited for at most before a later one is started beside it: an
 endpoint that stopped answering is asked again rather than waited on for good."""
-_STALE_PARTS_S = 60.0
-"""Parts of a watermark all older than this, at a timeout, are named as the likely cause."""
+STALE_PARTS_S = 60.0
+"""Parts of a watermark all older than this are named as the likely cause of a timeout,
+where the job's settings are not known (see :func:`stale_after_s`)."""
 
 # For the clients this module builds: a read no waiter waits for any more is abandoned,
 # not cancelled, so its thread must end by itself soon.
@@ -380,6 +381,9 @@ class WaitResult:
     (a LATEST start, a destination that joined late): passed, but not applied. Not
     reached, the open ``unwatched`` spans that ended the wait: the job runs with the
     watermark off, and nothing follows its changes."""
+    stale_after_s: float = STALE_PARTS_S
+    """Parts all older than this, at a timeout, are named as the likely cause (see
+    :func:`stale_after_s`)."""
 
     @property
     def replicated(self) -> bool:
@@ -390,7 +394,7 @@ class WaitResult:
 
     def _stale(self) -> str:
         assert self.watermark is not None
-        note = stale_note(self.watermark, time.time())
+        note = stale_note(self.watermark, time.time(), self.stale_after_s)
         return f" ({note})" if note else ""
 
     def describe(self) -> str:
@@ -644,11 +648,18 @@ def _unpublished(watermark: Watermark, status_table: str) -> str | None:
     return waiting_on(watermark)
 
 
-def stale_note(watermark: Watermark, now: float) -> str:
+def stale_after_s(publish_interval_ms: int, idle_time_between_reads_ms: int) -> float:
+    """How long a running job may leave every part unraised: a part is raised at most
+    every publish interval, and an idle shard's only after an empty read; three of the
+    longer, and never under :data:`STALE_PARTS_S`."""
+    return max(STALE_PARTS_S, 3 * max(publish_interval_ms, idle_time_between_reads_ms) / 1000)
+
+
+def stale_note(watermark: Watermark, now: float, after_s: float = STALE_PARTS_S) -> str:
     """Why the watermark may not be moving, or "" when a part was raised lately: a
     running job raises each shard's part every ``watermark.publish_interval_ms`` (a
     second by default; an idle shard's too) unless a change of the shard is not settled
-    at the destination yet, so parts all older than ``_STALE_PARTS_S`` mean the job is
+    at the destination yet, so parts all older than ``after_s`` mean the job is
     stopped or stuck, or a change is held there: the destination fails or refuses its
     writes (retried until they apply, or until they are dead-lettered), or another
     destination does, and the shard's buffer, full of its changes, keeps the shard from
@@ -657,7 +668,7 @@ def stale_note(watermark: Watermark, now: float) -> str:
     if not times:
         return ""
     age = now - max(times)
-    if age < _STALE_PARTS_S:
+    if age < after_s:
         return ""
     return (
         f"no shard's part of it was published in the last {age:.0f}s: is the job "

@@ -256,6 +256,12 @@ def test_every_problem_of_the_file_is_reported_at_once(tmp_path: Path) -> None:
         # a key of another section, written where it does not belong
         (MINIMAL + "worker_id: host-a\n", "worker_id", "kcl.worker_id"),
         (MINIMAL + "kcl: {port: 9401}\n", "kcl.port", "metrics.port"),
+        (MINIMAL + "kcl: {task_name: t-1}\n", "kcl.task_name", "the top-level task_name"),
+        (  # an exact key elsewhere before a close one here (version_attribute)
+            MINIMAL + "conflict: {policy: overwrite, origin_attribute: o}\n",
+            "conflict.origin_attribute",
+            "loop_prevention.origin_attribute",
+        ),
         (
             MINIMAL.replace(
                 "eu-west-1, table: orders}", "eu-west-1, table: orders, tombstones: true}"

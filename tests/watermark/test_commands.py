@@ -385,6 +385,11 @@ def test_the_report_says_when_no_part_was_published_for_a_minute(
     stale = CliRunner().invoke(cli, ["watermark", "--config", str(path), "-d", EU])
     assert stale.exit_code == 0, stale.output
     (line,) = [line for line in stale.stdout.splitlines() if line.startswith("  published:")]
+    # A job that publishes every 5 minutes is not taken for stopped after 10.
+    slow = path.with_name("slow.yaml")
+    slow.write_text(path.read_text() + "watermark: {publish_interval_ms: 300000}\n")
+    patient = CliRunner().invoke(cli, ["watermark", "--config", str(slow), "-d", EU])
+    assert patient.exit_code == 0 and "published:" not in patient.stdout, patient.output
     # 600 s and the moments the command took (a loaded host's seconds among them)
     assert re.match(
         r"  published: no shard's part of it was published in the last 6\d\ds: is the job "

@@ -451,34 +451,42 @@ def test_a_first_start_cut_short_before_a_destination_was_written_is_not_a_join(
     assert wait(eu, START - 30 * S).replicated
 
 
+@pytest.mark.parametrize("restart", ["resumed", "child-without-checkpoint"])
 def test_a_status_table_emptied_while_the_job_was_stopped_is_not_a_first_start(
-    ddb: Any, status: str, metrics: Metrics
+    ddb: Any, status: str, metrics: Metrics, restart: str
 ) -> None:
     """Two destinations; one's status table deleted (here: emptied) while the job was
     stopped, the other's kept, its parts recording both as the job's at its first start.
-    The processor resumes from its checkpoint: the destination without parts did not
-    have its first start cut short (the checkpoint came after it was decided, which
-    wrote there), and what its table held (a dead letter here) is gone. It gets an
-    ``unwatched`` span up to the restart, and a wait for the dead-lettered change's time
-    is told so (it was told "replicated"); the kept destination still names its letter."""
+    The processor that starts again resumes from its checkpoint, or is the child (no
+    checkpoint yet, at TRIM_HORIZON) of a parent that ended: either way the destination
+    without parts did not have its first start cut short (the first start's checkpoint
+    waited for its decision, which wrote there), and what its table held (a dead letter
+    here) is gone. It gets an ``unwatched`` span up to the restart, and a wait for the
+    dead-lettered change's time is told so (it was told "replicated"); the kept
+    destination still names its letter."""
     ap = table_of(ddb, status, "ap-southeast-2/dst")
     eu = table_of(ddb, status, "eu-west-1/dst")
-    shards = [Shard("s1", None, False)]
+    child = restart == "child-without-checkpoint"
+    shards = [Shard("s1", None, child), *([Shard("s2", "s1", False)] if child else [])]
     tables = {ap.destination: ap, eu.destination: eu}
     first = publisher("s1", tables, shards, metrics, at_horizon=True, now_us=T0)
     first.empty_read(previous_answer_at=(T0 + S) / S, received_at=0)
     first.publish()
-    first.close()
     letter = DeadLetters(1, ((T0 + 5 * S, T0 + 5 * S),), through=1)
     for table in (ap, eu):
         table.add_dead_letters("s1", letter)
         assert not wait(table, T0 + 5 * S).replicated
+    if child:
+        first.end_shard()
+    first.close()
     for part in ap.parts():
-        ddb.delete_item(
-            TableName=status, Key={"destination": {"S": ap.destination}, "shard": {"S": part.shard}}
-        )
+        key = {"destination": {"S": ap.destination}, "shard": {"S": part.shard}}
+        ddb.delete_item(TableName=status, Key=key)
 
-    again = publisher("s1", tables, shards, metrics, resumed=True)
+    if child:
+        again = publisher("s2", tables, shards, metrics, at_horizon=True)
+    else:
+        again = publisher("s1", tables, shards, metrics, resumed=True)
     again.empty_read(previous_answer_at=(START + S) / S, received_at=0)
     again.publish()
     again.close()
