@@ -43,6 +43,7 @@ from replicator.config.loader import job_file_error
 from replicator.config.model import (
     ConflictPolicyName,
     DeadLetterKind,
+    JobConfig,
     ResolvedJob,
     RuntimeKind,
     StreamKind,
@@ -257,17 +258,37 @@ def check_source(resolved: ResolvedJob) -> SourceInfo:
     if view_type not in ("NEW_IMAGE", "NEW_AND_OLD_IMAGES"):
         raise EnvironmentProblem(
             f"stream {stream_arn} has view type {view_type}; the replicator needs the new "
-            "image of every change (NEW_AND_OLD_IMAGES, or NEW_IMAGE for overwrite)"
+            "image of every change (NEW_AND_OLD_IMAGES, or NEW_IMAGE for overwrite and "
+            "custom)"
         )
-    ordered = {job.conflict.policy} | {
-        d.conflict.policy for d in job.destinations if d.conflict is not None
-    }
-    if view_type != "NEW_AND_OLD_IMAGES" and ordered & set(_ORDERED):
+    ordered = _ordered_users(job)
+    if view_type != "NEW_AND_OLD_IMAGES" and ordered:
         raise EnvironmentProblem(
             f"stream {stream_arn} has view type {view_type}; last_writer_wins and version "
-            "check deletes against the deleted image, which needs NEW_AND_OLD_IMAGES"
+            f"check deletes against the deleted image, which needs NEW_AND_OLD_IMAGES, and "
+            f"{'; '.join(ordered)}: enable NEW_AND_OLD_IMAGES on the source's stream, or "
+            "use overwrite or custom"
         )
     return SourceInfo(stream_arn=stream_arn, view_type=view_type, key_schema=key_schema)
+
+
+def _ordered_users(job: JobConfig) -> list[str]:
+    """What in the job applies last_writer_wins or version, by key: each destination
+    under its rule, and the job's ``conflict`` section where the job writes to its
+    source (write-back) or keeps tombstones; a section no one applies does not count."""
+    users = [
+        f"destinations[{index}] ({destination.label}) is under "
+        f"{job.conflict_for(destination).policy.value}"
+        + ("" if destination.conflict is not None else " (the job's conflict section)")
+        for index, destination in enumerate(job.destinations)
+        if job.conflict_for(destination).policy in _ORDERED
+    ]
+    if job.conflict.policy in _ORDERED and (job.writes_back or job.active_active.tombstones):
+        users.append(
+            f"conflict (the job's section) is under {job.conflict.policy.value}, which its "
+            "write-back or tombstones apply"
+        )
+    return users
 
 
 def _ranking_attribute_problems(resolved: ResolvedJob, key_schema: dict[str, str]) -> Problems:

@@ -708,3 +708,55 @@ def test_a_stream_that_cannot_be_checked_against_the_table_is_a_warning(
     assert warned(Fault.RESET).startswith(
         f"{unchecked}the endpoint did not answer DescribeKinesisStreamingDestination ("
     )
+
+
+def _view_type_job(tmp_path: Path, endpoint: str, source: str, destination: str, tail: str) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        f"task_name: preflight-{source}\n"
+        f"source: {{region: us-east-1, table: {source}, endpoint_url: '{endpoint}'}}\n"
+        f"destinations:\n  - {{region: eu-west-1, table: {destination}, endpoint_url: "
+        f"'{endpoint}'{tail}}}\n"
+        "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
+        "metrics: {enabled: false}\n"
+    )
+    return path
+
+
+def test_a_new_image_stream_counts_only_the_rules_the_job_applies(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """A NEW_IMAGE stream serves overwrite and custom: a job whose only destination
+    overrides the job's last_writer_wins section with overwrite starts (the section
+    is applied nowhere: no write-back, no tombstones), and one whose destination applies
+    last_writer_wins is refused naming that destination. KEYS_ONLY serves no rule, and
+    its refusal names custom among those NEW_IMAGE serves."""
+    east = client("dynamodb", "us-east-1", moto_endpoint)
+    new_image, keys_only = unique("newimg"), unique("keysonly")
+    create_table(east, new_image, stream="NEW_IMAGE")
+    create_table(east, keys_only, stream="KEYS_ONLY")
+    destination = unique("dst")
+    create_table(client("dynamodb", "eu-west-1", moto_endpoint), destination, stream=None)
+
+    overridden = _view_type_job(
+        tmp_path, moto_endpoint, new_image, destination, ", conflict: {policy: overwrite}"
+    )
+    assert preflight.check(load_job(overridden)).view_type == "NEW_IMAGE"
+
+    applied = _view_type_job(tmp_path, moto_endpoint, new_image, destination, "")
+    with pytest.raises(EnvironmentProblem) as raised:
+        preflight.check(load_job(applied))
+    assert str(raised.value).endswith(
+        f"which needs NEW_AND_OLD_IMAGES, and destinations[0] (eu-west-1/{destination}) is "
+        "under last_writer_wins (the job's conflict section): enable NEW_AND_OLD_IMAGES on "
+        "the source's stream, or use overwrite or custom"
+    ), raised.value
+
+    keys = _view_type_job(
+        tmp_path, moto_endpoint, keys_only, destination, ", conflict: {policy: overwrite}"
+    )
+    with pytest.raises(EnvironmentProblem) as refused:
+        preflight.check(load_job(keys))
+    assert str(refused.value).endswith(
+        "(NEW_AND_OLD_IMAGES, or NEW_IMAGE for overwrite and custom)"
+    ), refused.value

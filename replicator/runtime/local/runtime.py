@@ -428,7 +428,7 @@ class LocalRuntime:
         replaced = preflight.stream_replaced(self.resolved, self._ddb, self.stream_arn)
         if replaced is None:
             return False
-        log.error("the source table's stream was replaced", stream=self.stream_arn)
+        log.error("the source table's stream was replaced or disabled", stream=self.stream_arn)
         self.failure = EnvironmentProblem(replaced)
         self.stopping.set()
         return True
