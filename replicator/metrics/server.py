@@ -20,7 +20,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,12 @@ from replicator.metrics import health as health_rules
 from replicator.metrics.multiprocess import reap_dead
 
 log = structlog.get_logger(__name__)
+
+LagFloors = Callable[[], Mapping[str, float]]
+"""By shard, while the runtime awaits its processor's answer to a ``processRecords``, the
+time (epoch seconds) from which changes may be missing at every destination: the oldest
+record handed over, or, for an empty batch, its sending less the reader's distance from
+the tip (local runtime)."""
 
 Sample = tuple[str, dict[str, str], float]
 
@@ -56,8 +62,10 @@ class ProcessSamples:
         problems: Callable[[], list[str]],
         stall_after_s: float,
         watch_every_s: float = 5.0,
+        lag_floors: LagFloors | None = None,
     ) -> None:
         self.directory = directory
+        self.lag_floors = lag_floors
         self.problems = problems
         self.stall_after_s = stall_after_s
         self.started_at = time.time()
@@ -72,7 +80,10 @@ class ProcessSamples:
         with self._collecting:
             reap_dead(self.directory)
             merged = MultiProcessCollector.merge(_readable_files(self.directory), accumulate=True)  # type: ignore[no-untyped-call]
-            return list(merged)
+            families = list(merged)
+        if self.lag_floors is not None:
+            raise_lag(families, self.lag_floors(), time.time())
+        return families
 
     def samples(self) -> list[Sample]:
         return _flat(self.families())
@@ -114,10 +125,13 @@ class MetricsServer:
         stall_after_s: float,
         extra: Iterable[Collector] = (),
         watch_every_s: float = 5.0,
+        lag_floors: LagFloors | None = None,
     ) -> None:
         """``watch_every_s``: how often health is judged for the log (see
         :class:`ProcessSamples`), whether or not anyone asks ``/healthz``."""
-        self.process_samples = ProcessSamples(directory, problems, stall_after_s, watch_every_s)
+        self.process_samples = ProcessSamples(
+            directory, problems, stall_after_s, watch_every_s, lag_floors=lag_floors
+        )
         self.extra = list(extra)
         server = self
 
@@ -306,12 +320,32 @@ class _IPv6Server(ThreadingHTTPServer):
 HEALTHY = "replicator_healthy"
 
 
+def raise_lag(families: list[Metric], floors: Mapping[str, float], now: float) -> None:
+    """Raise each shard's lag series to the time since its floor (:data:`LagFloors`): the
+    changes its processor was handed and has not taken are applied at no destination,
+    and none after them is read. A processor that does not run (SIGSTOP, a frozen host)
+    leaves its gauges at their last values, which read 0 while its shard's changes
+    wait; the runtime, which handed them over, knows better."""
+    if not floors:
+        return
+    for family in families:
+        if family.name != health_rules.LAG:
+            continue
+        family.samples = [
+            sample._replace(value=max(sample.value, now - floors[sample.labels["shard"]]))
+            if sample.labels.get("shard") in floors
+            else sample
+            for sample in family.samples
+        ]
+
+
 class HealthGauge(Collector):
     """``/healthz`` as a gauge, judged at each scrape: 1 while it would answer 200, 0
     while 503. A processor that stops answering (SIGSTOP, a deadlock, a frozen host)
-    keeps its lag gauges at their last values, so the lag alerts stay quiet while its
-    shard replicates nothing; only the health judgement, which also reads when each
-    processor was last heard from, sees it, and Prometheus reads no ``/healthz``."""
+    keeps its gauges at their last values (under the KCL its lag too, so the lag alerts
+    stay quiet while its shard replicates nothing; the local runtime raises the lag:
+    :func:`raise_lag`); the health judgement, which also reads when each processor was
+    last heard from, sees it, and Prometheus reads no ``/healthz``."""
 
     def __init__(self, health: Callable[[], health_rules.Health]) -> None:
         self._health = health

@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from replicator import entry, logs
 from replicator.config.model import ResolvedJob
 from replicator.metrics import multiprocess
-from replicator.metrics.server import MetricsServer, ProcessSamples
+from replicator.metrics.server import LagFloors, MetricsServer, ProcessSamples
 from replicator.watermark import collector as watermark
 
 log = structlog.get_logger(__name__)
@@ -63,7 +63,10 @@ class Served:
 
 @contextlib.contextmanager
 def metrics_served(
-    resolved: ResolvedJob, problems: Callable[[], list[str]], extra: Sequence[Collector]
+    resolved: ResolvedJob,
+    problems: Callable[[], list[str]],
+    extra: Sequence[Collector],
+    lag_floors: LagFloors | None = None,
 ) -> Iterator[Served]:
     """The metrics directory and server, removed and stopped however the run ends. The
     port is bound on entry (a runtime enters this through :class:`MetricsHold`, before
@@ -86,10 +89,13 @@ def metrics_served(
                 problems=problems,
                 stall_after_s=job.metrics.stall_after_s,
                 extra=[*extra, *marks],
+                lag_floors=lag_floors,
             )
             read = server.process_samples
         else:
-            read = ProcessSamples(samples.path, problems, job.metrics.stall_after_s)
+            read = ProcessSamples(
+                samples.path, problems, job.metrics.stall_after_s, lag_floors=lag_floors
+            )
         yield Served(samples, read, server, marks)
     finally:
         for mark in marks:
@@ -112,9 +118,13 @@ class MetricsHold:
     process can take the port in between."""
 
     def __init__(
-        self, resolved: ResolvedJob, problems: Callable[[], list[str]], extra: Sequence[Collector]
+        self,
+        resolved: ResolvedJob,
+        problems: Callable[[], list[str]],
+        extra: Sequence[Collector],
+        lag_floors: LagFloors | None = None,
     ) -> None:
-        self._enter = functools.partial(metrics_served, resolved, problems, extra)
+        self._enter = functools.partial(metrics_served, resolved, problems, extra, lag_floors)
         self._held = contextlib.ExitStack()
         self.served: Served | None = None
 

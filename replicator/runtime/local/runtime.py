@@ -168,7 +168,9 @@ class LocalRuntime:
         # The host lock, then the metrics port: taken before the preflight creates
         # anything, held until run ends.
         self._lock: hostlock.HostLock | None = None
-        self._metrics = supervisor.MetricsHold(resolved, self.problems, [_RuntimeCollector(self)])
+        self._metrics = supervisor.MetricsHold(
+            resolved, self.problems, [_RuntimeCollector(self)], lag_floors=self.lag_floors
+        )
         # Leases of another worker (or of our worker id, held elsewhere) that stood still
         # for the failover time at start-up: shard id -> (owner, counter) as watched;
         # _start takes them over if unchanged.
@@ -852,6 +854,16 @@ class LocalRuntime:
 
     def progress(self) -> list[ShardProgress]:
         return [worker.progress for worker in list(self.workers.values())]
+
+    def lag_floors(self) -> dict[str, float]:
+        """By shard, while a ``processRecords`` is out, the time from which its changes
+        may be missing at every destination (:class:`ShardProgress`)."""
+        floors = {}
+        for worker in list(self.workers.values()):
+            since = worker.progress.awaited_behind_since
+            if since is not None:
+                floors[worker.shard_id] = since
+        return floors
 
     def _retire(self, shard_id: str) -> None:
         """Forget the worker of ``shard_id`` (no longer running), keeping its restarts."""

@@ -611,11 +611,18 @@ class ShardWorker(threading.Thread):
         self, child: ProcessorChild, batch: list[dict[str, Any]], millis_behind: int | None
     ) -> None:
         """``processRecords``, with the time it has been out kept for :meth:`trouble`."""
-        self.progress.answer_awaited_since = self._clock()
+        now = self._clock()
+        self.progress.awaited_behind_since = (
+            min(record["approximateArrivalTimestamp"] for record in batch) / 1000
+            if batch
+            else now - (millis_behind or 0) / 1000
+        )
+        self.progress.answer_awaited_since = now
         try:
             child.process_records(batch, millis_behind)
         finally:
             self.progress.answer_awaited_since = None
+            self.progress.awaited_behind_since = None
 
     def _shut_down(self, child: ProcessorChild) -> None:
         """Stop the child: ``shutdownRequested`` (it flushes its pending writes and

@@ -30,7 +30,7 @@ from tests.support import ROOT
 from tests.support.aws import client
 from tests.support.cli import replicator
 from tests.support.e2e import PATIENCE, Job, children_of, stop, wait_until
-from tests.support.metrics import health, logged_metrics_port
+from tests.support.metrics import health, logged_metrics_port, matching, scrape
 
 GATE = "REPLICATOR_TEST_GATE"
 
@@ -588,6 +588,10 @@ def test_a_stuck_processor_makes_healthz_unhealthy_until_it_answers(job: Job) ->
 
         wait_until(stuck_named, 60, "/healthz to report the stuck processor")
         assert not job.converged()
+        # Its own lag gauges stay at their last values (about 0); the runtime raises
+        # them to the age of the changes it handed over, at least the 2 s it has waited.
+        lags = matching(scrape(port), "replicator_replication_lag_seconds")
+        assert len(lags) == len(job.destination_clients()) and min(lags) >= 2.0, lags
         for pid in stopped:
             os.kill(pid, signal.SIGCONT)
         stopped.clear()
