@@ -257,7 +257,8 @@ class ProcessorChild:
         gone = self._gone()
         if gone is None:
             return f"closed its input and is still running; cannot send {what}: {error}"
-        return f"{gone} before {what} could be sent"
+        # Not "before processRecords": a processor that ran for hours had answered many.
+        return f"{gone} before {'' if what == 'initialize' else 'the next '}{what} could be sent"
 
     def _gone(self) -> str | None:
         """How the child whose input just broke ended (None: it still runs): its input

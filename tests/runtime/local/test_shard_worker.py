@@ -574,7 +574,7 @@ def test_a_child_killed_between_actions_is_named_killed_by_its_signal() -> None:
     finally:
         child.kill()
     message = str(failed.value)
-    assert message == "c1: killed by SIGKILL before processRecords could be sent", message
+    assert message == "c1: killed by SIGKILL before the next processRecords could be sent", message
 
 
 def test_latest_is_pinned_once_a_restarted_child_reads_on_from_it(leases: LeaseTable) -> None:
