@@ -1,4 +1,9 @@
-"""An embedded DynamoDB-compatible endpoint on 127.0.0.1 (moto's server), for the demo."""
+"""An embedded DynamoDB-compatible endpoint on 127.0.0.1 (moto's server), for the demo.
+
+``python -m replicator.demo.endpoint --port 8000`` serves it on its own until Ctrl-C or
+SIGTERM: a stock ``moto_server`` applies two writes to one item at once, which no pair of
+active-active jobs can converge on (docs/active-active.md, Limits); this one applies one
+write at a time, as DynamoDB does per item."""
 
 from __future__ import annotations
 
@@ -52,7 +57,7 @@ def _serialized(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class EmbeddedEndpoint:
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         try:
             from moto.server import ThreadedMotoServer
         except ImportError as error:  # pragma: no cover - moto is a test dependency
@@ -62,7 +67,7 @@ class EmbeddedEndpoint:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         serialize_table_writes()
         fastmoto.install()
-        self._server: Any = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server: Any = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         self.url = ""
 
     def start(self) -> str:
@@ -74,3 +79,43 @@ class EmbeddedEndpoint:
     def stop(self) -> None:
         if self.url:  # started (a Ctrl-C can come before)
             self._server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the endpoint until SIGINT or SIGTERM (exit 0); its URL on stdout."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(
+        prog="python -m replicator.demo.endpoint",
+        description="A DynamoDB-compatible endpoint (moto) on 127.0.0.1 that applies one "
+        "write at a time, as DynamoDB does per item.",
+    )
+    parser.add_argument("--port", type=int, default=8000, help="0 for any free port")
+    port = parser.parse_args(argv).port
+    stop = threading.Event()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: stop.set())
+    import socket
+    import sys
+
+    try:  # moto's server thread would only print the refusal and serve nothing
+        with socket.create_server(("127.0.0.1", port)):
+            pass
+    except OSError as error:
+        print(
+            f"replicator.demo.endpoint: cannot serve on 127.0.0.1:{port}: {error}", file=sys.stderr
+        )
+        return 3
+    endpoint = EmbeddedEndpoint(port)
+    url = endpoint.start()
+    print(url, flush=True)
+    try:
+        stop.wait()
+    finally:
+        endpoint.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
