@@ -19,7 +19,7 @@ so a shard taken over with a backlog long after the runtime started is given
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,8 +62,14 @@ def evaluate(
     stall_after_s: float,
     started_at: float,
     problems: Iterable[str] = (),
+    lag_floors: Mapping[str, float] | None = None,
 ) -> Health:
-    """Judge health from metric samples (name, labels, value) and the runtime's problems."""
+    """Judge health from metric samples (name, labels, value) and the runtime's problems.
+    ``lag_floors`` (by shard, see replicator/metrics/server.py ``LagFloors``) raise the
+    lag shown, not the lag the stall rule judges: a processor that does not answer
+    leaves its gauges (writes in flight, settled times) as they were, and its
+    destinations would be named stalled for what is the processor's fault, which the
+    runtime's own reason names."""
     reasons = list(problems)
     stalled: dict[str, str] = {}
     lag: dict[str, dict[str, float]] = {}  # shard -> destination -> seconds
@@ -129,6 +135,10 @@ def evaluate(
                     + _storing(storing.get((shard, destination), 0.0))
                 )
                 stalled.setdefault(destination, reasons[-1])
+    for shard, floor in (lag_floors or {}).items():
+        per_shard = lag.get(shard, {})
+        for destination, seconds in per_shard.items():
+            per_shard[destination] = max(seconds, round(now - floor, 3))
     destinations: dict[str, float] = {}
     for per_destination in lag.values():
         for destination, seconds in per_destination.items():

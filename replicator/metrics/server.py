@@ -39,10 +39,10 @@ from replicator.metrics.multiprocess import reap_dead
 log = structlog.get_logger(__name__)
 
 LagFloors = Callable[[], Mapping[str, float]]
-"""By shard, while the runtime awaits its processor's answer to a ``processRecords``, the
-time (epoch seconds) from which changes may be missing at every destination: the oldest
-record handed over, or, for an empty batch, its sending less the reader's distance from
-the tip (local runtime)."""
+"""By shard, while the runtime has awaited its processor's answer to a ``processRecords``
+for a second or more, the time (epoch seconds) from which changes may be missing at
+every destination: the newest record handed over, or, for an empty batch, its sending
+less the reader's distance from the tip (local runtime)."""
 
 Sample = tuple[str, dict[str, str], float]
 
@@ -74,14 +74,15 @@ class ProcessSamples:
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="health-watch", daemon=True)
 
-    def families(self) -> list[Metric]:
+    def families(self, *, raised: bool = True) -> list[Metric]:
         """The processes' samples, read from the directory after reaping dead processes'
-        live gauges (one reader at a time)."""
+        live gauges (one reader at a time); ``raised``: the lag raised by the runtime's
+        floors (:func:`raise_lag`)."""
         with self._collecting:
             reap_dead(self.directory)
             merged = MultiProcessCollector.merge(_readable_files(self.directory), accumulate=True)  # type: ignore[no-untyped-call]
             families = list(merged)
-        if self.lag_floors is not None:
+        if raised and self.lag_floors is not None:
             raise_lag(families, self.lag_floors(), time.time())
         return families
 
@@ -93,11 +94,12 @@ class ProcessSamples:
         lag and checkpoint times. The runtime's problems quote AWS's errors, which can
         quote a credential: they leave the process redacted, as the logs are."""
         return health_rules.evaluate(
-            self.samples(),
+            _flat(self.families(raised=False)),
             now=time.time(),
             stall_after_s=self.stall_after_s,
             started_at=self.started_at,
             problems=[redact(problem) for problem in self.problems()],
+            lag_floors=self.lag_floors() if self.lag_floors is not None else None,
         )
 
     def _watch(self) -> None:
@@ -321,11 +323,11 @@ HEALTHY = "replicator_healthy"
 
 
 def raise_lag(families: list[Metric], floors: Mapping[str, float], now: float) -> None:
-    """Raise each shard's lag series to the time since its floor (:data:`LagFloors`): the
-    changes its processor was handed and has not taken are applied at no destination,
-    and none after them is read. A processor that does not run (SIGSTOP, a frozen host)
-    leaves its gauges at their last values, which read 0 while its shard's changes
-    wait; the runtime, which handed them over, knows better."""
+    """Raise each shard's lag series to the time since its floor (:data:`LagFloors`): no
+    change after the newest one its processor was handed is read until it answers, and
+    that one may be applied nowhere yet. A processor that does not run (SIGSTOP, a
+    frozen host) leaves its gauges at their last values, which read 0 while its shard's
+    changes wait; the runtime, which handed them over, knows better."""
     if not floors:
         return
     for family in families:

@@ -199,6 +199,35 @@ def test_an_idle_stream_is_healthy_however_old_its_last_checkpoint() -> None:
     }
 
 
+def test_a_lag_floor_raises_the_lag_shown_not_the_lag_judged_stalled() -> None:
+    """A processor that does not answer (local runtime: a processRecords out) leaves its
+    gauges as they were, writes in flight among them: /healthz shows the lag from the
+    runtime's floor, but names no destination stalled for it (the runtime's reason names
+    the processor); a shard without a floor is as its samples say."""
+    samples = [
+        lag("ap", "s1", 0.2),
+        lag("eu", "s1", 0.0),
+        lag("eu", "s2", 1.5),
+        ("replicator_in_flight_writes", {"destination": "ap"}, 3.0),
+        progress("ap", "s1", NOW - 900),
+        started("s1", NOW - 3000),
+    ]
+    result = health_rules.evaluate(
+        samples,
+        now=NOW,
+        stall_after_s=60,
+        started_at=NOW - 3600,
+        lag_floors={"s1": NOW - 400.0},
+    )
+    assert result.healthy, result.reasons
+    assert result.as_dict()["shards"]["s1"]["lag_seconds"] == {"ap": 400.0, "eu": 400.0}
+    assert result.as_dict()["shards"]["s2"]["lag_seconds"] == {"eu": 1.5}
+    assert result.as_dict()["destinations"] == {
+        "ap": {"lag_seconds": 400.0},
+        "eu": {"lag_seconds": 400.0},
+    }
+
+
 def progress(destination: str, shard: str, at: float) -> Sample:
     return (
         "replicator_destination_progress_timestamp_seconds",

@@ -258,7 +258,9 @@ class ProcessorChild:
         if gone is None:
             return f"closed its input and is still running; cannot send {what}: {error}"
         # Not "before processRecords": a processor that ran for hours had answered many.
-        return f"{gone} before {'' if what == 'initialize' else 'the next '}{what} could be sent"
+        return (
+            f"{gone} before {'the next ' if what == 'processRecords' else ''}{what} could be sent"
+        )
 
     def _gone(self) -> str | None:
         """How the child whose input just broke ended (None: it still runs): its input

@@ -78,6 +78,9 @@ from replicator.watermark.table import StatusTable
 
 log = structlog.get_logger(__name__)
 
+# A processRecords out this long raises its shard's lag (LocalRuntime.lag_floors).
+LAG_FLOOR_AFTER_S = 1.0
+
 SHARD_SYNC_INTERVAL_S = 10.0
 # A processor child that fails more often than this in 300 s stops the runtime, as does
 # one that stops this many times and once more, in a row and however far apart, with exit
@@ -856,12 +859,16 @@ class LocalRuntime:
         return [worker.progress for worker in list(self.workers.values())]
 
     def lag_floors(self) -> dict[str, float]:
-        """By shard, while a ``processRecords`` is out, the time from which its changes
-        may be missing at every destination (:class:`ShardProgress`)."""
+        """By shard, while a ``processRecords`` has been out for a second or more, the
+        time from which its changes may be missing at every destination
+        (:class:`ShardProgress`; an answer within a second, the usual, raises nothing:
+        an idle shard's lag stays 0)."""
         floors = {}
+        now = time.time()
         for worker in list(self.workers.values()):
-            since = worker.progress.awaited_behind_since
-            if since is not None:
+            progress = worker.progress
+            since, out = progress.awaited_behind_since, progress.answer_awaited_since
+            if since is not None and out is not None and now - out >= LAG_FLOOR_AFTER_S:
                 floors[worker.shard_id] = since
         return floors
 

@@ -46,10 +46,10 @@ class ShardProgress:
     # out): a processor that is stuck freezes its own lag gauges, so only this shows it.
     answer_awaited_since: float | None = None
     # While a processRecords is out, the time (epoch seconds) from which every change
-    # may be missing at every destination: its oldest record's creation (read, applied
-    # nowhere yet), or for an empty batch its sending less how far behind it said the
-    # reader was (nothing after that is read until it is answered). The runtime's floor
-    # under the shard's lag: see replicator/metrics/server.py.
+    # may be missing at every destination: its newest record's creation (nothing after
+    # it is read until it is answered, and it may be applied nowhere yet), or for an
+    # empty batch its sending less how far behind it said the reader was. The runtime's
+    # floor under the shard's lag: see replicator/metrics/server.py.
     awaited_behind_since: float | None = None
 
 

@@ -613,7 +613,7 @@ class ShardWorker(threading.Thread):
         """``processRecords``, with the time it has been out kept for :meth:`trouble`."""
         now = self._clock()
         self.progress.awaited_behind_since = (
-            min(record["approximateArrivalTimestamp"] for record in batch) / 1000
+            max(record["approximateArrivalTimestamp"] for record in batch) / 1000
             if batch
             else now - (millis_behind or 0) / 1000
         )
