@@ -81,6 +81,18 @@ class EmbeddedEndpoint:
             self._server.stop()
 
 
+def _port(text: str) -> int:
+    import argparse
+
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is no port: give 0 to 65535")
+    return port
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve the endpoint until SIGINT or SIGTERM (exit 0); its URL on stdout."""
     import argparse
@@ -91,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         description="A DynamoDB-compatible endpoint (moto) on 127.0.0.1 that applies one "
         "write at a time, as DynamoDB does per item.",
     )
-    parser.add_argument("--port", type=int, default=8000, help="0 for any free port")
+    parser.add_argument("--port", type=_port, default=8000, help="0 for any free port")
     port = parser.parse_args(argv).port
     stop = threading.Event()
     for number in (signal.SIGINT, signal.SIGTERM):

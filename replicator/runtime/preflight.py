@@ -263,11 +263,12 @@ def check_source(resolved: ResolvedJob) -> SourceInfo:
         )
     ordered = _ordered_users(job)
     if view_type != "NEW_AND_OLD_IMAGES" and ordered:
+        source_side = any(user.startswith("conflict ") for user in ordered)
         raise EnvironmentProblem(
             f"stream {stream_arn} has view type {view_type}; last_writer_wins and version "
-            f"check deletes against the deleted image, which needs NEW_AND_OLD_IMAGES, and "
-            f"{'; '.join(ordered)}: enable NEW_AND_OLD_IMAGES on the source's stream, or "
-            "use overwrite or custom"
+            "check deletes against the deleted image, which needs NEW_AND_OLD_IMAGES, and "
+            f"{', '.join(ordered)}: enable NEW_AND_OLD_IMAGES on the source's stream"
+            + ("" if source_side else ", or put those destinations under overwrite or custom")
         )
     return SourceInfo(stream_arn=stream_arn, view_type=view_type, key_schema=key_schema)
 
@@ -283,10 +284,18 @@ def _ordered_users(job: JobConfig) -> list[str]:
         for index, destination in enumerate(job.destinations)
         if job.conflict_for(destination).policy in _ORDERED
     ]
-    if job.conflict.policy in _ORDERED and (job.writes_back or job.active_active.tombstones):
+    applied_by = [
+        what
+        for what, applies in (
+            ("write-back", job.writes_back),
+            ("tombstones", job.active_active.tombstones),
+        )
+        if applies
+    ]
+    if job.conflict.policy in _ORDERED and applied_by:
         users.append(
-            f"conflict (the job's section) is under {job.conflict.policy.value}, which its "
-            "write-back or tombstones apply"
+            f"conflict (the job's section, which its {' and '.join(applied_by)} "
+            f"appl{'y' if len(applied_by) > 1 else 'ies'}) is under {job.conflict.policy.value}"
         )
     return users
 

@@ -574,14 +574,18 @@ class ShardWatermark:
         with self._state:
             left_out_at = self._left_out_at.get(target.label)
         if left_out_at is not None:
-            return self._joined(
+            if not self._joined(
                 target,
                 "destination was out of the job for a while (removed from the job file "
                 "and added again), and its status table has no part: changes made "
                 "meanwhile were not replicated to it; run `replicator backfill "
                 "--restart` to it, then `replicator verify`",
                 job_ran_without_it=left_out_at,
-            )
+            ):
+                return False
+            with self._state:  # as _rejoined: the parts raised from now name it again
+                self._back_stored.add(target.label)
+            return True
         return self._unwatched_before(target)
 
     def _joined(self, target: _Target, warning: str, **about: object) -> bool:

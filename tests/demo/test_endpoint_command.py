@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 
 from tests.support.aws import client, create_table
 
@@ -20,7 +21,13 @@ def test_the_endpoint_serves_until_sigterm_and_exits_0() -> None:
     )
     try:
         assert server.stdout is not None
-        url = server.stdout.readline().strip()
+        # Never blocks for good: the server is killed after 60 s whatever it printed.
+        timer = threading.Timer(60, server.kill)
+        timer.start()
+        try:
+            url = server.stdout.readline().strip()
+        finally:
+            timer.cancel()
         assert url.startswith("http://127.0.0.1:"), url
         ddb = client("dynamodb", "us-east-1", url)
         create_table(ddb, "orders")
@@ -48,3 +55,15 @@ def test_a_port_in_use_is_refused_with_exit_3_naming_it() -> None:
         )
     assert refused.returncode == 3, refused
     assert refused.stderr.startswith(f"replicator.demo.endpoint: cannot serve on 127.0.0.1:{port}:")
+
+
+def test_a_port_out_of_range_is_refused_with_exit_2() -> None:
+    refused = subprocess.run(
+        [sys.executable, "-m", "replicator.demo.endpoint", "--port", "70000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 2, refused
+    assert "'70000' is no port: give 0 to 65535" in refused.stderr

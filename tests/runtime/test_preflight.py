@@ -749,7 +749,7 @@ def test_a_new_image_stream_counts_only_the_rules_the_job_applies(
     assert str(raised.value).endswith(
         f"which needs NEW_AND_OLD_IMAGES, and destinations[0] (eu-west-1/{destination}) is "
         "under last_writer_wins (the job's conflict section): enable NEW_AND_OLD_IMAGES on "
-        "the source's stream, or use overwrite or custom"
+        "the source's stream, or put those destinations under overwrite or custom"
     ), raised.value
 
     keys = _view_type_job(

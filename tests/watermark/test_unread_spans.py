@@ -499,6 +499,43 @@ def test_a_status_table_emptied_while_the_job_was_stopped_is_not_a_first_start(
     assert not kept.replicated and kept.unread == () and kept.dead_lettered
 
 
+@pytest.mark.parametrize("first_raised", ["eu-west-1/dst", "ap-southeast-2/dst"])
+def test_a_destination_added_again_with_its_status_table_emptied_is_joined_once(
+    ddb: Any, status: str, metrics: Metrics, first_raised: str
+) -> None:
+    """eu removed from the job, its status table emptied, then added again: it gets a
+    ``joined`` span up to that start, and the parts raised from then name it among the
+    job's members, so a plain restart later records no second span (whichever
+    destination's part is raised first)."""
+    ap = table_of(ddb, status, "ap-southeast-2/dst")
+    eu = table_of(ddb, status, "eu-west-1/dst")
+    shards = [Shard("s1", None, False)]
+    both = {ap.destination: ap, eu.destination: eu}
+    first = publisher("s1", both, shards, metrics, at_horizon=True, now_us=T0)
+    first.empty_read(previous_answer_at=(T0 + S) / S, received_at=0)
+    first.publish()
+    first.close()
+    alone = publisher("s1", {ap.destination: ap}, shards, metrics, resumed=True, now_us=T0 + 10 * S)
+    alone.empty_read(previous_answer_at=(T0 + 11 * S) / S, received_at=0)
+    alone.publish()
+    alone.close()
+    for part in eu.parts():
+        key = {"destination": {"S": eu.destination}, "shard": {"S": part.shard}}
+        ddb.delete_item(TableName=status, Key=key)
+    ordered = dict(sorted(both.items(), key=lambda item: item[0] != first_raised))
+    back = publisher("s1", ordered, shards, metrics, resumed=True, now_us=START)
+    back.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+    back.publish()
+    back.close()
+    assert wait(eu, START - S).unread == (UnreadSpan(0, START, JOINED),)
+    later = START + 100 * S
+    again = publisher("s1", ordered, shards, metrics, resumed=True, now_us=later)
+    again.empty_read(previous_answer_at=(later + S) / S, received_at=0)
+    again.publish()
+    again.close()
+    assert combine(eu.destination, eu.parts()).unread_spans == (UnreadSpan(0, START, JOINED),)
+
+
 def test_a_resumed_job_whose_destinations_all_lack_parts_records_what_it_did_unwatched(
     ddb: Any, status: str, metrics: Metrics
 ) -> None:

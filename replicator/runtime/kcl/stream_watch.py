@@ -67,7 +67,7 @@ class StreamWatch:
             return False
         if why is None:
             return False
-        log.error("the source table's stream was replaced; stopping the daemon")
+        log.error("the source table's stream was replaced or disabled; stopping the daemon")
         self.replaced = why
         self.on_replaced()
         return True
