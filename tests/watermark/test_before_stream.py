@@ -113,12 +113,13 @@ def publisher(
     shard: str = "s1",
     at_horizon: bool = True,
     resumed: bool = False,
+    shards: tuple[Shard, ...] = (Shard("s1", None, True), Shard("s2", "s1", False)),
 ) -> ShardWatermark:
     tables = table if isinstance(table, list) else [table]
     watermark = ShardWatermark(
         shard,
         {status.destination: status for status in tables},
-        lambda: [Shard("s1", None, True), Shard("s2", "s1", False)],
+        lambda: list(shards),
         Metrics(),
         interval_s=3600,  # published by the test
         margin_s=MARGIN / S,
@@ -265,7 +266,10 @@ def test_a_first_start_cut_short_before_one_destination_was_written_is_a_first_s
     """Two destinations at a job's first start: the first one's parts are written, the
     second's status table refuses (a stop or crash before anything reaches it, or a
     table being created). Then the shard's processor starts again with no checkpoint
-    (``s1``), or another shard's starts meanwhile (``s2``): the second destination has
+    (``s1``), or another open shard's starts meanwhile (``s2``, a sibling: a child
+    starts only after its parent's checkpoint, which waits for every destination's
+    decision, so a child that finds this finds a status table emptied since, see
+    test_unread_spans.py): the second destination has
     no parts while the first has. It was in the job from its first start and gets what
     a first start gets (the span of what the stream never held, for a table older than
     its stream; none for one created with it). Before, it was taken for a destination
@@ -274,14 +278,15 @@ def test_a_first_start_cut_short_before_one_destination_was_written_is_a_first_s
     ap, eu = FakeStatusTable("ap-southeast-2/dst"), FakeStatusTable("eu-west-1/dst")
     cut_short = FakeStatusTable(eu.destination, eu.region)
     cut_short.refuse.add("ensure_exists")
-    first = publisher([ap, cut_short], history, shard="s1")
+    open_shards = (Shard("s1", None, False), Shard("s2", None, False))
+    first = publisher([ap, cut_short], history, shard="s1", shards=open_shards)
     first.empty_read(previous_answer_at=(NOW + 5 * S) / S, received_at=0)
     first.publish()
     first.close()
     assert ap.stored() != [] and eu.stored() == []
 
     with structlog.testing.capture_logs() as logged:
-        again = publisher([ap, eu], history, shard=second)
+        again = publisher([ap, eu], history, shard=second, shards=open_shards)
         try:
             again.empty_read(previous_answer_at=(NOW + 6 * S) / S, received_at=0)
             again.publish()
@@ -293,7 +298,9 @@ def test_a_first_start_cut_short_before_one_destination_was_written_is_a_first_s
     assert combine(eu.destination, eu.parts()).unread_spans == expected
     # A destination added to the job later is still told apart: it has no record.
     added = FakeStatusTable("us-west-2/added")
-    later = publisher([ap, eu, added], history, shard="s2", at_horizon=False, resumed=True)
+    later = publisher(
+        [ap, eu, added], history, shard="s2", at_horizon=False, resumed=True, shards=open_shards
+    )
     try:
         later.empty_read(previous_answer_at=(NOW + 7 * S) / S, received_at=0)
         later.publish()
