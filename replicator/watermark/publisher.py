@@ -728,17 +728,20 @@ class ShardWatermark:
 
     def _unwatched_before(self, target: _Target) -> bool:
         """A resumed processor (or a child whose parent was read before it), and no
-        destination of the job has parts: the checkpoints passed changes that no
-        watermark followed (it was off, or its status tables were emptied), whose dead
-        letters were recorded nowhere. They get an ``unwatched`` span up to this start,
-        stored at once as a joined destination's is."""
+        destination of the job has parts, or this one none of its own while the others
+        record it (:meth:`_table_emptied`): the checkpoints passed changes that no
+        watermark followed (it was off, or the status table was emptied), whose dead
+        letters are recorded nowhere now. They get an ``unwatched`` span up to this
+        start, stored at once as a joined destination's is."""
         span = UnreadSpan(0, self._started_us + self._margin_us, spans.UNWATCHED)
         if not self._decide(target, span):
             return False
         log.warning(
-            "the job resumes from checkpoints and its status table has no part: changes "
-            "made before now were replicated without the watermark, and a wait for them "
-            "is told so until `replicator verify` clears it",
+            "the job resumes (from a checkpoint, or after its parent shard ended) and the "
+            "destination's status table has no part of it (the watermark just turned on, "
+            "or the table deleted or emptied while the job was stopped): changes made "
+            "before now are not known to be replicated there, and a wait for them is told "
+            "so until `replicator verify` clears it",
             destination=target.label,
             shard=self.shard_id,
         )

@@ -483,13 +483,17 @@ def test_a_status_table_emptied_while_the_job_was_stopped_is_not_a_first_start(
         key = {"destination": {"S": ap.destination}, "shard": {"S": part.shard}}
         ddb.delete_item(TableName=status, Key=key)
 
-    if child:
-        again = publisher("s2", tables, shards, metrics, at_horizon=True)
-    else:
-        again = publisher("s1", tables, shards, metrics, resumed=True)
-    again.empty_read(previous_answer_at=(START + S) / S, received_at=0)
-    again.publish()
-    again.close()
+    with structlog.testing.capture_logs() as logged:
+        if child:
+            again = publisher("s2", tables, shards, metrics, at_horizon=True)
+        else:
+            again = publisher("s1", tables, shards, metrics, resumed=True)
+        again.empty_read(previous_answer_at=(START + S) / S, received_at=0)
+        again.publish()
+        again.close()
+    (said,) = [entry for entry in logged if entry.get("destination") == ap.destination]
+    assert said["log_level"] == "warning"
+    assert "the table deleted or emptied while the job was stopped" in said["event"], said
     after = wait(ap, T0 + 5 * S)
     assert after.reached and not after.replicated
     assert after.unread == (UnreadSpan(0, START, UNWATCHED),)
