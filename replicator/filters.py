@@ -182,6 +182,6 @@ class StampWatch:
             "are compared as strings (S), so the put is replicated as unstamped, as this "
             "region's own; have the applications write the stamp as a string",
             origin_attribute=self.origin_attribute,
-            stamp_type=next(iter(value), "?") if isinstance(value, dict) else type(value).__name__,
+            stamp_type=next(iter(value), "?"),
             sequence_number=change.sequence_number,
         )

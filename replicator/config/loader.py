@@ -694,7 +694,7 @@ def _did_you_mean(path: KeyPath) -> str:
     # before a close spelling here (``conflict.origin_attribute`` is not the
     # ``version_attribute`` next to it).
     here = tuple(part for part in path[:-1] if isinstance(part, str))
-    elsewhere = [text for where, text in _places_of(path[-1], JobConfig, ()) if where != here]
+    elsewhere = [text for where, text in _places_of(path[-1], JobConfig) if where != here]
     if len(elsewhere) == 1:
         return f" (did you mean {elsewhere[0]}?)"
     keys = list(section.model_fields)
@@ -707,23 +707,21 @@ def _did_you_mean(path: KeyPath) -> str:
 
 
 def _places_of(
-    name: str, section: type[BaseModel], within: tuple[str, ...]
+    name: str,
+    section: type[BaseModel],
+    within: tuple[str, ...] = (),
+    shown: tuple[str, ...] = (),
 ) -> list[tuple[tuple[str, ...], str]]:
     """Each section holding a key called ``name``: its path of keys and the key as a
     reader would write it (``kcl.worker_id``, ``destinations[].role_arn``)."""
     found: list[tuple[tuple[str, ...], str]] = []
     for key, field in section.model_fields.items():
         if key == name:
-            found.append((within, ".".join((*within, key)) if within else f"the top-level {key}"))
+            found.append((within, ".".join((*shown, key)) if shown else f"the top-level {key}"))
         inner = _model_in(field.annotation)
         if inner is not None:
-            found.extend(
-                (
-                    path,
-                    text.replace(f"{key}.", f"{key}[].", 1) if _is_list(field.annotation) else text,
-                )
-                for path, text in _places_of(name, inner, (*within, key))
-            )
+            written = f"{key}[]" if _is_list(field.annotation) else key
+            found.extend(_places_of(name, inner, (*within, key), (*shown, written)))
     return found
 
 

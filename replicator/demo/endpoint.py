@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
+import socket
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
+
+import click
 
 from replicator.demo import fastmoto
 
@@ -81,53 +86,44 @@ class EmbeddedEndpoint:
             self._server.stop()
 
 
-def _port(text: str) -> int:
-    import argparse
+class _Port(click.IntRange):
+    """A TCP port, or 0 for any free one; anything else named in one line."""
 
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is no port: give 0 to 65535")
-    return port
+    name = "port"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            self.fail(f"{value!r} is no port: give 0 to 65535", param, ctx)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Serve the endpoint until SIGINT or SIGTERM (exit 0); its URL on stdout."""
-    import argparse
-    import signal
-
-    parser = argparse.ArgumentParser(
-        prog="python -m replicator.demo.endpoint",
-        description="A DynamoDB-compatible endpoint (moto) on 127.0.0.1 that applies one "
-        "write at a time, as DynamoDB does per item.",
-    )
-    parser.add_argument("--port", type=_port, default=8000, help="0 for any free port")
-    port = parser.parse_args(argv).port
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="A DynamoDB-compatible endpoint (moto) on 127.0.0.1 that applies one write at a "
+    "time, as DynamoDB does per item. Its URL is printed; Ctrl-C or SIGTERM stops it.",
+)
+@click.option(
+    "--port", type=_Port(0, 65535), default=8000, show_default=True, help="0: any free port"
+)
+def main(port: int) -> None:
+    """Serve the endpoint until SIGINT or SIGTERM (exit 0); 3 when the port is taken."""
     stop = threading.Event()
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, lambda *_: stop.set())
-    import socket
-    import sys
-
     try:  # moto's server thread would only print the refusal and serve nothing
         with socket.create_server(("127.0.0.1", port)):
             pass
     except OSError as error:
-        print(
-            f"replicator.demo.endpoint: cannot serve on 127.0.0.1:{port}: {error}", file=sys.stderr
-        )
-        return 3
+        click.echo(f"replicator.demo.endpoint: cannot serve on 127.0.0.1:{port}: {error}", err=True)
+        sys.exit(3)
     endpoint = EmbeddedEndpoint(port)
-    url = endpoint.start()
-    print(url, flush=True)
+    click.echo(endpoint.start())
     try:
         stop.wait()
     finally:
         endpoint.stop()
-    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main(prog_name="python -m replicator.demo.endpoint")

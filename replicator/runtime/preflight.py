@@ -261,23 +261,24 @@ def check_source(resolved: ResolvedJob) -> SourceInfo:
             "image of every change (NEW_AND_OLD_IMAGES, or NEW_IMAGE for overwrite and "
             "custom)"
         )
-    ordered = _ordered_users(job)
-    if view_type != "NEW_AND_OLD_IMAGES" and ordered:
-        source_side = any(user.startswith("conflict ") for user in ordered)
+    destinations, section = _ordered_users(job)
+    if view_type != "NEW_AND_OLD_IMAGES" and (destinations or section):
         raise EnvironmentProblem(
             f"stream {stream_arn} has view type {view_type}; last_writer_wins and version "
             "check deletes against the deleted image, which needs NEW_AND_OLD_IMAGES, and "
-            f"{', '.join(ordered)}: enable NEW_AND_OLD_IMAGES on the source's stream"
-            + ("" if source_side else ", or put those destinations under overwrite or custom")
+            f"{', '.join([*destinations, *([section] if section else [])])}: enable "
+            "NEW_AND_OLD_IMAGES on the source's stream"
+            + ("" if section else ", or put those destinations under overwrite or custom")
         )
     return SourceInfo(stream_arn=stream_arn, view_type=view_type, key_schema=key_schema)
 
 
-def _ordered_users(job: JobConfig) -> list[str]:
+def _ordered_users(job: JobConfig) -> tuple[list[str], str | None]:
     """What in the job applies last_writer_wins or version, by key: each destination
     under its rule, and the job's ``conflict`` section where the job writes to its
-    source (write-back) or keeps tombstones; a section no one applies does not count."""
-    users = [
+    source (write-back) or keeps tombstones (None when it does not, or under another
+    rule: a section no one applies does not count)."""
+    destinations = [
         f"destinations[{index}] ({destination.label}) is under "
         f"{job.conflict_for(destination).policy.value}"
         + ("" if destination.conflict is not None else " (the job's conflict section)")
@@ -292,12 +293,12 @@ def _ordered_users(job: JobConfig) -> list[str]:
         )
         if applies
     ]
-    if job.conflict.policy in _ORDERED and applied_by:
-        users.append(
-            f"conflict (the job's section, which its {' and '.join(applied_by)} "
-            f"appl{'y' if len(applied_by) > 1 else 'ies'}) is under {job.conflict.policy.value}"
-        )
-    return users
+    if job.conflict.policy not in _ORDERED or not applied_by:
+        return destinations, None
+    return destinations, (
+        f"conflict (the job's section, which its {' and '.join(applied_by)} "
+        f"appl{'y' if len(applied_by) > 1 else 'ies'}) is under {job.conflict.policy.value}"
+    )
 
 
 def _ranking_attribute_problems(resolved: ResolvedJob, key_schema: dict[str, str]) -> Problems:

@@ -35,6 +35,7 @@ from replicator.aws.errors import (
     CLOCK_SKEW,
     ErrorKind,
     RoleNotAssumed,
+    cause,
     classify,
     error_code,
     may_have_landed,
@@ -123,23 +124,17 @@ _SOURCE_KEY_UNREAD = (
 _SETTLED = {r.outcome: r for r in (APPLIED, UNCHANGED, CONFLICT_LOST)}
 
 
-def _credential_failure(error: BaseException) -> BaseException:
-    """What failed for want of credentials: the error of getting those a role is assumed
-    with (STS never asked), else ``error`` itself."""
-    return error.error if isinstance(error, RoleNotAssumed) else error
-
-
 def _no_credentials(error: BaseException) -> bool:
     """No credentials at all to sign a write with (or to assume the destination's role
     with): persisting, it stops the writer, naming them."""
-    return isinstance(_credential_failure(error), NoCredentialsError)
+    return isinstance(cause(error), NoCredentialsError)
 
 
 def _credentials_unavailable(error: BaseException) -> bool:
     """No credentials to sign a write with, or a source of them failing (a
     credential_process, a container's or instance's endpoint), for the writer or for the
     role it assumes: retried as it may pass, counted as credentials (``auth``)."""
-    return isinstance(_credential_failure(error), CredentialRetrievalError | NoCredentialsError)
+    return isinstance(cause(error), CredentialRetrievalError | NoCredentialsError)
 
 
 _RETRY_REASON = {
