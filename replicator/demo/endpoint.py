@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from replicator import logs
 from replicator.demo import fastmoto
 
 _WRITES = threading.RLock()
@@ -115,10 +116,10 @@ def main(port: int) -> None:
         with socket.create_server(("127.0.0.1", port)):
             pass
     except OSError as error:
-        click.echo(f"replicator.demo.endpoint: cannot serve on 127.0.0.1:{port}: {error}", err=True)
+        logs.echo(f"replicator.demo.endpoint: cannot serve on 127.0.0.1:{port}: {error}", err=True)
         sys.exit(3)
     endpoint = EmbeddedEndpoint(port)
-    click.echo(endpoint.start())
+    logs.echo(endpoint.start())
     try:
         stop.wait()
     finally:
