@@ -116,6 +116,9 @@ CLOCK_SKEW = frozenset(
         "SignatureDoesNotMatch",
     }
 )
+# What DynamoDB says when the signing time is too far from its own (the refusal's code
+# alone is no sign: a wrong secret key gets InvalidSignatureException too).
+_CLOCK_WORDS = ("expired", "not yet current", "skew", "in the future")
 _AUTH = CLOCK_SKEW | frozenset(
     {
         "IncompleteSignatureException",
@@ -162,6 +165,20 @@ def error_code(error: BaseException) -> str:
     if isinstance(error, ClientError):
         return str(error.response.get("Error", {}).get("Code", "Unknown"))
     return type(error).__name__
+
+
+def refused_for_the_clock(error: BaseException) -> bool:
+    """Whether a signature refusal blames the signing time (a skewed clock), not the
+    signature itself (a wrong secret key, a key of another account): the first is
+    retried as ``clock_skew`` and cured by signing on the server's clock, the second
+    as ``auth``, and only the credentials cure it."""
+    code = error_code(error)
+    if code not in CLOCK_SKEW:
+        return False
+    if code in ("RequestTimeTooSkewed", "RequestExpired", "RequestInTheFuture"):
+        return True
+    message = error_message(error).lower() if isinstance(error, ClientError) else ""
+    return any(words in message for words in _CLOCK_WORDS)
 
 
 class RoleNotAssumed(CredentialRetrievalError):

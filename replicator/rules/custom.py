@@ -187,6 +187,7 @@ class CustomRule:
                 f"custom resolver {_name_of(self.resolver)} raised {type(error).__name__}: "
                 f"{error}{_where(error)}"
             ) from error
+        resolver = f"custom resolver {_name_of(self.resolver)}"
         given = "returned an item"
         if decision is True:
             if change.event is Event.REMOVE:
@@ -211,13 +212,13 @@ class CustomRule:
             if unformed is not None:
                 where, value, expected = unformed
                 raise PlanError(
-                    f"custom resolver {given} not in attribute-value form: its "
+                    f"{resolver} {given} not in attribute-value form: its "
                     f"{where} is {_shown(value)}, where {expected}"
                 )
             decision = {name: _text_as_bytes(value) for name, value in decision.items()}
             missing = [name for name in change.keys if name not in decision]
             if missing:
-                raise PlanError(f"custom resolver {given} without key attributes {missing}")
+                raise PlanError(f"{resolver} {given} without key attributes {missing}")
             # A put under another key would write another item and leave this one as it
             # was, counted as applied: the change's own key or nothing.
             moved = [
@@ -225,13 +226,13 @@ class CustomRule:
             ]
             if moved:
                 raise PlanError(
-                    f"custom resolver {given} whose key attributes {moved} differ "
+                    f"{resolver} {given} whose key attributes {moved} differ "
                     f"from the change's ({describe_key(change.keys)}): it may only decide "
                     "what this item holds"
                 )
             return write_over("put", change.keys, existing, decision, first=change.keys)
         raise PlanError(
-            f"custom resolver returned {type(decision).__name__}; expected True, False or an item"
+            f"{resolver} returned {type(decision).__name__}; expected True, False or an item"
         )
 
     def shows_applied(self, change: Change, existing: Item | None) -> bool:

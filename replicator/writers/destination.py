@@ -32,13 +32,12 @@ from botocore.exceptions import (
 from replicator.aws.backoff import Backoff
 from replicator.aws.clients import WriteClient
 from replicator.aws.errors import (
-    CLOCK_SKEW,
     ErrorKind,
     RoleNotAssumed,
     cause,
     classify,
-    error_code,
     may_have_landed,
+    refused_for_the_clock,
 )
 from replicator.conflictlog.base import ConflictRecorder, Loss
 from replicator.conflictlog.entry import describe_rule
@@ -668,7 +667,7 @@ class DestinationWriter:
                 reason = _RETRY_REASON.get(kind, "server_error")
                 if kind is ErrorKind.REJECTED:  # only a key schema not the source's is retried
                     reason = "key_schema"
-                elif error_code(error) in CLOCK_SKEW:
+                elif refused_for_the_clock(error):
                     reason = "clock_skew"
                 elif _credentials_unavailable(error):
                     reason = "auth"

@@ -59,6 +59,10 @@ log = structlog.get_logger(__name__)
 _ENCODER = msgspec.json.Encoder()
 _TARGET = "DynamoDB_20120810."
 _CONTENT_TYPE = "application/x-amz-json-1.0"
+# How far the destination's clock must be from the one signed on before a refusal is
+# taken for the clock's: DynamoDB refuses a signature 5 minutes off, and the Date header
+# has a resolution of a second.
+_CLOCK_MOVED = timedelta(seconds=60)
 
 
 def _encode_binary(value: object) -> str:
@@ -251,11 +255,25 @@ class WireWriteClient:
         if server_now.tzinfo is None:
             server_now = server_now.replace(tzinfo=UTC)
         offset = server_now - datetime.now(UTC)
-        log.warning(
-            "the destination's clock differs from this host's; signing on its clock",
-            endpoint=self.endpoint_url,
-            offset_s=round(offset.total_seconds(), 1),
-        )
+        # A refusal with the clocks in step (within the Date header's second and the
+        # answer's way back) is not the clock's doing: a wrong secret key is answered
+        # with the same code. Only a clock that moved by more than that is learnt and
+        # said, once per move, not once per refused write.
+        if abs(offset - self.clock_offset) < _CLOCK_MOVED:
+            return
+        if abs(offset) < _CLOCK_MOVED:
+            offset = timedelta(0)
+            log.warning(
+                "the destination's clock agrees with this host's again; signing on this "
+                "host's clock",
+                endpoint=self.endpoint_url,
+            )
+        else:
+            log.warning(
+                "the destination's clock differs from this host's; signing on its clock",
+                endpoint=self.endpoint_url,
+                offset_s=round(offset.total_seconds(), 1),
+            )
         self.clock_offset = offset
 
     def _signed_headers(self, operation: str, body: bytes) -> dict[str, str]:

@@ -26,7 +26,7 @@ from botocore.exceptions import (
 from replicator.aws import clients
 from replicator.aws.backoff import Backoff
 from replicator.aws.clients import Place
-from replicator.aws.errors import ErrorKind, classify, may_have_landed
+from replicator.aws.errors import ErrorKind, classify, may_have_landed, refused_for_the_clock
 from replicator.buffer import ChangeBuffer
 from replicator.config.model import ConflictConfig
 from replicator.deadletter import FileDeadLetters
@@ -478,6 +478,18 @@ def test_persistent_clock_skew_stops_the_worker_with_a_clear_message(
     )
 
 
+def _send_json(
+    handler: BaseHTTPRequestHandler, status: int, body: dict[str, Any], now: datetime
+) -> None:
+    """Answer with ``body``, dated ``now`` (the server's clock)."""
+    data = json.dumps(body).encode()
+    handler.send_response_only(status)
+    handler.send_header("Date", format_datetime(now, usegmt=True))
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class _SkewCheckingHandler(BaseHTTPRequestHandler):
     """A DynamoDB stand-in whose clock runs an hour ahead: it refuses a request signed
     more than 5 minutes from its own time, as DynamoDB does, and names its time in Date."""
@@ -502,30 +514,30 @@ class _SkewCheckingHandler(BaseHTTPRequestHandler):
         else:
             status, body = 200, {}
             self.accepted.append(self.headers["X-Amz-Date"])
-        data = json.dumps(body).encode()
-        self.send_response_only(status)  # no Date of the local clock
-        self.send_header("Date", format_datetime(server_now, usegmt=True))
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        _send_json(self, status, body, server_now)
 
     def log_message(self, *args: Any) -> None:
         pass
 
 
+def _direct_writer_against(
+    handler: type[BaseHTTPRequestHandler], tmp_path: Path, metrics: Metrics
+) -> tuple[ThreadingHTTPServer, WireWriteClient, DestinationWriter]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    botocore_client = clients.dynamodb(Place(REGION, url), sdk_retries=False)
+    direct = WireWriteClient(
+        botocore_client, max_connections=2, connect_timeout=2.0, read_timeout=5.0
+    )
+    return server, direct, writer_for(direct, tmp_path, metrics)
+
+
 def test_the_direct_path_signs_on_the_servers_clock_after_a_skew_refusal(
     tmp_path: Path, metrics: Metrics
 ) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SkewCheckingHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server, direct, writer = _direct_writer_against(_SkewCheckingHandler, tmp_path, metrics)
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        botocore_client = clients.dynamodb(Place(REGION, url), sdk_retries=False)
-        direct = WireWriteClient(
-            botocore_client, max_connections=2, connect_timeout=2.0, read_timeout=5.0
-        )
-        writer = writer_for(direct, tmp_path, metrics)
         assert writer.write(decode(put("a", 1))).outcome is Outcome.APPLIED
         assert (
             sample(metrics, "replicator_retries_total", destination="dest", reason="clock_skew")
@@ -536,6 +548,102 @@ def test_the_direct_path_signs_on_the_servers_clock_after_a_skew_refusal(
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _WrongKeyHandler(BaseHTTPRequestHandler):
+    """A DynamoDB stand-in on this host's clock that refuses the first requests' signature,
+    as DynamoDB answers a wrong secret key (the refusal's code is the skewed clock's)."""
+
+    refusals = 3
+    answered: ClassVar[list[int]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if len(self.answered) < self.refusals:
+            status, body = (
+                400,
+                {
+                    "__type": "com.amazon.coral.service#InvalidSignatureException",
+                    "message": "The request signature we calculated does not match the "
+                    "signature you provided.",
+                },
+            )
+        else:
+            status, body = 200, {}
+        self.answered.append(status)
+        _send_json(self, status, body, datetime.now(UTC))
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_refused_signature_on_a_clock_in_step_is_no_clock_skew(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    """A wrong secret key is answered with InvalidSignatureException, the code of a skewed
+    clock's refusal too: with the destination's clock in step, it is retried as ``auth``,
+    the signing clock stays this host's, and no refusal says the clocks differ."""
+    server, direct, writer = _direct_writer_against(_WrongKeyHandler, tmp_path, metrics)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            assert writer.write(decode(put("a", 1))).outcome is Outcome.APPLIED
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _WrongKeyHandler.answered == [400, 400, 400, 200]
+    assert sample(metrics, "replicator_retries_total", destination="dest", reason="auth") == 3
+    assert sample(metrics, "replicator_retries_total", destination="dest", reason="clock_skew") == 0
+    assert direct.clock_offset == timedelta(0)
+    assert not [entry for entry in logs if "clock" in entry["event"]]
+
+
+class _InStepServer(_SkewCheckingHandler):
+    """A server on this host's clock, refusing a request signed 5 minutes off as DynamoDB
+    does."""
+
+    offset = timedelta(0)
+    accepted: ClassVar[list[str]] = []
+
+
+def test_a_clock_that_comes_back_in_step_is_signed_on_again(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    """Signing on a learnt offset after the host's clock was set right (or the
+    destination's) is refused for the clock; the writer goes back to this host's clock,
+    says so once, and the write lands."""
+    server, direct, writer = _direct_writer_against(_InStepServer, tmp_path, metrics)
+    direct.clock_offset = timedelta(hours=1)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            assert writer.write(decode(put("a", 1))).outcome is Outcome.APPLIED
+            assert writer.write(decode(put("b", 2))).outcome is Outcome.APPLIED
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert direct.clock_offset == timedelta(0)
+    assert len(_InStepServer.accepted) == 2
+    assert sample(metrics, "replicator_retries_total", destination="dest", reason="clock_skew") == 1
+    said = [entry["event"] for entry in logs if "clock" in entry["event"]]
+    assert said == [
+        "the destination's clock agrees with this host's again; signing on this host's clock"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "for_the_clock"),
+    [
+        ("InvalidSignatureException", "Signature expired: 20261130T101010Z is now earlier", True),
+        ("InvalidSignatureException", "Signature not yet current: 20261130T101010Z", True),
+        ("RequestTimeTooSkewed", "", True),
+        ("InvalidSignatureException", "The request signature we calculated does not match", False),
+        ("SignatureDoesNotMatch", "The request signature we calculated does not match", False),
+        ("UnrecognizedClientException", "The security token included is invalid", False),
+    ],
+)
+def test_a_signature_refusal_blames_the_clock_only_when_it_says_so(
+    code: str, message: str, for_the_clock: bool
+) -> None:
+    assert refused_for_the_clock(client_error(code, message)) is for_the_clock
 
 
 # -- retryable codes ----------------------------------------------------------------------
@@ -765,8 +873,37 @@ def test_an_image_changed_in_place_into_no_item_is_named_as_such() -> None:
     with pytest.raises(PlanError) as refused:
         CustomRule(resolver).plan(decode(put("k", 1, n=1)), None)
     assert str(refused.value).startswith(
-        "custom resolver answered True with incoming.new_image changed in place into an item "
+        "custom resolver tests.writers.test_write_outcomes:"
+        "test_an_image_changed_in_place_into_no_item_is_named_as_such.<locals>.resolver "
+        "answered True with incoming.new_image changed in place into an item "
         "not in attribute-value form: its 'n' is 2,"
+    )
+
+
+def _answers_text(incoming: Any, existing: Any) -> Any:
+    return "yes"
+
+
+def _answers_nothing(incoming: Any, existing: Any) -> Any:
+    return None
+
+
+@pytest.mark.parametrize(
+    ("resolver", "returned"), [(_answers_text, "str"), (_answers_nothing, "NoneType")]
+)
+def test_a_resolver_returning_no_decision_is_named_in_the_refusal(
+    resolver: Any, returned: str
+) -> None:
+    """The dead letter of a wrong-typed answer names the resolver, as a raising one's does:
+    a job whose destinations apply different resolvers says which one to fix."""
+    from replicator.exceptions import PlanError
+    from replicator.rules.custom import CustomRule
+
+    with pytest.raises(PlanError) as refused:
+        CustomRule(resolver).plan(decode(put("k", 1)), None)
+    assert str(refused.value) == (
+        f"custom resolver tests.writers.test_write_outcomes:{resolver.__name__} returned "
+        f"{returned}; expected True, False or an item"
     )
 
 
@@ -872,7 +1009,8 @@ def test_a_resolver_returning_an_item_not_in_attribute_value_form_is_told_so(
     with pytest.raises(PlanError) as refused:
         CustomRule(lambda incoming, existing: returned).plan(decode(put("bad", 1)), None)
     message = str(refused.value)
-    assert f"custom resolver returned an item not in attribute-value form: {named}," in message
+    assert message.startswith("custom resolver tests.writers.test_write_outcomes:"), message
+    assert f" returned an item not in attribute-value form: {named}," in message
     assert "differ" not in message
 
 
