@@ -34,9 +34,14 @@ class Call:
     body: dict[str, Any]
 
 
-def documented_statements() -> list[dict[str, Any]]:
-    """The statements of the page's worker policy (its first JSON block after the heading)."""
-    text = PAGE.read_text().split("## Least-privilege IAM policy", 1)[1]
+WORKER_POLICY = "## Least-privilege IAM policy"
+SOURCE_ROLE_POLICY = "## A source in another account"
+
+
+def documented_statements(heading: str = WORKER_POLICY) -> list[dict[str, Any]]:
+    """The statements of one of the page's policies (the first JSON block after its
+    heading): the worker's, or the role a source in another account is read through."""
+    text = PAGE.read_text().split(heading, 1)[1]
     block = text.split("```json\n", 1)[1].split("\n```", 1)[0]
     statements: list[dict[str, Any]] = json.loads(block)["Statement"]
     return statements
@@ -66,6 +71,10 @@ class CallLog:
     def calls(self, access_key: str) -> list[Call]:
         with self._lock:
             return [call for call in self._calls if call.access_key == access_key]
+
+    def calls_all(self) -> list[Call]:
+        with self._lock:
+            return list(self._calls)
 
     def _record(self, response: BaseResponse) -> None:
         headers = getattr(response, "headers", None)
@@ -119,7 +128,11 @@ def _documented_name(name: str, names: dict[str, str]) -> str:
 
 
 def documented_resource(
-    call: Call, regions: dict[str, str], names: dict[str, str], stream_table: str
+    call: Call,
+    regions: dict[str, str],
+    names: dict[str, str],
+    stream_table: str,
+    account: str = ACCOUNT,
 ) -> tuple[str, str]:
     """The call as the page's policy names it: the IAM action and the resource's ARN,
     with the test's regions and names replaced by the page's (unknown ones kept, so that
@@ -127,9 +140,9 @@ def documented_resource(
     region = regions.get(call.region, call.region)
     if call.target.startswith("AmazonSQS."):
         queue = _documented_name(str(call.body.get("QueueUrl", "")).rsplit("/", 1)[-1], names)
-        return f"sqs:{call.action}", f"arn:aws:sqs:{region}:{ACCOUNT}:{queue}"
+        return f"sqs:{call.action}", f"arn:aws:sqs:{region}:{account}:{queue}"
     service = _SERVICES.get(call.target.split(".", 1)[0], "unknown")
-    arn = f"arn:aws:dynamodb:{region}:{ACCOUNT}:table/"
+    arn = f"arn:aws:dynamodb:{region}:{account}:table/"
     if call.target.startswith("DynamoDBStreams_"):
         # GetRecords names only an iterator: the stream is the one the job reads.
         table = str(call.body.get("StreamArn", f"table/{stream_table}/")).split("table/")[1]
@@ -146,13 +159,17 @@ def documented_resource(
 
 
 def ungranted(
-    calls: list[Call], regions: dict[str, str], names: dict[str, str], stream_table: str
+    calls: list[Call],
+    regions: dict[str, str],
+    names: dict[str, str],
+    stream_table: str,
+    *,
+    heading: str = WORKER_POLICY,
+    account: str = ACCOUNT,
 ) -> list[str]:
-    """Each call the documented policy does not grant, as "action on ARN", once."""
-    statements = documented_statements()
-    refused = {
-        documented_resource(call, regions, names, stream_table)
-        for call in calls
-        if not granted(statements, *documented_resource(call, regions, names, stream_table))
-    }
+    """Each call the documented policy (the one under ``heading``, for resources of
+    ``account``) does not grant, as "action on ARN", once."""
+    statements = documented_statements(heading)
+    named = [documented_resource(call, regions, names, stream_table, account) for call in calls]
+    refused = {resource for resource in named if not granted(statements, *resource)}
     return sorted(f"{action} on {arn}" for action, arn in refused)
