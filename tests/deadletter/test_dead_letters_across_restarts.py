@@ -83,6 +83,16 @@ def test_a_change_dead_lettered_before_a_restart_is_stored_and_counted_once(
         assert job.lease_rows()[0]["checkpoint"]["S"] != job.last_stream_sequence()
     finally:
         assert stop(runtime) == 0, first_log.read_text()[-3000:]
+    # ap's write was still retried at the stop: the last line says a change is left for
+    # the next start, not that the stop was clean.
+    (left,) = logged(
+        first_log,
+        "local runtime stopped; 1 shard(s) left changes not yet applied at every destination "
+        "(see each shard's shutdown line): the next start reads them again from the checkpoint",
+    )
+    (shard,) = left["shards"].values()
+    assert shard["read_to"] == job.last_stream_sequence()
+    assert "stopped cleanly" not in first_log.read_text()
 
     tables.create(ap, ap_table, stream=False)
     second_log = tmp_path / "second.log"
@@ -97,6 +107,7 @@ def test_a_change_dead_lettered_before_a_restart_is_stored_and_counted_once(
         samples = scrape(port)
     finally:
         assert stop(runtime) == 0, second_log.read_text()[-3000:]
+    assert logged(second_log, "local runtime stopped cleanly")
 
     letters = target.letters()
     assert len(letters) == 1, [(x.destination, x.reason, x.time) for x in letters]

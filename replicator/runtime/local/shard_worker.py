@@ -122,6 +122,10 @@ class ShardWorker(threading.Thread):
         # while the stop began): no restart follows, and the stop is not clean.
         self.stop_failure: BaseException | None = None
         self.child: ProcessorChild | None = None
+        # A requested stop that left records delivered past the lease's checkpoint (writes
+        # still out after the flush, a checkpoint refused): (checkpoint, highest
+        # delivered). The next start reads them again; the runtime's last line says so.
+        self.left_at_stop: tuple[str | None, str] | None = None
         # The child has answered initialize: its RELEASE_SIGNAL handler is in place.
         self._child_ready = False
         self._highest_delivered: str | None = None
@@ -659,7 +663,16 @@ class ShardWorker(threading.Thread):
             else:
                 self._failed_while_stopping(error)
         child.close(timeout=5.0)
+        self._note_left_behind()
         self._held.release()
+
+    def _note_left_behind(self) -> None:
+        highest, checkpoint = self._highest_delivered, self.lease.checkpoint
+        if highest is None or checkpoint == SHARD_END:
+            return
+        if checkpoint is not None and checkpoint.isdigit() and int(checkpoint) >= int(highest):
+            return
+        self.left_at_stop = (checkpoint, highest)
 
     def _failed_while_stopping(self, error: ChildFailed) -> None:
         """The processor failed (exited, broke the protocol) once the runtime was
