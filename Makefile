@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 3
 DEMO_ARGS ?=
 
-.PHONY: setup run test unit lint bench kcl-jars image clean
+.PHONY: setup run test unit lint bench kcl-jars image constraints clean
 
 setup:
 	@scripts/bootstrap.sh
@@ -44,6 +44,15 @@ kcl-jars:
 image:
 	@docker info >/dev/null 2>&1 || { echo "make image: needs docker on PATH and a running Docker engine (the build also downloads the KCL jars from Maven Central)" >&2; exit 1; }
 	docker build -f docker/Dockerfile -t $(IMAGE) .
+
+## make constraints: constraints.txt anew, from the newest releases pyproject.toml allows (then run make test)
+constraints:
+	rm -rf .cache/constraints-venv
+	VENV=.cache/constraints-venv CONSTRAINTS= KCLPY_WITH_JARS=0 scripts/bootstrap.sh
+	{ sed -n '/^#/p' constraints.txt; .cache/constraints-venv/bin/python -m pip freeze --exclude-editable \
+	  | grep -v -i -e '^amazon.kclpy' -e '^dynamodb-replicator' -e '^-e'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .cache/constraints-venv
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -8,6 +8,10 @@
 # processor needs (the KCL runtime's jars come from `make kcl-jars` either way).
 # KCLPY_WITH_JARS=1 insists on the jars (fail rather than fall back); KCLPY_WITH_JARS=0
 # skips the attempt. KCL_MVN_REPO_SEARCH_URL points amazon-kclpy's build at a Maven mirror.
+#
+# Every other package installs under constraints.txt (the versions the suite passed
+# with); CONSTRAINTS= (empty) installs the newest that pyproject.toml allows instead,
+# which `make constraints` does in a venv of its own to write the file anew.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,9 +19,12 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 # The release built on the same KCL (3.1.3) and AWS SDK as docker/pom.xml.
 KCLPY_VERSION=${KCLPY_VERSION:-3.1.3}
+# The sdist's digest as PyPI lists it: a download that differs is refused.
+KCLPY_SHA256_3_1_3=146bf4a85c79eb6d3c842075d7fe2a1ffad3f2944c24db202add5e2a875259c9
 KCLPY_WITH_JARS=${KCLPY_WITH_JARS:-auto}
+CONSTRAINTS=${CONSTRAINTS-constraints.txt}
 STAMP="$VENV/.installed"
-want="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1) kclpy=${KCLPY_VERSION} jars=${KCLPY_WITH_JARS}"
+want="$(cat pyproject.toml scripts/bootstrap.sh ${CONSTRAINTS:+"$CONSTRAINTS"} | sha256sum | cut -d' ' -f1) kclpy=${KCLPY_VERSION} jars=${KCLPY_WITH_JARS}"
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   exit 0
@@ -31,6 +38,8 @@ PY
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --quiet)
+CONSTRAINED=()
+[ -z "$CONSTRAINTS" ] || CONSTRAINED=(-c "$CONSTRAINTS")
 
 install_python_half() {
   # An editable install of the unpacked sdist skips its jar-downloading build step.
@@ -59,13 +68,17 @@ if [ "$installed" != "$KCLPY_VERSION" ]; then
   src="$VENV/src"
   mkdir -p "$src"
   "${PIP[@]}" download --no-deps --no-binary :all: -d "$src" "amazon-kclpy==${KCLPY_VERSION}"
+  if [ "$KCLPY_VERSION" = 3.1.3 ]; then
+    echo "$KCLPY_SHA256_3_1_3  $src/amazon_kclpy-${KCLPY_VERSION}.tar.gz" | sha256sum --check --quiet ||
+      { echo "bootstrap: amazon-kclpy ${KCLPY_VERSION}'s download is not the release PyPI lists" >&2; exit 1; }
+  fi
   tar -xzf "$src/amazon_kclpy-${KCLPY_VERSION}.tar.gz" -C "$src"
   if [ "$KCLPY_WITH_JARS" = "0" ]; then
     echo "installing amazon-kclpy ${KCLPY_VERSION} (Python half, no jars: KCLPY_WITH_JARS=0)"
     install_python_half
   elif why="$(maven_central_answers 2>&1)" &&
     echo "installing amazon-kclpy ${KCLPY_VERSION} with its jars (from Maven Central)" &&
-    timeout 900 "${PIP[@]}" install "$src/amazon_kclpy-${KCLPY_VERSION}.tar.gz"; then
+    timeout 900 "${PIP[@]}" install "${CONSTRAINED[@]}" "$src/amazon_kclpy-${KCLPY_VERSION}.tar.gz"; then
     :
   elif [ "$KCLPY_WITH_JARS" = "1" ]; then
     echo "bootstrap: amazon-kclpy ${KCLPY_VERSION} could not be installed with its jars" \
@@ -79,5 +92,5 @@ if [ "$installed" != "$KCLPY_VERSION" ]; then
 fi
 
 echo "installing dynamodb-replicator and its test tools into $VENV"
-"${PIP[@]}" install -e ".[test,dev]"
+"${PIP[@]}" install "${CONSTRAINED[@]}" -e ".[test,dev]"
 echo "$want" > "$STAMP"
