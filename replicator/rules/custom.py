@@ -165,6 +165,7 @@ class CustomRule:
 
     def __init__(self, resolver: Resolver, key_names: list[str] | None = None) -> None:
         self.resolver = resolver
+        self._named = f"custom resolver {_name_of(resolver)}"  # for its refusals
         self.key_names = key_names
 
     def plan(self, change: Change, existing: Item | None = None) -> WriteRequest | Skip:
@@ -184,10 +185,8 @@ class CustomRule:
             # handler of the replicator raises them), and let through they would end the
             # writer and crash-loop the shard, naming neither the resolver nor the change.
             raise ResolverFailed(
-                f"custom resolver {_name_of(self.resolver)} raised {type(error).__name__}: "
-                f"{error}{_where(error)}"
+                f"{self._named} raised {type(error).__name__}: {error}{_where(error)}"
             ) from error
-        resolver = f"custom resolver {_name_of(self.resolver)}"
         given = "returned an item"
         if decision is True:
             if change.event is Event.REMOVE:
@@ -212,13 +211,13 @@ class CustomRule:
             if unformed is not None:
                 where, value, expected = unformed
                 raise PlanError(
-                    f"{resolver} {given} not in attribute-value form: its "
+                    f"{self._named} {given} not in attribute-value form: its "
                     f"{where} is {_shown(value)}, where {expected}"
                 )
             decision = {name: _text_as_bytes(value) for name, value in decision.items()}
             missing = [name for name in change.keys if name not in decision]
             if missing:
-                raise PlanError(f"{resolver} {given} without key attributes {missing}")
+                raise PlanError(f"{self._named} {given} without key attributes {missing}")
             # A put under another key would write another item and leave this one as it
             # was, counted as applied: the change's own key or nothing.
             moved = [
@@ -226,13 +225,13 @@ class CustomRule:
             ]
             if moved:
                 raise PlanError(
-                    f"{resolver} {given} whose key attributes {moved} differ "
+                    f"{self._named} {given} whose key attributes {moved} differ "
                     f"from the change's ({describe_key(change.keys)}): it may only decide "
                     "what this item holds"
                 )
             return write_over("put", change.keys, existing, decision, first=change.keys)
         raise PlanError(
-            f"{resolver} returned {type(decision).__name__}; expected True, False or an item"
+            f"{self._named} returned {type(decision).__name__}; expected True, False or an item"
         )
 
     def shows_applied(self, change: Change, existing: Item | None) -> bool:

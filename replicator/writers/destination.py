@@ -634,11 +634,17 @@ class DestinationWriter:
                             f"this identity may call sts:AssumeRole on it; {NOT_PASSED}"
                         ) from error
                     if streak >= self.refusal_limit:
+                        check = (
+                            "Check this host's clock (NTP): the refusal blames the time the "
+                            "writes were signed at"
+                            if refused_for_the_clock(error)
+                            else "Check the credentials the worker runs with (a secret key "
+                            "that is not the access key's, a key or token expired or revoked)"
+                        )
                         raise DestinationRefused(
                             f"{self._refuser(error)} did not accept the signature or "
                             f"credentials of {streak} writes in a row: {refusal_answer(error)}. "
-                            f"Check this host's clock (NTP) and the credentials the worker "
-                            f"runs with; {NOT_PASSED}"
+                            f"{check}; {NOT_PASSED}"
                         ) from error
                 elif kind in (ErrorKind.DENIED, ErrorKind.NOT_FOUND):
                     streak, seen_then = self._note_refusal(error, streak, seen_then)

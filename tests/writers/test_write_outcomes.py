@@ -463,6 +463,25 @@ def test_signature_and_credential_refusals_are_retried_never_dead_lettered(
     assert retried == 3
 
 
+def test_a_signature_refused_for_good_with_the_clocks_in_step_names_the_credentials(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    wrong_key = [
+        client_error(
+            "InvalidSignatureException",
+            "The request signature we calculated does not match the signature you provided.",
+        )
+        for _ in range(100)
+    ]
+    writer = writer_for(ScriptedClient(*wrong_key), tmp_path, metrics)
+    with pytest.raises(DestinationRefused, match=r"Check the credentials") as refused:
+        writer.write(decode(put("a", 1)))
+    assert "NTP" not in str(refused.value)
+    assert sample(metrics, "replicator_retries_total", destination="dest", reason="auth") == (
+        writer.refusal_limit - 1
+    )
+
+
 def test_persistent_clock_skew_stops_the_worker_with_a_clear_message(
     tmp_path: Path, metrics: Metrics
 ) -> None:
@@ -583,6 +602,7 @@ def test_a_refused_signature_on_a_clock_in_step_is_no_clock_skew(
     """A wrong secret key is answered with InvalidSignatureException, the code of a skewed
     clock's refusal too: with the destination's clock in step, it is retried as ``auth``,
     the signing clock stays this host's, and no refusal says the clocks differ."""
+    _WrongKeyHandler.answered = []
     server, direct, writer = _direct_writer_against(_WrongKeyHandler, tmp_path, metrics)
     try:
         with structlog.testing.capture_logs() as logs:
@@ -611,6 +631,7 @@ def test_a_clock_that_comes_back_in_step_is_signed_on_again(
     """Signing on a learnt offset after the host's clock was set right (or the
     destination's) is refused for the clock; the writer goes back to this host's clock,
     says so once, and the write lands."""
+    _InStepServer.accepted = []
     server, direct, writer = _direct_writer_against(_InStepServer, tmp_path, metrics)
     direct.clock_offset = timedelta(hours=1)
     try:
