@@ -1,7 +1,8 @@
 """A source in another account (``source.role_arn``): what the job keeps beside the source
-(the lease table, its owner tag) lives in the source's account, reached through the role,
-and every call made through the role is one docs/security.md's source-role policy
-grants. moto keeps each account's tables apart, by the account of the credentials."""
+(the lease table, its owner tag, the conflict log's table) lives in the source's account,
+reached through the role, and every call made through the role is one docs/security.md's
+source-role policy grants (with the statements it says to add for a conflict log). moto
+keeps each account's tables apart, by the account of the credentials."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from replicator.demo import tables
 from tests.support.aws import client
 from tests.support.e2e import Job, stop, wait_until
-from tests.support.iam import SOURCE_ROLE_POLICY, CallLog, ungranted
+from tests.support.iam import SOURCE_ROLE_POLICY, CallLog, ungranted, worker_statements_in
 
 SOURCE_ACCOUNT = "333333333333"  # the account the page's source-role policy names
 ROLE = f"arn:aws:iam::{SOURCE_ACCOUNT}:role/orders-source-reader"
@@ -36,7 +37,14 @@ def _in_the_source_account(endpoint: str) -> tuple[Any, str]:
     return ddb, str(credentials["AccessKeyId"])
 
 
-def test_a_source_in_another_account_keeps_its_lease_table_there_as_documented(
+def _checkpointed(source: Any, lease_table: str) -> bool:
+    rows = source.scan(TableName=lease_table, ConsistentRead=True)["Items"]
+    return bool(rows) and all(
+        row.get("checkpoint", {}).get("S") not in (None, "TRIM_HORIZON", "LATEST") for row in rows
+    )
+
+
+def test_a_source_in_another_account_keeps_its_tables_there_as_documented(
     moto_endpoint: str,
     tmp_path: Path,
     unique: Callable[[str], str],
@@ -52,15 +60,16 @@ def test_a_source_in_another_account_keeps_its_lease_table_there_as_documented(
         tmp_path,
         source_of=source_table,
         destinations=[("eu-west-1", f"{name}-eu")],
+        extra=f"conflict_log: {{kind: dynamodb, endpoint_url: '{moto_endpoint}'}}\n",
     )
+    text = job.path.read_text()
+    assert f"table: {source_table}, " in text
     job.path.write_text(
-        job.path.read_text().replace(
-            f"table: {source_table}, ", f"table: {source_table}, role_arn: '{ROLE}', "
-        )
+        text.replace(f"table: {source_table}, ", f"table: {source_table}, role_arn: '{ROLE}', ")
     )
-    runtime = job.start(
-        env={"AWS_ACCESS_KEY_ID": "WORKERKEY", "AWS_ENDPOINT_URL_STS": moto_endpoint}
-    )
+    env = {"AWS_ACCESS_KEY_ID": "WORKERKEY", "AWS_ENDPOINT_URL_STS": moto_endpoint}
+    runtime = job.start(env=env)
+    log = tmp_path / "runtime.log"
     try:
         for n in range(5):
             source.put_item(
@@ -71,27 +80,28 @@ def test_a_source_in_another_account_keeps_its_lease_table_there_as_documented(
         wait_until(
             lambda: destination.scan(TableName=table)["Count"] == 5, 60, "5 items replicated"
         )
-        wait_until(
-            lambda: (
-                [
-                    row.get("checkpoint", {}).get("S")
-                    for row in source.scan(TableName=name, ConsistentRead=True)["Items"]
-                ]
-                not in ([], [None], ["TRIM_HORIZON"])
-            ),
-            60,
-            "a checkpoint in the source account's lease table",
-        )
+        wait_until(lambda: _checkpointed(source, name), 60, "a checkpoint in the lease table")
     finally:
-        assert stop(runtime) == 0
-    # The lease table is the source account's; the worker's account has none.
+        code = stop(runtime)
+    assert code == 0, log.read_text()[-3000:]
+    # The lease table and the conflict log's are the source account's; the worker's
+    # account has neither, and the worker's own credentials never reached the source's
+    # region for anything but the role.
+    source.describe_table(TableName=f"{name}-conflicts")
     worker_account = client("dynamodb", "us-east-1", moto_endpoint)
-    with pytest.raises(worker_account.exceptions.ResourceNotFoundException):
-        worker_account.describe_table(TableName=name)
+    for own in (name, f"{name}-conflicts"):
+        with pytest.raises(worker_account.exceptions.ResourceNotFoundException):
+            worker_account.describe_table(TableName=own)
+    assert {c.action for c in call_log.calls("WORKERKEY") if c.region == "us-east-1"} == {
+        "AssumeRole"
+    }
+    # The job's calls through the role: an assumed key's (not this test's), on its tables.
     through_role = [
         call
         for call in call_log.calls_all()
-        if call.access_key.startswith("ASIA") and call.access_key != setup_key
+        if call.access_key.startswith("ASIA")
+        and call.access_key != setup_key
+        and name in str(call.body)
     ]
     actions = {call.action for call in through_role}
     assert {"GetRecords", "CreateTable", "TagResource", "UpdateItem"} <= actions, actions
@@ -104,6 +114,7 @@ def test_a_source_in_another_account_keeps_its_lease_table_there_as_documented(
             source_table,
             heading=SOURCE_ROLE_POLICY,
             account=SOURCE_ACCOUNT,
+            added=worker_statements_in(SOURCE_ACCOUNT, "ConflictLogTable"),
         )
         == []
     )

@@ -47,6 +47,17 @@ def documented_statements(heading: str = WORKER_POLICY) -> list[dict[str, Any]]:
     return statements
 
 
+def worker_statements_in(account: str, *sids: str) -> list[dict[str, Any]]:
+    """The worker policy's statements named ``sids``, for resources of ``account``: the
+    ones the page tells a source role in that account to add."""
+    chosen = [st for st in documented_statements() if st["Sid"] in sids]
+    assert len(chosen) == len(sids), sids
+    moved: list[dict[str, Any]] = json.loads(
+        json.dumps(chosen).replace(f":{ACCOUNT}:", f":{account}:")
+    )
+    return moved
+
+
 def _listed(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else value
 
@@ -166,10 +177,11 @@ def ungranted(
     *,
     heading: str = WORKER_POLICY,
     account: str = ACCOUNT,
+    added: list[dict[str, Any]] | None = None,
 ) -> list[str]:
-    """Each call the documented policy (the one under ``heading``, for resources of
-    ``account``) does not grant, as "action on ARN", once."""
-    statements = documented_statements(heading)
+    """Each call the documented policy (the one under ``heading``, with the statements
+    ``added``, for resources of ``account``) does not grant, as "action on ARN", once."""
+    statements = documented_statements(heading) + (added or [])
     named = [documented_resource(call, regions, names, stream_table, account) for call in calls]
     refused = {resource for resource in named if not granted(statements, *resource)}
     return sorted(f"{action} on {arn}" for action, arn in refused)
