@@ -671,12 +671,19 @@ class _Demo:
                 stats[label]["lag"] = max(stats[label].get("lag", 0.0), value)
         return stats
 
+    def _squashed(self, runtime: LocalRuntime) -> str:
+        """Changes replaced by a later change to their item before they were written: read
+        but never counted under a destination's outcomes, so read exceeds applied."""
+        counts = [v for n, _, v in self._samples(runtime) if n == "replicator_squashed_total"]
+        return str(int(sum(counts))) if counts else UNKNOWN
+
     def _view(self, runtime: LocalRuntime, workload: Workload, started: float) -> Table:
         progress = runtime.progress()
         read = sum(p.records_delivered for p in progress)
         title = (
             f"{time.monotonic() - started:5.1f}s  source changes {workload.stats.total}  "
-            f"stream records read {read}  shards {len(progress)}"
+            f"stream records read {read}  squashed {self._squashed(runtime)}  "
+            f"shards {len(progress)}"
         )
         table = Table(title=title, title_justify="left")
         # A name too long for the terminal is folded onto more lines, never cut: two
@@ -694,6 +701,7 @@ class _Demo:
             f"{time.monotonic() - started:5.1f}s",
             f"source changes {workload.stats.total}",
             f"read {sum(p.records_delivered for p in progress)}",
+            f"squashed {self._squashed(runtime)}",
         ]
         for label, stats in self._per_destination(runtime).items():
             applied, lost, dead, lag = _figures(stats)
@@ -726,6 +734,10 @@ class _Demo:
             f"{counted(stats.deletes, 'delete')}"
         )
         self.console.print(rate_line(stats.total, workload.elapsed_s, self.options.rate))
+        self.console.print(
+            "  (squashed: changes replaced by a later change to the same item before they "
+            "were written; each destination applies the rest)"
+        )
         all_equal = True
         for label, (ddb, table) in self.destinations.items():
             differences = compare(source_items, tables.scan_all(ddb, table), KEY_NAMES)
