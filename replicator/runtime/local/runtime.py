@@ -223,26 +223,47 @@ class LocalRuntime:
                 raise self.failure
             log.error("local runtime stopped on an error", error=str(self.failure))
             return 1
-        left = {
-            worker.shard_id: {
-                "checkpoint": worker.left_at_stop[0],
-                "read_to": worker.left_at_stop[1],
-            }
-            for worker in self.workers.values()
-            if worker.left_at_stop is not None
-        }
-        if left:
-            # Nothing is lost (no checkpoint passed them), but an operator reading the last
-            # line of a stop must not take it for one that left nothing to do.
-            log.warning(
-                f"local runtime stopped; {len(left)} shard(s) left changes not yet applied "
-                "at every destination (see each shard's shutdown line): the next start "
-                "reads them again from the checkpoint",
-                shards=left,
-            )
+        if self._said_what_was_left():
             return 0
         log.info("local runtime stopped cleanly")
         return 0
+
+    def _said_what_was_left(self) -> bool:
+        """The last line of a stop that left records read past a shard's checkpoint, in
+        place of "stopped cleanly": nothing passed them, but an operator must not take
+        the stop for one that left nothing to do, nor miss a shard that has no
+        checkpoint yet (LATEST), whose next start passes them over."""
+        left = {
+            worker.shard_id: worker.left_at_stop
+            for worker in self.workers.values()
+            if worker.left_at_stop is not None
+        }
+        if not left:
+            return False
+        shards = {
+            shard: {"checkpoint": checkpoint, "read_to": read_to}
+            for shard, (checkpoint, read_to) in left.items()
+        }
+        at_latest = sorted(shard for shard, (checkpoint, _) in left.items() if checkpoint == LATEST)
+        if at_latest:
+            log.warning(
+                f"local runtime stopped; {len(at_latest)} shard(s) have no checkpoint yet "
+                "(they started at LATEST) and stopped with changes read and not applied at "
+                "every destination: their next start begins at the stream's tip, so those "
+                "changes are not replicated "
+                f"({passed_over_advice(self.resolved.publishes_watermark)}, then "
+                "`replicator verify`)",
+                shards=shards,
+                not_replicated=at_latest,
+            )
+            return True
+        log.warning(
+            f"local runtime stopped; {len(left)} shard(s) stopped with changes read past "
+            "their checkpoint (not yet applied at every destination, or not checkpointed): "
+            "whoever takes each shard next reads them again from its checkpoint",
+            shards=shards,
+        )
+        return True
 
     def _ready(self) -> bool:
         """Whether to start: the preflight made (the host lock and the metrics port
@@ -364,14 +385,8 @@ class LocalRuntime:
                 if worker.is_alive():
                     continue
                 self._retire(shard_id)
-                if isinstance(worker.error, LeaseLost):
-                    self.failure = LeaseHeld(
-                        f"shard {shard_id}: {worker.error}; the local runtime runs one "
-                        "worker per task name"
-                    )
-                    self.stopping.set()
-                elif worker.error is not None:
-                    self.failure = worker.error
+                if worker.error is not None:
+                    self.failure = _failure_of(worker)
                     self.stopping.set()
                 elif worker.progress.ended:
                     self.ended.add(shard_id)
@@ -410,6 +425,10 @@ class LocalRuntime:
                 # A processor that failed during the stop: not a clean stop (exit 0
                 # would tell systemd or Kubernetes that all is well).
                 self.failure = worker.stop_failure
+            elif self.failure is None and worker.error is not None:
+                # A worker that failed as the stop began (the loop that reports failures
+                # has ended): the same failure as without a stop.
+                self.failure = _failure_of(worker)
 
     # -- shards and leases ----------------------------------------------------------------
 
@@ -918,6 +937,18 @@ class LocalRuntime:
             elif trouble is not None:
                 problems.append(f"shard {worker.shard_id}: {trouble}")
         return problems
+
+
+def _failure_of(worker: ShardWorker) -> BaseException:
+    """What a worker's error makes of the run: a lease taken by another worker is the
+    task name held elsewhere (:class:`LeaseHeld`); any other error is itself."""
+    assert worker.error is not None
+    if isinstance(worker.error, LeaseLost):
+        return LeaseHeld(
+            f"shard {worker.shard_id}: {worker.error}; the local runtime runs one worker "
+            "per task name"
+        )
+    return worker.error
 
 
 class _RuntimeCollector(Collector):

@@ -122,10 +122,13 @@ class ShardWorker(threading.Thread):
         # while the stop began): no restart follows, and the stop is not clean.
         self.stop_failure: BaseException | None = None
         self.child: ProcessorChild | None = None
-        # A requested stop that left records delivered past the lease's checkpoint (writes
-        # still out after the flush, a checkpoint refused): (checkpoint, highest
-        # delivered). The next start reads them again; the runtime's last line says so.
-        self.left_at_stop: tuple[str | None, str] | None = None
+        # A stop that left records read past the lease's checkpoint (writes still out
+        # after the flush, a checkpoint refused, a processor restarting, the lease lost):
+        # (checkpoint, highest read). The runtime's last line says so.
+        self.left_at_stop: tuple[str, str] | None = None
+        # The highest record any processor of this worker was given (not reset when a
+        # restarted one reads from the checkpoint again, as _highest_delivered is).
+        self._read_to: str | None = None
         # The child has answered initialize: its RELEASE_SIGNAL handler is in place.
         self._child_ready = False
         self._highest_delivered: str | None = None
@@ -280,6 +283,8 @@ class ShardWorker(threading.Thread):
                 # The child is gone and the checkpoint is the last one it stored: let
                 # another worker take the shard at once rather than after the failover.
                 self._held.release()
+            if self.error is None:
+                self._note_left_behind()
 
     # -- main loop ------------------------------------------------------------------------
 
@@ -436,6 +441,8 @@ class ShardWorker(threading.Thread):
                 highest = max((record["sequenceNumber"] for record in batch), key=int)
                 if before is None or int(highest) > int(before):
                     self._highest_delivered = highest
+                    if self._read_to is None or int(highest) > int(self._read_to):
+                        self._read_to = highest
                 if self.lease.checkpoint == LATEST and self._first_delivered is None:
                     self._first_delivered = batch[0]["sequenceNumber"]
             self._held.check()
@@ -663,16 +670,17 @@ class ShardWorker(threading.Thread):
             else:
                 self._failed_while_stopping(error)
         child.close(timeout=5.0)
-        self._note_left_behind()
         self._held.release()
 
     def _note_left_behind(self) -> None:
-        highest, checkpoint = self._highest_delivered, self.lease.checkpoint
-        if highest is None or checkpoint == SHARD_END:
+        """Whether this worker's stop (the lease released, so its checkpoint is the one
+        stored) left records read past the checkpoint."""
+        read_to, checkpoint = self._read_to, self.lease.checkpoint
+        if read_to is None or checkpoint == SHARD_END:
             return
-        if checkpoint is not None and checkpoint.isdigit() and int(checkpoint) >= int(highest):
+        if checkpoint.isdigit() and int(checkpoint) >= int(read_to):
             return
-        self.left_at_stop = (checkpoint, highest)
+        self.left_at_stop = (checkpoint, read_to)
 
     def _failed_while_stopping(self, error: ChildFailed) -> None:
         """The processor failed (exited, broke the protocol) once the runtime was

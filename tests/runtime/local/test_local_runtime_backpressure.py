@@ -92,7 +92,7 @@ def test_a_full_buffer_raises_every_lag_and_a_stop_still_answers_and_checkpoints
     assert answer["level"] == "warning"
     assert answer["outstanding"].get(f"ap-southeast-2/{name}-ap", 0) > 0
     # The stop is one that leaves ap's changes to the next start, and its last line says so.
-    assert "local runtime stopped; 1 shard(s) left changes not yet applied" in output
+    assert "local runtime stopped; 1 shard(s) stopped with changes read past their" in output
     assert "stopped cleanly" not in output
     assert "lease taken while the processor waited" not in output
     (row,) = job.lease_rows()

@@ -1696,3 +1696,92 @@ def test_a_processor_that_does_not_answer_process_records_reports_the_shard() ->
         "room in its buffer (a destination takes no writes) or is stuck"
     )
     assert worker.trouble(clock[0]) is None  # answered since
+
+
+# -- what a stop leaves past the checkpoint ------------------------------------------------
+
+
+class UnsettledChild(StandInChild):
+    """Takes every batch and checkpoints none, as a processor whose writes are still out
+    when its flush times out; with ``fail_on``, it fails on that batch (counted over
+    every child of the worker), as a processor that crashes does."""
+
+    taken = 0
+    fail_on: int | None = None
+
+    def process_records(self, records: list[dict[str, Any]], millis_behind: int | None) -> None:
+        self.batches.append(records)
+        if records:
+            UnsettledChild.taken += 1
+            if UnsettledChild.taken == UnsettledChild.fail_on:
+                raise ChildFailed("stand-in child exited with status 1")
+
+
+@pytest.mark.parametrize("position", ["TRIM_HORIZON", "LATEST"])
+def test_a_stop_with_records_read_past_the_checkpoint_is_noted(
+    leases: LeaseTable, position: str
+) -> None:
+    UnsettledChild.taken, UnsettledChild.fail_on = 0, None
+    script = [{"Records": [record(1), record(2)], "NextShardIterator": "x"}]
+    worker, _, _ = run_worker(leases, script, position=position, child_type=UnsettledChild)
+    assert worker.error is None
+    assert worker.left_at_stop == (position, "2")
+
+
+def test_a_stop_with_every_record_read_checkpointed_notes_nothing(leases: LeaseTable) -> None:
+    script = [{"Records": [record(1), record(2)], "NextShardIterator": "x"}]
+    worker, _, _ = run_worker(leases, script)
+    assert worker.error is None
+    assert leases.get("shard-1").checkpoint == "2"  # type: ignore[union-attr]
+    assert worker.left_at_stop is None
+
+
+def test_a_stop_just_after_a_processor_restart_still_notes_what_the_failed_one_read(
+    leases: LeaseTable,
+) -> None:
+    """The first processor took 1 and 2, checkpointed neither and failed on 3; its
+    successor reads from the checkpoint again and is stopped before it gets anything:
+    the records read past the checkpoint are the first one's."""
+    UnsettledChild.taken, UnsettledChild.fail_on = 0, 2
+    script = [
+        {"Records": [record(1), record(2)], "NextShardIterator": "x"},
+        {"Records": [record(3)], "NextShardIterator": "y"},
+    ]
+    worker, _, children = run_worker(leases, script, child_type=UnsettledChild)
+    assert worker.error is None
+    assert len(children) == 2
+    assert worker.left_at_stop == ("TRIM_HORIZON", "3")
+
+
+@pytest.mark.parametrize("watermark", [True, False])
+def test_the_runtimes_last_line_tells_a_shard_at_latest_apart(watermark: bool) -> None:
+    """A shard with a checkpoint reads what it left again; one still at LATEST starts at
+    the stream's tip next time, so the last line says those changes are not replicated
+    and how to copy them."""
+    from types import SimpleNamespace
+
+    from replicator.runtime.local.runtime import LocalRuntime
+
+    def stopped(pairs: dict[str, tuple[str, str] | None]) -> list[dict[str, Any]]:
+        runtime = object.__new__(LocalRuntime)
+        runtime.workers = {  # type: ignore[assignment]
+            shard: SimpleNamespace(shard_id=shard, left_at_stop=left)
+            for shard, left in pairs.items()
+        }
+        runtime.resolved = SimpleNamespace(publishes_watermark=watermark)  # type: ignore[assignment]
+        with structlog.testing.capture_logs() as logs:
+            said = runtime._said_what_was_left()
+        assert said is bool(logs)
+        return logs
+
+    assert stopped({"a": None}) == []
+    (read_again,) = stopped({"a": ("12", "15"), "b": None})
+    assert read_again["event"].startswith("local runtime stopped; 1 shard(s) stopped with")
+    assert read_again["shards"] == {"a": {"checkpoint": "12", "read_to": "15"}}
+    (lost,) = stopped({"a": ("12", "15"), "b": ("LATEST", "7")})
+    assert "1 shard(s) have no checkpoint yet" in lost["event"]
+    assert "those changes are not replicated" in lost["event"]
+    assert "`replicator backfill` copies them" in lost["event"]
+    assert ("watermark reports them as never read" in lost["event"]) is watermark
+    assert lost["not_replicated"] == ["b"]
+    assert lost["log_level"] == "warning"
