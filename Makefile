@@ -45,14 +45,16 @@ image:
 	@docker info >/dev/null 2>&1 || { echo "make image: needs docker on PATH and a running Docker engine (the build also downloads the KCL jars from Maven Central)" >&2; exit 1; }
 	docker build -f docker/Dockerfile -t $(IMAGE) .
 
-## make constraints: constraints.txt anew, from the newest releases pyproject.toml allows (then run make test)
+## make constraints: constraints.txt anew, from the newest releases pyproject.toml allows, for Python 3.11 as the image (then run make test)
+CONSTRAINTS_PYTHON ?= python3.11
 constraints:
 	rm -rf .cache/constraints-venv
-	VENV=.cache/constraints-venv CONSTRAINTS= KCLPY_WITH_JARS=0 scripts/bootstrap.sh
+	VENV=.cache/constraints-venv PYTHON=$(CONSTRAINTS_PYTHON) CONSTRAINTS= KCLPY_WITH_JARS=0 scripts/bootstrap.sh
 	{ sed -n '/^#/p' constraints.txt; .cache/constraints-venv/bin/python -m pip freeze --exclude-editable \
 	  | grep -v -i -e '^amazon.kclpy' -e '^dynamodb-replicator' -e '^-e'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 	rm -rf .cache/constraints-venv
+	@echo "constraints.txt written: run make test before committing it"
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -430,6 +430,7 @@ class _Demo:
         self.destinations = {
             d.label: (_client(d.region, url), d.table) for d in self.job.destinations
         }
+        self._shown_squashed = False  # a count of squashed changes was shown
 
     def run(self) -> int:
         console = self.console
@@ -675,7 +676,10 @@ class _Demo:
         """Changes replaced by a later change to their item before they were written: read
         but never counted under a destination's outcomes, so read exceeds applied."""
         counts = [v for n, _, v in self._samples(runtime) if n == "replicator_squashed_total"]
-        return str(int(sum(counts))) if counts else UNKNOWN
+        if not counts:
+            return UNKNOWN
+        self._shown_squashed = True
+        return str(int(sum(counts)))
 
     def _view(self, runtime: LocalRuntime, workload: Workload, started: float) -> Table:
         progress = runtime.progress()
@@ -734,10 +738,12 @@ class _Demo:
             f"{counted(stats.deletes, 'delete')}"
         )
         self.console.print(rate_line(stats.total, workload.elapsed_s, self.options.rate))
-        self.console.print(
-            "  (squashed: changes replaced by a later change to the same item before they "
-            "were written; each destination applies the rest)"
-        )
+        if self._shown_squashed:
+            self.console.print(
+                "  (squashed: changes replaced by a later change to the same item before "
+                "they were written; each destination settles the rest: applied, unchanged, "
+                "lost or dead-lettered)"
+            )
         all_equal = True
         for label, (ddb, table) in self.destinations.items():
             differences = compare(source_items, tables.scan_all(ddb, table), KEY_NAMES)

@@ -151,7 +151,7 @@ def test_the_demo_converges_and_its_metrics_agree_with_what_was_replicated(
         assert "records read can exceed source changes" not in output
         # Read exceeds applied by the changes squashed, which the progress counts apart.
         assert re.search(r"read \d+  squashed \d+", output), output
-        assert "(squashed: changes replaced by a later change to the same item" in output
+        assert "(squashed: changes replaced by a later change to the same item before" in output
         for destination in DESTINATIONS:
             assert f"{destination}: equal (every item compared)" in output
             # Off a terminal, the progress lines say what the live table shows.
