@@ -19,12 +19,14 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bench import fake_endpoint
 from bench.report import REQUIRED_KEYS, machine, summarize, table, verdicts
 from bench.runner import POLICIES, Plan, run_all
 
@@ -138,6 +140,14 @@ def _positive_or_error(parser: argparse.ArgumentParser, option: str, value: Any)
         parser.error(f"{option} {value!r}: give a count of 1 or more")
 
 
+def _interrupted(number: int, frame: object) -> None:
+    """SIGINT: noted for the endpoint's watch (the endpoint ends on it too), then the
+    KeyboardInterrupt that stops the run."""
+    if not fake_endpoint.GONE:
+        fake_endpoint.INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     plan, output = parse(argv)
     if plan.profile_dir is not None and shutil.which("py-spy") is None:
@@ -153,11 +163,17 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     started = time.time()
+    # Ctrl-C stops the run even where it was started with SIGINT ignored (a background
+    # job of a script), as every replicator command does; the endpoint's watch uses it.
+    signal.signal(signal.SIGINT, _interrupted)
     try:
         runs = run_all(plan, say)
     except KeyboardInterrupt:
-        # Ctrl-C reaches the scenarios' processes too (one process group): each ends, and
-        # results are written only at the end, so the last run's file is as it was.
+        # The scenarios' processes end as the parent closes their input; results are
+        # written only at the end, so the last run's file is as it was.
+        if fake_endpoint.GONE:
+            print(f"benchmarks: {fake_endpoint.GONE[0]}; no results written", file=sys.stderr)
+            return 1
         print("benchmarks: interrupted; no results written", file=sys.stderr)
         return 130
     duration_s = round(time.time() - started, 1)

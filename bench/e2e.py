@@ -217,7 +217,12 @@ def processor(
         except BaseException:
             child.close(timeout=30)
             raise
-        code = child.close(timeout=30)
+        try:
+            # Stopped as the daemon stops it (a processor whose input just ends says the
+            # daemon went away, a warning in every run's output).
+            child.shutdown_requested(timeout=30)
+        finally:
+            code = child.close(timeout=30)
         if code != 0:
             raise RuntimeError(f"the processor exited with status {code}")
         dead_letters = directory / "dead-letters.jsonl"

@@ -28,6 +28,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -296,12 +297,41 @@ async def serve(port: int, settings: EndpointSettings) -> None:
         await stop.wait()
 
 
+# Why the fake endpoint ended while a benchmark ran on it (set by the watch that then
+# interrupts the main thread): the processors would otherwise retry against it for ever.
+GONE: list[str] = []
+# Set by the bench's SIGINT handler: Ctrl-C reaches the endpoint too, and its end then is
+# the interrupt's, not a failure of its own.
+INTERRUPTED = threading.Event()
+
+
 class EndpointControl:
     """The benchmark's handle on a running fake endpoint (its own process)."""
 
     def __init__(self, url: str, process: subprocess.Popen[str] | None = None) -> None:
         self.url = url
         self.process = process
+        self._stopping = False
+
+    def watch(self) -> None:
+        """Interrupt the main thread (SIGINT) if the endpoint ends before :meth:`stop`:
+        a processor whose endpoint is gone retries its writes for ever, and the run would
+        wait on it without end. An end within a second of a SIGINT to the bench is
+        Ctrl-C's (the terminal sends it to both), not the endpoint's own."""
+        process = self.process
+        if process is None:
+            return
+        main = threading.main_thread().ident
+        assert main is not None
+
+        def wait() -> None:
+            code = process.wait()
+            if self._stopping or INTERRUPTED.wait(1.0):
+                return
+            GONE.append(f"the fake endpoint (pid {process.pid}) exited with status {code}")
+            signal.pthread_kill(main, signal.SIGINT)
+
+        threading.Thread(target=wait, daemon=True, name="endpoint-watch").start()
 
     @classmethod
     def start(cls, **settings: Any) -> EndpointControl:
@@ -348,6 +378,7 @@ class EndpointControl:
         return precise_cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
+        self._stopping = True
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:

@@ -265,24 +265,26 @@ def summarize(runs: dict[str, Any]) -> dict[str, float]:
 
 def _core_vs_json(core: list[dict[str, Any]]) -> dict[str, float]:
     """The core's CPU per record against ``json.loads`` of the same records' data, in the
-    same run, when the core scenario measures it (median of each run's ratio)."""
+    same run, when the core scenario measures it: the run whose ratio is the median (the
+    lower of the two middle ones for an even count), with that run's own two figures, so
+    that the ratio reported is the quotient of the parts reported beside it."""
     measured = [run for run in core if "json_loads_us_per_record" in run]
     preferred = _select(measured, policy="last_writer_wins", shape="order") or measured
+    preferred = [run for run in preferred if float(run["json_loads_us_per_record"]) > 0]
     if not preferred:
         return {}
-    out = {"json_loads_us_per_record": _median_of(preferred, "json_loads_us_per_record")}
-    if any("core_cpu_us_per_record" in run for run in preferred):
-        out["core_cpu_us_per_record"] = _median_of(preferred, "core_cpu_us_per_record")
-    if any("core_ratio_vs_json_loads" in run for run in preferred):
-        out["core_ratio_vs_json_loads"] = _median_of(preferred, "core_ratio_vs_json_loads")
-    else:
-        out["core_ratio_vs_json_loads"] = median(
-            float(run.get("core_cpu_us_per_record", run["cpu_us_per_record"]))
-            / float(run["json_loads_us_per_record"])
-            for run in preferred
-            if float(run["json_loads_us_per_record"]) > 0
-        )
-    return out
+
+    def parts(run: dict[str, Any]) -> tuple[float, float]:
+        cpu = float(run.get("core_cpu_us_per_record", run.get("cpu_us_per_record", 0.0)))
+        return cpu, float(run["json_loads_us_per_record"])
+
+    ranked = sorted(preferred, key=lambda run: parts(run)[0] / parts(run)[1])
+    cpu, loads = parts(ranked[(len(ranked) - 1) // 2])
+    return {
+        "json_loads_us_per_record": loads,
+        "core_cpu_us_per_record": cpu,
+        "core_ratio_vs_json_loads": cpu / loads,
+    }
 
 
 def _endpoint_cost(saturated: list[dict[str, Any]], out: dict[str, float]) -> dict[str, float]:

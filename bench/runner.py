@@ -322,6 +322,7 @@ def run_all(plan: Plan, say: Progress) -> dict[str, Any]:
     started = time.time()
     runs: dict[str, Any] = {}
     with EndpointControl.start() as endpoint:
+        endpoint.watch()
         if "ceiling" in plan.scenarios:
             runs["ceiling"] = endpoint_ceiling(plan, endpoint, say)
         if "core" in plan.scenarios:

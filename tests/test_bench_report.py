@@ -182,6 +182,25 @@ def test_without_the_json_loads_figure_the_core_target_is_not_measured() -> None
     assert "not measured  core (no I/O)" in printed
 
 
+def test_the_core_ratio_is_the_quotient_of_the_parts_reported_beside_it() -> None:
+    """Medians taken apart (core 34.4, json.loads 11.3) would come from different runs
+    and not divide into the median ratio (3.06): the median run's own pair is reported."""
+    runs = fabricated_runs()
+    template = runs["core"][0]
+    runs["core"] = [
+        {**template, "core_cpu_us_per_record": cpu, "json_loads_us_per_record": loads}
+        for cpu, loads in ((40.38, 13.18), (33.68, 11.34), (34.44, 10.80))
+    ]
+    summary = summarize(runs)
+    assert (summary["core_cpu_us_per_record"], summary["json_loads_us_per_record"]) == (
+        40.38,
+        13.18,
+    )
+    assert summary["core_ratio_vs_json_loads"] == 40.38 / 13.18
+    runs["core"] = runs["core"][:2]  # an even count: the lower of the two middle runs
+    assert summarize(runs)["core_ratio_vs_json_loads"] == 33.68 / 11.34
+
+
 def test_the_table_prints_a_verdict_value_and_bound_for_every_target() -> None:
     summary = summarize(fabricated_runs())
     printed = table(summary, verdicts(summary), runs=1)

@@ -158,9 +158,12 @@ def test_the_core_scenario_runs_the_shard_intake_and_pipeline_to_the_last_record
 
 
 def test_the_host_scenario_drives_every_shards_processor_to_its_last_record(
-    endpoint: EndpointControl,
+    endpoint: EndpointControl, capfd: pytest.CaptureFixture[str]
 ) -> None:
     result = run_host(HostSpec(shards=2, records=300, batch_size=100), endpoint)
+    # Each processor is stopped as the daemon stops one, without a warning of its own.
+    said = capfd.readouterr().err
+    assert "went away" not in said, said[-2000:]
     assert result["shards"] == 2
     assert result["changes"] == 600
     # Each change is written or squashed into a later write of its item; the endpoint saw
@@ -209,5 +212,53 @@ def test_ctrl_c_ends_the_benchmarks_with_130_and_one_line(tmp_path: Path) -> Non
     assert err.splitlines()[-1] == "benchmarks: interrupted; no results written", err
     assert "Traceback" not in err
     assert out == ""
+    assert not output.exists()
+    wait_until(lambda: _group(bench.pid) == [], 30, "the scenario's processes to end")
+
+
+def test_a_fake_endpoint_that_dies_mid_run_ends_the_benchmarks_with_its_status(
+    tmp_path: Path,
+) -> None:
+    """The processors would retry against a dead endpoint for ever, and the run wait on
+    them without end: the endpoint's end (not Ctrl-C's) ends the run, exit 1, naming it."""
+    output = tmp_path / "results.json"
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "bench", "--quick", "--only", "host", "--output", str(output)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        # The processors are children of the bench in sessions of their own.
+        wait_until(
+            lambda: (
+                subprocess.run(
+                    ["pgrep", "-P", str(bench.pid), "-f", "replicator processor"],
+                    capture_output=True,
+                    check=False,
+                ).stdout
+            ),
+            60,
+            "the host scenario's processors",
+        )
+        listed = subprocess.run(
+            ["pgrep", "-g", str(bench.pid), "-f", "bench.fake_endpoint"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        (endpoint,) = [int(pid) for pid in listed.stdout.split()]
+        os.kill(endpoint, signal.SIGTERM)
+        _, err = bench.communicate(timeout=120)
+    finally:
+        if bench.poll() is None:
+            os.killpg(bench.pid, signal.SIGKILL)
+            bench.wait()
+    assert bench.returncode == 1, err[-3000:]
+    last = err.splitlines()[-1]
+    said = f"benchmarks: the fake endpoint (pid {endpoint}) exited with status "
+    assert last.startswith(said) and last.endswith("; no results written"), err[-3000:]
+    assert "Traceback" not in err
     assert not output.exists()
     wait_until(lambda: _group(bench.pid) == [], 30, "the scenario's processes to end")
