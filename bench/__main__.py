@@ -140,14 +140,6 @@ def _positive_or_error(parser: argparse.ArgumentParser, option: str, value: Any)
         parser.error(f"{option} {value!r}: give a count of 1 or more")
 
 
-def _interrupted(number: int, frame: object) -> None:
-    """SIGINT: noted for the endpoint's watch (the endpoint ends on it too), then the
-    KeyboardInterrupt that stops the run."""
-    if not fake_endpoint.GONE:
-        fake_endpoint.INTERRUPTED.set()
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     plan, output = parse(argv)
     if plan.profile_dir is not None and shutil.which("py-spy") is None:
@@ -165,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     # Ctrl-C stops the run even where it was started with SIGINT ignored (a background
     # job of a script), as every replicator command does; the endpoint's watch uses it.
-    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         runs = run_all(plan, say)
     except KeyboardInterrupt:

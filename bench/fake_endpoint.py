@@ -291,18 +291,23 @@ async def serve(port: int, settings: EndpointSettings) -> None:
     bound = server.sockets[0].getsockname()[1]
     print(f"port {bound}", flush=True)
     stop = asyncio.Event()
+    stopped_by: list[str] = []
+
+    def stop_on(signum: signal.Signals) -> None:
+        stopped_by.append(signum.name)
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stop_on, signum)
     async with server:
         await stop.wait()
+    # The bench's watch reads it: a SIGINT is Ctrl-C's, which the bench had too.
+    print(f"stopped by {stopped_by[0]}", flush=True)
 
 
 # Why the fake endpoint ended while a benchmark ran on it (set by the watch that then
 # interrupts the main thread): the processors would otherwise retry against it for ever.
 GONE: list[str] = []
-# Set by the bench's SIGINT handler: Ctrl-C reaches the endpoint too, and its end then is
-# the interrupt's, not a failure of its own.
-INTERRUPTED = threading.Event()
 
 
 class EndpointControl:
@@ -316,8 +321,8 @@ class EndpointControl:
     def watch(self) -> None:
         """Interrupt the main thread (SIGINT) if the endpoint ends before :meth:`stop`:
         a processor whose endpoint is gone retries its writes for ever, and the run would
-        wait on it without end. An end within a second of a SIGINT to the bench is
-        Ctrl-C's (the terminal sends it to both), not the endpoint's own."""
+        wait on it without end. An end the endpoint says SIGINT caused is Ctrl-C's (the
+        terminal sends it to the bench too), not the endpoint's own."""
         process = self.process
         if process is None:
             return
@@ -325,8 +330,9 @@ class EndpointControl:
         assert main is not None
 
         def wait() -> None:
+            said = process.stdout.read() if process.stdout is not None else ""
             code = process.wait()
-            if self._stopping or INTERRUPTED.wait(1.0):
+            if self._stopping or "stopped by SIGINT" in said:
                 return
             GONE.append(f"the fake endpoint (pid {process.pid}) exited with status {code}")
             signal.pthread_kill(main, signal.SIGINT)

@@ -184,18 +184,24 @@ def _group(pgid: int) -> list[str]:
     return listed.stdout.splitlines()
 
 
+def _quick_bench(scenario: str, output: Path) -> subprocess.Popen[str]:
+    """``python -m bench --quick`` of one scenario, in its own process group (as a
+    terminal's foreground job)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench", "--quick", "--only", scenario, "--output", str(output)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def test_ctrl_c_ends_the_benchmarks_with_130_and_one_line(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the terminal's process group) while a scenario runs ended the
     benchmarks in a traceback; they end with one line and exit 130, every scenario's
     process gone and no results file written."""
     output = tmp_path / "results.json"
-    bench = subprocess.Popen(
-        [sys.executable, "-m", "bench", "--quick", "--only", "core", "--output", str(output)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own group, as a terminal's foreground job
-    )
+    bench = _quick_bench("core", output)
     try:
         wait_until(
             lambda: any("bench.core" in line for line in _group(bench.pid)),
@@ -222,13 +228,7 @@ def test_a_fake_endpoint_that_dies_mid_run_ends_the_benchmarks_with_its_status(
     """The processors would retry against a dead endpoint for ever, and the run wait on
     them without end: the endpoint's end (not Ctrl-C's) ends the run, exit 1, naming it."""
     output = tmp_path / "results.json"
-    bench = subprocess.Popen(
-        [sys.executable, "-m", "bench", "--quick", "--only", "host", "--output", str(output)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    bench = _quick_bench("host", output)
     try:
         # The processors are children of the bench in sessions of their own.
         wait_until(
