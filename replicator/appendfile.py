@@ -11,9 +11,11 @@ another process holds it open (a dead-letter replay does that): a writer that ge
 lock checks that its file is still the one at the path, and opens the path again if not.
 Creating a file is made durable with an fsync of its directory.
 
-A line cut short (a crash or a full disk in the middle of a write) leaves the file
-without its final newline. The next append starts a new line first, so that only the
-torn line is unreadable, not the whole line that follows it as well.
+A write that fails part way (a full disk) is cut back to where the file ended, so the
+caller, which stores the line again, leaves no fragment of it. A line cut short by a
+crash in the middle of a write leaves the file without its final newline: the next
+append starts a new line first, so that only the torn line is unreadable, not the whole
+line that follows it as well.
 """
 
 from __future__ import annotations
@@ -214,14 +216,32 @@ def append_lines(
         size = os.fstat(descriptor).st_size
         if unless is not None and unless(descriptor, size):
             return None
-        created = size == 0  # files are never truncated
+        created = size == 0
         torn = not created and os.pread(descriptor, 1, size - 1) != b"\n"
-        file.buffer.write((b"\n" if torn else b"") + data)
-        file.buffer.flush()
-        os.fsync(file.fileno())
+        _write_whole(descriptor, (b"\n" if torn else b"") + data, size)
         if created:
             fsync_directory(path.parent)
         return size + torn
+
+
+def _write_whole(descriptor: int, data: bytes, size: int) -> None:
+    """Write ``data`` at the end of a file ``size`` bytes long (under its lock) and fsync
+    it, or leave the file as it was: a write that fails part way (a full disk) is cut
+    back, so that no fragment of a line the caller will store again stays behind as an
+    unreadable line. Written straight to the descriptor: a buffered file would hold the
+    unwritten rest and write it when closed, after the cut."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view) :]
+        os.fsync(descriptor)
+    except OSError:
+        try:
+            os.ftruncate(descriptor, size)
+            os.fsync(descriptor)
+        except OSError as cut:
+            log.warning("could not cut a failed append back", error=str(cut), size=size)
+        raise
 
 
 def _make_directory(path: Path) -> bool:

@@ -116,7 +116,7 @@ class DeadLetter:
         try:
             body = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
         except (ValueError, RecursionError) as error:  # also UnicodeDecodeError
-            raise DeadLetterFormatError(f"not JSON: {error}") from None
+            raise DeadLetterFormatError(f"not JSON: {error}{_cut_short(error)}") from None
         if not isinstance(body, dict):
             raise DeadLetterFormatError(f"{_json_type(body)}, not a letter (a JSON object)")
         packed = body.pop("record_gzip_b64", None)
@@ -247,6 +247,21 @@ def _unpacked(packed: Any) -> Any:
         raise DeadLetterFormatError(f"record_gzip_b64 is not base64 of gzip: {error}") from None
     except (ValueError, RecursionError) as error:
         raise DeadLetterFormatError(f"record_gzip_b64 does not hold JSON: {error}") from None
+
+
+def _cut_short(error: BaseException) -> str:
+    """What an object that ends before it closes is: a letter a crash cut short as it was
+    written. Its writer had not counted it stored, so the change was read again and
+    settled (applied, or dead-lettered in a letter of its own): the line holds nothing
+    else to replay."""
+    if not isinstance(error, json.JSONDecodeError) or not error.doc.lstrip().startswith("{"):
+        return ""
+    if "Unterminated" not in error.msg and error.pos < len(error.doc.rstrip()):
+        return ""
+    return (
+        " (a letter cut short as it was written, by a crash: its change was not counted "
+        "as dead-lettered, and was read again; remove this line by hand)"
+    )
 
 
 def _json_type(value: Any) -> str:

@@ -967,3 +967,21 @@ def test_a_letter_made_again_by_a_repair_is_a_copy_unless_what_it_writes_or_wher
     assert target.put(repair_letter(3_000, value="2"))
     assert target.put(repair_letter(4_000, table="orders-v2"))
     assert target.count() == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "cut"),
+    [
+        ('{"task": "t", "record": {"dynamo', True),
+        ('{"task": "t", "attempts": 1', True),
+        ("not a letter at all", False),
+        ('{"task": "t",, "attempts": 1}', False),
+    ],
+)
+def test_a_letter_cut_short_is_said_to_be_one(text: str, cut: bool) -> None:
+    from replicator.deadletter.entry import DeadLetter, DeadLetterFormatError
+
+    with pytest.raises(DeadLetterFormatError) as unreadable:
+        DeadLetter.from_json(text)
+    assert str(unreadable.value).startswith("not JSON: ")
+    assert ("a letter cut short as it was written" in str(unreadable.value)) is cut

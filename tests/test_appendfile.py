@@ -1,0 +1,38 @@
+"""An append that fails part way (a full disk) leaves the file as it was: its caller stores
+the line again, and a fragment left behind would be an unreadable line for ever after."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from replicator import appendfile
+from replicator.appendfile import append_line
+
+
+def test_an_append_the_disk_fills_during_is_cut_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "letters.jsonl"
+    append_line(path, '{"n": 1}')
+    real_write = os.write
+    calls = []
+
+    def fills_up(descriptor: int, data: bytes | memoryview) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(descriptor, bytes(data)[:5])  # part of the line, then full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(appendfile.os, "write", fills_up)
+    with pytest.raises(OSError, match="No space left"):
+        append_line(path, '{"n": 2, "padding": "' + "x" * 100 + '"}')
+    monkeypatch.setattr(appendfile.os, "write", real_write)
+    assert len(calls) == 2
+    assert path.read_bytes() == b'{"n": 1}\n'
+    # Stored again once there is room: whole, on a line of its own.
+    append_line(path, '{"n": 2}')
+    assert path.read_bytes() == b'{"n": 1}\n{"n": 2}\n'
