@@ -116,7 +116,10 @@ class DeadLetterer:
             return self.target.put(letter)
         except DeadLetterUnavailable as error:
             raise DeadLetterUnavailable(
-                f"the dead letter for {what} could not be stored: {error}"
+                f"the dead letter for {what} could not be stored: {error}; fix the "
+                "dead-letter target (room on its disk and a directory it may write, or its "
+                "queue there and allowed) and run again: nothing from this change on was "
+                "counted as done"
             ) from error
 
     def undecodable(self, raw: RawRecord, error: str) -> None:

@@ -109,6 +109,9 @@ def test_a_dead_letter_directory_replaced_by_a_file_while_running_is_exit_3_and_
         f"{letters} is not a directory"
     ) in last, last
     assert "File exists" not in last
+    # What to do: the target fixed, the job run again (nothing past the change counted).
+    assert "; fix the dead-letter target (room on its disk and a directory it may" in last
+    assert "and run again: nothing from this change on was counted as done" in last, last
     (row,) = job.lease_rows()
     assert not row["checkpoint"]["S"].isdigit()  # never past the change it could not keep
 
