@@ -353,8 +353,9 @@ class RedriveReport:
         total = len(self.replays) + len(self.copies) + len(self.unreadable)
         copies = len(self.copies)
         lines = [
-            f"redrive of {self.target}: {total} letter{'' if total == 1 else 's'}, "
-            f"{self.replayed} replayed{self._lost_text()}, "
+            f"redrive of {self.target}: {total} letter{'' if total == 1 else 's'}"
+            + (" handled before it stopped" if self.ended_early else "")
+            + f", {self.replayed} replayed{self._lost_text()}, "
             f"{self.failed} failed again (kept in the target)"
             + (
                 f", {copies} {'copy' if copies == 1 else 'copies'} of a letter replayed "
@@ -389,7 +390,7 @@ class RedriveReport:
 
     def _rest(self) -> str:
         if self.left is None:
-            return "the rest are still in the target"
+            return "the rest are still in the target (the next redrive takes them up)"
         if self.left == 0:
             # Stopped after its last letter was settled: nothing waits in any file (the
             # target's file may not even be there), only what the replay set aside.

@@ -241,8 +241,9 @@ def test_two_sigterms_stop_a_redrive_whose_letter_the_queue_keeps_throttling(
 
     assert process.returncode == 1, stdout + errors.read_text()
     assert stdout.startswith(
-        f"redrive of SQS queue {queue}: 1 letter, 0 replayed, 1 failed again (kept in the "
-        "target); interrupted"
+        f"redrive of SQS queue {queue}: 1 letter handled before it stopped, 0 replayed, 1 "
+        "failed again (kept in the target); interrupted: the rest are still in the target "
+        "(the next redrive takes them up)"
     ), stdout
     # The letter as it was, visible again at once for the next redrive.
     assert queued(sqs, queue) == (1, 0)

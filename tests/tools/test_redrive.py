@@ -1162,7 +1162,8 @@ def test_a_stop_on_the_last_letter_says_no_letter_is_left(job: Job) -> None:
     assert not job.dead_letters.exists()
     first_line = report.text().splitlines()[0]
     assert first_line == (
-        f"redrive of file {job.dead_letters}: 3 letters, 3 replayed, 0 failed again (kept in "
+        f"redrive of file {job.dead_letters}: 3 letters handled before it stopped, 3 replayed, "
+        "0 failed again (kept in "
         f"the target); interrupted: no letter left (the next redrive removes file {aside} "
         f"and file {aside}.settled, whose lines are all done)"
     ), first_line
@@ -1219,7 +1220,8 @@ def test_a_destination_that_stops_answering_ends_the_redrive_with_exit_3(
     assert unanswered in again.error and proxy.url in again.error
     first_line = report.text().splitlines()[0]
     assert first_line.startswith(
-        f"redrive of file {job.dead_letters}: 2 letters, 1 replayed, 1 failed again (kept in "
+        f"redrive of file {job.dead_letters}: 2 letters handled before it stopped, 1 replayed, "
+        "1 failed again (kept in "
         f"the target); stopped: {unanswered}"
     ), first_line
     assert first_line.endswith(
@@ -1483,7 +1485,8 @@ def test_a_letter_whose_lost_conflict_cannot_be_recorded_is_kept_for_the_next_re
         assert first.returncode == 3, first.stdout + first.stderr
         summary = first.stdout.splitlines()
         assert summary[0].startswith(
-            f"redrive of file {job.dead_letters}: 1 letter, 0 replayed (1 lost its conflict: "
+            f"redrive of file {job.dead_letters}: 1 letter handled before it stopped, 0 replayed "
+            "(1 lost its conflict: "
             f"0 recorded in the conflict log DynamoDB table {table} "
         ), first.stdout
         assert (
