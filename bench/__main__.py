@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import fake_endpoint
+from bench.analysis import positive_count
 from bench.report import REQUIRED_KEYS, machine, summarize, table, verdicts
 from bench.runner import POLICIES, Plan, run_all
 
@@ -34,17 +35,6 @@ from bench.runner import POLICIES, Plan, run_all
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value else default
-
-
-def _positive(text: str) -> int:
-    """A count of 1 or more (argparse names the option and the value it refuses)."""
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-_positive.__name__ = "count of 1 or more"
 
 
 def _listed(
@@ -98,12 +88,12 @@ def _writable(parser: argparse.ArgumentParser, output: Path) -> Path:
 def parse(argv: list[str] | None) -> tuple[Plan, Path]:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", default=_quick_default(parser))
-    parser.add_argument("--runs", type=_positive, default=_env("BENCH_RUNS"))
+    parser.add_argument("--runs", type=positive_count, default=_env("BENCH_RUNS"))
     parser.add_argument("--only", default=_env("BENCH_ONLY"))
     parser.add_argument("--latencies", default=_env("BENCH_LATENCIES"))
     parser.add_argument("--policies", default=_env("BENCH_POLICIES"))
-    parser.add_argument("--max-in-flight", type=_positive, default=_env("BENCH_MAX_IN_FLIGHT"))
-    parser.add_argument("--max-buffered", type=_positive, default=_env("BENCH_MAX_BUFFERED"))
+    parser.add_argument("--max-in-flight", type=positive_count, default=_env("BENCH_MAX_IN_FLIGHT"))
+    parser.add_argument("--max-buffered", type=positive_count, default=_env("BENCH_MAX_BUFFERED"))
     parser.add_argument("--profile", type=Path, default=_env("BENCH_PROFILE"))
     parser.add_argument(
         "--output",
@@ -135,8 +125,8 @@ def _positive_or_error(parser: argparse.ArgumentParser, option: str, value: Any)
     """An environment variable's value (argparse converts only what the command line
     gives) as a count of 1 or more."""
     try:
-        return _positive(str(value))
-    except ValueError:
+        return positive_count(str(value))
+    except argparse.ArgumentTypeError:
         parser.error(f"{option} {value!r}: give a count of 1 or more")
 
 

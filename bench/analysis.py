@@ -9,6 +9,7 @@ replaced counts as applied by the first write of that item after it was created.
 
 from __future__ import annotations
 
+import argparse
 import bisect
 import math
 from collections import defaultdict
@@ -100,3 +101,14 @@ def apply_delays(generated: Sequence[Generated], log: Sequence[LogEntry], ack_s:
         p99_s=percentile(delays, 0.99),
         max_s=max(delays) if delays else math.nan,
     )
+
+
+def positive_count(text: str) -> int:
+    """An option's count of 1 or more: argparse names the option and says what it takes."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"give a count of 1 or more, not {text!r}")
+    return value

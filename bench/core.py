@@ -33,6 +33,7 @@ from typing import Any
 
 import pybase64
 
+from bench.analysis import positive_count
 from bench.workload import Workload, WorkloadSpec
 from replicator.buffer import ChangeBuffer
 from replicator.config.loader import parse_job
@@ -271,13 +272,16 @@ def breakdown(policy: str, records: int, spec: WorkloadSpec) -> dict[str, float]
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="core-only benchmark (no I/O)")
-    parser.add_argument("--policy", default="last_writer_wins")
-    parser.add_argument("--records", type=int, default=50_000)
+    parser.add_argument("--policy", default="last_writer_wins", choices=tuple(CONFLICT))
+    parser.add_argument("--records", type=positive_count, default=50_000, help="records to run")
     parser.add_argument("--shape", default="order", choices=("order", "small"))
     parser.add_argument("--breakdown", action="store_true", help="time each step apart")
     parser.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
     args = parser.parse_args(argv)
     if args.cpu is not None:
+        usable = sorted(os.sched_getaffinity(0))
+        if args.cpu not in usable:
+            parser.error(f"--cpu {args.cpu}: this process may run on CPUs {usable} only")
         os.sched_setaffinity(0, {args.cpu})
     gc.set_threshold(*GC_THRESHOLDS)  # as the processor child runs
     spec = WorkloadSpec(shape=args.shape)

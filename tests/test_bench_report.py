@@ -221,11 +221,11 @@ def test_shards_per_core_is_a_core_over_a_saturated_shards_cpu() -> None:
     [
         (["--only", "nosuch"], "--only 'nosuch': 'nosuch' is not one of ceiling, core"),
         (["--only", ""], "--only '': '' is not one of"),
-        (["--runs", "0"], "argument --runs: invalid count of 1 or more value: '0'"),
+        (["--runs", "0"], "argument --runs: give a count of 1 or more, not '0'"),
         (["--latencies", "-5"], "--latencies '-5': give milliseconds from 0"),
         (["--latencies", "abc"], "--latencies 'abc': give milliseconds from 0"),
         (["--policies", "nosuch"], "--policies 'nosuch': 'nosuch' is not one of last_writer_wins"),
-        (["--max-in-flight", "-3"], "argument --max-in-flight: invalid count of 1 or more"),
+        (["--max-in-flight", "-3"], "argument --max-in-flight: give a count of 1 or more"),
         (["--output", "/nonexistent/dir/r.json"], "its directory /nonexistent/dir does not exist"),
     ],
 )
@@ -258,3 +258,23 @@ def test_an_output_that_is_a_directory_is_refused(
     plan, output = parse(["--output", str(tmp_path / "r.json"), "--only", "core,host"])
     assert (plan.runs, plan.scenarios, output) == (1, ("core", "host"), tmp_path / "r.json")
     assert list(tmp_path.iterdir()) == []  # the probe of the place left nothing
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--records", "0"], "argument --records: give a count of 1 or more, not '0'"),
+        (["--policy", "nosuch"], "argument --policy: invalid choice: 'nosuch'"),
+        (["--cpu", "4096"], "--cpu 4096: this process may run on CPUs"),
+    ],
+)
+def test_the_core_scenarios_bad_options_are_usage_errors(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They ran 1,000 records instead, or ended in a traceback (exit 1)."""
+    from bench.core import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(argv)
+    assert refused.value.code == 2
+    assert said in capsys.readouterr().err
