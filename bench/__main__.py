@@ -86,7 +86,11 @@ def _writable(parser: argparse.ArgumentParser, output: Path) -> Path:
 
 
 def parse(argv: list[str] | None) -> tuple[Plan, Path]:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the docstring's table
+    )
     parser.add_argument("--quick", action="store_true", default=_quick_default(parser))
     parser.add_argument("--runs", type=positive_count, default=_env("BENCH_RUNS"))
     parser.add_argument("--only", default=_env("BENCH_ONLY"))
