@@ -284,6 +284,14 @@ class FileDeadLetters:
                 file.close()
 
     def _claim_all(self) -> Generator[Claimed | Unreadable, None, None]:
+        for left in self._aside_files():
+            # Said, so that counts below the file's letters are not a mystery: an earlier
+            # redrive stopped (killed, interrupted) part way through these.
+            log.warning(
+                "taking up the letters an earlier redrive set aside and did not finish",
+                aside=str(left),
+                lines_already_done=len(_settled(left)),
+            )
         with locked_file(self.path, create=False) as file:
             if file is not None:
                 real = self._real_path()

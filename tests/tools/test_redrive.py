@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+import structlog.testing
 
 from replicator.appendfile import unwritable_hint
 from replicator.config.loader import load_job
@@ -1048,10 +1050,14 @@ def test_an_interrupted_redrive_says_how_many_letters_it_kept_and_the_next_takes
         f"file {aside} (the next redrive takes them up)"
     )
     assert get(job, 0, items[0]) is None
-    again = Redrive(load_job(job.path)).run()
+    with structlog.testing.capture_logs() as logs:
+        again = Redrive(load_job(job.path)).run()
     assert (again.replayed, again.exit_code) == (3, 0)
     assert [get(job, 0, item) for item in items] == items
     assert target.count() == 0
+    # The letters an earlier redrive left are said to be taken up, not a silent resume.
+    (taken,) = [e for e in logs if e["event"].startswith("taking up the letters")]
+    assert (taken["aside"], taken["lines_already_done"]) == (str(aside), 0)
 
 
 def test_a_destination_refusing_every_writes_credentials_exits_3_and_keeps_the_letters(
