@@ -200,6 +200,13 @@ class BackfillResult:
         dead-lettered, and a second run must not report a copy that lacks them as done."""
         return 0 if self.complete and self.overall.dead_lettered == 0 else 1
 
+    def _count(self, name: str) -> str:
+        """A count over every run of this copy; a resumed one's own share beside it."""
+        overall = getattr(self.overall, name)
+        if not self.resumed or self.already_complete:
+            return str(overall)
+        return f"{overall} ({getattr(self.this_run, name)} this run)"
+
     def summary(self) -> str:
         if self.already_complete:
             state = "already complete; nothing to do (--restart copies again)"
@@ -217,15 +224,15 @@ class BackfillResult:
             )
         lines += [
             f"  items scanned:      {self.overall.scanned} ({self.this_run.scanned} this run)",
-            f"  writes applied:     {self.overall.applied}",
-            f"  already equal:      {self.overall.equal} (the destination held the same item)",
-            f"  kept by the policy: {self.overall.kept} (the destination's item"
+            f"  writes applied:     {self._count('applied')}",
+            f"  already equal:      {self._count('equal')} (the destination held the same item)",
+            f"  kept by the policy: {self._count('kept')} (the destination's item"
             f"{', or a delete recorded there,' if self.tombstones else ''} ranks higher)",
-            f"  left as they were:  {self.overall.left} (existing items a copy does not "
+            f"  left as they were:  {self._count('left')} (existing items a copy does not "
             "overwrite: under overwrite or custom, or without the ordering attribute; run "
             "`replicator verify --repair` to compare them)",
-            f"  copies undone:      {self.overall.undone} (deleted at the source meanwhile)",
-            f"  dead-lettered:      {self.overall.dead_lettered}"
+            f"  copies undone:      {self._count('undone')} (deleted at the source meanwhile)",
+            f"  dead-lettered:      {self._count('dead_lettered')}"
             + (
                 f" (and {self.unsaved_dead_lettered} in pages not finished, which the next "
                 "run copies again)"

@@ -173,6 +173,9 @@ def test_an_interrupted_backfill_resumes_where_each_segment_stopped(job: Job) ->
     # Every item was scanned exactly once over the two runs: nothing was read twice.
     assert sum(int(rows[n]["scanned"]["N"]) for n in (0, 1)) == 120
     assert f"items scanned:      120 ({120 - scanned_first} this run)" in second.stdout
+    # Every count is the whole copy's, this run's share beside it (2 destinations).
+    assert f"writes applied:     240 ({2 * (120 - scanned_first)} this run)" in second.stdout
+    assert "copies undone:      0 (0 this run)" in second.stdout
     assert job.converged()
 
     again = cli(job, "backfill")
