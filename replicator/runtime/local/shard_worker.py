@@ -362,7 +362,12 @@ class ShardWorker(threading.Thread):
                     error=str(error),
                     restarts=self.progress.restarts,
                 )
-                ours, fresh = self._held.is_ours(self._held.read)
+                try:
+                    ours, fresh = self._held.is_ours(self._held.read)
+                except (ClientError, BotoCoreError):
+                    if self.stopping.is_set():
+                        return  # a lease unreadable as the stop began: not a failure
+                    raise
                 if fresh is None or not ours:
                     raise LeaseLost(
                         f"shard {self.shard_id}: lease gone while restarting: taken over by "
@@ -445,7 +450,14 @@ class ShardWorker(threading.Thread):
                         self._read_to = highest
                 if self.lease.checkpoint == LATEST and self._first_delivered is None:
                     self._first_delivered = batch[0]["sequenceNumber"]
-            self._held.check()
+            try:
+                self._held.check()
+            except (ClientError, BotoCoreError):
+                # Read again and again while the lease table fails, until the stop: the
+                # stop's own check (ours_at_stop) decides, as for any stop.
+                if self.stopping.is_set():
+                    raise _Stopping from None
+                raise
             self._answered(child, batch, millis_behind)
             if batch:
                 self.progress.records_delivered += len(batch)

@@ -1785,3 +1785,91 @@ def test_the_runtimes_last_line_tells_a_shard_at_latest_apart(watermark: bool) -
     assert ("watermark reports them as never read" in lost["event"]) is watermark
     assert lost["not_replicated"] == ["b"]
     assert lost["log_level"] == "warning"
+
+
+class _DownLeases:
+    """A lease table that throttles every read, as one failing when a stop comes."""
+
+    owner = "me"
+
+    @staticmethod
+    def _throttled() -> ClientError:
+        return ClientError(
+            {
+                "Error": {"Code": "ThrottlingException", "Message": "slow down"},
+                "ResponseMetadata": {"HTTPStatusCode": 400},
+            },
+            "GetItem",
+        )
+
+    def get(self, shard_id: str) -> Any:
+        raise self._throttled()
+
+    def get_settled(self, shard_id: str, held: Any = None) -> Any:
+        raise self._throttled()
+
+    def checkpoint(self, lease: Lease, checkpoint: str, sub: int = 0) -> Lease:
+        lease.checkpoint = checkpoint
+        return lease
+
+    def release(self, lease: Lease) -> None:
+        raise self._throttled()
+
+
+class _LosingChild(StandInChild):
+    """Checkpoints nothing, and notes being told its lease is lost."""
+
+    told_lost = False
+
+    def process_records(self, records: list[dict[str, Any]], millis_behind: int | None) -> None:
+        self.batches.append(records)
+
+    def lease_lost(self, timeout: float | None = None) -> None:
+        self.told_lost = True
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_lease_table_failing_as_the_stop_begins_is_a_lost_lease_not_a_failure() -> None:
+    """The worker reads its lease before each batch once renewals have not confirmed it
+    (the table throttles); a stop during those retries ended the worker with the
+    throttling error, the run with exit 1 and the processor killed. It is the stop's
+    case of an unreadable lease: counted lost, the processor told so, exit 0."""
+    import itertools
+
+    from replicator.runtime.local.runtime import LocalRuntime
+
+    lease = Lease("shard-1", "me", 1, "TRIM_HORIZON")
+    stop = threading.Event()
+    stream = ScriptedStream(
+        [
+            {"Records": [record(1)], "NextShardIterator": "a"},
+            {"Records": [record(2)], "NextShardIterator": "b"},
+        ],
+        stop,
+    )
+    stream.closed = False
+    ticks = itertools.count(0, 5)  # 5 s a call: past 2/3 of a 6 s lease at once
+    settings = ShardSettings("arn", 100, 0.0, OnTrimmedData.FAIL, lease_expiry_s=6.0)
+    children: list[_LosingChild] = []
+
+    def new_child(shard_id: str, on_checkpoint: Any) -> Any:
+        children.append(_LosingChild(on_checkpoint))
+        return children[-1]
+
+    worker = ShardWorker(
+        lease, _DownLeases(), stream, settings, new_child, stop, monotonic=lambda: next(ticks)
+    )
+    threading.Timer(1.0, stop.set).start()
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert worker.error is None, worker.error
+    assert children[-1].told_lost
+    assert worker.left_at_stop == ("TRIM_HORIZON", "1")
+    runtime = object.__new__(LocalRuntime)
+    runtime.stopping, runtime.failure, runtime._stop_asked_at = stop, None, None
+    runtime.workers = {"shard-1": worker}
+    runtime._shut_down()
+    assert runtime.failure is None
