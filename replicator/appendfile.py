@@ -235,7 +235,7 @@ def _write_whole(descriptor: int, data: bytes, size: int) -> None:
         while view:
             view = view[os.write(descriptor, view) :]
         os.fsync(descriptor)
-    except OSError:
+    except BaseException:  # a full disk; also a stop between two partial writes
         try:
             os.ftruncate(descriptor, size)
             os.fsync(descriptor)

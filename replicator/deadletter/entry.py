@@ -116,7 +116,7 @@ class DeadLetter:
         try:
             body = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
         except (ValueError, RecursionError) as error:  # also UnicodeDecodeError
-            raise DeadLetterFormatError(f"not JSON: {error}{_cut_short(error)}") from None
+            raise DeadLetterFormatError(f"not JSON: {error}") from None
         if not isinstance(body, dict):
             raise DeadLetterFormatError(f"{_json_type(body)}, not a letter (a JSON object)")
         packed = body.pop("record_gzip_b64", None)
@@ -249,18 +249,31 @@ def _unpacked(packed: Any) -> Any:
         raise DeadLetterFormatError(f"record_gzip_b64 does not hold JSON: {error}") from None
 
 
-def _cut_short(error: BaseException) -> str:
-    """What an object that ends before it closes is: a letter a crash cut short as it was
-    written. Its writer had not counted it stored, so the change was read again and
-    settled (applied, or dead-lettered in a letter of its own): the line holds nothing
-    else to replay."""
-    if not isinstance(error, json.JSONDecodeError) or not error.doc.lstrip().startswith("{"):
+def cut_short_note(line: bytes) -> str:
+    """What a file's line that is an object ending before it closes most likely is: a
+    letter a crash cut short as it was written (a full disk's are cut back), whose
+    writer had not counted it stored, so the change was read again. A line edited by
+    hand can look the same, and is a letter to repair, not remove: the note says both."""
+    try:
+        json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        # A tear inside a character: the undecodable bytes at the very end.
+        ends_torn = error.end >= len(line.rstrip()) and "unexpected end" in error.reason
+        if not (ends_torn and line.lstrip().startswith(b"{")):
+            return ""
+    except json.JSONDecodeError as error:
+        if not error.doc.lstrip().startswith("{"):
+            return ""
+        if "Unterminated" not in error.msg and error.pos < len(error.doc.rstrip()):
+            return ""
+    except (ValueError, RecursionError):
         return ""
-    if "Unterminated" not in error.msg and error.pos < len(error.doc.rstrip()):
+    else:
         return ""
     return (
-        " (a letter cut short as it was written, by a crash: its change was not counted "
-        "as dead-lettered, and was read again; remove this line by hand)"
+        " (most likely a letter cut short by a crash as it was written: its change was "
+        "not counted as dead-lettered and was read again, so remove the line; if it was "
+        "edited by hand, repair it instead: removing it drops that change)"
     )
 
 

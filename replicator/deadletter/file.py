@@ -57,7 +57,7 @@ import structlog
 
 from replicator.appendfile import append_line, fsync_directory, locked_file, same_file
 from replicator.deadletter.base import Claimed, Unreadable
-from replicator.deadletter.entry import DeadLetter
+from replicator.deadletter.entry import DeadLetter, cut_short_note
 from replicator.exceptions import (
     DeadLetterFormatError,
     DeadLetterUnavailable,
@@ -308,7 +308,8 @@ class FileDeadLetters:
                     try:
                         letter = DeadLetter.from_json(line)
                     except DeadLetterFormatError as error:
-                        yield self._keep_unreadable(aside_file, number, line, str(error))
+                        said = f"{error}{cut_short_note(line)}"
+                        yield self._keep_unreadable(aside_file, number, line, said)
                         continue
                     yield Claimed(letter, receipt=f"{aside_file}:{number}", raw=line)
             aside_file.unlink()

@@ -848,7 +848,7 @@ def test_a_file_holding_only_an_unreadable_letter_is_not_reported_empty(job: Job
     # The summary names where it is now, for a person to repair: the aside file is gone.
     assert f"  unreadable    {job.dead_letters} line 1: not JSON" in result.stdout
     # Said to be a letter a crash cut short, whose change was read again.
-    assert "(a letter cut short as it was written, by a crash:" in result.stdout
+    assert "(most likely a letter cut short by a crash as it was written:" in result.stdout
     assert job.dead_letters.read_text() == torn + "\n"
 
 
