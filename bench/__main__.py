@@ -162,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print("benchmarks: interrupted; no results written", file=sys.stderr)
         return 130
+    except Exception:
+        # A call to an endpoint that had just died failed before its watch spoke.
+        if fake_endpoint.GONE:
+            print(f"benchmarks: {fake_endpoint.GONE[0]}; no results written", file=sys.stderr)
+            return 1
+        raise
     duration_s = round(time.time() - started, 1)
     summary = summarize(runs)
     rows = verdicts(summary)

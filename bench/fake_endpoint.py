@@ -316,7 +316,9 @@ class EndpointControl:
     def __init__(self, url: str, process: subprocess.Popen[str] | None = None) -> None:
         self.url = url
         self.process = process
-        self._stopping = False
+        self._stopping = False  # stop() was called: the main thread is no longer waiting
+        self._terminating = False  # stop() ended the endpoint itself
+        self._watcher: threading.Thread | None = None
 
     def watch(self) -> None:
         """Interrupt the main thread (SIGINT) if the endpoint ends before :meth:`stop`:
@@ -332,12 +334,14 @@ class EndpointControl:
         def wait() -> None:
             said = process.stdout.read() if process.stdout is not None else ""
             code = process.wait()
-            if self._stopping or "stopped by SIGINT" in said:
+            if self._terminating or "stopped by SIGINT" in said:
                 return
             GONE.append(f"the fake endpoint (pid {process.pid}) exited with status {code}")
-            signal.pthread_kill(main, signal.SIGINT)
+            if not self._stopping:  # else the main thread is already on its way out
+                signal.pthread_kill(main, signal.SIGINT)
 
-        threading.Thread(target=wait, daemon=True, name="endpoint-watch").start()
+        self._watcher = threading.Thread(target=wait, daemon=True, name="endpoint-watch")
+        self._watcher.start()
 
     @classmethod
     def start(cls, **settings: Any) -> EndpointControl:
@@ -385,7 +389,12 @@ class EndpointControl:
 
     def stop(self) -> None:
         self._stopping = True
-        if self.process is not None and self.process.poll() is None:
+        if self.process is not None and self.process.poll() is not None:
+            # Ended before the stop (a call to it failed first): its watch says why.
+            if self._watcher is not None:
+                self._watcher.join(timeout=5)
+        elif self.process is not None:
+            self._terminating = True
             self.process.terminate()
             try:
                 self.process.wait(timeout=10)
