@@ -49,6 +49,7 @@ class HeldLease:
     # When (``monotonic``) a renewal or a checkpoint last showed the lease ours.
     _confirmed_at: float = field(init=False)
     taken: bool = field(default=False, init=False)  # the runtime found it renewed by another
+    release_tried: bool = field(default=False, init=False)  # given up, or tried to
 
     def __post_init__(self) -> None:
         self._confirmed_at = self.monotonic()
@@ -182,6 +183,7 @@ class HeldLease:
         checkpoint is already stored, so failing here must not turn a clean stop into an
         error.
         """
+        self.release_tried = True
         for attempt in range(4):
             try:
                 self.leases.release(self.lease)

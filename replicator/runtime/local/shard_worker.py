@@ -285,6 +285,10 @@ class ShardWorker(threading.Thread):
                 self._held.release()
             if self.error is None:
                 self._note_left_behind()
+                if not (self._held.taken or self._held.release_tried or self.progress.ended):
+                    # Stopped between processors (a restart's pause): the checkpoint is
+                    # the one stored; let another worker take the shard at once.
+                    self._held.release()
 
     # -- main loop ------------------------------------------------------------------------
 

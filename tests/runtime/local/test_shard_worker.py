@@ -1873,3 +1873,23 @@ def test_a_lease_table_failing_as_the_stop_begins_is_a_lost_lease_not_a_failure(
     runtime.workers = {"shard-1": worker}
     runtime._shut_down()
     assert runtime.failure is None
+
+
+def test_a_stop_during_a_restarts_pause_releases_the_lease(leases: LeaseTable) -> None:
+    """The processor failed and the stop came while the worker waited to start the next:
+    the lease, whose checkpoint is the one stored, is given up at once, as at any clean
+    stop, instead of being left to expire after the failover time."""
+    stop = threading.Event()
+
+    class FailsThenStops(UnsettledChild):
+        def process_records(self, records: list[dict[str, Any]], millis_behind: int | None) -> None:
+            if records:
+                stop.set()  # the stop arrives as the processor dies
+                raise ChildFailed("stand-in child exited with status 1")
+
+    script = [{"Records": [record(1)], "NextShardIterator": "x"}]
+    worker, _, children = run_worker(leases, script, child_type=FailsThenStops, stop=stop)
+    assert worker.error is None
+    assert len(children) == 1  # no processor after the pause: the stop came first
+    assert worker.left_at_stop == ("TRIM_HORIZON", "1")
+    assert leases.get("shard-1").owner is None  # type: ignore[union-attr]
