@@ -154,20 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         runs = run_all(plan, say)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Exception) as error:
         # The scenarios' processes end as the parent closes their input; results are
-        # written only at the end, so the last run's file is as it was.
+        # written only at the end, so the last run's file is as it was. An endpoint that
+        # died is said whichever came first: its watch's interrupt, or a failed call.
         if fake_endpoint.GONE:
             print(f"benchmarks: {fake_endpoint.GONE[0]}; no results written", file=sys.stderr)
             return 1
+        if not isinstance(error, KeyboardInterrupt):
+            raise
         print("benchmarks: interrupted; no results written", file=sys.stderr)
         return 130
-    except Exception:
-        # A call to an endpoint that had just died failed before its watch spoke.
-        if fake_endpoint.GONE:
-            print(f"benchmarks: {fake_endpoint.GONE[0]}; no results written", file=sys.stderr)
-            return 1
-        raise
     duration_s = round(time.time() - started, 1)
     summary = summarize(runs)
     rows = verdicts(summary)

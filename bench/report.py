@@ -274,12 +274,15 @@ def _core_vs_json(core: list[dict[str, Any]]) -> dict[str, float]:
     if not preferred:
         return {}
 
-    def parts(run: dict[str, Any]) -> tuple[float, float]:
-        cpu = float(run.get("core_cpu_us_per_record", run.get("cpu_us_per_record", 0.0)))
-        return cpu, float(run["json_loads_us_per_record"])
-
-    ranked = sorted(preferred, key=lambda run: parts(run)[0] / parts(run)[1])
-    cpu, loads = parts(ranked[(len(ranked) - 1) // 2])
+    pairs = [
+        (
+            float(run.get("core_cpu_us_per_record", run.get("cpu_us_per_record", 0.0))),
+            float(run["json_loads_us_per_record"]),
+        )
+        for run in preferred
+    ]
+    ranked = sorted(pairs, key=lambda pair: pair[0] / pair[1])
+    cpu, loads = ranked[(len(ranked) - 1) // 2]
     return {
         "json_loads_us_per_record": loads,
         "core_cpu_us_per_record": cpu,

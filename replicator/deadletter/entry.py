@@ -254,27 +254,25 @@ def cut_short_note(line: bytes) -> str:
     letter a crash cut short as it was written (a full disk's are cut back), whose
     writer had not counted it stored, so the change was read again. A line edited by
     hand can look the same, and is a letter to repair, not remove: the note says both."""
-    try:
-        json.loads(line.decode("utf-8"))
-    except UnicodeDecodeError as error:
-        # A tear inside a character: the undecodable bytes at the very end.
-        ends_torn = error.end >= len(line.rstrip()) and "unexpected end" in error.reason
-        if not (ends_torn and line.lstrip().startswith(b"{")):
-            return ""
-    except json.JSONDecodeError as error:
-        if not error.doc.lstrip().startswith("{"):
-            return ""
-        if "Unterminated" not in error.msg and error.pos < len(error.doc.rstrip()):
-            return ""
-    except (ValueError, RecursionError):
-        return ""
-    else:
+    if not (line.lstrip().startswith(b"{") and _ends_before_it_closes(line)):
         return ""
     return (
         " (most likely a letter cut short by a crash as it was written: its change was "
         "not counted as dead-lettered and was read again, so remove the line; if it was "
         "edited by hand, repair it instead: removing it drops that change)"
     )
+
+
+def _ends_before_it_closes(line: bytes) -> bool:
+    try:
+        json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as error:  # a tear inside a character, at the very end
+        return "unexpected end" in error.reason and error.end >= len(line.rstrip())
+    except json.JSONDecodeError as error:
+        return "Unterminated" in error.msg or error.pos >= len(error.doc.rstrip())
+    except (ValueError, RecursionError):
+        return False
+    return False
 
 
 def _json_type(value: Any) -> str:

@@ -332,6 +332,8 @@ def rate_line(changes: int, elapsed_s: float, asked: float) -> str:
 # The write outcomes the progress shows per destination, in its columns' order.
 _SHOWN_OUTCOMES = ("applied", "conflict_lost", "dead_lettered")
 UNKNOWN = "-"
+# A metric sample as the runtime's metrics server gives it: name, labels, value.
+Sample = tuple[str, dict[str, str], float]
 
 
 def _figures(stats: dict[str, float]) -> tuple[str, str, str, str]:
@@ -650,18 +652,18 @@ class _Demo:
                 self.console.print(line)
         return converged
 
-    def _samples(self, runtime: LocalRuntime) -> list[tuple[str, dict[str, str], float]]:
+    def _samples(self, runtime: LocalRuntime) -> list[Sample]:
         server = runtime.metrics_server  # the demo reads its own runtime's metrics
         return server.samples() if server is not None else []
 
-    def _per_destination(self, runtime: LocalRuntime) -> dict[str, dict[str, float]]:
+    def _per_destination(self, samples: list[Sample]) -> dict[str, dict[str, float]]:
         """Each destination's write outcomes and largest lag, from the series there are.
 
         A figure without its series is unknown, and left out: metrics may be off, or no
         processor has reported on that destination yet. A destination with any series has
         reported: an outcome counter it lacks is one not counted yet, 0."""
         stats: dict[str, dict[str, float]] = {label: {} for label in self.destinations}
-        for name, labels, value in self._samples(runtime):
+        for name, labels, value in samples:
             label = labels.get("destination")
             if label not in stats:
                 continue
@@ -672,10 +674,10 @@ class _Demo:
                 stats[label]["lag"] = max(stats[label].get("lag", 0.0), value)
         return stats
 
-    def _squashed(self, runtime: LocalRuntime) -> str:
+    def _squashed(self, samples: list[Sample]) -> str:
         """Changes replaced by a later change to their item before they were written: read
         but never counted under a destination's outcomes, so read exceeds applied."""
-        counts = [v for n, _, v in self._samples(runtime) if n == "replicator_squashed_total"]
+        counts = [v for n, _, v in samples if n == "replicator_squashed_total"]
         if not counts:
             return UNKNOWN
         self._shown_squashed = True
@@ -683,10 +685,11 @@ class _Demo:
 
     def _view(self, runtime: LocalRuntime, workload: Workload, started: float) -> Table:
         progress = runtime.progress()
+        samples = self._samples(runtime)  # collected once a refresh
         read = sum(p.records_delivered for p in progress)
         title = (
             f"{time.monotonic() - started:5.1f}s  source changes {workload.stats.total}  "
-            f"stream records read {read}  squashed {self._squashed(runtime)}  "
+            f"stream records read {read}  squashed {self._squashed(samples)}  "
             f"shards {len(progress)}"
         )
         table = Table(title=title, title_justify="left")
@@ -695,19 +698,20 @@ class _Demo:
         table.add_column("destination", overflow="fold")
         for column in ("applied", "lost conflict", "dead-lettered", "lag (s)"):
             table.add_column(column, justify="right")
-        for label, stats in self._per_destination(runtime).items():
+        for label, stats in self._per_destination(samples).items():
             table.add_row(label, *_figures(stats))
         return table
 
     def _line(self, runtime: LocalRuntime, workload: Workload, started: float) -> str:
         progress = runtime.progress()
+        samples = self._samples(runtime)  # collected once a line
         parts = [
             f"{time.monotonic() - started:5.1f}s",
             f"source changes {workload.stats.total}",
             f"read {sum(p.records_delivered for p in progress)}",
-            f"squashed {self._squashed(runtime)}",
+            f"squashed {self._squashed(samples)}",
         ]
-        for label, stats in self._per_destination(runtime).items():
+        for label, stats in self._per_destination(samples).items():
             applied, lost, dead, lag = _figures(stats)
             lag += "s" if "lag" in stats else ""
             parts.append(
@@ -717,7 +721,7 @@ class _Demo:
 
     def _caught_up(self, runtime: LocalRuntime) -> bool:
         """Every destination's lag known, and 0: an unknown one is never caught up."""
-        stats = self._per_destination(runtime)
+        stats = self._per_destination(self._samples(runtime))
         return all(s.get("lag") == 0.0 for s in stats.values())
 
     def _differences(self) -> dict[str, list[Any]]:

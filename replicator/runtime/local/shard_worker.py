@@ -279,16 +279,14 @@ class ShardWorker(threading.Thread):
         finally:
             if self.child is not None:
                 self.child.kill()
-            if self.error is not None and not isinstance(self.error, LeaseLost):
-                # The child is gone and the checkpoint is the last one it stored: let
-                # another worker take the shard at once rather than after the failover.
-                self._held.release()
             if self.error is None:
                 self._note_left_behind()
-                if not (self._held.taken or self._held.release_tried or self.progress.ended):
-                    # Stopped between processors (a restart's pause): the checkpoint is
-                    # the one stored; let another worker take the shard at once.
-                    self._held.release()
+            lost = self._held.taken or isinstance(self.error, LeaseLost)
+            if not (lost or self._held.release_tried or self.progress.ended):
+                # The child is gone (a failure, or a stop between processors) and the
+                # checkpoint is the last one it stored: let another worker take the shard
+                # at once rather than after the failover.
+                self._held.release()
 
     # -- main loop ------------------------------------------------------------------------
 
