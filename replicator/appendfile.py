@@ -142,6 +142,9 @@ def _why_not_appendable(path: Path) -> str | None:
     kind = not_a_regular_file(path)
     if kind is not None:
         return f"it is {kind}, not a regular file: name a file of its own"
+    dangling = dangling_link(path)
+    if dangling is not None:
+        return dangling
     directory = path.parent
     blocking = file_in_the_way(path)
     if blocking is not None:
@@ -155,26 +158,53 @@ def _why_not_appendable(path: Path) -> str | None:
         return (
             f"cannot create the directory {directory}: {error.strerror or error}{unwritable_hint()}"
         )
-    try:
-        if path.exists():
+    if path.exists():
+        try:
             # Not blocking: a FIFO put at the path since the check above gives ENXIO (no
             # reader) or is found by its mode below, instead of a wait for a reader.
             descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_NOCTTY)
-            try:
-                if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-                    return "it is not a regular file: name a file of its own"
-            finally:
-                os.close(descriptor)
-        else:
-            # Named after the file, unless that would make a name too long where the
-            # file's own is not (mkstemp adds eight characters).
-            prefix = f".{path.name}." if len(os.fsencode(path.name)) < 240 else "."
-            descriptor, name = tempfile.mkstemp(dir=directory, prefix=prefix)
+        except OSError as error:
+            # The file's own mode, owner or flags: its directory may be writable.
+            return (
+                f"the file cannot be opened for appending: {error.strerror or error}"
+                f"{unwritable_hint()}"
+            )
+        try:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                return "it is not a regular file: name a file of its own"
+        finally:
             os.close(descriptor)
-            os.unlink(name)
+        return None
+    # A link to nothing yet: appending creates the file it names, in that directory.
+    where = Path(os.path.realpath(path)).parent if path.is_symlink() else directory
+    try:
+        # Named after the file, unless that would make a name too long where the
+        # file's own is not (mkstemp adds eight characters).
+        prefix = f".{path.name}." if len(os.fsencode(path.name)) < 240 else "."
+        descriptor, name = tempfile.mkstemp(dir=where, prefix=prefix)
+        os.close(descriptor)
+        os.unlink(name)
     except OSError as error:
-        return f"cannot write in {directory}: {error.strerror or error}{unwritable_hint()}"
+        return f"cannot write in {where}: {error.strerror or error}{unwritable_hint()}"
     return None
+
+
+def dangling_link(path: Path) -> str | None:
+    """Why a symbolic link to nothing cannot take lines (None: it is no such link, or the
+    directory it points into exists, where the first append creates the file). Appending
+    creates the missing directory of the link, not of its target: a link into a volume
+    not mounted would stop the job at its first line, and creating that directory on
+    the host's own disk would hide the volume's absence."""
+    if not path.is_symlink() or path.exists():
+        return None
+    target = Path(os.path.realpath(path))
+    if target.parent.is_dir():
+        return None
+    return (
+        f"it is a symbolic link to {os.readlink(path)}, and the directory {target.parent} "
+        "it points into does not exist (a volume not mounted?): mount or create it, or "
+        "name another file"
+    )
 
 
 def append_line(

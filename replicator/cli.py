@@ -23,7 +23,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 import click
 from click.core import ParameterSource
 
-from replicator.config.loader import load_job
+from replicator.config.loader import job_file_path, load_job
 from replicator.config.model import LogFormat, ResolvedJob, RuntimeKind, WriterConfig
 from replicator.entry import interrupted, outcome_decided
 from replicator.exceptions import KeySyntaxError, OperatorError, SinceSyntaxError
@@ -394,7 +394,7 @@ def processor(config_path: Path) -> None:
     # Under `replicator run`, the config is the run's copy of the job file: messages name
     # the operator's file instead.
     named = os.environ.get(JOB_FILE_ENV) or None
-    sys.exit(serve_daemon(load_job(config_path.resolve(), named=named)))
+    sys.exit(serve_daemon(load_job(job_file_path(config_path), named=named)))
 
 
 @cli.command()

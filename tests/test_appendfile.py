@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,3 +37,24 @@ def test_an_append_the_disk_fills_during_is_cut_back(
     # Stored again once there is room: whole, on a line of its own.
     append_line(path, '{"n": 2}')
     assert path.read_bytes() == b'{"n": 1}\n{"n": 2}\n'
+
+
+def test_a_dead_letter_file_that_cannot_be_opened_is_named_not_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start's check said "cannot write in DIRECTORY" when the file itself refused
+    (its mode, owner or immutable flag), sending the operator to a directory that was
+    fine."""
+    letters = tmp_path / "letters.jsonl"
+    letters.write_text("")
+    real_open = os.open
+
+    def refusing(path: Any, flags: int, *args: Any) -> int:
+        if Path(path) == letters:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", refusing)
+    assert appendfile.why_not_appendable(letters) == (
+        "the file cannot be opened for appending: Permission denied"
+    )

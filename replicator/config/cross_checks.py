@@ -1098,12 +1098,12 @@ def disk_checks(job: JobConfig, *, directories_only: bool = False) -> Problems:
     opening would wait on for ever, ``/dev/null``, which keeps nothing) or a path no
     file can have (a name too long, a directory to make where a file is), each of which
     ``run`` refuses at start."""
-    from replicator.appendfile import file_in_the_way, not_a_regular_file, unusable
+    from replicator.appendfile import dangling_link, file_in_the_way, not_a_regular_file, unusable
 
     problems: Problems = []
     for where, what, path in _job_files(job):
         kind = None if directories_only else not_a_regular_file(path)
-        problem = None if directories_only else unusable(path)
+        problem = None if directories_only else unusable(path) or dangling_link(Path(path))
         blocking = None if directories_only else file_in_the_way(path)
         if blocking is not None:
             shown = os.path.abspath(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import errno
 import math
 import os
 import re
@@ -812,6 +813,18 @@ def _without(value: Mapping[str, Any], invalid: set[str]) -> JobConfig | None:
         )
     except ValidationError:
         return None
+
+
+def job_file_path(path: Path) -> Path:
+    """``path`` made absolute with its links followed, as the commands name the job in
+    their logs; a loop of symbolic links is the job file's problem (exit 2), as reading
+    it says, where Python 3.11's ``resolve`` raised a RuntimeError (a traceback, exit 1)."""
+    try:
+        return path.resolve()
+    except RuntimeError:
+        raise ConfigError(f"{path}: cannot read job file: {os.strerror(errno.ELOOP)}") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read job file: {error.strerror or error}") from None
 
 
 def load_job(

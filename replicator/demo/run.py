@@ -33,7 +33,7 @@ from rich.table import Table
 
 from replicator import logs
 from replicator.aws import clients
-from replicator.config.loader import load_job
+from replicator.config.loader import job_file_path, load_job
 from replicator.config.model import ResolvedJob, RuntimeKind
 from replicator.demo import tables
 from replicator.demo.endpoint import EmbeddedEndpoint
@@ -149,7 +149,7 @@ def run_demo(config_path: Path, options: DemoOptions, console: Console | None = 
             signal.signal(stop_signal, _interrupt)
         url = endpoint.start()
         _private_environment(url)
-        resolved = load_job(config_path.resolve())
+        resolved = load_job(job_file_path(config_path))
         problem = (
             off_endpoint(resolved, url) or off_directory(resolved) or Stamps.problem(resolved.job)
         )

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from replicator import entry, logs
-from replicator.config.loader import load_job, refuse_directory
+from replicator.config.loader import job_file_path, load_job, refuse_directory
 from replicator.config.model import ResolvedJob
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ def load(config_path: Path, *, writes: bool = True) -> ResolvedJob:
     """The job, logging as it asks; ``writes``: the command plans writes, so its custom
     resolvers must load (a ConfigError, exit 2, when one does not)."""
     with logs.HeldPrints() as imported:  # a resolver's prints: logged as the job says
-        resolved = load_job(config_path.resolve(), resolvers=writes)
+        resolved = load_job(job_file_path(config_path), resolvers=writes)
     try:
         logs.configure(resolved.job.logging.level, resolved.job.logging.format.value)
         logs.bind_everywhere(job=str(resolved.path), task=resolved.task_name)

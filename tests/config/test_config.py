@@ -461,6 +461,24 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    "command", ["validate", "run", "verify", "backfill", "redrive", "conflicts", "processor"]
+)
+def test_a_job_file_in_a_loop_of_symbolic_links_is_refused_as_the_job_files_problem(
+    tmp_path: Path, command: str
+) -> None:
+    """Exit 2 and one line from every command, where the commands that name the job by
+    its resolved path met Python's RuntimeError first (a traceback, exit 1)."""
+    (tmp_path / "a.yaml").symlink_to(tmp_path / "b.yaml")
+    (tmp_path / "b.yaml").symlink_to(tmp_path / "a.yaml")
+    result = in_process(command, "--config", str(tmp_path / "a.yaml"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"replicator: {tmp_path / 'a.yaml'}: cannot read job file: "
+        "Too many levels of symbolic links\n"
+    )
+
+
+@pytest.mark.parametrize(
     ("content", "byte", "offset", "line"),
     [
         (b"\xff\xfe bad\n", "0xff", 0, 1),  # UTF-16's byte order mark

@@ -580,6 +580,30 @@ def test_a_file_target_that_is_no_regular_file_is_refused_by_validate(
 
 
 @FILE_TARGETS
+def test_a_file_target_linked_into_a_missing_directory_is_refused_by_validate(
+    tmp_path: Path, setting: str, key: str, what: str
+) -> None:
+    """A symbolic link into a volume not mounted passed validate (``exists`` says no to
+    a link to nothing) and stopped the job at its first line to store."""
+    link = tmp_path / "linked.jsonl"
+    link.symlink_to("/nonexistent-volume/letters.jsonl")
+    text = MINIMAL + setting.replace("PATH", f"'{link}'") + "\n"
+    _refused(
+        tmp_path,
+        text,
+        key,
+        f"{what} {link} cannot be written: it is a symbolic link to "
+        "/nonexistent-volume/letters.jsonl, and the directory /nonexistent-volume it points "
+        "into does not exist (a volume not mounted?)",
+    )
+    (tmp_path / "there").mkdir()
+    link.unlink()
+    link.symlink_to(tmp_path / "there" / "letters.jsonl")
+    result = validate_in_process(tmp_path / "job.yaml")
+    assert result.returncode == 0, result.stderr
+
+
+@FILE_TARGETS
 @TOO_LONG
 def test_a_file_target_too_long_for_a_file_name_is_refused_by_validate_and_conflicts(
     tmp_path: Path, setting: str, key: str, what: str, too_long: str

@@ -408,6 +408,25 @@ def test_a_file_target_that_is_no_regular_file_stops_run_with_exit_3_unopened(
 
 
 @FILE_TARGETS
+def test_a_file_target_linked_into_a_missing_directory_stops_run_with_exit_3(
+    moto_endpoint: str, tables: dict[str, str], tmp_path: Path, setting: str, key: str, what: str
+) -> None:
+    """A link into a volume not mounted passed the start (``exists`` says no to a link to
+    nothing; a file made beside the link proved the wrong directory writable) and
+    stopped the job at its first dead letter, naming neither the link nor its target."""
+    link = tmp_path / "linked.jsonl"
+    link.symlink_to("/nonexistent-volume/letters.jsonl")
+    job = job_file(tmp_path / "job.yaml", moto_endpoint, tables["ours"], tables["dst"])
+    _, line = _refused_start(_with_file_target(job, setting, key, link))
+    assert line == (
+        f"replicator: {key}: {what} {link} cannot be written: it is a symbolic link to "
+        "/nonexistent-volume/letters.jsonl, and the directory /nonexistent-volume it points "
+        "into does not exist (a volume not mounted?): mount or create it, or name another file"
+    )
+    assert not Path("/nonexistent-volume").exists()
+
+
+@FILE_TARGETS
 @TOO_LONG
 def test_a_file_target_too_long_for_a_file_name_stops_run_and_redrive_with_exit_3(
     moto_endpoint: str,
