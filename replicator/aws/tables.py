@@ -27,6 +27,8 @@ class TableShape:
     key_schema: dict[str, str]  # name -> "HASH:S", comparable between tables
     item_count: int  # DynamoDB's estimate, refreshed about every six hours
     stream_arn: str | None = None  # the table's enabled DynamoDB stream
+    # The same for one table however it is reached (None: the answer cannot tell).
+    identity: tuple[str, ...] | None = None
 
 
 def shape_of(table: TableDescriptionTypeDef, what: str, where: str) -> TableShape:
@@ -54,6 +56,43 @@ def shape_of(table: TableDescriptionTypeDef, what: str, where: str) -> TableShap
         },
         item_count=int(table.get("ItemCount") or 0),
         stream_arn=table.get("LatestStreamArn") if stream_enabled(table) else None,
+        identity=identity_of(table),
+    )
+
+
+def identity_of(table: TableDescriptionTypeDef) -> tuple[str, ...] | None:
+    """What tells one table from another whatever endpoint reaches it: DynamoDB's
+    ``TableId``, which a table created again under the same name does not keep; where an
+    emulator gives none, its ARN with its creation time (two emulators at two ports may
+    each hold a table of one ARN, made at different moments). A job that reaches its
+    source through a second spelling of one endpoint (``localhost`` for ``127.0.0.1``,
+    a VPC endpoint's name) would otherwise replicate the table into itself."""
+    table_id = table.get("TableId")
+    if table_id:
+        return ("id", table_id)
+    arn, created = table.get("TableArn"), table.get("CreationDateTime")
+    if arn and created is not None:
+        return ("arn", arn, str(created))
+    return None
+
+
+def key_schema_words(schema: dict[str, str]) -> str:
+    """``{'pk': 'HASH:S', 'sk': 'RANGE:N'}`` as an operator reads it: ``pk (hash key,
+    S), sk (range key, N)``."""
+    words = []
+    for name, kind in schema.items():
+        key_type, _, attribute_type = kind.partition(":")
+        words.append(f"{name} ({key_type.lower()} key, {attribute_type})")
+    return ", ".join(words)
+
+
+def key_schema_problem(what: str, where: str, keys: dict[str, str], source: dict[str, str]) -> str:
+    """Why a destination of another key schema than the source's is refused, and what
+    to do about it."""
+    return (
+        f"{what} at {where} has key schema {key_schema_words(keys)}, but the source has "
+        f"{key_schema_words(source)}: a destination needs the source's key schema; create "
+        "the table again with it, or name another table"
     )
 
 

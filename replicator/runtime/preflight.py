@@ -75,6 +75,7 @@ class SourceInfo:
     stream_arn: str
     view_type: str | None
     key_schema: dict[str, str]
+    identity: tuple[str, ...] | None = None
 
 
 # After "cannot reach": what a network error at a check means, and what to do; said by
@@ -212,13 +213,15 @@ def check_source(resolved: ResolvedJob) -> SourceInfo:
         table = ddb.describe_table(TableName=source.table)["Table"]
     except (ClientError, BotoCoreError) as error:
         raise explain(error, what, where) from None
-    key_schema = tables.shape_of(table, what, where).key_schema
+    shape = tables.shape_of(table, what, where)
+    key_schema = shape.key_schema
     check_key_settings(resolved, key_schema)
     if source.stream.kind is StreamKind.KINESIS:
         return SourceInfo(
             stream_arn=check_kinesis_stream(resolved, where),
             view_type=None,
             key_schema=key_schema,
+            identity=shape.identity,
         )
     stream_arn = source.stream.arn or table.get("LatestStreamArn")
     if not stream_arn or (not source.stream.arn and not tables.stream_enabled(table)):
@@ -270,7 +273,9 @@ def check_source(resolved: ResolvedJob) -> SourceInfo:
             "NEW_AND_OLD_IMAGES on the source's stream"
             + ("" if section else ", or put those destinations under overwrite or custom")
         )
-    return SourceInfo(stream_arn=stream_arn, view_type=view_type, key_schema=key_schema)
+    return SourceInfo(
+        stream_arn=stream_arn, view_type=view_type, key_schema=key_schema, identity=shape.identity
+    )
 
 
 def _ordered_users(job: JobConfig) -> tuple[list[str], str | None]:
@@ -543,7 +548,13 @@ def check_table_streams_to(
     )
 
 
-def check_destinations(resolved: ResolvedJob, source_keys: dict[str, str]) -> None:
+def check_destinations(resolved: ResolvedJob, source: SourceInfo) -> None:
+    """Every destination there, with the source's key schema, and each a table of its
+    own: not the source nor another destination reached by a second spelling of its
+    endpoint, which the job file's check cannot see (``localhost`` for ``127.0.0.1``)."""
+    seen: dict[tuple[str, ...], str] = {}
+    if source.identity is not None:
+        seen[source.identity] = "the source table"
     for index, destination in enumerate(resolved.job.destinations):
         where = tables.where(destination.region, destination.endpoint_url, destination.role_arn)
         what = f"destinations[{index}] table {destination.table}"
@@ -551,12 +562,33 @@ def check_destinations(resolved: ResolvedJob, source_keys: dict[str, str]) -> No
         try:
             table = ddb.describe_table(TableName=destination.table)["Table"]
         except (ClientError, BotoCoreError) as error:
-            raise explain(error, what, where) from None
-        keys = tables.shape_of(table, what, where).key_schema
-        if keys != source_keys:
+            problem = explain(error, what, where)
+            if isinstance(error, ClientError) and error_code(error) == "ResourceNotFoundException":
+                problem = EnvironmentProblem(
+                    f"{problem}; create it with the source's key schema "
+                    f"({tables.key_schema_words(source.key_schema)}), or correct "
+                    f"destinations[{index}].table, region or endpoint_url"
+                )
+            raise problem from None
+        shape = tables.shape_of(table, what, where)
+        if shape.key_schema != source.key_schema:
             raise EnvironmentProblem(
-                f"{what} at {where} has key schema {keys}, but the source has {source_keys}"
+                tables.key_schema_problem(what, where, shape.key_schema, source.key_schema)
             )
+        if shape.identity is None:
+            continue
+        if shape.identity in seen:
+            raise EnvironmentProblem(
+                f"{what} at {where} is {seen[shape.identity]}, reached at another spelling "
+                "of its endpoint (one table answers both): the job would write "
+                + (
+                    "the source's changes back into it"
+                    if seen[shape.identity] == "the source table"
+                    else "every change to that table twice"
+                )
+                + "; name the table that is to receive them"
+            )
+        seen[shape.identity] = f"destinations[{index}] ({destination.label})"
 
 
 def check_dead_letter_file(resolved: ResolvedJob) -> None:
@@ -656,7 +688,7 @@ def _checked(
     go_on()
     info = check_source(resolved)
     go_on()
-    check_destinations(resolved, info.key_schema)
+    check_destinations(resolved, info)
     go_on()
     check_task_tables(resolved)
     go_on()

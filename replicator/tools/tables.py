@@ -123,13 +123,24 @@ def check_same_keys(
     """Describe every table; refuse a key schema the job's conflict settings cannot rank
     by (:func:`checked_source`), and a destination's key schema that is not the source's."""
     shape = checked_source(resolved, source)
+    seen = {} if shape.identity is None else {shape.identity: "the source table"}
     for destination in destinations:
         other = describe(destination)
         if other.key_schema != shape.key_schema:
             raise EnvironmentProblem(
-                f"destination {destination.label} ({destination.where}) has key schema "
-                f"{other.key_schema}, but the source has {shape.key_schema}"
+                tables.key_schema_problem(
+                    destination.named, destination.endpoint, other.key_schema, shape.key_schema
+                )
             )
+        if other.identity in seen:
+            raise EnvironmentProblem(
+                f"{destination.named} at {destination.endpoint} is {seen[other.identity]}, "
+                "reached at another "
+                "spelling of its endpoint (one table answers both); name the table that is "
+                "to receive the changes"
+            )
+        if other.identity is not None:
+            seen[other.identity] = destination.named
     return shape
 
 

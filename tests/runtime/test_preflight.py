@@ -24,7 +24,7 @@ from replicator.config.loader import load_job
 from replicator.exceptions import ConfigError, EnvironmentProblem
 from replicator.runtime import preflight
 from tests.support.aws import client, create_table
-from tests.support.cli import replicator
+from tests.support.cli import in_process, replicator
 from tests.support.special_files import FILE_TARGETS, SPECIAL_FILES, TOO_LONG, special_file
 
 
@@ -382,6 +382,72 @@ def _with_file_target(job: Path, setting: str, key: str, target: str | Path) -> 
         text = "\n".join(line for line in text.splitlines() if not line.startswith("dead_letter"))
     job.write_text(text + "\n" + setting.replace("PATH", f"'{target}'") + "\n")
     return job
+
+
+def test_a_destination_that_is_the_source_at_another_spelling_of_its_endpoint_is_refused(
+    moto_endpoint: str, tables: dict[str, str], tmp_path: Path
+) -> None:
+    """``localhost`` for ``127.0.0.1``: the job file's check compares endpoints as text
+    and cannot see one server; DescribeTable shows one table (moto: its ARN and creation
+    time), which the job would have replicated into itself."""
+    other_spelling = moto_endpoint.replace("127.0.0.1", "localhost")
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        f"task_name: preflight-self-{tables['ours']}\n"
+        f"source: {{region: us-east-1, table: {tables['ours']}, endpoint_url: '{moto_endpoint}'}}\n"
+        f"destinations: [{{region: us-east-1, table: {tables['ours']}, "
+        f"endpoint_url: '{other_spelling}'}}]\n"
+        "conflict: {policy: overwrite}\n"
+        "metrics: {enabled: false}\n"
+    )
+    result = in_process("run", "--config", str(path))
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"replicator: destinations[0] table {tables['ours']} at {other_spelling} (us-east-1) "
+        "is the source table, reached at another spelling of its endpoint (one table answers "
+        "both): the job would write the source's changes back into it; name the table that "
+        "is to receive them"
+    )
+    for command in ("verify", "backfill"):
+        result = in_process(command, "--config", str(path))
+        assert result.returncode == 3, result.stderr
+        assert "is the source table, reached at another spelling" in result.stderr
+
+
+def test_two_destinations_that_are_one_table_are_refused_and_a_missing_one_says_what_to_do(
+    moto_endpoint: str, tables: dict[str, str], tmp_path: Path
+) -> None:
+    other_spelling = moto_endpoint.replace("127.0.0.1", "localhost")
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        f"task_name: preflight-twice-{tables['ours']}\n"
+        f"source: {{region: us-east-1, table: {tables['ours']}, endpoint_url: '{moto_endpoint}'}}\n"
+        "destinations:\n"
+        f"  - {{name: a, region: eu-west-1, table: {tables['dst']}, "
+        f"endpoint_url: '{moto_endpoint}'}}\n"
+        f"  - {{name: b, region: eu-west-1, table: {tables['dst']}, "
+        f"endpoint_url: '{other_spelling}'}}\n"
+        "conflict: {policy: overwrite}\n"
+        "metrics: {enabled: false}\n"
+    )
+    with pytest.raises(EnvironmentProblem) as raised:
+        preflight.check(load_job(path))
+    assert str(raised.value) == (
+        f"destinations[1] table {tables['dst']} at {other_spelling} (eu-west-1) is "
+        "destinations[0] (a), reached at another spelling of its endpoint (one table answers "
+        "both): the job would write every change to that table twice; name the table that "
+        "is to receive them"
+    )
+    path.write_text(path.read_text().replace(f"table: {tables['dst']}", "table: nowhere", 1))
+    with pytest.raises(EnvironmentProblem) as raised:
+        preflight.check(load_job(path))
+    assert str(raised.value).startswith(
+        f"destinations[0] table nowhere: not found at {moto_endpoint}"
+    )
+    assert str(raised.value).endswith(
+        "; create it with the source's key schema (pk (hash key, S)), "
+        "or correct destinations[0].table, region or endpoint_url"
+    )
 
 
 @FILE_TARGETS
