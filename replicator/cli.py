@@ -23,6 +23,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 import click
 from click.core import ParameterSource
 
+from replicator.config.endpoints import environment_endpoint_problems
 from replicator.config.loader import job_file_path, load_job
 from replicator.config.model import LogFormat, ResolvedJob, RuntimeKind, WriterConfig
 from replicator.entry import interrupted, outcome_decided
@@ -221,7 +222,7 @@ def validate(config_path: Path) -> None:
     with report_kept_apart():  # a resolver's output as it is imported: not the report
         resolved = load_job(config_path, on_disk=True, resolvers=True)
         echo(redact(describe(resolved)))  # the job's URLs, not data: as a URL in an error
-        for caution in resolved.job.cautions:
+        for caution in [*resolved.job.cautions, *environment_endpoint_problems()]:
             echo(f"warning: {caution}")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import re
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -277,3 +278,27 @@ def _aws_hosts(region: str) -> tuple[str, ...]:
     """DynamoDB's own endpoints in ``region`` (China's regions under ``amazonaws.com.cn``),
     which take HTTP and HTTPS alike."""
     return (f"dynamodb.{region}.amazonaws.com", f"dynamodb.{region}.amazonaws.com.cn")
+
+
+# The variables botocore takes an endpoint from for the services the replicator calls,
+# the general one last.
+ENDPOINT_VARIABLES = tuple(
+    f"AWS_ENDPOINT_URL{suffix}"
+    for suffix in ("_DYNAMODB", "_DYNAMODB_STREAMS", "_KINESIS", "_SQS", "_STS", "")
+)
+
+
+def environment_endpoint_problems() -> list[str]:
+    """What ``validate`` warns of in the endpoint variables set for this process: ``run``
+    stops on such a value (exit 3) when it makes the client of a place the job file
+    gives no ``endpoint_url``, which ``validate`` could see without calling AWS."""
+    problems = []
+    for name in ENDPOINT_VARIABLES:
+        url = os.environ.get(name)
+        problem = endpoint_problem(url) if url else None
+        if problem is not None and url is not None:
+            problems.append(
+                f"${name} ({quoted(url)}) is not usable as an endpoint: {problem}; `run` "
+                "stops on it (exit 3) wherever the job file gives no endpoint_url"
+            )
+    return problems

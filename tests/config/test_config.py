@@ -454,6 +454,34 @@ def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
     assert str(path) in result.stderr
 
 
+def test_validate_warns_of_an_endpoint_variable_that_run_would_stop_on(tmp_path: Path) -> None:
+    """``run`` stops with exit 3 on an endpoint variable that is no URL; ``validate``,
+    which reads the environment already, said nothing of it."""
+    path = tmp_path / "job.yaml"
+    path.write_text(MINIMAL)
+    result = validate_in_process(
+        path,
+        env={
+            "AWS_ENDPOINT_URL": "garbage",
+            "AWS_ENDPOINT_URL_SQS": "http://127.0.0.1:1 ",
+            "AWS_ENDPOINT_URL_DYNAMODB": "http://127.0.0.1:8000",
+            "AWS_ENDPOINT_URL_STS": "",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    warnings = [
+        line for line in result.stdout.splitlines() if "is not usable as an endpoint" in line
+    ]
+    assert warnings == [
+        "warning: $AWS_ENDPOINT_URL_SQS ('http://127.0.0.1:1 ') is not usable as an endpoint: "
+        "it contains whitespace or a control character; `run` stops on it (exit 3) wherever "
+        "the job file gives no endpoint_url",
+        "warning: $AWS_ENDPOINT_URL ('garbage') is not usable as an endpoint: it must start "
+        "with http:// or https://; `run` stops on it (exit 3) wherever the job file gives no "
+        "endpoint_url",
+    ]
+
+
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     result = run_cli("validate", "--config", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2
