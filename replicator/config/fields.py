@@ -175,11 +175,22 @@ def _not_empty(value: str) -> str:
 
 def _path_text(value: str) -> str:
     """A path: not empty, and without a NUL (a ``"\\0"`` in YAML), which no system call
-    takes: every function given the path would raise instead of saying which key it is."""
+    takes: every function given the path would raise instead of saying which key it is.
+    A space at either end or a leading ``~`` is refused too: each is taken as written (a
+    file whose name starts with a space, a directory named ``~`` in the working
+    directory), which no one means and no log line shows."""
     _not_empty(value)
     if "\0" in value:
         raise ValueError(
             f"contains a NUL character ('\\x00'), which no file name can hold: got {shown(value)}"
+        )
+    if value != value.strip():
+        raise ValueError(f"begins or ends with a space: remove it, got {shown(value)}")
+    if value.startswith("~"):
+        home = "${HOME}" + (value[1:] if value.startswith("~/") else "/...")
+        raise ValueError(
+            "starts with ~, which is not expanded (a path is taken as written, relative "
+            f"to the working directory): write {home} or an absolute path, got {shown(value)}"
         )
     return value
 

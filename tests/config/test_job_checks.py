@@ -539,6 +539,28 @@ def test_a_tombstone_table_name_too_long_says_to_shorten_the_pattern(tmp_path: P
     )
 
 
+@pytest.mark.parametrize(
+    ("setting", "key", "says"),
+    [
+        ('dead_letter: {path: " dl.jsonl "}', "dead_letter.path", "begins or ends with a space"),
+        ('conflict_log: {kind: file, path: "c.jsonl "}', "conflict_log.path", "ends with a space"),
+        (
+            'dead_letter: {path: "~/dl/{task_name}.jsonl"}',
+            "dead_letter.path",
+            "starts with ~, which is not expanded (a path is taken as written, relative to the "
+            "working directory): write ${HOME}/dl/{task_name}.jsonl or an absolute path",
+        ),
+        ('kcl: {java: "~bob/bin/java"}', "kcl.java", "write ${HOME}/... or an absolute path"),
+    ],
+)
+def test_a_path_padded_with_spaces_or_starting_with_a_tilde_is_refused(
+    tmp_path: Path, setting: str, key: str, says: str
+) -> None:
+    """Each was taken as written: a file named with spaces (which the summary did not
+    show) or a directory named ``~`` in the working directory."""
+    _refused(tmp_path, MINIMAL + setting + "\n", key, says)
+
+
 _NUL_PATHS = [
     ('dead_letter: {path: "x\\0y"}', "dead_letter.path"),
     ('conflict_log: {kind: file, path: "x\\0y"}', "conflict_log.path"),
