@@ -98,6 +98,21 @@ class _JobFilePath(click.Path):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, str) and not value:
             self.fail(f"is empty ({value!r}): give the path of the job file", param, ctx)
+        from_environment = (
+            ctx is not None
+            and param is not None
+            and param.name is not None
+            and ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT
+        )
+        if from_environment and isinstance(value, str) and not os.path.lexists(value):
+            # Named with where it came from: `docker run` without the job file mounted
+            # meets the image's REPLICATOR_CONFIG, which the command line never showed.
+            self.fail(
+                f"{value!r}, from $REPLICATOR_CONFIG: job file not found (mount or write "
+                "the job file there, or give --config)",
+                param,
+                ctx,
+            )
         return super().convert(value, param, ctx)
 
 

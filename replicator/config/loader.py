@@ -274,6 +274,17 @@ def _unacceptable(source: str, error: yaml.reader.ReaderError) -> str:
     )
 
 
+def _documents_hint(error: yaml.MarkedYAMLError) -> str:
+    """What to do about a second YAML document (a ``---`` after the job), which YAML's
+    own words ("but found another document") do not say."""
+    if "another document" not in str(error.problem):
+        return ""
+    return (
+        " (a job file holds one job, one YAML document: remove the --- that starts a "
+        "second one, or put each job in a file of its own)"
+    )
+
+
 def _flow_hint(source: str, error: yaml.MarkedYAMLError) -> str:
     """A hint for the usual cause of a syntax error in braces with ``${VAR}`` in them
     (``{table: ${TABLE}}``): in YAML's flow style ``{`` and ``}`` end the value, so an
@@ -325,6 +336,7 @@ class _Document:
             raise ConfigError(
                 f"{file}: YAML syntax error at {where}: {error.problem or error}"
                 + _flow_hint(source, error)
+                + _documents_hint(error)
             ) from None
         except yaml.reader.ReaderError as error:
             raise ConfigError(f"{file}: {_unacceptable(source, error)}") from None
@@ -341,6 +353,7 @@ class _Document:
         if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
             node = None
         self._root: yaml.Node | None = node
+        self.empty = node is None
         try:
             self.value: Any = {} if node is None else self._build(node, ())
         except RecursionError:
@@ -914,8 +927,11 @@ def _listed(file: Path, document: _Document | None, problems: list[_Problem]) ->
         where = f" (line {line})" if line else ""
         lines.append(f"  {format_path(problem.path)}{where}: {problem.message}")
     count = len(problems)
+    empty = document is not None and document.empty
+    said = " (it holds no job: it is empty, or comments alone)" if empty else ""
     return ConfigError(
-        f"{file}: {count} problem{'s' if count != 1 else ''} in the job file:\n" + "\n".join(lines)
+        f"{file}: {count} problem{'s' if count != 1 else ''} in the job file{said}:\n"
+        + "\n".join(lines)
     )
 
 

@@ -482,6 +482,22 @@ def test_validate_warns_of_an_endpoint_variable_that_run_would_stop_on(tmp_path:
     ]
 
 
+def test_a_missing_job_file_named_by_replicator_config_says_where_the_name_came_from(
+    tmp_path: Path,
+) -> None:
+    """``docker run`` without the job file mounted: the image's REPLICATOR_CONFIG names
+    a file the command line never showed."""
+    missing = str(tmp_path / "job.yaml")
+    result = in_process("run", env={"REPLICATOR_CONFIG": missing})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: Invalid value for '--config' / '-c': {missing!r}, from $REPLICATOR_CONFIG: "
+        "job file not found (mount or write the job file there, or give --config)"
+    )
+    given = in_process("validate", "--config", missing, env={"REPLICATOR_CONFIG": missing})
+    assert given.stderr == f"replicator: {missing}: job file not found\n"
+
+
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     result = run_cli("validate", "--config", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2

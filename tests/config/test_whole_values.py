@@ -479,7 +479,26 @@ def test_an_empty_job_file_is_told_the_keys_it_needs_however_it_is_empty(
     path.write_text(text)
     result = validate_in_process(path)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.splitlines()[1:] == [
+    assert result.stderr.splitlines() == [
+        f"replicator: {path}: 2 problems in the job file (it holds no job: it is empty, or "
+        "comments alone):",
         "  source: required key is missing",
         "  destinations: required key is missing",
     ], result.stderr
+
+
+def test_a_second_document_after_the_job_says_a_job_file_holds_one(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "source: {region: us-east-1, table: orders}\n"
+        "destinations: [{region: eu-west-1, table: orders}]\n"
+        "---\n"
+        "source: {region: us-east-1, table: carts}\n"
+    )
+    result = validate_in_process(path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"replicator: {path}: YAML syntax error at line 3, column 1: but found another "
+        "document (a job file holds one job, one YAML document: remove the --- that starts "
+        "a second one, or put each job in a file of its own)\n"
+    )
