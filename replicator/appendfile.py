@@ -165,8 +165,9 @@ def _why_not_appendable(path: Path) -> str | None:
             descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_NOCTTY)
         except OSError as error:
             # The file's own mode, owner or flags: its directory may be writable.
+            linked = f" it links to, {os.path.realpath(path)}," if os.path.islink(path) else ""
             return (
-                f"the file cannot be opened for appending: {error.strerror or error}"
+                f"the file{linked} cannot be opened for appending: {error.strerror or error}"
                 f"{unwritable_hint()}"
             )
         try:
@@ -190,21 +191,35 @@ def _why_not_appendable(path: Path) -> str | None:
 
 
 def dangling_link(path: Path) -> str | None:
-    """Why a symbolic link to nothing cannot take lines (None: it is no such link, or the
-    directory it points into exists, where the first append creates the file). Appending
-    creates the missing directory of the link, not of its target: a link into a volume
-    not mounted would stop the job at its first line, and creating that directory on
-    the host's own disk would hide the volume's absence."""
-    if not path.is_symlink() or path.exists():
+    """Why ``path`` leads through a symbolic link to nothing where appending cannot go
+    (None: no such link on the way, or the file's own link points into an existing
+    directory, where the first append creates the file). Appending creates the missing
+    directory of the link, not of its target: a link into a volume not mounted (the
+    file's, or one of its directories') would stop the job at its first line, and
+    creating that directory on the host's own disk would hide the volume's absence. A
+    path that may not be looked at (a directory that may not be searched) is for
+    opening it to tell."""
+    try:
+        for depth, step in enumerate((path, *path.parents)):
+            if not step.is_symlink() or step.exists():
+                continue
+            target = Path(os.path.realpath(step))
+            if depth == 0 and target.parent.is_dir():
+                return None
+            missing = target.parent if depth == 0 else target
+            what = "it is" if depth == 0 else f"its directory {step} is"
+            state = (
+                "is not a directory: point the link at one"
+                if missing.exists()
+                else "does not exist (a volume not mounted?): mount or create it"
+            )
+            return (
+                f"{what} a symbolic link to {os.readlink(step)}, and {missing} it points "
+                f"{'into ' if depth == 0 else 'to '}{state}, or name another file"
+            )
+    except OSError:
         return None
-    target = Path(os.path.realpath(path))
-    if target.parent.is_dir():
-        return None
-    return (
-        f"it is a symbolic link to {os.readlink(path)}, and the directory {target.parent} "
-        "it points into does not exist (a volume not mounted?): mount or create it, or "
-        "name another file"
-    )
+    return None
 
 
 def append_line(
@@ -249,8 +264,8 @@ def append_lines(
         created = size == 0
         torn = not created and os.pread(descriptor, 1, size - 1) != b"\n"
         _write_whole(descriptor, (b"\n" if torn else b"") + data, size)
-        if created:
-            fsync_directory(path.parent)
+        if created:  # in the directory the file is in, a link's target's
+            fsync_directory(Path(os.path.realpath(path)).parent)
         return size + torn
 
 

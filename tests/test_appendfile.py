@@ -50,11 +50,43 @@ def test_a_dead_letter_file_that_cannot_be_opened_is_named_not_its_directory(
     real_open = os.open
 
     def refusing(path: Any, flags: int, *args: Any) -> int:
-        if Path(path) == letters:
+        if Path(os.path.realpath(path)) == letters:
             raise PermissionError(errno.EACCES, "Permission denied")
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(os, "open", refusing)
     assert appendfile.why_not_appendable(letters) == (
-        "the file cannot be opened for appending: Permission denied"
+        f"the file cannot be opened for appending: Permission denied{appendfile.unwritable_hint()}"
     )
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(letters)
+    assert appendfile.why_not_appendable(link) == (
+        f"the file it links to, {letters}, cannot be opened for appending: Permission denied"
+        f"{appendfile.unwritable_hint()}"
+    )
+
+
+def test_a_link_on_the_way_to_nothing_is_named_and_a_path_that_may_not_be_looked_at_is_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory of the path that links into a volume not mounted made the start say
+    "cannot create the directory ...: File exists"; one that may not be searched is for
+    opening the file to tell (validate crashed on it)."""
+    (tmp_path / "letters").symlink_to("/nonexistent-volume/letters")
+    assert appendfile.dangling_link(tmp_path / "letters" / "x.jsonl") == (
+        f"its directory {tmp_path / 'letters'} is a symbolic link to /nonexistent-volume/letters, "
+        "and /nonexistent-volume/letters it points to does not exist (a volume not mounted?): "
+        "mount or create it, or name another file"
+    )
+    (tmp_path / "plain").write_text("")
+    (tmp_path / "into-a-file.jsonl").symlink_to(tmp_path / "plain" / "x.jsonl")
+    assert appendfile.dangling_link(tmp_path / "into-a-file.jsonl") == (
+        f"it is a symbolic link to {tmp_path / 'plain' / 'x.jsonl'}, and {tmp_path / 'plain'} "
+        "it points into is not a directory: point the link at one, or name another file"
+    )
+
+    def unsearchable(self: Path) -> bool:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(Path, "is_symlink", unsearchable)
+    assert appendfile.dangling_link(tmp_path / "letters" / "x.jsonl") is None

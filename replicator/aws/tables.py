@@ -7,8 +7,12 @@ everywhere.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import SplitResult, urlsplit
+
+from botocore.exceptions import ClientError
 
 from replicator.exceptions import EnvironmentProblem
 
@@ -27,8 +31,8 @@ class TableShape:
     key_schema: dict[str, str]  # name -> "HASH:S", comparable between tables
     item_count: int  # DynamoDB's estimate, refreshed about every six hours
     stream_arn: str | None = None  # the table's enabled DynamoDB stream
-    # The same for one table however it is reached (None: the answer cannot tell).
-    identity: tuple[str, ...] | None = None
+    # What tells this table from another (:func:`identity_of`; None: the answer cannot).
+    identity: tuple[Any, ...] | None = None
 
 
 def shape_of(table: TableDescriptionTypeDef, what: str, where: str) -> TableShape:
@@ -60,30 +64,115 @@ def shape_of(table: TableDescriptionTypeDef, what: str, where: str) -> TableShap
     )
 
 
-def identity_of(table: TableDescriptionTypeDef) -> tuple[str, ...] | None:
-    """What tells one table from another whatever endpoint reaches it: DynamoDB's
-    ``TableId``, which a table created again under the same name does not keep; where an
-    emulator gives none, its ARN with its creation time (two emulators at two ports may
-    each hold a table of one ARN, made at different moments). A job that reaches its
-    source through a second spelling of one endpoint (``localhost`` for ``127.0.0.1``,
-    a VPC endpoint's name) would otherwise replicate the table into itself."""
+def identity_of(table: TableDescriptionTypeDef) -> tuple[Any, ...] | None:
+    """What tells one table from another: DynamoDB's ``TableId``, which a table created
+    again under the same name does not keep, or, where an emulator gives none, its ARN
+    and creation time, which tell only together with the server (:func:`one_table`):
+    emulators give every server's table of a name one ARN, and a creation time to the
+    millisecond, which two servers set up by one script can share."""
     table_id = table.get("TableId")
     if table_id:
         return ("id", table_id)
     arn, created = table.get("TableArn"), table.get("CreationDateTime")
     if arn and created is not None:
-        return ("arn", arn, str(created))
+        return ("arn", arn, created)
     return None
+
+
+@dataclass(frozen=True)
+class ReachedTable:
+    """A table as the job reaches it, for :func:`one_table`."""
+
+    named: str  # as messages name it: ``destinations[0] (eu-west-1/orders)``
+    region: str
+    endpoint_url: str | None
+    identity: tuple[Any, ...] | None
+
+
+def one_table(one: ReachedTable, other: ReachedTable) -> bool:
+    """Whether two places of the job reach one table: the same ``TableId`` (DynamoDB),
+    or, on an emulator, the same ARN and creation time at one server in one region
+    (``localhost`` and ``127.0.0.1`` at one port are one server: their addresses meet).
+    A job that reaches its source through another spelling of its endpoint would
+    replicate the table into itself."""
+    if one.identity is None or one.identity != other.identity:
+        return False
+    if one.identity[0] == "id":
+        return True
+    return one.region == other.region and _one_server(one.endpoint_url, other.endpoint_url)
+
+
+def _one_server(one: str | None, other: str | None) -> bool:
+    if one is None or other is None:
+        return one == other
+    first, second = urlsplit(one), urlsplit(other)
+    port = _port(first)
+    if port is None or port != _port(second):
+        return False
+    return bool(_addresses(first.hostname, port) & _addresses(second.hostname, port))
+
+
+def _port(parts: SplitResult) -> int | None:
+    try:
+        return parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    except ValueError:
+        return None
+
+
+def _addresses(host: str | None, port: int) -> set[str]:
+    """The addresses ``host`` reaches (itself, lower-cased, when it cannot be looked up)."""
+    if not host:
+        return set()
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return {host.lower()}
+    return {str(info[4][0]) for info in found}
+
+
+def refuse_one_table_twice(what: str, reached: ReachedTable, seen: list[ReachedTable]) -> None:
+    """An EnvironmentProblem when ``reached`` is a table of ``seen`` (the source first)."""
+    same = next((other for other in seen if one_table(reached, other)), None)
+    if same is None:
+        return
+    effect = (
+        "write the source's changes back into it"
+        if same is seen[0]
+        else "write every change to that table twice"
+    )
+    raise EnvironmentProblem(
+        f"{what} is {same.named}: DescribeTable shows one table, reached another way "
+        f"(another spelling of its endpoint, or a role into the same account); the job "
+        f"would {effect}: name the table that is to receive the changes"
+    )
+
+
+def missing_destination(
+    problem: EnvironmentProblem, error: Exception, entry: str, source_keys: dict[str, str]
+) -> EnvironmentProblem:
+    """``problem`` (DescribeTable's error, explained) with what to do when the
+    destination table does not exist there."""
+    if not (
+        isinstance(error, ClientError)
+        and error.response.get("Error", {}).get("Code") == "ResourceNotFoundException"
+    ):
+        return problem
+    return EnvironmentProblem(
+        f"{problem}; create it with the source's key schema ({key_schema_words(source_keys)}), "
+        f"or correct {entry}'s table, region, endpoint_url or role_arn in the job file"
+    )
 
 
 def key_schema_words(schema: dict[str, str]) -> str:
     """``{'pk': 'HASH:S', 'sk': 'RANGE:N'}`` as an operator reads it: ``pk (hash key,
     S), sk (range key, N)``."""
-    words = []
-    for name, kind in schema.items():
-        key_type, _, attribute_type = kind.partition(":")
-        words.append(f"{name} ({key_type.lower()} key, {attribute_type})")
-    return ", ".join(words)
+    return ", ".join(f"{name} ({key_kind(kind)})" for name, kind in schema.items())
+
+
+def key_kind(kind: str) -> str:
+    """``HASH:S`` as ``hash key, S``."""
+    key_type, _, attribute_type = kind.partition(":")
+    return f"{key_type.lower()} key, {attribute_type}"
 
 
 def key_schema_problem(what: str, where: str, keys: dict[str, str], source: dict[str, str]) -> str:

@@ -320,11 +320,12 @@ def _ranking_attribute_problems(resolved: ResolvedJob, key_schema: dict[str, str
         )
         attribute = getattr(conflict, name)
         if attribute in key_schema:
+            kind = tables.key_kind(key_schema[attribute])
             problems.append(
                 (
                     (*place, name),
                     f"is {attribute!r}, a key attribute of the source table "
-                    f"{resolved.job.source.table} ({key_schema[attribute]}): a key never "
+                    f"{resolved.job.source.table} ({kind}): a key never "
                     "changes, so every image of an item would rank the same; name the "
                     "attribute the application sets to its time or version on every write",
                 )
@@ -348,7 +349,8 @@ def check_key_settings(resolved: ResolvedJob, key_schema: dict[str, str]) -> Non
             (
                 ("loop_prevention", "origin_attribute"),
                 f"is {origin!r}, a key attribute of the source table "
-                f"{resolved.job.source.table} ({key_schema[origin]}): its value is the "
+                f"{resolved.job.source.table} ({tables.key_kind(key_schema[origin])}): its value "
+                "is the "
                 "item's key, never this region's origin value, so every put would be "
                 "dropped as another region's echo; name the attribute the application "
                 "stamps with its region on every write",
@@ -550,45 +552,38 @@ def check_table_streams_to(
 
 def check_destinations(resolved: ResolvedJob, source: SourceInfo) -> None:
     """Every destination there, with the source's key schema, and each a table of its
-    own: not the source nor another destination reached by a second spelling of its
-    endpoint, which the job file's check cannot see (``localhost`` for ``127.0.0.1``)."""
-    seen: dict[tuple[str, ...], str] = {}
-    if source.identity is not None:
-        seen[source.identity] = "the source table"
-    for index, destination in enumerate(resolved.job.destinations):
+    own: not the source nor another destination reached another way (a second spelling
+    of its endpoint, ``localhost`` for ``127.0.0.1``, or a role into the same account),
+    which the job file's check cannot see."""
+    job = resolved.job
+    seen = [
+        tables.ReachedTable(
+            "the source table", job.source.region, job.source.endpoint_url, source.identity
+        )
+    ]
+    for index, destination in enumerate(job.destinations):
         where = tables.where(destination.region, destination.endpoint_url, destination.role_arn)
         what = f"destinations[{index}] table {destination.table}"
         ddb = clients.dynamodb(destination)
         try:
             table = ddb.describe_table(TableName=destination.table)["Table"]
         except (ClientError, BotoCoreError) as error:
-            problem = explain(error, what, where)
-            if isinstance(error, ClientError) and error_code(error) == "ResourceNotFoundException":
-                problem = EnvironmentProblem(
-                    f"{problem}; create it with the source's key schema "
-                    f"({tables.key_schema_words(source.key_schema)}), or correct "
-                    f"destinations[{index}].table, region or endpoint_url"
-                )
-            raise problem from None
+            raise tables.missing_destination(
+                explain(error, what, where), error, f"destinations[{index}]", source.key_schema
+            ) from None
         shape = tables.shape_of(table, what, where)
         if shape.key_schema != source.key_schema:
             raise EnvironmentProblem(
                 tables.key_schema_problem(what, where, shape.key_schema, source.key_schema)
             )
-        if shape.identity is None:
-            continue
-        if shape.identity in seen:
-            raise EnvironmentProblem(
-                f"{what} at {where} is {seen[shape.identity]}, reached at another spelling "
-                "of its endpoint (one table answers both): the job would write "
-                + (
-                    "the source's changes back into it"
-                    if seen[shape.identity] == "the source table"
-                    else "every change to that table twice"
-                )
-                + "; name the table that is to receive them"
-            )
-        seen[shape.identity] = f"destinations[{index}] ({destination.label})"
+        reached = tables.ReachedTable(
+            f"destinations[{index}] ({destination.label})",
+            destination.region,
+            destination.endpoint_url,
+            shape.identity,
+        )
+        tables.refuse_one_table_twice(f"{what} at {where}", reached, seen)
+        seen.append(reached)
 
 
 def check_dead_letter_file(resolved: ResolvedJob) -> None:

@@ -85,7 +85,7 @@ from typing import Any
 
 import structlog
 
-from replicator.appendfile import unusable
+from replicator.appendfile import dangling_link, unusable
 from replicator.config.destinations import destination_place, destinations_at
 from replicator.config.model import ConflictPolicyName, DeadLetterKind, ResolvedJob
 from replicator.config.stranded import StrandedFile, stranded_files, stranded_lines
@@ -106,6 +106,7 @@ from replicator.exceptions import (
     DeadLetterUnavailable,
     DestinationRefused,
     DestinationUnavailable,
+    EnvironmentProblem,
     RecordDecodeError,
     WriteCancelled,
 )
@@ -620,6 +621,11 @@ class Redrive:
                 return None
         except OSError:  # a directory that may not be read: the target's check says it
             return None
+        dangling = dangling_link(target.path)
+        if dangling is not None:  # the letters may be on a volume not mounted
+            raise EnvironmentProblem(
+                f"dead_letter.path: the dead-letter file {target.path} cannot be read: {dangling}"
+            )
         report = RedriveReport(target.description, self.resolved.task_name)
         # A bare file name's directory is the working directory, which is always there.
         bare = not configured.is_absolute() and configured.parent == Path()

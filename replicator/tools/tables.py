@@ -98,12 +98,19 @@ def reading(ref: TableRef) -> Iterator[None]:
         raise explain(error, ref.named, ref.endpoint) from None
 
 
-def describe(ref: TableRef) -> TableShape:
-    """The table's key schema and size estimate; an EnvironmentProblem if it cannot be read."""
+def describe(ref: TableRef, source_keys: dict[str, str] | None = None) -> TableShape:
+    """The table's key schema and size estimate; an EnvironmentProblem if it cannot be
+    read (a destination's, given the source's ``source_keys``, says what to do when the
+    table is not there)."""
     try:
         table = ref.client.describe_table(TableName=ref.table)["Table"]
     except (ClientError, BotoCoreError) as error:
-        raise explain(error, ref.named, ref.endpoint) from None
+        problem = explain(error, ref.named, ref.endpoint)
+        if source_keys is None:
+            raise problem from None
+        raise tables.missing_destination(
+            problem, error, f"destination {ref.label}", source_keys
+        ) from None
     return tables.shape_of(table, ref.named, ref.endpoint)
 
 
@@ -121,26 +128,27 @@ def check_same_keys(
     resolved: ResolvedJob, source: TableRef, destinations: list[TableRef]
 ) -> TableShape:
     """Describe every table; refuse a key schema the job's conflict settings cannot rank
-    by (:func:`checked_source`), and a destination's key schema that is not the source's."""
+    by (:func:`checked_source`), a destination's key schema that is not the source's,
+    and a destination that is the source or another destination reached another way."""
     shape = checked_source(resolved, source)
-    seen = {} if shape.identity is None else {shape.identity: "the source table"}
+    seen = [
+        tables.ReachedTable("the source table", source.region, source.endpoint_url, shape.identity)
+    ]
     for destination in destinations:
-        other = describe(destination)
+        other = describe(destination, shape.key_schema)
         if other.key_schema != shape.key_schema:
             raise EnvironmentProblem(
                 tables.key_schema_problem(
                     destination.named, destination.endpoint, other.key_schema, shape.key_schema
                 )
             )
-        if other.identity in seen:
-            raise EnvironmentProblem(
-                f"{destination.named} at {destination.endpoint} is {seen[other.identity]}, "
-                "reached at another "
-                "spelling of its endpoint (one table answers both); name the table that is "
-                "to receive the changes"
-            )
-        if other.identity is not None:
-            seen[other.identity] = destination.named
+        reached = tables.ReachedTable(
+            destination.named, destination.region, destination.endpoint_url, other.identity
+        )
+        tables.refuse_one_table_twice(
+            f"{destination.named} at {destination.endpoint}", reached, seen
+        )
+        seen.append(reached)
     return shape
 
 

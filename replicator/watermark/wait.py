@@ -384,6 +384,8 @@ class WaitResult:
     stale_after_s: float = STALE_PARTS_S
     """Parts all older than this, at a timeout, are named as the likely cause (see
     :func:`stale_after_s`)."""
+    since_us: int | None = None
+    """Where the window the dead letters and unread spans were looked for in began."""
 
     @property
     def replicated(self) -> bool:
@@ -419,7 +421,13 @@ class WaitResult:
                     "(settled, not applied): see the dead letters, then redrive; a "
                     "verify that finds the destination equal clears them here"
                 )
-            return f"{mark} passed, but " + "; ".join(reasons)
+            window = (
+                ""
+                if self.since_us is None
+                else f" (changes created since {iso(self.since_us)} count: `since`, by default "
+                "60 s before `until`, narrows the window)"
+            )
+            return f"{mark} passed, but " + "; ".join(reasons) + window
         return f"replicated: {mark} passed after {self.waited_s:.2f}s"
 
 
@@ -606,7 +614,14 @@ def wait_until_replicated(
         if watermark is not None and watermark.passes(until_us):
             dead = tuple(watermark.dead_lettered_between(since_us, until_us))
             unread = tuple(watermark.unread_between(since_us, until_us))
-            return WaitResult(True, watermark, dead, time.monotonic() - started, unread=unread)
+            return WaitResult(
+                True,
+                watermark,
+                dead,
+                time.monotonic() - started,
+                unread=unread,
+                since_us=since_us,
+            )
         if watermark is not None:
             # The job runs with the watermark off: its changes in the window are followed
             # by nothing, and the answer, once it is on again, is this span's.

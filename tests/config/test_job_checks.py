@@ -615,8 +615,8 @@ def test_a_file_target_linked_into_a_missing_directory_is_refused_by_validate(
         text,
         key,
         f"{what} {link} cannot be written: it is a symbolic link to "
-        "/nonexistent-volume/letters.jsonl, and the directory /nonexistent-volume it points "
-        "into does not exist (a volume not mounted?)",
+        "/nonexistent-volume/letters.jsonl, and /nonexistent-volume it points into does not "
+        "exist (a volume not mounted?)",
     )
     (tmp_path / "there").mkdir()
     link.unlink()

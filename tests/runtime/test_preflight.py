@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ from botocore.exceptions import (
 )
 
 from replicator.appendfile import unwritable_hint
+from replicator.aws.tables import ReachedTable, identity_of, one_table
 from replicator.config.loader import load_job
 from replicator.exceptions import ConfigError, EnvironmentProblem
 from replicator.runtime import preflight
@@ -273,7 +275,7 @@ def test_a_timestamp_that_is_a_key_attribute_stops_the_start_naming_the_key(
         preflight.check(load_job(path))
     assert str(raised.value).startswith(
         f"{path}: 1 problem in the job file:\n  conflict.timestamp_attribute (line 4): is "
-        f"'pk', a key attribute of the source table {tables['ours']} (HASH:S)"
+        f"'pk', a key attribute of the source table {tables['ours']} (hash key, S)"
     )
 
 
@@ -294,7 +296,7 @@ def test_an_origin_attribute_that_is_a_key_attribute_stops_the_run(
     assert refusal.startswith(
         f"replicator: {path}: 1 problem in the job file:\n"
         "  loop_prevention.origin_attribute (line 7): is 'pk', a key attribute "
-        f"of the source table {tables['ours']} (HASH:S)"
+        f"of the source table {tables['ours']} (hash key, S)"
     )
     east = client("dynamodb", "us-east-1", moto_endpoint)
     assert f"preflight-{tables['ours']}" not in east.list_tables()["TableNames"]
@@ -404,14 +406,48 @@ def test_a_destination_that_is_the_source_at_another_spelling_of_its_endpoint_is
     assert result.returncode == 3, result.stderr
     assert result.stderr.splitlines()[-1] == (
         f"replicator: destinations[0] table {tables['ours']} at {other_spelling} (us-east-1) "
-        "is the source table, reached at another spelling of its endpoint (one table answers "
-        "both): the job would write the source's changes back into it; name the table that "
-        "is to receive them"
+        "is the source table: DescribeTable shows one table, reached another way (another "
+        "spelling of its endpoint, or a role into the same account); the job would write the "
+        "source's changes back into it: name the table that is to receive the changes"
     )
-    for command in ("verify", "backfill"):
+    for command in ("verify", "backfill", "redrive"):
         result = in_process(command, "--config", str(path))
         assert result.returncode == 3, result.stderr
-        assert "is the source table, reached at another spelling" in result.stderr
+        assert (
+            f"replicator: table us-east-1/{tables['ours']} at {other_spelling} (us-east-1) is "
+            "the source table: DescribeTable shows one table"
+        ) in result.stderr, command
+
+
+def test_one_table_is_told_by_its_table_id_or_on_an_emulator_by_arn_time_and_server() -> None:
+    """Emulators give every server's table of a name one ARN and a creation time to the
+    millisecond: two servers set up by one script are two tables, not one, and a job
+    between them is not refused."""
+    created = datetime.datetime(2026, 12, 7, 20, 0, tzinfo=datetime.UTC)
+    arn = "arn:aws:dynamodb:us-east-1:123456789012:table/orders"
+
+    def described(**table: Any) -> Any:
+        return identity_of(table)  # type: ignore[arg-type]
+
+    emulated = described(TableArn=arn, CreationDateTime=created)
+
+    def at(url: str | None, identity: Any = emulated, region: str = "us-east-1") -> ReachedTable:
+        return ReachedTable(f"at {url}", region, url, identity)
+
+    here = at("http://127.0.0.1:4566")
+    assert one_table(here, at("http://localhost:4566/"))
+    assert one_table(here, at("HTTP://127.0.0.1:4566"))
+    assert not one_table(here, at("http://127.0.0.1:4567"))
+    assert not one_table(here, at("http://127.0.0.1:4566", region="eu-west-1"))
+    later = described(TableArn=arn, CreationDateTime=created + datetime.timedelta(milliseconds=1))
+    assert not one_table(here, at("http://localhost:4566", later))
+    assert not one_table(at("http://127.0.0.1:4566", None), at("http://localhost:4566", None))
+    # DynamoDB's TableId is the table wherever it is reached from (a VPC endpoint's name).
+    table_id = described(TableId="4f2c", TableArn=arn, CreationDateTime=created)
+    vpce = "https://vpce-1.dynamodb.us-east-1.vpce.amazonaws.com"
+    assert one_table(at(None, table_id), at(vpce, table_id))
+    other_id = described(TableId="9a1e", TableArn=arn, CreationDateTime=created)
+    assert not one_table(at(None, table_id), at(None, other_id))
 
 
 def test_two_destinations_that_are_one_table_are_refused_and_a_missing_one_says_what_to_do(
@@ -434,9 +470,9 @@ def test_two_destinations_that_are_one_table_are_refused_and_a_missing_one_says_
         preflight.check(load_job(path))
     assert str(raised.value) == (
         f"destinations[1] table {tables['dst']} at {other_spelling} (eu-west-1) is "
-        "destinations[0] (a), reached at another spelling of its endpoint (one table answers "
-        "both): the job would write every change to that table twice; name the table that "
-        "is to receive them"
+        "destinations[0] (a): DescribeTable shows one table, reached another way (another "
+        "spelling of its endpoint, or a role into the same account); the job would write "
+        "every change to that table twice: name the table that is to receive the changes"
     )
     path.write_text(path.read_text().replace(f"table: {tables['dst']}", "table: nowhere", 1))
     with pytest.raises(EnvironmentProblem) as raised:
@@ -445,8 +481,8 @@ def test_two_destinations_that_are_one_table_are_refused_and_a_missing_one_says_
         f"destinations[0] table nowhere: not found at {moto_endpoint}"
     )
     assert str(raised.value).endswith(
-        "; create it with the source's key schema (pk (hash key, S)), "
-        "or correct destinations[0].table, region or endpoint_url"
+        "; create it with the source's key schema (pk (hash key, S)), or correct "
+        "destinations[0]'s table, region, endpoint_url or role_arn in the job file"
     )
 
 
@@ -486,8 +522,8 @@ def test_a_file_target_linked_into_a_missing_directory_stops_run_with_exit_3(
     _, line = _refused_start(_with_file_target(job, setting, key, link))
     assert line == (
         f"replicator: {key}: {what} {link} cannot be written: it is a symbolic link to "
-        "/nonexistent-volume/letters.jsonl, and the directory /nonexistent-volume it points "
-        "into does not exist (a volume not mounted?): mount or create it, or name another file"
+        "/nonexistent-volume/letters.jsonl, and /nonexistent-volume it points into does not "
+        "exist (a volume not mounted?): mount or create it, or name another file"
     )
     assert not Path("/nonexistent-volume").exists()
 

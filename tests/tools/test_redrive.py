@@ -28,7 +28,7 @@ from replicator.appendfile import unwritable_hint
 from replicator.config.loader import load_job
 from replicator.conflictlog.dynamodb import DynamoDbConflictLog
 from replicator.deadletter import ALL_DESTINATIONS, DeadLetter, FileDeadLetters, SqsDeadLetters
-from replicator.exceptions import ConflictLogRejected
+from replicator.exceptions import ConflictLogRejected, EnvironmentProblem
 from replicator.items import Item, describe_key, item_to_wire
 from replicator.records import RawRecord
 from replicator.runtime.preflight import check_dead_letter_file
@@ -587,6 +587,22 @@ def test_a_letters_destination_event_and_task_are_quoted_on_their_summary_lines(
         "undecodable: record has no usable sequenceNumber ('43)\\nreplayed (x')",
         'left as they are: 1 letter of other tasks ("other\\ntask": 1)',
     ]
+
+
+def test_a_dead_letter_file_linked_into_a_volume_not_mounted_is_not_nothing_to_redrive(
+    job: Job,
+) -> None:
+    """Was "no such file (yet): nothing has been dead-lettered there", exit 0, where the
+    letters may wait on the volume the link points into."""
+    job.dead_letters.parent.mkdir(parents=True, exist_ok=True)
+    job.dead_letters.symlink_to("/nonexistent-volume/letters.jsonl")
+    with pytest.raises(EnvironmentProblem) as raised:
+        Redrive(load_job(job.path)).run()
+    assert str(raised.value) == (
+        f"dead_letter.path: the dead-letter file {job.dead_letters} cannot be read: it is a "
+        "symbolic link to /nonexistent-volume/letters.jsonl, and /nonexistent-volume it points "
+        "into does not exist (a volume not mounted?): mount or create it, or name another file"
+    )
 
 
 def test_nothing_to_redrive_exits_0(job: Job) -> None:

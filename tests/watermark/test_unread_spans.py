@@ -166,6 +166,10 @@ def test_a_latest_start_stores_its_span_before_it_claims_and_a_restart_keeps_it(
     assert before.unread == (UnreadSpan(0, START, LATEST),)
     mark = START + 5 * S - 1
     assert before.describe().startswith(f"watermark {iso(mark)} ({mark / S:.6f}) passed, but")
+    assert before.describe().endswith(
+        f" (changes created since {iso(START - 90 * S)} count: `since`, by default 60 s "
+        "before `until`, narrows the window)"
+    )
     after = wait(table, START + 4 * S, since_us=START + S)
     assert after.replicated, after.describe()
 

@@ -772,6 +772,13 @@ def test_a_wait_names_its_times_as_iso_and_a_watermark_beyond_any_date_as_second
         "destination (settled, not applied): see the dead letters, then redrive; a verify "
         "that finds the destination equal clears them here"
     )
+    # A wait's own result names the window it looked in: a span or letter ending before
+    # the --until asked was reached by the default --since.
+    windowed = WaitResult(True, mark, dead_lettered=((S, 2 * S),), since_us=S // 2).describe()
+    assert windowed == said + (
+        " (changes created since 1970-01-01T00:00:00.500000Z count: `since`, by default 60 s "
+        "before `until`, narrows the window)"
+    )
     huge = combine("d", [Part("d", "s1", watermark_us=300_000_000 * 10**9, updated_at=now)])
     assert WaitResult(True, huge).describe() == (
         "replicated: watermark 300000000000.000000 passed after 0.00s"
