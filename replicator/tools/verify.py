@@ -553,8 +553,12 @@ class Verify:
         warn_of_empty_segments("verify", self.options.segments, max(estimates))
         digests: dict[str, dict[KeyId, bytes]] = {ref.label: {} for ref in tables}
         lock = threading.Lock()
+        # Its items are those of every table together, as its estimate is: said beside them.
         report = ProgressReport(
-            "verify scan", estimate, interval_s=self.options.progress_interval_s
+            "verify scan",
+            estimate,
+            details=lambda: {"tables": len(tables)},
+            interval_s=self.options.progress_interval_s,
         )
 
         def scan_segment(ref: TableRef, segment: int) -> None:

@@ -862,6 +862,20 @@ def test_sample_logs_its_progress(job: Job) -> None:
     assert (lines[-1]["items"], lines[-1]["of_about"]) == (15, 15)  # 5 of each of 3 tables
 
 
+def test_a_scans_progress_counts_every_tables_items_and_says_how_many_tables(job: Job) -> None:
+    """The line said ``items: 90`` beside a summary of 30 source items scanned."""
+    from structlog.testing import capture_logs
+
+    replicated(job, 30)
+    with capture_logs() as logs:
+        report = verify(job)
+
+    assert report.equal
+    lines = [line for line in logs if line["event"] == "verify scan"]
+    assert lines, logs
+    assert (lines[-1]["items"], lines[-1]["tables"]) == (30 * 3, 3)  # the last, at the end
+
+
 def test_an_aws_error_names_the_jobs_endpoints(job: Job) -> None:
     from botocore.exceptions import ClientError
 
