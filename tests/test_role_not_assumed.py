@@ -128,6 +128,23 @@ def test_an_sts_endpoint_carrying_a_password_is_refused_and_never_shown(
     assert "it must not carry a user name or password" in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL"])
+def test_an_sts_endpoint_without_a_scheme_is_one_line_and_exit_3(
+    moto_endpoint: str, unique: Any, tmp_path: Path, variable: str
+) -> None:
+    """botocore refused it before it was checked (``ValueError: Invalid endpoint``): a
+    traceback and exit 1, where ``validate`` had said ``run`` stops with exit 3."""
+    config = job_file(tmp_path, moto_endpoint, unique)
+    bare = moto_endpoint.removeprefix("http://")
+    result = replicator("verify", "--config", str(config), env={variable: bare})
+    assert result.returncode == 3, result
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"assuming role {ROLE} at STS endpoint {bare} failed: " in result.stderr
+    assert (
+        f"the sts endpoint {bare!r} is not usable: it must start with http:// or https://\n"
+    ) in result.stderr, result.stderr
+
+
 def test_a_role_not_assumed_was_never_sent_and_is_never_the_changes_fault() -> None:
     """A write whose role could not be assumed was never signed: it cannot have landed,
     and it is retried as its STS failure would be, never dead-lettered as rejected."""

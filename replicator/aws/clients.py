@@ -202,24 +202,34 @@ def _shared_session(
 
     def sts_client(service: str, **kwargs: Any) -> Any:
         nonlocal sts_endpoint
-        client = base.create_client(service, **kwargs)
-        url = str(client.meta.endpoint_url)
-        problem = endpoint_problem(url)
-        if problem is not None:
-            # As for the services' own endpoints (_checked), and never shown: a user
-            # name and password in $AWS_ENDPOINT_URL_STS are refused, not sent along.
-            sts_endpoint = without_userinfo(url)
-            raise ClientError(
-                {
-                    "Error": {
-                        "Code": "InvalidEndpoint",
-                        "Message": f"the sts endpoint {quoted(url)} is not usable: {problem}",
-                    }
-                },
-                "AssumeRole",
-            )
-        sts_endpoint = url
-        return client
+        try:
+            client = base.create_client(service, **kwargs)
+        except ValueError as error:
+            # botocore refuses an endpoint without a scheme itself ("Invalid endpoint"),
+            # before it could be checked below: the same one line, not a traceback.
+            if "endpoint" not in str(error).lower():
+                raise
+            _, given = _endpoint_origin("sts", Place(region))
+            url = given or ""
+            problem: str | None = (given and endpoint_problem(given)) or str(error)
+        else:
+            url = str(client.meta.endpoint_url)
+            problem = endpoint_problem(url)
+            if problem is None:
+                sts_endpoint = url
+                return client
+        # As for the services' own endpoints (_checked), and never shown: a user name
+        # and password in $AWS_ENDPOINT_URL_STS are refused, not sent along.
+        sts_endpoint = without_userinfo(url)
+        raise ClientError(
+            {
+                "Error": {
+                    "Code": "InvalidEndpoint",
+                    "Message": f"the sts endpoint {quoted(url)} is not usable: {problem}",
+                }
+            },
+            "AssumeRole",
+        )
 
     source_credentials = base.get_credentials()
     fetcher = AssumeRoleCredentialFetcher(
