@@ -104,7 +104,7 @@ class _JobFilePath(click.Path):
             and param.name is not None
             and ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT
         )
-        if from_environment and isinstance(value, str) and not os.path.lexists(value):
+        if from_environment and isinstance(value, str) and _nothing_at(value):
             # Named with where it came from: `docker run` without the job file mounted
             # meets the image's REPLICATOR_CONFIG, which the command line never showed.
             self.fail(
@@ -114,6 +114,18 @@ class _JobFilePath(click.Path):
                 ctx,
             )
         return super().convert(value, param, ctx)
+
+
+def _nothing_at(path: str) -> bool:
+    """Whether nothing is at ``path`` (another error, a directory that may not be searched
+    or a loop of links, is for reading the file to tell)."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 JOB_FILE = _JobFilePath(dir_okay=False, path_type=Path)
@@ -237,8 +249,39 @@ def validate(config_path: Path) -> None:
     with report_kept_apart():  # a resolver's output as it is imported: not the report
         resolved = load_job(config_path, on_disk=True, resolvers=True)
         echo(redact(describe(resolved)))  # the job's URLs, not data: as a URL in an error
-        for caution in [*resolved.job.cautions, *environment_endpoint_problems()]:
+        endpoints = environment_endpoint_problems(_services_without_endpoints(resolved))
+        for caution in [*resolved.job.cautions, *endpoints]:
             echo(f"warning: {caution}")
+
+
+def _services_without_endpoints(resolved: ResolvedJob) -> dict[str, str]:
+    """The services the job calls where botocore takes the endpoint from the environment
+    (no ``endpoint_url`` given), each with where: STS for every ``role_arn``."""
+    from replicator.config.model import (
+        ConflictLogKind,
+        DeadLetterKind,
+        DestinationConfig,
+        SourceConfig,
+        StreamKind,
+    )
+
+    job = resolved.job
+    where = "where the job file gives no endpoint_url"
+    services: dict[str, str] = {}
+    tables: list[SourceConfig | DestinationConfig] = [job.source, *job.destinations]
+    if any(place.endpoint_url is None for place in tables):
+        services["dynamodb"] = where
+    if job.source.endpoint_url is None:
+        kind = job.source.stream.kind
+        services["kinesis" if kind is StreamKind.KINESIS else "dynamodbstreams"] = where
+    letters, log = job.dead_letter, job.conflict_log
+    if (letters.kind is DeadLetterKind.SQS and letters.endpoint_url is None) or (
+        log.kind is ConflictLogKind.SQS and log.endpoint_url is None
+    ):
+        services["sqs"] = where
+    if any(place.role_arn for place in tables) or letters.role_arn or log.role_arn:
+        services["sts"] = "when it assumes the job's role_arn"
+    return services
 
 
 def _trimmed_data(resolved: ResolvedJob) -> str:

@@ -40,7 +40,7 @@ from replicator import __version__
 from replicator.aws.answers import watch_answers
 from replicator.aws.errors import RoleNotAssumed
 from replicator.aws.models import data_loader
-from replicator.config.endpoints import endpoint_problem, quoted, without_userinfo
+from replicator.config.endpoints import ENDPOINT_IDS, endpoint_problem, quoted, without_userinfo
 from replicator.exceptions import EnvironmentProblem
 
 if TYPE_CHECKING:
@@ -293,22 +293,12 @@ def _loading_credentials(place: Reach) -> Iterator[None]:
         ) from None
 
 
-# The part of botocore's per-service endpoint variable (AWS_ENDPOINT_URL_<ID>) for each
-# service the package makes clients for.
-_ENDPOINT_IDS = {
-    "dynamodb": "DYNAMODB",
-    "dynamodbstreams": "DYNAMODB_STREAMS",
-    "kinesis": "KINESIS",
-    "sqs": "SQS",
-}
-
-
 def _endpoint_origin(service: str, place: Reach) -> tuple[str, str | None]:
     """Where botocore takes the endpoint of a ``service`` client at ``place`` from, and
     the value there when it is a variable or the job file."""
     if place.endpoint_url:
         return "the job file", place.endpoint_url
-    names = [f"AWS_ENDPOINT_URL_{_ENDPOINT_IDS.get(service, service.upper())}", "AWS_ENDPOINT_URL"]
+    names = [f"AWS_ENDPOINT_URL_{ENDPOINT_IDS.get(service, service.upper())}", "AWS_ENDPOINT_URL"]
     for name in names:
         if os.environ.get(name):
             return f"${name}", os.environ[name]

@@ -84,22 +84,24 @@ class ReachedTable:
     """A table as the job reaches it, for :func:`one_table`."""
 
     named: str  # as messages name it: ``destinations[0] (eu-west-1/orders)``
-    region: str
     endpoint_url: str | None
     identity: tuple[Any, ...] | None
 
 
 def one_table(one: ReachedTable, other: ReachedTable) -> bool:
     """Whether two places of the job reach one table: the same ``TableId`` (DynamoDB),
-    or, on an emulator, the same ARN and creation time at one server in one region
-    (``localhost`` and ``127.0.0.1`` at one port are one server: their addresses meet).
-    A job that reaches its source through another spelling of its endpoint would
-    replicate the table into itself."""
+    or, on an emulator, the same ARN and creation time at one server (``localhost`` and
+    ``127.0.0.1`` at one port are one server: their addresses meet), whatever the
+    regions: an emulator's ARN names the region where it keeps regions apart (moto), and
+    one that keeps one database for every region (DynamoDB Local's ``-sharedDb``) names
+    none. A job that reaches its source through another spelling of its endpoint would
+    replicate the table into itself. ``endpoint_url``: the one the client uses (from the
+    job file, ``AWS_ENDPOINT_URL`` or AWS's own)."""
     if one.identity is None or one.identity != other.identity:
         return False
     if one.identity[0] == "id":
         return True
-    return one.region == other.region and _one_server(one.endpoint_url, other.endpoint_url)
+    return _one_server(one.endpoint_url, other.endpoint_url)
 
 
 def _one_server(one: str | None, other: str | None) -> bool:
@@ -123,10 +125,11 @@ def _addresses(host: str | None, port: int) -> set[str]:
     """The addresses ``host`` reaches (itself, lower-cased, when it cannot be looked up)."""
     if not host:
         return set()
+    host = host.rstrip(".").lower()  # ``localhost.`` is ``localhost``
     try:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
-        return {host.lower()}
+        return {host}
     return {str(info[4][0]) for info in found}
 
 
@@ -158,8 +161,10 @@ def missing_destination(
     ):
         return problem
     return EnvironmentProblem(
-        f"{problem}; create it with the source's key schema ({key_schema_words(source_keys)}), "
-        f"or correct {entry}'s table, region, endpoint_url or role_arn in the job file"
+        f"{problem}; create it with the source's key schema ({key_schema_words(source_keys)}) "
+        "(if the job replicated to it before, what it held is gone: with the job running, "
+        "then run `replicator backfill --restart` and `replicator verify`), or correct the "
+        f"table, region, endpoint_url or role_arn of {entry} in the job file"
     )
 
 

@@ -280,25 +280,36 @@ def _aws_hosts(region: str) -> tuple[str, ...]:
     return (f"dynamodb.{region}.amazonaws.com", f"dynamodb.{region}.amazonaws.com.cn")
 
 
-# The variables botocore takes an endpoint from for the services the replicator calls,
-# the general one last.
-ENDPOINT_VARIABLES = tuple(
-    f"AWS_ENDPOINT_URL{suffix}"
-    for suffix in ("_DYNAMODB", "_DYNAMODB_STREAMS", "_KINESIS", "_SQS", "_STS", "")
-)
+# The part of botocore's endpoint variable (AWS_ENDPOINT_URL_<ID>) of each service the
+# replicator calls.
+ENDPOINT_IDS = {
+    "dynamodb": "DYNAMODB",
+    "dynamodbstreams": "DYNAMODB_STREAMS",
+    "kinesis": "KINESIS",
+    "sqs": "SQS",
+    "sts": "STS",
+}
 
 
-def environment_endpoint_problems() -> list[str]:
-    """What ``validate`` warns of in the endpoint variables set for this process: ``run``
-    stops on such a value (exit 3) when it makes the client of a place the job file
-    gives no ``endpoint_url``, which ``validate`` could see without calling AWS."""
-    problems = []
-    for name in ENDPOINT_VARIABLES:
-        url = os.environ.get(name)
-        problem = endpoint_problem(url) if url else None
-        if problem is not None and url is not None:
-            problems.append(
-                f"${name} ({quoted(url)}) is not usable as an endpoint: {problem}; `run` "
-                "stops on it (exit 3) wherever the job file gives no endpoint_url"
-            )
-    return problems
+def environment_endpoint_problems(services: dict[str, str]) -> list[str]:
+    """What ``validate`` warns of in the endpoint variables botocore would take for
+    ``services`` (each with where the job uses it without an ``endpoint_url``): ``run``
+    stops on such a value (exit 3) when it makes that client, which ``validate`` could
+    see without calling AWS. None under ``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS``, which
+    makes botocore skip the variables."""
+    if os.environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").strip().lower() == "true":
+        return []
+    problems: dict[str, str] = {}
+    for service, where in services.items():
+        for name in (f"AWS_ENDPOINT_URL_{ENDPOINT_IDS[service]}", "AWS_ENDPOINT_URL"):
+            url = os.environ.get(name)
+            if not url:
+                continue
+            problem = endpoint_problem(url)
+            if problem is not None and name not in problems:
+                problems[name] = (
+                    f"${name} ({quoted(url)}) is not usable as an endpoint: {problem}; `run` "
+                    f"stops on it (exit 3) {where}"
+                )
+            break
+    return list(problems.values())

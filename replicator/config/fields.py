@@ -185,9 +185,14 @@ def _path_text(value: str) -> str:
             f"contains a NUL character ('\\x00'), which no file name can hold: got {shown(value)}"
         )
     if value != value.strip():
-        raise ValueError(f"begins or ends with a space: remove it, got {shown(value)}")
+        crlf = " (an env file written with CRLF line ends gives a \\r)" if "\r" in value else ""
+        raise ValueError(
+            f"begins or ends with a space or other blank{crlf}: remove it, got {shown(value)}"
+        )
     if value.startswith("~"):
-        home = "${HOME}" + (value[1:] if value.startswith("~/") else "/...")
+        home = (
+            "${HOME}" + value[1:] if value.startswith("~/") or value == "~" else "the home's path"
+        )
         raise ValueError(
             "starts with ~, which is not expanded (a path is taken as written, relative "
             f"to the working directory): write {home} or an absolute path, got {shown(value)}"

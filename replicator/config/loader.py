@@ -928,7 +928,7 @@ def _listed(file: Path, document: _Document | None, problems: list[_Problem]) ->
         lines.append(f"  {format_path(problem.path)}{where}: {problem.message}")
     count = len(problems)
     empty = document is not None and document.empty
-    said = " (it holds no job: it is empty, or comments alone)" if empty else ""
+    said = " (it holds no job: it is empty, comments alone, or a null)" if empty else ""
     return ConfigError(
         f"{file}: {count} problem{'s' if count != 1 else ''} in the job file{said}:\n"
         + "\n".join(lines)

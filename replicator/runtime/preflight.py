@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from botocore.exceptions import (
@@ -56,6 +57,7 @@ from replicator.shards import ownership
 from replicator.shards.leases import check_lease_table
 from replicator.tombstones.setup import prepare as prepare_tombstones
 from replicator.watermark.off import record_watermark_off
+from replicator.watermark.recreated import record_recreated
 from replicator.watermark.table import check_status_table
 
 if TYPE_CHECKING:
@@ -75,7 +77,8 @@ class SourceInfo:
     stream_arn: str
     view_type: str | None
     key_schema: dict[str, str]
-    identity: tuple[str, ...] | None = None
+    identity: tuple[Any, ...] | None = None
+    endpoint_url: str | None = None  # the one its client uses
 
 
 # After "cannot reach": what a network error at a check means, and what to do; said by
@@ -222,6 +225,7 @@ def check_source(resolved: ResolvedJob) -> SourceInfo:
             view_type=None,
             key_schema=key_schema,
             identity=shape.identity,
+            endpoint_url=ddb.meta.endpoint_url,
         )
     stream_arn = source.stream.arn or table.get("LatestStreamArn")
     if not stream_arn or (not source.stream.arn and not tables.stream_enabled(table)):
@@ -274,7 +278,11 @@ def check_source(resolved: ResolvedJob) -> SourceInfo:
             + ("" if section else ", or put those destinations under overwrite or custom")
         )
     return SourceInfo(
-        stream_arn=stream_arn, view_type=view_type, key_schema=key_schema, identity=shape.identity
+        stream_arn=stream_arn,
+        view_type=view_type,
+        key_schema=key_schema,
+        identity=shape.identity,
+        endpoint_url=ddb.meta.endpoint_url,
     )
 
 
@@ -550,17 +558,15 @@ def check_table_streams_to(
     )
 
 
-def check_destinations(resolved: ResolvedJob, source: SourceInfo) -> None:
+def check_destinations(resolved: ResolvedJob, source: SourceInfo) -> dict[str, datetime]:
     """Every destination there, with the source's key schema, and each a table of its
     own: not the source nor another destination reached another way (a second spelling
     of its endpoint, ``localhost`` for ``127.0.0.1``, or a role into the same account),
-    which the job file's check cannot see."""
+    which the job file's check cannot see. Each destination's creation time, by label,
+    where DescribeTable gives it."""
     job = resolved.job
-    seen = [
-        tables.ReachedTable(
-            "the source table", job.source.region, job.source.endpoint_url, source.identity
-        )
-    ]
+    created: dict[str, datetime] = {}
+    seen = [tables.ReachedTable("the source table", source.endpoint_url, source.identity)]
     for index, destination in enumerate(job.destinations):
         where = tables.where(destination.region, destination.endpoint_url, destination.role_arn)
         what = f"destinations[{index}] table {destination.table}"
@@ -577,13 +583,29 @@ def check_destinations(resolved: ResolvedJob, source: SourceInfo) -> None:
                 tables.key_schema_problem(what, where, shape.key_schema, source.key_schema)
             )
         reached = tables.ReachedTable(
-            f"destinations[{index}] ({destination.label})",
-            destination.region,
-            destination.endpoint_url,
-            shape.identity,
+            f"destinations[{index}] ({destination.label})", ddb.meta.endpoint_url, shape.identity
         )
         tables.refuse_one_table_twice(f"{what} at {where}", reached, seen)
         seen.append(reached)
+        if isinstance(table.get("CreationDateTime"), datetime):
+            created[destination.label] = table["CreationDateTime"]
+    return created
+
+
+def note_recreated_destinations(resolved: ResolvedJob, created: dict[str, datetime]) -> None:
+    """A destination table created after the job last settled changes there (deleted
+    while the job was stopped, and created again): its watermark is told so, and the
+    start says what to do (replicator/watermark/recreated.py)."""
+    if not resolved.publishes_watermark:
+        return
+    for destination in resolved.job.destinations:
+        if destination.label not in created:
+            continue
+        where = tables.where(destination.region, destination.endpoint_url, destination.role_arn)
+        try:
+            record_recreated(resolved, destination, created[destination.label])
+        except (ClientError, BotoCoreError) as error:
+            raise explain(error, f"status table {resolved.watermark_table}", where) from None
 
 
 def check_dead_letter_file(resolved: ResolvedJob) -> None:
@@ -683,7 +705,7 @@ def _checked(
     go_on()
     info = check_source(resolved)
     go_on()
-    check_destinations(resolved, info)
+    created = check_destinations(resolved, info)
     go_on()
     check_task_tables(resolved)
     go_on()
@@ -692,6 +714,8 @@ def _checked(
     file_owners.check(resolved)
     before_creating()
     mark_watermark_off(resolved)
+    go_on()
+    note_recreated_destinations(resolved, created)
     go_on()
     check_dead_letter_file(resolved)
     go_on()

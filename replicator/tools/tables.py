@@ -132,7 +132,7 @@ def check_same_keys(
     and a destination that is the source or another destination reached another way."""
     shape = checked_source(resolved, source)
     seen = [
-        tables.ReachedTable("the source table", source.region, source.endpoint_url, shape.identity)
+        tables.ReachedTable("the source table", source.client.meta.endpoint_url, shape.identity)
     ]
     for destination in destinations:
         other = describe(destination, shape.key_schema)
@@ -143,7 +143,7 @@ def check_same_keys(
                 )
             )
         reached = tables.ReachedTable(
-            destination.named, destination.region, destination.endpoint_url, other.identity
+            destination.named, destination.client.meta.endpoint_url, other.identity
         )
         tables.refuse_one_table_twice(
             f"{destination.named} at {destination.endpoint}", reached, seen

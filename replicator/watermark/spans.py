@@ -89,7 +89,8 @@ _WHY = {
     ),
     DESTINATION_LOST: (
         "the destination's table answered that it does not exist, or has another key "
-        "(deleted or re-created while the job ran): what was applied there before is "
+        "(deleted or re-created while the job ran), or was created after the job had last "
+        "settled changes there (deleted while it was stopped): what was applied there before is "
         "gone; copy it again with `replicator backfill`"
     ),
     BEFORE_STREAM: (

@@ -386,6 +386,8 @@ class WaitResult:
     :func:`stale_after_s`)."""
     since_us: int | None = None
     """Where the window the dead letters and unread spans were looked for in began."""
+    since_given: bool = False
+    """Whether the caller gave that start (``since``, ``--since``), or took the default."""
 
     @property
     def replicated(self) -> bool:
@@ -421,13 +423,17 @@ class WaitResult:
                     "(settled, not applied): see the dead letters, then redrive; a "
                     "verify that finds the destination equal clears them here"
                 )
-            window = (
-                ""
-                if self.since_us is None
-                else f" (changes created since {iso(self.since_us)} count: `since`, by default "
-                "60 s before `until`, narrows the window)"
-            )
-            return f"{mark} passed, but " + "; ".join(reasons) + window
+            if self.since_us is not None:
+                reasons.append(
+                    f"the wait looked for these from {iso(self.since_us)}"
+                    + (
+                        " (since, --since)"
+                        if self.since_given
+                        else ": since (--since), 60 s before until (--until) by default, "
+                        "moves that start"
+                    )
+                )
+            return f"{mark} passed, but " + "; ".join(reasons)
         return f"replicated: {mark} passed after {self.waited_s:.2f}s"
 
 
@@ -621,6 +627,7 @@ def wait_until_replicated(
                 time.monotonic() - started,
                 unread=unread,
                 since_us=since_us,
+                since_given=since is not None,
             )
         if watermark is not None:
             # The job runs with the watermark off: its changes in the window are followed

@@ -455,31 +455,47 @@ def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
 
 
 def test_validate_warns_of_an_endpoint_variable_that_run_would_stop_on(tmp_path: Path) -> None:
-    """``run`` stops with exit 3 on an endpoint variable that is no URL; ``validate``,
-    which reads the environment already, said nothing of it."""
+    """``run`` stops with exit 3 on an endpoint variable that is no URL where it takes
+    it; ``validate``, which reads the environment already, said nothing of it. Only the
+    services the job calls without an endpoint_url count (STS: for a role_arn)."""
     path = tmp_path / "job.yaml"
     path.write_text(MINIMAL)
-    result = validate_in_process(
-        path,
-        env={
-            "AWS_ENDPOINT_URL": "garbage",
-            "AWS_ENDPOINT_URL_SQS": "http://127.0.0.1:1 ",
-            "AWS_ENDPOINT_URL_DYNAMODB": "http://127.0.0.1:8000",
-            "AWS_ENDPOINT_URL_STS": "",
-        },
-    )
-    assert result.returncode == 0, result.stderr
-    warnings = [
-        line for line in result.stdout.splitlines() if "is not usable as an endpoint" in line
-    ]
-    assert warnings == [
-        "warning: $AWS_ENDPOINT_URL_SQS ('http://127.0.0.1:1 ') is not usable as an endpoint: "
-        "it contains whitespace or a control character; `run` stops on it (exit 3) wherever "
-        "the job file gives no endpoint_url",
+    bad = {
+        "AWS_ENDPOINT_URL": "garbage",
+        "AWS_ENDPOINT_URL_SQS": "http://127.0.0.1:1 ",
+        "AWS_ENDPOINT_URL_STS": "127.0.0.1:2",
+        "AWS_ENDPOINT_URL_DYNAMODB": "http://127.0.0.1:8000",
+    }
+
+    def warned(env: dict[str, str | None]) -> list[str]:
+        result = validate_in_process(path, env=env)
+        assert result.returncode == 0, result.stderr
+        return [line for line in result.stdout.splitlines() if "not usable as an endp" in line]
+
+    # DynamoDB's own variable is good; the stream's client takes the general one.
+    assert warned({**bad}) == [
         "warning: $AWS_ENDPOINT_URL ('garbage') is not usable as an endpoint: it must start "
-        "with http:// or https://; `run` stops on it (exit 3) wherever the job file gives no "
+        "with http:// or https://; `run` stops on it (exit 3) where the job file gives no "
         "endpoint_url",
     ]
+    path.write_text(
+        MINIMAL.replace(
+            "table: orders}\ndest", "table: orders, endpoint_url: 'http://h:1'}\ndest"
+        ).replace(
+            "eu-west-1, table: orders}",
+            "eu-west-1, table: orders, role_arn: 'arn:aws:iam::123456789012:role/w'}",
+        )
+        + "dead_letter: {kind: sqs, queue_url: 'https://sqs.us-east-1.amazonaws.com/123456789012/dl'}\n"
+    )
+    assert warned({**bad}) == [
+        "warning: $AWS_ENDPOINT_URL_SQS ('http://127.0.0.1:1 ') is not usable as an endpoint: "
+        "it contains whitespace or a control character; `run` stops on it (exit 3) where the "
+        "job file gives no endpoint_url",
+        "warning: $AWS_ENDPOINT_URL_STS ('127.0.0.1:2') is not usable as an endpoint: it must "
+        "start with http:// or https://; `run` stops on it (exit 3) when it assumes the job's "
+        "role_arn",
+    ]
+    assert warned({**bad, "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true"}) == []
 
 
 def test_a_missing_job_file_named_by_replicator_config_says_where_the_name_came_from(

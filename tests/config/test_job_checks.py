@@ -550,7 +550,12 @@ def test_a_tombstone_table_name_too_long_says_to_shorten_the_pattern(tmp_path: P
             "starts with ~, which is not expanded (a path is taken as written, relative to the "
             "working directory): write ${HOME}/dl/{task_name}.jsonl or an absolute path",
         ),
-        ('kcl: {java: "~bob/bin/java"}', "kcl.java", "write ${HOME}/... or an absolute path"),
+        ('kcl: {java: "~bob/bin/java"}', "kcl.java", "write the home's path or an absolute path"),
+        (
+            'kcl: {jars_dir: "jars\\r"}',
+            "kcl.jars_dir",
+            "other blank (an env file written with CRLF",
+        ),
     ],
 )
 def test_a_path_padded_with_spaces_or_starting_with_a_tilde_is_refused(

@@ -480,8 +480,8 @@ def test_an_empty_job_file_is_told_the_keys_it_needs_however_it_is_empty(
     result = validate_in_process(path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [
-        f"replicator: {path}: 2 problems in the job file (it holds no job: it is empty, or "
-        "comments alone):",
+        f"replicator: {path}: 2 problems in the job file (it holds no job: it is empty, "
+        "comments alone, or a null):",
         "  source: required key is missing",
         "  destinations: required key is missing",
     ], result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -419,35 +420,48 @@ def test_a_destination_that_is_the_source_at_another_spelling_of_its_endpoint_is
         ) in result.stderr, command
 
 
-def test_one_table_is_told_by_its_table_id_or_on_an_emulator_by_arn_time_and_server() -> None:
+def test_one_table_is_told_by_its_table_id_or_on_an_emulator_by_arn_time_and_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Emulators give every server's table of a name one ARN and a creation time to the
     millisecond: two servers set up by one script are two tables, not one, and a job
-    between them is not refused."""
+    between them is not refused. One server's table is one table whatever region names
+    it (DynamoDB Local's ``-sharedDb`` keeps one database for every region)."""
+    names = {"localhost": ["127.0.0.1", "::1"], "127.0.0.1": ["127.0.0.1"], "lan": ["10.0.0.9"]}
+
+    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        if host not in names:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in names[host]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     created = datetime.datetime(2026, 12, 7, 20, 0, tzinfo=datetime.UTC)
-    arn = "arn:aws:dynamodb:us-east-1:123456789012:table/orders"
+    arn = "arn:aws:dynamodb:ddblocal:000000000000:table/orders"
 
     def described(**table: Any) -> Any:
         return identity_of(table)  # type: ignore[arg-type]
 
     emulated = described(TableArn=arn, CreationDateTime=created)
 
-    def at(url: str | None, identity: Any = emulated, region: str = "us-east-1") -> ReachedTable:
-        return ReachedTable(f"at {url}", region, url, identity)
+    def at(url: str | None, identity: Any = emulated) -> ReachedTable:
+        return ReachedTable(f"at {url}", url, identity)
 
-    here = at("http://127.0.0.1:4566")
-    assert one_table(here, at("http://localhost:4566/"))
-    assert one_table(here, at("HTTP://127.0.0.1:4566"))
-    assert not one_table(here, at("http://127.0.0.1:4567"))
-    assert not one_table(here, at("http://127.0.0.1:4566", region="eu-west-1"))
+    here = at("http://127.0.0.1:8000")
+    assert one_table(here, at("http://localhost:8000/"))
+    assert one_table(here, at("http://LOCALHOST.:8000"))
+    assert one_table(here, at("HTTP://127.0.0.1:8000"))
+    assert not one_table(here, at("http://127.0.0.1:8001"))
+    assert not one_table(here, at("http://lan:8000"))
+    assert not one_table(here, at("http://nowhere:8000"))
     later = described(TableArn=arn, CreationDateTime=created + datetime.timedelta(milliseconds=1))
-    assert not one_table(here, at("http://localhost:4566", later))
-    assert not one_table(at("http://127.0.0.1:4566", None), at("http://localhost:4566", None))
+    assert not one_table(here, at("http://localhost:8000", later))
+    assert not one_table(at("http://127.0.0.1:8000", None), at("http://localhost:8000", None))
     # DynamoDB's TableId is the table wherever it is reached from (a VPC endpoint's name).
     table_id = described(TableId="4f2c", TableArn=arn, CreationDateTime=created)
     vpce = "https://vpce-1.dynamodb.us-east-1.vpce.amazonaws.com"
-    assert one_table(at(None, table_id), at(vpce, table_id))
+    assert one_table(at("https://dynamodb.us-east-1.amazonaws.com", table_id), at(vpce, table_id))
     other_id = described(TableId="9a1e", TableArn=arn, CreationDateTime=created)
-    assert not one_table(at(None, table_id), at(None, other_id))
+    assert not one_table(at(vpce, table_id), at(vpce, other_id))
 
 
 def test_two_destinations_that_are_one_table_are_refused_and_a_missing_one_says_what_to_do(
@@ -481,8 +495,10 @@ def test_two_destinations_that_are_one_table_are_refused_and_a_missing_one_says_
         f"destinations[0] table nowhere: not found at {moto_endpoint}"
     )
     assert str(raised.value).endswith(
-        "; create it with the source's key schema (pk (hash key, S)), or correct "
-        "destinations[0]'s table, region, endpoint_url or role_arn in the job file"
+        "; create it with the source's key schema (pk (hash key, S)) (if the job replicated "
+        "to it before, what it held is gone: with the job running, then run `replicator "
+        "backfill --restart` and `replicator verify`), or correct the table, region, "
+        "endpoint_url or role_arn of destinations[0] in the job file"
     )
 
 

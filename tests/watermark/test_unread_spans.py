@@ -6,6 +6,7 @@ verify with no difference left, not a backfill, which cannot copy deletes)."""
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -27,7 +28,9 @@ from replicator.watermark.history import SourceHistory
 from replicator.watermark.off import record_watermark_off
 from replicator.watermark.parts import Part, Watermark, combine, iso
 from replicator.watermark.publisher import ShardWatermark
+from replicator.watermark.recreated import record_recreated
 from replicator.watermark.spans import (
+    DESTINATION_LOST,
     JOINED,
     LATEST,
     OPEN_US,
@@ -167,8 +170,8 @@ def test_a_latest_start_stores_its_span_before_it_claims_and_a_restart_keeps_it(
     mark = START + 5 * S - 1
     assert before.describe().startswith(f"watermark {iso(mark)} ({mark / S:.6f}) passed, but")
     assert before.describe().endswith(
-        f" (changes created since {iso(START - 90 * S)} count: `since`, by default 60 s "
-        "before `until`, narrows the window)"
+        f"; the wait looked for these from {iso(START - 90 * S)}: since (--since), 60 s "
+        "before until (--until) by default, moves that start"
     )
     after = wait(table, START + 4 * S, since_us=START + S)
     assert after.replicated, after.describe()
@@ -805,6 +808,44 @@ def test_a_status_table_the_job_may_not_touch_with_the_watermark_off_is_a_warnin
     if not raised:
         assert warned[0]["status_table"] == "job-watermark"
         assert warned[0]["destination"] == "eu-west-1/dst"
+
+
+def test_a_destination_created_after_the_job_last_settled_there_gets_a_span_at_start(
+    ddb: Any, unique: Callable[[str], str], moto_endpoint: str, metrics: Metrics
+) -> None:
+    """Deleted while the job was stopped and created again: the start refused until it
+    existed, then nothing said its items were gone, and a wait there was told
+    "replicated" for changes the new table never received."""
+    task = unique("recreated")
+    table = table_of(ddb, f"{task}-watermark", "eu-west-1/replica")
+    first = publisher("s1", {table.destination: table}, [Shard("s1", None, False)], metrics)
+    first.empty_read(previous_answer_at=(START + 5 * S) / S, received_at=0)
+    first.publish()  # settled there at START (this test's clock), long before now
+    assert wait(table, START).replicated
+    resolved = parse_job(
+        f"task_name: {task}\n"
+        f"source: {{region: us-east-1, table: src, endpoint_url: '{moto_endpoint}'}}\n"
+        f"destinations: [{{region: eu-west-1, table: replica, endpoint_url: '{moto_endpoint}'}}]\n",
+        Path("job.yaml"),
+    )
+    destination = resolved.job.destinations[0]
+    created = datetime.datetime.now(datetime.UTC)
+    with structlog.testing.capture_logs() as logs:
+        assert record_recreated(resolved, destination, created)
+    (said,) = [line for line in logs if line["log_level"] == "error"]
+    assert said["event"].startswith("destination table created after the job last settled")
+    assert "`replicator backfill --restart`, then `replicator verify`" in said["event"]
+    # As a wait reads it (a wait here could be answered from the read just before).
+    after = combine(table.destination, table.parts())
+    assert after.passes(START)
+    (span,) = after.unread_between(START - 60 * S, START)
+    assert (span.reason, span.to_us) == (DESTINATION_LOST, int(created.timestamp() * S))
+    # A second start before the job published again adds nothing new; a table created
+    # before the job last settled there is the job's own.
+    assert record_recreated(resolved, destination, created)
+    assert len(table.part("s1").unread_spans) == 1  # type: ignore[union-attr]
+    long_ago = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    assert not record_recreated(resolved, destination, long_ago)
 
 
 def test_a_child_placeholder_counts_for_the_table_its_parents_were_claimed_for() -> None:

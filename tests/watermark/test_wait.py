@@ -776,8 +776,15 @@ def test_a_wait_names_its_times_as_iso_and_a_watermark_beyond_any_date_as_second
     # the --until asked was reached by the default --since.
     windowed = WaitResult(True, mark, dead_lettered=((S, 2 * S),), since_us=S // 2).describe()
     assert windowed == said + (
-        " (changes created since 1970-01-01T00:00:00.500000Z count: `since`, by default 60 s "
-        "before `until`, narrows the window)"
+        "; the wait looked for these from 1970-01-01T00:00:00.500000Z: since (--since), 60 s "
+        "before until (--until) by default, moves that start"
+    )
+    given = WaitResult(
+        True, mark, dead_lettered=((S, 2 * S),), since_us=S // 2, since_given=True
+    ).describe()
+    assert (
+        given
+        == said + "; the wait looked for these from 1970-01-01T00:00:00.500000Z (since, --since)"
     )
     huge = combine("d", [Part("d", "s1", watermark_us=300_000_000 * 10**9, updated_at=now)])
     assert WaitResult(True, huge).describe() == (
