@@ -200,9 +200,10 @@ def stream_replaced(resolved: ResolvedJob, ddb: DynamoDBClient, stream_arn: str)
         f"source table {source.table} at {where}: {now}, not the stream {stream_arn} this "
         "run reads (the table was deleted and created again, or its stream disabled, while "
         "the job ran); the changes made since are not in the stream being read. "
-        f"{start}, then run `replicator backfill --restart` and `replicator verify` for what "
-        "the old stream held that was not read (--restart: a backfill stored before copies "
-        "nothing new)"
+        f"{start}, then run `replicator backfill --restart` and `replicator verify --repair` "
+        "for what the old stream held that was not read (--restart: a backfill stored before "
+        "copies nothing new; --repair: items of the table before, deleted with it, are still "
+        "at the destinations)"
     )
 
 

@@ -209,7 +209,9 @@ def _check_not_trimmed(
                     f"backfill refused: shard {shard_id}'s checkpoint {lease.checkpoint} is "
                     "older than the stream's 24-hour retention, so the replicator cannot "
                     "continue from it. Set source.on_trimmed_data: restart_from_trim_horizon, "
-                    "start the replicator, then run the backfill while it runs."
+                    "start the replicator, then run the backfill while it runs, and `replicator "
+                    "verify --repair` for the deletes a copy cannot make; then set it back to "
+                    "fail."
                 ) from None
             raise explain(error, f"stream {stream_arn}", where) from None
 

@@ -796,7 +796,9 @@ class ShardWorker(threading.Thread):
             raise TrimmedData(
                 message + ". Set source.on_trimmed_data: restart_from_trim_horizon, start the "
                 "replicator, then run `replicator backfill` while it runs to copy what was "
-                "missed."
+                "missed and `replicator verify --repair` for the deletes a copy cannot make; "
+                "then set it back to fail (left on, the next trimmed checkpoint is one error "
+                "line, not a stop)."
             )
         log.error(
             message + "; continuing from the oldest record the stream holds",

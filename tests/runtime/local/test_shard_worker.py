@@ -329,6 +329,9 @@ def test_trimmed_data_fails_loudly_by_default(leases: LeaseTable) -> None:
     worker, _, _ = run_worker(leases, [error("TrimmedDataAccessException")])
     assert isinstance(worker.error, TrimmedData)
     assert "backfill" in str(worker.error) and "restart_from_trim_horizon" in str(worker.error)
+    # And what a plain copy leaves (the gap's deletes), and the setting's way back.
+    assert "`replicator verify --repair`" in str(worker.error)
+    assert "then set it back to fail" in str(worker.error)
 
 
 def test_trimmed_data_can_restart_from_the_oldest_record(leases: LeaseTable) -> None:
