@@ -38,7 +38,7 @@ from replicator.aws.errors import error_code
 from replicator.config.model import InitialPosition, ResolvedJob, RuntimeKind, StreamKind
 from replicator.exceptions import EnvironmentProblem
 from replicator.runtime.preflight import explain
-from replicator.shards.leases import LATEST, SENTINELS, Lease, LeaseTable
+from replicator.shards.leases import LATEST, SENTINELS, Lease, LeaseTable, check_lease_table
 from replicator.shards.stream import Shard, list_shards
 
 if TYPE_CHECKING:
@@ -87,6 +87,10 @@ def check_handoff(resolved: ResolvedJob, stream_arn: str, ddb: DynamoDBClient) -
     else:
         streams = clients.dynamodb_streams(source)
         listing = functools.partial(_stream_shards, streams, stream_arn)
+    try:  # a table of the lease table's name that is not one: refused as `run` refuses it
+        check_lease_table(ddb, resolved.lease_table, where)
+    except (ClientError, BotoCoreError) as error:
+        raise explain(error, f"lease table {resolved.lease_table}", where) from None
     leases = _leases(LeaseTable(ddb, resolved.lease_table, owner="backfill", where=where), where)
     shards = _open_shards(listing, stream_arn, where)
     trim_horizon = job.kcl.initial_position is InitialPosition.TRIM_HORIZON

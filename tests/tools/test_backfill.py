@@ -1092,6 +1092,39 @@ def test_a_lease_checkpoint_that_is_not_a_sequence_number_is_named_as_such(job: 
     assert "cannot reach" not in line
 
 
+@pytest.mark.parametrize("table", ["other key", "not leases"])
+def test_a_task_named_table_that_is_no_lease_table_is_refused_as_run_refuses_it(
+    job: Job, table: str
+) -> None:
+    """The hand-off check read such a table as "no leases yet" and copied (exit 0) for a
+    job whose ``run`` refuses to start (exit 3)."""
+    populate(job, 3)
+    if table == "other key":
+        job.source.create_table(
+            TableName=job.name,
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    else:
+        job.source.create_table(
+            TableName=job.name,
+            KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        job.source.put_item(TableName=job.name, Item={"leaseKey": {"S": "an application's"}})
+
+    refused = cli(job, "backfill")
+
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    (line,) = [text for text in refused.stderr.splitlines() if text.startswith("replicator:")]
+    assert f"lease table {job.name}" in line, line
+    said = "exists with key schema" if table == "other key" else "holds items that are not leases"
+    assert said in line, line
+    assert f"{job.name}-backfill" not in job.source.list_tables()["TableNames"]
+
+
 class _Crash(Exception):
     pass
 
