@@ -269,12 +269,14 @@ def _services_without_endpoints(resolved: ResolvedJob) -> dict[str, str]:
     where = "where the job file gives no endpoint_url"
     services: dict[str, str] = {}
     tables: list[SourceConfig | DestinationConfig] = [job.source, *job.destinations]
-    if any(place.endpoint_url is None for place in tables):
+    letters, log = job.dead_letter, job.conflict_log
+    if any(place.endpoint_url is None for place in tables) or (
+        log.kind is ConflictLogKind.DYNAMODB and log.endpoint_url is None
+    ):
         services["dynamodb"] = where
     if job.source.endpoint_url is None:
         kind = job.source.stream.kind
         services["kinesis" if kind is StreamKind.KINESIS else "dynamodbstreams"] = where
-    letters, log = job.dead_letter, job.conflict_log
     if (letters.kind is DeadLetterKind.SQS and letters.endpoint_url is None) or (
         log.kind is ConflictLogKind.SQS and log.endpoint_url is None
     ):

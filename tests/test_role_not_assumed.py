@@ -145,6 +145,22 @@ def test_an_sts_endpoint_without_a_scheme_is_one_line_and_exit_3(
     ) in result.stderr, result.stderr
 
 
+def test_an_sts_endpoint_from_the_config_file_with_a_password_is_refused_and_never_shown(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """botocore refuses it itself, quoting it whole: the password was in the message."""
+    config = job_file(tmp_path, moto_endpoint, unique)
+    secret = "s3cretPassw0rd"
+    aws_config = tmp_path / "aws-config"
+    aws_config.write_text(f"[default]\nendpoint_url = op:{secret}@127.0.0.1:1\n")
+    result = replicator("verify", "--config", str(config), env={"AWS_CONFIG_FILE": str(aws_config)})
+    assert result.returncode == 3, result
+    assert "Traceback" not in result.stderr, result.stderr
+    assert secret not in result.stdout + result.stderr
+    assert "<redacted>@127.0.0.1:1" in result.stderr, result.stderr
+    assert "the AWS config file" in result.stderr, result.stderr
+
+
 def test_a_role_not_assumed_was_never_sent_and_is_never_the_changes_fault() -> None:
     """A write whose role could not be assumed was never signed: it cannot have landed,
     and it is retried as its STS failure would be, never dead-lettered as rejected."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -209,9 +210,9 @@ def _shared_session(
             # before it could be checked below: the same one line, not a traceback.
             if "endpoint" not in str(error).lower():
                 raise
-            _, given = _endpoint_origin("sts", Place(region))
-            url = given or ""
-            problem: str | None = (given and endpoint_problem(given)) or str(error)
+            origin, given = _endpoint_origin("sts", Place(region))
+            url = given or origin
+            problem: str | None = (given and endpoint_problem(given)) or _said_safely(error)
         else:
             url = str(client.meta.endpoint_url)
             problem = endpoint_problem(url)
@@ -332,7 +333,7 @@ def _checked(service: str, place: Reach, make: Callable[[], Any]) -> Any:
     except ValueError as error:
         if "endpoint" not in str(error).lower():
             raise
-        problem = (url and endpoint_problem(url)) or str(error)
+        problem = (url and endpoint_problem(url)) or _said_safely(error)
     else:
         url = client.meta.endpoint_url
         checked = endpoint_problem(client.meta.endpoint_url)
@@ -344,6 +345,13 @@ def _checked(service: str, place: Reach, make: Callable[[], Any]) -> Any:
         f"the {service} endpoint{shown} for {place.region}, from {origin}, is not usable: "
         f"{problem} (an endpoint is http:// or https://, a host and an optional port)"
     )
+
+
+def _said_safely(error: ValueError) -> str:
+    """botocore's refusal of an endpoint (``Invalid endpoint: URL``), with any user name
+    and password in the URL it quotes hidden: one from the AWS config file is not checked
+    before botocore sees it."""
+    return re.sub(r"\S+@\S+", lambda found: without_userinfo(found.group()), str(error))
 
 
 def _session(place: Reach) -> RegionSession:

@@ -129,10 +129,11 @@ _AUTH = CLOCK_SKEW | frozenset(
         "AuthFailure",
     }
 )
+# The codes of a request the caller's policy does not allow (DynamoDB's, SQS's).
+ACCESS_DENIED = frozenset({"AccessDeniedException", "AccessDenied"})
 _DENIED = frozenset(
     {
-        "AccessDeniedException",
-        "AccessDenied",
+        *ACCESS_DENIED,
         "AWS.SimpleQueueService.NonExistentQueue",
         "QueueDoesNotExist",
     }

@@ -162,8 +162,8 @@ def missing_destination(
         return problem
     return EnvironmentProblem(
         f"{problem}; create it with the source's key schema ({key_schema_words(source_keys)}) "
-        "(if the job replicated to it before, what it held is gone: with the job running, "
-        "then run `replicator backfill --restart` and `replicator verify`), or correct the "
+        "(if the job replicated to it before, what it held is gone: start the job, then run "
+        "`replicator backfill --restart` beside it and `replicator verify`), or correct the "
         f"table, region, endpoint_url or role_arn of {entry} in the job file"
     )
 

@@ -359,8 +359,7 @@ def check_key_settings(resolved: ResolvedJob, key_schema: dict[str, str]) -> Non
                 ("loop_prevention", "origin_attribute"),
                 f"is {origin!r}, a key attribute of the source table "
                 f"{resolved.job.source.table} ({tables.key_kind(key_schema[origin])}): its value "
-                "is the "
-                "item's key, never this region's origin value, so every put would be "
+                "is the item's key, never this region's origin value, so every put would be "
                 "dropped as another region's echo; name the attribute the application "
                 "stamps with its region on every write",
             )

@@ -21,14 +21,12 @@ import structlog
 from botocore.exceptions import ClientError
 
 from replicator.aws import clients
-from replicator.aws.errors import error_code
+from replicator.aws.errors import ACCESS_DENIED, error_code
 from replicator.config.model import DestinationConfig, ResolvedJob
 from replicator.exceptions import EnvironmentProblem
 from replicator.watermark.table import StatusTable
 
 log = structlog.get_logger(__name__)
-
-_DENIED = frozenset({"AccessDeniedException", "AccessDenied"})
 
 
 def record_watermark_off(resolved: ResolvedJob, destination: DestinationConfig) -> None:
@@ -45,7 +43,7 @@ def record_watermark_off(resolved: ResolvedJob, destination: DestinationConfig) 
         # Refused, an item that does not read (a hand edit; readers refuse it until it is
         # corrected), or a part that kept changing: the job goes on, as it would with the
         # watermark on, and says what that risks.
-        if isinstance(error, ClientError) and error_code(error) not in _DENIED:
+        if isinstance(error, ClientError) and error_code(error) not in ACCESS_DENIED:
             raise
         log.warning(
             "watermark.enabled is false and the status table's parts could not be marked: "

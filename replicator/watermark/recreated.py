@@ -5,20 +5,24 @@ While the job runs, a write refused because the table is gone records a span
 while the job is stopped is met at the next start instead: ``run`` refuses to start until
 it exists, and once the operator has created it again, nothing would say that what the
 checkpoints had passed is not in it, and a wait there would be told "replicated" for
-changes that are gone. So the start compares the table's creation time with the status
-table's parts: a part that settled changes there (a watermark) before the table existed
-gets the same span, up to the table's creation, and the start says what to do.
+changes that are gone. So the start compares the table's creation time with when the
+job last settled changes there (the latest raise of any of the destination's parts): a
+table created after that gets the same span, up to its creation, and the start says
+what to do. Once the job has run against the new table its parts are raised after the
+creation, so a later start finds nothing (ended shards' parts keep their old times for
+days: the latest part decides, not each).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import structlog
 from botocore.exceptions import ClientError
 
 from replicator.aws import clients
-from replicator.aws.errors import error_code
+from replicator.aws.errors import ACCESS_DENIED, error_code
+from replicator.config.destinations import destination_place
 from replicator.config.model import DestinationConfig, ResolvedJob
 from replicator.exceptions import EnvironmentProblem
 from replicator.watermark.spans import DESTINATION_LOST, US, UnreadSpan
@@ -26,51 +30,66 @@ from replicator.watermark.table import StatusTable
 
 log = structlog.get_logger(__name__)
 
-_DENIED = frozenset({"AccessDeniedException", "AccessDenied"})
+# The worker's clock (a part's ``updated_at``) against DynamoDB's (the table's creation):
+# a table created within this of the job's last raise there is taken as the job's own.
+CLOCK_MARGIN_S = 5.0
 
 
 def record_recreated(
     resolved: ResolvedJob, destination: DestinationConfig, created: datetime
 ) -> bool:
-    """Record a DESTINATION_LOST span on the destination's status table when the table
-    was created after a part last settled changes there (True: it was, and the start
-    logged what to do). A status table that does not exist, or that the job may not
-    read, tells nothing: the job goes on as before."""
+    """Whether the destination's table was created after the job last settled changes
+    there; if so, the start logs what to do and records a DESTINATION_LOST span on the
+    parts that had settled changes (a write refused, or a part that kept changing, is a
+    warning: the start goes on). A status table that does not exist, or that the job
+    may not read, tells nothing."""
     table = StatusTable(clients.dynamodb(destination), resolved.watermark_table, destination.label)
     created_s = created.timestamp()
     try:
         parts = table.parts_if_any()
     except (ClientError, EnvironmentProblem) as error:
-        if isinstance(error, ClientError) and error_code(error) not in _DENIED:
+        if isinstance(error, ClientError) and error_code(error) not in ACCESS_DENIED:
             raise
         return False
     # Parts last claimed for another table of the name are a destination given to another
     # table, which the processors record as one that joined (publisher): not this.
-    this_table = f"{destination.region}/{destination.table}"
-    settled_before = [
+    this_table = destination_place(destination)
+    settled = [
         part
         for part in parts
         if part.watermark_us > 0
         and part.updated_at is not None
-        and part.updated_at < created_s
         and part.destination_table in (None, this_table)
     ]
-    if not settled_before:
+    if not settled:
         return False
-    span = UnreadSpan(0, int(created_s * US), DESTINATION_LOST)
-    for part in settled_before:
-        if span not in part.unread_spans:
-            table.add_unread_spans(part.shard, (span,))
+    last_settled = max(part.updated_at or 0.0 for part in settled)
+    if last_settled >= created_s - CLOCK_MARGIN_S:
+        return False
     log.error(
         "destination table created after the job last settled changes there: what the job "
-        "replicated to it before is not in it; run `replicator backfill --restart`, then "
-        "`replicator verify` (runbook); until then a wait there for changes created before "
-        "its creation is told they may be gone",
+        "replicated to it before is not in it; run `replicator backfill --restart` beside "
+        "the running job, then `replicator verify` (runbook); until then a wait there for "
+        "changes created before its creation is told they may be gone",
         destination=destination.label,
         table=destination.table,
-        created_at=created.isoformat(),
-        last_settled_at=datetime.fromtimestamp(
-            max(part.updated_at or 0.0 for part in settled_before), tz=created.tzinfo
-        ).isoformat(),
+        created_at=created.astimezone(UTC).isoformat(),
+        last_settled_at=datetime.fromtimestamp(last_settled, tz=UTC).isoformat(),
     )
+    span = UnreadSpan(0, int(created_s * US), DESTINATION_LOST)
+    try:
+        for part in settled:
+            if span not in part.unread_spans:
+                table.add_unread_spans(part.shard, (span,))
+    except (ClientError, EnvironmentProblem) as error:
+        if isinstance(error, ClientError) and error_code(error) not in ACCESS_DENIED:
+            raise
+        log.warning(
+            "the status table's parts could not be told of the re-created destination table: "
+            "a wait there may be told 'replicated' for changes it lost, until the backfill "
+            "and the verify are done",
+            destination=destination.label,
+            status_table=resolved.watermark_table,
+            error=str(error),
+        )
     return True

@@ -429,8 +429,8 @@ class WaitResult:
                     + (
                         " (since, --since)"
                         if self.since_given
-                        else ": since (--since), 60 s before until (--until) by default, "
-                        "moves that start"
+                        else f": since (--since), {DEFAULT_DEAD_LETTER_WINDOW_S:g} s before "
+                        "until (--until) by default, moves that start"
                     )
                 )
             return f"{mark} passed, but " + "; ".join(reasons)

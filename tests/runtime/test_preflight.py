@@ -496,8 +496,8 @@ def test_two_destinations_that_are_one_table_are_refused_and_a_missing_one_says_
     )
     assert str(raised.value).endswith(
         "; create it with the source's key schema (pk (hash key, S)) (if the job replicated "
-        "to it before, what it held is gone: with the job running, then run `replicator "
-        "backfill --restart` and `replicator verify`), or correct the table, region, "
+        "to it before, what it held is gone: start the job, then run `replicator backfill "
+        "--restart` beside it and `replicator verify`), or correct the table, region, "
         "endpoint_url or role_arn of destinations[0] in the job file"
     )
 

@@ -820,7 +820,7 @@ def test_a_destination_created_after_the_job_last_settled_there_gets_a_span_at_s
     table = table_of(ddb, f"{task}-watermark", "eu-west-1/replica")
     first = publisher("s1", {table.destination: table}, [Shard("s1", None, False)], metrics)
     first.empty_read(previous_answer_at=(START + 5 * S) / S, received_at=0)
-    first.publish()  # settled there at START (this test's clock), long before now
+    first.publish()  # raised now (the table's clock): settled there until now
     assert wait(table, START).replicated
     resolved = parse_job(
         f"task_name: {task}\n"
@@ -829,23 +829,40 @@ def test_a_destination_created_after_the_job_last_settled_there_gets_a_span_at_s
         Path("job.yaml"),
     )
     destination = resolved.job.destinations[0]
-    created = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.UTC)
+    created = now + datetime.timedelta(minutes=2)  # after the job's last raise
     with structlog.testing.capture_logs() as logs:
         assert record_recreated(resolved, destination, created)
     (said,) = [line for line in logs if line["log_level"] == "error"]
     assert said["event"].startswith("destination table created after the job last settled")
-    assert "`replicator backfill --restart`, then `replicator verify`" in said["event"]
+    assert "`replicator backfill --restart`" in said["event"]
+    assert "then `replicator verify`" in said["event"]
     # As a wait reads it (a wait here could be answered from the read just before).
     after = combine(table.destination, table.parts())
     assert after.passes(START)
     (span,) = after.unread_between(START - 60 * S, START)
     assert (span.reason, span.to_us) == (DESTINATION_LOST, int(created.timestamp() * S))
-    # A second start before the job published again adds nothing new; a table created
-    # before the job last settled there is the job's own.
+    # A second start before the job raised its parts again adds nothing new.
     assert record_recreated(resolved, destination, created)
     assert len(table.part("s1").unread_spans) == 1  # type: ignore[union-attr]
-    long_ago = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
-    assert not record_recreated(resolved, destination, long_ago)
+    # The job's own table, created before its last raise there: nothing, also beside an
+    # ended shard's part, which keeps the time of its last raise for days.
+    table.client.update_item(
+        TableName=table.name,
+        Key=table._key("s0"),
+        UpdateExpression="SET watermark_us = :w, updated_at = :u, ended = :e",
+        ExpressionAttributeValues={
+            ":w": {"N": str(START)},
+            ":u": {"N": str((now - datetime.timedelta(days=2)).timestamp())},
+            ":e": {"BOOL": True},
+        },
+    )
+    with structlog.testing.capture_logs() as logs:
+        assert not record_recreated(resolved, destination, now - datetime.timedelta(days=1))
+        raised = table.part("s1").updated_at  # type: ignore[union-attr]
+        within = datetime.datetime.fromtimestamp(raised + 2, datetime.UTC)  # clocks' margin
+        assert not record_recreated(resolved, destination, within)
+    assert logs == []
 
 
 def test_a_child_placeholder_counts_for_the_table_its_parents_were_claimed_for() -> None:
