@@ -130,7 +130,12 @@ def _addresses(host: str | None, port: int) -> set[str]:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
         return {host}
-    return {str(info[4][0]) for info in found}
+    addresses = {str(info[4][0]) for info in found}
+    # A connection to the unspecified address reaches this host's own server.
+    return addresses | {_LOOPBACK[a] for a in addresses if a in _LOOPBACK}
+
+
+_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104  # compared, not bound
 
 
 def refuse_one_table_twice(what: str, reached: ReachedTable, seen: list[ReachedTable]) -> None:

@@ -31,8 +31,11 @@ from replicator.watermark.table import StatusTable
 log = structlog.get_logger(__name__)
 
 # The worker's clock (a part's ``updated_at``) against DynamoDB's (the table's creation):
-# a table created within this of the job's last raise there is taken as the job's own.
-CLOCK_MARGIN_S = 5.0
+# none, so that a stop, a delete and a create in one script are seen (the stop's last
+# raise and the creation are a fraction of a second apart); a host whose clock is behind
+# by more than the time from a new table's creation to the job's last raise there would
+# have it taken for a re-created one (docs/runbook.md: keep the clock synchronised).
+CLOCK_MARGIN_S = 0.0
 
 
 def record_recreated(

@@ -91,7 +91,7 @@ _WHY = {
         "the destination's table answered that it does not exist, or has another key "
         "(deleted or re-created while the job ran), or was created after the job had last "
         "settled changes there (deleted while it was stopped): what was applied there before is "
-        "gone; copy it again with `replicator backfill`"
+        "gone; copy it again with `replicator backfill --restart`"
     ),
     BEFORE_STREAM: (
         "the job first started at kcl.initial_position TRIM_HORIZON, which reads only "

@@ -427,7 +427,12 @@ def test_one_table_is_told_by_its_table_id_or_on_an_emulator_by_arn_time_and_ser
     millisecond: two servers set up by one script are two tables, not one, and a job
     between them is not refused. One server's table is one table whatever region names
     it (DynamoDB Local's ``-sharedDb`` keeps one database for every region)."""
-    names = {"localhost": ["127.0.0.1", "::1"], "127.0.0.1": ["127.0.0.1"], "lan": ["10.0.0.9"]}
+    names = {
+        "localhost": ["127.0.0.1", "::1"],
+        "127.0.0.1": ["127.0.0.1"],
+        "0.0.0.0": ["0.0.0.0"],
+        "lan": ["10.0.0.9"],
+    }
 
     def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
         if host not in names:
@@ -450,6 +455,7 @@ def test_one_table_is_told_by_its_table_id_or_on_an_emulator_by_arn_time_and_ser
     assert one_table(here, at("http://localhost:8000/"))
     assert one_table(here, at("http://LOCALHOST.:8000"))
     assert one_table(here, at("HTTP://127.0.0.1:8000"))
+    assert one_table(here, at("http://0.0.0.0:8000"))  # reaches this host's own server
     assert not one_table(here, at("http://127.0.0.1:8001"))
     assert not one_table(here, at("http://lan:8000"))
     assert not one_table(here, at("http://nowhere:8000"))

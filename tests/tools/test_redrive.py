@@ -605,6 +605,20 @@ def test_a_dead_letter_file_linked_into_a_volume_not_mounted_is_not_nothing_to_r
     )
 
 
+def test_a_dead_letter_file_in_a_loop_of_links_is_not_nothing_to_redrive(job: Job) -> None:
+    """Was "no such file (yet)", exit 0, where validate and run refuse it."""
+    job.dead_letters.parent.mkdir(parents=True, exist_ok=True)
+    other = job.dead_letters.with_name("other.jsonl")
+    job.dead_letters.symlink_to(other)
+    other.symlink_to(job.dead_letters)
+    with pytest.raises(EnvironmentProblem) as raised:
+        Redrive(load_job(job.path)).run()
+    assert str(raised.value) == (
+        f"dead_letter.path: the dead-letter file {job.dead_letters} cannot be read: it is a "
+        "loop of symbolic links (ELOOP)"
+    )
+
+
 def test_nothing_to_redrive_exits_0(job: Job) -> None:
     report = Redrive(load_job(job.path)).run()
     assert report.exit_code == 0

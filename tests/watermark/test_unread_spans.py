@@ -860,8 +860,11 @@ def test_a_destination_created_after_the_job_last_settled_there_gets_a_span_at_s
     with structlog.testing.capture_logs() as logs:
         assert not record_recreated(resolved, destination, now - datetime.timedelta(days=1))
         raised = table.part("s1").updated_at  # type: ignore[union-attr]
-        within = datetime.datetime.fromtimestamp(raised + 2, datetime.UTC)  # clocks' margin
-        assert not record_recreated(resolved, destination, within)
+        before = datetime.datetime.fromtimestamp(raised - 0.5, datetime.UTC)
+        assert not record_recreated(resolved, destination, before)
+    # A stop, a delete and a create in one script: the creation a moment after the raise.
+    just_after = datetime.datetime.fromtimestamp(raised + 0.2, datetime.UTC)
+    assert record_recreated(resolved, destination, just_after)
     assert logs == []
 
 
