@@ -59,6 +59,10 @@ _KINDS = (
 )
 
 
+# What :func:`not_a_regular_file` calls links that lead to each other.
+LINK_LOOP = "a loop of symbolic links (ELOOP)"
+
+
 def not_a_regular_file(path: str | Path) -> str | None:
     """What the existing ``path`` is when it is not a regular file (None: it is one, or
     there is nothing there), found without opening it: opening a FIFO waits for a
@@ -70,7 +74,7 @@ def not_a_regular_file(path: str | Path) -> str | None:
         mode = os.stat(path).st_mode
     except OSError as error:
         if error.errno == errno.ELOOP:  # links that lead to each other: never a file
-            return "a loop of symbolic links (ELOOP)"
+            return LINK_LOOP
         return None  # nothing there (yet), or not to be looked at: opening it will tell
     if stat.S_ISREG(mode):
         return None

@@ -14,6 +14,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from botocore.exceptions import ClientError
 
+from replicator.aws.errors import error_code
 from replicator.exceptions import EnvironmentProblem
 
 if TYPE_CHECKING:
@@ -138,7 +139,25 @@ def _addresses(host: str | None, port: int) -> set[str]:
 _LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104  # compared, not bound
 
 
-def refuse_one_table_twice(what: str, reached: ReachedTable, seen: list[ReachedTable]) -> None:
+def check_destination(
+    what: str,
+    where: str,
+    shape: TableShape,
+    source_keys: dict[str, str],
+    reached: ReachedTable,
+    seen: list[ReachedTable],
+) -> None:
+    """A destination's table (``what`` at ``where``, as DescribeTable described it) with
+    the source's key schema, and a table of its own: not one of ``seen`` (the source
+    first, then the destinations checked before), which it then joins. ``run``'s start
+    and the operator commands check their destinations alike."""
+    if shape.key_schema != source_keys:
+        raise EnvironmentProblem(key_schema_problem(what, where, shape.key_schema, source_keys))
+    _refuse_one_table_twice(f"{what} at {where}", reached, seen)
+    seen.append(reached)
+
+
+def _refuse_one_table_twice(what: str, reached: ReachedTable, seen: list[ReachedTable]) -> None:
     """An EnvironmentProblem when ``reached`` is a table of ``seen`` (the source first)."""
     same = next((other for other in seen if one_table(reached, other)), None)
     if same is None:
@@ -160,10 +179,7 @@ def missing_destination(
 ) -> EnvironmentProblem:
     """``problem`` (DescribeTable's error, explained) with what to do when the
     destination table does not exist there."""
-    if not (
-        isinstance(error, ClientError)
-        and error.response.get("Error", {}).get("Code") == "ResourceNotFoundException"
-    ):
+    if not isinstance(error, ClientError) or error_code(error) != "ResourceNotFoundException":
         return problem
     return EnvironmentProblem(
         f"{problem}; create it with the source's key schema ({key_schema_words(source_keys)}) "

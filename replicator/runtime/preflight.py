@@ -578,15 +578,10 @@ def check_destinations(resolved: ResolvedJob, source: SourceInfo) -> dict[str, d
                 explain(error, what, where), error, f"destinations[{index}]", source.key_schema
             ) from None
         shape = tables.shape_of(table, what, where)
-        if shape.key_schema != source.key_schema:
-            raise EnvironmentProblem(
-                tables.key_schema_problem(what, where, shape.key_schema, source.key_schema)
-            )
         reached = tables.ReachedTable(
             f"destinations[{index}] ({destination.label})", ddb.meta.endpoint_url, shape.identity
         )
-        tables.refuse_one_table_twice(f"{what} at {where}", reached, seen)
-        seen.append(reached)
+        tables.check_destination(what, where, shape, source.key_schema, reached, seen)
         if isinstance(table.get("CreationDateTime"), datetime):
             created[destination.label] = table["CreationDateTime"]
     return created

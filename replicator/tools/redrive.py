@@ -85,7 +85,7 @@ from typing import Any
 
 import structlog
 
-from replicator.appendfile import dangling_link, not_a_regular_file, unusable
+from replicator.appendfile import LINK_LOOP, dangling_link, not_a_regular_file, unusable
 from replicator.config.destinations import destination_place, destinations_at
 from replicator.config.model import ConflictPolicyName, DeadLetterKind, ResolvedJob
 from replicator.config.stranded import StrandedFile, stranded_files, stranded_lines
@@ -622,10 +622,8 @@ class Redrive:
         except OSError:  # a directory that may not be read: the target's check says it
             return None
         # Links into a volume not mounted (the letters may be there), or to each other.
-        kind = not_a_regular_file(target.path)
-        dangling = dangling_link(target.path) or (
-            f"it is {kind}" if kind is not None and "ELOOP" in kind else None
-        )
+        looped = not_a_regular_file(target.path) == LINK_LOOP
+        dangling = dangling_link(target.path) or (f"it is {LINK_LOOP}" if looped else None)
         if dangling is not None:
             raise EnvironmentProblem(
                 f"dead_letter.path: the dead-letter file {target.path} cannot be read: {dangling}"

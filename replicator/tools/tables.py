@@ -20,7 +20,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 from replicator.aws import clients, tables
 from replicator.aws.tables import TableShape
 from replicator.config.model import DestinationConfig, ResolvedJob, TtlDeletes
-from replicator.exceptions import EnvironmentProblem
 from replicator.items import Item, canonical_number
 from replicator.runtime.preflight import check_key_settings, explain
 
@@ -98,16 +97,22 @@ def reading(ref: TableRef) -> Iterator[None]:
         raise explain(error, ref.named, ref.endpoint) from None
 
 
-def describe(ref: TableRef, source_keys: dict[str, str] | None = None) -> TableShape:
-    """The table's key schema and size estimate; an EnvironmentProblem if it cannot be
-    read (a destination's, given the source's ``source_keys``, says what to do when the
-    table is not there)."""
+def describe(ref: TableRef) -> TableShape:
+    """The table's key schema and size estimate; an EnvironmentProblem if it cannot be read."""
+    try:
+        table = ref.client.describe_table(TableName=ref.table)["Table"]
+    except (ClientError, BotoCoreError) as error:
+        raise explain(error, ref.named, ref.endpoint) from None
+    return tables.shape_of(table, ref.named, ref.endpoint)
+
+
+def _describe_destination(ref: TableRef, source_keys: dict[str, str]) -> TableShape:
+    """:func:`describe` for a destination: one not there is told what to do, with the
+    source's key schema."""
     try:
         table = ref.client.describe_table(TableName=ref.table)["Table"]
     except (ClientError, BotoCoreError) as error:
         problem = explain(error, ref.named, ref.endpoint)
-        if source_keys is None:
-            raise problem from None
         raise tables.missing_destination(
             problem, error, f"destination {ref.label}", source_keys
         ) from None
@@ -135,20 +140,13 @@ def check_same_keys(
         tables.ReachedTable("the source table", source.client.meta.endpoint_url, shape.identity)
     ]
     for destination in destinations:
-        other = describe(destination, shape.key_schema)
-        if other.key_schema != shape.key_schema:
-            raise EnvironmentProblem(
-                tables.key_schema_problem(
-                    destination.named, destination.endpoint, other.key_schema, shape.key_schema
-                )
-            )
+        other = _describe_destination(destination, shape.key_schema)
         reached = tables.ReachedTable(
             destination.named, destination.client.meta.endpoint_url, other.identity
         )
-        tables.refuse_one_table_twice(
-            f"{destination.named} at {destination.endpoint}", reached, seen
+        tables.check_destination(
+            destination.named, destination.endpoint, other, shape.key_schema, reached, seen
         )
-        seen.append(reached)
     return shape
 
 

@@ -21,10 +21,9 @@ import structlog
 from botocore.exceptions import ClientError
 
 from replicator.aws import clients
-from replicator.aws.errors import ACCESS_DENIED, error_code
 from replicator.config.model import DestinationConfig, ResolvedJob
 from replicator.exceptions import EnvironmentProblem
-from replicator.watermark.table import StatusTable
+from replicator.watermark.table import StatusTable, goes_on_after
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +42,7 @@ def record_watermark_off(resolved: ResolvedJob, destination: DestinationConfig) 
         # Refused, an item that does not read (a hand edit; readers refuse it until it is
         # corrected), or a part that kept changing: the job goes on, as it would with the
         # watermark on, and says what that risks.
-        if isinstance(error, ClientError) and error_code(error) not in ACCESS_DENIED:
+        if not goes_on_after(error):
             raise
         log.warning(
             "watermark.enabled is false and the status table's parts could not be marked: "

@@ -21,12 +21,11 @@ import structlog
 from botocore.exceptions import ClientError
 
 from replicator.aws import clients
-from replicator.aws.errors import ACCESS_DENIED, error_code
 from replicator.config.destinations import destination_place
 from replicator.config.model import DestinationConfig, ResolvedJob
 from replicator.exceptions import EnvironmentProblem
 from replicator.watermark.spans import DESTINATION_LOST, US, UnreadSpan
-from replicator.watermark.table import StatusTable
+from replicator.watermark.table import StatusTable, goes_on_after
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +50,7 @@ def record_recreated(
     try:
         parts = table.parts_if_any()
     except (ClientError, EnvironmentProblem) as error:
-        if isinstance(error, ClientError) and error_code(error) not in ACCESS_DENIED:
+        if not goes_on_after(error):
             raise
         return False
     # Parts last claimed for another table of the name are a destination given to another
@@ -85,7 +84,7 @@ def record_recreated(
             if span not in part.unread_spans:
                 table.add_unread_spans(part.shard, (span,))
     except (ClientError, EnvironmentProblem) as error:
-        if isinstance(error, ClientError) and error_code(error) not in ACCESS_DENIED:
+        if not goes_on_after(error):
             raise
         log.warning(
             "the status table's parts could not be told of the re-created destination table: "

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from replicator.aws.answers import parsed_away
-from replicator.aws.errors import error_code
+from replicator.aws.errors import ACCESS_DENIED, error_code
 from replicator.exceptions import EnvironmentProblem
 from replicator.owned_tables import check_if_exists, check_key_schema
 from replicator.watermark.parts import (
@@ -89,6 +89,14 @@ def check_status_table(client: DynamoDBClient, name: str, where: str) -> bool:
     """Whether the status table exists; EnvironmentProblem when a table of that name has
     another key schema (checked at start, before any processor publishes into it)."""
     return check_if_exists(client, name, KEYS, f"status table {name}", where, OTHER_KEYS_HINT)
+
+
+def goes_on_after(error: ClientError | EnvironmentProblem) -> bool:
+    """Whether a start goes on after this error of the status table, with a warning
+    saying what it risks: a request the job's policy does not allow (it need not grant
+    the table when the watermark is off), an item that does not read (a hand edit) or a
+    part that kept changing. Any other error is the caller's to explain (exit 3)."""
+    return not isinstance(error, ClientError) or error_code(error) in ACCESS_DENIED
 
 
 class StatusTable:
