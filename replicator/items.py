@@ -246,9 +246,19 @@ def describe_key(keys: Mapping[str, AttributeValue]) -> str:
         elif kind == "S":
             shown = key_token(str(inner))
         else:
-            shown = str(inner)
+            shown = _shown_number(inner)
         parts.append(f"{key_token(name, forbidden='=')}={kind}:{shown}")
     return " ".join(parts)
+
+
+def _shown_number(text: Any) -> str:
+    """A key number in its canonical spelling, so that a log line and a listing show
+    one item's key alike (the stream may send ``-1.5E+3`` for what a listing shows as
+    ``-1500``); text that is no number is shown as it is, never hidden by the error."""
+    try:
+        return canonical_number(text)
+    except ValueError:
+        return str(text)
 
 
 def key_token(text: str, *, forbidden: str = "") -> str:

@@ -81,6 +81,7 @@ from replicator.records import Change
 from replicator.rules import ConflictRule, Skip, Verdict, WriteRequest
 from replicator.rules.requests import holds_outcome
 from replicator.tools.snapshot import expected_request, same_item, synthetic_change
+from replicator.tools.tables import describe, destination_ref
 from replicator.writers.outcomes import Outcome
 from replicator.writers.refusals import NOT_PASSED
 
@@ -296,6 +297,15 @@ def _restore(
             f"{newest.id} instead{theirs}, or give --force to write this one anyway; "
             "nothing was written",
         )
+    # A table that is not there would refuse the write: said first, in the other tools'
+    # words, naming the table and where it was looked for. The source is not read: a
+    # restore needs only the destination (the source's region may be the one down).
+    try:
+        describe(destination_ref(destination, 1))
+    except EnvironmentProblem as problem:
+        raise EnvironmentProblem(
+            f"entry {entry.id} not restored: {str(problem).rstrip('.')}; nothing was written"
+        ) from None
     metrics = in_memory_metrics()
     writers = wiring.destination_writers(resolved, metrics)
     ranked_by = writers[destination.label].rule
@@ -327,9 +337,11 @@ def _restore(
         # environment's, as in the other tools (exit 3).
         # Its words are replication's (a checkpoint, dead letters): a restore has neither.
         said = str(refused).replace(NOT_PASSED, "nothing was written")
-        raise EnvironmentProblem(
-            f"entry {entry.id} not restored at {place}: {redact(said)}"
-        ) from None
+        if "nothing was written" not in said:
+            said = f"{said}; nothing was written"
+        reached = where(destination.region, destination.endpoint_url, destination.role_arn)
+        at = place if reached == destination.region else f"{place}, {reached}"
+        raise EnvironmentProblem(f"entry {entry.id} not restored at {at}: {redact(said)}") from None
     except DestinationUnavailable as error:
         endpoint = where(destination.region, destination.endpoint_url)
         raise EnvironmentProblem(

@@ -430,9 +430,17 @@ def _check_key_names(resolved: ResolvedJob, key: Any) -> None:
     given_as = context.meta.get(KEY_AS_GIVEN) if context is not None else None
     shown = given_as.strip() if isinstance(given_as, str) else describe_key(key)
     if sorted(key) != sorted(shape.key_names):
+        extra = sorted(set(key) - set(shape.key_names))
+        missing = [name for name in shape.key_names if name not in key]
+        advice = []
+        if extra:
+            noun = "is no key attribute" if len(extra) == 1 else "are no key attributes"
+            advice.append(f"{', '.join(extra)} {noun}")
+        if missing:
+            advice.append(f"give {', '.join(missing)} too")
         raise click.BadParameter(
             f"{shown!r} names {', '.join(sorted(key))}, but the key of "
-            f"{table} is {', '.join(shape.key_names)}: give every key attribute",
+            f"{table} is {', '.join(shape.key_names)}: {'; '.join(advice)}",
             param_hint="'--key'",
         )
     for name in shape.key_names:

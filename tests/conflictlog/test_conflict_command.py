@@ -364,9 +364,31 @@ def test_a_key_of_the_wrong_type_for_the_table_is_refused_naming_both_types(
     )
     extra = invoke(config, "--key", '{"pk": {"N": "7"}, "sk": {"N": "1"}}')
     assert extra.exit_code == 2, extra.output
-    assert """'{"pk": {"N": "7"}, "sk": {"N": "1"}}' names pk, sk, but the key of""" in (
-        " ".join(extra.stderr.split())
+    assert (
+        """'{"pk": {"N": "7"}, "sk": {"N": "1"}}' names pk, sk, but the key of """
+        f"{source} is pk: sk is no key attribute"
+    ) in " ".join(extra.stderr.split())
+    assert "give every" not in extra.stderr
+
+
+def test_a_key_missing_an_attribute_or_naming_others_says_which(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    source = unique("composite")
+    create_table(client("dynamodb", "us-east-1", moto_endpoint), source, range_key="sk")
+    config = moto_job(
+        tmp_path, moto_endpoint, source, "unused", f"{{kind: file, path: '{tmp_path}/c.jsonl'}}"
     )
+    said = {
+        "pk=S:o-1": "give sk too",
+        "pk=S:o-1 sk=N:7 zz=S:x": "zz is no key attribute",
+        "pk=S:o-1 yy=N:7 zz=S:x": "yy, zz are no key attributes; give sk too",
+    }
+    for key, advice in said.items():
+        result = invoke(config, "--key", key)
+        no_traceback(result)
+        assert result.exit_code == 2, result.output
+        assert f"but the key of {source} is pk, sk: {advice}" in " ".join(result.stderr.split())
 
 
 # -- --restore ---------------------------------------------------------------------------------
@@ -933,15 +955,13 @@ def test_a_restore_to_a_destination_that_does_not_answer_ends_with_exit_3(
         result = finished_within(60, lambda: invoke(config, "--restore", case.entry.id))
     no_traceback(result)
     assert result.exit_code == 3, result.output
-    # Retries are logged as they happen (JSON lines); the outcome is one line.
-    (line,) = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    # The table is looked for before any write: one line, no retries logged.
+    (line,) = result.stderr.splitlines()
     assert line.startswith(
-        f"replicator: entry {case.entry.id} not restored at {nowhere} (eu-west-1): "
-        f"destination eu (eu-west-1/{case.table}) "
-    )
-    assert "did not take the write in 0.5 s" in line
-    assert "last error: EndpointConnectionError" in line and nowhere in line
-    assert line.endswith("nothing was written")
+        f"replicator: entry {case.entry.id} not restored: destination eu "
+        f"(table eu-west-1/{case.table}): cannot reach {nowhere}"
+    ), line
+    assert line.endswith("; nothing was written"), line
     assert case.held() == case.winner
 
 

@@ -156,8 +156,21 @@ _NAMES = st.one_of(st.text(min_size=1), st.lists(_AWKWARD, min_size=1).map("".jo
 @given(st.dictionaries(_NAMES, _KEY_VALUES, min_size=1, max_size=3))
 def test_every_key_reads_back_as_shown(key: Item) -> None:
     """Names and values that start or end like the syntax around them (quotes, braces,
-    blanks, ``=S:``) are shown so that they read back as the same key."""
-    assert parse_key(describe_key(key)) == key
+    blanks, ``=S:``) are shown so that they read back as the same key (numbers as
+    DynamoDB compares them: ``0.000`` is shown, and read back, as ``0``)."""
+    assert canonical_key(parse_key(describe_key(key))) == canonical_key(key)
+
+
+@pytest.mark.parametrize(
+    ("number", "shown"),
+    [("-1.5E+3", "-1500"), ("3.50", "3.5"), ("+7", "7"), ("1e-3", "0.001"), ("-0.0", "0")],
+)
+def test_a_key_number_is_shown_in_one_spelling_however_the_stream_spelled_it(
+    number: str, shown: str
+) -> None:
+    """A log line shows a key as the listing of ``conflicts`` does, so that searching the
+    logs for a listed key finds its lines."""
+    assert describe_key({"pk": {"S": "o-9"}, "sk": {"N": number}}) == f"pk=S:o-9 sk=N:{shown}"
 
 
 @pytest.mark.parametrize(
