@@ -76,10 +76,15 @@ def note_of(directory: Path, pid: int) -> dict[str, Any]:
 
 
 def this_processors_note(directory: Path, **values: Any) -> AnswerNotes:
-    """This process's note for shard shardId-7, with ``values`` (since, heard) in it."""
+    """This process's note for shard shardId-7, with ``values`` (since, heard) in it.
+
+    The note's ``batch_at`` is this host's monotonic clock (seconds since boot), which
+    the tests' made-up ``now`` values would compare with: it is None (no batch awaited)
+    unless given, so that no outcome depends on how long ago the machine booted."""
     notes = AnswerNotes(directory, os.getpid())
     notes.started("shardId-7")
-    notes.path.write_text(json.dumps({**note_of(directory, os.getpid()), **values}))
+    note = {**note_of(directory, os.getpid()), "batch_at": None, **values}
+    notes.path.write_text(json.dumps(note))
     return notes
 
 

@@ -77,6 +77,11 @@ def test_a_shard_whose_processor_ended_on_purpose_counts_from_when_it_last_ran(
     watch.turn()
     notes = AnswerNotes(tmp_path, os.getpid())
     notes.started("s-1")
+    # Its times on the made-up clock (the note holds the host's monotonic clock, seconds
+    # since boot, which a machine booted a minute ago would put before 140).
+    notes.path.write_text(
+        json.dumps({**json.loads(notes.path.read_text()), "heard": 140.0, "batch_at": 140.0})
+    )
     now[0] = 140.0  # started, yet no batch passed (started and stopped again and again)
     assert unanswered(tmp_path, 30, now=140.0, held=watch.since) == []  # it runs
     notes.ended()
