@@ -27,6 +27,14 @@ KCL_TABLE_SUFFIXES = {
 }
 
 
+# The key each of those tables has in KCL 3.1 (CoordinatorState's hash key ``key``,
+# WorkerMetricStats's ``wid``, strings both), and what it holds, for the start's check.
+KCL_TABLE_KEYS = {
+    "coordinatorStateTableName": ("key", "coordinator state table (the leader's lock)"),
+    "workerMetricsTableName": ("wid", "worker metrics table"),
+}
+
+
 def kcl_table(extra_properties: dict[str, str], task_name: str, key: str) -> str:
     """The table the KCL uses for property ``key``: the name given (as written: the KCL
     keeps blanks, which ``validate`` refuses), else the task's default."""

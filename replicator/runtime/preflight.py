@@ -40,6 +40,7 @@ from replicator.aws.errors import (
     http_status,
 )
 from replicator.config.cross_checks import Problems
+from replicator.config.kcl_settings import KCL_TABLE_KEYS, kcl_table
 from replicator.config.loader import job_file_error
 from replicator.config.model import (
     ConflictPolicyName,
@@ -52,6 +53,7 @@ from replicator.config.model import (
 )
 from replicator.conflictlog.targets import prepare
 from replicator.exceptions import EnvironmentProblem, OperatorError
+from replicator.owned_tables import check_if_exists
 from replicator.runtime import file_owners
 from replicator.shards import ownership
 from replicator.shards.leases import check_lease_table
@@ -380,6 +382,8 @@ def check_task_tables(resolved: ResolvedJob) -> None:
         check_lease_table(clients.dynamodb(source), resolved.lease_table, where)
     except (ClientError, BotoCoreError) as error:
         raise explain(error, what, where) from None
+    if resolved.job.runtime is RuntimeKind.KCL:
+        check_kcl_tables(resolved, where)
     if not resolved.publishes_watermark:
         return
     seen: set[str] = set()
@@ -393,6 +397,28 @@ def check_task_tables(resolved: ResolvedJob) -> None:
             check_status_table(clients.dynamodb(destination), name, where)
         except (ClientError, BotoCoreError) as error:
             raise explain(error, f"status table {name}", where) from None
+
+
+def check_kcl_tables(resolved: ResolvedJob, where: str) -> None:
+    """KCL 3's other tables of the task (beside its lease table): one of those names given
+    to a table of other keys (a leftover of another tool, an application's) made the KCL
+    fail to initialise for minutes, with /healthz ok, before the daemon gave up (exit 1
+    and a restart loop under a restart policy), where a start can say it at once."""
+    source = resolved.job.source
+    ddb = clients.dynamodb(source)
+    for setting, (key, role) in KCL_TABLE_KEYS.items():
+        table = kcl_table(resolved.job.kcl.extra_properties, resolved.task_name, setting)
+        what = f"KCL {role} {table}"
+        hint = (
+            f"KCL 3 keeps its {role} there, keyed on {key} (hash key, S): give the job a "
+            f"task_name that names no other table (or set kcl.extra_properties.{setting}), "
+            "or, if it is a table the KCL made for this task under another version, delete "
+            "it with every worker of the task stopped (the KCL creates it again)"
+        )
+        try:
+            check_if_exists(ddb, table, {key: "HASH"}, what, where, hint)
+        except (ClientError, BotoCoreError) as error:
+            raise explain(error, what, where) from None
 
 
 def mark_watermark_off(resolved: ResolvedJob) -> None:

@@ -130,6 +130,56 @@ def test_the_kcl_runtime_refuses_a_lease_table_with_other_keys_at_start(
     assert "exists with key schema pk (HASH, S)" in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("suffix", "key", "role", "setting"),
+    [
+        ("-CoordinatorState", "key", "coordinator state table (the leader's lock)", None),
+        ("-WorkerMetricStats", "wid", "worker metrics table", None),
+        (
+            "-leader",
+            "key",
+            "coordinator state table (the leader's lock)",
+            "coordinatorStateTableName",
+        ),
+    ],
+)
+def test_the_kcl_runtime_refuses_its_other_tables_with_other_keys_at_start(
+    job: Job, suffix: str, key: str, role: str, setting: str | None
+) -> None:
+    """A leftover ``<task>-CoordinatorState`` of other keys: the KCL failed to initialise
+    for four minutes, /healthz ok, then exit 1 (a restart loop under a restart policy).
+    Refused at start as the lease table is, naming the table, its keys and the KCL's."""
+    table = job.name + suffix
+    create_table(job.source, table, stream=None)
+    if setting:
+        job.kcl = job.kcl.replace("}", f", extra_properties: {{{setting}: {table}}}}}")
+        job.write()
+    text = "runtime: kcl\n" + job.path.read_text()
+    job.path.write_text(text)
+
+    with pytest.raises(EnvironmentProblem) as raised:
+        preflight.check(load_job(job.path))
+
+    said = str(raised.value)
+    assert said.startswith(f"KCL {role} {table} at {job.endpoint} (us-east-1) exists with key ")
+    assert f"schema pk (HASH, S); KCL 3 keeps its {role} there, keyed on {key} (hash" in said
+    # The local runtime uses neither table: no check, and the start goes on.
+    job.path.write_text(text.replace("runtime: kcl\n", "runtime: local\n", 1))
+    preflight.check(load_job(job.path))
+
+
+def test_the_kcl_runtime_starts_with_its_other_tables_as_the_kcl_made_them(job: Job) -> None:
+    for suffix, key in (("-CoordinatorState", "key"), ("-WorkerMetricStats", "wid")):
+        job.source.create_table(
+            TableName=job.name + suffix,
+            KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    job.path.write_text("runtime: kcl\n" + job.path.read_text())
+    preflight.check(load_job(job.path))
+
+
 # An application's table keyed on leaseKey (HASH, S), as a task name may name one.
 _APPLICATION_ITEMS = [
     {"leaseKey": {"S": f"car-{index}"}, "model": {"S": "T"}, "seats": {"N": "4"}}
