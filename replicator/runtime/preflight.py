@@ -39,6 +39,7 @@ from replicator.aws.errors import (
     excerpt,
     http_status,
 )
+from replicator.aws.http2 import answers_http2
 from replicator.config.cross_checks import Problems
 from replicator.config.kcl_settings import KCL_TABLE_KEYS, kcl_table
 from replicator.config.loader import job_file_error
@@ -467,6 +468,15 @@ def check_kinesis_stream(resolved: ResolvedJob, where: str, *, for_backfill: boo
             f"{what} at {where} is {status}; the KCL reads only an ACTIVE stream"
         )
     check_table_streams_to(resolved, found, where, for_backfill=for_backfill)
+    if not for_backfill and source.endpoint_url and answers_http2(source.endpoint_url) is False:
+        raise EnvironmentProblem(
+            f"{what}: the endpoint {source.endpoint_url} (source.endpoint_url) does not "
+            "answer HTTP/2, which the KCL's Kinesis client speaks (to an http:// endpoint "
+            "with prior knowledge): the daemon would log 'First received frame was not "
+            "SETTINGS' and read nothing. Serve the emulator over HTTP/2 as well (moto's own "
+            "server answers HTTP/1.1 only; its application under hypercorn answers both: "
+            "docs/kcl-and-docker.md)"
+        )
     return found
 
 

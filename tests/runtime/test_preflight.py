@@ -229,13 +229,89 @@ def test_a_queue_that_exists_passes_and_one_whose_attributes_are_denied_is_a_war
     ]
 
 
-def test_a_kinesis_arn_the_kcl_would_not_read_is_refused(
+def http2_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session's moto server answers HTTP/1.1 only, which the KCL's Kinesis client does
+    not speak: the start's check of that (tested below) is taken as passed."""
+    monkeypatch.setattr(preflight, "answers_http2", lambda endpoint_url: True)
+
+
+def test_a_kinesis_source_at_an_endpoint_without_http2_stops_the_start_before_the_kcl(
     moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    """A Kinesis job on a plain moto server: every boto3 check passed, then the daemon
+    logged 'First received frame was not SETTINGS' for minutes with /healthz ok, reading
+    nothing. The start says it at once (exit 3, one line), before the daemon starts."""
+    table, name = unique("kin-src"), unique("kin-plain")
+    create_table(client("dynamodb", "us-east-1", moto_endpoint), table, stream=None)
+    create_table(client("dynamodb", "eu-west-1", moto_endpoint), table, stream=None)
+    kinesis = client("kinesis", "us-east-1", moto_endpoint)
+    kinesis.create_stream(StreamName=name, ShardCount=1)
+    # moto has no DescribeKinesisStreamingDestination: that check is a warning here.
+    path = tmp_path / "kinesis.yaml"
+    path.write_text(
+        f"task_name: {unique('kin-task')}\nruntime: kcl\n"
+        f"source: {{region: us-east-1, table: {table}, endpoint_url: '{moto_endpoint}', "
+        f"stream: {{kind: kinesis, name: {name}}}}}\n"
+        f"destinations: [{{region: eu-west-1, table: {table}, endpoint_url: '{moto_endpoint}'}}]\n"
+        "conflict: {policy: version, version_attribute: v}\n"
+        "metrics: {enabled: false}\n"
+    )
+
+    result = replicator("run", "--config", str(path), timeout=120)
+
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("replicator: ")]
+    assert line.startswith(
+        f"replicator: kinesis stream {name}: the endpoint {moto_endpoint} "
+        "(source.endpoint_url) does not answer HTTP/2, which the KCL's Kinesis client speaks"
+    ), line
+    assert "KCL daemon started" not in result.stderr
+
+
+def test_the_http2_probe_tells_a_settings_frame_from_http_1_and_says_nothing_it_cannot_know(
+    moto_endpoint: str,
+) -> None:
+    import socket
+    import threading
+
+    from replicator.aws.http2 import answers_http2
+
+    def one_answer(reply: bytes) -> str:
+        """A server that reads the preface and answers ``reply`` once (b"": closes)."""
+        listener = socket.create_server(("127.0.0.1", 0))
+
+        def serve() -> None:
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(64)
+                if reply:
+                    connection.sendall(reply)
+            listener.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+        return f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+    settings = bytes([0, 0, 6, 4, 0, 0, 0, 0, 0]) + bytes([0, 3, 0, 0, 0, 100])
+    assert answers_http2(one_answer(settings)) is True
+    assert answers_http2(one_answer(bytes([0, 0, 0, 1, 0, 0, 0, 0, 1]))) is False  # HEADERS
+    assert answers_http2(one_answer(b"HTTP/1.1 505 HTTP Version Not Supported\r\n\r\n")) is False
+    assert answers_http2(one_answer(b"")) is False  # closed without a word
+    assert answers_http2(moto_endpoint) is False  # moto's own server: HTTP/1.1 only
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: refused
+        assert answers_http2(f"http://127.0.0.1:{closed.getsockname()[1]}") is None
+    assert answers_http2("https://kinesis.us-east-1.amazonaws.com") is None  # ALPN: not asked
+
+
+def test_a_kinesis_arn_the_kcl_would_not_read_is_refused(
+    moto_endpoint: str, unique: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The KCL reads a Kinesis stream by name in source.region with the host's account:
     an ARN of a stream in another account would be read as this account's stream of that
     name (one of another region is a job-file error: DynamoDB streams a table only to a
     stream of its own region)."""
+    http2_answered(monkeypatch)
     table, name = unique("kin-src"), unique("kin-changes")
     create_table(client("dynamodb", "us-east-1", moto_endpoint), table, stream=None)
     kinesis = client("kinesis", "us-east-1", moto_endpoint)
@@ -740,11 +816,13 @@ def test_a_kinesis_stream_the_source_table_does_not_write_to_is_refused(
     unique: Any,
     tmp_path: Path,
     streaming_destinations: dict[str, list[dict[str, str]]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Another table's stream (a mistyped name, a copied job file) was read to its end,
     each record skipped as another table's, lag 0 and /healthz ok, the job's table never
     replicated. A stream the table wrote to once (streaming disabled since) is drained,
     with a warning; one it writes to starts quietly."""
+    http2_answered(monkeypatch)
     table, other_table = unique("kin-src"), unique("kin-other")
     ours, theirs = unique("kin-ours"), unique("kin-theirs")
     create_table(client("dynamodb", "us-east-1", moto_endpoint), table, stream=None)
@@ -814,10 +892,11 @@ def test_a_kinesis_stream_the_source_table_does_not_write_to_is_refused(
 
 
 def test_a_stream_that_cannot_be_checked_against_the_table_is_a_warning(
-    moto_endpoint: str, unique: Any, tmp_path: Path
+    moto_endpoint: str, unique: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """moto has no DescribeKinesisStreamingDestination (HTTP 500), and a policy may leave
     it out: the start goes on, saying the stream was not checked, and why."""
+    http2_answered(monkeypatch)
     from tests.support.faults.proxy import Fault, FaultProxy, Mode
 
     table, name = unique("kin-src"), unique("kin-changes")
