@@ -81,7 +81,6 @@ from replicator.records import Change
 from replicator.rules import ConflictRule, Skip, Verdict, WriteRequest
 from replicator.rules.requests import holds_outcome
 from replicator.tools.snapshot import expected_request, same_item, synthetic_change
-from replicator.tools.tables import describe, destination_ref
 from replicator.writers.outcomes import Outcome
 from replicator.writers.refusals import NOT_PASSED
 
@@ -297,15 +296,6 @@ def _restore(
             f"{newest.id} instead{theirs}, or give --force to write this one anyway; "
             "nothing was written",
         )
-    # A table that is not there would refuse the write: said first, in the other tools'
-    # words, naming the table and where it was looked for. The source is not read: a
-    # restore needs only the destination (the source's region may be the one down).
-    try:
-        describe(destination_ref(destination, 1))
-    except EnvironmentProblem as problem:
-        raise EnvironmentProblem(
-            f"entry {entry.id} not restored: {str(problem).rstrip('.')}; nothing was written"
-        ) from None
     metrics = in_memory_metrics()
     writers = wiring.destination_writers(resolved, metrics)
     ranked_by = writers[destination.label].rule
@@ -343,7 +333,7 @@ def _restore(
         at = place if reached == destination.region else f"{place}, {reached}"
         raise EnvironmentProblem(f"entry {entry.id} not restored at {at}: {redact(said)}") from None
     except DestinationUnavailable as error:
-        endpoint = where(destination.region, destination.endpoint_url)
+        endpoint = where(destination.region, destination.endpoint_url, destination.role_arn)
         raise EnvironmentProblem(
             f"entry {entry.id} not restored at {endpoint}: {error}; "
             + (

@@ -421,7 +421,7 @@ def _check_key_names(resolved: ResolvedJob, key: Any) -> None:
     """A --key must name exactly the source table's key attributes, each with the type
     the table gives it: ``pk=S:7`` can never name an item whose key pk is a number, and
     looking for it would only print "0 lost conflicts"."""
-    from replicator.items import describe_key
+    from replicator.items import describe_key, describe_names
     from replicator.tools.tables import describe, source_ref
 
     shape = describe(source_ref(resolved, connections=1))
@@ -435,12 +435,13 @@ def _check_key_names(resolved: ResolvedJob, key: Any) -> None:
         advice = []
         if extra:
             noun = "is no key attribute" if len(extra) == 1 else "are no key attributes"
-            advice.append(f"{', '.join(extra)} {noun}")
+            advice.append(f"{describe_names(extra)} {noun}")
         if missing:
-            advice.append(f"give {', '.join(missing)} too")
+            # Beside the names given when each is a key attribute, else in their place.
+            advice.append(f"give {describe_names(missing)}" + ("" if extra else " too"))
         raise click.BadParameter(
-            f"{shown!r} names {', '.join(sorted(key))}, but the key of "
-            f"{table} is {', '.join(shape.key_names)}: {'; '.join(advice)}",
+            f"{shown!r} names {describe_names(sorted(key))}, but the key of "
+            f"{table} is {describe_names(list(shape.key_names))}: {'; '.join(advice)}",
             param_hint="'--key'",
         )
     for name in shape.key_names:

@@ -382,7 +382,10 @@ def test_a_key_missing_an_attribute_or_naming_others_says_which(
     said = {
         "pk=S:o-1": "give sk too",
         "pk=S:o-1 sk=N:7 zz=S:x": "zz is no key attribute",
-        "pk=S:o-1 yy=N:7 zz=S:x": "yy, zz are no key attributes; give sk too",
+        "pk=S:o-1 yy=N:7 zz=S:x": "yy, zz are no key attributes; give sk",
+        "id=S:o-1 sk=N:7": "id is no key attribute; give pk",
+        "id=S:o-1 zz=N:7": "id, zz are no key attributes; give pk, sk",
+        '{"p k": {"S": "o-1"}, "sk": {"N": "7"}}': '"p k" is no key attribute; give pk',
     }
     for key, advice in said.items():
         result = invoke(config, "--key", key)
@@ -955,13 +958,15 @@ def test_a_restore_to_a_destination_that_does_not_answer_ends_with_exit_3(
         result = finished_within(60, lambda: invoke(config, "--restore", case.entry.id))
     no_traceback(result)
     assert result.exit_code == 3, result.output
-    # The table is looked for before any write: one line, no retries logged.
-    (line,) = result.stderr.splitlines()
+    # Retries are logged as they happen (JSON lines); the outcome is one line.
+    (line,) = [line for line in result.stderr.splitlines() if not line.startswith("{")]
     assert line.startswith(
-        f"replicator: entry {case.entry.id} not restored: destination eu "
-        f"(table eu-west-1/{case.table}): cannot reach {nowhere}"
-    ), line
-    assert line.endswith("; nothing was written"), line
+        f"replicator: entry {case.entry.id} not restored at {nowhere} (eu-west-1): "
+        f"destination eu (eu-west-1/{case.table}) "
+    )
+    assert "did not take the write in 0.5 s" in line
+    assert "last error: EndpointConnectionError" in line and nowhere in line
+    assert line.endswith("nothing was written")
     assert case.held() == case.winner
 
 

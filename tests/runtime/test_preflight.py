@@ -284,7 +284,9 @@ def test_the_http2_probe_tells_a_settings_frame_from_http_1_and_says_nothing_it_
         def serve() -> None:
             connection, _ = listener.accept()
             with connection:
-                connection.recv(64)
+                preface = b""  # read whole: a close with bytes unread would reset
+                while len(preface) < 33 and (chunk := connection.recv(33 - len(preface))):
+                    preface += chunk
                 if reply:
                     connection.sendall(reply)
             listener.close()

@@ -438,14 +438,15 @@ def test_a_source_role_is_refused_since_the_daemon_would_not_use_it(tmp_path: Pa
 
 
 @pytest.fixture
-def kinesis_job(moto_endpoint: str, unique: Any, tmp_path: Path) -> dict[str, Any]:
-    """A source table, a two-shard Kinesis stream and a destination table on moto."""
+def kinesis_job(endpoint: str, unique: Any, tmp_path: Path) -> dict[str, Any]:
+    """A source table, a two-shard Kinesis stream and a destination table on moto, served
+    over HTTP/2 as well, as the KCL's Kinesis client needs (the start checks it)."""
     table = unique("kcl-src")
     stream = unique("kcl-changes")
-    tables.create(client("dynamodb", "us-east-1", moto_endpoint), table, stream=False)
-    tables.create(client("dynamodb", "eu-west-1", moto_endpoint), table, stream=False)
-    client("kinesis", "us-east-1", moto_endpoint).create_stream(StreamName=stream, ShardCount=2)
-    return {"endpoint": moto_endpoint, "table": table, "destination": table, "stream": stream}
+    tables.create(client("dynamodb", "us-east-1", endpoint), table, stream=False)
+    tables.create(client("dynamodb", "eu-west-1", endpoint), table, stream=False)
+    client("kinesis", "us-east-1", endpoint).create_stream(StreamName=stream, ShardCount=2)
+    return {"endpoint": endpoint, "table": table, "destination": table, "stream": stream}
 
 
 def test_a_missing_kinesis_stream_is_named(kinesis_job: dict[str, Any], tmp_path: Path) -> None:
@@ -1268,7 +1269,7 @@ def test_a_processor_passed_no_batch_within_three_idle_reads_is_not_named(stand_
 
 
 def test_the_final_line_of_a_daemon_that_exits_after_a_processor_died_names_the_processor(
-    stand_in: Any, moto_endpoint: str, unique: Any
+    stand_in: Any, kinesis_job: dict[str, Any], unique: Any
 ) -> None:
     """The KCL starts no other processor for a dead one's shard: the daemon exits 1 by
     itself, and the run's last line said only that, over a log with no word of the death
@@ -1276,7 +1277,7 @@ def test_the_final_line_of_a_daemon_that_exits_after_a_processor_died_names_the_
     leader's lock the daemon left is given up (the other workers waited out its two
     minutes before assigning this worker's leases)."""
     task = unique("died")
-    ddb, lock = leader_lock(moto_endpoint, task)
+    ddb, lock = leader_lock(kinesis_job["endpoint"], task)
     run = stand_in("died", task_name=task)
     record = run.record()
     port = logged_metrics_port(run.log)
