@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 IMAGE ?= dynamodb-replicator:latest
 PYTEST_ARGS ?=
 # Test processes: most end-to-end tests wait on servers, daemons and leases, not on CPU,
-# so three share two cores well; each test file runs whole in one process.
-TEST_WORKERS ?= 3
+# so four share two cores well (three left a third of both cores idle); each test file
+# runs whole in one process.
+TEST_WORKERS ?= 4
 DEMO_ARGS ?=
 
 .PHONY: setup run test unit lint bench kcl-jars image constraints clean
