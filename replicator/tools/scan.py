@@ -27,8 +27,9 @@ from replicator.tools.tables import TableRef
 
 log = structlog.get_logger(__name__)
 
-# Throttling and 5xx are waited out this many times (about three minutes of continuous
-# failure with the cap below) before the command stops with the error; anything else
+# Throttling and 5xx are waited out this many times (13 waits, each a random part of a
+# ceiling doubling from 0.1 s up to the 20 s cap: about a minute of continuous failure,
+# two at most) before the command stops with the error; anything else
 # stops it at once. A stopped backfill resumes where it was.
 MAX_ATTEMPTS = 14
 _BACKOFF = Backoff(base_s=0.1, cap_s=20.0)
@@ -64,7 +65,7 @@ def call(
             attempt += 1
             # The first failure of a read is a warning, so that an operator at
             # logging.level warning sees an outage while the command waits it out (about
-            # three minutes before it stops); the retries after it are info.
+            # a minute before it stops); the retries after it are info.
             said = log.warning if attempt == 1 else log.info
             said(
                 "read failed, retrying",
