@@ -22,24 +22,30 @@ _SETTINGS = 4
 
 def answers_http2(endpoint_url: str, timeout_s: float = 3.0) -> bool | None:
     """True when the server at ``endpoint_url`` (``http://`` only) answers the preface
-    with a SETTINGS frame, False when it answers anything else or closes the connection
-    without a word, None when it cannot be asked (another scheme, not reachable, no
+    with a SETTINGS frame, False when it answers anything else or closes or resets the
+    connection without a word, None when it cannot be asked (another scheme, not reachable, no
     answer in ``timeout_s``): the checks that reach it otherwise say why, not this one."""
     parts = urlsplit(endpoint_url)
     if parts.scheme.lower() != "http" or not parts.hostname:
         return None
     try:
         port = parts.port or 80
-        with socket.create_connection((parts.hostname, port), timeout=timeout_s) as connection:
+        connection = socket.create_connection((parts.hostname, port), timeout=timeout_s)
+    except (OSError, ValueError):
+        return None
+    head = b""
+    with connection:
+        try:
             connection.sendall(_PREFACE + _EMPTY_SETTINGS)
-            head = b""
             while len(head) < _FRAME_HEADER:
                 chunk = connection.recv(_FRAME_HEADER - len(head))
                 if not chunk:
                     break
                 head += chunk
-    except (OSError, ValueError):
-        return None
+        except (ConnectionResetError, BrokenPipeError):
+            return False  # refused the preface as a server that does not speak it does
+        except OSError:
+            return None
     if len(head) < _FRAME_HEADER:
         return False
     return head[3] == _SETTINGS and int.from_bytes(head[5:9], "big") & 0x7FFF_FFFF == 0

@@ -411,10 +411,11 @@ def check_kcl_tables(resolved: ResolvedJob, where: str) -> None:
         table = kcl_table(resolved.job.kcl.extra_properties, resolved.task_name, setting)
         what = f"KCL {role} {table}"
         hint = (
-            f"KCL 3 keeps its {role} there, keyed on {key} (hash key, S): give the job a "
-            f"task_name that names no other table (or set kcl.extra_properties.{setting}), "
-            "or, if it is a table the KCL made for this task under another version, delete "
-            "it with every worker of the task stopped (the KCL creates it again)"
+            f"KCL 3 keeps its {role} there, keyed on {key} (hash key, S): name another "
+            f"table for it in kcl.extra_properties.{setting}, or, if this one was left by "
+            "an earlier run of the task, delete it with every worker of the task stopped "
+            "(the KCL creates it again); another task_name would do too, but it names "
+            "another lease table, without this job's checkpoints"
         )
         try:
             check_if_exists(ddb, table, {key: "HASH"}, what, where, hint)

@@ -29,7 +29,7 @@ log = structlog.get_logger(__name__)
 
 # Throttling and 5xx are waited out this many times (13 waits, each a random part of a
 # ceiling doubling from 0.1 s up to the 20 s cap: about a minute of continuous failure,
-# two at most) before the command stops with the error; anything else
+# 125 s at most) before the command stops with the error; anything else
 # stops it at once. A stopped backfill resumes where it was.
 MAX_ATTEMPTS = 14
 _BACKOFF = Backoff(base_s=0.1, cap_s=20.0)

@@ -26,8 +26,10 @@ from replicator.aws.tables import ReachedTable, identity_of, one_table
 from replicator.config.loader import load_job
 from replicator.exceptions import ConfigError, EnvironmentProblem
 from replicator.runtime import preflight
+from replicator.runtime.kcl import java
 from tests.support.aws import client, create_table
 from tests.support.cli import in_process, replicator
+from tests.support.kcl_jars import fake_jars
 from tests.support.special_files import FILE_TARGETS, SPECIAL_FILES, TOO_LONG, special_file
 
 
@@ -247,6 +249,7 @@ def test_a_kinesis_source_at_an_endpoint_without_http2_stops_the_start_before_th
     kinesis = client("kinesis", "us-east-1", moto_endpoint)
     kinesis.create_stream(StreamName=name, ShardCount=1)
     # moto has no DescribeKinesisStreamingDestination: that check is a warning here.
+    jars = fake_jars(tmp_path / "jars", [java.MULTILANG_DAEMON])
     path = tmp_path / "kinesis.yaml"
     path.write_text(
         f"task_name: {unique('kin-task')}\nruntime: kcl\n"
@@ -255,6 +258,8 @@ def test_a_kinesis_source_at_an_endpoint_without_http2_stops_the_start_before_th
         f"destinations: [{{region: eu-west-1, table: {table}, endpoint_url: '{moto_endpoint}'}}]\n"
         "conflict: {policy: version, version_attribute: v}\n"
         "metrics: {enabled: false}\n"
+        # No JVM here: jars with the daemon's class named, and a java never started.
+        f"kcl: {{java: {sys.executable}, jars_dir: {jars}}}\n"
     )
 
     result = replicator("run", "--config", str(path), timeout=120)
@@ -273,12 +278,14 @@ def test_the_http2_probe_tells_a_settings_frame_from_http_1_and_says_nothing_it_
     moto_endpoint: str,
 ) -> None:
     import socket
+    import struct
     import threading
 
     from replicator.aws.http2 import answers_http2
 
-    def one_answer(reply: bytes) -> str:
-        """A server that reads the preface and answers ``reply`` once (b"": closes)."""
+    def one_answer(reply: bytes | None) -> str:
+        """A server that reads the preface and answers ``reply`` once (b"": closes; None:
+        resets the connection)."""
         listener = socket.create_server(("127.0.0.1", 0))
 
         def serve() -> None:
@@ -287,7 +294,11 @@ def test_the_http2_probe_tells_a_settings_frame_from_http_1_and_says_nothing_it_
                 preface = b""  # read whole: a close with bytes unread would reset
                 while len(preface) < 33 and (chunk := connection.recv(33 - len(preface))):
                     preface += chunk
-                if reply:
+                if reply is None:  # closed at once, with a reset (RST), not a FIN
+                    connection.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                elif reply:
                     connection.sendall(reply)
             listener.close()
 
@@ -299,6 +310,7 @@ def test_the_http2_probe_tells_a_settings_frame_from_http_1_and_says_nothing_it_
     assert answers_http2(one_answer(bytes([0, 0, 0, 1, 0, 0, 0, 0, 1]))) is False  # HEADERS
     assert answers_http2(one_answer(b"HTTP/1.1 505 HTTP Version Not Supported\r\n\r\n")) is False
     assert answers_http2(one_answer(b"")) is False  # closed without a word
+    assert answers_http2(one_answer(None)) is False  # reset without a word
     assert answers_http2(moto_endpoint) is False  # moto's own server: HTTP/1.1 only
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))  # bound, never listening: refused

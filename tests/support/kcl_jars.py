@@ -9,6 +9,7 @@ again, so a test run started by hand builds them too.
 from __future__ import annotations
 
 import subprocess
+import zipfile
 from pathlib import Path
 
 from replicator.runtime.kcl import java
@@ -32,3 +33,13 @@ def ensure_jars() -> Path:
 
 if __name__ == "__main__":
     print(ensure_jars())
+
+
+def fake_jars(directory: Path, classes: list[str], content: bytes = b"") -> Path:
+    """A jars directory whose one jar has entries named for ``classes``: enough for the
+    launcher's checks of the jars, for tests that never start a JVM."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(directory / "kcl.jar", "w") as jar:
+        for name in classes:
+            jar.writestr(name.replace(".", "/") + ".class", content)
+    return directory

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +36,10 @@ from tests.support.aws import client, create_lease_table
 from tests.support.e2e import wait_until
 from tests.support.healthcheck import healthcheck
 from tests.support.kcl_cluster import assert_json_lines
+from tests.support.kcl_jars import fake_jars
 from tests.support.metrics import health, logged_metrics_port, matching, scrape
 
 STREAMS_CLASSES = [java.STREAMS_LAUNCHER, java.STREAMS_ADAPTER, java.MULTILANG_CONFIG]
-
-
-def fake_jars(directory: Path, classes: list[str], content: bytes = b"") -> Path:
-    """A jars directory whose one jar has entries named for ``classes``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(directory / "kcl.jar", "w") as jar:
-        for name in classes:
-            jar.writestr(name.replace(".", "/") + ".class", content)
-    return directory
 
 
 def write_job(

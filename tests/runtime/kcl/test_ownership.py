@@ -23,11 +23,11 @@ from replicator.shards import ownership
 from tests.runtime.kcl.test_kcl_launcher import (
     STREAMS_CLASSES,
     assert_refused,
-    fake_jars,
     write_job,
 )
 from tests.runtime.kcl.test_kcl_launcher import run_cli as run_kcl_cli
 from tests.support.aws import client, create_lease_table
+from tests.support.kcl_jars import fake_jars
 
 
 @pytest.fixture

@@ -524,10 +524,10 @@ def test_a_kcl_run_of_a_task_a_local_runtime_runs_here_is_refused_before_it_star
     from tests.runtime.kcl.test_kcl_launcher import (
         STREAMS_CLASSES,
         assert_refused,
-        fake_jars,
         write_job,
     )
     from tests.runtime.kcl.test_kcl_launcher import run_cli as run_kcl_cli
+    from tests.support.kcl_jars import fake_jars
 
     runtime = job.start()
     try:
