@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.aws import clients, tables
+from replicator.aws.backoff import Backoff
+from replicator.aws.errors import ErrorKind, classify
 from replicator.aws.tables import TableShape
 from replicator.config.model import DestinationConfig, ResolvedJob, TtlDeletes
 from replicator.items import Item, canonical_number
@@ -25,6 +27,7 @@ from replicator.runtime.preflight import check_key_settings, explain
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import TableDescriptionTypeDef
 
 
 @dataclass(frozen=True)
@@ -97,10 +100,32 @@ def reading(ref: TableRef) -> Iterator[None]:
         raise explain(error, ref.named, ref.endpoint) from None
 
 
+# A command's DescribeTable: throttling and server errors are tried this many times in
+# all, as the SDK's standard mode tries them (these clients leave retries to scan.call,
+# which is for reads): one throttle during an incident does not end the command, and
+# the message of one that outlasts them ("still after the SDK's retries") is true. An
+# endpoint that cannot be reached is said at once, as before.
+_DESCRIBE_ATTEMPTS = 3
+_DESCRIBE_BACKOFF = Backoff(base_s=0.5, cap_s=5.0)
+
+
+def _describe_table(ref: TableRef) -> TableDescriptionTypeDef:
+    attempt = 0
+    while True:
+        try:
+            return ref.client.describe_table(TableName=ref.table)["Table"]
+        except ClientError as error:
+            attempt += 1
+            passes = classify(error) in (ErrorKind.THROTTLED, ErrorKind.RETRY)
+            if not passes or attempt >= _DESCRIBE_ATTEMPTS:
+                raise
+            time.sleep(_DESCRIBE_BACKOFF.delay(attempt - 1))
+
+
 def describe(ref: TableRef) -> TableShape:
     """The table's key schema and size estimate; an EnvironmentProblem if it cannot be read."""
     try:
-        table = ref.client.describe_table(TableName=ref.table)["Table"]
+        table = _describe_table(ref)
     except (ClientError, BotoCoreError) as error:
         raise explain(error, ref.named, ref.endpoint) from None
     return tables.shape_of(table, ref.named, ref.endpoint)
@@ -110,7 +135,7 @@ def _describe_destination(ref: TableRef, source_keys: dict[str, str]) -> TableSh
     """:func:`describe` for a destination: one not there is told what to do, with the
     source's key schema."""
     try:
-        table = ref.client.describe_table(TableName=ref.table)["Table"]
+        table = _describe_table(ref)
     except (ClientError, BotoCoreError) as error:
         problem = explain(error, ref.named, ref.endpoint)
         raise tables.missing_destination(
