@@ -326,12 +326,12 @@ def _restore(
         # What refuses every write (a missing table, access denied, credentials) is the
         # environment's, as in the other tools (exit 3).
         # Its words are replication's (a checkpoint, dead letters): a restore has neither.
-        said = str(refused).replace(NOT_PASSED, "nothing was written")
-        if "nothing was written" not in said:
-            said = f"{said}; nothing was written"
+        said = str(refused).replace(f"; {NOT_PASSED}", "")
         reached = where(destination.region, destination.endpoint_url, destination.role_arn)
         at = place if reached == destination.region else f"{place}, {reached}"
-        raise EnvironmentProblem(f"entry {entry.id} not restored at {at}: {redact(said)}") from None
+        raise EnvironmentProblem(
+            f"entry {entry.id} not restored at {at}: {redact(said)}; nothing was written"
+        ) from None
     except DestinationUnavailable as error:
         endpoint = where(destination.region, destination.endpoint_url, destination.role_arn)
         raise EnvironmentProblem(

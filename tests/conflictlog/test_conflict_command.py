@@ -337,14 +337,20 @@ def test_an_out_of_range_key_or_time_is_one_line_and_exit_2(
     assert f"'{option}'" in result.stderr and said in " ".join(result.stderr.split())
 
 
-def test_a_key_of_the_wrong_type_for_the_table_is_refused_naming_both_types(
-    moto_endpoint: str, unique: Any, tmp_path: Path
-) -> None:
-    source = unique("numbered")
-    create_table(client("dynamodb", "us-east-1", moto_endpoint), source, hash_type="N")
+def source_only(moto_endpoint: str, source: str, tmp_path: Path, **table: Any) -> tuple[str, Path]:
+    """A source table ``source`` (``table``: its key's shape) and a job file with a file
+    conflict log whose destination is never reached: what a --key check reads."""
+    create_table(client("dynamodb", "us-east-1", moto_endpoint), source, **table)
     config = moto_job(
         tmp_path, moto_endpoint, source, "unused", f"{{kind: file, path: '{tmp_path}/c.jsonl'}}"
     )
+    return source, config
+
+
+def test_a_key_of_the_wrong_type_for_the_table_is_refused_naming_both_types(
+    moto_endpoint: str, unique: Any, tmp_path: Path
+) -> None:
+    source, config = source_only(moto_endpoint, unique("numbered"), tmp_path, hash_type="N")
     wrong = invoke(config, "--key", "pk=S:7")
     no_traceback(wrong)
     assert wrong.exit_code == 2, wrong.output
@@ -374,11 +380,7 @@ def test_a_key_of_the_wrong_type_for_the_table_is_refused_naming_both_types(
 def test_a_key_missing_an_attribute_or_naming_others_says_which(
     moto_endpoint: str, unique: Any, tmp_path: Path
 ) -> None:
-    source = unique("composite")
-    create_table(client("dynamodb", "us-east-1", moto_endpoint), source, range_key="sk")
-    config = moto_job(
-        tmp_path, moto_endpoint, source, "unused", f"{{kind: file, path: '{tmp_path}/c.jsonl'}}"
-    )
+    source, config = source_only(moto_endpoint, unique("composite"), tmp_path, range_key="sk")
     said = {
         "pk=S:o-1": "give sk too",
         "pk=S:o-1 sk=N:7 zz=S:x": "zz is no key attribute",
