@@ -19,7 +19,7 @@ Two rules decide, both without I/O:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import structlog
@@ -34,6 +34,8 @@ log = structlog.get_logger(__name__)
 # stamped with the source's region (not origin_value), none with origin_value.
 UNSTAMPED_PUTS_WARNED_AFTER = 1000
 REGION_STAMPED_PUTS_WARNED_AFTER = 100
+# Stamps of regions the job does not write to, each said once per shard, at most these.
+UNKNOWN_PEERS_TOLD = 3
 
 
 class Route(StrEnum):
@@ -108,11 +110,22 @@ class StampWatch:
       stopped by the rule's condition).
     * A put whose ``origin_attribute`` holds another type than text (``{"N": "1"}``):
       stamps are compared as strings, so it is taken for unstamped, as above, and no
-      stamp of that application's ever stops an echo."""
+      stamp of that application's ever stops an echo.
+    * A put stamped with a region that is none of the job's destinations' (when the
+      job's own stamp is its region, as a mesh's are): another region's job writes
+      here, so that region is in the mesh, but this job does not write to it. Its echo
+      is skipped here as it should be, and the region's job skips this region's writes
+      it reads back from a third region as echoes too: that region never receives them
+      (a mesh job missing a peer). Said once per stamp, for at most
+      :data:`UNKNOWN_PEERS_TOLD` stamps."""
 
     origin_attribute: str
     origin_value: str
     source_region: str
+    # The destinations' regions, when the job's own stamp is its region (empty: stamps
+    # are names of the operators' own, which cannot be told from regions here).
+    peer_regions: frozenset[str] = frozenset()
+    unknown_peers_told: set[str] = field(default_factory=set)
     unstamped: int = 0
     stamp_seen: bool = False
     region_stamped: int = 0
@@ -124,7 +137,9 @@ class StampWatch:
         attribute = job.loop_prevention.origin_attribute
         if not attribute:
             return None
-        return cls(attribute, job.origin_value, job.source.region)
+        region_stamps = job.origin_value.startswith(job.source.region)
+        peers = frozenset(d.region for d in job.destinations) if region_stamps else frozenset()
+        return cls(attribute, job.origin_value, job.source.region, peers)
 
     def saw(self, change: Change, origin: str | None) -> None:
         """A put read (``origin``: its stamp, None for none)."""
@@ -145,6 +160,8 @@ class StampWatch:
                     )
             return
         self.stamp_seen = True
+        if self.peer_regions and origin != self.origin_value and origin not in self.peer_regions:
+            self._check_peer(change, origin)
         if self.own_stamp_seen:
             return
         if origin == self.origin_value:
@@ -164,6 +181,33 @@ class StampWatch:
                     origin_value=self.origin_value,
                     sequence_number=change.sequence_number,
                 )
+
+    def _check_peer(self, change: Change, origin: str) -> None:
+        """Warn once of another region's stamp whose region this job does not write to
+        (a value starting with a destination's region, ``eu-west-1b``, is that region's
+        second table's; the source's region is another table's of this region)."""
+        told = self.unknown_peers_told
+        if (
+            origin in told
+            or len(told) >= UNKNOWN_PEERS_TOLD
+            or origin.startswith(self.source_region)
+            or any(origin.startswith(region) for region in self.peer_regions)
+        ):
+            return
+        told.add(origin)
+        log.warning(
+            f"a put stamped {origin!r} was skipped as another region's echo, but no "
+            f"destination of this job is in {origin!r}: its job writes to this region, "
+            "and this job does not write to it. In a mesh every job lists every other "
+            "region under destinations; without it, this region's writes never reach "
+            f"{origin!r} (its job skips them as echoes when it reads them from a third "
+            "region). Add the destination, restart, and run verify --repair from this "
+            "region (nothing is wrong if that region replicates nothing from here)",
+            origin_attribute=self.origin_attribute,
+            stamp=origin,
+            destination_regions=sorted(self.peer_regions),
+            sequence_number=change.sequence_number,
+        )
 
     def _check_type(self, change: Change) -> None:
         """Warn once of a put whose stamp attribute is there but not text (the image

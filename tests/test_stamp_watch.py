@@ -125,3 +125,57 @@ def test_unstamped_puts_and_text_stamps_say_nothing_of_the_stamps_type() -> None
         reader.route(decode(put("b", 2, origin="us-east-1")))
         reader.route(decode(put("c", 3)))
     assert warnings_of(logs) == []
+
+
+def mesh_reader(destinations: str, loop_prevention: str = "{origin_attribute: origin}") -> Reader:
+    job = parse_job(
+        "source: {region: us-east-1, table: carts}\n"
+        f"destinations: {destinations}\n"
+        "conflict: {policy: last_writer_wins, timestamp_attribute: ts}\n"
+        "active_active: {tombstones: true}\n"
+        f"loop_prevention: {loop_prevention}\n",
+        Path("job.yaml"),
+    ).job
+    return Reader(ChangeFilter.for_job(job), stamps=StampWatch.for_job(job))
+
+
+def test_a_mesh_peer_missing_from_the_destinations_is_warned_once_per_stamp() -> None:
+    """A 3-region mesh whose us-east-1 job lists eu-west-1 but not ap-southeast-2: that
+    region's job writes here (its stamp is read), and ap-southeast-2 never receives
+    us-east-1's writes. Every echo is still skipped; each unknown stamp is said once."""
+    reader = mesh_reader("[{region: eu-west-1, table: carts}]")
+    with structlog.testing.capture_logs() as logs:
+        routes = [
+            reader.route(decode(put(f"k{i}", i + 1, origin=origin))).route
+            for i, origin in enumerate(
+                ["us-east-1", "ap-southeast-2", "eu-west-1", "ap-southeast-2", "sa-east-1"]
+            )
+        ]
+    assert routes[1:] == [Route.LOOP_SKIPPED] * 4
+    first, second = warnings_of(logs)
+    assert str(first["event"]).startswith(
+        "a put stamped 'ap-southeast-2' was skipped as another region's echo, but no "
+        "destination of this job is in 'ap-southeast-2'"
+    )
+    assert (first["stamp"], first["destination_regions"]) == ("ap-southeast-2", ["eu-west-1"])
+    assert first["sequence_number"] == "2"
+    assert (second["stamp"], second["sequence_number"]) == ("sa-east-1", "5")
+
+
+def test_a_whole_mesh_and_stamps_of_other_names_say_nothing_of_peers() -> None:
+    """Every peer listed (a second table's stamp, eu-west-1b, is its region's); and a
+    job whose own stamp is not its region (names of the operators' own) is not checked:
+    its peers' names cannot be told from regions."""
+    whole = mesh_reader(
+        "[{region: eu-west-1, table: carts}, {region: ap-southeast-2, table: carts}]"
+    )
+    named = mesh_reader(
+        "[{region: eu-west-1, table: carts}]", "{origin_attribute: origin, origin_value: east}"
+    )
+    with structlog.testing.capture_logs() as logs:
+        for i, origin in enumerate(["ap-southeast-2", "eu-west-1", "eu-west-1b", "us-east-1b"]):
+            whole.route(decode(put(f"k{i}", i + 1, origin=origin)))
+        named.route(decode(put("own", 10, origin="east")))
+        for i, origin in enumerate(["west", "ap-southeast-2"]):
+            named.route(decode(put(f"n{i}", i + 11, origin=origin)))
+    assert warnings_of(logs) == []

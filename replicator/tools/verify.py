@@ -799,7 +799,8 @@ class Verify:
                 "yet or one the source wrote and deleted"
                 if not isinstance((item.get(attribute) or {}).get("S"), str)  # as the job reads it
                 else f"not {job.origin_value}: another region's write the source has not "
-                "received yet (its job lags, is stopped or dead-lettered it), or one the "
+                "received yet (its job lags, is stopped, dead-lettered it or does not list "
+                f"{job.source.region} among its destinations), or one the "
                 "source deleted"
             )
             finding.detail = (
