@@ -251,7 +251,7 @@ def validate(config_path: Path) -> None:
         echo(redact(describe(resolved)))  # the job's URLs, not data: as a URL in an error
         endpoints = environment_endpoint_problems(_services_without_endpoints(resolved))
         for caution in [*resolved.job.cautions, *endpoints]:
-            echo(f"warning: {caution}")
+            echo(f"warning: {resolved.path}: {caution}")  # several files' checks, one output
 
 
 def _services_without_endpoints(resolved: ResolvedJob) -> dict[str, str]:

@@ -474,9 +474,9 @@ def test_validate_warns_of_an_endpoint_variable_that_run_would_stop_on(tmp_path:
 
     # DynamoDB's own variable is good; the stream's client takes the general one.
     assert warned({**bad}) == [
-        "warning: $AWS_ENDPOINT_URL ('garbage') is not usable as an endpoint: it must start "
-        "with http:// or https://; `run` stops on it (exit 3) where the job file gives no "
-        "endpoint_url",
+        f"warning: {path}: $AWS_ENDPOINT_URL ('garbage') is not usable as an endpoint: "
+        "it must start with http:// or https://; `run` stops on it (exit 3) where the job "
+        "file gives no endpoint_url",
     ]
     path.write_text(
         MINIMAL.replace(
@@ -488,12 +488,12 @@ def test_validate_warns_of_an_endpoint_variable_that_run_would_stop_on(tmp_path:
         + "dead_letter: {kind: sqs, queue_url: 'https://sqs.us-east-1.amazonaws.com/123456789012/dl'}\n"
     )
     assert warned({**bad}) == [
-        "warning: $AWS_ENDPOINT_URL_SQS ('http://127.0.0.1:1 ') is not usable as an endpoint: "
-        "it contains whitespace or a control character; `run` stops on it (exit 3) where the "
-        "job file gives no endpoint_url",
-        "warning: $AWS_ENDPOINT_URL_STS ('127.0.0.1:2') is not usable as an endpoint: it must "
-        "start with http:// or https://; `run` stops on it (exit 3) when it assumes the job's "
-        "role_arn",
+        f"warning: {path}: $AWS_ENDPOINT_URL_SQS ('http://127.0.0.1:1 ') is not usable as an "
+        "endpoint: it contains whitespace or a control character; `run` stops on it (exit 3) "
+        "where the job file gives no endpoint_url",
+        f"warning: {path}: $AWS_ENDPOINT_URL_STS ('127.0.0.1:2') is not usable as an endpoint: "
+        "it must start with http:// or https://; `run` stops on it (exit 3) when it assumes "
+        "the job's role_arn",
     ]
     assert warned({**bad, "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true"}) == []
 
@@ -567,8 +567,8 @@ def test_loop_prevention_under_overwrite_is_valid_but_warned(tmp_path: Path) -> 
     result = validate_in_process(job)
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
-    (warning,) = [line for line in warnings if "loop_prevention" in line]
-    assert "loop_prevention with the overwrite policy" in warning
+    (warning,) = [line for line in warnings if "loop_prevention with" in line]
+    assert warning.startswith(f"warning: {job}: loop_prevention with the overwrite policy")
     assert "last_writer_wins or version" in warning
     lww = "conflict: {policy: last_writer_wins, timestamp_attribute: updated_at}\n"
     pinned = "task_name: pinned\n" + MINIMAL  # a derived task name is cautioned about too
@@ -735,7 +735,7 @@ def test_validate_shows_the_attribute_each_policy_reads(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "policy version on v" in result.stdout
     assert "policy last_writer_wins on ts" in result.stdout
-    assert "warning: " not in result.stdout.replace("warning: task_name is derived", "")
+    assert "warning: " not in result.stdout.replace(f"warning: {job}: task_name is derived", "")
 
 
 def test_verify_without_repair_does_not_need_the_resolver(tmp_path: Path) -> None:
@@ -816,7 +816,7 @@ ORDERED_PAIR = (
     "  - {region: eu-west-1, table: carts}\n"
     "loop_prevention: {origin_attribute: origin_region}\n"
 )
-UNTOMBSTONED = "warning: active_active.tombstones is off, and this job replicates deletes"
+UNTOMBSTONED = "active_active.tombstones is off, and this job replicates deletes"
 
 
 @pytest.mark.parametrize(
@@ -840,7 +840,7 @@ def test_validate_warns_that_an_ordered_pair_without_tombstones_can_diverge_on_d
 
     assert result.returncode == 0, result.stderr
     (warning,) = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
-    assert warning.startswith(UNTOMBSTONED)
+    assert warning.startswith(f"warning: {job}: {UNTOMBSTONED}")
     assert "a put racing a delete of the same item in another region" in warning
     assert "can leave the regions holding different items for good" in warning
     assert "'replicator verify' finds such differences" in warning
@@ -958,7 +958,7 @@ def test_validate_warns_of_an_origin_value_that_looks_mistyped(
         return
     (warning,) = warnings
     assert warning.startswith(
-        f"warning: loop_prevention.origin_value '{origin_value}' is not the source table's "
+        f"warning: {job}: loop_prevention.origin_value '{origin_value}' is not the source table's "
         "region 'us-east-1': the job skips every put not stamped"
     )
     assert said in warning

@@ -339,7 +339,7 @@ def test_a_derived_task_name_is_cautioned_about_with_the_line_that_pins_it(
     assert result.returncode == 0, result.stderr
     derived = parse_job(MINIMAL, path).task_name
     (warning,) = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
-    assert warning.startswith("warning: task_name is derived from the source and every")
+    assert warning.startswith(f"warning: {path}: task_name is derived from the source and every")
     assert "adding or removing a destination moves the job to a new lease table" in warning
     assert "LATEST: changes made while it was stopped are lost" in warning
     assert warning.endswith(f"add this line to the job file: task_name: {derived}")

@@ -439,8 +439,8 @@ def test_a_region_the_sdk_does_not_know_is_a_warning_where_no_endpoint_is_set(
         "dead_letter: {kind: sqs, queue_url: 'https://sqs.eu-wset-1.amazonaws.com/123456789012/q'}\n"
     )
     unknown = [
-        f"warning: {key} names the region {region!r}, which this host's AWS SDK does not know "
-        "(a misspelling? `run` would say it cannot reach it); a region newer than the SDK "
+        f"warning: {path}: {key} names the region {region!r}, which this host's AWS SDK does "
+        "not know (a misspelling? `run` would say it cannot reach it); a region newer than the SDK "
         "is reached all the same"
         for key, region in (("source.region", "us-east-9"), ("dead_letter.queue_url", "eu-wset-1"))
     ]

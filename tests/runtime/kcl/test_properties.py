@@ -1131,10 +1131,10 @@ def test_a_property_the_kcl_does_not_read_is_cautioned_about_with_the_closest(
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
     assert warnings == [
-        "warning: kcl.extra_properties.maxLeaseForWorkr is not a property KCL 3.1's "
+        f"warning: {path}: kcl.extra_properties.maxLeaseForWorkr is not a property KCL 3.1's "
         "MultiLangDaemon reads: the KCL takes it without a word and uses it for nothing "
         "(did you mean maxLeasesForWorker?)",
-        "warning: kcl.extra_properties.somethingElse is not a property KCL 3.1's "
+        f"warning: {path}: kcl.extra_properties.somethingElse is not a property KCL 3.1's "
         "MultiLangDaemon reads: the KCL takes it without a word and uses it for nothing",
     ]
 
