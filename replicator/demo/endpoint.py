@@ -23,6 +23,8 @@ from replicator.demo import fastmoto
 
 _WRITES = threading.RLock()
 _PATCHED = False
+# Set on a thread while moto's UpdateItem stores the bare key of an item it creates.
+_KEY_ONLY = threading.local()
 
 
 def serialize_table_writes() -> None:
@@ -40,8 +42,9 @@ def serialize_table_writes() -> None:
         if _PATCHED:
             return
         from moto.dynamodb.models import DynamoDBBackend
-        from moto.dynamodb.models.table import StreamShard
+        from moto.dynamodb.models.table import StreamShard, Table
 
+        _one_insert_per_created_item(DynamoDBBackend, Table, StreamShard)
         for owner, name in (
             (DynamoDBBackend, "put_item"),
             (DynamoDBBackend, "update_item"),
@@ -51,6 +54,42 @@ def serialize_table_writes() -> None:
         ):
             setattr(owner, name, _serialized(getattr(owner, name)))
         _PATCHED = True
+
+
+def _one_insert_per_created_item(backend: Any, table: Any, shard: Any) -> None:
+    """Make an UpdateItem that creates an item write one INSERT stream record.
+
+    moto creates such an item by putting its bare key first, which writes an INSERT of
+    the key alone before the INSERT of the item: DynamoDB writes the second only. An
+    active-active job reads the first as a write of its region (an item without its
+    ordering attribute or stamp) and logs conflicts and corrections that DynamoDB never
+    causes."""
+    update_item, put_item, add = backend.update_item, table.put_item, shard.add
+
+    @functools.wraps(update_item)
+    def updating(*args: Any, **kwargs: Any) -> Any:
+        _KEY_ONLY.updating = True
+        try:
+            return update_item(*args, **kwargs)
+        finally:
+            _KEY_ONLY.updating = False
+
+    @functools.wraps(put_item)
+    def putting(*args: Any, **kwargs: Any) -> Any:
+        if not getattr(_KEY_ONLY, "updating", False):
+            return put_item(*args, **kwargs)
+        _KEY_ONLY.silent = True  # the bare key UpdateItem stores first
+        try:
+            return put_item(*args, **kwargs)
+        finally:
+            _KEY_ONLY.silent = False
+
+    @functools.wraps(add)
+    def adding(*args: Any, **kwargs: Any) -> Any:
+        if not getattr(_KEY_ONLY, "silent", False):
+            add(*args, **kwargs)
+
+    backend.update_item, table.put_item, shard.add = updating, putting, adding
 
 
 def _serialized(method: Callable[..., Any]) -> Callable[..., Any]:

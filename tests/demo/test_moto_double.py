@@ -17,6 +17,19 @@ import pytest
 from tests.support.aws import client, create_table
 
 
+def first_iterator(endpoint: str, table: str) -> tuple[Any, str]:
+    """A streams client, and an iterator at the oldest record of ``table``'s one shard."""
+    arn = client("dynamodb", "us-east-1", endpoint).describe_table(TableName=table)["Table"][
+        "LatestStreamArn"
+    ]
+    streams = client("dynamodbstreams", "us-east-1", endpoint)
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    iterator = streams.get_shard_iterator(
+        StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    return streams, iterator
+
+
 def test_concurrent_writes_get_distinct_stream_records(
     moto_endpoint: str, unique: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -55,12 +68,7 @@ def test_concurrent_writes_get_distinct_stream_records(
     for thread in threads:
         thread.join()
 
-    streams = client("dynamodbstreams", "us-east-1", moto_endpoint)
-    arn = ddb.describe_table(TableName=name)["Table"]["LatestStreamArn"]
-    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
-    iterator = streams.get_shard_iterator(
-        StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
-    )["ShardIterator"]
+    streams, iterator = first_iterator(moto_endpoint, name)
     delivered: list[str] = []
     for _ in range(20):  # 20 records, 7 a read: bounded, a duplicate cannot loop forever
         response = streams.get_records(ShardIterator=iterator, Limit=7)
@@ -71,3 +79,37 @@ def test_concurrent_writes_get_distinct_stream_records(
     assert most_inside == 1
     assert len(delivered) == 20
     assert len(set(delivered)) == 20
+
+
+def test_an_update_that_creates_an_item_writes_one_insert(moto_endpoint: str, unique: Any) -> None:
+    """DynamoDB writes one INSERT, of the whole item, for an UpdateItem that creates it;
+    moto wrote the bare key's INSERT first, which an active-active job took for a write
+    of its region. Updates of an existing item and puts are recorded as before."""
+    ddb = client("dynamodb", "us-east-1", moto_endpoint)
+    name = unique("created")
+    create_table(ddb, name, stream="NEW_AND_OLD_IMAGES")
+    update = {"UpdateExpression": "SET v = :v", "TableName": name}
+    ddb.update_item(Key={"pk": {"S": "a"}}, ExpressionAttributeValues={":v": {"N": "1"}}, **update)
+    ddb.update_item(Key={"pk": {"S": "a"}}, ExpressionAttributeValues={":v": {"N": "2"}}, **update)
+    ddb.put_item(TableName=name, Item={"pk": {"S": "b"}})
+    ddb.transact_write_items(
+        TransactItems=[
+            {
+                "Update": {
+                    "Key": {"pk": {"S": "c"}},
+                    "ExpressionAttributeValues": {":v": {"N": "3"}},
+                    **update,
+                }
+            }
+        ]
+    )
+
+    streams, iterator = first_iterator(moto_endpoint, name)
+    records = streams.get_records(ShardIterator=iterator, Limit=100)["Records"]
+    assert [(r["eventName"], r["dynamodb"].get("NewImage")) for r in records] == [
+        ("INSERT", {"pk": {"S": "a"}, "v": {"N": "1"}}),
+        ("MODIFY", {"pk": {"S": "a"}, "v": {"N": "2"}}),
+        ("INSERT", {"pk": {"S": "b"}}),
+        ("INSERT", {"pk": {"S": "c"}, "v": {"N": "3"}}),
+    ]
+    assert ddb.get_item(TableName=name, Key={"pk": {"S": "c"}})["Item"]["v"] == {"N": "3"}
