@@ -74,6 +74,7 @@ from replicator.tombstones.table import TombstoneTable, TombstoneTableError
 from replicator.writers.outcomes import (
     APPLIED,
     CONFLICT_LOST,
+    DEAD_LETTER_REASONS,
     UNCHANGED,
     FirstAnswer,
     Outcome,
@@ -320,8 +321,12 @@ class DestinationWriter:
         self._lost_answered_at: float | None = None  # monotonic: the last such answer
         if self._replicated:
             # Born at 0 with the pipeline: a later count is an increase() sees, also in a
-            # run after one that had counted a loss (the series' labels are the same).
+            # run after one that had counted a loss (the series' labels are the same), or
+            # as many dead letters as the run before it had when it ended.
             self.metrics.destination_tables_lost.labels(self.label)
+            for reason in DEAD_LETTER_REASONS:
+                self.metrics.dead_letters.labels(self.label, reason)
+                self.metrics.dead_letters_already_stored.labels(self.label, reason)
         self._retry_warned_at: float | None = None  # monotonic; see _retry_warns
 
     def _retry_warns(self) -> bool:

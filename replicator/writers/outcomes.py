@@ -31,11 +31,20 @@ class Outcome(StrEnum):
     FAILED = "failed"
 
 
+# Why a FAILED write failed (``WriteResult.reason``): the dead-letter counters' ``reason``.
+DEAD_LETTER_REASONS = (
+    "rejected",
+    "access_denied",
+    "unplannable",
+    "resolver_failed",
+    "optimistic_conflicts",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     """How a write settled; ``reason`` and ``error`` say why a FAILED one failed
-    (reasons: ``rejected``, ``access_denied``, ``unplannable``, ``resolver_failed``,
-    ``optimistic_conflicts``, ...)."""
+    (one of :data:`DEAD_LETTER_REASONS`)."""
 
     outcome: Outcome
     reason: str | None = None

@@ -3,6 +3,7 @@ dead-letter path, checked by reading the destination table afterwards."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from replicator.exceptions import DestinationRefused
 from replicator.metrics import Metrics
 from replicator.rules import rule_for
 from replicator.writers.destination import DestinationWriter
-from replicator.writers.outcomes import Outcome
+from replicator.writers.outcomes import DEAD_LETTER_REASONS, Outcome
 from tests.support.aws import client, create_table
 from tests.support.metrics import sample
 from tests.support.records import daemon_record, put, remove, stream_record
@@ -403,6 +404,25 @@ def test_item_the_destination_rejects_is_dead_lettered_whole(dest: Destination) 
         sample(dest.metrics, "replicator_dead_letters_total", destination="dest", reason="rejected")
         == 1
     )
+
+
+def test_a_shards_writer_starts_its_dead_letter_series_at_zero(dest: Destination) -> None:
+    """A restarted replicator counting as many letters as the run before it would show
+    no increase() (docker/prometheus/alerts.test.yml); born at 0, its first is one.
+    An operator tool's writer (no shard) adds no series."""
+    registry = dest.metrics.registry
+    assert registry is not None
+    names = ("replicator_dead_letters_total", "replicator_dead_letters_already_stored_total")
+    dest.writer(policy="overwrite")
+    for name in names:
+        assert (
+            registry.get_sample_value(name, {"destination": "dest", "reason": "rejected"}) is None
+        )
+    dataclasses.replace(dest.writer(policy="overwrite"), shard="shard-1")
+    for name in names:
+        for reason in DEAD_LETTER_REASONS:
+            labels = {"destination": "dest", "reason": reason}
+            assert registry.get_sample_value(name, labels) == 0, (name, reason)
 
 
 def test_a_missing_destination_table_stops_the_writer(dest: Destination) -> None:
