@@ -7,13 +7,14 @@ write at a time, as DynamoDB does per item."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -23,7 +24,8 @@ from replicator.demo import fastmoto
 
 _WRITES = threading.RLock()
 _PATCHED = False
-# Set on a thread while moto's UpdateItem stores the bare key of an item it creates.
+# Per thread: the items an UpdateItem under way created (``created``), and whether table
+# writes write stream records (``silent``).
 _KEY_ONLY = threading.local()
 
 
@@ -57,32 +59,42 @@ def serialize_table_writes() -> None:
 
 
 def _one_insert_per_created_item(backend: Any, table: Any, shard: Any) -> None:
-    """Make an UpdateItem that creates an item write one INSERT stream record.
+    """Make an UpdateItem that creates an item write one INSERT stream record, and one
+    that fails create nothing.
 
     moto creates such an item by putting its bare key first, which writes an INSERT of
     the key alone before the INSERT of the item: DynamoDB writes the second only. An
     active-active job reads the first as a write of its region (an item without its
     ordering attribute or stamp) and logs conflicts and corrections that DynamoDB never
-    causes."""
+    causes. When the update then fails (an item over 400 KB, a bad ADD), moto keeps the
+    bare key, where DynamoDB stores nothing: it is removed again, unrecorded, as no
+    record of it was written."""
     update_item, put_item, add = backend.update_item, table.put_item, shard.add
 
     @functools.wraps(update_item)
     def updating(*args: Any, **kwargs: Any) -> Any:
-        _KEY_ONLY.updating = True
+        outer = getattr(_KEY_ONLY, "created", None)
+        created: list[tuple[Any, Any]] = []
+        _KEY_ONLY.created = created
         try:
             return update_item(*args, **kwargs)
+        except BaseException:
+            for owner, item in created:
+                with _unrecorded():
+                    owner.delete_item(item.hash_key, item.range_key)
+            raise
         finally:
-            _KEY_ONLY.updating = False
+            _KEY_ONLY.created = outer
 
     @functools.wraps(put_item)
-    def putting(*args: Any, **kwargs: Any) -> Any:
-        if not getattr(_KEY_ONLY, "updating", False):
-            return put_item(*args, **kwargs)
-        _KEY_ONLY.silent = True  # the bare key UpdateItem stores first
-        try:
-            return put_item(*args, **kwargs)
-        finally:
-            _KEY_ONLY.silent = False
+    def putting(owner: Any, *args: Any, **kwargs: Any) -> Any:
+        created = getattr(_KEY_ONLY, "created", None)
+        if created is None:
+            return put_item(owner, *args, **kwargs)
+        with _unrecorded():  # the bare key UpdateItem stores first
+            item = put_item(owner, *args, **kwargs)
+        created.append((owner, item))
+        return item
 
     @functools.wraps(add)
     def adding(*args: Any, **kwargs: Any) -> Any:
@@ -90,6 +102,17 @@ def _one_insert_per_created_item(backend: Any, table: Any, shard: Any) -> None:
             add(*args, **kwargs)
 
     backend.update_item, table.put_item, shard.add = updating, putting, adding
+
+
+@contextlib.contextmanager
+def _unrecorded() -> Iterator[None]:
+    """Table writes on this thread meanwhile write no stream record."""
+    outer = getattr(_KEY_ONLY, "silent", False)
+    _KEY_ONLY.silent = True
+    try:
+        yield
+    finally:
+        _KEY_ONLY.silent = outer
 
 
 def _serialized(method: Callable[..., Any]) -> Callable[..., Any]:

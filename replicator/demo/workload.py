@@ -200,10 +200,11 @@ class Workload(threading.Thread):
                 expression += " ADD visits :one"
                 bound[":one"] = {"N": "1"}
             try:
-                # Only an item that exists is updated: the local endpoint (moto) writes two
-                # stream records for an UpdateItem that creates one, the first holding only
-                # the key, which DynamoDB does not (an active-active job would take it for a
-                # local write and log a conflict that never happened).
+                # Only an item that exists is updated (one that is gone is put again), so
+                # each change is counted as the kind its stream record is; and a stock
+                # moto_server writes two records for an UpdateItem that creates an item,
+                # the first holding only the key, which DynamoDB does not (the demo's own
+                # endpoint writes one: replicator/demo/endpoint.py).
                 self.ddb.update_item(
                     TableName=self.table,
                     Key={"pk": {"S": pk}, "sk": {"N": str(sk)}},

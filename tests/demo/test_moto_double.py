@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from tests.support.aws import client, create_table
 
@@ -113,3 +114,36 @@ def test_an_update_that_creates_an_item_writes_one_insert(moto_endpoint: str, un
         ("INSERT", {"pk": {"S": "c"}, "v": {"N": "3"}}),
     ]
     assert ddb.get_item(TableName=name, Key={"pk": {"S": "c"}})["Item"]["v"] == {"N": "3"}
+
+
+def test_an_update_that_fails_to_create_an_item_leaves_nothing(
+    moto_endpoint: str, unique: Any
+) -> None:
+    """DynamoDB stores nothing for an UpdateItem that fails; moto kept the bare key it
+    stored first, which (with its record no longer written) no stream would show."""
+    ddb = client("dynamodb", "us-east-1", moto_endpoint)
+    name = unique("failed")
+    create_table(ddb, name, stream="NEW_AND_OLD_IMAGES")
+    for key, expression, values in (
+        ("big", "SET v = :v", {":v": {"S": "x" * 500_000}}),
+        ("bad-add", "SET v = :v ADD n :one", {":v": {"S": "a"}, ":one": {"S": "1"}}),
+    ):
+        with pytest.raises(ClientError):
+            ddb.update_item(
+                TableName=name,
+                Key={"pk": {"S": key}},
+                UpdateExpression=expression,
+                ExpressionAttributeValues=values,
+            )
+    ddb.update_item(
+        TableName=name,
+        Key={"pk": {"S": "fine"}},
+        UpdateExpression="SET v = :v",
+        ExpressionAttributeValues={":v": {"S": "ok"}},
+    )
+    assert [item["pk"] for item in ddb.scan(TableName=name)["Items"]] == [{"S": "fine"}]
+    streams, iterator = first_iterator(moto_endpoint, name)
+    records = streams.get_records(ShardIterator=iterator, Limit=100)["Records"]
+    assert [(r["eventName"], r["dynamodb"]["Keys"]) for r in records] == [
+        ("INSERT", {"pk": {"S": "fine"}})
+    ]

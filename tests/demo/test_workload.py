@@ -12,11 +12,11 @@ from tests.support.aws import client, create_table
 def test_an_update_or_delete_of_an_item_that_is_gone_is_a_put_so_each_change_is_one_record(
     moto_endpoint: str, unique: Any
 ) -> None:
-    """moto writes two stream records for an UpdateItem that creates an item, the first
-    holding only the key; an active-active demo took it for a local write and logged a
-    conflict that never happened; a delete of an item that is not there writes no record,
-    and the demo's progress read fewer records than the changes it counted. The workload
-    updates and deletes only items that exist."""
+    """A delete of an item that is not there writes no record, and the demo's progress
+    read fewer records than the changes it counted; an update that creates an item is
+    counted as an update where its record is an INSERT (and a stock moto_server writes
+    two records for it, the first holding only the key). The workload updates and
+    deletes only items that exist."""
     ddb = client("dynamodb", "us-east-1", moto_endpoint)
     name = unique("workload")
     create_table(ddb, name, range_key="sk")
