@@ -19,6 +19,7 @@ Two rules decide, both without I/O:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -36,6 +37,8 @@ UNSTAMPED_PUTS_WARNED_AFTER = 1000
 REGION_STAMPED_PUTS_WARNED_AFTER = 100
 # Stamps of regions the job does not write to, each said once per shard, at most these.
 UNKNOWN_PEERS_TOLD = 3
+# What an AWS region's name looks like (us-east-1, us-gov-west-1, ap-southeast-2).
+_REGION_NAME = re.compile(r"[a-z]{2}(?:-[a-z]+)+-[0-9]+")
 
 
 class Route(StrEnum):
@@ -116,7 +119,8 @@ class StampWatch:
       here, so that region is in the mesh, but this job does not write to it. Its echo
       is skipped here as it should be, and the region's job skips this region's writes
       it reads back from a third region as echoes too: that region never receives them
-      (a mesh job missing a peer). Said once per stamp, for at most
+      (a mesh job missing a peer). Said once per stamp shaped like a region's name
+      (a peer's own name, ``europe``, cannot be told from a mistake), for at most
       :data:`UNKNOWN_PEERS_TOLD` stamps."""
 
     origin_attribute: str
@@ -190,6 +194,7 @@ class StampWatch:
         if (
             origin in told
             or len(told) >= UNKNOWN_PEERS_TOLD
+            or not _REGION_NAME.fullmatch(origin)  # a name of the operators' own
             or origin.startswith(self.source_region)
             or any(origin.startswith(region) for region in self.peer_regions)
         ):

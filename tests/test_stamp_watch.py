@@ -139,6 +139,12 @@ def mesh_reader(destinations: str, loop_prevention: str = "{origin_attribute: or
     return Reader(ChangeFilter.for_job(job), stamps=StampWatch.for_job(job))
 
 
+STAMPS_READ = (
+    *("us-east-1", "ap-southeast-2", "eu-west-1", "ap-southeast-2", "sa-east-1"),
+    *("europe", "", "ca-central-1", "me-south-1", "af-south-1"),
+)
+
+
 def test_a_mesh_peer_missing_from_the_destinations_is_warned_once_per_stamp() -> None:
     """A 3-region mesh whose us-east-1 job lists eu-west-1 but not ap-southeast-2: that
     region's job writes here (its stamp is read), and ap-southeast-2 never receives
@@ -147,12 +153,10 @@ def test_a_mesh_peer_missing_from_the_destinations_is_warned_once_per_stamp() ->
     with structlog.testing.capture_logs() as logs:
         routes = [
             reader.route(decode(put(f"k{i}", i + 1, origin=origin))).route
-            for i, origin in enumerate(
-                ["us-east-1", "ap-southeast-2", "eu-west-1", "ap-southeast-2", "sa-east-1"]
-            )
+            for i, origin in enumerate(STAMPS_READ)
         ]
-    assert routes[1:] == [Route.LOOP_SKIPPED] * 4
-    first, second = warnings_of(logs)
+    assert routes[1:] == [Route.LOOP_SKIPPED] * 9
+    first, second, third = warnings_of(logs)  # at most 3 stamps; not names of one's own
     assert str(first["event"]).startswith(
         "a put stamped 'ap-southeast-2' was skipped as another region's echo, but no "
         "destination of this job is in 'ap-southeast-2'"
@@ -160,6 +164,7 @@ def test_a_mesh_peer_missing_from_the_destinations_is_warned_once_per_stamp() ->
     assert (first["stamp"], first["destination_regions"]) == ("ap-southeast-2", ["eu-west-1"])
     assert first["sequence_number"] == "2"
     assert (second["stamp"], second["sequence_number"]) == ("sa-east-1", "5")
+    assert (third["stamp"], third["sequence_number"]) == ("ca-central-1", "8")
 
 
 def test_a_whole_mesh_and_stamps_of_other_names_say_nothing_of_peers() -> None:

@@ -808,7 +808,10 @@ class Verify:
                 "here would be replicated as that region's delete, so --repair "
                 "leaves it: verify again once that region's job has caught up, and an item "
                 "still extra then was deleted at the source (--repair "
-                "--delete-extra-written-elsewhere deletes it)"
+                "--delete-extra-written-elsewhere deletes it), unless that region's job "
+                f"does not list {job.source.region} among its destinations (its log warns "
+                "'no destination of this job is in'): add it there instead, and repair "
+                "from that job"
             )
 
     def _rule(self) -> OrderedRule | None:

@@ -639,8 +639,18 @@ def test_an_extra_item_another_region_wrote_is_left_by_repair_in_an_active_activ
     assert repaired.returncode == 1, repaired.stdout + repaired.stderr
     lines = repaired.stdout.splitlines()
     assert any(
-        line.startswith("  extra     pk=S:theirs sk=N:1  -> refused: written with origin_region=")
+        line.startswith(
+            "  extra     pk=S:theirs sk=N:1  -> refused: written with origin_region=eu-west-1, "
+            "not us-east-1: another region's write the source has not received yet (its job "
+            "lags, is stopped, dead-lettered it or does not list us-east-1 among its "
+            "destinations)"
+        )
         and "--repair leaves it" in line
+        and line.endswith(
+            "--delete-extra-written-elsewhere deletes it), unless that region's job does not "
+            "list us-east-1 among its destinations (its log warns 'no destination of this job "
+            "is in'): add it there instead, and repair from that job"
+        )
         for line in lines
     ), repaired.stdout
     assert any(
