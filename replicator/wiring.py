@@ -45,6 +45,7 @@ from replicator.tombstones.setup import job_ranking
 from replicator.tombstones.table import TombstoneTable
 from replicator.watermark.history import SourceHistory, stream_created_us
 from replicator.watermark.publisher import ShardWatermark
+from replicator.watermark.sources import job_source
 from replicator.watermark.table import StatusTable
 from replicator.writers.destination import DestinationWriter
 from replicator.writers.loopwire import LoopWire, WireFactory
@@ -361,6 +362,7 @@ def shard_watermark(resolved: ResolvedJob, shard_id: str, metrics: Metrics) -> S
         margin_s=job.watermark.caught_up_margin_ms / 1000,
         reads_follow_answers=job.runtime is RuntimeKind.LOCAL,
         source_history=source_history(resolved),
+        source=job_source(resolved),
     )
 
 

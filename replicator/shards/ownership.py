@@ -123,13 +123,20 @@ def refuse_another_jobs(resolved: ResolvedJob, identity: str) -> None:
     the lease table's tag names another source, as :func:`claim` finds later. A refused
     start had recorded its source beside the job's files, and the job of the right
     source was then refused by that record on the host. Any failure to read the tag
-    leaves it to the claim, which tells them apart (:class:`Claim`)."""
+    leaves it to the claim, which tells them apart (:class:`Claim`).
+
+    Then the same for the watermark's status tables, which a job of another source
+    region shares under one task name though its lease table is another (see
+    replicator/watermark/sources.py): a destination's part recording another source."""
     try:
         owner = _owner_tag(clients.dynamodb(resolved.job.source), resolved.lease_table)[1]
     except (ClientError, BotoCoreError):
-        return
+        owner = None
     if owner is not None and owner != identity:
         raise _another_jobs(resolved, owner, identity)
+    from replicator.watermark.sources import refuse_other_sources  # it imports this module
+
+    refuse_other_sources(resolved, identity)
 
 
 def _another_jobs(resolved: ResolvedJob, owner: str, identity: str) -> EnvironmentProblem:

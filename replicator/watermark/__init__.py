@@ -20,15 +20,17 @@ which needs only boto3 and the destination region's status table::
 
 # StatusTableMissing, StatusTableSilent (read_watermark with a timeout) and
 # StatusItemUnreadable (an item edited by hand that does not read) belong to
-# replicator.exceptions; an application waiting on the watermark imports everything it
-# needs from here.
+# replicator.exceptions, StatusTableShared (the parts of two jobs given one task name) to
+# replicator.watermark.parts; an application waiting on the watermark imports everything
+# it needs from here.
 from replicator.exceptions import StatusItemUnreadable, StatusTableMissing, StatusTableSilent
-from replicator.watermark.parts import Watermark
+from replicator.watermark.parts import StatusTableShared, Watermark
 from replicator.watermark.wait import WaitResult, read_watermark, wait_until_replicated
 
 __all__ = [
     "StatusItemUnreadable",
     "StatusTableMissing",
+    "StatusTableShared",
     "StatusTableSilent",
     "WaitResult",
     "Watermark",

@@ -185,6 +185,8 @@ def collectors(resolved: ResolvedJob) -> list[WatermarkCollector]:
                 resolved.watermark_table,
                 d.label,
                 destination_place(d),
+                # Another job's parts (of the same task name) are not shown as this one's.
+                source=f"{resolved.job.source.region}/{resolved.job.source.table}",
             )
         )
         for d in resolved.job.destinations

@@ -3,7 +3,10 @@
 Both read the status table in each destination's region, with the destination's own
 credentials (its endpoint and role), exactly as an application there would; first, the
 task's owner tag on the lease table with the source's (ownership.check_reader), which
-leaves its check undone when it cannot be read.
+leaves its check undone when it cannot be read. A part of the destination that records
+another source than the job's (a job of another source given the same task name, which
+publishes into the same status table) ends either command with exit 3 rather than a
+watermark that is that job's, or a mix of both.
 """
 
 from __future__ import annotations
@@ -161,6 +164,13 @@ def _status_client(resolved: ResolvedJob, destination: DestinationConfig) -> Dyn
     return wiring.status_client(resolved, destination.label, sdk_retries=False)
 
 
+def _source(resolved: ResolvedJob) -> str:
+    """The job's source as the readers compare it with the ``source`` its parts record
+    (a table ARN): ``<region>/<table>``, so that no call reaches the source."""
+    source = resolved.job.source
+    return f"{source.region}/{source.table}"
+
+
 def _read(resolved: ResolvedJob, destination: DestinationConfig) -> Watermark | None:
     try:
         return read_watermark(
@@ -169,6 +179,7 @@ def _read(resolved: ResolvedJob, destination: DestinationConfig) -> Watermark | 
             client=_status_client(resolved, destination),
             timeout=SHOW_TIMEOUT_S,
             destination_table=destination_place(destination),
+            source=_source(resolved),
         )
     except StatusTableMissing:
         return None
@@ -346,6 +357,7 @@ def wait(
                 poll_interval=poll_interval,
                 client=_status_client(resolved, destination),
                 destination_table=destination_place(destination),
+                source=_source(resolved),
             )
     except _Stopped as stop:
         return _stopped_line(

@@ -23,12 +23,13 @@ watermark, which is why the combined watermark never moves backwards.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
-from replicator.exceptions import StatusItemUnreadable
+from replicator.exceptions import EnvironmentProblem, StatusItemUnreadable
 from replicator.watermark.spans import UnreadSpan, loads, merge_spans, stored_rows
 from replicator.watermark.tracker import DeadLetterRange
 
@@ -51,6 +52,7 @@ EVERY = frozenset(
         "unread_spans",
         "unread_version",
         "destination_table",
+        "source",
     }
 )
 """Every attribute of a part but the key that a reader that combines parts checks (not
@@ -89,6 +91,12 @@ class Part:
     """The ``updated_at`` of the raise that wrote ``members``: a raise by a version that
     does not record them leaves them behind, and only members of the part's latest
     raise say who was in the job then."""
+    source: str | None = None
+    """The source of the job that registered or last claimed this part, as the lease
+    table's owner tag names it (ownership.source_identity: the source table's ARN);
+    parts written before it was recorded have none, and are taken for the reader's job's.
+    Two jobs given one ``task_name`` share the status table: a part of another source is
+    that job's, never raised or combined as this one's."""
 
     @property
     def current_members(self) -> frozenset[str] | None:
@@ -138,6 +146,7 @@ class Part:
             "destination_table": read.optional_text,
             "members": read.texts,
             "members_at": read.number,
+            "source": read.optional_text,
         }
         fields: dict[str, Any] = {}
         for name in attributes:
@@ -162,7 +171,41 @@ class Part:
             "updated_at": self.updated_at,
             "owner": self.owner,
             "destination_table": self.destination_table,
+            "source": self.source,
         }
+
+
+class StatusTableShared(EnvironmentProblem):
+    """A destination's parts in the status table record another source than the job's,
+    or two sources: two jobs that read different sources were given one ``task_name``
+    and publish under one destination label, where each would raise the other's parts
+    and a reader would combine both. Waiting will not mend it, so readers raise it
+    (``wait`` and ``watermark`` exit 3) and a processor that finds it stops (exit 3)."""
+
+
+# A source table's identity as ownership.source_identity writes it (the lease table's
+# owner tag): its ARN, or, for a name near the longest, the ARN cut to end in its digest.
+_TABLE_ARN = re.compile(r"arn:[^:]+:dynamodb:(?P<region>[^:]*):[^:]*:table/(?P<table>[^/]+)")
+_DIGEST_MARK = "...sha256:"
+_AWS_REGION = re.compile(r"[a-z]{2,4}(-[a-z]+)+-\d+")
+
+
+def names_source(recorded: str, source: str) -> bool:
+    """Whether a part's ``source`` (``recorded``) names ``source``: the same identity, or,
+    for a ``source`` given as ``<region>/<table>`` (a reader, who need not call the
+    source to learn its ARN), a table ARN of that region and table (in whatever region
+    for an emulator that writes its own word where an ARN has it, as the owner tag's
+    check reads it). An identity cut to its digest cannot be told from a
+    ``<region>/<table>``, and is taken for it."""
+    if recorded == source or source.startswith("arn:"):
+        return recorded == source
+    if _DIGEST_MARK in recorded:
+        return True
+    match = _TABLE_ARN.fullmatch(recorded)
+    region, _, table = source.partition("/")
+    if match is None or match["table"] != table:
+        return False
+    return match["region"] == region or not _AWS_REGION.fullmatch(match["region"])
 
 
 class _Item:

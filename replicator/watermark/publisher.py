@@ -20,6 +20,12 @@ shard, wherever it runs.
 * A status table deleted while the job runs (ResourceNotFoundException) is created again
   and registered again before anything is claimed there, and what this process stored in
   it is stored again.
+* Every part it registers or raises records the job's source (the lease table's owner
+  tag, ownership.source_identity). A destination whose status table holds a part of
+  another source (a job of another source given the same task name: both publish there
+  under one destination label, and moto, like every Kinesis stream, gives each stream's
+  first shard the same id) is neither raised nor combined: the processor stops (exit 3),
+  at its start or at a raise refused by that part.
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ from dataclasses import dataclass, field, replace
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
+from replicator import lastwords, logs
 from replicator.aws.errors import error_code
-from replicator.exceptions import ReplicatorError, StatusItemUnreadable
+from replicator.exceptions import EnvironmentProblem, ReplicatorError, StatusItemUnreadable
 from replicator.metrics import Metrics
 from replicator.records import Change
 from replicator.watermark import spans
@@ -45,10 +52,13 @@ from replicator.watermark.spans import UnreadSpan, merge_spans
 from replicator.watermark.table import (
     MEMBERS,
     PLACE,
+    SOURCE,
     STARTED_WITH,
     UNREAD,
+    OtherSource,
     PartLost,
     StatusTable,
+    another_jobs_parts,
 )
 from replicator.watermark.tracker import DeadLetters, ShardTracker
 
@@ -87,6 +97,17 @@ class _Target:
     busy_since: float | None = None
 
 
+def stop_the_processor(problem: EnvironmentProblem) -> None:
+    """A destination's status table holds another job's parts: end the process as a
+    writer that meets a destination refusing every write does (processor.
+    on_writer_failure), leaving the reason and exit 3 for the runtime, which stops with
+    them once the processor keeps stopping so. Nothing is checkpointed meanwhile."""
+    log.error("stopping: the status table holds another job's parts", error=str(problem))
+    lastwords.leave(str(problem), problem.exit_code)
+    logs.finish_lines()
+    os._exit(1)
+
+
 class ShardWatermark:
     def __init__(
         self,
@@ -100,6 +121,8 @@ class ShardWatermark:
         reads_follow_answers: bool,
         source_history: Callable[[], SourceHistory],
         clock: Callable[[], float] = time.time,
+        source: Callable[[], str] | None = None,
+        on_refused: Callable[[EnvironmentProblem], object] = stop_the_processor,
     ) -> None:
         """``reads_follow_answers``: the runtime reads the shard again only after the
         processor has answered the previous batch (the local runtime), so an empty batch
@@ -107,7 +130,14 @@ class ShardWatermark:
         when it arrives, and ``margin_s`` must cover how long a batch can wait.
 
         ``source_history`` describes the source (a request), asked only at a job's first
-        start from the stream's oldest record (see :meth:`_before_stream_span`)."""
+        start from the stream's oldest record (see :meth:`_before_stream_span`).
+
+        ``source`` gives the job's source as the lease table's owner tag names it
+        (ownership.source_identity; asked once, at the first read of a status table, and
+        again after a failure): recorded on every part registered or raised, and a part
+        that records another is neither raised nor combined, ``on_refused`` told instead
+        (by default the process stops, exit 3). None: nothing is recorded or compared
+        (every part is taken for the job's, as parts written before it was recorded are)."""
         self.shard_id = shard_id
         self._targets = {label: _Target(label, table) for label, table in tables.items()}
         self._list_shards = list_shards
@@ -119,6 +149,10 @@ class ShardWatermark:
         self._source_history = source_history
         self._history_lock = threading.Lock()
         self._history: SourceHistory | Exception | None = None
+        self._source_of = source
+        self._source: str | None = None
+        self._on_refused = on_refused
+        self._refused: EnvironmentProblem | None = None  # another job's parts found
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
         self._tracker: ShardTracker | None = None
         # Guards what the destinations share and what is held in memory until stored
@@ -257,7 +291,7 @@ class ShardWatermark:
             pending = self._pending_locked(needed)
             if not pending:
                 return True
-            if self._stop.is_set():
+            if self._stop.is_set() or self._refused is not None:
                 return False
             now = time.monotonic()
             awaited: dict[str, tuple[int, float]] = {}  # a round that starts from now, until
@@ -351,6 +385,8 @@ class ShardWatermark:
         """The shard was read to its end and everything in it is settled: publish the
         final part, register the shard's children with its value, and mark it ended."""
         self.publish()
+        if self.refused is not None:
+            return  # another job's parts: nothing of theirs is marked or registered
         listing: Sequence[ListedShard] | None = None
         for label, target in self._targets.items():
             with target.lock:
@@ -456,11 +492,25 @@ class ShardWatermark:
                 raised = target.published_us > 0
                 with self._state:
                     members = frozenset(self._targets) - self._back_unstored()
-                stored = table.raise_part(
-                    self.shard_id, claim, self._owner, raised_before=raised, members=members
-                )
+                if self._source is None:  # none given: as before parts recorded one
+                    stored = table.raise_part(
+                        self.shard_id, claim, self._owner, raised_before=raised, members=members
+                    )
+                else:
+                    stored = table.raise_part(
+                        self.shard_id,
+                        claim,
+                        self._owner,
+                        raised_before=raised,
+                        members=members,
+                        source=self._source,
+                    )
                 target.published_us = max(claim, stored)
             target.failures = 0
+        except OtherSource as other:
+            # Registered or raised by a job of another source (one task name) since this
+            # processor read the table at its start: both started at once.
+            self._refuse(target, other.shard, other.source)
         except PartLost as lost:
             # Another processor created the status table again after it was deleted:
             # register, store what this process stored, then claim, as after a
@@ -522,6 +572,8 @@ class ShardWatermark:
         without it."""
         label = target.label
         with self._state:
+            if self._refused is not None:
+                return False  # another job's parts: this process is stopping
             undecided = label in self._undecided
             watched = label in self._watched
             known = label in self._had_parts
@@ -850,13 +902,25 @@ class ShardWatermark:
         """Whether the destination's status table has parts, and the job's destinations
         at its first start that they record, noted for :meth:`_decided` (nothing else of
         them is needed; a record that cannot be read is taken for none, which at worst
-        takes a destination for one added later: a span too wide, never too narrow)."""
-        read = (*STARTED_WITH, *UNREAD, *PLACE, *MEMBERS, "parents")
+        takes a destination for one added later: a span too wide, never too narrow).
+
+        First, whether they are this job's: a part that records another source (a job
+        of another source given the same task name) is refused (:meth:`_refuse`), and
+        False returned; its ``source`` must read (an item where it does not is waited
+        for, as any a write needs), since taking it for none would take that job's part
+        for this one's."""
+        lenient = (*STARTED_WITH, *UNREAD, *PLACE, *MEMBERS, "parents")
         try:
-            parts = target.table.parts_if_any(read, unreadable_as_unset=read)
+            parts = target.table.parts_if_any((*lenient, *SOURCE), unreadable_as_unset=lenient)
+            ours = self._identity()
         except _FAILURES as error:
             self._failed(target, error)
             return False
+        if ours is not None:
+            foreign = next((part for part in parts if part.source not in (None, ours)), None)
+            if foreign is not None and foreign.source is not None:
+                self._refuse(target, foreign.shard, foreign.source)
+                return False
         every = {part.shard: part for part in parts}
         # This shard's part alone: other shards' parts are other processors' to read.
         mine = every.get(self.shard_id)
@@ -881,6 +945,46 @@ class ShardWatermark:
                 *(part.started_with for part in parts)
             )
         return True
+
+    def _identity(self) -> str | None:
+        """The job's source as its parts record it (None: not given), asked once."""
+        if self._source_of is None:
+            return None
+        with self._history_lock:
+            if self._source is None:
+                self._source = self._source_of()
+            return self._source
+
+    @property
+    def refused(self) -> EnvironmentProblem | None:
+        """Why nothing more is published: a destination's status table holds another
+        job's parts (None: it does not)."""
+        with self._state:
+            return self._refused
+
+    def _refuse(self, target: _Target, shard: str, recorded: str) -> None:
+        """The destination's status table holds a part of another source: a job of that
+        source, given this job's task name, publishes there under the same destination
+        label. Nothing more is published by this processor (its raises would lift that
+        job's parts, and a reader would combine both), and ``on_refused`` is told once:
+        by default the process stops, exit 3, naming the table, where it is, the
+        destination, the other source and what to do."""
+        problem = another_jobs_parts(
+            target.table.name,
+            target.table.where(),
+            target.label,
+            shard,
+            recorded,
+            self._source or "",
+            reader=False,
+        )
+        with self._state:
+            first = self._refused is None
+            if first:
+                self._refused = problem
+            self._stored.notify_all()
+        if first:
+            self._on_refused(problem)
 
     def _shards_for_registration(self) -> Sequence[ListedShard]:
         """The stream's shards, listed once for the destinations that register together
@@ -908,7 +1012,10 @@ class ShardWatermark:
         parts = {part.shard: part for part in table.lineage()}
         plan = plan_registration(shards, parts, starting)
         for placeholder in plan.placeholders:
-            table.add_placeholder(placeholder)
+            if self._source is None:
+                table.add_placeholder(placeholder)
+            else:
+                table.add_placeholder(placeholder, self._source)
         for parent, children in plan.children.items():
             table.add_children(parent, children)
         for parent in plan.ended:

@@ -8,7 +8,9 @@ by the replicator in each destination's region and account, on demand, with TTL 
 Every write that sets a part's value is conditional on raising it: a restarted
 processor, or one on another host after a lease moved, may know less than the one
 before it, and its lower claim must not replace a higher one (both are true; the higher
-says more).
+says more). A processor given its job's source records it on the parts it registers and
+raises (``source``), and raises no part that records another: two jobs of one task name
+that read different sources share the table (see :class:`OtherSource`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from replicator.watermark.parts import (
     MAX_DEAD_LETTER_RANGES,
     Part,
     Placeholder,
+    StatusTableShared,
     merge_ranges,
+    names_source,
 )
 from replicator.watermark.spans import (
     OPEN_US,
@@ -61,6 +65,9 @@ by name)."""
 MEMBERS = ("members", "members_at", "updated_at")
 """Telling whether a destination with parts was out of the job for a while (removed from
 the job file, then added again)."""
+SOURCE = ("source",)
+"""Telling whether the destination's parts are the job's: a part that records another
+source is another job's, of the same task name."""
 
 ENDED_PARTS_KEPT_S = 2 * 24 * 3600  # longer than the stream keeps records (24 h)
 SUFFIX = "-watermark"
@@ -81,6 +88,16 @@ class PartLost(Exception):
     """A part raised before has no owner: the status table was created again."""
 
 
+class OtherSource(Exception):
+    """A raise refused because the part records another source than the raiser's: a
+    job of another source, given the same task name, registered or raised it."""
+
+    def __init__(self, shard: str, source: str) -> None:
+        super().__init__(f"the part of shard {shard} records the source {source}")
+        self.shard = shard
+        self.source = source
+
+
 def table_name(task_name: str) -> str:
     return f"{task_name}{SUFFIX}"
 
@@ -89,6 +106,39 @@ def check_status_table(client: DynamoDBClient, name: str, where: str) -> bool:
     """Whether the status table exists; EnvironmentProblem when a table of that name has
     another key schema (checked at start, before any processor publishes into it)."""
     return check_if_exists(client, name, KEYS, f"status table {name}", where, OTHER_KEYS_HINT)
+
+
+def task_of(name: str) -> str | None:
+    """The task name a status table is named after (None: not named so)."""
+    return name[: -len(SUFFIX)] if name.endswith(SUFFIX) and name != SUFFIX else None
+
+
+def another_jobs_parts(
+    name: str, where: str, destination: str, shard: str, recorded: str, ours: str, *, reader: bool
+) -> StatusTableShared:
+    """The one line that says a destination's parts in status table ``name`` (at
+    ``where``) record another source (``recorded``, on the part of ``shard``) than the
+    job's (``ours``): for a job's start (it stops), or for a ``reader`` (``wait``,
+    ``watermark``), which does not report that watermark."""
+    task = task_of(name)
+    shared = f" (the two jobs share task_name {task})" if task else ""
+    said = (
+        f"status table {name} at {where} holds another job's parts of destination "
+        f"{destination!r}: the part of shard {shard} records the source {recorded}, and "
+        f"this job reads {ours}"
+    )
+    if reader:
+        return StatusTableShared(
+            f"{said}; the watermark there is not this job's alone: give each job its own "
+            f"task_name{shared}"
+        )
+    return StatusTableShared(
+        f"{said}. Jobs with one task_name publish into one status table under one "
+        "destination label, where each would raise and combine the other's parts (a wait "
+        "could be told replicated for changes never written there): give each job its own "
+        f"task_name{shared}; if this job's source was changed on purpose, delete the "
+        "destination's items from the status table first"
+    )
 
 
 def goes_on_after(error: ClientError | EnvironmentProblem) -> bool:
@@ -106,6 +156,7 @@ class StatusTable:
         name: str,
         destination: str,
         place: str | None = None,
+        source: str | None = None,
     ) -> None:
         self.client = client
         self.name = name
@@ -113,6 +164,10 @@ class StatusTable:
         # The destination's <region>/<table> (None: not known): a publisher records it on
         # the parts it claims, a reader counts no part claimed for another table.
         self.place = place
+        # For a reader: the job's source, its <region>/<table> or the identity its parts
+        # record (None: not known); a part recording another is refused (see
+        # :meth:`refuse_other_sources`). A publisher passes its own to each write.
+        self.source = source
 
     def _key(self, shard: str) -> dict[str, Any]:
         return {"destination": {"S": self.destination}, "shard": {"S": shard}}
@@ -140,7 +195,7 @@ class StatusTable:
         # A table of that name made by someone else (another key schema) would refuse
         # every write: one line saying so, not a warning each interval.
         check_key_schema(
-            described, KEYS, f"status table {self.name}", self._where(), OTHER_KEYS_HINT
+            described, KEYS, f"status table {self.name}", self.where(), OTHER_KEYS_HINT
         )
         if created:
             self.client.update_time_to_live(
@@ -151,7 +206,7 @@ class StatusTable:
     def _describe(self) -> TableDescriptionTypeDef:
         return self.client.describe_table(TableName=self.name)["Table"]
 
-    def _where(self) -> str:
+    def where(self) -> str:
         endpoint = self.client.meta.endpoint_url
         region = self.client.meta.region_name
         return region if endpoint.endswith(".amazonaws.com") else f"{endpoint} ({region})"
@@ -218,6 +273,42 @@ class StatusTable:
                 return found
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
+    def refuse_other_sources(self, parts: Collection[Part]) -> None:
+        """StatusTableShared when the destination's ``parts`` (read with ``source``)
+        record another source than :attr:`source` (if known), or two sources: two jobs
+        that read different sources publish there under one task name, and a watermark
+        combined from their parts is neither's. Parts without one (written before it was
+        recorded) are taken for the job's."""
+        recorded = sorted(
+            ((part.source, part.shard) for part in parts if part.source is not None),
+            key=lambda found: (found[1], found[0]),
+        )
+        if self.source is not None:
+            for source, shard in recorded:
+                if not names_source(source, self.source):
+                    raise another_jobs_parts(
+                        self.name,
+                        self.where(),
+                        self.destination,
+                        shard,
+                        source,
+                        self.source,
+                        reader=True,
+                    )
+        first: dict[str, str] = {}
+        for source, shard in recorded:
+            first.setdefault(source, shard)
+        if len(first) > 1:
+            (one, at), (other, elsewhere) = list(first.items())[:2]
+            task = task_of(self.name)
+            shared = f" (the two jobs share task_name {task})" if task else ""
+            raise StatusTableShared(
+                f"status table {self.name} at {self.where()} holds parts of destination "
+                f"{self.destination!r} of two jobs: the part of shard {at} records the "
+                f"source {one}, that of shard {elsewhere} the source {other}; a watermark "
+                f"combined from them is neither job's: give each job its own task_name{shared}"
+            )
+
     def part(self, shard: str, attributes: Collection[str] = EVERY) -> Part | None:
         item = self.client.get_item(
             TableName=self.name, Key=self._key(shard), ConsistentRead=True
@@ -242,11 +333,16 @@ class StatusTable:
         *,
         raised_before: bool = False,
         members: frozenset[str] | None = None,
+        source: str | None = None,
     ) -> int:
         """Set the shard's value if it is higher than the stored one; the stored value.
 
         ``members``: the job's destinations to record with the raise (a publisher's: a
         destination removed from the job and added again is told by them).
+
+        ``source``: the job's source (ownership.source_identity), recorded with the raise;
+        a part that records another is not raised, and :class:`OtherSource` says so (a
+        job of another source, of the same task name, registered or raised it first).
 
         ``raised_before``: the caller raised this part before, so it has an owner; one
         without (a placeholder, or no item: the table was deleted and created again) is
@@ -261,6 +357,13 @@ class StatusTable:
             ":now": {"N": f"{time.time():.3f}"},
             ":owner": {"S": owner},
         }
+        names = {"#owner": "owner"}
+        if source is not None:
+            # "source" is a reserved word of DynamoDB's expressions: always a placeholder.
+            condition = f"({condition}) AND (attribute_not_exists(#source) OR #source = :source)"
+            update += ", #source = :source"
+            values[":source"] = {"S": source}
+            names["#source"] = "source"
         if self.place is not None:
             update += ", destination_table = :place"
             values[":place"] = {"S": self.place}
@@ -273,7 +376,7 @@ class StatusTable:
                 Key=self._key(shard),
                 UpdateExpression=update,
                 ConditionExpression=condition,
-                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
@@ -281,6 +384,10 @@ class StatusTable:
             if error_code(error) != "ConditionalCheckFailedException":
                 raise
             old: dict[str, Any] = dict(error.response.get("Item") or {})  # type: ignore[call-overload]
+            if source is not None and "source" in old:
+                recorded = Part.from_item(old, self.name, SOURCE).source
+                if recorded is not None and recorded != source:
+                    raise OtherSource(shard, recorded) from None
             if raised_before and "owner" not in old:
                 raise PartLost(
                     f"status table {self.name}: the part of shard {shard} was never raised"
@@ -293,8 +400,9 @@ class StatusTable:
             return Part.from_item(old, self.name, ("watermark_us",)).watermark_us
         return watermark_us
 
-    def add_placeholder(self, placeholder: Placeholder) -> bool:
-        """Register a shard that has no part yet; False if it has one by now."""
+    def add_placeholder(self, placeholder: Placeholder, source: str | None = None) -> bool:
+        """Register a shard that has no part yet (recording the job's ``source``, when
+        given); False if it has one by now."""
         item: dict[str, Any] = {
             **self._key(placeholder.shard),
             "watermark_us": {"N": str(placeholder.watermark_us)},
@@ -302,6 +410,8 @@ class StatusTable:
         }
         if placeholder.parents:
             item["parents"] = {"SS": sorted(placeholder.parents)}
+        if source is not None:
+            item["source"] = {"S": source}
         try:
             self.client.put_item(
                 TableName=self.name,

@@ -163,14 +163,17 @@ def _name(value: object, name: str, what: str) -> str:
     raise ValueError(f"{name} {value!r}: not {what}")
 
 
-def _names(destination: object, status_table: object) -> None:
-    """ValueError unless ``destination`` and ``status_table`` can name what they do."""
+def _names(destination: object, status_table: object, source: object = None) -> None:
+    """ValueError unless ``destination`` and ``status_table`` (and ``source``, if given)
+    can name what they do."""
     _name(
         destination,
         "destination",
         "a destination's label (a non-empty string: its name in the job, default <region>/<table>)",
     )
     _name(status_table, "status_table", "a table name (a non-empty string: <task_name>-watermark)")
+    if source is not None:
+        _name(source, "source", "a source table (a non-empty string: <region>/<table>, or its ARN)")
 
 
 def _shown(moment: Seconds | datetime | None) -> str:
@@ -331,9 +334,9 @@ class WatermarkReader:
 
     def _query(self, pending: _Read) -> None:
         try:
-            pending.watermark = combine(
-                self.table.destination, self.table.parts(), self.table.place
-            )
+            parts = self.table.parts()
+            self.table.refuse_other_sources(parts)  # two jobs' parts are no one watermark
+            pending.watermark = combine(self.table.destination, parts, self.table.place)
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
                 pending.error = StatusTableMissing(
@@ -438,9 +441,9 @@ class WaitResult:
 
 
 _clients: dict[tuple[str | None, str | None], DynamoDBClient] = {}
-_states: weakref.WeakKeyDictionary[DynamoDBClient, dict[tuple[str, str, str | None], ReadState]] = (
-    weakref.WeakKeyDictionary()
-)
+_states: weakref.WeakKeyDictionary[
+    DynamoDBClient, dict[tuple[str, str, str | None, str | None], ReadState]
+] = weakref.WeakKeyDictionary()
 """Per client (held weakly: an application may make one per request), per status table
 and destination: what its waiters share."""
 _shared = threading.Lock()
@@ -460,6 +463,7 @@ def shared_reader(
     destination: str,
     poll_s: float,
     destination_table: str | None = None,
+    source: str | None = None,
 ) -> WatermarkReader:
     """A reader sharing its reads with every other one for (client, table, destination)
     in this process. What they share goes with the client: a client the application
@@ -467,10 +471,10 @@ def shared_reader(
     with _shared:
         by_table = _states.setdefault(client, {})
         state = by_table.setdefault(
-            (status_table, destination, destination_table), ReadState(poll_s / 2)
+            (status_table, destination, destination_table, source), ReadState(poll_s / 2)
         )
         state.min_interval_s = min(state.min_interval_s, poll_s / 2)
-    table = StatusTable(client, status_table, destination, destination_table)
+    table = StatusTable(client, status_table, destination, destination_table, source)
     return WatermarkReader(table, state=state)
 
 
@@ -483,6 +487,7 @@ def read_watermark(
     endpoint_url: str | None = None,
     timeout: Seconds | None = None,
     destination_table: str | None = None,
+    source: str | None = None,
 ) -> Watermark:
     """The destination's watermark now. Raises StatusTableMissing; ValueError, before
     reading anything, for a ``destination`` or ``status_table`` that is not a non-empty
@@ -495,10 +500,14 @@ def read_watermark(
     cannot hold the caller for the client's own timeouts and retries; throttling and
     server errors are retried meanwhile (the last one is raised when time runs out),
     and StatusTableSilent is raised when no read was answered in time.
+
+    ``source``: as for :func:`wait_until_replicated`; StatusTableShared is raised for a
+    part of another source (or, without ``source``, for parts of two sources).
     """
-    _names(destination, status_table)
+    _names(destination, status_table, source)
     client = client or _client(region, endpoint_url)
-    reader = WatermarkReader(StatusTable(client, status_table, destination, destination_table))
+    table = StatusTable(client, status_table, destination, destination_table, source)
+    reader = WatermarkReader(table)
     if timeout is None:
         return reader.read()
     deadline = time.monotonic() + _timeout(timeout, "None: as long as the client takes")
@@ -529,6 +538,7 @@ def wait_until_replicated(
     client: DynamoDBClient | None = None,
     endpoint_url: str | None = None,
     destination_table: str | None = None,
+    source: str | None = None,
 ) -> WaitResult:
     """Wait until every source change created at or before ``until`` is settled at
     ``destination``, or ``timeout`` seconds pass.
@@ -544,7 +554,11 @@ def wait_until_replicated(
     DynamoDB client for that region) or ``region``. ``destination_table``: the
     destination's ``<region>/<table>``, for a destination with a ``name``: its status
     parts are kept by name, and while they were last claimed for another table (the
-    name given to this one since) the wait does not pass on them.
+    name given to this one since) the wait does not pass on them. ``source``: the
+    job's source table, as ``<region>/<table>`` (or the ARN its parts record): a part
+    of the destination that records another source was published by another job given
+    the same task name, and StatusTableShared is raised at once; without it, only parts
+    of two different sources are refused so.
 
     ``timeout``: seconds from 0 (read once) up, or ``math.inf`` (no limit). A window
     that meets an open ``unwatched`` span (the job runs with ``watermark.enabled:
@@ -554,7 +568,8 @@ def wait_until_replicated(
     retries everywhere) are retried until the timeout, and name themselves in the
     result's ``problem`` if it passes; a refusal (access denied, unreachable) is raised,
     and so is StatusItemUnreadable (an item of the status table that does not read as
-    the replicator writes it, such as a hand edit gone wrong): waiting cannot mend these.
+    the replicator writes it, such as a hand edit gone wrong) and StatusTableShared (the
+    parts of two jobs, see ``source``): waiting cannot mend these.
 
     Raises ValueError naming the parameter and the value, before reading anything, for
     a ``destination`` or ``status_table`` that is not a non-empty string, a time that is
@@ -565,7 +580,7 @@ def wait_until_replicated(
     interval that is not a number of seconds from ``MIN_POLL_INTERVAL_S`` to
     ``MAX_POLL_INTERVAL_S`` (0.01 to 3600).
     """
-    _names(destination, status_table)
+    _names(destination, status_table, source)
     until_us = to_epoch_us(until, "until")
     since_us = (
         to_epoch_us(since, "since")
@@ -584,7 +599,7 @@ def wait_until_replicated(
         )
     timeout_s = _timeout(timeout, "math.inf: no limit")
     client = client or _client(region, endpoint_url)
-    reader = shared_reader(client, status_table, destination, poll_s, destination_table)
+    reader = shared_reader(client, status_table, destination, poll_s, destination_table, source)
     started = time.monotonic()
     deadline = started + timeout_s
     watermark: Watermark | None = None
