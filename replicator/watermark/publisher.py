@@ -23,9 +23,9 @@ shard, wherever it runs.
 * Every part it registers or raises records the job's source (the lease table's owner
   tag, ownership.source_identity). A destination whose status table holds a part of
   another source (a job of another source given the same task name: both publish there
-  under one destination label, and moto, like every Kinesis stream, gives each stream's
-  first shard the same id) is neither raised nor combined: the processor stops (exit 3),
-  at its start or at a raise refused by that part.
+  under one destination label, and moto gives every stream's first shard the same id)
+  is neither raised nor combined: the processor stops (exit 3), at its start or at a
+  raise refused by that part.
 """
 
 from __future__ import annotations

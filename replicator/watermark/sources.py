@@ -6,10 +6,9 @@ given one ``task_name`` (a job file copied from another job's in an active-activ
 its task name left as it was) each have a lease table of their own in their source's
 region, so the lease table's owner tag (replicator/shards/ownership.py) does not tell
 them apart; but where they replicate to the same destination they publish into one
-status table under one label, and their shards' ids collide (every Kinesis stream's
-first shard is ``shardId-000000000000``, and moto gives every stream the same one).
-Each would raise the other's parts, and a waiter be told "replicated" for a change
-that never arrived.
+status table under one label, and their shards' ids may collide (moto gives every
+stream the same one). Each would raise the other's parts, and a waiter be told
+"replicated" for a change that never arrived.
 
 So each part records the source of the job that registered or raised it (the owner
 tag's value, :func:`replicator.shards.ownership.source_identity`), and a job whose
