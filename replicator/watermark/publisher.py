@@ -947,12 +947,25 @@ class ShardWatermark:
         return True
 
     def _identity(self) -> str | None:
-        """The job's source as its parts record it (None: not given), asked once."""
+        """The job's source as its parts record it (None: not given, or not known), asked
+        until it is known. A source table that cannot be described (its endpoint down, no
+        DescribeTable permission) holds back no watermark: the run's start made the same
+        check, so this processor records and compares no source (as parts written before
+        sources were recorded), and says so."""
         if self._source_of is None:
             return None
         with self._history_lock:
             if self._source is None:
-                self._source = self._source_of()
+                try:
+                    self._source = self._source_of()
+                except _FAILURES as error:
+                    log.warning(
+                        "could not describe the source table for the watermark's source "
+                        "check; this processor's parts record no source",
+                        error=str(error),
+                        error_type=type(error).__name__,
+                    )
+                    return None
             return self._source
 
     @property
