@@ -492,19 +492,14 @@ class ShardWatermark:
                 raised = target.published_us > 0
                 with self._state:
                     members = frozenset(self._targets) - self._back_unstored()
-                if self._source is None:  # none given: as before parts recorded one
-                    stored = table.raise_part(
-                        self.shard_id, claim, self._owner, raised_before=raised, members=members
-                    )
-                else:
-                    stored = table.raise_part(
-                        self.shard_id,
-                        claim,
-                        self._owner,
-                        raised_before=raised,
-                        members=members,
-                        source=self._source,
-                    )
+                stored = table.raise_part(
+                    self.shard_id,
+                    claim,
+                    self._owner,
+                    raised_before=raised,
+                    members=members,
+                    source=self._source,  # None: as before parts recorded one
+                )
                 target.published_us = max(claim, stored)
             target.failures = 0
         except OtherSource as other:
@@ -1025,10 +1020,7 @@ class ShardWatermark:
         parts = {part.shard: part for part in table.lineage()}
         plan = plan_registration(shards, parts, starting)
         for placeholder in plan.placeholders:
-            if self._source is None:
-                table.add_placeholder(placeholder)
-            else:
-                table.add_placeholder(placeholder, self._source)
+            table.add_placeholder(placeholder, self._source)
         for parent, children in plan.children.items():
             table.add_children(parent, children)
         for parent in plan.ended:

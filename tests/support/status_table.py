@@ -123,6 +123,7 @@ class FakeStatusTable(StatusTable):
         *,
         raised_before: bool = False,
         members: frozenset[str] | None = None,
+        source: str | None = None,  # not recorded: the fake keeps no source
     ) -> int:
         self._enter("raise_part")
         with self.region.lock:
@@ -143,7 +144,7 @@ class FakeStatusTable(StatusTable):
         self.raised.set()
         return watermark_us
 
-    def add_placeholder(self, placeholder: Placeholder) -> bool:
+    def add_placeholder(self, placeholder: Placeholder, source: str | None = None) -> bool:
         self._enter("add_placeholder")
         with self.region.lock:
             parts = self._table()
